@@ -1,0 +1,259 @@
+"""Bytes that autograd keeps for backward, derived op by op.
+
+Each block is described as the list of tensors its ops save (norm inputs and
+rstd, linear inputs, rotary outputs, attention inputs/outputs, MLP intermediates),
+as transformers 5 implements the family, in the dtypes of the run. A tensor is
+saved only when something upstream or the op's own weight needs a gradient: a
+frozen linear whose input needs no gradient saves nothing, and blocks below the
+lowest trainable parameter keep nothing at all.
+
+Checked against autograd's saved-tensor hooks in ``tests/accuracy``. Korthikanti et al.
+2022 (arXiv:2205.05198) give ``s·b·h·(34 + 5·a·s/h)`` bytes per GPT-3 layer with
+dropout; ``tests/test_activations.py`` reproduces its terms for reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftmem.arch import Architecture, Linear, layout
+from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.methods import MethodPlan
+from ftmem.run import RunConfig
+
+INDEX_BYTES = 8  # int64 token ids / labels
+FP32 = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """One tensor (or group of same-size tensors) saved for backward."""
+
+    what: str
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlockState:
+    """What needs a gradient in one block."""
+
+    input_requires_grad: bool
+    weights_trainable: bool  # the block's own base weights train (full / freeze)
+    adapted: frozenset[str]  # module paths of linears with adapters
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    arch: Architecture
+    run: RunConfig
+    plan: MethodPlan
+    tokens: int  # b·s (+ virtual tokens later)
+
+    @property
+    def e(self) -> int:
+        return BYTES_PER_ELEMENT[self.plan.dtypes.compute]
+
+    @property
+    def residual(self) -> int:
+        """Bytes per element of the residual stream (fp32 params under autocast)."""
+        return BYTES_PER_ELEMENT[self.plan.dtypes.base] if self.plan.dtypes.base != "nf4" else self.e
+
+
+def _norm(ctx: _Ctx, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:
+    """RMSNorm (fp32 math) or LayerNorm."""
+    T, h, e = ctx.tokens, ctx.arch.hidden_size, ctx.e
+    out: list[Saved] = []
+    if ctx.arch.norm == "layernorm":
+        # native_layer_norm saves its input and per-token mean and rstd (input dtype)
+        if x_grad or w_grad:
+            out.append(Saved(f"{label}: input, mean, rstd", T * h * ctx.residual + 2 * T * ctx.residual))
+        return out
+    gemma = ctx.arch.family in ("gemma", "gemma2")
+    if x_grad:
+        # x.float() and rsqrt(mean(x²)+eps): the fp32 input and the fp32 rstd
+        out.append(Saved(f"{label}: fp32 input + rstd", T * h * FP32 + T * FP32))
+    if w_grad or (gemma and x_grad):
+        # Llama: weight * normed.to(dtype) saves the cast; Gemma: normed * (1 + w) in fp32
+        normed_bytes = FP32 if gemma else ctx.residual
+        out.append(Saved(f"{label}: normalised", T * h * normed_bytes))
+    return out
+
+
+def _linear_inputs(
+    ctx: _Ctx, linears: list[Linear], state: BlockState, in_grad: bool, label: str, in_features: int
+) -> list[Saved]:
+    """Saved inputs of linears that share one input tensor."""
+    T, e = ctx.tokens, ctx.e
+    out: list[Saved] = []
+    dt = ctx.plan.dtypes
+    # The base matmul keeps its input when its weight trains (one storage for all).
+    if state.weights_trainable and linears:
+        out.append(Saved(f"{label}: input", T * in_features * e))
+    adapted = [lin for lin in linears if lin.module in state.adapted]
+    ae = BYTES_PER_ELEMENT[dt.adapter]
+    r = ctx.run.r
+    casts = not dt.autocast and ae != e
+    for lin in adapted:
+        if ctx.run.dropout > 0:
+            out.append(Saved(f"{lin.leaf} lora dropout mask + dropped input",
+                             T * in_features * (1 + ae)))
+        elif casts:
+            out.append(Saved(f"{lin.leaf} lora_A input cast to {dt.adapter}", T * in_features * ae))
+        a_out = e if dt.autocast else ae
+        out.append(Saved(f"{lin.leaf} lora_A output (r={r})", T * r * a_out))
+        if ctx.run.method == "dora":
+            # DoRA rescales base and LoRA outputs by the magnitude: both are kept
+            out.append(Saved(f"{lin.leaf} DoRA base and LoRA outputs", 2 * T * lin.out_features * e))
+    if adapted and not casts and ctx.run.dropout == 0 and not state.weights_trainable:
+        out.append(Saved(f"{label}: input (for lora_A)", T * in_features * e))
+    if dt.autocast:
+        # autocast keeps a 16-bit copy of each weight used by a matmul that needs it
+        for lin in linears:
+            if in_grad or state.weights_trainable:
+                out.append(Saved(f"{lin.leaf} 16-bit weight copy",
+                                 lin.in_features * lin.out_features * lin.copies * 2))
+    return out
+
+
+def _attention(ctx: _Ctx, q_grad: bool) -> list[Saved]:
+    """Attention core: rotary outputs, the kernel's saved inputs/outputs."""
+    arch, run = ctx.arch, ctx.run
+    T, e = ctx.tokens, ctx.e
+    b, s = run.batch_size, ctx.tokens // run.batch_size
+    nh, q, kv = arch.num_heads, arch.q_size, arch.kv_size
+    if not q_grad:
+        return []
+    out: list[Saved] = []
+    fused_qkv = arch.family in ("phi3", "gpt2", "falcon")
+    eager = run.attn == "eager" or arch.family == "falcon"
+    if arch.family == "gpt2":
+        # q, k, v are views of c_attn's output: its whole storage stays alive
+        out.append(Saved("c_attn output (q, k, v views)", T * (q + 2 * kv) * e))
+    elif eager:
+        # repeat_kv copies k and v to every query head (GQA/MQA)
+        kv_saved = q if kv != q else kv
+        out.append(Saved("rotary q, k (repeated per head)", T * (q + kv_saved) * e))
+        out.append(Saved("v (repeated per head)", T * kv_saved * e))
+    else:
+        out.append(Saved("rotary q and k", T * (q + kv) * e))
+        if fused_qkv:
+            out.append(Saved("qkv_proj output (v is a view)", T * (q + 2 * kv) * e))
+        else:
+            out.append(Saved("v", T * kv * e))
+    if eager:
+        probs_dtype = FP32 if arch.family == "falcon" else e
+        scores = b * nh * s * s
+        out.append(Saved("softmax output (fp32, s²)", scores * FP32))
+        if probs_dtype != FP32:
+            out.append(Saved("attention probabilities (s²)", scores * probs_dtype))
+    else:
+        out.append(Saved("attention output + logsumexp", T * q * e + b * nh * s * FP32))
+    return out
+
+
+def _mlp(ctx: _Ctx, state: BlockState, x_grad: bool, linears: list[Linear]) -> list[Saved]:
+    arch = ctx.arch
+    T, e, f, h = ctx.tokens, ctx.e, arch.intermediate_size, arch.hidden_size
+    if arch.is_moe:
+        return _moe(ctx, state, x_grad)
+    ups = [lin for lin in linears if set(lin.roles) & {"gate", "up"}]
+    downs = [lin for lin in linears if "down" in lin.roles]
+    any_grad = x_grad or state.weights_trainable or any(
+        lin.module in state.adapted for lin in ups
+    )
+    out = _linear_inputs(ctx, ups, state, x_grad, "MLP", h)
+    if any_grad:
+        if arch.mlp == "gated":
+            out.append(Saved("gate, up and activation outputs", 3 * T * f * e))
+        elif arch.family == "gpt2" and arch.activation == "gelu_tanh":
+            # GPT-2's NewGELU is written out: x, 0.5x, tanh(...) and 1 + tanh(...)
+            out.append(Saved("up output + tanh-GELU intermediates", 4 * T * f * e))
+        else:
+            out.append(Saved("up output (activation input)", T * f * e))
+    out += _linear_inputs(ctx, downs, state, any_grad, "down_proj", f)
+    return out
+
+
+def _moe(ctx: _Ctx, state: BlockState, x_grad: bool) -> list[Saved]:
+    """transformers 5 Mixtral: router softmax/top-k, grouped matmuls over routed tokens."""
+    arch = ctx.arch
+    T, e, f, h = ctx.tokens, ctx.e, arch.intermediate_size, arch.hidden_size
+    k, E = arch.experts_per_token, arch.num_experts
+    Tk = T * k
+    if not (x_grad or state.weights_trainable):
+        return []
+    out = [
+        Saved("router softmax (fp32) + top-k", T * E * FP32 + Tk * (INDEX_BYTES + FP32) + T * FP32),
+        Saved("routed token indices", 3 * Tk * INDEX_BYTES + Tk * FP32),
+        Saved("routed expert inputs", Tk * h * e),
+        Saved("expert gate_up output, activation, down input", Tk * 4 * f * e),
+        Saved("expert outputs (for routing-weight grad)", Tk * h * e),
+    ]
+    if state.weights_trainable:
+        out.append(Saved("router input", T * h * e))
+    return out
+
+
+def block_saved(arch: Architecture, run: RunConfig, plan: MethodPlan, state: BlockState,
+                tokens: int) -> list[Saved]:
+    """Tensors one decoder block saves for backward."""
+    ctx = _Ctx(arch, run, plan, tokens)
+    linears = list(layout(arch).linears)
+    qkv = [lin for lin in linears if set(lin.roles) & {"q", "k", "v"}]
+    o = [lin for lin in linears if lin.roles == ("o",)]
+    mlp = [lin for lin in linears if lin not in qkv and lin not in o]
+    x = state.input_requires_grad
+    w = state.weights_trainable
+    adapted_attn = any(lin.module in state.adapted for lin in qkv)
+    h = arch.hidden_size
+    out: list[Saved] = []
+    first_norm = "input norm" if arch.norms_per_block != 2 or not arch.parallel_attn_mlp else "ln_attn"
+    out += _norm(ctx, first_norm, x, w)
+    if arch.parallel_attn_mlp and arch.norms_per_block == 2:
+        out += _norm(ctx, "ln_mlp", x, w)
+    out += _linear_inputs(ctx, qkv, state, x, "q/k/v projections", h)
+    q_grad = x or w or adapted_attn
+    out += _attention(ctx, q_grad)
+    attn_out_grad = q_grad
+    o_state = state
+    saved_o = _linear_inputs(ctx, o, o_state, attn_out_grad, "o_proj", arch.q_size)
+    if not run.attn == "eager" and arch.family not in ("falcon", "phi3"):
+        # the attention output is the o_proj input: one storage, already counted
+        saved_o = [s for s in saved_o if not s.what.startswith("o_proj: input")]
+    out += saved_o
+    after_attn = x or w or adapted_attn or any(lin.module in state.adapted for lin in o)
+    if arch.norms_per_block == 4:
+        out += _norm(ctx, "post-attention norm", after_attn, w)
+        out += _norm(ctx, "pre-feedforward norm", after_attn, w)
+    elif not arch.parallel_attn_mlp:
+        out += _norm(ctx, "post-attention norm", after_attn, w)
+    mlp_in_grad = x if arch.parallel_attn_mlp else after_attn
+    out += _mlp(ctx, state, mlp_in_grad, mlp)
+    if arch.norms_per_block == 4:
+        out += _norm(ctx, "post-feedforward norm", True, w)
+    return [s for s in out if s.nbytes]
+
+
+def outer_saved(arch: Architecture, run: RunConfig, plan: MethodPlan, tokens: int) -> list[Saved]:
+    """Embedding, final norm, LM head and loss."""
+    ctx = _Ctx(arch, run, plan, tokens)
+    T, V, h, e = tokens, arch.vocab_size, arch.hidden_size, ctx.e
+    train = plan.outer_trainable
+    out: list[Saved] = []
+    if train:
+        out.append(Saved("embedding token ids", T * INDEX_BYTES))
+        if arch.position_embedding == "learned":
+            out.append(Saved("position ids", (T // run.batch_size) * INDEX_BYTES))
+    out += _norm(ctx, "final norm", True, train)
+    if train:
+        out.append(Saved("LM head input", T * h * e))
+        if plan.dtypes.autocast:
+            out.append(Saved("LM head 16-bit weight copy", V * h * 2))
+    if arch.final_logit_softcapping:
+        out.append(Saved("logit soft-capping tanh", T * V * e))
+    if arch.position_embedding == "rotary":
+        # cos and sin tables (s × head_dim), shared by every layer's rotary multiply
+        out.append(Saved("rotary cos/sin", 2 * (T // run.batch_size) * arch.head_size * e))
+    # log-softmax, int64 labels and the fp32 normaliser of the mean
+    out.append(Saved("loss: fp32 log-softmax + labels", T * V * FP32 + T * INDEX_BYTES + FP32))
+    return out

@@ -1,0 +1,80 @@
+"""The Python API: ``ftmem.estimate(...)`` gives what ``ftmem estimate`` prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from ftmem.arch import Architecture
+from ftmem.errors import InvalidInputError
+from ftmem.estimate import estimate_step
+from ftmem.hardware import Gpu, custom_gpu
+from ftmem.presets import get_gpu
+from ftmem.result import Estimate
+from ftmem.run import RunConfig
+from ftmem.sources import resolve_model
+from ftmem.units import parse_size
+
+# Sizes beyond which an input is surely a typo (tokens per micro-batch, vocab...).
+MAX_TOKENS_PER_STEP = 2**31
+
+
+def _option(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def run_config(**settings: Any) -> RunConfig:
+    """Validate run settings into a RunConfig, errors as one sentence."""
+    clean = {k: v for k, v in settings.items() if v is not None}
+    try:
+        run = RunConfig(**clean)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if loc:
+            if err["type"] == "extra_forbidden":
+                raise InvalidInputError(f"Unknown setting '{loc}'.") from None
+            raise InvalidInputError(f"{_option(loc)}: {msg} (got {err.get('input')!r}).") from None
+        raise InvalidInputError(msg[0].upper() + msg[1:] + ".") from None
+    if run.batch_size * run.seq_len > MAX_TOKENS_PER_STEP:
+        raise InvalidInputError(
+            f"batch size × sequence length = {run.batch_size * run.seq_len:,} tokens per step is "
+            "beyond any GPU; check --batch-size and --seq-len."
+        )
+    return run
+
+
+def resolve_gpu(gpu: str | Gpu | None = None, gpu_memory: str | int | None = None) -> Gpu | None:
+    if gpu is not None and gpu_memory is not None:
+        raise InvalidInputError("Give either --gpu or --gpu-memory, not both.")
+    if gpu_memory is not None:
+        return custom_gpu(parse_size(gpu_memory))
+    if isinstance(gpu, Gpu) or gpu is None:
+        return gpu
+    return get_gpu(gpu)
+
+
+def estimate(
+    model: str | Architecture,
+    *,
+    gpu: str | Gpu | None = None,
+    gpu_memory: str | int | None = None,
+    overhead: str | int | None = None,
+    **settings: Any,
+) -> Estimate:
+    """Estimate one training step of ``model`` (preset id, config.json path or Architecture).
+
+    ``settings`` are the fields of :class:`~ftmem.run.RunConfig` (method, precision,
+    optimizer, batch_size, seq_len, grad_ckpt, attn, lora_r, ...).
+    """
+    arch = resolve_model(model) if isinstance(model, str) else model
+    run = run_config(**settings)
+    if run.seq_len > arch.max_position_embeddings and arch.position_embedding == "learned":
+        raise InvalidInputError(
+            f"--seq-len {run.seq_len} exceeds {arch.name}'s {arch.max_position_embeddings} "
+            "learned positions."
+        )
+    overhead_bytes = None if overhead is None else (0 if overhead in (0, "0") else parse_size(overhead))
+    return estimate_step(arch, run, resolve_gpu(gpu, gpu_memory), overhead_bytes)

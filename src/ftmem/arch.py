@@ -1,0 +1,303 @@
+"""Architecture schema and exact parameter counting for decoder-only transformers.
+
+An :class:`Architecture` is plain data: a preset YAML, an HF ``config.json`` or
+anything else becomes one of these, and nothing downstream knows where it came
+from. :func:`layout` turns it into the list of parameter tensors the real model
+holds (names, shapes, which ones are ``nn.Linear`` weights), one block as a
+template repeated ``num_layers`` times, so counts are exact and fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from math import prod
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+Family = Literal[
+    "llama", "mistral", "mixtral", "qwen2", "gemma", "gemma2", "phi3", "gpt2", "falcon"
+]
+ParamKind = Literal["linear", "linear_bias", "embedding", "norm", "router", "position"]
+# Roles a linear layer can play; LoRA targets are chosen by role or by module name.
+Role = Literal["q", "k", "v", "o", "gate", "up", "down", "router"]
+ATTENTION_ROLES: tuple[Role, ...] = ("q", "k", "v", "o")
+MLP_ROLES: tuple[Role, ...] = ("gate", "up", "down")
+
+
+class Architecture(BaseModel):
+    """The shape of a decoder-only transformer: everything memory depends on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    family: Family
+    source: str | None = Field(None, description="Where the numbers come from (config URL).")
+    published_params: int | None = Field(
+        None, description="Published total parameter count, to test the count against."
+    )
+    published_params_source: str | None = None
+    vocab_size: PositiveInt
+    hidden_size: PositiveInt
+    num_layers: PositiveInt
+    num_heads: PositiveInt
+    num_kv_heads: PositiveInt | None = Field(None, description="KV heads (GQA/MQA); = heads if unset.")
+    head_dim: PositiveInt | None = Field(None, description="= hidden_size / num_heads if unset.")
+    intermediate_size: PositiveInt
+    mlp: Literal["gated", "plain"] = "gated"
+    activation: Literal["silu", "gelu", "gelu_tanh", "relu"] = "silu"
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    norms_per_block: Literal[1, 2, 4] = Field(
+        2, description="1: one shared input norm (Falcon-7B); 4: pre+post norms (Gemma-2)."
+    )
+    parallel_attn_mlp: bool = Field(False, description="Attention and MLP read the same input.")
+    attention_qkv_bias: bool = False
+    attention_out_bias: bool = False
+    mlp_bias: bool = False
+    tie_embeddings: bool = False
+    position_embedding: Literal["rotary", "learned", "alibi"] = "rotary"
+    max_position_embeddings: PositiveInt = 4096
+    num_experts: PositiveInt = Field(1, description="MoE experts per layer (1 = dense MLP).")
+    experts_per_token: PositiveInt = 1
+    sliding_window: PositiveInt | None = None
+    final_logit_softcapping: float | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Architecture:
+        kv = self.kv_heads
+        if self.num_heads % kv:
+            raise ValueError(
+                f"num_kv_heads ({kv}) must divide num_heads ({self.num_heads})"
+            )
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size}) "
+                "when head_dim is not given"
+            )
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(
+                f"experts_per_token ({self.experts_per_token}) exceeds num_experts "
+                f"({self.num_experts})"
+            )
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_size
+
+    @property
+    def kv_size(self) -> int:
+        return self.kv_heads * self.head_size
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 1
+
+    @property
+    def has_biases(self) -> bool:
+        return (
+            self.attention_qkv_bias
+            or self.attention_out_bias
+            or self.mlp_bias
+            or self.norm == "layernorm"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One parameter tensor of the model (in a block: one per block)."""
+
+    name: str  # the module path as transformers names it, e.g. "self_attn.q_proj.weight"
+    shape: tuple[int, ...]
+    kind: ParamKind
+    roles: tuple[Role, ...] = ()  # linear weights/biases: the projections this tensor serves
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def module(self) -> str:
+        """The owning module's path (the name without ``.weight``/``.bias``)."""
+        return self.name.rsplit(".", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Linear:
+    """One ``nn.Linear`` (or Conv1D) of a block: what LoRA adapts and 4-bit quantises."""
+
+    module: str  # e.g. "self_attn.q_proj"
+    roles: tuple[Role, ...]
+    in_features: int
+    out_features: int
+    bias: bool
+    copies: int = 1  # experts
+    tokens_fraction: float = 1.0  # MoE: share of the tokens each copy sees on average
+    # transformers 5 stores MoE experts as one 3-D parameter, not nn.Linear modules:
+    # peft's "all-linear" skips them and the parameter has no ".weight" suffix.
+    is_module: bool = True
+
+    @property
+    def leaf(self) -> str:
+        return self.module.rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """All parameter tensors: the outer ones, and one block's (repeated num_layers times)."""
+
+    outer: tuple[Param, ...]
+    block: tuple[Param, ...]
+    linears: tuple[Linear, ...]
+    num_layers: int
+
+    @property
+    def block_params(self) -> int:
+        return sum(p.numel for p in self.block)
+
+    @property
+    def outer_params(self) -> int:
+        return sum(p.numel for p in self.outer)
+
+    @property
+    def total_params(self) -> int:
+        return self.outer_params + self.num_layers * self.block_params
+
+
+# Module paths per family (as transformers names them) for each projection.
+_ATTN_NAMES: dict[str, dict[str, str]] = {
+    "llama": {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+              "o": "self_attn.o_proj"},
+    "phi3": {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj"},
+    "gpt2": {"qkv": "attn.c_attn", "o": "attn.c_proj"},
+    "falcon": {"qkv": "self_attention.query_key_value", "o": "self_attention.dense"},
+}
+_MLP_NAMES: dict[str, dict[str, str]] = {
+    "llama": {"gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"},
+    "phi3": {"gate_up": "mlp.gate_up_proj", "down": "mlp.down_proj"},
+    "gpt2": {"up": "mlp.c_fc", "down": "mlp.c_proj"},
+    "falcon": {"up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h"},
+    "mixtral": {"router": "mlp.gate", "gate_up": "mlp.experts.gate_up_proj",
+                "down": "mlp.experts.down_proj"},
+}
+_NORM_NAMES: dict[str, tuple[str, ...]] = {
+    "llama": ("input_layernorm", "post_attention_layernorm"),
+    "gemma2": ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+               "post_feedforward_layernorm"),
+    "gpt2": ("ln_1", "ln_2"),
+    "falcon1": ("input_layernorm",),
+    "falcon2": ("ln_attn", "ln_mlp"),
+}
+_OUTER_NAMES: dict[str, tuple[str, str, str]] = {  # embedding, positions, final norm
+    "llama": ("model.embed_tokens", "", "model.norm"),
+    "gpt2": ("transformer.wte", "transformer.wpe", "transformer.ln_f"),
+    "falcon": ("transformer.word_embeddings", "", "transformer.ln_f"),
+}
+
+
+def _style(family: str) -> str:
+    return family if family in ("phi3", "gpt2", "falcon") else "llama"
+
+
+def _linears(arch: Architecture) -> list[Linear]:
+    h, q, kv, ffn = arch.hidden_size, arch.q_size, arch.kv_size, arch.intermediate_size
+    qkv_b, out_b, mlp_b = arch.attention_qkv_bias, arch.attention_out_bias, arch.mlp_bias
+    style = _style(arch.family)
+    attn = _ATTN_NAMES[style]
+    out: list[Linear] = []
+    if "qkv" in attn:
+        out.append(Linear(attn["qkv"], ("q", "k", "v"), h, q + 2 * kv, qkv_b))
+    else:
+        out += [
+            Linear(attn["q"], ("q",), h, q, qkv_b),
+            Linear(attn["k"], ("k",), h, kv, qkv_b),
+            Linear(attn["v"], ("v",), h, kv, qkv_b),
+        ]
+    out.append(Linear(attn["o"], ("o",), q, h, out_b))
+
+    if arch.is_moe:
+        names = _MLP_NAMES["mixtral"]
+        share = arch.experts_per_token / arch.num_experts
+        e = arch.num_experts
+        out += [
+            Linear(names["router"], ("router",), h, e, False, is_module=False),
+            Linear(names["gate_up"], ("gate", "up"), h, 2 * ffn, mlp_b, copies=e,
+                   tokens_fraction=share, is_module=False),
+            Linear(names["down"], ("down",), ffn, h, mlp_b, copies=e, tokens_fraction=share,
+                   is_module=False),
+        ]
+        return out
+    mlp = _MLP_NAMES[style]
+    if arch.mlp == "gated":
+        if "gate_up" in mlp:
+            out.append(Linear(mlp["gate_up"], ("gate", "up"), h, 2 * ffn, mlp_b))
+        else:
+            out += [
+                Linear(mlp["gate"], ("gate",), h, ffn, mlp_b),
+                Linear(mlp["up"], ("up",), h, ffn, mlp_b),
+            ]
+    else:
+        out.append(Linear(mlp["up"], ("up",), h, ffn, mlp_b))
+    out.append(Linear(mlp["down"], ("down",), ffn, h, mlp_b))
+    return out
+
+
+def _norm_params(prefix: str, arch: Architecture) -> list[Param]:
+    params = [Param(f"{prefix}.weight", (arch.hidden_size,), "norm")]
+    if arch.norm == "layernorm":
+        params.append(Param(f"{prefix}.bias", (arch.hidden_size,), "norm"))
+    return params
+
+
+@lru_cache(maxsize=512)
+def layout(arch: Architecture) -> Layout:
+    """Every parameter tensor of the model, exactly as transformers allocates them."""
+    linears = _linears(arch)
+    block: list[Param] = []
+    for lin in linears:
+        kind: ParamKind = "router" if lin.roles == ("router",) else "linear"
+        # MoE experts are one (experts, out, in) tensor in transformers 5.
+        experts = (lin.copies,) if lin.copies > 1 else ()
+        weight_name = f"{lin.module}.weight" if lin.is_module or kind == "router" else lin.module
+        block.append(
+            Param(weight_name, (*experts, lin.out_features, lin.in_features), kind, lin.roles)
+        )
+        if lin.bias:
+            block.append(
+                Param(f"{lin.module}.bias", (*experts, lin.out_features), "linear_bias", lin.roles)
+            )
+    style = _style(arch.family)
+    if style == "falcon":
+        norm_names = _NORM_NAMES["falcon1" if arch.norms_per_block == 1 else "falcon2"]
+    elif arch.norms_per_block == 4:
+        norm_names = _NORM_NAMES["gemma2"]
+    else:
+        norm_names = _NORM_NAMES["gpt2" if style == "gpt2" else "llama"]
+    for norm_name in norm_names:
+        block += _norm_params(norm_name, arch)
+
+    embed_name, pos_name, final_norm = _OUTER_NAMES.get(style, _OUTER_NAMES["llama"])
+    outer = [Param(f"{embed_name}.weight", (arch.vocab_size, arch.hidden_size), "embedding")]
+    if arch.position_embedding == "learned":
+        outer.append(
+            Param(f"{pos_name}.weight", (arch.max_position_embeddings, arch.hidden_size),
+                  "position")
+        )
+    outer += _norm_params(final_norm, arch)
+    if not arch.tie_embeddings:
+        outer.append(Param("lm_head.weight", (arch.vocab_size, arch.hidden_size), "linear"))
+    return Layout(tuple(outer), tuple(block), tuple(linears), arch.num_layers)
+
+
+def count_params(arch: Architecture) -> int:
+    """Total parameters (tied embeddings counted once)."""
+    return layout(arch).total_params

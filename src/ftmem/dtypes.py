@@ -1,0 +1,59 @@
+"""Bytes per storage format, including quantised weight storage.
+
+Sources: bitsandbytes ``quantize_4bit`` (blocksize 64, fp32 absmax per block;
+with double quantisation the absmaxes are stored as 8-bit with one fp32 scale per
+256 of them, Dettmers et al. 2023, QLoRA §2) and LLM.int8 (int8 weight + one fp32
+scale per output row, Dettmers et al. 2022).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Dtype = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
+StorageFormat = Literal["fp32", "bf16", "fp16", "fp8", "int8", "nf4", "fp4"]
+
+BYTES_PER_ELEMENT: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
+
+NF4_BLOCK = 64  # elements per absmax in bitsandbytes 4-bit weights
+NESTED_BLOCK = 256  # absmaxes per fp32 constant under double quantisation
+_CODE_4BIT_BYTES = 16 * 4  # each 4-bit tensor keeps its 16-entry fp32 code book
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def quantized_weight_bytes(
+    numel: int, out_features: int, fmt: StorageFormat, double_quant: bool = True
+) -> int:
+    """Bytes of one quantised ``nn.Linear`` weight, quantisation constants included.
+
+    nf4/fp4: two values per byte + absmax per 64 values (fp32, or 8-bit with one fp32
+    per 256 blocks and a 4-byte offset when double-quantised) + the 16-value code book.
+    int8 (LLM.int8): one byte per value + an fp32 scale per output row.
+    """
+    if fmt == "int8":
+        return numel + 4 * out_features
+    if fmt not in ("nf4", "fp4"):
+        return numel * BYTES_PER_ELEMENT[fmt]
+    blocks = ceil_div(numel, NF4_BLOCK)
+    packed = ceil_div(numel, 2)
+    if double_quant:
+        constants = blocks + 4 * ceil_div(blocks, NESTED_BLOCK) + 4
+    else:
+        constants = 4 * blocks
+    return packed + constants + _CODE_4BIT_BYTES
+
+
+def tensor_bytes(numel: int, fmt: StorageFormat, out_features: int = 0, double_quant: bool = True) -> int:
+    """Bytes of a tensor of ``numel`` elements stored as ``fmt``."""
+    if fmt in BYTES_PER_ELEMENT and fmt != "int8":
+        return numel * BYTES_PER_ELEMENT[fmt]
+    return quantized_weight_bytes(numel, out_features, fmt, double_quant)
+
+
+def bits_per_param(fmt: StorageFormat, double_quant: bool = True) -> float:
+    """Average storage bits per weight for a large tensor (for explanations)."""
+    n = NF4_BLOCK * NESTED_BLOCK * 1024
+    return 8 * quantized_weight_bytes(n, 1024, fmt, double_quant) / n

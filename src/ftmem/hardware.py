@@ -1,0 +1,37 @@
+"""GPU descriptions and the runtime overhead that sits outside PyTorch's allocator."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+MiB = 2**20
+
+# What nvidia-smi shows beyond torch.cuda.max_memory_allocated(), split in parts:
+# the CUDA context (driver, kernels, cuBLAS handle; ~300-600 MiB on recent drivers
+# with lazy module loading) and the caching allocator's reserve/fragmentation.
+# Defaults until the GPU validation script measures them (docs/gpu-validation.md).
+DEFAULT_CUDA_CONTEXT_BYTES = 512 * MiB
+DEFAULT_ALLOCATOR_RESERVE_FRACTION = 0.05
+
+
+class Gpu(BaseModel):
+    """One accelerator model; memory_bytes is what the device reports, not its label."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    name: str
+    vendor: str = "nvidia"
+    memory_bytes: PositiveInt = Field(
+        description="Total memory as the driver reports it (torch total_memory / nvidia-smi)."
+    )
+    source: str
+    aliases: tuple[str, ...] = ()
+    bf16: bool = True
+    fp8: bool = False
+    notes: str | None = None
+
+
+def custom_gpu(memory_bytes: int) -> Gpu:
+    """A GPU given only by its memory (``--gpu-memory 24GiB``)."""
+    return Gpu(id="custom", name="custom", memory_bytes=memory_bytes, source="--gpu-memory")

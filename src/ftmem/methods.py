@@ -1,0 +1,179 @@
+"""What each finetuning method trains and what it adds to the model.
+
+The result is a list of :class:`TensorGroup`: every parameter tensor of the
+(adapted) model, grouped by identical shape, storage and trainability, so that
+weights, gradients and optimizer states are sums over a handful of groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, Param, layout
+from ftmem.dtypes import StorageFormat, tensor_bytes
+from ftmem.errors import InvalidInputError
+from ftmem.precision import Dtypes, resolve_dtypes
+from ftmem.run import ADAPTER_METHODS, RunConfig
+
+DEFAULT_FREEZE_TRAINABLE_LAYERS = 2  # LLaMA-Factory's freeze_trainable_layers default
+
+
+@dataclass(frozen=True, slots=True)
+class TensorGroup:
+    """``count`` parameter tensors of one shape, storage format and trainability."""
+
+    name: str
+    shape: tuple[int, ...]
+    count: int
+    fmt: StorageFormat
+    trainable: bool
+    adapter: bool = False
+    double_quant: bool = True
+    in_block: bool = True  # repeated per decoder block (count = blocks), or outer
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def total_numel(self) -> int:
+        return self.numel * self.count
+
+    @property
+    def nbytes(self) -> int:
+        out_features = self.shape[-2] if len(self.shape) >= 2 else self.shape[0]
+        return self.count * tensor_bytes(self.numel, self.fmt, out_features, self.double_quant)
+
+
+@dataclass(frozen=True, slots=True)
+class MethodPlan:
+    """The resolved method: parameter groups and what shapes the activations."""
+
+    groups: tuple[TensorGroup, ...]
+    dtypes: Dtypes
+    adapted: tuple[Linear, ...]  # per block, linears carrying an adapter
+    trainable_blocks: int  # blocks (counted from the top) that hold trainable tensors
+    outer_trainable: bool  # embeddings / final norm / LM head train
+    notes: tuple[str, ...] = ()
+
+    @property
+    def n_params(self) -> int:
+        return sum(g.total_numel for g in self.groups)
+
+    @property
+    def n_trainable(self) -> int:
+        return sum(g.total_numel for g in self.groups if g.trainable)
+
+
+_ROLE_ALIASES = {"q": "q", "k": "k", "v": "v", "o": "o", "gate": "gate", "up": "up", "down": "down"}
+
+
+def adapted_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears that get an adapter, from ``run.targets``.
+
+    ``q,v`` (peft's default for Llama), ``attention``, ``all-linear`` (every
+    ``nn.Linear`` in the blocks, as peft does: not the LM head, not MoE experts stored
+    as 3-D parameters), or a comma list of roles (q,k,v,o,gate,up,down) or module names.
+    """
+    linears = [lin for lin in layout(arch).linears if lin.is_module]
+    spec = run.targets.strip().lower()
+    if spec == "all-linear":
+        return tuple(linears)
+    if spec == "attention":
+        return tuple(lin for lin in linears if set(lin.roles) & set(ATTENTION_ROLES))
+    chosen: list[Linear] = []
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        if item in _ROLE_ALIASES:
+            match = [lin for lin in linears if item in lin.roles]
+        else:
+            match = [lin for lin in linears if lin.module == item or lin.module.endswith("." + item)]
+        if not match:
+            names = sorted({lin.leaf for lin in linears})
+            raise InvalidInputError(
+                f"LoRA target '{item}' matches no linear layer of {arch.name}; use q,k,v,o,gate,up,"
+                f"down, attention, all-linear or one of {', '.join(names)}."
+            )
+        chosen += [lin for lin in match if lin not in chosen]
+    if not chosen:
+        raise InvalidInputError("--lora-targets is empty.")
+    # keep the model's own order
+    return tuple(lin for lin in linears if lin in chosen)
+
+
+def adapted_module_names(arch: Architecture, run: RunConfig) -> list[str]:
+    """peft ``target_modules`` for the adapted linears (unambiguous module suffixes)."""
+    return [lin.module for lin in adapted_linears(arch, run)]
+
+
+def _base_format(param: Param, run: RunConfig, dtypes: Dtypes) -> StorageFormat:
+    # bitsandbytes quantises only nn.Linear layers of the blocks; embeddings, norms,
+    # biases and the LM head stay in the base dtype.
+    if dtypes.quantized and param.kind == "linear" and param.name != "lm_head.weight":
+        return dtypes.quantized
+    return dtypes.base
+
+
+def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
+    """Parameter groups of the model as the method trains it."""
+    lay = layout(arch)
+    dtypes = resolve_dtypes(run)
+    L = arch.num_layers
+    notes: list[str] = []
+    dq = run.uses_double_quant
+
+    if run.method == "freeze":
+        trainable_blocks = (
+            DEFAULT_FREEZE_TRAINABLE_LAYERS if run.trainable_layers is None else run.trainable_layers
+        )
+        if trainable_blocks == 0:
+            raise InvalidInputError("--trainable-layers 0 leaves nothing to train.")
+        if trainable_blocks > L:
+            raise InvalidInputError(
+                f"--trainable-layers {trainable_blocks} exceeds the model's {L} blocks."
+            )
+    elif run.method == "full":
+        trainable_blocks = L
+    else:
+        trainable_blocks = L  # adapters in every block
+    outer_trainable = run.method == "full"
+
+    groups: list[TensorGroup] = []
+    for p in lay.outer:
+        groups.append(TensorGroup(p.name, p.shape, 1, dtypes.base, outer_trainable,
+                                  in_block=False))
+    for p in lay.block:
+        fmt = _base_format(p, run, dtypes)
+        if run.method == "full":
+            groups.append(TensorGroup(p.name, p.shape, L, fmt, True))
+        elif run.method == "freeze":
+            if L - trainable_blocks:
+                groups.append(TensorGroup(p.name, p.shape, L - trainable_blocks, fmt, False))
+            groups.append(TensorGroup(p.name, p.shape, trainable_blocks, fmt, True))
+        else:
+            groups.append(TensorGroup(p.name, p.shape, L, fmt, False, double_quant=dq))
+
+    adapted: tuple[Linear, ...] = ()
+    if run.method in ADAPTER_METHODS:
+        adapted = adapted_linears(arch, run)
+        r = run.r
+        for lin in adapted:
+            groups.append(TensorGroup(f"{lin.module}.lora_A", (r, lin.in_features), L,
+                                      dtypes.adapter, True, adapter=True))
+            groups.append(TensorGroup(f"{lin.module}.lora_B", (lin.out_features, r), L,
+                                      dtypes.adapter, True, adapter=True))
+            if run.method == "dora":
+                groups.append(TensorGroup(f"{lin.module}.lora_magnitude_vector",
+                                          (lin.out_features,), L, dtypes.adapter, True,
+                                          adapter=True))
+        if arch.is_moe and run.targets.strip().lower() == "all-linear":
+            notes.append(
+                "MoE experts are 3-D parameters in transformers 5, not nn.Linear: "
+                "all-linear adapts the attention projections only."
+            )
+    if run.method == "qlora" and arch.is_moe:
+        notes.append("Quantised MoE experts assumed (nf4/int8 storage for the expert tensors).")
+    return MethodPlan(tuple(groups), dtypes, adapted, trainable_blocks, outer_trainable,
+                      tuple(notes))

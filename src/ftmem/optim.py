@@ -1,0 +1,99 @@
+"""Optimizer state and optimizer-step temporaries, per trainable tensor.
+
+Each rule follows the optimizer's own code (torch 2.13, bitsandbytes 0.50,
+transformers 5 Adafactor); the accuracy suite measures them to the byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from math import prod
+
+from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div
+from ftmem.methods import TensorGroup
+from ftmem.run import RunConfig
+
+BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit state for tensors smaller than this
+BNB_BLOCK = 256  # elements per fp32 absmax in blockwise 8-bit optimizer state
+BNB_QMAP_BYTES = 2 * 256 * 4  # the two shared 256-entry fp32 code books
+STEP_TENSOR_BYTES = 4  # torch Adam/AdamW keep `step` as an fp32 scalar tensor per param
+
+
+def _param_bytes(group: TensorGroup) -> int:
+    return BYTES_PER_ELEMENT.get(group.fmt, 2)
+
+
+def _adafactor_tensor_bytes(shape: tuple[int, ...]) -> int:
+    # transformers Adafactor: factored second moment (row and column fp32 vectors) for
+    # tensors of 2+ dims, a full fp32 second moment otherwise, plus an fp32 RMS scalar.
+    if len(shape) >= 2:
+        return 4 * (prod(shape[:-1]) + prod(shape[:-2]) * shape[-1]) + 4
+    return 4 * prod(shape) + 4
+
+
+def step_tensors_on_device(run: RunConfig) -> bool:
+    """torch keeps Adam's `step` on the CPU unless fused/capturable; on the CPU it is local."""
+    return run.device == "cpu" or run.optimizer_impl == "fused"
+
+
+def optimizer_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
+    """Bytes of optimizer state held on the training device for the trainable tensors."""
+    opt = run.optimizer
+    total = 0
+    any_8bit = False
+    for g in groups:
+        if not g.trainable:
+            continue
+        n, count, pb = g.numel, g.count, _param_bytes(g)
+        if opt in ("adamw", "adamw-fp32"):
+            state = 4 if opt == "adamw-fp32" else pb
+            per = 2 * n * state + (STEP_TENSOR_BYTES if step_tensors_on_device(run) else 0)
+        elif opt in ("adamw-8bit", "paged-adamw-8bit"):
+            if n < BNB_MIN_8BIT_SIZE:
+                per = 2 * n * 4
+            else:
+                any_8bit = True
+                per = 2 * n + 2 * 4 * ceil_div(n, BNB_BLOCK)
+        elif opt == "sgd":
+            per = 0
+        elif opt in ("sgd-momentum", "lion"):
+            per = n * pb
+        elif opt == "adafactor":
+            per = _adafactor_tensor_bytes(g.shape)
+        else:  # pragma: no cover - RunConfig validates the name
+            raise AssertionError(opt)
+        total += per * count
+    if any_8bit:
+        total += BNB_QMAP_BYTES
+    return total
+
+
+def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
+    """Transient bytes allocated inside ``optimizer.step()`` at its peak.
+
+    torch AdamW, foreach (default on CUDA): ``_foreach_sqrt`` of all second moments of
+    a dtype group lives until ``addcdiv_`` - one state-sized buffer per group.
+    for-loop (the CPU default): ``exp_avg_sq.sqrt() / bias_correction2_sqrt`` holds two
+    temporaries of the largest tensor. fused and bitsandbytes kernels keep none.
+    """
+    trainable = [g for g in groups if g.trainable]
+    if not trainable:
+        return 0
+    opt, impl = run.optimizer, run.optimizer_impl
+    if opt in ("adamw", "adamw-fp32"):
+        if impl == "fused":
+            return 0
+        state = lambda g: 4 if opt == "adamw-fp32" else _param_bytes(g)  # noqa: E731
+        if impl == "foreach":
+            by_dtype: dict[int, int] = {}
+            for g in trainable:
+                by_dtype[state(g)] = by_dtype.get(state(g), 0) + g.total_numel * state(g)
+            return max(by_dtype.values())
+        return max(2 * g.numel * state(g) for g in trainable)
+    if opt == "adafactor":
+        # per tensor: fp32 grad copy when 16-bit, update = grad**2 (+ eps), the
+        # row/column outer product, and the fp32 parameter copy when 16-bit.
+        return max((2 + 2 * (g.fmt != "fp32")) * 4 * g.numel for g in trainable)
+    if opt == "lion":
+        return max(2 * g.numel * _param_bytes(g) for g in trainable)
+    return 0

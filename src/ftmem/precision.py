@@ -1,0 +1,44 @@
+"""Which dtype each kind of tensor has under a precision regime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftmem.dtypes import Dtype, StorageFormat
+from ftmem.run import RunConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Dtypes:
+    """Resolved dtypes of one run (what the report states as the precision regime)."""
+
+    base: StorageFormat  # frozen/trainable base weights outside quantised linears
+    quantized: StorageFormat | None  # quantised linear weights (qlora), else None
+    compute: Dtype  # activations: dtype of matmul inputs/outputs
+    adapter: Dtype  # LoRA/DoRA parameters
+    autocast: bool
+
+    def describe(self) -> str:
+        base = f"{self.quantized} linears, {self.base} rest" if self.quantized else f"{self.base} weights"
+        cast = ", autocast" if self.autocast else ""
+        return f"{base}, {self.compute} compute{cast}"
+
+
+def resolve_dtypes(run: RunConfig) -> Dtypes:
+    """fp32: all fp32. bf16/fp16: everything 16-bit. *-mixed: fp32 params + autocast.
+
+    Adapters follow peft: with ``adapter_dtype=auto`` a 16-bit base gets fp32 adapters
+    (peft's ``autocast_adapter_dtype=True``).
+    """
+    half: Dtype = "fp16" if run.precision.startswith("fp16") else "bf16"
+    base: Dtype = half if run.precision in ("bf16", "fp16") else "fp32"
+    autocast = run.uses_autocast
+    compute: Dtype = half if (autocast or base != "fp32") else "fp32"
+    adapter: Dtype
+    if run.adapter_dtype == "auto":
+        adapter = "fp32"
+    else:
+        adapter = run.adapter_dtype
+    return Dtypes(
+        base=base, quantized=run.quant_format, compute=compute, adapter=adapter, autocast=autocast
+    )

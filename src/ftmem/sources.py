@@ -1,0 +1,211 @@
+"""Model sources: a preset id, or a local HF ``config.json`` (file or model folder).
+
+Each supported ``model_type`` maps its config keys onto :class:`Architecture`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ftmem.arch import Architecture
+from ftmem.errors import ConfigError
+from ftmem.presets import get_model, validation_message
+
+Mapping = dict[str, Any]
+
+
+def _need(cfg: Mapping, *keys: str) -> Any:
+    for key in keys:
+        if key in cfg and cfg[key] is not None:
+            return cfg[key]
+    raise ConfigError(f"config.json lacks '{keys[0]}', which a {cfg.get('model_type')} model needs.")
+
+
+def _act(name: str | None) -> str:
+    name = (name or "silu").lower()
+    if name in ("silu", "swish"):
+        return "silu"
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_tanh", "gelu_fast"):
+        return "gelu_tanh"
+    if name.startswith("gelu"):
+        return "gelu"
+    if name == "relu":
+        return "relu"
+    raise ConfigError(f"Unsupported activation '{name}' in config.json.")
+
+
+def _llama_like(cfg: Mapping, family: str) -> Mapping:
+    heads = _need(cfg, "num_attention_heads")
+    out = {
+        "family": family,
+        "vocab_size": _need(cfg, "vocab_size"),
+        "hidden_size": _need(cfg, "hidden_size"),
+        "num_layers": _need(cfg, "num_hidden_layers"),
+        "num_heads": heads,
+        "num_kv_heads": cfg.get("num_key_value_heads") or heads,
+        "intermediate_size": _need(cfg, "intermediate_size"),
+        "activation": _act(cfg.get("hidden_act") or cfg.get("hidden_activation")),
+        "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "max_position_embeddings": cfg.get("max_position_embeddings") or 4096,
+        "attention_qkv_bias": bool(cfg.get("attention_bias", False)),
+        "attention_out_bias": bool(cfg.get("attention_bias", False)),
+        "mlp_bias": bool(cfg.get("mlp_bias", False)),
+    }
+    if cfg.get("head_dim"):
+        out["head_dim"] = cfg["head_dim"]
+    if cfg.get("sliding_window") and cfg.get("use_sliding_window", True):
+        out["sliding_window"] = cfg["sliding_window"]
+    return out
+
+
+def _from_llama(cfg: Mapping) -> Mapping:
+    return _llama_like(cfg, "llama")
+
+
+def _from_mistral(cfg: Mapping) -> Mapping:
+    return _llama_like(cfg, "mistral")
+
+
+def _from_qwen2(cfg: Mapping) -> Mapping:
+    out = _llama_like(cfg, "qwen2")
+    out.update(attention_qkv_bias=True, attention_out_bias=False)
+    return out
+
+
+def _from_mixtral(cfg: Mapping) -> Mapping:
+    out = _llama_like(cfg, "mixtral")
+    out.update(num_experts=_need(cfg, "num_local_experts"),
+               experts_per_token=_need(cfg, "num_experts_per_tok"))
+    return out
+
+
+def _from_gemma(cfg: Mapping) -> Mapping:
+    out = _llama_like(cfg, "gemma")
+    out["tie_embeddings"] = bool(cfg.get("tie_word_embeddings", True))
+    return out
+
+
+def _from_gemma2(cfg: Mapping) -> Mapping:
+    out = _llama_like(cfg, "gemma2")
+    out.update(norms_per_block=4, tie_embeddings=bool(cfg.get("tie_word_embeddings", True)))
+    if cfg.get("final_logit_softcapping"):
+        out["final_logit_softcapping"] = cfg["final_logit_softcapping"]
+    return out
+
+
+def _from_phi3(cfg: Mapping) -> Mapping:
+    return _llama_like(cfg, "phi3")
+
+
+def _from_gpt2(cfg: Mapping) -> Mapping:
+    h = _need(cfg, "n_embd", "hidden_size")
+    return {
+        "family": "gpt2",
+        "vocab_size": _need(cfg, "vocab_size"),
+        "hidden_size": h,
+        "num_layers": _need(cfg, "n_layer", "num_hidden_layers"),
+        "num_heads": _need(cfg, "n_head", "num_attention_heads"),
+        "intermediate_size": cfg.get("n_inner") or 4 * h,
+        "mlp": "plain",
+        "activation": _act(cfg.get("activation_function", "gelu_new")),
+        "norm": "layernorm",
+        "attention_qkv_bias": True,
+        "attention_out_bias": True,
+        "mlp_bias": True,
+        "tie_embeddings": bool(cfg.get("tie_word_embeddings", True)),
+        "position_embedding": "learned",
+        "max_position_embeddings": _need(cfg, "n_positions", "max_position_embeddings"),
+    }
+
+
+def _from_falcon(cfg: Mapping) -> Mapping:
+    h = _need(cfg, "hidden_size")
+    heads = _need(cfg, "num_attention_heads", "n_head")
+    new_arch = bool(cfg.get("new_decoder_architecture", False))
+    if new_arch:
+        kv = cfg.get("num_kv_heads") or heads
+    else:
+        kv = 1 if cfg.get("multi_query", True) else heads
+    bias = bool(cfg.get("bias", False))
+    return {
+        "family": "falcon",
+        "vocab_size": _need(cfg, "vocab_size"),
+        "hidden_size": h,
+        "num_layers": _need(cfg, "num_hidden_layers", "n_layer"),
+        "num_heads": heads,
+        "num_kv_heads": kv,
+        "intermediate_size": cfg.get("ffn_hidden_size") or 4 * h,
+        "mlp": "plain",
+        "activation": "gelu",
+        "norm": "layernorm",
+        "norms_per_block": 2 if new_arch and cfg.get("num_ln_in_parallel_attn", 2) == 2 else 1,
+        "parallel_attn_mlp": bool(cfg.get("parallel_attn", True)) or new_arch,
+        "attention_qkv_bias": bias,
+        "attention_out_bias": bias,
+        "mlp_bias": bias,
+        "tie_embeddings": bool(cfg.get("tie_word_embeddings", True)),
+        "position_embedding": "alibi" if cfg.get("alibi") else "rotary",
+        "max_position_embeddings": cfg.get("max_position_embeddings") or 2048,
+    }
+
+
+FAMILIES: dict[str, Callable[[Mapping], Mapping]] = {
+    "llama": _from_llama,
+    "mistral": _from_mistral,
+    "mixtral": _from_mixtral,
+    "qwen2": _from_qwen2,
+    "gemma": _from_gemma,
+    "gemma2": _from_gemma2,
+    "phi3": _from_phi3,
+    "gpt2": _from_gpt2,
+    "falcon": _from_falcon,
+}
+
+
+def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architecture:
+    """An :class:`Architecture` from a parsed HF config.json."""
+    model_type = cfg.get("model_type")
+    if model_type not in FAMILIES:
+        known = ", ".join(sorted(FAMILIES))
+        raise ConfigError(
+            f"config.json has model_type '{model_type}', which ftmem does not support yet "
+            f"(supported: {known})."
+        )
+    fields = FAMILIES[model_type](cfg)
+    try:
+        return Architecture(name=name, source=source, **fields)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, "config.json")) from None
+    except TypeError as exc:
+        raise ConfigError(f"config.json has a value of the wrong type ({exc}).") from None
+
+
+def load_config_json(path: Path) -> Architecture:
+    """Read ``config.json`` (or a folder holding one)."""
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"No config.json in {path}.")
+    try:
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file} is not UTF-8 text.") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{file} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{file} must hold a JSON object.")
+    name = cfg.get("_name_or_path") or (file.parent.name if path.is_dir() or file.name == "config.json" else file.stem)
+    return architecture_from_config(cfg, str(name) or "custom", str(file))
+
+
+def resolve_model(spec: str) -> Architecture:
+    """A preset id/alias, or a path to config.json / a model folder."""
+    path = Path(spec).expanduser()
+    looks_like_path = spec.endswith(".json") or "/" in spec and path.exists() or path.is_dir()
+    if looks_like_path or path.is_file():
+        return load_config_json(path)
+    return get_model(spec)

@@ -1,0 +1,72 @@
+"""Byte sizes: one parser and one formatter, binary and decimal units kept apart.
+
+GPU memory is reported by drivers in binary units (an "80GB" A100 reports
+81,920 MiB), so ftmem prints GiB by default and GB (10^9) on request.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from ftmem.errors import InvalidInputError
+
+UnitSystem = Literal["GiB", "GB"]
+
+_BINARY = {"B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_DECIMAL = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """Parse ``"24GiB"``, ``"24 GB"``, ``"80000MiB"`` or a plain byte count into bytes.
+
+    A bare letter such as ``24g`` is refused: it is ambiguous between GB and GiB,
+    which differ by 7 %.
+    """
+    if isinstance(text, int):
+        value_bytes = text
+    else:
+        match = _SIZE_RE.match(str(text))
+        if not match:
+            raise InvalidInputError(f"Cannot read '{text}' as a size; write it like 24GiB or 24GB.")
+        number, unit = float(match.group(1)), match.group(2).upper()
+        factor = _BINARY.get(unit) or _DECIMAL.get(unit) or (1 if unit == "" else None)
+        if factor is None:
+            raise InvalidInputError(
+                f"Unknown size unit '{match.group(2)}' in '{text}'; use B, KiB, MiB, GiB, TiB "
+                "(binary) or KB, MB, GB, TB (decimal)."
+            )
+        value_bytes = int(round(number * factor))
+    if value_bytes <= 0:
+        raise InvalidInputError(f"Size '{text}' must be positive.")
+    return value_bytes
+
+
+def format_bytes(n_bytes: int, units: UnitSystem = "GiB", digits: int = 2) -> str:
+    """Format a byte count in GiB (binary, default) or GB (decimal), always labelled."""
+    base = 1024 if units == "GiB" else 1000
+    names = ["B", "KiB", "MiB", "GiB", "TiB"] if units == "GiB" else ["B", "KB", "MB", "GB", "TB"]
+    value = float(n_bytes)
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    index = 0
+    while index < len(names) - 1 and round(value, digits) >= base:
+        value /= base
+        index += 1
+    if index == 0:
+        return f"{sign}{int(value)} B"
+    return f"{sign}{value:.{digits}f} {names[index]}"
+
+
+def in_unit(n_bytes: int, units: UnitSystem = "GiB") -> float:
+    """Bytes expressed as GiB or GB (for tables that share one unit per column)."""
+    return n_bytes / (2**30 if units == "GiB" else 10**9)
+
+
+def format_count(n: int) -> str:
+    """A parameter count as 6.74B / 124.4M / 8,192."""
+    for threshold, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if abs(n) >= threshold:
+            return f"{n / threshold:.2f}{suffix}"
+    return str(n)
