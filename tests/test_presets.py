@@ -177,7 +177,10 @@ def test_llama2_7b_by_hand() -> None:
     _, _, arch = _model(PRESETS / "models" / "llama2-7b.yaml")
     hidden, ffn, vocab, layers = 4096, 11008, 32000, 32
     assert (arch.hidden_size, arch.intermediate_size, arch.vocab_size, arch.num_layers) == (
-        hidden, ffn, vocab, layers,
+        hidden,
+        ffn,
+        vocab,
+        layers,
     )
 
     embed_tokens = 32000 * 4096  # model.embed_tokens.weight

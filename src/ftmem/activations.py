@@ -56,7 +56,9 @@ class _Ctx:
     @property
     def residual(self) -> int:
         """Bytes per element of the residual stream (fp32 params under autocast)."""
-        return BYTES_PER_ELEMENT[self.plan.dtypes.base] if self.plan.dtypes.base != "nf4" else self.e
+        return (
+            BYTES_PER_ELEMENT[self.plan.dtypes.base] if self.plan.dtypes.base != "nf4" else self.e
+        )
 
 
 def _norm(ctx: _Ctx, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:
@@ -66,7 +68,9 @@ def _norm(ctx: _Ctx, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:
     if ctx.arch.norm == "layernorm":
         # native_layer_norm saves its input and per-token mean and rstd (input dtype)
         if x_grad or w_grad:
-            out.append(Saved(f"{label}: input, mean, rstd", T * h * ctx.residual + 2 * T * ctx.residual))
+            out.append(
+                Saved(f"{label}: input, mean, rstd", T * h * ctx.residual + 2 * T * ctx.residual)
+            )
         return out
     gemma = ctx.arch.family in ("gemma", "gemma2")
     if x_grad:
@@ -95,23 +99,30 @@ def _linear_inputs(
     casts = not dt.autocast and ae != e
     for lin in adapted:
         if ctx.run.dropout > 0:
-            out.append(Saved(f"{lin.leaf} lora dropout mask + dropped input",
-                             T * in_features * (1 + ae)))
+            out.append(
+                Saved(f"{lin.leaf} lora dropout mask + dropped input", T * in_features * (1 + ae))
+            )
         elif casts:
             out.append(Saved(f"{lin.leaf} lora_A input cast to {dt.adapter}", T * in_features * ae))
         a_out = e if dt.autocast else ae
         out.append(Saved(f"{lin.leaf} lora_A output (r={r})", T * r * a_out))
         if ctx.run.method == "dora":
             # DoRA rescales base and LoRA outputs by the magnitude: both are kept
-            out.append(Saved(f"{lin.leaf} DoRA base and LoRA outputs", 2 * T * lin.out_features * e))
+            out.append(
+                Saved(f"{lin.leaf} DoRA base and LoRA outputs", 2 * T * lin.out_features * e)
+            )
     if adapted and not casts and ctx.run.dropout == 0 and not state.weights_trainable:
         out.append(Saved(f"{label}: input (for lora_A)", T * in_features * e))
     if dt.autocast:
         # autocast keeps a 16-bit copy of each weight used by a matmul that needs it
         for lin in linears:
             if in_grad or state.weights_trainable:
-                out.append(Saved(f"{lin.leaf} 16-bit weight copy",
-                                 lin.in_features * lin.out_features * lin.copies * 2))
+                out.append(
+                    Saved(
+                        f"{lin.leaf} 16-bit weight copy",
+                        lin.in_features * lin.out_features * lin.copies * 2,
+                    )
+                )
     return out
 
 
@@ -158,9 +169,7 @@ def _mlp(ctx: _Ctx, state: BlockState, x_grad: bool, linears: list[Linear]) -> l
         return _moe(ctx, state, x_grad)
     ups = [lin for lin in linears if set(lin.roles) & {"gate", "up"}]
     downs = [lin for lin in linears if "down" in lin.roles]
-    any_grad = x_grad or state.weights_trainable or any(
-        lin.module in state.adapted for lin in ups
-    )
+    any_grad = x_grad or state.weights_trainable or any(lin.module in state.adapted for lin in ups)
     out = _linear_inputs(ctx, ups, state, x_grad, "MLP", h)
     if any_grad:
         if arch.mlp == "gated":
@@ -194,8 +203,9 @@ def _moe(ctx: _Ctx, state: BlockState, x_grad: bool) -> list[Saved]:
     return out
 
 
-def block_saved(arch: Architecture, run: RunConfig, plan: MethodPlan, state: BlockState,
-                tokens: int) -> list[Saved]:
+def block_saved(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, state: BlockState, tokens: int
+) -> list[Saved]:
     """Tensors one decoder block saves for backward."""
     ctx = _Ctx(arch, run, plan, tokens)
     linears = list(layout(arch).linears)
@@ -207,7 +217,9 @@ def block_saved(arch: Architecture, run: RunConfig, plan: MethodPlan, state: Blo
     adapted_attn = any(lin.module in state.adapted for lin in qkv)
     h = arch.hidden_size
     out: list[Saved] = []
-    first_norm = "input norm" if arch.norms_per_block != 2 or not arch.parallel_attn_mlp else "ln_attn"
+    first_norm = (
+        "input norm" if arch.norms_per_block != 2 or not arch.parallel_attn_mlp else "ln_attn"
+    )
     out += _norm(ctx, first_norm, x, w)
     if arch.parallel_attn_mlp and arch.norms_per_block == 2:
         out += _norm(ctx, "ln_mlp", x, w)

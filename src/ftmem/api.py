@@ -76,5 +76,7 @@ def estimate(
             f"--seq-len {run.seq_len} exceeds {arch.name}'s {arch.max_position_embeddings} "
             "learned positions."
         )
-    overhead_bytes = None if overhead is None else (0 if overhead in (0, "0") else parse_size(overhead))
+    overhead_bytes = (
+        None if overhead is None else (0 if overhead in (0, "0") else parse_size(overhead))
+    )
     return estimate_step(arch, run, resolve_gpu(gpu, gpu_memory), overhead_bytes)

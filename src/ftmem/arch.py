@@ -42,7 +42,9 @@ class Architecture(BaseModel):
     hidden_size: PositiveInt
     num_layers: PositiveInt
     num_heads: PositiveInt
-    num_kv_heads: PositiveInt | None = Field(None, description="KV heads (GQA/MQA); = heads if unset.")
+    num_kv_heads: PositiveInt | None = Field(
+        None, description="KV heads (GQA/MQA); = heads if unset."
+    )
     head_dim: PositiveInt | None = Field(None, description="= hidden_size / num_heads if unset.")
     intermediate_size: PositiveInt
     mlp: Literal["gated", "plain"] = "gated"
@@ -67,14 +69,18 @@ class Architecture(BaseModel):
     def _consistent(self) -> Architecture:
         kv = self.kv_heads
         if self.num_heads % kv:
-            raise ValueError(
-                f"num_kv_heads ({kv}) must divide num_heads ({self.num_heads})"
-            )
+            raise ValueError(f"num_kv_heads ({kv}) must divide num_heads ({self.num_heads})")
         if self.head_dim is None and self.hidden_size % self.num_heads:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size}) "
                 "when head_dim is not given"
             )
+        if self.norms_per_block == 1 and self.family != "falcon":
+            raise ValueError("norms_per_block 1 (one shared input norm) is a Falcon layout")
+        if self.position_embedding == "learned" and self.family != "gpt2":
+            raise ValueError("learned position embeddings are supported for the gpt2 family only")
+        if self.is_moe and self.family != "mixtral":
+            raise ValueError("num_experts > 1 is supported for the mixtral family only")
         if self.experts_per_token > self.num_experts:
             raise ValueError(
                 f"experts_per_token ({self.experts_per_token}) exceeds num_experts "
@@ -175,8 +181,12 @@ class Layout:
 
 # Module paths per family (as transformers names them) for each projection.
 _ATTN_NAMES: dict[str, dict[str, str]] = {
-    "llama": {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-              "o": "self_attn.o_proj"},
+    "llama": {
+        "q": "self_attn.q_proj",
+        "k": "self_attn.k_proj",
+        "v": "self_attn.v_proj",
+        "o": "self_attn.o_proj",
+    },
     "phi3": {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj"},
     "gpt2": {"qkv": "attn.c_attn", "o": "attn.c_proj"},
     "falcon": {"qkv": "self_attention.query_key_value", "o": "self_attention.dense"},
@@ -186,13 +196,20 @@ _MLP_NAMES: dict[str, dict[str, str]] = {
     "phi3": {"gate_up": "mlp.gate_up_proj", "down": "mlp.down_proj"},
     "gpt2": {"up": "mlp.c_fc", "down": "mlp.c_proj"},
     "falcon": {"up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h"},
-    "mixtral": {"router": "mlp.gate", "gate_up": "mlp.experts.gate_up_proj",
-                "down": "mlp.experts.down_proj"},
+    "mixtral": {
+        "router": "mlp.gate",
+        "gate_up": "mlp.experts.gate_up_proj",
+        "down": "mlp.experts.down_proj",
+    },
 }
 _NORM_NAMES: dict[str, tuple[str, ...]] = {
     "llama": ("input_layernorm", "post_attention_layernorm"),
-    "gemma2": ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-               "post_feedforward_layernorm"),
+    "gemma2": (
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+    ),
     "gpt2": ("ln_1", "ln_2"),
     "falcon1": ("input_layernorm",),
     "falcon2": ("ln_attn", "ln_mlp"),
@@ -230,10 +247,26 @@ def _linears(arch: Architecture) -> list[Linear]:
         e = arch.num_experts
         out += [
             Linear(names["router"], ("router",), h, e, False, is_module=False),
-            Linear(names["gate_up"], ("gate", "up"), h, 2 * ffn, mlp_b, copies=e,
-                   tokens_fraction=share, is_module=False),
-            Linear(names["down"], ("down",), ffn, h, mlp_b, copies=e, tokens_fraction=share,
-                   is_module=False),
+            Linear(
+                names["gate_up"],
+                ("gate", "up"),
+                h,
+                2 * ffn,
+                mlp_b,
+                copies=e,
+                tokens_fraction=share,
+                is_module=False,
+            ),
+            Linear(
+                names["down"],
+                ("down",),
+                ffn,
+                h,
+                mlp_b,
+                copies=e,
+                tokens_fraction=share,
+                is_module=False,
+            ),
         ]
         return out
     mlp = _MLP_NAMES[style]
@@ -262,20 +295,24 @@ def _norm_params(prefix: str, arch: Architecture) -> list[Param]:
 def layout(arch: Architecture) -> Layout:
     """Every parameter tensor of the model, exactly as transformers allocates them."""
     linears = _linears(arch)
+    style = _style(arch.family)
     block: list[Param] = []
     for lin in linears:
         kind: ParamKind = "router" if lin.roles == ("router",) else "linear"
         # MoE experts are one (experts, out, in) tensor in transformers 5.
         experts = (lin.copies,) if lin.copies > 1 else ()
         weight_name = f"{lin.module}.weight" if lin.is_module or kind == "router" else lin.module
-        block.append(
-            Param(weight_name, (*experts, lin.out_features, lin.in_features), kind, lin.roles)
+        # GPT-2's Conv1D stores its weight as (in, out); nn.Linear as (out, in)
+        dims = (
+            (lin.in_features, lin.out_features)
+            if style == "gpt2"
+            else (lin.out_features, lin.in_features)
         )
+        block.append(Param(weight_name, (*experts, *dims), kind, lin.roles))
         if lin.bias:
             block.append(
                 Param(f"{lin.module}.bias", (*experts, lin.out_features), "linear_bias", lin.roles)
             )
-    style = _style(arch.family)
     if style == "falcon":
         norm_names = _NORM_NAMES["falcon1" if arch.norms_per_block == 1 else "falcon2"]
     elif arch.norms_per_block == 4:
@@ -289,8 +326,9 @@ def layout(arch: Architecture) -> Layout:
     outer = [Param(f"{embed_name}.weight", (arch.vocab_size, arch.hidden_size), "embedding")]
     if arch.position_embedding == "learned":
         outer.append(
-            Param(f"{pos_name}.weight", (arch.max_position_embeddings, arch.hidden_size),
-                  "position")
+            Param(
+                f"{pos_name}.weight", (arch.max_position_embeddings, arch.hidden_size), "position"
+            )
         )
     outer += _norm_params(final_norm, arch)
     if not arch.tie_embeddings:

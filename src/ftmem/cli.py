@@ -41,33 +41,81 @@ def _console():  # lazily: rich is only needed for tables
 
 @app.command()
 def estimate(
-    model: Annotated[str, typer.Argument(help="Preset id (see `ftmem models`) or a config.json path/folder.")],
+    model: Annotated[
+        str, typer.Argument(help="Preset id (see `ftmem models`) or a config.json path/folder.")
+    ],
     method: Annotated[str, typer.Option(help="full | freeze | lora | qlora | dora")] = "full",
-    precision: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed")] = "bf16",
-    optimizer: Annotated[str, typer.Option(help="adamw | adamw-fp32 | adamw-8bit | paged-adamw-8bit | sgd | sgd-momentum | adafactor | lion")] = "adamw",
-    optimizer_impl: Annotated[str, typer.Option(help="foreach (torch's CUDA default) | for-loop | fused")] = "foreach",
+    precision: Annotated[
+        str, typer.Option(help="fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed")
+    ] = "bf16",
+    optimizer: Annotated[
+        str,
+        typer.Option(
+            help="adamw | adamw-fp32 | adamw-8bit | paged-adamw-8bit | sgd | sgd-momentum | adafactor | lion"
+        ),
+    ] = "adamw",
+    optimizer_impl: Annotated[
+        str, typer.Option(help="foreach (torch's CUDA default) | for-loop | fused")
+    ] = "foreach",
     batch_size: Annotated[int, typer.Option(help="Micro-batch size per GPU.")] = 1,
     seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 512,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
-    grad_ckpt: Annotated[bool, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing.")] = False,
+    grad_ckpt: Annotated[
+        bool, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing.")
+    ] = False,
     attn: Annotated[str, typer.Option(help="eager | sdpa | flash")] = "sdpa",
-    autocast: Annotated[Optional[bool], typer.Option("--autocast/--no-autocast", help="torch.autocast (default: on for *-mixed).")] = None,  # noqa: UP045
-    trainable_layers: Annotated[Optional[int], typer.Option(help="freeze: the last N blocks train.")] = None,  # noqa: UP045
+    autocast: Annotated[
+        Optional[bool],
+        typer.Option("--autocast/--no-autocast", help="torch.autocast (default: on for *-mixed)."),
+    ] = None,  # noqa: UP045
+    trainable_layers: Annotated[
+        Optional[int], typer.Option(help="freeze: the last N blocks train.")
+    ] = None,  # noqa: UP045
     lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank (default 8).")] = None,  # noqa: UP045
     lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default 2r).")] = None,  # noqa: UP045
-    lora_targets: Annotated[Optional[str], typer.Option(help="all-linear | attention | list: q,k,v,o,gate,up,down or module names (default q,v).")] = None,  # noqa: UP045
+    lora_targets: Annotated[
+        Optional[str],
+        typer.Option(
+            help="all-linear | attention | list: q,k,v,o,gate,up,down or module names (default q,v)."
+        ),
+    ] = None,  # noqa: UP045
     lora_dropout: Annotated[Optional[float], typer.Option(help="LoRA dropout (default 0).")] = None,  # noqa: UP045
-    adapter_dtype: Annotated[str, typer.Option(help="auto (peft: fp32) | fp32 | bf16 | fp16")] = "auto",
-    quant: Annotated[Optional[str], typer.Option(help="qlora base: nf4 (default) | fp4 | int8")] = None,  # noqa: UP045
-    double_quant: Annotated[Optional[bool], typer.Option("--double-quant/--no-double-quant", help="qlora: quantise the quantisation constants (default on).")] = None,  # noqa: UP045
-    compute_dtype: Annotated[Optional[str], typer.Option(help="qlora: bnb 4-bit compute dtype.")] = None,  # noqa: UP045
+    adapter_dtype: Annotated[
+        str, typer.Option(help="auto (peft: fp32) | fp32 | bf16 | fp16")
+    ] = "auto",
+    quant: Annotated[
+        Optional[str], typer.Option(help="qlora base: nf4 (default) | fp4 | int8")
+    ] = None,  # noqa: UP045
+    double_quant: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--double-quant/--no-double-quant",
+            help="qlora: quantise the quantisation constants (default on).",
+        ),
+    ] = None,  # noqa: UP045
+    compute_dtype: Annotated[
+        Optional[str], typer.Option(help="qlora: bnb 4-bit compute dtype.")
+    ] = None,  # noqa: UP045
     gpu: Annotated[Optional[str], typer.Option(help="GPU preset (see `ftmem gpus`).")] = None,  # noqa: UP045
-    gpu_memory: Annotated[Optional[str], typer.Option(help="GPU memory instead of a preset, e.g. 24GiB.")] = None,  # noqa: UP045
-    overhead: Annotated[Optional[str], typer.Option(help="Runtime overhead instead of the default (CUDA context + 5% allocator reserve), e.g. 1GiB or 0.")] = None,  # noqa: UP045
-    accounting: Annotated[str, typer.Option(help="phases (peak of the step) | simple (sum of the buckets)")] = "phases",
-    output_format: Annotated[str, typer.Option("--format", help="table | json | markdown")] = "table",
+    gpu_memory: Annotated[
+        Optional[str], typer.Option(help="GPU memory instead of a preset, e.g. 24GiB.")
+    ] = None,  # noqa: UP045
+    overhead: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Runtime overhead instead of the default (CUDA context + 5% allocator reserve), e.g. 1GiB or 0."
+        ),
+    ] = None,  # noqa: UP045
+    accounting: Annotated[
+        str, typer.Option(help="phases (peak of the step) | simple (sum of the buckets)")
+    ] = "phases",
+    output_format: Annotated[
+        str, typer.Option("--format", help="table | json | markdown")
+    ] = "table",
     units: Units = "GiB",
-    check: Annotated[bool, typer.Option("--check", help="Exit 1 when it does not fit (for CI).")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 when it does not fit (for CI).")
+    ] = False,
 ) -> None:
     """Estimate the memory of one training step and whether it fits a GPU."""
     from ftmem.api import estimate as run_estimate
@@ -78,13 +126,30 @@ def estimate(
         if output_format not in ("table", "json", "markdown"):
             raise FtmemError("--format must be table, json or markdown.")
         est = run_estimate(
-            model, gpu=gpu, gpu_memory=gpu_memory, overhead=overhead, method=method,
-            precision=precision, optimizer=optimizer, optimizer_impl=optimizer_impl,
-            batch_size=batch_size, seq_len=seq_len, grad_accum=grad_accum, grad_ckpt=grad_ckpt,
-            attn=attn, autocast=autocast, trainable_layers=trainable_layers, lora_r=lora_r,
-            lora_alpha=lora_alpha, lora_targets=lora_targets, lora_dropout=lora_dropout,
-            adapter_dtype=adapter_dtype, quant=quant, double_quant=double_quant,
-            compute_dtype=compute_dtype, accounting=accounting,
+            model,
+            gpu=gpu,
+            gpu_memory=gpu_memory,
+            overhead=overhead,
+            method=method,
+            precision=precision,
+            optimizer=optimizer,
+            optimizer_impl=optimizer_impl,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            grad_accum=grad_accum,
+            grad_ckpt=grad_ckpt,
+            attn=attn,
+            autocast=autocast,
+            trainable_layers=trainable_layers,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_targets=lora_targets,
+            lora_dropout=lora_dropout,
+            adapter_dtype=adapter_dtype,
+            quant=quant,
+            double_quant=double_quant,
+            compute_dtype=compute_dtype,
+            accounting=accounting,
         )
     except FtmemError as exc:
         raise _fail(str(exc)) from None
@@ -109,11 +174,19 @@ def models(units: Units = "GiB") -> None:
 
     tbl = Table(title="Model presets")
     for col in ("id", "name", "family", "parameters", "exact count", "bf16 weights"):
-        tbl.add_column(col, justify="right" if col in ("parameters", "exact count", "bf16 weights") else "left")
+        tbl.add_column(
+            col, justify="right" if col in ("parameters", "exact count", "bf16 weights") else "left"
+        )
     for preset_id, arch in sorted(model_presets().items()):
         n = count_params(arch)
-        tbl.add_row(preset_id, arch.name, arch.family, format_count(n), f"{n:,}",
-                    format_bytes(2 * n, _units(units)))
+        tbl.add_row(
+            preset_id,
+            arch.name,
+            arch.family,
+            format_count(n),
+            f"{n:,}",
+            format_bytes(2 * n, _units(units)),
+        )
     _console().print(tbl)
 
 
@@ -129,8 +202,13 @@ def gpus(units: Units = "GiB") -> None:
     for col in ("id", "name", "memory", "bytes", "bf16"):
         tbl.add_column(col, justify="right" if col in ("memory", "bytes") else "left")
     for gpu in sorted(gpu_presets().values(), key=lambda g: g.memory_bytes):
-        tbl.add_row(gpu.id, gpu.name, format_bytes(gpu.memory_bytes, _units(units)),
-                    f"{gpu.memory_bytes:,}", "yes" if gpu.bf16 else "no")
+        tbl.add_row(
+            gpu.id,
+            gpu.name,
+            format_bytes(gpu.memory_bytes, _units(units)),
+            f"{gpu.memory_bytes:,}",
+            "yes" if gpu.bf16 else "no",
+        )
     _console().print(tbl)
 
 

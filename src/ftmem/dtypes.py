@@ -46,7 +46,9 @@ def quantized_weight_bytes(
     return packed + constants + _CODE_4BIT_BYTES
 
 
-def tensor_bytes(numel: int, fmt: StorageFormat, out_features: int = 0, double_quant: bool = True) -> int:
+def tensor_bytes(
+    numel: int, fmt: StorageFormat, out_features: int = 0, double_quant: bool = True
+) -> int:
     """Bytes of a tensor of ``numel`` elements stored as ``fmt``."""
     if fmt in BYTES_PER_ELEMENT and fmt != "int8":
         return numel * BYTES_PER_ELEMENT[fmt]

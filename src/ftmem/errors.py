@@ -35,7 +35,9 @@ class UnknownNameError(FtmemError, KeyError):
     def _message(self) -> str:
         close = difflib.get_close_matches(self.name.lower(), self.known, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
-        listing = f" Run `ftmem {self.kind}s` to list them." if self.kind in ("model", "gpu") else ""
+        listing = (
+            f" Run `ftmem {self.kind}s` to list them." if self.kind in ("model", "gpu") else ""
+        )
         return f"Unknown {self.kind} '{self.name}'.{hint}{listing}"
 
 

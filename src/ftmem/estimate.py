@@ -21,8 +21,14 @@ from ftmem.run import RunConfig
 
 FP32 = 4
 SIMPLE_STATES_PER_PARAM = {  # 16-bit values per trainable parameter, seed's rule
-    "adamw": 2, "adamw-fp32": 2, "adamw-8bit": 2, "paged-adamw-8bit": 2, "sgd": 0,
-    "sgd-momentum": 1, "adafactor": 1, "lion": 1,
+    "adamw": 2,
+    "adamw-fp32": 2,
+    "adamw-8bit": 2,
+    "paged-adamw-8bit": 2,
+    "sgd": 0,
+    "sgd-momentum": 1,
+    "adafactor": 1,
+    "lion": 1,
 }
 
 
@@ -49,8 +55,9 @@ def _sum(items: list[Saved]) -> int:
     return sum(s.nbytes for s in items)
 
 
-def estimate_step(arch: Architecture, run: RunConfig, gpu: Gpu | None = None,
-                  overhead_bytes: int | None = None) -> Estimate:
+def estimate_step(
+    arch: Architecture, run: RunConfig, gpu: Gpu | None = None, overhead_bytes: int | None = None
+) -> Estimate:
     """Predict the memory of one steady-state training step."""
     plan = plan_method(arch, run)
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
@@ -89,9 +96,10 @@ def estimate_step(arch: Architecture, run: RunConfig, gpu: Gpu | None = None,
     # Gradient bytes of one trainable block (they appear block by block in backward).
     grads_block = 0
     if plan.trainable_blocks:
-        grads_block = sum(
-            g.total_numel * BYTES_PER_ELEMENT.get(g.fmt, 2) for g in grad_groups if g.in_block
-        ) // plan.trainable_blocks
+        grads_block = (
+            sum(g.total_numel * BYTES_PER_ELEMENT.get(g.fmt, 2) for g in grad_groups if g.in_block)
+            // plan.trainable_blocks
+        )
     grads_outer = grads - grads_block * plan.trainable_blocks
 
     upcast = e != FP32
@@ -126,25 +134,50 @@ def estimate_step(arch: Architecture, run: RunConfig, gpu: Gpu | None = None,
         grads_s = 2 * n_train
         states_s = 2 * SIMPLE_STATES_PER_PARAM[run.optimizer] * n_train
         peak = weights + activations + grads_s + states_s
-        at_peak = AtPeak(weights=weights, gradients=grads_s, optimizer_states=states_s,
-                         activations=activations, temporaries=0)
+        at_peak = AtPeak(
+            weights=weights,
+            gradients=grads_s,
+            optimizer_states=states_s,
+            activations=activations,
+            temporaries=0,
+        )
         memory_grads, memory_states, temporaries, phase = grads_s, states_s, 0, "sum (simple)"
-        notes.append("Simple accounting: weights + activations + gradients + optimizer states, "
-                     "each gradient and state 16-bit; an upper bound, not a phase of the step.")
+        notes.append(
+            "Simple accounting: weights + activations + gradients + optimizer states, "
+            "each gradient and state 16-bit; an upper bound, not a phase of the step."
+        )
     else:
-        phase = max(("forward", forward_peak), ("backward", backward_peak),
-                    ("optimizer", optimizer_peak), key=lambda kv: kv[1])[0]
+        phase = max(
+            ("forward", forward_peak),
+            ("backward", backward_peak),
+            ("optimizer", optimizer_peak),
+            key=lambda kv: kv[1],
+        )[0]
         if phase == "forward":
-            at_peak = AtPeak(weights=weights, gradients=grads if run.grad_accum > 1 else 0,
-                             optimizer_states=states, activations=activations,
-                             temporaries=logits_fwd)
+            at_peak = AtPeak(
+                weights=weights,
+                gradients=grads if run.grad_accum > 1 else 0,
+                optimizer_states=states,
+                activations=activations,
+                temporaries=logits_fwd,
+            )
         elif phase == "backward":
             g_live, a_live, tmp = backward_parts
-            at_peak = AtPeak(weights=weights, gradients=g_live, optimizer_states=states,
-                             activations=a_live, temporaries=tmp)
+            at_peak = AtPeak(
+                weights=weights,
+                gradients=g_live,
+                optimizer_states=states,
+                activations=a_live,
+                temporaries=tmp,
+            )
         else:
-            at_peak = AtPeak(weights=weights, gradients=grads, optimizer_states=states,
-                             activations=0, temporaries=opt_temp)
+            at_peak = AtPeak(
+                weights=weights,
+                gradients=grads,
+                optimizer_states=states,
+                activations=0,
+                temporaries=opt_temp,
+            )
         peak = at_peak.total
         memory_grads, memory_states, temporaries = grads, states, at_peak.temporaries
 
@@ -158,10 +191,17 @@ def estimate_step(arch: Architecture, run: RunConfig, gpu: Gpu | None = None,
 
     typical = cache[block_states[-1]]
     memory = Memory(
-        weights_bytes=weights, gradients_bytes=memory_grads, optimizer_states_bytes=memory_states,
-        activations_bytes=activations, temporaries_bytes=temporaries,
-        peak_allocated_bytes=peak, overhead_bytes=overhead, total_bytes=total,
-        peak_phase=phase, at_peak=at_peak, phases=phases,
+        weights_bytes=weights,
+        gradients_bytes=memory_grads,
+        optimizer_states_bytes=memory_states,
+        activations_bytes=activations,
+        temporaries_bytes=temporaries,
+        peak_allocated_bytes=peak,
+        overhead_bytes=overhead,
+        total_bytes=total,
+        peak_phase=phase,
+        at_peak=at_peak,
+        phases=phases,
         activations_per_block=[SavedItem(what=s.what, bytes=s.nbytes) for s in typical],
         activations_outer=[SavedItem(what=s.what, bytes=s.nbytes) for s in outer_items],
     )
@@ -170,11 +210,17 @@ def estimate_step(arch: Architecture, run: RunConfig, gpu: Gpu | None = None,
     if arch.family == "falcon":
         notes.append("Falcon's attention runs eagerly in fp32 in transformers 5: s² scores kept.")
     return Estimate(
-        model=ModelInfo(name=arch.name, family=arch.family, n_params=count_params(arch),
-                        n_trainable_params=plan.n_trainable),
+        model=ModelInfo(
+            name=arch.name,
+            family=arch.family,
+            n_params=count_params(arch),
+            n_trainable_params=plan.n_trainable,
+        ),
         run=_resolved_run(run, plan),
         memory=memory,
-        gpu=None if gpu is None else {"name": gpu.name, "id": gpu.id, "memory_bytes": gpu.memory_bytes},
+        gpu=None
+        if gpu is None
+        else {"name": gpu.name, "id": gpu.id, "memory_bytes": gpu.memory_bytes},
         fits=fits,
         headroom_bytes=headroom,
         notes=notes,
@@ -201,9 +247,14 @@ def _resolved_run(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
     resolved["autocast"] = plan.dtypes.autocast
     resolved["compute_dtype"] = plan.dtypes.compute
     if run.method in ("lora", "qlora", "dora"):
-        resolved.update(lora_r=run.r, lora_alpha=run.alpha, lora_targets=run.targets,
-                        lora_dropout=run.dropout, adapter_dtype=plan.dtypes.adapter,
-                        adapted_modules=[lin.module for lin in plan.adapted])
+        resolved.update(
+            lora_r=run.r,
+            lora_alpha=run.alpha,
+            lora_targets=run.targets,
+            lora_dropout=run.dropout,
+            adapter_dtype=plan.dtypes.adapter,
+            adapted_modules=[lin.module for lin in plan.adapted],
+        )
     if run.method == "qlora":
         resolved.update(quant=run.quant_format, double_quant=run.uses_double_quant)
     if run.method == "freeze":

@@ -42,6 +42,7 @@ class TensorGroup:
 
     @property
     def nbytes(self) -> int:
+        # (out, in) for nn.Linear; int8 keeps one scale per output row
         out_features = self.shape[-2] if len(self.shape) >= 2 else self.shape[0]
         return self.count * tensor_bytes(self.numel, self.fmt, out_features, self.double_quant)
 
@@ -89,7 +90,9 @@ def adapted_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
         if item in _ROLE_ALIASES:
             match = [lin for lin in linears if item in lin.roles]
         else:
-            match = [lin for lin in linears if lin.module == item or lin.module.endswith("." + item)]
+            match = [
+                lin for lin in linears if lin.module == item or lin.module.endswith("." + item)
+            ]
         if not match:
             names = sorted({lin.leaf for lin in linears})
             raise InvalidInputError(
@@ -126,7 +129,9 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
 
     if run.method == "freeze":
         trainable_blocks = (
-            DEFAULT_FREEZE_TRAINABLE_LAYERS if run.trainable_layers is None else run.trainable_layers
+            DEFAULT_FREEZE_TRAINABLE_LAYERS
+            if run.trainable_layers is None
+            else run.trainable_layers
         )
         if trainable_blocks == 0:
             raise InvalidInputError("--trainable-layers 0 leaves nothing to train.")
@@ -142,8 +147,7 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
 
     groups: list[TensorGroup] = []
     for p in lay.outer:
-        groups.append(TensorGroup(p.name, p.shape, 1, dtypes.base, outer_trainable,
-                                  in_block=False))
+        groups.append(TensorGroup(p.name, p.shape, 1, dtypes.base, outer_trainable, in_block=False))
     for p in lay.block:
         fmt = _base_format(p, run, dtypes)
         if run.method == "full":
@@ -160,14 +164,37 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         adapted = adapted_linears(arch, run)
         r = run.r
         for lin in adapted:
-            groups.append(TensorGroup(f"{lin.module}.lora_A", (r, lin.in_features), L,
-                                      dtypes.adapter, True, adapter=True))
-            groups.append(TensorGroup(f"{lin.module}.lora_B", (lin.out_features, r), L,
-                                      dtypes.adapter, True, adapter=True))
+            groups.append(
+                TensorGroup(
+                    f"{lin.module}.lora_A",
+                    (r, lin.in_features),
+                    L,
+                    dtypes.adapter,
+                    True,
+                    adapter=True,
+                )
+            )
+            groups.append(
+                TensorGroup(
+                    f"{lin.module}.lora_B",
+                    (lin.out_features, r),
+                    L,
+                    dtypes.adapter,
+                    True,
+                    adapter=True,
+                )
+            )
             if run.method == "dora":
-                groups.append(TensorGroup(f"{lin.module}.lora_magnitude_vector",
-                                          (lin.out_features,), L, dtypes.adapter, True,
-                                          adapter=True))
+                groups.append(
+                    TensorGroup(
+                        f"{lin.module}.lora_magnitude_vector",
+                        (lin.out_features,),
+                        L,
+                        dtypes.adapter,
+                        True,
+                        adapter=True,
+                    )
+                )
         if arch.is_moe and run.targets.strip().lower() == "all-linear":
             notes.append(
                 "MoE experts are 3-D parameters in transformers 5, not nn.Linear: "
@@ -175,5 +202,6 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
             )
     if run.method == "qlora" and arch.is_moe:
         notes.append("Quantised MoE experts assumed (nf4/int8 storage for the expert tensors).")
-    return MethodPlan(tuple(groups), dtypes, adapted, trainable_blocks, outer_trainable,
-                      tuple(notes))
+    return MethodPlan(
+        tuple(groups), dtypes, adapted, trainable_blocks, outer_trainable, tuple(notes)
+    )

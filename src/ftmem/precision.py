@@ -19,7 +19,11 @@ class Dtypes:
     autocast: bool
 
     def describe(self) -> str:
-        base = f"{self.quantized} linears, {self.base} rest" if self.quantized else f"{self.base} weights"
+        base = (
+            f"{self.quantized} linears, {self.base} rest"
+            if self.quantized
+            else f"{self.base} weights"
+        )
         cast = ", autocast" if self.autocast else ""
         return f"{base}, {self.compute} compute{cast}"
 

@@ -47,7 +47,9 @@ def validation_message(exc: ValidationError, where: str) -> str:
     return f"{where} is invalid ({'; '.join(parts)})."
 
 
-def model_from_mapping(data: dict[str, Any], where: str) -> tuple[str, tuple[str, ...], Architecture]:
+def model_from_mapping(
+    data: dict[str, Any], where: str
+) -> tuple[str, tuple[str, ...], Architecture]:
     data = dict(data)
     preset_id = str(data.pop("id", "")).strip()
     aliases = tuple(str(a) for a in data.pop("aliases", ()) or ())

@@ -28,7 +28,13 @@ class AtPeak(_Frozen):
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer_states + self.activations + self.temporaries
+        return (
+            self.weights
+            + self.gradients
+            + self.optimizer_states
+            + self.activations
+            + self.temporaries
+        )
 
 
 class PhasePeaks(_Frozen):

@@ -10,8 +10,14 @@ Method = Literal["full", "freeze", "lora", "qlora", "dora"]
 Precision = Literal["fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed"]
 AdapterDtype = Literal["auto", "fp32", "bf16", "fp16"]
 Optimizer = Literal[
-    "adamw", "adamw-fp32", "adamw-8bit", "paged-adamw-8bit", "sgd", "sgd-momentum",
-    "adafactor", "lion",
+    "adamw",
+    "adamw-fp32",
+    "adamw-8bit",
+    "paged-adamw-8bit",
+    "sgd",
+    "sgd-momentum",
+    "adafactor",
+    "lion",
 ]
 Attention = Literal["eager", "sdpa", "flash"]
 Quant = Literal["nf4", "fp4", "int8"]
@@ -61,14 +67,18 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:
         lora_opts = {
-            "--lora-r": self.lora_r, "--lora-alpha": self.lora_alpha,
-            "--lora-targets": self.lora_targets, "--lora-dropout": self.lora_dropout,
+            "--lora-r": self.lora_r,
+            "--lora-alpha": self.lora_alpha,
+            "--lora-targets": self.lora_targets,
+            "--lora-dropout": self.lora_dropout,
         }
         if self.method not in ADAPTER_METHODS:
             given = [k for k, v in lora_opts.items() if v is not None]
             if given or self.adapter_dtype != "auto":
                 opts = ", ".join(given or ["--adapter-dtype"])
-                raise ValueError(f"{opts} only apply to lora, qlora and dora, not --method {self.method}")
+                raise ValueError(
+                    f"{opts} only apply to lora, qlora and dora, not --method {self.method}"
+                )
         if self.method != "qlora":
             if self.quant is not None or self.double_quant is not None or self.compute_dtype:
                 raise ValueError(
@@ -80,7 +90,9 @@ class RunConfig(BaseModel):
         if self.autocast is False and self.precision.endswith("-mixed"):
             raise ValueError(f"--precision {self.precision} means autocast; drop --no-autocast")
         if self.method != "freeze" and self.trainable_layers is not None:
-            raise ValueError(f"--trainable-layers only applies to --method freeze, not {self.method}")
+            raise ValueError(
+                f"--trainable-layers only applies to --method freeze, not {self.method}"
+            )
         return self
 
     # Resolved values (what the report prints as the run actually estimated).
@@ -108,7 +120,9 @@ class RunConfig(BaseModel):
 
     @property
     def uses_double_quant(self) -> bool:
-        return self.method == "qlora" and (self.double_quant if self.double_quant is not None else True)
+        return self.method == "qlora" and (
+            self.double_quant if self.double_quant is not None else True
+        )
 
     @property
     def uses_autocast(self) -> bool:

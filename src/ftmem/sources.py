@@ -23,7 +23,9 @@ def _need(cfg: Mapping, *keys: str) -> Any:
     for key in keys:
         if key in cfg and cfg[key] is not None:
             return cfg[key]
-    raise ConfigError(f"config.json lacks '{keys[0]}', which a {cfg.get('model_type')} model needs.")
+    raise ConfigError(
+        f"config.json lacks '{keys[0]}', which a {cfg.get('model_type')} model needs."
+    )
 
 
 def _act(name: str | None) -> str:
@@ -79,8 +81,10 @@ def _from_qwen2(cfg: Mapping) -> Mapping:
 
 def _from_mixtral(cfg: Mapping) -> Mapping:
     out = _llama_like(cfg, "mixtral")
-    out.update(num_experts=_need(cfg, "num_local_experts"),
-               experts_per_token=_need(cfg, "num_experts_per_tok"))
+    out.update(
+        num_experts=_need(cfg, "num_local_experts"),
+        experts_per_token=_need(cfg, "num_experts_per_tok"),
+    )
     return out
 
 
@@ -198,14 +202,16 @@ def load_config_json(path: Path) -> Architecture:
         raise ConfigError(f"{file} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{file} must hold a JSON object.")
-    name = cfg.get("_name_or_path") or (file.parent.name if path.is_dir() or file.name == "config.json" else file.stem)
+    name = cfg.get("_name_or_path") or (
+        file.parent.name if path.is_dir() or file.name == "config.json" else file.stem
+    )
     return architecture_from_config(cfg, str(name) or "custom", str(file))
 
 
 def resolve_model(spec: str) -> Architecture:
     """A preset id/alias, or a path to config.json / a model folder."""
     path = Path(spec).expanduser()
-    looks_like_path = spec.endswith(".json") or "/" in spec and path.exists() or path.is_dir()
+    looks_like_path = spec.endswith(".json") or ("/" in spec and path.exists()) or path.is_dir()
     if looks_like_path or path.is_file():
         return load_config_json(path)
     return get_model(spec)

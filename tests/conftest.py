@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny architectures of each family, small enough for CPU measurement."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftmem.arch import Architecture
+
+TINY: dict[str, dict] = {
+    "llama": dict(
+        family="llama",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=4,
+        intermediate_size=160,
+    ),
+    "mistral": dict(
+        family="mistral",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+    ),
+    "qwen2": dict(
+        family="qwen2",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        attention_qkv_bias=True,
+        tie_embeddings=True,
+    ),
+    "gemma": dict(
+        family="gemma",
+        vocab_size=1024,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=1,
+        head_dim=32,
+        intermediate_size=128,
+        activation="gelu_tanh",
+        tie_embeddings=True,
+    ),
+    "phi3": dict(
+        family="phi3",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=4,
+        intermediate_size=160,
+    ),
+    "gpt2": dict(
+        family="gpt2",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=384,
+        mlp="plain",
+        activation="gelu_tanh",
+        norm="layernorm",
+        attention_qkv_bias=True,
+        attention_out_bias=True,
+        mlp_bias=True,
+        tie_embeddings=True,
+        position_embedding="learned",
+        max_position_embeddings=128,
+    ),
+    "mixtral": dict(
+        family="mixtral",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        num_experts=4,
+        experts_per_token=2,
+    ),
+}
+
+
+def tiny(family: str, **changes: object) -> Architecture:
+    return Architecture(name=f"tiny-{family}", **{**TINY[family], **changes})
+
+
+@pytest.fixture(params=sorted(TINY))
+def tiny_arch(request: pytest.FixtureRequest) -> Architecture:
+    return tiny(request.param)

@@ -1,0 +1,87 @@
+"""Parameter counts: hand derivations, and the real transformers model on the meta device."""
+
+import re
+
+import pytest
+
+from ftmem.arch import Architecture, count_params, layout
+from ftmem.presets import get_model
+
+from .conftest import TINY, tiny
+
+
+def test_mistral_7b_by_hand():
+    h, L, V, f, kv = 4096, 32, 32000, 14336, 8 * 128
+    per_layer = h * h + 2 * h * kv + h * h + 3 * h * f + 2 * h
+    total = V * h + L * per_layer + h + V * h
+    assert total == 7_241_732_096
+    assert count_params(get_model("mistral-7b")) == total
+
+
+def test_mixtral_moe_by_hand():
+    h, L, V, f, kv, E = 4096, 32, 32000, 14336, 1024, 8
+    per_layer = 2 * h * h + 2 * h * kv + E * 3 * h * f + h * E + 2 * h
+    assert count_params(get_model("mixtral-8x7b")) == 2 * V * h + L * per_layer + h
+
+
+def test_gpt2_by_hand():
+    h, L, V, P = 768, 12, 50257, 1024
+    per_layer = (h * 3 * h + 3 * h) + (h * h + h) + (h * 4 * h + 4 * h) + (4 * h * h + h) + 4 * h
+    assert count_params(get_model("gpt2")) == V * h + P * h + L * per_layer + 2 * h == 124_439_808
+
+
+def test_gqa_shrinks_k_and_v_only():
+    mha = tiny("llama")
+    gqa = tiny("llama", num_kv_heads=1)
+    diff = count_params(mha) - count_params(gqa)
+    # k and v lose 3 of 4 heads' columns (head_dim 24) in each of 2 layers
+    assert diff == 2 * 2 * 96 * (96 - 24)
+
+
+def test_inconsistent_heads_are_rejected():
+    with pytest.raises(ValueError, match="must divide num_heads"):
+        tiny("llama", num_kv_heads=3)
+    with pytest.raises(ValueError, match="must divide hidden_size"):
+        tiny("llama", num_heads=5, num_kv_heads=5)
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_layout_matches_transformers(family):
+    """Every tensor name and shape of one block equals the real model's."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    from ftmem.measure.build import (
+        build_model,  # noqa: F401 - ensures the extra is present
+        hf_config,
+    )
+
+    arch = tiny(family)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config(arch, "sdpa"))
+    real = {
+        n: tuple(p.shape)
+        for n, p in model.named_parameters()
+        if not re.search(r"\.\d+\.", n) or ".0." in n  # outer tensors and block 0
+    }
+    lay = layout(arch)
+    block_prefix = next(n for n in real if ".0." in n).split(".0.")[0] + ".0."
+    ours = {block_prefix + p.name: p.shape for p in lay.block}
+    ours |= {p.name: p.shape for p in lay.outer}
+    assert ours == real
+    assert count_params(arch) == sum(p.numel() for p in model.parameters())
+    assert len(real) == len(lay.outer) + len(lay.block)
+
+
+def test_architecture_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="extra"):
+        Architecture(
+            name="x",
+            family="llama",
+            vocab_size=1,
+            hidden_size=8,
+            num_layers=1,
+            num_heads=1,
+            intermediate_size=8,
+            colour="blue",
+        )

@@ -1,0 +1,166 @@
+"""The CLI: exit codes, stdout carries data, stderr carries one-sentence errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from ftmem.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), env={"COLUMNS": "120", "NO_COLOR": "1"})
+
+
+def test_estimate_table_shows_components_and_verdict():
+    res = run("estimate", "llama2-13b", "--method", "qlora", "--gpu", "rtx4090")
+    assert res.exit_code == 0, res.output
+    for word in (
+        "Weights",
+        "Gradients",
+        "Optimizer states",
+        "Activations",
+        "Temporaries",
+        "Runtime overhead",
+        "Total",
+        "GiB",
+        "FITS on NVIDIA GeForce RTX 4090",
+    ):
+        assert word in res.stdout
+
+
+def test_json_contract():
+    res = run(
+        "estimate", "llama2-13b", "--method", "full", "--gpu", "a100-80gb", "--format", "json"
+    )
+    assert res.exit_code == 0
+    data = json.loads(res.stdout)
+    assert data["model"]["name"] == "Llama-2-13B"
+    assert data["model"]["n_params"] == 13_015_864_320
+    assert data["model"]["n_trainable_params"] == 13_015_864_320
+    for key in (
+        "weights_bytes",
+        "gradients_bytes",
+        "optimizer_states_bytes",
+        "activations_bytes",
+        "temporaries_bytes",
+        "peak_allocated_bytes",
+        "overhead_bytes",
+        "total_bytes",
+    ):
+        assert isinstance(data["memory"][key], int)
+    mem = data["memory"]
+    assert mem["total_bytes"] == mem["peak_allocated_bytes"] + mem["overhead_bytes"]
+    assert mem["peak_phase"] in ("forward", "backward", "optimizer")
+    assert data["gpu"]["memory_bytes"] == 85_100_068_864
+    assert data["fits"] is False
+    assert data["headroom_bytes"] == 85_100_068_864 - mem["total_bytes"]
+    assert data["run"]["method"] == "full" and data["run"]["precision"] == "bf16"
+    assert isinstance(data["notes"], list)
+
+
+def test_check_exit_codes():
+    assert run("estimate", "gpt2", "--gpu", "t4", "--check").exit_code == 0
+    assert run("estimate", "llama2-70b", "--gpu", "t4", "--check").exit_code == 1
+    # without --check a run that does not fit still exits 0
+    assert run("estimate", "llama2-70b", "--gpu", "t4").exit_code == 0
+
+
+def test_gpu_memory_instead_of_preset():
+    res = run("estimate", "gpt2", "--gpu-memory", "24GiB", "--format", "json")
+    assert json.loads(res.stdout)["gpu"]["memory_bytes"] == 24 * 2**30
+
+
+def test_config_json_source(tmp_path):
+    cfg = {
+        "model_type": "llama",
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "intermediate_size": 11008,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    res = run(
+        "estimate",
+        str(tmp_path / "config.json"),
+        "--method",
+        "lora",
+        "--lora-r",
+        "16",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "4096",
+        "--format",
+        "json",
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["model"]["n_params"] == 6_738_415_616
+    # LoRA r=16 on q and v of 32 layers: 16·(4096+4096)·2·32
+    assert data["model"]["n_trainable_params"] == 16 * 8192 * 2 * 32
+    assert run("estimate", str(tmp_path), "--format", "json").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["estimate", "llama2-13"], "Did you mean llama2-13b"),
+        (["estimate", "nosuchmodel"], "Unknown model 'nosuchmodel'"),
+        (["estimate", "gpt2", "--gpu", "rtx9090"], "Unknown gpu 'rtx9090'"),
+        (["estimate", "gpt2", "--batch-size", "-1"], "--batch-size"),
+        (["estimate", "gpt2", "--seq-len", "0"], "--seq-len"),
+        (["estimate", "gpt2", "--method", "full", "--lora-r", "8"], "--lora-r only apply"),
+        (["estimate", "gpt2", "--method", "banana"], "--method"),
+        (["estimate", "gpt2", "--gpu-memory", "24g"], "Unknown size unit"),
+        (["estimate", "gpt2", "--gpu", "t4", "--gpu-memory", "24GiB"], "not both"),
+        (["estimate", "gpt2", "--seq-len", "4096"], "learned positions"),
+        (["estimate", "gpt2", "--batch-size", "1000000000000"], "tokens per step"),
+        (
+            ["estimate", "llama2-7b", "--method", "lora", "--lora-targets", "qq"],
+            "matches no linear",
+        ),
+        (["estimate", "llama2-7b", "--method", "freeze", "--trainable-layers", "99"], "exceeds"),
+        (["estimate", "gpt2", "--units", "gb"], "--units"),
+    ],
+)
+def test_bad_input_is_one_sentence_on_stderr_exit_2(args, message):
+    res = run(*args)
+    assert res.exit_code == 2, res.output
+    assert res.stdout == ""
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_malformed_config_json(tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    res = run("estimate", str(bad))
+    assert res.exit_code == 2 and "not valid JSON" in res.stderr
+    bad.write_text(json.dumps({"model_type": "t5"}))
+    res = run("estimate", str(bad))
+    assert res.exit_code == 2 and "does not support" in res.stderr
+    bad.write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    res = run("estimate", str(bad))
+    assert res.exit_code == 2 and "lacks" in res.stderr
+
+
+def test_models_and_gpus_listings():
+    res = run("models")
+    assert res.exit_code == 0 and "llama2-13b" in res.stdout and "13,015,864,320" in res.stdout
+    res = run("gpus")
+    assert res.exit_code == 0 and "a100-80gb" in res.stdout
+
+
+def test_estimate_path_does_not_import_torch():
+    code = (
+        "import sys, ftmem, ftmem.cli, ftmem.report; ftmem.estimate('llama2-7b'); "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
