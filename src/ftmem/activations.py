@@ -76,7 +76,7 @@ def _norm(ctx: _Ctx, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:
     if x_grad:
         # x.float() and rsqrt(mean(x²)+eps): the fp32 input and the fp32 rstd
         out.append(Saved(f"{label}: fp32 input + rstd", T * h * FP32 + T * FP32))
-    if w_grad or (gemma and x_grad):
+    if w_grad:
         # Llama: weight * normed.to(dtype) saves the cast; Gemma: normed * (1 + w) in fp32
         normed_bytes = FP32 if gemma else ctx.residual
         out.append(Saved(f"{label}: normalised", T * h * normed_bytes))
@@ -84,35 +84,70 @@ def _norm(ctx: _Ctx, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:
 
 
 def _linear_inputs(
-    ctx: _Ctx, linears: list[Linear], state: BlockState, in_grad: bool, label: str, in_features: int
+    ctx: _Ctx,
+    linears: list[Linear],
+    state: BlockState,
+    in_grad: bool,
+    label: str,
+    in_features: int,
+    in_bytes: int,
 ) -> list[Saved]:
-    """Saved inputs of linears that share one input tensor."""
+    """Saved inputs (and autocast weight copies) of linears that read one tensor.
+
+    ``in_bytes`` is the element size of the incoming tensor: the residual dtype for norm
+    outputs (fp32 under autocast with fp32 weights), the compute dtype otherwise. When
+    autocast must cast it, every linear call casts, and keeps, a copy of its own.
+    """
     T, e = ctx.tokens, ctx.e
     out: list[Saved] = []
     dt = ctx.plan.dtypes
-    # The base matmul keeps its input when its weight trains (one storage for all).
+    ac_casts = dt.autocast and in_bytes != e
     if state.weights_trainable and linears:
-        out.append(Saved(f"{label}: input", T * in_features * e))
+        # the base matmul keeps its input to form its weight gradient
+        copies = len(linears) if ac_casts else 1
+        out.append(
+            Saved(f"{label}: input", copies * T * in_features * (e if dt.autocast else in_bytes))
+        )
     adapted = [lin for lin in linears if lin.module in state.adapted]
     ae = BYTES_PER_ELEMENT[dt.adapter]
     r = ctx.run.r
-    casts = not dt.autocast and ae != e
+    # without autocast peft casts the input to the adapter dtype: one copy per adapter
+    peft_casts = not dt.autocast and ae != in_bytes
+    shared_input = False
     for lin in adapted:
         if ctx.run.dropout > 0:
+            dropped = e if dt.autocast else ae
             out.append(
-                Saved(f"{lin.leaf} lora dropout mask + dropped input", T * in_features * (1 + ae))
+                Saved(
+                    f"{lin.leaf} lora dropout mask + dropped input", T * in_features * (1 + dropped)
+                )
             )
-        elif casts:
+        elif peft_casts:
             out.append(Saved(f"{lin.leaf} lora_A input cast to {dt.adapter}", T * in_features * ae))
+        elif ac_casts:
+            out.append(
+                Saved(f"{lin.leaf} lora_A input autocast to {dt.compute}", T * in_features * e)
+            )
+        else:
+            shared_input = True
         a_out = e if dt.autocast else ae
         out.append(Saved(f"{lin.leaf} lora_A output (r={r})", T * r * a_out))
         if ctx.run.method == "dora":
             # DoRA rescales base and LoRA outputs by the magnitude: both are kept
+            # DoRA rescales base and LoRA outputs by magnitude / ‖W + BA‖ (kept, fp32
+            # norm scale per output); measured: three output-sized tensors per adapter
+            outputs = 3 if peft_casts else 2
             out.append(
-                Saved(f"{lin.leaf} DoRA base and LoRA outputs", 2 * T * lin.out_features * e)
+                Saved(
+                    f"{lin.leaf} DoRA base/LoRA outputs and rescale",
+                    outputs * T * lin.out_features * e + 2 * lin.out_features * FP32,
+                )
             )
-    if adapted and not casts and ctx.run.dropout == 0 and not state.weights_trainable:
-        out.append(Saved(f"{label}: input (for lora_A)", T * in_features * e))
+        if dt.autocast:
+            copies = r * lin.out_features + (r * in_features if in_grad else 0)
+            out.append(Saved(f"{lin.leaf} lora 16-bit weight copies", 2 * copies))
+    if shared_input and not state.weights_trainable:
+        out.append(Saved(f"{label}: input (for lora_A)", T * in_features * in_bytes))
     if dt.autocast:
         # autocast keeps a 16-bit copy of each weight used by a matmul that needs it
         for lin in linears:
@@ -152,11 +187,14 @@ def _attention(ctx: _Ctx, q_grad: bool) -> list[Saved]:
         else:
             out.append(Saved("v", T * kv * e))
     if eager:
-        probs_dtype = FP32 if arch.family == "falcon" else e
         scores = b * nh * s * s
-        out.append(Saved("softmax output (fp32, s²)", scores * FP32))
-        if probs_dtype != FP32:
-            out.append(Saved("attention probabilities (s²)", scores * probs_dtype))
+        if arch.family == "gpt2":
+            # GPT-2's eager path takes the softmax in the compute dtype: one s² tensor
+            out.append(Saved("softmax output (s²)", scores * e))
+        else:
+            out.append(Saved("softmax output (fp32, s²)", scores * FP32))
+            if arch.family != "falcon" and e != FP32:
+                out.append(Saved("attention probabilities cast (s²)", scores * e))
     else:
         out.append(Saved("attention output + logsumexp", T * q * e + b * nh * s * FP32))
     return out
@@ -170,7 +208,7 @@ def _mlp(ctx: _Ctx, state: BlockState, x_grad: bool, linears: list[Linear]) -> l
     ups = [lin for lin in linears if set(lin.roles) & {"gate", "up"}]
     downs = [lin for lin in linears if "down" in lin.roles]
     any_grad = x_grad or state.weights_trainable or any(lin.module in state.adapted for lin in ups)
-    out = _linear_inputs(ctx, ups, state, x_grad, "MLP", h)
+    out = _linear_inputs(ctx, ups, state, x_grad, "MLP", h, ctx.residual)
     if any_grad:
         if arch.mlp == "gated":
             out.append(Saved("gate, up and activation outputs", 3 * T * f * e))
@@ -179,7 +217,7 @@ def _mlp(ctx: _Ctx, state: BlockState, x_grad: bool, linears: list[Linear]) -> l
             out.append(Saved("up output + tanh-GELU intermediates", 4 * T * f * e))
         else:
             out.append(Saved("up output (activation input)", T * f * e))
-    out += _linear_inputs(ctx, downs, state, any_grad, "down_proj", f)
+    out += _linear_inputs(ctx, downs, state, any_grad, "down_proj", f, e)
     return out
 
 
@@ -194,11 +232,15 @@ def _moe(ctx: _Ctx, state: BlockState, x_grad: bool) -> list[Saved]:
     out = [
         Saved("router softmax (fp32) + top-k", T * E * FP32 + Tk * (INDEX_BYTES + FP32) + T * FP32),
         Saved("routed token indices", 3 * Tk * INDEX_BYTES + Tk * FP32),
-        Saved("routed expert inputs", Tk * h * e),
-        Saved("expert gate_up output, activation, down input", Tk * 4 * f * e),
+        Saved("expert gate_up output and activation", Tk * 3 * f * e),
         Saved("expert outputs (for routing-weight grad)", Tk * h * e),
     ]
+    if ctx.plan.dtypes.autocast:
+        # autocast casts the (experts, out, in) tensors for the grouped matmuls and keeps them
+        out.append(Saved("expert 16-bit weight copies", E * 3 * h * f * 2 + h * E * 2))
     if state.weights_trainable:
+        # grouped matmuls keep their inputs only to form the expert weights' gradients
+        out.append(Saved("routed expert inputs and down input", Tk * (h + f) * e))
         out.append(Saved("router input", T * h * e))
     return out
 
@@ -223,12 +265,12 @@ def block_saved(
     out += _norm(ctx, first_norm, x, w)
     if arch.parallel_attn_mlp and arch.norms_per_block == 2:
         out += _norm(ctx, "ln_mlp", x, w)
-    out += _linear_inputs(ctx, qkv, state, x, "q/k/v projections", h)
+    out += _linear_inputs(ctx, qkv, state, x, "q/k/v projections", h, ctx.residual)
     q_grad = x or w or adapted_attn
     out += _attention(ctx, q_grad)
     attn_out_grad = q_grad
     o_state = state
-    saved_o = _linear_inputs(ctx, o, o_state, attn_out_grad, "o_proj", arch.q_size)
+    saved_o = _linear_inputs(ctx, o, o_state, attn_out_grad, "o_proj", arch.q_size, ctx.e)
     if not run.attn == "eager" and arch.family not in ("falcon", "phi3"):
         # the attention output is the o_proj input: one storage, already counted
         saved_o = [s for s in saved_o if not s.what.startswith("o_proj: input")]
@@ -259,13 +301,17 @@ def outer_saved(arch: Architecture, run: RunConfig, plan: MethodPlan, tokens: in
     out += _norm(ctx, "final norm", True, train)
     if train:
         out.append(Saved("LM head input", T * h * e))
-        if plan.dtypes.autocast:
-            out.append(Saved("LM head 16-bit weight copy", V * h * 2))
+    if plan.dtypes.autocast:
+        # the head's input needs a gradient, so its 16-bit weight copy is kept, frozen or not
+        out.append(Saved("LM head 16-bit weight copy", V * h * 2))
     if arch.final_logit_softcapping:
         out.append(Saved("logit soft-capping tanh", T * V * e))
     if arch.position_embedding == "rotary":
         # cos and sin tables (s × head_dim), shared by every layer's rotary multiply
-        out.append(Saved("rotary cos/sin", 2 * (T // run.batch_size) * arch.head_size * e))
+        # (computed in the residual dtype: fp32 under autocast with fp32 weights)
+        out.append(
+            Saved("rotary cos/sin", 2 * (T // run.batch_size) * arch.head_size * ctx.residual)
+        )
     # log-softmax, int64 labels and the fp32 normaliser of the mean
     out.append(Saved("loss: fp32 log-softmax + labels", T * V * FP32 + T * INDEX_BYTES + FP32))
     return out

@@ -65,47 +65,47 @@ def estimate(
     ] = False,
     attn: Annotated[str, typer.Option(help="eager | sdpa | flash")] = "sdpa",
     autocast: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--autocast/--no-autocast", help="torch.autocast (default: on for *-mixed)."),
-    ] = None,  # noqa: UP045
+    ] = None,
     trainable_layers: Annotated[
-        Optional[int], typer.Option(help="freeze: the last N blocks train.")
-    ] = None,  # noqa: UP045
+        int | None, typer.Option(help="freeze: the last N blocks train.")
+    ] = None,
     lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank (default 8).")] = None,  # noqa: UP045
     lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default 2r).")] = None,  # noqa: UP045
     lora_targets: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="all-linear | attention | list: q,k,v,o,gate,up,down or module names (default q,v)."
         ),
-    ] = None,  # noqa: UP045
+    ] = None,
     lora_dropout: Annotated[Optional[float], typer.Option(help="LoRA dropout (default 0).")] = None,  # noqa: UP045
     adapter_dtype: Annotated[
         str, typer.Option(help="auto (peft: fp32) | fp32 | bf16 | fp16")
     ] = "auto",
     quant: Annotated[
-        Optional[str], typer.Option(help="qlora base: nf4 (default) | fp4 | int8")
-    ] = None,  # noqa: UP045
+        str | None, typer.Option(help="qlora base: nf4 (default) | fp4 | int8")
+    ] = None,
     double_quant: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option(
             "--double-quant/--no-double-quant",
             help="qlora: quantise the quantisation constants (default on).",
         ),
-    ] = None,  # noqa: UP045
+    ] = None,
     compute_dtype: Annotated[
-        Optional[str], typer.Option(help="qlora: bnb 4-bit compute dtype.")
-    ] = None,  # noqa: UP045
+        str | None, typer.Option(help="qlora: bnb 4-bit compute dtype.")
+    ] = None,
     gpu: Annotated[Optional[str], typer.Option(help="GPU preset (see `ftmem gpus`).")] = None,  # noqa: UP045
     gpu_memory: Annotated[
-        Optional[str], typer.Option(help="GPU memory instead of a preset, e.g. 24GiB.")
-    ] = None,  # noqa: UP045
+        str | None, typer.Option(help="GPU memory instead of a preset, e.g. 24GiB.")
+    ] = None,
     overhead: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="Runtime overhead instead of the default (CUDA context + 5% allocator reserve), e.g. 1GiB or 0."
         ),
-    ] = None,  # noqa: UP045
+    ] = None,
     accounting: Annotated[
         str, typer.Option(help="phases (peak of the step) | simple (sum of the buckets)")
     ] = "phases",

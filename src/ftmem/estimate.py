@@ -105,7 +105,7 @@ def estimate_step(
     upcast = e != FP32
     logits_fwd = T * V * e + (T * V * FP32 if upcast else 0)
     loss_bwd = 2 * T * V * FP32
-    block_bwd = _block_backward_workspace(arch, run, e, T)
+    block_bwd = _block_backward_workspace(arch, run, plan, e, T)
     persistent = weights + states + (grads if run.grad_accum > 1 else 0)
 
     forward_peak = persistent + activations + logits_fwd
@@ -118,10 +118,12 @@ def estimate_step(
     backward_parts = (live_grads - grads_outer if run.grad_accum > 1 else 0, live_acts, loss_bwd)
     best = backward_peak
     for i in range(L - 1, -1, -1):
-        moment = weights + states + live_grads + live_acts + recompute + block_bwd
+        # with checkpointing the recomputed block's tensors are freed as its backward
+        # consumes them, which absorbs the gradient workspace
+        moment = weights + states + live_grads + live_acts + (recompute or block_bwd)
         if moment > best:
             best = moment
-            backward_parts = (live_grads, live_acts, recompute + block_bwd)
+            backward_parts = (live_grads, live_acts, recompute or block_bwd)
         live_acts -= per_block_kept[i]
         if block_states[i].weights_trainable or plan.adapted:
             live_grads += grads_block if i >= L - plan.trainable_blocks else 0
@@ -227,18 +229,25 @@ def estimate_step(
     )
 
 
-def _block_backward_workspace(arch: Architecture, run: RunConfig, e: int, T: int) -> int:
+def _block_backward_workspace(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
+) -> int:
     """Transient gradients inside one block's backward (largest intermediate grads).
 
     The MLP dominates: the gradient of its intermediate and of gate/up outputs
-    (T·f each) plus the incoming and outgoing residual gradients (T·h each).
+    (T·f each) plus the fp32 residual gradient (T·h). Adapters that cast their input
+    to another dtype add the gradient of that cast copy (T·h in the adapter dtype).
     """
     f = arch.intermediate_size * (arch.experts_per_token if arch.is_moe else 1)
     width = 2 * f if arch.mlp == "gated" else f
     attn = 0
     if run.attn == "eager" or arch.family == "falcon":
         attn = 2 * run.batch_size * arch.num_heads * run.seq_len**2 * FP32
-    return max(T * width * e, attn) + 2 * T * arch.hidden_size * FP32
+    cast_grad = 0
+    dt = plan.dtypes
+    if plan.adapted and not dt.autocast and dt.adapter != dt.compute:
+        cast_grad = T * arch.hidden_size * BYTES_PER_ELEMENT[dt.adapter]
+    return max(T * width * e, attn) + T * arch.hidden_size * FP32 + cast_grad
 
 
 def _resolved_run(run: RunConfig, plan: MethodPlan) -> dict[str, object]:

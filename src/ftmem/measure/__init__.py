@@ -1,0 +1,88 @@
+"""Measure the memory of a real finetuning step, to check the estimator against.
+
+``import ftmem.measure`` does not import torch: :func:`measure` imports the torch-using
+submodules (``build``, ``tracker``, ``step``, ``saved``) when it is called.
+
+    >>> from ftmem.measure import measure
+    >>> m = measure(arch, run, device="cpu")      # doctest: +SKIP
+    >>> m.peak_allocated_bytes, m.peak_phase       # doctest: +SKIP
+
+Needs torch, transformers and peft (and bitsandbytes for qlora / 8-bit optimizers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ftmem.arch import Architecture
+    from ftmem.run import RunConfig
+
+__all__ = ["Measurement", "measure"]
+
+Phase = Literal["forward", "backward", "optimizer"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Memory of one steady-state training step, in bytes (each storage counted once)."""
+
+    # persistent state
+    weights_bytes: int  # parameters (+ quantisation state: absmax, codes); tied once
+    buffers_bytes: int  # registered buffers (rotary inv_freq, ...), not in weights_bytes
+    n_params: int  # logical parameter count (a packed 4-bit weight counts its unpacked size)
+    n_trainable_params: int
+    gradients_bytes: int  # sum of p.grad after the last backward
+    optimizer_states_bytes: int  # every tensor in optimizer.state (incl. AdamW `step`)
+    # forward
+    # saved for backward at the end of forward+loss (saved_tensors_hooks, plus tensors a
+    # custom autograd.Function keeps on ctx, e.g. bitsandbytes int8), params excluded;
+    # includes autocast's 16-bit weight copies and checkpointed blocks' inputs
+    activations_bytes: int
+    forward_retained_bytes: int  # live-bytes growth over forward+loss (loss kept, logits dropped)
+    # the step
+    baseline_bytes: int  # live before the measured step: weights, buffers, states, inputs
+    peak_allocated_bytes: int
+    peak_phase: Phase
+    phase_peaks: dict[str, int]  # absolute peak of live bytes within each phase
+    activations_by_op: dict[str, int] = field(default_factory=dict)  # autograd node -> bytes
+    # provenance
+    device: str = "cpu"
+    tracker: str = ""  # "cuda-allocator" or "dispatch" (the CPU LiveBytesTracker)
+    attn_implementation: str = ""
+    torch_version: str = ""
+    transformers_version: str = ""
+    peft_version: str | None = None
+    bitsandbytes_version: str | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def measure(
+    arch: Architecture,
+    run: RunConfig,
+    *,
+    device: str = "cpu",
+    steps: int = 2,
+    seed: int = 0,
+) -> Measurement:
+    """Build the model for ``arch``/``run``, train ``steps`` steps, measure the last one.
+
+    Step 1 creates the optimizer states; the last step is measured phase by phase
+    (forward+loss, backward, optimizer.step + zero_grad(set_to_none=True)). On CUDA the
+    caching allocator's statistics are used; on the CPU a dispatch-mode tracker of live
+    tensor storages (:class:`ftmem.measure.tracker.LiveBytesTracker`).
+
+    Raises RuntimeError for what cannot be measured here (an optimizer without a
+    reference implementation, bitsandbytes missing), and
+    :class:`ftmem.measure.build.ParamCountMismatch` if the built model's parameter count
+    differs from :func:`ftmem.arch.count_params`.
+    """
+    from ftmem.measure.step import run_measurement
+
+    return run_measurement(arch, run, device=device, steps=steps, seed=seed)

@@ -1,0 +1,487 @@
+"""Build the real model, its trainable set and optimizer from an Architecture + RunConfig.
+
+Everything here imports torch/transformers/peft; import this module lazily.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ftmem.arch import Architecture, count_params, layout
+from ftmem.run import RunConfig
+
+# --------------------------------------------------------------------------------------
+# dtypes
+# --------------------------------------------------------------------------------------
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def param_dtype(run: RunConfig) -> torch.dtype:
+    """dtype of the model's (non-adapter, non-quantised) parameters."""
+    if run.precision == "fp32" or run.precision.endswith("-mixed"):
+        return torch.float32
+    return _DTYPES[run.precision]
+
+
+def autocast_dtype(run: RunConfig) -> torch.dtype | None:
+    """16-bit dtype of torch.autocast around forward+loss, or None without autocast."""
+    if not run.uses_autocast:
+        return None
+    return torch.float16 if run.precision.startswith("fp16") else torch.bfloat16
+
+
+def compute_dtype(run: RunConfig) -> torch.dtype:
+    """bnb_4bit_compute_dtype for qlora: explicit, else the run's 16-bit dtype, else fp32."""
+    if run.compute_dtype:
+        return _DTYPES[run.compute_dtype]
+    return autocast_dtype(run) or param_dtype(run)
+
+
+# --------------------------------------------------------------------------------------
+# transformers config
+# --------------------------------------------------------------------------------------
+_ACT_LLAMA = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+_ACT_GPT2 = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+
+
+def attn_implementation(run: RunConfig, device: str) -> tuple[str, list[str]]:
+    notes: list[str] = []
+    if run.attn == "eager":
+        return "eager", notes
+    if run.attn == "sdpa":
+        return "sdpa", notes
+    # flash
+    if torch.device(device).type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2", notes
+        except ImportError:
+            notes.append("attn=flash: flash_attn is not installed, measured with sdpa instead")
+            return "sdpa", notes
+    notes.append("attn=flash: FlashAttention needs CUDA, measured with sdpa on the CPU")
+    return "sdpa", notes
+
+
+def hf_config_kwargs(arch: Architecture, attn_impl: str = "sdpa") -> tuple[str, dict[str, Any]]:
+    """(model_type, kwargs for AutoConfig.for_model) for the architecture's family."""
+    fam = arch.family
+    common: dict[str, Any] = {
+        "vocab_size": arch.vocab_size,
+        "tie_word_embeddings": arch.tie_embeddings,
+        "use_cache": False,
+        "attn_implementation": attn_impl,
+    }
+    if fam == "gpt2":
+        return "gpt2", {
+            **common,
+            "n_embd": arch.hidden_size,
+            "n_layer": arch.num_layers,
+            "n_head": arch.num_heads,
+            "n_positions": arch.max_position_embeddings,
+            "n_inner": arch.intermediate_size,
+            "activation_function": _ACT_GPT2[arch.activation],
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "summary_first_dropout": 0.0,
+        }
+    if fam == "falcon":
+        kw: dict[str, Any] = {
+            **common,
+            "hidden_size": arch.hidden_size,
+            "num_hidden_layers": arch.num_layers,
+            "num_attention_heads": arch.num_heads,
+            "ffn_hidden_size": arch.intermediate_size,
+            "activation": "gelu" if arch.activation == "gelu" else _ACT_LLAMA[arch.activation],
+            "bias": arch.attention_qkv_bias,
+            "alibi": arch.position_embedding == "alibi",
+            "parallel_attn": arch.parallel_attn_mlp,
+            "max_position_embeddings": arch.max_position_embeddings,
+            "hidden_dropout": 0.0,
+            "attention_dropout": 0.0,
+        }
+        kv = arch.kv_heads
+        if not arch.parallel_attn_mlp or (
+            arch.norms_per_block == 1 and kv in (1, arch.num_heads)
+        ):  # Falcon-RW: sequential attention then MLP, 2 norms
+            kw.update(multi_query=kv == 1, new_decoder_architecture=False)
+        else:  # Falcon-40B/180B: grouped KV heads, ln_attn + ln_mlp (or one shared norm)
+            kw.update(
+                multi_query=False,
+                new_decoder_architecture=True,
+                num_kv_heads=kv,
+                num_ln_in_parallel_attn=2 if arch.norms_per_block == 2 else 1,
+            )
+        return "falcon", kw
+
+    # llama-style families
+    kw = {
+        **common,
+        "hidden_size": arch.hidden_size,
+        "intermediate_size": arch.intermediate_size,
+        "num_hidden_layers": arch.num_layers,
+        "num_attention_heads": arch.num_heads,
+        "num_key_value_heads": arch.kv_heads,
+        "head_dim": arch.head_size,
+        "max_position_embeddings": arch.max_position_embeddings,
+        "attention_dropout": 0.0,
+    }
+    act = _ACT_LLAMA[arch.activation]
+    if fam == "gemma2":
+        kw["hidden_activation"] = act
+    else:
+        kw["hidden_act"] = act
+    if fam in ("llama", "gemma", "gemma2"):
+        kw["attention_bias"] = arch.attention_qkv_bias
+    if fam == "llama":
+        kw["mlp_bias"] = arch.mlp_bias
+    if fam in ("mistral", "mixtral"):
+        kw["sliding_window"] = arch.sliding_window
+    if fam == "gemma2" and arch.sliding_window:
+        kw["sliding_window"] = arch.sliding_window
+    if fam == "qwen2" and arch.sliding_window:
+        kw.update(use_sliding_window=True, sliding_window=arch.sliding_window)
+    if fam == "gemma2":
+        if arch.sliding_window is None:  # no local layers: every layer attends globally
+            kw["layer_types"] = ["full_attention"] * arch.num_layers
+        kw["final_logit_softcapping"] = arch.final_logit_softcapping
+        kw["query_pre_attn_scalar"] = arch.head_size
+    if fam == "mixtral":
+        kw.update(
+            num_local_experts=arch.num_experts,
+            num_experts_per_tok=arch.experts_per_token,
+            router_jitter_noise=0.0,
+        )
+    if fam == "phi3":
+        kw.update(resid_pdrop=0.0, embd_pdrop=0.0)
+    return fam, kw
+
+
+def hf_config(arch: Architecture, attn_impl: str = "sdpa"):
+    from transformers import AutoConfig
+
+    model_type, kw = hf_config_kwargs(arch, attn_impl)
+    # family defaults (e.g. Phi-3's pad id 32000) can lie outside a small test vocabulary
+    defaults = AutoConfig.for_model(model_type)
+    for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        val = getattr(defaults, attr, None)
+        if isinstance(val, int) and val >= arch.vocab_size:
+            kw[attr] = None
+    return AutoConfig.for_model(model_type, **kw)
+
+
+# --------------------------------------------------------------------------------------
+# parameter-count check against arch.py
+# --------------------------------------------------------------------------------------
+class ParamCountMismatch(AssertionError):
+    """The real model's parameters differ from ftmem.arch.layout (a bug in arch.py)."""
+
+
+def unique_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """named_parameters with each storage once (tied embeddings once)."""
+    seen: set[int] = set()
+    out = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        key = p.untyped_storage().data_ptr() if p.device.type != "meta" else id(p)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((name, p))
+    return out
+
+
+def logical_numel(p: torch.Tensor) -> int:
+    """Number of weights a parameter stands for (a packed 4-bit tensor: the unpacked count)."""
+    qs = getattr(p, "quant_state", None)
+    if qs is not None and getattr(qs, "shape", None) is not None:
+        return math.prod(qs.shape)
+    return p.numel()
+
+
+def layout_differences(arch: Architecture, model: nn.Module) -> list[str]:
+    """Parameter names/shapes where ftmem.arch.layout and the real model disagree
+    (block 0 and the outer parameters)."""
+    lay = layout(arch)
+    want: dict[str, tuple[int, ...]] = {}
+    for p in lay.block:
+        copies = getattr(p, "copies", 1)  # older arch.py: experts as a copy count
+        want[p.name] = tuple(p.shape) if copies == 1 else (copies, *p.shape)
+    found = find_blocks(model)
+    got: dict[str, tuple[int, ...]] = {}
+    outer_got: dict[str, tuple[int, ...]] = {}
+    if found is not None:
+        prefix, blocks = found
+        got = {n: tuple(p.shape) for n, p in blocks[0].named_parameters()}
+        outer_got = {
+            n: tuple(p.shape) for n, p in unique_params(model) if not n.startswith(prefix + ".")
+        }
+    outer_want = {p.name: tuple(p.shape) for p in lay.outer}
+    diff = [
+        f"block {n}: arch.py {want.get(n)} vs model {got.get(n)}"
+        for n in sorted(set(want) | set(got))
+        if want.get(n) != got.get(n)
+    ]
+    diff += [
+        f"{n}: arch.py {outer_want.get(n)} vs model {outer_got.get(n)}"
+        for n in sorted(set(outer_want) | set(outer_got))
+        if outer_want.get(n) != outer_got.get(n)
+    ]
+    return diff
+
+
+def check_param_count(arch: Architecture, model: nn.Module) -> list[str]:
+    """Raise ParamCountMismatch if the counts differ; else return name/shape differences."""
+    real = sum(p.numel() for _, p in unique_params(model))
+    expected = count_params(arch)
+    diff = layout_differences(arch, model)
+    if real != expected:
+        raise ParamCountMismatch(
+            f"{arch.name} ({arch.family}): transformers builds {real:,} parameters, "
+            f"ftmem.arch.count_params says {expected:,} (diff {real - expected:+,}). "
+            f"Differences: {'; '.join(diff) or 'none found by name'}."
+        )
+    return diff
+
+
+# --------------------------------------------------------------------------------------
+# model structure helpers
+# --------------------------------------------------------------------------------------
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """(name, ModuleList) of the decoder blocks (model.layers / transformer.h), the
+    first of the longest ModuleLists."""
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and (best is None or len(mod) > len(best[1])):
+            best = (name, mod)
+    return best
+
+
+def _fallback_target_names(arch: Architecture, run: RunConfig) -> list[str]:
+    """Leaf module names peft should adapt, from run.targets (until ftmem.methods exists)."""
+    lins = [lin for lin in layout(arch).linears if lin.is_module and lin.roles != ("router",)]
+    spec = run.targets.strip()
+    if spec == "all-linear":
+        roles: set[str] | None = None
+        names: set[str] = set()
+    elif spec == "attention":
+        roles, names = {"q", "k", "v", "o"}, set()
+    else:
+        roles, names = set(), set()
+        for item in (s.strip() for s in spec.split(",") if s.strip()):
+            if item in ("q", "k", "v", "o", "gate", "up", "down"):
+                roles.add(item)
+            else:
+                names.add(item)
+    out: list[str] = []
+    for lin in lins:
+        chosen = roles is None or bool(set(lin.roles) & roles) or lin.leaf in names
+        if chosen and lin.leaf not in out:
+            out.append(lin.leaf)
+    for name in names:  # module names that are not in the layout are passed through
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def target_module_names(arch: Architecture, run: RunConfig) -> list[str]:
+    try:
+        from ftmem.methods import adapted_module_names  # the estimator's own mapping
+    except ImportError:
+        return _fallback_target_names(arch, run)
+    return list(adapted_module_names(arch, run))
+
+
+# --------------------------------------------------------------------------------------
+# building
+# --------------------------------------------------------------------------------------
+@dataclass
+class Built:
+    model: nn.Module
+    autocast_dtype: torch.dtype | None
+    attn_implementation: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _bnb_config(run: RunConfig):
+    from transformers import BitsAndBytesConfig
+
+    fmt = run.quant_format
+    if fmt == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=fmt,
+        bnb_4bit_use_double_quant=run.uses_double_quant,
+        bnb_4bit_compute_dtype=compute_dtype(run),
+    )
+
+
+def _require_bitsandbytes(what: str) -> None:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(
+            f"{what} measurement needs bitsandbytes (pip install bitsandbytes); "
+            f"it is not importable here: {exc}"
+        ) from None
+
+
+def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: int = 0) -> Built:
+    from transformers import AutoModelForCausalLM
+
+    attn_impl, notes = attn_implementation(run, device)
+    cfg = hf_config(arch, attn_impl)
+    dtype = param_dtype(run)
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        except ValueError as exc:
+            if attn_impl != "sdpa" or "scaled_dot_product_attention" not in str(exc):
+                raise
+            notes.append(
+                f"attn: {arch.family} does not support sdpa in this transformers, "
+                "measured with eager attention"
+            )
+            attn_impl = "eager"
+            cfg = hf_config(arch, attn_impl)
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    diff = check_param_count(arch, model)
+    if diff:
+        notes.append("count matches but arch.layout names/shapes differ: " + "; ".join(diff))
+
+    if run.method == "qlora":
+        _require_bitsandbytes("QLoRA")
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            with tempfile.TemporaryDirectory(prefix="ftmem-qlora-") as tmp:
+                model.save_pretrained(tmp)
+                del model
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model = AutoModelForCausalLM.from_pretrained(
+                        tmp,
+                        quantization_config=_bnb_config(run),
+                        dtype=dtype,
+                        device_map={"": torch.device(device)},
+                        attn_implementation=attn_impl,
+                    )
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        notes.append(
+            "qlora: loaded through from_pretrained(quantization_config=BitsAndBytesConfig), "
+            "non-quantised parameters in the run's dtype "
+            "(prepare_model_for_kbit_training not applied)"
+        )
+    else:
+        model = model.to(device=device)
+
+    # trainable set
+    if run.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    elif run.method == "freeze":
+        k = run.trainable_layers
+        if k is None:
+            try:
+                from ftmem.methods import DEFAULT_FREEZE_TRAINABLE_LAYERS as k
+            except ImportError:
+                k = 2
+            notes.append(f"freeze: trainable_layers not given, measured with the last {k} blocks")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        found = find_blocks(model)
+        assert found is not None, "no decoder-block ModuleList found"
+        blocks = found[1]
+        for block in list(blocks)[len(blocks) - k :] if k else []:
+            for p in block.parameters():
+                p.requires_grad_(True)
+    else:  # lora, qlora, dora
+        from peft import LoraConfig, get_peft_model
+
+        targets = target_module_names(arch, run)
+        lcfg = LoraConfig(
+            r=run.r,
+            lora_alpha=run.alpha,
+            lora_dropout=run.dropout,
+            target_modules=targets,
+            use_dora=run.method == "dora",
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed-API notices
+            warnings.filterwarnings("ignore", message="fan_in_fan_out")  # GPT-2 Conv1D
+            model = get_peft_model(model, lcfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
+        if run.adapter_dtype != "auto":
+            ad = _DTYPES[run.adapter_dtype]
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.data = p.data.to(ad)
+
+    if run.grad_ckpt:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            enable = getattr(base, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                base.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+        # as HF Trainer + peft do; transformers 5 already hooks the embeddings itself
+        if hasattr(base, "enable_input_require_grads") and not hasattr(base, "_require_grads_hook"):
+            base.enable_input_require_grads()
+
+    model.train()
+    return Built(model, autocast_dtype(run), attn_impl, notes)
+
+
+# --------------------------------------------------------------------------------------
+# optimizer
+# --------------------------------------------------------------------------------------
+def _impl_kwargs(run: RunConfig) -> dict[str, bool]:
+    if run.optimizer_impl == "fused":
+        return {"fused": True}
+    return {"foreach": run.optimizer_impl == "foreach"}
+
+
+def build_optimizer(model: nn.Module, run: RunConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"method {run.method!r} leaves no trainable parameter in this model")
+    opt = run.optimizer
+    if opt == "adamw":
+        return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, **_impl_kwargs(run))
+    if opt == "sgd":
+        return torch.optim.SGD(params, lr=1e-4, momentum=0.0, **_impl_kwargs(run))
+    if opt == "sgd-momentum":
+        return torch.optim.SGD(params, lr=1e-4, momentum=0.9, **_impl_kwargs(run))
+    if opt == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(
+            params, lr=1e-3, scale_parameter=False, relative_step=False, warmup_init=False
+        )
+    if opt in ("adamw-8bit", "paged-adamw-8bit"):
+        _require_bitsandbytes(opt)
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.PagedAdamW8bit if opt == "paged-adamw-8bit" else bnb.optim.AdamW8bit
+        return cls(params, lr=1e-4, weight_decay=0.0)
+    raise RuntimeError(f"optimizer {opt!r} is not measurable here (no reference implementation)")

@@ -1,0 +1,228 @@
+"""What autograd saves for backward: a saved_tensors_hooks registry and a graph walk."""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ftmem.measure.tracker import storage_key
+
+
+def weight_storage_ptrs(model: nn.Module) -> set[int]:
+    """Data pointers of every parameter, buffer and quantisation-state tensor."""
+    ptrs: set[int] = set()
+    for t in model_state_tensors(model):
+        key = storage_key(t)
+        if key is not None:
+            ptrs.add(key[0])
+    return ptrs
+
+
+def _quant_tensors(p: torch.Tensor) -> list[torch.Tensor]:
+    """Tensors hanging off a bitsandbytes parameter: 4-bit quant_state (absmax, code,
+    nested state2), 8-bit SCB/CB."""
+    out: list[torch.Tensor] = []
+    qs = getattr(p, "quant_state", None)
+    stack = [qs] if qs is not None else []
+    while stack:
+        obj = stack.pop()
+        for v in vars(obj).values():
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+            elif hasattr(v, "__dict__") and type(v).__name__ == "QuantState":
+                stack.append(v)
+    for attr in ("SCB", "CB"):
+        v = getattr(p, attr, None)
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+    return out
+
+
+def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch.Tensor]:
+    ts: list[torch.Tensor] = []
+    for p in model.parameters():
+        ts.append(p)
+        ts.extend(_quant_tensors(p))
+    if buffers:
+        ts.extend(model.buffers())
+    return ts
+
+
+def storage_bytes(tensors: Iterable[torch.Tensor], exclude: set[int] | None = None) -> int:
+    """Bytes of the distinct storages behind ``tensors``."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        key = storage_key(t)
+        if key is None or (exclude and key[0] in exclude):
+            continue
+        seen[key[0]] = key[1]
+    return sum(seen.values())
+
+
+class SavedRegistry:
+    """Storages packed by autograd while active, minus those freed since.
+
+    Use ``with torch.autograd.graph.saved_tensors_hooks(reg.pack, reg.unpack):``.
+    """
+
+    def __init__(self, exclude_ptrs: set[int]) -> None:
+        self.exclude = exclude_ptrs
+        self.live: dict[int, int] = {}
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = storage_key(t)
+        if key is not None:
+            ptr, nbytes = key
+            if ptr not in self.exclude and ptr not in self.live:
+                self.live[ptr] = nbytes
+                fin = weakref.finalize(t.untyped_storage(), self.live.pop, ptr, None)
+                fin.atexit = False
+        return t
+
+    @staticmethod
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.live.values())
+
+
+@dataclass(frozen=True)
+class SavedTensor:
+    op: str  # autograd node type, e.g. "MmBackward0"
+    attr: str  # e.g. "_saved_self"
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int  # bytes of the whole storage (0 if already counted for another entry)
+    storage_nbytes: int
+    ptr: int
+    seq: int  # node sequence number (creation order)
+
+
+def _tensors_in(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, torch.Tensor)]
+    return []
+
+
+def graph_nodes(root: torch.autograd.graph.Node | None) -> list[torch.autograd.graph.Node]:
+    """Every node reachable from ``root``, in creation (sequence-number) order."""
+    nodes: list[torch.autograd.graph.Node] = []
+    seen: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        stack.extend(fn for fn, _ in node.next_functions)
+    nodes.sort(key=lambda n: n._sequence_nr())
+    return nodes
+
+
+def _node_tensors(node: torch.autograd.graph.Node, unpack: bool) -> list[tuple[str, torch.Tensor]]:
+    """(attribute, tensor) pairs a node keeps for backward.
+
+    ``unpack``: also read ``_saved_*`` attributes and a custom Function's
+    ``saved_tensors`` (this runs unpack hooks: under checkpointing it recomputes).
+    Tensors a custom autograd.Function stashes directly on ``ctx`` (bitsandbytes does:
+    ``ctx.tensors = (CAt, subA, A)``) are read from the ctx's ``__dict__`` always;
+    saved-tensor hooks never see those.
+    """
+    items: list[tuple[str, torch.Tensor]] = []
+    if unpack:
+        for attr in dir(node):
+            if not attr.startswith("_saved_"):
+                continue
+            try:
+                value = getattr(node, attr)
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.dim() == 0
+                    and value.dtype in (torch.float64, torch.int64, torch.complex128, torch.bool)
+                    and value.device.type == "cpu"
+                ):
+                    # a Python number wrapped as a CPU scalar (``x * 0.5``, ``x / 2``): saved, but
+                    # not device memory, and never passed to saved-tensor hooks
+                    continue
+            except RuntimeError:  # already freed
+                continue
+            items += [(attr, t) for t in _tensors_in(value)]
+    if isinstance(node, torch.autograd.function.BackwardCFunction):
+        if unpack:
+            with contextlib.suppress(RuntimeError):
+                items += [("saved_tensors", t) for t in _tensors_in(node.saved_tensors)]
+        for attr, value in vars(node).items():
+            items += [(f"ctx.{attr}", t) for t in _tensors_in(value)]
+    return items
+
+
+def walk_saved(
+    root: torch.autograd.graph.Node | None,
+    exclude_ptrs: set[int],
+    seq_range: tuple[int, int] | None = None,
+    *,
+    unpack: bool = True,
+) -> list[SavedTensor]:
+    """Every tensor kept by a node reachable from ``root`` (optionally only nodes whose
+    sequence number lies strictly inside ``seq_range``), in creation order. Each storage
+    gets its bytes once (on the first node that keeps it); parameters, buffers and
+    quantisation state (``exclude_ptrs``) get 0.
+
+    With ``unpack`` (the default) saved tensors are unpacked: under non-reentrant
+    checkpointing that would recompute, so pass ``unpack=False`` there (then only
+    tensors stashed on custom-Function ctx objects are seen).
+    """
+    out: list[SavedTensor] = []
+    counted: set[int] = set()
+    for node in graph_nodes(root):
+        seq = node._sequence_nr()
+        if seq_range is not None and not (seq_range[0] < seq < seq_range[1]):
+            continue
+        op = type(node).__name__
+        for attr, t in _node_tensors(node, unpack):
+            key = storage_key(t)
+            if key is None:
+                continue
+            ptr, nbytes = key
+            counted_now = 0
+            if ptr not in exclude_ptrs and ptr not in counted:
+                counted.add(ptr)
+                counted_now = nbytes
+            out.append(
+                SavedTensor(
+                    op,
+                    attr,
+                    tuple(t.shape),
+                    str(t.dtype).replace("torch.", ""),
+                    counted_now,
+                    nbytes,
+                    ptr,
+                    seq,
+                )
+            )
+    return out
+
+
+def bytes_by_op(saved: list[SavedTensor]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in saved:
+        if s.nbytes:
+            out[s.op] = out.get(s.op, 0) + s.nbytes
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def next_sequence_nr() -> int:
+    """The sequence number the next autograd node will get (creates a throwaway node)."""
+    with torch.enable_grad():
+        probe = torch.zeros((), requires_grad=True).clone()
+    return probe.grad_fn._sequence_nr()

@@ -1,0 +1,239 @@
+"""Run training steps on a real model and measure the last one."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from ftmem.arch import Architecture
+from ftmem.measure import Measurement
+from ftmem.measure.build import build_model, build_optimizer, logical_numel, unique_params
+from ftmem.measure.saved import (
+    SavedRegistry,
+    bytes_by_op,
+    model_state_tensors,
+    storage_bytes,
+    walk_saved,
+    weight_storage_ptrs,
+)
+from ftmem.measure.tracker import LiveBytesTracker
+from ftmem.run import RunConfig
+
+PHASES = ("forward", "backward", "optimizer")
+
+
+def _versions() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(dist: str) -> str | None:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "torch_version": torch.__version__,
+        "transformers_version": ver("transformers") or "",
+        "peft_version": ver("peft"),
+        "bitsandbytes_version": ver("bitsandbytes"),
+    }
+
+
+class _CpuMeter:
+    """Phase peaks from the dispatch-mode tracker."""
+
+    name = "dispatch"
+
+    def __init__(self, pre_existing: list[torch.Tensor]) -> None:
+        self.tracker = LiveBytesTracker()
+        self.tracker.track(pre_existing)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with self.tracker:
+            yield
+
+    def current(self) -> int:
+        return self.tracker.current
+
+    def start_phase(self) -> None:
+        self.tracker.reset_peak()
+
+    def phase_peak(self) -> int:
+        return self.tracker.peak
+
+
+class _CudaMeter:
+    """Phase peaks from the CUDA caching allocator's statistics."""
+
+    name = "cuda-allocator"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        yield
+
+    def current(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.memory_allocated(self.device)
+
+    def start_phase(self) -> None:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def phase_peak(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device)
+
+
+def _forward(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    dtype: torch.dtype | None,
+    device_type: str,
+    grad_accum: int = 1,
+) -> torch.Tensor:
+    ctx = (
+        torch.autocast(device_type=device_type, dtype=dtype)
+        if dtype is not None
+        else contextlib.nullcontext()
+    )
+    with ctx, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed-API notices
+        out = model(input_ids=ids, labels=ids)
+        loss = out.loss
+        if grad_accum > 1:  # as HF Trainer scales each micro-batch's loss
+            loss = loss / grad_accum
+    del out  # drop logits: only what autograd saved stays alive
+    return loss
+
+
+def run_measurement(
+    arch: Architecture, run: RunConfig, *, device: str = "cpu", steps: int = 2, seed: int = 0
+) -> Measurement:
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    if run.optimizer in ("lion", "adamw-fp32"):
+        raise RuntimeError(f"optimizer {run.optimizer!r} is not measurable here")
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+
+    built = build_model(arch, run, device=str(dev), seed=seed)
+    model = built.model
+    notes = list(built.notes)
+    optimizer = build_optimizer(model, run)
+    accum = run.grad_accum
+    if steps == 1:
+        notes.append("steps=1: the measured step creates the optimizer states (not steady state)")
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, arch.vocab_size, (run.batch_size, run.seq_len), generator=gen).to(dev)
+
+    params = unique_params(model)
+    weight_ptrs = weight_storage_ptrs(model)
+    by_op: dict[str, int] = {}
+
+    # warm-up steps: optimizer states get created
+    for i in range(steps - 1):
+        for micro in range(accum):
+            loss = _forward(model, ids, built.autocast_dtype, dev.type, accum)
+            if i == 0 and micro == 0:
+                if run.grad_ckpt:
+                    notes.append(
+                        "grad_ckpt: activations_by_op not walked (unpacking would recompute)"
+                    )
+                else:
+                    by_op = bytes_by_op(walk_saved(loss.grad_fn, weight_ptrs))
+            loss.backward()
+            del loss
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()
+
+    # -- the measured step ------------------------------------------------------------
+    state_tensors = [
+        t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)
+    ]
+    pre_existing = [*model_state_tensors(model), *state_tensors, ids]
+    meter: Any = _CudaMeter(dev) if dev.type == "cuda" else _CpuMeter(pre_existing)
+    with contextlib.ExitStack() as stack:
+        # no cyclic GC inside the step: frees happen where refcounts drop, run after run
+        if gc.isenabled():
+            gc.disable()
+            stack.callback(gc.enable)
+        stack.enter_context(meter.active())
+        baseline = meter.current()
+        peaks = {"forward": 0, "backward": 0}
+        for micro in range(accum):  # gradients of earlier micro-batches stay live
+            last = micro == accum - 1
+            registry = SavedRegistry(weight_ptrs)
+            before_forward = meter.current()
+            meter.start_phase()
+            with torch.autograd.graph.saved_tensors_hooks(registry.pack, registry.unpack):
+                loss = _forward(model, ids, built.autocast_dtype, dev.type, accum)
+            peaks["forward"] = max(peaks["forward"], meter.phase_peak())
+            if last:
+                forward_retained = meter.current() - before_forward
+                # + tensors custom autograd Functions keep on ctx (bitsandbytes int8),
+                # which the hooks never see; reading ctx attributes unpacks nothing
+                stashed = {
+                    s.ptr: s.nbytes
+                    for s in walk_saved(loss.grad_fn, weight_ptrs, unpack=False)
+                    if s.nbytes
+                }
+                activations = registry.nbytes + sum(
+                    n for ptr, n in stashed.items() if ptr not in registry.live
+                )
+                if steps == 1 and not run.grad_ckpt:
+                    by_op = bytes_by_op(walk_saved(loss.grad_fn, weight_ptrs))
+
+            meter.start_phase()
+            loss.backward()
+            peaks["backward"] = max(peaks["backward"], meter.phase_peak())
+            del loss
+        grads = [p.grad for _, p in params if p.grad is not None]
+        gradients = storage_bytes(grads)
+        del grads
+
+        meter.start_phase()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        peaks["optimizer"] = meter.phase_peak()
+
+    state_tensors = [
+        t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)
+    ]
+    peak_phase = max(PHASES, key=lambda ph: peaks[ph])
+    weights = storage_bytes(model_state_tensors(model, buffers=False))
+    all_weights = storage_bytes(model_state_tensors(model))
+    return Measurement(
+        weights_bytes=weights,
+        buffers_bytes=all_weights - weights,
+        n_params=sum(logical_numel(p) for _, p in params),
+        n_trainable_params=sum(logical_numel(p) for _, p in params if p.requires_grad),
+        gradients_bytes=gradients,
+        optimizer_states_bytes=storage_bytes(state_tensors),
+        activations_bytes=activations,
+        forward_retained_bytes=forward_retained,
+        baseline_bytes=baseline,
+        peak_allocated_bytes=peaks[peak_phase],
+        peak_phase=peak_phase,  # type: ignore[arg-type]
+        phase_peaks=peaks,
+        activations_by_op=by_op,
+        device=str(dev),
+        tracker=meter.name,
+        attn_implementation=built.attn_implementation,
+        notes=tuple(notes),
+        **_versions(),
+    )

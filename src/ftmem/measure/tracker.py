@@ -1,0 +1,98 @@
+"""Live tensor-memory tracking on the CPU (no allocator statistics there).
+
+:class:`LiveBytesTracker` is a ``TorchDispatchMode``: every tensor an ATen op returns
+has its untyped storage registered once (keyed by the storage's data pointer) with a
+``weakref.finalize`` that subtracts its bytes when the storage is freed. Storages
+that existed before tracking began (weights, optimizer states, inputs) are registered
+with :meth:`LiveBytesTracker.track`. The tracker keeps the running total of live bytes
+and its maximum; :meth:`reset_peak` starts a new phase.
+
+Ops run by ``loss.backward()`` (including autograd's gradient accumulation) and by
+``optimizer.step()`` dispatch through the mode while it is active, so gradients and
+optimizer temporaries are counted. Allocations made *inside* a kernel (scratch
+buffers that never become an op output) are invisible, as are allocator rounding and
+fragmentation: the numbers are exact tensor bytes, like ``torch.cuda.memory_allocated``
+without the 512-byte rounding.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+def storage_key(t: torch.Tensor) -> tuple[int, int] | None:
+    """(data_ptr, nbytes) of the tensor's untyped storage, or None if it has none."""
+    try:
+        st = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # sparse, meta-less subclasses, ...
+        return None
+    if t.device.type == "meta":
+        return None
+    ptr = st.data_ptr()
+    if ptr == 0:
+        return None
+    return ptr, st.nbytes()
+
+
+class LiveBytesTracker(TorchDispatchMode):
+    """Running total and peak of live tensor-storage bytes, each storage once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._live: dict[int, int] = {}  # storage data_ptr -> bytes
+        self.current = 0
+        self.peak = 0
+
+    # -- registration -------------------------------------------------------------
+    def track(self, *tensors: Any) -> None:
+        """Register tensors (any pytree of them) whose storages are live now."""
+        for t in tree_leaves(tensors):
+            if isinstance(t, torch.Tensor):
+                self._register(t)
+
+    def _register(self, t: torch.Tensor) -> None:
+        key = storage_key(t)
+        if key is None:
+            return
+        ptr, nbytes = key
+        known = self._live.get(ptr)
+        if known is not None:
+            if known != nbytes:  # storage resized in place (resize_, out= ops)
+                self._live[ptr] = nbytes
+                self._add(nbytes - known)
+            return
+        self._live[ptr] = nbytes
+        self._add(nbytes)
+        fin = weakref.finalize(t.untyped_storage(), self._free, ptr)
+        fin.atexit = False
+
+    def _free(self, ptr: int) -> None:
+        nbytes = self._live.pop(ptr, None)
+        if nbytes is not None:
+            self.current -= nbytes
+
+    def _add(self, nbytes: int) -> None:
+        self.current += nbytes
+        if self.current > self.peak:
+            self.peak = self.current
+
+    # -- phases -------------------------------------------------------------------
+    def reset_peak(self) -> None:
+        self.peak = self.current
+
+    @property
+    def num_storages(self) -> int:
+        return len(self._live)
+
+    # -- the mode -----------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._register(t)
+        return out

@@ -1,0 +1,127 @@
+"""The accuracy matrix: tiny configurations measured on the CPU against the estimate.
+
+Tolerances (why each is what it is):
+- weights, gradients, optimizer states: exact to the byte. They are sums of tensor
+  sizes that the estimator derives from the same shapes and dtypes PyTorch allocates.
+- activations (saved for backward): 3 %. The op-by-op model lists every tensor the
+  family saves; what it leaves out are tiny scalars (autocast scale factors, the
+  attention scaling constant) and MoE bookkeeping.
+- peak allocated: 5 %. The peak adds transients the estimator models coarsely: the
+  gradients of one block's intermediates during its backward, the loss's fp32 logits.
+
+Known gaps are listed in KNOWN_GAPS with the reason and are run as strict xfails, so
+fixing one turns the suite red until the entry is removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ftmem.run import RunConfig
+
+from ..conftest import TINY, tiny
+
+ACTIVATION_TOLERANCE = 0.03
+PEAK_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    settings: dict = field(default_factory=dict)
+    arch_changes: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        parts = [self.family] + [f"{k}={v}" for k, v in sorted(self.settings.items())]
+        parts += [f"{k}={v}" for k, v in sorted(self.arch_changes.items())]
+        return "-".join(str(p) for p in parts).replace("_", "")
+
+    def arch(self):
+        return tiny(self.family, **self.arch_changes)
+
+    def run(self) -> RunConfig:
+        base = dict(batch_size=3, seq_len=50, device="cpu", optimizer_impl="for-loop")
+        return RunConfig(**{**base, **self.settings})
+
+
+def _matrix() -> list[Case]:
+    cases: list[Case] = []
+    methods = [
+        {"method": "full"},
+        {"method": "freeze", "trainable_layers": 1},
+        {"method": "lora"},
+        {"method": "lora", "lora_targets": "all-linear", "lora_r": 4},
+        {"method": "dora"},
+    ]
+    for family in sorted(TINY):
+        for precision in ("fp32", "bf16", "bf16-mixed"):
+            for m in methods:
+                cases.append(Case(family, {**m, "precision": precision}))
+    # attention implementation, checkpointing and sizes on the main families
+    for family in ("llama", "mistral", "gpt2", "qwen2"):
+        for precision in ("bf16", "fp32"):
+            for m in ({"method": "full"}, {"method": "lora"}):
+                cases.append(Case(family, {**m, "precision": precision, "attn": "eager"}))
+                cases.append(Case(family, {**m, "precision": precision, "grad_ckpt": True}))
+        cases.append(
+            Case(
+                family,
+                {"method": "lora", "precision": "bf16", "batch_size": 2, "seq_len": 128},
+                {"vocab_size": 64},
+            )
+        )
+        cases.append(
+            Case(
+                family,
+                {"method": "full", "precision": "bf16", "batch_size": 1, "seq_len": 128},
+                {"vocab_size": 64},
+            )
+        )
+        cases.append(Case(family, {"method": "lora", "precision": "bf16", "lora_dropout": 0.1}))
+        cases.append(Case(family, {"method": "lora", "precision": "bf16", "adapter_dtype": "bf16"}))
+    # optimizers
+    for opt in ("sgd", "sgd-momentum", "adafactor"):
+        for precision in ("fp32", "bf16"):
+            cases.append(
+                Case("llama", {"method": "full", "precision": precision, "optimizer": opt})
+            )
+    return cases
+
+
+CASES = _matrix()
+
+# id -> reason; run as strict xfail
+KNOWN_GAPS: dict[str, str] = {
+    # gradient checkpointing: the recomputed block is freed op by op during its backward;
+    # the estimate takes the whole recomputed block at once (too high for Llama-style
+    # blocks, too low for GPT-2 where the fp32 LoRA casts are recomputed too)
+    "llama-gradckpt=True-method=full-precision=bf16": "ckpt backward peak +8.5%",
+    "llama-gradckpt=True-method=lora-precision=bf16": "ckpt backward peak +5.1%",
+    "mistral-gradckpt=True-method=full-precision=bf16": "ckpt backward peak +9.1%",
+    "mistral-gradckpt=True-method=lora-precision=bf16": "ckpt backward peak +5.5%",
+    "mistral-gradckpt=True-method=full-precision=fp32": "ckpt backward peak +5.3%",
+    "qwen2-gradckpt=True-method=full-precision=bf16": "ckpt backward peak +7.0%",
+    "qwen2-gradckpt=True-method=lora-precision=bf16": "ckpt backward peak +5.7%",
+    "gpt2-gradckpt=True-method=lora-precision=bf16": "ckpt backward peak -9.5%",
+    "gpt2-gradckpt=True-method=lora-precision=fp32": "ckpt backward peak -15.3%",
+    # DoRA on GPT-2's Conv1D and DoRA under autocast keep casts not modelled yet
+    "gpt2-method=dora-precision=fp32": "DoRA on Conv1D: activations -5.9%, peak -6.9%",
+    "gpt2-method=dora-precision=bf16-mixed": "DoRA + autocast: activations -13.9%, peak -9.1%",
+    "qwen2-method=dora-precision=bf16-mixed": "DoRA + autocast: activations -5.4%",
+    # autocast: all-linear adapters on the MLP, and MoE routing under autocast
+    "gemma-lorar=4-loratargets=all-linear-method=lora-precision=bf16-mixed": "activations -4.1%",
+    "llama-lorar=4-loratargets=all-linear-method=lora-precision=bf16-mixed": "activations -3.3%",
+    "mistral-lorar=4-loratargets=all-linear-method=lora-precision=bf16-mixed": "activations -3.4%",
+    "qwen2-lorar=4-loratargets=all-linear-method=lora-precision=bf16-mixed": "activations -3.4%",
+    "mixtral-method=full-precision=bf16-mixed": "MoE + autocast: activations -7.7%",
+    "mixtral-method=freeze-precision=bf16-mixed-trainablelayers=1": "MoE + autocast: activations -7.4%",
+    # eager attention where the first block's k needs no gradient keeps less than modelled
+    "llama-attn=eager-method=lora-precision=fp32": "activations +3.5%",
+    "mistral-attn=eager-method=lora-precision=fp32": "activations +3.5%",
+    "qwen2-attn=eager-method=lora-precision=fp32": "activations +3.5%",
+    # lora_dropout: peft's dropout on the cast input keeps more than mask + dropped copy
+    "llama-loradropout=0.1-method=lora-precision=bf16": "activations -4.4%",
+    "mistral-loradropout=0.1-method=lora-precision=bf16": "activations -4.6%",
+    "qwen2-loradropout=0.1-method=lora-precision=bf16": "activations -4.6%",
+}
