@@ -164,3 +164,44 @@ def test_estimate_path_does_not_import_torch():
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_measure_side_by_side_json(tmp_path):
+    pytest.importorskip("torch")
+    cfg = {
+        "model_type": "llama",
+        "vocab_size": 128,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 96,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    res = run(
+        "measure",
+        str(tmp_path),
+        "--method",
+        "lora",
+        "--lora-r",
+        "4",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+        "--format",
+        "json",
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    measured = data["measured"]
+    for key in ("weights", "gradients", "optimizer_states"):
+        assert measured[f"{key}_bytes"] == data["memory"][f"{key}_bytes"]
+    # r·(in + out) for q (64→64) and v (64→32), 2 layers, fp32 adapters + 2 AdamW states
+    assert measured["gradients_bytes"] == 4 * 2 * 4 * ((64 + 64) + (64 + 32))
+    assert measured["peak_phase"] in ("forward", "backward", "optimizer")
+
+
+def test_measure_bad_device():
+    res = run("measure", "gpt2", "--device", "tpu")
+    assert res.exit_code == 2 and "--device" in res.stderr and res.stdout == ""

@@ -63,7 +63,7 @@ class _Ctx:
 
 def _norm(ctx: _Ctx, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:
     """RMSNorm (fp32 math) or LayerNorm."""
-    T, h, e = ctx.tokens, ctx.arch.hidden_size, ctx.e
+    T, h = ctx.tokens, ctx.arch.hidden_size
     out: list[Saved] = []
     if ctx.arch.norm == "layernorm":
         # native_layer_norm saves its input and per-token mean and rstd (input dtype)
@@ -271,7 +271,7 @@ def block_saved(
     attn_out_grad = q_grad
     o_state = state
     saved_o = _linear_inputs(ctx, o, o_state, attn_out_grad, "o_proj", arch.q_size, ctx.e)
-    if not run.attn == "eager" and arch.family not in ("falcon", "phi3"):
+    if run.attn != "eager" and arch.family not in ("falcon", "phi3"):
         # the attention output is the o_proj input: one storage, already counted
         saved_o = [s for s in saved_o if not s.what.startswith("o_proj: input")]
     out += saved_o

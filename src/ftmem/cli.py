@@ -164,6 +164,105 @@ def estimate(
 
 
 @app.command()
+def measure(
+    model: Annotated[
+        str,
+        typer.Argument(help="Preset id or config.json path/folder (built with random weights)."),
+    ],
+    method: Annotated[str, typer.Option(help="full | freeze | lora | qlora | dora")] = "full",
+    precision: Annotated[
+        str, typer.Option(help="fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed")
+    ] = "bf16",
+    optimizer: Annotated[
+        str, typer.Option(help="adamw | adamw-8bit | sgd | sgd-momentum | adafactor")
+    ] = "adamw",
+    batch_size: Annotated[int, typer.Option(help="Micro-batch size.")] = 1,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 128,
+    grad_ckpt: Annotated[bool, typer.Option("--grad-ckpt/--no-grad-ckpt")] = False,
+    attn: Annotated[str, typer.Option(help="eager | sdpa | flash")] = "sdpa",
+    trainable_layers: Annotated[Optional[int], typer.Option()] = None,  # noqa: UP045
+    lora_r: Annotated[Optional[int], typer.Option()] = None,  # noqa: UP045
+    lora_targets: Annotated[Optional[str], typer.Option()] = None,  # noqa: UP045
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    steps: Annotated[int, typer.Option(help="Training steps; the last one is measured.")] = 2,
+    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+) -> None:
+    """Run the step for real (torch, random weights) and compare with the estimate."""
+    import json
+
+    from ftmem.api import run_config
+    from ftmem.estimate import estimate_step
+    from ftmem.sources import resolve_model
+
+    try:
+        if device not in ("cpu", "cuda"):
+            raise FtmemError("--device must be cpu or cuda.")
+        if steps < 2:
+            raise FtmemError("--steps must be at least 2 (step 1 creates the optimizer states).")
+        arch = resolve_model(model)
+        run = run_config(
+            method=method,
+            precision=precision,
+            optimizer=optimizer,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            grad_ckpt=grad_ckpt,
+            attn=attn,
+            trainable_layers=trainable_layers,
+            lora_r=lora_r,
+            lora_targets=lora_targets,
+            device=device,
+            optimizer_impl="for-loop" if device == "cpu" else "foreach",
+        )
+        try:
+            from ftmem.measure import measure as run_measure
+
+            got = run_measure(arch, run, device=device, steps=steps)
+        except ImportError as exc:
+            raise FtmemError(
+                f"`ftmem measure` needs torch, transformers and peft ({exc.name} is missing): "
+                'pip install "ftmem[measure]".'
+            ) from None
+        except RuntimeError as exc:
+            raise FtmemError(str(exc).splitlines()[0]) from None
+    except FtmemError as exc:
+        raise _fail(str(exc)) from None
+    est = estimate_step(arch, run)
+    m = est.memory
+    rows = [
+        ("weights", m.weights_bytes, got.weights_bytes),
+        ("gradients", m.gradients_bytes, got.gradients_bytes),
+        ("optimizer_states", m.optimizer_states_bytes, got.optimizer_states_bytes),
+        ("activations", m.activations_bytes, got.activations_bytes),
+        ("peak_allocated", m.peak_allocated_bytes, got.peak_allocated_bytes),
+    ]
+    if output_format == "json":
+        data = est.model_dump(mode="json")
+        data["measured"] = {f"{k}_bytes": g for k, _, g in rows}
+        data["measured"].update(
+            peak_phase=got.peak_phase,
+            device=got.device,
+            torch=got.torch_version,
+            transformers=got.transformers_version,
+            peft=got.peft_version,
+        )
+        typer.echo(json.dumps(data, indent=2))
+        return
+    from rich.table import Table
+
+    from ftmem.units import format_bytes
+
+    tbl = Table(title=f"{arch.name}: {method} · {precision} · measured on {got.device}")
+    for col in ("Component", "Estimated", "Measured", "Error"):
+        tbl.add_column(col, justify="left" if col == "Component" else "right")
+    for key, e, g in rows:
+        err = f"{(e - g) / g:+.1%}" if g else ("exact" if e == g else "n/a")
+        tbl.add_row(key.replace("_", " "), format_bytes(e, "GiB"), format_bytes(g, "GiB"), err)
+    tbl.add_row("peak phase", m.peak_phase, got.peak_phase, "")
+    _console().print(tbl)
+
+
+@app.command()
 def models(units: Units = "GiB") -> None:
     """List the model presets with their exact parameter counts."""
     from rich.table import Table

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ftmem.run import RunConfig
 
-from ..conftest import TINY, tiny
+from tests.conftest import TINY, tiny
 
 ACTIVATION_TOLERANCE = 0.03
 PEAK_TOLERANCE = 0.05
