@@ -60,7 +60,7 @@ def test_qlora_nf4_double_quant_storage_by_hand():
 
     def nf4(n):
         blocks = -(-n // 64)
-        return n // 2 + blocks + 4 * -(-blocks // 256) + 4 + 64
+        return n // 2 + blocks + 4 * -(-blocks // 256) + 4 + 1024 + 64
 
     quantised = L * sum(nf4(n) for n in sizes)
     rest = 2 * (64 * h * 2 + L * 2 * h + h)  # embed + head, norms, final norm (bf16)

@@ -18,6 +18,7 @@ BYTES_PER_ELEMENT: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, 
 NF4_BLOCK = 64  # elements per absmax in bitsandbytes 4-bit weights
 NESTED_BLOCK = 256  # absmaxes per fp32 constant under double quantisation
 _CODE_4BIT_BYTES = 16 * 4  # each 4-bit tensor keeps its 16-entry fp32 code book
+_NESTED_CODE_BYTES = 256 * 4  # the 8-bit dynamic code book of the double quantisation
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -40,7 +41,9 @@ def quantized_weight_bytes(
     blocks = ceil_div(numel, NF4_BLOCK)
     packed = ceil_div(numel, 2)
     if double_quant:
-        constants = blocks + 4 * ceil_div(blocks, NESTED_BLOCK) + 4
+        # 8-bit absmaxes, one fp32 scale per 256 of them, an fp32 offset, and the nested
+        # 256-entry fp32 code book that each double-quantised tensor keeps
+        constants = blocks + 4 * ceil_div(blocks, NESTED_BLOCK) + 4 + _NESTED_CODE_BYTES
     else:
         constants = 4 * blocks
     return packed + constants + _CODE_4BIT_BYTES

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftmem.run import RunConfig
-
 from tests.conftest import TINY, tiny
 
 ACTIVATION_TOLERANCE = 0.03
@@ -80,6 +79,20 @@ def _matrix() -> list[Case]:
         )
         cases.append(Case(family, {"method": "lora", "precision": "bf16", "lora_dropout": 0.1}))
         cases.append(Case(family, {"method": "lora", "precision": "bf16", "adapter_dtype": "bf16"}))
+    # quantised bases (bitsandbytes on the CPU) and the 8-bit optimizer
+    wider = {"hidden_size": 128, "intermediate_size": 256}
+    for family in ("llama", "mistral", "qwen2", "phi3"):
+        for q in ({}, {"double_quant": False}, {"quant": "fp4"}):
+            cases.append(Case(family, {"method": "qlora", "precision": "bf16", **q}, wider))
+    cases.append(
+        Case("llama", {"method": "qlora", "precision": "bf16", "lora_targets": "all-linear"}, wider)
+    )
+    cases.append(
+        Case("llama", {"method": "full", "precision": "bf16", "optimizer": "adamw-8bit"}, wider)
+    )
+    cases.append(
+        Case("llama", {"method": "lora", "precision": "bf16", "optimizer": "adamw-8bit"}, wider)
+    )
     # optimizers
     for opt in ("sgd", "sgd-momentum", "adafactor"):
         for precision in ("fp32", "bf16"):
