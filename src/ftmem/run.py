@@ -79,12 +79,12 @@ class RunConfig(BaseModel):
                 raise ValueError(
                     f"{opts} only apply to lora, qlora and dora, not --method {self.method}"
                 )
-        if self.method != "qlora":
-            if self.quant is not None or self.double_quant is not None or self.compute_dtype:
-                raise ValueError(
-                    f"--quant, --double-quant and --compute-dtype only apply to --method qlora, "
-                    f"not --method {self.method}"
-                )
+        quant_opts = self.quant is not None or self.double_quant is not None or self.compute_dtype
+        if self.method != "qlora" and quant_opts:
+            raise ValueError(
+                f"--quant, --double-quant and --compute-dtype only apply to --method qlora, "
+                f"not --method {self.method}"
+            )
         if self.autocast and self.precision == "fp32":
             raise ValueError("--autocast needs a 16-bit compute dtype; use --precision bf16-mixed")
         if self.autocast is False and self.precision.endswith("-mixed"):

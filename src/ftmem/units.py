@@ -37,7 +37,7 @@ def parse_size(text: str | int) -> int:
                 f"Unknown size unit '{match.group(2)}' in '{text}'; use B, KiB, MiB, GiB, TiB "
                 "(binary) or KB, MB, GB, TB (decimal)."
             )
-        value_bytes = int(round(number * factor))
+        value_bytes = round(number * factor)
     if value_bytes <= 0:
         raise InvalidInputError(f"Size '{text}' must be positive.")
     return value_bytes

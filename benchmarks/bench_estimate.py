@@ -1,0 +1,39 @@
+"""How many configurations a second the estimator evaluates (a benchmark, not a test).
+
+    python benchmarks/bench_estimate.py
+
+Sweeps models × methods × batch sizes × sequence lengths through the Python API's
+core (``estimate_step``) and prints configurations per second.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from ftmem.estimate import estimate_step
+from ftmem.presets import get_gpu, model_presets
+from ftmem.run import RunConfig
+
+
+def main() -> None:
+    gpu = get_gpu("a100-80gb")
+    archs = list(model_presets().values())
+    runs = [
+        RunConfig(method=m, batch_size=b, seq_len=s, grad_ckpt=g)
+        for m, b, s, g in itertools.product(
+            ("full", "lora", "qlora", "dora"), (1, 2, 4, 8), (512, 2048, 8192), (False, True)
+        )
+    ]
+    start = time.perf_counter()
+    n = 0
+    for arch in archs:
+        for run in runs:
+            estimate_step(arch, run, gpu)
+            n += 1
+    elapsed = time.perf_counter() - start
+    print(f"{n} configurations in {elapsed:.2f} s: {n / elapsed:,.0f} per second")
+
+
+if __name__ == "__main__":
+    main()
