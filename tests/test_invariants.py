@@ -1,0 +1,39 @@
+"""Every preset × method × precision: integers, non-negative, parts sum to the whole."""
+
+import pytest
+
+from ftmem import estimate
+from ftmem.presets import model_presets
+
+METHODS = [
+    {"method": "full"},
+    {"method": "freeze", "trainable_layers": 1},
+    {"method": "lora"},
+    {"method": "qlora"},
+    {"method": "dora", "lora_targets": "all-linear"},
+]
+
+
+@pytest.mark.parametrize("preset", sorted(model_presets()))
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-mixed"])
+def test_invariants(preset, precision):
+    peaks = {}
+    for settings in METHODS:
+        for ckpt in (False, True):
+            est = estimate(preset, precision=precision, grad_ckpt=ckpt, seq_len=256, **settings)
+            m = est.memory
+            parts = m.model_dump()
+            for key, value in parts.items():
+                if key.endswith("_bytes"):
+                    assert isinstance(value, int) and value >= 0, (preset, settings, key)
+            assert m.at_peak.total == m.peak_allocated_bytes
+            assert m.total_bytes == m.peak_allocated_bytes + m.overhead_bytes
+            assert m.peak_allocated_bytes == max(
+                m.phases.forward, m.phases.backward, m.phases.optimizer
+            )
+            assert est.model.n_trainable_params <= est.model.n_params + 10**9
+            peaks[(settings["method"], ckpt)] = m.peak_allocated_bytes
+    # checkpointing never costs memory; QLoRA never exceeds LoRA; LoRA never exceeds full
+    for method in ("full", "lora", "qlora"):
+        assert peaks[(method, True)] <= peaks[(method, False)] * 1.0001
+    assert peaks[("qlora", False)] <= peaks[("lora", False)] <= peaks[("full", False)]
