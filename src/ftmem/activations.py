@@ -172,6 +172,12 @@ def _attention(ctx: _Ctx, q_grad: bool) -> list[Saved]:
     out: list[Saved] = []
     fused_qkv = arch.family in ("phi3", "gpt2", "falcon")
     eager = run.attn == "eager" or arch.family == "falcon"
+    if arch.family == "falcon":
+        # transformers 5 Falcon: q, k, v upcast to fp32 and k, v repeated per head (MQA/GQA)
+        # for the score and PV matmuls; the fp32 probabilities are the only s² tensor
+        out.append(Saved("q, k, v in fp32 (repeated per head)", 3 * T * q * FP32))
+        out.append(Saved("softmax output (fp32, s²)", b * nh * s * s * FP32))
+        return out
     if arch.family == "gpt2":
         # q, k, v are views of c_attn's output: its whole storage stays alive
         out.append(Saved("c_attn output (q, k, v views)", T * (q + 2 * kv) * e))
@@ -282,7 +288,11 @@ def block_saved(
     elif not arch.parallel_attn_mlp:
         out += _norm(ctx, "post-attention norm", after_attn, w)
     mlp_in_grad = x if arch.parallel_attn_mlp else after_attn
-    out += _mlp(ctx, state, mlp_in_grad, mlp)
+    mlp_saved = _mlp(ctx, state, mlp_in_grad, mlp)
+    if arch.norms_per_block == 1:
+        # Falcon-7B: attention and MLP read one norm output, saved once (q/k/v input)
+        mlp_saved = [s for s in mlp_saved if s.what != "MLP: input"]
+    out += mlp_saved
     if arch.norms_per_block == 4:
         out += _norm(ctx, "post-feedforward norm", True, w)
     return [s for s in out if s.nbytes]
