@@ -156,3 +156,13 @@ def test_overhead_override():
     assert est.memory.overhead_bytes == 0
     assert est.memory.total_bytes == est.memory.peak_allocated_bytes
     assert estimate("gpt2", overhead="1GiB").memory.overhead_bytes == 2**30
+
+
+def test_gradient_accumulation_keeps_gradients_through_forward():
+    """From the second micro-batch on every gradient exists during forward and backward."""
+    one = estimate("llama2-7b", method="full", seq_len=1024).memory
+    two = estimate("llama2-7b", method="full", seq_len=1024, grad_accum=2).memory
+    assert two.phases.forward - one.phases.forward == one.gradients_bytes
+    assert two.phases.optimizer == one.phases.optimizer
+    assert two.peak_allocated_bytes == two.at_peak.total
+    assert two.at_peak.gradients == two.gradients_bytes

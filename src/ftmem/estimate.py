@@ -16,7 +16,8 @@ from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.hardware import DEFAULT_ALLOCATOR_RESERVE_FRACTION, DEFAULT_CUDA_CONTEXT_BYTES, Gpu
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
-from ftmem.result import AtPeak, Estimate, Memory, ModelInfo, PhasePeaks, SavedItem
+from ftmem.phases import StepSizes, find_peak
+from ftmem.result import AtPeak, Estimate, Memory, ModelInfo, SavedItem
 from ftmem.run import RunConfig
 
 FP32 = 4
@@ -103,34 +104,25 @@ def estimate_step(
     grads_outer = grads - grads_block * plan.trainable_blocks
 
     upcast = e != FP32
-    logits_fwd = T * V * e + (T * V * FP32 if upcast else 0)
-    loss_bwd = 2 * T * V * FP32
-    block_bwd = _block_backward_workspace(arch, run, plan, e, T)
-    persistent = weights + states + (grads if run.grad_accum > 1 else 0)
-
-    forward_peak = persistent + activations + logits_fwd
-    # Backward: walk blocks top-down; block i's saved tensors are freed after its
-    # backward, the gradients of the blocks above already exist.
-    L = arch.num_layers
-    live_acts = activations
-    live_grads = grads if run.grad_accum > 1 else grads_outer
-    backward_peak = persistent - (grads if run.grad_accum > 1 else 0) + live_acts + loss_bwd
-    backward_parts = (live_grads - grads_outer if run.grad_accum > 1 else 0, live_acts, loss_bwd)
-    best = backward_peak
-    for i in range(L - 1, -1, -1):
-        # with checkpointing the recomputed block's tensors are freed as its backward
-        # consumes them, which absorbs the gradient workspace
-        moment = weights + states + live_grads + live_acts + (recompute or block_bwd)
-        if moment > best:
-            best = moment
-            backward_parts = (live_grads, live_acts, recompute or block_bwd)
-        live_acts -= per_block_kept[i]
-        if block_states[i].weights_trainable or plan.adapted:
-            live_grads += grads_block if i >= L - plan.trainable_blocks else 0
-    backward_peak = best
-    optimizer_peak = weights + states + grads + opt_temp
-
-    phases = PhasePeaks(forward=forward_peak, backward=backward_peak, optimizer=optimizer_peak)
+    peak_info = find_peak(
+        StepSizes(
+            weights=weights,
+            states=states,
+            grads=grads,
+            grads_outer=grads_outer,
+            grads_per_block=grads_block,
+            trainable_blocks=plan.trainable_blocks,
+            acts_per_block=tuple(per_block_kept),
+            acts_outer=outer,
+            logits_forward=T * V * e + (T * V * FP32 if upcast else 0),
+            loss_backward=2 * T * V * FP32,
+            block_workspace=_block_backward_workspace(arch, run, plan, e, T),
+            recompute=recompute,
+            optimizer_temporaries=opt_temp,
+            grads_persist=run.grad_accum > 1,
+        )
+    )
+    phases = peak_info.phases
     if run.accounting == "simple":
         n_train = plan.n_trainable
         grads_s = 2 * n_train
@@ -149,37 +141,7 @@ def estimate_step(
             "each gradient and state 16-bit; an upper bound, not a phase of the step."
         )
     else:
-        phase = max(
-            ("forward", forward_peak),
-            ("backward", backward_peak),
-            ("optimizer", optimizer_peak),
-            key=lambda kv: kv[1],
-        )[0]
-        if phase == "forward":
-            at_peak = AtPeak(
-                weights=weights,
-                gradients=grads if run.grad_accum > 1 else 0,
-                optimizer_states=states,
-                activations=activations,
-                temporaries=logits_fwd,
-            )
-        elif phase == "backward":
-            g_live, a_live, tmp = backward_parts
-            at_peak = AtPeak(
-                weights=weights,
-                gradients=g_live,
-                optimizer_states=states,
-                activations=a_live,
-                temporaries=tmp,
-            )
-        else:
-            at_peak = AtPeak(
-                weights=weights,
-                gradients=grads,
-                optimizer_states=states,
-                activations=0,
-                temporaries=opt_temp,
-            )
+        phase, at_peak = peak_info.phase, peak_info.at_peak
         peak = at_peak.total
         memory_grads, memory_states, temporaries = grads, states, at_peak.temporaries
 

@@ -93,6 +93,10 @@ def _matrix() -> list[Case]:
     cases.append(
         Case("llama", {"method": "lora", "precision": "bf16", "optimizer": "adamw-8bit"}, wider)
     )
+    # gradient accumulation: gradients live through the next micro-batch's forward
+    for family in ("llama", "gpt2", "mixtral"):
+        for m in ("full", "lora"):
+            cases.append(Case(family, {"method": m, "precision": "bf16", "grad_accum": 2}))
     # optimizers
     for opt in ("sgd", "sgd-momentum", "adafactor"):
         for precision in ("fp32", "bf16"):

@@ -1,0 +1,90 @@
+"""The moments of a training step and which one is the peak.
+
+Sizes come in already computed (bytes); this module only orders them in time.
+Moments, in order:
+
+* forward, at the loss: weights + states + all saved activations + the logits and
+  their fp32 copy;
+* backward, at the loss: the same activations + the fp32 gradients of the
+  log-softmax and of the logits;
+* backward, at each block from the top: the activations of the blocks not yet
+  processed + the gradients of the blocks already processed + the block's own
+  workspace (or, with checkpointing, its recomputed activations);
+* optimizer step: weights + states + all gradients + the step's temporaries.
+
+With gradient accumulation (``grads_persist``) every gradient already exists from
+the second micro-batch on, during forward as well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftmem.result import AtPeak, PhasePeaks
+
+
+@dataclass(frozen=True, slots=True)
+class StepSizes:
+    weights: int
+    states: int
+    grads: int  # all gradients
+    grads_outer: int  # embeddings, final norm, LM head: created first in backward
+    grads_per_block: int  # one trainable block's gradients
+    trainable_blocks: int  # the top blocks that have gradients
+    acts_per_block: tuple[int, ...]  # kept for backward, bottom to top
+    acts_outer: int
+    logits_forward: int
+    loss_backward: int
+    block_workspace: int  # transient inside one block's backward
+    recompute: int  # checkpointing: one block's activations rebuilt in backward
+    optimizer_temporaries: int
+    grads_persist: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Peak:
+    phase: str
+    at_peak: AtPeak
+    phases: PhasePeaks
+
+
+def find_peak(s: StepSizes) -> Peak:
+    """The largest moment of the step, and each phase's own largest moment."""
+    held = s.grads if s.grads_persist else 0
+    acts = sum(s.acts_per_block) + s.acts_outer
+    # (phase, gradients, activations, temporaries); weights and states are always live
+    moments: list[tuple[str, int, int, int]] = [
+        ("forward", held, acts, s.logits_forward),
+        ("backward", held, acts, s.loss_backward),
+    ]
+    live_grads = s.grads if s.grads_persist else s.grads_outer
+    live_acts = acts
+    transient = s.recompute or s.block_workspace
+    L = len(s.acts_per_block)
+    for i in range(L - 1, -1, -1):
+        moments.append(("backward", live_grads, live_acts, transient))
+        live_acts -= s.acts_per_block[i]
+        if not s.grads_persist and i >= L - s.trainable_blocks:
+            live_grads += s.grads_per_block
+    moments.append(("optimizer", s.grads, 0, s.optimizer_temporaries))
+
+    base = s.weights + s.states
+    best: dict[str, int] = {}
+    winner = moments[0]
+    for m in moments:
+        total = base + m[1] + m[2] + m[3]
+        best[m[0]] = max(best.get(m[0], 0), total)
+        if total > base + winner[1] + winner[2] + winner[3]:
+            winner = m
+    phase, grads, acts_live, temporaries = winner
+    at_peak = AtPeak(
+        weights=s.weights,
+        gradients=grads,
+        optimizer_states=s.states,
+        activations=acts_live,
+        temporaries=temporaries,
+    )
+    phases = PhasePeaks(
+        forward=best["forward"], backward=best["backward"], optimizer=best["optimizer"]
+    )
+    return Peak(phase, at_peak, phases)
