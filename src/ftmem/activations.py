@@ -298,30 +298,36 @@ def block_saved(
     return [s for s in out if s.nbytes]
 
 
-def outer_saved(arch: Architecture, run: RunConfig, plan: MethodPlan, tokens: int) -> list[Saved]:
-    """Embedding, final norm, LM head and loss."""
+def outer_saved(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, tokens: int
+) -> tuple[list[Saved], list[Saved]]:
+    """What the embedding side and the head side keep: (below the blocks, above them).
+
+    The head side (final norm, LM head, loss) is freed at the start of backward; the
+    embedding side (token ids, shared rotary tables) lives until the last block is done.
+    """
     ctx = _Ctx(arch, run, plan, tokens)
     T, V, h, e = tokens, arch.vocab_size, arch.hidden_size, ctx.e
     train = plan.outer_trainable
-    out: list[Saved] = []
+    below: list[Saved] = []
     if train:
-        out.append(Saved("embedding token ids", T * INDEX_BYTES))
+        below.append(Saved("embedding token ids", T * INDEX_BYTES))
         if arch.position_embedding == "learned":
-            out.append(Saved("position ids", (T // run.batch_size) * INDEX_BYTES))
-    out += _norm(ctx, "final norm", True, train)
-    if train:
-        out.append(Saved("LM head input", T * h * e))
-    if plan.dtypes.autocast:
-        # the head's input needs a gradient, so its 16-bit weight copy is kept, frozen or not
-        out.append(Saved("LM head 16-bit weight copy", V * h * 2))
-    if arch.final_logit_softcapping:
-        out.append(Saved("logit soft-capping tanh", T * V * e))
+            below.append(Saved("position ids", (T // run.batch_size) * INDEX_BYTES))
     if arch.position_embedding == "rotary":
         # cos and sin tables (s × head_dim), shared by every layer's rotary multiply
         # (computed in the residual dtype: fp32 under autocast with fp32 weights)
-        out.append(
+        below.append(
             Saved("rotary cos/sin", 2 * (T // run.batch_size) * arch.head_size * ctx.residual)
         )
+    above = _norm(ctx, "final norm", True, train)
+    if train:
+        above.append(Saved("LM head input", T * h * e))
+    if plan.dtypes.autocast:
+        # the head's input needs a gradient, so its 16-bit weight copy is kept, frozen or not
+        above.append(Saved("LM head 16-bit weight copy", V * h * 2))
+    if arch.final_logit_softcapping:
+        above.append(Saved("logit soft-capping tanh", T * V * e))
     # log-softmax, int64 labels and the fp32 normaliser of the mean
-    out.append(Saved("loss: fp32 log-softmax + labels", T * V * FP32 + T * INDEX_BYTES + FP32))
-    return out
+    above.append(Saved("loss: fp32 log-softmax + labels", T * V * FP32 + T * INDEX_BYTES + FP32))
+    return below, above

@@ -80,7 +80,8 @@ def estimate_step(
         if st not in cache:
             cache[st] = block_saved(arch, run, plan, st, T)
         per_block.append(_sum(cache[st]))
-    outer_items = outer_saved(arch, run, plan, T)
+    outer_below, outer_above = outer_saved(arch, run, plan, T)
+    outer_items = outer_below + outer_above
     outer = _sum(outer_items)
     residual_bytes = BYTES_PER_ELEMENT.get(plan.dtypes.base, e) if plan.dtypes.base != "nf4" else e
     if run.grad_ckpt:
@@ -113,10 +114,13 @@ def estimate_step(
             grads_per_block=grads_block,
             trainable_blocks=plan.trainable_blocks,
             acts_per_block=tuple(per_block_kept),
-            acts_outer=outer,
+            acts_below=_sum(outer_below),
+            acts_above=_sum(outer_above),
             logits_forward=T * V * e + (T * V * FP32 if upcast else 0),
             loss_backward=2 * T * V * FP32,
             block_workspace=_block_backward_workspace(arch, run, plan, e, T),
+            # the final norm's backward, its fp32 input still saved
+            head_workspace=_norm_backward_workspace(arch, e, T) + T * h * FP32,
             recompute=recompute,
             optimizer_temporaries=opt_temp,
             grads_persist=run.grad_accum > 1,
@@ -197,17 +201,40 @@ def estimate_step(
     )
 
 
+def _norm_backward_workspace(arch: Architecture, e: int, T: int) -> int:
+    """Transient of one norm's backward.
+
+    RMSNorm in transformers is written out in fp32 (x.float(), pow, mean, rsqrt, mul),
+    so autograd's backward of it holds about four fp32 T·h tensors at once plus the
+    incoming gradient; LayerNorm's fused kernel needs only its output gradient.
+    """
+    h = arch.hidden_size
+    if arch.norm == "layernorm":
+        return T * h * e
+    return 4 * T * h * FP32 + T * h * e
+
+
 def _block_backward_workspace(
     arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
 ) -> int:
-    """Transient gradients inside one block's backward (largest intermediate grads).
+    """Transient gradients inside one block's backward (the largest of its ops).
 
-    The MLP dominates: the gradient of its intermediate and of gate/up outputs
-    (T·f each) plus the fp32 residual gradient (T·h). Adapters that cast their input
-    to another dtype add the gradient of that cast copy (T·h in the adapter dtype).
+    The MLP: the gradient of its intermediate and of gate/up outputs (T·f each) plus
+    the fp32 residual gradient (T·h); eager attention: the s² score gradients; a norm's
+    backward. Adapters that cast their input to another dtype add the gradient of that
+    cast copy (T·h in the adapter dtype).
+
+    With checkpointing, the block's recomputed activations are at their fullest when
+    its backward starts with the MLP; by the time its norms' backward runs they are
+    mostly freed, so only the MLP part is added to the recompute.
     """
     f = arch.intermediate_size * (arch.experts_per_token if arch.is_moe else 1)
-    width = 2 * f if arch.mlp == "gated" else f
+    if arch.mlp == "gated":
+        width = 2 * f
+    elif arch.family == "gpt2" and arch.activation == "gelu_tanh":
+        width = 3 * f  # the written-out tanh-GELU: gradients of x³, tanh and their product
+    else:
+        width = f
     attn = 0
     if run.attn == "eager" or arch.family == "falcon":
         attn = 2 * run.batch_size * arch.num_heads * run.seq_len**2 * FP32
@@ -215,7 +242,10 @@ def _block_backward_workspace(
     dt = plan.dtypes
     if plan.adapted and not dt.autocast and dt.adapter != dt.compute:
         cast_grad = T * arch.hidden_size * BYTES_PER_ELEMENT[dt.adapter]
-    return max(T * width * e, attn) + T * arch.hidden_size * FP32 + cast_grad
+    mlp = T * width * e + T * arch.hidden_size * FP32
+    if run.grad_ckpt:
+        return mlp + cast_grad
+    return max(mlp, attn, _norm_backward_workspace(arch, e, T)) + cast_grad
 
 
 def _resolved_run(run: RunConfig, plan: MethodPlan) -> dict[str, object]:

@@ -7,8 +7,9 @@ Moments, in order:
   their fp32 copy;
 * backward, at the loss: the same activations + the fp32 gradients of the
   log-softmax and of the logits;
+* backward, at the final norm: the head side freed, the norm's backward workspace;
 * backward, at each block from the top: the activations of the blocks not yet
-  processed + the gradients of the blocks already processed + the block's own
+  processed (the head side's are freed by then) + the gradients of the blocks already processed + the block's own
   workspace (or, with checkpointing, its recomputed activations);
 * optimizer step: weights + states + all gradients + the step's temporaries.
 
@@ -32,10 +33,12 @@ class StepSizes:
     grads_per_block: int  # one trainable block's gradients
     trainable_blocks: int  # the top blocks that have gradients
     acts_per_block: tuple[int, ...]  # kept for backward, bottom to top
-    acts_outer: int
+    acts_below: int  # embedding side: kept until the last block's backward
+    acts_above: int  # final norm, LM head, loss: freed once the loss backward is done
     logits_forward: int
     loss_backward: int
     block_workspace: int  # transient inside one block's backward
+    head_workspace: int  # transient of the final norm's backward
     recompute: int  # checkpointing: one block's activations rebuilt in backward
     optimizer_temporaries: int
     grads_persist: bool
@@ -51,15 +54,16 @@ class Peak:
 def find_peak(s: StepSizes) -> Peak:
     """The largest moment of the step, and each phase's own largest moment."""
     held = s.grads if s.grads_persist else 0
-    acts = sum(s.acts_per_block) + s.acts_outer
+    acts = sum(s.acts_per_block) + s.acts_below + s.acts_above
     # (phase, gradients, activations, temporaries); weights and states are always live
     moments: list[tuple[str, int, int, int]] = [
         ("forward", held, acts, s.logits_forward),
         ("backward", held, acts, s.loss_backward),
     ]
     live_grads = s.grads if s.grads_persist else s.grads_outer
-    live_acts = acts
-    transient = s.recompute or s.block_workspace
+    live_acts = acts - s.acts_above
+    moments.append(("backward", live_grads, live_acts, s.head_workspace))
+    transient = s.recompute + s.block_workspace
     L = len(s.acts_per_block)
     for i in range(L - 1, -1, -1):
         moments.append(("backward", live_grads, live_acts, transient))

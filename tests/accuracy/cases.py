@@ -110,18 +110,6 @@ CASES = _matrix()
 
 # id -> reason; run as strict xfail
 KNOWN_GAPS: dict[str, str] = {
-    # gradient checkpointing: the recomputed block is freed op by op during its backward;
-    # the estimate takes the whole recomputed block at once (too high for Llama-style
-    # blocks, too low for GPT-2 where the fp32 LoRA casts are recomputed too)
-    "llama-gradckpt=True-method=full-precision=bf16": "ckpt backward peak +8.5%",
-    "llama-gradckpt=True-method=lora-precision=bf16": "ckpt backward peak +5.1%",
-    "mistral-gradckpt=True-method=full-precision=bf16": "ckpt backward peak +9.1%",
-    "mistral-gradckpt=True-method=lora-precision=bf16": "ckpt backward peak +5.5%",
-    "mistral-gradckpt=True-method=full-precision=fp32": "ckpt backward peak +5.3%",
-    "qwen2-gradckpt=True-method=full-precision=bf16": "ckpt backward peak +7.0%",
-    "qwen2-gradckpt=True-method=lora-precision=bf16": "ckpt backward peak +5.7%",
-    "gpt2-gradckpt=True-method=lora-precision=bf16": "ckpt backward peak -9.5%",
-    "gpt2-gradckpt=True-method=lora-precision=fp32": "ckpt backward peak -15.3%",
     # DoRA on GPT-2's Conv1D and DoRA under autocast keep casts not modelled yet
     "gpt2-method=dora-precision=fp32": "DoRA on Conv1D: activations -5.9%, peak -6.9%",
     "gpt2-method=dora-precision=bf16-mixed": "DoRA + autocast: activations -13.9%, peak -9.1%",
