@@ -116,15 +116,19 @@ def _linear_inputs(
     shared_input = False
     for lin in adapted:
         if ctx.run.dropout > 0:
+            # lora_A keeps the dropped copy; the mask is kept only when the input needs
+            # a gradient. CUDA's fused dropout keeps a bool mask, the CPU path a scaled
+            # mask in the input's dtype.
             dropped = e if dt.autocast else ae
-            out.append(
-                Saved(
-                    f"{lin.leaf} lora dropout mask + dropped input", T * in_features * (1 + dropped)
-                )
-            )
+            out.append(Saved(f"{lin.leaf} lora dropout output", T * in_features * dropped))
+            if in_grad:
+                mask = 1 if ctx.run.device == "cuda" else dropped
+                out.append(Saved(f"{lin.leaf} lora dropout mask", T * in_features * mask))
         elif peft_casts:
             out.append(Saved(f"{lin.leaf} lora_A input cast to {dt.adapter}", T * in_features * ae))
-        elif ac_casts:
+        elif dt.autocast:
+            # peft casts the input to the adapter dtype, autocast casts it back for the
+            # matmul: each adapter keeps a 16-bit copy of its own, even of a 16-bit input
             out.append(
                 Saved(f"{lin.leaf} lora_A input autocast to {dt.compute}", T * in_features * e)
             )
@@ -133,16 +137,7 @@ def _linear_inputs(
         a_out = e if dt.autocast else ae
         out.append(Saved(f"{lin.leaf} lora_A output (r={r})", T * r * a_out))
         if ctx.run.method == "dora":
-            # DoRA rescales base and LoRA outputs by the magnitude: both are kept
-            # DoRA rescales base and LoRA outputs by magnitude / ‖W + BA‖ (kept, fp32
-            # norm scale per output); measured: three output-sized tensors per adapter
-            outputs = 3 if peft_casts else 2
-            out.append(
-                Saved(
-                    f"{lin.leaf} DoRA base/LoRA outputs and rescale",
-                    outputs * T * lin.out_features * e + 2 * lin.out_features * FP32,
-                )
-            )
+            out += _dora_saved(ctx, lin, T, peft_casts)
         if dt.autocast:
             copies = r * lin.out_features + (r * in_features if in_grad else 0)
             out.append(Saved(f"{lin.leaf} lora 16-bit weight copies", 2 * copies))
@@ -161,8 +156,41 @@ def _linear_inputs(
     return out
 
 
-def _attention(ctx: _Ctx, q_grad: bool) -> list[Saved]:
-    """Attention core: rotary outputs, the kernel's saved inputs/outputs."""
+def _dora_saved(ctx: _Ctx, lin: Linear, T: int, peft_casts: bool) -> list[Saved]:
+    """What peft's DoRA keeps per adapted linear (peft 0.21, measured).
+
+    It rescales the base and the LoRA outputs by magnitude / ‖W + BA‖: both outputs
+    are kept (a third output-sized cast when peft casts the input), with the fp32
+    norm scale per output. With a bias under autocast the base output minus the fp32
+    bias is kept in fp32. GPT-2's Conv1D path with fp32 weights also keeps a
+    transposed copy of the weight.
+    """
+    e, out_f = ctx.e, lin.out_features
+    outputs = 3 if peft_casts else 2
+    items = [
+        Saved(
+            f"{lin.leaf} DoRA base/LoRA outputs and rescale",
+            outputs * T * out_f * e + 2 * out_f * FP32,
+        )
+    ]
+    if lin.bias and ctx.plan.dtypes.autocast:
+        items.append(
+            Saved(f"{lin.leaf} DoRA fp32 base output (bias removed)", T * out_f * (FP32 - e))
+        )
+    if ctx.arch.family == "gpt2" and ctx.plan.dtypes.base == "fp32":
+        copy_bytes = lin.in_features * out_f * FP32
+        items.append(Saved(f"{lin.leaf} DoRA transposed Conv1D weight (fp32)", copy_bytes))
+    return items
+
+
+def _attention(ctx: _Ctx, needs_grad: frozenset[str]) -> list[Saved]:
+    """Attention core: rotary outputs, the kernel's saved inputs/outputs.
+
+    ``needs_grad`` holds which of q, k, v need a gradient. The fused kernels save all
+    their inputs as soon as one does; eager matmuls save an operand only when the
+    other one needs a gradient (q for k's gradient, k for q's).
+    """
+    q_grad = bool(needs_grad)
     arch, run = ctx.arch, ctx.run
     T, e = ctx.tokens, ctx.e
     b, s = run.batch_size, ctx.tokens // run.batch_size
@@ -184,7 +212,10 @@ def _attention(ctx: _Ctx, q_grad: bool) -> list[Saved]:
     elif eager:
         # repeat_kv copies k and v to every query head (GQA/MQA)
         kv_saved = q if kv != q else kv
-        out.append(Saved("rotary q, k (repeated per head)", T * (q + kv_saved) * e))
+        if "k" in needs_grad:
+            out.append(Saved("rotary q", T * q * e))
+        if "q" in needs_grad:
+            out.append(Saved("rotary k (repeated per head)", T * kv_saved * e))
         out.append(Saved("v (repeated per head)", T * kv_saved * e))
     else:
         out.append(Saved("rotary q and k", T * (q + kv) * e))
@@ -199,7 +230,7 @@ def _attention(ctx: _Ctx, q_grad: bool) -> list[Saved]:
             out.append(Saved("softmax output (s²)", scores * e))
         else:
             out.append(Saved("softmax output (fp32, s²)", scores * FP32))
-            if arch.family != "falcon" and e != FP32:
+            if "v" in needs_grad and e != FP32:
                 out.append(Saved("attention probabilities cast (s²)", scores * e))
     else:
         out.append(Saved("attention output + logsumexp", T * q * e + b * nh * s * FP32))
@@ -273,7 +304,11 @@ def block_saved(
         out += _norm(ctx, "ln_mlp", x, w)
     out += _linear_inputs(ctx, qkv, state, x, "q/k/v projections", h, ctx.residual)
     q_grad = x or w or adapted_attn
-    out += _attention(ctx, q_grad)
+    if x or w:
+        attn_grads = frozenset({"q", "k", "v"})
+    else:
+        attn_grads = frozenset(r for lin in qkv if lin.module in state.adapted for r in lin.roles)
+    out += _attention(ctx, attn_grads)
     attn_out_grad = q_grad
     o_state = state
     saved_o = _linear_inputs(ctx, o, o_state, attn_out_grad, "o_proj", arch.q_size, ctx.e)
