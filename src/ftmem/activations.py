@@ -259,9 +259,14 @@ def _mlp(ctx: _Ctx, state: BlockState, x_grad: bool, linears: list[Linear]) -> l
 
 
 def _moe(ctx: _Ctx, state: BlockState, x_grad: bool) -> list[Saved]:
-    """transformers 5 Mixtral: router softmax/top-k, grouped matmuls over routed tokens."""
+    """transformers 5 Mixtral: router softmax/top-k, grouped matmuls over routed tokens.
+
+    Autocast does not cover grouped matmuls: the experts compute in their parameters'
+    dtype (fp32 under *-mixed), only the router linear runs in 16-bit.
+    """
     arch = ctx.arch
-    T, e, f, h = ctx.tokens, ctx.e, arch.intermediate_size, arch.hidden_size
+    T, f, h = ctx.tokens, arch.intermediate_size, arch.hidden_size
+    ee = ctx.residual  # expert compute dtype = parameter dtype
     k, E = arch.experts_per_token, arch.num_experts
     Tk = T * k
     if not (x_grad or state.weights_trainable):
@@ -269,16 +274,15 @@ def _moe(ctx: _Ctx, state: BlockState, x_grad: bool) -> list[Saved]:
     out = [
         Saved("router softmax (fp32) + top-k", T * E * FP32 + Tk * (INDEX_BYTES + FP32) + T * FP32),
         Saved("routed token indices", 3 * Tk * INDEX_BYTES + Tk * FP32),
-        Saved("expert gate_up output and activation", Tk * 3 * f * e),
-        Saved("expert outputs (for routing-weight grad)", Tk * h * e),
+        Saved("expert gate_up output and activation", Tk * 3 * f * ee),
+        Saved("expert outputs (for routing-weight grad)", Tk * h * ee),
     ]
     if ctx.plan.dtypes.autocast:
-        # autocast casts the (experts, out, in) tensors for the grouped matmuls and keeps them
-        out.append(Saved("expert 16-bit weight copies", E * 3 * h * f * 2 + h * E * 2))
+        out.append(Saved("router 16-bit weight copy", h * E * 2))
     if state.weights_trainable:
         # grouped matmuls keep their inputs only to form the expert weights' gradients
-        out.append(Saved("routed expert inputs and down input", Tk * (h + f) * e))
-        out.append(Saved("router input", T * h * e))
+        out.append(Saved("routed expert inputs and down input", Tk * (h + f) * ee))
+        out.append(Saved("router input", T * h * ctx.e))
     return out
 
 
@@ -326,7 +330,7 @@ def block_saved(
     mlp_saved = _mlp(ctx, state, mlp_in_grad, mlp)
     if arch.norms_per_block == 1:
         # Falcon-7B: attention and MLP read one norm output, saved once (q/k/v input)
-        mlp_saved = [s for s in mlp_saved if s.what != "MLP: input"]
+        mlp_saved = [s for s in mlp_saved if not s.what.startswith("MLP: input")]
     out += mlp_saved
     if arch.norms_per_block == 4:
         out += _norm(ctx, "post-feedforward norm", True, w)

@@ -109,10 +109,4 @@ def _matrix() -> list[Case]:
 CASES = _matrix()
 
 # id -> reason; run as strict xfail
-KNOWN_GAPS: dict[str, str] = {
-    # MoE under autocast: the grouped matmuls' casts of routed tokens are not modelled
-    "mixtral-method=full-precision=bf16-mixed": "MoE + autocast: activations -7.7%",
-    "mixtral-method=freeze-precision=bf16-mixed-trainablelayers=1": "MoE + autocast: activations -7.4%",
-    # Falcon fp32: all-linear adapters share the one norm output; fp32 needs no casts
-    "falcon-lorar=4-loratargets=all-linear-method=lora-precision=fp32": "activations +5.6%",
-}
+KNOWN_GAPS: dict[str, str] = {}
