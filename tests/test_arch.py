@@ -58,7 +58,7 @@ def test_layout_matches_transformers(family):
 
     arch = tiny(family)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config(arch, "sdpa"))
+        model = AutoModelForCausalLM.from_config(hf_config(arch, "eager"))
     real = {
         n: tuple(p.shape)
         for n, p in model.named_parameters()

@@ -102,7 +102,11 @@ def _linear_inputs(
     out: list[Saved] = []
     dt = ctx.plan.dtypes
     ac_casts = dt.autocast and in_bytes != e
-    if state.weights_trainable and linears:
+    # bitsandbytes' int8 matmul keeps its input whenever that input needs a gradient
+    # (measured on its CPU path, MatMul8bitFp)
+    int8_keeps = dt.quantized == "int8" and in_grad and bool(linears)
+    keeps_input = (state.weights_trainable or int8_keeps) and bool(linears)
+    if keeps_input:
         # the base matmul keeps its input to form its weight gradient
         copies = len(linears) if ac_casts else 1
         out.append(
@@ -141,7 +145,7 @@ def _linear_inputs(
         if dt.autocast:
             copies = r * lin.out_features + (r * in_features if in_grad else 0)
             out.append(Saved(f"{lin.leaf} lora 16-bit weight copies", 2 * copies))
-    if shared_input and not state.weights_trainable:
+    if shared_input and not keeps_input:
         out.append(Saved(f"{label}: input (for lora_A)", T * in_features * in_bytes))
     if dt.autocast:
         # autocast keeps a 16-bit copy of each weight used by a matmul that needs it
@@ -154,6 +158,12 @@ def _linear_inputs(
                     )
                 )
     return out
+
+
+def runs_eager(arch: Architecture, run: RunConfig) -> bool:
+    """Eager attention: asked for, or the only path transformers 5 has for the family
+    (Falcon computes its attention in fp32 matmuls; Gemma-2 has no sdpa path)."""
+    return run.attn == "eager" or arch.family in ("falcon", "gemma2")
 
 
 def _dora_saved(ctx: _Ctx, lin: Linear, T: int, peft_casts: bool) -> list[Saved]:
@@ -199,7 +209,7 @@ def _attention(ctx: _Ctx, needs_grad: frozenset[str]) -> list[Saved]:
         return []
     out: list[Saved] = []
     fused_qkv = arch.family in ("phi3", "gpt2", "falcon")
-    eager = run.attn == "eager" or arch.family == "falcon"
+    eager = runs_eager(arch, run)
     if arch.family == "falcon":
         # transformers 5 Falcon: q, k, v upcast to fp32 and k, v repeated per head (MQA/GQA)
         # for the score and PV matmuls; the fp32 probabilities are the only s² tensor
@@ -229,6 +239,9 @@ def _attention(ctx: _Ctx, needs_grad: frozenset[str]) -> list[Saved]:
             # GPT-2's eager path takes the softmax in the compute dtype: one s² tensor
             out.append(Saved("softmax output (s²)", scores * e))
         else:
+            if arch.attn_logit_softcapping:
+                # scores / cap -> tanh -> * cap: the tanh output is kept
+                out.append(Saved("soft-capped scores tanh (s²)", scores * e))
             out.append(Saved("softmax output (fp32, s²)", scores * FP32))
             if "v" in needs_grad and e != FP32:
                 out.append(Saved("attention probabilities cast (s²)", scores * e))
@@ -316,7 +329,7 @@ def block_saved(
     attn_out_grad = q_grad
     o_state = state
     saved_o = _linear_inputs(ctx, o, o_state, attn_out_grad, "o_proj", arch.q_size, ctx.e)
-    if run.attn != "eager" and arch.family not in ("falcon", "phi3"):
+    if not runs_eager(arch, run) and arch.family != "phi3":
         # the attention output is the o_proj input: one storage, already counted
         saved_o = [s for s in saved_o if not s.what.startswith("o_proj: input")]
     out += saved_o
@@ -333,7 +346,8 @@ def block_saved(
         mlp_saved = [s for s in mlp_saved if not s.what.startswith("MLP: input")]
     out += mlp_saved
     if arch.norms_per_block == 4:
-        out += _norm(ctx, "post-feedforward norm", True, w)
+        mlp_out_grad = mlp_in_grad or w or any(lin.module in state.adapted for lin in mlp)
+        out += _norm(ctx, "post-feedforward norm", mlp_out_grad, w)
     return [s for s in out if s.nbytes]
 
 

@@ -64,6 +64,9 @@ class Architecture(BaseModel):
     experts_per_token: PositiveInt = 1
     sliding_window: PositiveInt | None = None
     final_logit_softcapping: float | None = None
+    attn_logit_softcapping: float | None = Field(
+        None, description="Gemma-2: tanh soft-capping of the attention scores."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Architecture:

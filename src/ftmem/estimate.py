@@ -10,7 +10,7 @@ kept as ``accounting="simple"`` (the seed's rule).
 
 from __future__ import annotations
 
-from ftmem.activations import BlockState, Saved, block_saved, outer_saved
+from ftmem.activations import BlockState, Saved, block_saved, outer_saved, runs_eager
 from ftmem.arch import Architecture, count_params
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.hardware import DEFAULT_ALLOCATOR_RESERVE_FRACTION, DEFAULT_CUDA_CONTEXT_BYTES, Gpu
@@ -175,11 +175,10 @@ def estimate_step(
     )
     if run.attn == "flash":
         notes.append("flash attention keeps the same tensors as sdpa (output + logsumexp).")
-    if arch.family == "gemma2":
+    if arch.family == "gemma2" and run.attn != "eager":
         notes.append(
-            "Not yet validated: transformers 5 runs Gemma-2 attention eagerly with soft-capped "
-            "s² scores, which this estimate does not model (tiny models measure ~25 % more "
-            "activations)."
+            "Gemma-2 has no sdpa path in transformers 5: its attention runs eagerly and keeps "
+            "the soft-capped s² scores."
         )
     if arch.family == "falcon":
         notes.append("Falcon's attention runs eagerly in fp32 in transformers 5: s² scores kept.")
@@ -236,7 +235,7 @@ def _block_backward_workspace(
     else:
         width = f
     attn = 0
-    if run.attn == "eager" or arch.family == "falcon":
+    if runs_eager(arch, run):
         attn = 2 * run.batch_size * arch.num_heads * run.seq_len**2 * FP32
     cast_grad = 0
     dt = plan.dtypes

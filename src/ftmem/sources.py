@@ -97,8 +97,9 @@ def _from_gemma(cfg: Mapping) -> Mapping:
 def _from_gemma2(cfg: Mapping) -> Mapping:
     out = _llama_like(cfg, "gemma2")
     out.update(norms_per_block=4, tie_embeddings=bool(cfg.get("tie_word_embeddings", True)))
-    if cfg.get("final_logit_softcapping"):
-        out["final_logit_softcapping"] = cfg["final_logit_softcapping"]
+    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if cfg.get(key):
+            out[key] = cfg[key]
     return out
 
 

@@ -82,7 +82,7 @@ def _matrix() -> list[Case]:
     # quantised bases (bitsandbytes on the CPU) and the 8-bit optimizer
     wider = {"hidden_size": 128, "intermediate_size": 256}
     for family in ("llama", "mistral", "qwen2", "phi3"):
-        for q in ({}, {"double_quant": False}, {"quant": "fp4"}):
+        for q in ({}, {"double_quant": False}, {"quant": "fp4"}, {"quant": "int8"}):
             cases.append(Case(family, {"method": "qlora", "precision": "bf16", **q}, wider))
     cases.append(
         Case("llama", {"method": "qlora", "precision": "bf16", "lora_targets": "all-linear"}, wider)
@@ -93,6 +93,11 @@ def _matrix() -> list[Case]:
     cases.append(
         Case("llama", {"method": "lora", "precision": "bf16", "optimizer": "adamw-8bit"}, wider)
     )
+    # fp16 regimes (pure and mixed)
+    for family in ("llama", "qwen2", "gpt2"):
+        for precision in ("fp16", "fp16-mixed"):
+            for m in ("full", "lora"):
+                cases.append(Case(family, {"method": m, "precision": precision}))
     # gradient accumulation: gradients live through the next micro-batch's forward
     for family in ("llama", "gpt2", "mixtral"):
         for m in ("full", "lora"):

@@ -153,6 +153,7 @@ def hf_config_kwargs(arch: Architecture, attn_impl: str = "sdpa") -> tuple[str, 
         if arch.sliding_window is None:  # no local layers: every layer attends globally
             kw["layer_types"] = ["full_attention"] * arch.num_layers
         kw["final_logit_softcapping"] = arch.final_logit_softcapping
+        kw["attn_logit_softcapping"] = arch.attn_logit_softcapping
         kw["query_pre_attn_scalar"] = arch.head_size
     if fam == "mixtral":
         kw.update(

@@ -48,6 +48,12 @@ def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch
     for p in model.parameters():
         ts.append(p)
         ts.extend(_quant_tensors(p))
+    # bitsandbytes int8 layers move the row scales (SCB) from the weight to the
+    # module's MatmulLtState at the first forward
+    for module in model.modules():
+        state = getattr(module, "state", None)
+        if type(state).__name__ == "MatmulLtState":
+            ts.extend(v for v in vars(state).values() if isinstance(v, torch.Tensor))
     if buffers:
         ts.extend(model.buffers())
     return ts
