@@ -260,3 +260,38 @@ def test_unmeasurable_optimizer_raises() -> None:
 
     with pytest.raises(RuntimeError, match="not measurable"):
         measure(tiny_llama(), RunConfig(optimizer="lion", batch_size=1, seq_len=4))
+
+
+# --- fake tensors: real-size shapes without allocating ------------------------------
+
+
+def test_fake_matches_real_on_a_tiny_mha_model():
+    from ftmem.measure import measure
+
+    from .conftest import tiny
+
+    arch = tiny("llama")  # MHA: the fake and real attention kernels agree
+    run = RunConfig(
+        method="lora",
+        precision="bf16",
+        batch_size=3,
+        seq_len=50,
+        device="cpu",
+        optimizer_impl="for-loop",
+    )
+    real, fake = measure(arch, run), measure(arch, run, fake=True)
+    for key in ("weights_bytes", "gradients_bytes", "optimizer_states_bytes"):
+        assert getattr(fake, key) == getattr(real, key), key
+    assert abs(fake.activations_bytes - real.activations_bytes) <= 0.03 * real.activations_bytes
+    assert fake.tracker.startswith("dispatch (fake")
+    assert any("FakeTensorMode" in n for n in fake.notes)
+
+
+def test_fake_refuses_bitsandbytes():
+    from ftmem.measure import measure
+
+    from .conftest import tiny
+
+    run = RunConfig(method="qlora", device="cpu")
+    with pytest.raises(RuntimeError, match="--fake cannot run bitsandbytes"):
+        measure(tiny("llama"), run, fake=True)

@@ -185,6 +185,14 @@ def measure(
     lora_targets: Annotated[Optional[str], typer.Option()] = None,  # noqa: UP045
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     steps: Annotated[int, typer.Option(help="Training steps; the last one is measured.")] = 2,
+    fake: Annotated[
+        bool,
+        typer.Option(
+            "--fake",
+            help="Real-size shapes under FakeTensorMode, nothing allocated (CPU only; "
+            "no bitsandbytes; kernel workspaces and the CUDA allocator are not seen).",
+        ),
+    ] = False,
     output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
 ) -> None:
     """Run the step for real (torch, random weights) and compare with the estimate."""
@@ -199,6 +207,8 @@ def measure(
             raise FtmemError("--device must be cpu or cuda.")
         if steps < 2:
             raise FtmemError("--steps must be at least 2 (step 1 creates the optimizer states).")
+        if fake and device != "cpu":
+            raise FtmemError("--fake runs on the CPU only; drop --device cuda.")
         arch = resolve_model(model)
         run = run_config(
             method=method,
@@ -217,7 +227,7 @@ def measure(
         try:
             from ftmem.measure import measure as run_measure
 
-            got = run_measure(arch, run, device=device, steps=steps)
+            got = run_measure(arch, run, device=device, steps=steps, fake=fake)
         except ImportError as exc:
             raise FtmemError(
                 f"`ftmem measure` needs torch, transformers and peft ({exc.name} is missing): "
@@ -240,6 +250,8 @@ def measure(
         data = est.model_dump(mode="json")
         data["measured"] = {f"{k}_bytes": g for k, _, g in rows}
         data["measured"].update(
+            fake=fake,
+            notes=list(got.notes),
             peak_phase=got.peak_phase,
             device=got.device,
             torch=got.torch_version,
@@ -252,7 +264,8 @@ def measure(
 
     from ftmem.units import format_bytes
 
-    tbl = Table(title=f"{arch.name}: {method} · {precision} · measured on {got.device}")
+    where = "fake tensors (nothing allocated)" if fake else got.device
+    tbl = Table(title=f"{arch.name}: {method} · {precision} · measured on {where}")
     for col in ("Component", "Estimated", "Measured", "Error"):
         tbl.add_column(col, justify="left" if col == "Component" else "right")
     for key, e, g in rows:

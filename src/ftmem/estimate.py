@@ -117,6 +117,7 @@ def estimate_step(
             acts_below=_sum(outer_below),
             acts_above=_sum(outer_above),
             logits_forward=T * V * e + (T * V * FP32 if upcast else 0),
+            forward_block_transient=_forward_block_transient(plan, run),
             loss_backward=2 * T * V * FP32,
             block_workspace=_block_backward_workspace(arch, run, plan, e, T),
             # the final norm's backward, its fp32 input still saved
@@ -197,6 +198,18 @@ def estimate_step(
         fits=fits,
         headroom_bytes=headroom,
         notes=notes,
+    )
+
+
+def _forward_block_transient(plan: MethodPlan, run: RunConfig) -> int:
+    """DoRA (peft) forms, in every forward, W + scale·(B·A) through an in×in identity
+    to take its column norm: the identity, the LoRA weight, its transpose and the sum,
+    for the largest adapted linear; other methods allocate nothing comparable."""
+    if run.method != "dora" or not plan.adapted:
+        return 0
+    ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
+    return max(
+        (lin.in_features**2 + 3 * lin.in_features * lin.out_features) * ae for lin in plan.adapted
     )
 
 

@@ -3,6 +3,7 @@
 Sizes come in already computed (bytes); this module only orders them in time.
 Moments, in order:
 
+* forward, in the last block: its transients (DoRA builds each adapted weight);
 * forward, at the loss: weights + states + all saved activations + the logits and
   their fp32 copy;
 * backward, at the loss: the same activations + the fp32 gradients of the
@@ -36,6 +37,7 @@ class StepSizes:
     acts_below: int  # embedding side: kept until the last block's backward
     acts_above: int  # final norm, LM head, loss: freed once the loss backward is done
     logits_forward: int
+    forward_block_transient: int  # largest transient inside a block's forward (DoRA)
     loss_backward: int
     block_workspace: int  # transient inside one block's backward
     head_workspace: int  # transient of the final norm's backward
@@ -57,6 +59,7 @@ def find_peak(s: StepSizes) -> Peak:
     acts = sum(s.acts_per_block) + s.acts_below + s.acts_above
     # (phase, gradients, activations, temporaries); weights and states are always live
     moments: list[tuple[str, int, int, int]] = [
+        ("forward", held, acts - s.acts_above, s.forward_block_transient),
         ("forward", held, acts, s.logits_forward),
         ("backward", held, acts, s.loss_backward),
     ]

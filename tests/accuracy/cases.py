@@ -113,5 +113,40 @@ def _matrix() -> list[Case]:
 
 CASES = _matrix()
 
+
+@dataclass(frozen=True)
+class RealSizeCase:
+    """A preset at its real size, measured under FakeTensorMode (nothing allocated).
+
+    Only MHA models: for GQA the fake attention kernel differs from the real one
+    (see ftmem.measure.step.FAKE_NOTES).
+    """
+
+    preset: str
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        parts = [self.preset] + [f"{k}={v}" for k, v in sorted(self.settings.items())]
+        return "-".join(str(p) for p in parts).replace("_", "")
+
+    def arch(self):
+        from ftmem.presets import get_model
+
+        return get_model(self.preset)
+
+    def run(self) -> RunConfig:
+        base = dict(device="cpu", optimizer_impl="for-loop")
+        return RunConfig(**{**base, **self.settings})
+
+
+REAL_SIZE_CASES = [
+    RealSizeCase("llama2-7b", {"method": "full", "seq_len": 512}),
+    RealSizeCase("llama2-7b", {"method": "dora", "lora_targets": "all-linear", "seq_len": 512}),
+    RealSizeCase("llama2-13b", {"method": "lora", "precision": "bf16-mixed", "seq_len": 1024}),
+    RealSizeCase("gpt2-xl", {"method": "full", "batch_size": 2, "seq_len": 1024}),
+    RealSizeCase("phi3-mini", {"method": "lora", "grad_ckpt": True, "seq_len": 2048}),
+]
+
 # id -> reason; run as strict xfail
 KNOWN_GAPS: dict[str, str] = {}

@@ -13,7 +13,15 @@ import pytest
 
 from ftmem.estimate import estimate_step
 
-from .cases import ACTIVATION_TOLERANCE, CASES, KNOWN_GAPS, PEAK_TOLERANCE, Case
+from .cases import (
+    ACTIVATION_TOLERANCE,
+    CASES,
+    KNOWN_GAPS,
+    PEAK_TOLERANCE,
+    REAL_SIZE_CASES,
+    Case,
+    RealSizeCase,
+)
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -21,12 +29,12 @@ pytest.importorskip("peft")
 DOC = Path(__file__).resolve().parents[2] / "docs" / "accuracy.md"
 
 
-def compare(case: Case) -> dict[str, int | str]:
+def compare(case: Case | RealSizeCase, fake: bool = False) -> dict[str, int | str]:
     from ftmem.measure import measure
 
     arch, run = case.arch(), case.run()
     est = estimate_step(arch, run).memory
-    got = measure(arch, run)
+    got = measure(arch, run, fake=fake)
     return {
         "id": case.id,
         "weights": (est.weights_bytes, got.weights_bytes),
@@ -69,20 +77,29 @@ def row(result: dict) -> str:
     ],
 )
 def test_estimate_matches_measurement(case: Case):
-    r = compare(case)
+    check(compare(case), case.id)
+
+
+@pytest.mark.accuracy
+@pytest.mark.parametrize("case", REAL_SIZE_CASES, ids=lambda c: c.id)
+def test_real_size_under_fake_tensors(case: RealSizeCase):
+    check(compare(case, fake=True), case.id)
+
+
+def check(r: dict, case_id: str) -> None:
     for key in ("weights", "gradients", "optimizer_states"):
         est, got = r[key]
-        assert est == got, f"{case.id}: {key} estimated {est:,} B, measured {got:,} B"
+        assert est == got, f"{case_id}: {key} estimated {est:,} B, measured {got:,} B"
     act = error(r["activations"])
     assert abs(act) <= ACTIVATION_TOLERANCE, (
-        f"{case.id}: activations off by {act:+.1%} "
+        f"{case_id}: activations off by {act:+.1%} "
         f"(estimated {r['activations'][0]:,} B, measured {r['activations'][1]:,} B)"
     )
     peak = error(r["peak"])
     assert abs(peak) <= PEAK_TOLERANCE, (
-        f"{case.id}: peak off by {peak:+.1%} "
+        f"{case_id}: peak off by {peak:+.1%} "
         f"(estimated {r['peak'][0]:,} B, measured {r['peak'][1]:,} B)"
     )
     assert row(r) in DOC.read_text(encoding="utf-8"), (
-        f"{case.id}: docs/accuracy.md is stale; run `python scripts/accuracy_table.py`"
+        f"{case_id}: docs/accuracy.md is stale; run `python scripts/accuracy_table.py`"
     )

@@ -70,6 +70,7 @@ def measure(
     device: str = "cpu",
     steps: int = 2,
     seed: int = 0,
+    fake: bool = False,
 ) -> Measurement:
     """Build the model for ``arch``/``run``, train ``steps`` steps, measure the last one.
 
@@ -78,6 +79,10 @@ def measure(
     caching allocator's statistics are used; on the CPU a dispatch-mode tracker of live
     tensor storages (:class:`ftmem.measure.tracker.LiveBytesTracker`).
 
+    ``fake=True`` runs the same step under FakeTensorMode: real-size shapes (a 13B
+    model on a laptop), no memory allocated; see ``step.FAKE_NOTES`` for what it
+    cannot see.
+
     Raises RuntimeError for what cannot be measured here (an optimizer without a
     reference implementation, bitsandbytes missing), and
     :class:`ftmem.measure.build.ParamCountMismatch` if the built model's parameter count
@@ -85,4 +90,4 @@ def measure(
     """
     from ftmem.measure.step import run_measurement
 
-    return run_measurement(arch, run, device=device, steps=steps, seed=seed)
+    return run_measurement(arch, run, device=device, steps=steps, seed=seed, fake=fake)

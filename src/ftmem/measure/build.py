@@ -5,6 +5,7 @@ Everything here imports torch/transformers/peft; import this module lazily.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import warnings
@@ -191,7 +192,7 @@ def unique_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     seen: set[int] = set()
     out = []
     for name, p in model.named_parameters(remove_duplicate=False):
-        key = p.untyped_storage().data_ptr() if p.device.type != "meta" else id(p)
+        key = p.untyped_storage()._cdata if p.device.type != "meta" else id(p)
         if key in seen:
             continue
         seen.add(key)
@@ -303,6 +304,31 @@ def target_module_names(arch: Architecture, run: RunConfig) -> list[str]:
 # --------------------------------------------------------------------------------------
 # building
 # --------------------------------------------------------------------------------------
+def _init_device(device: str) -> contextlib.AbstractContextManager[object]:
+    """Build meta-device models without allocating (the --fake path materialises them)."""
+    return torch.device("meta") if device == "meta" else contextlib.nullcontext()
+
+
+def materialize_fake(model: nn.Module) -> None:
+    """Replace meta parameters and buffers by fake CPU tensors (inside a FakeTensorMode).
+
+    Assigns new objects rather than module.to(), which would try to swap fake tensors
+    in place; tied parameters stay tied.
+    """
+    new: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
+            if id(p) not in new:
+                fake = torch.empty(p.shape, dtype=p.dtype, device="cpu")
+                new[id(p)] = nn.Parameter(fake, requires_grad=p.requires_grad)
+            module._parameters[name] = new[id(p)]
+        for name, b in list(module._buffers.items()):
+            if b is not None:
+                module._buffers[name] = torch.zeros(b.shape, dtype=b.dtype, device="cpu")
+
+
 @dataclass
 class Built:
     model: nn.Module
@@ -345,7 +371,8 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+            with _init_device(device):
+                model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
         except ValueError as exc:
             if attn_impl != "sdpa" or "scaled_dot_product_attention" not in str(exc):
                 raise
@@ -356,7 +383,8 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
             attn_impl = "eager"
             cfg = hf_config(arch, attn_impl)
             torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+            with _init_device(device):
+                model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     diff = check_param_count(arch, model)
     if diff:
         notes.append("count matches but arch.layout names/shapes differ: " + "; ".join(diff))
@@ -388,8 +416,8 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
             "non-quantised parameters in the run's dtype "
             "(prepare_model_for_kbit_training not applied)"
         )
-    else:
-        model = model.to(device=device)
+    elif next(model.parameters()).device != torch.device(device):
+        model = model.to(device=device)  # (fake parameters cannot be swapped in place)
 
     # trainable set
     if run.method == "full":

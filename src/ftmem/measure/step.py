@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import warnings
 from collections.abc import Iterator
@@ -12,7 +13,13 @@ import torch
 
 from ftmem.arch import Architecture
 from ftmem.measure import Measurement
-from ftmem.measure.build import build_model, build_optimizer, logical_numel, unique_params
+from ftmem.measure.build import (
+    Built,
+    build_model,
+    build_optimizer,
+    logical_numel,
+    unique_params,
+)
 from ftmem.measure.saved import (
     SavedRegistry,
     bytes_by_op,
@@ -116,8 +123,57 @@ def _forward(
 
 
 def run_measurement(
-    arch: Architecture, run: RunConfig, *, device: str = "cpu", steps: int = 2, seed: int = 0
+    arch: Architecture,
+    run: RunConfig,
+    *,
+    device: str = "cpu",
+    steps: int = 2,
+    seed: int = 0,
+    fake: bool = False,
 ) -> Measurement:
+    if fake:
+        return _run_fake(arch, run, steps=steps, seed=seed)
+    return _run(arch, run, device=device, steps=steps, seed=seed)
+
+
+FAKE_NOTES = (
+    "fake: FakeTensorMode, no memory allocated. It sees every tensor PyTorch creates "
+    "(weights, gradients, states, saved activations, temporaries) with real shapes and "
+    "dtypes. It cannot see kernel-internal workspaces, the CUDA caching allocator's "
+    "rounding and fragmentation, the CUDA context, or bitsandbytes (no fake kernels: "
+    "qlora and 8-bit optimizers are refused).",
+    "fake: the attention kernel chosen for fake tensors can differ from a real run: with "
+    "GQA/MQA it repeats k and v per head, or falls back to the math path that keeps the "
+    "s² scores, so attention activations of GQA models are an upper bound here.",
+)
+
+
+def _run_fake(arch: Architecture, run: RunConfig, *, steps: int, seed: int) -> Measurement:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ftmem.measure.build import materialize_fake
+
+    if run.method == "qlora" or "8bit" in run.optimizer:
+        raise RuntimeError("--fake cannot run bitsandbytes (qlora, 8-bit optimizers)")
+    built = build_model(arch, run, device="meta", seed=seed)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        materialize_fake(built.model)
+        got = _run(arch, run, device="cpu", steps=steps, seed=seed, built=built)
+    return dataclasses.replace(
+        got, tracker="dispatch (fake tensors)", notes=(*got.notes, *FAKE_NOTES)
+    )
+
+
+def _run(
+    arch: Architecture,
+    run: RunConfig,
+    *,
+    device: str = "cpu",
+    steps: int = 2,
+    seed: int = 0,
+    built: Built | None = None,
+) -> Measurement:
+    fake = built is not None
     if steps < 1:
         raise ValueError("steps must be at least 1")
     if run.optimizer in ("lion", "adamw-fp32"):
@@ -126,7 +182,8 @@ def run_measurement(
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
 
-    built = build_model(arch, run, device=str(dev), seed=seed)
+    if built is None:
+        built = build_model(arch, run, device=str(dev), seed=seed)
     model = built.model
     notes = list(built.notes)
     optimizer = build_optimizer(model, run)
@@ -135,7 +192,11 @@ def run_measurement(
         notes.append("steps=1: the measured step creates the optimizer states (not steady state)")
 
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, arch.vocab_size, (run.batch_size, run.seq_len), generator=gen).to(dev)
+    if fake:  # token values do not matter to shapes; fake mode takes no real generator
+        ids = torch.randint(0, arch.vocab_size, (run.batch_size, run.seq_len))
+    else:
+        ids = torch.randint(0, arch.vocab_size, (run.batch_size, run.seq_len), generator=gen)
+        ids = ids.to(dev)
 
     params = unique_params(model)
     weight_ptrs = weight_storage_ptrs(model)

@@ -26,17 +26,21 @@ from torch.utils._pytree import tree_leaves
 
 
 def storage_key(t: torch.Tensor) -> tuple[int, int] | None:
-    """(data_ptr, nbytes) of the tensor's untyped storage, or None if it has none."""
+    """(identity, nbytes) of the tensor's untyped storage, or None if it has none.
+
+    The identity is the address of the StorageImpl, which views share; unlike the
+    data pointer it also tells fake tensors' storages apart (``--fake``).
+    """
     try:
         st = t.untyped_storage()
     except (RuntimeError, NotImplementedError):  # sparse, meta-less subclasses, ...
         return None
     if t.device.type == "meta":
         return None
-    ptr = st.data_ptr()
-    if ptr == 0:
+    nbytes = st.nbytes()
+    if nbytes == 0:
         return None
-    return ptr, st.nbytes()
+    return st._cdata, nbytes
 
 
 class LiveBytesTracker(TorchDispatchMode):
@@ -44,7 +48,7 @@ class LiveBytesTracker(TorchDispatchMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self._live: dict[int, int] = {}  # storage data_ptr -> bytes
+        self._live: dict[int, int] = {}  # storage identity -> bytes
         self.current = 0
         self.peak = 0
 
