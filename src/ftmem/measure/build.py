@@ -305,8 +305,11 @@ def target_module_names(arch: Architecture, run: RunConfig) -> list[str]:
 # building
 # --------------------------------------------------------------------------------------
 def _init_device(device: str) -> contextlib.AbstractContextManager[object]:
-    """Build meta-device models without allocating (the --fake path materialises them)."""
-    return torch.device("meta") if device == "meta" else contextlib.nullcontext()
+    """Initialise weights where they will live: on the GPU directly (a CPU init of an
+    8B model takes minutes), on the meta device for --fake (materialised later)."""
+    if device == "meta" or device.startswith("cuda"):
+        return torch.device(device)
+    return contextlib.nullcontext()
 
 
 def materialize_fake(model: nn.Module) -> None:
