@@ -10,6 +10,7 @@ from ftmem.arch import Architecture
 from ftmem.errors import InvalidInputError
 from ftmem.estimate import estimate_step
 from ftmem.hardware import Gpu, custom_gpu
+from ftmem.methods import adapted_linears
 from ftmem.presets import get_gpu
 from ftmem.result import Estimate
 from ftmem.run import RunConfig
@@ -76,7 +77,21 @@ def estimate(
             f"--seq-len {run.seq_len} exceeds {arch.name}'s {arch.max_position_embeddings} "
             "learned positions."
         )
+    notes: list[str] = []
+    if run.seq_len > arch.max_position_embeddings:
+        notes.append(
+            f"--seq-len {run.seq_len} exceeds {arch.name}'s {arch.max_position_embeddings} "
+            "positions: the run needs RoPE scaling or a context-extension method."
+        )
+    if run.method in ("lora", "qlora", "dora"):
+        smallest = min(min(lin.in_features, lin.out_features) for lin in adapted_linears(arch, run))
+        if run.r > smallest:
+            raise InvalidInputError(
+                f"--lora-r {run.r} exceeds the smallest adapted dimension ({smallest}): "
+                "a rank that high is not low-rank; use full finetuning instead."
+            )
     overhead_bytes = (
         None if overhead is None else (0 if overhead in (0, "0") else parse_size(overhead))
     )
-    return estimate_step(arch, run, resolve_gpu(gpu, gpu_memory), overhead_bytes)
+    est = estimate_step(arch, run, resolve_gpu(gpu, gpu_memory), overhead_bytes)
+    return est.model_copy(update={"notes": [*notes, *est.notes]}) if notes else est

@@ -16,6 +16,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _version(value: bool) -> None:
+    if value:
+        from ftmem import __version__
+
+        typer.echo(f"ftmem {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """How much GPU memory will this LLM finetuning run take? Estimate, check the fit."""
+
+
 EXIT_DOES_NOT_FIT = 1
 EXIT_BAD_INPUT = 2
 
@@ -324,9 +343,29 @@ def gpus(units: Units = "GiB") -> None:
     _console().print(tbl)
 
 
-def main() -> None:
+def _is(exc: BaseException, name: str) -> bool:
+    # typer vendors click (typer._click); match its exception classes by name
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors on stderr (exit 2), never a traceback."""
     try:
-        app()
+        code = app(args=argv, standalone_mode=False)
     except FtmemError as exc:  # errors raised outside a command's own handler
         typer.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    except Exception as exc:
+        if _is(exc, "UsageError"):
+            ctx = getattr(exc, "ctx", None)
+            hint = f" See `{ctx.command_path} --help`." if ctx is not None else ""
+            message = exc.format_message().rstrip()  # type: ignore[attr-defined]
+            if not message.endswith((".", "?", "!")):
+                message += "."
+            typer.echo(f"Error: {message}{hint}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        if _is(exc, "Abort"):
+            typer.echo("Aborted.", err=True)
+            sys.exit(130)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

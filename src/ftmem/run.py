@@ -85,6 +85,8 @@ class RunConfig(BaseModel):
                 f"--quant, --double-quant and --compute-dtype only apply to --method qlora, "
                 f"not --method {self.method}"
             )
+        if self.lora_targets is not None and not self.lora_targets.strip(" ,"):
+            raise ValueError("--lora-targets is empty; give e.g. q,v, attention or all-linear")
         if self.autocast and self.precision == "fp32":
             raise ValueError("--autocast needs a 16-bit compute dtype; use --precision bf16-mixed")
         if self.autocast is False and self.precision.endswith("-mixed"):
