@@ -1,0 +1,296 @@
+"""A corpus of bad inputs: each gets exit 2, one sentence on stderr, nothing on stdout.
+
+Runs the real entry point (``ftmem.cli.main``), so Typer's own usage errors are
+covered too. ``{tmp}`` in an argument is the test's temporary folder, where the
+files named in the case are written first.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ftmem.cli import main
+
+LLAMA = {
+    "model_type": "llama",
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "intermediate_size": 11008,
+}
+
+
+def cfg(**changes: object) -> str:
+    data = {**LLAMA, **changes}
+    return json.dumps({k: v for k, v in data.items() if v is not None})
+
+
+# (id, arguments, files to write, expected text in the error)
+CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
+    # unknown or ambiguous names
+    ("unknown-model", ["estimate", "nosuchmodel"], {}, "Unknown model 'nosuchmodel'"),
+    ("model-typo", ["estimate", "llama2-13"], {}, "Did you mean llama2-13b"),
+    ("model-prefix", ["estimate", "llama"], {}, "Did you mean"),
+    ("model-case-typo", ["estimate", "Mistral-8b"], {}, "Unknown model"),
+    ("unknown-gpu", ["estimate", "gpt2", "--gpu", "rtx9090"], {}, "Unknown gpu 'rtx9090'"),
+    ("gpu-typo", ["estimate", "gpt2", "--gpu", "a100-90gb"], {}, "Did you mean"),
+    ("unknown-command", ["nosuchcmd"], {}, "No such command 'nosuchcmd'"),
+    ("unknown-option", ["estimate", "gpt2", "--nope"], {}, "No such option: --nope"),
+    ("missing-model", ["estimate"], {}, "Missing argument 'model'"),
+    # choices
+    ("method", ["estimate", "gpt2", "--method", "banana"], {}, "--method"),
+    ("precision", ["estimate", "gpt2", "--precision", "bf17"], {}, "--precision"),
+    ("optimizer", ["estimate", "gpt2", "--optimizer", "adam"], {}, "--optimizer"),
+    ("attn", ["estimate", "gpt2", "--attn", "flash2"], {}, "--attn"),
+    ("quant", ["estimate", "gpt2", "--method", "qlora", "--quant", "nf8"], {}, "--quant"),
+    (
+        "adapter-dtype",
+        ["estimate", "gpt2", "--method", "lora", "--adapter-dtype", "int4"],
+        {},
+        "--adapter-dtype",
+    ),
+    (
+        "compute-dtype",
+        ["estimate", "gpt2", "--method", "qlora", "--compute-dtype", "fp8"],
+        {},
+        "--compute-dtype",
+    ),
+    ("optimizer-impl", ["estimate", "gpt2", "--optimizer-impl", "turbo"], {}, "--optimizer-impl"),
+    ("accounting", ["estimate", "gpt2", "--accounting", "fancy"], {}, "--accounting"),
+    ("format", ["estimate", "gpt2", "--format", "xml"], {}, "--format"),
+    ("units-lower", ["estimate", "gpt2", "--units", "gb"], {}, "--units"),
+    ("units-models", ["models", "--units", "MB"], {}, "--units"),
+    # sizes
+    ("batch-negative", ["estimate", "gpt2", "--batch-size", "-1"], {}, "--batch-size"),
+    ("batch-zero", ["estimate", "gpt2", "--batch-size", "0"], {}, "--batch-size"),
+    ("batch-text", ["estimate", "gpt2", "--batch-size", "abc"], {}, "--batch-size"),
+    ("batch-absurd", ["estimate", "gpt2", "--batch-size", "1000000000000"], {}, "tokens per step"),
+    ("seq-zero", ["estimate", "gpt2", "--seq-len", "0"], {}, "--seq-len"),
+    ("seq-beyond-learned", ["estimate", "gpt2", "--seq-len", "4096"], {}, "learned positions"),
+    ("grad-accum-zero", ["estimate", "gpt2", "--grad-accum", "0"], {}, "--grad-accum"),
+    ("lora-r-zero", ["estimate", "gpt2", "--method", "lora", "--lora-r", "0"], {}, "--lora-r"),
+    (
+        "lora-r-absurd",
+        ["estimate", "gpt2", "--method", "lora", "--lora-r", "100000"],
+        {},
+        "exceeds the smallest adapted dimension",
+    ),
+    (
+        "lora-dropout",
+        ["estimate", "gpt2", "--method", "lora", "--lora-dropout", "2"],
+        {},
+        "--lora-dropout",
+    ),
+    (
+        "trainable-negative",
+        ["estimate", "gpt2", "--method", "freeze", "--trainable-layers", "-1"],
+        {},
+        "--trainable-layers",
+    ),
+    (
+        "trainable-zero",
+        ["estimate", "gpt2", "--method", "freeze", "--trainable-layers", "0"],
+        {},
+        "leaves nothing to train",
+    ),
+    (
+        "trainable-too-many",
+        ["estimate", "gpt2", "--method", "freeze", "--trainable-layers", "99"],
+        {},
+        "exceeds the model's 12 blocks",
+    ),
+    # units
+    ("size-bare-g", ["estimate", "gpt2", "--gpu-memory", "24g"], {}, "Unknown size unit"),
+    ("size-words", ["estimate", "gpt2", "--gpu-memory", "24 gibibytes"], {}, "Unknown size unit"),
+    ("size-zero", ["estimate", "gpt2", "--gpu-memory", "0"], {}, "must be positive"),
+    ("size-negative", ["estimate", "gpt2", "--gpu-memory", "-24GiB"], {}, "Cannot read"),
+    ("size-text", ["estimate", "gpt2", "--gpu-memory", "lots"], {}, "Cannot read"),
+    ("size-scientific", ["estimate", "gpt2", "--gpu-memory", "1e30GiB"], {}, "Cannot read"),
+    ("overhead-text", ["estimate", "gpt2", "--overhead", "abc"], {}, "Cannot read"),
+    # impossible combinations
+    (
+        "lora-r-with-full",
+        ["estimate", "gpt2", "--method", "full", "--lora-r", "8"],
+        {},
+        "--lora-r only apply",
+    ),
+    ("lora-alpha-with-full", ["estimate", "gpt2", "--lora-alpha", "16"], {}, "--lora-alpha"),
+    (
+        "targets-with-freeze",
+        ["estimate", "gpt2", "--method", "freeze", "--lora-targets", "q"],
+        {},
+        "--lora-targets",
+    ),
+    (
+        "adapter-dtype-with-full",
+        ["estimate", "gpt2", "--adapter-dtype", "bf16"],
+        {},
+        "--adapter-dtype",
+    ),
+    (
+        "quant-with-lora",
+        ["estimate", "gpt2", "--method", "lora", "--quant", "nf4"],
+        {},
+        "only apply to --method qlora",
+    ),
+    (
+        "double-quant-with-full",
+        ["estimate", "gpt2", "--double-quant"],
+        {},
+        "only apply to --method qlora",
+    ),
+    (
+        "layers-with-lora",
+        ["estimate", "gpt2", "--method", "lora", "--trainable-layers", "2"],
+        {},
+        "only applies to --method freeze",
+    ),
+    (
+        "autocast-fp32",
+        ["estimate", "gpt2", "--precision", "fp32", "--autocast"],
+        {},
+        "--autocast needs a 16-bit",
+    ),
+    (
+        "no-autocast-mixed",
+        ["estimate", "gpt2", "--precision", "bf16-mixed", "--no-autocast"],
+        {},
+        "means autocast",
+    ),
+    (
+        "gpu-and-memory",
+        ["estimate", "gpt2", "--gpu", "t4", "--gpu-memory", "16GiB"],
+        {},
+        "not both",
+    ),
+    (
+        "empty-targets",
+        ["estimate", "gpt2", "--method", "lora", "--lora-targets", " , "],
+        {},
+        "--lora-targets is empty",
+    ),
+    (
+        "unknown-target",
+        ["estimate", "llama2-7b", "--method", "lora", "--lora-targets", "qq"],
+        {},
+        "matches no linear layer",
+    ),
+    (
+        "moe-router-target",
+        ["estimate", "mixtral-8x7b", "--method", "lora", "--lora-targets", "gate"],
+        {},
+        "matches no linear layer",
+    ),
+    ("measure-steps", ["measure", "gpt2", "--steps", "1"], {}, "--steps must be at least 2"),
+    ("measure-device", ["measure", "gpt2", "--device", "tpu"], {}, "--device must be cpu or cuda"),
+    (
+        "measure-fake-cuda",
+        ["measure", "gpt2", "--fake", "--device", "cuda"],
+        {},
+        "--fake runs on the CPU only",
+    ),
+    # files
+    ("missing-file", ["estimate", "{tmp}/absent/config.json"], {}, "No config.json"),
+    ("empty-dir", ["estimate", "{tmp}"], {}, "No config.json"),
+    (
+        "malformed-json",
+        ["estimate", "{tmp}/config.json"],
+        {"config.json": "{not json"},
+        "not valid JSON",
+    ),
+    (
+        "json-list",
+        ["estimate", "{tmp}/config.json"],
+        {"config.json": "[1, 2]"},
+        "must hold a JSON object",
+    ),
+    (
+        "not-utf8",
+        ["estimate", "{tmp}/config.json"],
+        {"config.json": b"\xff\xfe\x00junk"},
+        "not UTF-8",
+    ),
+    (
+        "unknown-model-type",
+        ["estimate", "{tmp}/config.json"],
+        {"config.json": cfg(model_type="t5")},
+        "does not support",
+    ),
+    (
+        "missing-model-type",
+        ["estimate", "{tmp}/config.json"],
+        {"config.json": cfg(model_type=None)},
+        "does not support",
+    ),
+    (
+        "missing-field",
+        ["estimate", "{tmp}/config.json"],
+        {"config.json": cfg(intermediate_size=None)},
+        "lacks 'intermediate_size'",
+    ),
+    (
+        "negative-vocab",
+        ["estimate", "{tmp}/config.json"],
+        {"config.json": cfg(vocab_size=-5)},
+        "vocab_size",
+    ),
+    (
+        "string-layers",
+        ["estimate", "{tmp}/config.json"],
+        {"config.json": cfg(num_hidden_layers="many")},
+        "num_layers",
+    ),
+    (
+        "kv-not-dividing",
+        ["estimate", "{tmp}/config.json"],
+        {"config.json": cfg(num_key_value_heads=5)},
+        "must divide num_heads",
+    ),
+    (
+        "heads-not-dividing",
+        ["estimate", "{tmp}/config.json"],
+        {"config.json": cfg(num_attention_heads=33)},
+        "must divide hidden_size",
+    ),
+    (
+        "bad-activation",
+        ["estimate", "{tmp}/config.json"],
+        {"config.json": cfg(hidden_act="swoosh")},
+        "Unsupported activation",
+    ),
+    (
+        "moe-too-many-active",
+        ["estimate", "{tmp}/config.json"],
+        {"config.json": cfg(model_type="mixtral", num_local_experts=2, num_experts_per_tok=4)},
+        "exceeds num_experts",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case_id", "args", "files", "expected"), CORPUS, ids=[c[0] for c in CORPUS]
+)
+def test_bad_input(case_id, args, files, expected, tmp_path, capsys):
+    for name, content in files.items():
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2, (case_id, err)
+    assert out == ""
+    assert expected in err
+    assert err.startswith("Error: ")
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_corpus_is_large_enough():
+    assert len(CORPUS) >= 60
