@@ -176,6 +176,12 @@ def estimate_step(
     )
     if run.attn == "flash":
         notes.append("flash attention keeps the same tensors as sdpa (output + logsumexp).")
+    if arch.is_moe:
+        notes.append(
+            "MoE: activations count the routed tokens (batch tokens × experts per token); "
+            "the grouped matmuls process them together, so routing imbalance does not change "
+            "them here, but expert-parallel setups would see it."
+        )
     if arch.family == "gemma2" and run.attn != "eager":
         notes.append(
             "Gemma-2 has no sdpa path in transformers 5: its attention runs eagerly and keeps "

@@ -175,18 +175,20 @@ FAMILIES: dict[str, Callable[[Mapping], Mapping]] = {
 def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architecture:
     """An :class:`Architecture` from a parsed HF config.json."""
     model_type = cfg.get("model_type")
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         known = ", ".join(sorted(FAMILIES))
         raise ConfigError(
             f"config.json has model_type '{model_type}', which ftmem does not support yet "
             f"(supported: {known})."
         )
-    fields = FAMILIES[model_type](cfg)
     try:
+        fields = FAMILIES[model_type](cfg)
         return Architecture(name=name, source=source, **fields)
+    except ConfigError:
+        raise
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, "config.json")) from None
-    except TypeError as exc:
+    except (TypeError, AttributeError, ValueError, ArithmeticError) as exc:
         raise ConfigError(f"config.json has a value of the wrong type ({exc}).") from None
 
 

@@ -1,0 +1,196 @@
+"""Property-based checks of the estimator and fuzzing of the loaders (hypothesis).
+
+Fixed example budgets keep CI bounded; raise them for a longer run with
+``HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ftmem import estimate
+from ftmem.errors import FtmemError
+from ftmem.presets import model_from_mapping, model_presets
+from ftmem.sources import FAMILIES, architecture_from_config
+from ftmem.units import parse_size
+
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "long", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+PRESETS = sorted(model_presets())
+methods = st.sampled_from(["full", "lora", "qlora", "dora", "freeze"])
+precisions = st.sampled_from(["fp32", "bf16", "fp16", "bf16-mixed"])
+optimizers = st.sampled_from(["adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion"])
+runs = st.fixed_dictionaries(
+    {
+        "method": methods,
+        "precision": precisions,
+        "optimizer": optimizers,
+        "batch_size": st.integers(1, 16),
+        "seq_len": st.integers(1, 2048),
+        "grad_ckpt": st.booleans(),
+        "attn": st.sampled_from(["eager", "sdpa"]),
+        "grad_accum": st.integers(1, 4),
+    }
+)
+
+
+def _settings(run: dict) -> dict:
+    out = dict(run)
+    if out["method"] == "freeze":
+        out["trainable_layers"] = 1
+    return out
+
+
+def _fits_learned_positions(model: str, run: dict) -> bool:
+    return run["seq_len"] <= model_presets()[model].max_position_embeddings
+
+
+@given(model=st.sampled_from(PRESETS), run=runs)
+def test_components_are_non_negative_integers_that_add_up(model, run):
+    if not _fits_learned_positions(model, run):
+        return
+    m = estimate(model, **_settings(run)).memory
+    for key, value in m.model_dump().items():
+        if key.endswith("_bytes"):
+            assert isinstance(value, int) and value >= 0, key
+    assert m.at_peak.total == m.peak_allocated_bytes
+    assert m.total_bytes == m.peak_allocated_bytes + m.overhead_bytes
+    assert m.peak_allocated_bytes == max(m.phases.forward, m.phases.backward, m.phases.optimizer)
+
+
+@given(model=st.sampled_from(PRESETS), run=runs, grow=st.sampled_from(["batch_size", "seq_len"]))
+def test_memory_never_decreases_with_batch_or_sequence(model, run, grow):
+    bigger = {**run, grow: run[grow] * 2}
+    if not _fits_learned_positions(model, bigger):
+        return
+    small = estimate(model, **_settings(run)).memory
+    large = estimate(model, **_settings(bigger)).memory
+    assert large.peak_allocated_bytes >= small.peak_allocated_bytes
+    assert large.activations_bytes >= small.activations_bytes
+
+
+@given(
+    model=st.sampled_from(PRESETS), r=st.integers(1, 64), method=st.sampled_from(["lora", "dora"])
+)
+def test_memory_never_decreases_with_lora_rank(model, r, method):
+    low = estimate(model, method=method, lora_r=r, seq_len=256).memory
+    high = estimate(model, method=method, lora_r=r + 1, seq_len=256).memory
+    assert high.peak_allocated_bytes >= low.peak_allocated_bytes
+    assert high.weights_bytes > low.weights_bytes
+
+
+@given(model=st.sampled_from(PRESETS), n=st.integers(1, 8))
+def test_memory_never_decreases_with_trainable_layers(model, n):
+    layers = model_presets()[model].num_layers
+    if n + 1 > layers:
+        return
+    fewer = estimate(model, method="freeze", trainable_layers=n, seq_len=256).memory
+    more = estimate(model, method="freeze", trainable_layers=n + 1, seq_len=256).memory
+    assert more.peak_allocated_bytes >= fewer.peak_allocated_bytes
+
+
+@given(
+    model=st.sampled_from(PRESETS),
+    precision=st.sampled_from(["bf16", "fp16"]),
+    seq=st.integers(16, 2048),
+)
+def test_qlora_le_lora_le_full(model, precision, seq):
+    if seq > model_presets()[model].max_position_embeddings:
+        return
+    peak = {
+        m: estimate(model, method=m, precision=precision, seq_len=seq).memory.peak_allocated_bytes
+        for m in ("qlora", "lora", "full")
+    }
+    assert peak["qlora"] <= peak["lora"] <= peak["full"]
+
+
+@given(model=st.sampled_from(PRESETS), run=runs)
+def test_deterministic(model, run):
+    if not _fits_learned_positions(model, run):
+        return
+    assert estimate(model, **_settings(run)) == estimate(model, **_settings(run))
+
+
+# --- fuzzing the loaders: only ftmem's own errors may escape --------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+CONFIG_KEYS = [
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "hidden_act",
+    "tie_word_embeddings",
+    "head_dim",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_positions",
+    "num_local_experts",
+    "num_experts_per_tok",
+    "new_decoder_architecture",
+    "multi_query",
+    "attention_bias",
+    "max_position_embeddings",
+    "sliding_window",
+]
+configs = st.dictionaries(
+    st.sampled_from(CONFIG_KEYS),
+    json_values | st.integers(1, 5000) | st.sampled_from(sorted(FAMILIES)),
+    max_size=len(CONFIG_KEYS),
+)
+
+
+@given(cfg=configs)
+def test_config_loader_raises_only_ftmem_errors(cfg):
+    try:
+        arch = architecture_from_config(cfg, "fuzz", "fuzz")
+    except FtmemError:
+        return
+    assert arch.num_layers > 0
+
+
+@given(data=st.dictionaries(st.text(max_size=20), json_values, max_size=8))
+def test_preset_loader_raises_only_ftmem_errors(data):
+    with contextlib.suppress(FtmemError):
+        model_from_mapping(data, "fuzz.yaml")
+
+
+@given(text=st.text(max_size=20))
+def test_size_parser_raises_only_ftmem_errors(text):
+    with contextlib.suppress(FtmemError):
+        assert parse_size(text) > 0
+
+
+@given(cfg=configs)
+def test_config_file_round_trip_through_the_cli(cfg, tmp_path_factory):
+    from ftmem.sources import load_config_json
+
+    path = tmp_path_factory.mktemp("fuzz") / "config.json"
+    path.write_text(json.dumps(cfg))
+    with contextlib.suppress(FtmemError):
+        load_config_json(path)
