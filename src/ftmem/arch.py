@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 Family = Literal[
     "llama", "mistral", "mixtral", "qwen2", "gemma", "gemma2", "phi3", "gpt2", "falcon"
 ]
-ParamKind = Literal["linear", "linear_bias", "embedding", "norm", "router", "position"]
+ParamKind = Literal["linear", "linear_bias", "expert", "embedding", "norm", "router", "position"]
 # Roles a linear layer can play; LoRA targets are chosen by role or by module name.
 Role = Literal["q", "k", "v", "o", "gate", "up", "down", "router"]
 ATTENTION_ROLES: tuple[Role, ...] = ("q", "k", "v", "o")
@@ -301,7 +301,9 @@ def layout(arch: Architecture) -> Layout:
     style = _style(arch.family)
     block: list[Param] = []
     for lin in linears:
-        kind: ParamKind = "router" if lin.roles == ("router",) else "linear"
+        kind: ParamKind = (
+            "router" if lin.roles == ("router",) else "linear" if lin.is_module else "expert"
+        )
         # MoE experts are one (experts, out, in) tensor in transformers 5.
         experts = (lin.copies,) if lin.copies > 1 else ()
         weight_name = f"{lin.module}.weight" if lin.is_module or kind == "router" else lin.module

@@ -201,7 +201,10 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
                 "all-linear adapts the attention projections only."
             )
     if run.method == "qlora" and arch.is_moe:
-        notes.append("Quantised MoE experts assumed (nf4/int8 storage for the expert tensors).")
+        notes.append(
+            "bitsandbytes quantises nn.Linear layers only: transformers 5 stores MoE experts "
+            "as 3-D parameters, so they stay 16-bit under QLoRA."
+        )
     return MethodPlan(
         tuple(groups), dtypes, adapted, trainable_blocks, outer_trainable, tuple(notes)
     )

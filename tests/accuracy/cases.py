@@ -81,7 +81,7 @@ def _matrix() -> list[Case]:
         cases.append(Case(family, {"method": "lora", "precision": "bf16", "adapter_dtype": "bf16"}))
     # quantised bases (bitsandbytes on the CPU) and the 8-bit optimizer
     wider = {"hidden_size": 128, "intermediate_size": 256}
-    for family in ("llama", "mistral", "qwen2", "phi3"):
+    for family in ("llama", "mistral", "qwen2", "phi3", "mixtral"):
         for q in ({}, {"double_quant": False}, {"quant": "fp4"}, {"quant": "int8"}):
             cases.append(Case(family, {"method": "qlora", "precision": "bf16", **q}, wider))
     cases.append(
