@@ -214,6 +214,18 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         "not UTF-8",
     ),
     (
+        "huge-file",
+        ["estimate", "{tmp}/config.json"],
+        {"config.json": " " * (17 * 2**20)},
+        "too large for a config.json",
+    ),
+    (
+        "directory-for-file",
+        ["estimate", "{tmp}/sub"],
+        {"sub/config.json/x": "{}"},
+        "No config.json",
+    ),
+    (
         "unknown-model-type",
         ["estimate", "{tmp}/config.json"],
         {"config.json": cfg(model_type="t5")},
@@ -276,6 +288,7 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
 def test_bad_input(case_id, args, files, expected, tmp_path, capsys):
     for name, content in files.items():
         path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):
             path.write_bytes(content)
         else:

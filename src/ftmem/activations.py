@@ -56,9 +56,7 @@ class _Ctx:
     @property
     def residual(self) -> int:
         """Bytes per element of the residual stream (fp32 params under autocast)."""
-        return (
-            BYTES_PER_ELEMENT[self.plan.dtypes.base] if self.plan.dtypes.base != "nf4" else self.e
-        )
+        return self.plan.dtypes.residual_bytes
 
 
 def _norm(ctx: _Ctx, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:

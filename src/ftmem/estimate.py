@@ -68,7 +68,7 @@ def estimate_step(
 
     weights = sum(g.nbytes for g in plan.groups)
     grad_groups = [g for g in plan.groups if g.trainable]
-    grads = sum(g.total_numel * BYTES_PER_ELEMENT.get(g.fmt, 2) for g in grad_groups)
+    grads = sum(g.total_numel * g.element_bytes for g in grad_groups)
     states = optimizer_state_bytes(plan.groups, run)
     opt_temp = optimizer_step_temporary_bytes(plan.groups, run)
 
@@ -83,11 +83,10 @@ def estimate_step(
     outer_below, outer_above = outer_saved(arch, run, plan, T)
     outer_items = outer_below + outer_above
     outer = _sum(outer_items)
-    residual_bytes = BYTES_PER_ELEMENT.get(plan.dtypes.base, e) if plan.dtypes.base != "nf4" else e
     if run.grad_ckpt:
         # each checkpointed block keeps only its input; backward recomputes one block
         full_block = max(per_block)
-        ckpt = [T * h * residual_bytes if b else 0 for b in per_block]
+        ckpt = [T * h * plan.dtypes.residual_bytes if b else 0 for b in per_block]
         per_block_kept = ckpt
         recompute = full_block
     else:
@@ -99,7 +98,7 @@ def estimate_step(
     grads_block = 0
     if plan.trainable_blocks:
         grads_block = (
-            sum(g.total_numel * BYTES_PER_ELEMENT.get(g.fmt, 2) for g in grad_groups if g.in_block)
+            sum(g.total_numel * g.element_bytes for g in grad_groups if g.in_block)
             // plan.trainable_blocks
         )
     grads_outer = grads - grads_block * plan.trainable_blocks
@@ -175,7 +174,10 @@ def estimate_step(
         activations_outer=[SavedItem(what=s.what, bytes=s.nbytes) for s in outer_items],
     )
     if run.attn == "flash":
-        notes.append("flash attention keeps the same tensors as sdpa (output + logsumexp).")
+        notes.append(
+            "flash-attn is not measured here (no CPU kernel): assumed to keep what sdpa's "
+            "flash kernel keeps (output + logsumexp)."
+        )
     if arch.is_moe:
         notes.append(
             "MoE: activations count the routed tokens (batch tokens × experts per token); "

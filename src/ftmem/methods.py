@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from math import prod
 
 from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, Param, layout
-from ftmem.dtypes import StorageFormat, tensor_bytes
+from ftmem.dtypes import BYTES_PER_ELEMENT, StorageFormat, tensor_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.precision import Dtypes, resolve_dtypes
 from ftmem.run import ADAPTER_METHODS, RunConfig
@@ -39,6 +39,12 @@ class TensorGroup:
     @property
     def total_numel(self) -> int:
         return self.numel * self.count
+
+    @property
+    def element_bytes(self) -> int:
+        """Bytes per element of an unquantised tensor (what its gradient and torch
+        optimizer states take); quantised storage has no per-element size."""
+        return BYTES_PER_ELEMENT[self.fmt]
 
     @property
     def nbytes(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from math import prod
 
-from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div
+from ftmem.dtypes import ceil_div
 from ftmem.methods import TensorGroup
 from ftmem.run import RunConfig
 
@@ -17,10 +17,6 @@ BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit state for tensors smaller 
 BNB_BLOCK = 256  # elements per fp32 absmax in blockwise 8-bit optimizer state
 BNB_QMAP_BYTES = 2 * 256 * 4  # the two shared 256-entry fp32 code books
 STEP_TENSOR_BYTES = 4  # torch Adam/AdamW keep `step` as an fp32 scalar tensor per param
-
-
-def _param_bytes(group: TensorGroup) -> int:
-    return BYTES_PER_ELEMENT.get(group.fmt, 2)
 
 
 def _adafactor_tensor_bytes(shape: tuple[int, ...]) -> int:
@@ -44,7 +40,7 @@ def optimizer_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
     for g in groups:
         if not g.trainable:
             continue
-        n, count, pb = g.numel, g.count, _param_bytes(g)
+        n, count, pb = g.numel, g.count, g.element_bytes
         if opt in ("adamw", "adamw-fp32"):
             state = 4 if opt == "adamw-fp32" else pb
             per = 2 * n * state + (STEP_TENSOR_BYTES if step_tensors_on_device(run) else 0)
@@ -83,7 +79,7 @@ def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig
     if opt in ("adamw", "adamw-fp32"):
         if impl == "fused":
             return 0
-        state = lambda g: 4 if opt == "adamw-fp32" else _param_bytes(g)  # noqa: E731
+        state = lambda g: 4 if opt == "adamw-fp32" else g.element_bytes  # noqa: E731
         if impl == "foreach":
             by_dtype: dict[int, int] = {}
             for g in trainable:
@@ -95,5 +91,5 @@ def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig
         # row/column outer product, and the fp32 parameter copy when 16-bit.
         return max((2 + 2 * (g.fmt != "fp32")) * 4 * g.numel for g in trainable)
     if opt == "lion":
-        return max(2 * g.numel * _param_bytes(g) for g in trainable)
+        return max(2 * g.numel * g.element_bytes for g in trainable)
     return 0

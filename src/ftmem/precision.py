@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftmem.dtypes import Dtype, StorageFormat
+from ftmem.dtypes import BYTES_PER_ELEMENT, Dtype, StorageFormat
 from ftmem.run import RunConfig
 
 
@@ -12,11 +12,17 @@ from ftmem.run import RunConfig
 class Dtypes:
     """Resolved dtypes of one run (what the report states as the precision regime)."""
 
-    base: StorageFormat  # frozen/trainable base weights outside quantised linears
+    base: Dtype  # frozen/trainable base weights outside quantised linears
     quantized: StorageFormat | None  # quantised linear weights (qlora), else None
     compute: Dtype  # activations: dtype of matmul inputs/outputs
     adapter: Dtype  # LoRA/DoRA parameters
     autocast: bool
+
+    @property
+    def residual_bytes(self) -> int:
+        """Element size of the residual stream: the dtype of the non-quantised weights
+        (fp32 under autocast with fp32 parameters)."""
+        return BYTES_PER_ELEMENT[self.base]
 
     def describe(self) -> str:
         base = (

@@ -17,6 +17,7 @@ from ftmem.errors import ConfigError
 from ftmem.presets import get_model, validation_message
 
 Mapping = dict[str, Any]
+MAX_CONFIG_BYTES = 16 * 2**20  # real config.json files are a few KiB
 
 
 def _need(cfg: Mapping, *keys: str) -> Any:
@@ -197,6 +198,11 @@ def load_config_json(path: Path) -> Architecture:
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(f"No config.json in {path}.")
+    if file.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{file} is {file.stat().st_size:,} bytes, too large for a config.json "
+            "(weights go in safetensors files)."
+        )
     try:
         cfg = json.loads(file.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
