@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ftmem.arch import Architecture
 from ftmem.errors import InvalidInputError
 from ftmem.estimate import estimate_step
 from ftmem.hardware import Gpu, custom_gpu
 from ftmem.methods import adapted_linears
+from ftmem.parallel import ParallelConfig
 from ftmem.presets import get_gpu
 from ftmem.result import Estimate
 from ftmem.run import RunConfig
@@ -19,17 +20,20 @@ from ftmem.units import parse_size
 
 # Sizes beyond which an input is surely a typo (tokens per micro-batch, vocab...).
 MAX_TOKENS_PER_STEP = 2**31
+MAX_GPUS = 2**17
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _option(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def run_config(**settings: Any) -> RunConfig:
-    """Validate run settings into a RunConfig, errors as one sentence."""
+def _validated(model: type[M], settings: dict[str, Any]) -> M:
+    """Build a settings model, its first validation error as one sentence."""
     clean = {k: v for k, v in settings.items() if v is not None}
     try:
-        run = RunConfig(**clean)
+        return model(**clean)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
@@ -39,12 +43,32 @@ def run_config(**settings: Any) -> RunConfig:
                 raise InvalidInputError(f"Unknown setting '{loc}'.") from None
             raise InvalidInputError(f"{_option(loc)}: {msg} (got {err.get('input')!r}).") from None
         raise InvalidInputError(msg[0].upper() + msg[1:] + ".") from None
+
+
+def run_config(**settings: Any) -> RunConfig:
+    """Validate run settings into a RunConfig, errors as one sentence."""
+    run = _validated(RunConfig, settings)
     if run.batch_size * run.seq_len > MAX_TOKENS_PER_STEP:
         raise InvalidInputError(
             f"batch size × sequence length = {run.batch_size * run.seq_len:,} tokens per step is "
             "beyond any GPU; check --batch-size and --seq-len."
         )
     return run
+
+
+def parallel_config(
+    *, host_memory: str | int | None = None, bucket_elements: int | None = None, **settings: Any
+) -> ParallelConfig:
+    """Validate the multi-GPU settings (gpus, nodes, strategy, tp, pp, cp, offload)."""
+    if host_memory is not None:
+        settings["host_memory_bytes"] = parse_size(host_memory)
+    settings["bucket_elements"] = bucket_elements
+    par = _validated(ParallelConfig, settings)
+    if par.world > MAX_GPUS:
+        raise InvalidInputError(
+            f"{par.world:,} GPUs is beyond any cluster ftmem plans for (at most {MAX_GPUS:,})."
+        )
+    return par
 
 
 def resolve_gpu(gpu: str | Gpu | None = None, gpu_memory: str | int | None = None) -> Gpu | None:
@@ -63,15 +87,40 @@ def estimate(
     gpu: str | Gpu | None = None,
     gpu_memory: str | int | None = None,
     overhead: str | int | None = None,
+    gpus: int = 1,
+    nodes: int = 1,
+    strategy: str | None = None,
+    tp: int = 1,
+    pp: int = 1,
+    cp: int = 1,
+    offload_optimizer: str | None = None,
+    offload_params: str | None = None,
+    host_memory: str | int | None = None,
+    bucket_elements: int | None = None,
     **settings: Any,
 ) -> Estimate:
     """Estimate one training step of ``model`` (preset id, config.json path or Architecture).
 
     ``settings`` are the fields of :class:`~ftmem.run.RunConfig` (method, precision,
-    optimizer, batch_size, seq_len, grad_ckpt, attn, lora_r, ...).
+    optimizer, batch_size, seq_len, grad_ckpt, attn, lora_r, ...). With several GPUs
+    (``gpus`` per node × ``nodes``), a ``strategy`` (ddp, zero1-3, fsdp...), model
+    parallelism (``tp``, ``pp``, ``cp``) or offload, the memory is per GPU, for the
+    rank that holds the most; ``Estimate.parallel`` has the rest.
     """
     arch = resolve_model(model) if isinstance(model, str) else model
     run = run_config(**settings)
+    par = parallel_config(
+        gpus=gpus,
+        nodes=nodes,
+        strategy=strategy,
+        tp=tp,
+        pp=pp,
+        cp=cp,
+        offload_optimizer=offload_optimizer,
+        offload_params=offload_params,
+        host_memory=host_memory,
+        bucket_elements=bucket_elements,
+    )
     if run.seq_len > arch.max_position_embeddings and arch.position_embedding == "learned":
         raise InvalidInputError(
             f"--seq-len {run.seq_len} exceeds {arch.name}'s {arch.max_position_embeddings} "
@@ -93,5 +142,5 @@ def estimate(
     overhead_bytes = (
         None if overhead is None else (0 if overhead in (0, "0") else parse_size(overhead))
     )
-    est = estimate_step(arch, run, resolve_gpu(gpu, gpu_memory), overhead_bytes)
+    est = estimate_step(arch, run, resolve_gpu(gpu, gpu_memory), overhead_bytes, par)
     return est.model_copy(update={"notes": [*notes, *est.notes]}) if notes else est

@@ -38,6 +38,17 @@ def _root(
 EXIT_DOES_NOT_FIT = 1
 EXIT_BAD_INPUT = 2
 
+MULTI = "Many GPUs"
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise FtmemError(f"cannot write {path}: {exc.strerror}.") from None
+
+
 Units = Annotated[str, typer.Option("--units", help="GiB (binary, default) or GB (10^9).")]
 
 
@@ -128,6 +139,50 @@ def estimate(
     accounting: Annotated[
         str, typer.Option(help="phases (peak of the step) | simple (sum of the buckets)")
     ] = "phases",
+    gpus: Annotated[int, typer.Option(help="GPUs per node.", rich_help_panel=MULTI)] = 1,
+    nodes: Annotated[int, typer.Option(help="Nodes.", rich_help_panel=MULTI)] = 1,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            help="ddp | zero1 | zero2 | zero3 | fsdp | fsdp-hybrid | fsdp-grad-op | fsdp-no-shard "
+            "(default: ddp on several GPUs).",
+            rich_help_panel=MULTI,
+        ),
+    ] = None,
+    tp: Annotated[int, typer.Option(help="Tensor-parallel degree.", rich_help_panel=MULTI)] = 1,
+    pp: Annotated[
+        int, typer.Option(help="Pipeline-parallel stages (1F1B).", rich_help_panel=MULTI)
+    ] = 1,
+    cp: Annotated[
+        int,
+        typer.Option(help="Context-parallel degree (splits the sequence).", rich_help_panel=MULTI),
+    ] = 1,
+    offload_optimizer: Annotated[
+        str | None,
+        typer.Option(help="none | cpu | nvme (ZeRO / FSDP).", rich_help_panel=MULTI),
+    ] = None,
+    offload_params: Annotated[
+        str | None,
+        typer.Option(help="none | cpu | nvme (zero3 / FSDP).", rich_help_panel=MULTI),
+    ] = None,
+    host_memory: Annotated[
+        str | None,
+        typer.Option(help="Host RAM per node, e.g. 512GiB: checks offload.", rich_help_panel=MULTI),
+    ] = None,
+    emit: Annotated[
+        str | None,
+        typer.Option(
+            help="Print the engine config for this plan instead of the table: deepspeed (JSON) | "
+            "accelerate (YAML) | fsdp (Accelerate YAML).",
+            rich_help_panel=MULTI,
+        ),
+    ] = None,
+    emit_to: Annotated[
+        str | None,
+        typer.Option(
+            help="Write the --emit config to this file and print the table.", rich_help_panel=MULTI
+        ),
+    ] = None,
     output_format: Annotated[
         str, typer.Option("--format", help="table | json | markdown")
     ] = "table",
@@ -169,7 +224,26 @@ def estimate(
             double_quant=double_quant,
             compute_dtype=compute_dtype,
             accounting=accounting,
+            gpus=gpus,
+            nodes=nodes,
+            strategy=strategy,
+            tp=tp,
+            pp=pp,
+            cp=cp,
+            offload_optimizer=offload_optimizer,
+            offload_params=offload_params,
+            host_memory=host_memory,
         )
+        if emit_to is not None and emit is None:
+            raise FtmemError("--emit-to needs --emit deepspeed, accelerate or fsdp.")
+        if emit is not None:
+            from ftmem.emit import emit_config
+
+            text = emit_config(est, emit)
+            if emit_to is None:
+                typer.echo(text, nl=False)
+                return
+            _write(emit_to, text)
     except FtmemError as exc:
         raise _fail(str(exc)) from None
     if output_format == "json":

@@ -15,7 +15,9 @@ Moments, in order:
 * optimizer step: weights + states + all gradients + the step's temporaries.
 
 With gradient accumulation (``grads_persist``) every gradient already exists from
-the second micro-batch on, during forward as well.
+the second micro-batch on, during forward as well. Under sharding, each phase adds
+its communication memory (gathered layers, reduce buckets); a pipeline stage adds the
+activations of the micro-batches it holds besides the one it is processing.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ class StepSizes:
     recompute: int  # checkpointing: one block's activations rebuilt in backward
     optimizer_temporaries: int
     grads_persist: bool
+    # Parallel runs (parallel.py): gathered weights and communication buckets live in
+    # each phase, and the activations of other micro-batches a pipeline stage holds.
+    comm_forward: int = 0
+    comm_backward: int = 0
+    comm_optimizer: int = 0
+    acts_held: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,40 +64,43 @@ class Peak:
 def find_peak(s: StepSizes) -> Peak:
     """The largest moment of the step, and each phase's own largest moment."""
     held = s.grads if s.grads_persist else 0
-    acts = sum(s.acts_per_block) + s.acts_below + s.acts_above
-    # (phase, gradients, activations, temporaries); weights and states are always live
-    moments: list[tuple[str, int, int, int]] = [
-        ("forward", held, acts - s.acts_above, s.forward_block_transient),
-        ("forward", held, acts, s.logits_forward),
-        ("backward", held, acts, s.loss_backward),
+    acts = sum(s.acts_per_block) + s.acts_below + s.acts_above + s.acts_held
+    fwd, bwd = s.comm_forward, s.comm_backward
+    # (phase, gradients, activations, temporaries, communication);
+    # weights and states are always live
+    moments: list[tuple[str, int, int, int, int]] = [
+        ("forward", held, acts - s.acts_above, s.forward_block_transient, fwd),
+        ("forward", held, acts, s.logits_forward, fwd),
+        ("backward", held, acts, s.loss_backward, bwd),
     ]
     live_grads = s.grads if s.grads_persist else s.grads_outer
     live_acts = acts - s.acts_above
-    moments.append(("backward", live_grads, live_acts, s.head_workspace))
+    moments.append(("backward", live_grads, live_acts, s.head_workspace, bwd))
     transient = s.recompute + s.block_workspace
     L = len(s.acts_per_block)
     for i in range(L - 1, -1, -1):
-        moments.append(("backward", live_grads, live_acts, transient))
+        moments.append(("backward", live_grads, live_acts, transient, bwd))
         live_acts -= s.acts_per_block[i]
         if not s.grads_persist and i >= L - s.trainable_blocks:
             live_grads += s.grads_per_block
-    moments.append(("optimizer", s.grads, 0, s.optimizer_temporaries))
+    moments.append(("optimizer", s.grads, 0, s.optimizer_temporaries, s.comm_optimizer))
 
     base = s.weights + s.states
     best: dict[str, int] = {}
-    winner = moments[0]
+    winner, winner_total = moments[0], -1
     for m in moments:
-        total = base + m[1] + m[2] + m[3]
+        total = base + m[1] + m[2] + m[3] + m[4]
         best[m[0]] = max(best.get(m[0], 0), total)
-        if total > base + winner[1] + winner[2] + winner[3]:
-            winner = m
-    phase, grads, acts_live, temporaries = winner
+        if total > winner_total:
+            winner, winner_total = m, total
+    phase, grads, acts_live, temporaries, comm = winner
     at_peak = AtPeak(
         weights=s.weights,
         gradients=grads,
         optimizer_states=s.states,
         activations=acts_live,
         temporaries=temporaries,
+        communication=comm,
     )
     phases = PhasePeaks(
         forward=best["forward"], backward=best["backward"], optimizer=best["optimizer"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from ftmem.result import Estimate
+from ftmem.result import Estimate, ParallelInfo
 from ftmem.units import UnitSystem, format_bytes, format_count
 
 if TYPE_CHECKING:
@@ -18,6 +18,11 @@ COMPONENTS = (
     ("activations", "Activations (saved for backward)", "activations_bytes"),
     ("temporaries", "Temporaries at the peak", "temporaries_bytes"),
 )
+COMMUNICATION = ("communication", "Gathered weights and buckets", "communication_bytes")
+
+
+def _components(est: Estimate) -> tuple[tuple[str, str, str], ...]:
+    return COMPONENTS + ((COMMUNICATION,) if est.parallel is not None else ())
 
 
 def to_json(est: Estimate) -> str:
@@ -25,16 +30,36 @@ def to_json(est: Estimate) -> str:
 
 
 def _verdict(est: Estimate, units: UnitSystem) -> str:
+    host = _host_verdict(est, units)
     if est.fits is None or est.headroom_bytes is None or est.gpu is None:
-        return "No GPU given: use --gpu or --gpu-memory for a verdict."
+        return "No GPU given: use --gpu or --gpu-memory for a verdict." + host
+    return _gpu_verdict(est, units) + host
+
+
+def _host_verdict(est: Estimate, units: UnitSystem) -> str:
+    p = est.parallel
+    if p is None or p.host_fits is None or p.host_memory_bytes is None:
+        return ""
+    need, have = (
+        format_bytes(p.host_bytes_per_node, units),
+        format_bytes(p.host_memory_bytes, units),
+    )
+    if p.host_fits:
+        return f" Host RAM fits: {need} of {have} per node."
+    return f" Host RAM DOES NOT FIT: {need} needed per node, {have} there."
+
+
+def _gpu_verdict(est: Estimate, units: UnitSystem) -> str:
+    assert est.gpu is not None and est.headroom_bytes is not None
+    per = " (per GPU)" if est.parallel is not None else ""
     if est.fits:
         share = est.headroom_bytes / est.gpu["memory_bytes"]
         return (
-            f"FITS on {est.gpu['name']}: {format_bytes(est.headroom_bytes, units)} headroom "
+            f"FITS on {est.gpu['name']}{per}: {format_bytes(est.headroom_bytes, units)} headroom "
             f"({share:.0%} of {format_bytes(est.gpu['memory_bytes'], units)})."
         )
     return (
-        f"DOES NOT FIT on {est.gpu['name']}: short by "
+        f"DOES NOT FIT on {est.gpu['name']}{per}: short by "
         f"{format_bytes(-est.headroom_bytes, units)} "
         f"(needs {format_bytes(est.memory.total_bytes, units)}, has "
         f"{format_bytes(est.gpu['memory_bytes'], units)})."
@@ -54,13 +79,15 @@ def table(est: Estimate, units: UnitSystem = "GiB") -> RenderableType:
         f"batch {run['batch_size']} × seq {run['seq_len']}"
         f"{' · grad-ckpt' if run['grad_ckpt'] else ''} · attn {run['attn']}"
     )
+    if est.parallel is not None:
+        title += f" · {_spread(est.parallel)} · per GPU"
     tbl = Table(title=title, title_justify="left")
     tbl.add_column("Component")
     tbl.add_column(f"Size ({units})", justify="right")
     tbl.add_column(f"At peak ({units})", justify="right")
     tbl.add_column("Share of peak", justify="right")
     peak = m.peak_allocated_bytes or 1
-    for key, label, field in COMPONENTS:
+    for key, label, field in _components(est):
         size = getattr(m, field)
         live = getattr(m.at_peak, key)
         tbl.add_row(
@@ -86,9 +113,72 @@ def table(est: Estimate, units: UnitSystem = "GiB") -> RenderableType:
     )
     verdict = _verdict(est, units)
     style = "bold green" if est.fits else "bold red" if est.fits is False else "yellow"
-    parts: list[RenderableType] = [tbl, Text(params), Text(verdict, style=style)]
+    parts: list[RenderableType] = [tbl]
+    if est.parallel is not None:
+        parts.append(_parallel_table(est, units))
+    parts += [Text(params), Text(verdict, style=style)]
     parts += [Text(f"note: {n}", style="dim") for n in est.notes]
     return Group(*parts)
+
+
+def _spread(p: ParallelInfo) -> str:
+    degrees = [f"dp {p.data_parallel}"]
+    degrees += [
+        f"{name} {n}"
+        for name, n in (
+            ("tp", p.tensor_parallel),
+            ("pp", p.pipeline_parallel),
+            ("cp", p.context_parallel),
+        )
+        if n > 1
+    ]
+    gpus = f"{p.world_size} GPU{'s' if p.world_size > 1 else ''}"
+    if p.nodes > 1:
+        gpus += f" on {p.nodes} nodes"
+    return f"{gpus} {p.strategy} ({' × '.join(degrees)})"
+
+
+def _parallel_rows(est: Estimate, units: UnitSystem) -> list[tuple[str, str]]:
+    """The multi-GPU facts worth a line each (no arithmetic beyond unit conversion)."""
+    p = est.parallel
+    assert p is not None
+    rows = [
+        ("Engine", f"{p.engine}, shards over {p.shard_group} GPU(s)"),
+        ("Rank with the most memory", p.worst_rank),
+        ("Weights sharded (this GPU's shard)", format_bytes(p.weights_sharded_bytes, units)),
+        ("Weights whole on every GPU", format_bytes(p.weights_replicated_bytes, units)),
+    ]
+    if p.pipeline_parallel > 1:
+        rows.append(
+            (
+                "Peak per pipeline stage",
+                ", ".join(format_bytes(b, units) for b in p.stage_peak_bytes),
+            )
+        )
+        rows.append(("Micro-batches held (that stage)", str(p.micro_batches_in_flight)))
+    if p.offload_optimizer != "none" or p.offload_params != "none":
+        rows.append(
+            (
+                "Offload",
+                f"optimizer → {p.offload_optimizer}, weights → {p.offload_params}",
+            )
+        )
+        rows.append(("Host RAM per node", format_bytes(p.host_bytes_per_node, units)))
+        if p.disk_bytes_per_node:
+            rows.append(("NVMe per node", format_bytes(p.disk_bytes_per_node, units)))
+    rows.append(("All GPUs together", format_bytes(p.job_gpu_bytes, units)))
+    return rows
+
+
+def _parallel_table(est: Estimate, units: UnitSystem) -> RenderableType:
+    from rich.table import Table
+
+    tbl = Table(title="Across GPUs", title_justify="left", show_header=False)
+    tbl.add_column("What")
+    tbl.add_column("", justify="right")
+    for label, value in _parallel_rows(est, units):
+        tbl.add_row(label, value)
+    return tbl
 
 
 def markdown(est: Estimate, units: UnitSystem = "GiB") -> str:
@@ -99,7 +189,7 @@ def markdown(est: Estimate, units: UnitSystem = "GiB") -> str:
         f"| Component | Size ({units}) | At peak ({units}) |",
         "|---|---:|---:|",
     ]
-    for key, label, field in COMPONENTS:
+    for key, label, field in _components(est):
         lines.append(
             f"| {label} | {format_bytes(getattr(m, field), units)} | "
             f"{format_bytes(getattr(m.at_peak, key), units)} |"
@@ -109,6 +199,10 @@ def markdown(est: Estimate, units: UnitSystem = "GiB") -> str:
         f"| Runtime overhead | | {format_bytes(m.overhead_bytes, units)} |",
         f"| **Total** | | **{format_bytes(m.total_bytes, units)}** |",
         "",
-        _verdict(est, units),
     ]
+    if est.parallel is not None:
+        lines += [f"Per GPU, {_spread(est.parallel)}:", "", "| | |", "|---|---:|"]
+        lines += [f"| {label} | {value} |" for label, value in _parallel_rows(est, units)]
+        lines.append("")
+    lines.append(_verdict(est, units))
     return "\n".join(lines) + "\n"

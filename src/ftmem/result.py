@@ -25,6 +25,7 @@ class AtPeak(_Frozen):
     optimizer_states: int
     activations: int
     temporaries: int
+    communication: int = 0  # gathered weights and buckets (multi-GPU strategies)
 
     @property
     def total(self) -> int:
@@ -34,6 +35,7 @@ class AtPeak(_Frozen):
             + self.optimizer_states
             + self.activations
             + self.temporaries
+            + self.communication
         )
 
 
@@ -62,6 +64,7 @@ class Memory(_Frozen):
     activations_bytes: int
     temporaries_bytes: int
     peak_allocated_bytes: int
+    communication_bytes: int = 0  # largest gathered weights + buckets in any phase
     overhead_bytes: int
     total_bytes: int
     peak_phase: str
@@ -78,6 +81,39 @@ class ModelInfo(_Frozen):
     n_trainable_params: int
 
 
+class ParallelInfo(_Frozen):
+    """How the run is spread and what lies outside the GPU. ``Memory`` is per GPU:
+    the rank that holds the most (``worst_rank``)."""
+
+    strategy: str
+    engine: str
+    world_size: int
+    gpus_per_node: int
+    nodes: int
+    data_parallel: int
+    shard_group: int  # ranks one sharded copy is spread over
+    tensor_parallel: int
+    pipeline_parallel: int
+    context_parallel: int
+    worst_rank: str
+    stage_peak_bytes: list[int]  # peak allocated per pipeline stage
+    micro_batches_in_flight: int
+    weights_sharded_bytes: int  # this GPU's shard
+    weights_replicated_bytes: int  # held whole on every GPU
+    offload_optimizer: str
+    offload_params: str
+    host_bytes_per_gpu: int
+    host_bytes_per_node: int
+    disk_bytes_per_node: int
+    host_memory_bytes: int | None
+    host_fits: bool | None
+    job_gpu_bytes: int  # all GPUs together (peak + overhead each)
+    # what the estimate assumed, and what --emit writes into the engine config
+    reduce_bucket_elements: int
+    prefetch_bucket_elements: int
+    persistence_threshold_elements: int
+
+
 class Estimate(_Frozen):
     schema_version: int = SCHEMA_VERSION
     model: ModelInfo
@@ -86,4 +122,5 @@ class Estimate(_Frozen):
     gpu: dict[str, Any] | None
     fits: bool | None
     headroom_bytes: int | None
+    parallel: ParallelInfo | None = None
     notes: list[str]

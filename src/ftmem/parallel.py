@@ -1,0 +1,569 @@
+"""Memory per GPU when one run is spread over many.
+
+Strategies, each following its engine's own code (DeepSpeed 0.19, torch 2.13 FSDP/DDP):
+
+* ``ddp``: every rank holds everything; torch DDP also keeps gradient buckets the size
+  of all gradients (``gradient_as_bucket_view=False``, the default).
+* ``zero1`` / ``zero2`` / ``zero3`` (DeepSpeed): in its bf16/fp16 mode the model and its
+  gradients are 16-bit and the optimizer holds an fp32 master copy plus its states
+  (K = 12 bytes per parameter for Adam, Rajbhandari et al. 2020). Stage 1 shards the
+  optimizer, stage 2 also the gradients, stage 3 also the weights (small "persistent"
+  tensors stay whole) and gathers one layer at a time, prefetching the next.
+* ``fsdp`` (FULL_SHARD) / ``fsdp-hybrid`` (sharded within a node, replicated across
+  nodes) / ``fsdp-grad-op`` (SHARD_GRAD_OP: weights stay gathered from forward to
+  backward) / ``fsdp-no-shard``: torch FSDP with one unit per decoder block; the root
+  unit (embeddings, final norm, LM head) stays gathered for the whole step.
+
+Model parallelism composes with them: tensor parallel (Megatron-style: attention heads,
+MLP columns and the vocabulary split, norms replicated), pipeline parallel (blocks split
+into stages; with 1F1B stage k holds up to ``pp - k`` micro-batches of activations) and
+context parallel (each rank holds ``seq_len / cp`` tokens). Data parallel is what is
+left: ``world / (tp · pp · cp)``.
+
+Offload moves optimizer states (and with ZeRO-3 / FSDP the weights) to host RAM or NVMe;
+the host side is reported per node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+from ftmem.arch import Architecture
+from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div
+from ftmem.errors import InvalidInputError
+from ftmem.methods import TensorGroup
+from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
+from ftmem.phases import StepSizes, find_peak
+from ftmem.run import ADAPTER_METHODS, RunConfig
+from ftmem.step import StepParts, step_parts
+
+Strategy = Literal[
+    "single",
+    "ddp",
+    "zero1",
+    "zero2",
+    "zero3",
+    "fsdp",
+    "fsdp-hybrid",
+    "fsdp-grad-op",
+    "fsdp-no-shard",
+]
+Offload = Literal["none", "cpu", "nvme"]
+
+DEEPSPEED: frozenset[str] = frozenset({"zero1", "zero2", "zero3"})
+FSDP: frozenset[str] = frozenset({"fsdp", "fsdp-hybrid", "fsdp-grad-op", "fsdp-no-shard"})
+SHARDS_WEIGHTS: frozenset[str] = frozenset({"zero3", "fsdp", "fsdp-hybrid", "fsdp-grad-op"})
+SHARDS_GRADS: frozenset[str] = SHARDS_WEIGHTS | {"zero2"}
+SHARDS_STATES: frozenset[str] = SHARDS_GRADS | {"zero1"}
+
+FP32 = 4
+# Hugging Face's "auto" values for DeepSpeed ZeRO (transformers.integrations.deepspeed),
+# which ftmem also writes into the configs it emits: buckets of h² elements, a
+# prefetch bucket of 0.9·h², tensors under 10·h elements kept whole under ZeRO-3.
+PREFETCH_FRACTION = 0.9
+PERSISTENCE_FACTOR = 10
+# DeepSpeed NVMe offload: pinned host buffers (offload_param: 5 buffers of 1e8
+# elements; offload_optimizer: 4 buffers of one fp32 sub-group of at most 1e9 elements).
+NVME_PARAM_BUFFERS = 5 * 10**8
+NVME_OPTIMIZER_BUFFERS = 4
+ZERO_SUB_GROUP = 10**9
+# Megatron pads the vocabulary so each tensor-parallel rank holds a multiple of 128 rows.
+VOCAB_PAD = 128
+
+ENGINE = {
+    "single": "one GPU",
+    "ddp": "torch DDP",
+    **{s: "DeepSpeed" for s in DEEPSPEED},
+    **{s: "torch FSDP" for s in FSDP},
+}
+
+
+class ParallelConfig(BaseModel):
+    """How the run is spread: GPUs, nodes, strategy, model-parallel degrees, offload."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpus: PositiveInt = Field(1, description="GPUs per node.")
+    nodes: PositiveInt = 1
+    strategy: Strategy | None = Field(None, description="Default: single on 1 GPU, else ddp.")
+    tp: PositiveInt = Field(1, description="Tensor-parallel degree.")
+    pp: PositiveInt = Field(1, description="Pipeline-parallel degree (stages).")
+    cp: PositiveInt = Field(1, description="Context-parallel degree (sequence split).")
+    offload_optimizer: Offload = "none"
+    offload_params: Offload = "none"
+    host_memory_bytes: PositiveInt | None = Field(None, description="Host RAM per node.")
+    bucket_elements: PositiveInt | None = Field(
+        None, description="ZeRO reduce bucket (elements); default hidden² as HF's 'auto'."
+    )
+
+    @property
+    def world(self) -> int:
+        return self.gpus * self.nodes
+
+    @property
+    def model_parallel(self) -> int:
+        return self.tp * self.pp * self.cp
+
+    @property
+    def dp(self) -> int:
+        return self.world // self.model_parallel
+
+    @property
+    def resolved_strategy(self) -> Strategy:
+        if self.strategy is not None:
+            return self.strategy
+        return "single" if self.world == 1 else "ddp"
+
+    @property
+    def shard_group(self) -> int:
+        """Ranks one sharded copy is spread over (hybrid: the data-parallel ranks of a node)."""
+        s = self.resolved_strategy
+        if s not in SHARDS_STATES:
+            return 1
+        if s == "fsdp-hybrid":
+            return max(1, self.dp // self.nodes)
+        return self.dp
+
+    def buckets(self, arch: Architecture) -> tuple[int, int, int]:
+        """ZeRO reduce bucket, stage-3 prefetch bucket and persistence threshold (elements)."""
+        reduce = self.bucket_elements or arch.hidden_size**2
+        return reduce, int(PREFETCH_FRACTION * reduce), PERSISTENCE_FACTOR * arch.hidden_size
+
+    @property
+    def is_trivial(self) -> bool:
+        """One GPU, no strategy, nothing offloaded: the single-GPU estimate."""
+        return (
+            self.world == 1
+            and self.resolved_strategy == "single"
+            and self.offload_optimizer == "none"
+            and self.offload_params == "none"
+        )
+
+    @model_validator(mode="after")
+    def _combinations(self) -> ParallelConfig:
+        s = self.resolved_strategy
+        if self.world % self.model_parallel:
+            raise ValueError(
+                f"{self.world} GPUs cannot be split into tp {self.tp} × pp {self.pp} × "
+                f"cp {self.cp} = {self.model_parallel}; the GPU count must be a multiple of it"
+            )
+        if s == "single" and self.world > 1:
+            raise ValueError(f"--strategy single uses one GPU, not {self.world}")
+        if s in ("zero2", "zero3") and self.pp > 1:
+            raise ValueError(
+                f"DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only, not {s} with --pp"
+            )
+        if s == "fsdp-hybrid" and self.dp % self.nodes:
+            raise ValueError("fsdp-hybrid needs the data-parallel ranks spread evenly over nodes")
+        if self.offload_optimizer != "none" and s not in DEEPSPEED and s not in FSDP:
+            raise ValueError(
+                f"--offload-optimizer needs a DeepSpeed ZeRO or FSDP strategy, not {s}"
+            )
+        if self.offload_params != "none" and s not in ("zero3", *FSDP):
+            raise ValueError(f"--offload-params needs zero3 or an FSDP strategy, not {s}")
+        if s in FSDP:
+            if "nvme" in (self.offload_optimizer, self.offload_params):
+                raise ValueError("FSDP offloads to the CPU only; NVMe offload is DeepSpeed's")
+            if self.offload_optimizer != self.offload_params:
+                raise ValueError(
+                    "FSDP's CPU offload moves weights, gradients and the optimizer together: "
+                    "give --offload-params cpu (and --offload-optimizer cpu or nothing)"
+                )
+        return self
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RankMemory:
+    """One rank's memory: its timeline inputs plus what sits off the GPU."""
+
+    stage: int
+    sizes: StepSizes
+    weights_sharded: int  # resident shard of the weights
+    weights_replicated: int  # weights every rank holds whole
+    micro_batches: int  # micro-batches whose activations the stage holds
+    host_bytes: int  # offloaded to host RAM (pinned buffers included)
+    disk_bytes: int  # offloaded to NVMe
+
+
+def check_layout(arch: Architecture, run: RunConfig, par: ParallelConfig) -> None:
+    """The divisibility rules a user hits when launching the run."""
+    tp, pp, cp = par.tp, par.pp, par.cp
+    if tp > 1:
+        for what, n in (
+            ("attention heads", arch.num_heads),
+            ("KV heads", arch.kv_heads),
+            ("MLP width (intermediate_size)", arch.intermediate_size),
+        ):
+            if n % tp:
+                raise InvalidInputError(
+                    f"--tp {tp} must divide {arch.name}'s {n} {what}; "
+                    f"try --tp {_largest_divisor(n, tp)}."
+                )
+    if arch.num_layers % pp:
+        raise InvalidInputError(
+            f"--pp {pp} must divide {arch.name}'s {arch.num_layers} blocks into equal stages; "
+            f"try --pp {_largest_divisor(arch.num_layers, pp)}."
+        )
+    if run.seq_len % cp:
+        raise InvalidInputError(f"--cp {cp} must divide --seq-len {run.seq_len}.")
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, at_most + 1) if n % d == 0)
+
+
+def local_arch(arch: Architecture, tp: int) -> Architecture:
+    """The slice of the model one tensor-parallel rank holds.
+
+    Column-parallel q/k/v, gate and up and row-parallel o and down keep 1/tp of the heads
+    and of the MLP width; norms and the row-parallel biases stay whole; the embedding
+    and LM head are split by vocabulary (padded as Megatron pads it).
+    """
+    if tp == 1:
+        return arch
+    vocab = ceil_div(arch.vocab_size, VOCAB_PAD * tp) * VOCAB_PAD
+    return arch.model_copy(
+        update={
+            "num_heads": arch.num_heads // tp,
+            "num_kv_heads": arch.kv_heads // tp,
+            "head_dim": arch.head_size,
+            "intermediate_size": arch.intermediate_size // tp,
+            "vocab_size": vocab,
+        }
+    )
+
+
+def engine_run(run: RunConfig, par: ParallelConfig) -> RunConfig:
+    """The run as the engine executes it.
+
+    DeepSpeed's bf16/fp16 modes cast the whole model (adapters too) to 16-bit and keep
+    the fp32 master weights inside the optimizer, so ``bf16-mixed`` and ``bf16`` are the
+    same run there. Context parallel leaves each rank ``seq_len / cp`` tokens.
+    """
+    update: dict[str, object] = {}
+    if par.cp > 1:
+        update["seq_len"] = run.seq_len // par.cp
+    if par.resolved_strategy in DEEPSPEED:
+        half = run.precision.removesuffix("-mixed")
+        update.update(precision=half, autocast=None)
+        if run.method in ADAPTER_METHODS and half != "fp32":
+            update["adapter_dtype"] = half
+    return run.model_copy(update=update) if update else run
+
+
+_TOKEN_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
+
+
+def _is_head_side(name: str) -> bool:
+    return name.startswith("lm_head") or ".norm." in name or ".ln_f." in name
+
+
+def _stage_groups(
+    parts: StepParts, arch: Architecture, stage: int, stages: int
+) -> list[TensorGroup]:
+    """The parameter groups that live on one pipeline stage."""
+    L = arch.num_layers
+    per = L // stages
+    lo, hi = stage * per, (stage + 1) * per
+    first, last = stage == 0, stage == stages - 1
+    out: list[TensorGroup] = []
+    for g in parts.plan.groups:
+        if not g.in_block:
+            head = _is_head_side(g.name)
+            # tied embeddings: the last stage keeps its own copy as the LM head (Megatron)
+            tied_copy = arch.tie_embeddings and last and g.name.endswith(_TOKEN_EMBEDDINGS)
+            if (head and last) or (not head and first) or tied_copy:
+                out.append(g)
+            continue
+        if g.count == L:
+            span = (0, L)
+        elif g.trainable:
+            span = (L - g.count, L)  # freeze: the top blocks train
+        else:
+            span = (0, g.count)
+        n = max(0, min(hi, span[1]) - max(lo, span[0]))
+        if n:
+            out.append(dataclasses.replace(g, count=n))
+    return out
+
+
+def _gathered_bytes(groups: Iterable[TensorGroup], compute_bytes: int) -> int:
+    """Bytes of groups gathered for compute: 16-bit copies, quantized storage as stored."""
+    total = 0
+    for g in groups:
+        if g.fmt in ("nf4", "fp4", "int8"):
+            total += g.nbytes
+        else:
+            total += g.total_numel * compute_bytes
+    return total
+
+
+def _one_block(groups: Iterable[TensorGroup]) -> list[TensorGroup]:
+    """One decoder block's tensors (one copy of each name)."""
+    seen: dict[str, TensorGroup] = {}
+    for g in groups:
+        if g.in_block and g.name not in seen:
+            seen[g.name] = dataclasses.replace(g, count=1)
+    return list(seen.values())
+
+
+def rank_memory(
+    arch: Architecture, run: RunConfig, par: ParallelConfig, parts: StepParts, stage: int
+) -> RankMemory:
+    """Memory of the ranks of one pipeline stage (all data-parallel ranks look alike)."""
+    s = par.resolved_strategy
+    N = par.shard_group
+    L = arch.num_layers
+    per = L // par.pp
+    lo, hi = stage * per, (stage + 1) * per
+    first, last = stage == 0, stage == par.pp - 1
+    base = parts.sizes
+    plan = parts.plan
+    compute = BYTES_PER_ELEMENT[plan.dtypes.compute]
+
+    groups = _stage_groups(parts, arch, stage, par.pp)
+    trainable = [g for g in groups if g.trainable]
+    weights = sum(g.nbytes for g in groups)
+    grads = sum(g.total_numel * g.element_bytes for g in trainable)
+    psi = sum(g.total_numel for g in trainable)
+
+    def shard(x: int) -> int:
+        return ceil_div(x, N)
+
+    if s in DEEPSPEED:
+        fp32_copies = [dataclasses.replace(g, fmt="fp32") for g in trainable]
+        half = plan.dtypes.base != "fp32"
+        master = FP32 * psi if half else 0
+        states = optimizer_state_bytes(fp32_copies, run) + master
+        # the step converts the gradient partition to fp32 before the update
+        step_temp = FP32 * psi if half else 0
+    else:
+        states = optimizer_state_bytes(groups, run)
+        step_temp = optimizer_step_temporary_bytes(groups, run)
+
+    # weights: what stays whole and what is sharded
+    replicated, sharded = weights, 0
+    persistent = 0
+    if s in SHARDS_WEIGHTS:
+        if s == "zero3":
+            threshold = par.buckets(arch)[2]
+            persistent = sum(g.nbytes for g in groups if g.numel < threshold)
+        replicated, sharded = persistent, shard(weights - persistent)
+    if s in SHARDS_GRADS:
+        grads_gpu, grads_block = shard(grads), shard(base.grads_per_block)
+    else:
+        grads_gpu, grads_block = grads, base.grads_per_block
+    if s in SHARDS_STATES:
+        states, step_temp = shard(states), shard(step_temp)
+
+    # communication memory per phase
+    block = _one_block(groups)
+    block_gathered = _gathered_bytes(block, compute)
+    block_grad = sum(g.numel for g in block if g.trainable) * compute
+    outer = [g for g in groups if not g.in_block]
+    bucket = par.buckets(arch)[0] * compute
+    comm_f = comm_b = comm_o = 0
+    if s == "ddp":
+        comm_f = comm_b = comm_o = grads  # DDP's gradient buckets, allocated once
+    elif s == "zero1":
+        comm_o = bucket  # gradients are reduced in buckets at the accumulation boundary
+    elif s == "zero2":
+        comm_b = 2 * bucket  # overlap_comm double-buffers the reduce bucket
+    elif s == "zero3":
+        largest_outer = max((_gathered_bytes([g], compute) for g in outer), default=0)
+        comm_f = max(2 * block_gathered, largest_outer)  # the layer and the prefetched next
+        comm_b = comm_f + block_grad + 2 * bucket
+    elif s in ("fsdp", "fsdp-hybrid"):
+        comm_f = _gathered_bytes(outer, compute) + 2 * block_gathered
+        comm_b = comm_f + block_grad
+    elif s == "fsdp-grad-op":
+        comm_f = _gathered_bytes(groups, compute)  # gathered once, kept until backward
+        comm_b = comm_f + block_grad
+
+    # offload
+    host = disk = 0
+    states_gpu, temp_gpu = states, step_temp
+    if par.offload_optimizer != "none":
+        moved = states + step_temp
+        if s in ("zero2", "zero3"):
+            # reduced gradients go straight into the fp32 partition on the host
+            grads_gpu = grads_block = 0
+        states_gpu = temp_gpu = 0
+        if par.offload_optimizer == "nvme":
+            disk += moved
+            host += NVME_OPTIMIZER_BUFFERS * min(ZERO_SUB_GROUP, shard(psi)) * FP32
+        else:
+            host += moved
+    if par.offload_params != "none":
+        if par.offload_params == "nvme":
+            disk += sharded
+            host += NVME_PARAM_BUFFERS * compute
+        else:
+            host += sharded
+        sharded = 0
+        if s in FSDP:  # FSDP's CPU offload keeps gradients on the host too
+            host += grads_gpu
+            grads_gpu = grads_block = 0
+
+    # activations: this stage's blocks, the micro-batches it holds, the ends it owns
+    acts_blocks = base.acts_per_block[lo:hi]
+    micro = min(par.pp - stage, run.grad_accum) if par.pp > 1 else 1
+    acts_below = base.acts_below if first else 0
+    held = (micro - 1) * (sum(acts_blocks) + acts_below)
+    train_lo = L - base.trainable_blocks
+    trainable_here = max(0, hi - max(lo, train_lo))
+    grads_outer = max(0, grads_gpu - grads_block * trainable_here)
+
+    sizes = dataclasses.replace(
+        base,
+        weights=replicated + sharded,
+        states=states_gpu,
+        grads=grads_gpu,
+        grads_outer=grads_outer,
+        grads_per_block=grads_block,
+        trainable_blocks=trainable_here,
+        acts_per_block=acts_blocks,
+        acts_below=acts_below,
+        acts_above=base.acts_above if last else 0,
+        logits_forward=base.logits_forward if last else 0,
+        loss_backward=base.loss_backward if last else 0,
+        head_workspace=base.head_workspace if last else 0,
+        optimizer_temporaries=temp_gpu,
+        grads_persist=run.grad_accum > 1,
+        comm_forward=comm_f,
+        comm_backward=comm_b,
+        comm_optimizer=comm_o,
+        acts_held=held,
+    )
+    return RankMemory(
+        stage=stage,
+        sizes=sizes,
+        weights_sharded=sharded,
+        weights_replicated=replicated,
+        micro_batches=micro,
+        host_bytes=host,
+        disk_bytes=disk,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ParallelStep:
+    """The per-rank memories of a parallel run, and which rank holds the most."""
+
+    ranks: tuple[RankMemory, ...]  # one per pipeline stage
+    peaks: tuple[int, ...]
+    worst: int  # index into ranks
+    parts: StepParts  # the local (tensor/context-sliced) step
+    run: RunConfig  # the run as the engine executes it
+    arch: Architecture  # the tensor-parallel slice
+
+
+def _fsdp_mixed(arch: Architecture, run: RunConfig, stored: StepParts) -> StepParts:
+    """FSDP's MixedPrecision: fp32 shards, 16-bit gathered weights for compute.
+
+    The blocks compute on 16-bit weights (autocast has nothing left to cast), so the
+    activations are those of the 16-bit run; weights, gradients and optimizer states
+    keep the fp32 sizes of the stored shards.
+    """
+    half = run.precision.removesuffix("-mixed")
+    update: dict[str, object] = {"precision": half, "autocast": None}
+    if run.method in ADAPTER_METHODS:
+        update["adapter_dtype"] = half
+    compute = step_parts(arch, run.model_copy(update=update))
+    s = stored.sizes
+    sizes = dataclasses.replace(
+        compute.sizes,
+        weights=s.weights,
+        states=s.states,
+        grads=s.grads,
+        grads_outer=s.grads_outer,
+        grads_per_block=s.grads_per_block,
+        optimizer_temporaries=s.optimizer_temporaries,
+    )
+    activations = compute.activations
+    return dataclasses.replace(compute, plan=stored.plan, sizes=sizes, activations=activations)
+
+
+def parallel_step(arch: Architecture, run: RunConfig, par: ParallelConfig) -> ParallelStep:
+    check_layout(arch, run, par)
+    local = local_arch(arch, par.tp)
+    lrun = engine_run(run, par)
+    parts = step_parts(local, lrun)
+    if par.resolved_strategy in FSDP and lrun.precision.endswith("-mixed"):
+        parts = _fsdp_mixed(local, lrun, parts)
+    ranks = tuple(rank_memory(local, lrun, par, parts, k) for k in range(par.pp))
+    peaks = tuple(find_peak(r.sizes).at_peak.total for r in ranks)
+    worst = max(range(len(peaks)), key=lambda k: (peaks[k], -k))
+    return ParallelStep(ranks, peaks, worst, parts, lrun, local)
+
+
+def parallel_notes(
+    arch: Architecture, run: RunConfig, par: ParallelConfig, step: ParallelStep
+) -> list[str]:
+    """What the per-GPU numbers assume, in the words a user would check."""
+    s = par.resolved_strategy
+    notes: list[str] = []
+    if s in DEEPSPEED:
+        if run.precision == "fp32":
+            notes.append(
+                "DeepSpeed in fp32: weights and gradients fp32, the optimizer keeps its "
+                "states only (no master copy)."
+            )
+        else:
+            notes.append(
+                "DeepSpeed's 16-bit mode: weights and gradients 16-bit (adapters too), the "
+                "optimizer keeps fp32 master weights and fp32 states (Adam: 12 bytes per "
+                "trainable parameter, ZeRO paper's K = 12)."
+            )
+    if s == "zero3":
+        threshold = PERSISTENCE_FACTOR * arch.hidden_size
+        notes.append(
+            f"ZeRO-3 keeps tensors under {threshold:,} elements (10 × hidden, HF's 'auto' "
+            "stage3_param_persistence_threshold) whole on every GPU and gathers one block at "
+            "a time plus the prefetched next."
+        )
+    if s in ("fsdp", "fsdp-hybrid"):
+        notes.append(
+            "FSDP wraps each decoder block as a unit; the root unit (embeddings, final norm, "
+            "LM head) stays gathered through forward and backward."
+        )
+    if s == "ddp":
+        notes.append(
+            "torch DDP keeps gradient buckets as large as the gradients "
+            "(gradient_as_bucket_view=True would save them)."
+        )
+    if par.tp > 1:
+        notes.append(
+            f"Tensor parallel {par.tp} as Megatron splits it: heads, MLP width and the "
+            f"vocabulary ({step.arch.vocab_size:,} rows per rank, padded); norms and "
+            "row-parallel biases replicated; without sequence parallelism the norm and "
+            "residual activations are replicated too."
+        )
+    if par.pp > 1:
+        stage = step.ranks[step.worst]
+        notes.append(
+            f"Pipeline {par.pp} stages of {arch.num_layers // par.pp} blocks, 1F1B: stage k "
+            f"holds up to {par.pp} - k micro-batches; the largest is stage {stage.stage} with "
+            f"{stage.micro_batches}."
+        )
+        if run.grad_accum < par.pp:
+            notes.append(
+                f"--grad-accum {run.grad_accum} gives fewer micro-batches than the "
+                f"{par.pp} stages: most of the pipeline idles (raise --grad-accum)."
+            )
+    if par.cp > 1:
+        notes.append(
+            f"Context parallel {par.cp}: each rank holds {run.seq_len // par.cp:,} of the "
+            f"{run.seq_len:,} tokens; ring attention's in-flight key/value chunks are not counted."
+        )
+    if run.method == "qlora" and s in SHARDS_WEIGHTS:
+        notes.append(
+            "QLoRA with sharded weights needs the 4-bit storage in a float dtype "
+            "(bnb_4bit_quant_storage) so FSDP/ZeRO-3 can flatten it; the shards are of the "
+            "4-bit storage."
+        )
+    return notes

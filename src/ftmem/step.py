@@ -1,0 +1,192 @@
+"""The components of one training step and their sizes in time.
+
+Weights, gradients and optimizer states from the method's tensor groups, activations
+per block and outside the blocks, and the transients of each moment (logits, loss,
+norm and MLP backward workspaces, checkpoint recompute). The result feeds the
+timeline (phases.py) as is for one GPU, or reshaped per rank by parallel.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftmem.activations import BlockState, Saved, block_saved, outer_saved, runs_eager
+from ftmem.arch import Architecture
+from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.methods import MethodPlan, plan_method
+from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
+from ftmem.phases import StepSizes
+from ftmem.run import RunConfig
+
+FP32 = 4
+
+
+def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[BlockState]:
+    """Per block (bottom to top): does its input need a gradient, do its weights train."""
+    L = arch.num_layers
+    adapted = frozenset(lin.module for lin in plan.adapted)
+    first_trainable = L - plan.trainable_blocks
+    # Trainable embeddings make every block's input need a gradient; with gradient
+    # checkpointing transformers makes the embedding output require grad for PEFT too.
+    inputs_grad = plan.outer_trainable or run.grad_ckpt
+    states = []
+    for i in range(L):
+        if i < first_trainable:
+            states.append(BlockState(inputs_grad, False, frozenset()))
+            continue
+        weights = run.method in ("full", "freeze")
+        x_grad = inputs_grad or i > first_trainable
+        states.append(BlockState(x_grad, weights, adapted))
+    return states
+
+
+def _sum(items: list[Saved]) -> int:
+    return sum(s.nbytes for s in items)
+
+
+@dataclass(frozen=True, slots=True)
+class StepParts:
+    """Everything one training step is made of, before the timeline picks the peak.
+
+    ``sizes`` is the single-GPU step; the parallel planner (parallel.py) reshapes it
+    per rank (sharding, pipeline stages) and runs the same timeline.
+    """
+
+    plan: MethodPlan
+    sizes: StepSizes
+    activations: int  # all kept for backward (the component size)
+    per_block_full: tuple[int, ...]  # each block's saved bytes without checkpointing
+    typical_block: tuple[Saved, ...]
+    outer_items: tuple[Saved, ...]
+
+
+def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
+    """The components of one step and their sizes in time (no peak yet)."""
+    plan = plan_method(arch, run)
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    T = run.batch_size * run.seq_len
+    V, h = arch.vocab_size, arch.hidden_size
+
+    weights = sum(g.nbytes for g in plan.groups)
+    grad_groups = [g for g in plan.groups if g.trainable]
+    grads = sum(g.total_numel * g.element_bytes for g in grad_groups)
+    states = optimizer_state_bytes(plan.groups, run)
+    opt_temp = optimizer_step_temporary_bytes(plan.groups, run)
+
+    # Activations per block, computed once per distinct block state.
+    block_states = _block_states(arch, run, plan)
+    cache: dict[BlockState, list[Saved]] = {}
+    per_block: list[int] = []
+    for st in block_states:
+        if st not in cache:
+            cache[st] = block_saved(arch, run, plan, st, T)
+        per_block.append(_sum(cache[st]))
+    outer_below, outer_above = outer_saved(arch, run, plan, T)
+    outer_items = outer_below + outer_above
+    outer = _sum(outer_items)
+    if run.grad_ckpt:
+        # each checkpointed block keeps only its input; backward recomputes one block
+        per_block_kept = [T * h * plan.dtypes.residual_bytes if b else 0 for b in per_block]
+        recompute = max(per_block)
+    else:
+        per_block_kept = per_block
+        recompute = 0
+    activations = sum(per_block_kept) + outer
+
+    # Gradient bytes of one trainable block (they appear block by block in backward).
+    grads_block = 0
+    if plan.trainable_blocks:
+        grads_block = (
+            sum(g.total_numel * g.element_bytes for g in grad_groups if g.in_block)
+            // plan.trainable_blocks
+        )
+    grads_outer = grads - grads_block * plan.trainable_blocks
+
+    upcast = e != FP32
+    sizes = StepSizes(
+        weights=weights,
+        states=states,
+        grads=grads,
+        grads_outer=grads_outer,
+        grads_per_block=grads_block,
+        trainable_blocks=plan.trainable_blocks,
+        acts_per_block=tuple(per_block_kept),
+        acts_below=_sum(outer_below),
+        acts_above=_sum(outer_above),
+        logits_forward=T * V * e + (T * V * FP32 if upcast else 0),
+        forward_block_transient=_forward_block_transient(plan, run),
+        loss_backward=2 * T * V * FP32,
+        block_workspace=_block_backward_workspace(arch, run, plan, e, T),
+        # the final norm's backward, its fp32 input still saved
+        head_workspace=_norm_backward_workspace(arch, e, T) + T * h * FP32,
+        recompute=recompute,
+        optimizer_temporaries=opt_temp,
+        grads_persist=run.grad_accum > 1,
+    )
+    return StepParts(
+        plan=plan,
+        sizes=sizes,
+        activations=activations,
+        per_block_full=tuple(per_block),
+        typical_block=tuple(cache[block_states[-1]]),
+        outer_items=tuple(outer_items),
+    )
+
+
+def _forward_block_transient(plan: MethodPlan, run: RunConfig) -> int:
+    """DoRA (peft) forms, in every forward, W + scale·(B·A) through an in×in identity
+    to take its column norm: the identity, the LoRA weight, its transpose and the sum,
+    for the largest adapted linear; other methods allocate nothing comparable."""
+    if run.method != "dora" or not plan.adapted:
+        return 0
+    ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
+    return max(
+        (lin.in_features**2 + 3 * lin.in_features * lin.out_features) * ae for lin in plan.adapted
+    )
+
+
+def _norm_backward_workspace(arch: Architecture, e: int, T: int) -> int:
+    """Transient of one norm's backward.
+
+    RMSNorm in transformers is written out in fp32 (x.float(), pow, mean, rsqrt, mul),
+    so autograd's backward of it holds about four fp32 T·h tensors at once plus the
+    incoming gradient; LayerNorm's fused kernel needs only its output gradient.
+    """
+    h = arch.hidden_size
+    if arch.norm == "layernorm":
+        return T * h * e
+    return 4 * T * h * FP32 + T * h * e
+
+
+def _block_backward_workspace(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
+) -> int:
+    """Transient gradients inside one block's backward (the largest of its ops).
+
+    The MLP: the gradient of its intermediate and of gate/up outputs (T·f each) plus
+    the fp32 residual gradient (T·h); eager attention: the s² score gradients; a norm's
+    backward. Adapters that cast their input to another dtype add the gradient of that
+    cast copy (T·h in the adapter dtype).
+
+    With checkpointing, the block's recomputed activations are at their fullest when
+    its backward starts with the MLP; by the time its norms' backward runs they are
+    mostly freed, so only the MLP part is added to the recompute.
+    """
+    f = arch.intermediate_size * (arch.experts_per_token if arch.is_moe else 1)
+    if arch.mlp == "gated":
+        width = 2 * f
+    elif arch.family == "gpt2" and arch.activation == "gelu_tanh":
+        width = 3 * f  # the written-out tanh-GELU: gradients of x³, tanh and their product
+    else:
+        width = f
+    attn = 0
+    if runs_eager(arch, run):
+        attn = 2 * run.batch_size * arch.num_heads * run.seq_len**2 * FP32
+    cast_grad = 0
+    dt = plan.dtypes
+    if plan.adapted and not dt.autocast and dt.adapter != dt.compute:
+        cast_grad = T * arch.hidden_size * BYTES_PER_ELEMENT[dt.adapter]
+    mlp = T * width * e + T * arch.hidden_size * FP32
+    if run.grad_ckpt:
+        return mlp + cast_grad
+    return max(mlp, attn, _norm_backward_workspace(arch, e, T)) + cast_grad

@@ -1,0 +1,287 @@
+"""Many GPUs: each strategy against hand derivations, the ZeRO paper and DeepSpeed's own
+estimators (which run on the CPU)."""
+
+from math import ceil
+
+import pytest
+
+from ftmem import estimate
+from ftmem.api import parallel_config, run_config
+from ftmem.errors import InvalidInputError
+from ftmem.parallel import parallel_step
+from ftmem.presets import get_model
+
+PSI_7B = 6_738_415_616  # Llama-2-7B, published count
+H, F, L, V = 4096, 11008, 32, 32000  # Llama-2-7B shapes
+BLOCK_7B = 4 * H * H + 3 * H * F + 2 * H  # q, k, v, o + gate, up, down + two RMSNorms
+NORMS_7B = (2 * L + 1) * H  # every RMSNorm weight, the final one too
+
+
+def _full(strategy: str, gpus: int = 8, **kw):
+    return estimate("llama2-7b", method="full", precision="bf16", gpus=gpus, strategy=strategy, **kw)
+
+
+# --- ZeRO paper (Rajbhandari et al. 2020, fig. 1): model states per GPU, K = 12 -------
+
+
+@pytest.mark.parametrize("n", [8, 64])
+def test_zero1_matches_the_paper(n):
+    m = _full("zero1", gpus=n).memory
+    assert m.weights_bytes == 2 * PSI_7B
+    assert m.gradients_bytes == 2 * PSI_7B
+    assert m.optimizer_states_bytes == ceil(12 * PSI_7B / n)
+
+
+@pytest.mark.parametrize("n", [8, 64])
+def test_zero2_matches_the_paper(n):
+    m = _full("zero2", gpus=n).memory
+    assert m.weights_bytes == 2 * PSI_7B
+    assert m.gradients_bytes == ceil(2 * PSI_7B / n)
+    assert m.optimizer_states_bytes == ceil(12 * PSI_7B / n)
+
+
+@pytest.mark.parametrize("n", [8, 64])
+def test_zero3_matches_the_paper_plus_persistent_norms(n):
+    """(2 + 2 + 12)Ψ/N; HF's 'auto' persistence threshold (10·h = 40,960 elements) keeps
+    the 65 RMSNorm weights whole on every GPU, which the paper does not have."""
+    est = _full("zero3", gpus=n)
+    m = est.memory
+    assert est.parallel.weights_replicated_bytes == 2 * NORMS_7B
+    assert m.weights_bytes == 2 * NORMS_7B + ceil(2 * (PSI_7B - NORMS_7B) / n)
+    assert m.gradients_bytes == ceil(2 * PSI_7B / n)
+    assert m.optimizer_states_bytes == ceil(12 * PSI_7B / n)
+
+
+def test_fp32_deepspeed_has_no_master_copy():
+    m = estimate("llama2-7b", precision="fp32", gpus=4, strategy="zero1").memory
+    assert m.weights_bytes == 4 * PSI_7B
+    assert m.optimizer_states_bytes == ceil(8 * PSI_7B / 4)
+
+
+def test_mixed_precision_is_the_same_run_for_deepspeed():
+    a = _full("zero2").memory
+    b = estimate("llama2-7b", precision="bf16-mixed", gpus=8, strategy="zero2").memory
+    assert a == b
+
+
+def test_lora_under_zero_shards_only_the_adapters_states():
+    """PEFT-aware: frozen weights have no gradient or state; DeepSpeed casts adapters to bf16."""
+    est = estimate("llama2-7b", method="lora", lora_r=8, gpus=8, strategy="zero2")
+    r = 8
+    lora = L * 2 * (r * H + H * r)  # q and v: A (r×h) and B (h×r)
+    assert est.model.n_trainable_params == lora
+    m = est.memory
+    assert m.weights_bytes == 2 * (PSI_7B + lora)
+    assert m.gradients_bytes == ceil(2 * lora / 8)
+    assert m.optimizer_states_bytes == ceil(12 * lora / 8)
+
+
+# --- DeepSpeed's own estimators ---------------------------------------------------------
+
+ds_zero2 = pytest.importorskip("deepspeed.runtime.zero.stage_1_and_2")
+ds_zero3 = pytest.importorskip("deepspeed.runtime.zero.stage3")
+
+
+@pytest.mark.parametrize("gpus", [2, 8])
+def test_zero2_model_states_agree_with_deepspeed(gpus):
+    """DeepSpeed: 2Ψ + 18Ψ/N (16-bit params; 16-bit grads, fp32 grads, fp32 master and Adam
+    states sharded). ftmem's optimizer step holds exactly those plus its reduce buckets."""
+    _, ds_gpu = ds_zero2.estimate_zero2_model_states_mem_needs(
+        PSI_7B, num_gpus_per_node=gpus, cpu_offload=False
+    )
+    est = _full("zero2", gpus=gpus)
+    m = est.memory
+    at_step = m.weights_bytes + m.gradients_bytes + m.optimizer_states_bytes
+    at_step += ceil(4 * PSI_7B / gpus)  # the fp32 gradient partition of the step
+    assert abs(at_step - ds_gpu) <= 3  # three ceilings against one int()
+    # the optimizer phase of the timeline is exactly those model states
+    assert m.phases.optimizer == at_step
+
+
+def test_zero2_offload_agrees_with_deepspeed():
+    """With the optimizer on the CPU DeepSpeed keeps 2Ψ on the GPU and 16Ψ × 1.5 (its
+    buffer factor) in host RAM on up to 4 GPUs; ftmem reports 16Ψ per node, no factor."""
+    ds_cpu, ds_gpu = ds_zero2.estimate_zero2_model_states_mem_needs(
+        PSI_7B, num_gpus_per_node=4, cpu_offload=True
+    )
+    est = _full("zero2", gpus=4, offload_optimizer="cpu")
+    assert est.memory.weights_bytes == ds_gpu
+    assert est.memory.gradients_bytes == est.memory.optimizer_states_bytes == 0
+    assert abs(1.5 * est.parallel.host_bytes_per_node - ds_cpu) <= 1.5 * 4 * 3
+
+
+def test_zero3_agrees_with_deepspeed_but_for_the_16bit_gradient_partition():
+    """DeepSpeed's ZeRO-3 estimator is 4·largest layer + 18Ψ/N: 16-bit params, fp32 master,
+    Adam and fp32 gradients, but not the 16-bit gradient partition (2Ψ/N) that stage 3
+    keeps between backward and the step. ftmem counts it."""
+    n = 8
+    largest = V * H  # the LM head (and the embedding) outweigh a block's largest matrix
+    _, ds_gpu, ds_layer = ds_zero3.estimate_zero3_model_states_mem_needs(
+        PSI_7B, largest, num_gpus_per_node=n, cpu_offload=False, cpu_offload_params=False
+    )
+    m = _full("zero3", gpus=n).memory
+    states = m.weights_bytes + m.gradients_bytes + m.optimizer_states_bytes
+    states += ceil(4 * PSI_7B / n)
+    ds_states = ds_gpu - ds_layer
+    grads16 = ceil(2 * PSI_7B / n)
+    persistent_norms = 2 * NORMS_7B * (n - 1) // n  # whole, not sharded, on every GPU
+    assert abs(states - grads16 - persistent_norms - ds_states) <= 5
+
+
+def test_zero3_full_offload_host_agrees_with_deepspeed():
+    """Everything on the host: 16-bit params, fp32 master, Adam and fp32 gradients, 18Ψ per
+    node; DeepSpeed multiplies by its 1.5 buffer factor."""
+    n = 4
+    ds_cpu, ds_gpu, _ = ds_zero3.estimate_zero3_model_states_mem_needs(
+        PSI_7B, V * H, num_gpus_per_node=n, cpu_offload=True, cpu_offload_params=True
+    )
+    est = _full("zero3", gpus=n, offload_optimizer="cpu", offload_params="cpu")
+    host = est.parallel.host_bytes_per_node + 2 * NORMS_7B  # the norms stay on the GPU
+    assert abs(1.5 * host - ds_cpu) <= 1.5 * 4 * n
+    # only the persistent norms stay on the GPU, besides the gathered layers
+    assert est.memory.weights_bytes == 2 * NORMS_7B
+
+
+# --- FSDP and DDP -------------------------------------------------------------------------
+
+
+def test_fsdp_mixed_precision_shards_fp32_and_gathers_bf16():
+    """FULL_SHARD with MixedPrecision(bf16): fp32 shards of weights, gradients and Adam
+    states (16Ψ/N); in flight the root unit (embeddings, LM head, final norm) and two
+    decoder blocks (current + prefetched) in bf16, plus a block's bf16 gradient in backward."""
+    n = 8
+    est = estimate("llama2-7b", precision="bf16-mixed", gpus=n, strategy="fsdp")
+    m = est.memory
+    assert m.weights_bytes == ceil(4 * PSI_7B / n)
+    assert m.gradients_bytes == ceil(4 * PSI_7B / n)
+    assert m.optimizer_states_bytes == ceil(8 * PSI_7B / n)
+    root = 2 * V * H + H
+    assert m.communication_bytes == 2 * (root + 2 * BLOCK_7B) + 2 * BLOCK_7B
+    # the blocks compute on bf16 weights: activations are those of a bf16 run
+    bf16 = estimate("llama2-7b", precision="bf16")
+    assert m.activations_bytes == bf16.memory.activations_bytes
+
+
+def test_fsdp_grad_op_keeps_the_whole_model_gathered():
+    n = 8
+    m = estimate("llama2-7b", precision="bf16", gpus=n, strategy="fsdp-grad-op").memory
+    assert m.communication_bytes == 2 * PSI_7B + 2 * BLOCK_7B
+
+
+def test_fsdp_hybrid_shards_within_a_node():
+    est = estimate("llama2-7b", precision="bf16", gpus=8, nodes=4, strategy="fsdp-hybrid")
+    assert est.parallel.shard_group == 8
+    assert est.memory.weights_bytes == ceil(2 * PSI_7B / 8)
+
+
+def test_ddp_holds_everything_plus_gradient_buckets():
+    single = estimate("llama2-7b", precision="bf16")
+    est = estimate("llama2-7b", precision="bf16", gpus=8)
+    assert est.parallel.strategy == "ddp"
+    m = est.memory
+    assert m.weights_bytes == single.memory.weights_bytes
+    assert m.communication_bytes == m.gradients_bytes == 2 * PSI_7B
+    assert m.peak_allocated_bytes == single.memory.peak_allocated_bytes + 2 * PSI_7B
+
+
+def test_one_gpu_without_a_strategy_is_the_single_gpu_estimate():
+    assert estimate("llama2-7b", gpus=1) == estimate("llama2-7b")
+
+
+# --- model parallelism ----------------------------------------------------------------
+
+
+def test_tensor_parallel_weights_per_rank():
+    """Megatron split: q,k,v,o and the MLP by tp, norms whole, vocabulary padded to a
+    multiple of 128 per rank (32000 / 2 = 16000 rows)."""
+    t = 2
+    est = estimate("llama2-7b", precision="bf16", gpus=2, tp=t)
+    per_rank = 2 * (16000 * H) + L * (4 * H * H // t + 3 * H * F // t + 2 * H) + H
+    assert est.parallel.data_parallel == 1
+    assert est.memory.weights_bytes == 2 * per_rank
+
+
+def test_tensor_parallel_constraints():
+    with pytest.raises(InvalidInputError, match="--tp 3 must divide .* 32 attention heads"):
+        estimate("llama2-7b", gpus=3, tp=3)
+    with pytest.raises(InvalidInputError, match="8 KV heads; try --tp 8"):
+        estimate("llama3-8b", gpus=16, tp=16)
+
+
+def test_pipeline_first_stage_holds_pp_micro_batches():
+    """1F1B: stage k holds min(p - k, m) micro-batches of its L/p blocks, so stage 0 holds
+    L blocks' worth, as if unsplit (Narayanan et al. 2021); the last stage holds one
+    micro-batch, plus the head side and the logits."""
+    p, m = 4, 8
+    arch = get_model("llama2-7b")
+    run = run_config(precision="bf16", grad_accum=m)
+    single = estimate(arch, precision="bf16", grad_accum=m).memory
+    outer = {i.what: i.bytes for i in single.activations_outer}
+    below = outer["rotary cos/sin"]  # the embedding is frozen-free here: ids are not saved
+    below += outer.get("embedding token ids", 0)
+    blocks = single.activations_bytes - sum(outer.values())
+    step = parallel_step(arch, run, parallel_config(gpus=p, pp=p, strategy="zero1"))
+    held = [sum(r.sizes.acts_per_block) + r.sizes.acts_below + r.sizes.acts_held for r in step.ranks]
+    assert [r.micro_batches for r in step.ranks] == [4, 3, 2, 1]
+    assert held[0] == blocks + p * below
+    assert held[1] == 3 * blocks // p
+    assert held[3] == blocks // p
+    assert step.ranks[3].sizes.logits_forward > 0 == step.ranks[0].sizes.logits_forward
+    # the stages' weights: the embedding on the first, the final norm and LM head on the last
+    w = [r.sizes.weights for r in step.ranks]
+    assert w[0] - w[1] == 2 * V * H
+    assert w[3] - w[1] == 2 * (V * H + H)
+
+
+def test_pipeline_constraints():
+    with pytest.raises(InvalidInputError, match="--pp 5 must divide .* 32 blocks into equal stages; try --pp 4"):
+        estimate("llama2-7b", gpus=5, pp=5)
+    with pytest.raises(InvalidInputError, match="ZeRO stage 0 or 1 only"):
+        estimate("llama2-7b", gpus=8, pp=2, strategy="zero3")
+
+
+def test_context_parallel_splits_the_sequence():
+    whole = estimate("llama2-7b", seq_len=2048, method="lora")
+    est = estimate("llama2-7b", seq_len=4096, method="lora", gpus=2, cp=2, strategy="fsdp")
+    assert est.memory.activations_bytes == whole.memory.activations_bytes
+
+
+# --- offload and host RAM ---------------------------------------------------------------
+
+
+def test_host_ram_bottleneck_is_reported():
+    est = _full("zero3", gpus=8, offload_optimizer="cpu", host_memory="64GiB")
+    assert est.parallel.host_fits is False
+    assert est.notes[0].startswith("Host RAM is the bottleneck")
+
+
+def test_nvme_offload_puts_states_on_disk():
+    est = _full("zero3", gpus=8, offload_optimizer="nvme", offload_params="nvme")
+    p = est.parallel
+    # fp32 master + Adam (12Ψ/N), the fp32 gradient partition (4Ψ/N), the 16-bit params
+    # but the persistent norms, for each of the 8 GPUs
+    per_gpu = ceil(12 * PSI_7B / 8) + ceil(4 * PSI_7B / 8) + ceil(2 * (PSI_7B - NORMS_7B) / 8)
+    assert p.disk_bytes_per_node == 8 * per_gpu
+    # pinned swap buffers stay in host RAM: DeepSpeed's defaults, 4 fp32 optimizer buffers
+    # of one partition (under its 1e9-element sub-group) and 5 × 1e8 16-bit param elements
+    assert p.host_bytes_per_node == 8 * (4 * ceil(PSI_7B / 8) * 4 + 5 * 10**8 * 2)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"strategy": "ddp", "offload_optimizer": "cpu"}, "needs a DeepSpeed ZeRO or FSDP"),
+        ({"strategy": "zero2", "offload_params": "cpu"}, "needs zero3 or an FSDP"),
+        ({"strategy": "fsdp", "offload_params": "nvme"}, "FSDP offloads to the CPU only"),
+        ({"strategy": "fsdp", "offload_optimizer": "cpu"}, "moves weights, gradients"),
+        ({"strategy": "single"}, "uses one GPU, not 8"),
+    ],
+)
+def test_impossible_combinations(kw, message):
+    with pytest.raises(InvalidInputError, match=message):
+        estimate("llama2-7b", gpus=8, **kw)
+
+
+def test_per_gpu_memory_falls_as_zero3_spreads():
+    peaks = [_full("zero3", gpus=n).memory.peak_allocated_bytes for n in (1, 2, 4, 8)]
+    assert peaks == sorted(peaks, reverse=True)
