@@ -205,3 +205,74 @@ def test_measure_side_by_side_json(tmp_path):
 def test_measure_bad_device():
     res = run("measure", "gpt2", "--device", "tpu")
     assert res.exit_code == 2 and "--device" in res.stderr and res.stdout == ""
+
+
+def test_zero3_70b_prints_per_gpu_with_sharded_and_replicated_parts():
+    """The issue's example: per-GPU memory, sharded and whole parts, host RAM, verdict."""
+    res = run(
+        "estimate", "llama2-70b", "--method", "full", "--gpus", "8", "--strategy", "zero3",
+        "--gpu", "a100-80gb", "--offload-optimizer", "cpu", "--host-memory", "2TiB",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    for text in (
+        "zero3 (dp 8) · per GPU",
+        "Weights sharded (this GPU's shard)",
+        "Weights whole on every GPU",
+        "Gathered weights and buckets",
+        "Host RAM per node",
+        "FITS on NVIDIA A100 80GB (per GPU)",
+        "Host RAM fits",
+    ):
+        assert text in res.output, text
+
+
+def test_parallel_json_has_the_parallel_block():
+    res = run("estimate", "llama3-8b", "--gpus", "4", "--pp", "2", "--strategy", "zero1",
+              "--grad-accum", "4", "--format", "json")  # fmt: skip
+    data = json.loads(res.output)
+    p = data["parallel"]
+    assert (p["pipeline_parallel"], p["data_parallel"], p["world_size"]) == (2, 2, 4)
+    assert len(p["stage_peak_bytes"]) == 2
+    assert data["memory"]["peak_allocated_bytes"] == max(p["stage_peak_bytes"])
+
+
+def test_emit_to_file_prints_the_table_too(tmp_path):
+    out = tmp_path / "ds.json"
+    res = run("estimate", "llama3-8b", "--gpus", "8", "--strategy", "zero2",
+              "--emit", "deepspeed", "--emit-to", str(out))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "Across GPUs" in res.output
+    assert json.loads(out.read_text())["zero_optimization"]["stage"] == 2
+
+
+def test_emit_alone_prints_only_the_config():
+    res = run("estimate", "llama3-8b", "--gpus", "8", "--strategy", "fsdp", "--emit", "fsdp")
+    assert res.exit_code == 0
+    assert res.output.startswith("compute_environment: LOCAL_MACHINE")
+
+
+def test_fewest_gpus_is_the_smallest_count_that_fits():
+    """Verified by the estimator itself: the count found fits, the one before does not."""
+    from ftmem import estimate
+
+    res = run("estimate", "llama2-70b", "--strategy", "zero3", "--gpu", "a100-80gb",
+              "--seq-len", "2048", "--grad-ckpt", "--fewest-gpus")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    line = res.output.strip().splitlines()[-1]
+    assert line.startswith("Fewest GPUs that fit: ")
+    total = int(line.split(": ")[1].split()[0])
+    kw = dict(strategy="zero3", gpu="a100-80gb", seq_len=2048, grad_ckpt=True)
+
+    def on(n):
+        return estimate("llama2-70b", gpus=min(n, 8), nodes=max(1, n // 8), **kw)
+
+    assert on(total).fits
+    previous = total - 1 if total <= 8 else total - 8
+    assert not on(previous).fits
+
+
+def test_fewest_gpus_says_when_nothing_fits():
+    res = run("estimate", "llama2-70b", "--gpu", "rtx4090", "--fewest-gpus", "--check")
+    assert res.exit_code == 1
+    assert "Does not fit on up to 1,024 GPUs" in res.output
+    assert "try --strategy zero3 or fsdp" in res.output

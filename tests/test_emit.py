@@ -26,9 +26,7 @@ ZERO_CASES = [
 @pytest.mark.parametrize(("kw", "stage"), ZERO_CASES)
 @pytest.mark.parametrize("precision", ["bf16-mixed", "fp16", "fp32"])
 def test_deepspeed_json_parses_as_estimated(kw, stage, precision):
-    est = estimate(
-        "llama3-8b", precision=precision, gpus=8, batch_size=2, grad_accum=4, **kw
-    )
+    est = estimate("llama3-8b", precision=precision, gpus=8, batch_size=2, grad_accum=4, **kw)
     cfg = ds_config.DeepSpeedConfig(json.loads(emit_config(est, "deepspeed")))
     zero = cfg.zero_config
     assert zero.stage == stage
@@ -90,9 +88,7 @@ def test_accelerate_fsdp_yaml_launches(tmp_path, strategy, sharding):
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.launch import prepare_multi_gpu_env
 
-    est = estimate(
-        "qwen2.5-7b", method="lora", gpus=4, nodes=2, strategy=strategy, grad_ckpt=True
-    )
+    est = estimate("qwen2.5-7b", method="lora", gpus=4, nodes=2, strategy=strategy, grad_ckpt=True)
     path = tmp_path / "fsdp.yaml"
     path.write_text(emit_config(est, "fsdp"))
     cluster = ClusterConfig.from_yaml_file(str(path))

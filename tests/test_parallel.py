@@ -18,7 +18,9 @@ NORMS_7B = (2 * L + 1) * H  # every RMSNorm weight, the final one too
 
 
 def _full(strategy: str, gpus: int = 8, **kw):
-    return estimate("llama2-7b", method="full", precision="bf16", gpus=gpus, strategy=strategy, **kw)
+    return estimate(
+        "llama2-7b", method="full", precision="bf16", gpus=gpus, strategy=strategy, **kw
+    )
 
 
 # --- ZeRO paper (Rajbhandari et al. 2020, fig. 1): model states per GPU, K = 12 -------
@@ -221,7 +223,9 @@ def test_pipeline_first_stage_holds_pp_micro_batches():
     below += outer.get("embedding token ids", 0)
     blocks = single.activations_bytes - sum(outer.values())
     step = parallel_step(arch, run, parallel_config(gpus=p, pp=p, strategy="zero1"))
-    held = [sum(r.sizes.acts_per_block) + r.sizes.acts_below + r.sizes.acts_held for r in step.ranks]
+    held = [
+        sum(r.sizes.acts_per_block) + r.sizes.acts_below + r.sizes.acts_held for r in step.ranks
+    ]
     assert [r.micro_batches for r in step.ranks] == [4, 3, 2, 1]
     assert held[0] == blocks + p * below
     assert held[1] == 3 * blocks // p
@@ -234,7 +238,9 @@ def test_pipeline_first_stage_holds_pp_micro_batches():
 
 
 def test_pipeline_constraints():
-    with pytest.raises(InvalidInputError, match="--pp 5 must divide .* 32 blocks into equal stages; try --pp 4"):
+    with pytest.raises(
+        InvalidInputError, match="--pp 5 must divide .* 32 blocks into equal stages; try --pp 4"
+    ):
         estimate("llama2-7b", gpus=5, pp=5)
     with pytest.raises(InvalidInputError, match="ZeRO stage 0 or 1 only"):
         estimate("llama2-7b", gpus=8, pp=2, strategy="zero3")

@@ -61,7 +61,10 @@ def parallel_config(
 ) -> ParallelConfig:
     """Validate the multi-GPU settings (gpus, nodes, strategy, tp, pp, cp, offload)."""
     if host_memory is not None:
-        settings["host_memory_bytes"] = parse_size(host_memory)
+        try:
+            settings["host_memory_bytes"] = parse_size(host_memory)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"--host-memory: {exc}") from None
     settings["bucket_elements"] = bucket_elements
     par = _validated(ParallelConfig, settings)
     if par.world > MAX_GPUS:

@@ -139,7 +139,20 @@ def estimate(
     accounting: Annotated[
         str, typer.Option(help="phases (peak of the step) | simple (sum of the buckets)")
     ] = "phases",
-    gpus: Annotated[int, typer.Option(help="GPUs per node.", rich_help_panel=MULTI)] = 1,
+    gpus: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            help="GPUs per node (default 1; 8 with --fewest-gpus).", rich_help_panel=MULTI
+        ),
+    ] = None,
+    fewest_gpus: Annotated[
+        bool,
+        typer.Option(
+            "--fewest-gpus",
+            help="Search the smallest GPU count that fits --gpu, filling nodes of --gpus.",
+            rich_help_panel=MULTI,
+        ),
+    ] = False,
     nodes: Annotated[int, typer.Option(help="Nodes.", rich_help_panel=MULTI)] = 1,
     strategy: Annotated[
         str | None,
@@ -199,8 +212,9 @@ def estimate(
         unit = _units(units)
         if output_format not in ("table", "json", "markdown"):
             raise FtmemError("--format must be table, json or markdown.")
-        est = run_estimate(
-            model,
+        from ftmem.sources import resolve_model
+
+        settings = dict(
             gpu=gpu,
             gpu_memory=gpu_memory,
             overhead=overhead,
@@ -224,8 +238,6 @@ def estimate(
             double_quant=double_quant,
             compute_dtype=compute_dtype,
             accounting=accounting,
-            gpus=gpus,
-            nodes=nodes,
             strategy=strategy,
             tp=tp,
             pp=pp,
@@ -234,6 +246,14 @@ def estimate(
             offload_params=offload_params,
             host_memory=host_memory,
         )
+        arch = resolve_model(model)
+        search_line = None
+        if fewest_gpus:
+            est, search_line = _fewest_gpus(
+                arch, settings, 8 if gpus is None else gpus, nodes, unit
+            )
+        else:
+            est = run_estimate(arch, gpus=1 if gpus is None else gpus, nodes=nodes, **settings)
         if emit_to is not None and emit is None:
             raise FtmemError("--emit-to needs --emit deepspeed, accelerate or fsdp.")
         if emit is not None:
@@ -252,8 +272,45 @@ def estimate(
         typer.echo(markdown(est, unit), nl=False)
     else:
         _console().print(table(est, unit))
+    if search_line is not None and output_format != "json":
+        typer.echo(search_line)
     if check and est.fits is False:
         raise typer.Exit(EXIT_DOES_NOT_FIT)
+
+
+def _fewest_gpus(arch, settings: dict, per_node: int, nodes: int, unit: str):
+    """The estimate on the fewest GPUs that fit, and a line saying what was searched."""
+    from ftmem.api import estimate as run_estimate
+    from ftmem.search import MAX_NODES, fewest_gpus
+    from ftmem.units import format_bytes
+
+    if nodes != 1:
+        raise FtmemError("--fewest-gpus chooses the node count; drop --nodes.")
+    tp, pp, cp = settings["tp"], settings["pp"], settings["cp"]
+    found, tried = fewest_gpus(
+        lambda g, n: run_estimate(arch, gpus=g, nodes=n, **settings),
+        per_node,
+        multiple_of=tp * pp * cp,
+    )
+    if not tried:
+        raise FtmemError("no GPU count fits the layout rules; check --tp, --pp and --cp.")
+    if found is None:
+        last = tried[-1]
+        strategy = last.estimate.parallel.strategy if last.estimate.parallel else "single"
+        hint = (
+            " (DDP replicates everything: try --strategy zero3 or fsdp)"
+            if strategy == "ddp"
+            else ""
+        )
+        return last.estimate, (
+            f"Does not fit on up to {last.total:,} GPUs ({MAX_NODES} nodes of {per_node}) with "
+            f"{strategy}{hint}; at {last.total:,} each GPU needs "
+            f"{format_bytes(last.estimate.memory.total_bytes, unit)}."
+        )
+    where = f"{found.nodes} nodes × {found.gpus_per_node}" if found.nodes > 1 else "one node"
+    return found.estimate, (
+        f"Fewest GPUs that fit: {found.total} ({where}); tried {len(tried)} GPU count(s)."
+    )
 
 
 @app.command()
