@@ -134,7 +134,7 @@ def test_zero3_full_offload_host_agrees_with_deepspeed():
     """Everything on the host: 16-bit params, fp32 master, Adam and fp32 gradients, 18Ψ per
     node; DeepSpeed multiplies by its 1.5 buffer factor."""
     n = 4
-    ds_cpu, ds_gpu, _ = ds_zero3.estimate_zero3_model_states_mem_needs(
+    ds_cpu, _, _ = ds_zero3.estimate_zero3_model_states_mem_needs(
         PSI_7B, V * H, num_gpus_per_node=n, cpu_offload=True, cpu_offload_params=True
     )
     est = _full("zero3", gpus=n, offload_optimizer="cpu", offload_params="cpu")
@@ -204,7 +204,7 @@ def test_tensor_parallel_weights_per_rank():
 
 
 def test_tensor_parallel_constraints():
-    with pytest.raises(InvalidInputError, match="--tp 3 must divide .* 32 attention heads"):
+    with pytest.raises(InvalidInputError, match=r"--tp 3 must divide .* 32 attention heads"):
         estimate("llama2-7b", gpus=3, tp=3)
     with pytest.raises(InvalidInputError, match="8 KV heads; try --tp 8"):
         estimate("llama3-8b", gpus=16, tp=16)
@@ -239,7 +239,7 @@ def test_pipeline_first_stage_holds_pp_micro_batches():
 
 def test_pipeline_constraints():
     with pytest.raises(
-        InvalidInputError, match="--pp 5 must divide .* 32 blocks into equal stages; try --pp 4"
+        InvalidInputError, match=r"--pp 5 must divide .* 32 blocks into equal stages; try --pp 4"
     ):
         estimate("llama2-7b", gpus=5, pp=5)
     with pytest.raises(InvalidInputError, match="ZeRO stage 0 or 1 only"):
