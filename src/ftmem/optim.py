@@ -32,6 +32,15 @@ def step_tensors_on_device(run: RunConfig) -> bool:
     return run.device == "cpu" or run.optimizer_impl == "fused"
 
 
+def step_tensor_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
+    """The per-tensor ``step`` scalars of torch Adam/AdamW held on the training device.
+
+    Every rank keeps one per parameter tensor, sharded or not."""
+    if run.optimizer not in ("adamw", "adamw-fp32") or not step_tensors_on_device(run):
+        return 0
+    return sum(STEP_TENSOR_BYTES * g.count for g in groups if g.trainable)
+
+
 def optimizer_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
     """Bytes of optimizer state held on the training device for the trainable tensors."""
     opt = run.optimizer
@@ -43,7 +52,7 @@ def optimizer_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
         n, count, pb = g.numel, g.count, g.element_bytes
         if opt in ("adamw", "adamw-fp32"):
             state = 4 if opt == "adamw-fp32" else pb
-            per = 2 * n * state + (STEP_TENSOR_BYTES if step_tensors_on_device(run) else 0)
+            per = 2 * n * state
         elif opt in ("adamw-8bit", "paged-adamw-8bit"):
             if n < BNB_MIN_8BIT_SIZE:
                 per = 2 * n * 4
@@ -61,7 +70,7 @@ def optimizer_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
         total += per * count
     if any_8bit:
         total += BNB_QMAP_BYTES
-    return total
+    return total + step_tensor_bytes(groups, run)
 
 
 def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:

@@ -36,7 +36,11 @@ from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div
 from ftmem.errors import InvalidInputError
 from ftmem.methods import TensorGroup
-from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
+from ftmem.optim import (
+    optimizer_state_bytes,
+    optimizer_step_temporary_bytes,
+    step_tensor_bytes,
+)
 from ftmem.phases import StepSizes, find_peak
 from ftmem.run import ADAPTER_METHODS, RunConfig
 from ftmem.step import StepParts, step_parts
@@ -291,15 +295,21 @@ def _stage_groups(
     return out
 
 
-def _gathered_bytes(groups: Iterable[TensorGroup], compute_bytes: int) -> int:
-    """Bytes of groups gathered for compute: 16-bit copies, quantized storage as stored."""
+def _gathered_bytes(groups: Iterable[TensorGroup], cast: int | None = None) -> int:
+    """Bytes of groups gathered whole: quantized storage as stored, others in their own
+    dtype or, under FSDP MixedPrecision, cast to ``cast`` bytes per element."""
     total = 0
     for g in groups:
         if g.fmt in ("nf4", "fp4", "int8"):
             total += g.nbytes
         else:
-            total += g.total_numel * compute_bytes
+            total += g.total_numel * (cast or g.element_bytes)
     return total
+
+
+def _grad_bytes(groups: Iterable[TensorGroup], cast: int | None = None) -> int:
+    """Unsharded gradients of ``groups`` before their reduce-scatter."""
+    return sum(g.total_numel * (cast or g.element_bytes) for g in groups)
 
 
 def _one_block(groups: Iterable[TensorGroup]) -> list[TensorGroup]:
@@ -344,6 +354,7 @@ def rank_memory(
     else:
         states = optimizer_state_bytes(groups, run)
         step_temp = optimizer_step_temporary_bytes(groups, run)
+    steps = step_tensor_bytes(groups, run)  # one per tensor on every rank: not sharded
 
     # weights: what stays whole and what is sharded
     replicated, sharded = weights, 0
@@ -358,15 +369,30 @@ def rank_memory(
     else:
         grads_gpu, grads_block = grads, base.grads_per_block
     if s in SHARDS_STATES:
-        states, step_temp = shard(states), shard(step_temp)
+        states, step_temp = shard(states - steps) + steps, shard(step_temp)
 
     # communication memory per phase
+    mixed = s in FSDP and plan.dtypes.base == "fp32" and plan.dtypes.autocast
+    cast = compute if mixed else None  # FSDP MixedPrecision gathers and reduces in 16-bit
     block = _one_block(groups)
-    block_gathered = _gathered_bytes(block, compute)
-    block_grad = sum(g.numel for g in block if g.trainable) * compute
+    block_gathered = _gathered_bytes(block, cast)
     outer = [g for g in groups if not g.in_block]
+    root = _gathered_bytes(outer, cast)
+    # gradients of the head side (LM head, final norm; a tied embedding serves as head)
+    head_grad = _grad_bytes(
+        (g for g in outer if g.trainable and (_is_head_side(g.name) or arch.tie_embeddings)),
+        cast,
+    )
+    # Blocks gathered at once (FSDP2, measured on two CPU ranks): the block being computed
+    # and the next, prefetched. A block's unsharded gradients appear as its activations
+    # are freed and leave with its reduce-scatter, so, as on one GPU, the timeline does
+    # not add them to that block's own moment.
+    blocks_in_flight = 2
     bucket = par.buckets(arch)[0] * compute
     comm_f = comm_b = comm_o = 0
+    head_f: int | None = None
+    loss_b: int | None = None
+    head_b: int | None = None
     if s == "ddp":
         comm_f = comm_b = comm_o = grads  # DDP's gradient buckets, allocated once
     elif s == "zero1":
@@ -374,15 +400,24 @@ def rank_memory(
     elif s == "zero2":
         comm_b = 2 * bucket  # overlap_comm double-buffers the reduce bucket
     elif s == "zero3":
-        largest_outer = max((_gathered_bytes([g], compute) for g in outer), default=0)
-        comm_f = max(2 * block_gathered, largest_outer)  # the layer and the prefetched next
-        comm_b = comm_f + block_grad + 2 * bucket
+        largest_outer = max((_gathered_bytes([g], cast) for g in outer), default=0)
+        comm_f = blocks_in_flight * block_gathered
+        comm_b = comm_f + 2 * bucket
+        head_f = loss_b = largest_outer
+        head_b = largest_outer + head_grad + 2 * bucket
     elif s in ("fsdp", "fsdp-hybrid"):
-        comm_f = _gathered_bytes(outer, compute) + 2 * block_gathered
-        comm_b = comm_f + block_grad
+        # the root unit stays gathered; its head-side gradients wait, unsharded, for the
+        # root's reduce-scatter at the end of backward
+        comm_f = root + blocks_in_flight * block_gathered
+        comm_b = comm_f + head_grad
+        # at the logits and the loss one block is gathered too: the last block is
+        # gathered again for backward as soon as the root's backward begins (measured);
+        # the LM head's gradient appears after the loss backward
+        head_f = loss_b = root + block_gathered
+        head_b = head_f + head_grad
     elif s == "fsdp-grad-op":
-        comm_f = _gathered_bytes(groups, compute)  # gathered once, kept until backward
-        comm_b = comm_f + block_grad
+        comm_f = _gathered_bytes(groups, cast)  # gathered once, kept until backward
+        comm_b = comm_f + head_grad
 
     # offload
     host = disk = 0
@@ -437,6 +472,9 @@ def rank_memory(
         comm_forward=comm_f,
         comm_backward=comm_b,
         comm_optimizer=comm_o,
+        comm_head_forward=head_f if last else None,
+        comm_loss_backward=loss_b if last else None,
+        comm_head_backward=head_b if last else None,
         acts_held=held,
     )
     return RankMemory(

@@ -48,9 +48,12 @@ class StepSizes:
     grads_persist: bool
     # Parallel runs (parallel.py): gathered weights and communication buckets live in
     # each phase, and the activations of other micro-batches a pipeline stage holds.
-    comm_forward: int = 0
-    comm_backward: int = 0
+    comm_forward: int = 0  # inside the blocks' forward
+    comm_backward: int = 0  # inside the blocks' backward
     comm_optimizer: int = 0
+    comm_head_forward: int | None = None  # at the logits (default: comm_forward)
+    comm_loss_backward: int | None = None  # at the loss backward (default: comm_backward)
+    comm_head_backward: int | None = None  # final norm backward (default: comm_backward)
     acts_held: int = 0
 
 
@@ -66,16 +69,19 @@ def find_peak(s: StepSizes) -> Peak:
     held = s.grads if s.grads_persist else 0
     acts = sum(s.acts_per_block) + s.acts_below + s.acts_above + s.acts_held
     fwd, bwd = s.comm_forward, s.comm_backward
+    head_fwd = fwd if s.comm_head_forward is None else s.comm_head_forward
+    loss_bwd = bwd if s.comm_loss_backward is None else s.comm_loss_backward
+    head_bwd = bwd if s.comm_head_backward is None else s.comm_head_backward
     # (phase, gradients, activations, temporaries, communication);
     # weights and states are always live
     moments: list[tuple[str, int, int, int, int]] = [
         ("forward", held, acts - s.acts_above, s.forward_block_transient, fwd),
-        ("forward", held, acts, s.logits_forward, fwd),
-        ("backward", held, acts, s.loss_backward, bwd),
+        ("forward", held, acts, s.logits_forward, head_fwd),
+        ("backward", held, acts, s.loss_backward, loss_bwd),
     ]
     live_grads = s.grads if s.grads_persist else s.grads_outer
     live_acts = acts - s.acts_above
-    moments.append(("backward", live_grads, live_acts, s.head_workspace, bwd))
+    moments.append(("backward", live_grads, live_acts, s.head_workspace, head_bwd))
     transient = s.recompute + s.block_workspace
     L = len(s.acts_per_block)
     for i in range(L - 1, -1, -1):

@@ -60,6 +60,11 @@ class LiveBytesTracker(TorchDispatchMode):
                 self._register(t)
 
     def _register(self, t: torch.Tensor) -> None:
+        # DTensor (FSDP2 shards) is a wrapper whose storage reports the global size;
+        # what a rank holds is its local tensor
+        local = getattr(t, "_local_tensor", None)
+        if isinstance(local, torch.Tensor):
+            t = local
         key = storage_key(t)
         if key is None:
             return
@@ -74,6 +79,19 @@ class LiveBytesTracker(TorchDispatchMode):
         self._add(nbytes)
         fin = weakref.finalize(t.untyped_storage(), self._free, ptr)
         fin.atexit = False
+
+    def resized(self, t: torch.Tensor) -> None:
+        """A storage changed size outside any tensor op (``untyped_storage().resize_``,
+        as FSDP2 frees and re-allocates its gathered weights); follow it."""
+        st = t.untyped_storage()
+        ptr, nbytes = st._cdata, st.nbytes()
+        known = self._live.get(ptr)
+        if known is None:
+            if nbytes:
+                self._register(t)
+            return
+        self._live[ptr] = nbytes
+        self._add(nbytes - known)
 
     def _free(self, ptr: int) -> None:
         nbytes = self._live.pop(ptr, None)
