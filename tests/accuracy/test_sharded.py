@@ -1,12 +1,16 @@
 """FSDP on two CPU ranks (gloo) against the per-GPU estimate.
 
 Weights, gradients and optimizer states of each rank are exact to the byte (the shards
-of every tensor); the step's peak is within the suite's peak tolerance. These runs peak in forward or
-backward: the gathered root unit (embeddings, final norm, LM head) and two blocks (the
-one computing and the next, prefetched), the head's unsharded gradients, the activations.
+of every tensor); the step's peak is within the suite's peak tolerance. These runs peak in
+forward or backward: the gathered root unit (embeddings, final norm, LM head) and two
+blocks (the one computing and the next, prefetched), the head's unsharded gradients, the
+activations. Each row of the "FSDP" section of docs/accuracy.md is checked here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -14,39 +18,75 @@ from ftmem import estimate
 from tests.accuracy.cases import PEAK_TOLERANCE
 from tests.conftest import tiny
 
-pytest.importorskip("torch.distributed.fsdp")
-pytestmark = pytest.mark.accuracy
-
+DOC = Path(__file__).resolve().parents[2] / "docs" / "accuracy.md"
 WORLD = 2
 BASE = dict(batch_size=2, seq_len=64, device="cpu", optimizer_impl="for-loop")
-CASES = [
-    ("llama", {"method": "full", "precision": "bf16-mixed"}, "fsdp"),
-    ("llama", {"method": "full", "precision": "bf16"}, "fsdp"),
-    ("llama", {"method": "full", "precision": "bf16"}, "fsdp-grad-op"),
-    ("llama", {"method": "lora", "precision": "bf16", "lora_targets": "all-linear"}, "fsdp"),
-    ("qwen2", {"method": "full", "precision": "fp32"}, "fsdp"),
-    ("gemma", {"method": "full", "precision": "bf16"}, "fsdp"),
-    ("llama", {"method": "lora", "precision": "bf16-mixed"}, "fsdp"),
-    ("mistral", {"method": "full", "precision": "bf16", "grad_ckpt": True}, "fsdp"),
+
+
+@dataclass(frozen=True)
+class ShardedCase:
+    family: str
+    strategy: str
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        parts = [self.family, self.strategy] + [
+            f"{k}={v}" for k, v in sorted(self.settings.items())
+        ]
+        return "-".join(str(p) for p in parts).replace("_", "")
+
+
+SHARDED_CASES = [
+    ShardedCase("llama", "fsdp", {"method": "full", "precision": "bf16-mixed"}),
+    ShardedCase("llama", "fsdp", {"method": "full", "precision": "bf16"}),
+    ShardedCase("llama", "fsdp-grad-op", {"method": "full", "precision": "bf16"}),
+    ShardedCase(
+        "llama", "fsdp", {"method": "lora", "precision": "bf16", "lora_targets": "all-linear"}
+    ),
+    ShardedCase("llama", "fsdp", {"method": "lora", "precision": "bf16-mixed"}),
+    ShardedCase("qwen2", "fsdp", {"method": "full", "precision": "fp32"}),
+    ShardedCase("gemma", "fsdp", {"method": "full", "precision": "bf16"}),
+    ShardedCase("mistral", "fsdp", {"method": "full", "precision": "bf16", "grad_ckpt": True}),
 ]
 
 
-@pytest.mark.parametrize(
-    ("family", "settings", "strategy"),
-    CASES,
-    ids=[f"{f}-{s['method']}-{s['precision']}-{st}" for f, s, st in CASES],
-)
-def test_fsdp_rank_matches_estimate(family, settings, strategy):
+def compare_sharded(case: ShardedCase) -> dict:
     from ftmem.api import run_config
     from ftmem.measure.sharded import measure_fsdp
 
-    arch = tiny(family)
-    run = run_config(**BASE, **settings)
-    ranks = measure_fsdp(arch, run, WORLD, reshard_after_forward=strategy == "fsdp")
-    est = estimate(arch, **BASE, **settings, gpus=WORLD, strategy=strategy).memory
-    for r, got in enumerate(ranks):
-        for key in ("weights_bytes", "gradients_bytes", "optimizer_states_bytes"):
-            assert got[key] == getattr(est, key), (r, key, got[key], getattr(est, key))
-    peak = max(got["peak_allocated_bytes"] for got in ranks)
-    err = est.peak_allocated_bytes / peak - 1
-    assert abs(err) <= PEAK_TOLERANCE, f"peak {est.peak_allocated_bytes} vs {peak} ({err:+.1%})"
+    arch = tiny(case.family)
+    run = run_config(**BASE, **case.settings)
+    ranks = measure_fsdp(arch, run, WORLD, reshard_after_forward=case.strategy == "fsdp")
+    est = estimate(arch, **BASE, **case.settings, gpus=WORLD, strategy=case.strategy).memory
+    result: dict = {"id": case.id, "ranks": ranks}
+    for key in ("weights_bytes", "gradients_bytes", "optimizer_states_bytes"):
+        result[key] = (getattr(est, key), [r[key] for r in ranks])
+    result["peak"] = (est.peak_allocated_bytes, max(r["peak_allocated_bytes"] for r in ranks))
+    return result
+
+
+def sharded_row(r: dict) -> str:
+    cells = [f"`{r['id']}`"]
+    for key in ("weights_bytes", "gradients_bytes", "optimizer_states_bytes"):
+        est, got = r[key]
+        cells.append("exact" if all(g == est for g in got) else f"{est:,} / {got}")
+    est, got = r["peak"]
+    cells.append(f"{est:,} / {got:,} ({(est - got) / got:+.1%})")
+    return "| " + " | ".join(cells) + " |"
+
+
+@pytest.mark.accuracy
+@pytest.mark.parametrize("case", SHARDED_CASES, ids=[c.id for c in SHARDED_CASES])
+def test_fsdp_rank_matches_estimate(case):
+    pytest.importorskip("torch.distributed.fsdp")
+    r = compare_sharded(case)
+    for key in ("weights_bytes", "gradients_bytes", "optimizer_states_bytes"):
+        est, got = r[key]
+        assert all(g == est for g in got), f"{case.id}: {key} estimated {est:,}, ranks {got}"
+    est, got = r["peak"]
+    err = (est - got) / got
+    assert abs(err) <= PEAK_TOLERANCE, f"{case.id}: peak {est:,} vs {got:,} ({err:+.1%})"
+    assert sharded_row(r) in DOC.read_text(encoding="utf-8"), (
+        f"{case.id}: docs/accuracy.md is stale; run `python scripts/accuracy_table.py`"
+    )
