@@ -3,7 +3,8 @@
     python benchmarks/bench_estimate.py
 
 Sweeps models × methods × batch sizes × sequence lengths through the Python API's
-core (``estimate_step``) and prints configurations per second.
+core (``estimate_step``), then the same over multi-GPU strategies, and prints
+configurations per second.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import itertools
 import time
 
 from ftmem.estimate import estimate_step
+from ftmem.parallel import ParallelConfig
 from ftmem.presets import get_gpu, model_presets
 from ftmem.run import RunConfig
 
@@ -32,7 +34,25 @@ def main() -> None:
             estimate_step(arch, run, gpu)
             n += 1
     elapsed = time.perf_counter() - start
-    print(f"{n} configurations in {elapsed:.2f} s: {n / elapsed:,.0f} per second")
+    print(f"one GPU: {n} configurations in {elapsed:.2f} s: {n / elapsed:,.0f} per second")
+
+    # many GPUs: strategies × GPU counts, per-GPU memory of the largest rank
+    pars = [
+        ParallelConfig(gpus=g, strategy=st, pp=pp)
+        for st, g, pp in itertools.product(("ddp", "zero1", "zero3", "fsdp"), (2, 4, 8), (1, 2))
+        if not (pp > 1 and st == "zero3")
+    ]
+    start = time.perf_counter()
+    n = 0
+    for arch in archs:
+        if arch.num_layers % 2:
+            continue
+        for run in runs[::4]:
+            for par in pars:
+                estimate_step(arch, run, gpu, par=par)
+                n += 1
+    elapsed = time.perf_counter() - start
+    print(f"many GPUs: {n} configurations in {elapsed:.2f} s: {n / elapsed:,.0f} per second")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ MAX_TOKENS_PER_STEP = 2**31
 MAX_GPUS = 2**17
 
 M = TypeVar("M", bound=BaseModel)
+# estimate() settings that describe how the run is spread, not the run itself
+PARALLEL_SETTINGS = (set(ParallelConfig.model_fields) - {"host_memory_bytes"}) | {"host_memory"}
 
 
 def _option(field: str) -> str:
@@ -90,16 +92,6 @@ def estimate(
     gpu: str | Gpu | None = None,
     gpu_memory: str | int | None = None,
     overhead: str | int | None = None,
-    gpus: int = 1,
-    nodes: int = 1,
-    strategy: str | None = None,
-    tp: int = 1,
-    pp: int = 1,
-    cp: int = 1,
-    offload_optimizer: str | None = None,
-    offload_params: str | None = None,
-    host_memory: str | int | None = None,
-    bucket_elements: int | None = None,
     **settings: Any,
 ) -> Estimate:
     """Estimate one training step of ``model`` (preset id, config.json path or Architecture).
@@ -111,19 +103,9 @@ def estimate(
     rank that holds the most; ``Estimate.parallel`` has the rest.
     """
     arch = resolve_model(model) if isinstance(model, str) else model
+    spread = {k: settings.pop(k) for k in list(settings) if k in PARALLEL_SETTINGS}
     run = run_config(**settings)
-    par = parallel_config(
-        gpus=gpus,
-        nodes=nodes,
-        strategy=strategy,
-        tp=tp,
-        pp=pp,
-        cp=cp,
-        offload_optimizer=offload_optimizer,
-        offload_params=offload_params,
-        host_memory=host_memory,
-        bucket_elements=bucket_elements,
-    )
+    par = parallel_config(**spread)
     if run.seq_len > arch.max_position_embeddings and arch.position_embedding == "learned":
         raise InvalidInputError(
             f"--seq-len {run.seq_len} exceeds {arch.name}'s {arch.max_position_embeddings} "
