@@ -292,3 +292,14 @@ def test_impossible_combinations(kw, message):
 def test_per_gpu_memory_falls_as_zero3_spreads():
     peaks = [_full("zero3", gpus=n).memory.peak_allocated_bytes for n in (1, 2, 4, 8)]
     assert peaks == sorted(peaks, reverse=True)
+
+
+def test_qlora_under_fsdp_shards_the_4bit_storage():
+    """QLoRA-FSDP: the quantized storage (4-bit values and their constants) is sharded like
+    any other tensor; the LoRA adapters are the only gradients and states."""
+    one = estimate("llama2-7b", method="qlora").memory
+    est = estimate("llama2-7b", method="qlora", gpus=8, strategy="fsdp")
+    m = est.memory
+    assert m.weights_bytes == ceil(one.weights_bytes / 8)
+    assert m.gradients_bytes == ceil(one.gradients_bytes / 8)
+    assert any("bnb_4bit_quant_storage" in n for n in est.notes)
