@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
+from ftmem.cli_options import GPU, MULTI, RUN, SPREAD, with_options
 from ftmem.errors import FtmemError
 
 app = typer.Typer(
@@ -38,7 +39,10 @@ def _root(
 EXIT_DOES_NOT_FIT = 1
 EXIT_BAD_INPUT = 2
 
-MULTI = "Many GPUs"
+ModelArg = Annotated[
+    str, typer.Argument(help="Preset id (see `ftmem models`) or a config.json path/folder.")
+]
+Format = Annotated[str, typer.Option("--format", help="table | json | markdown")]
 
 
 def _write(path: str, text: str) -> None:
@@ -70,118 +74,18 @@ def _console():  # lazily: rich is only needed for tables
 
 
 @app.command()
+@with_options(RUN, GPU, SPREAD)
 def estimate(
-    model: Annotated[
-        str, typer.Argument(help="Preset id (see `ftmem models`) or a config.json path/folder.")
-    ],
-    method: Annotated[str, typer.Option(help="full | freeze | lora | qlora | dora")] = "full",
-    precision: Annotated[
-        str, typer.Option(help="fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed")
-    ] = "bf16",
-    optimizer: Annotated[
-        str,
-        typer.Option(
-            help="adamw | adamw-fp32 | adamw-8bit | paged-adamw-8bit | sgd | sgd-momentum | adafactor | lion"
-        ),
-    ] = "adamw",
-    optimizer_impl: Annotated[
-        str, typer.Option(help="foreach (torch's CUDA default) | for-loop | fused")
-    ] = "foreach",
-    batch_size: Annotated[int, typer.Option(help="Micro-batch size per GPU.")] = 1,
-    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 512,
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
-    grad_ckpt: Annotated[
-        bool, typer.Option("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing.")
-    ] = False,
-    attn: Annotated[str, typer.Option(help="eager | sdpa | flash")] = "sdpa",
-    autocast: Annotated[
-        bool | None,
-        typer.Option("--autocast/--no-autocast", help="torch.autocast (default: on for *-mixed)."),
-    ] = None,
-    trainable_layers: Annotated[
-        int | None, typer.Option(help="freeze: the last N blocks train.")
-    ] = None,
-    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank (default 8).")] = None,  # noqa: UP045
-    lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (default 2r).")] = None,  # noqa: UP045
-    lora_targets: Annotated[
-        str | None,
-        typer.Option(
-            help="all-linear | attention | list: q,k,v,o,gate,up,down or module names (default q,v)."
-        ),
-    ] = None,
-    lora_dropout: Annotated[Optional[float], typer.Option(help="LoRA dropout (default 0).")] = None,  # noqa: UP045
-    adapter_dtype: Annotated[
-        str, typer.Option(help="auto (peft: fp32) | fp32 | bf16 | fp16")
-    ] = "auto",
-    quant: Annotated[
-        str | None, typer.Option(help="qlora base: nf4 (default) | fp4 | int8")
-    ] = None,
-    double_quant: Annotated[
-        bool | None,
-        typer.Option(
-            "--double-quant/--no-double-quant",
-            help="qlora: quantise the quantisation constants (default on).",
-        ),
-    ] = None,
-    compute_dtype: Annotated[
-        str | None, typer.Option(help="qlora: bnb 4-bit compute dtype.")
-    ] = None,
-    gpu: Annotated[Optional[str], typer.Option(help="GPU preset (see `ftmem gpus`).")] = None,  # noqa: UP045
-    gpu_memory: Annotated[
-        str | None, typer.Option(help="GPU memory instead of a preset, e.g. 24GiB.")
-    ] = None,
-    overhead: Annotated[
-        str | None,
-        typer.Option(
-            help="Runtime overhead instead of the default (CUDA context + 5% allocator reserve), e.g. 1GiB or 0."
-        ),
-    ] = None,
-    accounting: Annotated[
-        str, typer.Option(help="phases (peak of the step) | simple (sum of the buckets)")
-    ] = "phases",
-    gpus: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(
-            help="GPUs per node (default 1; 8 with --fewest-gpus).", rich_help_panel=MULTI
-        ),
-    ] = None,
+    model: ModelArg,
     fewest_gpus: Annotated[
         bool,
         typer.Option(
             "--fewest-gpus",
-            help="Search the smallest GPU count that fits --gpu, filling nodes of --gpus.",
+            help="Search the smallest GPU count that fits --gpu, filling nodes of --gpus "
+            "(default 8).",
             rich_help_panel=MULTI,
         ),
     ] = False,
-    nodes: Annotated[int, typer.Option(help="Nodes.", rich_help_panel=MULTI)] = 1,
-    strategy: Annotated[
-        str | None,
-        typer.Option(
-            help="ddp | zero1 | zero2 | zero3 | fsdp | fsdp-hybrid | fsdp-grad-op | fsdp-no-shard "
-            "(default: ddp on several GPUs).",
-            rich_help_panel=MULTI,
-        ),
-    ] = None,
-    tp: Annotated[int, typer.Option(help="Tensor-parallel degree.", rich_help_panel=MULTI)] = 1,
-    pp: Annotated[
-        int, typer.Option(help="Pipeline-parallel stages (1F1B).", rich_help_panel=MULTI)
-    ] = 1,
-    cp: Annotated[
-        int,
-        typer.Option(help="Context-parallel degree (splits the sequence).", rich_help_panel=MULTI),
-    ] = 1,
-    offload_optimizer: Annotated[
-        str | None,
-        typer.Option(help="none | cpu | nvme (ZeRO / FSDP).", rich_help_panel=MULTI),
-    ] = None,
-    offload_params: Annotated[
-        str | None,
-        typer.Option(help="none | cpu | nvme (zero3 / FSDP).", rich_help_panel=MULTI),
-    ] = None,
-    host_memory: Annotated[
-        str | None,
-        typer.Option(help="Host RAM per node, e.g. 512GiB: checks offload.", rich_help_panel=MULTI),
-    ] = None,
     emit: Annotated[
         str | None,
         typer.Option(
@@ -196,13 +100,12 @@ def estimate(
             help="Write the --emit config to this file and print the table.", rich_help_panel=MULTI
         ),
     ] = None,
-    output_format: Annotated[
-        str, typer.Option("--format", help="table | json | markdown")
-    ] = "table",
+    output_format: Format = "table",
     units: Units = "GiB",
     check: Annotated[
         bool, typer.Option("--check", help="Exit 1 when it does not fit (for CI).")
     ] = False,
+    **settings: Any,
 ) -> None:
     """Estimate the memory of one training step and whether it fits a GPU."""
     from ftmem.api import estimate as run_estimate
@@ -214,46 +117,16 @@ def estimate(
             raise FtmemError("--format must be table, json or markdown.")
         from ftmem.sources import resolve_model
 
-        settings = dict(
-            gpu=gpu,
-            gpu_memory=gpu_memory,
-            overhead=overhead,
-            method=method,
-            precision=precision,
-            optimizer=optimizer,
-            optimizer_impl=optimizer_impl,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            grad_accum=grad_accum,
-            grad_ckpt=grad_ckpt,
-            attn=attn,
-            autocast=autocast,
-            trainable_layers=trainable_layers,
-            lora_r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_targets=lora_targets,
-            lora_dropout=lora_dropout,
-            adapter_dtype=adapter_dtype,
-            quant=quant,
-            double_quant=double_quant,
-            compute_dtype=compute_dtype,
-            accounting=accounting,
-            strategy=strategy,
-            tp=tp,
-            pp=pp,
-            cp=cp,
-            offload_optimizer=offload_optimizer,
-            offload_params=offload_params,
-            host_memory=host_memory,
-        )
         arch = resolve_model(model)
         search_line = None
+        gpus = settings.pop("gpus")
         if fewest_gpus:
+            nodes = settings.pop("nodes")
             est, search_line = _fewest_gpus(
                 arch, settings, 8 if gpus is None else gpus, nodes, unit
             )
         else:
-            est = run_estimate(arch, gpus=1 if gpus is None else gpus, nodes=nodes, **settings)
+            est = run_estimate(arch, gpus=1 if gpus is None else gpus, **settings)
         if emit_to is not None and emit is None:
             raise FtmemError("--emit-to needs --emit deepspeed, accelerate or fsdp.")
         if emit is not None:

@@ -1,0 +1,123 @@
+"""Command-line options shared by estimate, plan, max, compare: defined once.
+
+Typer reads a command's options from its signature; :func:`with_options` appends these
+groups to a command's own parameters, and the command receives them as ``**settings``
+(names as the Python API takes them: ``ftmem.estimate(model, **settings)``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+F = TypeVar("F", bound=Callable[..., Any])
+MULTI = "Many GPUs"
+HARDWARE = "GPU and overhead"
+
+
+def _opt(name: str, kind: Any, default: Any, help: str, *decls: str, panel: str | None = None):
+    option = typer.Option(*decls, help=help, rich_help_panel=panel)
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option]
+    )
+
+
+OptStr = Optional[str]  # noqa: UP045 - typer needs Optional spelled out on Python 3.10
+OptInt = Optional[int]  # noqa: UP045
+OptFloat = Optional[float]  # noqa: UP045
+OptBool = Optional[bool]  # noqa: UP045
+
+RUN = [
+    _opt("method", str, "full", "full | freeze | lora | qlora | dora"),
+    _opt("precision", str, "bf16", "fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed"),
+    _opt(
+        "optimizer",
+        str,
+        "adamw",
+        "adamw | adamw-fp32 | adamw-8bit | paged-adamw-8bit | sgd | sgd-momentum | adafactor | lion",
+    ),
+    _opt("optimizer_impl", str, "foreach", "foreach (torch's CUDA default) | for-loop | fused"),
+    _opt("batch_size", int, 1, "Micro-batch size per GPU."),
+    _opt("seq_len", int, 512, "Tokens per sequence."),
+    _opt("grad_accum", int, 1, "Micro-batches per optimizer step."),
+    _opt("grad_ckpt", bool, False, "Gradient checkpointing.", "--grad-ckpt/--no-grad-ckpt"),
+    _opt("attn", str, "sdpa", "eager | sdpa | flash"),
+    _opt(
+        "autocast",
+        OptBool,
+        None,
+        "torch.autocast (default: on for *-mixed).",
+        "--autocast/--no-autocast",
+    ),
+    _opt("trainable_layers", OptInt, None, "freeze: the last N blocks train."),
+    _opt("lora_r", OptInt, None, "LoRA rank (default 8)."),
+    _opt("lora_alpha", OptFloat, None, "LoRA alpha (default 2r)."),
+    _opt(
+        "lora_targets",
+        OptStr,
+        None,
+        "all-linear | attention | list: q,k,v,o,gate,up,down or module names (default q,v).",
+    ),
+    _opt("lora_dropout", OptFloat, None, "LoRA dropout (default 0)."),
+    _opt("adapter_dtype", str, "auto", "auto (peft: fp32) | fp32 | bf16 | fp16"),
+    _opt("quant", OptStr, None, "qlora base: nf4 (default) | fp4 | int8"),
+    _opt(
+        "double_quant",
+        OptBool,
+        None,
+        "qlora: quantise the quantisation constants (default on).",
+        "--double-quant/--no-double-quant",
+    ),
+    _opt("compute_dtype", OptStr, None, "qlora: bnb 4-bit compute dtype."),
+    _opt("accounting", str, "phases", "phases (peak of the step) | simple (sum of the buckets)"),
+]
+
+GPU = [
+    _opt("gpu", OptStr, None, "GPU preset (see `ftmem gpus`).", panel=HARDWARE),
+    _opt("gpu_memory", OptStr, None, "GPU memory instead of a preset, e.g. 24GiB.", panel=HARDWARE),
+    _opt(
+        "overhead",
+        OptStr,
+        None,
+        "Runtime overhead instead of the default (CUDA context + 5% allocator reserve), "
+        "e.g. 1GiB or 0.",
+        panel=HARDWARE,
+    ),
+]
+
+SPREAD = [
+    _opt("gpus", OptInt, None, "GPUs per node (default 1).", panel=MULTI),
+    _opt("nodes", int, 1, "Nodes.", panel=MULTI),
+    _opt(
+        "strategy",
+        OptStr,
+        None,
+        "ddp | zero1 | zero2 | zero3 | fsdp | fsdp-hybrid | fsdp-grad-op | fsdp-no-shard "
+        "(default: ddp on several GPUs).",
+        panel=MULTI,
+    ),
+    _opt("tp", int, 1, "Tensor-parallel degree.", panel=MULTI),
+    _opt("pp", int, 1, "Pipeline-parallel stages (1F1B).", panel=MULTI),
+    _opt("cp", int, 1, "Context-parallel degree (splits the sequence).", panel=MULTI),
+    _opt("offload_optimizer", OptStr, None, "none | cpu | nvme (ZeRO / FSDP).", panel=MULTI),
+    _opt("offload_params", OptStr, None, "none | cpu | nvme (zero3 / FSDP).", panel=MULTI),
+    _opt(
+        "host_memory", OptStr, None, "Host RAM per node, e.g. 512GiB: checks offload.", panel=MULTI
+    ),
+]
+
+
+def with_options(*groups: list[inspect.Parameter], drop: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Append option groups to a command's signature (``drop`` leaves some out)."""
+
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        added = [p for group in groups for p in group if p.name not in drop]
+        fn.__signature__ = sig.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
