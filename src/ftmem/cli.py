@@ -187,6 +187,209 @@ def _fewest_gpus(arch, settings: dict, per_node: int, nodes: int, unit: str):
 
 
 @app.command()
+@with_options(RUN, GPU, SPREAD)
+def plan(
+    model: ModelArg,
+    rows: Annotated[int, typer.Option(help="How many ways to fit to show.")] = 8,
+    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    plot: Annotated[
+        str | None,
+        typer.Option(help="Write a stacked-bar picture of the candidates (.png or .svg)."),
+    ] = None,
+    units: Units = "GiB",
+    **settings: Any,
+) -> None:
+    """Find the least invasive changes that make the run fit the GPU."""
+    import json
+
+    from ftmem.api import estimate as run_estimate
+    from ftmem.plan import all_levers_at_once, make_plan
+    from ftmem.report_search import plan_json, plan_table
+    from ftmem.sources import resolve_model
+
+    try:
+        unit = _units(units)
+        if output_format not in ("table", "json"):
+            raise FtmemError("--format must be table or json.")
+        if rows < 1:
+            raise FtmemError("--rows must be at least 1.")
+        arch = resolve_model(model)
+        hw = {k: settings.pop(k) for k in ("gpu", "gpu_memory", "overhead")}
+        run_settings = {k: v for k, v in settings.items() if v is not None}
+
+        def estimate_with(s: dict) -> Any:
+            return run_estimate(arch, **hw, **s)
+
+        result = make_plan(estimate_with, run_settings, rows=rows)
+        closest = None
+        if not result.fitting:
+            try:
+                closest = estimate_with(all_levers_at_once(run_settings))
+            except FtmemError:
+                closest = None
+        if plot is not None:
+            from ftmem.plot import plan_figure, save
+
+            save(plan_figure(result), plot)
+    except FtmemError as exc:
+        raise _fail(str(exc)) from None
+    if output_format == "json":
+        typer.echo(json.dumps(plan_json(result), indent=2))
+    else:
+        _console().print(plan_table(result, unit, closest))
+    if not result.fitting:
+        raise typer.Exit(EXIT_DOES_NOT_FIT)
+
+
+SEARCHABLE = {"batch-size": "batch_size", "seq-len": "seq_len", "lora-r": "lora_r"}
+SEARCH_LABELS = {
+    "batch-size": "micro-batch size",
+    "seq-len": "sequence length",
+    "lora-r": "LoRA rank",
+}
+MAX_BATCH = 2**16
+MAX_SEQ = 2**21
+
+
+@app.command(name="max")
+@with_options(RUN, GPU, SPREAD)
+def largest(
+    model: ModelArg,
+    for_: Annotated[
+        str, typer.Option("--for", help="batch-size | seq-len | lora-r: what to maximise.")
+    ] = "batch-size",
+    plot: Annotated[
+        str | None,
+        typer.Option(
+            help="Write memory against the searched value, the GPU's limit drawn (.png/.svg)."
+        ),
+    ] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    units: Units = "GiB",
+    **settings: Any,
+) -> None:
+    """The largest micro-batch, sequence length or LoRA rank that fits the GPU, exactly."""
+    import json
+
+    from ftmem.api import estimate as run_estimate
+    from ftmem.methods import adapted_linears
+    from ftmem.report_search import largest_line
+    from ftmem.search import largest_fitting
+    from ftmem.sources import resolve_model
+
+    try:
+        unit = _units(units)
+        if for_ not in SEARCHABLE:
+            raise FtmemError(f"--for must be one of {', '.join(SEARCHABLE)}, not {for_!r}.")
+        if output_format not in ("table", "json"):
+            raise FtmemError("--format must be table or json.")
+        key = SEARCHABLE[for_]  # the searched setting replaces any value given for it
+        arch = resolve_model(model)
+        given = {k: v for k, v in settings.items() if v is not None}
+        if key == "lora_r":
+            if given.get("method") not in ("lora", "qlora", "dora"):
+                raise FtmemError("--for lora-r needs --method lora, qlora or dora.")
+            probe = run_config_for_targets(given)
+            highest = min(min(x.in_features, x.out_features) for x in adapted_linears(arch, probe))
+        elif key == "seq_len":
+            highest = MAX_SEQ
+            if arch.position_embedding == "learned":
+                highest = arch.max_position_embeddings
+        else:
+            highest = MAX_BATCH
+
+        def estimate_at(n: int) -> Any:
+            return run_estimate(arch, **{**given, key: n})
+
+        result = largest_fitting(estimate_at, 1, highest)
+        if plot is not None:
+            from ftmem.plot import save, sweep_figure
+
+            save(sweep_figure(estimate_at, SEARCH_LABELS[for_], result, highest), plot)
+    except FtmemError as exc:
+        raise _fail(str(exc)) from None
+    if output_format == "json":
+        data = {
+            "for": for_,
+            "largest": result.value,
+            "evaluations": result.evaluations,
+            "fits_at": result.fits_at.model_dump(mode="json") if result.fits_at else None,
+            "fails_at_next": result.fails_at.model_dump(mode="json") if result.fails_at else None,
+        }
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        typer.echo(largest_line(SEARCH_LABELS[for_], result, unit))
+    if result.value is None:
+        raise typer.Exit(EXIT_DOES_NOT_FIT)
+
+
+def run_config_for_targets(given: dict) -> Any:
+    """The run's LoRA targets, to bound the rank by the smallest adapted dimension."""
+    from ftmem.api import run_config
+
+    keep = ("method", "lora_targets")
+    return run_config(**{k: given[k] for k in keep if k in given})
+
+
+@app.command()
+@with_options(RUN, drop=("method",))
+def compare(
+    model: ModelArg,
+    gpus: Annotated[
+        str, typer.Option(help="GPU presets, comma-separated.")
+    ] = "a100-80gb,h100-80gb,rtx4090,l4",
+    methods: Annotated[str, typer.Option(help="Methods, comma-separated.")] = "full,lora,qlora",
+    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    units: Units = "GiB",
+    **settings: Any,
+) -> None:
+    """A matrix of totals and verdicts: methods × GPUs."""
+    import json
+
+    from ftmem.api import estimate as run_estimate
+    from ftmem.presets import get_gpu
+    from ftmem.report_search import compare_table
+    from ftmem.sources import resolve_model
+
+    try:
+        unit = _units(units)
+        if output_format not in ("table", "json"):
+            raise FtmemError("--format must be table or json.")
+        gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()]
+        method_ids = [m.strip() for m in methods.split(",") if m.strip()]
+        if not gpu_ids or not method_ids:
+            raise FtmemError("--gpus and --methods each need at least one name.")
+        for g in gpu_ids:
+            get_gpu(g)  # unknown names fail here, with a suggestion
+        arch = resolve_model(model)
+        cells: dict[tuple[str, str], Any] = {}
+        given = {k: v for k, v in settings.items() if v is not None}
+        for m in method_ids:
+            for g in gpu_ids:
+                try:
+                    cells[(m, g)] = run_estimate(arch, gpu=g, method=m, **given)
+                except FtmemError as exc:
+                    if len(method_ids) == 1 or "--method" in str(exc):
+                        raise
+                    cells[(m, g)] = "n/a"
+    except FtmemError as exc:
+        raise _fail(str(exc)) from None
+    if output_format == "json":
+        data = [
+            {
+                "method": m,
+                "gpu": g,
+                "total_bytes": None if isinstance(c, str) else c.memory.total_bytes,
+                "fits": None if isinstance(c, str) else c.fits,
+            }
+            for (m, g), c in cells.items()
+        ]
+        typer.echo(json.dumps(data, indent=2))
+        return
+    _console().print(compare_table(arch.name, cells, gpu_ids, method_ids, unit))
+
+
+@app.command()
 def measure(
     model: Annotated[
         str,

@@ -1,4 +1,5 @@
-"""Searches over the estimator: the fewest GPUs a run fits on."""
+"""Searches over the estimator: the fewest GPUs a run fits on, the largest batch,
+sequence or rank that fits."""
 
 from __future__ import annotations
 
@@ -55,3 +56,53 @@ def fewest_gpus(
         if est.fits:
             return count, tried
     return None, tried
+
+
+@dataclass(frozen=True, slots=True)
+class Largest:
+    """The largest value that fits, and the estimates on both sides of the edge."""
+
+    value: int | None  # None: not even the smallest value fits
+    fits_at: Estimate | None
+    fails_at: Estimate | None  # at value + 1 (None when value is the upper bound)
+    evaluations: int
+
+
+def largest_fitting(estimate_at: Callable[[int], Estimate], lowest: int, highest: int) -> Largest:
+    """The largest integer in [lowest, highest] whose estimate fits, by doubling then
+    bisection, so that it fits and the next integer does not (memory grows with batch
+    size, sequence length and rank; the bisection keeps that invariant at its edge)."""
+    evaluations = 0
+
+    def fits(n: int) -> tuple[bool, Estimate]:
+        nonlocal evaluations
+        evaluations += 1
+        est = estimate_at(n)
+        if est.fits is None:
+            raise InvalidInputError("a search needs a GPU: give --gpu or --gpu-memory.")
+        return bool(est.fits), est
+
+    ok, est = fits(lowest)
+    if not ok:
+        return Largest(None, None, est, evaluations)
+    good, good_est = lowest, est
+    bad, bad_est = None, None
+    step = max(1, lowest)
+    while bad is None:
+        probe = min(good + step, highest)
+        if probe == good:  # the upper bound fits
+            return Largest(good, good_est, None, evaluations)
+        ok, est = fits(probe)
+        if ok:
+            good, good_est = probe, est
+            step *= 2
+        else:
+            bad, bad_est = probe, est
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        ok, est = fits(mid)
+        if ok:
+            good, good_est = mid, est
+        else:
+            bad, bad_est = mid, est
+    return Largest(good, good_est, bad_est, evaluations)

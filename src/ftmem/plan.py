@@ -1,0 +1,289 @@
+"""Make it fit: try the levers in order of what they cost, cheapest combinations first.
+
+Each lever changes some settings of the run and costs something: step time, quality,
+money. A candidate is a combination of lever choices; its penalty is the sum of theirs
+(a rough rank of invasiveness, not a unit). Candidates are evaluated cheapest first,
+and one that only adds changes to a candidate that already fits is skipped, so each
+row of the plan is a different way to fit, least invasive first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ftmem.errors import FtmemError
+from ftmem.result import Estimate
+
+Settings = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    lever: str
+    what: str  # what the user changes, in words
+    updates: tuple[tuple[str, Any], ...]  # the settings it sets
+    penalty: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lever:
+    name: str
+    cost: str  # rule of thumb, with its source
+    options: Callable[[Settings], list[Change]]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    changes: tuple[Change, ...]
+    estimate: Estimate
+
+    @property
+    def penalty(self) -> int:
+        return sum(c.penalty for c in self.changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    baseline: Estimate
+    fitting: tuple[Candidate, ...]  # least invasive first
+    evaluated: int
+    searched: int  # candidates in the search space
+
+
+def _change(lever: str, what: str, penalty: int, **updates: Any) -> Change:
+    return Change(lever, what, tuple(sorted(updates.items())), penalty)
+
+
+def _attention(s: Settings) -> list[Change]:
+    if s.get("attn", "sdpa") != "eager":
+        return []
+    return [_change("attention", "sdpa attention instead of eager", 0, attn="sdpa")]
+
+
+def _checkpointing(s: Settings) -> list[Change]:
+    if s.get("grad_ckpt"):
+        return []
+    return [_change("checkpointing", "gradient checkpointing", 2, grad_ckpt=True)]
+
+
+def _micro_batch(s: Settings) -> list[Change]:
+    b, ga = s.get("batch_size", 1), s.get("grad_accum", 1)
+    out = []
+    for d in range(b - 1, 0, -1):
+        if b % d == 0:
+            steps = ga * b // d
+            penalty = 1 + (b // d).bit_length() - 2  # one per halving, rounded
+            out.append(
+                _change(
+                    "micro-batch",
+                    f"micro-batch {d} × {steps} accumulation steps (same effective batch {b * ga})",
+                    max(1, penalty),
+                    batch_size=d,
+                    grad_accum=steps,
+                )
+            )
+    return out
+
+
+def _optimizer(s: Settings) -> list[Change]:
+    if s.get("optimizer", "adamw") not in ("adamw", "adamw-fp32"):
+        return []
+    return [_change("optimizer", "8-bit AdamW (bitsandbytes)", 3, optimizer="adamw-8bit")]
+
+
+LORA_RECIPE = {"lora_r": 16, "lora_targets": "all-linear"}  # QLoRA paper's choice of targets
+
+
+def _method(s: Settings) -> list[Change]:
+    method = s.get("method", "full")
+    if method in ("full", "freeze"):
+        return [
+            _change(
+                "method",
+                "LoRA r 16 on all linear layers instead of full",
+                6,
+                method="lora",
+                **LORA_RECIPE,
+            ),
+            _change(
+                "method",
+                "QLoRA (NF4 base) r 16 on all linear layers",
+                8,
+                method="qlora",
+                **LORA_RECIPE,
+            ),
+        ]
+    if method in ("lora", "dora"):
+        return [_change("method", "QLoRA: the same adapters on an NF4 base", 3, method="qlora")]
+    return []
+
+
+def _rank(s: Settings) -> list[Change]:
+    if s.get("method") not in ("lora", "qlora", "dora"):
+        return []
+    r = s.get("lora_r") or 8
+    return [
+        _change("rank", f"LoRA rank {r // f}", k, lora_r=r // f)
+        for k, f in ((1, 2), (2, 4))
+        if r // f >= 4
+    ]
+
+
+def _context(s: Settings) -> list[Change]:
+    seq = s.get("seq_len", 512)
+    return [
+        _change("context", f"sequence length {seq // f}", p, seq_len=seq // f)
+        for p, f in ((6, 2), (9, 4))
+        if seq // f >= 128
+    ]
+
+
+def _more_gpus(s: Settings) -> list[Change]:
+    if (s.get("gpus") or 1) > 1 or s.get("strategy") not in (None, "single"):
+        return []
+    return [
+        _change("gpus", f"{n} GPUs with ZeRO-3", 3 + k, gpus=n, strategy="zero3")
+        for k, n in enumerate((2, 4, 8))
+    ]
+
+
+def _offload(s: Settings) -> list[Change]:
+    if s.get("offload_optimizer") not in (None, "none"):
+        return []
+    strategy = s.get("strategy") or "zero3"
+    if strategy in ("single", "ddp"):
+        strategy = "zero3"
+    if strategy.startswith("fsdp"):
+        return [
+            _change("offload", "FSDP CPU offload", 7, offload_params="cpu", offload_optimizer="cpu")
+        ]
+    return [
+        _change(
+            "offload",
+            "optimizer on the CPU (ZeRO-Offload)",
+            7,
+            strategy=strategy,
+            offload_optimizer="cpu",
+        )
+    ]
+
+
+LEVERS: tuple[Lever, ...] = (
+    Lever("attention", "none: the same math in a fused kernel, usually faster", _attention),
+    Lever(
+        "checkpointing",
+        "≈ +33 % step time: one more forward per step (backward ≈ 2 forwards; Chen et al. "
+        "2016, arXiv:1604.06174)",
+        _checkpointing,
+    ),
+    Lever(
+        "micro-batch",
+        "same effective batch and result; smaller matmuls use the GPU less well",
+        _micro_batch,
+    ),
+    Lever(
+        "optimizer",
+        "8-bit states matched 32-bit Adam in Dettmers et al. 2022 (arXiv:2110.02861); needs "
+        "bitsandbytes",
+        _optimizer,
+    ),
+    Lever(
+        "method",
+        "adapters only: close to full finetuning on many tasks, below it on some (Hu et al. "
+        "2021, arXiv:2106.09685; Biderman et al. 2024, arXiv:2405.09673); QLoRA matched 16-bit "
+        "LoRA (Dettmers et al. 2023, arXiv:2305.14314) with slower steps (dequantisation)",
+        _method,
+    ),
+    Lever("rank", "fewer adapter parameters: less capacity", _rank),
+    Lever("context", "trains on shorter sequences: the model sees less context", _context),
+    Lever(
+        "gpus",
+        "more GPUs; ZeRO-3 gathers every layer each step: ≈ 1.5× DDP's communication "
+        "(Rajbhandari et al. 2020)",
+        _more_gpus,
+    ),
+    Lever(
+        "offload",
+        "optimizer step on the CPU and PCIe transfers: much slower steps (Ren et al. 2021, "
+        "arXiv:2101.06840); needs host RAM",
+        _offload,
+    ),
+)
+LEVER_COST = {lever.name: lever.cost for lever in LEVERS}
+
+
+def _combinations(settings: Settings, levers: tuple[Lever, ...]) -> Iterator[tuple[Change, ...]]:
+    """Every combination of lever choices; a lever's options follow the earlier choices
+    (the rank lever sees the method the method lever chose)."""
+    if not levers:
+        yield ()
+        return
+    first, rest = levers[0], levers[1:]
+    for choice in [None, *first.options(settings)]:
+        applied = settings if choice is None else {**settings, **dict(choice.updates)}
+        for tail in _combinations(applied, rest):
+            yield tail if choice is None else (choice, *tail)
+
+
+def _apply(settings: Settings, changes: tuple[Change, ...]) -> Settings:
+    out = dict(settings)
+    for c in changes:
+        out.update(c.updates)
+    return out
+
+
+def _dominated(combo: tuple[Change, ...], found: list[dict[str, int]]) -> bool:
+    """Does ``combo`` pull, at least as hard, every lever of a way that already fits?
+    (Within a lever a higher penalty is a stronger pull: fewer tokens, more GPUs.)"""
+    pulls = {c.lever: c.penalty for c in combo}
+    return any(all(pulls.get(lv, -1) >= p for lv, p in f.items()) for f in found)
+
+
+def make_plan(
+    estimate_with: Callable[[Settings], Estimate],
+    settings: Settings,
+    rows: int = 8,
+    max_evaluations: int = 2000,
+) -> Plan:
+    """The least invasive ways to make ``settings`` fit, by ``estimate_with(settings)``."""
+    baseline = estimate_with(settings)
+    if baseline.fits is None:
+        raise FtmemError("`ftmem plan` needs a GPU: give --gpu or --gpu-memory.")
+    combos = sorted(
+        (c for c in _combinations(settings, LEVERS) if c),
+        key=lambda c: (sum(x.penalty for x in c), len(c)),
+    )
+    fitting: list[Candidate] = []
+    if baseline.fits:
+        fitting.append(Candidate((), baseline))
+    found: list[dict[str, int]] = [{}] if baseline.fits else []
+    evaluated = 1
+    for combo in combos:
+        if len(fitting) >= rows or evaluated >= max_evaluations:
+            break
+        if _dominated(combo, found):
+            continue  # adds to, or pushes further, a way that already fits
+        try:
+            est = estimate_with(_apply(settings, combo))
+        except FtmemError:
+            continue  # a combination the layout rules refuse
+        evaluated += 1
+        if est.fits:
+            fitting.append(Candidate(combo, est))
+            found.append({c.lever: c.penalty for c in combo})
+    return Plan(baseline, tuple(fitting), evaluated, len(combos) + 1)
+
+
+def all_levers_at_once(settings: Settings) -> Settings:
+    """Every lever at its strongest: if this does not fit, nothing in the plan will."""
+    combo: list[Change] = []
+    current = dict(settings)
+    for lever in LEVERS:
+        options = lever.options(current)
+        if options:
+            strongest = max(options, key=lambda c: c.penalty)
+            combo.append(strongest)
+            current.update(strongest.updates)
+    return current

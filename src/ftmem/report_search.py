@@ -1,0 +1,155 @@
+"""Rendering the searches: plan, max, compare, fewest GPUs. No arithmetic of its own."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ftmem.plan import LEVER_COST, Plan
+from ftmem.result import Estimate
+from ftmem.search import Largest
+from ftmem.units import UnitSystem, format_bytes
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+
+def _gpu_name(est: Estimate) -> str:
+    return est.gpu["name"] if est.gpu else "?"
+
+
+def _headroom(est: Estimate, units: UnitSystem) -> str:
+    if est.headroom_bytes is None:
+        return ""
+    sign = "" if est.headroom_bytes >= 0 else "-"
+    return sign + format_bytes(abs(est.headroom_bytes), units)
+
+
+def plan_summary(plan: Plan, units: UnitSystem) -> str:
+    b = plan.baseline
+    need = format_bytes(b.memory.total_bytes, units)
+    if b.fits:
+        return f"As given, the run fits {_gpu_name(b)}: {need} ({_headroom(b, units)} headroom)."
+    return f"As given, the run needs {need} on {_gpu_name(b)}: short by {_headroom(b, units)[1:]}."
+
+
+def plan_table(plan: Plan, units: UnitSystem, closest: Estimate | None = None) -> RenderableType:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[RenderableType] = [Text(plan_summary(plan, units))]
+    if not plan.fitting:
+        parts.append(Text(no_fit_line(plan, closest, units), style="bold red"))
+        return Group(*parts)
+    tbl = Table(
+        title=f"Ways to fit {plan.baseline.model.name} on {_gpu_name(plan.baseline)}, "
+        "least invasive first",
+        title_justify="left",
+    )
+    for col, justify in (("#", "right"), ("Change", "left"), ("Total", "right")):
+        tbl.add_column(col, justify=justify)  # type: ignore[arg-type]
+    tbl.add_column("Headroom", justify="right")
+    used: dict[str, str] = {}
+    for i, cand in enumerate(plan.fitting, 1):
+        for c in cand.changes:
+            used.setdefault(c.lever, LEVER_COST[c.lever])
+        what = " + ".join(c.what for c in cand.changes) or "nothing: it fits as given"
+        tbl.add_row(
+            str(i),
+            what,
+            format_bytes(cand.estimate.memory.total_bytes, units),
+            _headroom(cand.estimate, units),
+        )
+    parts.append(tbl)
+    if used:
+        parts.append(Text("What each change costs (rules of thumb):"))
+        parts += [Text(f"  {lever}: {cost}") for lever, cost in used.items()]
+    parts.append(
+        Text(
+            f"{plan.evaluated} of {plan.searched} combinations evaluated "
+            "(one that only adds to, or pushes further, a way that fits is skipped).",
+            style="dim",
+        )
+    )
+    return Group(*parts)
+
+
+def no_fit_line(plan: Plan, closest: Estimate | None, units: UnitSystem) -> str:
+    line = f"Nothing in the plan fits {_gpu_name(plan.baseline)}"
+    if closest is not None:
+        line += (
+            f": with every lever at once it still needs {format_bytes(closest.memory.total_bytes, units)} "
+            "per GPU"
+        )
+    return line + ". More GPUs than one node: `ftmem estimate ... --strategy zero3 --fewest-gpus`."
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    return {
+        "baseline": plan.baseline.model_dump(mode="json"),
+        "evaluated": plan.evaluated,
+        "searched": plan.searched,
+        "fitting": [
+            {
+                "changes": [
+                    {"lever": c.lever, "what": c.what, "settings": dict(c.updates)}
+                    for c in cand.changes
+                ],
+                "penalty": cand.penalty,
+                "total_bytes": cand.estimate.memory.total_bytes,
+                "headroom_bytes": cand.estimate.headroom_bytes,
+                "estimate": cand.estimate.model_dump(mode="json"),
+            }
+            for cand in plan.fitting
+        ],
+    }
+
+
+def largest_line(what: str, result: Largest, units: UnitSystem) -> str:
+    if result.value is None:
+        assert result.fails_at is not None
+        est = result.fails_at
+        return (
+            f"Nothing fits {_gpu_name(est)}: even the smallest {what} needs "
+            f"{format_bytes(est.memory.total_bytes, units)}."
+        )
+    assert result.fits_at is not None
+    line = (
+        f"Largest {what} that fits {_gpu_name(result.fits_at)}: {result.value:,} "
+        f"({format_bytes(result.fits_at.memory.total_bytes, units)}, "
+        f"{_headroom(result.fits_at, units)} headroom)"
+    )
+    if result.fails_at is None:
+        return line + "; that is the upper bound searched."
+    return (
+        line + f"; at {result.value + 1:,} it needs "
+        f"{format_bytes(result.fails_at.memory.total_bytes, units)}."
+    )
+
+
+def compare_table(
+    model: str,
+    cells: dict[tuple[str, str], Estimate | str],
+    gpus: list[str],
+    methods: list[str],
+    units: UnitSystem,
+) -> RenderableType:
+    """Rows: methods; columns: GPUs; each cell the per-GPU total and the verdict."""
+    from rich.table import Table
+    from rich.text import Text
+
+    tbl = Table(title=f"{model}: total per GPU and verdict", title_justify="left")
+    tbl.add_column("method")
+    for g in gpus:
+        tbl.add_column(g, justify="right")
+    for m in methods:
+        row: list[Any] = [m]
+        for g in gpus:
+            cell = cells[(m, g)]
+            if isinstance(cell, str):
+                row.append(Text(cell, style="yellow"))
+                continue
+            mark, style = ("fits", "green") if cell.fits else ("no", "red")
+            row.append(Text(f"{format_bytes(cell.memory.total_bytes, units)} {mark}", style=style))
+        tbl.add_row(*row)
+    return tbl
