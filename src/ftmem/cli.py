@@ -390,6 +390,46 @@ def compare(
 
 
 @app.command()
+def check(
+    budgets: Annotated[str, typer.Argument(help="Budgets YAML file (see docs/budgets.md).")],
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write the results as JSON here (- for stdout).")
+    ] = None,
+    junit_out: Annotated[
+        str | None, typer.Option("--junit", help="Write a JUnit XML report here.")
+    ] = None,
+    units: Units = "GiB",
+) -> None:
+    """Check named runs against memory budgets; exit 1 when any fails (for CI)."""
+    import os
+
+    from ftmem.budget import check_budgets, github_annotations, results_json, results_junit
+    from ftmem.report_search import budget_table
+
+    try:
+        unit = _units(units)
+        results = check_budgets(budgets)
+        if junit_out is not None:
+            _write(junit_out, results_junit(results, budgets))
+        if json_out is not None and json_out != "-":
+            _write(json_out, results_json(results))
+    except FtmemError as exc:
+        raise _fail(str(exc)) from None
+    if json_out == "-":
+        typer.echo(results_json(results))
+    else:
+        _console().print(budget_table(results, unit))
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in github_annotations(results, budgets):
+            typer.echo(line)
+    failed = [r for r in results if not r.passed]
+    if json_out != "-":
+        typer.echo(f"{len(results) - len(failed)} of {len(results)} runs within budget.")
+    if failed:
+        raise typer.Exit(EXIT_DOES_NOT_FIT)
+
+
+@app.command()
 def measure(
     model: Annotated[
         str,

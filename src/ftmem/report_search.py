@@ -1,4 +1,4 @@
-"""Rendering the searches: plan, max, compare, fewest GPUs. No arithmetic of its own."""
+"""Rendering the searches (plan, max, compare) and budget checks. No arithmetic of its own."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from ftmem.units import UnitSystem, format_bytes
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
+
+    from ftmem.budget import RunResult
 
 
 def _gpu_name(est: Estimate) -> str:
@@ -152,4 +154,37 @@ def compare_table(
             mark, style = ("fits", "green") if cell.fits else ("no", "red")
             row.append(Text(f"{format_bytes(cell.memory.total_bytes, units)} {mark}", style=style))
         tbl.add_row(*row)
+    return tbl
+
+
+def budget_table(results: list[RunResult], units: UnitSystem) -> RenderableType:
+    from rich.table import Table
+    from rich.text import Text
+
+    tbl = Table(title="Memory budgets", title_justify="left")
+    for col in ("run", "model", "GPU", "total per GPU", "budget", "headroom", "result"):
+        right = col in ("total per GPU", "headroom")
+        tbl.add_column(col, justify="right" if right else "left")
+    for r in results:
+        est = r.estimate
+        assert est is not None
+        budget = []
+        if r.run.max_total:
+            budget.append(f"≤ {r.run.max_total}")
+        if r.run.min_headroom:
+            budget.append(f"headroom ≥ {r.run.min_headroom}")
+        verdict = (
+            Text("PASS", style="bold green")
+            if r.passed
+            else Text("FAIL: " + "; ".join(r.problems), style="bold red")
+        )
+        tbl.add_row(
+            r.run.name,
+            r.run.model,
+            _gpu_name(est) if est.gpu else "",
+            format_bytes(est.memory.total_bytes, units),
+            ", ".join(budget) or ("fits the GPU" if est.gpu else ""),
+            _headroom(est, units),
+            verdict,
+        )
     return tbl

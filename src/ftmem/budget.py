@@ -1,0 +1,289 @@
+"""Memory budgets in CI: a YAML file of named runs, each checked against its budget.
+
+::
+
+    defaults:            # optional: settings every run starts from
+      precision: bf16
+    runs:
+      - name: qlora-8b-on-a-4090
+        model: llama3-8b
+        method: qlora
+        seq_len: 2048
+        gpu: rtx4090
+        max_total: 22GiB     # optional: the per-GPU total may not exceed this
+        min_headroom: 10%    # optional: of the GPU's memory, or a size (2GiB)
+
+A run fails when it does not fit its GPU, exceeds ``max_total`` or leaves less than
+``min_headroom``. Errors in the file name the line they are on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ftmem.errors import FtmemError, InvalidInputError
+from ftmem.result import Estimate
+from ftmem.units import format_bytes, parse_size
+
+MAX_FILE_BYTES = 1 << 20  # a budgets file is a page of YAML, not a dataset
+
+
+class BudgetRun(BaseModel):
+    """One named run; keys other than these are run settings (as `ftmem estimate` takes
+    them, with underscores: seq_len, lora_r, strategy, gpus...)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    gpu: str | None = None
+    gpu_memory: str | None = None
+    max_total: str | None = None
+    min_headroom: str | None = None
+
+    @field_validator("max_total", "min_headroom", "gpu_memory", mode="before")
+    @classmethod
+    def _text(cls, v: object) -> object:
+        return str(v) if isinstance(v, int | float) else v
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class BudgetFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    runs: list[BudgetRun] = Field(min_length=1)
+
+
+@dataclass
+class RunResult:
+    run: BudgetRun
+    line: int
+    estimate: Estimate | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+# -- reading, with line numbers -----------------------------------------------------------
+
+
+def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int:
+    """1-based line of the YAML node at ``loc`` (keys and indexes), or of its nearest
+    parent that exists."""
+    node, line = root, 1
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if getattr(k, "value", None) == part]
+            if not match:
+                break
+            key, node = match[0]
+            line = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def load_budgets(path: str) -> tuple[BudgetFile, yaml.Node | None]:
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(f"{path}: no such budgets file.")
+    if p.stat().st_size > MAX_FILE_BYTES:
+        raise InvalidInputError(f"{path}: over 1 MiB; a budgets file is a short YAML list.")
+    text = p.read_text(encoding="utf-8", errors="replace")
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "somewhere"
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise InvalidInputError(f"{path}, {where}: {problem}.") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path}, line 1: expected a mapping with a 'runs' list.")
+    try:
+        return BudgetFile.model_validate(data), root
+    except ValidationError as exc:
+        # an unknown key explains the rest ("runs" missing when it is misspelt)
+        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+        loc = tuple(err["loc"])
+        line = _node_line(root, loc)
+        where = ".".join(str(x) for x in loc) or "file"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (a file has 'defaults' and 'runs')"
+        raise InvalidInputError(f"{path}, line {line}: {where}: {msg}.") from None
+
+
+# -- checking ------------------------------------------------------------------------------
+
+
+def _headroom_needed(text: str, gpu_bytes: int) -> int:
+    t = text.strip()
+    if t.endswith("%"):
+        try:
+            share = float(t[:-1])
+        except ValueError:
+            raise InvalidInputError(f"min_headroom: '{text}' is not a percentage.") from None
+        if not 0 <= share < 100:
+            raise InvalidInputError(f"min_headroom: '{text}' must be between 0% and 100%.")
+        return int(gpu_bytes * share / 100)
+    return _size("min_headroom", t)
+
+
+def _size(key: str, text: str) -> int:
+    try:
+        return parse_size(text)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{key}: {exc}") from None
+
+
+def check_run(run: BudgetRun, defaults: dict[str, Any], line: int) -> RunResult:
+    from ftmem.api import estimate
+
+    settings = {**defaults, **run.settings}
+    if run.gpu is None and run.gpu_memory is None and run.max_total is None:
+        raise InvalidInputError("no budget: give gpu, gpu_memory or max_total.")
+    est = estimate(run.model, gpu=run.gpu, gpu_memory=run.gpu_memory, **settings)
+    result = RunResult(run, line, est)
+    total = est.memory.total_bytes
+    if est.fits is False:
+        assert est.gpu is not None and est.headroom_bytes is not None
+        result.problems.append(
+            f"does not fit {est.gpu['name']}: needs {format_bytes(total)}, "
+            f"short by {format_bytes(-est.headroom_bytes)}"
+        )
+    if run.max_total is not None:
+        limit = _size("max_total", run.max_total)
+        if total > limit:
+            result.problems.append(
+                f"needs {format_bytes(total)}, over max_total {format_bytes(limit)}"
+            )
+    if run.min_headroom is not None:
+        if est.gpu is None or est.headroom_bytes is None:
+            raise InvalidInputError("min_headroom needs a gpu or gpu_memory.")
+        need = _headroom_needed(run.min_headroom, est.gpu["memory_bytes"])
+        if 0 <= est.headroom_bytes < need:
+            result.problems.append(
+                f"headroom {format_bytes(est.headroom_bytes)} is under min_headroom "
+                f"{run.min_headroom} ({format_bytes(need)})"
+            )
+    return result
+
+
+def check_budgets(path: str) -> list[RunResult]:
+    """Every run of the file, checked; an error in a run names its line."""
+    budgets, root = load_budgets(path)
+    results = []
+    names: set[str] = set()
+    for i, run in enumerate(budgets.runs):
+        line = _node_line(root, ("runs", i))
+        if run.name in names:
+            raise InvalidInputError(f"{path}, line {line}: run name '{run.name}' is used twice.")
+        names.add(run.name)
+        try:
+            results.append(check_run(run, budgets.defaults, line))
+        except FtmemError as exc:
+            key = _offending_key(str(exc), run)
+            if key is not None:
+                line = _node_line(root, ("runs", i, key))
+            raise InvalidInputError(f"{path}, line {line}: run '{run.name}': {exc}") from None
+    return results
+
+
+def _offending_key(message: str, run: BudgetRun) -> str | None:
+    """The run's key an estimate error is about, to point at its line."""
+    for key in [*run.settings, "model", "gpu", "gpu_memory", "max_total", "min_headroom"]:
+        flag = "--" + key.replace("_", "-")
+        if f"'{key}'" in message or message.startswith((flag, f"{key}:")) or f" {flag}" in message:
+            return key
+    if "model" in message.lower():
+        return "model"
+    if "gpu" in message.lower():
+        return "gpu"
+    return None
+
+
+# -- reports -------------------------------------------------------------------------------
+
+
+def results_json(results: list[RunResult]) -> str:
+    rows = []
+    for r in results:
+        est = r.estimate
+        rows.append(
+            {
+                "name": r.run.name,
+                "model": r.run.model,
+                "line": r.line,
+                "passed": r.passed,
+                "problems": r.problems,
+                "total_bytes": est.memory.total_bytes if est else None,
+                "headroom_bytes": est.headroom_bytes if est else None,
+                "gpu": est.gpu if est else None,
+                "max_total": r.run.max_total,
+                "min_headroom": r.run.min_headroom,
+            }
+        )
+    return json.dumps({"passed": all(r.passed for r in results), "runs": rows}, indent=2)
+
+
+def results_junit(results: list[RunResult], path: str) -> str:
+    suite = ET.Element(
+        "testsuite",
+        name="ftmem budgets",
+        tests=str(len(results)),
+        failures=str(sum(not r.passed for r in results)),
+        errors="0",
+    )
+    for r in results:
+        case = ET.SubElement(
+            suite, "testcase", classname=f"ftmem.{Path(path).stem}", name=r.run.name
+        )
+        case.set("file", path)
+        case.set("line", str(r.line))
+        if not r.passed:
+            failure = ET.SubElement(case, "failure", message="; ".join(r.problems))
+            failure.text = f"{r.run.name} ({r.run.model}): " + "; ".join(r.problems)
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+
+
+def github_annotations(results: list[RunResult], path: str) -> list[str]:
+    """Workflow commands GitHub Actions turns into annotations on the file's lines."""
+
+    def esc(text: str) -> str:
+        return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+    lines = []
+    for r in results:
+        total = format_bytes(r.estimate.memory.total_bytes) if r.estimate else "?"
+        if r.passed:
+            lines.append(
+                f"::notice file={path},line={r.line},title=ftmem budget::{esc(r.run.name)}: {total}, within budget"
+            )
+        else:
+            lines.append(
+                f"::error file={path},line={r.line},title=ftmem budget::"
+                f"{esc(r.run.name)}: {esc('; '.join(r.problems))}"
+            )
+    return lines
