@@ -276,3 +276,14 @@ def test_fewest_gpus_says_when_nothing_fits():
     assert res.exit_code == 1
     assert "Does not fit on up to 1,024 GPUs" in res.output
     assert "try --strategy zero3 or fsdp" in res.output
+
+
+def test_terminal_bar_is_proportional_to_an_eighth_of_a_cell():
+    from ftmem.report import bar
+
+    assert bar(0.5) == "█████·····"
+    assert bar(0.0) == "··········"
+    assert bar(1.0) == "█" * 10
+    assert bar(1 / 80) == "▏·········"  # one eighth of one cell of ten
+    assert bar(2.0, 4) == "████"  # clipped
+    assert all(len(bar(i / 97, 13)) == 13 for i in range(98))

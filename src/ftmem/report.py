@@ -25,6 +25,18 @@ def _components(est: Estimate) -> tuple[tuple[str, str, str], ...]:
     return COMPONENTS + ((COMMUNICATION,) if est.parallel is not None else ())
 
 
+BAR_WIDTH = 10
+_EIGHTHS = " ▏▎▍▌▋▊▉█"
+
+
+def bar(fraction: float, width: int = BAR_WIDTH) -> str:
+    """A terminal bar of ``fraction`` (0..1) in ``width`` cells, to an eighth of a cell."""
+    eighths = round(max(0.0, min(fraction, 1.0)) * width * 8)
+    full, part = divmod(eighths, 8)
+    text = "█" * full + (_EIGHTHS[part] if part else "")
+    return text.ljust(width, "·")
+
+
 def to_json(est: Estimate) -> str:
     return json.dumps(est.model_dump(mode="json"), indent=2)
 
@@ -90,15 +102,19 @@ def table(est: Estimate, units: UnitSystem = "GiB") -> RenderableType:
     for key, label, field in _components(est):
         size = getattr(m, field)
         live = getattr(m.at_peak, key)
+        share = live / peak
         tbl.add_row(
-            label, format_bytes(size, units), format_bytes(live, units), f"{live / peak:.1%}"
+            label,
+            format_bytes(size, units),
+            format_bytes(live, units),
+            f"{bar(share)} {share:6.1%}",
         )
     tbl.add_section()
     tbl.add_row(
         f"Peak allocated ({m.peak_phase})",
         "",
         format_bytes(m.peak_allocated_bytes, units),
-        "100.0%",
+        f"{bar(1.0)} 100.0%",
     )
     tbl.add_row(
         "Runtime overhead (CUDA context + allocator)", "", format_bytes(m.overhead_bytes, units), ""
@@ -113,6 +129,9 @@ def table(est: Estimate, units: UnitSystem = "GiB") -> RenderableType:
     )
     verdict = _verdict(est, units)
     style = "bold green" if est.fits else "bold red" if est.fits is False else "yellow"
+    if est.gpu is not None:
+        used = m.total_bytes / est.gpu["memory_bytes"]
+        verdict = f"GPU {bar(min(used, 1.0), 30)} {used:.0%} of its memory. " + verdict
     parts: list[RenderableType] = [tbl]
     if est.parallel is not None:
         parts.append(_parallel_table(est, units))
