@@ -401,6 +401,59 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         {},
         "drop --nodes",
     ),
+    # plan, max, compare, check
+    ("plan-no-gpu", ["plan", "llama2-7b"], {}, "needs a GPU"),
+    (
+        "plan-zero-rows",
+        ["plan", "llama2-7b", "--gpu", "h100", "--rows", "0"],
+        {},
+        "--rows must be at least 1",
+    ),
+    (
+        "plan-bad-format",
+        ["plan", "llama2-7b", "--gpu", "h100", "--format", "csv"],
+        {},
+        "--format must be table or json",
+    ),
+    (
+        "plan-bad-plot",
+        ["plan", "llama2-7b", "--gpu", "h100", "--plot", "{tmp}/p.pdf"],
+        {},
+        ".png or .svg",
+    ),
+    ("plan-unknown-model", ["plan", "llama2-71b", "--gpu", "h100"], {}, "Did you mean"),
+    (
+        "max-bad-for",
+        ["max", "llama2-7b", "--gpu", "h100", "--for", "heads"],
+        {},
+        "--for must be one of",
+    ),
+    ("max-no-gpu", ["max", "llama2-7b"], {}, "needs a GPU"),
+    (
+        "max-rank-full",
+        ["max", "llama2-7b", "--gpu", "h100", "--for", "lora-r"],
+        {},
+        "--method lora",
+    ),
+    ("compare-empty", ["compare", "llama2-7b", "--gpus", ","], {}, "at least one name"),
+    ("compare-bad-method", ["compare", "llama2-7b", "--methods", "fulll"], {}, "--method"),
+    ("compare-bad-gpu", ["compare", "llama2-7b", "--gpus", "h1000"], {}, "Unknown gpu"),
+    ("check-missing", ["check", "{tmp}/nope.yaml"], {}, "no such budgets file"),
+    ("check-not-yaml", ["check", "{tmp}/b.yaml"], {"b.yaml": "runs: [\n  - {"}, "line"),
+    ("check-binary", ["check", "{tmp}/b.yaml"], {"b.yaml": b"\x00\x01\xff\xfe"}, "b.yaml"),
+    (
+        "check-no-runs",
+        ["check", "{tmp}/b.yaml"],
+        {"b.yaml": "defaults: {}\n"},
+        "runs: Field required",
+    ),
+    ("check-runs-not-list", ["check", "{tmp}/b.yaml"], {"b.yaml": "runs: 5\n"}, "line 1: runs"),
+    (
+        "check-negative-batch",
+        ["check", "{tmp}/b.yaml"],
+        {"b.yaml": "runs:\n  - name: a\n    model: gpt2\n    gpu: h100\n    batch_size: -1\n"},
+        "line 5",
+    ),
 ]
 
 
