@@ -67,6 +67,13 @@ def _units(units: str) -> str:
     return units
 
 
+def _format(value: str, *allowed: str) -> str:
+    if value not in allowed:
+        choices = ", ".join(allowed[:-1]) + f" or {allowed[-1]}"
+        raise FtmemError(f"--format must be {choices}.")
+    return value
+
+
 def _console():  # lazily: rich is only needed for tables
     from rich.console import Console
 
@@ -113,8 +120,7 @@ def estimate(
 
     try:
         unit = _units(units)
-        if output_format not in ("table", "json", "markdown"):
-            raise FtmemError("--format must be table, json or markdown.")
+        _format(output_format, "table", "json", "markdown")
         from ftmem.sources import resolve_model
 
         arch = resolve_model(model)
@@ -209,8 +215,7 @@ def plan(
 
     try:
         unit = _units(units)
-        if output_format not in ("table", "json"):
-            raise FtmemError("--format must be table or json.")
+        _format(output_format, "table", "json")
         if rows < 1:
             raise FtmemError("--rows must be at least 1.")
         arch = resolve_model(model)
@@ -281,8 +286,7 @@ def largest(
         unit = _units(units)
         if for_ not in SEARCHABLE:
             raise FtmemError(f"--for must be one of {', '.join(SEARCHABLE)}, not {for_!r}.")
-        if output_format not in ("table", "json"):
-            raise FtmemError("--format must be table or json.")
+        _format(output_format, "table", "json")
         key = SEARCHABLE[for_]  # the searched setting replaces any value given for it
         arch = resolve_model(model)
         given = {k: v for k, v in settings.items() if v is not None}
@@ -353,8 +357,7 @@ def compare(
 
     try:
         unit = _units(units)
-        if output_format not in ("table", "json"):
-            raise FtmemError("--format must be table or json.")
+        _format(output_format, "table", "json")
         gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()]
         method_ids = [m.strip() for m in methods.split(",") if m.strip()]
         if not gpu_ids or not method_ids:
