@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftmem.cli_options import GPU, MULTI, RUN, SPREAD, with_options
+from ftmem.cli_options import FROM, GPU, MULTI, RUN, SPREAD, with_options
 from ftmem.errors import FtmemError
 
 app = typer.Typer(
@@ -42,6 +42,47 @@ EXIT_BAD_INPUT = 2
 ModelArg = Annotated[
     str, typer.Argument(help="Preset id (see `ftmem models`) or a config.json path/folder.")
 ]
+OptModelArg = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Argument(
+        help="Preset id (see `ftmem models`) or a config.json path/folder; with --from, "
+        "the config's base model when omitted."
+    ),
+]
+
+
+def _with_config(
+    ctx: typer.Context, model: str | None, settings: dict[str, Any]
+) -> tuple[str, dict[str, Any], list[str]]:
+    """The model and settings, read from --from when given; explicit flags win."""
+    path = settings.pop("from_config", None)
+    if path is None:
+        if model is None:
+            raise FtmemError(
+                "give a model (a preset id or config.json), or --from a training config."
+            )
+        return model, settings, []
+    from ftmem.frameworks import read_framework_config
+
+    fw = read_framework_config(path)
+    explicit = {
+        k: v
+        for k, v in settings.items()
+        if (src := ctx.get_parameter_source(k)) is not None
+        and src.name in ("COMMANDLINE", "ENVIRONMENT")
+    }
+    chosen = model or fw.model
+    if chosen is None:
+        raise FtmemError(
+            f"{path} names no base model; give one: ftmem estimate MODEL --from {path}."
+        )
+    return (
+        chosen,
+        {**settings, **fw.settings, **explicit},
+        [f"Read from the {fw.framework} config {path}.", *fw.notes],
+    )
+
+
 Format = Annotated[str, typer.Option("--format", help="table | json | markdown")]
 
 
@@ -81,9 +122,10 @@ def _console():  # lazily: rich is only needed for tables
 
 
 @app.command()
-@with_options(RUN, GPU, SPREAD)
+@with_options(FROM, RUN, GPU, SPREAD)
 def estimate(
-    model: ModelArg,
+    ctx: typer.Context,
+    model: OptModelArg = None,
     fewest_gpus: Annotated[
         bool,
         typer.Option(
@@ -123,6 +165,7 @@ def estimate(
         _format(output_format, "table", "json", "markdown")
         from ftmem.sources import resolve_model
 
+        model, settings, notes = _with_config(ctx, model, settings)
         arch = resolve_model(model)
         search_line = None
         gpus = settings.pop("gpus")
@@ -133,6 +176,8 @@ def estimate(
             )
         else:
             est = run_estimate(arch, gpus=1 if gpus is None else gpus, **settings)
+        if notes:
+            est = est.model_copy(update={"notes": [*notes, *est.notes]})
         if emit_to is not None and emit is None:
             raise FtmemError("--emit-to needs --emit deepspeed, accelerate or fsdp.")
         if emit is not None:

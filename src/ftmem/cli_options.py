@@ -110,6 +110,18 @@ SPREAD = [
 ]
 
 
+FROM = [
+    _opt(
+        "from_config",
+        OptStr,
+        None,
+        "A training config to read the run from: axolotl, torchtune, TRL / TrainingArguments, "
+        "LitGPT or LLaMA-Factory (flags given here override it).",
+        "--from",
+    )
+]
+
+
 def with_options(*groups: list[inspect.Parameter], drop: tuple[str, ...] = ()) -> Callable[[F], F]:
     """Append option groups to a command's signature (``drop`` leaves some out)."""
 

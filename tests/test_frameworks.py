@@ -1,0 +1,169 @@
+"""Training-framework configs (--from): each sample maps to the settings written here by
+hand from the framework's documented keys, and gives the same estimate as those flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ftmem import estimate
+from ftmem.cli import app, main
+from ftmem.errors import ConfigError
+from ftmem.frameworks import read_framework_config
+
+SAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples" / "frameworks"
+runner = CliRunner()
+
+EXPECTED = {
+    "axolotl-qlora-llama3-8b.yml": (
+        "axolotl",
+        "meta-llama/Meta-Llama-3-8B",
+        dict(method="qlora", lora_r=32, lora_alpha=16, lora_dropout=0.05, lora_targets="all-linear",
+             seq_len=4096, batch_size=2, grad_accum=4, grad_ckpt=True, optimizer="paged-adamw-8bit",
+             precision="bf16", autocast=True, attn="flash"),
+    ),
+    "torchtune-lora-llama3.1-8b.yaml": (
+        "torchtune",
+        "llama3.1-8b",
+        dict(method="lora", lora_r=8, lora_alpha=16, lora_targets="q,v,o,gate,up,down",
+             precision="bf16", adapter_dtype="bf16", seq_len=2048, batch_size=2, grad_accum=8,
+             grad_ckpt=True, optimizer="adamw", optimizer_impl="fused"),
+    ),
+    "trl-sft-mistral-7b.json": (
+        "trl",
+        "mistralai/Mistral-7B-v0.1",
+        dict(method="lora", lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_targets="all-linear",
+             seq_len=2048, batch_size=4, grad_accum=4, grad_ckpt=True, optimizer="adamw",
+             optimizer_impl="fused", precision="bf16", autocast=True, attn="sdpa"),
+    ),
+    "litgpt-lora-llama2-7b.yaml": (
+        "litgpt",
+        "meta-llama/Llama-2-7b-hf",
+        dict(method="lora", lora_r=8, lora_alpha=16, lora_dropout=0.05, lora_targets="q,v",
+             precision="bf16", adapter_dtype="bf16", seq_len=512, batch_size=2, grad_accum=4),
+    ),
+    "llama-factory-qlora-qwen2.5-7b.yaml": (
+        "llama-factory",
+        "Qwen/Qwen2.5-7B-Instruct",
+        dict(method="qlora", lora_r=16, lora_alpha=32, lora_targets="all-linear", seq_len=2048,
+             batch_size=2, grad_accum=8, grad_ckpt=True, precision="bf16", autocast=True,
+             attn="sdpa"),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_sample_maps_to_the_expected_settings(name):
+    framework, model, settings = EXPECTED[name]
+    cfg = read_framework_config(str(SAMPLES / name))
+    assert cfg.framework == framework
+    assert cfg.model == model
+    assert cfg.settings == settings
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_from_gives_the_same_estimate_as_the_flags(name):
+    _, model, settings = EXPECTED[name]
+    res = runner.invoke(app, ["estimate", "--from", str(SAMPLES / name), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    direct = estimate(model, **settings)
+    assert data["memory"] == direct.model_dump(mode="json")["memory"]
+    assert any(note.startswith("Read from the") for note in data["notes"])
+
+
+def test_flags_override_the_file():
+    path = str(SAMPLES / "axolotl-qlora-llama3-8b.yml")
+    res = runner.invoke(app, ["estimate", "--from", path, "--seq-len", "1024", "--format", "json"])
+    run = json.loads(res.output)["run"]
+    assert run["seq_len"] == 1024  # the flag
+    assert run["lora_r"] == 32  # the file
+    res = runner.invoke(app, ["estimate", "llama3-8b", "--from", path, "--format", "json"])
+    assert json.loads(res.output)["model"]["name"] == "Llama-3-8B"
+
+
+def test_ignored_keys_are_listed_not_dropped():
+    cfg = read_framework_config(str(SAMPLES / "axolotl-qlora-llama3-8b.yml"))
+    assert "learning_rate" in cfg.ignored and "xformers_attention" in cfg.ignored
+    note = next(n for n in cfg.notes if n.startswith("axolotl keys ignored"))
+    assert "no effect on memory: " in note and "learning_rate" in note
+    assert "not read by ftmem: " in note and "xformers_attention" in note
+
+
+def test_unmodelled_framework_features_are_noted():
+    cfg = read_framework_config(str(SAMPLES / "torchtune-lora-llama3.1-8b.yaml"))
+    assert any("chunked cross-entropy is not modelled" in n for n in cfg.notes)
+
+
+def test_deepspeed_config_next_to_the_training_config(tmp_path):
+    (tmp_path / "zero3.json").write_text(
+        json.dumps({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}})
+    )
+    (tmp_path / "axo.yml").write_text(
+        "base_model: meta-llama/Llama-2-7b-hf\nmicro_batch_size: 1\ndeepspeed: zero3.json\n"
+    )
+    cfg = read_framework_config(str(tmp_path / "axo.yml"))
+    assert cfg.settings["strategy"] == "zero3"
+    assert cfg.settings["offload_optimizer"] == "cpu"
+    res = runner.invoke(app, ["estimate", "--from", str(tmp_path / "axo.yml"), "--gpus", "8",
+                              "--format", "json"])  # fmt: skip
+    assert json.loads(res.output)["parallel"]["strategy"] == "zero3"
+
+
+def test_fsdp_from_training_arguments(tmp_path):
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({
+        "model_name_or_path": "meta-llama/Meta-Llama-3-8B", "per_device_train_batch_size": 1,
+        "fsdp": "full_shard auto_wrap offload", "bf16": True,
+    }))  # fmt: skip
+    cfg = read_framework_config(str(path))
+    assert cfg.settings["strategy"] == "fsdp"
+    assert cfg.settings["offload_params"] == cfg.settings["offload_optimizer"] == "cpu"
+
+
+def test_llama_factory_checkpoints_by_default_and_freeze(tmp_path):
+    path = tmp_path / "lf.yaml"
+    path.write_text(
+        "model_name_or_path: meta-llama/Llama-2-7b-hf\nfinetuning_type: freeze\n"
+        "freeze_trainable_layers: 4\n"
+    )
+    cfg = read_framework_config(str(path))
+    assert cfg.settings["method"] == "freeze" and cfg.settings["trainable_layers"] == 4
+    assert cfg.settings["grad_ckpt"] is True
+
+
+BAD = [
+    ("x.yaml", "- a\n- b\n", "expected a mapping"),
+    ("x.yaml", "base_model: [\n", "line"),
+    ("x.json", "{not json", "not valid JSON"),
+    ("x.yaml", "learning_rate: 0.1\n", "cannot tell which framework"),
+    ("x.yaml", "micro_batch_size: 2\nbase_model:\n", "names no base model"),
+    ("x.yaml", "base_model: nosuch/model-7b\n", "Unknown model"),
+    ("x.yaml", "base_model: meta-llama/Llama-2-7b-hf\nmicro_batch_size: -2\n", "--batch-size"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), BAD)
+def test_bad_framework_configs(tmp_path, capsys, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["estimate", "--from", str(path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert expected in err and err.count("\n") == 1
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="no such file"):
+        read_framework_config("/no/such/axolotl.yml")
+
+
+def test_model_or_config_is_required(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["estimate"])
+    assert exit_info.value.code == 2
+    assert "give a model" in capsys.readouterr().err
