@@ -43,7 +43,22 @@ def regenerate(text: str) -> str:
     return BLOCK.sub(sub, text)
 
 
+SCHEMA = ROOT / "docs" / "schema" / "estimate.schema.json"
+
+
+def schema_text() -> str:
+    import json
+
+    from ftmem.report import estimate_schema
+
+    return json.dumps(estimate_schema(), indent=2) + "\n"
+
+
 def main() -> int:
+    SCHEMA.parent.mkdir(exist_ok=True)
+    if not SCHEMA.exists() or SCHEMA.read_text(encoding="utf-8") != schema_text():
+        SCHEMA.write_text(schema_text(), encoding="utf-8")
+        print(f"updated {SCHEMA.relative_to(ROOT)}")
     for path in DOC_FILES:
         if not path.exists():
             continue

@@ -83,7 +83,10 @@ def _with_config(
     )
 
 
-Format = Annotated[str, typer.Option("--format", help="table | json | markdown")]
+Format = Annotated[str, typer.Option("--format", help="table | json | yaml | markdown | csv")]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print nothing; the exit code says it all.")
+]
 
 
 def _write(path: str, text: str) -> None:
@@ -154,15 +157,16 @@ def estimate(
     check: Annotated[
         bool, typer.Option("--check", help="Exit 1 when it does not fit (for CI).")
     ] = False,
+    quiet: Quiet = False,
     **settings: Any,
 ) -> None:
     """Estimate the memory of one training step and whether it fits a GPU."""
     from ftmem.api import estimate as run_estimate
-    from ftmem.report import markdown, table, to_json
+    from ftmem.report import markdown, table, to_csv, to_json, to_yaml
 
     try:
         unit = _units(units)
-        _format(output_format, "table", "json", "markdown")
+        _format(output_format, "table", "json", "yaml", "markdown", "csv")
         from ftmem.sources import resolve_model
 
         model, settings, notes = _with_config(ctx, model, settings)
@@ -190,13 +194,19 @@ def estimate(
             _write(emit_to, text)
     except FtmemError as exc:
         raise _fail(str(exc)) from None
-    if output_format == "json":
+    if quiet:
+        pass
+    elif output_format == "json":
         typer.echo(to_json(est))
+    elif output_format == "yaml":
+        typer.echo(to_yaml(est), nl=False)
+    elif output_format == "csv":
+        typer.echo(to_csv(est), nl=False)
     elif output_format == "markdown":
         typer.echo(markdown(est, unit), nl=False)
     else:
         _console().print(table(est, unit))
-    if search_line is not None and output_format != "json":
+    if search_line is not None and output_format in ("table", "markdown") and not quiet:
         typer.echo(search_line)
     if check and est.fits is False:
         raise typer.Exit(EXIT_DOES_NOT_FIT)
@@ -447,6 +457,7 @@ def check(
         str | None, typer.Option("--junit", help="Write a JUnit XML report here.")
     ] = None,
     units: Units = "GiB",
+    quiet: Quiet = False,
 ) -> None:
     """Check named runs against memory budgets; exit 1 when any fails (for CI)."""
     import os
@@ -465,13 +476,13 @@ def check(
         raise _fail(str(exc)) from None
     if json_out == "-":
         typer.echo(results_json(results))
-    else:
+    elif not quiet:
         _console().print(budget_table(results, unit))
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for line in github_annotations(results, budgets):
             typer.echo(line)
     failed = [r for r in results if not r.passed]
-    if json_out != "-":
+    if json_out != "-" and not quiet:
         typer.echo(f"{len(results) - len(failed)} of {len(results)} runs within budget.")
     if failed:
         raise typer.Exit(EXIT_DOES_NOT_FIT)
@@ -587,6 +598,16 @@ def measure(
         tbl.add_row(key.replace("_", " "), format_bytes(e, "GiB"), format_bytes(g, "GiB"), err)
     tbl.add_row("peak phase", m.peak_phase, got.peak_phase, "")
     _console().print(tbl)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of `ftmem estimate --format json`."""
+    import json
+
+    from ftmem.report import estimate_schema
+
+    typer.echo(json.dumps(estimate_schema(), indent=2))
 
 
 @app.command()

@@ -41,6 +41,64 @@ def to_json(est: Estimate) -> str:
     return json.dumps(est.model_dump(mode="json"), indent=2)
 
 
+def to_yaml(est: Estimate) -> str:
+    import yaml
+
+    return yaml.safe_dump(est.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+CSV_RUN = (
+    "method",
+    "precision",
+    "optimizer",
+    "batch_size",
+    "seq_len",
+    "grad_accum",
+    "grad_ckpt",
+    "attn",
+)
+CSV_MEMORY = (
+    "weights_bytes",
+    "gradients_bytes",
+    "optimizer_states_bytes",
+    "activations_bytes",
+    "temporaries_bytes",
+    "communication_bytes",
+    "peak_allocated_bytes",
+    "overhead_bytes",
+    "total_bytes",
+)
+
+
+def to_csv(est: Estimate, header: bool = True) -> str:
+    """One row per estimate (bytes as integers), so runs of a sweep concatenate."""
+    import csv
+    import io
+
+    row: dict[str, object] = {"model": est.model.name, "n_params": est.model.n_params}
+    row.update({k: est.run.get(k) for k in CSV_RUN})
+    row["gpus"] = est.parallel.world_size if est.parallel else 1
+    row["strategy"] = est.parallel.strategy if est.parallel else "single"
+    row.update({k: getattr(est.memory, k) for k in CSV_MEMORY})
+    row["peak_phase"] = est.memory.peak_phase
+    row["gpu"] = est.gpu["id"] if est.gpu else ""
+    row["fits"] = "" if est.fits is None else est.fits
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(row), lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerow(row)
+    return out.getvalue()
+
+
+def estimate_schema() -> dict[str, object]:
+    """The published JSON Schema of ``--format json`` (docs/schema/estimate.schema.json)."""
+    schema = Estimate.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://github.com/ftmem/ftmem/docs/schema/estimate.schema.json"
+    return schema
+
+
 def _verdict(est: Estimate, units: UnitSystem) -> str:
     host = _host_verdict(est, units)
     if est.fits is None or est.headroom_bytes is None or est.gpu is None:
