@@ -10,6 +10,8 @@ import typer
 from ftmem.cli_options import FROM, GPU, MULTI, RUN, SPREAD, with_options
 from ftmem.errors import FtmemError
 
+RUN_NAMES = tuple(p.name for p in RUN)
+
 app = typer.Typer(
     add_completion=True,
     no_args_is_help=True,
@@ -445,6 +447,51 @@ def compare(
         typer.echo(json.dumps(data, indent=2))
         return
     _console().print(compare_table(arch.name, cells, gpu_ids, method_ids, unit))
+
+
+@app.command()
+@with_options(FROM, RUN, GPU, SPREAD)
+def explain(
+    ctx: typer.Context,
+    model: OptModelArg = None,
+    output_format: Annotated[str, typer.Option("--format", help="text | markdown")] = "text",
+    units: Annotated[
+        str, typer.Option("--units", help="GB (10^9, as blog posts write it; default) or GiB.")
+    ] = "GB",
+    **settings: Any,
+) -> None:
+    """The arithmetic behind the estimate, step by step (Markdown for blog posts)."""
+    from ftmem.api import estimate as run_estimate
+    from ftmem.api import run_config
+    from ftmem.explain import explain as explain_sections
+    from ftmem.explain import render_markdown, render_text
+    from ftmem.sources import resolve_model
+
+    try:
+        unit = _units(units)
+        _format(output_format, "text", "markdown")
+        model, settings, notes = _with_config(ctx, model, settings)
+        arch = resolve_model(model)
+        gpus = settings.pop("gpus")
+        est = run_estimate(arch, gpus=1 if gpus is None else gpus, **settings)
+        run_keys = set(RUN_NAMES)
+        run = run_config(**{k: v for k, v in settings.items() if k in run_keys})
+        realistic = None
+        if run.accounting == "simple":
+            realistic = run_estimate(
+                arch, gpus=1 if gpus is None else gpus, **{**settings, "accounting": "phases"}
+            )
+        sections = explain_sections(arch, run, est, unit, realistic)  # type: ignore[arg-type]
+    except FtmemError as exc:
+        raise _fail(str(exc)) from None
+    title = f"{arch.name}: {run.method}, {est.run['precision_regime']}"
+    notes = [*notes, *est.notes]
+    if output_format == "markdown":
+        text = render_markdown(title, sections)
+        text += "".join(f"> {n}\n>\n" for n in notes)
+    else:
+        text = f"{title}\n\n" + render_text(sections) + "".join(f"note: {n}\n" for n in notes)
+    typer.echo(text.rstrip("\n>") + "\n", nl=False)
 
 
 @app.command()

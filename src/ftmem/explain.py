@@ -1,0 +1,264 @@
+"""The arithmetic behind an estimate, step by step, the way a blog post shows it.
+
+Every figure comes from the estimator (the tensor groups of the method, the estimate's
+components); this module only puts them in sentences, with the formula that produced
+each and, where one exists, the published formula it can be compared with.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from ftmem.arch import Architecture
+from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.methods import plan_method
+from ftmem.result import Estimate
+from ftmem.run import RunConfig
+from ftmem.units import UnitSystem, format_bytes, format_count
+
+STATES_PER_PARAM = {  # optimizer values kept per trainable parameter
+    "adamw": "2 (first and second moment)",
+    "adamw-fp32": "2 fp32 (first and second moment)",
+    "adamw-8bit": "2 8-bit (with per-256-value block scales)",
+    "paged-adamw-8bit": "2 8-bit (with per-256-value block scales)",
+    "sgd": "0",
+    "sgd-momentum": "1 (momentum)",
+    "adafactor": "factored second moment (row and column vectors per matrix)",
+    "lion": "1 (momentum)",
+}
+
+
+@dataclass
+class Section:
+    title: str
+    lines: list[str] = field(default_factory=list)
+
+
+def _b(n: int, units: UnitSystem) -> str:
+    return format_bytes(n, units, digits=1 if units == "GB" else 2)
+
+
+def explain(
+    arch: Architecture,
+    run: RunConfig,
+    est: Estimate,
+    units: UnitSystem,
+    realistic: Estimate | None = None,
+) -> list[Section]:
+    """The derivation of ``est``; ``realistic`` (the phases accounting of the same run)
+    is shown beside a simple-accounting estimate."""
+    m = est.memory
+    out: list[Section] = []
+    L, h = arch.num_layers, arch.hidden_size
+
+    model = Section("The model")
+    model.lines.append(
+        f"{arch.name}: {est.model.n_params:,} parameters ({format_count(est.model.n_params)}), "
+        f"{L} blocks, hidden size {h}, {arch.num_heads} attention heads "
+        f"({arch.kv_heads} key/value heads), MLP width {arch.intermediate_size}, "
+        f"vocabulary {arch.vocab_size:,}."
+    )
+    if arch.published_params:
+        same = "the same as" if arch.published_params == est.model.n_params else "against"
+        model.lines.append(
+            f"Counted tensor by tensor: {same} the published {arch.published_params:,}."
+        )
+    out.append(model)
+
+    simple = run.accounting == "simple"
+    if est.parallel is None:
+        plan = plan_method(arch, run)
+        weights = Section("Weights")
+        by_fmt: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for g in plan.groups:
+            by_fmt[g.fmt][0] += g.total_numel
+            by_fmt[g.fmt][1] += g.nbytes
+        for fmt, (numel, nbytes) in sorted(by_fmt.items(), key=lambda kv: -kv[1][1]):
+            if fmt in BYTES_PER_ELEMENT:
+                weights.lines.append(
+                    f"{format_count(numel)} parameters in {fmt} × {BYTES_PER_ELEMENT[fmt]} bytes "
+                    f"= {_b(nbytes, units)}"
+                )
+            else:
+                weights.lines.append(
+                    f"{format_count(numel)} parameters in {fmt}: half a byte each plus the "
+                    f"quantisation constants = {_b(nbytes, units)}"
+                )
+        weights.lines.append(f"Weights = {_b(m.weights_bytes, units)}")
+        out.append(weights)
+
+        n_train = est.model.n_trainable_params
+        trained = Section("What trains")
+        share = n_train / est.model.n_params
+        trained.lines.append(
+            f"Method {run.method}: {n_train:,} trainable parameters ({share:.2%} of the model)."
+        )
+        out.append(trained)
+
+        grads = Section("Gradients")
+        if simple:
+            grads.lines.append(
+                f"One 16-bit gradient per trainable parameter: {format_count(n_train)} × 2 bytes "
+                f"= {_b(m.gradients_bytes, units)}"
+            )
+        else:
+            sizes = sorted({g.element_bytes for g in plan.groups if g.trainable})
+            each = " or ".join(f"{b}" for b in sizes) or "0"
+            grads.lines.append(
+                f"One gradient per trainable parameter, in its dtype ({each} bytes): "
+                f"{format_count(n_train)} parameters = {_b(m.gradients_bytes, units)}"
+            )
+        out.append(grads)
+
+        states = Section("Optimizer states")
+        states.lines.append(
+            f"{run.optimizer}: {STATES_PER_PARAM[run.optimizer]} values per trainable parameter"
+            + (", 16-bit each in the simple accounting" if simple else "")
+            + f" = {_b(m.optimizer_states_bytes, units)}"
+        )
+        if simple:
+            states.lines.append(
+                f"Gradients + optimizer states = {_b(m.gradients_bytes + m.optimizer_states_bytes, units)}"
+            )
+        out.append(states)
+    else:
+        out.append(_parallel_section(est, units))
+
+    acts = Section("Activations (what autograd keeps for backward)")
+    block = sum(i.bytes for i in m.activations_per_block)
+    tokens = run.batch_size * run.seq_len
+    acts.lines.append(
+        f"Per block, for {run.batch_size} × {run.seq_len} = {tokens:,} tokens in "
+        f"{est.run['compute_dtype']}:"
+    )
+    for item in m.activations_per_block:
+        acts.lines.append(f"  {item.what}: {_b(item.bytes, units)}")
+    acts.lines.append(f"  one block: {_b(block, units)}")
+    if run.grad_ckpt:
+        acts.lines.append(
+            "With gradient checkpointing each block keeps only its input; backward rebuilds one "
+            "block at a time."
+        )
+    outer = sum(i.bytes for i in m.activations_outer)
+    for item in m.activations_outer:
+        acts.lines.append(f"  outside the blocks, {item.what}: {_b(item.bytes, units)}")
+    acts.lines.append(
+        f"Activations = {_b(m.activations_bytes, units)} (outside the blocks {_b(outer, units)})"
+    )
+    korthikanti = tokens * h * (34 + 5 * arch.num_heads * run.seq_len / h)
+    acts.lines.append(
+        "For comparison, Korthikanti et al. 2022 (arXiv:2205.05198) give s·b·h·(34 + 5·a·s/h) "
+        f"bytes per GPT block in 16-bit with the s² attention scores kept: "
+        f"{_b(int(korthikanti), units)} here; sdpa/flash keep no s² scores, and these families "
+        "differ from GPT-3 (gated MLP, fp32 RMSNorm inputs)."
+    )
+    out.append(acts)
+
+    peak = Section("The peak")
+    if simple:
+        peak.lines.append(
+            "Simple accounting (the seed's rule): weights + gradients + optimizer states + "
+            f"activations = {_b(m.weights_bytes, units)} + {_b(m.gradients_bytes, units)} + "
+            f"{_b(m.optimizer_states_bytes, units)} + {_b(m.activations_bytes, units)} "
+            f"≈ {_b(m.peak_allocated_bytes, units)}"
+        )
+        if realistic is not None:
+            r = realistic.memory
+            peak.lines.append(
+                f"Beside it, the realistic peak of the step (phases accounting, the dtypes "
+                f"PyTorch really uses): {_b(r.peak_allocated_bytes, units)} in {r.peak_phase} "
+                f"(weights {_b(r.at_peak.weights, units)}, gradients "
+                f"{_b(r.at_peak.gradients, units)}, optimizer states "
+                f"{_b(r.at_peak.optimizer_states, units)}, activations "
+                f"{_b(r.at_peak.activations, units)}, temporaries "
+                f"{_b(r.at_peak.temporaries, units)})."
+            )
+    else:
+        ph = m.phases
+        peak.lines.append(
+            f"The step's largest moments: forward {_b(ph.forward, units)}, backward "
+            f"{_b(ph.backward, units)}, optimizer step {_b(ph.optimizer, units)}."
+        )
+        a = m.at_peak
+        parts = [
+            ("weights", a.weights),
+            ("gradients", a.gradients),
+            ("optimizer states", a.optimizer_states),
+            ("activations", a.activations),
+            ("temporaries", a.temporaries),
+            ("gathered weights and buckets", a.communication),
+        ]
+        live = " + ".join(f"{name} {_b(v, units)}" for name, v in parts if v)
+        peak.lines.append(
+            f"The peak is in {m.peak_phase}: {live} = {_b(m.peak_allocated_bytes, units)}"
+        )
+    peak.lines.append(
+        f"Runtime overhead (CUDA context and allocator reserve) {_b(m.overhead_bytes, units)}: "
+        f"total {_b(m.total_bytes, units)}" + (" per GPU." if est.parallel else ".")
+    )
+    if est.gpu is not None:
+        verdict = "fits" if est.fits else "does not fit"
+        peak.lines.append(
+            f"{est.gpu['name']} has {_b(est.gpu['memory_bytes'], units)}: it {verdict} "
+            f"({_b(abs(est.headroom_bytes or 0), units)} "
+            f"{'headroom' if est.fits else 'short'})."
+        )
+    out.append(peak)
+    return out
+
+
+def _parallel_section(est: Estimate, units: UnitSystem) -> Section:
+    p = est.parallel
+    assert p is not None
+    m = est.memory
+    s = Section(f"Per GPU: {p.strategy} over {p.world_size} GPUs ({p.engine})")
+    n = p.shard_group
+    s.lines.append(
+        f"{format_count(est.model.n_trainable_params)} trainable of {format_count(est.model.n_params)} "
+        f"parameters; data parallel {p.data_parallel}, tensor {p.tensor_parallel}, pipeline "
+        f"{p.pipeline_parallel}; one copy sharded over {n} GPU(s)."
+    )
+    s.lines.append(
+        f"Weights on each GPU: its shard {_b(p.weights_sharded_bytes, units)} + whole on every GPU "
+        f"{_b(p.weights_replicated_bytes, units)} = {_b(m.weights_bytes, units)}"
+    )
+    s.lines.append(f"Gradients on each GPU: {_b(m.gradients_bytes, units)}")
+    s.lines.append(f"Optimizer states on each GPU: {_b(m.optimizer_states_bytes, units)}")
+    if p.strategy.startswith("zero"):
+        s.lines.append(
+            "ZeRO (Rajbhandari et al. 2020): 16-bit weights (2Ψ) and gradients (2Ψ), fp32 master "
+            "weights and Adam moments (12Ψ); stage 1 shards the 12Ψ over N, stage 2 also the "
+            "gradients, stage 3 also the weights."
+        )
+    s.lines.append(
+        f"Gathered weights and communication buckets, at most {_b(m.communication_bytes, units)}."
+    )
+    if p.host_bytes_per_node:
+        s.lines.append(f"Offloaded to host RAM: {_b(p.host_bytes_per_node, units)} per node.")
+    return s
+
+
+def render_text(sections: list[Section]) -> str:
+    lines: list[str] = []
+    for i, sec in enumerate(sections, 1):
+        lines.append(f"{i}. {sec.title}")
+        lines += [f"   {line}" for line in sec.lines]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_markdown(title: str, sections: list[Section]) -> str:
+    lines = [f"## {title}", ""]
+    for sec in sections:
+        lines.append(f"### {sec.title}")
+        lines.append("")
+        for line in sec.lines:
+            if line.startswith("  "):
+                lines.append(f"- {line.strip()}")
+            else:
+                lines.append(line)
+                lines.append("")
+        if lines[-1] != "":
+            lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""`ftmem explain`: the seed's numbers under the simple accounting, the realistic peak
+beside them, and every figure the same as the estimate's."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from ftmem import estimate
+from ftmem.cli import app
+from ftmem.units import format_bytes
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), env={"COLUMNS": "120", "NO_COLOR": "1"})
+
+
+def gb(n: int) -> str:
+    return format_bytes(n, "GB", digits=1)
+
+
+def test_seed_13b_numbers():
+    """Seed: 13B in 16-bit = 26 GB weights + 78 GB gradients and Adam + ~5 GB ≈ 109 GB."""
+    res = run("explain", "llama2-13b", "--method", "full", "--accounting", "simple")
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "13.02B parameters in bf16 × 2 bytes = 26.0 GB" in out
+    assert "Gradients + optimizer states = 78.1 GB" in out
+    assert "≈ 109.0 GB" in out
+    realistic = estimate("llama2-13b", method="full").memory
+    assert "the realistic peak of the step (phases accounting" in out
+    assert f"{gb(realistic.peak_allocated_bytes)} in {realistic.peak_phase}" in out
+
+
+def test_figures_are_the_estimates():
+    args = dict(method="qlora", lora_r=16, seq_len=1024, gpu="rtx4090")
+    est = estimate("llama3-8b", **args)
+    res = run("explain", "llama3-8b", "--method", "qlora", "--lora-r", "16", "--seq-len", "1024",
+              "--gpu", "rtx4090")  # fmt: skip
+    out = res.output
+    m = est.memory
+    assert f"Weights = {gb(m.weights_bytes)}" in out
+    assert f"Activations = {gb(m.activations_bytes)}" in out
+    assert f"= {gb(m.peak_allocated_bytes)}" in out
+    assert f"total {gb(m.total_bytes)}." in out
+    assert "in nf4: half a byte each plus the quantisation constants" in out
+    assert f"{est.model.n_trainable_params:,} trainable parameters" in out
+    block = sum(i.bytes for i in m.activations_per_block)
+    assert f"one block: {gb(block)}" in out
+
+
+def test_markdown_for_posts():
+    res = run("explain", "llama2-7b", "--method", "lora", "--format", "markdown", "--units", "GiB")
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("## Llama-2-7B: lora")
+    assert "### Weights" in res.output and "### The peak" in res.output
+    assert "GiB" in res.output
+
+
+def test_explain_many_gpus_and_from_config(tmp_path):
+    res = run("explain", "llama2-70b", "--gpus", "8", "--strategy", "zero3")
+    assert "Per GPU: zero3 over 8 GPUs (DeepSpeed)" in res.output
+    cfg = tmp_path / "axo.yml"
+    cfg.write_text("base_model: meta-llama/Llama-2-7b-hf\nadapter: lora\nsequence_len: 2048\n")
+    res = run("explain", "--from", str(cfg))
+    assert res.exit_code == 0, res.output
+    assert "Read from the axolotl config" in res.output and "Method lora" in res.output
+
+
+def test_explain_bad_format():
+    res = run("explain", "gpt2", "--format", "html")
+    assert res.exit_code == 2
