@@ -15,7 +15,7 @@ from ftmem.parallel import ParallelConfig
 from ftmem.presets import get_gpu
 from ftmem.result import Estimate
 from ftmem.run import RunConfig
-from ftmem.sources import resolve_model
+from ftmem.sources import resolve_model, source_notes
 from ftmem.units import parse_size
 
 # Sizes beyond which an input is surely a typo (tokens per micro-batch, vocab...).
@@ -103,6 +103,7 @@ def estimate(
     rank that holds the most; ``Estimate.parallel`` has the rest.
     """
     arch = resolve_model(model) if isinstance(model, str) else model
+    source = source_notes(model) if isinstance(model, str) else []
     spread = {k: settings.pop(k) for k in list(settings) if k in PARALLEL_SETTINGS}
     run = run_config(**settings)
     par = parallel_config(**spread)
@@ -111,7 +112,7 @@ def estimate(
             f"--seq-len {run.seq_len} exceeds {arch.name}'s {arch.max_position_embeddings} "
             "learned positions."
         )
-    notes: list[str] = []
+    notes: list[str] = list(source)
     if run.seq_len > arch.max_position_embeddings:
         notes.append(
             f"--seq-len {run.seq_len} exceeds {arch.name}'s {arch.max_position_embeddings} "

@@ -169,10 +169,11 @@ def estimate(
     try:
         unit = _units(units)
         _format(output_format, "table", "json", "yaml", "markdown", "csv")
-        from ftmem.sources import resolve_model
+        from ftmem.sources import resolve_model, source_notes
 
         model, settings, notes = _with_config(ctx, model, settings)
         arch = resolve_model(model)
+        notes += source_notes(model)
         search_line = None
         gpus = settings.pop("gpus")
         if fewest_gpus:
@@ -465,13 +466,14 @@ def explain(
     from ftmem.api import run_config
     from ftmem.explain import explain as explain_sections
     from ftmem.explain import render_markdown, render_text
-    from ftmem.sources import resolve_model
+    from ftmem.sources import resolve_model, source_notes
 
     try:
         unit = _units(units)
         _format(output_format, "text", "markdown")
         model, settings, notes = _with_config(ctx, model, settings)
         arch = resolve_model(model)
+        notes += source_notes(model)
         gpus = settings.pop("gpus")
         est = run_estimate(arch, gpus=1 if gpus is None else gpus, **settings)
         run_keys = set(RUN_NAMES)

@@ -1,4 +1,7 @@
-"""Loading and validating the shipped presets (``presets/models``, ``presets/gpus``).
+"""Loading and validating the presets: the shipped ones (``presets/models``,
+``presets/gpus``) and the user's, from the folders in ``FTMEM_PRESETS`` (os.pathsep
+separated) or ``~/.config/ftmem/presets``, each with ``models/`` and ``gpus/`` inside.
+A user preset with the id of a shipped one replaces it; both are validated alike.
 
 A model preset is a YAML mapping with ``id``, optional ``aliases`` and the fields of
 :class:`~ftmem.arch.Architecture`; a GPU preset holds the fields of
@@ -7,6 +10,7 @@ A model preset is a YAML mapping with ``id``, optional ``aliases`` and the field
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -28,13 +32,52 @@ def presets_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "presets"
 
 
+USER_PRESETS_ENV = "FTMEM_PRESETS"
+
+
+def _user_files_key() -> tuple[tuple[str, float], ...]:
+    """The user's preset files with their modification times: the caches' key, so an
+    edited or added file is read again."""
+    return tuple(
+        (str(f), f.stat().st_mtime)
+        for folder in user_preset_dirs()
+        for f in sorted(folder.glob("*/*.y*ml"))
+    )
+
+
+def user_preset_dirs() -> tuple[Path, ...]:
+    """The user's preset folders that exist."""
+    env = os.environ.get(USER_PRESETS_ENV)
+    if env:
+        dirs = [Path(d).expanduser() for d in env.split(os.pathsep) if d.strip()]
+        missing = [d for d in dirs if not d.is_dir()]
+        if missing:
+            raise ConfigError(f"{USER_PRESETS_ENV} names {missing[0]}, which is not a folder.")
+        return tuple(dirs)
+    default = Path("~/.config/ftmem/presets").expanduser()
+    return (default,) if default.is_dir() else ()
+
+
+def _preset_files(kind: str) -> list[Path]:
+    """Shipped preset files first, then the user's (later ones win on a shared id)."""
+    files = sorted((presets_dir() / kind).glob("*.yaml"))
+    for folder in user_preset_dirs():
+        files += sorted((folder / kind).glob("*.y*ml"))
+    return files
+
+
+def _where(path: Path) -> str:
+    """A shipped preset by its file name, a user's by its full path."""
+    return path.name if path.parent.parent == presets_dir() else str(path)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path.name} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{_where(path)} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path.name} must hold a YAML mapping.")
+        raise ConfigError(f"{_where(path)} must hold a YAML mapping.")
     return data
 
 
@@ -62,34 +105,46 @@ def model_from_mapping(
     return preset_id, aliases, arch
 
 
-@lru_cache(maxsize=1)
 def model_presets() -> dict[str, Architecture]:
     """All model presets by id."""
+    return _model_presets(_user_files_key())
+
+
+@lru_cache(maxsize=8)
+def _model_presets(_key: tuple[tuple[str, float], ...]) -> dict[str, Architecture]:
     out: dict[str, Architecture] = {}
-    for path in sorted((presets_dir() / "models").glob("*.yaml")):
-        preset_id, _, arch = model_from_mapping(_read_yaml(path), path.name)
+    for path in _preset_files("models"):
+        preset_id, _, arch = model_from_mapping(_read_yaml(path), _where(path))
         out[preset_id] = arch
     return out
 
 
-@lru_cache(maxsize=1)
 def _model_aliases() -> dict[str, str]:
+    return _aliases(_user_files_key())
+
+
+@lru_cache(maxsize=8)
+def _aliases(_key: tuple[tuple[str, float], ...]) -> dict[str, str]:
     table: dict[str, str] = {}
-    for path in sorted((presets_dir() / "models").glob("*.yaml")):
+    for path in _preset_files("models"):
         data = _read_yaml(path)
         for alias in [data["id"], *(data.get("aliases") or ())]:
             table[str(alias).lower()] = str(data["id"])
     return table
 
 
-@lru_cache(maxsize=1)
 def gpu_presets() -> dict[str, Gpu]:
+    return _gpu_presets(_user_files_key())
+
+
+@lru_cache(maxsize=8)
+def _gpu_presets(_key: tuple[tuple[str, float], ...]) -> dict[str, Gpu]:
     out: dict[str, Gpu] = {}
-    for path in sorted((presets_dir() / "gpus").glob("*.yaml")):
+    for path in _preset_files("gpus"):
         try:
             gpu = Gpu(**_read_yaml(path))
         except ValidationError as exc:
-            raise ConfigError(validation_message(exc, path.name)) from None
+            raise ConfigError(validation_message(exc, _where(path))) from None
         out[gpu.id] = gpu
     return out
 

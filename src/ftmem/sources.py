@@ -1,4 +1,5 @@
-"""Model sources: a preset id, or a local HF ``config.json`` (file or model folder).
+"""Model sources: a preset id, a local HF ``config.json`` (file, model folder or Hugging
+Face cache entry, with its safetensors headers), or a Hub repository id.
 
 Each supported ``model_type`` maps its config keys onto :class:`Architecture`.
 """
@@ -6,14 +7,17 @@ Each supported ``model_type`` maps its config keys onto :class:`Architecture`.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
+from math import prod
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from ftmem.arch import Architecture
-from ftmem.errors import ConfigError
+from ftmem.arch import Architecture, count_params
+from ftmem.checkpoint import read_checkpoint
+from ftmem.errors import ConfigError, UnknownNameError
 from ftmem.presets import get_model, validation_message
 
 Mapping = dict[str, Any]
@@ -173,8 +177,30 @@ FAMILIES: dict[str, Callable[[Mapping], Mapping]] = {
 }
 
 
+def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
+    """A multimodal config's language model (``text_config``), and what is left out."""
+    text = cfg.get("text_config")
+    if not isinstance(text, dict):
+        return cfg, None
+    outer = cfg.get("model_type", "multimodal")
+    left_out = [
+        k.removesuffix("_config") for k in cfg if k.endswith("_config") and k != "text_config"
+    ]
+    left_out = [k for k in left_out if isinstance(cfg.get(f"{k}_config"), dict)] or ["vision"]
+    text = dict(text)
+    text.setdefault("tie_word_embeddings", cfg.get("tie_word_embeddings", False))
+    note = (
+        f"{outer}: estimated for its language model ({text.get('model_type')}); the "
+        f"{' and '.join(left_out)} encoder and its projector are left out, and so are image "
+        "tokens in the sequence."
+    )
+    return text, note
+
+
 def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architecture:
-    """An :class:`Architecture` from a parsed HF config.json."""
+    """An :class:`Architecture` from a parsed HF config.json (a multimodal config's
+    language model: see :func:`language_part`)."""
+    cfg, _ = language_part(cfg)
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str) or model_type not in FAMILIES:
         known = ", ".join(sorted(FAMILIES))
@@ -217,10 +243,125 @@ def load_config_json(path: Path) -> Architecture:
     return architecture_from_config(cfg, str(name) or "custom", str(file))
 
 
-def resolve_model(spec: str) -> Architecture:
-    """A preset id/alias, or a path to config.json / a model folder."""
+def _snapshot(path: Path) -> Path:
+    """A Hugging Face cache entry (``models--org--name``) as its current snapshot folder."""
+    snapshots = path / "snapshots"
+    if not snapshots.is_dir():
+        return path
+    ref = path / "refs" / "main"
+    if ref.is_file():
+        chosen = snapshots / ref.read_text(encoding="utf-8").strip()
+        if chosen.is_dir():
+            return chosen
+    candidates = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ConfigError(f"{path} is a Hugging Face cache entry with no snapshot.")
+    return candidates[-1]
+
+
+def _local(spec: str) -> Path | None:
     path = Path(spec).expanduser()
-    looks_like_path = spec.endswith(".json") or ("/" in spec and path.exists()) or path.is_dir()
-    if looks_like_path or path.is_file():
-        return load_config_json(path)
-    return get_model(spec)
+    if path.is_dir():
+        return _snapshot(path)
+    if path.is_file() or spec.endswith(".json"):
+        return path
+    return None
+
+
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def _from_hub(repo_id: str) -> Path:
+    """config.json of a Hub repository, through huggingface_hub's cache (HF_HUB_OFFLINE
+    and HF_HUB_CACHE are honoured); only config.json is fetched, never weights."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError:
+        raise ConfigError(
+            f"'{repo_id}' is not a preset; reading it from the Hub needs huggingface_hub: "
+            'pip install "ftmem[hub]" (or give a local folder with config.json).'
+        ) from None
+    try:
+        return Path(hf_hub_download(repo_id, "config.json"))
+    except LocalEntryNotFoundError:
+        raise ConfigError(
+            f"'{repo_id}' is not a preset and its config.json is not in the local Hugging Face "
+            "cache (offline, or HF_HUB_OFFLINE=1); download it once or give a local folder."
+        ) from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"'{repo_id}' could not be read from the Hub: {first}") from None
+
+
+def resolve_model(spec: str) -> Architecture:
+    """A preset id/alias, a path to config.json / a model folder / a Hugging Face cache
+    entry, or a Hub repository id (through huggingface_hub and its cache)."""
+    local = _local(spec)
+    if local is not None:
+        return load_config_json(local)
+    try:
+        return get_model(spec)
+    except UnknownNameError:
+        if HUB_ID.match(spec.strip()):
+            return load_config_json(_from_hub(spec.strip()))
+        raise
+
+
+def source_notes(spec: str) -> list[str]:
+    """What the model source adds to an estimate: a multimodal config's left-out parts,
+    and what the folder's safetensors headers say."""
+    local = _local(spec)
+    if local is None:
+        return []
+    folder = local if local.is_dir() else local.parent
+    notes: list[str] = []
+    file = folder / "config.json"
+    if file.is_file():
+        try:
+            cfg = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            cfg = {}
+        if isinstance(cfg, dict):
+            _, left_out = language_part(cfg)
+            if left_out:
+                notes.append(left_out)
+            quant = (cfg.get("quantization_config") or {}).get("quant_method")
+            if quant:
+                notes.append(
+                    f"config.json says the checkpoint is {quant}-quantised; ftmem estimates the "
+                    "model's own layout in the dtypes of the run (training on a pre-quantised "
+                    "base is not modelled yet)."
+                )
+    ckpt = read_checkpoint(folder)
+    if ckpt is None:
+        return notes
+    arch = load_config_json(local)
+    dtypes = ", ".join(f"{dt} {b / 1e9:.2f} GB" for dt, b in sorted(ckpt.bytes_by_dtype().items()))
+    kind = ckpt.quantization
+    if kind:
+        notes.append(
+            f"Checkpoint ({len(ckpt.files)} safetensors file(s), headers read): {kind}-quantised, "
+            f"{len(ckpt.tensors):,} tensors, {dtypes} on disk."
+        )
+        return notes
+    params = {n: v for n, v in ckpt.tensors.items() if not n.endswith(NON_PARAMETERS)}
+    numel = sum(prod(shape) for _, shape in params.values())
+    expected = count_params(arch)
+    if numel == expected:
+        notes.append(
+            f"Checkpoint ({len(ckpt.files)} safetensors file(s), headers read): "
+            f"{len(params):,} tensors, {numel:,} parameters ({dtypes}): the same count as the "
+            "layout estimated."
+        )
+    else:
+        notes.append(
+            f"Checkpoint ({len(ckpt.files)} safetensors file(s), headers read) holds {numel:,} "
+            f"parameters, the layout from config.json {expected:,}: the estimate follows "
+            "config.json; check the checkpoint matches it."
+        )
+    return notes
+
+
+# buffers some checkpoints store beside the parameters (rotary tables, causal masks)
+NON_PARAMETERS = (".inv_freq", ".masked_bias", ".attn.bias")

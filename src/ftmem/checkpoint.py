@@ -1,0 +1,120 @@
+"""What a model folder's safetensors files hold, from their JSON headers only.
+
+A safetensors file starts with an 8-byte little-endian header length and a JSON header
+naming every tensor with its dtype and shape (the data follows; it is never read). An
+``model.safetensors.index.json`` maps tensor names to shard files. From the headers
+ftmem knows the checkpoint's exact tensors, dtypes and bytes, and can tell whether it
+matches the layout it estimates (or is already quantised: GPTQ, AWQ, bitsandbytes).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from math import prod
+from pathlib import Path
+
+from ftmem.errors import ConfigError
+
+MAX_HEADER_BYTES = 100 * 2**20  # the format's own limit on the header
+MAX_INDEX_BYTES = 16 * 2**20
+DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+    "I16": 2, "I8": 1, "U8": 1, "U16": 2, "U32": 4, "U64": 8, "BOOL": 1,
+}  # fmt: skip
+# tensor name suffixes that only quantised checkpoints have
+QUANT_MARKERS = {
+    ".qweight": "GPTQ/AWQ",
+    ".qzeros": "GPTQ/AWQ",
+    ".g_idx": "GPTQ",
+    ".absmax": "bitsandbytes 4-bit",
+    ".quant_map": "bitsandbytes 4-bit",
+    ".SCB": "bitsandbytes 8-bit",
+}
+
+
+@dataclass
+class Checkpoint:
+    files: list[str]
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        return sum(prod(shape) for _, shape in self.tensors.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(prod(shape) * DTYPE_BYTES.get(dt, 0) for dt, shape in self.tensors.values())
+
+    def bytes_by_dtype(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for dt, shape in self.tensors.values():
+            out[dt] = out.get(dt, 0) + prod(shape) * DTYPE_BYTES.get(dt, 0)
+        return out
+
+    @property
+    def quantization(self) -> str | None:
+        for name in self.tensors:
+            for suffix, kind in QUANT_MARKERS.items():
+                if name.endswith(suffix):
+                    return kind
+        return None
+
+
+def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Tensor name → (dtype, shape) from one safetensors file's header."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        raw = fh.read(8)
+        if len(raw) < 8:
+            raise ConfigError(f"{path.name} is too short to be a safetensors file.")
+        (length,) = struct.unpack("<Q", raw)
+        if length > MAX_HEADER_BYTES or length > size - 8:
+            raise ConfigError(
+                f"{path.name} has a header length ({length:,}) that does not fit the file."
+            )
+        text = fh.read(length)
+    try:
+        header = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ConfigError(
+            f"{path.name} has a header that is not JSON: not a safetensors file."
+        ) from None
+    if not isinstance(header, dict):
+        raise ConfigError(f"{path.name} has a header that is not a JSON object.")
+    out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or "dtype" not in info or "shape" not in info:
+            raise ConfigError(f"{path.name}: tensor '{name}' has no dtype or shape in the header.")
+        shape = info["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ConfigError(f"{path.name}: tensor '{name}' has a malformed shape {shape!r}.")
+        out[name] = (str(info["dtype"]), tuple(shape))
+    return out
+
+
+def read_checkpoint(folder: Path) -> Checkpoint | None:
+    """The safetensors checkpoint of a model folder, or None when it has none."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise ConfigError(f"{index.name} is too large for an index.")
+        try:
+            data = json.loads(index.read_text(encoding="utf-8"))
+            files = sorted(set(data["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            raise ConfigError(f"{index.name} has no weight_map of tensor names to files.") from None
+    else:
+        files = sorted(p.name for p in folder.glob("*.safetensors"))
+    if not files:
+        return None
+    ckpt = Checkpoint(files)
+    for name in files:
+        path = folder / name
+        if not path.is_file():
+            raise ConfigError(f"{folder / name} is named in the index but missing.")
+        ckpt.tensors.update(read_header(path))
+    return ckpt

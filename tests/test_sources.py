@@ -1,0 +1,194 @@
+"""Model sources: model folders with safetensors headers, Hugging Face cache entries, Hub
+ids through the cache (offline), multimodal configs, user presets. Every file is made
+by the test; nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from ftmem import estimate
+from ftmem.arch import count_params
+from ftmem.checkpoint import read_checkpoint, read_header
+from ftmem.errors import ConfigError, FtmemError
+from ftmem.presets import get_gpu, get_model
+from ftmem.sources import resolve_model, source_notes
+from tests.conftest import tiny
+
+LLAMA_CFG = {
+    "model_type": "llama", "vocab_size": 320, "hidden_size": 64, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
+    "max_position_embeddings": 256, "tie_word_embeddings": False,
+}  # fmt: skip
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:
+    """A safetensors file written by hand: header, then zero bytes for the data."""
+    sizes = {"F32": 4, "BF16": 2, "F16": 2, "I32": 4, "U8": 1}
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        n = sizes[dtype]
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(offset))
+
+
+def test_folder_saved_by_transformers_matches_the_layout(tmp_path):
+    """transformers' own save_pretrained: config.json and model.safetensors."""
+    pytest.importorskip("transformers")
+    from ftmem.measure.build import build_model
+    from ftmem.run import RunConfig
+
+    arch = tiny("llama")
+    model = build_model(arch, RunConfig(method="full", precision="bf16", device="cpu")).model
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = resolve_model(str(tmp_path))
+    assert count_params(loaded) == count_params(arch)
+    ckpt = read_checkpoint(tmp_path)
+    assert ckpt is not None and set(ckpt.bytes_by_dtype()) == {"BF16"}
+    assert ckpt.nbytes == 2 * count_params(arch)
+    notes = source_notes(str(tmp_path))
+    assert any("the same count as the layout" in n for n in notes), notes
+
+
+def test_sharded_index_and_hand_written_headers(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_CFG))
+    arch = resolve_model(str(tmp_path))
+    from ftmem.arch import layout
+
+    lay = layout(arch)
+    names = {p.name: list(p.shape) for p in lay.outer}
+    for i in range(arch.num_layers):
+        names.update({f"model.layers.{i}.{p.name}": list(p.shape) for p in lay.block})
+    half = dict(list(names.items())[: len(names) // 2])
+    rest = dict(list(names.items())[len(names) // 2 :])
+    write_safetensors(
+        tmp_path / "model-00001-of-00002.safetensors", {k: ("BF16", v) for k, v in half.items()}
+    )
+    write_safetensors(
+        tmp_path / "model-00002-of-00002.safetensors", {k: ("BF16", v) for k, v in rest.items()}
+    )
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in half}
+    weight_map.update({k: "model-00002-of-00002.safetensors" for k in rest})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    ckpt = read_checkpoint(tmp_path)
+    assert len(ckpt.files) == 2 and ckpt.numel == count_params(arch)
+    assert any(
+        "2 safetensors file(s)" in n and "same count" in n for n in source_notes(str(tmp_path))
+    )
+
+
+def test_quantised_checkpoint_is_recognised(tmp_path):
+    cfg = dict(LLAMA_CFG, quantization_config={"quant_method": "gptq", "bits": 4})
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    write_safetensors(tmp_path / "model.safetensors", {
+        "model.layers.0.self_attn.q_proj.qweight": ("I32", [8, 64]),
+        "model.layers.0.self_attn.q_proj.qzeros": ("I32", [1, 8]),
+        "model.layers.0.self_attn.q_proj.scales": ("F16", [1, 64]),
+        "model.layers.0.self_attn.q_proj.g_idx": ("I32", [64]),
+    })  # fmt: skip
+    notes = source_notes(str(tmp_path))
+    assert any("gptq-quantised" in n for n in notes)
+    assert any("GPTQ" in n and "-quantised" in n and "on disk" in n for n in notes)
+
+
+def test_mismatching_checkpoint_is_reported(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_CFG))
+    write_safetensors(
+        tmp_path / "model.safetensors", {"model.embed_tokens.weight": ("BF16", [320, 64])}
+    )
+    assert any("check the checkpoint matches" in n for n in source_notes(str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x01\x02", "too short"),
+        (struct.pack("<Q", 10**9) + b"{}", "does not fit the file"),
+        (struct.pack("<Q", 4) + b"\xff\xfe\xfd\xfc", "not JSON"),
+        (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+        (struct.pack("<Q", 15) + b'{"a": {"x": 1}}', "no dtype or shape"),
+    ],
+)
+def test_bad_safetensors_headers(tmp_path, content, message):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        read_header(path)
+
+
+def test_huggingface_cache_entry_resolves_to_its_snapshot(tmp_path):
+    entry = tmp_path / "models--acme--tiny-llama"
+    snap = entry / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps(LLAMA_CFG))
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text("abc123")
+    assert resolve_model(str(entry)).num_layers == 2
+
+
+def test_hub_id_from_the_local_cache_offline(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    entry = tmp_path / "models--acme--tiny-llama"
+    snap = entry / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps(LLAMA_CFG))
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(snap.name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    arch = resolve_model("acme/tiny-llama")
+    assert arch.hidden_size == 64
+    with pytest.raises(ConfigError, match="not in the local Hugging Face cache"):
+        resolve_model("acme/not-cached")
+
+
+def test_multimodal_config_estimates_the_language_model(tmp_path):
+    cfg = {
+        "model_type": "llava",
+        "text_config": LLAMA_CFG,
+        "vision_config": {"model_type": "clip_vision_model", "hidden_size": 32},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    arch = resolve_model(str(tmp_path))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text(json.dumps(LLAMA_CFG))
+    assert count_params(arch) == count_params(resolve_model(str(plain)))
+    est = estimate(str(tmp_path))
+    assert any("vision encoder and its projector are left out" in n for n in est.notes)
+
+
+def test_user_presets_are_validated_and_used(tmp_path, monkeypatch):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "gpus").mkdir()
+    (tmp_path / "models" / "acme.yaml").write_text(
+        "id: acme-7b\naliases: [acme/acme-7b]\nname: Acme-7B\nfamily: llama\nvocab_size: 32000\n"
+        "hidden_size: 4096\nnum_layers: 32\nnum_heads: 32\nintermediate_size: 11008\n"
+    )
+    (tmp_path / "gpus" / "lab.yaml").write_text(
+        "id: lab-card\nname: Lab card 40GB\nmemory_bytes: 42949672960\nsource: our spec sheet\n"
+    )
+    monkeypatch.setenv("FTMEM_PRESETS", str(tmp_path))
+    assert count_params(get_model("acme/acme-7b")) == count_params(get_model("llama2-7b"))
+    assert get_gpu("lab-card").memory_bytes == 40 * 2**30
+    assert estimate("acme-7b", gpu="lab-card").fits is not None
+    (tmp_path / "gpus" / "bad.yaml").write_text("id: bad\nname: x\nmemory_bytes: -1\nsource: y\n")
+    with pytest.raises(FtmemError, match=r"bad\.yaml is invalid \(memory_bytes"):
+        get_gpu("lab-card")
+
+
+def test_user_presets_folder_must_exist(monkeypatch):
+    monkeypatch.setenv("FTMEM_PRESETS", "/no/such/presets")
+    with pytest.raises(FtmemError, match="not a folder"):
+        get_model("llama2-7b")
