@@ -1,4 +1,5 @@
-"""The Python API: ``ftmem.estimate(...)`` gives what ``ftmem estimate`` prints."""
+"""The Python API: ``ftmem.estimate``, ``ftmem.plan`` and ``ftmem.largest`` give what the
+CLI's estimate, plan and max print (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from ftmem.estimate import estimate_step
 from ftmem.hardware import Gpu, custom_gpu
 from ftmem.methods import adapted_linears
 from ftmem.parallel import ParallelConfig
+from ftmem.plan import Plan, make_plan
 from ftmem.presets import get_gpu
 from ftmem.result import Estimate
 from ftmem.run import RunConfig
+from ftmem.search import Largest, largest_fitting
 from ftmem.sources import resolve_model, source_notes
 from ftmem.units import parse_size
 
@@ -130,3 +133,49 @@ def estimate(
     )
     est = estimate_step(arch, run, resolve_gpu(gpu, gpu_memory), overhead_bytes, par)
     return est.model_copy(update={"notes": [*notes, *est.notes]}) if notes else est
+
+
+def plan(
+    model: str | Architecture,
+    *,
+    gpu: str | Gpu | None = None,
+    gpu_memory: str | int | None = None,
+    rows: int = 8,
+    **settings: Any,
+) -> Plan:
+    """The least invasive changes that make the run fit the GPU (``ftmem plan``)."""
+    arch = resolve_model(model) if isinstance(model, str) else model
+    return make_plan(
+        lambda s: estimate(arch, gpu=gpu, gpu_memory=gpu_memory, **s), dict(settings), rows=rows
+    )
+
+
+SEARCHABLE_SETTINGS = {"batch_size": 2**16, "seq_len": 2**21, "lora_r": None}
+
+
+def largest(
+    model: str | Architecture,
+    what: str,
+    *,
+    gpu: str | Gpu | None = None,
+    gpu_memory: str | int | None = None,
+    **settings: Any,
+) -> Largest:
+    """The largest ``batch_size``, ``seq_len`` or ``lora_r`` that fits (``ftmem max``)."""
+    if what not in SEARCHABLE_SETTINGS:
+        raise InvalidInputError(
+            f"what must be one of {', '.join(SEARCHABLE_SETTINGS)}, not {what!r}."
+        )
+    arch = resolve_model(model) if isinstance(model, str) else model
+    highest = SEARCHABLE_SETTINGS[what]
+    if what == "lora_r":
+        probe = run_config(**{k: v for k, v in settings.items() if k in ("method", "lora_targets")})
+        highest = min(min(x.in_features, x.out_features) for x in adapted_linears(arch, probe))
+    elif what == "seq_len" and arch.position_embedding == "learned":
+        highest = arch.max_position_embeddings
+    assert highest is not None
+    return largest_fitting(
+        lambda n: estimate(arch, gpu=gpu, gpu_memory=gpu_memory, **{**settings, what: n}),
+        1,
+        highest,
+    )
