@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Tests never reach the network: Hub ids resolve from the local cache or fail at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ftmem.arch import Architecture
 

@@ -39,7 +39,13 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
     ("gpu-typo", ["estimate", "gpt2", "--gpu", "a100-90gb"], {}, "Did you mean"),
     ("unknown-command", ["nosuchcmd"], {}, "No such command 'nosuchcmd'"),
     ("unknown-option", ["estimate", "gpt2", "--nope"], {}, "No such option: --nope"),
-    ("missing-model", ["estimate"], {}, "Missing argument 'model'"),
+    ("missing-model", ["estimate"], {}, "give a model"),
+    (
+        "hub-id-offline",
+        ["estimate", "acme/no-such-model"],
+        {},
+        "Unknown model 'acme/no-such-model'",
+    ),
     # choices
     ("method", ["estimate", "gpt2", "--method", "banana"], {}, "--method"),
     ("precision", ["estimate", "gpt2", "--precision", "bf17"], {}, "--precision"),

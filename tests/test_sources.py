@@ -149,7 +149,10 @@ def test_hub_id_from_the_local_cache_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     arch = resolve_model("acme/tiny-llama")
     assert arch.hidden_size == 64
-    with pytest.raises(ConfigError, match="not in the local Hugging Face cache"):
+    with pytest.raises(
+        ConfigError,
+        match=r"Unknown model .acme/not-cached.: not a preset, and its config.json is not in the local",
+    ):
         resolve_model("acme/not-cached")
 
 

@@ -6,6 +6,7 @@ Each supported ``model_type`` maps its config keys onto :class:`Architecture`.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Callable
@@ -279,19 +280,20 @@ def _from_hub(repo_id: str) -> Path:
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     except ImportError:
         raise ConfigError(
-            f"'{repo_id}' is not a preset; reading it from the Hub needs huggingface_hub: "
-            'pip install "ftmem[hub]" (or give a local folder with config.json).'
+            'reading it from the Hub needs huggingface_hub: pip install "ftmem[hub]" '
+            "(or give a local folder with config.json)."
         ) from None
     try:
         return Path(hf_hub_download(repo_id, "config.json"))
     except LocalEntryNotFoundError:
         raise ConfigError(
-            f"'{repo_id}' is not a preset and its config.json is not in the local Hugging Face "
-            "cache (offline, or HF_HUB_OFFLINE=1); download it once or give a local folder."
+            "its config.json is not in the local Hugging Face cache (offline, or "
+            "HF_HUB_OFFLINE=1); download it once, or give a local folder or a preset "
+            "(`ftmem models`)."
         ) from None
     except (HfHubHTTPError, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"'{repo_id}' could not be read from the Hub: {first}") from None
+        raise ConfigError(f"it could not be read from the Hub: {first}") from None
 
 
 def resolve_model(spec: str) -> Architecture:
@@ -302,10 +304,15 @@ def resolve_model(spec: str) -> Architecture:
         return load_config_json(local)
     try:
         return get_model(spec)
-    except UnknownNameError:
-        if HUB_ID.match(spec.strip()):
+    except UnknownNameError as unknown:
+        if not HUB_ID.match(spec.strip()):
+            raise
+        try:
             return load_config_json(_from_hub(spec.strip()))
-        raise
+        except ConfigError as hub:
+            close = difflib.get_close_matches(spec.lower(), unknown.known, n=3, cutoff=0.5)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise ConfigError(f"Unknown model '{spec}': not a preset{hint}, and {hub}") from unknown
 
 
 def source_notes(spec: str) -> list[str]:

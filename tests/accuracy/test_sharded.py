@@ -20,6 +20,7 @@ from tests.conftest import tiny
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "accuracy.md"
 WORLD = 2
+DOC_MEASURED_SLACK = 0.005
 BASE = dict(batch_size=2, seq_len=64, device="cpu", optimizer_impl="for-loop")
 
 
@@ -87,6 +88,13 @@ def test_fsdp_rank_matches_estimate(case):
     est, got = r["peak"]
     err = (est - got) / got
     assert abs(err) <= PEAK_TOLERANCE, f"{case.id}: peak {est:,} vs {got:,} ({err:+.1%})"
-    assert sharded_row(r) in DOC.read_text(encoding="utf-8"), (
-        f"{case.id}: docs/accuracy.md is stale; run `python scripts/accuracy_table.py`"
+    # The doc's row: the same estimate exactly; the measured peak may move by a few
+    # hundred bytes between runs (gloo frees its buffers on its own threads).
+    rows = [line for line in DOC.read_text(encoding="utf-8").splitlines() if f"`{case.id}`" in line]
+    assert rows, f"{case.id}: not in docs/accuracy.md; run `python scripts/accuracy_table.py`"
+    documented = rows[0].split("|")[5].split("(")[0]
+    doc_est, doc_got = (int(x.strip().replace(",", "")) for x in documented.split("/"))
+    assert doc_est == est, f"{case.id}: docs/accuracy.md is stale; run scripts/accuracy_table.py"
+    assert abs(doc_got - got) <= DOC_MEASURED_SLACK * got, (
+        f"{case.id}: measured {got:,} now, {doc_got:,} in docs/accuracy.md"
     )
