@@ -29,7 +29,9 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 def render(cmd: str) -> str:
     from ftmem.cli import app
 
-    res = CliRunner().invoke(app, shlex.split(cmd), env={"COLUMNS": "100", "NO_COLOR": "1"})
+    res = CliRunner().invoke(
+        app, shlex.split(cmd), env={"COLUMNS": "100", "NO_COLOR": "1"}, prog_name="ftmem"
+    )
     if res.exit_code not in (0, 1):
         raise SystemExit(f"`ftmem {cmd}` failed: {res.output}")
     return res.stdout
