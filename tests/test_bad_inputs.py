@@ -407,6 +407,17 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         {},
         "drop --nodes",
     ),
+    # serve
+    ("serve-bad-weights", ["serve", "gpt2", "--weights", "int3"], {}, "--weights"),
+    ("serve-zero-sequences", ["serve", "gpt2", "--sequences", "0"], {}, "--sequences"),
+    ("serve-negative-adapters", ["serve", "gpt2", "--lora-adapters", "-1"], {}, "--lora-adapters"),
+    ("serve-max-no-gpu", ["serve", "gpt2", "--max-sequences"], {}, "needs a GPU"),
+    (
+        "serve-bad-targets",
+        ["serve", "gpt2", "--lora-adapters", "1", "--lora-targets", "zz"],
+        {},
+        "matches no linear",
+    ),
     # plan, max, compare, check
     ("plan-no-gpu", ["plan", "llama2-7b"], {}, "needs a GPU"),
     (

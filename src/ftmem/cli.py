@@ -497,6 +497,117 @@ def explain(
 
 
 @app.command()
+def serve(
+    model: ModelArg,
+    weights: Annotated[
+        str,
+        typer.Option(help="bf16 | fp16 | fp32 | fp8 | int8 | nf4 | fp4 | int4 (GPTQ/AWQ-style)"),
+    ] = "bf16",
+    kv_dtype: Annotated[
+        str, typer.Option(help="KV cache dtype: bf16 | fp16 | fp32 | fp8")
+    ] = "bf16",
+    sequences: Annotated[int, typer.Option(help="Concurrent sequences.")] = 1,
+    context: Annotated[int, typer.Option(help="Tokens per sequence (prompt + generated).")] = 4096,
+    prefill_chunk: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            help="Tokens of one prefill forward, all sequences together (vLLM's "
+            "max_num_batched_tokens); default: every whole context at once."
+        ),
+    ] = None,
+    lora_adapters: Annotated[int, typer.Option(help="Resident LoRA adapters (multi-LoRA).")] = 0,
+    lora_r: Annotated[int, typer.Option(help="Rank of the resident adapters.")] = 16,
+    lora_targets: Annotated[str, typer.Option(help="Their targets.")] = "all-linear",
+    max_sequences: Annotated[
+        bool,
+        typer.Option("--max-sequences", help="Find the most concurrent sequences that fit --gpu."),
+    ] = False,
+    gpu: Annotated[Optional[str], typer.Option(help="GPU preset.")] = None,  # noqa: UP045
+    gpu_memory: Annotated[Optional[str], typer.Option(help="GPU memory, e.g. 24GiB.")] = None,  # noqa: UP045
+    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    units: Units = "GiB",
+) -> None:
+    """Inference / serving memory: weights, KV cache, prefill, resident adapters."""
+    from pydantic import ValidationError
+
+    from ftmem.api import resolve_gpu
+    from ftmem.search import largest_fitting
+    from ftmem.serve import ServeConfig, estimate_serving
+    from ftmem.sources import resolve_model
+    from ftmem.units import format_bytes
+
+    try:
+        unit = _units(units)
+        _format(output_format, "table", "json")
+        arch = resolve_model(model)
+        hw = resolve_gpu(gpu, gpu_memory)
+        settings = dict(
+            weights=weights, kv_dtype=kv_dtype, sequences=sequences, context=context,
+            prefill_chunk=prefill_chunk, lora_adapters=lora_adapters, lora_r=lora_r,
+            lora_targets=lora_targets,
+        )  # fmt: skip
+        try:
+            cfg = ServeConfig(**settings)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = "--" + str(err["loc"][0]).replace("_", "-")
+            raise FtmemError(f"{name}: {err['msg']} (got {err.get('input')!r}).") from None
+        est = estimate_serving(arch, cfg, hw)
+        line = None
+        if max_sequences:
+            if hw is None:
+                raise FtmemError("--max-sequences needs a GPU: give --gpu or --gpu-memory.")
+
+            def at(n: int) -> Any:
+                return estimate_serving(arch, cfg.model_copy(update={"sequences": n}), hw)
+
+            found = largest_fitting(at, 1, 2**20)  # type: ignore[arg-type]
+            if found.value is None:
+                line = f"Not even one sequence of {context:,} tokens fits {hw.name}."
+            else:
+                est = found.fits_at  # type: ignore[assignment]
+                line = f"Most concurrent sequences of {context:,} tokens that fit {hw.name}: {found.value:,}."
+    except FtmemError as exc:
+        raise _fail(str(exc)) from None
+    if output_format == "json":
+        typer.echo(est.model_dump_json(indent=2))
+        return
+    from rich.table import Table
+
+    c = est.config
+    tbl = Table(
+        title=f"{arch.name} serving: {c.weights} weights · KV {c.kv_dtype} · "
+        f"{c.sequences} × {c.context:,} tokens",
+        title_justify="left",
+    )
+    tbl.add_column("Component")
+    tbl.add_column(f"Size ({unit})", justify="right")
+    rows = [
+        ("Weights", est.weights_bytes),
+        (f"KV cache ({format_bytes(est.kv_bytes_per_token, unit)} per token)", est.kv_cache_bytes),
+        ("Resident LoRA adapters", est.adapters_bytes),
+        ("Prefill transients and logits", est.prefill_bytes),
+    ]
+    for label, value in rows:
+        tbl.add_row(label, format_bytes(value, unit))
+    tbl.add_section()
+    tbl.add_row("Peak allocated", format_bytes(est.peak_allocated_bytes, unit))
+    tbl.add_row("Runtime overhead", format_bytes(est.overhead_bytes, unit))
+    tbl.add_row("Total", format_bytes(est.total_bytes, unit))
+    _console().print(tbl)
+    if est.gpu is not None:
+        verdict = "FITS" if est.fits else "DOES NOT FIT"
+        typer.echo(
+            f"{verdict} on {est.gpu['name']}: {format_bytes(abs(est.headroom_bytes or 0), unit)} "
+            f"{'headroom' if est.fits else 'short'}."
+        )
+    if line:
+        typer.echo(line)
+    for note in est.notes:
+        typer.echo(f"note: {note}")
+
+
+@app.command()
 def check(
     budgets: Annotated[str, typer.Argument(help="Budgets YAML file (see docs/budgets.md).")],
     json_out: Annotated[

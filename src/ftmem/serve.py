@@ -1,0 +1,175 @@
+"""Inference and serving memory: weights in a serving format, the KV cache, the prefill's
+transient activations and logits, resident LoRA adapters.
+
+* Weights: every tensor of the layout; linear layers in the chosen format (16-bit, fp8,
+  LLM.int8, bitsandbytes nf4/fp4, or a GPTQ/AWQ-style int4 with one fp16 scale and one
+  4-bit zero point per group of 128 inputs); embeddings, norms and the LM head 16-bit.
+* KV cache: 2 (key and value) × layers × KV heads × head size × bytes × sequences ×
+  tokens each (``DynamicCache`` in transformers keeps every token; GQA shrinks it).
+* The prefill of a chunk of tokens, without autograd: the residual stream, the block's
+  largest intermediate (gate and up outputs and the activation of a gated MLP) and the
+  logits of the last position of each sequence (``logits_to_keep=1``, fp32).
+* Multi-LoRA serving: each resident adapter's A and B matrices in 16-bit.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from ftmem.arch import Architecture, layout
+from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div, tensor_bytes
+from ftmem.hardware import DEFAULT_ALLOCATOR_RESERVE_FRACTION, DEFAULT_CUDA_CONTEXT_BYTES, Gpu
+from ftmem.methods import adapted_linears
+from ftmem.run import RunConfig
+
+WeightFormat = Literal["bf16", "fp16", "fp32", "fp8", "int8", "nf4", "fp4", "int4"]
+KvDtype = Literal["bf16", "fp16", "fp32", "fp8"]
+INT4_GROUP = 128  # GPTQ/AWQ's usual group size
+FP32 = 4
+
+
+class ServeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weights: WeightFormat = "bf16"
+    kv_dtype: KvDtype = "bf16"
+    sequences: PositiveInt = Field(1, description="Concurrent sequences (batch).")
+    context: PositiveInt = Field(4096, description="Tokens per sequence: prompt + generated.")
+    prefill_chunk: PositiveInt | None = Field(
+        None,
+        description="Tokens of one prefill forward, all sequences together (vLLM's "
+        "max_num_batched_tokens); default: every sequence's whole context at once.",
+    )
+    lora_adapters: int = Field(0, ge=0, description="Resident LoRA adapters (multi-LoRA).")
+    lora_r: PositiveInt = 16
+    lora_targets: str = "all-linear"
+
+
+class ServeEstimate(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    config: ServeConfig
+    weights_bytes: int
+    kv_cache_bytes: int
+    kv_bytes_per_token: int  # one token of one sequence, all layers
+    adapters_bytes: int
+    prefill_bytes: int  # transient: residual, MLP intermediates, logits
+    peak_allocated_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+    gpu: dict[str, object] | None
+    fits: bool | None
+    headroom_bytes: int | None
+    notes: list[str]
+
+
+def _int4_bytes(numel: int, in_features: int, out_features: int) -> int:
+    groups = ceil_div(in_features, INT4_GROUP) * out_features
+    return ceil_div(numel, 2) + groups * 2 + ceil_div(groups, 2)  # values, fp16 scales, zeros
+
+
+def weight_bytes(arch: Architecture, fmt: WeightFormat) -> int:
+    lay = layout(arch)
+    total = sum(tensor_bytes(p.numel, "bf16") for p in lay.outer)
+    lin_in = {lin.module: lin.in_features for lin in lay.linears}
+    for p in lay.block:
+        quantizable = p.kind in ("linear", "expert") and fmt not in ("bf16", "fp16", "fp32")
+        if not quantizable:
+            base = fmt if fmt in ("fp16", "fp32") else "bf16"
+            total += arch.num_layers * tensor_bytes(p.numel, base)
+            continue
+        out_features = p.shape[-2] if len(p.shape) >= 2 else p.shape[0]
+        if fmt == "int4":
+            in_features = lin_in.get(p.module, p.shape[-1])
+            b = _int4_bytes(p.numel, in_features, out_features)
+        elif fmt == "fp8":
+            b = p.numel + FP32  # one fp32 scale per tensor
+        else:
+            b = tensor_bytes(p.numel, fmt, out_features)
+        total += arch.num_layers * b
+    return total
+
+
+def kv_bytes_per_token(arch: Architecture, kv_dtype: KvDtype) -> int:
+    return 2 * arch.num_layers * arch.kv_heads * arch.head_size * BYTES_PER_ELEMENT[kv_dtype]
+
+
+def adapter_bytes(arch: Architecture, cfg: ServeConfig) -> int:
+    if not cfg.lora_adapters:
+        return 0
+    run = RunConfig(method="lora", lora_r=cfg.lora_r, lora_targets=cfg.lora_targets)
+    per = sum(
+        cfg.lora_r * (lin.in_features + lin.out_features) for lin in adapted_linears(arch, run)
+    )
+    return cfg.lora_adapters * per * arch.num_layers * 2
+
+
+def prefill_bytes(arch: Architecture, cfg: ServeConfig) -> int:
+    """Transient bytes of the largest moment of one block's forward over a prefill chunk,
+    plus the logits of the last positions.
+
+    Three moments, the largest wins: the RMSNorm (the residual, its fp32 copy and the
+    fp32 normalised product), attention (residual, normalised input, q, k, v, rotated q
+    and k, the attention output) and the MLP (residual, normalised input, gate and up
+    outputs and the activation).
+    """
+    everything = cfg.sequences * cfg.context
+    tokens = min(cfg.prefill_chunk or everything, everything)
+    h, f, e = arch.hidden_size, arch.intermediate_size, 2
+    if arch.is_moe:
+        f *= arch.experts_per_token
+    q, kv = arch.q_size, arch.kv_size
+    norm = tokens * h * (e + 2 * FP32)
+    attention = tokens * e * (2 * h + 2 * q + 2 * kv + kv + q)
+    mlp = tokens * e * (2 * h + (3 * f if arch.mlp == "gated" else 2 * f))
+    logits = cfg.sequences * arch.vocab_size * FP32
+    return max(norm, attention, mlp) + logits
+
+
+def estimate_serving(
+    arch: Architecture, cfg: ServeConfig, gpu: Gpu | None = None, overhead_bytes: int | None = None
+) -> ServeEstimate:
+    weights = weight_bytes(arch, cfg.weights)
+    per_token = kv_bytes_per_token(arch, cfg.kv_dtype)
+    kv = per_token * cfg.sequences * cfg.context
+    adapters = adapter_bytes(arch, cfg)
+    prefill = prefill_bytes(arch, cfg)
+    peak = weights + kv + adapters + prefill
+    overhead = (
+        DEFAULT_CUDA_CONTEXT_BYTES + int(peak * DEFAULT_ALLOCATOR_RESERVE_FRACTION)
+        if overhead_bytes is None
+        else overhead_bytes
+    )
+    total = peak + overhead
+    notes = []
+    if arch.sliding_window and cfg.context > arch.sliding_window:
+        notes.append(
+            f"{arch.name} attends within a {arch.sliding_window:,}-token window; transformers' "
+            "DynamicCache still keeps every token (a sliding-window cache would cap the KV cache)."
+        )
+    if cfg.weights == "int4":
+        notes.append(
+            f"int4: GPTQ/AWQ-style, groups of {INT4_GROUP} inputs with an fp16 scale and a 4-bit "
+            "zero point each; embeddings, norms and the LM head stay 16-bit."
+        )
+    return ServeEstimate(
+        model=arch.name,
+        config=cfg,
+        weights_bytes=weights,
+        kv_cache_bytes=kv,
+        kv_bytes_per_token=per_token,
+        adapters_bytes=adapters,
+        prefill_bytes=prefill,
+        peak_allocated_bytes=peak,
+        overhead_bytes=overhead,
+        total_bytes=total,
+        gpu=None
+        if gpu is None
+        else {"name": gpu.name, "id": gpu.id, "memory_bytes": gpu.memory_bytes},
+        fits=None if gpu is None else total <= gpu.memory_bytes,
+        headroom_bytes=None if gpu is None else gpu.memory_bytes - total,
+        notes=notes,
+    )
