@@ -225,6 +225,14 @@ def _strategy_from_fsdp(value: Any, fsdp_config: Any, cfg: FrameworkConfig) -> N
         )
 
 
+def _distributed(data: dict[str, Any], base: Path, cfg: FrameworkConfig) -> None:
+    """The DeepSpeed / FSDP keys HF-Trainer-based frameworks share."""
+    if data.get("deepspeed"):
+        _strategy_from_deepspeed(data["deepspeed"], base, cfg)
+    if data.get("fsdp"):
+        _strategy_from_fsdp(data["fsdp"], data.get("fsdp_config"), cfg)
+
+
 def _hf_trainer_precision(data: dict[str, Any], cfg: FrameworkConfig, dtype: Any = None) -> None:
     """HF Trainer: bf16/fp16 turn on autocast; the weights keep the dtype they were
     loaded in (transformers 5 loads a checkpoint's own dtype by default, 16-bit here)."""
@@ -291,10 +299,7 @@ def _axolotl(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]
         cfg.notes.append(
             "sample_packing: each micro-batch is packed to sequence_len tokens, as estimated."
         )
-    if data.get("deepspeed"):
-        _strategy_from_deepspeed(data["deepspeed"], base, cfg)
-    if data.get("fsdp"):
-        _strategy_from_fsdp(data["fsdp"], data.get("fsdp_config"), cfg)
+    _distributed(data, base, cfg)
     return {
         "base_model",
         "adapter",
@@ -475,10 +480,7 @@ def _hf_trainer(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[s
         cfg.notes.append(
             "packing: each micro-batch is packed to the sequence length, as estimated."
         )
-    if data.get("deepspeed"):
-        _strategy_from_deepspeed(data["deepspeed"], base, cfg)
-    if data.get("fsdp"):
-        _strategy_from_fsdp(data["fsdp"], data.get("fsdp_config"), cfg)
+    _distributed(data, base, cfg)
     return {
         "model_name_or_path",
         "model_name",
