@@ -167,3 +167,21 @@ def test_model_or_config_is_required(capsys):
         main(["estimate"])
     assert exit_info.value.code == 2
     assert "give a model" in capsys.readouterr().err
+
+
+def test_plan_and_max_read_the_config_too():
+    path = str(SAMPLES / "axolotl-qlora-llama3-8b.yml")
+    _, model, settings = EXPECTED["axolotl-qlora-llama3-8b.yml"]
+    res = runner.invoke(app, ["max", "--from", path, "--gpu", "rtx4090", "--for", "seq-len",
+                              "--format", "json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    n = json.loads(res.output)["largest"]
+    assert estimate(model, gpu="rtx4090", **{**settings, "seq_len": n}).fits
+    assert not estimate(model, gpu="rtx4090", **{**settings, "seq_len": n + 1}).fits
+    res = runner.invoke(app, ["plan", "--from", path, "--gpu", "rtx4090", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    baseline = json.loads(res.output)["baseline"]
+    assert (
+        baseline["memory"]
+        == estimate(model, gpu="rtx4090", **settings).model_dump(mode="json")["memory"]
+    )

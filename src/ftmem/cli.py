@@ -251,9 +251,10 @@ def _fewest_gpus(arch, settings: dict, per_node: int, nodes: int, unit: str):
 
 
 @app.command()
-@with_options(RUN, GPU, SPREAD)
+@with_options(FROM, RUN, GPU, SPREAD)
 def plan(
-    model: ModelArg,
+    ctx: typer.Context,
+    model: OptModelArg = None,
     rows: Annotated[int, typer.Option(help="How many ways to fit to show.")] = 8,
     output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
     plot: Annotated[
@@ -276,6 +277,7 @@ def plan(
         _format(output_format, "table", "json")
         if rows < 1:
             raise FtmemError("--rows must be at least 1.")
+        model, settings, _ = _with_config(ctx, model, settings)
         arch = resolve_model(model)
         hw = {k: settings.pop(k) for k in ("gpu", "gpu_memory", "overhead")}
         run_settings = {k: v for k, v in settings.items() if v is not None}
@@ -315,9 +317,10 @@ MAX_SEQ = 2**21
 
 
 @app.command(name="max")
-@with_options(RUN, GPU, SPREAD)
+@with_options(FROM, RUN, GPU, SPREAD)
 def largest(
-    model: ModelArg,
+    ctx: typer.Context,
+    model: OptModelArg = None,
     for_: Annotated[
         str, typer.Option("--for", help="batch-size | seq-len | lora-r: what to maximise.")
     ] = "batch-size",
@@ -346,6 +349,7 @@ def largest(
             raise FtmemError(f"--for must be one of {', '.join(SEARCHABLE)}, not {for_!r}.")
         _format(output_format, "table", "json")
         key = SEARCHABLE[for_]  # the searched setting replaces any value given for it
+        model, settings, _ = _with_config(ctx, model, settings)
         arch = resolve_model(model)
         given = {k: v for k, v in settings.items() if v is not None}
         if key == "lora_r":
