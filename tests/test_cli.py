@@ -287,3 +287,17 @@ def test_terminal_bar_is_proportional_to_an_eighth_of_a_cell():
     assert bar(1 / 80) == "▏·········"  # one eighth of one cell of ten
     assert bar(2.0, 4) == "████"  # clipped
     assert all(len(bar(i / 97, 13)) == 13 for i in range(98))
+
+
+def test_methods_lists_every_method_the_estimator_takes():
+    from typing import get_args
+
+    from ftmem.methods import METHOD_CATALOG
+    from ftmem.run import Method
+
+    assert set(METHOD_CATALOG) == set(get_args(Method))
+    res = run("methods")
+    assert res.exit_code == 0
+    for name, (_, source) in METHOD_CATALOG.items():
+        assert name in res.output
+    assert "arXiv:2305.14314" in res.output

@@ -775,6 +775,21 @@ def schema() -> None:
 
 
 @app.command()
+def methods() -> None:
+    """List the finetuning methods with what each trains and its source."""
+    from rich.table import Table
+
+    from ftmem.methods import METHOD_CATALOG
+
+    tbl = Table(title="Finetuning methods (--method)")
+    for col in ("method", "what trains", "source"):
+        tbl.add_column(col)
+    for name, (what, source) in METHOD_CATALOG.items():
+        tbl.add_row(name, what, source)
+    _console().print(tbl)
+
+
+@app.command()
 def models(units: Units = "GiB") -> None:
     """List the model presets with their exact parameter counts."""
     from rich.table import Table

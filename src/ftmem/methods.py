@@ -16,7 +16,31 @@ from ftmem.errors import InvalidInputError
 from ftmem.precision import Dtypes, resolve_dtypes
 from ftmem.run import ADAPTER_METHODS, RunConfig
 
-DEFAULT_FREEZE_TRAINABLE_LAYERS = 2  # LLaMA-Factory's freeze_trainable_layers default
+DEFAULT_FREEZE_TRAINABLE_LAYERS = 2
+
+# What `ftmem methods` lists: every method the estimator implements, with its source.
+METHOD_CATALOG: dict[str, tuple[str, str]] = {
+    "full": (
+        "every weight trains; gradients and optimizer states for all of them",
+        "—",
+    ),
+    "freeze": (
+        "the last N blocks train (--trainable-layers, default 2), the rest is frozen",
+        "LLaMA-Factory's freeze tuning; Lee et al. 2019, arXiv:1911.03090",
+    ),
+    "lora": (
+        "low-rank adapters A (r × in) and B (out × r) beside frozen linears",
+        "Hu et al. 2021, arXiv:2106.09685",
+    ),
+    "qlora": (
+        "LoRA over a 4-bit NF4 (or fp4 / int8) base, double-quantised constants",
+        "Dettmers et al. 2023, arXiv:2305.14314",
+    ),
+    "dora": (
+        "LoRA plus a magnitude vector per adapted linear; builds the adapted weight each forward",
+        "Liu et al. 2024, arXiv:2402.09353",
+    ),
+}  # LLaMA-Factory's freeze_trainable_layers default
 
 
 @dataclass(frozen=True, slots=True)
