@@ -407,6 +407,24 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         {},
         "drop --nodes",
     ),
+    (
+        "modules-to-save-bad",
+        ["estimate", "llama2-7b", "--method", "lora", "--lora-modules-to-save", "norm"],
+        {},
+        "embed, head or embed,head",
+    ),
+    (
+        "modules-to-save-full",
+        ["estimate", "llama2-7b", "--lora-modules-to-save", "head"],
+        {},
+        "only apply to lora",
+    ),
+    (
+        "modules-to-save-tied",
+        ["estimate", "gemma-2b", "--method", "lora", "--lora-modules-to-save", "head"],
+        {},
+        "ties its embedding",
+    ),
     # serve
     ("serve-bad-weights", ["serve", "gpt2", "--weights", "int3"], {}, "--weights"),
     ("serve-zero-sequences", ["serve", "gpt2", "--sequences", "0"], {}, "--sequences"),

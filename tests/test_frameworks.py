@@ -185,3 +185,19 @@ def test_plan_and_max_read_the_config_too():
         baseline["memory"]
         == estimate(model, gpu="rtx4090", **settings).model_dump(mode="json")["memory"]
     )
+
+
+def test_axolotl_modules_to_save(tmp_path):
+    path = tmp_path / "axo.yml"
+    path.write_text(
+        "base_model: meta-llama/Llama-2-7b-hf\nadapter: lora\n"
+        "lora_modules_to_save: [embed_tokens, lm_head]\n"
+    )
+    cfg = read_framework_config(str(path))
+    assert cfg.settings["lora_modules_to_save"] == "embed,head"
+    est = estimate(cfg.model, **cfg.settings)
+    # the two trainable copies: 2 × 32000 × 4096 parameters on top of LoRA's
+    plain = estimate(
+        cfg.model, **{k: v for k, v in cfg.settings.items() if k != "lora_modules_to_save"}
+    )
+    assert est.model.n_trainable_params - plain.model.n_trainable_params == 2 * 32000 * 4096

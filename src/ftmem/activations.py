@@ -361,9 +361,9 @@ def outer_saved(
     T, V, h, e = tokens, arch.vocab_size, arch.hidden_size, ctx.e
     train = plan.outer_trainable
     below: list[Saved] = []
-    if train:
+    if train or plan.embed_trainable:
         below.append(Saved("embedding token ids", T * INDEX_BYTES))
-        if arch.position_embedding == "learned":
+        if arch.position_embedding == "learned" and train:
             below.append(Saved("position ids", (T // run.batch_size) * INDEX_BYTES))
     if arch.position_embedding == "rotary":
         # cos and sin tables (s × head_dim), shared by every layer's rotary multiply
@@ -372,7 +372,7 @@ def outer_saved(
             Saved("rotary cos/sin", 2 * (T // run.batch_size) * arch.head_size * ctx.residual)
         )
     above = _norm(ctx, "final norm", True, train)
-    if train:
+    if train or plan.head_trainable:
         above.append(Saved("LM head input", T * h * e))
     if plan.dtypes.autocast:
         # the head's input needs a gradient, so its 16-bit weight copy is kept, frozen or not

@@ -62,6 +62,12 @@ RUN = [
         "all-linear | attention | list: q,k,v,o,gate,up,down or module names (default q,v).",
     ),
     _opt("lora_dropout", OptFloat, None, "LoRA dropout (default 0)."),
+    _opt(
+        "lora_modules_to_save",
+        OptStr,
+        None,
+        "embed | head | embed,head: trainable copies of the token embedding / LM head (peft).",
+    ),
     _opt("adapter_dtype", str, "auto", "auto (peft: fp32) | fp32 | bf16 | fp16"),
     _opt("quant", OptStr, None, "qlora base: nf4 (default) | fp4 | int8"),
     _opt(

@@ -276,8 +276,19 @@ def _axolotl(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]
             s["lora_targets"] = "all-linear"
         elif data.get("lora_target_modules"):
             s["lora_targets"] = _targets(data["lora_target_modules"])
-    if data.get("lora_modules_to_save"):
-        cfg.notes.append("lora_modules_to_save is not modelled yet (issue 4): not counted.")
+    if data.get("lora_modules_to_save") and "method" in s:
+        names = [str(n) for n in data["lora_modules_to_save"]]
+        kinds = {
+            "embed" if "embed" in n or n == "wte" else "head" if n == "lm_head" else ""
+            for n in names
+        }
+        if "" in kinds:
+            cfg.notes.append(
+                f"lora_modules_to_save: only the token embedding and the LM head are modelled "
+                f"(given {', '.join(names)})."
+            )
+        if kinds - {""}:
+            s["lora_modules_to_save"] = ",".join(sorted(kinds - {""}))
     if data.get("sequence_len"):
         s["seq_len"] = data["sequence_len"]
     if data.get("micro_batch_size"):

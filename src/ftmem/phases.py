@@ -32,7 +32,7 @@ class StepSizes:
     weights: int
     states: int
     grads: int  # all gradients
-    grads_outer: int  # embeddings, final norm, LM head: created first in backward
+    grads_outer: int  # embeddings, final norm, LM head (all outside the blocks)
     grads_per_block: int  # one trainable block's gradients
     trainable_blocks: int  # the top blocks that have gradients
     acts_per_block: tuple[int, ...]  # kept for backward, bottom to top
@@ -55,6 +55,8 @@ class StepSizes:
     comm_loss_backward: int | None = None  # at the loss backward (default: comm_backward)
     comm_head_backward: int | None = None  # final norm backward (default: comm_backward)
     acts_held: int = 0
+    # of grads_outer, the token embedding's: created last, after the first block's backward
+    grads_embedding: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +81,7 @@ def find_peak(s: StepSizes) -> Peak:
         ("forward", held, acts, s.logits_forward, head_fwd),
         ("backward", held, acts, s.loss_backward, loss_bwd),
     ]
-    live_grads = s.grads if s.grads_persist else s.grads_outer
+    live_grads = s.grads if s.grads_persist else s.grads_outer - s.grads_embedding
     live_acts = acts - s.acts_above
     moments.append(("backward", live_grads, live_acts, s.head_workspace, head_bwd))
     transient = s.recompute + s.block_workspace
@@ -89,6 +91,10 @@ def find_peak(s: StepSizes) -> Peak:
         live_acts -= s.acts_per_block[i]
         if not s.grads_persist and i >= L - s.trainable_blocks:
             live_grads += s.grads_per_block
+    if not s.grads_persist and s.grads_embedding:
+        # the embedding's backward: every gradient now exists, the embedding side's
+        # activations are the last ones held
+        moments.append(("backward", live_grads + s.grads_embedding, live_acts, 0, bwd))
     moments.append(("optimizer", s.grads, 0, s.optimizer_temporaries, s.comm_optimizer))
 
     base = s.weights + s.states

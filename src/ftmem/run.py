@@ -56,6 +56,10 @@ class RunConfig(BaseModel):
     lora_alpha: float | None = None
     lora_targets: str | None = None
     lora_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    lora_modules_to_save: str | None = Field(
+        None,
+        description="peft modules_to_save: 'embed', 'head' or 'embed,head' (trainable copies).",
+    )
     adapter_dtype: AdapterDtype = "auto"
     # quantised base (qlora)
     quant: Quant | None = None
@@ -71,6 +75,7 @@ class RunConfig(BaseModel):
             "--lora-alpha": self.lora_alpha,
             "--lora-targets": self.lora_targets,
             "--lora-dropout": self.lora_dropout,
+            "--lora-modules-to-save": self.lora_modules_to_save,
         }
         if self.method not in ADAPTER_METHODS:
             given = [k for k, v in lora_opts.items() if v is not None]
@@ -85,6 +90,13 @@ class RunConfig(BaseModel):
                 f"--quant, --double-quant and --compute-dtype only apply to --method qlora, "
                 f"not --method {self.method}"
             )
+        if self.lora_modules_to_save is not None:
+            parts = {x.strip() for x in self.lora_modules_to_save.split(",") if x.strip()}
+            if not parts or parts - {"embed", "head"}:
+                raise ValueError(
+                    "--lora-modules-to-save takes embed, head or embed,head "
+                    f"(got {self.lora_modules_to_save!r})"
+                )
         if self.lora_targets is not None and not self.lora_targets.strip(" ,"):
             raise ValueError("--lora-targets is empty; give e.g. q,v, attention or all-linear")
         if self.autocast and self.precision == "fp32":
@@ -109,6 +121,13 @@ class RunConfig(BaseModel):
     @property
     def targets(self) -> str:
         return self.lora_targets or "q,v"
+
+    @property
+    def modules_to_save(self) -> frozenset[str]:
+        """Which outer modules get a trainable copy (peft modules_to_save)."""
+        if not self.lora_modules_to_save:
+            return frozenset()
+        return frozenset(x.strip() for x in self.lora_modules_to_save.split(",") if x.strip())
 
     @property
     def dropout(self) -> float:

@@ -28,7 +28,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     first_trainable = L - plan.trainable_blocks
     # Trainable embeddings make every block's input need a gradient; with gradient
     # checkpointing transformers makes the embedding output require grad for PEFT too.
-    inputs_grad = plan.outer_trainable or run.grad_ckpt
+    inputs_grad = plan.outer_trainable or plan.embed_trainable or run.grad_ckpt
     states = []
     for i in range(L):
         if i < first_trainable:
@@ -101,6 +101,11 @@ def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
             // plan.trainable_blocks
         )
     grads_outer = grads - grads_block * plan.trainable_blocks
+    grads_embedding = sum(
+        g.total_numel * g.element_bytes
+        for g in grad_groups
+        if not g.in_block and _is_token_embedding(g.name, arch.tie_embeddings)
+    )
 
     upcast = e != FP32
     sizes = StepSizes(
@@ -108,6 +113,7 @@ def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
         states=states,
         grads=grads,
         grads_outer=grads_outer,
+        grads_embedding=grads_embedding,
         grads_per_block=grads_block,
         trainable_blocks=plan.trainable_blocks,
         acts_per_block=tuple(per_block_kept),
@@ -130,6 +136,18 @@ def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
         per_block_full=tuple(per_block),
         typical_block=tuple(cache[block_states[-1]]),
         outer_items=tuple(outer_items),
+    )
+
+
+def _is_token_embedding(name: str, tied: bool) -> bool:
+    """A parameter whose gradient appears only after the first block's backward: the
+    token embedding (unless tied: then it is the LM head too, whose gradient comes first)
+    and learned position embeddings."""
+    base = name.split(".modules_to_save")[0]
+    if base.endswith("wpe.weight"):
+        return True
+    return not tied and base.endswith(
+        ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
     )
 
 

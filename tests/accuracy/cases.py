@@ -102,6 +102,27 @@ def _matrix() -> list[Case]:
     for family in ("llama", "gpt2", "mixtral"):
         for m in ("full", "lora"):
             cases.append(Case(family, {"method": m, "precision": "bf16", "grad_accum": 2}))
+    # peft modules_to_save: trainable copies of the token embedding and/or the LM head
+    for family in ("llama", "mistral", "mixtral", "phi3"):
+        cases.append(
+            Case(
+                family,
+                {"method": "lora", "precision": "bf16", "lora_modules_to_save": "embed,head"},
+            )
+        )
+    for extra in (
+        {"precision": "bf16-mixed", "lora_modules_to_save": "embed"},
+        {"precision": "fp32", "lora_modules_to_save": "head"},
+        {"precision": "bf16", "lora_modules_to_save": "embed,head", "grad_ckpt": True},
+        {"precision": "bf16", "lora_modules_to_save": "embed,head", "grad_accum": 2},
+    ):
+        cases.append(Case("llama", {"method": "lora", **extra}))
+    cases.append(
+        Case("llama", {"method": "dora", "precision": "bf16", "lora_modules_to_save": "head"})
+    )
+    # QLoRA under autocast with fp32 non-quantised weights
+    for family in ("llama", "mistral", "phi3", "mixtral"):
+        cases.append(Case(family, {"method": "qlora", "precision": "bf16-mixed"}, wider))
     # optimizers
     for opt in ("sgd", "sgd-momentum", "adafactor"):
         for precision in ("fp32", "bf16"):
@@ -149,4 +170,13 @@ REAL_SIZE_CASES = [
 ]
 
 # id -> reason; run as strict xfail
-KNOWN_GAPS: dict[str, str] = {}
+_QLORA_AUTOCAST = (
+    "QLoRA under autocast with fp32 non-quantised weights: the estimate counts a 16-bit copy "
+    "of every quantised weight, which bitsandbytes' 4-bit matmul does not keep, and misses "
+    "fp32 products of the residual stream; activations over by 3-13 % (measured "
+    "2026-11-29), not yet derived op by op"
+)
+KNOWN_GAPS: dict[str, str] = {
+    f"{family}-method=qlora-precision=bf16-mixed-hiddensize=128-intermediatesize=256": _QLORA_AUTOCAST
+    for family in ("llama", "mistral", "phi3", "mixtral")
+}

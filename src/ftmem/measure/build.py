@@ -446,12 +446,21 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
         from peft import LoraConfig, get_peft_model
 
         targets = target_module_names(arch, run)
+        to_save = [
+            p.module.rsplit(".", 1)[-1]
+            for p in layout(arch).outer
+            if (
+                "head" if p.name.startswith("lm_head") else "embed" if p.kind == "embedding" else ""
+            )
+            in run.modules_to_save
+        ]
         lcfg = LoraConfig(
             r=run.r,
             lora_alpha=run.alpha,
             lora_dropout=run.dropout,
             target_modules=targets,
             use_dora=run.method == "dora",
+            modules_to_save=to_save or None,
             bias="none",
             task_type="CAUSAL_LM",
         )
