@@ -54,6 +54,13 @@ class _Ctx:
         return BYTES_PER_ELEMENT[self.plan.dtypes.compute]
 
     @property
+    def quantized_outputs_in_input_dtype(self) -> bool:
+        """bitsandbytes' 4-bit linears return their output in their input's dtype: under
+        autocast with fp32 non-quantised weights the q/k/v and MLP outputs stay fp32."""
+        dt = self.plan.dtypes
+        return dt.quantized in ("nf4", "fp4") and dt.autocast and self.residual == FP32
+
+    @property
     def residual(self) -> int:
         """Bytes per element of the residual stream (fp32 params under autocast)."""
         return self.plan.dtypes.residual_bytes
@@ -146,8 +153,12 @@ def _linear_inputs(
     if shared_input and not keeps_input:
         out.append(Saved(f"{label}: input (for lora_A)", T * in_features * in_bytes))
     if dt.autocast:
-        # autocast keeps a 16-bit copy of each weight used by a matmul that needs it
+        # autocast keeps a 16-bit copy of each weight used by a matmul that needs it;
+        # bitsandbytes' quantised matmuls dequantise inside and keep none
+        quantized = dt.quantized is not None and ctx.run.method == "qlora"
         for lin in linears:
+            if quantized and lin.is_module:
+                continue
             if in_grad or state.weights_trainable:
                 out.append(
                     Saved(
@@ -227,7 +238,7 @@ def _attention(ctx: _Ctx, needs_grad: frozenset[str]) -> list[Saved]:
         out.append(Saved("v (repeated per head)", T * kv_saved * e))
     else:
         out.append(Saved("rotary q and k", T * (q + kv) * e))
-        if fused_qkv:
+        if fused_qkv and not ctx.quantized_outputs_in_input_dtype:
             out.append(Saved("qkv_proj output (v is a view)", T * (q + 2 * kv) * e))
         else:
             out.append(Saved("v", T * kv * e))
@@ -259,7 +270,8 @@ def _mlp(ctx: _Ctx, state: BlockState, x_grad: bool, linears: list[Linear]) -> l
     out = _linear_inputs(ctx, ups, state, x_grad, "MLP", h, ctx.residual)
     if any_grad:
         if arch.mlp == "gated":
-            out.append(Saved("gate, up and activation outputs", 3 * T * f * e))
+            oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
+            out.append(Saved("gate, up and activation outputs", 3 * T * f * oe))
         elif arch.family == "gpt2" and arch.activation == "gelu_tanh":
             # GPT-2's NewGELU is written out: x, 0.5x, tanh(...) and 1 + tanh(...)
             out.append(Saved("up output + tanh-GELU intermediates", 4 * T * f * e))

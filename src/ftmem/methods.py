@@ -233,11 +233,6 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
                 "MoE experts are 3-D parameters in transformers 5, not nn.Linear: "
                 "all-linear adapts the attention projections only."
             )
-    if run.method == "qlora" and dtypes.autocast and dtypes.base == "fp32":
-        notes.append(
-            "QLoRA under autocast with fp32 non-quantised weights is a known gap: activations "
-            "are over-estimated by 3-13 % on the measured models (docs/accuracy.md)."
-        )
     if run.method == "qlora" and arch.is_moe:
         notes.append(
             "bitsandbytes quantises nn.Linear layers only: transformers 5 stores MoE experts "
