@@ -21,3 +21,10 @@ def test_embedded_output_is_current(path):
 
 def test_readme_has_blocks():
     assert len(update_docs.BLOCK.findall((ROOT / "README.md").read_text())) >= 2
+
+
+def test_readme_counts_the_accuracy_cases():
+    from tests.accuracy.cases import CASES, KNOWN_GAPS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"{len(CASES) - len(KNOWN_GAPS)} tiny configurations" in readme
