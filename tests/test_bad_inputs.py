@@ -425,6 +425,13 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         {},
         "ties its embedding",
     ),
+    ("measure-fsdp-one", ["measure", "gpt2", "--fsdp", "1"], {}, "--fsdp takes 2 or more"),
+    (
+        "measure-fsdp-fake",
+        ["measure", "gpt2", "--fsdp", "2", "--fake"],
+        {},
+        "--fsdp takes 2 or more",
+    ),
     # serve
     ("serve-bad-weights", ["serve", "gpt2", "--weights", "int3"], {}, "--weights"),
     ("serve-zero-sequences", ["serve", "gpt2", "--sequences", "0"], {}, "--sequences"),

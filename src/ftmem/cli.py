@@ -672,7 +672,15 @@ def measure(
     trainable_layers: Annotated[Optional[int], typer.Option()] = None,  # noqa: UP045
     lora_r: Annotated[Optional[int], typer.Option()] = None,  # noqa: UP045
     lora_targets: Annotated[Optional[str], typer.Option()] = None,  # noqa: UP045
+    lora_modules_to_save: Annotated[Optional[str], typer.Option()] = None,  # noqa: UP045
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    fsdp: Annotated[
+        int,
+        typer.Option(
+            help="Measure torch FSDP2 (FULL_SHARD) over this many CPU processes (gloo) "
+            "against the per-GPU estimate, instead of one device."
+        ),
+    ] = 0,
     steps: Annotated[int, typer.Option(help="Training steps; the last one is measured.")] = 2,
     fake: Annotated[
         bool,
@@ -698,6 +706,8 @@ def measure(
             raise FtmemError("--steps must be at least 2 (step 1 creates the optimizer states).")
         if fake and device != "cpu":
             raise FtmemError("--fake runs on the CPU only; drop --device cuda.")
+        if fsdp and (fsdp < 2 or fake or device != "cpu"):
+            raise FtmemError("--fsdp takes 2 or more CPU ranks, without --fake or --device cuda.")
         arch = resolve_model(model)
         run = run_config(
             method=method,
@@ -710,10 +720,13 @@ def measure(
             trainable_layers=trainable_layers,
             lora_r=lora_r,
             lora_targets=lora_targets,
+            lora_modules_to_save=lora_modules_to_save,
             device=device,
             optimizer_impl="for-loop" if device == "cpu" else "foreach",
         )
         try:
+            if fsdp:
+                return _measure_fsdp(arch, run, fsdp, output_format)
             from ftmem.measure import measure as run_measure
 
             got = run_measure(arch, run, device=device, steps=steps, fake=fake)
@@ -761,6 +774,45 @@ def measure(
         err = f"{(e - g) / g:+.1%}" if g else ("exact" if e == g else "n/a")
         tbl.add_row(key.replace("_", " "), format_bytes(e, "GiB"), format_bytes(g, "GiB"), err)
     tbl.add_row("peak phase", m.peak_phase, got.peak_phase, "")
+    _console().print(tbl)
+
+
+def _measure_fsdp(arch: Any, run: Any, ranks: int, output_format: str) -> None:
+    """`ftmem measure --fsdp N`: each rank's shards and the largest peak, beside the
+    per-GPU estimate of the same run with ``--gpus N --strategy fsdp``."""
+    import json
+
+    from ftmem.estimate import estimate_step
+    from ftmem.measure.sharded import measure_fsdp
+    from ftmem.parallel import ParallelConfig
+    from ftmem.units import format_bytes
+
+    measured = measure_fsdp(arch, run, ranks)
+    est = estimate_step(arch, run, par=ParallelConfig(gpus=ranks, strategy="fsdp")).memory
+    rows = [
+        (key.removesuffix("_bytes"), getattr(est, key), max(r[key] for r in measured))
+        for key in (
+            "weights_bytes",
+            "gradients_bytes",
+            "optimizer_states_bytes",
+            "peak_allocated_bytes",
+        )
+    ]
+    if output_format == "json":
+        typer.echo(
+            json.dumps({"estimate": est.model_dump(mode="json"), "ranks": measured}, indent=2)
+        )
+        return
+    from rich.table import Table
+
+    tbl = Table(
+        title=f"{arch.name}: {run.method} · FSDP over {ranks} CPU ranks (gloo), largest rank"
+    )
+    for col in ("Component", "Estimated per GPU", "Measured", "Error"):
+        tbl.add_column(col, justify="left" if col == "Component" else "right")
+    for key, e, g in rows:
+        err = f"{(e - g) / g:+.1%}" if g else ("exact" if e == g else "n/a")
+        tbl.add_row(key.replace("_", " "), format_bytes(e, "GiB"), format_bytes(g, "GiB"), err)
     _console().print(tbl)
 
 

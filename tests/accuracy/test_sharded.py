@@ -98,3 +98,27 @@ def test_fsdp_rank_matches_estimate(case):
     assert abs(doc_got - got) <= DOC_MEASURED_SLACK * got, (
         f"{case.id}: measured {got:,} now, {doc_got:,} in docs/accuracy.md"
     )
+
+
+def test_measure_cli_fsdp_ranks(tmp_path):
+    """`ftmem measure --fsdp 2`: the same comparison from the command line."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from ftmem.cli import app
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 320, "hidden_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 128,
+    }))  # fmt: skip
+    res = CliRunner().invoke(
+        app, ["measure", str(cfg), "--fsdp", "2", "--seq-len", "64", "--format", "json"]
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output[res.output.index("{") :])
+    assert len(data["ranks"]) == 2
+    for rank in data["ranks"]:
+        assert rank["weights_bytes"] == data["estimate"]["weights_bytes"]
+        assert rank["optimizer_states_bytes"] == data["estimate"]["optimizer_states_bytes"]
