@@ -432,6 +432,13 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         {},
         "--fsdp takes 2 or more",
     ),
+    ("bitfit-no-biases", ["estimate", "llama2-7b", "--method", "bitfit"], {}, "has no bias terms"),
+    (
+        "bitfit-lora-option",
+        ["estimate", "qwen2.5-7b", "--method", "bitfit", "--lora-r", "8"],
+        {},
+        "only apply to lora",
+    ),
     # serve
     ("serve-bad-weights", ["serve", "gpt2", "--weights", "int3"], {}, "--weights"),
     ("serve-zero-sequences", ["serve", "gpt2", "--sequences", "0"], {}, "--sequences"),

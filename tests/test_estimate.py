@@ -166,3 +166,13 @@ def test_gradient_accumulation_keeps_gradients_through_forward():
     assert two.phases.optimizer == one.phases.optimizer
     assert two.peak_allocated_bytes == two.at_peak.total
     assert two.at_peak.gradients == two.gradients_bytes
+
+
+def test_bitfit_trains_the_biases_by_hand():
+    """Qwen2.5-7B has biases on q, k and v only: 28 × (3584 + 512 + 512) parameters."""
+    est = estimate("qwen2.5-7b", method="bitfit")
+    assert est.model.n_trainable_params == 28 * (3584 + 512 + 512)
+    # GPT-2: every linear bias and both LayerNorm biases per block, plus ln_f's bias
+    h, L = 768, 12
+    per_block = (3 * h) + h + (4 * h) + h + 2 * h
+    assert estimate("gpt2", method="bitfit").model.n_trainable_params == L * per_block + h

@@ -40,6 +40,9 @@ class BlockState:
     input_requires_grad: bool
     weights_trainable: bool  # the block's own base weights train (full / freeze)
     adapted: frozenset[str]  # module paths of linears with adapters
+    # BitFit: linears whose bias trains (their output needs a gradient; they keep nothing)
+    biased: frozenset[str] = frozenset()
+    norm_bias: bool = False  # LayerNorm biases train: each LayerNorm keeps its input
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +269,11 @@ def _mlp(ctx: _Ctx, state: BlockState, x_grad: bool, linears: list[Linear]) -> l
         return _moe(ctx, state, x_grad)
     ups = [lin for lin in linears if set(lin.roles) & {"gate", "up"}]
     downs = [lin for lin in linears if "down" in lin.roles]
-    any_grad = x_grad or state.weights_trainable or any(lin.module in state.adapted for lin in ups)
+    any_grad = (
+        x_grad
+        or state.weights_trainable
+        or any(lin.module in state.adapted | state.biased for lin in ups)
+    )
     out = _linear_inputs(ctx, ups, state, x_grad, "MLP", h, ctx.residual)
     if any_grad:
         if arch.mlp == "gated":
@@ -320,21 +327,26 @@ def block_saved(
     mlp = [lin for lin in linears if lin not in qkv and lin not in o]
     x = state.input_requires_grad
     w = state.weights_trainable
+    wn = w or state.norm_bias  # a norm's own parameters train
+    biased = state.biased
     adapted_attn = any(lin.module in state.adapted for lin in qkv)
+    bias_attn = any(lin.module in biased for lin in qkv)
     h = arch.hidden_size
     out: list[Saved] = []
     first_norm = (
         "input norm" if arch.norms_per_block != 2 or not arch.parallel_attn_mlp else "ln_attn"
     )
-    out += _norm(ctx, first_norm, x, w)
+    out += _norm(ctx, first_norm, x, wn)
     if arch.parallel_attn_mlp and arch.norms_per_block == 2:
-        out += _norm(ctx, "ln_mlp", x, w)
+        out += _norm(ctx, "ln_mlp", x, wn)
     out += _linear_inputs(ctx, qkv, state, x, "q/k/v projections", h, ctx.residual)
-    q_grad = x or w or adapted_attn
-    if x or w:
+    q_grad = x or w or adapted_attn or bias_attn or state.norm_bias
+    if x or w or state.norm_bias:
         attn_grads = frozenset({"q", "k", "v"})
     else:
-        attn_grads = frozenset(r for lin in qkv if lin.module in state.adapted for r in lin.roles)
+        attn_grads = frozenset(
+            r for lin in qkv if lin.module in state.adapted | biased for r in lin.roles
+        )
     out += _attention(ctx, attn_grads)
     attn_out_grad = q_grad
     o_state = state
@@ -343,12 +355,15 @@ def block_saved(
         # the attention output is the o_proj input: one storage, already counted
         saved_o = [s for s in saved_o if not s.what.startswith("o_proj: input")]
     out += saved_o
-    after_attn = x or w or adapted_attn or any(lin.module in state.adapted for lin in o)
+    after_attn = (
+        x or w or adapted_attn or bias_attn or state.norm_bias
+        or any(lin.module in state.adapted | biased for lin in o)
+    )  # fmt: skip
     if arch.norms_per_block == 4:
-        out += _norm(ctx, "post-attention norm", after_attn, w)
-        out += _norm(ctx, "pre-feedforward norm", after_attn, w)
+        out += _norm(ctx, "post-attention norm", after_attn, wn)
+        out += _norm(ctx, "pre-feedforward norm", after_attn, wn)
     elif not arch.parallel_attn_mlp:
-        out += _norm(ctx, "post-attention norm", after_attn, w)
+        out += _norm(ctx, "post-attention norm", after_attn, wn)
     mlp_in_grad = x if arch.parallel_attn_mlp else after_attn
     mlp_saved = _mlp(ctx, state, mlp_in_grad, mlp)
     if arch.norms_per_block == 1:
@@ -357,7 +372,7 @@ def block_saved(
     out += mlp_saved
     if arch.norms_per_block == 4:
         mlp_out_grad = mlp_in_grad or w or any(lin.module in state.adapted for lin in mlp)
-        out += _norm(ctx, "post-feedforward norm", mlp_out_grad, w)
+        out += _norm(ctx, "post-feedforward norm", mlp_out_grad, wn)
     return [s for s in out if s.nbytes]
 
 
@@ -383,7 +398,7 @@ def outer_saved(
         below.append(
             Saved("rotary cos/sin", 2 * (T // run.batch_size) * arch.head_size * ctx.residual)
         )
-    above = _norm(ctx, "final norm", True, train)
+    above = _norm(ctx, "final norm", True, train or plan.norm_bias_trainable)
     if train or plan.head_trainable:
         above.append(Saved("LM head input", T * h * e))
     if plan.dtypes.autocast:

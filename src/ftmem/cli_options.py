@@ -31,7 +31,7 @@ OptFloat = Optional[float]  # noqa: UP045
 OptBool = Optional[bool]  # noqa: UP045
 
 RUN = [
-    _opt("method", str, "full", "full | freeze | lora | qlora | dora"),
+    _opt("method", str, "full", "full | freeze | lora | qlora | dora | bitfit"),
     _opt("precision", str, "bf16", "fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed"),
     _opt(
         "optimizer",

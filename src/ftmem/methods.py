@@ -40,6 +40,10 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "LoRA plus a magnitude vector per adapted linear; builds the adapted weight each forward",
         "Liu et al. 2024, arXiv:2402.09353",
     ),
+    "bitfit": (
+        "only the bias terms (linears and LayerNorms); models without biases are refused",
+        "Ben Zaken et al. 2022, arXiv:2106.10199",
+    ),
 }  # LLaMA-Factory's freeze_trainable_layers default
 
 
@@ -90,6 +94,9 @@ class MethodPlan:
     # peft modules_to_save: trainable copies of the token embedding and/or the LM head
     embed_trainable: bool = False
     head_trainable: bool = False
+    # BitFit: linears whose bias trains, and whether LayerNorm biases train
+    biased: tuple[str, ...] = ()
+    norm_bias_trainable: bool = False
 
     @property
     def n_params(self) -> int:
@@ -144,6 +151,11 @@ def adapted_module_names(arch: Architecture, run: RunConfig) -> list[str]:
     return [lin.module for lin in adapted_linears(arch, run)]
 
 
+def _is_bias(p: Param) -> bool:
+    """BitFit's trainable set: every bias, of linears and of LayerNorms."""
+    return p.kind == "linear_bias" or (p.kind == "norm" and p.name.endswith(".bias"))
+
+
 def _base_format(param: Param, run: RunConfig, dtypes: Dtypes) -> StorageFormat:
     # bitsandbytes quantises only nn.Linear layers of the blocks; embeddings, norms,
     # biases and the LM head stay in the base dtype.
@@ -174,13 +186,26 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
             )
     elif run.method == "full":
         trainable_blocks = L
+    elif run.method == "bitfit":
+        if not arch.has_biases:
+            raise InvalidInputError(
+                f"{arch.name} has no bias terms: BitFit would train nothing "
+                "(Llama-family models have none); use LoRA instead."
+            )
+        trainable_blocks = L
+        if arch.family == "falcon":
+            notes.append(
+                "BitFit on Falcon is a known gap: activations measured from -18 to +22 % off "
+                "this estimate (docs/accuracy.md)."
+            )
     else:
         trainable_blocks = L  # adapters in every block
     outer_trainable = run.method == "full"
 
     groups: list[TensorGroup] = []
     for p in lay.outer:
-        groups.append(TensorGroup(p.name, p.shape, 1, dtypes.base, outer_trainable, in_block=False))
+        trains = outer_trainable or (run.method == "bitfit" and _is_bias(p))
+        groups.append(TensorGroup(p.name, p.shape, 1, dtypes.base, trains, in_block=False))
     for p in lay.block:
         fmt = _base_format(p, run, dtypes)
         if run.method == "full":
@@ -189,6 +214,8 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
             if L - trainable_blocks:
                 groups.append(TensorGroup(p.name, p.shape, L - trainable_blocks, fmt, False))
             groups.append(TensorGroup(p.name, p.shape, trainable_blocks, fmt, True))
+        elif run.method == "bitfit":
+            groups.append(TensorGroup(p.name, p.shape, L, fmt, _is_bias(p)))
         else:
             groups.append(TensorGroup(p.name, p.shape, L, fmt, False, double_quant=dq))
 
@@ -269,4 +296,8 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         tuple(notes),
         embed_trainable="embed" in saved,
         head_trainable="head" in saved,
+        biased=tuple(
+            p.module for p in lay.block if run.method == "bitfit" and p.kind == "linear_bias"
+        ),
+        norm_bias_trainable=run.method == "bitfit" and arch.norm == "layernorm",
     )

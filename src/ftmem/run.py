@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-Method = Literal["full", "freeze", "lora", "qlora", "dora"]
+Method = Literal["full", "freeze", "lora", "qlora", "dora", "bitfit"]
 Precision = Literal["fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed"]
 AdapterDtype = Literal["auto", "fp32", "bf16", "fp16"]
 Optimizer = Literal[

@@ -29,6 +29,14 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     # Trainable embeddings make every block's input need a gradient; with gradient
     # checkpointing transformers makes the embedding output require grad for PEFT too.
     inputs_grad = plan.outer_trainable or plan.embed_trainable or run.grad_ckpt
+    if run.method == "bitfit":
+        # every block has trainable biases: gradients flow from the top to block 0's
+        # biases, so every block's input but the first needs a gradient
+        biased = frozenset(plan.biased)
+        return [
+            BlockState(inputs_grad or i > 0, False, frozenset(), biased, plan.norm_bias_trainable)
+            for i in range(L)
+        ]
     states = []
     for i in range(L):
         if i < first_trainable:

@@ -120,6 +120,16 @@ def _matrix() -> list[Case]:
     cases.append(
         Case("llama", {"method": "dora", "precision": "bf16", "lora_modules_to_save": "head"})
     )
+    # BitFit: biases only (families that have them)
+    for family in ("qwen2", "gpt2", "falcon"):
+        for extra in (
+            {"precision": "bf16"},
+            {"precision": "fp32"},
+            {"precision": "bf16-mixed"},
+            {"precision": "bf16", "grad_ckpt": True},
+            {"precision": "bf16", "attn": "eager"},
+        ):
+            cases.append(Case(family, {"method": "bitfit", **extra}))
     # QLoRA under autocast with fp32 non-quantised weights
     for family in ("llama", "mistral", "phi3", "mixtral"):
         cases.append(Case(family, {"method": "qlora", "precision": "bf16-mixed"}, wider))
@@ -185,4 +195,17 @@ REAL_SIZE_CASES = [
 ]
 
 # id -> reason; run as strict xfail
-KNOWN_GAPS: dict[str, str] = {}
+_FALCON_BITFIT = (
+    "BitFit on Falcon (only LayerNorm biases train; fp32 eager attention with repeated k/v): "
+    "activations off by -18 to +22 % when measured on 2026-11-29; not derived op by op yet"
+)
+KNOWN_GAPS: dict[str, str] = {
+    f"falcon-{extra}method=bitfit-precision={precision}": _FALCON_BITFIT
+    for extra, precision in (
+        ("", "bf16"),
+        ("", "fp32"),
+        ("", "bf16-mixed"),
+        ("gradckpt=True-", "bf16"),
+        ("attn=eager-", "bf16"),
+    )
+}

@@ -442,6 +442,10 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
         for block in list(blocks)[len(blocks) - k :] if k else []:
             for p in block.parameters():
                 p.requires_grad_(True)
+    elif run.method == "bitfit":
+        # BitFit has no peft implementation: every bias trains, nothing else
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.endswith(".bias"))
     else:  # lora, qlora, dora
         from peft import LoraConfig, get_peft_model
 
