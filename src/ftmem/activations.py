@@ -364,7 +364,9 @@ def block_saved(
         out += _norm(ctx, "pre-feedforward norm", after_attn, wn)
     elif not arch.parallel_attn_mlp:
         out += _norm(ctx, "post-attention norm", after_attn, wn)
-    mlp_in_grad = x if arch.parallel_attn_mlp else after_attn
+    # with a shared input norm, its trainable parameters (BitFit: LayerNorm bias) need the
+    # MLP branch's gradient too
+    mlp_in_grad = (x or state.norm_bias) if arch.parallel_attn_mlp else after_attn
     mlp_saved = _mlp(ctx, state, mlp_in_grad, mlp)
     if arch.norms_per_block == 1:
         # Falcon-7B: attention and MLP read one norm output, saved once (q/k/v input)
