@@ -14,9 +14,11 @@ from ftmem.serve import ServeConfig, estimate_serving, kv_bytes_per_token, weigh
 from tests.conftest import tiny
 
 runner = CliRunner()
-# The prefill transient is modelled from its three largest moments (norm, attention, MLP);
-# on tiny models it is a large share of the total, and the total is within this.
-TINY_PEAK_TOLERANCE = 0.15
+# The prefill transient is modelled from its three largest moments (norm, attention, MLP)
+# plus what the forward keeps throughout; on tiny models it is a large share of the total.
+# Measured: within 1 % for MHA models, up to 5.5 % under for GQA ones (transformers'
+# CPU sdpa path repeats k/v in a way the model does not follow yet), 4 % for phi3.
+TINY_PEAK_TOLERANCE = 0.06
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "phi3"])

@@ -114,7 +114,8 @@ def prefill_bytes(arch: Architecture, cfg: ServeConfig) -> int:
     Three moments, the largest wins: the RMSNorm (the residual, its fp32 copy and the
     fp32 normalised product), attention (residual, normalised input, q, k, v, rotated q
     and k, the attention output) and the MLP (residual, normalised input, gate and up
-    outputs and the activation).
+    outputs and the activation); the embedding output and rotary tables stay alive
+    throughout (measured with transformers 5 on the CPU, tests/test_serve.py).
     """
     everything = cfg.sequences * cfg.context
     tokens = min(cfg.prefill_chunk or everything, everything)
@@ -122,11 +123,21 @@ def prefill_bytes(arch: Architecture, cfg: ServeConfig) -> int:
     if arch.is_moe:
         f *= arch.experts_per_token
     q, kv = arch.q_size, arch.kv_size
+    fused_gate_up = any(
+        lin.roles == ("gate", "up") and lin.is_module for lin in layout(arch).linears
+    )
+    # a fused gate_up projection keeps its 2f output while the activation and product exist
+    width = (4 if fused_gate_up else 3) * f if arch.mlp == "gated" else 2 * f
     norm = tokens * h * (e + 2 * FP32)
     attention = tokens * e * (2 * h + 2 * q + 2 * kv + kv + q)
-    mlp = tokens * e * (2 * h + (3 * f if arch.mlp == "gated" else 2 * f))
+    mlp = tokens * e * (2 * h + width)
     logits = cfg.sequences * arch.vocab_size * FP32
-    return max(norm, attention, mlp) + logits
+    # the model's forward keeps the embedding output (its inputs_embeds) through all
+    # blocks, and the rotary cos/sin tables of the chunk
+    held = tokens * h * e if arch.num_layers > 1 else 0
+    if arch.position_embedding == "rotary":
+        held += 2 * min(cfg.prefill_chunk or cfg.context, cfg.context) * arch.head_size * e
+    return max(norm, attention, mlp) + held + logits
 
 
 def estimate_serving(
