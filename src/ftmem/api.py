@@ -18,6 +18,7 @@ from ftmem.presets import get_gpu
 from ftmem.result import Estimate
 from ftmem.run import RunConfig
 from ftmem.search import Largest, largest_fitting
+from ftmem.serve import ServeConfig
 from ftmem.sources import resolve_model, source_notes
 from ftmem.units import parse_size
 
@@ -77,6 +78,11 @@ def parallel_config(
             f"{par.world:,} GPUs is beyond any cluster ftmem plans for (at most {MAX_GPUS:,})."
         )
     return par
+
+
+def serve_config(**settings: Any) -> ServeConfig:
+    """Validate the serving settings (``ftmem serve``), errors as one sentence."""
+    return _validated(ServeConfig, settings)
 
 
 def resolve_gpu(gpu: str | Gpu | None = None, gpu_memory: str | int | None = None) -> Gpu | None:
@@ -140,17 +146,35 @@ def plan(
     *,
     gpu: str | Gpu | None = None,
     gpu_memory: str | int | None = None,
+    overhead: str | int | None = None,
     rows: int = 8,
     **settings: Any,
 ) -> Plan:
     """The least invasive changes that make the run fit the GPU (``ftmem plan``)."""
     arch = resolve_model(model) if isinstance(model, str) else model
-    return make_plan(
-        lambda s: estimate(arch, gpu=gpu, gpu_memory=gpu_memory, **s), dict(settings), rows=rows
-    )
+    hw = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
+    return make_plan(lambda s: estimate(arch, **hw, **s), dict(settings), rows=rows)
 
 
 SEARCHABLE_SETTINGS = {"batch_size": 2**16, "seq_len": 2**21, "lora_r": None}
+
+
+def search_bound(arch: Architecture, what: str, settings: dict[str, Any]) -> int:
+    """The largest value ``ftmem max`` tries for ``what``."""
+    if what not in SEARCHABLE_SETTINGS:
+        raise InvalidInputError(
+            f"what must be one of {', '.join(SEARCHABLE_SETTINGS)}, not {what!r}."
+        )
+    if what == "lora_r":
+        if settings.get("method") not in ("lora", "qlora", "dora"):
+            raise InvalidInputError("--for lora-r needs --method lora, qlora or dora.")
+        probe = run_config(**{k: v for k, v in settings.items() if k in ("method", "lora_targets")})
+        return min(min(x.in_features, x.out_features) for x in adapted_linears(arch, probe))
+    if what == "seq_len" and arch.position_embedding == "learned":
+        return arch.max_position_embeddings
+    bound = SEARCHABLE_SETTINGS[what]
+    assert bound is not None
+    return bound
 
 
 def largest(
@@ -159,23 +183,11 @@ def largest(
     *,
     gpu: str | Gpu | None = None,
     gpu_memory: str | int | None = None,
+    overhead: str | int | None = None,
     **settings: Any,
 ) -> Largest:
     """The largest ``batch_size``, ``seq_len`` or ``lora_r`` that fits (``ftmem max``)."""
-    if what not in SEARCHABLE_SETTINGS:
-        raise InvalidInputError(
-            f"what must be one of {', '.join(SEARCHABLE_SETTINGS)}, not {what!r}."
-        )
     arch = resolve_model(model) if isinstance(model, str) else model
-    highest = SEARCHABLE_SETTINGS[what]
-    if what == "lora_r":
-        probe = run_config(**{k: v for k, v in settings.items() if k in ("method", "lora_targets")})
-        highest = min(min(x.in_features, x.out_features) for x in adapted_linears(arch, probe))
-    elif what == "seq_len" and arch.position_embedding == "learned":
-        highest = arch.max_position_embeddings
-    assert highest is not None
-    return largest_fitting(
-        lambda n: estimate(arch, gpu=gpu, gpu_memory=gpu_memory, **{**settings, what: n}),
-        1,
-        highest,
-    )
+    highest = search_bound(arch, what, settings)
+    hw = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
+    return largest_fitting(lambda n: estimate(arch, **hw, **{**settings, what: n}), 1, highest)

@@ -268,7 +268,8 @@ def plan(
     import json
 
     from ftmem.api import estimate as run_estimate
-    from ftmem.plan import all_levers_at_once, make_plan
+    from ftmem.api import plan as make_plan
+    from ftmem.plan import all_levers_at_once
     from ftmem.report_search import plan_json, plan_table
     from ftmem.sources import resolve_model
 
@@ -281,15 +282,11 @@ def plan(
         arch = resolve_model(model)
         hw = {k: settings.pop(k) for k in ("gpu", "gpu_memory", "overhead")}
         run_settings = {k: v for k, v in settings.items() if v is not None}
-
-        def estimate_with(s: dict) -> Any:
-            return run_estimate(arch, **hw, **s)
-
-        result = make_plan(estimate_with, run_settings, rows=rows)
+        result = make_plan(arch, rows=rows, **hw, **run_settings)
         closest = None
         if not result.fitting:
             try:
-                closest = estimate_with(all_levers_at_once(run_settings))
+                closest = run_estimate(arch, **hw, **all_levers_at_once(run_settings))
             except FtmemError:
                 closest = None
         if plot is not None:
@@ -312,8 +309,6 @@ SEARCH_LABELS = {
     "seq-len": "sequence length",
     "lora-r": "LoRA rank",
 }
-MAX_BATCH = 2**16
-MAX_SEQ = 2**21
 
 
 @app.command(name="max")
@@ -338,9 +333,9 @@ def largest(
     import json
 
     from ftmem.api import estimate as run_estimate
-    from ftmem.methods import adapted_linears
+    from ftmem.api import largest as search_largest
+    from ftmem.api import search_bound
     from ftmem.report_search import largest_line
-    from ftmem.search import largest_fitting
     from ftmem.sources import resolve_model
 
     try:
@@ -352,25 +347,14 @@ def largest(
         model, settings, _ = _with_config(ctx, model, settings)
         arch = resolve_model(model)
         given = {k: v for k, v in settings.items() if v is not None}
-        if key == "lora_r":
-            if given.get("method") not in ("lora", "qlora", "dora"):
-                raise FtmemError("--for lora-r needs --method lora, qlora or dora.")
-            probe = run_config_for_targets(given)
-            highest = min(min(x.in_features, x.out_features) for x in adapted_linears(arch, probe))
-        elif key == "seq_len":
-            highest = MAX_SEQ
-            if arch.position_embedding == "learned":
-                highest = arch.max_position_embeddings
-        else:
-            highest = MAX_BATCH
-
-        def estimate_at(n: int) -> Any:
-            return run_estimate(arch, **{**given, key: n})
-
-        result = largest_fitting(estimate_at, 1, highest)
+        result = search_largest(arch, key, **given)
         if plot is not None:
             from ftmem.plot import save, sweep_figure
 
+            def estimate_at(n: int) -> Any:
+                return run_estimate(arch, **{**given, key: n})
+
+            highest = search_bound(arch, key, given)
             save(sweep_figure(estimate_at, SEARCH_LABELS[for_], result, highest), plot)
     except FtmemError as exc:
         raise _fail(str(exc)) from None
@@ -387,14 +371,6 @@ def largest(
         typer.echo(largest_line(SEARCH_LABELS[for_], result, unit))
     if result.value is None:
         raise typer.Exit(EXIT_DOES_NOT_FIT)
-
-
-def run_config_for_targets(given: dict) -> Any:
-    """The run's LoRA targets, to bound the rank by the smallest adapted dimension."""
-    from ftmem.api import run_config
-
-    keep = ("method", "lora_targets")
-    return run_config(**{k: given[k] for k in keep if k in given})
 
 
 @app.command()
@@ -532,11 +508,9 @@ def serve(
     units: Units = "GiB",
 ) -> None:
     """Inference / serving memory: weights, KV cache, prefill, resident adapters."""
-    from pydantic import ValidationError
-
-    from ftmem.api import resolve_gpu
+    from ftmem.api import resolve_gpu, serve_config
     from ftmem.search import largest_fitting
-    from ftmem.serve import ServeConfig, estimate_serving
+    from ftmem.serve import estimate_serving
     from ftmem.sources import resolve_model
     from ftmem.units import format_bytes
 
@@ -545,17 +519,16 @@ def serve(
         _format(output_format, "table", "json")
         arch = resolve_model(model)
         hw = resolve_gpu(gpu, gpu_memory)
-        settings = dict(
-            weights=weights, kv_dtype=kv_dtype, sequences=sequences, context=context,
-            prefill_chunk=prefill_chunk, lora_adapters=lora_adapters, lora_r=lora_r,
+        cfg = serve_config(
+            weights=weights,
+            kv_dtype=kv_dtype,
+            sequences=sequences,
+            context=context,
+            prefill_chunk=prefill_chunk,
+            lora_adapters=lora_adapters,
+            lora_r=lora_r,
             lora_targets=lora_targets,
-        )  # fmt: skip
-        try:
-            cfg = ServeConfig(**settings)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            name = "--" + str(err["loc"][0]).replace("_", "-")
-            raise FtmemError(f"{name}: {err['msg']} (got {err.get('input')!r}).") from None
+        )
         est = estimate_serving(arch, cfg, hw)
         line = None
         if max_sequences:

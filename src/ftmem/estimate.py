@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ftmem.arch import Architecture, count_params
 from ftmem.errors import InvalidInputError
-from ftmem.hardware import DEFAULT_ALLOCATOR_RESERVE_FRACTION, DEFAULT_CUDA_CONTEXT_BYTES, Gpu
+from ftmem.hardware import Gpu, runtime_overhead
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.parallel import ENGINE, ParallelConfig, parallel_notes, parallel_step
 from ftmem.phases import find_peak
@@ -100,10 +100,7 @@ def _memory(
     overhead_bytes: int | None,
 ) -> Memory:
     peak = at_peak.total
-    if overhead_bytes is None:
-        overhead = DEFAULT_CUDA_CONTEXT_BYTES + int(peak * DEFAULT_ALLOCATOR_RESERVE_FRACTION)
-    else:
-        overhead = overhead_bytes
+    overhead = runtime_overhead(peak, overhead_bytes)
     return Memory(
         weights_bytes=c.weights,
         gradients_bytes=c.gradients,

@@ -35,3 +35,11 @@ class Gpu(BaseModel):
 def custom_gpu(memory_bytes: int) -> Gpu:
     """A GPU given only by its memory (``--gpu-memory 24GiB``)."""
     return Gpu(id="custom", name="custom", memory_bytes=memory_bytes, source="--gpu-memory")
+
+
+def runtime_overhead(peak_bytes: int, override: int | None = None) -> int:
+    """What nvidia-smi shows beyond the allocated peak: the CUDA context and the
+    allocator's reserve, unless the user gave their own figure."""
+    if override is not None:
+        return override
+    return DEFAULT_CUDA_CONTEXT_BYTES + int(peak_bytes * DEFAULT_ALLOCATOR_RESERVE_FRACTION)

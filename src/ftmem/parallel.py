@@ -241,6 +241,16 @@ def local_arch(arch: Architecture, tp: int) -> Architecture:
     )
 
 
+def _sixteen_bit(run: RunConfig) -> dict[str, object]:
+    """The settings that turn a ``*-mixed`` run into the pure 16-bit one with the same
+    compute dtype (adapters in 16-bit too)."""
+    half = run.precision.removesuffix("-mixed")
+    update: dict[str, object] = {"precision": half, "autocast": None}
+    if run.method in ADAPTER_METHODS and half != "fp32":
+        update["adapter_dtype"] = half
+    return update
+
+
 def engine_run(run: RunConfig, par: ParallelConfig) -> RunConfig:
     """The run as the engine executes it.
 
@@ -252,10 +262,7 @@ def engine_run(run: RunConfig, par: ParallelConfig) -> RunConfig:
     if par.cp > 1:
         update["seq_len"] = run.seq_len // par.cp
     if par.resolved_strategy in DEEPSPEED:
-        half = run.precision.removesuffix("-mixed")
-        update.update(precision=half, autocast=None)
-        if run.method in ADAPTER_METHODS and half != "fp32":
-            update["adapter_dtype"] = half
+        update.update(_sixteen_bit(run))
     return run.model_copy(update=update) if update else run
 
 
@@ -507,11 +514,7 @@ def _fsdp_mixed(arch: Architecture, run: RunConfig, stored: StepParts) -> StepPa
     activations are those of the 16-bit run; weights, gradients and optimizer states
     keep the fp32 sizes of the stored shards.
     """
-    half = run.precision.removesuffix("-mixed")
-    update: dict[str, object] = {"precision": half, "autocast": None}
-    if run.method in ADAPTER_METHODS:
-        update["adapter_dtype"] = half
-    compute = step_parts(arch, run.model_copy(update=update))
+    compute = step_parts(arch, run.model_copy(update=_sixteen_bit(run)))
     s = stored.sizes
     sizes = dataclasses.replace(
         compute.sizes,

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from ftmem.arch import Architecture, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div, tensor_bytes
-from ftmem.hardware import DEFAULT_ALLOCATOR_RESERVE_FRACTION, DEFAULT_CUDA_CONTEXT_BYTES, Gpu
+from ftmem.hardware import Gpu, runtime_overhead
 from ftmem.methods import adapted_linears
 from ftmem.run import RunConfig
 
@@ -149,11 +149,7 @@ def estimate_serving(
     adapters = adapter_bytes(arch, cfg)
     prefill = prefill_bytes(arch, cfg)
     peak = weights + kv + adapters + prefill
-    overhead = (
-        DEFAULT_CUDA_CONTEXT_BYTES + int(peak * DEFAULT_ALLOCATOR_RESERVE_FRACTION)
-        if overhead_bytes is None
-        else overhead_bytes
-    )
+    overhead = runtime_overhead(peak, overhead_bytes)
     total = peak + overhead
     notes = []
     if arch.sliding_window and cfg.context > arch.sliding_window:
