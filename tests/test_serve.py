@@ -112,3 +112,14 @@ def test_serve_json_and_bad_input():
     assert res.exit_code == 2 and "--weights" in res.output
     res = runner.invoke(app, ["serve", "mistral-7b", "--max-sequences"])
     assert res.exit_code == 2 and "needs a GPU" in res.output
+
+
+def test_fp8_and_16bit_weights_by_hand():
+    """fp8: one byte per linear weight plus an fp32 per-tensor scale; embeddings, norms and
+    the LM head stay 16-bit. Llama-2-7B has 7 linears per block and 32 blocks."""
+    arch = get_model("llama2-7b")
+    h, f, L, V = 4096, 11008, 32, 32000
+    linear = 4 * h * h + 3 * h * f
+    other = 2 * V * h + (2 * L + 1) * h
+    assert weight_bytes(arch, "bf16") == 2 * (L * linear + other) == 2 * 6_738_415_616
+    assert weight_bytes(arch, "fp8") == L * (linear + 7 * 4) + 2 * other
