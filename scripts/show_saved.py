@@ -77,7 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--precision", default="bf16", choices=["fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed"]
     )
     ap.add_argument("--autocast", action="store_true", help="autocast with plain bf16/fp16")
-    ap.add_argument("--method", default="full", choices=["full", "freeze", "lora", "dora", "qlora"])
+    ap.add_argument("--method", default="full")
+    ap.add_argument("--ia3-targets", default=None, help="IA³ targets (default k,v,down)")
+    ap.add_argument("--virtual-tokens", type=int, default=None, help="prompt methods")
+    ap.add_argument("--settings", default="", help="more RunConfig settings: key=value,...")
     ap.add_argument("--attn", default="sdpa", choices=["eager", "sdpa", "flash"])
     ap.add_argument("--targets", default=None, help="LoRA targets (q,v / attention / all-linear)")
     ap.add_argument("--r", type=int, default=None, help="LoRA rank")
@@ -134,6 +137,13 @@ def make_run(a: argparse.Namespace) -> RunConfig:
         kw.update(lora_targets=a.targets, lora_r=a.r, adapter_dtype=a.adapter_dtype)
     if a.method == "qlora":
         kw["quant"] = a.quant
+    if a.ia3_targets:
+        kw["ia3_targets"] = a.ia3_targets
+    if a.virtual_tokens:
+        kw["virtual_tokens"] = a.virtual_tokens
+    for item in filter(None, a.settings.split(",")):
+        key, _, value = item.partition("=")
+        kw[key] = {"true": True, "false": False}.get(value, value)
     return RunConfig(**kw)
 
 

@@ -15,10 +15,11 @@ dropout; ``tests/test_activations.py`` reproduces its terms for reference.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 from ftmem.arch import Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT
-from ftmem.methods import MethodPlan
+from ftmem.methods import MethodPlan, prefix_token_dim
 from ftmem.run import RunConfig
 
 INDEX_BYTES = 8  # int64 token ids / labels
@@ -43,6 +44,14 @@ class BlockState:
     # BitFit: linears whose bias trains (their output needs a gradient; they keep nothing)
     biased: frozenset[str] = frozenset()
     norm_bias: bool = False  # LayerNorm biases train: each LayerNorm keeps its input
+    # IA³: linears whose output (scaled) or input (scaled_in, feed-forward) is rescaled
+    scaled: frozenset[str] = frozenset()
+    scaled_in: frozenset[str] = frozenset()
+
+    @property
+    def output_grad(self) -> frozenset[str]:
+        """Linears whose output needs a gradient for a parameter of their own."""
+        return self.adapted | self.biased | self.scaled
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +164,7 @@ def _linear_inputs(
             out.append(Saved(f"{lin.leaf} lora 16-bit weight copies", 2 * copies))
     if shared_input and not keeps_input:
         out.append(Saved(f"{label}: input (for lora_A)", T * in_features * in_bytes))
+    out += _ia3_saved(ctx, linears, state)
     if dt.autocast:
         # autocast keeps a 16-bit copy of each weight used by a matmul that needs it;
         # bitsandbytes' quantised matmuls dequantise inside and keep none
@@ -169,6 +179,24 @@ def _linear_inputs(
                         lin.in_features * lin.out_features * lin.copies * 2,
                     )
                 )
+    return out
+
+
+def _ia3_saved(ctx: _Ctx, linears: list[Linear], state: BlockState) -> list[Saved]:
+    """peft's IA³ (0.21): ``base(x) * l`` keeps the base output (compute dtype) for the
+    vector's gradient; a feed-forward linear scales its input instead, cast to the
+    vector's dtype first (``x.to(l.dtype) * l``), and keeps that cast. Each forward also
+    keeps the vector times one (``scaling = 1; scaling *= l``)."""
+    T, e = ctx.tokens, ctx.e
+    ae = BYTES_PER_ELEMENT[ctx.plan.dtypes.adapter]
+    out: list[Saved] = []
+    for lin in linears:
+        if lin.module in state.scaled_in:
+            size = T * lin.in_features * ae + lin.in_features * ae
+            out.append(Saved(f"{lin.leaf} IA³: input cast to {ctx.plan.dtypes.adapter}", size))
+        elif lin.module in state.scaled:
+            size = T * lin.out_features * e + lin.out_features * ae
+            out.append(Saved(f"{lin.leaf} IA³: base output", size))
     return out
 
 
@@ -222,6 +250,25 @@ def _attention(ctx: _Ctx, needs_grad: frozenset[str]) -> list[Saved]:
     out: list[Saved] = []
     fused_qkv = arch.family in ("phi3", "gpt2", "falcon")
     eager = runs_eager(arch, run)
+    P = run.prefix_len
+    if P and not eager:
+        # prefix tuning: every layer's keys and values are its prefix concatenated with its
+        # own (new tensors, held by the cache and kept by the kernel). The offset causal
+        # pattern needs an explicit mask, which sdpa converts to the compute dtype per
+        # call and keeps; with a mask transformers repeats GQA keys and values per head.
+        # FlashAttention-2 takes neither.
+        flash = run.attn == "flash"
+        # (one KV head repeats as a stride-0 view, no copy)
+        width = kv if flash or arch.kv_heads in (1, arch.num_heads) else q
+        if arch.family == "gpt2":  # no rotary: q is a view of c_attn's whole output
+            out.append(Saved("c_attn output (q view)", T * (q + 2 * kv) * e))
+        else:
+            out.append(Saved("rotary q", T * q * e))
+        out.append(Saved("keys and values with the prefix", 2 * (T + b * P) * width * e))
+        if not flash:
+            out.append(Saved("attention mask (s × (s + prefix))", b * s * (s + P) * e))
+        out.append(Saved("attention output + logsumexp", T * q * e + b * nh * s * FP32))
+        return out
     if arch.family == "falcon":
         # transformers 5 Falcon: q, k, v upcast to fp32 and k, v repeated per head (MQA/GQA)
         # for the score and PV matmuls; the fp32 probabilities are the only s² tensor
@@ -234,11 +281,12 @@ def _attention(ctx: _Ctx, needs_grad: frozenset[str]) -> list[Saved]:
     elif eager:
         # repeat_kv copies k and v to every query head (GQA/MQA)
         kv_saved = q if kv != q else kv
+        Tk = T + b * P  # keys and values include a prefix
         if "k" in needs_grad:
             out.append(Saved("rotary q", T * q * e))
         if "q" in needs_grad:
-            out.append(Saved("rotary k (repeated per head)", T * kv_saved * e))
-        out.append(Saved("v (repeated per head)", T * kv_saved * e))
+            out.append(Saved("rotary k (repeated per head)", Tk * kv_saved * e))
+        out.append(Saved("v (repeated per head)", Tk * kv_saved * e))
     else:
         out.append(Saved("rotary q and k", T * (q + kv) * e))
         if fused_qkv and not ctx.quantized_outputs_in_input_dtype:
@@ -246,7 +294,7 @@ def _attention(ctx: _Ctx, needs_grad: frozenset[str]) -> list[Saved]:
         else:
             out.append(Saved("v", T * kv * e))
     if eager:
-        scores = b * nh * s * s
+        scores = b * nh * s * (s + P)
         if arch.family == "gpt2":
             # GPT-2's eager path takes the softmax in the compute dtype: one s² tensor
             out.append(Saved("softmax output (s²)", scores * e))
@@ -270,9 +318,7 @@ def _mlp(ctx: _Ctx, state: BlockState, x_grad: bool, linears: list[Linear]) -> l
     ups = [lin for lin in linears if set(lin.roles) & {"gate", "up"}]
     downs = [lin for lin in linears if "down" in lin.roles]
     any_grad = (
-        x_grad
-        or state.weights_trainable
-        or any(lin.module in state.adapted | state.biased for lin in ups)
+        x_grad or state.weights_trainable or any(lin.module in state.output_grad for lin in ups)
     )
     out = _linear_inputs(ctx, ups, state, x_grad, "MLP", h, ctx.residual)
     if any_grad:
@@ -328,7 +374,7 @@ def block_saved(
     x = state.input_requires_grad
     w = state.weights_trainable
     wn = w or state.norm_bias  # a norm's own parameters train
-    biased = state.biased
+    biased = state.biased | state.scaled  # outputs that need a gradient, not an adapter
     adapted_attn = any(lin.module in state.adapted for lin in qkv)
     bias_attn = any(lin.module in biased for lin in qkv)
     h = arch.hidden_size
@@ -340,13 +386,14 @@ def block_saved(
     if arch.parallel_attn_mlp and arch.norms_per_block == 2:
         out += _norm(ctx, "ln_mlp", x, wn)
     out += _linear_inputs(ctx, qkv, state, x, "q/k/v projections", h, ctx.residual)
-    q_grad = x or w or adapted_attn or bias_attn or state.norm_bias
+    prefix = run.prefix_len > 0  # the layer's key/value prefix trains
+    q_grad = x or w or adapted_attn or bias_attn or state.norm_bias or prefix
     if x or w or state.norm_bias:
         attn_grads = frozenset({"q", "k", "v"})
     else:
         attn_grads = frozenset(
             r for lin in qkv if lin.module in state.adapted | biased for r in lin.roles
-        )
+        ) | (frozenset({"k", "v"}) if prefix else frozenset())
     out += _attention(ctx, attn_grads)
     attn_out_grad = q_grad
     o_state = state
@@ -356,7 +403,7 @@ def block_saved(
         saved_o = [s for s in saved_o if not s.what.startswith("o_proj: input")]
     out += saved_o
     after_attn = (
-        x or w or adapted_attn or bias_attn or state.norm_bias
+        x or w or adapted_attn or bias_attn or state.norm_bias or prefix
         or any(lin.module in state.adapted | biased for lin in o)
     )  # fmt: skip
     if arch.norms_per_block == 4:
@@ -378,6 +425,53 @@ def block_saved(
     return [s for s in out if s.nbytes]
 
 
+def prompt_encoder_saved(arch: Architecture, run: RunConfig, autocast: bool) -> list[Saved]:
+    """What peft's prompt encoders keep. peft runs the encoder on one copy of the virtual
+    tokens and repeats its output over the batch (peft#2043). The encoder is fp32; under
+    autocast its Linears keep 16-bit copies of their inputs and weights instead."""
+    n, h = run.n_virtual, arch.hidden_size
+    if not n:
+        return []
+    out = [Saved("virtual token ids", n * INDEX_BYTES)]
+    act = 2 if autocast else FP32
+
+    def mlp(label: str, widths: list[int], rows: int = n) -> Saved:
+        # (in, hidden, ..., out): each Linear keeps its input (the embedding output or
+        # the previous activation's output); under autocast also its 16-bit weight
+        size = rows * sum(widths[:-1]) * act
+        if autocast:
+            size += 2 * sum(a * b for a, b in pairwise(widths))
+        return Saved(label, size)
+
+    if run.method == "p-tuning":
+        H = run.encoder_hidden or h
+        if run.encoder == "mlp":
+            out.append(mlp("prompt MLP: Linear inputs (ReLU outputs)", [h, H, H, h]))
+        else:
+            out.append(Saved("prompt LSTM", _lstm_saved(n, h, H)))
+            out.append(mlp("prompt LSTM head: Linear inputs", [2 * H, 2 * H, h]))
+    if run.method == "prefix-tuning" and run.prefix_projection:
+        td = prefix_token_dim(arch)
+        H = run.encoder_hidden or td
+        # the prefix is computed for every sequence of the batch (no repeat trick here)
+        widths = [td, H, 2 * arch.num_layers * td]
+        out.append(mlp("prefix MLP: Linear inputs (tanh output)", widths, run.batch_size * n))
+    return out
+
+
+def _lstm_saved(n: int, h: int, H: int, layers: int = 2) -> int:
+    """A bidirectional LSTM over n steps: each layer keeps its input; each direction its
+    outputs, final states and the four gate activations of every step (what cuDNN's
+    reserve space holds; the CPU's oneDNN keeps a larger workspace, see docs/accuracy.md)."""
+    total = 2 * H * FP32  # initial hidden and cell states (zeros, shared)
+    width = h
+    for _ in range(layers):
+        total += n * width * FP32
+        total += 2 * (n * H * FP32 + 2 * H * FP32 + n * 4 * H * FP32)
+        width = 2 * H
+    return total
+
+
 def outer_saved(
     arch: Architecture, run: RunConfig, plan: MethodPlan, tokens: int
 ) -> tuple[list[Saved], list[Saved]]:
@@ -394,6 +488,7 @@ def outer_saved(
         below.append(Saved("embedding token ids", T * INDEX_BYTES))
         if arch.position_embedding == "learned" and train:
             below.append(Saved("position ids", (T // run.batch_size) * INDEX_BYTES))
+    below += prompt_encoder_saved(arch, run, plan.dtypes.autocast)
     if arch.position_embedding == "rotary":
         # cos and sin tables (s × head_dim), shared by every layer's rotary multiply
         # (computed in the residual dtype: fp32 under autocast with fp32 weights)

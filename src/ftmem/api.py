@@ -16,7 +16,7 @@ from ftmem.parallel import ParallelConfig
 from ftmem.plan import Plan, make_plan
 from ftmem.presets import get_gpu
 from ftmem.result import Estimate
-from ftmem.run import RunConfig
+from ftmem.run import ADAPTER_METHODS, RunConfig
 from ftmem.search import Largest, largest_fitting
 from ftmem.serve import ServeConfig
 from ftmem.sources import resolve_model, source_notes
@@ -116,18 +116,21 @@ def estimate(
     spread = {k: settings.pop(k) for k in list(settings) if k in PARALLEL_SETTINGS}
     run = run_config(**settings)
     par = parallel_config(**spread)
-    if run.seq_len > arch.max_position_embeddings and arch.position_embedding == "learned":
+    positions = run.positions + run.prefix_len
+    what = f"--seq-len {run.seq_len}" + (
+        f" + {run.n_virtual} virtual tokens" if run.n_virtual else ""
+    )
+    if positions > arch.max_position_embeddings and arch.position_embedding == "learned":
         raise InvalidInputError(
-            f"--seq-len {run.seq_len} exceeds {arch.name}'s {arch.max_position_embeddings} "
-            "learned positions."
+            f"{what} exceeds {arch.name}'s {arch.max_position_embeddings} learned positions."
         )
     notes: list[str] = list(source)
-    if run.seq_len > arch.max_position_embeddings:
+    if positions > arch.max_position_embeddings:
         notes.append(
-            f"--seq-len {run.seq_len} exceeds {arch.name}'s {arch.max_position_embeddings} "
+            f"{what} exceeds {arch.name}'s {arch.max_position_embeddings} "
             "positions: the run needs RoPE scaling or a context-extension method."
         )
-    if run.method in ("lora", "qlora", "dora"):
+    if run.method in ADAPTER_METHODS:
         smallest = min(min(lin.in_features, lin.out_features) for lin in adapted_linears(arch, run))
         if run.r > smallest:
             raise InvalidInputError(
@@ -166,8 +169,8 @@ def search_bound(arch: Architecture, what: str, settings: dict[str, Any]) -> int
             f"what must be one of {', '.join(SEARCHABLE_SETTINGS)}, not {what!r}."
         )
     if what == "lora_r":
-        if settings.get("method") not in ("lora", "qlora", "dora"):
-            raise InvalidInputError("--for lora-r needs --method lora, qlora or dora.")
+        if settings.get("method") not in ADAPTER_METHODS:
+            raise InvalidInputError("--for lora-r needs --method lora, rslora, qlora or dora.")
         probe = run_config(**{k: v for k, v in settings.items() if k in ("method", "lora_targets")})
         return min(min(x.in_features, x.out_features) for x in adapted_linears(arch, probe))
     if what == "seq_len" and arch.position_embedding == "learned":

@@ -31,7 +31,13 @@ OptFloat = Optional[float]  # noqa: UP045
 OptBool = Optional[bool]  # noqa: UP045
 
 RUN = [
-    _opt("method", str, "full", "full | freeze | lora | qlora | dora | bitfit"),
+    _opt(
+        "method",
+        str,
+        "full",
+        "full | freeze | lora | rslora | qlora | dora | bitfit | ia3 | prompt-tuning | "
+        "prefix-tuning | p-tuning (see `ftmem methods`)",
+    ),
     _opt("precision", str, "bf16", "fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed"),
     _opt(
         "optimizer",
@@ -69,6 +75,19 @@ RUN = [
         "embed | head | embed,head: trainable copies of the token embedding / LM head (peft).",
     ),
     _opt("adapter_dtype", str, "auto", "auto (peft: fp32) | fp32 | bf16 | fp16"),
+    _opt("ia3_targets", OptStr, None, "IA³: scaled linears, roles or names (default k,v,down)."),
+    _opt(
+        "virtual_tokens", OptInt, None, "prompt / prefix / P-tuning: virtual tokens (default 20)."
+    ),
+    _opt(
+        "prefix_projection",
+        OptBool,
+        None,
+        "prefix-tuning: reparametrise the prefix through an MLP.",
+        "--prefix-projection/--no-prefix-projection",
+    ),
+    _opt("encoder_hidden", OptInt, None, "P-tuning encoder / prefix MLP width (default hidden)."),
+    _opt("prompt_encoder", OptStr, None, "p-tuning: mlp (default) | lstm."),
     _opt("quant", OptStr, None, "qlora base: nf4 (default) | fp4 | int8"),
     _opt(
         "double_quant",

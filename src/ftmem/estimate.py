@@ -20,7 +20,7 @@ from ftmem.methods import MethodPlan, plan_method
 from ftmem.parallel import ENGINE, ParallelConfig, parallel_notes, parallel_step
 from ftmem.phases import find_peak
 from ftmem.result import AtPeak, Estimate, Memory, ModelInfo, ParallelInfo, PhasePeaks, SavedItem
-from ftmem.run import RunConfig
+from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
 from ftmem.step import StepParts, step_parts
 
 SIMPLE_STATES_PER_PARAM = {  # 16-bit values per trainable parameter, seed's rule
@@ -263,7 +263,7 @@ def _resolved_run(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
     resolved["precision_regime"] = plan.dtypes.describe()
     resolved["autocast"] = plan.dtypes.autocast
     resolved["compute_dtype"] = plan.dtypes.compute
-    if run.method in ("lora", "qlora", "dora"):
+    if run.method in ADAPTER_METHODS:
         resolved.update(
             lora_r=run.r,
             lora_alpha=run.alpha,
@@ -276,4 +276,16 @@ def _resolved_run(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
         resolved.update(quant=run.quant_format, double_quant=run.uses_double_quant)
     if run.method == "freeze":
         resolved["trainable_layers"] = plan.trainable_blocks
+    if run.method == "ia3":
+        resolved.update(
+            ia3_targets=run.ia3,
+            adapter_dtype=plan.dtypes.adapter,
+            scaled_modules=[lin.module for lin, _ in plan.scaled],
+        )
+    if run.method in PROMPT_METHODS:
+        resolved["virtual_tokens"] = run.n_virtual
+    if run.method == "p-tuning":
+        resolved.update(prompt_encoder=run.encoder, encoder_hidden=run.encoder_hidden)
+    if run.method == "prefix-tuning":
+        resolved["prefix_projection"] = bool(run.prefix_projection)
     return resolved

@@ -14,7 +14,7 @@ from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, StorageFormat, tensor_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.precision import Dtypes, resolve_dtypes
-from ftmem.run import ADAPTER_METHODS, RunConfig
+from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
 
 DEFAULT_FREEZE_TRAINABLE_LAYERS = 2
 
@@ -40,11 +40,31 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "LoRA plus a magnitude vector per adapted linear; builds the adapted weight each forward",
         "Liu et al. 2024, arXiv:2402.09353",
     ),
+    "rslora": (
+        "LoRA with the rank-stabilised scale alpha/sqrt(r); the same memory as LoRA",
+        "Kalajdzievski 2023, arXiv:2312.03732",
+    ),
     "bitfit": (
         "only the bias terms (linears and LayerNorms); models without biases are refused",
         "Ben Zaken et al. 2022, arXiv:2106.10199",
     ),
-}  # LLaMA-Factory's freeze_trainable_layers default
+    "ia3": (
+        "learned vectors that rescale the keys, values and FFN intermediate (--ia3-targets)",
+        "Liu et al. 2022, arXiv:2205.05638",
+    ),
+    "prompt-tuning": (
+        "n virtual token embeddings in front of the input; every layer sees s + n tokens",
+        "Lester et al. 2021, arXiv:2104.08691",
+    ),
+    "p-tuning": (
+        "virtual tokens produced by a trainable MLP or LSTM prompt encoder",
+        "Liu et al. 2021, arXiv:2103.10385",
+    ),
+    "prefix-tuning": (
+        "per-layer key/value prefixes of n tokens (optionally through an MLP)",
+        "Li & Liang 2021, arXiv:2101.00190",
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +117,8 @@ class MethodPlan:
     # BitFit: linears whose bias trains, and whether LayerNorm biases train
     biased: tuple[str, ...] = ()
     norm_bias_trainable: bool = False
+    # IA³: each scaled linear, and whether it is a feed-forward one (input scaled)
+    scaled: tuple[tuple[Linear, bool], ...] = ()
 
     @property
     def n_params(self) -> int:
@@ -111,14 +133,33 @@ _ROLE_ALIASES = {"q": "q", "k": "k", "v": "v", "o": "o", "gate": "gate", "up": "
 
 
 def adapted_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
-    """The block linears that get an adapter, from ``run.targets``.
+    """The block linears that get an adapter, from ``run.targets``."""
+    return select_linears(arch, run.targets, "LoRA target")
 
-    ``q,v`` (peft's default for Llama), ``attention``, ``all-linear`` (every
-    ``nn.Linear`` in the blocks, as peft does: not the LM head, not MoE experts stored
-    as 3-D parameters), or a comma list of roles (q,k,v,o,gate,up,down) or module names.
+
+def ia3_linears(arch: Architecture, run: RunConfig) -> tuple[tuple[Linear, bool], ...]:
+    """IA³'s scaled linears, each with whether it is a feed-forward one (peft's
+    ``feedforward_modules``: the MLP's output projection, whose *input* is scaled)."""
+    spec = run.ia3
+    if run.ia3_targets is None:
+        # the default (k, v, down) keeps only the roles the model has as nn.Linear
+        # (transformers 5 MoE experts are 3-D parameters: no down projection module)
+        have = {role for lin in layout(arch).linears if lin.is_module for role in lin.roles}
+        spec = ",".join(r for r in spec.split(",") if r in have)
+    chosen = select_linears(arch, spec, "IA³ target")
+    return tuple((lin, "down" in lin.roles) for lin in chosen)
+
+
+def select_linears(arch: Architecture, spec: str, what: str) -> tuple[Linear, ...]:
+    """Block linears named by ``spec``.
+
+    ``attention``, ``all-linear`` (every ``nn.Linear`` in the blocks, as peft does: not
+    the LM head, not MoE experts stored as 3-D parameters), or a comma list of roles
+    (q,k,v,o,gate,up,down) or module names. A fused projection (qkv, gate_up) is chosen
+    when any of its roles is.
     """
     linears = [lin for lin in layout(arch).linears if lin.is_module]
-    spec = run.targets.strip().lower()
+    spec = spec.strip().lower()
     if spec == "all-linear":
         return tuple(linears)
     if spec == "attention":
@@ -136,12 +177,12 @@ def adapted_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
         if not match:
             names = sorted({lin.leaf for lin in linears})
             raise InvalidInputError(
-                f"LoRA target '{item}' matches no linear layer of {arch.name}; use q,k,v,o,gate,up,"
+                f"{what} '{item}' matches no linear layer of {arch.name}; use q,k,v,o,gate,up,"
                 f"down, attention, all-linear or one of {', '.join(names)}."
             )
         chosen += [lin for lin in match if lin not in chosen]
     if not chosen:
-        raise InvalidInputError("--lora-targets is empty.")
+        raise InvalidInputError(f"no {what} given.")
     # keep the model's own order
     return tuple(lin for lin in linears if lin in chosen)
 
@@ -197,6 +238,14 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
             notes.append(
                 "BitFit on Falcon with checkpointing or eager attention is a known gap "
                 "(docs/accuracy.md): the peak measured up to 11 % above this estimate."
+            )
+    elif run.method in PROMPT_METHODS:
+        trainable_blocks = 0  # only the prompt encoder trains, outside the blocks
+        if run.method == "prefix-tuning" and arch.family not in PREFIX_FAMILIES:
+            raise InvalidInputError(
+                f"prefix-tuning does not run on {arch.family} models (peft 0.21 sizes the prefix "
+                "for every query head, which their attention cache rejects); use prompt-tuning "
+                "or p-tuning instead."
             )
     else:
         trainable_blocks = L  # adapters in every block
@@ -260,6 +309,17 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
                 "MoE experts are 3-D parameters in transformers 5, not nn.Linear: "
                 "all-linear adapts the attention projections only."
             )
+    scaled: tuple[tuple[Linear, bool], ...] = ()
+    if run.method == "ia3":
+        scaled = ia3_linears(arch, run)
+        for lin, feedforward in scaled:
+            shape = (1, lin.in_features) if feedforward else (lin.out_features, 1)
+            groups.append(
+                TensorGroup(f"{lin.module}.ia3_l", shape, L, dtypes.adapter, True, adapter=True)
+            )
+    for name, shape in prompt_encoder_shapes(arch, run):
+        # peft builds the prompt encoder in torch's default dtype, fp32, whatever the base
+        groups.append(TensorGroup(name, shape, 1, "fp32", True, adapter=True, in_block=False))
     if run.method == "qlora" and arch.is_moe:
         notes.append(
             "bitsandbytes quantises nn.Linear layers only: transformers 5 stores MoE experts "
@@ -300,4 +360,65 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
             p.module for p in lay.block if run.method == "bitfit" and p.kind == "linear_bias"
         ),
         norm_bias_trainable=run.method == "bitfit" and arch.norm == "layernorm",
+        scaled=scaled,
     )
+
+
+# Families whose attention takes peft's key/value prefix (measured in tests/accuracy);
+# peft 0.21 sizes Falcon's prefix for every query head, which its MQA cache rejects.
+PREFIX_FAMILIES = frozenset(
+    {"llama", "mistral", "mixtral", "qwen2", "gemma", "gemma2", "phi3", "gpt2"}
+)
+
+
+def prefix_token_dim(arch: Architecture) -> int:
+    """Width of one layer's key (or value) prefix per token: peft sizes it from
+    ``num_key_value_heads · head_dim`` when the config has them (GQA aware)."""
+    return arch.kv_size
+
+
+def prompt_encoder_shapes(arch: Architecture, run: RunConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """Parameter shapes of peft's prompt encoder for the prompt-learning methods."""
+    n, h, L = run.n_virtual, arch.hidden_size, arch.num_layers
+    pe = "prompt_encoder"
+    if run.method == "prompt-tuning":
+        return [(f"{pe}.embedding.weight", (n, h))]
+    if run.method == "p-tuning":
+        H = run.encoder_hidden or h
+        out = [(f"{pe}.embedding.weight", (n, h))]
+        if run.encoder == "lstm":
+            # two bidirectional layers (peft's encoder_num_layers default); the second reads
+            # both directions of the first
+            for layer, width in ((0, h), (1, 2 * H)):
+                for sfx in ("", "_reverse"):
+                    out += [
+                        (f"{pe}.lstm_head.weight_ih_l{layer}{sfx}", (4 * H, width)),
+                        (f"{pe}.lstm_head.weight_hh_l{layer}{sfx}", (4 * H, H)),
+                        (f"{pe}.lstm_head.bias_ih_l{layer}{sfx}", (4 * H,)),
+                        (f"{pe}.lstm_head.bias_hh_l{layer}{sfx}", (4 * H,)),
+                    ]
+            dims = [(2 * H, 2 * H), (2 * H, h)]
+            idx = (0, 2)
+        else:
+            dims = [(h, H), (H, H), (H, h)]
+            idx = (0, 2, 4)
+        for i, (fan_in, fan_out) in zip(idx, dims, strict=True):
+            out += [
+                (f"{pe}.mlp_head.{i}.weight", (fan_out, fan_in)),
+                (f"{pe}.mlp_head.{i}.bias", (fan_out,)),
+            ]
+        return out
+    if run.method == "prefix-tuning":
+        td = prefix_token_dim(arch)
+        kv_all = L * 2 * td  # keys and values of every layer
+        if not run.prefix_projection:
+            return [(f"{pe}.embedding.weight", (n, kv_all))]
+        H = run.encoder_hidden or td
+        return [
+            (f"{pe}.embedding.weight", (n, td)),
+            (f"{pe}.transform.0.weight", (H, td)),
+            (f"{pe}.transform.0.bias", (H,)),
+            (f"{pe}.transform.2.weight", (kv_all, H)),
+            (f"{pe}.transform.2.bias", (kv_all,)),
+        ]
+    return []

@@ -15,6 +15,7 @@ from typing import Any
 
 from ftmem.errors import FtmemError
 from ftmem.result import Estimate
+from ftmem.run import ADAPTER_METHODS
 
 Settings = dict[str, Any]
 
@@ -115,13 +116,13 @@ def _method(s: Settings) -> list[Change]:
                 **LORA_RECIPE,
             ),
         ]
-    if method in ("lora", "dora"):
+    if method in ("lora", "rslora", "dora"):
         return [_change("method", "QLoRA: the same adapters on an NF4 base", 3, method="qlora")]
     return []
 
 
 def _rank(s: Settings) -> list[Change]:
-    if s.get("method") not in ("lora", "qlora", "dora"):
+    if s.get("method") not in ADAPTER_METHODS:
         return []
     r = s.get("lora_r") or 8
     return [

@@ -6,7 +6,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-Method = Literal["full", "freeze", "lora", "qlora", "dora", "bitfit"]
+Method = Literal[
+    "full",
+    "freeze",
+    "lora",
+    "rslora",
+    "qlora",
+    "dora",
+    "bitfit",
+    "ia3",
+    "prompt-tuning",
+    "prefix-tuning",
+    "p-tuning",
+]
 Precision = Literal["fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed"]
 AdapterDtype = Literal["auto", "fp32", "bf16", "fp16"]
 Optimizer = Literal[
@@ -24,7 +36,13 @@ Quant = Literal["nf4", "fp4", "int8"]
 Accounting = Literal["phases", "simple"]
 OptimizerImpl = Literal["foreach", "for-loop", "fused"]
 
-ADAPTER_METHODS: frozenset[str] = frozenset({"lora", "qlora", "dora"})
+# LoRA-style adapters beside the frozen linears (the --lora-* options apply)
+ADAPTER_METHODS: frozenset[str] = frozenset({"lora", "rslora", "qlora", "dora"})
+# virtual tokens learned in front of the input (prompt, P-tuning) or of every layer's
+# keys and values (prefix)
+PROMPT_METHODS: frozenset[str] = frozenset({"prompt-tuning", "prefix-tuning", "p-tuning"})
+DEFAULT_VIRTUAL_TOKENS = 20
+DEFAULT_IA3_TARGETS = "k,v,down"  # the paper's keys, values and FFN intermediate
 
 
 class RunConfig(BaseModel):
@@ -61,6 +79,21 @@ class RunConfig(BaseModel):
         description="peft modules_to_save: 'embed', 'head' or 'embed,head' (trainable copies).",
     )
     adapter_dtype: AdapterDtype = "auto"
+    # IA³
+    ia3_targets: str | None = Field(
+        None, description="IA³: linears whose output (or, for down, input) is scaled."
+    )
+    # prompt / prefix / P-tuning
+    virtual_tokens: PositiveInt | None = Field(None, le=4096)
+    prefix_projection: bool | None = Field(
+        None, description="prefix-tuning: reparametrise the prefix through a two-layer MLP."
+    )
+    encoder_hidden: PositiveInt | None = Field(
+        None, description="Hidden width of the prefix MLP or P-tuning encoder (default: hidden)."
+    )
+    prompt_encoder: Literal["mlp", "lstm"] | None = Field(
+        None, description="p-tuning: the prompt encoder (peft's MLP or bidirectional LSTM)."
+    )
     # quantised base (qlora)
     quant: Quant | None = None
     double_quant: bool | None = None
@@ -79,11 +112,43 @@ class RunConfig(BaseModel):
         }
         if self.method not in ADAPTER_METHODS:
             given = [k for k, v in lora_opts.items() if v is not None]
-            if given or self.adapter_dtype != "auto":
+            if given or (self.adapter_dtype != "auto" and self.method != "ia3"):
                 opts = ", ".join(given or ["--adapter-dtype"])
                 raise ValueError(
-                    f"{opts} only apply to lora, qlora and dora, not --method {self.method}"
+                    f"{opts} only apply to lora, rslora, qlora and dora, not --method {self.method}"
                 )
+        if self.method != "ia3" and self.ia3_targets is not None:
+            raise ValueError(f"--ia3-targets only applies to --method ia3, not {self.method}")
+        if self.ia3_targets is not None and not self.ia3_targets.strip(" ,"):
+            raise ValueError("--ia3-targets is empty; give e.g. k,v,down")
+        prompt_opts = {
+            "--virtual-tokens": self.virtual_tokens,
+            "--prefix-projection": self.prefix_projection,
+            "--encoder-hidden": self.encoder_hidden,
+            "--prompt-encoder": self.prompt_encoder,
+        }
+        wrong = [k for k, v in prompt_opts.items() if v is not None]
+        if self.method not in PROMPT_METHODS and wrong:
+            raise ValueError(
+                f"{', '.join(wrong)} only apply to prompt-tuning, prefix-tuning and p-tuning, "
+                f"not --method {self.method}"
+            )
+        if self.prompt_encoder is not None and self.method != "p-tuning":
+            raise ValueError("--prompt-encoder only applies to --method p-tuning")
+        if self.prefix_projection is not None and self.method != "prefix-tuning":
+            raise ValueError("--prefix-projection only applies to --method prefix-tuning")
+        if self.encoder_hidden is not None and not (
+            self.method == "p-tuning" or self.prefix_projection
+        ):
+            raise ValueError(
+                "--encoder-hidden applies to p-tuning and to prefix-tuning with "
+                "--prefix-projection only"
+            )
+        if self.method == "prefix-tuning" and self.grad_ckpt:
+            raise ValueError(
+                "prefix-tuning does not work with gradient checkpointing (peft refuses it: "
+                "the prefix lives in the KV cache); drop --grad-ckpt"
+            )
         quant_opts = self.quant is not None or self.double_quant is not None or self.compute_dtype
         if self.method != "qlora" and quant_opts:
             raise ValueError(
@@ -128,6 +193,34 @@ class RunConfig(BaseModel):
         if not self.lora_modules_to_save:
             return frozenset()
         return frozenset(x.strip() for x in self.lora_modules_to_save.split(",") if x.strip())
+
+    @property
+    def ia3(self) -> str:
+        return self.ia3_targets or DEFAULT_IA3_TARGETS
+
+    @property
+    def n_virtual(self) -> int:
+        """Virtual tokens of a prompt method (0 for the others)."""
+        if self.method not in PROMPT_METHODS:
+            return 0
+        return self.virtual_tokens or DEFAULT_VIRTUAL_TOKENS
+
+    @property
+    def positions(self) -> int:
+        """Positions every block processes: prompt and P-tuning put their virtual tokens
+        in front of the input (peft concatenates them and pads the labels)."""
+        if self.method in ("prompt-tuning", "p-tuning"):
+            return self.seq_len + self.n_virtual
+        return self.seq_len
+
+    @property
+    def prefix_len(self) -> int:
+        """Extra key/value positions every attention sees (prefix tuning's prefix)."""
+        return self.n_virtual if self.method == "prefix-tuning" else 0
+
+    @property
+    def encoder(self) -> str:
+        return self.prompt_encoder or "mlp"
 
     @property
     def dropout(self) -> float:

@@ -16,6 +16,7 @@ from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
 from ftmem.phases import StepSizes
+from ftmem.precision import Dtypes
 from ftmem.run import RunConfig
 
 FP32 = 4
@@ -29,14 +30,28 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     # Trainable embeddings make every block's input need a gradient; with gradient
     # checkpointing transformers makes the embedding output require grad for PEFT too.
     inputs_grad = plan.outer_trainable or plan.embed_trainable or run.grad_ckpt
-    if run.method == "bitfit":
-        # every block has trainable biases: gradients flow from the top to block 0's
-        # biases, so every block's input but the first needs a gradient
+    if run.method in ("bitfit", "ia3", "prefix-tuning"):
+        # every block has trainable parameters (biases, IA³ vectors, its key/value prefix):
+        # gradients flow from the top to block 0's, so every block's input but the first
+        # needs a gradient
         biased = frozenset(plan.biased)
+        scaled = frozenset(lin.module for lin, ff in plan.scaled if not ff)
+        scaled_in = frozenset(lin.module for lin, ff in plan.scaled if ff)
         return [
-            BlockState(inputs_grad or i > 0, False, frozenset(), biased, plan.norm_bias_trainable)
+            BlockState(
+                inputs_grad or i > 0,
+                False,
+                frozenset(),
+                biased,
+                plan.norm_bias_trainable,
+                scaled,
+                scaled_in,
+            )
             for i in range(L)
         ]
+    if run.method in ("prompt-tuning", "p-tuning"):
+        # the trainable prompt is part of the blocks' input
+        return [BlockState(True, False, frozenset()) for _ in range(L)]
     states = []
     for i in range(L):
         if i < first_trainable:
@@ -72,7 +87,7 @@ def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
     """The components of one step and their sizes in time (no peak yet)."""
     plan = plan_method(arch, run)
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
-    T = run.batch_size * run.seq_len
+    T = run.batch_size * run.positions
     V, h = arch.vocab_size, arch.hidden_size
 
     weights = sum(g.nbytes for g in plan.groups)
@@ -127,7 +142,9 @@ def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
         acts_per_block=tuple(per_block_kept),
         acts_below=_sum(outer_below),
         acts_above=_sum(outer_above),
-        logits_forward=T * V * e + (T * V * FP32 if upcast else 0),
+        logits_forward=T * V * e
+        + (T * V * FP32 if upcast else 0)
+        + _prefix_cache(arch, run, plan.dtypes),
         forward_block_transient=_forward_block_transient(plan, run),
         loss_backward=2 * T * V * FP32,
         block_workspace=_block_backward_workspace(arch, run, plan, e, T),
@@ -147,12 +164,29 @@ def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
     )
 
 
+def _prefix_cache(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
+    """Prefix tuning keeps every layer's keys and values (prefix + own) in a cache until
+    the forward returns. They are what the attention kernel saves, except where sdpa
+    repeats GQA heads (it needs a mask here) or autocast casts them to 16 bits from the
+    fp32 of the prefix: then the cache's tensors are extra until the forward ends."""
+    P = run.prefix_len
+    if not P:
+        return 0
+    repeats = arch.kv_heads not in (1, arch.num_heads) and run.attn != "flash"
+    upcast = dtypes.autocast and dtypes.base == "fp32"
+    if not (repeats or upcast):
+        return 0
+    nbytes = BYTES_PER_ELEMENT[dtypes.base if upcast else dtypes.compute]
+    return arch.num_layers * 2 * run.batch_size * (run.seq_len + P) * arch.kv_size * nbytes
+
+
 def _is_token_embedding(name: str, tied: bool) -> bool:
     """A parameter whose gradient appears only after the first block's backward: the
-    token embedding (unless tied: then it is the LM head too, whose gradient comes first)
-    and learned position embeddings."""
+    token embedding (unless tied: then it is the LM head too, whose gradient comes first),
+    learned position embeddings and prompt encoders."""
     base = name.split(".modules_to_save")[0]
-    if base.endswith("wpe.weight"):
+    if base.startswith("prompt_encoder.") or base.endswith("wpe.weight"):
+        # peft's prompt encoders run first in forward, so their gradients come last
         return True
     return not tied and base.endswith(
         ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
@@ -207,12 +241,25 @@ def _block_backward_workspace(
         width = f
     attn = 0
     if runs_eager(arch, run):
-        attn = 2 * run.batch_size * arch.num_heads * run.seq_len**2 * FP32
+        s = run.positions
+        attn = 2 * run.batch_size * arch.num_heads * s * (s + run.prefix_len) * FP32
     cast_grad = 0
     dt = plan.dtypes
     if plan.adapted and not dt.autocast and dt.adapter != dt.compute:
         cast_grad = T * arch.hidden_size * BYTES_PER_ELEMENT[dt.adapter]
-    mlp = T * width * e + T * arch.hidden_size * FP32
+    mlp = max(T * width * e + T * arch.hidden_size * FP32, _ia3_workspace(plan, e, T))
     if run.grad_ckpt:
         return mlp + cast_grad
     return max(mlp, attn, _norm_backward_workspace(arch, e, T)) + cast_grad
+
+
+def _ia3_workspace(plan: MethodPlan, e: int, T: int) -> int:
+    """IA³'s feed-forward scaling in backward (measured): the down projection's input
+    gradient cast to the vector's dtype (the uncast one freed), and both products of the
+    scaling's backward (for the vector's sum and for the input) before the sum."""
+    ff = [lin.in_features for lin, feedforward in plan.scaled if feedforward]
+    if not ff:
+        return 0
+    ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
+    width = max(ff)
+    return 3 * T * width * ae

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ftmem.arch import Architecture, count_params, layout
-from ftmem.run import RunConfig
+from ftmem.run import PROMPT_METHODS, RunConfig
 
 # --------------------------------------------------------------------------------------
 # dtypes
@@ -446,7 +446,9 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
         # BitFit has no peft implementation: every bias trains, nothing else
         for name, p in model.named_parameters():
             p.requires_grad_(name.endswith(".bias"))
-    else:  # lora, qlora, dora
+    elif run.method in PROMPT_METHODS or run.method == "ia3":
+        model = _peft_other(model, arch, run)
+    else:  # lora, rslora, qlora, dora
         from peft import LoraConfig, get_peft_model
 
         targets = target_module_names(arch, run)
@@ -464,6 +466,7 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
             lora_dropout=run.dropout,
             target_modules=targets,
             use_dora=run.method == "dora",
+            use_rslora=run.method == "rslora",
             modules_to_save=to_save or None,
             bias="none",
             task_type="CAUSAL_LM",
@@ -495,6 +498,51 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
 
     model.train()
     return Built(model, autocast_dtype(run), attn_impl, notes)
+
+
+def _peft_other(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """IA³ and the prompt-learning methods through peft's own configs."""
+    from peft import (
+        IA3Config,
+        PrefixTuningConfig,
+        PromptEncoderConfig,
+        PromptTuningConfig,
+        get_peft_model,
+    )
+
+    if run.method == "ia3":
+        from ftmem.methods import ia3_linears
+
+        scaled = ia3_linears(arch, run)
+        cfg = IA3Config(
+            target_modules=[lin.module for lin, _ in scaled],
+            feedforward_modules=[lin.module for lin, ff in scaled if ff] or None,
+            task_type="CAUSAL_LM",
+        )
+    elif run.method == "prompt-tuning":
+        cfg = PromptTuningConfig(num_virtual_tokens=run.n_virtual, task_type="CAUSAL_LM")
+    elif run.method == "p-tuning":
+        cfg = PromptEncoderConfig(
+            num_virtual_tokens=run.n_virtual,
+            encoder_reparameterization_type=run.encoder.upper(),
+            encoder_hidden_size=run.encoder_hidden,
+            task_type="CAUSAL_LM",
+        )
+    else:
+        cfg = PrefixTuningConfig(
+            num_virtual_tokens=run.n_virtual,
+            prefix_projection=bool(run.prefix_projection),
+            encoder_hidden_size=run.encoder_hidden,
+            task_type="CAUSAL_LM",
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
+    if run.method == "ia3" and run.adapter_dtype != "auto":
+        for name, p in model.named_parameters():
+            if "ia3_l" in name:
+                p.data = p.data.to(_DTYPES[run.adapter_dtype])
+    return model
 
 
 # --------------------------------------------------------------------------------------
