@@ -47,11 +47,17 @@ class BlockState:
     # IA³: linears whose output (scaled) or input (scaled_in, feed-forward) is rescaled
     scaled: frozenset[str] = frozenset()
     scaled_in: frozenset[str] = frozenset()
+    # partial: linears (module paths) whose own weight trains, and whether norms train
+    trained: frozenset[str] = frozenset()
+    norms_trained: bool = False
 
     @property
     def output_grad(self) -> frozenset[str]:
         """Linears whose output needs a gradient for a parameter of their own."""
-        return self.adapted | self.biased | self.scaled
+        return self.adapted | self.biased | self.scaled | self.trained
+
+    def weight_trains(self, lin: Linear) -> bool:
+        return self.weights_trainable or lin.module in self.trained
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +128,11 @@ def _linear_inputs(
     # bitsandbytes' int8 matmul keeps its input whenever that input needs a gradient
     # (measured on its CPU path, MatMul8bitFp)
     int8_keeps = dt.quantized == "int8" and in_grad and bool(linears)
-    keeps_input = (state.weights_trainable or int8_keeps) and bool(linears)
+    training = [lin for lin in linears if state.weight_trains(lin)]
+    keeps_input = bool(training) or (int8_keeps and bool(linears))
     if keeps_input:
         # the base matmul keeps its input to form its weight gradient
-        copies = len(linears) if ac_casts else 1
+        copies = len(training or linears) if ac_casts else 1
         out.append(
             Saved(f"{label}: input", copies * T * in_features * (e if dt.autocast else in_bytes))
         )
@@ -172,7 +179,7 @@ def _linear_inputs(
         for lin in linears:
             if quantized and lin.is_module:
                 continue
-            if in_grad or state.weights_trainable:
+            if in_grad:
                 out.append(
                     Saved(
                         f"{lin.leaf} 16-bit weight copy",
@@ -345,19 +352,32 @@ def _moe(ctx: _Ctx, state: BlockState, x_grad: bool) -> list[Saved]:
     ee = ctx.residual  # expert compute dtype = parameter dtype
     k, E = arch.experts_per_token, arch.num_experts
     Tk = T * k
-    if not (x_grad or state.weights_trainable):
+    experts_train = state.weights_trainable or any(
+        m.startswith("mlp.experts") for m in state.trained
+    )
+    router_trains = state.weights_trainable or "mlp.gate" in state.trained
+    routing_grad = x_grad or router_trains  # the routing weights need a gradient
+    if not (routing_grad or experts_train):
         return []
-    out = [
-        Saved("router softmax (fp32) + top-k", T * E * FP32 + Tk * (INDEX_BYTES + FP32) + T * FP32),
-        Saved("routed token indices", 3 * Tk * INDEX_BYTES + Tk * FP32),
-        Saved("expert gate_up output and activation", Tk * 3 * f * ee),
-        Saved("expert outputs (for routing-weight grad)", Tk * h * ee),
-    ]
-    if ctx.plan.dtypes.autocast:
-        out.append(Saved("router 16-bit weight copy", h * E * 2))
-    if state.weights_trainable:
+    out = [Saved("expert gate_up output and activation", Tk * 3 * f * ee)]
+    if routing_grad:
+        out += [
+            Saved(
+                "router softmax (fp32) + top-k",
+                T * E * FP32 + Tk * (INDEX_BYTES + FP32) + T * FP32,
+            ),
+            Saved("routed token indices", 3 * Tk * INDEX_BYTES + Tk * FP32),
+            Saved("expert outputs (for routing-weight grad)", Tk * h * ee),
+        ]
+        if ctx.plan.dtypes.autocast:
+            out.append(Saved("router 16-bit weight copy", h * E * 2))
+    else:
+        # only the experts train: the token order and the (constant) routing weights
+        out.append(Saved("routed token indices and routing weights", Tk * (INDEX_BYTES + FP32)))
+    if experts_train:
         # grouped matmuls keep their inputs only to form the expert weights' gradients
         out.append(Saved("routed expert inputs and down input", Tk * (h + f) * ee))
+    if router_trains:
         out.append(Saved("router input", T * h * ctx.e))
     return out
 
@@ -373,8 +393,9 @@ def block_saved(
     mlp = [lin for lin in linears if lin not in qkv and lin not in o]
     x = state.input_requires_grad
     w = state.weights_trainable
-    wn = w or state.norm_bias  # a norm's own parameters train
-    biased = state.biased | state.scaled  # outputs that need a gradient, not an adapter
+    wn = w or state.norm_bias or state.norms_trained  # a norm's own parameters train
+    # outputs that need a gradient for something other than an adapter
+    biased = state.biased | state.scaled | state.trained
     adapted_attn = any(lin.module in state.adapted for lin in qkv)
     bias_attn = any(lin.module in biased for lin in qkv)
     h = arch.hidden_size
@@ -385,10 +406,10 @@ def block_saved(
     out += _norm(ctx, first_norm, x, wn)
     if arch.parallel_attn_mlp and arch.norms_per_block == 2:
         out += _norm(ctx, "ln_mlp", x, wn)
-    out += _linear_inputs(ctx, qkv, state, x, "q/k/v projections", h, ctx.residual)
+    out += _linear_inputs(ctx, qkv, state, x or wn, "q/k/v projections", h, ctx.residual)
     prefix = run.prefix_len > 0  # the layer's key/value prefix trains
-    q_grad = x or w or adapted_attn or bias_attn or state.norm_bias or prefix
-    if x or w or state.norm_bias:
+    q_grad = x or w or adapted_attn or bias_attn or wn or prefix
+    if x or w or state.norm_bias or state.norms_trained:
         attn_grads = frozenset({"q", "k", "v"})
     else:
         attn_grads = frozenset(
@@ -403,7 +424,7 @@ def block_saved(
         saved_o = [s for s in saved_o if not s.what.startswith("o_proj: input")]
     out += saved_o
     after_attn = (
-        x or w or adapted_attn or bias_attn or state.norm_bias or prefix
+        x or w or adapted_attn or bias_attn or wn or prefix
         or any(lin.module in state.adapted | biased for lin in o)
     )  # fmt: skip
     if arch.norms_per_block == 4:
@@ -413,14 +434,14 @@ def block_saved(
         out += _norm(ctx, "post-attention norm", after_attn, wn)
     # with a shared input norm, its trainable parameters (BitFit: LayerNorm bias) need the
     # MLP branch's gradient too
-    mlp_in_grad = (x or state.norm_bias) if arch.parallel_attn_mlp else after_attn
-    mlp_saved = _mlp(ctx, state, mlp_in_grad, mlp)
+    mlp_in_grad = (x or wn) if arch.parallel_attn_mlp else after_attn
+    mlp_saved = _mlp(ctx, state, mlp_in_grad or wn, mlp)
     if arch.norms_per_block == 1:
         # Falcon-7B: attention and MLP read one norm output, saved once (q/k/v input)
         mlp_saved = [s for s in mlp_saved if not s.what.startswith("MLP: input")]
     out += mlp_saved
     if arch.norms_per_block == 4:
-        mlp_out_grad = mlp_in_grad or w or any(lin.module in state.adapted for lin in mlp)
+        mlp_out_grad = mlp_in_grad or w or any(lin.module in state.output_grad for lin in mlp)
         out += _norm(ctx, "post-feedforward norm", mlp_out_grad, wn)
     return [s for s in out if s.nbytes]
 
@@ -483,19 +504,33 @@ def outer_saved(
     ctx = _Ctx(arch, run, plan, tokens)
     T, V, h, e = tokens, arch.vocab_size, arch.hidden_size, ctx.e
     train = plan.outer_trainable
+    # does anything below the final norm train? (else the blocks keep nothing and the
+    # final norm's input needs no gradient: only the LM head or the final norm trains)
+    blocks_grad = (
+        train
+        or plan.trainable_blocks > 0
+        or plan.embed_trainable
+        or run.n_virtual > 0
+        or run.grad_ckpt  # transformers then makes the embedding output require grad
+    )
     below: list[Saved] = []
     if train or plan.embed_trainable:
         below.append(Saved("embedding token ids", T * INDEX_BYTES))
         if arch.position_embedding == "learned" and train:
             below.append(Saved("position ids", (T // run.batch_size) * INDEX_BYTES))
     below += prompt_encoder_saved(arch, run, plan.dtypes.autocast)
-    if arch.position_embedding == "rotary":
+    if arch.position_embedding == "rotary" and blocks_grad:
         # cos and sin tables (s × head_dim), shared by every layer's rotary multiply
         # (computed in the residual dtype: fp32 under autocast with fp32 weights)
         below.append(
             Saved("rotary cos/sin", 2 * (T // run.batch_size) * arch.head_size * ctx.residual)
         )
-    above = _norm(ctx, "final norm", True, train or plan.norm_bias_trainable)
+    above = _norm(
+        ctx,
+        "final norm",
+        blocks_grad,
+        train or plan.norm_bias_trainable or plan.final_norm_trainable,
+    )
     if train or plan.head_trainable:
         above.append(Saved("LM head input", T * h * e))
     if plan.dtypes.autocast:

@@ -16,7 +16,7 @@ from ftmem.parallel import ParallelConfig
 from ftmem.plan import Plan, make_plan
 from ftmem.presets import get_gpu
 from ftmem.result import Estimate
-from ftmem.run import ADAPTER_METHODS, RunConfig
+from ftmem.run import ADAPTER_METHODS, RunConfig, settings_for
 from ftmem.search import Largest, largest_fitting
 from ftmem.serve import ServeConfig
 from ftmem.sources import resolve_model, source_notes
@@ -157,6 +157,60 @@ def plan(
     arch = resolve_model(model) if isinstance(model, str) else model
     hw = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
     return make_plan(lambda s: estimate(arch, **hw, **s), dict(settings), rows=rows)
+
+
+# What `ftmem compare-methods` compares by default: one of each kind of method.
+COMPARED_METHODS = (
+    "full",
+    "freeze",
+    "lora",
+    "qlora",
+    "dora",
+    "ia3",
+    "prompt-tuning",
+    "prefix-tuning",
+    "p-tuning",
+    "bitfit",
+)
+
+
+def compare_methods(
+    model: str | Architecture,
+    methods: tuple[str, ...] | list[str] | None = None,
+    *,
+    gpu: str | Gpu | None = None,
+    gpu_memory: str | int | None = None,
+    overhead: str | int | None = None,
+    **settings: Any,
+) -> dict[str, Estimate | str]:
+    """The same run under several finetuning methods (``ftmem compare-methods``).
+
+    Settings that only some methods take (``lora_r``, ``virtual_tokens``...) go to
+    those methods only. A method the model cannot use (BitFit without biases, prefix
+    tuning on Falcon) gets the one-sentence reason instead of an estimate. An unknown
+    method name, or settings that no method accepts, are errors.
+    """
+    arch = resolve_model(model) if isinstance(model, str) else model
+    chosen = list(methods or COMPARED_METHODS)
+    if methods is None and not arch.has_biases:
+        chosen.remove("bitfit")
+    out: dict[str, Estimate | str] = {}
+    for m in chosen:
+        run_config(method=m)  # an unknown name fails here, as one sentence
+        try:
+            out[m] = estimate(
+                arch,
+                gpu=gpu,
+                gpu_memory=gpu_memory,
+                overhead=overhead,
+                **settings_for(m, {**settings, "method": m}),
+            )
+        except InvalidInputError as exc:
+            out[m] = str(exc)
+    if all(isinstance(v, str) for v in out.values()):
+        # nothing ran: the settings themselves are wrong, not one method
+        raise InvalidInputError(next(iter(out.values())))
+    return out
 
 
 SEARCHABLE_SETTINGS = {"batch_size": 2**16, "seq_len": 2**21, "lora_r": None}

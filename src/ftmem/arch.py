@@ -224,6 +224,12 @@ _OUTER_NAMES: dict[str, tuple[str, str, str]] = {  # embedding, positions, final
 }
 
 
+def block_prefix(arch: Architecture) -> str:
+    """Where transformers keeps the decoder blocks: parameter names are
+    ``{prefix}.{i}.{name in the block}``."""
+    return "transformer.h" if arch.family in ("gpt2", "falcon") else "model.layers"
+
+
 def _style(family: str) -> str:
     return family if family in ("phi3", "gpt2", "falcon") else "llama"
 

@@ -430,6 +430,54 @@ def compare(
     _console().print(compare_table(arch.name, cells, gpu_ids, method_ids, unit))
 
 
+@app.command("compare-methods")
+@with_options(RUN, GPU, drop=("method",))
+def compare_methods(
+    model: ModelArg,
+    methods: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional spelled out on Python 3.10
+        typer.Option(help="Methods, comma-separated (default: one of each kind)."),
+    ] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    units: Units = "GiB",
+    **settings: Any,
+) -> None:
+    """The same run under each finetuning method: components, peak, total and verdict.
+
+    Method-specific options (--lora-r, --virtual-tokens...) apply to the methods that
+    take them; a method the model cannot use shows why instead of numbers.
+    """
+    import json
+
+    from ftmem.api import compare_methods as run_compare
+    from ftmem.report_search import methods_table
+    from ftmem.sources import resolve_model
+
+    try:
+        unit = _units(units)
+        _format(output_format, "table", "json")
+        names = None
+        if methods is not None:
+            names = [m.strip() for m in methods.split(",") if m.strip()]
+            if not names:
+                raise FtmemError("--methods needs at least one name.")
+        arch = resolve_model(model)
+        rows = run_compare(arch, names, **settings)
+    except FtmemError as exc:
+        raise _fail(str(exc)) from None
+    if output_format == "json":
+        data = [
+            {"method": m, "error": r}
+            if isinstance(r, str)
+            else {"method": m, **json.loads(r.model_dump_json())}
+            for m, r in rows.items()
+        ]
+        typer.echo(json.dumps(data, indent=2))
+        return
+    gpu = settings.get("gpu") or settings.get("gpu_memory")
+    _console().print(methods_table(arch.name, rows, gpu, unit))
+
+
 @app.command()
 @with_options(FROM, RUN, GPU, SPREAD)
 def explain(

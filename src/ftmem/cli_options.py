@@ -35,8 +35,8 @@ RUN = [
         "method",
         str,
         "full",
-        "full | freeze | lora | rslora | qlora | dora | bitfit | ia3 | prompt-tuning | "
-        "prefix-tuning | p-tuning (see `ftmem methods`)",
+        "full | freeze | partial | lora | rslora | qlora | dora | bitfit | ia3 | "
+        "prompt-tuning | prefix-tuning | p-tuning (see `ftmem methods`)",
     ),
     _opt("precision", str, "bf16", "fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed"),
     _opt(
@@ -59,6 +59,13 @@ RUN = [
         "--autocast/--no-autocast",
     ),
     _opt("trainable_layers", OptInt, None, "freeze: the last N blocks train."),
+    _opt(
+        "trainable_modules",
+        OptStr,
+        None,
+        "partial: regular expressions over parameter names, comma-separated "
+        "(e.g. self_attn,lm_head or layers\\.3[01]\\.).",
+    ),
     _opt("lora_r", OptInt, None, "LoRA rank (default 8)."),
     _opt("lora_alpha", OptFloat, None, "LoRA alpha (default 2r)."),
     _opt(

@@ -127,9 +127,14 @@ def explain(
 
     acts = Section("Activations (what autograd keeps for backward)")
     block = sum(i.bytes for i in m.activations_per_block)
-    tokens = run.batch_size * run.seq_len
+    tokens = run.batch_size * run.positions
+    length = (
+        f"({run.seq_len} + {run.n_virtual} virtual)"
+        if run.positions != run.seq_len
+        else (f"{run.seq_len}")
+    )
     acts.lines.append(
-        f"Per block, for {run.batch_size} × {run.seq_len} = {tokens:,} tokens in "
+        f"Per block, for {run.batch_size} × {length} = {tokens:,} positions in "
         f"{est.run['compute_dtype']}:"
     )
     for item in m.activations_per_block:

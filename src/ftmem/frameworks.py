@@ -264,6 +264,10 @@ def _axolotl(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]
             s["method"] = "dora"
     elif adapter:
         cfg.notes.append(f"adapter: {adapter} is not modelled yet; estimated as full finetuning.")
+    elif data.get("unfrozen_parameters"):
+        # full finetuning restricted to the parameters matching these regular expressions
+        patterns = ",".join(str(x) for x in data["unfrozen_parameters"])
+        s.update(method="partial", trainable_modules=patterns)
     for src, dst in (
         ("lora_r", "lora_r"),
         ("lora_alpha", "lora_alpha"),
@@ -323,6 +327,7 @@ def _axolotl(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]
         "lora_target_linear",
         "lora_target_modules",
         "lora_modules_to_save",
+        "unfrozen_parameters",
         "sequence_len",
         "micro_batch_size",
         "gradient_accumulation_steps",

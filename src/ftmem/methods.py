@@ -7,14 +7,16 @@ weights, gradients and optimizer states are sums over a handful of groups.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from math import prod
 
-from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, Param, layout
+from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, Param, block_prefix, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, StorageFormat, tensor_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.precision import Dtypes, resolve_dtypes
-from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
+from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig, split_patterns
 
 DEFAULT_FREEZE_TRAINABLE_LAYERS = 2
 
@@ -27,6 +29,10 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
     "freeze": (
         "the last N blocks train (--trainable-layers, default 2), the rest is frozen",
         "LLaMA-Factory's freeze tuning; Lee et al. 2019, arXiv:1911.03090",
+    ),
+    "partial": (
+        "the parameters whose names match --trainable-modules (regular expressions)",
+        "e.g. attention-only tuning, Touvron et al. 2023 / Lee et al. 2019",
     ),
     "lora": (
         "low-rank adapters A (r × in) and B (out × r) beside frozen linears",
@@ -119,6 +125,9 @@ class MethodPlan:
     norm_bias_trainable: bool = False
     # IA³: each scaled linear, and whether it is a feed-forward one (input scaled)
     scaled: tuple[tuple[Linear, bool], ...] = ()
+    # partial: per block, the names (within the block) of the parameters that train
+    trained_by_block: tuple[frozenset[str], ...] = ()
+    final_norm_trainable: bool = False
 
     @property
     def n_params(self) -> int:
@@ -212,6 +221,8 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     L = arch.num_layers
     notes: list[str] = []
     dq = run.uses_double_quant
+    outer_names: frozenset[str] = frozenset()  # partial: outer parameters that train
+    trained_by_block: tuple[frozenset[str], ...] = ()
 
     if run.method == "freeze":
         trainable_blocks = (
@@ -239,6 +250,10 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
                 "BitFit on Falcon with checkpointing or eager attention is a known gap "
                 "(docs/accuracy.md): the peak measured up to 11 % above this estimate."
             )
+    elif run.method == "partial":
+        outer_names, trained_by_block = partial_trainable(arch, run.trainable_modules or "")
+        first = next((i for i, names in enumerate(trained_by_block) if names), L)
+        trainable_blocks = L - first
     elif run.method in PROMPT_METHODS:
         trainable_blocks = 0  # only the prompt encoder trains, outside the blocks
         if run.method == "prefix-tuning" and arch.family not in PREFIX_FAMILIES:
@@ -253,11 +268,21 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
 
     groups: list[TensorGroup] = []
     for p in lay.outer:
-        trains = outer_trainable or (run.method == "bitfit" and _is_bias(p))
+        trains = (
+            outer_trainable
+            or (run.method == "bitfit" and _is_bias(p))
+            or (run.method == "partial" and p.name in outer_names)
+        )
         groups.append(TensorGroup(p.name, p.shape, 1, dtypes.base, trains, in_block=False))
     for p in lay.block:
         fmt = _base_format(p, run, dtypes)
-        if run.method == "full":
+        if run.method == "partial":
+            n = sum(p.name in names for names in trained_by_block)
+            if L - n:
+                groups.append(TensorGroup(p.name, p.shape, L - n, fmt, False))
+            if n:
+                groups.append(TensorGroup(p.name, p.shape, n, fmt, True))
+        elif run.method == "full":
             groups.append(TensorGroup(p.name, p.shape, L, fmt, True))
         elif run.method == "freeze":
             if L - trainable_blocks:
@@ -347,6 +372,19 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
                         f"{p.name}.modules_to_save", p.shape, 1, dtypes.base, True, in_block=False
                     )
                 )
+    embed_trainable, head_trainable = "embed" in saved, "head" in saved
+    final_norm_trainable = False
+    if run.method == "partial":
+        for p in lay.outer:
+            if p.name not in outer_names:
+                continue
+            if p.kind == "embedding":
+                embed_trainable = True
+                head_trainable = head_trainable or arch.tie_embeddings  # tied: one tensor
+            elif p.name.startswith("lm_head"):
+                head_trainable = True
+            elif p.kind == "norm":
+                final_norm_trainable = True
     return MethodPlan(
         tuple(groups),
         dtypes,
@@ -354,14 +392,59 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         trainable_blocks,
         outer_trainable,
         tuple(notes),
-        embed_trainable="embed" in saved,
-        head_trainable="head" in saved,
+        embed_trainable=embed_trainable,
+        head_trainable=head_trainable,
         biased=tuple(
             p.module for p in lay.block if run.method == "bitfit" and p.kind == "linear_bias"
         ),
         norm_bias_trainable=run.method == "bitfit" and arch.norm == "layernorm",
         scaled=scaled,
+        trained_by_block=trained_by_block,
+        final_norm_trainable=final_norm_trainable,
     )
+
+
+@lru_cache(maxsize=256)
+def partial_trainable(
+    arch: Architecture, spec: str
+) -> tuple[frozenset[str], tuple[frozenset[str], ...]]:
+    """Which parameters ``--trainable-modules`` selects: (outer names, and per block the
+    names within the block). Each comma-separated item is a regular expression searched
+    in the full parameter name, as transformers names it (``model.layers.3.mlp.up_proj
+    .weight``, ``lm_head.weight``)."""
+    items = split_patterns(spec)
+    if not items:
+        raise InvalidInputError(
+            "--trainable-modules is empty; give e.g. self_attn, mlp, lm_head or layers\\.3[01]\\."
+        )
+    patterns = []
+    for item in items:
+        try:
+            patterns.append(re.compile(item))
+        except re.error as exc:
+            raise InvalidInputError(
+                f"--trainable-modules: {item!r} is not a regular expression ({exc})."
+            ) from None
+    lay, prefix = layout(arch), block_prefix(arch)
+    used: set[int] = set()
+
+    def hit(name: str) -> bool:
+        found = [i for i, pat in enumerate(patterns) if pat.search(name)]
+        used.update(found)
+        return bool(found)
+
+    outer = frozenset(p.name for p in lay.outer if hit(p.name))
+    blocks = tuple(
+        frozenset(p.name for p in lay.block if hit(f"{prefix}.{i}.{p.name}"))
+        for i in range(arch.num_layers)
+    )
+    for i, item in enumerate(items):
+        if i not in used:
+            raise InvalidInputError(
+                f"--trainable-modules {item!r} matches no parameter of {arch.name}; names look "
+                f"like {prefix}.0.{lay.block[0].name} or {lay.outer[-1].name}."
+            )
+    return outer, blocks
 
 
 # Families whose attention takes peft's key/value prefix (measured in tests/accuracy);

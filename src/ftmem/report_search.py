@@ -157,6 +157,45 @@ def compare_table(
     return tbl
 
 
+def methods_table(
+    model: str, rows: dict[str, Estimate | str], gpu: str | None, units: UnitSystem
+) -> RenderableType:
+    """One row per method: what trains, each component and the peak (one unit for the
+    whole table, so that it fits a terminal), the total and the verdict."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from ftmem.units import format_count, in_unit
+
+    title = f"{model}: the same run under each method" + (f" on {gpu}" if gpu else "")
+    tbl = Table(title=title, title_justify="left", caption=f"sizes in {units}")
+    cols = ("method", "trainable", "weights", "grads", "optim", "activ", "peak", "total")
+    for col in (*cols, *(("fits",) if gpu else ())):
+        tbl.add_column(col, justify="left" if col in ("method", "fits") else "right")
+    for method, est in rows.items():
+        if isinstance(est, str):
+            tbl.add_row(method, Text(est, style="yellow"))
+            continue
+        m = est.memory
+        sizes = (
+            m.weights_bytes,
+            m.gradients_bytes,
+            m.optimizer_states_bytes,
+            m.activations_bytes,
+            m.peak_allocated_bytes,
+            m.total_bytes,
+        )
+        cells: list[Any] = [
+            method,
+            format_count(est.model.n_trainable_params),
+            *(f"{in_unit(b, units):.2f}" for b in sizes),
+        ]
+        if gpu:
+            cells.append(Text("yes", style="green") if est.fits else Text("no", style="red"))
+        tbl.add_row(*cells)
+    return tbl
+
+
 def budget_table(results: list[RunResult], units: UnitSystem) -> RenderableType:
     from rich.table import Table
     from rich.text import Text

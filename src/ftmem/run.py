@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 Method = Literal[
     "full",
     "freeze",
+    "partial",
     "lora",
     "rslora",
     "qlora",
@@ -45,6 +46,57 @@ DEFAULT_VIRTUAL_TOKENS = 20
 DEFAULT_IA3_TARGETS = "k,v,down"  # the paper's keys, values and FFN intermediate
 
 
+# Settings that only some methods take (the rest refuse them): what compare-methods
+# passes on to each method it runs.
+METHOD_SETTINGS: dict[str, frozenset[str]] = {
+    **{
+        k: ADAPTER_METHODS
+        for k in (
+            "lora_r",
+            "lora_alpha",
+            "lora_targets",
+            "lora_dropout",
+            "lora_modules_to_save",
+        )
+    },
+    "adapter_dtype": ADAPTER_METHODS | {"ia3"},
+    "ia3_targets": frozenset({"ia3"}),
+    "virtual_tokens": PROMPT_METHODS,
+    "prefix_projection": frozenset({"prefix-tuning"}),
+    "encoder_hidden": frozenset({"p-tuning", "prefix-tuning"}),
+    "prompt_encoder": frozenset({"p-tuning"}),
+    "quant": frozenset({"qlora"}),
+    "double_quant": frozenset({"qlora"}),
+    "compute_dtype": frozenset({"qlora"}),
+    "trainable_layers": frozenset({"freeze"}),
+    "trainable_modules": frozenset({"partial"}),
+}
+
+
+def split_patterns(spec: str) -> list[str]:
+    """The comma-separated regular expressions of --trainable-modules (commas inside
+    ``{m,n}`` quantifiers do not separate)."""
+    items, depth, current = [], 0, ""
+    for ch in spec:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if ch == "," and depth <= 0:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    items.append(current)
+    return [x.strip() for x in items if x.strip()]
+
+
+def settings_for(method: str, settings: dict[str, object]) -> dict[str, object]:
+    """``settings`` without the method-specific ones that ``method`` does not take."""
+    return {
+        k: v
+        for k, v in settings.items()
+        if v is not None and (k not in METHOD_SETTINGS or method in METHOD_SETTINGS[k])
+    }
+
+
 class RunConfig(BaseModel):
     """One training step's settings. Defaults are those of HF Trainer + peft."""
 
@@ -69,6 +121,12 @@ class RunConfig(BaseModel):
     )
     # freeze
     trainable_layers: int | None = Field(None, ge=0, description="freeze: last N blocks train.")
+    # partial
+    trainable_modules: str | None = Field(
+        None,
+        description="partial: comma-separated regular expressions over parameter names "
+        "(e.g. self_attn, lm_head, layers\\.3[01]\\.); matching parameters train.",
+    )
     # LoRA family
     lora_r: PositiveInt | None = None
     lora_alpha: float | None = None
@@ -168,6 +226,11 @@ class RunConfig(BaseModel):
             raise ValueError("--autocast needs a 16-bit compute dtype; use --precision bf16-mixed")
         if self.autocast is False and self.precision.endswith("-mixed"):
             raise ValueError(f"--precision {self.precision} means autocast; drop --no-autocast")
+        if (self.method == "partial") != (self.trainable_modules is not None):
+            raise ValueError(
+                "--method partial needs --trainable-modules (regular expressions over "
+                "parameter names, e.g. self_attn,lm_head), and only it takes them"
+            )
         if self.method != "freeze" and self.trainable_layers is not None:
             raise ValueError(
                 f"--trainable-layers only applies to --method freeze, not {self.method}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftmem.activations import BlockState, Saved, block_saved, outer_saved, runs_eager
-from ftmem.arch import Architecture
+from ftmem.arch import Architecture, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
@@ -49,6 +49,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
             )
             for i in range(L)
         ]
+    if run.method == "partial":
+        return _partial_states(arch, plan, inputs_grad)
     if run.method in ("prompt-tuning", "p-tuning"):
         # the trainable prompt is part of the blocks' input
         return [BlockState(True, False, frozenset()) for _ in range(L)]
@@ -60,6 +62,24 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         weights = run.method in ("full", "freeze")
         x_grad = inputs_grad or i > first_trainable
         states.append(BlockState(x_grad, weights, adapted))
+    return states
+
+
+def _partial_states(arch: Architecture, plan: MethodPlan, inputs_grad: bool) -> list[BlockState]:
+    """partial: each block's own trainable tensors; a block's input needs a gradient once
+    anything below it (or the embedding) trains."""
+    lay = layout(arch)
+    states = []
+    below = inputs_grad
+    for names in plan.trained_by_block:
+        params = [p for p in lay.block if p.name in names]
+        trained = frozenset(p.module for p in params if p.kind in ("linear", "router", "expert"))
+        biased = frozenset(p.module for p in params if p.kind == "linear_bias")
+        norms = any(p.kind == "norm" for p in params)
+        states.append(
+            BlockState(below, False, frozenset(), biased, trained=trained, norms_trained=norms)
+        )
+        below = below or bool(names)
     return states
 
 
@@ -145,7 +165,12 @@ def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
         logits_forward=T * V * e
         + (T * V * FP32 if upcast else 0)
         + _prefix_cache(arch, run, plan.dtypes),
-        forward_block_transient=_forward_block_transient(plan, run),
+        forward_block_transient=max(
+            _forward_block_transient(plan, run),
+            _frozen_forward_transient(arch, run, e, plan.dtypes.residual_bytes, T)
+            if not per_block[-1]
+            else 0,
+        ),
         loss_backward=2 * T * V * FP32,
         block_workspace=_block_backward_workspace(arch, run, plan, e, T),
         # the final norm's backward, its fp32 input still saved
@@ -203,6 +228,24 @@ def _forward_block_transient(plan: MethodPlan, run: RunConfig) -> int:
     return max(
         (lin.in_features**2 + 3 * lin.in_features * lin.out_features) * ae for lin in plan.adapted
     )
+
+
+def _frozen_forward_transient(
+    arch: Architecture, run: RunConfig, e: int, residual: int, T: int
+) -> int:
+    """A block that keeps nothing for backward still builds its MLP intermediates in
+    forward: gate, activation, up and their product (GPT-2's written-out tanh-GELU: four
+    T·f terms too; a plain MLP: its output and activation). Beside them live the
+    embedding output and the block's input (held by the model's forward), the residual
+    and the norm output."""
+    f = arch.intermediate_size * (arch.experts_per_token if arch.is_moe else 1)
+    terms = 4 if arch.mlp == "gated" or arch.family == "gpt2" else 2
+    mlp = terms * T * f * e
+    attn = 0
+    if runs_eager(arch, run):  # the fp32 scores and their softmax
+        s = run.positions
+        attn = 2 * run.batch_size * arch.num_heads * s * (s + run.prefix_len) * FP32
+    return max(mlp, attn) + 4 * T * arch.hidden_size * residual
 
 
 def _norm_backward_workspace(arch: Architecture, e: int, T: int) -> int:

@@ -191,6 +191,25 @@ def _matrix() -> list[Case]:
         ):
             cases.append(Case(family, {"method": "prefix-tuning", **extra}))
     cases.append(Case("llama", {"method": "rslora", "precision": "bf16", "lora_r": 16}))
+    # partial finetuning by parameter-name pattern
+    for family, pattern, extra in (
+        ("llama", "self_attn", {"precision": "bf16"}),
+        ("llama", "lm_head", {"precision": "bf16"}),
+        ("llama", "mlp", {"precision": "bf16-mixed"}),
+        ("llama", r"layers\.1\.self_attn\.(q|v)_proj", {"precision": "fp32"}),
+        ("llama", "norm", {"precision": "bf16"}),
+        ("llama", "down_proj", {"precision": "bf16", "grad_ckpt": True}),
+        ("llama", "o_proj,model.norm", {"precision": "bf16", "attn": "eager"}),
+        ("gpt2", "attn,ln_f", {"precision": "bf16"}),
+        ("gpt2", "ln_f", {"precision": "fp32"}),
+        ("mixtral", "experts", {"precision": "bf16"}),
+        ("mixtral", r"layers\.1\.mlp", {"precision": "bf16-mixed"}),
+        ("qwen2", "embed", {"precision": "bf16"}),
+        ("falcon", "dense_4h", {"precision": "bf16"}),
+        ("phi3", "qkv_proj", {"precision": "bf16"}),
+        ("gemma2", "mlp", {"precision": "bf16"}),
+    ):
+        cases.append(Case(family, {"method": "partial", "trainable_modules": pattern, **extra}))
     # optimizers
     for opt in ("sgd", "sgd-momentum", "adafactor"):
         for precision in ("fp32", "bf16"):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ftmem.arch import Architecture, count_params, layout
-from ftmem.run import PROMPT_METHODS, RunConfig
+from ftmem.run import PROMPT_METHODS, RunConfig, split_patterns
 
 # --------------------------------------------------------------------------------------
 # dtypes
@@ -442,6 +442,12 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
         for block in list(blocks)[len(blocks) - k :] if k else []:
             for p in block.parameters():
                 p.requires_grad_(True)
+    elif run.method == "partial":
+        import re
+
+        patterns = [re.compile(x) for x in split_patterns(run.trainable_modules or "")]
+        for name, p in model.named_parameters():
+            p.requires_grad_(any(pat.search(name) for pat in patterns))
     elif run.method == "bitfit":
         # BitFit has no peft implementation: every bias trains, nothing else
         for name, p in model.named_parameters():
