@@ -35,7 +35,7 @@ RUN = [
         "method",
         str,
         "full",
-        "full | freeze | partial | lora | rslora | qlora | dora | bitfit | ia3 | "
+        "full | freeze | partial | galore | lora | rslora | qlora | dora | bitfit | ia3 | "
         "prompt-tuning | prefix-tuning | p-tuning (see `ftmem methods`)",
     ),
     _opt("precision", str, "bf16", "fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed"),
@@ -66,6 +66,8 @@ RUN = [
         "partial: regular expressions over parameter names, comma-separated "
         "(e.g. self_attn,lm_head or layers\\.3[01]\\.).",
     ),
+    _opt("galore_rank", OptInt, None, "GaLore projection rank (default 128)."),
+    _opt("galore_targets", OptStr, None, "GaLore: projected linears (default all-linear)."),
     _opt("lora_r", OptInt, None, "LoRA rank (default 8)."),
     _opt("lora_alpha", OptFloat, None, "LoRA alpha (default 2r)."),
     _opt(

@@ -30,6 +30,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "the last N blocks train (--trainable-layers, default 2), the rest is frozen",
         "LLaMA-Factory's freeze tuning; Lee et al. 2019, arXiv:1911.03090",
     ),
+    "galore": (
+        "every weight trains; Adam's states of the block linears live in a rank-r "
+        "projection of their gradients (--galore-rank)",
+        "Zhao et al. 2024, arXiv:2403.03507",
+    ),
     "partial": (
         "the parameters whose names match --trainable-modules (regular expressions)",
         "e.g. attention-only tuning, Touvron et al. 2023 / Lee et al. 2019",
@@ -85,6 +90,7 @@ class TensorGroup:
     adapter: bool = False
     double_quant: bool = True
     in_block: bool = True  # repeated per decoder block (count = blocks), or outer
+    galore_rank: int = 0  # GaLore: optimizer states of a rank-r projection (0: none)
 
     @property
     def numel(self) -> int:
@@ -236,7 +242,7 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
             raise InvalidInputError(
                 f"--trainable-layers {trainable_blocks} exceeds the model's {L} blocks."
             )
-    elif run.method == "full":
+    elif run.method in ("full", "galore"):
         trainable_blocks = L
     elif run.method == "bitfit":
         if not arch.has_biases:
@@ -264,7 +270,14 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
             )
     else:
         trainable_blocks = L  # adapters in every block
-    outer_trainable = run.method == "full"
+    outer_trainable = run.method in ("full", "galore")
+    projected: dict[str, int] = {}
+    if run.method == "galore":
+        rank, spec = run.galore
+        projected = {
+            f"{lin.module}.weight": min(rank, lin.in_features, lin.out_features)
+            for lin in select_linears(arch, spec, "GaLore target")
+        }
 
     groups: list[TensorGroup] = []
     for p in lay.outer:
@@ -282,8 +295,9 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
                 groups.append(TensorGroup(p.name, p.shape, L - n, fmt, False))
             if n:
                 groups.append(TensorGroup(p.name, p.shape, n, fmt, True))
-        elif run.method == "full":
-            groups.append(TensorGroup(p.name, p.shape, L, fmt, True))
+        elif run.method in ("full", "galore"):
+            rank = projected.get(p.name, 0)
+            groups.append(TensorGroup(p.name, p.shape, L, fmt, True, galore_rank=rank))
         elif run.method == "freeze":
             if L - trainable_blocks:
                 groups.append(TensorGroup(p.name, p.shape, L - trainable_blocks, fmt, False))

@@ -32,11 +32,29 @@ def step_tensors_on_device(run: RunConfig) -> bool:
     return run.device == "cpu" or run.optimizer_impl == "fused"
 
 
+def galore_shapes(g: TensorGroup) -> tuple[int, int]:
+    """(projected gradient, projector) elements of a GaLore-projected (out, in) weight
+    (measured on galore_torch 1.0).
+
+    galore_torch 1.0 ("std"): a tall gradient (out >= in) is projected on the right,
+    (out, r), with an (r, in) projector; a wide one on the left, (r, in), with (out, r).
+    """
+    out_f, in_f = g.shape[-2], g.shape[-1]
+    r, k = g.galore_rank, min(out_f, in_f)
+    # an fp32 weight keeps a slice *view* of the SVD's square factor (U or Vh, k × k):
+    # the whole factor stays alive; a 16-bit one gets a converted copy of the r rows
+    projector = k * k if g.element_bytes == 4 else r * k
+    return r * max(out_f, in_f), projector
+
+
 def step_tensor_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
     """The per-tensor ``step`` scalars of torch Adam/AdamW held on the training device.
 
-    Every rank keeps one per parameter tensor, sharded or not."""
+    Every rank keeps one per parameter tensor, sharded or not (galore_torch keeps a
+    Python int)."""
     if run.optimizer not in ("adamw", "adamw-fp32") or not step_tensors_on_device(run):
+        return 0
+    if run.method == "galore":
         return 0
     return sum(STEP_TENSOR_BYTES * g.count for g in groups if g.trainable)
 
@@ -50,6 +68,12 @@ def optimizer_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
         if not g.trainable:
             continue
         n, count, pb = g.numel, g.count, g.element_bytes
+        projector = 0
+        if g.galore_rank:
+            # Adam's moments live in the projected space; the projector is kept in the
+            # parameter's dtype
+            n, projector = galore_shapes(g)
+            projector *= pb
         if opt in ("adamw", "adamw-fp32"):
             state = 4 if opt == "adamw-fp32" else pb
             per = 2 * n * state
@@ -67,7 +91,7 @@ def optimizer_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
             per = _adafactor_tensor_bytes(g.shape)
         else:  # pragma: no cover - RunConfig validates the name
             raise AssertionError(opt)
-        total += per * count
+        total += (per + projector) * count
     if any_8bit:
         total += BNB_QMAP_BYTES
     return total + step_tensor_bytes(groups, run)
@@ -84,6 +108,8 @@ def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig
     trainable = [g for g in groups if g.trainable]
     if not trainable:
         return 0
+    if run.method == "galore":
+        return _galore_step_temporary_bytes(trainable, run)
     opt, impl = run.optimizer, run.optimizer_impl
     if opt in ("adamw", "adamw-fp32"):
         if impl == "fused":
@@ -102,3 +128,32 @@ def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig
     if opt == "lion":
         return max(2 * g.numel * g.element_bytes for g in trainable)
     return 0
+
+
+def _galore_step_temporary_bytes(trainable: list[TensorGroup], run: RunConfig) -> int:
+    """galore_torch 1.0's step, one tensor at a time in a Python loop (measured).
+
+    A projected weight: the projected gradient, ``exp_avg_sq.sqrt()``, ``exp_avg / denom``,
+    then the update projected back to the full shape and scaled (two full-size tensors).
+    When the projector is renewed (every ``update_proj_gap`` steps, the first included),
+    the SVD of the gradient: an fp32 copy of a 16-bit gradient, U (out × k), S and Vh
+    (k × in) in fp32, k = min(out, in); LAPACK/cuSOLVER workspaces come on top (cuSOLVER's
+    are in torch's allocator on the GPU). The loop's variables still hold the previous
+    tensor's denominator and update during the SVD. Other tensors: Adam's denominator
+    and update. 8-bit states (bitsandbytes kernels) need no Adam temporaries.
+    """
+    eight_bit = run.optimizer == "adamw-8bit"
+    update, svd, carry = 0, 0, 0
+    for g in trainable:
+        pb = g.element_bytes
+        if not g.galore_rank:
+            plain = 0 if eight_bit else 2 * g.numel * pb
+            update, carry = max(update, plain), max(carry, plain)
+            continue
+        low, _ = galore_shapes(g)
+        out_f, in_f = g.shape[-2], g.shape[-1]
+        k = min(out_f, in_f)
+        svd = max(svd, (g.numel * 4 if pb != 4 else 0) + 4 * (out_f * k + k + k * in_f))
+        update = max(update, (1 if eight_bit else 3) * low * pb + 2 * g.numel * pb)
+        carry = max(carry, (g.numel + (0 if eight_bit else low)) * pb)
+    return max(update, svd + carry if svd else 0)

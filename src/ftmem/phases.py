@@ -57,6 +57,9 @@ class StepSizes:
     acts_held: int = 0
     # of grads_outer, the token embedding's: created last, after the first block's backward
     grads_embedding: int = 0
+    # tied embedding and LM head: the embedding's gradient and its sum with the head's
+    # (held since the loss) are both new tensors at the very end of backward
+    tied_embedding_backward: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,8 @@ def find_peak(s: StepSizes) -> Peak:
         # the embedding's backward: every gradient now exists, the embedding side's
         # activations are the last ones held
         moments.append(("backward", live_grads + s.grads_embedding, live_acts, 0, bwd))
+    if s.tied_embedding_backward:
+        moments.append(("backward", s.grads, live_acts, s.tied_embedding_backward, bwd))
     moments.append(("optimizer", s.grads, 0, s.optimizer_temporaries, s.comm_optimizer))
 
     base = s.weights + s.states

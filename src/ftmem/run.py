@@ -10,6 +10,7 @@ Method = Literal[
     "full",
     "freeze",
     "partial",
+    "galore",
     "lora",
     "rslora",
     "qlora",
@@ -43,6 +44,8 @@ ADAPTER_METHODS: frozenset[str] = frozenset({"lora", "rslora", "qlora", "dora"})
 # keys and values (prefix)
 PROMPT_METHODS: frozenset[str] = frozenset({"prompt-tuning", "prefix-tuning", "p-tuning"})
 DEFAULT_VIRTUAL_TOKENS = 20
+DEFAULT_GALORE_RANK = 128  # the GaLore paper's LLaMA-7B setting
+GALORE_OPTIMIZERS = frozenset({"adamw", "adamw-8bit"})
 DEFAULT_IA3_TARGETS = "k,v,down"  # the paper's keys, values and FFN intermediate
 
 
@@ -70,6 +73,8 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "compute_dtype": frozenset({"qlora"}),
     "trainable_layers": frozenset({"freeze"}),
     "trainable_modules": frozenset({"partial"}),
+    "galore_rank": frozenset({"galore"}),
+    "galore_targets": frozenset({"galore"}),
 }
 
 
@@ -127,6 +132,11 @@ class RunConfig(BaseModel):
         description="partial: comma-separated regular expressions over parameter names "
         "(e.g. self_attn, lm_head, layers\\.3[01]\\.); matching parameters train.",
     )
+    # GaLore
+    galore_rank: PositiveInt | None = Field(None, description="GaLore projection rank (128).")
+    galore_targets: str | None = Field(
+        None, description="GaLore: linears whose gradients are projected (all-linear)."
+    )
     # LoRA family
     lora_r: PositiveInt | None = None
     lora_alpha: float | None = None
@@ -175,6 +185,18 @@ class RunConfig(BaseModel):
                 raise ValueError(
                     f"{opts} only apply to lora, rslora, qlora and dora, not --method {self.method}"
                 )
+        if self.method != "galore" and (
+            self.galore_rank is not None or self.galore_targets is not None
+        ):
+            raise ValueError(
+                f"--galore-rank and --galore-targets only apply to --method galore, "
+                f"not {self.method}"
+            )
+        if self.method == "galore" and self.optimizer not in GALORE_OPTIMIZERS:
+            raise ValueError(
+                f"GaLore projects Adam's states: use --optimizer adamw or adamw-8bit "
+                f"(galore_torch's GaLoreAdamW / GaLoreAdamW8bit), not {self.optimizer}"
+            )
         if self.method != "ia3" and self.ia3_targets is not None:
             raise ValueError(f"--ia3-targets only applies to --method ia3, not {self.method}")
         if self.ia3_targets is not None and not self.ia3_targets.strip(" ,"):
@@ -256,6 +278,11 @@ class RunConfig(BaseModel):
         if not self.lora_modules_to_save:
             return frozenset()
         return frozenset(x.strip() for x in self.lora_modules_to_save.split(",") if x.strip())
+
+    @property
+    def galore(self) -> tuple[int, str]:
+        """(rank, targets) of GaLore's projection."""
+        return self.galore_rank or DEFAULT_GALORE_RANK, self.galore_targets or "all-linear"
 
     @property
     def ia3(self) -> str:

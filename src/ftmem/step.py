@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ftmem.activations import BlockState, Saved, block_saved, outer_saved, runs_eager
 from ftmem.arch import Architecture, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT
-from ftmem.methods import MethodPlan, plan_method
+from ftmem.methods import MethodPlan, TensorGroup, plan_method
 from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
 from ftmem.phases import StepSizes
 from ftmem.precision import Dtypes
@@ -59,7 +59,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         if i < first_trainable:
             states.append(BlockState(inputs_grad, False, frozenset()))
             continue
-        weights = run.method in ("full", "freeze")
+        weights = run.method in ("full", "freeze", "galore")
         x_grad = inputs_grad or i > first_trainable
         states.append(BlockState(x_grad, weights, adapted))
     return states
@@ -157,6 +157,7 @@ def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
         grads=grads,
         grads_outer=grads_outer,
         grads_embedding=grads_embedding,
+        tied_embedding_backward=_tied_embedding_backward(arch, grad_groups),
         grads_per_block=grads_block,
         trainable_blocks=plan.trainable_blocks,
         acts_per_block=tuple(per_block_kept),
@@ -203,6 +204,19 @@ def _prefix_cache(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
         return 0
     nbytes = BYTES_PER_ELEMENT[dtypes.base if upcast else dtypes.compute]
     return arch.num_layers * 2 * run.batch_size * (run.seq_len + P) * arch.kv_size * nbytes
+
+
+def _tied_embedding_backward(arch: Architecture, grad_groups: list[TensorGroup]) -> int:
+    """A trained tied embedding: at the end of backward the embedding path's gradient
+    and its sum with the LM head path's are both new (vocab × hidden) tensors."""
+    if not arch.tie_embeddings:
+        return 0
+    return sum(
+        2 * g.total_numel * g.element_bytes
+        for g in grad_groups
+        if not g.in_block
+        and g.name.endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight"))
+    )
 
 
 def _is_token_embedding(name: str, tied: bool) -> bool:

@@ -191,6 +191,17 @@ def _matrix() -> list[Case]:
         ):
             cases.append(Case(family, {"method": "prefix-tuning", **extra}))
     cases.append(Case("llama", {"method": "rslora", "precision": "bf16", "lora_r": 16}))
+    # GaLore (galore_torch 1.0): projected Adam states, projectors; measured with the
+    # projector renewed every step
+    for family, extra in (
+        ("llama", {"precision": "bf16"}),
+        ("llama", {"precision": "fp32"}),
+        ("mistral", {"precision": "bf16-mixed", "galore_targets": "attention"}),
+        ("gpt2", {"precision": "bf16", "galore_rank": 16}),
+        ("mixtral", {"precision": "bf16"}),
+        ("qwen2", {"precision": "bf16", "grad_accum": 2}),
+    ):
+        cases.append(Case(family, {"method": "galore", "galore_rank": 8, **extra}))
     # partial finetuning by parameter-name pattern
     for family, pattern, extra in (
         ("llama", "self_attn", {"precision": "bf16"}),

@@ -423,7 +423,7 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
         model = model.to(device=device)  # (fake parameters cannot be swapped in place)
 
     # trainable set
-    if run.method == "full":
+    if run.method in ("full", "galore"):
         for p in model.parameters():
             p.requires_grad_(True)
     elif run.method == "freeze":
@@ -560,10 +560,49 @@ def _impl_kwargs(run: RunConfig) -> dict[str, bool]:
     return {"foreach": run.optimizer_impl == "foreach"}
 
 
-def build_optimizer(model: nn.Module, run: RunConfig) -> torch.optim.Optimizer:
+def _galore_optimizer(model: nn.Module, arch: Architecture, run: RunConfig):
+    """galore_torch's GaLoreAdamW (8bit) as transformers sets it up: the targeted block
+    linears in a group with the projection, every other parameter in a plain group.
+    The projector is renewed every step (``update_proj_gap=1``) so that the measured step
+    is the one with the SVD, the costliest."""
+    try:
+        from galore_torch import GaLoreAdamW, GaLoreAdamW8bit
+    except ImportError as exc:
+        raise RuntimeError(
+            f"GaLore measurement needs galore-torch (pip install galore-torch): {exc}"
+        ) from None
+    from ftmem.methods import select_linears
+
+    rank, spec = run.galore
+    prefix, _ = find_blocks(model) or ("", None)
+    targets = {
+        f"{prefix}.{i}.{lin.module}.weight"
+        for lin in select_linears(arch, spec, "GaLore target")
+        for i in range(arch.num_layers)
+    }
+    galore = [p for n, p in model.named_parameters() if n in targets]
+    other = [p for n, p in model.named_parameters() if n not in targets and p.requires_grad]
+    groups = [
+        {"params": other},
+        {"params": galore, "rank": rank, "update_proj_gap": 1, "scale": 0.25, "proj_type": "std"},
+    ]
+    cls = GaLoreAdamW8bit if run.optimizer == "adamw-8bit" else GaLoreAdamW
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if cls is GaLoreAdamW:
+            return cls(groups, lr=1e-4, weight_decay=0.0, no_deprecation_warning=True)
+        return cls(groups, lr=1e-4, weight_decay=0.0)
+
+
+def build_optimizer(
+    model: nn.Module, run: RunConfig, arch: Architecture | None = None
+) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"method {run.method!r} leaves no trainable parameter in this model")
+    if run.method == "galore":
+        assert arch is not None, "GaLore needs the architecture to find its targets"
+        return _galore_optimizer(model, arch, run)
     opt = run.optimizer
     if opt == "adamw":
         return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, **_impl_kwargs(run))

@@ -122,6 +122,20 @@ def _forward(
     return loss
 
 
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every tensor the optimizer keeps per parameter, including those held by helper
+    objects in its state (GaLore's projector matrices)."""
+    out: list[torch.Tensor] = []
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                out.append(value)
+            elif hasattr(value, "ortho_matrix"):  # galore_torch's GaLoreProjector
+                m = value.ortho_matrix
+                out += [t for t in (m if isinstance(m, list) else [m]) if t is not None]
+    return out
+
+
 def run_measurement(
     arch: Architecture,
     run: RunConfig,
@@ -186,7 +200,7 @@ def _run(
         built = build_model(arch, run, device=str(dev), seed=seed)
     model = built.model
     notes = list(built.notes)
-    optimizer = build_optimizer(model, run)
+    optimizer = build_optimizer(model, run, arch)
     accum = run.grad_accum
     if steps == 1:
         notes.append("steps=1: the measured step creates the optimizer states (not steady state)")
@@ -223,9 +237,7 @@ def _run(
         torch.cuda.empty_cache()
 
     # -- the measured step ------------------------------------------------------------
-    state_tensors = [
-        t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)
-    ]
+    state_tensors = optimizer_state_tensors(optimizer)
     pre_existing = [*model_state_tensors(model), *state_tensors, ids]
     meter: Any = _CudaMeter(dev) if dev.type == "cuda" else _CpuMeter(pre_existing)
     with contextlib.ExitStack() as stack:
@@ -272,9 +284,7 @@ def _run(
         optimizer.zero_grad(set_to_none=True)
         peaks["optimizer"] = meter.phase_peak()
 
-    state_tensors = [
-        t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)
-    ]
+    state_tensors = optimizer_state_tensors(optimizer)
     peak_phase = max(PHASES, key=lambda ph: peaks[ph])
     weights = storage_bytes(model_state_tensors(model, buffers=False))
     all_weights = storage_bytes(model_state_tensors(model))
