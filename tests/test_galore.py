@@ -49,3 +49,24 @@ def test_galore_needs_adam_and_its_own_options() -> None:
         eight.memory.optimizer_states_bytes
         < estimate("llama2-7b", method="galore").memory.optimizer_states_bytes
     )
+
+
+def test_optimizer_in_backward_holds_no_gradients() -> None:
+    """Each parameter steps as soon as its gradient exists: no gradient buffer, and no
+    separate optimizer step (its phase is just weights + states)."""
+    normal = estimate("llama2-7b", method="full", seq_len=1024).memory
+    hooked = estimate("llama2-7b", method="full", seq_len=1024, optimizer_in_backward=True).memory
+    assert hooked.gradients_bytes == 0 and hooked.at_peak.gradients == 0
+    assert hooked.phases.optimizer == hooked.weights_bytes + hooked.optimizer_states_bytes
+    assert hooked.optimizer_states_bytes == normal.optimizer_states_bytes
+    # the backward peak drops by the gradients held there, less the largest tensor's step:
+    # the LM head's gradient (32000 × 4096 bf16) and Adam's two temporaries of it
+    head = 32000 * 4096 * 2
+    assert (
+        hooked.peak_allocated_bytes
+        < normal.peak_allocated_bytes - normal.at_peak.gradients + 3 * head
+    )
+    with pytest.raises(InvalidInputError, match="cannot accumulate"):
+        estimate("llama2-7b", method="full", optimizer_in_backward=True, grad_accum=4)
+    with pytest.raises(InvalidInputError, match="one GPU"):
+        estimate("llama2-7b", method="full", optimizer_in_backward=True, gpus=8, strategy="zero3")

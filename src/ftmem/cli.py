@@ -674,26 +674,12 @@ def check(
 
 
 @app.command()
+@with_options(RUN, drop=("optimizer_impl", "accounting"))
 def measure(
     model: Annotated[
         str,
         typer.Argument(help="Preset id or config.json path/folder (built with random weights)."),
     ],
-    method: Annotated[str, typer.Option(help="full | freeze | lora | qlora | dora")] = "full",
-    precision: Annotated[
-        str, typer.Option(help="fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed")
-    ] = "bf16",
-    optimizer: Annotated[
-        str, typer.Option(help="adamw | adamw-8bit | sgd | sgd-momentum | adafactor")
-    ] = "adamw",
-    batch_size: Annotated[int, typer.Option(help="Micro-batch size.")] = 1,
-    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 128,
-    grad_ckpt: Annotated[bool, typer.Option("--grad-ckpt/--no-grad-ckpt")] = False,
-    attn: Annotated[str, typer.Option(help="eager | sdpa | flash")] = "sdpa",
-    trainable_layers: Annotated[Optional[int], typer.Option()] = None,  # noqa: UP045
-    lora_r: Annotated[Optional[int], typer.Option()] = None,  # noqa: UP045
-    lora_targets: Annotated[Optional[str], typer.Option()] = None,  # noqa: UP045
-    lora_modules_to_save: Annotated[Optional[str], typer.Option()] = None,  # noqa: UP045
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     fsdp: Annotated[
         int,
@@ -712,6 +698,7 @@ def measure(
         ),
     ] = False,
     output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    **settings: Any,
 ) -> None:
     """Run the step for real (torch, random weights) and compare with the estimate."""
     import json
@@ -731,17 +718,7 @@ def measure(
             raise FtmemError("--fsdp takes 2 or more CPU ranks, without --fake or --device cuda.")
         arch = resolve_model(model)
         run = run_config(
-            method=method,
-            precision=precision,
-            optimizer=optimizer,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            grad_ckpt=grad_ckpt,
-            attn=attn,
-            trainable_layers=trainable_layers,
-            lora_r=lora_r,
-            lora_targets=lora_targets,
-            lora_modules_to_save=lora_modules_to_save,
+            **settings,
             device=device,
             optimizer_impl="for-loop" if device == "cpu" else "foreach",
         )
@@ -788,7 +765,7 @@ def measure(
     from ftmem.units import format_bytes
 
     where = "fake tensors (nothing allocated)" if fake else got.device
-    tbl = Table(title=f"{arch.name}: {method} · {precision} · measured on {where}")
+    tbl = Table(title=f"{arch.name}: {run.method} · {run.precision} · measured on {where}")
     for col in ("Component", "Estimated", "Measured", "Error"):
         tbl.add_column(col, justify="left" if col == "Component" else "right")
     for key, e, g in rows:

@@ -50,6 +50,13 @@ RUN = [
     _opt("seq_len", int, 512, "Tokens per sequence."),
     _opt("grad_accum", int, 1, "Micro-batches per optimizer step."),
     _opt("grad_ckpt", bool, False, "Gradient checkpointing.", "--grad-ckpt/--no-grad-ckpt"),
+    _opt(
+        "optimizer_in_backward",
+        bool,
+        False,
+        "Step each parameter from a gradient hook (no gradient buffer; layer-wise GaLore).",
+        "--optimizer-in-backward",
+    ),
     _opt("attn", str, "sdpa", "eager | sdpa | flash"),
     _opt(
         "autocast",

@@ -48,6 +48,11 @@ def estimate_step(
     parts = step_parts(arch, run)
     plan = parts.plan
     notes = list(plan.notes)
+    if run.optimizer_in_backward:
+        notes.append(
+            "optimizer in backward: each gradient is freed by its parameter's step as soon "
+            "as it is complete, so no gradient is held at the peak."
+        )
     weights, activations = parts.sizes.weights, parts.activations
     peak_info = find_peak(parts.sizes)
     if run.accounting == "simple":
@@ -184,6 +189,11 @@ def _estimate_parallel(
         raise InvalidInputError(
             "--accounting simple is the seed's single-GPU sum; use the default phases "
             "accounting with several GPUs or a strategy."
+        )
+    if run.optimizer_in_backward:
+        raise InvalidInputError(
+            "--optimizer-in-backward is modelled on one GPU; DeepSpeed and FSDP step "
+            "their own sharded optimizers."
         )
     step = parallel_step(arch, run, par)
     rank = step.ranks[step.worst]

@@ -156,4 +156,6 @@ def _galore_step_temporary_bytes(trainable: list[TensorGroup], run: RunConfig) -
         svd = max(svd, (g.numel * 4 if pb != 4 else 0) + 4 * (out_f * k + k + k * in_f))
         update = max(update, (1 if eight_bit else 3) * low * pb + 2 * g.numel * pb)
         carry = max(carry, (g.numel + (0 if eight_bit else low)) * pb)
+    if sum(g.count for g in trainable) == 1:
+        carry = 0  # one tensor per optimizer (optimizer in backward): nothing carried
     return max(update, svd + carry if svd else 0)

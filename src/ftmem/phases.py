@@ -60,6 +60,12 @@ class StepSizes:
     # tied embedding and LM head: the embedding's gradient and its sum with the head's
     # (held since the loss) are both new tensors at the very end of backward
     tied_embedding_backward: int = 0
+    # optimizer step in backward (per-parameter hooks; gradients then count 0): the
+    # largest single gradient plus its own step's temporaries, among the blocks' tensors
+    # and among the others (the LM head steps after the loss, the embedding last)
+    in_backward: bool = False
+    step_block: int = 0
+    step_outer: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +92,10 @@ def find_peak(s: StepSizes) -> Peak:
     ]
     live_grads = s.grads if s.grads_persist else s.grads_outer - s.grads_embedding
     live_acts = acts - s.acts_above
-    moments.append(("backward", live_grads, live_acts, s.head_workspace, head_bwd))
-    transient = s.recompute + s.block_workspace
+    moments.append(("backward", live_grads, live_acts, s.head_workspace + s.step_outer, head_bwd))
+    # a weight steps as soon as its gradient exists, when the block's backward workspace
+    # is past its largest (measured): the larger of the two, not their sum
+    transient = s.recompute + max(s.block_workspace, s.step_block)
     L = len(s.acts_per_block)
     for i in range(L - 1, -1, -1):
         moments.append(("backward", live_grads, live_acts, transient, bwd))
@@ -100,7 +108,12 @@ def find_peak(s: StepSizes) -> Peak:
         moments.append(("backward", live_grads + s.grads_embedding, live_acts, 0, bwd))
     if s.tied_embedding_backward:
         moments.append(("backward", s.grads, live_acts, s.tied_embedding_backward, bwd))
-    moments.append(("optimizer", s.grads, 0, s.optimizer_temporaries, s.comm_optimizer))
+    if s.in_backward:
+        # the embedding's step, last; no separate optimizer step after backward
+        moments.append(("backward", 0, live_acts, s.step_outer, bwd))
+        moments.append(("optimizer", 0, 0, 0, s.comm_optimizer))
+    else:
+        moments.append(("optimizer", s.grads, 0, s.optimizer_temporaries, s.comm_optimizer))
 
     base = s.weights + s.states
     best: dict[str, int] = {}

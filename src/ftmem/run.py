@@ -120,6 +120,11 @@ class RunConfig(BaseModel):
     seq_len: PositiveInt = 512
     grad_accum: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
     grad_ckpt: bool = False
+    optimizer_in_backward: bool = Field(
+        False,
+        description="Step each parameter from a post-accumulate-grad hook (torch's "
+        "optimizer-in-backward; layer-wise GaLore): no gradient buffer.",
+    )
     attn: Attention = "sdpa"
     autocast: bool | None = Field(
         None, description="torch.autocast to 16-bit; default on for *-mixed, off otherwise."
@@ -196,6 +201,11 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"GaLore projects Adam's states: use --optimizer adamw or adamw-8bit "
                 f"(galore_torch's GaLoreAdamW / GaLoreAdamW8bit), not {self.optimizer}"
+            )
+        if self.optimizer_in_backward and self.grad_accum > 1:
+            raise ValueError(
+                "--optimizer-in-backward steps every micro-batch: it cannot accumulate "
+                "gradients; drop --grad-accum"
             )
         if self.method != "ia3" and self.ia3_targets is not None:
             raise ValueError(f"--ia3-targets only applies to --method ia3, not {self.method}")

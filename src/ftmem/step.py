@@ -8,6 +8,7 @@ timeline (phases.py) as is for one GPU, or reshaped per rank by parallel.py.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ftmem.activations import BlockState, Saved, block_saved, outer_saved, runs_eager
@@ -151,6 +152,8 @@ def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
     )
 
     upcast = e != FP32
+    if run.optimizer_in_backward:  # each gradient is freed by its own step
+        grads = grads_outer = grads_block = grads_embedding = 0
     sizes = StepSizes(
         weights=weights,
         states=states,
@@ -158,6 +161,9 @@ def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
         grads_outer=grads_outer,
         grads_embedding=grads_embedding,
         tied_embedding_backward=_tied_embedding_backward(arch, grad_groups),
+        in_backward=run.optimizer_in_backward,
+        step_block=_step_in_backward([g for g in grad_groups if g.in_block], run),
+        step_outer=_step_in_backward([g for g in grad_groups if not g.in_block], run),
         grads_per_block=grads_block,
         trainable_blocks=plan.trainable_blocks,
         acts_per_block=tuple(per_block_kept),
@@ -204,6 +210,21 @@ def _prefix_cache(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
         return 0
     nbytes = BYTES_PER_ELEMENT[dtypes.base if upcast else dtypes.compute]
     return arch.num_layers * 2 * run.batch_size * (run.seq_len + P) * arch.kv_size * nbytes
+
+
+def _step_in_backward(grad_groups: list[TensorGroup], run: RunConfig) -> int:
+    """Optimizer in backward: the largest single gradient together with its own step's
+    temporaries (one optimizer per parameter)."""
+    if not run.optimizer_in_backward:
+        return 0
+    return max(
+        (
+            g.numel * g.element_bytes
+            + optimizer_step_temporary_bytes([dataclasses.replace(g, count=1)], run)
+            for g in grad_groups
+        ),
+        default=0,
+    )
 
 
 def _tied_embedding_backward(arch: Architecture, grad_groups: list[TensorGroup]) -> int:

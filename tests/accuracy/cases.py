@@ -202,6 +202,17 @@ def _matrix() -> list[Case]:
         ("qwen2", {"precision": "bf16", "grad_accum": 2}),
     ):
         cases.append(Case(family, {"method": "galore", "galore_rank": 8, **extra}))
+    # optimizer in backward (per-parameter hooks), also layer-wise GaLore
+    for family, extra in (
+        ("llama", {"method": "full", "precision": "bf16"}),
+        ("gpt2", {"method": "full", "precision": "bf16"}),
+        ("llama", {"method": "full", "precision": "fp32", "batch_size": 1, "seq_len": 8}),
+        ("mistral", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        ("llama", {"method": "lora", "precision": "bf16"}),
+        ("llama", {"method": "galore", "galore_rank": 8, "precision": "bf16"}),
+        ("gpt2", {"method": "galore", "galore_rank": 8, "precision": "fp32"}),
+    ):
+        cases.append(Case(family, {**extra, "optimizer_in_backward": True}))
     # partial finetuning by parameter-name pattern
     for family, pattern, extra in (
         ("llama", "self_attn", {"precision": "bf16"}),

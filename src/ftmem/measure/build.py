@@ -560,38 +560,45 @@ def _impl_kwargs(run: RunConfig) -> dict[str, bool]:
     return {"foreach": run.optimizer_impl == "foreach"}
 
 
-def _galore_optimizer(model: nn.Module, arch: Architecture, run: RunConfig):
-    """galore_torch's GaLoreAdamW (8bit) as transformers sets it up: the targeted block
-    linears in a group with the projection, every other parameter in a plain group.
-    The projector is renewed every step (``update_proj_gap=1``) so that the measured step
-    is the one with the SVD, the costliest."""
+def galore_param_groups(model: nn.Module, arch: Architecture, run: RunConfig) -> list[dict]:
+    """The parameter groups transformers gives galore_torch: every parameter but the
+    targeted block linears in a plain group, those with the projection. The projector is
+    renewed every step (``update_proj_gap=1``) so that the measured step is the one with
+    the SVD, the costliest."""
+    from ftmem.methods import select_linears
+
+    rank, spec = run.galore
+    prefix, _ = find_blocks(model) or ("", None)
+    linears = select_linears(arch, spec, "GaLore target")
+    targets = {
+        f"{prefix}.{i}.{lin.module}.weight" for lin in linears for i in range(arch.num_layers)
+    }
+    named = list(model.named_parameters())
+    return [
+        {"params": [p for n, p in named if n not in targets and p.requires_grad]},
+        {
+            "params": [p for n, p in named if n in targets],
+            "rank": rank,
+            "update_proj_gap": 1,
+            "scale": 0.25,
+            "proj_type": "std",
+        },
+    ]
+
+
+def galore_optimizer(groups: list[dict], run: RunConfig) -> torch.optim.Optimizer:
+    """galore_torch's GaLoreAdamW (or GaLoreAdamW8bit) over the given groups."""
     try:
         from galore_torch import GaLoreAdamW, GaLoreAdamW8bit
     except ImportError as exc:
         raise RuntimeError(
             f"GaLore measurement needs galore-torch (pip install galore-torch): {exc}"
         ) from None
-    from ftmem.methods import select_linears
-
-    rank, spec = run.galore
-    prefix, _ = find_blocks(model) or ("", None)
-    targets = {
-        f"{prefix}.{i}.{lin.module}.weight"
-        for lin in select_linears(arch, spec, "GaLore target")
-        for i in range(arch.num_layers)
-    }
-    galore = [p for n, p in model.named_parameters() if n in targets]
-    other = [p for n, p in model.named_parameters() if n not in targets and p.requires_grad]
-    groups = [
-        {"params": other},
-        {"params": galore, "rank": rank, "update_proj_gap": 1, "scale": 0.25, "proj_type": "std"},
-    ]
-    cls = GaLoreAdamW8bit if run.optimizer == "adamw-8bit" else GaLoreAdamW
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if cls is GaLoreAdamW:
-            return cls(groups, lr=1e-4, weight_decay=0.0, no_deprecation_warning=True)
-        return cls(groups, lr=1e-4, weight_decay=0.0)
+        if run.optimizer == "adamw-8bit":
+            return GaLoreAdamW8bit(groups, lr=1e-4, weight_decay=0.0)
+        return GaLoreAdamW(groups, lr=1e-4, weight_decay=0.0, no_deprecation_warning=True)
 
 
 def build_optimizer(
@@ -602,7 +609,7 @@ def build_optimizer(
         raise ValueError(f"method {run.method!r} leaves no trainable parameter in this model")
     if run.method == "galore":
         assert arch is not None, "GaLore needs the architecture to find its targets"
-        return _galore_optimizer(model, arch, run)
+        return galore_optimizer(galore_param_groups(model, arch, run), run)
     opt = run.optimizer
     if opt == "adamw":
         return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, **_impl_kwargs(run))

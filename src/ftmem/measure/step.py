@@ -17,6 +17,8 @@ from ftmem.measure.build import (
     Built,
     build_model,
     build_optimizer,
+    galore_optimizer,
+    galore_param_groups,
     logical_numel,
     unique_params,
 )
@@ -122,6 +124,45 @@ def _forward(
     return loss
 
 
+class _StepInBackward:
+    """torch's optimizer-in-backward recipe: one optimizer per parameter, stepped and
+    cleared by a post-accumulate-grad hook; ``step``/``zero_grad`` have nothing left
+    to do."""
+
+    def __init__(self, model: torch.nn.Module, run: RunConfig, arch: Architecture) -> None:
+        import torch.nn as nn
+
+        self.optimizers: list[torch.optim.Optimizer] = []
+        groups = galore_param_groups(model, arch, run) if run.method == "galore" else None
+        for p in model.parameters():
+            if not p.requires_grad:
+                continue
+            if groups is not None:  # layer-wise GaLore: p keeps its group's settings
+                group = next(g for g in groups if any(q is p for q in g["params"]))
+                opt = galore_optimizer([{**group, "params": [p]}], run)
+            else:
+                holder = nn.Module()
+                holder.p = p  # build_optimizer takes a module; this one holds just p
+                opt = build_optimizer(holder, run, arch)
+            self.optimizers.append(opt)
+
+            def hook(param: torch.Tensor, opt: torch.optim.Optimizer = opt) -> None:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            p.register_post_accumulate_grad_hook(hook)
+
+    @property
+    def state(self) -> dict:
+        return {k: v for opt in self.optimizers for k, v in opt.state.items()}
+
+    def step(self) -> None:
+        pass
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     """Every tensor the optimizer keeps per parameter, including those held by helper
     objects in its state (GaLore's projector matrices)."""
@@ -200,7 +241,11 @@ def _run(
         built = build_model(arch, run, device=str(dev), seed=seed)
     model = built.model
     notes = list(built.notes)
-    optimizer = build_optimizer(model, run, arch)
+    optimizer = (
+        _StepInBackward(model, run, arch)
+        if run.optimizer_in_backward
+        else build_optimizer(model, run, arch)
+    )
     accum = run.grad_accum
     if steps == 1:
         notes.append("steps=1: the measured step creates the optimizer states (not steady state)")
