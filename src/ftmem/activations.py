@@ -50,11 +50,13 @@ class BlockState:
     # partial: linears (module paths) whose own weight trains, and whether norms train
     trained: frozenset[str] = frozenset()
     norms_trained: bool = False
+    # bottleneck adapters: linears whose output goes through one
+    bottleneck: frozenset[str] = frozenset()
 
     @property
     def output_grad(self) -> frozenset[str]:
         """Linears whose output needs a gradient for a parameter of their own."""
-        return self.adapted | self.biased | self.scaled | self.trained
+        return self.adapted | self.biased | self.scaled | self.trained | self.bottleneck
 
     def weight_trains(self, lin: Linear) -> bool:
         return self.weights_trainable or lin.module in self.trained
@@ -172,6 +174,7 @@ def _linear_inputs(
     if shared_input and not keeps_input:
         out.append(Saved(f"{label}: input (for lora_A)", T * in_features * in_bytes))
     out += _ia3_saved(ctx, linears, state)
+    out += _bottleneck_saved(ctx, linears, state, in_grad)
     if dt.autocast:
         # autocast keeps a 16-bit copy of each weight used by a matmul that needs it;
         # bitsandbytes' quantised matmuls dequantise inside and keep none
@@ -204,6 +207,34 @@ def _ia3_saved(ctx: _Ctx, linears: list[Linear], state: BlockState) -> list[Save
         elif lin.module in state.scaled:
             size = T * lin.out_features * e + lin.out_features * ae
             out.append(Saved(f"{lin.leaf} IA³: base output", size))
+    return out
+
+
+def _bottleneck_saved(
+    ctx: _Ctx, linears: list[Linear], state: BlockState, in_grad: bool
+) -> list[Saved]:
+    """A bottleneck adapter on a linear's output y: ``y + up(act(down(y)))`` (ftmem's
+    reference implementation in ``ftmem.measure.build``, as AdapterHub places them).
+
+    ``down`` keeps its input: y cast to the adapter dtype (or, under autocast, to 16 bits);
+    the activation keeps its input (SiLU, Houlsby) or output (ReLU, Pfeiffer); ``up`` keeps
+    the activation's output. Under autocast both Linears keep 16-bit weight copies, the
+    down one only when y needs a gradient (something below trains).
+    """
+    T, e = ctx.tokens, ctx.e
+    dt = ctx.plan.dtypes
+    width, placement = ctx.run.bottleneck
+    ae = e if dt.autocast else BYTES_PER_ELEMENT[dt.adapter]
+    out: list[Saved] = []
+    for lin in linears:
+        if lin.module not in state.bottleneck:
+            continue
+        h = lin.out_features
+        acts = 2 if placement == "houlsby" else 1  # SiLU keeps its input, ReLU its output
+        size = T * h * ae + acts * T * width * ae
+        if dt.autocast:
+            size += 2 * h * width * (2 if in_grad else 1)
+        out.append(Saved(f"{lin.leaf} adapter: input, activation", size))
     return out
 
 
@@ -395,7 +426,7 @@ def block_saved(
     w = state.weights_trainable
     wn = w or state.norm_bias or state.norms_trained  # a norm's own parameters train
     # outputs that need a gradient for something other than an adapter
-    biased = state.biased | state.scaled | state.trained
+    biased = state.biased | state.scaled | state.trained | state.bottleneck
     adapted_attn = any(lin.module in state.adapted for lin in qkv)
     bias_attn = any(lin.module in biased for lin in qkv)
     h = arch.hidden_size

@@ -163,9 +163,11 @@ def plan(
 COMPARED_METHODS = (
     "full",
     "freeze",
+    "galore",
     "lora",
     "qlora",
     "dora",
+    "adapter",
     "ia3",
     "prompt-tuning",
     "prefix-tuning",

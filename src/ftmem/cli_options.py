@@ -35,8 +35,9 @@ RUN = [
         "method",
         str,
         "full",
-        "full | freeze | partial | galore | lora | rslora | qlora | dora | bitfit | ia3 | "
-        "prompt-tuning | prefix-tuning | p-tuning (see `ftmem methods`)",
+        "full | freeze | partial | galore | lora | rslora | longlora | relora | qlora | "
+        "dora | bitfit | adapter | ia3 | prompt-tuning | prefix-tuning | p-tuning "
+        "(see `ftmem methods`)",
     ),
     _opt("precision", str, "bf16", "fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed"),
     _opt(
@@ -91,6 +92,13 @@ RUN = [
         "embed | head | embed,head: trainable copies of the token embedding / LM head (peft).",
     ),
     _opt("adapter_dtype", str, "auto", "auto (peft: fp32) | fp32 | bf16 | fp16"),
+    _opt("adapter_size", OptInt, None, "adapter: bottleneck width (default 64)."),
+    _opt(
+        "adapter_placement",
+        OptStr,
+        None,
+        "adapter: houlsby (after attention and MLP, default) | pfeiffer (after the MLP).",
+    ),
     _opt("ia3_targets", OptStr, None, "IA³: scaled linears, roles or names (default k,v,down)."),
     _opt(
         "virtual_tokens", OptInt, None, "prompt / prefix / P-tuning: virtual tokens (default 20)."

@@ -43,6 +43,16 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "low-rank adapters A (r × in) and B (out × r) beside frozen linears",
         "Hu et al. 2021, arXiv:2106.09685",
     ),
+    "longlora": (
+        "LoRA on q, k, v, o plus trainable embeddings and norms, for long contexts "
+        "(shifted sparse attention: the memory of FlashAttention)",
+        "Chen et al. 2024, arXiv:2309.12307",
+    ),
+    "relora": (
+        "LoRA on every linear, merged into the 16-bit base every few thousand steps and "
+        "restarted; the merge builds each B·A in the adapter dtype",
+        "Lialin et al. 2023, arXiv:2307.05695",
+    ),
     "qlora": (
         "LoRA over a 4-bit NF4 (or fp4 / int8) base, double-quantised constants",
         "Dettmers et al. 2023, arXiv:2305.14314",
@@ -58,6 +68,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
     "bitfit": (
         "only the bias terms (linears and LayerNorms); models without biases are refused",
         "Ben Zaken et al. 2022, arXiv:2106.10199",
+    ),
+    "adapter": (
+        "bottleneck MLPs (h → m → h, residual) after the attention and the MLP "
+        "(--adapter-placement houlsby) or after the MLP only (pfeiffer)",
+        "Houlsby et al. 2019, arXiv:1902.00751; Pfeiffer et al. 2021, arXiv:2005.00247",
     ),
     "ia3": (
         "learned vectors that rescale the keys, values and FFN intermediate (--ia3-targets)",
@@ -131,6 +146,8 @@ class MethodPlan:
     norm_bias_trainable: bool = False
     # IA³: each scaled linear, and whether it is a feed-forward one (input scaled)
     scaled: tuple[tuple[Linear, bool], ...] = ()
+    # bottleneck adapters: the linears whose output goes through one
+    bottlenecked: tuple[Linear, ...] = ()
     # partial: per block, the names (within the block) of the parameters that train
     trained_by_block: tuple[frozenset[str], ...] = ()
     final_norm_trainable: bool = False
@@ -285,6 +302,7 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
             outer_trainable
             or (run.method == "bitfit" and _is_bias(p))
             or (run.method == "partial" and p.name in outer_names)
+            or (run.method == "longlora" and p.kind in ("embedding", "norm"))
         )
         groups.append(TensorGroup(p.name, p.shape, 1, dtypes.base, trains, in_block=False))
     for p in lay.block:
@@ -305,7 +323,9 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         elif run.method == "bitfit":
             groups.append(TensorGroup(p.name, p.shape, L, fmt, _is_bias(p)))
         else:
-            groups.append(TensorGroup(p.name, p.shape, L, fmt, False, double_quant=dq))
+            # LongLoRA also trains every norm (its trainable_params "embed,norm")
+            trains = run.method == "longlora" and p.kind == "norm"
+            groups.append(TensorGroup(p.name, p.shape, L, fmt, trains, double_quant=dq))
 
     adapted: tuple[Linear, ...] = ()
     if run.method in ADAPTER_METHODS:
@@ -356,6 +376,20 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
             groups.append(
                 TensorGroup(f"{lin.module}.ia3_l", shape, L, dtypes.adapter, True, adapter=True)
             )
+    bottlenecked = bottlenecked_linears(arch, run)
+    m = run.bottleneck[0]
+    for lin in bottlenecked:
+        for part, shape in (
+            ("down.weight", (m, lin.out_features)),
+            ("down.bias", (m,)),
+            ("up.weight", (lin.out_features, m)),
+            ("up.bias", (lin.out_features,)),
+        ):
+            groups.append(
+                TensorGroup(
+                    f"{lin.module}.adapter.{part}", shape, L, dtypes.adapter, True, adapter=True
+                )
+            )
     for name, shape in prompt_encoder_shapes(arch, run):
         # peft builds the prompt encoder in torch's default dtype, fp32, whatever the base
         groups.append(TensorGroup(name, shape, 1, "fp32", True, adapter=True, in_block=False))
@@ -388,6 +422,9 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
                 )
     embed_trainable, head_trainable = "embed" in saved, "head" in saved
     final_norm_trainable = False
+    if run.method == "longlora":
+        embed_trainable = final_norm_trainable = True
+        head_trainable = head_trainable or arch.tie_embeddings
     if run.method == "partial":
         for p in lay.outer:
             if p.name not in outer_names:
@@ -413,9 +450,26 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         ),
         norm_bias_trainable=run.method == "bitfit" and arch.norm == "layernorm",
         scaled=scaled,
+        bottlenecked=bottlenecked,
         trained_by_block=trained_by_block,
         final_norm_trainable=final_norm_trainable,
     )
+
+
+def bottlenecked_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The linears whose output passes through a bottleneck adapter: the attention's
+    output projection (Houlsby) and the MLP's (both placements)."""
+    if run.method != "adapter":
+        return ()
+    placement = run.bottleneck[1]
+    roles = ("o", "down") if placement == "houlsby" else ("down",)
+    lins = [lin for lin in layout(arch).linears if lin.is_module and set(lin.roles) & set(roles)]
+    if "down" in roles and not any("down" in lin.roles for lin in lins):
+        raise InvalidInputError(
+            f"{arch.name}'s MLP is a mixture of experts without an output linear: bottleneck "
+            "adapters after it are not modelled."
+        )
+    return tuple(lins)
 
 
 @lru_cache(maxsize=256)

@@ -63,6 +63,9 @@ class StepSizes:
     # optimizer step in backward (per-parameter hooks; gradients then count 0): the
     # largest single gradient plus its own step's temporaries, among the blocks' tensors
     # and among the others (the LM head steps after the loss, the embedding last)
+    # ReLoRA: merging the adapters into the base between steps (B·A and its scaled copy
+    # for the largest adapted linear), with no gradient held
+    merge_transient: int = 0
     in_backward: bool = False
     step_block: int = 0
     step_outer: int = 0
@@ -114,6 +117,8 @@ def find_peak(s: StepSizes) -> Peak:
         moments.append(("optimizer", 0, 0, 0, s.comm_optimizer))
     else:
         moments.append(("optimizer", s.grads, 0, s.optimizer_temporaries, s.comm_optimizer))
+    if s.merge_transient:
+        moments.append(("optimizer", 0, 0, s.merge_transient, s.comm_optimizer))
 
     base = s.weights + s.states
     best: dict[str, int] = {}

@@ -13,9 +13,12 @@ Method = Literal[
     "galore",
     "lora",
     "rslora",
+    "longlora",
+    "relora",
     "qlora",
     "dora",
     "bitfit",
+    "adapter",
     "ia3",
     "prompt-tuning",
     "prefix-tuning",
@@ -39,7 +42,9 @@ Accounting = Literal["phases", "simple"]
 OptimizerImpl = Literal["foreach", "for-loop", "fused"]
 
 # LoRA-style adapters beside the frozen linears (the --lora-* options apply)
-ADAPTER_METHODS: frozenset[str] = frozenset({"lora", "rslora", "qlora", "dora"})
+ADAPTER_METHODS: frozenset[str] = frozenset(
+    {"lora", "rslora", "longlora", "relora", "qlora", "dora"}
+)
 # virtual tokens learned in front of the input (prompt, P-tuning) or of every layer's
 # keys and values (prefix)
 PROMPT_METHODS: frozenset[str] = frozenset({"prompt-tuning", "prefix-tuning", "p-tuning"})
@@ -62,7 +67,9 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
             "lora_modules_to_save",
         )
     },
-    "adapter_dtype": ADAPTER_METHODS | {"ia3"},
+    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter"},
+    "adapter_size": frozenset({"adapter"}),
+    "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
     "virtual_tokens": PROMPT_METHODS,
     "prefix_projection": frozenset({"prefix-tuning"}),
@@ -152,6 +159,12 @@ class RunConfig(BaseModel):
         description="peft modules_to_save: 'embed', 'head' or 'embed,head' (trainable copies).",
     )
     adapter_dtype: AdapterDtype = "auto"
+    # bottleneck adapters
+    adapter_size: PositiveInt | None = Field(None, description="Adapter bottleneck width (64).")
+    adapter_placement: Literal["houlsby", "pfeiffer"] | None = Field(
+        None,
+        description="houlsby: after the attention and after the MLP; pfeiffer: after the MLP.",
+    )
     # IA³
     ia3_targets: str | None = Field(
         None, description="IA³: linears whose output (or, for down, input) is scaled."
@@ -185,7 +198,7 @@ class RunConfig(BaseModel):
         }
         if self.method not in ADAPTER_METHODS:
             given = [k for k, v in lora_opts.items() if v is not None]
-            if given or (self.adapter_dtype != "auto" and self.method != "ia3"):
+            if given or (self.adapter_dtype != "auto" and self.method not in ("ia3", "adapter")):
                 opts = ", ".join(given or ["--adapter-dtype"])
                 raise ValueError(
                     f"{opts} only apply to lora, rslora, qlora and dora, not --method {self.method}"
@@ -206,6 +219,13 @@ class RunConfig(BaseModel):
             raise ValueError(
                 "--optimizer-in-backward steps every micro-batch: it cannot accumulate "
                 "gradients; drop --grad-accum"
+            )
+        if self.method != "adapter" and (
+            self.adapter_size is not None or self.adapter_placement is not None
+        ):
+            raise ValueError(
+                f"--adapter-size and --adapter-placement only apply to --method adapter, "
+                f"not {self.method}"
             )
         if self.method != "ia3" and self.ia3_targets is not None:
             raise ValueError(f"--ia3-targets only applies to --method ia3, not {self.method}")
@@ -280,7 +300,9 @@ class RunConfig(BaseModel):
 
     @property
     def targets(self) -> str:
-        return self.lora_targets or "q,v"
+        # LongLoRA adapts every attention projection, ReLoRA every linear (their scripts)
+        default = {"longlora": "attention", "relora": "all-linear"}.get(self.method, "q,v")
+        return self.lora_targets or default
 
     @property
     def modules_to_save(self) -> frozenset[str]:
@@ -293,6 +315,11 @@ class RunConfig(BaseModel):
     def galore(self) -> tuple[int, str]:
         """(rank, targets) of GaLore's projection."""
         return self.galore_rank or DEFAULT_GALORE_RANK, self.galore_targets or "all-linear"
+
+    @property
+    def bottleneck(self) -> tuple[int, str]:
+        """(width, placement) of the bottleneck adapters."""
+        return self.adapter_size or 64, self.adapter_placement or "houlsby"
 
     @property
     def ia3(self) -> str:

@@ -31,13 +31,14 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     # Trainable embeddings make every block's input need a gradient; with gradient
     # checkpointing transformers makes the embedding output require grad for PEFT too.
     inputs_grad = plan.outer_trainable or plan.embed_trainable or run.grad_ckpt
-    if run.method in ("bitfit", "ia3", "prefix-tuning"):
+    if run.method in ("bitfit", "ia3", "prefix-tuning", "adapter"):
         # every block has trainable parameters (biases, IA³ vectors, its key/value prefix):
         # gradients flow from the top to block 0's, so every block's input but the first
         # needs a gradient
         biased = frozenset(plan.biased)
         scaled = frozenset(lin.module for lin, ff in plan.scaled if not ff)
         scaled_in = frozenset(lin.module for lin, ff in plan.scaled if ff)
+        bottleneck = frozenset(lin.module for lin in plan.bottlenecked)
         return [
             BlockState(
                 inputs_grad or i > 0,
@@ -47,6 +48,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 plan.norm_bias_trainable,
                 scaled,
                 scaled_in,
+                bottleneck=bottleneck,
             )
             for i in range(L)
         ]
@@ -62,7 +64,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
             continue
         weights = run.method in ("full", "freeze", "galore")
         x_grad = inputs_grad or i > first_trainable
-        states.append(BlockState(x_grad, weights, adapted))
+        norms = run.method == "longlora"
+        states.append(BlockState(x_grad, weights, adapted, norms_trained=norms))
     return states
 
 
@@ -161,6 +164,7 @@ def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
         grads_outer=grads_outer,
         grads_embedding=grads_embedding,
         tied_embedding_backward=_tied_embedding_backward(arch, grad_groups),
+        merge_transient=_merge_transient(plan, run),
         in_backward=run.optimizer_in_backward,
         step_block=_step_in_backward([g for g in grad_groups if g.in_block], run),
         step_outer=_step_in_backward([g for g in grad_groups if not g.in_block], run),
@@ -210,6 +214,15 @@ def _prefix_cache(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
         return 0
     nbytes = BYTES_PER_ELEMENT[dtypes.base if upcast else dtypes.compute]
     return arch.num_layers * 2 * run.batch_size * (run.seq_len + P) * arch.kv_size * nbytes
+
+
+def _merge_transient(plan: MethodPlan, run: RunConfig) -> int:
+    """ReLoRA's merge (peft ``merge_adapter``): per adapted linear, B·A and the scaled
+    product (out × in, adapter dtype) before it is added into the base weight in place."""
+    if run.method != "relora" or not plan.adapted:
+        return 0
+    ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
+    return max(2 * lin.in_features * lin.out_features * lin.copies * ae for lin in plan.adapted)
 
 
 def _step_in_backward(grad_groups: list[TensorGroup], run: RunConfig) -> int:

@@ -213,6 +213,33 @@ def _matrix() -> list[Case]:
         ("gpt2", {"method": "galore", "galore_rank": 8, "precision": "fp32"}),
     ):
         cases.append(Case(family, {**extra, "optimizer_in_backward": True}))
+    # LongLoRA (LoRA + embeddings and norms), ReLoRA (LoRA with merges)
+    for family, extra in (
+        ("llama", {"precision": "bf16"}),
+        ("mistral", {"precision": "bf16-mixed"}),
+        ("qwen2", {"precision": "bf16"}),
+        ("gemma2", {"precision": "bf16"}),
+        ("llama", {"precision": "bf16", "grad_ckpt": True}),
+    ):
+        cases.append(Case(family, {"method": "longlora", **extra}))
+    for family, extra in (
+        ("llama", {"precision": "bf16"}),
+        ("gpt2", {"precision": "fp32", "batch_size": 1, "seq_len": 4}),
+        ("mistral", {"precision": "bf16", "batch_size": 1, "seq_len": 4}),
+    ):
+        cases.append(Case(family, {"method": "relora", **extra}))
+    # bottleneck adapters (ftmem's reference implementation, AdapterHub placements)
+    for family, extra in (
+        ("llama", {"precision": "bf16"}),
+        ("llama", {"precision": "fp32", "adapter_placement": "pfeiffer"}),
+        ("llama", {"precision": "bf16-mixed"}),
+        ("llama", {"precision": "bf16", "adapter_dtype": "bf16", "grad_ckpt": True}),
+        ("gpt2", {"precision": "bf16", "adapter_size": 16}),
+        ("falcon", {"precision": "bf16"}),
+        ("phi3", {"precision": "bf16", "attn": "eager"}),
+        ("qwen2", {"precision": "bf16", "adapter_placement": "pfeiffer"}),
+    ):
+        cases.append(Case(family, {"method": "adapter", **extra}))
     # partial finetuning by parameter-name pattern
     for family, pattern, extra in (
         ("llama", "self_attn", {"precision": "bf16"}),

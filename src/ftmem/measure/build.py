@@ -448,6 +448,8 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
         patterns = [re.compile(x) for x in split_patterns(run.trainable_modules or "")]
         for name, p in model.named_parameters():
             p.requires_grad_(any(pat.search(name) for pat in patterns))
+    elif run.method == "adapter":
+        add_bottleneck_adapters(model, arch, run)
     elif run.method == "bitfit":
         # BitFit has no peft implementation: every bias trains, nothing else
         for name, p in model.named_parameters():
@@ -486,6 +488,11 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
             for name, p in model.named_parameters():
                 if "lora_" in name:
                     p.data = p.data.to(ad)
+        if run.method == "longlora":
+            # as LongLoRA's fine-tune script: trainable_params="embed,norm" by substring
+            for name, p in model.named_parameters():
+                if "embed" in name or "norm" in name:
+                    p.requires_grad_(True)
 
     if run.grad_ckpt:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -504,6 +511,51 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
 
     model.train()
     return Built(model, autocast_dtype(run), attn_impl, notes)
+
+
+class BottleneckAdapter(nn.Module):
+    """A linear followed by a residual bottleneck adapter: ``y + up(act(down(y)))``.
+
+    peft has no Houlsby/Pfeiffer adapters; this is the reference the estimate is
+    measured against: AdapterHub's placement (after the attention output and the MLP
+    output) and activations (SiLU for Houlsby, ReLU for Pfeiffer), the adapter in its
+    own dtype like peft's LoRA (the input cast to it, the result cast back).
+    """
+
+    def __init__(self, base: nn.Module, features: int, width: int, act: str, dtype) -> None:
+        super().__init__()
+        self.base = base
+        self.down = nn.Linear(features, width, dtype=dtype, device=_device_of(base))
+        self.up = nn.Linear(width, features, dtype=dtype, device=_device_of(base))
+        self.act = nn.SiLU() if act == "silu" else nn.ReLU()
+
+    def forward(self, x):
+        y = self.base(x)
+        z = self.up(self.act(self.down(y.to(self.down.weight.dtype))))
+        return y + z.to(y.dtype)
+
+
+def _device_of(module: nn.Module):
+    return next(module.parameters()).device
+
+
+def add_bottleneck_adapters(model: nn.Module, arch: Architecture, run: RunConfig) -> None:
+    """Freeze the model and put an adapter after each linear the estimate names."""
+    from ftmem.methods import bottlenecked_linears
+
+    width, placement = run.bottleneck
+    act = "silu" if placement == "houlsby" else "relu"
+    dtype = torch.float32 if run.adapter_dtype == "auto" else _DTYPES[run.adapter_dtype]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    found = find_blocks(model)
+    assert found is not None, "no decoder-block ModuleList found"
+    for block in found[1]:
+        for lin in bottlenecked_linears(arch, run):
+            parent_name, _, leaf = lin.module.rpartition(".")
+            parent = block.get_submodule(parent_name) if parent_name else block
+            base = getattr(parent, leaf)
+            setattr(parent, leaf, BottleneckAdapter(base, lin.out_features, width, act, dtype))
 
 
 def _peft_other(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

@@ -327,6 +327,10 @@ def _run(
         meter.start_phase()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if run.method == "relora":
+            # ReLoRA's periodic merge of the adapters into the base, between steps
+            with torch.no_grad():
+                model.merge_adapter()
         peaks["optimizer"] = meter.phase_peak()
 
     state_tensors = optimizer_state_tensors(optimizer)

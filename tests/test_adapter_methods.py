@@ -1,0 +1,57 @@
+"""Bottleneck adapters, LongLoRA and ReLoRA: trainable sets and the merge, by hand.
+
+Memory is measured on tiny models in tests/accuracy (docs/accuracy.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ftmem import estimate
+from ftmem.errors import InvalidInputError
+
+H, F, L, V = 4096, 11008, 32, 32000  # Llama-2-7B
+
+
+def test_houlsby_and_pfeiffer_counts() -> None:
+    """An adapter h → m → h with biases: 2·h·m + m + h; Houlsby puts two per block,
+    Pfeiffer one (after the MLP)."""
+    m = 64
+    one = 2 * H * m + m + H
+    assert estimate("llama2-7b", method="adapter").model.n_trainable_params == L * 2 * one
+    pf = estimate("llama2-7b", method="adapter", adapter_placement="pfeiffer", adapter_size=m)
+    assert pf.model.n_trainable_params == L * one
+    # fp32 adapters on a bf16 base: gradients 4 bytes per trainable parameter
+    assert pf.memory.gradients_bytes == 4 * L * one
+
+
+def test_adapters_refuse_a_moe_mlp_and_foreign_options() -> None:
+    with pytest.raises(InvalidInputError, match="mixture of experts"):
+        estimate("mixtral-8x7b", method="adapter")
+    with pytest.raises(InvalidInputError, match="only apply to --method adapter"):
+        estimate("llama2-7b", method="lora", adapter_size=32)
+
+
+def test_longlora_trains_lora_embeddings_and_norms() -> None:
+    """LoRA r 8 on q, k, v, o (4 × (8·4096 + 4096·8) per block), the token embedding
+    (32000 × 4096) and every norm (2 per block + the final one)."""
+    lora = L * 4 * (8 * H + H * 8)
+    expected = lora + V * H + (2 * L + 1) * H
+    assert estimate("llama2-7b", method="longlora").model.n_trainable_params == expected
+
+
+def test_relora_merge_step_by_hand() -> None:
+    """ReLoRA merges B·A into the base between steps: peft builds B·A and its scaled copy
+    (fp32 adapters) for one linear at a time; the largest is gate/up/down (11008 × 4096).
+    Nothing else is live then but the weights and the optimizer states."""
+    est = estimate("llama2-7b", method="relora", seq_len=8)  # tiny activations
+    merge = 2 * F * H * 4
+    m = est.memory
+    lora = estimate("llama2-7b", method="lora", lora_targets="all-linear", seq_len=8).memory
+    # the same adapters as LoRA on all linears otherwise
+    assert (m.weights_bytes, m.gradients_bytes, m.optimizer_states_bytes) == (
+        lora.weights_bytes,
+        lora.gradients_bytes,
+        lora.optimizer_states_bytes,
+    )
+    assert m.phases.optimizer == m.weights_bytes + m.optimizer_states_bytes + merge
