@@ -55,3 +55,20 @@ def test_relora_merge_step_by_hand() -> None:
         lora.optimizer_states_bytes,
     )
     assert m.phases.optimizer == m.weights_bytes + m.optimizer_states_bytes + merge
+
+
+def test_fused_loss_drops_the_logits_by_hand() -> None:
+    """Llama-3-8B (vocabulary 128,256), LoRA, bf16, 2 × 4096 tokens. transformers' loss
+    keeps the fp32 log-softmax of every position (+ int64 labels and the mean's fp32
+    normaliser); Liger's fused loss keeps the gradient of its shifted input instead,
+    2 × 4095 rows of 4096 in bf16 (the LM head is frozen: no weight gradient)."""
+    b, s, h, V = 2, 4096, 4096, 128256
+    kw = dict(method="lora", batch_size=b, seq_len=s)
+    standard = estimate("llama3-8b", **kw).memory
+    fused = estimate("llama3-8b", loss="fused", **kw).memory
+    T = b * s
+    kept_standard = T * V * 4 + T * 8 + 4
+    kept_fused = b * (s - 1) * h * 2
+    assert standard.activations_bytes - fused.activations_bytes == kept_standard - kept_fused
+    # and at the loss in backward the fp32 logits' gradients (2 × T·V·4) are gone
+    assert fused.peak_allocated_bytes < standard.peak_allocated_bytes - 2 * T * V * 4

@@ -524,6 +524,26 @@ def _lstm_saved(n: int, h: int, H: int, layers: int = 2) -> int:
     return total
 
 
+def loss_rows(run: RunConfig) -> int:
+    """Rows the loss sees: transformers' loss takes every position (the last label is
+    padded); a fused loss (Liger) takes the shifted b·(s − 1)."""
+    rows = run.batch_size * run.positions
+    return rows - run.batch_size if run.loss == "fused" else rows
+
+
+def _fused_loss_saved(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, ctx: _Ctx, train: bool
+) -> list[Saved]:
+    """Liger's fused linear cross-entropy computes the gradients of its input and of the
+    LM head weight in forward and keeps them for backward; no logits are kept."""
+    rows, h = loss_rows(run), arch.hidden_size
+    out = [Saved("fused loss: input gradient", rows * h * ctx.e)]
+    if train or plan.head_trainable:
+        w = BYTES_PER_ELEMENT[plan.dtypes.base]
+        out.append(Saved("fused loss: LM head weight gradient", arch.vocab_size * h * w))
+    return out
+
+
 def outer_saved(
     arch: Architecture, run: RunConfig, plan: MethodPlan, tokens: int
 ) -> tuple[list[Saved], list[Saved]]:
@@ -562,6 +582,8 @@ def outer_saved(
         blocks_grad,
         train or plan.norm_bias_trainable or plan.final_norm_trainable,
     )
+    if run.loss == "fused":
+        return below, above + _fused_loss_saved(arch, run, plan, ctx, train)
     if train or plan.head_trainable:
         above.append(Saved("LM head input", T * h * e))
     if plan.dtypes.autocast:

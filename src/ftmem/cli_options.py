@@ -60,6 +60,12 @@ RUN = [
     ),
     _opt("attn", str, "sdpa", "eager | sdpa | flash"),
     _opt(
+        "loss",
+        str,
+        "standard",
+        "standard (full logits) | fused (Liger's fused linear cross-entropy, in chunks).",
+    ),
+    _opt(
         "autocast",
         OptBool,
         None,

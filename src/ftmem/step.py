@@ -11,7 +11,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ftmem.activations import BlockState, Saved, block_saved, outer_saved, runs_eager
+from ftmem.activations import (
+    BlockState,
+    Saved,
+    block_saved,
+    loss_rows,
+    outer_saved,
+    runs_eager,
+)
 from ftmem.arch import Architecture, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan, TensorGroup, plan_method
@@ -154,7 +161,6 @@ def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
         if not g.in_block and _is_token_embedding(g.name, arch.tie_embeddings)
     )
 
-    upcast = e != FP32
     if run.optimizer_in_backward:  # each gradient is freed by its own step
         grads = grads_outer = grads_block = grads_embedding = 0
     sizes = StepSizes(
@@ -173,16 +179,15 @@ def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
         acts_per_block=tuple(per_block_kept),
         acts_below=_sum(outer_below),
         acts_above=_sum(outer_above),
-        logits_forward=T * V * e
-        + (T * V * FP32 if upcast else 0)
-        + _prefix_cache(arch, run, plan.dtypes),
+        logits_forward=_logits_forward(arch, run, e, T) + _prefix_cache(arch, run, plan.dtypes),
         forward_block_transient=max(
             _forward_block_transient(plan, run),
             _frozen_forward_transient(arch, run, e, plan.dtypes.residual_bytes, T)
             if not per_block[-1]
             else 0,
         ),
-        loss_backward=2 * T * V * FP32,
+        # the log-softmax's and the logits' fp32 gradients (a fused loss kept its own)
+        loss_backward=0 if run.loss == "fused" else 2 * T * V * FP32,
         block_workspace=_block_backward_workspace(arch, run, plan, e, T),
         # the final norm's backward, its fp32 input still saved
         head_workspace=_norm_backward_workspace(arch, e, T) + T * h * FP32,
@@ -214,6 +219,25 @@ def _prefix_cache(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
         return 0
     nbytes = BYTES_PER_ELEMENT[dtypes.base if upcast else dtypes.compute]
     return arch.num_layers * 2 * run.batch_size * (run.seq_len + P) * arch.kv_size * nbytes
+
+
+def _logits_forward(arch: Architecture, run: RunConfig, e: int, T: int) -> int:
+    """At the loss in forward: the logits and their fp32 copy; with Liger's fused loss,
+    one chunk of logits, the shifted hidden states' copy and the per-row losses."""
+    V, h = arch.vocab_size, arch.hidden_size
+    if run.loss == "fused":
+        rows = loss_rows(run)
+        chunk = liger_chunk_rows(rows, h, V)
+        return min(chunk, rows) * V * e + rows * h * e + rows * FP32
+    return T * V * e + (T * V * FP32 if e != FP32 else 0)
+
+
+def liger_chunk_rows(tokens: int, hidden: int, vocab: int) -> int:
+    """Rows per chunk of Liger's fused linear cross-entropy: the next power of two of
+    tokens / ceil(vocab / hidden), so that a chunk's logits are about the size of the
+    hidden states."""
+    inc = -(-vocab // hidden)
+    return 1 << max(0, (-(-tokens // inc) - 1).bit_length())
 
 
 def _merge_transient(plan: MethodPlan, run: RunConfig) -> int:

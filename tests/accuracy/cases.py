@@ -240,6 +240,20 @@ def _matrix() -> list[Case]:
         ("qwen2", {"precision": "bf16", "adapter_placement": "pfeiffer"}),
     ):
         cases.append(Case(family, {"method": "adapter", **extra}))
+    # Liger's fused linear cross-entropy (a CPU reference of its algorithm)
+    for family, settings, arch_changes in (
+        ("llama", {"method": "full", "precision": "bf16"}, {}),
+        ("llama", {"method": "lora", "precision": "bf16"}, {}),
+        ("llama", {"method": "full", "precision": "fp32"}, {"vocab_size": 2000}),
+        ("gpt2", {"method": "full", "precision": "bf16"}, {}),
+        ("qwen2", {"method": "lora", "precision": "bf16"}, {"vocab_size": 4000}),
+        (
+            "mistral",
+            {"method": "lora", "precision": "bf16", "seq_len": 128},
+            {"vocab_size": 4000},
+        ),
+    ):
+        cases.append(Case(family, {**settings, "loss": "fused"}, arch_changes))
     # partial finetuning by parameter-name pattern
     for family, pattern, extra in (
         ("llama", "self_attn", {"precision": "bf16"}),

@@ -30,6 +30,7 @@ from ftmem.measure.saved import (
     walk_saved,
     weight_storage_ptrs,
 )
+from ftmem.measure.fused_loss import fused_loss
 from ftmem.measure.tracker import LiveBytesTracker
 from ftmem.run import RunConfig
 
@@ -108,6 +109,7 @@ def _forward(
     dtype: torch.dtype | None,
     device_type: str,
     grad_accum: int = 1,
+    fused: bool = False,
 ) -> torch.Tensor:
     ctx = (
         torch.autocast(device_type=device_type, dtype=dtype)
@@ -116,11 +118,14 @@ def _forward(
     )
     with ctx, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed-API notices
-        out = model(input_ids=ids, labels=ids)
-        loss = out.loss
+        if fused:
+            loss = fused_loss(model, ids)
+        else:
+            out = model(input_ids=ids, labels=ids)
+            loss = out.loss
+            del out  # drop logits: only what autograd saved stays alive
         if grad_accum > 1:  # as HF Trainer scales each micro-batch's loss
             loss = loss / grad_accum
-    del out  # drop logits: only what autograd saved stays alive
     return loss
 
 
@@ -264,7 +269,7 @@ def _run(
     # warm-up steps: optimizer states get created
     for i in range(steps - 1):
         for micro in range(accum):
-            loss = _forward(model, ids, built.autocast_dtype, dev.type, accum)
+            loss = _forward(model, ids, built.autocast_dtype, dev.type, accum, run.loss == "fused")
             if i == 0 and micro == 0:
                 if run.grad_ckpt:
                     notes.append(
@@ -299,7 +304,9 @@ def _run(
             before_forward = meter.current()
             meter.start_phase()
             with torch.autograd.graph.saved_tensors_hooks(registry.pack, registry.unpack):
-                loss = _forward(model, ids, built.autocast_dtype, dev.type, accum)
+                loss = _forward(
+                    model, ids, built.autocast_dtype, dev.type, accum, run.loss == "fused"
+                )
             peaks["forward"] = max(peaks["forward"], meter.phase_peak())
             if last:
                 forward_retained = meter.current() - before_forward
