@@ -72,3 +72,23 @@ def test_fused_loss_drops_the_logits_by_hand() -> None:
     assert standard.activations_bytes - fused.activations_bytes == kept_standard - kept_fused
     # and at the loss in backward the fp32 logits' gradients (2 × T·V·4) are gone
     assert fused.peak_allocated_bytes < standard.peak_allocated_bytes - 2 * T * V * 4
+
+
+def test_distillation_by_hand() -> None:
+    """Llama-2-7B (LoRA) learning from Llama-2-13B: the teacher's bf16 weights join the
+    student's, and the KL term keeps two fp32 distributions of T × 32000."""
+    T = 1 * 512
+    plain = estimate("llama2-7b", method="lora").memory
+    kd = estimate("llama2-7b", method="lora", teacher="llama2-13b").memory
+    assert kd.weights_bytes - plain.weights_bytes == 2 * 13_015_864_320
+    assert kd.activations_bytes - plain.activations_bytes == 2 * T * V * 4
+    nf4 = estimate("llama2-7b", method="lora", teacher="llama2-13b", teacher_weights="nf4")
+    # an NF4 teacher: about a quarter of its bf16 weights (4 bits + constants)
+    teacher_nf4 = nf4.memory.weights_bytes - plain.weights_bytes
+    assert teacher_nf4 < (kd.weights_bytes - plain.weights_bytes) / 3
+    with pytest.raises(InvalidInputError, match="vocabulary"):
+        estimate("llama2-7b", method="lora", teacher="llama3-8b")
+    with pytest.raises(InvalidInputError, match="one GPU"):
+        estimate("llama2-7b", method="lora", teacher="llama2-13b", gpus=2, strategy="zero2")
+    with pytest.raises(InvalidInputError, match="--teacher MODEL"):
+        estimate("llama2-7b", method="lora", teacher_weights="nf4")

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ftmem.arch import Architecture
+from ftmem.distill import Teacher
 from ftmem.errors import InvalidInputError
 from ftmem.estimate import estimate_step
 from ftmem.hardware import Gpu, custom_gpu
@@ -114,6 +115,7 @@ def estimate(
     arch = resolve_model(model) if isinstance(model, str) else model
     source = source_notes(model) if isinstance(model, str) else []
     spread = {k: settings.pop(k) for k in list(settings) if k in PARALLEL_SETTINGS}
+    distill = _teacher(settings.pop("teacher", None), settings.pop("teacher_weights", None))
     run = run_config(**settings)
     par = parallel_config(**spread)
     positions = run.positions + run.prefix_len
@@ -140,8 +142,19 @@ def estimate(
     overhead_bytes = (
         None if overhead is None else (0 if overhead in (0, "0") else parse_size(overhead))
     )
-    est = estimate_step(arch, run, resolve_gpu(gpu, gpu_memory), overhead_bytes, par)
+    est = estimate_step(arch, run, resolve_gpu(gpu, gpu_memory), overhead_bytes, par, distill)
     return est.model_copy(update={"notes": [*notes, *est.notes]}) if notes else est
+
+
+def _teacher(model: str | Architecture | None, weights: str | None) -> Teacher | None:
+    """The distillation teacher (``teacher=``, ``teacher_weights=``), validated."""
+    if model is None:
+        if weights is not None:
+            raise InvalidInputError("--teacher-weights needs --teacher MODEL.")
+        return None
+    arch = resolve_model(model) if isinstance(model, str) else model
+    cfg = _validated(ServeConfig, {"weights": weights or "bf16"})
+    return Teacher(arch, cfg.weights)
 
 
 def plan(

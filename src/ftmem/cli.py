@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ftmem.cli_options import FROM, GPU, MULTI, RUN, SPREAD, with_options
+from ftmem.cli_options import DISTILL, FROM, GPU, MULTI, RUN, SPREAD, with_options
 from ftmem.errors import FtmemError
 
 RUN_NAMES = tuple(p.name for p in RUN)
@@ -127,7 +127,7 @@ def _console():  # lazily: rich is only needed for tables
 
 
 @app.command()
-@with_options(FROM, RUN, GPU, SPREAD)
+@with_options(FROM, RUN, GPU, SPREAD, DISTILL)
 def estimate(
     ctx: typer.Context,
     model: OptModelArg = None,
@@ -251,7 +251,7 @@ def _fewest_gpus(arch, settings: dict, per_node: int, nodes: int, unit: str):
 
 
 @app.command()
-@with_options(FROM, RUN, GPU, SPREAD)
+@with_options(FROM, RUN, GPU, SPREAD, DISTILL)
 def plan(
     ctx: typer.Context,
     model: OptModelArg = None,
@@ -312,7 +312,7 @@ SEARCH_LABELS = {
 
 
 @app.command(name="max")
-@with_options(FROM, RUN, GPU, SPREAD)
+@with_options(FROM, RUN, GPU, SPREAD, DISTILL)
 def largest(
     ctx: typer.Context,
     model: OptModelArg = None,
@@ -479,7 +479,7 @@ def compare_methods(
 
 
 @app.command()
-@with_options(FROM, RUN, GPU, SPREAD)
+@with_options(FROM, RUN, GPU, SPREAD, DISTILL)
 def explain(
     ctx: typer.Context,
     model: OptModelArg = None,

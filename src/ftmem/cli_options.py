@@ -165,6 +165,25 @@ SPREAD = [
 ]
 
 
+DISTILL_PANEL = "Distillation"
+DISTILL = [
+    _opt(
+        "teacher",
+        OptStr,
+        None,
+        "A frozen teacher model (preset, config.json or Hub id): logit distillation.",
+        panel=DISTILL_PANEL,
+    ),
+    _opt(
+        "teacher_weights",
+        OptStr,
+        None,
+        "Teacher weight format: bf16 (default) | fp16 | fp32 | fp8 | int8 | nf4 | int4.",
+        panel=DISTILL_PANEL,
+    ),
+]
+
+
 FROM = [
     _opt(
         "from_config",

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftmem.arch import Architecture, count_params
+from ftmem.distill import Teacher
 from ftmem.errors import InvalidInputError
 from ftmem.hardware import Gpu, runtime_overhead
 from ftmem.methods import MethodPlan, plan_method
@@ -41,13 +42,25 @@ def estimate_step(
     gpu: Gpu | None = None,
     overhead_bytes: int | None = None,
     par: ParallelConfig | None = None,
+    teacher: Teacher | None = None,
 ) -> Estimate:
-    """Predict the memory of one steady-state training step (per GPU when spread)."""
+    """Predict the memory of one steady-state training step (per GPU when spread); with a
+    ``teacher``, of a distillation step."""
     if par is not None and not par.is_trivial:
+        if teacher is not None:
+            raise InvalidInputError(
+                "Distillation (--teacher) is modelled on one GPU; several GPUs are not yet."
+            )
         return _estimate_parallel(arch, run, par, gpu, overhead_bytes)
-    parts = step_parts(arch, run)
+    parts = step_parts(arch, run, teacher)
     plan = parts.plan
     notes = list(plan.notes)
+    if teacher is not None:
+        notes.append(
+            f"Distillation from {teacher.arch.name} ({teacher.weights} weights, included in "
+            "Weights): its forward runs first under no_grad without a KV cache; the KL "
+            "term's two fp32 distributions are kept until the loss backward."
+        )
     if run.optimizer_in_backward:
         notes.append(
             "optimizer in backward: each gradient is freed by its parameter's step as soon "

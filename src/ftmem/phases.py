@@ -67,6 +67,8 @@ class StepSizes:
     # for the largest adapted linear), with no gradient held
     merge_transient: int = 0
     in_backward: bool = False
+    # distillation: the frozen teacher's forward, before the student's (no activations)
+    teacher_forward: int = 0
     step_block: int = 0
     step_outer: int = 0
 
@@ -89,6 +91,7 @@ def find_peak(s: StepSizes) -> Peak:
     # (phase, gradients, activations, temporaries, communication);
     # weights and states are always live
     moments: list[tuple[str, int, int, int, int]] = [
+        ("forward", held, 0, s.teacher_forward, fwd),
         ("forward", held, acts - s.acts_above, s.forward_block_transient, fwd),
         ("forward", held, acts, s.logits_forward, head_fwd),
         ("backward", held, acts, s.loss_backward, loss_bwd),

@@ -20,6 +20,7 @@ from ftmem.activations import (
     runs_eager,
 )
 from ftmem.arch import Architecture, layout
+from ftmem.distill import Teacher, distill_sizes
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan, TensorGroup, plan_method
 from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
@@ -114,8 +115,9 @@ class StepParts:
     outer_items: tuple[Saved, ...]
 
 
-def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
-    """The components of one step and their sizes in time (no peak yet)."""
+def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = None) -> StepParts:
+    """The components of one step and their sizes in time (no peak yet); with a
+    ``teacher``, the distillation step (ftmem.distill)."""
     plan = plan_method(arch, run)
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     T = run.batch_size * run.positions
@@ -195,6 +197,18 @@ def step_parts(arch: Architecture, run: RunConfig) -> StepParts:
         optimizer_temporaries=opt_temp,
         grads_persist=run.grad_accum > 1,
     )
+    if teacher is not None:
+        kd = distill_sizes(teacher, arch, run)
+        outer_items.append(Saved("distillation: student and teacher fp32 distributions", kd.kept))
+        activations += kd.kept
+        sizes = dataclasses.replace(
+            sizes,
+            weights=sizes.weights + kd.weights,
+            acts_above=sizes.acts_above + kd.kept,
+            logits_forward=sizes.logits_forward + kd.loss_forward,
+            loss_backward=sizes.loss_backward + kd.loss_backward,
+            teacher_forward=kd.teacher_forward,
+        )
     return StepParts(
         plan=plan,
         sizes=sizes,

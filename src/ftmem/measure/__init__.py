@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
+    from ftmem.distill import Teacher
     from ftmem.run import RunConfig
 
 __all__ = ["Measurement", "measure"]
@@ -71,8 +72,14 @@ def measure(
     steps: int = 2,
     seed: int = 0,
     fake: bool = False,
+    teacher: Teacher | None = None,
 ) -> Measurement:
     """Build the model for ``arch``/``run``, train ``steps`` steps, measure the last one.
+
+    With a ``teacher`` (16-bit or fp32 weights) the step is ftmem's reference
+    distillation step (:mod:`ftmem.distill`): teacher logits under no_grad, then the
+    student's cross-entropy plus the temperature-scaled KL term; weights include the
+    teacher's.
 
     Step 1 creates the optimizer states; the last step is measured phase by phase
     (forward+loss, backward, optimizer.step + zero_grad(set_to_none=True)). On CUDA the
@@ -90,4 +97,6 @@ def measure(
     """
     from ftmem.measure.step import run_measurement
 
-    return run_measurement(arch, run, device=device, steps=steps, seed=seed, fake=fake)
+    return run_measurement(
+        arch, run, device=device, steps=steps, seed=seed, fake=fake, teacher=teacher
+    )

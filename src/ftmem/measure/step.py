@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ftmem.arch import Architecture
+from ftmem.distill import Teacher
 from ftmem.measure import Measurement
 from ftmem.measure.build import (
     Built,
@@ -22,6 +23,7 @@ from ftmem.measure.build import (
     logical_numel,
     unique_params,
 )
+from ftmem.measure.fused_loss import fused_loss
 from ftmem.measure.saved import (
     SavedRegistry,
     bytes_by_op,
@@ -30,7 +32,6 @@ from ftmem.measure.saved import (
     walk_saved,
     weight_storage_ptrs,
 )
-from ftmem.measure.fused_loss import fused_loss
 from ftmem.measure.tracker import LiveBytesTracker
 from ftmem.run import RunConfig
 
@@ -110,6 +111,7 @@ def _forward(
     device_type: str,
     grad_accum: int = 1,
     fused: bool = False,
+    teacher: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     ctx = (
         torch.autocast(device_type=device_type, dtype=dtype)
@@ -118,7 +120,9 @@ def _forward(
     )
     with ctx, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed-API notices
-        if fused:
+        if teacher is not None:
+            loss = _distillation_loss(model, teacher, ids)
+        elif fused:
             loss = fused_loss(model, ids)
         else:
             out = model(input_ids=ids, labels=ids)
@@ -127,6 +131,40 @@ def _forward(
         if grad_accum > 1:  # as HF Trainer scales each micro-batch's loss
             loss = loss / grad_accum
     return loss
+
+
+KD_TEMPERATURE = 2.0
+
+
+def _distillation_loss(
+    model: torch.nn.Module, teacher: torch.nn.Module, ids: torch.Tensor
+) -> torch.Tensor:
+    """ftmem's reference distillation step (ftmem.distill): the teacher's logits under
+    no_grad, then the student's cross-entropy plus the KL term in fp32, times τ²."""
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        t_logits = teacher(input_ids=ids).logits
+    out = model(input_ids=ids, labels=ids)
+    tau = KD_TEMPERATURE
+    kl = F.kl_div(
+        F.log_softmax(out.logits.float() / tau, dim=-1),
+        F.softmax(t_logits.float() / tau, dim=-1),
+        reduction="batchmean",
+    )
+    loss = out.loss + kl * tau**2
+    del out, t_logits
+    return loss
+
+
+def _build_teacher(teacher: Teacher, device: str, seed: int) -> torch.nn.Module:
+    if teacher.weights not in ("bf16", "fp16", "fp32"):
+        raise RuntimeError(f"a {teacher.weights} teacher is not measurable here; use bf16")
+    run = RunConfig(method="full", precision=teacher.weights)
+    model = build_model(teacher.arch, run, device, seed + 1).model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 class _StepInBackward:
@@ -190,10 +228,13 @@ def run_measurement(
     steps: int = 2,
     seed: int = 0,
     fake: bool = False,
+    teacher: Teacher | None = None,
 ) -> Measurement:
     if fake:
+        if teacher is not None:
+            raise RuntimeError("--fake does not run a distillation teacher")
         return _run_fake(arch, run, steps=steps, seed=seed)
-    return _run(arch, run, device=device, steps=steps, seed=seed)
+    return _run(arch, run, device=device, steps=steps, seed=seed, teacher=teacher)
 
 
 FAKE_NOTES = (
@@ -232,6 +273,7 @@ def _run(
     steps: int = 2,
     seed: int = 0,
     built: Built | None = None,
+    teacher: Teacher | None = None,
 ) -> Measurement:
     fake = built is not None
     if steps < 1:
@@ -246,6 +288,7 @@ def _run(
         built = build_model(arch, run, device=str(dev), seed=seed)
     model = built.model
     notes = list(built.notes)
+    teacher_model = _build_teacher(teacher, str(dev), seed) if teacher is not None else None
     optimizer = (
         _StepInBackward(model, run, arch)
         if run.optimizer_in_backward
@@ -269,7 +312,15 @@ def _run(
     # warm-up steps: optimizer states get created
     for i in range(steps - 1):
         for micro in range(accum):
-            loss = _forward(model, ids, built.autocast_dtype, dev.type, accum, run.loss == "fused")
+            loss = _forward(
+                model,
+                ids,
+                built.autocast_dtype,
+                dev.type,
+                accum,
+                run.loss == "fused",
+                teacher_model,
+            )
             if i == 0 and micro == 0:
                 if run.grad_ckpt:
                     notes.append(
@@ -288,7 +339,8 @@ def _run(
 
     # -- the measured step ------------------------------------------------------------
     state_tensors = optimizer_state_tensors(optimizer)
-    pre_existing = [*model_state_tensors(model), *state_tensors, ids]
+    teacher_state = model_state_tensors(teacher_model) if teacher_model is not None else []
+    pre_existing = [*model_state_tensors(model), *teacher_state, *state_tensors, ids]
     meter: Any = _CudaMeter(dev) if dev.type == "cuda" else _CpuMeter(pre_existing)
     with contextlib.ExitStack() as stack:
         # no cyclic GC inside the step: frees happen where refcounts drop, run after run
@@ -305,7 +357,13 @@ def _run(
             meter.start_phase()
             with torch.autograd.graph.saved_tensors_hooks(registry.pack, registry.unpack):
                 loss = _forward(
-                    model, ids, built.autocast_dtype, dev.type, accum, run.loss == "fused"
+                    model,
+                    ids,
+                    built.autocast_dtype,
+                    dev.type,
+                    accum,
+                    run.loss == "fused",
+                    teacher_model,
                 )
             peaks["forward"] = max(peaks["forward"], meter.phase_peak())
             if last:
@@ -342,8 +400,9 @@ def _run(
 
     state_tensors = optimizer_state_tensors(optimizer)
     peak_phase = max(PHASES, key=lambda ph: peaks[ph])
-    weights = storage_bytes(model_state_tensors(model, buffers=False))
-    all_weights = storage_bytes(model_state_tensors(model))
+    models = [model] if teacher_model is None else [model, teacher_model]
+    weights = storage_bytes([t for m in models for t in model_state_tensors(m, buffers=False)])
+    all_weights = storage_bytes([t for m in models for t in model_state_tensors(m)])
     return Measurement(
         weights_bytes=weights,
         buffers_bytes=all_weights - weights,
