@@ -12,6 +12,7 @@ from ftmem.distill import Teacher
 from ftmem.errors import InvalidInputError
 from ftmem.estimate import estimate_step
 from ftmem.hardware import Gpu, custom_gpu
+from ftmem.merge import MergeConfig
 from ftmem.methods import adapted_linears
 from ftmem.parallel import ParallelConfig
 from ftmem.plan import Plan, make_plan
@@ -79,6 +80,11 @@ def parallel_config(
             f"{par.world:,} GPUs is beyond any cluster ftmem plans for (at most {MAX_GPUS:,})."
         )
     return par
+
+
+def merge_config(**settings: Any) -> MergeConfig:
+    """Validate the merge settings (``ftmem merge``), errors as one sentence."""
+    return _validated(MergeConfig, settings)
 
 
 def serve_config(**settings: Any) -> ServeConfig:

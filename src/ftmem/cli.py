@@ -525,6 +525,78 @@ def explain(
 
 
 @app.command()
+def merge(
+    model: ModelArg,
+    models: Annotated[int, typer.Option(help="Weighted merge: how many models combine.")] = 2,
+    layers: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Stack merge (depth up-scaling): block slices, e.g. 0-24,8-32."),
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="Checkpoint dtype: bf16 | fp16 | fp32")] = "bf16",
+    in_memory: Annotated[
+        bool,
+        typer.Option(
+            "--in-memory", help="Load every model whole (default: streamed, tensor by tensor)."
+        ),
+    ] = False,
+    shard_size: Annotated[
+        str, typer.Option(help="Output shard the streamed writer fills before writing.")
+    ] = "5GB",
+    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    units: Units = "GiB",
+) -> None:
+    """Model merging (soups, task arithmetic, depth up-scaling): the result and the
+    memory (host RAM, or GPU with mergekit --cuda) to compute it."""
+    import json
+
+    from ftmem.api import merge_config
+    from ftmem.merge import merge_estimate
+    from ftmem.sources import resolve_model
+    from ftmem.units import format_bytes, format_count, parse_size
+
+    try:
+        unit = _units(units)
+        _format(output_format, "table", "json")
+        arch = resolve_model(model)
+        cfg = merge_config(
+            kind="stack" if layers else "weighted",
+            models=models,
+            layers=layers,
+            dtype=dtype,
+            streamed=not in_memory,
+            shard_bytes=parse_size(shard_size),
+        )
+        est = merge_estimate(arch, cfg)
+    except FtmemError as exc:
+        raise _fail(str(exc)) from None
+    data = {
+        "model": arch.name,
+        "kind": cfg.kind,
+        "result_blocks": est.result.num_layers,
+        "result_params": est.result_params,
+        "result_bytes": est.result_bytes,
+        "inputs_bytes": est.inputs_bytes,
+        "working_bytes": est.working_bytes,
+        "peak_bytes": est.peak_bytes,
+        "notes": list(est.notes),
+    }
+    if output_format == "json":
+        typer.echo(json.dumps(data, indent=2))
+        return
+    what = f"{cfg.models} × {arch.name}" if cfg.kind == "weighted" else f"{arch.name} [{layers}]"
+    typer.echo(f"Merge ({cfg.kind}): {what}, {cfg.dtype}")
+    typer.echo(
+        f"  result: {est.result.num_layers} blocks, {format_count(est.result_params)} "
+        f"parameters ({est.result_params:,}), {format_bytes(est.result_bytes, unit)}"
+    )
+    typer.echo(f"  inputs: {format_bytes(est.inputs_bytes, unit)}")
+    how = "streamed" if cfg.streamed else "in memory"
+    typer.echo(f"  memory to merge ({how}): {format_bytes(est.peak_bytes, unit)}")
+    for note in est.notes:
+        typer.echo(f"  note: {note}")
+
+
+@app.command()
 def serve(
     model: ModelArg,
     weights: Annotated[
