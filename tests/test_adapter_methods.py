@@ -92,3 +92,20 @@ def test_distillation_by_hand() -> None:
         estimate("llama2-7b", method="lora", teacher="llama2-13b", gpus=2, strategy="zero2")
     with pytest.raises(InvalidInputError, match="--teacher MODEL"):
         estimate("llama2-7b", method="lora", teacher_weights="nf4")
+
+
+def test_lora_on_a_gptq_base_by_hand() -> None:
+    """--quant int4: every block linear as GPTQ/AWQ stores it (0.5 byte per weight, per
+    128 inputs and output row an fp16 scale and a 4-bit zero); the rest bf16, LoRA fp32."""
+    est = estimate("llama2-7b", method="qlora", quant="int4")
+
+    def gptq(out_f: int, in_f: int) -> int:
+        groups = (in_f // 128) * out_f
+        return out_f * in_f // 2 + 2 * groups + groups // 2
+
+    block = 4 * gptq(H, H) + 2 * gptq(F, H) + gptq(H, F) + 2 * H * 2
+    outer = (2 * V * H + H) * 2
+    lora = L * 2 * (8 * H + H * 8) * 4  # r 8 on q and v, fp32
+    assert est.memory.weights_bytes == L * block + outer + lora
+    with pytest.raises(InvalidInputError, match="not --quant int4"):
+        estimate("llama2-7b", method="qlora", quant="int4", double_quant=True)

@@ -70,10 +70,10 @@ def test_quantised_weights_are_the_qlora_base():
 def test_int4_by_hand():
     """A 4096×4096 GPTQ tensor: 0.5 byte per value, per 128-input group an fp16 scale and
     a 4-bit zero point for each of 4096 outputs."""
-    from ftmem.serve import _int4_bytes
+    from ftmem.dtypes import tensor_bytes
 
     groups = (4096 // 128) * 4096
-    assert _int4_bytes(4096 * 4096, 4096, 4096) == 4096 * 4096 // 2 + 2 * groups + groups // 2
+    assert tensor_bytes(4096 * 4096, "int4", 4096) == 4096 * 4096 // 2 + 2 * groups + groups // 2
 
 
 def test_max_sequences_is_exact():

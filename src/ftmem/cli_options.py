@@ -118,7 +118,7 @@ RUN = [
     ),
     _opt("encoder_hidden", OptInt, None, "P-tuning encoder / prefix MLP width (default hidden)."),
     _opt("prompt_encoder", OptStr, None, "p-tuning: mlp (default) | lstm."),
-    _opt("quant", OptStr, None, "qlora base: nf4 (default) | fp4 | int8"),
+    _opt("quant", OptStr, None, "qlora base: nf4 (default) | fp4 | int8 | int4 (GPTQ/AWQ)"),
     _opt(
         "double_quant",
         OptBool,

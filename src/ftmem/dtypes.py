@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Literal
 
 Dtype = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
-StorageFormat = Literal["fp32", "bf16", "fp16", "fp8", "int8", "nf4", "fp4"]
+StorageFormat = Literal["fp32", "bf16", "fp16", "fp8", "int8", "nf4", "fp4", "int4"]
 
 BYTES_PER_ELEMENT: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
 
 NF4_BLOCK = 64  # elements per absmax in bitsandbytes 4-bit weights
+INT4_GROUP = 128  # GPTQ/AWQ's usual group size (along the input features)
 NESTED_BLOCK = 256  # absmaxes per fp32 constant under double quantisation
 _CODE_4BIT_BYTES = 16 * 4  # each 4-bit tensor keeps its 16-entry fp32 code book
 _NESTED_CODE_BYTES = 256 * 4  # the 8-bit dynamic code book of the double quantisation
@@ -33,9 +34,16 @@ def quantized_weight_bytes(
     nf4/fp4: two values per byte + absmax per 64 values (fp32, or 8-bit with one fp32
     per 256 blocks and a 4-byte offset when double-quantised) + the 16-value code book.
     int8 (LLM.int8): one byte per value + an fp32 scale per output row.
+    int4 (GPTQ/AWQ): two values per byte + an fp16 scale and a 4-bit zero per group of
+    128 inputs and output row.
     """
     if fmt == "int8":
         return numel + 4 * out_features
+    if fmt == "int4":
+        # GPTQ/AWQ: 4-bit values packed in int32s, per group of 128 inputs and output an
+        # fp16 scale and a 4-bit zero point (packed likewise)
+        groups = ceil_div(numel // max(out_features, 1), INT4_GROUP) * out_features
+        return ceil_div(numel, 2) + groups * 2 + ceil_div(groups, 2)
     if fmt not in ("nf4", "fp4"):
         return numel * BYTES_PER_ELEMENT[fmt]
     blocks = ceil_div(numel, NF4_BLOCK)

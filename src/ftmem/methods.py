@@ -393,6 +393,11 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     for name, shape in prompt_encoder_shapes(arch, run):
         # peft builds the prompt encoder in torch's default dtype, fp32, whatever the base
         groups.append(TensorGroup(name, shape, 1, "fp32", True, adapter=True, in_block=False))
+    if run.quant_format == "int4":
+        notes.append(
+            "int4: LoRA on a GPTQ/AWQ base (4-bit values, an fp16 scale and a 4-bit zero per "
+            "128 inputs); like NF4 its kernels dequantise inside and keep no 16-bit copy."
+        )
     if run.method == "qlora" and arch.is_moe:
         notes.append(
             "bitsandbytes quantises nn.Linear layers only: transformers 5 stores MoE experts "

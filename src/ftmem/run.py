@@ -37,7 +37,7 @@ Optimizer = Literal[
     "lion",
 ]
 Attention = Literal["eager", "sdpa", "flash"]
-Quant = Literal["nf4", "fp4", "int8"]
+Quant = Literal["nf4", "fp4", "int8", "int4"]
 Accounting = Literal["phases", "simple"]
 OptimizerImpl = Literal["foreach", "for-loop", "fused"]
 
@@ -270,6 +270,8 @@ class RunConfig(BaseModel):
                 f"--quant, --double-quant and --compute-dtype only apply to --method qlora, "
                 f"not --method {self.method}"
             )
+        if self.quant == "int4" and self.double_quant is not None:
+            raise ValueError("--double-quant applies to bitsandbytes' nf4/fp4, not --quant int4")
         if self.lora_modules_to_save is not None:
             parts = {x.strip() for x in self.lora_modules_to_save.split(",") if x.strip()}
             if not parts or parts - {"embed", "head"}:

@@ -19,14 +19,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from ftmem.arch import Architecture, layout
-from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div, tensor_bytes
+from ftmem.dtypes import BYTES_PER_ELEMENT, INT4_GROUP, tensor_bytes
 from ftmem.hardware import Gpu, runtime_overhead
 from ftmem.methods import adapted_linears
 from ftmem.run import RunConfig
 
 WeightFormat = Literal["bf16", "fp16", "fp32", "fp8", "int8", "nf4", "fp4", "int4"]
 KvDtype = Literal["bf16", "fp16", "fp32", "fp8"]
-INT4_GROUP = 128  # GPTQ/AWQ's usual group size
 FP32 = 4
 
 
@@ -66,11 +65,6 @@ class ServeEstimate(BaseModel):
     notes: list[str]
 
 
-def _int4_bytes(numel: int, in_features: int, out_features: int) -> int:
-    groups = ceil_div(in_features, INT4_GROUP) * out_features
-    return ceil_div(numel, 2) + groups * 2 + ceil_div(groups, 2)  # values, fp16 scales, zeros
-
-
 def weight_bytes(arch: Architecture, fmt: WeightFormat) -> int:
     lay = layout(arch)
     total = sum(tensor_bytes(p.numel, "bf16") for p in lay.outer)
@@ -83,8 +77,10 @@ def weight_bytes(arch: Architecture, fmt: WeightFormat) -> int:
             continue
         out_features = p.shape[-2] if len(p.shape) >= 2 else p.shape[0]
         if fmt == "int4":
+            # per expert for 3-D expert tensors: groups run along each one's inputs
             in_features = lin_in.get(p.module, p.shape[-1])
-            b = _int4_bytes(p.numel, in_features, out_features)
+            rows = p.numel // in_features
+            b = tensor_bytes(p.numel, "int4", rows)
         elif fmt == "fp8":
             b = p.numel + FP32  # one fp32 scale per tensor
         else:

@@ -393,6 +393,11 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
         notes.append("count matches but arch.layout names/shapes differ: " + "; ".join(diff))
 
     if run.method == "qlora":
+        if run.quant_format == "int4":
+            raise RuntimeError(
+                "a GPTQ/AWQ int4 base is not measurable here: its kernels (gptqmodel, "
+                "autoawq) need a GPU"
+            )
         _require_bitsandbytes("QLoRA")
         from transformers.utils import logging as hf_logging
 
