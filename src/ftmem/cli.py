@@ -438,6 +438,13 @@ def compare_methods(
         Optional[str],  # noqa: UP045 - typer needs Optional spelled out on Python 3.10
         typer.Option(help="Methods, comma-separated (default: one of each kind)."),
     ] = None,
+    inference: Annotated[
+        bool,
+        typer.Option(
+            "--inference/--no-inference",
+            help="Add the same model served in bf16 for the same batch × sequence length.",
+        ),
+    ] = True,
     output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
     units: Units = "GiB",
     **settings: Any,
@@ -463,6 +470,16 @@ def compare_methods(
                 raise FtmemError("--methods needs at least one name.")
         arch = resolve_model(model)
         rows = run_compare(arch, names, **settings)
+        served = None
+        if inference:
+            from ftmem.api import resolve_gpu, serve_config
+            from ftmem.serve import estimate_serving
+
+            cfg = serve_config(
+                sequences=settings.get("batch_size") or 1, context=settings.get("seq_len") or 512
+            )
+            hw = resolve_gpu(settings.get("gpu"), settings.get("gpu_memory"))
+            served = estimate_serving(arch, cfg, hw)
     except FtmemError as exc:
         raise _fail(str(exc)) from None
     if output_format == "json":
@@ -472,10 +489,12 @@ def compare_methods(
             else {"method": m, **json.loads(r.model_dump_json())}
             for m, r in rows.items()
         ]
+        if served is not None:
+            data.insert(0, {"method": "inference", **json.loads(served.model_dump_json())})
         typer.echo(json.dumps(data, indent=2))
         return
     gpu = settings.get("gpu") or settings.get("gpu_memory")
-    _console().print(methods_table(arch.name, rows, gpu, unit))
+    _console().print(methods_table(arch.name, rows, gpu, unit, served))
 
 
 @app.command()

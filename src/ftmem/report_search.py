@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from ftmem.budget import RunResult
+    from ftmem.serve import ServeEstimate
 
 
 def _gpu_name(est: Estimate) -> str:
@@ -158,10 +159,15 @@ def compare_table(
 
 
 def methods_table(
-    model: str, rows: dict[str, Estimate | str], gpu: str | None, units: UnitSystem
+    model: str,
+    rows: dict[str, Estimate | str],
+    gpu: str | None,
+    units: UnitSystem,
+    served: ServeEstimate | None = None,
 ) -> RenderableType:
     """One row per method: what trains, each component and the peak (one unit for the
-    whole table, so that it fits a terminal), the total and the verdict."""
+    whole table, so that it fits a terminal), the total and the verdict. ``served`` adds
+    a first row: the same model served (its KV cache in the activations column)."""
     from rich.table import Table
     from rich.text import Text
 
@@ -172,6 +178,19 @@ def methods_table(
     cols = ("method", "trainable", "weights", "grads", "optim", "activ", "peak", "total")
     for col in (*cols, *(("fits",) if gpu else ())):
         tbl.add_column(col, justify="left" if col in ("method", "fits") else "right")
+    if served is not None:
+        sizes = (
+            served.weights_bytes + served.adapters_bytes,
+            0,
+            0,
+            served.kv_cache_bytes,
+            served.peak_allocated_bytes,
+            served.total_bytes,
+        )
+        cells: list[Any] = ["inference", "0", *(f"{in_unit(b, units):.2f}" for b in sizes)]
+        if gpu:
+            cells.append(Text("yes", style="green") if served.fits else Text("no", style="red"))
+        tbl.add_row(*cells, end_section=True)
     for method, est in rows.items():
         if isinstance(est, str):
             tbl.add_row(method, Text(est, style="yellow"))
@@ -185,7 +204,7 @@ def methods_table(
             m.peak_allocated_bytes,
             m.total_bytes,
         )
-        cells: list[Any] = [
+        cells = [
             method,
             format_count(est.model.n_trainable_params),
             *(f"{in_unit(b, units):.2f}" for b in sizes),
