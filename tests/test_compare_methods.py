@@ -54,7 +54,10 @@ def test_cli_table_and_json() -> None:
     )
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    assert [d["method"] for d in data] == ["bitfit", "ia3"]
+    # the same model served first: weights and a KV cache of 1 × 512 tokens
+    assert [d["method"] for d in data] == ["inference", "bitfit", "ia3"]
+    served = data.pop(0)
+    assert served["kv_cache_bytes"] == 512 * 2 * 12 * 768 * 2  # k and v, 12 layers, bf16
     assert (
         data[0]["model"]["n_trainable_params"]
         == estimate("gpt2", method="bitfit").model.n_trainable_params
