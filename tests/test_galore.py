@@ -70,3 +70,14 @@ def test_optimizer_in_backward_holds_no_gradients() -> None:
         estimate("llama2-7b", method="full", optimizer_in_backward=True, grad_accum=4)
     with pytest.raises(InvalidInputError, match="one GPU"):
         estimate("llama2-7b", method="full", optimizer_in_backward=True, gpus=8, strategy="zero3")
+
+
+def test_activation_offload_moves_activations_to_the_host() -> None:
+    """Every saved tensor is copied to host RAM in forward: none stays on the GPU, and
+    the note gives the host bytes, which are the activations of the same run without
+    offloading."""
+    plain = estimate("llama2-7b", method="lora", seq_len=4096)
+    off = estimate("llama2-7b", method="lora", seq_len=4096, activation_offload=True)
+    assert off.memory.activations_bytes == 0
+    assert f"{plain.memory.activations_bytes:,} bytes" in " ".join(off.notes)
+    assert off.memory.peak_allocated_bytes < plain.memory.peak_allocated_bytes / 2

@@ -52,6 +52,13 @@ RUN = [
     _opt("grad_accum", int, 1, "Micro-batches per optimizer step."),
     _opt("grad_ckpt", bool, False, "Gradient checkpointing.", "--grad-ckpt/--no-grad-ckpt"),
     _opt(
+        "activation_offload",
+        bool,
+        False,
+        "Offload saved activations to host RAM (torch save_on_cpu / torchtune).",
+        "--activation-offload",
+    ),
+    _opt(
         "optimizer_in_backward",
         bool,
         False,

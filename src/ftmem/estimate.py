@@ -55,6 +55,11 @@ def estimate_step(
     parts = step_parts(arch, run, teacher)
     plan = parts.plan
     notes = list(plan.notes)
+    if parts.offloaded:
+        notes.append(
+            f"activation offload: {parts.offloaded:,} bytes of saved activations live in "
+            "host RAM (pinned); backward brings one op's back at a time."
+        )
     if teacher is not None:
         notes.append(
             f"Distillation from {teacher.arch.name} ({teacher.weights} weights, included in "

@@ -127,6 +127,11 @@ class RunConfig(BaseModel):
     seq_len: PositiveInt = 512
     grad_accum: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
     grad_ckpt: bool = False
+    activation_offload: bool = Field(
+        False,
+        description="Copy every saved activation to host RAM in forward and back in "
+        "backward (torch save_on_cpu, torchtune's OffloadActivations).",
+    )
     optimizer_in_backward: bool = Field(
         False,
         description="Step each parameter from a post-accumulate-grad hook (torch's "

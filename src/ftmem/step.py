@@ -113,6 +113,7 @@ class StepParts:
     per_block_full: tuple[int, ...]  # each block's saved bytes without checkpointing
     typical_block: tuple[Saved, ...]
     outer_items: tuple[Saved, ...]
+    offloaded: int = 0  # activation offload: saved bytes held in host RAM instead
 
 
 def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = None) -> StepParts:
@@ -163,6 +164,15 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         if not g.in_block and _is_token_embedding(g.name, arch.tie_embeddings)
     )
 
+    offloaded = back = 0
+    if run.activation_offload:
+        # every saved tensor leaves the GPU in forward; backward brings back one node's
+        # at a time (the largest item of a block, and the loss's fp32 log-softmax)
+        offloaded = activations
+        back = _offload_moment(arch, run, plan, cache[block_states[-1]], e, T)
+        per_block_kept = [0] * len(per_block_kept)
+        outer_below, outer_above = [], []
+        activations = 0
     if run.optimizer_in_backward:  # each gradient is freed by its own step
         grads = grads_outer = grads_block = grads_embedding = 0
     sizes = StepSizes(
@@ -185,12 +195,17 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         forward_block_transient=max(
             _forward_block_transient(plan, run),
             _frozen_forward_transient(arch, run, e, plan.dtypes.residual_bytes, T)
-            if not per_block[-1]
+            if not per_block[-1] or run.activation_offload
             else 0,
         ),
         # the log-softmax's and the logits' fp32 gradients (a fused loss kept its own)
-        loss_backward=0 if run.loss == "fused" else 2 * T * V * FP32,
-        block_workspace=_block_backward_workspace(arch, run, plan, e, T),
+        loss_backward=(0 if run.loss == "fused" else 2 * T * V * FP32)
+        + (T * V * FP32 if offloaded and run.loss != "fused" else 0),
+        # offloaded: one op's saved tensors back beside its workspace, and the block's
+        # own gradients (the peak moves to the end of backward, measured)
+        block_workspace=back + grads_block
+        if offloaded
+        else _block_backward_workspace(arch, run, plan, e, T),
         # the final norm's backward, its fp32 input still saved
         head_workspace=_norm_backward_workspace(arch, e, T) + T * h * FP32,
         recompute=recompute,
@@ -216,6 +231,7 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         per_block_full=tuple(per_block),
         typical_block=tuple(cache[block_states[-1]]),
         outer_items=tuple(outer_items),
+        offloaded=offloaded,
     )
 
 
@@ -316,6 +332,30 @@ def _forward_block_transient(plan: MethodPlan, run: RunConfig) -> int:
     )
 
 
+def _offload_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int:
+    """With activations offloaded, a block's backward holds one op's saved tensors, back
+    on the GPU, beside that op's own workspace: the larger of the norm's (its fp32
+    input back), the MLP's (the largest MLP item back) and attention's (its saved
+    inputs and output back, with eager attention's score gradients)."""
+    h = arch.hidden_size
+    items = {x.what: x.nbytes for x in block}
+    # the norm's fp32 input back, and the fp32 residual gradient arriving (measured)
+    norm = _norm_backward_workspace(arch, e, T) + 2 * T * h * FP32
+    mlp_items = [n for w, n in items.items() if w.startswith(("gate", "up", "down", "MLP"))]
+    # the MLP brings back two T·f tensors at once (the gated product's inputs); GPT-2's
+    # written-out tanh-GELU three of its four (measured)
+    f = arch.intermediate_size * (arch.experts_per_token if arch.is_moe else 1)
+    at_once = 3 if arch.family == "gpt2" else 2
+    back = min(max(mlp_items, default=0), at_once * T * f * e)
+    mlp = _mlp_backward_workspace(arch, plan, e, T) + back
+    attn = sum(n for w, n in items.items() if w.startswith(("rotary", "v", "attention", "softmax")))
+    if runs_eager(arch, run):
+        attn += 2 * run.batch_size * arch.num_heads * run.positions**2 * FP32
+    return max(norm, mlp, attn)
+
+
 def _frozen_forward_transient(
     arch: Architecture, run: RunConfig, e: int, residual: int, T: int
 ) -> int:
@@ -361,13 +401,6 @@ def _block_backward_workspace(
     its backward starts with the MLP; by the time its norms' backward runs they are
     mostly freed, so only the MLP part is added to the recompute.
     """
-    f = arch.intermediate_size * (arch.experts_per_token if arch.is_moe else 1)
-    if arch.mlp == "gated":
-        width = 2 * f
-    elif arch.family == "gpt2" and arch.activation == "gelu_tanh":
-        width = 3 * f  # the written-out tanh-GELU: gradients of x³, tanh and their product
-    else:
-        width = f
     attn = 0
     if runs_eager(arch, run):
         s = run.positions
@@ -376,10 +409,23 @@ def _block_backward_workspace(
     dt = plan.dtypes
     if plan.adapted and not dt.autocast and dt.adapter != dt.compute:
         cast_grad = T * arch.hidden_size * BYTES_PER_ELEMENT[dt.adapter]
-    mlp = max(T * width * e + T * arch.hidden_size * FP32, _ia3_workspace(plan, e, T))
+    mlp = _mlp_backward_workspace(arch, plan, e, T)
     if run.grad_ckpt:
         return mlp + cast_grad
     return max(mlp, attn, _norm_backward_workspace(arch, e, T)) + cast_grad
+
+
+def _mlp_backward_workspace(arch: Architecture, plan: MethodPlan, e: int, T: int) -> int:
+    """The MLP's backward: the gradients of its intermediate and of gate/up outputs
+    (T·f each) plus the fp32 residual gradient (T·h); IA³'s scaling if larger."""
+    f = arch.intermediate_size * (arch.experts_per_token if arch.is_moe else 1)
+    if arch.mlp == "gated":
+        width = 2 * f
+    elif arch.family == "gpt2" and arch.activation == "gelu_tanh":
+        width = 3 * f  # the written-out tanh-GELU: gradients of x³, tanh and their product
+    else:
+        width = f
+    return max(T * width * e + T * arch.hidden_size * FP32, _ia3_workspace(plan, e, T))
 
 
 def _ia3_workspace(plan: MethodPlan, e: int, T: int) -> int:

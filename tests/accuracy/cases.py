@@ -254,6 +254,17 @@ def _matrix() -> list[Case]:
         ),
     ):
         cases.append(Case(family, {**settings, "loss": "fused"}, arch_changes))
+    # activation offloading (saved tensors copied to host memory, back in backward)
+    for family, settings, arch_changes in (
+        ("llama", {"method": "full", "precision": "bf16"}, {}),
+        ("llama", {"method": "lora", "precision": "bf16"}, {}),
+        ("gpt2", {"method": "lora", "precision": "fp32"}, {}),
+        ("gpt2", {"method": "full", "precision": "bf16"}, {}),
+        ("mixtral", {"method": "full", "precision": "bf16"}, {}),
+        ("qwen2", {"method": "full", "precision": "bf16-mixed"}, {}),
+        ("mistral", {"method": "lora", "precision": "bf16", "seq_len": 128}, {"vocab_size": 64}),
+    ):
+        cases.append(Case(family, {**settings, "activation_offload": True}, arch_changes))
     # partial finetuning by parameter-name pattern
     for family, pattern, extra in (
         ("llama", "self_attn", {"precision": "bf16"}),
@@ -321,6 +332,11 @@ REAL_SIZE_CASES = [
 
 # id -> reason; run as strict xfail
 KNOWN_GAPS: dict[str, str] = {
+    "gpt2-activationoffload=True-method=lora-precision=fp32": (
+        "activation offload on GPT-2 in fp32: the peak measured 7.8 % above the estimate; "
+        "the written-out tanh-GELU's backward brings back more of its offloaded "
+        "intermediates at once than the estimate's three of four (2026-11-29)"
+    ),
     "llama-method=p-tuning-precision=bf16-promptencoder=lstm": (
         "P-tuning's LSTM encoder on the CPU: oneDNN keeps a workspace of its own per layer "
         "and direction (measured 86-172 KB for 20 tokens, not proportional to the width); "

@@ -99,6 +99,35 @@ class SavedRegistry:
         return sum(self.live.values())
 
 
+class HostOffload(SavedRegistry):
+    """Activation offloading as torch's ``save_on_cpu`` / torchtune's OffloadActivations
+    do it, emulated on the CPU: every saved tensor but the parameters is copied out of
+    torch's storages (a NumPy buffer stands in for pinned host memory, which the tracker
+    does not count) and brought back as a fresh tensor when backward unpacks it."""
+
+    def __init__(self, exclude_ptrs: set[int]) -> None:
+        super().__init__(exclude_ptrs)
+        self.host_bytes = 0
+
+    def pack(self, t: torch.Tensor):  # type: ignore[override]
+        key = storage_key(t)
+        if key is None or key[0] in self.exclude:
+            return ("device", t)
+        flat = t.detach().contiguous().view(-1)
+        host = flat.view(torch.uint8).numpy().copy() if flat.numel() else None
+        self.host_bytes += flat.numel() * flat.element_size()
+        return ("host", host, t.dtype, tuple(t.shape), t.requires_grad)
+
+    @staticmethod
+    def unpack(packed):  # type: ignore[override]
+        if packed[0] == "device":
+            return packed[1]
+        _, host, dtype, shape, _ = packed
+        if host is None:
+            return torch.empty(shape, dtype=dtype)
+        return torch.from_numpy(host.copy()).view(dtype).view(shape)
+
+
 @dataclass(frozen=True)
 class SavedTensor:
     op: str  # autograd node type, e.g. "MmBackward0"

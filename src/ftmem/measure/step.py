@@ -25,6 +25,7 @@ from ftmem.measure.build import (
 )
 from ftmem.measure.fused_loss import fused_loss
 from ftmem.measure.saved import (
+    HostOffload,
     SavedRegistry,
     bytes_by_op,
     model_state_tensors,
@@ -352,7 +353,9 @@ def _run(
         peaks = {"forward": 0, "backward": 0}
         for micro in range(accum):  # gradients of earlier micro-batches stay live
             last = micro == accum - 1
-            registry = SavedRegistry(weight_ptrs)
+            registry = (
+                HostOffload(weight_ptrs) if run.activation_offload else SavedRegistry(weight_ptrs)
+            )
             before_forward = meter.current()
             meter.start_phase()
             with torch.autograd.graph.saved_tensors_hooks(registry.pack, registry.unpack):
@@ -378,6 +381,8 @@ def _run(
                 activations = registry.nbytes + sum(
                     n for ptr, n in stashed.items() if ptr not in registry.live
                 )
+                if isinstance(registry, HostOffload):
+                    notes.append(f"activation offload: {registry.host_bytes:,} B sent to host")
                 if steps == 1 and not run.grad_ckpt:
                     by_op = bytes_by_op(walk_saved(loss.grad_fn, weight_ptrs))
 
