@@ -37,7 +37,7 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
     ),
     "partial": (
         "the parameters whose names match --trainable-modules (regular expressions)",
-        "e.g. attention-only tuning, Touvron et al. 2023 / Lee et al. 2019",
+        "Lee et al. 2019, arXiv:1911.03090; axolotl's unfrozen_parameters",
     ),
     "lora": (
         "low-rank adapters A (r × in) and B (out × r) beside frozen linears",

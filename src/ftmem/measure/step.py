@@ -310,18 +310,14 @@ def _run(
     weight_ptrs = weight_storage_ptrs(model)
     by_op: dict[str, int] = {}
 
+    def forward() -> torch.Tensor:
+        fused = run.loss == "fused"
+        return _forward(model, ids, built.autocast_dtype, dev.type, accum, fused, teacher_model)
+
     # warm-up steps: optimizer states get created
     for i in range(steps - 1):
         for micro in range(accum):
-            loss = _forward(
-                model,
-                ids,
-                built.autocast_dtype,
-                dev.type,
-                accum,
-                run.loss == "fused",
-                teacher_model,
-            )
+            loss = forward()
             if i == 0 and micro == 0:
                 if run.grad_ckpt:
                     notes.append(
@@ -359,15 +355,7 @@ def _run(
             before_forward = meter.current()
             meter.start_phase()
             with torch.autograd.graph.saved_tensors_hooks(registry.pack, registry.unpack):
-                loss = _forward(
-                    model,
-                    ids,
-                    built.autocast_dtype,
-                    dev.type,
-                    accum,
-                    run.loss == "fused",
-                    teacher_model,
-                )
+                loss = forward()
             peaks["forward"] = max(peaks["forward"], meter.phase_peak())
             if last:
                 forward_retained = meter.current() - before_forward
