@@ -133,11 +133,12 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
     # Activations per block, computed once per distinct block state.
     block_states = _block_states(arch, run, plan)
     cache: dict[BlockState, list[Saved]] = {}
-    per_block: list[int] = []
+    sums: dict[BlockState, int] = {}
     for st in block_states:
         if st not in cache:
             cache[st] = block_saved(arch, run, plan, st, T)
-        per_block.append(_sum(cache[st]))
+            sums[st] = _sum(cache[st])
+    per_block = [sums[st] for st in block_states]
     outer_below, outer_above = outer_saved(arch, run, plan, T)
     outer_items = outer_below + outer_above
     outer = _sum(outer_items)
