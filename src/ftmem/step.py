@@ -47,9 +47,10 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         scaled = frozenset(lin.module for lin, ff in plan.scaled if not ff)
         scaled_in = frozenset(lin.module for lin, ff in plan.scaled if ff)
         bottleneck = frozenset(lin.module for lin in plan.bottlenecked)
-        return [
-            BlockState(
-                inputs_grad or i > 0,
+
+        def state(x_grad: bool) -> BlockState:
+            return BlockState(
+                x_grad,
                 False,
                 frozenset(),
                 biased,
@@ -58,23 +59,21 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 scaled_in,
                 bottleneck=bottleneck,
             )
-            for i in range(L)
-        ]
+
+        # one object per distinct state: step_parts derives each once
+        return [state(inputs_grad)] + [state(True)] * (L - 1)
     if run.method == "partial":
         return _partial_states(arch, plan, inputs_grad)
     if run.method in ("prompt-tuning", "p-tuning"):
         # the trainable prompt is part of the blocks' input
-        return [BlockState(True, False, frozenset()) for _ in range(L)]
-    states = []
-    for i in range(L):
-        if i < first_trainable:
-            states.append(BlockState(inputs_grad, False, frozenset()))
-            continue
-        weights = run.method in ("full", "freeze", "galore")
-        x_grad = inputs_grad or i > first_trainable
-        norms = run.method == "longlora"
-        states.append(BlockState(x_grad, weights, adapted, norms_trained=norms))
-    return states
+        return [BlockState(True, False, frozenset())] * L
+    weights = run.method in ("full", "freeze", "galore")
+    norms = run.method == "longlora"  # LongLoRA also trains every norm
+    frozen = BlockState(inputs_grad, False, frozenset())
+    lowest = BlockState(inputs_grad, weights, adapted, norms_trained=norms)
+    above = BlockState(True, weights, adapted, norms_trained=norms)
+    trainable = L - first_trainable
+    return [frozen] * first_trainable + ([lowest] + [above] * (trainable - 1) if trainable else [])
 
 
 def _partial_states(arch: Architecture, plan: MethodPlan, inputs_grad: bool) -> list[BlockState]:
@@ -133,12 +132,14 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
     # Activations per block, computed once per distinct block state.
     block_states = _block_states(arch, run, plan)
     cache: dict[BlockState, list[Saved]] = {}
-    sums: dict[BlockState, int] = {}
+    per_block: list[int] = []
+    previous, previous_sum = None, 0
     for st in block_states:
-        if st not in cache:
-            cache[st] = block_saved(arch, run, plan, st, T)
-            sums[st] = _sum(cache[st])
-    per_block = [sums[st] for st in block_states]
+        if st is not previous:  # consecutive blocks usually share one state object
+            if st not in cache:
+                cache[st] = block_saved(arch, run, plan, st, T)
+            previous, previous_sum = st, _sum(cache[st])
+        per_block.append(previous_sum)
     outer_below, outer_above = outer_saved(arch, run, plan, T)
     outer_items = outer_below + outer_above
     outer = _sum(outer_items)
