@@ -90,6 +90,24 @@ def test_max_sequences_is_exact():
     assert not estimate_serving(arch, ServeConfig(sequences=n + 1, **cfg), gpu).fits
 
 
+def test_max_context_is_exact():
+    res = runner.invoke(app, ["serve", "llama3-8b", "--weights", "nf4", "--sequences", "4",
+                              "--prefill-chunk", "2048", "--gpu", "rtx4090", "--max-context"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("Longest context"))
+    n = int(line.rsplit(": ", 1)[1].split()[0].replace(",", ""))
+    from ftmem.presets import get_gpu
+
+    arch, gpu = get_model("llama3-8b"), get_gpu("rtx4090")
+    cfg = dict(weights="nf4", sequences=4, prefill_chunk=2048)
+    assert estimate_serving(arch, ServeConfig(context=n, **cfg), gpu).fits
+    assert not estimate_serving(arch, ServeConfig(context=n + 1, **cfg), gpu).fits
+    both = runner.invoke(
+        app, ["serve", "llama3-8b", "--gpu", "l4", "--max-context", "--max-sequences"]
+    )
+    assert both.exit_code == 2
+
+
 def test_multi_lora_adds_each_adapter():
     arch = get_model("llama3-8b")
     one = estimate_serving(arch, ServeConfig(lora_adapters=1))
@@ -123,3 +141,15 @@ def test_fp8_and_16bit_weights_by_hand():
     other = 2 * V * h + (2 * L + 1) * h
     assert weight_bytes(arch, "bf16") == 2 * (L * linear + other) == 2 * 6_738_415_616
     assert weight_bytes(arch, "fp8") == L * (linear + 7 * 4) + 2 * other
+
+
+def test_ternary_weights_by_hand():
+    """BitNet b1.58 weights (transformers' BitLinear): 2 bits per block-linear weight and
+    one bf16 scale per tensor; embeddings, norms and the LM head stay bf16."""
+    from ftmem.presets import get_model
+    from ftmem.serve import weight_bytes
+
+    H, F, L, V = 4096, 11008, 32, 32000
+    linears = 4 * H * H + 3 * H * F
+    expected = L * (linears // 4 + 7 * 2 + 2 * H * 2) + (2 * V * H + H) * 2
+    assert weight_bytes(get_model("llama2-7b"), "ternary") == expected

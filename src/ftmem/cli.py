@@ -620,7 +620,10 @@ def serve(
     model: ModelArg,
     weights: Annotated[
         str,
-        typer.Option(help="bf16 | fp16 | fp32 | fp8 | int8 | nf4 | fp4 | int4 (GPTQ/AWQ-style)"),
+        typer.Option(
+            help="bf16 | fp16 | fp32 | fp8 | int8 | nf4 | fp4 | int4 (GPTQ/AWQ-style) | "
+            "ternary (BitNet b1.58)"
+        ),
     ] = "bf16",
     kv_dtype: Annotated[
         str, typer.Option(help="KV cache dtype: bf16 | fp16 | fp32 | fp8")
@@ -640,6 +643,10 @@ def serve(
     max_sequences: Annotated[
         bool,
         typer.Option("--max-sequences", help="Find the most concurrent sequences that fit --gpu."),
+    ] = False,
+    max_context: Annotated[
+        bool,
+        typer.Option("--max-context", help="Find the longest context that fits --gpu."),
     ] = False,
     gpu: Annotated[Optional[str], typer.Option(help="GPU preset.")] = None,  # noqa: UP045
     gpu_memory: Annotated[Optional[str], typer.Option(help="GPU memory, e.g. 24GiB.")] = None,  # noqa: UP045
@@ -670,19 +677,31 @@ def serve(
         )
         est = estimate_serving(arch, cfg, hw)
         line = None
-        if max_sequences:
+        if max_sequences and max_context:
+            raise FtmemError("Give --max-sequences or --max-context, not both.")
+        if max_sequences or max_context:
             if hw is None:
-                raise FtmemError("--max-sequences needs a GPU: give --gpu or --gpu-memory.")
+                flag = "--max-sequences" if max_sequences else "--max-context"
+                raise FtmemError(f"{flag} needs a GPU: give --gpu or --gpu-memory.")
+            what = "sequences" if max_sequences else "context"
 
             def at(n: int) -> Any:
-                return estimate_serving(arch, cfg.model_copy(update={"sequences": n}), hw)
+                return estimate_serving(arch, cfg.model_copy(update={what: n}), hw)
 
-            found = largest_fitting(at, 1, 2**20)  # type: ignore[arg-type]
+            found = largest_fitting(at, 1, 2**20 if max_sequences else 2**24)  # type: ignore[arg-type]
             if found.value is None:
                 line = f"Not even one sequence of {context:,} tokens fits {hw.name}."
+                if max_context:
+                    line = f"Not even {sequences} sequence(s) of one token fit {hw.name}."
             else:
                 est = found.fits_at  # type: ignore[assignment]
-                line = f"Most concurrent sequences of {context:,} tokens that fit {hw.name}: {found.value:,}."
+                line = (
+                    f"Most concurrent sequences of {context:,} tokens that fit {hw.name}: "
+                    f"{found.value:,}."
+                    if max_sequences
+                    else f"Longest context for {sequences} sequence(s) that fits {hw.name}: "
+                    f"{found.value:,} tokens."
+                )
     except FtmemError as exc:
         raise _fail(str(exc)) from None
     if output_format == "json":

@@ -70,7 +70,8 @@ RUN = [
         "loss",
         str,
         "standard",
-        "standard (full logits) | fused (Liger's fused linear cross-entropy, in chunks).",
+        "standard (full logits) | chunked (torchtune's 8 output chunks) | fused (Liger's "
+        "fused linear cross-entropy).",
     ),
     _opt(
         "autocast",

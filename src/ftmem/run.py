@@ -138,10 +138,11 @@ class RunConfig(BaseModel):
         "optimizer-in-backward; layer-wise GaLore): no gradient buffer.",
     )
     attn: Attention = "sdpa"
-    loss: Literal["standard", "fused"] = Field(
+    loss: Literal["standard", "chunked", "fused"] = Field(
         "standard",
-        description="standard: transformers' cross-entropy over full logits; fused: "
-        "Liger-Kernel's fused linear cross-entropy (logits in chunks, never whole).",
+        description="standard: transformers' cross-entropy over full logits; chunked: "
+        "torchtune's 8 output chunks, each upcast to fp32 on its own; fused: Liger-Kernel's "
+        "fused linear cross-entropy (logits in chunks, never whole).",
     )
     autocast: bool | None = Field(
         None, description="torch.autocast to 16-bit; default on for *-mixed, off otherwise."

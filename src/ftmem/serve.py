@@ -19,12 +19,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from ftmem.arch import Architecture, layout
-from ftmem.dtypes import BYTES_PER_ELEMENT, INT4_GROUP, tensor_bytes
+from ftmem.dtypes import BYTES_PER_ELEMENT, INT4_GROUP, ceil_div, tensor_bytes
 from ftmem.hardware import Gpu, runtime_overhead
 from ftmem.methods import adapted_linears
 from ftmem.run import RunConfig
 
-WeightFormat = Literal["bf16", "fp16", "fp32", "fp8", "int8", "nf4", "fp4", "int4"]
+WeightFormat = Literal["bf16", "fp16", "fp32", "fp8", "int8", "nf4", "fp4", "int4", "ternary"]
 KvDtype = Literal["bf16", "fp16", "fp32", "fp8"]
 FP32 = 4
 
@@ -81,6 +81,10 @@ def weight_bytes(arch: Architecture, fmt: WeightFormat) -> int:
             in_features = lin_in.get(p.module, p.shape[-1])
             rows = p.numel // in_features
             b = tensor_bytes(p.numel, "int4", rows)
+        elif fmt == "ternary":
+            # BitNet b1.58 (transformers' BitLinear): four 2-bit values per byte and one
+            # bf16 scale per tensor
+            b = ceil_div(p.numel, 4) + 2
         elif fmt == "fp8":
             b = p.numel + FP32  # one fp32 scale per tensor
         else:

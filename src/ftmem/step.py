@@ -29,6 +29,7 @@ from ftmem.precision import Dtypes
 from ftmem.run import RunConfig
 
 FP32 = 4
+CHUNKS = 8  # torchtune's num_output_chunks
 
 
 def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[BlockState]:
@@ -200,8 +201,11 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
             if not per_block[-1] or run.activation_offload
             else 0,
         ),
-        # the log-softmax's and the logits' fp32 gradients (a fused loss kept its own)
-        loss_backward=(0 if run.loss == "fused" else 2 * T * V * FP32)
+        # the log-softmax's and the logits' fp32 gradients (a fused loss kept its own; a
+        # chunked one has one chunk's at a time)
+        loss_backward={"fused": 0, "chunked": 2 * T * V * FP32 // CHUNKS}.get(
+            run.loss, 2 * T * V * FP32
+        )
         + (T * V * FP32 if offloaded and run.loss != "fused" else 0),
         # offloaded: one op's saved tensors back beside its workspace, and the block's
         # own gradients (the peak moves to the end of backward, measured)
@@ -261,7 +265,10 @@ def _logits_forward(arch: Architecture, run: RunConfig, e: int, T: int) -> int:
         rows = loss_rows(run)
         chunk = liger_chunk_rows(rows, h, V)
         return min(chunk, rows) * V * e + rows * h * e + rows * FP32
-    return T * V * e + (T * V * FP32 if e != FP32 else 0)
+    upcast = T * V * FP32 if e != FP32 else 0
+    if run.loss == "chunked":  # torchtune: one chunk upcast at a time
+        upcast //= CHUNKS
+    return T * V * e + upcast
 
 
 def liger_chunk_rows(tokens: int, hidden: int, vocab: int) -> int:

@@ -254,6 +254,15 @@ def _matrix() -> list[Case]:
         ),
     ):
         cases.append(Case(family, {**settings, "loss": "fused"}, arch_changes))
+    # torchtune's chunked output and loss
+    for family, settings in (
+        ("llama", {"method": "lora", "precision": "bf16"}),
+        ("llama", {"method": "full", "precision": "bf16"}),
+        ("qwen2", {"method": "lora", "precision": "fp32"}),
+    ):
+        cases.append(
+            Case(family, {**settings, "loss": "chunked", "seq_len": 64}, {"vocab_size": 2000})
+        )
     # activation offloading (saved tensors copied to host memory, back in backward)
     for family, settings, arch_changes in (
         ("llama", {"method": "full", "precision": "bf16"}, {}),

@@ -78,3 +78,27 @@ def fused_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     x = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     target = ids[:, 1:].reshape(-1)
     return FusedLinearCrossEntropy.apply(x, head.weight, target)
+
+
+CHUNKS = 8  # torchtune's num_output_chunks
+
+
+def chunked_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """torchtune's chunked output + CEWithChunkedOutputLoss: the LM head applied to 8
+    chunks of the sequence, each chunk's logits upcast to fp32 only inside its own
+    cross-entropy."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, base.base_model_prefix)
+    hidden = body(input_ids=ids).last_hidden_state
+    head = base.get_output_embeddings()
+    logits = [head(chunk) for chunk in hidden.chunk(CHUNKS, dim=1)]
+    labels = torch.nn.functional.pad(ids[:, 1:], (0, 1), value=IGNORE_INDEX)
+    total = torch.zeros((), dtype=torch.float32, device=ids.device)
+    for chunk, target in zip(logits, labels.chunk(CHUNKS, dim=1), strict=True):
+        total = total + torch.nn.functional.cross_entropy(
+            chunk.float().reshape(-1, chunk.shape[-1]),
+            target.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+    return total / (labels != IGNORE_INDEX).sum()

@@ -23,7 +23,7 @@ from ftmem.measure.build import (
     logical_numel,
     unique_params,
 )
-from ftmem.measure.fused_loss import fused_loss
+from ftmem.measure.fused_loss import chunked_loss, fused_loss
 from ftmem.measure.saved import (
     HostOffload,
     SavedRegistry,
@@ -111,7 +111,7 @@ def _forward(
     dtype: torch.dtype | None,
     device_type: str,
     grad_accum: int = 1,
-    fused: bool = False,
+    loss_impl: str = "standard",
     teacher: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     ctx = (
@@ -123,8 +123,10 @@ def _forward(
         warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed-API notices
         if teacher is not None:
             loss = _distillation_loss(model, teacher, ids)
-        elif fused:
+        elif loss_impl == "fused":
             loss = fused_loss(model, ids)
+        elif loss_impl == "chunked":
+            loss = chunked_loss(model, ids)
         else:
             out = model(input_ids=ids, labels=ids)
             loss = out.loss
@@ -311,8 +313,7 @@ def _run(
     by_op: dict[str, int] = {}
 
     def forward() -> torch.Tensor:
-        fused = run.loss == "fused"
-        return _forward(model, ids, built.autocast_dtype, dev.type, accum, fused, teacher_model)
+        return _forward(model, ids, built.autocast_dtype, dev.type, accum, run.loss, teacher_model)
 
     # warm-up steps: optimizer states get created
     for i in range(steps - 1):
