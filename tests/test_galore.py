@@ -81,3 +81,22 @@ def test_activation_offload_moves_activations_to_the_host() -> None:
     assert off.memory.activations_bytes == 0
     assert f"{plain.memory.activations_bytes:,} bytes" in " ".join(off.notes)
     assert off.memory.peak_allocated_bytes < plain.memory.peak_allocated_bytes / 2
+
+
+def test_8bit_galore_states_by_hand() -> None:
+    """GaLoreAdamW8bit: bitsandbytes' blockwise 8-bit moments of each projected gradient
+    (one byte per value and an fp32 absmax per 256, twice) and the bf16 projector; plain
+    tensors of 4096 values or more likewise 8-bit, and one pair of shared code books."""
+
+    def eight_bit(n: int) -> int:
+        return 2 * n + 2 * 4 * -(-n // 256)
+
+    per_block = (
+        4 * eight_bit(R * H)  # q, k, v, o projected: 128 × 4096
+        + 3 * eight_bit(R * F)  # gate, up, down: 128 × 11008
+        + 7 * R * H * 2  # projectors, bf16
+        + 2 * eight_bit(H)  # the two norms: 4096 values, just at bitsandbytes' 8-bit minimum
+    )
+    plain = 2 * eight_bit(V * H) + eight_bit(H)  # embedding, head, the final norm
+    est = estimate("llama2-7b", method="galore", optimizer="adamw-8bit")
+    assert est.memory.optimizer_states_bytes == L * per_block + plain + 2 * 256 * 4
