@@ -30,7 +30,7 @@ EXPECTED = {
         "llama3.1-8b",
         dict(method="lora", lora_r=8, lora_alpha=16, lora_targets="q,v,o,gate,up,down",
              precision="bf16", adapter_dtype="bf16", seq_len=2048, batch_size=2, grad_accum=8,
-             grad_ckpt=True, optimizer="adamw", optimizer_impl="fused"),
+             grad_ckpt=True, optimizer="adamw", optimizer_impl="fused", loss="chunked"),
     ),
     "trl-sft-mistral-7b.json": (
         "trl",
@@ -93,9 +93,47 @@ def test_ignored_keys_are_listed_not_dropped():
     assert "not read by ftmem: " in note and "xformers_attention" in note
 
 
-def test_unmodelled_framework_features_are_noted():
-    cfg = read_framework_config(str(SAMPLES / "torchtune-lora-llama3.1-8b.yaml"))
-    assert any("chunked cross-entropy is not modelled" in n for n in cfg.notes)
+def test_framework_memory_features_map_to_settings(tmp_path):
+    """Each framework's own memory features become ftmem settings, not notes."""
+    (tmp_path / "tt.yaml").write_text(
+        "model:\n  _component_: torchtune.models.llama3_1.lora_llama3_1_8b\n"
+        "loss:\n  _component_: torchtune.modules.loss.CEWithChunkedOutputLoss\n"
+        "enable_activation_offloading: True\noptimizer_in_bwd: True\n"
+    )
+    tt = read_framework_config(str(tmp_path / "tt.yaml")).settings
+    assert (tt["loss"], tt["activation_offload"], tt["optimizer_in_backward"]) == (
+        "chunked",
+        True,
+        True,
+    )
+    (tmp_path / "axo.yml").write_text(
+        "base_model: meta-llama/Llama-2-7b-hf\nadapter: lora\npeft_use_rslora: true\n"
+        "liger_fused_linear_cross_entropy: true\nactivation_offloading: true\n"
+    )
+    axo = read_framework_config(str(tmp_path / "axo.yml")).settings
+    assert (axo["method"], axo["loss"], axo["activation_offload"]) == ("rslora", "fused", True)
+    (tmp_path / "relora.yml").write_text(
+        "base_model: meta-llama/Llama-2-7b-hf\nadapter: lora\nrelora_steps: 150\n"
+    )
+    assert read_framework_config(str(tmp_path / "relora.yml")).settings["method"] == "relora"
+    (tmp_path / "trl.json").write_text(json.dumps({
+        "model_name_or_path": "meta-llama/Llama-2-7b-hf", "use_liger_kernel": True,
+        "optim": "galore_adamw_8bit_layerwise", "optim_args": "rank=64, update_proj_gap=100",
+        "optim_target_modules": ["attn", "mlp"],
+    }))  # fmt: skip
+    trl = read_framework_config(str(tmp_path / "trl.json")).settings
+    assert trl["method"] == "galore" and trl["optimizer"] == "adamw-8bit"
+    assert (trl["galore_rank"], trl["galore_targets"]) == (64, "all-linear")
+    assert trl["optimizer_in_backward"] is True and trl["loss"] == "fused"
+    (tmp_path / "lf.yaml").write_text(
+        "model_name_or_path: meta-llama/Llama-2-7b-hf\nfinetuning_type: full\n"
+        "use_galore: true\ngalore_rank: 32\ngalore_target: all\nenable_liger_kernel: true\n"
+    )
+    lf = read_framework_config(str(tmp_path / "lf.yaml")).settings
+    assert (lf["method"], lf["galore_rank"], lf["loss"]) == ("galore", 32, "fused")
+    # and every one of them estimates
+    for settings in (axo, trl, lf):
+        estimate("llama2-7b", **{k: v for k, v in settings.items() if k != "model"})
 
 
 def test_deepspeed_config_next_to_the_training_config(tmp_path):

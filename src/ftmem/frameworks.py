@@ -4,9 +4,10 @@ TrainingArguments, LitGPT and LLaMA-Factory.
 Each reader maps the keys that change memory (base model, adapter, rank, targets,
 sequence length, micro-batch, accumulation, checkpointing, optimizer, precision,
 attention, DeepSpeed / FSDP) onto the settings of :func:`ftmem.estimate`; every other
-key is listed as ignored, never silently dropped. Framework features ftmem does not
-model yet (chunked loss, activation offloading, optimizer-in-backward) become notes:
-the estimate is then an upper bound.
+key is listed as ignored, never silently dropped. The frameworks' own memory features
+map onto ftmem's: chunked and fused losses (torchtune, Liger), activation offloading,
+optimizer-in-backward, GaLore (HF ``galore_adamw*`` optimizers, LLaMA-Factory), rsLoRA
+and ReLoRA; features ftmem does not model become notes.
 """
 
 from __future__ import annotations
@@ -145,13 +146,46 @@ def _targets(modules: Any) -> str | None:
 
 
 def _hf_optimizer(name: str, cfg: FrameworkConfig, key: str) -> None:
-    opt = HF_OPTIMIZERS.get(str(name).lower())
+    lowered = str(name).lower()
+    if lowered.startswith("galore_adamw"):
+        # transformers' GaLore optimizers: full finetuning with projected states
+        if cfg.settings.get("method", "full") == "full":
+            cfg.settings["method"] = "galore"
+        cfg.settings["optimizer"] = "adamw-8bit" if "8bit" in lowered else "adamw"
+        if lowered.endswith("layerwise"):
+            cfg.settings["optimizer_in_backward"] = True
+        return
+    opt = HF_OPTIMIZERS.get(lowered)
     if opt is None:
         cfg.notes.append(f"{key}: {name} is not modelled; the estimate assumes AdamW.")
         return
     cfg.settings["optimizer"] = opt[0]
     if opt[1]:
         cfg.settings["optimizer_impl"] = opt[1]
+
+
+def _galore_args(data: dict[str, Any], cfg: FrameworkConfig) -> None:
+    """transformers' GaLore settings: ``optim_args`` ("rank=64, ...") and
+    ``optim_target_modules`` (names or regular expressions of the projected linears)."""
+    if cfg.settings.get("method") != "galore":
+        return
+    args = dict(
+        item.split("=", 1)
+        for item in str(data.get("optim_args") or "").replace(" ", "").split(",")
+        if "=" in item
+    )
+    if "rank" in args:
+        cfg.settings["galore_rank"] = int(args["rank"])
+    targets = data.get("optim_target_modules")
+    if targets:
+        names = [targets] if isinstance(targets, str) else list(targets)
+        words = {str(n).strip(".*").lower() for n in names}
+        if {"attn", "mlp"} <= words or {"self_attn", "mlp"} <= words:
+            cfg.settings["galore_targets"] = "all-linear"
+        elif words <= {"attn", "self_attn", "attention"}:
+            cfg.settings["galore_targets"] = "attention"
+        else:
+            cfg.notes.append(f"optim_target_modules {names}: read as every linear of the blocks.")
 
 
 def _strategy_from_deepspeed(value: Any, base: Path, cfg: FrameworkConfig) -> None:
@@ -280,6 +314,14 @@ def _axolotl(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]
             s["lora_targets"] = "all-linear"
         elif data.get("lora_target_modules"):
             s["lora_targets"] = _targets(data["lora_target_modules"])
+    if data.get("peft_use_rslora") and s.get("method") == "lora":
+        s["method"] = "rslora"
+    if data.get("relora_steps") and s.get("method") == "lora":
+        s["method"] = "relora"
+    if data.get("liger_fused_linear_cross_entropy"):
+        s["loss"] = "fused"
+    if data.get("activation_offloading"):
+        s["activation_offload"] = True
     if data.get("lora_modules_to_save") and "method" in s:
         names = [str(n) for n in data["lora_modules_to_save"]]
         kinds = {
@@ -328,6 +370,10 @@ def _axolotl(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]
         "lora_target_modules",
         "lora_modules_to_save",
         "unfrozen_parameters",
+        "peft_use_rslora",
+        "relora_steps",
+        "liger_fused_linear_cross_entropy",
+        "activation_offloading",
         "sequence_len",
         "micro_batch_size",
         "gradient_accumulation_steps",
@@ -430,17 +476,13 @@ def _torchtune(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[st
         cfg.notes.append(f"optimizer {opt} is not modelled; the estimate assumes AdamW.")
     loss = str((data.get("loss") or {}).get("_component_", ""))
     if "Chunked" in loss:
-        cfg.notes.append(
-            "loss: chunked cross-entropy is not modelled yet: the logits are counted whole "
-            "(an upper bound)."
-        )
-    for key, what in (
-        ("enable_activation_offloading", "activation offloading"),
-        ("optimizer_in_bwd", "optimizer-in-backward"),
-        ("compile", "torch.compile"),
-    ):
-        if data.get(key):
-            cfg.notes.append(f"{key}: {what} is not modelled yet; the estimate is without it.")
+        s["loss"] = "chunked"
+    if data.get("enable_activation_offloading"):
+        s["activation_offload"] = True
+    if data.get("optimizer_in_bwd"):
+        s["optimizer_in_backward"] = True
+    if data.get("compile"):
+        cfg.notes.append("compile: torch.compile is not modelled; the estimate is without it.")
     return {
         "model",
         "dtype",
@@ -486,6 +528,9 @@ def _hf_trainer(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[s
         s["grad_ckpt"] = True
     if data.get("optim"):
         _hf_optimizer(data["optim"], cfg, "optim")
+        _galore_args(data, cfg)
+    if data.get("use_liger_kernel"):
+        s["loss"] = "fused"  # Liger's fused linear cross-entropy replaces the LM head + loss
     _hf_trainer_precision(
         data, cfg, init.get("torch_dtype") or init.get("dtype") or data.get("torch_dtype")
     )
@@ -527,6 +572,9 @@ def _hf_trainer(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[s
         "gradient_checkpointing_kwargs",
         "dataset_text_field",
         "tf32",
+        "use_liger_kernel",
+        "optim_args",
+        "optim_target_modules",
     }
 
 
@@ -672,10 +720,19 @@ def _llama_factory(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> se
         s["attn"] = ATTENTION.get(str(data["flash_attn"]), "sdpa")
     if data.get("deepspeed"):
         _strategy_from_deepspeed(data["deepspeed"], base, cfg)
-    for key, what in (
-        ("use_unsloth", "Unsloth's kernels"),
-        ("enable_liger_kernel", "Liger's fused kernels"),
-    ):
+    if data.get("enable_liger_kernel"):
+        s["loss"] = "fused"  # Liger's fused linear cross-entropy (its other kernels aside)
+    if data.get("use_rslora") and s.get("method") == "lora":
+        s["method"] = "rslora"
+    if data.get("use_galore") and s.get("method") == "full":
+        s["method"] = "galore"
+        if data.get("galore_rank"):
+            s["galore_rank"] = data["galore_rank"]
+        target = str(data.get("galore_target") or "all")
+        s["galore_targets"] = "all-linear" if target == "all" else _targets(target)
+        if data.get("galore_layerwise"):
+            s["optimizer_in_backward"] = True
+    for key, what in (("use_unsloth", "Unsloth's kernels"),):
         if data.get(key):
             cfg.notes.append(f"{key}: {what} are not modelled; the estimate is without them.")
     return {
@@ -701,6 +758,11 @@ def _llama_factory(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> se
         "stage",
         "use_unsloth",
         "enable_liger_kernel",
+        "use_rslora",
+        "use_galore",
+        "galore_rank",
+        "galore_target",
+        "galore_layerwise",
         "packing",
     }
 
