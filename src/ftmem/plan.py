@@ -94,13 +94,42 @@ def _optimizer(s: Settings) -> list[Change]:
     return [_change("optimizer", "8-bit AdamW (bitsandbytes)", 3, optimizer="adamw-8bit")]
 
 
+def _loss(s: Settings) -> list[Change]:
+    if s.get("loss", "standard") != "standard":
+        return []
+    return [_change("loss", "Liger's fused linear cross-entropy (no full logits)", 1, loss="fused")]
+
+
+def _activation_offload(s: Settings) -> list[Change]:
+    if s.get("activation_offload"):
+        return []
+    return [
+        _change("activations", "offload saved activations to host RAM", 4, activation_offload=True)
+    ]
+
+
+def _in_backward(s: Settings) -> list[Change]:
+    single = (s.get("gpus") or 1) * (s.get("nodes") or 1) == 1
+    if s.get("optimizer_in_backward") or s.get("grad_accum", 1) > 1 or not single:
+        return []
+    if s.get("method", "full") not in ("full", "freeze", "partial", "galore"):
+        return []  # adapters' gradients are small: nothing to gain
+    return [_change("in-backward", "optimizer step in backward (no gradient buffer)", 2,
+                    optimizer_in_backward=True)]  # fmt: skip
+
+
 LORA_RECIPE = {"lora_r": 16, "lora_targets": "all-linear"}  # QLoRA paper's choice of targets
 
 
 def _method(s: Settings) -> list[Change]:
     method = s.get("method", "full")
     if method in ("full", "freeze"):
+        galore = []
+        if s.get("optimizer", "adamw") in ("adamw", "adamw-8bit"):
+            galore = [_change("method", "GaLore (rank 128): full-rank training, projected "
+                              "Adam states", 5, method="galore")]  # fmt: skip
         return [
+            *galore,
             _change(
                 "method",
                 "LoRA r 16 on all linear layers instead of full",
@@ -174,6 +203,12 @@ def _offload(s: Settings) -> list[Change]:
 LEVERS: tuple[Lever, ...] = (
     Lever("attention", "none: the same math in a fused kernel, usually faster", _attention),
     Lever(
+        "loss",
+        "none: the same loss, computed in chunks (Liger-Kernel, Hsu et al. 2024, "
+        "arXiv:2410.10989); needs liger-kernel",
+        _loss,
+    ),
+    Lever(
         "checkpointing",
         "≈ +33 % step time: one more forward per step (backward ≈ 2 forwards; Chen et al. "
         "2016, arXiv:1604.06174)",
@@ -194,7 +229,9 @@ LEVERS: tuple[Lever, ...] = (
         "method",
         "adapters only: close to full finetuning on many tasks, below it on some (Hu et al. "
         "2021, arXiv:2106.09685; Biderman et al. 2024, arXiv:2405.09673); QLoRA matched 16-bit "
-        "LoRA (Dettmers et al. 2023, arXiv:2305.14314) with slower steps (dequantisation)",
+        "LoRA (Dettmers et al. 2023, arXiv:2305.14314) with slower steps (dequantisation); "
+        "GaLore keeps full-rank updates (Zhao et al. 2024, arXiv:2403.03507), an SVD every "
+        "200 steps",
         _method,
     ),
     Lever("rank", "fewer adapter parameters: less capacity", _rank),
@@ -204,6 +241,18 @@ LEVERS: tuple[Lever, ...] = (
         "more GPUs; ZeRO-3 gathers every layer each step: ≈ 1.5× DDP's communication "
         "(Rajbhandari et al. 2020)",
         _more_gpus,
+    ),
+    Lever(
+        "in-backward",
+        "none on the result with one micro-batch per step; no gradient accumulation, "
+        "gradient clipping per tensor only (torchtune's optimizer_in_bwd)",
+        _in_backward,
+    ),
+    Lever(
+        "activations",
+        "host transfers of every activation, partly overlapped with compute: slower steps "
+        "(torchtune's activation offloading)",
+        _activation_offload,
     ),
     Lever(
         "offload",
