@@ -337,6 +337,9 @@ REAL_SIZE_CASES = [
     RealSizeCase("llama2-13b", {"method": "lora", "precision": "bf16-mixed", "seq_len": 1024}),
     RealSizeCase("gpt2-xl", {"method": "full", "batch_size": 2, "seq_len": 1024}),
     RealSizeCase("phi3-mini", {"method": "lora", "grad_ckpt": True, "seq_len": 2048}),
+    RealSizeCase("llama2-7b", {"method": "ia3", "seq_len": 512}),
+    RealSizeCase("llama2-7b", {"method": "prompt-tuning", "seq_len": 512}),
+    RealSizeCase("llama2-7b", {"method": "adapter", "seq_len": 512}),
 ]
 
 # id -> reason; run as strict xfail
