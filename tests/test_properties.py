@@ -194,3 +194,49 @@ def test_config_file_round_trip_through_the_cli(cfg, tmp_path_factory):
     path.write_text(json.dumps(cfg))
     with contextlib.suppress(FtmemError):
         load_config_json(path)
+
+
+new_methods = st.sampled_from(
+    ["ia3", "prompt-tuning", "prefix-tuning", "p-tuning", "rslora", "longlora", "relora",
+     "adapter", "galore", "bitfit", "partial"]
+)  # fmt: skip
+features = st.fixed_dictionaries(
+    {
+        "method": new_methods,
+        "precision": precisions,
+        "batch_size": st.integers(1, 8),
+        "seq_len": st.integers(1, 1024),
+        "grad_ckpt": st.booleans(),
+        "loss": st.sampled_from(["standard", "chunked", "fused"]),
+        "activation_offload": st.booleans(),
+        "optimizer_in_backward": st.booleans(),
+    }
+)
+
+
+def _feature_settings(run: dict) -> dict:
+    out = dict(run)
+    if out["method"] == "partial":
+        out["trainable_modules"] = "norm"
+    return out
+
+
+@given(model=st.sampled_from(PRESETS), run=features)
+def test_every_method_and_feature_gives_a_consistent_estimate_or_one_sentence(model, run):
+    """New methods and features in any combination: either a refusal (one FtmemError
+    sentence) or an estimate whose parts add up and grow with the sequence."""
+    if not _fits_learned_positions(model, {**run, "seq_len": run["seq_len"] * 2 + 30}):
+        return
+    try:
+        m = estimate(model, **_feature_settings(run)).memory
+    except FtmemError as exc:
+        assert "\n" not in str(exc)
+        return
+    for key, value in m.model_dump().items():
+        if key.endswith("_bytes"):
+            assert isinstance(value, int) and value >= 0, key
+    assert m.at_peak.total == m.peak_allocated_bytes
+    assert m.peak_allocated_bytes == max(m.phases.forward, m.phases.backward, m.phases.optimizer)
+    assert m.peak_allocated_bytes >= m.weights_bytes + m.optimizer_states_bytes
+    longer = estimate(model, **_feature_settings({**run, "seq_len": run["seq_len"] * 2})).memory
+    assert longer.peak_allocated_bytes >= m.peak_allocated_bytes
