@@ -26,6 +26,7 @@ from ftmem.phases import StepSizes
 from ftmem.run import RunConfig
 from ftmem.transients import (
     block_backward_workspace,
+    checkpointed_attention_moment,
     forward_block_transient,
     frozen_forward_transient,
     logits_forward,
@@ -220,7 +221,10 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         # own gradients (the peak moves to the end of backward, measured)
         block_workspace=back + grads_block
         if offloaded
-        else block_backward_workspace(arch, run, plan, e, T),
+        else max(
+            block_backward_workspace(arch, run, plan, e, T),
+            checkpointed_attention_moment(arch, run, plan, cache[block_states[-1]], e),
+        ),
         # the final norm's backward, its fp32 input still saved
         head_workspace=norm_backward_workspace(arch, e, T) + T * h * FP32,
         recompute=recompute,

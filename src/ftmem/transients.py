@@ -166,6 +166,42 @@ def norm_backward_workspace(arch: Architecture, e: int, T: int) -> int:
     return 4 * T * h * FP32 + T * h * e
 
 
+# Items of a block's saved list that belong to the MLP side (freed, in a checkpointed
+# block's backward, before its attention's backward starts).
+_MLP_SIDE = (
+    "MLP",
+    "gate",
+    "up ",
+    "up_proj",
+    "down",
+    "expert",
+    "router",
+    "routed",
+    "post-attention norm",
+    "pre-feedforward norm",
+    "post-feedforward norm",
+    "c_fc",
+    "dense_h_to_4h",
+    "dense_4h_to_h",
+)
+
+
+def checkpointed_attention_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int
+) -> int:
+    """A checkpointed block's backward with eager attention: its recomputed attention
+    side still held (the MLP side freed) while the softmax's backward holds the
+    probabilities' gradient and its fp32 result (e + 4 bytes per score; fp32 scores:
+    8; measured). Returned relative to the whole recomputed block."""
+    if not (run.grad_ckpt and runs_eager(arch, run)):
+        return 0
+    s = run.positions
+    per_score = 8 if arch.family == "falcon" or e == FP32 else e + FP32
+    scores = run.batch_size * arch.num_heads * s * (s + run.prefix_len) * per_score
+    mlp_side = sum(x.nbytes for x in block if x.what.startswith(_MLP_SIDE))
+    return scores - mlp_side
+
+
 def block_backward_workspace(
     arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
 ) -> int:
@@ -190,7 +226,10 @@ def block_backward_workspace(
         cast_grad = T * arch.hidden_size * BYTES_PER_ELEMENT[dt.adapter]
     mlp = mlp_backward_workspace(arch, plan, e, T)
     if run.grad_ckpt:
-        return mlp + cast_grad
+        # Gemma-2's post-feedforward norm is the first backward of the block, with all
+        # of its recomputed activations still there (measured)
+        post_norm = norm_backward_workspace(arch, e, T) if arch.norms_per_block == 4 else 0
+        return max(mlp, post_norm) + cast_grad
     return max(mlp, attn, norm_backward_workspace(arch, e, T)) + cast_grad
 
 

@@ -293,6 +293,12 @@ def _matrix() -> list[Case]:
         ("gemma2", "mlp", {"precision": "bf16"}),
     ):
         cases.append(Case(family, {"method": "partial", "trainable_modules": pattern, **extra}))
+    # checkpointing with eager attention (Gemma-2 always runs eager)
+    for family, attn in (("llama", "eager"), ("gemma2", "sdpa")):
+        for m in ("full", "lora"):
+            cases.append(
+                Case(family, {"method": m, "precision": "bf16", "attn": attn, "grad_ckpt": True})
+            )
     # optimizers
     for opt in ("sgd", "sgd-momentum", "adafactor"):
         for precision in ("fp32", "bf16"):
