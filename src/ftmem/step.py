@@ -16,6 +16,7 @@ from ftmem.activations import (
     Saved,
     block_saved,
     outer_saved,
+    runs_eager,
 )
 from ftmem.arch import Architecture, layout
 from ftmem.distill import Teacher, distill_sizes
@@ -158,6 +159,16 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         # each checkpointed block keeps only its input; backward recomputes one block
         per_block_kept = [T * h * plan.dtypes.residual_bytes if b else 0 for b in per_block]
         recompute = max(per_block)
+        if arch.family == "gpt2" and runs_eager(arch, run) and any(per_block):
+            # GPT-2's eager path passes every block a float (b, 1, s, s) causal mask,
+            # which checkpointing keeps as an input (one storage for all blocks)
+            s_len = run.positions
+            mask = Saved(
+                "eager attention mask (kept by checkpointing)", run.batch_size * s_len * s_len * e
+            )
+            outer_below.append(mask)
+            outer_items.append(mask)
+            outer += mask.nbytes
     else:
         per_block_kept = per_block
         recompute = 0

@@ -196,7 +196,12 @@ def checkpointed_attention_moment(
     if not (run.grad_ckpt and runs_eager(arch, run)):
         return 0
     s = run.positions
-    per_score = 8 if arch.family == "falcon" or e == FP32 else e + FP32
+    if arch.family == "falcon" or e == FP32:
+        per_score = 2 * FP32
+    elif arch.family == "gpt2":
+        per_score = 2 * e  # GPT-2 takes its softmax in the compute dtype
+    else:
+        per_score = e + FP32
     scores = run.batch_size * arch.num_heads * s * (s + run.prefix_len) * per_score
     mlp_side = sum(x.nbytes for x in block if x.what.startswith(_MLP_SIDE))
     return scores - mlp_side

@@ -294,7 +294,7 @@ def _matrix() -> list[Case]:
     ):
         cases.append(Case(family, {"method": "partial", "trainable_modules": pattern, **extra}))
     # checkpointing with eager attention (Gemma-2 always runs eager)
-    for family, attn in (("llama", "eager"), ("gemma2", "sdpa")):
+    for family, attn in (("llama", "eager"), ("gemma2", "sdpa"), ("gpt2", "eager")):
         for m in ("full", "lora"):
             cases.append(
                 Case(family, {"method": m, "precision": "bf16", "attn": attn, "grad_ckpt": True})
