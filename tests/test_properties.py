@@ -240,3 +240,24 @@ def test_every_method_and_feature_gives_a_consistent_estimate_or_one_sentence(mo
     assert m.peak_allocated_bytes >= m.weights_bytes + m.optimizer_states_bytes
     longer = estimate(model, **_feature_settings({**run, "seq_len": run["seq_len"] * 2})).memory
     assert longer.peak_allocated_bytes >= m.peak_allocated_bytes
+
+
+@given(
+    model=st.sampled_from(PRESETS),
+    k=st.integers(2, 8),
+    dtype=st.sampled_from(["bf16", "fp16", "fp32"]),
+    shard=st.integers(0, 10**10),
+)
+def test_merge_memory_is_consistent(model, k, dtype, shard):
+    """A weighted merge: the result has the input's size; streaming needs less than
+    holding every model; more models never need less."""
+    from ftmem.merge import MergeConfig, merge_estimate
+
+    arch = model_presets()[model]
+    streamed = merge_estimate(arch, MergeConfig(models=k, dtype=dtype, shard_bytes=shard))
+    whole = merge_estimate(arch, MergeConfig(models=k, dtype=dtype, streamed=False))
+    more = merge_estimate(arch, MergeConfig(models=k + 1, dtype=dtype, streamed=False))
+    e = {"bf16": 2, "fp16": 2, "fp32": 4}[dtype]
+    assert streamed.result_bytes == whole.result_bytes == streamed.result_params * e
+    assert streamed.peak_bytes <= whole.peak_bytes
+    assert more.peak_bytes > whole.peak_bytes
