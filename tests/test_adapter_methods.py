@@ -28,7 +28,7 @@ def test_houlsby_and_pfeiffer_counts() -> None:
 def test_adapters_refuse_a_moe_mlp_and_foreign_options() -> None:
     with pytest.raises(InvalidInputError, match="mixture of experts"):
         estimate("mixtral-8x7b", method="adapter")
-    with pytest.raises(InvalidInputError, match="only apply to --method adapter"):
+    with pytest.raises(InvalidInputError, match="only applies to adapter"):
         estimate("llama2-7b", method="lora", adapter_size=32)
 
 

@@ -121,7 +121,7 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         "lora-r-with-full",
         ["estimate", "gpt2", "--method", "full", "--lora-r", "8"],
         {},
-        "--lora-r only apply",
+        "--lora-r only applies",
     ),
     ("lora-alpha-with-full", ["estimate", "gpt2", "--lora-alpha", "16"], {}, "--lora-alpha"),
     (
@@ -140,19 +140,19 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         "quant-with-lora",
         ["estimate", "gpt2", "--method", "lora", "--quant", "nf4"],
         {},
-        "only apply to --method qlora",
+        "only applies to qlora",
     ),
     (
         "double-quant-with-full",
         ["estimate", "gpt2", "--double-quant"],
         {},
-        "only apply to --method qlora",
+        "only applies to qlora",
     ),
     (
         "layers-with-lora",
         ["estimate", "gpt2", "--method", "lora", "--trainable-layers", "2"],
         {},
-        "only applies to --method freeze",
+        "only applies to freeze",
     ),
     (
         "autocast-fp32",
@@ -417,7 +417,7 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         "modules-to-save-full",
         ["estimate", "llama2-7b", "--lora-modules-to-save", "head"],
         {},
-        "only apply to lora",
+        "--lora-modules-to-save only applies to lora,",
     ),
     (
         "modules-to-save-tied",
@@ -437,7 +437,7 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         "bitfit-lora-option",
         ["estimate", "qwen2.5-7b", "--method", "bitfit", "--lora-r", "8"],
         {},
-        "only apply to lora",
+        "--lora-r only applies to lora,",
     ),
     # serve
     ("serve-bad-weights", ["serve", "gpt2", "--weights", "int3"], {}, "--weights"),
@@ -538,7 +538,7 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         "virtual-tokens-lora",
         ["estimate", "llama2-7b", "--method", "lora", "--virtual-tokens", "8"],
         {},
-        "only apply to prompt-tuning",
+        "only applies to prompt-tuning",
     ),
     (
         "galore-sgd",

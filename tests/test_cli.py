@@ -115,7 +115,7 @@ def test_config_json_source(tmp_path):
         (["estimate", "gpt2", "--gpu", "rtx9090"], "Unknown gpu 'rtx9090'"),
         (["estimate", "gpt2", "--batch-size", "-1"], "--batch-size"),
         (["estimate", "gpt2", "--seq-len", "0"], "--seq-len"),
-        (["estimate", "gpt2", "--method", "full", "--lora-r", "8"], "--lora-r only apply"),
+        (["estimate", "gpt2", "--method", "full", "--lora-r", "8"], "--lora-r only applies"),
         (["estimate", "gpt2", "--method", "banana"], "--method"),
         (["estimate", "gpt2", "--gpu-memory", "24g"], "Unknown size unit"),
         (["estimate", "gpt2", "--gpu", "t4", "--gpu-memory", "24GiB"], "not both"),

@@ -42,7 +42,7 @@ def test_fp32_projector_keeps_the_whole_svd_factor() -> None:
 def test_galore_needs_adam_and_its_own_options() -> None:
     with pytest.raises(InvalidInputError, match="GaLore projects Adam"):
         estimate("llama2-7b", method="galore", optimizer="sgd")
-    with pytest.raises(InvalidInputError, match="only apply to --method galore"):
+    with pytest.raises(InvalidInputError, match="only applies to galore"):
         estimate("llama2-7b", method="lora", galore_rank=64)
     eight = estimate("llama2-7b", method="galore", optimizer="adamw-8bit")
     assert (

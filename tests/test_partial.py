@@ -57,7 +57,7 @@ def test_only_the_head_trains_nothing_below_keeps_activations() -> None:
     ("settings", "message"),
     [
         ({"method": "partial"}, "needs --trainable-modules"),
-        ({"method": "full", "trainable_modules": "mlp"}, "needs --trainable-modules"),
+        ({"method": "full", "trainable_modules": "mlp"}, "only applies to partial"),
         ({"method": "partial", "trainable_modules": " , "}, "is empty"),
         ({"method": "partial", "trainable_modules": "mlp(["}, "not a regular expression"),
         ({"method": "partial", "trainable_modules": "mlp,experts"}, "'experts' matches no"),

@@ -140,11 +140,11 @@ def test_prefix_tuning_refuses_falcon_and_checkpointing() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"method": "lora", "virtual_tokens": 8}, "only apply to prompt-tuning"),
-        ({"method": "ia3", "lora_r": 8}, "only apply to lora"),
-        ({"method": "lora", "ia3_targets": "k,v"}, "only applies to --method ia3"),
-        ({"method": "prompt-tuning", "prompt_encoder": "lstm"}, "only applies to --method p"),
-        ({"method": "p-tuning", "prefix_projection": True}, "only applies to --method prefix"),
+        ({"method": "lora", "virtual_tokens": 8}, "only applies to prompt-tuning"),
+        ({"method": "ia3", "lora_r": 8}, "only applies to lora"),
+        ({"method": "lora", "ia3_targets": "k,v"}, "only applies to ia3"),
+        ({"method": "prompt-tuning", "prompt_encoder": "lstm"}, "only applies to p-tuning"),
+        ({"method": "p-tuning", "prefix_projection": True}, "only applies to prefix-tuning"),
         ({"method": "prefix-tuning", "encoder_hidden": 64}, "with --prefix-projection only"),
         ({"method": "ia3", "ia3_targets": " , "}, "is empty"),
         ({"method": "ia3", "ia3_targets": "gate,nonsense"}, "matches no linear layer"),

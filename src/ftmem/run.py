@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
@@ -98,6 +98,11 @@ def split_patterns(spec: str) -> list[str]:
             current += ch
     items.append(current)
     return [x.strip() for x in items if x.strip()]
+
+
+def _listing(items: list[str]) -> str:
+    """a, b and c"""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def settings_for(method: str, settings: dict[str, object]) -> dict[str, object]:
@@ -200,26 +205,11 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:
-        lora_opts = {
-            "--lora-r": self.lora_r,
-            "--lora-alpha": self.lora_alpha,
-            "--lora-targets": self.lora_targets,
-            "--lora-dropout": self.lora_dropout,
-            "--lora-modules-to-save": self.lora_modules_to_save,
-        }
-        if self.method not in ADAPTER_METHODS:
-            given = [k for k, v in lora_opts.items() if v is not None]
-            if given or (self.adapter_dtype != "auto" and self.method not in ("ia3", "adapter")):
-                opts = ", ".join(given or ["--adapter-dtype"])
-                raise ValueError(
-                    f"{opts} only apply to lora, rslora, qlora and dora, not --method {self.method}"
-                )
-        if self.method != "galore" and (
-            self.galore_rank is not None or self.galore_targets is not None
-        ):
+        self._method_settings_fit()
+        if self.method == "partial" and self.trainable_modules is None:
             raise ValueError(
-                f"--galore-rank and --galore-targets only apply to --method galore, "
-                f"not {self.method}"
+                "--method partial needs --trainable-modules (regular expressions over "
+                "parameter names, e.g. self_attn,lm_head)"
             )
         if self.method == "galore" and self.optimizer not in GALORE_OPTIMIZERS:
             raise ValueError(
@@ -231,36 +221,9 @@ class RunConfig(BaseModel):
                 "--optimizer-in-backward steps every micro-batch: it cannot accumulate "
                 "gradients; drop --grad-accum"
             )
-        if self.method != "adapter" and (
-            self.adapter_size is not None or self.adapter_placement is not None
-        ):
-            raise ValueError(
-                f"--adapter-size and --adapter-placement only apply to --method adapter, "
-                f"not {self.method}"
-            )
-        if self.method != "ia3" and self.ia3_targets is not None:
-            raise ValueError(f"--ia3-targets only applies to --method ia3, not {self.method}")
         if self.ia3_targets is not None and not self.ia3_targets.strip(" ,"):
             raise ValueError("--ia3-targets is empty; give e.g. k,v,down")
-        prompt_opts = {
-            "--virtual-tokens": self.virtual_tokens,
-            "--prefix-projection": self.prefix_projection,
-            "--encoder-hidden": self.encoder_hidden,
-            "--prompt-encoder": self.prompt_encoder,
-        }
-        wrong = [k for k, v in prompt_opts.items() if v is not None]
-        if self.method not in PROMPT_METHODS and wrong:
-            raise ValueError(
-                f"{', '.join(wrong)} only apply to prompt-tuning, prefix-tuning and p-tuning, "
-                f"not --method {self.method}"
-            )
-        if self.prompt_encoder is not None and self.method != "p-tuning":
-            raise ValueError("--prompt-encoder only applies to --method p-tuning")
-        if self.prefix_projection is not None and self.method != "prefix-tuning":
-            raise ValueError("--prefix-projection only applies to --method prefix-tuning")
-        if self.encoder_hidden is not None and not (
-            self.method == "p-tuning" or self.prefix_projection
-        ):
+        if self.method == "prefix-tuning" and self.encoder_hidden and not self.prefix_projection:
             raise ValueError(
                 "--encoder-hidden applies to p-tuning and to prefix-tuning with "
                 "--prefix-projection only"
@@ -269,12 +232,6 @@ class RunConfig(BaseModel):
             raise ValueError(
                 "prefix-tuning does not work with gradient checkpointing (peft refuses it: "
                 "the prefix lives in the KV cache); drop --grad-ckpt"
-            )
-        quant_opts = self.quant is not None or self.double_quant is not None or self.compute_dtype
-        if self.method != "qlora" and quant_opts:
-            raise ValueError(
-                f"--quant, --double-quant and --compute-dtype only apply to --method qlora, "
-                f"not --method {self.method}"
             )
         if self.quant == "int4" and self.double_quant is not None:
             raise ValueError("--double-quant applies to bitsandbytes' nf4/fp4, not --quant int4")
@@ -291,16 +248,25 @@ class RunConfig(BaseModel):
             raise ValueError("--autocast needs a 16-bit compute dtype; use --precision bf16-mixed")
         if self.autocast is False and self.precision.endswith("-mixed"):
             raise ValueError(f"--precision {self.precision} means autocast; drop --no-autocast")
-        if (self.method == "partial") != (self.trainable_modules is not None):
-            raise ValueError(
-                "--method partial needs --trainable-modules (regular expressions over "
-                "parameter names, e.g. self_attn,lm_head), and only it takes them"
-            )
-        if self.method != "freeze" and self.trainable_layers is not None:
-            raise ValueError(
-                f"--trainable-layers only applies to --method freeze, not {self.method}"
-            )
         return self
+
+    def _method_settings_fit(self) -> None:
+        """Settings that belong to other methods (METHOD_SETTINGS) are refused, the
+        first group of them in one sentence."""
+        wrong: dict[frozenset[str], list[str]] = {}
+        for name, methods in METHOD_SETTINGS.items():
+            value = getattr(self, name)
+            if value is None or (name == "adapter_dtype" and value == "auto"):
+                continue
+            if self.method not in methods:
+                wrong.setdefault(methods, []).append("--" + name.replace("_", "-"))
+        if wrong:
+            methods, flags = next(iter(wrong.items()))
+            verb = "applies" if len(flags) == 1 else "apply"
+            order = [m for m in get_args(Method) if m in methods]
+            raise ValueError(
+                f"{_listing(flags)} only {verb} to {_listing(order)}, not --method {self.method}"
+            )
 
     # Resolved values (what the report prints as the run actually estimated).
     @property
