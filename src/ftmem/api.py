@@ -3,7 +3,7 @@ CLI's estimate, plan and max print (docs/api.md)."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 
@@ -18,7 +18,7 @@ from ftmem.parallel import ParallelConfig
 from ftmem.plan import Plan, make_plan
 from ftmem.presets import get_gpu
 from ftmem.result import Estimate
-from ftmem.run import ADAPTER_METHODS, RunConfig, settings_for
+from ftmem.run import ADAPTER_METHODS, Method, RunConfig, settings_for
 from ftmem.search import Largest, largest_fitting
 from ftmem.serve import ServeConfig
 from ftmem.sources import resolve_model, source_notes
@@ -245,7 +245,8 @@ def search_bound(arch: Architecture, what: str, settings: dict[str, Any]) -> int
         )
     if what == "lora_r":
         if settings.get("method") not in ADAPTER_METHODS:
-            raise InvalidInputError("--for lora-r needs --method lora, rslora, qlora or dora.")
+            methods = [m for m in get_args(Method) if m in ADAPTER_METHODS]
+            raise InvalidInputError(f"--for lora-r needs --method {' / '.join(methods)}.")
         probe = run_config(**{k: v for k, v in settings.items() if k in ("method", "lora_targets")})
         return min(min(x.in_features, x.out_features) for x in adapted_linears(arch, probe))
     if what == "seq_len" and arch.position_embedding == "learned":

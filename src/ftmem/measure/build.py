@@ -461,7 +461,7 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
             p.requires_grad_(name.endswith(".bias"))
     elif run.method in PROMPT_METHODS or run.method == "ia3":
         model = _peft_other(model, arch, run)
-    else:  # lora, rslora, qlora, dora
+    else:  # the LoRA family (ADAPTER_METHODS)
         from peft import LoraConfig, get_peft_model
 
         targets = target_module_names(arch, run)
