@@ -122,9 +122,42 @@ TINY: dict[str, dict] = {
     ),
 }
 
+# Encoder-decoders, kept apart: they support a subset of the methods and features.
+# "flan-t5": T5 v1.1 / Flan-T5 (gated GELU, untied head); "t5": T5 v1.0 (ReLU, tied
+# head with the decoder output scaled). inner = heads x d_kv (144) differs from d_model.
+TINY_SEQ2SEQ: dict[str, dict] = {
+    "flan-t5": dict(
+        family="t5",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=6,
+        head_dim=24,
+        intermediate_size=160,
+        mlp="gated",
+        activation="gelu_tanh",
+        position_embedding="relative",
+        relative_attention_num_buckets=32,
+    ),
+    "t5": dict(
+        family="t5",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=6,
+        head_dim=24,
+        intermediate_size=160,
+        mlp="plain",
+        activation="relu",
+        position_embedding="relative",
+        tie_embeddings=True,
+    ),
+}
+
 
 def tiny(family: str, **changes: object) -> Architecture:
-    return Architecture(name=f"tiny-{family}", **{**TINY[family], **changes})
+    spec = TINY_SEQ2SEQ[family] if family in TINY_SEQ2SEQ else TINY[family]
+    return Architecture(name=f"tiny-{family}", **{**spec, **changes})
 
 
 @pytest.fixture(params=sorted(TINY))

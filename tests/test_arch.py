@@ -7,7 +7,7 @@ import pytest
 from ftmem.arch import Architecture, count_params, layout
 from ftmem.presets import get_model
 
-from .conftest import TINY, tiny
+from .conftest import TINY, TINY_SEQ2SEQ, tiny
 
 
 def test_mistral_7b_by_hand():
@@ -49,16 +49,11 @@ def test_inconsistent_heads_are_rejected():
 def test_layout_matches_transformers(family):
     """Every tensor name and shape of one block equals the real model's."""
     torch = pytest.importorskip("torch")
-    from transformers import AutoModelForCausalLM
-
-    from ftmem.measure.build import (
-        build_model,  # noqa: F401 - ensures the extra is present
-        hf_config,
-    )
+    from ftmem.measure.build import hf_config, model_class
 
     arch = tiny(family)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config(arch, "eager"))
+        model = model_class(arch).from_config(hf_config(arch, "eager"))
     real = {
         n: tuple(p.shape)
         for n, p in model.named_parameters()
@@ -71,6 +66,37 @@ def test_layout_matches_transformers(family):
     assert ours == real
     assert count_params(arch) == sum(p.numel() for p in model.parameters())
     assert len(real) == len(lay.outer) + len(lay.block)
+
+
+@pytest.mark.parametrize("variant", sorted(TINY_SEQ2SEQ))
+def test_t5_layout_matches_transformers(variant):
+    """Every T5 tensor (both stacks, every block) has the name and shape ftmem gives it;
+    the shared embedding and a tied head are one tensor."""
+    torch = pytest.importorskip("torch")
+    from ftmem.arch import param_path
+    from ftmem.measure.build import hf_config, model_from_config
+
+    arch = tiny(variant)
+    with torch.device("meta"):
+        model = model_from_config(arch, hf_config(arch, "eager"))
+    real = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    lay = layout(arch)
+    ours = {p.name: p.shape for p in lay.outer}
+    for i in range(arch.num_layers):
+        ours |= {param_path(arch, i, p.name): p.shape for p in lay.block}
+    assert ours == real
+    assert count_params(arch) == sum(p.numel() for p in model.parameters())
+
+
+def test_flan_t5_base_by_hand():
+    """d_model 768, 12 heads x 64, d_ff 2048 (gated), 12 + 12 blocks, vocab 32128."""
+    h, f, V, L, heads, buckets = 768, 2048, 32128, 12, 12, 32
+    attention = 4 * h * h
+    encoder_block = attention + 3 * h * f + 2 * h
+    decoder_block = 2 * attention + 3 * h * f + 3 * h
+    total = 2 * V * h + L * (encoder_block + decoder_block) + 2 * buckets * heads + 2 * h
+    assert total == 247_577_856
+    assert count_params(get_model("flan-t5-base")) == total
 
 
 def test_architecture_rejects_unknown_fields():

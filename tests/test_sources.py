@@ -195,3 +195,53 @@ def test_user_presets_folder_must_exist(monkeypatch):
     monkeypatch.setenv("FTMEM_PRESETS", "/no/such/presets")
     with pytest.raises(FtmemError, match="not a folder"):
         get_model("llama2-7b")
+
+
+# google/flan-t5-base's config.json (the keys that shape memory, as published)
+FLAN_T5_BASE_CFG = {
+    "architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "d_ff": 2048,
+    "d_kv": 64, "d_model": 768, "decoder_start_token_id": 0, "dense_act_fn": "gelu_new",
+    "dropout_rate": 0.1, "feed_forward_proj": "gated-gelu", "is_encoder_decoder": True,
+    "layer_norm_epsilon": 1e-06, "n_positions": 512, "num_decoder_layers": 12,
+    "num_heads": 12, "num_layers": 12, "relative_attention_max_distance": 128,
+    "relative_attention_num_buckets": 32, "tie_word_embeddings": False, "vocab_size": 32128,
+}  # fmt: skip
+
+
+def test_flan_t5_config_json_matches_the_preset(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(FLAN_T5_BASE_CFG))
+    arch = resolve_model(str(tmp_path))
+    preset = get_model("flan-t5-base")
+    assert count_params(arch) == 247_577_856 == count_params(preset)
+    fields = ("family", "mlp", "activation", "tie_embeddings", "dropout_rate", "head_dim")
+    assert {f: getattr(arch, f) for f in fields} == {f: getattr(preset, f) for f in fields}
+
+
+def test_t5_v1_config_ties_the_head(tmp_path):
+    cfg = {k: v for k, v in FLAN_T5_BASE_CFG.items() if k != "tie_word_embeddings"}
+    cfg.update(feed_forward_proj="relu", d_ff=3072)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    arch = resolve_model(str(tmp_path))
+    assert arch.tie_embeddings and arch.mlp == "plain" and arch.activation == "relu"
+    assert count_params(arch) == count_params(get_model("t5-base")) == 222_903_552
+
+
+def test_t5_with_unequal_stacks_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(FLAN_T5_BASE_CFG | {"num_decoder_layers": 6}))
+    with pytest.raises(ConfigError, match="12 encoder and 6 decoder layers"):
+        resolve_model(str(tmp_path))
+
+
+def test_t5_folder_saved_by_transformers(tmp_path):
+    pytest.importorskip("transformers")
+    from ftmem.measure.build import build_model
+    from ftmem.run import RunConfig
+
+    arch = tiny("flan-t5", dropout_rate=0.1)
+    model = build_model(arch, RunConfig(method="full", precision="bf16", device="cpu")).model
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = resolve_model(str(tmp_path))
+    assert count_params(loaded) == count_params(arch)
+    assert loaded.dropout_rate == 0.1 and not loaded.tie_embeddings
+    ckpt = read_checkpoint(tmp_path)
+    assert ckpt is not None and ckpt.nbytes == 2 * count_params(arch)

@@ -1,4 +1,5 @@
-"""Architecture schema and exact parameter counting for decoder-only transformers.
+"""Architecture schema and exact parameter counting for transformers (decoder-only, and
+T5's encoder-decoder).
 
 An :class:`Architecture` is plain data: a preset YAML, an HF ``config.json`` or
 anything else becomes one of these, and nothing downstream knows where it came
@@ -17,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 Family = Literal[
-    "llama", "mistral", "mixtral", "qwen2", "gemma", "gemma2", "phi3", "gpt2", "falcon"
+    "llama", "mistral", "mixtral", "qwen2", "gemma", "gemma2", "phi3", "gpt2", "falcon", "t5"
 ]
 ParamKind = Literal["linear", "linear_bias", "expert", "embedding", "norm", "router", "position"]
 # Roles a linear layer can play; LoRA targets are chosen by role or by module name.
@@ -27,7 +28,11 @@ MLP_ROLES: tuple[Role, ...] = ("gate", "up", "down")
 
 
 class Architecture(BaseModel):
-    """The shape of a decoder-only transformer: everything memory depends on."""
+    """The shape of a transformer: everything memory depends on.
+
+    An encoder-decoder (family ``t5``) has ``num_layers`` encoder blocks and as many
+    decoder blocks; its layout treats each encoder/decoder pair as one block.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,7 +63,7 @@ class Architecture(BaseModel):
     attention_out_bias: bool = False
     mlp_bias: bool = False
     tie_embeddings: bool = False
-    position_embedding: Literal["rotary", "learned", "alibi"] = "rotary"
+    position_embedding: Literal["rotary", "learned", "alibi", "relative"] = "rotary"
     max_position_embeddings: PositiveInt = 4096
     num_experts: PositiveInt = Field(1, description="MoE experts per layer (1 = dense MLP).")
     experts_per_token: PositiveInt = 1
@@ -66,6 +71,12 @@ class Architecture(BaseModel):
     final_logit_softcapping: float | None = None
     attn_logit_softcapping: float | None = Field(
         None, description="Gemma-2: tanh soft-capping of the attention scores."
+    )
+    relative_attention_num_buckets: PositiveInt = Field(
+        32, description="T5: buckets of the relative position bias (one table per stack)."
+    )
+    dropout_rate: float = Field(
+        0.0, ge=0.0, lt=1.0, description="T5: dropout in training (its configs ship 0.1)."
     )
 
     @model_validator(mode="after")
@@ -82,6 +93,12 @@ class Architecture(BaseModel):
             raise ValueError("norms_per_block 1 (one shared input norm) is a Falcon layout")
         if self.position_embedding == "learned" and self.family != "gpt2":
             raise ValueError("learned position embeddings are supported for the gpt2 family only")
+        if (self.position_embedding == "relative") != (self.family == "t5"):
+            raise ValueError("relative position buckets are the t5 family's, and only theirs")
+        if self.family == "t5" and (self.norm != "rmsnorm" or self.kv_heads != self.num_heads):
+            raise ValueError("t5 has RMS norms and as many key/value heads as heads")
+        if self.dropout_rate and self.family != "t5":
+            raise ValueError("dropout_rate is supported for the t5 family only")
         if self.is_moe and self.family != "mixtral":
             raise ValueError("num_experts > 1 is supported for the mixtral family only")
         if self.experts_per_token > self.num_experts:
@@ -110,6 +127,10 @@ class Architecture(BaseModel):
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 1
+
+    @property
+    def encoder_decoder(self) -> bool:
+        return self.family == "t5"
 
     @property
     def has_biases(self) -> bool:
@@ -226,8 +247,68 @@ _OUTER_NAMES: dict[str, tuple[str, str, str]] = {  # embedding, positions, final
 
 def block_prefix(arch: Architecture) -> str:
     """Where transformers keeps the decoder blocks: parameter names are
-    ``{prefix}.{i}.{name in the block}``."""
+    ``{prefix}.{i}.{name in the block}`` (T5: see :func:`param_path`)."""
+    if arch.encoder_decoder:
+        return "encoder.block"
     return "transformer.h" if arch.family in ("gpt2", "falcon") else "model.layers"
+
+
+def param_path(arch: Architecture, i: int, name: str) -> str:
+    """The real name of block ``i``'s parameter ``name``. A T5 pair block's names start
+    with their stack (``decoder.layer.1.EncDecAttention.q.weight`` is
+    ``decoder.block.{i}.layer.1.EncDecAttention.q.weight``)."""
+    if arch.encoder_decoder:
+        stack, _, rest = name.partition(".")
+        return f"{stack}.block.{i}.{rest}"
+    return f"{block_prefix(arch)}.{i}.{name}"
+
+
+def _t5_block(arch: Architecture) -> tuple[list[Linear], list[str]]:
+    """One encoder block and one decoder block of T5 (transformers' T5Block): self-
+    attention, the decoder's cross-attention (EncDecAttention, keys and values from the
+    encoder's output), and the feed-forward (wi_0/wi_1/wo gated, or wi/wo)."""
+    h, inner, ffn = arch.hidden_size, arch.q_size, arch.intermediate_size
+    linears: list[Linear] = []
+    norms: list[str] = []
+    for stack, attentions in (
+        ("encoder", ("SelfAttention",)),
+        ("decoder", ("SelfAttention", "EncDecAttention")),
+    ):
+        for j, attn in enumerate(attentions):
+            base = f"{stack}.layer.{j}.{attn}"
+            linears += [Linear(f"{base}.{r}", (r,), h, inner, False) for r in ("q", "k", "v")]
+            linears.append(Linear(f"{base}.o", ("o",), inner, h, False))
+            norms.append(f"{stack}.layer.{j}.layer_norm")
+        ff = f"{stack}.layer.{len(attentions)}"
+        if arch.mlp == "gated":
+            linears += [
+                Linear(f"{ff}.DenseReluDense.wi_0", ("gate",), h, ffn, False),
+                Linear(f"{ff}.DenseReluDense.wi_1", ("up",), h, ffn, False),
+            ]
+        else:
+            linears.append(Linear(f"{ff}.DenseReluDense.wi", ("up",), h, ffn, False))
+        linears.append(Linear(f"{ff}.DenseReluDense.wo", ("down",), ffn, h, False))
+        norms.append(f"{ff}.layer_norm")
+    return linears, norms
+
+
+def _t5_outer(arch: Architecture) -> list[Param]:
+    """The shared embedding (both stacks read it), each stack's relative position bias
+    (kept by its first block) and final norm, and the LM head unless tied (T5 v1.0)."""
+    h, bias_shape = arch.hidden_size, (arch.relative_attention_num_buckets, arch.num_heads)
+    outer = [Param("shared.weight", (arch.vocab_size, h), "embedding")]
+    for stack in ("encoder", "decoder"):
+        outer.append(
+            Param(
+                f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                bias_shape,
+                "position",
+            )
+        )
+    outer += [Param(f"{s}.final_layer_norm.weight", (h,), "norm") for s in ("encoder", "decoder")]
+    if not arch.tie_embeddings:
+        outer.append(Param("lm_head.weight", (arch.vocab_size, h), "linear"))
+    return outer
 
 
 def _style(family: str) -> str:
@@ -235,6 +316,8 @@ def _style(family: str) -> str:
 
 
 def _linears(arch: Architecture) -> list[Linear]:
+    if arch.encoder_decoder:
+        return _t5_block(arch)[0]
     h, q, kv, ffn = arch.hidden_size, arch.q_size, arch.kv_size, arch.intermediate_size
     qkv_b, out_b, mlp_b = arch.attention_qkv_bias, arch.attention_out_bias, arch.mlp_bias
     style = _style(arch.family)
@@ -324,7 +407,9 @@ def layout(arch: Architecture) -> Layout:
             block.append(
                 Param(f"{lin.module}.bias", (*experts, lin.out_features), "linear_bias", lin.roles)
             )
-    if style == "falcon":
+    if arch.encoder_decoder:
+        norm_names = tuple(_t5_block(arch)[1])
+    elif style == "falcon":
         norm_names = _NORM_NAMES["falcon1" if arch.norms_per_block == 1 else "falcon2"]
     elif arch.norms_per_block == 4:
         norm_names = _NORM_NAMES["gemma2"]
@@ -333,6 +418,8 @@ def layout(arch: Architecture) -> Layout:
     for norm_name in norm_names:
         block += _norm_params(norm_name, arch)
 
+    if arch.encoder_decoder:
+        return Layout(tuple(_t5_outer(arch)), tuple(block), tuple(linears), arch.num_layers)
     embed_name, pos_name, final_norm = _OUTER_NAMES.get(style, _OUTER_NAMES["llama"])
     outer = [Param(f"{embed_name}.weight", (arch.vocab_size, arch.hidden_size), "embedding")]
     if arch.position_embedding == "learned":

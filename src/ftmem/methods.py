@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from math import prod
 
-from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, Param, block_prefix, layout
+from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, Param, layout, param_path
 from ftmem.dtypes import BYTES_PER_ELEMENT, StorageFormat, tensor_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.precision import Dtypes, resolve_dtypes
@@ -498,7 +498,7 @@ def partial_trainable(
             raise InvalidInputError(
                 f"--trainable-modules: {item!r} is not a regular expression ({exc})."
             ) from None
-    lay, prefix = layout(arch), block_prefix(arch)
+    lay = layout(arch)
     used: set[int] = set()
 
     def hit(name: str) -> bool:
@@ -508,14 +508,14 @@ def partial_trainable(
 
     outer = frozenset(p.name for p in lay.outer if hit(p.name))
     blocks = tuple(
-        frozenset(p.name for p in lay.block if hit(f"{prefix}.{i}.{p.name}"))
+        frozenset(p.name for p in lay.block if hit(param_path(arch, i, p.name)))
         for i in range(arch.num_layers)
     )
     for i, item in enumerate(items):
         if i not in used:
             raise InvalidInputError(
                 f"--trainable-modules {item!r} matches no parameter of {arch.name}; names look "
-                f"like {prefix}.0.{lay.block[0].name} or {lay.outer[-1].name}."
+                f"like {param_path(arch, 0, lay.block[0].name)} or {lay.outer[-1].name}."
             )
     return outer, blocks
 

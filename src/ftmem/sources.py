@@ -165,6 +165,38 @@ def _from_falcon(cfg: Mapping) -> Mapping:
     }
 
 
+def _from_t5(cfg: Mapping) -> Mapping:
+    layers = _need(cfg, "num_layers")
+    decoder = cfg.get("num_decoder_layers") or layers
+    if decoder != layers:
+        raise ConfigError(
+            f"config.json has {layers} encoder and {decoder} decoder layers; ftmem supports "
+            "T5 models with as many of each (every T5 and Flan-T5 checkpoint)."
+        )
+    ff = str(cfg.get("feed_forward_proj", "relu"))
+    gated = ff.startswith("gated-")
+    return {
+        "family": "t5",
+        "vocab_size": _need(cfg, "vocab_size"),
+        "hidden_size": _need(cfg, "d_model"),
+        "num_layers": layers,
+        "num_heads": _need(cfg, "num_heads"),
+        "head_dim": _need(cfg, "d_kv"),
+        "intermediate_size": _need(cfg, "d_ff"),
+        "mlp": "gated" if gated else "plain",
+        "activation": _act(ff.removeprefix("gated-") if ff != "gated-gelu" else "gelu_new"),
+        # T5 v1.0 ties the head (and scales the decoder output); v1.1 / Flan-T5 say false,
+        # which transformers 5 saves as scale_decoder_outputs false (it writes tie true)
+        "tie_embeddings": bool(
+            cfg.get("tie_word_embeddings", True) and cfg.get("scale_decoder_outputs", True)
+        ),
+        "position_embedding": "relative",
+        "relative_attention_num_buckets": cfg.get("relative_attention_num_buckets") or 32,
+        "max_position_embeddings": cfg.get("n_positions") or 512,
+        "dropout_rate": float(cfg.get("dropout_rate", 0.1)),
+    }
+
+
 FAMILIES: dict[str, Callable[[Mapping], Mapping]] = {
     "llama": _from_llama,
     "mistral": _from_mistral,
@@ -175,6 +207,7 @@ FAMILIES: dict[str, Callable[[Mapping], Mapping]] = {
     "phi3": _from_phi3,
     "gpt2": _from_gpt2,
     "falcon": _from_falcon,
+    "t5": _from_t5,
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftmem.arch import Architecture, count_params, layout
+from ftmem.arch import Architecture, count_params, layout, param_path
 from ftmem.run import PROMPT_METHODS, RunConfig, split_patterns
 
 # --------------------------------------------------------------------------------------
@@ -71,6 +71,26 @@ def attn_implementation(run: RunConfig, device: str) -> tuple[str, list[str]]:
     return "sdpa", notes
 
 
+# (mlp, activation) -> T5Config.feed_forward_proj
+_T5_FF = {
+    ("gated", "gelu_tanh"): "gated-gelu",
+    ("gated", "gelu"): "gated-gelu",
+    ("gated", "silu"): "gated-silu",
+    ("gated", "relu"): "gated-relu",
+    ("plain", "relu"): "relu",
+    ("plain", "gelu"): "gelu",
+    ("plain", "gelu_tanh"): "gelu_new",
+    ("plain", "silu"): "silu",
+}
+
+
+def model_class(arch: Architecture):
+    """transformers' auto class for the family: seq2seq for T5, causal LM otherwise."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if arch.encoder_decoder else AutoModelForCausalLM
+
+
 def hf_config_kwargs(arch: Architecture, attn_impl: str = "sdpa") -> tuple[str, dict[str, Any]]:
     """(model_type, kwargs for AutoConfig.for_model) for the architecture's family."""
     fam = arch.family
@@ -93,6 +113,21 @@ def hf_config_kwargs(arch: Architecture, attn_impl: str = "sdpa") -> tuple[str, 
             "embd_pdrop": 0.0,
             "attn_pdrop": 0.0,
             "summary_first_dropout": 0.0,
+        }
+    if fam == "t5":
+        return "t5", {
+            **common,
+            "d_model": arch.hidden_size,
+            "d_kv": arch.head_size,
+            "d_ff": arch.intermediate_size,
+            "num_layers": arch.num_layers,
+            "num_decoder_layers": arch.num_layers,
+            "num_heads": arch.num_heads,
+            "relative_attention_num_buckets": arch.relative_attention_num_buckets,
+            "feed_forward_proj": _T5_FF[arch.mlp, arch.activation],
+            "dropout_rate": arch.dropout_rate,
+            "decoder_start_token_id": 0,
+            "pad_token_id": 0,
         }
     if fam == "falcon":
         kw: dict[str, Any] = {
@@ -364,9 +399,23 @@ def _require_bitsandbytes(what: str) -> None:
         ) from None
 
 
-def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: int = 0) -> Built:
-    from transformers import AutoModelForCausalLM
+def _untie_t5_head(model: nn.Module) -> None:
+    """transformers 5 builds every T5 with its LM head tied to the shared embedding;
+    from_pretrained unties them when a checkpoint holds both (T5 v1.1, Flan-T5), as here."""
+    head = model.get_output_embeddings()
+    head.weight = nn.Parameter(head.weight.detach().clone())
+    getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
 
+
+def model_from_config(arch: Architecture, cfg, dtype=None) -> nn.Module:
+    """The family's transformers model from its config, random weights (T5 v1.1 untied)."""
+    model = model_class(arch).from_config(cfg, dtype=dtype)
+    if arch.encoder_decoder and not arch.tie_embeddings:
+        _untie_t5_head(model)
+    return model
+
+
+def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: int = 0) -> Built:
     attn_impl, notes = attn_implementation(run, device)
     cfg = hf_config(arch, attn_impl)
     dtype = param_dtype(run)
@@ -375,7 +424,7 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
         warnings.simplefilter("ignore")
         try:
             with _init_device(device):
-                model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+                model = model_from_config(arch, cfg, dtype)
         except ValueError as exc:
             if attn_impl != "sdpa" or "scaled_dot_product_attention" not in str(exc):
                 raise
@@ -387,7 +436,7 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
             cfg = hf_config(arch, attn_impl)
             torch.manual_seed(seed)
             with _init_device(device):
-                model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+                model = model_from_config(arch, cfg, dtype)
     diff = check_param_count(arch, model)
     if diff:
         notes.append("count matches but arch.layout names/shapes differ: " + "; ".join(diff))
@@ -409,7 +458,7 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
                 del model
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    model = AutoModelForCausalLM.from_pretrained(
+                    model = model_class(arch).from_pretrained(
                         tmp,
                         quantization_config=_bnb_config(run),
                         dtype=dtype,
@@ -625,10 +674,11 @@ def galore_param_groups(model: nn.Module, arch: Architecture, run: RunConfig) ->
     from ftmem.methods import select_linears
 
     rank, spec = run.galore
-    prefix, _ = find_blocks(model) or ("", None)
     linears = select_linears(arch, spec, "GaLore target")
     targets = {
-        f"{prefix}.{i}.{lin.module}.weight" for lin in linears for i in range(arch.num_layers)
+        param_path(arch, i, f"{lin.module}.weight")
+        for lin in linears
+        for i in range(arch.num_layers)
     }
     named = list(model.named_parameters())
     return [
