@@ -180,7 +180,7 @@ def _linear_inputs(
         # bitsandbytes' quantised matmuls dequantise inside and keep none
         quantized = dt.quantized is not None and ctx.run.method == "qlora"
         for lin in linears:
-            if quantized and lin.is_module:
+            if quantized and lin.is_module and lin.quantizable:
                 continue
             if in_grad:
                 out.append(
@@ -553,7 +553,7 @@ def outer_saved(
     embedding side (token ids, shared rotary tables) lives until the last block is done.
     """
     ctx = _Ctx(arch, run, plan, tokens)
-    T, V, h, e = tokens, arch.vocab_size, arch.hidden_size, ctx.e
+    T = tokens
     train = plan.outer_trainable
     # does anything below the final norm train? (else the blocks keep nothing and the
     # final norm's input needs no gradient: only the LM head or the final norm trains)
@@ -584,13 +584,30 @@ def outer_saved(
     )
     if run.loss == "fused":
         return below, above + _fused_loss_saved(arch, run, plan, ctx, train)
+    return below, above + head_saved(arch, plan, T, train, FP32)
+
+
+def head_saved(
+    arch: Architecture, plan: MethodPlan, T: int, train: bool, log_softmax_bytes: int
+) -> list[Saved]:
+    """The LM head and the loss over T positions: the head's input (when it trains), its
+    16-bit weight copy under autocast, and the log-softmax (fp32 in transformers'
+    causal-LM loss; T5 takes it in the logits' dtype) with the int64 labels."""
+    V, h = arch.vocab_size, arch.hidden_size
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    out: list[Saved] = []
     if train or plan.head_trainable:
-        above.append(Saved("LM head input", T * h * e))
+        out.append(Saved("LM head input", T * h * e))
     if plan.dtypes.autocast:
         # the head's input needs a gradient, so its 16-bit weight copy is kept, frozen or not
-        above.append(Saved("LM head 16-bit weight copy", V * h * 2))
+        out.append(Saved("LM head 16-bit weight copy", V * h * 2))
     if arch.final_logit_softcapping:
-        above.append(Saved("logit soft-capping tanh", T * V * e))
-    # log-softmax, int64 labels and the fp32 normaliser of the mean
-    above.append(Saved("loss: fp32 log-softmax + labels", T * V * FP32 + T * INDEX_BYTES + FP32))
-    return below, above
+        out.append(Saved("logit soft-capping tanh", T * V * e))
+    # log-softmax, int64 labels and the normaliser of the mean
+    out.append(
+        Saved(
+            f"loss: {'fp32' if log_softmax_bytes == FP32 else '16-bit'} log-softmax + labels",
+            T * V * log_softmax_bytes + T * INDEX_BYTES + log_softmax_bytes,
+        )
+    )
+    return out

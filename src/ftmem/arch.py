@@ -23,6 +23,8 @@ Family = Literal[
 ParamKind = Literal["linear", "linear_bias", "expert", "embedding", "norm", "router", "position"]
 # Roles a linear layer can play; LoRA targets are chosen by role or by module name.
 Role = Literal["q", "k", "v", "o", "gate", "up", "down", "router"]
+# Token embedding parameters, by family (T5's is shared by its encoder and decoder).
+TOKEN_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "shared.weight")
 ATTENTION_ROLES: tuple[Role, ...] = ("q", "k", "v", "o")
 MLP_ROLES: tuple[Role, ...] = ("gate", "up", "down")
 
@@ -175,6 +177,7 @@ class Linear:
     # transformers 5 stores MoE experts as one 3-D parameter, not nn.Linear modules:
     # peft's "all-linear" skips them and the parameter has no ".weight" suffix.
     is_module: bool = True
+    quantizable: bool = True  # T5's wo is in _keep_in_fp32_modules: bitsandbytes skips it
 
     @property
     def leaf(self) -> str:
@@ -287,7 +290,9 @@ def _t5_block(arch: Architecture) -> tuple[list[Linear], list[str]]:
             ]
         else:
             linears.append(Linear(f"{ff}.DenseReluDense.wi", ("up",), h, ffn, False))
-        linears.append(Linear(f"{ff}.DenseReluDense.wo", ("down",), ffn, h, False))
+        linears.append(
+            Linear(f"{ff}.DenseReluDense.wo", ("down",), ffn, h, False, quantizable=False)
+        )
         norms.append(f"{ff}.layer_norm")
     return linears, norms
 

@@ -48,7 +48,13 @@ RUN = [
     ),
     _opt("optimizer_impl", str, "foreach", "foreach (torch's CUDA default) | for-loop | fused"),
     _opt("batch_size", int, 1, "Micro-batch size per GPU."),
-    _opt("seq_len", int, 512, "Tokens per sequence."),
+    _opt("seq_len", int, 512, "Tokens per sequence (encoder-decoders: the input)."),
+    _opt(
+        "target_len",
+        OptInt,
+        None,
+        "Encoder-decoders (T5): decoder tokens per sequence (the labels); default --seq-len.",
+    ),
     _opt("grad_accum", int, 1, "Micro-batches per optimizer step."),
     _opt("grad_ckpt", bool, False, "Gradient checkpointing.", "--grad-ckpt/--no-grad-ckpt"),
     _opt(

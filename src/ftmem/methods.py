@@ -221,7 +221,12 @@ def select_linears(arch: Architecture, spec: str, what: str) -> tuple[Linear, ..
 
 def adapted_module_names(arch: Architecture, run: RunConfig) -> list[str]:
     """peft ``target_modules`` for the adapted linears (unambiguous module suffixes)."""
-    return [lin.module for lin in adapted_linears(arch, run)]
+    names = [lin.module for lin in adapted_linears(arch, run)]
+    if arch.encoder_decoder:
+        # "encoder.layer.0.SelfAttention.q" -> "SelfAttention.q": a suffix of the real
+        # names in every block of both stacks (T5's targets always cover both)
+        names = list(dict.fromkeys(name.split(".", 3)[-1] for name in names))
+    return names
 
 
 def _is_bias(p: Param) -> bool:
@@ -229,10 +234,16 @@ def _is_bias(p: Param) -> bool:
     return p.kind == "linear_bias" or (p.kind == "norm" and p.name.endswith(".bias"))
 
 
-def _base_format(param: Param, run: RunConfig, dtypes: Dtypes) -> StorageFormat:
+def _base_format(param: Param, dtypes: Dtypes, keep_unquantized: frozenset[str]) -> StorageFormat:
     # bitsandbytes quantises only nn.Linear layers of the blocks; embeddings, norms,
-    # biases and the LM head stay in the base dtype.
-    if dtypes.quantized and param.kind == "linear" and param.name != "lm_head.weight":
+    # biases and the LM head stay in the base dtype. T5's feed-forward output (wo) is in
+    # its _keep_in_fp32_modules, which transformers never quantises.
+    if (
+        dtypes.quantized
+        and param.kind == "linear"
+        and param.name != "lm_head.weight"
+        and param.module not in keep_unquantized
+    ):
         return dtypes.quantized
     return dtypes.base
 
@@ -305,8 +316,9 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
             or (run.method == "longlora" and p.kind in ("embedding", "norm"))
         )
         groups.append(TensorGroup(p.name, p.shape, 1, dtypes.base, trains, in_block=False))
+    keep_unquantized = frozenset(lin.module for lin in lay.linears if not lin.quantizable)
     for p in lay.block:
-        fmt = _base_format(p, run, dtypes)
+        fmt = _base_format(p, dtypes, keep_unquantized)
         if run.method == "partial":
             n = sum(p.name in names for names in trained_by_block)
             if L - n:

@@ -130,6 +130,11 @@ class RunConfig(BaseModel):
     )
     batch_size: PositiveInt = 1
     seq_len: PositiveInt = 512
+    target_len: PositiveInt | None = Field(
+        None,
+        description="Encoder-decoders (T5): decoder tokens per sequence, the labels; "
+        "seq_len is then the encoder's input. Default: seq_len.",
+    )
     grad_accum: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
     grad_ckpt: bool = False
     activation_offload: bool = Field(
@@ -318,6 +323,11 @@ class RunConfig(BaseModel):
         if self.method in ("prompt-tuning", "p-tuning"):
             return self.seq_len + self.n_virtual
         return self.seq_len
+
+    @property
+    def decoder_len(self) -> int:
+        """An encoder-decoder's decoder positions (its labels)."""
+        return self.target_len or self.seq_len
 
     @property
     def prefix_len(self) -> int:

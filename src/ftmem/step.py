@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ftmem import seq2seq
 from ftmem.activations import (
     BlockState,
     Saved,
@@ -18,9 +19,10 @@ from ftmem.activations import (
     outer_saved,
     runs_eager,
 )
-from ftmem.arch import Architecture, layout
+from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, layout
 from ftmem.distill import Teacher, distill_sizes
 from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
 from ftmem.phases import StepSizes
@@ -130,6 +132,13 @@ class StepParts:
 def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = None) -> StepParts:
     """The components of one step and their sizes in time (no peak yet); with a
     ``teacher``, the distillation step (ftmem.distill)."""
+    seq2seq.check_supported(arch, run)
+    if arch.encoder_decoder:
+        if teacher is not None:
+            raise InvalidInputError(
+                f"{arch.name} is an encoder-decoder: distillation is not modelled for it yet."
+            )
+        return _seq2seq_parts(arch, run)
     plan = plan_method(arch, run)
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     T = run.batch_size * run.positions
@@ -137,7 +146,6 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
 
     weights = sum(g.nbytes for g in plan.groups)
     grad_groups = [g for g in plan.groups if g.trainable]
-    grads = sum(g.total_numel * g.element_bytes for g in grad_groups)
     states = optimizer_state_bytes(plan.groups, run)
     opt_temp = optimizer_step_temporary_bytes(plan.groups, run)
 
@@ -174,19 +182,7 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         recompute = 0
     activations = sum(per_block_kept) + outer
 
-    # Gradient bytes of one trainable block (they appear block by block in backward).
-    grads_block = 0
-    if plan.trainable_blocks:
-        grads_block = (
-            sum(g.total_numel * g.element_bytes for g in grad_groups if g.in_block)
-            // plan.trainable_blocks
-        )
-    grads_outer = grads - grads_block * plan.trainable_blocks
-    grads_embedding = sum(
-        g.total_numel * g.element_bytes
-        for g in grad_groups
-        if not g.in_block and _is_token_embedding(g.name, arch.tie_embeddings)
-    )
+    grads, grads_block, grads_outer, grads_embedding = _gradient_sizes(plan, arch)
 
     offloaded = back = 0
     if run.activation_offload:
@@ -265,6 +261,106 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
     )
 
 
+def _gradient_sizes(plan: MethodPlan, arch: Architecture) -> tuple[int, int, int, int]:
+    """(all gradients, one trainable block's, outside the blocks, the token embedding's)."""
+    grad_groups = [g for g in plan.groups if g.trainable]
+    grads = sum(g.total_numel * g.element_bytes for g in grad_groups)
+    block = 0
+    if plan.trainable_blocks:
+        block = (
+            sum(g.total_numel * g.element_bytes for g in grad_groups if g.in_block)
+            // plan.trainable_blocks
+        )
+    embedding = sum(
+        g.total_numel * g.element_bytes
+        for g in grad_groups
+        if not g.in_block and _is_token_embedding(g.name, arch.tie_embeddings)
+    )
+    return grads, block, grads - block * plan.trainable_blocks, embedding
+
+
+def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
+    """An encoder-decoder's step (ftmem.seq2seq): 2L timeline entries, the encoder's
+    blocks below the decoder's; the head side over the decoder's positions."""
+    plan = plan_method(arch, run)
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    r = plan.dtypes.residual_bytes
+    h, V, nh = arch.hidden_size, arch.vocab_size, arch.num_heads
+    enc = seq2seq.stack(arch, run, plan, decoder=False)
+    dec = seq2seq.stack(arch, run, plan, decoder=True)
+    states = _block_states(arch, run, plan)
+    inputs_grad = states[0].input_requires_grad
+    enc_grad = seq2seq.encoder_grad(states)
+    bias_grad = plan.outer_trainable
+    enc_cache: dict[BlockState, list[Saved]] = {}
+    dec_cache: dict[BlockState, list[Saved]] = {}
+    shared_kv: list[Saved] = []
+    for st in dict.fromkeys(states):
+        enc_cache[st] = seq2seq.encoder_block_saved(enc, st, bias_grad)
+        dec_cache[st], shared = seq2seq.decoder_block_saved(dec, enc, st, bias_grad, enc_grad)
+        shared_kv = shared_kv or shared
+    per_block = [_sum(enc_cache[st]) for st in states] + [_sum(dec_cache[st]) for st in states]
+    below, above = seq2seq.outer_saved(arch, run, plan, inputs_grad, enc_grad, shared_kv)
+    outer_items = below + above
+    if run.grad_ckpt:
+        # each checkpointed block keeps its input; blocks above the first keep the
+        # position biases the first one computed (and the decoder's, the encoder output)
+        kept = [enc.T * h * r] * len(states) + [dec.T * h * r] * len(states)
+        per_block_kept = [k if b else 0 for k, b in zip(kept, per_block, strict=True)]
+        recompute = max(per_block)
+        if len(states) > 1:
+            biases = nh * (enc.s_q**2 + dec.s_q**2) * r
+            held = [Saved("position biases (kept by checkpointing)", biases)]
+            if not shared_kv:
+                held.append(Saved("encoder output (kept by checkpointing)", enc.T * h * r))
+            below += held
+            outer_items += held
+    else:
+        per_block_kept = per_block
+        recompute = 0
+    activations = sum(per_block_kept) + _sum(outer_items)
+    grads, grads_block, grads_outer, grads_embedding = _gradient_sizes(plan, arch)
+    grad_groups = [g for g in plan.groups if g.trainable]
+    autocast = plan.dtypes.autocast
+    logit_bytes = dec.T * V
+    # the logits, and under autocast their fp32 copy for the loss; the loss's backward
+    # holds the log-softmax's gradient and the logits' (fp32 under autocast)
+    loss_e = FP32 if autocast else e
+    run_dec = run.model_copy(update={"seq_len": dec.s_q})
+    sizes = StepSizes(
+        weights=sum(g.nbytes for g in plan.groups),
+        states=optimizer_state_bytes(plan.groups, run),
+        grads=grads,
+        grads_outer=grads_outer,
+        grads_embedding=grads_embedding,
+        tied_embedding_backward=tied_embedding_backward(arch, grad_groups),
+        grads_per_block=grads_block // 2,
+        trainable_blocks=2 * plan.trainable_blocks,
+        acts_per_block=tuple(per_block_kept),
+        acts_below=_sum(below),
+        acts_above=_sum(above),
+        logits_forward=logit_bytes * e + (logit_bytes * FP32 if autocast else 0),
+        forward_block_transient=forward_block_transient(plan, run),
+        loss_backward=2 * logit_bytes * loss_e,
+        block_workspace=max(
+            block_backward_workspace(arch, run, plan, e, enc.T),
+            block_backward_workspace(arch, run_dec, plan, e, dec.T),
+        ),
+        head_workspace=norm_backward_workspace(arch, e, dec.T) + dec.T * h * FP32,
+        recompute=recompute,
+        optimizer_temporaries=optimizer_step_temporary_bytes(plan.groups, run),
+        grads_persist=run.grad_accum > 1,
+    )
+    return StepParts(
+        plan=plan,
+        sizes=sizes,
+        activations=activations,
+        per_block_full=tuple(per_block),
+        typical_block=tuple(dec_cache[states[-1]]),
+        outer_items=tuple(outer_items),
+    )
+
+
 def _is_token_embedding(name: str, tied: bool) -> bool:
     """A parameter whose gradient appears only after the first block's backward: the
     token embedding (unless tied: then it is the LM head too, whose gradient comes first),
@@ -273,6 +369,4 @@ def _is_token_embedding(name: str, tied: bool) -> bool:
     if base.startswith("prompt_encoder.") or base.endswith("wpe.weight"):
         # peft's prompt encoders run first in forward, so their gradients come last
         return True
-    return not tied and base.endswith(
-        ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
-    )
+    return not tied and base.endswith(TOKEN_EMBEDDINGS)

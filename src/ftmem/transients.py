@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from ftmem.activations import Saved, loss_rows, runs_eager
-from ftmem.arch import Architecture
+from ftmem.arch import TOKEN_EMBEDDINGS, Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan, TensorGroup
 from ftmem.optim import optimizer_step_temporary_bytes
@@ -94,8 +94,7 @@ def tied_embedding_backward(arch: Architecture, grad_groups: list[TensorGroup]) 
     return sum(
         2 * g.total_numel * g.element_bytes
         for g in grad_groups
-        if not g.in_block
-        and g.name.endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight"))
+        if not g.in_block and g.name.endswith(TOKEN_EMBEDDINGS)
     )
 
 

@@ -245,8 +245,18 @@ def logical_numel(p: torch.Tensor) -> int:
 
 def layout_differences(arch: Architecture, model: nn.Module) -> list[str]:
     """Parameter names/shapes where ftmem.arch.layout and the real model disagree
-    (block 0 and the outer parameters)."""
+    (block 0 and the outer parameters; for T5 every parameter by its full name)."""
     lay = layout(arch)
+    if arch.encoder_decoder:
+        want_all = {p.name: tuple(p.shape) for p in lay.outer}
+        for i in range(arch.num_layers):
+            want_all |= {param_path(arch, i, p.name): tuple(p.shape) for p in lay.block}
+        got_all = {n: tuple(p.shape) for n, p in unique_params(model)}
+        return [
+            f"{n}: arch.py {want_all.get(n)} vs model {got_all.get(n)}"
+            for n in sorted(set(want_all) | set(got_all))
+            if want_all.get(n) != got_all.get(n)
+        ]
     want: dict[str, tuple[int, ...]] = {}
     for p in lay.block:
         copies = getattr(p, "copies", 1)  # older arch.py: experts as a copy count
@@ -291,6 +301,16 @@ def check_param_count(arch: Architecture, model: nn.Module) -> list[str]:
 # --------------------------------------------------------------------------------------
 # model structure helpers
 # --------------------------------------------------------------------------------------
+def block_lists(model: nn.Module) -> list[nn.ModuleList]:
+    """The model's stacks of blocks: T5's encoder and decoder, or the one decoder."""
+    stacks = [getattr(model, name, None) for name in ("encoder", "decoder")]
+    if all(stack is not None and hasattr(stack, "block") for stack in stacks):
+        return [stack.block for stack in stacks]
+    found = find_blocks(model)
+    assert found is not None, "no decoder-block ModuleList found"
+    return [found[1]]
+
+
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     """(name, ModuleList) of the decoder blocks (model.layers / transformer.h), the
     first of the longest ModuleLists."""
@@ -403,7 +423,10 @@ def _untie_t5_head(model: nn.Module) -> None:
     """transformers 5 builds every T5 with its LM head tied to the shared embedding;
     from_pretrained unties them when a checkpoint holds both (T5 v1.1, Flan-T5), as here."""
     head = model.get_output_embeddings()
-    head.weight = nn.Parameter(head.weight.detach().clone())
+    # values of its own: from_pretrained ties two equal tensors back together
+    head.weight = nn.Parameter(
+        torch.empty_like(head.weight).normal_(std=head.weight.shape[1] ** -0.5)
+    )
     getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
 
 
@@ -490,12 +513,10 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
             notes.append(f"freeze: trainable_layers not given, measured with the last {k} blocks")
         for p in model.parameters():
             p.requires_grad_(False)
-        found = find_blocks(model)
-        assert found is not None, "no decoder-block ModuleList found"
-        blocks = found[1]
-        for block in list(blocks)[len(blocks) - k :] if k else []:
-            for p in block.parameters():
-                p.requires_grad_(True)
+        for blocks in block_lists(model):  # T5: the top k of each stack
+            for block in list(blocks)[len(blocks) - k :] if k else []:
+                for p in block.parameters():
+                    p.requires_grad_(True)
     elif run.method == "partial":
         import re
 
@@ -531,7 +552,7 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
             use_rslora=run.method == "rslora",
             modules_to_save=to_save or None,
             bias="none",
-            task_type="CAUSAL_LM",
+            task_type="SEQ_2_SEQ_LM" if arch.encoder_decoder else "CAUSAL_LM",
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed-API notices

@@ -113,6 +113,7 @@ def _forward(
     grad_accum: int = 1,
     loss_impl: str = "standard",
     teacher: torch.nn.Module | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     ctx = (
         torch.autocast(device_type=device_type, dtype=dtype)
@@ -128,7 +129,8 @@ def _forward(
         elif loss_impl == "chunked":
             loss = chunked_loss(model, ids)
         else:
-            out = model(input_ids=ids, labels=ids)
+            # an encoder-decoder reads ids and learns to produce its own labels
+            out = model(input_ids=ids, labels=ids if labels is None else labels)
             loss = out.loss
             del out  # drop logits: only what autograd saved stays alive
         if grad_accum > 1:  # as HF Trainer scales each micro-batch's loss
@@ -268,6 +270,13 @@ def _run_fake(arch: Architecture, run: RunConfig, *, steps: int, seed: int) -> M
     )
 
 
+def _tokens(vocab: int, shape: tuple[int, int], gen, fake: bool, dev) -> torch.Tensor:
+    """Random token ids (fake mode takes no real generator: values do not matter there)."""
+    if fake:
+        return torch.randint(0, vocab, shape)
+    return torch.randint(0, vocab, shape, generator=gen).to(dev)
+
+
 def _run(
     arch: Architecture,
     run: RunConfig,
@@ -302,18 +311,19 @@ def _run(
         notes.append("steps=1: the measured step creates the optimizer states (not steady state)")
 
     gen = torch.Generator().manual_seed(seed)
-    if fake:  # token values do not matter to shapes; fake mode takes no real generator
-        ids = torch.randint(0, arch.vocab_size, (run.batch_size, run.seq_len))
-    else:
-        ids = torch.randint(0, arch.vocab_size, (run.batch_size, run.seq_len), generator=gen)
-        ids = ids.to(dev)
+    ids = _tokens(arch.vocab_size, (run.batch_size, run.seq_len), gen, fake, dev)
+    labels = None
+    if arch.encoder_decoder:
+        labels = _tokens(arch.vocab_size, (run.batch_size, run.decoder_len), gen, fake, dev)
 
     params = unique_params(model)
     weight_ptrs = weight_storage_ptrs(model)
     by_op: dict[str, int] = {}
 
     def forward() -> torch.Tensor:
-        return _forward(model, ids, built.autocast_dtype, dev.type, accum, run.loss, teacher_model)
+        return _forward(
+            model, ids, built.autocast_dtype, dev.type, accum, run.loss, teacher_model, labels
+        )
 
     # warm-up steps: optimizer states get created
     for i in range(steps - 1):
@@ -338,7 +348,8 @@ def _run(
     # -- the measured step ------------------------------------------------------------
     state_tensors = optimizer_state_tensors(optimizer)
     teacher_state = model_state_tensors(teacher_model) if teacher_model is not None else []
-    pre_existing = [*model_state_tensors(model), *teacher_state, *state_tensors, ids]
+    inputs = [ids] if labels is None else [ids, labels]
+    pre_existing = [*model_state_tensors(model), *teacher_state, *state_tensors, *inputs]
     meter: Any = _CudaMeter(dev) if dev.type == "cuda" else _CpuMeter(pre_existing)
     with contextlib.ExitStack() as stack:
         # no cyclic GC inside the step: frees happen where refcounts drop, run after run

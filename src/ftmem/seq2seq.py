@@ -1,0 +1,382 @@
+"""Encoder-decoder training steps (T5, Flan-T5): what each stack keeps for backward.
+
+transformers' T5ForConditionalGeneration runs the encoder over the input (``seq_len``
+positions, bidirectional) and the decoder over the shifted labels (``target_len``),
+whose cross-attention reads the encoder's output in every block. The pieces that
+differ from a decoder-only block, as transformers 5 writes them (measured on the CPU
+in tests/accuracy):
+
+* T5's RMS norm squares an fp32 copy of its input but multiplies the input itself by
+  the fp32 rstd: a 16-bit input is kept twice (fp32 copy and itself).
+* The relative position bias is added to the scores: sdpa gets it as a float mask,
+  made contiguous in every self-attention layer (the decoder's also causal) and kept
+  by the kernel; the cross-attention's zero bias is one tensor for every layer. When
+  the bias table trains (full finetuning) the mask needs a gradient: CUDA's
+  memory-efficient kernel computes it, the CPU's flash kernel cannot and the CPU falls
+  back to the math path (fp32 copies of q, k, v and the s² probabilities). So does
+  the CPU with attention dropout.
+* Dropout (``dropout_rate``, 0.1 in every T5 config) after the embeddings, each
+  sub-layer, inside the feed-forward and on the attention probabilities: each keeps
+  its mask when its input needs a gradient, a bool on CUDA, the input's dtype on the
+  CPU (which multiplies by a scaled mask).
+* The loss takes the log-softmax in the logits' dtype (no fp32 upcast outside
+  autocast).
+
+Each pair block (one encoder and one decoder block) becomes two entries of the step's
+timeline: encoder blocks first, decoder blocks above them, so that backward frees
+them in the real order (decoder from the top, then encoder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ftmem.activations import (
+    FP32,
+    INDEX_BYTES,
+    BlockState,
+    Saved,
+    _Ctx,
+    _linear_inputs,
+    head_saved,
+)
+from ftmem.arch import Architecture, Linear, layout
+from ftmem.errors import InvalidInputError
+from ftmem.methods import MethodPlan
+from ftmem.run import RunConfig
+
+# What the encoder-decoder path models and measures; the rest refuses in one sentence.
+SEQ2SEQ_METHODS = ("full", "freeze", "galore", "lora", "rslora", "dora", "qlora")
+
+
+def check_supported(arch: Architecture, run: RunConfig) -> None:
+    """Refuse what the encoder-decoder path does not model (and --target-len elsewhere)."""
+    if not arch.encoder_decoder:
+        if run.target_len is not None:
+            raise InvalidInputError(
+                f"--target-len is for encoder-decoder models (T5); {arch.name} is "
+                "decoder-only: give the whole sequence as --seq-len."
+            )
+        return
+    refusals = {
+        run.method not in SEQ2SEQ_METHODS: f"method {run.method}",
+        run.loss != "standard": f"the {run.loss} loss",
+        run.activation_offload: "activation offloading",
+        run.optimizer_in_backward: "the optimizer step in backward",
+        run.lora_modules_to_save is not None: "--lora-modules-to-save",
+        run.quant == "int4": "a GPTQ/AWQ int4 base",
+        run.attn == "flash": "FlashAttention (transformers' T5 has no FlashAttention path)",
+        _pure_fp16(run): "pure fp16 (transformers keeps T5's wo in fp32, which turns the "
+        "residual stream fp32; use bf16, fp16-mixed or fp32)",
+    }
+    for refused, what in refusals.items():
+        if refused:
+            methods = ", ".join(SEQ2SEQ_METHODS)
+            raise InvalidInputError(
+                f"{arch.name} is an encoder-decoder: ftmem does not model {what} for it "
+                f"yet (supported methods: {methods}; standard loss)."
+            )
+
+
+def _pure_fp16(run: RunConfig) -> bool:
+    from ftmem.precision import resolve_dtypes
+
+    dt = resolve_dtypes(run)
+    return dt.base == "fp16" and not dt.autocast
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Stack:
+    """One stack's shapes: its tokens, positions, and the keys its attention sees."""
+
+    ctx: _Ctx
+    s_q: int
+    s_k: int
+
+    @property
+    def T(self) -> int:
+        return self.ctx.tokens
+
+
+def _dropout(ctx: _Ctx, label: str, elements: int, elem_bytes: int) -> list[Saved]:
+    """A dropout whose input needs a gradient keeps its mask: a bool on CUDA, a scaled
+    mask in the input's dtype on the CPU."""
+    if not ctx.arch.dropout_rate:
+        return []
+    mask = 1 if ctx.run.device == "cuda" else elem_bytes
+    return [Saved(f"{label} dropout mask", elements * mask)]
+
+
+def _norm(ctx: _Ctx, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:
+    """T5LayerNorm: pow() of an fp32 copy of x, x · rsqrt (keeps x and the fp32 rstd),
+    cast to the weight's dtype and scaled (keeps the normalised input for the weight)."""
+    T, h, r = ctx.tokens, ctx.arch.hidden_size, ctx.residual
+    out: list[Saved] = []
+    if x_grad:
+        copy = T * h * FP32 + (T * h * r if r != FP32 else 0)
+        out.append(Saved(f"{label}: fp32 input, input, rstd", copy + T * FP32))
+    if w_grad:
+        out.append(Saved(f"{label}: normalised", T * h * r))
+    return out
+
+
+def _attention(
+    st: _Stack, kv_tokens: int, needs: frozenset[str], mask_layer: bool, mask_grad: bool
+) -> list[Saved]:
+    """The attention core with T5's position bias as a float mask.
+
+    ``mask_layer``: the mask is made in this layer (self-attention) rather than shared;
+    ``mask_grad``: the bias trains, so the mask needs a gradient.
+    """
+    if not needs:
+        return []
+    ctx, arch, run = st.ctx, st.ctx.arch, st.ctx.run
+    b, nh, inner, e = run.batch_size, arch.num_heads, arch.q_size, st.ctx.e
+    scores = b * nh * st.s_q * st.s_k
+    p = arch.dropout_rate
+    out: list[Saved] = []
+    math = run.attn != "eager" and run.device == "cpu" and bool(mask_grad or p)
+    if run.attn == "eager" or math:
+        # q·kᵀ keeps each operand for the other's gradient; + bias (+ causal mask); the
+        # softmax keeps its output when q or k needs a gradient, dropout its mask; probs·v
+        # keeps the probabilities for v's gradient and v for theirs. Eager: scores in the
+        # dtype of the bias (the self-attention's is the parameters', fp32 under autocast;
+        # the cross-attention's zeros are q's), probabilities cast back to 16 bits for
+        # probs·v under autocast. The CPU's math path: fp32 copies of q, kᵀ and v for its
+        # batched matmuls, fp32 probabilities.
+        if math:
+            qe = se = pe = FP32
+            label = "math attention: fp32 "
+        else:
+            qe, se, pe = e, max(e, _bias_bytes(ctx, mask_layer)), e
+            label = ""
+        scores_grad = bool(needs & {"q", "k"})
+        if "k" in needs:
+            out.append(Saved(f"{label}q", st.T * inner * qe))
+        if "q" in needs:
+            out.append(Saved(f"{label}k", kv_tokens * inner * qe))
+        if scores_grad:
+            out.append(Saved(f"{label}v", kv_tokens * inner * qe))
+            out.append(Saved(f"{label}softmax output (s²)", scores * se))
+            if p:
+                out += _dropout(ctx, "attention probabilities", scores, se)
+        if "v" in needs and (p or se != pe):  # a tensor of its own: dropped or cast
+            out.append(Saved(f"{label}probabilities for v (s²)", scores * pe))
+        elif "v" in needs and not scores_grad:  # the softmax output, kept for v only
+            out.append(Saved(f"{label}softmax output (s²)", scores * se))
+        return out
+    out.append(Saved("q, k, v", (st.T + 2 * kv_tokens) * inner * e))
+    out.append(Saved("attention output + logsumexp", st.T * inner * e + b * nh * st.s_q * FP32))
+    if mask_layer or _bias_bytes(ctx, mask_layer) != e:
+        # made (or, by autocast, cast) in every layer; the zero bias otherwise is shared
+        out.append(Saved("position-bias mask (s²)", nh * st.s_q * st.s_k * e))
+    return out
+
+
+def _bias_bytes(ctx: _Ctx, self_attention: bool) -> int:
+    """The position bias's dtype: the bias table's (the parameters') for self-attention;
+    the cross-attention's zeros take q's (fp32 out of a 4-bit linear under autocast)."""
+    if self_attention or ctx.quantized_outputs_in_input_dtype:
+        return ctx.residual
+    return ctx.e
+
+
+def _feed_forward(st: _Stack, state: BlockState, linears: list[Linear], x_grad: bool):
+    """wi (or wi_0, wi_1), the activation (gelu_new written out: x, tanh, x/2, 1 + tanh),
+    the gate product, dropout, then wo, which the feed-forward's input is cast to the
+    dtype of (fp32 wo under autocast: autocast casts it back, a fresh copy)."""
+    ctx, arch = st.ctx, st.ctx.arch
+    T, e, f, h = st.T, ctx.e, arch.intermediate_size, arch.hidden_size
+    ups = [lin for lin in linears if set(lin.roles) & {"gate", "up"}]
+    down = [lin for lin in linears if "down" in lin.roles]
+    out = _linear_inputs(ctx, ups, state, x_grad, "wi", h, ctx.residual)
+    any_grad = (
+        x_grad or state.weights_trainable or any(lin.module in state.output_grad for lin in ups)
+    )
+    if any_grad:
+        # bitsandbytes' 4-bit wi return their input's dtype (fp32 under autocast)
+        oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
+        act = 4 if arch.activation == "gelu_tanh" else 1
+        if arch.mlp == "gated":
+            label = "wi_0 activation intermediates, wi_1 and gelu outputs"
+            out.append(Saved(label, (act + 2) * T * f * oe))
+        else:
+            out.append(Saved("wi activation intermediates", act * T * f * oe))
+        out += _dropout(ctx, "feed-forward", T * f, oe)
+    wo = _linear_inputs(ctx, down, state, any_grad, "wo", f, e)
+    shares_relu = (
+        arch.mlp == "plain"
+        and arch.activation == "relu"
+        and not arch.dropout_rate
+        and not ctx.plan.dtypes.autocast
+    )
+    if shares_relu:  # wo reads the ReLU's output itself, already kept
+        wo = [s for s in wo if not s.what.startswith("wo: input")]
+    return out + wo, any_grad or any(lin.module in state.output_grad for lin in down)
+
+
+def _sublayer_out(ctx: _Ctx, label: str, T: int, needs_grad: bool) -> list[Saved]:
+    """The dropout on a sub-layer's output (o or wo, in the compute dtype)."""
+    return _dropout(ctx, label, T * ctx.arch.hidden_size, ctx.e) if needs_grad else []
+
+
+def _split(linears: list[Linear], stack: str, part: str) -> list[Linear]:
+    return [lin for lin in linears if lin.module.startswith(f"{stack}.") and part in lin.module]
+
+
+def _self_attention_layer(
+    st: _Stack, state: BlockState, linears: list[Linear], x: bool, mask_grad: bool
+) -> tuple[list[Saved], bool]:
+    """layer.0: norm, q/k/v, attention, o, dropout. Returns (saved, output needs grad)."""
+    ctx, arch = st.ctx, st.ctx.arch
+    w = state.weights_trainable
+    qkv = [lin for lin in linears if lin.roles[0] in ("q", "k", "v")]
+    o = [lin for lin in linears if lin.roles == ("o",)]
+    out = _norm(ctx, "self-attention norm", x, w)
+    out += _linear_inputs(ctx, qkv, state, x or w, "q/k/v", arch.hidden_size, ctx.residual)
+    if x or w:
+        needs = frozenset({"q", "k", "v"})
+    else:
+        needs = frozenset(lin.roles[0] for lin in qkv if lin.module in state.output_grad)
+    out += _attention(st, st.T, needs, mask_layer=True, mask_grad=mask_grad)
+    q_grad = bool(needs)
+    saved_o = _linear_inputs(ctx, o, state, q_grad, "o", arch.q_size, ctx.e)
+    if _o_input_is_kernel_output(ctx, mask_grad):
+        saved_o = [s for s in saved_o if not s.what.startswith("o: input")]
+    out += saved_o
+    after = q_grad or any(lin.module in state.output_grad for lin in o)
+    out += _sublayer_out(ctx, "self-attention output", st.T, after)
+    return out, after
+
+
+def _o_input_is_kernel_output(ctx: _Ctx, mask_grad: bool) -> bool:
+    """The fused kernels' output is o's input (one storage, kept by the kernel); eager
+    attention and the CPU's math path copy it first."""
+    run = ctx.run
+    math = run.device == "cpu" and (mask_grad or ctx.arch.dropout_rate)
+    return run.attn != "eager" and not math
+
+
+def encoder_block_saved(st: _Stack, state: BlockState, bias_grad: bool) -> list[Saved]:
+    linears = list(layout(st.ctx.arch).linears)
+    w = state.weights_trainable
+    out, after = _self_attention_layer(
+        st, state, _split(linears, "encoder", ".layer.0."), state.input_requires_grad, bias_grad
+    )
+    out += _norm(st.ctx, "feed-forward norm", after, w)
+    ff, ff_grad = _feed_forward(st, state, _split(linears, "encoder", ".layer.1."), after)
+    out += ff
+    out += _sublayer_out(st.ctx, "feed-forward output", st.T, ff_grad)
+    return [s for s in out if s.nbytes]
+
+
+def decoder_block_saved(
+    st: _Stack, enc: _Stack, state: BlockState, bias_grad: bool, enc_grad: bool
+) -> tuple[list[Saved], list[Saved]]:
+    """(what the block keeps, what it keeps of the encoder's output, which every decoder
+    block shares: one storage, counted once by the caller)."""
+    ctx, arch = st.ctx, st.ctx.arch
+    linears = list(layout(arch).linears)
+    w = state.weights_trainable
+    x = state.input_requires_grad
+    out, after_self = _self_attention_layer(
+        st, state, _split(linears, "decoder", ".layer.0."), x, bias_grad
+    )
+    if bias_grad and run_is_sdpa(ctx):
+        # torch.where(causal, bias, min) keeps its bool condition per layer
+        out.append(Saved("causal condition (bool)", st.s_q * st.s_q))
+    # layer.1: cross-attention; q from the decoder, k and v from the encoder's output
+    cross = _split(linears, "decoder", ".layer.1.")
+    q = [lin for lin in cross if lin.roles == ("q",)]
+    kv = [lin for lin in cross if lin.roles[0] in ("k", "v")]
+    o = [lin for lin in cross if lin.roles == ("o",)]
+    out += _norm(ctx, "cross-attention norm", after_self, w)
+    out += _linear_inputs(ctx, q, state, after_self or w, "cross q", arch.hidden_size, ctx.residual)
+    kv_saved = _linear_inputs(
+        enc.ctx, kv, state, enc_grad, "cross k/v", arch.hidden_size, ctx.residual
+    )
+    # one storage for every layer, unless autocast casts it per call
+    casts = ctx.plan.dtypes.autocast and ctx.residual != ctx.e
+    shared = [] if casts else [s for s in kv_saved if s.what.startswith("cross k/v: input")]
+    out += [s for s in kv_saved if s not in shared]
+    needs = set()
+    if after_self or w or any(lin.module in state.output_grad for lin in q):
+        needs.add("q")
+    if enc_grad or w or after_self:
+        needs |= {"k", "v"}
+    needs |= {lin.roles[0] for lin in kv if lin.module in state.output_grad}
+    cross_st = _Stack(ctx, st.s_q, enc.s_q)
+    # the cross-attention's zero bias needs a gradient only under checkpointing
+    zero_grad = ctx.run.grad_ckpt
+    out += _attention(cross_st, enc.T, frozenset(needs), mask_layer=False, mask_grad=zero_grad)
+    q_grad = bool(needs)
+    saved_o = _linear_inputs(ctx, o, state, q_grad, "cross o", arch.q_size, ctx.e)
+    if _o_input_is_kernel_output(ctx, zero_grad):
+        saved_o = [s for s in saved_o if not s.what.startswith("cross o: input")]
+    out += saved_o
+    after_cross = q_grad or after_self or any(lin.module in state.output_grad for lin in o)
+    out += _sublayer_out(ctx, "cross-attention output", st.T, after_cross)
+    out += _norm(ctx, "feed-forward norm", after_cross, w)
+    ff, ff_grad = _feed_forward(st, state, _split(linears, "decoder", ".layer.2."), after_cross)
+    out += ff
+    out += _sublayer_out(ctx, "feed-forward output", st.T, ff_grad)
+    return [s for s in out if s.nbytes], [s for s in shared if s.nbytes]
+
+
+def run_is_sdpa(ctx: _Ctx) -> bool:
+    return ctx.run.attn != "eager"
+
+
+def stack(arch: Architecture, run: RunConfig, plan: MethodPlan, decoder: bool) -> _Stack:
+    s = run.decoder_len if decoder else run.seq_len
+    return _Stack(_Ctx(arch, run, plan, run.batch_size * s), s, s)
+
+
+def encoder_grad(states: list[BlockState]) -> bool:
+    """Does the encoder's output need a gradient (anything in or below it trains)?"""
+    return states[0].input_requires_grad or any(
+        st.weights_trainable or any(m.startswith("encoder.") for m in st.output_grad)
+        for st in states
+    )
+
+
+def outer_saved(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    inputs_grad: bool,
+    enc_grad: bool,
+    shared_kv: list[Saved],
+) -> tuple[list[Saved], list[Saved]]:
+    """(below the blocks, above them): the embeddings' side, the encoder's final norm and
+    output, what every decoder block shares; the decoder's final norm, head and loss."""
+    enc, dec = stack(arch, run, plan, False), stack(arch, run, plan, True)
+    train = plan.outer_trainable
+    h, r, e = arch.hidden_size, enc.ctx.residual, enc.ctx.e
+    below: list[Saved] = []
+    if train:
+        below.append(Saved("token ids (input and labels)", (enc.T + dec.T) * INDEX_BYTES))
+        # the relative position buckets (s × s per stack) index the bias tables
+        below.append(Saved("position buckets", (enc.s_q**2 + dec.s_q**2) * INDEX_BYTES))
+    if inputs_grad:
+        below += _dropout(enc.ctx, "embeddings", (enc.T + dec.T) * h, r)
+    below += _norm(enc.ctx, "encoder final norm", enc_grad, train)
+    if enc_grad:
+        below += _dropout(enc.ctx, "encoder output", enc.T * h, r)
+    below += shared_kv
+    blocks_grad = inputs_grad or plan.trainable_blocks > 0
+    cross_fused = (
+        blocks_grad
+        and run.attn != "eager"
+        and _bias_bytes(enc.ctx, False) == e
+        and not (run.device == "cpu" and (run.grad_ckpt or arch.dropout_rate))
+    )
+    if cross_fused:
+        # the cross-attention's zero bias, one tensor kept by every decoder layer's kernel
+        below.append(Saved("cross-attention zero bias", arch.num_heads * dec.s_q * enc.s_q * e))
+    above = _norm(dec.ctx, "decoder final norm", blocks_grad, train)
+    if blocks_grad:
+        above += _dropout(dec.ctx, "decoder output", dec.T * h, r)
+    log_softmax = FP32 if plan.dtypes.autocast else e
+    above += head_saved(arch, plan, dec.T, train, log_softmax)
+    return below, above
