@@ -167,7 +167,7 @@ def _linear_inputs(
         a_out = e if dt.autocast else ae
         out.append(Saved(f"{lin.leaf} lora_A output (r={r})", T * r * a_out))
         if ctx.run.method == "dora":
-            out += _dora_saved(ctx, lin, T, peft_casts)
+            out += _dora_saved(ctx, lin, T, peft_casts, in_grad)
         if dt.autocast:
             copies = r * lin.out_features + (r * in_features if in_grad else 0)
             out.append(Saved(f"{lin.leaf} lora 16-bit weight copies", 2 * copies))
@@ -244,21 +244,26 @@ def runs_eager(arch: Architecture, run: RunConfig) -> bool:
     return run.attn == "eager" or arch.family in ("falcon", "gemma2")
 
 
-def _dora_saved(ctx: _Ctx, lin: Linear, T: int, peft_casts: bool) -> list[Saved]:
+def _dora_saved(
+    ctx: _Ctx, lin: Linear, T: int, peft_casts: bool, in_grad: bool
+) -> list[Saved]:
     """What peft's DoRA keeps per adapted linear (peft 0.21, measured).
 
     It rescales the base and the LoRA outputs by magnitude / ‖W + BA‖: both outputs
     are kept (a third output-sized cast when peft casts the input), with the fp32
-    norm scale per output. With a bias under autocast the base output minus the fp32
+    norm and the scale per output (and the scale − 1 when the input needs a gradient). With a bias under autocast the base output minus the fp32
     bias is kept in fp32. GPT-2's Conv1D path with fp32 weights also keeps a
     transposed copy of the weight.
     """
     e, out_f = ctx.e, lin.out_features
     outputs = 3 if peft_casts else 2
+    # the norm (kept by magnitude / norm) and the scale (kept by scale · lora); the
+    # scale − 1 too when the base output needs a gradient (its input does)
+    scales = 3 if in_grad else 2
     items = [
         Saved(
             f"{lin.leaf} DoRA base/LoRA outputs and rescale",
-            outputs * T * out_f * e + 2 * out_f * FP32,
+            outputs * T * out_f * e + scales * out_f * FP32,
         )
     ]
     if lin.bias and ctx.plan.dtypes.autocast:

@@ -340,6 +340,39 @@ def encoder_grad(states: list[BlockState]) -> bool:
     )
 
 
+def decoder_states(states: list[BlockState], enc_grad: bool) -> list[BlockState]:
+    """The decoder blocks' states: above the first, a block's input needs a gradient
+    once the encoder's output does (every block's cross-attention reads it)."""
+    if not enc_grad:
+        return states
+    grad = {st: dataclasses.replace(st, input_requires_grad=True) for st in set(states[1:])}
+    return states[:1] + [grad[st] for st in states[1:]]
+
+
+def _checkpoint_inputs(enc: _Stack, dec: _Stack, kv_kept: bool) -> list[Saved]:
+    """What checkpointed blocks keep as inputs besides their hidden states: eager
+    attention's causal mask (every decoder block); what the first block of each stack
+    hands the blocks above it: the position biases (parameters' dtype), the cross-attention's zero
+    bias (which checkpointing makes require a gradient) and the encoder's output."""
+    arch, run, r = enc.ctx.arch, enc.ctx.run, enc.ctx.residual
+    nh = arch.num_heads
+    held = []
+    if run.attn == "eager":  # every decoder block gets the float causal mask (b, 1, t, t)
+        held.append(Saved("causal mask (kept by checkpointing)", dec.T * dec.s_q * r))
+    if arch.num_layers == 1:
+        return held
+    held += [
+        Saved("position biases (kept by checkpointing)", nh * (enc.s_q**2 + dec.s_q**2) * r),
+        Saved(
+            "cross-attention zero bias (kept by checkpointing)",
+            nh * dec.s_q * enc.s_q * _bias_bytes(enc.ctx, False),
+        ),
+    ]
+    if not kv_kept:
+        held.append(Saved("encoder output (kept by checkpointing)", enc.T * arch.hidden_size * r))
+    return held
+
+
 def outer_saved(
     arch: Architecture,
     run: RunConfig,
@@ -356,8 +389,9 @@ def outer_saved(
     below: list[Saved] = []
     if train:
         below.append(Saved("token ids (input and labels)", (enc.T + dec.T) * INDEX_BYTES))
-        # the relative position buckets (s × s per stack) index the bias tables
-        below.append(Saved("position buckets", (enc.s_q**2 + dec.s_q**2) * INDEX_BYTES))
+        if not run.grad_ckpt:  # (checkpointed: inside the first blocks, recomputed)
+            # the relative position buckets (s × s per stack) index the bias tables
+            below.append(Saved("position buckets", (enc.s_q**2 + dec.s_q**2) * INDEX_BYTES))
     if inputs_grad:
         below += _dropout(enc.ctx, "embeddings", (enc.T + dec.T) * h, r)
     below += _norm(enc.ctx, "encoder final norm", enc_grad, train)
@@ -365,6 +399,8 @@ def outer_saved(
         below += _dropout(enc.ctx, "encoder output", enc.T * h, r)
     below += shared_kv
     blocks_grad = inputs_grad or plan.trainable_blocks > 0
+    if run.grad_ckpt and blocks_grad:
+        below += _checkpoint_inputs(enc, dec, bool(shared_kv))
     cross_fused = (
         blocks_grad
         and run.attn != "eager"

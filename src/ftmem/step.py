@@ -285,36 +285,28 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
     plan = plan_method(arch, run)
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     r = plan.dtypes.residual_bytes
-    h, V, nh = arch.hidden_size, arch.vocab_size, arch.num_heads
+    h, V = arch.hidden_size, arch.vocab_size
     enc = seq2seq.stack(arch, run, plan, decoder=False)
     dec = seq2seq.stack(arch, run, plan, decoder=True)
     states = _block_states(arch, run, plan)
     inputs_grad = states[0].input_requires_grad
     enc_grad = seq2seq.encoder_grad(states)
     bias_grad = plan.outer_trainable
-    enc_cache: dict[BlockState, list[Saved]] = {}
+    dec_states = seq2seq.decoder_states(states, enc_grad)
+    enc_cache = {st: seq2seq.encoder_block_saved(enc, st, bias_grad) for st in set(states)}
     dec_cache: dict[BlockState, list[Saved]] = {}
     shared_kv: list[Saved] = []
-    for st in dict.fromkeys(states):
-        enc_cache[st] = seq2seq.encoder_block_saved(enc, st, bias_grad)
+    for st in dict.fromkeys(dec_states):
         dec_cache[st], shared = seq2seq.decoder_block_saved(dec, enc, st, bias_grad, enc_grad)
         shared_kv = shared_kv or shared
-    per_block = [_sum(enc_cache[st]) for st in states] + [_sum(dec_cache[st]) for st in states]
+    per_block = [_sum(enc_cache[st]) for st in states] + [_sum(dec_cache[st]) for st in dec_states]
     below, above = seq2seq.outer_saved(arch, run, plan, inputs_grad, enc_grad, shared_kv)
     outer_items = below + above
     if run.grad_ckpt:
-        # each checkpointed block keeps its input; blocks above the first keep the
-        # position biases the first one computed (and the decoder's, the encoder output)
+        # each checkpointed block keeps its input (what the blocks share: outer_saved)
         kept = [enc.T * h * r] * len(states) + [dec.T * h * r] * len(states)
         per_block_kept = [k if b else 0 for k, b in zip(kept, per_block, strict=True)]
         recompute = max(per_block)
-        if len(states) > 1:
-            biases = nh * (enc.s_q**2 + dec.s_q**2) * r
-            held = [Saved("position biases (kept by checkpointing)", biases)]
-            if not shared_kv:
-                held.append(Saved("encoder output (kept by checkpointing)", enc.T * h * r))
-            below += held
-            outer_items += held
     else:
         per_block_kept = per_block
         recompute = 0
@@ -356,7 +348,7 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
         sizes=sizes,
         activations=activations,
         per_block_full=tuple(per_block),
-        typical_block=tuple(dec_cache[states[-1]]),
+        typical_block=tuple(dec_cache[dec_states[-1]]),
         outer_items=tuple(outer_items),
     )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftmem.run import RunConfig
-from tests.conftest import TINY, tiny
+from tests.conftest import TINY, TINY_SEQ2SEQ, tiny
 
 ACTIVATION_TOLERANCE = 0.03
 PEAK_TOLERANCE = 0.05
@@ -305,6 +305,45 @@ def _matrix() -> list[Case]:
             cases.append(
                 Case("llama", {"method": "full", "precision": precision, "optimizer": opt})
             )
+    return cases + _seq2seq()
+
+
+def _seq2seq() -> list[Case]:
+    """Encoder-decoders: Flan-T5 (gated GELU, untied head) and T5 v1.0 (ReLU, tied),
+    a decoder (target) length of its own; dropout, which T5 trains with, on the main
+    regimes (the CPU keeps dtype-sized masks and takes the math attention path)."""
+    cases: list[Case] = []
+    target = {"target_len": 23}
+    methods = [
+        {"method": "full"},
+        {"method": "freeze", "trainable_layers": 1},
+        {"method": "lora"},
+        {"method": "lora", "lora_targets": "all-linear", "lora_r": 4},
+        {"method": "dora"},
+        {"method": "qlora"},
+    ]
+    for variant in sorted(TINY_SEQ2SEQ):
+        for precision in ("fp32", "bf16", "bf16-mixed"):
+            for m in methods:
+                cases.append(Case(variant, {**m, **target, "precision": precision}))
+    dropout = {"dropout_rate": 0.1}
+    for m in ("full", "lora", "qlora"):
+        for precision in ("bf16", "bf16-mixed"):
+            cases.append(Case("flan-t5", {"method": m, "precision": precision, **target}, dropout))
+    for m in ("full", "lora"):
+        for extra, arch_changes in (({}, {}), ({}, dropout), ({"grad_ckpt": True}, {})):
+            settings = {"method": m, "precision": "bf16-mixed", "attn": "eager", **extra}
+            cases.append(Case("flan-t5", {**settings, **target}, arch_changes))
+    for m in ("full", "lora", "qlora"):
+        for precision in ("bf16", "bf16-mixed"):
+            settings = {"method": m, "precision": precision, "grad_ckpt": True, **target}
+            cases.append(Case("flan-t5", settings, dropout))
+    cases.append(Case("t5", {"method": "lora", "precision": "bf16", "grad_ckpt": True, **target}))
+    cases.append(Case("flan-t5", {"method": "galore", "precision": "bf16", **target}))
+    # the decoder longer than the encoder, and batch 1
+    cases.append(
+        Case("flan-t5", {"method": "full", "batch_size": 1, "seq_len": 16, "target_len": 64})
+    )
     return cases
 
 
