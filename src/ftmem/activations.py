@@ -244,9 +244,7 @@ def runs_eager(arch: Architecture, run: RunConfig) -> bool:
     return run.attn == "eager" or arch.family in ("falcon", "gemma2")
 
 
-def _dora_saved(
-    ctx: _Ctx, lin: Linear, T: int, peft_casts: bool, in_grad: bool
-) -> list[Saved]:
+def _dora_saved(ctx: _Ctx, lin: Linear, T: int, peft_casts: bool, in_grad: bool) -> list[Saved]:
     """What peft's DoRA keeps per adapted linear (peft 0.21, measured).
 
     It rescales the base and the LoRA outputs by magnitude / ‖W + BA‖: both outputs

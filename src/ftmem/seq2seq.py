@@ -41,9 +41,11 @@ from ftmem.activations import (
     head_saved,
 )
 from ftmem.arch import Architecture, Linear, layout
+from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan
 from ftmem.run import RunConfig
+from ftmem.transients import mlp_backward_workspace
 
 # What the encoder-decoder path models and measures; the rest refuses in one sentence.
 SEQ2SEQ_METHODS = ("full", "freeze", "galore", "lora", "rslora", "dora", "qlora")
@@ -257,41 +259,35 @@ def _o_input_is_kernel_output(ctx: _Ctx, mask_grad: bool) -> bool:
     return run.attn != "eager" and not math
 
 
-def encoder_block_saved(st: _Stack, state: BlockState, bias_grad: bool) -> list[Saved]:
+def _ff_layer(st: _Stack, state: BlockState, linears: list[Linear], x_grad: bool) -> list[Saved]:
+    """The feed-forward sub-layer: norm, feed-forward, dropout on its output."""
+    out = _norm(st.ctx, "feed-forward norm", x_grad, state.weights_trainable)
+    ff, ff_grad = _feed_forward(st, state, linears, x_grad)
+    return out + ff + _sublayer_out(st.ctx, "feed-forward output", st.T, ff_grad)
+
+
+def encoder_block_parts(st: _Stack, state: BlockState, bias_grad: bool) -> list[list[Saved]]:
+    """What one encoder block keeps, per sub-layer (self-attention, feed-forward)."""
     linears = list(layout(st.ctx.arch).linears)
-    w = state.weights_trainable
-    out, after = _self_attention_layer(
+    attn, after = _self_attention_layer(
         st, state, _split(linears, "encoder", ".layer.0."), state.input_requires_grad, bias_grad
     )
-    out += _norm(st.ctx, "feed-forward norm", after, w)
-    ff, ff_grad = _feed_forward(st, state, _split(linears, "encoder", ".layer.1."), after)
-    out += ff
-    out += _sublayer_out(st.ctx, "feed-forward output", st.T, ff_grad)
-    return [s for s in out if s.nbytes]
+    ff = _ff_layer(st, state, _split(linears, "encoder", ".layer.1."), after)
+    return [_nonzero(attn), _nonzero(ff)]
 
 
-def decoder_block_saved(
-    st: _Stack, enc: _Stack, state: BlockState, bias_grad: bool, enc_grad: bool
-) -> tuple[list[Saved], list[Saved]]:
-    """(what the block keeps, what it keeps of the encoder's output, which every decoder
-    block shares: one storage, counted once by the caller)."""
+def _cross_layer(
+    st: _Stack, enc: _Stack, state: BlockState, linears: list[Linear], x: bool, enc_grad: bool
+) -> tuple[list[Saved], list[Saved], bool]:
+    """layer.1 of a decoder block: q from the decoder, k and v from the encoder's output.
+    Returns (kept, kept of the encoder's output by every block alike, output needs grad)."""
     ctx, arch = st.ctx, st.ctx.arch
-    linears = list(layout(arch).linears)
     w = state.weights_trainable
-    x = state.input_requires_grad
-    out, after_self = _self_attention_layer(
-        st, state, _split(linears, "decoder", ".layer.0."), x, bias_grad
-    )
-    if bias_grad and run_is_sdpa(ctx):
-        # torch.where(causal, bias, min) keeps its bool condition per layer
-        out.append(Saved("causal condition (bool)", st.s_q * st.s_q))
-    # layer.1: cross-attention; q from the decoder, k and v from the encoder's output
-    cross = _split(linears, "decoder", ".layer.1.")
-    q = [lin for lin in cross if lin.roles == ("q",)]
-    kv = [lin for lin in cross if lin.roles[0] in ("k", "v")]
-    o = [lin for lin in cross if lin.roles == ("o",)]
-    out += _norm(ctx, "cross-attention norm", after_self, w)
-    out += _linear_inputs(ctx, q, state, after_self or w, "cross q", arch.hidden_size, ctx.residual)
+    q = [lin for lin in linears if lin.roles == ("q",)]
+    kv = [lin for lin in linears if lin.roles[0] in ("k", "v")]
+    o = [lin for lin in linears if lin.roles == ("o",)]
+    out = _norm(ctx, "cross-attention norm", x, w)
+    out += _linear_inputs(ctx, q, state, x or w, "cross q", arch.hidden_size, ctx.residual)
     kv_saved = _linear_inputs(
         enc.ctx, kv, state, enc_grad, "cross k/v", arch.hidden_size, ctx.residual
     )
@@ -300,9 +296,9 @@ def decoder_block_saved(
     shared = [] if casts else [s for s in kv_saved if s.what.startswith("cross k/v: input")]
     out += [s for s in kv_saved if s not in shared]
     needs = set()
-    if after_self or w or any(lin.module in state.output_grad for lin in q):
+    if x or w or any(lin.module in state.output_grad for lin in q):
         needs.add("q")
-    if enc_grad or w or after_self:
+    if enc_grad or w or x:
         needs |= {"k", "v"}
     needs |= {lin.roles[0] for lin in kv if lin.module in state.output_grad}
     cross_st = _Stack(ctx, st.s_q, enc.s_q)
@@ -314,13 +310,33 @@ def decoder_block_saved(
     if _o_input_is_kernel_output(ctx, zero_grad):
         saved_o = [s for s in saved_o if not s.what.startswith("cross o: input")]
     out += saved_o
-    after_cross = q_grad or after_self or any(lin.module in state.output_grad for lin in o)
-    out += _sublayer_out(ctx, "cross-attention output", st.T, after_cross)
-    out += _norm(ctx, "feed-forward norm", after_cross, w)
-    ff, ff_grad = _feed_forward(st, state, _split(linears, "decoder", ".layer.2."), after_cross)
-    out += ff
-    out += _sublayer_out(ctx, "feed-forward output", st.T, ff_grad)
-    return [s for s in out if s.nbytes], [s for s in shared if s.nbytes]
+    after = q_grad or x or any(lin.module in state.output_grad for lin in o)
+    out += _sublayer_out(ctx, "cross-attention output", st.T, after)
+    return out, shared, after
+
+
+def decoder_block_parts(
+    st: _Stack, enc: _Stack, state: BlockState, bias_grad: bool, enc_grad: bool
+) -> tuple[list[list[Saved]], list[Saved]]:
+    """What one decoder block keeps, per sub-layer (self-attention, cross-attention,
+    feed-forward), and what it keeps of the encoder's output, which every decoder block
+    shares: one storage, counted once by the caller."""
+    linears = list(layout(st.ctx.arch).linears)
+    attn, after_self = _self_attention_layer(
+        st, state, _split(linears, "decoder", ".layer.0."), state.input_requires_grad, bias_grad
+    )
+    if bias_grad and run_is_sdpa(st.ctx):
+        # torch.where(causal, bias, min) keeps its bool condition per layer
+        attn.append(Saved("causal condition (bool)", st.s_q * st.s_q))
+    cross, shared, after_cross = _cross_layer(
+        st, enc, state, _split(linears, "decoder", ".layer.1."), after_self, enc_grad
+    )
+    ff = _ff_layer(st, state, _split(linears, "decoder", ".layer.2."), after_cross)
+    return [_nonzero(attn), _nonzero(cross), _nonzero(ff)], _nonzero(shared)
+
+
+def _nonzero(items: list[Saved]) -> list[Saved]:
+    return [s for s in items if s.nbytes]
 
 
 def run_is_sdpa(ctx: _Ctx) -> bool:
@@ -416,3 +432,57 @@ def outer_saved(
     log_softmax = FP32 if plan.dtypes.autocast else e
     above += head_saved(arch, plan, dec.T, train, log_softmax)
     return below, above
+
+
+def attention_moment(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    parts: list[list[Saved]],
+    decoder: bool,
+    bias_grad: bool,
+) -> int:
+    """The largest attention backward of a block, relative to all it keeps: the
+    gradients of q, k, v and of the s² scores, while the sub-layers above are freed.
+
+    The CPU's math path (fp32 copies) and eager attention take two s² gradients; the
+    fused kernels none, but a mask that needs a gradient (the trained bias; under
+    checkpointing the cross-attention's zeros) gets one, expanded over the batch. The
+    cross-attention's keys and values have the encoder's length."""
+    enc, dec = stack(arch, run, plan, False), stack(arch, run, plan, True)
+    e, inner = enc.ctx.e, arch.q_size
+    b, nh = run.batch_size, arch.num_heads
+    own = dec if decoder else enc
+    attentions = [(own.s_q, bias_grad)] + ([(enc.s_q, run.grad_ckpt)] if decoder else [])
+    worst = 0
+    for i, (s_k, mask_grad) in enumerate(attentions):
+        scores = b * nh * own.s_q * s_k
+        math = run.attn != "eager" and run.device == "cpu" and bool(mask_grad or arch.dropout_rate)
+        qkv = (own.T + 2 * b * s_k) * inner
+        if math:
+            # the fp32 copies' gradients, cast back to the projections' dtype
+            size = qkv * FP32 + (qkv * e if e != FP32 else 0) + scores * FP32
+        elif run.attn == "eager":
+            size = qkv * e + 2 * scores * FP32
+        else:
+            size = qkv * e + (scores * e if mask_grad else 0)
+        if decoder:  # the encoder output's gradient, summed over the decoder's blocks
+            size += enc.T * arch.hidden_size * enc.ctx.residual
+        freed = sum(x.nbytes for later in parts[i + 1 :] for x in later)
+        worst = max(worst, size - freed)
+    return worst
+
+
+def block_workspace(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int) -> int:
+    """Transient gradients of a block's feed-forward or norm backward (T tokens): the
+    MLP's as for decoder-only models; T5's norm holds two fp32 T·h gradients and one in
+    the compute dtype (it keeps its input in that dtype, not upcast). An adapter whose
+    input peft casts adds that cast's gradient."""
+    dt = plan.dtypes
+    e, h = BYTES_PER_ELEMENT[dt.compute], arch.hidden_size
+    mlp = mlp_backward_workspace(arch, plan, e, T)
+    norm = 2 * T * h * FP32 + T * h * e
+    cast_grad = 0
+    if plan.adapted and not dt.autocast and dt.adapter != dt.compute:
+        cast_grad = T * h * BYTES_PER_ELEMENT[dt.adapter]
+    return (mlp if run.grad_ckpt else max(mlp, norm)) + cast_grad

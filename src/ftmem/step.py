@@ -293,12 +293,18 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
     enc_grad = seq2seq.encoder_grad(states)
     bias_grad = plan.outer_trainable
     dec_states = seq2seq.decoder_states(states, enc_grad)
-    enc_cache = {st: seq2seq.encoder_block_saved(enc, st, bias_grad) for st in set(states)}
-    dec_cache: dict[BlockState, list[Saved]] = {}
+    enc_parts = {st: seq2seq.encoder_block_parts(enc, st, bias_grad) for st in set(states)}
+    dec_parts: dict[BlockState, list[list[Saved]]] = {}
     shared_kv: list[Saved] = []
     for st in dict.fromkeys(dec_states):
-        dec_cache[st], shared = seq2seq.decoder_block_saved(dec, enc, st, bias_grad, enc_grad)
+        dec_parts[st], shared = seq2seq.decoder_block_parts(dec, enc, st, bias_grad, enc_grad)
         shared_kv = shared_kv or shared
+    enc_cache = {st: [x for part in parts for x in part] for st, parts in enc_parts.items()}
+    dec_cache = {st: [x for part in parts for x in part] for st, parts in dec_parts.items()}
+    attention = max(
+        seq2seq.attention_moment(arch, run, plan, enc_parts[states[-1]], False, bias_grad),
+        seq2seq.attention_moment(arch, run, plan, dec_parts[dec_states[-1]], True, bias_grad),
+    )
     per_block = [_sum(enc_cache[st]) for st in states] + [_sum(dec_cache[st]) for st in dec_states]
     below, above = seq2seq.outer_saved(arch, run, plan, inputs_grad, enc_grad, shared_kv)
     outer_items = below + above
@@ -318,7 +324,6 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
     # the logits, and under autocast their fp32 copy for the loss; the loss's backward
     # holds the log-softmax's gradient and the logits' (fp32 under autocast)
     loss_e = FP32 if autocast else e
-    run_dec = run.model_copy(update={"seq_len": dec.s_q})
     sizes = StepSizes(
         weights=sum(g.nbytes for g in plan.groups),
         states=optimizer_state_bytes(plan.groups, run),
@@ -335,8 +340,9 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
         forward_block_transient=forward_block_transient(plan, run),
         loss_backward=2 * logit_bytes * loss_e,
         block_workspace=max(
-            block_backward_workspace(arch, run, plan, e, enc.T),
-            block_backward_workspace(arch, run_dec, plan, e, dec.T),
+            seq2seq.block_workspace(arch, run, plan, enc.T),
+            seq2seq.block_workspace(arch, run, plan, dec.T),
+            attention,
         ),
         head_workspace=norm_backward_workspace(arch, e, dec.T) + dec.T * h * FP32,
         recompute=recompute,
