@@ -234,7 +234,7 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
     (
         "unknown-model-type",
         ["estimate", "{tmp}/config.json"],
-        {"config.json": cfg(model_type="t5")},
+        {"config.json": cfg(model_type="mamba")},
         "does not support",
     ),
     (

@@ -20,6 +20,7 @@ from ftmem.presets import get_gpu
 from ftmem.result import Estimate
 from ftmem.run import ADAPTER_METHODS, Method, RunConfig, settings_for
 from ftmem.search import Largest, largest_fitting
+from ftmem.seq2seq import SEQ2SEQ_METHODS
 from ftmem.serve import ServeConfig
 from ftmem.sources import resolve_model, source_notes
 from ftmem.units import parse_size
@@ -215,6 +216,8 @@ def compare_methods(
     chosen = list(methods or COMPARED_METHODS)
     if methods is None and not arch.has_biases:
         chosen.remove("bitfit")
+    if methods is None and arch.encoder_decoder:
+        chosen = [m for m in chosen if m in SEQ2SEQ_METHODS]
     out: dict[str, Estimate | str] = {}
     for m in chosen:
         run_config(method=m)  # an unknown name fails here, as one sentence

@@ -471,7 +471,7 @@ def compare_methods(
         arch = resolve_model(model)
         rows = run_compare(arch, names, **settings)
         served = None
-        if inference:
+        if inference and not arch.encoder_decoder:  # serve models decoder-only generation
             from ftmem.api import resolve_gpu, serve_config
             from ftmem.serve import estimate_serving
 

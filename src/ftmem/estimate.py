@@ -161,7 +161,7 @@ def _result(
             n_params=count_params(arch),
             n_trainable_params=n_trainable,
         ),
-        run=_resolved_run(run, plan),
+        run=_resolved_run(run, plan, arch),
         memory=memory,
         gpu=None
         if gpu is None
@@ -286,8 +286,10 @@ def _rank_name(par: ParallelConfig, stage: int) -> str:
     return f"pipeline stage {stage} of {par.pp} ({where})"
 
 
-def _resolved_run(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
+def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> dict[str, object]:
     resolved: dict[str, object] = run.model_dump()
+    if arch.encoder_decoder:  # the decoder's length, given or defaulted
+        resolved["target_len"] = run.decoder_len
     resolved["precision_regime"] = plan.dtypes.describe()
     resolved["autocast"] = plan.dtypes.autocast
     resolved["compute_dtype"] = plan.dtypes.compute

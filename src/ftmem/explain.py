@@ -133,13 +133,24 @@ def explain(
         if run.positions != run.seq_len
         else (f"{run.seq_len}")
     )
-    acts.lines.append(
-        f"Per block, for {run.batch_size} × {length} = {tokens:,} positions in "
-        f"{est.run['compute_dtype']}:"
-    )
+    if arch.encoder_decoder:
+        tokens = run.batch_size * run.decoder_len
+        acts.lines.append(
+            f"{arch.num_layers} encoder blocks read {run.batch_size} × {run.seq_len} input "
+            f"positions, {arch.num_layers} decoder blocks {run.batch_size} × {run.decoder_len} "
+            "target positions (self-attention, cross-attention over the encoder's output, "
+            f"feed-forward). Per decoder block, in {est.run['compute_dtype']}:"
+        )
+    else:
+        acts.lines.append(
+            f"Per block, for {run.batch_size} × {length} = {tokens:,} positions in "
+            f"{est.run['compute_dtype']}:"
+        )
     for item in m.activations_per_block:
         acts.lines.append(f"  {item.what}: {_b(item.bytes, units)}")
-    acts.lines.append(f"  one block: {_b(block, units)}")
+    acts.lines.append(
+        f"  one {'decoder ' if arch.encoder_decoder else ''}block: {_b(block, units)}"
+    )
     if run.grad_ckpt:
         acts.lines.append(
             "With gradient checkpointing each block keeps only its input; backward rebuilds one "
@@ -152,12 +163,13 @@ def explain(
         f"Activations = {_b(m.activations_bytes, units)} (outside the blocks {_b(outer, units)})"
     )
     korthikanti = tokens * h * (34 + 5 * arch.num_heads * run.seq_len / h)
-    acts.lines.append(
-        "For comparison, Korthikanti et al. 2022 (arXiv:2205.05198) give s·b·h·(34 + 5·a·s/h) "
-        f"bytes per GPT block in 16-bit with the s² attention scores kept: "
-        f"{_b(int(korthikanti), units)} here; sdpa/flash keep no s² scores, and these families "
-        "differ from GPT-3 (gated MLP, fp32 RMSNorm inputs)."
-    )
+    if not arch.encoder_decoder:  # (a decoder-only GPT rule)
+        acts.lines.append(
+            "For comparison, Korthikanti et al. 2022 (arXiv:2205.05198) give s·b·h·(34 + 5·a·s/h) "
+            f"bytes per GPT block in 16-bit with the s² attention scores kept: "
+            f"{_b(int(korthikanti), units)} here; sdpa/flash keep no s² scores, and these families "
+            "differ from GPT-3 (gated MLP, fp32 RMSNorm inputs)."
+        )
     out.append(acts)
 
     peak = Section("The peak")

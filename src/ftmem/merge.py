@@ -84,6 +84,11 @@ def merge_estimate(arch: Architecture, cfg: MergeConfig) -> MergeEstimate:
     if cfg.kind == "stack":
         if cfg.layers is None:
             raise InvalidInputError("A stack merge needs --layers, e.g. 0-24,8-32.")
+        if arch.encoder_decoder:
+            raise InvalidInputError(
+                f"{arch.name} is an encoder-decoder: stack merges (depth up-scaling) slice "
+                "decoder-only blocks; use a weighted merge."
+            )
         slices = parse_slices(cfg.layers, arch.num_layers)
         blocks = sum(b - a for a, b in slices)
         result = arch.model_copy(update={"num_layers": blocks, "name": f"{arch.name} stacked"})

@@ -196,6 +196,11 @@ class RankMemory:
 def check_layout(arch: Architecture, run: RunConfig, par: ParallelConfig) -> None:
     """The divisibility rules a user hits when launching the run."""
     tp, pp, cp = par.tp, par.pp, par.cp
+    if arch.encoder_decoder and max(tp, pp, cp) > 1:
+        raise InvalidInputError(
+            f"{arch.name} is an encoder-decoder: ftmem models it on data-parallel ranks "
+            "(DDP, ZeRO, FSDP, offload), not with tensor, pipeline or context parallelism."
+        )
     if tp > 1:
         for what, n in (
             ("attention heads", arch.num_heads),

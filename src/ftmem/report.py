@@ -53,6 +53,7 @@ CSV_RUN = (
     "optimizer",
     "batch_size",
     "seq_len",
+    "target_len",
     "grad_accum",
     "grad_ckpt",
     "attn",
@@ -147,6 +148,7 @@ def table(est: Estimate, units: UnitSystem = "GiB") -> RenderableType:
     title = (
         f"{est.model.name}: {run['method']} · {run['precision_regime']} · {run['optimizer']} · "
         f"batch {run['batch_size']} × seq {run['seq_len']}"
+        f"{' → ' + str(run['target_len']) if run.get('target_len') else ''}"
         f"{' · grad-ckpt' if run['grad_ckpt'] else ''} · attn {run['attn']}"
     )
     if est.parallel is not None:

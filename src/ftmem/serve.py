@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from ftmem.arch import Architecture, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, INT4_GROUP, ceil_div, tensor_bytes
+from ftmem.errors import InvalidInputError
 from ftmem.hardware import Gpu, runtime_overhead
 from ftmem.methods import adapted_linears
 from ftmem.run import RunConfig
@@ -143,6 +144,11 @@ def prefill_bytes(arch: Architecture, cfg: ServeConfig) -> int:
 def estimate_serving(
     arch: Architecture, cfg: ServeConfig, gpu: Gpu | None = None, overhead_bytes: int | None = None
 ) -> ServeEstimate:
+    if arch.encoder_decoder:
+        raise InvalidInputError(
+            f"{arch.name} is an encoder-decoder: `ftmem serve` models decoder-only generation "
+            "(one KV cache); estimate its training instead."
+        )
     weights = weight_bytes(arch, cfg.weights)
     per_token = kv_bytes_per_token(arch, cfg.kv_dtype)
     kv = per_token * cfg.sequences * cfg.context
