@@ -304,7 +304,8 @@ def _cross_layer(
     cross_st = _Stack(ctx, st.s_q, enc.s_q)
     # the cross-attention's zero bias needs a gradient only under checkpointing
     zero_grad = ctx.run.grad_ckpt
-    out += _attention(cross_st, enc.T, frozenset(needs), mask_layer=False, mask_grad=zero_grad)
+    core = _attention(cross_st, enc.T, frozenset(needs), mask_layer=False, mask_grad=zero_grad)
+    out += [Saved(f"cross-attention {x.what}", x.nbytes) for x in core]
     q_grad = bool(needs)
     saved_o = _linear_inputs(ctx, o, state, q_grad, "cross o", arch.q_size, ctx.e)
     if _o_input_is_kernel_output(ctx, zero_grad):
