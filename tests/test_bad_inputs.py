@@ -598,6 +598,36 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         {"b.yaml": "runs:\n  - name: a\n    model: gpt2\n    gpu: h100\n    batch_size: -1\n"},
         "line 5",
     ),
+    # encoder-decoders: what ftmem does not model for them, and --target-len elsewhere
+    ("t5-ia3", ["estimate", "flan-t5-base", "--method", "ia3"], {}, "does not model method ia3"),
+    ("t5-fp16", ["estimate", "t5-small", "--precision", "fp16"], {}, "pure fp16"),
+    ("t5-fused-loss", ["estimate", "flan-t5-base", "--loss", "fused"], {}, "the fused loss"),
+    ("t5-flash", ["estimate", "flan-t5-base", "--attn", "flash"], {}, "no FlashAttention"),
+    ("t5-tp", ["estimate", "flan-t5-xl", "--gpus", "2", "--tp", "2"], {}, "data-parallel"),
+    ("t5-serve", ["serve", "flan-t5-base"], {}, "decoder-only generation"),
+    ("t5-stack-merge", ["merge", "t5-base", "--layers", "0-8,4-12"], {}, "weighted merge"),
+    ("t5-teacher", ["estimate", "flan-t5-base", "--teacher", "flan-t5-xl"], {}, "distillation"),
+    ("target-len-decoder-only", ["estimate", "gpt2", "--target-len", "64"], {}, "decoder-only"),
+    ("target-len-zero", ["estimate", "flan-t5-base", "--target-len", "0"], {}, "--target-len"),
+    (
+        "t5-unequal-stacks",
+        ["estimate", "{tmp}/config.json"],
+        {
+            "config.json": json.dumps(
+                {
+                    "model_type": "t5",
+                    "vocab_size": 32128,
+                    "d_model": 512,
+                    "d_kv": 64,
+                    "d_ff": 1024,
+                    "num_heads": 6,
+                    "num_layers": 8,
+                    "num_decoder_layers": 4,
+                }
+            )  # fmt: skip
+        },
+        "8 encoder and 4 decoder layers",
+    ),
 ]
 
 

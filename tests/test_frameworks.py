@@ -39,6 +39,12 @@ EXPECTED = {
              seq_len=2048, batch_size=4, grad_accum=4, grad_ckpt=True, optimizer="adamw",
              optimizer_impl="fused", precision="bf16", autocast=True, attn="sdpa"),
     ),
+    "hf-seq2seq-flan-t5-xl.json": (
+        "trl",
+        "google/flan-t5-xl",
+        dict(seq_len=256, target_len=256, batch_size=8, grad_accum=2, optimizer="adafactor",
+             precision="bf16", autocast=True),
+    ),
     "litgpt-lora-llama2-7b.yaml": (
         "litgpt",
         "meta-llama/Llama-2-7b-hf",

@@ -517,9 +517,13 @@ def _hf_trainer(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[s
                 s[key] = data[key]
         if data.get("lora_target_modules"):
             s["lora_targets"] = _targets(data["lora_target_modules"])
-    seq = data.get("max_seq_length") or data.get("max_length")
+    seq = data.get("max_seq_length") or data.get("max_length") or data.get("max_source_length")
     if seq:
         s["seq_len"] = seq
+    # transformers' seq2seq example scripts (run_summarization, run_translation): the
+    # decoder's length; an encoder-decoder takes it as --target-len
+    if data.get("max_target_length"):
+        s["target_len"] = data["max_target_length"]
     if data.get("per_device_train_batch_size"):
         s["batch_size"] = data["per_device_train_batch_size"]
     if data.get("gradient_accumulation_steps"):
@@ -556,6 +560,8 @@ def _hf_trainer(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[s
         "lora_target_modules",
         "max_seq_length",
         "max_length",
+        "max_source_length",
+        "max_target_length",
         "per_device_train_batch_size",
         "per_device_eval_batch_size",
         "gradient_accumulation_steps",

@@ -385,6 +385,20 @@ REAL_SIZE_CASES = [
     RealSizeCase("llama2-7b", {"method": "ia3", "seq_len": 512}),
     RealSizeCase("llama2-7b", {"method": "prompt-tuning", "seq_len": 512}),
     RealSizeCase("llama2-7b", {"method": "adapter", "seq_len": 512}),
+    # encoder-decoders, with the dropout their configs ship
+    RealSizeCase(
+        "flan-t5-base", {"method": "full", "batch_size": 4, "seq_len": 512, "target_len": 128}
+    ),
+    RealSizeCase(
+        "flan-t5-large",
+        {
+            "method": "lora",
+            "precision": "bf16-mixed",
+            "batch_size": 2,
+            "seq_len": 512,
+            "target_len": 128,
+        },
+    ),
 ]
 
 # id -> reason; run as strict xfail
