@@ -624,7 +624,7 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
                     "num_layers": 8,
                     "num_decoder_layers": 4,
                 }
-            )  # fmt: skip
+            )
         },
         "8 encoder and 4 decoder layers",
     ),

@@ -9,12 +9,12 @@ import json
 import pytest
 
 from ftmem import estimate
-from tests.test_cli import run
 from ftmem.methods import plan_method
 from ftmem.run import RunConfig
 from ftmem.seq2seq import decoder_block_parts, encoder_block_parts, stack
 from ftmem.step import _block_states
 from tests.conftest import tiny
+from tests.test_cli import run
 
 B, S, T = 2, 40, 24  # batch, encoder positions, decoder positions
 
@@ -32,7 +32,7 @@ def _parts(precision: str = "bf16", **arch_changes):
 
 def test_flan_t5_encoder_block_by_hand():
     """bf16, full finetuning, sdpa on CUDA (memory-efficient kernel), no dropout."""
-    arch, (attn, ff), _ = _parts()
+    _, (attn, ff), _ = _parts()
     h, inner, f, nh = 96, 6 * 24, 160, 6
     n = B * S
     # T5's norm: fp32 copy + the bf16 input itself + fp32 rstd; normalised (bf16)
