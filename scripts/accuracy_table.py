@@ -39,7 +39,7 @@ differs or a tolerance is exceeded.
 
 - torch {torch}, transformers {transformers}, peft {peft}, Python {python}, CPU ({machine})
 - Tiny random-weight models of each family (`tests/conftest.py`), batch 3 × 50 tokens
-  unless the id says otherwise; steady-state step (optimizer states exist,
+  unless the id says otherwise (T5 and Flan-T5: 50 encoder, `targetlen` decoder tokens); steady-state step (optimizer states exist,
   `zero_grad(set_to_none=True)`), torch AdamW for-loop implementation (the CPU default).
 - **Measured**: weights, gradients and optimizer states from the tensors; activations
   are the bytes autograd saves for backward at the end of forward + loss (each storage

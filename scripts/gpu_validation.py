@@ -38,6 +38,9 @@ CASES: list[tuple[str, dict]] = [
     ("llama3-8b", {"method": "lora", "seq_len": 2048, "batch_size": 1}),
     ("llama3-8b", {"method": "lora", "seq_len": 2048, "batch_size": 2, "grad_ckpt": True}),
     ("mistral-7b", {"method": "full", "seq_len": 512, "batch_size": 1, "optimizer": "adamw-8bit"}),
+    # an encoder-decoder: the memory-efficient kernel with a trained bias, bool dropout masks
+    ("flan-t5-large", {"method": "full", "seq_len": 512, "target_len": 128, "batch_size": 8}),
+    ("flan-t5-xl", {"method": "lora", "seq_len": 512, "target_len": 128, "batch_size": 8}),
 ]
 TIME_BUDGET_S = 420  # stop starting new cases after 7 minutes (the device call allows 8)
 

@@ -1,6 +1,6 @@
 """Encoder-decoders (T5, Flan-T5): hand derivations of what a block keeps, how the
 two lengths enter, dropout masks, and the CLI around them. The measured side is in
-tests/accuracy (57 tiny cases and two real-size ones)."""
+tests/accuracy (58 tiny cases and two real-size ones)."""
 
 from __future__ import annotations
 

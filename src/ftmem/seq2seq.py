@@ -30,6 +30,7 @@ them in the real order (decoder from the top, then encoder).
 from __future__ import annotations
 
 import dataclasses
+from functools import lru_cache
 
 from ftmem.activations import (
     FP32,
@@ -222,8 +223,11 @@ def _sublayer_out(ctx: _Ctx, label: str, T: int, needs_grad: bool) -> list[Saved
     return _dropout(ctx, label, T * ctx.arch.hidden_size, ctx.e) if needs_grad else []
 
 
-def _split(linears: list[Linear], stack: str, part: str) -> list[Linear]:
-    return [lin for lin in linears if lin.module.startswith(f"{stack}.") and part in lin.module]
+@lru_cache(maxsize=64)
+def _sublayer(arch: Architecture, stack: str, index: int) -> list[Linear]:
+    """The linears of one sub-layer (``encoder.layer.1.``: the encoder's feed-forward)."""
+    prefix = f"{stack}.layer.{index}."
+    return [lin for lin in layout(arch).linears if lin.module.startswith(prefix)]
 
 
 def _self_attention_layer(
@@ -268,11 +272,11 @@ def _ff_layer(st: _Stack, state: BlockState, linears: list[Linear], x_grad: bool
 
 def encoder_block_parts(st: _Stack, state: BlockState, bias_grad: bool) -> list[list[Saved]]:
     """What one encoder block keeps, per sub-layer (self-attention, feed-forward)."""
-    linears = list(layout(st.ctx.arch).linears)
+    arch = st.ctx.arch
     attn, after = _self_attention_layer(
-        st, state, _split(linears, "encoder", ".layer.0."), state.input_requires_grad, bias_grad
+        st, state, _sublayer(arch, "encoder", 0), state.input_requires_grad, bias_grad
     )
-    ff = _ff_layer(st, state, _split(linears, "encoder", ".layer.1."), after)
+    ff = _ff_layer(st, state, _sublayer(arch, "encoder", 1), after)
     return [_nonzero(attn), _nonzero(ff)]
 
 
@@ -293,8 +297,11 @@ def _cross_layer(
     )
     # one storage for every layer, unless autocast casts it per call
     casts = ctx.plan.dtypes.autocast and ctx.residual != ctx.e
-    shared = [] if casts else [s for s in kv_saved if s.what.startswith("cross k/v: input")]
-    out += [s for s in kv_saved if s not in shared]
+    shared, own = [], kv_saved
+    if not casts:
+        shared = [s for s in kv_saved if s.what.startswith("cross k/v: input")]
+        own = [s for s in kv_saved if not s.what.startswith("cross k/v: input")]
+    out += own
     needs = set()
     if x or w or any(lin.module in state.output_grad for lin in q):
         needs.add("q")
@@ -322,17 +329,17 @@ def decoder_block_parts(
     """What one decoder block keeps, per sub-layer (self-attention, cross-attention,
     feed-forward), and what it keeps of the encoder's output, which every decoder block
     shares: one storage, counted once by the caller."""
-    linears = list(layout(st.ctx.arch).linears)
+    arch = st.ctx.arch
     attn, after_self = _self_attention_layer(
-        st, state, _split(linears, "decoder", ".layer.0."), state.input_requires_grad, bias_grad
+        st, state, _sublayer(arch, "decoder", 0), state.input_requires_grad, bias_grad
     )
     if bias_grad and run_is_sdpa(st.ctx):
         # torch.where(causal, bias, min) keeps its bool condition per layer
         attn.append(Saved("causal condition (bool)", st.s_q * st.s_q))
     cross, shared, after_cross = _cross_layer(
-        st, enc, state, _split(linears, "decoder", ".layer.1."), after_self, enc_grad
+        st, enc, state, _sublayer(arch, "decoder", 1), after_self, enc_grad
     )
-    ff = _ff_layer(st, state, _split(linears, "decoder", ".layer.2."), after_cross)
+    ff = _ff_layer(st, state, _sublayer(arch, "decoder", 2), after_cross)
     return [_nonzero(attn), _nonzero(cross), _nonzero(ff)], _nonzero(shared)
 
 
@@ -362,8 +369,12 @@ def decoder_states(states: list[BlockState], enc_grad: bool) -> list[BlockState]
     once the encoder's output does (every block's cross-attention reads it)."""
     if not enc_grad:
         return states
-    grad = {st: dataclasses.replace(st, input_requires_grad=True) for st in set(states[1:])}
-    return states[:1] + [grad[st] for st in states[1:]]
+    out, previous, replaced = states[:1], None, states[0]
+    for st in states[1:]:  # consecutive blocks share one state object: keep it so
+        if st is not previous:
+            previous, replaced = st, dataclasses.replace(st, input_requires_grad=True)
+        out.append(replaced)
+    return out
 
 
 def _checkpoint_inputs(enc: _Stack, dec: _Stack, kv_kept: bool) -> list[Saved]:

@@ -261,6 +261,26 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
     )
 
 
+def _distinct(states: list[BlockState]) -> list[BlockState]:
+    """The distinct states, in order (consecutive blocks share one state object)."""
+    out: list[BlockState] = []
+    for st in states:
+        if not out or st is not out[-1]:
+            out.append(st)
+    return list(dict.fromkeys(out))
+
+
+def _per_block(states: list[BlockState], saved: dict[BlockState, list[Saved]]) -> list[int]:
+    """Each block's saved bytes, summed once per distinct state."""
+    sums = {st: _sum(items) for st, items in saved.items()}
+    out, previous, value = [], None, 0
+    for st in states:
+        if st is not previous:
+            previous, value = st, sums[st]
+        out.append(value)
+    return out
+
+
 def _gradient_sizes(plan: MethodPlan, arch: Architecture) -> tuple[int, int, int, int]:
     """(all gradients, one trainable block's, outside the blocks, the token embedding's)."""
     grad_groups = [g for g in plan.groups if g.trainable]
@@ -293,10 +313,11 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
     enc_grad = seq2seq.encoder_grad(states)
     bias_grad = plan.outer_trainable
     dec_states = seq2seq.decoder_states(states, enc_grad)
-    enc_parts = {st: seq2seq.encoder_block_parts(enc, st, bias_grad) for st in set(states)}
+    enc_distinct, dec_distinct = _distinct(states), _distinct(dec_states)
+    enc_parts = {st: seq2seq.encoder_block_parts(enc, st, bias_grad) for st in enc_distinct}
     dec_parts: dict[BlockState, list[list[Saved]]] = {}
     shared_kv: list[Saved] = []
-    for st in dict.fromkeys(dec_states):
+    for st in dec_distinct:
         dec_parts[st], shared = seq2seq.decoder_block_parts(dec, enc, st, bias_grad, enc_grad)
         shared_kv = shared_kv or shared
     enc_cache = {st: [x for part in parts for x in part] for st, parts in enc_parts.items()}
@@ -305,7 +326,7 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
         seq2seq.attention_moment(arch, run, plan, enc_parts[states[-1]], False, bias_grad),
         seq2seq.attention_moment(arch, run, plan, dec_parts[dec_states[-1]], True, bias_grad),
     )
-    per_block = [_sum(enc_cache[st]) for st in states] + [_sum(dec_cache[st]) for st in dec_states]
+    per_block = _per_block(states, enc_cache) + _per_block(dec_states, dec_cache)
     below, above = seq2seq.outer_saved(arch, run, plan, inputs_grad, enc_grad, shared_kv)
     outer_items = below + above
     if run.grad_ckpt:

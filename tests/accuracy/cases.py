@@ -44,18 +44,21 @@ class Case:
         return RunConfig(**{**base, **self.settings})
 
 
+# the methods every family is measured with, in every precision regime
+MATRIX_METHODS = [
+    {"method": "full"},
+    {"method": "freeze", "trainable_layers": 1},
+    {"method": "lora"},
+    {"method": "lora", "lora_targets": "all-linear", "lora_r": 4},
+    {"method": "dora"},
+]
+
+
 def _matrix() -> list[Case]:
     cases: list[Case] = []
-    methods = [
-        {"method": "full"},
-        {"method": "freeze", "trainable_layers": 1},
-        {"method": "lora"},
-        {"method": "lora", "lora_targets": "all-linear", "lora_r": 4},
-        {"method": "dora"},
-    ]
     for family in sorted(TINY):
         for precision in ("fp32", "bf16", "bf16-mixed"):
-            for m in methods:
+            for m in MATRIX_METHODS:
                 cases.append(Case(family, {**m, "precision": precision}))
     # attention implementation, checkpointing and sizes on the main families
     for family in ("llama", "mistral", "gpt2", "qwen2"):
@@ -314,14 +317,7 @@ def _seq2seq() -> list[Case]:
     regimes (the CPU keeps dtype-sized masks and takes the math attention path)."""
     cases: list[Case] = []
     target = {"target_len": 23}
-    methods = [
-        {"method": "full"},
-        {"method": "freeze", "trainable_layers": 1},
-        {"method": "lora"},
-        {"method": "lora", "lora_targets": "all-linear", "lora_r": 4},
-        {"method": "dora"},
-        {"method": "qlora"},
-    ]
+    methods = [*MATRIX_METHODS, {"method": "qlora"}]
     for variant in sorted(TINY_SEQ2SEQ):
         for precision in ("fp32", "bf16", "bf16-mixed"):
             for m in methods:
@@ -340,6 +336,7 @@ def _seq2seq() -> list[Case]:
             cases.append(Case("flan-t5", settings, dropout))
     cases.append(Case("t5", {"method": "lora", "precision": "bf16", "grad_ckpt": True, **target}))
     cases.append(Case("flan-t5", {"method": "galore", "precision": "bf16", **target}))
+    cases.append(Case("flan-t5", {"method": "lora", "precision": "fp16-mixed", **target}, dropout))
     # the decoder longer than the encoder, and batch 1
     cases.append(
         Case("flan-t5", {"method": "full", "batch_size": 1, "seq_len": 16, "target_len": 64})
