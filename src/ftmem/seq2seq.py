@@ -138,7 +138,7 @@ def _attention(
     scores = b * nh * st.s_q * st.s_k
     p = arch.dropout_rate
     out: list[Saved] = []
-    math = run.attn != "eager" and run.device == "cpu" and bool(mask_grad or p)
+    math = _math_path(arch, run, mask_grad)
     if run.attn == "eager" or math:
         # q·kᵀ keeps each operand for the other's gradient; + bias (+ causal mask); the
         # softmax keeps its output when q or k needs a gradient, dropout its mask; probs·v
@@ -174,6 +174,12 @@ def _attention(
         # made (or, by autocast, cast) in every layer; the zero bias otherwise is shared
         out.append(Saved("position-bias mask (s²)", nh * st.s_q * st.s_k * e))
     return out
+
+
+def _math_path(arch: Architecture, run: RunConfig, mask_grad: bool) -> bool:
+    """sdpa on the CPU takes its math path when the mask needs a gradient or with
+    dropout (its flash kernel supports neither); CUDA's memory-efficient kernel both."""
+    return run.attn != "eager" and run.device == "cpu" and bool(mask_grad or arch.dropout_rate)
 
 
 def _bias_bytes(ctx: _Ctx, self_attention: bool) -> int:
@@ -259,8 +265,7 @@ def _o_input_is_kernel_output(ctx: _Ctx, mask_grad: bool) -> bool:
     """The fused kernels' output is o's input (one storage, kept by the kernel); eager
     attention and the CPU's math path copy it first."""
     run = ctx.run
-    math = run.device == "cpu" and (mask_grad or ctx.arch.dropout_rate)
-    return run.attn != "eager" and not math
+    return run.attn != "eager" and not _math_path(ctx.arch, run, mask_grad)
 
 
 def _ff_layer(st: _Stack, state: BlockState, linears: list[Linear], x_grad: bool) -> list[Saved]:
@@ -333,7 +338,7 @@ def decoder_block_parts(
     attn, after_self = _self_attention_layer(
         st, state, _sublayer(arch, "decoder", 0), state.input_requires_grad, bias_grad
     )
-    if bias_grad and run_is_sdpa(st.ctx):
+    if bias_grad and st.ctx.run.attn != "eager":
         # torch.where(causal, bias, min) keeps its bool condition per layer
         attn.append(Saved("causal condition (bool)", st.s_q * st.s_q))
     cross, shared, after_cross = _cross_layer(
@@ -345,10 +350,6 @@ def decoder_block_parts(
 
 def _nonzero(items: list[Saved]) -> list[Saved]:
     return [s for s in items if s.nbytes]
-
-
-def run_is_sdpa(ctx: _Ctx) -> bool:
-    return ctx.run.attn != "eager"
 
 
 def stack(arch: Architecture, run: RunConfig, plan: MethodPlan, decoder: bool) -> _Stack:
@@ -433,7 +434,7 @@ def outer_saved(
         blocks_grad
         and run.attn != "eager"
         and _bias_bytes(enc.ctx, False) == e
-        and not (run.device == "cpu" and (run.grad_ckpt or arch.dropout_rate))
+        and not _math_path(arch, run, run.grad_ckpt)
     )
     if cross_fused:
         # the cross-attention's zero bias, one tensor kept by every decoder layer's kernel
@@ -469,7 +470,7 @@ def attention_moment(
     worst = 0
     for i, (s_k, mask_grad) in enumerate(attentions):
         scores = b * nh * own.s_q * s_k
-        math = run.attn != "eager" and run.device == "cpu" and bool(mask_grad or arch.dropout_rate)
+        math = _math_path(arch, run, mask_grad)
         qkv = (own.T + 2 * b * s_k) * inner
         if math:
             # the fp32 copies' gradients, cast back to the projections' dtype
