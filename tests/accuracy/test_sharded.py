@@ -20,7 +20,11 @@ from tests.conftest import tiny
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "accuracy.md"
 WORLD = 2
-DOC_MEASURED_SLACK = 0.005
+# The ranks run as two processes: how far one rank's prefetch of the next block's
+# weights overlaps the other's frees depends on scheduling, and on a loaded machine the
+# measured peak moved by 1.9 % between runs (2026-11-29). The estimate itself is held to
+# PEAK_TOLERANCE on every run; this only says when the table's measured column is stale.
+DOC_MEASURED_SLACK = 0.03
 BASE = dict(batch_size=2, seq_len=64, device="cpu", optimizer_impl="for-loop")
 
 
