@@ -608,6 +608,12 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
     ("t5-stack-merge", ["merge", "t5-base", "--layers", "0-8,4-12"], {}, "weighted merge"),
     ("t5-teacher", ["estimate", "flan-t5-base", "--teacher", "flan-t5-xl"], {}, "distillation"),
     ("target-len-decoder-only", ["estimate", "gpt2", "--target-len", "64"], {}, "decoder-only"),
+    (
+        "max-target-len-decoder-only",
+        ["max", "gpt2", "--for", "target-len"],
+        {},
+        "use --for seq-len",
+    ),
     ("target-len-zero", ["estimate", "flan-t5-base", "--target-len", "0"], {}, "--target-len"),
     (
         "t5-unequal-stacks",

@@ -124,3 +124,13 @@ def test_measure_cli_on_a_tiny_t5(tmp_path):
     data = json.loads(result.stdout)
     assert data["memory"]["weights_bytes"] == data["measured"]["weights_bytes"]
     assert data["memory"]["activations_bytes"] == data["measured"]["activations_bytes"]
+
+
+def test_max_target_length_is_the_largest_that_fits():
+    from ftmem import largest
+
+    settings = dict(method="lora", batch_size=8, seq_len=512, gpu="rtx4090")
+    got = largest("flan-t5-large", "target_len", **settings)
+    n = got.value
+    assert estimate("flan-t5-large", target_len=n, **settings).fits
+    assert not estimate("flan-t5-large", target_len=n + 1, **settings).fits

@@ -237,7 +237,7 @@ def compare_methods(
     return out
 
 
-SEARCHABLE_SETTINGS = {"batch_size": 2**16, "seq_len": 2**21, "lora_r": None}
+SEARCHABLE_SETTINGS = {"batch_size": 2**16, "seq_len": 2**21, "target_len": 2**21, "lora_r": None}
 
 
 def search_bound(arch: Architecture, what: str, settings: dict[str, Any]) -> int:
@@ -252,6 +252,11 @@ def search_bound(arch: Architecture, what: str, settings: dict[str, Any]) -> int
             raise InvalidInputError(f"--for lora-r needs --method {' / '.join(methods)}.")
         probe = run_config(**{k: v for k, v in settings.items() if k in ("method", "lora_targets")})
         return min(min(x.in_features, x.out_features) for x in adapted_linears(arch, probe))
+    if what == "target_len" and not arch.encoder_decoder:
+        raise InvalidInputError(
+            f"--for target-len is for encoder-decoder models (T5); {arch.name} is decoder-only: "
+            "use --for seq-len."
+        )
     if what == "seq_len" and arch.position_embedding == "learned":
         return arch.max_position_embeddings
     bound = SEARCHABLE_SETTINGS[what]

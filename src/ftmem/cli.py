@@ -303,10 +303,16 @@ def plan(
         raise typer.Exit(EXIT_DOES_NOT_FIT)
 
 
-SEARCHABLE = {"batch-size": "batch_size", "seq-len": "seq_len", "lora-r": "lora_r"}
+SEARCHABLE = {
+    "batch-size": "batch_size",
+    "seq-len": "seq_len",
+    "target-len": "target_len",
+    "lora-r": "lora_r",
+}
 SEARCH_LABELS = {
     "batch-size": "micro-batch size",
     "seq-len": "sequence length",
+    "target-len": "decoder (target) length",
     "lora-r": "LoRA rank",
 }
 
@@ -317,7 +323,11 @@ def largest(
     ctx: typer.Context,
     model: OptModelArg = None,
     for_: Annotated[
-        str, typer.Option("--for", help="batch-size | seq-len | lora-r: what to maximise.")
+        str,
+        typer.Option(
+            "--for",
+            help="batch-size | seq-len | target-len (encoder-decoders) | lora-r: what to maximise.",
+        ),
     ] = "batch-size",
     plot: Annotated[
         str | None,
