@@ -134,3 +134,17 @@ def test_max_target_length_is_the_largest_that_fits():
     n = got.value
     assert estimate("flan-t5-large", target_len=n, **settings).fits
     assert not estimate("flan-t5-large", target_len=n + 1, **settings).fits
+
+
+def test_plan_for_flan_t5_uses_only_what_t5_supports():
+    """Levers T5 refuses (fused loss, offload, tensor parallelism...) are skipped; what
+    is offered fits and runs through the same estimate."""
+    from ftmem import plan
+
+    result = plan("flan-t5-xxl", gpu="rtx4090", method="full", seq_len=512, target_len=128)
+    assert not result.baseline.fits and result.fitting
+    for candidate in result.fitting:
+        settings = dict(u for c in candidate.changes for u in c.updates)
+        assert settings.get("loss", "standard") == "standard"
+        assert not settings.get("activation_offload") and settings.get("tp", 1) == 1
+        assert candidate.estimate.fits and candidate.estimate.run["target_len"] == 128
