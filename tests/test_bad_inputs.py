@@ -614,6 +614,12 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         {},
         "use --for seq-len",
     ),
+    (
+        "target-len-absurd",
+        ["estimate", "flan-t5-base", "--target-len", "4294967296"],
+        {},
+        "check --batch-size and --target-len",
+    ),
     ("target-len-zero", ["estimate", "flan-t5-base", "--target-len", "0"], {}, "--target-len"),
     (
         "t5-unequal-stacks",

@@ -1,6 +1,6 @@
 """Encoder-decoders (T5, Flan-T5): hand derivations of what a block keeps, how the
 two lengths enter, dropout masks, and the CLI around them. The measured side is in
-tests/accuracy (58 tiny cases and two real-size ones)."""
+tests/accuracy (61 tiny cases, three real-size ones)."""
 
 from __future__ import annotations
 
@@ -148,3 +148,14 @@ def test_plan_for_flan_t5_uses_only_what_t5_supports():
         assert settings.get("loss", "standard") == "standard"
         assert not settings.get("activation_offload") and settings.get("tp", 1) == 1
         assert candidate.estimate.fits and candidate.estimate.run["target_len"] == 128
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "zero2", "zero3", "fsdp"])
+def test_data_parallel_ranks_keep_every_block_of_both_stacks(strategy):
+    """Each rank runs the whole micro-batch: its activations are the single GPU's, both
+    stacks' blocks (the timeline has 2 × layers entries)."""
+    settings = dict(method="full", batch_size=4, seq_len=512, target_len=128)
+    one = estimate("flan-t5-base", **settings).memory
+    many = estimate("flan-t5-base", gpus=2, strategy=strategy, **settings).memory
+    assert many.activations_bytes == one.activations_bytes
+    assert many.peak_allocated_bytes >= many.weights_bytes + many.activations_bytes

@@ -63,7 +63,9 @@ class BlockState:
 
 
 @dataclass(frozen=True, slots=True)
-class _Ctx:
+class LayerContext:
+    """The shapes and dtypes one layer's saved tensors are derived from (T tokens)."""
+
     arch: Architecture
     run: RunConfig
     plan: MethodPlan
@@ -86,7 +88,7 @@ class _Ctx:
         return self.plan.dtypes.residual_bytes
 
 
-def _norm(ctx: _Ctx, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:
+def _norm(ctx: LayerContext, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:
     """RMSNorm (fp32 math) or LayerNorm."""
     T, h = ctx.tokens, ctx.arch.hidden_size
     out: list[Saved] = []
@@ -108,8 +110,8 @@ def _norm(ctx: _Ctx, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:
     return out
 
 
-def _linear_inputs(
-    ctx: _Ctx,
+def linear_inputs(
+    ctx: LayerContext,
     linears: list[Linear],
     state: BlockState,
     in_grad: bool,
@@ -192,7 +194,7 @@ def _linear_inputs(
     return out
 
 
-def _ia3_saved(ctx: _Ctx, linears: list[Linear], state: BlockState) -> list[Saved]:
+def _ia3_saved(ctx: LayerContext, linears: list[Linear], state: BlockState) -> list[Saved]:
     """peft's IA³ (0.21): ``base(x) * l`` keeps the base output (compute dtype) for the
     vector's gradient; a feed-forward linear scales its input instead, cast to the
     vector's dtype first (``x.to(l.dtype) * l``), and keeps that cast. Each forward also
@@ -211,7 +213,7 @@ def _ia3_saved(ctx: _Ctx, linears: list[Linear], state: BlockState) -> list[Save
 
 
 def _bottleneck_saved(
-    ctx: _Ctx, linears: list[Linear], state: BlockState, in_grad: bool
+    ctx: LayerContext, linears: list[Linear], state: BlockState, in_grad: bool
 ) -> list[Saved]:
     """A bottleneck adapter on a linear's output y: ``y + up(act(down(y)))`` (ftmem's
     reference implementation in ``ftmem.measure.build``, as AdapterHub places them).
@@ -244,7 +246,9 @@ def runs_eager(arch: Architecture, run: RunConfig) -> bool:
     return run.attn == "eager" or arch.family in ("falcon", "gemma2")
 
 
-def _dora_saved(ctx: _Ctx, lin: Linear, T: int, peft_casts: bool, in_grad: bool) -> list[Saved]:
+def _dora_saved(
+    ctx: LayerContext, lin: Linear, T: int, peft_casts: bool, in_grad: bool
+) -> list[Saved]:
     """What peft's DoRA keeps per adapted linear (peft 0.21, measured).
 
     It rescales the base and the LoRA outputs by magnitude / ‖W + BA‖: both outputs
@@ -274,7 +278,7 @@ def _dora_saved(ctx: _Ctx, lin: Linear, T: int, peft_casts: bool, in_grad: bool)
     return items
 
 
-def _attention(ctx: _Ctx, needs_grad: frozenset[str]) -> list[Saved]:
+def _attention(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
     """Attention core: rotary outputs, the kernel's saved inputs/outputs.
 
     ``needs_grad`` holds which of q, k, v need a gradient. The fused kernels save all
@@ -351,7 +355,7 @@ def _attention(ctx: _Ctx, needs_grad: frozenset[str]) -> list[Saved]:
     return out
 
 
-def _mlp(ctx: _Ctx, state: BlockState, x_grad: bool, linears: list[Linear]) -> list[Saved]:
+def _mlp(ctx: LayerContext, state: BlockState, x_grad: bool, linears: list[Linear]) -> list[Saved]:
     arch = ctx.arch
     T, e, f, h = ctx.tokens, ctx.e, arch.intermediate_size, arch.hidden_size
     if arch.is_moe:
@@ -361,7 +365,7 @@ def _mlp(ctx: _Ctx, state: BlockState, x_grad: bool, linears: list[Linear]) -> l
     any_grad = (
         x_grad or state.weights_trainable or any(lin.module in state.output_grad for lin in ups)
     )
-    out = _linear_inputs(ctx, ups, state, x_grad, "MLP", h, ctx.residual)
+    out = linear_inputs(ctx, ups, state, x_grad, "MLP", h, ctx.residual)
     if any_grad:
         if arch.mlp == "gated":
             oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
@@ -371,11 +375,11 @@ def _mlp(ctx: _Ctx, state: BlockState, x_grad: bool, linears: list[Linear]) -> l
             out.append(Saved("up output + tanh-GELU intermediates", 4 * T * f * e))
         else:
             out.append(Saved("up output (activation input)", T * f * e))
-    out += _linear_inputs(ctx, downs, state, any_grad, "down_proj", f, e)
+    out += linear_inputs(ctx, downs, state, any_grad, "down_proj", f, e)
     return out
 
 
-def _moe(ctx: _Ctx, state: BlockState, x_grad: bool) -> list[Saved]:
+def _moe(ctx: LayerContext, state: BlockState, x_grad: bool) -> list[Saved]:
     """transformers 5 Mixtral: router softmax/top-k, grouped matmuls over routed tokens.
 
     Autocast does not cover grouped matmuls: the experts compute in their parameters'
@@ -420,7 +424,7 @@ def block_saved(
     arch: Architecture, run: RunConfig, plan: MethodPlan, state: BlockState, tokens: int
 ) -> list[Saved]:
     """Tensors one decoder block saves for backward."""
-    ctx = _Ctx(arch, run, plan, tokens)
+    ctx = LayerContext(arch, run, plan, tokens)
     linears = list(layout(arch).linears)
     qkv = [lin for lin in linears if set(lin.roles) & {"q", "k", "v"}]
     o = [lin for lin in linears if lin.roles == ("o",)]
@@ -440,7 +444,7 @@ def block_saved(
     out += _norm(ctx, first_norm, x, wn)
     if arch.parallel_attn_mlp and arch.norms_per_block == 2:
         out += _norm(ctx, "ln_mlp", x, wn)
-    out += _linear_inputs(ctx, qkv, state, x or wn, "q/k/v projections", h, ctx.residual)
+    out += linear_inputs(ctx, qkv, state, x or wn, "q/k/v projections", h, ctx.residual)
     prefix = run.prefix_len > 0  # the layer's key/value prefix trains
     q_grad = x or w or adapted_attn or bias_attn or wn or prefix
     if x or w or state.norm_bias or state.norms_trained:
@@ -452,7 +456,7 @@ def block_saved(
     out += _attention(ctx, attn_grads)
     attn_out_grad = q_grad
     o_state = state
-    saved_o = _linear_inputs(ctx, o, o_state, attn_out_grad, "o_proj", arch.q_size, ctx.e)
+    saved_o = linear_inputs(ctx, o, o_state, attn_out_grad, "o_proj", arch.q_size, ctx.e)
     if not runs_eager(arch, run) and arch.family != "phi3":
         # the attention output is the o_proj input: one storage, already counted
         saved_o = [s for s in saved_o if not s.what.startswith("o_proj: input")]
@@ -535,7 +539,7 @@ def loss_rows(run: RunConfig) -> int:
 
 
 def _fused_loss_saved(
-    arch: Architecture, run: RunConfig, plan: MethodPlan, ctx: _Ctx, train: bool
+    arch: Architecture, run: RunConfig, plan: MethodPlan, ctx: LayerContext, train: bool
 ) -> list[Saved]:
     """Liger's fused linear cross-entropy computes the gradients of its input and of the
     LM head weight in forward and keeps them for backward; no logits are kept."""
@@ -555,7 +559,7 @@ def outer_saved(
     The head side (final norm, LM head, loss) is freed at the start of backward; the
     embedding side (token ids, shared rotary tables) lives until the last block is done.
     """
-    ctx = _Ctx(arch, run, plan, tokens)
+    ctx = LayerContext(arch, run, plan, tokens)
     T = tokens
     train = plan.outer_trainable
     # does anything below the final norm train? (else the blocks keep nothing and the

@@ -57,11 +57,12 @@ def _validated(model: type[M], settings: dict[str, Any]) -> M:
 def run_config(**settings: Any) -> RunConfig:
     """Validate run settings into a RunConfig, errors as one sentence."""
     run = _validated(RunConfig, settings)
-    if run.batch_size * run.seq_len > MAX_TOKENS_PER_STEP:
-        raise InvalidInputError(
-            f"batch size × sequence length = {run.batch_size * run.seq_len:,} tokens per step is "
-            "beyond any GPU; check --batch-size and --seq-len."
-        )
+    for option, length in (("--seq-len", run.seq_len), ("--target-len", run.target_len or 0)):
+        if run.batch_size * length > MAX_TOKENS_PER_STEP:
+            raise InvalidInputError(
+                f"batch size × {option[2:].replace('-', ' ')} = {run.batch_size * length:,} "
+                f"tokens per step is beyond any GPU; check --batch-size and {option}."
+            )
     return run
 
 

@@ -504,7 +504,12 @@ def compare_methods(
         typer.echo(json.dumps(data, indent=2))
         return
     gpu = settings.get("gpu") or settings.get("gpu_memory")
-    _console().print(methods_table(arch.name, rows, gpu, unit, served))
+    note = (
+        "no inference row: serving is modelled for decoder-only models"
+        if (inference and arch.encoder_decoder)
+        else ""
+    )
+    _console().print(methods_table(arch.name, rows, gpu, unit, served, note))
 
 
 @app.command()

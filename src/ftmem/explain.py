@@ -55,7 +55,8 @@ def explain(
     model = Section("The model")
     model.lines.append(
         f"{arch.name}: {est.model.n_params:,} parameters ({format_count(est.model.n_params)}), "
-        f"{L} blocks, hidden size {h}, {arch.num_heads} attention heads "
+        f"{f'{L} encoder and {L} decoder' if arch.encoder_decoder else L} blocks, "
+        f"hidden size {h}, {arch.num_heads} attention heads "
         f"({arch.kv_heads} key/value heads), MLP width {arch.intermediate_size}, "
         f"vocabulary {arch.vocab_size:,}."
     )

@@ -203,8 +203,11 @@ def select_linears(arch: Architecture, spec: str, what: str) -> tuple[Linear, ..
         if item in _ROLE_ALIASES:
             match = [lin for lin in linears if item in lin.roles]
         else:
+            # (case-insensitive: T5's modules are SelfAttention.q, EncDecAttention.q...)
             match = [
-                lin for lin in linears if lin.module == item or lin.module.endswith("." + item)
+                lin
+                for lin in linears
+                if lin.module.lower() == item or lin.module.lower().endswith("." + item)
             ]
         if not match:
             names = sorted({lin.leaf for lin in linears})
@@ -219,13 +222,17 @@ def select_linears(arch: Architecture, spec: str, what: str) -> tuple[Linear, ..
     return tuple(lin for lin in linears if lin in chosen)
 
 
-def adapted_module_names(arch: Architecture, run: RunConfig) -> list[str]:
-    """peft ``target_modules`` for the adapted linears (unambiguous module suffixes)."""
+def adapted_module_names(arch: Architecture, run: RunConfig) -> list[str] | str:
+    """peft ``target_modules`` for the adapted linears: unambiguous module suffixes, or
+    for an encoder-decoder one regular expression over the real module paths (peft
+    matches a string whole), so that a target of one stack stays in that stack."""
     names = [lin.module for lin in adapted_linears(arch, run)]
     if arch.encoder_decoder:
-        # "encoder.layer.0.SelfAttention.q" -> "SelfAttention.q": a suffix of the real
-        # names in every block of both stacks (T5's targets always cover both)
-        names = list(dict.fromkeys(name.split(".", 3)[-1] for name in names))
+        # "encoder.layer.0.SelfAttention.q" -> encoder\.block\.\d+\.layer\.0\...
+        paths = [
+            re.escape(param_path(arch, 0, name)).replace(r"\.0\.", r"\.\d+\.", 1) for name in names
+        ]
+        return "|".join(paths)
     return names
 
 
@@ -314,6 +321,13 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
             or (run.method == "bitfit" and _is_bias(p))
             or (run.method == "partial" and p.name in outer_names)
             or (run.method == "longlora" and p.kind in ("embedding", "norm"))
+            # T5 keeps its relative position bias tables in the first block of each stack
+            or (
+                run.method == "freeze"
+                and arch.encoder_decoder
+                and p.kind == "position"
+                and trainable_blocks == L
+            )
         )
         groups.append(TensorGroup(p.name, p.shape, 1, dtypes.base, trains, in_block=False))
     keep_unquantized = frozenset(lin.module for lin in lay.linears if not lin.quantizable)

@@ -324,13 +324,18 @@ def _grad_bytes(groups: Iterable[TensorGroup], cast: int | None = None) -> int:
     return sum(g.total_numel * (cast or g.element_bytes) for g in groups)
 
 
-def _one_block(groups: Iterable[TensorGroup]) -> list[TensorGroup]:
-    """One decoder block's tensors (one copy of each name)."""
+def _one_block(groups: Iterable[TensorGroup], arch: Architecture) -> list[TensorGroup]:
+    """One block's tensors (one copy of each name): what FSDP and ZeRO-3 gather at once.
+    An encoder-decoder's pair block is two such units (T5Block): the larger one."""
     seen: dict[str, TensorGroup] = {}
     for g in groups:
         if g.in_block and g.name not in seen:
             seen[g.name] = dataclasses.replace(g, count=1)
-    return list(seen.values())
+    block = list(seen.values())
+    if not arch.encoder_decoder:
+        return block
+    stacks = [[g for g in block if g.name.startswith(f"{s}.")] for s in ("encoder", "decoder")]
+    return max(stacks, key=lambda gs: sum(g.nbytes for g in gs))
 
 
 def rank_memory(
@@ -339,7 +344,7 @@ def rank_memory(
     """Memory of the ranks of one pipeline stage (all data-parallel ranks look alike)."""
     s = par.resolved_strategy
     N = par.shard_group
-    L = arch.num_layers
+    L = len(parts.sizes.acts_per_block)  # timeline entries (an encoder-decoder: 2 per layer)
     per = L // par.pp
     lo, hi = stage * per, (stage + 1) * per
     first, last = stage == 0, stage == par.pp - 1
@@ -386,7 +391,7 @@ def rank_memory(
     # communication memory per phase
     mixed = s in FSDP and plan.dtypes.base == "fp32" and plan.dtypes.autocast
     cast = compute if mixed else None  # FSDP MixedPrecision gathers and reduces in 16-bit
-    block = _one_block(groups)
+    block = _one_block(groups, arch)
     block_gathered = _gathered_bytes(block, cast)
     outer = [g for g in groups if not g.in_block]
     root = _gathered_bytes(outer, cast)
@@ -463,7 +468,12 @@ def rank_memory(
     held = (micro - 1) * (sum(acts_blocks) + acts_below)
     train_lo = L - base.trainable_blocks
     trainable_here = max(0, hi - max(lo, train_lo))
-    grads_outer = max(0, grads_gpu - grads_block * trainable_here)
+    by_block = tuple(
+        0 if grads_block == 0 else (shard(x) if s in SHARDS_GRADS else x)
+        for x in base.grads_by_block[lo:hi]
+    )
+    block_grads = sum(by_block) if by_block else grads_block * trainable_here
+    grads_outer = max(0, grads_gpu - block_grads)
 
     sizes = dataclasses.replace(
         base,
@@ -472,6 +482,7 @@ def rank_memory(
         grads=grads_gpu,
         grads_outer=grads_outer,
         grads_per_block=grads_block,
+        grads_by_block=by_block,
         trainable_blocks=trainable_here,
         acts_per_block=acts_blocks,
         acts_below=acts_below,

@@ -71,6 +71,12 @@ class StepSizes:
     teacher_forward: int = 0
     step_block: int = 0
     step_outer: int = 0
+    # Encoder-decoders: each timeline entry's own gradients (encoder and decoder blocks
+    # differ; empty: grads_per_block for the top trainable_blocks), and the entry after
+    # whose backward the shared embedding's first backward runs (the decoder's bottom
+    # block, with the encoder's activations all alive; 0: after the last block)
+    grads_by_block: tuple[int, ...] = ()
+    embedding_backward_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +109,29 @@ def find_peak(s: StepSizes) -> Peak:
     # is past its largest (measured): the larger of the two, not their sum
     transient = s.recompute + max(s.block_workspace, s.step_block)
     L = len(s.acts_per_block)
+    embedding = s.grads_embedding if not s.grads_persist else 0
+    early = 0 < s.embedding_backward_at < L  # a first embedding backward mid-timeline
     for i in range(L - 1, -1, -1):
         moments.append(("backward", live_grads, live_acts, transient, bwd))
         live_acts -= s.acts_per_block[i]
-        if not s.grads_persist and i >= L - s.trainable_blocks:
-            live_grads += s.grads_per_block
-    if not s.grads_persist and s.grads_embedding:
+        if not s.grads_persist:
+            if s.grads_by_block:
+                live_grads += s.grads_by_block[i]
+            elif i >= L - s.trainable_blocks:
+                live_grads += s.grads_per_block
+        if early and i == s.embedding_backward_at:
+            # the gradient appears (tied: the new part and its sum with the head's)
+            moments.append(("backward", live_grads + embedding, live_acts, 0, bwd))
+            if s.tied_embedding_backward:
+                moments.append(("backward", live_grads, live_acts, s.tied_embedding_backward, bwd))
+            live_grads += embedding
+    if early:
+        # the last embedding backward adds its part to the gradient that exists
+        moments.append(("backward", live_grads, live_acts, embedding, bwd))
+    elif embedding:
         # the embedding's backward: every gradient now exists, the embedding side's
         # activations are the last ones held
-        moments.append(("backward", live_grads + s.grads_embedding, live_acts, 0, bwd))
+        moments.append(("backward", live_grads + embedding, live_acts, 0, bwd))
     if s.tied_embedding_backward:
         moments.append(("backward", s.grads, live_acts, s.tied_embedding_backward, bwd))
     if s.in_backward:

@@ -53,10 +53,10 @@ CSV_RUN = (
     "optimizer",
     "batch_size",
     "seq_len",
-    "target_len",
     "grad_accum",
     "grad_ckpt",
     "attn",
+    "target_len",  # (last: added after the others, so positional readers keep working)
 )
 CSV_MEMORY = (
     "weights_bytes",

@@ -164,17 +164,22 @@ def methods_table(
     gpu: str | None,
     units: UnitSystem,
     served: ServeEstimate | None = None,
+    note: str = "",
 ) -> RenderableType:
     """One row per method: what trains, each component and the peak (one unit for the
     whole table, so that it fits a terminal), the total and the verdict. ``served`` adds
-    a first row: the same model served (its KV cache in the activations column)."""
+    a first row: the same model served (its KV cache in the activations column); ``note``
+    goes under the table."""
     from rich.table import Table
     from rich.text import Text
 
     from ftmem.units import format_count, in_unit
 
     title = f"{model}: the same run under each method" + (f" on {gpu}" if gpu else "")
-    tbl = Table(title=title, title_justify="left", caption=f"sizes in {units}")
+    caption = f"sizes in {units}"
+    if note:
+        caption += f"; {note}"
+    tbl = Table(title=title, title_justify="left", caption=caption)
     cols = ("method", "trainable", "weights", "grads", "optim", "activ", "peak", "total")
     for col in (*cols, *(("fits",) if gpu else ())):
         tbl.add_column(col, justify="left" if col in ("method", "fits") else "right")

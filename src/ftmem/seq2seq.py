@@ -36,10 +36,10 @@ from ftmem.activations import (
     FP32,
     INDEX_BYTES,
     BlockState,
+    LayerContext,
     Saved,
-    _Ctx,
-    _linear_inputs,
     head_saved,
+    linear_inputs,
 )
 from ftmem.arch import Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT
@@ -61,24 +61,29 @@ def check_supported(arch: Architecture, run: RunConfig) -> None:
                 "decoder-only: give the whole sequence as --seq-len."
             )
         return
-    refusals = {
-        run.method not in SEQ2SEQ_METHODS: f"method {run.method}",
-        run.loss != "standard": f"the {run.loss} loss",
-        run.activation_offload: "activation offloading",
-        run.optimizer_in_backward: "the optimizer step in backward",
-        run.lora_modules_to_save is not None: "--lora-modules-to-save",
-        run.quant == "int4": "a GPTQ/AWQ int4 base",
-        run.attn == "flash": "FlashAttention (transformers' T5 has no FlashAttention path)",
-        _pure_fp16(run): "pure fp16 (transformers keeps T5's wo in fp32, which turns the "
-        "residual stream fp32; use bf16, fp16-mixed or fp32)",
-    }
-    for refused, what in refusals.items():
+    name = f"{arch.name} is an encoder-decoder"
+    methods = ", ".join(SEQ2SEQ_METHODS)
+    refusals = [
+        (run.method not in SEQ2SEQ_METHODS, f"method {run.method}"),
+        (run.loss != "standard", f"the {run.loss} loss"),
+        (run.activation_offload, "activation offloading"),
+        (run.optimizer_in_backward, "the optimizer step in backward"),
+        (run.lora_modules_to_save is not None, "--lora-modules-to-save"),
+        (run.quant == "int4", "a GPTQ/AWQ int4 base"),
+    ]
+    for refused, what in refusals:
         if refused:
-            methods = ", ".join(SEQ2SEQ_METHODS)
-            raise InvalidInputError(
-                f"{arch.name} is an encoder-decoder: ftmem does not model {what} for it "
-                f"yet (supported methods: {methods}; standard loss)."
-            )
+            also = f" (methods for it: {methods})" if what.startswith("method") else ""
+            raise InvalidInputError(f"{name}: ftmem does not model {what} for it yet{also}.")
+    if run.attn == "flash":
+        raise InvalidInputError(
+            f"{name}: transformers' T5 has no FlashAttention path; use --attn sdpa or eager."
+        )
+    if _pure_fp16(run):
+        raise InvalidInputError(
+            f"{name}: in pure fp16 transformers keeps T5's wo in fp32, which turns the "
+            "residual stream fp32; ftmem does not model that, use bf16, fp16-mixed or fp32."
+        )
 
 
 def _pure_fp16(run: RunConfig) -> bool:
@@ -92,7 +97,7 @@ def _pure_fp16(run: RunConfig) -> bool:
 class _Stack:
     """One stack's shapes: its tokens, positions, and the keys its attention sees."""
 
-    ctx: _Ctx
+    ctx: LayerContext
     s_q: int
     s_k: int
 
@@ -101,7 +106,7 @@ class _Stack:
         return self.ctx.tokens
 
 
-def _dropout(ctx: _Ctx, label: str, elements: int, elem_bytes: int) -> list[Saved]:
+def _dropout(ctx: LayerContext, label: str, elements: int, elem_bytes: int) -> list[Saved]:
     """A dropout whose input needs a gradient keeps its mask: a bool on CUDA, a scaled
     mask in the input's dtype on the CPU."""
     if not ctx.arch.dropout_rate:
@@ -110,7 +115,7 @@ def _dropout(ctx: _Ctx, label: str, elements: int, elem_bytes: int) -> list[Save
     return [Saved(f"{label} dropout mask", elements * mask)]
 
 
-def _norm(ctx: _Ctx, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:
+def _norm(ctx: LayerContext, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:
     """T5LayerNorm: pow() of an fp32 copy of x, x · rsqrt (keeps x and the fp32 rstd),
     cast to the weight's dtype and scaled (keeps the normalised input for the weight)."""
     T, h, r = ctx.tokens, ctx.arch.hidden_size, ctx.residual
@@ -182,7 +187,7 @@ def _math_path(arch: Architecture, run: RunConfig, mask_grad: bool) -> bool:
     return run.attn != "eager" and run.device == "cpu" and bool(mask_grad or arch.dropout_rate)
 
 
-def _bias_bytes(ctx: _Ctx, self_attention: bool) -> int:
+def _bias_bytes(ctx: LayerContext, self_attention: bool) -> int:
     """The position bias's dtype: the bias table's (the parameters') for self-attention;
     the cross-attention's zeros take q's (fp32 out of a 4-bit linear under autocast)."""
     if self_attention or ctx.quantized_outputs_in_input_dtype:
@@ -198,7 +203,7 @@ def _feed_forward(st: _Stack, state: BlockState, linears: list[Linear], x_grad: 
     T, e, f, h = st.T, ctx.e, arch.intermediate_size, arch.hidden_size
     ups = [lin for lin in linears if set(lin.roles) & {"gate", "up"}]
     down = [lin for lin in linears if "down" in lin.roles]
-    out = _linear_inputs(ctx, ups, state, x_grad, "wi", h, ctx.residual)
+    out = linear_inputs(ctx, ups, state, x_grad, "wi", h, ctx.residual)
     any_grad = (
         x_grad or state.weights_trainable or any(lin.module in state.output_grad for lin in ups)
     )
@@ -212,7 +217,7 @@ def _feed_forward(st: _Stack, state: BlockState, linears: list[Linear], x_grad: 
         else:
             out.append(Saved("wi activation intermediates", act * T * f * oe))
         out += _dropout(ctx, "feed-forward", T * f, oe)
-    wo = _linear_inputs(ctx, down, state, any_grad, "wo", f, e)
+    wo = linear_inputs(ctx, down, state, any_grad, "wo", f, e)
     shares_relu = (
         arch.mlp == "plain"
         and arch.activation == "relu"
@@ -224,7 +229,7 @@ def _feed_forward(st: _Stack, state: BlockState, linears: list[Linear], x_grad: 
     return out + wo, any_grad or any(lin.module in state.output_grad for lin in down)
 
 
-def _sublayer_out(ctx: _Ctx, label: str, T: int, needs_grad: bool) -> list[Saved]:
+def _sublayer_out(ctx: LayerContext, label: str, T: int, needs_grad: bool) -> list[Saved]:
     """The dropout on a sub-layer's output (o or wo, in the compute dtype)."""
     return _dropout(ctx, label, T * ctx.arch.hidden_size, ctx.e) if needs_grad else []
 
@@ -245,14 +250,14 @@ def _self_attention_layer(
     qkv = [lin for lin in linears if lin.roles[0] in ("q", "k", "v")]
     o = [lin for lin in linears if lin.roles == ("o",)]
     out = _norm(ctx, "self-attention norm", x, w)
-    out += _linear_inputs(ctx, qkv, state, x or w, "q/k/v", arch.hidden_size, ctx.residual)
+    out += linear_inputs(ctx, qkv, state, x or w, "q/k/v", arch.hidden_size, ctx.residual)
     if x or w:
         needs = frozenset({"q", "k", "v"})
     else:
         needs = frozenset(lin.roles[0] for lin in qkv if lin.module in state.output_grad)
     out += _attention(st, st.T, needs, mask_layer=True, mask_grad=mask_grad)
     q_grad = bool(needs)
-    saved_o = _linear_inputs(ctx, o, state, q_grad, "o", arch.q_size, ctx.e)
+    saved_o = linear_inputs(ctx, o, state, q_grad, "o", arch.q_size, ctx.e)
     if _o_input_is_kernel_output(ctx, mask_grad):
         saved_o = [s for s in saved_o if not s.what.startswith("o: input")]
     out += saved_o
@@ -261,7 +266,7 @@ def _self_attention_layer(
     return out, after
 
 
-def _o_input_is_kernel_output(ctx: _Ctx, mask_grad: bool) -> bool:
+def _o_input_is_kernel_output(ctx: LayerContext, mask_grad: bool) -> bool:
     """The fused kernels' output is o's input (one storage, kept by the kernel); eager
     attention and the CPU's math path copy it first."""
     run = ctx.run
@@ -296,8 +301,8 @@ def _cross_layer(
     kv = [lin for lin in linears if lin.roles[0] in ("k", "v")]
     o = [lin for lin in linears if lin.roles == ("o",)]
     out = _norm(ctx, "cross-attention norm", x, w)
-    out += _linear_inputs(ctx, q, state, x or w, "cross q", arch.hidden_size, ctx.residual)
-    kv_saved = _linear_inputs(
+    out += linear_inputs(ctx, q, state, x or w, "cross q", arch.hidden_size, ctx.residual)
+    kv_saved = linear_inputs(
         enc.ctx, kv, state, enc_grad, "cross k/v", arch.hidden_size, ctx.residual
     )
     # one storage for every layer, unless autocast casts it per call
@@ -316,16 +321,21 @@ def _cross_layer(
     cross_st = _Stack(ctx, st.s_q, enc.s_q)
     # the cross-attention's zero bias needs a gradient only under checkpointing
     zero_grad = ctx.run.grad_ckpt
-    core = _attention(cross_st, enc.T, frozenset(needs), mask_layer=False, mask_grad=zero_grad)
-    out += [Saved(f"cross-attention {x.what}", x.nbytes) for x in core]
+    out += _attention(cross_st, enc.T, frozenset(needs), mask_layer=False, mask_grad=zero_grad)
     q_grad = bool(needs)
-    saved_o = _linear_inputs(ctx, o, state, q_grad, "cross o", arch.q_size, ctx.e)
+    saved_o = linear_inputs(ctx, o, state, q_grad, "cross o", arch.q_size, ctx.e)
     if _o_input_is_kernel_output(ctx, zero_grad):
         saved_o = [s for s in saved_o if not s.what.startswith("cross o: input")]
     out += saved_o
-    after = q_grad or x or any(lin.module in state.output_grad for lin in o)
+    after = q_grad or any(lin.module in state.output_grad for lin in o)
     out += _sublayer_out(ctx, "cross-attention output", st.T, after)
+    # named apart from the self-attention's items (q lora_A, q, k, v...)
+    out = [item if item.what.startswith("cross") else _renamed(item) for item in out]
     return out, shared, after
+
+
+def _renamed(item: Saved) -> Saved:
+    return Saved(f"cross-attention {item.what}", item.nbytes)
 
 
 def decoder_block_parts(
@@ -354,28 +364,39 @@ def _nonzero(items: list[Saved]) -> list[Saved]:
 
 def stack(arch: Architecture, run: RunConfig, plan: MethodPlan, decoder: bool) -> _Stack:
     s = run.decoder_len if decoder else run.seq_len
-    return _Stack(_Ctx(arch, run, plan, run.batch_size * s), s, s)
+    return _Stack(LayerContext(arch, run, plan, run.batch_size * s), s, s)
 
 
-def encoder_grad(states: list[BlockState]) -> bool:
-    """Does the encoder's output need a gradient (anything in or below it trains)?"""
-    return states[0].input_requires_grad or any(
-        st.weights_trainable or any(m.startswith("encoder.") for m in st.output_grad)
-        for st in states
+def _trains_in(st: BlockState, stack: str) -> bool:
+    """Does the block hold a trainable tensor in this stack's half?"""
+    return (
+        st.weights_trainable
+        or st.norms_trained
+        or any(m.startswith(f"{stack}.") for m in st.output_grad)
     )
 
 
-def decoder_states(states: list[BlockState], enc_grad: bool) -> list[BlockState]:
-    """The decoder blocks' states: above the first, a block's input needs a gradient
-    once the encoder's output does (every block's cross-attention reads it)."""
-    if not enc_grad:
-        return states
-    out, previous, replaced = states[:1], None, states[0]
-    for st in states[1:]:  # consecutive blocks share one state object: keep it so
-        if st is not previous:
-            previous, replaced = st, dataclasses.replace(st, input_requires_grad=True)
-        out.append(replaced)
-    return out
+def stack_states(
+    states: list[BlockState],
+) -> tuple[list[BlockState], list[BlockState], bool]:
+    """(the encoder blocks' states, the decoder blocks', does the encoder's output need a
+    gradient). A block's input needs one once anything below it in its stack trains;
+    above the decoder's first block, also once the encoder's output needs one (every
+    cross-attention reads it). Consecutive blocks keep sharing one state object."""
+    first = states[0].input_requires_grad  # the embeddings' output needs a gradient
+    enc_grad = first or any(_trains_in(st, "encoder") for st in states)
+    out: list[list[BlockState]] = []
+    for stack, carried in (("encoder", False), ("decoder", enc_grad)):
+        below, made, blocks = first, {}, []
+        for i, st in enumerate(states):
+            grad = below or (carried and i > 0)
+            if st.input_requires_grad != grad:
+                key = (id(st), grad)
+                st = made.setdefault(key, dataclasses.replace(st, input_requires_grad=grad))
+            blocks.append(st)
+            below = below or _trains_in(st, stack)
+        out.append(blocks)
+    return out[0], out[1], enc_grad
 
 
 def _checkpoint_inputs(enc: _Stack, dec: _Stack, kv_kept: bool) -> list[Saved]:
@@ -388,17 +409,16 @@ def _checkpoint_inputs(enc: _Stack, dec: _Stack, kv_kept: bool) -> list[Saved]:
     held = []
     if run.attn == "eager":  # every decoder block gets the float causal mask (b, 1, t, t)
         held.append(Saved("causal mask (kept by checkpointing)", dec.T * dec.s_q * r))
-    if arch.num_layers == 1:
-        return held
-    held += [
-        Saved("position biases (kept by checkpointing)", nh * (enc.s_q**2 + dec.s_q**2) * r),
-        Saved(
-            "cross-attention zero bias (kept by checkpointing)",
-            nh * dec.s_q * enc.s_q * _bias_bytes(enc.ctx, False),
-        ),
-    ]
-    if not kv_kept:
+    if not kv_kept:  # every decoder block's input
         held.append(Saved("encoder output (kept by checkpointing)", enc.T * arch.hidden_size * r))
+    if arch.num_layers > 1:
+        held += [
+            Saved("position biases (kept by checkpointing)", nh * (enc.s_q**2 + dec.s_q**2) * r),
+            Saved(
+                "cross-attention zero bias (kept by checkpointing)",
+                nh * dec.s_q * enc.s_q * _bias_bytes(enc.ctx, False),
+            ),
+        ]
     return held
 
 
@@ -408,6 +428,7 @@ def outer_saved(
     plan: MethodPlan,
     inputs_grad: bool,
     enc_grad: bool,
+    bias_grad: bool,
     shared_kv: list[Saved],
 ) -> tuple[list[Saved], list[Saved]]:
     """(below the blocks, above them): the embeddings' side, the encoder's final norm and
@@ -418,9 +439,9 @@ def outer_saved(
     below: list[Saved] = []
     if train:
         below.append(Saved("token ids (input and labels)", (enc.T + dec.T) * INDEX_BYTES))
-        if not run.grad_ckpt:  # (checkpointed: inside the first blocks, recomputed)
-            # the relative position buckets (s × s per stack) index the bias tables
-            below.append(Saved("position buckets", (enc.s_q**2 + dec.s_q**2) * INDEX_BYTES))
+    if bias_grad and not run.grad_ckpt:  # (checkpointed: inside the first blocks)
+        # the relative position buckets (s × s per stack) index the bias tables
+        below.append(Saved("position buckets", (enc.s_q**2 + dec.s_q**2) * INDEX_BYTES))
     if inputs_grad:
         below += _dropout(enc.ctx, "embeddings", (enc.T + dec.T) * h, r)
     below += _norm(enc.ctx, "encoder final norm", enc_grad, train)

@@ -262,12 +262,8 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
 
 
 def _distinct(states: list[BlockState]) -> list[BlockState]:
-    """The distinct states, in order (consecutive blocks share one state object)."""
-    out: list[BlockState] = []
-    for st in states:
-        if not out or st is not out[-1]:
-            out.append(st)
-    return list(dict.fromkeys(out))
+    """The distinct block states, in order."""
+    return list(dict.fromkeys(states))
 
 
 def _per_block(states: list[BlockState], saved: dict[BlockState, list[Saved]]) -> list[int]:
@@ -310,9 +306,12 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
     dec = seq2seq.stack(arch, run, plan, decoder=True)
     states = _block_states(arch, run, plan)
     inputs_grad = states[0].input_requires_grad
-    enc_grad = seq2seq.encoder_grad(states)
-    bias_grad = plan.outer_trainable
-    dec_states = seq2seq.decoder_states(states, enc_grad)
+    states, dec_states, enc_grad = seq2seq.stack_states(states)
+    # the relative position bias tables train (full finetuning; freeze of every block,
+    # as they live in the first block)
+    bias_grad = any(
+        g.trainable and g.name.endswith("relative_attention_bias.weight") for g in plan.groups
+    )
     enc_distinct, dec_distinct = _distinct(states), _distinct(dec_states)
     enc_parts = {st: seq2seq.encoder_block_parts(enc, st, bias_grad) for st in enc_distinct}
     dec_parts: dict[BlockState, list[list[Saved]]] = {}
@@ -327,7 +326,7 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
         seq2seq.attention_moment(arch, run, plan, dec_parts[dec_states[-1]], True, bias_grad),
     )
     per_block = _per_block(states, enc_cache) + _per_block(dec_states, dec_cache)
-    below, above = seq2seq.outer_saved(arch, run, plan, inputs_grad, enc_grad, shared_kv)
+    below, above = seq2seq.outer_saved(arch, run, plan, inputs_grad, enc_grad, bias_grad, shared_kv)
     outer_items = below + above
     if run.grad_ckpt:
         # each checkpointed block keeps its input (what the blocks share: outer_saved)
@@ -340,6 +339,16 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
     activations = sum(per_block_kept) + _sum(outer_items)
     grads, grads_block, grads_outer, grads_embedding = _gradient_sizes(plan, arch)
     grad_groups = [g for g in plan.groups if g.trainable]
+    L, trained = arch.num_layers, plan.trainable_blocks
+    by_block: list[int] = []
+    for stack_name in ("encoder.", "decoder."):  # each stack's blocks, bottom to top
+        stack_bytes = sum(
+            g.total_numel * g.element_bytes
+            for g in grad_groups
+            if g.in_block and g.name.startswith(stack_name)
+        )
+        one = stack_bytes // trained if trained else 0
+        by_block += [0] * (L - trained) + [one] * trained
     autocast = plan.dtypes.autocast
     logit_bytes = dec.T * V
     # the logits, and under autocast their fp32 copy for the loss; the loss's backward
@@ -353,7 +362,9 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
         grads_embedding=grads_embedding,
         tied_embedding_backward=tied_embedding_backward(arch, grad_groups),
         grads_per_block=grads_block // 2,
-        trainable_blocks=2 * plan.trainable_blocks,
+        trainable_blocks=2 * trained,
+        grads_by_block=tuple(by_block),
+        embedding_backward_at=L,
         acts_per_block=tuple(per_block_kept),
         acts_below=_sum(below),
         acts_above=_sum(above),

@@ -337,6 +337,14 @@ def _seq2seq() -> list[Case]:
     cases.append(Case("t5", {"method": "lora", "precision": "bf16", "grad_ckpt": True, **target}))
     cases.append(Case("flan-t5", {"method": "galore", "precision": "bf16", **target}))
     cases.append(Case("flan-t5", {"method": "lora", "precision": "fp16-mixed", **target}, dropout))
+    # every block trains under freeze: the bias tables (in the first block) train too
+    cases.append(Case("flan-t5", {"method": "freeze", "trainable_layers": 2, **target}))
+    # adapters in the decoder only: the encoder keeps nothing
+    settings = {"method": "lora", "lora_targets": "EncDecAttention.q", "precision": "bf16-mixed"}
+    cases.append(Case("flan-t5", {**settings, **target}))
+    # one layer under checkpointing: the decoder's only block still keeps the encoder output
+    ckpt = {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}
+    cases.append(Case("flan-t5", {**ckpt, **target}, {"num_layers": 1}))
     # the decoder longer than the encoder, and batch 1
     cases.append(
         Case("flan-t5", {"method": "full", "batch_size": 1, "seq_len": 16, "target_len": 64})
@@ -385,6 +393,17 @@ REAL_SIZE_CASES = [
     # encoder-decoders, with the dropout their configs ship
     RealSizeCase(
         "flan-t5-base", {"method": "full", "batch_size": 4, "seq_len": 512, "target_len": 128}
+    ),
+    # a short target: the shared embedding's gradient appears with the encoder still held
+    RealSizeCase(
+        "t5-small",
+        {
+            "method": "full",
+            "precision": "fp32",
+            "optimizer": "sgd",
+            "seq_len": 512,
+            "target_len": 8,
+        },
     ),
     RealSizeCase(
         "flan-t5-large",

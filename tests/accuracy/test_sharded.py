@@ -53,6 +53,9 @@ SHARDED_CASES = [
     ShardedCase("qwen2", "fsdp", {"method": "full", "precision": "fp32"}),
     ShardedCase("gemma", "fsdp", {"method": "full", "precision": "bf16"}),
     ShardedCase("mistral", "fsdp", {"method": "full", "precision": "bf16", "grad_ckpt": True}),
+    # an encoder-decoder: each T5Block of both stacks is one FSDP unit
+    ShardedCase("flan-t5", "fsdp", {"method": "full", "precision": "bf16", "target_len": 23}),
+    ShardedCase("flan-t5", "fsdp", {"method": "lora", "precision": "bf16-mixed", "target_len": 23}),
 ]
 
 

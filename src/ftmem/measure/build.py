@@ -348,12 +348,13 @@ def _fallback_target_names(arch: Architecture, run: RunConfig) -> list[str]:
     return out
 
 
-def target_module_names(arch: Architecture, run: RunConfig) -> list[str]:
+def target_module_names(arch: Architecture, run: RunConfig) -> list[str] | str:
     try:
         from ftmem.methods import adapted_module_names  # the estimator's own mapping
     except ImportError:
         return _fallback_target_names(arch, run)
-    return list(adapted_module_names(arch, run))
+    names = adapted_module_names(arch, run)
+    return names if isinstance(names, str) else list(names)
 
 
 # --------------------------------------------------------------------------------------

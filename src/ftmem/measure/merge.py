@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ftmem.arch import Architecture, block_prefix, layout
+from ftmem.arch import Architecture, block_prefix, layout, param_path
 from ftmem.measure.tracker import LiveBytesTracker
 from ftmem.merge import MergeConfig, parse_slices
 
@@ -22,10 +22,10 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 def _names(arch: Architecture, blocks: list[int]) -> list[tuple[str, tuple[int, ...]]]:
     """(output name, shape) in checkpoint order; block i of the output is input block
     ``blocks[i]``."""
-    lay, prefix = layout(arch), block_prefix(arch)
+    lay = layout(arch)
     out = [(p.name, p.shape) for p in lay.outer]
     for i, _src in enumerate(blocks):
-        out += [(f"{prefix}.{i}.{p.name}", p.shape) for p in lay.block]
+        out += [(param_path(arch, i, p.name), p.shape) for p in lay.block]
     return out
 
 

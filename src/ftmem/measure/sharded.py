@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ftmem.arch import Architecture
-from ftmem.measure.build import build_model, build_optimizer, find_blocks
+from ftmem.measure.build import block_lists, build_model, build_optimizer
 from ftmem.measure.tracker import LiveBytesTracker
 from ftmem.run import RunConfig
 
@@ -75,14 +75,18 @@ def _rank_main(
             # FSDP casts the gathered weights itself; the forward runs without autocast
             kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=half)
         model = build_model(arch, run, device="cpu", seed=0).model
-        blocks = find_blocks(model)
-        assert blocks is not None
-        for block in blocks[1]:
-            fully_shard(block, **kw)
+        for blocks in block_lists(model):  # T5: every block of both stacks
+            for block in blocks:
+                fully_shard(block, **kw)
         fully_shard(model, **kw)
         optimizer = build_optimizer(model, run)
         gen = torch.Generator().manual_seed(rank)
         ids = torch.randint(0, arch.vocab_size, (run.batch_size, run.seq_len), generator=gen)
+        # an encoder-decoder learns labels of the decoder's length
+        labels = ids
+        if arch.encoder_decoder:
+            shape = (run.batch_size, run.decoder_len)
+            labels = torch.randint(0, arch.vocab_size, shape, generator=gen)
 
         def step(tracker: LiveBytesTracker | None = None) -> tuple[int, dict[str, int]]:
             peaks: dict[str, int] = {}
@@ -92,7 +96,7 @@ def _rank_main(
                     peaks[phase] = tracker.peak
                     tracker.reset_peak()
 
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = model(input_ids=ids, labels=labels).loss
             mark("forward")
             loss.backward()
             del loss
@@ -108,7 +112,7 @@ def _rank_main(
         tracker = LiveBytesTracker()
         tracker.track([_local(p) for p in model.parameters()])
         tracker.track([_local(b) for b in model.buffers()])
-        tracker.track([_local(t) for t in states], ids)
+        tracker.track([_local(t) for t in states], ids, labels)
         with _follow_fsdp_storage(tracker), tracker:
             grads, peaks = step(tracker)
         result = {
