@@ -256,14 +256,26 @@ def _self_attention_layer(
     else:
         needs = frozenset(lin.roles[0] for lin in qkv if lin.module in state.output_grad)
     out += _attention(st, st.T, needs, mask_layer=True, mask_grad=mask_grad)
-    q_grad = bool(needs)
-    saved_o = linear_inputs(ctx, o, state, q_grad, "o", arch.q_size, ctx.e)
+    projected, after = _attention_output(ctx, state, o, bool(needs), mask_grad, "o", "self")
+    return out + projected, after
+
+
+def _attention_output(
+    ctx: LayerContext,
+    state: BlockState,
+    o: list[Linear],
+    q_grad: bool,
+    mask_grad: bool,
+    label: str,
+    kind: str,
+) -> tuple[list[Saved], bool]:
+    """o (whose input is the kernel's own output, unless the path copies it first) and
+    the dropout on the sub-layer's output. Returns (saved, output needs a gradient)."""
+    saved = linear_inputs(ctx, o, state, q_grad, label, ctx.arch.q_size, ctx.e)
     if _o_input_is_kernel_output(ctx, mask_grad):
-        saved_o = [s for s in saved_o if not s.what.startswith("o: input")]
-    out += saved_o
+        saved = [s for s in saved if not s.what.startswith(f"{label}: input")]
     after = q_grad or any(lin.module in state.output_grad for lin in o)
-    out += _sublayer_out(ctx, "self-attention output", st.T, after)
-    return out, after
+    return saved + _sublayer_out(ctx, f"{kind}-attention output", ctx.tokens, after), after
 
 
 def _o_input_is_kernel_output(ctx: LayerContext, mask_grad: bool) -> bool:
@@ -322,13 +334,8 @@ def _cross_layer(
     # the cross-attention's zero bias needs a gradient only under checkpointing
     zero_grad = ctx.run.grad_ckpt
     out += _attention(cross_st, enc.T, frozenset(needs), mask_layer=False, mask_grad=zero_grad)
-    q_grad = bool(needs)
-    saved_o = linear_inputs(ctx, o, state, q_grad, "cross o", arch.q_size, ctx.e)
-    if _o_input_is_kernel_output(ctx, zero_grad):
-        saved_o = [s for s in saved_o if not s.what.startswith("cross o: input")]
-    out += saved_o
-    after = q_grad or any(lin.module in state.output_grad for lin in o)
-    out += _sublayer_out(ctx, "cross-attention output", st.T, after)
+    projected, after = _attention_output(ctx, state, o, bool(needs), zero_grad, "cross o", "cross")
+    out += projected
     # named apart from the self-attention's items (q lora_A, q, k, v...)
     out = [item if item.what.startswith("cross") else _renamed(item) for item in out]
     return out, shared, after
