@@ -203,7 +203,16 @@ def checkpointed_attention_moment(
         per_score = e + FP32
     scores = run.batch_size * arch.num_heads * s * (s + run.prefix_len) * per_score
     mlp_side = sum(x.nbytes for x in block if x.what.startswith(_MLP_SIDE))
-    return scores - mlp_side
+    return scores + _adapter_cast_gradient(arch, plan, run.batch_size * s) - mlp_side
+
+
+def _adapter_cast_gradient(arch: Architecture, plan: MethodPlan, T: int) -> int:
+    """Adapters whose input peft casts to their own dtype (fp32 adapters on a 16-bit
+    base, no autocast) add that cast's gradient (T·h) to their linear's backward."""
+    dt = plan.dtypes
+    if plan.adapted and not dt.autocast and dt.adapter != dt.compute:
+        return T * arch.hidden_size * BYTES_PER_ELEMENT[dt.adapter]
+    return 0
 
 
 def block_backward_workspace(
@@ -224,16 +233,19 @@ def block_backward_workspace(
     if runs_eager(arch, run):
         s = run.positions
         attn = 2 * run.batch_size * arch.num_heads * s * (s + run.prefix_len) * FP32
-    cast_grad = 0
-    dt = plan.dtypes
-    if plan.adapted and not dt.autocast and dt.adapter != dt.compute:
-        cast_grad = T * arch.hidden_size * BYTES_PER_ELEMENT[dt.adapter]
+    cast_grad = _adapter_cast_gradient(arch, plan, T)
     mlp = mlp_backward_workspace(arch, plan, e, T)
     if run.grad_ckpt:
         # Gemma-2's post-feedforward norm is the first backward of the block, with all
-        # of its recomputed activations still there (measured)
-        post_norm = norm_backward_workspace(arch, e, T) if arch.norms_per_block == 4 else 0
-        return max(mlp, post_norm) + cast_grad
+        # of its recomputed activations still there (measured, the adapters' cast
+        # gradient included). Elsewhere that gradient joins the MLP's only when an MLP
+        # linear is adapted: the attention's comes once the MLP side is freed (GPT-2,
+        # Llama, measured)
+        mlp_adapted = any(set(lin.roles) & {"gate", "up", "down"} for lin in plan.adapted)
+        moment = mlp + (cast_grad if mlp_adapted else 0)
+        if arch.norms_per_block == 4:
+            moment = max(moment, norm_backward_workspace(arch, e, T) + cast_grad)
+        return moment
     return max(mlp, attn, norm_backward_workspace(arch, e, T)) + cast_grad
 
 
