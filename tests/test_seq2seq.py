@@ -159,3 +159,11 @@ def test_data_parallel_ranks_keep_every_block_of_both_stacks(strategy):
     many = estimate("flan-t5-base", gpus=2, strategy=strategy, **settings).memory
     assert many.activations_bytes == one.activations_bytes
     assert many.peak_allocated_bytes >= many.weights_bytes + many.activations_bytes
+
+
+def test_csv_puts_the_target_length_last():
+    """Added after the other columns, so that readers by position keep working."""
+    result = run("estimate", "flan-t5-small", "--target-len", "48", "--format", "csv")
+    header, row = result.stdout.strip().splitlines()
+    assert header.split(",")[-1] == "target_len" and row.split(",")[-1] == "48"
+    assert header.split(",")[:3] == ["model", "n_params", "method"]

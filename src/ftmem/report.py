@@ -56,7 +56,6 @@ CSV_RUN = (
     "grad_accum",
     "grad_ckpt",
     "attn",
-    "target_len",  # (last: added after the others, so positional readers keep working)
 )
 CSV_MEMORY = (
     "weights_bytes",
@@ -84,6 +83,8 @@ def to_csv(est: Estimate, header: bool = True) -> str:
     row["peak_phase"] = est.memory.peak_phase
     row["gpu"] = est.gpu["id"] if est.gpu else ""
     row["fits"] = "" if est.fits is None else est.fits
+    # the last column: added after the others, so positional readers keep working
+    row["target_len"] = est.run.get("target_len")
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(row), lineterminator="\n")
     if header:
