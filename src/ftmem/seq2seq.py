@@ -46,7 +46,7 @@ from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan
 from ftmem.run import RunConfig
-from ftmem.transients import mlp_backward_workspace
+from ftmem.transients import adapter_cast_gradient, mlp_backward_workspace
 
 # What the encoder-decoder path models and measures; the rest refuses in one sentence.
 SEQ2SEQ_METHODS = ("full", "freeze", "galore", "lora", "rslora", "dora", "qlora")
@@ -229,9 +229,9 @@ def _feed_forward(st: _Stack, state: BlockState, linears: list[Linear], x_grad: 
     return out + wo, any_grad or any(lin.module in state.output_grad for lin in down)
 
 
-def _sublayer_out(ctx: LayerContext, label: str, T: int, needs_grad: bool) -> list[Saved]:
+def _sublayer_out(ctx: LayerContext, label: str, needs_grad: bool) -> list[Saved]:
     """The dropout on a sub-layer's output (o or wo, in the compute dtype)."""
-    return _dropout(ctx, label, T * ctx.arch.hidden_size, ctx.e) if needs_grad else []
+    return _dropout(ctx, label, ctx.tokens * ctx.arch.hidden_size, ctx.e) if needs_grad else []
 
 
 @lru_cache(maxsize=64)
@@ -275,7 +275,7 @@ def _attention_output(
     if _o_input_is_kernel_output(ctx, mask_grad):
         saved = [s for s in saved if not s.what.startswith(f"{label}: input")]
     after = q_grad or any(lin.module in state.output_grad for lin in o)
-    return saved + _sublayer_out(ctx, f"{kind}-attention output", ctx.tokens, after), after
+    return saved + _sublayer_out(ctx, f"{kind}-attention output", after), after
 
 
 def _o_input_is_kernel_output(ctx: LayerContext, mask_grad: bool) -> bool:
@@ -289,7 +289,7 @@ def _ff_layer(st: _Stack, state: BlockState, linears: list[Linear], x_grad: bool
     """The feed-forward sub-layer: norm, feed-forward, dropout on its output."""
     out = _norm(st.ctx, "feed-forward norm", x_grad, state.weights_trainable)
     ff, ff_grad = _feed_forward(st, state, linears, x_grad)
-    return out + ff + _sublayer_out(st.ctx, "feed-forward output", st.T, ff_grad)
+    return out + ff + _sublayer_out(st.ctx, "feed-forward output", ff_grad)
 
 
 def encoder_block_parts(st: _Stack, state: BlockState, bias_grad: bool) -> list[list[Saved]]:
@@ -399,7 +399,9 @@ def stack_states(
             grad = below or (carried and i > 0)
             if st.input_requires_grad != grad:
                 key = (id(st), grad)
-                st = made.setdefault(key, dataclasses.replace(st, input_requires_grad=grad))
+                if key not in made:
+                    made[key] = dataclasses.replace(st, input_requires_grad=grad)
+                st = made[key]
             blocks.append(st)
             below = below or _trains_in(st, stack)
         out.append(blocks)
@@ -408,9 +410,10 @@ def stack_states(
 
 def _checkpoint_inputs(enc: _Stack, dec: _Stack, kv_kept: bool) -> list[Saved]:
     """What checkpointed blocks keep as inputs besides their hidden states: eager
-    attention's causal mask (every decoder block); what the first block of each stack
-    hands the blocks above it: the position biases (parameters' dtype), the cross-attention's zero
-    bias (which checkpointing makes require a gradient) and the encoder's output."""
+    attention's causal mask and the encoder's output (every decoder block); what the
+    first block of each stack hands the blocks above it: the position biases (in the
+    parameters' dtype) and the cross-attention's zero bias (which checkpointing makes
+    require a gradient)."""
     arch, run, r = enc.ctx.arch, enc.ctx.run, enc.ctx.residual
     nh = arch.num_heads
     held = []
@@ -519,11 +522,8 @@ def block_workspace(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int
     MLP's as for decoder-only models; T5's norm holds two fp32 T·h gradients and one in
     the compute dtype (it keeps its input in that dtype, not upcast). An adapter whose
     input peft casts adds that cast's gradient."""
-    dt = plan.dtypes
-    e, h = BYTES_PER_ELEMENT[dt.compute], arch.hidden_size
+    e, h = BYTES_PER_ELEMENT[plan.dtypes.compute], arch.hidden_size
     mlp = mlp_backward_workspace(arch, plan, e, T)
     norm = 2 * T * h * FP32 + T * h * e
-    cast_grad = 0
-    if plan.adapted and not dt.autocast and dt.adapter != dt.compute:
-        cast_grad = T * h * BYTES_PER_ELEMENT[dt.adapter]
+    cast_grad = adapter_cast_gradient(arch, plan, T)
     return (mlp if run.grad_ckpt else max(mlp, norm)) + cast_grad

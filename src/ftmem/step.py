@@ -361,7 +361,7 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
         grads_outer=grads_outer,
         grads_embedding=grads_embedding,
         tied_embedding_backward=tied_embedding_backward(arch, grad_groups),
-        grads_per_block=grads_block // 2,
+        grads_per_block=grads_block // 2,  # the average entry (grads_by_block is exact)
         trainable_blocks=2 * trained,
         grads_by_block=tuple(by_block),
         embedding_backward_at=L,

@@ -203,10 +203,10 @@ def checkpointed_attention_moment(
         per_score = e + FP32
     scores = run.batch_size * arch.num_heads * s * (s + run.prefix_len) * per_score
     mlp_side = sum(x.nbytes for x in block if x.what.startswith(_MLP_SIDE))
-    return scores + _adapter_cast_gradient(arch, plan, run.batch_size * s) - mlp_side
+    return scores + adapter_cast_gradient(arch, plan, run.batch_size * s) - mlp_side
 
 
-def _adapter_cast_gradient(arch: Architecture, plan: MethodPlan, T: int) -> int:
+def adapter_cast_gradient(arch: Architecture, plan: MethodPlan, T: int) -> int:
     """Adapters whose input peft casts to their own dtype (fp32 adapters on a 16-bit
     base, no autocast) add that cast's gradient (T·h) to their linear's backward."""
     dt = plan.dtypes
@@ -233,7 +233,7 @@ def block_backward_workspace(
     if runs_eager(arch, run):
         s = run.positions
         attn = 2 * run.batch_size * arch.num_heads * s * (s + run.prefix_len) * FP32
-    cast_grad = _adapter_cast_gradient(arch, plan, T)
+    cast_grad = adapter_cast_gradient(arch, plan, T)
     mlp = mlp_backward_workspace(arch, plan, e, T)
     if run.grad_ckpt:
         # Gemma-2's post-feedforward norm is the first backward of the block, with all
