@@ -74,11 +74,15 @@ SHARDED_HEADER = """
 ## FSDP on {world} CPU ranks
 
 torch FSDP2 (`fully_shard` on every decoder block and the root, MixedPrecisionPolicy for
-`*-mixed`) over gloo, one process per rank, batch 2 × 64 tokens. Weights, gradients and
-optimizer states are each rank's local shards; the peak is the step's maximum of live
-tensor bytes on the rank that holds the most, with FSDP's storage frees and re-allocations
-of the gathered weights followed (`ftmem.measure.sharded`). Checked by
-`tests/accuracy/test_sharded.py`.
+`*-mixed`), batch 2 × 64 tokens. Each rank runs in turn over PyTorch's fake process group
+(`ftmem measure --fsdp 2`): the collectives move no data but have their real shapes, and
+every buffer is freed by FSDP's own code, so the peak is the same on every run. (Over
+gloo, one process per rank, `--fsdp-ranks gloo`, the same step's peak depends on when
+gloo's threads let go of a collective's buffers: once 4 % higher on a loaded machine.)
+Weights, gradients and optimizer states are each rank's local shards; the peak is the
+step's maximum of live tensor bytes on the rank that holds the most, with FSDP's storage
+frees and re-allocations of the gathered weights followed (`ftmem.measure.sharded`).
+Checked by `tests/accuracy/test_sharded.py`.
 
 | case | weights (per rank) | gradients | optimizer states | peak |
 |---|---|---|---|---|

@@ -432,6 +432,12 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         {},
         "--fsdp takes 2 or more",
     ),
+    (
+        "measure-fsdp-ranks",
+        ["measure", "gpt2", "--fsdp", "2", "--fsdp-ranks", "nccl"],
+        {},
+        "--fsdp-ranks must be simulated or gloo",
+    ),
     ("bitfit-no-biases", ["estimate", "llama2-7b", "--method", "bitfit"], {}, "has no bias terms"),
     (
         "bitfit-lora-option",

@@ -809,10 +809,18 @@ def measure(
     fsdp: Annotated[
         int,
         typer.Option(
-            help="Measure torch FSDP2 (FULL_SHARD) over this many CPU processes (gloo) "
-            "against the per-GPU estimate, instead of one device."
+            help="Measure torch FSDP2 (FULL_SHARD) on this many CPU ranks against the "
+            "per-GPU estimate, instead of one device."
         ),
     ] = 0,
+    fsdp_ranks: Annotated[
+        str,
+        typer.Option(
+            help="simulated: each rank in turn in this process, over a fake process group "
+            "(same peak on every run) | gloo: one process per rank, real collectives "
+            "(the peak moves with thread timing)."
+        ),
+    ] = "simulated",
     steps: Annotated[int, typer.Option(help="Training steps; the last one is measured.")] = 2,
     fake: Annotated[
         bool,
@@ -841,6 +849,8 @@ def measure(
             raise FtmemError("--fake runs on the CPU only; drop --device cuda.")
         if fsdp and (fsdp < 2 or fake or device != "cpu"):
             raise FtmemError("--fsdp takes 2 or more CPU ranks, without --fake or --device cuda.")
+        if fsdp_ranks not in ("simulated", "gloo"):
+            raise FtmemError(f"--fsdp-ranks must be simulated or gloo, not {fsdp_ranks!r}.")
         arch = resolve_model(model)
         run = run_config(
             **settings,
@@ -849,7 +859,7 @@ def measure(
         )
         try:
             if fsdp:
-                return _measure_fsdp(arch, run, fsdp, output_format)
+                return _measure_fsdp(arch, run, fsdp, fsdp_ranks, output_format)
             from ftmem.measure import measure as run_measure
 
             got = run_measure(arch, run, device=device, steps=steps, fake=fake)
@@ -900,7 +910,7 @@ def measure(
     _console().print(tbl)
 
 
-def _measure_fsdp(arch: Any, run: Any, ranks: int, output_format: str) -> None:
+def _measure_fsdp(arch: Any, run: Any, ranks: int, mode: str, output_format: str) -> None:
     """`ftmem measure --fsdp N`: each rank's shards and the largest peak, beside the
     per-GPU estimate of the same run with ``--gpus N --strategy fsdp``."""
     import json
@@ -910,7 +920,7 @@ def _measure_fsdp(arch: Any, run: Any, ranks: int, output_format: str) -> None:
     from ftmem.parallel import ParallelConfig
     from ftmem.units import format_bytes
 
-    measured = measure_fsdp(arch, run, ranks)
+    measured = measure_fsdp(arch, run, ranks, mode=mode)
     est = estimate_step(arch, run, par=ParallelConfig(gpus=ranks, strategy="fsdp")).memory
     rows = [
         (key.removesuffix("_bytes"), getattr(est, key), max(r[key] for r in measured))
@@ -929,7 +939,7 @@ def _measure_fsdp(arch: Any, run: Any, ranks: int, output_format: str) -> None:
     from rich.table import Table
 
     tbl = Table(
-        title=f"{arch.name}: {run.method} · FSDP over {ranks} CPU ranks (gloo), largest rank"
+        title=f"{arch.name}: {run.method} · FSDP over {ranks} CPU ranks ({mode}), largest rank"
     )
     for col in ("Component", "Estimated per GPU", "Measured", "Error"):
         tbl.add_column(col, justify="left" if col == "Component" else "right")

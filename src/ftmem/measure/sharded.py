@@ -1,15 +1,27 @@
-"""Measure a sharded (FSDP2) step on the CPU: one process per rank over gloo.
+"""Measure a sharded (FSDP2) step on the CPU, rank by rank.
 
 Each rank builds the same tiny model, wraps every decoder block and then the root with
 ``fully_shard`` (MixedPrecisionPolicy for the ``*-mixed`` precisions, as Accelerate
 does), runs two steps and reports, for the second, its local bytes of weights,
 gradients and optimizer states and the step's peak of live tensor storage. DTensor
 shards are counted by their local tensors (tracker.py).
+
+Two ways to run the ranks:
+
+- ``simulated`` (the default): each rank in turn, in this process, over PyTorch's fake
+  process group. The collectives move no data but have the real shapes, and every
+  buffer is freed by FSDP's own code on this thread, so the peak is the same on every
+  run and every machine.
+- ``gloo``: one process per rank over gloo, the collectives for real. gloo's worker
+  threads drop their references to a collective's buffers a moment after the caller's
+  wait returns, so the peak depends on scheduling: identical to the simulated one on an
+  idle machine, 4 % higher once on a loaded CI machine (2026-11-29).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import tempfile
 from collections.abc import Callable, Iterator
@@ -61,9 +73,22 @@ def _follow_fsdp_storage(tracker: LiveBytesTracker) -> Iterator[None]:
 
 
 def _rank_main(
-    rank: int, world: int, store: str, out: str, arch_json: str, run_json: str, reshard: bool
+    rank: int,
+    world: int,
+    store: str,
+    out: str,
+    arch_json: str,
+    run_json: str,
+    reshard: bool,
+    backend: str = "gloo",
 ) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    if backend == "gloo":
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    else:
+        # importing it registers the "fake" backend
+        importlib.import_module("torch.testing._internal.distributed.fake_pg")
+
+        dist.init_process_group("fake", store=dist.HashStore(), rank=rank, world_size=world)
     try:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -127,23 +152,33 @@ def _rank_main(
         dist.destroy_process_group()
 
 
+RANK_MODES = ("simulated", "gloo")
+
+
 def measure_fsdp(
-    arch: Architecture, run: RunConfig, world: int = 2, reshard_after_forward: bool = True
+    arch: Architecture,
+    run: RunConfig,
+    world: int = 2,
+    reshard_after_forward: bool = True,
+    mode: str = "simulated",
 ) -> list[dict[str, Any]]:
     """Per-rank measurements of one FSDP2 step (FULL_SHARD, or SHARD_GRAD_OP semantics
-    with ``reshard_after_forward=False``)."""
+    with ``reshard_after_forward=False``); ``mode`` is one of :data:`RANK_MODES`."""
+    if mode not in RANK_MODES:
+        raise ValueError(f"mode must be one of {RANK_MODES}, not {mode!r}")
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/rank"
-        mp.spawn(
-            _rank_main,
-            args=(
-                world,
-                f"{tmp}/store",
-                out,
-                arch.model_dump_json(),
-                run.model_dump_json(),
-                reshard_after_forward,
-            ),
-            nprocs=world,
+        args = (
+            world,
+            f"{tmp}/store",
+            out,
+            arch.model_dump_json(),
+            run.model_dump_json(),
+            reshard_after_forward,
         )
+        if mode == "gloo":
+            mp.spawn(_rank_main, args=args, nprocs=world)
+        else:
+            for rank in range(world):
+                _rank_main(rank, *args, backend="fake")
         return [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
