@@ -303,3 +303,31 @@ def test_qlora_under_fsdp_shards_the_4bit_storage():
     assert m.weights_bytes == ceil(one.weights_bytes / 8)
     assert m.gradients_bytes == ceil(one.gradients_bytes / 8)
     assert any("bnb_4bit_quant_storage" in n for n in est.notes)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "offload", "head_side"),
+    [
+        ("zero2", "none", True),
+        ("zero3", "none", True),
+        ("zero2", "cpu", False),
+        ("zero3", "cpu", False),
+        ("fsdp", "none", False),
+    ],
+)
+def test_gradients_when_backward_starts(strategy, offload, head_side):
+    """Backward starts at the loss with no block gradient yet. Under ZeRO the LM head's
+    and the final norm's gradients are then the only ones, as shards; none when
+    gradients go to the host; none under FSDP, whose root unit's sharded gradients
+    come from its reduce-scatter after the last block (its unsharded LM-head gradient
+    counts as communication until then). The token embedding's gradient, left whole
+    here, once made the gradients at the peak negative."""
+    arch = get_model("llama2-7b")
+    kw = dict(method="full", precision="bf16", seq_len=2048, grad_ckpt=True)
+    par = parallel_config(gpus=8, strategy=strategy, offload_optimizer=offload)
+    step = parallel_step(arch, run_config(**kw), par)
+    sizes = step.ranks[step.worst].sizes
+    head = (arch.vocab_size + 1) * arch.hidden_size * 2  # the untied LM head, final norm
+    assert sizes.grads_outer - sizes.grads_embedding == (ceil(head / 8) if head_side else 0)
+    m = estimate(arch, gpus=8, strategy=strategy, offload_optimizer=offload, **kw).memory
+    assert m.at_peak.gradients >= 0

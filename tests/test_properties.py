@@ -74,6 +74,34 @@ def test_components_are_non_negative_integers_that_add_up(model, run):
     assert m.peak_allocated_bytes == max(m.phases.forward, m.phases.backward, m.phases.optimizer)
 
 
+parallel = st.fixed_dictionaries(
+    {
+        "gpus": st.sampled_from([2, 8]),
+        "strategy": st.sampled_from(["ddp", "zero1", "zero2", "zero3", "fsdp", "fsdp-grad-op"]),
+        "pp": st.sampled_from([1, 2]),
+        "offload_optimizer": st.sampled_from(["none", "cpu"]),
+    }
+)
+
+
+@given(model=st.sampled_from(PRESETS), run=runs, par=parallel)
+def test_every_part_at_the_peak_is_non_negative_on_many_gpus(model, run, par):
+    """The breakdown of the peak on one GPU of many: no part below zero (the token
+    embedding's gradient, left whole when gradients were sharded or offloaded, once made
+    the gradients at the loss negative), and the parts add up to the largest phase."""
+    if not _fits_learned_positions(model, run):
+        return
+    try:
+        m = estimate(model, **_settings(run), **par).memory
+    except FtmemError as exc:  # a combination ftmem refuses, in one sentence
+        assert "\n" not in str(exc)
+        return
+    for part, value in m.at_peak.model_dump().items():
+        assert value >= 0, part
+    assert m.at_peak.total == m.peak_allocated_bytes
+    assert m.peak_allocated_bytes == max(m.phases.forward, m.phases.backward, m.phases.optimizer)
+
+
 @given(model=st.sampled_from(PRESETS), run=runs, grow=st.sampled_from(["batch_size", "seq_len"]))
 def test_memory_never_decreases_with_batch_or_sequence(model, run, grow):
     bigger = {**run, grow: run[grow] * 2}

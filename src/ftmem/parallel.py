@@ -474,6 +474,15 @@ def rank_memory(
     )
     block_grads = sum(by_block) if by_block else grads_block * trainable_here
     grads_outer = max(0, grads_gpu - block_grads)
+    # the part of grads_outer that appears only at the end of backward: the token
+    # embedding's (first stage only; sharded like the others, none where gradients
+    # leave the GPU); under FSDP all of the root's, which its reduce-scatter creates
+    # after the last block (the LM head's unsharded gradient is communication till then)
+    grads_embedding = 0
+    if s in FSDP:
+        grads_embedding = grads_outer
+    elif first and grads_gpu:
+        grads_embedding = shard(base.grads_embedding) if s in SHARDS_GRADS else base.grads_embedding
 
     sizes = dataclasses.replace(
         base,
@@ -481,6 +490,7 @@ def rank_memory(
         states=states_gpu,
         grads=grads_gpu,
         grads_outer=grads_outer,
+        grads_embedding=min(grads_embedding, grads_outer),
         grads_per_block=grads_block,
         grads_by_block=by_block,
         trainable_blocks=trainable_here,

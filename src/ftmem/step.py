@@ -34,6 +34,7 @@ from ftmem.transients import (
     frozen_forward_transient,
     logits_forward,
     merge_transient,
+    moe_forward_transient,
     norm_backward_workspace,
     offload_moment,
     prefix_cache,
@@ -214,8 +215,11 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         logits_forward=logits_forward(arch, run, e, T) + prefix_cache(arch, run, plan.dtypes),
         forward_block_transient=max(
             forward_block_transient(plan, run),
+            moe_forward_transient(arch, T) if per_block[-1] else 0,
+            # a block that keeps nothing of its own (frozen, checkpointed, offloaded)
+            # still builds its intermediates in forward
             frozen_forward_transient(arch, run, e, plan.dtypes.residual_bytes, T)
-            if not per_block[-1] or run.activation_offload
+            if not per_block[-1] or run.activation_offload or run.grad_ckpt
             else 0,
         ),
         # the log-softmax's and the logits' fp32 gradients (a fused loss kept its own; a
