@@ -28,3 +28,15 @@ def test_readme_counts_the_accuracy_cases():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert f"{len(CASES) - len(KNOWN_GAPS)} tiny configurations" in readme
+
+
+def test_readme_counts_the_other_suites():
+    from tests.accuracy.cases import REAL_SIZE_CASES
+    from tests.accuracy.test_sharded import SHARDED_CASES, WORLD
+    from tests.test_bad_inputs import CORPUS
+
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert f"a corpus of {len(CORPUS)} bad inputs" in readme
+    presets = len({c.preset for c in REAL_SIZE_CASES})
+    assert f"{len(REAL_SIZE_CASES)} real-size configurations of {presets} presets" in readme
+    assert f"{len(SHARDED_CASES)} FSDP configurations on {WORLD} CPU ranks" in readme
