@@ -40,3 +40,14 @@ def test_readme_counts_the_other_suites():
     presets = len({c.preset for c in REAL_SIZE_CASES})
     assert f"{len(REAL_SIZE_CASES)} real-size configurations of {presets} presets" in readme
     assert f"{len(SHARDED_CASES)} FSDP configurations on {WORLD} CPU ranks" in readme
+
+
+def test_readme_counts_the_phase_gaps_of_the_accuracy_table():
+    import re
+
+    doc = (ROOT / "docs" / "accuracy.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Each phase's largest moment") : doc.index("## Known gaps")]
+    cases = int(re.search(r"Of the (\d+) single-device cases", section)[1])
+    gaps = sum(line.startswith("- `") for line in section.splitlines())
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert f"({gaps} of {3 * cases:,})" in readme

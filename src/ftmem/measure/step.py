@@ -351,6 +351,9 @@ def _run(
     inputs = [ids] if labels is None else [ids, labels]
     pre_existing = [*model_state_tensors(model), *teacher_state, *state_tensors, *inputs]
     meter: Any = _CudaMeter(dev) if dev.type == "cuda" else _CpuMeter(pre_existing)
+    # hold no reference across the step: an optimizer that replaces a state tensor
+    # (GaLore renewing its projectors) frees the old one, as in training
+    del pre_existing, state_tensors, teacher_state
     with contextlib.ExitStack() as stack:
         # no cyclic GC inside the step: frees happen where refcounts drop, run after run
         if gc.isenabled():
