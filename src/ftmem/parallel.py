@@ -495,6 +495,7 @@ def rank_memory(
         grads_by_block=by_block,
         trainable_blocks=trainable_here,
         acts_per_block=acts_blocks,
+        recompute_by_block=base.recompute_by_block[lo:hi],
         acts_below=acts_below,
         acts_above=base.acts_above if last else 0,
         logits_forward=base.logits_forward if last else 0,

@@ -77,6 +77,9 @@ class StepSizes:
     # block, with the encoder's activations all alive; 0: after the last block)
     grads_by_block: tuple[int, ...] = ()
     embedding_backward_at: int = 0
+    # checkpointing: each timeline entry's own recompute (a frozen block below the
+    # trained ones rebuilds less than they do; empty: ``recompute`` for every block)
+    recompute_by_block: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +110,13 @@ def find_peak(s: StepSizes) -> Peak:
     moments.append(("backward", live_grads, live_acts, s.head_workspace + s.step_outer, head_bwd))
     # a weight steps as soon as its gradient exists, when the block's backward workspace
     # is past its largest (measured): the larger of the two, not their sum
-    transient = s.recompute + max(s.block_workspace, s.step_block)
+    workspace = max(s.block_workspace, s.step_block)
     L = len(s.acts_per_block)
     embedding = s.grads_embedding if not s.grads_persist else 0
     early = 0 < s.embedding_backward_at < L  # a first embedding backward mid-timeline
     for i in range(L - 1, -1, -1):
-        moments.append(("backward", live_grads, live_acts, transient, bwd))
+        recompute = s.recompute_by_block[i] if s.recompute_by_block else s.recompute
+        moments.append(("backward", live_grads, live_acts, recompute + workspace, bwd))
         live_acts -= s.acts_per_block[i]
         if not s.grads_persist:
             if s.grads_by_block:

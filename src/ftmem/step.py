@@ -28,6 +28,7 @@ from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
 from ftmem.phases import StepSizes
 from ftmem.run import RunConfig
 from ftmem.transients import (
+    autocast_cache,
     block_backward_workspace,
     checkpointed_attention_moment,
     forward_block_transient,
@@ -194,6 +195,9 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         per_block_kept = [0] * len(per_block_kept)
         outer_below, outer_above = [], []
         activations = 0
+    # checkpointed blocks under autocast: the cast cache is all that keeps their 16-bit
+    # weight copies, until the forward (and the loss in it) ends
+    forward_cache = autocast_cache(plan) if run.grad_ckpt else 0
     if run.optimizer_in_backward:  # each gradient is freed by its own step
         grads = grads_outer = grads_block = grads_embedding = 0
     sizes = StepSizes(
@@ -212,8 +216,11 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         acts_per_block=tuple(per_block_kept),
         acts_below=_sum(outer_below),
         acts_above=_sum(outer_above),
-        logits_forward=logits_forward(arch, run, e, T) + prefix_cache(arch, run, plan.dtypes),
-        forward_block_transient=max(
+        logits_forward=logits_forward(arch, run, e, T)
+        + prefix_cache(arch, run, plan.dtypes)
+        + forward_cache,
+        forward_block_transient=forward_cache
+        + max(
             forward_block_transient(plan, run),
             moe_forward_transient(arch, T) if per_block[-1] else 0,
             # a block that keeps nothing of its own (frozen, checkpointed, offloaded)
@@ -239,6 +246,7 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         # the final norm's backward, its fp32 input still saved
         head_workspace=norm_backward_workspace(arch, e, T) + T * h * FP32,
         recompute=recompute,
+        recompute_by_block=tuple(per_block) if run.grad_ckpt else (),
         optimizer_temporaries=opt_temp,
         grads_persist=run.grad_accum > 1,
     )

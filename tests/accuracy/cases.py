@@ -302,6 +302,24 @@ def _matrix() -> list[Case]:
             cases.append(
                 Case(family, {"method": m, "precision": "bf16", "attn": attn, "grad_ckpt": True})
             )
+    # checkpointing with autocast, adapters on every linear, frozen blocks below: the
+    # 16-bit weight copies only the cast cache keeps, the down projection's cast
+    # gradient, and the recompute of a block that trains nothing (2026-11-29)
+    ckpt = {"grad_ckpt": True}
+    all_linear = {"lora_targets": "all-linear"}
+    for family, settings in (
+        ("llama", {"method": "full", "precision": "bf16-mixed"}),
+        ("gemma", {"method": "full", "precision": "fp16-mixed"}),
+        ("falcon", {"method": "full", "precision": "bf16-mixed"}),
+        ("llama", {"method": "lora", "precision": "bf16-mixed", **all_linear}),
+        ("llama", {"method": "lora", "precision": "bf16", **all_linear}),
+        ("llama", {"method": "qlora", "precision": "bf16-mixed", **all_linear}),
+        ("phi3", {"method": "lora", "precision": "bf16-mixed", **all_linear}),
+        ("gpt2", {"method": "lora", "precision": "bf16-mixed", **all_linear}),
+        ("llama", {"method": "freeze", "precision": "bf16", "trainable_layers": 1}),
+        ("qwen2", {"method": "freeze", "precision": "bf16-mixed", "trainable_layers": 1}),
+    ):
+        cases.append(Case(family, {**settings, **ckpt}))
     # optimizers
     for opt in ("sgd", "sgd-momentum", "adafactor"):
         for precision in ("fp32", "bf16"):

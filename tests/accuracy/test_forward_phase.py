@@ -3,7 +3,8 @@
 On one GPU the forward's largest moment is usually the loss (logits and their fp32
 copy), which hides what happens inside a block. It shows when a checkpointed block
 rebuilds its MLP intermediates with nothing saved (GPT-2's written-out tanh-GELU, a gated
-MLP under LoRA) and under FSDP, where the gathered block sits beside the block's forward
+MLP under LoRA), when autocast's cast cache is all that keeps the checkpointed blocks'
+16-bit weight copies, and under FSDP, where the gathered block sits beside the block's forward
 (Mixtral's grouped experts: fp32 routing-weight products). Each case's forward phase
 and, for the sharded one, its backward are held to the suite's peak tolerance; the
 cases were 9-32 % under before these moments were modelled (2026-11-29).
@@ -26,6 +27,8 @@ FORWARD_CASES = [
     "gpt2-gradckpt=True-method=ia3-precision=fp32",
     "llama-gradckpt=True-method=lora-precision=fp32",
     "qwen2-gradckpt=True-method=lora-precision=fp32",
+    # autocast's cast cache keeps every block's 16-bit weight copies through the forward
+    "llama-gradckpt=True-method=full-precision=bf16-mixed",
 ]
 
 
