@@ -318,6 +318,12 @@ def _matrix() -> list[Case]:
         ("gpt2", {"method": "lora", "precision": "bf16-mixed", **all_linear}),
         ("llama", {"method": "freeze", "precision": "bf16", "trainable_layers": 1}),
         ("qwen2", {"method": "freeze", "precision": "bf16-mixed", "trainable_layers": 1}),
+        # a 4-bit MLP's fp32 intermediates under autocast; DoRA's rebuild in the recompute
+        ("llama", {"method": "qlora", "precision": "bf16-mixed"}),
+        ("qwen2", {"method": "qlora", "precision": "fp16-mixed"}),
+        ("llama", {"method": "dora", "precision": "bf16"}),
+        ("llama", {"method": "dora", "precision": "bf16", **all_linear}),
+        ("qwen2", {"method": "dora", "precision": "bf16-mixed", **all_linear}),
     ):
         cases.append(Case(family, {**settings, **ckpt}))
     # optimizers
@@ -437,6 +443,12 @@ REAL_SIZE_CASES = [
 
 # id -> reason; run as strict xfail
 KNOWN_GAPS: dict[str, str] = {
+    "qwen2-gradckpt=True-method=qlora-precision=fp16-mixed": (
+        "QLoRA under fp16-mixed on Qwen2: the weights measured 768 B (0.3 %) under the "
+        "estimate, the q/k/v biases of the 4-bit linears in fp16 rather than fp32 "
+        "(bitsandbytes casts a 4-bit linear's bias to its input's dtype in forward); "
+        "peak -3.1 %, activations +2.3 % (2026-11-29)"
+    ),
     "gpt2-activationoffload=True-method=lora-precision=fp32": (
         "activation offload on GPT-2 in fp32: the peak measured 7.8 % above the estimate; "
         "the written-out tanh-GELU's backward brings back more of its offloaded "
