@@ -371,8 +371,10 @@ def _mlp(ctx: LayerContext, state: BlockState, x_grad: bool, linears: list[Linea
             oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
             out.append(Saved("gate, up and activation outputs", 3 * T * f * oe))
         elif arch.family == "gpt2" and arch.activation == "gelu_tanh":
-            # GPT-2's NewGELU is written out: x, 0.5x, tanh(...) and 1 + tanh(...)
-            out.append(Saved("up output + tanh-GELU intermediates", 4 * T * f * e))
+            # GPT-2's NewGELU is written out: x, 0.5x, tanh(...) and 1 + tanh(...), in
+            # c_fc's output dtype (fp32 from a 4-bit c_fc under autocast)
+            oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
+            out.append(Saved("up output + tanh-GELU intermediates", 4 * T * f * oe))
         else:
             out.append(Saved("up output (activation input)", T * f * e))
     out += linear_inputs(ctx, downs, state, any_grad, "down_proj", f, e)
