@@ -79,8 +79,7 @@ class LayerContext:
     def quantized_outputs_in_input_dtype(self) -> bool:
         """bitsandbytes' 4-bit linears return their output in their input's dtype: under
         autocast with fp32 non-quantised weights the q/k/v and MLP outputs stay fp32."""
-        dt = self.plan.dtypes
-        return dt.quantized in ("nf4", "fp4") and dt.autocast and self.residual == FP32
+        return self.plan.dtypes.four_bit_outputs_fp32
 
     @property
     def residual(self) -> int:

@@ -24,6 +24,12 @@ class Dtypes:
         (fp32 under autocast with fp32 parameters)."""
         return BYTES_PER_ELEMENT[self.base]
 
+    @property
+    def four_bit_outputs_fp32(self) -> bool:
+        """bitsandbytes' 4-bit linears answer in their input's dtype: under autocast with
+        fp32 non-quantised weights (an fp32 residual stream) their outputs are fp32."""
+        return self.quantized in ("nf4", "fp4") and self.autocast and self.base == "fp32"
+
     def describe(self) -> str:
         base = (
             f"{self.quantized} linears, {self.base} rest"

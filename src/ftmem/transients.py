@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Iterable
 
 from ftmem.activations import INDEX_BYTES, Saved, loss_rows, runs_eager
-from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, Linear
+from ftmem.arch import MLP_ROLES, TOKEN_EMBEDDINGS, Architecture, Linear
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan, TensorGroup
 from ftmem.optim import optimizer_step_temporary_bytes
@@ -258,9 +258,9 @@ def adapter_cast_gradient(arch: Architecture, plan: MethodPlan, T: int) -> int:
 
 
 def down_cast_gradient(plan: MethodPlan, T: int) -> int:
-    """An adapter on the down projection: peft casts its input (T·f, 16-bit also under
-    autocast, where the gated product is computed in 16 bits) to the adapter dtype, and
-    that cast's gradient (T·f) joins the down projection's backward (measured with
+    """An adapter on the down projection: peft casts its input (T·f; 16-bit also under
+    autocast, unless a 4-bit MLP made it fp32) to the adapter dtype, and that cast's
+    gradient (T·f) joins the down projection's backward (measured with
     checkpointing: Llama LoRA and QLoRA on all linears under bf16-mixed, -6 % without)."""
     dt = plan.dtypes
     if dt.adapter == dt.compute:
@@ -288,11 +288,9 @@ def block_backward_workspace(
         s = run.positions
         attn = 2 * run.batch_size * arch.num_heads * s * (s + run.prefix_len) * FP32
     cast_grad = adapter_cast_gradient(arch, plan, T)
-    dt = plan.dtypes
-    # bitsandbytes' 4-bit linears answer in their input's dtype: under autocast with an
-    # fp32 residual stream the MLP's intermediates, and so their gradients, are fp32
-    # (measured: QLoRA bf16-mixed with checkpointing, peak -10 % without)
-    four_bit_fp32 = dt.quantized in ("nf4", "fp4") and dt.autocast and dt.residual_bytes == FP32
+    # a 4-bit MLP's intermediates, and so their gradients, can be fp32 (measured: QLoRA
+    # bf16-mixed with checkpointing, peak -10 % without)
+    four_bit_fp32 = plan.dtypes.four_bit_outputs_fp32
     mlp = mlp_backward_workspace(arch, plan, FP32 if four_bit_fp32 else e, T)
     # the experts' own moment; an adapter's cast gradient comes later, at its linear
     moe = moe_backward_workspace(arch, e, T)
@@ -302,16 +300,15 @@ def block_backward_workspace(
         # gradient included). Elsewhere that gradient joins the MLP's only when an MLP
         # linear is adapted: the attention's comes once the MLP side is freed (GPT-2,
         # Llama, measured)
-        mlp_adapted = any(set(lin.roles) & {"gate", "up", "down"} for lin in plan.adapted)
+        mlp_linears = [lin for lin in plan.adapted if set(lin.roles) & set(MLP_ROLES)]
         # (a 4-bit MLP's fp32 product needs no cast into an fp32 adapter)
         down_cast = 0 if four_bit_fp32 else down_cast_gradient(plan, T)
-        moment = mlp + max(cast_grad if mlp_adapted else 0, down_cast)
+        moment = mlp + max(cast_grad if mlp_linears else 0, down_cast)
         if arch.norms_per_block == 4:
             moment = max(moment, norm_backward_workspace(arch, e, T) + cast_grad)
         # DoRA rebuilds each adapted weight again in the recompute; an MLP linear's
         # rebuild comes last, beside the MLP's backward (measured: Llama and Qwen2 on all
         # linears, -9 to -12 % without); attention's comes early, before it
-        mlp_linears = [lin for lin in plan.adapted if set(lin.roles) & {"gate", "up", "down"}]
         return max(moment + dora_rebuild(plan, run, mlp_linears), moe)
     return max(max(mlp, attn, norm_backward_workspace(arch, e, T)) + cast_grad, moe)
 
