@@ -151,27 +151,29 @@ def linear_inputs(
             # a gradient. CUDA's fused dropout keeps a bool mask, the CPU path a scaled
             # mask in the input's dtype.
             dropped = e if dt.autocast else ae
-            out.append(Saved(f"{lin.leaf} lora dropout output", T * in_features * dropped))
+            out.append(Saved(f"{lin.label} lora dropout output", T * in_features * dropped))
             if in_grad:
                 mask = 1 if ctx.run.device == "cuda" else dropped
-                out.append(Saved(f"{lin.leaf} lora dropout mask", T * in_features * mask))
+                out.append(Saved(f"{lin.label} lora dropout mask", T * in_features * mask))
         elif peft_casts:
-            out.append(Saved(f"{lin.leaf} lora_A input cast to {dt.adapter}", T * in_features * ae))
+            out.append(
+                Saved(f"{lin.label} lora_A input cast to {dt.adapter}", T * in_features * ae)
+            )
         elif dt.autocast:
             # peft casts the input to the adapter dtype, autocast casts it back for the
             # matmul: each adapter keeps a 16-bit copy of its own, even of a 16-bit input
             out.append(
-                Saved(f"{lin.leaf} lora_A input autocast to {dt.compute}", T * in_features * e)
+                Saved(f"{lin.label} lora_A input autocast to {dt.compute}", T * in_features * e)
             )
         else:
             shared_input = True
         a_out = e if dt.autocast else ae
-        out.append(Saved(f"{lin.leaf} lora_A output (r={r})", T * r * a_out))
+        out.append(Saved(f"{lin.label} lora_A output (r={r})", T * r * a_out))
         if ctx.run.method == "dora":
             out += _dora_saved(ctx, lin, T, peft_casts, in_grad)
         if dt.autocast:
             copies = r * lin.out_features + (r * in_features if in_grad else 0)
-            out.append(Saved(f"{lin.leaf} lora 16-bit weight copies", 2 * copies))
+            out.append(Saved(f"{lin.label} lora 16-bit weight copies", 2 * copies))
     if shared_input and not keeps_input:
         out.append(Saved(f"{label}: input (for lora_A)", T * in_features * in_bytes))
     out += _ia3_saved(ctx, linears, state)
@@ -186,7 +188,7 @@ def linear_inputs(
             if in_grad:
                 out.append(
                     Saved(
-                        f"{lin.leaf} 16-bit weight copy",
+                        f"{lin.label} 16-bit weight copy",
                         lin.in_features * lin.out_features * lin.copies * 2,
                     )
                 )
@@ -204,10 +206,10 @@ def _ia3_saved(ctx: LayerContext, linears: list[Linear], state: BlockState) -> l
     for lin in linears:
         if lin.module in state.scaled_in:
             size = T * lin.in_features * ae + lin.in_features * ae
-            out.append(Saved(f"{lin.leaf} IA³: input cast to {ctx.plan.dtypes.adapter}", size))
+            out.append(Saved(f"{lin.label} IA³: input cast to {ctx.plan.dtypes.adapter}", size))
         elif lin.module in state.scaled:
             size = T * lin.out_features * e + lin.out_features * ae
-            out.append(Saved(f"{lin.leaf} IA³: base output", size))
+            out.append(Saved(f"{lin.label} IA³: base output", size))
     return out
 
 
@@ -235,7 +237,7 @@ def _bottleneck_saved(
         size = T * h * ae + acts * T * width * ae
         if dt.autocast:
             size += 2 * h * width * (2 if in_grad else 1)
-        out.append(Saved(f"{lin.leaf} adapter: input, activation", size))
+        out.append(Saved(f"{lin.label} adapter: input, activation", size))
     return out
 
 
@@ -263,17 +265,17 @@ def _dora_saved(
     scales = 3 if in_grad else 2
     items = [
         Saved(
-            f"{lin.leaf} DoRA base/LoRA outputs and rescale",
+            f"{lin.label} DoRA base/LoRA outputs and rescale",
             outputs * T * out_f * e + scales * out_f * FP32,
         )
     ]
     if lin.bias and ctx.plan.dtypes.autocast:
         items.append(
-            Saved(f"{lin.leaf} DoRA fp32 base output (bias removed)", T * out_f * (FP32 - e))
+            Saved(f"{lin.label} DoRA fp32 base output (bias removed)", T * out_f * (FP32 - e))
         )
     if ctx.arch.family == "gpt2" and ctx.plan.dtypes.base == "fp32":
         copy_bytes = lin.in_features * out_f * FP32
-        items.append(Saved(f"{lin.leaf} DoRA transposed Conv1D weight (fp32)", copy_bytes))
+        items.append(Saved(f"{lin.label} DoRA transposed Conv1D weight (fp32)", copy_bytes))
     return items
 
 

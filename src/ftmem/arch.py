@@ -183,6 +183,12 @@ class Linear:
     def leaf(self) -> str:
         return self.module.rsplit(".", 1)[-1]
 
+    @property
+    def label(self) -> str:
+        """How saved items name it: the leaf, with its parent where one block has the
+        leaf twice (GPT-2's attn.c_proj and mlp.c_proj)."""
+        return ".".join(self.module.split(".")[-2:]) if self.leaf == "c_proj" else self.leaf
+
 
 @dataclass(frozen=True, slots=True)
 class Layout:

@@ -28,9 +28,11 @@ from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
 from ftmem.phases import StepSizes
 from ftmem.run import RunConfig
 from ftmem.transients import (
+    adapter_moment,
     autocast_cache,
     block_backward_workspace,
     checkpointed_attention_moment,
+    checkpointed_forward_adapter,
     forward_block_transient,
     frozen_forward_transient,
     logits_forward,
@@ -222,6 +224,7 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         forward_block_transient=forward_cache
         + max(
             forward_block_transient(plan, run),
+            checkpointed_forward_adapter(arch, run, plan, e, T),
             moe_forward_transient(arch, T) if per_block[-1] else 0,
             # a block that keeps nothing of its own (frozen, checkpointed, offloaded)
             # still builds its intermediates in forward
@@ -242,6 +245,7 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         else max(
             block_backward_workspace(arch, run, plan, e, T),
             checkpointed_attention_moment(arch, run, plan, cache[block_states[-1]], e),
+            adapter_moment(arch, run, plan, cache[block_states[-1]], e, T),
         ),
         # the final norm's backward, its fp32 input still saved
         head_workspace=norm_backward_workspace(arch, e, T) + T * h * FP32,

@@ -324,6 +324,15 @@ def _matrix() -> list[Case]:
         ("llama", {"method": "dora", "precision": "bf16"}),
         ("llama", {"method": "dora", "precision": "bf16", **all_linear}),
         ("qwen2", {"method": "dora", "precision": "bf16-mixed", **all_linear}),
+        # fp32 adapters on a fused 16-bit linear: the recompute's fp32 sum (Phi-3's
+        # gate_up and qkv), DoRA's own backward; the ones that still miss (known gaps)
+        ("phi3", {"method": "lora", "precision": "bf16", **all_linear}),
+        ("phi3", {"method": "qlora", "precision": "bf16", **all_linear}),
+        ("phi3", {"method": "dora", "precision": "bf16"}),
+        ("phi3", {"method": "dora", "precision": "bf16-mixed"}),
+        ("phi3", {"method": "dora", "precision": "bf16", **all_linear}),
+        ("gpt2", {"method": "lora", "precision": "bf16", **all_linear}),
+        ("falcon", {"method": "lora", "precision": "bf16"}),
     ):
         cases.append(Case(family, {**settings, **ckpt}))
     # optimizers
@@ -448,6 +457,19 @@ KNOWN_GAPS: dict[str, str] = {
         "estimate, the q/k/v biases of the 4-bit linears in fp16 rather than fp32 "
         "(bitsandbytes casts a 4-bit linear's bias to its input's dtype in forward); "
         "peak -3.1 %, activations +2.3 % (2026-11-29)"
+    ),
+    "gpt2-gradckpt=True-loratargets=all-linear-method=lora-precision=bf16": (
+        "GPT-2 LoRA on all linears, bf16 with checkpointing: the peak measured 13.8 % under "
+        "the estimate (an over-estimate; activations exact). The MLP c_proj adapter's fp32 "
+        "cast gradient (T·f) is freed before the three-wide tanh-GELU backward starts, "
+        "where the estimate adds the two; under bf16-mixed the sum matches (+1.8 %), so "
+        "the order is not derived yet (2026-11-29)"
+    ),
+    "falcon-gradckpt=True-method=lora-precision=bf16": (
+        "Falcon LoRA (query_key_value), bf16 with checkpointing: the peak measured 9.3 % "
+        "above the estimate. It is the recompute of the attention on the CPU's math path "
+        "(fp32 copies of q, k and v, the fp32 scores and their softmax); CUDA's kernels do "
+        "not make those copies (2026-11-29)"
     ),
     "gpt2-activationoffload=True-method=lora-precision=fp32": (
         "activation offload on GPT-2 in fp32: the peak measured 7.8 % above the estimate; "
