@@ -193,6 +193,14 @@ def _family_notes(arch: Architecture, run: RunConfig) -> list[str]:
         )
     if arch.family == "falcon":
         notes.append("Falcon's attention runs eagerly in fp32 in transformers 5: s² scores kept.")
+        if run.method == "qlora" and run.quant_format != "int4":
+            # measured: replace_with_bnb_linear converts only modules whose type is
+            # exactly nn.Linear, and Falcon's are FalconLinear
+            notes.append(
+                "transformers 5 does not quantize Falcon's linears with bitsandbytes (they "
+                "are FalconLinear, a subclass it skips): loaded that way they stay 16-bit, "
+                "while this estimate counts them quantized."
+            )
     return notes
 
 

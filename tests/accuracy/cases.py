@@ -459,8 +459,8 @@ KNOWN_GAPS: dict[str, str] = {
         "peak -3.1 %, activations +2.3 % (2026-11-29)"
     ),
     "gpt2-gradckpt=True-loratargets=all-linear-method=lora-precision=bf16": (
-        "GPT-2 LoRA on all linears, bf16 with checkpointing: the peak measured 13.8 % under "
-        "the estimate (an over-estimate; activations exact). The MLP c_proj adapter's fp32 "
+        "GPT-2 LoRA on all linears, bf16 with checkpointing: the estimate is 13.8 % above "
+        "the measured peak (activations exact). The MLP c_proj adapter's fp32 "
         "cast gradient (T·f) is freed before the three-wide tanh-GELU backward starts, "
         "where the estimate adds the two; under bf16-mixed the sum matches (+1.8 %), so "
         "the order is not derived yet (2026-11-29)"

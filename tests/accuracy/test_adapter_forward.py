@@ -72,3 +72,22 @@ def test_dora_forward_moment():
     estimated = _estimated("dora")
     # DoRA's weight norm and scales (per output, fp32) are left out of the estimate
     assert abs(estimated - measured) / measured <= 0.03, (estimated, measured)
+
+
+@pytest.mark.accuracy
+def test_falcon_linears_stay_16_bit_under_bitsandbytes():
+    """Why Falcon QLoRA estimates carry a note: transformers 5 loads Falcon with a
+    BitsAndBytesConfig without quantizing a single linear, so the measured weights are
+    those of plain LoRA on a bf16 base. When transformers starts converting them, this
+    fails and the note goes."""
+    pytest.importorskip("bitsandbytes")
+    from ftmem.estimate import estimate_step
+    from ftmem.measure import measure
+    from tests.accuracy.cases import Case
+
+    qlora = Case("falcon", {"method": "qlora", "precision": "bf16"})
+    lora = Case("falcon", {"method": "lora", "precision": "bf16"})
+    measured = measure(qlora.arch(), qlora.run()).weights_bytes
+    assert measured == estimate_step(lora.arch(), lora.run()).memory.weights_bytes
+    notes = estimate_step(qlora.arch(), qlora.run()).notes
+    assert any("does not quantize Falcon" in n for n in notes)
