@@ -45,7 +45,8 @@ def main() -> None:
     start = time.perf_counter()
     n = 0
     for arch in archs:
-        if arch.num_layers % 2:
+        # pipeline stages need an even layer count; encoder-decoders run data-parallel only
+        if arch.num_layers % 2 or arch.encoder_decoder:
             continue
         for run in runs[::4]:
             for par in pars:
