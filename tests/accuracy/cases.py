@@ -335,6 +335,21 @@ def _matrix() -> list[Case]:
         ("falcon", {"method": "lora", "precision": "bf16"}),
     ):
         cases.append(Case(family, {**settings, **ckpt}))
+    # LoRA dropout (the QLoRA recipe's 0.05-0.1): peft drops out its fp32 cast of the
+    # input, whose mask is fp32 on the CPU; DoRA then recomputes the base output from
+    # the dropped input; with checkpointing the recompute holds the dropout's output
+    dropout = {"lora_dropout": 0.1}
+    for family, settings in (
+        ("llama", {"method": "qlora", "precision": "bf16-mixed", **all_linear, **ckpt}),
+        ("llama", {"method": "lora", "precision": "bf16-mixed", **all_linear, **ckpt}),
+        ("phi3", {"method": "dora", "precision": "bf16", **ckpt}),
+        ("qwen2", {"method": "dora", "precision": "bf16-mixed", **all_linear, **ckpt}),
+        ("llama", {"method": "lora", "precision": "bf16-mixed"}),
+        ("llama", {"method": "dora", "precision": "bf16"}),
+        ("qwen2", {"method": "dora", "precision": "bf16-mixed", **all_linear}),
+        ("gpt2", {"method": "dora", "precision": "bf16-mixed"}),
+    ):
+        cases.append(Case(family, {**settings, **dropout}))
     # optimizers
     for opt in ("sgd", "sgd-momentum", "adafactor"):
         for precision in ("fp32", "bf16"):
