@@ -112,6 +112,21 @@ def _partial_states(arch: Architecture, plan: MethodPlan, inputs_grad: bool) -> 
     return states
 
 
+def _kept_input_shared(arch: Architecture, plan: MethodPlan, items: list[Saved], T: int) -> int:
+    """The part of a checkpointed block's recompute that is its kept input: the first
+    norm saves the block input itself when it is a LayerNorm, or an RMSNorm on an fp32
+    residual stream (``x.float()`` is then no copy). Measured: full finetuning
+    bf16-mixed with checkpointing, 1,024 tokens, +4 % when counted twice."""
+    r = plan.dtypes.residual_bytes
+    first = items[0].what if items else ""
+    saves_input = first.startswith(
+        ("input norm: input", "input norm: fp32 input", "ln_attn: input")
+    )
+    if saves_input and (arch.norm == "layernorm" or r == FP32):
+        return T * arch.hidden_size * r
+    return 0
+
+
 def _sum(items: list[Saved]) -> int:
     return sum(s.nbytes for s in items)
 
@@ -157,20 +172,23 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
     block_states = _block_states(arch, run, plan)
     cache: dict[BlockState, list[Saved]] = {}
     per_block: list[int] = []
-    previous, previous_sum = None, 0
+    rebuilt: list[int] = []  # checkpointing: what each block's recompute adds
+    previous, previous_sum, previous_rebuilt = None, 0, 0
     for st in block_states:
         if st is not previous:  # consecutive blocks usually share one state object
             if st not in cache:
                 cache[st] = block_saved(arch, run, plan, st, T)
             previous, previous_sum = st, _sum(cache[st])
+            previous_rebuilt = previous_sum - _kept_input_shared(arch, plan, cache[st], T)
         per_block.append(previous_sum)
+        rebuilt.append(previous_rebuilt)
     outer_below, outer_above = outer_saved(arch, run, plan, T)
     outer_items = outer_below + outer_above
     outer = _sum(outer_items)
     if run.grad_ckpt:
         # each checkpointed block keeps only its input; backward recomputes one block
         per_block_kept = [T * h * plan.dtypes.residual_bytes if b else 0 for b in per_block]
-        recompute = max(per_block)
+        recompute = max(rebuilt)
         if arch.family == "gpt2" and runs_eager(arch, run) and any(per_block):
             # GPT-2's eager path passes every block a float (b, 1, s, s) causal mask,
             # which checkpointing keeps as an input (one storage for all blocks)
@@ -243,14 +261,14 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         block_workspace=back + grads_block
         if offloaded
         else max(
-            block_backward_workspace(arch, run, plan, e, T),
+            block_backward_workspace(arch, run, plan, e, T, cache[block_states[-1]]),
             checkpointed_attention_moment(arch, run, plan, cache[block_states[-1]], e),
             adapter_moment(arch, run, plan, cache[block_states[-1]], e, T),
         ),
         # the final norm's backward, its fp32 input still saved
         head_workspace=norm_backward_workspace(arch, e, T) + T * h * FP32,
         recompute=recompute,
-        recompute_by_block=tuple(per_block) if run.grad_ckpt else (),
+        recompute_by_block=tuple(rebuilt) if run.grad_ckpt else (),
         optimizer_temporaries=opt_temp,
         grads_persist=run.grad_accum > 1,
     )
