@@ -278,7 +278,7 @@ def adapter_moment(
             continue
         moments = []
         if run.grad_ckpt:
-            held = held_inputs(arch, run, plan, lin, e, T, saved_attention=True)
+            held = held_inputs(arch, run, plan, lin, e, T, beside_saved=True)
             # up to the adapter: what came before the linear and its lora items (its
             # DoRA items are the sum's outputs, counted by the transient)
             lora = sum(
@@ -316,23 +316,25 @@ def held_inputs(
     lin: Linear,
     e: int,
     T: int,
-    saved_attention: bool,
+    beside_saved: bool,
 ) -> int:
     """What the block's forward holds while one of its linears runs: its input (a norm's
-    output for q/k/v, gate and up; the activation for down; the attention output for o,
-    unless that is saved anyway) and, in the MLP, the residual stream."""
+    output for q/k/v, gate and up; the activation for down; the attention output for o)
+    and, in the MLP, the residual stream. ``beside_saved``: the block's saved tensors
+    are counted too (a recompute), so what they already hold (the attention output,
+    the input lora_A keeps, the tensor the MLP's norm keeps) is not counted again."""
     dt = plan.dtypes
     in_bytes = _input_bytes(plan, lin, e)
     # lora_A keeps the input itself when peft need not cast it (nor drop it out)
     adapter_keeps_it = not dt.autocast and in_bytes == BYTES_PER_ELEMENT[dt.adapter]
     adapter_keeps_it = adapter_keeps_it and not run.dropout
-    own = ("o" in lin.roles or adapter_keeps_it) and saved_attention
+    own = ("o" in lin.roles or adapter_keeps_it) and beside_saved
     held = 0 if own else T * lin.in_features * in_bytes
     # the residual stream, unless the MLP's norm keeps that very tensor (a LayerNorm's
     # input; an RMSNorm's fp32 input when the stream is fp32 already)
     r = dt.residual_bytes
     norm_keeps_it = arch.norm == "layernorm" or r == FP32
-    if set(lin.roles) & set(MLP_ROLES) and not (saved_attention and norm_keeps_it):
+    if set(lin.roles) & set(MLP_ROLES) and not (beside_saved and norm_keeps_it):
         held += T * arch.hidden_size * r
     return held
 
@@ -359,7 +361,7 @@ def checkpointed_forward_adapter(
     ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
     return max(
         (
-            held_inputs(arch, run, plan, lin, e, T, saved_attention=False)
+            held_inputs(arch, run, plan, lin, e, T, beside_saved=False)
             # peft's cast of the input to the adapter dtype, held through the sum, and
             # the dropped copy DoRA's two matmuls read
             + T * lin.in_features * ae * (_input_bytes(plan, lin, e) != ae)
