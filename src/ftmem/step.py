@@ -182,6 +182,7 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
             previous_rebuilt = previous_sum - _kept_input_shared(arch, plan, cache[st], T)
         per_block.append(previous_sum)
         rebuilt.append(previous_rebuilt)
+    last_block = cache[block_states[-1]]  # the first one backward reaches
     outer_below, outer_above = outer_saved(arch, run, plan, T)
     outer_items = outer_below + outer_above
     outer = _sum(outer_items)
@@ -211,7 +212,7 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         # every saved tensor leaves the GPU in forward; backward brings back one node's
         # at a time (the largest item of a block, and the loss's fp32 log-softmax)
         offloaded = activations
-        back = offload_moment(arch, run, plan, cache[block_states[-1]], e, T)
+        back = offload_moment(arch, run, plan, last_block, e, T)
         per_block_kept = [0] * len(per_block_kept)
         outer_below, outer_above = [], []
         activations = 0
@@ -261,9 +262,9 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         block_workspace=back + grads_block
         if offloaded
         else max(
-            block_backward_workspace(arch, run, plan, e, T, cache[block_states[-1]]),
-            checkpointed_attention_moment(arch, run, plan, cache[block_states[-1]], e),
-            adapter_moment(arch, run, plan, cache[block_states[-1]], e, T),
+            block_backward_workspace(arch, run, plan, e, T, last_block),
+            checkpointed_attention_moment(arch, run, plan, last_block, e),
+            adapter_moment(arch, run, plan, last_block, e, T),
         ),
         # the final norm's backward, its fp32 input still saved
         head_workspace=norm_backward_workspace(arch, e, T) + T * h * FP32,
@@ -289,7 +290,7 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         sizes=sizes,
         activations=activations,
         per_block_full=tuple(per_block),
-        typical_block=tuple(cache[block_states[-1]]),
+        typical_block=tuple(last_block),
         outer_items=tuple(outer_items),
         offloaded=offloaded,
     )

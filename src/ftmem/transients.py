@@ -268,7 +268,7 @@ def adapter_moment(
     if run.method not in ADAPTER_METHODS or not (run.grad_ckpt or run.method == "dora"):
         return 0
     ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
-    largest = None
+    moments: list[int] = []
     for lin in plan.adapted:
         if lin.copies > 1 or not lin.is_module:
             continue
@@ -276,7 +276,6 @@ def adapter_moment(
         own = [i for i, x in enumerate(block) if x.what.startswith(prefixes)]
         if not own:
             continue
-        moments = []
         if run.grad_ckpt:
             held = held_inputs(arch, run, plan, lin, e, T, beside_saved=True)
             # up to the adapter: what came before the linear and its lora items (its
@@ -303,10 +302,9 @@ def adapter_moment(
         if run.method == "dora":
             kept = sum(x.nbytes for x in block[: own[-1] + 1])
             moments.append(kept + T * lin.out_features * (4 * ae + e))
-        largest = max(moments + ([largest] if largest is not None else []))
-    if largest is None:
+    if not moments:
         return 0
-    return largest + incoming_gradient(arch, run, plan, e, T) - sum(x.nbytes for x in block)
+    return max(moments) + incoming_gradient(arch, run, plan, e, T) - sum(x.nbytes for x in block)
 
 
 def held_inputs(
@@ -394,9 +392,10 @@ def adapter_forward_transient(
 ) -> int:
     """One peft-adapted linear's forward at its sum: the base output, the adapter's
     scaled output and the sum (in the adapter dtype when peft cast the input, since the
-    sum promotes; 16-bit under autocast). DoRA also holds its two rescaled outputs and
-    its weight rebuild (identity, LoRA weight, the base weight cast to the adapter
-    dtype), measured on Phi-3's qkv (peft 0.21). ``no_sum``: up to the sum only."""
+    sum promotes; 16-bit under autocast). DoRA also holds its two rescaled outputs (fp32,
+    like its magnitude) and its weight rebuild: the identity, the LoRA weight and the
+    base weight cast to the adapter dtype, or under autocast the LoRA weight's cast
+    alone (measured on Phi-3's qkv, peft 0.21). ``no_sum``: up to the sum only."""
     dt = plan.dtypes
     ae = BYTES_PER_ELEMENT[dt.adapter]
     base_e = FP32 if dt.four_bit_outputs_fp32 and dt.quantized else e
@@ -478,12 +477,6 @@ def block_backward_workspace(
     # bf16-mixed with checkpointing, peak -10 % without)
     four_bit_fp32 = plan.dtypes.four_bit_outputs_fp32
     mlp = mlp_backward_workspace(arch, plan, FP32 if four_bit_fp32 else e, T)
-    if run.grad_ckpt and arch.mlp == "gated" and not arch.is_moe:
-        # in a recomputed block the product's gradient is still there beside its two
-        # gradients, and the incoming one is in the residual dtype (measured: Llama
-        # LoRA bf16 and fp32, QLoRA bf16-mixed, with checkpointing)
-        mlp += T * arch.intermediate_size * (FP32 if four_bit_fp32 else e)
-        mlp -= T * arch.hidden_size * (FP32 - plan.dtypes.residual_bytes)
     # the experts' own moment; an adapter's cast gradient comes later, at its linear
     moe = moe_backward_workspace(arch, e, T)
     if run.grad_ckpt:
@@ -492,6 +485,12 @@ def block_backward_workspace(
         # gradient included). Elsewhere that gradient joins the MLP's only when an MLP
         # linear is adapted: the attention's comes once the MLP side is freed (GPT-2,
         # Llama, measured)
+        if arch.mlp == "gated" and not arch.is_moe:
+            # in a recomputed block the product's gradient is still there beside its two
+            # gradients, and the incoming one is in the residual dtype (measured: Llama
+            # LoRA bf16 and fp32, QLoRA bf16-mixed, with checkpointing)
+            mlp += T * arch.intermediate_size * (FP32 if four_bit_fp32 else e)
+            mlp -= T * arch.hidden_size * (FP32 - plan.dtypes.residual_bytes)
         mlp_linears = [lin for lin in plan.adapted if set(lin.roles) & set(MLP_ROLES)]
         # (a 4-bit MLP's fp32 product needs no cast into an fp32 adapter)
         down_cast = 0 if four_bit_fp32 else down_cast_gradient(plan, T)

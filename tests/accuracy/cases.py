@@ -307,62 +307,70 @@ def _matrix() -> list[Case]:
     # gradient, and the recompute of a block that trains nothing (2026-11-29)
     ckpt = {"grad_ckpt": True}
     all_linear = {"lora_targets": "all-linear"}
-    for family, settings in (
-        ("llama", {"method": "full", "precision": "bf16-mixed"}),
-        ("gemma", {"method": "full", "precision": "fp16-mixed"}),
-        ("falcon", {"method": "full", "precision": "bf16-mixed"}),
-        ("llama", {"method": "lora", "precision": "bf16-mixed", **all_linear}),
-        ("llama", {"method": "lora", "precision": "bf16", **all_linear}),
-        ("llama", {"method": "qlora", "precision": "bf16-mixed", **all_linear}),
-        ("phi3", {"method": "lora", "precision": "bf16-mixed", **all_linear}),
-        ("gpt2", {"method": "lora", "precision": "bf16-mixed", **all_linear}),
-        ("llama", {"method": "freeze", "precision": "bf16", "trainable_layers": 1}),
-        ("qwen2", {"method": "freeze", "precision": "bf16-mixed", "trainable_layers": 1}),
-        # a 4-bit MLP's fp32 intermediates under autocast; DoRA's rebuild in the recompute
-        ("llama", {"method": "qlora", "precision": "bf16-mixed"}),
-        ("qwen2", {"method": "qlora", "precision": "fp16-mixed"}),
-        ("llama", {"method": "dora", "precision": "bf16"}),
-        ("llama", {"method": "dora", "precision": "bf16", **all_linear}),
-        ("qwen2", {"method": "dora", "precision": "bf16-mixed", **all_linear}),
-        # fp32 adapters on a fused 16-bit linear: the recompute's fp32 sum (Phi-3's
-        # gate_up and qkv), DoRA's own backward; the ones that still miss (known gaps)
-        ("phi3", {"method": "lora", "precision": "bf16", **all_linear}),
-        ("phi3", {"method": "qlora", "precision": "bf16", **all_linear}),
-        ("phi3", {"method": "dora", "precision": "bf16"}),
-        ("phi3", {"method": "dora", "precision": "bf16-mixed"}),
-        ("phi3", {"method": "dora", "precision": "bf16", **all_linear}),
-        ("gpt2", {"method": "lora", "precision": "bf16", **all_linear}),
-        ("falcon", {"method": "lora", "precision": "bf16"}),
-    ):
-        cases.append(Case(family, {**settings, **ckpt}))
+
+    def add(shared: dict, rows: tuple[tuple[str, dict], ...]) -> None:
+        cases.extend(Case(family, {**settings, **shared}) for family, settings in rows)
+
+    add(
+        ckpt,
+        (
+            ("llama", {"method": "full", "precision": "bf16-mixed"}),
+            ("gemma", {"method": "full", "precision": "fp16-mixed"}),
+            ("falcon", {"method": "full", "precision": "bf16-mixed"}),
+            ("llama", {"method": "lora", "precision": "bf16-mixed", **all_linear}),
+            ("llama", {"method": "lora", "precision": "bf16", **all_linear}),
+            ("llama", {"method": "qlora", "precision": "bf16-mixed", **all_linear}),
+            ("phi3", {"method": "lora", "precision": "bf16-mixed", **all_linear}),
+            ("gpt2", {"method": "lora", "precision": "bf16-mixed", **all_linear}),
+            ("llama", {"method": "freeze", "precision": "bf16", "trainable_layers": 1}),
+            ("qwen2", {"method": "freeze", "precision": "bf16-mixed", "trainable_layers": 1}),
+            # a 4-bit MLP's fp32 intermediates under autocast; DoRA's rebuild in the recompute
+            ("llama", {"method": "qlora", "precision": "bf16-mixed"}),
+            ("qwen2", {"method": "qlora", "precision": "fp16-mixed"}),
+            ("llama", {"method": "dora", "precision": "bf16"}),
+            ("llama", {"method": "dora", "precision": "bf16", **all_linear}),
+            ("qwen2", {"method": "dora", "precision": "bf16-mixed", **all_linear}),
+            # fp32 adapters on a fused 16-bit linear: the recompute's fp32 sum (Phi-3's
+            # gate_up and qkv), DoRA's own backward; the ones that still miss (known gaps)
+            ("phi3", {"method": "lora", "precision": "bf16", **all_linear}),
+            ("phi3", {"method": "qlora", "precision": "bf16", **all_linear}),
+            ("phi3", {"method": "dora", "precision": "bf16"}),
+            ("phi3", {"method": "dora", "precision": "bf16-mixed"}),
+            ("phi3", {"method": "dora", "precision": "bf16", **all_linear}),
+            ("gpt2", {"method": "lora", "precision": "bf16", **all_linear}),
+            ("falcon", {"method": "lora", "precision": "bf16"}),
+        ),
+    )
     # LoRA dropout (the QLoRA recipe's 0.05-0.1): peft drops out its fp32 cast of the
     # input, whose mask is fp32 on the CPU; DoRA then recomputes the base output from
     # the dropped input; with checkpointing the recompute holds the dropout's output
-    dropout = {"lora_dropout": 0.1}
-    for family, settings in (
-        ("llama", {"method": "qlora", "precision": "bf16-mixed", **all_linear, **ckpt}),
-        ("llama", {"method": "lora", "precision": "bf16-mixed", **all_linear, **ckpt}),
-        ("phi3", {"method": "dora", "precision": "bf16", **ckpt}),
-        ("qwen2", {"method": "dora", "precision": "bf16-mixed", **all_linear, **ckpt}),
-        ("llama", {"method": "lora", "precision": "bf16-mixed"}),
-        ("llama", {"method": "dora", "precision": "bf16"}),
-        ("qwen2", {"method": "dora", "precision": "bf16-mixed", **all_linear}),
-        ("gpt2", {"method": "dora", "precision": "bf16-mixed"}),
-    ):
-        cases.append(Case(family, {**settings, **dropout}))
+    add(
+        {"lora_dropout": 0.1},
+        (
+            ("llama", {"method": "qlora", "precision": "bf16-mixed", **all_linear, **ckpt}),
+            ("llama", {"method": "lora", "precision": "bf16-mixed", **all_linear, **ckpt}),
+            ("phi3", {"method": "dora", "precision": "bf16", **ckpt}),
+            ("qwen2", {"method": "dora", "precision": "bf16-mixed", **all_linear, **ckpt}),
+            ("llama", {"method": "lora", "precision": "bf16-mixed"}),
+            ("llama", {"method": "dora", "precision": "bf16"}),
+            ("qwen2", {"method": "dora", "precision": "bf16-mixed", **all_linear}),
+            ("gpt2", {"method": "dora", "precision": "bf16-mixed"}),
+        ),
+    )
     # checkpointing at 1,024 tokens, where activations outweigh the tiny weights: what a
     # recomputed block holds at its MLP's backward (a double-counted norm input was +4.6 %)
-    longer = {"batch_size": 4, "seq_len": 256, **ckpt}
-    for family, settings in (
-        ("llama", {"method": "full", "precision": "bf16"}),
-        ("qwen2", {"method": "full", "precision": "bf16-mixed"}),
+    add(
+        {"batch_size": 4, "seq_len": 256, **ckpt},
         (
-            "llama",
-            {"method": "qlora", "precision": "bf16-mixed", **all_linear, "lora_dropout": 0.05},
+            ("llama", {"method": "full", "precision": "bf16"}),
+            ("qwen2", {"method": "full", "precision": "bf16-mixed"}),
+            (
+                "llama",
+                {"method": "qlora", "precision": "bf16-mixed", **all_linear, "lora_dropout": 0.05},
+            ),
+            ("phi3", {"method": "dora", "precision": "bf16-mixed"}),
         ),
-        ("phi3", {"method": "dora", "precision": "bf16-mixed"}),
-    ):
-        cases.append(Case(family, {**settings, **longer}))
+    )
     # optimizers
     for opt in ("sgd", "sgd-momentum", "adafactor"):
         for precision in ("fp32", "bf16"):
