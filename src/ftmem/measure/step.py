@@ -346,6 +346,9 @@ def _run(
         torch.cuda.empty_cache()
 
     # -- the measured step ------------------------------------------------------------
+    # the weights as they are now: bitsandbytes casts a 4-bit linear's bias at the first
+    # forward and frees the old one, whose address a saved activation can then take
+    weight_ptrs = weight_storage_ptrs(model)
     state_tensors = optimizer_state_tensors(optimizer)
     teacher_state = model_state_tensors(teacher_model) if teacher_model is not None else []
     inputs = [ids] if labels is None else [ids, labels]
