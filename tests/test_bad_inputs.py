@@ -223,13 +223,13 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         "huge-file",
         ["estimate", "{tmp}/config.json"],
         {"config.json": " " * (17 * 2**20)},
-        "too large for a config.json",
+        "over the 16,777,216 a config.json can be",
     ),
     (
         "directory-for-file",
         ["estimate", "{tmp}/sub"],
         {"sub/config.json/x": "{}"},
-        "No config.json",
+        "not a regular file",
     ),
     (
         "unknown-model-type",
@@ -493,7 +493,7 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
     ("compare-empty", ["compare", "llama2-7b", "--gpus", ","], {}, "at least one name"),
     ("compare-bad-method", ["compare", "llama2-7b", "--methods", "fulll"], {}, "--method"),
     ("compare-bad-gpu", ["compare", "llama2-7b", "--gpus", "h1000"], {}, "Unknown gpu"),
-    ("check-missing", ["check", "{tmp}/nope.yaml"], {}, "no such budgets file"),
+    ("check-missing", ["check", "{tmp}/nope.yaml"], {}, "No budgets file at"),
     ("check-not-yaml", ["check", "{tmp}/b.yaml"], {"b.yaml": "runs: [\n  - {"}, "line"),
     ("check-binary", ["check", "{tmp}/b.yaml"], {"b.yaml": b"\x00\x01\xff\xfe"}, "b.yaml"),
     (

@@ -152,4 +152,4 @@ def test_missing_budget_file(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["check", "/no/such/budgets.yaml"])
     assert exit_info.value.code == 2
-    assert "no such budgets file" in capsys.readouterr().err
+    assert "No budgets file at" in capsys.readouterr().err

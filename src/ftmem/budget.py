@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ftmem.errors import FtmemError, InvalidInputError
 from ftmem.result import Estimate
+from ftmem.textfiles import compose_yaml, parse_yaml, read_text
 from ftmem.units import format_bytes, parse_size
 
 MAX_FILE_BYTES = 1 << 20  # a budgets file is a page of YAML, not a dataset
@@ -105,20 +106,9 @@ def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int:
 
 
 def load_budgets(path: str) -> tuple[BudgetFile, yaml.Node | None]:
-    p = Path(path)
-    if not p.is_file():
-        raise InvalidInputError(f"{path}: no such budgets file.")
-    if p.stat().st_size > MAX_FILE_BYTES:
-        raise InvalidInputError(f"{path}: over 1 MiB; a budgets file is a short YAML list.")
-    text = p.read_text(encoding="utf-8", errors="replace")
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "somewhere"
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise InvalidInputError(f"{path}, {where}: {problem}.") from None
+    text = read_text(Path(path), "budgets file", MAX_FILE_BYTES)
+    root = compose_yaml(text, path)
+    data = parse_yaml(text, path)
     if not isinstance(data, dict):
         raise InvalidInputError(f"{path}, line 1: expected a mapping with a 'runs' list.")
     try:

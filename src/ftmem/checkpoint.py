@@ -9,13 +9,13 @@ matches the layout it estimates (or is already quantised: GPTQ, AWQ, bitsandbyte
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
 
 from ftmem.errors import ConfigError
+from ftmem.textfiles import parse_json, read_text
 
 MAX_HEADER_BYTES = 100 * 2**20  # the format's own limit on the header
 MAX_INDEX_BYTES = 16 * 2**20
@@ -76,11 +76,12 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
             )
         text = fh.read(length)
     try:
-        header = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError:
         raise ConfigError(
-            f"{path.name} has a header that is not JSON: not a safetensors file."
+            f"{path.name} has a header that is not JSON (not UTF-8): not a safetensors file."
         ) from None
+    header = parse_json(decoded, f"{path.name}'s header")
     if not isinstance(header, dict):
         raise ConfigError(f"{path.name} has a header that is not a JSON object.")
     out: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -100,13 +101,16 @@ def read_checkpoint(folder: Path) -> Checkpoint | None:
     """The safetensors checkpoint of a model folder, or None when it has none."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        if index.stat().st_size > MAX_INDEX_BYTES:
-            raise ConfigError(f"{index.name} is too large for an index.")
-        try:
-            data = json.loads(index.read_text(encoding="utf-8"))
-            files = sorted(set(data["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-            raise ConfigError(f"{index.name} has no weight_map of tensor names to files.") from None
+        data = parse_json(read_text(index, "safetensors index", MAX_INDEX_BYTES), index.name)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) and v and "/" not in v and v not in (".", "..")
+            for v in weight_map.values()
+        ):
+            raise ConfigError(
+                f"{index.name} has no weight_map of tensor names to file names in its folder."
+            )
+        files = sorted(set(weight_map.values()))
     else:
         files = sorted(p.name for p in folder.glob("*.safetensors"))
     if not files:

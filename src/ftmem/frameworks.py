@@ -12,15 +12,13 @@ and ReLoRA; features ftmem does not model become notes.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ftmem.errors import ConfigError
+from ftmem.textfiles import parse_json, parse_yaml, read_text
 
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -783,20 +781,8 @@ READERS = {
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file.")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: over 1 MiB; a training config is a page of YAML or JSON.")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = getattr(exc, "lineno", None) or (mark.line + 1 if mark else None)
-        where = f", line {line}" if line else ""
-        raise ConfigError(
-            f"{path}{where}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}."
-        ) from None
+    text = read_text(path, "training config", MAX_CONFIG_BYTES)
+    data = parse_json(text, str(path)) if path.suffix == ".json" else parse_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top.")
     return data

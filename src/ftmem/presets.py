@@ -16,12 +16,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from ftmem.arch import Architecture
 from ftmem.errors import ConfigError, UnknownNameError
 from ftmem.hardware import Gpu
+from ftmem.textfiles import parse_yaml, read_text
+
+MAX_PRESET_BYTES = 1 << 20  # a preset is a dozen lines
 
 
 def presets_dir() -> Path:
@@ -72,10 +74,7 @@ def _where(path: Path) -> str:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{_where(path)} is not valid YAML: {exc}") from None
+    data = parse_yaml(read_text(path, "preset", MAX_PRESET_BYTES), _where(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{_where(path)} must hold a YAML mapping.")
     return data

@@ -7,7 +7,6 @@ Each supported ``model_type`` maps its config keys onto :class:`Architecture`.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from collections.abc import Callable
 from math import prod
@@ -20,6 +19,7 @@ from ftmem.arch import Architecture, count_params
 from ftmem.checkpoint import read_checkpoint
 from ftmem.errors import ConfigError, UnknownNameError
 from ftmem.presets import get_model, validation_message
+from ftmem.textfiles import parse_json, read_text
 
 Mapping = dict[str, Any]
 MAX_CONFIG_BYTES = 16 * 2**20  # real config.json files are a few KiB
@@ -256,19 +256,9 @@ def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architectu
 def load_config_json(path: Path) -> Architecture:
     """Read ``config.json`` (or a folder holding one)."""
     file = path / "config.json" if path.is_dir() else path
-    if not file.is_file():
+    if path.is_dir() and not file.exists() and not file.is_symlink():
         raise ConfigError(f"No config.json in {path}.")
-    if file.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            f"{file} is {file.stat().st_size:,} bytes, too large for a config.json "
-            "(weights go in safetensors files)."
-        )
-    try:
-        cfg = json.loads(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file} is not UTF-8 text.") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{file} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+    cfg = parse_json(read_text(file, "config.json", MAX_CONFIG_BYTES), str(file))
     if not isinstance(cfg, dict):
         raise ConfigError(f"{file} must hold a JSON object.")
     name = cfg.get("_name_or_path") or (
@@ -359,8 +349,8 @@ def source_notes(spec: str) -> list[str]:
     file = folder / "config.json"
     if file.is_file():
         try:
-            cfg = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            cfg = parse_json(read_text(file, "config.json", MAX_CONFIG_BYTES), str(file))
+        except ConfigError:
             cfg = {}
         if isinstance(cfg, dict):
             _, left_out = language_part(cfg)
