@@ -176,7 +176,7 @@ def plan(
 ) -> Plan:
     """The least invasive changes that make the run fit the GPU (``ftmem plan``)."""
     arch = resolve_model(model) if isinstance(model, str) else model
-    hw = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
+    hw: dict[str, Any] = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
     return make_plan(lambda s: estimate(arch, **hw, **s), dict(settings), rows=rows)
 
 
@@ -277,5 +277,5 @@ def largest(
     """The largest ``batch_size``, ``seq_len`` or ``lora_r`` that fits (``ftmem max``)."""
     arch = resolve_model(model) if isinstance(model, str) else model
     highest = search_bound(arch, what, settings)
-    hw = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
+    hw: dict[str, Any] = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
     return largest_fitting(lambda n: estimate(arch, **hw, **{**settings, what: n}), 1, highest)

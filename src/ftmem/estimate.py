@@ -269,7 +269,7 @@ def _estimate_parallel(
     )
     full_trainable = plan_method(arch, run).n_trainable
     notes = list(step.parts.plan.notes) + parallel_notes(arch, run, par, step)
-    if host_fits is False:
+    if par.host_memory_bytes is not None and not host_fits:
         notes.insert(
             0,
             f"Host RAM is the bottleneck: offload needs {host_node / 2**30:.1f} GiB per node, "

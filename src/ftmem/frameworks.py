@@ -649,7 +649,7 @@ def _litgpt(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]:
     micro = train.get("micro_batch_size")
     if micro:
         s["batch_size"] = micro
-        devices = data.get("devices") if isinstance(data.get("devices"), int) else 1
+        devices = d if isinstance(d := data.get("devices"), int) else 1
         if train.get("global_batch_size"):
             s["grad_accum"] = max(1, train["global_batch_size"] // (micro * max(devices, 1)))
     optimizer = data.get("optimizer")

@@ -398,7 +398,7 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     if run.method == "ia3":
         scaled = ia3_linears(arch, run)
         for lin, feedforward in scaled:
-            shape = (1, lin.in_features) if feedforward else (lin.out_features, 1)
+            shape: tuple[int, ...] = (1, lin.in_features) if feedforward else (lin.out_features, 1)
             groups.append(
                 TensorGroup(f"{lin.module}.ia3_l", shape, L, dtypes.adapter, True, adapter=True)
             )
@@ -567,7 +567,7 @@ def prompt_encoder_shapes(arch: Architecture, run: RunConfig) -> list[tuple[str,
         return [(f"{pe}.embedding.weight", (n, h))]
     if run.method == "p-tuning":
         H = run.encoder_hidden or h
-        out = [(f"{pe}.embedding.weight", (n, h))]
+        out: list[tuple[str, tuple[int, ...]]] = [(f"{pe}.embedding.weight", (n, h))]
         if run.encoder == "lstm":
             # two bidirectional layers (peft's encoder_num_layers default); the second reads
             # both directions of the first
@@ -580,7 +580,7 @@ def prompt_encoder_shapes(arch: Architecture, run: RunConfig) -> list[tuple[str,
                         (f"{pe}.lstm_head.bias_hh_l{layer}{sfx}", (4 * H,)),
                     ]
             dims = [(2 * H, 2 * H), (2 * H, h)]
-            idx = (0, 2)
+            idx: tuple[int, ...] = (0, 2)
         else:
             dims = [(h, H), (H, H), (H, h)]
             idx = (0, 2, 4)

@@ -10,7 +10,7 @@ from ftmem.search import Largest
 from ftmem.units import UnitSystem, format_bytes
 
 if TYPE_CHECKING:
-    from rich.console import RenderableType
+    from rich.console import JustifyMethod, RenderableType
 
     from ftmem.budget import RunResult
     from ftmem.serve import ServeEstimate
@@ -49,8 +49,13 @@ def plan_table(plan: Plan, units: UnitSystem, closest: Estimate | None = None) -
         "least invasive first",
         title_justify="left",
     )
-    for col, justify in (("#", "right"), ("Change", "left"), ("Total", "right")):
-        tbl.add_column(col, justify=justify)  # type: ignore[arg-type]
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("#", "right"),
+        ("Change", "left"),
+        ("Total", "right"),
+    )
+    for col, justify in columns:
+        tbl.add_column(col, justify=justify)
     tbl.add_column("Headroom", justify="right")
     used: dict[str, str] = {}
     for i, cand in enumerate(plan.fitting, 1):

@@ -10,13 +10,17 @@ import math
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 from torch import nn
 
 from ftmem.arch import Architecture, count_params, layout, param_path
 from ftmem.run import PROMPT_METHODS, RunConfig, split_patterns
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
+    from transformers import PreTrainedModel
 
 # --------------------------------------------------------------------------------------
 # dtypes
@@ -303,9 +307,10 @@ def check_param_count(arch: Architecture, model: nn.Module) -> list[str]:
 # --------------------------------------------------------------------------------------
 def block_lists(model: nn.Module) -> list[nn.ModuleList]:
     """The model's stacks of blocks: T5's encoder and decoder, or the one decoder."""
-    stacks = [getattr(model, name, None) for name in ("encoder", "decoder")]
-    if all(stack is not None and hasattr(stack, "block") for stack in stacks):
-        return [stack.block for stack in stacks]
+    encoder = getattr(getattr(model, "encoder", None), "block", None)
+    decoder = getattr(getattr(model, "decoder", None), "block", None)
+    if encoder is not None and decoder is not None:
+        return [encoder, decoder]
     found = find_blocks(model)
     assert found is not None, "no decoder-block ModuleList found"
     return [found[1]]
@@ -374,7 +379,7 @@ def materialize_fake(model: nn.Module) -> None:
     Assigns new objects rather than module.to(), which would try to swap fake tensors
     in place; tied parameters stay tied.
     """
-    new: dict[int, torch.Tensor] = {}
+    new: dict[int, nn.Parameter] = {}
     for module in model.modules():
         for name, p in list(module._parameters.items()):
             if p is None:
@@ -420,7 +425,17 @@ def _require_bitsandbytes(what: str) -> None:
         ) from None
 
 
-def _untie_t5_head(model: nn.Module) -> None:
+def hf_model(model: nn.Module) -> PreTrainedModel:
+    """The transformers model itself, under peft's wrapper if there is one."""
+    from transformers import PreTrainedModel
+
+    unwrap = getattr(model, "get_base_model", None)  # peft's PeftModel
+    base = unwrap() if unwrap is not None else model
+    assert isinstance(base, PreTrainedModel), type(base)
+    return base
+
+
+def _untie_t5_head(model: PreTrainedModel) -> None:
     """transformers 5 builds every T5 with its LM head tied to the shared embedding;
     from_pretrained unties them when a checkpoint holds both (T5 v1.1, Flan-T5), as here."""
     head = model.get_output_embeddings()
@@ -431,7 +446,7 @@ def _untie_t5_head(model: nn.Module) -> None:
     getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
 
 
-def model_from_config(arch: Architecture, cfg, dtype=None) -> nn.Module:
+def model_from_config(arch: Architecture, cfg, dtype=None) -> PreTrainedModel:
     """The family's transformers model from its config, random weights (T5 v1.1 untied)."""
     model = model_class(arch).from_config(cfg, dtype=dtype)
     if arch.encoder_decoder and not arch.tie_embeddings:
@@ -444,6 +459,7 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
     cfg = hf_config(arch, attn_impl)
     dtype = param_dtype(run)
     torch.manual_seed(seed)
+    model: nn.Module  # the transformers model, then maybe peft's wrapper around it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -478,7 +494,7 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
         hf_logging.disable_progress_bar()
         try:
             with tempfile.TemporaryDirectory(prefix="ftmem-qlora-") as tmp:
-                model.save_pretrained(tmp)
+                hf_model(model).save_pretrained(tmp)
                 del model
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -498,7 +514,9 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
             "(prepare_model_for_kbit_training not applied)"
         )
     elif next(model.parameters()).device != torch.device(device):
-        model = model.to(device=device)  # (fake parameters cannot be swapped in place)
+        # (fake parameters cannot be swapped in place); transformers wraps
+        # PreTrainedModel.to in functools.wraps, whose type loses the bound self
+        model = model.to(device=device)  # type: ignore[call-arg]
 
     # trainable set
     if run.method in ("full", "galore"):
@@ -546,7 +564,8 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
         ]
         lcfg = LoraConfig(
             r=run.r,
-            lora_alpha=run.alpha,
+            # peft annotates lora_alpha as int but scales by alpha / r: floats work
+            lora_alpha=run.alpha,  # type: ignore[arg-type]
             lora_dropout=run.dropout,
             target_modules=targets,
             use_dora=run.method == "dora",
@@ -571,7 +590,7 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
                     p.requires_grad_(True)
 
     if run.grad_ckpt:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = hf_model(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             enable = getattr(base, "activation_checkpointing_enable", None)
@@ -644,6 +663,7 @@ def _peft_other(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modu
         get_peft_model,
     )
 
+    cfg: PeftConfig
     if run.method == "ia3":
         from ftmem.methods import ia3_linears
 
@@ -659,14 +679,16 @@ def _peft_other(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modu
         cfg = PromptEncoderConfig(
             num_virtual_tokens=run.n_virtual,
             encoder_reparameterization_type=run.encoder.upper(),
-            encoder_hidden_size=run.encoder_hidden,
+            # peft annotates int, but its default None means the model's hidden size
+            encoder_hidden_size=run.encoder_hidden,  # type: ignore[arg-type]
             task_type="CAUSAL_LM",
         )
     else:
         cfg = PrefixTuningConfig(
             num_virtual_tokens=run.n_virtual,
             prefix_projection=bool(run.prefix_projection),
-            encoder_hidden_size=run.encoder_hidden,
+            # peft annotates int, but its default None means the model's hidden size
+            encoder_hidden_size=run.encoder_hidden,  # type: ignore[arg-type]
             task_type="CAUSAL_LM",
         )
     with warnings.catch_warnings():
@@ -682,7 +704,12 @@ def _peft_other(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modu
 # --------------------------------------------------------------------------------------
 # optimizer
 # --------------------------------------------------------------------------------------
-def _impl_kwargs(run: RunConfig) -> dict[str, bool]:
+class _ImplKwargs(TypedDict, total=False):
+    foreach: bool
+    fused: bool
+
+
+def _impl_kwargs(run: RunConfig) -> _ImplKwargs:
     if run.optimizer_impl == "fused":
         return {"fused": True}
     return {"foreach": run.optimizer_impl == "foreach"}

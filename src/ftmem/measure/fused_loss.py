@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from ftmem.measure.build import hf_model
+
 IGNORE_INDEX = -100
 _ROWS_AT_ONCE = 4  # fp32 softmax of this many rows at a time (Triton: in registers)
 
@@ -71,7 +73,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 def fused_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """The causal-LM loss of ``model`` on ``ids`` with the fused head + cross-entropy
     (what Liger patches into ``*ForCausalLM.forward`` in training)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = hf_model(model)
     body = getattr(base, base.base_model_prefix)  # model.model / model.transformer
     hidden = body(input_ids=ids).last_hidden_state
     head = base.get_output_embeddings()
@@ -87,7 +89,7 @@ def chunked_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """torchtune's chunked output + CEWithChunkedOutputLoss: the LM head applied to 8
     chunks of the sequence, each chunk's logits upcast to fp32 only inside its own
     cross-entropy."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = hf_model(model)
     body = getattr(base, base.base_model_prefix)
     hidden = body(input_ids=ids).last_hidden_state
     head = base.get_output_embeddings()

@@ -31,7 +31,8 @@ def _names(arch: Architecture, blocks: list[int]) -> list[tuple[str, tuple[int, 
 
 class _ShardWriter:
     def __init__(self, shard_bytes: int) -> None:
-        self.shard_bytes, self.held, self.tensors = shard_bytes, 0, []
+        self.shard_bytes, self.held = shard_bytes, 0
+        self.tensors: list[torch.Tensor] = []
 
     def add(self, t: torch.Tensor) -> None:
         nbytes = t.numel() * t.element_size()

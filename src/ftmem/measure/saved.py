@@ -6,6 +6,7 @@ import contextlib
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -109,7 +110,8 @@ class HostOffload(SavedRegistry):
         super().__init__(exclude_ptrs)
         self.host_bytes = 0
 
-    def pack(self, t: torch.Tensor):  # type: ignore[override]
+    # packs to a host tuple where the base keeps the tensor: autograd takes any object
+    def pack(self, t: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         key = storage_key(t)
         if key is None or key[0] in self.exclude:
             return ("device", t)
@@ -119,7 +121,7 @@ class HostOffload(SavedRegistry):
         return ("host", host, t.dtype, tuple(t.shape), t.requires_grad)
 
     @staticmethod
-    def unpack(packed):  # type: ignore[override]
+    def unpack(packed: tuple[Any, ...]) -> torch.Tensor:  # type: ignore[override]
         if packed[0] == "device":
             return packed[1]
         _, host, dtype, shape, _ = packed
@@ -152,7 +154,7 @@ def graph_nodes(root: torch.autograd.graph.Node | None) -> list[torch.autograd.g
     """Every node reachable from ``root``, in creation (sequence-number) order."""
     nodes: list[torch.autograd.graph.Node] = []
     seen: set[int] = set()
-    stack = [root] if root is not None else []
+    stack: list[torch.autograd.graph.Node | None] = [root]
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen:
@@ -260,4 +262,5 @@ def next_sequence_nr() -> int:
     """The sequence number the next autograd node will get (creates a throwaway node)."""
     with torch.enable_grad():
         probe = torch.zeros((), requires_grad=True).clone()
+    assert probe.grad_fn is not None  # clone of a tensor that requires grad: CloneBackward
     return probe.grad_fn._sequence_nr()

@@ -24,9 +24,9 @@ import contextlib
 import importlib
 import json
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -47,6 +47,12 @@ def _bytes(tensors: list[torch.Tensor]) -> int:
     return sum(_local(t).numel() * _local(t).element_size() for t in tensors)
 
 
+class _StorageFn(Protocol):
+    """The signature of FSDP2's alloc_storage / free_storage, which are replaced here."""
+
+    def __call__(self, tensor: torch.Tensor) -> None: ...
+
+
 @contextlib.contextmanager
 def _follow_fsdp_storage(tracker: LiveBytesTracker) -> Iterator[None]:
     """FSDP2 frees gathered weights by resizing their storage to 0 and re-allocates
@@ -55,7 +61,7 @@ def _follow_fsdp_storage(tracker: LiveBytesTracker) -> Iterator[None]:
 
     originals = (_fsdp_param.alloc_storage, _fsdp_param.free_storage)
 
-    def wrap(fn: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor], None]:
+    def wrap(fn: _StorageFn) -> _StorageFn:
         def resize(tensor: torch.Tensor) -> None:
             fn(tensor)
             tracker.resized(tensor)

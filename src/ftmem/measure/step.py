@@ -13,7 +13,7 @@ import torch
 
 from ftmem.arch import Architecture
 from ftmem.distill import Teacher
-from ftmem.measure import Measurement
+from ftmem.measure import Measurement, Phase
 from ftmem.measure.build import (
     Built,
     build_model,
@@ -36,7 +36,7 @@ from ftmem.measure.saved import (
 from ftmem.measure.tracker import LiveBytesTracker
 from ftmem.run import RunConfig
 
-PHASES = ("forward", "backward", "optimizer")
+PHASES: tuple[Phase, ...] = ("forward", "backward", "optimizer")
 
 
 def _versions() -> dict[str, Any]:
@@ -211,7 +211,9 @@ class _StepInBackward:
         pass
 
 
-def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+def optimizer_state_tensors(
+    optimizer: torch.optim.Optimizer | _StepInBackward,
+) -> list[torch.Tensor]:
     """Every tensor the optimizer keeps per parameter, including those held by helper
     objects in its state (GaLore's projector matrices)."""
     out: list[torch.Tensor] = []
@@ -405,6 +407,9 @@ def _run(
         optimizer.zero_grad(set_to_none=True)
         if run.method == "relora":
             # ReLoRA's periodic merge of the adapters into the base, between steps
+            from peft import PeftModel
+
+            assert isinstance(model, PeftModel)  # ReLoRA is measured as peft's LoRA
             with torch.no_grad():
                 model.merge_adapter()
         peaks["optimizer"] = meter.phase_peak()
@@ -425,7 +430,7 @@ def _run(
         forward_retained_bytes=forward_retained,
         baseline_bytes=baseline,
         peak_allocated_bytes=peaks[peak_phase],
-        peak_phase=peak_phase,  # type: ignore[arg-type]
+        peak_phase=peak_phase,
         phase_peaks=peaks,
         activations_by_op=by_op,
         device=str(dev),
