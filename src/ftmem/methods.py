@@ -255,7 +255,7 @@ def _base_format(param: Param, dtypes: Dtypes, keep_unquantized: frozenset[str])
     return dtypes.base
 
 
-def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
+def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:  # noqa: C901 (debt)
     """Parameter groups of the model as the method trains it."""
     lay = layout(arch)
     dtypes = resolve_dtypes(run)
