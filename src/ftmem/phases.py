@@ -81,6 +81,18 @@ class StepSizes:
     # trained ones rebuilds less than they do; empty: ``recompute`` for every block)
     recompute_by_block: tuple[int, ...] = ()
 
+    def largest_communication(self) -> int:
+        """The communication memory's size: its largest over every moment, the head
+        side's included (ZeRO-3 gathers the whole LM head or embedding at the logits,
+        more than one quantized block)."""
+        ends = (self.comm_head_forward, self.comm_loss_backward, self.comm_head_backward)
+        return max(
+            self.comm_forward,
+            self.comm_backward,
+            self.comm_optimizer,
+            *(c for c in ends if c is not None),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Peak:
