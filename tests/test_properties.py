@@ -111,12 +111,26 @@ def _assert_no_part_exceeds_its_size(m) -> None:
         assert live <= size, f"{part}: {live} at the peak > its size {size}"
 
 
-@given(model=st.sampled_from(PRESETS), run=runs, par=parallel)
+spread = st.fixed_dictionaries(
+    {
+        "gpus": st.sampled_from([2, 8]),
+        "strategy": st.sampled_from(["ddp", "zero1", "zero2", "zero3", "fsdp", "fsdp-grad-op"]),
+        "pp": st.sampled_from([1, 2]),
+        "tp": st.sampled_from([1, 2]),
+        "cp": st.sampled_from([1, 2]),
+        "offload_optimizer": st.sampled_from(["none", "cpu"]),
+        "offload_params": st.sampled_from(["none", "cpu"]),
+    }
+)
+
+
+@given(model=st.sampled_from(PRESETS), run=runs, par=spread)
 @example(  # ZeRO-3 gathers Qwen's 272 MB LM head at the logits; the size said 19 MB
     model="qwen2.5-0.5b",
     run={"method": "qlora", "precision": "bf16", "optimizer": "adamw", "batch_size": 1,
          "seq_len": 512, "grad_ckpt": False, "attn": "sdpa", "grad_accum": 1},
-    par={"gpus": 8, "strategy": "zero3", "pp": 1, "offload_optimizer": "none"},
+    par={"gpus": 8, "strategy": "zero3", "pp": 1, "tp": 1, "cp": 1, "offload_optimizer": "none",
+         "offload_params": "none"},
 )  # fmt: skip
 def test_no_part_at_the_peak_exceeds_its_size_on_many_gpus(model, run, par):
     """What is live at the peak is part of the whole: each component's share of the peak
