@@ -566,9 +566,11 @@ def _fused_loss_saved(
     arch: Architecture, run: RunConfig, plan: MethodPlan, ctx: LayerContext, train: bool
 ) -> list[Saved]:
     """Liger's fused linear cross-entropy computes the gradients of its input and of the
-    LM head weight in forward and keeps them for backward; no logits are kept."""
+    LM head weight in forward and keeps them for backward; no logits are kept. The input
+    gradient has the input's dtype (``zeros_like``): the final norm's output, fp32 under
+    autocast with fp32 weights (measured: the bf16 count was one T·h·2 short)."""
     rows, h = loss_rows(run), arch.hidden_size
-    out = [Saved("fused loss: input gradient", rows * h * ctx.e)]
+    out = [Saved("fused loss: input gradient", rows * h * ctx.residual)]
     if train or plan.head_trainable:
         w = BYTES_PER_ELEMENT[plan.dtypes.base]
         out.append(Saved("fused loss: LM head weight gradient", arch.vocab_size * h * w))

@@ -226,7 +226,7 @@ def _estimate_parallel(
     sz = rank.sizes
     peak_info = find_peak(sz)
     activations = sum(sz.acts_per_block) + sz.acts_below + sz.acts_above + sz.acts_held
-    comm = max(sz.comm_forward, sz.comm_backward, sz.comm_optimizer)
+    comm = sz.largest_communication()
     memory = _memory(
         Components(sz.weights, sz.grads, sz.states, activations, comm),
         peak_info.phase,

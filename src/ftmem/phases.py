@@ -80,6 +80,22 @@ class StepSizes:
     # checkpointing: each timeline entry's own recompute (a frozen block below the
     # trained ones rebuilds less than they do; empty: ``recompute`` for every block)
     recompute_by_block: tuple[int, ...] = ()
+    # activation offload: a trained block's own gradients, created in its backward
+    # beside the op brought back; a frozen block below has none of its own (the trained
+    # ones' are already in the live gradients there)
+    own_grads_transient: int = 0
+
+    def largest_communication(self) -> int:
+        """The communication memory's size: its largest over every moment, the head
+        side's included (ZeRO-3 gathers the whole LM head or embedding at the logits,
+        more than one quantized block)."""
+        ends = (self.comm_head_forward, self.comm_loss_backward, self.comm_head_backward)
+        return max(
+            self.comm_forward,
+            self.comm_backward,
+            self.comm_optimizer,
+            *(c for c in ends if c is not None),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +132,8 @@ def find_peak(s: StepSizes) -> Peak:
     early = 0 < s.embedding_backward_at < L  # a first embedding backward mid-timeline
     for i in range(L - 1, -1, -1):
         recompute = s.recompute_by_block[i] if s.recompute_by_block else s.recompute
-        moments.append(("backward", live_grads, live_acts, recompute + workspace, bwd))
+        own = s.own_grads_transient if i >= L - s.trainable_blocks else 0
+        moments.append(("backward", live_grads, live_acts, recompute + workspace + own, bwd))
         live_acts -= s.acts_per_block[i]
         if not s.grads_persist:
             if s.grads_by_block:

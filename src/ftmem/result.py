@@ -64,7 +64,7 @@ class Memory(_Frozen):
     activations_bytes: int
     temporaries_bytes: int
     peak_allocated_bytes: int
-    communication_bytes: int = 0  # largest gathered weights + buckets in any phase
+    communication_bytes: int = 0  # largest gathered weights + buckets at any moment
     overhead_bytes: int
     total_bytes: int
     peak_phase: str

@@ -257,9 +257,9 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
             run.loss, 2 * T * V * FP32
         )
         + (T * V * FP32 if offloaded and run.loss != "fused" else 0),
-        # offloaded: one op's saved tensors back beside its workspace, and the block's
-        # own gradients (the peak moves to the end of backward, measured)
-        block_workspace=back + grads_block
+        # offloaded: one op's saved tensors back beside its workspace, and a trained
+        # block's own gradients (the peak moves to the end of backward, measured)
+        block_workspace=back
         if offloaded
         else max(
             block_backward_workspace(arch, run, plan, e, T, last_block),
@@ -270,6 +270,7 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         head_workspace=norm_backward_workspace(arch, e, T) + T * h * FP32,
         recompute=recompute,
         recompute_by_block=tuple(rebuilt) if run.grad_ckpt else (),
+        own_grads_transient=grads_block if offloaded else 0,
         optimizer_temporaries=opt_temp,
         grads_persist=run.grad_accum > 1,
     )
