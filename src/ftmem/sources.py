@@ -285,10 +285,13 @@ def _snapshot(path: Path) -> Path:
 
 def _local(spec: str) -> Path | None:
     path = Path(spec).expanduser()
-    if path.is_dir():
-        return _snapshot(path)
-    if path.is_file() or spec.endswith(".json"):
-        return path
+    try:
+        if path.is_dir():
+            return _snapshot(path)
+        if path.is_file() or spec.endswith(".json"):
+            return path
+    except (OSError, ValueError):  # a name too long to be a path, or with a NUL in it
+        return None
     return None
 
 
