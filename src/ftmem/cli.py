@@ -192,16 +192,17 @@ def estimate(
         est = est.model_copy(update={"notes": [*notes, *est.notes]})
     if emit_to is not None and emit is None:
         raise FtmemError("--emit-to needs --emit deepspeed, accelerate or fsdp.")
+    emitted = None
     if emit is not None:
         from ftmem.emit import emit_config
 
-        text = emit_config(est, emit)
-        if emit_to is None:
-            _echo(text, nl=False)
-            return
-        _write(emit_to, text)
+        emitted = emit_config(est, emit)
+        if emit_to is not None:
+            _write(emit_to, emitted)
     if quiet:
         pass
+    elif emitted is not None and emit_to is None:
+        _echo(emitted, nl=False)
     elif output_format == "json":
         _echo(to_json(est))
     elif output_format == "yaml":
@@ -212,9 +213,11 @@ def estimate(
         _echo(markdown(est, unit), nl=False)
     else:
         _console().print(table(est, unit))
-    if search_line is not None and output_format in ("table", "markdown") and not quiet:
+    table_like = output_format in ("table", "markdown") and (emit is None or emit_to is not None)
+    if search_line is not None and table_like and not quiet:
         _echo(search_line)
-    if check and est.fits is False:
+    host = est.parallel.host_fits if est.parallel is not None else None
+    if check and (est.fits is False or host is False):  # the GPU's memory or the host's RAM
         raise typer.Exit(EXIT_DOES_NOT_FIT)
 
 
@@ -746,7 +749,7 @@ def check(
         str | None, typer.Option("--json", help="Write the results as JSON here (- for stdout).")
     ] = None,
     junit_out: Annotated[
-        str | None, typer.Option("--junit", help="Write a JUnit XML report here.")
+        str | None, typer.Option("--junit", help="Write a JUnit XML report here (- for stdout).")
     ] = None,
     units: Units = "GiB",
     quiet: Quiet = False,
@@ -757,21 +760,28 @@ def check(
     from ftmem.budget import check_budgets, github_annotations, results_json, results_junit
     from ftmem.report_search import budget_table
 
+    to_stdout = [flag for flag, out in (("--json", json_out), ("--junit", junit_out)) if out == "-"]
+    if len(to_stdout) > 1:
+        raise FtmemError("--json - and --junit - both write to stdout; send one to a file.")
     unit = _units(units)
     results = check_budgets(budgets)
-    if junit_out is not None:
-        _write(junit_out, results_junit(results, budgets))
-    if json_out is not None and json_out != "-":
-        _write(json_out, results_json(results))
-    if json_out == "-":
-        _echo(results_json(results))
+    reports = {
+        "--json": (json_out, results_json(results)),
+        "--junit": (junit_out, results_junit(results, budgets)),
+    }
+    for out, text in reports.values():
+        if out is not None and out != "-":
+            _write(out, text)
+    if to_stdout:  # the report alone on stdout, for a pipe
+        _echo(reports[to_stdout[0]][1])
     elif not quiet:
         _console().print(budget_table(results, unit))
-    if os.environ.get("GITHUB_ACTIONS") == "true":
+    if os.environ.get("GITHUB_ACTIONS") == "true" and not quiet:
+        # the runner reads workflow commands on stderr too: there when stdout is a report
         for line in github_annotations(results, budgets):
-            _echo(line)
+            _echo(line, err=bool(to_stdout))
     failed = [r for r in results if not r.passed]
-    if json_out != "-" and not quiet:
+    if not to_stdout and not quiet:
         _echo(f"{len(results) - len(failed)} of {len(results)} runs within budget.")
     if failed:
         raise typer.Exit(EXIT_DOES_NOT_FIT)

@@ -16,7 +16,8 @@ import re
 UNSAFE = re.compile(
     "[\x00-\x08\x0b-\x1f\x7f-\x9f"  # C0 controls but tab and newline, DEL, C1 controls
     "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # bidirectional marks and overrides
-    "\ud800-\udfff]"  # lone surrogates: undecodable bytes of a file name
+    "\ud800-\udfff"  # lone surrogates: undecodable bytes of a file name
+    "\ufffe\uffff]"  # noncharacters; with these out, the text is legal XML 1.0
 )
 _UNSAFE_ONE_LINE = re.compile(UNSAFE.pattern.replace("\x00-\x08\x0b-\x1f", "\x00-\x1f"))
 

@@ -27,9 +27,9 @@ MIN_WIDTH, MAX_WIDTH = 20, 1000
 for :data:`DEFAULT_WIDTH`: at zero columns rich prints nothing at all."""
 
 
-def echo(text: str, nl: bool = True) -> None:
-    """Print ``text`` on stdout, control characters shown as escapes."""
-    out = sys.stdout
+def echo(text: str, nl: bool = True, err: bool = False) -> None:
+    """Print ``text`` on stdout (stderr with ``err``), control characters shown as escapes."""
+    out = sys.stderr if err else sys.stdout
     out.write(printable(text) + ("\n" if nl else ""))
     out.flush()
 
