@@ -632,7 +632,13 @@ def serve(
         str, typer.Option(help="KV cache dtype: bf16 | fp16 | fp32 | fp8")
     ] = "bf16",
     sequences: Annotated[int, typer.Option(help="Concurrent sequences.")] = 1,
-    context: Annotated[int, typer.Option(help="Tokens per sequence (prompt + generated).")] = 4096,
+    context: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            help="Tokens per sequence (prompt + generated); default 4,096, or the model's "
+            "learned positions when fewer (GPT-2: 1,024)."
+        ),
+    ] = None,
     prefill_chunk: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option(
@@ -659,7 +665,7 @@ def serve(
     """Inference / serving memory: weights, KV cache, prefill, resident adapters."""
     from ftmem.api import resolve_gpu, serve_config
     from ftmem.search import largest_fitting
-    from ftmem.serve import estimate_serving
+    from ftmem.serve import context_limit, default_context, estimate_serving
     from ftmem.sources import resolve_model
     from ftmem.units import format_bytes
 
@@ -671,7 +677,7 @@ def serve(
         weights=weights,
         kv_dtype=kv_dtype,
         sequences=sequences,
-        context=context,
+        context=default_context(arch) if context is None else context,
         prefill_chunk=prefill_chunk,
         lora_adapters=lora_adapters,
         lora_r=lora_r,
@@ -690,19 +696,22 @@ def serve(
         def at(n: int) -> Any:
             return estimate_serving(arch, cfg.model_copy(update={what: n}), hw)
 
-        found = largest_fitting(at, 1, 2**20 if max_sequences else 2**24)  # type: ignore[arg-type]
+        arch_limit = context_limit(arch) if arch.position_embedding == "learned" else None
+        highest = 2**20 if max_sequences else context_limit(arch)
+        found = largest_fitting(at, 1, highest)  # type: ignore[arg-type]
         if found.value is None:
-            line = f"Not even one sequence of {context:,} tokens fits {hw.name}."
+            line = f"Not even one sequence of {cfg.context:,} tokens fits {hw.name}."
             if max_context:
                 line = f"Not even {sequences} sequence(s) of one token fit {hw.name}."
         else:
             est = found.fits_at  # type: ignore[assignment]
             line = (
-                f"Most concurrent sequences of {context:,} tokens that fit {hw.name}: "
+                f"Most concurrent sequences of {cfg.context:,} tokens that fit {hw.name}: "
                 f"{found.value:,}."
                 if max_sequences
                 else f"Longest context for {sequences} sequence(s) that fits {hw.name}: "
-                f"{found.value:,} tokens."
+                f"{found.value:,} tokens"
+                + (f" (all of {arch.name}'s positions)." if found.value == arch_limit else ".")
             )
     if output_format == "json":
         _echo(est.model_dump_json(indent=2))
