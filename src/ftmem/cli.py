@@ -970,50 +970,70 @@ def methods() -> None:
 @app.command()
 def models(units: Units = "GiB") -> None:
     """List the model presets with their exact parameter counts."""
-    from rich.table import Table
-
     from ftmem.arch import count_params
     from ftmem.presets import model_presets
+    from ftmem.report import Column
     from ftmem.units import format_bytes, format_count
 
-    tbl = Table(title="Model presets")
-    for col in ("id", "name", "family", "parameters", "exact count", "bf16 weights"):
-        tbl.add_column(
-            col, justify="right" if col in ("parameters", "exact count", "bf16 weights") else "left"
-        )
+    unit = _units(units)
+    rows = []
     for preset_id, arch in sorted(model_presets().items()):
         n = count_params(arch)
-        tbl.add_row(
-            preset_id,
-            arch.name,
-            arch.family,
-            format_count(n),
-            f"{n:,}",
-            format_bytes(2 * n, _units(units)),
+        rows.append(
+            (
+                preset_id,
+                arch.name,
+                arch.family,
+                format_count(n),
+                f"{n:,}",
+                format_bytes(2 * n, unit),
+            )
         )
-    _console().print(tbl)
+    columns = [
+        Column("id"),
+        Column("name", wraps=True, drop=4),
+        Column("family", drop=5),
+        Column("parameters", "right", drop=2),
+        Column("exact count", "right"),
+        Column("bf16 weights", "right", drop=3),
+    ]
+    _print_listing("Model presets", columns, rows)
 
 
 @app.command()
 def gpus(units: Units = "GiB") -> None:
     """List the GPU presets with the memory each reports."""
-    from rich.table import Table
-
     from ftmem.presets import gpu_presets
+    from ftmem.report import Column
     from ftmem.units import format_bytes
 
-    tbl = Table(title="GPU presets (memory as the device reports it)")
-    for col in ("id", "name", "memory", "bytes", "bf16"):
-        tbl.add_column(col, justify="right" if col in ("memory", "bytes") else "left")
-    for gpu in sorted(gpu_presets().values(), key=lambda g: g.memory_bytes):
-        tbl.add_row(
+    unit = _units(units)
+    rows = [
+        (
             gpu.id,
             gpu.name,
-            format_bytes(gpu.memory_bytes, _units(units)),
+            format_bytes(gpu.memory_bytes, unit),
             f"{gpu.memory_bytes:,}",
             "yes" if gpu.bf16 else "no",
         )
-    _console().print(tbl)
+        for gpu in sorted(gpu_presets().values(), key=lambda g: g.memory_bytes)
+    ]
+    columns = [
+        Column("id"),
+        Column("name", wraps=True, drop=3),
+        Column("memory", "right"),
+        Column("bytes", "right", drop=2),
+        Column("bf16", drop=4),
+    ]
+    _print_listing("GPU presets (memory as the device reports it)", columns, rows)
+
+
+def _print_listing(title: str, columns: list[Any], rows: list[tuple[str, ...]]) -> None:
+    from ftmem.report import listing
+
+    con = _console()
+    tbl, width = listing(title, columns, rows, con.width)
+    con.print(tbl, width=max(width, con.width), crop=False)  # ids whole, even past the edge
 
 
 def _is(exc: BaseException, name: str) -> bool:
