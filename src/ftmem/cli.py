@@ -22,15 +22,20 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of the pipe stopped reading
 
 
 class _Commands(TyperGroup):
-    """The one handler of the errors a user can cause, for every command: the sentence
-    on stderr, exit 2. Commands compute everything before printing, so stdout is empty."""
+    """Every command's errors go through :func:`_exit_code`: a user's mistake is one
+    sentence on stderr and exit 2 (commands compute everything before they print, so
+    stdout stays empty); a failure to print, its own code. Here, inside click's main,
+    which would otherwise turn a broken pipe into exit 1, "does not fit", and Ctrl-C into
+    a silent 130."""
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except FtmemError as exc:
-            error(str(exc))
-            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except (FtmemError, OSError, UnicodeEncodeError, KeyboardInterrupt) as exc:
+            code = _exit_code(exc)
+            if code is None:
+                raise
+            raise typer.Exit(code) from None
 
 
 app = typer.Typer(
@@ -1044,7 +1049,7 @@ def _is(exc: BaseException, name: str) -> bool:
 def _exit_code(exc: BaseException) -> int | None:
     """The exit code of an error that reached the top, its sentence on stderr; None for
     a bug, whose traceback is worth seeing."""
-    if isinstance(exc, FtmemError):  # raised outside a command (none today)
+    if isinstance(exc, FtmemError):
         error(str(exc))
         return EXIT_BAD_INPUT
     if isinstance(exc, KeyboardInterrupt) or _is(exc, "Abort"):

@@ -83,6 +83,11 @@ def console() -> Any:
             wrapped = [o if isinstance(o, str) else _Inert(o) for o in objects]
             super().print(*wrapped, **kwargs)
 
+        def on_broken_pipe(self) -> None:
+            # rich would exit 1, which is ftmem's "does not fit": let the CLI decide
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
     con = _SafeConsole(soft_wrap=False, markup=False, emoji=False)
     if not MIN_WIDTH <= con.width <= MAX_WIDTH:
         con.width = DEFAULT_WIDTH
