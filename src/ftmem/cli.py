@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Annotated, Any, Optional
 
 import typer
@@ -28,7 +29,7 @@ class _Commands(TyperGroup):
     which would otherwise turn a broken pipe into exit 1, "does not fit", and Ctrl-C into
     a silent 130."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except (FtmemError, OSError, UnicodeEncodeError, KeyboardInterrupt) as exc:
@@ -701,8 +702,8 @@ def serve(
         def at(n: int) -> Any:
             return estimate_serving(arch, cfg.model_copy(update={what: n}), hw)
 
-        arch_limit = context_limit(arch) if arch.position_embedding == "learned" else None
         highest = 2**20 if max_sequences else context_limit(arch)
+        learned = arch.position_embedding == "learned"  # then the limit is the model's
         found = largest_fitting(at, 1, highest)  # type: ignore[arg-type]
         if found.value is None:
             line = f"Not even one sequence of {cfg.context:,} tokens fits {hw.name}."
@@ -716,7 +717,11 @@ def serve(
                 if max_sequences
                 else f"Longest context for {sequences} sequence(s) that fits {hw.name}: "
                 f"{found.value:,} tokens"
-                + (f" (all of {arch.name}'s positions)." if found.value == arch_limit else ".")
+                + (
+                    f" (all of {arch.name}'s positions)."
+                    if learned and found.value == highest
+                    else "."
+                )
             )
     if output_format == "json":
         _echo(est.model_dump_json(indent=2))
@@ -1033,7 +1038,7 @@ def gpus(units: Units = "GiB") -> None:
     _print_listing("GPU presets (memory as the device reports it)", columns, rows)
 
 
-def _print_listing(title: str, columns: list[Any], rows: list[tuple[str, ...]]) -> None:
+def _print_listing(title: str, columns: list[Any], rows: Sequence[tuple[str, ...]]) -> None:
     from ftmem.report import listing
 
     con = _console()

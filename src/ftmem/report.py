@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -307,7 +308,7 @@ WRAPPED_MIN = 12  # a wrapping column narrower than this reads one syllable a li
 
 
 def listing(
-    title: str, columns: list[Column], rows: list[tuple[str, ...]], width: int
+    title: str, columns: list[Column], rows: Sequence[tuple[str, ...]], width: int
 ) -> tuple[RenderableType, int]:
     """A table for a terminal ``width`` columns wide whose ids (and numbers) are never cut
     or wrapped, since users copy them: the prose column wraps, and where even that is too

@@ -135,8 +135,9 @@ def cli_streams() -> Iterator[None]:
     for stream in (sys.stdout, sys.stderr):
         # a terminal that cannot show "·" or "→" (PYTHONIOENCODING=ascii) gets "-" and
         # "->" instead of a UnicodeEncodeError; rich draws its boxes in ASCII there
-        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors=handler)
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and stream.errors in ("strict", "backslashreplace"):
+            reconfigure(errors=handler)
     columns = os.environ.get("COLUMNS", "")
     if columns.isdigit() and not MIN_WIDTH <= int(columns) <= MAX_WIDTH:
         os.environ["COLUMNS"] = str(DEFAULT_WIDTH)  # also read by the --help renderer
