@@ -462,3 +462,15 @@ def test_warnings_filters_are_restored_after_main(capsys):
     before = list(warnings.filters)
     run_main(capsys, "gpus")
     assert warnings.filters == before
+
+
+def test_budget_run_names_appear_whole(capsys, monkeypatch):
+    sample = Path(__file__).resolve().parents[1] / "docs" / "examples" / "budgets.yaml"
+    import yaml
+
+    runs = yaml.safe_load(sample.read_text())["runs"]
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_main(capsys, "check", str(sample))
+    assert code == 0
+    cells = _cells(out)
+    assert all(run["name"] in cells and run["model"] in cells for run in runs)
