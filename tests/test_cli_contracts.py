@@ -474,3 +474,18 @@ def test_budget_run_names_appear_whole(capsys, monkeypatch):
     assert code == 0
     cells = _cells(out)
     assert all(run["name"] in cells and run["model"] in cells for run in runs)
+
+
+@pytest.mark.parametrize("ref", [b"\xff\xfe\x00not text", b"../../elsewhere", b""])
+def test_a_cache_entry_whose_ref_is_not_a_commit_uses_its_snapshot(capsys, tmp_path, ref):
+    entry = tmp_path / "models--acme--tiny"
+    snapshot = entry / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snapshot.mkdir(parents=True)
+    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": 3, "num_attention_heads": 4, "vocab_size": 100}  # fmt: skip
+    (snapshot / "config.json").write_text(json.dumps(cfg))
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_bytes(ref)
+    code, out, err = run_main(capsys, "estimate", str(entry), "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["model"]["n_params"] > 0

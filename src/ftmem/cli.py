@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, cast
 
 import typer
 from typer.core import TyperGroup
@@ -14,6 +14,7 @@ from ftmem.errors import FtmemError
 from ftmem.terminal import cli_streams, discard_stdout, error, say
 from ftmem.terminal import console as _console
 from ftmem.terminal import echo as _echo
+from ftmem.units import UnitSystem
 
 RUN_NAMES = tuple(p.name for p in RUN)
 EXIT_DOES_NOT_FIT = 1
@@ -127,10 +128,10 @@ def _write(path: str, text: str) -> None:
 Units = Annotated[str, typer.Option("--units", help="GiB (binary, default) or GB (10^9).")]
 
 
-def _units(units: str) -> str:
+def _units(units: str) -> UnitSystem:
     if units not in ("GiB", "GB"):
         raise FtmemError("--units must be GiB or GB.")
-    return units
+    return cast("UnitSystem", units)
 
 
 def _format(value: str, *allowed: str) -> str:
@@ -227,7 +228,7 @@ def estimate(
         raise typer.Exit(EXIT_DOES_NOT_FIT)
 
 
-def _fewest_gpus(arch, settings: dict, per_node: int, nodes: int, unit: str):
+def _fewest_gpus(arch, settings: dict, per_node: int, nodes: int, unit: UnitSystem):
     """The estimate on the fewest GPUs that fit, and a line saying what was searched."""
     from ftmem.api import estimate as run_estimate
     from ftmem.search import MAX_NODES, fewest_gpus
@@ -544,7 +545,7 @@ def explain(
         realistic = run_estimate(
             arch, gpus=1 if gpus is None else gpus, **{**settings, "accounting": "phases"}
         )
-    sections = explain_sections(arch, run, est, unit, realistic)  # type: ignore[arg-type]
+    sections = explain_sections(arch, run, est, unit, realistic)
     title = f"{arch.name}: {run.method}, {est.run['precision_regime']}"
     notes = [*notes, *est.notes]
     if output_format == "markdown":
@@ -704,7 +705,7 @@ def serve(
 
         highest = 2**20 if max_sequences else context_limit(arch)
         learned = arch.position_embedding == "learned"  # then the limit is the model's
-        found = largest_fitting(at, 1, highest)  # type: ignore[arg-type]
+        found = largest_fitting(at, 1, highest)
         if found.value is None:
             line = f"Not even one sequence of {cfg.context:,} tokens fits {hw.name}."
             if max_context:

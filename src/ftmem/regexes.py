@@ -29,7 +29,7 @@ from typing import Any
 try:  # the parser re itself uses; private, but the only exact reading of a pattern
     from re import _parser as _sre  # type: ignore[attr-defined]  # Python 3.11+
 except ImportError:  # pragma: no cover - Python 3.10
-    import sre_parse as _sre  # type: ignore[no-redef]
+    import sre_parse as _sre
 
 from ftmem.errors import InvalidInputError
 
