@@ -4,8 +4,9 @@ terminal as inert text, and a runaway name as a bounded one.
 A config's ``_name_or_path``, a budget's run name or a model argument can hold escape
 sequences (``ESC [ 31 m`` recolours the terminal, ``ESC ] 0 ;`` retitles its window),
 other control characters or bidirectional overrides that reorder what is shown. Each such
-character is shown as its ``\\uXXXX`` escape: readable, and inside JSON or YAML strings
-the very escape those formats use, so sanitised JSON stays the same JSON.
+character is shown as its ``\\uXXXX`` escape: readable, and inside a JSON string (or a
+double-quoted YAML one) the very escape the format uses, so sanitised JSON parses to the
+same values.
 """
 
 from __future__ import annotations
