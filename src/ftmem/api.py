@@ -7,7 +7,7 @@ from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from ftmem.arch import Architecture
+from ftmem.arch import Architecture, position_note
 from ftmem.distill import Teacher
 from ftmem.errors import InvalidInputError
 from ftmem.estimate import estimate_step
@@ -130,16 +130,8 @@ def estimate(
     what = f"--seq-len {run.seq_len}" + (
         f" + {run.n_virtual} virtual tokens" if run.n_virtual else ""
     )
-    if positions > arch.max_position_embeddings and arch.position_embedding == "learned":
-        raise InvalidInputError(
-            f"{what} exceeds {arch.name}'s {arch.max_position_embeddings} learned positions."
-        )
-    notes: list[str] = list(source)
-    if positions > arch.max_position_embeddings:
-        notes.append(
-            f"{what} exceeds {arch.name}'s {arch.max_position_embeddings} "
-            "positions: the run needs RoPE scaling or a context-extension method."
-        )
+    beyond = position_note(arch, positions, what)
+    notes: list[str] = list(source) + ([beyond] if beyond else [])
     if run.method in ADAPTER_METHODS:
         smallest = min(min(lin.in_features, lin.out_features) for lin in adapted_linears(arch, run))
         if run.r > smallest:

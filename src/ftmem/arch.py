@@ -17,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from ftmem.errors import InvalidInputError
+
 Family = Literal[
     "llama", "mistral", "mixtral", "qwen2", "gemma", "gemma2", "phi3", "gpt2", "falcon", "t5"
 ]
@@ -448,3 +450,20 @@ def layout(arch: Architecture) -> Layout:
 def count_params(arch: Architecture) -> int:
     """Total parameters (tied embeddings counted once)."""
     return layout(arch).total_params
+
+
+def position_note(arch: Architecture, positions: int, what: str) -> str | None:
+    """The one check of a sequence against the model's positions, for training and
+    serving alike: past a learned table (GPT-2's 1,024) there is no embedding for the
+    position, an error; past a rotary or relative model's trained length it runs, with
+    RoPE scaling or a context-extension method, a note. ``what`` names the setting."""
+    if positions <= arch.max_position_embeddings:
+        return None
+    if arch.position_embedding == "learned":
+        raise InvalidInputError(
+            f"{what} exceeds {arch.name}'s {arch.max_position_embeddings} learned positions."
+        )
+    return (
+        f"{what} exceeds {arch.name}'s {arch.max_position_embeddings} "
+        "positions: the run needs RoPE scaling or a context-extension method."
+    )

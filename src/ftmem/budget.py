@@ -28,6 +28,7 @@ from xml.etree import ElementTree as ET
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ftmem.display import printable
 from ftmem.errors import FtmemError, InvalidInputError
 from ftmem.result import Estimate
 from ftmem.textfiles import compose_yaml, parse_yaml, read_text
@@ -163,6 +164,13 @@ def check_run(run: BudgetRun, defaults: dict[str, Any], line: int) -> RunResult:
             f"does not fit {est.gpu['name']}: needs {format_bytes(total)}, "
             f"short by {format_bytes(-est.headroom_bytes)}"
         )
+    host = est.parallel
+    if host is not None and host.host_fits is False:
+        assert host.host_memory_bytes is not None
+        result.problems.append(
+            f"host RAM does not fit: offload needs {format_bytes(host.host_bytes_per_node)} "
+            f"per node, the node has {format_bytes(host.host_memory_bytes)}"
+        )
     if run.max_total is not None:
         limit = _size("max_total", run.max_total)
         if total > limit:
@@ -239,6 +247,8 @@ def results_json(results: list[RunResult]) -> str:
 
 
 def results_junit(results: list[RunResult], path: str) -> str:
+    """A JUnit XML report; user text (run names, the path) shown inert, which also keeps
+    the document legal XML (a control character in a name is not)."""
     suite = ET.Element(
         "testsuite",
         name="ftmem budgets",
@@ -248,32 +258,46 @@ def results_junit(results: list[RunResult], path: str) -> str:
     )
     for r in results:
         case = ET.SubElement(
-            suite, "testcase", classname=f"ftmem.{Path(path).stem}", name=r.run.name
+            suite,
+            "testcase",
+            classname=printable(f"ftmem.{Path(path).stem}", one_line=True),
+            name=printable(r.run.name, one_line=True),
         )
-        case.set("file", path)
+        case.set("file", printable(path, one_line=True))
         case.set("line", str(r.line))
         if not r.passed:
-            failure = ET.SubElement(case, "failure", message="; ".join(r.problems))
-            failure.text = f"{r.run.name} ({r.run.model}): " + "; ".join(r.problems)
+            problems = printable("; ".join(r.problems), one_line=True)
+            failure = ET.SubElement(case, "failure", message=problems)
+            failure.text = printable(f"{r.run.name} ({r.run.model}): ", one_line=True) + problems
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+
+
+def _escape_data(text: str) -> str:
+    """A workflow command's message, escaped as GitHub's toolkit does (escapeData in
+    actions/toolkit packages/core/src/command.ts): %, CR and LF."""
+    return printable(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    """A workflow command's property value (file=, title=), escaped as the toolkit's
+    escapeProperty: the data escapes, and ':' and ',' that would end the value."""
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
 def github_annotations(results: list[RunResult], path: str) -> list[str]:
     """Workflow commands GitHub Actions turns into annotations on the file's lines."""
-
-    def esc(text: str) -> str:
-        return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
     lines = []
+    where = f"file={_escape_property(path)}"
     for r in results:
         total = format_bytes(r.estimate.memory.total_bytes) if r.estimate else "?"
+        name = _escape_data(r.run.name)
         if r.passed:
             lines.append(
-                f"::notice file={path},line={r.line},title=ftmem budget::{esc(r.run.name)}: {total}, within budget"
+                f"::notice {where},line={r.line},title=ftmem budget::{name}: {total}, within budget"
             )
         else:
             lines.append(
-                f"::error file={path},line={r.line},title=ftmem budget::"
-                f"{esc(r.run.name)}: {esc('; '.join(r.problems))}"
+                f"::error {where},line={r.line},title=ftmem budget::"
+                f"{name}: {_escape_data('; '.join(r.problems))}"
             )
     return lines

@@ -3,16 +3,45 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, Optional
+from collections.abc import Sequence
+from typing import Annotated, Any, Optional, cast
 
 import typer
+from typer.core import TyperGroup
 
 from ftmem.cli_options import DISTILL, FROM, GPU, MULTI, RUN, SPREAD, with_options
 from ftmem.errors import FtmemError
+from ftmem.terminal import cli_streams, discard_stdout, error, say
+from ftmem.terminal import console as _console
+from ftmem.terminal import echo as _echo
+from ftmem.units import UnitSystem
 
 RUN_NAMES = tuple(p.name for p in RUN)
+EXIT_DOES_NOT_FIT = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of the pipe stopped reading
+
+
+class _Commands(TyperGroup):
+    """Every command's errors go through :func:`_exit_code`: a user's mistake is one
+    sentence on stderr and exit 2 (commands compute everything before they print, so
+    stdout stays empty); a failure to print, its own code. Here, inside click's main,
+    which would otherwise turn a broken pipe into exit 1, "does not fit", and Ctrl-C into
+    a silent 130."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (FtmemError, OSError, UnicodeEncodeError, KeyboardInterrupt) as exc:
+            code = _exit_code(exc)
+            if code is None:
+                raise
+            raise typer.Exit(code) from None
+
 
 app = typer.Typer(
+    cls=_Commands,
     add_completion=True,
     no_args_is_help=True,
     help="How much GPU memory will this LLM finetuning run take? Estimate, check the fit.",
@@ -24,7 +53,7 @@ def _version(value: bool) -> None:
     if value:
         from ftmem import __version__
 
-        typer.echo(f"ftmem {__version__}")
+        _echo(f"ftmem {__version__}")
         raise typer.Exit()
 
 
@@ -37,9 +66,6 @@ def _root(
 ) -> None:
     """How much GPU memory will this LLM finetuning run take? Estimate, check the fit."""
 
-
-EXIT_DOES_NOT_FIT = 1
-EXIT_BAD_INPUT = 2
 
 ModelArg = Annotated[
     str, typer.Argument(help="Preset id (see `ftmem models`) or a config.json path/folder.")
@@ -102,15 +128,10 @@ def _write(path: str, text: str) -> None:
 Units = Annotated[str, typer.Option("--units", help="GiB (binary, default) or GB (10^9).")]
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(EXIT_BAD_INPUT)
-
-
-def _units(units: str) -> str:
+def _units(units: str) -> UnitSystem:
     if units not in ("GiB", "GB"):
         raise FtmemError("--units must be GiB or GB.")
-    return units
+    return cast("UnitSystem", units)
 
 
 def _format(value: str, *allowed: str) -> str:
@@ -118,12 +139,6 @@ def _format(value: str, *allowed: str) -> str:
         choices = ", ".join(allowed[:-1]) + f" or {allowed[-1]}"
         raise FtmemError(f"--format must be {choices}.")
     return value
-
-
-def _console():  # lazily: rich is only needed for tables
-    from rich.console import Console
-
-    return Console(soft_wrap=False)
 
 
 @app.command()
@@ -166,56 +181,54 @@ def estimate(
     from ftmem.api import estimate as run_estimate
     from ftmem.report import markdown, table, to_csv, to_json, to_yaml
 
-    try:
-        unit = _units(units)
-        _format(output_format, "table", "json", "yaml", "markdown", "csv")
-        from ftmem.sources import resolve_model, source_notes
+    unit = _units(units)
+    _format(output_format, "table", "json", "yaml", "markdown", "csv")
+    from ftmem.sources import resolve_model, source_notes
 
-        model, settings, notes = _with_config(ctx, model, settings)
-        arch = resolve_model(model)
-        notes += source_notes(model)
-        search_line = None
-        gpus = settings.pop("gpus")
-        if fewest_gpus:
-            nodes = settings.pop("nodes")
-            est, search_line = _fewest_gpus(
-                arch, settings, 8 if gpus is None else gpus, nodes, unit
-            )
-        else:
-            est = run_estimate(arch, gpus=1 if gpus is None else gpus, **settings)
-        if notes:
-            est = est.model_copy(update={"notes": [*notes, *est.notes]})
-        if emit_to is not None and emit is None:
-            raise FtmemError("--emit-to needs --emit deepspeed, accelerate or fsdp.")
-        if emit is not None:
-            from ftmem.emit import emit_config
+    model, settings, notes = _with_config(ctx, model, settings)
+    arch = resolve_model(model)
+    notes += source_notes(model)
+    search_line = None
+    gpus = settings.pop("gpus")
+    if fewest_gpus:
+        nodes = settings.pop("nodes")
+        est, search_line = _fewest_gpus(arch, settings, 8 if gpus is None else gpus, nodes, unit)
+    else:
+        est = run_estimate(arch, gpus=1 if gpus is None else gpus, **settings)
+    if notes:
+        est = est.model_copy(update={"notes": [*notes, *est.notes]})
+    if emit_to is not None and emit is None:
+        raise FtmemError("--emit-to needs --emit deepspeed, accelerate or fsdp.")
+    emitted = None
+    if emit is not None:
+        from ftmem.emit import emit_config
 
-            text = emit_config(est, emit)
-            if emit_to is None:
-                typer.echo(text, nl=False)
-                return
-            _write(emit_to, text)
-    except FtmemError as exc:
-        raise _fail(str(exc)) from None
+        emitted = emit_config(est, emit)
+        if emit_to is not None:
+            _write(emit_to, emitted)
     if quiet:
         pass
+    elif emitted is not None and emit_to is None:
+        _echo(emitted, nl=False)
     elif output_format == "json":
-        typer.echo(to_json(est))
+        _echo(to_json(est))
     elif output_format == "yaml":
-        typer.echo(to_yaml(est), nl=False)
+        _echo(to_yaml(est), nl=False)
     elif output_format == "csv":
-        typer.echo(to_csv(est), nl=False)
+        _echo(to_csv(est), nl=False)
     elif output_format == "markdown":
-        typer.echo(markdown(est, unit), nl=False)
+        _echo(markdown(est, unit), nl=False)
     else:
         _console().print(table(est, unit))
-    if search_line is not None and output_format in ("table", "markdown") and not quiet:
-        typer.echo(search_line)
-    if check and est.fits is False:
+    table_like = output_format in ("table", "markdown") and (emit is None or emit_to is not None)
+    if search_line is not None and table_like and not quiet:
+        _echo(search_line)
+    host = est.parallel.host_fits if est.parallel is not None else None
+    if check and (est.fits is False or host is False):  # the GPU's memory or the host's RAM
         raise typer.Exit(EXIT_DOES_NOT_FIT)
 
 
-def _fewest_gpus(arch, settings: dict, per_node: int, nodes: int, unit: str):
+def _fewest_gpus(arch, settings: dict, per_node: int, nodes: int, unit: UnitSystem):
     """The estimate on the fewest GPUs that fit, and a line saying what was searched."""
     from ftmem.api import estimate as run_estimate
     from ftmem.search import MAX_NODES, fewest_gpus
@@ -273,30 +286,27 @@ def plan(
     from ftmem.report_search import plan_json, plan_table
     from ftmem.sources import resolve_model
 
-    try:
-        unit = _units(units)
-        _format(output_format, "table", "json")
-        if rows < 1:
-            raise FtmemError("--rows must be at least 1.")
-        model, settings, _ = _with_config(ctx, model, settings)
-        arch = resolve_model(model)
-        hw = {k: settings.pop(k) for k in ("gpu", "gpu_memory", "overhead")}
-        run_settings = {k: v for k, v in settings.items() if v is not None}
-        result = make_plan(arch, rows=rows, **hw, **run_settings)
-        closest = None
-        if not result.fitting:
-            try:
-                closest = run_estimate(arch, **hw, **all_levers_at_once(run_settings))
-            except FtmemError:
-                closest = None
-        if plot is not None:
-            from ftmem.plot import plan_figure, save
+    unit = _units(units)
+    _format(output_format, "table", "json")
+    if rows < 1:
+        raise FtmemError("--rows must be at least 1.")
+    model, settings, _ = _with_config(ctx, model, settings)
+    arch = resolve_model(model)
+    hw = {k: settings.pop(k) for k in ("gpu", "gpu_memory", "overhead")}
+    run_settings = {k: v for k, v in settings.items() if v is not None}
+    result = make_plan(arch, rows=rows, **hw, **run_settings)
+    closest = None
+    if not result.fitting:
+        try:
+            closest = run_estimate(arch, **hw, **all_levers_at_once(run_settings))
+        except FtmemError:
+            closest = None
+    if plot is not None:
+        from ftmem.plot import plan_figure, save
 
-            save(plan_figure(result), plot)
-    except FtmemError as exc:
-        raise _fail(str(exc)) from None
+        save(plan_figure(result), plot)
     if output_format == "json":
-        typer.echo(json.dumps(plan_json(result), indent=2))
+        _echo(json.dumps(plan_json(result), indent=2))
     else:
         _console().print(plan_table(result, unit, closest))
     if not result.fitting:
@@ -348,26 +358,23 @@ def largest(
     from ftmem.report_search import largest_line
     from ftmem.sources import resolve_model
 
-    try:
-        unit = _units(units)
-        if for_ not in SEARCHABLE:
-            raise FtmemError(f"--for must be one of {', '.join(SEARCHABLE)}, not {for_!r}.")
-        _format(output_format, "table", "json")
-        key = SEARCHABLE[for_]  # the searched setting replaces any value given for it
-        model, settings, _ = _with_config(ctx, model, settings)
-        arch = resolve_model(model)
-        given = {k: v for k, v in settings.items() if v is not None}
-        result = search_largest(arch, key, **given)
-        if plot is not None:
-            from ftmem.plot import save, sweep_figure
+    unit = _units(units)
+    if for_ not in SEARCHABLE:
+        raise FtmemError(f"--for must be one of {', '.join(SEARCHABLE)}, not {for_!r}.")
+    _format(output_format, "table", "json")
+    key = SEARCHABLE[for_]  # the searched setting replaces any value given for it
+    model, settings, _ = _with_config(ctx, model, settings)
+    arch = resolve_model(model)
+    given = {k: v for k, v in settings.items() if v is not None}
+    result = search_largest(arch, key, **given)
+    if plot is not None:
+        from ftmem.plot import save, sweep_figure
 
-            def estimate_at(n: int) -> Any:
-                return run_estimate(arch, **{**given, key: n})
+        def estimate_at(n: int) -> Any:
+            return run_estimate(arch, **{**given, key: n})
 
-            highest = search_bound(arch, key, given)
-            save(sweep_figure(estimate_at, SEARCH_LABELS[for_], result, highest), plot)
-    except FtmemError as exc:
-        raise _fail(str(exc)) from None
+        highest = search_bound(arch, key, given)
+        save(sweep_figure(estimate_at, SEARCH_LABELS[for_], result, highest), plot)
     if output_format == "json":
         data = {
             "for": for_,
@@ -376,9 +383,9 @@ def largest(
             "fits_at": result.fits_at.model_dump(mode="json") if result.fits_at else None,
             "fails_at_next": result.fails_at.model_dump(mode="json") if result.fails_at else None,
         }
-        typer.echo(json.dumps(data, indent=2))
+        _echo(json.dumps(data, indent=2))
     else:
-        typer.echo(largest_line(SEARCH_LABELS[for_], result, unit))
+        _echo(largest_line(SEARCH_LABELS[for_], result, unit))
     if result.value is None:
         raise typer.Exit(EXIT_DOES_NOT_FIT)
 
@@ -403,28 +410,25 @@ def compare(
     from ftmem.report_search import compare_table
     from ftmem.sources import resolve_model
 
-    try:
-        unit = _units(units)
-        _format(output_format, "table", "json")
-        gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()]
-        method_ids = [m.strip() for m in methods.split(",") if m.strip()]
-        if not gpu_ids or not method_ids:
-            raise FtmemError("--gpus and --methods each need at least one name.")
+    unit = _units(units)
+    _format(output_format, "table", "json")
+    gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    method_ids = [m.strip() for m in methods.split(",") if m.strip()]
+    if not gpu_ids or not method_ids:
+        raise FtmemError("--gpus and --methods each need at least one name.")
+    for g in gpu_ids:
+        get_gpu(g)  # unknown names fail here, with a suggestion
+    arch = resolve_model(model)
+    cells: dict[tuple[str, str], Any] = {}
+    given = {k: v for k, v in settings.items() if v is not None}
+    for m in method_ids:
         for g in gpu_ids:
-            get_gpu(g)  # unknown names fail here, with a suggestion
-        arch = resolve_model(model)
-        cells: dict[tuple[str, str], Any] = {}
-        given = {k: v for k, v in settings.items() if v is not None}
-        for m in method_ids:
-            for g in gpu_ids:
-                try:
-                    cells[(m, g)] = run_estimate(arch, gpu=g, method=m, **given)
-                except FtmemError as exc:
-                    if len(method_ids) == 1 or "--method" in str(exc):
-                        raise
-                    cells[(m, g)] = "n/a"
-    except FtmemError as exc:
-        raise _fail(str(exc)) from None
+            try:
+                cells[(m, g)] = run_estimate(arch, gpu=g, method=m, **given)
+            except FtmemError as exc:
+                if len(method_ids) == 1 or "--method" in str(exc):
+                    raise
+                cells[(m, g)] = "n/a"
     if output_format == "json":
         data = [
             {
@@ -435,7 +439,7 @@ def compare(
             }
             for (m, g), c in cells.items()
         ]
-        typer.echo(json.dumps(data, indent=2))
+        _echo(json.dumps(data, indent=2))
         return
     _console().print(compare_table(arch.name, cells, gpu_ids, method_ids, unit))
 
@@ -470,28 +474,25 @@ def compare_methods(
     from ftmem.report_search import methods_table
     from ftmem.sources import resolve_model
 
-    try:
-        unit = _units(units)
-        _format(output_format, "table", "json")
-        names = None
-        if methods is not None:
-            names = [m.strip() for m in methods.split(",") if m.strip()]
-            if not names:
-                raise FtmemError("--methods needs at least one name.")
-        arch = resolve_model(model)
-        rows = run_compare(arch, names, **settings)
-        served = None
-        if inference and not arch.encoder_decoder:  # serve models decoder-only generation
-            from ftmem.api import resolve_gpu, serve_config
-            from ftmem.serve import estimate_serving
+    unit = _units(units)
+    _format(output_format, "table", "json")
+    names = None
+    if methods is not None:
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        if not names:
+            raise FtmemError("--methods needs at least one name.")
+    arch = resolve_model(model)
+    rows = run_compare(arch, names, **settings)
+    served = None
+    if inference and not arch.encoder_decoder:  # serve models decoder-only generation
+        from ftmem.api import resolve_gpu, serve_config
+        from ftmem.serve import estimate_serving
 
-            cfg = serve_config(
-                sequences=settings.get("batch_size") or 1, context=settings.get("seq_len") or 512
-            )
-            hw = resolve_gpu(settings.get("gpu"), settings.get("gpu_memory"))
-            served = estimate_serving(arch, cfg, hw)
-    except FtmemError as exc:
-        raise _fail(str(exc)) from None
+        cfg = serve_config(
+            sequences=settings.get("batch_size") or 1, context=settings.get("seq_len") or 512
+        )
+        hw = resolve_gpu(settings.get("gpu"), settings.get("gpu_memory"))
+        served = estimate_serving(arch, cfg, hw)
     if output_format == "json":
         data = [
             {"method": m, "error": r}
@@ -501,7 +502,7 @@ def compare_methods(
         ]
         if served is not None:
             data.insert(0, {"method": "inference", **json.loads(served.model_dump_json())})
-        typer.echo(json.dumps(data, indent=2))
+        _echo(json.dumps(data, indent=2))
         return
     gpu = settings.get("gpu") or settings.get("gpu_memory")
     note = (
@@ -530,24 +531,21 @@ def explain(
     from ftmem.explain import render_markdown, render_text
     from ftmem.sources import resolve_model, source_notes
 
-    try:
-        unit = _units(units)
-        _format(output_format, "text", "markdown")
-        model, settings, notes = _with_config(ctx, model, settings)
-        arch = resolve_model(model)
-        notes += source_notes(model)
-        gpus = settings.pop("gpus")
-        est = run_estimate(arch, gpus=1 if gpus is None else gpus, **settings)
-        run_keys = set(RUN_NAMES)
-        run = run_config(**{k: v for k, v in settings.items() if k in run_keys})
-        realistic = None
-        if run.accounting == "simple":
-            realistic = run_estimate(
-                arch, gpus=1 if gpus is None else gpus, **{**settings, "accounting": "phases"}
-            )
-        sections = explain_sections(arch, run, est, unit, realistic)  # type: ignore[arg-type]
-    except FtmemError as exc:
-        raise _fail(str(exc)) from None
+    unit = _units(units)
+    _format(output_format, "text", "markdown")
+    model, settings, notes = _with_config(ctx, model, settings)
+    arch = resolve_model(model)
+    notes += source_notes(model)
+    gpus = settings.pop("gpus")
+    est = run_estimate(arch, gpus=1 if gpus is None else gpus, **settings)
+    run_keys = set(RUN_NAMES)
+    run = run_config(**{k: v for k, v in settings.items() if k in run_keys})
+    realistic = None
+    if run.accounting == "simple":
+        realistic = run_estimate(
+            arch, gpus=1 if gpus is None else gpus, **{**settings, "accounting": "phases"}
+        )
+    sections = explain_sections(arch, run, est, unit, realistic)
     title = f"{arch.name}: {run.method}, {est.run['precision_regime']}"
     notes = [*notes, *est.notes]
     if output_format == "markdown":
@@ -555,7 +553,7 @@ def explain(
         text += "".join(f"> {n}\n>\n" for n in notes)
     else:
         text = f"{title}\n\n" + render_text(sections) + "".join(f"note: {n}\n" for n in notes)
-    typer.echo(text.rstrip("\n>") + "\n", nl=False)
+    _echo(text.rstrip("\n>") + "\n", nl=False)
 
 
 @app.command()
@@ -588,21 +586,18 @@ def merge(
     from ftmem.sources import resolve_model
     from ftmem.units import format_bytes, format_count, parse_size
 
-    try:
-        unit = _units(units)
-        _format(output_format, "table", "json")
-        arch = resolve_model(model)
-        cfg = merge_config(
-            kind="stack" if layers else "weighted",
-            models=models,
-            layers=layers,
-            dtype=dtype,
-            streamed=not in_memory,
-            shard_bytes=parse_size(shard_size),
-        )
-        est = merge_estimate(arch, cfg)
-    except FtmemError as exc:
-        raise _fail(str(exc)) from None
+    unit = _units(units)
+    _format(output_format, "table", "json")
+    arch = resolve_model(model)
+    cfg = merge_config(
+        kind="stack" if layers else "weighted",
+        models=models,
+        layers=layers,
+        dtype=dtype,
+        streamed=not in_memory,
+        shard_bytes=parse_size(shard_size),
+    )
+    est = merge_estimate(arch, cfg)
     data = {
         "model": arch.name,
         "kind": cfg.kind,
@@ -615,19 +610,19 @@ def merge(
         "notes": list(est.notes),
     }
     if output_format == "json":
-        typer.echo(json.dumps(data, indent=2))
+        _echo(json.dumps(data, indent=2))
         return
     what = f"{cfg.models} × {arch.name}" if cfg.kind == "weighted" else f"{arch.name} [{layers}]"
-    typer.echo(f"Merge ({cfg.kind}): {what}, {cfg.dtype}")
-    typer.echo(
+    _echo(f"Merge ({cfg.kind}): {what}, {cfg.dtype}")
+    _echo(
         f"  result: {est.result.num_layers} blocks, {format_count(est.result_params)} "
         f"parameters ({est.result_params:,}), {format_bytes(est.result_bytes, unit)}"
     )
-    typer.echo(f"  inputs: {format_bytes(est.inputs_bytes, unit)}")
+    _echo(f"  inputs: {format_bytes(est.inputs_bytes, unit)}")
     how = "streamed" if cfg.streamed else "in memory"
-    typer.echo(f"  memory to merge ({how}): {format_bytes(est.peak_bytes, unit)}")
+    _echo(f"  memory to merge ({how}): {format_bytes(est.peak_bytes, unit)}")
     for note in est.notes:
-        typer.echo(f"  note: {note}")
+        _echo(f"  note: {note}")
 
 
 @app.command()
@@ -644,7 +639,13 @@ def serve(
         str, typer.Option(help="KV cache dtype: bf16 | fp16 | fp32 | fp8")
     ] = "bf16",
     sequences: Annotated[int, typer.Option(help="Concurrent sequences.")] = 1,
-    context: Annotated[int, typer.Option(help="Tokens per sequence (prompt + generated).")] = 4096,
+    context: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            help="Tokens per sequence (prompt + generated); default 4,096, or the model's "
+            "learned positions when fewer (GPT-2: 1,024)."
+        ),
+    ] = None,
     prefill_chunk: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option(
@@ -671,56 +672,60 @@ def serve(
     """Inference / serving memory: weights, KV cache, prefill, resident adapters."""
     from ftmem.api import resolve_gpu, serve_config
     from ftmem.search import largest_fitting
-    from ftmem.serve import estimate_serving
+    from ftmem.serve import context_limit, default_context, estimate_serving
     from ftmem.sources import resolve_model
     from ftmem.units import format_bytes
 
-    try:
-        unit = _units(units)
-        _format(output_format, "table", "json")
-        arch = resolve_model(model)
-        hw = resolve_gpu(gpu, gpu_memory)
-        cfg = serve_config(
-            weights=weights,
-            kv_dtype=kv_dtype,
-            sequences=sequences,
-            context=context,
-            prefill_chunk=prefill_chunk,
-            lora_adapters=lora_adapters,
-            lora_r=lora_r,
-            lora_targets=lora_targets,
-        )
-        est = estimate_serving(arch, cfg, hw)
-        line = None
-        if max_sequences and max_context:
-            raise FtmemError("Give --max-sequences or --max-context, not both.")
-        if max_sequences or max_context:
-            if hw is None:
-                flag = "--max-sequences" if max_sequences else "--max-context"
-                raise FtmemError(f"{flag} needs a GPU: give --gpu or --gpu-memory.")
-            what = "sequences" if max_sequences else "context"
+    unit = _units(units)
+    _format(output_format, "table", "json")
+    arch = resolve_model(model)
+    hw = resolve_gpu(gpu, gpu_memory)
+    cfg = serve_config(
+        weights=weights,
+        kv_dtype=kv_dtype,
+        sequences=sequences,
+        context=default_context(arch) if context is None else context,
+        prefill_chunk=prefill_chunk,
+        lora_adapters=lora_adapters,
+        lora_r=lora_r,
+        lora_targets=lora_targets,
+    )
+    est = estimate_serving(arch, cfg, hw)
+    line = None
+    if max_sequences and max_context:
+        raise FtmemError("Give --max-sequences or --max-context, not both.")
+    if max_sequences or max_context:
+        if hw is None:
+            flag = "--max-sequences" if max_sequences else "--max-context"
+            raise FtmemError(f"{flag} needs a GPU: give --gpu or --gpu-memory.")
+        what = "sequences" if max_sequences else "context"
 
-            def at(n: int) -> Any:
-                return estimate_serving(arch, cfg.model_copy(update={what: n}), hw)
+        def at(n: int) -> Any:
+            return estimate_serving(arch, cfg.model_copy(update={what: n}), hw)
 
-            found = largest_fitting(at, 1, 2**20 if max_sequences else 2**24)  # type: ignore[arg-type]
-            if found.value is None:
-                line = f"Not even one sequence of {context:,} tokens fits {hw.name}."
-                if max_context:
-                    line = f"Not even {sequences} sequence(s) of one token fit {hw.name}."
-            else:
-                est = found.fits_at  # type: ignore[assignment]
-                line = (
-                    f"Most concurrent sequences of {context:,} tokens that fit {hw.name}: "
-                    f"{found.value:,}."
-                    if max_sequences
-                    else f"Longest context for {sequences} sequence(s) that fits {hw.name}: "
-                    f"{found.value:,} tokens."
+        highest = 2**20 if max_sequences else context_limit(arch)
+        learned = arch.position_embedding == "learned"  # then the limit is the model's
+        found = largest_fitting(at, 1, highest)
+        if found.value is None:
+            line = f"Not even one sequence of {cfg.context:,} tokens fits {hw.name}."
+            if max_context:
+                line = f"Not even {sequences} sequence(s) of one token fit {hw.name}."
+        else:
+            est = found.fits_at  # type: ignore[assignment]
+            line = (
+                f"Most concurrent sequences of {cfg.context:,} tokens that fit {hw.name}: "
+                f"{found.value:,}."
+                if max_sequences
+                else f"Longest context for {sequences} sequence(s) that fits {hw.name}: "
+                f"{found.value:,} tokens"
+                + (
+                    f" (all of {arch.name}'s positions)."
+                    if learned and found.value == highest
+                    else "."
                 )
-    except FtmemError as exc:
-        raise _fail(str(exc)) from None
+            )
     if output_format == "json":
-        typer.echo(est.model_dump_json(indent=2))
+        _echo(est.model_dump_json(indent=2))
         return
     from rich.table import Table
 
@@ -747,14 +752,14 @@ def serve(
     _console().print(tbl)
     if est.gpu is not None:
         verdict = "FITS" if est.fits else "DOES NOT FIT"
-        typer.echo(
+        _echo(
             f"{verdict} on {est.gpu['name']}: {format_bytes(abs(est.headroom_bytes or 0), unit)} "
             f"{'headroom' if est.fits else 'short'}."
         )
     if line:
-        typer.echo(line)
+        _echo(line)
     for note in est.notes:
-        typer.echo(f"note: {note}")
+        _echo(f"note: {note}")
 
 
 @app.command()
@@ -764,7 +769,7 @@ def check(
         str | None, typer.Option("--json", help="Write the results as JSON here (- for stdout).")
     ] = None,
     junit_out: Annotated[
-        str | None, typer.Option("--junit", help="Write a JUnit XML report here.")
+        str | None, typer.Option("--junit", help="Write a JUnit XML report here (- for stdout).")
     ] = None,
     units: Units = "GiB",
     quiet: Quiet = False,
@@ -775,25 +780,29 @@ def check(
     from ftmem.budget import check_budgets, github_annotations, results_json, results_junit
     from ftmem.report_search import budget_table
 
-    try:
-        unit = _units(units)
-        results = check_budgets(budgets)
-        if junit_out is not None:
-            _write(junit_out, results_junit(results, budgets))
-        if json_out is not None and json_out != "-":
-            _write(json_out, results_json(results))
-    except FtmemError as exc:
-        raise _fail(str(exc)) from None
-    if json_out == "-":
-        typer.echo(results_json(results))
+    to_stdout = [flag for flag, out in (("--json", json_out), ("--junit", junit_out)) if out == "-"]
+    if len(to_stdout) > 1:
+        raise FtmemError("--json - and --junit - both write to stdout; send one to a file.")
+    unit = _units(units)
+    results = check_budgets(budgets)
+    reports = {
+        "--json": (json_out, results_json(results)),
+        "--junit": (junit_out, results_junit(results, budgets)),
+    }
+    for out, text in reports.values():
+        if out is not None and out != "-":
+            _write(out, text)
+    if to_stdout:  # the report alone on stdout, for a pipe
+        _echo(reports[to_stdout[0]][1])
     elif not quiet:
         _console().print(budget_table(results, unit))
-    if os.environ.get("GITHUB_ACTIONS") == "true":
+    if os.environ.get("GITHUB_ACTIONS") == "true" and not quiet:
+        # the runner reads workflow commands on stderr too: there when stdout is a report
         for line in github_annotations(results, budgets):
-            typer.echo(line)
+            _echo(line, err=bool(to_stdout))
     failed = [r for r in results if not r.passed]
-    if json_out != "-" and not quiet:
-        typer.echo(f"{len(results) - len(failed)} of {len(results)} runs within budget.")
+    if not to_stdout and not quiet:
+        _echo(f"{len(results) - len(failed)} of {len(results)} runs within budget.")
     if failed:
         raise typer.Exit(EXIT_DOES_NOT_FIT)
 
@@ -840,38 +849,35 @@ def measure(
     from ftmem.estimate import estimate_step
     from ftmem.sources import resolve_model
 
+    if device not in ("cpu", "cuda"):
+        raise FtmemError("--device must be cpu or cuda.")
+    if steps < 2:
+        raise FtmemError("--steps must be at least 2 (step 1 creates the optimizer states).")
+    if fake and device != "cpu":
+        raise FtmemError("--fake runs on the CPU only; drop --device cuda.")
+    if fsdp and (fsdp < 2 or fake or device != "cpu"):
+        raise FtmemError("--fsdp takes 2 or more CPU ranks, without --fake or --device cuda.")
+    if fsdp_ranks not in ("simulated", "gloo"):
+        raise FtmemError(f"--fsdp-ranks must be simulated or gloo, not {fsdp_ranks!r}.")
+    arch = resolve_model(model)
+    run = run_config(
+        **settings,
+        device=device,
+        optimizer_impl="for-loop" if device == "cpu" else "foreach",
+    )
     try:
-        if device not in ("cpu", "cuda"):
-            raise FtmemError("--device must be cpu or cuda.")
-        if steps < 2:
-            raise FtmemError("--steps must be at least 2 (step 1 creates the optimizer states).")
-        if fake and device != "cpu":
-            raise FtmemError("--fake runs on the CPU only; drop --device cuda.")
-        if fsdp and (fsdp < 2 or fake or device != "cpu"):
-            raise FtmemError("--fsdp takes 2 or more CPU ranks, without --fake or --device cuda.")
-        if fsdp_ranks not in ("simulated", "gloo"):
-            raise FtmemError(f"--fsdp-ranks must be simulated or gloo, not {fsdp_ranks!r}.")
-        arch = resolve_model(model)
-        run = run_config(
-            **settings,
-            device=device,
-            optimizer_impl="for-loop" if device == "cpu" else "foreach",
-        )
-        try:
-            if fsdp:
-                return _measure_fsdp(arch, run, fsdp, fsdp_ranks, output_format)
-            from ftmem.measure import measure as run_measure
+        if fsdp:
+            return _measure_fsdp(arch, run, fsdp, fsdp_ranks, output_format)
+        from ftmem.measure import measure as run_measure
 
-            got = run_measure(arch, run, device=device, steps=steps, fake=fake)
-        except ImportError as exc:
-            raise FtmemError(
-                f"`ftmem measure` needs torch, transformers and peft ({exc.name} is missing): "
-                'pip install "ftmem[measure]".'
-            ) from None
-        except RuntimeError as exc:
-            raise FtmemError(str(exc).splitlines()[0]) from None
-    except FtmemError as exc:
-        raise _fail(str(exc)) from None
+        got = run_measure(arch, run, device=device, steps=steps, fake=fake)
+    except ImportError as exc:
+        raise FtmemError(
+            f"`ftmem measure` needs torch, transformers and peft ({exc.name} is missing): "
+            'pip install "ftmem[measure]".'
+        ) from None
+    except RuntimeError as exc:
+        raise FtmemError(str(exc).splitlines()[0]) from None
     est = estimate_step(arch, run)
     m = est.memory
     rows = [
@@ -893,7 +899,7 @@ def measure(
             transformers=got.transformers_version,
             peft=got.peft_version,
         )
-        typer.echo(json.dumps(data, indent=2))
+        _echo(json.dumps(data, indent=2))
         return
     from rich.table import Table
 
@@ -932,9 +938,7 @@ def _measure_fsdp(arch: Any, run: Any, ranks: int, mode: str, output_format: str
         )
     ]
     if output_format == "json":
-        typer.echo(
-            json.dumps({"estimate": est.model_dump(mode="json"), "ranks": measured}, indent=2)
-        )
+        _echo(json.dumps({"estimate": est.model_dump(mode="json"), "ranks": measured}, indent=2))
         return
     from rich.table import Table
 
@@ -956,7 +960,7 @@ def schema() -> None:
 
     from ftmem.report import estimate_schema
 
-    typer.echo(json.dumps(estimate_schema(), indent=2))
+    _echo(json.dumps(estimate_schema(), indent=2))
 
 
 @app.command()
@@ -977,50 +981,70 @@ def methods() -> None:
 @app.command()
 def models(units: Units = "GiB") -> None:
     """List the model presets with their exact parameter counts."""
-    from rich.table import Table
-
     from ftmem.arch import count_params
     from ftmem.presets import model_presets
+    from ftmem.report import Column
     from ftmem.units import format_bytes, format_count
 
-    tbl = Table(title="Model presets")
-    for col in ("id", "name", "family", "parameters", "exact count", "bf16 weights"):
-        tbl.add_column(
-            col, justify="right" if col in ("parameters", "exact count", "bf16 weights") else "left"
-        )
+    unit = _units(units)
+    rows = []
     for preset_id, arch in sorted(model_presets().items()):
         n = count_params(arch)
-        tbl.add_row(
-            preset_id,
-            arch.name,
-            arch.family,
-            format_count(n),
-            f"{n:,}",
-            format_bytes(2 * n, _units(units)),
+        rows.append(
+            (
+                preset_id,
+                arch.name,
+                arch.family,
+                format_count(n),
+                f"{n:,}",
+                format_bytes(2 * n, unit),
+            )
         )
-    _console().print(tbl)
+    columns = [
+        Column("id"),
+        Column("name", wraps=True, drop=4),
+        Column("family", drop=5),
+        Column("parameters", "right", drop=2),
+        Column("exact count", "right"),
+        Column("bf16 weights", "right", drop=3),
+    ]
+    _print_listing("Model presets", columns, rows)
 
 
 @app.command()
 def gpus(units: Units = "GiB") -> None:
     """List the GPU presets with the memory each reports."""
-    from rich.table import Table
-
     from ftmem.presets import gpu_presets
+    from ftmem.report import Column
     from ftmem.units import format_bytes
 
-    tbl = Table(title="GPU presets (memory as the device reports it)")
-    for col in ("id", "name", "memory", "bytes", "bf16"):
-        tbl.add_column(col, justify="right" if col in ("memory", "bytes") else "left")
-    for gpu in sorted(gpu_presets().values(), key=lambda g: g.memory_bytes):
-        tbl.add_row(
+    unit = _units(units)
+    rows = [
+        (
             gpu.id,
             gpu.name,
-            format_bytes(gpu.memory_bytes, _units(units)),
+            format_bytes(gpu.memory_bytes, unit),
             f"{gpu.memory_bytes:,}",
             "yes" if gpu.bf16 else "no",
         )
-    _console().print(tbl)
+        for gpu in sorted(gpu_presets().values(), key=lambda g: g.memory_bytes)
+    ]
+    columns = [
+        Column("id"),
+        Column("name", wraps=True, drop=3),
+        Column("memory", "right"),
+        Column("bytes", "right", drop=2),
+        Column("bf16", drop=4),
+    ]
+    _print_listing("GPU presets (memory as the device reports it)", columns, rows)
+
+
+def _print_listing(title: str, columns: list[Any], rows: Sequence[tuple[str, ...]]) -> None:
+    from ftmem.report import listing
+
+    con = _console()
+    tbl, width = listing(title, columns, rows, con.width)
+    con.print(tbl, width=max(width, con.width), crop=False)  # ids whole, even past the edge
 
 
 def _is(exc: BaseException, name: str) -> bool:
@@ -1028,24 +1052,53 @@ def _is(exc: BaseException, name: str) -> bool:
     return any(cls.__name__ == name for cls in type(exc).__mro__)
 
 
+def _exit_code(exc: BaseException) -> int | None:
+    """The exit code of an error that reached the top, its sentence on stderr; None for
+    a bug, whose traceback is worth seeing."""
+    if isinstance(exc, FtmemError):
+        error(str(exc))
+        return EXIT_BAD_INPUT
+    if isinstance(exc, KeyboardInterrupt) or _is(exc, "Abort"):
+        say("Aborted.")
+        return EXIT_INTERRUPTED
+    if isinstance(exc, BrokenPipeError):
+        discard_stdout()
+        return EXIT_BROKEN_PIPE
+    if isinstance(exc, OSError) and exc.filename is None:  # writing stdout (or stderr)
+        discard_stdout()
+        error(f"cannot write the output: {exc.strerror or exc}.")
+        return EXIT_BAD_INPUT
+    if isinstance(exc, UnicodeEncodeError):
+        discard_stdout()
+        error(
+            f"the output has characters the terminal's encoding ({exc.encoding}) cannot "
+            "show; set PYTHONIOENCODING=utf-8."
+        )
+        return EXIT_BAD_INPUT
+    if _is(exc, "UsageError"):
+        ctx = getattr(exc, "ctx", None)
+        hint = f" See `{ctx.command_path} --help`." if ctx is not None else ""
+        message = exc.format_message().rstrip()  # type: ignore[attr-defined]
+        if not message.endswith((".", "?", "!")):
+            message += "."
+        error(f"{message}{hint}")
+        return EXIT_BAD_INPUT
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one-line errors on stderr (exit 2), never a traceback."""
-    try:
-        code = app(args=argv, standalone_mode=False)
-    except FtmemError as exc:  # errors raised outside a command's own handler
-        typer.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    except Exception as exc:
-        if _is(exc, "UsageError"):
-            ctx = getattr(exc, "ctx", None)
-            hint = f" See `{ctx.command_path} --help`." if ctx is not None else ""
-            message = exc.format_message().rstrip()  # type: ignore[attr-defined]
-            if not message.endswith((".", "?", "!")):
-                message += "."
-            typer.echo(f"Error: {message}{hint}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
-        if _is(exc, "Abort"):
-            typer.echo("Aborted.", err=True)
-            sys.exit(130)
-        raise
+    """Entry point: exit 0 valid output, 1 does not fit, 2 one sentence on stderr and
+    nothing on stdout; never a traceback for what a user can cause (ftmem.terminal)."""
+    with cli_streams():
+        try:
+            code = app(args=argv, standalone_mode=False)
+            sys.stdout.flush()  # a full disk fails here, not at exit
+        except (Exception, KeyboardInterrupt) as exc:
+            code = _exit_code(exc)
+            if code is None:
+                raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":  # python -m ftmem.cli
+    main()

@@ -16,6 +16,7 @@ from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, Param, layout, par
 from ftmem.dtypes import BYTES_PER_ELEMENT, StorageFormat, tensor_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.precision import Dtypes, resolve_dtypes
+from ftmem.regexes import compile_bounded
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig, split_patterns
 
 DEFAULT_FREEZE_TRAINABLE_LAYERS = 2
@@ -516,15 +517,13 @@ def partial_trainable(
         raise InvalidInputError(
             "--trainable-modules is empty; give e.g. self_attn, mlp, lm_head or layers\\.3[01]\\."
         )
-    patterns = []
-    for item in items:
-        try:
-            patterns.append(re.compile(item))
-        except re.error as exc:
-            raise InvalidInputError(
-                f"--trainable-modules: {item!r} is not a regular expression ({exc})."
-            ) from None
     lay = layout(arch)
+    longest = max(
+        len(name)
+        for name in [p.name for p in lay.outer]
+        + [param_path(arch, arch.num_layers - 1, p.name) for p in lay.block]
+    )
+    patterns = compile_bounded(items, "--trainable-modules", longest)
     used: set[int] = set()
 
     def hit(name: str) -> bool:

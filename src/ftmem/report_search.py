@@ -233,6 +233,12 @@ def budget_table(results: list[RunResult], units: UnitSystem) -> RenderableType:
     for col in ("run", "model", "GPU", "total per GPU", "budget", "headroom", "result"):
         right = col in ("total per GPU", "headroom")
         tbl.add_column(col, justify="right" if right else "left")
+    # run names and model ids are copied into commands: whole, never cut or wrapped
+    copied = {"run": [r.run.name for r in results], "model": [r.run.model for r in results]}
+    for column in tbl.columns:
+        if column.header in copied:
+            column.no_wrap = True
+            column.min_width = max(len(str(column.header)), *map(len, copied[str(column.header)]))
     for r in results:
         est = r.estimate
         assert est is not None

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from ftmem.arch import Architecture, layout
+from ftmem.arch import Architecture, layout, position_note
 from ftmem.dtypes import BYTES_PER_ELEMENT, INT4_GROUP, ceil_div, tensor_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.hardware import Gpu, runtime_overhead
@@ -141,6 +141,27 @@ def prefill_bytes(arch: Architecture, cfg: ServeConfig) -> int:
     return max(norm, attention, mlp) + held + logits
 
 
+DEFAULT_CONTEXT = 4096
+LONGEST_SEARCHED = 2**24
+"""The longest context ``--max-context`` tries for a model without a position table."""
+
+
+def default_context(arch: Architecture) -> int:
+    """Tokens per sequence when none are given: 4,096, or all of a learned position table
+    when it is smaller (GPT-2 has 1,024 positions and nothing beyond)."""
+    if arch.position_embedding == "learned":
+        return min(DEFAULT_CONTEXT, arch.max_position_embeddings)
+    return DEFAULT_CONTEXT
+
+
+def context_limit(arch: Architecture) -> int:
+    """The longest context a model can serve: its learned positions, else (rotary and
+    relative positions extend, with scaling) :data:`LONGEST_SEARCHED`."""
+    if arch.position_embedding == "learned":
+        return arch.max_position_embeddings
+    return LONGEST_SEARCHED
+
+
 def estimate_serving(
     arch: Architecture, cfg: ServeConfig, gpu: Gpu | None = None, overhead_bytes: int | None = None
 ) -> ServeEstimate:
@@ -149,6 +170,7 @@ def estimate_serving(
             f"{arch.name} is an encoder-decoder: `ftmem serve` models decoder-only generation "
             "(one KV cache); estimate its training instead."
         )
+    beyond = position_note(arch, cfg.context, f"--context {cfg.context}")
     weights = weight_bytes(arch, cfg.weights)
     per_token = kv_bytes_per_token(arch, cfg.kv_dtype)
     kv = per_token * cfg.sequences * cfg.context
@@ -157,7 +179,7 @@ def estimate_serving(
     peak = weights + kv + adapters + prefill
     overhead = runtime_overhead(peak, overhead_bytes)
     total = peak + overhead
-    notes = []
+    notes = [beyond] if beyond else []
     if arch.sliding_window and cfg.context > arch.sliding_window:
         notes.append(
             f"{arch.name} attends within a {arch.sliding_window:,}-token window; transformers' "

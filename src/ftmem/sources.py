@@ -273,10 +273,12 @@ def _snapshot(path: Path) -> Path:
     if not snapshots.is_dir():
         return path
     ref = path / "refs" / "main"
-    if ref.is_file():
-        chosen = snapshots / ref.read_text(encoding="utf-8").strip()
-        if chosen.is_dir():
-            return chosen
+    if ref.is_file():  # a commit hash; anything else (not text, a path) is ignored
+        with ref.open("rb") as fh:
+            commit = fh.read(256).strip()
+        named = re.fullmatch(rb"[\w.-]{1,128}", commit) and commit not in (b".", b"..")
+        if named and (snapshots / commit.decode()).is_dir():
+            return snapshots / commit.decode()
     candidates = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise ConfigError(f"{path} is a Hugging Face cache entry with no snapshot.")
@@ -285,9 +287,13 @@ def _snapshot(path: Path) -> Path:
 
 def _local(spec: str) -> Path | None:
     path = Path(spec).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except (OSError, ValueError):  # a name too long to be a path, or with a NUL in it
+        return None
+    if is_dir:
         return _snapshot(path)
-    if path.is_file() or spec.endswith(".json"):
+    if is_file or spec.endswith(".json"):
         return path
     return None
 

@@ -539,9 +539,14 @@ def build_model(  # noqa: C901 (debt: one branch per method family; see pyprojec
                 for p in block.parameters():
                     p.requires_grad_(True)
     elif run.method == "partial":
-        import re
+        from ftmem.regexes import compile_bounded
 
-        patterns = [re.compile(x) for x in split_patterns(run.trainable_modules or "")]
+        names = [name for name, _ in model.named_parameters()]
+        patterns = compile_bounded(
+            split_patterns(run.trainable_modules or ""),
+            "--trainable-modules",
+            max(map(len, names)),
+        )
         for name, p in model.named_parameters():
             p.requires_grad_(any(pat.search(name) for pat in patterns))
     elif run.method == "adapter":

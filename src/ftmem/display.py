@@ -1,0 +1,94 @@
+"""User text made safe to show: what a config, a preset or an argument says reaches the
+terminal as inert text, and a runaway name as a bounded one.
+
+A config's ``_name_or_path``, a budget's run name or a model argument can hold escape
+sequences (``ESC [ 31 m`` recolours the terminal, ``ESC ] 0 ;`` retitles its window),
+other control characters or bidirectional overrides that reorder what is shown. Each such
+character is shown as its ``\\uXXXX`` escape: readable, and inside a JSON string (or a
+double-quoted YAML one) the very escape the format uses, so sanitised JSON parses to the
+same values.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+
+UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f"  # C0 controls but tab and newline, DEL, C1 controls
+    "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # bidirectional marks and overrides
+    "\ud800-\udfff"  # lone surrogates: undecodable bytes of a file name
+    "\ufffe\uffff]"  # noncharacters; with these out, the text is legal XML 1.0
+)
+_UNSAFE_ONE_LINE = re.compile(UNSAFE.pattern.replace("\x00-\x08\x0b-\x1f", "\x00-\x1f"))
+
+LONG_RUN = 80
+"""Characters without a space beyond which a word is cut when a line must stay short."""
+_LONG = re.compile(rf"[^\s'\"`]{{{LONG_RUN + 1},}}")  # a word, without its quotes
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def printable(text: str, *, one_line: bool = False) -> str:
+    """``text`` with every control, bidirectional or surrogate character shown as its
+    ``\\uXXXX`` escape; with ``one_line`` newlines and tabs too."""
+    return (_UNSAFE_ONE_LINE if one_line else UNSAFE).sub(_escape, text)
+
+
+def _cut(match: re.Match[str]) -> str:
+    word = match.group()
+    return f"{word[:48]}…{word[-16:]} ({len(word):,} characters)"
+
+
+def one_line(text: str, limit: int = 1000) -> str:
+    """``text`` as one bounded printable line: words longer than :data:`LONG_RUN`
+    characters (a 100,000-character model name) keep their start and end, and the whole
+    is cut at ``limit``."""
+    line = _LONG.sub(_cut, printable(text, one_line=True))
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+# -- terminals that cannot show Unicode (PYTHONIOENCODING=ascii, a latin-1 locale) --------
+
+ASCII_FALLBACK = {
+    "·": "-",
+    "×": "x",
+    "→": "->",
+    "←": "<-",
+    "≤": "<=",
+    "≥": ">=",
+    "≈": "~",
+    "…": "...",
+    "—": "-",
+    "–": "-",
+    "−": "-",
+    "█": "#",
+    "▏": "#",
+    "▎": "#",
+    "▍": "#",
+    "▌": "#",
+    "▋": "#",
+    "▊": "#",
+    "▉": "#",
+}
+ERRORS = "ftmem-ascii"
+"""Codec error handler: the ASCII look-alike of a character the stream cannot encode,
+else ``?``; registered by :func:`register_fallback`."""
+
+
+def _fallback(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    bad = exc.object[exc.start : exc.end]
+    return "".join(ASCII_FALLBACK.get(ch, "?") for ch in bad), exc.end
+
+
+def register_fallback() -> str:
+    """Register :data:`ERRORS` (idempotent) and return its name."""
+    try:
+        codecs.lookup_error(ERRORS)
+    except LookupError:
+        codecs.register_error(ERRORS, _fallback)
+    return ERRORS
