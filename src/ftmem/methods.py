@@ -13,7 +13,7 @@ from functools import lru_cache
 from math import prod
 
 from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, Param, layout, param_path
-from ftmem.dtypes import BYTES_PER_ELEMENT, StorageFormat, tensor_bytes
+from ftmem.dtypes import BYTES_PER_ELEMENT, StorageFormat, is_quantized, tensor_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.precision import Dtypes, resolve_dtypes
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig, split_patterns

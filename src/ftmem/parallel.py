@@ -33,7 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from ftmem.arch import Architecture
-from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div
+from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div, is_quantized
 from ftmem.errors import InvalidInputError
 from ftmem.methods import TensorGroup
 from ftmem.optim import (
@@ -175,9 +175,23 @@ class ParallelConfig(BaseModel):
             if self.offload_optimizer != self.offload_params:
                 raise ValueError(
                     "FSDP's CPU offload moves weights, gradients and the optimizer together: "
-                    "give --offload-params cpu (and --offload-optimizer cpu or nothing)"
+                    "add --offload-params cpu"
                 )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fsdp_offload_is_one_switch(cls, data: object) -> object:
+        """FSDP's CPUOffload(offload_params=True) takes the optimizer along (its step runs
+        on the host): --offload-params cpu alone means both."""
+        if (
+            isinstance(data, dict)
+            and data.get("strategy") in FSDP
+            and data.get("offload_params") == "cpu"
+            and data.get("offload_optimizer") in (None, "none")
+        ):
+            return {**data, "offload_optimizer": "cpu"}
+        return data
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -312,7 +326,7 @@ def _gathered_bytes(groups: Iterable[TensorGroup], cast: int | None = None) -> i
     dtype or, under FSDP MixedPrecision, cast to ``cast`` bytes per element."""
     total = 0
     for g in groups:
-        if g.fmt in ("nf4", "fp4", "int8"):
+        if is_quantized(g.fmt):
             total += g.nbytes
         else:
             total += g.total_numel * (cast or g.element_bytes)
