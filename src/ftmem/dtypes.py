@@ -23,6 +23,7 @@ QUANTIZED_FORMATS: frozenset[str] = frozenset({"nf4", "fp4", "int8", "int4"})
 def is_quantized(fmt: str) -> bool:
     return fmt in QUANTIZED_FORMATS
 
+
 NF4_BLOCK = 64  # elements per absmax in bitsandbytes 4-bit weights
 INT4_GROUP = 128  # GPTQ/AWQ's usual group size (along the input features)
 NESTED_BLOCK = 256  # absmaxes per fp32 constant under double quantisation

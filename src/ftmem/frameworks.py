@@ -284,6 +284,8 @@ def _fsdp_options(k: Keys) -> tuple[bool, list[str]]:
     """HF's ``fsdp``: true (transformers 5), or the legacy options as one string
     ("full_shard auto_wrap offload") or a list of them."""
     value = k.raw("fsdp")
+    if value is None:
+        return False, []
     if isinstance(value, bool):
         return value, []
     if isinstance(value, str):
