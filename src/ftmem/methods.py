@@ -118,7 +118,10 @@ class TensorGroup:
     @property
     def element_bytes(self) -> int:
         """Bytes per element of an unquantised tensor (what its gradient and torch
-        optimizer states take); quantised storage has no per-element size."""
+        optimizer states take); quantised storage has no per-element size: asking it of
+        one is a bug in the caller (quantised weights never train), named as such."""
+        if is_quantized(self.fmt):
+            raise TypeError(f"{self.name} is stored as {self.fmt}: no size per element")
         return BYTES_PER_ELEMENT[self.fmt]
 
     @property
