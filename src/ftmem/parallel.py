@@ -42,6 +42,7 @@ from ftmem.optim import (
     step_tensor_bytes,
 )
 from ftmem.phases import StepSizes, find_peak
+from ftmem.precision import resolve_dtypes
 from ftmem.run import ADAPTER_METHODS, RunConfig
 from ftmem.step import StepParts, step_parts
 
@@ -570,8 +571,26 @@ def _fsdp_mixed(arch: Architecture, run: RunConfig, stored: StepParts) -> StepPa
     return dataclasses.replace(compute, plan=stored.plan, sizes=sizes, activations=activations)
 
 
+def _check_engine_precision(arch: Architecture, run: RunConfig, par: ParallelConfig) -> None:
+    """An encoder-decoder in fp16 under an engine that runs the whole model in fp16
+    (DeepSpeed's fp16 mode; FSDP's MixedPrecision for fp16-mixed): the pure-fp16 T5 that
+    ftmem refuses on one GPU, though the user asked for a mixed run."""
+    s = par.resolved_strategy
+    if not arch.encoder_decoder or not run.precision.startswith("fp16"):
+        return
+    if resolve_dtypes(run).base == "fp16" and not run.uses_autocast:
+        return  # pure fp16 already: the one-GPU refusal says why
+    if s in DEEPSPEED or (s in FSDP and run.precision == "fp16-mixed"):
+        engine = "DeepSpeed's fp16 mode" if s in DEEPSPEED else "FSDP's MixedPrecision"
+        raise InvalidInputError(
+            f"{arch.name} is an encoder-decoder: {engine} runs the whole model in fp16, a "
+            f"T5 regime ftmem does not model; use --precision bf16-mixed or fp32 with {s}."
+        )
+
+
 def parallel_step(arch: Architecture, run: RunConfig, par: ParallelConfig) -> ParallelStep:
     check_layout(arch, run, par)
+    _check_engine_precision(arch, run, par)
     local = local_arch(arch, par.tp)
     lrun = engine_run(run, par)
     parts = step_parts(local, lrun)
