@@ -315,77 +315,84 @@ def all_pairs(
     repairable: tuple[str, ...] = (),
     first: tuple[str, ...] = (),
     seed: int = 0,
-) -> tuple[list[dict[str, str]], set[tuple]]:
-    """Rows that together hold every allowed pair of values of two options (greedy, as
-    AETG: seed each row with an uncovered pair, then give every other option the value
-    that covers most uncovered pairs with the values already chosen). A row that breaks
-    a rule over more options (``row_ok``) is repaired by a short random walk over the
-    ``repairable`` options. The ``first`` options are chosen before the others (those
-    that others depend on: the method before its options). Returns the rows and the allowed pairs no valid row could
-    hold (to be reported, not hidden)."""
+) -> tuple[list[dict[str, str]], set[tuple[str, str, str, str]]]:
+    """Rows that together hold every allowed pair of values of two options.
+
+    Greedy, as AETG: each row starts from an uncovered pair; every other option then
+    takes the value that covers most uncovered pairs with the values already chosen
+    (``first`` options before the others: those that others depend on, the method
+    before its options; an option that found no value goes first on the next try). A
+    row that breaks a rule over more options (``row_ok``) is repaired by a short random
+    walk over the ``repairable`` options. Returns the rows and the allowed pairs that no
+    valid row could hold (to be reported, not hidden).
+    """
     names = list(domains)
-    position = {n: i for i, n in enumerate(names)}
+    # every (option, value) as a number, in option order: a pair is lo * size + hi
+    items = [(n, v) for n in names for v in domains[n]]
+    number = {item: i for i, item in enumerate(items)}
+    size = len(items)
+    ids = {n: [number[n, v] for v in domains[n]] for n in names}
     rng = random.Random(seed)
 
-    def key(a: str, x: str, b: str, y: str) -> tuple:
-        return ((a, x), (b, y)) if position[a] < position[b] else ((b, y), (a, x))
+    def pair(i: int, j: int) -> int:
+        return i * size + j if i < j else j * size + i
 
-    forbidden = set()
-    uncovered = set()
+    forbidden, uncovered = set(), set()
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            for x in domains[a]:
-                for y in domains[b]:
-                    (uncovered if pair_ok(a, x, b, y) else forbidden).add(key(a, x, b, y))
+            for p in ids[a]:
+                for q in ids[b]:
+                    ok = pair_ok(a, items[p][1], b, items[q][1])
+                    (uncovered if ok else forbidden).add(pair(p, q))
 
-    def fits(row: dict[str, str], n: str, value: str) -> bool:
-        return all(key(n, value, m, w) not in forbidden for m, w in row.items() if m != n)
+    def named(row: dict[str, int]) -> dict[str, str]:
+        return {n: items[row[n]][1] for n in names if n in row}
+
+    def fits(row: dict[str, int], n: str, value: int) -> bool:
+        return not any(pair(value, w) in forbidden for m, w in row.items() if m != n)
 
     rows: list[dict[str, str]] = []
-    infeasible: set[tuple] = set()
-    tries: dict[tuple, int] = {}
-    stuck: dict[tuple, list[str]] = {}
+    infeasible: set[int] = set()
+    tries: dict[int, int] = {}
+    stuck: dict[int, list[str]] = {}
     while uncovered:
         seed_pair = min(uncovered)
-        (a, x), (b, y) = seed_pair
-        row = {a: x, b: y}
-        # an option that found no value last time goes first on the next try
-        early = [
-            *stuck.get(seed_pair, []),
-            *(n for n in first if n not in stuck.get(seed_pair, [])),
-        ]
+        p, q = divmod(seed_pair, size)
+        row = {items[p][0]: p, items[q][0]: q}
+        early = [*stuck.get(seed_pair, []), *first]
         rest = [n for n in names if n not in row and n not in early]
         rng.shuffle(rest)
-        rest = [n for n in early if n not in row] + rest
-        for n in rest:
+        for n in dict.fromkeys(n for n in [*early, *rest] if n not in row):
             best, best_gain = None, -1
-            for value in domains[n]:
+            for value in ids[n]:
                 if not fits(row, n, value):
                     continue
-                gain = sum(key(n, value, m, w) in uncovered for m, w in row.items())
+                gain = sum(pair(value, w) in uncovered for w in row.values())
                 if gain > best_gain or (gain == best_gain and rng.random() < 0.5):
                     best, best_gain = value, gain
             if best is None:
                 stuck.setdefault(seed_pair, []).append(n)
                 break
             row[n] = best
-        walk = [n for n in repairable if n not in (a, b)]
-        for _ in range(40 if len(row) == len(names) and walk else 0):
-            if row_ok(row):
+        complete = len(row) == len(names)
+        walk = [n for n in repairable if n not in (items[p][0], items[q][0])]
+        for _ in range(40 if complete and walk else 0):
+            if row_ok(named(row)):
                 break
             n = rng.choice(walk)
-            row[n] = rng.choice([v for v in domains[n] if fits(row, n, v)] or [row[n]])
-        if len(row) == len(names) and row_ok(row):
-            held = {key(p, u, q, w) for p, u in row.items() for q, w in row.items() if p != q}
+            row[n] = rng.choice([v for v in ids[n] if fits(row, n, v)] or [row[n]])
+        if complete and row_ok(named(row)):
+            values = list(row.values())
+            held = {pair(i, j) for k, i in enumerate(values) for j in values[k + 1 :]}
             uncovered -= held
             infeasible -= held  # given up as a seed, held by a later row
-            rows.append({n: row[n] for n in names})
+            rows.append(named(row))
             continue
         tries[seed_pair] = tries.get(seed_pair, 0) + 1
         if tries[seed_pair] >= 8:
             uncovered.discard(seed_pair)
             infeasible.add(seed_pair)
-    return rows, infeasible
+    return rows, {(*items[k // size], *items[k % size]) for k in infeasible}
 
 
 def argv_of(command: str, row: dict[str, str]) -> list[str]:
@@ -516,10 +523,10 @@ def test_the_generator_covers_every_allowed_pair(accepted_rows):
         if _pair_ok(a, x, b, y)
     }
     missing = wanted - held
-    assert missing == {(a, x, b, y) for (a, x), (b, y) in infeasible}
+    assert missing == infeasible
     # each pair no row holds is truly impossible: some third option has no value that
     # goes with both of its values
-    for (a, x), (b, y) in infeasible:
+    for a, x, b, y in infeasible:
         assert any(
             not any(_pair_ok(a, x, c, z) and _pair_ok(b, y, c, z) for z in ESTIMATE[c])
             for c in names
