@@ -28,8 +28,10 @@ import io
 import json
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -670,3 +672,111 @@ def test_numbers_keep_the_contract(data):
     argv += ["--format", "json"]
     broken, _ = check_all([argv])
     assert not broken, broken[0]
+
+
+# -- --from: hypothesis over the training configs of each framework -------------------------
+
+SAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples" / "frameworks"
+# Keys each reader takes (top level; "a.b" nested), as the frameworks document them.
+FROM_KEYS = {
+    "axolotl-qlora-llama3-8b.yml": [
+        "base_model", "adapter", "load_in_4bit", "load_in_8bit", "peft_use_dora", "lora_r",
+        "lora_alpha", "lora_dropout", "lora_target_linear", "lora_target_modules",
+        "lora_modules_to_save", "unfrozen_parameters", "peft_use_rslora", "relora_steps",
+        "liger_fused_linear_cross_entropy", "activation_offloading", "sequence_len",
+        "micro_batch_size", "gradient_accumulation_steps", "gradient_checkpointing",
+        "optimizer", "bf16", "fp16", "flash_attention", "sdp_attention", "eager_attention",
+        "sample_packing", "deepspeed", "fsdp", "fsdp_config", "fsdp_version",
+        "deepspeed.zero_optimization", "deepspeed.zero_optimization.stage",
+        "deepspeed.zero_optimization.offload_optimizer",
+        "deepspeed.zero_optimization.offload_optimizer.device",
+        "fsdp_config.fsdp_offload_params", "fsdp_config.sharding_strategy",
+        "fsdp_config.reshard_after_forward", "fsdp_config.activation_checkpointing",
+    ],
+    "torchtune-lora-llama3.1-8b.yaml": [
+        "model", "model._component_", "model.lora_attn_modules", "model.apply_lora_to_mlp",
+        "model.lora_rank", "model.lora_alpha", "model.lora_dropout", "model.use_dora",
+        "dtype", "tokenizer", "tokenizer.max_seq_len", "batch_size",
+        "gradient_accumulation_steps", "enable_activation_checkpointing",
+        "enable_activation_offloading", "optimizer", "optimizer._component_",
+        "optimizer.fused", "optimizer.momentum", "optimizer_in_bwd", "loss",
+        "loss._component_", "compile",
+    ],
+    "trl-sft-mistral-7b.json": [
+        "model_name_or_path", "use_peft", "load_in_4bit", "load_in_8bit", "use_dora", "lora_r",
+        "lora_alpha", "lora_dropout", "lora_target_modules", "max_length", "max_seq_length",
+        "max_target_length", "per_device_train_batch_size", "gradient_accumulation_steps",
+        "gradient_checkpointing", "optim", "optim_args", "optim_target_modules",
+        "use_liger_kernel", "bf16", "fp16", "torch_dtype", "attn_implementation",
+        "model_init_kwargs", "model_init_kwargs.torch_dtype",
+        "model_init_kwargs.attn_implementation", "packing", "deepspeed", "fsdp", "fsdp_config",
+    ],
+    "litgpt-lora-llama2-7b.yaml": [
+        "checkpoint_dir", "precision", "quantize", "lora_r", "lora_alpha", "lora_dropout",
+        "lora_query", "lora_key", "lora_value", "lora_projection", "lora_mlp", "lora_head",
+        "train", "train.max_seq_length", "train.micro_batch_size", "train.global_batch_size",
+        "optimizer", "optimizer.class_path", "devices",
+    ],
+    "llama-factory-qlora-qwen2.5-7b.yaml": [
+        "model_name_or_path", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout",
+        "lora_target", "use_dora", "quantization_bit", "freeze_trainable_layers",
+        "cutoff_len", "per_device_train_batch_size", "gradient_accumulation_steps",
+        "disable_gradient_checkpointing", "optim", "bf16", "fp16", "flash_attn", "deepspeed",
+        "stage", "enable_liger_kernel", "use_rslora", "use_galore", "galore_rank",
+        "galore_target", "galore_layerwise",
+    ],
+}  # fmt: skip
+FROM_KEYS["hf-seq2seq-flan-t5-xl.json"] = FROM_KEYS["trl-sft-mistral-7b.json"]
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 70000),
+    st.sampled_from([2**63, 10**30, 0.5, 1e300, -1.0, float("nan"), float("inf")]),
+    st.sampled_from(["", "auto", "true", "false", "abc", "cpu", "nvme", "3", "all", "bf16",
+                     "fp16", "full_shard", "q_proj,v_proj", "zero3.json", "\x1b[31m", "é"]),
+)  # fmt: skip
+config_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.sampled_from(["stage", "device", "x", "_component_"]), inner, max_size=3
+        ),
+    ),
+    max_leaves=6,
+)
+
+
+def _set_path(data: dict, path: str, value) -> None:
+    *parents, leaf = path.split(".")
+    for key in parents:
+        if not isinstance(data.get(key), dict):
+            data[key] = {}
+        data = data[key]
+    data[leaf] = value
+
+
+@settings(
+    max_examples=int(os.environ.get("FTMEM_FROM_EXAMPLES", "120")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_from_configs_keep_the_contract(data):
+    """A sample config of each framework with one to three of its keys set to any
+    value of any type (strings where numbers belong, lists, mappings, NaN, "auto"):
+    estimated, or refused in one line naming the file."""
+    sample = data.draw(st.sampled_from(sorted(FROM_KEYS)))
+    text = (SAMPLES / sample).read_text()
+    config = json.loads(text) if sample.endswith(".json") else yaml.safe_load(text)
+    for path in data.draw(st.lists(st.sampled_from(FROM_KEYS[sample]), min_size=1, max_size=3)):
+        _set_path(config, path, data.draw(config_values))
+    extra = data.draw(st.sampled_from([[], ["--gpus", "8"], ["--gpu", "rtx4090", "--check"]]))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / sample
+        dump = json.dumps if sample.endswith(".json") else yaml.safe_dump
+        path.write_text(dump(config))
+        argv = ["estimate", "--from", str(path), *extra, "--format", "json"]
+        broken, _ = check_all([argv])
+    assert not broken, broken[0] + "\n    config: " + repr(config)[:600]
