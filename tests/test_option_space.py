@@ -780,3 +780,86 @@ def test_from_configs_keep_the_contract(data):
         argv = ["estimate", "--from", str(path), *extra, "--format", "json"]
         broken, _ = check_all([argv])
     assert not broken, broken[0] + "\n    config: " + repr(config)[:600]
+
+
+# -- serve and compare ------------------------------------------------------------------------
+
+SERVE: dict[str, list[str]] = {
+    "model": [m for m in MODELS if "t5" not in m],  # serve models decoder-only generation
+    "--weights": ["bf16", "fp16", "fp32", "fp8", "int8", "nf4", "fp4", "int4", "ternary"],
+    "--kv-dtype": ["bf16", "fp16", "fp32", "fp8"],
+    "--sequences": ["1", "8"],
+    "--context": ["512", "1024"],
+    "--prefill-chunk": [OMIT, "256"],
+    "--lora-adapters": ["0", "2"],
+    "--lora-r": ["8", "16"],
+    "--lora-targets": ["all-linear", "q,v"],
+    "--max-sequences": [OMIT, "--max-sequences"],
+    "--max-context": [OMIT, "--max-context"],
+    "--gpu": [OMIT, "rtx4090", "h100-80gb"],
+    "--format": ["table", "json"],
+    "--units": ["GiB", "GB"],
+}
+SERVE_RULES: list[Callable[[dict[str, str]], bool]] = [
+    # one search at a time, and a search needs a GPU
+    lambda v: _given(v, "--max-sequences") and _given(v, "--max-context"),
+    lambda v: (
+        (_given(v, "--max-sequences") or _given(v, "--max-context")) and _is(v, "--gpu", OMIT)
+    ),
+]
+
+
+@functools.cache
+def _serve_pair_ok(a: str, x: str, b: str, y: str) -> bool:
+    return not any(rule({a: x, b: y}) for rule in SERVE_RULES)
+
+
+def test_every_serve_combination_is_answered():
+    rows, infeasible = all_pairs(SERVE, _serve_pair_ok, seed=19)
+    assert not infeasible
+    flags = {n for n, values in SERVE.items() if any(v.startswith("--") for v in values)}
+    argvs = [
+        ["serve", r["model"]]
+        + [
+            arg
+            for n, value in r.items()
+            if n != "model" and value != OMIT
+            for arg in ([value] if n in flags else [n, value])
+        ]
+        for r in rows
+    ]
+    broken, outcomes = check_all(argvs)
+    refused = [f"{' '.join(a)}\n    {e}" for a, code, e in outcomes if code == 2]
+    assert not broken, "\n".join(broken[:20])
+    assert not refused, "\n".join(refused[:20])
+
+
+COMPARE: dict[str, list[str]] = {
+    "model": ["gpt2", "llama2-7b", "flan-t5-small", "mixtral-8x7b", "qwen2.5-0.5b"],
+    "--methods": ["full,lora,qlora", "dora,ia3,adapter", "prompt-tuning,bitfit,galore"],
+    "--gpus": ["rtx4090,h100-80gb", "l4"],
+    "--precision": ["fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed"],
+    "--optimizer": ["adamw", "adamw-8bit", "sgd", "adafactor"],
+    "--attn": ["eager", "sdpa", "flash"],
+    "--grad-ckpt": [OMIT, "--grad-ckpt"],
+    "--format": ["table", "json"],
+}
+
+
+def test_every_compare_combination_keeps_the_contract():
+    """compare runs many methods per cell: a method that does not apply is "n/a" in its
+    cell, the rest estimated."""
+    rows, _ = all_pairs(COMPARE, seed=19)
+    argvs = [
+        ["compare", r["model"]]
+        + [
+            arg
+            for n, value in r.items()
+            if n != "model" and value != OMIT
+            for arg in ([value] if value.startswith("--") else [n, value])
+        ]
+        for r in rows
+    ]
+    broken, outcomes = check_all(argvs)
+    assert not broken, "\n".join(broken[:20])
+    assert sum(code == 0 for _, code, _ in outcomes) > len(rows) // 2
