@@ -863,3 +863,62 @@ def test_every_compare_combination_keeps_the_contract():
     broken, outcomes = check_all(argvs)
     assert not broken, "\n".join(broken[:20])
     assert sum(code == 0 for _, code, _ in outcomes) > len(rows) // 2
+
+
+# -- the larger sweep (FTMEM_SLOW=1): every preset, plan, max, --fewest-gpus ----------------
+
+slow = pytest.mark.skipif(
+    not os.environ.get("FTMEM_SLOW"), reason="the larger sweep: set FTMEM_SLOW=1 (minutes)"
+)
+
+
+def _search_argvs(rows: list[dict[str, str]], command: str) -> list[list[str]]:
+    """Accepted estimate rows with a GPU, as plan / max / --fewest-gpus take them."""
+    out = []
+    for r in rows:
+        if r["--gpu"] == OMIT or r["--emit"] != OMIT:
+            continue
+        drop = {"--emit", "--check", "--units"}
+        row = {k: v for k, v in r.items() if k not in drop}
+        row["--format"] = "json" if row["--format"] in ("json", "yaml") else "table"
+        if command == "fewest":
+            if row["--nodes"] != "1":
+                continue
+            out.append([*argv_of("estimate", {**row, "--nodes": OMIT}), "--fewest-gpus"])
+        else:
+            argv = argv_of(command, row)
+            if command == "max":
+                argv += ["--for", "lora-r" if r["--method"] in LORA else "batch-size"]
+            out.append(argv)
+    return out
+
+
+@pytest.mark.slow
+@slow
+def test_sweep_every_preset():
+    domains = {**ESTIMATE, "model": sorted(model_presets())}
+    rows, _ = all_pairs(domains, _pair_ok, _row_ok, SPREAD, FIRST, seed=23)
+    broken, outcomes = check_all(argv_of("estimate", r) for r in rows)
+    refused = [f"{' '.join(a)}\n    {e}" for a, code, e in outcomes if code == 2]
+    assert not broken, "\n".join(broken[:20])
+    assert not refused, f"{len(refused)} of {len(rows)} refused:\n" + "\n".join(refused[:20])
+
+
+@pytest.mark.slow
+@slow
+@pytest.mark.parametrize("command", ["plan", "max", "fewest"])
+def test_sweep_searches(accepted_rows, command):
+    rows, _ = accepted_rows
+    argvs = _search_argvs(rows, command)[:80]
+    broken, _ = check_all(argvs)
+    assert not broken, "\n".join(broken[:20])
+
+
+@pytest.mark.slow
+@slow
+def test_sweep_every_forbidden_pair(accepted_rows):
+    rows, _ = accepted_rows
+    broken, outcomes = check_all(_violations(rows, None, seed=0))
+    accepted = [" ".join(a) for a, code, _ in outcomes if code != 2]
+    assert not broken, "\n".join(broken[:20])
+    assert not accepted, "\n".join(accepted[:20])
