@@ -192,3 +192,33 @@ def test_the_frameworks_own_spellings_are_read(tmp_path, name, text, expected):
     path.write_text(text)
     settings = read_framework_config(str(path)).settings
     assert {k: settings.get(k) for k in expected} == expected
+
+
+def _json_run(argv, capsys):
+    from ftmem.cli import main as run
+
+    with pytest.raises(SystemExit) as exit_info:
+        run([*argv, "--format", "json"])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0, err
+    return json.loads(out)
+
+
+def test_a_flag_takes_the_file_settings_that_went_with_what_it_replaced(tmp_path, capsys):
+    """--method full over a LoRA config: the file's rank goes too (it once was refused as
+    '--lora-r only applies to ...', a flag the user never gave); --strategy zero2 over an
+    FSDP config with offload: the FSDP offload goes; each named in a note."""
+    path = tmp_path / "axo.yml"
+    path.write_text(AXO + "lora_r: 16\nfsdp: [full_shard, offload]\n")
+    data = _json_run(["estimate", "--from", str(path), "--method", "full"], capsys)
+    assert data["run"]["method"] == "full"
+    assert any("Not taken from" in n and "lora_r" in n for n in data["notes"])
+    data = _json_run(
+        ["estimate", "--from", str(path), "--gpus", "4", "--strategy", "zero2"], capsys
+    )
+    assert data["parallel"]["strategy"] == "zero2"
+    assert data["parallel"]["offload_params"] == data["parallel"]["offload_optimizer"] == "none"
+    assert any("offload_optimizer, offload_params" in n for n in data["notes"])
+    # what the flags keep: the file's rank under another LoRA method
+    data = _json_run(["estimate", "--from", str(path), "--method", "dora"], capsys)
+    assert data["run"]["lora_r"] == 16

@@ -19,6 +19,7 @@ from typing import Any
 
 from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
+from ftmem.run import settings_for
 from ftmem.textfiles import parse_json, parse_yaml, read_text
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -102,6 +103,33 @@ class FrameworkConfig:
     settings: dict[str, Any] = field(default_factory=dict)  # ftmem.estimate settings
     ignored: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+def under_flags(cfg: FrameworkConfig, flags: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The file's settings with the command line's flags over them, and notes.
+
+    A flag replaces its setting; the file's settings that belonged to what a flag
+    replaced go with it (its LoRA rank under ``--method full``, its FSDP offload under
+    ``--strategy zero2``), each named in a note, rather than be refused as if the user
+    had combined them.
+    """
+    settings = dict(cfg.settings)
+    dropped: list[str] = []
+    method = flags.get("method")
+    if method is not None and method != settings.get("method", "full"):
+        kept = settings_for(method, settings)
+        dropped += [k for k in settings if k not in kept and k not in flags]
+        settings = kept
+    strategy = flags.get("strategy")
+    if strategy is not None and strategy != settings.get("strategy"):
+        dropped += [k for k in ("offload_optimizer", "offload_params") if k in settings]
+        dropped = [k for k in dropped if k not in flags]
+    settings = {k: v for k, v in settings.items() if k not in dropped}
+    notes = []
+    if dropped:
+        names = ", ".join(sorted(dropped))
+        notes.append(f"Not taken from {cfg.path} (they went with what the flags replace): {names}.")
+    return {**settings, **flags}, notes
 
 
 # -- shared mappings ----------------------------------------------------------------------
