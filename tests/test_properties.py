@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ftmem import estimate
@@ -94,6 +94,12 @@ parallel = st.fixed_dictionaries(
 
 
 @given(model=st.sampled_from(PRESETS), run=runs, par=parallel)
+@example(  # a GPTQ/AWQ base under ZeRO-2 once raised KeyError: 'int4'
+    model="llama2-7b",
+    run=dict(method="qlora", quant="int4", precision="bf16", optimizer="adamw", batch_size=1,
+             seq_len=512, grad_ckpt=False, attn="sdpa", grad_accum=1),
+    par=dict(gpus=2, strategy="zero2", pp=1, offload_optimizer="none", offload_params="none"),
+)  # fmt: skip
 def test_every_part_at_the_peak_is_non_negative_on_many_gpus(model, run, par):
     """The breakdown of the peak on one GPU of many: no part below zero (the token
     embedding's gradient, left whole when gradients were sharded or offloaded, once made
