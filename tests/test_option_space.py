@@ -181,6 +181,15 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
         _is(v, "--grad-ckpt", "--grad-ckpt")
         and (_is(v, "--method", "prefix-tuning") or _given(v, "--prefix-projection"))
     ),
+    # torch's fused kernels are AdamW's and SGD's (not bitsandbytes', Adafactor's, Lion's,
+    # nor galore_torch's)
+    lambda v: (
+        _is(v, "--optimizer-impl", "fused")
+        and (
+            _is(v, "--optimizer", "adamw-8bit", "paged-adamw-8bit", "adafactor", "lion")
+            or _is(v, "--method", "galore")
+        )
+    ),
     # double quantisation is bitsandbytes' (not GPTQ/AWQ int4)
     lambda v: _is(v, "--quant", "int4") and _given(v, "--double-quant"),
     # autocast needs a 16-bit compute dtype; *-mixed means autocast
