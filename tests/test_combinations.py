@@ -46,6 +46,10 @@ def test_fsdp_offload_params_alone_is_cpu_offload():
     assert alone.parallel.offload_optimizer == "cpu"
     with pytest.raises(InvalidInputError, match="add --offload-params cpu"):
         estimate("llama2-7b", gpus=2, strategy="fsdp", offload_optimizer="cpu")
+    with pytest.raises(InvalidInputError, match="drop --offload-optimizer none"):
+        estimate(
+            "llama2-7b", gpus=2, strategy="fsdp", offload_params="cpu", offload_optimizer="none"
+        )
 
 
 @pytest.mark.parametrize(

@@ -294,6 +294,8 @@ def _row_ok(row: dict[str, str]) -> bool:
     offload_opt, offload_params = g["--offload-optimizer"], g["--offload-params"]
     if strategy in FSDP and offload_opt == "cpu" and offload_params != "cpu":
         return False  # FSDP cannot move the optimizer alone (CPUOffload moves weights too)
+    if strategy in FSDP and offload_params == "cpu" and offload_opt == "none":
+        return False  # nor the weights without the optimizer step
     if strategy == OMIT and world == 1 and "cpu" in (offload_opt, offload_params):
         return False
     if g["--emit"] != OMIT and strategy in (OMIT, "single"):

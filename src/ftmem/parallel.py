@@ -189,8 +189,12 @@ class ParallelConfig(BaseModel):
             isinstance(data, dict)
             and data.get("strategy") in FSDP
             and data.get("offload_params") == "cpu"
-            and data.get("offload_optimizer") in (None, "none")
         ):
+            if data.get("offload_optimizer") == "none":
+                raise ValueError(
+                    "FSDP's CPU offload takes the optimizer step to the host with the "
+                    "weights: drop --offload-optimizer none"
+                )
             return {**data, "offload_optimizer": "cpu"}
         return data
 
