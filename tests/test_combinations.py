@@ -106,3 +106,25 @@ def test_t5_engine_configs_wrap_its_blocks():
     for kind in ("accelerate", "fsdp"):
         config = yaml.safe_load(emit_config(est, kind))
         assert config["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] == "T5Block"
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        (["--strategy", "single"], "--strategy single uses one GPU"),
+        (["--accounting", "simple"], "--accounting simple is the seed's single-GPU sum"),
+        (["--offload-optimizer", "cpu"], "--offload-optimizer needs a DeepSpeed ZeRO or FSDP"),
+        (["--teacher", "llama2-7b"], "modelled on one GPU"),
+    ],
+)
+def test_fewest_gpus_says_why_it_cannot_search(capsys, flags, reason):
+    """A one-GPU feature, or an offload without a strategy, under --fewest-gpus: the
+    search once answered "does not fit on up to 1 GPUs (128 nodes of 8)" or "no GPU
+    count fits the layout rules; check --tp, --pp and --cp" (flags never given)."""
+    from ftmem.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["estimate", "llama2-13b", "--fewest-gpus", "--gpu", "rtx4090", *flags])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2 and out == ""
+    assert err.startswith("Error: --fewest-gpus: ") and reason in err and err.count("\n") == 1
