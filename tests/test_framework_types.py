@@ -40,6 +40,8 @@ WRONG_TYPES = [
     ("axolotl-lora-r-bool", AXO + "lora_r: true\n", "lora_r must be a whole number"),
     ("axolotl-alpha-list", AXO + "lora_alpha: [16]\n", "lora_alpha must be a number, not a list"),
     ("axolotl-alpha-nan", AXO + "lora_alpha: .nan\n", "lora_alpha must be a finite number"),
+    # an integer past what a float holds (math.isfinite raised OverflowError on it)
+    ("axolotl-alpha-huge", AXO + f"lora_alpha: {'9' * 400}\n", "lora_alpha must be a finite"),
     ("axolotl-dropout-range", AXO + "lora_dropout: 1.5\n", "lora_dropout must be below 1"),
     ("axolotl-targets-number", AXO + "lora_target_modules: 5\n",
      "lora_target_modules must be a name or a list of names, not 5"),

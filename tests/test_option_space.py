@@ -745,7 +745,7 @@ scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-3, 70000),
-    st.sampled_from([2**63, 10**30, 0.5, 1e300, -1.0, float("nan"), float("inf")]),
+    st.sampled_from([2**63, 10**30, 10**400, 0.5, 1e300, -1.0, float("nan"), float("inf")]),
     st.sampled_from(["", "auto", "true", "false", "abc", "cpu", "nvme", "3", "all", "bf16",
                      "fp16", "full_shard", "q_proj,v_proj", "zero3.json", "\x1b[31m", "é"]),
 )  # fmt: skip

@@ -104,7 +104,7 @@ class Keys:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.wrong(key, "a number")
-        if not math.isfinite(value) or abs(value) > 1e300:
+        if abs(value) > 1e300 or not math.isfinite(value):  # (an int past floats first)
             raise self.wrong(key, "a finite number")
         if low is not None and value < low:
             raise self.wrong(key, f"at least {low:g}")
