@@ -146,6 +146,10 @@ def test_accelerate_deepspeed_yaml_launches(tmp_path, kw, stage):
 def test_layer_classes_exist_in_transformers():
     import transformers
 
+    from ftmem.sources import FAMILIES
+
+    assert set(DECODER_LAYER_CLASS) == set(FAMILIES)  # T5 once had none: a KeyError
+
     for family, cls in DECODER_LAYER_CLASS.items():
         module = transformers.models.auto.modeling_auto.MODEL_MAPPING_NAMES[family]
         package = getattr(transformers.models, family)

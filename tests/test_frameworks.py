@@ -186,7 +186,11 @@ BAD = [
     ("x.yaml", "learning_rate: 0.1\n", "cannot tell which framework"),
     ("x.yaml", "micro_batch_size: 2\nbase_model:\n", "names no base model"),
     ("x.yaml", "base_model: nosuch/model-7b\n", "Unknown model"),
-    ("x.yaml", "base_model: meta-llama/Llama-2-7b-hf\nmicro_batch_size: -2\n", "--batch-size"),
+    (
+        "x.yaml",
+        "base_model: meta-llama/Llama-2-7b-hf\nmicro_batch_size: -2\n",
+        "micro_batch_size must be at least 1",
+    ),
 ]
 
 

@@ -90,7 +90,7 @@ def _with_config(
                 "give a model (a preset id or config.json), or --from a training config."
             )
         return model, settings, []
-    from ftmem.frameworks import read_framework_config
+    from ftmem.frameworks import read_framework_config, under_flags
 
     fw = read_framework_config(path)
     explicit = {
@@ -104,10 +104,11 @@ def _with_config(
         raise FtmemError(
             f"{path} names no base model; give one: ftmem estimate MODEL --from {path}."
         )
+    merged, dropped = under_flags(fw, explicit)
     return (
         chosen,
-        {**settings, **fw.settings, **explicit},
-        [f"Read from the {fw.framework} config {path}.", *fw.notes],
+        {**settings, **merged},
+        [f"Read from the {fw.framework} config {path}.", *fw.notes, *dropped],
     )
 
 

@@ -14,6 +14,15 @@ Dtype = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
 StorageFormat = Literal["fp32", "bf16", "fp16", "fp8", "int8", "nf4", "fp4", "int4"]
 
 BYTES_PER_ELEMENT: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
+# Weight storage with quantisation constants beside the values: no single size per
+# element (int8 here is LLM.int8's weight, scales included, not the 1-byte dtype). Every
+# test of "is this weight quantised" asks this set, so a new format cannot be missed.
+QUANTIZED_FORMATS: frozenset[str] = frozenset({"nf4", "fp4", "int8", "int4"})
+
+
+def is_quantized(fmt: str) -> bool:
+    return fmt in QUANTIZED_FORMATS
+
 
 NF4_BLOCK = 64  # elements per absmax in bitsandbytes 4-bit weights
 INT4_GROUP = 128  # GPTQ/AWQ's usual group size (along the input features)
@@ -45,7 +54,7 @@ def quantized_weight_bytes(
         groups = ceil_div(numel // max(out_features, 1), INT4_GROUP) * out_features
         return ceil_div(numel, 2) + groups * 2 + ceil_div(groups, 2)
     if fmt not in ("nf4", "fp4"):
-        return numel * BYTES_PER_ELEMENT[fmt]
+        raise ValueError(f"{fmt} is not a quantised storage format")
     blocks = ceil_div(numel, NF4_BLOCK)
     packed = ceil_div(numel, 2)
     if double_quant:
@@ -61,12 +70,12 @@ def tensor_bytes(
     numel: int, fmt: StorageFormat, out_features: int = 0, double_quant: bool = True
 ) -> int:
     """Bytes of a tensor of ``numel`` elements stored as ``fmt``."""
-    if fmt in BYTES_PER_ELEMENT and fmt != "int8":
-        return numel * BYTES_PER_ELEMENT[fmt]
-    return quantized_weight_bytes(numel, out_features, fmt, double_quant)
+    if is_quantized(fmt):
+        return quantized_weight_bytes(numel, out_features, fmt, double_quant)
+    return numel * BYTES_PER_ELEMENT[fmt]
 
 
 def bits_per_param(fmt: StorageFormat, double_quant: bool = True) -> float:
     """Average storage bits per weight for a large tensor (for explanations)."""
     n = NF4_BLOCK * NESTED_BLOCK * 1024
-    return 8 * quantized_weight_bytes(n, 1024, fmt, double_quant) / n
+    return 8 * tensor_bytes(n, fmt, 1024, double_quant) / n

@@ -17,7 +17,7 @@ from ftmem.result import Estimate, ParallelInfo
 
 EMITTERS = ("deepspeed", "accelerate", "fsdp")
 
-# transformers 5 decoder-layer classes: FSDP wraps one per unit.
+# transformers 5 block classes (each model's _no_split_modules): FSDP wraps one per unit.
 DECODER_LAYER_CLASS = {
     "llama": "LlamaDecoderLayer",
     "mistral": "MistralDecoderLayer",
@@ -28,6 +28,7 @@ DECODER_LAYER_CLASS = {
     "phi3": "Phi3DecoderLayer",
     "gpt2": "GPT2Block",
     "falcon": "FalconDecoderLayer",
+    "t5": "T5Block",  # encoder and decoder blocks alike
 }
 FSDP_SHARDING = {
     "fsdp": "FULL_SHARD",

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ftmem.arch import Architecture
-from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.dtypes import BYTES_PER_ELEMENT, is_quantized
 from ftmem.methods import plan_method
 from ftmem.result import Estimate
 from ftmem.run import RunConfig
@@ -76,14 +76,15 @@ def explain(
             by_fmt[g.fmt][0] += g.total_numel
             by_fmt[g.fmt][1] += g.nbytes
         for fmt, (numel, nbytes) in sorted(by_fmt.items(), key=lambda kv: -kv[1][1]):
-            if fmt in BYTES_PER_ELEMENT:
+            if not is_quantized(fmt):
                 weights.lines.append(
                     f"{format_count(numel)} parameters in {fmt} × {BYTES_PER_ELEMENT[fmt]} bytes "
                     f"= {_b(nbytes, units)}"
                 )
             else:
+                each = "one byte" if fmt == "int8" else "half a byte"
                 weights.lines.append(
-                    f"{format_count(numel)} parameters in {fmt}: half a byte each plus the "
+                    f"{format_count(numel)} parameters in {fmt}: {each} each plus the "
                     f"quantisation constants = {_b(nbytes, units)}"
                 )
         weights.lines.append(f"Weights = {_b(m.weights_bytes, units)}")

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ftmem.errors import ConfigError
+from ftmem.filekeys import Keys
+from ftmem.run import settings_for
 from ftmem.textfiles import parse_json, parse_yaml, read_text
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -103,6 +105,33 @@ class FrameworkConfig:
     notes: list[str] = field(default_factory=list)
 
 
+def under_flags(cfg: FrameworkConfig, flags: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The file's settings with the command line's flags over them, and notes.
+
+    A flag replaces its setting; the file's settings that belonged to what a flag
+    replaced go with it (its LoRA rank under ``--method full``, its FSDP offload under
+    ``--strategy zero2``), each named in a note, rather than be refused as if the user
+    had combined them.
+    """
+    settings = dict(cfg.settings)
+    dropped: list[str] = []
+    method = flags.get("method")
+    if method is not None and method != settings.get("method", "full"):
+        kept = settings_for(method, settings)
+        dropped += [k for k in settings if k not in kept and k not in flags]
+        settings = kept
+    strategy = flags.get("strategy")
+    if strategy is not None and strategy != settings.get("strategy"):
+        dropped += [k for k in ("offload_optimizer", "offload_params") if k in settings]
+        dropped = [k for k in dropped if k not in flags]
+    settings = {k: v for k, v in settings.items() if k not in dropped}
+    notes = []
+    if dropped:
+        names = ", ".join(sorted(dropped))
+        notes.append(f"Not taken from {cfg.path} (they went with what the flags replace): {names}.")
+    return {**settings, **flags}, notes
+
+
 # -- shared mappings ----------------------------------------------------------------------
 
 HF_OPTIMIZERS = {
@@ -131,20 +160,31 @@ ATTENTION = {
 }
 
 
-def _targets(modules: Any) -> str | None:
-    """peft target_modules (list or string) as ftmem --lora-targets."""
-    if modules is None:
+def _targets(names: list[str] | None) -> str | None:
+    """peft target_modules (given as names or one comma-separated string) as ftmem
+    --lora-targets."""
+    if not names:
         return None
-    if isinstance(modules, str):
-        if modules in ("all", "all-linear", "all_linear"):
-            return "all-linear"
-        modules = [m.strip() for m in modules.split(",")]
-    names = [str(m) for m in modules if str(m).strip()]
-    return ",".join(names) if names else None
+    if len(names) == 1 and names[0].lower() in ("all", "all-linear", "all_linear"):
+        return "all-linear"
+    return ",".join(names)
 
 
-def _hf_optimizer(name: str, cfg: FrameworkConfig, key: str) -> None:
-    lowered = str(name).lower()
+def _attention(k: Keys, key: str, cfg: FrameworkConfig) -> str | None:
+    """An attention implementation name as ftmem --attn (unknown ones: sdpa, noted)."""
+    name = k.text(key)
+    if not name:
+        return None
+    if name not in ATTENTION:
+        cfg.notes.append(f"{key}: {name} is not modelled; estimated with sdpa's memory.")
+    return ATTENTION.get(name, "sdpa")
+
+
+def _hf_optimizer(k: Keys, key: str, cfg: FrameworkConfig) -> None:
+    name = k.text(key)
+    if not name:
+        return
+    lowered = name.lower()
     if lowered.startswith("galore_adamw"):
         # transformers' GaLore optimizers: full finetuning with projected states
         if cfg.settings.get("method", "full") == "full":
@@ -162,22 +202,26 @@ def _hf_optimizer(name: str, cfg: FrameworkConfig, key: str) -> None:
         cfg.settings["optimizer_impl"] = opt[1]
 
 
-def _galore_args(data: dict[str, Any], cfg: FrameworkConfig) -> None:
+def _galore_args(k: Keys, cfg: FrameworkConfig) -> None:
     """transformers' GaLore settings: ``optim_args`` ("rank=64, ...") and
     ``optim_target_modules`` (names or regular expressions of the projected linears)."""
     if cfg.settings.get("method") != "galore":
         return
     args = dict(
         item.split("=", 1)
-        for item in str(data.get("optim_args") or "").replace(" ", "").split(",")
+        for item in (k.text("optim_args") or "").replace(" ", "").split(",")
         if "=" in item
     )
     if "rank" in args:
-        cfg.settings["galore_rank"] = int(args["rank"])
-    targets = data.get("optim_target_modules")
-    if targets:
-        names = [targets] if isinstance(targets, str) else list(targets)
-        words = {str(n).strip(".*").lower() for n in names}
+        rank = args["rank"]
+        if not (rank.isascii() and rank.isdigit() and len(rank) < 10 and int(rank) > 0):
+            raise ConfigError(
+                f"{k.file}: optim_args' rank must be a positive whole number, not {rank[:40]!r}."
+            )
+        cfg.settings["galore_rank"] = int(rank)
+    names = k.names("optim_target_modules")
+    if names:
+        words = {n.strip(".*").lower() for n in names}
         if {"attn", "mlp"} <= words or {"self_attn", "mlp"} <= words:
             cfg.settings["galore_targets"] = "all-linear"
         elif words <= {"attn", "self_attn", "attention"}:
@@ -186,15 +230,56 @@ def _galore_args(data: dict[str, Any], cfg: FrameworkConfig) -> None:
             cfg.notes.append(f"optim_target_modules {names}: read as every linear of the blocks.")
 
 
-def _strategy_from_deepspeed(value: Any, base: Path, cfg: FrameworkConfig) -> None:
-    """A DeepSpeed config (dict, or a path relative to the framework config)."""
-    data: dict[str, Any] | None = None
+LAUNCHER_NOTE = (
+    "The GPU count comes from the launcher, not the config: give --gpus (per node) "
+    "and --nodes for per-GPU memory."
+)
+# DeepSpeed's own choices (deepspeed.runtime.zero.config: ZeroStageEnum, OffloadDeviceEnum)
+ZERO_STAGES = {"0": 0, "1": 1, "2": 2, "3": 3}
+OFFLOAD_DEVICES = ("none", "cpu", "nvme")
+
+
+def _not_auto(k: Keys, key: str, choices: str) -> None:
+    """DeepSpeed "auto" values are filled by HF Trainer for batch sizes, buckets and the
+    like (transformers.integrations.deepspeed); the stage and the offload devices only
+    Accelerate's launcher fills, from its own config, which ftmem does not see."""
+    if k.raw(key) == "auto":
+        raise ConfigError(
+            f"{k.file}: {k.name(key)} is 'auto', which only Accelerate's launcher config fills "
+            f"in (HF Trainer leaves it to DeepSpeed, which refuses it); write {choices} there."
+        )
+
+
+def _deepspeed_config(ds: Keys, cfg: FrameworkConfig) -> None:
+    zero = ds.section("zero_optimization")
+    _not_auto(zero, "stage", "0, 1, 2 or 3")
+    stage = zero.raw("stage")
+    if stage is not None:
+        spelled = str(stage).strip() if isinstance(stage, (int, str)) else ""
+        if isinstance(stage, bool) or spelled not in ZERO_STAGES:
+            raise zero.wrong("stage", "0, 1, 2 or 3")
+        if ZERO_STAGES[spelled]:
+            cfg.settings["strategy"] = f"zero{ZERO_STAGES[spelled]}"
+    for key, setting in (
+        ("offload_optimizer", "offload_optimizer"),
+        ("offload_param", "offload_params"),
+    ):
+        offload = zero.section(key)
+        _not_auto(offload, "device", "none, cpu or nvme")
+        device = offload.choice("device", OFFLOAD_DEVICES)
+        if device in ("cpu", "nvme"):
+            cfg.settings[setting] = device
+
+
+def _strategy_from_deepspeed(k: Keys, key: str, base: Path, cfg: FrameworkConfig) -> None:
+    """A DeepSpeed config (a mapping, or a path relative to the framework config)."""
+    value = k.raw(key)
     if isinstance(value, dict):
-        data = value
+        _deepspeed_config(k.section(key), cfg)
     elif isinstance(value, str):
         path = (base / value) if not Path(value).is_absolute() else Path(value)
         if path.is_file():
-            data = _read(path)
+            _deepspeed_config(Keys(_read(path), str(path)), cfg)
         else:
             match = re.search(r"zero[_-]?([123])", value)
             if not match:
@@ -206,23 +291,10 @@ def _strategy_from_deepspeed(value: Any, base: Path, cfg: FrameworkConfig) -> No
                 if match.group(1) == "3":
                     cfg.settings["offload_params"] = "cpu"
             cfg.notes.append(f"deepspeed: {value} not found; stage and offload read from its name.")
-    if data is not None:
-        zero = data.get("zero_optimization") or {}
-        stage = int(zero.get("stage", 0))
-        if stage:
-            cfg.settings["strategy"] = f"zero{stage}"
-        for key, setting in (
-            ("offload_optimizer", "offload_optimizer"),
-            ("offload_param", "offload_params"),
-        ):
-            device = (zero.get(key) or {}).get("device")
-            if device in ("cpu", "nvme"):
-                cfg.settings[setting] = device
+    else:
+        raise k.wrong(key, "a DeepSpeed config file name or a mapping")
     if "strategy" in cfg.settings:
-        cfg.notes.append(
-            "The GPU count comes from the launcher, not the config: give --gpus (per node) "
-            "and --nodes for per-GPU memory."
-        )
+        cfg.notes.append(LAUNCHER_NOTE)
 
 
 FSDP_NAMES = {
@@ -231,97 +303,160 @@ FSDP_NAMES = {
     "hybrid_shard": "fsdp-hybrid",
     "no_shard": "fsdp-no-shard",
 }
+# Accelerate's fsdp_sharding_strategy may be the 1-based index of these names
+# (accelerate.utils.constants.FSDP_SHARDING_STRATEGY)
+FSDP_BY_INDEX = ("full_shard", "shard_grad_op", "no_shard", "hybrid_shard")
 
 
-def _strategy_from_fsdp(value: Any, fsdp_config: Any, cfg: FrameworkConfig) -> None:
-    words = value.split() if isinstance(value, str) else [str(v) for v in value or []]
-    words = [w.lower() for w in words]
+def _fsdp_options(k: Keys) -> tuple[bool, list[str]]:
+    """HF's ``fsdp``: true (transformers 5), or the legacy options as one string
+    ("full_shard auto_wrap offload") or a list of them."""
+    value = k.raw("fsdp")
+    if value is None:
+        return False, []
+    if isinstance(value, bool):
+        return value, []
+    if isinstance(value, str):
+        return bool(value.strip()), value.lower().split()
+    if isinstance(value, list) and all(isinstance(x, str) for x in value):
+        words = [w.lower() for x in value for w in x.split()]
+        return bool(words), words
+    raise k.wrong("fsdp", "true, an option string (full_shard auto_wrap) or a list of options")
+
+
+def _fsdp_settings(k: Keys, base: Path) -> Keys:
+    """``fsdp_config``: a mapping or a JSON file name (as transformers takes it)."""
+    value = k.raw("fsdp_config")
+    if isinstance(value, str):
+        path = (base / value) if not Path(value).is_absolute() else Path(value)
+        return Keys(_read(path), str(path))
+    return k.section("fsdp_config")
+
+
+def _fsdp_key(fc: Keys, name: str) -> str:
+    """transformers strips the ``fsdp_`` prefix of Accelerate's keys: either spelling."""
+    return f"fsdp_{name}" if f"fsdp_{name}" in fc else name
+
+
+def _strategy_from_fsdp(k: Keys, base: Path, cfg: FrameworkConfig) -> None:
+    on, words = _fsdp_options(k)
+    # axolotl 0.8+: fsdp_version and fsdp_config, without the legacy option list
+    on = on or (k.raw("fsdp_version") is not None and bool(k.raw("fsdp_config")))
+    if not on:
+        return
+    fc = _fsdp_settings(k, base)
+    strategy = "fsdp"
     for w in words:
-        if w in FSDP_NAMES:
-            cfg.settings["strategy"] = FSDP_NAMES[w]
-    if "offload" in words or (
-        isinstance(fsdp_config, dict) and fsdp_config.get("fsdp_offload_params")
-    ):
-        cfg.settings.update(offload_params="cpu", offload_optimizer="cpu")
-    if isinstance(fsdp_config, dict):
-        strategy = str(fsdp_config.get("fsdp_sharding_strategy", "")).lower()
-        if strategy in FSDP_NAMES:
-            cfg.settings["strategy"] = FSDP_NAMES[strategy]
-        if fsdp_config.get("fsdp_activation_checkpointing"):
-            cfg.settings["grad_ckpt"] = True
-    if "strategy" in cfg.settings or words:
-        cfg.settings.setdefault("strategy", "fsdp")
+        strategy = FSDP_NAMES.get(w, strategy)
+    key = _fsdp_key(fc, "sharding_strategy")
+    sharding = fc.raw(key)
+    if isinstance(sharding, int) and not isinstance(sharding, bool):
+        if not 1 <= sharding <= len(FSDP_BY_INDEX):
+            raise fc.wrong(key, f"1 to {len(FSDP_BY_INDEX)} or a strategy name")
+        strategy = FSDP_NAMES[FSDP_BY_INDEX[sharding - 1]]
+    elif isinstance(sharding, str) and sharding.lower() == "hybrid_shard_zero2":
+        strategy = "fsdp-hybrid"
         cfg.notes.append(
-            "The GPU count comes from the launcher, not the config: give --gpus (per node) "
-            "and --nodes for per-GPU memory."
+            f"{key}: HYBRID_SHARD_ZERO2 keeps the weights gathered between forward and "
+            "backward within a node; estimated as hybrid_shard, which frees them."
         )
+    elif sharding is not None:
+        strategy = FSDP_NAMES[fc.choice(key, FSDP_NAMES) or "full_shard"]
+    key = _fsdp_key(fc, "reshard_after_forward")
+    reshard = fc.raw(key)
+    if isinstance(reshard, str) and reshard.lower() in FSDP_NAMES:
+        strategy = FSDP_NAMES[reshard.lower()]  # FSDP1 spells the strategy here
+    elif reshard is not None and not fc.flag(key, spelled=True):
+        strategy = "fsdp-grad-op"  # FSDP2: weights stay gathered until backward
+    cfg.settings["strategy"] = strategy
+    offload = "offload" in words
+    for name in ("offload_params", "cpu_offload"):
+        offload |= fc.flag(_fsdp_key(fc, name), spelled=True)
+    if offload:
+        cfg.settings.update(offload_params="cpu", offload_optimizer="cpu")
+    if fc.flag(_fsdp_key(fc, "activation_checkpointing"), spelled=True):
+        cfg.settings["grad_ckpt"] = True
+    cfg.notes.append(LAUNCHER_NOTE)
 
 
-def _distributed(data: dict[str, Any], base: Path, cfg: FrameworkConfig) -> None:
+def _distributed(k: Keys, base: Path, cfg: FrameworkConfig) -> None:
     """The DeepSpeed / FSDP keys HF-Trainer-based frameworks share."""
-    if data.get("deepspeed"):
-        _strategy_from_deepspeed(data["deepspeed"], base, cfg)
-    if data.get("fsdp"):
-        _strategy_from_fsdp(data["fsdp"], data.get("fsdp_config"), cfg)
+    if k.raw("deepspeed"):
+        _strategy_from_deepspeed(k, "deepspeed", base, cfg)
+    if k.raw("fsdp") is not None or k.raw("fsdp_version") is not None:
+        _strategy_from_fsdp(k, base, cfg)
 
 
-def _hf_trainer_precision(data: dict[str, Any], cfg: FrameworkConfig, dtype: Any = None) -> None:
+def _hf_trainer_precision(k: Keys, cfg: FrameworkConfig, dtype: str | None = None) -> None:
     """HF Trainer: bf16/fp16 turn on autocast; the weights keep the dtype they were
-    loaded in (transformers 5 loads a checkpoint's own dtype by default, 16-bit here)."""
-    dtype = str(dtype or "auto").lower().removeprefix("torch.")
+    loaded in (transformers 5 loads a checkpoint's own dtype by default, 16-bit here).
+    axolotl also takes ``bf16: auto`` (bf16 where the GPU has it)."""
+    dtype = (dtype or "auto").lower().removeprefix("torch.")
     fp32_weights = dtype in ("float32", "fp32")
-    if data.get("bf16") in (True, "auto", "true"):
+    bf16 = k.raw("bf16") == "auto" or k.flag("bf16")
+    if bf16:
         cfg.settings.update(precision="bf16-mixed" if fp32_weights else "bf16")
         if not fp32_weights:
             cfg.settings["autocast"] = True
-    elif data.get("fp16") in (True, "true"):
+    elif k.flag("fp16"):
         cfg.settings.update(precision="fp16-mixed")
     else:
         # no mixed precision: the step runs in the dtype the weights were loaded in
         cfg.settings["precision"] = "fp32" if fp32_weights else "bf16"
 
 
+def _settings_from(k: Keys, cfg: FrameworkConfig, pairs: tuple[tuple[str, str], ...]) -> None:
+    """Whole-number keys (positive) that map one to one onto ftmem settings."""
+    for key, setting in pairs:
+        value = k.integer(key)
+        if value is not None:
+            cfg.settings[setting] = value
+
+
+def _lora_numbers(k: Keys, cfg: FrameworkConfig, rank_key: str = "lora_r") -> None:
+    """LoRA's rank, alpha and dropout, each of the type peft takes."""
+    if (r := k.integer(rank_key)) is not None:
+        cfg.settings["lora_r"] = r
+    if (alpha := k.number("lora_alpha")) is not None:
+        cfg.settings["lora_alpha"] = alpha
+    if (dropout := k.number("lora_dropout", low=0.0, below=1.0)) is not None:
+        cfg.settings["lora_dropout"] = dropout
+
+
 # -- readers --------------------------------------------------------------------------------
 
 
-def _axolotl(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]:
+def _axolotl(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
     s = cfg.settings
-    cfg.model = data.get("base_model")
-    adapter = str(data.get("adapter") or "").lower()
+    cfg.model = k.text("base_model")
+    adapter = (k.text("adapter") or "").lower()
     if adapter in ("lora", "qlora"):
-        s["method"] = "qlora" if adapter == "qlora" or data.get("load_in_4bit") else "lora"
-        if data.get("load_in_8bit") and adapter == "lora":
+        s["method"] = "qlora" if adapter == "qlora" or k.flag("load_in_4bit") else "lora"
+        if k.flag("load_in_8bit") and adapter == "lora":
             s.update(method="qlora", quant="int8")
-        if data.get("peft_use_dora"):
+        if k.flag("peft_use_dora"):
             s["method"] = "dora"
     elif adapter:
         cfg.notes.append(f"adapter: {adapter} is not modelled yet; estimated as full finetuning.")
-    elif data.get("unfrozen_parameters"):
+    elif patterns := k.patterns("unfrozen_parameters"):
         # full finetuning restricted to the parameters matching these regular expressions
-        patterns = ",".join(str(x) for x in data["unfrozen_parameters"])
-        s.update(method="partial", trainable_modules=patterns)
-    for src, dst in (
-        ("lora_r", "lora_r"),
-        ("lora_alpha", "lora_alpha"),
-        ("lora_dropout", "lora_dropout"),
-    ):
-        if data.get(src) is not None and "method" in s:
-            s[dst] = data[src]
-    if "method" in s:
-        if data.get("lora_target_linear"):
+        s.update(method="partial", trainable_modules=",".join(patterns))
+    if "method" in s and s["method"] != "partial":
+        _lora_numbers(k, cfg)
+        if k.flag("lora_target_linear"):
             s["lora_targets"] = "all-linear"
-        elif data.get("lora_target_modules"):
-            s["lora_targets"] = _targets(data["lora_target_modules"])
-    if data.get("peft_use_rslora") and s.get("method") == "lora":
+        elif targets := _targets(k.names("lora_target_modules")):
+            s["lora_targets"] = targets
+    if k.flag("peft_use_rslora") and s.get("method") == "lora":
         s["method"] = "rslora"
-    if data.get("relora_steps") and s.get("method") == "lora":
+    if k.integer("relora_steps") and s.get("method") == "lora":
         s["method"] = "relora"
-    if data.get("liger_fused_linear_cross_entropy"):
+    if k.flag("liger_fused_linear_cross_entropy"):
         s["loss"] = "fused"
-    if data.get("activation_offloading"):
+    if k.flag_or_text("activation_offloading"):  # true, or a mode name (legacy, disk)
         s["activation_offload"] = True
-    if data.get("lora_modules_to_save") and "method" in s:
-        names = [str(n) for n in data["lora_modules_to_save"]]
+    names = k.names("lora_modules_to_save")
+    if names and s.get("method") not in (None, "partial"):
         kinds = {
             "embed" if "embed" in n or n == "wte" else "head" if n == "lm_head" else ""
             for n in names
@@ -333,28 +468,31 @@ def _axolotl(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]
             )
         if kinds - {""}:
             s["lora_modules_to_save"] = ",".join(sorted(kinds - {""}))
-    if data.get("sequence_len"):
-        s["seq_len"] = data["sequence_len"]
-    if data.get("micro_batch_size"):
-        s["batch_size"] = data["micro_batch_size"]
-    if data.get("gradient_accumulation_steps"):
-        s["grad_accum"] = data["gradient_accumulation_steps"]
-    if data.get("gradient_checkpointing"):
+    _settings_from(
+        k,
+        cfg,
+        (
+            ("sequence_len", "seq_len"),
+            ("micro_batch_size", "batch_size"),
+            ("gradient_accumulation_steps", "grad_accum"),
+        ),
+    )
+    if k.flag_or_text("gradient_checkpointing"):  # true, or a mode name (offload, unsloth)
         s["grad_ckpt"] = True
-    if data.get("optimizer"):
-        _hf_optimizer(data["optimizer"], cfg, "optimizer")
-    _hf_trainer_precision(data, cfg, "bfloat16" if data.get("bf16") else None)
-    if data.get("flash_attention"):
+    _hf_optimizer(k, "optimizer", cfg)
+    bf16 = k.raw("bf16") == "auto" or k.flag("bf16")
+    _hf_trainer_precision(k, cfg, "bfloat16" if bf16 else None)
+    if k.flag("flash_attention"):
         s["attn"] = "flash"
-    elif data.get("sdp_attention"):
+    elif k.flag("sdp_attention"):
         s["attn"] = "sdpa"
-    elif data.get("eager_attention"):
+    elif k.flag("eager_attention"):
         s["attn"] = "eager"
-    if data.get("sample_packing"):
+    if k.flag("sample_packing"):
         cfg.notes.append(
             "sample_packing: each micro-batch is packed to sequence_len tokens, as estimated."
         )
-    _distributed(data, base, cfg)
+    _distributed(k, base, cfg)
     return {
         "base_model",
         "adapter",
@@ -388,6 +526,7 @@ def _axolotl(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]
         "deepspeed",
         "fsdp",
         "fsdp_config",
+        "fsdp_version",
         "base_model_config",
     }
 
@@ -409,13 +548,13 @@ TORCHTUNE_FAMILY = {
     "phi3": "phi3",
 }
 TORCHTUNE_MODULES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "output_proj": "o"}
+TORCHTUNE_DTYPES = {"bf16": "bf16", "fp32": "fp32", "fp16": "fp16"}
 
 
-def _torchtune(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]:
+def _torchtune(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
     s = cfg.settings
-    model = data.get("model") or {}
-    component = str(model.get("_component_", ""))
-    leaf = component.rsplit(".", 1)[-1]
+    model = k.section("model")
+    leaf = (model.text("_component_") or "").rsplit(".", 1)[-1]
     match = TORCHTUNE_MODEL.match(leaf)
     if match:
         family, size = match.groups()
@@ -425,61 +564,54 @@ def _torchtune(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[st
             cfg.model = "phi3-mini"
     if leaf.startswith(("lora_", "qlora_")):
         s["method"] = "qlora" if leaf.startswith("qlora_") else "lora"
-        if model.get("use_dora"):
+        if model.flag("use_dora"):
             s["method"] = "dora"
-        targets = [TORCHTUNE_MODULES.get(m, m) for m in model.get("lora_attn_modules") or []]
-        if model.get("apply_lora_to_mlp"):
+        targets = [TORCHTUNE_MODULES.get(m, m) for m in model.names("lora_attn_modules") or []]
+        if model.flag("apply_lora_to_mlp"):
             targets += ["gate", "up", "down"]
         if targets:
             s["lora_targets"] = ",".join(targets)
-        if model.get("apply_lora_to_output"):
+        if model.flag("apply_lora_to_output"):
             cfg.notes.append("apply_lora_to_output (LoRA on the LM head) is not modelled yet.")
-        if model.get("lora_rank"):
-            s["lora_r"] = model["lora_rank"]
-        if model.get("lora_alpha"):
-            s["lora_alpha"] = model["lora_alpha"]
-        if model.get("lora_dropout"):
-            s["lora_dropout"] = model["lora_dropout"]
+        _lora_numbers(model, cfg, "lora_rank")
+        if not s.get("lora_dropout"):
+            s.pop("lora_dropout", None)  # torchtune's 0.0 is ftmem's default
     cfg.notes.append(
         "torchtune runs its own model code: estimated with the transformers layout of the "
         "same model, whose weights match; saved activations may differ a little."
     )
-    dtype = str(data.get("dtype", "bf16")).lower()
     # torchtune trains in the dtype it is given, adapters too; no autocast
-    s["precision"] = {"bf16": "bf16", "fp32": "fp32", "fp16": "fp16"}.get(dtype, "bf16")
+    s["precision"] = TORCHTUNE_DTYPES[k.choice("dtype", TORCHTUNE_DTYPES) or "bf16"]
     if s.get("method") in ("lora", "dora") and s["precision"] != "fp32":
         s["adapter_dtype"] = s["precision"]
-    tokenizer = data.get("tokenizer") or {}
-    if tokenizer.get("max_seq_len"):
-        s["seq_len"] = tokenizer["max_seq_len"]
-    if data.get("batch_size"):
-        s["batch_size"] = data["batch_size"]
-    if data.get("gradient_accumulation_steps"):
-        s["grad_accum"] = data["gradient_accumulation_steps"]
-    if data.get("enable_activation_checkpointing"):
+    if (seq := k.section("tokenizer").integer("max_seq_len")) is not None:
+        s["seq_len"] = seq
+    _settings_from(
+        k, cfg, (("batch_size", "batch_size"), ("gradient_accumulation_steps", "grad_accum"))
+    )
+    if k.flag("enable_activation_checkpointing"):
         s["grad_ckpt"] = True
-    optimizer = data.get("optimizer") or {}
-    opt = str(optimizer.get("_component_", "torch.optim.AdamW"))
+    optimizer = k.section("optimizer")
+    opt = optimizer.text("_component_") or "torch.optim.AdamW"
     if opt.endswith("PagedAdamW8bit"):
         s["optimizer"] = "paged-adamw-8bit"
     elif opt.endswith(("AdamW8bit", "Adam8bit")):
         s["optimizer"] = "adamw-8bit"
     elif opt.endswith(("AdamW", "Adam")):
         s["optimizer"] = "adamw"
-        if optimizer.get("fused"):
+        if optimizer.flag("fused"):
             s["optimizer_impl"] = "fused"
     elif opt.endswith("SGD"):
-        s["optimizer"] = "sgd-momentum" if optimizer.get("momentum") else "sgd"
+        s["optimizer"] = "sgd-momentum" if optimizer.number("momentum") else "sgd"
     else:
         cfg.notes.append(f"optimizer {opt} is not modelled; the estimate assumes AdamW.")
-    loss = str((data.get("loss") or {}).get("_component_", ""))
-    if "Chunked" in loss:
+    if "Chunked" in (k.section("loss").text("_component_") or ""):
         s["loss"] = "chunked"
-    if data.get("enable_activation_offloading"):
+    if k.flag("enable_activation_offloading"):
         s["activation_offload"] = True
-    if data.get("optimizer_in_bwd"):
+    if k.flag("optimizer_in_bwd"):
         s["optimizer_in_backward"] = True
-    if data.get("compile"):
+    if k.flag("compile"):
         cfg.notes.append("compile: torch.compile is not modelled; the estimate is without it.")
     return {
         "model",
@@ -499,51 +631,53 @@ def _torchtune(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[st
     }
 
 
-def _hf_trainer(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]:
+def _hf_trainer(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
     """TRL SFTConfig / ScriptArguments / HF TrainingArguments (JSON or YAML)."""
     s = cfg.settings
-    init = data.get("model_init_kwargs") or {}
-    cfg.model = data.get("model_name_or_path") or data.get("model_name")
-    if data.get("use_peft") or data.get("lora_r"):
-        s["method"] = "qlora" if data.get("load_in_4bit") else "lora"
-        if data.get("load_in_8bit"):
+    init = k.section("model_init_kwargs")
+    cfg.model = k.text("model_name_or_path") or k.text("model_name")
+    if k.flag("use_peft") or k.raw("lora_r") is not None:
+        s["method"] = "qlora" if k.flag("load_in_4bit") else "lora"
+        if k.flag("load_in_8bit"):
             s.update(method="qlora", quant="int8")
-        if data.get("use_dora"):
+        if k.flag("use_dora"):
             s["method"] = "dora"
-        for key in ("lora_r", "lora_alpha", "lora_dropout"):
-            if data.get(key) is not None:
-                s[key] = data[key]
-        if data.get("lora_target_modules"):
-            s["lora_targets"] = _targets(data["lora_target_modules"])
-    seq = data.get("max_seq_length") or data.get("max_length") or data.get("max_source_length")
-    if seq:
-        s["seq_len"] = seq
+        _lora_numbers(k, cfg)
+        if targets := _targets(k.names("lora_target_modules")):
+            s["lora_targets"] = targets
+    for key in ("max_seq_length", "max_length", "max_source_length"):
+        if (seq := k.integer(key)) is not None:
+            s["seq_len"] = seq
+            break
     # transformers' seq2seq example scripts (run_summarization, run_translation): the
     # decoder's length; an encoder-decoder takes it as --target-len
-    if data.get("max_target_length"):
-        s["target_len"] = data["max_target_length"]
-    if data.get("per_device_train_batch_size"):
-        s["batch_size"] = data["per_device_train_batch_size"]
-    if data.get("gradient_accumulation_steps"):
-        s["grad_accum"] = data["gradient_accumulation_steps"]
-    if data.get("gradient_checkpointing"):
-        s["grad_ckpt"] = True
-    if data.get("optim"):
-        _hf_optimizer(data["optim"], cfg, "optim")
-        _galore_args(data, cfg)
-    if data.get("use_liger_kernel"):
-        s["loss"] = "fused"  # Liger's fused linear cross-entropy replaces the LM head + loss
-    _hf_trainer_precision(
-        data, cfg, init.get("torch_dtype") or init.get("dtype") or data.get("torch_dtype")
+    _settings_from(
+        k,
+        cfg,
+        (
+            ("max_target_length", "target_len"),
+            ("per_device_train_batch_size", "batch_size"),
+            ("gradient_accumulation_steps", "grad_accum"),
+        ),
     )
-    attn = init.get("attn_implementation") or data.get("attn_implementation")
-    if attn:
-        s["attn"] = ATTENTION.get(str(attn), "sdpa")
-    if data.get("packing"):
+    if k.flag("gradient_checkpointing"):
+        s["grad_ckpt"] = True
+    if k.text("optim"):
+        _hf_optimizer(k, "optim", cfg)
+        _galore_args(k, cfg)
+    if k.flag("use_liger_kernel"):
+        s["loss"] = "fused"  # Liger's fused linear cross-entropy replaces the LM head + loss
+    dtype = init.text("torch_dtype") or init.text("dtype") or k.text("torch_dtype")
+    _hf_trainer_precision(k, cfg, dtype)
+    for keys, key in ((init, "attn_implementation"), (k, "attn_implementation")):
+        if (attn := _attention(keys, key, cfg)) is not None:
+            s["attn"] = attn
+            break
+    if k.flag("packing"):
         cfg.notes.append(
             "packing: each micro-batch is packed to the sequence length, as estimated."
         )
-    _distributed(data, base, cfg)
+    _distributed(k, base, cfg)
     return {
         "model_name_or_path",
         "model_name",
@@ -592,11 +726,27 @@ LITGPT_PRECISION = {
     "bf16": "bf16",
     "16": "fp16",
 }
+LITGPT_QUANT = {
+    "bnb.nf4": "nf4",
+    "bnb.nf4-dq": "nf4",
+    "bnb.fp4": "fp4",
+    "bnb.fp4-dq": "fp4",
+    "bnb.int8": "int8",
+    "bnb.int8-training": "int8",  # the spelling LitGPT's finetune scripts take
+}
 
 
-def _litgpt(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]:
+def _litgpt_precision(k: Keys) -> str:
+    """LitGPT's (Lightning's) precision name; YAML reads ``precision: 32`` as a number."""
+    value = k.raw("precision")
+    if isinstance(value, int) and not isinstance(value, bool) and str(value) in LITGPT_PRECISION:
+        return str(value)
+    return k.choice("precision", LITGPT_PRECISION) or "bf16-true"
+
+
+def _litgpt(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
     s = cfg.settings
-    ckpt = str(data.get("checkpoint_dir", ""))
+    ckpt = k.text("checkpoint_dir") or ""
     local = base / ckpt if not Path(ckpt).is_absolute() else Path(ckpt)
     if ckpt and (local / "config.json").is_file():
         cfg.model = str(local)
@@ -606,14 +756,11 @@ def _litgpt(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]:
         "LitGPT runs its own model code (fused q/k/v): estimated with the transformers layout "
         "of the same model, whose weights match; saved activations may differ a little."
     )
-    precision = str(data.get("precision") or "bf16-true").lower()
-    s["precision"] = LITGPT_PRECISION.get(precision, "bf16")
-    if data.get("lora_r") is not None:
+    s["precision"] = LITGPT_PRECISION[_litgpt_precision(k)]
+    if (r := k.integer("lora_r")) is not None:
         s["method"] = "lora"
-        s["lora_r"] = data["lora_r"]
-        for key in ("lora_alpha", "lora_dropout"):
-            if data.get(key) is not None:
-                s[key] = data[key]
+        _lora_numbers(k, cfg)
+        s["lora_r"] = r
         targets = [
             role
             for key, role in (
@@ -623,41 +770,34 @@ def _litgpt(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]:
                 ("lora_projection", "o"),
                 ("lora_mlp", "gate,up,down"),
             )
-            if data.get(key)
+            if k.flag(key)
         ]
         if targets:
             s["lora_targets"] = ",".join(targets)
-        if data.get("lora_head"):
+        if k.flag("lora_head"):
             cfg.notes.append("lora_head (LoRA on the LM head) is not modelled yet.")
         if s["precision"] in ("bf16", "fp16"):
             s["adapter_dtype"] = s["precision"]  # LitGPT keeps adapters in the model dtype
-    quant = str(data.get("quantize") or "")
-    if quant.startswith("bnb."):
-        kind = quant.removeprefix("bnb.")
+    quant = k.choice("quantize", LITGPT_QUANT)
+    if quant:
         s["method"] = "qlora"
-        s["quant"] = {
-            "nf4": "nf4",
-            "nf4-dq": "nf4",
-            "fp4": "fp4",
-            "fp4-dq": "fp4",
-            "int8": "int8",
-        }.get(kind, "nf4")
-        s["double_quant"] = kind.endswith("-dq")
-    train = data.get("train") or {}
-    if train.get("max_seq_length"):
-        s["seq_len"] = train["max_seq_length"]
-    micro = train.get("micro_batch_size")
+        s["quant"] = LITGPT_QUANT[quant]
+        if s["quant"] != "int8":  # double quantisation is bitsandbytes 4-bit's
+            s["double_quant"] = quant.endswith("-dq")
+    train = k.section("train")
+    if (seq := train.integer("max_seq_length")) is not None:
+        s["seq_len"] = seq
+    micro = train.integer("micro_batch_size")
     if micro:
         s["batch_size"] = micro
-        devices = d if isinstance(d := data.get("devices"), int) else 1
-        if train.get("global_batch_size"):
-            s["grad_accum"] = max(1, train["global_batch_size"] // (micro * max(devices, 1)))
-    optimizer = data.get("optimizer")
-    name = (
-        optimizer.get("class_path", "")
-        if isinstance(optimizer, dict)
-        else str(optimizer or "AdamW")
-    )
+        devices = k.raw("devices") if isinstance(k.raw("devices"), int) else 1
+        if (total := train.integer("global_batch_size")) is not None:
+            s["grad_accum"] = max(1, total // (micro * max(devices, 1)))
+    optimizer = k.raw("optimizer")
+    if isinstance(optimizer, dict):
+        name = k.section("optimizer").text("class_path") or ""
+    else:
+        name = k.text("optimizer") or "AdamW"
     if not name.endswith(("AdamW", "Adam")):
         cfg.notes.append(f"optimizer {name} is not modelled; the estimate assumes AdamW.")
     return {
@@ -684,61 +824,84 @@ def _litgpt(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]:
     }
 
 
-def _llama_factory(data: dict[str, Any], cfg: FrameworkConfig, base: Path) -> set[str]:
+def _llama_factory(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
     s = cfg.settings
-    cfg.model = data.get("model_name_or_path")
-    kind = str(data.get("finetuning_type", "lora")).lower()
+    cfg.model = k.text("model_name_or_path")
+    kind = (k.text("finetuning_type") or "lora").lower()
     if kind == "lora":
         s["method"] = "lora"
-        if data.get("lora_rank"):
-            s["lora_r"] = data["lora_rank"]
-        for key in ("lora_alpha", "lora_dropout"):
-            if data.get(key) is not None:
-                s[key] = data[key]
-        if data.get("lora_target"):
-            s["lora_targets"] = _targets(data["lora_target"])
-        if data.get("use_dora"):
+        _lora_numbers(k, cfg, "lora_rank")
+        if targets := _targets(k.names("lora_target")):
+            s["lora_targets"] = targets
+        if k.flag("use_dora"):
             s["method"] = "dora"
-        if data.get("quantization_bit") in (4, 8):
+        bits = k.integer("quantization_bit")
+        if bits in (4, 8):
             s["method"] = "qlora"
-            if data["quantization_bit"] == 8:
+            if bits == 8:
                 s["quant"] = "int8"
+        elif bits is not None:
+            cfg.notes.append(
+                f"quantization_bit {bits} is not modelled (bitsandbytes' 4 and 8 are); "
+                "estimated without quantisation."
+            )
     elif kind == "freeze":
         s["method"] = "freeze"
-        if data.get("freeze_trainable_layers"):
-            s["trainable_layers"] = data["freeze_trainable_layers"]
+        layers = k.raw("freeze_trainable_layers")
+        if isinstance(layers, int) and not isinstance(layers, bool) and layers < 0:
+            raise ConfigError(
+                f"{k.file}: freeze_trainable_layers {layers} trains the first blocks, which "
+                "ftmem does not model (it trains the last N); give a positive number."
+            )
+        if (n := k.integer("freeze_trainable_layers")) is not None:
+            s["trainable_layers"] = n
     elif kind == "full":
         s["method"] = "full"
-    if data.get("cutoff_len"):
-        s["seq_len"] = data["cutoff_len"]
-    if data.get("per_device_train_batch_size"):
-        s["batch_size"] = data["per_device_train_batch_size"]
-    if data.get("gradient_accumulation_steps"):
-        s["grad_accum"] = data["gradient_accumulation_steps"]
+    else:
+        cfg.notes.append(f"finetuning_type: {kind} is not modelled; estimated as full finetuning.")
+    _settings_from(
+        k,
+        cfg,
+        (
+            ("cutoff_len", "seq_len"),
+            ("per_device_train_batch_size", "batch_size"),
+            ("gradient_accumulation_steps", "grad_accum"),
+        ),
+    )
     # LLaMA-Factory checkpoints by default unless disable_gradient_checkpointing is set
-    s["grad_ckpt"] = not data.get("disable_gradient_checkpointing", False)
-    if data.get("optim"):
-        _hf_optimizer(data["optim"], cfg, "optim")
-    _hf_trainer_precision(data, cfg)
-    if data.get("flash_attn"):
-        s["attn"] = ATTENTION.get(str(data["flash_attn"]), "sdpa")
-    if data.get("deepspeed"):
-        _strategy_from_deepspeed(data["deepspeed"], base, cfg)
-    if data.get("enable_liger_kernel"):
+    s["grad_ckpt"] = not k.flag("disable_gradient_checkpointing")
+    _hf_optimizer(k, "optim", cfg)
+    _hf_trainer_precision(k, cfg)
+    flash = k.raw("flash_attn")
+    if isinstance(flash, bool):  # older LLaMA-Factory: a switch for FlashAttention-2
+        if flash:
+            s["attn"] = "flash"
+    elif (attn := _attention(k, "flash_attn", cfg)) is not None:
+        s["attn"] = attn
+    if k.raw("deepspeed"):
+        _strategy_from_deepspeed(k, "deepspeed", base, cfg)
+    if k.flag("enable_liger_kernel"):
         s["loss"] = "fused"  # Liger's fused linear cross-entropy (its other kernels aside)
-    if data.get("use_rslora") and s.get("method") == "lora":
+    if k.flag("use_rslora") and s.get("method") == "lora":
         s["method"] = "rslora"
-    if data.get("use_galore") and s.get("method") == "full":
+    if k.flag("use_galore") and s.get("method") == "full":
         s["method"] = "galore"
-        if data.get("galore_rank"):
-            s["galore_rank"] = data["galore_rank"]
-        target = str(data.get("galore_target") or "all")
-        s["galore_targets"] = "all-linear" if target == "all" else _targets(target)
-        if data.get("galore_layerwise"):
+        if (rank := k.integer("galore_rank")) is not None:
+            s["galore_rank"] = rank
+        target = _targets(k.names("galore_target")) or "all-linear"
+        s["galore_targets"] = target
+        if k.flag("galore_layerwise"):
             s["optimizer_in_backward"] = True
-    for key, what in (("use_unsloth", "Unsloth's kernels"),):
-        if data.get(key):
-            cfg.notes.append(f"{key}: {what} are not modelled; the estimate is without them.")
+    if k.flag("use_unsloth"):
+        cfg.notes.append(
+            "use_unsloth: Unsloth's kernels are not modelled; the estimate is without them."
+        )
+    stage = k.text("stage")
+    if stage and stage.lower() in ("rm", "ppo", "dpo", "kto"):
+        cfg.notes.append(
+            f"stage {stage}: estimated as supervised finetuning of one model; a reference or "
+            "reward model and pairwise batches are not counted."
+        )
     return {
         "model_name_or_path",
         "finetuning_type",
@@ -820,9 +983,9 @@ def read_framework_config(path: str, framework: str | None = None) -> FrameworkC
     if name not in READERS:
         raise ConfigError(f"Unknown framework '{name}'; one of {', '.join(READERS)}.")
     cfg = FrameworkConfig(name, str(p), None)
-    known = READERS[name](data, cfg, p.parent)
+    known = READERS[name](Keys(data, str(p)), cfg, p.parent)
     cfg.settings = {k: v for k, v in cfg.settings.items() if v is not None}
-    cfg.ignored = sorted(k for k in data if k not in known)
+    cfg.ignored = sorted(str(k) for k in data if k not in known)
     if cfg.ignored:
         unknown = [k for k in cfg.ignored if k not in NO_MEMORY_EFFECT]
         quiet = [k for k in cfg.ignored if k in NO_MEMORY_EFFECT]

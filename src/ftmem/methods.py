@@ -13,7 +13,7 @@ from functools import lru_cache
 from math import prod
 
 from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, Param, layout, param_path
-from ftmem.dtypes import BYTES_PER_ELEMENT, StorageFormat, tensor_bytes
+from ftmem.dtypes import BYTES_PER_ELEMENT, StorageFormat, is_quantized, tensor_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.precision import Dtypes, resolve_dtypes
 from ftmem.regexes import compile_bounded
@@ -119,7 +119,10 @@ class TensorGroup:
     @property
     def element_bytes(self) -> int:
         """Bytes per element of an unquantised tensor (what its gradient and torch
-        optimizer states take); quantised storage has no per-element size."""
+        optimizer states take); quantised storage has no per-element size: asking it of
+        one is a bug in the caller (quantised weights never train), named as such."""
+        if is_quantized(self.fmt):
+            raise TypeError(f"{self.name} is stored as {self.fmt}: no size per element")
         return BYTES_PER_ELEMENT[self.fmt]
 
     @property

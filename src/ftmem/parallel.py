@@ -33,7 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from ftmem.arch import Architecture
-from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div
+from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div, is_quantized
 from ftmem.errors import InvalidInputError
 from ftmem.methods import TensorGroup
 from ftmem.optim import (
@@ -42,6 +42,7 @@ from ftmem.optim import (
     step_tensor_bytes,
 )
 from ftmem.phases import StepSizes, find_peak
+from ftmem.precision import resolve_dtypes
 from ftmem.run import ADAPTER_METHODS, RunConfig
 from ftmem.step import StepParts, step_parts
 
@@ -175,9 +176,27 @@ class ParallelConfig(BaseModel):
             if self.offload_optimizer != self.offload_params:
                 raise ValueError(
                     "FSDP's CPU offload moves weights, gradients and the optimizer together: "
-                    "give --offload-params cpu (and --offload-optimizer cpu or nothing)"
+                    "add --offload-params cpu"
                 )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fsdp_offload_is_one_switch(cls, data: object) -> object:
+        """FSDP's CPUOffload(offload_params=True) takes the optimizer along (its step runs
+        on the host): --offload-params cpu alone means both."""
+        if (
+            isinstance(data, dict)
+            and data.get("strategy") in FSDP
+            and data.get("offload_params") == "cpu"
+        ):
+            if data.get("offload_optimizer") == "none":
+                raise ValueError(
+                    "FSDP's CPU offload takes the optimizer step to the host with the "
+                    "weights: drop --offload-optimizer none"
+                )
+            return {**data, "offload_optimizer": "cpu"}
+        return data
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -312,7 +331,7 @@ def _gathered_bytes(groups: Iterable[TensorGroup], cast: int | None = None) -> i
     dtype or, under FSDP MixedPrecision, cast to ``cast`` bytes per element."""
     total = 0
     for g in groups:
-        if g.fmt in ("nf4", "fp4", "int8"):
+        if is_quantized(g.fmt):
             total += g.nbytes
         else:
             total += g.total_numel * (cast or g.element_bytes)
@@ -556,8 +575,26 @@ def _fsdp_mixed(arch: Architecture, run: RunConfig, stored: StepParts) -> StepPa
     return dataclasses.replace(compute, plan=stored.plan, sizes=sizes, activations=activations)
 
 
+def _check_engine_precision(arch: Architecture, run: RunConfig, par: ParallelConfig) -> None:
+    """An encoder-decoder in fp16 under an engine that runs the whole model in fp16
+    (DeepSpeed's fp16 mode; FSDP's MixedPrecision for fp16-mixed): the pure-fp16 T5 that
+    ftmem refuses on one GPU, though the user asked for a mixed run."""
+    s = par.resolved_strategy
+    if not arch.encoder_decoder or not run.precision.startswith("fp16"):
+        return
+    if resolve_dtypes(run).base == "fp16" and not run.uses_autocast:
+        return  # pure fp16 already: the one-GPU refusal says why
+    if s in DEEPSPEED or (s in FSDP and run.precision == "fp16-mixed"):
+        engine = "DeepSpeed's fp16 mode" if s in DEEPSPEED else "FSDP's MixedPrecision"
+        raise InvalidInputError(
+            f"{arch.name} is an encoder-decoder: {engine} runs the whole model in fp16, a "
+            f"T5 regime ftmem does not model; use --precision bf16-mixed or fp32 with {s}."
+        )
+
+
 def parallel_step(arch: Architecture, run: RunConfig, par: ParallelConfig) -> ParallelStep:
     check_layout(arch, run, par)
+    _check_engine_precision(arch, run, par)
     local = local_arch(arch, par.tp)
     lrun = engine_run(run, par)
     parts = step_parts(local, lrun)

@@ -51,6 +51,9 @@ PROMPT_METHODS: frozenset[str] = frozenset({"prompt-tuning", "prefix-tuning", "p
 DEFAULT_VIRTUAL_TOKENS = 20
 DEFAULT_GALORE_RANK = 128  # the GaLore paper's LLaMA-7B setting
 GALORE_OPTIMIZERS = frozenset({"adamw", "adamw-8bit"})
+# torch.optim's AdamW and SGD take fused=True; the others are bitsandbytes', transformers'
+# (Adafactor) or lion-pytorch's, with kernels of their own
+TORCH_FUSED_OPTIMIZERS = frozenset({"adamw", "adamw-fp32", "sgd", "sgd-momentum"})
 DEFAULT_IA3_TARGETS = "k,v,down"  # the paper's keys, values and FFN intermediate
 
 
@@ -220,6 +223,14 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"GaLore projects Adam's states: use --optimizer adamw or adamw-8bit "
                 f"(galore_torch's GaLoreAdamW / GaLoreAdamW8bit), not {self.optimizer}"
+            )
+        if self.optimizer_impl == "fused" and (
+            self.optimizer not in TORCH_FUSED_OPTIMIZERS or self.method == "galore"
+        ):
+            owner = "galore_torch's GaLore" if self.method == "galore" else self.optimizer
+            raise ValueError(
+                f"--optimizer-impl fused is torch's AdamW / SGD kernel; {owner} has no fused "
+                "variant: drop --optimizer-impl"
             )
         if self.optimizer_in_backward and self.grad_accum > 1:
             raise ValueError(

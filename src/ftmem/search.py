@@ -44,10 +44,12 @@ def fewest_gpus(
     everything), so the search walks the counts in order rather than bisecting.
     """
     tried: list[GpuCount] = []
+    refused: list[str] = []
     for g, n in gpu_counts(gpus_per_node, max_nodes, multiple_of):
         try:
             est = estimate_on(g, n)
-        except InvalidInputError:
+        except InvalidInputError as exc:
+            refused.append(str(exc))
             continue
         if est.fits is None:
             raise InvalidInputError("--fewest-gpus needs a GPU: give --gpu or --gpu-memory.")
@@ -55,6 +57,10 @@ def fewest_gpus(
         tried.append(count)
         if est.fits:
             return count, tried
+    if refused and len(tried) <= 1:
+        # no count, or one GPU only, could be estimated: the refusal is the answer
+        # (a one-GPU feature such as --accounting simple, an offload without a strategy)
+        raise InvalidInputError(f"--fewest-gpus: {refused[0]}")
     return None, tried
 
 
