@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ftmem.errors import FtmemError, InvalidInputError
 from ftmem.result import Estimate
 from ftmem.textfiles import compose_yaml, parse_yaml, read_text
+from ftmem.limits import GPU_MEMORY
 from ftmem.units import format_bytes, parse_size
 
 MAX_FILE_BYTES = 1 << 20  # a budgets file is a page of YAML, not a dataset
@@ -142,10 +143,8 @@ def _headroom_needed(text: str, gpu_bytes: int) -> int:
 
 
 def _size(key: str, text: str) -> int:
-    try:
-        return parse_size(text)
-    except InvalidInputError as exc:
-        raise InvalidInputError(f"{key}: {exc}") from None
+    """A per-GPU size of the budgets file (max_total, min_headroom)."""
+    return parse_size(text, GPU_MEMORY, key)
 
 
 def check_run(run: BudgetRun, defaults: dict[str, Any], line: int) -> RunResult:
