@@ -29,9 +29,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ftmem.errors import FtmemError, InvalidInputError
+from ftmem.limits import GPU_MEMORY
 from ftmem.result import Estimate
 from ftmem.textfiles import compose_yaml, parse_yaml, read_text
-from ftmem.limits import GPU_MEMORY
 from ftmem.units import format_bytes, parse_size
 
 MAX_FILE_BYTES = 1 << 20  # a budgets file is a page of YAML, not a dataset
@@ -204,7 +204,8 @@ def _offending_key(message: str, run: BudgetRun) -> str | None:
     """The run's key an estimate error is about, to point at its line."""
     for key in [*run.settings, "model", "gpu", "gpu_memory", "max_total", "min_headroom"]:
         flag = "--" + key.replace("_", "-")
-        if f"'{key}'" in message or message.startswith((flag, f"{key}:")) or f" {flag}" in message:
+        starts = (flag, f"{key}:", f"{key} ")
+        if f"'{key}'" in message or message.startswith(starts) or f" {flag}" in message:
             return key
     if "model" in message.lower():
         return "model"

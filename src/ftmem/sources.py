@@ -101,8 +101,8 @@ def _number(cfg: Mapping, key: str) -> float | None:
 
 def _word(cfg: Mapping, key: str, default: str | None = None) -> str | None:
     value = cfg.get(key, default)
-    if value is not None and not isinstance(value, str):
-        raise _wrong(key, "a string", value)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise _wrong(key, "a non-empty string", value)
     return value
 
 
@@ -142,7 +142,7 @@ def _llama_like(cfg: Mapping, family: str) -> Mapping:
         out["head_dim"] = head_dim
     no_window = type(cfg.get("sliding_window")) is int and cfg["sliding_window"] == 0
     window = None if no_window else _opt(cfg, "sliding_window", limits.TOKENS)
-    if window and _flag(cfg, "use_sliding_window", True):
+    if _flag(cfg, "use_sliding_window", True) and window:
         out["sliding_window"] = window
     return out
 
@@ -349,20 +349,35 @@ def load_config_json(path: Path) -> Architecture:
     return architecture_from_config(cfg, str(name) or "custom", str(file))
 
 
+MAX_REF_BYTES = 4096  # a ref holds one commit hash (40 hex digits)
+
+
 def _snapshot(path: Path) -> Path:
-    """A Hugging Face cache entry (``models--org--name``) as its current snapshot folder."""
+    """A Hugging Face cache entry (``models--org--name``) as its current snapshot folder:
+    the one ``refs/main`` names (as huggingface_hub reads it), else the newest."""
     snapshots = path / "snapshots"
     if not snapshots.is_dir():
         return path
     ref = path / "refs" / "main"
-    if ref.is_file():
-        chosen = snapshots / ref.read_text(encoding="utf-8").strip()
-        if chosen.is_dir():
-            return chosen
-    candidates = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime)
-    if not candidates:
+    if ref.exists() or ref.is_symlink():
+        commit = read_text(ref, "refs/main", MAX_REF_BYTES).strip()
+        if not commit or commit in (".", "..") or any(c in commit for c in "/\\\0"):
+            raise ConfigError(f"{ref} does not hold a snapshot's name ({_shown(commit)}).")
+        chosen = snapshots / commit
+        if not chosen.is_dir():
+            raise ConfigError(
+                f"{ref} names snapshot {_shown(commit)}, which is not in {snapshots}; give "
+                "the snapshot folder itself."
+            )
+        return chosen
+    try:
+        candidates = [p for p in snapshots.iterdir() if p.is_dir()]
+        newest = max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {snapshots}: {exc.strerror or exc}.") from None
+    if newest is None:
         raise ConfigError(f"{path} is a Hugging Face cache entry with no snapshot.")
-    return candidates[-1]
+    return newest
 
 
 def _local(spec: str) -> Path | None:

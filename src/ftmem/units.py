@@ -28,26 +28,28 @@ def _quoted(text: str) -> str:
     return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
-def parse_size(text: str | int, bound: Bound = HOST_MEMORY, what: str = "size") -> int:
+def parse_size(text: str | int, bound: Bound = HOST_MEMORY, what: str = "") -> int:
     """Parse ``"24GiB"``, ``"24 GB"``, ``"80000MiB"`` or a plain byte count into bytes,
-    exactly (no float rounding) and within ``bound`` (``what`` names the option in errors).
+    exactly (no float rounding) and within ``bound``; ``what`` (an option or key) starts
+    the errors.
 
     A bare letter such as ``24g`` is refused: it is ambiguous between GB and GiB,
     which differ by 7 %.
     """
+    where = f"{what}: " if what else ""
     if isinstance(text, int):
         value_bytes = text
     else:
         match = _SIZE_RE.match(str(text))
         if not match or not (match.group(1) or match.group(2)):
             raise InvalidInputError(
-                f"Cannot read {what} {_quoted(str(text))}; write it like 24GiB or 24GB."
+                f"{where}Cannot read {_quoted(str(text))} as a size; write it like 24GiB or 24GB."
             )
         whole, part, unit = match.group(1), match.group(2) or "", match.group(3).upper()
         factor = _BINARY.get(unit) or _DECIMAL.get(unit) or (1 if unit == "" else None)
         if factor is None:
             raise InvalidInputError(
-                f"Unknown size unit {_quoted(match.group(3))} in {what}; use B, KiB, MiB, GiB, "
+                f"{where}Unknown size unit {_quoted(match.group(3))}; use B, KiB, MiB, GiB, "
                 "TiB (binary) or KB, MB, GB, TB (decimal)."
             )
         whole = whole.lstrip("0")
@@ -56,9 +58,9 @@ def parse_size(text: str | int, bound: Bound = HOST_MEMORY, what: str = "size") 
         else:
             number = Fraction(f"{whole or 0}.{part[:_FRACTION_DIGITS] or 0}")
             value_bytes = round(number * factor)
-    bound.check(what, value_bytes)
+    bound.check(what or "the size", value_bytes)
     if value_bytes <= 0:
-        raise InvalidInputError(f"{what} {_quoted(str(text))} must be positive.")
+        raise InvalidInputError(f"{where}Size {_quoted(str(text))} must be positive.")
     return value_bytes
 
 
