@@ -50,7 +50,7 @@ def shown(value: int) -> str:
     if abs(value) < 10**16:
         return f"{value:,}"
     digits = int(abs(value).bit_length() * math.log10(2))  # str() past 4,300 digits fails
-    return f"about 10^{digits}"
+    return f"about {'-' if value < 0 else ''}10^{digits}"
 
 
 GPU_MEMORY = Bound(

@@ -237,7 +237,7 @@ class RunConfig(BaseModel):
         if isinstance(data, dict):
             for name, value in data.items():
                 if isinstance(value, bool) and name in RUN_BOUNDS:
-                    raise ValueError(f"{_flag(name)} must be a number, not {value}")
+                    raise ValueError(f"{_flag(name)} must be a number, not {str(value).lower()}")
         return data
 
     @model_validator(mode="after")
