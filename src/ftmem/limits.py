@@ -10,6 +10,7 @@ can overflow or run for ever.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ftmem.errors import InvalidInputError
@@ -125,8 +126,12 @@ ADAPTERS = Bound(
 )
 
 
-def finite(what: str, value: float) -> float:
-    """``value`` unless it is nan or infinite (which no setting can mean)."""
-    if not math.isfinite(value):
-        raise InvalidInputError(f"{what} must be a finite number, not {value}.")
-    return value
+def flag_as_count(data: object, counts: Iterable[str]) -> str | None:
+    """What is wrong when a settings mapping gives one of its ``counts`` as true/false (a
+    YAML ``batch_size: yes``): pydantic's lax integers would read it as 1 or 0."""
+    if isinstance(data, dict):
+        for name in counts:
+            if isinstance(data.get(name), bool):
+                flag = "--" + name.replace("_", "-")
+                return f"{flag} must be a number, not {str(data[name]).lower()}"
+    return None

@@ -234,10 +234,9 @@ class RunConfig(BaseModel):
     def _counts_not_flags(cls, data: object) -> object:
         """A count given as true/false (a YAML `batch_size: yes`) is refused, not read as 1
         or 0 (pydantic's lax integers would)."""
-        if isinstance(data, dict):
-            for name, value in data.items():
-                if isinstance(value, bool) and name in RUN_BOUNDS:
-                    raise ValueError(f"{_flag(name)} must be a number, not {str(value).lower()}")
+        problem = limits.flag_as_count(data, RUN_BOUNDS)
+        if problem:
+            raise ValueError(problem)
         return data
 
     @model_validator(mode="after")

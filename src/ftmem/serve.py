@@ -47,6 +47,14 @@ class ServeConfig(BaseModel):
     lora_r: PositiveInt = 16
     lora_targets: str = "all-linear"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _counts_not_flags(cls, data: object) -> object:
+        problem = limits.flag_as_count(data, SERVE_BOUNDS)
+        if problem:
+            raise ValueError(problem)
+        return data
+
     @model_validator(mode="after")
     def _within_bounds(self) -> ServeConfig:
         for name, bound in SERVE_BOUNDS.items():

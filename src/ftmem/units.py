@@ -37,6 +37,8 @@ def parse_size(text: str | int, bound: Bound = HOST_MEMORY, what: str = "") -> i
     which differ by 7 %.
     """
     where = f"{what}: " if what else ""
+    if isinstance(text, bool):  # an int to Python, but no size
+        raise InvalidInputError(f"{where}Cannot read {text} as a size; write it like 24GiB.")
     if isinstance(text, int):
         value_bytes = text
     else:
