@@ -79,7 +79,7 @@ WIDTH = Bound(
     2**20,
     "",
     "one dimension of a weight matrix: 14x the widest published, PaLM's 73,728-wide MLP, "
-    "and 4x the largest vocabulary, Gemma 3's 262,144 tokens",
+    "and 4x the largest vocabulary, Gemma 3's 262k tokens",
 )
 EXPERTS = Bound(
     "the expert bound",
@@ -91,7 +91,7 @@ PARAMETERS = Bound(
     "the parameter bound",
     2**50,
     "parameters",
-    "6x the largest model claimed: BaGuaLu's 174 trillion, Ma et al. 2022",
+    "6x the largest model a system was built to train: BaGuaLu's 174 trillion, Ma et al. 2022",
 )
 TOKENS = Bound(
     "the token bound",
