@@ -73,7 +73,7 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
     ("batch-negative", ["estimate", "gpt2", "--batch-size", "-1"], {}, "--batch-size"),
     ("batch-zero", ["estimate", "gpt2", "--batch-size", "0"], {}, "--batch-size"),
     ("batch-text", ["estimate", "gpt2", "--batch-size", "abc"], {}, "--batch-size"),
-    ("batch-absurd", ["estimate", "gpt2", "--batch-size", "1000000000000"], {}, "tokens per step"),
+    ("batch-absurd", ["estimate", "gpt2", "--batch-size", "10000000"], {}, "tokens per step"),
     ("seq-zero", ["estimate", "gpt2", "--seq-len", "0"], {}, "--seq-len"),
     ("seq-beyond-learned", ["estimate", "gpt2", "--seq-len", "4096"], {}, "learned positions"),
     ("grad-accum-zero", ["estimate", "gpt2", "--grad-accum", "0"], {}, "--grad-accum"),
@@ -259,7 +259,7 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         "string-layers",
         ["estimate", "{tmp}/config.json"],
         {"config.json": cfg(num_hidden_layers="many")},
-        "num_layers",
+        "num_hidden_layers must be an integer",
     ),
     (
         "kv-not-dividing",
@@ -622,7 +622,7 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
     ),
     (
         "target-len-absurd",
-        ["estimate", "flan-t5-base", "--target-len", "4294967296"],
+        ["estimate", "flan-t5-base", "--batch-size", "2", "--target-len", "2000000000"],
         {},
         "check --batch-size and --target-len",
     ),

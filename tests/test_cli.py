@@ -120,7 +120,7 @@ def test_config_json_source(tmp_path):
         (["estimate", "gpt2", "--gpu-memory", "24g"], "Unknown size unit"),
         (["estimate", "gpt2", "--gpu", "t4", "--gpu-memory", "24GiB"], "not both"),
         (["estimate", "gpt2", "--seq-len", "4096"], "learned positions"),
-        (["estimate", "gpt2", "--batch-size", "1000000000000"], "tokens per step"),
+        (["estimate", "gpt2", "--batch-size", "10000000"], "tokens per step"),
         (
             ["estimate", "llama2-7b", "--method", "lora", "--lora-targets", "qq"],
             "matches no linear",

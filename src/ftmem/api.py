@@ -12,6 +12,7 @@ from ftmem.distill import Teacher
 from ftmem.errors import InvalidInputError
 from ftmem.estimate import estimate_step
 from ftmem.hardware import Gpu, custom_gpu
+from ftmem.limits import GPU_MEMORY, GPUS, HOST_MEMORY, TOKENS
 from ftmem.merge import MergeConfig
 from ftmem.methods import adapted_linears
 from ftmem.parallel import ParallelConfig
@@ -25,9 +26,8 @@ from ftmem.serve import ServeConfig
 from ftmem.sources import resolve_model, source_notes
 from ftmem.units import parse_size
 
-# Sizes beyond which an input is surely a typo (tokens per micro-batch, vocab...).
-MAX_TOKENS_PER_STEP = 2**31
-MAX_GPUS = 2**17
+MAX_TOKENS_PER_STEP = TOKENS.limit
+MAX_GPUS = GPUS.limit
 
 M = TypeVar("M", bound=BaseModel)
 # estimate() settings that describe how the run is spread, not the run itself
@@ -71,10 +71,10 @@ def parallel_config(
 ) -> ParallelConfig:
     """Validate the multi-GPU settings (gpus, nodes, strategy, tp, pp, cp, offload)."""
     if host_memory is not None:
-        try:
-            settings["host_memory_bytes"] = parse_size(host_memory)
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"--host-memory: {exc}") from None
+        settings["host_memory_bytes"] = parse_size(host_memory, HOST_MEMORY, "--host-memory")
+    for name in ("gpus", "nodes", "tp", "pp", "cp"):  # each, before their product is taken
+        if isinstance(settings.get(name), int):
+            GPUS.check(_option(name), settings[name])
     settings["bucket_elements"] = bucket_elements
     par = _validated(ParallelConfig, settings)
     if par.world > MAX_GPUS:
@@ -98,7 +98,7 @@ def resolve_gpu(gpu: str | Gpu | None = None, gpu_memory: str | int | None = Non
     if gpu is not None and gpu_memory is not None:
         raise InvalidInputError("Give either --gpu or --gpu-memory, not both.")
     if gpu_memory is not None:
-        return custom_gpu(parse_size(gpu_memory))
+        return custom_gpu(parse_size(gpu_memory, GPU_MEMORY, "--gpu-memory"))
     if isinstance(gpu, Gpu) or gpu is None:
         return gpu
     return get_gpu(gpu)
@@ -140,7 +140,9 @@ def estimate(
                 "a rank that high is not low-rank; use full finetuning instead."
             )
     overhead_bytes = (
-        None if overhead is None else (0 if overhead in (0, "0") else parse_size(overhead))
+        None
+        if overhead is None
+        else (0 if overhead in (0, "0") else parse_size(overhead, GPU_MEMORY, "--overhead"))
     )
     est = estimate_step(arch, run, resolve_gpu(gpu, gpu_memory), overhead_bytes, par, distill)
     return est.model_copy(update={"notes": [*notes, *est.notes]}) if notes else est

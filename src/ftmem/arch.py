@@ -15,8 +15,17 @@ from functools import lru_cache
 from math import prod
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
+from ftmem import limits
 from ftmem.errors import InvalidInputError
 
 Family = Literal[
@@ -38,7 +47,8 @@ class Architecture(BaseModel):
     decoder blocks; its layout treats each encoder/decoder pair as one block.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a preset's `tie_embeddings: "no"` or `num_layers: true` is refused, not read
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str
     family: Family
@@ -72,16 +82,37 @@ class Architecture(BaseModel):
     num_experts: PositiveInt = Field(1, description="MoE experts per layer (1 = dense MLP).")
     experts_per_token: PositiveInt = 1
     sliding_window: PositiveInt | None = None
-    final_logit_softcapping: float | None = None
-    attn_logit_softcapping: float | None = Field(
+    final_logit_softcapping: FiniteFloat | None = None
+    attn_logit_softcapping: FiniteFloat | None = Field(
         None, description="Gemma-2: tanh soft-capping of the attention scores."
     )
     relative_attention_num_buckets: PositiveInt = Field(
         32, description="T5: buckets of the relative position bias (one table per stack)."
     )
-    dropout_rate: float = Field(
+    dropout_rate: FiniteFloat = Field(
         0.0, ge=0.0, lt=1.0, description="T5: dropout in training (its configs ship 0.1)."
     )
+
+    @field_validator("norms_per_block", mode="before")
+    @classmethod
+    def _count_not_flag(cls, value: object) -> object:
+        if isinstance(value, bool):  # True == 1 would pass the Literal
+            raise ValueError(f"norms_per_block must be 1, 2 or 4, not {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _within_bounds(self) -> Architecture:
+        for name, bound in BOUNDS.items():
+            value = getattr(self, name)
+            problem = None if value is None else bound.problem(name, value)
+            if problem:
+                raise ValueError(problem)
+        problem = limits.WIDTH.problem("num_heads × head_dim", self.q_size) or (
+            limits.PARAMETERS.problem(f"{self.name}'s parameter count", count_params(self))
+        )
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Architecture:
@@ -144,6 +175,24 @@ class Architecture(BaseModel):
             or self.mlp_bias
             or self.norm == "layernorm"
         )
+
+
+# The physical bound of each count (limits), checked before any arithmetic uses it.
+BOUNDS: dict[str, limits.Bound] = {
+    "vocab_size": limits.WIDTH,
+    "hidden_size": limits.WIDTH,
+    "num_layers": limits.LAYERS,
+    "num_heads": limits.WIDTH,
+    "num_kv_heads": limits.WIDTH,
+    "head_dim": limits.WIDTH,
+    "intermediate_size": limits.WIDTH,
+    "max_position_embeddings": limits.TOKENS,
+    "num_experts": limits.EXPERTS,
+    "experts_per_token": limits.EXPERTS,
+    "sliding_window": limits.TOKENS,
+    "relative_attention_num_buckets": limits.WIDTH,
+    "published_params": limits.PARAMETERS,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ftmem.display import printable
 from ftmem.errors import FtmemError, InvalidInputError
+from ftmem.limits import GPU_MEMORY
 from ftmem.result import Estimate
 from ftmem.textfiles import compose_yaml, parse_yaml, read_text
 from ftmem.units import format_bytes, parse_size
@@ -143,10 +144,8 @@ def _headroom_needed(text: str, gpu_bytes: int) -> int:
 
 
 def _size(key: str, text: str) -> int:
-    try:
-        return parse_size(text)
-    except InvalidInputError as exc:
-        raise InvalidInputError(f"{key}: {exc}") from None
+    """A per-GPU size of the budgets file (max_total, min_headroom)."""
+    return parse_size(text, GPU_MEMORY, key)
 
 
 def check_run(run: BudgetRun, defaults: dict[str, Any], line: int) -> RunResult:
@@ -213,7 +212,8 @@ def _offending_key(message: str, run: BudgetRun) -> str | None:
     """The run's key an estimate error is about, to point at its line."""
     for key in [*run.settings, "model", "gpu", "gpu_memory", "max_total", "min_headroom"]:
         flag = "--" + key.replace("_", "-")
-        if f"'{key}'" in message or message.startswith((flag, f"{key}:")) or f" {flag}" in message:
+        starts = (flag, f"{key}:", f"{key} ")
+        if f"'{key}'" in message or message.startswith(starts) or f" {flag}" in message:
             return key
     if "model" in message.lower():
         return "model"

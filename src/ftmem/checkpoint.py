@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
 
+from ftmem import limits
 from ftmem.errors import ConfigError
 from ftmem.textfiles import parse_json, read_text
 
@@ -85,16 +86,41 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     if not isinstance(header, dict):
         raise ConfigError(f"{path.name} has a header that is not a JSON object.")
     out: dict[str, tuple[str, tuple[int, ...]]] = {}
+    # The physical bound of a shape: its elements' data must lie in the file, at one bit
+    # per element at the least (a 4-bit dtype ftmem does not know; 8 bits for I8...).
+    data_bits = 8 * (size - 8 - length)
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        label = _label(name)
         if not isinstance(info, dict) or "dtype" not in info or "shape" not in info:
-            raise ConfigError(f"{path.name}: tensor '{name}' has no dtype or shape in the header.")
-        shape = info["shape"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise ConfigError(f"{path.name}: tensor '{name}' has a malformed shape {shape!r}.")
-        out[name] = (str(info["dtype"]), tuple(shape))
+            raise ConfigError(f"{path.name}: tensor {label} has no dtype or shape in the header.")
+        shape, dtype = info["shape"], info["dtype"]
+        if not isinstance(dtype, str) or not 0 < len(dtype) <= 20:
+            raise ConfigError(f"{path.name}: tensor {label} has a malformed dtype.")
+        if not isinstance(shape, list) or not all(
+            type(d) is int and 0 <= d <= data_bits for d in shape
+        ):
+            if isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape):
+                raise ConfigError(
+                    f"{path.name}: tensor {label} has a dimension over the file size bound "
+                    f"(its {data_bits // 8:,} bytes of data hold fewer elements)."
+                )
+            raise ConfigError(f"{path.name}: tensor {label} has a malformed shape.")
+        bits = 8 * DTYPE_BYTES.get(dtype, 0) or 1
+        if prod(shape) * bits > data_bits:
+            raise ConfigError(
+                f"{path.name}: tensor {label} has {limits.shown(prod(shape))} elements of "
+                f"{dtype}, over the file size bound (its {data_bits // 8:,} bytes of data "
+                "cannot hold them)."
+            )
+        out[name] = (dtype, tuple(shape))
     return out
+
+
+def _label(name: str) -> str:
+    """A tensor name from a header in a message: quoted and cut short."""
+    return repr(name if len(name) <= 60 else name[:57] + "...")
 
 
 def read_checkpoint(folder: Path) -> Checkpoint | None:
@@ -103,10 +129,7 @@ def read_checkpoint(folder: Path) -> Checkpoint | None:
     if index.is_file():
         data = parse_json(read_text(index, "safetensors index", MAX_INDEX_BYTES), index.name)
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
-        if not isinstance(weight_map, dict) or not all(
-            isinstance(v, str) and v and "/" not in v and v not in (".", "..")
-            for v in weight_map.values()
-        ):
+        if not isinstance(weight_map, dict) or not all(map(_is_file_name, weight_map.values())):
             raise ConfigError(
                 f"{index.name} has no weight_map of tensor names to file names in its folder."
             )
@@ -118,7 +141,20 @@ def read_checkpoint(folder: Path) -> Checkpoint | None:
     ckpt = Checkpoint(files)
     for name in files:
         path = folder / name
-        if not path.is_file():
-            raise ConfigError(f"{folder / name} is named in the index but missing.")
-        ckpt.tensors.update(read_header(path))
+        try:
+            if not path.is_file():
+                raise ConfigError(f"{path} is named in the index but missing.")
+            ckpt.tensors.update(read_header(path))
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}.") from None
     return ckpt
+
+
+def _is_file_name(value: object) -> bool:
+    """A file in the index's own folder (no path, no NUL, within NAME_MAX)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value.encode("utf-8", "replace")) <= 255
+        and not any(c in value for c in "/\\\0")
+        and value not in (".", "..")
+    )

@@ -596,7 +596,7 @@ def merge(
         layers=layers,
         dtype=dtype,
         streamed=not in_memory,
-        shard_bytes=parse_size(shard_size),
+        shard_bytes=parse_size(shard_size, what="--shard-size"),
     )
     est = merge_estimate(arch, cfg)
     data = {

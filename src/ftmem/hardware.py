@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+from ftmem.limits import GPU_MEMORY
 
 MiB = 2**20
 
@@ -30,6 +32,20 @@ class Gpu(BaseModel):
     bf16: bool = True
     fp8: bool = False
     notes: str | None = None
+
+    @field_validator("memory_bytes", mode="before")
+    @classmethod
+    def _count_not_flag(cls, value: object) -> object:
+        if isinstance(value, bool):  # pydantic's lax integers would read true as 1 byte
+            raise ValueError(f"memory_bytes must be a number of bytes, not {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _within_bounds(self) -> Gpu:
+        problem = GPU_MEMORY.problem("memory_bytes", self.memory_bytes)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 def custom_gpu(memory_bytes: int) -> Gpu:

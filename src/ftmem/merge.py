@@ -25,6 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from ftmem import limits
 from ftmem.arch import Architecture, count_params, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.errors import InvalidInputError
@@ -43,7 +44,8 @@ class MergeConfig(BaseModel):
     )
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"  # inputs and output
     streamed: bool = True
-    shard_bytes: int = Field(DEFAULT_SHARD_BYTES, ge=0)
+    # a shard is held in host RAM before it is written
+    shard_bytes: int = Field(DEFAULT_SHARD_BYTES, ge=0, le=limits.HOST_MEMORY.limit)
 
 
 @dataclass(frozen=True, slots=True)

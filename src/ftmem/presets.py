@@ -84,8 +84,11 @@ def validation_message(exc: ValidationError, where: str) -> str:
     """A pydantic error as one sentence naming each bad field."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "value"
-        parts.append(f"{loc}: {err['msg']}")
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    if not any(err["loc"] for err in exc.errors()):  # a check of the whole: its own sentence
+        return f"{where}: {'; '.join(parts)}."
     return f"{where} is invalid ({'; '.join(parts)})."
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, PositiveInt, model_validator
+
+from ftmem import limits
 
 Method = Literal[
     "full",
@@ -86,6 +88,25 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "galore_rank": frozenset({"galore"}),
     "galore_targets": frozenset({"galore"}),
 }
+
+
+# The physical bound of each count a run takes (ftmem.limits).
+RUN_BOUNDS: dict[str, limits.Bound] = {
+    "batch_size": limits.SEQUENCES,
+    "seq_len": limits.TOKENS,
+    "target_len": limits.TOKENS,
+    "grad_accum": limits.MICRO_BATCHES,
+    "trainable_layers": limits.LAYERS,
+    "galore_rank": limits.WIDTH,
+    "lora_r": limits.WIDTH,
+    "adapter_size": limits.WIDTH,
+    "virtual_tokens": limits.TOKENS,
+    "encoder_hidden": limits.WIDTH,
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def split_patterns(spec: str) -> list[str]:
@@ -175,9 +196,9 @@ class RunConfig(BaseModel):
     )
     # LoRA family
     lora_r: PositiveInt | None = None
-    lora_alpha: float | None = None
+    lora_alpha: FiniteFloat | None = None
     lora_targets: str | None = None
-    lora_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    lora_dropout: FiniteFloat | None = Field(None, ge=0.0, lt=1.0)
     lora_modules_to_save: str | None = Field(
         None,
         description="peft modules_to_save: 'embed', 'head' or 'embed,head' (trainable copies).",
@@ -210,6 +231,25 @@ class RunConfig(BaseModel):
     compute_dtype: Literal["bf16", "fp16", "fp32"] | None = None
     # reporting
     accounting: Accounting = "phases"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _counts_not_flags(cls, data: object) -> object:
+        """A count given as true/false (a YAML `batch_size: yes`) is refused, not read as 1
+        or 0 (pydantic's lax integers would)."""
+        problem = limits.flag_as_count(data, RUN_BOUNDS)
+        if problem:
+            raise ValueError(problem)
+        return data
+
+    @model_validator(mode="after")
+    def _within_bounds(self) -> RunConfig:
+        for name, bound in RUN_BOUNDS.items():
+            value = getattr(self, name)
+            problem = None if value is None else bound.problem(_flag(name), value)
+            if problem:
+                raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:

@@ -7,6 +7,8 @@ Each supported ``model_type`` maps its config keys onto :class:`Architecture`.
 from __future__ import annotations
 
 import difflib
+import json
+import math
 import re
 from collections.abc import Callable
 from math import prod
@@ -15,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ftmem import limits
 from ftmem.arch import Architecture, count_params
 from ftmem.checkpoint import read_checkpoint
 from ftmem.errors import ConfigError, UnknownNameError
@@ -25,13 +28,82 @@ Mapping = dict[str, Any]
 MAX_CONFIG_BYTES = 16 * 2**20  # real config.json files are a few KiB
 
 
-def _need(cfg: Mapping, *keys: str) -> Any:
+# -- reading config.json's values with their types ------------------------------------------
+# As transformers 5 reads them (its configs are strict dataclasses): a flag is a JSON
+# true/false, never the string "false" (truthy) nor 0; a count is an integer, never a
+# bool, a float or a string; a count that may be absent may be null. Each count is
+# checked against its physical bound (ftmem.limits) before any arithmetic sees it.
+
+
+def _shown(value: Any) -> str:
+    """A config value in a message, as JSON and cut short."""
+    big = isinstance(value, int) and not isinstance(value, bool)
+    text = limits.shown(value) if big else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _wrong(key: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"config.json: {key} must be {expected}, not {_shown(value)}.")
+
+
+def _present(cfg: Mapping, keys: tuple[str, ...]) -> tuple[str, Any] | None:
+    """The first of ``keys`` that config.json gives a value (null counts as absent)."""
     for key in keys:
-        if key in cfg and cfg[key] is not None:
-            return cfg[key]
-    raise ConfigError(
-        f"config.json lacks '{keys[0]}', which a {cfg.get('model_type')} model needs."
-    )
+        if cfg.get(key) is not None:
+            return key, cfg[key]
+    return None
+
+
+def _count(key: str, value: Any, bound: limits.Bound) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _wrong(key, "an integer", value)
+    if value <= 0:
+        raise _wrong(key, "positive", value)
+    problem = bound.problem(f"config.json: {key}", value)
+    if problem:
+        raise ConfigError(problem + ".")
+    return value
+
+
+def _need(cfg: Mapping, *keys: str, bound: limits.Bound = limits.WIDTH) -> int:
+    """A count config.json must give (under one of ``keys``)."""
+    found = _present(cfg, keys)
+    if found is None:
+        raise ConfigError(
+            f"config.json lacks '{keys[0]}', which a {cfg.get('model_type')} model needs."
+        )
+    return _count(*found, bound)
+
+
+def _opt(cfg: Mapping, key: str, bound: limits.Bound = limits.WIDTH) -> int | None:
+    """A count config.json may leave out (or give as null)."""
+    found = _present(cfg, (key,))
+    return None if found is None else _count(*found, bound)
+
+
+def _flag(cfg: Mapping, key: str, default: bool) -> bool:
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise _wrong(key, "true or false", value)
+    return value
+
+
+def _number(cfg: Mapping, key: str) -> float | None:
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _wrong(key, "a number", value)
+    if not math.isfinite(value):
+        raise _wrong(key, "a finite number", value)
+    return float(value)
+
+
+def _word(cfg: Mapping, key: str, default: str | None = None) -> str | None:
+    value = cfg.get(key, default)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise _wrong(key, "a non-empty string", value)
+    return value
 
 
 def _act(name: str | None) -> str:
@@ -44,30 +116,34 @@ def _act(name: str | None) -> str:
         return "gelu"
     if name == "relu":
         return "relu"
-    raise ConfigError(f"Unsupported activation '{name}' in config.json.")
+    raise ConfigError(f"Unsupported activation {_shown(name)} in config.json.")
 
 
 def _llama_like(cfg: Mapping, family: str) -> Mapping:
     heads = _need(cfg, "num_attention_heads")
+    attention_bias = _flag(cfg, "attention_bias", False)
     out = {
         "family": family,
         "vocab_size": _need(cfg, "vocab_size"),
         "hidden_size": _need(cfg, "hidden_size"),
-        "num_layers": _need(cfg, "num_hidden_layers"),
+        "num_layers": _need(cfg, "num_hidden_layers", bound=limits.LAYERS),
         "num_heads": heads,
-        "num_kv_heads": cfg.get("num_key_value_heads") or heads,
+        "num_kv_heads": _opt(cfg, "num_key_value_heads") or heads,
         "intermediate_size": _need(cfg, "intermediate_size"),
-        "activation": _act(cfg.get("hidden_act") or cfg.get("hidden_activation")),
-        "tie_embeddings": bool(cfg.get("tie_word_embeddings", False)),
-        "max_position_embeddings": cfg.get("max_position_embeddings") or 4096,
-        "attention_qkv_bias": bool(cfg.get("attention_bias", False)),
-        "attention_out_bias": bool(cfg.get("attention_bias", False)),
-        "mlp_bias": bool(cfg.get("mlp_bias", False)),
+        "activation": _act(_word(cfg, "hidden_act") or _word(cfg, "hidden_activation")),
+        "tie_embeddings": _flag(cfg, "tie_word_embeddings", False),
+        "max_position_embeddings": _opt(cfg, "max_position_embeddings", limits.TOKENS) or 4096,
+        "attention_qkv_bias": attention_bias,
+        "attention_out_bias": attention_bias,
+        "mlp_bias": _flag(cfg, "mlp_bias", False),
     }
-    if cfg.get("head_dim"):
-        out["head_dim"] = cfg["head_dim"]
-    if cfg.get("sliding_window") and cfg.get("use_sliding_window", True):
-        out["sliding_window"] = cfg["sliding_window"]
+    head_dim = _opt(cfg, "head_dim")
+    if head_dim:
+        out["head_dim"] = head_dim
+    no_window = type(cfg.get("sliding_window")) is int and cfg["sliding_window"] == 0
+    window = None if no_window else _opt(cfg, "sliding_window", limits.TOKENS)
+    if _flag(cfg, "use_sliding_window", True) and window:
+        out["sliding_window"] = window
     return out
 
 
@@ -88,24 +164,25 @@ def _from_qwen2(cfg: Mapping) -> Mapping:
 def _from_mixtral(cfg: Mapping) -> Mapping:
     out = _llama_like(cfg, "mixtral")
     out.update(
-        num_experts=_need(cfg, "num_local_experts"),
-        experts_per_token=_need(cfg, "num_experts_per_tok"),
+        num_experts=_need(cfg, "num_local_experts", bound=limits.EXPERTS),
+        experts_per_token=_need(cfg, "num_experts_per_tok", bound=limits.EXPERTS),
     )
     return out
 
 
 def _from_gemma(cfg: Mapping) -> Mapping:
     out = _llama_like(cfg, "gemma")
-    out["tie_embeddings"] = bool(cfg.get("tie_word_embeddings", True))
+    out["tie_embeddings"] = _flag(cfg, "tie_word_embeddings", True)
     return out
 
 
 def _from_gemma2(cfg: Mapping) -> Mapping:
     out = _llama_like(cfg, "gemma2")
-    out.update(norms_per_block=4, tie_embeddings=bool(cfg.get("tie_word_embeddings", True)))
+    out.update(norms_per_block=4, tie_embeddings=_flag(cfg, "tie_word_embeddings", True))
     for key in ("final_logit_softcapping", "attn_logit_softcapping"):
-        if cfg.get(key):
-            out[key] = cfg[key]
+        cap = _number(cfg, key)
+        if cap:
+            out[key] = cap
     return out
 
 
@@ -119,62 +196,68 @@ def _from_gpt2(cfg: Mapping) -> Mapping:
         "family": "gpt2",
         "vocab_size": _need(cfg, "vocab_size"),
         "hidden_size": h,
-        "num_layers": _need(cfg, "n_layer", "num_hidden_layers"),
+        "num_layers": _need(cfg, "n_layer", "num_hidden_layers", bound=limits.LAYERS),
         "num_heads": _need(cfg, "n_head", "num_attention_heads"),
-        "intermediate_size": cfg.get("n_inner") or 4 * h,
+        "intermediate_size": _opt(cfg, "n_inner") or 4 * h,
         "mlp": "plain",
-        "activation": _act(cfg.get("activation_function", "gelu_new")),
+        "activation": _act(_word(cfg, "activation_function", "gelu_new")),
         "norm": "layernorm",
         "attention_qkv_bias": True,
         "attention_out_bias": True,
         "mlp_bias": True,
-        "tie_embeddings": bool(cfg.get("tie_word_embeddings", True)),
+        "tie_embeddings": _flag(cfg, "tie_word_embeddings", True),
         "position_embedding": "learned",
-        "max_position_embeddings": _need(cfg, "n_positions", "max_position_embeddings"),
+        "max_position_embeddings": _need(
+            cfg, "n_positions", "max_position_embeddings", bound=limits.TOKENS
+        ),
     }
 
 
 def _from_falcon(cfg: Mapping) -> Mapping:
     h = _need(cfg, "hidden_size")
     heads = _need(cfg, "num_attention_heads", "n_head")
-    new_arch = bool(cfg.get("new_decoder_architecture", False))
+    new_arch = _flag(cfg, "new_decoder_architecture", False)
     if new_arch:
-        kv = cfg.get("num_kv_heads") or heads
+        kv = _opt(cfg, "num_kv_heads") or heads
     else:
-        kv = 1 if cfg.get("multi_query", True) else heads
-    bias = bool(cfg.get("bias", False))
+        kv = 1 if _flag(cfg, "multi_query", True) else heads
+    bias = _flag(cfg, "bias", False)
+    norms = cfg.get("num_ln_in_parallel_attn", 2)
+    if norms is not None and (isinstance(norms, bool) or not isinstance(norms, int)):
+        raise _wrong("num_ln_in_parallel_attn", "an integer or null", norms)
     return {
         "family": "falcon",
         "vocab_size": _need(cfg, "vocab_size"),
         "hidden_size": h,
-        "num_layers": _need(cfg, "num_hidden_layers", "n_layer"),
+        "num_layers": _need(cfg, "num_hidden_layers", "n_layer", bound=limits.LAYERS),
         "num_heads": heads,
         "num_kv_heads": kv,
-        "intermediate_size": cfg.get("ffn_hidden_size") or 4 * h,
+        "intermediate_size": _opt(cfg, "ffn_hidden_size") or 4 * h,
         "mlp": "plain",
         "activation": "gelu",
         "norm": "layernorm",
-        "norms_per_block": 2 if new_arch and cfg.get("num_ln_in_parallel_attn", 2) == 2 else 1,
-        "parallel_attn_mlp": bool(cfg.get("parallel_attn", True)) or new_arch,
+        "norms_per_block": 2 if new_arch and norms == 2 else 1,
+        "parallel_attn_mlp": _flag(cfg, "parallel_attn", True) or new_arch,
         "attention_qkv_bias": bias,
         "attention_out_bias": bias,
         "mlp_bias": bias,
-        "tie_embeddings": bool(cfg.get("tie_word_embeddings", True)),
-        "position_embedding": "alibi" if cfg.get("alibi") else "rotary",
-        "max_position_embeddings": cfg.get("max_position_embeddings") or 2048,
+        "tie_embeddings": _flag(cfg, "tie_word_embeddings", True),
+        "position_embedding": "alibi" if _flag(cfg, "alibi", False) else "rotary",
+        "max_position_embeddings": _opt(cfg, "max_position_embeddings", limits.TOKENS) or 2048,
     }
 
 
 def _from_t5(cfg: Mapping) -> Mapping:
-    layers = _need(cfg, "num_layers")
-    decoder = cfg.get("num_decoder_layers") or layers
+    layers = _need(cfg, "num_layers", bound=limits.LAYERS)
+    decoder = _opt(cfg, "num_decoder_layers", limits.LAYERS) or layers
     if decoder != layers:
         raise ConfigError(
             f"config.json has {layers} encoder and {decoder} decoder layers; ftmem supports "
             "T5 models with as many of each (every T5 and Flan-T5 checkpoint)."
         )
-    ff = str(cfg.get("feed_forward_proj", "relu"))
+    ff = _word(cfg, "feed_forward_proj", "relu") or "relu"
     gated = ff.startswith("gated-")
+    dropout = _number(cfg, "dropout_rate")
     return {
         "family": "t5",
         "vocab_size": _need(cfg, "vocab_size"),
@@ -187,13 +270,12 @@ def _from_t5(cfg: Mapping) -> Mapping:
         "activation": _act(ff.removeprefix("gated-") if ff != "gated-gelu" else "gelu_new"),
         # T5 v1.0 ties the head (and scales the decoder output); v1.1 / Flan-T5 say false,
         # which transformers 5 saves as scale_decoder_outputs false (it writes tie true)
-        "tie_embeddings": bool(
-            cfg.get("tie_word_embeddings", True) and cfg.get("scale_decoder_outputs", True)
-        ),
+        "tie_embeddings": _flag(cfg, "tie_word_embeddings", True)
+        and _flag(cfg, "scale_decoder_outputs", True),
         "position_embedding": "relative",
-        "relative_attention_num_buckets": cfg.get("relative_attention_num_buckets") or 32,
-        "max_position_embeddings": cfg.get("n_positions") or 512,
-        "dropout_rate": float(cfg.get("dropout_rate", 0.1)),
+        "relative_attention_num_buckets": _opt(cfg, "relative_attention_num_buckets") or 32,
+        "max_position_embeddings": _opt(cfg, "n_positions", limits.TOKENS) or 512,
+        "dropout_rate": 0.1 if dropout is None else dropout,
     }
 
 
@@ -267,22 +349,35 @@ def load_config_json(path: Path) -> Architecture:
     return architecture_from_config(cfg, str(name) or "custom", str(file))
 
 
+MAX_REF_BYTES = 4096  # a ref holds one commit hash (40 hex digits)
+
+
 def _snapshot(path: Path) -> Path:
-    """A Hugging Face cache entry (``models--org--name``) as its current snapshot folder."""
+    """A Hugging Face cache entry (``models--org--name``) as its current snapshot folder:
+    the one ``refs/main`` names (as huggingface_hub reads it), else the newest."""
     snapshots = path / "snapshots"
     if not snapshots.is_dir():
         return path
     ref = path / "refs" / "main"
-    if ref.is_file():  # a commit hash; anything else (not text, a path) is ignored
-        with ref.open("rb") as fh:
-            commit = fh.read(256).strip()
-        named = re.fullmatch(rb"[\w.-]{1,128}", commit) and commit not in (b".", b"..")
-        if named and (snapshots / commit.decode()).is_dir():
-            return snapshots / commit.decode()
-    candidates = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime)
-    if not candidates:
+    if ref.exists() or ref.is_symlink():
+        commit = read_text(ref, "refs/main", MAX_REF_BYTES).strip()
+        if not commit or commit in (".", "..") or any(c in commit for c in "/\\\0"):
+            raise ConfigError(f"{ref} does not hold a snapshot's name ({_shown(commit)}).")
+        chosen = snapshots / commit
+        if not chosen.is_dir():
+            raise ConfigError(
+                f"{ref} names snapshot {_shown(commit)}, which is not in {snapshots}; give "
+                "the snapshot folder itself."
+            )
+        return chosen
+    try:
+        candidates = [p for p in snapshots.iterdir() if p.is_dir()]
+        newest = max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {snapshots}: {exc.strerror or exc}.") from None
+    if newest is None:
         raise ConfigError(f"{path} is a Hugging Face cache entry with no snapshot.")
-    return candidates[-1]
+    return newest
 
 
 def _local(spec: str) -> Path | None:
@@ -362,7 +457,7 @@ def source_notes(spec: str) -> list[str]:
             _, left_out = language_part(cfg)
             if left_out:
                 notes.append(left_out)
-            quant = (cfg.get("quantization_config") or {}).get("quant_method")
+            quant = _quant_method(cfg)
             if quant:
                 notes.append(
                     f"config.json says the checkpoint is {quant}-quantised; ftmem estimates the "
@@ -397,6 +492,20 @@ def source_notes(spec: str) -> list[str]:
             "config.json; check the checkpoint matches it."
         )
     return notes
+
+
+def _quant_method(cfg: Mapping) -> str | None:
+    """The quant_method of config.json's quantization_config (an object, as transformers
+    reads it), or None."""
+    quant = cfg.get("quantization_config")
+    if quant is None:
+        return None
+    if not isinstance(quant, dict):
+        raise _wrong("quantization_config", "an object", quant)
+    method = quant.get("quant_method")
+    if method is not None and not isinstance(method, str):
+        raise _wrong("quantization_config.quant_method", "a string", method)
+    return method
 
 
 # buffers some checkpoints store beside the parameters (rotary tables, causal masks)

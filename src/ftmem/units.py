@@ -7,39 +7,62 @@ GPU memory is reported by drivers in binary units (an "80GB" A100 reports
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from typing import Literal
 
 from ftmem.errors import InvalidInputError
+from ftmem.limits import HOST_MEMORY, Bound
 
 UnitSystem = Literal["GiB", "GB"]
 
 _BINARY = {"B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 _DECIMAL = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*$")
+_SIZE_RE = re.compile(r"^\s*([0-9]*)(?:\.([0-9]+))?\s*([A-Za-z]*)\s*$")
+# Fractions of a byte past the 30th decimal cannot change a size rounded to bytes (the
+# largest unit is 2^40 bytes), and digits past it only cost time.
+_FRACTION_DIGITS = 30
 
 
-def parse_size(text: str | int) -> int:
-    """Parse ``"24GiB"``, ``"24 GB"``, ``"80000MiB"`` or a plain byte count into bytes.
+def _quoted(text: str) -> str:
+    """The user's text in a message, cut short (a size can be typed 300 digits long)."""
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def parse_size(text: str | int, bound: Bound = HOST_MEMORY, what: str = "") -> int:
+    """Parse ``"24GiB"``, ``"24 GB"``, ``"80000MiB"`` or a plain byte count into bytes,
+    exactly (no float rounding) and within ``bound``; ``what`` (an option or key) starts
+    the errors.
 
     A bare letter such as ``24g`` is refused: it is ambiguous between GB and GiB,
     which differ by 7 %.
     """
+    where = f"{what}: " if what else ""
+    if isinstance(text, bool):  # an int to Python, but no size
+        raise InvalidInputError(f"{where}Cannot read {text} as a size; write it like 24GiB.")
     if isinstance(text, int):
         value_bytes = text
     else:
         match = _SIZE_RE.match(str(text))
-        if not match:
-            raise InvalidInputError(f"Cannot read '{text}' as a size; write it like 24GiB or 24GB.")
-        number, unit = float(match.group(1)), match.group(2).upper()
+        if not match or not (match.group(1) or match.group(2)):
+            raise InvalidInputError(
+                f"{where}Cannot read {_quoted(str(text))} as a size; write it like 24GiB or 24GB."
+            )
+        whole, part, unit = match.group(1), match.group(2) or "", match.group(3).upper()
         factor = _BINARY.get(unit) or _DECIMAL.get(unit) or (1 if unit == "" else None)
         if factor is None:
             raise InvalidInputError(
-                f"Unknown size unit '{match.group(2)}' in '{text}'; use B, KiB, MiB, GiB, TiB "
-                "(binary) or KB, MB, GB, TB (decimal)."
+                f"{where}Unknown size unit {_quoted(match.group(3))}; use B, KiB, MiB, GiB, "
+                "TiB (binary) or KB, MB, GB, TB (decimal)."
             )
-        value_bytes = round(number * factor)
+        whole = whole.lstrip("0")
+        if len(whole) > 20:  # past any bound whatever the unit: no need to read it all
+            value_bytes = 10 ** (len(whole) - 1) * factor
+        else:
+            number = Fraction(f"{whole or 0}.{part[:_FRACTION_DIGITS] or 0}")
+            value_bytes = round(number * factor)
+    bound.check(what or "the size", value_bytes)
     if value_bytes <= 0:
-        raise InvalidInputError(f"Size '{text}' must be positive.")
+        raise InvalidInputError(f"{where}Size {_quoted(str(text))} must be positive.")
     return value_bytes
 
 

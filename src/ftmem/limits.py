@@ -1,0 +1,137 @@
+"""Physical bounds on every number that reaches the arithmetic, in one place.
+
+A number past its bound is a typo or a hostile file, never a real run: each bound sits
+well above the largest thing of its kind ever built (its reason says which), so a real
+model or machine is never refused, while 10^30 GiB of GPU memory, a million layers or a
+200-digit hidden size are, in one sentence that names the bound, before any arithmetic
+can overflow or run for ever.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ftmem.errors import InvalidInputError
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """An upper bound with the name errors give it and why it is where it is."""
+
+    name: str  # "the layer bound": what errors call it
+    limit: int
+    unit: str  # what the limit counts, for the message ("layers", "bytes"; "" for widths)
+    reason: str  # one line: the largest real thing of the kind, with its source
+    label: str = ""  # the limit as people write it ("1 TiB"), when not its count
+
+    def problem(self, what: str, value: int) -> str | None:
+        """What is wrong with ``value`` (``what`` names the option or config key), as
+        a sentence without its full stop, or None when it is within the bound."""
+        if value <= self.limit:
+            return None
+        limit = self.label or self._amount(self.limit)
+        return f"{what} is {self._amount(value)}, over {self.name} of {limit} ({self.reason})"
+
+    def check(self, what: str, value: int) -> int:
+        """``value`` if it is within the bound, else the error :meth:`problem` names."""
+        problem = self.problem(what, value)
+        if problem:
+            raise InvalidInputError(problem + ".")
+        return value
+
+    def _amount(self, value: int) -> str:
+        return f"{shown(value)} {self.unit}".rstrip()
+
+
+def shown(value: int) -> str:
+    """An integer as the user can read it: exact up to 16 digits, else its magnitude
+    (the digits of a 300-digit number are noise, and printing them can take long)."""
+    if abs(value) < 10**16:
+        return f"{value:,}"
+    digits = int(abs(value).bit_length() * math.log10(2))  # str() past 4,300 digits fails
+    return f"about {'-' if value < 0 else ''}10^{digits}"
+
+
+GPU_MEMORY = Bound(
+    "the GPU memory bound",
+    2**40,
+    "bytes",
+    "no accelerator has shipped with more than 288 GB: AMD Instinct MI355X, NVIDIA B300",
+    "1 TiB",
+)
+HOST_MEMORY = Bound(
+    "the host memory bound",
+    2**52,
+    "bytes",
+    "all that the 52-bit physical addresses of x86-64 and Arm64 can reach",
+    "4 PiB",
+)
+LAYERS = Bound(
+    "the layer bound",
+    2**12,
+    "layers",
+    "4x the deepest transformer trained: DeepNet's 1,000 layers, Wang et al. 2022",
+)
+WIDTH = Bound(
+    "the width bound",
+    2**20,
+    "",
+    "one dimension of a weight matrix: 14x the widest published, PaLM's 73,728-wide MLP, "
+    "and 4x the largest vocabulary, Gemma 3's 262k tokens",
+)
+EXPERTS = Bound(
+    "the expert bound",
+    2**14,
+    "experts",
+    "8x the most experts per layer trained: Switch-C's 2,048, Fedus et al. 2021",
+)
+PARAMETERS = Bound(
+    "the parameter bound",
+    2**50,
+    "parameters",
+    "6x the largest model a system was built to train: BaGuaLu's 174 trillion, Ma et al. 2022",
+)
+TOKENS = Bound(
+    "the token bound",
+    2**31,
+    "tokens",
+    "200x the longest context any model was trained for, Llama 4 Scout's 10 million",
+)
+SEQUENCES = Bound(
+    "the sequence bound",
+    TOKENS.limit,
+    "sequences",
+    "each sequence holds at least one token, and the token bound is 2^31",
+)
+MICRO_BATCHES = Bound(
+    "the accumulation bound",
+    2**20,
+    "micro-batches",
+    "a million micro-batches of one 512-token sequence are 30x the largest published "
+    "global batch, Llama 3 405B's 16 million tokens",
+)
+GPUS = Bound(
+    "the GPU count bound",
+    2**17,
+    "GPUs",
+    "8x the most GPUs one published training run used, Llama 3 405B's 16,384 H100s",
+)
+ADAPTERS = Bound(
+    "the adapter bound",
+    2**16,
+    "adapters",
+    "32x the 2,000 LoRA adapters S-LoRA serves from one GPU, Sheng et al. 2023",
+)
+
+
+def flag_as_count(data: object, counts: Iterable[str]) -> str | None:
+    """What is wrong when a settings mapping gives one of its ``counts`` as true/false (a
+    YAML ``batch_size: yes``): pydantic's lax integers would read it as 1 or 0."""
+    if isinstance(data, dict):
+        for name in counts:
+            if isinstance(data.get(name), bool):
+                flag = "--" + name.replace("_", "-")
+                return f"{flag} must be a number, not {str(data[name]).lower()}"
+    return None
