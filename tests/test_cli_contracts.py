@@ -477,7 +477,8 @@ def test_budget_run_names_appear_whole(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("ref", [b"\xff\xfe\x00not text", b"../../elsewhere", b""])
-def test_a_cache_entry_whose_ref_is_not_a_commit_uses_its_snapshot(capsys, tmp_path, ref):
+def test_a_cache_entry_whose_ref_is_not_a_commit_is_one_sentence(capsys, tmp_path, ref):
+    # huggingface_hub itself fails when refs/main names no snapshot; so do we, in one line
     entry = tmp_path / "models--acme--tiny"
     snapshot = entry / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
     snapshot.mkdir(parents=True)
@@ -487,5 +488,21 @@ def test_a_cache_entry_whose_ref_is_not_a_commit_uses_its_snapshot(capsys, tmp_p
     (entry / "refs").mkdir()
     (entry / "refs" / "main").write_bytes(ref)
     code, out, err = run_main(capsys, "estimate", str(entry), "--format", "json")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "refs/main" in err
+
+
+def test_a_cache_entry_with_a_good_ref_uses_its_snapshot(capsys, tmp_path):
+    entry = tmp_path / "models--acme--tiny"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (entry / "snapshots" / commit).mkdir(parents=True)
+    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": 3, "num_attention_heads": 4, "vocab_size": 100}  # fmt: skip
+    (entry / "snapshots" / commit / "config.json").write_text(json.dumps(cfg))
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(commit + "\n")
+    code, out, err = run_main(capsys, "estimate", str(entry), "--format", "json")
     assert code == 0, err
-    assert json.loads(out)["model"]["n_params"] > 0
+    # 3 layers of 4*64*64 attention + 3*64*128 MLP + 2 norms of 64, two 100x64 tables, final norm
+    expected = 3 * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 2 * 100 * 64 + 64
+    assert json.loads(out)["model"]["n_params"] == expected
