@@ -12,9 +12,9 @@ each rank's sizes and the rank with the most memory is reported.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ftmem.arch import Architecture, count_params
-from ftmem.distill import Teacher
 from ftmem.errors import InvalidInputError
 from ftmem.hardware import Gpu, runtime_overhead
 from ftmem.methods import MethodPlan, plan_method
@@ -23,6 +23,9 @@ from ftmem.phases import find_peak
 from ftmem.result import AtPeak, Estimate, Memory, ModelInfo, ParallelInfo, PhasePeaks, SavedItem
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
 from ftmem.step import StepParts, step_parts
+
+if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
+    from ftmem.distill import Teacher
 
 SIMPLE_STATES_PER_PARAM = {  # 16-bit values per trainable parameter, seed's rule
     "adamw": 2,
