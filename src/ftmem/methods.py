@@ -121,6 +121,23 @@ class TensorGroup:
         object.__setattr__(self, "total_numel", numel * self.count)
         object.__setattr__(self, "nbytes", nbytes)
 
+    def counted(self, count: int) -> TensorGroup:
+        """The same tensors, ``count`` of them (per pipeline stage, one block's); faster
+        than dataclasses.replace, which took a third of a multi-GPU estimate."""
+        if count == self.count:
+            return self
+        return TensorGroup(
+            name=self.name,
+            shape=self.shape,
+            count=count,
+            fmt=self.fmt,
+            trainable=self.trainable,
+            adapter=self.adapter,
+            double_quant=self.double_quant,
+            in_block=self.in_block,
+            galore_rank=self.galore_rank,
+        )
+
     @property
     def element_bytes(self) -> int:
         """Bytes per element of an unquantised tensor (what its gradient and torch
