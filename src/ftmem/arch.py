@@ -445,6 +445,7 @@ def layout(arch: Architecture) -> Layout:
     return Layout(tuple(outer), tuple(block), tuple(linears), arch.num_layers)
 
 
+@lru_cache(maxsize=512)  # every estimate reports it
 def count_params(arch: Architecture) -> int:
     """Total parameters (tied embeddings counted once)."""
     return layout(arch).total_params

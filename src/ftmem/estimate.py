@@ -12,6 +12,7 @@ each rank's sizes and the rank with the most memory is reported.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ftmem.arch import Architecture, count_params
@@ -303,8 +304,13 @@ def _rank_name(par: ParallelConfig, stage: int) -> str:
     return f"pipeline stage {stage} of {par.pp} ({where})"
 
 
+@lru_cache(maxsize=1024)  # a search or a sweep reports the same run many times
+def _settings(run: RunConfig) -> dict[str, object]:
+    return run.model_dump()
+
+
 def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> dict[str, object]:
-    resolved: dict[str, object] = run.model_dump()
+    resolved: dict[str, object] = dict(_settings(run))
     if arch.encoder_decoder:  # the decoder's length, given or defaulted
         resolved["target_len"] = run.decoder_len
     resolved["precision_regime"] = plan.dtypes.describe()
