@@ -15,6 +15,7 @@ dropout; ``tests/test_activations.py`` reproduces its terms for reference.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import pairwise
 
 from ftmem.arch import Architecture, Linear, layout
@@ -444,15 +445,24 @@ def _moe(ctx: LayerContext, state: BlockState, x_grad: bool) -> list[Saved]:
     return out
 
 
+@lru_cache(maxsize=512)  # the same for every estimate of the model
+def _block_linears(
+    arch: Architecture,
+) -> tuple[tuple[Linear, ...], tuple[Linear, ...], tuple[Linear, ...]]:
+    """A block's linears: those reading the attention input (q, k, v), o, the MLP's."""
+    linears = layout(arch).linears
+    qkv = tuple(lin for lin in linears if set(lin.roles) & {"q", "k", "v"})
+    o = tuple(lin for lin in linears if lin.roles == ("o",))
+    mlp = tuple(lin for lin in linears if lin not in qkv and lin not in o)
+    return qkv, o, mlp
+
+
 def block_saved(
     arch: Architecture, run: RunConfig, plan: MethodPlan, state: BlockState, tokens: int
 ) -> list[Saved]:
     """Tensors one decoder block saves for backward."""
     ctx = LayerContext(arch, run, plan, tokens)
-    linears = list(layout(arch).linears)
-    qkv = [lin for lin in linears if set(lin.roles) & {"q", "k", "v"}]
-    o = [lin for lin in linears if lin.roles == ("o",)]
-    mlp = [lin for lin in linears if lin not in qkv and lin not in o]
+    qkv, o, mlp = (list(group) for group in _block_linears(arch))
     x = state.input_requires_grad
     w = state.weights_trainable
     wn = w or state.norm_bias or state.norms_trained  # a norm's own parameters train

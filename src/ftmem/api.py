@@ -3,28 +3,31 @@ CLI's estimate, plan and max print (docs/api.md)."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 
 from ftmem.arch import Architecture, position_note
-from ftmem.distill import Teacher
 from ftmem.errors import InvalidInputError
 from ftmem.estimate import estimate_step
 from ftmem.hardware import Gpu, custom_gpu
 from ftmem.limits import GPU_MEMORY, GPUS, HOST_MEMORY, TOKENS
-from ftmem.merge import MergeConfig
 from ftmem.methods import adapted_linears
 from ftmem.parallel import ParallelConfig
 from ftmem.plan import Plan, make_plan
 from ftmem.presets import get_gpu
 from ftmem.result import Estimate
 from ftmem.run import ADAPTER_METHODS, Method, RunConfig, settings_for
-from ftmem.search import Largest, largest_fitting
 from ftmem.seq2seq import SEQ2SEQ_METHODS
-from ftmem.serve import ServeConfig
 from ftmem.sources import resolve_model, source_notes
 from ftmem.units import parse_size
+
+# Imported where used, not here: `ftmem estimate` needs none of them (CLI start-up time)
+if TYPE_CHECKING:
+    from ftmem.distill import Teacher
+    from ftmem.merge import MergeConfig
+    from ftmem.search import Largest
+    from ftmem.serve import ServeConfig
 
 MAX_TOKENS_PER_STEP = TOKENS.limit
 MAX_GPUS = GPUS.limit
@@ -86,11 +89,15 @@ def parallel_config(
 
 def merge_config(**settings: Any) -> MergeConfig:
     """Validate the merge settings (``ftmem merge``), errors as one sentence."""
+    from ftmem.merge import MergeConfig
+
     return _validated(MergeConfig, settings)
 
 
 def serve_config(**settings: Any) -> ServeConfig:
     """Validate the serving settings (``ftmem serve``), errors as one sentence."""
+    from ftmem.serve import ServeConfig
+
     return _validated(ServeConfig, settings)
 
 
@@ -154,6 +161,9 @@ def _teacher(model: str | Architecture | None, weights: str | None) -> Teacher |
         if weights is not None:
             raise InvalidInputError("--teacher-weights needs --teacher MODEL.")
         return None
+    from ftmem.distill import Teacher
+    from ftmem.serve import ServeConfig
+
     arch = resolve_model(model) if isinstance(model, str) else model
     cfg = _validated(ServeConfig, {"weights": weights or "bf16"})
     return Teacher(arch, cfg.weights)
@@ -269,6 +279,8 @@ def largest(
     **settings: Any,
 ) -> Largest:
     """The largest ``batch_size``, ``seq_len`` or ``lora_r`` that fits (``ftmem max``)."""
+    from ftmem.search import largest_fitting
+
     arch = resolve_model(model) if isinstance(model, str) else model
     highest = search_bound(arch, what, settings)
     hw: dict[str, Any] = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)

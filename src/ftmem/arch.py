@@ -10,7 +10,7 @@ template repeated ``num_layers`` times, so counts are exact and fast.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from math import prod
 from typing import Literal
@@ -229,16 +229,17 @@ class Linear:
     # peft's "all-linear" skips them and the parameter has no ".weight" suffix.
     is_module: bool = True
     quantizable: bool = True  # T5's wo is in _keep_in_fp32_modules: bitsandbytes skips it
+    # Derived once (every estimate names saved tensors after them, hundreds of times):
+    leaf: str = field(init=False, repr=False, compare=False)
+    # how saved items name it: the leaf, with its parent where one block has the leaf
+    # twice (GPT-2's attn.c_proj and mlp.c_proj)
+    label: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def leaf(self) -> str:
-        return self.module.rsplit(".", 1)[-1]
-
-    @property
-    def label(self) -> str:
-        """How saved items name it: the leaf, with its parent where one block has the
-        leaf twice (GPT-2's attn.c_proj and mlp.c_proj)."""
-        return ".".join(self.module.split(".")[-2:]) if self.leaf == "c_proj" else self.leaf
+    def __post_init__(self) -> None:
+        leaf = self.module.rsplit(".", 1)[-1]
+        label = ".".join(self.module.split(".")[-2:]) if leaf == "c_proj" else leaf
+        object.__setattr__(self, "leaf", leaf)
+        object.__setattr__(self, "label", label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,6 +497,7 @@ def layout(arch: Architecture) -> Layout:
     return Layout(tuple(outer), tuple(block), tuple(linears), arch.num_layers)
 
 
+@lru_cache(maxsize=512)  # every estimate reports it
 def count_params(arch: Architecture) -> int:
     """Total parameters (tied embeddings counted once)."""
     return layout(arch).total_params

@@ -12,17 +12,21 @@ each rank's sizes and the rank with the most memory is reported.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from ftmem.arch import Architecture, count_params
-from ftmem.distill import Teacher
 from ftmem.errors import InvalidInputError
 from ftmem.hardware import Gpu, runtime_overhead
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.parallel import ENGINE, ParallelConfig, parallel_notes, parallel_step
 from ftmem.phases import find_peak
-from ftmem.result import AtPeak, Estimate, Memory, ModelInfo, ParallelInfo, PhasePeaks, SavedItem
+from ftmem.result import AtPeak, Estimate, Memory, ModelInfo, ParallelInfo, PhasePeaks
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
 from ftmem.step import StepParts, step_parts
+
+if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
+    from ftmem.distill import Teacher
 
 SIMPLE_STATES_PER_PARAM = {  # 16-bit values per trainable parameter, seed's rule
     "adamw": 2,
@@ -124,21 +128,27 @@ def _memory(
 ) -> Memory:
     peak = at_peak.total
     overhead = runtime_overhead(peak, overhead_bytes)
-    return Memory(
-        weights_bytes=c.weights,
-        gradients_bytes=c.gradients,
-        optimizer_states_bytes=c.optimizer_states,
-        activations_bytes=c.activations,
-        temporaries_bytes=at_peak.temporaries,
-        communication_bytes=c.communication,
-        peak_allocated_bytes=peak,
-        overhead_bytes=overhead,
-        total_bytes=peak + overhead,
-        peak_phase=phase,
-        at_peak=at_peak,
-        phases=phases,
-        activations_per_block=[SavedItem(what=s.what, bytes=s.nbytes) for s in parts.typical_block],
-        activations_outer=[SavedItem(what=s.what, bytes=s.nbytes) for s in parts.outer_items],
+    return Memory.model_validate(
+        dict(
+            weights_bytes=c.weights,
+            gradients_bytes=c.gradients,
+            optimizer_states_bytes=c.optimizer_states,
+            activations_bytes=c.activations,
+            temporaries_bytes=at_peak.temporaries,
+            communication_bytes=c.communication,
+            peak_allocated_bytes=peak,
+            overhead_bytes=overhead,
+            total_bytes=peak + overhead,
+            peak_phase=phase,
+            at_peak=at_peak,
+            phases=phases,
+            # validated in one go, the saved items as mappings (twenty separate
+            # SavedItem(...) calls were a tenth of an estimate's time)
+            activations_per_block=[
+                {"what": s.what, "bytes": s.nbytes} for s in parts.typical_block
+            ],
+            activations_outer=[{"what": s.what, "bytes": s.nbytes} for s in parts.outer_items],
+        )
     )
 
 
@@ -294,8 +304,13 @@ def _rank_name(par: ParallelConfig, stage: int) -> str:
     return f"pipeline stage {stage} of {par.pp} ({where})"
 
 
+@lru_cache(maxsize=1024)  # a search or a sweep reports the same run many times
+def _settings(run: RunConfig) -> dict[str, object]:
+    return run.model_dump()
+
+
 def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> dict[str, object]:
-    resolved: dict[str, object] = run.model_dump()
+    resolved: dict[str, object] = dict(_settings(run))
     if arch.encoder_decoder:  # the decoder's length, given or defaulted
         resolved["target_len"] = run.decoder_len
     resolved["precision_regime"] = plan.dtypes.describe()

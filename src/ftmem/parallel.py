@@ -322,7 +322,7 @@ def _stage_groups(
             span = (0, g.count)
         n = max(0, min(hi, span[1]) - max(lo, span[0]))
         if n:
-            out.append(dataclasses.replace(g, count=n))
+            out.append(g.counted(n))
     return out
 
 
@@ -349,7 +349,7 @@ def _one_block(groups: Iterable[TensorGroup], arch: Architecture) -> list[Tensor
     seen: dict[str, TensorGroup] = {}
     for g in groups:
         if g.in_block and g.name not in seen:
-            seen[g.name] = dataclasses.replace(g, count=1)
+            seen[g.name] = g.counted(1)
     block = list(seen.values())
     if not arch.encoder_decoder:
         return block

@@ -22,7 +22,9 @@ activations of the micro-batches it holds besides the one it is processing.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from itertools import accumulate, repeat
 
 from ftmem.result import AtPeak, PhasePeaks
 
@@ -105,6 +107,21 @@ class Peak:
     phases: PhasePeaks
 
 
+Moment = tuple[str, int, int, int, int]
+
+
+def _compare(
+    moments: list[Moment], base: int, backward: int, winner: Moment, winner_total: int
+) -> tuple[int, Moment, int]:
+    """Backward moments weighed in order: the backward phase's largest, the winner."""
+    for m in moments:
+        total = base + m[1] + m[2] + m[3] + m[4]
+        backward = max(backward, total)
+        if total > winner_total:
+            winner, winner_total = m, total
+    return backward, winner, winner_total
+
+
 def find_peak(s: StepSizes) -> Peak:
     """The largest moment of the step, and each phase's own largest moment."""
     held = s.grads if s.grads_persist else 0
@@ -130,22 +147,67 @@ def find_peak(s: StepSizes) -> Peak:
     L = len(s.acts_per_block)
     embedding = s.grads_embedding if not s.grads_persist else 0
     early = 0 < s.embedding_backward_at < L  # a first embedding backward mid-timeline
-    for i in range(L - 1, -1, -1):
-        recompute = s.recompute_by_block[i] if s.recompute_by_block else s.recompute
-        own = s.own_grads_transient if i >= L - s.trainable_blocks else 0
-        moments.append(("backward", live_grads, live_acts, recompute + workspace + own, bwd))
-        live_acts -= s.acts_per_block[i]
-        if not s.grads_persist:
-            if s.grads_by_block:
-                live_grads += s.grads_by_block[i]
-            elif i >= L - s.trainable_blocks:
-                live_grads += s.grads_per_block
-        if early and i == s.embedding_backward_at:
-            # the gradient appears (tied: the new part and its sum with the head's)
-            moments.append(("backward", live_grads + embedding, live_acts, 0, bwd))
-            if s.tied_embedding_backward:
-                moments.append(("backward", live_grads, live_acts, s.tied_embedding_backward, bwd))
-            live_grads += embedding
+    base = s.weights + s.states
+    best: dict[str, int] = {}
+    winner, winner_total = moments[0], -1
+    for m in moments:
+        total = base + m[1] + m[2] + m[3] + m[4]
+        best[m[0]] = max(best.get(m[0], 0), total)
+        if total > winner_total:
+            winner, winner_total = m, total
+    moments = []
+    backward = best["backward"]
+    if early:
+        for i in range(L - 1, -1, -1):
+            recompute = s.recompute_by_block[i] if s.recompute_by_block else s.recompute
+            own = s.own_grads_transient if i >= L - s.trainable_blocks else 0
+            moments.append(("backward", live_grads, live_acts, recompute + workspace + own, bwd))
+            live_acts -= s.acts_per_block[i]
+            if not s.grads_persist:
+                if s.grads_by_block:
+                    live_grads += s.grads_by_block[i]
+                elif i >= L - s.trainable_blocks:
+                    live_grads += s.grads_per_block
+            if i == s.embedding_backward_at:
+                # the gradient appears (tied: the new part and its sum with the head's)
+                moments.append(("backward", live_grads + embedding, live_acts, 0, bwd))
+                if s.tied_embedding_backward:
+                    moments.append(
+                        ("backward", live_grads, live_acts, s.tied_embedding_backward, bwd)
+                    )
+                live_grads += embedding
+        backward, winner, winner_total = _compare(moments, base, backward, winner, winner_total)
+        moments = []
+    elif L:
+        # each block's backward, top block first, as running sums (the blocks are most of
+        # the moments; a loop over them was a tenth of an estimate's time)
+        acts_at = list(accumulate(s.acts_per_block[L - 1 :: -1], operator.sub, initial=live_acts))
+        if s.grads_persist:
+            grads_at: list[int] = [live_grads] * (L + 1)
+        elif s.grads_by_block:
+            grads_at = list(accumulate(s.grads_by_block[L - 1 :: -1], initial=live_grads))
+        else:
+            top = min(max(s.trainable_blocks, 0), L)
+            added = [s.grads_per_block] * top + [0] * (L - top)
+            grads_at = list(accumulate(added, initial=live_grads))
+        rebuilt = (
+            list(s.recompute_by_block[L - 1 :: -1])
+            if s.recompute_by_block
+            else list(repeat(s.recompute, L))
+        )
+        if s.own_grads_transient:  # a trained block's backward holds its own gradients
+            for k in range(min(max(s.trainable_blocks, 0), L)):
+                rebuilt[k] += s.own_grads_transient
+        totals = list(map(operator.add, map(operator.add, grads_at, acts_at), rebuilt))
+        largest = max(totals)
+        total = base + largest + workspace + bwd
+        backward = max(backward, total)
+        if total > winner_total:  # the first block of that size, as the list had it
+            k = totals.index(largest)
+            winner = ("backward", grads_at[k], acts_at[k], rebuilt[k] + workspace, bwd)
+            winner_total = total
+        live_grads, live_acts = grads_at[L], acts_at[L]
+    best["backward"] = backward
     if early:
         # the last embedding backward adds its part to the gradient that exists
         moments.append(("backward", live_grads, live_acts, embedding, bwd))
@@ -163,10 +225,6 @@ def find_peak(s: StepSizes) -> Peak:
         moments.append(("optimizer", s.grads, 0, s.optimizer_temporaries, s.comm_optimizer))
     if s.merge_transient:
         moments.append(("optimizer", 0, 0, s.merge_transient, s.comm_optimizer))
-
-    base = s.weights + s.states
-    best: dict[str, int] = {}
-    winner, winner_total = moments[0], -1
     for m in moments:
         total = base + m[1] + m[2] + m[3] + m[4]
         best[m[0]] = max(best.get(m[0], 0), total)

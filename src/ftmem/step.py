@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ftmem import seq2seq
 from ftmem.activations import (
@@ -20,7 +21,6 @@ from ftmem.activations import (
     runs_eager,
 )
 from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, layout
-from ftmem.distill import Teacher, distill_sizes
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, plan_method
@@ -44,6 +44,9 @@ from ftmem.transients import (
     step_in_backward,
     tied_embedding_backward,
 )
+
+if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
+    from ftmem.distill import Teacher
 
 FP32 = 4
 CHUNKS = 8  # torchtune's num_output_chunks
@@ -275,6 +278,8 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         grads_persist=run.grad_accum > 1,
     )
     if teacher is not None:
+        from ftmem.distill import distill_sizes
+
         kd = distill_sizes(teacher, arch, run)
         outer_items.append(Saved("distillation: student and teacher fp32 distributions", kd.kept))
         activations += kd.kept

@@ -10,7 +10,6 @@ measured on the CPU (tests/accuracy); sizes in bytes.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 
 from ftmem.activations import INDEX_BYTES, Saved, loss_rows, runs_eager
@@ -79,8 +78,7 @@ def step_in_backward(grad_groups: list[TensorGroup], run: RunConfig) -> int:
         return 0
     return max(
         (
-            g.numel * g.element_bytes
-            + optimizer_step_temporary_bytes([dataclasses.replace(g, count=1)], run)
+            g.numel * g.element_bytes + optimizer_step_temporary_bytes([g.counted(1)], run)
             for g in grad_groups
         ),
         default=0,

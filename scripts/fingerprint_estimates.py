@@ -1,0 +1,132 @@
+"""A fingerprint of every estimate over a wide grid, to show a refactor or a speed-up
+leaves the numbers alone.
+
+    python scripts/fingerprint_estimates.py OUT.jsonl
+
+Writes one line per case (the settings, then the whole Estimate as JSON, or the error
+it raised) over every preset × methods × precisions × checkpointing × two shapes on one
+GPU, the same presets spread over 8 GPUs under each strategy, and single options
+(optimizers, attention, loss, offload, quantisation, distillation...) on their own; prints
+the count and the SHA-256 of the file. Run it before and after a change: the two
+digests must match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from ftmem.distill import Teacher
+from ftmem.errors import FtmemError
+from ftmem.estimate import estimate_step
+from ftmem.parallel import ParallelConfig
+from ftmem.presets import get_gpu, get_model, model_presets
+from ftmem.run import RunConfig
+
+METHODS = (
+    "full",
+    "freeze",
+    "galore",
+    "lora",
+    "qlora",
+    "dora",
+    "bitfit",
+    "adapter",
+    "ia3",
+    "prompt-tuning",
+    "prefix-tuning",
+    "p-tuning",
+)
+PRECISIONS = ("bf16", "bf16-mixed", "fp16-mixed", "fp32")
+SHAPES = ((1, 512), (4, 2048))
+SPREADS: tuple[dict[str, Any], ...] = (
+    {"strategy": "ddp"},
+    {"strategy": "zero1"},
+    {"strategy": "zero2"},
+    {"strategy": "zero3"},
+    {"strategy": "fsdp"},
+    {"strategy": "zero3", "offload_optimizer": "cpu", "offload_params": "cpu"},
+    {"strategy": "zero1", "pp": 2},
+    {"strategy": "ddp", "tp": 2},
+)
+SINGLE_OPTIONS: tuple[dict[str, Any], ...] = (
+    {"optimizer": "adamw-8bit"},
+    {"optimizer": "paged-adamw-8bit"},
+    {"optimizer": "sgd"},
+    {"optimizer": "sgd-momentum"},
+    {"optimizer": "adafactor"},
+    {"optimizer": "lion"},
+    {"optimizer_impl": "fused"},
+    {"optimizer_impl": "for-loop"},
+    {"attn": "eager"},
+    {"attn": "flash"},
+    {"loss": "chunked"},
+    {"loss": "fused"},
+    {"activation_offload": True},
+    {"grad_accum": 4},
+    {"accounting": "simple"},
+    {"optimizer_in_backward": True},
+    {"method": "qlora", "quant": "fp4"},
+    {"method": "qlora", "quant": "int8"},
+    {"method": "qlora", "quant": "int4"},
+    {"method": "lora", "lora_targets": "all-linear", "lora_dropout": 0.1},
+    {"method": "lora", "lora_modules_to_save": "embed,head"},
+    {"method": "dora", "precision": "bf16-mixed", "grad_ckpt": True},
+    {"method": "partial", "trainable_modules": "self_attn"},
+    {"method": "freeze", "trainable_layers": 2},
+    {"method": "rslora"},
+    {"method": "longlora"},
+    {"method": "relora"},
+    {"method": "adapter", "adapter_placement": "pfeiffer"},
+    {"method": "prefix-tuning", "prefix_projection": True},
+    {"device": "cpu", "precision": "fp32"},
+)
+
+
+def cases() -> Iterator[tuple[dict[str, Any], Any, RunConfig, ParallelConfig | None, Any]]:
+    """(description, architecture, run, spread, teacher) for every case."""
+    presets = sorted(model_presets().items())
+    for (name, arch), method, precision, ckpt, (b, s) in itertools.product(
+        presets, METHODS, PRECISIONS, (False, True), SHAPES
+    ):
+        settings = dict(method=method, precision=precision, grad_ckpt=ckpt, batch_size=b, seq_len=s)
+        yield {"model": name, **settings}, arch, settings, None, None
+    for (name, arch), method, precision, ckpt, spread in itertools.product(
+        presets, ("full", "lora", "qlora"), ("bf16", "bf16-mixed"), (False, True), SPREADS
+    ):
+        settings = dict(method=method, precision=precision, grad_ckpt=ckpt, batch_size=2)
+        par = {"gpus": 8, **spread}
+        yield {"model": name, **settings, **par}, arch, settings, par, None
+    for (name, arch), option in itertools.product(presets, SINGLE_OPTIONS):
+        yield {"model": name, **option}, arch, dict(option), None, None
+    teacher = Teacher(get_model("llama2-13b"), "bf16")
+    for name, arch in presets:
+        settings = {"method": "lora", "precision": "bf16-mixed"}
+        yield {"model": name, **settings, "teacher": "llama2-13b"}, arch, settings, None, teacher
+
+
+def main() -> None:
+    gpu = get_gpu("a100-80gb")
+    digest = hashlib.sha256()
+    n = 0
+    with open(sys.argv[1], "w", encoding="utf-8") as out:
+        for desc, arch, settings, par, teacher in cases():
+            try:
+                run = RunConfig(**settings)
+                spread = None if par is None else ParallelConfig(**par)
+                result = estimate_step(arch, run, gpu, None, spread, teacher).model_dump_json()
+            except (FtmemError, ValueError) as exc:
+                result = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+            line = json.dumps(desc, sort_keys=True) + "\t" + result + "\n"
+            out.write(line)
+            digest.update(line.encode())
+            n += 1
+    print(f"{n} cases, sha256 {digest.hexdigest()}")
+
+
+if __name__ == "__main__":
+    main()
