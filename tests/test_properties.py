@@ -51,8 +51,8 @@ def _settings(run: dict) -> dict:
     out = dict(run)
     if out["method"] == "freeze":
         out["trainable_layers"] = 1
-    if out["method"] != "qlora" or out["quant"] is None:
-        del out["quant"]
+    if out["method"] != "qlora" or out.get("quant") is None:
+        out.pop("quant", None)
     return out
 
 
