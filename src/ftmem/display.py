@@ -22,8 +22,10 @@ UNSAFE = re.compile(
 )
 _UNSAFE_ONE_LINE = re.compile(UNSAFE.pattern.replace("\x00-\x08\x0b-\x1f", "\x00-\x1f"))
 
-LONG_RUN = 80
-"""Characters without a space beyond which a word is cut when a line must stay short."""
+LONG_RUN = 400
+"""Characters without a space beyond which a word is cut when a line must stay short:
+above the paths of deep folders (a pytest temporary file is ~120), far below a name
+pasted by mistake."""
 _LONG = re.compile(rf"[^\s'\"`]{{{LONG_RUN + 1},}}")  # a word, without its quotes
 
 

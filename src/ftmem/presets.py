@@ -31,7 +31,7 @@ from ftmem.textfiles import parse_yaml, read_text
 MAX_PRESET_BYTES = 1 << 20  # a preset is a dozen lines
 USER_PRESETS_ENV = "FTMEM_PRESETS"
 # what a shipped preset's file name can be (tests/test_presets.py: file name = id)
-_FILE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_FILE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")  # well under any file-name limit
 
 ModelEntry = tuple[str, tuple[str, ...], Architecture]
 
