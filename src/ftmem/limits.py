@@ -12,6 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import BaseModel, model_validator
+from typing_extensions import Self
 
 from ftmem.errors import InvalidInputError
 
@@ -132,6 +136,36 @@ def flag_as_count(data: object, counts: Iterable[str]) -> str | None:
     if isinstance(data, dict):
         for name in counts:
             if isinstance(data.get(name), bool):
-                flag = "--" + name.replace("_", "-")
-                return f"{flag} must be a number, not {str(data[name]).lower()}"
+                return f"{option_name(name)} must be a number, not {str(data[name]).lower()}"
     return None
+
+
+def option_name(field: str) -> str:
+    """The CLI option of a settings field: ``lora_r`` is ``--lora-r``."""
+    return "--" + field.replace("_", "-")
+
+
+class BoundedSettings(BaseModel):
+    """Settings whose counts each have a physical bound (``BOUNDS``: field name to its
+    bound); errors name the field as its CLI option."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _counts_not_flags(cls, data: object) -> object:
+        """A count given as true/false (a YAML ``batch_size: yes``) is refused, not read
+        as 1 or 0 (pydantic's lax integers would)."""
+        problem = flag_as_count(data, cls.BOUNDS)
+        if problem:
+            raise ValueError(problem)
+        return data
+
+    @model_validator(mode="after")
+    def _within_bounds(self) -> Self:
+        for name, bound in self.BOUNDS.items():
+            value = getattr(self, name)
+            problem = None if value is None else bound.problem(option_name(name), value)
+            if problem:
+                raise ValueError(problem)
+        return self

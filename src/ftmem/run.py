@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, PositiveInt, model_validator
+from pydantic import ConfigDict, Field, FiniteFloat, PositiveInt, model_validator
 
 from ftmem import limits
 
@@ -105,10 +105,6 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
 }
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def split_patterns(spec: str) -> list[str]:
     """The comma-separated regular expressions of --trainable-modules (commas inside
     ``{m,n}`` quantifiers do not separate)."""
@@ -138,10 +134,11 @@ def settings_for(method: str, settings: dict[str, object]) -> dict[str, object]:
     }
 
 
-class RunConfig(BaseModel):
+class RunConfig(limits.BoundedSettings):
     """One training step's settings. Defaults are those of HF Trainer + peft."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    BOUNDS = RUN_BOUNDS
 
     method: Method = "full"
     precision: Precision = "bf16"
@@ -231,25 +228,6 @@ class RunConfig(BaseModel):
     compute_dtype: Literal["bf16", "fp16", "fp32"] | None = None
     # reporting
     accounting: Accounting = "phases"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _counts_not_flags(cls, data: object) -> object:
-        """A count given as true/false (a YAML `batch_size: yes`) is refused, not read as 1
-        or 0 (pydantic's lax integers would)."""
-        problem = limits.flag_as_count(data, RUN_BOUNDS)
-        if problem:
-            raise ValueError(problem)
-        return data
-
-    @model_validator(mode="after")
-    def _within_bounds(self) -> RunConfig:
-        for name, bound in RUN_BOUNDS.items():
-            value = getattr(self, name)
-            problem = None if value is None else bound.problem(_flag(name), value)
-            if problem:
-                raise ValueError(problem)
-        return self
 
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from ftmem import limits
 from ftmem.arch import Architecture, layout, position_note
@@ -31,8 +31,19 @@ KvDtype = Literal["bf16", "fp16", "fp32", "fp8"]
 FP32 = 4
 
 
-class ServeConfig(BaseModel):
+# The physical bound of each count a serving setup takes (ftmem.limits).
+SERVE_BOUNDS: dict[str, limits.Bound] = {
+    "sequences": limits.SEQUENCES,
+    "context": limits.TOKENS,
+    "prefill_chunk": limits.TOKENS,
+    "lora_adapters": limits.ADAPTERS,
+    "lora_r": limits.WIDTH,
+}
+
+
+class ServeConfig(limits.BoundedSettings):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    BOUNDS = SERVE_BOUNDS
 
     weights: WeightFormat = "bf16"
     kv_dtype: KvDtype = "bf16"
@@ -46,33 +57,6 @@ class ServeConfig(BaseModel):
     lora_adapters: int = Field(0, ge=0, description="Resident LoRA adapters (multi-LoRA).")
     lora_r: PositiveInt = 16
     lora_targets: str = "all-linear"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _counts_not_flags(cls, data: object) -> object:
-        problem = limits.flag_as_count(data, SERVE_BOUNDS)
-        if problem:
-            raise ValueError(problem)
-        return data
-
-    @model_validator(mode="after")
-    def _within_bounds(self) -> ServeConfig:
-        for name, bound in SERVE_BOUNDS.items():
-            value = getattr(self, name)
-            problem = None if value is None else bound.problem(f"--{name.replace('_', '-')}", value)
-            if problem:
-                raise ValueError(problem)
-        return self
-
-
-# The physical bound of each count a serving setup takes (ftmem.limits).
-SERVE_BOUNDS: dict[str, limits.Bound] = {
-    "sequences": limits.SEQUENCES,
-    "context": limits.TOKENS,
-    "prefill_chunk": limits.TOKENS,
-    "lora_adapters": limits.ADAPTERS,
-    "lora_r": limits.WIDTH,
-}
 
 
 class ServeEstimate(BaseModel):
