@@ -62,6 +62,12 @@ TOKEN = limits.TOKENS.name
 
 # (id, arguments, files to write in the test's folder, text the error must hold)
 CASES: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
+    # measurement and plan sizes: a run that would never end, or output without end
+    ("measure-steps-huge", ["measure", "gpt2", "--steps", HUGE], {}, "measured-step bound"),
+    ("measure-steps-101", ["measure", "gpt2", "--steps", "101"], {}, "measured-step bound"),
+    ("measure-fsdp-65", ["measure", "gpt2", "--fsdp", "65"], {}, "measured-rank bound"),
+    ("plan-rows-huge", ["plan", "gpt2", "--rows", HUGE], {}, "row bound"),
+    ("plan-rows-zero", ["plan", "gpt2", "--rows", "0"], {}, "--rows must be at least 1"),
     # sizes with hundreds of digits, and sizes beyond any machine
     ("gpu-memory-300-digits", ["estimate", "gpt2", "--gpu-memory", HUGE + "GiB"], {}, GPU_MEM),
     ("gpu-memory-bare-digits", ["estimate", "gpt2", "--gpu-memory", HUGE], {}, GPU_MEM),

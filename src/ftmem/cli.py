@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional, cast
 import typer
 from typer.core import TyperGroup
 
+from ftmem import limits
 from ftmem.cli_options import DISTILL, FROM, GPU, MULTI, RUN, SPREAD, with_options
 from ftmem.errors import FtmemError
 from ftmem.terminal import cli_streams, discard_stdout, error, say
@@ -282,6 +283,9 @@ def plan(
     """Find the least invasive changes that make the run fit the GPU."""
     import json
 
+    if rows < 1:
+        raise FtmemError("--rows must be at least 1.")
+    limits.PLAN_ROWS.check("--rows", rows)
     from ftmem.api import estimate as run_estimate
     from ftmem.api import plan as make_plan
     from ftmem.plan import all_levers_at_once
@@ -855,6 +859,8 @@ def measure(
         raise FtmemError("--device must be cpu or cuda.")
     if steps < 2:
         raise FtmemError("--steps must be at least 2 (step 1 creates the optimizer states).")
+    limits.MEASURED_STEPS.check("--steps", steps)
+    limits.MEASURED_RANKS.check("--fsdp", fsdp)
     if fake and device != "cpu":
         raise FtmemError("--fake runs on the CPU only; drop --device cuda.")
     if fsdp and (fsdp < 2 or fake or device != "cpu"):

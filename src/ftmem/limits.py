@@ -128,6 +128,24 @@ ADAPTERS = Bound(
     "adapters",
     "32x the 2,000 LoRA adapters S-LoRA serves from one GPU, Sheng et al. 2023",
 )
+MEASURED_STEPS = Bound(
+    "the measured-step bound",
+    100,
+    "steps",
+    "from step 2 on every step repeats the same peak, and each runs the model for real",
+)
+MEASURED_RANKS = Bound(
+    "the measured-rank bound",
+    64,
+    "ranks",
+    "each rank builds its model shard on this machine's CPU; two show the sharding",
+)
+PLAN_ROWS = Bound(
+    "the row bound",
+    1_000,
+    "rows",
+    "a plan offers a few dozen ways to fit at most",
+)
 
 
 def flag_as_count(data: object, counts: Iterable[str]) -> str | None:
