@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
@@ -299,18 +300,28 @@ def _is_head_side(name: str) -> bool:
 
 def _stage_groups(
     parts: StepParts, arch: Architecture, stage: int, stages: int
-) -> list[TensorGroup]:
+) -> tuple[TensorGroup, ...]:
     """The parameter groups that live on one pipeline stage."""
-    L = arch.num_layers
+    return _groups_on_stage(parts.plan.groups, arch.num_layers, arch.tie_embeddings, stage, stages)
+
+
+@lru_cache(maxsize=1024)
+def _groups_on_stage(
+    groups: tuple[TensorGroup, ...], L: int, tied: bool, stage: int, stages: int
+) -> tuple[TensorGroup, ...]:
+    """Of a plan's groups (compared by value), those on one of ``stages`` pipeline
+    stages of an ``L``-block model. Every strategy and GPU count of a sweep splits the
+    same plan alike (rebuilding the groups was a fifth of a multi-GPU estimate). Safe:
+    TensorGroup is frozen and the split depends on these arguments only."""
     per = L // stages
     lo, hi = stage * per, (stage + 1) * per
     first, last = stage == 0, stage == stages - 1
     out: list[TensorGroup] = []
-    for g in parts.plan.groups:
+    for g in groups:
         if not g.in_block:
             head = _is_head_side(g.name)
             # tied embeddings: the last stage keeps its own copy as the LM head (Megatron)
-            tied_copy = arch.tie_embeddings and last and g.name.endswith(_TOKEN_EMBEDDINGS)
+            tied_copy = tied and last and g.name.endswith(_TOKEN_EMBEDDINGS)
             if (head and last) or (not head and first) or tied_copy:
                 out.append(g)
             continue
@@ -323,7 +334,7 @@ def _stage_groups(
         n = max(0, min(hi, span[1]) - max(lo, span[0]))
         if n:
             out.append(g.counted(n))
-    return out
+    return tuple(out)
 
 
 def _gathered_bytes(groups: Iterable[TensorGroup], cast: int | None = None) -> int:
@@ -343,17 +354,24 @@ def _grad_bytes(groups: Iterable[TensorGroup], cast: int | None = None) -> int:
     return sum(g.total_numel * (cast or g.element_bytes) for g in groups)
 
 
-def _one_block(groups: Iterable[TensorGroup], arch: Architecture) -> list[TensorGroup]:
+def _one_block(groups: tuple[TensorGroup, ...], arch: Architecture) -> list[TensorGroup]:
     """One block's tensors (one copy of each name): what FSDP and ZeRO-3 gather at once.
     An encoder-decoder's pair block is two such units (T5Block): the larger one."""
+    return list(_block_unit(groups, arch.encoder_decoder))
+
+
+@lru_cache(maxsize=1024)
+def _block_unit(groups: tuple[TensorGroup, ...], encoder_decoder: bool) -> tuple[TensorGroup, ...]:
+    """_one_block per (a stage's groups, compared by value; encoder-decoder or not): the
+    same for every strategy and GPU count of a sweep. Safe: TensorGroup is frozen."""
     seen: dict[str, TensorGroup] = {}
     for g in groups:
         if g.in_block and g.name not in seen:
             seen[g.name] = g.counted(1)
-    block = list(seen.values())
-    if not arch.encoder_decoder:
+    block = tuple(seen.values())
+    if not encoder_decoder:
         return block
-    stacks = [[g for g in block if g.name.startswith(f"{s}.")] for s in ("encoder", "decoder")]
+    stacks = [tuple(g for g in block if g.name.startswith(f"{s}.")) for s in ("encoder", "decoder")]
     return max(stacks, key=lambda gs: sum(g.nbytes for g in gs))
 
 
