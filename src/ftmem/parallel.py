@@ -42,7 +42,7 @@ from ftmem.optim import (
     optimizer_step_temporary_bytes,
     step_tensor_bytes,
 )
-from ftmem.phases import StepSizes, find_peak
+from ftmem.phases import Peak, StepSizes, find_peak
 from ftmem.precision import resolve_dtypes
 from ftmem.run import ADAPTER_METHODS, RunConfig
 from ftmem.step import StepParts, step_parts
@@ -375,6 +375,14 @@ def _block_unit(groups: tuple[TensorGroup, ...], encoder_decoder: bool) -> tuple
     return max(stacks, key=lambda gs: sum(g.nbytes for g in gs))
 
 
+@lru_cache(maxsize=1024)
+def _fp32_copies(groups: tuple[TensorGroup, ...]) -> tuple[TensorGroup, ...]:
+    """The groups stored as fp32 (DeepSpeed's optimizer keeps fp32 copies), per groups
+    compared by value: a sweep asks it for the same stage again for every GPU count.
+    Safe: TensorGroup is frozen."""
+    return tuple(dataclasses.replace(g, fmt="fp32") for g in groups)
+
+
 def rank_memory(
     arch: Architecture, run: RunConfig, par: ParallelConfig, parts: StepParts, stage: int
 ) -> RankMemory:
@@ -399,7 +407,7 @@ def rank_memory(
         return ceil_div(x, N)
 
     if s in DEEPSPEED:
-        fp32_copies = [dataclasses.replace(g, fmt="fp32") for g in trainable]
+        fp32_copies = _fp32_copies(tuple(trainable))
         half = plan.dtypes.base != "fp32"
         master = FP32 * psi if half else 0
         states = optimizer_state_bytes(fp32_copies, run) + master
@@ -566,6 +574,7 @@ class ParallelStep:
     ranks: tuple[RankMemory, ...]  # one per pipeline stage
     peaks: tuple[int, ...]
     worst: int  # index into ranks
+    peak: Peak  # the worst rank's timeline
     parts: StepParts  # the local (tensor/context-sliced) step
     run: RunConfig  # the run as the engine executes it
     arch: Architecture  # the tensor-parallel slice
@@ -619,9 +628,10 @@ def parallel_step(arch: Architecture, run: RunConfig, par: ParallelConfig) -> Pa
     if par.resolved_strategy in FSDP and lrun.precision.endswith("-mixed"):
         parts = _fsdp_mixed(local, lrun, parts)
     ranks = tuple(rank_memory(local, lrun, par, parts, k) for k in range(par.pp))
-    peaks = tuple(find_peak(r.sizes).at_peak.total for r in ranks)
+    timelines = [find_peak(r.sizes) for r in ranks]
+    peaks = tuple(t.at_peak.total for t in timelines)
     worst = max(range(len(peaks)), key=lambda k: (peaks[k], -k))
-    return ParallelStep(ranks, peaks, worst, parts, lrun, local)
+    return ParallelStep(ranks, peaks, worst, timelines[worst], parts, lrun, local)
 
 
 def parallel_notes(
