@@ -287,9 +287,14 @@ _PLANS: dict[tuple[object, ...], MethodPlan] = {}
 _MAX_PLANS = 4096
 
 
+def plan_key(arch: Architecture, run: RunConfig) -> tuple[object, ...]:
+    """What decides the plan: the architecture and every run setting but the shape."""
+    return (arch, _planned_fields(run))
+
+
 def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     """Parameter groups of the model as the method trains it."""
-    key = (arch, _planned_fields(run))
+    key = plan_key(arch, run)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= _MAX_PLANS:
