@@ -112,6 +112,7 @@ class TensorGroup:
     numel: int = field(init=False, repr=False, compare=False)
     total_numel: int = field(init=False, repr=False, compare=False)
     nbytes: int = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         numel = prod(self.shape)
@@ -121,6 +122,14 @@ class TensorGroup:
         object.__setattr__(self, "numel", numel)
         object.__setattr__(self, "total_numel", numel * self.count)
         object.__setattr__(self, "nbytes", nbytes)
+        key = (self.name, self.shape, self.count, self.fmt, self.trainable, self.adapter)
+        extra = (self.double_quant, self.in_block, self.galore_rank)
+        object.__setattr__(self, "_hash", hash(key + extra))
+
+    def __hash__(self) -> int:
+        """The hash of the compared fields, taken once: the multi-GPU caches key on
+        tuples of groups (hashing them field by field was a twentieth of an estimate)."""
+        return self._hash
 
     def counted(self, count: int) -> TensorGroup:
         """The same tensors, ``count`` of them (per pipeline stage, one block's); faster
