@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div, is_quantized
 from ftmem.errors import InvalidInputError
-from ftmem.methods import TensorGroup
+from ftmem.methods import MethodPlan, TensorGroup, plan_key
 from ftmem.optim import (
     optimizer_state_bytes,
     optimizer_step_temporary_bytes,
@@ -383,6 +383,63 @@ def _fp32_copies(groups: tuple[TensorGroup, ...]) -> tuple[TensorGroup, ...]:
     return tuple(dataclasses.replace(g, fmt="fp32") for g in groups)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _StageTotals:
+    """A stage's parameter sizes before any sharding."""
+
+    weights: int
+    grads: int
+    psi: int  # trainable elements
+    states: int  # optimizer states (DeepSpeed: fp32 copies, its master weights)
+    step_temp: int  # the optimizer step's temporaries
+    steps: int  # Adam's step tensors (one per tensor on every rank: not sharded)
+
+
+_STAGE_TOTALS: dict[tuple[object, ...], _StageTotals] = {}
+_MAX_STAGE_TOTALS = 4096
+
+
+def _stage_totals(
+    groups: tuple[TensorGroup, ...],
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    deepspeed: bool,
+) -> _StageTotals:
+    """_StageTotals of a stage's groups, cached per (groups compared by value, the plan's
+    key: architecture and every run setting but the shape, DeepSpeed or not): every GPU
+    count of a sweep asks for the same stage again (summing its groups was a fifth of a
+    multi-GPU estimate). Safe: ``plan`` is ``plan_method(arch, run)``, decided by that
+    key, and the optimizer functions read no shape setting of the run."""
+    key = (groups, plan_key(arch, run), deepspeed)
+    totals = _STAGE_TOTALS.get(key)
+    if totals is not None:
+        return totals
+    if len(_STAGE_TOTALS) >= _MAX_STAGE_TOTALS:
+        _STAGE_TOTALS.clear()
+    trainable = tuple(g for g in groups if g.trainable)
+    psi = sum(g.total_numel for g in trainable)
+    if deepspeed:
+        fp32_copies = _fp32_copies(trainable)
+        half = plan.dtypes.base != "fp32"
+        master = FP32 * psi if half else 0
+        states = optimizer_state_bytes(fp32_copies, run) + master
+        # the step converts the gradient partition to fp32 before the update
+        step_temp = FP32 * psi if half else 0
+    else:
+        states = optimizer_state_bytes(groups, run)
+        step_temp = optimizer_step_temporary_bytes(groups, run)
+    totals = _STAGE_TOTALS[key] = _StageTotals(
+        weights=sum(g.nbytes for g in groups),
+        grads=sum(g.total_numel * g.element_bytes for g in trainable),
+        psi=psi,
+        states=states,
+        step_temp=step_temp,
+        steps=step_tensor_bytes(groups, run),
+    )
+    return totals
+
+
 def rank_memory(
     arch: Architecture, run: RunConfig, par: ParallelConfig, parts: StepParts, stage: int
 ) -> RankMemory:
@@ -398,25 +455,12 @@ def rank_memory(
     compute = BYTES_PER_ELEMENT[plan.dtypes.compute]
 
     groups = _stage_groups(parts, arch, stage, par.pp)
-    trainable = [g for g in groups if g.trainable]
-    weights = sum(g.nbytes for g in groups)
-    grads = sum(g.total_numel * g.element_bytes for g in trainable)
-    psi = sum(g.total_numel for g in trainable)
+    totals = _stage_totals(groups, arch, run, plan, s in DEEPSPEED)
+    weights, grads, psi = totals.weights, totals.grads, totals.psi
+    states, step_temp, steps = totals.states, totals.step_temp, totals.steps
 
     def shard(x: int) -> int:
         return ceil_div(x, N)
-
-    if s in DEEPSPEED:
-        fp32_copies = _fp32_copies(tuple(trainable))
-        half = plan.dtypes.base != "fp32"
-        master = FP32 * psi if half else 0
-        states = optimizer_state_bytes(fp32_copies, run) + master
-        # the step converts the gradient partition to fp32 before the update
-        step_temp = FP32 * psi if half else 0
-    else:
-        states = optimizer_state_bytes(groups, run)
-        step_temp = optimizer_step_temporary_bytes(groups, run)
-    steps = step_tensor_bytes(groups, run)  # one per tensor on every rank: not sharded
 
     # weights: what stays whole and what is sharded
     replicated, sharded = weights, 0
