@@ -624,6 +624,17 @@ class ParallelStep:
     arch: Architecture  # the tensor-parallel slice
 
 
+@lru_cache(maxsize=256)
+def shared_step_parts(arch: Architecture, run: RunConfig) -> StepParts:
+    """step_parts per (architecture, run), both compared by value: a sweep over
+    strategies and GPU counts derives every layout from the same step (building it again
+    was most of a multi-GPU estimate). Safe: StepParts is frozen, built of tuples and
+    frozen dataclasses, and depends on these two arguments only; errors are not cached.
+    (One-GPU estimates do not use it: a sweep there is a new run each time, and the
+    misses, holding a thousand steps alive, measured slower.)"""
+    return step_parts(arch, run)
+
+
 def _fsdp_mixed(arch: Architecture, run: RunConfig, stored: StepParts) -> StepParts:
     """FSDP's MixedPrecision: fp32 shards, 16-bit gathered weights for compute.
 
@@ -631,7 +642,7 @@ def _fsdp_mixed(arch: Architecture, run: RunConfig, stored: StepParts) -> StepPa
     activations are those of the 16-bit run; weights, gradients and optimizer states
     keep the fp32 sizes of the stored shards.
     """
-    compute = step_parts(arch, run.model_copy(update=_sixteen_bit(run)))
+    compute = shared_step_parts(arch, run.model_copy(update=_sixteen_bit(run)))
     s = stored.sizes
     sizes = dataclasses.replace(
         compute.sizes,
@@ -668,7 +679,7 @@ def parallel_step(arch: Architecture, run: RunConfig, par: ParallelConfig) -> Pa
     _check_engine_precision(arch, run, par)
     local = local_arch(arch, par.tp)
     lrun = engine_run(run, par)
-    parts = step_parts(local, lrun)
+    parts = shared_step_parts(local, lrun)
     if par.resolved_strategy in FSDP and lrun.precision.endswith("-mixed"):
         parts = _fsdp_mixed(local, lrun, parts)
     ranks = tuple(rank_memory(local, lrun, par, parts, k) for k in range(par.pp))

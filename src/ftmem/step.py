@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ftmem import seq2seq
@@ -206,22 +205,6 @@ class StepParts:
 def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = None) -> StepParts:
     """The components of one step and their sizes in time (no peak yet); with a
     ``teacher``, the distillation step (ftmem.distill)."""
-    if teacher is None:
-        return _shared_step_parts(arch, run)
-    return _step_parts(arch, run, teacher)
-
-
-@lru_cache(maxsize=1024)
-def _shared_step_parts(arch: Architecture, run: RunConfig) -> StepParts:
-    """One step's parts per (architecture, run), both compared by value. A multi-GPU
-    estimate derives every rank from the same step, and a sweep over strategies and GPU
-    counts asks for it once per layout (most of a multi-GPU estimate's time went to
-    building it again). Safe: StepParts is frozen and built of tuples and frozen
-    dataclasses, and depends on nothing but its two arguments; errors are not cached."""
-    return _step_parts(arch, run, None)
-
-
-def _step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None) -> StepParts:
     seq2seq.check_supported(arch, run)
     if arch.encoder_decoder:
         if teacher is not None:
