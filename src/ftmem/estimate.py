@@ -234,7 +234,7 @@ def _estimate_parallel(
     step = parallel_step(arch, run, par)
     rank = step.ranks[step.worst]
     sz = rank.sizes
-    peak_info = find_peak(sz)
+    peak_info = step.peak
     activations = sum(sz.acts_per_block) + sz.acts_below + sz.acts_above + sz.acts_held
     comm = sz.largest_communication()
     memory = _memory(

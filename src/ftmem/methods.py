@@ -112,6 +112,7 @@ class TensorGroup:
     numel: int = field(init=False, repr=False, compare=False)
     total_numel: int = field(init=False, repr=False, compare=False)
     nbytes: int = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         numel = prod(self.shape)
@@ -121,6 +122,14 @@ class TensorGroup:
         object.__setattr__(self, "numel", numel)
         object.__setattr__(self, "total_numel", numel * self.count)
         object.__setattr__(self, "nbytes", nbytes)
+        key = (self.name, self.shape, self.count, self.fmt, self.trainable, self.adapter)
+        extra = (self.double_quant, self.in_block, self.galore_rank)
+        object.__setattr__(self, "_hash", hash(key + extra))
+
+    def __hash__(self) -> int:
+        """The hash of the compared fields, taken once: the multi-GPU caches key on
+        tuples of groups (hashing them field by field was a twentieth of an estimate)."""
+        return self._hash
 
     def counted(self, count: int) -> TensorGroup:
         """The same tensors, ``count`` of them (per pipeline stage, one block's); faster
@@ -287,9 +296,14 @@ _PLANS: dict[tuple[object, ...], MethodPlan] = {}
 _MAX_PLANS = 4096
 
 
+def plan_key(arch: Architecture, run: RunConfig) -> tuple[object, ...]:
+    """What decides the plan: the architecture and every run setting but the shape."""
+    return (arch, _planned_fields(run))
+
+
 def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     """Parameter groups of the model as the method trains it."""
-    key = (arch, _planned_fields(run))
+    key = plan_key(arch, run)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= _MAX_PLANS:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
@@ -35,13 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div, is_quantized
 from ftmem.errors import InvalidInputError
-from ftmem.methods import TensorGroup
+from ftmem.methods import MethodPlan, TensorGroup, plan_key
 from ftmem.optim import (
     optimizer_state_bytes,
     optimizer_step_temporary_bytes,
     step_tensor_bytes,
 )
-from ftmem.phases import StepSizes, find_peak
+from ftmem.phases import Peak, StepSizes, find_peak
 from ftmem.precision import resolve_dtypes
 from ftmem.run import ADAPTER_METHODS, RunConfig
 from ftmem.step import StepParts, step_parts
@@ -299,18 +300,28 @@ def _is_head_side(name: str) -> bool:
 
 def _stage_groups(
     parts: StepParts, arch: Architecture, stage: int, stages: int
-) -> list[TensorGroup]:
+) -> tuple[TensorGroup, ...]:
     """The parameter groups that live on one pipeline stage."""
-    L = arch.num_layers
+    return _groups_on_stage(parts.plan.groups, arch.num_layers, arch.tie_embeddings, stage, stages)
+
+
+@lru_cache(maxsize=1024)
+def _groups_on_stage(
+    groups: tuple[TensorGroup, ...], L: int, tied: bool, stage: int, stages: int
+) -> tuple[TensorGroup, ...]:
+    """Of a plan's groups (compared by value), those on one of ``stages`` pipeline
+    stages of an ``L``-block model. Every strategy and GPU count of a sweep splits the
+    same plan alike (rebuilding the groups was a fifth of a multi-GPU estimate). Safe:
+    TensorGroup is frozen and the split depends on these arguments only."""
     per = L // stages
     lo, hi = stage * per, (stage + 1) * per
     first, last = stage == 0, stage == stages - 1
     out: list[TensorGroup] = []
-    for g in parts.plan.groups:
+    for g in groups:
         if not g.in_block:
             head = _is_head_side(g.name)
             # tied embeddings: the last stage keeps its own copy as the LM head (Megatron)
-            tied_copy = arch.tie_embeddings and last and g.name.endswith(_TOKEN_EMBEDDINGS)
+            tied_copy = tied and last and g.name.endswith(_TOKEN_EMBEDDINGS)
             if (head and last) or (not head and first) or tied_copy:
                 out.append(g)
             continue
@@ -323,7 +334,7 @@ def _stage_groups(
         n = max(0, min(hi, span[1]) - max(lo, span[0]))
         if n:
             out.append(g.counted(n))
-    return out
+    return tuple(out)
 
 
 def _gathered_bytes(groups: Iterable[TensorGroup], cast: int | None = None) -> int:
@@ -343,18 +354,90 @@ def _grad_bytes(groups: Iterable[TensorGroup], cast: int | None = None) -> int:
     return sum(g.total_numel * (cast or g.element_bytes) for g in groups)
 
 
-def _one_block(groups: Iterable[TensorGroup], arch: Architecture) -> list[TensorGroup]:
+def _one_block(groups: tuple[TensorGroup, ...], arch: Architecture) -> list[TensorGroup]:
     """One block's tensors (one copy of each name): what FSDP and ZeRO-3 gather at once.
     An encoder-decoder's pair block is two such units (T5Block): the larger one."""
+    return list(_block_unit(groups, arch.encoder_decoder))
+
+
+@lru_cache(maxsize=1024)
+def _block_unit(groups: tuple[TensorGroup, ...], encoder_decoder: bool) -> tuple[TensorGroup, ...]:
+    """_one_block per (a stage's groups, compared by value; encoder-decoder or not): the
+    same for every strategy and GPU count of a sweep. Safe: TensorGroup is frozen."""
     seen: dict[str, TensorGroup] = {}
     for g in groups:
         if g.in_block and g.name not in seen:
             seen[g.name] = g.counted(1)
-    block = list(seen.values())
-    if not arch.encoder_decoder:
+    block = tuple(seen.values())
+    if not encoder_decoder:
         return block
-    stacks = [[g for g in block if g.name.startswith(f"{s}.")] for s in ("encoder", "decoder")]
+    stacks = [tuple(g for g in block if g.name.startswith(f"{s}.")) for s in ("encoder", "decoder")]
     return max(stacks, key=lambda gs: sum(g.nbytes for g in gs))
+
+
+@lru_cache(maxsize=1024)
+def _fp32_copies(groups: tuple[TensorGroup, ...]) -> tuple[TensorGroup, ...]:
+    """The groups stored as fp32 (DeepSpeed's optimizer keeps fp32 copies), per groups
+    compared by value: a sweep asks it for the same stage again for every GPU count.
+    Safe: TensorGroup is frozen."""
+    return tuple(dataclasses.replace(g, fmt="fp32") for g in groups)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _StageTotals:
+    """A stage's parameter sizes before any sharding."""
+
+    weights: int
+    grads: int
+    psi: int  # trainable elements
+    states: int  # optimizer states (DeepSpeed: fp32 copies, its master weights)
+    step_temp: int  # the optimizer step's temporaries
+    steps: int  # Adam's step tensors (one per tensor on every rank: not sharded)
+
+
+_STAGE_TOTALS: dict[tuple[object, ...], _StageTotals] = {}
+_MAX_STAGE_TOTALS = 4096
+
+
+def _stage_totals(
+    groups: tuple[TensorGroup, ...],
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    deepspeed: bool,
+) -> _StageTotals:
+    """_StageTotals of a stage's groups, cached per (groups compared by value, the plan's
+    key: architecture and every run setting but the shape, DeepSpeed or not): every GPU
+    count of a sweep asks for the same stage again (summing its groups was a fifth of a
+    multi-GPU estimate). Safe: ``plan`` is ``plan_method(arch, run)``, decided by that
+    key, and the optimizer functions read no shape setting of the run."""
+    key = (groups, plan_key(arch, run), deepspeed)
+    totals = _STAGE_TOTALS.get(key)
+    if totals is not None:
+        return totals
+    if len(_STAGE_TOTALS) >= _MAX_STAGE_TOTALS:
+        _STAGE_TOTALS.clear()
+    trainable = tuple(g for g in groups if g.trainable)
+    psi = sum(g.total_numel for g in trainable)
+    if deepspeed:
+        fp32_copies = _fp32_copies(trainable)
+        half = plan.dtypes.base != "fp32"
+        master = FP32 * psi if half else 0
+        states = optimizer_state_bytes(fp32_copies, run) + master
+        # the step converts the gradient partition to fp32 before the update
+        step_temp = FP32 * psi if half else 0
+    else:
+        states = optimizer_state_bytes(groups, run)
+        step_temp = optimizer_step_temporary_bytes(groups, run)
+    totals = _STAGE_TOTALS[key] = _StageTotals(
+        weights=sum(g.nbytes for g in groups),
+        grads=sum(g.total_numel * g.element_bytes for g in trainable),
+        psi=psi,
+        states=states,
+        step_temp=step_temp,
+        steps=step_tensor_bytes(groups, run),
+    )
+    return totals
 
 
 def rank_memory(
@@ -372,25 +455,12 @@ def rank_memory(
     compute = BYTES_PER_ELEMENT[plan.dtypes.compute]
 
     groups = _stage_groups(parts, arch, stage, par.pp)
-    trainable = [g for g in groups if g.trainable]
-    weights = sum(g.nbytes for g in groups)
-    grads = sum(g.total_numel * g.element_bytes for g in trainable)
-    psi = sum(g.total_numel for g in trainable)
+    totals = _stage_totals(groups, arch, run, plan, s in DEEPSPEED)
+    weights, grads, psi = totals.weights, totals.grads, totals.psi
+    states, step_temp, steps = totals.states, totals.step_temp, totals.steps
 
     def shard(x: int) -> int:
         return ceil_div(x, N)
-
-    if s in DEEPSPEED:
-        fp32_copies = [dataclasses.replace(g, fmt="fp32") for g in trainable]
-        half = plan.dtypes.base != "fp32"
-        master = FP32 * psi if half else 0
-        states = optimizer_state_bytes(fp32_copies, run) + master
-        # the step converts the gradient partition to fp32 before the update
-        step_temp = FP32 * psi if half else 0
-    else:
-        states = optimizer_state_bytes(groups, run)
-        step_temp = optimizer_step_temporary_bytes(groups, run)
-    steps = step_tensor_bytes(groups, run)  # one per tensor on every rank: not sharded
 
     # weights: what stays whole and what is sharded
     replicated, sharded = weights, 0
@@ -548,9 +618,21 @@ class ParallelStep:
     ranks: tuple[RankMemory, ...]  # one per pipeline stage
     peaks: tuple[int, ...]
     worst: int  # index into ranks
+    peak: Peak  # the worst rank's timeline
     parts: StepParts  # the local (tensor/context-sliced) step
     run: RunConfig  # the run as the engine executes it
     arch: Architecture  # the tensor-parallel slice
+
+
+@lru_cache(maxsize=256)
+def shared_step_parts(arch: Architecture, run: RunConfig) -> StepParts:
+    """step_parts per (architecture, run), both compared by value: a sweep over
+    strategies and GPU counts derives every layout from the same step (building it again
+    was most of a multi-GPU estimate). Safe: StepParts is frozen, built of tuples and
+    frozen dataclasses, and depends on these two arguments only; errors are not cached.
+    (One-GPU estimates do not use it: a sweep there is a new run each time, and the
+    misses, holding a thousand steps alive, measured slower.)"""
+    return step_parts(arch, run)
 
 
 def _fsdp_mixed(arch: Architecture, run: RunConfig, stored: StepParts) -> StepParts:
@@ -560,7 +642,7 @@ def _fsdp_mixed(arch: Architecture, run: RunConfig, stored: StepParts) -> StepPa
     activations are those of the 16-bit run; weights, gradients and optimizer states
     keep the fp32 sizes of the stored shards.
     """
-    compute = step_parts(arch, run.model_copy(update=_sixteen_bit(run)))
+    compute = shared_step_parts(arch, run.model_copy(update=_sixteen_bit(run)))
     s = stored.sizes
     sizes = dataclasses.replace(
         compute.sizes,
@@ -597,13 +679,14 @@ def parallel_step(arch: Architecture, run: RunConfig, par: ParallelConfig) -> Pa
     _check_engine_precision(arch, run, par)
     local = local_arch(arch, par.tp)
     lrun = engine_run(run, par)
-    parts = step_parts(local, lrun)
+    parts = shared_step_parts(local, lrun)
     if par.resolved_strategy in FSDP and lrun.precision.endswith("-mixed"):
         parts = _fsdp_mixed(local, lrun, parts)
     ranks = tuple(rank_memory(local, lrun, par, parts, k) for k in range(par.pp))
-    peaks = tuple(find_peak(r.sizes).at_peak.total for r in ranks)
+    timelines = [find_peak(r.sizes) for r in ranks]
+    peaks = tuple(t.at_peak.total for t in timelines)
     worst = max(range(len(peaks)), key=lambda k: (peaks[k], -k))
-    return ParallelStep(ranks, peaks, worst, parts, lrun, local)
+    return ParallelStep(ranks, peaks, worst, timelines[worst], parts, lrun, local)
 
 
 def parallel_notes(

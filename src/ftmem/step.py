@@ -23,7 +23,7 @@ from ftmem.activations import (
 from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.errors import InvalidInputError
-from ftmem.methods import MethodPlan, plan_method
+from ftmem.methods import MethodPlan, plan_key, plan_method
 from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
 from ftmem.phases import StepSizes
 from ftmem.run import RunConfig
@@ -135,6 +135,57 @@ def _sum(items: list[Saved]) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class PlanSizes:
+    """The sizes of a step that come from the plan alone, whatever the batch and length."""
+
+    weights: int
+    states: int
+    optimizer_temporaries: int
+    grads: int
+    grads_per_block: int
+    grads_outer: int
+    grads_embedding: int
+    tied_embedding_backward: int
+    merge_transient: int
+    step_block: int
+    step_outer: int
+    autocast_cache: int
+
+
+_PLAN_SIZES: dict[tuple[object, ...], PlanSizes] = {}
+_MAX_PLAN_SIZES = 4096
+
+
+def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSizes:
+    """PlanSizes of ``plan_method(arch, run)``, cached under the plan's own key (the
+    architecture and every run setting but the shape): a sweep over batch sizes and
+    lengths shares them (summing the groups again was a tenth of an estimate). Safe:
+    PlanSizes is frozen, and none of these functions reads a shape setting."""
+    key = plan_key(arch, run)
+    sizes = _PLAN_SIZES.get(key)
+    if sizes is None:
+        if len(_PLAN_SIZES) >= _MAX_PLAN_SIZES:
+            _PLAN_SIZES.clear()
+        grad_groups = [g for g in plan.groups if g.trainable]
+        grads, grads_block, grads_outer, grads_embedding = _gradient_sizes(plan, arch)
+        sizes = _PLAN_SIZES[key] = PlanSizes(
+            weights=sum(g.nbytes for g in plan.groups),
+            states=optimizer_state_bytes(plan.groups, run),
+            optimizer_temporaries=optimizer_step_temporary_bytes(plan.groups, run),
+            grads=grads,
+            grads_per_block=grads_block,
+            grads_outer=grads_outer,
+            grads_embedding=grads_embedding,
+            tied_embedding_backward=tied_embedding_backward(arch, grad_groups),
+            merge_transient=merge_transient(plan, run),
+            step_block=step_in_backward([g for g in grad_groups if g.in_block], run),
+            step_outer=step_in_backward([g for g in grad_groups if not g.in_block], run),
+            autocast_cache=autocast_cache(plan),
+        )
+    return sizes
+
+
+@dataclass(frozen=True, slots=True)
 class StepParts:
     """Everything one training step is made of, before the timeline picks the peak.
 
@@ -166,10 +217,7 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
     T = run.batch_size * run.positions
     V, h = arch.vocab_size, arch.hidden_size
 
-    weights = sum(g.nbytes for g in plan.groups)
-    grad_groups = [g for g in plan.groups if g.trainable]
-    states = optimizer_state_bytes(plan.groups, run)
-    opt_temp = optimizer_step_temporary_bytes(plan.groups, run)
+    fixed = plan_sizes(arch, run, plan)
 
     # Activations per block, computed once per distinct block state.
     block_states = _block_states(arch, run, plan)
@@ -208,7 +256,8 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         recompute = 0
     activations = sum(per_block_kept) + outer
 
-    grads, grads_block, grads_outer, grads_embedding = _gradient_sizes(plan, arch)
+    grads, grads_block = fixed.grads, fixed.grads_per_block
+    grads_outer, grads_embedding = fixed.grads_outer, fixed.grads_embedding
 
     offloaded = back = 0
     if run.activation_offload:
@@ -221,20 +270,20 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         activations = 0
     # checkpointed blocks under autocast: the cast cache is all that keeps their 16-bit
     # weight copies, until the forward (and the loss in it) ends
-    forward_cache = autocast_cache(plan) if run.grad_ckpt else 0
+    forward_cache = fixed.autocast_cache if run.grad_ckpt else 0
     if run.optimizer_in_backward:  # each gradient is freed by its own step
         grads = grads_outer = grads_block = grads_embedding = 0
     sizes = StepSizes(
-        weights=weights,
-        states=states,
+        weights=fixed.weights,
+        states=fixed.states,
         grads=grads,
         grads_outer=grads_outer,
         grads_embedding=grads_embedding,
-        tied_embedding_backward=tied_embedding_backward(arch, grad_groups),
-        merge_transient=merge_transient(plan, run),
+        tied_embedding_backward=fixed.tied_embedding_backward,
+        merge_transient=fixed.merge_transient,
         in_backward=run.optimizer_in_backward,
-        step_block=step_in_backward([g for g in grad_groups if g.in_block], run),
-        step_outer=step_in_backward([g for g in grad_groups if not g.in_block], run),
+        step_block=fixed.step_block,
+        step_outer=fixed.step_outer,
         grads_per_block=grads_block,
         trainable_blocks=plan.trainable_blocks,
         acts_per_block=tuple(per_block_kept),
@@ -274,7 +323,7 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         recompute=recompute,
         recompute_by_block=tuple(rebuilt) if run.grad_ckpt else (),
         own_grads_transient=grads_block if offloaded else 0,
-        optimizer_temporaries=opt_temp,
+        optimizer_temporaries=fixed.optimizer_temporaries,
         grads_persist=run.grad_accum > 1,
     )
     if teacher is not None:
@@ -378,7 +427,7 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
         per_block_kept = per_block
         recompute = 0
     activations = sum(per_block_kept) + _sum(outer_items)
-    grads, grads_block, grads_outer, grads_embedding = _gradient_sizes(plan, arch)
+    fixed = plan_sizes(arch, run, plan)
     grad_groups = [g for g in plan.groups if g.trainable]
     L, trained = arch.num_layers, plan.trainable_blocks
     by_block: list[int] = []
@@ -396,13 +445,13 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
     # holds the log-softmax's gradient and the logits' (fp32 under autocast)
     loss_e = FP32 if autocast else e
     sizes = StepSizes(
-        weights=sum(g.nbytes for g in plan.groups),
-        states=optimizer_state_bytes(plan.groups, run),
-        grads=grads,
-        grads_outer=grads_outer,
-        grads_embedding=grads_embedding,
-        tied_embedding_backward=tied_embedding_backward(arch, grad_groups),
-        grads_per_block=grads_block // 2,  # the average entry (grads_by_block is exact)
+        weights=fixed.weights,
+        states=fixed.states,
+        grads=fixed.grads,
+        grads_outer=fixed.grads_outer,
+        grads_embedding=fixed.grads_embedding,
+        tied_embedding_backward=fixed.tied_embedding_backward,
+        grads_per_block=fixed.grads_per_block // 2,  # the average entry (grads_by_block is exact)
         trainable_blocks=2 * trained,
         grads_by_block=tuple(by_block),
         embedding_backward_at=L,
@@ -419,7 +468,7 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
         ),
         head_workspace=norm_backward_workspace(arch, e, dec.T) + dec.T * h * FP32,
         recompute=recompute,
-        optimizer_temporaries=optimizer_step_temporary_bytes(plan.groups, run),
+        optimizer_temporaries=fixed.optimizer_temporaries,
         grads_persist=run.grad_accum > 1,
     )
     return StepParts(
