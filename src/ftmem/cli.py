@@ -121,6 +121,10 @@ Quiet = Annotated[
 
 
 def _write(path: str, text: str) -> None:
+    if not path.strip():
+        raise FtmemError("an output file name is empty; give a path.")
+    if "\0" in path:  # possible through main([...]), never from a shell
+        raise FtmemError(f"cannot write {path!r}: a path cannot hold a NUL byte.")
     try:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -789,6 +793,8 @@ def check(
     to_stdout = [flag for flag, out in (("--json", json_out), ("--junit", junit_out)) if out == "-"]
     if len(to_stdout) > 1:
         raise FtmemError("--json - and --junit - both write to stdout; send one to a file.")
+    if json_out is not None and json_out == junit_out:  # the second report would replace the first
+        raise FtmemError(f"--json and --junit both write {json_out}; give each its own file.")
     unit = _units(units)
     results = check_budgets(budgets)
     reports = {

@@ -195,7 +195,9 @@ class ParallelConfig(BaseModel):
                     "FSDP's CPU offload takes the optimizer step to the host with the "
                     "weights: drop --offload-optimizer none"
                 )
-            return {**data, "offload_optimizer": "cpu"}
+            if data.get("offload_optimizer") in (None, "cpu"):
+                return {**data, "offload_optimizer": "cpu"}
+            # any other value (nvme) is refused by _combinations, not replaced by cpu
         return data
 
 

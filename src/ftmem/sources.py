@@ -390,6 +390,8 @@ def _local(spec: str) -> Path | None:
         return _snapshot(path)
     if is_file or spec.endswith(".json"):
         return path
+    if "/" in spec and (path.is_symlink() or path.exists()):
+        return path  # a FIFO, device or broken link: read_text says which, not "unknown model"
     return None
 
 
@@ -423,6 +425,8 @@ def _from_hub(repo_id: str) -> Path:
 def resolve_model(spec: str) -> Architecture:
     """A preset id/alias, a path to config.json / a model folder / a Hugging Face cache
     entry, or a Hub repository id (through huggingface_hub and its cache)."""
+    if not spec.strip():  # Path("") is the current folder: "" would read ./config.json
+        raise ConfigError("the model name is empty; give a preset id (`ftmem models`) or a path.")
     local = _local(spec)
     if local is not None:
         return load_config_json(local)

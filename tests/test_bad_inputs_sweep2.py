@@ -1,0 +1,132 @@
+"""A second adversarial sweep over every subcommand and input surface (issue 19).
+
+Each case is an input a user (or a caller of ``main([...])``) can give, that once
+crashed or was silently misread; each must now exit 2 with one ``Error:`` line and
+nothing on stdout, or, where marked, be read exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ftmem.cli import main
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def refused(capsys, *args: str) -> str:
+    """The run exits 2, stdout empty, one ``Error:`` line; that line."""
+    code, out, err = run(capsys, *args)
+    assert code == 2, (args, out[:300], err)
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+BUDGET = "runs:\n  - name: a\n    model: gpt2\n    gpu: rtx4090\n"
+EMIT = ["estimate", "gpt2", "--gpus", "2", "--strategy", "zero2", "--emit", "deepspeed"]
+
+
+# -- options crossed: FSDP offload ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp-hybrid", "fsdp-no-shard"])
+def test_fsdp_params_on_cpu_optimizer_on_nvme_is_refused(capsys, strategy):
+    # FSDP's CPUOffload has no NVMe tier; --offload-optimizer nvme was replaced by cpu
+    # without a word (the slow option sweep's forbidden pair)
+    line = refused(
+        capsys, "estimate", "gpt2", "--gpus", "2", "--strategy", strategy,
+        "--offload-params", "cpu", "--offload-optimizer", "nvme",
+    )  # fmt: skip
+    assert "NVMe" in line
+
+
+def test_fsdp_params_on_cpu_still_takes_the_optimizer_along(capsys):
+    code, out, _ = run(
+        capsys, "estimate", "gpt2", "--gpus", "2", "--strategy", "fsdp",
+        "--offload-params", "cpu", "--format", "json",
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads(out)["parallel"]["offload_optimizer"] == "cpu"
+
+
+# -- paths -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["estimate", "a\0b/config.json"],
+        ["estimate", "gpt2", "--from", "a\0b.yaml"],
+        ["check", "a\0b.yaml"],
+        [*EMIT, "--emit-to", "a\0b.json"],
+        ["plan", "gpt2", "--gpu", "rtx4090", "--plot", "a\0b.png"],
+        ["max", "gpt2", "--gpu", "rtx4090", "--plot", "a\0b.svg"],
+    ],
+    ids=["model", "from", "budgets", "emit-to", "plan-plot", "max-plot"],
+)
+def test_a_nul_byte_in_a_path_is_one_sentence(capsys, args):
+    # a shell cannot pass NUL, main([...]) can: ValueError: embedded null byte
+    assert "NUL" in refused(capsys, *args)
+
+
+@pytest.mark.parametrize("json_or_junit", ["--json", "--junit"])
+def test_check_report_nul_path(capsys, tmp_path, json_or_junit):
+    budgets = tmp_path / "b.yaml"
+    budgets.write_text(BUDGET)
+    assert "NUL" in refused(capsys, "check", str(budgets), json_or_junit, "r\0.json")
+
+
+@pytest.mark.parametrize("name", ["", " ", "\t"])
+def test_an_empty_model_name_is_not_the_current_folder(capsys, tmp_path, name, monkeypatch):
+    # Path("") is ".": an empty name read ./config.json when there was one
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    monkeypatch.chdir(tmp_path)
+    assert "empty" in refused(capsys, "estimate", name)
+    assert "empty" in refused(capsys, "estimate", "gpt2", "--teacher", name)
+
+
+def test_an_empty_output_file_name(capsys, tmp_path):
+    budgets = tmp_path / "b.yaml"
+    budgets.write_text(BUDGET)
+    assert "empty" in refused(capsys, *EMIT, "--emit-to", "")
+    assert "empty" in refused(capsys, "check", str(budgets), "--json", "")
+
+
+def test_json_and_junit_into_one_file(capsys, tmp_path):
+    # the JUnit report silently replaced the JSON one
+    budgets, out = tmp_path / "b.yaml", tmp_path / "r.txt"
+    budgets.write_text(BUDGET)
+    line = refused(capsys, "check", str(budgets), "--json", str(out), "--junit", str(out))
+    assert "--json and --junit" in line
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_model_path_to_a_fifo_or_broken_link_says_what_it_is(capsys, tmp_path):
+    # was "Unknown model '/…/fifo'. Run `ftmem models`": the path exists, it is no file
+    fifo, broken = tmp_path / "fifo", tmp_path / "broken"
+    os.mkfifo(fifo)
+    broken.symlink_to(tmp_path / "nothing")
+    assert "not a regular file" in refused(capsys, "estimate", str(fifo))
+    assert "broken link" in refused(capsys, "estimate", str(broken))
+    assert "not a regular file" in refused(capsys, "estimate", "/dev/null")
+
+
+def test_a_preset_name_is_still_a_preset(capsys, tmp_path, monkeypatch):
+    # the FIFO rule above applies to paths with a folder only: a preset id stays a preset
+    monkeypatch.chdir(tmp_path)
+    Path("gpt2x").mkdir()
+    code, _, _ = run(capsys, "estimate", "gpt2")
+    assert code == 0
