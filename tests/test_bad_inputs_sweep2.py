@@ -130,3 +130,82 @@ def test_a_preset_name_is_still_a_preset(capsys, tmp_path, monkeypatch):
     Path("gpt2x").mkdir()
     code, _, _ = run(capsys, "estimate", "gpt2")
     assert code == 0
+
+
+# -- config.json ------------------------------------------------------------------------------
+
+TINY = {
+    "model_type": "llama",
+    "vocab_size": 320,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+}
+# vocab × hidden twice (embedding and untied head) + 2 blocks of (4 h² attention +
+# 3 h·ffn MLP + 2 h norms) + the final norm
+TINY_PARAMS = 2 * 320 * 64 + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64
+
+
+def n_params(capsys, path: Path) -> int:
+    code, out, err = run(capsys, "estimate", str(path), "--format", "json")
+    assert code == 0, err
+    return json.loads(out)["model"]["n_params"]
+
+
+def test_a_byte_order_mark_before_config_json_is_read(capsys, tmp_path):
+    # Windows editors write one; json.loads refused it ("Unexpected UTF-8 BOM")
+    path = tmp_path / "config.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(TINY, indent=2).encode())
+    assert n_params(capsys, path) == TINY_PARAMS
+
+
+def test_crlf_line_endings_are_read(capsys, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_bytes(json.dumps(TINY, indent=2).replace("\n", "\r\n").encode())
+    assert n_params(capsys, path) == TINY_PARAMS
+
+
+def test_a_duplicate_key_takes_its_last_value_as_transformers_does(capsys, tmp_path):
+    # transformers reads config.json with json.loads: the last of two equal keys wins
+    path = tmp_path / "config.json"
+    text = json.dumps({**TINY, "hidden_size": 32})
+    path.write_text(text[:-1] + ', "hidden_size": 64}')
+    assert n_params(capsys, path) == TINY_PARAMS
+
+
+def test_utf16_is_not_utf8(capsys, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_bytes(json.dumps(TINY).encode("utf-16"))
+    assert "not UTF-8" in refused(capsys, "estimate", str(path))
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        # transformers splits "gated-" into "gated" and no activation; it was read as silu
+        (
+            {
+                "model_type": "t5",
+                "d_model": 64,
+                "num_layers": 2,
+                "num_heads": 4,
+                "d_kv": 16,
+                "d_ff": 128,
+                "feed_forward_proj": "gated-",
+            },
+            "feed_forward_proj must be an activation",
+        ),
+        # gemma2 divides the logits by the cap: 0 gives NaN, a negative flips them
+        ({"model_type": "gemma2", "final_logit_softcapping": 0}, "must be positive"),
+        ({"model_type": "gemma2", "attn_logit_softcapping": -30.0}, "must be positive"),
+        # model_type shown as JSON, not Python's repr ('None', "['llama']")
+        ({"model_type": None}, "model_type null,"),
+        ({"model_type": ["llama"]}, 'model_type ["llama"],'),
+    ],
+    ids=["t5-gated-nothing", "softcap-zero", "softcap-negative", "type-null", "type-list"],
+)
+def test_config_values_refused(capsys, tmp_path, changes, expected):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**TINY, **changes}))
+    assert expected in refused(capsys, "estimate", str(path))

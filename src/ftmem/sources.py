@@ -181,6 +181,8 @@ def _from_gemma2(cfg: Mapping) -> Mapping:
     out.update(norms_per_block=4, tie_embeddings=_flag(cfg, "tie_word_embeddings", True))
     for key in ("final_logit_softcapping", "attn_logit_softcapping"):
         cap = _number(cfg, key)
+        if cap is not None and cap <= 0:  # gemma2 divides the logits by it
+            raise _wrong(key, "positive (or null)", cfg[key])
         if cap:
             out[key] = cap
     return out
@@ -257,6 +259,8 @@ def _from_t5(cfg: Mapping) -> Mapping:
         )
     ff = _word(cfg, "feed_forward_proj", "relu") or "relu"
     gated = ff.startswith("gated-")
+    if ff == "gated-":  # transformers splits on "-": no activation after it (_act reads "" as silu)
+        raise _wrong("feed_forward_proj", "an activation or gated-ACTIVATION", ff)
     dropout = _number(cfg, "dropout_rate")
     return {
         "family": "t5",
@@ -321,7 +325,7 @@ def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architectu
     if not isinstance(model_type, str) or model_type not in FAMILIES:
         known = ", ".join(sorted(FAMILIES))
         raise ConfigError(
-            f"config.json has model_type '{model_type}', which ftmem does not support yet "
+            f"config.json has model_type {_shown(model_type)}, which ftmem does not support yet "
             f"(supported: {known})."
         )
     try:

@@ -58,7 +58,9 @@ def read_text(path: Path, what: str, max_bytes: int) -> str:
     if len(raw) > max_bytes:
         raise ConfigError(f"{path} is over the {max_bytes:,} bytes a {what} can be.")
     try:
-        return raw.decode("utf-8")
+        # utf-8-sig: a byte-order mark, which Windows editors put at the start of a file,
+        # is dropped (json.loads refuses it; PyYAML skips it)
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text.") from None
 
