@@ -209,3 +209,32 @@ def test_config_values_refused(capsys, tmp_path, changes, expected):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**TINY, **changes}))
     assert expected in refused(capsys, "estimate", str(path))
+
+
+# -- measure ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_measure_keeps_stderr_clean(tmp_path):
+    # transformers logged "`loss_type=None` was set in the config but it is
+    # unrecognized" on stderr under a successful run (exit 0)
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import subprocess
+    import sys
+
+    gpt2 = {"model_type": "gpt2", "vocab_size": 320, "n_embd": 64, "n_layer": 2, "n_head": 4}
+    (tmp_path / "config.json").write_text(json.dumps({**gpt2, "n_positions": 128}))
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    res = subprocess.run(
+        [sys.executable, "-m", "ftmem.cli", "measure", str(tmp_path), "--fake"],
+        capture_output=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == b""
+    assert b"peak allocated" in res.stdout
