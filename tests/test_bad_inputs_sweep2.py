@@ -238,3 +238,131 @@ def test_measure_keeps_stderr_clean(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stderr == b""
     assert b"peak allocated" in res.stdout
+
+
+# -- budgets files (ftmem check) --------------------------------------------------------------
+
+
+def budgets(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "budgets.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+RUN_A = "  - name: a\n    model: gpt2\n    gpu: rtx4090\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a default gpu was passed to the estimate twice: TypeError, multiple values for 'gpu'
+        ("defaults:\n  gpu: 5\nruns:\n  - name: a\n    model: gpt2\n", "gpu: Input should be"),
+        ("defaults:\n  name: x\nruns:\n" + RUN_A, "defaults cannot give a name"),
+        # strategy: [] reached `in FSDP`: TypeError, unhashable type: 'list'
+        ("runs:\n" + RUN_A + "    gpus: 2\n    strategy: []\n", "strategy"),
+        ("runs:\n" + RUN_A + "    gpus: 2\n    strategy: {a: 1}\n", "strategy"),
+        # teacher: true reached the distillation: AttributeError, no attribute 'vocab_size'
+        ("runs:\n" + RUN_A + "    teacher: true\n", "--teacher must be a model name"),
+        ("runs:\n" + RUN_A + "    teacher: [gpt2]\n", "--teacher must be a model name"),
+        # gpus: true, nodes: yes, tp: on were read as 1
+        ("runs:\n" + RUN_A + "    gpus: true\n", "--gpus must be a number, not true"),
+        ("runs:\n" + RUN_A + "    nodes: yes\n", "--nodes must be a number, not true"),
+        ("runs:\n" + RUN_A + "    tp: on\n", "--tp must be a number, not true"),
+        # overhead: false was read as an overhead of 0 (False == 0)
+        ("runs:\n" + RUN_A + "    overhead: false\n", "--overhead: Cannot read False"),
+        # a size without a unit: max_total 24 was a 24-byte budget
+        ("runs:\n" + RUN_A + "    max_total: 24\n", "has no unit"),
+        # "a" and "a " were two runs that read the same everywhere
+        ("runs:\n" + RUN_A + "  - name: 'a '\n    model: gpt2\n    gpu: rtx4090\n", "used twice"),
+        ("runs:\n  - name: '  '\n    model: gpt2\n    gpu: rtx4090\n", "name"),
+        # the safe loader's refusals, one line each
+        ("runs: !!python/object/apply:os.system ['true']\n", "python/object/apply"),
+        ("runs:\n  - <<: 5\n    name: a\n", "merge"),
+    ],
+    ids=[
+        "default-gpu",
+        "default-name",
+        "strategy-list",
+        "strategy-map",
+        "teacher-bool",
+        "teacher-list",
+        "gpus-bool",
+        "nodes-bool",
+        "tp-bool",
+        "overhead-false",
+        "max-total-bare",
+        "names-by-whitespace",
+        "blank-name",
+        "python-tag",
+        "merge-scalar",
+    ],
+)
+def test_budgets_refused(capsys, tmp_path, text, expected):
+    line = refused(capsys, "check", budgets(tmp_path, text))
+    assert expected in line
+
+
+def test_a_default_gpu_and_budget_apply_to_each_run(capsys, tmp_path):
+    text = "defaults:\n  gpu: rtx4090\n  max_total: 1MiB\nruns:\n  - name: a\n    model: gpt2\n"
+    code, out, err = run(capsys, "check", budgets(tmp_path, text), "--json", "-")
+    assert code == 1, err  # gpt2 full finetuning needs GiBs, over the default 1 MiB
+    (only,) = json.loads(out)["runs"]
+    assert only["gpu"]["name"] == "NVIDIA GeForce RTX 4090" and only["max_total"] == "1MiB"
+
+
+def test_a_run_keeps_its_own_gpu_over_the_default(capsys, tmp_path):
+    text = "defaults:\n  gpu: rtx4090\nruns:\n  - name: a\n    model: gpt2\n    gpu: h100-80gb\n"
+    code, out, err = run(capsys, "check", budgets(tmp_path, text), "--json", "-")
+    assert code == 0, err
+    assert "H100" in json.loads(out)["runs"][0]["gpu"]["name"]
+
+
+def test_budgets_runs_are_bounded(capsys, tmp_path):
+    # 20,000 runs fit in the 1 MiB a budgets file may be: about a minute of estimates
+    from ftmem.budget import MAX_RUNS
+
+    rows = "".join(f"  - {{name: r{i}, model: gpt2, gpu: rtx4090}}\n" for i in range(MAX_RUNS + 1))
+    line = refused(capsys, "check", budgets(tmp_path, "runs:\n" + rows))
+    assert f"at most {MAX_RUNS}" in line
+
+
+# -- sizes without a unit ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["estimate", "gpt2", "--gpu-memory", "24"],  # was a 24-byte GPU: DOES NOT FIT, exit 0
+        ["estimate", "gpt2", "--gpu-memory", "79.5"],
+        ["serve", "gpt2", "--gpu-memory", "80"],
+        ["estimate", "gpt2", "--overhead", "1"],
+        [
+            "estimate",
+            "gpt2",
+            "--gpus",
+            "2",
+            "--strategy",
+            "zero3",
+            "--offload-params",
+            "cpu",
+            "--host-memory",
+            "512",
+        ],
+        ["merge", "gpt2", "--shard-size", "5"],
+    ],
+    ids=["gpu-memory", "gpu-memory-fraction", "serve", "overhead", "host-memory", "shard-size"],
+)
+def test_a_small_size_without_a_unit_is_a_forgotten_unit(capsys, args):
+    assert "has no unit" in refused(capsys, *args)
+
+
+def test_a_byte_count_without_a_unit_is_still_bytes(capsys):
+    from ftmem.units import parse_size
+
+    assert parse_size("1048576") == 2**20  # 1 MiB written out: no unit needed
+    assert parse_size(24) == 24  # the API's integers are byte counts
+    code, out, _ = run(
+        capsys, "estimate", "gpt2", "--gpu-memory", str(80 * 2**30), "--format", "json"
+    )
+    assert code == 0 and json.loads(out)["gpu"]["memory_bytes"] == 80 * 2**30
+    assert "must be positive" in refused(capsys, "estimate", "gpt2", "--gpu-memory", "0")

@@ -187,6 +187,7 @@ class ParallelConfig(BaseModel):
         on the host): --offload-params cpu alone means both."""
         if (
             isinstance(data, dict)
+            and isinstance(data.get("strategy"), str)  # a list is for the field to refuse
             and data.get("strategy") in FSDP
             and data.get("offload_params") == "cpu"
         ):
