@@ -366,3 +366,80 @@ def test_a_byte_count_without_a_unit_is_still_bytes(capsys):
     )
     assert code == 0 and json.loads(out)["gpu"]["memory_bytes"] == 80 * 2**30
     assert "must be positive" in refused(capsys, "estimate", "gpt2", "--gpu-memory", "0")
+
+
+# -- --from training configs -------------------------------------------------------------------
+
+AXOLOTL = "base_model: gpt2\nadapter: lora\nsequence_len: 128\n"
+TRL = "model_name_or_path: gpt2\nper_device_train_batch_size: 1\n"
+
+
+def from_config(tmp_path: Path, text: str, name: str = "train.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def estimated(capsys, *args: str) -> dict:
+    code, out, err = run(capsys, "estimate", *args, "--format", "json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        # a 5,000-character deepspeed: reached is_file: OSError ENAMETOOLONG, a traceback
+        ("deepspeed: " + "x" * 5000 + "\n", "File name too long"),
+        # axolotl's schema takes true, false, offload or offload_disk: any word was "on"
+        ("gradient_checkpointing: 'false'\n", "gradient_checkpointing must be true, false or"),
+        ("gradient_checkpointing: zero2\n", "gradient_checkpointing must be true, false or"),
+        ("activation_offloading: 'no'\n", "activation_offloading must be true, false or"),
+        # transformers refuses an unknown FSDPOption; "ful_shard" was FSDP full sharding
+        ("fsdp: ful_shard auto_wrap\n", "fsdp must be true or options among"),
+        ("fsdp: [full_shard, xyz]\n", "fsdp must be true or options among"),
+        # the safe loader's refusals, one line
+        ("x: !!python/object/apply:os.system ['true']\n", "python/object/apply"),
+        ("x: *nope\n", "undefined alias"),
+        ("? [a, b]\n: 1\n", "unhashable"),
+    ],
+    ids=[
+        "deepspeed-long",
+        "ckpt-false-string",
+        "ckpt-word",
+        "offload-no-string",
+        "fsdp-typo",
+        "fsdp-list-typo",
+        "python-tag",
+        "undefined-alias",
+        "list-key",
+    ],
+)
+def test_from_refused(capsys, tmp_path, extra, expected):
+    line = refused(capsys, "estimate", "--from", from_config(tmp_path, AXOLOTL + extra))
+    assert expected in line
+
+
+@pytest.mark.parametrize("mode", ["offload", "offload_disk", "unsloth"])
+def test_axolotl_checkpointing_modes_still_read(capsys, tmp_path, mode):
+    cfg = from_config(tmp_path, AXOLOTL + f"gradient_checkpointing: {mode}\n")
+    assert estimated(capsys, "--from", cfg)["run"]["grad_ckpt"] is True
+
+
+def test_fsdp_hybrid_shard_zero2_is_hybrid(capsys, tmp_path):
+    # the legacy option word was not in the name table: read as full_shard
+    cfg = from_config(tmp_path, TRL + "fsdp: hybrid_shard_zero2 auto_wrap\n")
+    got = estimated(capsys, "--from", cfg, "--gpus", "8", "--nodes", "2")
+    assert got["parallel"]["strategy"] == "fsdp-hybrid"
+    assert any("HYBRID_SHARD_ZERO2" in n for n in got["notes"])
+
+
+def test_yaml_merge_keys_alias_and_bom_crlf_read_as_yaml_says(capsys, tmp_path):
+    # a merge (<<:) brings its mapping's keys; a BOM and CRLF endings change nothing
+    text = "base: &b\n  micro_batch_size: 4\n<<: *b\n" + AXOLOTL
+    plain = estimated(capsys, "--from", from_config(tmp_path, text))
+    assert plain["run"]["batch_size"] == 4
+    windows = "\ufeff" + text.replace("\n", "\r\n")
+    path = tmp_path / "win.yaml"
+    path.write_bytes(windows.encode())
+    assert estimated(capsys, "--from", str(path))["run"] == plain["run"]

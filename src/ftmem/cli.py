@@ -1082,6 +1082,11 @@ def _exit_code(exc: BaseException) -> int | None:
         discard_stdout()
         error(f"cannot write the output: {exc.strerror or exc}.")
         return EXIT_BAD_INPUT
+    if isinstance(exc, OSError):
+        # a path from the user the system refuses where no reader expected it (a
+        # 5,000-character deepspeed: in a --from config: ENAMETOOLONG from is_file)
+        error(f"cannot use {exc.filename}: {exc.strerror or exc}.")
+        return EXIT_BAD_INPUT
     if isinstance(exc, UnicodeEncodeError):
         discard_stdout()
         error(
