@@ -443,3 +443,30 @@ def test_yaml_merge_keys_alias_and_bom_crlf_read_as_yaml_says(capsys, tmp_path):
     path = tmp_path / "win.yaml"
     path.write_bytes(windows.encode())
     assert estimated(capsys, "--from", str(path))["run"] == plain["run"]
+
+
+# -- an output over the run's own input --------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--json", "--junit"])
+def test_a_report_does_not_replace_the_budgets_file(capsys, tmp_path, flag):
+    # `check budgets.yaml --json budgets.yaml` replaced the budgets with the report
+    path = budgets(tmp_path, "runs:\n" + RUN_A)
+    assert "the file the run was read from" in refused(capsys, "check", path, flag, path)
+    assert Path(path).read_text() == "runs:\n" + RUN_A
+
+
+def test_emit_to_does_not_replace_the_training_config(capsys, tmp_path):
+    text = TRL + "deepspeed: {zero_optimization: {stage: 2}}\n"
+    cfg = from_config(tmp_path, text)
+    args = ["estimate", "--from", cfg, "--gpus", "2", "--emit", "deepspeed", "--emit-to", cfg]
+    assert "the file the run was read from" in refused(capsys, *args)
+    assert Path(cfg).read_text() == text
+
+
+def test_emit_to_does_not_replace_config_json(capsys, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY))
+    args = ["estimate", str(path), "--gpus", "2", "--strategy", "zero2", "--emit", "deepspeed"]
+    assert "the file the run was read from" in refused(capsys, *args, "--emit-to", str(path))
+    assert json.loads(path.read_text()) == TINY

@@ -120,7 +120,21 @@ Quiet = Annotated[
 ]
 
 
-def _write(path: str, text: str) -> None:
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (an output over the input it was read from)."""
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # one does not exist yet: not the same
+        return False
+
+
+def _write(path: str, text: str, inputs: Sequence[str | None] = ()) -> None:
+    """Write an output file; one of ``inputs`` (the files the run read) is not replaced."""
+    read = next((i for i in inputs if i is not None and _same_file(path, i)), None)
+    if read is not None:
+        raise FtmemError(f"{path} is the file the run was read from; write the output elsewhere.")
     if not path.strip():
         raise FtmemError("an output file name is empty; give a path.")
     if "\0" in path:  # possible through main([...]), never from a shell
@@ -192,6 +206,7 @@ def estimate(
     _format(output_format, "table", "json", "yaml", "markdown", "csv")
     from ftmem.sources import resolve_model, source_notes
 
+    read_from = [settings.get("from_config")]  # not to be replaced by --emit-to
     model, settings, notes = _with_config(ctx, model, settings)
     arch = resolve_model(model)
     notes += source_notes(model)
@@ -212,7 +227,7 @@ def estimate(
 
         emitted = emit_config(est, emit)
         if emit_to is not None:
-            _write(emit_to, emitted)
+            _write(emit_to, emitted, inputs=[*read_from, arch.source])
     if quiet:
         pass
     elif emitted is not None and emit_to is None:
@@ -803,7 +818,7 @@ def check(
     }
     for out, text in reports.values():
         if out is not None and out != "-":
-            _write(out, text)
+            _write(out, text, inputs=[budgets])
     if to_stdout:  # the report alone on stdout, for a pipe
         _echo(reports[to_stdout[0]][1])
     elif not quiet:
