@@ -470,3 +470,34 @@ def test_emit_to_does_not_replace_config_json(capsys, tmp_path):
     args = ["estimate", str(path), "--gpus", "2", "--strategy", "zero2", "--emit", "deepspeed"]
     assert "the file the run was read from" in refused(capsys, *args, "--emit-to", str(path))
     assert json.loads(path.read_text()) == TINY
+
+
+# -- digits that are not ASCII -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("columns", ["\u00b2", "9" * 5000, "abc"])
+def test_columns_that_int_cannot_read(columns):
+    # COLUMNS=² passed isdigit() and failed int(): a ValueError traceback before any output
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "COLUMNS": columns}
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    res = subprocess.run(
+        [sys.executable, "-m", "ftmem.cli", "gpus"],
+        capture_output=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == b""
+    assert b"rtx4090" in res.stdout
+
+
+def test_merge_layers_with_a_superscript_digit(capsys):
+    assert "not a range" in refused(capsys, "merge", "gpt2", "--layers", "\u00b2-5")
+
+
+def test_merge_layers_stacked_past_the_layer_bound(capsys):
+    # 400 slices of GPT-2's 12 blocks: a 4,800-block model was estimated
+    line = refused(capsys, "merge", "gpt2", "--layers", ",".join(["0-12"] * 400))
+    assert "the layer bound" in line and "4,800" in line
