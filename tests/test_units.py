@@ -12,7 +12,8 @@ from ftmem.units import format_bytes, format_count, parse_size
         ("24GB", 24 * 10**9),
         ("81920MiB", 80 * 2**30),
         ("1.5TiB", 3 * 2**39),
-        ("1024", 1024),
+        ("1048576", 2**20),  # a byte count written out (at least 1 MiB without a unit)
+        ("1024B", 1024),
         (4096, 4096),
     ],
 )
@@ -20,7 +21,8 @@ def test_parse_size(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("bad", ["24g", "GiB", "-3GiB", "0", "24 gibibytes", ""])
+# "24" without a unit is a unit forgotten (24 GB meant), not a 24-byte GPU
+@pytest.mark.parametrize("bad", ["24g", "GiB", "-3GiB", "0", "24 gibibytes", "", "24", "1024"])
 def test_parse_size_refuses(bad):
     with pytest.raises(InvalidInputError):
         parse_size(bad)

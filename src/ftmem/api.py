@@ -11,7 +11,7 @@ from ftmem.arch import Architecture, position_note
 from ftmem.errors import InvalidInputError
 from ftmem.estimate import estimate_step
 from ftmem.hardware import Gpu, custom_gpu
-from ftmem.limits import GPU_MEMORY, GPUS, HOST_MEMORY, TOKENS
+from ftmem.limits import GPU_MEMORY, GPUS, HOST_MEMORY, TOKENS, flag_as_count
 from ftmem.methods import adapted_linears
 from ftmem.parallel import ParallelConfig
 from ftmem.plan import Plan, make_plan
@@ -75,6 +75,9 @@ def parallel_config(
     """Validate the multi-GPU settings (gpus, nodes, strategy, tp, pp, cp, offload)."""
     if host_memory is not None:
         settings["host_memory_bytes"] = parse_size(host_memory, HOST_MEMORY, "--host-memory")
+    flag = flag_as_count(settings, ("gpus", "nodes", "tp", "pp", "cp"))
+    if flag:  # a budgets file's `gpus: true`: pydantic's lax integers read it as 1
+        raise InvalidInputError(flag + ".")
     for name in ("gpus", "nodes", "tp", "pp", "cp"):  # each, before their product is taken
         if isinstance(settings.get(name), int):
             GPUS.check(_option(name), settings[name])
@@ -127,7 +130,7 @@ def estimate(
     parallelism (``tp``, ``pp``, ``cp``) or offload, the memory is per GPU, for the
     rank that holds the most; ``Estimate.parallel`` has the rest.
     """
-    arch = resolve_model(model) if isinstance(model, str) else model
+    arch = _architecture(model)
     source = source_notes(model) if isinstance(model, str) else []
     spread = {k: settings.pop(k) for k in list(settings) if k in PARALLEL_SETTINGS}
     distill = _teacher(settings.pop("teacher", None), settings.pop("teacher_weights", None))
@@ -149,10 +152,28 @@ def estimate(
     overhead_bytes = (
         None
         if overhead is None
-        else (0 if overhead in (0, "0") else parse_size(overhead, GPU_MEMORY, "--overhead"))
+        # False == 0 to Python: a budgets file's `overhead: false` is refused by parse_size
+        else (
+            0
+            if overhead in (0, "0") and not isinstance(overhead, bool)
+            else parse_size(overhead, GPU_MEMORY, "--overhead")
+        )
     )
     est = estimate_step(arch, run, resolve_gpu(gpu, gpu_memory), overhead_bytes, par, distill)
     return est.model_copy(update={"notes": [*notes, *est.notes]}) if notes else est
+
+
+def _architecture(model: object, what: str = "the model") -> Architecture:
+    """A model given by name or as an Architecture; anything else (a budgets file's
+    ``teacher: true``, a number) is refused in one sentence, not an AttributeError."""
+    if isinstance(model, Architecture):
+        return model
+    if not isinstance(model, str):
+        shown = repr(model) if len(repr(model)) <= 40 else repr(model)[:37] + "..."
+        raise InvalidInputError(
+            f"{what} must be a model name (a preset id or a path), not {shown}."
+        )
+    return resolve_model(model)
 
 
 def _teacher(model: str | Architecture | None, weights: str | None) -> Teacher | None:
@@ -164,7 +185,7 @@ def _teacher(model: str | Architecture | None, weights: str | None) -> Teacher |
     from ftmem.distill import Teacher
     from ftmem.serve import ServeConfig
 
-    arch = resolve_model(model) if isinstance(model, str) else model
+    arch = _architecture(model, "--teacher")
     cfg = _validated(ServeConfig, {"weights": weights or "bf16"})
     return Teacher(arch, cfg.weights)
 
@@ -179,7 +200,7 @@ def plan(
     **settings: Any,
 ) -> Plan:
     """The least invasive changes that make the run fit the GPU (``ftmem plan``)."""
-    arch = resolve_model(model) if isinstance(model, str) else model
+    arch = _architecture(model)
     hw: dict[str, Any] = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
     return make_plan(lambda s: estimate(arch, **hw, **s), dict(settings), rows=rows)
 
@@ -217,7 +238,7 @@ def compare_methods(
     tuning on Falcon) gets the one-sentence reason instead of an estimate. An unknown
     method name, or settings that no method accepts, are errors.
     """
-    arch = resolve_model(model) if isinstance(model, str) else model
+    arch = _architecture(model)
     chosen = list(methods or COMPARED_METHODS)
     if methods is None and not arch.has_biases:
         chosen.remove("bitfit")
@@ -281,7 +302,7 @@ def largest(
     """The largest ``batch_size``, ``seq_len`` or ``lora_r`` that fits (``ftmem max``)."""
     from ftmem.search import largest_fitting
 
-    arch = resolve_model(model) if isinstance(model, str) else model
+    arch = _architecture(model)
     highest = search_bound(arch, what, settings)
     hw: dict[str, Any] = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
     return largest_fitting(lambda n: estimate(arch, **hw, **{**settings, what: n}), 1, highest)

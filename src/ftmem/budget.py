@@ -26,7 +26,14 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ftmem.display import printable
 from ftmem.errors import FtmemError, InvalidInputError
@@ -36,13 +43,15 @@ from ftmem.textfiles import compose_yaml, parse_yaml, read_text
 from ftmem.units import format_bytes, parse_size
 
 MAX_FILE_BYTES = 1 << 20  # a budgets file is a page of YAML, not a dataset
+MAX_RUNS = 1000  # a team's list of runs: 1,000 check in ~3 s here (a 1 MiB file holds ~20,000)
 
 
 class BudgetRun(BaseModel):
     """One named run; keys other than these are run settings (as `ftmem estimate` takes
     them, with underscores: seq_len, lora_r, strategy, gpus...)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    # names compared and shown stripped: "a" and "a " were two runs that read the same
+    model_config = ConfigDict(extra="allow", frozen=True, str_strip_whitespace=True)
 
     name: str = Field(min_length=1)
     model: str = Field(min_length=1)
@@ -61,11 +70,35 @@ class BudgetRun(BaseModel):
         return dict(self.model_extra or {})
 
 
+BUDGET_KEYS = ("model", "gpu", "gpu_memory", "max_total", "min_headroom")
+"""The run's own fields a ``defaults`` may give (each run may still set its own)."""
+
+
 class BudgetFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     defaults: dict[str, Any] = Field(default_factory=dict)
-    runs: list[BudgetRun] = Field(min_length=1)
+    runs: list[BudgetRun] = Field(min_length=1, max_length=MAX_RUNS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_of_run_fields(cls, data: Any) -> Any:
+        """A default ``gpu`` (or model, budget) goes into each run, validated there as
+        the run's own (it was passed twice to the estimate: a TypeError)."""
+        if not isinstance(data, dict):
+            return data
+        defaults, runs = data.get("defaults"), data.get("runs")
+        if not isinstance(defaults, dict):
+            return data
+        if "name" in defaults:
+            raise ValueError("defaults cannot give a name: each run names itself")
+        own = {k: defaults[k] for k in BUDGET_KEYS if k in defaults}
+        if not own:
+            return data
+        rest = {k: v for k, v in defaults.items() if k not in own}
+        if isinstance(runs, list):
+            runs = [{**own, **r} if isinstance(r, dict) else r for r in runs]
+        return {**data, "defaults": rest, "runs": runs}
 
 
 @dataclass

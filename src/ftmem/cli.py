@@ -120,7 +120,25 @@ Quiet = Annotated[
 ]
 
 
-def _write(path: str, text: str) -> None:
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (an output over the input it was read from)."""
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # one does not exist yet: not the same
+        return False
+
+
+def _write(path: str, text: str, inputs: Sequence[str | None] = ()) -> None:
+    """Write an output file; one of ``inputs`` (the files the run read) is not replaced."""
+    read = next((i for i in inputs if i is not None and _same_file(path, i)), None)
+    if read is not None:
+        raise FtmemError(f"{path} is the file the run was read from; write the output elsewhere.")
+    if not path.strip():
+        raise FtmemError("an output file name is empty; give a path.")
+    if "\0" in path:  # possible through main([...]), never from a shell
+        raise FtmemError(f"cannot write {path!r}: a path cannot hold a NUL byte.")
     try:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -188,6 +206,7 @@ def estimate(
     _format(output_format, "table", "json", "yaml", "markdown", "csv")
     from ftmem.sources import resolve_model, source_notes
 
+    read_from = [settings.get("from_config")]  # not to be replaced by --emit-to
     model, settings, notes = _with_config(ctx, model, settings)
     arch = resolve_model(model)
     notes += source_notes(model)
@@ -208,7 +227,7 @@ def estimate(
 
         emitted = emit_config(est, emit)
         if emit_to is not None:
-            _write(emit_to, emitted)
+            _write(emit_to, emitted, inputs=[*read_from, arch.source])
     if quiet:
         pass
     elif emitted is not None and emit_to is None:
@@ -789,6 +808,8 @@ def check(
     to_stdout = [flag for flag, out in (("--json", json_out), ("--junit", junit_out)) if out == "-"]
     if len(to_stdout) > 1:
         raise FtmemError("--json - and --junit - both write to stdout; send one to a file.")
+    if json_out is not None and json_out == junit_out:  # the second report would replace the first
+        raise FtmemError(f"--json and --junit both write {json_out}; give each its own file.")
     unit = _units(units)
     results = check_budgets(budgets)
     reports = {
@@ -797,7 +818,7 @@ def check(
     }
     for out, text in reports.values():
         if out is not None and out != "-":
-            _write(out, text)
+            _write(out, text, inputs=[budgets])
     if to_stdout:  # the report alone on stdout, for a pipe
         _echo(reports[to_stdout[0]][1])
     elif not quiet:
@@ -1075,6 +1096,11 @@ def _exit_code(exc: BaseException) -> int | None:
     if isinstance(exc, OSError) and exc.filename is None:  # writing stdout (or stderr)
         discard_stdout()
         error(f"cannot write the output: {exc.strerror or exc}.")
+        return EXIT_BAD_INPUT
+    if isinstance(exc, OSError):
+        # a path from the user the system refuses where no reader expected it (a
+        # 5,000-character deepspeed: in a --from config: ENAMETOOLONG from is_file)
+        error(f"cannot use {exc.filename}: {exc.strerror or exc}.")
         return EXIT_BAD_INPUT
     if isinstance(exc, UnicodeEncodeError):
         discard_stdout()

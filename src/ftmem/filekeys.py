@@ -126,12 +126,15 @@ class Keys:
             raise self.wrong(key, "true or false")
         return value
 
-    def flag_or_text(self, key: str) -> bool | str:
+    def flag_or_text(self, key: str, names: tuple[str, ...]) -> bool | str:
         """A switch that frameworks also spell as a mode name (axolotl's
-        ``gradient_checkpointing: offload``): the name, or the boolean."""
+        ``gradient_checkpointing: offload``): one of ``names``, or the boolean. Another
+        string is refused (``"false"`` or a typo was read as on)."""
         value = self._data.get(key)
         if isinstance(value, str):
-            return value
+            if value in names:
+                return value
+            raise self.wrong(key, f"true, false or one of {', '.join(names)}")
         return self.flag(key)
 
     def names(self, key: str) -> list[str] | None:

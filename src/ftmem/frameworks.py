@@ -303,9 +303,17 @@ FSDP_NAMES = {
     "hybrid_shard": "fsdp-hybrid",
     "no_shard": "fsdp-no-shard",
 }
+HYBRID_ZERO2_NOTE = (
+    "{key}: HYBRID_SHARD_ZERO2 keeps the weights gathered between forward and backward "
+    "within a node; estimated as hybrid_shard, which frees them."
+)
 # Accelerate's fsdp_sharding_strategy may be the 1-based index of these names
 # (accelerate.utils.constants.FSDP_SHARDING_STRATEGY)
 FSDP_BY_INDEX = ("full_shard", "shard_grad_op", "no_shard", "hybrid_shard")
+
+
+# transformers' FSDPOption (trainer_utils.py): TrainingArguments refuses any other word
+FSDP_OPTIONS = (*FSDP_NAMES, "hybrid_shard_zero2", "offload", "auto_wrap")
 
 
 def _fsdp_options(k: Keys) -> tuple[bool, list[str]]:
@@ -317,11 +325,15 @@ def _fsdp_options(k: Keys) -> tuple[bool, list[str]]:
     if isinstance(value, bool):
         return value, []
     if isinstance(value, str):
-        return bool(value.strip()), value.lower().split()
-    if isinstance(value, list) and all(isinstance(x, str) for x in value):
+        words = value.lower().split()
+    elif isinstance(value, list) and all(isinstance(x, str) for x in value):
         words = [w.lower() for x in value for w in x.split()]
-        return bool(words), words
-    raise k.wrong("fsdp", "true, an option string (full_shard auto_wrap) or a list of options")
+    else:
+        raise k.wrong("fsdp", "true, an option string (full_shard auto_wrap) or a list of options")
+    unknown = [w for w in words if w not in FSDP_OPTIONS]
+    if unknown:  # a typo ("ful_shard") was read as FSDP with full sharding
+        raise k.wrong("fsdp", f"true or options among {', '.join(FSDP_OPTIONS)}")
+    return bool(words), words
 
 
 def _fsdp_settings(k: Keys, base: Path) -> Keys:
@@ -348,6 +360,9 @@ def _strategy_from_fsdp(k: Keys, base: Path, cfg: FrameworkConfig) -> None:
     strategy = "fsdp"
     for w in words:
         strategy = FSDP_NAMES.get(w, strategy)
+    if "hybrid_shard_zero2" in words:  # was read as full_shard
+        strategy = "fsdp-hybrid"
+        cfg.notes.append(HYBRID_ZERO2_NOTE.format(key="fsdp"))
     key = _fsdp_key(fc, "sharding_strategy")
     sharding = fc.raw(key)
     if isinstance(sharding, int) and not isinstance(sharding, bool):
@@ -356,10 +371,7 @@ def _strategy_from_fsdp(k: Keys, base: Path, cfg: FrameworkConfig) -> None:
         strategy = FSDP_NAMES[FSDP_BY_INDEX[sharding - 1]]
     elif isinstance(sharding, str) and sharding.lower() == "hybrid_shard_zero2":
         strategy = "fsdp-hybrid"
-        cfg.notes.append(
-            f"{key}: HYBRID_SHARD_ZERO2 keeps the weights gathered between forward and "
-            "backward within a node; estimated as hybrid_shard, which frees them."
-        )
+        cfg.notes.append(HYBRID_ZERO2_NOTE.format(key=key))
     elif sharding is not None:
         strategy = FSDP_NAMES[fc.choice(key, FSDP_NAMES) or "full_shard"]
     key = _fsdp_key(fc, "reshard_after_forward")
@@ -453,7 +465,7 @@ def _axolotl(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
         s["method"] = "relora"
     if k.flag("liger_fused_linear_cross_entropy"):
         s["loss"] = "fused"
-    if k.flag_or_text("activation_offloading"):  # true, or a mode name (legacy, disk)
+    if k.flag_or_text("activation_offloading", ("legacy", "disk")):  # axolotl's schema
         s["activation_offload"] = True
     names = k.names("lora_modules_to_save")
     if names and s.get("method") not in (None, "partial"):
@@ -477,7 +489,9 @@ def _axolotl(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
             ("gradient_accumulation_steps", "grad_accum"),
         ),
     )
-    if k.flag_or_text("gradient_checkpointing"):  # true, or a mode name (offload, unsloth)
+    # axolotl's schema (utils/schemas/config.py): true, false, "offload" or "offload_disk";
+    # "unsloth" in its older releases
+    if k.flag_or_text("gradient_checkpointing", ("offload", "offload_disk", "unsloth")):
         s["grad_ckpt"] = True
     _hf_optimizer(k, "optimizer", cfg)
     bf16 = k.raw("bf16") == "auto" or k.flag("bf16")

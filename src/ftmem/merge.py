@@ -64,7 +64,8 @@ def parse_slices(spec: str, num_layers: int) -> list[tuple[int, int]]:
     out = []
     for item in (x.strip() for x in spec.split(",") if x.strip()):
         start, sep, end = item.partition("-")
-        if not sep or not start.strip().isdigit() or not end.strip().isdigit():
+        # isdecimal, not isdigit: "²" is a digit that int() refuses (a ValueError traceback)
+        if not sep or not start.strip().isdecimal() or not end.strip().isdecimal():
             raise InvalidInputError(f"--layers: {item!r} is not a range like 0-24.")
         a, b = int(start), int(end)
         if not 0 <= a < b <= num_layers:
@@ -93,6 +94,7 @@ def merge_estimate(arch: Architecture, cfg: MergeConfig) -> MergeEstimate:
             )
         slices = parse_slices(cfg.layers, arch.num_layers)
         blocks = sum(b - a for a, b in slices)
+        limits.LAYERS.check("--layers (the stacked model's blocks)", blocks)  # 5,000 slices
         result = arch.model_copy(update={"num_layers": blocks, "name": f"{arch.name} stacked"})
         inputs = count_params(arch) * e
         compute = 0  # tensors are copied, not computed

@@ -188,6 +188,7 @@ class ParallelConfig(BaseModel):
         on the host): --offload-params cpu alone means both."""
         if (
             isinstance(data, dict)
+            and isinstance(data.get("strategy"), str)  # a list is for the field to refuse
             and data.get("strategy") in FSDP
             and data.get("offload_params") == "cpu"
         ):
@@ -196,7 +197,9 @@ class ParallelConfig(BaseModel):
                     "FSDP's CPU offload takes the optimizer step to the host with the "
                     "weights: drop --offload-optimizer none"
                 )
-            return {**data, "offload_optimizer": "cpu"}
+            if data.get("offload_optimizer") in (None, "cpu"):
+                return {**data, "offload_optimizer": "cpu"}
+            # any other value (nvme) is refused by _combinations, not replaced by cpu
         return data
 
 

@@ -125,6 +125,8 @@ def save(fig: Figure, path: str) -> None:
     suffix = Path(path).suffix.lower()
     if suffix not in (".png", ".svg"):
         raise FtmemError(f"--plot writes .png or .svg files, not {suffix or 'no extension'}.")
+    if "\0" in path:  # possible through main([...]), never from a shell
+        raise FtmemError(f"cannot write {path!r}: a path cannot hold a NUL byte.")
     try:
         fig.savefig(path, format=suffix[1:])
     except OSError as exc:

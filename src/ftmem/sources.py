@@ -181,6 +181,8 @@ def _from_gemma2(cfg: Mapping) -> Mapping:
     out.update(norms_per_block=4, tie_embeddings=_flag(cfg, "tie_word_embeddings", True))
     for key in ("final_logit_softcapping", "attn_logit_softcapping"):
         cap = _number(cfg, key)
+        if cap is not None and cap <= 0:  # gemma2 divides the logits by it
+            raise _wrong(key, "positive (or null)", cfg[key])
         if cap:
             out[key] = cap
     return out
@@ -257,6 +259,8 @@ def _from_t5(cfg: Mapping) -> Mapping:
         )
     ff = _word(cfg, "feed_forward_proj", "relu") or "relu"
     gated = ff.startswith("gated-")
+    if ff == "gated-":  # transformers splits on "-": no activation after it (_act reads "" as silu)
+        raise _wrong("feed_forward_proj", "an activation or gated-ACTIVATION", ff)
     dropout = _number(cfg, "dropout_rate")
     return {
         "family": "t5",
@@ -321,7 +325,7 @@ def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architectu
     if not isinstance(model_type, str) or model_type not in FAMILIES:
         known = ", ".join(sorted(FAMILIES))
         raise ConfigError(
-            f"config.json has model_type '{model_type}', which ftmem does not support yet "
+            f"config.json has model_type {_shown(model_type)}, which ftmem does not support yet "
             f"(supported: {known})."
         )
     try:
@@ -390,6 +394,8 @@ def _local(spec: str) -> Path | None:
         return _snapshot(path)
     if is_file or spec.endswith(".json"):
         return path
+    if "/" in spec and (path.is_symlink() or path.exists()):
+        return path  # a FIFO, device or broken link: read_text says which, not "unknown model"
     return None
 
 
@@ -423,6 +429,8 @@ def _from_hub(repo_id: str) -> Path:
 def resolve_model(spec: str) -> Architecture:
     """A preset id/alias, a path to config.json / a model folder / a Hugging Face cache
     entry, or a Hub repository id (through huggingface_hub and its cache)."""
+    if not spec.strip():  # Path("") is the current folder: "" would read ./config.json
+        raise ConfigError("the model name is empty; give a preset id (`ftmem models`) or a path.")
     local = _local(spec)
     if local is not None:
         return load_config_json(local)

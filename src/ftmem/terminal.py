@@ -139,9 +139,20 @@ def cli_streams() -> Iterator[None]:
         if reconfigure is not None and stream.errors in ("strict", "backslashreplace"):
             reconfigure(errors=handler)
     columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and not MIN_WIDTH <= int(columns) <= MAX_WIDTH:
+    # isdigit() holds for "²" (int() refuses it) and for 5,000 digits (past int()'s limit)
+    number = columns.isascii() and columns.isdigit() and len(columns) <= 6
+    if columns and (not number or not MIN_WIDTH <= int(columns) <= MAX_WIDTH):
         os.environ["COLUMNS"] = str(DEFAULT_WIDTH)  # also read by the --help renderer
-    with warnings.catch_warnings():
-        if not sys.warnoptions:  # the user's -W flags win
-            warnings.simplefilter("ignore")  # a library's FutureWarning is not for users
-        yield
+    # transformers logs its own advice (`measure`: "loss_type=None ... unrecognized") on
+    # stderr at import-time verbosity; the user's TRANSFORMERS_VERBOSITY wins
+    quiet_hf = "TRANSFORMERS_VERBOSITY" not in os.environ
+    if quiet_hf:
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    try:
+        with warnings.catch_warnings():
+            if not sys.warnoptions:  # the user's -W flags win
+                warnings.simplefilter("ignore")  # a library's FutureWarning is not for users
+            yield
+    finally:
+        if quiet_hf:
+            os.environ.pop("TRANSFORMERS_VERBOSITY", None)

@@ -42,6 +42,8 @@ def read_text(path: Path, what: str, max_bytes: int) -> str:
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}.") from None
+    except ValueError:  # a NUL byte (possible through the API, not from a shell)
+        raise ConfigError(f"{str(path)!r} is not a path: it holds a NUL byte.") from None
     if not stat.S_ISREG(info.st_mode):
         raise ConfigError(f"{path} is not a regular file; give the {what} itself.")
     if info.st_size > max_bytes:
@@ -56,7 +58,9 @@ def read_text(path: Path, what: str, max_bytes: int) -> str:
     if len(raw) > max_bytes:
         raise ConfigError(f"{path} is over the {max_bytes:,} bytes a {what} can be.")
     try:
-        return raw.decode("utf-8")
+        # utf-8-sig: a byte-order mark, which Windows editors put at the start of a file,
+        # is dropped (json.loads refuses it; PyYAML skips it)
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text.") from None
 

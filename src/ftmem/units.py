@@ -21,6 +21,9 @@ _SIZE_RE = re.compile(r"^\s*([0-9]*)(?:\.([0-9]+))?\s*([A-Za-z]*)\s*$")
 # Fractions of a byte past the 30th decimal cannot change a size rounded to bytes (the
 # largest unit is 2^40 bytes), and digits past it only cost time.
 _FRACTION_DIGITS = 30
+MIN_BARE_BYTES = 2**20
+"""A size typed without a unit below this (1 MiB) is a unit forgotten, not a byte count:
+no GPU, host or budget is measured in kilobytes."""
 
 
 def _quoted(text: str) -> str:
@@ -34,11 +37,12 @@ def parse_size(text: str | int, bound: Bound = HOST_MEMORY, what: str = "") -> i
     the errors.
 
     A bare letter such as ``24g`` is refused: it is ambiguous between GB and GiB,
-    which differ by 7 %.
+    which differ by 7 %. So is a bare number under 1 MiB (``24``): a unit left out.
     """
     where = f"{what}: " if what else ""
     if isinstance(text, bool):  # an int to Python, but no size
         raise InvalidInputError(f"{where}Cannot read {text} as a size; write it like 24GiB.")
+    bare = False  # typed without a unit
     if isinstance(text, int):
         value_bytes = text
     else:
@@ -60,9 +64,17 @@ def parse_size(text: str | int, bound: Bound = HOST_MEMORY, what: str = "") -> i
         else:
             number = Fraction(f"{whole or 0}.{part[:_FRACTION_DIGITS] or 0}")
             value_bytes = round(number * factor)
+        bare = unit == ""
     bound.check(what or "the size", value_bytes)
     if value_bytes <= 0:
         raise InvalidInputError(f"{where}Size {_quoted(str(text))} must be positive.")
+    if bare and value_bytes < MIN_BARE_BYTES:
+        # `--gpu-memory 24` meant 24 GB or GiB, not a 24-byte GPU ("DOES NOT FIT", exit 0)
+        t = str(text).strip()
+        raise InvalidInputError(
+            f"{where}{_quoted(t)} has no unit, which reads as {value_bytes:,} bytes; "
+            f"write {t}GiB or {t}GB."
+        )
     return value_bytes
 
 
