@@ -25,20 +25,26 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 HOSTILE_NAME = "\x1b[31mRED\x1b]0;pwned\x07 [/bold] :smile: \u202eevil\x9b"
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120, **kw):
-    """``python -m ftmem.cli ARGS`` in a fresh process (bytes out, so encodings show)."""
+def python(*args: str, env: dict[str, str] | None = None, timeout: float = 120, **kw):
+    """``python ARGS`` in a fresh process with this checkout's ftmem (bytes out, so
+    encodings show)."""
     path = os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])
     full_env = {k: v for k, v in os.environ.items() if k != "GITHUB_ACTIONS"}
     full_env.update(PYTHONPATH=path, **(env or {}))
     kw.setdefault("stdout", subprocess.PIPE)
     return subprocess.run(
-        [sys.executable, "-m", "ftmem.cli", *args],
+        [sys.executable, *args],
         stderr=subprocess.PIPE,
         env=full_env,
         timeout=timeout,
         check=False,
         **kw,
     )
+
+
+def cli(*args: str, **kw):
+    """``python -m ftmem.cli ARGS`` in a fresh process."""
+    return python("-m", "ftmem.cli", *args, **kw)
 
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:
@@ -143,14 +149,7 @@ def test_a_library_warning_does_not_reach_stderr():
         "from ftmem.cli import main\n"
         "main(['gpus'])\n"
     )
-    path = os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": path},
-        timeout=120,
-        check=False,
-    )
+    res = python("-c", code, timeout=120)
     assert res.returncode == 0 and res.stderr == b"", res.stderr
 
 
@@ -395,14 +394,7 @@ def test_costly_accepted_pattern_is_searched_in_every_name_in_time():
         "from ftmem.presets import get_model\n"
         "partial_trainable(get_model('gpt3-175b'), '.*.*a?Z,lm_head')\n"
     )
-    path = os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": path},
-        timeout=60,
-        check=False,
-    )
+    res = python("-c", code, timeout=60)
     # no name has a 'Z': the error says so, after every name was searched
     assert b"matches no parameter" in res.stderr, res.stderr
 
