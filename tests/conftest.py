@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,14 @@ def tiny(family: str, **changes: object) -> Architecture:
 @pytest.fixture(params=sorted(TINY))
 def tiny_arch(request: pytest.FixtureRequest) -> Architecture:
     return tiny(request.param)
+
+
+def write_files(root: Path, files: dict[str, str | bytes]) -> None:
+    """A case's files under ``root`` (relative names, folders made as needed)."""
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)

@@ -12,6 +12,7 @@ import json
 import pytest
 
 from ftmem.cli import main
+from tests.conftest import write_files
 
 LLAMA = {
     "model_type": "llama",
@@ -653,13 +654,7 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
     ("case_id", "args", "files", "expected"), CORPUS, ids=[c[0] for c in CORPUS]
 )
 def test_bad_input(case_id, args, files, expected, tmp_path, capsys):
-    for name, content in files.items():
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
+    write_files(tmp_path, files)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -27,6 +26,7 @@ from ftmem.cli import main
 from ftmem.errors import FtmemError
 from ftmem.sources import architecture_from_config, load_config_json
 from ftmem.units import parse_size
+from tests.conftest import write_files
 
 # A small llama with grouped-query attention: head_dim 16, 2 KV heads.
 V, H, LAYERS, HEADS, KV, FFN = 320, 64, 2, 4, 2, 128
@@ -529,16 +529,6 @@ CASES: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
 ]
 
 
-def _write(tmp_path: Path, files: dict[str, str | bytes]) -> None:
-    for name, content in files.items():
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
-
-
 def _run(argv: list[str]) -> tuple[int, str, str]:
     """Exit code, stdout and stderr of the CLI (captured here: hypothesis runs many
     inputs in one test, which pytest's capsys would mix)."""
@@ -554,7 +544,7 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize(("case_id", "args", "files", "expected"), CASES, ids=[c[0] for c in CASES])
 def test_bad_number_or_type(case_id, args, files, expected, tmp_path, monkeypatch):
-    _write(tmp_path, files)
+    write_files(tmp_path, files)
     monkeypatch.setenv("FTMEM_PRESETS", str(tmp_path))
     for kind in ("models", "gpus"):
         (tmp_path / kind).mkdir(exist_ok=True)
@@ -569,7 +559,7 @@ def test_bad_number_or_type(case_id, args, files, expected, tmp_path, monkeypatc
 
 def test_hf_ref_fifo_is_refused_not_waited_on(tmp_path):
     entry = tmp_path / "models--acme--m"
-    _write(tmp_path, {"models--acme--m/snapshots/abc/config.json": cfg()})
+    write_files(tmp_path, {"models--acme--m/snapshots/abc/config.json": cfg()})
     (entry / "refs").mkdir()
     os.mkfifo(entry / "refs" / "main")
     code, out, err = _run(["estimate", str(entry)])
