@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, get_args
 from pydantic import BaseModel, ValidationError
 
 from ftmem.arch import Architecture, position_note
+from ftmem.display import clipped
 from ftmem.errors import InvalidInputError
 from ftmem.estimate import estimate_step
 from ftmem.hardware import Gpu, custom_gpu
@@ -169,7 +170,7 @@ def _architecture(model: object, what: str = "the model") -> Architecture:
     if isinstance(model, Architecture):
         return model
     if not isinstance(model, str):
-        shown = repr(model) if len(repr(model)) <= 40 else repr(model)[:37] + "..."
+        shown = clipped(repr(model))
         raise InvalidInputError(
             f"{what} must be a model name (a preset id or a path), not {shown}."
         )

@@ -94,3 +94,13 @@ def register_fallback() -> str:
     except LookupError:
         codecs.register_error(ERRORS, _fallback)
     return ERRORS
+
+
+QUOTED = 40
+"""Characters of a wrong value that an error message quotes."""
+
+
+def clipped(text: str, limit: int = QUOTED) -> str:
+    """``text`` cut to ``limit`` characters (ending in "...") for an error to quote: a
+    value can be typed 300 digits long."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -13,9 +13,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ftmem.display import clipped
 from ftmem.errors import ConfigError
 
-_SHOWN = 40  # characters of a wrong value quoted in the error
 _WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
 
 
@@ -29,7 +29,7 @@ def shown(value: Any) -> str:
         return "empty"
     text = repr(value) if isinstance(value, str) else str(value).lower()
     text = text.encode("ascii", "backslashreplace").decode("ascii")  # no control characters
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+    return clipped(text)
 
 
 class Keys:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from ftmem import limits
 from ftmem.arch import Architecture, count_params
 from ftmem.checkpoint import read_checkpoint
+from ftmem.display import clipped
 from ftmem.errors import ConfigError, UnknownNameError
 from ftmem.presets import get_model, validation_message
 from ftmem.textfiles import parse_json, read_text
@@ -39,7 +40,7 @@ def _shown(value: Any) -> str:
     """A config value in a message, as JSON and cut short."""
     big = isinstance(value, int) and not isinstance(value, bool)
     text = limits.shown(value) if big else json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return clipped(text)
 
 
 def _wrong(key: str, expected: str, value: Any) -> ConfigError:

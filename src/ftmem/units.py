@@ -10,6 +10,7 @@ import re
 from fractions import Fraction
 from typing import Literal
 
+from ftmem.display import clipped
 from ftmem.errors import InvalidInputError
 from ftmem.limits import HOST_MEMORY, Bound
 
@@ -28,7 +29,7 @@ no GPU, host or budget is measured in kilobytes."""
 
 def _quoted(text: str) -> str:
     """The user's text in a message, cut short (a size can be typed 300 digits long)."""
-    return repr(text if len(text) <= 40 else text[:37] + "...")
+    return repr(clipped(text))
 
 
 def parse_size(text: str | int, bound: Bound = HOST_MEMORY, what: str = "") -> int:
