@@ -7,8 +7,8 @@ from contextlib import contextmanager
 import pytest
 import yaml
 
-from ftmem import estimate
-from ftmem.emit import DECODER_LAYER_CLASS, emit_config
+from ftmem import estimate, families
+from ftmem.emit import emit_config
 from ftmem.errors import InvalidInputError
 
 ds_config = pytest.importorskip("deepspeed.runtime.config")
@@ -144,17 +144,16 @@ def test_accelerate_deepspeed_yaml_launches(tmp_path, kw, stage):
 
 
 def test_layer_classes_exist_in_transformers():
+    """Every family's block class is one transformers defines (FSDP's wrap policy looks
+    it up by name; a wrong one fails only on the cluster)."""
     import transformers
 
-    from ftmem.sources import FAMILIES
-
-    assert set(DECODER_LAYER_CLASS) == set(FAMILIES)  # T5 once had none: a KeyError
-
-    for family, cls in DECODER_LAYER_CLASS.items():
-        module = transformers.models.auto.modeling_auto.MODEL_MAPPING_NAMES[family]
-        package = getattr(transformers.models, family)
-        mod = getattr(package, f"modeling_{family}")
-        assert hasattr(mod, cls), (family, cls, module)
+    for name in families.names():
+        family = families.get(name)
+        for model_type in family.model_types:
+            package = getattr(transformers.models, model_type)
+            mod = getattr(package, f"modeling_{model_type}")
+            assert hasattr(mod, family.decoder_layer), (name, family.decoder_layer)
 
 
 @pytest.mark.parametrize(

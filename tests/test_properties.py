@@ -13,10 +13,10 @@ import os
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ftmem import estimate
+from ftmem import estimate, families
 from ftmem.errors import FtmemError
 from ftmem.presets import model_from_mapping, model_presets
-from ftmem.sources import FAMILIES, architecture_from_config
+from ftmem.sources import architecture_from_config
 from ftmem.units import parse_size
 
 settings.register_profile(
@@ -251,7 +251,7 @@ CONFIG_KEYS = [
 ]
 configs = st.dictionaries(
     st.sampled_from(CONFIG_KEYS),
-    json_values | st.integers(1, 5000) | st.sampled_from(sorted(FAMILIES)),
+    json_values | st.integers(1, 5000) | st.sampled_from(sorted(families.by_model_type())),
     max_size=len(CONFIG_KEYS),
 )
 

@@ -25,12 +25,9 @@ from pydantic import (
     model_validator,
 )
 
-from ftmem import limits
+from ftmem import families, limits
 from ftmem.errors import InvalidInputError
 
-Family = Literal[
-    "llama", "mistral", "mixtral", "qwen2", "gemma", "gemma2", "phi3", "gpt2", "falcon", "t5"
-]
 ParamKind = Literal["linear", "linear_bias", "expert", "embedding", "norm", "router", "position"]
 # Roles a linear layer can play; LoRA targets are chosen by role or by module name.
 Role = Literal["q", "k", "v", "o", "gate", "up", "down", "router"]
@@ -51,7 +48,7 @@ class Architecture(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str
-    family: Family
+    family: str = Field(description="A module of ftmem.families (llama, gpt2, t5...).")
     source: str | None = Field(None, description="Where the numbers come from (config URL).")
     published_params: int | None = Field(
         None, description="Published total parameter count, to test the count against."
@@ -93,6 +90,14 @@ class Architecture(BaseModel):
         0.0, ge=0.0, lt=1.0, description="T5: dropout in training (its configs ship 0.1)."
     )
 
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        if value not in families.names():
+            known = ", ".join(families.names())
+            raise ValueError(f"family {value[:40]!r} is not one ftmem knows ({known})")
+        return value
+
     @field_validator("norms_per_block", mode="before")
     @classmethod
     def _count_not_flag(cls, value: object) -> object:
@@ -124,24 +129,38 @@ class Architecture(BaseModel):
                 f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size}) "
                 "when head_dim is not given"
             )
-        if self.norms_per_block == 1 and self.family != "falcon":
-            raise ValueError("norms_per_block 1 (one shared input norm) is a Falcon layout")
-        if self.position_embedding == "learned" and self.family != "gpt2":
-            raise ValueError("learned position embeddings are supported for the gpt2 family only")
-        if (self.position_embedding == "relative") != (self.family == "t5"):
-            raise ValueError("relative position buckets are the t5 family's, and only theirs")
-        if self.family == "t5" and (self.norm != "rmsnorm" or self.kv_heads != self.num_heads):
-            raise ValueError("t5 has RMS norms and as many key/value heads as heads")
-        if self.dropout_rate and self.family != "t5":
-            raise ValueError("dropout_rate is supported for the t5 family only")
-        if self.is_moe and self.family != "mixtral":
-            raise ValueError("num_experts > 1 is supported for the mixtral family only")
+        self._fits_family()
         if self.experts_per_token > self.num_experts:
             raise ValueError(
                 f"experts_per_token ({self.experts_per_token}) exceeds num_experts "
                 f"({self.num_experts})"
             )
         return self
+
+    def _fits_family(self) -> None:
+        """The layout asked for is one transformers builds for the family."""
+        fam, names = self.traits, self.traits.names
+        if not fam.encoder_decoder and self.norms_per_block not in names.norms:
+            layouts = " or ".join(str(n) for n in sorted(names.norms))
+            raise ValueError(
+                f"norms_per_block {self.norms_per_block} is not a {fam.name} layout "
+                f"(it has {layouts} norms per block)"
+            )
+        if self.position_embedding == "learned" and not names.positions:
+            raise ValueError(f"the {fam.name} family has no learned position embeddings")
+        if (self.position_embedding == "relative") != fam.encoder_decoder:
+            raise ValueError("relative position buckets are for encoder-decoder (T5) families only")
+        if fam.encoder_decoder and (self.norm != "rmsnorm" or self.kv_heads != self.num_heads):
+            raise ValueError(f"{fam.name} has RMS norms and as many key/value heads as heads")
+        if self.dropout_rate and not fam.encoder_decoder:
+            raise ValueError("dropout_rate is supported for encoder-decoder (T5) families only")
+        if self.is_moe and not fam.moe:
+            raise ValueError(f"num_experts > 1: the {fam.name} family has no experts")
+
+    @property
+    def traits(self) -> families.Family:
+        """The family's names and code-path flags (``ftmem.families``)."""
+        return families.get(self.family)
 
     @property
     def kv_heads(self) -> int:
@@ -165,7 +184,7 @@ class Architecture(BaseModel):
 
     @property
     def encoder_decoder(self) -> bool:
-        return self.family == "t5"
+        return self.traits.encoder_decoder
 
     @property
     def has_biases(self) -> bool:
@@ -264,54 +283,10 @@ class Layout:
         return self.outer_params + self.num_layers * self.block_params
 
 
-# Module paths per family (as transformers names them) for each projection.
-_ATTN_NAMES: dict[str, dict[str, str]] = {
-    "llama": {
-        "q": "self_attn.q_proj",
-        "k": "self_attn.k_proj",
-        "v": "self_attn.v_proj",
-        "o": "self_attn.o_proj",
-    },
-    "phi3": {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj"},
-    "gpt2": {"qkv": "attn.c_attn", "o": "attn.c_proj"},
-    "falcon": {"qkv": "self_attention.query_key_value", "o": "self_attention.dense"},
-}
-_MLP_NAMES: dict[str, dict[str, str]] = {
-    "llama": {"gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"},
-    "phi3": {"gate_up": "mlp.gate_up_proj", "down": "mlp.down_proj"},
-    "gpt2": {"up": "mlp.c_fc", "down": "mlp.c_proj"},
-    "falcon": {"up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h"},
-    "mixtral": {
-        "router": "mlp.gate",
-        "gate_up": "mlp.experts.gate_up_proj",
-        "down": "mlp.experts.down_proj",
-    },
-}
-_NORM_NAMES: dict[str, tuple[str, ...]] = {
-    "llama": ("input_layernorm", "post_attention_layernorm"),
-    "gemma2": (
-        "input_layernorm",
-        "post_attention_layernorm",
-        "pre_feedforward_layernorm",
-        "post_feedforward_layernorm",
-    ),
-    "gpt2": ("ln_1", "ln_2"),
-    "falcon1": ("input_layernorm",),
-    "falcon2": ("ln_attn", "ln_mlp"),
-}
-_OUTER_NAMES: dict[str, tuple[str, str, str]] = {  # embedding, positions, final norm
-    "llama": ("model.embed_tokens", "", "model.norm"),
-    "gpt2": ("transformer.wte", "transformer.wpe", "transformer.ln_f"),
-    "falcon": ("transformer.word_embeddings", "", "transformer.ln_f"),
-}
-
-
 def block_prefix(arch: Architecture) -> str:
     """Where transformers keeps the decoder blocks: parameter names are
     ``{prefix}.{i}.{name in the block}`` (T5: see :func:`param_path`)."""
-    if arch.encoder_decoder:
-        return "encoder.block"
-    return "transformer.h" if arch.family in ("gpt2", "falcon") else "model.layers"
+    return arch.traits.names.blocks
 
 
 def param_path(arch: Architecture, i: int, name: str) -> str:
@@ -374,17 +349,13 @@ def _t5_outer(arch: Architecture) -> list[Param]:
     return outer
 
 
-def _style(family: str) -> str:
-    return family if family in ("phi3", "gpt2", "falcon") else "llama"
-
-
 def _linears(arch: Architecture) -> list[Linear]:
     if arch.encoder_decoder:
         return _t5_block(arch)[0]
     h, q, kv, ffn = arch.hidden_size, arch.q_size, arch.kv_size, arch.intermediate_size
     qkv_b, out_b, mlp_b = arch.attention_qkv_bias, arch.attention_out_bias, arch.mlp_bias
-    style = _style(arch.family)
-    attn = _ATTN_NAMES[style]
+    names = arch.traits.names
+    attn = names.attention
     out: list[Linear] = []
     if "qkv" in attn:
         out.append(Linear(attn["qkv"], ("q", "k", "v"), h, q + 2 * kv, qkv_b))
@@ -397,13 +368,13 @@ def _linears(arch: Architecture) -> list[Linear]:
     out.append(Linear(attn["o"], ("o",), q, h, out_b))
 
     if arch.is_moe:
-        names = _MLP_NAMES["mixtral"]
+        experts = names.experts
         share = arch.experts_per_token / arch.num_experts
         e = arch.num_experts
         out += [
-            Linear(names["router"], ("router",), h, e, False, is_module=False),
+            Linear(experts["router"], ("router",), h, e, False, is_module=False),
             Linear(
-                names["gate_up"],
+                experts["gate_up"],
                 ("gate", "up"),
                 h,
                 2 * ffn,
@@ -413,7 +384,7 @@ def _linears(arch: Architecture) -> list[Linear]:
                 is_module=False,
             ),
             Linear(
-                names["down"],
+                experts["down"],
                 ("down",),
                 ffn,
                 h,
@@ -424,7 +395,7 @@ def _linears(arch: Architecture) -> list[Linear]:
             ),
         ]
         return out
-    mlp = _MLP_NAMES[style]
+    mlp = names.mlp
     if arch.mlp == "gated":
         if "gate_up" in mlp:
             out.append(Linear(mlp["gate_up"], ("gate", "up"), h, 2 * ffn, mlp_b))
@@ -450,7 +421,7 @@ def _norm_params(prefix: str, arch: Architecture) -> list[Param]:
 def layout(arch: Architecture) -> Layout:
     """Every parameter tensor of the model, exactly as transformers allocates them."""
     linears = _linears(arch)
-    style = _style(arch.family)
+    names = arch.traits.names
     block: list[Param] = []
     for lin in linears:
         kind: ParamKind = (
@@ -462,7 +433,7 @@ def layout(arch: Architecture) -> Layout:
         # GPT-2's Conv1D stores its weight as (in, out); nn.Linear as (out, in)
         dims = (
             (lin.in_features, lin.out_features)
-            if style == "gpt2"
+            if arch.traits.conv1d
             else (lin.out_features, lin.in_features)
         )
         block.append(Param(weight_name, (*experts, *dims), kind, lin.roles))
@@ -472,26 +443,23 @@ def layout(arch: Architecture) -> Layout:
             )
     if arch.encoder_decoder:
         norm_names = tuple(_t5_block(arch)[1])
-    elif style == "falcon":
-        norm_names = _NORM_NAMES["falcon1" if arch.norms_per_block == 1 else "falcon2"]
-    elif arch.norms_per_block == 4:
-        norm_names = _NORM_NAMES["gemma2"]
     else:
-        norm_names = _NORM_NAMES["gpt2" if style == "gpt2" else "llama"]
+        norm_names = names.norms[arch.norms_per_block]
     for norm_name in norm_names:
         block += _norm_params(norm_name, arch)
 
     if arch.encoder_decoder:
         return Layout(tuple(_t5_outer(arch)), tuple(block), tuple(linears), arch.num_layers)
-    embed_name, pos_name, final_norm = _OUTER_NAMES.get(style, _OUTER_NAMES["llama"])
-    outer = [Param(f"{embed_name}.weight", (arch.vocab_size, arch.hidden_size), "embedding")]
+    outer = [Param(f"{names.embedding}.weight", (arch.vocab_size, arch.hidden_size), "embedding")]
     if arch.position_embedding == "learned":
         outer.append(
             Param(
-                f"{pos_name}.weight", (arch.max_position_embeddings, arch.hidden_size), "position"
+                f"{names.positions}.weight",
+                (arch.max_position_embeddings, arch.hidden_size),
+                "position",
             )
         )
-    outer += _norm_params(final_norm, arch)
+    outer += _norm_params(names.final_norm, arch)
     if not arch.tie_embeddings:
         outer.append(Param("lm_head.weight", (arch.vocab_size, arch.hidden_size), "linear"))
     return Layout(tuple(outer), tuple(block), tuple(linears), arch.num_layers)

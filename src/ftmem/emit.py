@@ -11,6 +11,7 @@ import json
 
 import yaml
 
+from ftmem import families
 from ftmem.errors import InvalidInputError
 from ftmem.parallel import DEEPSPEED, FSDP
 from ftmem.result import Estimate, ParallelInfo
@@ -18,18 +19,6 @@ from ftmem.result import Estimate, ParallelInfo
 EMITTERS = ("deepspeed", "accelerate", "fsdp")
 
 # transformers 5 block classes (each model's _no_split_modules): FSDP wraps one per unit.
-DECODER_LAYER_CLASS = {
-    "llama": "LlamaDecoderLayer",
-    "mistral": "MistralDecoderLayer",
-    "mixtral": "MixtralDecoderLayer",
-    "qwen2": "Qwen2DecoderLayer",
-    "gemma": "GemmaDecoderLayer",
-    "gemma2": "Gemma2DecoderLayer",
-    "phi3": "Phi3DecoderLayer",
-    "gpt2": "GPT2Block",
-    "falcon": "FalconDecoderLayer",
-    "t5": "T5Block",  # encoder and decoder blocks alike
-}
 FSDP_SHARDING = {
     "fsdp": "FULL_SHARD",
     "fsdp-hybrid": "HYBRID_SHARD",
@@ -154,7 +143,7 @@ def accelerate_config(est: Estimate, p: ParallelInfo) -> dict[str, object]:
         fsdp: dict[str, object] = {
             "fsdp_version": 2 if v2 else 1,
             "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "fsdp_transformer_layer_cls_to_wrap": DECODER_LAYER_CLASS[est.model.family],
+            "fsdp_transformer_layer_cls_to_wrap": families.get(est.model.family).decoder_layer,
             "fsdp_reshard_after_forward": p.strategy != "fsdp-grad-op"
             if v2
             else FSDP_SHARDING[p.strategy],

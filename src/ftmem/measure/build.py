@@ -52,8 +52,6 @@ def compute_dtype(run: RunConfig) -> torch.dtype:
 # --------------------------------------------------------------------------------------
 # transformers config
 # --------------------------------------------------------------------------------------
-_ACT_LLAMA = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
-_ACT_GPT2 = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 
 
 def attn_implementation(run: RunConfig, device: str) -> tuple[str, list[str]]:
@@ -75,19 +73,6 @@ def attn_implementation(run: RunConfig, device: str) -> tuple[str, list[str]]:
     return "sdpa", notes
 
 
-# (mlp, activation) -> T5Config.feed_forward_proj
-_T5_FF = {
-    ("gated", "gelu_tanh"): "gated-gelu",
-    ("gated", "gelu"): "gated-gelu",
-    ("gated", "silu"): "gated-silu",
-    ("gated", "relu"): "gated-relu",
-    ("plain", "relu"): "relu",
-    ("plain", "gelu"): "gelu",
-    ("plain", "gelu_tanh"): "gelu_new",
-    ("plain", "silu"): "silu",
-}
-
-
 def model_class(arch: Architecture):
     """transformers' auto class for the family: seq2seq for T5, causal LM otherwise."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
@@ -96,114 +81,16 @@ def model_class(arch: Architecture):
 
 
 def hf_config_kwargs(arch: Architecture, attn_impl: str = "sdpa") -> tuple[str, dict[str, Any]]:
-    """(model_type, kwargs for AutoConfig.for_model) for the architecture's family."""
-    fam = arch.family
+    """(model_type, kwargs for AutoConfig.for_model): the family's key map
+    (``ftmem.families``) written for this architecture, with no dropout and no cache."""
+    family = arch.traits
     common: dict[str, Any] = {
         "vocab_size": arch.vocab_size,
         "tie_word_embeddings": arch.tie_embeddings,
         "use_cache": False,
         "attn_implementation": attn_impl,
     }
-    if fam == "gpt2":
-        return "gpt2", {
-            **common,
-            "n_embd": arch.hidden_size,
-            "n_layer": arch.num_layers,
-            "n_head": arch.num_heads,
-            "n_positions": arch.max_position_embeddings,
-            "n_inner": arch.intermediate_size,
-            "activation_function": _ACT_GPT2[arch.activation],
-            "resid_pdrop": 0.0,
-            "embd_pdrop": 0.0,
-            "attn_pdrop": 0.0,
-            "summary_first_dropout": 0.0,
-        }
-    if fam == "t5":
-        return "t5", {
-            **common,
-            "d_model": arch.hidden_size,
-            "d_kv": arch.head_size,
-            "d_ff": arch.intermediate_size,
-            "num_layers": arch.num_layers,
-            "num_decoder_layers": arch.num_layers,
-            "num_heads": arch.num_heads,
-            "relative_attention_num_buckets": arch.relative_attention_num_buckets,
-            "feed_forward_proj": _T5_FF[arch.mlp, arch.activation],
-            "dropout_rate": arch.dropout_rate,
-            "decoder_start_token_id": 0,
-            "pad_token_id": 0,
-        }
-    if fam == "falcon":
-        kw: dict[str, Any] = {
-            **common,
-            "hidden_size": arch.hidden_size,
-            "num_hidden_layers": arch.num_layers,
-            "num_attention_heads": arch.num_heads,
-            "ffn_hidden_size": arch.intermediate_size,
-            "activation": "gelu" if arch.activation == "gelu" else _ACT_LLAMA[arch.activation],
-            "bias": arch.attention_qkv_bias,
-            "alibi": arch.position_embedding == "alibi",
-            "parallel_attn": arch.parallel_attn_mlp,
-            "max_position_embeddings": arch.max_position_embeddings,
-            "hidden_dropout": 0.0,
-            "attention_dropout": 0.0,
-        }
-        kv = arch.kv_heads
-        if not arch.parallel_attn_mlp or (
-            arch.norms_per_block == 1 and kv in (1, arch.num_heads)
-        ):  # Falcon-RW: sequential attention then MLP, 2 norms
-            kw.update(multi_query=kv == 1, new_decoder_architecture=False)
-        else:  # Falcon-40B/180B: grouped KV heads, ln_attn + ln_mlp (or one shared norm)
-            kw.update(
-                multi_query=False,
-                new_decoder_architecture=True,
-                num_kv_heads=kv,
-                num_ln_in_parallel_attn=2 if arch.norms_per_block == 2 else 1,
-            )
-        return "falcon", kw
-
-    # llama-style families
-    kw = {
-        **common,
-        "hidden_size": arch.hidden_size,
-        "intermediate_size": arch.intermediate_size,
-        "num_hidden_layers": arch.num_layers,
-        "num_attention_heads": arch.num_heads,
-        "num_key_value_heads": arch.kv_heads,
-        "head_dim": arch.head_size,
-        "max_position_embeddings": arch.max_position_embeddings,
-        "attention_dropout": 0.0,
-    }
-    act = _ACT_LLAMA[arch.activation]
-    if fam == "gemma2":
-        kw["hidden_activation"] = act
-    else:
-        kw["hidden_act"] = act
-    if fam in ("llama", "gemma", "gemma2"):
-        kw["attention_bias"] = arch.attention_qkv_bias
-    if fam == "llama":
-        kw["mlp_bias"] = arch.mlp_bias
-    if fam in ("mistral", "mixtral"):
-        kw["sliding_window"] = arch.sliding_window
-    if fam == "gemma2" and arch.sliding_window:
-        kw["sliding_window"] = arch.sliding_window
-    if fam == "qwen2" and arch.sliding_window:
-        kw.update(use_sliding_window=True, sliding_window=arch.sliding_window)
-    if fam == "gemma2":
-        if arch.sliding_window is None:  # no local layers: every layer attends globally
-            kw["layer_types"] = ["full_attention"] * arch.num_layers
-        kw["final_logit_softcapping"] = arch.final_logit_softcapping
-        kw["attn_logit_softcapping"] = arch.attn_logit_softcapping
-        kw["query_pre_attn_scalar"] = arch.head_size
-    if fam == "mixtral":
-        kw.update(
-            num_local_experts=arch.num_experts,
-            num_experts_per_tok=arch.experts_per_token,
-            router_jitter_noise=0.0,
-        )
-    if fam == "phi3":
-        kw.update(resid_pdrop=0.0, embd_pdrop=0.0)
-    return fam, kw
+    return family.model_types[0], {**common, **family.config.build(arch)}
 
 
 def hf_config(arch: Architecture, attn_impl: str = "sdpa"):

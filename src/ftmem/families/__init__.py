@@ -1,0 +1,138 @@
+"""Model families as data: one module per family, each defining ``FAMILY``.
+
+A :class:`Family` says how transformers builds the family (its module names, block
+class, the config.json keys it reads) and which of the kernels' and code paths'
+peculiarities it has, as named flags. The estimator's core reads those flags, never a
+family's name, so a family that only recombines existing ops is one small file here
+(see docs/architecture.md, "How to add a family").
+
+Family modules are imported on first use: an estimate from a preset imports one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from ftmem.arch import Architecture
+
+Config = dict[str, Any]
+
+# Situations in which a family carries a note for the user (a known gap, a path that
+# differs from what the estimate assumes); the core asks for them by these keys.
+NoteKey = Literal["attention", "qlora", "bitfit-recompute"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleNames:
+    """Where transformers keeps each module, as parameter-name prefixes.
+
+    ``attention`` and ``mlp`` map a projection key to its module path in a block:
+    ``q``/``k``/``v``/``o`` (or ``qkv`` when one fused linear computes all three),
+    ``gate``/``up``/``down`` (or ``gate_up``), and for mixture-of-experts ``router``
+    with the experts' ``gate_up`` and ``down``. ``norms`` gives the block's norm modules
+    for each norms-per-block layout the family has."""
+
+    blocks: str  # the ModuleList of decoder blocks: "model.layers"
+    attention: Mapping[str, str]
+    mlp: Mapping[str, str]
+    norms: Mapping[int, tuple[str, ...]]
+    embedding: str
+    final_norm: str
+    positions: str = ""  # a learned position table (GPT-2's wpe), if any
+    experts: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigMap:
+    """The family's config.json, both ways: ``read`` turns a parsed config into
+    Architecture fields (typed and bounded, ``ftmem.families._config``); ``build`` gives
+    the kwargs of the transformers config that ``ftmem measure`` builds for an
+    Architecture (with ``model_types[0]``)."""
+
+    read: Callable[[Config], Config]
+    build: Callable[[Architecture], Config]
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One model family: transformers' names for it and its code paths' peculiarities.
+
+    Every flag names a mechanism the estimator models, with the default being what
+    the Llama code in transformers 5 does."""
+
+    name: str
+    model_types: tuple[str, ...]  # config.json model_type values read as this family
+    decoder_layer: str  # transformers' block class (FSDP's auto-wrap policy names it)
+    names: ModuleNames
+    config: ConfigMap
+    # A T5-style encoder-decoder: two stacks, relative position buckets, dropout.
+    encoder_decoder: bool = False
+    # The attention transformers 5 runs: "sdpa" unless asked for eager; "eager" is the
+    # only path (Gemma-2: no sdpa for soft-capped scores); "eager-fp32" upcasts q, k, v
+    # and takes both matmuls in fp32 (Falcon).
+    attention: Literal["sdpa", "eager", "eager-fp32"] = "sdpa"
+    # The eager softmax runs in the compute dtype (GPT-2), not in fp32 then cast back.
+    softmax_in_compute_dtype: bool = False
+    # The eager path builds a float (b, 1, s, s) causal mask and passes it to every block
+    # (GPT-2): checkpointing keeps it as a block input.
+    eager_float_mask: bool = False
+    # Linear weights are Conv1D, stored (in, out) (GPT-2): DoRA transposes them.
+    conv1d: bool = False
+    # tanh-GELU written out op by op (GPT-2's NewGELU) rather than one fused kernel.
+    gelu_written_out: bool = False
+    # RMSNorm scales by (1 + w) in fp32 (Gemma), not by w after a cast back.
+    norm_scale_in_fp32: bool = False
+    # o_proj reads the attention kernel's output storage itself (no copy in between).
+    o_proj_reads_kernel_output: bool = True
+    # peft's prefix tuning runs (peft 0.21 sizes the prefix per query head, which a
+    # multi-query cache rejects: Falcon).
+    prefix_tuning: bool = True
+    notes: Mapping[NoteKey, str] = field(default_factory=dict)
+
+    @property
+    def fused_qkv(self) -> bool:
+        return "qkv" in self.names.attention
+
+    @property
+    def moe(self) -> bool:
+        return bool(self.names.experts)
+
+
+@cache
+def names() -> tuple[str, ...]:
+    """Every family ftmem knows, from the modules of this package."""
+    modules = pkgutil.iter_modules(__path__)
+    return tuple(sorted(m.name for m in modules if not m.ispkg and not m.name.startswith("_")))
+
+
+@cache
+def get(name: str) -> Family:
+    """The family called ``name`` (a KeyError for an unknown one: callers check
+    :func:`names` first, where the user's text is)."""
+    if name not in names():
+        raise KeyError(name)
+    family: Family = importlib.import_module(f"{__name__}.{name}").FAMILY
+    if family.name != name:
+        raise RuntimeError(f"{__name__}.{name} defines family {family.name!r}")
+    return family
+
+
+@cache
+def by_model_type() -> dict[str, Family]:
+    """config.json's ``model_type`` -> family; a model_type claimed twice is an error."""
+    out: dict[str, Family] = {}
+    for name in names():
+        family = get(name)
+        for model_type in family.model_types:
+            if model_type in out:
+                raise RuntimeError(
+                    f"model_type {model_type!r} is claimed by {out[model_type].name} and {name}"
+                )
+            out[model_type] = family
+    return out

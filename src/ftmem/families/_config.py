@@ -1,0 +1,186 @@
+"""config.json's values read with their types, and the Llama-style key map used in both
+directions: reading a config into an Architecture, and writing the kwargs of the
+transformers config that ``ftmem measure`` builds.
+
+As transformers 5 reads them (its configs are strict dataclasses): a flag is a JSON
+true/false, never the string "false" (truthy) nor 0; a count is an integer, never a
+bool, a float or a string; a count that may be absent may be null. Each count is
+checked against its physical bound (ftmem.limits) before any arithmetic sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ftmem import limits
+from ftmem.display import clipped
+from ftmem.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ftmem.arch import Architecture
+
+Config = dict[str, Any]
+
+# Architecture.activation -> transformers' ACT2FN names
+HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+
+
+def shown(value: Any) -> str:
+    """A config value in a message, as JSON and cut short."""
+    big = isinstance(value, int) and not isinstance(value, bool)
+    text = limits.shown(value) if big else json.dumps(value)
+    return clipped(text)
+
+
+def wrong(key: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"config.json: {key} must be {expected}, not {shown(value)}.")
+
+
+def _present(cfg: Config, keys: tuple[str, ...]) -> tuple[str, Any] | None:
+    """The first of ``keys`` that config.json gives a value (null counts as absent)."""
+    for key in keys:
+        if cfg.get(key) is not None:
+            return key, cfg[key]
+    return None
+
+
+def _count(key: str, value: Any, bound: limits.Bound) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise wrong(key, "an integer", value)
+    if value <= 0:
+        raise wrong(key, "positive", value)
+    problem = bound.problem(f"config.json: {key}", value)
+    if problem:
+        raise ConfigError(problem + ".")
+    return value
+
+
+def need(cfg: Config, *keys: str, bound: limits.Bound = limits.WIDTH) -> int:
+    """A count config.json must give (under one of ``keys``)."""
+    found = _present(cfg, keys)
+    if found is None:
+        raise ConfigError(
+            f"config.json lacks '{keys[0]}', which a {cfg.get('model_type')} model needs."
+        )
+    return _count(*found, bound)
+
+
+def opt(cfg: Config, key: str, bound: limits.Bound = limits.WIDTH) -> int | None:
+    """A count config.json may leave out (or give as null)."""
+    found = _present(cfg, (key,))
+    return None if found is None else _count(*found, bound)
+
+
+def flag(cfg: Config, key: str, default: bool) -> bool:
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise wrong(key, "true or false", value)
+    return value
+
+
+def number(cfg: Config, key: str) -> float | None:
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise wrong(key, "a number", value)
+    if not math.isfinite(value):
+        raise wrong(key, "a finite number", value)
+    return float(value)
+
+
+def word(cfg: Config, key: str, default: str | None = None) -> str | None:
+    value = cfg.get(key, default)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise wrong(key, "a non-empty string", value)
+    return value
+
+
+def activation(name: str | None) -> str:
+    """transformers' activation name -> Architecture.activation."""
+    name = (name or "silu").lower()
+    if name in ("silu", "swish"):
+        return "silu"
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_tanh", "gelu_fast"):
+        return "gelu_tanh"
+    if name.startswith("gelu"):
+        return "gelu"
+    if name == "relu":
+        return "relu"
+    raise ConfigError(f"Unsupported activation {shown(name)} in config.json.")
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaKeys:
+    """What varies between the config classes that copy Llama's.
+
+    ``fixed_bias``: (q/k/v, o) biases the family always has (Qwen2: q/k/v only), instead
+    of reading ``attention_bias``; ``optional``: the keys of that list its config class
+    takes (``attention_bias``, ``mlp_bias``); ``activation``: the activation's key;
+    ``window``: how the sliding window is written ("always", "when-set", or
+    "use_sliding_window" with the flag); ``tie``: tied embeddings when the config does
+    not say."""
+
+    fixed_bias: tuple[bool, bool] | None = None
+    optional: tuple[str, ...] = ()
+    activation: str = "hidden_act"
+    window: str = ""
+    tie: bool = False
+
+
+def read_llama_like(cfg: Config, family: str, keys: LlamaKeys) -> Config:
+    """An Architecture's fields from a Llama-style config.json."""
+    heads = need(cfg, "num_attention_heads")
+    attention_bias = flag(cfg, "attention_bias", False)
+    qkv_bias, out_bias = keys.fixed_bias or (attention_bias, attention_bias)
+    out: Config = {
+        "family": family,
+        "vocab_size": need(cfg, "vocab_size"),
+        "hidden_size": need(cfg, "hidden_size"),
+        "num_layers": need(cfg, "num_hidden_layers", bound=limits.LAYERS),
+        "num_heads": heads,
+        "num_kv_heads": opt(cfg, "num_key_value_heads") or heads,
+        "intermediate_size": need(cfg, "intermediate_size"),
+        # a family's configs name it either way (Gemma's hidden_act, hidden_activation)
+        "activation": activation(word(cfg, "hidden_act") or word(cfg, "hidden_activation")),
+        "tie_embeddings": flag(cfg, "tie_word_embeddings", keys.tie),
+        "max_position_embeddings": opt(cfg, "max_position_embeddings", limits.TOKENS) or 4096,
+        "attention_qkv_bias": qkv_bias,
+        "attention_out_bias": out_bias,
+        "mlp_bias": flag(cfg, "mlp_bias", False),
+    }
+    head_dim = opt(cfg, "head_dim")
+    if head_dim:
+        out["head_dim"] = head_dim
+    no_window = type(cfg.get("sliding_window")) is int and cfg["sliding_window"] == 0
+    window = None if no_window else opt(cfg, "sliding_window", limits.TOKENS)
+    if flag(cfg, "use_sliding_window", True) and window:
+        out["sliding_window"] = window
+    return out
+
+
+def build_llama_like(arch: Architecture, keys: LlamaKeys) -> Config:
+    """The kwargs of the transformers config of ``arch`` (the reverse of the reading)."""
+    kw: Config = {
+        "hidden_size": arch.hidden_size,
+        "intermediate_size": arch.intermediate_size,
+        "num_hidden_layers": arch.num_layers,
+        "num_attention_heads": arch.num_heads,
+        "num_key_value_heads": arch.kv_heads,
+        "head_dim": arch.head_size,
+        "max_position_embeddings": arch.max_position_embeddings,
+        "attention_dropout": 0.0,
+        keys.activation: HF_ACTIVATIONS[arch.activation],
+    }
+    if "attention_bias" in keys.optional:
+        kw["attention_bias"] = arch.attention_qkv_bias
+    if "mlp_bias" in keys.optional:
+        kw["mlp_bias"] = arch.mlp_bias
+    if keys.window == "always" or (keys.window == "when-set" and arch.sliding_window):
+        kw["sliding_window"] = arch.sliding_window
+    elif keys.window == "use_sliding_window" and arch.sliding_window:
+        kw.update(use_sliding_window=True, sliding_window=arch.sliding_window)
+    return kw

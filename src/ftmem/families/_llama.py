@@ -1,0 +1,50 @@
+"""Llama's module names and config map in transformers, which most families copy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ftmem.families import ConfigMap, ModuleNames
+from ftmem.families._config import Config, LlamaKeys, build_llama_like, read_llama_like
+
+if TYPE_CHECKING:
+    from ftmem.arch import Architecture
+
+LLAMA_NAMES = ModuleNames(
+    blocks="model.layers",
+    attention={
+        "q": "self_attn.q_proj",
+        "k": "self_attn.k_proj",
+        "v": "self_attn.v_proj",
+        "o": "self_attn.o_proj",
+    },
+    mlp={"gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"},
+    norms={2: ("input_layernorm", "post_attention_layernorm")},
+    embedding="model.embed_tokens",
+    final_norm="model.norm",
+)
+
+
+def llama_map(
+    family: str,
+    keys: LlamaKeys,
+    read_extra: Callable[[Config, Config], None] | None = None,
+    build_extra: Callable[[Architecture, Config], None] | None = None,
+) -> ConfigMap:
+    """The key map of a Llama-style config; ``read_extra``/``build_extra`` add the
+    family's own keys to what is read (cfg, fields) or built (arch, kwargs)."""
+
+    def read(cfg: Config) -> Config:
+        out = read_llama_like(cfg, family, keys)
+        if read_extra:
+            read_extra(cfg, out)
+        return out
+
+    def build(arch: Architecture) -> Config:
+        kw = build_llama_like(arch, keys)
+        if build_extra:
+            build_extra(arch, kw)
+        return kw
+
+    return ConfigMap(read, build)

@@ -1,0 +1,114 @@
+"""Falcon (FalconForCausalLM): fused qkv, parallel attention and MLP under one shared
+norm (7B) or two (40B/180B), and an attention computed eagerly in fp32."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ftmem import limits
+from ftmem.families import ConfigMap, Family, ModuleNames
+from ftmem.families._config import (
+    HF_ACTIVATIONS,
+    Config,
+    flag,
+    need,
+    opt,
+    wrong,
+)
+
+if TYPE_CHECKING:
+    from ftmem.arch import Architecture
+
+
+def _read(cfg: Config) -> Config:
+    h = need(cfg, "hidden_size")
+    heads = need(cfg, "num_attention_heads", "n_head")
+    new_arch = flag(cfg, "new_decoder_architecture", False)
+    if new_arch:
+        kv = opt(cfg, "num_kv_heads") or heads
+    else:
+        kv = 1 if flag(cfg, "multi_query", True) else heads
+    bias = flag(cfg, "bias", False)
+    norms = cfg.get("num_ln_in_parallel_attn", 2)
+    if norms is not None and (isinstance(norms, bool) or not isinstance(norms, int)):
+        raise wrong("num_ln_in_parallel_attn", "an integer or null", norms)
+    return {
+        "family": "falcon",
+        "vocab_size": need(cfg, "vocab_size"),
+        "hidden_size": h,
+        "num_layers": need(cfg, "num_hidden_layers", "n_layer", bound=limits.LAYERS),
+        "num_heads": heads,
+        "num_kv_heads": kv,
+        "intermediate_size": opt(cfg, "ffn_hidden_size") or 4 * h,
+        "mlp": "plain",
+        "activation": "gelu",
+        "norm": "layernorm",
+        "norms_per_block": 2 if new_arch and norms == 2 else 1,
+        "parallel_attn_mlp": flag(cfg, "parallel_attn", True) or new_arch,
+        "attention_qkv_bias": bias,
+        "attention_out_bias": bias,
+        "mlp_bias": bias,
+        "tie_embeddings": flag(cfg, "tie_word_embeddings", True),
+        "position_embedding": "alibi" if flag(cfg, "alibi", False) else "rotary",
+        "max_position_embeddings": opt(cfg, "max_position_embeddings", limits.TOKENS) or 2048,
+    }
+
+
+def _build(arch: Architecture) -> Config:
+    kw: Config = {
+        "hidden_size": arch.hidden_size,
+        "num_hidden_layers": arch.num_layers,
+        "num_attention_heads": arch.num_heads,
+        "ffn_hidden_size": arch.intermediate_size,
+        "activation": HF_ACTIVATIONS[arch.activation],
+        "bias": arch.attention_qkv_bias,
+        "alibi": arch.position_embedding == "alibi",
+        "parallel_attn": arch.parallel_attn_mlp,
+        "max_position_embeddings": arch.max_position_embeddings,
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+    }
+    kv = arch.kv_heads
+    if not arch.parallel_attn_mlp or (arch.norms_per_block == 1 and kv in (1, arch.num_heads)):
+        # Falcon-RW / 7B: multi-query or full heads, one shared norm (or sequential)
+        kw.update(multi_query=kv == 1, new_decoder_architecture=False)
+    else:  # Falcon-40B/180B: grouped KV heads, ln_attn + ln_mlp (or one shared norm)
+        kw.update(
+            multi_query=False,
+            new_decoder_architecture=True,
+            num_kv_heads=kv,
+            num_ln_in_parallel_attn=2 if arch.norms_per_block == 2 else 1,
+        )
+    return kw
+
+
+FAMILY = Family(
+    name="falcon",
+    model_types=("falcon",),
+    decoder_layer="FalconDecoderLayer",
+    config=ConfigMap(_read, _build),
+    names=ModuleNames(
+        blocks="transformer.h",
+        attention={"qkv": "self_attention.query_key_value", "o": "self_attention.dense"},
+        mlp={"up": "mlp.dense_h_to_4h", "down": "mlp.dense_4h_to_h"},
+        norms={1: ("input_layernorm",), 2: ("ln_attn", "ln_mlp")},
+        embedding="transformer.word_embeddings",
+        final_norm="transformer.ln_f",
+    ),
+    attention="eager-fp32",
+    prefix_tuning=False,
+    notes={
+        "attention": "Falcon's attention runs eagerly in fp32 in transformers 5: s² scores kept.",
+        # measured: replace_with_bnb_linear converts only modules whose type is exactly
+        # nn.Linear, and Falcon's are FalconLinear
+        "qlora": (
+            "transformers 5 does not quantize Falcon's linears with bitsandbytes (they "
+            "are FalconLinear, a subclass it skips): loaded that way they stay 16-bit, "
+            "while this estimate counts them quantized."
+        ),
+        "bitfit-recompute": (
+            "BitFit on Falcon with checkpointing or eager attention is a known gap "
+            "(docs/accuracy.md): the peak measured up to 11 % above this estimate."
+        ),
+    },
+)

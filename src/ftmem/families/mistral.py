@@ -1,0 +1,13 @@
+"""Mistral (MistralForCausalLM): Llama's block with a sliding window."""
+
+from ftmem.families import Family
+from ftmem.families._config import LlamaKeys
+from ftmem.families._llama import LLAMA_NAMES, llama_map
+
+FAMILY = Family(
+    name="mistral",
+    model_types=("mistral",),
+    decoder_layer="MistralDecoderLayer",
+    config=llama_map("mistral", LlamaKeys(window="always")),
+    names=LLAMA_NAMES,
+)

@@ -1,0 +1,46 @@
+"""Mixtral (MixtralForCausalLM): Llama's attention, a routed mixture of experts stored
+as 3-D parameters (transformers 5)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from ftmem import limits
+from ftmem.families import Family
+from ftmem.families._config import Config, LlamaKeys, need
+from ftmem.families._llama import LLAMA_NAMES, llama_map
+
+if TYPE_CHECKING:
+    from ftmem.arch import Architecture
+
+
+def _read_experts(cfg: Config, out: Config) -> None:
+    out.update(
+        num_experts=need(cfg, "num_local_experts", bound=limits.EXPERTS),
+        experts_per_token=need(cfg, "num_experts_per_tok", bound=limits.EXPERTS),
+    )
+
+
+def _build_experts(arch: Architecture, kw: Config) -> None:
+    kw.update(
+        num_local_experts=arch.num_experts,
+        num_experts_per_tok=arch.experts_per_token,
+        router_jitter_noise=0.0,
+    )
+
+
+FAMILY = Family(
+    name="mixtral",
+    model_types=("mixtral",),
+    decoder_layer="MixtralDecoderLayer",
+    config=llama_map("mixtral", LlamaKeys(window="always"), _read_experts, _build_experts),
+    names=replace(
+        LLAMA_NAMES,
+        experts={
+            "router": "mlp.gate",
+            "gate_up": "mlp.experts.gate_up_proj",
+            "down": "mlp.experts.down_proj",
+        },
+    ),
+)
