@@ -196,21 +196,13 @@ def _family_notes(arch: Architecture, run: RunConfig) -> list[str]:
             "the grouped matmuls process them together, so routing imbalance does not change "
             "them here, but expert-parallel setups would see it."
         )
-    if arch.family == "gemma2" and run.attn != "eager":
-        notes.append(
-            "Gemma-2 has no sdpa path in transformers 5: its attention runs eagerly and keeps "
-            "the soft-capped s² scores."
-        )
-    if arch.family == "falcon":
-        notes.append("Falcon's attention runs eagerly in fp32 in transformers 5: s² scores kept.")
-        if run.method == "qlora" and run.quant_format != "int4":
-            # measured: replace_with_bnb_linear converts only modules whose type is
-            # exactly nn.Linear, and Falcon's are FalconLinear
-            notes.append(
-                "transformers 5 does not quantize Falcon's linears with bitsandbytes (they "
-                "are FalconLinear, a subclass it skips): loaded that way they stay 16-bit, "
-                "while this estimate counts them quantized."
-            )
+    family = arch.traits
+    # an eager-only family's note says what the estimate assumed unless eager was asked;
+    # Falcon's fp32 attention differs from what eager means for the others
+    if family.attention == "eager-fp32" or (family.attention == "eager" and run.attn != "eager"):
+        notes += family.notes_for("attention")
+    if run.method == "qlora" and run.quant_format != "int4":
+        notes += family.notes_for("qlora")
     return notes
 
 

@@ -95,6 +95,10 @@ class Family:
     prefix_tuning: bool = True
     notes: Mapping[NoteKey, str] = field(default_factory=dict)
 
+    def notes_for(self, key: NoteKey) -> list[str]:
+        """The family's note for a situation, as a list to add to the estimate's."""
+        return [self.notes[key]] if key in self.notes else []
+
     @property
     def fused_qkv(self) -> bool:
         return "qkv" in self.names.attention
