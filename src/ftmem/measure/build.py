@@ -341,19 +341,40 @@ def model_from_config(arch: Architecture, cfg, dtype=None) -> PreTrainedModel:
     return model
 
 
-def build_model(  # noqa: C901 (debt: one branch per method family; see pyproject)
-    arch: Architecture, run: RunConfig, device: str = "cpu", seed: int = 0
-) -> Built:
+def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: int = 0) -> Built:
+    """The run's model as its framework builds it: transformers' model from the
+    Architecture (quantised through from_pretrained for QLoRA), its trainable set or
+    peft wrapper, and checkpointing as HF Trainer enables it."""
+    model, attn_impl, notes = _base_model(arch, run, device, seed)
+    if run.method == "qlora":
+        model = _quantized(model, arch, run, device, attn_impl)
+        notes.append(
+            "qlora: loaded through from_pretrained(quantization_config=BitsAndBytesConfig), "
+            "non-quantised parameters in the run's dtype "
+            "(prepare_model_for_kbit_training not applied)"
+        )
+    elif next(model.parameters()).device != torch.device(device):
+        model = model.to(device=device)  # (fake parameters cannot be swapped in place)
+    model = _with_trainable_set(model, arch, run, notes)
+    if run.grad_ckpt:
+        _enable_checkpointing(model)
+    model.train()
+    return Built(model, autocast_dtype(run), attn_impl, notes)
+
+
+def _base_model(
+    arch: Architecture, run: RunConfig, device: str, seed: int
+) -> tuple[nn.Module, str, list[str]]:
+    """transformers' model with random weights, in the attention implementation asked
+    for (eager where this transformers has no sdpa path for the family)."""
     attn_impl, notes = attn_implementation(run, device)
-    cfg = hf_config(arch, attn_impl)
     dtype = param_dtype(run)
-    torch.manual_seed(seed)
-    model: nn.Module  # the transformers model, then maybe peft's wrapper around it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            torch.manual_seed(seed)
             with _init_device(device):
-                model = model_from_config(arch, cfg, dtype)
+                model = model_from_config(arch, hf_config(arch, attn_impl), dtype)
         except ValueError as exc:
             if attn_impl != "sdpa" or "scaled_dot_product_attention" not in str(exc):
                 raise
@@ -362,69 +383,58 @@ def build_model(  # noqa: C901 (debt: one branch per method family; see pyprojec
                 "measured with eager attention"
             )
             attn_impl = "eager"
-            cfg = hf_config(arch, attn_impl)
             torch.manual_seed(seed)
             with _init_device(device):
-                model = model_from_config(arch, cfg, dtype)
+                model = model_from_config(arch, hf_config(arch, attn_impl), dtype)
     diff = check_param_count(arch, model)
     if diff:
         notes.append("count matches but arch.layout names/shapes differ: " + "; ".join(diff))
+    return model, attn_impl, notes
 
-    if run.method == "qlora":
-        if run.quant_format == "int4":
-            raise RuntimeError(
-                "a GPTQ/AWQ int4 base is not measurable here: its kernels (gptqmodel, "
-                "autoawq) need a GPU"
-            )
-        _require_bitsandbytes("QLoRA")
-        from transformers.utils import logging as hf_logging
 
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
-            with tempfile.TemporaryDirectory(prefix="ftmem-qlora-") as tmp:
-                hf_model(model).save_pretrained(tmp)
-                del model
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    model = model_class(arch).from_pretrained(
-                        tmp,
-                        quantization_config=_bnb_config(run),
-                        dtype=dtype,
-                        device_map={"": torch.device(device)},
-                        attn_implementation=attn_impl,
-                    )
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
-        notes.append(
-            "qlora: loaded through from_pretrained(quantization_config=BitsAndBytesConfig), "
-            "non-quantised parameters in the run's dtype "
-            "(prepare_model_for_kbit_training not applied)"
+def _quantized(
+    model: nn.Module, arch: Architecture, run: RunConfig, device: str, attn_impl: str
+) -> nn.Module:
+    """The model saved and loaded back with bitsandbytes' quantisation config, as a
+    QLoRA script loads its base."""
+    if run.quant_format == "int4":
+        raise RuntimeError(
+            "a GPTQ/AWQ int4 base is not measurable here: its kernels (gptqmodel, "
+            "autoawq) need a GPU"
         )
-    elif next(model.parameters()).device != torch.device(device):
-        # (fake parameters cannot be swapped in place); transformers wraps
-        # PreTrainedModel.to in functools.wraps, whose type loses the bound self
-        model = model.to(device=device)  # type: ignore[call-arg]
+    _require_bitsandbytes("QLoRA")
+    from transformers.utils import logging as hf_logging
 
-    # trainable set
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with tempfile.TemporaryDirectory(prefix="ftmem-qlora-") as tmp:
+            hf_model(model).save_pretrained(tmp)
+            del model
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return model_class(arch).from_pretrained(
+                    tmp,
+                    quantization_config=_bnb_config(run),
+                    dtype=param_dtype(run),
+                    device_map={"": torch.device(device)},
+                    attn_implementation=attn_impl,
+                )
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _with_trainable_set(
+    model: nn.Module, arch: Architecture, run: RunConfig, notes: list[str]
+) -> nn.Module:
+    """What the method trains: flags on the base parameters, a reference bottleneck
+    adapter, or peft's wrapper (LoRA family, IA³, prompt methods)."""
     if run.method in ("full", "galore"):
         for p in model.parameters():
             p.requires_grad_(True)
     elif run.method == "freeze":
-        k = run.trainable_layers
-        if k is None:
-            try:
-                from ftmem.methods import DEFAULT_FREEZE_TRAINABLE_LAYERS as k
-            except ImportError:
-                k = 2
-            notes.append(f"freeze: trainable_layers not given, measured with the last {k} blocks")
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for blocks in block_lists(model):  # T5: the top k of each stack
-            for block in list(blocks)[len(blocks) - k :] if k else []:
-                for p in block.parameters():
-                    p.requires_grad_(True)
+        _train_top_blocks(model, run, notes)
     elif run.method == "partial":
         from ftmem.regexes import compile_bounded
 
@@ -445,61 +455,80 @@ def build_model(  # noqa: C901 (debt: one branch per method family; see pyprojec
     elif run.method in PROMPT_METHODS or run.method == "ia3":
         model = _peft_other(model, arch, run)
     else:  # the LoRA family (ADAPTER_METHODS)
-        from peft import LoraConfig, get_peft_model
+        model = _peft_lora(model, arch, run)
+    return model
 
-        targets = target_module_names(arch, run)
-        to_save = [
-            p.module.rsplit(".", 1)[-1]
-            for p in layout(arch).outer
-            if (
-                "head" if p.name.startswith("lm_head") else "embed" if p.kind == "embedding" else ""
+
+def _train_top_blocks(model: nn.Module, run: RunConfig, notes: list[str]) -> None:
+    """freeze: only the top ``trainable_layers`` blocks train (T5: of each stack)."""
+    k = run.trainable_layers
+    if k is None:
+        from ftmem.methods import DEFAULT_FREEZE_TRAINABLE_LAYERS as k
+
+        notes.append(f"freeze: trainable_layers not given, measured with the last {k} blocks")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for blocks in block_lists(model):
+        for block in list(blocks)[len(blocks) - k :] if k else []:
+            for p in block.parameters():
+                p.requires_grad_(True)
+
+
+def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's LoRA wrapper (DoRA, rsLoRA, LongLoRA's extra trainable embeddings and
+    norms) with the adapters in the dtype asked for."""
+    from peft import LoraConfig, get_peft_model
+
+    to_save = [
+        p.module.rsplit(".", 1)[-1]
+        for p in layout(arch).outer
+        if ("head" if p.name.startswith("lm_head") else "embed" if p.kind == "embedding" else "")
+        in run.modules_to_save
+    ]
+    lcfg = LoraConfig(
+        r=run.r,
+        # peft annotates lora_alpha as int but scales by alpha / r: floats work
+        lora_alpha=run.alpha,  # type: ignore[arg-type]
+        lora_dropout=run.dropout,
+        target_modules=target_module_names(arch, run),
+        use_dora=run.method == "dora",
+        use_rslora=run.method == "rslora",
+        modules_to_save=to_save or None,
+        bias="none",
+        task_type="SEQ_2_SEQ_LM" if arch.encoder_decoder else "CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed-API notices
+        warnings.filterwarnings("ignore", message="fan_in_fan_out")  # GPT-2 Conv1D
+        model = get_peft_model(model, lcfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
+    if run.adapter_dtype != "auto":
+        ad = _DTYPES[run.adapter_dtype]
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.data = p.data.to(ad)
+    if run.method == "longlora":
+        # as LongLoRA's fine-tune script: trainable_params="embed,norm" by substring
+        for name, p in model.named_parameters():
+            if "embed" in name or "norm" in name:
+                p.requires_grad_(True)
+    return model
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing, and the embedding output requiring a
+    gradient, as HF Trainer + peft do (transformers 5 already hooks the embeddings)."""
+    base = hf_model(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        enable = getattr(base, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
             )
-            in run.modules_to_save
-        ]
-        lcfg = LoraConfig(
-            r=run.r,
-            # peft annotates lora_alpha as int but scales by alpha / r: floats work
-            lora_alpha=run.alpha,  # type: ignore[arg-type]
-            lora_dropout=run.dropout,
-            target_modules=targets,
-            use_dora=run.method == "dora",
-            use_rslora=run.method == "rslora",
-            modules_to_save=to_save or None,
-            bias="none",
-            task_type="SEQ_2_SEQ_LM" if arch.encoder_decoder else "CAUSAL_LM",
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed-API notices
-            warnings.filterwarnings("ignore", message="fan_in_fan_out")  # GPT-2 Conv1D
-            model = get_peft_model(model, lcfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
-        if run.adapter_dtype != "auto":
-            ad = _DTYPES[run.adapter_dtype]
-            for name, p in model.named_parameters():
-                if "lora_" in name:
-                    p.data = p.data.to(ad)
-        if run.method == "longlora":
-            # as LongLoRA's fine-tune script: trainable_params="embed,norm" by substring
-            for name, p in model.named_parameters():
-                if "embed" in name or "norm" in name:
-                    p.requires_grad_(True)
-
-    if run.grad_ckpt:
-        base = hf_model(model)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            enable = getattr(base, "activation_checkpointing_enable", None)
-            if enable is not None:
-                enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                base.gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs={"use_reentrant": False}
-                )
-        # as HF Trainer + peft do; transformers 5 already hooks the embeddings itself
-        if hasattr(base, "enable_input_require_grads") and not hasattr(base, "_require_grads_hook"):
-            base.enable_input_require_grads()
-
-    model.train()
-    return Built(model, autocast_dtype(run), attn_impl, notes)
+    if hasattr(base, "enable_input_require_grads") and not hasattr(base, "_require_grads_hook"):
+        base.enable_input_require_grads()
 
 
 class BottleneckAdapter(nn.Module):
