@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Optional, cast
 
 import typer
@@ -21,7 +22,9 @@ from ftmem.units import UnitSystem
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
     from ftmem.hardware import Gpu
+    from ftmem.measure import Measurement
     from ftmem.result import Estimate
+    from ftmem.run import RunConfig
     from ftmem.serve import ServeConfig, ServeEstimate
 
 RUN_NAMES = tuple(p.name for p in RUN)
@@ -887,12 +890,27 @@ def measure(
     **settings: Any,
 ) -> None:
     """Run the step for real (torch, random weights) and compare with the estimate."""
-    import json
-
     from ftmem.api import run_config
-    from ftmem.estimate import estimate_step
     from ftmem.sources import resolve_model
 
+    _check_measure_options(device, steps, fsdp, fsdp_ranks, fake)
+    arch = resolve_model(model)
+    run = run_config(
+        **settings,
+        device=device,
+        optimizer_impl="for-loop" if device == "cpu" else "foreach",
+    )
+    with _measure_errors():
+        if fsdp:
+            return _measure_fsdp(arch, run, fsdp, fsdp_ranks, output_format)
+        from ftmem.measure import measure as run_measure
+
+        got = run_measure(arch, run, device=device, steps=steps, fake=fake)
+    _print_measured(arch, run, got, fake, output_format)
+
+
+def _check_measure_options(device: str, steps: int, fsdp: int, fsdp_ranks: str, fake: bool) -> None:
+    """`ftmem measure`'s own options, before anything is built."""
     if device not in ("cpu", "cuda"):
         raise FtmemError("--device must be cpu or cuda.")
     if steps < 2:
@@ -905,18 +923,13 @@ def measure(
         raise FtmemError("--fsdp takes 2 or more CPU ranks, without --fake or --device cuda.")
     if fsdp_ranks not in ("simulated", "gloo"):
         raise FtmemError(f"--fsdp-ranks must be simulated or gloo, not {fsdp_ranks!r}.")
-    arch = resolve_model(model)
-    run = run_config(
-        **settings,
-        device=device,
-        optimizer_impl="for-loop" if device == "cpu" else "foreach",
-    )
-    try:
-        if fsdp:
-            return _measure_fsdp(arch, run, fsdp, fsdp_ranks, output_format)
-        from ftmem.measure import measure as run_measure
 
-        got = run_measure(arch, run, device=device, steps=steps, fake=fake)
+
+@contextmanager
+def _measure_errors() -> Iterator[None]:
+    """A missing optional dependency, or torch refusing the run, as one sentence."""
+    try:
+        yield
     except ImportError as exc:
         raise FtmemError(
             f"`ftmem measure` needs torch, transformers and peft ({exc.name} is missing): "
@@ -924,6 +937,18 @@ def measure(
         ) from None
     except RuntimeError as exc:
         raise FtmemError(str(exc).splitlines()[0]) from None
+
+
+def _print_measured(
+    arch: Architecture, run: RunConfig, got: Measurement, fake: bool, output_format: str
+) -> None:
+    """The measured step beside the estimate of the same run: a table, or the estimate's
+    JSON with a ``measured`` part."""
+    import json
+
+    from ftmem.estimate import estimate_step
+    from ftmem.report_measure import measured_table
+
     est = estimate_step(arch, run)
     m = est.memory
     rows = [
@@ -947,19 +972,9 @@ def measure(
         )
         _echo(json.dumps(data, indent=2))
         return
-    from rich.table import Table
-
-    from ftmem.units import format_bytes
-
     where = "fake tensors (nothing allocated)" if fake else got.device
-    tbl = Table(title=f"{arch.name}: {run.method} · {run.precision} · measured on {where}")
-    for col in ("Component", "Estimated", "Measured", "Error"):
-        tbl.add_column(col, justify="left" if col == "Component" else "right")
-    for key, e, g in rows:
-        err = f"{(e - g) / g:+.1%}" if g else ("exact" if e == g else "n/a")
-        tbl.add_row(key.replace("_", " "), format_bytes(e, "GiB"), format_bytes(g, "GiB"), err)
-    tbl.add_row("peak phase", m.peak_phase, got.peak_phase, "")
-    _console().print(tbl)
+    title = f"{arch.name}: {run.method} · {run.precision} · measured on {where}"
+    _console().print(measured_table(title, "Estimated", rows, (m.peak_phase, got.peak_phase)))
 
 
 def _measure_fsdp(arch: Any, run: Any, ranks: int, mode: str, output_format: str) -> None:
@@ -970,7 +985,7 @@ def _measure_fsdp(arch: Any, run: Any, ranks: int, mode: str, output_format: str
     from ftmem.estimate import estimate_step
     from ftmem.measure.sharded import measure_fsdp
     from ftmem.parallel import ParallelConfig
-    from ftmem.units import format_bytes
+    from ftmem.report_measure import measured_table
 
     measured = measure_fsdp(arch, run, ranks, mode=mode)
     est = estimate_step(arch, run, par=ParallelConfig(gpus=ranks, strategy="fsdp")).memory
@@ -986,17 +1001,8 @@ def _measure_fsdp(arch: Any, run: Any, ranks: int, mode: str, output_format: str
     if output_format == "json":
         _echo(json.dumps({"estimate": est.model_dump(mode="json"), "ranks": measured}, indent=2))
         return
-    from rich.table import Table
-
-    tbl = Table(
-        title=f"{arch.name}: {run.method} · FSDP over {ranks} CPU ranks ({mode}), largest rank"
-    )
-    for col in ("Component", "Estimated per GPU", "Measured", "Error"):
-        tbl.add_column(col, justify="left" if col == "Component" else "right")
-    for key, e, g in rows:
-        err = f"{(e - g) / g:+.1%}" if g else ("exact" if e == g else "n/a")
-        tbl.add_row(key.replace("_", " "), format_bytes(e, "GiB"), format_bytes(g, "GiB"), err)
-    _console().print(tbl)
+    title = f"{arch.name}: {run.method} · FSDP over {ranks} CPU ranks ({mode}), largest rank"
+    _console().print(measured_table(title, "Estimated per GPU", rows))
 
 
 @app.command()
