@@ -124,6 +124,7 @@ def _with_config(
 
 
 Format = Annotated[str, typer.Option("--format", help="table | json | yaml | markdown | csv")]
+TableOrJson = Annotated[str, typer.Option("--format", help="table | json")]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print nothing; the exit code says it all.")
 ]
@@ -327,7 +328,7 @@ def plan(
     ctx: typer.Context,
     model: OptModelArg = None,
     rows: Annotated[int, typer.Option(help="How many ways to fit to show.")] = 8,
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    output_format: TableOrJson = "table",
     plot: Annotated[
         str | None,
         typer.Option(help="Write a stacked-bar picture of the candidates (.png or .svg)."),
@@ -406,7 +407,7 @@ def largest(
             help="Write memory against the searched value, the GPU's limit drawn (.png/.svg)."
         ),
     ] = None,
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    output_format: TableOrJson = "table",
     units: Units = "GiB",
     **settings: Any,
 ) -> None:
@@ -459,7 +460,7 @@ def compare(
         str, typer.Option(help="GPU presets, comma-separated.")
     ] = "a100-80gb,h100-80gb,rtx4090,l4",
     methods: Annotated[str, typer.Option(help="Methods, comma-separated.")] = "full,lora,qlora",
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    output_format: TableOrJson = "table",
     units: Units = "GiB",
     **settings: Any,
 ) -> None:
@@ -520,7 +521,7 @@ def compare_methods(
             help="Add the same model served in bf16 for the same batch × sequence length.",
         ),
     ] = True,
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    output_format: TableOrJson = "table",
     units: Units = "GiB",
     **settings: Any,
 ) -> None:
@@ -635,7 +636,7 @@ def merge(
     shard_size: Annotated[
         str, typer.Option(help="Output shard the streamed writer fills before writing.")
     ] = "5GB",
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    output_format: TableOrJson = "table",
     units: Units = "GiB",
 ) -> None:
     """Model merging (soups, task arithmetic, depth up-scaling): the result and the
@@ -727,7 +728,7 @@ def serve(
     ] = False,
     gpu: Annotated[Optional[str], typer.Option(help="GPU preset.")] = None,  # noqa: UP045
     gpu_memory: Annotated[Optional[str], typer.Option(help="GPU memory, e.g. 24GiB.")] = None,  # noqa: UP045
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    output_format: TableOrJson = "table",
     units: Units = "GiB",
 ) -> None:
     """Inference / serving memory: weights, KV cache, prefill, resident adapters."""
@@ -886,7 +887,7 @@ def measure(
             "no bitsandbytes; kernel workspaces and the CUDA allocator are not seen).",
         ),
     ] = False,
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    output_format: TableOrJson = "table",
     **settings: Any,
 ) -> None:
     """Run the step for real (torch, random weights) and compare with the estimate."""
