@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Sequence
-from typing import Annotated, Any, Optional, cast
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any, Optional, cast
 
 import typer
 from typer.core import TyperGroup
@@ -17,6 +18,14 @@ from ftmem.terminal import cli_streams, discard_stdout, error, say
 from ftmem.terminal import console as _console
 from ftmem.terminal import echo as _echo
 from ftmem.units import UnitSystem
+
+if TYPE_CHECKING:
+    from ftmem.arch import Architecture
+    from ftmem.hardware import Gpu
+    from ftmem.measure import Measurement
+    from ftmem.result import Estimate
+    from ftmem.run import RunConfig
+    from ftmem.serve import ServeConfig, ServeEstimate
 
 RUN_NAMES = tuple(p.name for p in RUN)
 EXIT_DOES_NOT_FIT = 1
@@ -115,6 +124,7 @@ def _with_config(
 
 
 Format = Annotated[str, typer.Option("--format", help="table | json | yaml | markdown | csv")]
+TableOrJson = Annotated[str, typer.Option("--format", help="table | json")]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print nothing; the exit code says it all.")
 ]
@@ -199,14 +209,33 @@ def estimate(
     **settings: Any,
 ) -> None:
     """Estimate the memory of one training step and whether it fits a GPU."""
-    from ftmem.api import estimate as run_estimate
-    from ftmem.report import markdown, table, to_csv, to_json, to_yaml
-
     unit = _units(units)
     _format(output_format, "table", "json", "yaml", "markdown", "csv")
+    read_from = [settings.get("from_config")]  # not to be replaced by --emit-to
+    arch, est, search_line = _estimate_for(ctx, model, settings, fewest_gpus, unit)
+    emitted = _emitted(est, emit, emit_to, inputs=[*read_from, arch.source])
+    if not quiet:
+        _print_estimate(est, output_format, unit, emitted if emit_to is None else None)
+    table_like = output_format in ("table", "markdown") and (emit is None or emit_to is not None)
+    if search_line is not None and table_like and not quiet:
+        _echo(search_line)
+    host = est.parallel.host_fits if est.parallel is not None else None
+    if check and (est.fits is False or host is False):  # the GPU's memory or the host's RAM
+        raise typer.Exit(EXIT_DOES_NOT_FIT)
+
+
+def _estimate_for(
+    ctx: typer.Context,
+    model: str | None,
+    settings: dict[str, Any],
+    fewest_gpus: bool,
+    unit: UnitSystem,
+) -> tuple[Architecture, Estimate, str | None]:
+    """`ftmem estimate`'s model and estimate (on the fewest GPUs that fit, with the line
+    saying what was searched, under --fewest-gpus), the notes of its sources on it."""
+    from ftmem.api import estimate as run_estimate
     from ftmem.sources import resolve_model, source_notes
 
-    read_from = [settings.get("from_config")]  # not to be replaced by --emit-to
     model, settings, notes = _with_config(ctx, model, settings)
     arch = resolve_model(model)
     notes += source_notes(model)
@@ -219,18 +248,32 @@ def estimate(
         est = run_estimate(arch, gpus=1 if gpus is None else gpus, **settings)
     if notes:
         est = est.model_copy(update={"notes": [*notes, *est.notes]})
+    return arch, est, search_line
+
+
+def _emitted(
+    est: Estimate, emit: str | None, emit_to: str | None, inputs: Sequence[str | None]
+) -> str | None:
+    """The --emit engine config, written to --emit-to when given (never over ``inputs``)."""
     if emit_to is not None and emit is None:
         raise FtmemError("--emit-to needs --emit deepspeed, accelerate or fsdp.")
-    emitted = None
-    if emit is not None:
-        from ftmem.emit import emit_config
+    if emit is None:
+        return None
+    from ftmem.emit import emit_config
 
-        emitted = emit_config(est, emit)
-        if emit_to is not None:
-            _write(emit_to, emitted, inputs=[*read_from, arch.source])
-    if quiet:
-        pass
-    elif emitted is not None and emit_to is None:
+    emitted = emit_config(est, emit)
+    if emit_to is not None:
+        _write(emit_to, emitted, inputs=inputs)
+    return emitted
+
+
+def _print_estimate(
+    est: Estimate, output_format: str, unit: UnitSystem, emitted: str | None
+) -> None:
+    """The estimate in ``output_format``, or the emitted engine config in its place."""
+    from ftmem.report import markdown, table, to_csv, to_json, to_yaml
+
+    if emitted is not None:
         _echo(emitted, nl=False)
     elif output_format == "json":
         _echo(to_json(est))
@@ -242,12 +285,6 @@ def estimate(
         _echo(markdown(est, unit), nl=False)
     else:
         _console().print(table(est, unit))
-    table_like = output_format in ("table", "markdown") and (emit is None or emit_to is not None)
-    if search_line is not None and table_like and not quiet:
-        _echo(search_line)
-    host = est.parallel.host_fits if est.parallel is not None else None
-    if check and (est.fits is False or host is False):  # the GPU's memory or the host's RAM
-        raise typer.Exit(EXIT_DOES_NOT_FIT)
 
 
 def _fewest_gpus(arch, settings: dict, per_node: int, nodes: int, unit: UnitSystem):
@@ -291,7 +328,7 @@ def plan(
     ctx: typer.Context,
     model: OptModelArg = None,
     rows: Annotated[int, typer.Option(help="How many ways to fit to show.")] = 8,
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    output_format: TableOrJson = "table",
     plot: Annotated[
         str | None,
         typer.Option(help="Write a stacked-bar picture of the candidates (.png or .svg)."),
@@ -370,7 +407,7 @@ def largest(
             help="Write memory against the searched value, the GPU's limit drawn (.png/.svg)."
         ),
     ] = None,
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    output_format: TableOrJson = "table",
     units: Units = "GiB",
     **settings: Any,
 ) -> None:
@@ -423,7 +460,7 @@ def compare(
         str, typer.Option(help="GPU presets, comma-separated.")
     ] = "a100-80gb,h100-80gb,rtx4090,l4",
     methods: Annotated[str, typer.Option(help="Methods, comma-separated.")] = "full,lora,qlora",
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    output_format: TableOrJson = "table",
     units: Units = "GiB",
     **settings: Any,
 ) -> None:
@@ -484,7 +521,7 @@ def compare_methods(
             help="Add the same model served in bf16 for the same batch × sequence length.",
         ),
     ] = True,
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    output_format: TableOrJson = "table",
     units: Units = "GiB",
     **settings: Any,
 ) -> None:
@@ -599,7 +636,7 @@ def merge(
     shard_size: Annotated[
         str, typer.Option(help="Output shard the streamed writer fills before writing.")
     ] = "5GB",
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    output_format: TableOrJson = "table",
     units: Units = "GiB",
 ) -> None:
     """Model merging (soups, task arithmetic, depth up-scaling): the result and the
@@ -691,15 +728,14 @@ def serve(
     ] = False,
     gpu: Annotated[Optional[str], typer.Option(help="GPU preset.")] = None,  # noqa: UP045
     gpu_memory: Annotated[Optional[str], typer.Option(help="GPU memory, e.g. 24GiB.")] = None,  # noqa: UP045
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    output_format: TableOrJson = "table",
     units: Units = "GiB",
 ) -> None:
     """Inference / serving memory: weights, KV cache, prefill, resident adapters."""
     from ftmem.api import resolve_gpu, serve_config
-    from ftmem.search import largest_fitting
-    from ftmem.serve import context_limit, default_context, estimate_serving
+    from ftmem.report_serve import serving_table, serving_verdict
+    from ftmem.serve import default_context, estimate_serving
     from ftmem.sources import resolve_model
-    from ftmem.units import format_bytes
 
     unit = _units(units)
     _format(output_format, "table", "json")
@@ -720,71 +756,56 @@ def serve(
     if max_sequences and max_context:
         raise FtmemError("Give --max-sequences or --max-context, not both.")
     if max_sequences or max_context:
-        if hw is None:
-            flag = "--max-sequences" if max_sequences else "--max-context"
-            raise FtmemError(f"{flag} needs a GPU: give --gpu or --gpu-memory.")
-        what = "sequences" if max_sequences else "context"
-
-        def at(n: int) -> Any:
-            return estimate_serving(arch, cfg.model_copy(update={what: n}), hw)
-
-        highest = 2**20 if max_sequences else context_limit(arch)
-        learned = arch.position_embedding == "learned"  # then the limit is the model's
-        found = largest_fitting(at, 1, highest)
-        if found.value is None:
-            line = f"Not even one sequence of {cfg.context:,} tokens fits {hw.name}."
-            if max_context:
-                line = f"Not even {sequences} sequence(s) of one token fit {hw.name}."
-        else:
-            est = found.fits_at  # type: ignore[assignment]
-            line = (
-                f"Most concurrent sequences of {cfg.context:,} tokens that fit {hw.name}: "
-                f"{found.value:,}."
-                if max_sequences
-                else f"Longest context for {sequences} sequence(s) that fits {hw.name}: "
-                f"{found.value:,} tokens"
-                + (
-                    f" (all of {arch.name}'s positions)."
-                    if learned and found.value == highest
-                    else "."
-                )
-            )
+        est, line = _serve_search(arch, cfg, hw, max_sequences, est)
     if output_format == "json":
         _echo(est.model_dump_json(indent=2))
         return
-    from rich.table import Table
+    _console().print(serving_table(arch.name, est, unit))
+    for text in (serving_verdict(est, unit), line, *(f"note: {n}" for n in est.notes)):
+        if text:
+            _echo(text)
 
-    c = est.config
-    tbl = Table(
-        title=f"{arch.name} serving: {c.weights} weights · KV {c.kv_dtype} · "
-        f"{c.sequences} × {c.context:,} tokens",
-        title_justify="left",
-    )
-    tbl.add_column("Component")
-    tbl.add_column(f"Size ({unit})", justify="right")
-    rows = [
-        ("Weights", est.weights_bytes),
-        (f"KV cache ({format_bytes(est.kv_bytes_per_token, unit)} per token)", est.kv_cache_bytes),
-        ("Resident LoRA adapters", est.adapters_bytes),
-        ("Prefill transients and logits", est.prefill_bytes),
-    ]
-    for label, value in rows:
-        tbl.add_row(label, format_bytes(value, unit))
-    tbl.add_section()
-    tbl.add_row("Peak allocated", format_bytes(est.peak_allocated_bytes, unit))
-    tbl.add_row("Runtime overhead", format_bytes(est.overhead_bytes, unit))
-    tbl.add_row("Total", format_bytes(est.total_bytes, unit))
-    _console().print(tbl)
-    if est.gpu is not None:
-        verdict = "FITS" if est.fits else "DOES NOT FIT"
-        _echo(
-            f"{verdict} on {est.gpu['name']}: {format_bytes(abs(est.headroom_bytes or 0), unit)} "
-            f"{'headroom' if est.fits else 'short'}."
+
+def _serve_search(
+    arch: Architecture,
+    cfg: ServeConfig,
+    hw: Gpu | None,
+    max_sequences: bool,
+    est: ServeEstimate,
+) -> tuple[ServeEstimate, str]:
+    """--max-sequences (else --max-context): the estimate at the largest count that fits
+    the GPU (``est`` when none does), and the line that says it."""
+    from ftmem.search import largest_fitting
+    from ftmem.serve import context_limit, estimate_serving
+
+    if hw is None:
+        flag = "--max-sequences" if max_sequences else "--max-context"
+        raise FtmemError(f"{flag} needs a GPU: give --gpu or --gpu-memory.")
+    what = "sequences" if max_sequences else "context"
+
+    def at(n: int) -> Any:
+        return estimate_serving(arch, cfg.model_copy(update={what: n}), hw)
+
+    highest = 2**20 if max_sequences else context_limit(arch)
+    learned = arch.position_embedding == "learned"  # then the limit is the model's
+    found = largest_fitting(at, 1, highest)
+    if found.value is None:
+        if max_sequences:
+            return est, f"Not even one sequence of {cfg.context:,} tokens fits {hw.name}."
+        return est, f"Not even {cfg.sequences} sequence(s) of one token fit {hw.name}."
+    if max_sequences:
+        line = (
+            f"Most concurrent sequences of {cfg.context:,} tokens that fit {hw.name}: "
+            f"{found.value:,}."
         )
-    if line:
-        _echo(line)
-    for note in est.notes:
-        _echo(f"note: {note}")
+    else:
+        whole = learned and found.value == highest
+        line = (
+            f"Longest context for {cfg.sequences} sequence(s) that fits {hw.name}: "
+            f"{found.value:,} tokens" + (f" (all of {arch.name}'s positions)." if whole else ".")
+        )
+    # largest_fitting is typed for training estimates; it searched serving ones here
+    return cast("ServeEstimate", found.fits_at), line
 
 
 @app.command()
@@ -866,16 +887,31 @@ def measure(
             "no bitsandbytes; kernel workspaces and the CUDA allocator are not seen).",
         ),
     ] = False,
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    output_format: TableOrJson = "table",
     **settings: Any,
 ) -> None:
     """Run the step for real (torch, random weights) and compare with the estimate."""
-    import json
-
     from ftmem.api import run_config
-    from ftmem.estimate import estimate_step
     from ftmem.sources import resolve_model
 
+    _check_measure_options(device, steps, fsdp, fsdp_ranks, fake)
+    arch = resolve_model(model)
+    run = run_config(
+        **settings,
+        device=device,
+        optimizer_impl="for-loop" if device == "cpu" else "foreach",
+    )
+    with _measure_errors():
+        if fsdp:
+            return _measure_fsdp(arch, run, fsdp, fsdp_ranks, output_format)
+        from ftmem.measure import measure as run_measure
+
+        got = run_measure(arch, run, device=device, steps=steps, fake=fake)
+    _print_measured(arch, run, got, fake, output_format)
+
+
+def _check_measure_options(device: str, steps: int, fsdp: int, fsdp_ranks: str, fake: bool) -> None:
+    """`ftmem measure`'s own options, before anything is built."""
     if device not in ("cpu", "cuda"):
         raise FtmemError("--device must be cpu or cuda.")
     if steps < 2:
@@ -888,18 +924,13 @@ def measure(
         raise FtmemError("--fsdp takes 2 or more CPU ranks, without --fake or --device cuda.")
     if fsdp_ranks not in ("simulated", "gloo"):
         raise FtmemError(f"--fsdp-ranks must be simulated or gloo, not {fsdp_ranks!r}.")
-    arch = resolve_model(model)
-    run = run_config(
-        **settings,
-        device=device,
-        optimizer_impl="for-loop" if device == "cpu" else "foreach",
-    )
-    try:
-        if fsdp:
-            return _measure_fsdp(arch, run, fsdp, fsdp_ranks, output_format)
-        from ftmem.measure import measure as run_measure
 
-        got = run_measure(arch, run, device=device, steps=steps, fake=fake)
+
+@contextmanager
+def _measure_errors() -> Iterator[None]:
+    """A missing optional dependency, or torch refusing the run, as one sentence."""
+    try:
+        yield
     except ImportError as exc:
         raise FtmemError(
             f"`ftmem measure` needs torch, transformers and peft ({exc.name} is missing): "
@@ -907,6 +938,18 @@ def measure(
         ) from None
     except RuntimeError as exc:
         raise FtmemError(str(exc).splitlines()[0]) from None
+
+
+def _print_measured(
+    arch: Architecture, run: RunConfig, got: Measurement, fake: bool, output_format: str
+) -> None:
+    """The measured step beside the estimate of the same run: a table, or the estimate's
+    JSON with a ``measured`` part."""
+    import json
+
+    from ftmem.estimate import estimate_step
+    from ftmem.report_measure import measured_table
+
     est = estimate_step(arch, run)
     m = est.memory
     rows = [
@@ -930,19 +973,9 @@ def measure(
         )
         _echo(json.dumps(data, indent=2))
         return
-    from rich.table import Table
-
-    from ftmem.units import format_bytes
-
     where = "fake tensors (nothing allocated)" if fake else got.device
-    tbl = Table(title=f"{arch.name}: {run.method} · {run.precision} · measured on {where}")
-    for col in ("Component", "Estimated", "Measured", "Error"):
-        tbl.add_column(col, justify="left" if col == "Component" else "right")
-    for key, e, g in rows:
-        err = f"{(e - g) / g:+.1%}" if g else ("exact" if e == g else "n/a")
-        tbl.add_row(key.replace("_", " "), format_bytes(e, "GiB"), format_bytes(g, "GiB"), err)
-    tbl.add_row("peak phase", m.peak_phase, got.peak_phase, "")
-    _console().print(tbl)
+    title = f"{arch.name}: {run.method} · {run.precision} · measured on {where}"
+    _console().print(measured_table(title, "Estimated", rows, (m.peak_phase, got.peak_phase)))
 
 
 def _measure_fsdp(arch: Any, run: Any, ranks: int, mode: str, output_format: str) -> None:
@@ -953,7 +986,7 @@ def _measure_fsdp(arch: Any, run: Any, ranks: int, mode: str, output_format: str
     from ftmem.estimate import estimate_step
     from ftmem.measure.sharded import measure_fsdp
     from ftmem.parallel import ParallelConfig
-    from ftmem.units import format_bytes
+    from ftmem.report_measure import measured_table
 
     measured = measure_fsdp(arch, run, ranks, mode=mode)
     est = estimate_step(arch, run, par=ParallelConfig(gpus=ranks, strategy="fsdp")).memory
@@ -969,17 +1002,8 @@ def _measure_fsdp(arch: Any, run: Any, ranks: int, mode: str, output_format: str
     if output_format == "json":
         _echo(json.dumps({"estimate": est.model_dump(mode="json"), "ranks": measured}, indent=2))
         return
-    from rich.table import Table
-
-    tbl = Table(
-        title=f"{arch.name}: {run.method} · FSDP over {ranks} CPU ranks ({mode}), largest rank"
-    )
-    for col in ("Component", "Estimated per GPU", "Measured", "Error"):
-        tbl.add_column(col, justify="left" if col == "Component" else "right")
-    for key, e, g in rows:
-        err = f"{(e - g) / g:+.1%}" if g else ("exact" if e == g else "n/a")
-        tbl.add_row(key.replace("_", " "), format_bytes(e, "GiB"), format_bytes(g, "GiB"), err)
-    _console().print(tbl)
+    title = f"{arch.name}: {run.method} · FSDP over {ranks} CPU ranks ({mode}), largest rank"
+    _console().print(measured_table(title, "Estimated per GPU", rows))
 
 
 @app.command()

@@ -8,11 +8,12 @@ each and, where one exists, the published formula it can be compared with.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, is_quantized
-from ftmem.methods import plan_method
+from ftmem.methods import TensorGroup, plan_method
 from ftmem.result import Estimate
 from ftmem.run import RunConfig
 from ftmem.units import UnitSystem, format_bytes, format_count
@@ -48,15 +49,23 @@ def explain(
 ) -> list[Section]:
     """The derivation of ``est``; ``realistic`` (the phases accounting of the same run)
     is shown beside a simple-accounting estimate."""
-    m = est.memory
-    out: list[Section] = []
-    L, h = arch.num_layers, arch.hidden_size
+    out = [_model_section(arch, est)]
+    if est.parallel is None:
+        out += _single_gpu_sections(arch, run, est, units)
+    else:
+        out.append(_parallel_section(est, units))
+    out.append(_activations_section(arch, run, est, units))
+    out.append(_peak_section(run, est, units, realistic))
+    return out
 
+
+def _model_section(arch: Architecture, est: Estimate) -> Section:
+    L = arch.num_layers
     model = Section("The model")
     model.lines.append(
         f"{arch.name}: {est.model.n_params:,} parameters ({format_count(est.model.n_params)}), "
         f"{f'{L} encoder and {L} decoder' if arch.encoder_decoder else L} blocks, "
-        f"hidden size {h}, {arch.num_heads} attention heads "
+        f"hidden size {arch.hidden_size}, {arch.num_heads} attention heads "
         f"({arch.kv_heads} key/value heads), MLP width {arch.intermediate_size}, "
         f"vocabulary {arch.vocab_size:,}."
     )
@@ -65,68 +74,92 @@ def explain(
         model.lines.append(
             f"Counted tensor by tensor: {same} the published {arch.published_params:,}."
         )
-    out.append(model)
+    return model
 
-    simple = run.accounting == "simple"
-    if est.parallel is None:
-        plan = plan_method(arch, run)
-        weights = Section("Weights")
-        by_fmt: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for g in plan.groups:
-            by_fmt[g.fmt][0] += g.total_numel
-            by_fmt[g.fmt][1] += g.nbytes
-        for fmt, (numel, nbytes) in sorted(by_fmt.items(), key=lambda kv: -kv[1][1]):
-            if not is_quantized(fmt):
-                weights.lines.append(
-                    f"{format_count(numel)} parameters in {fmt} × {BYTES_PER_ELEMENT[fmt]} bytes "
-                    f"= {_b(nbytes, units)}"
-                )
-            else:
-                each = "one byte" if fmt == "int8" else "half a byte"
-                weights.lines.append(
-                    f"{format_count(numel)} parameters in {fmt}: {each} each plus the "
-                    f"quantisation constants = {_b(nbytes, units)}"
-                )
-        weights.lines.append(f"Weights = {_b(m.weights_bytes, units)}")
-        out.append(weights)
 
-        n_train = est.model.n_trainable_params
-        trained = Section("What trains")
-        share = n_train / est.model.n_params
-        trained.lines.append(
-            f"Method {run.method}: {n_train:,} trainable parameters ({share:.2%} of the model)."
-        )
-        out.append(trained)
+def _single_gpu_sections(
+    arch: Architecture, run: RunConfig, est: Estimate, units: UnitSystem
+) -> list[Section]:
+    """Weights, what trains, gradients and optimizer states, from the method's tensors."""
+    plan = plan_method(arch, run)
+    n_train = est.model.n_trainable_params
+    trained = Section("What trains")
+    share = n_train / est.model.n_params
+    trained.lines.append(
+        f"Method {run.method}: {n_train:,} trainable parameters ({share:.2%} of the model)."
+    )
+    return [
+        _weights_section(plan.groups, est, units),
+        trained,
+        _gradients_section(plan.groups, run, est, units),
+        _states_section(run, est, units),
+    ]
 
-        grads = Section("Gradients")
-        if simple:
-            grads.lines.append(
-                f"One 16-bit gradient per trainable parameter: {format_count(n_train)} × 2 bytes "
-                f"= {_b(m.gradients_bytes, units)}"
+
+def _weights_section(groups: Iterable[TensorGroup], est: Estimate, units: UnitSystem) -> Section:
+    """The weights by storage format, largest first."""
+    weights = Section("Weights")
+    by_fmt: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for g in groups:
+        by_fmt[g.fmt][0] += g.total_numel
+        by_fmt[g.fmt][1] += g.nbytes
+    for fmt, (numel, nbytes) in sorted(by_fmt.items(), key=lambda kv: -kv[1][1]):
+        if not is_quantized(fmt):
+            weights.lines.append(
+                f"{format_count(numel)} parameters in {fmt} × {BYTES_PER_ELEMENT[fmt]} bytes "
+                f"= {_b(nbytes, units)}"
             )
         else:
-            sizes = sorted({g.element_bytes for g in plan.groups if g.trainable})
-            each = " or ".join(f"{b}" for b in sizes) or "0"
-            grads.lines.append(
-                f"One gradient per trainable parameter, in its dtype ({each} bytes): "
-                f"{format_count(n_train)} parameters = {_b(m.gradients_bytes, units)}"
+            each = "one byte" if fmt == "int8" else "half a byte"
+            weights.lines.append(
+                f"{format_count(numel)} parameters in {fmt}: {each} each plus the "
+                f"quantisation constants = {_b(nbytes, units)}"
             )
-        out.append(grads)
+    weights.lines.append(f"Weights = {_b(est.memory.weights_bytes, units)}")
+    return weights
 
-        states = Section("Optimizer states")
-        states.lines.append(
-            f"{run.optimizer}: {STATES_PER_PARAM[run.optimizer]} values per trainable parameter"
-            + (", 16-bit each in the simple accounting" if simple else "")
-            + f" = {_b(m.optimizer_states_bytes, units)}"
+
+def _gradients_section(
+    groups: Iterable[TensorGroup], run: RunConfig, est: Estimate, units: UnitSystem
+) -> Section:
+    m, n_train = est.memory, est.model.n_trainable_params
+    grads = Section("Gradients")
+    if run.accounting == "simple":
+        grads.lines.append(
+            f"One 16-bit gradient per trainable parameter: {format_count(n_train)} × 2 bytes "
+            f"= {_b(m.gradients_bytes, units)}"
         )
-        if simple:
-            states.lines.append(
-                f"Gradients + optimizer states = {_b(m.gradients_bytes + m.optimizer_states_bytes, units)}"
-            )
-        out.append(states)
     else:
-        out.append(_parallel_section(est, units))
+        sizes = sorted({g.element_bytes for g in groups if g.trainable})
+        each = " or ".join(f"{b}" for b in sizes) or "0"
+        grads.lines.append(
+            f"One gradient per trainable parameter, in its dtype ({each} bytes): "
+            f"{format_count(n_train)} parameters = {_b(m.gradients_bytes, units)}"
+        )
+    return grads
 
+
+def _states_section(run: RunConfig, est: Estimate, units: UnitSystem) -> Section:
+    m = est.memory
+    simple = run.accounting == "simple"
+    states = Section("Optimizer states")
+    states.lines.append(
+        f"{run.optimizer}: {STATES_PER_PARAM[run.optimizer]} values per trainable parameter"
+        + (", 16-bit each in the simple accounting" if simple else "")
+        + f" = {_b(m.optimizer_states_bytes, units)}"
+    )
+    if simple:
+        states.lines.append(
+            f"Gradients + optimizer states = {_b(m.gradients_bytes + m.optimizer_states_bytes, units)}"
+        )
+    return states
+
+
+def _activations_section(
+    arch: Architecture, run: RunConfig, est: Estimate, units: UnitSystem
+) -> Section:
+    """Saved tensors per block and outside the blocks, beside Korthikanti's GPT rule."""
+    m = est.memory
     acts = Section("Activations (what autograd keeps for backward)")
     block = sum(i.bytes for i in m.activations_per_block)
     tokens = run.batch_size * run.positions
@@ -164,54 +197,32 @@ def explain(
     acts.lines.append(
         f"Activations = {_b(m.activations_bytes, units)} (outside the blocks {_b(outer, units)})"
     )
-    korthikanti = tokens * h * (34 + 5 * arch.num_heads * run.seq_len / h)
     if not arch.encoder_decoder:  # (a decoder-only GPT rule)
-        acts.lines.append(
-            "For comparison, Korthikanti et al. 2022 (arXiv:2205.05198) give s·b·h·(34 + 5·a·s/h) "
-            f"bytes per GPT block in 16-bit with the s² attention scores kept: "
-            f"{_b(int(korthikanti), units)} here; sdpa/flash keep no s² scores, and these families "
-            "differ from GPT-3 (gated MLP, fp32 RMSNorm inputs)."
-        )
-    out.append(acts)
+        acts.lines.append(_korthikanti_line(arch, run, tokens, units))
+    return acts
 
+
+def _korthikanti_line(arch: Architecture, run: RunConfig, tokens: int, units: UnitSystem) -> str:
+    h = arch.hidden_size
+    korthikanti = tokens * h * (34 + 5 * arch.num_heads * run.seq_len / h)
+    return (
+        "For comparison, Korthikanti et al. 2022 (arXiv:2205.05198) give s·b·h·(34 + 5·a·s/h) "
+        f"bytes per GPT block in 16-bit with the s² attention scores kept: "
+        f"{_b(int(korthikanti), units)} here; sdpa/flash keep no s² scores, and these families "
+        "differ from GPT-3 (gated MLP, fp32 RMSNorm inputs)."
+    )
+
+
+def _peak_section(
+    run: RunConfig, est: Estimate, units: UnitSystem, realistic: Estimate | None
+) -> Section:
+    """The peak, its overhead and total, and whether it fits the GPU."""
+    m = est.memory
     peak = Section("The peak")
-    if simple:
-        peak.lines.append(
-            "Simple accounting (the seed's rule): weights + gradients + optimizer states + "
-            f"activations = {_b(m.weights_bytes, units)} + {_b(m.gradients_bytes, units)} + "
-            f"{_b(m.optimizer_states_bytes, units)} + {_b(m.activations_bytes, units)} "
-            f"≈ {_b(m.peak_allocated_bytes, units)}"
-        )
-        if realistic is not None:
-            r = realistic.memory
-            peak.lines.append(
-                f"Beside it, the realistic peak of the step (phases accounting, the dtypes "
-                f"PyTorch really uses): {_b(r.peak_allocated_bytes, units)} in {r.peak_phase} "
-                f"(weights {_b(r.at_peak.weights, units)}, gradients "
-                f"{_b(r.at_peak.gradients, units)}, optimizer states "
-                f"{_b(r.at_peak.optimizer_states, units)}, activations "
-                f"{_b(r.at_peak.activations, units)}, temporaries "
-                f"{_b(r.at_peak.temporaries, units)})."
-            )
+    if run.accounting == "simple":
+        peak.lines += _simple_peak_lines(est, units, realistic)
     else:
-        ph = m.phases
-        peak.lines.append(
-            f"The step's largest moments: forward {_b(ph.forward, units)}, backward "
-            f"{_b(ph.backward, units)}, optimizer step {_b(ph.optimizer, units)}."
-        )
-        a = m.at_peak
-        parts = [
-            ("weights", a.weights),
-            ("gradients", a.gradients),
-            ("optimizer states", a.optimizer_states),
-            ("activations", a.activations),
-            ("temporaries", a.temporaries),
-            ("gathered weights and buckets", a.communication),
-        ]
-        live = " + ".join(f"{name} {_b(v, units)}" for name, v in parts if v)
-        peak.lines.append(
-            f"The peak is in {m.peak_phase}: {live} = {_b(m.peak_allocated_bytes, units)}"
-        )
+        peak.lines += _phases_peak_lines(est, units)
     peak.lines.append(
         f"Runtime overhead (CUDA context and allocator reserve) {_b(m.overhead_bytes, units)}: "
         f"total {_b(m.total_bytes, units)}" + (" per GPU." if est.parallel else ".")
@@ -223,8 +234,49 @@ def explain(
             f"({_b(abs(est.headroom_bytes or 0), units)} "
             f"{'headroom' if est.fits else 'short'})."
         )
-    out.append(peak)
-    return out
+    return peak
+
+
+def _simple_peak_lines(est: Estimate, units: UnitSystem, realistic: Estimate | None) -> list[str]:
+    """The seed's sum, and beside it the phases accounting's peak when given."""
+    m = est.memory
+    lines = [
+        "Simple accounting (the seed's rule): weights + gradients + optimizer states + "
+        f"activations = {_b(m.weights_bytes, units)} + {_b(m.gradients_bytes, units)} + "
+        f"{_b(m.optimizer_states_bytes, units)} + {_b(m.activations_bytes, units)} "
+        f"≈ {_b(m.peak_allocated_bytes, units)}"
+    ]
+    if realistic is not None:
+        r = realistic.memory
+        lines.append(
+            f"Beside it, the realistic peak of the step (phases accounting, the dtypes "
+            f"PyTorch really uses): {_b(r.peak_allocated_bytes, units)} in {r.peak_phase} "
+            f"(weights {_b(r.at_peak.weights, units)}, gradients "
+            f"{_b(r.at_peak.gradients, units)}, optimizer states "
+            f"{_b(r.at_peak.optimizer_states, units)}, activations "
+            f"{_b(r.at_peak.activations, units)}, temporaries "
+            f"{_b(r.at_peak.temporaries, units)})."
+        )
+    return lines
+
+
+def _phases_peak_lines(est: Estimate, units: UnitSystem) -> list[str]:
+    """The largest moment of each phase, and what is live at the peak."""
+    m, ph, a = est.memory, est.memory.phases, est.memory.at_peak
+    parts = [
+        ("weights", a.weights),
+        ("gradients", a.gradients),
+        ("optimizer states", a.optimizer_states),
+        ("activations", a.activations),
+        ("temporaries", a.temporaries),
+        ("gathered weights and buckets", a.communication),
+    ]
+    live = " + ".join(f"{name} {_b(v, units)}" for name, v in parts if v)
+    return [
+        f"The step's largest moments: forward {_b(ph.forward, units)}, backward "
+        f"{_b(ph.backward, units)}, optimizer step {_b(ph.optimizer, units)}.",
+        f"The peak is in {m.peak_phase}: {live} = {_b(m.peak_allocated_bytes, units)}",
+    ]
 
 
 def _parallel_section(est: Estimate, units: UnitSystem) -> Section:

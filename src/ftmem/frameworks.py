@@ -438,9 +438,9 @@ def _lora_numbers(k: Keys, cfg: FrameworkConfig, rank_key: str = "lora_r") -> No
 # -- readers --------------------------------------------------------------------------------
 
 
-def _axolotl(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
+def _axolotl_method(k: Keys, cfg: FrameworkConfig) -> None:
+    """axolotl's adapter (LoRA, QLoRA, DoRA, rsLoRA, ReLoRA) or unfrozen parameters."""
     s = cfg.settings
-    cfg.model = k.text("base_model")
     adapter = (k.text("adapter") or "").lower()
     if adapter in ("lora", "qlora"):
         s["method"] = "qlora" if adapter == "qlora" or k.flag("load_in_4bit") else "lora"
@@ -463,51 +463,39 @@ def _axolotl(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
         s["method"] = "rslora"
     if k.integer("relora_steps") and s.get("method") == "lora":
         s["method"] = "relora"
-    if k.flag("liger_fused_linear_cross_entropy"):
-        s["loss"] = "fused"
-    if k.flag_or_text("activation_offloading", ("legacy", "disk")):  # axolotl's schema
-        s["activation_offload"] = True
+
+
+def _axolotl_modules_to_save(k: Keys, cfg: FrameworkConfig) -> None:
+    """``lora_modules_to_save``: the embedding and the LM head are trained in full."""
     names = k.names("lora_modules_to_save")
-    if names and s.get("method") not in (None, "partial"):
-        kinds = {
-            "embed" if "embed" in n or n == "wte" else "head" if n == "lm_head" else ""
-            for n in names
-        }
-        if "" in kinds:
-            cfg.notes.append(
-                f"lora_modules_to_save: only the token embedding and the LM head are modelled "
-                f"(given {', '.join(names)})."
-            )
-        if kinds - {""}:
-            s["lora_modules_to_save"] = ",".join(sorted(kinds - {""}))
-    _settings_from(
-        k,
-        cfg,
-        (
-            ("sequence_len", "seq_len"),
-            ("micro_batch_size", "batch_size"),
-            ("gradient_accumulation_steps", "grad_accum"),
-        ),
-    )
-    # axolotl's schema (utils/schemas/config.py): true, false, "offload" or "offload_disk";
-    # "unsloth" in its older releases
-    if k.flag_or_text("gradient_checkpointing", ("offload", "offload_disk", "unsloth")):
-        s["grad_ckpt"] = True
-    _hf_optimizer(k, "optimizer", cfg)
-    bf16 = k.raw("bf16") == "auto" or k.flag("bf16")
-    _hf_trainer_precision(k, cfg, "bfloat16" if bf16 else None)
-    if k.flag("flash_attention"):
-        s["attn"] = "flash"
-    elif k.flag("sdp_attention"):
-        s["attn"] = "sdpa"
-    elif k.flag("eager_attention"):
-        s["attn"] = "eager"
-    if k.flag("sample_packing"):
+    if not names or cfg.settings.get("method") in (None, "partial"):
+        return
+    kinds = {
+        "embed" if "embed" in n or n == "wte" else "head" if n == "lm_head" else "" for n in names
+    }
+    if "" in kinds:
         cfg.notes.append(
-            "sample_packing: each micro-batch is packed to sequence_len tokens, as estimated."
+            f"lora_modules_to_save: only the token embedding and the LM head are modelled "
+            f"(given {', '.join(names)})."
         )
-    _distributed(k, base, cfg)
-    return {
+    if kinds - {""}:
+        cfg.settings["lora_modules_to_save"] = ",".join(sorted(kinds - {""}))
+
+
+AXOLOTL_NUMBERS = (
+    ("sequence_len", "seq_len"),
+    ("micro_batch_size", "batch_size"),
+    ("gradient_accumulation_steps", "grad_accum"),
+)
+# axolotl's attention switches, the first one set wins
+AXOLOTL_ATTENTION = (
+    ("flash_attention", "flash"),
+    ("sdp_attention", "sdpa"),
+    ("eager_attention", "eager"),
+)
+# the keys _axolotl reads; read_framework_config lists every other one as ignored
+AXOLOTL_KEYS = frozenset(
+    {
         "base_model",
         "adapter",
         "load_in_4bit",
@@ -543,6 +531,36 @@ def _axolotl(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
         "fsdp_version",
         "base_model_config",
     }
+)
+
+
+def _axolotl(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
+    s = cfg.settings
+    cfg.model = k.text("base_model")
+    _axolotl_method(k, cfg)
+    if k.flag("liger_fused_linear_cross_entropy"):
+        s["loss"] = "fused"
+    if k.flag_or_text("activation_offloading", ("legacy", "disk")):  # axolotl's schema
+        s["activation_offload"] = True
+    _axolotl_modules_to_save(k, cfg)
+    _settings_from(k, cfg, AXOLOTL_NUMBERS)
+    # axolotl's schema (utils/schemas/config.py): true, false, "offload" or "offload_disk";
+    # "unsloth" in its older releases
+    if k.flag_or_text("gradient_checkpointing", ("offload", "offload_disk", "unsloth")):
+        s["grad_ckpt"] = True
+    _hf_optimizer(k, "optimizer", cfg)
+    bf16 = k.raw("bf16") == "auto" or k.flag("bf16")
+    _hf_trainer_precision(k, cfg, "bfloat16" if bf16 else None)
+    for key, attn in AXOLOTL_ATTENTION:
+        if k.flag(key):
+            s["attn"] = attn
+            break
+    if k.flag("sample_packing"):
+        cfg.notes.append(
+            "sample_packing: each micro-batch is packed to sequence_len tokens, as estimated."
+        )
+    _distributed(k, base, cfg)
+    return AXOLOTL_KEYS
 
 
 TORCHTUNE_MODEL = re.compile(
@@ -565,7 +583,28 @@ TORCHTUNE_MODULES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "output_proj":
 TORCHTUNE_DTYPES = {"bf16": "bf16", "fp32": "fp32", "fp16": "fp16"}
 
 
-def _torchtune(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
+# the keys _torchtune reads; read_framework_config lists every other one as ignored
+TORCHTUNE_KEYS = frozenset(
+    {
+        "model",
+        "dtype",
+        "tokenizer",
+        "batch_size",
+        "gradient_accumulation_steps",
+        "enable_activation_checkpointing",
+        "enable_activation_offloading",
+        "optimizer",
+        "optimizer_in_bwd",
+        "loss",
+        "compile",
+        "checkpointer",
+        "packed",
+        "fsdp_cpu_offload",
+    }
+)
+
+
+def _torchtune(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     s = cfg.settings
     model = k.section("model")
     leaf = (model.text("_component_") or "").rsplit(".", 1)[-1]
@@ -627,72 +666,36 @@ def _torchtune(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
         s["optimizer_in_backward"] = True
     if k.flag("compile"):
         cfg.notes.append("compile: torch.compile is not modelled; the estimate is without it.")
-    return {
-        "model",
-        "dtype",
-        "tokenizer",
-        "batch_size",
-        "gradient_accumulation_steps",
-        "enable_activation_checkpointing",
-        "enable_activation_offloading",
-        "optimizer",
-        "optimizer_in_bwd",
-        "loss",
-        "compile",
-        "checkpointer",
-        "packed",
-        "fsdp_cpu_offload",
-    }
+    return TORCHTUNE_KEYS
 
 
-def _hf_trainer(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
-    """TRL SFTConfig / ScriptArguments / HF TrainingArguments (JSON or YAML)."""
+def _hf_trainer_method(k: Keys, cfg: FrameworkConfig) -> None:
+    """TRL's peft switches: LoRA, QLoRA (4- or 8-bit), DoRA."""
     s = cfg.settings
-    init = k.section("model_init_kwargs")
-    cfg.model = k.text("model_name_or_path") or k.text("model_name")
-    if k.flag("use_peft") or k.raw("lora_r") is not None:
-        s["method"] = "qlora" if k.flag("load_in_4bit") else "lora"
-        if k.flag("load_in_8bit"):
-            s.update(method="qlora", quant="int8")
-        if k.flag("use_dora"):
-            s["method"] = "dora"
-        _lora_numbers(k, cfg)
-        if targets := _targets(k.names("lora_target_modules")):
-            s["lora_targets"] = targets
-    for key in ("max_seq_length", "max_length", "max_source_length"):
-        if (seq := k.integer(key)) is not None:
-            s["seq_len"] = seq
-            break
-    # transformers' seq2seq example scripts (run_summarization, run_translation): the
-    # decoder's length; an encoder-decoder takes it as --target-len
-    _settings_from(
-        k,
-        cfg,
-        (
-            ("max_target_length", "target_len"),
-            ("per_device_train_batch_size", "batch_size"),
-            ("gradient_accumulation_steps", "grad_accum"),
-        ),
-    )
-    if k.flag("gradient_checkpointing"):
-        s["grad_ckpt"] = True
-    if k.text("optim"):
-        _hf_optimizer(k, "optim", cfg)
-        _galore_args(k, cfg)
-    if k.flag("use_liger_kernel"):
-        s["loss"] = "fused"  # Liger's fused linear cross-entropy replaces the LM head + loss
-    dtype = init.text("torch_dtype") or init.text("dtype") or k.text("torch_dtype")
-    _hf_trainer_precision(k, cfg, dtype)
-    for keys, key in ((init, "attn_implementation"), (k, "attn_implementation")):
-        if (attn := _attention(keys, key, cfg)) is not None:
-            s["attn"] = attn
-            break
-    if k.flag("packing"):
-        cfg.notes.append(
-            "packing: each micro-batch is packed to the sequence length, as estimated."
-        )
-    _distributed(k, base, cfg)
-    return {
+    if not (k.flag("use_peft") or k.raw("lora_r") is not None):
+        return
+    s["method"] = "qlora" if k.flag("load_in_4bit") else "lora"
+    if k.flag("load_in_8bit"):
+        s.update(method="qlora", quant="int8")
+    if k.flag("use_dora"):
+        s["method"] = "dora"
+    _lora_numbers(k, cfg)
+    if targets := _targets(k.names("lora_target_modules")):
+        s["lora_targets"] = targets
+
+
+# the sequence length's names across TRL's and transformers' scripts, the first one given wins
+HF_SEQ_LEN_KEYS = ("max_seq_length", "max_length", "max_source_length")
+# transformers' seq2seq example scripts (run_summarization, run_translation): the
+# decoder's length; an encoder-decoder takes it as --target-len
+HF_NUMBERS = (
+    ("max_target_length", "target_len"),
+    ("per_device_train_batch_size", "batch_size"),
+    ("gradient_accumulation_steps", "grad_accum"),
+)
+# the keys _hf_trainer reads; read_framework_config lists every other one as ignored
+HF_TRAINER_KEYS = frozenset(
+    {
         "model_name_or_path",
         "model_name",
         "model_init_kwargs",
@@ -704,9 +707,7 @@ def _hf_trainer(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
         "lora_alpha",
         "lora_dropout",
         "lora_target_modules",
-        "max_seq_length",
-        "max_length",
-        "max_source_length",
+        *HF_SEQ_LEN_KEYS,
         "max_target_length",
         "per_device_train_batch_size",
         "per_device_eval_batch_size",
@@ -728,6 +729,39 @@ def _hf_trainer(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
         "optim_args",
         "optim_target_modules",
     }
+)
+
+
+def _hf_trainer(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
+    """TRL SFTConfig / ScriptArguments / HF TrainingArguments (JSON or YAML)."""
+    s = cfg.settings
+    init = k.section("model_init_kwargs")
+    cfg.model = k.text("model_name_or_path") or k.text("model_name")
+    _hf_trainer_method(k, cfg)
+    for key in HF_SEQ_LEN_KEYS:
+        if (seq := k.integer(key)) is not None:
+            s["seq_len"] = seq
+            break
+    _settings_from(k, cfg, HF_NUMBERS)
+    if k.flag("gradient_checkpointing"):
+        s["grad_ckpt"] = True
+    if k.text("optim"):
+        _hf_optimizer(k, "optim", cfg)
+        _galore_args(k, cfg)
+    if k.flag("use_liger_kernel"):
+        s["loss"] = "fused"  # Liger's fused linear cross-entropy replaces the LM head + loss
+    dtype = init.text("torch_dtype") or init.text("dtype") or k.text("torch_dtype")
+    _hf_trainer_precision(k, cfg, dtype)
+    for keys, key in ((init, "attn_implementation"), (k, "attn_implementation")):
+        if (attn := _attention(keys, key, cfg)) is not None:
+            s["attn"] = attn
+            break
+    if k.flag("packing"):
+        cfg.notes.append(
+            "packing: each micro-batch is packed to the sequence length, as estimated."
+        )
+    _distributed(k, base, cfg)
+    return HF_TRAINER_KEYS
 
 
 LITGPT_PRECISION = {
@@ -758,7 +792,34 @@ def _litgpt_precision(k: Keys) -> str:
     return k.choice("precision", LITGPT_PRECISION) or "bf16-true"
 
 
-def _litgpt(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
+# the keys _litgpt reads; read_framework_config lists every other one as ignored
+LITGPT_KEYS = frozenset(
+    {
+        "checkpoint_dir",
+        "precision",
+        "quantize",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_query",
+        "lora_key",
+        "lora_value",
+        "lora_projection",
+        "lora_mlp",
+        "lora_head",
+        "train",
+        "optimizer",
+        "devices",
+        "num_nodes",
+        "data",
+        "eval",
+        "out_dir",
+        "logger_name",
+    }
+)
+
+
+def _litgpt(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     s = cfg.settings
     ckpt = k.text("checkpoint_dir") or ""
     local = base / ckpt if not Path(ckpt).is_absolute() else Path(ckpt)
@@ -814,88 +875,59 @@ def _litgpt(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
         name = k.text("optimizer") or "AdamW"
     if not name.endswith(("AdamW", "Adam")):
         cfg.notes.append(f"optimizer {name} is not modelled; the estimate assumes AdamW.")
-    return {
-        "checkpoint_dir",
-        "precision",
-        "quantize",
-        "lora_r",
-        "lora_alpha",
-        "lora_dropout",
-        "lora_query",
-        "lora_key",
-        "lora_value",
-        "lora_projection",
-        "lora_mlp",
-        "lora_head",
-        "train",
-        "optimizer",
-        "devices",
-        "num_nodes",
-        "data",
-        "eval",
-        "out_dir",
-        "logger_name",
-    }
+    return LITGPT_KEYS
 
 
-def _llama_factory(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
+def _llama_factory_lora(k: Keys, cfg: FrameworkConfig) -> None:
+    """``finetuning_type: lora``: LoRA, DoRA, or QLoRA with bitsandbytes' 4 or 8 bits."""
     s = cfg.settings
-    cfg.model = k.text("model_name_or_path")
+    s["method"] = "lora"
+    _lora_numbers(k, cfg, "lora_rank")
+    if targets := _targets(k.names("lora_target")):
+        s["lora_targets"] = targets
+    if k.flag("use_dora"):
+        s["method"] = "dora"
+    bits = k.integer("quantization_bit")
+    if bits in (4, 8):
+        s["method"] = "qlora"
+        if bits == 8:
+            s["quant"] = "int8"
+    elif bits is not None:
+        cfg.notes.append(
+            f"quantization_bit {bits} is not modelled (bitsandbytes' 4 and 8 are); "
+            "estimated without quantisation."
+        )
+
+
+def _llama_factory_freeze(k: Keys, cfg: FrameworkConfig) -> None:
+    """``finetuning_type: freeze``: the last ``freeze_trainable_layers`` blocks train."""
+    cfg.settings["method"] = "freeze"
+    layers = k.raw("freeze_trainable_layers")
+    if isinstance(layers, int) and not isinstance(layers, bool) and layers < 0:
+        raise ConfigError(
+            f"{k.file}: freeze_trainable_layers {layers} trains the first blocks, which "
+            "ftmem does not model (it trains the last N); give a positive number."
+        )
+    if (n := k.integer("freeze_trainable_layers")) is not None:
+        cfg.settings["trainable_layers"] = n
+
+
+def _llama_factory_method(k: Keys, cfg: FrameworkConfig) -> None:
+    """``finetuning_type``: LoRA (the default), freeze or full."""
     kind = (k.text("finetuning_type") or "lora").lower()
     if kind == "lora":
-        s["method"] = "lora"
-        _lora_numbers(k, cfg, "lora_rank")
-        if targets := _targets(k.names("lora_target")):
-            s["lora_targets"] = targets
-        if k.flag("use_dora"):
-            s["method"] = "dora"
-        bits = k.integer("quantization_bit")
-        if bits in (4, 8):
-            s["method"] = "qlora"
-            if bits == 8:
-                s["quant"] = "int8"
-        elif bits is not None:
-            cfg.notes.append(
-                f"quantization_bit {bits} is not modelled (bitsandbytes' 4 and 8 are); "
-                "estimated without quantisation."
-            )
+        _llama_factory_lora(k, cfg)
     elif kind == "freeze":
-        s["method"] = "freeze"
-        layers = k.raw("freeze_trainable_layers")
-        if isinstance(layers, int) and not isinstance(layers, bool) and layers < 0:
-            raise ConfigError(
-                f"{k.file}: freeze_trainable_layers {layers} trains the first blocks, which "
-                "ftmem does not model (it trains the last N); give a positive number."
-            )
-        if (n := k.integer("freeze_trainable_layers")) is not None:
-            s["trainable_layers"] = n
+        _llama_factory_freeze(k, cfg)
     elif kind == "full":
-        s["method"] = "full"
+        cfg.settings["method"] = "full"
     else:
         cfg.notes.append(f"finetuning_type: {kind} is not modelled; estimated as full finetuning.")
-    _settings_from(
-        k,
-        cfg,
-        (
-            ("cutoff_len", "seq_len"),
-            ("per_device_train_batch_size", "batch_size"),
-            ("gradient_accumulation_steps", "grad_accum"),
-        ),
-    )
-    # LLaMA-Factory checkpoints by default unless disable_gradient_checkpointing is set
-    s["grad_ckpt"] = not k.flag("disable_gradient_checkpointing")
-    _hf_optimizer(k, "optim", cfg)
-    _hf_trainer_precision(k, cfg)
-    flash = k.raw("flash_attn")
-    if isinstance(flash, bool):  # older LLaMA-Factory: a switch for FlashAttention-2
-        if flash:
-            s["attn"] = "flash"
-    elif (attn := _attention(k, "flash_attn", cfg)) is not None:
-        s["attn"] = attn
-    if k.raw("deepspeed"):
-        _strategy_from_deepspeed(k, "deepspeed", base, cfg)
-    if k.flag("enable_liger_kernel"):
-        s["loss"] = "fused"  # Liger's fused linear cross-entropy (its other kernels aside)
+
+
+def _llama_factory_variants(k: Keys, cfg: FrameworkConfig) -> None:
+    """rsLoRA over LoRA and GaLore over full finetuning."""
+    s = cfg.settings
     if k.flag("use_rslora") and s.get("method") == "lora":
         s["method"] = "rslora"
     if k.flag("use_galore") and s.get("method") == "full":
@@ -906,17 +938,16 @@ def _llama_factory(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
         s["galore_targets"] = target
         if k.flag("galore_layerwise"):
             s["optimizer_in_backward"] = True
-    if k.flag("use_unsloth"):
-        cfg.notes.append(
-            "use_unsloth: Unsloth's kernels are not modelled; the estimate is without them."
-        )
-    stage = k.text("stage")
-    if stage and stage.lower() in ("rm", "ppo", "dpo", "kto"):
-        cfg.notes.append(
-            f"stage {stage}: estimated as supervised finetuning of one model; a reference or "
-            "reward model and pairwise batches are not counted."
-        )
-    return {
+
+
+LLAMA_FACTORY_NUMBERS = (
+    ("cutoff_len", "seq_len"),
+    ("per_device_train_batch_size", "batch_size"),
+    ("gradient_accumulation_steps", "grad_accum"),
+)
+# the keys _llama_factory reads; read_framework_config lists every other one as ignored
+LLAMA_FACTORY_KEYS = frozenset(
+    {
         "model_name_or_path",
         "finetuning_type",
         "lora_rank",
@@ -946,6 +977,40 @@ def _llama_factory(k: Keys, cfg: FrameworkConfig, base: Path) -> set[str]:
         "galore_layerwise",
         "packing",
     }
+)
+
+
+def _llama_factory(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
+    s = cfg.settings
+    cfg.model = k.text("model_name_or_path")
+    _llama_factory_method(k, cfg)
+    _settings_from(k, cfg, LLAMA_FACTORY_NUMBERS)
+    # LLaMA-Factory checkpoints by default unless disable_gradient_checkpointing is set
+    s["grad_ckpt"] = not k.flag("disable_gradient_checkpointing")
+    _hf_optimizer(k, "optim", cfg)
+    _hf_trainer_precision(k, cfg)
+    flash = k.raw("flash_attn")
+    if isinstance(flash, bool):  # older LLaMA-Factory: a switch for FlashAttention-2
+        if flash:
+            s["attn"] = "flash"
+    elif (attn := _attention(k, "flash_attn", cfg)) is not None:
+        s["attn"] = attn
+    if k.raw("deepspeed"):
+        _strategy_from_deepspeed(k, "deepspeed", base, cfg)
+    if k.flag("enable_liger_kernel"):
+        s["loss"] = "fused"  # Liger's fused linear cross-entropy (its other kernels aside)
+    _llama_factory_variants(k, cfg)
+    if k.flag("use_unsloth"):
+        cfg.notes.append(
+            "use_unsloth: Unsloth's kernels are not modelled; the estimate is without them."
+        )
+    stage = k.text("stage")
+    if stage and stage.lower() in ("rm", "ppo", "dpo", "kto"):
+        cfg.notes.append(
+            f"stage {stage}: estimated as supervised finetuning of one model; a reference or "
+            "reward model and pairwise batches are not counted."
+        )
+    return LLAMA_FACTORY_KEYS
 
 
 READERS = {
