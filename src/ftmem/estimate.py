@@ -19,7 +19,7 @@ from ftmem.arch import Architecture, count_params
 from ftmem.errors import InvalidInputError
 from ftmem.hardware import Gpu, runtime_overhead
 from ftmem.methods import MethodPlan, plan_method
-from ftmem.parallel import ENGINE, ParallelConfig, parallel_notes, parallel_step
+from ftmem.parallel import ENGINE, ParallelConfig, ParallelStep, parallel_notes, parallel_step
 from ftmem.phases import find_peak
 from ftmem.result import AtPeak, Estimate, Memory, ModelInfo, ParallelInfo, PhasePeaks
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
@@ -213,19 +213,10 @@ def _estimate_parallel(
     gpu: Gpu | None,
     overhead_bytes: int | None,
 ) -> Estimate:
-    if run.accounting == "simple":
-        raise InvalidInputError(
-            "--accounting simple is the seed's single-GPU sum; use the default phases "
-            "accounting with several GPUs or a strategy."
-        )
-    if run.optimizer_in_backward:
-        raise InvalidInputError(
-            "--optimizer-in-backward is modelled on one GPU; DeepSpeed and FSDP step "
-            "their own sharded optimizers."
-        )
+    """The estimate of the rank with the most memory, and the layout of the job."""
+    _check_parallel_run(run)
     step = parallel_step(arch, run, par)
-    rank = step.ranks[step.worst]
-    sz = rank.sizes
+    sz = step.ranks[step.worst].sizes
     peak_info = step.peak
     activations = sum(sz.acts_per_block) + sz.acts_below + sz.acts_above + sz.acts_held
     comm = sz.largest_communication()
@@ -237,11 +228,51 @@ def _estimate_parallel(
         step.parts,
         overhead_bytes,
     )
+    info = _parallel_info(arch, par, step, memory.overhead_bytes)
+    full_trainable = plan_method(arch, run).n_trainable
+    notes = list(step.parts.plan.notes) + parallel_notes(arch, run, par, step)
+    if par.host_memory_bytes is not None and not info.host_fits:
+        notes.insert(
+            0,
+            f"Host RAM is the bottleneck: offload needs {info.host_bytes_per_node / 2**30:.1f} "
+            f"GiB per node, the node has {par.host_memory_bytes / 2**30:.1f} GiB.",
+        )
+    return _result(
+        arch,
+        step.run,
+        step.parts.plan,
+        full_trainable,
+        memory,
+        gpu,
+        notes + _family_notes(arch, run),
+        info,
+    )
+
+
+def _check_parallel_run(run: RunConfig) -> None:
+    """Settings ftmem models on one GPU only."""
+    if run.accounting == "simple":
+        raise InvalidInputError(
+            "--accounting simple is the seed's single-GPU sum; use the default phases "
+            "accounting with several GPUs or a strategy."
+        )
+    if run.optimizer_in_backward:
+        raise InvalidInputError(
+            "--optimizer-in-backward is modelled on one GPU; DeepSpeed and FSDP step "
+            "their own sharded optimizers."
+        )
+
+
+def _parallel_info(
+    arch: Architecture, par: ParallelConfig, step: ParallelStep, overhead: int
+) -> ParallelInfo:
+    """How the job is laid out, which rank holds the most, and what sits off the GPUs."""
+    rank = step.ranks[step.worst]
     host_node = rank.host_bytes * par.gpus
     host_fits = None if par.host_memory_bytes is None else host_node <= par.host_memory_bytes
-    per_gpu_totals = [p + memory.overhead_bytes for p in step.peaks]
+    per_gpu_totals = [p + overhead for p in step.peaks]
     reduce, prefetch, persist = par.buckets(arch)
-    info = ParallelInfo(
+    return ParallelInfo(
         strategy=par.resolved_strategy,
         engine=ENGINE[par.resolved_strategy],
         world_size=par.world,
@@ -268,24 +299,6 @@ def _estimate_parallel(
         reduce_bucket_elements=reduce,
         prefetch_bucket_elements=prefetch,
         persistence_threshold_elements=persist,
-    )
-    full_trainable = plan_method(arch, run).n_trainable
-    notes = list(step.parts.plan.notes) + parallel_notes(arch, run, par, step)
-    if par.host_memory_bytes is not None and not host_fits:
-        notes.insert(
-            0,
-            f"Host RAM is the bottleneck: offload needs {host_node / 2**30:.1f} GiB per node, "
-            f"the node has {par.host_memory_bytes / 2**30:.1f} GiB.",
-        )
-    return _result(
-        arch,
-        step.run,
-        step.parts.plan,
-        full_trainable,
-        memory,
-        gpu,
-        notes + _family_notes(arch, run),
-        info,
     )
 
 

@@ -312,15 +312,65 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     return plan
 
 
-def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:  # noqa: C901 (debt)
+def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
+    """Every parameter tensor of the model as the method adapts it, and which train."""
     lay = layout(arch)
     dtypes = resolve_dtypes(run)
-    L = arch.num_layers
     notes: list[str] = []
-    dq = run.uses_double_quant
     outer_names: frozenset[str] = frozenset()  # partial: outer parameters that train
     trained_by_block: tuple[frozenset[str], ...] = ()
+    if run.method == "partial":
+        outer_names, trained_by_block = partial_trainable(arch, run.trainable_modules or "")
+    trainable_blocks = _trainable_blocks(arch, run, trained_by_block, notes)
+    galore_ranks = _galore_ranks(arch, run)
 
+    groups = _outer_groups(arch, run, dtypes, outer_names, trainable_blocks)
+    groups += _block_groups(arch, run, dtypes, trained_by_block, trainable_blocks, galore_ranks)
+    adapted = adapted_linears(arch, run) if run.method in ADAPTER_METHODS else ()
+    groups += _lora_groups(adapted, arch, run, dtypes)
+    scaled = ia3_linears(arch, run) if run.method == "ia3" else ()
+    groups += _ia3_groups(scaled, arch, dtypes)
+    bottlenecked = bottlenecked_linears(arch, run)
+    groups += _bottleneck_groups(bottlenecked, arch, run, dtypes)
+    for name, shape in prompt_encoder_shapes(arch, run):
+        # peft builds the prompt encoder in torch's default dtype, fp32, whatever the base
+        groups.append(TensorGroup(name, shape, 1, "fp32", True, adapter=True, in_block=False))
+    notes += _adapter_notes(arch, run)
+    saved = run.modules_to_save if run.method in ADAPTER_METHODS else frozenset()
+    groups += _modules_to_save_groups(arch, saved, dtypes)
+
+    embed_trainable, head_trainable, final_norm_trainable = _trained_ends(
+        arch, run, saved, outer_names
+    )
+    return MethodPlan(
+        tuple(groups),
+        dtypes,
+        adapted,
+        trainable_blocks,
+        run.method in ("full", "galore"),
+        tuple(notes),
+        embed_trainable=embed_trainable,
+        head_trainable=head_trainable,
+        biased=tuple(
+            p.module for p in lay.block if run.method == "bitfit" and p.kind == "linear_bias"
+        ),
+        norm_bias_trainable=run.method == "bitfit" and arch.norm == "layernorm",
+        scaled=scaled,
+        bottlenecked=bottlenecked,
+        trained_by_block=trained_by_block,
+        final_norm_trainable=final_norm_trainable,
+    )
+
+
+def _trainable_blocks(
+    arch: Architecture,
+    run: RunConfig,
+    trained_by_block: tuple[frozenset[str], ...],
+    notes: list[str],
+) -> int:
+    """How many blocks, counted from the top, hold trainable tensors; refuses a method
+    the model cannot run and notes where the estimate is known to fall short."""
+    L = arch.num_layers
     if run.method == "freeze":
         trainable_blocks = (
             DEFAULT_FREEZE_TRAINABLE_LAYERS
@@ -348,7 +398,6 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:  # noqa: C90
                 "(docs/accuracy.md): the peak measured up to 11 % above this estimate."
             )
     elif run.method == "partial":
-        outer_names, trained_by_block = partial_trainable(arch, run.trainable_modules or "")
         first = next((i for i, names in enumerate(trained_by_block) if names), L)
         trainable_blocks = L - first
     elif run.method in PROMPT_METHODS:
@@ -361,19 +410,33 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:  # noqa: C90
             )
     else:
         trainable_blocks = L  # adapters in every block
-    outer_trainable = run.method in ("full", "galore")
-    projected: dict[str, int] = {}
-    if run.method == "galore":
-        rank, spec = run.galore
-        projected = {
-            f"{lin.module}.weight": min(rank, lin.in_features, lin.out_features)
-            for lin in select_linears(arch, spec, "GaLore target")
-        }
+    return trainable_blocks
 
+
+def _galore_ranks(arch: Architecture, run: RunConfig) -> dict[str, int]:
+    """GaLore: the rank of each projected block weight's optimizer states, by name."""
+    if run.method != "galore":
+        return {}
+    rank, spec = run.galore
+    return {
+        f"{lin.module}.weight": min(rank, lin.in_features, lin.out_features)
+        for lin in select_linears(arch, spec, "GaLore target")
+    }
+
+
+def _outer_groups(
+    arch: Architecture,
+    run: RunConfig,
+    dtypes: Dtypes,
+    outer_names: frozenset[str],
+    trainable_blocks: int,
+) -> list[TensorGroup]:
+    """The tensors outside the blocks (embeddings, final norm, LM head), each with
+    whether the method trains it."""
     groups: list[TensorGroup] = []
-    for p in lay.outer:
+    for p in layout(arch).outer:
         trains = (
-            outer_trainable
+            run.method in ("full", "galore")
             or (run.method == "bitfit" and _is_bias(p))
             or (run.method == "partial" and p.name in outer_names)
             or (run.method == "longlora" and p.kind in ("embedding", "norm"))
@@ -382,11 +445,27 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:  # noqa: C90
                 run.method == "freeze"
                 and arch.encoder_decoder
                 and p.kind == "position"
-                and trainable_blocks == L
+                and trainable_blocks == arch.num_layers
             )
         )
         groups.append(TensorGroup(p.name, p.shape, 1, dtypes.base, trains, in_block=False))
+    return groups
+
+
+def _block_groups(
+    arch: Architecture,
+    run: RunConfig,
+    dtypes: Dtypes,
+    trained_by_block: tuple[frozenset[str], ...],
+    trainable_blocks: int,
+    galore_ranks: dict[str, int],
+) -> list[TensorGroup]:
+    """The blocks' own tensors in their storage (quantised or not), split into the
+    blocks where each trains and those where it is frozen."""
+    lay = layout(arch)
+    L = arch.num_layers
     keep_unquantized = frozenset(lin.module for lin in lay.linears if not lin.quantizable)
+    groups: list[TensorGroup] = []
     for p in lay.block:
         fmt = _base_format(p, dtypes, keep_unquantized)
         if run.method == "partial":
@@ -396,7 +475,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:  # noqa: C90
             if n:
                 groups.append(TensorGroup(p.name, p.shape, n, fmt, True))
         elif run.method in ("full", "galore"):
-            rank = projected.get(p.name, 0)
+            rank = galore_ranks.get(p.name, 0)
             groups.append(TensorGroup(p.name, p.shape, L, fmt, True, galore_rank=rank))
         elif run.method == "freeze":
             if L - trainable_blocks:
@@ -407,59 +486,49 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:  # noqa: C90
         else:
             # LongLoRA also trains every norm (its trainable_params "embed,norm")
             trains = run.method == "longlora" and p.kind == "norm"
+            dq = run.uses_double_quant
             groups.append(TensorGroup(p.name, p.shape, L, fmt, trains, double_quant=dq))
+    return groups
 
-    adapted: tuple[Linear, ...] = ()
-    if run.method in ADAPTER_METHODS:
-        adapted = adapted_linears(arch, run)
-        r = run.r
-        for lin in adapted:
-            groups.append(
-                TensorGroup(
-                    f"{lin.module}.lora_A",
-                    (r, lin.in_features),
-                    L,
-                    dtypes.adapter,
-                    True,
-                    adapter=True,
-                )
-            )
-            groups.append(
-                TensorGroup(
-                    f"{lin.module}.lora_B",
-                    (lin.out_features, r),
-                    L,
-                    dtypes.adapter,
-                    True,
-                    adapter=True,
-                )
-            )
-            if run.method == "dora":
-                groups.append(
-                    TensorGroup(
-                        f"{lin.module}.lora_magnitude_vector",
-                        (lin.out_features,),
-                        L,
-                        dtypes.adapter,
-                        True,
-                        adapter=True,
-                    )
-                )
-        if arch.is_moe and run.targets.strip().lower() == "all-linear":
-            notes.append(
-                "MoE experts are 3-D parameters in transformers 5, not nn.Linear: "
-                "all-linear adapts the attention projections only."
-            )
-    scaled: tuple[tuple[Linear, bool], ...] = ()
-    if run.method == "ia3":
-        scaled = ia3_linears(arch, run)
-        for lin, feedforward in scaled:
-            shape: tuple[int, ...] = (1, lin.in_features) if feedforward else (lin.out_features, 1)
-            groups.append(
-                TensorGroup(f"{lin.module}.ia3_l", shape, L, dtypes.adapter, True, adapter=True)
-            )
-    bottlenecked = bottlenecked_linears(arch, run)
+
+def _adapter(name: str, shape: tuple[int, ...], arch: Architecture, dtypes: Dtypes) -> TensorGroup:
+    """One trainable adapter tensor in every block, in the adapter dtype."""
+    return TensorGroup(name, shape, arch.num_layers, dtypes.adapter, True, adapter=True)
+
+
+def _lora_groups(
+    adapted: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """LoRA's A (r × in) and B (out × r) beside each adapted linear; DoRA adds a
+    magnitude per output feature."""
+    r = run.r
+    groups: list[TensorGroup] = []
+    for lin in adapted:
+        groups.append(_adapter(f"{lin.module}.lora_A", (r, lin.in_features), arch, dtypes))
+        groups.append(_adapter(f"{lin.module}.lora_B", (lin.out_features, r), arch, dtypes))
+        if run.method == "dora":
+            name = f"{lin.module}.lora_magnitude_vector"
+            groups.append(_adapter(name, (lin.out_features,), arch, dtypes))
+    return groups
+
+
+def _ia3_groups(
+    scaled: tuple[tuple[Linear, bool], ...], arch: Architecture, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """IA³'s vectors: a feed-forward linear's scales its input, the others their output."""
+    groups: list[TensorGroup] = []
+    for lin, feedforward in scaled:
+        shape: tuple[int, ...] = (1, lin.in_features) if feedforward else (lin.out_features, 1)
+        groups.append(_adapter(f"{lin.module}.ia3_l", shape, arch, dtypes))
+    return groups
+
+
+def _bottleneck_groups(
+    bottlenecked: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """A bottleneck MLP (h → m → h, with biases) after each bottlenecked linear."""
     m = run.bottleneck[0]
+    groups: list[TensorGroup] = []
     for lin in bottlenecked:
         for part, shape in (
             ("down.weight", (m, lin.out_features)),
@@ -467,14 +536,22 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:  # noqa: C90
             ("up.weight", (lin.out_features, m)),
             ("up.bias", (lin.out_features,)),
         ):
-            groups.append(
-                TensorGroup(
-                    f"{lin.module}.adapter.{part}", shape, L, dtypes.adapter, True, adapter=True
-                )
-            )
-    for name, shape in prompt_encoder_shapes(arch, run):
-        # peft builds the prompt encoder in torch's default dtype, fp32, whatever the base
-        groups.append(TensorGroup(name, shape, 1, "fp32", True, adapter=True, in_block=False))
+            groups.append(_adapter(f"{lin.module}.adapter.{part}", shape, arch, dtypes))
+    return groups
+
+
+def _adapter_notes(arch: Architecture, run: RunConfig) -> list[str]:
+    """What the adapters and the quantised base leave out on some models."""
+    notes: list[str] = []
+    if (
+        run.method in ADAPTER_METHODS
+        and arch.is_moe
+        and run.targets.strip().lower() == "all-linear"
+    ):
+        notes.append(
+            "MoE experts are 3-D parameters in transformers 5, not nn.Linear: "
+            "all-linear adapts the attention projections only."
+        )
     if run.quant_format == "int4":
         notes.append(
             "int4: LoRA on a GPTQ/AWQ base (4-bit values, an fp16 scale and a 4-bit zero per "
@@ -485,35 +562,45 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:  # noqa: C90
             "bitsandbytes quantises nn.Linear layers only: transformers 5 stores MoE experts "
             "as 3-D parameters, so they stay 16-bit under QLoRA."
         )
-    saved = run.modules_to_save if run.method in ADAPTER_METHODS else frozenset()
-    if saved:
-        if arch.tie_embeddings:
-            raise InvalidInputError(
-                f"{arch.name} ties its embedding and LM head: --lora-modules-to-save on a tied "
-                "pair is not modelled."
-            )
-        for p in lay.outer:
-            kind = (
-                "head"
-                if p.name.startswith("lm_head")
-                else "embed"
-                if p.kind == "embedding"
-                else None
-            )
-            if kind in saved:
-                # peft keeps the frozen original and a trainable copy in the same dtype
-                groups.append(
-                    TensorGroup(
-                        f"{p.name}.modules_to_save", p.shape, 1, dtypes.base, True, in_block=False
-                    )
-                )
+    return notes
+
+
+def _modules_to_save_groups(
+    arch: Architecture, saved: frozenset[str], dtypes: Dtypes
+) -> list[TensorGroup]:
+    """peft's modules_to_save: a trainable copy of the token embedding and/or the LM
+    head beside the frozen original, in the same dtype."""
+    if not saved:
+        return []
+    if arch.tie_embeddings:
+        raise InvalidInputError(
+            f"{arch.name} ties its embedding and LM head: --lora-modules-to-save on a tied "
+            "pair is not modelled."
+        )
+    groups: list[TensorGroup] = []
+    for p in layout(arch).outer:
+        kind = (
+            "head" if p.name.startswith("lm_head") else "embed" if p.kind == "embedding" else None
+        )
+        if kind in saved:
+            name = f"{p.name}.modules_to_save"
+            groups.append(TensorGroup(name, p.shape, 1, dtypes.base, True, in_block=False))
+    return groups
+
+
+def _trained_ends(
+    arch: Architecture, run: RunConfig, saved: frozenset[str], outer_names: frozenset[str]
+) -> tuple[bool, bool, bool]:
+    """Whether the token embedding, the LM head and the final norm train (beyond full
+    finetuning): saved copies, LongLoRA's embedding and norms, partial's selection. A
+    tied pair is one tensor: its embedding training trains the head."""
     embed_trainable, head_trainable = "embed" in saved, "head" in saved
     final_norm_trainable = False
     if run.method == "longlora":
         embed_trainable = final_norm_trainable = True
         head_trainable = head_trainable or arch.tie_embeddings
     if run.method == "partial":
-        for p in lay.outer:
+        for p in layout(arch).outer:
             if p.name not in outer_names:
                 continue
             if p.kind == "embedding":
@@ -523,24 +610,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:  # noqa: C90
                 head_trainable = True
             elif p.kind == "norm":
                 final_norm_trainable = True
-    return MethodPlan(
-        tuple(groups),
-        dtypes,
-        adapted,
-        trainable_blocks,
-        outer_trainable,
-        tuple(notes),
-        embed_trainable=embed_trainable,
-        head_trainable=head_trainable,
-        biased=tuple(
-            p.module for p in lay.block if run.method == "bitfit" and p.kind == "linear_bias"
-        ),
-        norm_bias_trainable=run.method == "bitfit" and arch.norm == "layernorm",
-        scaled=scaled,
-        bottlenecked=bottlenecked,
-        trained_by_block=trained_by_block,
-        final_norm_trainable=final_norm_trainable,
-    )
+    return embed_trainable, head_trainable, final_norm_trainable
 
 
 def bottlenecked_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:

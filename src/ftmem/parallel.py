@@ -27,7 +27,7 @@ the host side is reported per node.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Literal
 
@@ -443,129 +443,253 @@ def _stage_totals(
     return totals
 
 
-def rank_memory(
-    arch: Architecture, run: RunConfig, par: ParallelConfig, parts: StepParts, stage: int
-) -> RankMemory:
-    """Memory of the ranks of one pipeline stage (all data-parallel ranks look alike)."""
-    s = par.resolved_strategy
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Stage:
+    """Where one pipeline stage sits: its slice of the timeline's blocks and its ends."""
+
+    index: int
+    lo: int
+    hi: int
+    first: bool  # holds the embedding side
+    last: bool  # holds the head side
+
+
+def _stage(entries: int, stages: int, index: int) -> _Stage:
+    """Stage ``index`` of ``stages`` over ``entries`` timeline entries (an
+    encoder-decoder has two per layer)."""
+    per = entries // stages
+    return _Stage(index, index * per, (index + 1) * per, index == 0, index == stages - 1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Resident:
+    """What one rank keeps of the parameters, gradients and optimizer, and what moved off."""
+
+    replicated: int  # weights held whole
+    sharded: int  # this rank's shard of the others
+    grads: int
+    grads_block: int  # one trainable block's gradients
+    states: int
+    step_temp: int
+    host: int = 0
+    disk: int = 0
+
+
+def _sharded(
+    s: Strategy,
+    par: ParallelConfig,
+    arch: Architecture,
+    groups: tuple[TensorGroup, ...],
+    totals: _StageTotals,
+    grads_per_block: int,
+) -> _Resident:
+    """Each strategy's sharding: ZeRO-1 the optimizer, ZeRO-2 also the gradients, ZeRO-3
+    and FSDP also the weights (ZeRO-3 keeps its small persistent tensors whole). Adam's
+    step tensors stay whole on every rank."""
     N = par.shard_group
-    L = len(parts.sizes.acts_per_block)  # timeline entries (an encoder-decoder: 2 per layer)
-    per = L // par.pp
-    lo, hi = stage * per, (stage + 1) * per
-    first, last = stage == 0, stage == par.pp - 1
-    base = parts.sizes
-    plan = parts.plan
-    compute = BYTES_PER_ELEMENT[plan.dtypes.compute]
-
-    groups = _stage_groups(parts, arch, stage, par.pp)
-    totals = _stage_totals(groups, arch, run, plan, s in DEEPSPEED)
-    weights, grads, psi = totals.weights, totals.grads, totals.psi
-    states, step_temp, steps = totals.states, totals.step_temp, totals.steps
-
-    def shard(x: int) -> int:
-        return ceil_div(x, N)
-
-    # weights: what stays whole and what is sharded
+    weights, grads, states, step_temp = (
+        totals.weights,
+        totals.grads,
+        totals.states,
+        totals.step_temp,
+    )
     replicated, sharded = weights, 0
-    persistent = 0
     if s in SHARDS_WEIGHTS:
+        persistent = 0
         if s == "zero3":
             threshold = par.buckets(arch)[2]
             persistent = sum(g.nbytes for g in groups if g.numel < threshold)
-        replicated, sharded = persistent, shard(weights - persistent)
+        replicated, sharded = persistent, ceil_div(weights - persistent, N)
+    grads_block = grads_per_block
     if s in SHARDS_GRADS:
-        grads_gpu, grads_block = shard(grads), shard(base.grads_per_block)
-    else:
-        grads_gpu, grads_block = grads, base.grads_per_block
+        grads, grads_block = ceil_div(grads, N), ceil_div(grads_per_block, N)
     if s in SHARDS_STATES:
-        states, step_temp = shard(states - steps) + steps, shard(step_temp)
+        states = ceil_div(states - totals.steps, N) + totals.steps
+        step_temp = ceil_div(step_temp, N)
+    return _Resident(replicated, sharded, grads, grads_block, states, step_temp)
 
-    # communication memory per phase
+
+def _offload_optimizer(s: Strategy, par: ParallelConfig, on: _Resident, psi: int) -> _Resident:
+    """Optimizer states and their step's temporaries moved to host RAM or NVMe (NVMe
+    keeps pinned host buffers of one fp32 sub-group each)."""
+    if par.offload_optimizer == "none":
+        return on
+    moved = on.states + on.step_temp
+    host, disk = on.host, on.disk
+    if par.offload_optimizer == "nvme":
+        disk += moved
+        sub_group = min(ZERO_SUB_GROUP, ceil_div(psi, par.shard_group))
+        host += NVME_OPTIMIZER_BUFFERS * sub_group * FP32
+    else:
+        host += moved
+    grads, grads_block = on.grads, on.grads_block
+    if s in ("zero2", "zero3"):
+        # reduced gradients go straight into the fp32 partition on the host
+        grads = grads_block = 0
+    return dataclasses.replace(
+        on, grads=grads, grads_block=grads_block, states=0, step_temp=0, host=host, disk=disk
+    )
+
+
+def _offload_params(s: Strategy, par: ParallelConfig, on: _Resident, compute: int) -> _Resident:
+    """The weight shards moved to host RAM or NVMe (ZeRO-3, FSDP); NVMe keeps pinned
+    host buffers in the compute dtype, FSDP's CPU offload the gradients on the host."""
+    if par.offload_params == "none":
+        return on
+    host, disk = on.host, on.disk
+    if par.offload_params == "nvme":
+        disk += on.sharded
+        host += NVME_PARAM_BUFFERS * compute
+    else:
+        host += on.sharded
+    grads, grads_block = on.grads, on.grads_block
+    if s in FSDP:
+        host += grads
+        grads = grads_block = 0
+    return dataclasses.replace(
+        on, sharded=0, grads=grads, grads_block=grads_block, host=host, disk=disk
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Comm:
+    """Communication memory per phase (bytes); None at the head side: as in the blocks."""
+
+    forward: int = 0
+    backward: int = 0
+    optimizer: int = 0
+    head_forward: int | None = None
+    loss_backward: int | None = None
+    head_backward: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Traffic:
+    """What a stage's communication buffers are made of."""
+
+    groups: tuple[TensorGroup, ...]  # the stage's parameters
+    outer: list[TensorGroup]  # those outside the blocks
+    cast: int | None  # FSDP MixedPrecision: bytes per element gathered and reduced
+    grads: int  # all of the stage's gradients
+    bucket: int  # one ZeRO reduce bucket
+    block: int  # one block gathered whole
+    root: int  # FSDP's root unit (every outer tensor) gathered whole
+    head_grad: int  # unsharded gradients of the head side
+
+
+# Blocks gathered at once (FSDP2, measured on two CPU ranks): the block being computed
+# and the next, prefetched. A block's unsharded gradients appear as its activations are
+# freed and leave with its reduce-scatter, so, as on one GPU, the timeline does not add
+# them to that block's own moment.
+BLOCKS_IN_FLIGHT = 2
+
+
+def _traffic(
+    s: Strategy,
+    par: ParallelConfig,
+    arch: Architecture,
+    groups: tuple[TensorGroup, ...],
+    plan: MethodPlan,
+    grads: int,
+) -> _Traffic:
+    """The sizes the strategies' buffers are built from, for one stage."""
     mixed = s in FSDP and plan.dtypes.base == "fp32" and plan.dtypes.autocast
+    compute = BYTES_PER_ELEMENT[plan.dtypes.compute]
     cast = compute if mixed else None  # FSDP MixedPrecision gathers and reduces in 16-bit
-    block = _one_block(groups, arch)
-    block_gathered = _gathered_bytes(block, cast)
     outer = [g for g in groups if not g.in_block]
-    root = _gathered_bytes(outer, cast)
     # gradients of the head side (LM head, final norm; a tied embedding serves as head)
-    head_grad = _grad_bytes(
-        (g for g in outer if g.trainable and (_is_head_side(g.name) or arch.tie_embeddings)),
-        cast,
+    head_side = (g for g in outer if g.trainable and (_is_head_side(g.name) or arch.tie_embeddings))
+    return _Traffic(
+        groups=groups,
+        outer=outer,
+        cast=cast,
+        grads=grads,
+        bucket=par.buckets(arch)[0] * compute,
+        block=_gathered_bytes(_one_block(groups, arch), cast),
+        root=_gathered_bytes(outer, cast),
+        head_grad=_grad_bytes(head_side, cast),
     )
-    # Blocks gathered at once (FSDP2, measured on two CPU ranks): the block being computed
-    # and the next, prefetched. A block's unsharded gradients appear as its activations
-    # are freed and leave with its reduce-scatter, so, as on one GPU, the timeline does
-    # not add them to that block's own moment.
-    blocks_in_flight = 2
-    bucket = par.buckets(arch)[0] * compute
-    comm_f = comm_b = comm_o = 0
-    head_f: int | None = None
-    loss_b: int | None = None
-    head_b: int | None = None
-    if s == "ddp":
-        comm_f = comm_b = comm_o = grads  # DDP's gradient buckets, allocated once
-    elif s == "zero1":
-        comm_o = bucket  # gradients are reduced in buckets at the accumulation boundary
-    elif s == "zero2":
-        comm_b = 2 * bucket  # overlap_comm double-buffers the reduce bucket
-    elif s == "zero3":
-        largest_outer = max((_gathered_bytes([g], cast) for g in outer), default=0)
-        comm_f = blocks_in_flight * block_gathered
-        comm_b = comm_f + 2 * bucket
-        head_f = loss_b = largest_outer
-        head_b = largest_outer + head_grad + 2 * bucket
-    elif s in ("fsdp", "fsdp-hybrid"):
-        # the root unit stays gathered; its head-side gradients wait, unsharded, for the
-        # root's reduce-scatter at the end of backward
-        comm_f = root + blocks_in_flight * block_gathered
-        comm_b = comm_f + head_grad
-        # at the logits and the loss one block is gathered too: the last block is
-        # gathered again for backward as soon as the root's backward begins (measured);
-        # the LM head's gradient appears after the loss backward
-        head_f = loss_b = root + block_gathered
-        head_b = head_f + head_grad
-    elif s == "fsdp-grad-op":
-        comm_f = _gathered_bytes(groups, cast)  # gathered once, kept until backward
-        comm_b = comm_f + head_grad
 
-    # offload
-    host = disk = 0
-    states_gpu, temp_gpu = states, step_temp
-    if par.offload_optimizer != "none":
-        moved = states + step_temp
-        if s in ("zero2", "zero3"):
-            # reduced gradients go straight into the fp32 partition on the host
-            grads_gpu = grads_block = 0
-        states_gpu = temp_gpu = 0
-        if par.offload_optimizer == "nvme":
-            disk += moved
-            host += NVME_OPTIMIZER_BUFFERS * min(ZERO_SUB_GROUP, shard(psi)) * FP32
-        else:
-            host += moved
-    if par.offload_params != "none":
-        if par.offload_params == "nvme":
-            disk += sharded
-            host += NVME_PARAM_BUFFERS * compute
-        else:
-            host += sharded
-        sharded = 0
-        if s in FSDP:  # FSDP's CPU offload keeps gradients on the host too
-            host += grads_gpu
-            grads_gpu = grads_block = 0
 
-    # activations: this stage's blocks, the micro-batches it holds, the ends it owns
-    acts_blocks = base.acts_per_block[lo:hi]
-    micro = min(par.pp - stage, run.grad_accum) if par.pp > 1 else 1
-    acts_below = base.acts_below if first else 0
-    held = (micro - 1) * (sum(acts_blocks) + acts_below)
-    train_lo = L - base.trainable_blocks
-    trainable_here = max(0, hi - max(lo, train_lo))
+def _ddp_buckets(t: _Traffic) -> _Comm:
+    """DDP's gradient buckets, allocated once and kept for the whole step."""
+    return _Comm(t.grads, t.grads, t.grads)
+
+
+def _zero1_buckets(t: _Traffic) -> _Comm:
+    """Gradients reduced in buckets at the accumulation boundary."""
+    return _Comm(optimizer=t.bucket)
+
+
+def _zero2_buckets(t: _Traffic) -> _Comm:
+    """overlap_comm double-buffers the reduce bucket during backward."""
+    return _Comm(backward=2 * t.bucket)
+
+
+def _zero3_gathers(t: _Traffic) -> _Comm:
+    """Blocks in flight plus reduce buckets; at the ends the largest outer tensor."""
+    largest_outer = max((_gathered_bytes([g], t.cast) for g in t.outer), default=0)
+    forward = BLOCKS_IN_FLIGHT * t.block
+    return _Comm(
+        forward,
+        forward + 2 * t.bucket,
+        head_forward=largest_outer,
+        loss_backward=largest_outer,
+        head_backward=largest_outer + t.head_grad + 2 * t.bucket,
+    )
+
+
+def _fsdp_gathers(t: _Traffic) -> _Comm:
+    """FULL_SHARD (and hybrid): the root unit stays gathered; its head-side gradients
+    wait, unsharded, for the root's reduce-scatter at the end of backward."""
+    forward = t.root + BLOCKS_IN_FLIGHT * t.block
+    # at the logits and the loss one block is gathered too: the last block is gathered
+    # again for backward as soon as the root's backward begins (measured); the LM
+    # head's gradient appears after the loss backward
+    head = t.root + t.block
+    return _Comm(
+        forward,
+        forward + t.head_grad,
+        head_forward=head,
+        loss_backward=head,
+        head_backward=head + t.head_grad,
+    )
+
+
+def _fsdp_grad_op_gathers(t: _Traffic) -> _Comm:
+    """SHARD_GRAD_OP: weights gathered once in forward and kept until backward."""
+    forward = _gathered_bytes(t.groups, t.cast)
+    return _Comm(forward, forward + t.head_grad)
+
+
+# Each strategy's communication memory; the others (one GPU, NO_SHARD) have none.
+_COMMUNICATION: dict[str, Callable[[_Traffic], _Comm]] = {
+    "ddp": _ddp_buckets,
+    "zero1": _zero1_buckets,
+    "zero2": _zero2_buckets,
+    "zero3": _zero3_gathers,
+    "fsdp": _fsdp_gathers,
+    "fsdp-hybrid": _fsdp_gathers,
+    "fsdp-grad-op": _fsdp_grad_op_gathers,
+}
+_NO_COMMUNICATION = _Comm()
+
+
+def _stage_gradients(
+    s: Strategy, par: ParallelConfig, base: StepSizes, at: _Stage, on: _Resident
+) -> tuple[tuple[int, ...], int, int, int]:
+    """The stage's gradients over the timeline: per block (sharded like the rest), the
+    trained blocks it holds, those outside the blocks, and of these the part created
+    only at the end of backward."""
+    N = par.shard_group
+    L = len(base.acts_per_block)
+    trainable_here = max(0, at.hi - max(at.lo, L - base.trainable_blocks))
     by_block = tuple(
-        0 if grads_block == 0 else (shard(x) if s in SHARDS_GRADS else x)
-        for x in base.grads_by_block[lo:hi]
+        0 if on.grads_block == 0 else (ceil_div(x, N) if s in SHARDS_GRADS else x)
+        for x in base.grads_by_block[at.lo : at.hi]
     )
-    block_grads = sum(by_block) if by_block else grads_block * trainable_here
-    grads_outer = max(0, grads_gpu - block_grads)
+    block_grads = sum(by_block) if by_block else on.grads_block * trainable_here
+    grads_outer = max(0, on.grads - block_grads)
     # the part of grads_outer that appears only at the end of backward: the token
     # embedding's (first stage only; sharded like the others, none where gradients
     # leave the GPU); under FSDP all of the root's, which its reduce-scatter creates
@@ -573,44 +697,88 @@ def rank_memory(
     grads_embedding = 0
     if s in FSDP:
         grads_embedding = grads_outer
-    elif first and grads_gpu:
-        grads_embedding = shard(base.grads_embedding) if s in SHARDS_GRADS else base.grads_embedding
+    elif at.first and on.grads:
+        grads_embedding = base.grads_embedding
+        if s in SHARDS_GRADS:
+            grads_embedding = ceil_div(grads_embedding, N)
+    return by_block, trainable_here, grads_outer, min(grads_embedding, grads_outer)
 
+
+def _stage_sizes(
+    s: Strategy,
+    par: ParallelConfig,
+    run: RunConfig,
+    base: StepSizes,
+    at: _Stage,
+    on: _Resident,
+    comm: _Comm,
+) -> tuple[StepSizes, int]:
+    """The stage's timeline inputs, and the micro-batches whose activations it holds
+    (1F1B: stage k up to ``pp - k``): its blocks, its ends, its resident memory."""
+    acts_blocks = base.acts_per_block[at.lo : at.hi]
+    micro = min(par.pp - at.index, run.grad_accum) if par.pp > 1 else 1
+    acts_below = base.acts_below if at.first else 0
+    by_block, trainable_here, grads_outer, grads_embedding = _stage_gradients(s, par, base, at, on)
+    last = at.last
     sizes = dataclasses.replace(
         base,
-        weights=replicated + sharded,
-        states=states_gpu,
-        grads=grads_gpu,
+        weights=on.replicated + on.sharded,
+        states=on.states,
+        grads=on.grads,
         grads_outer=grads_outer,
-        grads_embedding=min(grads_embedding, grads_outer),
-        grads_per_block=grads_block,
+        grads_embedding=grads_embedding,
+        grads_per_block=on.grads_block,
         grads_by_block=by_block,
         trainable_blocks=trainable_here,
         acts_per_block=acts_blocks,
-        recompute_by_block=base.recompute_by_block[lo:hi],
+        recompute_by_block=base.recompute_by_block[at.lo : at.hi],
         acts_below=acts_below,
         acts_above=base.acts_above if last else 0,
         logits_forward=base.logits_forward if last else 0,
         loss_backward=base.loss_backward if last else 0,
         head_workspace=base.head_workspace if last else 0,
-        optimizer_temporaries=temp_gpu,
+        optimizer_temporaries=on.step_temp,
         grads_persist=run.grad_accum > 1,
-        comm_forward=comm_f,
-        comm_backward=comm_b,
-        comm_optimizer=comm_o,
-        comm_head_forward=head_f if last else None,
-        comm_loss_backward=loss_b if last else None,
-        comm_head_backward=head_b if last else None,
-        acts_held=held,
+        comm_forward=comm.forward,
+        comm_backward=comm.backward,
+        comm_optimizer=comm.optimizer,
+        comm_head_forward=comm.head_forward if last else None,
+        comm_loss_backward=comm.loss_backward if last else None,
+        comm_head_backward=comm.head_backward if last else None,
+        acts_held=(micro - 1) * (sum(acts_blocks) + acts_below),
     )
+    return sizes, micro
+
+
+def rank_memory(
+    arch: Architecture, run: RunConfig, par: ParallelConfig, parts: StepParts, stage: int
+) -> RankMemory:
+    """Memory of the ranks of one pipeline stage (all data-parallel ranks look alike):
+    the stage's parameters, sharded by the strategy, less what is offloaded, plus the
+    strategy's communication buffers, over the stage's slice of the one-GPU timeline."""
+    s = par.resolved_strategy
+    at = _stage(len(parts.sizes.acts_per_block), par.pp, stage)
+    plan = parts.plan
+    groups = _stage_groups(parts, arch, stage, par.pp)
+    totals = _stage_totals(groups, arch, run, plan, s in DEEPSPEED)
+    on = _sharded(s, par, arch, groups, totals, parts.sizes.grads_per_block)
+    communication = _COMMUNICATION.get(s)
+    comm = (
+        communication(_traffic(s, par, arch, groups, plan, totals.grads))
+        if communication
+        else _NO_COMMUNICATION
+    )
+    on = _offload_optimizer(s, par, on, totals.psi)
+    on = _offload_params(s, par, on, BYTES_PER_ELEMENT[plan.dtypes.compute])
+    sizes, micro = _stage_sizes(s, par, run, parts.sizes, at, on, comm)
     return RankMemory(
         stage=stage,
         sizes=sizes,
-        weights_sharded=sharded,
-        weights_replicated=replicated,
+        weights_sharded=on.sharded,
+        weights_replicated=on.replicated,
         micro_batches=micro,
-        host_bytes=host,
-        disk_bytes=disk,
+        host_bytes=on.host,
+        disk_bytes=on.disk,
     )
 
 

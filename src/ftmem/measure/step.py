@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import gc
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -289,15 +289,10 @@ def _run(
     built: Built | None = None,
     teacher: Teacher | None = None,
 ) -> Measurement:
+    """``steps - 1`` warm-up steps (the optimizer states appear), then the measured one."""
     fake = built is not None
-    if steps < 1:
-        raise ValueError("steps must be at least 1")
-    if run.optimizer in ("lion", "adamw-fp32"):
-        raise RuntimeError(f"optimizer {run.optimizer!r} is not measurable here")
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-
+    _check_measurable(run, steps)
+    dev = _device(device)
     if built is None:
         built = build_model(arch, run, device=str(dev), seed=seed)
     model = built.model
@@ -308,28 +303,80 @@ def _run(
         if run.optimizer_in_backward
         else build_optimizer(model, run, arch)
     )
-    accum = run.grad_accum
     if steps == 1:
         notes.append("steps=1: the measured step creates the optimizer states (not steady state)")
-
-    gen = torch.Generator().manual_seed(seed)
-    ids = _tokens(arch.vocab_size, (run.batch_size, run.seq_len), gen, fake, dev)
-    labels = None
-    if arch.encoder_decoder:
-        labels = _tokens(arch.vocab_size, (run.batch_size, run.decoder_len), gen, fake, dev)
-
-    params = unique_params(model)
-    weight_ptrs = weight_storage_ptrs(model)
-    by_op: dict[str, int] = {}
+    ids, labels = _batch(arch, run, seed, fake, dev)
+    params = unique_params(model)  # before the warm-up: gradients and counts read from these
 
     def forward() -> torch.Tensor:
         return _forward(
-            model, ids, built.autocast_dtype, dev.type, accum, run.loss, teacher_model, labels
+            model,
+            ids,
+            built.autocast_dtype,
+            dev.type,
+            run.grad_accum,
+            run.loss,
+            teacher_model,
+            labels,
         )
 
-    # warm-up steps: optimizer states get created
+    by_op = _warm_up(forward, optimizer, run, steps, weight_storage_ptrs(model), notes)
+    _settle(dev)
+    # the weights as they are now: bitsandbytes casts a 4-bit linear's bias at the first
+    # forward and frees the old one, whose address a saved activation can then take
+    weight_ptrs = weight_storage_ptrs(model)
+    inputs = [ids] if labels is None else [ids, labels]
+    meter = _meter(dev, model, teacher_model, optimizer, inputs)
+    walk_ops = steps == 1 and not run.grad_ckpt
+    step = _measured_step(
+        forward, model, optimizer, meter, run, params, weight_ptrs, walk_ops, notes
+    )
+    if walk_ops:
+        by_op = step.by_op
+    got = _Measured(model, teacher_model, optimizer, params, step, by_op)
+    return _measurement(got, meter.name, built, dev, notes)
+
+
+def _check_measurable(run: RunConfig, steps: int) -> None:
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    if run.optimizer in ("lion", "adamw-fp32"):
+        raise RuntimeError(f"optimizer {run.optimizer!r} is not measurable here")
+
+
+def _device(device: str) -> torch.device:
+    """The device, with the current CUDA index made explicit (the meter's statistics
+    are per device)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def _batch(
+    arch: Architecture, run: RunConfig, seed: int, fake: bool, dev: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The input ids, and an encoder-decoder's labels (the decoder's length)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = _tokens(arch.vocab_size, (run.batch_size, run.seq_len), gen, fake, dev)
+    if not arch.encoder_decoder:
+        return ids, None
+    return ids, _tokens(arch.vocab_size, (run.batch_size, run.decoder_len), gen, fake, dev)
+
+
+def _warm_up(
+    forward: Callable[[], torch.Tensor],
+    optimizer: torch.optim.Optimizer | _StepInBackward,
+    run: RunConfig,
+    steps: int,
+    weight_ptrs: set[int],
+    notes: list[str],
+) -> dict[str, int]:
+    """The steps before the measured one (the optimizer states get created); the bytes
+    autograd saved per op, walked after the first forward."""
+    by_op: dict[str, int] = {}
     for i in range(steps - 1):
-        for micro in range(accum):
+        for micro in range(run.grad_accum):
             loss = forward()
             if i == 0 and micro == 0:
                 if run.grad_ckpt:
@@ -342,23 +389,61 @@ def _run(
             del loss
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    return by_op
+
+
+def _settle(dev: torch.device) -> None:
+    """Free what the warm-up left for the collector and, on CUDA, the cached blocks."""
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.empty_cache()
 
-    # -- the measured step ------------------------------------------------------------
-    # the weights as they are now: bitsandbytes casts a 4-bit linear's bias at the first
-    # forward and frees the old one, whose address a saved activation can then take
-    weight_ptrs = weight_storage_ptrs(model)
-    state_tensors = optimizer_state_tensors(optimizer)
+
+def _meter(
+    dev: torch.device,
+    model: torch.nn.Module,
+    teacher_model: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer | _StepInBackward,
+    inputs: list[torch.Tensor],
+) -> _CpuMeter | _CudaMeter:
+    """The CUDA allocator's statistics, or on the CPU a tracker told which tensors
+    exist before the step. It holds no reference to them once made: an optimizer that
+    replaces a state tensor (GaLore renewing its projectors) frees the old one, as in
+    training."""
+    if dev.type == "cuda":
+        return _CudaMeter(dev)
     teacher_state = model_state_tensors(teacher_model) if teacher_model is not None else []
-    inputs = [ids] if labels is None else [ids, labels]
-    pre_existing = [*model_state_tensors(model), *teacher_state, *state_tensors, *inputs]
-    meter: Any = _CudaMeter(dev) if dev.type == "cuda" else _CpuMeter(pre_existing)
-    # hold no reference across the step: an optimizer that replaces a state tensor
-    # (GaLore renewing its projectors) frees the old one, as in training
-    del pre_existing, state_tensors, teacher_state
+    state_tensors = optimizer_state_tensors(optimizer)
+    return _CpuMeter([*model_state_tensors(model), *teacher_state, *state_tensors, *inputs])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Readings:
+    """What the meter read during the measured step (bytes)."""
+
+    baseline: int  # live when the step began
+    peaks: dict[str, int]  # per phase
+    forward_retained: int  # the last micro-batch's forward: what it left alive
+    activations: int  # saved for backward by the last micro-batch
+    gradients: int
+    by_op: dict[str, int]  # saved bytes per op (walked only when asked)
+
+
+def _measured_step(
+    forward: Callable[[], torch.Tensor],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | _StepInBackward,
+    meter: _CpuMeter | _CudaMeter,
+    run: RunConfig,
+    params: list[tuple[str, torch.nn.Parameter]],
+    weight_ptrs: set[int],
+    walk_ops: bool,
+    notes: list[str],
+) -> _Readings:
+    """One training step under the meter: forward and backward of each micro-batch
+    (gradients of earlier ones stay live), then the optimizer step."""
+    by_op: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
         # no cyclic GC inside the step: frees happen where refcounts drop, run after run
         if gc.isenabled():
@@ -367,8 +452,7 @@ def _run(
         stack.enter_context(meter.active())
         baseline = meter.current()
         peaks = {"forward": 0, "backward": 0}
-        for micro in range(accum):  # gradients of earlier micro-batches stay live
-            last = micro == accum - 1
+        for micro in range(run.grad_accum):
             registry = (
                 HostOffload(weight_ptrs) if run.activation_offload else SavedRegistry(weight_ptrs)
             )
@@ -377,46 +461,68 @@ def _run(
             with torch.autograd.graph.saved_tensors_hooks(registry.pack, registry.unpack):
                 loss = forward()
             peaks["forward"] = max(peaks["forward"], meter.phase_peak())
-            if last:
+            if micro == run.grad_accum - 1:
                 forward_retained = meter.current() - before_forward
-                # + tensors custom autograd Functions keep on ctx (bitsandbytes int8),
-                # which the hooks never see; reading ctx attributes unpacks nothing
-                stashed = {
-                    s.ptr: s.nbytes
-                    for s in walk_saved(loss.grad_fn, weight_ptrs, unpack=False)
-                    if s.nbytes
-                }
-                activations = registry.nbytes + sum(
-                    n for ptr, n in stashed.items() if ptr not in registry.live
-                )
+                activations = _saved_bytes(loss, registry, weight_ptrs)
                 if isinstance(registry, HostOffload):
                     notes.append(f"activation offload: {registry.host_bytes:,} B sent to host")
-                if steps == 1 and not run.grad_ckpt:
+                if walk_ops:
                     by_op = bytes_by_op(walk_saved(loss.grad_fn, weight_ptrs))
-
             meter.start_phase()
             loss.backward()
             peaks["backward"] = max(peaks["backward"], meter.phase_peak())
             del loss
-        grads = [p.grad for _, p in params if p.grad is not None]
-        gradients = storage_bytes(grads)
-        del grads
-
+        gradients = storage_bytes([p.grad for _, p in params if p.grad is not None])
         meter.start_phase()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if run.method == "relora":
-            # ReLoRA's periodic merge of the adapters into the base, between steps
-            from peft import PeftModel
-
-            assert isinstance(model, PeftModel)  # ReLoRA is measured as peft's LoRA
-            with torch.no_grad():
-                model.merge_adapter()
+        _optimizer_step(model, optimizer, run)
         peaks["optimizer"] = meter.phase_peak()
+    return _Readings(baseline, peaks, forward_retained, activations, gradients, by_op)
 
-    state_tensors = optimizer_state_tensors(optimizer)
-    peak_phase = max(PHASES, key=lambda ph: peaks[ph])
-    models = [model] if teacher_model is None else [model, teacher_model]
+
+def _saved_bytes(loss: torch.Tensor, registry: SavedRegistry, weight_ptrs: set[int]) -> int:
+    """Bytes saved for backward: what the hooks packed, plus tensors custom autograd
+    Functions keep on ctx (bitsandbytes int8), which the hooks never see; reading ctx
+    attributes unpacks nothing."""
+    stashed = {
+        s.ptr: s.nbytes for s in walk_saved(loss.grad_fn, weight_ptrs, unpack=False) if s.nbytes
+    }
+    return registry.nbytes + sum(n for ptr, n in stashed.items() if ptr not in registry.live)
+
+
+def _optimizer_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | _StepInBackward, run: RunConfig
+) -> None:
+    """The optimizer's step and zero_grad; ReLoRA then merges the adapters into the base."""
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if run.method == "relora":
+        # ReLoRA's periodic merge of the adapters into the base, between steps
+        from peft import PeftModel
+
+        assert isinstance(model, PeftModel)  # ReLoRA is measured as peft's LoRA
+        with torch.no_grad():
+            model.merge_adapter()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Measured:
+    """The step's objects after it ran, and what the meter read."""
+
+    model: torch.nn.Module
+    teacher: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer | _StepInBackward
+    params: list[tuple[str, torch.nn.Parameter]]
+    step: _Readings
+    by_op: dict[str, int]
+
+
+def _measurement(
+    got: _Measured, tracker: str, built: Built, dev: torch.device, notes: list[str]
+) -> Measurement:
+    """The readings with the sizes of what the step left: weights, buffers, states."""
+    r, params = got.step, got.params
+    peak_phase = max(PHASES, key=lambda ph: r.peaks[ph])
+    models = [got.model] if got.teacher is None else [got.model, got.teacher]
     weights = storage_bytes([t for m in models for t in model_state_tensors(m, buffers=False)])
     all_weights = storage_bytes([t for m in models for t in model_state_tensors(m)])
     return Measurement(
@@ -424,17 +530,17 @@ def _run(
         buffers_bytes=all_weights - weights,
         n_params=sum(logical_numel(p) for _, p in params),
         n_trainable_params=sum(logical_numel(p) for _, p in params if p.requires_grad),
-        gradients_bytes=gradients,
-        optimizer_states_bytes=storage_bytes(state_tensors),
-        activations_bytes=activations,
-        forward_retained_bytes=forward_retained,
-        baseline_bytes=baseline,
-        peak_allocated_bytes=peaks[peak_phase],
+        gradients_bytes=r.gradients,
+        optimizer_states_bytes=storage_bytes(optimizer_state_tensors(got.optimizer)),
+        activations_bytes=r.activations,
+        forward_retained_bytes=r.forward_retained,
+        baseline_bytes=r.baseline,
+        peak_allocated_bytes=r.peaks[peak_phase],
         peak_phase=peak_phase,
-        phase_peaks=peaks,
-        activations_by_op=by_op,
+        phase_peaks=r.peaks,
+        activations_by_op=got.by_op,
         device=str(dev),
-        tracker=meter.name,
+        tracker=tracker,
         attn_implementation=built.attn_implementation,
         notes=tuple(notes),
         **_versions(),
