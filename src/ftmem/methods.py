@@ -392,17 +392,14 @@ def _trainable_blocks(
                 "(Llama-family models have none); use LoRA instead."
             )
         trainable_blocks = L
-        if arch.family == "falcon" and (run.grad_ckpt or run.attn == "eager"):
-            notes.append(
-                "BitFit on Falcon with checkpointing or eager attention is a known gap "
-                "(docs/accuracy.md): the peak measured up to 11 % above this estimate."
-            )
+        if run.grad_ckpt or run.attn == "eager":
+            notes += arch.traits.notes_for("bitfit-recompute")
     elif run.method == "partial":
         first = next((i for i, names in enumerate(trained_by_block) if names), L)
         trainable_blocks = L - first
     elif run.method in PROMPT_METHODS:
         trainable_blocks = 0  # only the prompt encoder trains, outside the blocks
-        if run.method == "prefix-tuning" and arch.family not in PREFIX_FAMILIES:
+        if run.method == "prefix-tuning" and not arch.traits.prefix_tuning:
             raise InvalidInputError(
                 f"prefix-tuning does not run on {arch.family} models (peft 0.21 sizes the prefix "
                 "for every query head, which their attention cache rejects); use prompt-tuning "
@@ -668,13 +665,6 @@ def partial_trainable(
                 f"like {param_path(arch, 0, lay.block[0].name)} or {lay.outer[-1].name}."
             )
     return outer, blocks
-
-
-# Families whose attention takes peft's key/value prefix (measured in tests/accuracy);
-# peft 0.21 sizes Falcon's prefix for every query head, which its MQA cache rejects.
-PREFIX_FAMILIES = frozenset(
-    {"llama", "mistral", "mixtral", "qwen2", "gemma", "gemma2", "phi3", "gpt2"}
-)
 
 
 def prefix_token_dim(arch: Architecture) -> int:

@@ -294,26 +294,33 @@ def engine_run(run: RunConfig, par: ParallelConfig) -> RunConfig:
     return run.model_copy(update=update) if update else run
 
 
-_TOKEN_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight")
-
-
-def _is_head_side(name: str) -> bool:
-    return name.startswith("lm_head") or ".norm." in name or ".ln_f." in name
+def _head_side(arch: Architecture) -> tuple[str, ...]:
+    """Name prefixes of the parameters after the last block: the final norm, the head."""
+    return f"{arch.traits.names.final_norm}.", "lm_head"
 
 
 def _stage_groups(
     parts: StepParts, arch: Architecture, stage: int, stages: int
 ) -> tuple[TensorGroup, ...]:
     """The parameter groups that live on one pipeline stage."""
-    return _groups_on_stage(parts.plan.groups, arch.num_layers, arch.tie_embeddings, stage, stages)
+    ends = _head_side(arch), f"{arch.traits.names.embedding}.weight"
+    return _groups_on_stage(
+        parts.plan.groups, arch.num_layers, arch.tie_embeddings, ends, stage, stages
+    )
 
 
 @lru_cache(maxsize=1024)
 def _groups_on_stage(
-    groups: tuple[TensorGroup, ...], L: int, tied: bool, stage: int, stages: int
+    groups: tuple[TensorGroup, ...],
+    L: int,
+    tied: bool,
+    ends: tuple[tuple[str, ...], str],
+    stage: int,
+    stages: int,
 ) -> tuple[TensorGroup, ...]:
     """Of a plan's groups (compared by value), those on one of ``stages`` pipeline
-    stages of an ``L``-block model. Every strategy and GPU count of a sweep splits the
+    stages of an ``L``-block model. ``ends``: the name prefixes of the head side (the
+    final norm, the LM head) and the token embedding's name. Every strategy and GPU count of a sweep splits the
     same plan alike (rebuilding the groups was a fifth of a multi-GPU estimate). Safe:
     TensorGroup is frozen and the split depends on these arguments only."""
     per = L // stages
@@ -322,9 +329,9 @@ def _groups_on_stage(
     out: list[TensorGroup] = []
     for g in groups:
         if not g.in_block:
-            head = _is_head_side(g.name)
+            head = g.name.startswith(ends[0])
             # tied embeddings: the last stage keeps its own copy as the LM head (Megatron)
-            tied_copy = tied and last and g.name.endswith(_TOKEN_EMBEDDINGS)
+            tied_copy = tied and last and g.name == ends[1]
             if (head and last) or (not head and first) or tied_copy:
                 out.append(g)
             continue
@@ -598,7 +605,10 @@ def _traffic(
     cast = compute if mixed else None  # FSDP MixedPrecision gathers and reduces in 16-bit
     outer = [g for g in groups if not g.in_block]
     # gradients of the head side (LM head, final norm; a tied embedding serves as head)
-    head_side = (g for g in outer if g.trainable and (_is_head_side(g.name) or arch.tie_embeddings))
+    ends = _head_side(arch)
+    head_side = (
+        g for g in outer if g.trainable and (g.name.startswith(ends) or arch.tie_embeddings)
+    )
     return _Traffic(
         groups=groups,
         outer=outer,
