@@ -81,10 +81,13 @@ class Saved:
         return Saved(f"{prefix}{self.what}", self.nbytes, self.kind, self.side, self.linears)
 
 
-def side_of(linears: list[Linear] | tuple[Linear, ...]) -> Side:
+_ATTENTION_ROLES = frozenset(ATTENTION_ROLES)
+
+
+def _side_of(linears: list[Linear] | tuple[Linear, ...]) -> Side:
     """The attention side for q, k, v and o; the MLP side for the MLP's linears."""
     roles = {r for lin in linears for r in lin.roles}
-    return Side.ATTENTION if roles and roles <= set(ATTENTION_ROLES) else Side.MLP
+    return Side.ATTENTION if roles and roles <= _ATTENTION_ROLES else Side.MLP
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +188,7 @@ def linear_inputs(
     """
     if not linears:
         return []
-    group, side = tuple(linears), side_of(linears)
+    group, side = tuple(linears), _side_of(linears)
     input_bytes = _base_input_bytes(ctx, linears, state, in_grad, in_features, in_bytes)
     out: list[Saved] = []
     if input_bytes and not input_kept_elsewhere:
