@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
 from itertools import pairwise
+from typing import NamedTuple
 
 from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT
@@ -64,11 +65,11 @@ class Kind(Enum):
     OTHER = "other"  # outside the blocks: ids, rotary tables, prompt encoders, head, loss
 
 
-@dataclass(frozen=True, slots=True)
-class Saved:
+class Saved(NamedTuple):
     """One tensor (or group of same-size tensors) saved for backward: ``what`` names it
     for display; ``kind``, ``side`` and ``linears`` (the block linears it belongs to)
-    are what the rules that select items read."""
+    are what the rules that select items read. (A named tuple: a block makes dozens per
+    estimate, and a frozen dataclass of five fields was a tenth of the estimate's time.)"""
 
     what: str
     nbytes: int
@@ -84,10 +85,10 @@ class Saved:
 _ATTENTION_ROLES = frozenset(ATTENTION_ROLES)
 
 
-def _side_of(linears: list[Linear] | tuple[Linear, ...]) -> Side:
-    """The attention side for q, k, v and o; the MLP side for the MLP's linears."""
-    roles = {r for lin in linears for r in lin.roles}
-    return Side.ATTENTION if roles and roles <= _ATTENTION_ROLES else Side.MLP
+def _side_of(linears: list[Linear]) -> Side:
+    """The attention side for q, k, v and o; the MLP side for the MLP's linears (the
+    linears reading one tensor are all on one side)."""
+    return Side.ATTENTION if linears[0].roles[0] in _ATTENTION_ROLES else Side.MLP
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +195,7 @@ def linear_inputs(
     if input_bytes and not input_kept_elsewhere:
         out.append(Saved(f"{label}: input", input_bytes, Kind.LINEAR_INPUT, side, group))
     shared_input = False
-    for lin in linears:
+    for lin in linears if state.adapted else ():
         if lin.module in state.adapted:
             items, reads_input = _lora_saved(ctx, lin, side, in_grad, in_features, in_bytes)
             out += items
@@ -202,8 +203,10 @@ def linear_inputs(
     if shared_input and not input_bytes and not input_kept_elsewhere:
         size = ctx.tokens * in_features * in_bytes
         out.append(Saved(f"{label}: input (for lora_A)", size, Kind.LINEAR_INPUT, side, group))
-    out += _ia3_saved(ctx, linears, state, side)
-    out += _bottleneck_saved(ctx, linears, state, in_grad, side)
+    if state.scaled or state.scaled_in:
+        out += _ia3_saved(ctx, linears, state, side)
+    if state.bottleneck:
+        out += _bottleneck_saved(ctx, linears, state, in_grad, side)
     if ctx.plan.dtypes.autocast and in_grad:
         out += _weight_copies(ctx, linears, side)
     return out
@@ -224,7 +227,10 @@ def _base_input_bytes(
     # bitsandbytes' int8 matmul keeps its input whenever that input needs a gradient
     # (measured on its CPU path, MatMul8bitFp)
     int8_keeps = dt.quantized == "int8" and in_grad
-    training = [lin for lin in linears if state.weight_trains(lin)]
+    if state.weights_trainable:
+        training = linears
+    else:
+        training = [lin for lin in linears if lin.module in state.trained]
     if not (training or int8_keeps):
         return 0
     ac_casts = dt.autocast and in_bytes != e

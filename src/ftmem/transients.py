@@ -285,7 +285,11 @@ def adapter_moment(
     for lin in plan.adapted:
         if lin.copies > 1 or not lin.is_module:
             continue
-        own = [i for i, x in enumerate(block) if x.kind in ADAPTER_OWN and x.linears == (lin,)]
+        own = [
+            i
+            for i, x in enumerate(block)
+            if x.linears and x.linears[0].module == lin.module and x.kind in ADAPTER_OWN
+        ]
         if not own:
             continue
         if run.grad_ckpt:
