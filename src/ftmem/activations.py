@@ -15,10 +15,12 @@ dropout; ``tests/test_activations.py`` reproduces its terms for reference.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from functools import lru_cache
 from itertools import pairwise
+from typing import NamedTuple
 
-from ftmem.arch import Architecture, Linear, layout
+from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan, prefix_token_dim
 from ftmem.run import RunConfig
@@ -27,12 +29,66 @@ INDEX_BYTES = 8  # int64 token ids / labels
 FP32 = 4
 
 
-@dataclass(frozen=True, slots=True)
-class Saved:
-    """One tensor (or group of same-size tensors) saved for backward."""
+class Side(Enum):
+    """Where a saved tensor belongs: a block's attention side (its input norm, q/k/v, the
+    kernel, o), its MLP side (the MLP's norms, linears, intermediates, experts), or
+    outside the blocks."""
+
+    ATTENTION = "attention"
+    MLP = "mlp"
+    OUTER = "outer"
+
+
+class Kind(Enum):
+    """The op, or its role in the op, that saved a tensor: what rules select items by
+    (``Saved.what`` is for display only)."""
+
+    NORM_INPUT = "norm input"  # a norm's input (and its statistics)
+    NORM_OUTPUT = "norm output"  # the normalised tensor, for the norm weight's gradient
+    LINEAR_INPUT = "linear input"  # linears' shared input (weight gradient or lora_A)
+    WEIGHT_COPY = "weight copy"  # autocast's 16-bit copy of a base weight
+    LORA = "lora"  # a LoRA branch: dropout, input casts, lora_A output, weight copies
+    DORA = "dora"  # DoRA's rescale of the base and LoRA outputs
+    IA3 = "ia3"
+    BOTTLENECK = "bottleneck"
+    ATTN_QK = "attention q/k"  # the query and key the kernel reads (rotary outputs)
+    ATTN_V = "attention v"  # the value it reads
+    ATTN_QKV = "attention q, k and v"  # one tensor holding all three (fused projections)
+    ATTN_COPY = "attention copy"  # q/k/v copied for the kernel: fp32, prefix concatenated
+    ATTN_MASK = "attention mask"
+    ATTN_SOFTCAP = "attention soft-capping"
+    ATTN_PROBS = "attention probabilities"  # the softmax output and its casts
+    ATTN_OUTPUT = "attention output"
+    MLP_HIDDEN = "MLP intermediates"  # gate/up outputs and the activation's
+    MOE = "mixture of experts"  # router and experts
+    DROPOUT = "dropout mask"
+    OTHER = "other"  # outside the blocks: ids, rotary tables, prompt encoders, head, loss
+
+
+class Saved(NamedTuple):
+    """One tensor (or group of same-size tensors) saved for backward: ``what`` names it
+    for display; ``kind``, ``side`` and ``linears`` (the block linears it belongs to)
+    are what the rules that select items read. (A named tuple: a block makes dozens per
+    estimate, and a frozen dataclass of five fields was a tenth of the estimate's time.)"""
 
     what: str
     nbytes: int
+    kind: Kind = Kind.OTHER
+    side: Side = Side.OUTER
+    linears: tuple[Linear, ...] = ()
+
+    def relabelled(self, prefix: str) -> Saved:
+        """The same item, its display name prefixed."""
+        return Saved(f"{prefix}{self.what}", self.nbytes, self.kind, self.side, self.linears)
+
+
+_ATTENTION_ROLES = frozenset(ATTENTION_ROLES)
+
+
+def _side_of(linears: list[Linear]) -> Side:
+    """The attention side for q, k, v and o; the MLP side for the MLP's linears (the
+    linears reading one tensor are all on one side)."""
+    return Side.ATTENTION if linears[0].roles[0] in _ATTENTION_ROLES else Side.MLP
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,25 +144,27 @@ class LayerContext:
         return self.plan.dtypes.residual_bytes
 
 
-def _norm(ctx: LayerContext, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:
+def _norm(
+    ctx: LayerContext, label: str, x_grad: bool, w_grad: bool, side: Side = Side.ATTENTION
+) -> list[Saved]:
     """RMSNorm (fp32 math) or LayerNorm."""
     T, h = ctx.tokens, ctx.arch.hidden_size
     out: list[Saved] = []
     if ctx.arch.norm == "layernorm":
         # native_layer_norm saves its input and per-token mean and rstd (input dtype)
         if x_grad or w_grad:
-            out.append(
-                Saved(f"{label}: input, mean, rstd", T * h * ctx.residual + 2 * T * ctx.residual)
-            )
+            size = T * h * ctx.residual + 2 * T * ctx.residual
+            out.append(Saved(f"{label}: input, mean, rstd", size, Kind.NORM_INPUT, side))
         return out
     gemma = ctx.arch.family in ("gemma", "gemma2")
     if x_grad:
         # x.float() and rsqrt(mean(x²)+eps): the fp32 input and the fp32 rstd
-        out.append(Saved(f"{label}: fp32 input + rstd", T * h * FP32 + T * FP32))
+        size = T * h * FP32 + T * FP32
+        out.append(Saved(f"{label}: fp32 input + rstd", size, Kind.NORM_INPUT, side))
     if w_grad:
         # Llama: weight * normed.to(dtype) saves the cast; Gemma: normed * (1 + w) in fp32
         normed_bytes = FP32 if gemma else ctx.residual
-        out.append(Saved(f"{label}: normalised", T * h * normed_bytes))
+        out.append(Saved(f"{label}: normalised", T * h * normed_bytes, Kind.NORM_OUTPUT, side))
     return out
 
 
@@ -118,87 +176,136 @@ def linear_inputs(
     label: str,
     in_features: int,
     in_bytes: int,
+    input_kept_elsewhere: bool = False,
 ) -> list[Saved]:
     """Saved inputs (and autocast weight copies) of linears that read one tensor.
 
     ``in_bytes`` is the element size of the incoming tensor: the residual dtype for norm
     outputs (fp32 under autocast with fp32 weights), the compute dtype otherwise. When
     autocast must cast it, every linear call casts, and keeps, a copy of its own.
+    ``input_kept_elsewhere``: another op keeps this very tensor (the attention kernel its
+    output, o's input; the norm output q/k/v read too), so the linears' keeping it
+    adds nothing.
     """
-    T, e = ctx.tokens, ctx.e
+    if not linears:
+        return []
+    group, side = tuple(linears), _side_of(linears)
+    input_bytes = _base_input_bytes(ctx, linears, state, in_grad, in_features, in_bytes)
     out: list[Saved] = []
-    dt = ctx.plan.dtypes
-    ac_casts = dt.autocast and in_bytes != e
-    # bitsandbytes' int8 matmul keeps its input whenever that input needs a gradient
-    # (measured on its CPU path, MatMul8bitFp)
-    int8_keeps = dt.quantized == "int8" and in_grad and bool(linears)
-    training = [lin for lin in linears if state.weight_trains(lin)]
-    keeps_input = bool(training) or (int8_keeps and bool(linears))
-    if keeps_input:
-        # the base matmul keeps its input to form its weight gradient
-        copies = len(training or linears) if ac_casts else 1
-        out.append(
-            Saved(f"{label}: input", copies * T * in_features * (e if dt.autocast else in_bytes))
-        )
-    adapted = [lin for lin in linears if lin.module in state.adapted]
-    ae = BYTES_PER_ELEMENT[dt.adapter]
-    r = ctx.run.r
-    # without autocast peft casts the input to the adapter dtype: one copy per adapter
-    peft_casts = not dt.autocast and ae != in_bytes
+    if input_bytes and not input_kept_elsewhere:
+        out.append(Saved(f"{label}: input", input_bytes, Kind.LINEAR_INPUT, side, group))
     shared_input = False
-    for lin in adapted:
-        if ctx.run.dropout > 0:
-            # peft casts the input to the adapter dtype before the dropout. lora_A keeps
-            # the dropped copy (autocast: its 16-bit cast of it); the mask is kept only
-            # when the input needs a gradient. CUDA's fused dropout keeps a bool mask,
-            # the CPU path a scaled mask in the adapter dtype (measured under autocast:
-            # fp32, activations -3.8 % when taken as 16-bit)
-            dropped = e if dt.autocast else ae
-            out.append(Saved(f"{lin.label} lora dropout output", T * in_features * dropped))
-            if in_grad:
-                mask = 1 if ctx.run.device == "cuda" else ae
-                out.append(Saved(f"{lin.label} lora dropout mask", T * in_features * mask))
-        elif peft_casts:
-            out.append(
-                Saved(f"{lin.label} lora_A input cast to {dt.adapter}", T * in_features * ae)
-            )
-        elif dt.autocast:
-            # peft casts the input to the adapter dtype, autocast casts it back for the
-            # matmul: each adapter keeps a 16-bit copy of its own, even of a 16-bit input
-            out.append(
-                Saved(f"{lin.label} lora_A input autocast to {dt.compute}", T * in_features * e)
-            )
-        else:
-            shared_input = True
-        a_out = e if dt.autocast else ae
-        out.append(Saved(f"{lin.label} lora_A output (r={r})", T * r * a_out))
-        if ctx.run.method == "dora":
-            out += _dora_saved(ctx, lin, T, peft_casts, in_grad)
-        if dt.autocast:
-            copies = r * lin.out_features + (r * in_features if in_grad else 0)
-            out.append(Saved(f"{lin.label} lora 16-bit weight copies", 2 * copies))
-    if shared_input and not keeps_input:
-        out.append(Saved(f"{label}: input (for lora_A)", T * in_features * in_bytes))
-    out += _ia3_saved(ctx, linears, state)
-    out += _bottleneck_saved(ctx, linears, state, in_grad)
-    if dt.autocast:
-        # autocast keeps a 16-bit copy of each weight used by a matmul that needs it;
-        # bitsandbytes' quantised matmuls dequantise inside and keep none
-        quantized = dt.quantized is not None and ctx.run.method == "qlora"
-        for lin in linears:
-            if quantized and lin.is_module and lin.quantizable:
-                continue
-            if in_grad:
-                out.append(
-                    Saved(
-                        f"{lin.label} 16-bit weight copy",
-                        lin.in_features * lin.out_features * lin.copies * 2,
-                    )
-                )
+    for lin in linears if state.adapted else ():
+        if lin.module in state.adapted:
+            items, reads_input = _lora_saved(ctx, lin, side, in_grad, in_features, in_bytes)
+            out += items
+            shared_input = shared_input or reads_input
+    if shared_input and not input_bytes and not input_kept_elsewhere:
+        size = ctx.tokens * in_features * in_bytes
+        out.append(Saved(f"{label}: input (for lora_A)", size, Kind.LINEAR_INPUT, side, group))
+    if state.scaled or state.scaled_in:
+        out += _ia3_saved(ctx, linears, state, side)
+    if state.bottleneck:
+        out += _bottleneck_saved(ctx, linears, state, in_grad, side)
+    if ctx.plan.dtypes.autocast and in_grad:
+        out += _weight_copies(ctx, linears, side)
     return out
 
 
-def _ia3_saved(ctx: LayerContext, linears: list[Linear], state: BlockState) -> list[Saved]:
+def _base_input_bytes(
+    ctx: LayerContext,
+    linears: list[Linear],
+    state: BlockState,
+    in_grad: bool,
+    in_features: int,
+    in_bytes: int,
+) -> int:
+    """What the base matmuls keep of their input to form their weight gradients (0 when
+    none trains)."""
+    dt = ctx.plan.dtypes
+    e = ctx.e
+    # bitsandbytes' int8 matmul keeps its input whenever that input needs a gradient
+    # (measured on its CPU path, MatMul8bitFp)
+    int8_keeps = dt.quantized == "int8" and in_grad
+    if state.weights_trainable:
+        training = linears
+    else:
+        training = [lin for lin in linears if lin.module in state.trained]
+    if not (training or int8_keeps):
+        return 0
+    ac_casts = dt.autocast and in_bytes != e
+    copies = len(training or linears) if ac_casts else 1
+    return copies * ctx.tokens * in_features * (e if dt.autocast else in_bytes)
+
+
+def _lora_saved(
+    ctx: LayerContext, lin: Linear, side: Side, in_grad: bool, in_features: int, in_bytes: int
+) -> tuple[list[Saved], bool]:
+    """What one peft LoRA (or DoRA) adapter keeps, and whether its lora_A reads the
+    linear's input itself (nothing cast or dropped in between)."""
+    T, e = ctx.tokens, ctx.e
+    dt = ctx.plan.dtypes
+    ae = BYTES_PER_ELEMENT[dt.adapter]
+    r = ctx.run.r
+    own = (lin,)
+    out: list[Saved] = []
+    # without autocast peft casts the input to the adapter dtype: one copy per adapter
+    peft_casts = not dt.autocast and ae != in_bytes
+    reads_input = False
+    if ctx.run.dropout > 0:
+        # peft casts the input to the adapter dtype before the dropout. lora_A keeps
+        # the dropped copy (autocast: its 16-bit cast of it); the mask is kept only
+        # when the input needs a gradient. CUDA's fused dropout keeps a bool mask,
+        # the CPU path a scaled mask in the adapter dtype (measured under autocast:
+        # fp32, activations -3.8 % when taken as 16-bit)
+        dropped = e if dt.autocast else ae
+        size = T * in_features * dropped
+        out.append(Saved(f"{lin.label} lora dropout output", size, Kind.LORA, side, own))
+        if in_grad:
+            mask = 1 if ctx.run.device == "cuda" else ae
+            size = T * in_features * mask
+            out.append(Saved(f"{lin.label} lora dropout mask", size, Kind.LORA, side, own))
+    elif peft_casts:
+        what = f"{lin.label} lora_A input cast to {dt.adapter}"
+        out.append(Saved(what, T * in_features * ae, Kind.LORA, side, own))
+    elif dt.autocast:
+        # peft casts the input to the adapter dtype, autocast casts it back for the
+        # matmul: each adapter keeps a 16-bit copy of its own, even of a 16-bit input
+        what = f"{lin.label} lora_A input autocast to {dt.compute}"
+        out.append(Saved(what, T * in_features * e, Kind.LORA, side, own))
+    else:
+        reads_input = True
+    a_out = e if dt.autocast else ae
+    out.append(Saved(f"{lin.label} lora_A output (r={r})", T * r * a_out, Kind.LORA, side, own))
+    if ctx.run.method == "dora":
+        out += _dora_saved(ctx, lin, side, T, peft_casts, in_grad)
+    if dt.autocast:
+        copies = r * lin.out_features + (r * in_features if in_grad else 0)
+        what = f"{lin.label} lora 16-bit weight copies"
+        out.append(Saved(what, 2 * copies, Kind.LORA, side, own))
+    return out, reads_input
+
+
+def _weight_copies(ctx: LayerContext, linears: list[Linear], side: Side) -> list[Saved]:
+    """Autocast keeps a 16-bit copy of each weight a matmul whose input needs a gradient
+    uses; bitsandbytes' quantised matmuls dequantise inside and keep none."""
+    quantized = ctx.plan.dtypes.quantized is not None and ctx.run.method == "qlora"
+    return [
+        Saved(
+            f"{lin.label} 16-bit weight copy",
+            lin.in_features * lin.out_features * lin.copies * 2,
+            Kind.WEIGHT_COPY,
+            side,
+            (lin,),
+        )
+        for lin in linears
+        if not (quantized and lin.is_module and lin.quantizable)
+    ]
+
+
+def _ia3_saved(
+    ctx: LayerContext, linears: list[Linear], state: BlockState, side: Side
+) -> list[Saved]:
     """peft's IA³ (0.21): ``base(x) * l`` keeps the base output (compute dtype) for the
     vector's gradient; a feed-forward linear scales its input instead, cast to the
     vector's dtype first (``x.to(l.dtype) * l``), and keeps that cast. Each forward also
@@ -209,15 +316,16 @@ def _ia3_saved(ctx: LayerContext, linears: list[Linear], state: BlockState) -> l
     for lin in linears:
         if lin.module in state.scaled_in:
             size = T * lin.in_features * ae + lin.in_features * ae
-            out.append(Saved(f"{lin.label} IA³: input cast to {ctx.plan.dtypes.adapter}", size))
+            what = f"{lin.label} IA³: input cast to {ctx.plan.dtypes.adapter}"
+            out.append(Saved(what, size, Kind.IA3, side, (lin,)))
         elif lin.module in state.scaled:
             size = T * lin.out_features * e + lin.out_features * ae
-            out.append(Saved(f"{lin.label} IA³: base output", size))
+            out.append(Saved(f"{lin.label} IA³: base output", size, Kind.IA3, side, (lin,)))
     return out
 
 
 def _bottleneck_saved(
-    ctx: LayerContext, linears: list[Linear], state: BlockState, in_grad: bool
+    ctx: LayerContext, linears: list[Linear], state: BlockState, in_grad: bool, side: Side
 ) -> list[Saved]:
     """A bottleneck adapter on a linear's output y: ``y + up(act(down(y)))`` (ftmem's
     reference implementation in ``ftmem.measure.build``, as AdapterHub places them).
@@ -240,7 +348,8 @@ def _bottleneck_saved(
         size = T * h * ae + acts * T * width * ae
         if dt.autocast:
             size += 2 * h * width * (2 if in_grad else 1)
-        out.append(Saved(f"{lin.label} adapter: input, activation", size))
+        what = f"{lin.label} adapter: input, activation"
+        out.append(Saved(what, size, Kind.BOTTLENECK, side, (lin,)))
     return out
 
 
@@ -251,7 +360,7 @@ def runs_eager(arch: Architecture, run: RunConfig) -> bool:
 
 
 def _dora_saved(
-    ctx: LayerContext, lin: Linear, T: int, peft_casts: bool, in_grad: bool
+    ctx: LayerContext, lin: Linear, side: Side, T: int, peft_casts: bool, in_grad: bool
 ) -> list[Saved]:
     """What peft's DoRA keeps per adapted linear (peft 0.21, measured).
 
@@ -286,19 +395,15 @@ def _dora_saved(
     # the norm (kept by magnitude / norm) and the scale (kept by scale · lora); the
     # scale − 1 too when the base output needs a gradient (its input does)
     scales = 3 if in_grad else 2
-    items = [
-        Saved(f"{lin.label} DoRA base/LoRA outputs and rescale", outputs + scales * out_f * FP32)
-    ]
+    sizes = [(f"{lin.label} DoRA base/LoRA outputs and rescale", outputs + scales * out_f * FP32)]
     if weight_copy:
-        items.append(Saved(f"{lin.label} DoRA weight in the adapter dtype", weight_copy))
+        sizes.append((f"{lin.label} DoRA weight in the adapter dtype", weight_copy))
     if lin.bias and dt.autocast and not ctx.run.dropout:  # (dropout: no bias to remove)
-        items.append(
-            Saved(f"{lin.label} DoRA fp32 base output (bias removed)", T * out_f * (FP32 - e))
-        )
+        sizes.append((f"{lin.label} DoRA fp32 base output (bias removed)", T * out_f * (FP32 - e)))
     if ctx.arch.family == "gpt2" and ctx.plan.dtypes.base == "fp32":
         copy_bytes = lin.in_features * out_f * FP32
-        items.append(Saved(f"{lin.label} DoRA transposed Conv1D weight (fp32)", copy_bytes))
-    return items
+        sizes.append((f"{lin.label} DoRA transposed Conv1D weight (fp32)", copy_bytes))
+    return [Saved(what, size, Kind.DORA, side, (lin,)) for what, size in sizes]
 
 
 def _attention(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
@@ -308,77 +413,94 @@ def _attention(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
     their inputs as soon as one does; eager matmuls save an operand only when the
     other one needs a gradient (q for k's gradient, k for q's).
     """
-    q_grad = bool(needs_grad)
+    if not needs_grad:
+        return []
     arch, run = ctx.arch, ctx.run
     T, e = ctx.tokens, ctx.e
     b, s = run.batch_size, ctx.tokens // run.batch_size
     nh, q, kv = arch.num_heads, arch.q_size, arch.kv_size
-    if not q_grad:
-        return []
     out: list[Saved] = []
-    fused_qkv = arch.family in ("phi3", "gpt2", "falcon")
+
+    def keep(what: str, size: int, kind: Kind) -> None:
+        out.append(Saved(what, size, kind, Side.ATTENTION))
+
     eager = runs_eager(arch, run)
-    P = run.prefix_len
-    if P and not eager:
-        # prefix tuning: every layer's keys and values are its prefix concatenated with its
-        # own (new tensors, held by the cache and kept by the kernel). The offset causal
-        # pattern needs an explicit mask, which sdpa converts to the compute dtype per
-        # call and keeps; with a mask transformers repeats GQA keys and values per head.
-        # FlashAttention-2 takes neither.
-        flash = run.attn == "flash"
-        # (one KV head repeats as a stride-0 view, no copy)
-        width = kv if flash or arch.kv_heads in (1, arch.num_heads) else q
-        if arch.family == "gpt2":  # no rotary: q is a view of c_attn's whole output
-            out.append(Saved("c_attn output (q view)", T * (q + 2 * kv) * e))
-        else:
-            out.append(Saved("rotary q", T * q * e))
-        out.append(Saved("keys and values with the prefix", 2 * (T + b * P) * width * e))
-        if not flash:
-            out.append(Saved("attention mask (s × (s + prefix))", b * s * (s + P) * e))
-        out.append(Saved("attention output + logsumexp", T * q * e + b * nh * s * FP32))
-        return out
+    if run.prefix_len and not eager:
+        return _prefix_attention(ctx)
     if arch.family == "falcon":
         # transformers 5 Falcon: q, k, v upcast to fp32 and k, v repeated per head (MQA/GQA)
         # for the score and PV matmuls; the fp32 probabilities are the only s² tensor
-        out.append(Saved("q, k, v in fp32 (repeated per head)", 3 * T * q * FP32))
-        out.append(Saved("softmax output (fp32, s²)", b * nh * s * s * FP32))
+        keep("q, k, v in fp32 (repeated per head)", 3 * T * q * FP32, Kind.ATTN_COPY)
+        keep("softmax output (fp32, s²)", b * nh * s * s * FP32, Kind.ATTN_PROBS)
         return out
+    P = run.prefix_len
     if arch.family == "gpt2":
         # q, k, v are views of c_attn's output: its whole storage stays alive
-        out.append(Saved("c_attn output (q, k, v views)", T * (q + 2 * kv) * e))
+        keep("c_attn output (q, k, v views)", T * (q + 2 * kv) * e, Kind.ATTN_QKV)
     elif eager:
         # repeat_kv copies k and v to every query head (GQA/MQA)
         kv_saved = q if kv != q else kv
         Tk = T + b * P  # keys and values include a prefix
         if "k" in needs_grad:
-            out.append(Saved("rotary q", T * q * e))
+            keep("rotary q", T * q * e, Kind.ATTN_QK)
         if "q" in needs_grad:
-            out.append(Saved("rotary k (repeated per head)", Tk * kv_saved * e))
-        out.append(Saved("v (repeated per head)", Tk * kv_saved * e))
+            keep("rotary k (repeated per head)", Tk * kv_saved * e, Kind.ATTN_QK)
+        keep("v (repeated per head)", Tk * kv_saved * e, Kind.ATTN_V)
     else:
-        out.append(Saved("rotary q and k", T * (q + kv) * e))
+        keep("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK)
+        fused_qkv = arch.family in ("phi3", "gpt2", "falcon")
         if fused_qkv and not ctx.quantized_outputs_in_input_dtype:
-            out.append(Saved("qkv_proj output (v is a view)", T * (q + 2 * kv) * e))
+            keep("qkv_proj output (v is a view)", T * (q + 2 * kv) * e, Kind.ATTN_QKV)
         else:
-            out.append(Saved("v", T * kv * e))
-    if eager:
-        scores = b * nh * s * (s + P)
-        if arch.family == "gpt2":
-            # GPT-2's eager path takes the softmax in the compute dtype: one s² tensor
-            out.append(Saved("softmax output (s²)", scores * e))
-        else:
-            if arch.attn_logit_softcapping:
-                # scores / cap -> tanh -> * cap: the tanh output is kept
-                out.append(Saved("soft-capped scores tanh (s²)", scores * e))
-            out.append(Saved("softmax output (fp32, s²)", scores * FP32))
-            if "v" in needs_grad and e != FP32:
-                out.append(Saved("attention probabilities cast (s²)", scores * e))
-    else:
-        out.append(Saved("attention output + logsumexp", T * q * e + b * nh * s * FP32))
+            keep("v", T * kv * e, Kind.ATTN_V)
+    if not eager:
+        keep("attention output + logsumexp", T * q * e + b * nh * s * FP32, Kind.ATTN_OUTPUT)
+        return out
+    scores = b * nh * s * (s + P)
+    if arch.family == "gpt2":
+        # GPT-2's eager path takes the softmax in the compute dtype: one s² tensor
+        keep("softmax output (s²)", scores * e, Kind.ATTN_PROBS)
+        return out
+    if arch.attn_logit_softcapping:
+        # scores / cap -> tanh -> * cap: the tanh output is kept
+        keep("soft-capped scores tanh (s²)", scores * e, Kind.ATTN_SOFTCAP)
+    keep("softmax output (fp32, s²)", scores * FP32, Kind.ATTN_PROBS)
+    if "v" in needs_grad and e != FP32:
+        keep("attention probabilities cast (s²)", scores * e, Kind.ATTN_PROBS)
     return out
 
 
-def _mlp(ctx: LayerContext, state: BlockState, x_grad: bool, linears: list[Linear]) -> list[Saved]:
+def _prefix_attention(ctx: LayerContext) -> list[Saved]:
+    """sdpa or FlashAttention-2 with prefix tuning: every layer's keys and values are its
+    prefix concatenated with its own (new tensors, held by the cache and kept by the
+    kernel). The offset causal pattern needs an explicit mask, which sdpa converts to
+    the compute dtype per call and keeps; with a mask transformers repeats GQA keys and
+    values per head. FlashAttention-2 takes neither."""
+    arch, run = ctx.arch, ctx.run
+    T, e, P = ctx.tokens, ctx.e, run.prefix_len
+    b, s = run.batch_size, ctx.tokens // run.batch_size
+    nh, q, kv = arch.num_heads, arch.q_size, arch.kv_size
+    flash = run.attn == "flash"
+    # (one KV head repeats as a stride-0 view, no copy)
+    width = kv if flash or arch.kv_heads in (1, arch.num_heads) else q
+    items: list[tuple[str, int, Kind]] = []
+    if arch.family == "gpt2":  # no rotary: q is a view of c_attn's whole output
+        items.append(("c_attn output (q view)", T * (q + 2 * kv) * e, Kind.ATTN_QKV))
+    else:
+        items.append(("rotary q", T * q * e, Kind.ATTN_QK))
+    items.append(("keys and values with the prefix", 2 * (T + b * P) * width * e, Kind.ATTN_COPY))
+    if not flash:
+        items.append(("attention mask (s × (s + prefix))", b * s * (s + P) * e, Kind.ATTN_MASK))
+    size = T * q * e + b * nh * s * FP32
+    items.append(("attention output + logsumexp", size, Kind.ATTN_OUTPUT))
+    return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
+
+
+def _mlp(
+    ctx: LayerContext, state: BlockState, x_grad: bool, linears: list[Linear], shared_input: bool
+) -> list[Saved]:
+    """The MLP's (or the experts') saved tensors. ``shared_input``: its input is the
+    norm output q/k/v read too, already kept (Falcon-7B's one norm)."""
     arch = ctx.arch
     T, e, f, h = ctx.tokens, ctx.e, arch.intermediate_size, arch.hidden_size
     if arch.is_moe:
@@ -388,18 +510,19 @@ def _mlp(ctx: LayerContext, state: BlockState, x_grad: bool, linears: list[Linea
     any_grad = (
         x_grad or state.weights_trainable or any(lin.module in state.output_grad for lin in ups)
     )
-    out = linear_inputs(ctx, ups, state, x_grad, "MLP", h, ctx.residual)
+    out = linear_inputs(ctx, ups, state, x_grad, "MLP", h, ctx.residual, shared_input)
     if any_grad:
         if arch.mlp == "gated":
             oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
-            out.append(Saved("gate, up and activation outputs", 3 * T * f * oe))
+            what, size = "gate, up and activation outputs", 3 * T * f * oe
         elif arch.family == "gpt2" and arch.activation == "gelu_tanh":
             # GPT-2's NewGELU is written out: x, 0.5x, tanh(...) and 1 + tanh(...), in
             # c_fc's output dtype (fp32 from a 4-bit c_fc under autocast)
             oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
-            out.append(Saved("up output + tanh-GELU intermediates", 4 * T * f * oe))
+            what, size = "up output + tanh-GELU intermediates", 4 * T * f * oe
         else:
-            out.append(Saved("up output (activation input)", T * f * e))
+            what, size = "up output (activation input)", T * f * e
+        out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
     out += linear_inputs(ctx, downs, state, any_grad, "down_proj", f, e)
     return out
 
@@ -422,27 +545,24 @@ def _moe(ctx: LayerContext, state: BlockState, x_grad: bool) -> list[Saved]:
     routing_grad = x_grad or router_trains  # the routing weights need a gradient
     if not (routing_grad or experts_train):
         return []
-    out = [Saved("expert gate_up output and activation", Tk * 3 * f * ee)]
+    sizes = [("expert gate_up output and activation", Tk * 3 * f * ee)]
     if routing_grad:
-        out += [
-            Saved(
-                "router softmax (fp32) + top-k",
-                T * E * FP32 + Tk * (INDEX_BYTES + FP32) + T * FP32,
-            ),
-            Saved("routed token indices", 3 * Tk * INDEX_BYTES + Tk * FP32),
-            Saved("expert outputs (for routing-weight grad)", Tk * h * ee),
+        sizes += [
+            ("router softmax (fp32) + top-k", T * E * FP32 + Tk * (INDEX_BYTES + FP32) + T * FP32),
+            ("routed token indices", 3 * Tk * INDEX_BYTES + Tk * FP32),
+            ("expert outputs (for routing-weight grad)", Tk * h * ee),
         ]
         if ctx.plan.dtypes.autocast:
-            out.append(Saved("router 16-bit weight copy", h * E * 2))
+            sizes.append(("router 16-bit weight copy", h * E * 2))
     else:
         # only the experts train: the token order and the (constant) routing weights
-        out.append(Saved("routed token indices and routing weights", Tk * (INDEX_BYTES + FP32)))
+        sizes.append(("routed token indices and routing weights", Tk * (INDEX_BYTES + FP32)))
     if experts_train:
         # grouped matmuls keep their inputs only to form the expert weights' gradients
-        out.append(Saved("routed expert inputs and down input", Tk * (h + f) * ee))
+        sizes.append(("routed expert inputs and down input", Tk * (h + f) * ee))
     if router_trains:
-        out.append(Saved("router input", T * h * ctx.e))
-    return out
+        sizes.append(("router input", T * h * ctx.e))
+    return [Saved(what, size, Kind.MOE, Side.MLP) for what, size in sizes]
 
 
 @lru_cache(maxsize=512)  # the same for every estimate of the model
@@ -472,12 +592,10 @@ def block_saved(
     bias_attn = any(lin.module in biased for lin in qkv)
     h = arch.hidden_size
     out: list[Saved] = []
-    first_norm = (
-        "input norm" if arch.norms_per_block != 2 or not arch.parallel_attn_mlp else "ln_attn"
-    )
-    out += _norm(ctx, first_norm, x, wn)
-    if arch.parallel_attn_mlp and arch.norms_per_block == 2:
-        out += _norm(ctx, "ln_mlp", x, wn)
+    parallel_norms = arch.parallel_attn_mlp and arch.norms_per_block == 2
+    out += _norm(ctx, "ln_attn" if parallel_norms else "input norm", x, wn)
+    if parallel_norms:
+        out += _norm(ctx, "ln_mlp", x, wn, Side.MLP)
     out += linear_inputs(ctx, qkv, state, x or wn, "q/k/v projections", h, ctx.residual)
     prefix = run.prefix_len > 0  # the layer's key/value prefix trains
     q_grad = x or w or adapted_attn or bias_attn or wn or prefix
@@ -488,34 +606,42 @@ def block_saved(
             r for lin in qkv if lin.module in state.adapted | biased for r in lin.roles
         ) | (frozenset({"k", "v"}) if prefix else frozenset())
     out += _attention(ctx, attn_grads)
-    attn_out_grad = q_grad
-    o_state = state
-    saved_o = linear_inputs(ctx, o, o_state, attn_out_grad, "o_proj", arch.q_size, ctx.e)
-    if not runs_eager(arch, run) and arch.family != "phi3":
-        # the attention output is the o_proj input: one storage, already counted
-        saved_o = [s for s in saved_o if not s.what.startswith("o_proj: input")]
-    out += saved_o
+    # the attention output is the o_proj input: one storage, kept by the fused kernels
+    kernel_keeps_o_input = not runs_eager(arch, run) and arch.family != "phi3"
+    out += linear_inputs(ctx, o, state, q_grad, "o_proj", arch.q_size, ctx.e, kernel_keeps_o_input)
     after_attn = (
         x or w or adapted_attn or bias_attn or wn or prefix
         or any(lin.module in state.adapted | biased for lin in o)
     )  # fmt: skip
+    out += _mlp_side(ctx, state, mlp, x, after_attn)
+    return [s for s in out if s.nbytes]
+
+
+def _mlp_side(
+    ctx: LayerContext, state: BlockState, mlp: list[Linear], x: bool, after_attn: bool
+) -> list[Saved]:
+    """The block above its attention: the MLP's norms (Gemma-2's four), the MLP.
+    ``after_attn``: the attention output needs a gradient."""
+    arch = ctx.arch
+    wn = state.weights_trainable or state.norm_bias or state.norms_trained
+    out: list[Saved] = []
     if arch.norms_per_block == 4:
-        out += _norm(ctx, "post-attention norm", after_attn, wn)
-        out += _norm(ctx, "pre-feedforward norm", after_attn, wn)
+        out += _norm(ctx, "post-attention norm", after_attn, wn, Side.MLP)
+        out += _norm(ctx, "pre-feedforward norm", after_attn, wn, Side.MLP)
     elif not arch.parallel_attn_mlp:
-        out += _norm(ctx, "post-attention norm", after_attn, wn)
+        out += _norm(ctx, "post-attention norm", after_attn, wn, Side.MLP)
     # with a shared input norm, its trainable parameters (BitFit: LayerNorm bias) need the
     # MLP branch's gradient too
     mlp_in_grad = (x or wn) if arch.parallel_attn_mlp else after_attn
-    mlp_saved = _mlp(ctx, state, mlp_in_grad or wn, mlp)
-    if arch.norms_per_block == 1:
-        # Falcon-7B: attention and MLP read one norm output, saved once (q/k/v input)
-        mlp_saved = [s for s in mlp_saved if not s.what.startswith("MLP: input")]
-    out += mlp_saved
+    # Falcon-7B: attention and MLP read one norm output, saved once (q/k/v input)
+    out += _mlp(ctx, state, mlp_in_grad or wn, mlp, arch.norms_per_block == 1)
     if arch.norms_per_block == 4:
-        mlp_out_grad = mlp_in_grad or w or any(lin.module in state.output_grad for lin in mlp)
-        out += _norm(ctx, "post-feedforward norm", mlp_out_grad, wn)
-    return [s for s in out if s.nbytes]
+        mlp_out_grad = (
+            mlp_in_grad or state.weights_trainable
+            or any(lin.module in state.output_grad for lin in mlp)
+        )  # fmt: skip
+        out += _norm(ctx, "post-feedforward norm", mlp_out_grad, wn, Side.MLP)
+    return out
 
 
 def prompt_encoder_saved(arch: Architecture, run: RunConfig, autocast: bool) -> list[Saved]:
@@ -624,6 +750,7 @@ def outer_saved(
         "final norm",
         blocks_grad,
         train or plan.norm_bias_trainable or plan.final_norm_trainable,
+        Side.OUTER,
     )
     if run.loss == "fused":
         return below, above + _fused_loss_saved(arch, run, plan, ctx, train)

@@ -36,8 +36,10 @@ from ftmem.activations import (
     FP32,
     INDEX_BYTES,
     BlockState,
+    Kind,
     LayerContext,
     Saved,
+    Side,
     head_saved,
     linear_inputs,
 )
@@ -64,17 +66,19 @@ def check_supported(arch: Architecture, run: RunConfig) -> None:
     name = f"{arch.name} is an encoder-decoder"
     methods = ", ".join(SEQ2SEQ_METHODS)
     refusals = [
-        (run.method not in SEQ2SEQ_METHODS, f"method {run.method}"),
-        (run.loss != "standard", f"the {run.loss} loss"),
-        (run.activation_offload, "activation offloading"),
-        (run.optimizer_in_backward, "the optimizer step in backward"),
-        (run.lora_modules_to_save is not None, "--lora-modules-to-save"),
-        (run.quant == "int4", "a GPTQ/AWQ int4 base"),
+        (
+            run.method not in SEQ2SEQ_METHODS,
+            f"method {run.method} for it yet (methods for it: {methods})",
+        ),
+        (run.loss != "standard", f"the {run.loss} loss for it yet"),
+        (run.activation_offload, "activation offloading for it yet"),
+        (run.optimizer_in_backward, "the optimizer step in backward for it yet"),
+        (run.lora_modules_to_save is not None, "--lora-modules-to-save for it yet"),
+        (run.quant == "int4", "a GPTQ/AWQ int4 base for it yet"),
     ]
     for refused, what in refusals:
         if refused:
-            also = f" (methods for it: {methods})" if what.startswith("method") else ""
-            raise InvalidInputError(f"{name}: ftmem does not model {what} for it yet{also}.")
+            raise InvalidInputError(f"{name}: ftmem does not model {what}.")
     if run.attn == "flash":
         raise InvalidInputError(
             f"{name}: transformers' T5 has no FlashAttention path; use --attn sdpa or eager."
@@ -106,25 +110,28 @@ class _Stack:
         return self.ctx.tokens
 
 
-def _dropout(ctx: LayerContext, label: str, elements: int, elem_bytes: int) -> list[Saved]:
+def _dropout(
+    ctx: LayerContext, label: str, elements: int, elem_bytes: int, side: Side
+) -> list[Saved]:
     """A dropout whose input needs a gradient keeps its mask: a bool on CUDA, a scaled
     mask in the input's dtype on the CPU."""
     if not ctx.arch.dropout_rate:
         return []
     mask = 1 if ctx.run.device == "cuda" else elem_bytes
-    return [Saved(f"{label} dropout mask", elements * mask)]
+    return [Saved(f"{label} dropout mask", elements * mask, Kind.DROPOUT, side)]
 
 
-def _norm(ctx: LayerContext, label: str, x_grad: bool, w_grad: bool) -> list[Saved]:
+def _norm(ctx: LayerContext, label: str, x_grad: bool, w_grad: bool, side: Side) -> list[Saved]:
     """T5LayerNorm: pow() of an fp32 copy of x, x · rsqrt (keeps x and the fp32 rstd),
     cast to the weight's dtype and scaled (keeps the normalised input for the weight)."""
     T, h, r = ctx.tokens, ctx.arch.hidden_size, ctx.residual
     out: list[Saved] = []
     if x_grad:
         copy = T * h * FP32 + (T * h * r if r != FP32 else 0)
-        out.append(Saved(f"{label}: fp32 input, input, rstd", copy + T * FP32))
+        what = f"{label}: fp32 input, input, rstd"
+        out.append(Saved(what, copy + T * FP32, Kind.NORM_INPUT, side))
     if w_grad:
-        out.append(Saved(f"{label}: normalised", T * h * r))
+        out.append(Saved(f"{label}: normalised", T * h * r, Kind.NORM_OUTPUT, side))
     return out
 
 
@@ -144,6 +151,10 @@ def _attention(
     p = arch.dropout_rate
     out: list[Saved] = []
     math = _math_path(arch, run, mask_grad)
+
+    def keep(what: str, size: int, kind: Kind) -> None:
+        out.append(Saved(what, size, kind, Side.ATTENTION))
+
     if run.attn == "eager" or math:
         # q·kᵀ keeps each operand for the other's gradient; + bias (+ causal mask); the
         # softmax keeps its output when q or k needs a gradient, dropout its mask; probs·v
@@ -155,29 +166,32 @@ def _attention(
         if math:
             qe = se = pe = FP32
             label = "math attention: fp32 "
+            qk, v = Kind.ATTN_COPY, Kind.ATTN_COPY
         else:
             qe, se, pe = e, max(e, _bias_bytes(ctx, mask_layer)), e
             label = ""
+            qk, v = Kind.ATTN_QK, Kind.ATTN_V
         scores_grad = bool(needs & {"q", "k"})
         if "k" in needs:
-            out.append(Saved(f"{label}q", st.T * inner * qe))
+            keep(f"{label}q", st.T * inner * qe, qk)
         if "q" in needs:
-            out.append(Saved(f"{label}k", kv_tokens * inner * qe))
+            keep(f"{label}k", kv_tokens * inner * qe, qk)
         if scores_grad:
-            out.append(Saved(f"{label}v", kv_tokens * inner * qe))
-            out.append(Saved(f"{label}softmax output (s²)", scores * se))
+            keep(f"{label}v", kv_tokens * inner * qe, v)
+            keep(f"{label}softmax output (s²)", scores * se, Kind.ATTN_PROBS)
             if p:
-                out += _dropout(ctx, "attention probabilities", scores, se)
+                out += _dropout(ctx, "attention probabilities", scores, se, Side.ATTENTION)
         if "v" in needs and (p or se != pe):  # a tensor of its own: dropped or cast
-            out.append(Saved(f"{label}probabilities for v (s²)", scores * pe))
+            keep(f"{label}probabilities for v (s²)", scores * pe, Kind.ATTN_PROBS)
         elif "v" in needs and not scores_grad:  # the softmax output, kept for v only
-            out.append(Saved(f"{label}softmax output (s²)", scores * se))
+            keep(f"{label}softmax output (s²)", scores * se, Kind.ATTN_PROBS)
         return out
-    out.append(Saved("q, k, v", (st.T + 2 * kv_tokens) * inner * e))
-    out.append(Saved("attention output + logsumexp", st.T * inner * e + b * nh * st.s_q * FP32))
+    keep("q, k, v", (st.T + 2 * kv_tokens) * inner * e, Kind.ATTN_QKV)
+    size = st.T * inner * e + b * nh * st.s_q * FP32
+    keep("attention output + logsumexp", size, Kind.ATTN_OUTPUT)
     if mask_layer or _bias_bytes(ctx, mask_layer) != e:
         # made (or, by autocast, cast) in every layer; the zero bias otherwise is shared
-        out.append(Saved("position-bias mask (s²)", nh * st.s_q * st.s_k * e))
+        keep("position-bias mask (s²)", nh * st.s_q * st.s_k * e, Kind.ATTN_MASK)
     return out
 
 
@@ -195,7 +209,9 @@ def _bias_bytes(ctx: LayerContext, self_attention: bool) -> int:
     return ctx.e
 
 
-def _feed_forward(st: _Stack, state: BlockState, linears: list[Linear], x_grad: bool):
+def _feed_forward(
+    st: _Stack, state: BlockState, linears: list[Linear], x_grad: bool
+) -> tuple[list[Saved], bool]:
     """wi (or wi_0, wi_1), the activation (gelu_new written out: x, tanh, x/2, 1 + tanh),
     the gate product, dropout, then wo, which the feed-forward's input is cast to the
     dtype of (fp32 wo under autocast: autocast casts it back, a fresh copy)."""
@@ -212,26 +228,28 @@ def _feed_forward(st: _Stack, state: BlockState, linears: list[Linear], x_grad: 
         oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
         act = 4 if arch.activation == "gelu_tanh" else 1
         if arch.mlp == "gated":
-            label = "wi_0 activation intermediates, wi_1 and gelu outputs"
-            out.append(Saved(label, (act + 2) * T * f * oe))
+            what = "wi_0 activation intermediates, wi_1 and gelu outputs"
+            size = (act + 2) * T * f * oe
         else:
-            out.append(Saved("wi activation intermediates", act * T * f * oe))
-        out += _dropout(ctx, "feed-forward", T * f, oe)
-    wo = linear_inputs(ctx, down, state, any_grad, "wo", f, e)
+            what, size = "wi activation intermediates", act * T * f * oe
+        out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
+        out += _dropout(ctx, "feed-forward", T * f, oe, Side.MLP)
     shares_relu = (
         arch.mlp == "plain"
         and arch.activation == "relu"
         and not arch.dropout_rate
         and not ctx.plan.dtypes.autocast
     )
-    if shares_relu:  # wo reads the ReLU's output itself, already kept
-        wo = [s for s in wo if not s.what.startswith("wo: input")]
+    # (shares_relu: wo reads the ReLU's output itself, already kept)
+    wo = linear_inputs(ctx, down, state, any_grad, "wo", f, e, shares_relu)
     return out + wo, any_grad or any(lin.module in state.output_grad for lin in down)
 
 
-def _sublayer_out(ctx: LayerContext, label: str, needs_grad: bool) -> list[Saved]:
+def _sublayer_out(ctx: LayerContext, label: str, needs_grad: bool, side: Side) -> list[Saved]:
     """The dropout on a sub-layer's output (o or wo, in the compute dtype)."""
-    return _dropout(ctx, label, ctx.tokens * ctx.arch.hidden_size, ctx.e) if needs_grad else []
+    if not needs_grad:
+        return []
+    return _dropout(ctx, label, ctx.tokens * ctx.arch.hidden_size, ctx.e, side)
 
 
 @lru_cache(maxsize=64)
@@ -249,7 +267,7 @@ def _self_attention_layer(
     w = state.weights_trainable
     qkv = [lin for lin in linears if lin.roles[0] in ("q", "k", "v")]
     o = [lin for lin in linears if lin.roles == ("o",)]
-    out = _norm(ctx, "self-attention norm", x, w)
+    out = _norm(ctx, "self-attention norm", x, w, Side.ATTENTION)
     out += linear_inputs(ctx, qkv, state, x or w, "q/k/v", arch.hidden_size, ctx.residual)
     if x or w:
         needs = frozenset({"q", "k", "v"})
@@ -271,11 +289,10 @@ def _attention_output(
 ) -> tuple[list[Saved], bool]:
     """o (whose input is the kernel's own output, unless the path copies it first) and
     the dropout on the sub-layer's output. Returns (saved, output needs a gradient)."""
-    saved = linear_inputs(ctx, o, state, q_grad, label, ctx.arch.q_size, ctx.e)
-    if _o_input_is_kernel_output(ctx, mask_grad):
-        saved = [s for s in saved if not s.what.startswith(f"{label}: input")]
+    kept = _o_input_is_kernel_output(ctx, mask_grad)
+    saved = linear_inputs(ctx, o, state, q_grad, label, ctx.arch.q_size, ctx.e, kept)
     after = q_grad or any(lin.module in state.output_grad for lin in o)
-    return saved + _sublayer_out(ctx, f"{kind}-attention output", after), after
+    return saved + _sublayer_out(ctx, f"{kind}-attention output", after, Side.ATTENTION), after
 
 
 def _o_input_is_kernel_output(ctx: LayerContext, mask_grad: bool) -> bool:
@@ -287,9 +304,9 @@ def _o_input_is_kernel_output(ctx: LayerContext, mask_grad: bool) -> bool:
 
 def _ff_layer(st: _Stack, state: BlockState, linears: list[Linear], x_grad: bool) -> list[Saved]:
     """The feed-forward sub-layer: norm, feed-forward, dropout on its output."""
-    out = _norm(st.ctx, "feed-forward norm", x_grad, state.weights_trainable)
+    out = _norm(st.ctx, "feed-forward norm", x_grad, state.weights_trainable, Side.MLP)
     ff, ff_grad = _feed_forward(st, state, linears, x_grad)
-    return out + ff + _sublayer_out(st.ctx, "feed-forward output", ff_grad)
+    return out + ff + _sublayer_out(st.ctx, "feed-forward output", ff_grad, Side.MLP)
 
 
 def encoder_block_parts(st: _Stack, state: BlockState, bias_grad: bool) -> list[list[Saved]]:
@@ -312,8 +329,10 @@ def _cross_layer(
     q = [lin for lin in linears if lin.roles == ("q",)]
     kv = [lin for lin in linears if lin.roles[0] in ("k", "v")]
     o = [lin for lin in linears if lin.roles == ("o",)]
-    out = _norm(ctx, "cross-attention norm", x, w)
-    out += linear_inputs(ctx, q, state, x or w, "cross q", arch.hidden_size, ctx.residual)
+    out = _norm(ctx, "cross-attention norm", x, w, Side.ATTENTION)
+    out += _cross_named(
+        linear_inputs(ctx, q, state, x or w, "cross q", arch.hidden_size, ctx.residual)
+    )
     kv_saved = linear_inputs(
         enc.ctx, kv, state, enc_grad, "cross k/v", arch.hidden_size, ctx.residual
     )
@@ -321,9 +340,9 @@ def _cross_layer(
     casts = ctx.plan.dtypes.autocast and ctx.residual != ctx.e
     shared, own = [], kv_saved
     if not casts:
-        shared = [s for s in kv_saved if s.what.startswith("cross k/v: input")]
-        own = [s for s in kv_saved if not s.what.startswith("cross k/v: input")]
-    out += own
+        shared = [s for s in kv_saved if s.kind is Kind.LINEAR_INPUT]
+        own = [s for s in kv_saved if s.kind is not Kind.LINEAR_INPUT]
+    out += _cross_named(own)
     needs = set()
     if x or w or any(lin.module in state.output_grad for lin in q):
         needs.add("q")
@@ -333,16 +352,23 @@ def _cross_layer(
     cross_st = _Stack(ctx, st.s_q, enc.s_q)
     # the cross-attention's zero bias needs a gradient only under checkpointing
     zero_grad = ctx.run.grad_ckpt
-    out += _attention(cross_st, enc.T, frozenset(needs), mask_layer=False, mask_grad=zero_grad)
+    core = _attention(cross_st, enc.T, frozenset(needs), mask_layer=False, mask_grad=zero_grad)
+    out += [item.relabelled(_CROSS) for item in core]
     projected, after = _attention_output(ctx, state, o, bool(needs), zero_grad, "cross o", "cross")
-    out += projected
-    # named apart from the self-attention's items (q lora_A, q, k, v...)
-    out = [item if item.what.startswith("cross") else _renamed(item) for item in out]
+    out += _cross_named(projected)
     return out, shared, after
 
 
-def _renamed(item: Saved) -> Saved:
-    return Saved(f"cross-attention {item.what}", item.nbytes)
+_CROSS = "cross-attention "
+
+
+def _cross_named(items: list[Saved]) -> list[Saved]:
+    """The cross-attention's linears' own items (adapters, weight copies), named apart
+    from the self-attention's (both have q, k, v and o)."""
+    return [
+        item.relabelled(_CROSS) if item.linears and item.kind is not Kind.LINEAR_INPUT else item
+        for item in items
+    ]
 
 
 def decoder_block_parts(
@@ -357,7 +383,9 @@ def decoder_block_parts(
     )
     if bias_grad and st.ctx.run.attn != "eager":
         # torch.where(causal, bias, min) keeps its bool condition per layer
-        attn.append(Saved("causal condition (bool)", st.s_q * st.s_q))
+        attn.append(
+            Saved("causal condition (bool)", st.s_q * st.s_q, Kind.ATTN_MASK, Side.ATTENTION)
+        )
     cross, shared, after_cross = _cross_layer(
         st, enc, state, _sublayer(arch, "decoder", 1), after_self, enc_grad
     )
@@ -453,10 +481,10 @@ def outer_saved(
         # the relative position buckets (s × s per stack) index the bias tables
         below.append(Saved("position buckets", (enc.s_q**2 + dec.s_q**2) * INDEX_BYTES))
     if inputs_grad:
-        below += _dropout(enc.ctx, "embeddings", (enc.T + dec.T) * h, r)
-    below += _norm(enc.ctx, "encoder final norm", enc_grad, train)
+        below += _dropout(enc.ctx, "embeddings", (enc.T + dec.T) * h, r, Side.OUTER)
+    below += _norm(enc.ctx, "encoder final norm", enc_grad, train, Side.OUTER)
     if enc_grad:
-        below += _dropout(enc.ctx, "encoder output", enc.T * h, r)
+        below += _dropout(enc.ctx, "encoder output", enc.T * h, r, Side.OUTER)
     below += shared_kv
     blocks_grad = inputs_grad or plan.trainable_blocks > 0
     if run.grad_ckpt and blocks_grad:
@@ -470,9 +498,9 @@ def outer_saved(
     if cross_fused:
         # the cross-attention's zero bias, one tensor kept by every decoder layer's kernel
         below.append(Saved("cross-attention zero bias", arch.num_heads * dec.s_q * enc.s_q * e))
-    above = _norm(dec.ctx, "decoder final norm", blocks_grad, train)
+    above = _norm(dec.ctx, "decoder final norm", blocks_grad, train, Side.OUTER)
     if blocks_grad:
-        above += _dropout(dec.ctx, "decoder output", dec.T * h, r)
+        above += _dropout(dec.ctx, "decoder output", dec.T * h, r, Side.OUTER)
     log_softmax = FP32 if plan.dtypes.autocast else e
     above += head_saved(arch, plan, dec.T, train, log_softmax)
     return below, above

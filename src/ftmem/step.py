@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ftmem import seq2seq
 from ftmem.activations import (
     BlockState,
+    Kind,
     Saved,
     block_saved,
     outer_saved,
@@ -121,10 +122,8 @@ def _kept_input_shared(arch: Architecture, plan: MethodPlan, items: list[Saved],
     residual stream (``x.float()`` is then no copy). Measured: full finetuning
     bf16-mixed with checkpointing, 1,024 tokens, +4 % when counted twice."""
     r = plan.dtypes.residual_bytes
-    first = items[0].what if items else ""
-    saves_input = first.startswith(
-        ("input norm: input", "input norm: fp32 input", "ln_attn: input")
-    )
+    # (a block's first item is its first op's: the input norm's, when that keeps anything)
+    saves_input = bool(items) and items[0].kind is Kind.NORM_INPUT
     if saves_input and (arch.norm == "layernorm" or r == FP32):
         return T * arch.hidden_size * r
     return 0
@@ -213,13 +212,55 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
             )
         return _seq2seq_parts(arch, run)
     plan = plan_method(arch, run)
-    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     T = run.batch_size * run.positions
-    V, h = arch.vocab_size, arch.hidden_size
+    blocks = _block_activations(arch, run, plan, T)
+    outer_below, outer_above = _outer_items(arch, run, plan, T, blocks.per_block)
+    outer_items = outer_below + outer_above
+    activations = _sum(outer_items)
+    if run.grad_ckpt:
+        # each checkpointed block keeps only its input; backward recomputes one block
+        h, r = arch.hidden_size, plan.dtypes.residual_bytes
+        per_block_kept = [T * h * r if b else 0 for b in blocks.per_block]
+    else:
+        per_block_kept = list(blocks.per_block)
+    activations += sum(per_block_kept)
+    offloaded = 0
+    if run.activation_offload:
+        # every saved tensor leaves the GPU in forward; backward brings back one node's
+        # at a time (the largest item of a block, and the loss's fp32 log-softmax)
+        offloaded, activations = activations, 0
+        per_block_kept = [0] * len(per_block_kept)
+        outer_below, outer_above = [], []
+    sizes = _decoder_sizes(
+        arch, run, plan, blocks, tuple(per_block_kept), (_sum(outer_below), _sum(outer_above))
+    )
+    parts = StepParts(
+        plan=plan,
+        sizes=sizes,
+        activations=activations,
+        per_block_full=blocks.per_block,
+        typical_block=blocks.last,
+        outer_items=tuple(outer_items),
+        offloaded=offloaded,
+    )
+    return parts if teacher is None else _with_teacher(parts, teacher, arch, run)
 
-    fixed = plan_sizes(arch, run, plan)
 
-    # Activations per block, computed once per distinct block state.
+@dataclass(frozen=True, slots=True)
+class _BlockActivations:
+    """What the decoder blocks keep: each block's saved bytes, what each one's recompute
+    rebuilds under checkpointing, and the items of the last block (the first backward
+    reaches)."""
+
+    per_block: tuple[int, ...]
+    rebuilt: tuple[int, ...]
+    last: tuple[Saved, ...]
+
+
+def _block_activations(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, T: int
+) -> _BlockActivations:
+    """Activations per block, derived once per distinct block state."""
     block_states = _block_states(arch, run, plan)
     cache: dict[BlockState, list[Saved]] = {}
     per_block: list[int] = []
@@ -233,47 +274,49 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
             previous_rebuilt = previous_sum - _kept_input_shared(arch, plan, cache[st], T)
         per_block.append(previous_sum)
         rebuilt.append(previous_rebuilt)
-    last_block = cache[block_states[-1]]  # the first one backward reaches
-    outer_below, outer_above = outer_saved(arch, run, plan, T)
-    outer_items = outer_below + outer_above
-    outer = _sum(outer_items)
-    if run.grad_ckpt:
-        # each checkpointed block keeps only its input; backward recomputes one block
-        per_block_kept = [T * h * plan.dtypes.residual_bytes if b else 0 for b in per_block]
-        recompute = max(rebuilt)
-        if arch.family == "gpt2" and runs_eager(arch, run) and any(per_block):
-            # GPT-2's eager path passes every block a float (b, 1, s, s) causal mask,
-            # which checkpointing keeps as an input (one storage for all blocks)
-            s_len = run.positions
-            mask = Saved(
-                "eager attention mask (kept by checkpointing)", run.batch_size * s_len * s_len * e
-            )
-            outer_below.append(mask)
-            outer_items.append(mask)
-            outer += mask.nbytes
-    else:
-        per_block_kept = per_block
-        recompute = 0
-    activations = sum(per_block_kept) + outer
+    return _BlockActivations(tuple(per_block), tuple(rebuilt), tuple(cache[block_states[-1]]))
 
+
+def _outer_items(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, T: int, per_block: tuple[int, ...]
+) -> tuple[list[Saved], list[Saved]]:
+    """What the embedding side and the head side keep (below the blocks, above them)."""
+    outer_below, outer_above = outer_saved(arch, run, plan, T)
+    if run.grad_ckpt and arch.family == "gpt2" and runs_eager(arch, run) and any(per_block):
+        # GPT-2's eager path passes every block a float (b, 1, s, s) causal mask,
+        # which checkpointing keeps as an input (one storage for all blocks)
+        e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+        s_len = run.positions
+        mask = run.batch_size * s_len * s_len * e
+        outer_below.append(Saved("eager attention mask (kept by checkpointing)", mask))
+    return outer_below, outer_above
+
+
+def _decoder_sizes(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    blocks: _BlockActivations,
+    per_block_kept: tuple[int, ...],
+    outer: tuple[int, int],
+) -> StepSizes:
+    """A decoder-only step's sizes in time (``outer``: the bytes kept below the blocks
+    and above them)."""
+    fixed = plan_sizes(arch, run, plan)
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    T = run.batch_size * run.positions
+    V, h = arch.vocab_size, arch.hidden_size
+    last_block = list(blocks.last)
+    offloaded = run.activation_offload
     grads, grads_block = fixed.grads, fixed.grads_per_block
     grads_outer, grads_embedding = fixed.grads_outer, fixed.grads_embedding
-
-    offloaded = back = 0
-    if run.activation_offload:
-        # every saved tensor leaves the GPU in forward; backward brings back one node's
-        # at a time (the largest item of a block, and the loss's fp32 log-softmax)
-        offloaded = activations
-        back = offload_moment(arch, run, plan, last_block, e, T)
-        per_block_kept = [0] * len(per_block_kept)
-        outer_below, outer_above = [], []
-        activations = 0
+    if run.optimizer_in_backward:  # each gradient is freed by its own step
+        grads = grads_outer = grads_block = grads_embedding = 0
     # checkpointed blocks under autocast: the cast cache is all that keeps their 16-bit
     # weight copies, until the forward (and the loss in it) ends
     forward_cache = fixed.autocast_cache if run.grad_ckpt else 0
-    if run.optimizer_in_backward:  # each gradient is freed by its own step
-        grads = grads_outer = grads_block = grads_embedding = 0
-    sizes = StepSizes(
+    last_keeps = blocks.per_block[-1]
+    return StepSizes(
         weights=fixed.weights,
         states=fixed.states,
         grads=grads,
@@ -286,9 +329,9 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         step_outer=fixed.step_outer,
         grads_per_block=grads_block,
         trainable_blocks=plan.trainable_blocks,
-        acts_per_block=tuple(per_block_kept),
-        acts_below=_sum(outer_below),
-        acts_above=_sum(outer_above),
+        acts_per_block=per_block_kept,
+        acts_below=outer[0],
+        acts_above=outer[1],
         logits_forward=logits_forward(arch, run, e, T)
         + prefix_cache(arch, run, plan.dtypes)
         + forward_cache,
@@ -296,11 +339,11 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         + max(
             forward_block_transient(plan, run),
             checkpointed_forward_adapter(arch, run, plan, e, T),
-            moe_forward_transient(arch, T) if per_block[-1] else 0,
+            moe_forward_transient(arch, T) if last_keeps else 0,
             # a block that keeps nothing of its own (frozen, checkpointed, offloaded)
             # still builds its intermediates in forward
             frozen_forward_transient(arch, run, e, plan.dtypes.residual_bytes, T)
-            if not per_block[-1] or run.activation_offload or run.grad_ckpt
+            if not last_keeps or run.activation_offload or run.grad_ckpt
             else 0,
         ),
         # the log-softmax's and the logits' fp32 gradients (a fused loss kept its own; a
@@ -311,7 +354,7 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         + (T * V * FP32 if offloaded and run.loss != "fused" else 0),
         # offloaded: one op's saved tensors back beside its workspace, and a trained
         # block's own gradients (the peak moves to the end of backward, measured)
-        block_workspace=back
+        block_workspace=offload_moment(arch, run, plan, last_block, e, T)
         if offloaded
         else max(
             block_backward_workspace(arch, run, plan, e, T, last_block),
@@ -320,34 +363,36 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         ),
         # the final norm's backward, its fp32 input still saved
         head_workspace=norm_backward_workspace(arch, e, T) + T * h * FP32,
-        recompute=recompute,
-        recompute_by_block=tuple(rebuilt) if run.grad_ckpt else (),
+        recompute=max(blocks.rebuilt) if run.grad_ckpt else 0,
+        recompute_by_block=blocks.rebuilt if run.grad_ckpt else (),
         own_grads_transient=grads_block if offloaded else 0,
         optimizer_temporaries=fixed.optimizer_temporaries,
         grads_persist=run.grad_accum > 1,
     )
-    if teacher is not None:
-        from ftmem.distill import distill_sizes
 
-        kd = distill_sizes(teacher, arch, run)
-        outer_items.append(Saved("distillation: student and teacher fp32 distributions", kd.kept))
-        activations += kd.kept
-        sizes = dataclasses.replace(
+
+def _with_teacher(
+    parts: StepParts, teacher: Teacher, arch: Architecture, run: RunConfig
+) -> StepParts:
+    """The distillation step (ftmem.distill): the teacher's weights and forward, both
+    fp32 distributions kept for the loss, and their backward."""
+    from ftmem.distill import distill_sizes
+
+    kd = distill_sizes(teacher, arch, run)
+    sizes = parts.sizes
+    item = Saved("distillation: student and teacher fp32 distributions", kd.kept)
+    return dataclasses.replace(
+        parts,
+        activations=parts.activations + kd.kept,
+        outer_items=(*parts.outer_items, item),
+        sizes=dataclasses.replace(
             sizes,
             weights=sizes.weights + kd.weights,
             acts_above=sizes.acts_above + kd.kept,
             logits_forward=sizes.logits_forward + kd.loss_forward,
             loss_backward=sizes.loss_backward + kd.loss_backward,
             teacher_forward=kd.teacher_forward,
-        )
-    return StepParts(
-        plan=plan,
-        sizes=sizes,
-        activations=activations,
-        per_block_full=tuple(per_block),
-        typical_block=tuple(last_block),
-        outer_items=tuple(outer_items),
-        offloaded=offloaded,
+        ),
     )
 
 
@@ -389,9 +434,42 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
     """An encoder-decoder's step (ftmem.seq2seq): 2L timeline entries, the encoder's
     blocks below the decoder's; the head side over the decoder's positions."""
     plan = plan_method(arch, run)
-    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
-    r = plan.dtypes.residual_bytes
-    h, V = arch.hidden_size, arch.vocab_size
+    stacks = _stack_activations(arch, run, plan)
+    per_block = stacks.per_block
+    if run.grad_ckpt:
+        # each checkpointed block keeps its input (what the blocks share: outer_saved)
+        L, hr = arch.num_layers, arch.hidden_size * plan.dtypes.residual_bytes
+        b = run.batch_size
+        kept = [b * run.seq_len * hr] * L + [b * run.decoder_len * hr] * L
+        per_block_kept = tuple(k if n else 0 for k, n in zip(kept, per_block, strict=True))
+    else:
+        per_block_kept = per_block
+    below, above = stacks.below, stacks.above
+    return StepParts(
+        plan=plan,
+        sizes=_seq2seq_sizes(arch, run, plan, stacks, per_block_kept),
+        activations=sum(per_block_kept) + _sum(below) + _sum(above),
+        per_block_full=per_block,
+        typical_block=stacks.last,
+        outer_items=tuple(below + above),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _StackActivations:
+    """What an encoder-decoder keeps: each block's saved bytes (encoder's, then
+    decoder's), the items outside the blocks, the top decoder block's items, and the
+    largest attention backward of the top blocks."""
+
+    per_block: tuple[int, ...]
+    below: list[Saved]
+    above: list[Saved]
+    last: tuple[Saved, ...]
+    attention: int
+
+
+def _stack_activations(arch: Architecture, run: RunConfig, plan: MethodPlan) -> _StackActivations:
+    """Both stacks' saved tensors, derived once per distinct block state."""
     enc = seq2seq.stack(arch, run, plan, decoder=False)
     dec = seq2seq.stack(arch, run, plan, decoder=True)
     states = _block_states(arch, run, plan)
@@ -402,11 +480,10 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
     bias_grad = any(
         g.trainable and g.name.endswith("relative_attention_bias.weight") for g in plan.groups
     )
-    enc_distinct, dec_distinct = _distinct(states), _distinct(dec_states)
-    enc_parts = {st: seq2seq.encoder_block_parts(enc, st, bias_grad) for st in enc_distinct}
+    enc_parts = {st: seq2seq.encoder_block_parts(enc, st, bias_grad) for st in _distinct(states)}
     dec_parts: dict[BlockState, list[list[Saved]]] = {}
     shared_kv: list[Saved] = []
-    for st in dec_distinct:
+    for st in _distinct(dec_states):
         dec_parts[st], shared = seq2seq.decoder_block_parts(dec, enc, st, bias_grad, enc_grad)
         shared_kv = shared_kv or shared
     enc_cache = {st: [x for part in parts for x in part] for st, parts in enc_parts.items()}
@@ -417,34 +494,29 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
     )
     per_block = _per_block(states, enc_cache) + _per_block(dec_states, dec_cache)
     below, above = seq2seq.outer_saved(arch, run, plan, inputs_grad, enc_grad, bias_grad, shared_kv)
-    outer_items = below + above
-    if run.grad_ckpt:
-        # each checkpointed block keeps its input (what the blocks share: outer_saved)
-        kept = [enc.T * h * r] * len(states) + [dec.T * h * r] * len(states)
-        per_block_kept = [k if b else 0 for k, b in zip(kept, per_block, strict=True)]
-        recompute = max(per_block)
-    else:
-        per_block_kept = per_block
-        recompute = 0
-    activations = sum(per_block_kept) + _sum(outer_items)
+    last = tuple(dec_cache[dec_states[-1]])
+    return _StackActivations(tuple(per_block), below, above, last, attention)
+
+
+def _seq2seq_sizes(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    stacks: _StackActivations,
+    per_block_kept: tuple[int, ...],
+) -> StepSizes:
+    """An encoder-decoder step's sizes in time."""
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    h, V = arch.hidden_size, arch.vocab_size
+    enc_T, dec_T = run.batch_size * run.seq_len, run.batch_size * run.decoder_len
     fixed = plan_sizes(arch, run, plan)
-    grad_groups = [g for g in plan.groups if g.trainable]
     L, trained = arch.num_layers, plan.trainable_blocks
-    by_block: list[int] = []
-    for stack_name in ("encoder.", "decoder."):  # each stack's blocks, bottom to top
-        stack_bytes = sum(
-            g.total_numel * g.element_bytes
-            for g in grad_groups
-            if g.in_block and g.name.startswith(stack_name)
-        )
-        one = stack_bytes // trained if trained else 0
-        by_block += [0] * (L - trained) + [one] * trained
     autocast = plan.dtypes.autocast
-    logit_bytes = dec.T * V
+    logit_bytes = dec_T * V
     # the logits, and under autocast their fp32 copy for the loss; the loss's backward
     # holds the log-softmax's gradient and the logits' (fp32 under autocast)
     loss_e = FP32 if autocast else e
-    sizes = StepSizes(
+    return StepSizes(
         weights=fixed.weights,
         states=fixed.states,
         grads=fixed.grads,
@@ -453,32 +525,39 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
         tied_embedding_backward=fixed.tied_embedding_backward,
         grads_per_block=fixed.grads_per_block // 2,  # the average entry (grads_by_block is exact)
         trainable_blocks=2 * trained,
-        grads_by_block=tuple(by_block),
+        grads_by_block=_stack_gradients(plan, L),
         embedding_backward_at=L,
-        acts_per_block=tuple(per_block_kept),
-        acts_below=_sum(below),
-        acts_above=_sum(above),
+        acts_per_block=per_block_kept,
+        acts_below=_sum(stacks.below),
+        acts_above=_sum(stacks.above),
         logits_forward=logit_bytes * e + (logit_bytes * FP32 if autocast else 0),
         forward_block_transient=forward_block_transient(plan, run),
         loss_backward=2 * logit_bytes * loss_e,
         block_workspace=max(
-            seq2seq.block_workspace(arch, run, plan, enc.T),
-            seq2seq.block_workspace(arch, run, plan, dec.T),
-            attention,
+            seq2seq.block_workspace(arch, run, plan, enc_T),
+            seq2seq.block_workspace(arch, run, plan, dec_T),
+            stacks.attention,
         ),
-        head_workspace=norm_backward_workspace(arch, e, dec.T) + dec.T * h * FP32,
-        recompute=recompute,
+        head_workspace=norm_backward_workspace(arch, e, dec_T) + dec_T * h * FP32,
+        recompute=max(stacks.per_block) if run.grad_ckpt else 0,
         optimizer_temporaries=fixed.optimizer_temporaries,
         grads_persist=run.grad_accum > 1,
     )
-    return StepParts(
-        plan=plan,
-        sizes=sizes,
-        activations=activations,
-        per_block_full=tuple(per_block),
-        typical_block=tuple(dec_cache[dec_states[-1]]),
-        outer_items=tuple(outer_items),
-    )
+
+
+def _stack_gradients(plan: MethodPlan, L: int) -> tuple[int, ...]:
+    """Each timeline entry's own gradients: each stack's blocks, bottom to top."""
+    trained = plan.trainable_blocks
+    by_block: list[int] = []
+    for stack_name in ("encoder.", "decoder."):
+        stack_bytes = sum(
+            g.total_numel * g.element_bytes
+            for g in plan.groups
+            if g.trainable and g.in_block and g.name.startswith(stack_name)
+        )
+        one = stack_bytes // trained if trained else 0
+        by_block += [0] * (L - trained) + [one] * trained
+    return tuple(by_block)
 
 
 def _is_token_embedding(name: str, tied: bool) -> bool:
