@@ -50,21 +50,7 @@ def _functions(path: Path):
             yield node
 
 
-IN_PROGRESS = pytest.mark.xfail(strict=True, reason="issue 15: being split and merged today")
-
-
-# modules being split today (issue 15); strict: a module split but left here fails
-SPLITTING = {"activations", "estimate", "measure/step", "methods", "parallel", "phases", "step"}
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=[IN_PROGRESS] if _module_name(p) in SPLITTING else [])
-        for p in [*MODULES, SRC / "families" / "__init__.py"]
-    ],
-    ids=_module_name,
-)
+@pytest.mark.parametrize("path", [*MODULES, SRC / "families" / "__init__.py"], ids=_module_name)
 def test_no_function_is_longer_than_80_lines(path):
     long = [
         f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
@@ -95,7 +81,6 @@ def _family_names_in(tree: ast.AST) -> list[tuple[int, str]]:
     ]
 
 
-@IN_PROGRESS
 def test_the_core_never_names_a_family():
     offenders = [
         f"{_module_name(path)}:{line} ({name})"

@@ -156,7 +156,7 @@ def _norm(
             size = T * h * ctx.residual + 2 * T * ctx.residual
             out.append(Saved(f"{label}: input, mean, rstd", size, Kind.NORM_INPUT, side))
         return out
-    gemma = ctx.arch.family in ("gemma", "gemma2")
+    gemma = ctx.arch.traits.norm_scale_in_fp32
     if x_grad:
         # x.float() and rsqrt(mean(x²)+eps): the fp32 input and the fp32 rstd
         size = T * h * FP32 + T * FP32
@@ -356,7 +356,7 @@ def _bottleneck_saved(
 def runs_eager(arch: Architecture, run: RunConfig) -> bool:
     """Eager attention: asked for, or the only path transformers 5 has for the family
     (Falcon computes its attention in fp32 matmuls; Gemma-2 has no sdpa path)."""
-    return run.attn == "eager" or arch.family in ("falcon", "gemma2")
+    return run.attn == "eager" or arch.traits.attention != "sdpa"
 
 
 def _dora_saved(
@@ -383,7 +383,7 @@ def _dora_saved(
         # -2 % without)
         if dt.autocast:
             weight_copy = lin.in_features * out_f * e
-            if ctx.arch.family == "gpt2":
+            if ctx.arch.traits.conv1d:
                 # GPT-2's Conv1D path also keeps a second 16-bit copy of the dropped
                 # input for that matmul, in every block (measured, bf16-mixed: -6.8 %)
                 outputs += T * lin.in_features * e
@@ -400,7 +400,7 @@ def _dora_saved(
         sizes.append((f"{lin.label} DoRA weight in the adapter dtype", weight_copy))
     if lin.bias and dt.autocast and not ctx.run.dropout:  # (dropout: no bias to remove)
         sizes.append((f"{lin.label} DoRA fp32 base output (bias removed)", T * out_f * (FP32 - e)))
-    if ctx.arch.family == "gpt2" and ctx.plan.dtypes.base == "fp32":
+    if ctx.arch.traits.conv1d and ctx.plan.dtypes.base == "fp32":
         copy_bytes = lin.in_features * out_f * FP32
         sizes.append((f"{lin.label} DoRA transposed Conv1D weight (fp32)", copy_bytes))
     return [Saved(what, size, Kind.DORA, side, (lin,)) for what, size in sizes]
@@ -427,14 +427,14 @@ def _attention(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
     eager = runs_eager(arch, run)
     if run.prefix_len and not eager:
         return _prefix_attention(ctx)
-    if arch.family == "falcon":
+    if arch.traits.attention == "eager-fp32":
         # transformers 5 Falcon: q, k, v upcast to fp32 and k, v repeated per head (MQA/GQA)
         # for the score and PV matmuls; the fp32 probabilities are the only s² tensor
         keep("q, k, v in fp32 (repeated per head)", 3 * T * q * FP32, Kind.ATTN_COPY)
         keep("softmax output (fp32, s²)", b * nh * s * s * FP32, Kind.ATTN_PROBS)
         return out
     P = run.prefix_len
-    if arch.family == "gpt2":
+    if _qkv_views_kept(arch):
         # q, k, v are views of c_attn's output: its whole storage stays alive
         keep("c_attn output (q, k, v views)", T * (q + 2 * kv) * e, Kind.ATTN_QKV)
     elif eager:
@@ -448,8 +448,7 @@ def _attention(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
         keep("v (repeated per head)", Tk * kv_saved * e, Kind.ATTN_V)
     else:
         keep("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK)
-        fused_qkv = arch.family in ("phi3", "gpt2", "falcon")
-        if fused_qkv and not ctx.quantized_outputs_in_input_dtype:
+        if arch.traits.fused_qkv and not ctx.quantized_outputs_in_input_dtype:
             keep("qkv_proj output (v is a view)", T * (q + 2 * kv) * e, Kind.ATTN_QKV)
         else:
             keep("v", T * kv * e, Kind.ATTN_V)
@@ -457,7 +456,7 @@ def _attention(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
         keep("attention output + logsumexp", T * q * e + b * nh * s * FP32, Kind.ATTN_OUTPUT)
         return out
     scores = b * nh * s * (s + P)
-    if arch.family == "gpt2":
+    if arch.traits.softmax_in_compute_dtype:
         # GPT-2's eager path takes the softmax in the compute dtype: one s² tensor
         keep("softmax output (s²)", scores * e, Kind.ATTN_PROBS)
         return out
@@ -468,6 +467,12 @@ def _attention(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
     if "v" in needs_grad and e != FP32:
         keep("attention probabilities cast (s²)", scores * e, Kind.ATTN_PROBS)
     return out
+
+
+def _qkv_views_kept(arch: Architecture) -> bool:
+    """q, k and v are views of one fused projection's output that the kernel keeps,
+    so the whole output stays alive (GPT-2); rotary would make new q and k tensors."""
+    return arch.traits.fused_qkv and arch.position_embedding != "rotary"
 
 
 def _prefix_attention(ctx: LayerContext) -> list[Saved]:
@@ -484,7 +489,7 @@ def _prefix_attention(ctx: LayerContext) -> list[Saved]:
     # (one KV head repeats as a stride-0 view, no copy)
     width = kv if flash or arch.kv_heads in (1, arch.num_heads) else q
     items: list[tuple[str, int, Kind]] = []
-    if arch.family == "gpt2":  # no rotary: q is a view of c_attn's whole output
+    if _qkv_views_kept(arch):  # q is a view of c_attn's whole output
         items.append(("c_attn output (q view)", T * (q + 2 * kv) * e, Kind.ATTN_QKV))
     else:
         items.append(("rotary q", T * q * e, Kind.ATTN_QK))
@@ -515,7 +520,7 @@ def _mlp(
         if arch.mlp == "gated":
             oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
             what, size = "gate, up and activation outputs", 3 * T * f * oe
-        elif arch.family == "gpt2" and arch.activation == "gelu_tanh":
+        elif arch.traits.gelu_written_out and arch.activation == "gelu_tanh":
             # GPT-2's NewGELU is written out: x, 0.5x, tanh(...) and 1 + tanh(...), in
             # c_fc's output dtype (fp32 from a 4-bit c_fc under autocast)
             oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
@@ -607,7 +612,7 @@ def block_saved(
         ) | (frozenset({"k", "v"}) if prefix else frozenset())
     out += _attention(ctx, attn_grads)
     # the attention output is the o_proj input: one storage, kept by the fused kernels
-    kernel_keeps_o_input = not runs_eager(arch, run) and arch.family != "phi3"
+    kernel_keeps_o_input = not runs_eager(arch, run) and arch.traits.o_proj_reads_kernel_output
     out += linear_inputs(ctx, o, state, q_grad, "o_proj", arch.q_size, ctx.e, kernel_keeps_o_input)
     after_attn = (
         x or w or adapted_attn or bias_attn or wn or prefix

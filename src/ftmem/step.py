@@ -282,7 +282,7 @@ def _outer_items(
 ) -> tuple[list[Saved], list[Saved]]:
     """What the embedding side and the head side keep (below the blocks, above them)."""
     outer_below, outer_above = outer_saved(arch, run, plan, T)
-    if run.grad_ckpt and arch.family == "gpt2" and runs_eager(arch, run) and any(per_block):
+    if run.grad_ckpt and arch.traits.eager_float_mask and runs_eager(arch, run) and any(per_block):
         # GPT-2's eager path passes every block a float (b, 1, s, s) causal mask,
         # which checkpointing keeps as an input (one storage for all blocks)
         e = BYTES_PER_ELEMENT[plan.dtypes.compute]

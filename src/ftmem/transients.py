@@ -171,7 +171,7 @@ def offload_moment(
     # the MLP brings back two T·f tensors at once (the gated product's inputs); GPT-2's
     # written-out tanh-GELU three of its four (measured)
     f = arch.intermediate_size * (arch.experts_per_token if arch.is_moe else 1)
-    at_once = 3 if arch.family == "gpt2" else 2
+    at_once = 3 if arch.traits.gelu_written_out else 2
     back = min(max(mlp_items, default=0), at_once * T * f * e)
     mlp = mlp_backward_workspace(arch, plan, e, T) + back
     attn = sum(x.nbytes for x in block if _offload_attention_item(x))
@@ -203,7 +203,7 @@ def frozen_forward_transient(
     embedding output and the block's input (held by the model's forward), the residual
     and the norm output."""
     f = arch.intermediate_size * (arch.experts_per_token if arch.is_moe else 1)
-    terms = 4 if arch.mlp == "gated" or arch.family == "gpt2" else 2
+    terms = 4 if arch.mlp == "gated" or arch.traits.gelu_written_out else 2
     if run.grad_ckpt and arch.mlp == "gated":
         # a checkpointed block's forward (grad enabled, nothing saved): the gate is
         # freed once activated, three T·f at once (Llama, Mistral, Qwen2: measured)
@@ -250,9 +250,9 @@ def checkpointed_attention_moment(
     if not (run.grad_ckpt and runs_eager(arch, run)):
         return 0
     s = run.positions
-    if arch.family == "falcon" or e == FP32:
+    if arch.traits.attention == "eager-fp32" or e == FP32:
         per_score = 2 * FP32
-    elif arch.family == "gpt2":
+    elif arch.traits.softmax_in_compute_dtype:
         per_score = 2 * e  # GPT-2 takes its softmax in the compute dtype
     else:
         per_score = e + FP32
@@ -541,7 +541,7 @@ def _mlp_gradients(arch: Architecture) -> int:
     the written-out tanh-GELU's three (x³, tanh and their product), or one."""
     if arch.mlp == "gated":
         return 2
-    if arch.family == "gpt2" and arch.activation == "gelu_tanh":
+    if arch.traits.gelu_written_out and arch.activation == "gelu_tanh":
         return 3
     return 1
 
