@@ -29,7 +29,17 @@ from ftmem import limits
 from ftmem.errors import InvalidInputError
 
 Family = Literal[
-    "llama", "mistral", "mixtral", "qwen2", "gemma", "gemma2", "phi3", "gpt2", "falcon", "t5"
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "phi3",
+    "gpt2",
+    "falcon",
+    "t5",
 ]
 ParamKind = Literal["linear", "linear_bias", "expert", "embedding", "norm", "router", "position"]
 # Roles a linear layer can play; LoRA targets are chosen by role or by module name.
@@ -74,6 +84,9 @@ class Architecture(BaseModel):
     )
     parallel_attn_mlp: bool = Field(False, description="Attention and MLP read the same input.")
     attention_qkv_bias: bool = False
+    qk_norm: bool = Field(
+        False, description="An RMSNorm over each query and key head before the rotary (Qwen3)."
+    )
     attention_out_bias: bool = False
     mlp_bias: bool = False
     tie_embeddings: bool = False
@@ -132,6 +145,8 @@ class Architecture(BaseModel):
             raise ValueError("relative position buckets are the t5 family's, and only theirs")
         if self.family == "t5" and (self.norm != "rmsnorm" or self.kv_heads != self.num_heads):
             raise ValueError("t5 has RMS norms and as many key/value heads as heads")
+        if self.qk_norm and (self.norm != "rmsnorm" or self.encoder_decoder):
+            raise ValueError("qk_norm (per-head RMS norms) needs a decoder-only rmsnorm model")
         if self.dropout_rate and self.family != "t5":
             raise ValueError("dropout_rate is supported for the t5 family only")
         if self.is_moe and self.family != "mixtral":
@@ -446,6 +461,15 @@ def _norm_params(prefix: str, arch: Architecture) -> list[Param]:
     return params
 
 
+def qk_norm_params(arch: Architecture) -> list[Param]:
+    """Per-head query and key RMSNorms (Qwen3): one head-wide weight each, kept by the
+    attention module beside its projections."""
+    if not arch.qk_norm:
+        return []
+    attention = _ATTN_NAMES[_style(arch.family)]["o"].rsplit(".", 1)[0]
+    return [Param(f"{attention}.{n}_norm.weight", (arch.head_size,), "norm") for n in "qk"]
+
+
 @lru_cache(maxsize=512)
 def layout(arch: Architecture) -> Layout:
     """Every parameter tensor of the model, exactly as transformers allocates them."""
@@ -478,6 +502,7 @@ def layout(arch: Architecture) -> Layout:
         norm_names = _NORM_NAMES["gemma2"]
     else:
         norm_names = _NORM_NAMES["gpt2" if style == "gpt2" else "llama"]
+    block += qk_norm_params(arch)
     for norm_name in norm_names:
         block += _norm_params(norm_name, arch)
 

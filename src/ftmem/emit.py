@@ -23,6 +23,7 @@ DECODER_LAYER_CLASS = {
     "mistral": "MistralDecoderLayer",
     "mixtral": "MixtralDecoderLayer",
     "qwen2": "Qwen2DecoderLayer",
+    "qwen3": "Qwen3DecoderLayer",
     "gemma": "GemmaDecoderLayer",
     "gemma2": "Gemma2DecoderLayer",
     "phi3": "Phi3DecoderLayer",

@@ -603,7 +603,7 @@ def partial_trainable(
 # Families whose attention takes peft's key/value prefix (measured in tests/accuracy);
 # peft 0.21 sizes Falcon's prefix for every query head, which its MQA cache rejects.
 PREFIX_FAMILIES = frozenset(
-    {"llama", "mistral", "mixtral", "qwen2", "gemma", "gemma2", "phi3", "gpt2"}
+    {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt2"}
 )
 
 

@@ -162,6 +162,16 @@ def _from_qwen2(cfg: Mapping) -> Mapping:
     return out
 
 
+def _from_qwen3(cfg: Mapping) -> Mapping:
+    """Qwen3Config: q/k RMSNorms per head; attention_bias (default false) biases q, k, v
+    and o alike; use_sliding_window defaults to false."""
+    out = _llama_like(cfg, "qwen3")
+    out["qk_norm"] = True
+    if not _flag(cfg, "use_sliding_window", False):
+        out.pop("sliding_window", None)
+    return out
+
+
 def _from_mixtral(cfg: Mapping) -> Mapping:
     out = _llama_like(cfg, "mixtral")
     out.update(
@@ -289,6 +299,7 @@ FAMILIES: dict[str, Callable[[Mapping], Mapping]] = {
     "mistral": _from_mistral,
     "mixtral": _from_mixtral,
     "qwen2": _from_qwen2,
+    "qwen3": _from_qwen3,
     "gemma": _from_gemma,
     "gemma2": _from_gemma2,
     "phi3": _from_phi3,

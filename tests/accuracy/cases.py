@@ -61,7 +61,7 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
             for m in MATRIX_METHODS:
                 cases.append(Case(family, {**m, "precision": precision}))
     # attention implementation, checkpointing and sizes on the main families
-    for family in ("llama", "mistral", "gpt2", "qwen2"):
+    for family in ("llama", "mistral", "gpt2", "qwen2", "qwen3"):
         for precision in ("bf16", "fp32"):
             for m in ({"method": "full"}, {"method": "lora"}):
                 cases.append(Case(family, {**m, "precision": precision, "attn": "eager"}))
@@ -84,7 +84,7 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
         cases.append(Case(family, {"method": "lora", "precision": "bf16", "adapter_dtype": "bf16"}))
     # quantised bases (bitsandbytes on the CPU) and the 8-bit optimizer
     wider = {"hidden_size": 128, "intermediate_size": 256}
-    for family in ("llama", "mistral", "qwen2", "phi3", "mixtral"):
+    for family in ("llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral"):
         for q in ({}, {"double_quant": False}, {"quant": "fp4"}, {"quant": "int8"}):
             cases.append(Case(family, {"method": "qlora", "precision": "bf16", **q}, wider))
     cases.append(
@@ -97,7 +97,7 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
         Case("llama", {"method": "lora", "precision": "bf16", "optimizer": "adamw-8bit"}, wider)
     )
     # fp16 regimes (pure and mixed)
-    for family in ("llama", "qwen2", "gpt2"):
+    for family in ("llama", "qwen2", "qwen3", "gpt2"):
         for precision in ("fp16", "fp16-mixed"):
             for m in ("full", "lora"):
                 cases.append(Case(family, {"method": m, "precision": precision}))
@@ -221,6 +221,7 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
         ("llama", {"precision": "bf16"}),
         ("mistral", {"precision": "bf16-mixed"}),
         ("qwen2", {"precision": "bf16"}),
+        ("qwen3", {"precision": "bf16"}),
         ("gemma2", {"precision": "bf16"}),
         ("llama", {"precision": "bf16", "grad_ckpt": True}),
     ):
@@ -274,6 +275,7 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
         ("gpt2", {"method": "full", "precision": "bf16"}, {}),
         ("mixtral", {"method": "full", "precision": "bf16"}, {}),
         ("qwen2", {"method": "full", "precision": "bf16-mixed"}, {}),
+        ("qwen3", {"method": "full", "precision": "bf16"}, {}),
         ("mistral", {"method": "lora", "precision": "bf16", "seq_len": 128}, {"vocab_size": 64}),
     ):
         cases.append(Case(family, {**settings, "activation_offload": True}, arch_changes))
@@ -291,6 +293,9 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
         ("mixtral", "experts", {"precision": "bf16"}),
         ("mixtral", r"layers\.1\.mlp", {"precision": "bf16-mixed"}),
         ("qwen2", "embed", {"precision": "bf16"}),
+        # the q/k norms alone train: their input needs no gradient, their weight does
+        ("qwen3", "q_norm,k_norm", {"precision": "bf16"}),
+        ("qwen3", r"layers\.1\.self_attn\.k_proj", {"precision": "bf16-mixed"}),
         ("falcon", "dense_4h", {"precision": "bf16"}),
         ("phi3", "qkv_proj", {"precision": "bf16"}),
         ("gemma2", "mlp", {"precision": "bf16"}),
@@ -324,6 +329,8 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
             ("gpt2", {"method": "lora", "precision": "bf16-mixed", **all_linear}),
             ("llama", {"method": "freeze", "precision": "bf16", "trainable_layers": 1}),
             ("qwen2", {"method": "freeze", "precision": "bf16-mixed", "trainable_layers": 1}),
+            ("qwen3", {"method": "freeze", "precision": "bf16-mixed", "trainable_layers": 1}),
+            ("qwen3", {"method": "lora", "precision": "bf16-mixed", **all_linear}),
             # a 4-bit MLP's fp32 intermediates under autocast; DoRA's rebuild in the recompute
             ("llama", {"method": "qlora", "precision": "bf16-mixed"}),
             ("qwen2", {"method": "qlora", "precision": "fp16-mixed"}),
@@ -364,6 +371,8 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
         (
             ("llama", {"method": "full", "precision": "bf16"}),
             ("qwen2", {"method": "full", "precision": "bf16-mixed"}),
+            ("qwen3", {"method": "full", "precision": "bf16"}),
+            ("qwen3", {"method": "lora", "precision": "bf16-mixed"}),
             (
                 "llama",
                 {"method": "qlora", "precision": "bf16-mixed", **all_linear, "lora_dropout": 0.05},

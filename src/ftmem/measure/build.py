@@ -179,7 +179,7 @@ def hf_config_kwargs(arch: Architecture, attn_impl: str = "sdpa") -> tuple[str, 
         kw["hidden_activation"] = act
     else:
         kw["hidden_act"] = act
-    if fam in ("llama", "gemma", "gemma2"):
+    if fam in ("llama", "gemma", "gemma2", "qwen3"):
         kw["attention_bias"] = arch.attention_qkv_bias
     if fam == "llama":
         kw["mlp_bias"] = arch.mlp_bias
@@ -187,7 +187,7 @@ def hf_config_kwargs(arch: Architecture, attn_impl: str = "sdpa") -> tuple[str, 
         kw["sliding_window"] = arch.sliding_window
     if fam == "gemma2" and arch.sliding_window:
         kw["sliding_window"] = arch.sliding_window
-    if fam == "qwen2" and arch.sliding_window:
+    if fam in ("qwen2", "qwen3") and arch.sliding_window:
         kw.update(use_sliding_window=True, sliding_window=arch.sliding_window)
     if fam == "gemma2":
         if arch.sliding_window is None:  # no local layers: every layer attends globally
