@@ -51,6 +51,8 @@ class BlockState:
     # partial: linears (module paths) whose own weight trains, and whether norms train
     trained: frozenset[str] = frozenset()
     norms_trained: bool = False
+    # partial: the per-head query/key norms train (arch.qk_norm): q and k need a gradient
+    qk_norms_trained: bool = False
     # bottleneck adapters: linears whose output goes through one
     bottleneck: frozenset[str] = frozenset()
 
@@ -495,7 +497,7 @@ def block_saved(
     # outputs that need a gradient for something other than an adapter
     biased = state.biased | state.scaled | state.trained | state.bottleneck
     adapted_attn = any(lin.module in state.adapted for lin in qkv)
-    bias_attn = any(lin.module in biased for lin in qkv)
+    bias_attn = any(lin.module in biased for lin in qkv) or state.qk_norms_trained
     h = arch.hidden_size
     out: list[Saved] = []
     first_norm = (
@@ -513,7 +515,8 @@ def block_saved(
         attn_grads = frozenset(
             r for lin in qkv if lin.module in state.adapted | biased for r in lin.roles
         ) | (frozenset({"k", "v"}) if prefix else frozenset())
-    out += qk_norms_saved(ctx, state, qkv, x or w or wn, wn)
+        attn_grads |= frozenset({"q", "k"}) if state.qk_norms_trained else frozenset()
+    out += qk_norms_saved(ctx, state, qkv, x or w or wn, wn or state.qk_norms_trained)
     out += _attention(ctx, attn_grads)
     attn_out_grad = q_grad
     o_state = state
