@@ -157,6 +157,7 @@ def offload_moment(
     items = {x.what: x.nbytes for x in block}
     # the norm's fp32 input back, and the fp32 residual gradient arriving (measured)
     norm = norm_backward_workspace(arch, e, T) + 2 * T * h * FP32
+    norm = max(norm, qk_norm_offload_moment(arch, T))
     mlp_items = [n for w, n in items.items() if w.startswith(("gate", "up", "down", "MLP"))]
     # the MLP brings back two T·f tensors at once (the gated product's inputs); GPT-2's
     # written-out tanh-GELU three of its four (measured)
@@ -203,6 +204,16 @@ def norm_backward_workspace(arch: Architecture, e: int, T: int) -> int:
     if arch.norm == "layernorm":
         return T * h * e
     return 4 * T * h * FP32 + T * h * e
+
+
+def qk_norm_offload_moment(arch: Architecture, T: int) -> int:
+    """The query norm's backward (``arch.qk_norm``) with activations offloaded: its fp32
+    input back, the fp32 gradients of its product, of its mean (expanded) and pow's three,
+    all T·q (the k norm's are narrower), beside the fp32 residual gradient arriving
+    (measured on tiny Qwen3, full bf16: -5.9 % without, the block's largest moment)."""
+    if not arch.qk_norm:
+        return 0
+    return 6 * T * arch.q_size * FP32 + T * arch.hidden_size * FP32
 
 
 # Items of a block's saved list that belong to the MLP side (freed, in a checkpointed

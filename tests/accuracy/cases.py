@@ -276,6 +276,7 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
         ("mixtral", {"method": "full", "precision": "bf16"}, {}),
         ("qwen2", {"method": "full", "precision": "bf16-mixed"}, {}),
         ("qwen3", {"method": "full", "precision": "bf16"}, {}),
+        ("qwen3", {"method": "lora", "precision": "bf16-mixed"}, {}),
         ("mistral", {"method": "lora", "precision": "bf16", "seq_len": 128}, {"vocab_size": 64}),
     ):
         cases.append(Case(family, {**settings, "activation_offload": True}, arch_changes))
