@@ -532,6 +532,13 @@ REAL_SIZE_CASES = [
     ),
 ]
 
+_ROTARY_UNDER_CHECKPOINTING = (
+    "Qwen3 with checkpointing: the estimate counts the rotary cos/sin tables "
+    "(2·s·head_dim fp32) as activations, which no op outside a checkpointed block saves; "
+    "measured exactly that much less. Llama, Mistral and Qwen2 carry the same "
+    "over-count (+2.0 to +2.7 %, head_dim 24); Qwen3's head_dim 32 takes it past 3 %"
+)
+
 # id -> reason; run as strict xfail
 KNOWN_GAPS: dict[str, str] = {
     "qwen2-gradckpt=True-method=qlora-precision=fp16-mixed": (
@@ -584,6 +591,19 @@ KNOWN_GAPS: dict[str, str] = {
         "double-counted gradients). The peak is the trained block's input-norm backward, "
         "which with nothing below requiring a gradient holds about 1.3 T·h fp32 less than "
         "the norm moment the estimate takes from full finetuning (2026-12-01)"
+    ),
+    # the same 12,800 B in each: cos and sin (2 × 50 positions × head_dim 32 × fp32)
+    "qwen3-gradckpt=True-method=lora-precision=fp32": (
+        _ROTARY_UNDER_CHECKPOINTING
+        + "; activations 367,404 / 354,604 B (+3.6 %), peak -0.1 % (2026-12-01)"
+    ),
+    "qwen3-gradckpt=True-method=freeze-precision=bf16-mixed-trainablelayers=1": (
+        _ROTARY_UNDER_CHECKPOINTING
+        + "; activations 425,004 / 412,204 B (+3.1 %), peak -1.2 % (2026-12-01)"
+    ),
+    "qwen3-gradckpt=True-loratargets=all-linear-method=lora-precision=bf16-mixed": (
+        _ROTARY_UNDER_CHECKPOINTING
+        + "; activations 425,004 / 412,204 B (+3.1 %), peak -2.1 % (2026-12-01)"
     ),
     "falcon-attn=eager-method=bitfit-precision=bf16": (
         "BitFit on Falcon with attn_implementation='eager': activations measured 27 % below "
