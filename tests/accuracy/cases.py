@@ -412,6 +412,12 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
             ("qwen2", {"precision": "bf16-mixed", "loss": "fused"}),
         ),
     )
+    # Qwen3-0.6B's proportions (q/k/v 2× the hidden width, the MLP 3×): the query norm's
+    # fp32 backward under offload, the recompute of its rotary in fp32 under autocast
+    qwen3_06b = {"hidden_size": 64, "head_dim": 32, "intermediate_size": 192}
+    mixed = {"method": "full", "precision": "bf16-mixed"}
+    cases.append(Case("qwen3", {**mixed, "batch_size": 4, "seq_len": 256, **ckpt}, qwen3_06b))
+    cases.append(Case("qwen3", {**mixed, "activation_offload": True}, qwen3_06b))
     # optimizers
     for opt in ("sgd", "sgd-momentum", "adafactor"):
         for precision in ("fp32", "bf16"):
