@@ -298,3 +298,20 @@ def test_qwen3_config_counts_as_transformers_builds_it():
         model = transformers.Qwen3ForCausalLM(config)
     real = sum(p.numel() for p in model.parameters())
     assert count_params(architecture_from_config(cfg, "x", "x")) == real
+
+
+def test_qwen3_folder_saved_by_transformers(tmp_path):
+    """transformers 5 writes Qwen3's config.json its own way (layer_types, rope_parameters,
+    a null sliding_window): read back, it is the same layout, q/k norms included."""
+    pytest.importorskip("transformers")
+    from ftmem.measure.build import build_model
+    from ftmem.run import RunConfig
+
+    arch = tiny("qwen3")
+    model = build_model(arch, RunConfig(method="full", precision="bf16", device="cpu")).model
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = resolve_model(str(tmp_path))
+    assert (loaded.qk_norm, loaded.head_size, loaded.sliding_window) == (True, 32, None)
+    assert count_params(loaded) == count_params(arch)
+    notes = source_notes(str(tmp_path))
+    assert any("the same count as the layout" in n for n in notes), notes
