@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ftmem.arch import Architecture, count_params, layout, param_path
+from ftmem.errors import InvalidInputError
 from ftmem.run import PROMPT_METHODS, RunConfig, split_patterns
 
 if TYPE_CHECKING:
@@ -206,10 +207,22 @@ def hf_config_kwargs(arch: Architecture, attn_impl: str = "sdpa") -> tuple[str, 
     return fam, kw
 
 
+# transformers' model types whose attention has per-head q/k RMSNorms (Architecture.qk_norm)
+QK_NORM_MODEL_TYPES = frozenset({"qwen3"})
+
+
 def hf_config(arch: Architecture, attn_impl: str = "sdpa"):
     from transformers import AutoConfig
 
     model_type, kw = hf_config_kwargs(arch, attn_impl)
+    if arch.qk_norm != (model_type in QK_NORM_MODEL_TYPES):
+        # transformers has no switch for them: the model type decides (refused here, not
+        # left to the parameter-count check's AssertionError)
+        has = "has" if model_type in QK_NORM_MODEL_TYPES else "has no"
+        raise InvalidInputError(
+            f"{arch.name} sets qk_norm {str(arch.qk_norm).lower()}, but transformers' "
+            f"{model_type} model {has} per-head q/k norms: it cannot be measured as written."
+        )
     # family defaults (e.g. Phi-3's pad id 32000) can lie outside a small test vocabulary
     defaults = AutoConfig.for_model(model_type)
     for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
