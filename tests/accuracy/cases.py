@@ -134,7 +134,7 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
         ):
             cases.append(Case(family, {"method": "bitfit", **extra}))
     # QLoRA under autocast with fp32 non-quantised weights
-    for family in ("llama", "mistral", "phi3", "mixtral"):
+    for family in ("llama", "mistral", "phi3", "mixtral", "qwen3"):
         cases.append(Case(family, {"method": "qlora", "precision": "bf16-mixed"}, wider))
     for family in ("llama", "phi3"):
         cases.append(
