@@ -42,6 +42,19 @@ TINY: dict[str, dict] = {
         attention_qkv_bias=True,
         tie_embeddings=True,
     ),
+    # Qwen3: q/k RMSNorms per head, no biases, head_dim (32) apart from hidden / heads (24)
+    "qwen3": dict(
+        family="qwen3",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=160,
+        qk_norm=True,
+        tie_embeddings=True,
+    ),
     "gemma": dict(
         family="gemma",
         vocab_size=1024,

@@ -111,3 +111,39 @@ def test_architecture_rejects_unknown_fields():
             intermediate_size=8,
             colour="blue",
         )
+
+
+def test_qwen3_8b_by_hand():
+    """Qwen3-8B: Qwen2's block without q/k/v biases, plus a head-wide RMSNorm weight on
+    the queries and one on the keys in every layer (32 heads, 8 KV heads of 128)."""
+    h, L, V, f, hd = 4096, 36, 151936, 12288, 128
+    q, kv = 32 * hd, 8 * hd
+    attention = h * q + 2 * h * kv + q * h
+    per_layer = attention + 3 * h * f + 2 * h + 2 * hd
+    total = 2 * V * h + L * per_layer + h  # untied head
+    assert per_layer - (attention + 3 * h * f + 2 * h) == 256  # the q and k norms
+    assert total == 8_190_735_360  # KerasHub's qwen3_8b_en (see the preset)
+    assert count_params(get_model("qwen3-8b")) == total
+
+
+def test_qwen3_0_6b_head_dim_apart_from_hidden_over_heads():
+    """Qwen3-0.6B (Qwen/Qwen3-0.6B config.json): 16 heads of 128 on a 1,024-wide model,
+    so q_proj is 1,024 → 2,048 and o_proj back; tied embeddings. KerasHub's
+    qwen3_0.6b_en lists 596,049,920 parameters."""
+    h, L, V, f, hd = 1024, 28, 151936, 3072, 128
+    q, kv = 16 * hd, 8 * hd
+    per_layer = 2 * h * q + 2 * h * kv + 3 * h * f + 2 * h + 2 * hd
+    assert V * h + L * per_layer + h == 596_049_920
+    arch = tiny("qwen3", vocab_size=V, hidden_size=h, num_layers=L, num_heads=16,
+                num_kv_heads=8, head_dim=hd, intermediate_size=f)  # fmt: skip
+    assert count_params(arch) == 596_049_920
+    norms = [p for p in layout(arch).block if p.name.endswith(("q_norm.weight", "k_norm.weight"))]
+    assert [(p.name, p.shape) for p in norms] == [
+        ("self_attn.q_norm.weight", (hd,)),
+        ("self_attn.k_norm.weight", (hd,)),
+    ]
+
+
+def test_qk_norm_needs_rms_norms():
+    with pytest.raises(ValueError, match="qk_norm"):
+        tiny("gpt2", qk_norm=True)

@@ -128,7 +128,17 @@ ONLY_FOR: dict[str, set[str]] = {
 }
 SEQ2SEQ_METHODS = {"full", "freeze", "galore", "lora", "rslora", "dora", "qlora"}
 # peft 0.21's prefix-tuning runs on these (its prefix cache fits their attention)
-PREFIX_FAMILIES = {"llama", "mistral", "mixtral", "qwen2", "gemma", "gemma2", "phi3", "gpt2"}
+PREFIX_FAMILIES = {
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "phi3",
+    "gpt2",
+}
 
 
 @functools.cache

@@ -245,3 +245,73 @@ def test_t5_folder_saved_by_transformers(tmp_path):
     assert loaded.dropout_rate == 0.1 and not loaded.tie_embeddings
     ckpt = read_checkpoint(tmp_path)
     assert ckpt is not None and ckpt.nbytes == 2 * count_params(arch)
+
+
+# Qwen/Qwen3-0.6B's config.json (the keys that shape memory, as published)
+QWEN3_0_6B_CFG = {
+    "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "head_dim": 128,
+    "hidden_act": "silu", "hidden_size": 1024, "intermediate_size": 3072,
+    "max_position_embeddings": 40960, "max_window_layers": 28, "model_type": "qwen3",
+    "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-06, "rope_theta": 1000000, "sliding_window": None,
+    "tie_word_embeddings": True, "use_sliding_window": False, "vocab_size": 151936,
+}  # fmt: skip
+
+
+def test_qwen3_config_json(tmp_path):
+    """q/k norms from the model type, head_dim as written (not hidden / heads), tied
+    head; 596,049,920 parameters as KerasHub's qwen3_0.6b_en lists."""
+    (tmp_path / "config.json").write_text(json.dumps(QWEN3_0_6B_CFG))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.family, arch.qk_norm, arch.head_size, arch.q_size) == ("qwen3", True, 128, 2048)
+    assert arch.tie_embeddings and not arch.has_biases and arch.sliding_window is None
+    assert count_params(arch) == 596_049_920
+
+
+@pytest.mark.parametrize(
+    ("changes", "window", "biases"),
+    [
+        # Qwen3Config's defaults: no sliding window (use_sliding_window false), no biases
+        ({"use_sliding_window": None, "sliding_window": 4096}, None, 0),
+        ({"use_sliding_window": True, "sliding_window": 4096}, 4096, 0),
+        # attention_bias puts a bias on q, k, v and o alike
+        ({"attention_bias": True}, None, 28 * (2048 + 2 * 1024 + 1024)),
+    ],
+)
+def test_qwen3_config_flags(tmp_path, changes, window, biases):
+    cfg = {k: v for k, v in {**QWEN3_0_6B_CFG, **changes}.items() if v is not None}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    arch = resolve_model(str(tmp_path))
+    assert arch.sliding_window == window
+    assert count_params(arch) == 596_049_920 + biases
+
+
+def test_qwen3_config_counts_as_transformers_builds_it():
+    """The same config through transformers' own Qwen3 model (meta device), with biases."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from ftmem.sources import architecture_from_config
+
+    cfg = {**QWEN3_0_6B_CFG, "num_hidden_layers": 2, "attention_bias": True}
+    config = transformers.Qwen3Config(**{k: v for k, v in cfg.items() if k != "model_type"})
+    with torch.device("meta"):
+        model = transformers.Qwen3ForCausalLM(config)
+    real = sum(p.numel() for p in model.parameters())
+    assert count_params(architecture_from_config(cfg, "x", "x")) == real
+
+
+def test_qwen3_folder_saved_by_transformers(tmp_path):
+    """transformers 5 writes Qwen3's config.json its own way (layer_types, rope_parameters,
+    a null sliding_window): read back, it is the same layout, q/k norms included."""
+    pytest.importorskip("transformers")
+    from ftmem.measure.build import build_model
+    from ftmem.run import RunConfig
+
+    arch = tiny("qwen3")
+    model = build_model(arch, RunConfig(method="full", precision="bf16", device="cpu")).model
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    loaded = resolve_model(str(tmp_path))
+    assert (loaded.qk_norm, loaded.head_size, loaded.sliding_window) == (True, 32, None)
+    assert count_params(loaded) == count_params(arch)
+    notes = source_notes(str(tmp_path))
+    assert any("the same count as the layout" in n for n in notes), notes

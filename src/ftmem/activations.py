@@ -107,6 +107,8 @@ class BlockState:
     # partial: linears (module paths) whose own weight trains, and whether norms train
     trained: frozenset[str] = frozenset()
     norms_trained: bool = False
+    # partial: the per-head query/key norms train (arch.qk_norm): q and k need a gradient
+    qk_norms_trained: bool = False
     # bottleneck adapters: linears whose output goes through one
     bottleneck: frozenset[str] = frozenset()
 
@@ -406,6 +408,32 @@ def _dora_saved(
     return [Saved(what, size, Kind.DORA, side, (lin,)) for what, size in sizes]
 
 
+def qk_norms_saved(
+    ctx: LayerContext, state: BlockState, qkv: list[Linear], all_grad: bool, w_grad: bool
+) -> list[Saved]:
+    """The per-head query and key RMSNorms (``arch.qk_norm``), on T·heads rows of
+    head_dim: each is the residual norm's ops (x.float(), pow, mean, rsqrt, mul) on the
+    projection's output. Where that output needs a gradient the norm keeps its fp32 copy
+    (the output itself when it is fp32 already) and the fp32 rstd per row; where the
+    norm's weight trains, the normalised cast back to the projection's dtype.
+    ``all_grad``: every projection's output needs a gradient (something below or a
+    weight of the block trains), else only the adapted / trained ones do."""
+    arch = ctx.arch
+    if not arch.qk_norm:
+        return []
+    # the projections' output dtype (fp32 from 4-bit linears under autocast)
+    oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else ctx.e
+    own = state.output_grad
+    out: list[Saved] = []
+    for role, heads in (("q", arch.num_heads), ("k", arch.kv_heads)):
+        rows, width = ctx.tokens * heads, arch.head_size
+        if all_grad or any(lin.module in own for lin in qkv if role in lin.roles):
+            out.append(Saved(f"{role} norm: fp32 input + rstd", rows * (width + 1) * FP32))
+        if w_grad:
+            out.append(Saved(f"{role} norm: normalised", rows * width * oe))
+    return out
+
+
 def _attention(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
     """Attention core: rotary outputs, the kernel's saved inputs/outputs.
 
@@ -594,7 +622,7 @@ def block_saved(
     # outputs that need a gradient for something other than an adapter
     biased = state.biased | state.scaled | state.trained | state.bottleneck
     adapted_attn = any(lin.module in state.adapted for lin in qkv)
-    bias_attn = any(lin.module in biased for lin in qkv)
+    bias_attn = any(lin.module in biased for lin in qkv) or state.qk_norms_trained
     h = arch.hidden_size
     out: list[Saved] = []
     parallel_norms = arch.parallel_attn_mlp and arch.norms_per_block == 2
@@ -610,6 +638,8 @@ def block_saved(
         attn_grads = frozenset(
             r for lin in qkv if lin.module in state.adapted | biased for r in lin.roles
         ) | (frozenset({"k", "v"}) if prefix else frozenset())
+        attn_grads |= frozenset({"q", "k"}) if state.qk_norms_trained else frozenset()
+    out += qk_norms_saved(ctx, state, qkv, x or w or wn, wn or state.qk_norms_trained)
     out += _attention(ctx, attn_grads)
     # the attention output is the o_proj input: one storage, kept by the fused kernels
     kernel_keeps_o_input = not runs_eager(arch, run) and arch.traits.o_proj_reads_kernel_output

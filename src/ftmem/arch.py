@@ -71,6 +71,9 @@ class Architecture(BaseModel):
     )
     parallel_attn_mlp: bool = Field(False, description="Attention and MLP read the same input.")
     attention_qkv_bias: bool = False
+    qk_norm: bool = Field(
+        False, description="An RMSNorm over each query and key head before the rotary (Qwen3)."
+    )
     attention_out_bias: bool = False
     mlp_bias: bool = False
     tie_embeddings: bool = False
@@ -152,6 +155,8 @@ class Architecture(BaseModel):
             raise ValueError("relative position buckets are for encoder-decoder (T5) families only")
         if fam.encoder_decoder and (self.norm != "rmsnorm" or self.kv_heads != self.num_heads):
             raise ValueError(f"{fam.name} has RMS norms and as many key/value heads as heads")
+        if self.qk_norm and (self.norm != "rmsnorm" or fam.encoder_decoder):
+            raise ValueError("qk_norm (per-head RMS norms) needs a decoder-only rmsnorm model")
         if self.dropout_rate and not fam.encoder_decoder:
             raise ValueError("dropout_rate is supported for encoder-decoder (T5) families only")
         if self.is_moe and not fam.moe:
@@ -417,6 +422,15 @@ def _norm_params(prefix: str, arch: Architecture) -> list[Param]:
     return params
 
 
+def qk_norm_params(arch: Architecture) -> list[Param]:
+    """Per-head query and key RMSNorms (Qwen3): one head-wide weight each, kept by the
+    attention module beside its projections."""
+    if not arch.qk_norm:
+        return []
+    attention = arch.traits.names.attention["o"].rsplit(".", 1)[0]
+    return [Param(f"{attention}.{n}_norm.weight", (arch.head_size,), "norm") for n in "qk"]
+
+
 @lru_cache(maxsize=512)
 def layout(arch: Architecture) -> Layout:
     """Every parameter tensor of the model, exactly as transformers allocates them."""
@@ -445,6 +459,7 @@ def layout(arch: Architecture) -> Layout:
         norm_names = tuple(_t5_block(arch)[1])
     else:
         norm_names = names.norms[arch.norms_per_block]
+    block += qk_norm_params(arch)
     for norm_name in norm_names:
         block += _norm_params(norm_name, arch)
 

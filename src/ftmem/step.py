@@ -21,7 +21,7 @@ from ftmem.activations import (
     outer_saved,
     runs_eager,
 )
-from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, layout
+from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, layout, qk_norm_params
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, plan_key, plan_method
@@ -102,16 +102,19 @@ def _partial_states(arch: Architecture, plan: MethodPlan, inputs_grad: bool) -> 
     """partial: each block's own trainable tensors; a block's input needs a gradient once
     anything below it (or the embedding) trains."""
     lay = layout(arch)
+    qk_norms = {p.name for p in qk_norm_params(arch)}
     states = []
     below = inputs_grad
     for names in plan.trained_by_block:
         params = [p for p in lay.block if p.name in names]
         trained = frozenset(p.module for p in params if p.kind in ("linear", "router", "expert"))
         biased = frozenset(p.module for p in params if p.kind == "linear_bias")
-        norms = any(p.kind == "norm" for p in params)
+        norms = any(p.kind == "norm" and p.name not in qk_norms for p in params)
         states.append(
             BlockState(below, False, frozenset(), biased, trained=trained, norms_trained=norms)
         )
+        if qk_norms.intersection(names):
+            states[-1] = dataclasses.replace(states[-1], qk_norms_trained=True)
         below = below or bool(names)
     return states
 

@@ -56,6 +56,8 @@ SHARDED_CASES = [
     ShardedCase("gpt2", "fsdp", {"method": "full", "precision": "bf16-mixed"}),
     ShardedCase("falcon", "fsdp", {"method": "full", "precision": "bf16"}),
     ShardedCase("mixtral", "fsdp", {"method": "full", "precision": "bf16"}),
+    # the head-wide q/k norm weights (32) split across the ranks like every parameter
+    ShardedCase("qwen3", "fsdp", {"method": "full", "precision": "bf16"}),
     # an encoder-decoder: each T5Block of both stacks is one FSDP unit
     ShardedCase("flan-t5", "fsdp", {"method": "full", "precision": "bf16", "target_len": 23}),
     ShardedCase("flan-t5", "fsdp", {"method": "lora", "precision": "bf16-mixed"}),

@@ -86,6 +86,9 @@ class Family:
     conv1d: bool = False
     # tanh-GELU written out op by op (GPT-2's NewGELU) rather than one fused kernel.
     gelu_written_out: bool = False
+    # Per-head RMSNorms on queries and keys (Qwen3): transformers has no switch for them,
+    # the model type decides (Architecture.qk_norm must say the same to be measured).
+    qk_norm: bool = False
     # RMSNorm scales by (1 + w) in fp32 (Gemma), not by w after a cast back.
     norm_scale_in_fp32: bool = False
     # o_proj reads the attention kernel's output storage itself (no copy in between).

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ftmem.arch import Architecture, count_params, layout, param_path
+from ftmem.errors import InvalidInputError
 from ftmem.run import PROMPT_METHODS, RunConfig, split_patterns
 
 if TYPE_CHECKING:
@@ -97,6 +98,14 @@ def hf_config(arch: Architecture, attn_impl: str = "sdpa"):
     from transformers import AutoConfig
 
     model_type, kw = hf_config_kwargs(arch, attn_impl)
+    if arch.qk_norm != arch.traits.qk_norm:
+        # transformers has no switch for them: the model type decides (refused here, not
+        # left to the parameter-count check's AssertionError)
+        has = "has" if arch.traits.qk_norm else "has no"
+        raise InvalidInputError(
+            f"{arch.name} sets qk_norm {str(arch.qk_norm).lower()}, but transformers' "
+            f"{model_type} model {has} per-head q/k norms: it cannot be measured as written."
+        )
     # family defaults (e.g. Phi-3's pad id 32000) can lie outside a small test vocabulary
     defaults = AutoConfig.for_model(model_type)
     for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):

@@ -1,0 +1,29 @@
+"""Qwen3 (Qwen3ForCausalLM): Qwen2's block with per-head RMSNorms on queries and keys
+before the rotary, no q/k/v biases by default (``attention_bias`` biases q, k, v and o
+alike) and an explicit head_dim; the sliding window is off unless asked for."""
+
+from __future__ import annotations
+
+from ftmem.families import Family
+from ftmem.families._config import Config, LlamaKeys, flag
+from ftmem.families._llama import LLAMA_NAMES, llama_map
+
+
+def _read_qwen3(cfg: Config, out: Config) -> None:
+    out["qk_norm"] = True
+    if not flag(cfg, "use_sliding_window", False):  # Qwen3Config's default, unlike Qwen2's
+        out.pop("sliding_window", None)
+
+
+FAMILY = Family(
+    name="qwen3",
+    model_types=("qwen3",),
+    decoder_layer="Qwen3DecoderLayer",
+    config=llama_map(
+        "qwen3",
+        LlamaKeys(optional=("attention_bias",), window="use_sliding_window"),
+        read_extra=_read_qwen3,
+    ),
+    names=LLAMA_NAMES,
+    qk_norm=True,
+)
