@@ -606,29 +606,7 @@ TORCHTUNE_KEYS = frozenset(
 
 def _torchtune(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     s = cfg.settings
-    model = k.section("model")
-    leaf = (model.text("_component_") or "").rsplit(".", 1)[-1]
-    match = TORCHTUNE_MODEL.match(leaf)
-    if match:
-        family, size = match.groups()
-        size = size.replace("_", ".")
-        cfg.model = f"{TORCHTUNE_FAMILY[family]}-{size}"
-        if size == "mini":
-            cfg.model = "phi3-mini"
-    if leaf.startswith(("lora_", "qlora_")):
-        s["method"] = "qlora" if leaf.startswith("qlora_") else "lora"
-        if model.flag("use_dora"):
-            s["method"] = "dora"
-        targets = [TORCHTUNE_MODULES.get(m, m) for m in model.names("lora_attn_modules") or []]
-        if model.flag("apply_lora_to_mlp"):
-            targets += ["gate", "up", "down"]
-        if targets:
-            s["lora_targets"] = ",".join(targets)
-        if model.flag("apply_lora_to_output"):
-            cfg.notes.append("apply_lora_to_output (LoRA on the LM head) is not modelled yet.")
-        _lora_numbers(model, cfg, "lora_rank")
-        if not s.get("lora_dropout"):
-            s.pop("lora_dropout", None)  # torchtune's 0.0 is ftmem's default
+    _torchtune_model(k.section("model"), cfg)
     cfg.notes.append(
         "torchtune runs its own model code: estimated with the transformers layout of the "
         "same model, whose weights match; saved activations may differ a little."
@@ -644,7 +622,51 @@ def _torchtune(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     )
     if k.flag("enable_activation_checkpointing"):
         s["grad_ckpt"] = True
-    optimizer = k.section("optimizer")
+    _torchtune_optimizer(k.section("optimizer"), cfg)
+    if "Chunked" in (k.section("loss").text("_component_") or ""):
+        s["loss"] = "chunked"
+    for key, setting in (
+        ("enable_activation_offloading", "activation_offload"),
+        ("optimizer_in_bwd", "optimizer_in_backward"),
+    ):
+        if k.flag(key):
+            s[setting] = True
+    if k.flag("compile"):
+        cfg.notes.append("compile: torch.compile is not modelled; the estimate is without it.")
+    return TORCHTUNE_KEYS
+
+
+def _torchtune_model(model: Keys, cfg: FrameworkConfig) -> None:
+    """The model builder's name (``lora_llama3_1_8b``) as a preset and a method, and its
+    LoRA switches."""
+    s = cfg.settings
+    leaf = (model.text("_component_") or "").rsplit(".", 1)[-1]
+    match = TORCHTUNE_MODEL.match(leaf)
+    if match:
+        family, size = match.groups()
+        size = size.replace("_", ".")
+        cfg.model = f"{TORCHTUNE_FAMILY[family]}-{size}"
+        if size == "mini":
+            cfg.model = "phi3-mini"
+    if not leaf.startswith(("lora_", "qlora_")):
+        return
+    s["method"] = "qlora" if leaf.startswith("qlora_") else "lora"
+    if model.flag("use_dora"):
+        s["method"] = "dora"
+    targets = [TORCHTUNE_MODULES.get(m, m) for m in model.names("lora_attn_modules") or []]
+    if model.flag("apply_lora_to_mlp"):
+        targets += ["gate", "up", "down"]
+    if targets:
+        s["lora_targets"] = ",".join(targets)
+    if model.flag("apply_lora_to_output"):
+        cfg.notes.append("apply_lora_to_output (LoRA on the LM head) is not modelled yet.")
+    _lora_numbers(model, cfg, "lora_rank")
+    if not s.get("lora_dropout"):
+        s.pop("lora_dropout", None)  # torchtune's 0.0 is ftmem's default
+
+
+def _torchtune_optimizer(optimizer: Keys, cfg: FrameworkConfig) -> None:
+    s = cfg.settings
     opt = optimizer.text("_component_") or "torch.optim.AdamW"
     if opt.endswith("PagedAdamW8bit"):
         s["optimizer"] = "paged-adamw-8bit"
@@ -658,15 +680,6 @@ def _torchtune(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
         s["optimizer"] = "sgd-momentum" if optimizer.number("momentum") else "sgd"
     else:
         cfg.notes.append(f"optimizer {opt} is not modelled; the estimate assumes AdamW.")
-    if "Chunked" in (k.section("loss").text("_component_") or ""):
-        s["loss"] = "chunked"
-    if k.flag("enable_activation_offloading"):
-        s["activation_offload"] = True
-    if k.flag("optimizer_in_bwd"):
-        s["optimizer_in_backward"] = True
-    if k.flag("compile"):
-        cfg.notes.append("compile: torch.compile is not modelled; the estimate is without it.")
-    return TORCHTUNE_KEYS
 
 
 def _hf_trainer_method(k: Keys, cfg: FrameworkConfig) -> None:
