@@ -15,7 +15,6 @@ from ftmem import limits
 from ftmem.cli_options import DISTILL, FROM, GPU, MULTI, RUN, SPREAD, with_options
 from ftmem.errors import FtmemError
 from ftmem.terminal import cli_streams, discard_stdout, error, say
-from ftmem.terminal import console as _console
 from ftmem.terminal import echo as _echo
 from ftmem.units import UnitSystem
 
@@ -259,7 +258,7 @@ def _emitted(
         raise FtmemError("--emit-to needs --emit deepspeed, accelerate or fsdp.")
     if emit is None:
         return None
-    from ftmem.emit import emit_config
+    from ftmem.present.emit import emit_config
 
     emitted = emit_config(est, emit)
     if emit_to is not None:
@@ -271,7 +270,7 @@ def _print_estimate(
     est: Estimate, output_format: str, unit: UnitSystem, emitted: str | None
 ) -> None:
     """The estimate in ``output_format``, or the emitted engine config in its place."""
-    from ftmem.report import markdown, table, to_csv, to_json, to_yaml
+    from ftmem.present.estimate import markdown, table, to_csv, to_json, to_yaml
 
     if emitted is not None:
         _echo(emitted, nl=False)
@@ -345,7 +344,7 @@ def plan(
     from ftmem.api import estimate as run_estimate
     from ftmem.api import plan as make_plan
     from ftmem.plan import all_levers_at_once
-    from ftmem.report_search import plan_json, plan_table
+    from ftmem.present.searches import plan_json, plan_table
     from ftmem.sources import resolve_model
 
     unit = _units(units)
@@ -364,7 +363,7 @@ def plan(
         except FtmemError:
             closest = None
     if plot is not None:
-        from ftmem.plot import plan_figure, save
+        from ftmem.present.plot import plan_figure, save
 
         save(plan_figure(result), plot)
     if output_format == "json":
@@ -417,7 +416,7 @@ def largest(
     from ftmem.api import estimate as run_estimate
     from ftmem.api import largest as search_largest
     from ftmem.api import search_bound
-    from ftmem.report_search import largest_line
+    from ftmem.present.searches import largest_line
     from ftmem.sources import resolve_model
 
     unit = _units(units)
@@ -430,7 +429,7 @@ def largest(
     given = {k: v for k, v in settings.items() if v is not None}
     result = search_largest(arch, key, **given)
     if plot is not None:
-        from ftmem.plot import save, sweep_figure
+        from ftmem.present.plot import save, sweep_figure
 
         def estimate_at(n: int) -> Any:
             return run_estimate(arch, **{**given, key: n})
@@ -468,8 +467,8 @@ def compare(
     import json
 
     from ftmem.api import estimate as run_estimate
+    from ftmem.present.searches import compare_table
     from ftmem.presets import get_gpu
-    from ftmem.report_search import compare_table
     from ftmem.sources import resolve_model
 
     unit = _units(units)
@@ -533,7 +532,7 @@ def compare_methods(
     import json
 
     from ftmem.api import compare_methods as run_compare
-    from ftmem.report_search import methods_table
+    from ftmem.present.searches import methods_table
     from ftmem.sources import resolve_model
 
     unit = _units(units)
@@ -589,8 +588,8 @@ def explain(
     """The arithmetic behind the estimate, step by step (Markdown for blog posts)."""
     from ftmem.api import estimate as run_estimate
     from ftmem.api import run_config
-    from ftmem.explain import explain as explain_sections
-    from ftmem.explain import render_markdown, render_text
+    from ftmem.present.explain import explain as explain_sections
+    from ftmem.present.explain import render_markdown, render_text
     from ftmem.sources import resolve_model, source_notes
 
     unit = _units(units)
@@ -733,7 +732,7 @@ def serve(
 ) -> None:
     """Inference / serving memory: weights, KV cache, prefill, resident adapters."""
     from ftmem.api import resolve_gpu, serve_config
-    from ftmem.report_serve import serving_table, serving_verdict
+    from ftmem.present.serve import serving_table, serving_verdict
     from ftmem.serve import default_context, estimate_serving
     from ftmem.sources import resolve_model
 
@@ -824,7 +823,7 @@ def check(
     import os
 
     from ftmem.budget import check_budgets, github_annotations, results_json, results_junit
-    from ftmem.report_search import budget_table
+    from ftmem.present.searches import budget_table
 
     to_stdout = [flag for flag, out in (("--json", json_out), ("--junit", junit_out)) if out == "-"]
     if len(to_stdout) > 1:
@@ -948,7 +947,7 @@ def _print_measured(
     import json
 
     from ftmem.estimate import estimate_step
-    from ftmem.report_measure import measured_table
+    from ftmem.present.measure import measured_table
 
     est = estimate_step(arch, run)
     m = est.memory
@@ -986,7 +985,7 @@ def _measure_fsdp(arch: Any, run: Any, ranks: int, mode: str, output_format: str
     from ftmem.estimate import estimate_step
     from ftmem.measure.sharded import measure_fsdp
     from ftmem.parallel import ParallelConfig
-    from ftmem.report_measure import measured_table
+    from ftmem.present.measure import measured_table
 
     measured = measure_fsdp(arch, run, ranks, mode=mode)
     est = estimate_step(arch, run, par=ParallelConfig(gpus=ranks, strategy="fsdp")).memory
@@ -1011,7 +1010,7 @@ def schema() -> None:
     """Print the JSON Schema of `ftmem estimate --format json`."""
     import json
 
-    from ftmem.report import estimate_schema
+    from ftmem.present.estimate import estimate_schema
 
     _echo(json.dumps(estimate_schema(), indent=2))
 
@@ -1019,85 +1018,39 @@ def schema() -> None:
 @app.command()
 def methods() -> None:
     """List the finetuning methods with what each trains and its source."""
-    from rich.table import Table
+    from ftmem.present.listings import methods_table
 
-    from ftmem.methods import METHOD_CATALOG
-
-    tbl = Table(title="Finetuning methods (--method)")
-    for col in ("method", "what trains", "source"):
-        tbl.add_column(col)
-    for name, (what, source) in METHOD_CATALOG.items():
-        tbl.add_row(name, what, source)
-    _console().print(tbl)
+    _console().print(methods_table())
 
 
 @app.command()
 def models(units: Units = "GiB") -> None:
     """List the model presets with their exact parameter counts."""
-    from ftmem.arch import count_params
-    from ftmem.presets import model_presets
-    from ftmem.report import Column
-    from ftmem.units import format_bytes, format_count
+    from ftmem.present.listings import models_listing
 
-    unit = _units(units)
-    rows = []
-    for preset_id, arch in sorted(model_presets().items()):
-        n = count_params(arch)
-        rows.append(
-            (
-                preset_id,
-                arch.name,
-                arch.family,
-                format_count(n),
-                f"{n:,}",
-                format_bytes(2 * n, unit),
-            )
-        )
-    columns = [
-        Column("id"),
-        Column("name", wraps=True, drop=4),
-        Column("family", drop=5),
-        Column("parameters", "right", drop=2),
-        Column("exact count", "right"),
-        Column("bf16 weights", "right", drop=3),
-    ]
-    _print_listing("Model presets", columns, rows)
+    _print_listing(*models_listing(_units(units)))
 
 
 @app.command()
 def gpus(units: Units = "GiB") -> None:
     """List the GPU presets with the memory each reports."""
-    from ftmem.presets import gpu_presets
-    from ftmem.report import Column
-    from ftmem.units import format_bytes
+    from ftmem.present.listings import gpus_listing
 
-    unit = _units(units)
-    rows = [
-        (
-            gpu.id,
-            gpu.name,
-            format_bytes(gpu.memory_bytes, unit),
-            f"{gpu.memory_bytes:,}",
-            "yes" if gpu.bf16 else "no",
-        )
-        for gpu in sorted(gpu_presets().values(), key=lambda g: g.memory_bytes)
-    ]
-    columns = [
-        Column("id"),
-        Column("name", wraps=True, drop=3),
-        Column("memory", "right"),
-        Column("bytes", "right", drop=2),
-        Column("bf16", drop=4),
-    ]
-    _print_listing("GPU presets (memory as the device reports it)", columns, rows)
+    _print_listing(*gpus_listing(_units(units)))
 
 
 def _print_listing(title: str, columns: list[Any], rows: Sequence[tuple[str, ...]]) -> None:
-    from ftmem.report import listing
+    from ftmem.present.listings import listing
 
     con = _console()
     tbl, width = listing(title, columns, rows, con.width)
     con.print(tbl, width=max(width, con.width), crop=False)  # ids whole, even past the edge
+
+
+def _console() -> Any:
+    from ftmem.present.console import console
+
+    return console()
 
 
 def _is(exc: BaseException, name: str) -> bool:
