@@ -1,4 +1,4 @@
-"""Command-line options shared by estimate, plan, max, compare: defined once.
+"""Command-line options shared by several commands: defined once.
 
 Typer reads a command's options from its signature; :func:`with_options` appends these
 groups to a command's own parameters, and the command receives them as ``**settings``
@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional, TypeVar, cast
 
 import typer
+
+from ftmem.errors import FtmemError
+from ftmem.units import UnitSystem
 
 F = TypeVar("F", bound=Callable[..., Any])
 MULTI = "Many GPUs"
@@ -221,3 +224,42 @@ def with_options(*groups: list[inspect.Parameter], drop: tuple[str, ...] = ()) -
         return fn
 
     return decorate
+
+
+# -- the arguments and options several commands take -----------------------------------
+
+RUN_NAMES = tuple(p.name for p in RUN)
+
+ModelArg = Annotated[
+    str, typer.Argument(help="Preset id (see `ftmem models`) or a config.json path/folder.")
+]
+OptModelArg = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Argument(
+        help="Preset id (see `ftmem models`) or a config.json path/folder; with --from, "
+        "the config's base model when omitted."
+    ),
+]
+
+
+Format = Annotated[str, typer.Option("--format", help="table | json | yaml | markdown | csv")]
+TableOrJson = Annotated[str, typer.Option("--format", help="table | json")]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print nothing; the exit code says it all.")
+]
+
+
+Units = Annotated[str, typer.Option("--units", help="GiB (binary, default) or GB (10^9).")]
+
+
+def unit_system(units: str) -> UnitSystem:
+    if units not in ("GiB", "GB"):
+        raise FtmemError("--units must be GiB or GB.")
+    return cast("UnitSystem", units)
+
+
+def check_format(value: str, *allowed: str) -> str:
+    if value not in allowed:
+        choices = ", ".join(allowed[:-1]) + f" or {allowed[-1]}"
+        raise FtmemError(f"--format must be {choices}.")
+    return value
