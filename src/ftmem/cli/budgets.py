@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ftmem.cli.errors import EXIT_DOES_NOT_FIT
-from ftmem.cli.options import Quiet, Units, unit_system
+from ftmem.cli.options import Quiet, Units
 from ftmem.cli.output import console, write_file
 from ftmem.cli.root import app
 from ftmem.cli.terminal import echo
@@ -37,7 +37,6 @@ def check(
         raise FtmemError("--json - and --junit - both write to stdout; send one to a file.")
     if json_out is not None and json_out == junit_out:  # the second report would replace the first
         raise FtmemError(f"--json and --junit both write {json_out}; give each its own file.")
-    unit = unit_system(units)
     results = check_budgets(budgets)
     reports = {
         "--json": (json_out, results_json(results)),
@@ -49,7 +48,7 @@ def check(
     if to_stdout:  # the report alone on stdout, for a pipe
         echo(reports[to_stdout[0]][1])
     elif not quiet:
-        console().print(budget_table(results, unit))
+        console().print(budget_table(results, units))
     if os.environ.get("GITHUB_ACTIONS") == "true" and not quiet:
         # the runner reads workflow commands on stderr too: there when stdout is a report
         for line in github_annotations(results, budgets):

@@ -3,6 +3,8 @@ code, with its sentence on stderr (:mod:`ftmem.cli.terminal`)."""
 
 from __future__ import annotations
 
+import re
+
 from ftmem.cli.terminal import discard_stdout, error, say
 from ftmem.errors import FtmemError
 
@@ -10,6 +12,26 @@ EXIT_DOES_NOT_FIT = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of the pipe stopped reading
+
+
+# typer's refusal of a closed choice: "Invalid value for '--format': Value error, 'xml' is
+# not one of 'table', 'json'." (the "Value error, " is pydantic's, through typer's coercion)
+_NOT_A_CHOICE = re.compile(
+    r"Invalid value for '(?P<flag>[^']+)': (?:Value error, )?(?P<got>.+) is not one of "
+    r"(?P<choices>'.*')\.?$",
+    re.DOTALL,
+)
+
+
+def _usage_message(message: str) -> str:
+    """Click's usage error, a refused choice said as ftmem says one: the flag, what it
+    takes, what it got."""
+    found = _NOT_A_CHOICE.match(message)
+    if found is None:
+        return message.replace(": Value error, ", ": ")
+    choices = [c.strip().strip("'") for c in found["choices"].split(",")]
+    allowed = choices[0] if len(choices) == 1 else ", ".join(choices[:-1]) + f" or {choices[-1]}"
+    return f"{found['flag']} must be {allowed}, not {found['got']}."
 
 
 def _is(exc: BaseException, name: str) -> bool:
@@ -48,7 +70,7 @@ def exit_code(exc: BaseException) -> int | None:
     if _is(exc, "UsageError"):
         ctx = getattr(exc, "ctx", None)
         hint = f" See `{ctx.command_path} --help`." if ctx is not None else ""
-        message = exc.format_message().rstrip()  # type: ignore[attr-defined]
+        message = _usage_message(exc.format_message().rstrip())  # type: ignore[attr-defined]
         if not message.endswith((".", "?", "!")):
             message += "."
         error(f"{message}{hint}")

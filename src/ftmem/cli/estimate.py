@@ -4,7 +4,7 @@ that do; or the engine config for it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import typer
 
@@ -20,8 +20,6 @@ from ftmem.cli.options import (
     OptModelArg,
     Quiet,
     Units,
-    check_format,
-    unit_system,
     with_options,
 )
 from ftmem.cli.output import console, write_file
@@ -30,6 +28,10 @@ from ftmem.cli.settings import with_config
 from ftmem.cli.terminal import echo
 from ftmem.errors import FtmemError
 from ftmem.units import UnitSystem
+
+Emitter = Literal["deepspeed", "accelerate", "fsdp"]
+"""The engine configs of :mod:`ftmem.present.emit` (its EMITTERS; not imported here,
+where `ftmem estimate` without --emit would pay for it)."""
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -51,10 +53,10 @@ def estimate(
         ),
     ] = False,
     emit: Annotated[
-        str | None,
+        Optional[Emitter],  # noqa: UP045 - typer needs Optional spelled out on Python 3.10
         typer.Option(
-            help="Print the engine config for this plan instead of the table: deepspeed (JSON) | "
-            "accelerate (YAML) | fsdp (Accelerate YAML).",
+            help="Print the engine config for this plan instead of the table: deepspeed (JSON), "
+            "accelerate (YAML) or fsdp (Accelerate YAML).",
             rich_help_panel=MULTI,
         ),
     ] = None,
@@ -73,13 +75,11 @@ def estimate(
     **settings: Any,
 ) -> None:
     """Estimate the memory of one training step and whether it fits a GPU."""
-    unit = unit_system(units)
-    check_format(output_format, "table", "json", "yaml", "markdown", "csv")
     read_from = [settings.get("from_config")]  # not to be replaced by --emit-to
-    arch, est, search_line = _estimate_for(ctx, model, settings, fewest_gpus, unit)
+    arch, est, search_line = _estimate_for(ctx, model, settings, fewest_gpus, units)
     emitted = _emitted(est, emit, emit_to, inputs=[*read_from, arch.source])
     if not quiet:
-        _print_estimate(est, output_format, unit, emitted if emit_to is None else None)
+        _print_estimate(est, output_format, units, emitted if emit_to is None else None)
     table_like = output_format in ("table", "markdown") and (emit is None or emit_to is not None)
     if search_line is not None and table_like and not quiet:
         echo(search_line)
@@ -93,7 +93,7 @@ def _estimate_for(
     model: str | None,
     settings: dict[str, Any],
     fewest_gpus: bool,
-    unit: UnitSystem,
+    units: UnitSystem,
 ) -> tuple[Architecture, Estimate, str | None]:
     """`ftmem estimate`'s model and estimate (on the fewest GPUs that fit, with the line
     saying what was searched, under --fewest-gpus), the notes of its sources on it."""
@@ -107,7 +107,7 @@ def _estimate_for(
     gpus = settings.pop("gpus")
     if fewest_gpus:
         nodes = settings.pop("nodes")
-        est, search_line = _fewest_gpus(arch, settings, 8 if gpus is None else gpus, nodes, unit)
+        est, search_line = _fewest_gpus(arch, settings, 8 if gpus is None else gpus, nodes, units)
     else:
         est = run_estimate(arch, gpus=1 if gpus is None else gpus, **settings)
     if notes:
@@ -132,7 +132,7 @@ def _emitted(
 
 
 def _print_estimate(
-    est: Estimate, output_format: str, unit: UnitSystem, emitted: str | None
+    est: Estimate, output_format: str, units: UnitSystem, emitted: str | None
 ) -> None:
     """The estimate in ``output_format``, or the emitted engine config in its place."""
     from ftmem.present.estimate import markdown, table, to_csv, to_json, to_yaml
@@ -146,12 +146,12 @@ def _print_estimate(
     elif output_format == "csv":
         echo(to_csv(est), nl=False)
     elif output_format == "markdown":
-        echo(markdown(est, unit), nl=False)
+        echo(markdown(est, units), nl=False)
     else:
-        console().print(table(est, unit))
+        console().print(table(est, units))
 
 
-def _fewest_gpus(arch, settings: dict, per_node: int, nodes: int, unit: UnitSystem):
+def _fewest_gpus(arch, settings: dict, per_node: int, nodes: int, units: UnitSystem):
     """The estimate on the fewest GPUs that fit, and a line saying what was searched."""
     from ftmem.api import estimate as run_estimate
     from ftmem.search import MAX_NODES, fewest_gpus
@@ -178,7 +178,7 @@ def _fewest_gpus(arch, settings: dict, per_node: int, nodes: int, unit: UnitSyst
         return last.estimate, (
             f"Does not fit on up to {last.total:,} GPUs ({MAX_NODES} nodes of {per_node}) with "
             f"{strategy}{hint}; at {last.total:,} each GPU needs "
-            f"{format_bytes(last.estimate.memory.total_bytes, unit)}."
+            f"{format_bytes(last.estimate.memory.total_bytes, units)}."
         )
     where = f"{found.nodes} nodes × {found.gpus_per_node}" if found.nodes > 1 else "one node"
     return found.estimate, (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -14,13 +14,12 @@ from ftmem.cli.options import (
     RUN_NAMES,
     SPREAD,
     OptModelArg,
-    check_format,
-    unit_system,
     with_options,
 )
 from ftmem.cli.root import app
 from ftmem.cli.settings import with_config
 from ftmem.cli.terminal import echo
+from ftmem.units import UnitSystem
 
 
 @app.command()
@@ -28,9 +27,12 @@ from ftmem.cli.terminal import echo
 def explain(
     ctx: typer.Context,
     model: OptModelArg = None,
-    output_format: Annotated[str, typer.Option("--format", help="text | markdown")] = "text",
+    output_format: Annotated[
+        Literal["text", "markdown"], typer.Option("--format", help="Plain text, or Markdown.")
+    ] = "text",
     units: Annotated[
-        str, typer.Option("--units", help="GB (10^9, as blog posts write it; default) or GiB.")
+        UnitSystem,
+        typer.Option("--units", help="GB (10^9, as blog posts write it; default) or GiB."),
     ] = "GB",
     **settings: Any,
 ) -> None:
@@ -41,8 +43,6 @@ def explain(
     from ftmem.present.explain import render_markdown, render_text
     from ftmem.sources import resolve_model, source_notes
 
-    unit = unit_system(units)
-    check_format(output_format, "text", "markdown")
     model, settings, notes = with_config(ctx, model, settings)
     arch = resolve_model(model)
     notes += source_notes(model)
@@ -55,7 +55,7 @@ def explain(
         realistic = run_estimate(
             arch, gpus=1 if gpus is None else gpus, **{**settings, "accounting": "phases"}
         )
-    sections = explain_sections(arch, run, est, unit, realistic)
+    sections = explain_sections(arch, run, est, units, realistic)
     title = f"{arch.name}: {run.method}, {est.run['precision_regime']}"
     notes = [*notes, *est.notes]
     if output_format == "markdown":

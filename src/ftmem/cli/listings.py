@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ftmem.cli.options import Units, unit_system
+from ftmem.cli.options import Units
 from ftmem.cli.output import console
 from ftmem.cli.root import app
 from ftmem.cli.terminal import echo
@@ -34,7 +34,7 @@ def models(units: Units = "GiB") -> None:
     """List the model presets with their exact parameter counts."""
     from ftmem.present.listings import models_listing
 
-    _print_listing(*models_listing(unit_system(units)))
+    _print_listing(*models_listing(units))
 
 
 @app.command()
@@ -42,7 +42,7 @@ def gpus(units: Units = "GiB") -> None:
     """List the GPU presets with the memory each reports."""
     from ftmem.present.listings import gpus_listing
 
-    _print_listing(*gpus_listing(unit_system(units)))
+    _print_listing(*gpus_listing(units))
 
 
 def _print_listing(title: str, columns: list[Any], rows: Sequence[tuple[str, ...]]) -> None:

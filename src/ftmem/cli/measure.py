@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -28,7 +28,7 @@ def measure(
         str,
         typer.Argument(help="Preset id or config.json path/folder (built with random weights)."),
     ],
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    device: Annotated[Literal["cpu", "cuda"], typer.Option(help="Where the step runs.")] = "cpu",
     fsdp: Annotated[
         int,
         typer.Option(
@@ -37,7 +37,7 @@ def measure(
         ),
     ] = 0,
     fsdp_ranks: Annotated[
-        str,
+        Literal["simulated", "gloo"],
         typer.Option(
             help="simulated: each rank in turn in this process, over a fake process group "
             "(same peak on every run) | gloo: one process per rank, real collectives "
@@ -78,8 +78,6 @@ def measure(
 
 def _check_measure_options(device: str, steps: int, fsdp: int, fsdp_ranks: str, fake: bool) -> None:
     """`ftmem measure`'s own options, before anything is built."""
-    if device not in ("cpu", "cuda"):
-        raise FtmemError("--device must be cpu or cuda.")
     if steps < 2:
         raise FtmemError("--steps must be at least 2 (step 1 creates the optimizer states).")
     limits.MEASURED_STEPS.check("--steps", steps)
@@ -88,8 +86,6 @@ def _check_measure_options(device: str, steps: int, fsdp: int, fsdp_ranks: str, 
         raise FtmemError("--fake runs on the CPU only; drop --device cuda.")
     if fsdp and (fsdp < 2 or fake or device != "cpu"):
         raise FtmemError("--fsdp takes 2 or more CPU ranks, without --fake or --device cuda.")
-    if fsdp_ranks not in ("simulated", "gloo"):
-        raise FtmemError(f"--fsdp-ranks must be simulated or gloo, not {fsdp_ranks!r}.")
 
 
 @contextmanager

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
-from ftmem.cli.options import ModelArg, TableOrJson, Units, check_format, unit_system
+from ftmem.cli.options import ModelArg, TableOrJson, Units
 from ftmem.cli.root import app
 from ftmem.cli.terminal import echo
+
+# ftmem.merge's MergeConfig.dtype, spelled out: importing ftmem.merge here would load it
+# for every command (tests/test_cli_choices.py checks they agree)
+MergeDtype = Literal["bf16", "fp16", "fp32"]
 
 
 @app.command()
@@ -19,7 +23,7 @@ def merge(
         Optional[str],  # noqa: UP045
         typer.Option(help="Stack merge (depth up-scaling): block slices, e.g. 0-24,8-32."),
     ] = None,
-    dtype: Annotated[str, typer.Option(help="Checkpoint dtype: bf16 | fp16 | fp32")] = "bf16",
+    dtype: Annotated[MergeDtype, typer.Option(help="Checkpoint dtype.")] = "bf16",
     in_memory: Annotated[
         bool,
         typer.Option(
@@ -41,8 +45,6 @@ def merge(
     from ftmem.sources import resolve_model
     from ftmem.units import format_bytes, format_count, parse_size
 
-    unit = unit_system(units)
-    check_format(output_format, "table", "json")
     arch = resolve_model(model)
     cfg = merge_config(
         kind="stack" if layers else "weighted",
@@ -71,10 +73,10 @@ def merge(
     echo(f"Merge ({cfg.kind}): {what}, {cfg.dtype}")
     echo(
         f"  result: {est.result.num_layers} blocks, {format_count(est.result_params)} "
-        f"parameters ({est.result_params:,}), {format_bytes(est.result_bytes, unit)}"
+        f"parameters ({est.result_params:,}), {format_bytes(est.result_bytes, units)}"
     )
-    echo(f"  inputs: {format_bytes(est.inputs_bytes, unit)}")
+    echo(f"  inputs: {format_bytes(est.inputs_bytes, units)}")
     how = "streamed" if cfg.streamed else "in memory"
-    echo(f"  memory to merge ({how}): {format_bytes(est.peak_bytes, unit)}")
+    echo(f"  memory to merge ({how}): {format_bytes(est.peak_bytes, units)}")
     for note in est.notes:
         echo(f"  note: {note}")

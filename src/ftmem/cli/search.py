@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional, get_args
 
 import typer
 
@@ -21,8 +21,6 @@ from ftmem.cli.options import (
     OptModelArg,
     TableOrJson,
     Units,
-    check_format,
-    unit_system,
     with_options,
 )
 from ftmem.cli.output import console
@@ -57,8 +55,6 @@ def plan(
     from ftmem.present.searches import plan_json, plan_table
     from ftmem.sources import resolve_model
 
-    unit = unit_system(units)
-    check_format(output_format, "table", "json")
     if rows < 1:
         raise FtmemError("--rows must be at least 1.")
     model, settings, _ = with_config(ctx, model, settings)
@@ -79,17 +75,13 @@ def plan(
     if output_format == "json":
         echo(json.dumps(plan_json(result), indent=2))
     else:
-        console().print(plan_table(result, unit, closest))
+        console().print(plan_table(result, units, closest))
     if not result.fitting:
         raise typer.Exit(EXIT_DOES_NOT_FIT)
 
 
-SEARCHABLE = {
-    "batch-size": "batch_size",
-    "seq-len": "seq_len",
-    "target-len": "target_len",
-    "lora-r": "lora_r",
-}
+Searchable = Literal["batch-size", "seq-len", "target-len", "lora-r"]
+SEARCHABLE = {flag: flag.replace("-", "_") for flag in get_args(Searchable)}  # to the setting
 SEARCH_LABELS = {
     "batch-size": "micro-batch size",
     "seq-len": "sequence length",
@@ -104,10 +96,10 @@ def largest(
     ctx: typer.Context,
     model: OptModelArg = None,
     for_: Annotated[
-        str,
+        Searchable,
         typer.Option(
             "--for",
-            help="batch-size | seq-len | target-len (encoder-decoders) | lora-r: what to maximise.",
+            help="What to maximise (target-len: encoder-decoders).",
         ),
     ] = "batch-size",
     plot: Annotated[
@@ -128,10 +120,6 @@ def largest(
     from ftmem.present.searches import largest_line
     from ftmem.sources import resolve_model
 
-    unit = unit_system(units)
-    if for_ not in SEARCHABLE:
-        raise FtmemError(f"--for must be one of {', '.join(SEARCHABLE)}, not {for_!r}.")
-    check_format(output_format, "table", "json")
     key = SEARCHABLE[for_]  # the searched setting replaces any value given for it
     model, settings, _ = with_config(ctx, model, settings)
     arch = resolve_model(model)
@@ -155,7 +143,7 @@ def largest(
         }
         echo(json.dumps(data, indent=2))
     else:
-        echo(largest_line(SEARCH_LABELS[for_], result, unit))
+        echo(largest_line(SEARCH_LABELS[for_], result, units))
     if result.value is None:
         raise typer.Exit(EXIT_DOES_NOT_FIT)
 
@@ -179,8 +167,6 @@ def compare(
     from ftmem.presets import get_gpu
     from ftmem.sources import resolve_model
 
-    unit = unit_system(units)
-    check_format(output_format, "table", "json")
     gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()]
     method_ids = [m.strip() for m in methods.split(",") if m.strip()]
     if not gpu_ids or not method_ids:
@@ -210,7 +196,7 @@ def compare(
         ]
         echo(json.dumps(data, indent=2))
         return
-    console().print(compare_table(arch.name, cells, gpu_ids, method_ids, unit))
+    console().print(compare_table(arch.name, cells, gpu_ids, method_ids, units))
 
 
 @app.command("compare-methods")
@@ -242,8 +228,6 @@ def compare_methods(
     from ftmem.present.searches import methods_table
     from ftmem.sources import resolve_model
 
-    unit = unit_system(units)
-    check_format(output_format, "table", "json")
     names = None
     if methods is not None:
         names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -278,4 +262,4 @@ def compare_methods(
         if (inference and arch.encoder_decoder)
         else ""
     )
-    console().print(methods_table(arch.name, rows, gpu, unit, served, note))
+    console().print(methods_table(arch.name, rows, gpu, units, served, note))

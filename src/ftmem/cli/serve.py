@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Optional, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, cast
 
 import typer
 
-from ftmem.cli.options import ModelArg, TableOrJson, Units, check_format, unit_system
+from ftmem.cli.options import ModelArg, TableOrJson, Units
 from ftmem.cli.output import console
 from ftmem.cli.root import app
 from ftmem.cli.terminal import echo
 from ftmem.errors import FtmemError
+
+# ftmem.serve's WeightFormat and KvDtype, spelled out: importing ftmem.serve here would
+# load it for every command (tests/test_cli_choices.py checks they agree)
+WeightFormat = Literal["bf16", "fp16", "fp32", "fp8", "int8", "nf4", "fp4", "int4", "ternary"]
+KvDtype = Literal["bf16", "fp16", "fp32", "fp8"]
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -22,15 +27,10 @@ if TYPE_CHECKING:
 def serve(
     model: ModelArg,
     weights: Annotated[
-        str,
-        typer.Option(
-            help="bf16 | fp16 | fp32 | fp8 | int8 | nf4 | fp4 | int4 (GPTQ/AWQ-style) | "
-            "ternary (BitNet b1.58)"
-        ),
+        WeightFormat,
+        typer.Option(help="Weight format (int4: GPTQ/AWQ-style; ternary: BitNet b1.58)."),
     ] = "bf16",
-    kv_dtype: Annotated[
-        str, typer.Option(help="KV cache dtype: bf16 | fp16 | fp32 | fp8")
-    ] = "bf16",
+    kv_dtype: Annotated[KvDtype, typer.Option(help="KV cache dtype.")] = "bf16",
     sequences: Annotated[int, typer.Option(help="Concurrent sequences.")] = 1,
     context: Annotated[
         Optional[int],  # noqa: UP045
@@ -68,8 +68,6 @@ def serve(
     from ftmem.serve import default_context, estimate_serving
     from ftmem.sources import resolve_model
 
-    unit = unit_system(units)
-    check_format(output_format, "table", "json")
     arch = resolve_model(model)
     hw = resolve_gpu(gpu, gpu_memory)
     cfg = serve_config(
@@ -91,8 +89,8 @@ def serve(
     if output_format == "json":
         echo(est.model_dump_json(indent=2))
         return
-    console().print(serving_table(arch.name, est, unit))
-    for text in (serving_verdict(est, unit), line, *(f"note: {n}" for n in est.notes)):
+    console().print(serving_table(arch.name, est, units))
+    for text in (serving_verdict(est, units), line, *(f"note: {n}" for n in est.notes)):
         if text:
             echo(text)
 
