@@ -12,20 +12,20 @@ from typer.core import TyperGroup
 
 from ftmem.cli.errors import exit_code
 from ftmem.cli.terminal import cli_streams, echo
-from ftmem.errors import FtmemError
 
 
 class _Commands(TyperGroup):
-    """Every command's errors go through :func:`~ftmem.cli.errors.exit_code`: a user's mistake is one
-    sentence on stderr and exit 2 (commands compute everything before they print, so
-    stdout stays empty); a failure to print, its own code. Here, inside click's main,
-    which would otherwise turn a broken pipe into exit 1, "does not fit", and Ctrl-C into
-    a silent 130."""
+    """Every command's errors go through :func:`~ftmem.cli.errors.exit_code`: a user's
+    mistake (a wrong option value included: click parses a command's options in here)
+    is one sentence on stderr and exit 2 (commands compute everything before they
+    print, so stdout stays empty); a failure to print, its own code. Here, inside
+    click's main, which would otherwise turn a broken pipe into exit 1, "does not fit",
+    Ctrl-C into a silent 130 and a usage error into a boxed paragraph."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (FtmemError, OSError, UnicodeEncodeError, KeyboardInterrupt) as exc:
+        except (Exception, KeyboardInterrupt) as exc:  # a bug re-raised, its traceback shown
             code = exit_code(exc)
             if code is None:
                 raise
