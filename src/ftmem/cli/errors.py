@@ -67,6 +67,8 @@ def exit_code(exc: BaseException) -> int | None:
             "show; set PYTHONIOENCODING=utf-8."
         )
         return EXIT_BAD_INPUT
+    if _is(exc, "NoArgsIsHelpError"):  # `ftmem` alone: typer printed the help, no error
+        return 0
     if _is(exc, "UsageError"):
         ctx = getattr(exc, "ctx", None)
         hint = f" See `{ctx.command_path} --help`." if ctx is not None else ""
