@@ -107,37 +107,18 @@ def _print_measured(
 ) -> None:
     """The measured step beside the estimate of the same run: a table, or the estimate's
     JSON with a ``measured`` part."""
-    import json
-
     from ftmem.estimate import estimate_step
-    from ftmem.present.measure import measured_table
+    from ftmem.present.measure import measured_json, measured_rows, measured_table
 
     est = estimate_step(arch, run)
-    m = est.memory
-    rows = [
-        ("weights", m.weights_bytes, got.weights_bytes),
-        ("gradients", m.gradients_bytes, got.gradients_bytes),
-        ("optimizer_states", m.optimizer_states_bytes, got.optimizer_states_bytes),
-        ("activations", m.activations_bytes, got.activations_bytes),
-        ("peak_allocated", m.peak_allocated_bytes, got.peak_allocated_bytes),
-    ]
     if output_format == "json":
-        data = est.model_dump(mode="json")
-        data["measured"] = {f"{k}_bytes": g for k, _, g in rows}
-        data["measured"].update(
-            fake=fake,
-            notes=list(got.notes),
-            peak_phase=got.peak_phase,
-            device=got.device,
-            torch=got.torch_version,
-            transformers=got.transformers_version,
-            peft=got.peft_version,
-        )
-        echo(json.dumps(data, indent=2))
+        echo(measured_json(est, got, fake))
         return
     where = "fake tensors (nothing allocated)" if fake else got.device
     title = f"{arch.name}: {run.method} · {run.precision} · measured on {where}"
-    console().print(measured_table(title, "Estimated", rows, (m.peak_phase, got.peak_phase)))
+    rows = measured_rows(est.memory, got)
+    phases = (est.memory.peak_phase, got.peak_phase)
+    console().print(measured_table(title, "Estimated", rows, phases))
 
 
 def _measure_fsdp(arch: Any, run: Any, ranks: int, mode: str, output_format: str) -> None:

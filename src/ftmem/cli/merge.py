@@ -38,12 +38,11 @@ def merge(
 ) -> None:
     """Model merging (soups, task arithmetic, depth up-scaling): the result and the
     memory (host RAM, or GPU with mergekit --cuda) to compute it."""
-    import json
-
     from ftmem.api import merge_config
     from ftmem.merge import merge_estimate
+    from ftmem.present.merge import merge_json, merge_lines
     from ftmem.sources import resolve_model
-    from ftmem.units import format_bytes, format_count, parse_size
+    from ftmem.units import parse_size
 
     arch = resolve_model(model)
     cfg = merge_config(
@@ -55,28 +54,8 @@ def merge(
         shard_bytes=parse_size(shard_size, what="--shard-size"),
     )
     est = merge_estimate(arch, cfg)
-    data = {
-        "model": arch.name,
-        "kind": cfg.kind,
-        "result_blocks": est.result.num_layers,
-        "result_params": est.result_params,
-        "result_bytes": est.result_bytes,
-        "inputs_bytes": est.inputs_bytes,
-        "working_bytes": est.working_bytes,
-        "peak_bytes": est.peak_bytes,
-        "notes": list(est.notes),
-    }
     if output_format == "json":
-        echo(json.dumps(data, indent=2))
+        echo(merge_json(arch, cfg, est))
         return
-    what = f"{cfg.models} × {arch.name}" if cfg.kind == "weighted" else f"{arch.name} [{layers}]"
-    echo(f"Merge ({cfg.kind}): {what}, {cfg.dtype}")
-    echo(
-        f"  result: {est.result.num_layers} blocks, {format_count(est.result_params)} "
-        f"parameters ({est.result_params:,}), {format_bytes(est.result_bytes, units)}"
-    )
-    echo(f"  inputs: {format_bytes(est.inputs_bytes, units)}")
-    how = "streamed" if cfg.streamed else "in memory"
-    echo(f"  memory to merge ({how}): {format_bytes(est.peak_bytes, units)}")
-    for note in est.notes:
-        echo(f"  note: {note}")
+    for line in merge_lines(arch, cfg, est, units):
+        echo(line)

@@ -113,11 +113,10 @@ def largest(
     **settings: Any,
 ) -> None:
     """The largest micro-batch, sequence length or LoRA rank that fits the GPU, exactly."""
-
     from ftmem.api import estimate as run_estimate
     from ftmem.api import largest as search_largest
     from ftmem.api import search_bound
-    from ftmem.present.searches import largest_line
+    from ftmem.present.searches import largest_json, largest_line
     from ftmem.sources import resolve_model
 
     key = SEARCHABLE[for_]  # the searched setting replaces any value given for it
@@ -134,14 +133,7 @@ def largest(
         highest = search_bound(arch, key, given)
         save(sweep_figure(estimate_at, SEARCH_LABELS[for_], result, highest), plot)
     if output_format == "json":
-        data = {
-            "for": for_,
-            "largest": result.value,
-            "evaluations": result.evaluations,
-            "fits_at": result.fits_at.model_dump(mode="json") if result.fits_at else None,
-            "fails_at_next": result.fails_at.model_dump(mode="json") if result.fails_at else None,
-        }
-        echo(json.dumps(data, indent=2))
+        echo(largest_json(for_, result))
     else:
         echo(largest_line(SEARCH_LABELS[for_], result, units))
     if result.value is None:
@@ -161,9 +153,8 @@ def compare(
     **settings: Any,
 ) -> None:
     """A matrix of totals and verdicts: methods × GPUs."""
-
     from ftmem.api import estimate as run_estimate
-    from ftmem.present.searches import compare_table
+    from ftmem.present.searches import compare_json, compare_table
     from ftmem.presets import get_gpu
     from ftmem.sources import resolve_model
 
@@ -185,16 +176,7 @@ def compare(
                     raise
                 cells[(m, g)] = "n/a"
     if output_format == "json":
-        data = [
-            {
-                "method": m,
-                "gpu": g,
-                "total_bytes": None if isinstance(c, str) else c.memory.total_bytes,
-                "fits": None if isinstance(c, str) else c.fits,
-            }
-            for (m, g), c in cells.items()
-        ]
-        echo(json.dumps(data, indent=2))
+        echo(compare_json(cells))
         return
     console().print(compare_table(arch.name, cells, gpu_ids, method_ids, units))
 
@@ -223,9 +205,8 @@ def compare_methods(
     Method-specific options (--lora-r, --virtual-tokens...) apply to the methods that
     take them; a method the model cannot use shows why instead of numbers.
     """
-
     from ftmem.api import compare_methods as run_compare
-    from ftmem.present.searches import methods_table
+    from ftmem.present.searches import methods_json, methods_table
     from ftmem.sources import resolve_model
 
     names = None
@@ -246,15 +227,7 @@ def compare_methods(
         hw = resolve_gpu(settings.get("gpu"), settings.get("gpu_memory"))
         served = estimate_serving(arch, cfg, hw)
     if output_format == "json":
-        data = [
-            {"method": m, "error": r}
-            if isinstance(r, str)
-            else {"method": m, **json.loads(r.model_dump_json())}
-            for m, r in rows.items()
-        ]
-        if served is not None:
-            data.insert(0, {"method": "inference", **json.loads(served.model_dump_json())})
-        echo(json.dumps(data, indent=2))
+        echo(methods_json(rows, served))
         return
     gpu = settings.get("gpu") or settings.get("gpu_memory")
     note = (
