@@ -51,7 +51,7 @@ SCHEMA = ROOT / "docs" / "schema" / "estimate.schema.json"
 def schema_text() -> str:
     import json
 
-    from ftmem.report import estimate_schema
+    from ftmem.present.estimate import estimate_schema
 
     return json.dumps(estimate_schema(), indent=2) + "\n"
 

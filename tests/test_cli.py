@@ -160,7 +160,7 @@ def test_models_and_gpus_listings():
 
 def test_estimate_path_does_not_import_torch():
     code = (
-        "import sys, ftmem, ftmem.cli, ftmem.report; ftmem.estimate('llama2-7b'); "
+        "import sys, ftmem, ftmem.cli, ftmem.present.estimate; ftmem.estimate('llama2-7b'); "
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -279,7 +279,7 @@ def test_fewest_gpus_says_when_nothing_fits():
 
 
 def test_terminal_bar_is_proportional_to_an_eighth_of_a_cell():
-    from ftmem.report import bar
+    from ftmem.present.estimate import bar
 
     assert bar(0.5) == "█████·····"
     assert bar(0.0) == "··········"

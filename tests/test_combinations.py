@@ -100,7 +100,7 @@ def test_t5_engine_configs_wrap_its_blocks():
     into T5Block (its _no_split_modules), which FSDP wraps."""
     import yaml
 
-    from ftmem.emit import emit_config
+    from ftmem.present.emit import emit_config
 
     est = estimate("flan-t5-small", gpus=2, strategy="fsdp", precision="bf16-mixed")
     for kind in ("accelerate", "fsdp"):

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from ftmem import estimate, families
-from ftmem.emit import emit_config
 from ftmem.errors import InvalidInputError
+from ftmem.present.emit import emit_config
 
 ds_config = pytest.importorskip("deepspeed.runtime.config")
 pytest.importorskip("accelerate")

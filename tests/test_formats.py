@@ -40,7 +40,7 @@ def test_json_validates_against_the_published_schema(args):
 
 
 def test_published_schema_is_current():
-    from ftmem.report import estimate_schema
+    from ftmem.present.estimate import estimate_schema
 
     assert json.loads(SCHEMA.read_text()) == estimate_schema(), (
         "docs/schema/estimate.schema.json is stale; run `python scripts/update_docs.py`"

@@ -452,7 +452,7 @@ def run_cli(argv: list[str]) -> tuple[int, str, str, float]:
     start = time.perf_counter()
     code: int | str | None = 0
     with (
-        mock.patch.object(cli, "_app_for", lambda _args: _command()),
+        mock.patch.object(cli.root, "_app_for", lambda _args: _command()),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):

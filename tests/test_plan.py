@@ -171,7 +171,7 @@ def test_compare_unknown_gpu_suggests():
 
 def test_plan_plot_has_bars_limit_and_labels(tmp_path):
     pytest.importorskip("matplotlib")
-    from ftmem.plot import plan_figure, save
+    from ftmem.present.plot import plan_figure, save
 
     plan = _plan("llama2-13b", "rtx4090", method="full", batch_size=4)
     fig = plan_figure(plan)
@@ -206,7 +206,7 @@ def test_max_plot_marks_the_crossing(tmp_path):
     assert res.exit_code == 0, res.output
     text = path.read_text()
     assert "sequence length" in text and "largest that fits" in text
-    from ftmem.plot import sweep_figure
+    from ftmem.present.plot import sweep_figure
     from ftmem.search import largest_fitting as search
 
     arch = get_model("llama2-7b")

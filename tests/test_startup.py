@@ -18,10 +18,10 @@ NOT_NEEDED = (
     "ftmem.merge",
     "ftmem.serve",
     "ftmem.distill",
-    "ftmem.explain",
-    "ftmem.emit",
+    "ftmem.present.explain",
+    "ftmem.present.emit",
     "ftmem.search",
-    "ftmem.plot",
+    "ftmem.present.plot",
     "ftmem.measure",
     "xml.etree.ElementTree",
 )

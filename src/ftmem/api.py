@@ -9,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from ftmem.arch import Architecture, position_note
 from ftmem.display import clipped
-from ftmem.errors import InvalidInputError
+from ftmem.errors import InvalidInputError, SettingsError
 from ftmem.estimate import estimate_step
 from ftmem.hardware import Gpu, custom_gpu
 from ftmem.limits import GPU_MEMORY, GPUS, HOST_MEMORY, TOKENS, flag_as_count
@@ -43,19 +43,23 @@ def _option(field: str) -> str:
 
 
 def _validated(model: type[M], settings: dict[str, Any]) -> M:
-    """Build a settings model, its first validation error as one sentence."""
+    """Build a settings model, every validation error named in one sentence."""
     clean = {k: v for k, v in settings.items() if v is not None}
     try:
         return model(**clean)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if loc:
-            if err["type"] == "extra_forbidden":
-                raise InvalidInputError(f"Unknown setting '{loc}'.") from None
-            raise InvalidInputError(f"{_option(loc)}: {msg} (got {err.get('input')!r}).") from None
-        raise InvalidInputError(msg[0].upper() + msg[1:] + ".") from None
+        raise SettingsError([_problem(err) for err in exc.errors()]) from None
+
+
+def _problem(err: Any) -> str:
+    """One pydantic error as the option it concerns, what is wrong and the value given."""
+    loc = ".".join(str(x) for x in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across fields: its own sentence
+        return msg[0].upper() + msg[1:]
+    if err["type"] == "extra_forbidden":
+        return f"Unknown setting '{loc}'"
+    return f"{_option(loc)}: {msg} (got {err.get('input')!r})"
 
 
 def run_config(**settings: Any) -> RunConfig:
@@ -135,8 +139,7 @@ def estimate(
     source = source_notes(model) if isinstance(model, str) else []
     spread = {k: settings.pop(k) for k in list(settings) if k in PARALLEL_SETTINGS}
     distill = _teacher(settings.pop("teacher", None), settings.pop("teacher_weights", None))
-    run = run_config(**settings)
-    par = parallel_config(**spread)
+    run, par = _run_and_spread(settings, spread)
     positions = run.positions + run.prefix_len
     what = f"--seq-len {run.seq_len}" + (
         f" + {run.n_virtual} virtual tokens" if run.n_virtual else ""
@@ -162,6 +165,27 @@ def estimate(
     )
     est = estimate_step(arch, run, resolve_gpu(gpu, gpu_memory), overhead_bytes, par, distill)
     return est.model_copy(update={"notes": [*notes, *est.notes]}) if notes else est
+
+
+def _run_and_spread(
+    settings: dict[str, Any], spread: dict[str, Any]
+) -> tuple[RunConfig, ParallelConfig]:
+    """The run and how it is spread over GPUs, validated together: what is wrong in
+    either is named in one error (the run's problems first)."""
+    problems: list[str] = []
+    run = par = None
+    try:
+        run = run_config(**settings)
+    except InvalidInputError as exc:
+        problems += getattr(exc, "problems", None) or [str(exc).removesuffix(".")]
+    try:
+        par = parallel_config(**spread)
+    except InvalidInputError as exc:
+        problems += getattr(exc, "problems", None) or [str(exc).removesuffix(".")]
+    if problems:
+        raise SettingsError(problems)
+    assert run is not None and par is not None  # each raised or was built
+    return run, par
 
 
 def _architecture(model: object, what: str = "the model") -> Architecture:

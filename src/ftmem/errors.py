@@ -43,3 +43,32 @@ class UnknownNameError(FtmemError, KeyError):
 
 class ConfigError(FtmemError, ValueError):
     """A model config (config.json, preset YAML) that cannot be read or is inconsistent."""
+
+
+MAX_NAMED_PROBLEMS = 5
+"""Problems named in one message; the rest are counted. Enough to fix a command line in
+one go, few enough that the sentence stays readable."""
+
+
+def listed(problems: list[str]) -> str:
+    """The first :data:`MAX_NAMED_PROBLEMS` problems, joined; the rest counted."""
+    named = problems[:MAX_NAMED_PROBLEMS]
+    more = len(problems) - len(named)
+    return "; ".join(named) + (f"; and {more} more" if more else "")
+
+
+def problems_sentence(problems: list[str]) -> str:
+    """Every problem found at once as one sentence, so that a user fixes them together
+    rather than one run each: the problem itself when it is the only one."""
+    if len(problems) == 1:
+        return problems[0] + "."
+    return f"{len(problems)} problems: {listed(problems)}."
+
+
+class SettingsError(InvalidInputError):
+    """Settings found wrong together (a settings model's validation): each is in
+    :attr:`problems`, so that callers validating several models name them all."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(problems_sentence(problems))

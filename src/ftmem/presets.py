@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ftmem.arch import Architecture
-from ftmem.errors import ConfigError, UnknownNameError
+from ftmem.errors import ConfigError, UnknownNameError, listed
 from ftmem.hardware import Gpu
 from ftmem.textfiles import parse_yaml, read_text
 
@@ -104,8 +104,8 @@ def validation_message(exc: ValidationError, where: str) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}" if loc else msg)
     if not any(err["loc"] for err in exc.errors()):  # a check of the whole: its own sentence
-        return f"{where}: {'; '.join(parts)}."
-    return f"{where} is invalid ({'; '.join(parts)})."
+        return f"{where}: {listed(parts)}."
+    return f"{where} is invalid ({listed(parts)})."
 
 
 def _name(value: Any) -> str | None:

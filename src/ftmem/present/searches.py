@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from ftmem.plan import LEVER_COST, Plan
@@ -111,6 +112,46 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             for cand in plan.fitting
         ],
     }
+
+
+def largest_json(what: str, result: Largest) -> str:
+    """`ftmem max --format json`: the value found, and the estimates either side of it."""
+    data = {
+        "for": what,
+        "largest": result.value,
+        "evaluations": result.evaluations,
+        "fits_at": result.fits_at.model_dump(mode="json") if result.fits_at else None,
+        "fails_at_next": result.fails_at.model_dump(mode="json") if result.fails_at else None,
+    }
+    return json.dumps(data, indent=2)
+
+
+def compare_json(cells: dict[tuple[str, str], Estimate | str]) -> str:
+    """`ftmem compare --format json`: one record per (method, GPU); n/a cells as nulls."""
+    data = [
+        {
+            "method": m,
+            "gpu": g,
+            "total_bytes": None if isinstance(c, str) else c.memory.total_bytes,
+            "fits": None if isinstance(c, str) else c.fits,
+        }
+        for (m, g), c in cells.items()
+    ]
+    return json.dumps(data, indent=2)
+
+
+def methods_json(rows: dict[str, Estimate | str], served: ServeEstimate | None) -> str:
+    """`ftmem compare-methods --format json`: each method's estimate (or why it cannot
+    run), the served model first."""
+    data = [
+        {"method": m, "error": r}
+        if isinstance(r, str)
+        else {"method": m, **json.loads(r.model_dump_json())}
+        for m, r in rows.items()
+    ]
+    if served is not None:
+        data.insert(0, {"method": "inference", **json.loads(served.model_dump_json())})
+    return json.dumps(data, indent=2)
 
 
 def largest_line(what: str, result: Largest, units: UnitSystem) -> str:

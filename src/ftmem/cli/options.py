@@ -1,4 +1,4 @@
-"""Command-line options shared by estimate, plan, max, compare: defined once.
+"""Command-line options shared by several commands: defined once.
 
 Typer reads a command's options from its signature; :func:`with_options` appends these
 groups to a command's own parameters, and the command receives them as ``**settings``
@@ -9,9 +9,23 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Literal, Optional, TypeVar, get_args, get_origin
 
 import typer
+
+from ftmem.parallel import Offload, Strategy
+from ftmem.run import (
+    Accounting,
+    AdapterDtype,
+    Attention,
+    Method,
+    Optimizer,
+    OptimizerImpl,
+    Precision,
+    Quant,
+    RunConfig,
+)
+from ftmem.units import UnitSystem
 
 F = TypeVar("F", bound=Callable[..., Any])
 MULTI = "Many GPUs"
@@ -25,6 +39,14 @@ def _opt(name: str, kind: Any, default: Any, help: str, *decls: str, panel: str 
     )
 
 
+def field_choices(field: str) -> Any:
+    """The Literal of a RunConfig field with its None left out: the one list of its
+    values, which typer shows in --help and checks before anything runs."""
+    annotation = RunConfig.model_fields[field].annotation
+    literal = next(a for a in (annotation, *get_args(annotation)) if get_origin(a) is Literal)
+    return Literal[get_args(literal)]
+
+
 OptStr = Optional[str]  # noqa: UP045 - typer needs Optional spelled out on Python 3.10
 OptInt = Optional[int]  # noqa: UP045
 OptFloat = Optional[float]  # noqa: UP045
@@ -33,20 +55,25 @@ OptBool = Optional[bool]  # noqa: UP045
 RUN = [
     _opt(
         "method",
-        str,
+        Method,
         "full",
-        "full | freeze | partial | galore | lora | rslora | longlora | relora | qlora | "
-        "dora | bitfit | adapter | ia3 | prompt-tuning | prefix-tuning | p-tuning "
-        "(see `ftmem methods`)",
+        "What trains (see `ftmem methods`).",
     ),
-    _opt("precision", str, "bf16", "fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed"),
+    _opt(
+        "precision", Precision, "bf16", "Training dtype (*-mixed: fp32 weights, 16-bit autocast)."
+    ),
     _opt(
         "optimizer",
-        str,
+        Optimizer,
         "adamw",
-        "adamw | adamw-fp32 | adamw-8bit | paged-adamw-8bit | sgd | sgd-momentum | adafactor | lion",
+        "The optimizer.",
     ),
-    _opt("optimizer_impl", str, "foreach", "foreach (torch's CUDA default) | for-loop | fused"),
+    _opt(
+        "optimizer_impl",
+        OptimizerImpl,
+        "foreach",
+        "torch's optimizer implementation (foreach: its CUDA default).",
+    ),
     _opt("batch_size", int, 1, "Micro-batch size per GPU."),
     _opt("seq_len", int, 512, "Tokens per sequence (encoder-decoders: the input)."),
     _opt(
@@ -71,10 +98,10 @@ RUN = [
         "Step each parameter from a gradient hook (no gradient buffer; layer-wise GaLore).",
         "--optimizer-in-backward",
     ),
-    _opt("attn", str, "sdpa", "eager | sdpa | flash"),
+    _opt("attn", Attention, "sdpa", "The attention kernel."),
     _opt(
         "loss",
-        str,
+        field_choices("loss"),
         "standard",
         "standard (full logits) | chunked (torchtune's 8 output chunks) | fused (Liger's "
         "fused linear cross-entropy).",
@@ -111,11 +138,11 @@ RUN = [
         None,
         "embed | head | embed,head: trainable copies of the token embedding / LM head (peft).",
     ),
-    _opt("adapter_dtype", str, "auto", "auto (peft: fp32) | fp32 | bf16 | fp16"),
+    _opt("adapter_dtype", AdapterDtype, "auto", "Adapter weights' dtype (auto: peft's fp32)."),
     _opt("adapter_size", OptInt, None, "adapter: bottleneck width (default 64)."),
     _opt(
         "adapter_placement",
-        OptStr,
+        Optional[field_choices("adapter_placement")],  # noqa: UP045
         None,
         "adapter: houlsby (after attention and MLP, default) | pfeiffer (after the MLP).",
     ),
@@ -131,8 +158,18 @@ RUN = [
         "--prefix-projection/--no-prefix-projection",
     ),
     _opt("encoder_hidden", OptInt, None, "P-tuning encoder / prefix MLP width (default hidden)."),
-    _opt("prompt_encoder", OptStr, None, "p-tuning: mlp (default) | lstm."),
-    _opt("quant", OptStr, None, "qlora base: nf4 (default) | fp4 | int8 | int4 (GPTQ/AWQ)"),
+    _opt(
+        "prompt_encoder",
+        Optional[field_choices("prompt_encoder")],  # noqa: UP045
+        None,
+        "p-tuning: mlp (default) | lstm.",
+    ),
+    _opt(
+        "quant",
+        Optional[Quant],  # noqa: UP045
+        None,
+        "qlora base: nf4 (default) | fp4 | int8 | int4 (GPTQ/AWQ)",
+    ),
     _opt(
         "double_quant",
         OptBool,
@@ -140,8 +177,18 @@ RUN = [
         "qlora: quantise the quantisation constants (default on).",
         "--double-quant/--no-double-quant",
     ),
-    _opt("compute_dtype", OptStr, None, "qlora: bnb 4-bit compute dtype."),
-    _opt("accounting", str, "phases", "phases (peak of the step) | simple (sum of the buckets)"),
+    _opt(
+        "compute_dtype",
+        Optional[field_choices("compute_dtype")],  # noqa: UP045
+        None,
+        "qlora: bnb 4-bit compute dtype.",
+    ),
+    _opt(
+        "accounting",
+        Accounting,
+        "phases",
+        "phases (peak of the step) | simple (sum of the buckets)",
+    ),
 ]
 
 GPU = [
@@ -162,17 +209,28 @@ SPREAD = [
     _opt("nodes", int, 1, "Nodes.", panel=MULTI),
     _opt(
         "strategy",
-        OptStr,
+        Optional[Strategy],  # noqa: UP045
         None,
-        "ddp | zero1 | zero2 | zero3 | fsdp | fsdp-hybrid | fsdp-grad-op | fsdp-no-shard "
-        "(default: ddp on several GPUs).",
+        "How the GPUs share the run (default: ddp on several GPUs).",
         panel=MULTI,
     ),
     _opt("tp", int, 1, "Tensor-parallel degree.", panel=MULTI),
     _opt("pp", int, 1, "Pipeline-parallel stages (1F1B).", panel=MULTI),
     _opt("cp", int, 1, "Context-parallel degree (splits the sequence).", panel=MULTI),
-    _opt("offload_optimizer", OptStr, None, "none | cpu | nvme (ZeRO / FSDP).", panel=MULTI),
-    _opt("offload_params", OptStr, None, "none | cpu | nvme (zero3 / FSDP).", panel=MULTI),
+    _opt(
+        "offload_optimizer",
+        Optional[Offload],  # noqa: UP045
+        None,
+        "Where optimizer states live (ZeRO / FSDP).",
+        panel=MULTI,
+    ),
+    _opt(
+        "offload_params",
+        Optional[Offload],  # noqa: UP045
+        None,
+        "Where parameters live (zero3 / FSDP).",
+        panel=MULTI,
+    ),
     _opt(
         "host_memory", OptStr, None, "Host RAM per node, e.g. 512GiB: checks offload.", panel=MULTI
     ),
@@ -221,3 +279,32 @@ def with_options(*groups: list[inspect.Parameter], drop: tuple[str, ...] = ()) -
         return fn
 
     return decorate
+
+
+# -- the arguments and options several commands take -----------------------------------
+
+RUN_NAMES = tuple(p.name for p in RUN)
+
+ModelArg = Annotated[
+    str, typer.Argument(help="Preset id (see `ftmem models`) or a config.json path/folder.")
+]
+OptModelArg = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Argument(
+        help="Preset id (see `ftmem models`) or a config.json path/folder; with --from, "
+        "the config's base model when omitted."
+    ),
+]
+
+
+EstimateFormat = Literal["table", "json", "yaml", "markdown", "csv"]
+Format = Annotated[EstimateFormat, typer.Option("--format", help="How to print the estimate.")]
+TableOrJson = Annotated[
+    Literal["table", "json"], typer.Option("--format", help="A table, or JSON for programs.")
+]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print nothing; the exit code says it all.")
+]
+
+
+Units = Annotated[UnitSystem, typer.Option("--units", help="GiB (binary, default) or GB (10^9).")]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from ftmem.result import Estimate, ParallelInfo
 from ftmem.units import UnitSystem, format_bytes, format_count
@@ -288,54 +286,3 @@ def markdown(est: Estimate, units: UnitSystem = "GiB") -> str:
         lines.append("")
     lines.append(_verdict(est, units))
     return "\n".join(lines) + "\n"
-
-
-# -- preset listings (`ftmem models`, `ftmem gpus`) -----------------------------------------
-
-
-@dataclass(frozen=True)
-class Column:
-    header: str
-    justify: Literal["left", "right"] = "left"
-    wraps: bool = False
-    """Prose that may wrap (a name); every other column stays whole on one line."""
-    drop: int = 0
-    """0: always shown; else, on a narrow terminal, the highest rank is left out first."""
-
-
-EDGE = 3  # a column's padding (a space each side) and its rule; the table adds one more
-WRAPPED_MIN = 12  # a wrapping column narrower than this reads one syllable a line
-
-
-def listing(
-    title: str, columns: list[Column], rows: Sequence[tuple[str, ...]], width: int
-) -> tuple[RenderableType, int]:
-    """A table for a terminal ``width`` columns wide whose ids (and numbers) are never cut
-    or wrapped, since users copy them: the prose column wraps, and where even that is too
-    wide, columns are left out by rank, the caption naming them. Returns the table and the
-    width it takes: more than ``width`` only when the columns never left out are."""
-    from rich.table import Table
-
-    natural = [max([len(c.header), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
-
-    def needed(shown: list[int]) -> int:
-        cells = (min(natural[i], WRAPPED_MIN) if columns[i].wraps else natural[i] for i in shown)
-        return 1 + sum(EDGE + w for w in cells)
-
-    shown = list(range(len(columns)))
-    for i in sorted((i for i, c in enumerate(columns) if c.drop), key=lambda i: -columns[i].drop):
-        if needed(shown) <= width:
-            break
-        shown.remove(i)
-    left_out = [c.header for i, c in enumerate(columns) if i not in shown]
-    caption = f"Left out at {width} columns: {', '.join(left_out)}." if left_out else None
-    tbl = Table(title=title, caption=caption)
-    for i in shown:
-        c = columns[i]
-        whole = not c.wraps
-        tbl.add_column(
-            c.header, justify=c.justify, no_wrap=whole, min_width=natural[i] if whole else None
-        )
-    for row in rows:
-        tbl.add_row(*(row[i] for i in shown))
-    return tbl, needed(shown)

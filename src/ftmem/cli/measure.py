@@ -1,0 +1,149 @@
+"""`ftmem measure`: the step run for real (torch, random weights) beside its estimate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+
+from ftmem import limits
+from ftmem.cli.options import RUN, TableOrJson, with_options
+from ftmem.cli.output import console
+from ftmem.cli.root import app
+from ftmem.cli.terminal import echo
+from ftmem.errors import FtmemError
+
+if TYPE_CHECKING:
+    from ftmem.arch import Architecture
+    from ftmem.measure import Measurement
+    from ftmem.run import RunConfig
+
+
+@app.command()
+@with_options(RUN, drop=("optimizer_impl", "accounting"))
+def measure(
+    model: Annotated[
+        str,
+        typer.Argument(help="Preset id or config.json path/folder (built with random weights)."),
+    ],
+    device: Annotated[Literal["cpu", "cuda"], typer.Option(help="Where the step runs.")] = "cpu",
+    fsdp: Annotated[
+        int,
+        typer.Option(
+            help="Measure torch FSDP2 (FULL_SHARD) on this many CPU ranks against the "
+            "per-GPU estimate, instead of one device."
+        ),
+    ] = 0,
+    fsdp_ranks: Annotated[
+        Literal["simulated", "gloo"],
+        typer.Option(
+            help="simulated: each rank in turn in this process, over a fake process group "
+            "(same peak on every run) | gloo: one process per rank, real collectives "
+            "(the peak moves with thread timing)."
+        ),
+    ] = "simulated",
+    steps: Annotated[int, typer.Option(help="Training steps; the last one is measured.")] = 2,
+    fake: Annotated[
+        bool,
+        typer.Option(
+            "--fake",
+            help="Real-size shapes under FakeTensorMode, nothing allocated (CPU only; "
+            "no bitsandbytes; kernel workspaces and the CUDA allocator are not seen).",
+        ),
+    ] = False,
+    output_format: TableOrJson = "table",
+    **settings: Any,
+) -> None:
+    """Run the step for real (torch, random weights) and compare with the estimate."""
+    from ftmem.api import run_config
+    from ftmem.sources import resolve_model
+
+    _check_measure_options(device, steps, fsdp, fsdp_ranks, fake)
+    arch = resolve_model(model)
+    run = run_config(
+        **settings,
+        device=device,
+        optimizer_impl="for-loop" if device == "cpu" else "foreach",
+    )
+    with _measure_errors():
+        if fsdp:
+            return _measure_fsdp(arch, run, fsdp, fsdp_ranks, output_format)
+        from ftmem.measure import measure as run_measure
+
+        got = run_measure(arch, run, device=device, steps=steps, fake=fake)
+    _print_measured(arch, run, got, fake, output_format)
+
+
+def _check_measure_options(device: str, steps: int, fsdp: int, fsdp_ranks: str, fake: bool) -> None:
+    """`ftmem measure`'s own options, before anything is built."""
+    if steps < 2:
+        raise FtmemError("--steps must be at least 2 (step 1 creates the optimizer states).")
+    limits.MEASURED_STEPS.check("--steps", steps)
+    limits.MEASURED_RANKS.check("--fsdp", fsdp)
+    if fake and device != "cpu":
+        raise FtmemError("--fake runs on the CPU only; drop --device cuda.")
+    if fsdp and (fsdp < 2 or fake or device != "cpu"):
+        raise FtmemError("--fsdp takes 2 or more CPU ranks, without --fake or --device cuda.")
+
+
+@contextmanager
+def _measure_errors() -> Iterator[None]:
+    """A missing optional dependency, or torch refusing the run, as one sentence."""
+    try:
+        yield
+    except ImportError as exc:
+        raise FtmemError(
+            f"`ftmem measure` needs torch, transformers and peft ({exc.name} is missing): "
+            'pip install "ftmem[measure]".'
+        ) from None
+    except RuntimeError as exc:
+        raise FtmemError(str(exc).splitlines()[0]) from None
+
+
+def _print_measured(
+    arch: Architecture, run: RunConfig, got: Measurement, fake: bool, output_format: str
+) -> None:
+    """The measured step beside the estimate of the same run: a table, or the estimate's
+    JSON with a ``measured`` part."""
+    from ftmem.estimate import estimate_step
+    from ftmem.present.measure import measured_json, measured_rows, measured_table
+
+    est = estimate_step(arch, run)
+    if output_format == "json":
+        echo(measured_json(est, got, fake))
+        return
+    where = "fake tensors (nothing allocated)" if fake else got.device
+    title = f"{arch.name}: {run.method} · {run.precision} · measured on {where}"
+    rows = measured_rows(est.memory, got)
+    phases = (est.memory.peak_phase, got.peak_phase)
+    console().print(measured_table(title, "Estimated", rows, phases))
+
+
+def _measure_fsdp(arch: Any, run: Any, ranks: int, mode: str, output_format: str) -> None:
+    """`ftmem measure --fsdp N`: each rank's shards and the largest peak, beside the
+    per-GPU estimate of the same run with ``--gpus N --strategy fsdp``."""
+    import json
+
+    from ftmem.estimate import estimate_step
+    from ftmem.measure.sharded import measure_fsdp
+    from ftmem.parallel import ParallelConfig
+    from ftmem.present.measure import measured_table
+
+    measured = measure_fsdp(arch, run, ranks, mode=mode)
+    est = estimate_step(arch, run, par=ParallelConfig(gpus=ranks, strategy="fsdp")).memory
+    rows = [
+        (key.removesuffix("_bytes"), getattr(est, key), max(r[key] for r in measured))
+        for key in (
+            "weights_bytes",
+            "gradients_bytes",
+            "optimizer_states_bytes",
+            "peak_allocated_bytes",
+        )
+    ]
+    if output_format == "json":
+        echo(json.dumps({"estimate": est.model_dump(mode="json"), "ranks": measured}, indent=2))
+        return
+    title = f"{arch.name}: {run.method} · FSDP over {ranks} CPU ranks ({mode}), largest rank"
+    console().print(measured_table(title, "Estimated per GPU", rows))

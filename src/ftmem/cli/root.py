@@ -1,0 +1,90 @@
+"""The root of the ``ftmem`` command: the typer app every command registers on, its
+``--version``, and the entry point that runs one command under the error handler."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from ftmem.cli.errors import exit_code
+from ftmem.cli.terminal import cli_streams, echo
+
+
+class _Commands(TyperGroup):
+    """Every command's errors go through :func:`~ftmem.cli.errors.exit_code`: a user's
+    mistake (a wrong option value included: click parses a command's options in here)
+    is one sentence on stderr and exit 2 (commands compute everything before they
+    print, so stdout stays empty); a failure to print, its own code. Here, inside
+    click's main, which would otherwise turn a broken pipe into exit 1, "does not fit",
+    Ctrl-C into a silent 130 and a usage error into a boxed paragraph."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (Exception, KeyboardInterrupt) as exc:  # a bug re-raised, its traceback shown
+            code = exit_code(exc)
+            if code is None:
+                raise
+            raise typer.Exit(code) from None
+
+
+app = typer.Typer(
+    cls=_Commands,
+    add_completion=True,
+    no_args_is_help=True,
+    help="How much GPU memory will this LLM finetuning run take? Estimate, check the fit.",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ftmem import __version__
+
+        echo(f"ftmem {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """How much GPU memory will this LLM finetuning run take? Estimate, check the fit."""
+
+
+def _app_for(args: list[str]) -> typer.Typer:
+    """The app with only the command being run: typer builds the click command of every
+    registered one before it dispatches (15 commands, ~400 options: about a fifth of
+    `ftmem estimate`'s start-up). Anything else (no command, --help, --version, an
+    unknown name) gets the whole app, so listings and suggestions stay complete."""
+    name = args[0] if args else ""
+    for info in app.registered_commands:
+        callback_name = info.callback.__name__ if info.callback else ""
+        if (info.name or typer.main.get_command_name(callback_name)) == name:
+            one = copy.copy(app)
+            one.registered_commands = [info]
+            return one
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: exit 0 valid output, 1 does not fit, 2 one sentence on stderr and
+    nothing on stdout; never a traceback for what a user can cause (ftmem.cli.terminal)."""
+    with cli_streams():
+        try:
+            code = _app_for(sys.argv[1:] if argv is None else argv)(
+                args=argv, standalone_mode=False
+            )
+            sys.stdout.flush()  # a full disk fails here, not at exit
+        except (Exception, KeyboardInterrupt) as exc:
+            code = exit_code(exc)
+            if code is None:
+                raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,43 @@
+"""The settings of a run: the command's flags, over those of a training config read with
+``--from``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from ftmem.errors import FtmemError
+
+
+def with_config(
+    ctx: typer.Context, model: str | None, settings: dict[str, Any]
+) -> tuple[str, dict[str, Any], list[str]]:
+    """The model and settings, read from --from when given; explicit flags win."""
+    path = settings.pop("from_config", None)
+    if path is None:
+        if model is None:
+            raise FtmemError(
+                "give a model (a preset id or config.json), or --from a training config."
+            )
+        return model, settings, []
+    from ftmem.frameworks import read_framework_config, under_flags
+
+    fw = read_framework_config(path)
+    explicit = {
+        k: v
+        for k, v in settings.items()
+        if (src := ctx.get_parameter_source(k)) is not None
+        and src.name in ("COMMANDLINE", "ENVIRONMENT")
+    }
+    chosen = model or fw.model
+    if chosen is None:
+        raise FtmemError(
+            f"{path} names no base model; give one: ftmem estimate MODEL --from {path}."
+        )
+    merged, dropped = under_flags(fw, explicit)
+    return (
+        chosen,
+        {**settings, **merged},
+        [f"Read from the {fw.framework} config {path}.", *fw.notes, *dropped],
+    )
