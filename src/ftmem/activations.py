@@ -21,12 +21,9 @@ from itertools import pairwise
 from typing import NamedTuple
 
 from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, layout
-from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
 from ftmem.methods import MethodPlan, prefix_token_dim
 from ftmem.run import RunConfig
-
-INDEX_BYTES = 8  # int64 token ids / labels
-FP32 = 4
 
 
 class Side(Enum):

@@ -33,8 +33,6 @@ import dataclasses
 from functools import lru_cache
 
 from ftmem.activations import (
-    FP32,
-    INDEX_BYTES,
     BlockState,
     Kind,
     LayerContext,
@@ -44,7 +42,7 @@ from ftmem.activations import (
     linear_inputs,
 )
 from ftmem.arch import Architecture, Linear, layout
-from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan
 from ftmem.run import RunConfig

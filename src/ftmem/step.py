@@ -22,7 +22,7 @@ from ftmem.activations import (
     runs_eager,
 )
 from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, layout, qk_norm_params
-from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, plan_key, plan_method
 from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
@@ -49,7 +49,6 @@ from ftmem.transients import (
 if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
     from ftmem.distill import Teacher
 
-FP32 = 4
 CHUNKS = 8  # torchtune's num_output_chunks
 
 

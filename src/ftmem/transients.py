@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ftmem.activations import INDEX_BYTES, Kind, Saved, Side, loss_rows, runs_eager
+from ftmem.activations import Kind, Saved, Side, loss_rows, runs_eager
 from ftmem.arch import MLP_ROLES, TOKEN_EMBEDDINGS, Architecture, Linear
-from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
 from ftmem.methods import MethodPlan, TensorGroup
 from ftmem.optim import optimizer_step_temporary_bytes
 from ftmem.precision import Dtypes
 from ftmem.run import ADAPTER_METHODS, RunConfig
 
-FP32 = 4
 CHUNKS = 8  # torchtune's num_output_chunks
 
 NORM_KINDS = frozenset({Kind.NORM_INPUT, Kind.NORM_OUTPUT})
