@@ -32,21 +32,19 @@ from __future__ import annotations
 import dataclasses
 from functools import lru_cache
 
-from ftmem.activations import (
-    BlockState,
-    Kind,
-    LayerContext,
-    Saved,
-    Side,
-    head_saved,
-    linear_inputs,
-)
+from ftmem.adapters.lora import LoRA
 from ftmem.arch import Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan
+from ftmem.ops.context import BlockState, LayerContext
+from ftmem.ops.dropout import Dropout
+from ftmem.ops.linear import LinearOp
+from ftmem.ops.loss import Loss
+from ftmem.ops.mlp import MLP
+from ftmem.ops.norm import T5Norm
+from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.run import RunConfig
-from ftmem.transients import adapter_cast_gradient, mlp_backward_workspace
 
 # What the encoder-decoder path models and measures; the rest refuses in one sentence.
 SEQ2SEQ_METHODS = ("full", "freeze", "galore", "lora", "rslora", "dora", "qlora")
@@ -108,31 +106,6 @@ class _Stack:
         return self.ctx.tokens
 
 
-def _dropout(
-    ctx: LayerContext, label: str, elements: int, elem_bytes: int, side: Side
-) -> list[Saved]:
-    """A dropout whose input needs a gradient keeps its mask: a bool on CUDA, a scaled
-    mask in the input's dtype on the CPU."""
-    if not ctx.arch.dropout_rate:
-        return []
-    mask = 1 if ctx.run.device == "cuda" else elem_bytes
-    return [Saved(f"{label} dropout mask", elements * mask, Kind.DROPOUT, side)]
-
-
-def _norm(ctx: LayerContext, label: str, x_grad: bool, w_grad: bool, side: Side) -> list[Saved]:
-    """T5LayerNorm: pow() of an fp32 copy of x, x · rsqrt (keeps x and the fp32 rstd),
-    cast to the weight's dtype and scaled (keeps the normalised input for the weight)."""
-    T, h, r = ctx.tokens, ctx.arch.hidden_size, ctx.residual
-    out: list[Saved] = []
-    if x_grad:
-        copy = T * h * FP32 + (T * h * r if r != FP32 else 0)
-        what = f"{label}: fp32 input, input, rstd"
-        out.append(Saved(what, copy + T * FP32, Kind.NORM_INPUT, side))
-    if w_grad:
-        out.append(Saved(f"{label}: normalised", T * h * r, Kind.NORM_OUTPUT, side))
-    return out
-
-
 def _attention(
     st: _Stack, kv_tokens: int, needs: frozenset[str], mask_layer: bool, mask_grad: bool
 ) -> list[Saved]:
@@ -178,7 +151,7 @@ def _attention(
             keep(f"{label}v", kv_tokens * inner * qe, v)
             keep(f"{label}softmax output (s²)", scores * se, Kind.ATTN_PROBS)
             if p:
-                out += _dropout(ctx, "attention probabilities", scores, se, Side.ATTENTION)
+                out += Dropout.saved(ctx, "attention probabilities", scores, se, Side.ATTENTION)
         if "v" in needs and (p or se != pe):  # a tensor of its own: dropped or cast
             keep(f"{label}probabilities for v (s²)", scores * pe, Kind.ATTN_PROBS)
         elif "v" in needs and not scores_grad:  # the softmax output, kept for v only
@@ -217,7 +190,7 @@ def _feed_forward(
     T, e, f, h = st.T, ctx.e, arch.intermediate_size, arch.hidden_size
     ups = [lin for lin in linears if set(lin.roles) & {"gate", "up"}]
     down = [lin for lin in linears if "down" in lin.roles]
-    out = linear_inputs(ctx, ups, state, x_grad, "wi", h, ctx.residual)
+    out = LinearOp.saved(ctx, ups, state, x_grad, "wi", h, ctx.residual)
     any_grad = (
         x_grad or state.weights_trainable or any(lin.module in state.output_grad for lin in ups)
     )
@@ -231,7 +204,7 @@ def _feed_forward(
         else:
             what, size = "wi activation intermediates", act * T * f * oe
         out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
-        out += _dropout(ctx, "feed-forward", T * f, oe, Side.MLP)
+        out += Dropout.saved(ctx, "feed-forward", T * f, oe, Side.MLP)
     shares_relu = (
         arch.mlp == "plain"
         and arch.activation == "relu"
@@ -239,7 +212,7 @@ def _feed_forward(
         and not ctx.plan.dtypes.autocast
     )
     # (shares_relu: wo reads the ReLU's output itself, already kept)
-    wo = linear_inputs(ctx, down, state, any_grad, "wo", f, e, shares_relu)
+    wo = LinearOp.saved(ctx, down, state, any_grad, "wo", f, e, shares_relu)
     return out + wo, any_grad or any(lin.module in state.output_grad for lin in down)
 
 
@@ -247,7 +220,7 @@ def _sublayer_out(ctx: LayerContext, label: str, needs_grad: bool, side: Side) -
     """The dropout on a sub-layer's output (o or wo, in the compute dtype)."""
     if not needs_grad:
         return []
-    return _dropout(ctx, label, ctx.tokens * ctx.arch.hidden_size, ctx.e, side)
+    return Dropout.saved(ctx, label, ctx.tokens * ctx.arch.hidden_size, ctx.e, side)
 
 
 @lru_cache(maxsize=64)
@@ -265,8 +238,8 @@ def _self_attention_layer(
     w = state.weights_trainable
     qkv = [lin for lin in linears if lin.roles[0] in ("q", "k", "v")]
     o = [lin for lin in linears if lin.roles == ("o",)]
-    out = _norm(ctx, "self-attention norm", x, w, Side.ATTENTION)
-    out += linear_inputs(ctx, qkv, state, x or w, "q/k/v", arch.hidden_size, ctx.residual)
+    out = T5Norm.saved(ctx, "self-attention norm", x, w, Side.ATTENTION)
+    out += LinearOp.saved(ctx, qkv, state, x or w, "q/k/v", arch.hidden_size, ctx.residual)
     if x or w:
         needs = frozenset({"q", "k", "v"})
     else:
@@ -288,7 +261,7 @@ def _attention_output(
     """o (whose input is the kernel's own output, unless the path copies it first) and
     the dropout on the sub-layer's output. Returns (saved, output needs a gradient)."""
     kept = _o_input_is_kernel_output(ctx, mask_grad)
-    saved = linear_inputs(ctx, o, state, q_grad, label, ctx.arch.q_size, ctx.e, kept)
+    saved = LinearOp.saved(ctx, o, state, q_grad, label, ctx.arch.q_size, ctx.e, kept)
     after = q_grad or any(lin.module in state.output_grad for lin in o)
     return saved + _sublayer_out(ctx, f"{kind}-attention output", after, Side.ATTENTION), after
 
@@ -302,7 +275,7 @@ def _o_input_is_kernel_output(ctx: LayerContext, mask_grad: bool) -> bool:
 
 def _ff_layer(st: _Stack, state: BlockState, linears: list[Linear], x_grad: bool) -> list[Saved]:
     """The feed-forward sub-layer: norm, feed-forward, dropout on its output."""
-    out = _norm(st.ctx, "feed-forward norm", x_grad, state.weights_trainable, Side.MLP)
+    out = T5Norm.saved(st.ctx, "feed-forward norm", x_grad, state.weights_trainable, Side.MLP)
     ff, ff_grad = _feed_forward(st, state, linears, x_grad)
     return out + ff + _sublayer_out(st.ctx, "feed-forward output", ff_grad, Side.MLP)
 
@@ -327,11 +300,11 @@ def _cross_layer(
     q = [lin for lin in linears if lin.roles == ("q",)]
     kv = [lin for lin in linears if lin.roles[0] in ("k", "v")]
     o = [lin for lin in linears if lin.roles == ("o",)]
-    out = _norm(ctx, "cross-attention norm", x, w, Side.ATTENTION)
+    out = T5Norm.saved(ctx, "cross-attention norm", x, w, Side.ATTENTION)
     out += _cross_named(
-        linear_inputs(ctx, q, state, x or w, "cross q", arch.hidden_size, ctx.residual)
+        LinearOp.saved(ctx, q, state, x or w, "cross q", arch.hidden_size, ctx.residual)
     )
-    kv_saved = linear_inputs(
+    kv_saved = LinearOp.saved(
         enc.ctx, kv, state, enc_grad, "cross k/v", arch.hidden_size, ctx.residual
     )
     # one storage for every layer, unless autocast casts it per call
@@ -479,10 +452,10 @@ def outer_saved(
         # the relative position buckets (s × s per stack) index the bias tables
         below.append(Saved("position buckets", (enc.s_q**2 + dec.s_q**2) * INDEX_BYTES))
     if inputs_grad:
-        below += _dropout(enc.ctx, "embeddings", (enc.T + dec.T) * h, r, Side.OUTER)
-    below += _norm(enc.ctx, "encoder final norm", enc_grad, train, Side.OUTER)
+        below += Dropout.saved(enc.ctx, "embeddings", (enc.T + dec.T) * h, r, Side.OUTER)
+    below += T5Norm.saved(enc.ctx, "encoder final norm", enc_grad, train, Side.OUTER)
     if enc_grad:
-        below += _dropout(enc.ctx, "encoder output", enc.T * h, r, Side.OUTER)
+        below += Dropout.saved(enc.ctx, "encoder output", enc.T * h, r, Side.OUTER)
     below += shared_kv
     blocks_grad = inputs_grad or plan.trainable_blocks > 0
     if run.grad_ckpt and blocks_grad:
@@ -496,11 +469,11 @@ def outer_saved(
     if cross_fused:
         # the cross-attention's zero bias, one tensor kept by every decoder layer's kernel
         below.append(Saved("cross-attention zero bias", arch.num_heads * dec.s_q * enc.s_q * e))
-    above = _norm(dec.ctx, "decoder final norm", blocks_grad, train, Side.OUTER)
+    above = T5Norm.saved(dec.ctx, "decoder final norm", blocks_grad, train, Side.OUTER)
     if blocks_grad:
-        above += _dropout(dec.ctx, "decoder output", dec.T * h, r, Side.OUTER)
+        above += Dropout.saved(dec.ctx, "decoder output", dec.T * h, r, Side.OUTER)
     log_softmax = FP32 if plan.dtypes.autocast else e
-    above += head_saved(arch, plan, dec.T, train, log_softmax)
+    above += Loss.saved(arch, plan, dec.T, train, log_softmax)
     return below, above
 
 
@@ -548,8 +521,8 @@ def block_workspace(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int
     MLP's as for decoder-only models; T5's norm holds two fp32 T·h gradients and one in
     the compute dtype (it keeps its input in that dtype, not upcast). An adapter whose
     input peft casts adds that cast's gradient."""
-    e, h = BYTES_PER_ELEMENT[plan.dtypes.compute], arch.hidden_size
-    mlp = mlp_backward_workspace(arch, plan, e, T)
-    norm = 2 * T * h * FP32 + T * h * e
-    cast_grad = adapter_cast_gradient(arch, plan, T)
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    mlp = MLP.backward_workspace(arch, plan, e, T)
+    norm = T5Norm.backward_workspace(arch, e, T)
+    cast_grad = LoRA.cast_gradient(arch, plan, T)
     return (mlp if run.grad_ckpt else max(mlp, norm)) + cast_grad
