@@ -10,6 +10,7 @@ from ftmem.arch import Architecture, Linear
 from ftmem.dtypes import FP32
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
+from ftmem.ops.dropout import Dropout
 from ftmem.ops.linear import LinearOp
 from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS
@@ -129,3 +130,46 @@ def _offloaded_item(x: Saved) -> bool:
     linears count too; their labels hid them (measured, Falcon IA³ offloaded, bf16:
     -10.1 % hidden, -1.9 % counted)."""
     return x.side is Side.MLP and x.kind not in NORM_KINDS and x.kind is not Kind.MOE
+
+
+@register("t5_feed_forward")
+class T5FeedForward:
+    """T5's feed-forward: wi (gated: wi_0, wi_1) with gelu_new written out, dropout inside,
+    wo in its own dtype; its backward is the MLP's (``MLP.backward_workspace``)."""
+
+    @staticmethod
+    def saved(
+        ctx: LayerContext, state: BlockState, linears: list[Linear], x_grad: bool
+    ) -> tuple[list[Saved], bool]:
+        """wi (or wi_0, wi_1), the activation (gelu_new written out: x, tanh, x/2, 1 + tanh),
+        the gate product, dropout, then wo, which the feed-forward's input is cast to the
+        dtype of (fp32 wo under autocast: autocast casts it back, a fresh copy). Returns (saved,
+        the output needs a gradient)."""
+        arch = ctx.arch
+        T, e, f, h = ctx.tokens, ctx.e, arch.intermediate_size, arch.hidden_size
+        ups = [lin for lin in linears if set(lin.roles) & {"gate", "up"}]
+        down = [lin for lin in linears if "down" in lin.roles]
+        out = LinearOp.saved(ctx, ups, state, x_grad, "wi", h, ctx.residual)
+        any_grad = (
+            x_grad or state.weights_trainable or any(lin.module in state.output_grad for lin in ups)
+        )
+        if any_grad:
+            # bitsandbytes' 4-bit wi return their input's dtype (fp32 under autocast)
+            oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
+            act = 4 if arch.activation == "gelu_tanh" else 1
+            if arch.mlp == "gated":
+                what = "wi_0 activation intermediates, wi_1 and gelu outputs"
+                size = (act + 2) * T * f * oe
+            else:
+                what, size = "wi activation intermediates", act * T * f * oe
+            out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
+            out += Dropout.saved(ctx, "feed-forward", T * f, oe, Side.MLP)
+        shares_relu = (
+            arch.mlp == "plain"
+            and arch.activation == "relu"
+            and not arch.dropout_rate
+            and not ctx.plan.dtypes.autocast
+        )
+        # (shares_relu: wo reads the ReLU's output itself, already kept)
+        wo = LinearOp.saved(ctx, down, state, any_grad, "wo", f, e, shares_relu)
+        return out + wo, any_grad or any(lin.module in state.output_grad for lin in down)

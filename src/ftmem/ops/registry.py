@@ -33,6 +33,7 @@ def register(name: str) -> Callable[[T], T]:
 # every module that registers an op: the registry loads them before a lookup
 MODULES = (
     "ftmem.ops.attention",
+    "ftmem.ops.biased_attention",
     "ftmem.ops.dropout",
     "ftmem.ops.embedding",
     "ftmem.ops.linear",
