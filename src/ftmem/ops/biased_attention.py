@@ -4,7 +4,7 @@ mask needs a gradient, eager attention takes the scores in the bias's dtype."""
 
 from __future__ import annotations
 
-from ftmem.arch import Architecture
+from ftmem.arch import Architecture, Param, layout
 from ftmem.dtypes import FP32
 from ftmem.ops.context import LayerContext
 from ftmem.ops.dropout import Dropout
@@ -16,6 +16,13 @@ from ftmem.run import RunConfig
 @register("biased_attention")
 class BiasedAttention:
     """The attention core (self or cross) between the q/k/v projections and o."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        """Each stack's relative position bias table (kept by its first block)."""
+        if not arch.encoder_decoder:
+            return ()
+        return tuple(p for p in layout(arch).outer if p.kind == "position")
 
     @staticmethod
     def saved(

@@ -3,7 +3,7 @@ embedding's gradient sum."""
 
 from __future__ import annotations
 
-from ftmem.arch import TOKEN_EMBEDDINGS, Architecture
+from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, Param, layout
 from ftmem.dtypes import INDEX_BYTES
 from ftmem.methods import TensorGroup
 from ftmem.ops.registry import register
@@ -14,6 +14,13 @@ from ftmem.run import RunConfig
 @register("embedding")
 class Embedding:
     """Token ids in, hidden states out; positions beside them."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        """The token embedding, and a learned position table (an encoder-decoder's
+        position parameters are its attention's relative bias)."""
+        positions = () if arch.encoder_decoder else ("position",)
+        return tuple(p for p in layout(arch).outer if p.kind in ("embedding", *positions))
 
     @staticmethod
     def saved(arch: Architecture, run: RunConfig, T: int, train: bool) -> list[Saved]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from ftmem.adapters.bottleneck import Bottleneck
 from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.lora import LoRA
-from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear
+from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
@@ -28,6 +28,11 @@ def side_of(linears: list[Linear]) -> Side:
 class LinearOp:
     """One group of linears reading one tensor (q/k/v, gate/up, o, down), with the
     adapters on them."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        """The block's linear weights and biases (the LM head is the loss op's)."""
+        return tuple(p for p in layout(arch).block if p.kind in ("linear", "linear_bias"))
 
     @staticmethod
     def saved(

@@ -3,7 +3,7 @@ chunked one, Liger's fused linear cross-entropy."""
 
 from __future__ import annotations
 
-from ftmem.arch import Architecture
+from ftmem.arch import Architecture, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import LayerContext
@@ -17,6 +17,11 @@ CHUNKS = 8  # torchtune's num_output_chunks
 @register("loss")
 class Loss:
     """The head's matmul and the loss over its logits (``run.loss``)."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        """The LM head's weight, unless it is the tied embedding."""
+        return tuple(p for p in layout(arch).outer if p.kind == "linear")
 
     @staticmethod
     def rows(run: RunConfig) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ftmem.arch import Architecture
+from ftmem.arch import Architecture, Param, layout
 from ftmem.dtypes import FP32, INDEX_BYTES
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
@@ -12,6 +12,10 @@ from ftmem.ops.saved import Kind, Saved, Side
 @register("moe")
 class MoE:
     """The router and the experts of one block."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        return tuple(p for p in layout(arch).block if p.kind in ("router", "expert"))
 
     @staticmethod
     def saved(ctx: LayerContext, state: BlockState, x_grad: bool) -> list[Saved]:

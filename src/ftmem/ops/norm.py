@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ftmem.arch import Architecture, Linear
+from ftmem.arch import Architecture, Linear, Param, layout, qk_norm_params
 from ftmem.dtypes import FP32
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
@@ -12,6 +12,11 @@ from ftmem.ops.saved import Kind, Saved, Side
 @register("norm")
 class Norm:
     """RMSNorm (transformers writes it out in fp32) or LayerNorm (one fused kernel)."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        """The block's norms and the final norm (a decoder-only model's)."""
+        return () if arch.encoder_decoder else _norms(arch)
 
     @staticmethod
     def saved(
@@ -54,6 +59,10 @@ class Norm:
 @register("qk_norm")
 class QKNorm:
     """The per-head query and key RMSNorms (``arch.qk_norm``: Qwen3)."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        return tuple(qk_norm_params(arch))
 
     @staticmethod
     def saved(
@@ -100,6 +109,11 @@ class T5Norm:
     """T5's RMS norm: it keeps its input itself beside the fp32 copy it squares."""
 
     @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        """Every sub-layer's norm and each stack's final norm (an encoder-decoder's)."""
+        return _norms(arch) if arch.encoder_decoder else ()
+
+    @staticmethod
     def saved(ctx: LayerContext, label: str, x_grad: bool, w_grad: bool, side: Side) -> list[Saved]:
         """T5LayerNorm: pow() of an fp32 copy of x, x · rsqrt (keeps x and the fp32 rstd),
         cast to the weight's dtype and scaled (keeps the normalised input for the weight)."""
@@ -123,3 +137,9 @@ class T5Norm:
 
 # what a norm keeps, for rules that select a norm's items (offload, checkpointed freeing)
 NORM_KINDS = frozenset({Kind.NORM_INPUT, Kind.NORM_OUTPUT})
+
+
+def _norms(arch: Architecture) -> tuple[Param, ...]:
+    """The model's norm parameters (``arch.layout`` lists them), the q/k norms aside."""
+    lay, qk = layout(arch), {p.name for p in qk_norm_params(arch)}
+    return tuple(p for p in (*lay.block, *lay.outer) if p.kind == "norm" and p.name not in qk)
