@@ -6,8 +6,7 @@ A tensor is saved only when something upstream or the op's own weight needs a
 gradient: a frozen linear whose input needs no gradient saves nothing, and blocks below
 the lowest trainable parameter keep nothing at all. Checked against autograd's
 saved-tensor hooks in ``tests/accuracy``. Korthikanti et al. 2022 (arXiv:2205.05198) give
-``s·b·h·(34 + 5·a·s/h)`` bytes per GPT-3 layer with dropout; ``tests/test_activations.py``
-reproduces its terms for reference.
+``s·b·h·(34 + 5·a·s/h)`` bytes per GPT-3 layer with dropout, for comparison.
 """
 
 from __future__ import annotations
