@@ -1,6 +1,7 @@
 """One registration per op, the way ``torch.utils.flop_counter`` registers one formula
-per aten op: an op's memory rules live in one class, and a second class claiming the same
-op is a mistake caught at import, not two rules silently disagreeing.
+per aten op (``register_flop_formula`` raises ``RuntimeError("duplicate registrations
+for ...")``, torch 2.13): an op's memory rules live in one class, and a second class
+claiming the same op is a mistake caught at import, not two rules silently disagreeing.
 
 The estimator's hot paths call the op classes directly (imported once); the registry is
 for looking an op up by name (docs, explanations, tests).
@@ -21,7 +22,7 @@ def register(name: str) -> Callable[[T], T]:
 
     def add(cls: T) -> T:
         if name in _OPS:
-            raise ValueError(
+            raise RuntimeError(
                 f"op {name!r} is registered twice: {_OPS[name].__qualname__} and {cls.__qualname__}"
             )
         _OPS[name] = cls
