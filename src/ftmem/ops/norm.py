@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ftmem.arch import Architecture, Linear, Param, layout, qk_norm_params
 from ftmem.dtypes import FP32
+from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
@@ -54,6 +55,22 @@ class Norm:
         if arch.norm == "layernorm":
             return T * h * e
         return 4 * T * h * FP32 + T * h * e
+
+    @staticmethod
+    def recompute_reuses_input(
+        arch: Architecture, plan: MethodPlan, items: list[Saved], T: int
+    ) -> int:
+        """What a checkpointed block's recompute does not rebuild of its first norm: the
+        block's input, kept by checkpointing, is what the norm saves when it is a
+        LayerNorm, or an RMSNorm on an fp32 residual stream (``x.float()`` is then no
+        copy). Measured: full finetuning bf16-mixed with checkpointing, 1,024 tokens,
+        +4 % when counted twice. (Every other op's recompute rebuilds what it saves.)"""
+        r = plan.dtypes.residual_bytes
+        # (a block's first item is its first op's: the input norm's, when that keeps anything)
+        saves_input = bool(items) and items[0].kind is Kind.NORM_INPUT
+        if saves_input and (arch.norm == "layernorm" or r == FP32):
+            return T * arch.hidden_size * r
+        return 0
 
 
 @register("qk_norm")
