@@ -3,8 +3,9 @@
 import pytest
 
 from ftmem import estimate
-from ftmem.activations import BlockState, block_saved
+from ftmem.activations import block_saved
 from ftmem.methods import plan_method
+from ftmem.ops.context import BlockState
 from ftmem.presets import get_model
 from ftmem.run import RunConfig
 

@@ -8,17 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from ftmem.activations import BlockState, Kind, Side, block_saved
+from ftmem.activations import block_saved
 from ftmem.arch import layout
 from ftmem.methods import plan_method
+from ftmem.ops.context import BlockState
+from ftmem.ops.mlp import MLP
+from ftmem.ops.saved import Kind, Side
 from ftmem.run import RunConfig
-from ftmem.transients import down_input_freed, freed_before_attention
+from ftmem.transients import freed_before_attention
 
 from .conftest import TINY, tiny
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ftmem"
 # where Saved.what is shown (the estimate's item list, explain) or composed (relabelled)
-DISPLAY = {"activations.py", "estimate.py", "explain.py"}
+DISPLAY = {"saved.py", "estimate.py", "explain.py"}  # saved.py: ops.saved.Saved.relabelled
 PER_LINEAR = {Kind.LORA, Kind.DORA, Kind.IA3, Kind.BOTTLENECK, Kind.WEIGHT_COPY}
 
 
@@ -84,7 +87,7 @@ def test_down_projection_input_found_in_every_family(family: str):
     arch, cfg, items = _block(family, method="full", precision="bf16")
     T, f = cfg.batch_size * cfg.seq_len, arch.intermediate_size
     freed_first = not arch.is_moe and family != "falcon"
-    assert down_input_freed(arch, items) == (T * f * 2 if freed_first else 0)
+    assert MLP.down_input_freed(arch, items) == (T * f * 2 if freed_first else 0)
 
 
 def test_gpt2_mlp_side_includes_its_output_projection():

@@ -17,11 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftmem.arch import Architecture
+from ftmem.dtypes import FP32
 from ftmem.errors import InvalidInputError
 from ftmem.run import RunConfig
 from ftmem.serve import ServeConfig, WeightFormat, prefill_bytes, weight_bytes
-
-FP32 = 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,10 @@ Dtype = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
 StorageFormat = Literal["fp32", "bf16", "fp16", "fp8", "int8", "nf4", "fp4", "int4"]
 
 BYTES_PER_ELEMENT: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
+# The sizes the arithmetic writes out by name: fp32 (softmax, statistics, optimizer
+# masters, upcast logits) and int64 (token ids, labels, routing indices).
+FP32 = BYTES_PER_ELEMENT["fp32"]
+INDEX_BYTES = 8  # int64
 # Weight storage with quantisation constants beside the values: no single size per
 # element (int8 here is LLM.int8's weight, scales included, not the 1-byte dtype). Every
 # test of "is this weight quantised" asks this set, so a new format cannot be missed.

@@ -27,10 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from ftmem import limits
 from ftmem.arch import Architecture, count_params, layout
-from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
 
-FP32 = 4
 DEFAULT_SHARD_BYTES = 5 * 10**9  # mergekit's --out-shard-size default (5B)
 
 

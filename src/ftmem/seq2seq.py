@@ -32,23 +32,20 @@ from __future__ import annotations
 import dataclasses
 from functools import lru_cache
 
-from ftmem.activations import (
-    FP32,
-    INDEX_BYTES,
-    BlockState,
-    Kind,
-    LayerContext,
-    Saved,
-    Side,
-    head_saved,
-    linear_inputs,
-)
+from ftmem.adapters.lora import LoRA
 from ftmem.arch import Architecture, Linear, layout
-from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan
+from ftmem.ops.biased_attention import BiasedAttention
+from ftmem.ops.context import BlockState, LayerContext
+from ftmem.ops.dropout import Dropout
+from ftmem.ops.linear import LinearOp
+from ftmem.ops.loss import Loss
+from ftmem.ops.mlp import MLP, T5FeedForward
+from ftmem.ops.norm import T5Norm
+from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.run import RunConfig
-from ftmem.transients import adapter_cast_gradient, mlp_backward_workspace
 
 # What the encoder-decoder path models and measures; the rest refuses in one sentence.
 SEQ2SEQ_METHODS = ("full", "freeze", "galore", "lora", "rslora", "dora", "qlora")
@@ -110,146 +107,11 @@ class _Stack:
         return self.ctx.tokens
 
 
-def _dropout(
-    ctx: LayerContext, label: str, elements: int, elem_bytes: int, side: Side
-) -> list[Saved]:
-    """A dropout whose input needs a gradient keeps its mask: a bool on CUDA, a scaled
-    mask in the input's dtype on the CPU."""
-    if not ctx.arch.dropout_rate:
-        return []
-    mask = 1 if ctx.run.device == "cuda" else elem_bytes
-    return [Saved(f"{label} dropout mask", elements * mask, Kind.DROPOUT, side)]
-
-
-def _norm(ctx: LayerContext, label: str, x_grad: bool, w_grad: bool, side: Side) -> list[Saved]:
-    """T5LayerNorm: pow() of an fp32 copy of x, x · rsqrt (keeps x and the fp32 rstd),
-    cast to the weight's dtype and scaled (keeps the normalised input for the weight)."""
-    T, h, r = ctx.tokens, ctx.arch.hidden_size, ctx.residual
-    out: list[Saved] = []
-    if x_grad:
-        copy = T * h * FP32 + (T * h * r if r != FP32 else 0)
-        what = f"{label}: fp32 input, input, rstd"
-        out.append(Saved(what, copy + T * FP32, Kind.NORM_INPUT, side))
-    if w_grad:
-        out.append(Saved(f"{label}: normalised", T * h * r, Kind.NORM_OUTPUT, side))
-    return out
-
-
-def _attention(
-    st: _Stack, kv_tokens: int, needs: frozenset[str], mask_layer: bool, mask_grad: bool
-) -> list[Saved]:
-    """The attention core with T5's position bias as a float mask.
-
-    ``mask_layer``: the mask is made in this layer (self-attention) rather than shared;
-    ``mask_grad``: the bias trains, so the mask needs a gradient.
-    """
-    if not needs:
-        return []
-    ctx, arch, run = st.ctx, st.ctx.arch, st.ctx.run
-    b, nh, inner, e = run.batch_size, arch.num_heads, arch.q_size, st.ctx.e
-    scores = b * nh * st.s_q * st.s_k
-    p = arch.dropout_rate
-    out: list[Saved] = []
-    math = _math_path(arch, run, mask_grad)
-
-    def keep(what: str, size: int, kind: Kind) -> None:
-        out.append(Saved(what, size, kind, Side.ATTENTION))
-
-    if run.attn == "eager" or math:
-        # q·kᵀ keeps each operand for the other's gradient; + bias (+ causal mask); the
-        # softmax keeps its output when q or k needs a gradient, dropout its mask; probs·v
-        # keeps the probabilities for v's gradient and v for theirs. Eager: scores in the
-        # dtype of the bias (the self-attention's is the parameters', fp32 under autocast;
-        # the cross-attention's zeros are q's), probabilities cast back to 16 bits for
-        # probs·v under autocast. The CPU's math path: fp32 copies of q, kᵀ and v for its
-        # batched matmuls, fp32 probabilities.
-        if math:
-            qe = se = pe = FP32
-            label = "math attention: fp32 "
-            qk, v = Kind.ATTN_COPY, Kind.ATTN_COPY
-        else:
-            qe, se, pe = e, max(e, _bias_bytes(ctx, mask_layer)), e
-            label = ""
-            qk, v = Kind.ATTN_QK, Kind.ATTN_V
-        scores_grad = bool(needs & {"q", "k"})
-        if "k" in needs:
-            keep(f"{label}q", st.T * inner * qe, qk)
-        if "q" in needs:
-            keep(f"{label}k", kv_tokens * inner * qe, qk)
-        if scores_grad:
-            keep(f"{label}v", kv_tokens * inner * qe, v)
-            keep(f"{label}softmax output (s²)", scores * se, Kind.ATTN_PROBS)
-            if p:
-                out += _dropout(ctx, "attention probabilities", scores, se, Side.ATTENTION)
-        if "v" in needs and (p or se != pe):  # a tensor of its own: dropped or cast
-            keep(f"{label}probabilities for v (s²)", scores * pe, Kind.ATTN_PROBS)
-        elif "v" in needs and not scores_grad:  # the softmax output, kept for v only
-            keep(f"{label}softmax output (s²)", scores * se, Kind.ATTN_PROBS)
-        return out
-    keep("q, k, v", (st.T + 2 * kv_tokens) * inner * e, Kind.ATTN_QKV)
-    size = st.T * inner * e + b * nh * st.s_q * FP32
-    keep("attention output + logsumexp", size, Kind.ATTN_OUTPUT)
-    if mask_layer or _bias_bytes(ctx, mask_layer) != e:
-        # made (or, by autocast, cast) in every layer; the zero bias otherwise is shared
-        keep("position-bias mask (s²)", nh * st.s_q * st.s_k * e, Kind.ATTN_MASK)
-    return out
-
-
-def _math_path(arch: Architecture, run: RunConfig, mask_grad: bool) -> bool:
-    """sdpa on the CPU takes its math path when the mask needs a gradient or with
-    dropout (its flash kernel supports neither); CUDA's memory-efficient kernel both."""
-    return run.attn != "eager" and run.device == "cpu" and bool(mask_grad or arch.dropout_rate)
-
-
-def _bias_bytes(ctx: LayerContext, self_attention: bool) -> int:
-    """The position bias's dtype: the bias table's (the parameters') for self-attention;
-    the cross-attention's zeros take q's (fp32 out of a 4-bit linear under autocast)."""
-    if self_attention or ctx.quantized_outputs_in_input_dtype:
-        return ctx.residual
-    return ctx.e
-
-
-def _feed_forward(
-    st: _Stack, state: BlockState, linears: list[Linear], x_grad: bool
-) -> tuple[list[Saved], bool]:
-    """wi (or wi_0, wi_1), the activation (gelu_new written out: x, tanh, x/2, 1 + tanh),
-    the gate product, dropout, then wo, which the feed-forward's input is cast to the
-    dtype of (fp32 wo under autocast: autocast casts it back, a fresh copy)."""
-    ctx, arch = st.ctx, st.ctx.arch
-    T, e, f, h = st.T, ctx.e, arch.intermediate_size, arch.hidden_size
-    ups = [lin for lin in linears if set(lin.roles) & {"gate", "up"}]
-    down = [lin for lin in linears if "down" in lin.roles]
-    out = linear_inputs(ctx, ups, state, x_grad, "wi", h, ctx.residual)
-    any_grad = (
-        x_grad or state.weights_trainable or any(lin.module in state.output_grad for lin in ups)
-    )
-    if any_grad:
-        # bitsandbytes' 4-bit wi return their input's dtype (fp32 under autocast)
-        oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
-        act = 4 if arch.activation == "gelu_tanh" else 1
-        if arch.mlp == "gated":
-            what = "wi_0 activation intermediates, wi_1 and gelu outputs"
-            size = (act + 2) * T * f * oe
-        else:
-            what, size = "wi activation intermediates", act * T * f * oe
-        out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
-        out += _dropout(ctx, "feed-forward", T * f, oe, Side.MLP)
-    shares_relu = (
-        arch.mlp == "plain"
-        and arch.activation == "relu"
-        and not arch.dropout_rate
-        and not ctx.plan.dtypes.autocast
-    )
-    # (shares_relu: wo reads the ReLU's output itself, already kept)
-    wo = linear_inputs(ctx, down, state, any_grad, "wo", f, e, shares_relu)
-    return out + wo, any_grad or any(lin.module in state.output_grad for lin in down)
-
-
 def _sublayer_out(ctx: LayerContext, label: str, needs_grad: bool, side: Side) -> list[Saved]:
     """The dropout on a sub-layer's output (o or wo, in the compute dtype)."""
     if not needs_grad:
         return []
-    return _dropout(ctx, label, ctx.tokens * ctx.arch.hidden_size, ctx.e, side)
+    return Dropout.saved(ctx, label, ctx.tokens * ctx.arch.hidden_size, ctx.e, side)
 
 
 @lru_cache(maxsize=64)
@@ -267,13 +129,15 @@ def _self_attention_layer(
     w = state.weights_trainable
     qkv = [lin for lin in linears if lin.roles[0] in ("q", "k", "v")]
     o = [lin for lin in linears if lin.roles == ("o",)]
-    out = _norm(ctx, "self-attention norm", x, w, Side.ATTENTION)
-    out += linear_inputs(ctx, qkv, state, x or w, "q/k/v", arch.hidden_size, ctx.residual)
+    out = T5Norm.saved(ctx, "self-attention norm", x, w, Side.ATTENTION)
+    out += LinearOp.saved(ctx, qkv, state, x or w, "q/k/v", arch.hidden_size, ctx.residual)
     if x or w:
         needs = frozenset({"q", "k", "v"})
     else:
         needs = frozenset(lin.roles[0] for lin in qkv if lin.module in state.output_grad)
-    out += _attention(st, st.T, needs, mask_layer=True, mask_grad=mask_grad)
+    out += BiasedAttention.saved(
+        ctx, st.s_q, st.s_k, st.T, needs, mask_layer=True, mask_grad=mask_grad
+    )
     projected, after = _attention_output(ctx, state, o, bool(needs), mask_grad, "o", "self")
     return out + projected, after
 
@@ -289,23 +153,16 @@ def _attention_output(
 ) -> tuple[list[Saved], bool]:
     """o (whose input is the kernel's own output, unless the path copies it first) and
     the dropout on the sub-layer's output. Returns (saved, output needs a gradient)."""
-    kept = _o_input_is_kernel_output(ctx, mask_grad)
-    saved = linear_inputs(ctx, o, state, q_grad, label, ctx.arch.q_size, ctx.e, kept)
+    kept = BiasedAttention.o_input_is_kernel_output(ctx, mask_grad)
+    saved = LinearOp.saved(ctx, o, state, q_grad, label, ctx.arch.q_size, ctx.e, kept)
     after = q_grad or any(lin.module in state.output_grad for lin in o)
     return saved + _sublayer_out(ctx, f"{kind}-attention output", after, Side.ATTENTION), after
 
 
-def _o_input_is_kernel_output(ctx: LayerContext, mask_grad: bool) -> bool:
-    """The fused kernels' output is o's input (one storage, kept by the kernel); eager
-    attention and the CPU's math path copy it first."""
-    run = ctx.run
-    return run.attn != "eager" and not _math_path(ctx.arch, run, mask_grad)
-
-
 def _ff_layer(st: _Stack, state: BlockState, linears: list[Linear], x_grad: bool) -> list[Saved]:
     """The feed-forward sub-layer: norm, feed-forward, dropout on its output."""
-    out = _norm(st.ctx, "feed-forward norm", x_grad, state.weights_trainable, Side.MLP)
-    ff, ff_grad = _feed_forward(st, state, linears, x_grad)
+    out = T5Norm.saved(st.ctx, "feed-forward norm", x_grad, state.weights_trainable, Side.MLP)
+    ff, ff_grad = T5FeedForward.saved(st.ctx, state, linears, x_grad)
     return out + ff + _sublayer_out(st.ctx, "feed-forward output", ff_grad, Side.MLP)
 
 
@@ -329,11 +186,11 @@ def _cross_layer(
     q = [lin for lin in linears if lin.roles == ("q",)]
     kv = [lin for lin in linears if lin.roles[0] in ("k", "v")]
     o = [lin for lin in linears if lin.roles == ("o",)]
-    out = _norm(ctx, "cross-attention norm", x, w, Side.ATTENTION)
+    out = T5Norm.saved(ctx, "cross-attention norm", x, w, Side.ATTENTION)
     out += _cross_named(
-        linear_inputs(ctx, q, state, x or w, "cross q", arch.hidden_size, ctx.residual)
+        LinearOp.saved(ctx, q, state, x or w, "cross q", arch.hidden_size, ctx.residual)
     )
-    kv_saved = linear_inputs(
+    kv_saved = LinearOp.saved(
         enc.ctx, kv, state, enc_grad, "cross k/v", arch.hidden_size, ctx.residual
     )
     # one storage for every layer, unless autocast casts it per call
@@ -349,10 +206,11 @@ def _cross_layer(
     if enc_grad or w or x:
         needs |= {"k", "v"}
     needs |= {lin.roles[0] for lin in kv if lin.module in state.output_grad}
-    cross_st = _Stack(ctx, st.s_q, enc.s_q)
     # the cross-attention's zero bias needs a gradient only under checkpointing
     zero_grad = ctx.run.grad_ckpt
-    core = _attention(cross_st, enc.T, frozenset(needs), mask_layer=False, mask_grad=zero_grad)
+    core = BiasedAttention.saved(
+        ctx, st.s_q, enc.s_q, enc.T, frozenset(needs), mask_layer=False, mask_grad=zero_grad
+    )
     out += [item.relabelled(_CROSS) for item in core]
     projected, after = _attention_output(ctx, state, o, bool(needs), zero_grad, "cross o", "cross")
     out += _cross_named(projected)
@@ -454,7 +312,7 @@ def _checkpoint_inputs(enc: _Stack, dec: _Stack, kv_kept: bool) -> list[Saved]:
             Saved("position biases (kept by checkpointing)", nh * (enc.s_q**2 + dec.s_q**2) * r),
             Saved(
                 "cross-attention zero bias (kept by checkpointing)",
-                nh * dec.s_q * enc.s_q * _bias_bytes(enc.ctx, False),
+                nh * dec.s_q * enc.s_q * BiasedAttention.bias_bytes(enc.ctx, False),
             ),
         ]
     return held
@@ -481,10 +339,10 @@ def outer_saved(
         # the relative position buckets (s × s per stack) index the bias tables
         below.append(Saved("position buckets", (enc.s_q**2 + dec.s_q**2) * INDEX_BYTES))
     if inputs_grad:
-        below += _dropout(enc.ctx, "embeddings", (enc.T + dec.T) * h, r, Side.OUTER)
-    below += _norm(enc.ctx, "encoder final norm", enc_grad, train, Side.OUTER)
+        below += Dropout.saved(enc.ctx, "embeddings", (enc.T + dec.T) * h, r, Side.OUTER)
+    below += T5Norm.saved(enc.ctx, "encoder final norm", enc_grad, train, Side.OUTER)
     if enc_grad:
-        below += _dropout(enc.ctx, "encoder output", enc.T * h, r, Side.OUTER)
+        below += Dropout.saved(enc.ctx, "encoder output", enc.T * h, r, Side.OUTER)
     below += shared_kv
     blocks_grad = inputs_grad or plan.trainable_blocks > 0
     if run.grad_ckpt and blocks_grad:
@@ -492,17 +350,17 @@ def outer_saved(
     cross_fused = (
         blocks_grad
         and run.attn != "eager"
-        and _bias_bytes(enc.ctx, False) == e
-        and not _math_path(arch, run, run.grad_ckpt)
+        and BiasedAttention.bias_bytes(enc.ctx, False) == e
+        and not BiasedAttention.math_path(arch, run, run.grad_ckpt)
     )
     if cross_fused:
         # the cross-attention's zero bias, one tensor kept by every decoder layer's kernel
         below.append(Saved("cross-attention zero bias", arch.num_heads * dec.s_q * enc.s_q * e))
-    above = _norm(dec.ctx, "decoder final norm", blocks_grad, train, Side.OUTER)
+    above = T5Norm.saved(dec.ctx, "decoder final norm", blocks_grad, train, Side.OUTER)
     if blocks_grad:
-        above += _dropout(dec.ctx, "decoder output", dec.T * h, r, Side.OUTER)
+        above += Dropout.saved(dec.ctx, "decoder output", dec.T * h, r, Side.OUTER)
     log_softmax = FP32 if plan.dtypes.autocast else e
-    above += head_saved(arch, plan, dec.T, train, log_softmax)
+    above += Loss.saved(arch, plan, dec.T, train, log_softmax)
     return below, above
 
 
@@ -522,22 +380,12 @@ def attention_moment(
     checkpointing the cross-attention's zeros) gets one, expanded over the batch. The
     cross-attention's keys and values have the encoder's length."""
     enc, dec = stack(arch, run, plan, False), stack(arch, run, plan, True)
-    e, inner = enc.ctx.e, arch.q_size
-    b, nh = run.batch_size, arch.num_heads
+    e = enc.ctx.e
     own = dec if decoder else enc
     attentions = [(own.s_q, bias_grad)] + ([(enc.s_q, run.grad_ckpt)] if decoder else [])
     worst = 0
     for i, (s_k, mask_grad) in enumerate(attentions):
-        scores = b * nh * own.s_q * s_k
-        math = _math_path(arch, run, mask_grad)
-        qkv = (own.T + 2 * b * s_k) * inner
-        if math:
-            # the fp32 copies' gradients, cast back to the projections' dtype
-            size = qkv * FP32 + (qkv * e if e != FP32 else 0) + scores * FP32
-        elif run.attn == "eager":
-            size = qkv * e + 2 * scores * FP32
-        else:
-            size = qkv * e + (scores * e if mask_grad else 0)
+        size = BiasedAttention.backward_workspace(arch, run, e, own.T, own.s_q, s_k, mask_grad)
         if decoder:  # the encoder output's gradient, summed over the decoder's blocks
             size += enc.T * arch.hidden_size * enc.ctx.residual
         freed = sum(x.nbytes for later in parts[i + 1 :] for x in later)
@@ -550,8 +398,8 @@ def block_workspace(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int
     MLP's as for decoder-only models; T5's norm holds two fp32 T·h gradients and one in
     the compute dtype (it keeps its input in that dtype, not upcast). An adapter whose
     input peft casts adds that cast's gradient."""
-    e, h = BYTES_PER_ELEMENT[plan.dtypes.compute], arch.hidden_size
-    mlp = mlp_backward_workspace(arch, plan, e, T)
-    norm = 2 * T * h * FP32 + T * h * e
-    cast_grad = adapter_cast_gradient(arch, plan, T)
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    mlp = MLP.backward_workspace(arch, plan, e, T)
+    norm = T5Norm.backward_workspace(arch, e, T)
+    cast_grad = LoRA.cast_gradient(arch, plan, T)
     return (mlp if run.grad_ckpt else max(mlp, norm)) + cast_grad

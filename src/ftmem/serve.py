@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from ftmem import limits
 from ftmem.arch import Architecture, layout, position_note
-from ftmem.dtypes import BYTES_PER_ELEMENT, INT4_GROUP, ceil_div, tensor_bytes
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INT4_GROUP, ceil_div, tensor_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.hardware import Gpu, runtime_overhead
 from ftmem.methods import adapted_linears
@@ -28,7 +28,6 @@ from ftmem.run import RunConfig
 
 WeightFormat = Literal["bf16", "fp16", "fp32", "fp8", "int8", "nf4", "fp4", "int4", "ternary"]
 KvDtype = Literal["bf16", "fp16", "fp32", "fp8"]
-FP32 = 4
 
 
 # The physical bound of each count a serving setup takes (ftmem.limits).

@@ -13,44 +13,37 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ftmem import seq2seq
-from ftmem.activations import (
-    BlockState,
-    Kind,
-    Saved,
-    block_saved,
-    outer_saved,
-    runs_eager,
-)
+from ftmem.activations import block_saved, outer_saved
+from ftmem.adapters.dora import DoRA
+from ftmem.adapters.lora import LoRA
+from ftmem.adapters.prompt import PrefixTuning
 from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, layout, qk_norm_params
-from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, plan_key, plan_method
+from ftmem.ops.attention import runs_eager
+from ftmem.ops.context import BlockState
+from ftmem.ops.embedding import Embedding
+from ftmem.ops.linear import LinearOp
+from ftmem.ops.loss import CHUNKS, Loss
+from ftmem.ops.moe import MoE
+from ftmem.ops.norm import Norm
+from ftmem.ops.saved import Saved
 from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
 from ftmem.phases import StepSizes
 from ftmem.run import RunConfig
 from ftmem.transients import (
     adapter_moment,
-    autocast_cache,
     block_backward_workspace,
     checkpointed_attention_moment,
     checkpointed_forward_adapter,
-    forward_block_transient,
     frozen_forward_transient,
-    logits_forward,
-    merge_transient,
-    moe_forward_transient,
-    norm_backward_workspace,
     offload_moment,
-    prefix_cache,
     step_in_backward,
-    tied_embedding_backward,
 )
 
 if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
     from ftmem.distill import Teacher
-
-FP32 = 4
-CHUNKS = 8  # torchtune's num_output_chunks
 
 
 def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[BlockState]:
@@ -119,19 +112,6 @@ def _partial_states(arch: Architecture, plan: MethodPlan, inputs_grad: bool) -> 
     return states
 
 
-def _kept_input_shared(arch: Architecture, plan: MethodPlan, items: list[Saved], T: int) -> int:
-    """The part of a checkpointed block's recompute that is its kept input: the first
-    norm saves the block input itself when it is a LayerNorm, or an RMSNorm on an fp32
-    residual stream (``x.float()`` is then no copy). Measured: full finetuning
-    bf16-mixed with checkpointing, 1,024 tokens, +4 % when counted twice."""
-    r = plan.dtypes.residual_bytes
-    # (a block's first item is its first op's: the input norm's, when that keeps anything)
-    saves_input = bool(items) and items[0].kind is Kind.NORM_INPUT
-    if saves_input and (arch.norm == "layernorm" or r == FP32):
-        return T * arch.hidden_size * r
-    return 0
-
-
 def _sum(items: list[Saved]) -> int:
     return sum(s.nbytes for s in items)
 
@@ -178,11 +158,11 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
             grads_per_block=grads_block,
             grads_outer=grads_outer,
             grads_embedding=grads_embedding,
-            tied_embedding_backward=tied_embedding_backward(arch, grad_groups),
-            merge_transient=merge_transient(plan, run),
+            tied_embedding_backward=Embedding.backward_workspace(arch, grad_groups),
+            merge_transient=LoRA.merge(plan, run),
             step_block=step_in_backward([g for g in grad_groups if g.in_block], run),
             step_outer=step_in_backward([g for g in grad_groups if not g.in_block], run),
-            autocast_cache=autocast_cache(plan),
+            autocast_cache=LinearOp.autocast_cache(plan),
         )
     return sizes
 
@@ -274,7 +254,7 @@ def _block_activations(
             if st not in cache:
                 cache[st] = block_saved(arch, run, plan, st, T)
             previous, previous_sum = st, _sum(cache[st])
-            previous_rebuilt = previous_sum - _kept_input_shared(arch, plan, cache[st], T)
+            previous_rebuilt = previous_sum - Norm.recompute_reuses_input(arch, plan, cache[st], T)
         per_block.append(previous_sum)
         rebuilt.append(previous_rebuilt)
     return _BlockActivations(tuple(per_block), tuple(rebuilt), tuple(cache[block_states[-1]]))
@@ -335,14 +315,14 @@ def _decoder_sizes(
         acts_per_block=per_block_kept,
         acts_below=outer[0],
         acts_above=outer[1],
-        logits_forward=logits_forward(arch, run, e, T)
-        + prefix_cache(arch, run, plan.dtypes)
+        logits_forward=Loss.forward_transient(arch, run, e, T)
+        + PrefixTuning.cache(arch, run, plan.dtypes)
         + forward_cache,
         forward_block_transient=forward_cache
         + max(
-            forward_block_transient(plan, run),
+            DoRA.forward_rebuild(plan, run),
             checkpointed_forward_adapter(arch, run, plan, e, T),
-            moe_forward_transient(arch, T) if last_keeps else 0,
+            MoE.forward_transient(arch, T) if last_keeps else 0,
             # a block that keeps nothing of its own (frozen, checkpointed, offloaded)
             # still builds its intermediates in forward
             frozen_forward_transient(arch, run, e, plan.dtypes.residual_bytes, T)
@@ -365,7 +345,7 @@ def _decoder_sizes(
             adapter_moment(arch, run, plan, last_block, e, T),
         ),
         # the final norm's backward, its fp32 input still saved
-        head_workspace=norm_backward_workspace(arch, e, T) + T * h * FP32,
+        head_workspace=Norm.backward_workspace(arch, e, T) + T * h * FP32,
         recompute=max(blocks.rebuilt) if run.grad_ckpt else 0,
         recompute_by_block=blocks.rebuilt if run.grad_ckpt else (),
         own_grads_transient=grads_block if offloaded else 0,
@@ -534,14 +514,14 @@ def _seq2seq_sizes(
         acts_below=_sum(stacks.below),
         acts_above=_sum(stacks.above),
         logits_forward=logit_bytes * e + (logit_bytes * FP32 if autocast else 0),
-        forward_block_transient=forward_block_transient(plan, run),
+        forward_block_transient=DoRA.forward_rebuild(plan, run),
         loss_backward=2 * logit_bytes * loss_e,
         block_workspace=max(
             seq2seq.block_workspace(arch, run, plan, enc_T),
             seq2seq.block_workspace(arch, run, plan, dec_T),
             stacks.attention,
         ),
-        head_workspace=norm_backward_workspace(arch, e, dec_T) + dec_T * h * FP32,
+        head_workspace=Norm.backward_workspace(arch, e, dec_T) + dec_T * h * FP32,
         recompute=max(stacks.per_block) if run.grad_ckpt else 0,
         optimizer_temporaries=fixed.optimizer_temporaries,
         grads_persist=run.grad_accum > 1,

@@ -9,7 +9,7 @@ moment was the peak of the step, 9 % above the estimate before it was modelled
 
 Here a lone linear runs under the live-bytes tracker; what the forward adds beyond its
 input and weights is compared with a hand derivation and with the estimator's
-``adapter_forward_transient`` plus the tensors autograd keeps (the input's fp32 cast
+``LoRA.forward_transient`` plus the tensors autograd keeps (the input's fp32 cast
 and lora_A's output).
 """
 
@@ -22,11 +22,11 @@ import pytest
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
+from ftmem.adapters.lora import LoRA  # noqa: E402
 from ftmem.arch import Linear  # noqa: E402
 from ftmem.measure.tracker import LiveBytesTracker  # noqa: E402
 from ftmem.precision import resolve_dtypes  # noqa: E402
 from ftmem.run import RunConfig  # noqa: E402
-from ftmem.transients import adapter_forward_transient  # noqa: E402
 
 T, IN, OUT, R = 150, 96, 320, 4  # tokens, Phi-3's tiny gate_up (h=96, 2f=320), rank
 
@@ -53,7 +53,7 @@ def _estimated(method: str) -> int:
     plan = SimpleNamespace(dtypes=resolve_dtypes(run))
     lin = Linear("mlp.gate_up_proj", ("gate", "up"), IN, OUT, False)
     kept = T * IN * 4 + T * R * 4  # the input's fp32 cast and lora_A's output
-    return adapter_forward_transient(run, plan, lin, 2, T) + kept
+    return LoRA.forward_transient(run, plan, lin, 2, T) + kept
 
 
 @pytest.mark.accuracy

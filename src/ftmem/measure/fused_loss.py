@@ -16,6 +16,7 @@ import math
 import torch
 
 from ftmem.measure.build import hf_model
+from ftmem.ops.loss import CHUNKS  # torchtune's num_output_chunks, as the estimate takes it
 
 IGNORE_INDEX = -100
 _ROWS_AT_ONCE = 4  # fp32 softmax of this many rows at a time (Triton: in registers)
@@ -80,9 +81,6 @@ def fused_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     x = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     target = ids[:, 1:].reshape(-1)
     return FusedLinearCrossEntropy.apply(x, head.weight, target)
-
-
-CHUNKS = 8  # torchtune's num_output_chunks
 
 
 def chunked_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:

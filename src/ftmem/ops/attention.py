@@ -1,0 +1,161 @@
+"""Attention: the kernels (sdpa, FlashAttention-2, eager) with rotary, soft-capping,
+GQA and prefix keys, as transformers 5 runs them."""
+
+from __future__ import annotations
+
+from ftmem.arch import Architecture
+from ftmem.dtypes import FP32
+from ftmem.ops.context import LayerContext
+from ftmem.ops.registry import register
+from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.run import RunConfig
+
+
+def runs_eager(arch: Architecture, run: RunConfig) -> bool:
+    """Eager attention: asked for, or the only path transformers 5 has for the family
+    (Falcon computes its attention in fp32 matmuls; Gemma-2 has no sdpa path)."""
+    return run.attn == "eager" or arch.traits.attention != "sdpa"
+
+
+def qkv_views_kept(arch: Architecture) -> bool:
+    """q, k and v are views of one fused projection's output that the kernel keeps,
+    so the whole output stays alive (GPT-2); rotary would make new q and k tensors."""
+    return arch.traits.fused_qkv and arch.position_embedding != "rotary"
+
+
+@register("attention")
+class Attention:
+    """The attention core between the q/k/v projections and o (their linears are the
+    linear op's): what the kernel keeps, and the s² tensors of the eager path."""
+
+    @staticmethod
+    def saved(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
+        """Attention core: rotary outputs, the kernel's saved inputs/outputs.
+
+        ``needs_grad`` holds which of q, k, v need a gradient. The fused kernels save all
+        their inputs as soon as one does; eager matmuls save an operand only when the
+        other one needs a gradient (q for k's gradient, k for q's).
+        """
+        if not needs_grad:
+            return []
+        arch, run = ctx.arch, ctx.run
+        T, e = ctx.tokens, ctx.e
+        b, s = run.batch_size, ctx.tokens // run.batch_size
+        nh, q, kv = arch.num_heads, arch.q_size, arch.kv_size
+        out: list[Saved] = []
+
+        def keep(what: str, size: int, kind: Kind) -> None:
+            out.append(Saved(what, size, kind, Side.ATTENTION))
+
+        eager = runs_eager(arch, run)
+        if run.prefix_len and not eager:
+            return Attention.prefix_saved(ctx)
+        if arch.traits.attention == "eager-fp32":
+            # transformers 5 Falcon: q, k, v upcast to fp32 and k, v repeated per head (MQA/GQA)
+            # for the score and PV matmuls; the fp32 probabilities are the only s² tensor
+            keep("q, k, v in fp32 (repeated per head)", 3 * T * q * FP32, Kind.ATTN_COPY)
+            keep("softmax output (fp32, s²)", b * nh * s * s * FP32, Kind.ATTN_PROBS)
+            return out
+        P = run.prefix_len
+        if qkv_views_kept(arch):
+            # q, k, v are views of c_attn's output: its whole storage stays alive
+            keep("c_attn output (q, k, v views)", T * (q + 2 * kv) * e, Kind.ATTN_QKV)
+        elif eager:
+            # repeat_kv copies k and v to every query head (GQA/MQA)
+            kv_saved = q if kv != q else kv
+            Tk = T + b * P  # keys and values include a prefix
+            if "k" in needs_grad:
+                keep("rotary q", T * q * e, Kind.ATTN_QK)
+            if "q" in needs_grad:
+                keep("rotary k (repeated per head)", Tk * kv_saved * e, Kind.ATTN_QK)
+            keep("v (repeated per head)", Tk * kv_saved * e, Kind.ATTN_V)
+        else:
+            keep("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK)
+            if arch.traits.fused_qkv and not ctx.quantized_outputs_in_input_dtype:
+                keep("qkv_proj output (v is a view)", T * (q + 2 * kv) * e, Kind.ATTN_QKV)
+            else:
+                keep("v", T * kv * e, Kind.ATTN_V)
+        if not eager:
+            keep("attention output + logsumexp", T * q * e + b * nh * s * FP32, Kind.ATTN_OUTPUT)
+            return out
+        scores = b * nh * s * (s + P)
+        if arch.traits.softmax_in_compute_dtype:
+            # GPT-2's eager path takes the softmax in the compute dtype: one s² tensor
+            keep("softmax output (s²)", scores * e, Kind.ATTN_PROBS)
+            return out
+        if arch.attn_logit_softcapping:
+            # scores / cap -> tanh -> * cap: the tanh output is kept
+            keep("soft-capped scores tanh (s²)", scores * e, Kind.ATTN_SOFTCAP)
+        keep("softmax output (fp32, s²)", scores * FP32, Kind.ATTN_PROBS)
+        if "v" in needs_grad and e != FP32:
+            keep("attention probabilities cast (s²)", scores * e, Kind.ATTN_PROBS)
+        return out
+
+    @staticmethod
+    def prefix_saved(ctx: LayerContext) -> list[Saved]:
+        """sdpa or FlashAttention-2 with prefix tuning: every layer's keys and values are its
+        prefix concatenated with its own (new tensors, held by the cache and kept by the
+        kernel). The offset causal pattern needs an explicit mask, which sdpa converts to
+        the compute dtype per call and keeps; with a mask transformers repeats GQA keys and
+        values per head. FlashAttention-2 takes neither."""
+        arch, run = ctx.arch, ctx.run
+        T, e, P = ctx.tokens, ctx.e, run.prefix_len
+        b, s = run.batch_size, ctx.tokens // run.batch_size
+        nh, q, kv = arch.num_heads, arch.q_size, arch.kv_size
+        flash = run.attn == "flash"
+        # (one KV head repeats as a stride-0 view, no copy)
+        width = kv if flash or arch.kv_heads in (1, arch.num_heads) else q
+        items: list[tuple[str, int, Kind]] = []
+        if qkv_views_kept(arch):  # q is a view of c_attn's whole output
+            items.append(("c_attn output (q view)", T * (q + 2 * kv) * e, Kind.ATTN_QKV))
+        else:
+            items.append(("rotary q", T * q * e, Kind.ATTN_QK))
+        items.append(
+            ("keys and values with the prefix", 2 * (T + b * P) * width * e, Kind.ATTN_COPY)
+        )
+        if not flash:
+            items.append(("attention mask (s × (s + prefix))", b * s * (s + P) * e, Kind.ATTN_MASK))
+        size = T * q * e + b * nh * s * FP32
+        items.append(("attention output + logsumexp", size, Kind.ATTN_OUTPUT))
+        return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
+
+    @staticmethod
+    def eager_workspace(arch: Architecture, run: RunConfig, keys: int | None = None) -> int:
+        """Eager attention's fp32 scores and their softmax (b·heads·s·keys each): the
+        backward's score gradients, and a forward's largest moment in a block that keeps
+        nothing. 0 for the fused kernels. ``keys`` defaults to s + prefix (the offload
+        moment passes s: as measured, without a prefix)."""
+        if not runs_eager(arch, run):
+            return 0
+        s = run.positions
+        keys = s + run.prefix_len if keys is None else keys
+        return 2 * run.batch_size * arch.num_heads * s * keys * FP32
+
+    @staticmethod
+    def recomputed_softmax_backward(arch: Architecture, run: RunConfig, e: int) -> int:
+        """Eager attention's softmax backward in a recomputed block: the probabilities'
+        gradient and its fp32 result (e + 4 bytes per score; fp32 scores: 8; measured)."""
+        s = run.positions
+        if arch.traits.attention == "eager-fp32" or e == FP32:
+            per_score = 2 * FP32
+        elif arch.traits.softmax_in_compute_dtype:
+            per_score = 2 * e  # GPT-2 takes its softmax in the compute dtype
+        else:
+            per_score = e + FP32
+        return run.batch_size * arch.num_heads * s * (s + run.prefix_len) * per_score
+
+    @staticmethod
+    def offloaded_backward(arch: Architecture, run: RunConfig, block: list[Saved]) -> int:
+        """With activations offloaded: the kernel's saved inputs and output back on the
+        GPU, with eager attention's score gradients."""
+        back = sum(x.nbytes for x in block if x.kind in OFFLOAD_KINDS)
+        return back + Attention.eager_workspace(arch, run, run.positions)
+
+
+# what offloaded attention brings back for its backward: the kernel's q, k, v, mask,
+# probabilities and output. (A fused projection's whole output, Falcon's fp32 copies,
+# the prefix-concatenated keys and Gemma-2's soft-capping tanh are left out, as the
+# label rule left them: adding them changes none of tests/accuracy's offload cases.)
+OFFLOAD_KINDS = frozenset(
+    {Kind.ATTN_QK, Kind.ATTN_V, Kind.ATTN_MASK, Kind.ATTN_PROBS, Kind.ATTN_OUTPUT}
+)

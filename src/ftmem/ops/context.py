@@ -1,0 +1,65 @@
+"""What an op is given: the layer's shapes and dtypes, and what needs a gradient in it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftmem.arch import Architecture, Linear
+from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.methods import MethodPlan
+from ftmem.run import RunConfig
+
+
+@dataclass(frozen=True, slots=True)
+class BlockState:
+    """What needs a gradient in one block."""
+
+    input_requires_grad: bool
+    weights_trainable: bool  # the block's own base weights train (full / freeze)
+    adapted: frozenset[str]  # module paths of linears with adapters
+    # BitFit: linears whose bias trains (their output needs a gradient; they keep nothing)
+    biased: frozenset[str] = frozenset()
+    norm_bias: bool = False  # LayerNorm biases train: each LayerNorm keeps its input
+    # IA³: linears whose output (scaled) or input (scaled_in, feed-forward) is rescaled
+    scaled: frozenset[str] = frozenset()
+    scaled_in: frozenset[str] = frozenset()
+    # partial: linears (module paths) whose own weight trains, and whether norms train
+    trained: frozenset[str] = frozenset()
+    norms_trained: bool = False
+    # partial: the per-head query/key norms train (arch.qk_norm): q and k need a gradient
+    qk_norms_trained: bool = False
+    # bottleneck adapters: linears whose output goes through one
+    bottleneck: frozenset[str] = frozenset()
+
+    @property
+    def output_grad(self) -> frozenset[str]:
+        """Linears whose output needs a gradient for a parameter of their own."""
+        return self.adapted | self.biased | self.scaled | self.trained | self.bottleneck
+
+    def weight_trains(self, lin: Linear) -> bool:
+        return self.weights_trainable or lin.module in self.trained
+
+
+@dataclass(frozen=True, slots=True)
+class LayerContext:
+    """The shapes and dtypes one layer's saved tensors are derived from (T tokens)."""
+
+    arch: Architecture
+    run: RunConfig
+    plan: MethodPlan
+    tokens: int  # b·s (+ virtual tokens later)
+
+    @property
+    def e(self) -> int:
+        return BYTES_PER_ELEMENT[self.plan.dtypes.compute]
+
+    @property
+    def quantized_outputs_in_input_dtype(self) -> bool:
+        """bitsandbytes' 4-bit linears return their output in their input's dtype: under
+        autocast with fp32 non-quantised weights the q/k/v and MLP outputs stay fp32."""
+        return self.plan.dtypes.four_bit_outputs_fp32
+
+    @property
+    def residual(self) -> int:
+        """Bytes per element of the residual stream (fp32 params under autocast)."""
+        return self.plan.dtypes.residual_bytes

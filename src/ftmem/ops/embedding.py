@@ -1,0 +1,53 @@
+"""The token embedding (and learned or rotary positions): what it keeps, and a tied
+embedding's gradient sum."""
+
+from __future__ import annotations
+
+from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, Param, layout
+from ftmem.dtypes import INDEX_BYTES
+from ftmem.methods import TensorGroup
+from ftmem.ops.registry import register
+from ftmem.ops.saved import Saved
+from ftmem.run import RunConfig
+
+
+@register("embedding")
+class Embedding:
+    """Token ids in, hidden states out; positions beside them."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        """The token embedding, and a learned position table (an encoder-decoder's
+        position parameters are its attention's relative bias)."""
+        positions = () if arch.encoder_decoder else ("position",)
+        return tuple(p for p in layout(arch).outer if p.kind in ("embedding", *positions))
+
+    @staticmethod
+    def saved(arch: Architecture, run: RunConfig, T: int, train: bool) -> list[Saved]:
+        """The token ids (and learned position ids) the embedding's gradient reads, when
+        it trains (``train``: everything outside the blocks does)."""
+        out = [Saved("embedding token ids", T * INDEX_BYTES)]
+        if arch.position_embedding == "learned" and train:
+            out.append(Saved("position ids", (T // run.batch_size) * INDEX_BYTES))
+        return out
+
+    @staticmethod
+    def rotary_saved(arch: Architecture, run: RunConfig, T: int, residual: int) -> list[Saved]:
+        """Rotary's cos and sin tables (s × head_dim), shared by every layer's rotary
+        multiply, computed in the residual dtype (fp32 under autocast with fp32
+        weights); kept when the blocks need gradients."""
+        if arch.position_embedding != "rotary":
+            return []
+        return [Saved("rotary cos/sin", 2 * (T // run.batch_size) * arch.head_size * residual)]
+
+    @staticmethod
+    def backward_workspace(arch: Architecture, grad_groups: list[TensorGroup]) -> int:
+        """A trained tied embedding: at the end of backward the embedding path's gradient
+        and its sum with the LM head path's are both new (vocab × hidden) tensors."""
+        if not arch.tie_embeddings:
+            return 0
+        return sum(
+            2 * g.total_numel * g.element_bytes
+            for g in grad_groups
+            if not g.in_block and g.name.endswith(TOKEN_EMBEDDINGS)
+        )

@@ -1,0 +1,188 @@
+"""Linear layers: the inputs they keep for their weights' gradients, autocast's weight
+copies, and what one holds while it runs. Adapters (ftmem.adapters) wrap this op: a
+group of linears asks each adapter on it what it adds."""
+
+from __future__ import annotations
+
+from ftmem.adapters.bottleneck import Bottleneck
+from ftmem.adapters.ia3 import IA3
+from ftmem.adapters.lora import LoRA
+from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
+from ftmem.methods import MethodPlan
+from ftmem.ops.context import BlockState, LayerContext
+from ftmem.ops.registry import register
+from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.run import RunConfig
+
+_ATTENTION_ROLES = frozenset(ATTENTION_ROLES)
+
+
+def side_of(linears: list[Linear]) -> Side:
+    """The attention side for q, k, v and o; the MLP side for the MLP's linears (the
+    linears reading one tensor are all on one side)."""
+    return Side.ATTENTION if linears[0].roles[0] in _ATTENTION_ROLES else Side.MLP
+
+
+@register("linear")
+class LinearOp:
+    """One group of linears reading one tensor (q/k/v, gate/up, o, down), with the
+    adapters on them."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        """The block's linear weights and biases (the LM head is the loss op's)."""
+        return tuple(p for p in layout(arch).block if p.kind in ("linear", "linear_bias"))
+
+    @staticmethod
+    def saved(
+        ctx: LayerContext,
+        linears: list[Linear],
+        state: BlockState,
+        in_grad: bool,
+        label: str,
+        in_features: int,
+        in_bytes: int,
+        input_kept_elsewhere: bool = False,
+    ) -> list[Saved]:
+        """Saved inputs (and autocast weight copies) of linears that read one tensor.
+
+        ``in_bytes`` is the element size of the incoming tensor: the residual dtype for norm
+        outputs (fp32 under autocast with fp32 weights), the compute dtype otherwise. When
+        autocast must cast it, every linear call casts, and keeps, a copy of its own.
+        ``input_kept_elsewhere``: another op keeps this very tensor (the attention kernel its
+        output, o's input; the norm output q/k/v read too), so the linears' keeping it
+        adds nothing.
+        """
+        if not linears:
+            return []
+        group, side = tuple(linears), side_of(linears)
+        input_bytes = LinearOp.base_input_bytes(ctx, linears, state, in_grad, in_features, in_bytes)
+        out: list[Saved] = []
+        if input_bytes and not input_kept_elsewhere:
+            out.append(Saved(f"{label}: input", input_bytes, Kind.LINEAR_INPUT, side, group))
+        shared_input = False
+        for lin in linears if state.adapted else ():
+            if lin.module in state.adapted:
+                items, reads_input = LoRA.saved(ctx, lin, side, in_grad, in_features, in_bytes)
+                out += items
+                shared_input = shared_input or reads_input
+        if shared_input and not input_bytes and not input_kept_elsewhere:
+            size = ctx.tokens * in_features * in_bytes
+            out.append(Saved(f"{label}: input (for lora_A)", size, Kind.LINEAR_INPUT, side, group))
+        if state.scaled or state.scaled_in:
+            out += IA3.saved(ctx, linears, state, side)
+        if state.bottleneck:
+            out += Bottleneck.saved(ctx, linears, state, in_grad, side)
+        if ctx.plan.dtypes.autocast and in_grad:
+            out += LinearOp.weight_copies(ctx, linears, side)
+        return out
+
+    @staticmethod
+    def base_input_bytes(
+        ctx: LayerContext,
+        linears: list[Linear],
+        state: BlockState,
+        in_grad: bool,
+        in_features: int,
+        in_bytes: int,
+    ) -> int:
+        """What the base matmuls keep of their input to form their weight gradients (0 when
+        none trains)."""
+        dt = ctx.plan.dtypes
+        e = ctx.e
+        # bitsandbytes' int8 matmul keeps its input whenever that input needs a gradient
+        # (measured on its CPU path, MatMul8bitFp)
+        int8_keeps = dt.quantized == "int8" and in_grad
+        if state.weights_trainable:
+            training = linears
+        else:
+            training = [lin for lin in linears if lin.module in state.trained]
+        if not (training or int8_keeps):
+            return 0
+        ac_casts = dt.autocast and in_bytes != e
+        copies = len(training or linears) if ac_casts else 1
+        return copies * ctx.tokens * in_features * (e if dt.autocast else in_bytes)
+
+    @staticmethod
+    def weight_copies(ctx: LayerContext, linears: list[Linear], side: Side) -> list[Saved]:
+        """Autocast keeps a 16-bit copy of each weight a matmul whose input needs a gradient
+        uses; bitsandbytes' quantised matmuls dequantise inside and keep none."""
+        quantized = ctx.plan.dtypes.quantized is not None and ctx.run.method == "qlora"
+        return [
+            Saved(
+                f"{lin.label} 16-bit weight copy",
+                lin.in_features * lin.out_features * lin.copies * 2,
+                Kind.WEIGHT_COPY,
+                side,
+                (lin,),
+            )
+            for lin in linears
+            if not (quantized and lin.is_module and lin.quantizable)
+        ]
+
+    @staticmethod
+    def input_bytes(plan: MethodPlan, lin: Linear, e: int) -> int:
+        """Element size of a block linear's input: the residual dtype for a norm's output,
+        the compute dtype for the attention output and the activation (fp32 from a 4-bit
+        MLP under autocast)."""
+        if "o" in lin.roles:
+            return e
+        if "down" in lin.roles:
+            return FP32 if plan.dtypes.four_bit_outputs_fp32 else e
+        return plan.dtypes.residual_bytes
+
+    @staticmethod
+    def held_inputs(
+        arch: Architecture,
+        run: RunConfig,
+        plan: MethodPlan,
+        lin: Linear,
+        e: int,
+        T: int,
+        beside_saved: bool,
+    ) -> int:
+        """What the block's forward holds while one of its linears runs: its input (a norm's
+        output for q/k/v, gate and up; the activation for down; the attention output for o)
+        and, in the MLP, the residual stream. ``beside_saved``: the block's saved tensors
+        are counted too (a recompute), so what they already hold (the attention output,
+        the input lora_A keeps, the tensor the MLP's norm keeps) is not counted again."""
+        dt = plan.dtypes
+        in_bytes = LinearOp.input_bytes(plan, lin, e)
+        # lora_A keeps the input itself when peft need not cast it (nor drop it out)
+        adapter_keeps_it = not dt.autocast and in_bytes == BYTES_PER_ELEMENT[dt.adapter]
+        adapter_keeps_it = adapter_keeps_it and not run.dropout
+        own = ("o" in lin.roles or adapter_keeps_it) and beside_saved
+        held = 0 if own else T * lin.in_features * in_bytes
+        # the residual stream, unless the MLP's norm keeps that very tensor (a LayerNorm's
+        # input; an RMSNorm's fp32 input when the stream is fp32 already)
+        r = dt.residual_bytes
+        norm_keeps_it = arch.norm == "layernorm" or r == FP32
+        if set(lin.roles) & set(MLP_ROLES) and not (beside_saved and norm_keeps_it):
+            held += T * arch.hidden_size * r
+        return held
+
+    @staticmethod
+    def forward_transient(plan: MethodPlan, lin: Linear, e: int, T: int) -> int:
+        """An adapted linear's base layer, before its adapter runs: its output, and for a
+        4-bit linear under autocast its input cast to 16 bits and its 16-bit answer before
+        the cast back to fp32 (measured: Llama QLoRA on all linears, bf16-mixed)."""
+        if plan.dtypes.four_bit_outputs_fp32 and plan.dtypes.quantized:
+            return T * lin.out_features * FP32 + T * (lin.in_features + lin.out_features) * e
+        return T * lin.out_features * e
+
+    @staticmethod
+    def autocast_cache(plan: MethodPlan) -> int:
+        """Autocast casts each trainable fp32 weight a matmul reads to 16 bits once per
+        forward and caches the copy until the forward's autocast region ends. Without
+        checkpointing autograd saves those copies anyway (they are activations); with it
+        only the cache keeps them: every block's, through the whole forward and the loss
+        (measured on Llama and Mistral, bf16-mixed with checkpointing: forward -10 % without
+        them)."""
+        if not plan.dtypes.autocast:
+            return 0
+        return sum(
+            g.total_numel * 2
+            for g in plan.groups
+            if g.trainable and g.in_block and g.fmt == "fp32" and len(g.shape) == 2
+        )

@@ -1,0 +1,94 @@
+"""The LM head and the loss: transformers' cross-entropy (fp32 log-softmax), torchtune's
+chunked one, Liger's fused linear cross-entropy."""
+
+from __future__ import annotations
+
+from ftmem.arch import Architecture, Param, layout
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
+from ftmem.methods import MethodPlan
+from ftmem.ops.context import LayerContext
+from ftmem.ops.registry import register
+from ftmem.ops.saved import Saved
+from ftmem.run import RunConfig
+
+CHUNKS = 8  # torchtune's num_output_chunks
+
+
+@register("loss")
+class Loss:
+    """The head's matmul and the loss over its logits (``run.loss``)."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        """The LM head's weight, unless it is the tied embedding."""
+        return tuple(p for p in layout(arch).outer if p.kind == "linear")
+
+    @staticmethod
+    def rows(run: RunConfig) -> int:
+        """Rows the loss sees: transformers' loss takes every position (the last label is
+        padded); a fused loss (Liger) takes the shifted b·(s − 1)."""
+        rows = run.batch_size * run.positions
+        return rows - run.batch_size if run.loss == "fused" else rows
+
+    @staticmethod
+    def saved(
+        arch: Architecture, plan: MethodPlan, T: int, train: bool, log_softmax_bytes: int
+    ) -> list[Saved]:
+        """The LM head and the loss over T positions: the head's input (when it trains), its
+        16-bit weight copy under autocast, and the log-softmax (fp32 in transformers'
+        causal-LM loss; T5 takes it in the logits' dtype) with the int64 labels."""
+        V, h = arch.vocab_size, arch.hidden_size
+        e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+        out: list[Saved] = []
+        if train or plan.head_trainable:
+            out.append(Saved("LM head input", T * h * e))
+        if plan.dtypes.autocast:
+            # the head's input needs a gradient, so its 16-bit weight copy is kept, frozen or not
+            out.append(Saved("LM head 16-bit weight copy", V * h * 2))
+        if arch.final_logit_softcapping:
+            out.append(Saved("logit soft-capping tanh", T * V * e))
+        # log-softmax, int64 labels and the normaliser of the mean
+        out.append(
+            Saved(
+                f"loss: {'fp32' if log_softmax_bytes == FP32 else '16-bit'} log-softmax + labels",
+                T * V * log_softmax_bytes + T * INDEX_BYTES + log_softmax_bytes,
+            )
+        )
+        return out
+
+    @staticmethod
+    def fused_saved(
+        arch: Architecture, run: RunConfig, plan: MethodPlan, ctx: LayerContext, train: bool
+    ) -> list[Saved]:
+        """Liger's fused linear cross-entropy computes the gradients of its input and of the
+        LM head weight in forward and keeps them for backward; no logits are kept. The input
+        gradient has the input's dtype (``zeros_like``): the final norm's output, fp32 under
+        autocast with fp32 weights (measured: the bf16 count was one T·h·2 short)."""
+        rows, h = Loss.rows(run), arch.hidden_size
+        out = [Saved("fused loss: input gradient", rows * h * ctx.residual)]
+        if train or plan.head_trainable:
+            w = BYTES_PER_ELEMENT[plan.dtypes.base]
+            out.append(Saved("fused loss: LM head weight gradient", arch.vocab_size * h * w))
+        return out
+
+    @staticmethod
+    def forward_transient(arch: Architecture, run: RunConfig, e: int, T: int) -> int:
+        """At the loss in forward: the logits and their fp32 copy; with Liger's fused loss,
+        one chunk of logits, the shifted hidden states' copy and the per-row losses."""
+        V, h = arch.vocab_size, arch.hidden_size
+        if run.loss == "fused":
+            rows = Loss.rows(run)
+            chunk = Loss.liger_chunk_rows(rows, h, V)
+            return min(chunk, rows) * V * e + rows * h * e + rows * FP32
+        upcast = T * V * FP32 if e != FP32 else 0
+        if run.loss == "chunked":  # torchtune: one chunk upcast at a time
+            upcast //= CHUNKS
+        return T * V * e + upcast
+
+    @staticmethod
+    def liger_chunk_rows(tokens: int, hidden: int, vocab: int) -> int:
+        """Rows per chunk of Liger's fused linear cross-entropy: the next power of two of
+        tokens / ceil(vocab / hidden), so that a chunk's logits are about the size of the
+        hidden states."""
+        inc = -(-vocab // hidden)
+        return 1 << max(0, (-(-tokens // inc) - 1).bit_length())

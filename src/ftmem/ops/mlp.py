@@ -1,0 +1,175 @@
+"""The feed-forward: gated (gate, up, activation, product, down) or plain (up,
+activation, down), as transformers 5 writes each family's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ftmem.adapters.ia3 import IA3
+from ftmem.arch import Architecture, Linear
+from ftmem.dtypes import FP32
+from ftmem.methods import MethodPlan
+from ftmem.ops.context import BlockState, LayerContext
+from ftmem.ops.dropout import Dropout
+from ftmem.ops.linear import LinearOp
+from ftmem.ops.moe import MoE
+from ftmem.ops.norm import NORM_KINDS
+from ftmem.ops.registry import register
+from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.run import RunConfig
+
+
+def routed_width(arch: Architecture) -> int:
+    """The width of the MLP's intermediates per token: f, or k·f over the routed experts."""
+    return arch.intermediate_size * (arch.experts_per_token if arch.is_moe else 1)
+
+
+@register("mlp")
+class MLP:
+    """The MLP's linears are the linear op's; this is what lies between them."""
+
+    @staticmethod
+    def saved(
+        ctx: LayerContext,
+        state: BlockState,
+        x_grad: bool,
+        linears: list[Linear],
+        shared_input: bool,
+    ) -> list[Saved]:
+        """The MLP's (or the experts') saved tensors. ``shared_input``: its input is the
+        norm output q/k/v read too, already kept (Falcon-7B's one norm)."""
+        arch = ctx.arch
+        T, e, f, h = ctx.tokens, ctx.e, arch.intermediate_size, arch.hidden_size
+        if arch.is_moe:
+            return MoE.saved(ctx, state, x_grad)
+        ups = [lin for lin in linears if set(lin.roles) & {"gate", "up"}]
+        downs = [lin for lin in linears if "down" in lin.roles]
+        any_grad = (
+            x_grad or state.weights_trainable or any(lin.module in state.output_grad for lin in ups)
+        )
+        out = LinearOp.saved(ctx, ups, state, x_grad, "MLP", h, ctx.residual, shared_input)
+        if any_grad:
+            if arch.mlp == "gated":
+                oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
+                what, size = "gate, up and activation outputs", 3 * T * f * oe
+            elif arch.traits.gelu_written_out and arch.activation == "gelu_tanh":
+                # GPT-2's NewGELU is written out: x, 0.5x, tanh(...) and 1 + tanh(...), in
+                # c_fc's output dtype (fp32 from a 4-bit c_fc under autocast)
+                oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
+                what, size = "up output + tanh-GELU intermediates", 4 * T * f * oe
+            else:
+                what, size = "up output (activation input)", T * f * e
+            out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
+        out += LinearOp.saved(ctx, downs, state, any_grad, "down_proj", f, e)
+        return out
+
+    @staticmethod
+    def gradients(arch: Architecture) -> int:
+        """How many T·f gradients the MLP's backward holds at once: the gated product's two,
+        the written-out tanh-GELU's three (x³, tanh and their product), or one."""
+        if arch.mlp == "gated":
+            return 2
+        if arch.traits.gelu_written_out and arch.activation == "gelu_tanh":
+            return 3
+        return 1
+
+    @staticmethod
+    def backward_workspace(arch: Architecture, plan: MethodPlan, e: int, T: int) -> int:
+        """The MLP's backward: the gradients of its intermediate and of gate/up outputs
+        (T·f each) plus the fp32 residual gradient (T·h); IA³'s scaling if larger."""
+        f = routed_width(arch)
+        width = MLP.gradients(arch) * f
+        return max(T * width * e + T * arch.hidden_size * FP32, IA3.backward_workspace(plan, e, T))
+
+    @staticmethod
+    def down_input_freed(arch: Architecture, block: Iterable[Saved]) -> int:
+        """The down projection's saved input, gone (its weight gradient made) when the MLP's
+        largest backward moment comes: the gated product's gradients, or those of GPT-2's
+        written-out tanh-GELU (measured: full finetuning with checkpointing, Llama at 1,024
+        tokens +4.6 % without, GPT-2 +2.3 %). A single fused activation (Falcon's GELU)
+        holds one T·f gradient, no more than the down projection's own backward, which
+        runs with that input still saved: nothing to take off (measured, Falcon bf16-mixed
+        with checkpointing: -5.8 % when taken off)."""
+        if MLP.gradients(arch) == 1:
+            return 0
+        return sum(
+            x.nbytes
+            for x in block
+            if x.kind is Kind.LINEAR_INPUT and any("down" in lin.roles for lin in x.linears)
+        )
+
+    @staticmethod
+    def forward_transient(arch: Architecture, run: RunConfig, e: int, T: int) -> int:
+        """A block that keeps nothing for backward (frozen, checkpointed or offloaded)
+        still builds its MLP intermediates in forward: gate, activation, up and their
+        product (GPT-2's written-out tanh-GELU: four T·f terms too; a plain MLP: its
+        output and activation)."""
+        terms = 4 if arch.mlp == "gated" or arch.traits.gelu_written_out else 2
+        if run.grad_ckpt and arch.mlp == "gated":
+            # a checkpointed block's forward (grad enabled, nothing saved): the gate is
+            # freed once activated, three T·f at once (Llama, Mistral, Qwen2: measured)
+            terms = 3
+        return terms * T * routed_width(arch) * e
+
+    @staticmethod
+    def offloaded_backward(
+        arch: Architecture, plan: MethodPlan, block: list[Saved], e: int, T: int
+    ) -> int:
+        """With activations offloaded: the MLP's backward workspace beside what it brings
+        back, two T·f tensors at once (the gated product's inputs), GPT-2's written-out
+        tanh-GELU three of its four (measured)."""
+        items = [x.nbytes for x in block if _offloaded_item(x)]
+        at_once = 3 if arch.traits.gelu_written_out else 2
+        back = min(max(items, default=0), at_once * T * routed_width(arch) * e)
+        return MLP.backward_workspace(arch, plan, e, T) + back
+
+
+def _offloaded_item(x: Saved) -> bool:
+    """An item the MLP's backward brings back: its linears' (inputs, adapters, weight
+    copies) and intermediates' (not its norms', not the experts'). Falcon's and GPT-2's
+    linears count too; their labels hid them (measured, Falcon IA³ offloaded, bf16:
+    -10.1 % hidden, -1.9 % counted)."""
+    return x.side is Side.MLP and x.kind not in NORM_KINDS and x.kind is not Kind.MOE
+
+
+@register("t5_feed_forward")
+class T5FeedForward:
+    """T5's feed-forward: wi (gated: wi_0, wi_1) with gelu_new written out, dropout inside,
+    wo in its own dtype; its backward is the MLP's (``MLP.backward_workspace``)."""
+
+    @staticmethod
+    def saved(
+        ctx: LayerContext, state: BlockState, linears: list[Linear], x_grad: bool
+    ) -> tuple[list[Saved], bool]:
+        """wi (or wi_0, wi_1), the activation (gelu_new written out: x, tanh, x/2, 1 + tanh),
+        the gate product, dropout, then wo, which the feed-forward's input is cast to the
+        dtype of (fp32 wo under autocast: autocast casts it back, a fresh copy). Returns (saved,
+        the output needs a gradient)."""
+        arch = ctx.arch
+        T, e, f, h = ctx.tokens, ctx.e, arch.intermediate_size, arch.hidden_size
+        ups = [lin for lin in linears if set(lin.roles) & {"gate", "up"}]
+        down = [lin for lin in linears if "down" in lin.roles]
+        out = LinearOp.saved(ctx, ups, state, x_grad, "wi", h, ctx.residual)
+        any_grad = (
+            x_grad or state.weights_trainable or any(lin.module in state.output_grad for lin in ups)
+        )
+        if any_grad:
+            # bitsandbytes' 4-bit wi return their input's dtype (fp32 under autocast)
+            oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
+            act = 4 if arch.activation == "gelu_tanh" else 1
+            if arch.mlp == "gated":
+                what = "wi_0 activation intermediates, wi_1 and gelu outputs"
+                size = (act + 2) * T * f * oe
+            else:
+                what, size = "wi activation intermediates", act * T * f * oe
+            out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
+            out += Dropout.saved(ctx, "feed-forward", T * f, oe, Side.MLP)
+        shares_relu = (
+            arch.mlp == "plain"
+            and arch.activation == "relu"
+            and not arch.dropout_rate
+            and not ctx.plan.dtypes.autocast
+        )
+        # (shares_relu: wo reads the ReLU's output itself, already kept)
+        wo = LinearOp.saved(ctx, down, state, any_grad, "wo", f, e, shares_relu)
+        return out + wo, any_grad or any(lin.module in state.output_grad for lin in down)

@@ -1,0 +1,162 @@
+"""Norms: the residual stream's RMSNorm / LayerNorm, the per-head q/k norms, T5's norm."""
+
+from __future__ import annotations
+
+from ftmem.arch import Architecture, Linear, Param, layout, qk_norm_params
+from ftmem.dtypes import FP32
+from ftmem.methods import MethodPlan
+from ftmem.ops.context import BlockState, LayerContext
+from ftmem.ops.registry import register
+from ftmem.ops.saved import Kind, Saved, Side
+
+
+@register("norm")
+class Norm:
+    """RMSNorm (transformers writes it out in fp32) or LayerNorm (one fused kernel)."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        """The block's norms and the final norm (a decoder-only model's)."""
+        return () if arch.encoder_decoder else _norms(arch)
+
+    @staticmethod
+    def saved(
+        ctx: LayerContext, label: str, x_grad: bool, w_grad: bool, side: Side = Side.ATTENTION
+    ) -> list[Saved]:
+        """RMSNorm (fp32 math) or LayerNorm."""
+        T, h = ctx.tokens, ctx.arch.hidden_size
+        out: list[Saved] = []
+        if ctx.arch.norm == "layernorm":
+            # native_layer_norm saves its input and per-token mean and rstd (input dtype)
+            if x_grad or w_grad:
+                size = T * h * ctx.residual + 2 * T * ctx.residual
+                out.append(Saved(f"{label}: input, mean, rstd", size, Kind.NORM_INPUT, side))
+            return out
+        gemma = ctx.arch.traits.norm_scale_in_fp32
+        if x_grad:
+            # x.float() and rsqrt(mean(x²)+eps): the fp32 input and the fp32 rstd
+            size = T * h * FP32 + T * FP32
+            out.append(Saved(f"{label}: fp32 input + rstd", size, Kind.NORM_INPUT, side))
+        if w_grad:
+            # Llama: weight * normed.to(dtype) saves the cast; Gemma: normed * (1 + w) in fp32
+            normed_bytes = FP32 if gemma else ctx.residual
+            out.append(Saved(f"{label}: normalised", T * h * normed_bytes, Kind.NORM_OUTPUT, side))
+        return out
+
+    @staticmethod
+    def backward_workspace(arch: Architecture, e: int, T: int) -> int:
+        """Transient of one norm's backward.
+
+        RMSNorm in transformers is written out in fp32 (x.float(), pow, mean, rsqrt, mul),
+        so autograd's backward of it holds about four fp32 T·h tensors at once plus the
+        incoming gradient; LayerNorm's fused kernel needs only its output gradient.
+        """
+        h = arch.hidden_size
+        if arch.norm == "layernorm":
+            return T * h * e
+        return 4 * T * h * FP32 + T * h * e
+
+    @staticmethod
+    def recompute_reuses_input(
+        arch: Architecture, plan: MethodPlan, items: list[Saved], T: int
+    ) -> int:
+        """What a checkpointed block's recompute does not rebuild of its first norm: the
+        block's input, kept by checkpointing, is what the norm saves when it is a
+        LayerNorm, or an RMSNorm on an fp32 residual stream (``x.float()`` is then no
+        copy). Measured: full finetuning bf16-mixed with checkpointing, 1,024 tokens,
+        +4 % when counted twice. (Every other op's recompute rebuilds what it saves.)"""
+        r = plan.dtypes.residual_bytes
+        # (a block's first item is its first op's: the input norm's, when that keeps anything)
+        saves_input = bool(items) and items[0].kind is Kind.NORM_INPUT
+        if saves_input and (arch.norm == "layernorm" or r == FP32):
+            return T * arch.hidden_size * r
+        return 0
+
+
+@register("qk_norm")
+class QKNorm:
+    """The per-head query and key RMSNorms (``arch.qk_norm``: Qwen3)."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        return tuple(qk_norm_params(arch))
+
+    @staticmethod
+    def saved(
+        ctx: LayerContext, state: BlockState, qkv: list[Linear], all_grad: bool, w_grad: bool
+    ) -> list[Saved]:
+        """The per-head query and key RMSNorms (``arch.qk_norm``), on T·heads rows of
+        head_dim: each is the residual norm's ops (x.float(), pow, mean, rsqrt, mul) on the
+        projection's output. Where that output needs a gradient the norm keeps its fp32 copy
+        (the output itself when it is fp32 already) and the fp32 rstd per row; where the
+        norm's weight trains, the normalised cast back to the projection's dtype.
+        ``all_grad``: every projection's output needs a gradient (something below or a
+        weight of the block trains), else only the adapted / trained ones do."""
+        arch = ctx.arch
+        if not arch.qk_norm:
+            return []
+        # the projections' output dtype (fp32 from 4-bit linears under autocast)
+        oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else ctx.e
+        own = state.output_grad
+        out: list[Saved] = []
+        for role, heads in (("q", arch.num_heads), ("k", arch.kv_heads)):
+            rows, width = ctx.tokens * heads, arch.head_size
+            if all_grad or any(lin.module in own for lin in qkv if role in lin.roles):
+                size = rows * (width + 1) * FP32
+                what = f"{role} norm: fp32 input + rstd"
+                out.append(Saved(what, size, Kind.NORM_INPUT, Side.ATTENTION))
+            if w_grad:
+                what, size = f"{role} norm: normalised", rows * width * oe
+                out.append(Saved(what, size, Kind.NORM_OUTPUT, Side.ATTENTION))
+        return out
+
+    @staticmethod
+    def offloaded_backward(arch: Architecture, T: int) -> int:
+        """The query norm's backward (``arch.qk_norm``) with activations offloaded: its fp32
+        input back, the fp32 gradients of its product, of its mean (expanded) and pow's three,
+        all T·q (the k norm's are narrower), beside the fp32 residual gradient arriving
+        (measured on tiny Qwen3, full bf16: -5.9 % without, the block's largest moment)."""
+        if not arch.qk_norm:
+            return 0
+        return 6 * T * arch.q_size * FP32 + T * arch.hidden_size * FP32
+
+
+@register("t5_norm")
+class T5Norm:
+    """T5's RMS norm: it keeps its input itself beside the fp32 copy it squares."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        """Every sub-layer's norm and each stack's final norm (an encoder-decoder's)."""
+        return _norms(arch) if arch.encoder_decoder else ()
+
+    @staticmethod
+    def saved(ctx: LayerContext, label: str, x_grad: bool, w_grad: bool, side: Side) -> list[Saved]:
+        """T5LayerNorm: pow() of an fp32 copy of x, x · rsqrt (keeps x and the fp32 rstd),
+        cast to the weight's dtype and scaled (keeps the normalised input for the weight)."""
+        T, h, r = ctx.tokens, ctx.arch.hidden_size, ctx.residual
+        out: list[Saved] = []
+        if x_grad:
+            copy = T * h * FP32 + (T * h * r if r != FP32 else 0)
+            what = f"{label}: fp32 input, input, rstd"
+            out.append(Saved(what, copy + T * FP32, Kind.NORM_INPUT, side))
+        if w_grad:
+            out.append(Saved(f"{label}: normalised", T * h * r, Kind.NORM_OUTPUT, side))
+        return out
+
+    @staticmethod
+    def backward_workspace(arch: Architecture, e: int, T: int) -> int:
+        """T5's norm's backward holds two fp32 T·h gradients and one in the compute dtype
+        (it keeps its input in that dtype, not upcast)."""
+        h = arch.hidden_size
+        return 2 * T * h * FP32 + T * h * e
+
+
+# what a norm keeps, for rules that select a norm's items (offload, checkpointed freeing)
+NORM_KINDS = frozenset({Kind.NORM_INPUT, Kind.NORM_OUTPUT})
+
+
+def _norms(arch: Architecture) -> tuple[Param, ...]:
+    """The model's norm parameters (``arch.layout`` lists them), the q/k norms aside."""
+    lay, qk = layout(arch), {p.name for p in qk_norm_params(arch)}
+    return tuple(p for p in (*lay.block, *lay.outer) if p.kind == "norm" and p.name not in qk)

@@ -1,0 +1,65 @@
+"""What an op answers about backward: the tensors it saves, typed.
+
+Each item says which op (or role in it) saved it (``Kind``) and on which side of its
+block (``Side``); rules select items by those, never by the display name.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import NamedTuple
+
+from ftmem.arch import Linear
+
+
+class Side(Enum):
+    """Where a saved tensor belongs: a block's attention side (its input norm, q/k/v, the
+    kernel, o), its MLP side (the MLP's norms, linears, intermediates, experts), or
+    outside the blocks."""
+
+    ATTENTION = "attention"
+    MLP = "mlp"
+    OUTER = "outer"
+
+
+class Kind(Enum):
+    """The op, or its role in the op, that saved a tensor: what rules select items by
+    (``Saved.what`` is for display only)."""
+
+    NORM_INPUT = "norm input"  # a norm's input (and its statistics)
+    NORM_OUTPUT = "norm output"  # the normalised tensor, for the norm weight's gradient
+    LINEAR_INPUT = "linear input"  # linears' shared input (weight gradient or lora_A)
+    WEIGHT_COPY = "weight copy"  # autocast's 16-bit copy of a base weight
+    LORA = "lora"  # a LoRA branch: dropout, input casts, lora_A output, weight copies
+    DORA = "dora"  # DoRA's rescale of the base and LoRA outputs
+    IA3 = "ia3"
+    BOTTLENECK = "bottleneck"
+    ATTN_QK = "attention q/k"  # the query and key the kernel reads (rotary outputs)
+    ATTN_V = "attention v"  # the value it reads
+    ATTN_QKV = "attention q, k and v"  # one tensor holding all three (fused projections)
+    ATTN_COPY = "attention copy"  # q/k/v copied for the kernel: fp32, prefix concatenated
+    ATTN_MASK = "attention mask"
+    ATTN_SOFTCAP = "attention soft-capping"
+    ATTN_PROBS = "attention probabilities"  # the softmax output and its casts
+    ATTN_OUTPUT = "attention output"
+    MLP_HIDDEN = "MLP intermediates"  # gate/up outputs and the activation's
+    MOE = "mixture of experts"  # router and experts
+    DROPOUT = "dropout mask"
+    OTHER = "other"  # outside the blocks: ids, rotary tables, prompt encoders, head, loss
+
+
+class Saved(NamedTuple):
+    """One tensor (or group of same-size tensors) saved for backward: ``what`` names it
+    for display; ``kind``, ``side`` and ``linears`` (the block linears it belongs to)
+    are what the rules that select items read. (A named tuple: a block makes dozens per
+    estimate, and a frozen dataclass of five fields was a tenth of the estimate's time.)"""
+
+    what: str
+    nbytes: int
+    kind: Kind = Kind.OTHER
+    side: Side = Side.OUTER
+    linears: tuple[Linear, ...] = ()
+
+    def relabelled(self, prefix: str) -> Saved:
+        """The same item, its display name prefixed."""
+        return Saved(f"{prefix}{self.what}", self.nbytes, self.kind, self.side, self.linears)
