@@ -151,7 +151,7 @@ def fmt_bytes(n: int) -> str:
     return f"{n:,}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901 (debt: one branch per option)
     a = parse_args(argv)
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode

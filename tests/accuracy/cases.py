@@ -54,7 +54,23 @@ MATRIX_METHODS = [
 ]
 
 
-def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
+# a wider tiny model, where the quantised weights outweigh the per-block constants
+WIDER = {"hidden_size": 128, "intermediate_size": 256}
+
+
+def _matrix() -> list[Case]:
+    return [
+        *_methods_and_shapes(),
+        *_quantised_and_states(),
+        *_peft_methods(),
+        *_optimizers_and_lora_variants(),
+        *_losses_offload_partial(),
+        *_recompute_and_edges(),
+    ]
+
+
+def _methods_and_shapes() -> list[Case]:
+    """Every family in every precision regime, attention paths, checkpointing and sizes."""
     cases: list[Case] = []
     for family in sorted(TINY):
         for precision in ("fp32", "bf16", "bf16-mixed"):
@@ -82,19 +98,24 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
         )
         cases.append(Case(family, {"method": "lora", "precision": "bf16", "lora_dropout": 0.1}))
         cases.append(Case(family, {"method": "lora", "precision": "bf16", "adapter_dtype": "bf16"}))
+    return cases
+
+
+def _quantised_and_states() -> list[Case]:
+    """Quantised bases, fp16 regimes, accumulation, modules_to_save, BitFit, QLoRA under autocast."""
+    cases: list[Case] = []
     # quantised bases (bitsandbytes on the CPU) and the 8-bit optimizer
-    wider = {"hidden_size": 128, "intermediate_size": 256}
     for family in ("llama", "mistral", "qwen2", "qwen3", "phi3", "mixtral"):
         for q in ({}, {"double_quant": False}, {"quant": "fp4"}, {"quant": "int8"}):
-            cases.append(Case(family, {"method": "qlora", "precision": "bf16", **q}, wider))
+            cases.append(Case(family, {"method": "qlora", "precision": "bf16", **q}, WIDER))
     cases.append(
-        Case("llama", {"method": "qlora", "precision": "bf16", "lora_targets": "all-linear"}, wider)
+        Case("llama", {"method": "qlora", "precision": "bf16", "lora_targets": "all-linear"}, WIDER)
     )
     cases.append(
-        Case("llama", {"method": "full", "precision": "bf16", "optimizer": "adamw-8bit"}, wider)
+        Case("llama", {"method": "full", "precision": "bf16", "optimizer": "adamw-8bit"}, WIDER)
     )
     cases.append(
-        Case("llama", {"method": "lora", "precision": "bf16", "optimizer": "adamw-8bit"}, wider)
+        Case("llama", {"method": "lora", "precision": "bf16", "optimizer": "adamw-8bit"}, WIDER)
     )
     # fp16 regimes (pure and mixed)
     for family in ("llama", "qwen2", "qwen3", "gpt2"):
@@ -135,22 +156,28 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
             cases.append(Case(family, {"method": "bitfit", **extra}))
     # QLoRA under autocast with fp32 non-quantised weights
     for family in ("llama", "mistral", "phi3", "mixtral", "qwen3"):
-        cases.append(Case(family, {"method": "qlora", "precision": "bf16-mixed"}, wider))
+        cases.append(Case(family, {"method": "qlora", "precision": "bf16-mixed"}, WIDER))
     for family in ("llama", "phi3"):
         cases.append(
             Case(
                 family,
                 {"method": "qlora", "precision": "bf16-mixed", "lora_targets": "all-linear"},
-                wider,
+                WIDER,
             )
         )
     cases.append(
         Case(
             "llama",
             {"method": "qlora", "precision": "bf16-mixed", "lora_modules_to_save": "embed,head"},
-            wider,
+            WIDER,
         )
     )
+    return cases
+
+
+def _peft_methods() -> list[Case]:
+    """IA³, prompt tuning, P-tuning and prefix tuning."""
+    cases: list[Case] = []
     # IA³: scaled keys, values and FFN input (peft 0.21)
     for family in sorted(TINY):
         cases.append(Case(family, {"method": "ia3", "precision": "bf16"}))
@@ -194,6 +221,12 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
         ):
             cases.append(Case(family, {"method": "prefix-tuning", **extra}))
     cases.append(Case("llama", {"method": "rslora", "precision": "bf16", "lora_r": 16}))
+    return cases
+
+
+def _optimizers_and_lora_variants() -> list[Case]:
+    """GaLore, optimizer in backward, LongLoRA, ReLoRA, bottleneck adapters."""
+    cases: list[Case] = []
     # GaLore (galore_torch 1.0): projected Adam states, projectors; measured with the
     # projector renewed every step
     for family, extra in (
@@ -244,6 +277,12 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
         ("qwen2", {"precision": "bf16", "adapter_placement": "pfeiffer"}),
     ):
         cases.append(Case(family, {"method": "adapter", **extra}))
+    return cases
+
+
+def _losses_offload_partial() -> list[Case]:
+    """Fused and chunked losses, activation offload, partial finetuning, checkpointing with eager attention."""
+    cases: list[Case] = []
     # Liger's fused linear cross-entropy (a CPU reference of its algorithm)
     for family, settings, arch_changes in (
         ("llama", {"method": "full", "precision": "bf16"}, {}),
@@ -308,6 +347,12 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
             cases.append(
                 Case(family, {"method": m, "precision": "bf16", "attn": attn, "grad_ckpt": True})
             )
+    return cases
+
+
+def _recompute_and_edges() -> list[Case]:
+    """Checkpointing with autocast, dropout, long sequences, options that cost memory, label rules, Qwen3 proportions."""
+    cases: list[Case] = []
     # checkpointing with autocast, adapters on every linear, frozen blocks below: the
     # 16-bit weight copies only the cast cache keeps, the down projection's cast
     # gradient, and the recompute of a block that trains nothing (2026-11-29)
@@ -397,7 +442,7 @@ def _matrix() -> list[Case]:  # noqa: C901 (debt: the case table as code)
             Case(
                 "llama",
                 {"method": m, "precision": "bf16-mixed", "batch_size": 4, "seq_len": 256},
-                wider,
+                WIDER,
             )
         )
     # activation offload under freeze: the blocks below the trained one have no
