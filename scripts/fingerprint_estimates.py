@@ -17,8 +17,8 @@ import hashlib
 import itertools
 import json
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
 
 from ftmem.distill import Teacher
 from ftmem.errors import FtmemError
@@ -87,7 +87,11 @@ SINGLE_OPTIONS: tuple[dict[str, Any], ...] = (
 )
 
 
-def cases() -> Iterator[tuple[dict[str, Any], Any, RunConfig, ParallelConfig | None, Any]]:
+# (description, architecture, run settings, spread settings, teacher)
+Case = tuple[dict[str, Any], Any, dict[str, Any], dict[str, Any] | None, Any]
+
+
+def cases() -> Iterator[Case]:
     """(description, architecture, run, spread, teacher) for every case."""
     presets = sorted(model_presets().items())
     for (name, arch), method, precision, ckpt, (b, s) in itertools.product(
@@ -109,23 +113,44 @@ def cases() -> Iterator[tuple[dict[str, Any], Any, RunConfig, ParallelConfig | N
         yield {"model": name, **settings, "teacher": "llama2-13b"}, arch, settings, None, teacher
 
 
-def main() -> None:
+def accuracy_cases() -> Iterator[Case]:
+    """The measured accuracy suite's configurations (tiny models, every family and
+    method), estimated only: the grid above runs the presets."""
+    from tests.accuracy.cases import CASES
+
+    for case in CASES:
+        settings = case.run().model_dump(exclude_defaults=True)
+        yield {"accuracy case": case.id}, case.arch(), settings, None, None
+
+
+def fingerprint(cases: Iterable[Case], out: TextIO | None = None) -> tuple[int, str]:
+    """(count, SHA-256) of every case's whole estimate (or the error it raised), each line
+    also written to ``out``."""
     gpu = get_gpu("a100-80gb")
     digest = hashlib.sha256()
     n = 0
-    with open(sys.argv[1], "w", encoding="utf-8") as out:
-        for desc, arch, settings, par, teacher in cases():
-            try:
-                run = RunConfig(**settings)
-                spread = None if par is None else ParallelConfig(**par)
-                result = estimate_step(arch, run, gpu, None, spread, teacher).model_dump_json()
-            except (FtmemError, ValueError) as exc:
-                result = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
-            line = json.dumps(desc, sort_keys=True) + "\t" + result + "\n"
+    for desc, arch, settings, par, teacher in cases:
+        try:
+            run = RunConfig(**settings)
+            spread = None if par is None else ParallelConfig(**par)
+            result = estimate_step(arch, run, gpu, None, spread, teacher).model_dump_json()
+        except (FtmemError, ValueError) as exc:
+            result = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+        line = json.dumps(desc, sort_keys=True) + "\t" + result + "\n"
+        if out is not None:
             out.write(line)
-            digest.update(line.encode())
-            n += 1
-    print(f"{n} cases, sha256 {digest.hexdigest()}")
+        digest.update(line.encode())
+        n += 1
+    return n, digest.hexdigest()
+
+
+def main() -> None:
+    with open(sys.argv[1], "w", encoding="utf-8") as out:
+        n, digest = fingerprint(cases(), out)
+    print(f"{n} cases, sha256 {digest}")
+    if "--accuracy" in sys.argv[2:]:
+        n, digest = fingerprint(accuracy_cases())
+        print(f"{n} accuracy cases, sha256 {digest}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""The fingerprint of every estimate: a change detector for refactors (issue 15).
+
+The truth is elsewhere (the measured accuracy suite, the published counts); this test
+only says that *some* number changed. A layout change must leave both digests alone.
+A change meant to move numbers updates them here, in the same commit, and says in its
+message which cases moved and which measured case shows the new number is right:
+``python scripts/fingerprint_estimates.py OUT.jsonl --accuracy`` prints both, and
+diffing two OUT files shows the cases.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+    "fingerprint_estimates", ROOT / "scripts" / "fingerprint_estimates.py"
+)
+assert _spec is not None and _spec.loader is not None
+fingerprint_estimates = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fingerprint_estimates)
+
+# presets x methods x precisions x checkpointing x shapes, 8-GPU strategies, single options
+GRID = (12_122, "6e9a3b807c2dfd7e4e3bda29536c7c758e5e9647ccb6e139184a76c019e912ea")
+# the tiny configurations of tests/accuracy/cases.py, estimated
+ACCURACY = (540, "704fc499c8316cf1ad93ab9738c3582d71d855ffa1a991e05b5b5a7072e6b8b2")
+
+
+def test_every_preset_estimate_is_unchanged():
+    assert fingerprint_estimates.fingerprint(fingerprint_estimates.cases()) == GRID
+
+
+def test_every_accuracy_case_estimate_is_unchanged():
+    assert fingerprint_estimates.fingerprint(fingerprint_estimates.accuracy_cases()) == ACCURACY
