@@ -26,7 +26,14 @@ from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, plan_key, plan_method
 from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
-from ftmem.phases import StepSizes
+from ftmem.phases import (
+    Activations,
+    BlockTransients,
+    Gradients,
+    HeadTransients,
+    OptimizerStep,
+    StepSizes,
+)
 from ftmem.run import RunConfig
 from ftmem.transients import (
     adapter_moment,
@@ -308,37 +315,73 @@ def _decoder_sizes(
     fixed = plan_sizes(arch, run, plan)
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     T = run.batch_size * run.positions
-    V, h = arch.vocab_size, arch.hidden_size
-    last_block = list(blocks.last)
+    V = arch.vocab_size
     offloaded = run.activation_offload
-    grads, grads_block = fixed.grads, fixed.grads_per_block
-    grads_outer, grads_embedding = fixed.grads_outer, fixed.grads_embedding
-    if run.optimizer_in_backward:  # each gradient is freed by its own step
-        grads = grads_outer = grads_block = grads_embedding = 0
+    grads = _decoder_gradients(fixed, run, plan)
     # checkpointed blocks under autocast: the cast cache is all that keeps their 16-bit
     # weight copies, until the forward (and the loss in it) ends
     forward_cache = fixed.autocast_cache if run.grad_ckpt else 0
-    last_keeps = blocks.per_block[-1]
-    return StepSizes(
-        weights=fixed.weights,
-        states=fixed.states,
-        grads=grads,
-        grads_outer=grads_outer,
-        grads_embedding=grads_embedding,
-        tied_embedding_backward=fixed.tied_embedding_backward,
-        merge_transient=fixed.merge_transient,
-        in_backward=run.optimizer_in_backward,
-        step_block=fixed.step_block,
-        step_outer=fixed.step_outer,
-        grads_per_block=grads_block,
-        trainable_blocks=plan.trainable_blocks,
-        acts_per_block=per_block_kept,
-        acts_below=outer[0],
-        acts_above=outer[1],
+    head = HeadTransients(
         logits_forward=logits_forward(arch, run, e, T)
         + prefix_cache(arch, run, plan.dtypes)
         + forward_cache,
-        forward_block_transient=forward_cache
+        # the log-softmax's and the logits' fp32 gradients (a fused loss kept its own; a
+        # chunked one has one chunk's at a time)
+        loss_backward={"fused": 0, "chunked": 2 * T * V * FP32 // CHUNKS}.get(
+            run.loss, 2 * T * V * FP32
+        )
+        + (T * V * FP32 if offloaded and run.loss != "fused" else 0),
+        # the final norm's backward, its fp32 input still saved
+        workspace=norm_backward_workspace(arch, e, T) + T * arch.hidden_size * FP32,
+    )
+    return StepSizes(
+        weights=fixed.weights,
+        states=fixed.states,
+        gradients=grads,
+        activations=Activations(per_block_kept, below=outer[0], above=outer[1]),
+        block=_decoder_block(arch, run, plan, blocks, forward_cache, grads.per_block),
+        head=head,
+        optimizer=OptimizerStep(
+            temporaries=fixed.optimizer_temporaries,
+            in_backward=run.optimizer_in_backward,
+            block=fixed.step_block,
+            outer=fixed.step_outer,
+            merge=fixed.merge_transient,
+        ),
+    )
+
+
+def _decoder_gradients(fixed: PlanSizes, run: RunConfig, plan: MethodPlan) -> Gradients:
+    """A decoder-only step's gradients (none held when each is freed by its own step)."""
+    held = 0 if run.optimizer_in_backward else 1
+    return Gradients(
+        total=fixed.grads * held,
+        outer=fixed.grads_outer * held,
+        per_block=fixed.grads_per_block * held,
+        trainable_blocks=plan.trainable_blocks,
+        persist=run.grad_accum > 1,
+        embedding=fixed.grads_embedding * held,
+        tied_backward=fixed.tied_embedding_backward,
+    )
+
+
+def _decoder_block(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    blocks: _BlockActivations,
+    forward_cache: int,
+    grads_block: int,
+) -> BlockTransients:
+    """A decoder block's transients: its forward's largest, its backward's workspace,
+    and what checkpointing rebuilds or offload brings back."""
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    T = run.batch_size * run.positions
+    last_block = list(blocks.last)
+    offloaded = run.activation_offload
+    last_keeps = blocks.per_block[-1]
+    return BlockTransients(
+        forward=forward_cache
         + max(
             forward_block_transient(plan, run),
             checkpointed_forward_adapter(arch, run, plan, e, T),
@@ -349,28 +392,18 @@ def _decoder_sizes(
             if not last_keeps or run.activation_offload or run.grad_ckpt
             else 0,
         ),
-        # the log-softmax's and the logits' fp32 gradients (a fused loss kept its own; a
-        # chunked one has one chunk's at a time)
-        loss_backward={"fused": 0, "chunked": 2 * T * V * FP32 // CHUNKS}.get(
-            run.loss, 2 * T * V * FP32
-        )
-        + (T * V * FP32 if offloaded and run.loss != "fused" else 0),
         # offloaded: one op's saved tensors back beside its workspace, and a trained
         # block's own gradients (the peak moves to the end of backward, measured)
-        block_workspace=offload_moment(arch, run, plan, last_block, e, T)
+        workspace=offload_moment(arch, run, plan, last_block, e, T)
         if offloaded
         else max(
             block_backward_workspace(arch, run, plan, e, T, last_block),
             checkpointed_attention_moment(arch, run, plan, last_block, e),
             adapter_moment(arch, run, plan, last_block, e, T),
         ),
-        # the final norm's backward, its fp32 input still saved
-        head_workspace=norm_backward_workspace(arch, e, T) + T * h * FP32,
         recompute=max(blocks.rebuilt) if run.grad_ckpt else 0,
         recompute_by_block=blocks.rebuilt if run.grad_ckpt else (),
-        own_grads_transient=grads_block if offloaded else 0,
-        optimizer_temporaries=fixed.optimizer_temporaries,
-        grads_persist=run.grad_accum > 1,
+        own_grads=grads_block if offloaded else 0,
     )
 
 
@@ -391,9 +424,14 @@ def _with_teacher(
         sizes=dataclasses.replace(
             sizes,
             weights=sizes.weights + kd.weights,
-            acts_above=sizes.acts_above + kd.kept,
-            logits_forward=sizes.logits_forward + kd.loss_forward,
-            loss_backward=sizes.loss_backward + kd.loss_backward,
+            activations=dataclasses.replace(
+                sizes.activations, above=sizes.activations.above + kd.kept
+            ),
+            head=dataclasses.replace(
+                sizes.head,
+                logits_forward=sizes.head.logits_forward + kd.loss_forward,
+                loss_backward=sizes.head.loss_backward + kd.loss_backward,
+            ),
             teacher_forward=kd.teacher_forward,
         ),
     )
@@ -522,29 +560,34 @@ def _seq2seq_sizes(
     return StepSizes(
         weights=fixed.weights,
         states=fixed.states,
-        grads=fixed.grads,
-        grads_outer=fixed.grads_outer,
-        grads_embedding=fixed.grads_embedding,
-        tied_embedding_backward=fixed.tied_embedding_backward,
-        grads_per_block=fixed.grads_per_block // 2,  # the average entry (grads_by_block is exact)
-        trainable_blocks=2 * trained,
-        grads_by_block=_stack_gradients(plan, L),
-        embedding_backward_at=L,
-        acts_per_block=per_block_kept,
-        acts_below=_sum(stacks.below),
-        acts_above=_sum(stacks.above),
-        logits_forward=logit_bytes * e + (logit_bytes * FP32 if autocast else 0),
-        forward_block_transient=forward_block_transient(plan, run),
-        loss_backward=2 * logit_bytes * loss_e,
-        block_workspace=max(
-            seq2seq.block_workspace(arch, run, plan, enc_T),
-            seq2seq.block_workspace(arch, run, plan, dec_T),
-            stacks.attention,
+        gradients=Gradients(
+            total=fixed.grads,
+            outer=fixed.grads_outer,
+            # the average entry (by_block is exact)
+            per_block=fixed.grads_per_block // 2,
+            trainable_blocks=2 * trained,
+            persist=run.grad_accum > 1,
+            embedding=fixed.grads_embedding,
+            tied_backward=fixed.tied_embedding_backward,
+            by_block=_stack_gradients(plan, L),
+            embedding_at=L,
         ),
-        head_workspace=norm_backward_workspace(arch, e, dec_T) + dec_T * h * FP32,
-        recompute=max(stacks.per_block) if run.grad_ckpt else 0,
-        optimizer_temporaries=fixed.optimizer_temporaries,
-        grads_persist=run.grad_accum > 1,
+        activations=Activations(per_block_kept, below=_sum(stacks.below), above=_sum(stacks.above)),
+        block=BlockTransients(
+            forward=forward_block_transient(plan, run),
+            workspace=max(
+                seq2seq.block_workspace(arch, run, plan, enc_T),
+                seq2seq.block_workspace(arch, run, plan, dec_T),
+                stacks.attention,
+            ),
+            recompute=max(stacks.per_block) if run.grad_ckpt else 0,
+        ),
+        head=HeadTransients(
+            logits_forward=logit_bytes * e + (logit_bytes * FP32 if autocast else 0),
+            loss_backward=2 * logit_bytes * loss_e,
+            workspace=norm_backward_workspace(arch, e, dec_T) + dec_T * h * FP32,
+        ),
+        optimizer=OptimizerStep(temporaries=fixed.optimizer_temporaries),
     )
 
 
