@@ -747,9 +747,7 @@ def _stage_sizes(
             above=base.activations.above if last else 0,
             held=(micro - 1) * (sum(acts_blocks) + acts_below),
         ),
-        block=dataclasses.replace(
-            base.block, recompute_by_block=base.block.recompute_by_block[at.lo : at.hi]
-        ),
+        block=dataclasses.replace(base.block, policy=base.block.policy.stage(at.lo, at.hi)),
         head=base.head if last else NO_HEAD,
         optimizer=dataclasses.replace(base.optimizer, temporaries=on.step_temp),
         comm=comm if last else comm.blocks_only(),

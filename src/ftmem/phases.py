@@ -1,7 +1,7 @@
 """The moments of a training step and which one is the peak.
 
-Sizes come in already computed (bytes); this module only orders them in time.
-Moments, in order:
+Sizes come in already computed (bytes), as a ``StepSizes`` of one record per concern;
+this module only orders them in time, as typed ``Moment``s. Moments, in order:
 
 * forward, in the last block: its transients (DoRA builds each adapted weight);
 * forward, at the loss: weights + states + all saved activations + the logits and
@@ -10,22 +10,23 @@ Moments, in order:
   log-softmax and of the logits;
 * backward, at the final norm: the head side freed, the norm's backward workspace;
 * backward, at each block from the top: the activations of the blocks not yet
-  processed (the head side's are freed by then) + the gradients of the blocks already processed + the block's own
-  workspace (or, with checkpointing, its recomputed activations);
+  processed (the head side's are freed by then) + the gradients of the blocks already
+  processed + the block's own workspace + what its policy holds (block_policies: with
+  checkpointing its recomputed activations, with offload its own gradients);
 * optimizer step: weights + states + all gradients + the step's temporaries.
 
-With gradient accumulation (``grads_persist``) every gradient already exists from
+With gradient accumulation (``Gradients.persist``) every gradient already exists from
 the second micro-batch on, during forward as well. Under sharding, each phase adds
 its communication memory (gathered layers, reduce buckets); a pipeline stage adds the
-activations of the micro-batches it holds besides the one it is processing.
-"""
+activations of the micro-batches it holds besides the one it is processing."""
 
 from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from itertools import accumulate, repeat
+from itertools import accumulate
 
+from ftmem.block_policies import PLAIN, BlockPolicy
 from ftmem.result import AtPeak, PhasePeaks
 
 
@@ -73,14 +74,9 @@ class BlockTransients:
 
     forward: int  # largest transient inside a block's forward (DoRA)
     workspace: int  # inside one block's backward
-    recompute: int = 0  # checkpointing: one block's activations rebuilt in backward
-    # checkpointing: each timeline entry's own recompute (a frozen block below the
-    # trained ones rebuilds less than they do; empty: ``recompute`` for every block)
-    recompute_by_block: tuple[int, ...] = ()
-    # activation offload: a trained block's own gradients, created in its backward
-    # beside the op brought back; a frozen block below has none of its own (the trained
-    # ones' are already in the live gradients there)
-    own_grads: int = 0
+    # plain, checkpointed or offloaded: what each block's backward holds besides the
+    # live gradients and activations and its workspace (block_policies)
+    policy: BlockPolicy = PLAIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,11 +272,10 @@ def _blocks_with_embedding_between(
     gradients and activations live after the last block."""
     g, b, per_block = s.gradients, s.block, s.activations.per_block
     L, bwd = len(per_block), s.comm.backward
+    holds = b.policy.backward_holds(L, g.trainable_blocks)
     moments: list[Moment] = []
     for i in range(L - 1, -1, -1):
-        recompute = b.recompute_by_block[i] if b.recompute_by_block else b.recompute
-        own = b.own_grads if i >= L - g.trainable_blocks else 0
-        moments.append(Moment("backward", live_grads, live_acts, recompute + workspace + own, bwd))
+        moments.append(Moment("backward", live_grads, live_acts, holds[i] + workspace, bwd))
         live_acts -= per_block[i]
         if not g.persist:
             if g.by_block:
@@ -314,14 +309,7 @@ def _blocks_backward(
         top = min(max(g.trainable_blocks, 0), L)
         added = [g.per_block] * top + [0] * (L - top)
         grads_at = list(accumulate(added, initial=live_grads))
-    rebuilt = (
-        list(b.recompute_by_block[L - 1 :: -1])
-        if b.recompute_by_block
-        else list(repeat(b.recompute, L))
-    )
-    if b.own_grads:  # a trained block's backward holds its own gradients
-        for k in range(min(max(g.trainable_blocks, 0), L)):
-            rebuilt[k] += b.own_grads
+    rebuilt = b.policy.backward_holds(L, g.trainable_blocks)[::-1]  # top first
     totals = list(map(operator.add, map(operator.add, grads_at, acts_at), rebuilt))
     largest = max(totals)
     total = race.base + largest + workspace + bwd

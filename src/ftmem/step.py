@@ -22,6 +22,7 @@ from ftmem.activations import (
     runs_eager,
 )
 from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, layout, qk_norm_params
+from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, plan_key, plan_method
@@ -226,24 +227,22 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
     blocks = _block_activations(arch, run, plan, T)
     outer_below, outer_above = _outer_items(arch, run, plan, T, blocks.per_block)
     outer_items = outer_below + outer_above
-    activations = _sum(outer_items)
-    if run.grad_ckpt:
-        # each checkpointed block keeps only its input; backward recomputes one block
-        h, r = arch.hidden_size, plan.dtypes.residual_bytes
-        per_block_kept = [T * h * r if b else 0 for b in blocks.per_block]
-    else:
-        per_block_kept = list(blocks.per_block)
-    activations += sum(per_block_kept)
+    grads = _decoder_gradients(plan_sizes(arch, run, plan), run, plan)
+    policy = _block_policy(run, blocks.rebuilt, grads.per_block)
+    # a checkpointed block's input, the one tensor it keeps
+    inputs = (T * arch.hidden_size * plan.dtypes.residual_bytes,) * len(blocks.per_block)
+    per_block_kept = policy.kept(blocks.per_block, inputs)
+    activations = _sum(outer_items) + sum(per_block_kept)
     offloaded = 0
     if run.activation_offload:
-        # every saved tensor leaves the GPU in forward; backward brings back one node's
-        # at a time (the largest item of a block, and the loss's fp32 log-softmax)
-        offloaded, activations = activations, 0
-        per_block_kept = [0] * len(per_block_kept)
+        # every saved tensor leaves the GPU in forward, the embedding and head sides'
+        # too; backward brings back one node's at a time (the largest item of a block,
+        # and the loss's fp32 log-softmax)
+        offloaded = activations + policy.on_host(blocks.per_block, inputs)
+        activations = 0
         outer_below, outer_above = [], []
-    sizes = _decoder_sizes(
-        arch, run, plan, blocks, tuple(per_block_kept), (_sum(outer_below), _sum(outer_above))
-    )
+    kept = Activations(per_block_kept, below=_sum(outer_below), above=_sum(outer_above))
+    sizes = _decoder_sizes(arch, run, plan, blocks, kept, grads, policy)
     parts = StepParts(
         plan=plan,
         sizes=sizes,
@@ -307,17 +306,16 @@ def _decoder_sizes(
     run: RunConfig,
     plan: MethodPlan,
     blocks: _BlockActivations,
-    per_block_kept: tuple[int, ...],
-    outer: tuple[int, int],
+    kept: Activations,
+    grads: Gradients,
+    policy: BlockPolicy,
 ) -> StepSizes:
-    """A decoder-only step's sizes in time (``outer``: the bytes kept below the blocks
-    and above them)."""
+    """A decoder-only step's sizes in time (``kept``: the activations on the GPU)."""
     fixed = plan_sizes(arch, run, plan)
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     T = run.batch_size * run.positions
     V = arch.vocab_size
     offloaded = run.activation_offload
-    grads = _decoder_gradients(fixed, run, plan)
     # checkpointed blocks under autocast: the cast cache is all that keeps their 16-bit
     # weight copies, until the forward (and the loss in it) ends
     forward_cache = fixed.autocast_cache if run.grad_ckpt else 0
@@ -338,8 +336,8 @@ def _decoder_sizes(
         weights=fixed.weights,
         states=fixed.states,
         gradients=grads,
-        activations=Activations(per_block_kept, below=outer[0], above=outer[1]),
-        block=_decoder_block(arch, run, plan, blocks, forward_cache, grads.per_block),
+        activations=kept,
+        block=_decoder_block(arch, run, plan, blocks, forward_cache, policy),
         head=head,
         optimizer=OptimizerStep(
             temporaries=fixed.optimizer_temporaries,
@@ -371,10 +369,10 @@ def _decoder_block(
     plan: MethodPlan,
     blocks: _BlockActivations,
     forward_cache: int,
-    grads_block: int,
+    policy: BlockPolicy,
 ) -> BlockTransients:
     """A decoder block's transients: its forward's largest, its backward's workspace,
-    and what checkpointing rebuilds or offload brings back."""
+    and its policy (what checkpointing rebuilds, offload's own gradients)."""
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     T = run.batch_size * run.positions
     last_block = list(blocks.last)
@@ -401,10 +399,15 @@ def _decoder_block(
             checkpointed_attention_moment(arch, run, plan, last_block, e),
             adapter_moment(arch, run, plan, last_block, e, T),
         ),
-        recompute=max(blocks.rebuilt) if run.grad_ckpt else 0,
-        recompute_by_block=blocks.rebuilt if run.grad_ckpt else (),
-        own_grads=grads_block if offloaded else 0,
+        policy=policy,
     )
+
+
+def _block_policy(run: RunConfig, rebuilt: tuple[int, ...], own_grads: int) -> BlockPolicy:
+    """How the blocks keep their activations (``rebuilt``: what each block's recompute
+    rebuilds; ``own_grads``: a trained block's gradients)."""
+    inner = Checkpointed(rebuilt) if run.grad_ckpt else PLAIN
+    return Offloaded(inner, own_grads) if run.activation_offload else inner
 
 
 def _with_teacher(
@@ -477,18 +480,17 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
     plan = plan_method(arch, run)
     stacks = _stack_activations(arch, run, plan)
     per_block = stacks.per_block
-    if run.grad_ckpt:
-        # each checkpointed block keeps its input (what the blocks share: outer_saved)
-        L, hr = arch.num_layers, arch.hidden_size * plan.dtypes.residual_bytes
-        b = run.batch_size
-        kept = [b * run.seq_len * hr] * L + [b * run.decoder_len * hr] * L
-        per_block_kept = tuple(k if n else 0 for k, n in zip(kept, per_block, strict=True))
-    else:
-        per_block_kept = per_block
+    # checkpointed: each block rebuilds at most the largest block's saved tensors, and
+    # keeps its input (what the blocks share: outer_saved)
+    policy = Checkpointed((max(per_block),) * len(per_block)) if run.grad_ckpt else PLAIN
+    L, hr = arch.num_layers, arch.hidden_size * plan.dtypes.residual_bytes
+    b = run.batch_size
+    inputs = (b * run.seq_len * hr,) * L + (b * run.decoder_len * hr,) * L
+    per_block_kept = policy.kept(per_block, inputs)
     below, above = stacks.below, stacks.above
     return StepParts(
         plan=plan,
-        sizes=_seq2seq_sizes(arch, run, plan, stacks, per_block_kept),
+        sizes=_seq2seq_sizes(arch, run, plan, stacks, per_block_kept, policy),
         activations=sum(per_block_kept) + _sum(below) + _sum(above),
         per_block_full=per_block,
         typical_block=stacks.last,
@@ -545,6 +547,7 @@ def _seq2seq_sizes(
     plan: MethodPlan,
     stacks: _StackActivations,
     per_block_kept: tuple[int, ...],
+    policy: BlockPolicy,
 ) -> StepSizes:
     """An encoder-decoder step's sizes in time."""
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
@@ -580,7 +583,7 @@ def _seq2seq_sizes(
                 seq2seq.block_workspace(arch, run, plan, dec_T),
                 stacks.attention,
             ),
-            recompute=max(stacks.per_block) if run.grad_ckpt else 0,
+            policy=policy,
         ),
         head=HeadTransients(
             logits_forward=logit_bytes * e + (logit_bytes * FP32 if autocast else 0),
