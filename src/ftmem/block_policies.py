@@ -12,8 +12,9 @@ holds besides the live gradients, the activations still kept and the op's worksp
   them) and a trained block's own gradients appear beside them. It wraps a plain or a
   checkpointed block: checkpointing's kept inputs go to the host too.
 
-Every list is per timeline entry, bottom to top (an encoder-decoder has two entries per
-layer); ``stage`` cuts a pipeline stage's entries out.
+Every tuple is per timeline entry, bottom to top (an encoder-decoder has two entries per
+layer); ``backward_holds`` lists them in backward's order, top first; ``stage`` cuts a
+pipeline stage's entries out.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Checkpointed:
         return 0
 
     def backward_holds(self, entries: int, trainable: int) -> list[int]:
-        return list(self.rebuilt)
+        return list(self.rebuilt[::-1])
 
     def stage(self, lo: int, hi: int) -> Checkpointed:
         return Checkpointed(self.rebuilt[lo:hi])
@@ -79,9 +80,9 @@ class Offloaded:
 
     def backward_holds(self, entries: int, trainable: int) -> list[int]:
         holds = self.inner.backward_holds(entries, trainable)
-        if self.own_grads:  # the top ``trainable`` entries
-            for i in range(entries - min(max(trainable, 0), entries), entries):
-                holds[i] += self.own_grads
+        if self.own_grads:  # the top ``trainable`` entries, first in backward
+            own, top = self.own_grads, min(max(trainable, 0), entries)
+            holds[:top] = [h + own for h in holds[:top]]
         return holds
 
     def stage(self, lo: int, hi: int) -> Offloaded:

@@ -187,7 +187,7 @@ class _Race:
         """Moments in time order: a later one wins only if strictly larger."""
         best = self.best
         for m in moments:
-            total = self.base + m.total
+            total = self.base + m.gradients + m.activations + m.temporaries + m.communication
             best[m.phase] = max(best.get(m.phase, 0), total)
             if total > self.winner_total:
                 self.winner, self.winner_total = m, total
@@ -255,13 +255,15 @@ def _until_head_backward(
     loss_bwd = bwd if c.loss_backward is None else c.loss_backward
     head_bwd = bwd if c.head_backward is None else c.head_backward
     above = s.activations.above
-    return [
-        Moment("forward", held, 0, s.teacher_forward, fwd),
+    moments = [
         Moment("forward", held, acts - above, s.block.forward, fwd),
         Moment("forward", held, acts, head.logits_forward, head_fwd),
         Moment("backward", held, acts, head.loss_backward, loss_bwd),
         Moment("backward", live_grads, live_acts, head.workspace + s.optimizer.outer, head_bwd),
     ]
+    if s.teacher_forward:  # without a teacher the next moment holds all this one would
+        moments.insert(0, Moment("forward", held, 0, s.teacher_forward, fwd))
+    return moments
 
 
 def _blocks_with_embedding_between(
@@ -272,10 +274,10 @@ def _blocks_with_embedding_between(
     gradients and activations live after the last block."""
     g, b, per_block = s.gradients, s.block, s.activations.per_block
     L, bwd = len(per_block), s.comm.backward
-    holds = b.policy.backward_holds(L, g.trainable_blocks)
+    holds = b.policy.backward_holds(L, g.trainable_blocks)  # top first
     moments: list[Moment] = []
     for i in range(L - 1, -1, -1):
-        moments.append(Moment("backward", live_grads, live_acts, holds[i] + workspace, bwd))
+        moments.append(Moment("backward", live_grads, live_acts, holds[L - 1 - i] + workspace, bwd))
         live_acts -= per_block[i]
         if not g.persist:
             if g.by_block:
@@ -309,7 +311,7 @@ def _blocks_backward(
         top = min(max(g.trainable_blocks, 0), L)
         added = [g.per_block] * top + [0] * (L - top)
         grads_at = list(accumulate(added, initial=live_grads))
-    rebuilt = b.policy.backward_holds(L, g.trainable_blocks)[::-1]  # top first
+    rebuilt = b.policy.backward_holds(L, g.trainable_blocks)  # top first
     totals = list(map(operator.add, map(operator.add, grads_at, acts_at), rebuilt))
     largest = max(totals)
     total = race.base + largest + workspace + bwd

@@ -150,16 +150,13 @@ class PlanSizes:
 
     weights: int
     states: int
-    optimizer_temporaries: int
     grads: int
     grads_per_block: int
     grads_outer: int
     grads_embedding: int
     tied_embedding_backward: int
-    merge_transient: int
-    step_block: int
-    step_outer: int
     autocast_cache: int
+    optimizer: OptimizerStep  # the step's whole record: nothing in it reads the shape
 
 
 _PLAN_SIZES: dict[tuple[object, ...], PlanSizes] = {}
@@ -181,16 +178,19 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
         sizes = _PLAN_SIZES[key] = PlanSizes(
             weights=sum(g.nbytes for g in plan.groups),
             states=optimizer_state_bytes(plan.groups, run),
-            optimizer_temporaries=optimizer_step_temporary_bytes(plan.groups, run),
             grads=grads,
             grads_per_block=grads_block,
             grads_outer=grads_outer,
             grads_embedding=grads_embedding,
             tied_embedding_backward=tied_embedding_backward(arch, grad_groups),
-            merge_transient=merge_transient(plan, run),
-            step_block=step_in_backward([g for g in grad_groups if g.in_block], run),
-            step_outer=step_in_backward([g for g in grad_groups if not g.in_block], run),
             autocast_cache=autocast_cache(plan),
+            optimizer=OptimizerStep(
+                temporaries=optimizer_step_temporary_bytes(plan.groups, run),
+                in_backward=run.optimizer_in_backward,
+                block=step_in_backward([g for g in grad_groups if g.in_block], run),
+                outer=step_in_backward([g for g in grad_groups if not g.in_block], run),
+                merge=merge_transient(plan, run),
+            ),
         )
     return sizes
 
@@ -227,7 +227,8 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
     blocks = _block_activations(arch, run, plan, T)
     outer_below, outer_above = _outer_items(arch, run, plan, T, blocks.per_block)
     outer_items = outer_below + outer_above
-    grads = _decoder_gradients(plan_sizes(arch, run, plan), run, plan)
+    fixed = plan_sizes(arch, run, plan)
+    grads = _decoder_gradients(fixed, run, plan)
     policy = _block_policy(run, blocks.rebuilt, grads.per_block)
     # a checkpointed block's input, the one tensor it keeps
     inputs = (T * arch.hidden_size * plan.dtypes.residual_bytes,) * len(blocks.per_block)
@@ -242,7 +243,7 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         activations = 0
         outer_below, outer_above = [], []
     kept = Activations(per_block_kept, below=_sum(outer_below), above=_sum(outer_above))
-    sizes = _decoder_sizes(arch, run, plan, blocks, kept, grads, policy)
+    sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)
     parts = StepParts(
         plan=plan,
         sizes=sizes,
@@ -305,13 +306,14 @@ def _decoder_sizes(
     arch: Architecture,
     run: RunConfig,
     plan: MethodPlan,
+    fixed: PlanSizes,
     blocks: _BlockActivations,
     kept: Activations,
     grads: Gradients,
     policy: BlockPolicy,
 ) -> StepSizes:
-    """A decoder-only step's sizes in time (``kept``: the activations on the GPU)."""
-    fixed = plan_sizes(arch, run, plan)
+    """A decoder-only step's sizes in time (``fixed``: the plan's, ``kept``: the
+    activations on the GPU)."""
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     T = run.batch_size * run.positions
     V = arch.vocab_size
@@ -339,13 +341,7 @@ def _decoder_sizes(
         activations=kept,
         block=_decoder_block(arch, run, plan, blocks, forward_cache, policy),
         head=head,
-        optimizer=OptimizerStep(
-            temporaries=fixed.optimizer_temporaries,
-            in_backward=run.optimizer_in_backward,
-            block=fixed.step_block,
-            outer=fixed.step_outer,
-            merge=fixed.merge_transient,
-        ),
+        optimizer=fixed.optimizer,
     )
 
 
@@ -590,7 +586,8 @@ def _seq2seq_sizes(
             loss_backward=2 * logit_bytes * loss_e,
             workspace=norm_backward_workspace(arch, e, dec_T) + dec_T * h * FP32,
         ),
-        optimizer=OptimizerStep(temporaries=fixed.optimizer_temporaries),
+        # (T5 refuses ReLoRA and the step in backward: only the temporaries)
+        optimizer=fixed.optimizer,
     )
 
 
