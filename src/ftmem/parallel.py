@@ -727,6 +727,8 @@ def _stage_sizes(
     acts_below = base.activations.below if at.first else 0
     by_block, trainable_here, grads_outer, grads_embedding = _stage_gradients(s, par, base, at, on)
     last = at.last
+    # the gradients and activations are built whole: a field added to either must say
+    # what a rank holds of it; the other records keep what the step had
     sizes = StepSizes(
         weights=on.replicated + on.sharded,
         states=on.states,

@@ -187,6 +187,7 @@ class _Race:
         """Moments in time order: a later one wins only if strictly larger."""
         best = self.best
         for m in moments:
+            # (m.total written out: a property call per moment counted in the timeline)
             total = self.base + m.gradients + m.activations + m.temporaries + m.communication
             best[m.phase] = max(best.get(m.phase, 0), total)
             if total > self.winner_total:
