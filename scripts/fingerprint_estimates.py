@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import sys
+from pathlib import Path
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
@@ -116,6 +117,9 @@ def cases() -> Iterator[Case]:
 def accuracy_cases() -> Iterator[Case]:
     """The measured accuracy suite's configurations (tiny models, every family and
     method), estimated only: the grid above runs the presets."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:  # run as a script: the tests package sits beside scripts/
+        sys.path.insert(0, root)
     from tests.accuracy.cases import CASES
 
     for case in CASES:

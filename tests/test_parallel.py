@@ -224,14 +224,12 @@ def test_pipeline_first_stage_holds_pp_micro_batches():
     below += outer.get("embedding token ids", 0)
     blocks = single.activations_bytes - sum(outer.values())
     step = parallel_step(arch, run, parallel_config(gpus=p, pp=p, strategy="zero1"))
-    held = [
-        sum(r.sizes.acts_per_block) + r.sizes.acts_below + r.sizes.acts_held for r in step.ranks
-    ]
+    held = [sum(a.per_block) + a.below + a.held for a in (r.sizes.activations for r in step.ranks)]
     assert [r.micro_batches for r in step.ranks] == [4, 3, 2, 1]
     assert held[0] == blocks + p * below
     assert held[1] == 3 * blocks // p
     assert held[3] == blocks // p
-    assert step.ranks[3].sizes.logits_forward > 0 == step.ranks[0].sizes.logits_forward
+    assert step.ranks[3].sizes.head.logits_forward > 0 == step.ranks[0].sizes.head.logits_forward
     # the stages' weights: the embedding on the first, the final norm and LM head on the last
     w = [r.sizes.weights for r in step.ranks]
     assert w[0] - w[1] == 2 * V * H
@@ -328,6 +326,6 @@ def test_gradients_when_backward_starts(strategy, offload, head_side):
     step = parallel_step(arch, run_config(**kw), par)
     sizes = step.ranks[step.worst].sizes
     head = (arch.vocab_size + 1) * arch.hidden_size * 2  # the untied LM head, final norm
-    assert sizes.grads_outer - sizes.grads_embedding == (ceil(head / 8) if head_side else 0)
+    assert sizes.gradients.outer - sizes.gradients.embedding == (ceil(head / 8) if head_side else 0)
     m = estimate(arch, gpus=8, strategy=strategy, offload_optimizer=offload, **kw).memory
     assert m.at_peak.gradients >= 0

@@ -95,7 +95,7 @@ def estimate_step(
         )
     else:
         phase, at_peak = peak_info.phase, peak_info.at_peak
-        grads, states = parts.sizes.grads, parts.sizes.states
+        grads, states = parts.sizes.gradients.total, parts.sizes.states
     memory = _memory(
         Components(weights, grads, states, activations, 0),
         phase,
@@ -218,10 +218,10 @@ def _estimate_parallel(
     step = parallel_step(arch, run, par)
     sz = step.ranks[step.worst].sizes
     peak_info = step.peak
-    activations = sum(sz.acts_per_block) + sz.acts_below + sz.acts_above + sz.acts_held
-    comm = sz.largest_communication()
+    activations = sz.activations.total
+    comm = sz.comm.largest()
     memory = _memory(
-        Components(sz.weights, sz.grads, sz.states, activations, comm),
+        Components(sz.weights, sz.gradients.total, sz.states, activations, comm),
         peak_info.phase,
         peak_info.at_peak,
         peak_info.phases,

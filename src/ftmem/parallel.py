@@ -42,7 +42,16 @@ from ftmem.optim import (
     optimizer_step_temporary_bytes,
     step_tensor_bytes,
 )
-from ftmem.phases import Peak, StepSizes, find_peak
+from ftmem.phases import (
+    NO_COMMUNICATION,
+    NO_HEAD,
+    Activations,
+    Communication,
+    Gradients,
+    Peak,
+    StepSizes,
+    find_peak,
+)
 from ftmem.precision import resolve_dtypes
 from ftmem.run import ADAPTER_METHODS, RunConfig
 from ftmem.step import StepParts, step_parts
@@ -559,18 +568,6 @@ def _offload_params(s: Strategy, par: ParallelConfig, on: _Resident, compute: in
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Comm:
-    """Communication memory per phase (bytes); None at the head side: as in the blocks."""
-
-    forward: int = 0
-    backward: int = 0
-    optimizer: int = 0
-    head_forward: int | None = None
-    loss_backward: int | None = None
-    head_backward: int | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class _Traffic:
     """What a stage's communication buffers are made of."""
 
@@ -621,26 +618,26 @@ def _traffic(
     )
 
 
-def _ddp_buckets(t: _Traffic) -> _Comm:
+def _ddp_buckets(t: _Traffic) -> Communication:
     """DDP's gradient buckets, allocated once and kept for the whole step."""
-    return _Comm(t.grads, t.grads, t.grads)
+    return Communication(t.grads, t.grads, t.grads)
 
 
-def _zero1_buckets(t: _Traffic) -> _Comm:
+def _zero1_buckets(t: _Traffic) -> Communication:
     """Gradients reduced in buckets at the accumulation boundary."""
-    return _Comm(optimizer=t.bucket)
+    return Communication(optimizer=t.bucket)
 
 
-def _zero2_buckets(t: _Traffic) -> _Comm:
+def _zero2_buckets(t: _Traffic) -> Communication:
     """overlap_comm double-buffers the reduce bucket during backward."""
-    return _Comm(backward=2 * t.bucket)
+    return Communication(backward=2 * t.bucket)
 
 
-def _zero3_gathers(t: _Traffic) -> _Comm:
+def _zero3_gathers(t: _Traffic) -> Communication:
     """Blocks in flight plus reduce buckets; at the ends the largest outer tensor."""
     largest_outer = max((_gathered_bytes([g], t.cast) for g in t.outer), default=0)
     forward = BLOCKS_IN_FLIGHT * t.block
-    return _Comm(
+    return Communication(
         forward,
         forward + 2 * t.bucket,
         head_forward=largest_outer,
@@ -649,7 +646,7 @@ def _zero3_gathers(t: _Traffic) -> _Comm:
     )
 
 
-def _fsdp_gathers(t: _Traffic) -> _Comm:
+def _fsdp_gathers(t: _Traffic) -> Communication:
     """FULL_SHARD (and hybrid): the root unit stays gathered; its head-side gradients
     wait, unsharded, for the root's reduce-scatter at the end of backward."""
     forward = t.root + BLOCKS_IN_FLIGHT * t.block
@@ -657,7 +654,7 @@ def _fsdp_gathers(t: _Traffic) -> _Comm:
     # again for backward as soon as the root's backward begins (measured); the LM
     # head's gradient appears after the loss backward
     head = t.root + t.block
-    return _Comm(
+    return Communication(
         forward,
         forward + t.head_grad,
         head_forward=head,
@@ -666,14 +663,14 @@ def _fsdp_gathers(t: _Traffic) -> _Comm:
     )
 
 
-def _fsdp_grad_op_gathers(t: _Traffic) -> _Comm:
+def _fsdp_grad_op_gathers(t: _Traffic) -> Communication:
     """SHARD_GRAD_OP: weights gathered once in forward and kept until backward."""
     forward = _gathered_bytes(t.groups, t.cast)
-    return _Comm(forward, forward + t.head_grad)
+    return Communication(forward, forward + t.head_grad)
 
 
 # Each strategy's communication memory; the others (one GPU, NO_SHARD) have none.
-_COMMUNICATION: dict[str, Callable[[_Traffic], _Comm]] = {
+_COMMUNICATION: dict[str, Callable[[_Traffic], Communication]] = {
     "ddp": _ddp_buckets,
     "zero1": _zero1_buckets,
     "zero2": _zero2_buckets,
@@ -682,7 +679,6 @@ _COMMUNICATION: dict[str, Callable[[_Traffic], _Comm]] = {
     "fsdp-hybrid": _fsdp_gathers,
     "fsdp-grad-op": _fsdp_grad_op_gathers,
 }
-_NO_COMMUNICATION = _Comm()
 
 
 def _stage_gradients(
@@ -692,11 +688,12 @@ def _stage_gradients(
     trained blocks it holds, those outside the blocks, and of these the part created
     only at the end of backward."""
     N = par.shard_group
-    L = len(base.acts_per_block)
-    trainable_here = max(0, at.hi - max(at.lo, L - base.trainable_blocks))
+    g = base.gradients
+    L = len(base.activations.per_block)
+    trainable_here = max(0, at.hi - max(at.lo, L - g.trainable_blocks))
     by_block = tuple(
         0 if on.grads_block == 0 else (ceil_div(x, N) if s in SHARDS_GRADS else x)
-        for x in base.grads_by_block[at.lo : at.hi]
+        for x in g.by_block[at.lo : at.hi]
     )
     block_grads = sum(by_block) if by_block else on.grads_block * trainable_here
     grads_outer = max(0, on.grads - block_grads)
@@ -708,7 +705,7 @@ def _stage_gradients(
     if s in FSDP:
         grads_embedding = grads_outer
     elif at.first and on.grads:
-        grads_embedding = base.grads_embedding
+        grads_embedding = g.embedding
         if s in SHARDS_GRADS:
             grads_embedding = ceil_div(grads_embedding, N)
     return by_block, trainable_here, grads_outer, min(grads_embedding, grads_outer)
@@ -721,41 +718,42 @@ def _stage_sizes(
     base: StepSizes,
     at: _Stage,
     on: _Resident,
-    comm: _Comm,
+    comm: Communication,
 ) -> tuple[StepSizes, int]:
     """The stage's timeline inputs, and the micro-batches whose activations it holds
     (1F1B: stage k up to ``pp - k``): its blocks, its ends, its resident memory."""
-    acts_blocks = base.acts_per_block[at.lo : at.hi]
+    acts_blocks = base.activations.per_block[at.lo : at.hi]
     micro = min(par.pp - at.index, run.grad_accum) if par.pp > 1 else 1
-    acts_below = base.acts_below if at.first else 0
+    acts_below = base.activations.below if at.first else 0
     by_block, trainable_here, grads_outer, grads_embedding = _stage_gradients(s, par, base, at, on)
     last = at.last
-    sizes = dataclasses.replace(
-        base,
+    # the gradients and activations are built whole: a field added to either must say
+    # what a rank holds of it; the other records keep what the step had
+    sizes = StepSizes(
         weights=on.replicated + on.sharded,
         states=on.states,
-        grads=on.grads,
-        grads_outer=grads_outer,
-        grads_embedding=grads_embedding,
-        grads_per_block=on.grads_block,
-        grads_by_block=by_block,
-        trainable_blocks=trainable_here,
-        acts_per_block=acts_blocks,
-        recompute_by_block=base.recompute_by_block[at.lo : at.hi],
-        acts_below=acts_below,
-        acts_above=base.acts_above if last else 0,
-        logits_forward=base.logits_forward if last else 0,
-        loss_backward=base.loss_backward if last else 0,
-        head_workspace=base.head_workspace if last else 0,
-        optimizer_temporaries=on.step_temp,
-        grads_persist=run.grad_accum > 1,
-        comm_forward=comm.forward,
-        comm_backward=comm.backward,
-        comm_optimizer=comm.optimizer,
-        comm_head_forward=comm.head_forward if last else None,
-        comm_loss_backward=comm.loss_backward if last else None,
-        comm_head_backward=comm.head_backward if last else None,
-        acts_held=(micro - 1) * (sum(acts_blocks) + acts_below),
+        gradients=Gradients(
+            total=on.grads,
+            outer=grads_outer,
+            per_block=on.grads_block,
+            trainable_blocks=trainable_here,
+            persist=run.grad_accum > 1,
+            embedding=grads_embedding,
+            tied_backward=base.gradients.tied_backward,
+            by_block=by_block,
+            embedding_at=base.gradients.embedding_at,
+        ),
+        activations=Activations(
+            acts_blocks,
+            below=acts_below,
+            above=base.activations.above if last else 0,
+            held=(micro - 1) * (sum(acts_blocks) + acts_below),
+        ),
+        block=dataclasses.replace(base.block, policy=base.block.policy.stage(at.lo, at.hi)),
+        head=base.head if last else NO_HEAD,
+        optimizer=dataclasses.replace(base.optimizer, temporaries=on.step_temp),
+        comm=comm if last else comm.blocks_only(),
+        teacher_forward=base.teacher_forward,
     )
     return sizes, micro
 
@@ -767,16 +765,16 @@ def rank_memory(
     the stage's parameters, sharded by the strategy, less what is offloaded, plus the
     strategy's communication buffers, over the stage's slice of the one-GPU timeline."""
     s = par.resolved_strategy
-    at = _stage(len(parts.sizes.acts_per_block), par.pp, stage)
+    at = _stage(len(parts.sizes.activations.per_block), par.pp, stage)
     plan = parts.plan
     groups = _stage_groups(parts, arch, stage, par.pp)
     totals = _stage_totals(groups, arch, run, plan, s in DEEPSPEED)
-    on = _sharded(s, par, arch, groups, totals, parts.sizes.grads_per_block)
+    on = _sharded(s, par, arch, groups, totals, parts.sizes.gradients.per_block)
     communication = _COMMUNICATION.get(s)
     comm = (
         communication(_traffic(s, par, arch, groups, plan, totals.grads))
         if communication
-        else _NO_COMMUNICATION
+        else NO_COMMUNICATION
     )
     on = _offload_optimizer(s, par, on, totals.psi)
     on = _offload_params(s, par, on, BYTES_PER_ELEMENT[plan.dtypes.compute])
@@ -824,15 +822,18 @@ def _fsdp_mixed(arch: Architecture, run: RunConfig, stored: StepParts) -> StepPa
     keep the fp32 sizes of the stored shards.
     """
     compute = shared_step_parts(arch, run.model_copy(update=_sixteen_bit(run)))
-    s = stored.sizes
+    s, c = stored.sizes, compute.sizes
     sizes = dataclasses.replace(
-        compute.sizes,
+        c,
         weights=s.weights,
         states=s.states,
-        grads=s.grads,
-        grads_outer=s.grads_outer,
-        grads_per_block=s.grads_per_block,
-        optimizer_temporaries=s.optimizer_temporaries,
+        gradients=dataclasses.replace(
+            c.gradients,
+            total=s.gradients.total,
+            outer=s.gradients.outer,
+            per_block=s.gradients.per_block,
+        ),
+        optimizer=dataclasses.replace(c.optimizer, temporaries=s.optimizer.temporaries),
     )
     activations = compute.activations
     return dataclasses.replace(compute, plan=stored.plan, sizes=sizes, activations=activations)

@@ -18,6 +18,7 @@ from ftmem.adapters.dora import DoRA
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.prompt import PrefixTuning
 from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, layout, qk_norm_params
+from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, plan_key, plan_method
@@ -30,7 +31,14 @@ from ftmem.ops.moe import MoE
 from ftmem.ops.norm import Norm
 from ftmem.ops.saved import Saved
 from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
-from ftmem.phases import StepSizes
+from ftmem.phases import (
+    Activations,
+    BlockTransients,
+    Gradients,
+    HeadTransients,
+    OptimizerStep,
+    StepSizes,
+)
 from ftmem.run import RunConfig
 from ftmem.transients import (
     adapter_moment,
@@ -122,16 +130,13 @@ class PlanSizes:
 
     weights: int
     states: int
-    optimizer_temporaries: int
     grads: int
     grads_per_block: int
     grads_outer: int
     grads_embedding: int
     tied_embedding_backward: int
-    merge_transient: int
-    step_block: int
-    step_outer: int
     autocast_cache: int
+    optimizer: OptimizerStep  # the step's whole record: nothing in it reads the shape
 
 
 _PLAN_SIZES: dict[tuple[object, ...], PlanSizes] = {}
@@ -153,16 +158,19 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
         sizes = _PLAN_SIZES[key] = PlanSizes(
             weights=sum(g.nbytes for g in plan.groups),
             states=optimizer_state_bytes(plan.groups, run),
-            optimizer_temporaries=optimizer_step_temporary_bytes(plan.groups, run),
             grads=grads,
             grads_per_block=grads_block,
             grads_outer=grads_outer,
             grads_embedding=grads_embedding,
             tied_embedding_backward=Embedding.backward_workspace(arch, grad_groups),
-            merge_transient=LoRA.merge(plan, run),
-            step_block=step_in_backward([g for g in grad_groups if g.in_block], run),
-            step_outer=step_in_backward([g for g in grad_groups if not g.in_block], run),
             autocast_cache=LinearOp.autocast_cache(plan),
+            optimizer=OptimizerStep(
+                temporaries=optimizer_step_temporary_bytes(plan.groups, run),
+                in_backward=run.optimizer_in_backward,
+                block=step_in_backward([g for g in grad_groups if g.in_block], run),
+                outer=step_in_backward([g for g in grad_groups if not g.in_block], run),
+                merge=LoRA.merge(plan, run),
+            ),
         )
     return sizes
 
@@ -199,24 +207,23 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
     blocks = _block_activations(arch, run, plan, T)
     outer_below, outer_above = _outer_items(arch, run, plan, T, blocks.per_block)
     outer_items = outer_below + outer_above
-    activations = _sum(outer_items)
-    if run.grad_ckpt:
-        # each checkpointed block keeps only its input; backward recomputes one block
-        h, r = arch.hidden_size, plan.dtypes.residual_bytes
-        per_block_kept = [T * h * r if b else 0 for b in blocks.per_block]
-    else:
-        per_block_kept = list(blocks.per_block)
-    activations += sum(per_block_kept)
+    fixed = plan_sizes(arch, run, plan)
+    grads = _decoder_gradients(fixed, run, plan)
+    policy = _block_policy(run, blocks.rebuilt, grads.per_block)
+    # a checkpointed block's input, the one tensor it keeps
+    inputs = (T * arch.hidden_size * plan.dtypes.residual_bytes,) * len(blocks.per_block)
+    per_block_kept = policy.kept(blocks.per_block, inputs)
+    activations = _sum(outer_items) + sum(per_block_kept)
     offloaded = 0
     if run.activation_offload:
-        # every saved tensor leaves the GPU in forward; backward brings back one node's
-        # at a time (the largest item of a block, and the loss's fp32 log-softmax)
-        offloaded, activations = activations, 0
-        per_block_kept = [0] * len(per_block_kept)
+        # every saved tensor leaves the GPU in forward, the embedding and head sides'
+        # too; backward brings back one node's at a time (the largest item of a block,
+        # and the loss's fp32 log-softmax)
+        offloaded = activations + policy.on_host(blocks.per_block, inputs)
+        activations = 0
         outer_below, outer_above = [], []
-    sizes = _decoder_sizes(
-        arch, run, plan, blocks, tuple(per_block_kept), (_sum(outer_below), _sum(outer_above))
-    )
+    kept = Activations(per_block_kept, below=_sum(outer_below), above=_sum(outer_above))
+    sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)
     parts = StepParts(
         plan=plan,
         sizes=sizes,
@@ -279,46 +286,76 @@ def _decoder_sizes(
     arch: Architecture,
     run: RunConfig,
     plan: MethodPlan,
+    fixed: PlanSizes,
     blocks: _BlockActivations,
-    per_block_kept: tuple[int, ...],
-    outer: tuple[int, int],
+    kept: Activations,
+    grads: Gradients,
+    policy: BlockPolicy,
 ) -> StepSizes:
-    """A decoder-only step's sizes in time (``outer``: the bytes kept below the blocks
-    and above them)."""
-    fixed = plan_sizes(arch, run, plan)
+    """A decoder-only step's sizes in time (``fixed``: the plan's, ``kept``: the
+    activations on the GPU)."""
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     T = run.batch_size * run.positions
-    V, h = arch.vocab_size, arch.hidden_size
-    last_block = list(blocks.last)
+    V = arch.vocab_size
     offloaded = run.activation_offload
-    grads, grads_block = fixed.grads, fixed.grads_per_block
-    grads_outer, grads_embedding = fixed.grads_outer, fixed.grads_embedding
-    if run.optimizer_in_backward:  # each gradient is freed by its own step
-        grads = grads_outer = grads_block = grads_embedding = 0
     # checkpointed blocks under autocast: the cast cache is all that keeps their 16-bit
     # weight copies, until the forward (and the loss in it) ends
     forward_cache = fixed.autocast_cache if run.grad_ckpt else 0
-    last_keeps = blocks.per_block[-1]
-    return StepSizes(
-        weights=fixed.weights,
-        states=fixed.states,
-        grads=grads,
-        grads_outer=grads_outer,
-        grads_embedding=grads_embedding,
-        tied_embedding_backward=fixed.tied_embedding_backward,
-        merge_transient=fixed.merge_transient,
-        in_backward=run.optimizer_in_backward,
-        step_block=fixed.step_block,
-        step_outer=fixed.step_outer,
-        grads_per_block=grads_block,
-        trainable_blocks=plan.trainable_blocks,
-        acts_per_block=per_block_kept,
-        acts_below=outer[0],
-        acts_above=outer[1],
+    head = HeadTransients(
         logits_forward=Loss.forward_transient(arch, run, e, T)
         + PrefixTuning.cache(arch, run, plan.dtypes)
         + forward_cache,
-        forward_block_transient=forward_cache
+        # the log-softmax's and the logits' fp32 gradients (a fused loss kept its own; a
+        # chunked one has one chunk's at a time)
+        loss_backward={"fused": 0, "chunked": 2 * T * V * FP32 // CHUNKS}.get(
+            run.loss, 2 * T * V * FP32
+        )
+        + (T * V * FP32 if offloaded and run.loss != "fused" else 0),
+        # the final norm's backward, its fp32 input still saved
+        workspace=Norm.backward_workspace(arch, e, T) + T * arch.hidden_size * FP32,
+    )
+    return StepSizes(
+        weights=fixed.weights,
+        states=fixed.states,
+        gradients=grads,
+        activations=kept,
+        block=_decoder_block(arch, run, plan, blocks, forward_cache, policy),
+        head=head,
+        optimizer=fixed.optimizer,
+    )
+
+
+def _decoder_gradients(fixed: PlanSizes, run: RunConfig, plan: MethodPlan) -> Gradients:
+    """A decoder-only step's gradients (none held when each is freed by its own step)."""
+    held = 0 if run.optimizer_in_backward else 1
+    return Gradients(
+        total=fixed.grads * held,
+        outer=fixed.grads_outer * held,
+        per_block=fixed.grads_per_block * held,
+        trainable_blocks=plan.trainable_blocks,
+        persist=run.grad_accum > 1,
+        embedding=fixed.grads_embedding * held,
+        tied_backward=fixed.tied_embedding_backward,
+    )
+
+
+def _decoder_block(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    blocks: _BlockActivations,
+    forward_cache: int,
+    policy: BlockPolicy,
+) -> BlockTransients:
+    """A decoder block's transients: its forward's largest, its backward's workspace,
+    and its policy (what checkpointing rebuilds, offload's own gradients)."""
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    T = run.batch_size * run.positions
+    last_block = list(blocks.last)
+    offloaded = run.activation_offload
+    last_keeps = blocks.per_block[-1]
+    return BlockTransients(
+        forward=forward_cache
         + max(
             DoRA.forward_rebuild(plan, run),
             checkpointed_forward_adapter(arch, run, plan, e, T),
@@ -329,29 +366,24 @@ def _decoder_sizes(
             if not last_keeps or run.activation_offload or run.grad_ckpt
             else 0,
         ),
-        # the log-softmax's and the logits' fp32 gradients (a fused loss kept its own; a
-        # chunked one has one chunk's at a time)
-        loss_backward={"fused": 0, "chunked": 2 * T * V * FP32 // CHUNKS}.get(
-            run.loss, 2 * T * V * FP32
-        )
-        + (T * V * FP32 if offloaded and run.loss != "fused" else 0),
         # offloaded: one op's saved tensors back beside its workspace, and a trained
         # block's own gradients (the peak moves to the end of backward, measured)
-        block_workspace=offload_moment(arch, run, plan, last_block, e, T)
+        workspace=offload_moment(arch, run, plan, last_block, e, T)
         if offloaded
         else max(
             block_backward_workspace(arch, run, plan, e, T, last_block),
             checkpointed_attention_moment(arch, run, plan, last_block, e),
             adapter_moment(arch, run, plan, last_block, e, T),
         ),
-        # the final norm's backward, its fp32 input still saved
-        head_workspace=Norm.backward_workspace(arch, e, T) + T * h * FP32,
-        recompute=max(blocks.rebuilt) if run.grad_ckpt else 0,
-        recompute_by_block=blocks.rebuilt if run.grad_ckpt else (),
-        own_grads_transient=grads_block if offloaded else 0,
-        optimizer_temporaries=fixed.optimizer_temporaries,
-        grads_persist=run.grad_accum > 1,
+        policy=policy,
     )
+
+
+def _block_policy(run: RunConfig, rebuilt: tuple[int, ...], own_grads: int) -> BlockPolicy:
+    """How the blocks keep their activations (``rebuilt``: what each block's recompute
+    rebuilds; ``own_grads``: a trained block's gradients)."""
+    inner = Checkpointed(rebuilt) if run.grad_ckpt else PLAIN
+    return Offloaded(inner, own_grads) if run.activation_offload else inner
 
 
 def _with_teacher(
@@ -371,9 +403,14 @@ def _with_teacher(
         sizes=dataclasses.replace(
             sizes,
             weights=sizes.weights + kd.weights,
-            acts_above=sizes.acts_above + kd.kept,
-            logits_forward=sizes.logits_forward + kd.loss_forward,
-            loss_backward=sizes.loss_backward + kd.loss_backward,
+            activations=dataclasses.replace(
+                sizes.activations, above=sizes.activations.above + kd.kept
+            ),
+            head=dataclasses.replace(
+                sizes.head,
+                logits_forward=sizes.head.logits_forward + kd.loss_forward,
+                loss_backward=sizes.head.loss_backward + kd.loss_backward,
+            ),
             teacher_forward=kd.teacher_forward,
         ),
     )
@@ -419,18 +456,17 @@ def _seq2seq_parts(arch: Architecture, run: RunConfig) -> StepParts:
     plan = plan_method(arch, run)
     stacks = _stack_activations(arch, run, plan)
     per_block = stacks.per_block
-    if run.grad_ckpt:
-        # each checkpointed block keeps its input (what the blocks share: outer_saved)
-        L, hr = arch.num_layers, arch.hidden_size * plan.dtypes.residual_bytes
-        b = run.batch_size
-        kept = [b * run.seq_len * hr] * L + [b * run.decoder_len * hr] * L
-        per_block_kept = tuple(k if n else 0 for k, n in zip(kept, per_block, strict=True))
-    else:
-        per_block_kept = per_block
+    # checkpointed: each block rebuilds at most the largest block's saved tensors, and
+    # keeps its input (what the blocks share: outer_saved)
+    policy = Checkpointed((max(per_block),) * len(per_block)) if run.grad_ckpt else PLAIN
+    L, hr = arch.num_layers, arch.hidden_size * plan.dtypes.residual_bytes
+    b = run.batch_size
+    inputs = (b * run.seq_len * hr,) * L + (b * run.decoder_len * hr,) * L
+    per_block_kept = policy.kept(per_block, inputs)
     below, above = stacks.below, stacks.above
     return StepParts(
         plan=plan,
-        sizes=_seq2seq_sizes(arch, run, plan, stacks, per_block_kept),
+        sizes=_seq2seq_sizes(arch, run, plan, stacks, per_block_kept, policy),
         activations=sum(per_block_kept) + _sum(below) + _sum(above),
         per_block_full=per_block,
         typical_block=stacks.last,
@@ -487,6 +523,7 @@ def _seq2seq_sizes(
     plan: MethodPlan,
     stacks: _StackActivations,
     per_block_kept: tuple[int, ...],
+    policy: BlockPolicy,
 ) -> StepSizes:
     """An encoder-decoder step's sizes in time."""
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
@@ -502,29 +539,35 @@ def _seq2seq_sizes(
     return StepSizes(
         weights=fixed.weights,
         states=fixed.states,
-        grads=fixed.grads,
-        grads_outer=fixed.grads_outer,
-        grads_embedding=fixed.grads_embedding,
-        tied_embedding_backward=fixed.tied_embedding_backward,
-        grads_per_block=fixed.grads_per_block // 2,  # the average entry (grads_by_block is exact)
-        trainable_blocks=2 * trained,
-        grads_by_block=_stack_gradients(plan, L),
-        embedding_backward_at=L,
-        acts_per_block=per_block_kept,
-        acts_below=_sum(stacks.below),
-        acts_above=_sum(stacks.above),
-        logits_forward=logit_bytes * e + (logit_bytes * FP32 if autocast else 0),
-        forward_block_transient=DoRA.forward_rebuild(plan, run),
-        loss_backward=2 * logit_bytes * loss_e,
-        block_workspace=max(
-            seq2seq.block_workspace(arch, run, plan, enc_T),
-            seq2seq.block_workspace(arch, run, plan, dec_T),
-            stacks.attention,
+        gradients=Gradients(
+            total=fixed.grads,
+            outer=fixed.grads_outer,
+            # the average entry (by_block is exact)
+            per_block=fixed.grads_per_block // 2,
+            trainable_blocks=2 * trained,
+            persist=run.grad_accum > 1,
+            embedding=fixed.grads_embedding,
+            tied_backward=fixed.tied_embedding_backward,
+            by_block=_stack_gradients(plan, L),
+            embedding_at=L,
         ),
-        head_workspace=Norm.backward_workspace(arch, e, dec_T) + dec_T * h * FP32,
-        recompute=max(stacks.per_block) if run.grad_ckpt else 0,
-        optimizer_temporaries=fixed.optimizer_temporaries,
-        grads_persist=run.grad_accum > 1,
+        activations=Activations(per_block_kept, below=_sum(stacks.below), above=_sum(stacks.above)),
+        block=BlockTransients(
+            forward=DoRA.forward_rebuild(plan, run),
+            workspace=max(
+                seq2seq.block_workspace(arch, run, plan, enc_T),
+                seq2seq.block_workspace(arch, run, plan, dec_T),
+                stacks.attention,
+            ),
+            policy=policy,
+        ),
+        head=HeadTransients(
+            logits_forward=logit_bytes * e + (logit_bytes * FP32 if autocast else 0),
+            loss_backward=2 * logit_bytes * loss_e,
+            workspace=Norm.backward_workspace(arch, e, dec_T) + dec_T * h * FP32,
+        ),
+        # (T5 refuses ReLoRA and the step in backward: only the temporaries)
+        optimizer=fixed.optimizer,
     )
 
 

@@ -1,0 +1,92 @@
+"""How a block's saved activations live through the step: plain, checkpointed, offloaded.
+
+The step (step.py) asks a block's policy what each block keeps on the GPU from its
+forward until its backward; the timeline (phases.py) asks it what each block's backward
+holds besides the live gradients, the activations still kept and the op's workspace.
+
+* plain: a block keeps what it saves; its backward adds nothing;
+* checkpointed (torch.utils.checkpoint): a block keeps its input; its backward first
+  rebuilds its saved tensors;
+* offloaded (torch's save_on_cpu, torchtune's OffloadActivations): a block keeps nothing
+  on the GPU; its backward brings one op's tensors back (the block's workspace counts
+  them) and a trained block's own gradients appear beside them. It wraps a plain or a
+  checkpointed block: checkpointing's kept inputs go to the host too.
+
+Every tuple is per timeline entry, bottom to top (an encoder-decoder has two entries per
+layer); ``backward_holds`` lists them in backward's order, top first; ``stage`` cuts a
+pipeline stage's entries out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Plain:
+    """Every saved tensor stays on the GPU until its block's backward."""
+
+    def kept(self, saved: tuple[int, ...], inputs: tuple[int, ...]) -> tuple[int, ...]:
+        return saved
+
+    def on_host(self, saved: tuple[int, ...], inputs: tuple[int, ...]) -> int:
+        return 0
+
+    def backward_holds(self, entries: int, trainable: int) -> list[int]:
+        return [0] * entries
+
+    def stage(self, lo: int, hi: int) -> Plain:
+        return self
+
+
+PLAIN = Plain()
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpointed:
+    """A block keeps its input; its backward rebuilds ``rebuilt[i]`` first (a frozen
+    block below the trained ones rebuilds less than they do)."""
+
+    rebuilt: tuple[int, ...]
+
+    def kept(self, saved: tuple[int, ...], inputs: tuple[int, ...]) -> tuple[int, ...]:
+        # a block that saves nothing (frozen, no gradient to its input) keeps no input
+        return tuple(i if s else 0 for s, i in zip(saved, inputs, strict=True))
+
+    def on_host(self, saved: tuple[int, ...], inputs: tuple[int, ...]) -> int:
+        return 0
+
+    def backward_holds(self, entries: int, trainable: int) -> list[int]:
+        return list(self.rebuilt[::-1])
+
+    def stage(self, lo: int, hi: int) -> Checkpointed:
+        return Checkpointed(self.rebuilt[lo:hi])
+
+
+@dataclass(frozen=True, slots=True)
+class Offloaded:
+    """What ``inner`` would keep lives in host RAM; a trained block's backward holds
+    its own gradients (``own_grads``) beside the op brought back. A frozen block below
+    has none of its own (the trained ones' are already among the live gradients)."""
+
+    inner: Plain | Checkpointed
+    own_grads: int
+
+    def kept(self, saved: tuple[int, ...], inputs: tuple[int, ...]) -> tuple[int, ...]:
+        return (0,) * len(saved)
+
+    def on_host(self, saved: tuple[int, ...], inputs: tuple[int, ...]) -> int:
+        return sum(self.inner.kept(saved, inputs))
+
+    def backward_holds(self, entries: int, trainable: int) -> list[int]:
+        holds = self.inner.backward_holds(entries, trainable)
+        if self.own_grads:  # the top ``trainable`` entries, first in backward
+            own, top = self.own_grads, min(max(trainable, 0), entries)
+            holds[:top] = [h + own for h in holds[:top]]
+        return holds
+
+    def stage(self, lo: int, hi: int) -> Offloaded:
+        return Offloaded(self.inner.stage(lo, hi), self.own_grads)
+
+
+BlockPolicy = Plain | Checkpointed | Offloaded
