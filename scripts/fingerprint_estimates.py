@@ -17,8 +17,8 @@ import hashlib
 import itertools
 import json
 import sys
-from pathlib import Path
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 from ftmem.distill import Teacher
