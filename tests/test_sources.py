@@ -12,9 +12,9 @@ import pytest
 
 from ftmem import estimate
 from ftmem.arch import count_params
-from ftmem.checkpoint import read_checkpoint, read_header
 from ftmem.errors import ConfigError, FtmemError
 from ftmem.presets import get_gpu, get_model
+from ftmem.safetensors_headers import read_checkpoint, read_header
 from ftmem.sources import resolve_model, source_notes
 from tests.conftest import tiny
 

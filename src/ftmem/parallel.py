@@ -34,7 +34,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from ftmem.arch import Architecture
-from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div, is_quantized
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, ceil_div, is_quantized
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, TensorGroup, plan_key
 from ftmem.optim import (
@@ -75,7 +75,6 @@ SHARDS_WEIGHTS: frozenset[str] = frozenset({"zero3", "fsdp", "fsdp-hybrid", "fsd
 SHARDS_GRADS: frozenset[str] = SHARDS_WEIGHTS | {"zero2"}
 SHARDS_STATES: frozenset[str] = SHARDS_GRADS | {"zero1"}
 
-FP32 = 4
 # Hugging Face's "auto" values for DeepSpeed ZeRO (transformers.integrations.deepspeed),
 # which ftmem also writes into the configs it emits: buckets of h² elements, a
 # prefetch bucket of 0.9·h², tensors under 10·h elements kept whole under ZeRO-3.

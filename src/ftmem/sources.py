@@ -17,10 +17,10 @@ from pydantic import ValidationError
 
 from ftmem import families
 from ftmem.arch import Architecture, count_params
-from ftmem.checkpoint import read_checkpoint
 from ftmem.errors import ConfigError, UnknownNameError
 from ftmem.families._config import shown, wrong
 from ftmem.presets import get_model, validation_message
+from ftmem.safetensors_headers import read_checkpoint
 from ftmem.textfiles import parse_json, read_text
 
 Mapping = dict[str, Any]
