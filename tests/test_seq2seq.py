@@ -92,7 +92,7 @@ def test_either_length_grows_the_activations(grow):
 def test_target_len_defaults_to_seq_len():
     a = estimate("t5-small", seq_len=128)
     b = estimate("t5-small", seq_len=128, target_len=128)
-    assert a.memory == b.memory and a.run["target_len"] == 128
+    assert a.memory == b.memory and a.run.target_len == 128
 
 
 def test_logits_follow_the_decoder_length():
@@ -147,7 +147,7 @@ def test_plan_for_flan_t5_uses_only_what_t5_supports():
         settings = dict(u for c in candidate.changes for u in c.updates)
         assert settings.get("loss", "standard") == "standard"
         assert not settings.get("activation_offload") and settings.get("tp", 1) == 1
-        assert candidate.estimate.fits and candidate.estimate.run["target_len"] == 128
+        assert candidate.estimate.fits and candidate.estimate.run.target_len == 128
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "zero2", "zero3", "fsdp"])

@@ -21,7 +21,7 @@ from ftmem.hardware import Gpu, runtime_overhead
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.parallel import ENGINE, ParallelConfig, ParallelStep, parallel_notes, parallel_step
 from ftmem.phases import find_peak
-from ftmem.result import AtPeak, Estimate, Memory, ModelInfo, ParallelInfo, PhasePeaks
+from ftmem.result import AtPeak, Estimate, Memory, ModelInfo, ParallelInfo, PhasePeaks, ResolvedRun
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
 from ftmem.step import StepParts, step_parts
 
@@ -314,7 +314,7 @@ def _settings(run: RunConfig) -> dict[str, object]:
     return run.model_dump()
 
 
-def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> dict[str, object]:
+def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> ResolvedRun:
     resolved: dict[str, object] = dict(_settings(run))
     if arch.encoder_decoder:  # the decoder's length, given or defaulted
         resolved["target_len"] = run.decoder_len
@@ -346,4 +346,5 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> dict[
         resolved.update(prompt_encoder=run.encoder, encoder_hidden=run.encoder_hidden)
     if run.method == "prefix-tuning":
         resolved["prefix_projection"] = bool(run.prefix_projection)
-    return resolved
+    # the values are the validated run's or the plan's own: no second validation
+    return ResolvedRun.model_construct(**resolved)  # type: ignore[arg-type]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+
+from ftmem.run import RunConfig
 
 SCHEMA_VERSION = 1
 
@@ -114,10 +116,27 @@ class ParallelInfo(_Frozen):
     persistence_threshold_elements: int
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
+class ResolvedRun(RunConfig):
+    """The run as estimated: every setting, with what the estimate made concrete in
+    place (the adapter and compute dtypes, the trainable layers, a T5 decoder's length,
+    the LoRA numbers a method defaults), then what it derived: the precision regime
+    and the modules the method adapts or scales (only for methods that have them)."""
+
+    precision_regime: str
+    adapted_modules: list[str] | None = Field(None, exclude_if=_absent)
+    scaled_modules: list[str] | None = Field(None, exclude_if=_absent)
+
+
 class Estimate(_Frozen):
     schema_version: int = SCHEMA_VERSION
     model: ModelInfo
-    run: dict[str, Any]
+    # built from validated values (model_construct): the resolved ones would not pass the
+    # settings' checks again (a compute dtype outside QLoRA), and need none
+    run: SkipValidation[ResolvedRun]
     memory: Memory
     gpu: dict[str, Any] | None
     fits: bool | None

@@ -56,7 +56,7 @@ def explain(
             arch, gpus=1 if gpus is None else gpus, **{**settings, "accounting": "phases"}
         )
     sections = explain_sections(arch, run, est, units, realistic)
-    title = f"{arch.name}: {run.method}, {est.run['precision_regime']}"
+    title = f"{arch.name}: {run.method}, {est.run.precision_regime}"
     notes = [*notes, *est.notes]
     if output_format == "markdown":
         text = render_markdown(title, sections)

@@ -56,7 +56,7 @@ def emit_config(est: Estimate, kind: str) -> str:
 
 
 def _half(est: Estimate) -> str | None:
-    precision = str(est.run["precision"]).removesuffix("-mixed")
+    precision = str(est.run.precision).removesuffix("-mixed")
     return None if precision == "fp32" else precision
 
 
@@ -86,8 +86,8 @@ def deepspeed_config(est: Estimate, p: ParallelInfo) -> dict[str, object]:
         elif where == "nvme":
             zero[key] = {"device": "nvme", "nvme_path": NVME_PATH, "pin_memory": True}
     config: dict[str, object] = {
-        "train_micro_batch_size_per_gpu": run["batch_size"],
-        "gradient_accumulation_steps": run["grad_accum"],
+        "train_micro_batch_size_per_gpu": run.batch_size,
+        "gradient_accumulation_steps": run.grad_accum,
         "gradient_clipping": GRADIENT_CLIPPING,
         "zero_optimization": zero,
     }
@@ -127,7 +127,7 @@ def accelerate_config(est: Estimate, p: ParallelInfo) -> dict[str, object]:
         config["distributed_type"] = "DEEPSPEED"
         stage = int(p.strategy.removeprefix("zero"))
         config["deepspeed_config"] = {
-            "gradient_accumulation_steps": est.run["grad_accum"],
+            "gradient_accumulation_steps": est.run.grad_accum,
             "gradient_clipping": GRADIENT_CLIPPING,
             "offload_optimizer_device": p.offload_optimizer,
             "offload_param_device": p.offload_params,
@@ -150,7 +150,7 @@ def accelerate_config(est: Estimate, p: ParallelInfo) -> dict[str, object]:
             "fsdp_offload_params": p.offload_params == "cpu",
             "fsdp_state_dict_type": "SHARDED_STATE_DICT",
             "fsdp_cpu_ram_efficient_loading": True,
-            "fsdp_activation_checkpointing": bool(est.run["grad_ckpt"]),
+            "fsdp_activation_checkpointing": bool(est.run.grad_ckpt),
         }
         if not v2:
             # accelerate launch still reads the FSDP1 strategy from this key

@@ -76,7 +76,7 @@ def to_csv(est: Estimate, header: bool = True) -> str:
     import io
 
     row: dict[str, object] = {"model": est.model.name, "n_params": est.model.n_params}
-    row.update({k: est.run.get(k) for k in CSV_RUN})
+    row.update({k: getattr(est.run, k) for k in CSV_RUN})
     row["gpus"] = est.parallel.world_size if est.parallel else 1
     row["strategy"] = est.parallel.strategy if est.parallel else "single"
     row.update({k: getattr(est.memory, k) for k in CSV_MEMORY})
@@ -84,7 +84,7 @@ def to_csv(est: Estimate, header: bool = True) -> str:
     row["gpu"] = est.gpu["id"] if est.gpu else ""
     row["fits"] = "" if est.fits is None else est.fits
     # the last column: added after the others, so positional readers keep working
-    row["target_len"] = est.run.get("target_len")
+    row["target_len"] = est.run.target_len
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(row), lineterminator="\n")
     if header:
@@ -147,10 +147,10 @@ def table(est: Estimate, units: UnitSystem = "GiB") -> RenderableType:
     m = est.memory
     run = est.run
     title = (
-        f"{est.model.name}: {run['method']} · {run['precision_regime']} · {run['optimizer']} · "
-        f"batch {run['batch_size']} × seq {run['seq_len']}"
-        f"{' → ' + str(run['target_len']) if run.get('target_len') else ''}"
-        f"{' · grad-ckpt' if run['grad_ckpt'] else ''} · attn {run['attn']}"
+        f"{est.model.name}: {run.method} · {run.precision_regime} · {run.optimizer} · "
+        f"batch {run.batch_size} × seq {run.seq_len}"
+        f"{' → ' + str(run.target_len) if run.target_len else ''}"
+        f"{' · grad-ckpt' if run.grad_ckpt else ''} · attn {run.attn}"
     )
     if est.parallel is not None:
         title += f" · {_spread(est.parallel)} · per GPU"
@@ -264,7 +264,7 @@ def _parallel_table(est: Estimate, units: UnitSystem) -> RenderableType:
 def markdown(est: Estimate, units: UnitSystem = "GiB") -> str:
     m = est.memory
     lines = [
-        f"### {est.model.name}: {est.run['method']} ({est.run['precision_regime']})",
+        f"### {est.model.name}: {est.run.method} ({est.run.precision_regime})",
         "",
         f"| Component | Size ({units}) | At peak ({units}) |",
         "|---|---:|---:|",

@@ -174,12 +174,12 @@ def _activations_section(
             f"{arch.num_layers} encoder blocks read {run.batch_size} × {run.seq_len} input "
             f"positions, {arch.num_layers} decoder blocks {run.batch_size} × {run.decoder_len} "
             "target positions (self-attention, cross-attention over the encoder's output, "
-            f"feed-forward). Per decoder block, in {est.run['compute_dtype']}:"
+            f"feed-forward). Per decoder block, in {est.run.compute_dtype}:"
         )
     else:
         acts.lines.append(
             f"Per block, for {run.batch_size} × {length} = {tokens:,} positions in "
-            f"{est.run['compute_dtype']}:"
+            f"{est.run.compute_dtype}:"
         )
     for item in m.activations_per_block:
         acts.lines.append(f"  {item.what}: {_b(item.bytes, units)}")
