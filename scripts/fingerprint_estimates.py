@@ -1,14 +1,16 @@
 """A fingerprint of every estimate over a wide grid, to show a refactor or a speed-up
 leaves the numbers alone.
 
-    python scripts/fingerprint_estimates.py OUT.jsonl
+    python scripts/fingerprint_estimates.py OUT.jsonl [--accuracy] [--wide]
 
 Writes one line per case (the settings, then the whole Estimate as JSON, or the error
 it raised) over every preset × methods × precisions × checkpointing × two shapes on one
 GPU, the same presets spread over 8 GPUs under each strategy, and single options
 (optimizers, attention, loss, offload, quantisation, distillation...) on their own; prints
 the count and the SHA-256 of the file. Run it before and after a change: the two
-digests must match.
+digests must match. ``--accuracy`` adds the digest of the accuracy suite's tiny
+configurations, estimated (both are checked by tests/test_fingerprint.py); ``--wide``
+that of a larger grid of multi-GPU layouts and activation offload (a few minutes).
 """
 
 from __future__ import annotations
@@ -114,6 +116,80 @@ def cases() -> Iterator[Case]:
         yield {"model": name, **settings, "teacher": "llama2-13b"}, arch, settings, None, teacher
 
 
+# The wide grid (``--wide``, a few minutes): multi-GPU layouts the grid above leaves
+# out, and activation offload with checkpointing, accumulation and frozen blocks.
+WIDE_SPREADS = (
+    {"strategy": "fsdp-grad-op"},
+    {"strategy": "fsdp-hybrid", "nodes": 2},
+    {"strategy": "fsdp-no-shard"},
+    {"strategy": "fsdp", "offload_params": "cpu"},
+    {"strategy": "fsdp", "nodes": 2},
+    {"strategy": "zero2", "offload_optimizer": "cpu"},
+    {"strategy": "zero2", "offload_optimizer": "nvme"},
+    {"strategy": "zero3", "offload_optimizer": "nvme", "offload_params": "nvme"},
+    {"strategy": "zero3", "offload_optimizer": "cpu"},
+    {"strategy": "zero1", "offload_optimizer": "cpu"},
+    {"strategy": "zero1", "pp": 4},
+    {"strategy": "ddp", "pp": 2, "tp": 2},
+    {"strategy": "ddp", "cp": 2},
+    {"strategy": "fsdp", "cp": 2, "tp": 2},
+    {"strategy": "zero3", "bucket_elements": 12345},
+    {"strategy": "fsdp", "host_memory_bytes": 10**9, "offload_params": "cpu"},
+)
+WIDE_METHODS = (
+    ("full", {}),
+    ("freeze", {}),
+    ("galore", {}),
+    ("lora", {}),
+    ("qlora", {}),
+    ("dora", {}),
+    ("bitfit", {}),
+    ("ia3", {}),
+    ("adapter", {}),
+    ("prompt-tuning", {}),
+    ("partial", {"trainable_modules": "mlp|lm_head|embed"}),
+    ("longlora", {}),
+)
+OFFLOAD_SPREADS = (
+    None,
+    {"strategy": "zero1", "pp": 2},
+    {"strategy": "fsdp"},
+    {"strategy": "zero3"},
+    {"strategy": "ddp", "pp": 4, "tp": 2},
+)
+
+
+def wide_cases() -> Iterator[Case]:
+    presets = sorted(model_presets().items())
+    for (name, arch), (method, extra), precision, ckpt, accum, spread in itertools.product(
+        presets,
+        WIDE_METHODS,
+        ("bf16-mixed", "fp32", "fp16-mixed"),
+        (False, True),
+        (1, 4),
+        WIDE_SPREADS,
+    ):
+        settings = dict(
+            method=method, precision=precision, grad_ckpt=ckpt, batch_size=2, grad_accum=accum
+        )
+        par = {"gpus": 8, **spread}
+        yield {"model": name, **settings, **extra, **par}, arch, {**settings, **extra}, par, None
+    for (name, arch), (method, extra), precision, ckpt, accum, spread in itertools.product(
+        presets, WIDE_METHODS[:6], ("bf16-mixed", "bf16"), (False, True), (1, 4), OFFLOAD_SPREADS
+    ):
+        settings = dict(
+            method=method,
+            precision=precision,
+            grad_ckpt=ckpt,
+            activation_offload=True,
+            batch_size=2,
+            grad_accum=accum,
+            **extra,
+        )
+        par = None if spread is None else {"gpus": 8, **spread}
+        yield {"model": name, **settings, **(par or {})}, arch, settings, par, None
+
+
 def accuracy_cases() -> Iterator[Case]:
     """The measured accuracy suite's configurations (tiny models, every family and
     method), estimated only: the grid above runs the presets."""
@@ -152,6 +228,9 @@ def main() -> None:
     with open(sys.argv[1], "w", encoding="utf-8") as out:
         n, digest = fingerprint(cases(), out)
     print(f"{n} cases, sha256 {digest}")
+    if "--wide" in sys.argv[2:]:
+        n, digest = fingerprint(wide_cases())
+        print(f"{n} wide cases, sha256 {digest}")
     if "--accuracy" in sys.argv[2:]:
         n, digest = fingerprint(accuracy_cases())
         print(f"{n} accuracy cases, sha256 {digest}")
