@@ -99,6 +99,28 @@ def test_ignored_keys_are_listed_not_dropped():
     assert "not read by ftmem: " in note and "xformers_attention" in note
 
 
+@pytest.mark.parametrize(
+    ("builder", "model"),
+    [
+        ("qwen2_5.lora_qwen2_5_7b_instruct", "qwen2.5-7b"),
+        ("qwen2_5.qwen2_5_0_5b_base", "qwen2.5-0.5b"),
+        ("qwen3.lora_qwen3_8b_base", "qwen3-8b"),
+        ("qwen3.qwen3_8b_instruct", "qwen3-8b"),
+        ("llama3_1.qlora_llama3_1_8b", "llama3.1-8b"),
+        ("phi3.lora_phi3_mini", "phi3-mini"),
+    ],
+)
+def test_torchtune_builders_name_presets(tmp_path, builder, model):
+    """torchtune's model builders (torchtune/models/*/_model_builders.py) name a size and,
+    for Qwen, base or instruct weights of the same shapes: each reads as the preset."""
+    from ftmem.presets import get_model
+
+    (tmp_path / "tt.yaml").write_text(f"model:\n  _component_: torchtune.models.{builder}\n")
+    cfg = read_framework_config(str(tmp_path / "tt.yaml"))
+    assert cfg.model == model
+    get_model(model)  # a shipped preset
+
+
 def test_framework_memory_features_map_to_settings(tmp_path):
     """Each framework's own memory features become ftmem settings, not notes."""
     (tmp_path / "tt.yaml").write_text(

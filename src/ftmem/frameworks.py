@@ -564,7 +564,9 @@ def _axolotl(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
 
 
 TORCHTUNE_MODEL = re.compile(
-    r"(?:q?lora_)?(llama3_[123]|llama3|llama2|mistral|qwen2_5|qwen2|gemma2|gemma|phi3)_(\w+)$"
+    r"(?:q?lora_)?(llama3_[123]|llama3|llama2|mistral|qwen3|qwen2_5|qwen2|gemma2|gemma|phi3)_"
+    # the base and instruct builders of one size have the same weights
+    r"(\w+?)(?:_base|_instruct)?$"
 )
 TORCHTUNE_FAMILY = {
     "llama3_1": "llama3.1",
@@ -573,6 +575,7 @@ TORCHTUNE_FAMILY = {
     "llama3": "llama3",
     "llama2": "llama2",
     "mistral": "mistral",
+    "qwen3": "qwen3",
     "qwen2_5": "qwen2.5",
     "qwen2": "qwen2",
     "gemma2": "gemma2",
