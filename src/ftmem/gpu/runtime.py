@@ -15,7 +15,7 @@ address it was published at. Nothing here is fitted to the calibration rows.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ftmem.hardware import Gpu
 
@@ -241,53 +241,30 @@ def workspace_policy(
     version is taken as a current one)."""
     version = parse_version(torch_version) or (99, 0)
     lt_kept = version >= (2, 8)  # PR #156495 (June 2025): one Lt workspace per handle+stream
+    own = WorkspacePolicy(through_allocator=False, persistent=True, lt_persistent=False, why="")
+    kept = WorkspacePolicy(through_allocator=True, persistent=True, lt_persistent=lt_kept, why="")
+    if rocm and version < (2, 6):
+        why = "ROCm before 2.6: rocBLAS kept its own workspace (set by PyTorch from PR #138791)"
+        return replace(own, why=why)
     if rocm:
-        if version < (2, 6):
-            return WorkspacePolicy(
-                False,
-                True,
-                False,
-                "ROCm before 2.6: rocBLAS kept its own "
-                "workspace (PyTorch set one from PR #138791, Oct 2024)",
-            )
-        return WorkspacePolicy(
-            True,
-            True,
-            lt_kept,
-            "ROCm: hipBLAS workspace per handle from the caching allocator (PR #138791)",
-        )
+        return replace(kept, why="ROCm: one hipBLAS workspace per handle (PR #138791)")
     if version < (2, 0):
-        return WorkspacePolicy(
-            False,
-            True,
-            False,
-            "before 2.0 cuBLAS kept its own workspace "
-            "(issue #95668: '1.13 does not have this issue')",
-        )
+        # 1.13 left the workspace to cuBLAS: issue #95668, "1.13 does not have this issue"
+        return replace(own, why="before 2.0 cuBLAS kept its own workspace (issue #95668)")
     cuda = parse_version(cuda_version)
     if (2, 2) <= version < (2, 4) and cuda is not None and cuda >= (12, 2):
-        return WorkspacePolicy(
-            False,
-            True,
-            False,
-            "2.2-2.3 built with CUDA >= 12.2 let cuBLAS "
-            "allocate its own workspace (PR #113994; undone by PR #124250)",
-        )
+        why = "2.2-2.3 built with CUDA >= 12.2 left it to cuBLAS (PR #113994, undone by #124250)"
+        return replace(own, why=why)
     if version >= (2, 15):
+        # docs 2.15, TORCH_CUBLAS_WORKSPACE_CACHE: "If set to 1, retains ATen's cuBLAS and
+        # cuBLASLt workspaces per handle and stream"; otherwise ATen binds one per call.
+        why = "2.15 binds a workspace per call unless TORCH_CUBLAS_WORKSPACE_CACHE=1"
         return WorkspacePolicy(
-            True,
-            False,
-            False,
-            "2.15 keeps no workspace unless "
-            "TORCH_CUBLAS_WORKSPACE_CACHE=1: ATen binds one per call "
-            "(docs 2.15, torch.cuda.current_blas_handle)",
+            through_allocator=True, persistent=False, lt_persistent=False, why=why
         )
-    return WorkspacePolicy(
-        True,
-        True,
-        lt_kept,
-        "kept per (handle, stream) from the caching allocator (PR #85447, in releases from 2.0)",
-    )
+    # Explicit workspaces from the caching allocator (PR #83461's design), first released in
+    # 2.0: issue #95668 sees them in a 2.0 nightly, not in 1.13.
+    return replace(kept, why="one workspace per (handle, stream) from the caching allocator")
 
 
 # --------------------------------------------------------------------------------------
