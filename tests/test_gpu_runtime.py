@@ -261,3 +261,11 @@ def test_version_parsing():
     assert rt.parse_version("2.1.0+cu121") == (2, 1)
     assert rt.parse_version("2.10") == (2, 10)
     assert rt.parse_version("nightly") is None
+
+
+def test_workspaces_are_allocated_at_each_threads_first_gemm():
+    kept = rt.runtime_for(get_gpu("h100-80gb"), torch_version="2.4.0").workspace_events()
+    assert [size for _, size in kept] == [32 * MiB, 32 * MiB]
+    assert "backward" in kept[1][0]
+    per_call = rt.runtime_for(get_gpu("a100-80gb"), torch_version="2.15.0").workspace_events()
+    assert per_call == (("every GEMM (freed when it returns)", 8_519_680),)

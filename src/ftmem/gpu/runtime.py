@@ -282,9 +282,11 @@ NCCL_LL_BUFFSIZE = 8 * 512 * NCCL_STEPS * 16
 NCCL_LL128_BUFFSIZE = 120 * 640 * NCCL_STEPS * 8
 NCCL_SIMPLE_BUFFSIZE = 1 << 22
 NCCL_CONNECTION_BYTES = NCCL_LL_BUFFSIZE + NCCL_LL128_BUFFSIZE + NCCL_SIMPLE_BUFFSIZE
-# With cuMem (NCCL >= 2.19, bundled from PyTorch 2.2) each buffer is a 2 MiB-granular
-# allocation: NCCL's ALLOC log on 8x H100 shows buffers "of size 10485760"
-# (https://github.com/NVIDIA/nccl/issues/1685).
+# With cuMem each buffer is a 2 MiB-granular allocation: NCCL's ALLOC log on 8x H100
+# shows buffers "of size 10485760" (https://github.com/NVIDIA/nccl/issues/1685). cuMem is
+# on by default from NCCL 2.19, which PyTorch bundles from 2.2: NCCL's docs quoted in
+# https://github.com/vllm-project/vllm/pull/5091 ("since 2.19 this feature is
+# auto-enabled by default"; "we hit exactly the problem when we upgrade to pytorch 2.2").
 NCCL_CUMEM_GRANULARITY = 2 * MiB
 # NCCL_MAX_TREE_ARITY 3 (NCCL_DEVICE_SRC): a tree rank has up to 3 children + 1 parent.
 NCCL_MAX_TREE_ARITY = 3
@@ -396,6 +398,17 @@ class Runtime:
         cublaslt = 0 if self.cublaslt_workspaces else self.cublaslt_workspace_bytes
         return max(cublas, cublaslt)
 
+    def workspace_events(self) -> tuple[tuple[str, int], ...]:
+        """When the kept cuBLAS workspaces are allocated, for a replay of the allocator:
+        the first GEMM on each thread. The backward's comes at the start of the backward,
+        when the saved activations are all alive, so it adds to the allocated peak."""
+        if not self.cublas_workspaces:
+            return (("every GEMM (freed when it returns)", self.cublas_workspace_bytes),)
+        moments = ("first GEMM of the forward", "first GEMM of the backward")
+        return tuple(
+            (when, self.cublas_workspace_bytes) for when in moments[: self.cublas_workspaces]
+        )
+
     @property
     def allocated_bytes(self) -> int:
         """Persistent bytes that count in max_memory_allocated."""
@@ -426,7 +439,10 @@ def runtime_for(
     nvlink: bool | None = None,
     communicators: int = 1,
 ) -> Runtime:
-    """The runtime's bytes on one GPU of ``gpus`` per node over ``nodes`` nodes."""
+    """The runtime's bytes on one GPU of ``gpus`` per node over ``nodes`` nodes.
+
+    ``communicators``: NCCL communicators the run creates on each GPU (2 for HSDP's shard
+    and replicate groups, or TP beside DP); each costs its own buffers."""
     capability = gpu.compute_capability if gpu is not None else None
     rocm_arch = ROCM_ARCH_BY_PRESET.get(gpu.id) if gpu is not None and gpu.vendor == "amd" else None
     lazy = (
@@ -448,7 +464,7 @@ def runtime_for(
         nodes=nodes,
         nvlink=link,
         nvls=link and cap is not None and cap >= (9, 0),
-        cumem=version is None or version >= (2, 2),
+        cumem=version is None or version >= (2, 2),  # NCCL 2.19 from PyTorch 2.2
         communicators=communicators,
     )
     notes = (
