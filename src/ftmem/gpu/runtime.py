@@ -148,12 +148,15 @@ HIPBLAS_GFX94_BYTES = 128 * MiB
 CUBLASLT_DEFAULT_BYTES = 1024 * KiB
 HIPBLASLT_DEFAULT_BYTES = 76 * 1024 * KiB
 
-# One workspace per (handle, stream); handles are per thread (DeviceThreadHandlePool).
-# A training step runs cuBLAS on two threads of one stream: the Python thread (forward,
-# recomputation excepted) and the autograd engine's device thread (backward and
-# checkpointed recomputation); PyTorch's own clear function names both: "Clear cuBLAS
-# workspaces on this thread and CUDA autograd worker threads" (pytorch/pytorch PR
-# #187726, torch.cuda.clear_cublas_workspaces).
+# One workspace per (handle, stream); handles are per thread (DeviceThreadHandlePool's
+# thread_local PoolWindow, CUBLAS_POOL_SRC). A training step runs cuBLAS on two threads of
+# one stream: the Python thread (forward) and the autograd engine's CUDA device thread
+# (backward and checkpointed recomputation). pytorch/pytorch torch/csrc/autograd/engine.cpp
+# @ e1253a956f6866469eafd88cc3bfb4627f4b1efc, Note [Allocating GPUs to autograd threads]:
+# "We allocate one thread to handle all CPU operations, and a thread per CUDA device";
+# Note [Streaming backwards]: backward ops "are run on the same stream that ran them in
+# forward". PyTorch's own clear function names both threads: "Clear cuBLAS workspaces on
+# this thread and CUDA autograd worker threads" (PR #187726).
 TRAINING_BLAS_THREADS = 2
 
 _CONFIG_PAIR = re.compile(r":([0-9]+):([0-9]+)")
