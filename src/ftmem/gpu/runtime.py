@@ -293,12 +293,16 @@ NCCL_CONNECTION_BYTES = NCCL_LL_BUFFSIZE + NCCL_LL128_BUFFSIZE + NCCL_SIMPLE_BUF
 NCCL_CUMEM_GRANULARITY = 2 * MiB
 # NCCL_MAX_TREE_ARITY 3 (NCCL_DEVICE_SRC): a tree rank has up to 3 children + 1 parent.
 NCCL_MAX_TREE_ARITY = 3
-# Collective channels NCCL builds, from INIT logs: 2 over PCIe ("Channel 00/02",
-# https://github.com/rwth-i6/returnn/issues/1469), 16 over NVLink/NVSwitch ("16 coll
-# channels" on 8x H800, https://github.com/NVIDIA/nccl/issues/892; "Channel 00/16" on
-# 3x8 H100, https://github.com/NVIDIA/nccl/issues/1453).
+# Collective channels NCCL builds, from INIT logs:
+# - PCIe: 2 ("Channel 00/02", https://github.com/rwth-i6/returnn/issues/1469);
+# - an NVSwitch node: 24, whatever the GPU count ("Channel 23/24" on HGX A100 8 GPUs,
+#   https://github.com/NVIDIA/nccl-tests/issues/100; on 8x H100 "12 one-direction channel.
+#   So after duplicate, there are 24 channels totally", https://github.com/NVIDIA/nccl/issues/1367);
+# - across nodes: 16, limited by the NICs ("Channel 00/16" on 3x8 H100,
+#   https://github.com/NVIDIA/nccl/issues/1453).
 NCCL_CHANNELS_PCIE = 2
-NCCL_CHANNELS_NVLINK = 16
+NCCL_CHANNELS_NVSWITCH_NODE = 24
+NCCL_CHANNELS_ACROSS_NODES = 16
 # NVLink SHARP (compute capability >= 9.0 with NVSwitch, more than 2 GPUs): NCCL's log on
 # 8x H200 "nvlsPerRankSize 301989888" (https://github.com/vllm-project/vllm/issues/9699).
 NCCL_NVLS_PER_RANK_BYTES = 301_989_888
@@ -306,10 +310,12 @@ NCCL_NVLS_PER_RANK_BYTES = 301_989_888
 # device structures, proxy FIFOs), from one cited measurement on 4x A100 NVLink with
 # PyTorch: "for group with only 2 devices, it requires 544 MB. And for group with more
 # than 2 devices, it requires 688 MB" (https://github.com/NVIDIA/nccl/issues/964, NCCL
-# of mid-2023, no cuMem). The buffers above explain both with one fixed remainder
-# (16 channels: 2 and 3 connection sets), which is what is kept here.
+# of mid-2023, no cuMem). With 16 channels the buffers leave the same remainder for both
+# (2 and 3 connection sets: 250 and 247 MiB); 24 would leave 103 and 27 MiB. So that
+# machine is read as a 16-channel one, and the mean remainder is kept.
 NCCL_964_TWO_GPUS = 544 * MiB
 NCCL_964_MORE_GPUS = 688 * MiB
+NCCL_964_CHANNELS = 16
 
 
 def nccl_connection_sets(gpus_per_node: int, nodes: int) -> int:
@@ -329,16 +335,19 @@ def nccl_connection_sets(gpus_per_node: int, nodes: int) -> int:
     return 1 + tree
 
 
+def nccl_channels(*, nvlink: bool, nodes: int) -> int:
+    """Collective channels NCCL builds for this topology (logs quoted above)."""
+    if not nvlink:
+        return NCCL_CHANNELS_PCIE
+    return NCCL_CHANNELS_NVSWITCH_NODE if nodes == 1 else NCCL_CHANNELS_ACROSS_NODES
+
+
 def nccl_fixed_bytes() -> int:
     """NCCL's per-communicator cost beyond its FIFO buffers, from nccl#964's two
     measurements minus the buffers NCCL's source gives them (no cuMem rounding then)."""
-    two = (
-        NCCL_964_TWO_GPUS
-        - NCCL_CHANNELS_NVLINK * nccl_connection_sets(2, 1) * NCCL_CONNECTION_BYTES
-    )
+    two = NCCL_964_TWO_GPUS - NCCL_964_CHANNELS * nccl_connection_sets(2, 1) * NCCL_CONNECTION_BYTES
     more = (
-        NCCL_964_MORE_GPUS
-        - NCCL_CHANNELS_NVLINK * nccl_connection_sets(4, 1) * NCCL_CONNECTION_BYTES
+        NCCL_964_MORE_GPUS - NCCL_964_CHANNELS * nccl_connection_sets(4, 1) * NCCL_CONNECTION_BYTES
     )
     return (two + more) // 2
 
@@ -357,7 +366,7 @@ def nccl_bytes(
     sets = nccl_connection_sets(gpus_per_node, nodes)
     if sets == 0:
         return 0
-    channels = NCCL_CHANNELS_NVLINK if nvlink else NCCL_CHANNELS_PCIE
+    channels = nccl_channels(nvlink=nvlink, nodes=nodes)
     per_set = NCCL_CONNECTION_BYTES
     if cumem:
         per_set = -(-per_set // NCCL_CUMEM_GRANULARITY) * NCCL_CUMEM_GRANULARITY
