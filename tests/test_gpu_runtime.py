@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from ftmem.errors import InvalidInputError
 from ftmem.gpu import runtime as rt
 from ftmem.hardware import Gpu
 from ftmem.presets import get_gpu
@@ -283,3 +284,14 @@ def test_workspaces_are_allocated_at_each_threads_first_gemm():
     assert "backward" in kept[1][0]
     per_call = rt.runtime_for(get_gpu("a100-80gb"), torch_version="2.15.0").workspace_events()
     assert per_call == (("every GEMM (freed when it returns)", 8_519_680),)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"gpus": 0}, {"nodes": -1}, {"communicators": True}, {"module_loading": "LAZY"}],
+)
+def test_bad_layouts_are_one_sentence_errors(bad: dict[str, object]):
+    with pytest.raises(InvalidInputError) as err:
+        rt.runtime_for(get_gpu("a100-80gb"), **bad)  # type: ignore[arg-type]
+    message = str(err.value)
+    assert message.endswith(".") and message.count(". ") == 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
+from ftmem.errors import InvalidInputError
 from ftmem.hardware import Gpu
 
 KiB = 2**10
@@ -439,6 +440,14 @@ def _nvlink_assumed(compute_capability: str | None) -> bool:
     return compute_capability in ("7.0", "8.0", "9.0")
 
 
+def _check_layout(*, gpus: int, nodes: int, communicators: int, loading: str | None) -> None:
+    for name, value in (("gpus", gpus), ("nodes", nodes), ("communicators", communicators)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidInputError(f"{name} must be a whole number of at least 1, not {value!r}.")
+    if loading not in (None, "lazy", "eager"):
+        raise InvalidInputError(f"module_loading must be 'lazy' or 'eager', not {loading!r}.")
+
+
 def runtime_for(
     gpu: Gpu | None,
     *,
@@ -449,12 +458,15 @@ def runtime_for(
     cublas_workspace_config: str | None = None,
     module_loading: str | None = None,
     nvlink: bool | None = None,
+    nvls: bool | None = None,
     communicators: int = 1,
 ) -> Runtime:
     """The runtime's bytes on one GPU of ``gpus`` per node over ``nodes`` nodes.
 
     ``communicators``: NCCL communicators the run creates on each GPU (2 for HSDP's shard
-    and replicate groups, or TP beside DP); each costs its own buffers."""
+    and replicate groups, or TP beside DP); each costs its own buffers. ``nvls=False`` for
+    NCCL_NVLS_ENABLE=0; by default NVLink SHARP is taken as on where NCCL enables it."""
+    _check_layout(gpus=gpus, nodes=nodes, communicators=communicators, loading=module_loading)
     capability = gpu.compute_capability if gpu is not None else None
     rocm_arch = ROCM_ARCH_BY_PRESET.get(gpu.id) if gpu is not None and gpu.vendor == "amd" else None
     lazy = (
@@ -475,7 +487,7 @@ def runtime_for(
         gpus_per_node=gpus,
         nodes=nodes,
         nvlink=link,
-        nvls=link and cap is not None and cap >= (9, 0),
+        nvls=(link and cap is not None and cap >= (9, 0)) if nvls is None else nvls,
         cumem=version is None or version >= (2, 2),  # NCCL 2.19 from PyTorch 2.2
         communicators=communicators,
     )
