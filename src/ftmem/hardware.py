@@ -31,6 +31,15 @@ class Gpu(BaseModel):
     aliases: tuple[str, ...] = ()
     bf16: bool = True
     fp8: bool = False
+    compute_capability: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+\.[0-9]$",
+        description="NVIDIA compute capability 'major.minor' (None: unknown or not NVIDIA).",
+    )
+    compute_capability_source: str | None = Field(
+        default=None,
+        description="Where the compute capability comes from, or why there is none.",
+    )
     notes: str | None = None
 
     @field_validator("memory_bytes", mode="before")
