@@ -1,0 +1,1 @@
+"""What a CUDA GPU adds beyond the tensors: allocator, runtime, kernels."""
