@@ -361,6 +361,73 @@ def test_expandable_segments_at_capacity_unmap_free_pages_and_retry():
         a.malloc(20 * MIB)
 
 
+# -- the worked examples of a PyTorch maintainer's post ------------------------------------------
+# pytorch/devlogs content/eager/2026-06-01-cuda-caching-allocator.md @5e6ea704 (E. Yang,
+# "When does fragmentation occur in the CUDA caching allocator?"): numbers it states.
+
+
+def _allocate(a: CachingAllocator, n: int, mib: float) -> list[int]:
+    return [a.malloc(int(mib * MIB)) for _ in range(n)]
+
+
+def _free(a: CachingAllocator, handles: list[int]) -> None:
+    for h in handles:
+        a.free(h)
+
+
+def test_post_small_then_large_reserves_twice_large_then_small():
+    bad = CachingAllocator()
+    _free(bad, _allocate(bad, 8, 16))
+    _allocate(bad, 4, 32)
+    assert bad.reserved == 256 * MIB  # "eight stale 16 MiB segments plus four new 32 MiB"
+    good = CachingAllocator()
+    _free(good, _allocate(good, 4, 32))
+    _allocate(good, 8, 16)
+    assert good.reserved == 128 * MIB  # "still 128 MiB reserved"
+
+
+def test_post_expandable_8_times_16_mib_maps_7_pages():
+    a = CachingAllocator(expandable_segments=True)
+    mapped = []
+    handles = []
+    for _ in range(8):
+        handles.append(a.malloc(16 * MIB))
+        mapped.append(a.reserved // MIB)
+    # steps 1-5 as the post traces them (20, 40, 60, 80, still 80), then "the cycle
+    # repeats"; "7 large pages: 140 MiB of physical memory for 128 MiB of allocations"
+    assert mapped == [20, 40, 60, 80, 80, 100, 120, 140]
+    _free(a, handles)
+    _allocate(a, 4, 32)  # "carved out without mapping any new physical memory"
+    assert a.reserved == 140 * MIB
+
+
+def test_post_expandable_live_blocks_pin_the_splits():
+    a = CachingAllocator(expandable_segments=True)
+    ts = _allocate(a, 4, 16)
+    a.free(ts[0])
+    a.free(ts[2])
+    before = a.reserved
+    big = a.malloc(32 * MIB)  # "A 32M allocation has to grow the segment"
+    assert a.reserved > before
+    a.free(big)
+    a.free(ts[1])
+    a.free(ts[3])
+    grown = a.reserved
+    a.malloc(32 * MIB)  # "32M fits without growing" once everything merged
+    assert a.reserved == grown
+
+
+def test_post_the_1_mib_loophole():
+    a = CachingAllocator(expandable_segments=True)
+    _free(a, _allocate(a, 1, 2))
+    _allocate(a, 1, 0.5)
+    assert a.reserved == 22 * MIB  # "22 MiB with 20M/2M pages"
+    b = CachingAllocator(expandable_segments=True)
+    _free(b, _allocate(b, 1, 2))
+    _allocate(b, 1, 2)
+    assert b.reserved == 20 * MIB
+
+
 # -- replay ------------------------------------------------------------------------------------
 
 
