@@ -260,9 +260,19 @@ def test_max_split_size_frees_oversize_blocks_before_the_full_retry():
     assert (a.reserved, a.num_alloc_retries) == (30 * MIB, 0)
 
 
-def test_max_split_size_must_exceed_20_mib():
-    with pytest.raises(InvalidInputError, match="more than 20"):
-        CachingAllocator(max_split_size_mb=20)
+def test_max_non_split_rounding_widens_the_reuse_of_oversize_blocks():
+    a = CachingAllocator(max_split_size_mb=64, max_non_split_rounding_mb=40)
+    big = a.malloc(100 * MIB)
+    a.free(big)
+    assert a.malloc(70 * MIB) == big  # 100 < 70 + 40: reused (with the default 20: not)
+    assert (a.allocated, a.reserved) == (100 * MIB, 100 * MIB)
+
+
+def test_max_split_size_is_at_least_20_mib():
+    # AllocatorConfig::parseMaxSplitSize: "too small, must be >= 20" (2.1-era: > 20)
+    CachingAllocator(max_split_size_mb=20)
+    with pytest.raises(InvalidInputError, match="at least 20"):
+        CachingAllocator(max_split_size_mb=19)
 
 
 def test_roundup_power2_divisions():

@@ -15,16 +15,14 @@ comment says so.
 Modelled on purpose, not: one device and ONE stream (blocks freed on a stream are
 reused only on that stream; cross-stream ``record_stream`` events, which delay reuse,
 are not modelled), no CUDA graph private pools, no ``garbage_collection_threshold``
-(it acts only under ``set_per_process_memory_fraction``), one
-``roundup_power2_divisions`` for every size (PyTorch also takes one per power-of-two
-interval). Addresses are virtual and grow with each new segment, as fresh cudaMalloc
+(it acts only under ``set_per_process_memory_fraction``). Addresses are virtual and grow with each new segment, as fresh cudaMalloc
 addresses usually do; they only break ties between free blocks of equal size.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ftmem.errors import InvalidInputError
@@ -56,7 +54,15 @@ memory (SOURCE, ExpandableSegment's constructor); what it may *map* is bounded h
 
 class AllocatorOutOfMemoryError(InvalidInputError):
     """The replay needed more than ``capacity`` even after the allocator's retry: the run
-    would stop with ``torch.OutOfMemoryError`` ("CUDA out of memory") at that point."""
+    would stop with ``torch.OutOfMemoryError`` ("CUDA out of memory") at that point.
+    ``needed`` is the device memory the failing request asked the driver for; ``reserved``
+    and ``allocated`` are the allocator's state when it gave up."""
+
+    def __init__(self, message: str, *, needed: int, reserved: int, allocated: int) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.reserved = reserved
+        self.allocated = allocated
 
 
 @dataclass(frozen=True)
@@ -106,13 +112,30 @@ class _Block:
         before.next = self
 
 
-def round_size(size: int, roundup_power2_divisions: int = 0) -> int:
+ROUNDUP_INTERVALS = 16
+"""``roundup_power2_divisions`` takes one value per power-of-two interval of sizes, from
+[1 MiB, 2 MiB) to [32 GiB, 64 GiB) and above: kRoundUpPowerOfTwoIntervals (pytorch/pytorch
+c10/core/AllocatorConfig.cpp @065861fba7598880aa3216822742a1172d0a197c,
+AllocatorConfig::roundup_power2_divisions; sizes below 1 MiB use the first)."""
+
+Divisions = int | Sequence[int]
+"""One ``roundup_power2_divisions`` for every size, or one per interval (16 values)."""
+
+
+def _divisions_for(size: int, divisions: Divisions) -> int:
+    if isinstance(divisions, int):
+        return divisions
+    index = min(max(size.bit_length() - 1 - 20, 0), ROUNDUP_INTERVALS - 1)
+    return divisions[index]
+
+
+def round_size(size: int, roundup_power2_divisions: Divisions = 0) -> int:
     """The block size a request of ``size`` bytes gets (SOURCE, round_size)."""
     if size < K_MIN_BLOCK_SIZE:
         return K_MIN_BLOCK_SIZE
-    divisions = roundup_power2_divisions
-    # `divisions > 1` since 2.2-era releases; 2.1 tested `divisions > 0`, which made a
-    # value of 1 round up to the next power of two (both: default 0, no effect).
+    divisions = _divisions_for(size, roundup_power2_divisions)
+    # `divisions > 1` at SOURCE; 2.0/2.1-era copies test `divisions > 0`, where a value
+    # of 1 rounds up to the next power of two (the default, 0, is off in both).
     if divisions > 1 and size > K_MIN_BLOCK_SIZE * divisions:
         return _roundup_power2_next_division(size, divisions)
     return K_MIN_BLOCK_SIZE * ((size + K_MIN_BLOCK_SIZE - 1) // K_MIN_BLOCK_SIZE)
@@ -157,8 +180,10 @@ class CachingAllocator:
     as PyTorch returns a null pointer), ``free`` takes it back. ``capacity`` (bytes) is
     what cudaMalloc can still give this process (the GPU's memory less the CUDA context
     and memory held outside the allocator); ``None`` means unlimited. Options mirror
-    ``PYTORCH_CUDA_ALLOC_CONF``: ``expandable_segments``, ``max_split_size_mb`` (None:
-    unlimited, the default) and ``roundup_power2_divisions`` (0: off, the default).
+    ``PYTORCH_CUDA_ALLOC_CONF`` (:func:`ftmem.gpu.alloc_conf.allocator_options` reads
+    its text): ``expandable_segments``, ``max_split_size_mb`` (None: unlimited, the
+    default), ``max_non_split_rounding_mb`` (None: 20 MiB, the default) and
+    ``roundup_power2_divisions`` (0: off, the default; or 16 values, one per interval).
     """
 
     def __init__(
@@ -167,15 +192,19 @@ class CachingAllocator:
         expandable_segments: bool = False,
         capacity: int | None = None,
         max_split_size_mb: int | None = None,
-        roundup_power2_divisions: int = 0,
+        max_non_split_rounding_mb: int | None = None,
+        roundup_power2_divisions: Divisions = 0,
     ) -> None:
-        _check_options(capacity, max_split_size_mb, roundup_power2_divisions)
+        _check_options(capacity, max_split_size_mb, max_non_split_rounding_mb)
         self.expandable = expandable_segments
         self.capacity = capacity
-        # max_split_size_mb must exceed kLargeBuffer's 20 MiB (CUDAAllocatorConfig's
-        # parseMaxSplitSize); unset, PyTorch uses SIZE_MAX, i.e. no limit.
+        # unset, PyTorch uses SIZE_MAX, i.e. no limit (AllocatorConfig's constructor)
         self.max_split_size = None if max_split_size_mb is None else max_split_size_mb * MIB
-        self.divisions = roundup_power2_divisions
+        # how much larger than an oversize request a cached oversize block may be:
+        # kLargeBuffer by default (AllocatorConfig's constructor; a fixed kLargeBuffer
+        # in get_free_block before the option existed)
+        self.non_split_rounding = (max_non_split_rounding_mb or K_LARGE_BUFFER // MIB) * MIB
+        self.divisions = _checked_divisions(roundup_power2_divisions)
         # free mapped blocks per pool (key: is_small), sorted as BlockComparatorSize:
         # by size, then address
         self._free: dict[bool, list[tuple[int, int, _Block]]] = {True: [], False: []}
@@ -281,9 +310,8 @@ class CachingAllocator:
         if limit is not None:
             if size < limit <= found:
                 return None  # "Do not return an oversized block for a large request"
-            # "Allow oversized block size to be rounded up but within a limit":
-            # kLargeBuffer here; 2.5+ names it max_non_split_rounding_mb (default 20 MiB)
-            if size >= limit and found >= size + K_LARGE_BUFFER:
+            # "Allow oversized block size to be rounded up but within a limit"
+            if size >= limit and found >= size + self.non_split_rounding:
                 return None
         return free.pop(i)[2]
 
@@ -302,7 +330,10 @@ class CachingAllocator:
             raise AllocatorOutOfMemoryError(
                 f"CUDA out of memory: {size:,} bytes asked for a new {_mib(need)} of device "
                 f"memory while {_mib(self.reserved)} are reserved ({_mib(self.allocated)} "
-                f"allocated) of a capacity of {_mib(self.capacity or 0)}."
+                f"allocated) of a capacity of {_mib(self.capacity or 0)}.",
+                needed=need,
+                reserved=self.reserved,
+                allocated=self.allocated,
             )
         return block
 
@@ -483,19 +514,37 @@ def _growable(block: _Block) -> int:
     return block.size + (following.size if following is not None and not following.mapped else 0)
 
 
-def _check_options(capacity: int | None, max_split_size_mb: int | None, divisions: int) -> None:
+def _check_options(
+    capacity: int | None, max_split_size_mb: int | None, max_non_split_rounding_mb: int | None
+) -> None:
     if capacity is not None and capacity <= 0:
         raise InvalidInputError(f"The allocator's capacity must be positive, not {capacity}.")
-    # CUDAAllocatorConfig::parseMaxSplitSize: "max_split_size_mb too small, must be > 20"
-    if max_split_size_mb is not None and max_split_size_mb <= K_LARGE_BUFFER // MIB:
+    # AllocatorConfig::parseMaxSplitSize and parseMaxNonSplitRoundingSize (c10/core/
+    # AllocatorConfig.cpp @065861fb): "too small, must be >= 20" (kLargeBuffer in MiB);
+    # the 2.0/2.1-era parser asked for more than 20
+    for name, value in (
+        ("max_split_size_mb", max_split_size_mb),
+        ("max_non_split_rounding_mb", max_non_split_rounding_mb),
+    ):
+        if value is not None and value < K_LARGE_BUFFER // MIB:
+            raise InvalidInputError(
+                f"{name} must be at least {K_LARGE_BUFFER // MIB}, not {value}."
+            )
+
+
+def _checked_divisions(divisions: Divisions) -> Divisions:
+    """parseRoundUpPower2Divisions: each value a power of 2, or 0 for no rounding."""
+    values = [divisions] if isinstance(divisions, int) else list(divisions)
+    if not isinstance(divisions, int) and len(values) != ROUNDUP_INTERVALS:
         raise InvalidInputError(
-            f"max_split_size_mb must be more than {K_LARGE_BUFFER // MIB}, not {max_split_size_mb}."
+            f"roundup_power2_divisions takes one value or {ROUNDUP_INTERVALS}, not {len(values)}."
         )
-    # parseRoundUpPower2Divisions: "the divisons has to be power of 2"
-    if divisions < 0 or (divisions and divisions & (divisions - 1)):
-        raise InvalidInputError(
-            f"roundup_power2_divisions must be 0 or a power of 2, not {divisions}."
-        )
+    for value in values:
+        if value < 0 or value & (value - 1):
+            raise InvalidInputError(
+                f"roundup_power2_divisions must be 0 or a power of 2, not {value}."
+            )
+    return divisions if isinstance(divisions, int) else tuple(values)
 
 
 def replay(
@@ -504,7 +553,8 @@ def replay(
     expandable_segments: bool = False,
     capacity: int | None = None,
     max_split_size_mb: int | None = None,
-    roundup_power2_divisions: int = 0,
+    max_non_split_rounding_mb: int | None = None,
+    roundup_power2_divisions: Divisions = 0,
 ) -> AllocatorStats:
     """Replay a step's allocations and frees; return the allocator's statistics.
 
@@ -517,6 +567,7 @@ def replay(
         expandable_segments=expandable_segments,
         capacity=capacity,
         max_split_size_mb=max_split_size_mb,
+        max_non_split_rounding_mb=max_non_split_rounding_mb,
         roundup_power2_divisions=roundup_power2_divisions,
     )
     handles: list[int | None] = []
