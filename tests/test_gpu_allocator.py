@@ -290,6 +290,28 @@ def test_roundup_power2_divisions():
 # -- expandable segments ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("expandable", [False, True])
+def test_growing_sizes_from_step_to_step(expandable):
+    # Note [Expandable Segments] (CUDACachingAllocator.cpp): a batch that grows slightly
+    # from one iteration to the next needs slightly larger allocations than the cached
+    # ones. Four tensors per step of 12, then 14, then 16 MiB, all freed after the step.
+    a = CachingAllocator(expandable_segments=expandable)
+    for mib in (12, 14, 16):
+        _free(a, _allocate(a, 4, mib))
+    if expandable:
+        # one segment, the largest step in 20 MiB pages: 64 MiB -> 80 MiB
+        assert a.reserved == _ceil(4 * 16 * MIB, 20 * MIB) == 80 * MIB
+    else:
+        # >= 10 MiB: exact 2 MiB-rounded segments, and no cached block of the earlier
+        # steps fits a larger tensor: every step adds its own (48 + 56 + 64 MiB)
+        assert a.reserved == (48 + 56 + 64) * MIB
+    shrinking = CachingAllocator(expandable_segments=expandable)
+    for mib in (16, 14, 12):
+        _free(shrinking, _allocate(shrinking, 4, mib))
+    # the other way round the first step's memory serves the later ones
+    assert shrinking.reserved == (80 if expandable else 64) * MIB
+
+
 def test_expandable_segments_reserve_allocated_rounded_to_pages():
     n, size = 30, 7 * MIB
     plain = CachingAllocator()

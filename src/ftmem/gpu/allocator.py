@@ -15,8 +15,9 @@ comment says so.
 Modelled on purpose, not: one device and ONE stream (blocks freed on a stream are
 reused only on that stream; cross-stream ``record_stream`` events, which delay reuse,
 are not modelled), no CUDA graph private pools, no ``garbage_collection_threshold``
-(it acts only under ``set_per_process_memory_fraction``). Addresses are virtual and grow with each new segment, as fresh cudaMalloc
-addresses usually do; they only break ties between free blocks of equal size.
+(it acts only under ``set_per_process_memory_fraction``). Addresses are virtual and
+grow with each new segment, as fresh cudaMalloc addresses usually do; they only break
+ties between free blocks of equal size.
 """
 
 from __future__ import annotations
@@ -37,9 +38,7 @@ K_MIN_BLOCK_SIZE = 512  # kMinBlockSize: "all sizes are rounded to at least 512 
 K_SMALL_SIZE = 1 * MIB  # kSmallSize: "largest 'small' allocation is 1 MiB"
 K_SMALL_BUFFER = 2 * MIB  # kSmallBuffer: "'small' allocations are packed in 2 MiB blocks"
 K_LARGE_BUFFER = 20 * MIB  # kLargeBuffer: "'large' allocations may be packed in 20 MiB blocks"
-K_MIN_LARGE_ALLOC = (
-    10 * MIB
-)  # kMinLargeAlloc: "allocations between 1 and 10 MiB may use kLargeBuffer"
+K_MIN_LARGE_ALLOC = 10 * MIB  # kMinLargeAlloc: "between 1 and 10 MiB may use kLargeBuffer"
 K_ROUND_LARGE = 2 * MIB  # kRoundLarge: "round up large allocations to 2 MiB"
 
 # Expandable segments map physical memory in pages of kSmallBuffer for the small pool
@@ -73,7 +72,9 @@ class AllocatorStats:
     and to a whole unsplit block where the remainder is too small to split), as
     ``memory_allocated()`` counts it; ``requested`` is the sum of the sizes asked for
     (``requested_bytes``). ``reserved`` is what the allocator holds from the driver
-    (``memory_reserved()``). ``active`` equals ``allocated`` on one stream.
+    (``memory_reserved()``). ``active`` equals ``allocated`` on one stream. ``segments``
+    counts cudaMalloc'd segments; pages mapped into expandable segments are not counted
+    there, as in PyTorch (map_block adds to reserved_bytes only).
     """
 
     allocated: int
