@@ -6,11 +6,14 @@ keeps. Both depend on the order of allocations and frees, so this module replays
 order through a model of ``DeviceCachingAllocator`` and reads the same statistics.
 
 Source: pytorch/pytorch ``c10/cuda/CUDACachingAllocator.cpp`` at commit
-001074d25084fdb87a799823e395a50f5ec044d3 (the function named beside each rule). The
-rules modelled (sizes rounding, the two pools, segment sizes, best fit, splitting,
-merging, the cudaMalloc retry, ``max_split_size_mb``, ``roundup_power2_divisions``,
-``expandable_segments``) read the same in the 2.x releases; where they differ, the
-comment says so.
+001074d25084fdb87a799823e395a50f5ec044d3 (SOURCE; the function named beside each rule),
+a 2024 main-branch version. The rules modelled (rounding, the two pools, segment sizes,
+best fit, splitting, merging, the cudaMalloc retry, ``max_split_size_mb``,
+``roundup_power2_divisions``, ``expandable_segments``) read the same in 2.0/2.1-era
+copies of the file and in 2025 sources (c10/core/AllocatorConfig.cpp); where versions
+differ, the comment says so. A PyTorch maintainer's worked examples (pytorch/devlogs
+content/eager/2026-06-01-cuda-caching-allocator.md) come out as stated
+(tests/test_gpu_allocator.py).
 
 Modelled on purpose, not: one device and ONE stream (blocks freed on a stream are
 reused only on that stream; cross-stream ``record_stream`` events, which delay reuse,
