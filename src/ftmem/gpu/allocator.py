@@ -7,11 +7,11 @@ order through a model of ``DeviceCachingAllocator`` and reads the same statistic
 
 Source: pytorch/pytorch ``c10/cuda/CUDACachingAllocator.cpp`` at commit
 001074d25084fdb87a799823e395a50f5ec044d3 (SOURCE; the function named beside each rule),
-a 2024 main-branch version. The rules modelled (rounding, the two pools, segment sizes,
-best fit, splitting, merging, the cudaMalloc retry, ``max_split_size_mb``,
-``roundup_power2_divisions``, ``expandable_segments``) read the same in 2.0/2.1-era
-copies of the file and in 2025 sources (c10/core/AllocatorConfig.cpp); where versions
-differ, the comment says so. A PyTorch maintainer's worked examples (pytorch/devlogs
+a main-branch version of about 2024 (before max_non_split_rounding_mb). The rules
+(rounding, the two pools, segment sizes, best fit, splitting, merging, the cudaMalloc
+retry, ``max_split_size_mb``, ``roundup_power2_divisions``, ``expandable_segments``)
+read the same in 2.0/2.1-era copies of the file and in 2025 sources
+(c10/core/AllocatorConfig.cpp); where versions differ, the comment says so. A PyTorch maintainer's worked examples (pytorch/devlogs
 content/eager/2026-06-01-cuda-caching-allocator.md) come out as stated
 (tests/test_gpu_allocator.py).
 
