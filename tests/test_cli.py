@@ -25,8 +25,9 @@ def test_estimate_table_shows_components_and_verdict():
         "Optimizer states",
         "Activations",
         "Temporaries",
-        "Runtime overhead",
-        "Total",
+        "Peak reserved",
+        "CUDA context",
+        "Device total",
         "GiB",
         "FITS on NVIDIA GeForce RTX 4090",
     ):

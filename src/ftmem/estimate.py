@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING
 
 from ftmem.arch import Architecture, count_params
 from ftmem.errors import InvalidInputError
-from ftmem.hardware import Gpu, runtime_overhead
+from ftmem.gpu.device import DeviceFigures, cuda_runtime, device_figures, workspace_bytes
+from ftmem.gpu.trace import StepTensors, coarse_tensors, outer_sides, plan_tensors
+from ftmem.hardware import Gpu
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.parallel import ENGINE, ParallelConfig, ParallelStep, parallel_notes, parallel_step
-from ftmem.phases import find_peak
+from ftmem.phases import StepSizes, find_peak
 from ftmem.result import AtPeak, Estimate, Memory, ModelInfo, ParallelInfo, PhasePeaks, ResolvedRun
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
 from ftmem.step import StepParts, step_parts
@@ -96,13 +98,14 @@ def estimate_step(
     else:
         phase, at_peak = peak_info.phase, peak_info.at_peak
         grads, states = parts.sizes.gradients.total, parts.sizes.states
+    at_peak, figures = _device(at_peak, parts, parts.sizes, run, gpu, overhead_bytes)
     memory = _memory(
         Components(weights, grads, states, activations, 0),
         phase,
         at_peak,
         peak_info.phases,
         parts,
-        overhead_bytes,
+        figures,
     )
     return _result(arch, run, plan, plan.n_trainable, memory, gpu, notes + _family_notes(arch, run))
 
@@ -118,16 +121,59 @@ class Components:
     communication: int
 
 
+def _device(
+    at_peak: AtPeak,
+    parts: StepParts,
+    sizes: StepSizes,
+    run: RunConfig,
+    gpu: Gpu | None,
+    overhead: int | None,
+    par: ParallelConfig | None = None,
+) -> tuple[AtPeak, DeviceFigures]:
+    """The peak with the BLAS workspaces a CUDA run adds, and its reserved and device
+    figures (``sizes``: the rank's step)."""
+    rt = None
+    if run.device == "cuda":
+        rt = cuda_runtime(gpu, run.torch_version, *((par.gpus, par.nodes) if par else ()))
+        at_peak = at_peak.model_copy(update={"workspaces": workspace_bytes(rt)})
+    figures = device_figures(
+        at_peak.total,
+        sizes,
+        _tensors(parts, sizes),
+        rt,
+        micro_batches=min(run.grad_accum, 2),  # from the second on, every one is alike
+        overhead=overhead,
+    )
+    return at_peak, figures
+
+
+def _tensors(parts: StepParts, sizes: StepSizes) -> StepTensors:
+    """The step's tensors one by one (a sharded rank's as flat buffers)."""
+    below, above = outer_sides(
+        [s.nbytes for s in parts.outer_items], sizes.activations.below, sizes.activations.above
+    )
+    block = [s.nbytes for s in parts.typical_block]
+    if sizes is parts.sizes:
+        return plan_tensors(parts.plan, sizes, block, below, above)
+    return coarse_tensors(sizes, block, below, above)
+
+
 def _memory(
     c: Components,
     phase: str,
     at_peak: AtPeak,
     phases: PhasePeaks,
     parts: StepParts,
-    overhead_bytes: int | None,
+    figures: DeviceFigures,
 ) -> Memory:
     peak = at_peak.total
-    overhead = runtime_overhead(peak, overhead_bytes)
+    ws = at_peak.workspaces  # kept for the run's life: in every phase of a steady step
+    if ws:
+        phases = PhasePeaks(
+            forward=phases.forward + ws,
+            backward=phases.backward + ws,
+            optimizer=phases.optimizer + ws,
+        )
     return Memory.model_validate(
         dict(
             weights_bytes=c.weights,
@@ -137,8 +183,15 @@ def _memory(
             temporaries_bytes=at_peak.temporaries,
             communication_bytes=c.communication,
             peak_allocated_bytes=peak,
-            overhead_bytes=overhead,
-            total_bytes=peak + overhead,
+            overhead_bytes=figures.device - peak,
+            total_bytes=figures.device,
+            peak_reserved_bytes=figures.reserved,
+            device_bytes=figures.device,
+            beyond_allocated={
+                "allocator_cache": figures.allocator_cache,
+                "cuda_context": figures.cuda_context,
+                "nccl": figures.nccl,
+            },
             peak_phase=phase,
             at_peak=at_peak,
             phases=phases,
@@ -220,15 +273,18 @@ def _estimate_parallel(
     peak_info = step.peak
     activations = sz.activations.total
     comm = sz.comm.largest()
+    at_peak, figures = _device(
+        peak_info.at_peak, step.parts, sz, step.run, gpu, overhead_bytes, par
+    )
     memory = _memory(
         Components(sz.weights, sz.gradients.total, sz.states, activations, comm),
         peak_info.phase,
-        peak_info.at_peak,
+        at_peak,
         peak_info.phases,
         step.parts,
-        overhead_bytes,
+        figures,
     )
-    info = _parallel_info(arch, par, step, memory.overhead_bytes)
+    info = _parallel_info(arch, par, step, memory.overhead_bytes, at_peak.workspaces)
     full_trainable = plan_method(arch, run).n_trainable
     notes = list(step.parts.plan.notes) + parallel_notes(arch, run, par, step)
     if par.host_memory_bytes is not None and not info.host_fits:
@@ -264,13 +320,14 @@ def _check_parallel_run(run: RunConfig) -> None:
 
 
 def _parallel_info(
-    arch: Architecture, par: ParallelConfig, step: ParallelStep, overhead: int
+    arch: Architecture, par: ParallelConfig, step: ParallelStep, overhead: int, workspaces: int
 ) -> ParallelInfo:
     """How the job is laid out, which rank holds the most, and what sits off the GPUs."""
     rank = step.ranks[step.worst]
     host_node = rank.host_bytes * par.gpus
     host_fits = None if par.host_memory_bytes is None else host_node <= par.host_memory_bytes
-    per_gpu_totals = [p + overhead for p in step.peaks]
+    stage_peaks = [p + workspaces for p in step.peaks]  # the BLAS workspaces on every GPU
+    per_gpu_totals = [p + overhead for p in stage_peaks]
     reduce, prefetch, persist = par.buckets(arch)
     return ParallelInfo(
         strategy=par.resolved_strategy,
@@ -284,7 +341,7 @@ def _parallel_info(
         pipeline_parallel=par.pp,
         context_parallel=par.cp,
         worst_rank=_rank_name(par, step.worst),
-        stage_peak_bytes=list(step.peaks),
+        stage_peak_bytes=stage_peaks,
         micro_batches_in_flight=rank.micro_batches,
         weights_sharded_bytes=rank.weights_sharded,
         weights_replicated_bytes=rank.weights_replicated,

@@ -30,6 +30,14 @@ class Dtypes:
         fp32 non-quantised weights (an fp32 residual stream) their outputs are fp32."""
         return self.quantized in ("nf4", "fp4") and self.autocast and self.base == "fp32"
 
+    @property
+    def casts_weights(self) -> bool:
+        """Whether autocast makes 16-bit copies of the base weights: only of weights in
+        another dtype (aten/src/ATen/autocast_mode.h, cached_cast: a tensor already in
+        the autocast dtype is used as it is), so not of a bf16 model under bf16 autocast
+        (HF Trainer's --bf16 on a model loaded in bf16)."""
+        return self.autocast and self.base != self.compute
+
     def describe(self) -> str:
         base = (
             f"{self.quantized} linears, {self.base} rest"

@@ -28,6 +28,8 @@ class AtPeak(_Frozen):
     activations: int
     temporaries: int
     communication: int = 0  # gathered weights and buckets (multi-GPU strategies)
+    # cuBLAS / cuBLASLt workspaces from the caching allocator (CUDA; ftmem.gpu.runtime)
+    workspaces: int = 0
 
     @property
     def total(self) -> int:
@@ -38,6 +40,7 @@ class AtPeak(_Frozen):
             + self.activations
             + self.temporaries
             + self.communication
+            + self.workspaces
         )
 
 
@@ -52,12 +55,24 @@ class SavedItem(_Frozen):
     bytes: int
 
 
+class BeyondAllocated(_Frozen):
+    """What a CUDA GPU holds beyond the allocated peak (ftmem.gpu.device); all zero on
+    the CPU, and under a user's own ``--overhead``, which replaces them."""
+
+    allocator_cache: int  # reserved − allocated: blocks the caching allocator keeps
+    cuda_context: int  # driver context, loaded kernels, library handles
+    nccl: int  # NCCL's own buffers (several GPUs)
+
+
 class Memory(_Frozen):
-    """Component sizes (whole step) and the predicted peak.
+    """Component sizes (whole step) and the predicted peaks.
 
     ``*_bytes`` are the full sizes of each component; ``at_peak`` splits
     ``peak_allocated_bytes`` (the predicted ``torch.cuda.max_memory_allocated()``)
-    into what is live at that moment.
+    into what is live at that moment. ``peak_reserved_bytes`` is the predicted
+    ``max_memory_reserved()`` and ``device_bytes`` what nvidia-smi shows; ``total_bytes``
+    is the device figure (the one that must fit the GPU) and ``overhead_bytes`` its part
+    beyond the allocated peak.
     """
 
     weights_bytes: int
@@ -69,6 +84,9 @@ class Memory(_Frozen):
     communication_bytes: int = 0  # largest gathered weights + buckets at any moment
     overhead_bytes: int
     total_bytes: int
+    peak_reserved_bytes: int
+    device_bytes: int
+    beyond_allocated: BeyondAllocated
     peak_phase: str
     at_peak: AtPeak
     phases: PhasePeaks

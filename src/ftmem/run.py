@@ -149,6 +149,12 @@ class RunConfig(limits.BoundedSettings):
     device: Literal["cuda", "cpu"] = Field(
         "cuda", description="Where the step runs; cpu only for checking against measurement."
     )
+    torch_version: str | None = Field(
+        None,
+        pattern=r"^[0-9]{1,2}\.[0-9]{1,2}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})$",
+        description="PyTorch's version: its cuBLAS workspaces and CUDA context "
+        "(default: 2.13, the one ftmem is measured with).",
+    )
     batch_size: PositiveInt = 1
     seq_len: PositiveInt = 512
     target_len: PositiveInt | None = Field(

@@ -66,6 +66,17 @@ def _matrix() -> list[Case]:
         *_optimizers_and_lora_variants(),
         *_losses_offload_partial(),
         *_recompute_and_edges(),
+        *_autocast_over_16bit_weights(),
+    ]
+
+
+def _autocast_over_16bit_weights() -> list[Case]:
+    """HF Trainer's --bf16 on a model loaded in bf16: autocast is on, but the weights are
+    already in its dtype, so it copies none of them (only the fp32 adapters)."""
+    return [
+        Case(family, {"method": method, "precision": "bf16", "autocast": True})
+        for family in ("llama", "gpt2", "mixtral")
+        for method in ("full", "lora")
     ]
 
 

@@ -74,7 +74,7 @@ class LinearOp:
             out += IA3.saved(ctx, linears, state, side)
         if state.bottleneck:
             out += Bottleneck.saved(ctx, linears, state, in_grad, side)
-        if ctx.plan.dtypes.autocast and in_grad:
+        if ctx.plan.dtypes.casts_weights and in_grad:
             out += LinearOp.weight_copies(ctx, linears, side)
         return out
 

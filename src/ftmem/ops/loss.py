@@ -42,7 +42,7 @@ class Loss:
         out: list[Saved] = []
         if train or plan.head_trainable:
             out.append(Saved("LM head input", T * h * e))
-        if plan.dtypes.autocast:
+        if plan.dtypes.casts_weights:
             # the head's input needs a gradient, so its 16-bit weight copy is kept, frozen or not
             out.append(Saved("LM head 16-bit weight copy", V * h * 2))
         if arch.final_logit_softcapping:

@@ -46,7 +46,7 @@ class MoE:
                 ("routed token indices", 3 * Tk * INDEX_BYTES + Tk * FP32),
                 ("expert outputs (for routing-weight grad)", Tk * h * ee),
             ]
-            if ctx.plan.dtypes.autocast:
+            if ctx.plan.dtypes.casts_weights:
                 sizes.append(("router 16-bit weight copy", h * E * 2))
         else:
             # only the experts train: the token order and the (constant) routing weights

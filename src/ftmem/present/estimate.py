@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from ftmem.result import Estimate, ParallelInfo
+from ftmem.result import Estimate, Memory, ParallelInfo
 from ftmem.units import UnitSystem, format_bytes, format_count
 
 if TYPE_CHECKING:
@@ -65,9 +65,28 @@ CSV_MEMORY = (
     "temporaries_bytes",
     "communication_bytes",
     "peak_allocated_bytes",
+    "peak_reserved_bytes",
+    "device_bytes",
     "overhead_bytes",
     "total_bytes",
 )
+
+
+def beyond_rows(m: Memory) -> list[tuple[str, int]]:
+    """The rows between the allocated peak and the device total: the allocator's cache
+    and the reserved peak, then what lives outside the allocator (a user's --overhead
+    replaces them all)."""
+    b = m.beyond_allocated
+    if m.device_bytes == m.peak_allocated_bytes:  # the CPU: nothing beyond the tensors
+        return []
+    if not (b.cuda_context or b.nccl):
+        return [("Runtime overhead (--overhead)", m.device_bytes - m.peak_allocated_bytes)]
+    rows = [
+        ("Allocator cache (reserved − allocated)", b.allocator_cache),
+        ("Peak reserved", m.peak_reserved_bytes),
+        ("CUDA context and libraries", b.cuda_context),
+    ]
+    return rows + ([("NCCL buffers", b.nccl)] if b.nccl else [])
 
 
 def to_csv(est: Estimate, header: bool = True) -> str:
@@ -177,11 +196,13 @@ def table(est: Estimate, units: UnitSystem = "GiB") -> RenderableType:
         format_bytes(m.peak_allocated_bytes, units),
         f"{bar(1.0)} 100.0%",
     )
+    for label, value in beyond_rows(m):
+        tbl.add_row(label, "", format_bytes(value, units), "")
     tbl.add_row(
-        "Runtime overhead (CUDA context + allocator)", "", format_bytes(m.overhead_bytes, units), ""
-    )
-    tbl.add_row(
-        Text("Total", style="bold"), "", Text(format_bytes(m.total_bytes, units), style="bold"), ""
+        Text("Device total (nvidia-smi)", style="bold"),
+        "",
+        Text(format_bytes(m.total_bytes, units), style="bold"),
+        "",
     )
     params = (
         f"Parameters: {format_count(est.model.n_params)} total "
@@ -276,8 +297,8 @@ def markdown(est: Estimate, units: UnitSystem = "GiB") -> str:
         )
     lines += [
         f"| **Peak allocated** ({m.peak_phase}) | | {format_bytes(m.peak_allocated_bytes, units)} |",
-        f"| Runtime overhead | | {format_bytes(m.overhead_bytes, units)} |",
-        f"| **Total** | | **{format_bytes(m.total_bytes, units)}** |",
+        *(f"| {label} | | {format_bytes(value, units)} |" for label, value in beyond_rows(m)),
+        f"| **Device total** (nvidia-smi) | | **{format_bytes(m.total_bytes, units)}** |",
         "",
     ]
     if est.parallel is not None:

@@ -216,17 +216,13 @@ def _korthikanti_line(arch: Architecture, run: RunConfig, tokens: int, units: Un
 def _peak_section(
     run: RunConfig, est: Estimate, units: UnitSystem, realistic: Estimate | None
 ) -> Section:
-    """The peak, its overhead and total, and whether it fits the GPU."""
-    m = est.memory
+    """The peak, what the GPU holds beyond it, and whether it fits the GPU."""
     peak = Section("The peak")
     if run.accounting == "simple":
         peak.lines += _simple_peak_lines(est, units, realistic)
     else:
         peak.lines += _phases_peak_lines(est, units)
-    peak.lines.append(
-        f"Runtime overhead (CUDA context and allocator reserve) {_b(m.overhead_bytes, units)}: "
-        f"total {_b(m.total_bytes, units)}" + (" per GPU." if est.parallel else ".")
-    )
+    peak.lines.append(_beyond_line(est, units))
     if est.gpu is not None:
         verdict = "fits" if est.fits else "does not fit"
         peak.lines.append(
@@ -235,6 +231,24 @@ def _peak_section(
             f"{'headroom' if est.fits else 'short'})."
         )
     return peak
+
+
+def _beyond_line(est: Estimate, units: UnitSystem) -> str:
+    """What the GPU holds beyond the allocated peak, and the device total."""
+    m, b = est.memory, est.memory.beyond_allocated
+    per_gpu = " per GPU." if est.parallel else "."
+    if not (b.cuda_context or b.nccl):
+        return (
+            f"Beyond the allocated peak {_b(m.overhead_bytes, units)}: device total "
+            f"{_b(m.total_bytes, units)}" + per_gpu
+        )
+    nccl = f" + NCCL's buffers {_b(b.nccl, units)}" if b.nccl else ""
+    return (
+        f"The caching allocator keeps {_b(b.allocator_cache, units)} more than is allocated "
+        f"(replaying the step's requests through its rules): reserved "
+        f"{_b(m.peak_reserved_bytes, units)}; with the CUDA context and libraries "
+        f"{_b(b.cuda_context, units)}{nccl}, nvidia-smi shows {_b(m.total_bytes, units)}" + per_gpu
+    )
 
 
 def _simple_peak_lines(est: Estimate, units: UnitSystem, realistic: Estimate | None) -> list[str]:

@@ -1,0 +1,94 @@
+"""The three numbers of a run on a CUDA GPU: allocated, reserved, device.
+
+* allocated (``torch.cuda.max_memory_allocated``): the step's tensors (the timeline's
+  peak) and the cuBLAS workspaces PyTorch takes from its allocator;
+* reserved (``max_memory_reserved``): what the caching allocator holds at its peak, the
+  allocated peak plus the cache it keeps (rounding, segments it cannot reuse), from
+  replaying the run's requests in order through the allocator model (gpu.trace,
+  gpu.allocator);
+* device (what nvidia-smi shows): reserved plus what lives outside the allocator: the
+  CUDA context with its loaded kernels, and NCCL's buffers when there are several GPUs
+  (gpu.runtime).
+
+On the CPU (``device="cpu"``, the measured accuracy suite) there is no allocator cache,
+no workspace and no context: the three are equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftmem.gpu.allocator import replay
+from ftmem.gpu.runtime import Runtime, runtime_for
+from ftmem.gpu.trace import StepTensors, step_events
+from ftmem.hardware import Gpu
+from ftmem.phases import StepSizes
+
+# The PyTorch an estimate assumes when the run does not name one: the version ftmem's
+# own measurements run with (the test pin).
+DEFAULT_TORCH_VERSION = "2.13"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFigures:
+    reserved: int
+    device: int
+    allocator_cache: int  # reserved − allocated at the peak
+    cuda_context: int
+    nccl: int
+
+
+def cuda_runtime(
+    gpu: Gpu | None, torch_version: str | None, gpus_per_node: int = 1, nodes: int = 1
+) -> Runtime:
+    """The context, workspaces and NCCL buffers of one GPU of the run."""
+    return runtime_for(
+        gpu, gpus=gpus_per_node, nodes=nodes, torch_version=torch_version or DEFAULT_TORCH_VERSION
+    )
+
+
+def workspace_bytes(rt: Runtime) -> int:
+    """What the BLAS libraries hold in the allocator at the peak: the kept workspaces
+    of both threads, or one GEMM's own when none is kept."""
+    if not rt.through_allocator:
+        return 0
+    return rt.persistent_workspace_bytes + rt.transient_workspace_bytes
+
+
+def _kept_per_thread(rt: Runtime) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The workspaces each of the two BLAS threads (forward, backward) allocates."""
+    if not rt.through_allocator:
+        return (), ()
+    threads: list[list[int]] = [[], []]
+    for count, size in (
+        (rt.cublas_workspaces, rt.cublas_workspace_bytes),
+        (rt.cublaslt_workspaces, rt.cublaslt_workspace_bytes),
+    ):
+        for thread in threads[:count]:
+            thread.append(size)
+    return tuple(threads[0]), tuple(threads[1])
+
+
+def device_figures(
+    allocated: int,
+    sizes: StepSizes,
+    tensors: StepTensors,
+    rt: Runtime | None,
+    *,
+    micro_batches: int,
+    overhead: int | None = None,
+) -> DeviceFigures:
+    """Reserved and device figures around the ``allocated`` peak (workspaces included);
+    ``rt`` None: the CPU; ``overhead``: the user's own figure for everything beyond the
+    allocated peak."""
+    if rt is None:
+        return DeviceFigures(allocated, allocated, 0, 0, 0)
+    events = step_events(sizes, tensors, micro_batches, _kept_per_thread(rt))
+    stats = replay(events)
+    cache = max(0, stats.peak_reserved - stats.peak_allocated)
+    reserved = allocated + cache
+    if overhead is not None:
+        return DeviceFigures(reserved, allocated + overhead, cache, 0, 0)
+    device = reserved + rt.outside_allocator_bytes
+    context = rt.outside_allocator_bytes - rt.nccl_bytes  # cuBLAS's own workspaces too
+    return DeviceFigures(reserved, device, cache, context, rt.nccl_bytes)
