@@ -1029,6 +1029,16 @@ def _llama_factory(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     return LLAMA_FACTORY_KEYS
 
 
+# the code path (RunConfig.framework, ftmem.profiles) each reader's runs follow: TRL's
+# and TrainingArguments' are HF Trainer's
+PROFILE_OF_READER = {
+    "axolotl": "axolotl",
+    "torchtune": "torchtune",
+    "trl": "hf",
+    "litgpt": "litgpt",
+    "llama-factory": "llama-factory",
+}
+
 READERS = {
     "axolotl": _axolotl,
     "torchtune": _torchtune,
@@ -1080,6 +1090,7 @@ def read_framework_config(path: str, framework: str | None = None) -> FrameworkC
     cfg = FrameworkConfig(name, str(p), None)
     known = READERS[name](Keys(data, str(p)), cfg, p.parent)
     cfg.settings = {k: v for k, v in cfg.settings.items() if v is not None}
+    cfg.settings.setdefault("framework", PROFILE_OF_READER[name])
     cfg.ignored = sorted(str(k) for k in data if k not in known)
     if cfg.ignored:
         unknown = [k for k in cfg.ignored if k not in NO_MEMORY_EFFECT]

@@ -134,6 +134,11 @@ def settings_for(method: str, settings: dict[str, object]) -> dict[str, object]:
     }
 
 
+# The training frameworks whose code path ftmem follows (profiles.py); "hf" is HF
+# Trainer / TRL over transformers + peft, the path every other default describes.
+Framework = Literal["hf", "axolotl", "llama-factory", "litgpt", "torchtune", "unsloth"]
+
+
 class RunConfig(limits.BoundedSettings):
     """One training step's settings. Defaults are those of HF Trainer + peft."""
 
@@ -148,6 +153,11 @@ class RunConfig(limits.BoundedSettings):
     )
     device: Literal["cuda", "cpu"] = Field(
         "cuda", description="Where the step runs; cpu only for checking against measurement."
+    )
+    framework: Framework = Field(
+        "hf",
+        description="The training framework whose code path the step follows (set by "
+        "--from): its own model code, loss and defaults (ftmem.profiles).",
     )
     torch_version: str | None = Field(
         None,

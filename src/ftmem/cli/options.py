@@ -18,6 +18,7 @@ from ftmem.run import (
     Accounting,
     AdapterDtype,
     Attention,
+    Framework,
     Method,
     Optimizer,
     OptimizerImpl,
@@ -99,6 +100,19 @@ RUN = [
         "--optimizer-in-backward",
     ),
     _opt("attn", Attention, "sdpa", "The attention kernel."),
+    _opt(
+        "framework",
+        Framework,
+        "hf",
+        "Whose code path the step follows (set by --from): hf (HF Trainer / TRL), axolotl, "
+        "llama-factory, litgpt, torchtune, unsloth.",
+    ),
+    _opt(
+        "torch_version",
+        OptStr,
+        None,
+        "PyTorch's version (e.g. 2.1): its cuBLAS workspaces and CUDA context (default 2.13).",
+    ),
     _opt(
         "loss",
         field_choices("loss"),

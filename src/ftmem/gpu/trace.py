@@ -43,6 +43,9 @@ class StepTensors:
     outer_grads: tuple[int, ...]  # outside the blocks, the token embedding's excluded
     embedding_grads: tuple[int, ...]
     states: tuple[int, ...]  # every optimizer state tensor
+    # the optimizer step's temporaries, one per trainable tensor (foreach's lists; the
+    # estimate knows their sum)
+    step_temporaries: tuple[int, ...]
     block_saved: tuple[int, ...]  # one block's saved tensors (the typical block)
     below: tuple[int, ...]  # the embedding side's saved tensors
     above: tuple[int, ...]  # the head side's
@@ -84,6 +87,7 @@ def plan_tensors(
         outer_grads=tuple(rest) if sizes.gradients.outer else (),
         embedding_grads=tuple(embedding) if sizes.gradients.total else (),
         states=_split(sizes.states, trainable_numel),
+        step_temporaries=_split(sizes.optimizer.temporaries, trainable_numel, per_tensor=1),
         block_saved=tuple(block_saved),
         below=tuple(below),
         above=tuple(above),
@@ -104,6 +108,7 @@ def coarse_tensors(
         outer_grads=(g.outer - g.embedding,) if g.outer > g.embedding else (),
         embedding_grads=(g.embedding,) if g.embedding else (),
         states=_chunks(sizes.states, chunks),
+        step_temporaries=_chunks(sizes.optimizer.temporaries, chunks),
         block_saved=tuple(block_saved),
         below=tuple(below),
         above=tuple(above),
@@ -130,12 +135,13 @@ def outer_sides(items: Sequence[int], below: int, above: int) -> tuple[list[int]
     return [b for b in low if b], [a for a in high if a]
 
 
-def _split(total: int, numels: list[int]) -> tuple[int, ...]:
-    """``total`` bytes as two tensors per trainable tensor, in proportion to its size."""
+def _split(total: int, numels: list[int], per_tensor: int = 2) -> tuple[int, ...]:
+    """``total`` bytes as ``per_tensor`` tensors per trainable tensor, in proportion to
+    its size."""
     if not total or not numels:
         return (total,) if total else ()
     whole = sum(numels)
-    parts = [total * n // (2 * whole) for n in numels for _ in (0, 1)]
+    parts = [total * n // (per_tensor * whole) for n in numels for _ in range(per_tensor)]
     parts[-1] += total - sum(parts)
     return tuple(p for p in parts if p > 0)
 
@@ -187,7 +193,8 @@ def step_events(
         if not states_made:
             rec.alloc(t.states)
             states_made = True
-        rec.moment(sizes.optimizer.temporaries)
+        temporaries = t.step_temporaries or (sizes.optimizer.temporaries,)
+        rec.free(rec.alloc(temporaries))
         rec.free(grads)  # zero_grad(set_to_none=True)
     return rec.events
 
