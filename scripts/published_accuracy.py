@@ -2,6 +2,7 @@
 
     python scripts/published_accuracy.py            # rewrite the section
     python scripts/published_accuracy.py --check    # exit 1 when the section is stale
+    python scripts/published_accuracy.py --print    # print the section, write nothing
 
 Each usable measurement of ``calibration/published.yaml`` (a cited peak of a real
 finetuning run on a real GPU) is estimated with the settings of
@@ -208,9 +209,14 @@ def with_section(doc: str, new: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when the doc is stale")
+    parser.add_argument("--print", action="store_true", help="print the section, write nothing")
     args = parser.parse_args(argv)
+    new = section(rows())
+    if args.print:
+        print(new)
+        return 0
     doc = DOC.read_text(encoding="utf-8")
-    fresh = with_section(doc, section(rows()))
+    fresh = with_section(doc, new)
     if args.check:
         return 0 if fresh == doc else 1
     DOC.write_text(fresh, encoding="utf-8")
