@@ -1,19 +1,10 @@
-"""GPU descriptions and the runtime overhead that sits outside PyTorch's allocator."""
+"""GPU descriptions: what each accelerator has (its memory, generation, dtypes)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from ftmem.limits import GPU_MEMORY
-
-MiB = 2**20
-
-# What nvidia-smi shows beyond torch.cuda.max_memory_allocated(), split in parts:
-# the CUDA context (driver, kernels, cuBLAS handle; ~300-600 MiB on recent drivers
-# with lazy module loading) and the caching allocator's reserve/fragmentation.
-# Defaults until the GPU validation script measures them (docs/gpu-validation.md).
-DEFAULT_CUDA_CONTEXT_BYTES = 512 * MiB
-DEFAULT_ALLOCATOR_RESERVE_FRACTION = 0.05
 
 
 class Gpu(BaseModel):
@@ -60,11 +51,3 @@ class Gpu(BaseModel):
 def custom_gpu(memory_bytes: int) -> Gpu:
     """A GPU given only by its memory (``--gpu-memory 24GiB``)."""
     return Gpu(id="custom", name="custom", memory_bytes=memory_bytes, source="--gpu-memory")
-
-
-def runtime_overhead(peak_bytes: int, override: int | None = None) -> int:
-    """What nvidia-smi shows beyond the allocated peak: the CUDA context and the
-    allocator's reserve, unless the user gave their own figure."""
-    if override is not None:
-        return override
-    return DEFAULT_CUDA_CONTEXT_BYTES + int(peak_bytes * DEFAULT_ALLOCATOR_RESERVE_FRACTION)

@@ -22,7 +22,7 @@ from ftmem import limits
 from ftmem.arch import Architecture, layout, position_note
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INT4_GROUP, ceil_div, tensor_bytes
 from ftmem.errors import InvalidInputError
-from ftmem.hardware import Gpu, runtime_overhead
+from ftmem.hardware import Gpu
 from ftmem.methods import adapted_linears
 from ftmem.run import RunConfig
 
@@ -173,6 +173,17 @@ def context_limit(arch: Architecture) -> int:
     return LONGEST_SEARCHED
 
 
+def serving_overhead(gpu: Gpu | None) -> int:
+    """What a generating process holds beyond its tensors: the CUDA context and the BLAS
+    workspaces of its one thread (gpu.runtime's cited sizes, PyTorch's default version)."""
+    from ftmem.gpu.device import cuda_runtime
+
+    rt = cuda_runtime(gpu, None)
+    kept = rt.cublas_workspace_bytes * bool(rt.cublas_workspaces)
+    kept += rt.cublaslt_workspace_bytes * bool(rt.cublaslt_workspaces)
+    return rt.context_bytes + (kept if rt.through_allocator else rt.cublas_workspace_bytes)
+
+
 def estimate_serving(
     arch: Architecture, cfg: ServeConfig, gpu: Gpu | None = None, overhead_bytes: int | None = None
 ) -> ServeEstimate:
@@ -188,9 +199,16 @@ def estimate_serving(
     adapters = adapter_bytes(arch, cfg)
     prefill = prefill_bytes(arch, cfg)
     peak = weights + kv + adapters + prefill
-    overhead = runtime_overhead(peak, overhead_bytes)
+    overhead = serving_overhead(gpu) if overhead_bytes is None else overhead_bytes
     total = peak + overhead
     notes = [beyond] if beyond else []
+    if overhead_bytes is None:
+        notes.append(
+            "Beyond the tensors: the CUDA context and one thread's BLAS workspaces. The "
+            "caching allocator's cache is not modelled for generation: a KV cache that grows "
+            "by concatenation (transformers' DynamicCache) leaves freed blocks it cannot reuse "
+            "in place, so nvidia-smi can show more."
+        )
     if arch.sliding_window and cfg.context > arch.sliding_window:
         notes.append(
             f"{arch.name} attends within a {arch.sliding_window:,}-token window; transformers' "

@@ -212,8 +212,8 @@ GPU = [
         "overhead",
         OptStr,
         None,
-        "Runtime overhead instead of the default (CUDA context + 5% allocator reserve), "
-        "e.g. 1GiB or 0.",
+        "Your own figure for everything beyond the allocated peak (instead of the allocator's "
+        "cache, the CUDA context and NCCL), e.g. 1GiB or 0.",
         panel=HARDWARE,
     ),
 ]

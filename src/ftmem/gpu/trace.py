@@ -184,6 +184,7 @@ def step_events(
     rec = _Recorder()
     rec.alloc(t.weights)
     states_made = sizes.states == 0
+    step = sizes.optimizer
     first = True
     for _ in range(2):
         grads: list[int] = []
@@ -193,9 +194,13 @@ def step_events(
         if not states_made:
             rec.alloc(t.states)
             states_made = True
-        temporaries = t.step_temporaries or (sizes.optimizer.temporaries,)
-        rec.free(rec.alloc(temporaries))
+        buffers = rec.alloc((sizes.comm.optimizer,))
+        if not step.in_backward:
+            temporaries = t.step_temporaries or (step.temporaries,)
+            rec.free(rec.alloc(temporaries))
+        rec.free(buffers)
         rec.free(grads)  # zero_grad(set_to_none=True)
+        rec.moment(step.merge)
     return rec.events
 
 
@@ -206,35 +211,69 @@ def _pass(
     grads: list[int],
     workspaces: tuple[tuple[int, ...], tuple[int, ...]],
 ) -> list[int]:
-    """One forward and backward; ``grads``: the gradients already held (accumulation),
-    ``workspaces``: the cuBLAS ones its first GEMMs create. Returns the gradients held
-    after it."""
-    accumulating = bool(grads)
-    per_block = s.activations.per_block
-    typical = sum(t.block_saved)
+    """One forward and backward, in the order of phases.find_peak's moments; ``grads``:
+    the gradients already held (accumulation), ``workspaces``: the cuBLAS ones its first
+    GEMMs create. Returns the gradients held after it."""
+    new_grads = not grads
+    c = s.comm
+    rec.moment(s.teacher_forward)
+    # a pipeline stage: the other micro-batches' activations it holds meanwhile
+    others = rec.alloc((s.activations.held,))
     below = rec.alloc(t.below)
     rec.alloc(workspaces[0])
     kept: list[list[int]] = []
-    for size in per_block:
-        rec.moment(s.block.forward)
+    typical = sum(t.block_saved)
+    for size in s.activations.per_block:
+        gathered = rec.alloc((c.forward,))
         kept.append(rec.alloc(t.block_saved if size == typical else (size,)))
+        rec.moment(s.block.forward)  # with the block's own saved tensors, as the timeline
+        rec.free(gathered)
     above = rec.alloc(t.above)
-    rec.moment(s.head.logits_forward)
-    rec.moment(s.head.loss_backward)
+    rec.moment(s.head.logits_forward + _or(c.head_forward, c.forward))
+    rec.moment(s.head.loss_backward + _or(c.loss_backward, c.backward))
     rec.alloc(workspaces[1])  # the LM head's backward GEMM, on the autograd thread
     rec.free(above)
-    if not accumulating:
+    if new_grads:
         grads = grads + rec.alloc(t.outer_grads)
-    rec.moment(s.head.workspace)
-    L, trainable = len(per_block), s.gradients.trainable_blocks
-    holds = s.block.policy.backward_holds(L, trainable)
-    for i in range(L - 1, -1, -1):
-        held = rec.alloc((holds[L - 1 - i], s.block.workspace))
-        if not accumulating and i >= L - trainable:
-            grads = grads + rec.alloc(t.block_grads)
-        rec.free(held)
-        rec.free(kept[i])
-    if not accumulating:
-        grads = grads + rec.alloc(t.embedding_grads)
+    rec.moment(s.head.workspace + s.optimizer.outer + _or(c.head_backward, c.backward))
+    grads = _blocks_backward(rec, s, t, kept, grads, new_grads)
+    if s.optimizer.in_backward:
+        rec.moment(s.optimizer.outer)  # the embedding's own step, last
     rec.free(below)
+    rec.free(others)
+    return grads
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _blocks_backward(
+    rec: _Recorder,
+    s: StepSizes,
+    t: StepTensors,
+    kept: list[list[int]],
+    grads: list[int],
+    new_grads: bool,
+) -> list[int]:
+    """Each block's backward from the top: what its policy holds and its workspace (or a
+    weight's step, the larger), then its saved tensors freed and its gradients made; the
+    token embedding's gradient after the block it follows (the last, or an
+    encoder-decoder's decoder bottom) and a tied one's sum."""
+    g = s.gradients
+    L, trainable = len(kept), g.trainable_blocks
+    holds = s.block.policy.backward_holds(L, trainable)
+    workspace = max(s.block.workspace, s.optimizer.block)
+    embedding_at = g.embedding_at if 0 < g.embedding_at < L else 0
+    for i in range(L - 1, -1, -1):
+        rec.free(rec.alloc((holds[L - 1 - i], workspace, s.comm.backward)))
+        rec.free(kept[i])
+        if new_grads:
+            if g.by_block:
+                grads = grads + rec.alloc((g.by_block[i],))
+            elif i >= L - trainable:
+                grads = grads + rec.alloc(t.block_grads)
+        if i == embedding_at and new_grads:
+            grads = grads + rec.alloc(t.embedding_grads)
+            rec.moment(g.tied_backward)
     return grads

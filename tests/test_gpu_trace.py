@@ -1,0 +1,109 @@
+"""The run's allocations in order (gpu/trace.py) against the timeline (phases.py).
+
+Two formulations of the same step: the timeline sums the live bytes of each moment; the
+trace lists every request and free as PyTorch makes them. Replaying the trace and
+counting live bytes must reach exactly the timeline's peak (neither rounds), for every
+method, policy and layout; the allocator model then sees the very requests the estimate
+counts.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ftmem.api import parallel_config, run_config
+from ftmem.estimate import _tensors
+from ftmem.gpu.trace import step_events
+from ftmem.parallel import parallel_step
+from ftmem.phases import find_peak
+from ftmem.presets import get_model
+from ftmem.step import step_parts
+
+SETTINGS = [
+    {"method": "full"},
+    {"method": "full", "precision": "bf16-mixed"},
+    {"method": "full", "grad_accum": 4},
+    {"method": "full", "optimizer_in_backward": True},
+    {"method": "full", "grad_ckpt": True},
+    {"method": "lora"},
+    {"method": "lora", "grad_ckpt": True},
+    {"method": "lora", "activation_offload": True},
+    {"method": "qlora"},
+    {"method": "dora"},
+    {"method": "relora"},
+    {"method": "galore"},
+    {"method": "freeze", "trainable_layers": 2},
+]
+MODELS = ["llama2-7b", "gpt2", "gemma-2b", "qwen2.5-0.5b", "mixtral-8x7b", "flan-t5-base"]
+LAYOUTS = [
+    {"gpus": 8, "strategy": "zero3"},
+    {"gpus": 8, "strategy": "zero2"},
+    {"gpus": 8, "strategy": "fsdp"},
+    {"gpus": 4, "strategy": "ddp"},
+    {"gpus": 8, "pp": 2, "strategy": "zero1"},
+    {"gpus": 8, "tp": 2},
+    {"gpus": 8, "strategy": "zero3", "offload_params": "cpu", "offload_optimizer": "cpu"},
+]
+
+
+def replay_live(events: list[tuple[str, int]]) -> tuple[int, int]:
+    """(the most bytes live at once, the bytes live at the end), freeing only what lives."""
+    sizes: list[int] = []
+    live = best = 0
+    freed: set[int] = set()
+    for kind, value in events:
+        if kind == "alloc":
+            sizes.append(value)
+            live += value
+            best = max(best, live)
+        else:
+            assert kind == "free" and value < len(sizes) and value not in freed, (kind, value)
+            freed.add(value)
+            live -= sizes[value]
+    return best, live
+
+
+def _applicable(model: str, settings: dict) -> bool:
+    seq2seq_refuses = settings["method"] in ("galore", "relora", "qlora", "dora") or any(
+        settings.get(k) for k in ("optimizer_in_backward", "activation_offload")
+    )
+    return not (model.startswith("flan") and seq2seq_refuses)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(map(str, s.values())))
+def test_the_trace_reaches_the_timeline_peak(model, settings):
+    if not _applicable(model, settings):
+        pytest.skip("not a method ftmem models for encoder-decoders")
+    arch, run = get_model(model), run_config(**settings, seq_len=256, batch_size=2)
+    parts = step_parts(arch, run)
+    events = step_events(parts.sizes, _tensors(parts, parts.sizes), min(run.grad_accum, 2))
+    best, left = replay_live(events)
+    assert best == find_peak(parts.sizes).at_peak.total
+    # after two steps only the weights and the optimizer states remain
+    assert left == parts.sizes.weights + parts.sizes.states
+
+
+@pytest.mark.parametrize("model", ["llama2-7b", "flan-t5-base"])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda p: "-".join(map(str, p.values())))
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_the_trace_of_a_rank_reaches_its_peak(model, layout, method):
+    arch = get_model(model)
+    if arch.encoder_decoder and (layout.get("tp") or layout.get("pp")):
+        pytest.skip("encoder-decoders are modelled on data-parallel ranks only")
+    run = run_config(method=method, seq_len=256, batch_size=2, grad_ckpt=method == "lora")
+    step = parallel_step(arch, run, parallel_config(**layout))
+    sizes = step.ranks[step.worst].sizes
+    best, _ = replay_live(step_events(sizes, _tensors(step.parts, sizes)))
+    assert best == step.peak.at_peak.total
+
+
+def test_kept_workspaces_are_requested_once_and_never_freed():
+    arch, run = get_model("gpt2"), run_config(method="lora", seq_len=128)
+    parts = step_parts(arch, run)
+    tensors = _tensors(parts, parts.sizes)
+    plain = replay_live(step_events(parts.sizes, tensors))
+    kept = ((8_519_680,), (8_519_680, 2**20))
+    best, left = replay_live(step_events(parts.sizes, tensors, kept_workspaces=kept))
+    assert left == plain[1] + 2 * 8_519_680 + 2**20
+    assert best <= plain[0] + 2 * 8_519_680 + 2**20
