@@ -52,7 +52,7 @@ def replay_live(events: list[tuple[str, int]]) -> tuple[int, int]:
     live = best = 0
     freed: set[int] = set()
     for kind, value in events:
-        if kind == "alloc":
+        if kind.startswith("alloc"):
             sizes.append(value)
             live += value
             best = max(best, live)

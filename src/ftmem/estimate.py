@@ -143,6 +143,11 @@ def _device(
         rt,
         micro_batches=min(run.grad_accum, 2),  # from the second on, every one is alike
         overhead=overhead,
+        # FSDP all-gathers and reduce-scatters on streams of their own, whose cached
+        # blocks the default stream cannot reuse (pytorch/pytorch PR #117323, awgu: "FSDP
+        # allocates all-gather and reduce-scatter buffers in separate CUDA streams, and
+        # memory blocks in the allocator are tied to a stream")
+        comm_stream=par is not None and par.resolved_strategy.startswith("fsdp"),
     )
     return at_peak, figures
 

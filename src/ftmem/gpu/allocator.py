@@ -225,11 +225,14 @@ class CachingAllocator:
 
     def malloc(self, size: int) -> int:
         """Hand out a block for ``size`` bytes (SOURCE, DeviceCachingAllocator::malloc)."""
-        if size < 0:
-            raise InvalidInputError(f"An allocation cannot have a negative size ({size}).")
-        if size == 0:
+        if size <= 0:
+            if size < 0:
+                raise InvalidInputError(f"An allocation cannot have a negative size ({size}).")
             return 0  # NativeCachingAllocator::allocate: no block for 0 bytes
-        rounded = round_size(size, self.divisions)
+        if self.divisions == 0:  # round_size without power-of-two divisions, inlined
+            rounded = K_MIN_BLOCK_SIZE if size < K_MIN_BLOCK_SIZE else (size + 511) & ~511
+        else:
+            rounded = round_size(size, self.divisions)
         small = rounded <= K_SMALL_SIZE  # get_pool
         block = self._get_free_block(small, rounded)
         if block is None:
@@ -241,8 +244,10 @@ class CachingAllocator:
         self._live[block.addr] = block
         self.allocated += block.size  # alloc_found_block: allocated_bytes += block->size
         self.requested += size
-        self.peak_allocated = max(self.peak_allocated, self.allocated)
-        self.peak_requested = max(self.peak_requested, self.requested)
+        if self.allocated > self.peak_allocated:
+            self.peak_allocated = self.allocated
+        if self.requested > self.peak_requested:
+            self.peak_requested = self.requested
         return block.addr
 
     def free(self, handle: int) -> None:
@@ -425,7 +430,8 @@ class CachingAllocator:
 
     def _reserve(self, size: int) -> None:
         self.reserved += size
-        self.peak_reserved = max(self.peak_reserved, self.reserved)
+        if self.reserved > self.peak_reserved:
+            self.peak_reserved = self.reserved
         self.num_device_alloc += 1
 
     # -- expandable segments ----------------------------------------------------------------
@@ -593,3 +599,53 @@ def replay(
                 f"Unknown allocator event {kind!r}; use alloc, free, empty_cache or reset_peaks."
             )
     return allocator.stats()
+
+
+SIDE_STREAM_ALLOC = "alloc@side"
+"""An event kind for :func:`replay_streams`: a request made on a side stream."""
+
+
+def replay_streams(events: Iterable[tuple[str, int]]) -> AllocatorStats:
+    """Replay requests made on two streams: ``("alloc", n)`` on the default one,
+    ``("alloc@side", n)`` on a side stream (an FSDP all-gather or reduce-scatter
+    stream), ``("free", k)`` either. A block belongs to the stream that allocated it and
+    is reused only by that stream's requests (SOURCE, get_free_block: the pool is
+    searched for a block of the same ``stream``; BlockComparatorSize orders by stream
+    first), so each stream has pools of its own: modelled as one allocator per stream,
+    their reserved and allocated summed at every event. Frees take effect at once (the
+    events ``record_stream`` would wait for are not modelled)."""
+    pools = (CachingAllocator(), CachingAllocator())
+    handles: list[tuple[int, int] | None] = []
+    peak_allocated = peak_reserved = peak_requested = 0
+    for kind, value in events:
+        if kind == "free":
+            owner = handles[value] if 0 <= value < len(handles) else None
+            if owner is None:
+                raise InvalidInputError(f"Event ('free', {value}) frees no live allocation.")
+            pools[owner[0]].free(owner[1])
+            handles[value] = None
+            continue
+        if kind not in ("alloc", SIDE_STREAM_ALLOC):
+            raise InvalidInputError(
+                f"Unknown allocator event {kind!r}; use alloc, alloc@side or free."
+            )
+        stream = 1 if kind == SIDE_STREAM_ALLOC else 0
+        handles.append((stream, pools[stream].malloc(value)))
+        allocated = pools[0].allocated + pools[1].allocated
+        reserved = pools[0].reserved + pools[1].reserved
+        peak_allocated = max(peak_allocated, allocated)
+        peak_reserved = max(peak_reserved, reserved)
+        peak_requested = max(peak_requested, pools[0].requested + pools[1].requested)
+    one, two = pools[0].stats(), pools[1].stats()
+    return AllocatorStats(
+        allocated=one.allocated + two.allocated,
+        reserved=one.reserved + two.reserved,
+        requested=one.requested + two.requested,
+        peak_allocated=peak_allocated,
+        peak_reserved=peak_reserved,
+        peak_requested=peak_requested,
+        segments=one.segments + two.segments,
+        num_alloc_retries=one.num_alloc_retries + two.num_alloc_retries,
+        num_device_alloc=one.num_device_alloc + two.num_device_alloc,
+        num_device_free=one.num_device_free + two.num_device_free,
+    )

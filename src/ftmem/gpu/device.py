@@ -17,8 +17,9 @@ no workspace and no context: the three are equal.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
-from ftmem.gpu.allocator import replay
+from ftmem.gpu.allocator import replay_streams
 from ftmem.gpu.runtime import Runtime, runtime_for
 from ftmem.gpu.trace import StepTensors, step_events
 from ftmem.hardware import Gpu
@@ -69,6 +70,21 @@ def _kept_per_thread(rt: Runtime) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(threads[0]), tuple(threads[1])
 
 
+@lru_cache(maxsize=512)  # plan, compare and sweeps estimate the same step more than once
+def allocator_cache(
+    sizes: StepSizes,
+    tensors: StepTensors,
+    micro_batches: int,
+    kept: tuple[tuple[int, ...], tuple[int, ...]],
+    comm_stream: bool,
+) -> int:
+    """What the caching allocator holds beyond the allocated peak, at its reserved peak:
+    the run's requests replayed through its rules (``comm_stream``: FSDP requests its
+    all-gather and reduce-scatter buffers on streams of their own)."""
+    stats = replay_streams(step_events(sizes, tensors, micro_batches, kept, comm_stream))
+    return max(0, stats.peak_reserved - stats.peak_allocated)
+
+
 def device_figures(
     allocated: int,
     sizes: StepSizes,
@@ -77,15 +93,14 @@ def device_figures(
     *,
     micro_batches: int,
     overhead: int | None = None,
+    comm_stream: bool = False,
 ) -> DeviceFigures:
     """Reserved and device figures around the ``allocated`` peak (workspaces included);
     ``rt`` None: the CPU; ``overhead``: the user's own figure for everything beyond the
     allocated peak."""
     if rt is None:
         return DeviceFigures(allocated, allocated, 0, 0, 0)
-    events = step_events(sizes, tensors, micro_batches, _kept_per_thread(rt))
-    stats = replay(events)
-    cache = max(0, stats.peak_reserved - stats.peak_allocated)
+    cache = allocator_cache(sizes, tensors, micro_batches, _kept_per_thread(rt), comm_stream)
     reserved = allocated + cache
     if overhead is not None:
         return DeviceFigures(reserved, allocated + overhead, cache, 0, 0)

@@ -26,11 +26,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ftmem.gpu.allocator import SIDE_STREAM_ALLOC
 from ftmem.methods import MethodPlan
 from ftmem.phases import StepSizes
 
-# ("alloc", bytes): the k-th of them is allocation k; ("free", k) frees it
-# (gpu.allocator.replay's events)
+# ("alloc", bytes): the k-th of them (or of "alloc@side", a side stream's) is allocation
+# k; ("free", k) frees it (gpu.allocator.replay_streams' events)
 Event = tuple[str, int]
 
 
@@ -147,22 +148,28 @@ def _split(total: int, numels: list[int], per_tensor: int = 2) -> tuple[int, ...
 
 
 class _Recorder:
-    """Hands out keys and records the events."""
+    """Hands out keys and records the events; ``comm_kind``: the event kind of the
+    communication buffers (a side stream's under FSDP)."""
 
-    __slots__ = ("events", "next_key")
+    __slots__ = ("comm_kind", "events", "next_key")
 
-    def __init__(self) -> None:
+    def __init__(self, comm_kind: str = "alloc") -> None:
         self.events: list[Event] = []
         self.next_key = 0
+        self.comm_kind = comm_kind
 
-    def alloc(self, sizes: Sequence[int]) -> list[int]:
+    def alloc(self, sizes: Sequence[int], kind: str = "alloc") -> list[int]:
         keys = []
         for size in sizes:
             if size > 0:
                 keys.append(self.next_key)
                 self.next_key += 1
-                self.events.append(("alloc", size))
+                self.events.append((kind, size))
         return keys
+
+    def comm(self, size: int) -> list[int]:
+        """A communication buffer (gathered weights, reduce buckets)."""
+        return self.alloc((size,), self.comm_kind)
 
     def free(self, keys: Sequence[int]) -> None:
         self.events.extend(("free", k) for k in keys)
@@ -177,11 +184,14 @@ def step_events(
     t: StepTensors,
     micro_batches: int = 1,
     kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
+    comm_stream: bool = False,
 ) -> list[Event]:
     """Loading, then two optimizer steps of ``micro_batches`` passes each;
     ``kept_workspaces``: the cuBLAS workspaces of the forward's and the backward's
-    threads, allocated at each one's first GEMM and kept (gpu.runtime)."""
-    rec = _Recorder()
+    threads, allocated at each one's first GEMM and kept (gpu.runtime);
+    ``comm_stream``: communication buffers are requested on a side stream (FSDP's
+    all-gather and reduce-scatter streams; gpu.allocator.replay_streams)."""
+    rec = _Recorder(SIDE_STREAM_ALLOC if comm_stream else "alloc")
     rec.alloc(t.weights)
     states_made = sizes.states == 0
     step = sizes.optimizer
@@ -194,7 +204,7 @@ def step_events(
         if not states_made:
             rec.alloc(t.states)
             states_made = True
-        buffers = rec.alloc((sizes.comm.optimizer,))
+        buffers = rec.comm(sizes.comm.optimizer)
         if not step.in_backward:
             temporaries = t.step_temporaries or (step.temporaries,)
             rec.free(rec.alloc(temporaries))
@@ -224,18 +234,24 @@ def _pass(
     kept: list[list[int]] = []
     typical = sum(t.block_saved)
     for size in s.activations.per_block:
-        gathered = rec.alloc((c.forward,))
+        gathered = rec.comm(c.forward)
         kept.append(rec.alloc(t.block_saved if size == typical else (size,)))
         rec.moment(s.block.forward)  # with the block's own saved tensors, as the timeline
         rec.free(gathered)
     above = rec.alloc(t.above)
-    rec.moment(s.head.logits_forward + _or(c.head_forward, c.forward))
-    rec.moment(s.head.loss_backward + _or(c.loss_backward, c.backward))
+    gathered = rec.comm(_or(c.head_forward, c.forward))
+    rec.moment(s.head.logits_forward)
+    rec.free(gathered)
+    gathered = rec.comm(_or(c.loss_backward, c.backward))
+    rec.moment(s.head.loss_backward)
+    rec.free(gathered)
     rec.alloc(workspaces[1])  # the LM head's backward GEMM, on the autograd thread
     rec.free(above)
     if new_grads:
         grads = grads + rec.alloc(t.outer_grads)
-    rec.moment(s.head.workspace + s.optimizer.outer + _or(c.head_backward, c.backward))
+    gathered = rec.comm(_or(c.head_backward, c.backward))
+    rec.moment(s.head.workspace + s.optimizer.outer)
+    rec.free(gathered)
     grads = _blocks_backward(rec, s, t, kept, grads, new_grads)
     if s.optimizer.in_backward:
         rec.moment(s.optimizer.outer)  # the embedding's own step, last
@@ -266,7 +282,9 @@ def _blocks_backward(
     workspace = max(s.block.workspace, s.optimizer.block)
     embedding_at = g.embedding_at if 0 < g.embedding_at < L else 0
     for i in range(L - 1, -1, -1):
-        rec.free(rec.alloc((holds[L - 1 - i], workspace, s.comm.backward)))
+        gathered = rec.comm(s.comm.backward)
+        rec.free(rec.alloc((holds[L - 1 - i], workspace)))
+        rec.free(gathered)
         rec.free(kept[i])
         if new_grads:
             if g.by_block:
