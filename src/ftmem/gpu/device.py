@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ftmem.gpu.allocator import replay
 from ftmem.gpu.runtime import Runtime, runtime_for
-from ftmem.gpu.trace import StepTensors, step_events
+from ftmem.gpu.trace import STEP_ONLY, RunOutside, StepTensors, step_events
 from ftmem.hardware import Gpu
 from ftmem.phases import StepSizes
 
@@ -77,13 +77,14 @@ def device_figures(
     *,
     micro_batches: int,
     overhead: int | None = None,
+    outside: RunOutside = STEP_ONLY,
 ) -> DeviceFigures:
     """Reserved and device figures around the ``allocated`` peak (workspaces included);
     ``rt`` None: the CPU; ``overhead``: the user's own figure for everything beyond the
-    allocated peak."""
+    allocated peak; ``outside``: the run's moments beside the step, replayed with it."""
     if rt is None:
         return DeviceFigures(allocated, allocated, 0, 0, 0)
-    events = step_events(sizes, tensors, micro_batches, _kept_per_thread(rt))
+    events = step_events(sizes, tensors, micro_batches, _kept_per_thread(rt), outside)
     stats = replay(events)
     cache = max(0, stats.peak_reserved - stats.peak_allocated)
     reserved = allocated + cache

@@ -172,17 +172,50 @@ class _Recorder:
         self.free(self.alloc((size,)))
 
 
+@dataclass(frozen=True, slots=True)
+class RunOutside:
+    """The run's moments beside the step, as the allocator sees them (run_phases):
+    ``loading``: per weight tensor (``StepTensors.weights``' order), the tensors alive
+    while it is put on the GPU; ``after``: per moment after the steps, its tensors;
+    ``reset``: the window starts after loading (``reset_peak_memory_stats``, which
+    frees nothing: the reserved peak starts from what loading left cached)."""
+
+    loading: tuple[tuple[int, ...], ...] = ()
+    after: tuple[tuple[int, ...], ...] = ()
+    reset: bool = False
+
+
+STEP_ONLY = RunOutside()  # the step and plain loading, nothing else
+
+
+def _load(
+    rec: _Recorder, weights: tuple[int, ...], transients: tuple[tuple[int, ...], ...]
+) -> None:
+    """Each weight allocated beside its loading transients (a 16-bit copy to quantise
+    from...), which are freed once it exists."""
+    if not transients:
+        rec.alloc(weights)
+        return
+    for weight, transient in zip(weights, transients, strict=True):
+        held = rec.alloc(transient)
+        rec.alloc((weight,))
+        rec.free(held)
+
+
 def step_events(
     sizes: StepSizes,
     t: StepTensors,
     micro_batches: int = 1,
     kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
+    outside: RunOutside = STEP_ONLY,
 ) -> list[Event]:
-    """Loading, then two optimizer steps of ``micro_batches`` passes each;
-    ``kept_workspaces``: the cuBLAS workspaces of the forward's and the backward's
-    threads, allocated at each one's first GEMM and kept (gpu.runtime)."""
+    """Loading, then two optimizer steps of ``micro_batches`` passes each, then the
+    moments after them; ``kept_workspaces``: the cuBLAS workspaces of the forward's and
+    the backward's threads, allocated at each one's first GEMM and kept (gpu.runtime)."""
     rec = _Recorder()
-    rec.alloc(t.weights)
+    _load(rec, t.weights, outside.loading)
+    if outside.reset:
+        rec.events.append(("reset_peaks", 0))
     states_made = sizes.states == 0
     first = True
     for _ in range(2):
@@ -196,6 +229,8 @@ def step_events(
         temporaries = t.step_temporaries or (sizes.optimizer.temporaries,)
         rec.free(rec.alloc(temporaries))
         rec.free(grads)  # zero_grad(set_to_none=True)
+    for tensors in outside.after:  # evaluation, generation, merging: freed when done
+        rec.free(rec.alloc(tensors))
     return rec.events
 
 
