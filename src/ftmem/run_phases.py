@@ -137,20 +137,22 @@ def eval_tensors(
 def generation_tensors(
     arch: Architecture, run: RunConfig, profile: Profile, batch: int, length: int
 ) -> tuple[int, ...]:
-    """Generation with a KV cache of ``batch`` x ``length`` tokens."""
+    """Generation with a KV cache of ``batch`` x ``length`` tokens: a k and a v tensor
+    per layer, as the caches allocate them."""
     c = _compute_bytes(run)
     if profile.name == "litgpt":
-        # set_kv_cache: a static cache of max_seq_length, k and v with all query heads
-        # unless MQA, and a bool mask of max_seq_length^2 (litgpt@00af8b0d litgpt/model.py
-        # build_kv_cache, build_mask_cache; calibration/notes/litgpt.md M10)
+        # set_kv_cache: a static cache of max_seq_length per block, k and v with all
+        # query heads unless MQA, and a bool mask of max_seq_length^2 (litgpt@00af8b0d
+        # litgpt/model.py build_kv_cache, build_mask_cache; notes/litgpt.md M10)
         heads = 1 if arch.kv_heads == 1 else arch.num_heads
-        kv = 2 * arch.num_layers * batch * heads * length * arch.head_size * c
-        return (kv, length * length, FP32 * batch * arch.vocab_size)
+        one = batch * heads * length * arch.head_size * c
+        return (*[one] * (2 * arch.num_layers), length * length, FP32 * batch * arch.vocab_size)
     # transformers' DynamicCache appends with torch.cat at every token: the cache, plus
     # one layer's k and v being re-made one token longer; the step's fp32 scores
     # (calibration/notes/peft.md, Doubts)
-    per_layer = 2 * batch * arch.kv_heads * length * arch.head_size * c
-    return (arch.num_layers * per_layer, per_layer, FP32 * batch * arch.vocab_size)
+    one = batch * arch.kv_heads * length * arch.head_size * c
+    cache = [one] * (2 * arch.num_layers)
+    return (*cache, one, one, FP32 * batch * arch.vocab_size)
 
 
 def merge_tensors(plan: MethodPlan, run: RunConfig) -> tuple[int, ...]:
