@@ -43,7 +43,7 @@ from ftmem.result import (
     RunPeak,
 )
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
-from ftmem.run_phases import loading_transients, resolved_peak_of, run_moments
+from ftmem.run_phases import replayed_loading, resolved_peak_of, run_moments
 from ftmem.step import StepParts, step_parts
 
 if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
@@ -194,7 +194,7 @@ def _run_window(
     )
     in_run = peak_of == "run"
     outside = RunOutside(
-        loading=loading_transients(parts.plan, run, profile),
+        loading=replayed_loading(parts.plan, run, profile),
         after=tuple(m.tensors for m in moments if m.when == "after") if in_run else (),
         reset=not in_run,
     )
