@@ -195,3 +195,17 @@ def test_the_table_says_when_the_runs_peak_is_outside_the_step():
     text = markdown(est)
     assert "loading, outside the step" in text
     assert "Training step's peak" in text
+
+
+def test_torchtune_load_state_dict_quantises_each_nf4_weight_again_and_swaps_it_in():
+    # torchtune@0914d5cfb _register_nf4_dispatch_ops.py inplace_copy: ref = to_nf4(src on
+    # the GPU); dest.quantized_data = ref.quantized_data (the init pass's buffers freed)
+    from ftmem.gpu.trace import RunOutside, _load, _Recorder
+
+    rec = _Recorder()
+    _load(rec, RunOutside(loading=((7,), ()), requantise=True), (3, 5))
+    assert rec.events == [
+        ("alloc", 7), ("alloc", 3), ("free", 0),  # init: transient, weight, transient freed
+        ("alloc", 5),  # an unquantised weight: no transient
+        ("alloc", 7), ("alloc", 3), ("free", 3), ("free", 1),  # load: anew, old freed
+    ]  # fmt: skip

@@ -197,6 +197,7 @@ def _run_window(
         loading=replayed_loading(parts.plan, run, profile),
         after=tuple(m.tensors for m in moments if m.when == "after") if in_run else (),
         reset=not in_run,
+        requantise=profile.requantises_on_load,
     )
     name, allocated = "step", at_peak.total
     for m in moments:

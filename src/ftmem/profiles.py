@@ -34,6 +34,9 @@ class Profile:
     # the end (peft@5d602fdb method_comparison/MetaMathQA/run.py main).
     peak_of: Literal["step", "run"] = "run"
     loading: Loading = "hf"
+    # the checkpoint is loaded into parameters quantised at init: each quantised again
+    # and replaced (ftmem.gpu.trace replays the second pass)
+    requantises_on_load: bool = False
     # runs validate() / generates a sample inside the measured window by default
     evaluates: bool = False  # HF TrainingArguments.eval_strategy defaults to "no"
     generates: bool = False
@@ -56,7 +59,15 @@ PROFILES: dict[str, Profile] = {
     # logged step: a figure is one step's (torchtune@1814feb1
     # torchtune/training/memory.py get_memory_stats; @ff594c231 torchtune/utils/memory.py
     # memory_stats_log); reserved keeps the cache loading left (no empty_cache)
-    "torchtune": Profile("torchtune", peak_of="step", loading="torchao-nf4"),
+    # LoRALinear quantises its bf16 nn.Linear at init, then load_state_dict's NF4
+    # copy_ quantises the checkpoint tensor on the GPU and swaps the buffers in
+    # (torchtune@0914d5cfb torchtune/modules/peft/lora.py _create_weight_and_bias;
+    # torchtune/utils/_register_nf4_dispatch_ops.py inplace_copy: ``ref_tensor =
+    # to_nf4(args[0][1].to(dest_tensor.device))``, ``dest_tensor.quantized_data =
+    # ref_tensor.quantized_data``)
+    "torchtune": Profile(
+        "torchtune", peak_of="step", loading="torchao-nf4", requantises_on_load=True
+    ),
     # Unsloth's notebooks print max_memory_reserved once after trainer.train()
     "unsloth": Profile("unsloth"),
 }

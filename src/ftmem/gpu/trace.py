@@ -178,28 +178,42 @@ class RunOutside:
     ``loading``: per weight tensor (``StepTensors.weights``' order), the tensors alive
     while it is put on the GPU; ``after``: per moment after the steps, its tensors;
     ``reset``: the window starts after loading (``reset_peak_memory_stats``, which
-    frees nothing: the reserved peak starts from what loading left cached)."""
+    frees nothing: the reserved peak starts from what loading left cached);
+    ``requantise``: the checkpoint is loaded into already quantised parameters, each
+    quantised again and replaced (torchtune's NF4 ``inplace_copy``)."""
 
     loading: tuple[tuple[int, ...], ...] = ()
     after: tuple[tuple[int, ...], ...] = ()
     reset: bool = False
+    requantise: bool = False
 
 
 STEP_ONLY = RunOutside()  # the step and plain loading, nothing else
 
 
-def _load(
-    rec: _Recorder, weights: tuple[int, ...], transients: tuple[tuple[int, ...], ...]
-) -> None:
+def _load(rec: _Recorder, outside: RunOutside, weights: tuple[int, ...]) -> None:
     """Each weight allocated beside its loading transients (a 16-bit copy to quantise
-    from...), which are freed once it exists."""
+    from...), which are freed once it exists; with ``requantise``, a second pass
+    (load_state_dict into quantised parameters) makes each quantised weight anew beside
+    the same transients and frees the old one."""
+    transients = outside.loading
     if not transients:
         rec.alloc(weights)
         return
+    keys: list[list[int]] = []
     for weight, transient in zip(weights, transients, strict=True):
         held = rec.alloc(transient)
-        rec.alloc((weight,))
+        keys.append(rec.alloc((weight,)))
         rec.free(held)
+    if not outside.requantise:
+        return
+    for i, (weight, transient) in enumerate(zip(weights, transients, strict=True)):
+        if transient:
+            held = rec.alloc(transient)
+            new = rec.alloc((weight,))
+            rec.free(held)
+            rec.free(keys[i])
+            keys[i] = new
 
 
 def step_events(
@@ -213,7 +227,7 @@ def step_events(
     moments after them; ``kept_workspaces``: the cuBLAS workspaces of the forward's and
     the backward's threads, allocated at each one's first GEMM and kept (gpu.runtime)."""
     rec = _Recorder()
-    _load(rec, t.weights, outside.loading)
+    _load(rec, outside, t.weights)
     if outside.reset:
         rec.events.append(("reset_peaks", 0))
     states_made = sizes.states == 0
