@@ -203,9 +203,25 @@ def test_torchtune_load_state_dict_quantises_each_nf4_weight_again_and_swaps_it_
     from ftmem.gpu.trace import RunOutside, _load, _Recorder
 
     rec = _Recorder()
-    _load(rec, RunOutside(loading=((7,), ()), requantise=True), (3, 5))
+    program = (("alloc", 7), ("weight", 0), ("free", 0))
+    _load(rec, RunOutside(loading=(program, ()), requantise=True), (3, 5))
     assert rec.events == [
         ("alloc", 7), ("alloc", 3), ("free", 0),  # init: transient, weight, transient freed
         ("alloc", 5),  # an unquantised weight: no transient
         ("alloc", 7), ("alloc", 3), ("free", 3), ("free", 1),  # load: anew, old freed
     ]  # fmt: skip
+
+
+def test_torchao_v01_program_follows_the_code_order_and_frees_everything():
+    # the weight is allocated after the search's 32n blocks are freed (the packing comes
+    # last), and every transient of the program is freed
+    from ftmem.run_phases import quantise_program
+
+    g, run = _mlp_group(torchao_version="0.1")
+    program = quantise_program(g, run, PROFILES["torchtune"])
+    allocs = [size for op, size in program if op == "alloc"]
+    freed = sorted(j for op, j in program if op == "free")
+    assert freed == list(range(len(allocs)))
+    weight_at = program.index(("weight", 0))
+    assert ("free", 5) in program[:weight_at]  # |value - nf4| freed before the weight
+    assert max(allocs) == 32 * MLP

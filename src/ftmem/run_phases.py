@@ -95,6 +95,51 @@ def quantise_transient(g: TensorGroup, run: RunConfig, profile: Profile) -> tupl
     return (FP16 * n,)
 
 
+# One weight's loading as the allocator sees it, in order: ("alloc", bytes) a transient,
+# ("weight", 0) the weight itself, ("free", j) the j-th transient of this program
+Program = tuple[tuple[str, int], ...]
+
+
+def quantise_program(g: TensorGroup, run: RunConfig, profile: Profile) -> Program:
+    """The order of ``quantise_transient``'s tensors and the weight (read in the same
+    code); empty where the weight is loaded as stored."""
+    sizes = quantise_transient(g, run, profile)
+    if not sizes:
+        return ()
+    n = g.numel
+    if profile.loading != "torchao-nf4":
+        # the 16-bit copy(ies) exist, quantize_4bit allocates the weight, they are freed
+        return (
+            *(("alloc", b) for b in sizes),
+            ("weight", 0),
+            *(("free", j) for j in reversed(range(len(sizes)))),
+        )
+    absmax = (("alloc", 2 * n), ("free", 1), ("alloc", 2 * n), ("free", 2))  # blocks.abs()
+    if _version_at_least(run.torchao_version, NF4_CHUNKED_FIRST):
+        chunk = 32 * min(n, NF4_CHUNK)
+        return (
+            ("alloc", 2 * n),  # 0: the bf16 source
+            *absmax,  # 1, 2: get_block_absmax in the scalers' and the codes' pass
+            ("alloc", 2 * n),  # 3: scaled_blocks
+            ("alloc", n),  # 4: quantized_blocks (uint8)
+            ("alloc", chunk), ("alloc", chunk), ("free", 5), ("free", 6),  # one chunk
+            ("weight", 0),
+            ("free", 4), ("free", 3), ("free", 0),
+        )  # fmt: skip
+    # torchao@ff288954 convert_to_norm_float_weight / quantize_tensor_nearest, then the
+    # packing ``quantized_blocks[::2] << 4 | quantized_blocks[1::2]`` on int64 indices
+    return (
+        ("alloc", 2 * n),  # 0: the bf16 source
+        *absmax,  # 1, 2
+        ("alloc", 2 * n),  # 3: scaled_blocks
+        ("alloc", 32 * n), ("alloc", 32 * n), ("free", 4),  # 4: value - nf4, 5: .abs()
+        ("alloc", 2 * n), ("alloc", 8 * n), ("free", 6), ("free", 5),  # 6, 7: .min(-1)
+        ("alloc", 4 * n), ("alloc", 4 * n), ("free", 8),  # 8: [::2] << 4, 9: | [1::2]
+        ("weight", 0),  # .to(torch.uint8) and the scalers: the NF4Tensor
+        ("free", 9), ("free", 7), ("free", 3), ("free", 0),
+    )  # fmt: skip
+
+
 def loading_transients(
     plan: MethodPlan, run: RunConfig, profile: Profile
 ) -> tuple[tuple[int, ...], ...]:
@@ -106,9 +151,7 @@ def loading_transients(
     return tuple(out)
 
 
-def replayed_loading(
-    plan: MethodPlan, run: RunConfig, profile: Profile
-) -> tuple[tuple[int, ...], ...]:
+def replayed_loading(plan: MethodPlan, run: RunConfig, profile: Profile) -> tuple[Program, ...]:
     """The loading transients the allocator replay lays out. Not HF's: from_pretrained
     first warms the caching allocator up with one tensor of the model's bytes
     (transformers src/transformers/modeling_utils.py caching_allocator_warmup, docstring
@@ -118,7 +161,10 @@ def replayed_loading(
     alone there. The loading moment's allocated peak counts the transients either way."""
     if profile.loading == "hf":
         return ()
-    return loading_transients(plan, run, profile)
+    out: list[Program] = []
+    for g in plan.groups:
+        out += [quantise_program(g, run, profile)] * g.count
+    return tuple(out)
 
 
 def loading_peak(weights: tuple[int, ...], transients: tuple[tuple[int, ...], ...]) -> int:

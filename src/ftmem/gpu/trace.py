@@ -175,14 +175,15 @@ class _Recorder:
 @dataclass(frozen=True, slots=True)
 class RunOutside:
     """The run's moments beside the step, as the allocator sees them (run_phases):
-    ``loading``: per weight tensor (``StepTensors.weights``' order), the tensors alive
-    while it is put on the GPU; ``after``: per moment after the steps, its tensors;
+    ``loading``: per weight tensor (``StepTensors.weights``' order), the program that
+    puts it on the GPU (run_phases.Program; empty: allocated as it is); ``after``: per
+    moment after the steps, its tensors;
     ``reset``: the window starts after loading (``reset_peak_memory_stats``, which
     frees nothing: the reserved peak starts from what loading left cached);
     ``requantise``: the checkpoint is loaded into already quantised parameters, each
     quantised again and replaced (torchtune's NF4 ``inplace_copy``)."""
 
-    loading: tuple[tuple[int, ...], ...] = ()
+    loading: tuple[tuple[tuple[str, int], ...], ...] = ()
     after: tuple[tuple[int, ...], ...] = ()
     reset: bool = False
     requantise: bool = False
@@ -192,28 +193,37 @@ STEP_ONLY = RunOutside()  # the step and plain loading, nothing else
 
 
 def _load(rec: _Recorder, outside: RunOutside, weights: tuple[int, ...]) -> None:
-    """Each weight allocated beside its loading transients (a 16-bit copy to quantise
-    from...), which are freed once it exists; with ``requantise``, a second pass
-    (load_state_dict into quantised parameters) makes each quantised weight anew beside
-    the same transients and frees the old one."""
-    transients = outside.loading
-    if not transients:
+    """Each weight allocated within its loading program (run_phases.Program: the
+    transients of quantising it, in order); with ``requantise``, a second pass
+    (load_state_dict into quantised parameters) runs each program again, making the
+    weight anew, and frees the old one."""
+    if not outside.loading:
         rec.alloc(weights)
         return
-    keys: list[list[int]] = []
-    for weight, transient in zip(weights, transients, strict=True):
-        held = rec.alloc(transient)
-        keys.append(rec.alloc((weight,)))
-        rec.free(held)
+    keys = [_run_program(rec, w, p) for w, p in zip(weights, outside.loading, strict=True)]
     if not outside.requantise:
         return
-    for i, (weight, transient) in enumerate(zip(weights, transients, strict=True)):
-        if transient:
-            held = rec.alloc(transient)
-            new = rec.alloc((weight,))
-            rec.free(held)
+    for i, (weight, program) in enumerate(zip(weights, outside.loading, strict=True)):
+        if program:
+            new = _run_program(rec, weight, program)
             rec.free(keys[i])
             keys[i] = new
+
+
+def _run_program(rec: _Recorder, weight: int, program: tuple[tuple[str, int], ...]) -> list[int]:
+    """One weight's loading program; returns the weight's key."""
+    if not program:
+        return rec.alloc((weight,))
+    local: list[list[int]] = []
+    key: list[int] = []
+    for op, value in program:
+        if op == "alloc":
+            local.append(rec.alloc((value,)))
+        elif op == "weight":
+            key = rec.alloc((weight,))
+        else:
+            rec.free(local[value])
+    return key
 
 
 def step_events(
