@@ -125,7 +125,7 @@ def test_merging_into_a_4_bit_base_dequantises_and_requantises():
     arch = _architecture(LLAMA2_7B)
     run = RunConfig(method="qlora", lora_targets="all-linear", adapter_dtype="fp32")
     plan = plan_method(arch, run)
-    assert sum(merge_tensors(plan, run)) == (4 + 2 + 4 + 4) * MLP
+    assert sum(merge_tensors(plan)) == (4 + 2 + 4 + 4) * MLP
 
 
 @pytest.mark.parametrize(

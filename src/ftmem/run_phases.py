@@ -216,7 +216,7 @@ def generation_tensors(
     return (*cache, one, one, FP32 * batch * arch.vocab_size)
 
 
-def merge_tensors(plan: MethodPlan, run: RunConfig) -> tuple[int, ...]:
+def merge_tensors(plan: MethodPlan) -> tuple[int, ...]:
     """peft's merge_and_unload on the largest adapted linear (one at a time)."""
     a = BYTES_PER_ELEMENT[plan.dtypes.adapter]
     c = BYTES_PER_ELEMENT[plan.dtypes.base]
@@ -283,7 +283,7 @@ def run_moments(
         )
     if run.merge_adapters and plan.adapted:
         moments.append(
-            Moment("merge", "after", after, merge_tensors(plan, run), "peft merge_and_unload")
+            Moment("merge", "after", after, merge_tensors(plan), "peft merge_and_unload")
         )
     return tuple(moments)
 
