@@ -52,6 +52,8 @@ def replay_live(events: list[tuple[str, int]]) -> tuple[int, int]:
     live = best = 0
     freed: set[int] = set()
     for kind, value in events:
+        if kind == "reset_peaks":
+            continue
         if kind.startswith("alloc"):
             sizes.append(value)
             live += value

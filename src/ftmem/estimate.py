@@ -18,13 +18,32 @@ from typing import TYPE_CHECKING
 from ftmem.arch import Architecture, count_params
 from ftmem.errors import InvalidInputError
 from ftmem.gpu.device import DeviceFigures, cuda_runtime, device_figures, workspace_bytes
-from ftmem.gpu.trace import StepTensors, coarse_tensors, outer_sides, plan_tensors
+from ftmem.gpu.trace import (
+    STEP_ONLY,
+    RunOutside,
+    StepTensors,
+    coarse_tensors,
+    outer_sides,
+    plan_tensors,
+)
 from ftmem.hardware import Gpu
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.parallel import ENGINE, ParallelConfig, ParallelStep, parallel_notes, parallel_step
 from ftmem.phases import StepSizes, find_peak
-from ftmem.result import AtPeak, Estimate, Memory, ModelInfo, ParallelInfo, PhasePeaks, ResolvedRun
+from ftmem.profiles import profile_of
+from ftmem.result import (
+    AtPeak,
+    Estimate,
+    Memory,
+    ModelInfo,
+    ParallelInfo,
+    PhasePeaks,
+    ResolvedRun,
+    RunMoment,
+    RunPeak,
+)
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
+from ftmem.run_phases import replayed_loading, resolved_peak_of, run_moments
 from ftmem.step import StepParts, step_parts
 
 if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
@@ -98,7 +117,9 @@ def estimate_step(
     else:
         phase, at_peak = peak_info.phase, peak_info.at_peak
         grads, states = parts.sizes.gradients.total, parts.sizes.states
-    at_peak, figures = _device(at_peak, parts, parts.sizes, run, gpu, overhead_bytes)
+    at_peak, figures, run_peak = _device(
+        at_peak, parts, parts.sizes, run, gpu, overhead_bytes, arch=arch
+    )
     memory = _memory(
         Components(weights, grads, states, activations, 0),
         phase,
@@ -106,6 +127,7 @@ def estimate_step(
         peak_info.phases,
         parts,
         figures,
+        run_peak,
     )
     return _result(arch, run, plan, plan.n_trainable, memory, gpu, notes + _family_notes(arch, run))
 
@@ -129,17 +151,23 @@ def _device(
     gpu: Gpu | None,
     overhead: int | None,
     par: ParallelConfig | None = None,
-) -> tuple[AtPeak, DeviceFigures]:
+    arch: Architecture | None = None,
+) -> tuple[AtPeak, DeviceFigures, RunPeak | None]:
     """The peak with the BLAS workspaces a CUDA run adds, and its reserved and device
-    figures (``sizes``: the rank's step)."""
-    rt = None
+    figures (``sizes``: the rank's step); with ``arch`` (one GPU), over the window the
+    run's figure covers (run_phases)."""
+    rt, run_peak, outside = None, None, STEP_ONLY
+    tensors = _tensors(parts, sizes)
     if run.device == "cuda":
         rt = cuda_runtime(gpu, run.torch_version, *((par.gpus, par.nodes) if par else ()))
         at_peak = at_peak.model_copy(update={"workspaces": workspace_bytes(rt)})
+        if arch is not None:
+            outside, run_peak = _run_window(arch, parts, run, tensors, at_peak)
+    allocated = run_peak.allocated_bytes if run_peak else at_peak.total
     figures = device_figures(
-        at_peak.total,
+        allocated,
         sizes,
-        _tensors(parts, sizes),
+        tensors,
         rt,
         micro_batches=min(run.grad_accum, 2),  # from the second on, every one is alike
         overhead=overhead,
@@ -148,8 +176,46 @@ def _device(
         # allocates all-gather and reduce-scatter buffers in separate CUDA streams, and
         # memory blocks in the allocator are tied to a stream")
         comm_stream=par is not None and par.resolved_strategy.startswith("fsdp"),
+        outside=outside,
     )
-    return at_peak, figures
+    return at_peak, figures, run_peak
+
+
+def _run_window(
+    arch: Architecture, parts: StepParts, run: RunConfig, tensors: StepTensors, at_peak: AtPeak
+) -> tuple[RunOutside, RunPeak]:
+    """The moments outside the step, for the allocator replay and the run's peak; with
+    --peak-of step they are listed but the window starts after loading."""
+    profile = profile_of(run)
+    peak_of = resolved_peak_of(run, profile)
+    moments = run_moments(
+        arch,
+        parts.plan,
+        run,
+        profile,
+        weights=tensors.weights,
+        states=parts.sizes.states,
+        workspaces=at_peak.workspaces,
+    )
+    in_run = peak_of == "run"
+    outside = RunOutside(
+        loading=replayed_loading(parts.plan, run, profile),
+        after=tuple(m.tensors for m in moments if m.when == "after") if in_run else (),
+        reset=not in_run,
+        requantise=profile.requantises_on_load,
+    )
+    name, allocated = "step", at_peak.total
+    for m in moments:
+        if in_run and m.peak > allocated:
+            name, allocated = m.name, m.peak
+    record = RunPeak(
+        peak_of=peak_of,
+        moment=name,
+        allocated_bytes=allocated,
+        step_allocated_bytes=at_peak.total,
+        moments=[RunMoment(name=m.name, allocated_bytes=m.peak, source=m.source) for m in moments],
+    )
+    return outside, record
 
 
 def _tensors(parts: StepParts, sizes: StepSizes) -> StepTensors:
@@ -170,8 +236,9 @@ def _memory(
     phases: PhasePeaks,
     parts: StepParts,
     figures: DeviceFigures,
+    run_peak: RunPeak | None = None,
 ) -> Memory:
-    peak = at_peak.total
+    peak = run_peak.allocated_bytes if run_peak else at_peak.total
     ws = at_peak.workspaces  # kept for the run's life: in every phase of a steady step
     if ws:
         phases = PhasePeaks(
@@ -206,6 +273,7 @@ def _memory(
                 {"what": s.what, "bytes": s.nbytes} for s in parts.typical_block
             ],
             activations_outer=[{"what": s.what, "bytes": s.nbytes} for s in parts.outer_items],
+            run_peak=run_peak,
         )
     )
 
@@ -278,7 +346,7 @@ def _estimate_parallel(
     peak_info = step.peak
     activations = sz.activations.total
     comm = sz.comm.largest()
-    at_peak, figures = _device(
+    at_peak, figures, _ = _device(
         peak_info.at_peak, step.parts, sz, step.run, gpu, overhead_bytes, par
     )
     memory = _memory(

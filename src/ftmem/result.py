@@ -64,6 +64,24 @@ class BeyondAllocated(_Frozen):
     nccl: int  # NCCL's own buffers (several GPUs)
 
 
+class RunMoment(_Frozen):
+    name: str  # loading, evaluation, generation, merge
+    allocated_bytes: int  # the allocated peak of that moment
+    source: str
+
+
+class RunPeak(_Frozen):
+    """The run beyond the step (ftmem.run_phases): ``peak_of`` says which window the
+    three figures cover; ``moment`` is where the run's allocated peak is ("step" or a
+    moment outside it) and ``allocated_bytes`` its size."""
+
+    peak_of: str  # step | run
+    moment: str
+    allocated_bytes: int
+    step_allocated_bytes: int
+    moments: list[RunMoment]
+
+
 class Memory(_Frozen):
     """Component sizes (whole step) and the predicted peaks.
 
@@ -92,6 +110,7 @@ class Memory(_Frozen):
     phases: PhasePeaks
     activations_per_block: list[SavedItem]
     activations_outer: list[SavedItem]
+    run_peak: RunPeak | None = None  # CUDA, one GPU: the moments outside the step
 
 
 class ModelInfo(_Frozen):

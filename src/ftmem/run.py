@@ -102,6 +102,9 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "adapter_size": limits.WIDTH,
     "virtual_tokens": limits.TOKENS,
     "encoder_hidden": limits.WIDTH,
+    "eval_batch_size": limits.SEQUENCES,
+    "generate_batch_size": limits.SEQUENCES,
+    "generate_len": limits.TOKENS,
 }
 
 
@@ -164,6 +167,34 @@ class RunConfig(limits.BoundedSettings):
         pattern=r"^[0-9]{1,2}\.[0-9]{1,2}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})$",
         description="PyTorch's version: its cuBLAS workspaces and CUDA context "
         "(default: 2.13, the one ftmem is measured with).",
+    )
+    torchao_version: str | None = Field(
+        None,
+        pattern=r"^[0-9]{1,2}\.[0-9]{1,2}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})$",
+        description="torchao's version (torchtune's NF4): before 0.2 each weight is "
+        "quantised whole, a 66-bytes-per-element transient (default: a current one).",
+    )
+    # the run beyond the step (ftmem.run_phases)
+    peak_of: Literal["step", "run"] | None = Field(
+        None,
+        description="step: the peak of a training step (after reset_peak_memory_stats); "
+        "run: the whole run's, with loading, evaluation, generation and merging. Default: "
+        "what the framework's own memory figure covers (ftmem.profiles).",
+    )
+    eval_batch_size: PositiveInt | None = Field(
+        None,
+        description="Evaluate during training at this batch size (no grad; HF "
+        "per_device_eval_batch_size). Default: none (HF's eval_strategy 'no'); LitGPT's "
+        "validate() at the micro-batch.",
+    )
+    generate_batch_size: PositiveInt | None = Field(
+        None, description="Generate samples during training, this many sequences at once."
+    )
+    generate_len: PositiveInt | None = Field(
+        None, description="Tokens (prompt + new) a generation's KV cache holds (default seq_len)."
+    )
+    merge_adapters: bool = Field(
+        False, description="Merge the adapters into the base at the end (peft merge_and_unload)."
     )
     batch_size: PositiveInt = 1
     seq_len: PositiveInt = 512

@@ -114,6 +114,30 @@ RUN = [
         "PyTorch's version (e.g. 2.1): its cuBLAS workspaces and CUDA context (default 2.13).",
     ),
     _opt(
+        "torchao_version",
+        OptStr,
+        None,
+        "torchao's version (torchtune's NF4; before 0.2 a 66 B/element quantisation "
+        "transient per weight).",
+    ),
+    _opt(
+        "peak_of",
+        Optional[field_choices("peak_of")],  # noqa: UP045
+        None,
+        "step | run: a training step's peak, or the whole run's with loading, evaluation, "
+        "generation, merging (default: what the framework's own figure covers).",
+    ),
+    _opt("eval_batch_size", OptInt, None, "Evaluate during training at this batch size."),
+    _opt("generate_batch_size", OptInt, None, "Generate samples during training (batch)."),
+    _opt("generate_len", OptInt, None, "Generation: tokens the KV cache holds (default seq-len)."),
+    _opt(
+        "merge_adapters",
+        bool,
+        False,
+        "Merge the adapters at the end (peft merge_and_unload).",
+        "--merge-adapters",
+    ),
+    _opt(
         "loss",
         field_choices("loss"),
         "standard",

@@ -625,9 +625,14 @@ def replay_streams(events: Iterable[tuple[str, int]]) -> AllocatorStats:
             pools[owner[0]].free(owner[1])
             handles[value] = None
             continue
+        if kind == "reset_peaks":  # torch.cuda.reset_peak_memory_stats: from now on
+            peak_allocated = pools[0].allocated + pools[1].allocated
+            peak_reserved = pools[0].reserved + pools[1].reserved
+            peak_requested = pools[0].requested + pools[1].requested
+            continue
         if kind not in ("alloc", SIDE_STREAM_ALLOC):
             raise InvalidInputError(
-                f"Unknown allocator event {kind!r}; use alloc, alloc@side or free."
+                f"Unknown allocator event {kind!r}; use alloc, alloc@side, free or reset_peaks."
             )
         stream = 1 if kind == SIDE_STREAM_ALLOC else 0
         handles.append((stream, pools[stream].malloc(value)))

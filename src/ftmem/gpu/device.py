@@ -21,7 +21,7 @@ from functools import lru_cache
 
 from ftmem.gpu.allocator import replay_streams
 from ftmem.gpu.runtime import Runtime, runtime_for
-from ftmem.gpu.trace import StepTensors, step_events
+from ftmem.gpu.trace import STEP_ONLY, RunOutside, StepTensors, step_events
 from ftmem.hardware import Gpu
 from ftmem.phases import StepSizes
 
@@ -77,11 +77,13 @@ def allocator_cache(
     micro_batches: int,
     kept: tuple[tuple[int, ...], tuple[int, ...]],
     comm_stream: bool,
+    outside: RunOutside = STEP_ONLY,
 ) -> int:
     """What the caching allocator holds beyond the allocated peak, at its reserved peak:
     the run's requests replayed through its rules (``comm_stream``: FSDP requests its
     all-gather and reduce-scatter buffers on streams of their own)."""
-    stats = replay_streams(step_events(sizes, tensors, micro_batches, kept, comm_stream))
+    events = step_events(sizes, tensors, micro_batches, kept, comm_stream, outside)
+    stats = replay_streams(events)
     return max(0, stats.peak_reserved - stats.peak_allocated)
 
 
@@ -94,13 +96,16 @@ def device_figures(
     micro_batches: int,
     overhead: int | None = None,
     comm_stream: bool = False,
+    outside: RunOutside = STEP_ONLY,
 ) -> DeviceFigures:
     """Reserved and device figures around the ``allocated`` peak (workspaces included);
     ``rt`` None: the CPU; ``overhead``: the user's own figure for everything beyond the
-    allocated peak."""
+    allocated peak; ``outside``: the run's moments beside the step, replayed with it."""
     if rt is None:
         return DeviceFigures(allocated, allocated, 0, 0, 0)
-    cache = allocator_cache(sizes, tensors, micro_batches, _kept_per_thread(rt), comm_stream)
+    cache = allocator_cache(
+        sizes, tensors, micro_batches, _kept_per_thread(rt), comm_stream, outside
+    )
     reserved = allocated + cache
     if overhead is not None:
         return DeviceFigures(reserved, allocated + overhead, cache, 0, 0)

@@ -179,20 +179,77 @@ class _Recorder:
         self.free(self.alloc((size,)))
 
 
+@dataclass(frozen=True, slots=True)
+class RunOutside:
+    """The run's moments beside the step, as the allocator sees them (run_phases):
+    ``loading``: per weight tensor (``StepTensors.weights``' order), the program that
+    puts it on the GPU (run_phases.Program; empty: allocated as it is); ``after``: per
+    moment after the steps, its tensors;
+    ``reset``: the window starts after loading (``reset_peak_memory_stats``, which
+    frees nothing: the reserved peak starts from what loading left cached);
+    ``requantise``: the checkpoint is loaded into already quantised parameters, each
+    quantised again and replaced (torchtune's NF4 ``inplace_copy``)."""
+
+    loading: tuple[tuple[tuple[str, int], ...], ...] = ()
+    after: tuple[tuple[int, ...], ...] = ()
+    reset: bool = False
+    requantise: bool = False
+
+
+STEP_ONLY = RunOutside()  # the step and plain loading, nothing else
+
+
+def _load(rec: _Recorder, outside: RunOutside, weights: tuple[int, ...]) -> None:
+    """Each weight allocated within its loading program (run_phases.Program: the
+    transients of quantising it, in order); with ``requantise``, a second pass
+    (load_state_dict into quantised parameters) runs each program again, making the
+    weight anew, and frees the old one."""
+    if not outside.loading:
+        rec.alloc(weights)
+        return
+    keys = [_run_program(rec, w, p) for w, p in zip(weights, outside.loading, strict=True)]
+    if not outside.requantise:
+        return
+    for i, (weight, program) in enumerate(zip(weights, outside.loading, strict=True)):
+        if program:
+            new = _run_program(rec, weight, program)
+            rec.free(keys[i])
+            keys[i] = new
+
+
+def _run_program(rec: _Recorder, weight: int, program: tuple[tuple[str, int], ...]) -> list[int]:
+    """One weight's loading program; returns the weight's key."""
+    if not program:
+        return rec.alloc((weight,))
+    local: list[list[int]] = []
+    key: list[int] = []
+    for op, value in program:
+        if op == "alloc":
+            local.append(rec.alloc((value,)))
+        elif op == "weight":
+            key = rec.alloc((weight,))
+        else:
+            rec.free(local[value])
+    return key
+
+
 def step_events(
     sizes: StepSizes,
     t: StepTensors,
     micro_batches: int = 1,
     kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
     comm_stream: bool = False,
+    outside: RunOutside = STEP_ONLY,
 ) -> list[Event]:
-    """Loading, then two optimizer steps of ``micro_batches`` passes each;
-    ``kept_workspaces``: the cuBLAS workspaces of the forward's and the backward's
-    threads, allocated at each one's first GEMM and kept (gpu.runtime);
+    """Loading, then two optimizer steps of ``micro_batches`` passes each, then the
+    moments after them; ``kept_workspaces``: the cuBLAS workspaces of the forward's and
+    the backward's threads, allocated at each one's first GEMM and kept (gpu.runtime);
     ``comm_stream``: communication buffers are requested on a side stream (FSDP's
     all-gather and reduce-scatter streams; gpu.allocator.replay_streams)."""
     rec = _Recorder(SIDE_STREAM_ALLOC if comm_stream else "alloc")
-    rec.alloc(t.weights)
+    _load(rec, outside, t.weights)
+    if outside.reset:
+        rec.events.append(("reset_peaks", 0))
     states_made = sizes.states == 0
     step = sizes.optimizer
     first = True
@@ -211,6 +268,8 @@ def step_events(
         rec.free(buffers)
         rec.free(grads)  # zero_grad(set_to_none=True)
         rec.moment(step.merge)
+    for tensors in outside.after:  # evaluation, generation, merging: freed when done
+        rec.free(rec.alloc(tensors))
     return rec.events
 
 

@@ -72,6 +72,23 @@ CSV_MEMORY = (
 )
 
 
+def peak_where(m: Memory) -> str:
+    """Where the allocated peak is: a phase of the step, or a moment of the run outside
+    it (ftmem.run_phases; --peak-of run)."""
+    r = m.run_peak
+    if r is not None and r.moment != "step":
+        return f"{r.moment}, outside the step"
+    return m.peak_phase
+
+
+def step_rows(m: Memory) -> list[tuple[str, int]]:
+    """The step's own peak, shown when the run's is elsewhere."""
+    r = m.run_peak
+    if r is None or r.moment == "step":
+        return []
+    return [(f"Training step's peak ({m.peak_phase})", r.step_allocated_bytes)]
+
+
 def beyond_rows(m: Memory) -> list[tuple[str, int]]:
     """The rows between the allocated peak and the device total: the allocator's cache
     and the reserved peak, then what lives outside the allocator (a user's --overhead
@@ -190,8 +207,10 @@ def table(est: Estimate, units: UnitSystem = "GiB") -> RenderableType:
             f"{bar(share)} {share:6.1%}",
         )
     tbl.add_section()
+    for label, value in step_rows(m):
+        tbl.add_row(label, "", format_bytes(value, units), "")
     tbl.add_row(
-        f"Peak allocated ({m.peak_phase})",
+        f"Peak allocated ({peak_where(m)})",
         "",
         format_bytes(m.peak_allocated_bytes, units),
         f"{bar(1.0)} 100.0%",
@@ -296,7 +315,8 @@ def markdown(est: Estimate, units: UnitSystem = "GiB") -> str:
             f"{format_bytes(getattr(m.at_peak, key), units)} |"
         )
     lines += [
-        f"| **Peak allocated** ({m.peak_phase}) | | {format_bytes(m.peak_allocated_bytes, units)} |",
+        *(f"| {label} | | {format_bytes(value, units)} |" for label, value in step_rows(m)),
+        f"| **Peak allocated** ({peak_where(m)}) | | {format_bytes(m.peak_allocated_bytes, units)} |",
         *(f"| {label} | | {format_bytes(value, units)} |" for label, value in beyond_rows(m)),
         f"| **Device total** (nvidia-smi) | | **{format_bytes(m.total_bytes, units)}** |",
         "",
