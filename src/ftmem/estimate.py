@@ -11,6 +11,7 @@ each rank's sizes and the rank with the most memory is reported.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -98,7 +99,14 @@ def estimate_step(
     else:
         phase, at_peak = peak_info.phase, peak_info.at_peak
         grads, states = parts.sizes.gradients.total, parts.sizes.states
-    at_peak, figures = _device(at_peak, parts, parts.sizes, run, gpu, overhead_bytes)
+
+    def step_at(length: int) -> tuple[StepParts, StepSizes]:
+        if length == run.seq_len:
+            return parts, parts.sizes
+        shorter = step_parts(arch, _at_length(run, length), teacher)
+        return shorter, shorter.sizes
+
+    at_peak, figures = _device(at_peak, parts, parts.sizes, run, gpu, overhead_bytes, step_at)
     memory = _memory(
         Components(weights, grads, states, activations, 0),
         phase,
@@ -128,14 +136,18 @@ def _device(
     run: RunConfig,
     gpu: Gpu | None,
     overhead: int | None,
+    step_at: Callable[[int], tuple[StepParts, StepSizes]],
     par: ParallelConfig | None = None,
 ) -> tuple[AtPeak, DeviceFigures]:
     """The peak with the BLAS workspaces a CUDA run adds, and its reserved and device
-    figures (``sizes``: the rank's step)."""
+    figures (``sizes``: the rank's step; ``step_at``: the step at another batch length,
+    for a variable-length run's replay)."""
     rt = None
+    steps: list[tuple[StepSizes, StepTensors]] = []
     if run.device == "cuda":
         rt = cuda_runtime(gpu, run.torch_version, *((par.gpus, par.nodes) if par else ()))
         at_peak = at_peak.model_copy(update={"workspaces": workspace_bytes(rt)})
+        steps = _length_steps(run, step_at)
     figures = device_figures(
         at_peak.total,
         sizes,
@@ -143,8 +155,28 @@ def _device(
         rt,
         micro_batches=min(run.grad_accum, 2),  # from the second on, every one is alike
         overhead=overhead,
+        steps=steps,
+        allocator=run.allocator,
     )
     return at_peak, figures
+
+
+def _at_length(run: RunConfig, length: int) -> RunConfig:
+    """The run with every batch ``length`` tokens long (validated as the run was)."""
+    return run.model_copy(update={"seq_len": length, "lengths": None})
+
+
+def _length_steps(
+    run: RunConfig, step_at: Callable[[int], tuple[StepParts, StepSizes]]
+) -> list[tuple[StepSizes, StepTensors]]:
+    """A variable-length run's steps in replay order, each with its length's sizes
+    (lengths.replayed_steps); [] for fixed lengths."""
+    lengths = run.replayed_lengths
+    at: dict[int, tuple[StepSizes, StepTensors]] = {}
+    for length in lengths:
+        parts, sizes = step_at(length)
+        at[length] = (sizes, _tensors(parts, sizes))
+    return [at[length] for length in run.replayed_steps]
 
 
 def _tensors(parts: StepParts, sizes: StepSizes) -> StepTensors:
@@ -256,6 +288,14 @@ def _family_notes(arch: Architecture, run: RunConfig) -> list[str]:
         notes += family.notes_for("attention")
     if run.method == "qlora" and run.quant_format != "int4":
         notes += family.notes_for("qlora")
+    if run.device == "cuda" and run.replayed_lengths:
+        lengths = ", ".join(map(str, run.replayed_lengths))
+        notes.append(
+            f"Variable lengths ({run.lengths}): the reserved peak replays batches of {lengths} "
+            "tokens (ftmem.lengths: the lengths at which a shuffled run meets a batch longer "
+            "than any before, then mixed); the allocated peak is the "
+            f"longest's ({run.seq_len})."
+        )
     return notes
 
 
@@ -273,8 +313,15 @@ def _estimate_parallel(
     peak_info = step.peak
     activations = sz.activations.total
     comm = sz.comm.largest()
+
+    def step_at(length: int) -> tuple[StepParts, StepSizes]:
+        if length == run.seq_len:
+            return step.parts, sz
+        shorter = parallel_step(arch, _at_length(run, length), par)
+        return shorter.parts, shorter.ranks[step.worst].sizes
+
     at_peak, figures = _device(
-        peak_info.at_peak, step.parts, sz, step.run, gpu, overhead_bytes, par
+        peak_info.at_peak, step.parts, sz, step.run, gpu, overhead_bytes, step_at, par
     )
     memory = _memory(
         Components(sz.weights, sz.gradients.total, sz.states, activations, comm),

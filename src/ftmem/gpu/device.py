@@ -16,11 +16,13 @@ no workspace and no context: the three are equal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ftmem.gpu.alloc_conf import AllocatorOptions
 from ftmem.gpu.allocator import replay
 from ftmem.gpu.runtime import Runtime, runtime_for
-from ftmem.gpu.trace import StepTensors, step_events
+from ftmem.gpu.trace import StepTensors, run_events, step_events
 from ftmem.hardware import Gpu
 from ftmem.phases import StepSizes
 
@@ -77,14 +79,24 @@ def device_figures(
     *,
     micro_batches: int,
     overhead: int | None = None,
+    steps: Sequence[tuple[StepSizes, StepTensors]] = (),
+    allocator: AllocatorOptions | None = None,
 ) -> DeviceFigures:
     """Reserved and device figures around the ``allocated`` peak (workspaces included);
     ``rt`` None: the CPU; ``overhead``: the user's own figure for everything beyond the
-    allocated peak."""
+    allocated peak. ``steps``: a variable-length run's steps in replay order (each
+    length's sizes; the longest is ``sizes``), else two steps of ``sizes``;
+    ``allocator``: PYTORCH_CUDA_ALLOC_CONF's options for the replay."""
     if rt is None:
         return DeviceFigures(allocated, allocated, 0, 0, 0)
-    events = step_events(sizes, tensors, micro_batches, _kept_per_thread(rt))
-    stats = replay(events)
+    workspaces = _kept_per_thread(rt)
+    if steps:
+        events = run_events(steps, micro_batches, workspaces)
+    else:
+        events = step_events(sizes, tensors, micro_batches, workspaces)
+    # the cache is what the replay holds beyond its own allocated peak (the longest
+    # step's); added to the timeline's allocated peak
+    stats = replay(events, **(allocator or {}))
     cache = max(0, stats.peak_reserved - stats.peak_allocated)
     reserved = allocated + cache
     if overhead is not None:
