@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -74,7 +75,11 @@ def main() -> int:
             results.append({"model": preset, **settings, "error": "skipped: time budget"})
             continue
         arch = get_model(preset)
-        run = RunConfig(precision="bf16", device="cuda", **{"attn": "sdpa", **settings})
+        # the process's own allocator options, which the measured steps run under
+        alloc_conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+        run = RunConfig(
+            precision="bf16", device="cuda", alloc_conf=alloc_conf, **{"attn": "sdpa", **settings}
+        )
         est = estimate_step(arch, run, gpu=get_gpu(args.gpu)).memory
         row = {
             "model": preset,

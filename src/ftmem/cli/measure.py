@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
 
 
 @app.command()
-@with_options(RUN, drop=("optimizer_impl", "accounting"))
+# a measured step has one batch length; its allocator options are the process's own
+# PYTORCH_CUDA_ALLOC_CONF, which the estimate then takes too
+@with_options(RUN, drop=("optimizer_impl", "accounting", "lengths", "alloc_conf"))
 def measure(
     model: Annotated[
         str,
@@ -78,6 +81,7 @@ def measure(
         **settings,
         device=device,
         optimizer_impl="for-loop" if device == "cpu" else "foreach",
+        alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") if device == "cuda" else None,
     )
     with _measure_errors():
         if fsdp:
