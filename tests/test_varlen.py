@@ -187,3 +187,10 @@ def test_from_reads_padded_lengths_from_trl_and_trainer_configs(tmp_path, keys, 
         json.dumps({"model_name_or_path": "x", "per_device_train_batch_size": 4, **keys})
     )
     assert read_framework_config(str(path)).settings.get("lengths") == lengths
+
+
+def test_a_longest_batch_below_the_shortest_is_every_batch():
+    # `ftmem max --for seq-len` tries lengths below MIN: every batch is then that long
+    assert padded_lengths("padded:70", 50) == (50,)
+    with pytest.raises(ValueError, match="at least 1"):
+        padded_lengths("padded:0", 50)

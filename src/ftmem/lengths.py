@@ -95,12 +95,10 @@ def padded_lengths(text: str | None, seq_len: int) -> tuple[int, ...]:
         return lengths(0, seq_len)
     if m := _RANGE.match(spec):
         shortest = int(m.group(1))
-        if not 0 < shortest <= seq_len:
-            raise ValueError(
-                f"--lengths {spec}: the shortest padded length must be between 1 and "
-                f"--seq-len ({seq_len})"
-            )
-        return lengths(shortest, seq_len)
+        if shortest < 1:
+            raise ValueError(f"--lengths {spec}: the shortest padded length must be at least 1")
+        # a longest batch below MIN (a search over --seq-len): every batch is that long
+        return lengths(min(shortest, seq_len), seq_len)
     if m := _LIST.match(spec):
         values = sorted({int(x) for x in m.group(1).split(",")})
         if values[0] < 1 or len(values) > MAX_REPLAYED_LENGTHS:
