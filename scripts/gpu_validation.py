@@ -4,17 +4,21 @@
     python scripts/gpu_validation.py --dry-run                     # list cases + estimates
 
 For each case: build the model from its preset with random weights (no download),
-run the steps with ftmem.measure on CUDA, and record torch.cuda.max_memory_allocated()
-and max_memory_reserved() of the measured step, plus the CUDA context size (device
-memory in use after CUDA initialisation, from torch.cuda.mem_get_info, before any
-tensor is allocated). Writes <out>.json and <out>.md. Sized to finish within 8 minutes
-on one H200; a case that fails is recorded with its error and the run goes on.
+run the steps with ftmem.measure on CUDA, and record the three numbers of the measured
+step next to the estimate's (for --gpu, default h200): torch.cuda.max_memory_allocated()
+against peak_allocated_bytes, max_memory_reserved() against peak_reserved_bytes, and the
+device memory in use after the step (total - free of torch.cuda.mem_get_info, what
+nvidia-smi shows) against device_bytes; plus the CUDA context size (device memory in use
+after CUDA initialisation, before any tensor is allocated). Writes <out>.json and
+<out>.md. Sized to finish within 8 minutes on one H200; a case that fails is recorded
+with its error and the run goes on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -22,7 +26,7 @@ import time
 from pathlib import Path
 
 from ftmem.estimate import estimate_step
-from ftmem.presets import get_model
+from ftmem.presets import get_gpu, get_model
 from ftmem.run import RunConfig
 
 CASES: list[tuple[str, dict]] = [
@@ -58,6 +62,7 @@ def main() -> int:
     parser.add_argument("--out", default="docs/gpu-validation")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--gpu", default="h200", help="the GPU preset the estimates are for")
     args = parser.parse_args()
 
     results = []
@@ -70,12 +75,18 @@ def main() -> int:
             results.append({"model": preset, **settings, "error": "skipped: time budget"})
             continue
         arch = get_model(preset)
-        run = RunConfig(precision="bf16", device="cuda", **{"attn": "sdpa", **settings})
-        est = estimate_step(arch, run, overhead_bytes=0).memory
+        # the process's own allocator options, which the measured steps run under
+        alloc_conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+        run = RunConfig(
+            precision="bf16", device="cuda", alloc_conf=alloc_conf, **{"attn": "sdpa", **settings}
+        )
+        est = estimate_step(arch, run, gpu=get_gpu(args.gpu)).memory
         row = {
             "model": preset,
             **settings,
             "estimated_peak_bytes": est.peak_allocated_bytes,
+            "estimated_reserved_bytes": est.peak_reserved_bytes,
+            "estimated_device_bytes": est.device_bytes,
             "estimated_phase": est.peak_phase,
         }
         if not args.dry_run:
@@ -89,10 +100,12 @@ def main() -> int:
                 row.update(
                     measured_peak_bytes=got.peak_allocated_bytes,
                     measured_phase=got.peak_phase,
-                    max_memory_reserved_bytes=torch.cuda.max_memory_reserved(),
+                    max_memory_reserved_bytes=got.peak_reserved_bytes,
+                    measured_device_bytes=got.device_bytes,
                     activations_bytes=got.activations_bytes,
                     estimated_activations_bytes=est.activations_bytes,
                 )
+                row.update(errors(row))
             except Exception as exc:  # record and go on: one case must not sink the run
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
             row["seconds"] = round(time.time() - started, 1)
@@ -121,29 +134,57 @@ def main() -> int:
     return 0
 
 
+# (metric class, the estimate's field in a row, the measurement's)
+COMPARED = (
+    ("allocated", "estimated_peak_bytes", "measured_peak_bytes"),
+    ("reserved", "estimated_reserved_bytes", "max_memory_reserved_bytes"),
+    ("device", "estimated_device_bytes", "measured_device_bytes"),
+)
+
+
+def errors(row: dict) -> dict[str, float | None]:
+    """(estimate - measured) / measured per metric class; None where either is missing."""
+    out: dict[str, float | None] = {}
+    for name, est_key, got_key in COMPARED:
+        est, got = row.get(est_key), row.get(got_key)
+        out[f"{name}_error"] = (est - got) / got if est is not None and got else None
+    return out
+
+
+def _pair(row: dict, est_key: str, got_key: str, error: float | None) -> str:
+    est, got = row.get(est_key), row.get(got_key)
+    if est is None or got is None or error is None:
+        return " | | "
+    return f"{est / 2**30:.2f} GiB | {got / 2**30:.2f} GiB | {error:+.1%}"
+
+
 def markdown_report(results: list[dict], meta: dict) -> str:
-    """The committed table: estimate vs torch.cuda.max_memory_allocated() per case."""
+    """The committed table: each case's three estimated numbers against
+    max_memory_allocated(), max_memory_reserved() and the device memory in use."""
     context = meta.get("context_bytes") or 0
+    head = " | ".join(f"{c} estimated | {c} measured | {c} error" for c, _, _ in COMPARED)
     lines = [
         f"# GPU validation ({meta['date']})",
         "",
         f"{meta['gpu']}; torch {meta['torch']} (CUDA {meta['cuda']}); "
         f"CUDA context {context / 2**20:.0f} MiB",
         "",
-        "| model | settings | estimated peak | measured peak | error | reserved |",
-        "|---|---|---:|---:|---:|---:|",
+        f"| model | settings | {head} |",
+        "|---|---|" + "---:|" * 3 * len(COMPARED),
     ]
     run_fields = set(RunConfig.model_fields)
     for r in results:
         settings = ", ".join(f"{k}={v}" for k, v in r.items() if k in run_fields)
         if "measured_peak_bytes" in r:
-            est, got = r["estimated_peak_bytes"], r["measured_peak_bytes"]
-            lines.append(
-                f"| {r['model']} | {settings} | {est / 2**30:.2f} GiB | {got / 2**30:.2f} GiB | "
-                f"{(est - got) / got:+.1%} | {r['max_memory_reserved_bytes'] / 2**30:.2f} GiB |"
+            errs = errors(r)
+            cells = " | ".join(
+                _pair(r, est_key, got_key, errs[f"{name}_error"])
+                for name, est_key, got_key in COMPARED
             )
+            lines.append(f"| {r['model']} | {settings} | {cells} |")
         else:
-            lines.append(f"| {r['model']} | {settings} | | {r.get('error', 'failed')} | | |")
+            blanks = " | " * (3 * len(COMPARED) - 1)
+            lines.append(f"| {r['model']} | {settings} | {r.get('error', 'failed')}{blanks}|")
     return "\n".join(lines) + "\n"
 
 

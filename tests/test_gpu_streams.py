@@ -59,8 +59,9 @@ def test_fsdps_side_streams_cache_more_than_one_pool_would():
     step = parallel_step(arch, run, parallel_config(gpus=8, strategy="fsdp"))
     sizes = step.ranks[step.worst].sizes
     tensors = _tensors(step.parts, sizes)
-    apart = allocator_cache(sizes, tensors, 1, ((), ()), True)
-    together = allocator_cache(sizes, tensors, 1, ((), ()), False)
+    steps = ((sizes, tensors), (sizes, tensors))
+    apart = allocator_cache(steps, 1, ((), ()), True)
+    together = allocator_cache(steps, 1, ((), ()), False)
     assert apart > together
     est = ftmem.estimate("llama2-7b", method="full", seq_len=1024, gpus=8, strategy="fsdp")
     assert est.memory.beyond_allocated.allocator_cache >= apart

@@ -11,6 +11,7 @@ each rank's sizes and the rank with the most memory is reported.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -117,8 +118,15 @@ def estimate_step(
     else:
         phase, at_peak = peak_info.phase, peak_info.at_peak
         grads, states = parts.sizes.gradients.total, parts.sizes.states
+
+    def step_at(length: int) -> tuple[StepParts, StepSizes]:
+        if length == run.seq_len:
+            return parts, parts.sizes
+        shorter = step_parts(arch, _at_length(run, length), teacher)
+        return shorter, shorter.sizes
+
     at_peak, figures, run_peak = _device(
-        at_peak, parts, parts.sizes, run, gpu, overhead_bytes, arch=arch
+        at_peak, parts, parts.sizes, run, gpu, overhead_bytes, step_at, arch=arch
     )
     memory = _memory(
         Components(weights, grads, states, activations, 0),
@@ -150,17 +158,21 @@ def _device(
     run: RunConfig,
     gpu: Gpu | None,
     overhead: int | None,
+    step_at: Callable[[int], tuple[StepParts, StepSizes]],
     par: ParallelConfig | None = None,
     arch: Architecture | None = None,
 ) -> tuple[AtPeak, DeviceFigures, RunPeak | None]:
     """The peak with the BLAS workspaces a CUDA run adds, and its reserved and device
-    figures (``sizes``: the rank's step); with ``arch`` (one GPU), over the window the
+    figures (``sizes``: the rank's step; ``step_at``: the step at another batch length,
+    for a variable-length run's replay); with ``arch`` (one GPU), over the window the
     run's figure covers (run_phases)."""
     rt, run_peak, outside = None, None, STEP_ONLY
+    steps: list[tuple[StepSizes, StepTensors]] = []
     tensors = _tensors(parts, sizes)
     if run.device == "cuda":
         rt = cuda_runtime(gpu, run.torch_version, *((par.gpus, par.nodes) if par else ()))
         at_peak = at_peak.model_copy(update={"workspaces": workspace_bytes(rt)})
+        steps = _length_steps(run, step_at)
         if arch is not None:
             outside, run_peak = _run_window(arch, parts, run, tensors, at_peak)
     allocated = run_peak.allocated_bytes if run_peak else at_peak.total
@@ -177,6 +189,8 @@ def _device(
         # memory blocks in the allocator are tied to a stream")
         comm_stream=par is not None and par.resolved_strategy.startswith("fsdp"),
         outside=outside,
+        steps=steps,
+        allocator=run.allocator,
     )
     return at_peak, figures, run_peak
 
@@ -216,6 +230,24 @@ def _run_window(
         moments=[RunMoment(name=m.name, allocated_bytes=m.peak, source=m.source) for m in moments],
     )
     return outside, record
+
+
+def _at_length(run: RunConfig, length: int) -> RunConfig:
+    """The run with every batch ``length`` tokens long (validated as the run was)."""
+    return run.model_copy(update={"seq_len": length, "lengths": None})
+
+
+def _length_steps(
+    run: RunConfig, step_at: Callable[[int], tuple[StepParts, StepSizes]]
+) -> list[tuple[StepSizes, StepTensors]]:
+    """A variable-length run's steps in replay order, each with its length's sizes
+    (lengths.replayed_steps); [] for fixed lengths."""
+    lengths = run.replayed_lengths
+    at: dict[int, tuple[StepSizes, StepTensors]] = {}
+    for length in lengths:
+        parts, sizes = step_at(length)
+        at[length] = (sizes, _tensors(parts, sizes))
+    return [at[length] for length in run.replayed_steps]
 
 
 def _tensors(parts: StepParts, sizes: StepSizes) -> StepTensors:
@@ -329,6 +361,14 @@ def _family_notes(arch: Architecture, run: RunConfig) -> list[str]:
         notes += family.notes_for("attention")
     if run.method == "qlora" and run.quant_format != "int4":
         notes += family.notes_for("qlora")
+    if run.device == "cuda" and run.replayed_lengths:
+        lengths = ", ".join(map(str, run.replayed_lengths))
+        notes.append(
+            f"Variable lengths ({run.lengths}): the reserved peak replays batches of {lengths} "
+            "tokens (ftmem.lengths: the lengths at which a shuffled run meets a batch longer "
+            "than any before, then mixed); the allocated peak is the "
+            f"longest's ({run.seq_len})."
+        )
     return notes
 
 
@@ -346,8 +386,15 @@ def _estimate_parallel(
     peak_info = step.peak
     activations = sz.activations.total
     comm = sz.comm.largest()
+
+    def step_at(length: int) -> tuple[StepParts, StepSizes]:
+        if length == run.seq_len:
+            return step.parts, sz
+        shorter = parallel_step(arch, _at_length(run, length), par)
+        return shorter.parts, shorter.ranks[step.worst].sizes
+
     at_peak, figures, _ = _device(
-        peak_info.at_peak, step.parts, sz, step.run, gpu, overhead_bytes, par
+        peak_info.at_peak, step.parts, sz, step.run, gpu, overhead_bytes, step_at, par
     )
     memory = _memory(
         Components(sz.weights, sz.gradients.total, sz.states, activations, comm),

@@ -84,7 +84,6 @@ NO_MEMORY_EFFECT = {
     "trust_remote_code",
     "strict",
     "train_on_inputs",
-    "group_by_length",
     "shuffle",
     "log_every_n_steps",
     "output_dir_name",
@@ -735,6 +734,8 @@ HF_TRAINER_KEYS = frozenset(
         "torch_dtype",
         "attn_implementation",
         "packing",
+        "padding_free",
+        "group_by_length",
         "deepspeed",
         "fsdp",
         "fsdp_config",
@@ -776,8 +777,31 @@ def _hf_trainer(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
         cfg.notes.append(
             "packing: each micro-batch is packed to the sequence length, as estimated."
         )
+    _hf_lengths(k, cfg)
     _distributed(k, base, cfg)
     return HF_TRAINER_KEYS
+
+
+def _hf_lengths(k: Keys, cfg: FrameworkConfig) -> None:
+    """Batches padded to their longest: group_by_length (LengthGroupedSampler, the
+    longest batch first: transformers src/transformers/trainer_pt_utils.py
+    @010a915ce62bd1a3adb61d0eab2f0acca436b1c0 get_length_grouped_indices), or TRL's
+    packing: false without padding_free (DataCollatorForLanguageModeling: "Inputs are
+    dynamically padded to the maximum length of a batch", huggingface/trl
+    trl/trainer/sft_trainer.py @00313f21920d37c3876c4021b51430224c06c936)."""
+    if k.flag("packing") or k.flag("padding_free"):
+        return
+    if k.flag("group_by_length"):
+        cfg.settings["lengths"] = "grouped"
+    elif k.raw("packing") is False:
+        cfg.settings["lengths"] = "padded"
+    else:
+        return
+    cfg.notes.append(
+        f"lengths {cfg.settings['lengths']}: each batch is padded to its longest, up to the "
+        "sequence length; the reserved peak keeps the cache of the other lengths "
+        "(give --lengths padded:MIN when the shortest is known)."
+    )
 
 
 LITGPT_PRECISION = {

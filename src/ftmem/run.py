@@ -7,6 +7,8 @@ from typing import Literal, get_args
 from pydantic import ConfigDict, Field, FiniteFloat, PositiveInt, model_validator
 
 from ftmem import limits
+from ftmem.gpu.alloc_conf import AllocatorOptions, allocator_options
+from ftmem.lengths import longest_given, padded_lengths, replayed_steps
 
 Method = Literal[
     "full",
@@ -273,12 +275,37 @@ class RunConfig(limits.BoundedSettings):
     quant: Quant | None = None
     double_quant: bool | None = None
     compute_dtype: Literal["bf16", "fp16", "fp32"] | None = None
+    # the CUDA caching allocator (its reserved peak)
+    lengths: str | None = Field(
+        None,
+        description="How the batches' padded lengths vary (ftmem.lengths): fixed (every batch "
+        "--seq-len tokens) | padded (each batch padded to its longest, lengths up to "
+        "--seq-len) | padded:MIN | padded:MIN-MAX (MAX = --seq-len) | padded:L1,L2,... | "
+        "grouped... (the longest batch first: HF group_by_length); "
+        "the reserved peak then holds the segments cached for the other lengths.",
+    )
+    alloc_conf: str | None = Field(
+        None,
+        description="PYTORCH_CUDA_ALLOC_CONF of the run, e.g. expandable_segments:True: the "
+        "caching allocator's options in the reserved-peak replay.",
+    )
     # reporting
     accounting: Accounting = "phases"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seq_len_from_lengths(cls, data: object) -> object:
+        """``lengths: padded:MIN-MAX`` without a ``seq_len``: the longest is MAX."""
+        if isinstance(data, dict) and data.get("seq_len") is None and data.get("lengths"):
+            longest = longest_given(str(data["lengths"]))
+            if longest is not None:
+                data = {**data, "seq_len": longest}
+        return data
 
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:
         self._method_settings_fit()
+        self._allocator_settings_fit()
         if self.method == "partial" and self.trainable_modules is None:
             raise ValueError(
                 "--method partial needs --trainable-modules (regular expressions over "
@@ -331,6 +358,15 @@ class RunConfig(limits.BoundedSettings):
             raise ValueError(f"--precision {self.precision} means autocast; drop --no-autocast")
         return self
 
+    def _allocator_settings_fit(self) -> None:
+        """--lengths and --alloc-conf parse, each refused in its own sentence."""
+        padded_lengths(self.lengths, self.seq_len)
+        if self.alloc_conf is not None:
+            try:
+                allocator_options(self.alloc_conf)
+            except ValueError as exc:
+                raise ValueError(f"--alloc-conf: {str(exc).rstrip('.')}") from None
+
     def _method_settings_fit(self) -> None:
         """Settings that belong to other methods (METHOD_SETTINGS) are refused, the
         first group of them in one sentence."""
@@ -350,6 +386,22 @@ class RunConfig(limits.BoundedSettings):
             )
 
     # Resolved values (what the report prints as the run actually estimated).
+    @property
+    def replayed_lengths(self) -> tuple[int, ...]:
+        """The distinct padded lengths of a variable-length run, ascending (the last
+        one seq_len); () when every batch is seq_len long."""
+        return padded_lengths(self.lengths, self.seq_len)
+
+    @property
+    def replayed_steps(self) -> tuple[int, ...]:
+        """The batch length of each step the reserved-peak replay runs, in order."""
+        return replayed_steps(self.lengths, self.seq_len)
+
+    @property
+    def allocator(self) -> AllocatorOptions:
+        """The caching allocator's options PYTORCH_CUDA_ALLOC_CONF sets (none: defaults)."""
+        return allocator_options(self.alloc_conf) if self.alloc_conf else {}
+
     @property
     def r(self) -> int:
         return self.lora_r or 8

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import typer
 
@@ -17,12 +19,15 @@ from ftmem.errors import FtmemError
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
+    from ftmem.hardware import Gpu
     from ftmem.measure import Measurement
     from ftmem.run import RunConfig
 
 
 @app.command()
-@with_options(RUN, drop=("optimizer_impl", "accounting"))
+# a measured step has one batch length; its allocator options are the process's own
+# PYTORCH_CUDA_ALLOC_CONF, which the estimate then takes too
+@with_options(RUN, drop=("optimizer_impl", "accounting", "lengths", "alloc_conf"))
 def measure(
     model: Annotated[
         str,
@@ -53,6 +58,13 @@ def measure(
             "no bitsandbytes; kernel workspaces and the CUDA allocator are not seen).",
         ),
     ] = False,
+    snapshot: Annotated[
+        Optional[Path],  # noqa: UP045 - typer needs Optional spelled out on Python 3.10
+        typer.Option(
+            help="--device cuda: save the caching allocator's snapshot of the run "
+            "(torch.cuda.memory._snapshot(), pickled; open it at pytorch.org/memory_viz)."
+        ),
+    ] = None,
     output_format: TableOrJson = "table",
     **settings: Any,
 ) -> None:
@@ -61,19 +73,61 @@ def measure(
     from ftmem.sources import resolve_model
 
     _check_measure_options(device, steps, fsdp, fsdp_ranks, fake)
+    _check_snapshot(snapshot, device)
+    if device == "cuda":
+        _check_cuda()
     arch = resolve_model(model)
     run = run_config(
         **settings,
         device=device,
         optimizer_impl="for-loop" if device == "cpu" else "foreach",
+        alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") if device == "cuda" else None,
     )
     with _measure_errors():
         if fsdp:
             return _measure_fsdp(arch, run, fsdp, fsdp_ranks, output_format)
         from ftmem.measure import measure as run_measure
 
-        got = run_measure(arch, run, device=device, steps=steps, fake=fake)
+        with _snapshot_to(snapshot):
+            got = run_measure(arch, run, device=device, steps=steps, fake=fake)
     _print_measured(arch, run, got, fake, output_format)
+
+
+def _check_snapshot(path: Path | None, device: str) -> None:
+    if path is None:
+        return
+    if device != "cuda":
+        raise FtmemError("--snapshot saves the CUDA caching allocator's state: add --device cuda.")
+    if not path.parent.is_dir():
+        raise FtmemError(f"--snapshot: the folder {path.parent} does not exist.")
+
+
+def _check_cuda() -> None:
+    """--device cuda on a machine whose torch sees no GPU: one sentence, before building."""
+    from ftmem.measure import cuda_visible
+
+    try:
+        visible = cuda_visible()
+    except ImportError:
+        raise FtmemError(
+            '--device cuda needs torch built with CUDA: pip install "ftmem[measure]".'
+        ) from None
+    if not visible:
+        raise FtmemError(
+            "--device cuda needs a CUDA GPU, and torch sees none on this machine "
+            "(torch.cuda.is_available() is False); measure on the CPU with --device cpu."
+        )
+
+
+@contextmanager
+def _snapshot_to(path: Path | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    from ftmem.measure.snapshot import recording_to
+
+    with recording_to(path):
+        yield
 
 
 def _check_measure_options(device: str, steps: int, fsdp: int, fsdp_ranks: str, fake: bool) -> None:
@@ -110,7 +164,7 @@ def _print_measured(
     from ftmem.estimate import estimate_step
     from ftmem.present.measure import measured_json, measured_rows, measured_table
 
-    est = estimate_step(arch, run)
+    est = estimate_step(arch, run, gpu=_measured_gpu() if got.device.startswith("cuda") else None)
     if output_format == "json":
         echo(measured_json(est, got, fake))
         return
@@ -119,6 +173,18 @@ def _print_measured(
     rows = measured_rows(est.memory, got)
     phases = (est.memory.peak_phase, got.peak_phase)
     console().print(measured_table(title, "Estimated", rows, phases))
+
+
+def _measured_gpu() -> Gpu | None:
+    """The preset of the GPU measured on: its id's model in the device's name (h100 in
+    "NVIDIA H100 80GB HBM3"), the nearest in memory among those; None if none."""
+    from ftmem.measure import cuda_device
+    from ftmem.presets import gpu_presets
+
+    name, total = cuda_device()
+    lowered = name.lower().replace(" ", "")
+    named = [g for key, g in gpu_presets().items() if key.split("-")[0] in lowered]
+    return min(named, key=lambda g: abs(g.memory_bytes - total), default=None)
 
 
 def _measure_fsdp(arch: Any, run: Any, ranks: int, mode: str, output_format: str) -> None:

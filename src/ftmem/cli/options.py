@@ -138,6 +138,21 @@ RUN = [
         "--merge-adapters",
     ),
     _opt(
+        "lengths",
+        OptStr,
+        None,
+        "How batch lengths vary: fixed (default) | padded (each batch padded to its longest, "
+        "up to --seq-len) | padded:MIN | padded:MIN-MAX | padded:L1,L2,... | grouped[:...] "
+        "(longest batch first): the reserved peak keeps the allocator's segments of the "
+        "other lengths.",
+    ),
+    _opt(
+        "alloc_conf",
+        OptStr,
+        None,
+        "PYTORCH_CUDA_ALLOC_CONF of the run, e.g. expandable_segments:True (reserved peak).",
+    ),
+    _opt(
         "loss",
         field_choices("loss"),
         "standard",

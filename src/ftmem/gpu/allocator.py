@@ -25,6 +25,8 @@ ties between free blocks of equal size.
 
 from __future__ import annotations
 
+from typing import Any
+
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -605,7 +607,7 @@ SIDE_STREAM_ALLOC = "alloc@side"
 """An event kind for :func:`replay_streams`: a request made on a side stream."""
 
 
-def replay_streams(events: Iterable[tuple[str, int]]) -> AllocatorStats:
+def replay_streams(events: Iterable[tuple[str, int]], **options: Any) -> AllocatorStats:
     """Replay requests made on two streams: ``("alloc", n)`` on the default one,
     ``("alloc@side", n)`` on a side stream (an FSDP all-gather or reduce-scatter
     stream), ``("free", k)`` either. A block belongs to the stream that allocated it and
@@ -613,8 +615,9 @@ def replay_streams(events: Iterable[tuple[str, int]]) -> AllocatorStats:
     searched for a block of the same ``stream``; BlockComparatorSize orders by stream
     first), so each stream has pools of its own: modelled as one allocator per stream,
     their reserved and allocated summed at every event. Frees take effect at once (the
-    events ``record_stream`` would wait for are not modelled)."""
-    pools = (CachingAllocator(), CachingAllocator())
+    events ``record_stream`` would wait for are not modelled). ``options``:
+    :class:`CachingAllocator`'s, for both."""
+    pools = (CachingAllocator(**options), CachingAllocator(**options))
     handles: list[tuple[int, int] | None] = []
     peak_allocated = peak_reserved = peak_requested = 0
     for kind, value in events:

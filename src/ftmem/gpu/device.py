@@ -16,12 +16,14 @@ no workspace and no context: the three are equal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ftmem.gpu.alloc_conf import AllocatorOptions
 from ftmem.gpu.allocator import replay_streams
 from ftmem.gpu.runtime import Runtime, runtime_for
-from ftmem.gpu.trace import STEP_ONLY, RunOutside, StepTensors, step_events
+from ftmem.gpu.trace import STEP_ONLY, RunOutside, StepTensors, run_events
 from ftmem.hardware import Gpu
 from ftmem.phases import StepSizes
 
@@ -70,20 +72,25 @@ def _kept_per_thread(rt: Runtime) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(threads[0]), tuple(threads[1])
 
 
+Steps = tuple[tuple[StepSizes, StepTensors], ...]
+
+
 @lru_cache(maxsize=512)  # plan, compare and sweeps estimate the same step more than once
 def allocator_cache(
-    sizes: StepSizes,
-    tensors: StepTensors,
+    steps: Steps,
     micro_batches: int,
     kept: tuple[tuple[int, ...], tuple[int, ...]],
-    comm_stream: bool,
+    comm_stream: bool = False,
     outside: RunOutside = STEP_ONLY,
+    options: tuple[tuple[str, object], ...] = (),
 ) -> int:
     """What the caching allocator holds beyond the allocated peak, at its reserved peak:
     the run's requests replayed through its rules (``comm_stream``: FSDP requests its
-    all-gather and reduce-scatter buffers on streams of their own)."""
-    events = step_events(sizes, tensors, micro_batches, kept, comm_stream, outside)
-    stats = replay_streams(events)
+    all-gather and reduce-scatter buffers on streams of their own; ``options``:
+    PYTORCH_CUDA_ALLOC_CONF's, as items). The replay's own allocated peak is the
+    longest step's."""
+    events = run_events(steps, micro_batches, kept, comm_stream, outside)
+    stats = replay_streams(events, **dict(options))
     return max(0, stats.peak_reserved - stats.peak_allocated)
 
 
@@ -97,14 +104,21 @@ def device_figures(
     overhead: int | None = None,
     comm_stream: bool = False,
     outside: RunOutside = STEP_ONLY,
+    steps: Sequence[tuple[StepSizes, StepTensors]] = (),
+    allocator: AllocatorOptions | None = None,
 ) -> DeviceFigures:
     """Reserved and device figures around the ``allocated`` peak (workspaces included);
     ``rt`` None: the CPU; ``overhead``: the user's own figure for everything beyond the
-    allocated peak; ``outside``: the run's moments beside the step, replayed with it."""
+    allocated peak; ``outside``: the run's moments beside the step, replayed with it;
+    ``steps``: a variable-length run's steps in replay order (each length's sizes; the
+    longest is ``sizes``), else two steps of ``sizes``; ``allocator``:
+    PYTORCH_CUDA_ALLOC_CONF's options for the replay."""
     if rt is None:
         return DeviceFigures(allocated, allocated, 0, 0, 0)
+    replayed = tuple(steps) or ((sizes, tensors), (sizes, tensors))
+    options = tuple(sorted((allocator or {}).items()))
     cache = allocator_cache(
-        sizes, tensors, micro_batches, _kept_per_thread(rt), comm_stream, outside
+        replayed, micro_batches, _kept_per_thread(rt), comm_stream, outside, options
     )
     reserved = allocated + cache
     if overhead is not None:

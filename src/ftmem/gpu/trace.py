@@ -13,6 +13,9 @@ reuse. This module lays the step's known tensors out in time, as PyTorch request
    optimizer: the states on the first step (torch creates them lazily), the step's
    temporaries; ``zero_grad(set_to_none=True)`` frees the gradients.
 
+A variable-length run (ftmem.lengths) replays one step per batch length instead, in
+the order lengths.replay_order gives (run_events).
+
 Two steps, because the first one creates the optimizer states after the activations
 were freed and the second one then allocates its activations around them: the cache
 the first leaves behind is what the second reuses or not.
@@ -242,18 +245,33 @@ def step_events(
     outside: RunOutside = STEP_ONLY,
 ) -> list[Event]:
     """Loading, then two optimizer steps of ``micro_batches`` passes each, then the
-    moments after them; ``kept_workspaces``: the cuBLAS workspaces of the forward's and
-    the backward's threads, allocated at each one's first GEMM and kept (gpu.runtime);
-    ``comm_stream``: communication buffers are requested on a side stream (FSDP's
-    all-gather and reduce-scatter streams; gpu.allocator.replay_streams)."""
+    moments after them (run_events of the same step twice)."""
+    return run_events(
+        [(sizes, t), (sizes, t)], micro_batches, kept_workspaces, comm_stream, outside
+    )
+
+
+def run_events(
+    steps: Sequence[tuple[StepSizes, StepTensors]],
+    micro_batches: int = 1,
+    kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
+    comm_stream: bool = False,
+    outside: RunOutside = STEP_ONLY,
+) -> list[Event]:
+    """Loading (the first step's weights), then one optimizer step of ``micro_batches``
+    passes per (sizes, tensors) in ``steps``, in order (a variable-length run's steps,
+    each with its own batch length; their weights, gradients and states are alike), then
+    the moments after them. ``kept_workspaces``: the cuBLAS workspaces of the forward's
+    and the backward's threads, allocated at each one's first GEMM and kept
+    (gpu.runtime); ``comm_stream``: communication buffers are requested on a side stream
+    (FSDP's all-gather and reduce-scatter streams; gpu.allocator.replay_streams)."""
     rec = _Recorder(SIDE_STREAM_ALLOC if comm_stream else "alloc")
-    _load(rec, outside, t.weights)
+    _load(rec, outside, steps[0][1].weights)
     if outside.reset:
         rec.events.append(("reset_peaks", 0))
-    states_made = sizes.states == 0
-    step = sizes.optimizer
+    states_made = steps[0][0].states == 0
     first = True
-    for _ in range(2):
+    for sizes, t in steps:
         grads: list[int] = []
         for _ in range(micro_batches):
             grads = _pass(rec, sizes, t, grads, kept_workspaces if first else ((), ()))
@@ -261,6 +279,7 @@ def step_events(
         if not states_made:
             rec.alloc(t.states)
             states_made = True
+        step = sizes.optimizer
         buffers = rec.comm(sizes.comm.optimizer)
         if not step.in_backward:
             temporaries = t.step_temporaries or (step.temporaries,)

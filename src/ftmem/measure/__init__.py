@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ftmem.distill import Teacher
     from ftmem.run import RunConfig
 
-__all__ = ["Measurement", "measure"]
+__all__ = ["Measurement", "cuda_device", "cuda_visible", "measure"]
 
 Phase = Literal["forward", "backward", "optimizer"]
 
@@ -48,6 +48,13 @@ class Measurement:
     peak_phase: Phase
     phase_peaks: dict[str, int]  # absolute peak of live bytes within each phase
     activations_by_op: dict[str, int] = field(default_factory=dict)  # autograd node -> bytes
+    # CUDA only (None on the CPU): torch.cuda.max_memory_reserved() over the whole run
+    # (loading, warm-up and the measured step: the caching allocator's segments), and the
+    # device memory at that peak: what mem_get_info shows in use outside the allocator
+    # (CUDA context, libraries' own memory, and any other process on the same GPU) plus
+    # the reserved peak, what nvidia-smi would show then
+    peak_reserved_bytes: int | None = None
+    device_bytes: int | None = None
     # provenance
     device: str = "cpu"
     tracker: str = ""  # "cuda-allocator" or "dispatch" (the CPU LiveBytesTracker)
@@ -62,6 +69,20 @@ class Measurement:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+def cuda_visible() -> bool:
+    """Whether torch sees a CUDA GPU here (imports torch; ImportError without it)."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def cuda_device() -> tuple[str, int]:
+    """The current CUDA device's name and total memory (imports torch)."""
+    import torch
+
+    return torch.cuda.get_device_name(), torch.cuda.mem_get_info()[1]
 
 
 def measure(

@@ -104,6 +104,19 @@ class _CudaMeter:
         torch.cuda.synchronize(self.device)
         return torch.cuda.max_memory_allocated(self.device)
 
+    def device_readings(self, before: int) -> tuple[int, int]:
+        """(peak reserved, device memory at that peak) of the whole run: ``before`` is
+        the reserved peak of loading and warm-up (read before the cache was emptied for
+        the measured step), the step's own counts from its last phase's reset, which
+        starts it at the reserved bytes then (reserved only grows inside a step). The
+        device figure is what lives outside the allocator now (total - free -
+        reserved, from mem_get_info: context, libraries) plus that peak."""
+        torch.cuda.synchronize(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        peak = max(before, torch.cuda.max_memory_reserved(self.device))
+        outside = total - free - torch.cuda.memory_reserved(self.device)
+        return peak, outside + peak
+
 
 def _forward(
     model: torch.nn.Module,
@@ -321,6 +334,7 @@ def _run(
         )
 
     by_op = _warm_up(forward, optimizer, run, steps, weight_storage_ptrs(model), notes)
+    reserved_before = torch.cuda.max_memory_reserved(dev) if dev.type == "cuda" else 0
     _settle(dev)
     # the weights as they are now: bitsandbytes casts a 4-bit linear's bias at the first
     # forward and frees the old one, whose address a saved activation can then take
@@ -333,8 +347,11 @@ def _run(
     )
     if walk_ops:
         by_op = step.by_op
+    readings: tuple[int | None, int | None] = (None, None)
+    if isinstance(meter, _CudaMeter):
+        readings = meter.device_readings(reserved_before)
     got = _Measured(model, teacher_model, optimizer, params, step, by_op)
-    return _measurement(got, meter.name, built, dev, notes)
+    return _measurement(got, meter.name, built, dev, notes, readings)
 
 
 def _check_measurable(run: RunConfig, steps: int) -> None:
@@ -517,9 +534,15 @@ class _Measured:
 
 
 def _measurement(
-    got: _Measured, tracker: str, built: Built, dev: torch.device, notes: list[str]
+    got: _Measured,
+    tracker: str,
+    built: Built,
+    dev: torch.device,
+    notes: list[str],
+    device_readings: tuple[int | None, int | None] = (None, None),
 ) -> Measurement:
-    """The readings with the sizes of what the step left: weights, buffers, states."""
+    """The readings with the sizes of what the step left: weights, buffers, states;
+    ``device_readings``: CUDA's (peak reserved, device in use)."""
     r, params = got.step, got.params
     peak_phase = max(PHASES, key=lambda ph: r.peaks[ph])
     models = [got.model] if got.teacher is None else [got.model, got.teacher]
@@ -539,6 +562,8 @@ def _measurement(
         peak_phase=peak_phase,
         phase_peaks=r.peaks,
         activations_by_op=got.by_op,
+        peak_reserved_bytes=device_readings[0],
+        device_bytes=device_readings[1],
         device=str(dev),
         tracker=tracker,
         attn_implementation=built.attn_implementation,

@@ -20,14 +20,20 @@ Row = tuple[str, int, int]
 
 
 def measured_rows(m: Memory, got: Measurement) -> list[Row]:
-    """The components one device measures, beside the estimate's."""
-    return [
+    """The components one device measures, beside the estimate's; on CUDA also the
+    reserved peak and the device memory in use (the estimate's three numbers)."""
+    rows = [
         ("weights", m.weights_bytes, got.weights_bytes),
         ("gradients", m.gradients_bytes, got.gradients_bytes),
         ("optimizer_states", m.optimizer_states_bytes, got.optimizer_states_bytes),
         ("activations", m.activations_bytes, got.activations_bytes),
         ("peak_allocated", m.peak_allocated_bytes, got.peak_allocated_bytes),
     ]
+    if got.peak_reserved_bytes is not None:
+        rows.append(("peak_reserved", m.peak_reserved_bytes, got.peak_reserved_bytes))
+    if got.device_bytes is not None:
+        rows.append(("device", m.device_bytes, got.device_bytes))
+    return rows
 
 
 def measured_json(est: Estimate, got: Measurement, fake: bool) -> str:
