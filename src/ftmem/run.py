@@ -162,8 +162,14 @@ class RunConfig(limits.BoundedSettings):
     torch_version: str | None = Field(
         None,
         pattern=r"^[0-9]{1,2}\.[0-9]{1,2}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})$",
-        description="PyTorch's version: its cuBLAS workspaces and CUDA context "
-        "(default: 2.13, the one ftmem is measured with).",
+        description="PyTorch's version: its cuBLAS workspaces, CUDA context and foreach "
+        "AdamW temporaries (default: 2.13, the one ftmem is measured with).",
+    )
+    bnb_version: str | None = Field(
+        None,
+        pattern=r"^[0-9]{1,2}\.[0-9]{1,3}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})$",
+        description="bitsandbytes' version: what its quantised linears keep for backward "
+        "(default: the current release).",
     )
     batch_size: PositiveInt = 1
     seq_len: PositiveInt = 512
