@@ -107,6 +107,36 @@ def test_torch_2_1_and_later_keep_the_adamw_step(version):
     assert got == estimate(tiny("llama"), **settings).memory.phases.optimizer
 
 
+def _nf4_weights(**settings: object) -> int:
+    arch = tiny("llama", hidden_size=256, intermediate_size=512, vocab_size=64)
+    base = dict(method="qlora", quant="nf4", lora_targets="q", lora_r=4)
+    return estimate(arch, **base, **settings).memory.weights_bytes
+
+
+def test_torchtune_nf4_is_torchao_storage():
+    """torchao NF4Tensor.from_tensor (pytorch/ao@ff288954 = v0.1 and @99c8d52c = v0.6.1
+    torchao/dtypes/nf4tensor.py): quantized_data uint8 (n/2), quantized_scalers int8 (one
+    per block of 64), quantization_factor bf16 (one per 256 scalers; before v0.3 a view
+    of one bf16 per block, 9dbc5542), scaler_mean bf16, the nf4 code book (16 bf16);
+    against bitsandbytes' nf4 + double quant (QLoRA: 8-bit absmax, fp32 per 256, fp32
+    offset, 256-entry fp32 nested code book, 16-entry fp32 code book)."""
+    h, f, L = 256, 512, 2
+    sizes = [h * h] * 4 + [h * f] * 3
+
+    def bnb(n: int) -> int:
+        return n // 2 + n // 64 + 4 * (n // 64 // 256) + 4 + 256 * 4 + 16 * 4
+
+    def torchao(n: int, per_block: bool) -> int:
+        return n // 2 + n // 64 + 2 * (n // 64 if per_block else n // 64 // 256) + 2 + 16 * 2
+
+    now = _nf4_weights(framework="torchtune")
+    assert now - _nf4_weights() == L * sum(torchao(n, False) - bnb(n) for n in sizes)
+    v01 = _nf4_weights(framework="torchtune", torchao_version="0.1")
+    assert v01 - now == L * sum(2 * (n // 64) - 2 * (n // 64 // 256) for n in sizes)
+    assert _nf4_weights(framework="torchtune", torchao_version="0.3.0") == now
+    assert _nf4_weights(torchao_version="0.1") == _nf4_weights()  # bitsandbytes: no effect
+
+
 def test_versions_read_patch_and_suffix():
     assert release("0.43.1") == (0, 43, 1)
     assert release("2.1.0+cu121") == (2, 1, 0)

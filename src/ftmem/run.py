@@ -171,6 +171,12 @@ class RunConfig(limits.BoundedSettings):
         description="bitsandbytes' version: what its quantised linears keep for backward "
         "(default: the current release).",
     )
+    torchao_version: str | None = Field(
+        None,
+        pattern=r"^[0-9]{1,2}\.[0-9]{1,3}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})$",
+        description="torchao's version (torchtune's NF4 weights): how its NF4Tensor stores "
+        "the scale factors (default: the current release).",
+    )
     batch_size: PositiveInt = 1
     seq_len: PositiveInt = 512
     target_len: PositiveInt | None = Field(

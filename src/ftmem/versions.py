@@ -30,6 +30,14 @@ BNB_INT8_DROPS_COLUMN_COPY = (0, 45, 0)
 # peak memory" adds eps in place, first in v2.1.0 (@7bcf7da3, same function).
 TORCH_ADAMW_INPLACE_DENOM = (2, 1)
 
+# torchao NF4Tensor.double_quantize_scalers: `quantization_factor = 256 / (2 *
+# scaler_absmax)` on a scaler_absmax expanded to (n_scaler_blocks, 256) is computed dense,
+# one bf16 per block, and `quantization_factor[:, 0]` kept a view of that whole storage
+# (pytorch/ao@ff288954 = v0.1 torchao/dtypes/nf4tensor.py, same at v0.2.0); commit
+# 9dbc5542 "[NF4][FSDP] return contiguous `quantization_factor` (#298)" returns a
+# `.contiguous()` copy of the n_scaler_blocks values, first released in v0.3.0.
+TORCHAO_NF4_CONTIGUOUS_FACTOR = (0, 3, 0)
+
 _RELEASE = re.compile(r"\s*(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -65,6 +73,16 @@ def bnb_int8_keeps_column_copy(run: RunConfig) -> bool:
     return bnb_runs_quantised_linears(run) and older_than(
         run.bnb_version, BNB_INT8_DROPS_COLUMN_COPY
     )
+
+
+def nf4_layout(run: RunConfig) -> str:
+    """Whose NF4 storage the quantised weights have: bitsandbytes' (dtypes.py), torchao's
+    NF4Tensor under torchtune, or torchao < 0.3's, which keeps a scale factor per block."""
+    if bnb_runs_quantised_linears(run):
+        return "bitsandbytes"
+    if older_than(run.torchao_version, TORCHAO_NF4_CONTIGUOUS_FACTOR):
+        return "torchao-factor-per-block"
+    return "torchao"
 
 
 def torch_adamw_denom_out_of_place(run: RunConfig) -> bool:

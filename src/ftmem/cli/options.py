@@ -122,6 +122,12 @@ RUN = [
         "backward (default: the current release).",
     ),
     _opt(
+        "torchao_version",
+        OptStr,
+        None,
+        "torchao's version (e.g. 0.1), for torchtune's NF4 weights (default: the current release).",
+    ),
+    _opt(
         "loss",
         field_choices("loss"),
         "standard",
