@@ -33,14 +33,33 @@ INT4_GROUP = 128  # GPTQ/AWQ's usual group size (along the input features)
 NESTED_BLOCK = 256  # absmaxes per fp32 constant under double quantisation
 _CODE_4BIT_BYTES = 16 * 4  # each 4-bit tensor keeps its 16-entry fp32 code book
 _NESTED_CODE_BYTES = 256 * 4  # the 8-bit dynamic code book of the double quantisation
+_TORCHAO_CODE_BYTES = 16 * 2  # torchao keeps its NF4 code book per tensor, in bf16
 
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def torchao_nf4_bytes(numel: int, factor_per_block: bool = False) -> int:
+    """Bytes of one torchao NF4Tensor of a bf16 weight (torchtune's QLoRA base): two
+    4-bit indices per uint8, an int8 scaler per block of 64 (the block absmaxes minus
+    their mean, quantised in groups of 256), a bf16 quantisation factor per group of 256
+    scalers, the bf16 mean and the 16-entry bf16 code book (pytorch/ao@ff288954 = v0.1 and
+    @99c8d52c = v0.6.1 torchao/dtypes/nf4tensor.py NF4Tensor.from_tensor,
+    double_quantize_scalers, convert_to_norm_float_weight). ``factor_per_block``: torchao
+    < 0.3 kept the factor as a view of a dense bf16 tensor of one value per block
+    (ftmem.versions)."""
+    blocks = ceil_div(numel, NF4_BLOCK)
+    factors = blocks if factor_per_block else ceil_div(blocks, NESTED_BLOCK)
+    return ceil_div(numel, 2) + blocks + 2 * factors + 2 + _TORCHAO_CODE_BYTES
+
+
 def quantized_weight_bytes(
-    numel: int, out_features: int, fmt: StorageFormat, double_quant: bool = True
+    numel: int,
+    out_features: int,
+    fmt: StorageFormat,
+    double_quant: bool = True,
+    layout: str = "bitsandbytes",
 ) -> int:
     """Bytes of one quantised ``nn.Linear`` weight, quantisation constants included.
 
@@ -59,6 +78,8 @@ def quantized_weight_bytes(
         return ceil_div(numel, 2) + groups * 2 + ceil_div(groups, 2)
     if fmt not in ("nf4", "fp4"):
         raise ValueError(f"{fmt} is not a quantised storage format")
+    if fmt == "nf4" and layout != "bitsandbytes":
+        return torchao_nf4_bytes(numel, factor_per_block=layout == "torchao-factor-per-block")
     blocks = ceil_div(numel, NF4_BLOCK)
     packed = ceil_div(numel, 2)
     if double_quant:
@@ -71,11 +92,16 @@ def quantized_weight_bytes(
 
 
 def tensor_bytes(
-    numel: int, fmt: StorageFormat, out_features: int = 0, double_quant: bool = True
+    numel: int,
+    fmt: StorageFormat,
+    out_features: int = 0,
+    double_quant: bool = True,
+    layout: str = "bitsandbytes",
 ) -> int:
-    """Bytes of a tensor of ``numel`` elements stored as ``fmt``."""
+    """Bytes of a tensor of ``numel`` elements stored as ``fmt`` (``layout``: whose
+    4-bit storage, ftmem.versions.nf4_layout)."""
     if is_quantized(fmt):
-        return quantized_weight_bytes(numel, out_features, fmt, double_quant)
+        return quantized_weight_bytes(numel, out_features, fmt, double_quant, layout)
     return numel * BYTES_PER_ELEMENT[fmt]
 
 

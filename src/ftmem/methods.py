@@ -19,6 +19,7 @@ from ftmem.errors import InvalidInputError
 from ftmem.precision import Dtypes, resolve_dtypes
 from ftmem.regexes import compile_bounded
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig, split_patterns
+from ftmem.versions import nf4_layout
 
 DEFAULT_FREEZE_TRAINABLE_LAYERS = 2
 
@@ -108,6 +109,7 @@ class TensorGroup:
     double_quant: bool = True
     in_block: bool = True  # repeated per decoder block (count = blocks), or outer
     galore_rank: int = 0  # GaLore: optimizer states of a rank-r projection (0: none)
+    layout: str = "bitsandbytes"  # whose 4-bit storage (ftmem.versions.nf4_layout)
     # Derived once here (an estimate reads them hundreds of times; plans are shared):
     numel: int = field(init=False, repr=False, compare=False)
     total_numel: int = field(init=False, repr=False, compare=False)
@@ -118,12 +120,14 @@ class TensorGroup:
         numel = prod(self.shape)
         # (out, in) for nn.Linear; int8 keeps one scale per output row
         out_features = self.shape[-2] if len(self.shape) >= 2 else self.shape[0]
-        nbytes = self.count * tensor_bytes(numel, self.fmt, out_features, self.double_quant)
+        nbytes = self.count * tensor_bytes(
+            numel, self.fmt, out_features, self.double_quant, self.layout
+        )
         object.__setattr__(self, "numel", numel)
         object.__setattr__(self, "total_numel", numel * self.count)
         object.__setattr__(self, "nbytes", nbytes)
         key = (self.name, self.shape, self.count, self.fmt, self.trainable, self.adapter)
-        extra = (self.double_quant, self.in_block, self.galore_rank)
+        extra = (self.double_quant, self.in_block, self.galore_rank, self.layout)
         object.__setattr__(self, "_hash", hash(key + extra))
 
     def __hash__(self) -> int:
@@ -146,6 +150,7 @@ class TensorGroup:
             double_quant=self.double_quant,
             in_block=self.in_block,
             galore_rank=self.galore_rank,
+            layout=self.layout,
         )
 
     @property
@@ -483,8 +488,10 @@ def _block_groups(
         else:
             # LongLoRA also trains every norm (its trainable_params "embed,norm")
             trains = run.method == "longlora" and p.kind == "norm"
-            dq = run.uses_double_quant
-            groups.append(TensorGroup(p.name, p.shape, L, fmt, trains, double_quant=dq))
+            dq, lay4 = run.uses_double_quant, nf4_layout(run)
+            groups.append(
+                TensorGroup(p.name, p.shape, L, fmt, trains, double_quant=dq, layout=lay4)
+            )
     return groups
 
 

@@ -12,6 +12,7 @@ from math import prod
 from ftmem.dtypes import ceil_div
 from ftmem.methods import TensorGroup
 from ftmem.run import RunConfig
+from ftmem.versions import torch_adamw_denom_out_of_place
 
 BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit state for tensors smaller than this
 BNB_BLOCK = 256  # elements per fp32 absmax in blockwise 8-bit optimizer state
@@ -101,7 +102,8 @@ def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig
     """Transient bytes allocated inside ``optimizer.step()`` at its peak.
 
     torch AdamW, foreach (default on CUDA): ``_foreach_sqrt`` of all second moments of
-    a dtype group lives until ``addcdiv_`` - one state-sized buffer per group.
+    a dtype group lives until ``addcdiv_`` - one state-sized buffer per group; torch < 2.1
+    adds a second one (its out-of-place denominator).
     for-loop (the CPU default): ``exp_avg_sq.sqrt() / bias_correction2_sqrt`` holds two
     temporaries of the largest tensor. fused and bitsandbytes kernels keep none.
     """
@@ -119,6 +121,8 @@ def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig
             by_dtype: dict[int, int] = {}
             for g in trainable:
                 by_dtype[state(g)] = by_dtype.get(state(g), 0) + g.total_numel * state(g)
+            if torch_adamw_denom_out_of_place(run):
+                return _torch20_foreach_adamw_peak(list(by_dtype.values()))
             return max(by_dtype.values())
         return max(2 * g.numel * state(g) for g in trainable)
     if opt == "adafactor":
@@ -128,6 +132,21 @@ def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig
     if opt == "lion":
         return max(2 * g.numel * g.element_bytes for g in trainable)
     return 0
+
+
+def _torch20_foreach_adamw_peak(group_bytes: list[int]) -> int:
+    """torch < 2.1's foreach AdamW: per (device, dtype) group, in the order its tensors
+    first appear, ``exp_avg_sq_sqrt = torch._foreach_sqrt(...)`` and then
+    ``denom = torch._foreach_add(exp_avg_sq_sqrt, eps)`` out of place, both alive until the
+    loop rebinds them in the next group (pytorch/pytorch@c263bd43 = v2.0.0
+    torch/optim/adamw.py _multi_tensor_adamw, non-capturable branch; ftmem.versions).
+    Group i's square root is allocated beside group i-1's two lists, its denominator
+    beside group i-1's denominator: 2·S(i-1) + S(i), then S(i-1) + 2·S(i)."""
+    peak, previous = 0, 0
+    for size in group_bytes:
+        peak = max(peak, previous + size + max(previous, size))
+        previous = size
+    return peak
 
 
 def _galore_step_temporary_bytes(trainable: list[TensorGroup], run: RunConfig) -> int:

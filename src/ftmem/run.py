@@ -167,14 +167,21 @@ class RunConfig(limits.BoundedSettings):
     torch_version: str | None = Field(
         None,
         pattern=r"^[0-9]{1,2}\.[0-9]{1,2}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})$",
-        description="PyTorch's version: its cuBLAS workspaces and CUDA context "
-        "(default: 2.13, the one ftmem is measured with).",
+        description="PyTorch's version: its cuBLAS workspaces, CUDA context and foreach "
+        "AdamW temporaries (default: 2.13, the one ftmem is measured with).",
+    )
+    bnb_version: str | None = Field(
+        None,
+        pattern=r"^[0-9]{1,2}\.[0-9]{1,3}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})$",
+        description="bitsandbytes' version: what its quantised linears keep for backward "
+        "(default: the current release).",
     )
     torchao_version: str | None = Field(
         None,
-        pattern=r"^[0-9]{1,2}\.[0-9]{1,2}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})$",
-        description="torchao's version (torchtune's NF4): before 0.2 each weight is "
-        "quantised whole, a 66-bytes-per-element transient (default: a current one).",
+        pattern=r"^[0-9]{1,2}\.[0-9]{1,3}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})$",
+        description="torchao's version (torchtune's NF4 weights): how its NF4Tensor stores "
+        "the scale factors, and before 0.2 a 66-bytes-per-element transient while each "
+        "weight is quantised whole (default: the current release).",
     )
     # the run beyond the step (ftmem.run_phases)
     peak_of: Literal["step", "run"] | None = Field(

@@ -111,14 +111,22 @@ RUN = [
         "torch_version",
         OptStr,
         None,
-        "PyTorch's version (e.g. 2.1): its cuBLAS workspaces and CUDA context (default 2.13).",
+        "PyTorch's version (e.g. 2.1): its cuBLAS workspaces, CUDA context and foreach "
+        "AdamW temporaries (default 2.13).",
+    ),
+    _opt(
+        "bnb_version",
+        OptStr,
+        None,
+        "bitsandbytes' version (e.g. 0.42.0): what its 4-bit and int8 linears keep for "
+        "backward (default: the current release).",
     ),
     _opt(
         "torchao_version",
         OptStr,
         None,
-        "torchao's version (torchtune's NF4; before 0.2 a 66 B/element quantisation "
-        "transient per weight).",
+        "torchao's version (e.g. 0.1), for torchtune's NF4 weights: their scale factors, and "
+        "before 0.2 a 66 B/element quantisation transient (default: the current release).",
     ),
     _opt(
         "peak_of",

@@ -25,11 +25,10 @@ ties between free blocks of equal size.
 
 from __future__ import annotations
 
-from typing import Any
-
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ftmem.errors import InvalidInputError
 

@@ -14,6 +14,7 @@ from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.run import RunConfig
+from ftmem.versions import bnb_4bit_keeps_input, bnb_int8_keeps_column_copy
 
 _ATTENTION_ROLES = frozenset(ATTENTION_ROLES)
 
@@ -61,6 +62,7 @@ class LinearOp:
         out: list[Saved] = []
         if input_bytes and not input_kept_elsewhere:
             out.append(Saved(f"{label}: input", input_bytes, Kind.LINEAR_INPUT, side, group))
+        out += LinearOp.int8_column_copies(ctx, linears, in_grad, side, label)
         shared_input = False
         for lin in linears if state.adapted else ():
             if lin.module in state.adapted:
@@ -91,18 +93,50 @@ class LinearOp:
         none trains)."""
         dt = ctx.plan.dtypes
         e = ctx.e
-        # bitsandbytes' int8 matmul keeps its input whenever that input needs a gradient
-        # (measured on its CPU path, MatMul8bitFp)
-        int8_keeps = dt.quantized == "int8" and in_grad
+        quant_keeps = in_grad and LinearOp.quantised_keeps_input(ctx.run, dt.quantized, linears)
         if state.weights_trainable:
             training = linears
         else:
             training = [lin for lin in linears if lin.module in state.trained]
-        if not (training or int8_keeps):
+        if not (training or quant_keeps):
             return 0
         ac_casts = dt.autocast and in_bytes != e
         copies = len(training or linears) if ac_casts else 1
         return copies * ctx.tokens * in_features * (e if dt.autocast else in_bytes)
+
+    @staticmethod
+    def quantised_keeps_input(run: RunConfig, fmt: str | None, linears: list[Linear]) -> bool:
+        """Whether a quantised matmul keeps its input when that input needs a gradient:
+        bitsandbytes' int8 always (measured on its CPU path, MatMul8bitFp; MatMul8bitLt
+        keeps `A` too), its 4-bit MatMul4Bit before 0.43.2 (``ctx.tensors = (A, B)``:
+        ftmem.versions). A ctx attribute, not a saved tensor: reentrant checkpointing drops
+        it with the block (forward without grad), non-reentrant would not."""
+        if fmt == "int8":
+            return True
+        quantised = any(lin.quantizable and lin.is_module for lin in linears)
+        return fmt in ("nf4", "fp4") and quantised and bnb_4bit_keeps_input(run)
+
+    @staticmethod
+    def int8_column_copies(
+        ctx: LayerContext, linears: list[Linear], in_grad: bool, side: Side, label: str
+    ) -> list[Saved]:
+        """bitsandbytes < 0.45 (ftmem.versions): each int8 matmul whose input needs a
+        gradient also keeps the column-wise int8 quantisation of that input (CAt, one byte
+        per element) and its fp32 per-column statistics (SCAt), for a weight gradient the
+        frozen weight never takes (@0.44.1 MatMul8bitLt.forward: ``F.double_quant(A)``,
+        ``ctx.tensors = (CAt, subA, A)``; subA, the outlier columns, depends on the data)."""
+        if not (in_grad and ctx.plan.dtypes.quantized == "int8"):
+            return []
+        if not bnb_int8_keeps_column_copy(ctx.run):
+            return []
+        quantised = [lin for lin in linears if lin.quantizable and lin.is_module]
+        if not quantised:
+            return []
+        k = quantised[0].in_features
+        size = len(quantised) * (ctx.tokens * k + FP32 * k)
+        return [
+            Saved(f"{label}: int8 column-wise input", size, Kind.LINEAR_INPUT, side, tuple(linears))
+        ]
 
     @staticmethod
     def weight_copies(ctx: LayerContext, linears: list[Linear], side: Side) -> list[Saved]:
