@@ -338,6 +338,20 @@ def _pass(
     return grads
 
 
+def _as_saved(total: int, saved: tuple[int, ...]) -> tuple[int, ...]:
+    """What a block's backward rebuilds (checkpointing's recompute) as the tensors its
+    forward saved, as far as they go, the rest as one request: the recompute makes them
+    one by one, as the forward did."""
+    out: list[int] = []
+    left = total
+    for size in saved:
+        if size > left:
+            break
+        out.append(size)
+        left -= size
+    return (*out, left) if left else tuple(out)
+
+
 def _or(value: int | None, default: int) -> int:
     return default if value is None else value
 
@@ -361,7 +375,7 @@ def _blocks_backward(
     embedding_at = g.embedding_at if 0 < g.embedding_at < L else 0
     for i in range(L - 1, -1, -1):
         gathered = rec.comm(s.comm.backward)
-        rec.free(rec.alloc((holds[L - 1 - i], workspace)))
+        rec.free(rec.alloc((*_as_saved(holds[L - 1 - i], t.block_saved), workspace)))
         rec.free(gathered)
         rec.free(kept[i])
         if new_grads:
