@@ -616,6 +616,9 @@ def replay_streams(events: Iterable[tuple[str, int]], **options: Any) -> Allocat
     their reserved and allocated summed at every event. Frees take effect at once (the
     events ``record_stream`` would wait for are not modelled). ``options``:
     :class:`CachingAllocator`'s, for both."""
+    events = list(events)
+    if all(kind != SIDE_STREAM_ALLOC for kind, _ in events):
+        return replay(events, **options)  # one stream: one allocator keeps its own peaks
     pools = (CachingAllocator(**options), CachingAllocator(**options))
     handles: list[tuple[int, int] | None] = []
     peak_allocated = peak_reserved = peak_requested = 0
