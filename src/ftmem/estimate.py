@@ -23,6 +23,7 @@ from ftmem.hardware import Gpu
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.parallel import ENGINE, ParallelConfig, ParallelStep, parallel_notes, parallel_step
 from ftmem.phases import StepSizes, find_peak
+from ftmem.profiles import profile_notes
 from ftmem.result import AtPeak, Estimate, Memory, ModelInfo, ParallelInfo, PhasePeaks, ResolvedRun
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
 from ftmem.step import StepParts, step_parts
@@ -237,7 +238,7 @@ def _result(
 
 
 def _family_notes(arch: Architecture, run: RunConfig) -> list[str]:
-    notes = []
+    notes = profile_notes(run)
     if run.attn == "flash":
         notes.append(
             "flash-attn is not measured here (no CPU kernel): assumed to keep what sdpa's "
