@@ -25,6 +25,7 @@ from ftmem.ops.loss import Loss
 from ftmem.ops.mlp import MLP
 from ftmem.ops.norm import Norm, QKNorm
 from ftmem.ops.saved import Saved, Side
+from ftmem.profiles import compiled_chunked_loss
 from ftmem.run import RunConfig
 
 
@@ -144,4 +145,4 @@ def outer_saved(
     )
     if run.loss == "fused":
         return below, above + Loss.fused_saved(arch, run, plan, ctx, train)
-    return below, above + Loss.saved(arch, plan, T, train, FP32)
+    return below, above + Loss.saved(arch, plan, T, train, FP32, compiled_chunked_loss(run))

@@ -31,7 +31,7 @@ from ftmem.hardware import Gpu
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.parallel import ENGINE, ParallelConfig, ParallelStep, parallel_notes, parallel_step
 from ftmem.phases import StepSizes, find_peak
-from ftmem.profiles import profile_of
+from ftmem.profiles import profile_notes, profile_of
 from ftmem.result import (
     AtPeak,
     Estimate,
@@ -342,7 +342,7 @@ def _result(
 
 
 def _family_notes(arch: Architecture, run: RunConfig) -> list[str]:
-    notes = []
+    notes = profile_notes(run)
     if run.attn == "flash":
         notes.append(
             "flash-attn is not measured here (no CPU kernel): assumed to keep what sdpa's "

@@ -634,7 +634,7 @@ def _torchtune(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
         if k.flag(key):
             s[setting] = True
     if k.flag("compile"):
-        cfg.notes.append("compile: torch.compile is not modelled; the estimate is without it.")
+        s["compile"] = True
     return TORCHTUNE_KEYS
 
 

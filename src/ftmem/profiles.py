@@ -40,9 +40,47 @@ class Profile:
     # runs validate() / generates a sample inside the measured window by default
     evaluates: bool = False  # HF TrainingArguments.eval_strategy defaults to "no"
     generates: bool = False
+    # compile=True compiles each decoder layer on its own graph, nothing around it: what
+    # a layer keeps is then inductor's min-cut partitioner's choice (ops/norm.py,
+    # ops/mlp.py); the embedding, final norm, LM head and loss stay eager
+    compiles_layers: bool = False
+    # compile=True with the chunked loss compiles only one chunk's upcast + cross-entropy
+    # (ops/loss.py): the chunk's 16-bit logits are kept instead of a fp32 log-softmax
+    compiles_chunked_loss: bool = False
+    # activation offload covers the model's forward but not its LM head nor the loss:
+    # their saved tensors stay on the GPU, nothing of them is brought back (step.py)
+    offload_keeps_head: bool = False
 
 
 HF = Profile("hf")
+
+# pytorch/torchtune @1814feb17a9038e1a8053ce93111bd26774a8db6 (Nov 2024):
+# torchtune/training/_compile.py compile_model calls m.compile() on every
+# TransformerSelfAttentionLayer / TransformerCrossAttentionLayer; compile_loss compiles
+# only CEWithChunkedOutputLoss.compute_cross_entropy (logits.float() + F.cross_entropy)
+# and the whole module for any other loss (calibration/notes/torchtune.md)
+# OffloadActivations is entered around `self._model(**batch)` only, the loss is computed
+# after it (recipes/full_finetune_single_device.py @1814feb17a90 _loss_step), and
+# get_act_offloading_ctx_manager wraps model.output (or TiedLinear.linear) in a
+# NoOpManager whose pack/unpack return the tensor itself
+# (torchtune/training/_activation_offloading.py @1814feb17a90)
+# get_memory_stats / memory_stats_log reset the peaks after model init and at every
+# logged step: a figure is one step's (torchtune@1814feb1
+# torchtune/training/memory.py get_memory_stats; @ff594c231 torchtune/utils/memory.py
+# memory_stats_log); reserved keeps the cache loading left (no empty_cache).
+# LoRALinear quantises its bf16 nn.Linear at init, then load_state_dict's NF4 copy_
+# quantises the checkpoint tensor on the GPU and swaps the buffers in
+# (torchtune@0914d5cfb torchtune/modules/peft/lora.py _create_weight_and_bias;
+# torchtune/utils/_register_nf4_dispatch_ops.py inplace_copy).
+TORCHTUNE = Profile(
+    "torchtune",
+    peak_of="step",
+    loading="torchao-nf4",
+    requantises_on_load=True,
+    compiles_layers=True,
+    compiles_chunked_loss=True,
+    offload_keeps_head=True,
+)
 
 PROFILES: dict[str, Profile] = {
     "hf": HF,
@@ -65,9 +103,7 @@ PROFILES: dict[str, Profile] = {
     # torchtune/utils/_register_nf4_dispatch_ops.py inplace_copy: ``ref_tensor =
     # to_nf4(args[0][1].to(dest_tensor.device))``, ``dest_tensor.quantized_data =
     # ref_tensor.quantized_data``)
-    "torchtune": Profile(
-        "torchtune", peak_of="step", loading="torchao-nf4", requantises_on_load=True
-    ),
+    "torchtune": TORCHTUNE,
     # Unsloth's notebooks print max_memory_reserved once after trainer.train()
     "unsloth": Profile("unsloth"),
 }
@@ -75,3 +111,49 @@ PROFILES: dict[str, Profile] = {
 
 def profile_of(run: RunConfig) -> Profile:
     return PROFILES[run.framework]
+
+
+def compiled_layers(run: RunConfig) -> bool:
+    """Each decoder layer runs as its own compiled graph (``run.compile`` on a framework
+    that compiles per layer)."""
+    return run.compile and profile_of(run).compiles_layers
+
+
+def compiled_chunked_loss(run: RunConfig) -> bool:
+    """The chunked loss's upcast + cross-entropy runs compiled, one chunk per call."""
+    return run.compile and run.loss == "chunked" and profile_of(run).compiles_chunked_loss
+
+
+def offload_keeps_head(run: RunConfig) -> bool:
+    """Activations are offloaded, the LM head's and the loss's saved tensors excepted."""
+    return run.activation_offload and profile_of(run).offload_keeps_head
+
+
+def profile_notes(run: RunConfig) -> list[str]:
+    """What the estimate says of the framework's path for this run."""
+    notes = list(profile_of(run).notes)
+    if not run.compile:
+        return notes
+    if compiled_layers(run):
+        notes.append(
+            f"compile ({run.framework}: each decoder layer compiled on its own): a layer "
+            "keeps each RMSNorm's input and fp32 rstd instead of its fp32 copy and "
+            "normalised output, and the gated MLP's activation is recomputed in backward "
+            "(inductor's partitioner); its fused backward kernels are not modelled."
+        )
+        if compiled_chunked_loss(run):
+            notes.append(
+                "compile + chunked loss: each chunk keeps its 16-bit logits and per-row "
+                "max and log-sum-exp instead of a fp32 log-softmax."
+            )
+        elif run.loss == "standard":
+            notes.append(
+                "compile + standard loss: the compiled cross-entropy keeps its fp32 input "
+                "logits instead of the log-softmax, the same size."
+            )
+    else:
+        notes.append(
+            f"compile: how {run.framework} applies torch.compile is not modelled; the "
+            "estimate is of the eager step."
+        )
+    return notes

@@ -224,6 +224,12 @@ class RunConfig(limits.BoundedSettings):
         description="Step each parameter from a post-accumulate-grad hook (torch's "
         "optimizer-in-backward; layer-wise GaLore): no gradient buffer.",
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile as the framework applies it: torchtune compiles each "
+        "decoder layer and the chunked loss's upcast + cross-entropy (ftmem.profiles); "
+        "for the other frameworks the estimate stays eager and says so.",
+    )
     attn: Attention = "sdpa"
     loss: Literal["standard", "chunked", "fused"] = Field(
         "standard",

@@ -28,7 +28,7 @@ from ftmem.ops.embedding import Embedding
 from ftmem.ops.linear import LinearOp
 from ftmem.ops.loss import CHUNKS, Loss
 from ftmem.ops.moe import MoE
-from ftmem.ops.norm import Norm
+from ftmem.ops.norm import NORM_KINDS, Norm
 from ftmem.ops.saved import Saved
 from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
 from ftmem.phases import (
@@ -39,6 +39,7 @@ from ftmem.phases import (
     OptimizerStep,
     StepSizes,
 )
+from ftmem.profiles import compiled_layers, offload_keeps_head
 from ftmem.run import RunConfig
 from ftmem.transients import (
     adapter_moment,
@@ -217,11 +218,12 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
     offloaded = 0
     if run.activation_offload:
         # every saved tensor leaves the GPU in forward, the embedding and head sides'
-        # too; backward brings back one node's at a time (the largest item of a block,
-        # and the loss's fp32 log-softmax)
-        offloaded = activations + policy.on_host(blocks.per_block, inputs)
-        activations = 0
-        outer_below, outer_above = [], []
+        # too (torchtune: the LM head's and the loss's stay); backward brings back one
+        # node's at a time (the largest item of a block, and the loss's fp32 log-softmax)
+        stays = _head_side(outer_above) if offload_keeps_head(run) else []
+        offloaded = activations - _sum(stays) + policy.on_host(blocks.per_block, inputs)
+        activations = _sum(stays)
+        outer_below, outer_above = [], stays
     kept = Activations(per_block_kept, below=_sum(outer_below), above=_sum(outer_above))
     sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)
     parts = StepParts(
@@ -261,7 +263,8 @@ def _block_activations(
             if st not in cache:
                 cache[st] = block_saved(arch, run, plan, st, T)
             previous, previous_sum = st, _sum(cache[st])
-            previous_rebuilt = previous_sum - Norm.recompute_reuses_input(arch, plan, cache[st], T)
+            reused = Norm.recompute_reuses_input(arch, plan, cache[st], T, compiled_layers(run))
+            previous_rebuilt = previous_sum - reused
         per_block.append(previous_sum)
         rebuilt.append(previous_rebuilt)
     return _BlockActivations(tuple(per_block), tuple(rebuilt), tuple(cache[block_states[-1]]))
@@ -310,7 +313,9 @@ def _decoder_sizes(
         loss_backward={"fused": 0, "chunked": 2 * T * V * FP32 // CHUNKS}.get(
             run.loss, 2 * T * V * FP32
         )
-        + (T * V * FP32 if offloaded and run.loss != "fused" else 0),
+        + (
+            T * V * FP32 if offloaded and run.loss != "fused" and not offload_keeps_head(run) else 0
+        ),
         # the final norm's backward, its fp32 input still saved
         workspace=Norm.backward_workspace(arch, e, T) + T * arch.hidden_size * FP32,
     )
@@ -323,6 +328,11 @@ def _decoder_sizes(
         head=head,
         optimizer=fixed.optimizer,
     )
+
+
+def _head_side(outer_above: list[Saved]) -> list[Saved]:
+    """What the LM head and the loss keep: the head side's items but the final norm's."""
+    return [x for x in outer_above if x.kind not in NORM_KINDS]
 
 
 def _decoder_gradients(fixed: PlanSizes, run: RunConfig, plan: MethodPlan) -> Gradients:

@@ -99,6 +99,14 @@ RUN = [
         "Step each parameter from a gradient hook (no gradient buffer; layer-wise GaLore).",
         "--optimizer-in-backward",
     ),
+    _opt(
+        "compile",
+        bool,
+        False,
+        "torch.compile as the framework applies it (torchtune: per layer and the chunked "
+        "loss; others: not modelled, a note says so).",
+        "--compile",
+    ),
     _opt("attn", Attention, "sdpa", "The attention kernel."),
     _opt(
         "framework",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ftmem.arch import Architecture, Linear
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan
+from ftmem.profiles import compiled_layers
 from ftmem.run import RunConfig
 
 
@@ -58,6 +59,11 @@ class LayerContext:
         """bitsandbytes' 4-bit linears return their output in their input's dtype: under
         autocast with fp32 non-quantised weights the q/k/v and MLP outputs stay fp32."""
         return self.plan.dtypes.four_bit_outputs_fp32
+
+    @property
+    def compiled(self) -> bool:
+        """The layer runs as its own compiled graph (torchtune's per-layer compile)."""
+        return compiled_layers(self.run)
 
     @property
     def residual(self) -> int:

@@ -9,6 +9,7 @@ from ftmem.methods import MethodPlan
 from ftmem.ops.context import LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Saved
+from ftmem.profiles import compiled_chunked_loss
 from ftmem.run import RunConfig
 
 CHUNKS = 8  # torchtune's num_output_chunks
@@ -32,11 +33,18 @@ class Loss:
 
     @staticmethod
     def saved(
-        arch: Architecture, plan: MethodPlan, T: int, train: bool, log_softmax_bytes: int
+        arch: Architecture,
+        plan: MethodPlan,
+        T: int,
+        train: bool,
+        log_softmax_bytes: int,
+        compiled_chunks: bool = False,
     ) -> list[Saved]:
         """The LM head and the loss over T positions: the head's input (when it trains), its
         16-bit weight copy under autocast, and the log-softmax (fp32 in transformers'
-        causal-LM loss; T5 takes it in the logits' dtype) with the int64 labels."""
+        causal-LM loss; T5 takes it in the logits' dtype) with the int64 labels; with
+        ``compiled_chunks`` (torchtune's compiled chunked loss) what each chunk's compiled
+        cross-entropy keeps instead (_compiled_chunks)."""
         V, h = arch.vocab_size, arch.hidden_size
         e = BYTES_PER_ELEMENT[plan.dtypes.compute]
         out: list[Saved] = []
@@ -47,6 +55,8 @@ class Loss:
             out.append(Saved("LM head 16-bit weight copy", V * h * 2))
         if arch.final_logit_softcapping:
             out.append(Saved("logit soft-capping tanh", T * V * e))
+        if compiled_chunks:
+            return [*out, Loss._compiled_chunks(V, e, T)]
         # log-softmax, int64 labels and the normaliser of the mean
         out.append(
             Saved(
@@ -55,6 +65,21 @@ class Loss:
             )
         )
         return out
+
+    @staticmethod
+    def _compiled_chunks(V: int, e: int, T: int) -> Saved:
+        """torchtune's CEWithChunkedOutputLoss with compile: compute_cross_entropy
+        (logits.float() + F.cross_entropy, reduction "sum") is compiled alone and called
+        once per chunk (pytorch/torchtune torchtune/training/_compile.py@1814feb17a90
+        compile_loss; torchtune/modules/loss/ce_chunked_output_loss.py@1814feb17a90).
+        Inductor decomposes log_softmax into amax, exp, sum and log (pytorch/pytorch
+        torch/_decomp/decompositions.py@dec01e4c6f71 _log_softmax); the partitioner saves
+        the graph's input as it is and keeps the two reductions, 4x smaller than their
+        input, rather than recompute them (torch/_functorch/partitioners.py@00c07b93c9e8
+        should_ban_recomputation): per chunk its 16-bit logits, a fp32 max and log-sum-exp
+        per row and the int64 labels; over the chunks, T rows of each."""
+        size = T * V * e + 2 * T * FP32 + T * INDEX_BYTES
+        return Saved("loss: 16-bit logit chunks + fp32 max, log-sum-exp + labels", size)
 
     @staticmethod
     def fused_saved(
@@ -74,12 +99,17 @@ class Loss:
     @staticmethod
     def forward_transient(arch: Architecture, run: RunConfig, e: int, T: int) -> int:
         """At the loss in forward: the logits and their fp32 copy; with Liger's fused loss,
-        one chunk of logits, the shifted hidden states' copy and the per-row losses."""
+        one chunk of logits, the shifted hidden states' copy and the per-row losses; with
+        torchtune's compiled chunked loss nothing beyond what it keeps: the logit chunks
+        are its saved tensors and the upcast is fused into the kernel that reads a chunk
+        (_compiled_chunks)."""
         V, h = arch.vocab_size, arch.hidden_size
         if run.loss == "fused":
             rows = Loss.rows(run)
             chunk = Loss.liger_chunk_rows(rows, h, V)
             return min(chunk, rows) * V * e + rows * h * e + rows * FP32
+        if compiled_chunked_loss(run):
+            return 0
         upcast = T * V * FP32 if e != FP32 else 0
         if run.loss == "chunked":  # torchtune: one chunk upcast at a time
             upcast //= CHUNKS

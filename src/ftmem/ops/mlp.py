@@ -49,7 +49,15 @@ class MLP:
         )
         out = LinearOp.saved(ctx, ups, state, x_grad, "MLP", h, ctx.residual, shared_input)
         if any_grad:
-            if arch.mlp == "gated":
+            if arch.mlp == "gated" and ctx.compiled:
+                # a compiled layer recomputes act(gate) in backward: a pointwise op whose
+                # users all fuse (pytorch/pytorch torch/_functorch/partitioners.py
+                # @00c07b93c9e8 is_materialized_backwards); gate and up are matmul
+                # outputs, kept (torchtune/modules/feed_forward.py@1814feb17a90 forward:
+                # w2(activation(w1(x)) * w3(x)))
+                oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
+                what, size = "gate and up outputs (activation recomputed)", 2 * T * f * oe
+            elif arch.mlp == "gated":
                 oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
                 what, size = "gate, up and activation outputs", 3 * T * f * oe
             elif arch.traits.gelu_written_out and arch.activation == "gelu_tanh":

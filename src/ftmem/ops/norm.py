@@ -33,6 +33,8 @@ class Norm:
                 out.append(Saved(f"{label}: input, mean, rstd", size, Kind.NORM_INPUT, side))
             return out
         gemma = ctx.arch.traits.norm_scale_in_fp32
+        if ctx.compiled and side is not Side.OUTER and not gemma:
+            return Norm._compiled_rms(ctx, label, x_grad, w_grad, side)
         if x_grad:
             # x.float() and rsqrt(mean(x²)+eps): the fp32 input and the fp32 rstd
             size = T * h * FP32 + T * FP32
@@ -42,6 +44,30 @@ class Norm:
             normed_bytes = FP32 if gemma else ctx.residual
             out.append(Saved(f"{label}: normalised", T * h * normed_bytes, Kind.NORM_OUTPUT, side))
         return out
+
+    @staticmethod
+    def _compiled_rms(
+        ctx: LayerContext, label: str, x_grad: bool, w_grad: bool, side: Side
+    ) -> list[Saved]:
+        """An RMSNorm inside a compiled layer (torchtune's per-layer compile).
+
+        torchtune's RMSNorm is x.float(), x_fp32 * rsqrt(mean(x_fp32²) + eps), .type_as(x),
+        * scale (pytorch/torchtune torchtune/modules/rms_norm.py@1814feb17a90 forward).
+        Inductor's min-cut partitioner recomputes pointwise ops in backward but keeps a
+        reduction whose output is 4x smaller than its input (BAN_IF_REDUCTION) and saves a
+        graph input as it is (pytorch/pytorch torch/_functorch/partitioners.py@00c07b93c9e8
+        min_cut_rematerialization_partition, should_ban_recomputation): the norm keeps its
+        input in its own dtype and the fp32 rstd; the fp32 copy and the normalised tensor
+        are rebuilt from them. (Its output, the next matmul's input, is materialized in
+        backward anyway: the linear op's item keeps it.) Where only the weight trains, the
+        normalised tensor alone (smaller than input + rstd) is what is kept."""
+        T, h = ctx.tokens, ctx.arch.hidden_size
+        if x_grad:
+            size = T * h * ctx.residual + T * FP32
+            return [Saved(f"{label}: input + rstd (compiled)", size, Kind.NORM_INPUT, side)]
+        if w_grad:
+            return [Saved(f"{label}: normalised", T * h * ctx.residual, Kind.NORM_OUTPUT, side)]
+        return []
 
     @staticmethod
     def backward_workspace(arch: Architecture, e: int, T: int) -> int:
@@ -58,17 +84,19 @@ class Norm:
 
     @staticmethod
     def recompute_reuses_input(
-        arch: Architecture, plan: MethodPlan, items: list[Saved], T: int
+        arch: Architecture, plan: MethodPlan, items: list[Saved], T: int, compiled: bool = False
     ) -> int:
         """What a checkpointed block's recompute does not rebuild of its first norm: the
         block's input, kept by checkpointing, is what the norm saves when it is a
         LayerNorm, or an RMSNorm on an fp32 residual stream (``x.float()`` is then no
-        copy). Measured: full finetuning bf16-mixed with checkpointing, 1,024 tokens,
-        +4 % when counted twice. (Every other op's recompute rebuilds what it saves.)"""
+        copy), or any RMSNorm of a compiled layer (``compiled``: the graph saves its input
+        as it is, _compiled_rms). Measured: full finetuning bf16-mixed with checkpointing,
+        1,024 tokens, +4 % when counted twice. (Every other op's recompute rebuilds what it
+        saves.)"""
         r = plan.dtypes.residual_bytes
         # (a block's first item is its first op's: the input norm's, when that keeps anything)
         saves_input = bool(items) and items[0].kind is Kind.NORM_INPUT
-        if saves_input and (arch.norm == "layernorm" or r == FP32):
+        if saves_input and (arch.norm == "layernorm" or r == FP32 or compiled):
             return T * arch.hidden_size * r
         return 0
 
