@@ -1,5 +1,6 @@
 """Training-framework configs (--from): each sample maps to the settings written here by
-hand from the framework's documented keys, and gives the same estimate as those flags."""
+hand from the framework's documented keys (and the code path it runs: TRL's and
+TrainingArguments' are HF Trainer's), and gives the same estimate as those flags."""
 
 from __future__ import annotations
 
@@ -21,40 +22,40 @@ EXPECTED = {
     "axolotl-qlora-llama3-8b.yml": (
         "axolotl",
         "meta-llama/Meta-Llama-3-8B",
-        dict(method="qlora", lora_r=32, lora_alpha=16, lora_dropout=0.05, lora_targets="all-linear",
+        dict(framework="axolotl", method="qlora", lora_r=32, lora_alpha=16, lora_dropout=0.05, lora_targets="all-linear",
              seq_len=4096, batch_size=2, grad_accum=4, grad_ckpt=True, optimizer="paged-adamw-8bit",
              precision="bf16", autocast=True, attn="flash"),
     ),
     "torchtune-lora-llama3.1-8b.yaml": (
         "torchtune",
         "llama3.1-8b",
-        dict(method="lora", lora_r=8, lora_alpha=16, lora_targets="q,v,o,gate,up,down",
+        dict(framework="torchtune", method="lora", lora_r=8, lora_alpha=16, lora_targets="q,v,o,gate,up,down",
              precision="bf16", adapter_dtype="bf16", seq_len=2048, batch_size=2, grad_accum=8,
              grad_ckpt=True, optimizer="adamw", optimizer_impl="fused", loss="chunked"),
     ),
     "trl-sft-mistral-7b.json": (
         "trl",
         "mistralai/Mistral-7B-v0.1",
-        dict(method="lora", lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_targets="all-linear",
+        dict(framework="hf", method="lora", lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_targets="all-linear",
              seq_len=2048, batch_size=4, grad_accum=4, grad_ckpt=True, optimizer="adamw",
              optimizer_impl="fused", precision="bf16", autocast=True, attn="sdpa"),
     ),
     "hf-seq2seq-flan-t5-xl.json": (
         "trl",
         "google/flan-t5-xl",
-        dict(seq_len=256, target_len=256, batch_size=8, grad_accum=2, optimizer="adafactor",
+        dict(framework="hf", seq_len=256, target_len=256, batch_size=8, grad_accum=2, optimizer="adafactor",
              precision="bf16", autocast=True),
     ),
     "litgpt-lora-llama2-7b.yaml": (
         "litgpt",
         "meta-llama/Llama-2-7b-hf",
-        dict(method="lora", lora_r=8, lora_alpha=16, lora_dropout=0.05, lora_targets="q,v",
+        dict(framework="litgpt", method="lora", lora_r=8, lora_alpha=16, lora_dropout=0.05, lora_targets="q,v",
              precision="bf16", adapter_dtype="bf16", seq_len=512, batch_size=2, grad_accum=4),
     ),
     "llama-factory-qlora-qwen2.5-7b.yaml": (
         "llama-factory",
         "Qwen/Qwen2.5-7B-Instruct",
-        dict(method="qlora", lora_r=16, lora_alpha=32, lora_targets="all-linear", seq_len=2048,
+        dict(framework="llama-factory", method="qlora", lora_r=16, lora_alpha=32, lora_targets="all-linear", seq_len=2048,
              batch_size=2, grad_accum=8, grad_ckpt=True, precision="bf16", autocast=True,
              attn="sdpa"),
     ),
