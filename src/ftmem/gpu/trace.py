@@ -183,6 +183,8 @@ def step_events(
     threads, allocated at each one's first GEMM and kept (gpu.runtime)."""
     rec = _Recorder()
     rec.alloc(t.weights)
+    if sizes.loop_held:  # the loop's last output (LitGPT's fp32 logits), from then on
+        rec.alloc((sizes.loop_held,))
     states_made = sizes.states == 0
     first = True
     for _ in range(2):
