@@ -364,9 +364,11 @@ def _decoder_block(
     last_block = list(blocks.last)
     offloaded = run.activation_offload
     last_keeps = blocks.per_block[-1]
+    dequant = LinearOp.dequant_moment(arch, run, plan, e, T)  # LitGPT's 4-bit matmuls
     return BlockTransients(
         forward=forward_cache
         + max(
+            dequant,
             DoRA.forward_rebuild(plan, run),
             checkpointed_forward_adapter(arch, run, plan, e, T),
             MoE.forward_transient(arch, T) if last_keeps else 0,
@@ -381,6 +383,7 @@ def _decoder_block(
         workspace=offload_moment(arch, run, plan, last_block, e, T)
         if offloaded
         else max(
+            dequant,
             block_backward_workspace(arch, run, plan, e, T, last_block),
             checkpointed_attention_moment(arch, run, plan, last_block, e),
             adapter_moment(arch, run, plan, last_block, e, T),
