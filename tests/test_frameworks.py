@@ -72,11 +72,12 @@ def test_sample_maps_to_the_expected_settings(name):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_from_gives_the_same_estimate_as_the_flags(name):
-    _, model, settings = EXPECTED[name]
+    framework, model, settings = EXPECTED[name]
     res = runner.invoke(app, ["estimate", "--from", str(SAMPLES / name), "--format", "json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    direct = estimate(model, **settings)
+    # --from sets the framework (its profile: profiles.py); "trl" runs HF's path
+    direct = estimate(model, framework=framework if framework != "trl" else "hf", **settings)
     assert data["memory"] == direct.model_dump(mode="json")["memory"]
     assert any(note.startswith("Read from the") for note in data["notes"])
 
