@@ -24,7 +24,7 @@ from ftmem.methods import MethodPlan, plan_method
 from ftmem.ops.attention import attention_path
 from ftmem.parallel import ENGINE, ParallelConfig, ParallelStep, parallel_notes, parallel_step
 from ftmem.phases import StepSizes, find_peak
-from ftmem.profiles import framework_arch
+from ftmem.profiles import framework_arch, profile_of
 from ftmem.result import AtPeak, Estimate, Memory, ModelInfo, ParallelInfo, PhasePeaks, ResolvedRun
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
 from ftmem.step import StepParts, step_parts
@@ -240,7 +240,7 @@ def _result(
 
 
 def _family_notes(arch: Architecture, run: RunConfig) -> list[str]:
-    notes = []
+    notes = list(profile_of(run).notes)  # the framework's own code path, if not HF's
     if run.attn == "flash":
         notes.append(
             "flash-attn is not measured here (no CPU kernel): assumed to keep what sdpa's "

@@ -55,7 +55,9 @@ LITGPT = Profile(
     "litgpt",
     notes=(
         "LitGPT: LM head and cross-entropy in 128-position chunks, fp32 logits held by "
-        "the training loop, no weight tying, k/v expanded to every head before SDPA.",
+        "the training loop, no weight tying, k/v expanded to every head before SDPA; "
+        "under QLoRA every Linear (the LM head too) is 4-bit and each 4-bit matmul holds "
+        "an fp16 and a bf16 copy of its weight.",
     ),
     # litgpt/finetune/lora.py fit(): model(input_ids, lm_head_chunk_size=128); litgpt/lora.py
     # GPT.forward: [self.lm_head(x_i) for x_i in x.split(lm_head_chunk_size, dim=1)]
