@@ -77,7 +77,7 @@ def test_from_gives_the_same_estimate_as_the_flags(name):
     res = runner.invoke(app, ["estimate", "--from", str(SAMPLES / name), "--format", "json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    direct = estimate(model, **settings)
+    direct = estimate(model, **settings)  # the settings name the code path (framework)
     assert data["memory"] == direct.model_dump(mode="json")["memory"]
     assert any(note.startswith("Read from the") for note in data["notes"])
 

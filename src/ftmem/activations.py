@@ -25,7 +25,7 @@ from ftmem.ops.loss import Loss
 from ftmem.ops.mlp import MLP
 from ftmem.ops.norm import Norm, QKNorm
 from ftmem.ops.saved import Saved, Side
-from ftmem.profiles import compiled_chunked_loss
+from ftmem.profiles import compiled_chunked_loss, head_chunk_tokens
 from ftmem.run import RunConfig
 
 
@@ -145,4 +145,10 @@ def outer_saved(
     )
     if run.loss == "fused":
         return below, above + Loss.fused_saved(arch, run, plan, ctx, train)
-    return below, above + Loss.saved(arch, plan, T, train, FP32, compiled_chunked_loss(run))
+    # LitGPT's chunked head skips the final logit soft-capping (litgpt@00af8b0d
+    # litgpt/lora.py GPT.forward returns the pieces before it; calibration/notes/litgpt.md M6)
+    softcaps = head_chunk_tokens(run) is None
+    saved = Loss.saved(
+        arch, plan, T, train, FP32, compiled_chunks=compiled_chunked_loss(run), softcaps=softcaps
+    )
+    return below, above + saved

@@ -29,9 +29,10 @@ from ftmem.gpu.trace import (
 )
 from ftmem.hardware import Gpu
 from ftmem.methods import MethodPlan, plan_method
+from ftmem.ops.attention import attention_path
 from ftmem.parallel import ENGINE, ParallelConfig, ParallelStep, parallel_notes, parallel_step
 from ftmem.phases import StepSizes, find_peak
-from ftmem.profiles import profile_notes, profile_of
+from ftmem.profiles import framework_arch, profile_notes, profile_of
 from ftmem.result import (
     AtPeak,
     Estimate,
@@ -72,6 +73,7 @@ def estimate_step(
 ) -> Estimate:
     """Predict the memory of one steady-state training step (per GPU when spread); with a
     ``teacher``, of a distillation step."""
+    arch = framework_arch(arch, run)  # e.g. LitGPT's own, never tied, LM head
     if par is not None and not par.is_trivial:
         if teacher is not None:
             raise InvalidInputError(
@@ -357,7 +359,8 @@ def _family_notes(arch: Architecture, run: RunConfig) -> list[str]:
     family = arch.traits
     # an eager-only family's note says what the estimate assumed unless eager was asked;
     # Falcon's fp32 attention differs from what eager means for the others
-    if family.attention == "eager-fp32" or (family.attention == "eager" and run.attn != "eager"):
+    path = attention_path(arch, run)
+    if path == "eager-fp32" or (path == "eager" and run.attn != "eager"):
         notes += family.notes_for("attention")
     if run.method == "qlora" and run.quant_format != "int4":
         notes += family.notes_for("qlora")

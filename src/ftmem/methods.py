@@ -17,6 +17,7 @@ from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, Param, layout, par
 from ftmem.dtypes import BYTES_PER_ELEMENT, StorageFormat, is_quantized, tensor_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.precision import Dtypes, resolve_dtypes
+from ftmem.profiles import profile_of
 from ftmem.regexes import compile_bounded
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig, split_patterns
 from ftmem.versions import nf4_layout
@@ -450,8 +451,24 @@ def _outer_groups(
                 and trainable_blocks == arch.num_layers
             )
         )
-        groups.append(TensorGroup(p.name, p.shape, 1, dtypes.base, trains, in_block=False))
+        fmt: StorageFormat = dtypes.base
+        if _quantized_head(p, run, dtypes, trains) and dtypes.quantized is not None:
+            fmt = dtypes.quantized
+        dq = run.uses_double_quant if is_quantized(fmt) else True
+        groups.append(TensorGroup(p.name, p.shape, 1, fmt, trains, double_quant=dq, in_block=False))
     return groups
+
+
+def _quantized_head(p: Param, run: RunConfig, dtypes: Dtypes, trains: bool) -> bool:
+    """The LM head is 4-bit too where the framework quantises every nn.Linear (LitGPT
+    under Lightning's bitsandbytes plugin: profiles.Profile.quantizes_lm_head)."""
+    return (
+        p.name == "lm_head.weight"
+        and not trains
+        and run.method == "qlora"
+        and dtypes.quantized is not None
+        and profile_of(run).quantizes_lm_head
+    )
 
 
 def _block_groups(

@@ -753,6 +753,7 @@ def _stage_sizes(
         optimizer=dataclasses.replace(base.optimizer, temporaries=on.step_temp),
         comm=comm if last else comm.blocks_only(),
         teacher_forward=base.teacher_forward,
+        loop_held=base.loop_held if last else 0,
     )
     return sizes, micro
 

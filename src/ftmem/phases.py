@@ -148,6 +148,9 @@ class StepSizes:
     comm: Communication = NO_COMMUNICATION
     # distillation: the frozen teacher's forward, before the student's (no activations)
     teacher_forward: int = 0
+    # what the training loop itself holds at every moment (LitGPT: the last forward's
+    # fp32 logits, until the next forward returns); counted with the activations
+    loop_held: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +203,7 @@ class _Race:
             weights=s.weights,
             gradients=w.gradients,
             optimizer_states=s.states,
-            activations=w.activations,
+            activations=w.activations + s.loop_held,
             temporaries=w.temporaries,
             communication=w.communication,
         )
@@ -219,7 +222,7 @@ def find_peak(s: StepSizes) -> Peak:
     live_grads = g.total if g.persist else g.outer - g.embedding
     live_acts = acts - s.activations.above
     head = _until_head_backward(s, held, acts, live_grads, live_acts)
-    race = _Race(s.weights + s.states, head[0])
+    race = _Race(s.weights + s.states + s.loop_held, head[0])
     race.weigh(head)
     # a weight steps as soon as its gradient exists, when the block's backward workspace
     # is past its largest (measured): the larger of the two, not their sum

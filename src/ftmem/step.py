@@ -26,7 +26,7 @@ from ftmem.ops.attention import runs_eager
 from ftmem.ops.context import BlockState
 from ftmem.ops.embedding import Embedding
 from ftmem.ops.linear import LinearOp
-from ftmem.ops.loss import CHUNKS, Loss
+from ftmem.ops.loss import CHUNKS, Loss, held_logits_head
 from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS, Norm
 from ftmem.ops.saved import Saved
@@ -304,6 +304,7 @@ def _decoder_sizes(
     # checkpointed blocks under autocast: the cast cache is all that keeps their 16-bit
     # weight copies, until the forward (and the loss in it) ends
     forward_cache = fixed.autocast_cache if run.grad_ckpt else 0
+    framework_head = held_logits_head(arch, run, plan, e, T)
     head = HeadTransients(
         logits_forward=Loss.forward_transient(arch, run, e, T)
         + PrefixTuning.cache(arch, run, plan.dtypes)
@@ -319,6 +320,14 @@ def _decoder_sizes(
         # the final norm's backward, its fp32 input still saved
         workspace=Norm.backward_workspace(arch, e, T) + T * arch.hidden_size * FP32,
     )
+    loop_held = 0
+    if framework_head is not None:  # LitGPT: fp32 logits held by the loop, chunked loss
+        loop_held = framework_head.held
+        head = dataclasses.replace(
+            head,
+            logits_forward=framework_head.logits_forward + forward_cache,
+            loss_backward=framework_head.loss_backward,
+        )
     return StepSizes(
         weights=fixed.weights,
         states=fixed.states,
@@ -327,6 +336,7 @@ def _decoder_sizes(
         block=_decoder_block(arch, run, plan, blocks, forward_cache, policy),
         head=head,
         optimizer=fixed.optimizer,
+        loop_held=loop_held,
     )
 
 
@@ -364,9 +374,11 @@ def _decoder_block(
     last_block = list(blocks.last)
     offloaded = run.activation_offload
     last_keeps = blocks.per_block[-1]
+    dequant = LinearOp.dequant_moment(arch, run, plan, e, T)  # LitGPT's 4-bit matmuls
     return BlockTransients(
         forward=forward_cache
         + max(
+            dequant,
             DoRA.forward_rebuild(plan, run),
             checkpointed_forward_adapter(arch, run, plan, e, T),
             MoE.forward_transient(arch, T) if last_keeps else 0,
@@ -381,6 +393,7 @@ def _decoder_block(
         workspace=offload_moment(arch, run, plan, last_block, e, T)
         if offloaded
         else max(
+            dequant,
             block_backward_workspace(arch, run, plan, e, T, last_block),
             checkpointed_attention_moment(arch, run, plan, last_block, e),
             adapter_moment(arch, run, plan, last_block, e, T),

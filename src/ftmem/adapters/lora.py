@@ -21,10 +21,17 @@ class LoRA:
 
     @staticmethod
     def saved(
-        ctx: LayerContext, lin: Linear, side: Side, in_grad: bool, in_features: int, in_bytes: int
+        ctx: LayerContext,
+        lin: Linear,
+        side: Side,
+        in_grad: bool,
+        in_features: int,
+        in_bytes: int,
+        shares_dropout: bool = False,
     ) -> tuple[list[Saved], bool]:
         """What one peft LoRA (or DoRA) adapter keeps, and whether its lora_A reads the
-        linear's input itself (nothing cast or dropped in between)."""
+        linear's input itself (nothing cast or dropped in between). ``shares_dropout``:
+        its lora_A reads a dropout another adapter of the same input made and keeps."""
         T, e = ctx.tokens, ctx.e
         dt = ctx.plan.dtypes
         ae = BYTES_PER_ELEMENT[dt.adapter]
@@ -34,7 +41,9 @@ class LoRA:
         # without autocast peft casts the input to the adapter dtype: one copy per adapter
         peft_casts = not dt.autocast and ae != in_bytes
         reads_input = False
-        if ctx.run.dropout > 0:
+        if ctx.run.dropout > 0 and shares_dropout:
+            pass  # the dropped input and its mask are counted once, with the first adapter
+        elif ctx.run.dropout > 0:
             # peft casts the input to the adapter dtype before the dropout. lora_A keeps
             # the dropped copy (autocast: its 16-bit cast of it); the mask is kept only
             # when the input needs a gradient. CUDA's fused dropout keeps a bool mask,

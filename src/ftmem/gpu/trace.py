@@ -269,6 +269,8 @@ def run_events(
     _load(rec, outside, steps[0][1].weights)
     if outside.reset:
         rec.events.append(("reset_peaks", 0))
+    if steps[0][0].loop_held:  # the loop's last output (LitGPT's fp32 logits), from then on
+        rec.alloc((steps[0][0].loop_held,))
     states_made = steps[0][0].states == 0
     first = True
     for sizes, t in steps:

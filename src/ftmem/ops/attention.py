@@ -8,13 +8,24 @@ from ftmem.dtypes import FP32
 from ftmem.ops.context import LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.profiles import profile_of
 from ftmem.run import RunConfig
+
+
+def attention_path(arch: Architecture, run: RunConfig) -> str:
+    """The family's attention path under the run's framework: transformers 5's (Falcon's
+    eager fp32 matmuls), or SDPA where the framework calls it for every family that
+    needs no soft-capping (profiles.Profile.sdpa_attention)."""
+    path = arch.traits.attention
+    if path == "eager-fp32" and profile_of(run).sdpa_attention:
+        return "sdpa"
+    return path
 
 
 def runs_eager(arch: Architecture, run: RunConfig) -> bool:
     """Eager attention: asked for, or the only path transformers 5 has for the family
     (Falcon computes its attention in fp32 matmuls; Gemma-2 has no sdpa path)."""
-    return run.attn == "eager" or arch.traits.attention != "sdpa"
+    return run.attn == "eager" or attention_path(arch, run) != "sdpa"
 
 
 def qkv_views_kept(arch: Architecture) -> bool:
@@ -50,7 +61,7 @@ class Attention:
         eager = runs_eager(arch, run)
         if run.prefix_len and not eager:
             return Attention.prefix_saved(ctx)
-        if arch.traits.attention == "eager-fp32":
+        if attention_path(arch, run) == "eager-fp32":
             # transformers 5 Falcon: q, k, v upcast to fp32 and k, v repeated per head (MQA/GQA)
             # for the score and PV matmuls; the fp32 probabilities are the only s² tensor
             keep("q, k, v in fp32 (repeated per head)", 3 * T * q * FP32, Kind.ATTN_COPY)
@@ -69,6 +80,8 @@ class Attention:
             if "q" in needs_grad:
                 keep("rotary k (repeated per head)", Tk * kv_saved * e, Kind.ATTN_QK)
             keep("v (repeated per head)", Tk * kv_saved * e, Kind.ATTN_V)
+        elif profile_of(run).expands_kv:
+            out += Attention.expanded_kv_saved(ctx)
         else:
             keep("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK)
             if arch.traits.fused_qkv and not ctx.quantized_outputs_in_input_dtype:
@@ -90,6 +103,24 @@ class Attention:
         if "v" in needs_grad and e != FP32:
             keep("attention probabilities cast (s²)", scores * e, Kind.ATTN_PROBS)
         return out
+
+    @staticmethod
+    def expanded_kv_saved(ctx: LayerContext) -> list[Saved]:
+        """LitGPT (Lightning-AI/litgpt@00af8b0d litgpt/model.py CausalSelfAttention.forward):
+        the fused qkv output is viewed as (B, ng, q_per_kv + 2, T, hs); with fewer kv heads
+        k and v are ``expand``ed to every query head and ``reshape``d (a copy), so the
+        kernel keeps q, k and v at the full width (+4·N·(nh − ng)·hs bytes against a
+        GQA-aware kernel). With as many kv heads as heads the reshape of v is a view of the
+        qkv output, whose whole storage the kernel then keeps. q and k are new tensors
+        (``torch.cat`` after the rotary)."""
+        T, e = ctx.tokens, ctx.e
+        q, kv = ctx.arch.q_size, ctx.arch.kv_size
+        items = [("rotary q and k (k at every head)", T * 2 * q * e, Kind.ATTN_QK)]
+        if kv != q:
+            items.append(("v expanded to every head", T * q * e, Kind.ATTN_V))
+        else:
+            items.append(("qkv output (v is a view)", T * (q + 2 * kv) * e, Kind.ATTN_QKV))
+        return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
 
     @staticmethod
     def prefix_saved(ctx: LayerContext) -> list[Saved]:
@@ -136,7 +167,7 @@ class Attention:
         """Eager attention's softmax backward in a recomputed block: the probabilities'
         gradient and its fp32 result (e + 4 bytes per score; fp32 scores: 8; measured)."""
         s = run.positions
-        if arch.traits.attention == "eager-fp32" or e == FP32:
+        if attention_path(arch, run) == "eager-fp32" or e == FP32:
             per_score = 2 * FP32
         elif arch.traits.softmax_in_compute_dtype:
             per_score = 2 * e  # GPT-2 takes its softmax in the compute dtype

@@ -13,6 +13,7 @@ from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.profiles import profile_of
 from ftmem.run import RunConfig
 from ftmem.versions import bnb_4bit_keeps_input, bnb_int8_keeps_column_copy
 
@@ -64,9 +65,18 @@ class LinearOp:
             out.append(Saved(f"{label}: input", input_bytes, Kind.LINEAR_INPUT, side, group))
         out += LinearOp.int8_column_copies(ctx, linears, in_grad, side, label)
         shared_input = False
+        # LitGPT's fused qkv: one dropout for every adapted slice (litgpt@00af8b0d
+        # litgpt/lora.py LoRAQKVLinear.forward: F.linear(self.lora_dropout(x), self.lora_A))
+        one_dropout = profile_of(ctx.run).one_qkv_lora_dropout and all(
+            set(lin.roles) & {"q", "k", "v"} for lin in linears
+        )
+        dropped = False
         for lin in linears if state.adapted else ():
             if lin.module in state.adapted:
-                items, reads_input = LoRA.saved(ctx, lin, side, in_grad, in_features, in_bytes)
+                items, reads_input = LoRA.saved(
+                    ctx, lin, side, in_grad, in_features, in_bytes, one_dropout and dropped
+                )
+                dropped = True
                 out += items
                 shared_input = shared_input or reads_input
         if shared_input and not input_bytes and not input_kept_elsewhere:
@@ -204,6 +214,27 @@ class LinearOp:
         if plan.dtypes.four_bit_outputs_fp32 and plan.dtypes.quantized:
             return T * lin.out_features * FP32 + T * (lin.in_features + lin.out_features) * e
         return T * lin.out_features * e
+
+    @staticmethod
+    def dequant_moment(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
+        """The largest 4-bit block linear's call where each call dequantises its weight
+        and casts the copy (profiles.Profile.dequant_copy_bytes; LitGPT under Lightning's
+        bitsandbytes plugin: fp16 then bf16, bitsandbytes@0.42.0 autograd/_functions.py
+        MatMul4Bit.forward ``F.dequantize_4bit(B, state).to(A.dtype)``, and backward for
+        grad_A): the copies beside the call's output and the incoming tensor (its input
+        in forward, the output's gradient in backward). 0 where not modelled."""
+        per_element = profile_of(run).dequant_copy_bytes
+        if not per_element or run.method != "qlora" or plan.dtypes.quantized not in ("nf4", "fp4"):
+            return 0
+        quantized = [lin for lin in layout(arch).linears if lin.is_module and lin.quantizable]
+        return max(
+            (  # (the layout's linears: LitGPT's fused qkv and split fc_1/fc_2 differ)
+                lin.out_features * lin.in_features * per_element
+                + T * (lin.in_features + lin.out_features) * e
+                for lin in quantized
+            ),
+            default=0,
+        )
 
     @staticmethod
     def autocast_cache(plan: MethodPlan) -> int:

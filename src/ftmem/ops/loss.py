@@ -3,13 +3,15 @@ chunked one, Liger's fused linear cross-entropy."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ftmem.arch import Architecture, Param, layout
-from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES, is_quantized
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Saved
-from ftmem.profiles import compiled_chunked_loss
+from ftmem.profiles import compiled_chunked_loss, head_chunk_tokens, profile_of
 from ftmem.run import RunConfig
 
 CHUNKS = 8  # torchtune's num_output_chunks
@@ -39,12 +41,14 @@ class Loss:
         train: bool,
         log_softmax_bytes: int,
         compiled_chunks: bool = False,
+        softcaps: bool = True,
     ) -> list[Saved]:
         """The LM head and the loss over T positions: the head's input (when it trains), its
         16-bit weight copy under autocast, and the log-softmax (fp32 in transformers'
         causal-LM loss; T5 takes it in the logits' dtype) with the int64 labels; with
         ``compiled_chunks`` (torchtune's compiled chunked loss) what each chunk's compiled
-        cross-entropy keeps instead (_compiled_chunks)."""
+        cross-entropy keeps instead (_compiled_chunks); ``softcaps``: False where the
+        framework's path skips the final logit soft-capping."""
         V, h = arch.vocab_size, arch.hidden_size
         e = BYTES_PER_ELEMENT[plan.dtypes.compute]
         out: list[Saved] = []
@@ -53,7 +57,7 @@ class Loss:
         if plan.dtypes.casts_weights:
             # the head's input needs a gradient, so its 16-bit weight copy is kept, frozen or not
             out.append(Saved("LM head 16-bit weight copy", V * h * 2))
-        if arch.final_logit_softcapping:
+        if arch.final_logit_softcapping and softcaps:
             out.append(Saved("logit soft-capping tanh", T * V * e))
         if compiled_chunks:
             return [*out, Loss._compiled_chunks(V, e, T)]
@@ -122,3 +126,65 @@ class Loss:
         hidden states."""
         inc = -(-vocab // hidden)
         return 1 << max(0, (-(-tokens // inc) - 1).bit_length())
+
+
+def head_dequant_bytes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:
+    """A 4-bit LM head's dequantised weight and its cast, alive while each of its matmuls
+    runs (profiles.Profile.dequant_copy_bytes: fp16 then bf16 under Lightning's plugin,
+    bitsandbytes@0.42.0 autograd/_functions.py MatMul4Bit.forward/backward); 0 for a
+    16-bit head."""
+    head = [g for g in plan.groups if g.name == "lm_head.weight"]
+    if not head or not is_quantized(head[0].fmt):
+        return 0
+    return arch.vocab_size * arch.hidden_size * profile_of(run).dequant_copy_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLogitsHead:
+    """The head side when the framework casts the model's output to fp32 and its loop
+    holds it (LitGPT under Fabric: pytorch-lightning@527d071f fabric/wrappers.py
+    _FabricModule.forward, precision.convert_output; litgpt@00af8b0d finetune/lora.py
+    fit() keeps ``logits`` until the next forward returns). Sizes in bytes; the
+    transients are beyond every saved activation (the fp32 log-softmax included) and
+    beyond ``held``."""
+
+    held: int  # the fp32 logits the loop holds: at every moment of the step
+    logits_forward: int
+    loss_backward: int
+
+
+def held_logits_head(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
+) -> HeldLogitsHead | None:
+    """LitGPT's LM head and chunked cross-entropy (litgpt@00af8b0d litgpt/lora.py
+    GPT.forward, litgpt/utils.py chunked_cross_entropy), None on other frameworks.
+
+    Autograd runs ready nodes latest-created first, so every piece's nll and log-softmax
+    backward runs before any piece's cast and head backward: the fp32 gradients replace
+    the freed log-softmax outputs one piece at a time (two pieces' fp32 tensors beyond),
+    then the 16-bit gradients (T·V·e) meet the 4-bit head's dequantised weight."""
+    if not profile_of(run).logits_fp32_held:
+        return None
+    V, h = arch.vocab_size, arch.hidden_size
+    log_softmax = T * V * FP32  # saved (in the activations), not yet made at the logits
+    dequant = head_dequant_bytes(arch, run, plan)
+    chunk = head_chunk_tokens(run)
+    if chunk is not None:
+        rows = min(T, run.batch_size * chunk)  # one head piece: b × chunk positions
+        # the last piece's matmul beside the earlier pieces' 16-bit logits; then the
+        # fp32 copies of all (the previous step's still held) before the 16-bit ones go
+        forward = max(T * V * e + dequant - log_softmax, T * V * e)
+        backward = max(
+            2 * rows * V * FP32,  # one piece's nll and log-softmax gradients
+            T * V * e - log_softmax + dequant + rows * h * e,  # the head's backward
+        )
+    else:
+        # litgpt/finetune/full.py: one head matmul; chunked_cross_entropy reshapes the
+        # shifted logits[..., :-1, :] (a copy when b > 1) and splits it in 128 rows
+        rows = profile_of(run).loss_chunk_rows or T
+        copy = T * V * FP32 if run.batch_size > 1 else 0
+        forward = max(T * V * e + dequant - log_softmax, T * V * e, copy)
+        # the pieces' gradients, then their concatenation (SplitBackward) and the
+        # slice's full-size gradient, each T·V fp32 while the log-softmax is freed
+        backward = max(2 * rows * V * FP32, T * V * FP32)
+    return HeldLogitsHead(T * V * FP32, max(forward, 0), max(backward, 0))

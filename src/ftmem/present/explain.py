@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, is_quantized
 from ftmem.methods import TensorGroup, plan_method
+from ftmem.profiles import framework_arch
 from ftmem.result import Estimate
 from ftmem.run import RunConfig
 from ftmem.units import UnitSystem, format_bytes, format_count
@@ -81,7 +82,7 @@ def _single_gpu_sections(
     arch: Architecture, run: RunConfig, est: Estimate, units: UnitSystem
 ) -> list[Section]:
     """Weights, what trains, gradients and optimizer states, from the method's tensors."""
-    plan = plan_method(arch, run)
+    plan = plan_method(framework_arch(arch, run), run)  # as estimate_step plans it
     n_train = est.model.n_trainable_params
     trained = Section("What trains")
     share = n_train / est.model.n_params

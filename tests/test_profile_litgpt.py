@@ -1,0 +1,243 @@
+"""framework="litgpt": LitGPT's code path as mechanisms (ftmem.profiles.LITGPT).
+
+Each test derives the bytes of one mechanism from the cited source on a small config,
+written here: Lightning-AI/litgpt@00af8b0d (litgpt/lora.py, litgpt/model.py,
+litgpt/utils.py, litgpt/finetune/{lora,full}.py), Lightning-AI/pytorch-lightning@527d071f
+(fabric/wrappers.py, fabric/plugins/precision/bitsandbytes.py), bitsandbytes@0.42.0
+(autograd/_functions.py MatMul4Bit); calibration/notes/litgpt.md has the details.
+One mechanism is switched off in a copy of the profile to isolate its bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ftmem import estimate, methods, profiles, step
+from ftmem.api import _architecture, run_config
+from ftmem.ops.linear import LinearOp
+from ftmem.profiles import framework_arch
+
+# a small Llama with GQA (4 heads, 2 kv heads) and a tied embedding, as Llama-3.2-1B
+V, D, NH, NG, I, L = 4096, 256, 4, 2, 704, 2
+HS = D // NH
+LLAMA = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "vocab_size": V,
+    "hidden_size": D,
+    "intermediate_size": I,
+    "num_hidden_layers": L,
+    "num_attention_heads": NH,
+    "num_key_value_heads": NG,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+}
+FALCON = {
+    "model_type": "falcon",
+    "architectures": ["FalconForCausalLM"],
+    "vocab_size": V,
+    "hidden_size": D,
+    "num_hidden_layers": L,
+    "num_attention_heads": NH,
+    "multi_query": True,
+    "parallel_attn": True,
+    "new_decoder_architecture": False,
+    "bias": False,
+    "alibi": False,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+}
+LORA = dict(
+    method="lora",
+    precision="bf16",
+    adapter_dtype="bf16",
+    optimizer="adamw",
+    lora_r=8,
+    lora_targets="q,v",
+    lora_dropout=0.05,
+    attn="sdpa",
+    device="cuda",
+)
+QLORA = dict(LORA, method="qlora", quant="nf4", double_quant=False, compute_dtype="bf16")
+FULL = dict(method="full", precision="bf16", optimizer="adamw", attn="sdpa", device="cuda")
+
+
+@pytest.fixture
+def llama(tmp_path: Path) -> str:
+    path = tmp_path / "llama" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(LLAMA))
+    return str(path)
+
+
+@pytest.fixture
+def falcon(tmp_path: Path) -> str:
+    path = tmp_path / "falcon" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(FALCON))
+    return str(path)
+
+
+@pytest.fixture
+def litgpt_without(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """Switch mechanisms off in the litgpt profile (plans are cached per run settings,
+    which do not see the profile: the caches are emptied around each use)."""
+
+    def without(**changes: object) -> None:
+        patched = dataclasses.replace(profiles.LITGPT, **changes)
+        monkeypatch.setitem(profiles.PROFILES, "litgpt", patched)
+        methods._PLANS.clear()
+        step._PLAN_SIZES.clear()
+
+    yield without
+    methods._PLANS.clear()
+    step._PLAN_SIZES.clear()
+
+
+def parts(model: str, **settings: object) -> step.StepParts:
+    run = run_config(**settings)
+    return step.step_parts(framework_arch(_architecture(model), run), run)
+
+
+def nf4_bytes(numel: int) -> int:
+    """bitsandbytes 4-bit without double quantisation (functional.quantize_4bit): two
+    values per byte, an fp32 absmax per 64 values, the 16-entry fp32 code book."""
+    return numel // 2 + numel // 64 * 4 + 16 * 4
+
+
+def test_lm_head_is_never_tied(llama: str) -> None:
+    # convert_hf_checkpoint.py copies transformer.wte.weight into lm_head.weight
+    hf = estimate(llama, framework="hf", batch_size=1, seq_len=256, **LORA)
+    lit = estimate(llama, framework="litgpt", batch_size=1, seq_len=256, **LORA)
+    assert lit.memory.weights_bytes - hf.memory.weights_bytes == 2 * V * D
+
+
+def test_untied_config_weights_unchanged(llama: str, tmp_path: Path) -> None:
+    path = tmp_path / "untied.json"
+    path.write_text(json.dumps(dict(LLAMA, tie_word_embeddings=False)))
+    hf = estimate(str(path), framework="hf", batch_size=1, seq_len=256, **LORA)
+    lit = estimate(str(path), framework="litgpt", batch_size=1, seq_len=256, **LORA)
+    assert lit.memory.weights_bytes == hf.memory.weights_bytes
+
+
+def test_qlora_quantizes_the_untied_lm_head(llama: str) -> None:
+    # the bnb plugin replaces every nn.Linear, the LM head too: HF's tied head adds
+    # nothing, LitGPT's own head is one more 4-bit V x d weight
+    hf = estimate(llama, framework="hf", batch_size=1, seq_len=256, **QLORA)
+    lit = estimate(llama, framework="litgpt", batch_size=1, seq_len=256, **QLORA)
+    assert lit.memory.weights_bytes - hf.memory.weights_bytes == nf4_bytes(V * D)
+
+
+def test_fp32_logits_held_by_the_loop(llama: str) -> None:
+    # Fabric's convert_output casts the chunks to fp32; fit()'s `logits` holds them
+    b, s = 2, 256
+    p = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **LORA)
+    assert p.sizes.loop_held == 4 * b * s * V
+
+
+def test_chunked_head_and_loss_transients(llama: str) -> None:
+    b, s = 1, 512
+    N, rows = b * s, b * 128  # 128-position pieces of b rows each
+    p = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **LORA)
+    # forward: the bf16 pieces (2·N·V) beside the held fp32 logits, before the fp32
+    # log-softmax exists; backward: one piece's nll and log-softmax fp32 gradients
+    assert p.sizes.head.logits_forward == 2 * N * V
+    assert p.sizes.head.loss_backward == max(2 * rows * V * 4, 2 * N * V - 4 * N * V + rows * D * 2)
+
+
+def test_quantized_head_dequant_at_the_head(llama: str) -> None:
+    # MatMul4Bit: dequantize_4bit to fp16 (2·V·d) and .to(bf16) (2·V·d) per piece
+    b, s = 1, 256
+    N, rows = b * s, b * 128
+    p = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **QLORA)
+    dequant = 4 * V * D
+    assert p.sizes.head.logits_forward == max(2 * N * V + dequant - 4 * N * V, 2 * N * V)
+    assert p.sizes.head.loss_backward == max(
+        2 * rows * V * 4, 2 * N * V - 4 * N * V + dequant + rows * D * 2
+    )
+    assert dequant > 4 * N * V - 2 * N * V  # the config makes the dequant copy matter
+
+
+def test_full_finetuning_head_is_not_chunked(llama: str) -> None:
+    # full.py: logits = model(input_ids); chunked_cross_entropy reshapes the shifted
+    # slice (a copy for b > 1) and concatenates the pieces' gradients in backward
+    b, s = 2, 256
+    N = b * s
+    p = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **FULL)
+    assert p.sizes.head.logits_forward == max(2 * N * V, 4 * N * V)
+    assert p.sizes.head.loss_backward == max(2 * 128 * V * 4, 4 * N * V)
+
+
+def test_kv_expanded_before_sdpa(llama: str, litgpt_without: object) -> None:
+    # model.py: k.expand(...).reshape(...) and v likewise when n_query_groups != n_head
+    b, s = 1, 256
+    N = b * s
+    on = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **LORA).per_block_full[-1]
+    litgpt_without(expands_kv=False)  # type: ignore[operator]
+    off = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **LORA).per_block_full[-1]
+    assert on - off == 4 * N * (NH - NG) * HS
+
+
+def test_one_dropout_for_the_fused_qkv(llama: str, litgpt_without: object) -> None:
+    # lora.py LoRAQKVLinear.forward: F.linear(self.lora_dropout(x), self.lora_A) once;
+    # peft drops q's and v's input each: one bf16 output (2·N·d) and bool mask (N·d) less
+    b, s = 1, 256
+    N = b * s
+    on = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **LORA).per_block_full[-1]
+    litgpt_without(one_qkv_lora_dropout=False)  # type: ignore[operator]
+    off = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **LORA).per_block_full[-1]
+    assert off - on == N * D * 2 + N * D * 1
+
+
+def test_block_dequant_moment(llama: str) -> None:
+    # the largest 4-bit block linear (gate/up: I x d): 4·I·d beside its input and output
+    b, s = 1, 256
+    N = b * s
+    run = run_config(framework="litgpt", batch_size=b, seq_len=s, **QLORA)
+    arch = framework_arch(_architecture(llama), run)
+    plan = methods.plan_method(arch, run)
+    assert LinearOp.dequant_moment(arch, run, plan, 2, N) == 4 * I * D + N * (I + D) * 2
+    hf = run_config(framework="hf", batch_size=b, seq_len=s, **QLORA)
+    assert LinearOp.dequant_moment(arch, hf, methods.plan_method(arch, hf), 2, N) == 0
+
+
+def test_falcon_attention_through_sdpa(falcon: str) -> None:
+    # LitGPT runs Falcon through F.scaled_dot_product_attention (no fp32 s² scores):
+    # q, k and v at every head (MQA expanded), the output and the fp32 logsumexp
+    b, s = 1, 256
+    N = b * s
+    p = parts(falcon, framework="litgpt", batch_size=b, seq_len=s, **LORA)
+    attention = sum(x.nbytes for x in p.typical_block if x.kind.name.startswith("ATTN"))
+    assert attention == 3 * N * D * 2 + N * D * 2 + b * NH * s * 4
+    hf = parts(falcon, framework="hf", batch_size=b, seq_len=s, **LORA)
+    assert any("s²" in x.what for x in hf.typical_block)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(LORA, batch_size=2, seq_len=256),
+        dict(QLORA, batch_size=1, seq_len=512),
+        dict(FULL, batch_size=2, seq_len=256),
+    ],
+)
+@pytest.mark.parametrize("which", ["llama", "falcon"])
+def test_hf_numbers_unchanged(
+    settings: dict[str, object], which: str, request: pytest.FixtureRequest
+) -> None:
+    """framework="hf" (and a profile with no mechanism of its own) is the estimate
+    with no framework given."""
+    model = request.getfixturevalue(which)
+    plain = estimate(model, **settings).memory
+    for fw in ("hf", "axolotl"):
+        memory = estimate(model, framework=fw, **settings).memory
+        assert memory == plain
+    lit = estimate(model, framework="litgpt", **settings).memory
+    assert lit.peak_allocated_bytes != plain.peak_allocated_bytes
