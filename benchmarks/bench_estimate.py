@@ -10,6 +10,7 @@ configurations per second.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 
 from ftmem.estimate import estimate_step
@@ -19,6 +20,9 @@ from ftmem.run import RunConfig
 
 
 def main() -> None:
+    # FTMEM_BENCH_QUICK=1 (tests/test_benchmarks.py): every preset, fewer settings, to
+    # show the sweep runs to the end
+    step = 8 if os.environ.get("FTMEM_BENCH_QUICK") == "1" else 1
     gpu = get_gpu("a100-80gb")
     archs = list(model_presets().values())
     runs = [
@@ -30,7 +34,7 @@ def main() -> None:
     start = time.perf_counter()
     n = 0
     for arch in archs:
-        for run in runs:
+        for run in runs[::step]:
             estimate_step(arch, run, gpu)
             n += 1
     elapsed = time.perf_counter() - start
@@ -48,8 +52,8 @@ def main() -> None:
         # pipeline stages need an even layer count; encoder-decoders run data-parallel only
         if arch.num_layers % 2 or arch.encoder_decoder:
             continue
-        for run in runs[::4]:
-            for par in pars:
+        for run in runs[:: 4 * step]:
+            for par in pars[::step]:
                 estimate_step(arch, run, gpu, par=par)
                 n += 1
     elapsed = time.perf_counter() - start

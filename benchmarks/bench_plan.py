@@ -8,6 +8,7 @@ searches, and prints candidates evaluated per second.
 
 from __future__ import annotations
 
+import os
 import time
 
 from ftmem import estimate
@@ -15,9 +16,13 @@ from ftmem.plan import make_plan
 from ftmem.presets import get_model
 from ftmem.search import largest_fitting
 
+# FTMEM_BENCH_QUICK=1 (tests/test_benchmarks.py): one model, to show the benchmark runs
+MODELS = ("llama2-7b", "llama2-13b", "llama3-8b", "mistral-7b", "llama2-70b")
+
 
 def main() -> None:
-    for model in ("llama2-7b", "llama2-13b", "llama3-8b", "mistral-7b", "llama2-70b"):
+    quick = os.environ.get("FTMEM_BENCH_QUICK") == "1"
+    for model in MODELS[:1] if quick else MODELS:
         arch = get_model(model)
         start = time.perf_counter()
         plan = make_plan(

@@ -25,6 +25,7 @@ PARTS = (
     ("activations", "Activations"),
     ("temporaries", "Temporaries"),
     ("communication", "Gathered weights, buckets"),
+    ("workspaces", "BLAS workspaces"),
 )
 
 
@@ -61,7 +62,7 @@ def plan_figure(plan: Plan) -> Figure:
     ]
     labels = [name for name, _ in rows]
     bottom = [0.0] * len(rows)
-    for key, legend in (*PARTS, ("overhead", "Runtime overhead")):
+    for key, legend in (*PARTS, ("overhead", "Beyond allocated (cache, context)")):
         values = [
             (e.memory.overhead_bytes if key == "overhead" else getattr(e.memory.at_peak, key)) / GIB
             for _, e in rows
