@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal, get_args
 
-from pydantic import ConfigDict, Field, FiniteFloat, PositiveInt, model_validator
+from pydantic import ConfigDict, Field, FiniteFloat, PositiveInt, field_validator, model_validator
 
 from ftmem import limits
 from ftmem.gpu.alloc_conf import AllocatorOptions, allocator_options
@@ -139,6 +140,9 @@ def settings_for(method: str, settings: dict[str, object]) -> dict[str, object]:
     }
 
 
+# a library release: major.minor[.patch] and a local tag (2.1, 0.43.2, 2.1.0+cu121)
+RELEASE = re.compile(r"[0-9]{1,2}\.[0-9]{1,3}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})")
+
 # The training frameworks whose code path ftmem follows (profiles.py); "hf" is HF
 # Trainer / TRL over transformers + peft, the path every other default describes.
 Framework = Literal["hf", "axolotl", "llama-factory", "litgpt", "torchtune", "unsloth"]
@@ -166,19 +170,16 @@ class RunConfig(limits.BoundedSettings):
     )
     torch_version: str | None = Field(
         None,
-        pattern=r"^[0-9]{1,2}\.[0-9]{1,2}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})$",
         description="PyTorch's version: its cuBLAS workspaces, CUDA context and foreach "
         "AdamW temporaries (default: 2.13, the one ftmem is measured with).",
     )
     bnb_version: str | None = Field(
         None,
-        pattern=r"^[0-9]{1,2}\.[0-9]{1,3}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})$",
         description="bitsandbytes' version: what its quantised linears keep for backward "
         "(default: the current release).",
     )
     torchao_version: str | None = Field(
         None,
-        pattern=r"^[0-9]{1,2}\.[0-9]{1,3}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})$",
         description="torchao's version (torchtune's NF4 weights): how its NF4Tensor stores "
         "the scale factors, and before 0.2 a 66-bytes-per-element transient while each "
         "weight is quantised whole (default: the current release).",
@@ -314,6 +315,14 @@ class RunConfig(limits.BoundedSettings):
             if longest is not None:
                 data = {**data, "seq_len": longest}
         return data
+
+    @field_validator("torch_version", "bnb_version", "torchao_version")
+    @classmethod
+    def _release(cls, value: str | None) -> str | None:
+        """A library release as pip and ``__version__`` spell it (2.1, 2.1.0+cu121)."""
+        if value is not None and not RELEASE.fullmatch(value):
+            raise ValueError("takes a release such as 2.1 or 2.1.0+cu121")
+        return value
 
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:
