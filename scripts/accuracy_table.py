@@ -1,6 +1,11 @@
 """Regenerate docs/accuracy.md: every case of tests/accuracy, estimated and measured.
 
     python scripts/accuracy_table.py
+    python scripts/accuracy_table.py --only 'qwen3moe|olmo2'
+
+``--only REGEX`` measures only the tiny cases whose id matches (a new family's, say)
+and keeps every other row, the real-size and the FSDP sections as they are; the phase
+counts are updated from the old table's listed gaps.
 
 Measures on this machine's CPU (tiny random-weight models), so it needs the
 ``measure`` extra. tests/accuracy/test_accuracy.py fails when a row here is stale.
@@ -8,8 +13,10 @@ Measures on this machine's CPU (tiny random-weight models), so it needs the
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -119,17 +126,88 @@ def phase_section(results: list[dict]) -> str:
     )
 
 
+def _old_rows(old: str) -> dict[str, str]:
+    """The old table's row of each case id."""
+    return {
+        m.group(1): line for line in old.splitlines() if (m := re.match(r"\| `([^`]+)` \|", line))
+    }
+
+
+def _old_section(old: str, start: str, end: str) -> str:
+    """The rows of one old section (between two headers), as they were."""
+    body = old.split(start, 1)[1].split(end, 1)[0]
+    return "\n".join(line for line in body.splitlines() if line.startswith("| `"))
+
+
+def _partial(old: str, pattern: str) -> tuple[list[str], str, str, str]:
+    """Rows, real-size rows, FSDP rows and phase section with only the matching tiny
+    cases measured again (the others' rows and phase gaps read from the old table)."""
+    wanted = re.compile(pattern)
+    measured = {c.id: compare(c) for c in CASES if c.id not in KNOWN_GAPS and wanted.search(c.id)}
+    if not measured:
+        raise SystemExit(f"no case id matches {pattern!r}")
+    old_rows = _old_rows(old)
+    rows = []
+    for case in CASES:
+        if case.id in KNOWN_GAPS:
+            continue
+        if case.id in measured:
+            rows.append(row(measured[case.id]))
+        elif case.id in old_rows:
+            rows.append(old_rows[case.id])
+        else:
+            raise SystemExit(f"{case.id} has no row yet: include it in --only")
+    old_gaps = [
+        line
+        for line in old.split("## Each phase's largest moment", 1)[1].splitlines()
+        if line.startswith("- `") and line.split(": ", 1)[1].split()[0] in PHASES
+    ]
+    kept_gaps = [g for g in old_gaps if g[3:].split("`", 1)[0] not in measured]
+    counts = re.search(r"- forward: (\d+), backward: (\d+), optimizer: (\d+)\.", old)
+    total = re.search(r"Of the (\d+) single-device cases", old)
+    if counts is None or total is None:
+        raise SystemExit("docs/accuracy.md has no phase counts to update: run without --only")
+    within = dict(zip(PHASES, (int(n) for n in counts.groups()), strict=True))
+    n = int(total.group(1))
+    for cid, result in measured.items():
+        if cid in old_rows:  # its old flags: within unless listed
+            n -= 1
+            for ph in PHASES:
+                within[ph] -= not any(g.startswith(f"- `{cid}`: {ph} ") for g in old_gaps)
+        n += 1
+        for ph in PHASES:
+            within[ph] += abs(error(result["phases"][ph])) <= PEAK_TOLERANCE
+    gaps = kept_gaps + [line for r in measured.values() for line in phase_gaps(r)]
+    phases = PHASES_HEADER.format(
+        n=n,
+        counts=", ".join(f"{ph}: {k}" for ph, k in within.items()),
+        peak=PEAK_TOLERANCE,
+        gaps="\n".join(gaps) or "- none",
+    )
+    real = _old_section(old, "## Real-size models", "## FSDP on")
+    sharded = _old_section(old, "## FSDP on", "## Each phase's")
+    return rows, real, sharded, phases
+
+
 def main() -> int:
     import peft
     import torch
     import transformers
 
-    results = [compare(case) for case in CASES if case.id not in KNOWN_GAPS]
-    real_results = [compare(case, fake=True) for case in REAL_SIZE_CASES]
-    rows = [row(r) for r in results]
-    real = [row(r) for r in real_results]
-    phases = phase_section(results + real_results)
-    sharded = [sharded_row(compare_sharded(case)) for case in SHARDED_CASES]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", help="re-measure only the tiny cases whose id matches")
+    args = parser.parse_args()
+    doc = ROOT / "docs" / "accuracy.md"
+    old = doc.read_text(encoding="utf-8") if doc.exists() else ""
+    if args.only:
+        rows, real_text, sharded_text, phases = _partial(old, args.only)
+    else:
+        results = [compare(case) for case in CASES if case.id not in KNOWN_GAPS]
+        real_results = [compare(case, fake=True) for case in REAL_SIZE_CASES]
+        rows = [row(r) for r in results]
+        real_text = "\n".join(row(r) for r in real_results)
+        phases = phase_section(results + real_results)
+        sharded_text = "\n".join(sharded_row(compare_sharded(c)) for c in SHARDED_CASES)
     gaps = "\n".join(f"- `{cid}`: {why}" for cid, why in KNOWN_GAPS.items()) or "- none"
     text = (
         HEADER.format(
@@ -144,15 +222,13 @@ def main() -> int:
         )
         + "\n".join(rows)
         + REAL_SIZE_HEADER
-        + "\n".join(real)
+        + real_text
         + SHARDED_HEADER.format(world=WORLD)
-        + "\n".join(sharded)
+        + sharded_text
         + phases
         + f"\n\n## Known gaps (run as strict xfails)\n\n{gaps}\n"
     )
-    doc = ROOT / "docs" / "accuracy.md"
     # the published GPU runs' section is scripts/published_accuracy.py's: kept as it is
-    old = doc.read_text(encoding="utf-8") if doc.exists() else ""
     published = old.find("<!-- published-gpu-runs:start")
     if published >= 0:
         text += "\n" + old[published:]

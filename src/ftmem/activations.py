@@ -59,7 +59,7 @@ def block_saved(
     parallel_norms = arch.parallel_attn_mlp and arch.norms_per_block == 2
     out += Norm.saved(ctx, "ln_attn" if parallel_norms else "input norm", x, wn)
     if parallel_norms:
-        out += Norm.saved(ctx, "ln_mlp", x, wn, Side.MLP)
+        out += Norm.saved(ctx, "ln_mlp", x, wn, Side.MLP, input_kept=True)
     out += LinearOp.saved(ctx, qkv, state, x or wn, "q/k/v projections", h, ctx.residual)
     prefix = run.prefix_len > 0  # the layer's key/value prefix trains
     q_grad = x or w or adapted_attn or bias_attn or wn or prefix

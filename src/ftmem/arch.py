@@ -35,6 +35,9 @@ Role = Literal["q", "k", "v", "o", "gate", "up", "down", "router"]
 TOKEN_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "shared.weight")
 ATTENTION_ROLES: tuple[Role, ...] = ("q", "k", "v", "o")
 MLP_ROLES: tuple[Role, ...] = ("gate", "up", "down")
+# The LM head's module: transformers 5 names it so in every causal LM (GPT-NeoX's
+# checkpoints say embed_out, renamed on loading: transformers' conversion_mapping.py).
+HEAD = "lm_head"
 
 
 class Architecture(BaseModel):
@@ -62,6 +65,10 @@ class Architecture(BaseModel):
         None, description="KV heads (GQA/MQA); = heads if unset."
     )
     head_dim: PositiveInt | None = Field(None, description="= hidden_size / num_heads if unset.")
+    rotary_dim: PositiveInt | None = Field(
+        None,
+        description="Dimensions of each head the rotary turns (Pythia, Phi); = head_dim if unset.",
+    )
     intermediate_size: PositiveInt
     mlp: Literal["gated", "plain"] = "gated"
     activation: Literal["silu", "gelu", "gelu_tanh", "relu"] = "silu"
@@ -133,6 +140,13 @@ class Architecture(BaseModel):
                 "when head_dim is not given"
             )
         self._fits_family()
+        if self.rotary_dim is not None and (
+            self.rotary_dim > self.head_size or self.position_embedding != "rotary"
+        ):
+            raise ValueError(
+                f"rotary_dim ({self.rotary_dim}) is for rotary models, at most head_dim "
+                f"({self.head_size})"
+            )
         if self.experts_per_token > self.num_experts:
             raise ValueError(
                 f"experts_per_token ({self.experts_per_token}) exceeds num_experts "
@@ -176,6 +190,11 @@ class Architecture(BaseModel):
         return self.head_dim or self.hidden_size // self.num_heads
 
     @property
+    def rotary_size(self) -> int:
+        """The part of each head the rotary turns (cos and sin tables are this wide)."""
+        return self.rotary_dim or self.head_size
+
+    @property
     def q_size(self) -> int:
         return self.num_heads * self.head_size
 
@@ -209,6 +228,7 @@ BOUNDS: dict[str, limits.Bound] = {
     "num_heads": limits.WIDTH,
     "num_kv_heads": limits.WIDTH,
     "head_dim": limits.WIDTH,
+    "rotary_dim": limits.WIDTH,
     "intermediate_size": limits.WIDTH,
     "max_position_embeddings": limits.TOKENS,
     "num_experts": limits.EXPERTS,
@@ -231,6 +251,12 @@ class Param:
     @property
     def numel(self) -> int:
         return prod(self.shape)
+
+    @property
+    def is_head(self) -> bool:
+        """The LM head's weight or bias: the only linear outside the blocks (block
+        linears always have roles)."""
+        return self.kind in ("linear", "linear_bias") and not self.roles
 
     @property
     def module(self) -> str:
@@ -476,7 +502,9 @@ def layout(arch: Architecture) -> Layout:
         )
     outer += _norm_params(names.final_norm, arch)
     if not arch.tie_embeddings:
-        outer.append(Param("lm_head.weight", (arch.vocab_size, arch.hidden_size), "linear"))
+        outer.append(Param(f"{HEAD}.weight", (arch.vocab_size, arch.hidden_size), "linear"))
+    if arch.traits.head_bias:
+        outer.append(Param(f"{HEAD}.bias", (arch.vocab_size,), "linear_bias"))
     return Layout(tuple(outer), tuple(block), tuple(linears), arch.num_layers)
 
 

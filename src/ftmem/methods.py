@@ -284,7 +284,7 @@ def _base_format(param: Param, dtypes: Dtypes, keep_unquantized: frozenset[str])
     if (
         dtypes.quantized
         and param.kind == "linear"
-        and param.name != "lm_head.weight"
+        and not param.is_head
         and param.module not in keep_unquantized
     ):
         return dtypes.quantized
@@ -463,7 +463,8 @@ def _quantized_head(p: Param, run: RunConfig, dtypes: Dtypes, trains: bool) -> b
     """The LM head is 4-bit too where the framework quantises every nn.Linear (LitGPT
     under Lightning's bitsandbytes plugin: profiles.Profile.quantizes_lm_head)."""
     return (
-        p.name == "lm_head.weight"
+        p.is_head
+        and p.kind == "linear"
         and not trains
         and run.method == "qlora"
         and dtypes.quantized is not None
@@ -600,9 +601,7 @@ def _modules_to_save_groups(
         )
     groups: list[TensorGroup] = []
     for p in layout(arch).outer:
-        kind = (
-            "head" if p.name.startswith("lm_head") else "embed" if p.kind == "embedding" else None
-        )
+        kind = "head" if p.is_head else "embed" if p.kind == "embedding" else None
         if kind in saved:
             name = f"{p.name}.modules_to_save"
             groups.append(TensorGroup(name, p.shape, 1, dtypes.base, True, in_block=False))
@@ -627,7 +626,7 @@ def _trained_ends(
             if p.kind == "embedding":
                 embed_trainable = True
                 head_trainable = head_trainable or arch.tie_embeddings  # tied: one tensor
-            elif p.name.startswith("lm_head"):
+            elif p.is_head:
                 head_trainable = True
             elif p.kind == "norm":
                 final_norm_trainable = True

@@ -33,7 +33,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from ftmem.arch import Architecture
+from ftmem.arch import HEAD, Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, ceil_div, is_quantized
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, TensorGroup, plan_key
@@ -304,7 +304,7 @@ def engine_run(run: RunConfig, par: ParallelConfig) -> RunConfig:
 
 def _head_side(arch: Architecture) -> tuple[str, ...]:
     """Name prefixes of the parameters after the last block: the final norm, the head."""
-    return f"{arch.traits.names.final_norm}.", "lm_head"
+    return f"{arch.traits.names.final_norm}.", HEAD
 
 
 def _stage_groups(

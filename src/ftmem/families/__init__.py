@@ -93,6 +93,8 @@ class Family:
     norm_scale_in_fp32: bool = False
     # o_proj reads the attention kernel's output storage itself (no copy in between).
     o_proj_reads_kernel_output: bool = True
+    # The LM head has a bias (Phi-1.5/2).
+    head_bias: bool = False
     # peft's prefix tuning runs (peft 0.21 sizes the prefix per query head, which a
     # multi-query cache rejects: Falcon).
     prefix_tuning: bool = True

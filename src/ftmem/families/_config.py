@@ -99,6 +99,30 @@ def word(cfg: Config, key: str, default: str | None = None) -> str | None:
     return value
 
 
+def rotary_dim(cfg: Config, head_dim: int, keys: tuple[str, ...], default: float) -> int | None:
+    """The part of each head the rotary turns, as transformers computes it
+    (``int(head_dim * partial_rotary_factor)``), from the first of ``keys`` the config
+    gives, else its ``rope_parameters``; None for the whole head."""
+    rope = cfg.get("rope_parameters")
+    sources = [cfg] + ([rope] if isinstance(rope, dict) else [])
+    key, factor = keys[0], default
+    for source in sources:
+        found = next(
+            (k for k in (*keys, "partial_rotary_factor") if source.get(k) is not None), None
+        )
+        if found:
+            key, factor = found, number(source, found) or 0.0
+            break
+    if not 0 < factor <= 1:
+        raise wrong(key, "a fraction of the head in (0, 1]", factor)
+    dim = int(head_dim * factor)
+    if dim < 1:
+        raise wrong(
+            key, f"large enough to turn at least one of the head's {head_dim} dimensions", factor
+        )
+    return None if dim == head_dim else dim
+
+
 def activation(name: str | None) -> str:
     """transformers' activation name -> Architecture.activation."""
     name = (name or "silu").lower()

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ftmem.families import ConfigMap, ModuleNames
-from ftmem.families._config import Config, LlamaKeys, build_llama_like, read_llama_like
+from ftmem.families._config import Config, LlamaKeys, build_llama_like, flag, read_llama_like
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -48,3 +48,10 @@ def llama_map(
         return kw
 
     return ConfigMap(read, build)
+
+
+def window_off_by_default(cfg: Config, out: Config) -> None:
+    """For config classes whose ``use_sliding_window`` defaults to false (Qwen3,
+    SmolLM3), unlike Qwen2's: a window given without the flag is not used."""
+    if not flag(cfg, "use_sliding_window", False):
+        out.pop("sliding_window", None)

@@ -15,6 +15,14 @@ if TYPE_CHECKING:
     from ftmem.arch import Architecture
 
 
+# the router and the 3-D expert weights, as transformers 5 names them (Qwen3-MoE too)
+EXPERT_NAMES = {
+    "router": "mlp.gate",
+    "gate_up": "mlp.experts.gate_up_proj",
+    "down": "mlp.experts.down_proj",
+}
+
+
 def _read_experts(cfg: Config, out: Config) -> None:
     out.update(
         num_experts=need(cfg, "num_local_experts", bound=limits.EXPERTS),
@@ -35,12 +43,5 @@ FAMILY = Family(
     model_types=("mixtral",),
     decoder_layer="MixtralDecoderLayer",
     config=llama_map("mixtral", LlamaKeys(window="always"), _read_experts, _build_experts),
-    names=replace(
-        LLAMA_NAMES,
-        experts={
-            "router": "mlp.gate",
-            "gate_up": "mlp.experts.gate_up_proj",
-            "down": "mlp.experts.down_proj",
-        },
-    ),
+    names=replace(LLAMA_NAMES, experts=EXPERT_NAMES),
 )

@@ -5,14 +5,13 @@ alike) and an explicit head_dim; the sliding window is off unless asked for."""
 from __future__ import annotations
 
 from ftmem.families import Family
-from ftmem.families._config import Config, LlamaKeys, flag
-from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.families._config import Config, LlamaKeys
+from ftmem.families._llama import LLAMA_NAMES, llama_map, window_off_by_default
 
 
 def _read_qwen3(cfg: Config, out: Config) -> None:
     out["qk_norm"] = True
-    if not flag(cfg, "use_sliding_window", False):  # Qwen3Config's default, unlike Qwen2's
-        out.pop("sliding_window", None)
+    window_off_by_default(cfg, out)
 
 
 FAMILY = Family(

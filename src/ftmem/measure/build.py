@@ -491,7 +491,7 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
     to_save = [
         p.module.rsplit(".", 1)[-1]
         for p in layout(arch).outer
-        if ("head" if p.name.startswith("lm_head") else "embed" if p.kind == "embedding" else "")
+        if ("head" if p.is_head else "embed" if p.kind == "embedding" else "")
         in run.modules_to_save
     ]
     lcfg = LoraConfig(
@@ -602,7 +602,8 @@ def _peft_other(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modu
         scaled = ia3_linears(arch, run)
         cfg = IA3Config(
             target_modules=[lin.module for lin, _ in scaled],
-            feedforward_modules=[lin.module for lin, ff in scaled if ff] or None,
+            # a list even when empty: peft has no default for newer model types
+            feedforward_modules=[lin.module for lin, ff in scaled if ff],
             task_type="CAUSAL_LM",
         )
     elif run.method == "prompt-tuning":

@@ -33,12 +33,12 @@ class Embedding:
 
     @staticmethod
     def rotary_saved(arch: Architecture, run: RunConfig, T: int, residual: int) -> list[Saved]:
-        """Rotary's cos and sin tables (s × head_dim), shared by every layer's rotary
+        """Rotary's cos and sin tables (s × rotary_dim), shared by every layer's rotary
         multiply, computed in the residual dtype (fp32 under autocast with fp32
         weights); kept when the blocks need gradients."""
         if arch.position_embedding != "rotary":
             return []
-        return [Saved("rotary cos/sin", 2 * (T // run.batch_size) * arch.head_size * residual)]
+        return [Saved("rotary cos/sin", 2 * (T // run.batch_size) * arch.rotary_size * residual)]
 
     @staticmethod
     def backward_workspace(arch: Architecture, grad_groups: list[TensorGroup]) -> int:

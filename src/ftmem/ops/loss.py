@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftmem.arch import Architecture, Param, layout
+from ftmem.arch import HEAD, Architecture, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES, is_quantized
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import LayerContext
@@ -133,7 +133,7 @@ def head_dequant_bytes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> 
     runs (profiles.Profile.dequant_copy_bytes: fp16 then bf16 under Lightning's plugin,
     bitsandbytes@0.42.0 autograd/_functions.py MatMul4Bit.forward/backward); 0 for a
     16-bit head."""
-    head = [g for g in plan.groups if g.name == "lm_head.weight"]
+    head = [g for g in plan.groups if g.name == f"{HEAD}.weight"]
     if not head or not is_quantized(head[0].fmt):
         return 0
     return arch.vocab_size * arch.hidden_size * profile_of(run).dequant_copy_bytes

@@ -21,23 +21,33 @@ class Norm:
 
     @staticmethod
     def saved(
-        ctx: LayerContext, label: str, x_grad: bool, w_grad: bool, side: Side = Side.ATTENTION
+        ctx: LayerContext,
+        label: str,
+        x_grad: bool,
+        w_grad: bool,
+        side: Side = Side.ATTENTION,
+        input_kept: bool = False,
     ) -> list[Saved]:
-        """RMSNorm (fp32 math) or LayerNorm."""
+        """RMSNorm (fp32 math) or LayerNorm. ``input_kept``: another norm saved the same
+        input already (a parallel block's second norm: GPT-NeoX, Falcon-40B), so the
+        storage it would keep is not new."""
         T, h = ctx.tokens, ctx.arch.hidden_size
         out: list[Saved] = []
         if ctx.arch.norm == "layernorm":
             # native_layer_norm saves its input and per-token mean and rstd (input dtype)
             if x_grad or w_grad:
-                size = T * h * ctx.residual + 2 * T * ctx.residual
-                out.append(Saved(f"{label}: input, mean, rstd", size, Kind.NORM_INPUT, side))
+                size = (0 if input_kept else T * h * ctx.residual) + 2 * T * ctx.residual
+                what = "mean, rstd" if input_kept else "input, mean, rstd"
+                out.append(Saved(f"{label}: {what}", size, Kind.NORM_INPUT, side))
             return out
         gemma = ctx.arch.traits.norm_scale_in_fp32
         if ctx.compiled and side is not Side.OUTER and not gemma:
             return Norm._compiled_rms(ctx, label, x_grad, w_grad, side)
         if x_grad:
-            # x.float() and rsqrt(mean(x²)+eps): the fp32 input and the fp32 rstd
-            size = T * h * FP32 + T * FP32
+            # x.float() and rsqrt(mean(x²)+eps): the fp32 input and the fp32 rstd (x.float()
+            # of an fp32 input is that input: kept once by two norms reading it)
+            shared = input_kept and ctx.residual == FP32
+            size = (0 if shared else T * h * FP32) + T * FP32
             out.append(Saved(f"{label}: fp32 input + rstd", size, Kind.NORM_INPUT, side))
         if w_grad:
             # Llama: weight * normed.to(dtype) saves the cast; Gemma: normed * (1 + w) in fp32

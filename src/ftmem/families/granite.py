@@ -1,0 +1,18 @@
+"""Granite (GraniteForCausalLM): Llama's block with four scalar multipliers (embedding,
+residual, attention scale, logits divisor). A product with a Python scalar saves no
+tensor for backward, so the saved activations are Llama's; the logits' division makes
+one more (tokens × vocab) tensor in the forward (measured in tests/accuracy)."""
+
+from __future__ import annotations
+
+from ftmem.families import Family
+from ftmem.families._config import LlamaKeys
+from ftmem.families._llama import LLAMA_NAMES, llama_map
+
+FAMILY = Family(
+    name="granite",
+    model_types=("granite",),
+    decoder_layer="GraniteDecoderLayer",
+    config=llama_map("granite", LlamaKeys(optional=("attention_bias", "mlp_bias"))),
+    names=LLAMA_NAMES,
+)

@@ -1,0 +1,74 @@
+"""Phi-1 / Phi-1.5 / Phi-2 (PhiForCausalLM): a parallel block under one shared LayerNorm
+(Falcon-7B's wiring), q, k, v and dense projections with biases, a plain fc1/fc2 MLP
+with the written-out tanh-GELU, the rotary on part of each head
+(``partial_rotary_factor``, 0.5 in the published configs) and an LM head with a bias.
+Its optional q/k LayerNorms (``qk_layernorm``, off in every published config) are not
+modelled and refused."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from ftmem.errors import ConfigError
+from ftmem.families import Family
+from ftmem.families._config import Config, LlamaKeys, flag, rotary_dim
+from ftmem.families._llama import LLAMA_NAMES, llama_map
+
+if TYPE_CHECKING:
+    from ftmem.arch import Architecture
+
+
+def _read(cfg: Config, out: Config) -> None:
+    if flag(cfg, "qk_layernorm", False):
+        raise ConfigError(
+            "config.json: qk_layernorm true (LayerNorms on Phi's queries and keys) is not "
+            "modelled yet; the published Phi configs leave it off."
+        )
+    head_dim = out["hidden_size"] // out["num_heads"]
+    out.update(
+        mlp="plain",
+        norm="layernorm",
+        norms_per_block=1,
+        parallel_attn_mlp=True,
+        attention_qkv_bias=True,
+        attention_out_bias=True,
+        mlp_bias=True,
+        rotary_dim=rotary_dim(cfg, head_dim, ("partial_rotary_factor",), 0.5),
+    )
+
+
+def _build(arch: Architecture, kw: Config) -> None:
+    kw.pop("head_dim")  # PhiConfig derives it from hidden_size / heads
+    kw.update(
+        hidden_act="gelu_new" if arch.activation == "gelu_tanh" else kw["hidden_act"],
+        partial_rotary_factor=arch.rotary_size / arch.head_size,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        qk_layernorm=False,
+    )
+
+
+FAMILY = Family(
+    name="phi",
+    model_types=("phi",),
+    decoder_layer="PhiDecoderLayer",
+    config=llama_map("phi", LlamaKeys(), _read, _build),
+    names=replace(
+        LLAMA_NAMES,
+        attention={
+            "q": "self_attn.q_proj",
+            "k": "self_attn.k_proj",
+            "v": "self_attn.v_proj",
+            "o": "self_attn.dense",
+        },
+        mlp={"up": "mlp.fc1", "down": "mlp.fc2"},
+        norms={1: ("input_layernorm",)},
+        final_norm="model.final_layernorm",
+    ),
+    gelu_written_out=True,
+    head_bias=True,
+    # torch.cat after the partial rotary makes q head-major: the dense projection reads
+    # a copy of the kernel's output (measured, as GPT-NeoX)
+    o_proj_reads_kernel_output=False,
+)
