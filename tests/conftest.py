@@ -243,6 +243,30 @@ TINY: dict[str, dict] = {
         attention_out_bias=True,
         mlp_bias=True,
     ),
+    # StableLM: Llama's MLP with LayerNorms, q/k/v biases, quarter-head rotary
+    "stablelm": dict(
+        family="stablelm",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        rotary_dim=6,
+        intermediate_size=160,
+        norm="layernorm",
+        attention_qkv_bias=True,
+    ),
+    # OLMo 2: norms after each sublayer only, q/k norms across the projection
+    "olmo2": dict(
+        family="olmo2",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        qk_norm=True,
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

@@ -57,10 +57,13 @@ def block_saved(
     h = arch.hidden_size
     out: list[Saved] = []
     parallel_norms = arch.parallel_attn_mlp and arch.norms_per_block == 2
-    out += Norm.saved(ctx, "ln_attn" if parallel_norms else "input norm", x, wn)
+    post_norms = arch.traits.norms_after_sublayers  # q/k/v read the block input itself
+    if not post_norms:
+        out += Norm.saved(ctx, "ln_attn" if parallel_norms else "input norm", x, wn)
     if parallel_norms:
         out += Norm.saved(ctx, "ln_mlp", x, wn, Side.MLP, input_kept=True)
-    out += LinearOp.saved(ctx, qkv, state, x or wn, "q/k/v projections", h, ctx.residual)
+    qkv_in_grad = x if post_norms else x or wn
+    out += LinearOp.saved(ctx, qkv, state, qkv_in_grad, "q/k/v projections", h, ctx.residual)
     prefix = run.prefix_len > 0  # the layer's key/value prefix trains
     q_grad = x or w or adapted_attn or bias_attn or wn or prefix
     if x or w or state.norm_bias or state.norms_trained:
@@ -101,7 +104,7 @@ def _mlp_side(
     mlp_in_grad = (x or wn) if arch.parallel_attn_mlp else after_attn
     # Falcon-7B: attention and MLP read one norm output, saved once (q/k/v input)
     out += MLP.saved(ctx, state, mlp_in_grad or wn, mlp, arch.norms_per_block == 1)
-    if arch.norms_per_block == 4:
+    if arch.norms_per_block == 4 or arch.traits.norms_after_sublayers:
         mlp_out_grad = (
             mlp_in_grad or state.weights_trainable
             or any(lin.module in state.output_grad for lin in mlp)

@@ -449,12 +449,16 @@ def _norm_params(prefix: str, arch: Architecture) -> list[Param]:
 
 
 def qk_norm_params(arch: Architecture) -> list[Param]:
-    """Per-head query and key RMSNorms (Qwen3): one head-wide weight each, kept by the
-    attention module beside its projections."""
+    """Query and key RMSNorms: per head (Qwen3), one head-wide weight each, or across
+    the projection (OLMo 2), kept by the attention module beside its projections."""
     if not arch.qk_norm:
         return []
     attention = arch.traits.names.attention["o"].rsplit(".", 1)[0]
-    return [Param(f"{attention}.{n}_norm.weight", (arch.head_size,), "norm") for n in "qk"]
+    if arch.traits.qk_norm_per_head:
+        widths = {"q": arch.head_size, "k": arch.head_size}
+    else:  # OLMo 2: one weight across the whole projection
+        widths = {"q": arch.q_size, "k": arch.kv_size}
+    return [Param(f"{attention}.{n}_norm.weight", (widths[n],), "norm") for n in "qk"]
 
 
 @lru_cache(maxsize=512)

@@ -89,6 +89,13 @@ class Family:
     # Per-head RMSNorms on queries and keys (Qwen3): transformers has no switch for them,
     # the model type decides (Architecture.qk_norm must say the same to be measured).
     qk_norm: bool = False
+    # The rotary's cos and sin stay fp32 (OLMo 2), not cast to the hidden states' dtype.
+    rotary_tables_fp32: bool = False
+    # The q/k norms span the whole projection (OLMo 2), not one head each.
+    qk_norm_per_head: bool = True
+    # The block's two norms act on each sublayer's output before the residual add, and
+    # nothing normalises its input (OLMo 2): attention and MLP read the residual stream.
+    norms_after_sublayers: bool = False
     # RMSNorm scales by (1 + w) in fp32 (Gemma), not by w after a cast back.
     norm_scale_in_fp32: bool = False
     # o_proj reads the attention kernel's output storage itself (no copy in between).

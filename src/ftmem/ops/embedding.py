@@ -4,7 +4,7 @@ embedding's gradient sum."""
 from __future__ import annotations
 
 from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, Param, layout
-from ftmem.dtypes import INDEX_BYTES
+from ftmem.dtypes import FP32, INDEX_BYTES
 from ftmem.methods import TensorGroup
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Saved
@@ -38,7 +38,8 @@ class Embedding:
         weights); kept when the blocks need gradients."""
         if arch.position_embedding != "rotary":
             return []
-        return [Saved("rotary cos/sin", 2 * (T // run.batch_size) * arch.rotary_size * residual)]
+        e = FP32 if arch.traits.rotary_tables_fp32 else residual
+        return [Saved("rotary cos/sin", 2 * (T // run.batch_size) * arch.rotary_size * e)]
 
     @staticmethod
     def backward_workspace(arch: Architecture, grad_groups: list[TensorGroup]) -> int:

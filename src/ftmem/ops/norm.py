@@ -133,18 +133,23 @@ class QKNorm:
         arch = ctx.arch
         if not arch.qk_norm:
             return []
-        # the projections' output dtype (fp32 from 4-bit linears under autocast)
+        # the projections' output dtype (fp32 from 4-bit linears under autocast); OLMo 2
+        # scales in fp32 and keeps the fp32 normalised tensor for the weight
         oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else ctx.e
+        normed_bytes = FP32 if arch.traits.norm_scale_in_fp32 else oe
         own = state.output_grad
         out: list[Saved] = []
         for role, heads in (("q", arch.num_heads), ("k", arch.kv_heads)):
-            rows, width = ctx.tokens * heads, arch.head_size
+            if arch.traits.qk_norm_per_head:
+                rows, width = ctx.tokens * heads, arch.head_size
+            else:
+                rows, width = ctx.tokens, heads * arch.head_size
             if all_grad or any(lin.module in own for lin in qkv if role in lin.roles):
                 size = rows * (width + 1) * FP32
                 what = f"{role} norm: fp32 input + rstd"
                 out.append(Saved(what, size, Kind.NORM_INPUT, Side.ATTENTION))
             if w_grad:
-                what, size = f"{role} norm: normalised", rows * width * oe
+                what, size = f"{role} norm: normalised", rows * width * normed_bytes
                 out.append(Saved(what, size, Kind.NORM_OUTPUT, Side.ATTENTION))
         return out
 
