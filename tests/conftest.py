@@ -267,6 +267,34 @@ TINY: dict[str, dict] = {
         intermediate_size=160,
         qk_norm=True,
     ),
+    # Gemma 3: Gemma 2's four norms plus per-head q/k norms, sdpa (no soft-capping)
+    "gemma3": dict(
+        family="gemma3",
+        vocab_size=300,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=128,
+        activation="gelu_tanh",
+        norms_per_block=4,
+        qk_norm=True,
+        tie_embeddings=True,
+    ),
+    # Command R: parallel block under one bias-free fp32 LayerNorm, tied, logit_scale
+    "cohere": dict(
+        family="cohere",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        norms_per_block=1,
+        parallel_attn_mlp=True,
+        tie_embeddings=True,
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

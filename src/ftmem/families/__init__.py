@@ -98,6 +98,10 @@ class Family:
     norms_after_sublayers: bool = False
     # RMSNorm scales by (1 + w) in fp32 (Gemma), not by w after a cast back.
     norm_scale_in_fp32: bool = False
+    # The residual norms are bias-free LayerNorms written out in fp32 (Cohere), modelled
+    # with arch.norm "rmsnorm" (one weight): they keep the centred fp32 input twice (two
+    # subtractions of the mean) beside the rstd.
+    norm_centres_twice: bool = False
     # o_proj reads the attention kernel's output storage itself (no copy in between).
     o_proj_reads_kernel_output: bool = True
     # The LM head has a bias (Phi-1.5/2).

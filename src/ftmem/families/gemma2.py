@@ -14,9 +14,22 @@ if TYPE_CHECKING:
     from ftmem.arch import Architecture
 
 SOFTCAPS = ("final_logit_softcapping", "attn_logit_softcapping")
+# Gemma 2 and 3: a norm before and after each of attention and MLP
+GEMMA2_NAMES = replace(
+    LLAMA_NAMES,
+    norms={
+        4: (
+            "input_layernorm",
+            "post_attention_layernorm",
+            "pre_feedforward_layernorm",
+            "post_feedforward_layernorm",
+        )
+    },
+)
 
 
-def _read_gemma2(cfg: Config, out: Config) -> None:
+def read_softcaps(cfg: Config, out: Config) -> None:
+    """Four norms per block, and the soft-caps a config gives (Gemma 2 and 3)."""
     out["norms_per_block"] = 4
     for key in SOFTCAPS:
         cap = number(cfg, key)
@@ -26,7 +39,7 @@ def _read_gemma2(cfg: Config, out: Config) -> None:
             out[key] = cap
 
 
-def _build_gemma2(arch: Architecture, kw: Config) -> None:
+def build_gemma2(arch: Architecture, kw: Config) -> None:
     if arch.sliding_window is None:  # no local layers: every layer attends globally
         kw["layer_types"] = ["full_attention"] * arch.num_layers
     kw.update(
@@ -48,20 +61,10 @@ FAMILY = Family(
             window="when-set",
             tie=True,
         ),
-        _read_gemma2,
-        _build_gemma2,
+        read_softcaps,
+        build_gemma2,
     ),
-    names=replace(
-        LLAMA_NAMES,
-        norms={
-            4: (
-                "input_layernorm",
-                "post_attention_layernorm",
-                "pre_feedforward_layernorm",
-                "post_feedforward_layernorm",
-            )
-        },
-    ),
+    names=GEMMA2_NAMES,
     attention="eager",
     norm_scale_in_fp32=True,
     notes={

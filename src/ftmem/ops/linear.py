@@ -60,6 +60,8 @@ class LinearOp:
             return []
         group, side = tuple(linears), side_of(linears)
         input_bytes = LinearOp.base_input_bytes(ctx, linears, state, in_grad, in_features, in_bytes)
+        if ctx.plan.dtypes.autocast and in_bytes != ctx.e:
+            input_kept_elsewhere = False  # each call keeps its own cast copy
         out: list[Saved] = []
         if input_bytes and not input_kept_elsewhere:
             out.append(Saved(f"{label}: input", input_bytes, Kind.LINEAR_INPUT, side, group))

@@ -47,7 +47,8 @@ class Norm:
             # x.float() and rsqrt(mean(x²)+eps): the fp32 input and the fp32 rstd (x.float()
             # of an fp32 input is that input: kept once by two norms reading it)
             shared = input_kept and ctx.residual == FP32
-            size = (0 if shared else T * h * FP32) + T * FP32
+            copies = 2 if ctx.arch.traits.norm_centres_twice else 0 if shared else 1
+            size = copies * T * h * FP32 + T * FP32
             out.append(Saved(f"{label}: fp32 input + rstd", size, Kind.NORM_INPUT, side))
         if w_grad:
             # Llama: weight * normed.to(dtype) saves the cast; Gemma: normed * (1 + w) in fp32
@@ -106,6 +107,8 @@ class Norm:
         r = plan.dtypes.residual_bytes
         # (a block's first item is its first op's: the input norm's, when that keeps anything)
         saves_input = bool(items) and items[0].kind is Kind.NORM_INPUT
+        if arch.traits.norm_centres_twice:  # it keeps centred copies, not its input
+            return 0
         if saves_input and (arch.norm == "layernorm" or r == FP32 or compiled):
             return T * arch.hidden_size * r
         return 0

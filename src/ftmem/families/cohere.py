@@ -1,0 +1,37 @@
+"""Command R (CohereForCausalLM): a parallel block under one norm (attention and MLP read
+the same normalised input), a gated MLP, tied embeddings and logits multiplied by
+``logit_scale``. Its LayerNorm has no bias and is written out in fp32 (centre, variance,
+rsqrt, scale by the weight, cast back), so it is modelled as an fp32-scaling RMSNorm (one
+weight; the fp32 rstd, and the fp32 normalised tensor for the weight) that keeps the
+centred input twice (measured: the mean is subtracted once for the variance and again
+for the product). The per-head q/k LayerNorms of Command R+ (``use_qk_norm``) are not
+modelled and refused."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ftmem.errors import ConfigError
+from ftmem.families import Family
+from ftmem.families._config import Config, LlamaKeys, flag
+from ftmem.families._llama import LLAMA_NAMES, llama_map
+
+
+def _read(cfg: Config, out: Config) -> None:
+    if flag(cfg, "use_qk_norm", False):
+        raise ConfigError(
+            "config.json: use_qk_norm true (Command R+'s per-head LayerNorms on queries and "
+            "keys) is not modelled yet."
+        )
+    out.update(norms_per_block=1, parallel_attn_mlp=True)
+
+
+FAMILY = Family(
+    name="cohere",
+    model_types=("cohere",),
+    decoder_layer="CohereDecoderLayer",
+    config=llama_map("cohere", LlamaKeys(optional=("attention_bias",), tie=True), _read),
+    names=replace(LLAMA_NAMES, norms={1: ("input_layernorm",)}),
+    norm_scale_in_fp32=True,
+    norm_centres_twice=True,
+)
