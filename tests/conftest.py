@@ -295,6 +295,19 @@ TINY: dict[str, dict] = {
         parallel_attn_mlp=True,
         tie_embeddings=True,
     ),
+    # GLM-4: four RMSNorms, fused gate_up, q/k/v biases, half-head interleaved rotary
+    "glm4": dict(
+        family="glm4",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        rotary_dim=12,
+        intermediate_size=160,
+        norms_per_block=4,
+        attention_qkv_bias=True,
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

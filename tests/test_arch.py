@@ -147,3 +147,26 @@ def test_qwen3_0_6b_head_dim_apart_from_hidden_over_heads():
 def test_qk_norm_needs_rms_norms():
     with pytest.raises(ValueError, match="qk_norm"):
         tiny("gpt2", qk_norm=True)
+
+
+def test_olmo2_7b_by_hand():
+    """OLMo-2-1124-7B: no input norms, a post-norm after attention and after the MLP, and
+    q/k RMSNorms across the whole projection (4,096 wide each, not one head's 128)."""
+    h, L, V, f = 4096, 32, 100352, 11008
+    per_layer = 4 * h * h + 2 * h + 3 * h * f + 2 * h
+    assert count_params(get_model("olmo2-1124-7b")) == 2 * V * h + L * per_layer + h
+
+
+def test_phi2_by_hand():
+    """Phi-2: biased q/k/v/dense and fc1/fc2, one LayerNorm per block, untied head with a
+    bias of its own (vocab-sized)."""
+    h, L, V, f = 2560, 32, 51200, 10240
+    per_layer = 4 * (h * h + h) + (h * f + f) + (f * h + h) + 2 * h
+    assert count_params(get_model("phi-2")) == V * h + (V * h + V) + L * per_layer + 2 * h
+
+
+def test_command_r_by_hand():
+    """Command R v01: bias-free norms (one per block and the final), tied embedding."""
+    h, L, V, f = 8192, 40, 256000, 22528
+    per_layer = 4 * h * h + 3 * h * f + h
+    assert count_params(get_model("command-r-v01")) == V * h + L * per_layer + h

@@ -113,7 +113,7 @@ def test_model_preset_is_internally_consistent(path: Path) -> None:
     if arch.head_dim is None:
         assert arch.hidden_size % arch.num_heads == 0
     if arch.position_embedding == "learned":
-        assert arch.family == "gpt2", "only the gpt2 layout names learned positions"
+        assert arch.traits.names.positions, "only a layout with a position table has them"
 
 
 # --- GPU presets --------------------------------------------------------------------

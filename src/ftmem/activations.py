@@ -94,11 +94,13 @@ def _mlp_side(
     arch = ctx.arch
     wn = state.weights_trainable or state.norm_bias or state.norms_trained
     out: list[Saved] = []
+    post_norms = arch.traits.norms_after_sublayers  # (OLMo 2's acts on attention's output)
     if arch.norms_per_block == 4:
-        out += Norm.saved(ctx, "post-attention norm", after_attn, wn, Side.MLP)
+        out += Norm.saved(ctx, "post-attention norm", after_attn, wn, Side.MLP, of_sublayer=True)
         out += Norm.saved(ctx, "pre-feedforward norm", after_attn, wn, Side.MLP)
     elif not arch.parallel_attn_mlp:
-        out += Norm.saved(ctx, "post-attention norm", after_attn, wn, Side.MLP)
+        label = "post-attention norm"
+        out += Norm.saved(ctx, label, after_attn, wn, Side.MLP, of_sublayer=post_norms)
     # with a shared input norm, its trainable parameters (BitFit: LayerNorm bias) need the
     # MLP branch's gradient too
     mlp_in_grad = (x or wn) if arch.parallel_attn_mlp else after_attn
@@ -109,7 +111,8 @@ def _mlp_side(
             mlp_in_grad or state.weights_trainable
             or any(lin.module in state.output_grad for lin in mlp)
         )  # fmt: skip
-        out += Norm.saved(ctx, "post-feedforward norm", mlp_out_grad, wn, Side.MLP)
+        label = "post-feedforward norm"
+        out += Norm.saved(ctx, label, mlp_out_grad, wn, Side.MLP, of_sublayer=True)
     return out
 
 

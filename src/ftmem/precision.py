@@ -17,6 +17,9 @@ class Dtypes:
     compute: Dtype  # activations: dtype of matmul inputs/outputs
     adapter: Dtype  # LoRA/DoRA parameters
     autocast: bool
+    # the dtype a 4-bit linear computes in (bnb_4bit_compute_dtype); bitsandbytes stores
+    # the linear's bias in it from the first forward on
+    four_bit_compute: Dtype = "bf16"
 
     @property
     def residual_bytes(self) -> int:
@@ -64,5 +67,10 @@ def resolve_dtypes(run: RunConfig) -> Dtypes:
     else:
         adapter = run.adapter_dtype
     return Dtypes(
-        base=base, quantized=run.quant_format, compute=compute, adapter=adapter, autocast=autocast
+        base=base,
+        quantized=run.quant_format,
+        compute=compute,
+        adapter=adapter,
+        autocast=autocast,
+        four_bit_compute=run.compute_dtype or compute,
     )

@@ -27,6 +27,21 @@ Mapping = dict[str, Any]
 MAX_CONFIG_BYTES = 16 * 2**20  # real config.json files are a few KiB
 
 
+# Whether a multimodal model ties its LM head when config.json does not say: the outer
+# config class's default, which decides (transformers 5.24, modeling_utils.py
+# get_expanded_tied_weights_keys reads the model's own config; each class's
+# configuration_*.py gives the default).
+OUTER_TIE_DEFAULT = {
+    "gemma3": True,
+    "paligemma": True,
+    "mistral3": True,
+    "llava": False,
+    "llava_next": False,
+    "qwen2_5_vl": False,
+    "idefics3": False,
+}
+
+
 def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
     """A multimodal config's language model (``text_config``), and what is left out."""
     text = cfg.get("text_config")
@@ -38,7 +53,10 @@ def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
     ]
     left_out = [k for k in left_out if isinstance(cfg.get(f"{k}_config"), dict)] or ["vision"]
     text = dict(text)
-    text.setdefault("tie_word_embeddings", cfg.get("tie_word_embeddings", False))
+    tie = cfg.get("tie_word_embeddings")
+    if tie is None:
+        tie = OUTER_TIE_DEFAULT.get(str(outer), text.get("tie_word_embeddings", False))
+    text["tie_word_embeddings"] = tie
     note = (
         f"{outer}: estimated for its language model ({text.get('model_type')}); the "
         f"{' and '.join(left_out)} encoder and its projector are left out, and so are image "
@@ -178,6 +196,39 @@ def resolve_model(spec: str) -> Architecture:
             raise ConfigError(f"Unknown model '{spec}': not a preset{hint}, and {hub}") from unknown
 
 
+# Dropout keys of decoder-only configs that act in training (a classifier's or a summary
+# head's dropout does not run in a causal LM's step)
+_DROPOUT_KEYS = (
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "hidden_dropout",
+    "attention_dropout",
+    "residual_dropout",
+    "embedding_dropout",
+)
+
+
+def dropout_note(cfg: Mapping) -> str | None:
+    """A decoder config that trains with dropout: its masks are not modelled yet (T5's
+    ``dropout_rate`` is), which this says rather than leaving silent."""
+    family = families.by_model_type().get(str(cfg.get("model_type")))
+    if family is None or family.encoder_decoder:
+        return None
+    given = [
+        f"{k} {cfg[k]}"
+        for k in _DROPOUT_KEYS
+        if isinstance(cfg.get(k), int | float) and not isinstance(cfg[k], bool) and cfg[k] > 0
+    ]
+    if not given:
+        return None
+    return (
+        f"config.json trains with dropout ({', '.join(given)}): the masks dropout keeps for "
+        "backward are not counted for this family yet, so the activations may read low; "
+        "with dropout set to 0 the estimate is exact."
+    )
+
+
 def source_notes(spec: str) -> list[str]:
     """What the model source adds to an estimate: a multimodal config's left-out parts,
     and what the folder's safetensors headers say."""
@@ -193,9 +244,12 @@ def source_notes(spec: str) -> list[str]:
         except ConfigError:
             cfg = {}
         if isinstance(cfg, dict):
-            _, left_out = language_part(cfg)
+            text, left_out = language_part(cfg)
             if left_out:
                 notes.append(left_out)
+            dropout = dropout_note(text)
+            if dropout:
+                notes.append(dropout)
             quant = _quant_method(cfg)
             if quant:
                 notes.append(

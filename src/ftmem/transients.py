@@ -221,7 +221,7 @@ def block_backward_workspace(
     # the experts' own moment; an adapter's cast gradient comes later, at its linear
     moe = MoE.backward_workspace(arch, e, T)
     if run.grad_ckpt:
-        # Gemma-2's post-feedforward norm is the first backward of the block, with all
+        # Gemma-2's (and OLMo 2's) post-feedforward norm is the block's first backward, with all
         # of its recomputed activations still there (measured, the adapters' cast
         # gradient included). Elsewhere that gradient joins the MLP's only when an MLP
         # linear is adapted: the attention's comes once the MLP side is freed (GPT-2,
@@ -237,7 +237,7 @@ def block_backward_workspace(
         down_cast = 0 if four_bit_fp32 else LoRA.down_cast_gradient(plan, T)
         down_input = MLP.down_input_freed(arch, block)
         moment = mlp + max(cast_grad if mlp_linears else 0, down_cast) - down_input
-        if arch.norms_per_block == 4:
+        if arch.norms_per_block == 4 or arch.traits.norms_after_sublayers:
             moment = max(moment, Norm.backward_workspace(arch, e, T) + cast_grad)
         # DoRA rebuilds each adapted weight again in the recompute; an MLP linear's
         # rebuild comes last, beside the MLP's backward (measured: Llama and Qwen2 on all

@@ -67,7 +67,27 @@ def _matrix() -> list[Case]:
         *_losses_offload_partial(),
         *_recompute_and_edges(),
         *_autocast_over_16bit_weights(),
+        *_families_of_issue_17(),
     ]
+
+
+# issue 17's families whose blocks wire ops in a new way (parallel residuals, partial
+# rotary, norms after the sublayers, q/k norms, LayerNorms with biases, many experts)
+NEW_WIRING = ("qwen3_moe", "gpt_neox", "phi", "stablelm", "olmo2", "gemma3", "cohere", "glm4")
+
+
+def _families_of_issue_17() -> list[Case]:
+    """QLoRA (pure bf16 and under autocast), checkpointing and BitFit on the families
+    issue 17 added, beyond the matrix every family runs."""
+    cases: list[Case] = []
+    for family in (*NEW_WIRING, "starcoder2", "gpt_bigcode"):
+        for precision in ("bf16", "bf16-mixed"):
+            cases.append(Case(family, {"method": "qlora", "precision": precision}, WIDER))
+    for family in NEW_WIRING:
+        cases.append(Case(family, {"method": "lora", "precision": "bf16", "grad_ckpt": True}))
+    for family in ("gpt_neox", "phi", "stablelm", "starcoder2", "gpt_bigcode"):
+        cases.append(Case(family, {"method": "bitfit", "precision": "bf16"}))
+    return cases
 
 
 def _autocast_over_16bit_weights() -> list[Case]:
@@ -643,11 +663,17 @@ _ROTARY_UNDER_CHECKPOINTING = (
 
 # id -> reason; run as strict xfail
 KNOWN_GAPS: dict[str, str] = {
-    "qwen2-gradckpt=True-method=qlora-precision=fp16-mixed": (
-        "QLoRA under fp16-mixed on Qwen2: the weights measured 768 B (0.3 %) under the "
-        "estimate, the q/k/v biases of the 4-bit linears in fp16 rather than fp32 "
-        "(bitsandbytes casts a 4-bit linear's bias to its input's dtype in forward); "
-        "peak -3.1 %, activations +2.3 % (2026-11-29)"
+    "qwen3moe-gradckpt=True-method=lora-precision=bf16": (
+        "Qwen3-MoE LoRA with checkpointing, bf16: the estimate's peak is 9.4 % above the "
+        "measured one (1,918,072 / 1,753,672 B; activations +2.2 %), in the backward. The "
+        "over-estimate grows with more, narrower experts (Mixtral's 4 x 160: +2.2 %; 8 x 160: "
+        "+4.3 %; 8 x 48: +9.4 %); suspected: the recomputed block's expert moment, which the "
+        "estimate takes from Mixtral's measurements (2026-12-02)"
+    ),
+    "olmo2-gradckpt=True-method=lora-precision=bf16": (
+        "OLMo 2 LoRA with checkpointing, bf16: activations +3.2 % (306,604 / 297,004 B; peak "
+        "-0.1 %), the rotary cos/sin tables the estimate counts outside the checkpointed "
+        "blocks, as for Qwen3 below, here in fp32 (OLMo 2 keeps them so) (2026-12-02)"
     ),
     "gpt2-gradckpt=True-loratargets=all-linear-method=lora-precision=bf16": (
         "GPT-2 LoRA on all linears, bf16 with checkpointing: the estimate is 13.8 % above "

@@ -89,6 +89,9 @@ class Family:
     # Per-head RMSNorms on queries and keys (Qwen3): transformers has no switch for them,
     # the model type decides (Architecture.qk_norm must say the same to be measured).
     qk_norm: bool = False
+    # Every layer rebuilds the cos and sin tables interleaved (GLM-4's repeat_interleave)
+    # and keeps its own copies; the shared tables are kept by nothing.
+    rotary_tables_per_layer: bool = False
     # The rotary's cos and sin stay fp32 (OLMo 2), not cast to the hidden states' dtype.
     rotary_tables_fp32: bool = False
     # The q/k norms span the whole projection (OLMo 2), not one head each.

@@ -181,7 +181,11 @@ def read_llama_like(cfg: Config, family: str, keys: LlamaKeys) -> Config:
         out["head_dim"] = head_dim
     no_window = type(cfg.get("sliding_window")) is int and cfg["sliding_window"] == 0
     window = None if no_window else opt(cfg, "sliding_window", limits.TOKENS)
-    if flag(cfg, "use_sliding_window", True) and window:
+    # a window no layer uses is no window (transformers 5 writes layer_types, and a
+    # sliding_window default beside an all-global stack)
+    types = cfg.get("layer_types")
+    all_global = isinstance(types, list) and types and "sliding_attention" not in types
+    if flag(cfg, "use_sliding_window", True) and window and not all_global:
         out["sliding_window"] = window
     return out
 

@@ -33,7 +33,8 @@ def _read(cfg: Config, out: Config) -> None:
         )
     out.update(
         intermediate_size=need(cfg, "moe_intermediate_size"),
-        num_experts=need(cfg, "num_experts", bound=limits.EXPERTS),
+        # (transformers 5 writes num_experts back as num_local_experts, its attribute_map)
+        num_experts=need(cfg, "num_experts", "num_local_experts", bound=limits.EXPERTS),
         experts_per_token=need(cfg, "num_experts_per_tok", bound=limits.EXPERTS),
     )
 

@@ -53,14 +53,14 @@ class Attention:
         T, e = ctx.tokens, ctx.e
         b, s = run.batch_size, ctx.tokens // run.batch_size
         nh, q, kv = arch.num_heads, arch.q_size, arch.kv_size
-        out: list[Saved] = []
+        out: list[Saved] = Attention.layer_rotary_tables(ctx)
 
         def keep(what: str, size: int, kind: Kind) -> None:
             out.append(Saved(what, size, kind, Side.ATTENTION))
 
         eager = runs_eager(arch, run)
         if run.prefix_len and not eager:
-            return Attention.prefix_saved(ctx)
+            return out + Attention.prefix_saved(ctx)
         if attention_path(arch, run) == "eager-fp32":
             # transformers 5 Falcon: q, k, v upcast to fp32 and k, v repeated per head (MQA/GQA)
             # for the score and PV matmuls; the fp32 probabilities are the only s² tensor
@@ -103,6 +103,16 @@ class Attention:
         if "v" in needs_grad and e != FP32:
             keep("attention probabilities cast (s²)", scores * e, Kind.ATTN_PROBS)
         return out
+
+    @staticmethod
+    def layer_rotary_tables(ctx: LayerContext) -> list[Saved]:
+        """GLM-4 (Family.rotary_tables_per_layer): the layer's own interleaved cos and sin
+        (one sequence's positions, whatever the batch), which its rotary multiplies keep."""
+        if not ctx.arch.traits.rotary_tables_per_layer:
+            return []
+        s = ctx.tokens // ctx.run.batch_size
+        size = 2 * s * ctx.arch.rotary_size * ctx.residual
+        return [Saved("this layer's interleaved cos/sin", size, Kind.ATTN_QK, Side.ATTENTION)]
 
     @staticmethod
     def expanded_kv_saved(ctx: LayerContext) -> list[Saved]:

@@ -61,6 +61,12 @@ class LayerContext:
         return self.plan.dtypes.four_bit_outputs_fp32
 
     @property
+    def projection_out_bytes(self) -> int:
+        """Bytes per element of a projection's output: the compute dtype, or the residual
+        dtype from 4-bit linears under autocast (quantized_outputs_in_input_dtype)."""
+        return self.residual if self.quantized_outputs_in_input_dtype else self.e
+
+    @property
     def compiled(self) -> bool:
         """The layer runs as its own compiled graph (torchtune's per-layer compile)."""
         return compiled_layers(self.run)

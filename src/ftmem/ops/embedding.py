@@ -36,7 +36,7 @@ class Embedding:
         """Rotary's cos and sin tables (s × rotary_dim), shared by every layer's rotary
         multiply, computed in the residual dtype (fp32 under autocast with fp32
         weights); kept when the blocks need gradients."""
-        if arch.position_embedding != "rotary":
+        if arch.position_embedding != "rotary" or arch.traits.rotary_tables_per_layer:
             return []
         e = FP32 if arch.traits.rotary_tables_fp32 else residual
         return [Saved("rotary cos/sin", 2 * (T // run.batch_size) * arch.rotary_size * e)]

@@ -55,18 +55,18 @@ class MLP:
                 # @00c07b93c9e8 is_materialized_backwards); gate and up are matmul
                 # outputs, kept (torchtune/modules/feed_forward.py@1814feb17a90 forward:
                 # w2(activation(w1(x)) * w3(x)))
-                oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
+                oe = ctx.projection_out_bytes
                 what, size = "gate and up outputs (activation recomputed)", 2 * T * f * oe
             elif arch.mlp == "gated":
-                oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
+                oe = ctx.projection_out_bytes
                 what, size = "gate, up and activation outputs", 3 * T * f * oe
             elif arch.traits.gelu_written_out and arch.activation == "gelu_tanh":
                 # GPT-2's NewGELU is written out: x, 0.5x, tanh(...) and 1 + tanh(...), in
                 # c_fc's output dtype (fp32 from a 4-bit c_fc under autocast)
-                oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else e
+                oe = ctx.projection_out_bytes
                 what, size = "up output + tanh-GELU intermediates", 4 * T * f * oe
-            else:
-                what, size = "up output (activation input)", T * f * e
+            else:  # (fp32 from a 4-bit up projection under autocast)
+                what, size = "up output (activation input)", T * f * ctx.projection_out_bytes
             out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
         out += LinearOp.saved(ctx, downs, state, any_grad, "down_proj", f, e)
         return out

@@ -27,10 +27,13 @@ class Norm:
         w_grad: bool,
         side: Side = Side.ATTENTION,
         input_kept: bool = False,
+        of_sublayer: bool = False,
     ) -> list[Saved]:
         """RMSNorm (fp32 math) or LayerNorm. ``input_kept``: another norm saved the same
         input already (a parallel block's second norm: GPT-NeoX, Falcon-40B), so the
-        storage it would keep is not new."""
+        storage it would keep is not new. ``of_sublayer``: it normalises a sublayer's
+        output (Gemma 2's and GLM-4's post-norms, OLMo 2's), which is in the projections'
+        dtype rather than the residual stream's."""
         T, h = ctx.tokens, ctx.arch.hidden_size
         out: list[Saved] = []
         if ctx.arch.norm == "layernorm":
@@ -52,7 +55,8 @@ class Norm:
             out.append(Saved(f"{label}: fp32 input + rstd", size, Kind.NORM_INPUT, side))
         if w_grad:
             # Llama: weight * normed.to(dtype) saves the cast; Gemma: normed * (1 + w) in fp32
-            normed_bytes = FP32 if gemma else ctx.residual
+            in_bytes = ctx.projection_out_bytes if of_sublayer else ctx.residual
+            normed_bytes = FP32 if gemma else in_bytes
             out.append(Saved(f"{label}: normalised", T * h * normed_bytes, Kind.NORM_OUTPUT, side))
         return out
 
@@ -138,7 +142,7 @@ class QKNorm:
             return []
         # the projections' output dtype (fp32 from 4-bit linears under autocast); OLMo 2
         # scales in fp32 and keeps the fp32 normalised tensor for the weight
-        oe = ctx.residual if ctx.quantized_outputs_in_input_dtype else ctx.e
+        oe = ctx.projection_out_bytes
         normed_bytes = FP32 if arch.traits.norm_scale_in_fp32 else oe
         own = state.output_grad
         out: list[Saved] = []
