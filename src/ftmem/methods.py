@@ -281,12 +281,12 @@ def _base_format(param: Param, dtypes: Dtypes, keep_unquantized: frozenset[str])
     # bitsandbytes quantises only nn.Linear layers of the blocks; embeddings, norms and
     # the LM head stay in the base dtype. T5's feed-forward output (wo) is in its
     # _keep_in_fp32_modules, which transformers never quantises.
-    quantized_linear = (
-        dtypes.quantized and not param.is_head and param.module not in keep_unquantized
-    )
-    if quantized_linear and param.kind == "linear":
-        return dtypes.quantized
-    if quantized_linear and param.kind == "linear_bias" and dtypes.quantized in ("nf4", "fp4"):
+    fmt = dtypes.quantized
+    if fmt is None or param.is_head or param.module in keep_unquantized:
+        return dtypes.base
+    if param.kind == "linear":
+        return fmt
+    if param.kind == "linear_bias" and fmt in ("nf4", "fp4"):
         # a 4-bit linear's bias is cast to its compute dtype in place by the first forward
         # (bitsandbytes@0.50.2 nn/modules.py Linear4bit.forward: bias.data = bias.data.to(x.dtype))
         return dtypes.four_bit_compute

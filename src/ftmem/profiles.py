@@ -65,6 +65,9 @@ class Profile:
     ties_lm_head: bool | None = None
     # QLoRA quantises the LM head as well (every nn.Linear), not only the blocks'
     quantizes_lm_head: bool = False
+    # the framework's own MLP takes the tanh-GELU in one kernel, where transformers writes
+    # it out op by op for some families (ops/mlp.written_out_gelu)
+    gelu_one_kernel: bool = False
     # bytes per weight element alive while a 4-bit matmul runs (its dequantised copy and
     # the copy's cast to the compute dtype); 0: not modelled
     dequant_copy_bytes: int = 0
@@ -133,6 +136,7 @@ LITGPT = Profile(
     # for the whole model (BitsandbytesPrecision built without ignore_modules in
     # litgpt/finetune/lora.py setup)
     quantizes_lm_head=True,
+    gelu_one_kernel=True,
     # _Linear4bit.quantize: weight.to("cuda", torch.half) -> quant_state.dtype fp16;
     # bitsandbytes@0.42.0 autograd/_functions.py MatMul4Bit.forward/backward:
     # F.dequantize_4bit(B, state).to(A.dtype): a 2-byte fp16 tensor and its 2-byte bf16 copy

@@ -399,7 +399,7 @@ def block_workspace(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int
     the compute dtype (it keeps its input in that dtype, not upcast). An adapter whose
     input peft casts adds that cast's gradient."""
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
-    mlp = MLP.backward_workspace(arch, plan, e, T)
+    mlp = MLP.backward_workspace(arch, run, plan, e, T)
     norm = T5Norm.backward_workspace(arch, e, T)
     cast_grad = LoRA.cast_gradient(arch, plan, T)
     return (mlp if run.grad_ckpt else max(mlp, norm)) + cast_grad

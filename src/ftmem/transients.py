@@ -53,7 +53,7 @@ def offload_moment(
     # the norm's fp32 input back, and the fp32 residual gradient arriving (measured)
     norm = Norm.backward_workspace(arch, e, T) + 2 * T * h * FP32
     norm = max(norm, QKNorm.offloaded_backward(arch, T))
-    mlp = MLP.offloaded_backward(arch, plan, block, e, T)
+    mlp = MLP.offloaded_backward(arch, run, plan, block, e, T)
     return max(norm, mlp, Attention.offloaded_backward(arch, run, block))
 
 
@@ -217,7 +217,7 @@ def block_backward_workspace(
     # a 4-bit MLP's intermediates, and so their gradients, can be fp32 (measured: QLoRA
     # bf16-mixed with checkpointing, peak -10 % without)
     four_bit_fp32 = plan.dtypes.four_bit_outputs_fp32
-    mlp = MLP.backward_workspace(arch, plan, FP32 if four_bit_fp32 else e, T)
+    mlp = MLP.backward_workspace(arch, run, plan, FP32 if four_bit_fp32 else e, T)
     # the experts' own moment; an adapter's cast gradient comes later, at its linear
     moe = MoE.backward_workspace(arch, e, T)
     if run.grad_ckpt:
@@ -235,7 +235,7 @@ def block_backward_workspace(
         mlp_linears = [lin for lin in plan.adapted if set(lin.roles) & set(MLP_ROLES)]
         # (a 4-bit MLP's fp32 product needs no cast into an fp32 adapter)
         down_cast = 0 if four_bit_fp32 else LoRA.down_cast_gradient(plan, T)
-        down_input = MLP.down_input_freed(arch, block)
+        down_input = MLP.down_input_freed(arch, run, block)
         moment = mlp + max(cast_grad if mlp_linears else 0, down_cast) - down_input
         if arch.norms_per_block == 4 or arch.traits.norms_after_sublayers:
             moment = max(moment, Norm.backward_workspace(arch, e, T) + cast_grad)

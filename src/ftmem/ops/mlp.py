@@ -16,7 +16,20 @@ from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.profiles import profile_of
 from ftmem.run import RunConfig
+
+
+def written_out_gelu(arch: Architecture, run: RunConfig) -> bool:
+    """The tanh-GELU written out op by op (Family.gelu_written_out: GPT-2, Phi in
+    transformers), unless the framework builds its own MLP with one GELU kernel (LitGPT:
+    Lightning-AI/litgpt@8641822b lit_gpt/model.py GptNeoxMLP.forward,
+    torch.nn.functional.gelu(x, approximate=...))."""
+    return (
+        arch.traits.gelu_written_out
+        and arch.activation == "gelu_tanh"
+        and not profile_of(run).gelu_one_kernel
+    )
 
 
 def routed_width(arch: Architecture) -> int:
@@ -60,7 +73,7 @@ class MLP:
             elif arch.mlp == "gated":
                 oe = ctx.projection_out_bytes
                 what, size = "gate, up and activation outputs", 3 * T * f * oe
-            elif arch.traits.gelu_written_out and arch.activation == "gelu_tanh":
+            elif written_out_gelu(arch, ctx.run):
                 # GPT-2's NewGELU is written out: x, 0.5x, tanh(...) and 1 + tanh(...), in
                 # c_fc's output dtype (fp32 from a 4-bit c_fc under autocast)
                 oe = ctx.projection_out_bytes
@@ -72,25 +85,27 @@ class MLP:
         return out
 
     @staticmethod
-    def gradients(arch: Architecture) -> int:
+    def gradients(arch: Architecture, run: RunConfig) -> int:
         """How many T·f gradients the MLP's backward holds at once: the gated product's two,
         the written-out tanh-GELU's three (x³, tanh and their product), or one."""
         if arch.mlp == "gated":
             return 2
-        if arch.traits.gelu_written_out and arch.activation == "gelu_tanh":
+        if written_out_gelu(arch, run):
             return 3
         return 1
 
     @staticmethod
-    def backward_workspace(arch: Architecture, plan: MethodPlan, e: int, T: int) -> int:
+    def backward_workspace(
+        arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
+    ) -> int:
         """The MLP's backward: the gradients of its intermediate and of gate/up outputs
         (T·f each) plus the fp32 residual gradient (T·h); IA³'s scaling if larger."""
         f = routed_width(arch)
-        width = MLP.gradients(arch) * f
+        width = MLP.gradients(arch, run) * f
         return max(T * width * e + T * arch.hidden_size * FP32, IA3.backward_workspace(plan, e, T))
 
     @staticmethod
-    def down_input_freed(arch: Architecture, block: Iterable[Saved]) -> int:
+    def down_input_freed(arch: Architecture, run: RunConfig, block: Iterable[Saved]) -> int:
         """The down projection's saved input, gone (its weight gradient made) when the MLP's
         largest backward moment comes: the gated product's gradients, or those of GPT-2's
         written-out tanh-GELU (measured: full finetuning with checkpointing, Llama at 1,024
@@ -98,7 +113,7 @@ class MLP:
         holds one T·f gradient, no more than the down projection's own backward, which
         runs with that input still saved: nothing to take off (measured, Falcon bf16-mixed
         with checkpointing: -5.8 % when taken off)."""
-        if MLP.gradients(arch) == 1:
+        if MLP.gradients(arch, run) == 1:
             return 0
         return sum(
             x.nbytes
@@ -112,7 +127,7 @@ class MLP:
         still builds its MLP intermediates in forward: gate, activation, up and their
         product (GPT-2's written-out tanh-GELU: four T·f terms too; a plain MLP: its
         output and activation)."""
-        terms = 4 if arch.mlp == "gated" or arch.traits.gelu_written_out else 2
+        terms = 4 if arch.mlp == "gated" or written_out_gelu(arch, run) else 2
         if run.grad_ckpt and arch.mlp == "gated":
             # a checkpointed block's forward (grad enabled, nothing saved): the gate is
             # freed once activated, three T·f at once (Llama, Mistral, Qwen2: measured)
@@ -121,15 +136,15 @@ class MLP:
 
     @staticmethod
     def offloaded_backward(
-        arch: Architecture, plan: MethodPlan, block: list[Saved], e: int, T: int
+        arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
     ) -> int:
         """With activations offloaded: the MLP's backward workspace beside what it brings
         back, two T·f tensors at once (the gated product's inputs), GPT-2's written-out
         tanh-GELU three of its four (measured)."""
         items = [x.nbytes for x in block if _offloaded_item(x)]
-        at_once = 3 if arch.traits.gelu_written_out else 2
+        at_once = 3 if written_out_gelu(arch, run) else 2
         back = min(max(items, default=0), at_once * T * routed_width(arch) * e)
-        return MLP.backward_workspace(arch, plan, e, T) + back
+        return MLP.backward_workspace(arch, run, plan, e, T) + back
 
 
 def _offloaded_item(x: Saved) -> bool:
