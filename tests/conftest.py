@@ -308,6 +308,17 @@ TINY: dict[str, dict] = {
         norms_per_block=4,
         attention_qkv_bias=True,
     ),
+    # EXAONE 4: OLMo 2's post-norms with Qwen3's per-head q/k norms
+    "exaone4": dict(
+        family="exaone4",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        qk_norm=True,
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

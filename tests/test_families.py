@@ -145,3 +145,14 @@ def test_config_dropout_is_said_not_dropped(tmp_path):
     cfg.update(residual_dropout=0.0, embedding_dropout=0.0, attention_dropout=0.0)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert not [n for n in source_notes(str(tmp_path)) if "dropout" in n]
+
+
+def test_readme_names_every_family():
+    """The README's list of model types is the families' (a new family is listed)."""
+    from pathlib import Path
+
+    from ftmem import families
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    listed = readme.split("Families (`model_type`):", 1)[1].split(";", 1)[0]
+    assert {t.strip(" .") for t in listed.split(",")} == set(families.by_model_type())

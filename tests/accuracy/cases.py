@@ -73,7 +73,17 @@ def _matrix() -> list[Case]:
 
 # issue 17's families whose blocks wire ops in a new way (parallel residuals, partial
 # rotary, norms after the sublayers, q/k norms, LayerNorms with biases, many experts)
-NEW_WIRING = ("qwen3_moe", "gpt_neox", "phi", "stablelm", "olmo2", "gemma3", "cohere", "glm4")
+NEW_WIRING = (
+    "qwen3_moe",
+    "gpt_neox",
+    "phi",
+    "stablelm",
+    "olmo2",
+    "gemma3",
+    "cohere",
+    "glm4",
+    "exaone4",
+)
 
 
 def _families_of_issue_17() -> list[Case]:
