@@ -22,9 +22,9 @@ fingerprint_estimates = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fingerprint_estimates)
 
 # presets x methods x precisions x checkpointing x shapes, 8-GPU strategies, single options
-GRID = (12_122, "0a165be1b85b0e222165687935fd210cfaff1daabd323b96305700fd8f5d14bc")
+GRID = (18_821, "c36eb480f8b82603296e0d8a9eedfb3bd0e95d8a60544d053929b71fbe0c9a12")
 # the tiny configurations of tests/accuracy/cases.py, estimated
-ACCURACY = (546, "2fcfee998e2c928b55078b817766ab90680101f85e7ccfb1212db7d7b297d32b")
+ACCURACY = (816, "46ac311d75e7430abddff6be7558f35fd6929c233f3b150519dfa7064dd1adf7")
 
 
 def test_every_preset_estimate_is_unchanged():
