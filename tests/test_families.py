@@ -130,9 +130,10 @@ def test_what_the_new_families_refuse(tmp_path, changes, message):
         resolve_model(str(tmp_path))
 
 
-def test_config_dropout_is_said_not_dropped(tmp_path):
-    """StarCoder2's published configs train with dropout 0.1 in three places: the note
-    says the masks are not counted, rather than leaving it silent; none at 0."""
+def test_config_dropout_is_read_and_the_rest_said(tmp_path):
+    """StarCoder2's published configs train with dropout 0.1 in three places: the residual
+    and embedding dropouts are read (their masks modelled, tests/accuracy), the attention
+    dropout is said in a note; none at 0."""
     from ftmem.measure.build import hf_config
     from ftmem.sources import source_notes
 
@@ -140,11 +141,18 @@ def test_config_dropout_is_said_not_dropped(tmp_path):
     cfg = hf_config(tiny("starcoder2")).to_dict()
     cfg.update(residual_dropout=0.1, embedding_dropout=0.1, attention_dropout=0.1)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.residual_dropout, arch.embedding_dropout) == (0.1, 0.1)
     (note,) = [n for n in source_notes(str(tmp_path)) if "dropout" in n]
-    assert "attention_dropout 0.1, residual_dropout 0.1, embedding_dropout 0.1" in note
-    cfg.update(residual_dropout=0.0, embedding_dropout=0.0, attention_dropout=0.0)
+    assert "(attention_dropout 0.1)" in note
+    cfg.update(attention_dropout=0.0)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert not [n for n in source_notes(str(tmp_path)) if "dropout" in n]
+
+
+def test_a_dropout_the_family_lacks_is_refused():
+    with pytest.raises(ValueError, match="has no such dropout"):
+        tiny("llama", residual_dropout=0.1)
 
 
 def test_readme_names_every_family():

@@ -99,6 +99,15 @@ class Architecture(BaseModel):
     dropout_rate: FiniteFloat = Field(
         0.0, ge=0.0, lt=1.0, description="T5: dropout in training (its configs ship 0.1)."
     )
+    residual_dropout: FiniteFloat = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Decoders: dropout on attention's and the MLP's outputs (GPT-2's resid_pdrop).",
+    )
+    embedding_dropout: FiniteFloat = Field(
+        0.0, ge=0.0, lt=1.0, description="Decoders: dropout on the embeddings (GPT-2's embd_pdrop)."
+    )
 
     @field_validator("family")
     @classmethod
@@ -173,6 +182,9 @@ class Architecture(BaseModel):
             raise ValueError("qk_norm (per-head RMS norms) needs a decoder-only rmsnorm model")
         if self.dropout_rate and not fam.encoder_decoder:
             raise ValueError("dropout_rate is supported for encoder-decoder (T5) families only")
+        for site in ("residual_dropout", "embedding_dropout"):
+            if getattr(self, site) and site not in fam.dropout_keys:
+                raise ValueError(f"{site}: transformers' {fam.name} model has no such dropout")
         if self.is_moe and not fam.moe:
             raise ValueError(f"num_experts > 1: the {fam.name} family has no experts")
 

@@ -91,7 +91,8 @@ def hf_config_kwargs(arch: Architecture, attn_impl: str = "sdpa") -> tuple[str, 
         "use_cache": False,
         "attn_implementation": attn_impl,
     }
-    return family.model_types[0], {**common, **family.config.build(arch)}
+    dropouts = {key: getattr(arch, site) for site, key in family.dropout_keys.items()}
+    return family.model_types[0], {**common, **family.config.build(arch), **dropouts}
 
 
 def hf_config(arch: Architecture, attn_impl: str = "sdpa"):
