@@ -164,3 +164,23 @@ def test_readme_names_every_family():
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     listed = readme.split("Families (`model_type`):", 1)[1].split(";", 1)[0]
     assert {t.strip(" .") for t in listed.split(",")} == set(families.by_model_type())
+
+
+def test_no_dropout_trains_without_the_configs_dropout(tmp_path):
+    """--no-dropout estimates the run as the architecture without its dropout (and the
+    measured step builds it so: measure.build applies the same as_trained)."""
+    from ftmem.api import estimate
+    from ftmem.arch import as_trained
+
+    drop = tiny("gpt2", residual_dropout=0.1, embedding_dropout=0.1)
+    plain = tiny("gpt2")
+    kw = dict(method="full", precision="bf16", batch_size=2, seq_len=64, device="cpu")
+    off = estimate(drop, **kw, model_dropout=False).memory
+    assert off.activations_bytes == estimate(plain, **kw).memory.activations_bytes
+    on = estimate(drop, **kw).memory
+    # five masks (embeddings, then attention's and the MLP's output in each of 2 blocks),
+    # each T·h in bf16 on the CPU (the scaled mask in the input's dtype)
+    assert on.activations_bytes - off.activations_bytes == 5 * 2 * 64 * 96 * 2
+    assert as_trained(drop, False).model_dump(
+        exclude={"residual_dropout", "embedding_dropout"}
+    ) == (drop.model_dump(exclude={"residual_dropout", "embedding_dropout"}))

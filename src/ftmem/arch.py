@@ -524,6 +524,16 @@ def layout(arch: Architecture) -> Layout:
     return Layout(tuple(outer), tuple(block), tuple(linears), arch.num_layers)
 
 
+def as_trained(arch: Architecture, model_dropout: bool) -> Architecture:
+    """The architecture a run trains: without its config's dropout when the run turns
+    it off (RunConfig.model_dropout)."""
+    if model_dropout or not (arch.dropout_rate or arch.residual_dropout or arch.embedding_dropout):
+        return arch
+    return arch.model_copy(
+        update={"dropout_rate": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0}
+    )
+
+
 @lru_cache(maxsize=512)  # every estimate reports it
 def count_params(arch: Architecture) -> int:
     """Total parameters (tied embeddings counted once)."""
