@@ -130,9 +130,10 @@ def test_what_the_new_families_refuse(tmp_path, changes, message):
         resolve_model(str(tmp_path))
 
 
-def test_config_dropout_is_said_not_dropped(tmp_path):
-    """StarCoder2's published configs train with dropout 0.1 in three places: the note
-    says the masks are not counted, rather than leaving it silent; none at 0."""
+def test_config_dropout_is_read_and_the_rest_said(tmp_path):
+    """StarCoder2's published configs train with dropout 0.1 in three places: the residual
+    and embedding dropouts are read (their masks modelled, tests/accuracy), the attention
+    dropout is said in a note; none at 0."""
     from ftmem.measure.build import hf_config
     from ftmem.sources import source_notes
 
@@ -140,11 +141,18 @@ def test_config_dropout_is_said_not_dropped(tmp_path):
     cfg = hf_config(tiny("starcoder2")).to_dict()
     cfg.update(residual_dropout=0.1, embedding_dropout=0.1, attention_dropout=0.1)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.residual_dropout, arch.embedding_dropout) == (0.1, 0.1)
     (note,) = [n for n in source_notes(str(tmp_path)) if "dropout" in n]
-    assert "attention_dropout 0.1, residual_dropout 0.1, embedding_dropout 0.1" in note
-    cfg.update(residual_dropout=0.0, embedding_dropout=0.0, attention_dropout=0.0)
+    assert "(attention_dropout 0.1)" in note
+    cfg.update(attention_dropout=0.0)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert not [n for n in source_notes(str(tmp_path)) if "dropout" in n]
+
+
+def test_a_dropout_the_family_lacks_is_refused():
+    with pytest.raises(ValueError, match="has no such dropout"):
+        tiny("llama", residual_dropout=0.1)
 
 
 def test_readme_names_every_family():
@@ -156,3 +164,23 @@ def test_readme_names_every_family():
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     listed = readme.split("Families (`model_type`):", 1)[1].split(";", 1)[0]
     assert {t.strip(" .") for t in listed.split(",")} == set(families.by_model_type())
+
+
+def test_no_dropout_trains_without_the_configs_dropout(tmp_path):
+    """--no-dropout estimates the run as the architecture without its dropout (and the
+    measured step builds it so: measure.build applies the same as_trained)."""
+    from ftmem.api import estimate
+    from ftmem.arch import as_trained
+
+    drop = tiny("gpt2", residual_dropout=0.1, embedding_dropout=0.1)
+    plain = tiny("gpt2")
+    kw = dict(method="full", precision="bf16", batch_size=2, seq_len=64, device="cpu")
+    off = estimate(drop, **kw, model_dropout=False).memory
+    assert off.activations_bytes == estimate(plain, **kw).memory.activations_bytes
+    on = estimate(drop, **kw).memory
+    # five masks (embeddings, then attention's and the MLP's output in each of 2 blocks),
+    # each T·h in bf16 on the CPU (the scaled mask in the input's dtype)
+    assert on.activations_bytes - off.activations_bytes == 5 * 2 * 64 * 96 * 2
+    assert as_trained(drop, False).model_dump(
+        exclude={"residual_dropout", "embedding_dropout"}
+    ) == (drop.model_dump(exclude={"residual_dropout", "embedding_dropout"}))

@@ -19,6 +19,7 @@ from ftmem.dtypes import FP32
 from ftmem.methods import MethodPlan
 from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.context import BlockState, LayerContext
+from ftmem.ops.dropout import Dropout
 from ftmem.ops.embedding import Embedding
 from ftmem.ops.linear import LinearOp
 from ftmem.ops.loss import Loss
@@ -82,6 +83,11 @@ def block_saved(
         x or w or adapted_attn or bias_attn or wn or prefix
         or any(lin.module in state.adapted | biased for lin in o)
     )  # fmt: skip
+    if after_attn:  # GPT-2's resid_pdrop on attention's output
+        elements, oe = ctx.tokens * h, ctx.projection_out_bytes
+        out += Dropout.saved(
+            ctx, "attention output", elements, oe, Side.ATTENTION, arch.residual_dropout
+        )
     out += _mlp_side(ctx, state, mlp, x, after_attn)
     return [s for s in out if s.nbytes]
 
@@ -106,11 +112,14 @@ def _mlp_side(
     mlp_in_grad = (x or wn) if arch.parallel_attn_mlp else after_attn
     # Falcon-7B: attention and MLP read one norm output, saved once (q/k/v input)
     out += MLP.saved(ctx, state, mlp_in_grad or wn, mlp, arch.norms_per_block == 1)
+    mlp_out_grad = (
+        mlp_in_grad or state.weights_trainable
+        or any(lin.module in state.output_grad for lin in mlp)
+    )  # fmt: skip
+    if mlp_out_grad:  # GPT-2's resid_pdrop on the MLP's output
+        elements, oe = ctx.tokens * arch.hidden_size, ctx.projection_out_bytes
+        out += Dropout.saved(ctx, "MLP output", elements, oe, Side.MLP, arch.residual_dropout)
     if arch.norms_per_block == 4 or arch.traits.norms_after_sublayers:
-        mlp_out_grad = (
-            mlp_in_grad or state.weights_trainable
-            or any(lin.module in state.output_grad for lin in mlp)
-        )  # fmt: skip
         label = "post-feedforward norm"
         out += Norm.saved(ctx, label, mlp_out_grad, wn, Side.MLP, of_sublayer=True)
     return out
@@ -139,6 +148,12 @@ def outer_saved(
     below: list[Saved] = []
     if train or plan.embed_trainable:
         below += Embedding.saved(arch, run, T, train)
+    if train or plan.embed_trainable or run.n_virtual > 0 or run.grad_ckpt:
+        # the embeddings' dropout keeps its mask where its input needs a gradient
+        elements = T * arch.hidden_size
+        below += Dropout.saved(
+            ctx, "embeddings", elements, ctx.residual, Side.OUTER, arch.embedding_dropout
+        )
     below += PromptEncoder.saved(arch, run, plan.dtypes.autocast)
     if blocks_grad:
         below += Embedding.rotary_saved(arch, run, T, ctx.residual)

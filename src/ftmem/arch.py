@@ -99,6 +99,15 @@ class Architecture(BaseModel):
     dropout_rate: FiniteFloat = Field(
         0.0, ge=0.0, lt=1.0, description="T5: dropout in training (its configs ship 0.1)."
     )
+    residual_dropout: FiniteFloat = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Decoders: dropout on attention's and the MLP's outputs (GPT-2's resid_pdrop).",
+    )
+    embedding_dropout: FiniteFloat = Field(
+        0.0, ge=0.0, lt=1.0, description="Decoders: dropout on the embeddings (GPT-2's embd_pdrop)."
+    )
 
     @field_validator("family")
     @classmethod
@@ -173,6 +182,9 @@ class Architecture(BaseModel):
             raise ValueError("qk_norm (per-head RMS norms) needs a decoder-only rmsnorm model")
         if self.dropout_rate and not fam.encoder_decoder:
             raise ValueError("dropout_rate is supported for encoder-decoder (T5) families only")
+        for site in ("residual_dropout", "embedding_dropout"):
+            if getattr(self, site) and site not in fam.dropout_keys:
+                raise ValueError(f"{site}: transformers' {fam.name} model has no such dropout")
         if self.is_moe and not fam.moe:
             raise ValueError(f"num_experts > 1: the {fam.name} family has no experts")
 
@@ -510,6 +522,16 @@ def layout(arch: Architecture) -> Layout:
     if arch.traits.head_bias:
         outer.append(Param(f"{HEAD}.bias", (arch.vocab_size,), "linear_bias"))
     return Layout(tuple(outer), tuple(block), tuple(linears), arch.num_layers)
+
+
+def as_trained(arch: Architecture, model_dropout: bool) -> Architecture:
+    """The architecture a run trains: without its config's dropout when the run turns
+    it off (RunConfig.model_dropout)."""
+    if model_dropout or not (arch.dropout_rate or arch.residual_dropout or arch.embedding_dropout):
+        return arch
+    return arch.model_copy(
+        update={"dropout_rate": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0}
+    )
 
 
 @lru_cache(maxsize=512)  # every estimate reports it

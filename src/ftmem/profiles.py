@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ftmem.arch import Architecture
+from ftmem.arch import Architecture, as_trained
 from ftmem.run import RunConfig
 
 # How a framework puts the checkpoint on the GPU (ftmem.run_phases.quantise_transient)
@@ -229,9 +229,11 @@ def head_chunk_tokens(run: RunConfig) -> int | None:
 
 
 def framework_arch(arch: Architecture, run: RunConfig) -> Architecture:
-    """The architecture as the framework builds it: its own LM head where it never
-    ties (the attention path is ops.attention.attention_path's)."""
+    """The architecture as the run builds it: without the config's dropout where the run
+    turns it off, and the framework's own LM head where it never ties (the attention path
+    is ops.attention.attention_path's)."""
     profile = profile_of(run)
+    arch = as_trained(arch, run.model_dropout)
     changes: dict[str, object] = {}
     if profile.ties_lm_head is not None and arch.tie_embeddings != profile.ties_lm_head:
         changes["tie_embeddings"] = profile.ties_lm_head

@@ -215,6 +215,11 @@ class RunConfig(limits.BoundedSettings):
     )
     grad_accum: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
     grad_ckpt: bool = False
+    model_dropout: bool = Field(
+        True,
+        description="Train with the dropout the model's config sets (decoders' residual and "
+        "embedding dropout, T5's dropout_rate); false for a run that turns it off.",
+    )
     activation_offload: bool = Field(
         False,
         description="Copy every saved activation to host RAM in forward and back in "

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from ftmem import families
 from ftmem.arch import Architecture, count_params
 from ftmem.errors import ConfigError, UnknownNameError
-from ftmem.families._config import shown, wrong
+from ftmem.families._config import number, shown, wrong
 from ftmem.presets import get_model, validation_message
 from ftmem.safetensors_headers import read_checkpoint
 from ftmem.textfiles import parse_json, read_text
@@ -78,7 +78,10 @@ def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architectu
             f"(supported: {known})."
         )
     try:
-        fields = readers[model_type].config.read(cfg)
+        family = readers[model_type]
+        fields = family.config.read(cfg)
+        for site, key in family.dropout_keys.items():
+            fields[site] = number(cfg, key) or 0.0
         return Architecture(name=name, source=source, **fields)
     except ConfigError:
         raise
@@ -210,22 +213,26 @@ _DROPOUT_KEYS = (
 
 
 def dropout_note(cfg: Mapping) -> str | None:
-    """A decoder config that trains with dropout: its masks are not modelled yet (T5's
-    ``dropout_rate`` is), which this says rather than leaving silent."""
+    """A decoder config that trains with a dropout ftmem does not model (attention
+    dropout; the residual and embedding dropouts of Family.dropout_keys are modelled):
+    said rather than left silent."""
     family = families.by_model_type().get(str(cfg.get("model_type")))
     if family is None or family.encoder_decoder:
         return None
+    modelled = set(family.dropout_keys.values())
     given = [
         f"{k} {cfg[k]}"
         for k in _DROPOUT_KEYS
-        if isinstance(cfg.get(k), int | float) and not isinstance(cfg[k], bool) and cfg[k] > 0
+        if k not in modelled
+        and isinstance(cfg.get(k), int | float)
+        and not isinstance(cfg[k], bool)
+        and cfg[k] > 0
     ]
     if not given:
         return None
     return (
-        f"config.json trains with dropout ({', '.join(given)}): the masks dropout keeps for "
-        "backward are not counted for this family yet, so the activations may read low; "
-        "with dropout set to 0 the estimate is exact."
+        f"config.json trains with dropout ({', '.join(given)}): the masks these dropouts keep "
+        "for backward are not counted for this family yet, so the activations may read low."
     )
 
 

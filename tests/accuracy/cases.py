@@ -68,7 +68,24 @@ def _matrix() -> list[Case]:
         *_recompute_and_edges(),
         *_autocast_over_16bit_weights(),
         *_families_of_issue_17(),
+        *_config_dropout(),
     ]
+
+
+def _config_dropout() -> list[Case]:
+    """Decoders trained with their configs' dropout (GPT-2's, Phi-2's, StarCoder2's 0.1):
+    the residual and embedding dropouts' masks, with and without checkpointing."""
+    drop = {"residual_dropout": 0.1, "embedding_dropout": 0.1}
+    cases: list[Case] = []
+    for family in ("gpt2", "phi", "starcoder2", "gpt_bigcode"):
+        for precision in ("fp32", "bf16", "bf16-mixed"):
+            for method in ("full", "lora"):
+                cases.append(Case(family, {"method": method, "precision": precision}, drop))
+        cases.append(Case(family, {"method": "lora", "precision": "bf16", "grad_ckpt": True}, drop))
+    neox = {"residual_dropout": 0.1, "embedding_dropout": 0.1}  # (one key: hidden_dropout)
+    for method in ("full", "lora"):
+        cases.append(Case("gpt_neox", {"method": method, "precision": "bf16"}, neox))
+    return cases
 
 
 # issue 17's families whose blocks wire ops in a new way (parallel residuals, partial
@@ -673,6 +690,13 @@ _ROTARY_UNDER_CHECKPOINTING = (
 
 # id -> reason; run as strict xfail
 KNOWN_GAPS: dict[str, str] = {
+    "starcoder2-gradckpt=True-method=lora-precision=bf16-embeddingdropout=0.1-residualdropout=0.1": (
+        "StarCoder2 LoRA with checkpointing and its configs' dropout, bf16: the peak measured "
+        "6.8 % above the estimate (1,213,040 / 1,301,144 B; activations +1.6 %), in the "
+        "backward; without dropout the same run is -4.0 % (1,165,644 / 1,214,744 B). The "
+        "recomputed block's dropout noise and a plain tanh-GELU MLP's recompute under "
+        "checkpointing are not derived yet (2026-12-02)"
+    ),
     "qwen3moe-gradckpt=True-method=lora-precision=bf16": (
         "Qwen3-MoE LoRA with checkpointing, bf16: the estimate's peak is 9.4 % above the "
         "measured one (1,918,072 / 1,753,672 B; activations +2.2 %), in the backward. The "

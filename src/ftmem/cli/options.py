@@ -86,6 +86,13 @@ RUN = [
     _opt("grad_accum", int, 1, "Micro-batches per optimizer step."),
     _opt("grad_ckpt", bool, False, "Gradient checkpointing.", "--grad-ckpt/--no-grad-ckpt"),
     _opt(
+        "model_dropout",
+        bool,
+        True,
+        "Train with the dropout the model's config.json sets (--no-dropout: turned off).",
+        "--dropout/--no-dropout",
+    ),
+    _opt(
         "activation_offload",
         bool,
         False,

@@ -112,6 +112,9 @@ class Family:
     # peft's prefix tuning runs (peft 0.21 sizes the prefix per query head, which a
     # multi-query cache rejects: Falcon).
     prefix_tuning: bool = True
+    # The dropouts its transformers model applies in training, as Architecture fields
+    # (residual_dropout, embedding_dropout) -> the config.json key that sets each.
+    dropout_keys: Mapping[str, str] = field(default_factory=dict)
     notes: Mapping[NoteKey, str] = field(default_factory=dict)
 
     def notes_for(self, key: NoteKey) -> list[str]:

@@ -80,4 +80,5 @@ FAMILY = Family(
     eager_float_mask=True,
     conv1d=True,
     gelu_written_out=True,
+    dropout_keys={"residual_dropout": "resid_pdrop", "embedding_dropout": "embd_pdrop"},
 )

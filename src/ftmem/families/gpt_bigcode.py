@@ -79,4 +79,5 @@ FAMILY = Family(
         positions="transformer.wpe",
         final_norm="transformer.ln_f",
     ),
+    dropout_keys={"residual_dropout": "resid_pdrop", "embedding_dropout": "embd_pdrop"},
 )

@@ -85,4 +85,6 @@ FAMILY = Family(
     # torch.cat after the partial rotary makes q head-major, so the kernel's output is
     # too, and the (b, s, h·d) input of the dense projection is a copy (measured)
     o_proj_reads_kernel_output=False,
+    # hidden_dropout acts on the embeddings and on both branches' outputs
+    dropout_keys={"residual_dropout": "hidden_dropout", "embedding_dropout": "hidden_dropout"},
 )

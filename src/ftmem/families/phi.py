@@ -71,4 +71,5 @@ FAMILY = Family(
     # torch.cat after the partial rotary makes q head-major: the dense projection reads
     # a copy of the kernel's output (measured, as GPT-NeoX)
     o_proj_reads_kernel_output=False,
+    dropout_keys={"residual_dropout": "resid_pdrop", "embedding_dropout": "embd_pdrop"},
 )

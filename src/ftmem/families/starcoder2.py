@@ -40,4 +40,5 @@ FAMILY = Family(
     decoder_layer="Starcoder2DecoderLayer",
     config=llama_map("starcoder2", LlamaKeys(window="when-set", tie=True), _read, _build),
     names=replace(LLAMA_NAMES, mlp={"up": "mlp.c_fc", "down": "mlp.c_proj"}),
+    dropout_keys={"residual_dropout": "residual_dropout", "embedding_dropout": "embedding_dropout"},
 )

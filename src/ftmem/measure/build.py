@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import torch
 from torch import nn
 
-from ftmem.arch import Architecture, count_params, layout, param_path
+from ftmem.arch import Architecture, as_trained, count_params, layout, param_path
 from ftmem.errors import InvalidInputError
 from ftmem.run import PROMPT_METHODS, RunConfig, split_patterns
 
@@ -91,7 +91,8 @@ def hf_config_kwargs(arch: Architecture, attn_impl: str = "sdpa") -> tuple[str, 
         "use_cache": False,
         "attn_implementation": attn_impl,
     }
-    return family.model_types[0], {**common, **family.config.build(arch)}
+    dropouts = {key: getattr(arch, site) for site, key in family.dropout_keys.items()}
+    return family.model_types[0], {**common, **family.config.build(arch), **dropouts}
 
 
 def hf_config(arch: Architecture, attn_impl: str = "sdpa"):
@@ -354,6 +355,7 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
     """The run's model as its framework builds it: transformers' model from the
     Architecture (quantised through from_pretrained for QLoRA), its trainable set or
     peft wrapper, and checkpointing as HF Trainer enables it."""
+    arch = as_trained(arch, run.model_dropout)
     model, attn_impl, notes = _base_model(arch, run, device, seed)
     if run.method == "qlora":
         model = _quantized(model, arch, run, device, attn_impl)

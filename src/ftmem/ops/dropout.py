@@ -20,10 +20,16 @@ class Dropout:
 
     @staticmethod
     def saved(
-        ctx: LayerContext, label: str, elements: int, elem_bytes: int, side: Side
+        ctx: LayerContext,
+        label: str,
+        elements: int,
+        elem_bytes: int,
+        side: Side,
+        rate: float | None = None,
     ) -> list[Saved]:
-        """The model's own dropout (``arch.dropout_rate``) on a tensor of ``elements``."""
-        if not ctx.arch.dropout_rate:
+        """The model's own dropout on a tensor of ``elements``: ``rate``, by default T5's
+        ``arch.dropout_rate`` (a decoder's are residual_dropout, embedding_dropout)."""
+        if not (ctx.arch.dropout_rate if rate is None else rate):
             return []
         mask = Dropout.mask_bytes(ctx.run.device, elem_bytes)
         return [Saved(f"{label} dropout mask", elements * mask, Kind.DROPOUT, side)]
