@@ -146,13 +146,20 @@ def test_accelerate_deepspeed_yaml_launches(tmp_path, kw, stage):
 def test_layer_classes_exist_in_transformers():
     """Every family's block class is one transformers defines (FSDP's wrap policy looks
     it up by name; a wrong one fails only on the cluster)."""
-    import transformers
+    import sys
 
+    import transformers
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    classes = {**MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, **MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES}
     for name in families.names():
         family = families.get(name)
         for model_type in family.model_types:
-            package = getattr(transformers.models, model_type)
-            mod = getattr(package, f"modeling_{model_type}")
+            # (gemma3_text's model lives in the gemma3 package)
+            mod = sys.modules[getattr(transformers, classes[model_type]).__module__]
             assert hasattr(mod, family.decoder_layer), (name, family.decoder_layer)
 
 

@@ -73,9 +73,9 @@ def test_gemma3_text_defaults_match_transformers():
 def test_multimodal_tie_defaults_match_transformers():
     """A multimodal config.json that does not say ties (or not) as its class's default."""
     transformers = pytest.importorskip("transformers")
-    from ftmem.sources import OUTER_TIE_DEFAULT
+    from ftmem.families._config import MULTIMODAL_TIE_DEFAULT
 
-    for model_type, tie in OUTER_TIE_DEFAULT.items():
+    for model_type, tie in MULTIMODAL_TIE_DEFAULT.items():
         assert transformers.AutoConfig.for_model(model_type).tie_word_embeddings == tie, model_type
 
 

@@ -36,7 +36,8 @@ def _applicable(family: str, settings: dict) -> bool:
     if settings["method"] == "prefix-tuning" and family == "falcon":
         return False  # refused: see test_prefix_tuning_refuses_falcon
     # fused or missing projections: an explicit o/up list only where the model has them
-    return not (settings.get("ia3_targets") and family in ("gpt2", "falcon", "mixtral", "phi3"))
+    fused_or_routed = family in ("gpt2", "falcon", "phi3") or tiny(family).is_moe
+    return not (settings.get("ia3_targets") and fused_or_routed)
 
 
 @pytest.mark.parametrize("family", sorted(TINY))

@@ -18,28 +18,13 @@ from pydantic import ValidationError
 from ftmem import families
 from ftmem.arch import Architecture, count_params
 from ftmem.errors import ConfigError, UnknownNameError
-from ftmem.families._config import number, shown, wrong
+from ftmem.families._config import MULTIMODAL_TIE_DEFAULT, number, shown, wrong
 from ftmem.presets import get_model, validation_message
 from ftmem.safetensors_headers import read_checkpoint
 from ftmem.textfiles import parse_json, read_text
 
 Mapping = dict[str, Any]
 MAX_CONFIG_BYTES = 16 * 2**20  # real config.json files are a few KiB
-
-
-# Whether a multimodal model ties its LM head when config.json does not say: the outer
-# config class's default, which decides (transformers 5.24, modeling_utils.py
-# get_expanded_tied_weights_keys reads the model's own config; each class's
-# configuration_*.py gives the default).
-OUTER_TIE_DEFAULT = {
-    "gemma3": True,
-    "paligemma": True,
-    "mistral3": True,
-    "llava": False,
-    "llava_next": False,
-    "qwen2_5_vl": False,
-    "idefics3": False,
-}
 
 
 def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
@@ -55,7 +40,7 @@ def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
     text = dict(text)
     tie = cfg.get("tie_word_embeddings")
     if tie is None:
-        tie = OUTER_TIE_DEFAULT.get(str(outer), text.get("tie_word_embeddings", False))
+        tie = MULTIMODAL_TIE_DEFAULT.get(str(outer), text.get("tie_word_embeddings", False))
     text["tie_word_embeddings"] = tie
     note = (
         f"{outer}: estimated for its language model ({text.get('model_type')}); the "

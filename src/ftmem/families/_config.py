@@ -24,6 +24,20 @@ if TYPE_CHECKING:
 
 Config = dict[str, Any]
 
+# Whether a multimodal model ties its LM head when config.json does not say: the outer
+# config class's default, which decides (transformers 5.24, modeling_utils.py
+# get_expanded_tied_weights_keys reads the model's own config; each class's
+# configuration_*.py gives the default).
+MULTIMODAL_TIE_DEFAULT = {
+    "gemma3": True,
+    "paligemma": True,
+    "mistral3": True,
+    "llava": False,
+    "llava_next": False,
+    "qwen2_5_vl": False,
+    "idefics3": False,
+}
+
 # Architecture.activation -> transformers' ACT2FN names
 HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
 

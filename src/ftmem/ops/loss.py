@@ -23,8 +23,8 @@ class Loss:
 
     @staticmethod
     def parameters(arch: Architecture) -> tuple[Param, ...]:
-        """The LM head's weight, unless it is the tied embedding."""
-        return tuple(p for p in layout(arch).outer if p.kind == "linear")
+        """The LM head's weight, unless it is the tied embedding, and its bias (Phi)."""
+        return tuple(p for p in layout(arch).outer if p.is_head)
 
     @staticmethod
     def rows(run: RunConfig) -> int:
