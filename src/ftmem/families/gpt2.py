@@ -24,17 +24,18 @@ if TYPE_CHECKING:
 _ACTIVATIONS = {**HF_ACTIVATIONS, "gelu_tanh": "gelu_new"}
 
 
-def _read(cfg: Config) -> Config:
+def read_gpt2_like(cfg: Config, family: str, default_activation: str) -> Config:
+    """An Architecture's fields from GPT-2's config keys (GPTBigCode reads them too)."""
     h = need(cfg, "n_embd", "hidden_size")
     return {
-        "family": "gpt2",
+        "family": family,
         "vocab_size": need(cfg, "vocab_size"),
         "hidden_size": h,
         "num_layers": need(cfg, "n_layer", "num_hidden_layers", bound=limits.LAYERS),
         "num_heads": need(cfg, "n_head", "num_attention_heads"),
         "intermediate_size": opt(cfg, "n_inner") or 4 * h,
         "mlp": "plain",
-        "activation": activation(word(cfg, "activation_function", "gelu_new")),
+        "activation": activation(word(cfg, "activation_function", default_activation)),
         "norm": "layernorm",
         "attention_qkv_bias": True,
         "attention_out_bias": True,
@@ -45,6 +46,22 @@ def _read(cfg: Config) -> Config:
             cfg, "n_positions", "max_position_embeddings", bound=limits.TOKENS
         ),
     }
+
+
+def _read(cfg: Config) -> Config:
+    return read_gpt2_like(cfg, "gpt2", "gelu_new")
+
+
+# GPT-2's modules (GPTBigCode keeps the same names with nn.Linear weights)
+GPT2_NAMES = ModuleNames(
+    blocks="transformer.h",
+    attention={"qkv": "attn.c_attn", "o": "attn.c_proj"},
+    mlp={"up": "mlp.c_fc", "down": "mlp.c_proj"},
+    norms={2: ("ln_1", "ln_2")},
+    embedding="transformer.wte",
+    positions="transformer.wpe",
+    final_norm="transformer.ln_f",
+)
 
 
 def _build(arch: Architecture) -> Config:
@@ -67,15 +84,7 @@ FAMILY = Family(
     model_types=("gpt2",),
     decoder_layer="GPT2Block",
     config=ConfigMap(_read, _build),
-    names=ModuleNames(
-        blocks="transformer.h",
-        attention={"qkv": "attn.c_attn", "o": "attn.c_proj"},
-        mlp={"up": "mlp.c_fc", "down": "mlp.c_proj"},
-        norms={2: ("ln_1", "ln_2")},
-        embedding="transformer.wte",
-        positions="transformer.wpe",
-        final_norm="transformer.ln_f",
-    ),
+    names=GPT2_NAMES,
     softmax_in_compute_dtype=True,
     eager_float_mask=True,
     conv1d=True,

@@ -7,45 +7,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ftmem import limits
-from ftmem.families import ConfigMap, Family, ModuleNames
-from ftmem.families._config import (
-    HF_ACTIVATIONS,
-    Config,
-    activation,
-    flag,
-    need,
-    opt,
-    word,
-)
+from ftmem.families import ConfigMap, Family
+from ftmem.families._config import HF_ACTIVATIONS, Config, flag
+from ftmem.families.gpt2 import GPT2_NAMES, read_gpt2_like
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
 
 
 def _read(cfg: Config) -> Config:
-    h = need(cfg, "n_embd", "hidden_size")
-    heads = need(cfg, "n_head", "num_attention_heads")
-    return {
-        "family": "gpt_bigcode",
-        "vocab_size": need(cfg, "vocab_size"),
-        "hidden_size": h,
-        "num_layers": need(cfg, "n_layer", "num_hidden_layers", bound=limits.LAYERS),
-        "num_heads": heads,
-        "num_kv_heads": 1 if flag(cfg, "multi_query", True) else heads,
-        "intermediate_size": opt(cfg, "n_inner") or 4 * h,
-        "mlp": "plain",
-        "activation": activation(word(cfg, "activation_function", "gelu_pytorch_tanh")),
-        "norm": "layernorm",
-        "attention_qkv_bias": True,
-        "attention_out_bias": True,
-        "mlp_bias": True,
-        "tie_embeddings": flag(cfg, "tie_word_embeddings", True),
-        "position_embedding": "learned",
-        "max_position_embeddings": need(
-            cfg, "n_positions", "max_position_embeddings", bound=limits.TOKENS
-        ),
-    }
+    out = read_gpt2_like(cfg, "gpt_bigcode", "gelu_pytorch_tanh")
+    out["num_kv_heads"] = 1 if flag(cfg, "multi_query", True) else out["num_heads"]
+    return out
 
 
 def _build(arch: Architecture) -> Config:
@@ -70,14 +43,6 @@ FAMILY = Family(
     model_types=("gpt_bigcode",),
     decoder_layer="GPTBigCodeBlock",
     config=ConfigMap(_read, _build),
-    names=ModuleNames(
-        blocks="transformer.h",
-        attention={"qkv": "attn.c_attn", "o": "attn.c_proj"},
-        mlp={"up": "mlp.c_fc", "down": "mlp.c_proj"},
-        norms={2: ("ln_1", "ln_2")},
-        embedding="transformer.wte",
-        positions="transformer.wpe",
-        final_norm="transformer.ln_f",
-    ),
+    names=GPT2_NAMES,
     dropout_keys={"residual_dropout": "resid_pdrop", "embedding_dropout": "embd_pdrop"},
 )
