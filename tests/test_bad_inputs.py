@@ -236,13 +236,13 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         "unknown-model-type",
         ["estimate", "{tmp}/config.json"],
         {"config.json": cfg(model_type="mamba")},
-        "does not support",
+        "does not model yet",
     ),
     (
         "missing-model-type",
         ["estimate", "{tmp}/config.json"],
         {"config.json": cfg(model_type=None)},
-        "does not support",
+        "does not model yet",
     ),
     (
         "missing-field",

@@ -146,7 +146,7 @@ def test_malformed_config_json(tmp_path):
     assert res.exit_code == 2 and "not valid JSON" in res.stderr
     bad.write_text(json.dumps({"model_type": "mamba"}))
     res = run("estimate", str(bad))
-    assert res.exit_code == 2 and "does not support" in res.stderr
+    assert res.exit_code == 2 and "does not model yet" in res.stderr
     bad.write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
     res = run("estimate", str(bad))
     assert res.exit_code == 2 and "lacks" in res.stderr

@@ -20,12 +20,13 @@ from ftmem.presets import get_gpu
 from ftmem.result import Estimate
 from ftmem.run import ADAPTER_METHODS, Method, RunConfig, settings_for
 from ftmem.seq2seq import SEQ2SEQ_METHODS
-from ftmem.sources import resolve_model, source_notes
+from ftmem.sources import config_of, resolve_model, source_notes
 from ftmem.units import parse_size
 
 # Imported where used, not here: `ftmem estimate` needs none of them (CLI start-up time)
 if TYPE_CHECKING:
     from ftmem.distill import Teacher
+    from ftmem.measure.traced import Traced
     from ftmem.merge import MergeConfig
     from ftmem.search import Largest
     from ftmem.serve import ServeConfig
@@ -165,6 +166,51 @@ def estimate(
     )
     est = estimate_step(arch, run, resolve_gpu(gpu, gpu_memory), overhead_bytes, par, distill)
     return est.model_copy(update={"notes": [*notes, *est.notes]}) if notes else est
+
+
+def traced(
+    model: str,
+    *,
+    gpu: str | Gpu | None = None,
+    gpu_memory: str | int | None = None,
+    **settings: Any,
+) -> Traced:
+    """A traced answer (``ftmem estimate --traced``): transformers builds ``model`` (a
+    preset, a config.json path or a Hub id, of any causal LM it has) and one training
+    step runs on fake tensors at full size; on a ``gpu``, replayed through the CUDA
+    caching allocator. Needs torch, transformers and peft (``ftmem[measure]``)."""
+    spread = {k: settings.pop(k) for k in list(settings) if k in PARALLEL_SETTINGS}
+    if settings.pop("teacher", None) is not None or settings.pop("teacher_weights", None):
+        raise InvalidInputError("--traced runs no distillation teacher; drop --teacher.")
+    if settings.pop("overhead", None) is not None:
+        raise InvalidInputError("--traced replays the allocator itself; drop --overhead.")
+    run, par = _run_and_spread(settings, spread)
+    offloaded = par.offload_optimizer != "none" or par.offload_params != "none"
+    if par.world > 1 or par.model_parallel > 1 or offloaded:
+        raise InvalidInputError(
+            "--traced runs one GPU's step; drop --gpus, --nodes, --tp, --pp, --cp and offload."
+        )
+    hardware = resolve_gpu(gpu, gpu_memory)
+    if not isinstance(model, str):
+        raise InvalidInputError("--traced takes a model name: a preset id, a path or a Hub id.")
+    found = config_of(model)
+    if found is None:  # a preset: the config transformers would write for it
+        arch = resolve_model(model)
+        cfg, name = None, arch.name
+    else:
+        cfg, name, _ = found
+    try:
+        from ftmem.measure.build import hf_config_kwargs
+        from ftmem.measure.traced import trace
+    except ImportError as exc:
+        raise InvalidInputError(
+            f"--traced needs torch, transformers and peft ({exc.name} is missing): "
+            'pip install "ftmem[measure]".'
+        ) from None
+    if cfg is None:
+        model_type, kwargs = hf_config_kwargs(arch)
+        cfg = {"model_type": model_type, **kwargs}
+    return trace(dict(cfg), name, run, hardware)
 
 
 def _run_and_spread(

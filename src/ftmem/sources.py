@@ -59,8 +59,9 @@ def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architectu
     if not isinstance(model_type, str) or model_type not in readers:
         known = ", ".join(sorted(readers))
         raise ConfigError(
-            f"config.json has model_type {shown(model_type)}, which ftmem does not support yet "
-            f"(supported: {known})."
+            f"config.json has model_type {shown(model_type)}, which ftmem does not model yet "
+            f"(it models {known}); for a traced answer (transformers builds the model, one "
+            'step runs on fake tensors) add --traced, with pip install "ftmem[measure]".'
         )
     try:
         family = readers[model_type]
@@ -76,8 +77,8 @@ def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architectu
         raise ConfigError(f"config.json has a value of the wrong type ({exc}).") from None
 
 
-def load_config_json(path: Path) -> Architecture:
-    """Read ``config.json`` (or a folder holding one)."""
+def read_config_json(path: Path) -> tuple[Mapping, str, str]:
+    """``config.json`` (or a folder holding one), parsed: (config, model name, file)."""
     file = path / "config.json" if path.is_dir() else path
     if path.is_dir() and not file.exists() and not file.is_symlink():
         raise ConfigError(f"No config.json in {path}.")
@@ -87,7 +88,12 @@ def load_config_json(path: Path) -> Architecture:
     name = cfg.get("_name_or_path") or (
         file.parent.name if path.is_dir() or file.name == "config.json" else file.stem
     )
-    return architecture_from_config(cfg, str(name) or "custom", str(file))
+    return cfg, str(name) or "custom", str(file)
+
+
+def load_config_json(path: Path) -> Architecture:
+    """Read ``config.json`` (or a folder holding one)."""
+    return architecture_from_config(*read_config_json(path))
 
 
 MAX_REF_BYTES = 4096  # a ref holds one commit hash (40 hex digits)
@@ -161,6 +167,27 @@ def _from_hub(repo_id: str) -> Path:
     except (HfHubHTTPError, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"it could not be read from the Hub: {first}") from None
+
+
+def config_of(spec: str) -> tuple[Mapping, str, str] | None:
+    """The parsed config.json a path or Hub id names (its language model for a
+    multimodal one), with the model's name and the file; None for a preset id."""
+    if not spec.strip():
+        raise ConfigError("the model name is empty; give a preset id (`ftmem models`) or a path.")
+    local = _local(spec)
+    if local is None:
+        try:
+            get_model(spec)
+            return None
+        except UnknownNameError:
+            if not HUB_ID.match(spec.strip()):
+                raise
+        try:
+            local = _from_hub(spec.strip())
+        except ConfigError as hub:
+            raise ConfigError(f"Unknown model '{spec}': not a preset, and {hub}") from None
+    cfg, name, file = read_config_json(local)
+    return language_part(cfg)[0], name, file
 
 
 def resolve_model(spec: str) -> Architecture:

@@ -4,6 +4,7 @@ that do; or the engine config for it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import typer
@@ -72,9 +73,23 @@ def estimate(
         bool, typer.Option("--check", help="Exit 1 when it does not fit (for CI).")
     ] = False,
     quiet: Quiet = False,
+    traced: Annotated[
+        bool,
+        typer.Option(
+            "--traced",
+            help="For a model ftmem does not model: transformers builds it from its "
+            "config.json and one step runs on fake tensors at full size, replayed through "
+            'the CUDA allocator (one GPU; needs pip install "ftmem[measure]").',
+        ),
+    ] = False,
     **settings: Any,
 ) -> None:
     """Estimate the memory of one training step and whether it fits a GPU."""
+    if traced:
+        if fewest_gpus or emit is not None or emit_to is not None:
+            raise FtmemError("--traced runs one GPU's step; drop --fewest-gpus and --emit.")
+        _traced(ctx, model, settings, output_format, units, check, quiet)
+        return
     read_from = [settings.get("from_config")]  # not to be replaced by --emit-to
     arch, est, search_line = _estimate_for(ctx, model, settings, fewest_gpus, units)
     emitted = _emitted(est, emit, emit_to, inputs=[*read_from, arch.source])
@@ -113,6 +128,38 @@ def _estimate_for(
     if notes:
         est = est.model_copy(update={"notes": [*notes, *est.notes]})
     return arch, est, search_line
+
+
+def _traced(
+    ctx: typer.Context,
+    model: str | None,
+    settings: dict[str, Any],
+    output_format: str,
+    units: UnitSystem,
+    check: bool,
+    quiet: bool,
+) -> None:
+    """`ftmem estimate --traced`: the traced step, as a table or JSON."""
+    from ftmem.api import traced
+    from ftmem.cli.measure import measure_errors
+    from ftmem.present.traced import traced_json, traced_table
+
+    if output_format not in ("table", "json"):
+        raise FtmemError("--traced prints a table or JSON: --format table or json.")
+    model, settings, notes = with_config(ctx, model, settings)
+    if settings.get("gpus") is None:
+        settings.pop("gpus", None)
+    with measure_errors():
+        got = traced(model, **settings)
+    if notes:
+        got = replace(got, notes=(*notes, *got.notes))
+    if not quiet:
+        if output_format == "json":
+            echo(traced_json(got))
+        else:
+            console().print(traced_table(got, units))
+    if check and got.fits is False:
+        raise typer.Exit(EXIT_DOES_NOT_FIT)
 
 
 def _emitted(

@@ -83,7 +83,7 @@ def measure(
         optimizer_impl="for-loop" if device == "cpu" else "foreach",
         alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") if device == "cuda" else None,
     )
-    with _measure_errors():
+    with measure_errors():
         if fsdp:
             return _measure_fsdp(arch, run, fsdp, fsdp_ranks, output_format)
         from ftmem.measure import measure as run_measure
@@ -143,7 +143,7 @@ def _check_measure_options(device: str, steps: int, fsdp: int, fsdp_ranks: str, 
 
 
 @contextmanager
-def _measure_errors() -> Iterator[None]:
+def measure_errors() -> Iterator[None]:
     """A missing optional dependency, or torch refusing the run, as one sentence."""
     try:
         yield

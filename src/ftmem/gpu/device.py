@@ -58,7 +58,7 @@ def workspace_bytes(rt: Runtime) -> int:
     return rt.persistent_workspace_bytes + rt.transient_workspace_bytes
 
 
-def _kept_per_thread(rt: Runtime) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def kept_per_thread(rt: Runtime) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The workspaces each of the two BLAS threads (forward, backward) allocates."""
     if not rt.through_allocator:
         return (), ()
@@ -118,7 +118,7 @@ def device_figures(
     replayed = tuple(steps) or ((sizes, tensors), (sizes, tensors))
     options = tuple(sorted((allocator or {}).items()))
     cache = allocator_cache(
-        replayed, micro_batches, _kept_per_thread(rt), comm_stream, outside, options
+        replayed, micro_batches, kept_per_thread(rt), comm_stream, outside, options
     )
     reserved = allocated + cache
     if overhead is not None:

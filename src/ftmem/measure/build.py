@@ -368,7 +368,7 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
         model = model.to(device=device)  # (fake parameters cannot be swapped in place)
     model = _with_trainable_set(model, arch, run, notes)
     if run.grad_ckpt:
-        _enable_checkpointing(model)
+        enable_checkpointing(model)
     model.train()
     return Built(model, autocast_dtype(run), attn_impl, notes)
 
@@ -525,7 +525,7 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
     return model
 
 
-def _enable_checkpointing(model: nn.Module) -> None:
+def enable_checkpointing(model: nn.Module) -> None:
     """Non-reentrant activation checkpointing, and the embedding output requiring a
     gradient, as HF Trainer + peft do (transformers 5 already hooks the embeddings)."""
     base = hf_model(model)

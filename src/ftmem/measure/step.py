@@ -61,8 +61,10 @@ class _CpuMeter:
 
     name = "dispatch"
 
-    def __init__(self, pre_existing: list[torch.Tensor]) -> None:
-        self.tracker = LiveBytesTracker()
+    def __init__(
+        self, pre_existing: list[torch.Tensor], events: list[tuple[str, int]] | None = None
+    ) -> None:
+        self.tracker = LiveBytesTracker(events)
         self.tracker.track(pre_existing)
 
     @contextlib.contextmanager
@@ -190,11 +192,14 @@ class _StepInBackward:
     cleared by a post-accumulate-grad hook; ``step``/``zero_grad`` have nothing left
     to do."""
 
-    def __init__(self, model: torch.nn.Module, run: RunConfig, arch: Architecture) -> None:
+    def __init__(self, model: torch.nn.Module, run: RunConfig, arch: Architecture | None) -> None:
         import torch.nn as nn
 
         self.optimizers: list[torch.optim.Optimizer] = []
-        groups = galore_param_groups(model, arch, run) if run.method == "galore" else None
+        groups = None
+        if run.method == "galore":
+            assert arch is not None, "GaLore finds its targets in the architecture"
+            groups = galore_param_groups(model, arch, run)
         for p in model.parameters():
             if not p.requires_grad:
                 continue
@@ -254,18 +259,21 @@ def run_measurement(
         if teacher is not None:
             raise RuntimeError("--fake does not run a distillation teacher")
         return _run_fake(arch, run, steps=steps, seed=seed)
-    return _run(arch, run, device=device, steps=steps, seed=seed, teacher=teacher)
+    return run_steps(arch, run, device=device, steps=steps, seed=seed, teacher=teacher)
 
 
+FAKE_ATTENTION_NOTE = (
+    "fake: the attention kernel chosen for fake tensors can differ from a real run: with "
+    "GQA/MQA it repeats k and v per head, or falls back to the math path that keeps the "
+    "s² scores, so attention activations of GQA models are an upper bound here."
+)
 FAKE_NOTES = (
     "fake: FakeTensorMode, no memory allocated. It sees every tensor PyTorch creates "
     "(weights, gradients, states, saved activations, temporaries) with real shapes and "
     "dtypes. It cannot see kernel-internal workspaces, the CUDA caching allocator's "
     "rounding and fragmentation, the CUDA context, or bitsandbytes (no fake kernels: "
     "qlora and 8-bit optimizers are refused).",
-    "fake: the attention kernel chosen for fake tensors can differ from a real run: with "
-    "GQA/MQA it repeats k and v per head, or falls back to the math path that keeps the "
-    "s² scores, so attention activations of GQA models are an upper bound here.",
+    FAKE_ATTENTION_NOTE,
 )
 
 
@@ -279,7 +287,7 @@ def _run_fake(arch: Architecture, run: RunConfig, *, steps: int, seed: int) -> M
     built = build_model(arch, run, device="meta", seed=seed)
     with FakeTensorMode(allow_non_fake_inputs=True):
         materialize_fake(built.model)
-        got = _run(arch, run, device="cpu", steps=steps, seed=seed, built=built)
+        got = run_steps(arch, run, device="cpu", steps=steps, seed=seed, built=built, fake=True)
     return dataclasses.replace(
         got, tracker="dispatch (fake tensors)", notes=(*got.notes, *FAKE_NOTES)
     )
@@ -292,8 +300,8 @@ def _tokens(vocab: int, shape: tuple[int, int], gen, fake: bool, dev) -> torch.T
     return torch.randint(0, vocab, shape, generator=gen).to(dev)
 
 
-def _run(
-    arch: Architecture,
+def run_steps(
+    arch: Architecture | None,
     run: RunConfig,
     *,
     device: str = "cpu",
@@ -301,12 +309,20 @@ def _run(
     seed: int = 0,
     built: Built | None = None,
     teacher: Teacher | None = None,
+    vocab_size: int = 0,
+    events: list[tuple[str, int]] | None = None,
+    fake: bool = False,
 ) -> Measurement:
-    """``steps - 1`` warm-up steps (the optimizer states appear), then the measured one."""
-    fake = built is not None
+    """``steps - 1`` warm-up steps (the optimizer states appear), then the measured one.
+
+    Without an ``arch`` the model comes ``built`` (a traced model transformers built
+    from its own config) with its ``vocab_size``; ``events`` (the CPU only) receives the
+    measured step's allocations and frees, the storages live before it first; ``fake``:
+    the model's tensors are fake (FakeTensorMode is active)."""
     _check_measurable(run, steps)
     dev = _device(device)
     if built is None:
+        assert arch is not None, "a model to build, or one built"
         built = build_model(arch, run, device=str(dev), seed=seed)
     model = built.model
     notes = list(built.notes)
@@ -318,7 +334,11 @@ def _run(
     )
     if steps == 1:
         notes.append("steps=1: the measured step creates the optimizer states (not steady state)")
-    ids, labels = _batch(arch, run, seed, fake, dev)
+    if arch is not None:
+        vocab_size = arch.vocab_size
+    ids, labels = _batch(
+        vocab_size, arch is not None and arch.encoder_decoder, run, seed, fake, dev
+    )
     params = unique_params(model)  # before the warm-up: gradients and counts read from these
 
     def forward() -> torch.Tensor:
@@ -340,7 +360,7 @@ def _run(
     # forward and frees the old one, whose address a saved activation can then take
     weight_ptrs = weight_storage_ptrs(model)
     inputs = [ids] if labels is None else [ids, labels]
-    meter = _meter(dev, model, teacher_model, optimizer, inputs)
+    meter = _meter(dev, model, teacher_model, optimizer, inputs, events)
     walk_ops = steps == 1 and not run.grad_ckpt
     step = _measured_step(
         forward, model, optimizer, meter, run, params, weight_ptrs, walk_ops, notes
@@ -371,14 +391,19 @@ def _device(device: str) -> torch.device:
 
 
 def _batch(
-    arch: Architecture, run: RunConfig, seed: int, fake: bool, dev: torch.device
+    vocab_size: int,
+    encoder_decoder: bool,
+    run: RunConfig,
+    seed: int,
+    fake: bool,
+    dev: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The input ids, and an encoder-decoder's labels (the decoder's length)."""
     gen = torch.Generator().manual_seed(seed)
-    ids = _tokens(arch.vocab_size, (run.batch_size, run.seq_len), gen, fake, dev)
-    if not arch.encoder_decoder:
+    ids = _tokens(vocab_size, (run.batch_size, run.seq_len), gen, fake, dev)
+    if not encoder_decoder:
         return ids, None
-    return ids, _tokens(arch.vocab_size, (run.batch_size, run.decoder_len), gen, fake, dev)
+    return ids, _tokens(vocab_size, (run.batch_size, run.decoder_len), gen, fake, dev)
 
 
 def _warm_up(
@@ -423,6 +448,7 @@ def _meter(
     teacher_model: torch.nn.Module | None,
     optimizer: torch.optim.Optimizer | _StepInBackward,
     inputs: list[torch.Tensor],
+    events: list[tuple[str, int]] | None = None,
 ) -> _CpuMeter | _CudaMeter:
     """The CUDA allocator's statistics, or on the CPU a tracker told which tensors
     exist before the step. It holds no reference to them once made: an optimizer that
@@ -432,7 +458,8 @@ def _meter(
         return _CudaMeter(dev)
     teacher_state = model_state_tensors(teacher_model) if teacher_model is not None else []
     state_tensors = optimizer_state_tensors(optimizer)
-    return _CpuMeter([*model_state_tensors(model), *teacher_state, *state_tensors, *inputs])
+    pre_existing = [*model_state_tensors(model), *teacher_state, *state_tensors, *inputs]
+    return _CpuMeter(pre_existing, events)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,10 @@ optimizer temporaries are counted. Allocations made *inside* a kernel (scratch
 buffers that never become an op output) are invisible, as are allocator rounding and
 fragmentation: the numbers are exact tensor bytes, like ``torch.cuda.memory_allocated``
 without the 512-byte rounding.
+
+With ``events`` the tracker also logs each storage's allocation and free in order, as
+:func:`ftmem.gpu.allocator.replay` takes them (``ftmem estimate --traced`` replays a
+fake step through the CUDA caching allocator's rules).
 """
 
 from __future__ import annotations
@@ -46,11 +50,14 @@ def storage_key(t: torch.Tensor) -> tuple[int, int] | None:
 class LiveBytesTracker(TorchDispatchMode):
     """Running total and peak of live tensor-storage bytes, each storage once."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: list[tuple[str, int]] | None = None) -> None:
         super().__init__()
         self._live: dict[int, int] = {}  # storage identity -> bytes
         self.current = 0
         self.peak = 0
+        self.events = events
+        self._event_ids: dict[int, int] = {}  # storage identity -> its alloc event's id
+        self._allocs = 0
 
     # -- registration -------------------------------------------------------------
     def track(self, *tensors: Any) -> None:
@@ -74,9 +81,11 @@ class LiveBytesTracker(TorchDispatchMode):
             if known != nbytes:  # storage resized in place (resize_, out= ops)
                 self._live[ptr] = nbytes
                 self._add(nbytes - known)
+                self._log_resize(ptr, nbytes)
             return
         self._live[ptr] = nbytes
         self._add(nbytes)
+        self._log_alloc(ptr, nbytes)
         fin = weakref.finalize(t.untyped_storage(), self._free, ptr)
         fin.atexit = False
 
@@ -92,16 +101,41 @@ class LiveBytesTracker(TorchDispatchMode):
             return
         self._live[ptr] = nbytes
         self._add(nbytes - known)
+        self._log_resize(ptr, nbytes)
 
     def _free(self, ptr: int) -> None:
         nbytes = self._live.pop(ptr, None)
         if nbytes is not None:
             self.current -= nbytes
+            self._log_free(ptr)
 
     def _add(self, nbytes: int) -> None:
         self.current += nbytes
         if self.current > self.peak:
             self.peak = self.current
+
+    # -- the event log --------------------------------------------------------------
+    def _log_alloc(self, ptr: int, nbytes: int) -> None:
+        if self.events is None:
+            return
+        self.events.append(("alloc", nbytes))
+        self._event_ids[ptr] = self._allocs
+        self._allocs += 1
+
+    def _log_free(self, ptr: int) -> None:
+        event = self._event_ids.pop(ptr, None)
+        if self.events is not None and event is not None:
+            self.events.append(("free", event))
+
+    def _log_resize(self, ptr: int, nbytes: int) -> None:
+        """A resize is a new allocation, then the old one's free (resize_ copies)."""
+        if self.events is None:
+            return
+        old = self._event_ids.pop(ptr, None)
+        if nbytes:
+            self._log_alloc(ptr, nbytes)
+        if old is not None:
+            self.events.append(("free", old))
 
     # -- phases -------------------------------------------------------------------
     def reset_peak(self) -> None:
