@@ -14,8 +14,9 @@ from ftmem import estimate
 from ftmem.arch import count_params
 from ftmem.errors import ConfigError, FtmemError
 from ftmem.presets import get_gpu, get_model
+from ftmem.quantized_base import QuantizedBase
 from ftmem.safetensors_headers import read_checkpoint, read_header
-from ftmem.sources import resolve_model, source_notes
+from ftmem.sources import quantized_base_of, resolve_model, source_notes
 from tests.conftest import tiny
 
 LLAMA_CFG = {
@@ -94,8 +95,8 @@ def test_quantised_checkpoint_is_recognised(tmp_path):
         "model.layers.0.self_attn.q_proj.g_idx": ("I32", [64]),
     })  # fmt: skip
     notes = source_notes(str(tmp_path))
-    assert any("gptq-quantised" in n for n in notes)
     assert any("GPTQ" in n and "-quantised" in n and "on disk" in n for n in notes)
+    assert quantized_base_of(str(tmp_path)) == QuantizedBase("gptq", "int4", group_size=128)
 
 
 def test_mismatching_checkpoint_is_reported(tmp_path):

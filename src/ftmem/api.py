@@ -17,10 +17,11 @@ from ftmem.methods import adapted_linears
 from ftmem.parallel import ParallelConfig
 from ftmem.plan import Plan, make_plan
 from ftmem.presets import get_gpu
+from ftmem.quantized_base import on_quantized_base
 from ftmem.result import Estimate
 from ftmem.run import ADAPTER_METHODS, Method, RunConfig, settings_for
 from ftmem.seq2seq import SEQ2SEQ_METHODS
-from ftmem.sources import config_of, resolve_model, source_notes
+from ftmem.sources import config_of, quantized_base_of, resolve_model, source_notes
 from ftmem.units import parse_size
 
 # Imported where used, not here: `ftmem estimate` needs none of them (CLI start-up time)
@@ -138,6 +139,9 @@ def estimate(
     """
     arch = _architecture(model)
     source = source_notes(model) if isinstance(model, str) else []
+    if isinstance(model, str):
+        settings, said = on_quantized_base(quantized_base_of(model), settings)
+        source += said
     spread = {k: settings.pop(k) for k in list(settings) if k in PARALLEL_SETTINGS}
     distill = _teacher(settings.pop("teacher", None), settings.pop("teacher_weights", None))
     run, par = _run_and_spread(settings, spread)

@@ -18,8 +18,9 @@ from pydantic import ValidationError
 from ftmem import families
 from ftmem.arch import Architecture, count_params
 from ftmem.errors import ConfigError, UnknownNameError
-from ftmem.families._config import MULTIMODAL_TIE_DEFAULT, number, shown, wrong
+from ftmem.families._config import MULTIMODAL_TIE_DEFAULT, number, shown
 from ftmem.presets import get_model, validation_message
+from ftmem.quantized_base import QuantizedBase, quantized_base
 from ftmem.safetensors_headers import read_checkpoint
 from ftmem.textfiles import parse_json, read_text
 
@@ -172,6 +173,20 @@ def _from_hub(repo_id: str) -> Path:
 def config_of(spec: str) -> tuple[Mapping, str, str] | None:
     """The parsed config.json a path or Hub id names (its language model for a
     multimodal one), with the model's name and the file; None for a preset id."""
+    found = _config_file_of(spec)
+    if found is None:
+        return None
+    cfg, name, file = found
+    return language_part(cfg)[0], name, file
+
+
+def quantized_base_of(spec: str) -> QuantizedBase | None:
+    """The shipped base's quantisation, from the config.json a path or Hub id names."""
+    found = _config_file_of(spec)
+    return None if found is None else quantized_base(found[0])
+
+
+def _config_file_of(spec: str) -> tuple[Mapping, str, str] | None:
     if not spec.strip():
         raise ConfigError("the model name is empty; give a preset id (`ftmem models`) or a path.")
     local = _local(spec)
@@ -186,8 +201,7 @@ def config_of(spec: str) -> tuple[Mapping, str, str] | None:
             local = _from_hub(spec.strip())
         except ConfigError as hub:
             raise ConfigError(f"Unknown model '{spec}': not a preset, and {hub}") from None
-    cfg, name, file = read_config_json(local)
-    return language_part(cfg)[0], name, file
+    return read_config_json(local)
 
 
 def resolve_model(spec: str) -> Architecture:
@@ -269,13 +283,6 @@ def source_notes(spec: str) -> list[str]:
             dropout = dropout_note(text)
             if dropout:
                 notes.append(dropout)
-            quant = _quant_method(cfg)
-            if quant:
-                notes.append(
-                    f"config.json says the checkpoint is {quant}-quantised; ftmem estimates the "
-                    "model's own layout in the dtypes of the run (training on a pre-quantised "
-                    "base is not modelled yet)."
-                )
     ckpt = read_checkpoint(folder)
     if ckpt is None:
         return notes
@@ -304,20 +311,6 @@ def source_notes(spec: str) -> list[str]:
             "config.json; check the checkpoint matches it."
         )
     return notes
-
-
-def _quant_method(cfg: Mapping) -> str | None:
-    """The quant_method of config.json's quantization_config (an object, as transformers
-    reads it), or None."""
-    quant = cfg.get("quantization_config")
-    if quant is None:
-        return None
-    if not isinstance(quant, dict):
-        raise wrong("quantization_config", "an object", quant)
-    method = quant.get("quant_method")
-    if method is not None and not isinstance(method, str):
-        raise wrong("quantization_config.quant_method", "a string", method)
-    return method
 
 
 # buffers some checkpoints store beside the parameters (rotary tables, causal masks)

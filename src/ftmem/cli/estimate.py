@@ -146,7 +146,8 @@ def _traced(
 
     if output_format not in ("table", "json"):
         raise FtmemError("--traced prints a table or JSON: --format table or json.")
-    model, settings, notes = with_config(ctx, model, settings)
+    # the traced model is transformers' own build, not a quantised load
+    model, settings, notes = with_config(ctx, model, settings, quantized_base=False)
     if settings.get("gpus") is None:
         settings.pop("gpus", None)
     with measure_errors():

@@ -11,9 +11,28 @@ from ftmem.errors import FtmemError
 
 
 def with_config(
+    ctx: typer.Context,
+    model: str | None,
+    settings: dict[str, Any],
+    *,
+    quantized_base: bool = True,
+) -> tuple[str, dict[str, Any], list[str]]:
+    """The model and settings, read from --from when given; explicit flags win. A LoRA
+    on a base shipped quantised (config.json's quantization_config) trains on it as
+    shipped (``quantized_base``: unless the command builds the model itself)."""
+    chosen, settings, notes = _from_config(ctx, model, settings)
+    if quantized_base:
+        from ftmem.quantized_base import on_quantized_base
+        from ftmem.sources import quantized_base_of
+
+        settings, said = on_quantized_base(quantized_base_of(chosen), settings)
+        notes += said
+    return chosen, settings, notes
+
+
+def _from_config(
     ctx: typer.Context, model: str | None, settings: dict[str, Any]
 ) -> tuple[str, dict[str, Any], list[str]]:
-    """The model and settings, read from --from when given; explicit flags win."""
     path = settings.pop("from_config", None)
     if path is None:
         if model is None:
