@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -373,3 +374,23 @@ def write_files(root: Path, files: dict[str, str | bytes]) -> None:
             path.write_bytes(content)
         else:
             path.write_text(content)
+
+
+def hub_cache_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repo_id: str, cfg: dict
+) -> None:
+    """An offline Hugging Face cache under ``tmp_path`` holding ``repo_id``'s config.json
+    (one snapshot, named by refs/main), made the one huggingface_hub reads."""
+    org, name = repo_id.split("/")
+    entry = tmp_path / f"models--{org}--{name}"
+    snap = entry / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps(cfg))
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(snap.name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)

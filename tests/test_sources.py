@@ -17,7 +17,7 @@ from ftmem.presets import get_gpu, get_model
 from ftmem.quantized_base import QuantizedBase
 from ftmem.safetensors_headers import read_checkpoint, read_header
 from ftmem.sources import quantized_base_of, resolve_model, source_notes
-from tests.conftest import tiny
+from tests.conftest import hub_cache_with, tiny
 
 LLAMA_CFG = {
     "model_type": "llama", "vocab_size": 320, "hidden_size": 64, "num_hidden_layers": 2,
@@ -136,18 +136,7 @@ def test_huggingface_cache_entry_resolves_to_its_snapshot(tmp_path):
 
 def test_hub_id_from_the_local_cache_offline(tmp_path, monkeypatch):
     pytest.importorskip("huggingface_hub")
-    entry = tmp_path / "models--acme--tiny-llama"
-    snap = entry / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
-    snap.mkdir(parents=True)
-    (snap / "config.json").write_text(json.dumps(LLAMA_CFG))
-    (entry / "refs").mkdir()
-    (entry / "refs" / "main").write_text(snap.name)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants as c
-
-    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    hub_cache_with(tmp_path, monkeypatch, "acme/tiny-llama", LLAMA_CFG)
     arch = resolve_model("acme/tiny-llama")
     assert arch.hidden_size == 64
     with pytest.raises(

@@ -178,6 +178,12 @@ def model_presets() -> dict[str, Architecture]:
     return {**out, **_user_models()[1]}
 
 
+def preset_aliases() -> dict[str, tuple[str, ...]]:
+    """Every model preset's aliases by id (the user's presets over the shipped ones)."""
+    files = [*_shipped_files("models"), *_user_files("models")]
+    return {entry[0]: entry[1] for entry in map(_model_file, files)}
+
+
 def get_model(name: str) -> Architecture:
     """A model preset by id or alias (case-insensitive)."""
     wanted = name.strip().lower()

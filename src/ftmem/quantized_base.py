@@ -35,6 +35,7 @@ class QuantizedBase:
     quant: Quant | None  # the run's --quant for a LoRA on it; None: not modelled
     double_quant: bool | None = None  # bitsandbytes' nested quantisation of the scales
     group_size: int | None = None  # GPTQ/AWQ: inputs per scale and zero (-1: a whole row)
+    said_by: str = "config.json's quantization_config"
 
     @property
     def described(self) -> str:
@@ -97,7 +98,7 @@ def on_quantized_base(
     a 16-bit base, said in a note."""
     if base is None:
         return settings, []
-    said = f"config.json's quantization_config: the base is {base.described}"
+    said = f"{base.said_by}: the base is {base.described}"
     if base.quant is None:
         return settings, [
             f"{said}; ftmem does not model training on that format: estimated with the "
@@ -113,8 +114,8 @@ def on_quantized_base(
     given = settings.get("quant")
     if given is not None and given != base.quant:
         raise ConfigError(
-            f"--quant {given} does not match the base, {base.described} "
-            "(config.json's quantization_config); drop --quant: the base's own format is taken."
+            f"--quant {given} does not match the base, {base.described} ({base.said_by}); "
+            "drop --quant: the base's own format is taken."
         )
     out = {**settings, "method": "qlora", "quant": base.quant}
     if base.double_quant is not None and out.get("double_quant") is None:

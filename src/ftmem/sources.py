@@ -8,7 +8,9 @@ its family's key map (``ftmem.families``).
 from __future__ import annotations
 
 import difflib
+import os
 import re
+from functools import lru_cache
 from math import prod
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from ftmem import families
 from ftmem.arch import Architecture, count_params
 from ftmem.errors import ConfigError, UnknownNameError
 from ftmem.families._config import MULTIMODAL_TIE_DEFAULT, number, shown
+from ftmem.hub_names import Reupload, reupload_of
 from ftmem.presets import get_model, validation_message
 from ftmem.quantized_base import QuantizedBase, quantized_base
 from ftmem.safetensors_headers import read_checkpoint
@@ -172,57 +175,72 @@ def _from_hub(repo_id: str) -> Path:
 
 def config_of(spec: str) -> tuple[Mapping, str, str] | None:
     """The parsed config.json a path or Hub id names (its language model for a
-    multimodal one), with the model's name and the file; None for a preset id."""
-    found = _config_file_of(spec)
-    if found is None:
+    multimodal one), with the model's name and the file; None for a preset (or a Hub id
+    matched offline to one)."""
+    path, _ = _located(spec)
+    if path is None:
         return None
-    cfg, name, file = found
+    cfg, name, file = read_config_json(path)
     return language_part(cfg)[0], name, file
 
 
 def quantized_base_of(spec: str) -> QuantizedBase | None:
-    """The shipped base's quantisation, from the config.json a path or Hub id names."""
-    found = _config_file_of(spec)
-    return None if found is None else quantized_base(found[0])
-
-
-def _config_file_of(spec: str) -> tuple[Mapping, str, str] | None:
-    if not spec.strip():
-        raise ConfigError("the model name is empty; give a preset id (`ftmem models`) or a path.")
-    local = _local(spec)
-    if local is None:
-        try:
-            get_model(spec)
-            return None
-        except UnknownNameError:
-            if not HUB_ID.match(spec.strip()):
-                raise
-        try:
-            local = _from_hub(spec.strip())
-        except ConfigError as hub:
-            raise ConfigError(f"Unknown model '{spec}': not a preset, and {hub}") from None
-    return read_config_json(local)
+    """The shipped base's quantisation: config.json's quantization_config, or what a
+    re-upload's name says (``-GPTQ``, ``-bnb-4bit``) when its config is not at hand."""
+    path, reupload = _located(spec)
+    if path is not None:
+        return quantized_base(read_config_json(path)[0])
+    return reupload.base if reupload is not None else None
 
 
 def resolve_model(spec: str) -> Architecture:
     """A preset id/alias, a path to config.json / a model folder / a Hugging Face cache
-    entry, or a Hub repository id (through huggingface_hub and its cache)."""
+    entry, or a Hub repository id (through huggingface_hub and its cache; offline, a
+    re-upload of a preset's repository is matched to the preset)."""
+    path, reupload = _located(spec)
+    if path is not None:
+        return load_config_json(path)
+    return get_model(reupload.preset_id if reupload is not None else spec)
+
+
+def _located(spec: str) -> tuple[Path | None, Reupload | None]:
+    """Where a model's config.json is: a local path, or a Hub id's in the cache; else
+    (None, None) for a preset, or the preset a Hub id not at hand re-uploads."""
     if not spec.strip():  # Path("") is the current folder: "" would read ./config.json
         raise ConfigError("the model name is empty; give a preset id (`ftmem models`) or a path.")
     local = _local(spec)
     if local is not None:
-        return load_config_json(local)
+        return local, None
     try:
-        return get_model(spec)
+        get_model(spec)
+        return None, None
     except UnknownNameError as unknown:
-        if not HUB_ID.match(spec.strip()):
+        repo_id = spec.strip()
+        if not HUB_ID.match(repo_id):
             raise
-        try:
-            return load_config_json(_from_hub(spec.strip()))
-        except ConfigError as hub:
-            close = difflib.get_close_matches(spec.lower(), unknown.known, n=3, cutoff=0.5)
-            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-            raise ConfigError(f"Unknown model '{spec}': not a preset{hint}, and {hub}") from unknown
+        path, problem = _hub_lookup(
+            repo_id, os.environ.get("HF_HUB_CACHE"), os.environ.get("HF_HUB_OFFLINE")
+        )
+        if path is not None:
+            return path, None
+        reupload = reupload_of(repo_id)
+        if reupload is not None:
+            return None, reupload
+        close = difflib.get_close_matches(spec.lower(), unknown.known, n=3, cutoff=0.5)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ConfigError(f"Unknown model '{spec}': not a preset{hint}, and {problem}") from unknown
+
+
+@lru_cache(maxsize=64)
+def _hub_lookup(
+    repo_id: str, _cache: str | None, _offline: str | None
+) -> tuple[Path | None, str | None]:
+    """A Hub id's config.json, or why not; asked once per command for each Hub setting
+    (the environment's values are the key: huggingface_hub reads them)."""
+    try:
+        return _from_hub(repo_id), None
+    except ConfigError as exc:
+        return None, str(exc)
 
 
 # Dropout keys of decoder-only configs that act in training (a classifier's or a summary
@@ -265,7 +283,9 @@ def dropout_note(cfg: Mapping) -> str | None:
 def source_notes(spec: str) -> list[str]:
     """What the model source adds to an estimate: a multimodal config's left-out parts,
     and what the folder's safetensors headers say."""
-    local = _local(spec)
+    local, reupload = _located(spec)
+    if reupload is not None:
+        return [reupload.note(spec.strip())]
     if local is None:
         return []
     folder = local if local.is_dir() else local.parent
