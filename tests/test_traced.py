@@ -86,6 +86,8 @@ FIELDS = (
     [
         ("deepseek_v3", dict(method="full", precision="bf16")),
         ("gpt_oss", dict(method="lora", precision="bf16", lora_targets="all-linear")),
+        # peft's ParamWrapper on the 3-D expert weights (target_parameters)
+        ("gpt_oss", dict(method="lora", precision="bf16", lora_targets="experts,q")),
         ("opt", dict(method="full", precision="fp32", grad_ckpt=True)),
         ("opt", dict(method="dora", precision="bf16-mixed")),
     ],
@@ -225,7 +227,12 @@ def test_an_unmodelled_model_type_is_refused_with_the_way_to_trace_it(tmp_path):
         ("gpt_oss", ["--format", "csv"], "--traced prints a table or JSON"),
         ("gpt_oss", ["--emit", "deepspeed"], "drop --fewest-gpus and --emit"),
         ("gpt_oss", ["--precision", "fp32"], "trace it with --precision bf16"),
-        ("gpt_oss", ["--method", "lora", "--lora-targets", "nope"], "no linear named nope"),
+        (
+            "gpt_oss",
+            ["--method", "lora", "--lora-targets", "nope"],
+            "no linear or expert parameter named nope",
+        ),
+        ("gpt_oss", ["--method", "dora", "--lora-targets", "experts"], "peft refuses this LoRA"),
         ("unknown", [], "which this transformers does not build either"),
         ("remote", [], "its auto_map names its own code"),
     ],
@@ -242,16 +249,28 @@ def test_bad_traced_runs_are_one_sentence(tmp_path, config, args, message):
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
 
 
+LEAVES = {"q_proj", "o_proj", "gate_up_proj", "down_proj"}
+EXPERTS = {"experts.gate_up_proj", "experts.down_proj"}
+
+
 @pytest.mark.parametrize(
-    ("spec", "expected"),
+    ("spec", "modules", "params"),
     [
-        ("all-linear", ("down_proj", "gate_up_proj", "o_proj", "q_proj")),
-        ("attention", ("o_proj", "q_proj")),
-        ("q,v", ("q_proj",)),
-        ("up", ("gate_up_proj",)),
-        ("down,o_proj", ("down_proj", "o_proj")),
+        ("all-linear", ("down_proj", "gate_up_proj", "o_proj", "q_proj"), ()),
+        ("attention", ("o_proj", "q_proj"), ()),
+        ("q,v", ("q_proj",), ()),
+        ("up", ("gate_up_proj",), ("experts.gate_up_proj",)),
+        ("down,o_proj", ("down_proj", "o_proj"), ("experts.down_proj",)),
+        ("experts", (), ("experts.down_proj", "experts.gate_up_proj")),
+        ("q,experts.down_proj", ("q_proj",), ("experts.down_proj",)),
     ],
 )
-def test_lora_targets_by_role_or_name(spec, expected):
-    leaves = {"q_proj", "o_proj", "gate_up_proj", "down_proj"}
-    assert lora_targets(spec, leaves) == expected
+def test_lora_targets_by_role_or_name(spec, modules, params):
+    assert lora_targets(spec, LEAVES, EXPERTS) == (modules, params)
+
+
+def test_all_linear_leaves_the_experts_and_says_how_to_adapt_them():
+    run = run_config(method="lora", precision="bf16", batch_size=1, seq_len=16, lora_targets="q")
+    t = trace(dict(UNMODELLED["gpt_oss"]), "gpt-oss", run, None)
+    assert t.adapted == ("q_proj",)
+    assert any("--lora-targets experts" in n for n in t.notes)

@@ -19,6 +19,7 @@ import logging
 import time
 import warnings
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -256,7 +257,7 @@ def _build(
     model, attn = _causal_lm(config, param_dtype(run), notes, device)
     adapted: tuple[str, ...] = ()
     if run.method in ("lora", "dora", "rslora"):
-        model, adapted = _with_lora(model, run)
+        model, adapted = _with_lora(model, run, notes)
     else:
         _set_trainable(model, run, notes)
     if run.grad_ckpt:
@@ -324,55 +325,83 @@ def _set_trainable(model: nn.Module, run: RunConfig, notes: list[str]) -> None:
         p.requires_grad_(n in chosen)
 
 
-def _with_lora(model: nn.Module, run: RunConfig) -> tuple[nn.Module, tuple[str, ...]]:
-    """peft's LoRA (DoRA, rsLoRA) on the modules --lora-targets names, by role or by name."""
+def _with_lora(
+    model: nn.Module, run: RunConfig, notes: list[str]
+) -> tuple[nn.Module, tuple[str, ...]]:
+    """peft's LoRA (DoRA, rsLoRA) on what --lora-targets names, by role or by name: the
+    linear modules, and MoE experts' 3-D parameters through peft's target_parameters."""
     from peft import LoraConfig, get_peft_model
 
-    leaves = {
-        name.rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not name.endswith("lm_head")
-    }
-    targets = lora_targets(run.targets, leaves)
+    leaves, experts = set(), set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and not name.endswith("lm_head"):
+            leaves.add(name.rsplit(".", 1)[-1])
+        for pname, param in module.named_parameters(recurse=False):
+            if param.dim() == 3:
+                experts.add(f"{name.rsplit('.', 1)[-1]}.{pname}")
+    modules, params = lora_targets(run.targets, leaves, experts)
+    if experts and not params:
+        notes.append(
+            "MoE experts are 3-D parameters, not linears: LoRA on them too with "
+            "--lora-targets experts (or gate,up,down), through peft's target_parameters"
+        )
     lcfg = LoraConfig(
         r=run.r,
         lora_alpha=run.alpha,  # type: ignore[arg-type]  # peft scales by alpha / r
         lora_dropout=run.dropout,
-        target_modules=list(targets),
+        target_modules=list(modules) or None,
+        target_parameters=list(params) or None,
         use_dora=run.method == "dora",
         use_rslora=run.method == "rslora",
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return get_peft_model(model, lcfg), targets
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return get_peft_model(model, lcfg), (*modules, *params)
+    except ValueError as exc:  # peft's ParamWrapper: no DoRA, no LoRA dropout on experts
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidInputError(f"peft refuses this LoRA: {first}") from None
 
 
-def lora_targets(spec: str, leaves: set[str]) -> tuple[str, ...]:
-    """The linear module names (``leaves``) that --lora-targets picks: all-linear, attention,
-    roles (q, k, v, o, gate, up, down: by the names transformers gives them) or names."""
+EXPERTS = "experts"  # --lora-targets' name for every MoE expert parameter
+
+
+def lora_targets(
+    spec: str, leaves: AbstractSet[str], experts: AbstractSet[str] = frozenset()
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The linear module names (``leaves``) and MoE expert parameters (``experts``, as
+    ``module.parameter``) that --lora-targets picks: all-linear (the linears, as peft
+    reads it), attention, roles (q, k, v, o, gate, up, down: by the names transformers
+    gives them, experts' included), ``experts``, or names."""
     spec = spec.strip()
     if spec == "all-linear":
-        return tuple(sorted(leaves))
+        return tuple(sorted(leaves)), ()
     items = [s.strip() for s in spec.split(",") if s.strip()]
     roles = {"q", "k", "v", "o"} if spec == "attention" else {i for i in items if i in ROLE_NAMES}
     names = set() if spec == "attention" else {i for i in items if i not in ROLE_NAMES}
     chosen = {n for r in roles for n in ROLE_NAMES[r]} | names
     chosen |= {fused for fused, of in FUSED_NAMES.items() if roles & set(of)}
-    missing = sorted(names - leaves)
+    by_param = {key.rsplit(".", 1)[-1]: key for key in experts}
+    params = {key for key in experts if key.rsplit(".", 1)[-1] in chosen or key in names}
+    if EXPERTS in names:
+        params |= experts
+    known = leaves | experts | set(by_param) | ({EXPERTS} if experts else set())
+    missing = sorted(names - known)
+    shown = ", ".join(sorted(leaves | experts)[:12])
     if missing:
         raise InvalidInputError(
-            f"--lora-targets: this model has no linear named {', '.join(missing)} "
-            f"(its linears: {', '.join(sorted(leaves)[:12])})."
+            f"--lora-targets: this model has no linear or expert parameter named "
+            f"{', '.join(missing)} (it has {shown})."
         )
     found = tuple(sorted(chosen & leaves))
-    if not found:
+    if not found and not params:
         raise InvalidInputError(
             f"--lora-targets {spec[:60]}: none of this model's linears plays those roles "
-            f"(its linears: {', '.join(sorted(leaves)[:12])}); name them instead."
+            f"(it has {shown}); name them instead."
         )
-    return found
+    return found, tuple(sorted(params))
 
 
 def _on_gpu(events: list[tuple[str, int]], run: RunConfig, gpu: Gpu) -> tuple[int, int, int]:
