@@ -68,6 +68,21 @@ def test_plan_for_a_model_that_cannot_fit_says_so():
     assert "with every lever at once it still needs" in res.output
 
 
+def test_when_every_lever_at_once_does_not_fit_nothing_else_is_estimated():
+    """All levers at once need at most what any candidate needs (the test below), so
+    when they do not fit the search stops there: the baseline and that one estimate."""
+    arch = get_model("llama2-70b")
+    calls = []
+
+    def estimate_with(s):
+        calls.append(s)
+        return estimate(arch, gpu_memory="2GiB", **s)
+
+    plan = make_plan(estimate_with, dict(method="full", seq_len=4096))
+    assert plan.fitting == () and plan.evaluated == 2 and len(calls) == 2
+    assert calls[1] == all_levers_at_once(dict(method="full", seq_len=4096))
+
+
 def test_all_levers_at_once_is_at_most_every_candidate():
     arch = get_model("llama2-13b")
     settings = dict(method="full", batch_size=4, seq_len=2048)

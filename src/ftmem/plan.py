@@ -305,6 +305,10 @@ def make_plan(
         (c for c in _combinations(settings, LEVERS) if c),
         key=lambda c: (sum(x.penalty for x in c), len(c)),
     )
+    if not baseline.fits and not _strongest_fits(estimate_with, settings):
+        # every candidate needs at least what all levers at once need (each lever at its
+        # strongest only lowers the peak): none fits, and none need be estimated
+        return Plan(baseline, (), 2, len(combos) + 1)
     fitting: list[Candidate] = []
     if baseline.fits:
         fitting.append(Candidate((), baseline))
@@ -324,6 +328,15 @@ def make_plan(
             fitting.append(Candidate(combo, est))
             found.append({c.lever: c.penalty for c in combo})
     return Plan(baseline, tuple(fitting), evaluated, len(combos) + 1)
+
+
+def _strongest_fits(estimate_with: Callable[[Settings], Estimate], settings: Settings) -> bool:
+    """Whether every lever at once fits (True where the layout rules refuse that
+    combination: the search then decides)."""
+    try:
+        return bool(estimate_with(all_levers_at_once(settings)).fits)
+    except FtmemError:
+        return True
 
 
 def all_levers_at_once(settings: Settings) -> Settings:

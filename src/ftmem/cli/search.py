@@ -57,6 +57,10 @@ def plan(
 
     if rows < 1:
         raise FtmemError("--rows must be at least 1.")
+    if plot is not None:
+        from ftmem.present.plot import check_plot_path
+
+        check_plot_path(plot)
     model, settings, _ = with_config(ctx, model, settings)
     arch = resolve_model(model)
     hw = {k: settings.pop(k) for k in ("gpu", "gpu_memory", "overhead")}
@@ -120,6 +124,10 @@ def largest(
     from ftmem.sources import resolve_model
 
     key = SEARCHABLE[for_]  # the searched setting replaces any value given for it
+    if plot is not None:
+        from ftmem.present.plot import check_plot_path
+
+        check_plot_path(plot)
     model, settings, _ = with_config(ctx, model, settings)
     arch = resolve_model(model)
     given = {k: v for k, v in settings.items() if v is not None}

@@ -122,12 +122,18 @@ def sweep_figure(
     return fig
 
 
-def save(fig: Figure, path: str) -> None:
+def check_plot_path(path: str) -> None:
+    """--plot's file, refused before anything is estimated: PNG or SVG, a real path."""
     suffix = Path(path).suffix.lower()
     if suffix not in (".png", ".svg"):
         raise FtmemError(f"--plot writes .png or .svg files, not {suffix or 'no extension'}.")
     if "\0" in path:  # possible through main([...]), never from a shell
         raise FtmemError(f"cannot write {path!r}: a path cannot hold a NUL byte.")
+
+
+def save(fig: Figure, path: str) -> None:
+    check_plot_path(path)
+    suffix = Path(path).suffix.lower()
     try:
         fig.savefig(path, format=suffix[1:])
     except OSError as exc:
