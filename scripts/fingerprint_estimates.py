@@ -8,7 +8,8 @@ it raised) over every preset × methods × precisions × checkpointing × two sh
 GPU, the same presets spread over 8 GPUs under each strategy, and single options
 (optimizers, attention, loss, offload, quantisation, distillation...) on their own; prints
 the count and the SHA-256 of the file. Run it before and after a change: the two
-digests must match. ``--accuracy`` adds the digest of the accuracy suite's tiny
+digests must match. It also prints the digest of a hashed sample of the grid (about
+one case in four), which the test suite checks by default. ``--accuracy`` adds the digest of the accuracy suite's tiny
 configurations, estimated (both are checked by tests/test_fingerprint.py); ``--wide``
 that of a larger grid of multi-GPU layouts and activation offload (a few minutes).
 """
@@ -203,6 +204,19 @@ def accuracy_cases() -> Iterator[Case]:
         yield {"accuracy case": case.id}, case.arch(), settings, None, None
 
 
+SAMPLE_EVERY = 4
+
+
+def sampled(cases: Iterable[Case], every: int = SAMPLE_EVERY) -> Iterator[Case]:
+    """About one case in ``every``, chosen by a hash of its description (spread over
+    presets, methods and options alike, unlike every n-th case of the nested grid):
+    the test suite's quick fingerprint; the whole grid runs with FTMEM_SLOW=1."""
+    for case in cases:
+        key = json.dumps(case[0], sort_keys=True).encode()
+        if int.from_bytes(hashlib.sha256(key).digest()[:4], "big") % every == 0:
+            yield case
+
+
 def fingerprint(cases: Iterable[Case], out: TextIO | None = None) -> tuple[int, str]:
     """(count, SHA-256) of every case's whole estimate (or the error it raised), each line
     also written to ``out``."""
@@ -228,6 +242,8 @@ def main() -> None:
     with open(sys.argv[1], "w", encoding="utf-8") as out:
         n, digest = fingerprint(cases(), out)
     print(f"{n} cases, sha256 {digest}")
+    n, digest = fingerprint(sampled(cases()))
+    print(f"{n} sampled cases, sha256 {digest}")
     if "--wide" in sys.argv[2:]:
         n, digest = fingerprint(wide_cases())
         print(f"{n} wide cases, sha256 {digest}")
