@@ -47,6 +47,7 @@ def test_the_uploaders_suffixes_come_off(repo_id, name, quant):
         ("TheBloke/Mistral-7B-Instruct-v0.1-AWQ", "mistral-7b"),
         ("unsloth/Qwen2.5-7B-Instruct-bnb-4bit", "qwen2.5-7b"),
         ("unsloth/gemma-2-9b-it-bnb-4bit", "gemma2-9b"),
+        ("unsloth/Qwen3-1.7B-unsloth-bnb-4bit", "qwen3-1.7b"),
     ],
 )
 def test_a_reupload_is_its_preset(repo_id, preset):
