@@ -107,7 +107,11 @@ def test_traced_builds_transformers_own_model_unquantised(tmp_path):
         ["estimate", folder, "--traced", "--method", "lora", "--seq-len", "16", "--format", "json"],
     )
     assert res.exit_code == 0, res.stderr
-    assert json.loads(res.stdout)["run"]["method"] == "lora"
+    data = json.loads(res.stdout)
+    assert data["run"]["method"] == "lora"
+    assert data["notes"][0].startswith(
+        "config.json's quantization_config: the base is GPTQ 4-bit; traced unquantised"
+    )
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ CLI's estimate, plan and max print (docs/api.md)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
@@ -214,7 +215,15 @@ def traced(
     if cfg is None:
         model_type, kwargs = hf_config_kwargs(arch)
         cfg = {"model_type": model_type, **kwargs}
-    return trace(dict(cfg), name, run, hardware)
+    got = trace(dict(cfg), name, run, hardware)
+    base = quantized_base_of(model) if found is not None else None
+    if base is None:
+        return got
+    said = (
+        f"{base.said_by}: the base is {base.described}; traced unquantised, in the run's "
+        "dtypes (transformers builds a config's model without its quantisation)."
+    )
+    return replace(got, notes=(said, *got.notes))
 
 
 def _run_and_spread(
