@@ -22,7 +22,7 @@ from ftmem.run import RunConfig
 def main() -> None:
     # FTMEM_BENCH_QUICK=1 (tests/test_benchmarks.py): every preset, fewer settings, to
     # show the sweep runs to the end
-    step = 8 if os.environ.get("FTMEM_BENCH_QUICK") == "1" else 1
+    step = 24 if os.environ.get("FTMEM_BENCH_QUICK") == "1" else 1
     gpu = get_gpu("a100-80gb")
     archs = list(model_presets().values())
     runs = [
