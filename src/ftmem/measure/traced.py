@@ -107,7 +107,7 @@ def trace(
     ``fake=False`` runs them for real on the CPU (random weights), to check a trace."""
     from ftmem.measure.step import FAKE_ATTENTION_NOTE
 
-    check_traceable(run)
+    _check_traceable(run)
     started = time.perf_counter()
     config, notes = _hf_config(cfg, run)
     try:
@@ -189,7 +189,7 @@ def _quiet_fake_tensor_log() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def check_traceable(run: RunConfig) -> None:
+def _check_traceable(run: RunConfig) -> None:
     if run.method not in TRACED_METHODS:
         raise InvalidInputError(
             f"--traced runs {', '.join(TRACED_METHODS)}; --method {run.method} needs ftmem's "

@@ -31,7 +31,7 @@ def traced_rows(t: Traced) -> list[tuple[str, int]]:
     return rows + [(k, v) for k, v in gpu if v is not None]
 
 
-def title(t: Traced) -> str:
+def _title(t: Traced) -> str:
     run = t.run
     return (
         f"{t.name} ({t.model_type}): {run.method} · {run.precision} · batch {run.batch_size} × "
@@ -46,7 +46,7 @@ def traced_table(t: Traced, units: UnitSystem) -> RenderableType:
     from rich.text import Text
 
     m = t.measured
-    tbl = Table(title=title(t))
+    tbl = Table(title=_title(t))
     tbl.add_column("Component")
     tbl.add_column("Traced", justify="right")
     tbl.add_row("parameters", f"{m.n_params:,} ({m.n_trainable_params:,} trainable)")
