@@ -1,0 +1,122 @@
+"""Training-framework configs as ftmem settings: axolotl, torchtune, TRL / HF
+TrainingArguments, LitGPT and LLaMA-Factory.
+
+Each reader maps the keys that change memory (base model, adapter, rank, targets,
+sequence length, micro-batch, accumulation, checkpointing, optimizer, precision,
+attention, DeepSpeed / FSDP) onto the settings of :func:`ftmem.estimate`; every other
+key is listed as ignored, never silently dropped. The frameworks' own memory features
+map onto ftmem's: chunked and fused losses (torchtune, Liger), activation offloading,
+optimizer-in-backward, GaLore (HF ``galore_adamw*`` optimizers, LLaMA-Factory), rsLoRA
+and ReLoRA; features ftmem does not model become notes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ftmem.errors import ConfigError
+from ftmem.filekeys import Keys
+from ftmem.frameworks.axolotl import read_axolotl
+from ftmem.frameworks.hf_trainer import read_hf_trainer
+from ftmem.frameworks.litgpt import read_litgpt
+from ftmem.frameworks.llama_factory import read_llama_factory
+from ftmem.frameworks.shared import NO_MEMORY_EFFECT, FrameworkConfig, read_mapping
+from ftmem.frameworks.torchtune import read_torchtune
+from ftmem.run import settings_for
+
+__all__ = ["FrameworkConfig", "detect", "read_framework_config", "under_flags"]
+
+
+def under_flags(cfg: FrameworkConfig, flags: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The file's settings with the command line's flags over them, and notes.
+
+    A flag replaces its setting; the file's settings that belonged to what a flag
+    replaced go with it (its LoRA rank under ``--method full``, its FSDP offload under
+    ``--strategy zero2``), each named in a note, rather than be refused as if the user
+    had combined them.
+    """
+    settings = dict(cfg.settings)
+    dropped: list[str] = []
+    method = flags.get("method")
+    if method is not None and method != settings.get("method", "full"):
+        kept = settings_for(method, settings)
+        dropped += [k for k in settings if k not in kept and k not in flags]
+        settings = kept
+    strategy = flags.get("strategy")
+    if strategy is not None and strategy != settings.get("strategy"):
+        dropped += [k for k in ("offload_optimizer", "offload_params") if k in settings]
+        dropped = [k for k in dropped if k not in flags]
+    settings = {k: v for k, v in settings.items() if k not in dropped}
+    notes = []
+    if dropped:
+        names = ", ".join(sorted(dropped))
+        notes.append(f"Not taken from {cfg.path} (they went with what the flags replace): {names}.")
+    return {**settings, **flags}, notes
+
+
+# the code path (RunConfig.framework, ftmem.profiles) each reader's runs follow: TRL's
+# and TrainingArguments' are HF Trainer's
+PROFILE_OF_READER = {
+    "axolotl": "axolotl",
+    "torchtune": "torchtune",
+    "trl": "hf",
+    "litgpt": "litgpt",
+    "llama-factory": "llama-factory",
+}
+
+READERS = {
+    "axolotl": read_axolotl,
+    "torchtune": read_torchtune,
+    "trl": read_hf_trainer,
+    "litgpt": read_litgpt,
+    "llama-factory": read_llama_factory,
+}
+
+
+def detect(data: dict[str, Any]) -> str | None:
+    model = data.get("model")
+    if isinstance(model, dict) and "_component_" in model:
+        return "torchtune"
+    if "base_model" in data:
+        return "axolotl"
+    if "finetuning_type" in data or ("stage" in data and "model_name_or_path" in data):
+        return "llama-factory"
+    if "checkpoint_dir" in data or isinstance(data.get("train"), dict):
+        return "litgpt"
+    if any(
+        k in data
+        for k in ("per_device_train_batch_size", "model_name_or_path", "output_dir", "optim")
+    ):
+        return "trl"
+    return None
+
+
+def read_framework_config(path: str, framework: str | None = None) -> FrameworkConfig:
+    """The ftmem settings of a training-framework config file."""
+    p = Path(path)
+    data = read_mapping(p)
+    name = framework or detect(data)
+    if name is None:
+        raise ConfigError(
+            f"{path}: cannot tell which framework it is for; expected axolotl (base_model), "
+            "torchtune (model._component_), TRL/TrainingArguments (per_device_train_batch_size), "
+            "LitGPT (checkpoint_dir) or LLaMA-Factory (finetuning_type)."
+        )
+    if name not in READERS:
+        raise ConfigError(f"Unknown framework '{name}'; one of {', '.join(READERS)}.")
+    cfg = FrameworkConfig(name, str(p), None)
+    known = READERS[name](Keys(data, str(p)), cfg, p.parent)
+    cfg.settings = {k: v for k, v in cfg.settings.items() if v is not None}
+    cfg.settings.setdefault("framework", PROFILE_OF_READER[name])
+    cfg.ignored = sorted(str(k) for k in data if k not in known)
+    if cfg.ignored:
+        unknown = [k for k in cfg.ignored if k not in NO_MEMORY_EFFECT]
+        quiet = [k for k in cfg.ignored if k in NO_MEMORY_EFFECT]
+        parts = []
+        if quiet:
+            parts.append(f"no effect on memory: {', '.join(quiet)}")
+        if unknown:
+            parts.append(f"not read by ftmem: {', '.join(unknown)}")
+        cfg.notes.append(f"{name} keys ignored ({'; '.join(parts)}).")
+    return cfg

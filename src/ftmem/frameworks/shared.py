@@ -1,0 +1,237 @@
+"""What every framework reader shares: the result (:class:`FrameworkConfig`), the file
+read, the keys with no effect on memory, and the mappings of HF Trainer's names
+(optimizers, attention, precision, LoRA numbers) several frameworks take over."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ftmem.errors import ConfigError
+from ftmem.filekeys import Keys
+from ftmem.textfiles import parse_json, parse_yaml, read_text
+
+MAX_CONFIG_BYTES = 1 << 20
+
+# keys every framework has that do not change the memory of a step
+NO_MEMORY_EFFECT = {
+    "learning_rate",
+    "lr",
+    "lr_scheduler",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "warmup_ratio",
+    "num_epochs",
+    "num_train_epochs",
+    "epochs",
+    "max_steps",
+    "seed",
+    "output_dir",
+    "logging_steps",
+    "save_steps",
+    "save_strategy",
+    "eval_steps",
+    "eval_strategy",
+    "evaluation_strategy",
+    "weight_decay",
+    "datasets",
+    "dataset",
+    "dataset_prepared_path",
+    "val_set_size",
+    "wandb_project",
+    "wandb_entity",
+    "wandb_name",
+    "wandb_watch",
+    "wandb_log_model",
+    "report_to",
+    "run_name",
+    "logging_dir",
+    "hub_model_id",
+    "push_to_hub",
+    "resume_from_checkpoint",
+    "tokenizer",
+    "tokenizer_type",
+    "model_type",
+    "special_tokens",
+    "chat_template",
+    "template",
+    "max_grad_norm",
+    "gradient_clipping",
+    "clip_grad_norm",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "logging_first_step",
+    "save_total_limit",
+    "save_safetensors",
+    "overwrite_output_dir",
+    "overwrite_cache",
+    "preprocessing_num_workers",
+    "dataloader_num_workers",
+    "do_train",
+    "plot_loss",
+    "trust_remote_code",
+    "strict",
+    "train_on_inputs",
+    "shuffle",
+    "log_every_n_steps",
+    "output_dir_name",
+    "metric_logger",
+    "device",
+    "profiler",
+    "seed_everything",
+}
+
+
+@dataclass
+class FrameworkConfig:
+    framework: str
+    path: str
+    model: str | None  # a preset id, a Hub id (an alias of a preset) or a local folder
+    settings: dict[str, Any] = field(default_factory=dict)  # ftmem.estimate settings
+    ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+HF_OPTIMIZERS = {
+    "adamw_torch": ("adamw", None),
+    "adamw_hf": ("adamw", None),
+    "adamw_torch_fused": ("adamw", "fused"),
+    "adamw_apex_fused": ("adamw", "fused"),
+    "adamw_bnb_8bit": ("adamw-8bit", None),
+    "adamw_8bit": ("adamw-8bit", None),
+    "paged_adamw_8bit": ("paged-adamw-8bit", None),
+    "paged_adamw_32bit": ("adamw", None),
+    "adafactor": ("adafactor", None),
+    "sgd": ("sgd", None),
+    "lion_32bit": ("lion", None),
+    "paged_lion_32bit": ("lion", None),
+}
+
+ATTENTION = {
+    "flash_attention_2": "flash",
+    "flash_attention_3": "flash",
+    "fa2": "flash",
+    "sdpa": "sdpa",
+    "auto": "sdpa",
+    "eager": "eager",
+    "disabled": "eager",
+}
+
+
+def peft_targets(names: list[str] | None) -> str | None:
+    """peft target_modules (given as names or one comma-separated string) as ftmem
+    --lora-targets."""
+    if not names:
+        return None
+    if len(names) == 1 and names[0].lower() in ("all", "all-linear", "all_linear"):
+        return "all-linear"
+    return ",".join(names)
+
+
+def attention(k: Keys, key: str, cfg: FrameworkConfig) -> str | None:
+    """An attention implementation name as ftmem --attn (unknown ones: sdpa, noted)."""
+    name = k.text(key)
+    if not name:
+        return None
+    if name not in ATTENTION:
+        cfg.notes.append(f"{key}: {name} is not modelled; estimated with sdpa's memory.")
+    return ATTENTION.get(name, "sdpa")
+
+
+def hf_optimizer(k: Keys, key: str, cfg: FrameworkConfig) -> None:
+    name = k.text(key)
+    if not name:
+        return
+    lowered = name.lower()
+    if lowered.startswith("galore_adamw"):
+        # transformers' GaLore optimizers: full finetuning with projected states
+        if cfg.settings.get("method", "full") == "full":
+            cfg.settings["method"] = "galore"
+        cfg.settings["optimizer"] = "adamw-8bit" if "8bit" in lowered else "adamw"
+        if lowered.endswith("layerwise"):
+            cfg.settings["optimizer_in_backward"] = True
+        return
+    opt = HF_OPTIMIZERS.get(lowered)
+    if opt is None:
+        cfg.notes.append(f"{key}: {name} is not modelled; the estimate assumes AdamW.")
+        return
+    cfg.settings["optimizer"] = opt[0]
+    if opt[1]:
+        cfg.settings["optimizer_impl"] = opt[1]
+
+
+def galore_args(k: Keys, cfg: FrameworkConfig) -> None:
+    """transformers' GaLore settings: ``optim_args`` ("rank=64, ...") and
+    ``optim_target_modules`` (names or regular expressions of the projected linears)."""
+    if cfg.settings.get("method") != "galore":
+        return
+    args = dict(
+        item.split("=", 1)
+        for item in (k.text("optim_args") or "").replace(" ", "").split(",")
+        if "=" in item
+    )
+    if "rank" in args:
+        rank = args["rank"]
+        if not (rank.isascii() and rank.isdigit() and len(rank) < 10 and int(rank) > 0):
+            raise ConfigError(
+                f"{k.file}: optim_args' rank must be a positive whole number, not {rank[:40]!r}."
+            )
+        cfg.settings["galore_rank"] = int(rank)
+    names = k.names("optim_target_modules")
+    if names:
+        words = {n.strip(".*").lower() for n in names}
+        if {"attn", "mlp"} <= words or {"self_attn", "mlp"} <= words:
+            cfg.settings["galore_targets"] = "all-linear"
+        elif words <= {"attn", "self_attn", "attention"}:
+            cfg.settings["galore_targets"] = "attention"
+        else:
+            cfg.notes.append(f"optim_target_modules {names}: read as every linear of the blocks.")
+
+
+def hf_trainer_precision(k: Keys, cfg: FrameworkConfig, dtype: str | None = None) -> None:
+    """HF Trainer: bf16/fp16 turn on autocast; the weights keep the dtype they were
+    loaded in (transformers 5 loads a checkpoint's own dtype by default, 16-bit here).
+    axolotl also takes ``bf16: auto`` (bf16 where the GPU has it)."""
+    dtype = (dtype or "auto").lower().removeprefix("torch.")
+    fp32_weights = dtype in ("float32", "fp32")
+    bf16 = k.raw("bf16") == "auto" or k.flag("bf16")
+    if bf16:
+        cfg.settings.update(precision="bf16-mixed" if fp32_weights else "bf16")
+        if not fp32_weights:
+            cfg.settings["autocast"] = True
+    elif k.flag("fp16"):
+        cfg.settings.update(precision="fp16-mixed")
+    else:
+        # no mixed precision: the step runs in the dtype the weights were loaded in
+        cfg.settings["precision"] = "fp32" if fp32_weights else "bf16"
+
+
+def settings_from(k: Keys, cfg: FrameworkConfig, pairs: tuple[tuple[str, str], ...]) -> None:
+    """Whole-number keys (positive) that map one to one onto ftmem settings."""
+    for key, setting in pairs:
+        value = k.integer(key)
+        if value is not None:
+            cfg.settings[setting] = value
+
+
+def lora_numbers(k: Keys, cfg: FrameworkConfig, rank_key: str = "lora_r") -> None:
+    """LoRA's rank, alpha and dropout, each of the type peft takes."""
+    if (r := k.integer(rank_key)) is not None:
+        cfg.settings["lora_r"] = r
+    if (alpha := k.number("lora_alpha")) is not None:
+        cfg.settings["lora_alpha"] = alpha
+    if (dropout := k.number("lora_dropout", low=0.0, below=1.0)) is not None:
+        cfg.settings["lora_dropout"] = dropout
+
+
+# -- readers --------------------------------------------------------------------------------
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    text = read_text(path, "training config", MAX_CONFIG_BYTES)
+    data = parse_json(text, str(path)) if path.suffix == ".json" else parse_yaml(text, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top.")
+    return data
