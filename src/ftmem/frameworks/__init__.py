@@ -17,12 +17,8 @@ from typing import Any
 
 from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
-from ftmem.frameworks.axolotl import read_axolotl
-from ftmem.frameworks.hf_trainer import read_hf_trainer
-from ftmem.frameworks.litgpt import read_litgpt
-from ftmem.frameworks.llama_factory import read_llama_factory
+from ftmem.frameworks import axolotl, hf_trainer, litgpt, llama_factory, torchtune
 from ftmem.frameworks.shared import NO_MEMORY_EFFECT, FrameworkConfig, read_mapping
-from ftmem.frameworks.torchtune import read_torchtune
 from ftmem.run import settings_for
 
 __all__ = ["FrameworkConfig", "detect", "read_framework_config", "under_flags"]
@@ -65,12 +61,14 @@ PROFILE_OF_READER = {
     "llama-factory": "llama-factory",
 }
 
-READERS = {
-    "axolotl": read_axolotl,
-    "torchtune": read_torchtune,
-    "trl": read_hf_trainer,
-    "litgpt": read_litgpt,
-    "llama-factory": read_llama_factory,
+# each reader module: read(keys, cfg, folder) -> the keys it read, and its
+# NO_MEMORY_EFFECT, the framework's own keys that do not change memory
+READERS: dict[str, Any] = {
+    "axolotl": axolotl,
+    "torchtune": torchtune,
+    "trl": hf_trainer,
+    "litgpt": litgpt,
+    "llama-factory": llama_factory,
 }
 
 
@@ -106,13 +104,17 @@ def read_framework_config(path: str, framework: str | None = None) -> FrameworkC
     if name not in READERS:
         raise ConfigError(f"Unknown framework '{name}'; one of {', '.join(READERS)}.")
     cfg = FrameworkConfig(name, str(p), None)
-    known = READERS[name](Keys(data, str(p)), cfg, p.parent)
+    reader = READERS[name]
+    known = reader.read(Keys(data, str(p)), cfg, p.parent)
     cfg.settings = {k: v for k, v in cfg.settings.items() if v is not None}
     cfg.settings.setdefault("framework", PROFILE_OF_READER[name])
+    if cfg.assumed:
+        cfg.notes.append(f"{name} defaults where the file is silent: {'; '.join(cfg.assumed)}.")
     cfg.ignored = sorted(str(k) for k in data if k not in known)
     if cfg.ignored:
-        unknown = [k for k in cfg.ignored if k not in NO_MEMORY_EFFECT]
-        quiet = [k for k in cfg.ignored if k in NO_MEMORY_EFFECT]
+        no_effect = NO_MEMORY_EFFECT | reader.NO_MEMORY_EFFECT
+        unknown = [k for k in cfg.ignored if k not in no_effect]
+        quiet = [k for k in cfg.ignored if k in no_effect]
         parts = []
         if quiet:
             parts.append(f"no effect on memory: {', '.join(quiet)}")

@@ -15,6 +15,9 @@ from ftmem.frameworks.shared import (
     settings_from,
 )
 
+# this framework's keys that do not change memory (beyond frameworks.shared's)
+NO_MEMORY_EFFECT: frozenset[str] = frozenset()
+
 
 def _axolotl_method(k: Keys, cfg: FrameworkConfig) -> None:
     """axolotl's adapter (LoRA, QLoRA, DoRA, rsLoRA, ReLoRA) or unfrozen parameters."""
@@ -112,7 +115,7 @@ AXOLOTL_KEYS = frozenset(
 )
 
 
-def read_axolotl(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
+def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     s = cfg.settings
     cfg.model = k.text("base_model")
     _axolotl_method(k, cfg)

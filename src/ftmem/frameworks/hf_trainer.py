@@ -17,6 +17,9 @@ from ftmem.frameworks.shared import (
     settings_from,
 )
 
+# this framework's keys that do not change memory (beyond frameworks.shared's)
+NO_MEMORY_EFFECT: frozenset[str] = frozenset()
+
 
 def _hf_trainer_method(k: Keys, cfg: FrameworkConfig) -> None:
     """TRL's peft switches: LoRA, QLoRA (4- or 8-bit), DoRA."""
@@ -83,7 +86,7 @@ HF_TRAINER_KEYS = frozenset(
 )
 
 
-def read_hf_trainer(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
+def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     """TRL SFTConfig / ScriptArguments / HF TrainingArguments (JSON or YAML)."""
     s = cfg.settings
     init = k.section("model_init_kwargs")

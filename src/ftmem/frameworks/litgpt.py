@@ -26,6 +26,9 @@ LITGPT_QUANT = {
     "bnb.int8-training": "int8",  # the spelling LitGPT's finetune scripts take
 }
 
+# this framework's keys that do not change memory (beyond frameworks.shared's)
+NO_MEMORY_EFFECT: frozenset[str] = frozenset()
+
 
 def _litgpt_precision(k: Keys) -> str:
     """LitGPT's (Lightning's) precision name; YAML reads ``precision: 32`` as a number."""
@@ -62,7 +65,7 @@ LITGPT_KEYS = frozenset(
 )
 
 
-def read_litgpt(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
+def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     s = cfg.settings
     ckpt = k.text("checkpoint_dir") or ""
     local = base / ckpt if not Path(ckpt).is_absolute() else Path(ckpt)

@@ -17,6 +17,9 @@ from ftmem.frameworks.shared import (
     settings_from,
 )
 
+# this framework's keys that do not change memory (beyond frameworks.shared's)
+NO_MEMORY_EFFECT: frozenset[str] = frozenset()
+
 
 def _llama_factory_lora(k: Keys, cfg: FrameworkConfig) -> None:
     """``finetuning_type: lora``: LoRA, DoRA, or QLoRA with bitsandbytes' 4 or 8 bits."""
@@ -120,7 +123,7 @@ LLAMA_FACTORY_KEYS = frozenset(
 )
 
 
-def read_llama_factory(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
+def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     s = cfg.settings
     cfg.model = k.text("model_name_or_path")
     _llama_factory_method(k, cfg)

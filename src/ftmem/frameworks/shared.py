@@ -92,6 +92,17 @@ class FrameworkConfig:
     settings: dict[str, Any] = field(default_factory=dict)  # ftmem.estimate settings
     ignored: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # the framework's own defaults applied where the file is silent, each with its source
+    assumed: list[str] = field(default_factory=list)
+
+
+def assume(cfg: FrameworkConfig, setting: str, value: Any, said: str) -> None:
+    """The framework's default for ``setting`` where the file gave none: applied, and
+    listed with ``said`` (what the default is and where the framework sets it)."""
+    if setting in cfg.settings:
+        return
+    cfg.settings[setting] = value
+    cfg.assumed.append(f"{setting} {value} ({said})")
 
 
 HF_OPTIMIZERS = {

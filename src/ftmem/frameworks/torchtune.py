@@ -30,6 +30,9 @@ TORCHTUNE_FAMILY = {
 TORCHTUNE_MODULES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "output_proj": "o"}
 TORCHTUNE_DTYPES = {"bf16": "bf16", "fp32": "fp32", "fp16": "fp16"}
 
+# this framework's keys that do not change memory (beyond frameworks.shared's)
+NO_MEMORY_EFFECT: frozenset[str] = frozenset()
+
 
 # the keys _torchtune reads; read_framework_config lists every other one as ignored
 TORCHTUNE_KEYS = frozenset(
@@ -52,7 +55,7 @@ TORCHTUNE_KEYS = frozenset(
 )
 
 
-def read_torchtune(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
+def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     s = cfg.settings
     _torchtune_model(k.section("model"), cfg)
     cfg.notes.append(
