@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- ftmem: (?P<cmd>.+?) -->\n)```[a-z]*\n.*?```\n(<!-- /ftmem -->)", re.S)
-DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def render(cmd: str) -> str:

@@ -24,7 +24,7 @@ EXPECTED = {
         "meta-llama/Meta-Llama-3-8B",
         dict(framework="axolotl", method="qlora", lora_r=32, lora_alpha=16, lora_dropout=0.05, lora_targets="all-linear",
              seq_len=4096, batch_size=2, grad_accum=4, grad_ckpt=True, optimizer="paged-adamw-8bit",
-             precision="bf16", autocast=True, attn="flash"),
+             precision="bf16", autocast=True, attn="flash", eval_batch_size=2),
     ),
     "torchtune-lora-llama3.1-8b.yaml": (
         "torchtune",
@@ -92,12 +92,14 @@ def test_flags_override_the_file():
     assert json.loads(res.output)["model"]["name"] == "Llama-3-8B"
 
 
-def test_ignored_keys_are_listed_not_dropped():
-    cfg = read_framework_config(str(SAMPLES / "axolotl-qlora-llama3-8b.yml"))
-    assert "learning_rate" in cfg.ignored and "xformers_attention" in cfg.ignored
+def test_ignored_keys_are_listed_not_dropped(tmp_path):
+    path = tmp_path / "axo.yml"
+    path.write_text((SAMPLES / "axolotl-qlora-llama3-8b.yml").read_text() + "some_new_key: 1\n")
+    cfg = read_framework_config(str(path))
+    assert "learning_rate" in cfg.ignored and "some_new_key" in cfg.ignored
     note = next(n for n in cfg.notes if n.startswith("axolotl keys ignored"))
     assert "no effect on memory: " in note and "learning_rate" in note
-    assert "not read by ftmem: " in note and "xformers_attention" in note
+    assert "not read by ftmem: " in note and "some_new_key" in note
 
 
 @pytest.mark.parametrize(

@@ -1,32 +1,260 @@
-"""axolotl configs: adapters, unfrozen parameters, Liger, activation offload, DeepSpeed and FSDP (axolotl drives HF Trainer over transformers + peft)."""
+"""axolotl configs as axolotl runs them (it drives HF Trainer over transformers + peft):
+adapters and unfrozen parameters, attention, checkpointing and activation offloading,
+the loss plugins (Cut Cross-Entropy, Liger), precision as axolotl resolves it, DeepSpeed
+and FSDP, and its schema's defaults where the file is silent. What ftmem does not model
+(preference and RL trainers, MoE kernels, parallel degrees, other plugins) becomes a note.
+
+Every default and rule cites AXOLOTL: axolotl-ai-cloud/axolotl at commit 067b021c8b87
+(src/axolotl/...); docs/frameworks/axolotl.md lists them.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
 from ftmem.frameworks.distributed import distributed_settings
 from ftmem.frameworks.shared import (
+    ATTENTION,
     FrameworkConfig,
+    assume,
+    attention,
     hf_optimizer,
-    hf_trainer_precision,
     lora_numbers,
     peft_targets,
     settings_from,
 )
+from ftmem.run import ADAPTER_METHODS
 
-# this framework's keys that do not change memory (beyond frameworks.shared's)
-NO_MEMORY_EFFECT: frozenset[str] = frozenset()
+AXOLOTL = "axolotl@067b021c8b87"  # the commit every source below is read at
+
+# axolotl's own keys that do not change the memory of a step (beyond frameworks.shared's)
+NO_MEMORY_EFFECT: frozenset[str] = frozenset(
+    {
+        # when to save, evaluate, stop, and the learning-rate schedule
+        "saves_per_epoch",
+        "eval_sample_packing",
+        "eval_table_size",
+        "eval_max_new_tokens",
+        "do_causal_lm_eval",
+        "eval_causal_lm_metrics",
+        "early_stopping_patience",
+        "loss_watchdog_patience",
+        "loss_watchdog_threshold",
+        "cosine_constant_lr_ratio",
+        "cosine_min_lr_ratio",
+        "eta_min",
+        "lr_quadratic_warmup",
+        "jagged_restart_steps",
+        "jagged_restart_warmup_steps",
+        "jagged_restart_anneal_steps",
+        "save_only_model",
+        "auto_resume_from_checkpoints",
+        # ReLoRA's and LISA's schedules (the methods themselves are read or noted)
+        "relora_prune_ratio",
+        "relora_prune_method",
+        "lisa_step_interval",
+        "lisa_layers_attribute",
+        # retired: axolotl refuses a value (utils/schemas/deprecated.py)
+        "max_packed_sequence_len",
+        # loss coefficients of the preference trainers (the trainer itself is noted: rl)
+        "rl_beta",
+        "orpo_alpha",
+        "kto_desirable_weight",
+        "center_rewards_coefficient",
+        "eaft_alpha",
+        "eaft_k",
+        "adam_eps",
+        # logging and tracking
+        "debug",
+        "use_wandb",
+        "wandb_run_id",
+        "use_tensorboard",
+        "trackio_project_name",
+        "trackio_run_name",
+        "trackio_space_id",
+        "use_swanlab",
+        "swanlab_project",
+        "swanlab_experiment_name",
+        "swanlab_description",
+        "swanlab_mode",
+        "swanlab_workspace",
+        "swanlab_log_model",
+        "swanlab_log_completions",
+        "swanlab_completion_log_interval",
+        "swanlab_completion_max_buffer",
+        "use_otel_metrics",
+        "otel_metrics_host",
+        "otel_metrics_port",
+        # the data pipeline: which rows, tokens and templates; packing is read (sample_packing)
+        "remove_unused_columns",
+        "eot_tokens",
+        "tokens",
+        "processor_type",
+        "skip_prepare_dataset",
+        "push_dataset_to_hub",
+        "shuffle_merged_datasets",
+        "dataset_exact_deduplication",
+        "min_sample_len",
+        "group_by_length",
+        "curriculum_sampling",
+        "sample_packing_sequentially",
+        "sample_packing_eff_est",
+        "total_num_tokens",
+        "streaming",
+        "streaming_multipack_buffer_size",
+        "pretraining_dataset",
+        "tokenizer_config",
+        "tokenizer_legacy",
+        "tokenizer_use_fast",
+        "tokenizer_use_mistral_common",
+        # the launch, the download and loading (before the first step)
+        "hf_use_auth_token",
+        "revision_of_model",
+        "base_model_ignore_patterns",
+        "local_rank",
+        "ddp",
+        "ddp_find_unused_parameters",
+        "use_ray",
+        "ray_num_workers",
+        "torchdistx_path",
+        "low_cpu_mem_usage",
+        "experimental_skip_move_to_device",
+        "relora_cpu_offload",  # where ReLoRA merges, between steps
+        # layout flags of a weight format ftmem reads elsewhere (adapter, gptq)
+        "lora_fan_in_fan_out",
+        "gptq_model_v1",
+        "gptq_disable_exllama",
+        # flex_attention's torch.compile options (the backend is read: attn_implementation)
+        "flex_attn_compile_kwargs",
+        # dtype: axolotl sets the load dtype from bf16/fp16 (utils/config resolve_dtype)
+        "torch_dtype",
+        "tf32",
+    }
+)
+
+AXOLOTL_NUMBERS = (
+    ("sequence_len", "seq_len"),
+    ("micro_batch_size", "batch_size"),
+    ("gradient_accumulation_steps", "grad_accum"),
+)
+# the legacy attention switches and the backend each stands for, in the order axolotl
+# ranks them when several are set (utils/schemas/enums.py LEGACY_ATTN_FLAG_TO_IMPL)
+LEGACY_ATTENTION = {
+    "xformers_attention": "xformers",
+    "sage_attention": "sage",
+    "flex_attention": "flex_attention",
+    "flash_attention": "flash_attention_2",
+    "sdp_attention": "sdpa",
+    "eager_attention": "eager",
+}
+# ftmem's --attn for a backend name (shared.ATTENTION holds transformers' names; these are
+# axolotl's own, utils/schemas/enums.py CANONICAL_ATTN_IMPLS, and the Hub's FlashAttention
+# kernels its examples name)
+AXOLOTL_ATTENTION = {
+    "kernels-community/flash-attn2": "flash",
+    "kernels-community/flash-attn3": "flash",
+    "kernels-community/vllm-flash-attn3": "flash",
+}
+
+CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
+LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
+# plugins that change nothing in a step: logging, and lm_eval's benchmark after training
+QUIET_PLUGINS = frozenset(
+    {"axolotl.integrations.swanlab.SwanLabPlugin", "axolotl.integrations.lm_eval.LMEvalPlugin"}
+)
+# what each other plugin of integrations/ changes, for its note
+PLUGIN_EFFECTS = {
+    "KernelsPlugin": "swaps the MoE experts' forward for ScatterMoE or SonicMoE kernels",
+    "ExpertParallelPlugin": "shards the MoE experts over expert_parallel_size GPUs",
+    "DiffusionPlugin": "trains a masked-diffusion objective (noised copies of the inputs)",
+    "LLMCompressorPlugin": "keeps llm-compressor's sparsity masks through training",
+    "KDPlugin": "adds a distillation loss over the teacher's top-k log-probabilities",
+    "SpectrumPlugin": "trains only the layers its SNR scan picks",
+    "GrokfastPlugin": "keeps a moving average of every trainable gradient",
+    "MoraPlugin": "trains MoRA's square high-rank adapters instead of LoRA",
+    "DenseMixerPlugin": "computes every expert's output for the router's gradient",
+    "HatcheryPlugin": "trains from a remote RL environment",
+    "NemoGymPlugin": "trains from NeMo Gym RL environments",
+}
+LIGER_KERNELS = (
+    "liger_rms_norm",
+    "liger_rms_norm_gated",
+    "liger_layer_norm",
+    "liger_glu_activation",
+    "liger_swiglu",
+    "liger_rope",
+)
+
+# what a preference or RL trainer (rl:, utils/schemas/enums.py RLType) adds to one SFT
+# step; {reference} is the reference model as axolotl sets it up (_rl_note)
+_PAIRS = (
+    "each example's chosen and rejected sequences (TRL concatenates them: 2 × micro_batch_size)"
+)
+_GENERATION = (
+    "the completions generated per prompt (trl.num_generations, with a KV cache or a "
+    "vLLM engine) and, when trl.beta > 0, {reference}"
+)
+RL_NOT_COUNTED = {
+    "dpo": f"{_PAIRS} and {{reference}}",
+    "ipo": f"{_PAIRS} and {{reference}}",
+    "simpo": f"{_PAIRS} and {{reference}}",
+    "orpo": f"{_PAIRS} (ORPO needs no reference model)",
+    "kto": "{reference}, also over the mismatched completions of its KL term",
+    "grpo": _GENERATION,
+    "gdpo": _GENERATION,
+    "ebft": "the generated completions and the frozen copy of the model that embeds them",
+}
 
 
-def _axolotl_method(k: Keys, cfg: FrameworkConfig) -> None:
+def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
+    cfg.model = k.text("base_model")
+    if (config := k.text("base_model_config")) and config != cfg.model:
+        cfg.notes.append(
+            f"base_model_config: axolotl takes the architecture from {config}; estimated "
+            f"as {cfg.model}."
+        )
+    _method(k, cfg)
+    _modules_to_save(k, cfg)
+    settings_from(k, cfg, AXOLOTL_NUMBERS)
+    _checkpointing(k, cfg)
+    plugins = _plugins(k, cfg)
+    _loss(k, cfg, plugins)
+    hf_optimizer(k, "optimizer", cfg)
+    _precision(k, cfg)
+    _attention(k, cfg)
+    if k.flag("sample_packing"):
+        cfg.notes.append(
+            "sample_packing: each micro-batch is packed to sequence_len tokens, as estimated."
+        )
+    if k.flag_or_text("torch_compile", ("auto",)):  # "auto": on from torch 2.5.1
+        cfg.settings["compile"] = True
+    _training_objective(k, cfg)
+    _kernels_and_formats(k, cfg)
+    _parallel_degrees(k, cfg)
+    distributed_settings(k, base, cfg)
+    _defaults(k, cfg)
+    return AXOLOTL_KEYS
+
+
+def _method(k: Keys, cfg: FrameworkConfig) -> None:
     """axolotl's adapter (LoRA, QLoRA, DoRA, rsLoRA, ReLoRA) or unfrozen parameters."""
     s = cfg.settings
     adapter = (k.text("adapter") or "").lower()
     if adapter in ("lora", "qlora"):
-        s["method"] = "qlora" if adapter == "qlora" or k.flag("load_in_4bit") else "lora"
+        # a 4-bit base only for qlora (loaders/model.py ModelLoader._set_quantization_config
+        # builds no quantisation config for lora + load_in_4bit)
+        s["method"] = adapter
+        if adapter == "lora" and k.flag("load_in_4bit"):
+            cfg.notes.append(
+                "load_in_4bit with adapter: lora: axolotl quantises to 4 bits only for "
+                "adapter: qlora; estimated on a 16-bit base."
+            )
         if k.flag("load_in_8bit") and adapter == "lora":
             s.update(method="qlora", quant="int8")
+        if k.flag("gptq") and adapter == "lora":  # LoRA over a GPTQ checkpoint's int4 linears
+            s.update(method="qlora", quant="int4")
         if k.flag("peft_use_dora"):
             s["method"] = "dora"
     elif adapter:
@@ -35,18 +263,63 @@ def _axolotl_method(k: Keys, cfg: FrameworkConfig) -> None:
         # full finetuning restricted to the parameters matching these regular expressions
         s.update(method="partial", trainable_modules=",".join(patterns))
     if "method" in s and s["method"] != "partial":
+        if k.patterns("unfrozen_parameters"):
+            cfg.notes.append(
+                "unfrozen_parameters with an adapter: axolotl freezes every parameter the "
+                "patterns do not match after adding the adapter (train.py "
+                "setup_model_and_tokenizer, utils/freeze.py freeze_layers_except); estimated "
+                "as the adapter alone training."
+            )
         lora_numbers(k, cfg)
         if k.flag("lora_target_linear"):
             s["lora_targets"] = "all-linear"
         elif targets := peft_targets(k.names("lora_target_modules")):
             s["lora_targets"] = targets
+        _quant_options(k, cfg)
+        _adapter_notes(k, cfg)
     if k.flag("peft_use_rslora") and s.get("method") == "lora":
         s["method"] = "rslora"
-    if k.integer("relora_steps") and s.get("method") == "lora":
+    # ReLoRA: relora (utils/schemas/peft.py) or its older relora_steps
+    if (k.flag("relora") or k.integer("relora_steps")) and s.get("method") == "lora":
         s["method"] = "relora"
 
 
-def _axolotl_modules_to_save(k: Keys, cfg: FrameworkConfig) -> None:
+def _quant_options(k: Keys, cfg: FrameworkConfig) -> None:
+    """``bnb_config_kwargs`` over axolotl's 4-bit config (loaders/model.py
+    ModelLoader._set_quantization_config: NF4, double quantisation, as ftmem's defaults)."""
+    if cfg.settings.get("method") != "qlora" or "quant" in cfg.settings:
+        return
+    bnb = k.section("bnb_config_kwargs")
+    if "bnb_4bit_use_double_quant" in bnb:
+        cfg.settings["double_quant"] = bnb.flag("bnb_4bit_use_double_quant")
+    if kind := bnb.choice("bnb_4bit_quant_type", ("nf4", "fp4")):
+        cfg.settings["quant"] = kind
+
+
+def _adapter_notes(k: Keys, cfg: FrameworkConfig) -> None:
+    """What axolotl's adapter options change that ftmem does not model."""
+    if k.text("lora_model_dir"):
+        cfg.notes.append(
+            "lora_model_dir: axolotl loads that adapter with its own rank and targets "
+            "(its adapter_config.json); the estimate uses this file's lora_* keys."
+        )
+    if names := k.names("lora_target_parameters"):
+        cfg.notes.append(
+            f"lora_target_parameters ({', '.join(names)}): LoRA on MoE expert parameters is "
+            "modelled only under --traced (--lora-targets experts); not counted here."
+        )
+    kernels = [x for x in ("lora_qkv_kernel", "lora_o_kernel", "lora_mlp_kernel") if k.flag(x)]
+    if kernels:
+        cfg.notes.append(
+            f"{', '.join(kernels)}: axolotl's LoRA autograd functions (kernels/lora.py; the "
+            "MLP's with a SwiGLU/GEGLU Triton kernel) replace peft's forward there and save "
+            "other tensors; estimated with peft's."
+        )
+    if k.raw("peft") is not None:
+        cfg.notes.append("peft: its options (LoftQ initialisation and others) are not modelled.")
+
+
+def _modules_to_save(k: Keys, cfg: FrameworkConfig) -> None:
     """``lora_modules_to_save``: the embedding and the LM head are trained in full."""
     names = k.names("lora_modules_to_save")
     if not names or cfg.settings.get("method") in (None, "partial"):
@@ -63,82 +336,403 @@ def _axolotl_modules_to_save(k: Keys, cfg: FrameworkConfig) -> None:
         cfg.settings["lora_modules_to_save"] = ",".join(sorted(kinds - {""}))
 
 
-AXOLOTL_NUMBERS = (
-    ("sequence_len", "seq_len"),
-    ("micro_batch_size", "batch_size"),
-    ("gradient_accumulation_steps", "grad_accum"),
-)
-# axolotl's attention switches, the first one set wins
-AXOLOTL_ATTENTION = (
-    ("flash_attention", "flash"),
-    ("sdp_attention", "sdpa"),
-    ("eager_attention", "eager"),
-)
-# the keys _axolotl reads; read_framework_config lists every other one as ignored
+def _checkpointing(k: Keys, cfg: FrameworkConfig) -> None:
+    """Checkpointing and activation offloading. ``gradient_checkpointing: offload`` is
+    checkpointing with ``activation_offloading: true``, ``offload_disk`` with ``disk``
+    (utils/schemas/validation.py check_gradient_checkpointing_w_offload); "unsloth" was
+    its older releases' name for the first."""
+    s = cfg.settings
+    mode = k.flag_or_text("gradient_checkpointing", ("offload", "offload_disk", "unsloth"))
+    offload = k.flag_or_text("activation_offloading", ("legacy", "disk", "hidden_states"))
+    if mode:
+        s["grad_ckpt"] = True
+    if mode in ("offload", "unsloth"):
+        offload = True
+    elif mode == "offload_disk":
+        offload = "disk"
+    if offload:
+        # the checkpointed blocks' inputs go to the host with every other saved tensor
+        s["activation_offload"] = True
+        if not mode:
+            cfg.notes.append(
+                "activation_offloading without gradient_checkpointing: axolotl refuses it "
+                "(validation.py check_activation_offloading_wo_gc); estimated as offloading."
+            )
+    if offload == "disk":
+        cfg.notes.append(
+            "activation offloading to disk: the GPU holds what offloading to host RAM holds "
+            "(estimated so); the files are not counted."
+        )
+    elif offload == "hidden_states":
+        cfg.notes.append(
+            "activation_offloading: hidden_states moves only the checkpointed blocks' inputs "
+            "to the host; estimated as offloading every saved tensor, which counts the ones "
+            "outside the blocks (the LM head's input) on the host too."
+        )
+    ckpt = k.section("gradient_checkpointing_kwargs")
+    if ckpt.flag("use_reentrant"):
+        cfg.notes.append(
+            "gradient_checkpointing_kwargs use_reentrant: true: estimated as non-reentrant "
+            "checkpointing (the variant ftmem measures)."
+        )
+    if others := sorted(x for x in ckpt if x != "use_reentrant"):
+        cfg.notes.append(f"gradient_checkpointing_kwargs {', '.join(others)}: not read by ftmem.")
+
+
+def _plugins(k: Keys, cfg: FrameworkConfig) -> frozenset[str]:
+    """The plugins the file lists; the ones that change a step and are not the loss
+    plugins (read by _loss) each get a note."""
+    plugins = frozenset(k.names("plugins") or ())
+    for name in sorted(plugins - {CCE_PLUGIN, LIGER_PLUGIN} - QUIET_PLUGINS):
+        effect = PLUGIN_EFFECTS.get(name.rsplit(".", 1)[-1])
+        what = f" ({effect})" if effect else ""
+        cfg.notes.append(f"plugins: {name}{what} is not modelled; the estimate leaves it out.")
+    return plugins
+
+
+def _loss(k: Keys, cfg: FrameworkConfig, plugins: frozenset[str]) -> None:
+    """Cut Cross-Entropy and Liger's kernels. axolotl acts on their keys only through
+    their plugins (integrations/config.py merge_input_args adds the plugin's keys)."""
+    if CCE_PLUGIN in plugins and k.raw("cut_cross_entropy") is not False:
+        # integrations/cut_cross_entropy/args.py: cut_cross_entropy defaults to true
+        cfg.settings["loss"] = "fused"
+        cfg.notes.append(
+            "Cut Cross-Entropy (CutCrossEntropyPlugin): estimated as Liger's fused linear "
+            "cross-entropy, the closest loss ftmem models: neither keeps the logits. CCE "
+            "keeps only a per-row fp32 log-sum-exp until backward (apple/ml-cross-entropy "
+            "cce.py LinearCrossEntropyFunction), where Liger keeps the input's gradient "
+            "(tokens × hidden) and a trainable head's weight gradient: the estimate is high "
+            "by about that much."
+        )
+    elif k.flag("cut_cross_entropy"):
+        cfg.notes.append(
+            f"cut_cross_entropy: true does nothing without {CCE_PLUGIN} in plugins; not applied."
+        )
+    liger = LIGER_PLUGIN in plugins
+    if k.flag("liger_fused_linear_cross_entropy"):
+        cfg.settings["loss"] = "fused"
+    if k.flag("liger_cross_entropy"):
+        cfg.notes.append(
+            "liger_cross_entropy: Liger's cross-entropy over full logits (its gradient "
+            "written in place) is not modelled; estimated as the standard loss."
+        )
+    if kernels := [x for x in LIGER_KERNELS if k.flag(x)]:
+        cfg.notes.append(
+            f"{', '.join(kernels)}: Liger's fused kernels are not modelled; they save fewer "
+            "tensors than transformers' modules, whose saved tensors the estimate counts."
+        )
+    given = [x for x in ("liger_fused_linear_cross_entropy", "liger_cross_entropy") if k.flag(x)]
+    if (given or kernels) and not liger:
+        cfg.notes.append(
+            f"liger_* keys: axolotl applies them only with {LIGER_PLUGIN} in plugins, which "
+            "this file does not list; estimated as the keys ask."
+        )
+
+
+def _precision(k: Keys, cfg: FrameworkConfig) -> None:
+    """axolotl's dtypes (utils/config/__init__.py resolve_dtype): bf16 (or "auto", the
+    default, on a GPU with bf16, unless fp16 is set) loads the weights in bf16 and turns on
+    HF Trainer's bf16 autocast; fp16 loads them in fp16 with fp16 autocast; bfloat16 /
+    float16 (or load_in_8bit) load them so with no autocast; else they load in fp32."""
+    s = cfg.settings
+    fp16 = k.flag("fp16")
+    bf16 = k.flag_or_text("bf16", ("auto",))
+    silent = k.raw("bf16") is None
+    if silent or bf16 == "auto":
+        bf16 = not fp16
+    if bf16 and silent:
+        said = f"bf16: auto, on a GPU with bf16; {AXOLOTL} utils/config resolve_dtype"
+        assume(cfg, "precision", "bf16", said)
+        assume(cfg, "autocast", True, said)
+    elif bf16:
+        s.update(precision="bf16", autocast=True)
+    elif fp16:
+        s.update(precision="fp16", autocast=True)
+    elif k.flag("bfloat16"):
+        s["precision"] = "bf16"
+    elif k.flag("float16") or k.flag("load_in_8bit"):
+        s["precision"] = "fp16"
+    else:
+        s["precision"] = "fp32"
+    if k.flag("fp8"):
+        cfg.notes.append("fp8: torchao's float8 training is not modelled; estimated without it.")
+
+
+def _attention(k: Keys, cfg: FrameworkConfig) -> None:
+    """``attn_implementation``, or the legacy switches axolotl maps onto it; it refuses
+    both together (utils/schemas/config.py normalize_attn_implementation)."""
+    legacy = [key for key in LEGACY_ATTENTION if k.flag(key)]
+    name = k.text("attn_implementation")
+    if name and legacy:
+        raise ConfigError(
+            f"{k.file}: attn_implementation cannot be combined with {', '.join(legacy)} "
+            "(axolotl refuses both; keep attn_implementation)."
+        )
+    if name in AXOLOTL_ATTENTION:
+        cfg.settings["attn"] = AXOLOTL_ATTENTION[name]
+    elif name:
+        cfg.settings["attn"] = attention(k, "attn_implementation", cfg)
+    elif legacy:
+        backend = LEGACY_ATTENTION[legacy[0]]
+        if backend not in ATTENTION:
+            cfg.notes.append(
+                f"{legacy[0]}: {backend} is not modelled; estimated with sdpa's memory."
+            )
+        cfg.settings["attn"] = ATTENTION.get(backend, "sdpa")
+    elif k.flag("gemma4_hybrid_attn_impl"):
+        cfg.settings["attn"] = "flash"  # its sliding-window layers run FlashAttention-2
+
+
+def _training_objective(k: Keys, cfg: FrameworkConfig) -> None:
+    """Trainers other than SFT of one causal LM: estimated as SFT, with what they add."""
+    if rl := k.text("rl"):
+        cfg.notes.append(_rl_note(k, cfg, rl))
+    elif k.raw("trl") is not None:
+        cfg.notes.append("trl: options of axolotl's RL trainers; unused without rl.")
+    if k.raw("vllm") is not None:
+        cfg.notes.append(
+            "vllm: the vLLM engine that generates for the RL trainer is not counted (its "
+            "gpu_memory_utilization share of a GPU when colocated)."
+        )
+    if k.flag("reward_model") or k.flag("process_reward_model"):
+        cfg.notes.append(
+            "reward_model: a classification head (num_labels outputs) replaces the LM head; "
+            "estimated as a causal LM, with the vocabulary-wide logits it does not compute."
+        )
+    for key, what in (
+        ("diffusion", "the masked-diffusion objective"),
+        ("ebft", "energy-based finetuning's generation and feature model"),
+        ("use_eaft", "EAFT's entropy-weighted loss (its top-k over the logits)"),
+        ("llmcompressor", "llm-compressor's sparsity masks"),
+        ("lisa_n_layers", "LISA's sampled trainable layers (estimated as the file's method)"),
+        ("qat", "quantisation-aware training's fake-quantised weights and activations"),
+        ("use_onebitllms", "1-bit (BitNet-style) linears"),
+    ):
+        if k.raw(key) not in (None, False):
+            cfg.notes.append(f"{key}: {what} not modelled; the estimate leaves it out.")
+
+
+def _rl_note(k: Keys, cfg: FrameworkConfig, rl: str) -> str:
+    """What ``rl`` adds beyond SFT. The reference: with an adapter, TRL's forward with the
+    adapter off; else a second copy of the model (train.py setup_reference_model; not for
+    ORPO, nor GRPO / EBFT with trl.beta 0)."""
+    if cfg.settings.get("method") in ADAPTER_METHODS and not k.flag("rl_adapter_ref_model"):
+        reference = "the reference log-probabilities (a no-grad forward with the adapter off)"
+    else:
+        reference = "the reference model (a second copy of the weights) and its no-grad forward"
+    added = RL_NOT_COUNTED.get(rl.lower(), "what that trainer adds").format(reference=reference)
+    return f"rl: {rl} is estimated as supervised finetuning of one model; not counted: {added}."
+
+
+def _kernels_and_formats(k: Keys, cfg: FrameworkConfig) -> None:
+    """Kernels and weight formats that change what a step keeps, which ftmem does not model."""
+    switches = {
+        "use_kernels": "Hub kernels replace transformers' modules",
+        "use_scattermoe": "ScatterMoE's experts kernel",
+        "use_sonicmoe": "SonicMoE's experts kernel",
+        "llama4_linearized_experts": "Llama 4's experts as separate linears (quantisable)",
+        "quantize_moe_experts": "the MoE experts quantised on load (ftmem keeps them 16-bit)",
+        "tiled_mlp": "the MLP run in sequence tiles and recomputed (ALST)",
+        "fused_attn_kernel": "the fused RMSNorm + RoPE kernel of Qwen3 / Gemma 4",
+        "flash_attn_cross_entropy": "flash-attn's cross-entropy",
+        "flash_attn_rms_norm": "flash-attn's RMSNorm",
+        "flash_attn_fuse_mlp": "flash-attn's fused MLP",
+        "flash_optimum": "BetterTransformer",
+        "use_dsv4_kernels": "DeepSeek-V4's kernels",
+        "use_glm_dsa_kernels": "GLM's sparse-attention kernels",
+        "nvfp4_merge_aware": "NVFP4 merge-aware training",
+        "reinit_weights": "re-initialised weights",
+        "resize_token_embeddings_to_32x": "the vocabulary padded to a multiple of 32",
+    }
+    for key, what in switches.items():
+        if k.flag(key):
+            cfg.notes.append(f"{key}: {what}; not modelled.")
+    if (impl := k.text("experts_implementation")) and impl != "grouped_mm":
+        cfg.notes.append(
+            f"experts_implementation: {impl} is not modelled; estimated as transformers' "
+            "grouped experts (grouped_mm)."
+        )
+    for key in ("model_quantization_config", "dsv4_fp4_grouped_mode"):
+        if value := k.text(key):
+            dequantized = k.section("model_quantization_config_kwargs").flag("dequantize")
+            if key == "model_quantization_config" and dequantized:
+                continue  # dequantised to the load dtype, as estimated
+            cfg.notes.append(f"{key}: {value} weights are not modelled; estimated in 16 bits.")
+    if k.section("model_config").flag("output_router_logits"):
+        cfg.notes.append(
+            "model_config output_router_logits: the router logits kept for the auxiliary loss "
+            "(tokens × experts per layer) are not counted."
+        )
+    if (groups := k.integer("gptq_groupsize", minimum=-1)) is not None and groups != 128:
+        cfg.notes.append(f"gptq_groupsize {groups}: estimated with int4's 128 inputs per scale.")
+    if k.raw("device_map") == "auto":
+        cfg.notes.append(
+            "device_map: auto spreads the layers over every visible GPU; estimated on one."
+        )
+
+
+def _parallel_degrees(k: Keys, cfg: FrameworkConfig) -> None:
+    """axolotl's N-D parallelism: the GPU count comes from the launcher, so the degrees
+    are named for the command line rather than applied."""
+    flags = {"context_parallel_size": "--cp", "sequence_parallel_degree": "--cp",
+             "tensor_parallel_size": "--tp"}  # fmt: skip
+    for key, flag in flags.items():
+        if (n := k.integer(key)) and n > 1:
+            cfg.notes.append(
+                f"{key} {n}: not applied (the GPU count comes from the launcher); give "
+                f"--gpus and {flag} {n}."
+            )
+    for key, what in (
+        ("dp_shard_size", "FSDP shards over"),
+        ("dp_replicate_size", "replicas of the sharded group (HSDP):"),
+        ("expert_parallel_size", "the experts are split over"),
+    ):
+        if (n := k.integer(key)) and n > 1:
+            cfg.notes.append(f"{key} {n}: {what} {n} GPUs; not modelled beyond --strategy.")
+
+
+def _defaults(k: Keys, cfg: FrameworkConfig) -> None:
+    """axolotl's defaults where the file is silent, each with its source."""
+    schema = f"{AXOLOTL} utils/schemas"
+    assume(cfg, "seq_len", 512, f"sequence_len; {schema}/config.py AxolotlInputConfig")
+    assume(cfg, "batch_size", 1, f"micro_batch_size; {schema}/training.py")
+    if (total := k.integer("batch_size")) is not None and "grad_accum" not in cfg.settings:
+        # utils/config normalize_config: batch_size // micro_batch_size (one GPU)
+        accum = max(1, total // cfg.settings["batch_size"])
+        assume(cfg, "grad_accum", accum, "batch_size // micro_batch_size; normalize_config")
+    assume(cfg, "grad_accum", 1, f"gradient_accumulation_steps; {schema}/training.py")
+    if "optimizer" not in cfg.settings and k.raw("optimizer") is None:
+        said = f"adamw_torch_fused; {schema}/training.py HyperparametersConfig.optimizer"
+        assume(cfg, "optimizer", "adamw", said)
+        assume(cfg, "optimizer_impl", "fused", said)
+    if cfg.settings.get("method") in ADAPTER_METHODS:
+        assume(cfg, "lora_dropout", 0.0, f"lora_dropout; {schema}/peft.py LoraConfig")
+    if _evaluates(k):
+        if (batch := k.integer("eval_batch_size")) is not None:
+            cfg.settings["eval_batch_size"] = batch
+        micro = cfg.settings["batch_size"]
+        assume(cfg, "eval_batch_size", micro, "micro_batch_size; utils/config normalize_config")
+
+
+def _evaluates(k: Keys) -> bool:
+    """Whether the run evaluates: on held-out data (val_set_size, test_datasets) every
+    eval_steps, or evals_per_epoch times an epoch (normalize_config turns it into
+    eval_steps when there is more than one evaluation in the run), or per eval_strategy
+    (core/builders/base.py _configure_save_and_eval_strategy; HF's default is "no")."""
+    held_out = (k.number("val_set_size", low=0.0) or 0.0) > 0 or bool(k.raw("test_datasets"))
+    strategy = k.text("eval_strategy") or k.text("evaluation_strategy")
+    if not held_out or strategy == "no":
+        return False
+    epochs = k.number("num_epochs", low=0.0) or 1.0  # utils/schemas/training.py default
+    per_epoch = k.integer("evals_per_epoch")
+    return bool(strategy or k.number("eval_steps") or (per_epoch and per_epoch * epochs > 1))
+
+
+# the keys read above; read_framework_config lists every other one as ignored
 AXOLOTL_KEYS = frozenset(
     {
         "base_model",
+        "base_model_config",
         "adapter",
         "load_in_4bit",
         "load_in_8bit",
+        "gptq",
+        "gptq_groupsize",
+        "bnb_config_kwargs",
         "peft_use_dora",
+        "peft_use_rslora",
+        "relora_steps",
         "lora_r",
         "lora_alpha",
         "lora_dropout",
         "lora_target_linear",
         "lora_target_modules",
         "lora_modules_to_save",
+        "lora_model_dir",
+        "lora_target_parameters",
+        "lora_qkv_kernel",
+        "lora_o_kernel",
+        "lora_mlp_kernel",
+        "peft",
         "unfrozen_parameters",
-        "peft_use_rslora",
-        "relora_steps",
-        "liger_fused_linear_cross_entropy",
-        "activation_offloading",
         "sequence_len",
         "micro_batch_size",
+        "batch_size",
         "gradient_accumulation_steps",
         "gradient_checkpointing",
+        "gradient_checkpointing_kwargs",
+        "activation_offloading",
+        "plugins",
+        "cut_cross_entropy",
+        "liger_fused_linear_cross_entropy",
+        "liger_cross_entropy",
+        *LIGER_KERNELS,
         "optimizer",
         "bf16",
         "fp16",
-        "tf32",
-        "flash_attention",
-        "sdp_attention",
-        "eager_attention",
+        "bfloat16",
+        "float16",
+        "fp8",
+        "attn_implementation",
+        *LEGACY_ATTENTION,
+        "gemma4_hybrid_attn_impl",
         "sample_packing",
         "pad_to_sequence_len",
+        "torch_compile",
+        "rl",
+        "rl_adapter_ref_model",
+        "trl",
+        "vllm",
+        "relora",
+        "num_labels",
+        "val_set_size",
+        "test_datasets",
+        "num_epochs",
+        "evals_per_epoch",
+        "eval_steps",
+        "eval_strategy",
+        "evaluation_strategy",
+        "eval_batch_size",
+        "reward_model",
+        "process_reward_model",
+        "diffusion",
+        "ebft",
+        "use_eaft",
+        "llmcompressor",
+        "lisa_n_layers",
+        "qat",
+        "use_onebitllms",
+        "use_kernels",
+        "use_scattermoe",
+        "use_sonicmoe",
+        "llama4_linearized_experts",
+        "quantize_moe_experts",
+        "tiled_mlp",
+        "fused_attn_kernel",
+        "flash_attn_cross_entropy",
+        "flash_attn_rms_norm",
+        "flash_attn_fuse_mlp",
+        "flash_optimum",
+        "use_dsv4_kernels",
+        "use_glm_dsa_kernels",
+        "nvfp4_merge_aware",
+        "reinit_weights",
+        "resize_token_embeddings_to_32x",
+        "experts_implementation",
+        "model_quantization_config",
+        "model_quantization_config_kwargs",
+        "dsv4_fp4_grouped_mode",
+        "model_config",
+        "device_map",
+        "context_parallel_size",
+        "sequence_parallel_degree",
+        "tensor_parallel_size",
+        "dp_shard_size",
+        "dp_replicate_size",
+        "expert_parallel_size",
         "deepspeed",
         "fsdp",
         "fsdp_config",
         "fsdp_version",
-        "base_model_config",
     }
 )
-
-
-def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
-    s = cfg.settings
-    cfg.model = k.text("base_model")
-    _axolotl_method(k, cfg)
-    if k.flag("liger_fused_linear_cross_entropy"):
-        s["loss"] = "fused"
-    if k.flag_or_text("activation_offloading", ("legacy", "disk")):  # axolotl's schema
-        s["activation_offload"] = True
-    _axolotl_modules_to_save(k, cfg)
-    settings_from(k, cfg, AXOLOTL_NUMBERS)
-    # axolotl's schema (utils/schemas/config.py): true, false, "offload" or "offload_disk";
-    # "unsloth" in its older releases
-    if k.flag_or_text("gradient_checkpointing", ("offload", "offload_disk", "unsloth")):
-        s["grad_ckpt"] = True
-    hf_optimizer(k, "optimizer", cfg)
-    bf16 = k.raw("bf16") == "auto" or k.flag("bf16")
-    hf_trainer_precision(k, cfg, "bfloat16" if bf16 else None)
-    for key, attn in AXOLOTL_ATTENTION:
-        if k.flag(key):
-            s["attn"] = attn
-            break
-    if k.flag("sample_packing"):
-        cfg.notes.append(
-            "sample_packing: each micro-batch is packed to sequence_len tokens, as estimated."
-        )
-    distributed_settings(k, base, cfg)
-    return AXOLOTL_KEYS

@@ -1,0 +1,354 @@
+"""axolotl's shipped configs (tests/fixtures/frameworks/axolotl, verbatim, see SOURCES.md)
+read as axolotl runs them. Each expected mapping is written by hand from the file and from
+axolotl's own rules and defaults (axolotl-ai-cloud/axolotl@067b021c8b87:
+src/axolotl/utils/schemas/*.py, utils/config/__init__.py resolve_dtype / normalize_config,
+loaders/model.py, integrations/*), not copied from the reader's output."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ftmem import estimate
+from ftmem.cli import app
+from ftmem.errors import ConfigError, FtmemError
+from ftmem.frameworks import axolotl, read_framework_config
+from ftmem.frameworks.shared import NO_MEMORY_EFFECT
+
+FIXTURES = Path(__file__).parent / "fixtures" / "frameworks" / "axolotl"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "frameworks" / "axolotl.md"
+AXO = "axolotl"
+# bf16: auto on a GPU with bf16: bf16 weights under HF Trainer's bf16 autocast
+BF16 = dict(precision="bf16", autocast=True)
+# LoRA r 32, alpha 16, dropout 0.05 on every linear: the Llama-3 examples' adapter
+LLAMA3_LORA = dict(lora_r=32, lora_alpha=16, lora_dropout=0.05, lora_targets="all-linear")
+
+EXPECTED = {
+    # adapter qlora + load_in_4bit; paged_adamw_32bit is AdamW's 32-bit states;
+    # val_set_size 0: no evaluation
+    "llama-3-qlora.yml": (
+        "NousResearch/Meta-Llama-3-8B",
+        dict(method="qlora", **LLAMA3_LORA, seq_len=4096, batch_size=2, grad_accum=4,
+             grad_ckpt=True, optimizer="adamw", attn="flash", **BF16),
+    ),
+    # adapter lora + load_in_8bit: LoRA over int8 linears; embed_tokens and lm_head
+    # trained in full; val_set_size 0.05 and 4 evaluations an epoch at micro_batch_size
+    "llama-3-lora-8b.yml": (
+        "NousResearch/Meta-Llama-3-8B",
+        dict(method="qlora", quant="int8", **LLAMA3_LORA, lora_modules_to_save="embed,head",
+             seq_len=4096, batch_size=2, grad_accum=4, grad_ckpt=True, optimizer="adamw-8bit",
+             attn="flash", eval_batch_size=2, **BF16),
+    ),
+    # full finetuning; CutCrossEntropyPlugin (fused loss); activation_offloading: legacy;
+    # adamw_torch_8bit noted (AdamW); val_set_size 0.0; ZeRO-3 with both offloads (the JSON)
+    "alst-llama3-8b-deepspeed-alst.yaml": (
+        "meta-llama/Llama-3.1-8B",
+        dict(seq_len=500_000, batch_size=1, grad_accum=1, grad_ckpt=True,
+             activation_offload=True, loss="fused", attn="flash", **BF16),
+    ),
+    # gradient_checkpointing: offload = checkpointing + activation_offloading: true;
+    # CutCrossEntropyPlugin; no lora_dropout: axolotl's 0.0; adamw_torch_4bit noted
+    "qwen3-32b-qlora.yaml": (
+        "Qwen/Qwen3-32B",
+        dict(method="qlora", lora_r=16, lora_alpha=32, lora_dropout=0.0,
+             lora_targets="q_proj,k_proj,v_proj,o_proj,down_proj,up_proj", seq_len=2048,
+             batch_size=1, grad_accum=2, grad_ckpt=True, activation_offload=True, loss="fused",
+             attn="flash", **BF16),
+    ),
+    # LigerPlugin with liger_fused_linear_cross_entropy; adamw_torch_fused; val_set_size
+    # 0.02 with 2 evaluations an epoch at micro_batch_size 2
+    "llama-3-fft-8b-liger-fsdp.yaml": (
+        "NousResearch/Meta-Llama-3.1-8B",
+        dict(seq_len=4096, batch_size=2, grad_accum=4, grad_ckpt=True, loss="fused",
+             optimizer="adamw", optimizer_impl="fused", attn="flash", eval_batch_size=2,
+             **BF16),
+    ),
+    # qlora (unfrozen_parameters beside it: noted); lora_dropout 0; val_set_size 0.0
+    "gemma3-gemma-3-1b-qlora.yml": (
+        "google/gemma-3-1b-it",
+        dict(method="qlora", lora_r=32, lora_alpha=16, lora_dropout=0,
+             lora_targets="all-linear", seq_len=2048, batch_size=1, grad_accum=4,
+             grad_ckpt=True, optimizer="adamw-8bit", attn="flash", **BF16),
+    ),
+    # rl: dpo (noted); LoRA over an 8-bit base; evaluation at micro_batch_size 2
+    "llama-3-instruct-dpo-lora-8b.yml": (
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        dict(method="qlora", quant="int8", **LLAMA3_LORA, seq_len=4096, batch_size=2,
+             grad_accum=4, grad_ckpt=True, optimizer="adamw-8bit", attn="flash",
+             eval_batch_size=2, **BF16),
+    ),
+    # bf16: true; the Hub's vLLM FlashAttention-3 kernel; CutCrossEntropyPlugin;
+    # activation_offloading: true; Mxfp4Config with dequantize: true (16-bit weights)
+    "gpt-oss-gpt-oss-20b-sft-lora-singlegpu.yaml": (
+        "openai/gpt-oss-20b",
+        dict(method="lora", lora_r=8, lora_alpha=16, lora_dropout=0.0,
+             lora_targets="all-linear", seq_len=4096, batch_size=1, grad_accum=8,
+             grad_ckpt=True, activation_offload=True, loss="fused", attn="flash", **BF16),
+    ),
+    # gptq: true with adapter lora: LoRA over int4 linears; bf16 and fp16 false, float16:
+    # fp16 weights without autocast; no attention key (sdpa); evaluation at batch 1
+    "llama-2-gptq-lora.yml": (
+        "TheBloke/Llama-2-7B-GPTQ",
+        dict(method="qlora", quant="int4", lora_r=8, lora_alpha=32, lora_dropout=0.05,
+             lora_targets="k_proj,o_proj,q_proj,v_proj", seq_len=4096, batch_size=1,
+             grad_accum=1, grad_ckpt=True, optimizer="adamw", optimizer_impl="fused",
+             precision="fp16", eval_batch_size=1),
+    ),
+}  # fmt: skip
+# the multi-GPU settings (frameworks.distributed's, tested there): what each file says
+DISTRIBUTED = {
+    "alst-llama3-8b-deepspeed-alst.yaml": dict(
+        strategy="zero3", offload_optimizer="cpu", offload_params="cpu"
+    ),
+    "llama-3-fft-8b-liger-fsdp.yaml": None,  # FSDP with offload: frameworks.distributed's
+}
+UNRESOLVED = {"gpt-oss-gpt-oss-20b-sft-lora-singlegpu.yaml"}  # no ftmem preset
+
+
+@pytest.fixture(autouse=True)
+def _in_fixture_folder(monkeypatch):
+    """axolotl runs from its root, where `deepspeed: deepspeed_configs/...` lies."""
+    monkeypatch.chdir(FIXTURES)
+
+
+def _mine(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in ("strategy", "offload_optimizer",
+                                                            "offload_params")}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_config_maps_to_the_settings_axolotl_runs(name):
+    model, settings = EXPECTED[name]
+    cfg = read_framework_config(str(FIXTURES / name))
+    assert cfg.framework == AXO and cfg.model == model
+    assert _mine(cfg.settings) == {"framework": AXO, **settings}
+    if (parallel := DISTRIBUTED.get(name)) is not None:
+        assert {k: cfg.settings.get(k) for k in parallel} == parallel
+    # every key that changes memory is read (applied or noted); the rest are known no-ops
+    assert not any("not read by ftmem" in note for note in cfg.notes), cfg.notes
+    assert set(cfg.ignored) <= NO_MEMORY_EFFECT | axolotl.NO_MEMORY_EFFECT
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_config_estimates_or_names_the_model_it_lacks(name):
+    cfg = read_framework_config(str(FIXTURES / name))
+    run = dict(cfg.settings)
+    if "strategy" in run:
+        run["gpus"] = 8
+    if name in UNRESOLVED:
+        with pytest.raises(FtmemError, match="Unknown model"):
+            estimate(cfg.model, **run)
+        return
+    assert estimate(cfg.model, **run).memory.peak_allocated_bytes > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "note"),
+    [
+        ("alst-llama3-8b-deepspeed-alst.yaml", "Cut Cross-Entropy (CutCrossEntropyPlugin)"),
+        ("alst-llama3-8b-deepspeed-alst.yaml", "give --gpus and --cp 8"),
+        ("alst-llama3-8b-deepspeed-alst.yaml", "tiled_mlp"),
+        ("alst-llama3-8b-deepspeed-alst.yaml", "adamw_torch_8bit is not modelled"),
+        ("qwen3-32b-qlora.yaml", "lora_qkv_kernel, lora_o_kernel, lora_mlp_kernel"),
+        ("qwen3-32b-qlora.yaml", "lora_dropout 0.0 (lora_dropout;"),
+        ("llama-3-fft-8b-liger-fsdp.yaml", "liger_rms_norm, liger_glu_activation, liger_rope"),
+        ("gemma3-gemma-3-1b-qlora.yml", "unfrozen_parameters with an adapter"),
+        ("llama-3-instruct-dpo-lora-8b.yml", "rl: dpo is estimated as supervised finetuning"),
+        ("llama-3-instruct-dpo-lora-8b.yml", "chosen and rejected"),
+        ("llama-3-instruct-dpo-lora-8b.yml", "a no-grad forward with the adapter off"),
+        ("gpt-oss-gpt-oss-20b-sft-lora-singlegpu.yaml", "use_kernels"),
+        ("llama-2-gptq-lora.yml", "eval_batch_size 1 (micro_batch_size;"),
+    ],
+)
+def test_what_is_not_modelled_or_assumed_is_said(name, note):
+    assert any(note in n for n in read_framework_config(str(FIXTURES / name)).notes)
+
+
+def test_method_full_over_a_lora_config_drops_the_adapter_settings():
+    res = CliRunner().invoke(
+        app, ["estimate", "--from", "llama-3-lora-8b.yml", "--method", "full", "--format", "json"]
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["run"]["method"] == "full" and out["run"]["lora_r"] is None
+    assert any("lora_r" in n and "Not taken from" in n for n in out["notes"])
+
+
+def _read(tmp_path: Path, text: str) -> tuple[dict, list[str]]:
+    path = tmp_path / "axo.yml"
+    path.write_text("base_model: meta-llama/Llama-2-7b-hf\n" + text)
+    cfg = read_framework_config(str(path))
+    return cfg.settings, cfg.notes
+
+
+def test_defaults_where_the_file_is_silent(tmp_path):
+    """sequence_len 512 (config.py), micro_batch_size 1 and gradient_accumulation_steps 1
+    (training.py), adamw_torch_fused, bf16 auto, lora_dropout 0.0 (peft.py)."""
+    settings, notes = _read(tmp_path, "adapter: lora\n")
+    assert settings == dict(method="lora", seq_len=512, batch_size=1, grad_accum=1,
+                            optimizer="adamw", optimizer_impl="fused", lora_dropout=0.0,
+                            framework=AXO, **BF16)  # fmt: skip
+    assumed = next(n for n in notes if n.startswith("axolotl defaults where the file is silent"))
+    assert "seq_len 512 (sequence_len;" in assumed and "utils/schemas/config.py" in assumed
+    assert "optimizer_impl fused (adamw_torch_fused;" in assumed
+    # normalize_config: gradient_accumulation_steps = batch_size // micro_batch_size
+    settings, _ = _read(tmp_path, "batch_size: 16\nmicro_batch_size: 4\n")
+    assert settings["grad_accum"] == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", dict(precision="bf16", autocast=True)),  # bf16 auto
+        ("bf16: true\n", dict(precision="bf16", autocast=True)),
+        ("bf16: false\n", dict(precision="fp32")),  # resolve_dtype: float32
+        ("fp16: true\n", dict(precision="fp16", autocast=True)),  # auto turned off by fp16
+        ("bf16: auto\nfp16: true\n", dict(precision="fp16", autocast=True)),
+        ("bf16: false\nbfloat16: true\n", dict(precision="bf16")),  # no AMP
+        ("bf16: false\nfloat16: true\n", dict(precision="fp16")),
+    ],
+)
+def test_precision_as_axolotl_resolves_it(tmp_path, text, expected):
+    settings, _ = _read(tmp_path, text)
+    assert {k: settings.get(k) for k in ("precision", "autocast")} == {"autocast": None, **expected}
+
+
+@pytest.mark.parametrize(
+    ("text", "attn", "note"),
+    [
+        ("attn_implementation: flash_attention_3\n", "flash", None),
+        ("attn_implementation: eager\n", "eager", None),
+        ("attn_implementation: kernels-community/flash-attn3\n", "flash", None),
+        ("attn_implementation: flex_attention\n", "sdpa", "flex_attention is not modelled"),
+        ("attn_implementation: xformers\n", "sdpa", "xformers is not modelled"),
+        # legacy switches: the most specific wins (enums.py LEGACY_ATTN_FLAG_TO_IMPL)
+        ("flash_attention: true\nsdp_attention: true\n", "flash", None),
+        ("sdp_attention: true\neager_attention: true\n", "sdpa", None),
+        ("xformers_attention: true\nflash_attention: true\n", "sdpa", "xformers_attention"),
+        ("gemma4_hybrid_attn_impl: true\n", "flash", None),
+    ],
+)
+def test_attention(tmp_path, text, attn, note):
+    settings, notes = _read(tmp_path, text)
+    assert settings["attn"] == attn
+    assert note is None or any(note in n for n in notes), notes
+
+
+@pytest.mark.parametrize(
+    ("text", "offload", "note"),
+    [
+        ("gradient_checkpointing: offload\n", True, None),
+        ("gradient_checkpointing: offload_disk\n", True, "to disk"),
+        ("gradient_checkpointing: true\nactivation_offloading: hidden_states\n", True,
+         "hidden_states moves only the checkpointed blocks' inputs"),
+        ("gradient_checkpointing: true\nactivation_offloading: legacy\n", True, None),
+        ("gradient_checkpointing: true\n", None, None),
+        ("gradient_checkpointing: true\ngradient_checkpointing_kwargs: {use_reentrant: true}\n",
+         None, "use_reentrant: true: estimated as non-reentrant"),
+        ("activation_offloading: true\n", True, "axolotl refuses it"),
+    ],
+)  # fmt: skip
+def test_checkpointing_and_offload(tmp_path, text, offload, note):
+    settings, notes = _read(tmp_path, text)
+    assert settings.get("activation_offload") is offload
+    assert settings.get("grad_ckpt") is (None if text.startswith("activation") else True)
+    assert note is None or any(note in n for n in notes), notes
+
+
+CCE = "  - axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "loss", "note"),
+    [
+        ("plugins:\n" + CCE, "fused", "Cut Cross-Entropy"),
+        ("plugins:\n" + CCE + "cut_cross_entropy: false\n", None, None),
+        ("cut_cross_entropy: true\n", None, "does nothing without"),
+        ("plugins:\n  - axolotl.integrations.liger.LigerPlugin\n"
+         "liger_fused_linear_cross_entropy: true\n", "fused", None),
+        ("liger_fused_linear_cross_entropy: true\n", "fused", "which this file does not list"),
+        ("plugins:\n  - axolotl.integrations.liger.LigerPlugin\nliger_cross_entropy: true\n",
+         None, "liger_cross_entropy"),
+        ("plugins:\n  - axolotl.integrations.grokfast.GrokfastPlugin\n", None,
+         "GrokfastPlugin (keeps a moving average of every trainable gradient)"),
+        ("plugins:\n  - my.own.Plugin\n", None, "my.own.Plugin is not modelled"),
+    ],
+)  # fmt: skip
+def test_plugins(tmp_path, text, loss, note):
+    settings, notes = _read(tmp_path, text)
+    assert settings.get("loss") == loss
+    assert note is None or any(note in n for n in notes), notes
+
+
+def test_logging_plugins_are_quiet(tmp_path):
+    _, notes = _read(tmp_path, "plugins:\n  - axolotl.integrations.swanlab.SwanLabPlugin\n")
+    assert not any("plugins" in n for n in notes), notes
+
+
+@pytest.mark.parametrize(
+    ("text", "eval_batch"),
+    [
+        ("val_set_size: 0.05\nevals_per_epoch: 4\nmicro_batch_size: 3\n", 3),
+        ("val_set_size: 0.05\neval_steps: 50\neval_batch_size: 8\n", 8),
+        # one evaluation in a one-epoch run: normalize_config sets no eval_steps
+        ("val_set_size: 0.05\nevals_per_epoch: 1\n", None),
+        ("val_set_size: 0.0\nevals_per_epoch: 4\n", None),
+        ("val_set_size: 0.05\n", None),  # HF's eval_strategy default "no"
+    ],
+)
+def test_evaluation_as_axolotl_schedules_it(tmp_path, text, eval_batch):
+    settings, _ = _read(tmp_path, text)
+    assert settings.get("eval_batch_size") == eval_batch
+
+
+def test_rl_names_what_it_leaves_out(tmp_path):
+    _, notes = _read(tmp_path, "rl: dpo\n")  # full finetuning: a second copy
+    assert any("the reference model (a second copy of the weights)" in n for n in notes)
+    _, notes = _read(tmp_path, "rl: orpo\nadapter: lora\n")
+    assert any("ORPO needs no reference model" in n for n in notes)
+    _, notes = _read(tmp_path, "rl: grpo\nadapter: lora\n")
+    assert any("completions generated per prompt" in n for n in notes)
+
+
+def test_adapters_as_axolotl_loads_them(tmp_path):
+    # _set_quantization_config quantises to 4 bits only for adapter: qlora
+    settings, notes = _read(tmp_path, "adapter: lora\nload_in_4bit: true\n")
+    assert settings["method"] == "lora" and any("16-bit base" in n for n in notes)
+    settings, _ = _read(tmp_path, "adapter: lora\nrelora: true\n")
+    assert settings["method"] == "relora"
+    text = "adapter: qlora\nload_in_4bit: true\nbnb_config_kwargs: {bnb_4bit_quant_type: fp4, "
+    settings, _ = _read(tmp_path, text + "bnb_4bit_use_double_quant: false}\n")
+    assert (settings["quant"], settings["double_quant"]) == ("fp4", False)
+    _, notes = _read(tmp_path, "adapter: lora\nlora_target_parameters: [experts.down_proj]\n")
+    assert any("--lora-targets experts" in n for n in notes)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("attn_implementation: sdpa\nflash_attention: true\n",
+         "attn_implementation cannot be combined with flash_attention"),
+        ("gradient_checkpointing: offload_cpu\n", "gradient_checkpointing must be true, false"),
+        ("activation_offloading: ram\n", "activation_offloading must be true, false"),
+        ("plugins: 3\n", "plugins must be a name or a list of names"),
+        ("bnb_config_kwargs: {bnb_4bit_quant_type: nf3}\nadapter: qlora\n",
+         "bnb_config_kwargs.bnb_4bit_quant_type must be one of nf4 or fp4"),
+        ("bf16: full\n", "bf16 must be true, false or one of auto"),
+    ],
+)  # fmt: skip
+def test_configs_axolotl_refuses_are_one_sentence(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        _read(tmp_path, text)
+    assert "axo.yml" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_docs_page_names_every_key_and_no_other():
+    page = DOC.read_text()
+    named = set(re.findall(r"^\| `([a-z_0-9.]+)`", page, flags=re.M))
+    known = axolotl.AXOLOTL_KEYS | axolotl.NO_MEMORY_EFFECT
+    assert known <= named, sorted(known - named)
+    assert named <= known, sorted(named - known)
