@@ -340,7 +340,16 @@ FROM = [
         "A training config to read the run from: axolotl, torchtune, TRL / TrainingArguments, "
         "LitGPT or LLaMA-Factory (flags given here override it).",
         "--from",
-    )
+    ),
+    _opt(
+        "launcher",
+        OptStr,
+        None,
+        "The launcher's config: Accelerate's (accelerate launch --config_file) or a DeepSpeed "
+        "JSON; its GPUs, nodes, ZeRO / FSDP and offload (the training config's win).",
+        "--launcher",
+        panel=MULTI,
+    ),
 ]
 
 

@@ -34,15 +34,26 @@ def _from_config(
     ctx: typer.Context, model: str | None, settings: dict[str, Any]
 ) -> tuple[str, dict[str, Any], list[str]]:
     path = settings.pop("from_config", None)
-    if path is None:
+    launcher = settings.pop("launcher", None)
+    if path is None and launcher is None:
         if model is None:
             raise FtmemError(
                 "give a model (a preset id or config.json), or --from a training config."
             )
         return model, settings, []
-    from ftmem.frameworks import read_framework_config, under_flags
+    from ftmem.frameworks import (
+        read_framework_config,
+        read_launcher_config,
+        under_flags,
+        with_launcher,
+    )
 
-    fw = read_framework_config(path)
+    if launcher is None:
+        fw = read_framework_config(path)
+    elif path is None:
+        fw = read_launcher_config(launcher)
+    else:
+        fw = with_launcher(read_framework_config(path), read_launcher_config(launcher))
     explicit = {
         k: v
         for k, v in settings.items()
@@ -51,12 +62,10 @@ def _from_config(
     }
     chosen = model or fw.model
     if chosen is None:
+        given = f"--from {path}" if path is not None else f"--launcher {launcher}"
         raise FtmemError(
-            f"{path} names no base model; give one: ftmem estimate MODEL --from {path}."
+            f"{path or launcher} names no base model; give one: ftmem estimate MODEL {given}."
         )
     merged, dropped = under_flags(fw, explicit)
-    return (
-        chosen,
-        {**settings, **merged},
-        [f"Read from the {fw.framework} config {path}.", *fw.notes, *dropped],
-    )
+    said = [] if path is None else [f"Read from the {fw.framework} config {path}."]
+    return chosen, {**settings, **merged}, [*said, *fw.notes, *dropped]

@@ -18,10 +18,18 @@ from typing import Any
 from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
 from ftmem.frameworks import axolotl, hf_trainer, litgpt, llama_factory, torchtune
+from ftmem.frameworks.distributed import launcher_kind, read_launcher_config, with_launcher
 from ftmem.frameworks.shared import NO_MEMORY_EFFECT, FrameworkConfig, read_mapping
 from ftmem.run import settings_for
 
-__all__ = ["FrameworkConfig", "detect", "read_framework_config", "under_flags"]
+__all__ = [
+    "FrameworkConfig",
+    "detect",
+    "read_framework_config",
+    "read_launcher_config",
+    "under_flags",
+    "with_launcher",
+]
 
 
 def under_flags(cfg: FrameworkConfig, flags: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -80,6 +88,8 @@ def detect(data: dict[str, Any]) -> str | None:
         return "axolotl"
     if "finetuning_type" in data or ("stage" in data and "model_name_or_path" in data):
         return "llama-factory"
+    if llama_factory.is_v1(data):  # model: <name> with model_class, dist_config, peft_config...
+        return "llama-factory"
     if "checkpoint_dir" in data or isinstance(data.get("train"), dict):
         return "litgpt"
     if any(
@@ -95,6 +105,13 @@ def read_framework_config(path: str, framework: str | None = None) -> FrameworkC
     p = Path(path)
     data = read_mapping(p)
     name = framework or detect(data)
+    if name is None and (launcher := launcher_kind(data)) is not None:
+        what = "an Accelerate launcher" if launcher == "accelerate" else "a DeepSpeed"
+        also = "" if launcher == "accelerate" else ", or name it in its deepspeed: key"
+        raise ConfigError(
+            f"{path} is {what} config, not a training config: give it as --launcher {path} "
+            f"beside --from TRAINING_CONFIG (or a model){also}."
+        )
     if name is None:
         raise ConfigError(
             f"{path}: cannot tell which framework it is for; expected axolotl (base_model), "

@@ -1,6 +1,8 @@
 """DeepSpeed and FSDP settings as HF-Trainer-based frameworks give them (a DeepSpeed
 JSON, TrainingArguments' ``fsdp`` / ``fsdp_config``, Accelerate's spellings) as ftmem's
-strategy and offload settings."""
+strategy and offload settings; the launcher's configs (Accelerate's ``accelerate config``
+file, a DeepSpeed JSON on its own) as the GPUs, nodes and sharding of the run, under the
+training config's (``--launcher``)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import re
 from pathlib import Path
 
 from ftmem.errors import ConfigError
-from ftmem.filekeys import Keys
+from ftmem.filekeys import Keys, shown
 from ftmem.frameworks.shared import FrameworkConfig, read_mapping
 
 LAUNCHER_NOTE = (
@@ -50,19 +52,48 @@ def _deepspeed_config(ds: Keys, cfg: FrameworkConfig) -> None:
         device = offload.choice("device", OFFLOAD_DEVICES)
         if device in ("cpu", "nvme"):
             cfg.settings[setting] = device
+    autotp = ds.section("tensor_parallel").integer("autotp_size")
+    if autotp is not None and autotp > 1:
+        cfg.notes.append(
+            f"tensor_parallel.autotp_size {autotp}: DeepSpeed's AutoTP is not modelled; "
+            "estimated without it."
+        )
+
+
+def framework_path(value: str, base: Path, key: str, cfg: FrameworkConfig) -> Path | None:
+    """A file a config names, where the framework opens it: as given, relative to the
+    working directory (transformers integrations/deepspeed.py HfDeepSpeedConfig and
+    training_args.py ``open(self.fsdp_config)``, which axolotl and LLaMA-Factory pass the
+    path on to, @5.24.0); the config's own folder only as a fallback, said in a note."""
+    path, beside = Path(value), base / value
+    try:
+        here, there = path.is_file(), not path.is_absolute() and beside.is_file()
+    except OSError as exc:  # a name too long for the file system
+        raise ConfigError(f"{cfg.path}: {key} {shown(value)}: {exc.strerror}.") from None
+    if here:
+        return path
+    if there:
+        cfg.notes.append(
+            f"{key}: {value} is not found from the working directory, where the framework "
+            f"opens it; read from the config's folder ({beside}) instead."
+        )
+        return beside
+    return None
 
 
 def strategy_from_deepspeed(k: Keys, key: str, base: Path, cfg: FrameworkConfig) -> None:
-    """A DeepSpeed config (a mapping, or a path relative to the framework config)."""
+    """A DeepSpeed config: a mapping, or a file name opened as the framework opens it
+    (:func:`framework_path`); a file not found is read from its name (zero3_offload)."""
     value = k.raw(key)
     if isinstance(value, dict):
         _deepspeed_config(k.section(key), cfg)
     elif isinstance(value, str):
-        path = (base / value) if not Path(value).is_absolute() else Path(value)
-        if path.is_file():
+        path = framework_path(value, base, k.name(key), cfg)
+        if path is not None:
             _deepspeed_config(Keys(read_mapping(path), str(path)), cfg)
         else:
-            match = re.search(r"zero[_-]?([123])", value)
+            # axolotl's zero3_bf16_cpuoffload_all.json, LLaMA-Factory's ds_z3_offload_config.json
+            match = re.search(r"(?:zero|(?<![a-z])z)[_-]?([123])", Path(value).name.lower())
             if not match:
                 cfg.notes.append(f"deepspeed: {value} not found; ZeRO stage unknown, not applied.")
                 return
@@ -117,11 +148,16 @@ def _fsdp_options(k: Keys) -> tuple[bool, list[str]]:
     return bool(words), words
 
 
-def _fsdp_settings(k: Keys, base: Path) -> Keys:
+def _fsdp_settings(k: Keys, base: Path, cfg: FrameworkConfig) -> Keys:
     """``fsdp_config``: a mapping or a JSON file name (as transformers takes it)."""
     value = k.raw("fsdp_config")
     if isinstance(value, str):
-        path = (base / value) if not Path(value).is_absolute() else Path(value)
+        path = framework_path(value, base, k.name("fsdp_config"), cfg)
+        if path is None:
+            raise ConfigError(
+                f"{k.file}: fsdp_config {value} is not found (from the working directory "
+                "or the config's folder)."
+            )
         return Keys(read_mapping(path), str(path))
     return k.section("fsdp_config")
 
@@ -133,11 +169,20 @@ def _fsdp_key(fc: Keys, name: str) -> str:
 
 def _strategy_from_fsdp(k: Keys, base: Path, cfg: FrameworkConfig) -> None:
     on, words = _fsdp_options(k)
-    # axolotl 0.8+: fsdp_version and fsdp_config, without the legacy option list
+    # axolotl 0.8+: fsdp_version and fsdp_config, without the legacy option list; axolotl
+    # turns FSDP on for an fsdp_config alone, its version at the top or inside it
+    # (axolotl-ai-cloud/axolotl src/axolotl/utils/schemas/validation.py
+    # @067b021c8b87a9e5e380b9173c704cf7340e30f5 _resolve_fsdp_version)
     on = on or (k.raw("fsdp_version") is not None and bool(k.raw("fsdp_config")))
-    if not on:
-        return
-    fc = _fsdp_settings(k, base)
+    on = on or (cfg.framework == "axolotl" and bool(k.raw("fsdp_config")))
+    if on:
+        fsdp_from_config(_fsdp_settings(k, base, cfg), words, cfg)
+        cfg.notes.append(LAUNCHER_NOTE)
+
+
+def fsdp_from_config(fc: Keys, words: list[str], cfg: FrameworkConfig) -> None:
+    """FSDP's sharding, offload and checkpointing from an ``fsdp_config`` (transformers',
+    axolotl's or Accelerate's spelling, FSDP1 or FSDP2) and HF's ``fsdp`` options."""
     strategy = "fsdp"
     for w in words:
         strategy = FSDP_NAMES.get(w, strategy)
@@ -152,7 +197,7 @@ def _strategy_from_fsdp(k: Keys, base: Path, cfg: FrameworkConfig) -> None:
         strategy = FSDP_NAMES[FSDP_BY_INDEX[sharding - 1]]
     elif isinstance(sharding, str) and sharding.lower() == "hybrid_shard_zero2":
         strategy = "fsdp-hybrid"
-        cfg.notes.append(HYBRID_ZERO2_NOTE.format(key=key))
+        cfg.notes.append(HYBRID_ZERO2_NOTE.format(key=fc.name(key)))
     elif sharding is not None:
         strategy = FSDP_NAMES[fc.choice(key, FSDP_NAMES) or "full_shard"]
     key = _fsdp_key(fc, "reshard_after_forward")
@@ -169,12 +214,248 @@ def _strategy_from_fsdp(k: Keys, base: Path, cfg: FrameworkConfig) -> None:
         cfg.settings.update(offload_params="cpu", offload_optimizer="cpu")
     if fc.flag(_fsdp_key(fc, "activation_checkpointing"), spelled=True):
         cfg.settings["grad_ckpt"] = True
-    cfg.notes.append(LAUNCHER_NOTE)
 
 
 def distributed_settings(k: Keys, base: Path, cfg: FrameworkConfig) -> None:
     """The DeepSpeed / FSDP keys HF-Trainer-based frameworks share."""
     if k.raw("deepspeed"):
         strategy_from_deepspeed(k, "deepspeed", base, cfg)
-    if k.raw("fsdp") is not None or k.raw("fsdp_version") is not None:
+    if any(k.raw(key) is not None for key in ("fsdp", "fsdp_version", "fsdp_config")):
         _strategy_from_fsdp(k, base, cfg)
+
+
+# -- launcher configs: Accelerate's `accelerate config` file, a DeepSpeed JSON ------------
+
+# accelerate.utils.dataclasses.DistributedType (accelerate 1.15): the data-parallel ones
+# are ftmem's default on several GPUs (ddp), "NO" its single GPU
+ACCELERATE_TYPES = (
+    "no",
+    "multi_gpu",
+    "multi_npu",
+    "multi_xpu",
+    "multi_mlu",
+    "multi_musa",
+    "multi_hpu",
+    "multi_sdaa",
+    "deepspeed",
+    "fsdp",
+    "megatron_lm",
+)
+ACCELERATE_KEYS = frozenset(
+    {
+        "distributed_type",
+        "num_processes",
+        "num_machines",
+        "deepspeed_config",
+        "fsdp_config",
+        "mixed_precision",
+        "parallelism_config",
+    }
+)
+# keys of the launch itself (addresses, ranks, TPU and CPU-affinity settings, the
+# debug switch): no effect on a GPU's memory
+ACCELERATE_NO_EFFECT = frozenset(
+    {
+        "compute_environment",
+        "debug",
+        "downcast_bf16",  # TPU only (accelerate's XLA bf16 downcast)
+        "machine_rank",
+        "main_training_function",
+        "main_process_ip",
+        "main_process_port",
+        "rdzv_backend",
+        "same_network",
+        "tpu_env",
+        "tpu_use_cluster",
+        "tpu_use_sudo",
+        "tpu_name",
+        "tpu_zone",
+        "use_cpu",
+        "gpu_ids",
+        "enable_cpu_affinity",
+        "num_cpu_threads_per_process",
+    }
+)
+DEEPSPEED_KEYS = frozenset({"zero_optimization", "tensor_parallel"})
+# HF Trainer fills these "auto" values from the training config
+# (transformers integrations/deepspeed.py HfTrainerDeepSpeedConfig.trainer_config_process)
+DEEPSPEED_NO_EFFECT = frozenset(
+    {
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+        "fp16",
+        "bf16",
+        "steps_per_print",
+        "wall_clock_breakdown",
+        "zero_allow_untested_optimizer",
+        "scheduler",
+    }
+)
+MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")
+
+
+def launcher_kind(data: dict) -> str | None:
+    """accelerate (the file ``accelerate config`` writes) or deepspeed (a DeepSpeed
+    JSON, as ``deepspeed --deepspeed_config`` or TrainingArguments' ``deepspeed`` take it)."""
+    if "distributed_type" in data and ("num_processes" in data or "compute_environment" in data):
+        return "accelerate"
+    if isinstance(data.get("zero_optimization"), dict) or "train_micro_batch_size_per_gpu" in data:
+        return "deepspeed"
+    return None
+
+
+def read_launcher_config(path: str) -> FrameworkConfig:
+    """The parallel settings of a launcher config: GPUs, nodes, ZeRO / FSDP, offload."""
+    p = Path(path)
+    data = read_mapping(p, "launcher config")
+    kind = launcher_kind(data)
+    if kind is None:
+        raise ConfigError(
+            f"{path}: not a launcher config; expected an Accelerate config (distributed_type, "
+            "num_processes) or a DeepSpeed JSON (zero_optimization)."
+        )
+    cfg = FrameworkConfig(kind, str(p), None)
+    k = Keys(data, str(p))
+    if kind == "deepspeed":
+        _deepspeed_config(k, cfg)
+        if "optimizer" in data:
+            cfg.notes.append(
+                "optimizer: DeepSpeed's own optimizer replaces HF Trainer's; estimated as the "
+                "training config's (AdamW keeps the same states)."
+            )
+        cfg.notes.append(LAUNCHER_NOTE)
+        known, quiet = DEEPSPEED_KEYS | {"optimizer"}, DEEPSPEED_NO_EFFECT
+    else:
+        _accelerate_config(k, cfg)
+        known, quiet = ACCELERATE_KEYS, ACCELERATE_NO_EFFECT
+    _ignored(cfg, [str(key) for key in data if key not in known], quiet)
+    return cfg
+
+
+def _ignored(cfg: FrameworkConfig, keys: list[str], quiet: frozenset[str]) -> None:
+    cfg.ignored = sorted(keys)
+    unknown = [key for key in cfg.ignored if key not in quiet]
+    if unknown:
+        cfg.notes.append(f"{cfg.framework} keys not read by ftmem: {', '.join(unknown)}.")
+
+
+def _accelerate_config(k: Keys, cfg: FrameworkConfig) -> None:
+    """Accelerate's launcher config: ``num_processes`` counts the processes of all
+    ``num_machines`` (accelerate commands/launch.py: "total number of processes")."""
+    kind = k.choice("distributed_type", ACCELERATE_TYPES)
+    processes = k.integer("num_processes") or 1
+    machines = k.integer("num_machines") or 1
+    if processes % machines:
+        raise ConfigError(
+            f"{k.file}: num_processes ({processes}) counts the GPUs of all num_machines "
+            f"({machines}); it must be a multiple of it."
+        )
+    cfg.settings.update(gpus=processes // machines, nodes=machines)
+    if kind == "deepspeed":
+        _accelerate_deepspeed(k.section("deepspeed_config"), cfg)
+    elif kind == "fsdp":
+        fsdp_from_config(k.section("fsdp_config"), [], cfg)
+    elif kind == "megatron_lm":
+        cfg.notes.append(
+            "distributed_type MEGATRON_LM: Megatron-LM's parallelism is not read; give "
+            "--tp / --pp / --strategy."
+        )
+    mixed = k.choice("mixed_precision", MIXED_PRECISION)
+    if mixed == "bf16":
+        cfg.settings.update(precision="bf16", autocast=True)
+    elif mixed == "fp16":
+        cfg.settings["precision"] = "fp16-mixed"
+    elif mixed == "fp8":
+        cfg.notes.append("mixed_precision fp8: FP8 training is not modelled; estimated in bf16.")
+        cfg.settings.update(precision="bf16", autocast=True)
+    _parallelism(k.section("parallelism_config"), cfg)
+
+
+def _accelerate_deepspeed(ds: Keys, cfg: FrameworkConfig) -> None:
+    """Accelerate's ``deepspeed_config``: its own keys, or a DeepSpeed JSON it names."""
+    file = ds.text("deepspeed_config_file")
+    if file:
+        path = framework_path(file, Path(ds.file).parent, ds.name("deepspeed_config_file"), cfg)
+        if path is None:
+            raise ConfigError(f"{ds.file}: deepspeed_config_file {file} is not found.")
+        _deepspeed_config(Keys(read_mapping(path), str(path)), cfg)
+        return
+    stage = ds.integer("zero_stage", minimum=0)
+    if stage is not None:
+        if stage > 3:
+            raise ds.wrong("zero_stage", "0, 1, 2 or 3")
+        if stage:
+            cfg.settings["strategy"] = f"zero{stage}"
+    for key, setting in (
+        ("offload_optimizer_device", "offload_optimizer"),
+        ("offload_param_device", "offload_params"),
+    ):
+        device = ds.choice(key, OFFLOAD_DEVICES)
+        if device in ("cpu", "nvme"):
+            cfg.settings[setting] = device
+
+
+def _parallelism(pc: Keys, cfg: FrameworkConfig) -> None:
+    """Accelerate's ParallelismConfig (accelerate.parallelism_config): tensor and
+    context parallel degrees as ftmem's; sequence parallelism (ALST / Ulysses) noted."""
+    for name, setting in (("tp_size", "tp"), ("cp_size", "cp")):
+        degree = pc.integer(f"parallelism_config_{name}")
+        if degree is not None and degree > 1:
+            cfg.settings[setting] = degree
+    sp = pc.integer("parallelism_config_sp_size")
+    if sp is not None and sp > 1:
+        cfg.notes.append(
+            f"parallelism_config_sp_size {sp}: Ulysses sequence parallelism is not modelled; "
+            "estimated without it (--cp splits the sequence the same way for activations)."
+        )
+    replicate = pc.integer("parallelism_config_dp_replicate_size")
+    if replicate is not None and replicate > 1:
+        cfg.notes.append(
+            f"parallelism_config_dp_replicate_size {replicate}: replicated shard groups "
+            "(HSDP) are not read; give --strategy fsdp-hybrid."
+        )
+
+
+def with_launcher(train: FrameworkConfig, launcher: FrameworkConfig) -> FrameworkConfig:
+    """The training config's settings over the launcher's (HF Trainer builds its
+    DeepSpeed / FSDP plugin from TrainingArguments' keys when they are set), each one
+    replaced named in a note; FSDP's activation checkpointing holds whatever the
+    training config says, and the launcher's mixed precision replaces a precision that
+    only TrainingArguments' defaults gave (transformers training_args.py @5.24.0 reads
+    ACCELERATE_MIXED_PRECISION when neither bf16 nor fp16 is set)."""
+    merged = dict(launcher.settings)
+    notes = [n for n in train.notes if n != LAUNCHER_NOTE]
+    assumed = {entry.split(" ", 1)[0] for entry in train.assumed}
+    own_precision = "precision" not in assumed or "precision" not in merged
+    for key in ("precision", "autocast"):
+        if own_precision:
+            merged.pop(key, None)  # HF Trainer's bf16 / fp16 decide, not the launcher
+    for key, value in train.settings.items():
+        if key in ("precision", "autocast") and not own_precision:
+            continue
+        if key == "grad_ckpt" and merged.get(key):
+            continue
+        if key in merged and merged[key] != value:
+            notes.append(f"{key}: {train.path}'s {value} over the launcher's {merged[key]}.")
+        merged[key] = value
+    if not own_precision:
+        notes.append(
+            f"precision {merged['precision']}: the launcher's mixed_precision, which HF "
+            "Trainer takes when the training config sets neither bf16 nor fp16."
+        )
+    fp32_weights = train.settings.get("precision") == "fp32"
+    if not own_precision and fp32_weights and merged["precision"] == "bf16":
+        merged.pop("autocast", None)  # fp32 weights under bf16 autocast
+        merged["precision"] = "bf16-mixed"
+    said = f"Read the {launcher.framework} launcher config {launcher.path}."
+    return FrameworkConfig(
+        train.framework,
+        train.path,
+        train.model,
+        merged,
+        train.ignored,
+        [said, *launcher.notes, *notes],
+        train.assumed,
+    )

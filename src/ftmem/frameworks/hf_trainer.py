@@ -1,13 +1,29 @@
-"""TRL configs (SFTConfig, ScriptArguments) and HF TrainingArguments, in JSON or YAML."""
+"""TRL configs (SFTConfig, DPOConfig, KTOConfig, GRPOConfig, with the ModelConfig and
+ScriptArguments of ``trl <command> --config``) and HF TrainingArguments, in JSON or YAML.
+
+The two share their keys but not their defaults: TRL checkpoints, trains in bf16 and
+truncates to 1024 tokens where the file is silent, TrainingArguments does none of it.
+A file is read as TRL's when it has a key only TRL has (max_length, packing, use_peft,
+...) or is a YAML file without the keys of transformers' example scripts: TRL's CLI
+takes YAML (``trl sft --config FILE``), transformers' scripts mostly flags or JSON.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
-from ftmem.frameworks.distributed import distributed_settings
+from ftmem.frameworks.distributed import (
+    LAUNCHER_NOTE,
+    distributed_settings,
+    framework_path,
+    read_launcher_config,
+)
 from ftmem.frameworks.shared import (
     FrameworkConfig,
+    assume,
     attention,
     galore_args,
     hf_optimizer,
@@ -17,12 +33,172 @@ from ftmem.frameworks.shared import (
     settings_from,
 )
 
+# the sources of the defaults (the TRL mirror's HEAD; transformers as installed)
+TRL_AT = "huggingface/trl {}@f2cd57710ae345ea6428ae95363267fcf38a3dc8"
+HF_ARGS = "transformers src/transformers/training_args.py@5.24.0 TrainingArguments"
+
+# keys of TRL's configs (SFTConfig, DPOConfig, ..., ModelConfig) that neither
+# TrainingArguments nor transformers' example scripts have
+TRL_ONLY_KEYS = frozenset(
+    {
+        "max_length",
+        "max_seq_length",
+        "dataset_text_field",
+        "packing",
+        "packing_strategy",
+        "padding_free",
+        "completion_only_loss",
+        "assistant_only_loss",
+        "loss_type",
+        "activation_offloading",
+        "model_init_kwargs",
+        "dataset_kwargs",
+        "eval_packing",
+        "use_peft",
+        "lora_r",
+        "lora_target_modules",
+        "load_in_4bit",
+        "load_in_8bit",
+        "use_bnb_nested_quant",
+        "bnb_4bit_quant_type",
+        "model_revision",
+        "disable_dropout",
+        "beta",
+        "accelerate_config",
+        "num_processes",
+    }
+)
+# transformers' example scripts' own arguments (run_clm, run_summarization,
+# run_translation DataTrainingArguments; Seq2SeqTrainingArguments)
+HF_SCRIPT_KEYS = frozenset(
+    {
+        "max_source_length",
+        "max_target_length",
+        "block_size",
+        "source_prefix",
+        "predict_with_generate",
+        "pad_to_max_length",
+        "text_column",
+        "summary_column",
+        "source_lang",
+        "target_lang",
+        "generation_max_length",
+        "generation_num_beams",
+        "train_file",
+        "validation_file",
+    }
+)
+# the keys that tell TRL's trainers apart (trl/trainer/*_config.py), the first match wins
+TRL_TRAINERS = (
+    (
+        "GRPO",
+        {
+            "num_generations",
+            "max_completion_length",
+            "use_vllm",
+            "vllm_mode",
+            "reward_weights",
+            "reward_funcs",
+        },
+    ),
+    ("KTO", {"desirable_weight", "undesirable_weight"}),
+    ("DPO", {"precompute_ref_log_probs", "rpo_alpha", "ref_model_init_kwargs", "beta"}),
+)
+
 # this framework's keys that do not change memory (beyond frameworks.shared's)
-NO_MEMORY_EFFECT: frozenset[str] = frozenset()
+NO_MEMORY_EFFECT: frozenset[str] = frozenset(
+    {
+        "dataset_name",
+        "dataset_config",
+        "dataset_train_split",
+        "dataset_test_split",
+        "dataset_streaming",
+        "dataset_num_proc",
+        "dataset_kwargs",
+        "model_revision",
+        "lora_task_type",
+        "env",  # trl's CLI: environment variables of the run
+        "chat_template_path",
+        "eos_token",
+        "pad_token",
+        "truncation_mode",
+        "shuffle_dataset",
+        "packing_strategy",
+        "eval_packing",
+        "pad_to_multiple_of",  # rounds lengths up, never past max_length's multiple
+        "lr_scheduler_kwargs",
+        "logging_strategy",
+        "save_only_model",
+        "do_eval",
+        "do_predict",
+        "hub_strategy",
+        "hub_private_repo",
+        "remove_unused_columns",
+        "label_names",
+        "ddp_find_unused_parameters",
+        "ddp_timeout",
+        "dataloader_pin_memory",
+        "dataloader_drop_last",
+        "average_tokens_across_devices",
+        "router_aux_loss_coef",
+        "ignore_bias_buffers",
+        "beta",
+        "use_cpu",
+        # TrainingArguments (transformers 5.24) that change no GPU memory of the run
+        "accelerator_config",
+        "batch_eval_metrics",
+        "data_seed",
+        "dataloader_in_order",
+        "dataloader_multiprocessing_context",
+        "dataloader_persistent_workers",
+        "dataloader_prefetch_factor",
+        "ddp_backend",
+        "ddp_broadcast_buffers",
+        "ddp_static_graph",
+        "ddp_bucket_cap_mb",  # DDP's buckets hold every gradient, whatever their size
+        "debug",
+        "disable_tqdm",
+        "enable_jit_checkpoint",
+        "eval_delay",
+        "eval_do_concat_batches",
+        "eval_on_start",
+        "eval_use_gather_object",
+        # predictions gathered on the GPU only with a compute_metrics function (code)
+        "eval_accumulation_steps",
+        "prediction_loss_only",
+        "include_for_metrics",
+        "full_determinism",
+        "greater_is_better",
+        "hub_always_push",
+        "hub_revision",
+        "hub_token",
+        "ignore_data_skip",
+        "include_num_input_tokens_seen",
+        "length_column_name",
+        "load_best_model_at_end",
+        "local_rank",
+        "log_level",
+        "log_level_replica",
+        "log_on_each_node",
+        "logging_nan_inf_filter",
+        "metric_for_best_model",
+        "project",
+        "restore_callback_states_from_checkpoint",
+        "save_on_each_node",
+        "skip_memory_metrics",
+        "trackio_bucket_id",
+        "trackio_space_id",
+        "trackio_static_space_id",
+        "train_sampling_strategy",
+        "use_cache",  # transformers turns it off under checkpointing; else the saved K/V
+        "streaming",
+        "test_split_size",
+    }
+)
 
 
-def _hf_trainer_method(k: Keys, cfg: FrameworkConfig) -> None:
-    """TRL's peft switches: LoRA, QLoRA (4- or 8-bit), DoRA."""
+def _hf_trainer_method(k: Keys, cfg: FrameworkConfig, trl: bool) -> None:
+    """TRL's peft switches (ModelConfig): LoRA, QLoRA (4- or 8-bit), DoRA, rsLoRA."""
     s = cfg.settings
     if not (k.flag("use_peft") or k.raw("lora_r") is not None):
         return
@@ -31,9 +207,50 @@ def _hf_trainer_method(k: Keys, cfg: FrameworkConfig) -> None:
         s.update(method="qlora", quant="int8")
     if k.flag("use_dora"):
         s["method"] = "dora"
+    elif k.flag("use_rslora") and s["method"] == "lora":
+        s["method"] = "rslora"
     lora_numbers(k, cfg)
     if targets := peft_targets(k.names("lora_target_modules")):
         s["lora_targets"] = targets
+    _modules_to_save(k, cfg)
+    if k.raw("lora_target_parameters") is not None:
+        cfg.notes.append("lora_target_parameters: LoRA on raw parameters is not modelled.")
+    if trl:
+        model_config = TRL_AT.format("trl/trainer/model_config.py") + " ModelConfig"
+        assume(cfg, "lora_r", 16, f"ModelConfig.lora_r; {model_config}")
+        assume(cfg, "lora_alpha", 32, f"ModelConfig.lora_alpha; {model_config}")
+        assume(cfg, "lora_dropout", 0.05, f"ModelConfig.lora_dropout; {model_config}")
+    if s["method"] == "qlora" and s.get("quant") != "int8":
+        _quantisation(k, cfg)
+
+
+def _quantisation(k: Keys, cfg: FrameworkConfig) -> None:
+    """TRL's get_quantization_config (trl/trainer/utils.py): nested quantisation off
+    unless use_bnb_nested_quant, nf4 unless bnb_4bit_quant_type says fp4."""
+    said = TRL_AT.format("trl/trainer/model_config.py") + " ModelConfig"
+    if (kind := k.choice("bnb_4bit_quant_type", ("nf4", "fp4"))) is not None:
+        cfg.settings["quant"] = kind
+    if k.raw("use_bnb_nested_quant") is not None:
+        cfg.settings["double_quant"] = k.flag("use_bnb_nested_quant")
+    assume(cfg, "quant", "nf4", f"ModelConfig.bnb_4bit_quant_type; {said}")
+    assume(cfg, "double_quant", False, f"ModelConfig.use_bnb_nested_quant; {said}")
+    if k.raw("bnb_4bit_quant_storage") is not None:
+        cfg.notes.append("bnb_4bit_quant_storage: the 4-bit storage dtype is not modelled.")
+
+
+def _modules_to_save(k: Keys, cfg: FrameworkConfig) -> None:
+    """peft ``modules_to_save``: the token embedding and the LM head are trained in full."""
+    names = k.names("lora_modules_to_save")
+    if not names:
+        return
+    kinds = {"embed" if "embed" in n else "head" if "lm_head" in n else "" for n in names}
+    if "" in kinds:
+        cfg.notes.append(
+            f"lora_modules_to_save: only the token embedding and the LM head are modelled "
+            f"({', '.join(names)} given)."
+        )
+    if kinds - {""}:
+        cfg.settings["lora_modules_to_save"] = ",".join(sorted(kinds - {""}))
 
 
 # the sequence length's names across TRL's and transformers' scripts, the first one given wins
@@ -45,7 +262,23 @@ HF_NUMBERS = (
     ("per_device_train_batch_size", "batch_size"),
     ("gradient_accumulation_steps", "grad_accum"),
 )
-# the keys _hf_trainer reads; read_framework_config lists every other one as ignored
+# `accelerate launch` arguments a TRL CLI config may carry (trl/cli/commands/training.py
+# passes the keys no dataclass takes on to accelerate launch)
+TRL_LAUNCH_KEYS = ("accelerate_config", "num_processes", "num_machines")
+# TRL's own Accelerate profiles (`accelerate_config: zero2`), huggingface/trl
+# trl/accelerate_configs/<name>.yaml@f2cd57710ae345ea6428ae95363267fcf38a3dc8: each
+# launches 8 processes on one machine in bf16 (single_gpu: one), DeepSpeed without offload,
+# FSDP resharding after forward without offload or activation checkpointing
+TRL_PROFILES: dict[str, dict[str, Any]] = {
+    "zero1": {"strategy": "zero1", "gpus": 8},
+    "zero2": {"strategy": "zero2", "gpus": 8},
+    "zero3": {"strategy": "zero3", "gpus": 8},
+    "fsdp1": {"strategy": "fsdp", "gpus": 8},
+    "fsdp2": {"strategy": "fsdp", "gpus": 8},
+    "multi_gpu": {"gpus": 8},
+    "single_gpu": {"gpus": 1},
+}
+# the keys read() reads; read_framework_config lists every other one as ignored
 HF_TRAINER_KEYS = frozenset(
     {
         "model_name_or_path",
@@ -54,69 +287,354 @@ HF_TRAINER_KEYS = frozenset(
         "use_peft",
         "load_in_4bit",
         "load_in_8bit",
+        "use_bnb_nested_quant",
+        "bnb_4bit_quant_type",
+        "bnb_4bit_quant_storage",
         "use_dora",
+        "use_rslora",
         "lora_r",
         "lora_alpha",
         "lora_dropout",
         "lora_target_modules",
+        "lora_target_parameters",
+        "lora_modules_to_save",
         *HF_SEQ_LEN_KEYS,
         "max_target_length",
         "per_device_train_batch_size",
         "per_device_eval_batch_size",
+        "eval_strategy",
+        "evaluation_strategy",
         "gradient_accumulation_steps",
         "gradient_checkpointing",
+        "gradient_checkpointing_kwargs",
         "optim",
+        "optim_args",
+        "optim_target_modules",
         "bf16",
         "fp16",
+        "tf32",
+        "dtype",
         "torch_dtype",
         "attn_implementation",
         "packing",
         "padding_free",
         "group_by_length",
+        "dataset_text_field",
+        "completion_only_loss",
+        "assistant_only_loss",
+        "loss_type",
+        "use_liger_kernel",
+        "activation_offloading",
+        "torch_compile",
+        "torch_compile_backend",
+        "torch_compile_mode",
+        "activation_checkpointing",
+        "activation_checkpointing_kwargs",
+        "liger_kernel_config",
+        "auto_find_batch_size",
+        "bf16_full_eval",
+        "fp16_full_eval",
+        "label_smoothing_factor",
+        "parallelism_config",
+        "neftune_noise_alpha",
+        "torch_empty_cache_steps",
+        "disable_dropout",
         "deepspeed",
         "fsdp",
         "fsdp_config",
-        "gradient_checkpointing_kwargs",
-        "dataset_text_field",
-        "tf32",
-        "use_liger_kernel",
-        "optim_args",
-        "optim_target_modules",
+        *TRL_LAUNCH_KEYS,
     }
 )
 
 
+def trl_trainer(k: Keys, path: Path) -> tuple[str | None, str]:
+    """Which TRL trainer's config the file is (SFT, DPO, KTO, GRPO), None for plain
+    TrainingArguments, and why, in words for the note."""
+    keys = set(k)
+    trl_keys = sorted(keys & TRL_ONLY_KEYS)
+    if keys & HF_SCRIPT_KEYS and not trl_keys:
+        return None, ""
+    for trainer, marks in TRL_TRAINERS:
+        if found := sorted(keys & marks):
+            return trainer, f"it has {', '.join(found)}"
+    if trl_keys:
+        return "SFT", f"it has {', '.join(trl_keys[:3])}"
+    if path.suffix in (".yaml", ".yml"):
+        return "SFT", "a YAML file, as `trl sft --config` takes; `trl dpo` or `grpo` would say"
+    return None, ""
+
+
 def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
-    """TRL SFTConfig / ScriptArguments / HF TrainingArguments (JSON or YAML)."""
+    """TRL's configs or HF TrainingArguments (JSON or YAML), each with its own defaults."""
     s = cfg.settings
-    init = k.section("model_init_kwargs")
+    trainer, why = trl_trainer(k, Path(cfg.path))
     cfg.model = k.text("model_name_or_path") or k.text("model_name")
-    _hf_trainer_method(k, cfg)
+    _hf_trainer_method(k, cfg, trl=trainer is not None)
     for key in HF_SEQ_LEN_KEYS:
         if (seq := k.integer(key)) is not None:
             s["seq_len"] = seq
             break
     settings_from(k, cfg, HF_NUMBERS)
-    if k.flag("gradient_checkpointing"):
+    # transformers 5.24 renamed gradient_checkpointing activation_checkpointing (the old
+    # name an alias): either turns it on
+    if k.flag("gradient_checkpointing") or k.flag("activation_checkpointing"):
         s["grad_ckpt"] = True
     if k.text("optim"):
         hf_optimizer(k, "optim", cfg)
         galore_args(k, cfg)
-    if k.flag("use_liger_kernel"):
-        s["loss"] = "fused"  # Liger's fused linear cross-entropy replaces the LM head + loss
-    dtype = init.text("torch_dtype") or init.text("dtype") or k.text("torch_dtype")
-    hf_trainer_precision(k, cfg, dtype)
+    _precision(k, cfg, trainer)
+    init = k.section("model_init_kwargs")
     for keys, key in ((init, "attn_implementation"), (k, "attn_implementation")):
         if (attn := attention(keys, key, cfg)) is not None:
             s["attn"] = attn
             break
+    _memory_features(k, cfg, trainer)
+    _evaluation(k, cfg)
     if k.flag("packing"):
         cfg.notes.append(
             "packing: each micro-batch is packed to the sequence length, as estimated."
         )
     _hf_lengths(k, cfg)
     distributed_settings(k, base, cfg)
+    _trl_launch(k, base, cfg)
+    if trainer is None:
+        cfg.notes.append(
+            "Read as HF TrainingArguments (no key only TRL has); TrainingArguments' defaults "
+            "where it is silent."
+        )
+        _hf_defaults(k, cfg)
+    else:
+        cfg.notes.append(
+            f"Read as a TRL {trainer}Config ({why}); TRL's defaults, not TrainingArguments', "
+            "where it is silent."
+        )
+        _trl_defaults(k, cfg, trainer)
     return HF_TRAINER_KEYS
+
+
+def _trl_launch(k: Keys, base: Path, cfg: FrameworkConfig) -> None:
+    """The launch a TRL CLI config names (trl/cli/accelerate_config.py
+    resolve_accelerate_config_argument: a file first, else one of TRL's profiles), and
+    its process counts; the training keys' own DeepSpeed / FSDP win, as in HF Trainer."""
+    name = k.text("accelerate_config")
+    launch: dict[str, Any] = {}
+    if name:
+        path = framework_path(name, base, "accelerate_config", cfg)
+        if path is not None:
+            launcher = read_launcher_config(str(path))
+            launch = launcher.settings
+            cfg.notes += launcher.notes
+        elif name in TRL_PROFILES:
+            launch = {**TRL_PROFILES[name], "nodes": 1}
+        else:
+            raise ConfigError(
+                f"{k.file}: accelerate_config {name} is neither a file nor one of TRL's "
+                f"profiles ({', '.join(TRL_PROFILES)})."
+            )
+    processes, machines = k.integer("num_processes"), k.integer("num_machines")
+    if processes is not None or machines is not None:
+        nodes = machines or launch.get("nodes", 1)
+        total = processes or launch.get("gpus", 1) * nodes
+        if total % nodes:
+            raise ConfigError(
+                f"{k.file}: num_processes ({total}) counts the GPUs of all num_machines "
+                f"({nodes}); it must be a multiple of it."
+            )
+        launch.update(gpus=total // nodes, nodes=nodes)
+    skipped = {"precision", "autocast"}  # TRL's bf16 decides
+    if "strategy" in cfg.settings:  # the file's deepspeed / fsdp, offload with it
+        skipped |= {"strategy", "offload_optimizer", "offload_params"}
+    for key, value in launch.items():
+        if key not in skipped:
+            cfg.settings.setdefault(key, value)
+    if launch.get("grad_ckpt"):  # FSDP's activation checkpointing, whatever the file says
+        cfg.settings["grad_ckpt"] = True
+    if "gpus" in launch:
+        cfg.notes[:] = [n for n in cfg.notes if n != LAUNCHER_NOTE]
+
+
+def _precision(k: Keys, cfg: FrameworkConfig, trainer: str | None) -> None:
+    """The weights' dtype (model_init_kwargs, TRL ModelConfig's dtype) and autocast."""
+    init = k.section("model_init_kwargs")
+    dtype = init.text("dtype") or init.text("torch_dtype")
+    dtype = dtype or k.text("dtype") or k.text("torch_dtype")
+    if trainer is None:
+        given = k.raw("bf16") is not None or k.raw("fp16") is not None
+        hf_trainer_precision(k, cfg, dtype)
+        if not given:  # an Accelerate launcher's mixed_precision replaces this one
+            precision = cfg.settings.pop("precision")
+            said = "bf16 and fp16 false: no autocast, the step in the dtype the weights load in"
+            assume(cfg, "precision", precision, f"{said}; {HF_ARGS}")
+        return
+    if dtype is None:
+        dtype = "float32"
+        cfg.assumed.append(
+            "dtype float32 (TRL >= 0.27: the model loads in float32 unless dtype is given; "
+            f"{TRL_AT.format('trl/trainer/utils.py')} create_model_from_path and "
+            "ModelConfig.dtype; earlier: the checkpoint's dtype)"
+        )
+    bf16 = k.raw("bf16") == "auto" or k.flag("bf16")
+    if k.raw("bf16") is None:
+        bf16 = not k.flag("fp16")
+        cfg.assumed.append(
+            f"bf16 {str(bf16).lower()} (TRL >= 0.19: bf16 unless fp16; "
+            f"{TRL_AT.format('trl/trainer/base_config.py')} _BaseConfig.__post_init__)"
+        )
+    hf_trainer_precision(k, cfg, dtype, bf16=bf16)
+    quantised = cfg.settings.get("method") == "qlora" and cfg.settings.get("quant") != "int8"
+    compute = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+    if quantised and dtype.lower().removeprefix("torch.") in compute:
+        # get_quantization_config: bnb_4bit_compute_dtype=model_args.dtype
+        cfg.settings["compute_dtype"] = compute[dtype.lower().removeprefix("torch.")]
+
+
+def _memory_features(k: Keys, cfg: FrameworkConfig, trainer: str | None) -> None:
+    """Liger, TRL's chunked loss, activation offloading, torch.compile, dropout; the
+    keys ftmem does not model become notes."""
+    s = cfg.settings
+    liger = k.section("liger_kernel_config")
+    if k.flag("use_liger_kernel"):
+        if liger.raw("fused_linear_cross_entropy") is False:
+            cfg.notes.append(
+                "liger_kernel_config: Liger's kernels without its fused linear cross-entropy "
+                "are not modelled; estimated with the standard loss."
+            )
+        else:
+            s["loss"] = "fused"  # Liger's fused linear cross-entropy: LM head + loss
+    if trainer == "SFT" and (loss := k.text("loss_type")) is not None:
+        if loss == "chunked_nll":
+            s["loss"] = "fused"
+        elif loss == "dft":
+            cfg.notes.append("loss_type dft: DFT's per-token weights are not modelled.")
+    if k.flag("activation_offloading"):
+        s["activation_offload"] = True
+    # TrainingArguments.__post_init__: a compile mode or backend turns torch_compile on
+    if k.flag("torch_compile") or k.text("torch_compile_mode") or k.text("torch_compile_backend"):
+        s["compile"] = True
+    _checkpointing_kwargs(k, cfg, trainer)
+    for key, said in LIMITS_NOTED.items():
+        if k.raw(key) not in (None, False, 0, 0.0):
+            cfg.notes.append(f"{key}: {said}")
+    if k.raw("disable_dropout") is not None:
+        s["model_dropout"] = not k.flag("disable_dropout")
+    if k.number("neftune_noise_alpha") is not None:
+        cfg.notes.append("neftune_noise_alpha: the embeddings' noise tensor is not modelled.")
+    if k.integer("torch_empty_cache_steps") is not None:
+        cfg.notes.append(
+            "torch_empty_cache_steps: emptying the allocator's cache is not modelled; the "
+            "reserved peak is that of a run that keeps it."
+        )
+    if k.flag("completion_only_loss") or k.flag("assistant_only_loss"):
+        cfg.notes.append(
+            "loss on completions / assistant turns only: the masked positions' logits are "
+            "still estimated (an upper bound under TRL's chunked loss, which drops them)."
+        )
+
+
+# TrainingArguments ftmem does not model, each noted when set
+LIMITS_NOTED = {
+    "auto_find_batch_size": "the Trainer halves the batch after an out-of-memory error; "
+    "estimated at the batch given.",
+    "bf16_full_eval": "evaluation with the weights cast to bf16 is not modelled.",
+    "fp16_full_eval": "evaluation with the weights cast to fp16 is not modelled.",
+    "label_smoothing_factor": "the label smoother's own log-softmax over the logits is not "
+    "modelled.",
+    "parallelism_config": "TrainingArguments' parallelism (tp / cp sizes) is not read; give "
+    "--tp / --cp, or the launcher's config with --launcher.",
+}
+
+
+def _checkpointing_unset(k: Keys) -> bool:
+    return k.raw("gradient_checkpointing") is None and k.raw("activation_checkpointing") is None
+
+
+def _checkpointing_kwargs(k: Keys, cfg: FrameworkConfig, trainer: str | None) -> None:
+    """activation_checkpointing_kwargs (transformers 5.24), applied when checkpointing is
+    on: ``offload`` keeps the checkpointed inputs in host memory; ``every_n_layers`` > 1
+    checkpoints some layers only."""
+    kwargs = k.section("activation_checkpointing_kwargs")
+    on = k.flag("gradient_checkpointing") or k.flag("activation_checkpointing")
+    if not (on or (trainer is not None and _checkpointing_unset(k))):
+        return
+    if kwargs.flag("offload"):
+        cfg.settings["activation_offload"] = True
+        cfg.notes.append(
+            "activation_checkpointing_kwargs.offload: the checkpointed blocks' inputs go to "
+            "host memory; estimated as offloading every saved tensor."
+        )
+    every = kwargs.integer("every_n_layers")
+    if every is not None and every > 1:
+        cfg.notes.append(
+            f"activation_checkpointing_kwargs.every_n_layers {every}: checkpointing one "
+            "layer in N is not modelled; estimated with every layer checkpointed."
+        )
+
+
+def _evaluation(k: Keys, cfg: FrameworkConfig) -> None:
+    """Evaluation inside the run (eval_strategy steps or epoch) at the eval batch size."""
+    strategy = k.text("eval_strategy") or k.text("evaluation_strategy") or "no"
+    if strategy == "no":
+        return
+    if (batch := k.integer("per_device_eval_batch_size")) is not None:
+        cfg.settings["eval_batch_size"] = batch
+    assume(cfg, "eval_batch_size", 8, f"per_device_eval_batch_size; {HF_ARGS}")
+
+
+def _hf_defaults(k: Keys, cfg: FrameworkConfig) -> None:
+    """TrainingArguments' own defaults (transformers as installed)."""
+    assume(cfg, "batch_size", 8, f"per_device_train_batch_size; {HF_ARGS}")
+    if _checkpointing_unset(k):
+        assume(cfg, "grad_ckpt", False, f"gradient_checkpointing; {HF_ARGS}")
+    _default_optimizer(cfg)
+    if "seq_len" not in cfg.settings:
+        cfg.notes.append(
+            "No sequence length in the file (TrainingArguments has none; the script's "
+            "tokenizer sets it): estimated at ftmem's 512 tokens; give --seq-len."
+        )
+
+
+def _default_optimizer(cfg: FrameworkConfig) -> None:
+    if "optimizer" not in cfg.settings and cfg.settings.get("method") != "galore":
+        said = f"optim adamw_torch_fused with torch >= 2.8; {HF_ARGS}"
+        assume(cfg, "optimizer", "adamw", said)
+        assume(cfg, "optimizer_impl", "fused", said)
+
+
+def _trl_defaults(k: Keys, cfg: FrameworkConfig, trainer: str) -> None:
+    """TRL's defaults for the newest release (the source says from which one on)."""
+    base = TRL_AT.format("trl/trainer/base_config.py") + " _BaseConfig"
+    assume(cfg, "batch_size", 8, f"per_device_train_batch_size; {HF_ARGS}")
+    if _checkpointing_unset(k):
+        assume(cfg, "grad_ckpt", True, f"TRL >= 0.22: gradient_checkpointing; {base}")
+    _default_optimizer(cfg)
+    config = {"SFT": "sft", "DPO": "dpo", "KTO": "kto", "GRPO": "grpo"}[trainer]
+    source = TRL_AT.format(f"trl/trainer/{config}_config.py") + f" {trainer}Config"
+    if "max_length" in k and k.raw("max_length") is None and "seq_len" not in cfg.settings:
+        cfg.notes.append(
+            "max_length null: TRL does not truncate, the longest example sets the length; "
+            "estimated at ftmem's 512 tokens; give --seq-len."
+        )
+    elif trainer != "GRPO":
+        assume(cfg, "seq_len", 1024, f"TRL >= 0.16: max_length (0.15: max_seq_length); {source}")
+    elif "seq_len" not in cfg.settings:
+        cfg.notes.append(
+            "GRPO: a sequence is the prompt and up to max_completion_length tokens (512 by "
+            "default, GRPOConfig); the prompts' length is the dataset's: give --seq-len."
+        )
+    if trainer == "SFT":
+        if not k.flag("use_liger_kernel"):
+            assume(cfg, "loss", "fused", f"TRL >= 1.7: loss_type chunked_nll; {source}")
+    else:
+        assume(cfg, "model_dropout", False, f"disable_dropout true; {source}")
+        cfg.notes.append(
+            f"TRL {trainer}: the objective's own memory (chosen and rejected sequences, the "
+            "reference model, generation) is not read from this file; estimated as SFT."
+        )
+    if cfg.settings.get("loss") == "fused" and not k.flag("use_liger_kernel"):
+        cfg.notes.append(
+            "TRL's chunked_nll loss (the LM head and cross-entropy in checkpointed chunks "
+            "of tokens, logits never whole) estimated as a fused linear cross-entropy."
+        )
 
 
 def _hf_lengths(k: Keys, cfg: FrameworkConfig) -> None:

@@ -124,6 +124,7 @@ ATTENTION = {
     "flash_attention_2": "flash",
     "flash_attention_3": "flash",
     "fa2": "flash",
+    "fa3": "flash",  # LLaMA-Factory AttentionFunction.FA3 (extras/constants.py)
     "sdpa": "sdpa",
     "auto": "sdpa",
     "eager": "eager",
@@ -201,13 +202,17 @@ def galore_args(k: Keys, cfg: FrameworkConfig) -> None:
             cfg.notes.append(f"optim_target_modules {names}: read as every linear of the blocks.")
 
 
-def hf_trainer_precision(k: Keys, cfg: FrameworkConfig, dtype: str | None = None) -> None:
+def hf_trainer_precision(
+    k: Keys, cfg: FrameworkConfig, dtype: str | None = None, bf16: bool | None = None
+) -> None:
     """HF Trainer: bf16/fp16 turn on autocast; the weights keep the dtype they were
     loaded in (transformers 5 loads a checkpoint's own dtype by default, 16-bit here).
-    axolotl also takes ``bf16: auto`` (bf16 where the GPU has it)."""
+    axolotl also takes ``bf16: auto`` (bf16 where the GPU has it); ``bf16`` given: the
+    framework's resolved value (TRL's default) instead of the file's key."""
     dtype = (dtype or "auto").lower().removeprefix("torch.")
     fp32_weights = dtype in ("float32", "fp32")
-    bf16 = k.raw("bf16") == "auto" or k.flag("bf16")
+    if bf16 is None:
+        bf16 = k.raw("bf16") == "auto" or k.flag("bf16")
     if bf16:
         cfg.settings.update(precision="bf16-mixed" if fp32_weights else "bf16")
         if not fp32_weights:
@@ -240,8 +245,8 @@ def lora_numbers(k: Keys, cfg: FrameworkConfig, rank_key: str = "lora_r") -> Non
 # -- readers --------------------------------------------------------------------------------
 
 
-def read_mapping(path: Path) -> dict[str, Any]:
-    text = read_text(path, "training config", MAX_CONFIG_BYTES)
+def read_mapping(path: Path, what: str = "training config") -> dict[str, Any]:
+    text = read_text(path, what, MAX_CONFIG_BYTES)
     data = parse_json(text, str(path)) if path.suffix == ".json" else parse_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top.")

@@ -1,0 +1,244 @@
+"""Launcher configs (Accelerate's, DeepSpeed JSONs) as the parallel part of an estimate,
+DeepSpeed files found where the frameworks open them, and axolotl's FSDP2 block.
+
+Each fixture's settings are written here by hand from the file: Accelerate's
+``num_processes`` counts the processes of all machines (LLaMA-Factory's comment: "the
+number of GPUs in all nodes"), so GPUs per node = num_processes / num_machines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ftmem.cli import app
+from ftmem.errors import ConfigError
+from ftmem.filekeys import Keys
+from ftmem.frameworks import read_framework_config, read_launcher_config, with_launcher
+from ftmem.frameworks.distributed import (
+    ACCELERATE_KEYS,
+    ACCELERATE_NO_EFFECT,
+    DEEPSPEED_KEYS,
+    DEEPSPEED_NO_EFFECT,
+    LAUNCHER_NOTE,
+    distributed_settings,
+)
+from ftmem.frameworks.shared import FrameworkConfig, read_mapping
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "frameworks" / "accelerate"
+TRL_FIXTURES = ROOT / "tests" / "fixtures" / "frameworks" / "trl"
+PAGE = ROOT / "docs" / "frameworks" / "trl.md"
+runner = CliRunner()
+
+BF16 = dict(precision="bf16", autocast=True)  # mixed_precision: bf16
+EXPECTED = {
+    # DEEPSPEED, zero_stage 2, offload none, 8 processes on 1 machine
+    "trl_deepspeed_zero2.yaml": dict(gpus=8, nodes=1, strategy="zero2", **BF16),
+    "trl_deepspeed_zero3.yaml": dict(gpus=8, nodes=1, strategy="zero3", **BF16),
+    # FSDP, fsdp_version 2, reshard_after_forward true, no offload, no checkpointing
+    "trl_fsdp2.yaml": dict(gpus=8, nodes=1, strategy="fsdp", **BF16),
+    # FSDP2 with fsdp_activation_checkpointing, parallelism_config_cp_size 2, 2 processes
+    "trl_context_parallel_2gpu.yaml": dict(gpus=2, nodes=1, strategy="fsdp", grad_ckpt=True,
+                                           cp=2, **BF16),
+    # FSDP1 FULL_SHARD, fsdp_offload_params true (FSDP's CPUOffload moves the parameters,
+    # their gradients and so the optimizer step to the CPU), 2 processes
+    "llama_factory_fsdp_config_offload.yaml": dict(gpus=2, nodes=1, strategy="fsdp",
+                                                   offload_params="cpu",
+                                                   offload_optimizer="cpu", **BF16),
+    # num_machines 2, num_processes 16 (all nodes): 8 per node
+    "llama_factory_fsdp_config_multiple_nodes.yaml": dict(gpus=8, nodes=2, strategy="fsdp",
+                                                          **BF16),
+    # a DeepSpeed JSON: stage 3, offload_optimizer and offload_param on the CPU; no GPU count
+    "llama_factory_ds_z3_offload_config.json": dict(strategy="zero3", offload_optimizer="cpu",
+                                                    offload_params="cpu"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_launcher_fixture_maps_to_parallel_settings(name):
+    cfg = read_launcher_config(str(FIXTURES / name))
+    assert cfg.settings == EXPECTED[name]
+    assert cfg.framework == ("deepspeed" if name.endswith(".json") else "accelerate")
+    # the GPU count is the launcher's: a note asks for it only where the file has none
+    assert (LAUNCHER_NOTE in cfg.notes) == name.endswith(".json")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_launcher_fixture_keys_are_read_or_known(name):
+    data = read_mapping(FIXTURES / name)
+    json_file = name.endswith(".json")
+    known = DEEPSPEED_KEYS | DEEPSPEED_NO_EFFECT if json_file else ACCELERATE_KEYS
+    quiet = set() if json_file else ACCELERATE_NO_EFFECT
+    assert set(data) <= known | quiet
+
+
+def test_sequence_parallel_is_noted(tmp_path):
+    # TRL's examples/accelerate_configs/alst_ulysses_4gpu.yaml: ZeRO-3, sp_size 2
+    path = tmp_path / "alst.yaml"
+    path.write_text(
+        "distributed_type: DEEPSPEED\nnum_processes: 4\ndeepspeed_config:\n  zero_stage: 3\n"
+        "parallelism_config:\n  parallelism_config_sp_size: 2\n"
+        "  parallelism_config_dp_shard_size: 2\n"
+    )
+    cfg = read_launcher_config(str(path))
+    assert (cfg.settings["strategy"], cfg.settings["gpus"]) == ("zero3", 4)
+    assert "cp" not in cfg.settings
+    assert any(n.startswith("parallelism_config_sp_size 2") for n in cfg.notes)
+
+
+@pytest.mark.parametrize("name", ["trl_fsdp2.yaml", "llama_factory_ds_z3_offload_config.json"])
+def test_launcher_given_to_from_says_to_use_launcher(name):
+    with pytest.raises(ConfigError, match="give it as --launcher"):
+        read_framework_config(str(FIXTURES / name))
+
+
+def test_processes_must_fill_the_machines(tmp_path):
+    path = tmp_path / "acc.yaml"
+    path.write_text("distributed_type: MULTI_GPU\nnum_processes: 6\nnum_machines: 4\n")
+    with pytest.raises(ConfigError, match=r"num_processes \(6\) counts the GPUs of all"):
+        read_launcher_config(str(path))
+
+
+def test_training_config_wins_over_the_launcher(tmp_path):
+    # TRL file: bf16 (TRL's default) and its own zero2; the launcher: zero3 on 8 GPUs
+    (tmp_path / "z2.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    train = tmp_path / "sft.yaml"
+    train.write_text(f"model_name_or_path: gpt2\ndeepspeed: {tmp_path / 'z2.json'}\n")
+    got = with_launcher(
+        read_framework_config(str(train)),
+        read_launcher_config(str(FIXTURES / "trl_deepspeed_zero3.yaml")),
+    )
+    assert (got.settings["strategy"], got.settings["gpus"]) == ("zero2", 8)
+    assert got.settings["precision"] == "bf16-mixed" and "autocast" not in got.settings
+    assert any(n.startswith("strategy:") and "zero3" in n for n in got.notes)
+    assert LAUNCHER_NOTE not in got.notes
+
+
+def test_launcher_precision_replaces_training_arguments_defaults(tmp_path):
+    # plain TrainingArguments, float32 weights, neither bf16 nor fp16: the launcher's
+    # mixed_precision bf16 turns autocast on over the fp32 weights
+    train = tmp_path / "args.json"
+    train.write_text(json.dumps({"model_name_or_path": "gpt2", "torch_dtype": "float32"}))
+    got = with_launcher(
+        read_framework_config(str(train)),
+        read_launcher_config(str(FIXTURES / "trl_fsdp2.yaml")),
+    )
+    assert got.settings["precision"] == "bf16-mixed" and "autocast" not in got.settings
+
+
+def test_fsdp_activation_checkpointing_holds_over_the_file(tmp_path):
+    train = tmp_path / "args.json"
+    train.write_text(json.dumps({"model_name_or_path": "gpt2", "bf16": True}))
+    got = with_launcher(
+        read_framework_config(str(train)),
+        read_launcher_config(str(FIXTURES / "trl_context_parallel_2gpu.yaml")),
+    )
+    assert (got.settings["grad_ckpt"], got.settings["cp"]) == (True, 2)
+
+
+def test_cli_launcher_option():
+    res = runner.invoke(app, [
+        "estimate", "--from", str(TRL_FIXTURES / "example_config.yaml"),
+        "--launcher", str(FIXTURES / "llama_factory_fsdp_config_multiple_nodes.yaml"),
+        "--format", "json",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    parallel = json.loads(res.output)["parallel"]
+    assert (parallel["strategy"], parallel["gpus_per_node"], parallel["nodes"]) == ("fsdp", 8, 2)
+    # with a model alone, and the flags over the launcher
+    res = runner.invoke(app, [
+        "estimate", "qwen2.5-0.5b", "--launcher", str(FIXTURES / "trl_deepspeed_zero3.yaml"),
+        "--gpus", "4", "--format", "json",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    parallel = json.loads(res.output)["parallel"]
+    assert (parallel["strategy"], parallel["gpus_per_node"]) == ("zero3", 4)
+
+
+# -- deepspeed: paths, found as the frameworks open them (the working directory first) ------
+
+
+def _zero(path: Path, stage: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"zero_optimization": {"stage": stage}}))
+
+
+def _train(tmp_path: Path, ds: str) -> str:
+    folder = tmp_path / "configs"
+    folder.mkdir(exist_ok=True)
+    (folder / "sft.yaml").write_text(f"model_name_or_path: gpt2\ndeepspeed: {ds}\n")
+    return str(folder / "sft.yaml")
+
+
+def test_deepspeed_path_from_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _zero(tmp_path / "ds" / "zero.json", 3)  # as LLaMA-Factory's examples/deepspeed/...
+    _zero(tmp_path / "configs" / "ds" / "zero.json", 2)  # next to the config: not opened
+    cfg = read_framework_config(_train(tmp_path, "ds/zero.json"))
+    assert cfg.settings["strategy"] == "zero3"
+    assert not any("config's folder" in n for n in cfg.notes)
+
+
+def test_deepspeed_path_next_to_the_config_is_a_fallback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _zero(tmp_path / "configs" / "ds" / "zero.json", 2)
+    cfg = read_framework_config(_train(tmp_path, "ds/zero.json"))
+    assert cfg.settings["strategy"] == "zero2"
+    assert any("not found from the working directory" in n for n in cfg.notes)
+
+
+def test_deepspeed_path_found_nowhere_is_read_from_its_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = read_framework_config(_train(tmp_path, "ds/ds_z3_offload_config.json"))
+    s = cfg.settings
+    assert (s["strategy"], s["offload_optimizer"], s["offload_params"]) == ("zero3", "cpu", "cpu")
+    assert any("read from its name" in n for n in cfg.notes)
+
+
+# -- axolotl's FSDP2 block (examples/qwen3.5/27b-fft.yaml @067b021c: fsdp_version inside
+# fsdp_config, unprefixed keys, no top-level fsdp_version) ------------------------------
+
+AXOLOTL_FSDP2 = {
+    "fsdp_config": {
+        "fsdp_version": 2,
+        "offload_params": False,
+        "cpu_ram_efficient_loading": False,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "transformer_layer_cls_to_wrap": "Qwen3_5DecoderLayer",
+        "state_dict_type": "FULL_STATE_DICT",
+        "sharding_strategy": "FULL_SHARD",
+        "reshard_after_forward": True,
+        "activation_checkpointing": True,
+    }
+}
+
+
+def _axolotl(data: dict, tmp_path: Path) -> FrameworkConfig:
+    cfg = FrameworkConfig("axolotl", "x.yml", None)
+    distributed_settings(Keys(data, "x.yml"), tmp_path, cfg)
+    return cfg
+
+
+def test_axolotl_fsdp2_inside_fsdp_config(tmp_path):
+    cfg = _axolotl(AXOLOTL_FSDP2, tmp_path)
+    assert cfg.settings == dict(strategy="fsdp", grad_ckpt=True)
+    offload = {"fsdp_config": {**AXOLOTL_FSDP2["fsdp_config"], "offload_params": True,
+                               "reshard_after_forward": False}}  # fmt: skip
+    s = _axolotl(offload, tmp_path).settings
+    assert (s["strategy"], s["offload_params"]) == ("fsdp-grad-op", "cpu")
+
+
+def test_fsdp_config_alone_is_not_fsdp_for_training_arguments(tmp_path):
+    # transformers applies fsdp_config only with fsdp set; axolotl turns FSDP on with it
+    cfg = FrameworkConfig("trl", "x.json", None)
+    distributed_settings(Keys(AXOLOTL_FSDP2, "x.json"), tmp_path, cfg)
+    assert "strategy" not in cfg.settings
+
+
+def test_the_page_names_the_launcher_keys():
+    text = PAGE.read_text().split("## Launcher configs")[1]
+    for key in ACCELERATE_KEYS - {"fsdp_config", "deepspeed_config"}:
+        assert f"`{key}`" in text, key

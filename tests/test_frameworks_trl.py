@@ -1,0 +1,262 @@
+"""TRL configs and HF TrainingArguments (--from): each file maps to the settings written
+here by hand from the file and from TRL's (or TrainingArguments') own defaults, each
+default listed with its source and the TRL releases it holds for.
+
+TRL's defaults, read by hand from huggingface/trl @f2cd57710ae345ea6428ae95363267fcf38a3dc8
+and its history (git log -S on the configs):
+- per_device_train_batch_size 8 (TrainingArguments; TRL never overrides it)
+- gradient_checkpointing true from v0.22.0 (a222aeb46, _BaseConfig since v0.29.0)
+- bf16 true unless fp16 from v0.19.0 (32ffa1170, 4c92de000)
+- the model loads in float32 unless dtype is given, from v0.27.0 (4d52e0249)
+- max_length 1024 (SFT, DPO, KTO; v0.15.0 spelled it max_seq_length), none for GRPO
+- SFT loss_type chunked_nll from v1.7.0 (b58947c7e), nll with use_liger_kernel
+- ModelConfig: lora_r 16, lora_alpha 32, lora_dropout 0.05, nf4, no nested quantisation
+- DPO / KTO / GRPO: disable_dropout true
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ftmem.errors import ConfigError
+from ftmem.frameworks import hf_trainer, read_framework_config
+from ftmem.frameworks.shared import NO_MEMORY_EFFECT
+from ftmem.textfiles import parse_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "frameworks" / "trl"
+PAGE = ROOT / "docs" / "frameworks" / "trl.md"
+
+# what `trl sft --config` runs for a file that names only the model and the data: every
+# memory setting is TRL's default (the weights float32, bf16 autocast over them)
+TRL_SFT_DEFAULTS = dict(
+    framework="hf", precision="bf16-mixed", batch_size=8, grad_ckpt=True, optimizer="adamw",
+    optimizer_impl="fused", seq_len=1024, loss="fused",
+)  # fmt: skip
+
+EXPECTED = {
+    # model_name_or_path, dataset_name, report_to, learning_rate, lr_scheduler_type
+    "example_config.yaml": ("Qwen/Qwen2.5-0.5B", TRL_SFT_DEFAULTS),
+    # accelerate_config: zero2 is TRL's profile trl/accelerate_configs/zero2.yaml:
+    # DEEPSPEED zero_stage 2, no offload, num_processes 8, num_machines 1
+    "clis_sft_accelerate_zero2.yaml": (
+        "Qwen/Qwen2.5-0.5B",
+        {**TRL_SFT_DEFAULTS, "strategy": "zero2", "gpus": 8, "nodes": 1},
+    ),
+    # reward_funcs: `trl grpo`; num_processes 4 on one machine; GRPO has no max_length
+    # and no chunked loss; disable_dropout true
+    "clis_grpo_num_processes.yaml": (
+        "Qwen/Qwen2.5-0.5B",
+        dict(framework="hf", precision="bf16-mixed", batch_size=8, grad_ckpt=True,
+             optimizer="adamw", optimizer_impl="fused", model_dropout=False, gpus=4, nodes=1),
+    ),
+    # use_peft + load_in_4bit: QLoRA, nf4 without nested quantisation (ModelConfig), the
+    # compute dtype TRL passes is the model's dtype (bfloat16); lora_dropout ModelConfig's
+    "sft_qlora_handwritten.yaml": (
+        "Qwen/Qwen2.5-7B",
+        dict(framework="hf", method="qlora", quant="nf4", double_quant=False, lora_r=32,
+             lora_alpha=16, lora_dropout=0.05, lora_targets="all-linear", precision="bf16",
+             autocast=True, compute_dtype="bf16", attn="flash", seq_len=2048, batch_size=2,
+             grad_accum=8, eval_batch_size=4, grad_ckpt=True, optimizer="adamw",
+             optimizer_impl="fused", loss="fused"),
+    ),
+}  # fmt: skip
+
+# the keys of each file that change memory (by hand): each must be read, not noted
+MEMORY_KEYS = {
+    "example_config.yaml": {"model_name_or_path"},
+    "clis_sft_accelerate_zero2.yaml": {"model_name_or_path", "accelerate_config"},
+    "clis_grpo_num_processes.yaml": {"model_name_or_path", "num_processes"},
+    "sft_qlora_handwritten.yaml": {
+        "model_name_or_path", "use_peft", "load_in_4bit", "lora_r", "lora_alpha",
+        "lora_target_modules", "dtype", "attn_implementation", "max_length",
+        "per_device_train_batch_size", "gradient_accumulation_steps", "eval_strategy",
+        "per_device_eval_batch_size",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fixture_maps_to_trl_settings(name):
+    model, settings = EXPECTED[name]
+    cfg = read_framework_config(str(FIXTURES / name))
+    assert (cfg.framework, cfg.model) == ("trl", model)
+    assert cfg.settings == settings
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fixture_keys_are_read_or_noted(name):
+    data = parse_yaml((FIXTURES / name).read_text(), name)
+    cfg = read_framework_config(str(FIXTURES / name))
+    assert MEMORY_KEYS[name] <= hf_trainer.HF_TRAINER_KEYS
+    noted = " ".join(cfg.notes)
+    for key in data:
+        assert key in hf_trainer.HF_TRAINER_KEYS or re.search(rf"\b{key}\b", noted), key
+
+
+def test_each_trl_default_is_listed_with_its_source_and_release():
+    cfg = read_framework_config(str(FIXTURES / "example_config.yaml"))
+    listed = {entry.split(" ", 1)[0]: entry for entry in cfg.assumed}
+    releases = {
+        "grad_ckpt": "TRL >= 0.22",
+        "dtype": "TRL >= 0.27",
+        "bf16": "TRL >= 0.19",
+        "seq_len": "TRL >= 0.16",
+        "loss": "TRL >= 1.7",
+    }
+    for setting, release in releases.items():
+        assert release in listed[setting], listed[setting]
+        assert "huggingface/trl trl/trainer/" in listed[setting]
+    for setting in ("batch_size", "optimizer", "optimizer_impl"):
+        assert "transformers src/transformers/training_args.py" in listed[setting]
+    assert any(n.startswith("trl defaults where the file is silent") for n in cfg.notes)
+
+
+def write(tmp_path: Path, data: dict, name: str = "args.json") -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(data) if name.endswith(".json") else "\n".join(
+        f"{k}: {json.dumps(v)}" for k, v in data.items()
+    ))  # fmt: skip
+    return str(path)
+
+
+def test_plain_training_arguments_keep_hf_defaults(tmp_path):
+    # no key only TRL has, JSON: TrainingArguments (transformers' own example scripts)
+    cfg = read_framework_config(write(tmp_path, {"model_name_or_path": "gpt2", "do_train": True}))
+    assert cfg.settings == dict(
+        framework="hf", batch_size=8, grad_ckpt=False, precision="bf16", optimizer="adamw",
+        optimizer_impl="fused",
+    )  # fmt: skip
+    assert any("give --seq-len" in n for n in cfg.notes)
+    assert any(n.startswith("Read as HF TrainingArguments") for n in cfg.notes)
+
+
+def test_the_file_beats_trl_defaults(tmp_path):
+    cfg = read_framework_config(write(tmp_path, {
+        "model_name_or_path": "gpt2", "packing": True, "gradient_checkpointing": False,
+        "fp16": True, "max_length": 256, "per_device_train_batch_size": 2,
+        "use_liger_kernel": True, "torch_dtype": "float16",
+    }))  # fmt: skip
+    s = cfg.settings
+    assert "grad_ckpt" not in s  # false: ftmem's default, TRL's true not assumed
+    assert (s["precision"], s["seq_len"], s["batch_size"]) == ("fp16-mixed", 256, 2)
+    assert s["loss"] == "fused"  # Liger's, TRL's loss_type is then nll
+    assert not any(e.startswith(("grad_ckpt", "seq_len", "loss")) for e in cfg.assumed)
+    assert any(e.startswith("bf16 false") for e in cfg.assumed)  # TRL: bf16 unless fp16
+
+
+def test_nested_quantisation_and_quant_type_are_read(tmp_path):
+    cfg = read_framework_config(write(tmp_path, {
+        "model_name_or_path": "gpt2", "use_peft": True, "load_in_4bit": True,
+        "use_bnb_nested_quant": True, "bnb_4bit_quant_type": "fp4",
+    }, "qlora.yaml"))  # fmt: skip
+    s = cfg.settings
+    assert (s["method"], s["quant"], s["double_quant"]) == ("qlora", "fp4", True)
+    assert s["compute_dtype"] == "fp32"  # TRL passes dtype (float32 by default) to bnb
+    assert (s["lora_r"], s["lora_alpha"], s["lora_dropout"]) == (16, 32, 0.05)
+
+
+def test_max_length_null_is_no_truncation(tmp_path):
+    path = tmp_path / "sft.yaml"
+    path.write_text("model_name_or_path: gpt2\nmax_length: null\n")
+    cfg = read_framework_config(str(path))
+    assert "seq_len" not in cfg.settings
+    assert any(n.startswith("max_length null") for n in cfg.notes)
+
+
+def test_preference_trainers_are_told_apart(tmp_path):
+    dpo = read_framework_config(write(tmp_path, {"model_name_or_path": "gpt2", "beta": 0.1}))
+    assert dpo.settings["model_dropout"] is False and "loss" not in dpo.settings
+    assert dpo.settings["seq_len"] == 1024  # DPOConfig.max_length
+    assert any("TRL DPO" in n for n in dpo.notes)
+    kto = read_framework_config(write(tmp_path, {"model_name_or_path": "gpt2",
+                                                 "desirable_weight": 1.0}))  # fmt: skip
+    assert any("TRL KTO" in n for n in kto.notes)
+
+
+def test_evaluation_inside_the_run(tmp_path):
+    cfg = read_framework_config(write(tmp_path, {"model_name_or_path": "gpt2",
+                                                 "eval_strategy": "steps"}))  # fmt: skip
+    assert cfg.settings["eval_batch_size"] == 8  # per_device_eval_batch_size's default
+    cfg = read_framework_config(write(tmp_path, {"model_name_or_path": "gpt2",
+                                                 "per_device_eval_batch_size": 4}))  # fmt: skip
+    assert "eval_batch_size" not in cfg.settings  # eval_strategy "no"
+
+
+def test_memory_features(tmp_path):
+    cfg = read_framework_config(write(tmp_path, {
+        "model_name_or_path": "gpt2", "max_length": 512, "activation_offloading": True,
+        "torch_compile": True, "use_peft": True, "use_rslora": True,
+        "lora_modules_to_save": ["lm_head"], "neftune_noise_alpha": 5,
+    }))  # fmt: skip
+    s = cfg.settings
+    assert (s["activation_offload"], s["compile"], s["method"]) == (True, True, "rslora")
+    assert s["lora_modules_to_save"] == "head"
+    assert any(n.startswith("neftune_noise_alpha") for n in cfg.notes)
+
+
+def test_accelerate_config_file_and_unknown_profile(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fsdp.yaml").write_text(
+        "distributed_type: FSDP\nnum_processes: 4\nnum_machines: 1\n"
+        "fsdp_config:\n  fsdp_version: 2\n  fsdp_offload_params: true\n"
+    )
+    cfg = read_framework_config(write(tmp_path, {"model_name_or_path": "gpt2",
+                                                 "accelerate_config": "fsdp.yaml"}, "a.yaml"))  # fmt: skip
+    s = cfg.settings
+    assert (s["strategy"], s["gpus"], s["offload_params"]) == ("fsdp", 4, "cpu")
+    with pytest.raises(ConfigError, match="neither a file nor one of TRL's profiles"):
+        read_framework_config(write(tmp_path, {"model_name_or_path": "gpt2",
+                                               "accelerate_config": "zero9"}, "b.yaml"))  # fmt: skip
+
+
+# -- the docs page cannot drift -----------------------------------------------------------
+
+
+def _page_keys() -> set[str]:
+    """The keys the page's tables name (first column, in backticks)."""
+    trl_part = PAGE.read_text().split("## Launcher configs")[0]
+    return {
+        key
+        for line in trl_part.splitlines()
+        if line.startswith("| `")
+        for key in re.findall(r"`([a-z0-9_]+)`", line.split("|")[1])
+    }
+
+
+def test_the_page_names_every_key_the_reader_knows():
+    text = PAGE.read_text()
+    for key in hf_trainer.HF_TRAINER_KEYS | hf_trainer.NO_MEMORY_EFFECT:
+        assert f"`{key}`" in text, key
+
+
+def test_the_page_names_no_key_the_reader_does_not_know():
+    known = hf_trainer.HF_TRAINER_KEYS | hf_trainer.NO_MEMORY_EFFECT | NO_MEMORY_EFFECT
+    assert _page_keys() - known == set()
+
+
+def test_transformers_5_checkpointing_keys(tmp_path):
+    # plain TrainingArguments (JSON, no TRL key): activation_checkpointing is the new name
+    cfg = read_framework_config(write(tmp_path, {
+        "model_name_or_path": "gpt2", "activation_checkpointing": True,
+        "activation_checkpointing_kwargs": {"offload": True, "every_n_layers": 2},
+        "torch_compile_mode": "max-autotune", "use_liger_kernel": True,
+        "liger_kernel_config": {"fused_linear_cross_entropy": False},
+        "auto_find_batch_size": True, "ddp_bucket_cap_mb": 100,
+    }))  # fmt: skip
+    s = cfg.settings
+    assert (s["grad_ckpt"], s["activation_offload"], s["compile"]) == (True, True, True)
+    assert "loss" not in s  # Liger without its fused linear cross-entropy
+    noted = " ".join(cfg.notes)
+    for key in ("every_n_layers 2", "liger_kernel_config", "auto_find_batch_size"):
+        assert key in noted
+    assert "ddp_bucket_cap_mb" in next(n for n in cfg.notes if "no effect on memory" in n)
+    # without checkpointing, the kwargs' offload has nothing to offload
+    cfg = read_framework_config(write(tmp_path, {
+        "model_name_or_path": "gpt2", "activation_checkpointing_kwargs": {"offload": True},
+    }))  # fmt: skip
+    assert "activation_offload" not in cfg.settings
