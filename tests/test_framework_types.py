@@ -181,7 +181,7 @@ ACCEPTED = [
      {"lora_targets": "q_proj,v_proj"}),
     # LitGPT's precision as a YAML number, bnb.int8-training (its finetune scripts' spelling)
     ("litgpt precision 32", LIT + "precision: 32\n", {"precision": "fp32"}),
-    ("litgpt int8-training", LIT + "quantize: bnb.int8-training\n",
+    ("litgpt int8-training", LIT + "precision: bf16-true\nquantize: bnb.int8-training\n",
      {"method": "qlora", "quant": "int8"}),
     # older LLaMA-Factory: flash_attn as a switch
     ("llama-factory flash true", LF + "flash_attn: true\n", {"attn": "flash"}),

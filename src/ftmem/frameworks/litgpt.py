@@ -1,11 +1,20 @@
-"""LitGPT finetune configs (config_hub/finetune): precision, quantisation, LoRA switches and the train section."""
+"""LitGPT finetune configs (config_hub/finetune/<model>/{lora,qlora,full}.yaml): the
+script the file belongs to, precision, quantisation, LoRA switches, the train section and
+the multi-GPU strategy LitGPT picks for ``devices`` > 1.
+
+Sources: Lightning-AI/litgpt@26857050fe3ff627cd714fe92f5838f51a3d5efa (LITGPT_HEAD below),
+litgpt/finetune/{lora,full,adapter,adapter_v2}.py ``setup()``, litgpt/args.py, litgpt/utils.py.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
-from ftmem.frameworks.shared import FrameworkConfig, lora_numbers
+from ftmem.frameworks.shared import FrameworkConfig, assume, lora_numbers
+
+LITGPT_HEAD = "Lightning-AI/litgpt@2685705"
 
 LITGPT_PRECISION = {
     "bf16-true": "bf16",
@@ -25,20 +34,47 @@ LITGPT_QUANT = {
     "bnb.int8": "int8",
     "bnb.int8-training": "int8",  # the spelling LitGPT's finetune scripts take
 }
+LORA_SWITCHES = (
+    ("lora_query", "q"),
+    ("lora_key", "k"),
+    ("lora_value", "v"),
+    ("lora_projection", "o"),
+    ("lora_mlp", "gate,up,down"),
+)
 
 # this framework's keys that do not change memory (beyond frameworks.shared's)
-NO_MEMORY_EFFECT: frozenset[str] = frozenset()
+NO_MEMORY_EFFECT: frozenset[str] = frozenset(
+    {
+        "out_dir",
+        "logger_name",
+        "resume",  # where the weights come from, not what the step holds
+        "access_token",
+        "log",  # LogArgs: the logger's project and run names
+        "data",  # the dataset; its lengths are capped by train.max_seq_length
+    }
+)
+# train.* (litgpt/args.py TrainArgs) that do not change memory; max_seq_length,
+# micro_batch_size and global_batch_size are read
+TRAIN_NO_EFFECT = frozenset(
+    {"save_interval", "log_interval", "lr_warmup_steps", "epochs", "max_steps", "max_time"}
+    | {"min_lr"}
+)
+# TrainArgs fields the finetune scripts refuse when set (lora.py / full.py validate_args)
+TRAIN_REFUSED = ("max_tokens", "max_norm", "tie_embeddings", "lr_warmup_fraction")
+# eval.* (EvalArgs): LitGPT validates at the micro-batch and generates a sample with a
+# KV cache of max_seq_length whatever these say (the litgpt profile models both)
+EVAL_KEYS = frozenset(
+    {
+        "interval",
+        "max_new_tokens",
+        "max_iters",
+        "initial_validation",
+        "final_validation",
+        "evaluate_example",
+    }
+)
 
-
-def _litgpt_precision(k: Keys) -> str:
-    """LitGPT's (Lightning's) precision name; YAML reads ``precision: 32`` as a number."""
-    value = k.raw("precision")
-    if isinstance(value, int) and not isinstance(value, bool) and str(value) in LITGPT_PRECISION:
-        return str(value)
-    return k.choice("precision", LITGPT_PRECISION) or "bf16-true"
-
-
-# the keys _litgpt reads; read_framework_config lists every other one as ignored
+# the keys read; read_framework_config lists every other one as ignored
 LITGPT_KEYS = frozenset(
     {
         "checkpoint_dir",
@@ -47,26 +83,235 @@ LITGPT_KEYS = frozenset(
         "lora_r",
         "lora_alpha",
         "lora_dropout",
-        "lora_query",
-        "lora_key",
-        "lora_value",
-        "lora_projection",
-        "lora_mlp",
+        *(key for key, _ in LORA_SWITCHES),
         "lora_head",
         "train",
+        "eval",
         "optimizer",
         "devices",
         "num_nodes",
-        "data",
-        "eval",
-        "out_dir",
-        "logger_name",
     }
 )
 
 
-def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
+def _litgpt_precision(k: Keys, cfg: FrameworkConfig) -> None:
+    """LitGPT's (Lightning's) precision name; YAML reads ``precision: 32`` as a number.
+    Silent: get_default_supported_precision(training=True), bf16-mixed on a GPU with bf16
+    (litgpt/utils.py; every finetune script's setup())."""
+    value = k.raw("precision")
+    if isinstance(value, int) and not isinstance(value, bool) and str(value) in LITGPT_PRECISION:
+        name: str | None = str(value)
+    else:
+        name = k.choice("precision", LITGPT_PRECISION)
+    if name is None:
+        said = f"LitGPT's get_default_supported_precision(training=True), {LITGPT_HEAD} utils.py"
+        assume(cfg, "precision", "bf16-mixed", said)
+        return
+    cfg.settings["precision"] = LITGPT_PRECISION[name]
+
+
+def _script(k: Keys, cfg: FrameworkConfig, path: Path) -> str:
+    """Which finetune script the file is for (LitGPT's configs do not say): lora.py's
+    when it has lora_* keys or quantize (full.py takes no quantize), adapter.py's when
+    named so (config_hub/finetune/<model>/<script>.yaml), else full.py's."""
+    if any(key in k for key in ("lora_r", "lora_alpha", *(s for s, _ in LORA_SWITCHES))):
+        return "lora"
+    if path.stem.lower().startswith("adapter"):
+        raise ConfigError(
+            f"{k.file}: LitGPT's adapter / adapter_v2 finetuning (LLaMA-Adapter: learned "
+            "prompts gated into the top blocks) is not modelled by ftmem; no ftmem method "
+            "trains what it trains."
+        )
+    if k.raw("quantize") is not None:
+        cfg.notes.append(
+            f"{path.name} has quantize but no lora_* keys: read as `litgpt finetune lora` "
+            "with its defaults (for adapter / adapter_v2, LLaMA-Adapter, ftmem has no model)."
+        )
+        return "lora"
+    cfg.notes.append(
+        f"{path.name} has no lora_* keys: read as `litgpt finetune full` (LitGPT's "
+        "configs do not name their script; adapter ones are named adapter*.yaml)."
+    )
+    return "full"
+
+
+def _lora(k: Keys, cfg: FrameworkConfig) -> None:
+    """lora.py's LoRA switches; the defaults are setup()'s (r 8, alpha 16, dropout 0.05,
+    query and value only)."""
     s = cfg.settings
+    s["method"] = "lora"
+    lora_numbers(k, cfg)
+    said = f"litgpt finetune lora setup() default, {LITGPT_HEAD} finetune/lora.py"
+    for setting, value in (("lora_r", 8), ("lora_alpha", 16), ("lora_dropout", 0.05)):
+        assume(cfg, setting, value, said)
+    # setup()'s switch defaults: lora_query True, lora_value True, the others False
+    on = [
+        role
+        for key, role in LORA_SWITCHES
+        if (
+            k.flag(key)
+            if key in k and k.raw(key) is not None
+            else key in ("lora_query", "lora_value")
+        )
+    ]
+    if on:
+        s["lora_targets"] = ",".join(on)
+    if k.flag("lora_head"):
+        cfg.notes.append("lora_head (LoRA on the LM head) is not modelled yet.")
+    if s.get("precision") in ("bf16", "fp16"):
+        s["adapter_dtype"] = s["precision"]  # Fabric's init_module builds them in the model dtype
+
+
+def _quantize(k: Keys, cfg: FrameworkConfig) -> None:
+    """bitsandbytes through Lightning's BitsandbytesPrecision; LitGPT then trains with
+    bitsandbytes' 32-bit PagedAdamW (utils.py instantiate_bnb_optimizer)."""
+    quant = k.choice("quantize", LITGPT_QUANT)
+    if not quant:
+        return
+    s = cfg.settings
+    if str(s.get("precision", "")).endswith("-mixed"):
+        given = "precision" in k and k.raw("precision") is not None
+        which = "the file's precision" if given else "LitGPT's default precision, bf16-mixed,"
+        raise ConfigError(
+            f"{k.file}: quantize {quant} with {which} is refused by LitGPT ('Quantization and "
+            "mixed precision is not supported'); give precision: bf16-true."
+        )
+    s["method"] = "qlora"
+    s["quant"] = LITGPT_QUANT[quant]
+    if s["quant"] != "int8":  # double quantisation is bitsandbytes 4-bit's
+        s["double_quant"] = quant.endswith("-dq")
+    # PagedAdamW (optim_bits 32): fp32 states whatever the adapters' dtype, one kernel
+    # per tensor (no foreach temporaries); paged states may move to the host under
+    # pressure, counted on the GPU here
+    s["optimizer"] = "adamw-fp32"
+    s["optimizer_impl"] = "fused"
+    cfg.notes.append(
+        "quantize: LitGPT trains with bitsandbytes' PagedAdamW (fp32 states, paged: the "
+        "driver may evict them to host RAM under pressure; counted on the GPU)."
+    )
+
+
+def _devices(k: Keys, cfg: FrameworkConfig, script: str) -> int | None:
+    """GPUs per node (None: ``auto``, the machine's count) and, past one GPU in all,
+    the strategy LitGPT builds: full.py / adapter.py an FSDPStrategy(auto_wrap_policy=
+    {Block}, activation_checkpointing_policy={Block}, cpu_offload=False), FULL_SHARD by
+    Lightning's default; lora.py a ModelParallelStrategy whose parallelize_fn wraps every
+    Block in checkpoint_wrapper and fully_shard()s each Block and trainable Linear."""
+    value = k.raw("devices")
+    if value in ("auto", -1):  # litgpt/utils.py parse_devices: torch.cuda.device_count()
+        cfg.notes.append(
+            "devices: auto takes every GPU of the machine: give --gpus N; past one GPU "
+            "LitGPT shards with FSDP and checkpoints every block (add --strategy fsdp "
+            "--grad-ckpt)."
+        )
+        return None
+    devices = k.integer("devices") if "devices" in k else None
+    if devices is None:
+        devices = 1  # setup(devices=1)
+    nodes = k.integer("num_nodes") or 1
+    if devices * nodes == 1:
+        return 1
+    if cfg.settings.get("method") == "qlora":
+        raise ConfigError(
+            f"{k.file}: quantize with devices x num_nodes = {devices * nodes} is refused by "
+            "LitGPT ('Quantization is currently not supported for multi-GPU training')."
+        )
+    s = cfg.settings
+    s.update(gpus=devices, nodes=nodes, strategy="fsdp", grad_ckpt=True)
+    engine = "FSDP2 fully_shard (ModelParallelStrategy)" if script == "lora" else "FSDPStrategy"
+    cfg.notes.append(
+        f"devices {devices} x num_nodes {nodes}: LitGPT's {engine} shards weights, gradients "
+        "and optimizer states over the GPUs and checkpoints every block; memory is per GPU."
+    )
+    return devices
+
+
+def _train(k: Keys, cfg: FrameworkConfig, script: str, devices: int | None) -> None:
+    """train.*: the micro-batch, the sequence cap and the accumulation
+    (TrainArgs.gradient_accumulation_iters: global // (devices · nodes) // micro)."""
+    train = k.section("train")
+    said = f"litgpt finetune {script} setup()'s TrainArgs, {LITGPT_HEAD} finetune/{script}.py"
+    for key in TRAIN_REFUSED:
+        if train.raw(key) is not None:
+            raise ConfigError(
+                f"{k.file}: train.{key} is refused by LitGPT's finetune scripts (validate_args: "
+                f"'doesn't support the {key!r} argument'); remove it."
+            )
+    micro = train.integer("micro_batch_size")
+    if micro is None:
+        micro = 1
+        assume(cfg, "batch_size", 1, said)
+    cfg.settings["batch_size"] = micro
+    total = train.integer("global_batch_size") or 16  # setup()'s TrainArgs
+    ranks = (devices or 1) * (k.integer("num_nodes") or 1)
+    if total // ranks // micro < 1:
+        raise ConfigError(
+            f"{k.file}: train.global_batch_size {total} is less than micro_batch_size {micro} "
+            f"on each of {ranks} GPU(s); LitGPT refuses it (TrainArgs asserts at least one "
+            "micro-batch per step)."
+        )
+    if train.raw("global_batch_size") is None:
+        assume(cfg, "grad_accum", total // ranks // micro, said + " (global_batch_size 16)")
+    else:
+        cfg.settings["grad_accum"] = total // ranks // micro
+    if (seq := train.integer("max_seq_length")) is not None:
+        cfg.settings["seq_len"] = seq
+    else:
+        cfg.notes.append(
+            "train.max_seq_length is not set: LitGPT trains on the samples untruncated (fit() "
+            "sets the longest sample's length); estimated at ftmem's 512 tokens: give --seq-len."
+        )
+    read_train = TRAIN_NO_EFFECT | {"micro_batch_size", "global_batch_size", "max_seq_length"}
+    unknown = [f"train.{x}" for x in train if x not in read_train | set(TRAIN_REFUSED)]
+    unknown += [f"eval.{x}" for x in k.section("eval") if x not in EVAL_KEYS]
+    if unknown:
+        cfg.notes.append(f"litgpt keys not read by ftmem: {', '.join(sorted(unknown))}.")
+
+
+def _optimizer(k: Keys, cfg: FrameworkConfig) -> None:
+    """A name (torch.optim.<name>) or class_path + init_args (instantiate_torch_optimizer);
+    under quantize LitGPT takes bitsandbytes' PagedAdamW instead (_quantize)."""
+    s = cfg.settings
+    if isinstance(k.raw("optimizer"), dict):
+        section = k.section("optimizer")
+        name = section.text("class_path") or ""
+        init = section.section("init_args")
+    else:
+        name = k.text("optimizer") or "AdamW"  # setup(optimizer="AdamW")
+        init = Keys({}, k.file, "optimizer.init_args.")
+    leaf = name.rsplit(".", 1)[-1]
+    if s.get("method") == "qlora":
+        if "AdamW" not in name:
+            raise ConfigError(
+                f"{k.file}: optimizer {name} with quantize is refused by LitGPT (instantiate_"
+                "bnb_optimizer: 'only supports the AdamW optimizer')."
+            )
+        return
+    if leaf in ("AdamW", "Adam"):  # ftmem's default optimizer, torch's foreach AdamW
+        if init.flag("fused"):
+            s["optimizer_impl"] = "fused"
+    elif leaf == "SGD":
+        s["optimizer"] = "sgd-momentum" if init.number("momentum") else "sgd"
+    elif leaf in ("AdamW8bit", "PagedAdamW8bit"):
+        s["optimizer"] = "paged-adamw-8bit" if leaf.startswith("Paged") else "adamw-8bit"
+    else:
+        cfg.notes.append(f"optimizer {name} is not modelled; the estimate assumes AdamW.")
+
+
+def _not_pretraining(k: Keys) -> None:
+    """config_hub/pretrain: ``litgpt pretrain`` (model_name, no checkpoint_dir) trains a
+    LitGPT config from a random init (pretrain.py setup(): HYBRID_SHARD FSDP without
+    activation checkpointing, torch.compile, sequences of the model's block_size)."""
+    if "model_name" in k and "checkpoint_dir" not in k:
+        raise ConfigError(
+            f"{k.file}: a `litgpt pretrain` config (model_name {k.raw('model_name')!r}, no "
+            "checkpoint_dir), which ftmem does not read; estimate its model with --method "
+            "full and the file's micro_batch_size, max_seq_length and precision as flags."
+        )
+
+
+def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
+    _not_pretraining(k)
     ckpt = k.text("checkpoint_dir") or ""
     local = base / ckpt if not Path(ckpt).is_absolute() else Path(ckpt)
     if ckpt and (local / "config.json").is_file():
@@ -77,48 +322,12 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
         "LitGPT runs its own model code (fused q/k/v): estimated with the transformers layout "
         "of the same model, whose weights match; saved activations may differ a little."
     )
-    s["precision"] = LITGPT_PRECISION[_litgpt_precision(k)]
-    if (r := k.integer("lora_r")) is not None:
-        s["method"] = "lora"
-        lora_numbers(k, cfg)
-        s["lora_r"] = r
-        targets = [
-            role
-            for key, role in (
-                ("lora_query", "q"),
-                ("lora_key", "k"),
-                ("lora_value", "v"),
-                ("lora_projection", "o"),
-                ("lora_mlp", "gate,up,down"),
-            )
-            if k.flag(key)
-        ]
-        if targets:
-            s["lora_targets"] = ",".join(targets)
-        if k.flag("lora_head"):
-            cfg.notes.append("lora_head (LoRA on the LM head) is not modelled yet.")
-        if s["precision"] in ("bf16", "fp16"):
-            s["adapter_dtype"] = s["precision"]  # LitGPT keeps adapters in the model dtype
-    quant = k.choice("quantize", LITGPT_QUANT)
-    if quant:
-        s["method"] = "qlora"
-        s["quant"] = LITGPT_QUANT[quant]
-        if s["quant"] != "int8":  # double quantisation is bitsandbytes 4-bit's
-            s["double_quant"] = quant.endswith("-dq")
-    train = k.section("train")
-    if (seq := train.integer("max_seq_length")) is not None:
-        s["seq_len"] = seq
-    micro = train.integer("micro_batch_size")
-    if micro:
-        s["batch_size"] = micro
-        devices = k.raw("devices") if isinstance(k.raw("devices"), int) else 1
-        if (total := train.integer("global_batch_size")) is not None:
-            s["grad_accum"] = max(1, total // (micro * max(devices, 1)))
-    optimizer = k.raw("optimizer")
-    if isinstance(optimizer, dict):
-        name = k.section("optimizer").text("class_path") or ""
-    else:
-        name = k.text("optimizer") or "AdamW"
-    if not name.endswith(("AdamW", "Adam")):
-        cfg.notes.append(f"optimizer {name} is not modelled; the estimate assumes AdamW.")
+    script = _script(k, cfg, Path(k.file))
+    _litgpt_precision(k, cfg)
+    if script == "lora":
+        _lora(k, cfg)
+        _quantize(k, cfg)
+    devices = _devices(k, cfg, script)
+    _train(k, cfg, script, devices)
+    _optimizer(k, cfg)
     return LITGPT_KEYS

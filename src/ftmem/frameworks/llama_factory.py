@@ -1,4 +1,11 @@
-"""LLaMA-Factory configs: finetuning_type (LoRA, freeze, full), quantisation, GaLore, DeepSpeed."""
+"""LLaMA-Factory configs: finetuning_type (LoRA, freeze, full), quantisation, the fp32
+upcast of trainable weights, GaLore, DeepSpeed; and the v1 format (``model:``,
+``peft_config:``, ``dist_config:``) in llama_factory_v1.
+
+Sources: hiyouga/LLaMA-Factory@ff6d4d12eeb035d6ce06805a5733dd7b29f2ac30 (LF_HEAD below):
+src/llamafactory/hparams/{model,data,finetuning}_args.py for the defaults,
+model/adapter.py init_adapter for the upcast, model/model_utils/quantization.py.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,10 @@ from pathlib import Path
 
 from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
-from ftmem.frameworks.distributed import strategy_from_deepspeed
+from ftmem.frameworks.distributed import LAUNCHER_NOTE, strategy_from_deepspeed
 from ftmem.frameworks.shared import (
     FrameworkConfig,
+    assume,
     attention,
     hf_optimizer,
     hf_trainer_precision,
@@ -17,33 +25,87 @@ from ftmem.frameworks.shared import (
     settings_from,
 )
 
-# this framework's keys that do not change memory (beyond frameworks.shared's)
-NO_MEMORY_EFFECT: frozenset[str] = frozenset()
+LF_HEAD = "hiyouga/LLaMA-Factory@ff6d4d1"
+FINETUNING = f"{LF_HEAD} hparams/finetuning_args.py"
+
+# v0 keys that do not change memory (beyond frameworks.shared's)
+V0_NO_MEMORY_EFFECT: frozenset[str] = frozenset(
+    {
+        "max_samples",  # how many samples are read, not how long they are
+        "ddp_timeout",
+        "save_only_model",  # what a checkpoint holds on disk
+        "pref_beta",  # preference-loss coefficients (the stage is read)
+        "pref_loss",
+        "pref_ftx",
+        "dataset_dir",
+        "eval_dataset",  # what is evaluated; eval_strategy says whether (read)
+        "val_size",
+        "ray_run_name",
+        "galore_scale",  # scales the projected update; no tensor of its own
+        "galore_update_interval",
+        # v1's "auto" kernels, which are NPU-only (v1 kernels/interface.py _AUTO_KERNELS)
+        "use_v1_kernels",
+    }
+)
+# quantization_method values (extras/constants.py QuantizationMethod) whose checkpoint is
+# shipped quantised: config.json's quantization_config says how (ftmem reads it there)
+PREQUANTISED = ("gptq", "awq", "aqlm", "mxfp4", "fp8", "compressed-tensors")
 
 
-def _llama_factory_lora(k: Keys, cfg: FrameworkConfig) -> None:
-    """``finetuning_type: lora``: LoRA, DoRA, or QLoRA with bitsandbytes' 4 or 8 bits."""
+def _lora(k: Keys, cfg: FrameworkConfig) -> None:
+    """``finetuning_type: lora``: LoRA, DoRA, or QLoRA with bitsandbytes' 4 or 8 bits;
+    LoraArguments' defaults (rank 8, alpha 2·rank, dropout 0, target all)."""
     s = cfg.settings
     s["method"] = "lora"
     lora_numbers(k, cfg, "lora_rank")
-    if targets := peft_targets(k.names("lora_target")):
+    said = f"LoraArguments default, {FINETUNING}"
+    assume(cfg, "lora_r", 8, said)
+    assume(cfg, "lora_alpha", 2 * s["lora_r"], said + " (lora_alpha: 2 x lora_rank)")
+    if (targets := peft_targets(k.names("lora_target"))) is not None:
         s["lora_targets"] = targets
+    assume(cfg, "lora_targets", "all-linear", said + " (lora_target all)")
     if k.flag("use_dora"):
         s["method"] = "dora"
+    _quantization(k, cfg)
+
+
+def _quantization(k: Keys, cfg: FrameworkConfig) -> None:
+    """On-the-fly quantisation (quantization_bit): bitsandbytes' 4 / 8 bits are QLoRA;
+    HQQ and EETQ are noted (model_utils/quantization.py configure_quantization)."""
+    s = cfg.settings
+    method = (k.text("quantization_method") or "bnb").lower()  # ModelArguments default
     bits = k.integer("quantization_bit")
-    if bits in (4, 8):
-        s["method"] = "qlora"
-        if bits == 8:
-            s["quant"] = "int8"
-    elif bits is not None:
+    if bits is None:
+        if method in PREQUANTISED:
+            cfg.notes.append(
+                f"quantization_method {method}: the checkpoint is shipped quantised; ftmem "
+                "reads how from its config.json (a preset of the base is not quantised)."
+            )
+        return
+    if method != "bnb":
         cfg.notes.append(
-            f"quantization_bit {bits} is not modelled (bitsandbytes' 4 and 8 are); "
-            "estimated without quantisation."
+            f"quantization_bit {bits} with quantization_method {method} is not modelled "
+            "(bitsandbytes' 4 and 8 bits are); estimated without quantisation."
         )
+        return
+    if bits not in (4, 8):
+        raise ConfigError(
+            f"{k.file}: quantization_bit {bits} with bitsandbytes is refused by LLaMA-Factory "
+            "('Bitsandbytes only accepts 4-bit or 8-bit quantization')."
+        )
+    s["method"] = "qlora"
+    if bits == 8:
+        s["quant"] = "int8"
+        return
+    if (kind := k.choice("quantization_type", ("nf4", "fp4"))) is not None:
+        s["quant"] = kind  # ModelArguments default nf4, ftmem's too
+    if "double_quantization" in k:  # ModelArguments default True, ftmem's too
+        s["double_quant"] = k.flag("double_quantization")
 
 
-def _llama_factory_freeze(k: Keys, cfg: FrameworkConfig) -> None:
-    """``finetuning_type: freeze``: the last ``freeze_trainable_layers`` blocks train."""
+def _freeze(k: Keys, cfg: FrameworkConfig) -> None:
+    """``finetuning_type: freeze``: the last ``freeze_trainable_layers`` blocks train
+    (FreezeArguments default 2)."""
     cfg.settings["method"] = "freeze"
     layers = k.raw("freeze_trainable_layers")
     if isinstance(layers, int) and not isinstance(layers, bool) and layers < 0:
@@ -53,23 +115,46 @@ def _llama_factory_freeze(k: Keys, cfg: FrameworkConfig) -> None:
         )
     if (n := k.integer("freeze_trainable_layers")) is not None:
         cfg.settings["trainable_layers"] = n
+    assume(cfg, "trainable_layers", 2, f"FreezeArguments.freeze_trainable_layers, {FINETUNING}")
+    if k.flag("use_llama_pro"):
+        cfg.notes.append(
+            "use_llama_pro: the trainable blocks are spread over the model (every "
+            "num_layers / N-th), estimated as the last N; the same count trains."
+        )
+    modules = k.names("freeze_trainable_modules") or ["all"]  # FreezeArguments default
+    if modules != ["all"]:
+        cfg.notes.append(
+            f"freeze_trainable_modules {','.join(modules)}: only those modules of the trainable "
+            "blocks train; estimated as whole blocks."
+        )
+    if k.names("freeze_extra_modules"):
+        cfg.notes.append("freeze_extra_modules (embeddings or head training too) is not modelled.")
 
 
-def _llama_factory_method(k: Keys, cfg: FrameworkConfig) -> None:
-    """``finetuning_type``: LoRA (the default), freeze or full."""
-    kind = (k.text("finetuning_type") or "lora").lower()
+def _method(k: Keys, cfg: FrameworkConfig) -> str:
+    """``finetuning_type``: LoRA (the default), freeze, full (OFT: refused)."""
+    kind = (k.text("finetuning_type") or "").lower()
+    if not kind:
+        kind = "lora"
+        cfg.assumed.append(f"finetuning_type lora (FinetuningArguments default, {FINETUNING})")
     if kind == "lora":
-        _llama_factory_lora(k, cfg)
+        _lora(k, cfg)
     elif kind == "freeze":
-        _llama_factory_freeze(k, cfg)
+        _freeze(k, cfg)
     elif kind == "full":
         cfg.settings["method"] = "full"
+    elif kind == "oft":
+        raise ConfigError(
+            f"{k.file}: finetuning_type oft (orthogonal finetuning) is not modelled by ftmem."
+        )
     else:
-        cfg.notes.append(f"finetuning_type: {kind} is not modelled; estimated as full finetuning.")
+        raise k.wrong("finetuning_type", "one of lora, freeze, full or oft")
+    return kind
 
 
-def _llama_factory_variants(k: Keys, cfg: FrameworkConfig) -> None:
-    """rsLoRA over LoRA and GaLore over full finetuning."""
+def _variants(k: Keys, cfg: FrameworkConfig) -> None:
+    """rsLoRA over LoRA and GaLore over full finetuning (GaloreArguments: rank 16, every
+    linear); APOLLO and BAdam noted."""
     s = cfg.settings
     if k.flag("use_rslora") and s.get("method") == "lora":
         s["method"] = "rslora"
@@ -77,10 +162,123 @@ def _llama_factory_variants(k: Keys, cfg: FrameworkConfig) -> None:
         s["method"] = "galore"
         if (rank := k.integer("galore_rank")) is not None:
             s["galore_rank"] = rank
-        target = peft_targets(k.names("galore_target")) or "all-linear"
-        s["galore_targets"] = target
+        assume(cfg, "galore_rank", 16, f"GaloreArguments default, {FINETUNING}")
+        s["galore_targets"] = peft_targets(k.names("galore_target")) or "all-linear"
         if k.flag("galore_layerwise"):
             s["optimizer_in_backward"] = True
+    for key, what in (("use_apollo", "APOLLO"), ("use_badam", "BAdam")):
+        if k.flag(key):
+            cfg.notes.append(f"{key}: {what}'s optimizer is not modelled; estimated with AdamW.")
+
+
+def _upcast(k: Keys, cfg: FrameworkConfig, kind: str) -> None:
+    """init_adapter casts every trainable parameter to fp32 unless pure_bf16 or use_badam,
+    or ZeRO-3 without quantisation (model/adapter.py, cast_trainable_params_to_fp32); the
+    model is loaded in its checkpoint's dtype (model/loader.py torch_dtype="auto"). Under
+    DeepSpeed the engine casts the model to 16 bits again (ftmem's zero* strategies)."""
+    s = cfg.settings
+    quantised = s.get("method") == "qlora"
+    strategy = str(s.get("strategy", ""))
+    zero3 = strategy == "zero3" and not quantised
+    if k.flag("pure_bf16") and zero3:
+        raise ConfigError(
+            f"{k.file}: pure_bf16 with DeepSpeed ZeRO-3 is refused by LLaMA-Factory "
+            "(hparams/parser.py: '`pure_bf16` is incompatible with DeepSpeed ZeRO-3')."
+        )
+    if k.flag("pure_bf16"):  # the checkpoint's 16 bits throughout, no autocast
+        s.pop("autocast", None)
+        s["precision"] = "bf16"
+    if k.flag("pure_bf16") or k.flag("use_badam") or zero3:
+        if s["method"] in ("lora", "rslora", "dora", "qlora") and s["precision"] in (
+            "bf16",
+            "fp16",
+        ):
+            s["adapter_dtype"] = s["precision"]  # peft autocast_adapter_dtype=False
+        return
+    if kind == "full" and not strategy.startswith("zero"):
+        # fp32 trainable weights; bf16 / fp16 is then HF Trainer's autocast over them
+        if s.pop("autocast", None):
+            s["precision"] = "bf16-mixed"
+        elif s["precision"] != "fp16-mixed":
+            s["precision"] = "fp32"
+    elif kind == "freeze" and not strategy.startswith("zero"):
+        cfg.notes.append(
+            "freeze: LLaMA-Factory casts the trainable blocks to fp32 (their gradients and "
+            "Adam states too) and keeps the frozen ones in the checkpoint's dtype; ftmem has "
+            "one weight dtype and counts the trainable blocks in it (8 bytes per trainable "
+            "parameter fewer than the run holds)."
+        )
+
+
+def _stage(k: Keys, cfg: FrameworkConfig) -> str:
+    """``stage`` (FinetuningArguments default sft): pt and sft are one model's
+    next-token loss; the preference and RL stages are noted."""
+    stage = (k.text("stage") or "sft").lower()
+    if "stage" not in k:
+        cfg.assumed.append(f"stage sft (FinetuningArguments default, {FINETUNING})")
+    if stage in ("rm", "ppo", "dpo", "kto"):
+        cfg.notes.append(
+            f"stage {stage}: estimated as supervised finetuning of one model; a reference or "
+            "reward model, a value head and pairwise batches are not counted."
+        )
+    elif stage not in ("pt", "sft"):
+        raise k.wrong("stage", "one of pt, sft, rm, ppo, dpo or kto")
+    return stage
+
+
+def _kernels(k: Keys, cfg: FrameworkConfig, stage: str) -> None:
+    s = cfg.settings
+    flash = k.raw("flash_attn")
+    if isinstance(flash, bool):  # older LLaMA-Factory: a switch for FlashAttention-2
+        if flash:
+            s["attn"] = "flash"
+    elif (attn := attention(k, "flash_attn", cfg)) is not None:
+        s["attn"] = attn
+    # Liger's fused linear cross-entropy only where the stage needs no logits
+    # (model/loader.py apply_liger_kernel(require_logits=stage not in ["pt", "sft"]))
+    if k.flag("enable_liger_kernel"):
+        if stage in ("pt", "sft"):
+            s["loss"] = "fused"
+        cfg.notes.append(
+            "enable_liger_kernel: Liger's other kernels (RMSNorm, SwiGLU) are not modelled."
+        )
+    for key, what in (
+        ("use_unsloth", "Unsloth's kernels"),
+        ("use_unsloth_gc", "Unsloth's offloaded gradient checkpointing"),
+        ("neat_packing", "neat_packing's block-diagonal attention mask"),
+        ("upcast_lmhead_output", "upcast_lmhead_output's fp32 logits"),
+        ("shift_attn", "LongLoRA's shifted short attention (shift_attn)"),
+    ):
+        if k.flag(key):
+            cfg.notes.append(f"{key}: {what} not modelled; the estimate is without.")
+    for key in ("image_max_pixels", "video_max_pixels"):
+        if key in k:
+            cfg.notes.append(f"{key}: image and video inputs (a vision tower) are not modelled.")
+            break
+
+
+def _other_engines(k: Keys, cfg: FrameworkConfig) -> None:
+    """Megatron-Core (examples/megatron: tensor / pipeline / expert parallel keys) and
+    KTransformers (use_kt: MoE experts on the CPU) replace HF Trainer's step."""
+    megatron = ("tensor_model_parallel_size", "pipeline_model_parallel_size")
+    if any(key in k for key in megatron):
+        cfg.notes.append(
+            "Megatron-Core training (its tensor, pipeline and expert parallel keys) is not "
+            "modelled; estimated as HF Trainer's step on one GPU."
+        )
+    if k.flag("use_kt"):
+        cfg.notes.append("use_kt: KTransformers' CPU-side experts are not modelled.")
+
+
+def _evaluation(k: Keys, cfg: FrameworkConfig) -> None:
+    """HF Trainer evaluates when eval_strategy is steps or epoch, a no-grad forward at
+    per_device_eval_batch_size (transformers TrainingArguments default 8)."""
+    strategy = k.text("eval_strategy") or k.text("evaluation_strategy") or "no"
+    if strategy.lower() == "no":
+        return
+    if (batch := k.integer("per_device_eval_batch_size")) is not None:
+        cfg.settings["eval_batch_size"] = batch
+    assume(cfg, "eval_batch_size", 8, "transformers TrainingArguments.per_device_eval_batch_size")
 
 
 LLAMA_FACTORY_NUMBERS = (
@@ -88,9 +286,10 @@ LLAMA_FACTORY_NUMBERS = (
     ("per_device_train_batch_size", "batch_size"),
     ("gradient_accumulation_steps", "grad_accum"),
 )
-# the keys _llama_factory reads; read_framework_config lists every other one as ignored
+# the keys read; read_framework_config lists every other one as ignored
 LLAMA_FACTORY_KEYS = frozenset(
     {
+        *(key for key, _ in LLAMA_FACTORY_NUMBERS),
         "model_name_or_path",
         "finetuning_type",
         "lora_rank",
@@ -98,59 +297,309 @@ LLAMA_FACTORY_KEYS = frozenset(
         "lora_dropout",
         "lora_target",
         "use_dora",
+        "use_rslora",
         "quantization_bit",
         "quantization_method",
+        "quantization_type",
+        "double_quantization",
         "freeze_trainable_layers",
-        "cutoff_len",
-        "per_device_train_batch_size",
-        "gradient_accumulation_steps",
+        "freeze_trainable_modules",
+        "freeze_extra_modules",
+        "use_llama_pro",
+        "use_kt",
+        "eval_strategy",
+        "evaluation_strategy",
+        "per_device_eval_batch_size",
         "disable_gradient_checkpointing",
         "optim",
         "bf16",
         "fp16",
+        "pure_bf16",
         "flash_attn",
         "deepspeed",
         "stage",
         "use_unsloth",
+        "use_unsloth_gc",
         "enable_liger_kernel",
-        "use_rslora",
+        "neat_packing",
+        "upcast_lmhead_output",
+        "shift_attn",
+        "image_max_pixels",
+        "video_max_pixels",
         "use_galore",
         "galore_rank",
         "galore_target",
         "galore_layerwise",
+        "use_apollo",
+        "use_badam",
         "packing",
     }
 )
 
 
 def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
+    if is_v1({key: k.raw(key) for key in k}):
+        return read_v1(k, cfg, base)
     s = cfg.settings
     cfg.model = k.text("model_name_or_path")
-    _llama_factory_method(k, cfg)
+    kind = _method(k, cfg)
     settings_from(k, cfg, LLAMA_FACTORY_NUMBERS)
-    # LLaMA-Factory checkpoints by default unless disable_gradient_checkpointing is set
+    assume(cfg, "seq_len", 2048, f"DataArguments.cutoff_len, {LF_HEAD} hparams/data_args.py")
+    assume(
+        cfg,
+        "batch_size",
+        8,
+        "transformers TrainingArguments.per_device_train_batch_size, which LLaMA-Factory's "
+        "TrainingArguments extend",
+    )
+    # checkpointing is on unless disable_gradient_checkpointing (ModelArguments default
+    # False; model/model_utils/checkpointing.py prepare_model_for_training)
     s["grad_ckpt"] = not k.flag("disable_gradient_checkpointing")
     hf_optimizer(k, "optim", cfg)
     hf_trainer_precision(k, cfg)
-    flash = k.raw("flash_attn")
-    if isinstance(flash, bool):  # older LLaMA-Factory: a switch for FlashAttention-2
-        if flash:
-            s["attn"] = "flash"
-    elif (attn := attention(k, "flash_attn", cfg)) is not None:
-        s["attn"] = attn
     if k.raw("deepspeed"):
         strategy_from_deepspeed(k, "deepspeed", base, cfg)
-    if k.flag("enable_liger_kernel"):
-        s["loss"] = "fused"  # Liger's fused linear cross-entropy (its other kernels aside)
-    _llama_factory_variants(k, cfg)
-    if k.flag("use_unsloth"):
-        cfg.notes.append(
-            "use_unsloth: Unsloth's kernels are not modelled; the estimate is without them."
-        )
-    stage = k.text("stage")
-    if stage and stage.lower() in ("rm", "ppo", "dpo", "kto"):
-        cfg.notes.append(
-            f"stage {stage}: estimated as supervised finetuning of one model; a reference or "
-            "reward model and pairwise batches are not counted."
-        )
+    _upcast(k, cfg, kind)
+    _variants(k, cfg)
+    stage = _stage(k, cfg)
+    _kernels(k, cfg, stage)
+    _evaluation(k, cfg)
+    _other_engines(k, cfg)
+    # packing (default: on for stage pt, data_args post-processing in hparams/parser.py)
+    # fills every sequence to cutoff_len: the length ftmem estimates at either way
+    k.flag("packing")
     return LLAMA_FACTORY_KEYS
+
+
+# -- LLaMA-Factory v1 (llamafactory-cli v1 sft|dpo|rm; src/llamafactory/v1) ----------------
+
+V1 = f"{LF_HEAD} v1"
+V1_TRAINING = f"{V1}/config/training_args.py TrainingArguments"
+# v1 keys that do not change memory
+V1_NO_MEMORY_EFFECT = frozenset(
+    {
+        "train_dataset",
+        "eval_dataset",
+        "sample_backend",  # the sampler of `llamafactory-cli chat`, not the training step
+        "max_new_tokens",
+        "init_config",  # how the weights are first put in place (meta, CPU, GPU)
+        "dist_timeout",
+        "batching_workers",
+        "full_determinism",
+        "save_epochs",
+        "save_ckpt_as_hf",
+        "custom_chat_template",
+        "lr_scheduler_config",
+        "simpo_gamma",
+        "dpo_label_smoothing",
+        "ld_alpha",
+        "dp_size",
+        "cp_mode",
+    }
+)
+V1_KEYS = frozenset(
+    {
+        "model",
+        "model_class",
+        "peft_config",
+        "quant_config",
+        "kernel_config",
+        "dist_config",
+        "micro_batch_size",
+        "global_batch_size",
+        "cutoff_len",
+        "bf16",
+        "enable_activation_checkpointing",
+        "flash_attn",
+        "optim_config",
+        "cp_size",
+        "batching_strategy",
+        "mp_replicate_size",
+    }
+)
+
+
+def is_v1(data: dict[str, object]) -> bool:
+    """The v1 format: ``model`` a name beside v1-only keys (its hparams are v0's
+    ``model_name_or_path``, ``finetuning_type``...)."""
+    v1_only = ("model_class", "dist_config", "peft_config", "kernel_config", "quant_config")
+    return isinstance(data.get("model"), str) and any(key in data for key in v1_only)
+
+
+def _v1_peft(k: Keys, cfg: FrameworkConfig) -> str:
+    """peft_config (plugins/model_plugins/peft.py LoraParams: r 8, alpha 16, dropout 0.05,
+    target all; FreezeParams: the last 2 blocks); none: full tuning."""
+    s = cfg.settings
+    peft = k.section("peft_config")
+    name = (peft.text("name") or "full").lower() if "peft_config" in k else "full"
+    said = f"{V1}/plugins/model_plugins/peft.py"
+    if name == "lora":
+        s["method"] = "lora"
+        lora_numbers(peft, cfg, "r")
+        for setting, value in (("lora_r", 8), ("lora_alpha", 16), ("lora_dropout", 0.05)):
+            assume(cfg, setting, value, f"LoraParams default, {said}")
+        if (targets := peft_targets(peft.names("target_modules"))) is not None:
+            s["lora_targets"] = targets
+        assume(cfg, "lora_targets", "all-linear", f"LoraParams.target_modules all, {said}")
+        if peft.flag("use_dora"):
+            s["method"] = "dora"
+        elif peft.flag("use_rslora"):
+            s["method"] = "rslora"
+    elif name == "freeze":
+        _freeze(peft, cfg)
+    elif name != "full":
+        raise peft.wrong("name", "lora or freeze (or no peft_config: full tuning)")
+    return name
+
+
+def _v1_quant(k: Keys, cfg: FrameworkConfig) -> None:
+    """quant_config (plugins/model_plugins/quantization.py BnbParams: 4 bits by default,
+    nf4, double quantisation, compute in float16)."""
+    quant = k.section("quant_config")
+    if "quant_config" not in k or k.raw("quant_config") is None:
+        return
+    name = (quant.text("name") or "auto").lower()
+    if name not in ("bnb", "auto"):
+        cfg.notes.append(f"quant_config {name} is not modelled; estimated without quantisation.")
+        return
+    bits = quant.integer("quantization_bit") or 4
+    if bits not in (4, 8):
+        raise quant.wrong("quantization_bit", "4 or 8")
+    s = cfg.settings
+    if s.get("method") not in ("lora", "dora", "rslora"):
+        raise ConfigError(
+            f"{k.file}: quant_config trains LoRA adapters only; give peft_config lora."
+        )
+    s["method"] = "qlora"
+    if bits == 8:
+        s["quant"] = "int8"
+        return
+    if (kind := quant.choice("quantization_type", ("nf4", "fp4"))) is not None:
+        s["quant"] = kind
+    if "double_quantization" in quant:
+        s["double_quant"] = quant.flag("double_quantization")
+    dtypes = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+    compute = quant.choice("compute_dtype", dtypes)
+    s["compute_dtype"] = dtypes[compute] if compute else "fp16"
+    if compute is None:
+        cfg.assumed.append(
+            f"compute_dtype fp16 (BnbParams.compute_dtype float16, {V1}/plugins/model_plugins/"
+            "quantization.py)"
+        )
+
+
+def _v1_dist(k: Keys, cfg: FrameworkConfig, base: Path) -> None:
+    """dist_config: fsdp2 (plugins/trainer_plugins/distributed/fsdp2.py FSDP2Engine: one
+    unit per decoder layer, reshard_after_forward True, offload_params False) or deepspeed
+    (its config_file)."""
+    if k.raw("dist_config") is None:
+        return
+    dist = k.section("dist_config")
+    name = (dist.text("name") or "").lower()
+    s = cfg.settings
+    if name == "fsdp2":
+        resharded = dist.raw("reshard_after_forward") is not False
+        s["strategy"] = "fsdp" if resharded else "fsdp-grad-op"
+        if dist.flag("offload_params"):
+            s["offload_params"] = s["offload_optimizer"] = "cpu"  # CPUOffloadPolicy
+        if (k.integer("mp_replicate_size") or 1) > 1:
+            s["strategy"] = "fsdp-hybrid"
+        cfg.notes.append(LAUNCHER_NOTE)
+    elif name == "deepspeed":
+        strategy_from_deepspeed(dist, "config_file", base, cfg)
+    else:
+        cfg.notes.append(f"dist_config {name} is not modelled; estimated on one GPU.")
+
+
+def _v1_precision(k: Keys, cfg: FrameworkConfig, peft: str) -> None:
+    """v1 runs no autocast: full tuning casts the model to fp32 (core/model_engine.py) and
+    FSDP2's MixedPrecisionPolicy(param_dtype=bf16) when bf16 (default true) computes in
+    bf16; DeepSpeed casts to 16 bits itself. LoRA and freeze keep the checkpoint's dtype
+    (bf16), adapters and unfrozen blocks fp32 (peft's autocast_adapter_dtype; FreezeParams
+    cast_trainable_params_to_fp32)."""
+    s = cfg.settings
+    bf16 = k.flag("bf16") if "bf16" in k else True
+    if "bf16" not in k:
+        cfg.assumed.append(f"bf16 true ({V1_TRAINING})")
+    strategy = str(s.get("strategy", ""))
+    sharded_16 = bf16 and (strategy.startswith("fsdp") or strategy.startswith("zero"))
+    if peft == "full":
+        s["precision"] = "bf16-mixed" if sharded_16 else "fp32"
+        return
+    s["precision"] = "bf16"
+    if sharded_16:
+        s["autocast"] = True  # the fp32 adapters computed in bf16 by the FSDP2 policy
+    if peft == "freeze" and not strategy.startswith("zero"):
+        cfg.notes.append(
+            "freeze: LLaMA-Factory casts the trainable blocks to fp32 (their gradients and "
+            "Adam states too) and keeps the frozen ones in the checkpoint's dtype; ftmem has "
+            "one weight dtype and counts the trainable blocks in it (8 bytes per trainable "
+            "parameter fewer than the run holds)."
+        )
+
+
+def _v1_numbers(k: Keys, cfg: FrameworkConfig) -> None:
+    s = cfg.settings
+    settings_from(k, cfg, (("micro_batch_size", "batch_size"), ("cutoff_len", "seq_len")))
+    assume(cfg, "batch_size", 1, f"micro_batch_size 1, {V1_TRAINING}")
+    assume(cfg, "seq_len", 2048, f"cutoff_len 2048, {V1_TRAINING}")
+    ckpt = (
+        k.flag("enable_activation_checkpointing")
+        if "enable_activation_checkpointing" in k
+        else None
+    )
+    if ckpt is None:
+        assume(cfg, "grad_ckpt", True, f"enable_activation_checkpointing true, {V1_TRAINING}")
+    else:
+        s["grad_ckpt"] = ckpt
+    if (cp := k.integer("cp_size")) is not None and cp > 1:
+        s["cp"] = cp
+        cfg.notes.append(
+            f"cp_size {cp}: each GPU holds cutoff_len / {cp} tokens (DeepSpeed-Ulysses "
+            "all-to-alls around attention are not counted)."
+        )
+    if k.integer("global_batch_size") is not None:
+        cfg.notes.append(
+            "global_batch_size: the accumulation depends on the GPU count; not applied."
+        )
+    strategy = (k.text("batching_strategy") or "normal").lower()
+    if strategy != "normal":
+        cfg.notes.append(
+            f"batching_strategy {strategy}: sequences packed or batched by tokens; estimated "
+            f"as micro_batch_size x cutoff_len padded batches."
+        )
+    if (attn := attention(k, "flash_attn", cfg)) is not None:
+        s["attn"] = attn
+
+
+def _v1_extras(k: Keys, cfg: FrameworkConfig) -> None:
+    kernels = (k.section("kernel_config").text("name") or "auto").lower()
+    if "liger_kernel" in kernels:
+        cfg.settings["loss"] = "fused"  # Liger's fused linear cross-entropy
+    optim = k.section("optim_config").text("name") if k.raw("optim_config") else None
+    if optim:
+        cfg.notes.append(f"optim_config {optim} is not modelled; the estimate assumes AdamW.")
+    model_class = (k.text("model_class") or "llm").lower()
+    if model_class != "llm":
+        cfg.notes.append(f"model_class {model_class}: estimated as a causal LM.")
+
+
+def read_v1(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
+    """The v1 format: no HF Trainer; BaseTrainer with torch AdamW
+    (core/base_trainer.py: torch.optim.AdamW when optim_config is none)."""
+    cfg.model = k.text("model")
+    cfg.notes.append(
+        "LLaMA-Factory v1: the stage is the command (llamafactory-cli v1 sft, dpo or rm), "
+        "not in the file; estimated as supervised finetuning of one model."
+    )
+    peft = _v1_peft(k, cfg)
+    _v1_quant(k, cfg)
+    _v1_dist(k, cfg, base)
+    _v1_precision(k, cfg, peft)
+    _v1_numbers(k, cfg)
+    _v1_extras(k, cfg)
+    return V1_KEYS
+
+
+# this framework's keys that do not change memory (beyond frameworks.shared's), both formats
+NO_MEMORY_EFFECT: frozenset[str] = V0_NO_MEMORY_EFFECT | V1_NO_MEMORY_EFFECT

@@ -1,0 +1,199 @@
+"""LLaMA-Factory's shipped configs (tests/fixtures/frameworks/llama-factory, verbatim, see
+SOURCES.md), both formats, read as LLaMA-Factory runs them. Each expected mapping is
+written by hand from the file and from LLaMA-Factory's defaults
+(hiyouga/LLaMA-Factory@ff6d4d1: hparams/*.py, model/adapter.py init_adapter, v1/config/*.py,
+v1/plugins/model_plugins/*.py), not copied from the reader's output."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ftmem import estimate
+from ftmem.errors import ConfigError, FtmemError
+from ftmem.frameworks import detect, llama_factory, read_framework_config
+from ftmem.frameworks.shared import NO_MEMORY_EFFECT, read_mapping
+
+FIXTURES = Path(__file__).parent / "fixtures" / "frameworks" / "llama-factory"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "frameworks" / "llama-factory.md"
+QWEN3_4B_2507 = "Qwen/Qwen3-4B-Instruct-2507"
+# v0 LoRA: lora_rank 8, no lora_alpha (2 x rank), lora_target all; bf16: autocast over
+# the checkpoint's bf16 weights; adapters upcast to fp32 (ftmem's default adapter dtype)
+V0_LORA = dict(method="lora", lora_r=8, lora_alpha=16, lora_targets="all-linear", seq_len=2048,
+               batch_size=1, grad_accum=8, grad_ckpt=True, precision="bf16", autocast=True)  # fmt: skip
+# v1: no dist_config sizes; bf16 (default true) with FSDP2's bf16 MixedPrecisionPolicy
+V1_LORA = dict(method="lora", lora_r=16, lora_alpha=32, lora_dropout=0.05,
+               lora_targets="all-linear", strategy="fsdp", precision="bf16", autocast=True,
+               batch_size=1, seq_len=2048, grad_ckpt=True)  # fmt: skip
+
+EXPECTED = {
+    "qwen3_lora_sft.yaml": (QWEN3_4B_2507, V0_LORA),
+    # quantization_bit 4, quantization_method bnb: QLoRA (nf4, double quantisation: the
+    # defaults of ModelArguments and of ftmem)
+    "qwen3_lora_sft_otfq.yaml": (QWEN3_4B_2507, {**V0_LORA, "method": "qlora"}),
+    # stage dpo: noted; the step is estimated as one model's
+    "qwen3_lora_dpo.yaml": (QWEN3_4B_2507, V0_LORA),
+    # full + ZeRO-3 (ds_z3_config.json: stage 3): init_adapter leaves the weights as
+    # loaded (no fp32 upcast under ZeRO-3); DeepSpeed's bf16 engine
+    "qwen3_full_sft.yaml": (
+        QWEN3_4B_2507,
+        dict(method="full", strategy="zero3", seq_len=2048, batch_size=1, grad_accum=2,
+             grad_ckpt=True, precision="bf16", autocast=True),
+    ),
+    # freeze, the last 8 blocks (use_llama_pro: noted); a local model folder
+    "llama3_freeze_sft.yaml": (
+        "models/llama3-8b-pro",
+        dict(method="freeze", trainable_layers=8, seq_len=2048, batch_size=1, grad_accum=8,
+             grad_ckpt=True, precision="bf16", autocast=True),
+    ),
+    # GaLore over full finetuning, rank 128, every linear, layer-wise (optimizer in
+    # backward); pure_bf16: bf16 weights, no upcast, no autocast
+    "llama3_galore_full_sft.yaml": (
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        dict(method="galore", galore_rank=128, galore_targets="all-linear",
+             optimizer_in_backward=True, seq_len=2048, batch_size=1, grad_accum=1,
+             grad_ckpt=True, precision="bf16"),
+    ),
+    "v1_train_lora_sft.yaml": ("Qwen/Qwen3-4B", V1_LORA),
+    # v1 QLoRA: bnb 4 bits, BnbParams.compute_dtype float16
+    "v1_quantization.yaml": (
+        "Qwen/Qwen3-0.6B", {**V1_LORA, "method": "qlora", "compute_dtype": "fp16"}
+    ),
+    # v1 full: model.to(float32), FSDP2 computes in bf16 (MixedPrecisionPolicy)
+    "v1_train_full_fsdp2.yaml": (
+        "Qwen/Qwen3-0.6B",
+        dict(strategy="fsdp", precision="bf16-mixed", batch_size=1, seq_len=2048, grad_ckpt=True),
+    ),
+}  # fmt: skip
+# models that are not presets: the estimate says so in one sentence
+UNRESOLVED = {
+    "qwen3_lora_sft.yaml",
+    "qwen3_lora_sft_otfq.yaml",
+    "qwen3_lora_dpo.yaml",
+    "qwen3_full_sft.yaml",
+    "llama3_freeze_sft.yaml",
+}
+
+
+@pytest.fixture(autouse=True)
+def _in_fixture_folder(monkeypatch):
+    """LLaMA-Factory runs from its root, where `deepspeed: examples/deepspeed/...` lies."""
+    monkeypatch.chdir(FIXTURES)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_config_maps_to_the_settings_llama_factory_runs(name):
+    model, settings = EXPECTED[name]
+    cfg = read_framework_config(str(FIXTURES / name))
+    assert cfg.framework == "llama-factory" and cfg.model == model
+    assert cfg.settings == {"framework": "llama-factory", **settings}
+    assert not any("not read by ftmem" in note for note in cfg.notes), cfg.notes
+    assert set(cfg.ignored) <= NO_MEMORY_EFFECT | llama_factory.NO_MEMORY_EFFECT
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_config_estimates_or_names_the_model_it_lacks(name):
+    model, settings = EXPECTED[name]
+    run = {"framework": "llama-factory", **settings}
+    if "strategy" in run:
+        run["gpus"] = 2
+    if name in UNRESOLVED:
+        with pytest.raises(FtmemError, match="Unknown model"):
+            estimate(model, **run)
+        return
+    assert estimate(model, **run).memory.peak_allocated_bytes > 0
+
+
+def test_v1_format_is_detected_as_llama_factory():
+    for name in ("v1_train_lora_sft.yaml", "v1_train_full_fsdp2.yaml", "v1_quantization.yaml"):
+        assert detect(read_mapping(FIXTURES / name)) == "llama-factory"
+
+
+@pytest.mark.parametrize(
+    ("name", "note"),
+    [
+        ("qwen3_lora_dpo.yaml", "stage dpo"),
+        ("llama3_freeze_sft.yaml", "casts the trainable blocks to fp32"),
+        ("llama3_freeze_sft.yaml", "use_llama_pro"),
+        ("v1_train_lora_sft.yaml", "--gpus"),
+        ("v1_train_lora_sft.yaml", "the stage is the command"),
+    ],
+)
+def test_what_is_not_modelled_is_said(name, note):
+    assert any(note in n for n in read_framework_config(str(FIXTURES / name)).notes)
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    """A v0 config (stage: with model_name_or_path is what tells LLaMA-Factory's apart)."""
+    path = tmp_path / "lf.yaml"
+    stage = "" if "stage:" in text else "stage: sft\n"
+    path.write_text("model_name_or_path: meta-llama/Llama-2-7b-hf\n" + stage + text)
+    return str(path)
+
+
+def test_full_finetuning_upcasts_unless_pure_bf16(tmp_path):
+    """init_adapter: trainable weights fp32 (bf16: HF Trainer's autocast over them) unless
+    pure_bf16; without bf16 / fp16 the step runs in fp32."""
+    s = read_framework_config(_write(tmp_path, "finetuning_type: full\nbf16: true\n")).settings
+    assert s["precision"] == "bf16-mixed" and "autocast" not in s
+    s = read_framework_config(_write(tmp_path, "finetuning_type: full\n")).settings
+    assert s["precision"] == "fp32"
+    s = read_framework_config(_write(tmp_path, "finetuning_type: full\npure_bf16: true\n")).settings
+    assert s["precision"] == "bf16" and "autocast" not in s
+    s = read_framework_config(_write(tmp_path, "lora_rank: 8\npure_bf16: true\n")).settings
+    assert s["adapter_dtype"] == "bf16"
+
+
+def test_defaults_where_the_file_is_silent(tmp_path):
+    """finetuning_type lora, lora_rank 8, lora_alpha 2 x rank, lora_target all, cutoff_len
+    2048, per_device_train_batch_size 8 (transformers), freeze_trainable_layers 2."""
+    cfg = read_framework_config(_write(tmp_path, ""))
+    s = cfg.settings
+    assert (s["method"], s["lora_r"], s["lora_alpha"], s["lora_targets"]) == (
+        "lora", 8, 16, "all-linear")  # fmt: skip
+    assert (s["seq_len"], s["batch_size"]) == (2048, 8)
+    assert any(a.startswith("finetuning_type lora") for a in cfg.assumed)
+    freeze = read_framework_config(_write(tmp_path, "finetuning_type: freeze\n")).settings
+    assert freeze["trainable_layers"] == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("quantization_bit: 4\nquantization_method: hqq\n", {"method": "lora", "quant": None}),
+        ("quantization_bit: 8\n", {"method": "qlora", "quant": "int8"}),
+        ("quantization_bit: 4\nquantization_type: fp4\ndouble_quantization: false\n",
+         {"quant": "fp4", "double_quant": False}),
+        ("stage: dpo\nenable_liger_kernel: true\n", {"loss": None}),
+        ("stage: sft\nenable_liger_kernel: true\n", {"loss": "fused"}),
+        ("flash_attn: fa3\n", {"attn": "flash"}),
+        ("finetuning_type: full\nuse_galore: true\n", {"galore_rank": 16}),
+    ],
+)  # fmt: skip
+def test_keys_as_llama_factory_reads_them(tmp_path, text, expected):
+    s = read_framework_config(_write(tmp_path, text)).settings
+    assert {k: s.get(k) for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("finetuning_type: oft\n", "not modelled"),
+        ("quantization_bit: 3\n", "only accepts 4-bit or 8-bit"),
+        ("stage: grpo\n", "stage must be one of"),
+    ],
+)
+def test_configs_llama_factory_refuses_are_one_sentence(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        read_framework_config(_write(tmp_path, text))
+
+
+def test_docs_page_names_every_key_and_no_other():
+    page = DOC.read_text()
+    named = set(re.findall(r"^\| `([a-z_0-9.]+)`", page, flags=re.M))
+    known = llama_factory.LLAMA_FACTORY_KEYS | llama_factory.V1_KEYS
+    known |= llama_factory.NO_MEMORY_EFFECT
+    assert known <= named, sorted(known - named)
+    assert named <= known, sorted(named - known)
