@@ -46,7 +46,11 @@ REFUSED = [
     (["explain", "gpt2", "--format", "table"], "table", ["text", "markdown"]),
     (["models", "--units", "MB"], "MB", ["GiB", "GB"]),
     (["estimate", "gpt2", "--attn", "flash2"], "flash2", ["eager", "sdpa", "flash"]),
-    (["estimate", "gpt2", "--loss", "liger"], "liger", ["standard", "chunked", "fused"]),
+    (
+        ["estimate", "gpt2", "--loss", "liger"],
+        "liger",
+        ["standard", "chunked", "linear-chunked", "fused"],
+    ),
     (["estimate", "gpt2", "--offload-optimizer", "disk"], "disk", ["none", "cpu", "nvme"]),
     (["max", "gpt2", "--for", "rank"], "rank", ["batch-size", "seq-len", "target-len", "lora-r"]),
     (["measure", "gpt2", "--device", "tpu"], "tpu", ["cpu", "cuda"]),

@@ -72,7 +72,7 @@ ESTIMATE: dict[str, list[str]] = {
     ],
     "--optimizer-impl": ["foreach", "for-loop", "fused"],
     "--attn": ["eager", "sdpa", "flash"],
-    "--loss": ["standard", "chunked", "fused"],
+    "--loss": ["standard", "chunked", "linear-chunked", "fused"],
     "--autocast": [OMIT, "--autocast", "--no-autocast"],
     "--grad-ckpt": [OMIT, "--grad-ckpt", "--no-grad-ckpt"],
     "--activation-offload": [OMIT, "--activation-offload"],
@@ -258,7 +258,7 @@ def _model_ok(model: str, option: str, value: str) -> bool:
         # what ftmem's encoder-decoder path models (docs/seq2seq.md): data parallel only
         refused = {
             "--method": set(METHODS) - SEQ2SEQ_METHODS,
-            "--loss": {"chunked", "fused"},
+            "--loss": {"chunked", "linear-chunked", "fused"},
             "--activation-offload": {"--activation-offload"},
             "--optimizer-in-backward": {"--optimizer-in-backward"},
             "--lora-modules-to-save": {"embed", "head", "embed,head"},

@@ -169,7 +169,16 @@ def outer_saved(
     # LitGPT's chunked head skips the final logit soft-capping (litgpt@00af8b0d
     # litgpt/lora.py GPT.forward returns the pieces before it; calibration/notes/litgpt.md M6)
     softcaps = head_chunk_tokens(run) is None
+    # torchtune's LinearCrossEntropyLoss keeps only the rows with a label
+    masked_rows = Loss.rows(run) if run.loss == "linear-chunked" else None
     saved = Loss.saved(
-        arch, plan, T, train, FP32, compiled_chunks=compiled_chunked_loss(run), softcaps=softcaps
+        arch,
+        plan,
+        T,
+        train,
+        FP32,
+        compiled_chunks=compiled_chunked_loss(run),
+        softcaps=softcaps,
+        masked_rows=masked_rows,
     )
     return below, above + saved

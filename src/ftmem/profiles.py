@@ -181,8 +181,14 @@ def compiled_layers(run: RunConfig) -> bool:
 
 
 def compiled_chunked_loss(run: RunConfig) -> bool:
-    """The chunked loss's upcast + cross-entropy runs compiled, one chunk per call."""
-    return run.compile and run.loss == "chunked" and profile_of(run).compiles_chunked_loss
+    """The chunked loss's upcast + cross-entropy runs compiled, one chunk per call;
+    LinearCrossEntropyLoss's compiled call takes the LM head's matmul in too, whose
+    16-bit output is what the partitioner saves (pytorch/torchtune
+    torchtune/modules/loss/cross_entropy_loss.py@bd2a0fc7c314 apply_compile_strategy
+    compiles compute_cross_entropy; torchtune/training/_compile.py@bd2a0fc7c314
+    compile_loss calls it)."""
+    chunked = run.loss in ("chunked", "linear-chunked")
+    return run.compile and chunked and profile_of(run).compiles_chunked_loss
 
 
 def offload_keeps_head(run: RunConfig) -> bool:

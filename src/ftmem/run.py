@@ -237,10 +237,12 @@ class RunConfig(limits.BoundedSettings):
         "for the other frameworks the estimate stays eager and says so.",
     )
     attn: Attention = "sdpa"
-    loss: Literal["standard", "chunked", "fused"] = Field(
+    loss: Literal["standard", "chunked", "linear-chunked", "fused"] = Field(
         "standard",
         description="standard: transformers' cross-entropy over full logits; chunked: "
-        "torchtune's 8 output chunks, each upcast to fp32 on its own; fused: Liger-Kernel's "
+        "torchtune's 8 output chunks, each upcast to fp32 on its own; linear-chunked: "
+        "torchtune's LinearCrossEntropyLoss (the LM head applied in the loss, 8 chunks of "
+        "labelled tokens, one chunk's logits at a time); fused: Liger-Kernel's "
         "fused linear cross-entropy (logits in chunks, never whole).",
     )
     autocast: bool | None = Field(

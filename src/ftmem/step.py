@@ -311,9 +311,11 @@ def _decoder_sizes(
         + forward_cache,
         # the log-softmax's and the logits' fp32 gradients (a fused loss kept its own; a
         # chunked one has one chunk's at a time)
-        loss_backward={"fused": 0, "chunked": 2 * T * V * FP32 // CHUNKS}.get(
-            run.loss, 2 * T * V * FP32
-        )
+        loss_backward={
+            "fused": 0,
+            "chunked": 2 * T * V * FP32 // CHUNKS,
+            "linear-chunked": Loss.linear_chunked_backward(arch, plan, e, T),
+        }.get(run.loss, 2 * T * V * FP32)
         + (
             T * V * FP32 if offloaded and run.loss != "fused" and not offload_keeps_head(run) else 0
         ),

@@ -364,6 +364,15 @@ def _losses_offload_partial() -> list[Case]:
         cases.append(
             Case(family, {**settings, "loss": "chunked", "seq_len": 64}, {"vocab_size": 2000})
         )
+    # torchtune's LinearCrossEntropyLoss: the LM head applied chunk by chunk in the loss
+    for family, settings in (
+        ("llama", {"method": "lora", "precision": "bf16"}),
+        ("llama", {"method": "full", "precision": "bf16"}),
+        ("qwen2", {"method": "lora", "precision": "fp32"}),
+        ("llama", {"method": "full", "precision": "bf16", "batch_size": 2, "grad_ckpt": True}),
+    ):
+        linear = {**settings, "loss": "linear-chunked", "seq_len": 64}
+        cases.append(Case(family, linear, {"vocab_size": 2000}))
     # activation offloading (saved tensors copied to host memory, back in backward)
     for family, settings, arch_changes in (
         ("llama", {"method": "full", "precision": "bf16"}, {}),

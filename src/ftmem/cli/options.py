@@ -179,8 +179,9 @@ RUN = [
         "loss",
         field_choices("loss"),
         "standard",
-        "standard (full logits) | chunked (torchtune's 8 output chunks) | fused (Liger's "
-        "fused linear cross-entropy).",
+        "standard (full logits) | chunked (torchtune's 8 output chunks) | linear-chunked "
+        "(torchtune's LinearCrossEntropyLoss: the LM head in the loss, 8 chunks) | fused "
+        "(Liger's fused linear cross-entropy).",
     ),
     _opt(
         "autocast",

@@ -81,9 +81,11 @@ READERS: dict[str, Any] = {
 
 
 def detect(data: dict[str, Any]) -> str | None:
-    model = data.get("model")
-    if isinstance(model, dict) and "_component_" in model:
-        return "torchtune"
+    # torchtune names its models by builder; its PPO recipes have a policy and a value model
+    for key in ("model", "policy_model"):
+        model = data.get(key)
+        if isinstance(model, dict) and "_component_" in model:
+            return "torchtune"
     if "base_model" in data:
         return "axolotl"
     if "finetuning_type" in data or ("stage" in data and "model_name_or_path" in data):

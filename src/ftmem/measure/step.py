@@ -20,10 +20,11 @@ from ftmem.measure.build import (
     build_optimizer,
     galore_optimizer,
     galore_param_groups,
+    hf_model,
     logical_numel,
     unique_params,
 )
-from ftmem.measure.fused_loss import chunked_loss, fused_loss
+from ftmem.measure.fused_loss import IGNORE_INDEX, chunked_loss, fused_loss
 from ftmem.measure.saved import (
     HostOffload,
     SavedRegistry,
@@ -143,6 +144,8 @@ def _forward(
             loss = fused_loss(model, ids)
         elif loss_impl == "chunked":
             loss = chunked_loss(model, ids)
+        elif loss_impl == "linear-chunked":
+            loss = _linear_chunked_loss(model, ids)
         else:
             # an encoder-decoder reads ids and learns to produce its own labels
             out = model(input_ids=ids, labels=ids if labels is None else labels)
@@ -151,6 +154,36 @@ def _forward(
         if grad_accum > 1:  # as HF Trainer scales each micro-batch's loss
             loss = loss / grad_accum
     return loss
+
+
+TORCHTUNE_CHUNKS = 8  # LinearCrossEntropyLoss's num_output_chunks default
+
+
+def _linear_chunked_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """torchtune's LinearCrossEntropyLoss (pytorch/torchtune
+    torchtune/modules/loss/cross_entropy_loss.py@bd2a0fc7c314 forward, mask_inputs,
+    compute_cross_entropy): the model stops before its LM head; the hidden states of the
+    labelled positions are picked with index_select, split in 8 chunks, and each chunk
+    goes through the head, an fp32 upcast and a summed cross-entropy on its own."""
+    import torch.nn.functional as F
+
+    base = hf_model(model)
+    hidden = getattr(base, base.base_model_prefix)(input_ids=ids).last_hidden_state
+    head = base.get_output_embeddings()
+    # the recipe's shifted labels: the last position has none
+    labels = F.pad(ids[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
+    keep = torch.where(labels != IGNORE_INDEX)[0]
+    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
+    labels = labels.index_select(0, keep)
+    total = torch.zeros((), dtype=torch.float32, device=ids.device)
+    chunks = zip(
+        hidden.tensor_split(TORCHTUNE_CHUNKS), labels.tensor_split(TORCHTUNE_CHUNKS), strict=True
+    )
+    for rows, target in chunks:
+        total = total + F.cross_entropy(
+            head(rows).float(), target, reduction="sum", ignore_index=IGNORE_INDEX
+        )
+    return total / keep.numel()
 
 
 KD_TEMPERATURE = 2.0

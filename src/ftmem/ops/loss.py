@@ -1,5 +1,6 @@
 """The LM head and the loss: transformers' cross-entropy (fp32 log-softmax), torchtune's
-chunked one, Liger's fused linear cross-entropy."""
+chunked ones (CEWithChunkedOutputLoss, LinearCrossEntropyLoss), Liger's fused linear
+cross-entropy."""
 
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ class Loss:
     @staticmethod
     def rows(run: RunConfig) -> int:
         """Rows the loss sees: transformers' loss takes every position (the last label is
-        padded); a fused loss (Liger) takes the shifted b·(s − 1)."""
+        padded); a fused loss (Liger) takes the shifted b·(s − 1), and so does torchtune's
+        LinearCrossEntropyLoss, which drops the rows whose label is ignored."""
         rows = run.batch_size * run.positions
-        return rows - run.batch_size if run.loss == "fused" else rows
+        return rows - run.batch_size if run.loss in ("fused", "linear-chunked") else rows
 
     @staticmethod
     def saved(
@@ -42,16 +44,22 @@ class Loss:
         log_softmax_bytes: int,
         compiled_chunks: bool = False,
         softcaps: bool = True,
+        masked_rows: int | None = None,
     ) -> list[Saved]:
         """The LM head and the loss over T positions: the head's input (when it trains), its
         16-bit weight copy under autocast, and the log-softmax (fp32 in transformers'
         causal-LM loss; T5 takes it in the logits' dtype) with the int64 labels; with
         ``compiled_chunks`` (torchtune's compiled chunked loss) what each chunk's compiled
         cross-entropy keeps instead (_compiled_chunks); ``softcaps``: False where the
-        framework's path skips the final logit soft-capping."""
+        framework's path skips the final logit soft-capping; ``masked_rows``: torchtune's
+        LinearCrossEntropyLoss, which keeps only the labelled rows (index_select, whose
+        backward keeps its int64 indices) and runs the head on them."""
         V, h = arch.vocab_size, arch.hidden_size
         e = BYTES_PER_ELEMENT[plan.dtypes.compute]
         out: list[Saved] = []
+        if masked_rows is not None:
+            out.append(Saved("loss: labelled-row indices", masked_rows * INDEX_BYTES))
+            T = masked_rows
         if train or plan.head_trainable:
             out.append(Saved("LM head input", T * h * e))
         if plan.dtypes.casts_weights:
@@ -115,9 +123,32 @@ class Loss:
         if compiled_chunked_loss(run):
             return 0
         upcast = T * V * FP32 if e != FP32 else 0
+        if run.loss == "linear-chunked":
+            # torchtune's LinearCrossEntropyLoss: the head runs in the loss, one chunk at a
+            # time, so one chunk's logits and their fp32 copy live at once (both freed
+            # when its log-softmax, a saved fp32 tensor, is made)
+            return -(-T // CHUNKS) * V * e + -(-T // CHUNKS) * V * FP32 * (e != FP32)
         if run.loss == "chunked":  # torchtune: one chunk upcast at a time
             upcast //= CHUNKS
         return T * V * e + upcast
+
+    @staticmethod
+    def linear_chunked_backward(arch: Architecture, plan: MethodPlan, e: int, T: int) -> int:
+        """Beyond the saved activations in the backward of torchtune's
+        LinearCrossEntropyLoss: a chunk's log-softmax and logits gradients (fp32, 2·c·V·4
+        for c = T/8 rows); where the LM head trains, each chunk's head-weight gradient is
+        summed into autograd's input buffer. The first is a transposed view of its matmul's
+        output, which the buffer cannot add into in place (pytorch/pytorch
+        torch/csrc/autograd/input_buffer.cpp accumulate), so at the second chunk the old
+        sum, the chunk's gradient and the new sum (3·V·h·e) live at once, the two
+        processed chunks' log-softmaxes already freed; each later add finds more of them
+        freed. Measured on the CPU: that first add is the backward's peak
+        (tests/accuracy/cases.py, loss=linear-chunked)."""
+        V, h = arch.vocab_size, arch.hidden_size
+        chunk_fp32 = -(-T // CHUNKS) * V * FP32
+        if not (plan.outer_trainable or plan.head_trainable):
+            return 2 * chunk_fp32
+        return max(2 * chunk_fp32, 3 * V * h * e - 2 * chunk_fp32)
 
     @staticmethod
     def liger_chunk_rows(tokens: int, hidden: int, vocab: int) -> int:

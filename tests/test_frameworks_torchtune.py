@@ -1,0 +1,260 @@
+"""The torchtune reader on shipped recipe configs (tests/fixtures/frameworks/torchtune,
+copied verbatim; SOURCES.md names each file's origin). Each expectation is written from
+the file and torchtune's defaults, not from the reader's output."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ftmem.errors import ConfigError
+from ftmem.frameworks import read_framework_config, torchtune
+from ftmem.frameworks.distributed import LAUNCHER_NOTE
+from ftmem.frameworks.shared import NO_MEMORY_EFFECT
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "frameworks" / "torchtune"
+DOC = ROOT / "docs" / "frameworks" / "torchtune.md"
+
+# what every LoRA fixture says: lora_attn_modules [q_proj, v_proj, output_proj] and
+# apply_lora_to_mlp True, rank 8, alpha 16, dtype bf16 (adapters built in it)
+LORA = dict(lora_targets="q,v,o,gate,up,down", lora_r=8, lora_alpha=16, adapter_dtype="bf16")
+FUSED_ADAMW = dict(optimizer="adamw", optimizer_impl="fused")
+
+# fixture -> (model preset, settings): by hand from the file
+EXPECTED = {
+    "llama3_1_8B_lora_single_device": (
+        "llama3.1-8b",
+        dict(method="lora", **LORA, batch_size=2, grad_accum=8, grad_ckpt=True,
+             **FUSED_ADAMW, loss="linear-chunked"),
+    ),
+    "llama3_1_8B_qlora_single_device": (
+        "llama3.1-8b",
+        dict(method="qlora", **LORA, batch_size=2, grad_accum=8, grad_ckpt=True,
+             **FUSED_ADAMW, loss="linear-chunked"),
+    ),
+    "llama3_1_8B_full_single_device": (
+        "llama3.1-8b",
+        dict(batch_size=2, grad_accum=1, grad_ckpt=True, optimizer="paged-adamw-8bit",
+             optimizer_in_backward=True, loss="linear-chunked"),
+    ),
+    "llama3_1_70B_full": (
+        "llama3.1-70b",
+        # full_finetune_distributed with fsdp_cpu_offload: True
+        dict(batch_size=2, grad_accum=1, grad_ckpt=True, optimizer="adamw",
+             loss="linear-chunked", strategy="fsdp", offload_params="cpu",
+             offload_optimizer="cpu"),
+    ),
+    "llama3_8B_dora": (
+        "llama3-8b",
+        dict(method="dora", **LORA, batch_size=2, grad_accum=1, **FUSED_ADAMW,
+             loss="linear-chunked", strategy="fsdp"),
+    ),
+    "qwen2_5_7B_lora": (
+        "qwen2.5-7b",
+        dict(method="lora", **LORA, batch_size=2, grad_accum=8, **FUSED_ADAMW,
+             loss="linear-chunked", strategy="fsdp"),
+    ),
+    "qwen3_8B_full": (
+        "qwen3-8b",
+        dict(batch_size=2, grad_accum=8, grad_ckpt=True, **FUSED_ADAMW,
+             loss="linear-chunked", strategy="fsdp"),
+    ),
+    "llama3_1_8B_lora_dpo_single_device": (
+        "llama3.1-8b",
+        # DPOLoss is not a cross-entropy: the loss stays ftmem's standard one
+        dict(method="lora", **LORA, seq_len=1024, batch_size=4, grad_accum=8,
+             grad_ckpt=True, **FUSED_ADAMW),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_config_maps_to_settings(name):
+    cfg = read_framework_config(str(FIXTURES / f"{name}.yaml"))
+    model, settings = EXPECTED[name]
+    assert cfg.framework == "torchtune"
+    assert cfg.model == model
+    assert cfg.settings == {**settings, "precision": "bf16", "framework": "torchtune"}
+    # every memory-relevant key is read or noted: none is left as "not read"
+    assert not [n for n in cfg.notes if "not read by ftmem" in n], cfg.notes
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n, (_, s) in EXPECTED.items() if "seq_len" not in s],
+)
+def test_missing_max_seq_len_is_said_loudly(name):
+    """null or absent: torchtune truncates nothing; the note names the key and --seq-len."""
+    notes = read_framework_config(str(FIXTURES / f"{name}.yaml")).notes
+    assert any("tokenizer.max_seq_len" in n and "--seq-len" in n for n in notes)
+
+
+@pytest.mark.parametrize("name", ["llama3_1_70B_full", "qwen2_5_7B_lora", "llama3_8B_dora"])
+def test_distributed_recipes_say_the_gpu_count_comes_from_the_launcher(name):
+    assert LAUNCHER_NOTE in read_framework_config(str(FIXTURES / f"{name}.yaml")).notes
+
+
+def test_dpo_is_not_estimated_silently_as_sft():
+    notes = read_framework_config(str(FIXTURES / "llama3_1_8B_lora_dpo_single_device.yaml")).notes
+    assert any("DPO" in n and "supervised finetuning" in n for n in notes)
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("llama3_8B_qdora_single_device", ("model.use_dora", "4-bit")),
+        ("eleuther_evaluation", ("eleuther_eval", "not a training")),
+    ],
+)
+def test_refused_configs_say_why(name, words):
+    with pytest.raises(ConfigError) as err:
+        read_framework_config(str(FIXTURES / f"{name}.yaml"))
+    assert all(w in str(err.value) for w in words)
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "model:\n  _component_: torchtune.models.llama3_1.lora_llama3_1_8b\n"
+        "optimizer:\n  _component_: torch.optim.AdamW\n" + text
+    )
+    return str(path)
+
+
+def test_interpolations_of_the_files_own_keys_are_resolved(tmp_path):
+    cfg = read_framework_config(
+        _write(
+            tmp_path,
+            "bs: 3\nseq: {len: 2048}\nbatch_size: ${bs}\n"
+            "tokenizer:\n  max_seq_len: ${seq.len}\n"
+            "run_val_every_n_steps: 10\ndataset_val: {}\nbatch_size_val: ${batch_size}\n",
+        )
+    )
+    assert (cfg.settings["batch_size"], cfg.settings["seq_len"]) == (3, 2048)
+    assert cfg.settings["eval_batch_size"] == 3  # validation at ${batch_size}
+
+
+def test_fsdp_reshard_after_forward_false_keeps_weights_gathered(tmp_path):
+    cfg = read_framework_config(_write(tmp_path, "fsdp_reshard_after_forward: False\n"))
+    assert cfg.settings["strategy"] == "fsdp-grad-op"
+
+
+def test_packing_without_a_length_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"dataset\.packed"):
+        read_framework_config(_write(tmp_path, "dataset:\n  packed: True\n"))
+
+
+def test_a_builder_without_a_preset_names_itself(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  _component_: torchtune.models.llama3_2.lora_llama3_2_1b\nloss: {}\n")
+    cfg = read_framework_config(str(path))
+    assert cfg.model is None
+    assert any("lora_llama3_2_1b" in n for n in cfg.notes)
+
+
+def _doc_keys() -> set[str]:
+    """The keys the page's tables name in their first column."""
+    rows = re.findall(r"^\| `([^`]+)`", DOC.read_text(encoding="utf-8"), flags=re.M)
+    return {r.split(".")[0] for r in rows}
+
+
+def test_the_docs_page_names_every_key_the_reader_knows():
+    named = _doc_keys()
+    known = torchtune.TORCHTUNE_KEYS | torchtune.NO_MEMORY_EFFECT
+    assert known - named == set()
+    assert named - known - NO_MEMORY_EFFECT == set()
+
+
+def test_dtype_null_is_fp32_and_absent_is_said(tmp_path):
+    """torchtune's get_dtype(None) is fp32; an absent dtype stops the recipe."""
+    null = read_framework_config(_write(tmp_path, "dtype: null\n"))
+    assert null.settings["precision"] == "fp32"
+    assert "adapter_dtype" not in null.settings
+    absent = read_framework_config(_write(tmp_path, ""))
+    assert absent.settings["precision"] == "bf16"
+    assert any(n.startswith("dtype is absent") for n in absent.notes)
+
+
+@pytest.mark.parametrize(
+    ("builder", "preset"),
+    [
+        # builders named in the shipped configs (recipes/configs at bd2a0fc7), by hand
+        ("qwen2_5.qwen2_5_1_5b_instruct", "qwen2.5-1.5b"),
+        ("qwen2_5.lora_qwen2_5_0_5b", "qwen2.5-0.5b"),
+        ("qwen2_5.lora_qwen2_5_72b_instruct", "qwen2.5-72b"),
+        ("qwen3.qwen3_0_6b_instruct", "qwen3-0.6b"),
+        ("qwen3.lora_qwen3_8b_base", "qwen3-8b"),
+        ("phi3.qlora_phi3_mini", "phi3-mini"),
+        ("gemma.qlora_gemma_7b", "gemma-7b"),
+        ("llama2.lora_llama2_13b", "llama2-13b"),
+        ("mistral.mistral_7b", "mistral-7b"),
+        ("llama3_1.qlora_llama3_1_405b", None),  # no preset: noted, the user gives it
+        ("gemma2.lora_gemma2_27b", None),
+        ("llama4.llama4_scout_17b_16e", None),
+    ],
+)
+def test_shipped_builders_resolve_to_a_preset_or_say_so(tmp_path, builder, preset):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"model:\n  _component_: torchtune.models.{builder}\nloss: {{}}\n")
+    cfg = read_framework_config(str(path))
+    assert cfg.model == preset
+    leaf = builder.split(".")[1]
+    assert (preset is None) == any(f"model builder {leaf}" in n for n in cfg.notes)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("batch_size: ${oc.env:BS}\n", "batch_size"),
+        ("batch_size: ${missing}\n", "batch_size"),
+        ("loss: ${eval:'1+1'}\n", "loss"),
+        ("tokenizer:\n  max_seq_len: ${oc.env:SEQ}\n", "tokenizer.max_seq_len"),
+    ],
+)
+def test_an_interpolation_ftmem_cannot_resolve_names_its_key(tmp_path, text, key):
+    with pytest.raises(ConfigError) as err:
+        read_framework_config(_write(tmp_path, text))
+    assert f": {key} is " in str(err.value) and "interpolation" in str(err.value)
+
+
+def test_distillation_is_not_estimated_silently_as_sft(tmp_path):
+    """knowledge_distillation_* configs: the student's model, a teacher_model and kd_loss."""
+    cfg = read_framework_config(
+        _write(
+            tmp_path,
+            "teacher_model:\n  _component_: torchtune.models.qwen2.qwen2_1_5b\n"
+            "kd_loss:\n  _component_: torchtune.modules.loss.ForwardKLWithChunkedOutputLoss\n",
+        )
+    )
+    assert any("knowledge distillation" in n and "not counted" in n for n in cfg.notes)
+
+
+def test_qdora_from_a_qlora_builder_is_refused(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "model:\n  _component_: torchtune.models.llama3_1.qlora_llama3_1_8b\n"
+        "  use_dora: True\nloss: {}\n"
+    )
+    with pytest.raises(ConfigError, match=r"model\.use_dora on a 4-bit base"):
+        read_framework_config(str(path))
+
+
+def test_offloading_without_checkpointing_is_said(tmp_path):
+    """torchtune's recipes raise RuntimeError on it."""
+    cfg = read_framework_config(_write(tmp_path, "enable_activation_offloading: True\n"))
+    assert any("refuse to start" in n for n in cfg.notes)
+
+
+def test_ppo_recipes_are_refused(tmp_path):
+    """torchtune's PPO recipes (recipes/configs/mistral/7B_full_ppo_low_memory.yaml) name
+    a policy_model and a value model, no model: four models, refused in one sentence."""
+    path = tmp_path / "ppo.yaml"
+    path.write_text(
+        "policy_model:\n  _component_: torchtune.models.mistral.mistral_7b\n"
+        "valmod:\n  _component_: torchtune.models.mistral.mistral_reward_7b\n"
+    )
+    with pytest.raises(ConfigError, match="PPO config"):
+        read_framework_config(str(path))
