@@ -51,6 +51,11 @@ REFUSED = [
         "liger",
         ["standard", "chunked", "linear-chunked", "fused"],
     ),
+    (
+        ["estimate", "gpt2", "--objective", "kto"],
+        "kto",
+        ["sft", "dpo", "ipo", "simpo", "orpo"],
+    ),
     (["estimate", "gpt2", "--offload-optimizer", "disk"], "disk", ["none", "cpu", "nvme"]),
     (["max", "gpt2", "--for", "rank"], "rank", ["batch-size", "seq-len", "target-len", "lora-r"]),
     (["measure", "gpt2", "--device", "tpu"], "tpu", ["cpu", "cuda"]),

@@ -74,12 +74,13 @@ EXPECTED = {
              lora_targets="all-linear", seq_len=2048, batch_size=1, grad_accum=4,
              grad_ckpt=True, optimizer="adamw-8bit", attn="flash", **BF16),
     ),
-    # rl: dpo (noted); LoRA over an 8-bit base; evaluation at micro_batch_size 2
+    # rl: dpo (the reference: the adapter disabled); LoRA over an 8-bit base; evaluation
+    # at micro_batch_size 2
     "llama-3-instruct-dpo-lora-8b.yml": (
         "meta-llama/Meta-Llama-3-8B-Instruct",
         dict(method="qlora", quant="int8", **LLAMA3_LORA, seq_len=4096, batch_size=2,
              grad_accum=4, grad_ckpt=True, optimizer="adamw-8bit", attn="flash",
-             eval_batch_size=2, **BF16),
+             eval_batch_size=2, objective="dpo", **BF16),
     ),
     # bf16: true; the Hub's vLLM FlashAttention-3 kernel; CutCrossEntropyPlugin;
     # activation_offloading: true; Mxfp4Config with dequantize: true (16-bit weights)
@@ -157,9 +158,6 @@ def test_shipped_config_estimates_or_names_the_model_it_lacks(name):
         ("qwen3-32b-qlora.yaml", "lora_dropout 0.0 (lora_dropout;"),
         ("llama-3-fft-8b-liger-fsdp.yaml", "liger_rms_norm, liger_glu_activation, liger_rope"),
         ("gemma3-gemma-3-1b-qlora.yml", "unfrozen_parameters with an adapter"),
-        ("llama-3-instruct-dpo-lora-8b.yml", "rl: dpo is estimated as supervised finetuning"),
-        ("llama-3-instruct-dpo-lora-8b.yml", "chosen and rejected"),
-        ("llama-3-instruct-dpo-lora-8b.yml", "a no-grad forward with the adapter off"),
         ("gpt-oss-gpt-oss-20b-sft-lora-singlegpu.yaml", "use_kernels"),
         ("llama-2-gptq-lora.yml", "eval_batch_size 1 (micro_batch_size;"),
     ],
@@ -306,10 +304,18 @@ def test_evaluation_as_axolotl_schedules_it(tmp_path, text, eval_batch):
 
 
 def test_rl_names_what_it_leaves_out(tmp_path):
-    _, notes = _read(tmp_path, "rl: dpo\n")  # full finetuning: a second copy
+    # dpo, ipo, orpo and simpo are estimated (--objective); their rl note is gone
+    for rl in ("dpo", "ipo", "orpo", "simpo"):
+        settings, notes = _read(tmp_path, f"rl: {rl}\nadapter: lora\ncpo_alpha: 0\n")
+        assert settings["objective"] == rl
+        assert not any(n.startswith("rl:") for n in notes)
+    settings, _ = _read(tmp_path, "rl: dpo\nprecompute_ref_log_probs: true\n")
+    assert settings["precompute_ref"] is True
+    # simpo without cpo_alpha: CPOConfig's 1.0 adds the chosen cross-entropy
+    _, notes = _read(tmp_path, "rl: simpo\nadapter: lora\n")
+    assert any(n.startswith("cpo_alpha unset") for n in notes)
+    _, notes = _read(tmp_path, "rl: kto\n")  # full finetuning: a second copy
     assert any("the reference model (a second copy of the weights)" in n for n in notes)
-    _, notes = _read(tmp_path, "rl: orpo\nadapter: lora\n")
-    assert any("ORPO needs no reference model" in n for n in notes)
     _, notes = _read(tmp_path, "rl: grpo\nadapter: lora\n")
     assert any("completions generated per prompt" in n for n in notes)
 

@@ -33,8 +33,8 @@ EXPECTED = {
     # quantization_bit 4, quantization_method bnb: QLoRA (nf4, double quantisation: the
     # defaults of ModelArguments and of ftmem)
     "qwen3_lora_sft_otfq.yaml": (QWEN3_4B_2507, {**V0_LORA, "method": "qlora"}),
-    # stage dpo: noted; the step is estimated as one model's
-    "qwen3_lora_dpo.yaml": (QWEN3_4B_2507, V0_LORA),
+    # stage dpo, pref_loss sigmoid: --objective dpo (the reference: the adapter disabled)
+    "qwen3_lora_dpo.yaml": (QWEN3_4B_2507, {**V0_LORA, "objective": "dpo"}),
     # full + ZeRO-3 (ds_z3_config.json: stage 3): init_adapter leaves the weights as
     # loaded (no fp32 upcast under ZeRO-3); DeepSpeed's bf16 engine
     "qwen3_full_sft.yaml": (
@@ -114,7 +114,6 @@ def test_v1_format_is_detected_as_llama_factory():
 @pytest.mark.parametrize(
     ("name", "note"),
     [
-        ("qwen3_lora_dpo.yaml", "stage dpo"),
         ("llama3_freeze_sft.yaml", "casts the trainable blocks to fp32"),
         ("llama3_freeze_sft.yaml", "use_llama_pro"),
         ("v1_train_lora_sft.yaml", "--gpus"),
@@ -166,7 +165,12 @@ def test_defaults_where_the_file_is_silent(tmp_path):
         ("quantization_bit: 8\n", {"method": "qlora", "quant": "int8"}),
         ("quantization_bit: 4\nquantization_type: fp4\ndouble_quantization: false\n",
          {"quant": "fp4", "double_quant": False}),
-        ("stage: dpo\nenable_liger_kernel: true\n", {"loss": None}),
+        ("stage: dpo\nenable_liger_kernel: true\n", {"loss": None, "objective": "dpo"}),
+        ("stage: dpo\npref_loss: ipo\n", {"objective": "ipo"}),
+        ("stage: dpo\npref_loss: orpo\n", {"objective": "orpo"}),
+        ("stage: dpo\npref_loss: simpo\n", {"objective": "simpo"}),
+        ("stage: dpo\npref_loss: kto_pair\n", {"objective": "dpo"}),
+        ("stage: kto\n", {"objective": None}),
         ("stage: sft\nenable_liger_kernel: true\n", {"loss": "fused"}),
         ("flash_attn: fa3\n", {"attn": "flash"}),
         ("finetuning_type: full\nuse_galore: true\n", {"galore_rank": 16}),

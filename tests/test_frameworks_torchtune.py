@@ -64,9 +64,10 @@ EXPECTED = {
     ),
     "llama3_1_8B_lora_dpo_single_device": (
         "llama3.1-8b",
-        # DPOLoss is not a cross-entropy: the loss stays ftmem's standard one
+        # DPOLoss: --objective dpo (the reference: the adapters disabled); it is not a
+        # cross-entropy: the loss stays ftmem's standard one
         dict(method="lora", **LORA, seq_len=1024, batch_size=4, grad_accum=8,
-             grad_ckpt=True, **FUSED_ADAMW),
+             grad_ckpt=True, objective="dpo", **FUSED_ADAMW),
     ),
 }  # fmt: skip
 
@@ -97,9 +98,10 @@ def test_distributed_recipes_say_the_gpu_count_comes_from_the_launcher(name):
     assert LAUNCHER_NOTE in read_framework_config(str(FIXTURES / f"{name}.yaml")).notes
 
 
-def test_dpo_is_not_estimated_silently_as_sft():
-    notes = read_framework_config(str(FIXTURES / "llama3_1_8B_lora_dpo_single_device.yaml")).notes
-    assert any("DPO" in n and "supervised finetuning" in n for n in notes)
+def test_dpo_is_estimated_as_dpo():
+    cfg = read_framework_config(str(FIXTURES / "llama3_1_8B_lora_dpo_single_device.yaml"))
+    assert cfg.settings["objective"] == "dpo"  # loss: torchtune.rlhf.loss.DPOLoss
+    assert not any("supervised finetuning" in n for n in cfg.notes)
 
 
 @pytest.mark.parametrize(

@@ -173,6 +173,7 @@ def test_preference_trainers_are_told_apart(tmp_path):
     assert dpo.settings["model_dropout"] is False and "loss" not in dpo.settings
     assert dpo.settings["seq_len"] == 1024  # DPOConfig.max_length
     assert any("TRL DPO" in n for n in dpo.notes)
+    assert dpo.settings["objective"] == "dpo"  # DPOConfig.loss_type ["sigmoid"]
     kto = read_framework_config(write(tmp_path, {"model_name_or_path": "gpt2",
                                                  "desirable_weight": 1.0}))  # fmt: skip
     assert any("TRL KTO" in n for n in kto.notes)

@@ -73,6 +73,8 @@ ESTIMATE: dict[str, list[str]] = {
     "--optimizer-impl": ["foreach", "for-loop", "fused"],
     "--attn": ["eager", "sdpa", "flash"],
     "--loss": ["standard", "chunked", "linear-chunked", "fused"],
+    "--objective": [OMIT, "sft", "dpo", "ipo", "simpo", "orpo"],
+    "--precompute-ref": [OMIT, "--precompute-ref", "--no-precompute-ref"],
     "--autocast": [OMIT, "--autocast", "--no-autocast"],
     "--grad-ckpt": [OMIT, "--grad-ckpt", "--no-grad-ckpt"],
     "--activation-offload": [OMIT, "--activation-offload"],
@@ -165,6 +167,7 @@ def _given(v: dict[str, str], option: str) -> bool:
     return option in v and v[option] not in (OMIT, "none")
 
 
+PREFERENCE = ["dpo", "ipo", "simpo", "orpo"]
 # Multi-GPU settings, and what ftmem models on one GPU only
 MULTI = {"--strategy": ["ddp", *DEEPSPEED, *FSDP], "--gpus": ["2", "8"], "--nodes": ["2"]}
 MULTI |= {k: ["2"] for k in ("--tp", "--pp", "--cp")}
@@ -174,6 +177,7 @@ ONE_GPU = {
     "--optimizer-in-backward": ["--optimizer-in-backward"],
     "--teacher": ["gpt2", "llama2-7b"],  # distillation
     "--teacher-weights": [w for w in ESTIMATE["--teacher-weights"] if w != OMIT],
+    "--objective": PREFERENCE,  # the preference objectives (docs/objectives.md)
 }
 PARALLEL = ("--gpus", "--nodes", "--tp", "--pp", "--cp")
 EMIT_FOR = {"deepspeed": DEEPSPEED, "fsdp": FSDP, "accelerate": {"ddp"} | DEEPSPEED | FSDP}
@@ -210,6 +214,22 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
         _is(v, "--precision", "bf16-mixed", "fp16-mixed") and _is(v, "--autocast", "--no-autocast")
     ),
     lambda v: _is(v, "--teacher", OMIT) and _given(v, "--teacher-weights"),
+    # ftmem's preference objectives: TRL's log-probabilities over full logits, no teacher;
+    # a precomputed reference is dpo's and ipo's
+    lambda v: (
+        _is(v, "--objective", *PREFERENCE)
+        and _is(v, "--loss", "chunked", "linear-chunked", "fused")
+    ),
+    lambda v: _is(v, "--objective", *PREFERENCE) and _given(v, "--teacher"),
+    lambda v: (
+        _is(v, "--precompute-ref", "--precompute-ref")
+        and "--objective" in v
+        and not _is(v, "--objective", "dpo", "ipo")
+    ),
+    lambda v: (
+        _is(v, "--precompute-ref", "--precompute-ref")
+        and (_given(v, "--teacher") or _given(v, "--teacher-weights"))
+    ),
     # DeepSpeed's pipeline engine runs ZeRO stage 0 or 1 only
     lambda v: _is(v, "--strategy", "zero2", "zero3") and _is(v, "--pp", "2"),
     # offload: the optimizer under ZeRO or FSDP, the weights under ZeRO-3 or FSDP
@@ -259,6 +279,8 @@ def _model_ok(model: str, option: str, value: str) -> bool:
         refused = {
             "--method": set(METHODS) - SEQ2SEQ_METHODS,
             "--loss": {"chunked", "linear-chunked", "fused"},
+            "--objective": set(PREFERENCE),  # decoder-only (docs/objectives.md)
+            "--precompute-ref": {"--precompute-ref"},
             "--activation-offload": {"--activation-offload"},
             "--optimizer-in-backward": {"--optimizer-in-backward"},
             "--lora-modules-to-save": {"embed", "head", "embed,head"},

@@ -15,14 +15,14 @@ from functools import lru_cache
 
 from ftmem.adapters.prompt import PromptEncoder
 from ftmem.arch import Architecture, Linear, layout
-from ftmem.dtypes import FP32
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan
 from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.dropout import Dropout
 from ftmem.ops.embedding import Embedding
 from ftmem.ops.linear import LinearOp
-from ftmem.ops.loss import Loss
+from ftmem.ops.loss import Loss, PreferenceLoss
 from ftmem.ops.mlp import MLP
 from ftmem.ops.norm import Norm, QKNorm
 from ftmem.ops.saved import Saved, Side
@@ -181,4 +181,9 @@ def outer_saved(
         softcaps=softcaps,
         masked_rows=masked_rows,
     )
+    if run.objective != "sft":  # the pairs' log-probabilities instead of the cross-entropy
+        e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+        ids_kept = train or plan.embed_trainable  # the embedding's backward keeps them
+        saved = [x for x in saved if not x.what.startswith("loss:")]
+        saved += PreferenceLoss.saved(arch, run, e, T, ids_kept)
     return below, above + saved

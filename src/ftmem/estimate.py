@@ -46,7 +46,7 @@ from ftmem.result import (
 )
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
 from ftmem.run_phases import replayed_loading, resolved_peak_of, run_moments
-from ftmem.step import StepParts, step_parts
+from ftmem.step import StepParts, objective_note, step_parts
 
 if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
     from ftmem.distill import Teacher
@@ -75,10 +75,7 @@ def estimate_step(
     ``teacher``, of a distillation step."""
     arch = framework_arch(arch, run)  # e.g. LitGPT's own, never tied, LM head
     if par is not None and not par.is_trivial:
-        if teacher is not None:
-            raise InvalidInputError(
-                "Distillation (--teacher) is modelled on one GPU; several GPUs are not yet."
-            )
+        _one_gpu_only(run, teacher)
         return _estimate_parallel(arch, run, par, gpu, overhead_bytes)
     parts = step_parts(arch, run, teacher)
     plan = parts.plan
@@ -94,6 +91,8 @@ def estimate_step(
             "Weights): its forward runs first under no_grad without a KV cache; the KL "
             "term's two fp32 distributions are kept until the loss backward."
         )
+    if run.objective != "sft":
+        notes.append(objective_note(plan, run))
     if run.optimizer_in_backward:
         notes.append(
             "optimizer in backward: each gradient is freed by its parameter's step as soon "
@@ -140,6 +139,18 @@ def estimate_step(
         run_peak,
     )
     return _result(arch, run, plan, plan.n_trainable, memory, gpu, notes + _family_notes(arch, run))
+
+
+def _one_gpu_only(run: RunConfig, teacher: Teacher | None) -> None:
+    """Refuse what ftmem models on one GPU only: distillation, preference objectives."""
+    if teacher is not None:
+        raise InvalidInputError(
+            "Distillation (--teacher) is modelled on one GPU; several GPUs are not yet."
+        )
+    if run.objective != "sft":
+        raise InvalidInputError(
+            f"--objective {run.objective} is modelled on one GPU; several GPUs are not yet."
+        )
 
 
 @dataclass(frozen=True, slots=True)

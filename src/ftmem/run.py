@@ -42,6 +42,11 @@ Optimizer = Literal[
     "lion",
 ]
 Attention = Literal["eager", "sdpa", "flash"]
+# the training objective: supervised finetuning, or a preference loss over chosen and
+# rejected sequences (ftmem.ops.loss.PreferenceLoss)
+Objective = Literal["sft", "dpo", "ipo", "simpo", "orpo"]
+# the objectives that compare with a reference model's log-probabilities
+REFERENCE_OBJECTIVES = frozenset({"dpo", "ipo"})
 Quant = Literal["nf4", "fp4", "int8", "int4"]
 Accounting = Literal["phases", "simple"]
 OptimizerImpl = Literal["foreach", "for-loop", "fused"]
@@ -237,6 +242,22 @@ class RunConfig(limits.BoundedSettings):
         "for the other frameworks the estimate stays eager and says so.",
     )
     attn: Attention = "sdpa"
+    # (left out of a dump at its default: an SFT estimate's JSON stays as it was)
+    objective: Objective = Field(
+        "sft",
+        exclude_if=lambda value: value == "sft",
+        description="sft: supervised finetuning; dpo | ipo: preference pairs against a "
+        "reference's log-probabilities (TRL's DPOTrainer: chosen and rejected in one forward "
+        "of batch 2b; the reference is the base with the adapter disabled under PEFT, else a "
+        "frozen copy); simpo | orpo: the same pair forward without a reference (ORPO adds "
+        "the chosen sequences' cross-entropy). ftmem.ops.loss.PreferenceLoss.",
+    )
+    precompute_ref: bool = Field(
+        False,
+        exclude_if=lambda value: not value,
+        description="dpo | ipo: the reference log-probabilities were computed before "
+        "training (TRL's precompute_ref_log_probs): no reference at train time.",
+    )
     loss: Literal["standard", "chunked", "linear-chunked", "fused"] = Field(
         "standard",
         description="standard: transformers' cross-entropy over full logits; chunked: "
@@ -335,6 +356,7 @@ class RunConfig(limits.BoundedSettings):
     def _combinations(self) -> RunConfig:
         self._method_settings_fit()
         self._allocator_settings_fit()
+        self._objective_settings_fit()
         if self.method == "partial" and self.trainable_modules is None:
             raise ValueError(
                 "--method partial needs --trainable-modules (regular expressions over "
@@ -395,6 +417,19 @@ class RunConfig(limits.BoundedSettings):
                 allocator_options(self.alloc_conf)
             except ValueError as exc:
                 raise ValueError(f"--alloc-conf: {str(exc).rstrip('.')}") from None
+
+    def _objective_settings_fit(self) -> None:
+        """A preference objective's settings: a reference to precompute, the standard loss."""
+        if self.precompute_ref and self.objective not in REFERENCE_OBJECTIVES:
+            raise ValueError(
+                f"--precompute-ref applies to dpo and ipo, which compare with a reference; "
+                f"objective {self.objective} has none"
+            )
+        if self.objective != "sft" and self.loss != "standard":
+            raise ValueError(
+                f"--objective {self.objective} is modelled with the standard loss over full "
+                f"logits (TRL's log-probabilities); drop --loss {self.loss}"
+            )
 
     def _method_settings_fit(self) -> None:
         """Settings that belong to other methods (METHOD_SETTINGS) are refused, the
@@ -480,6 +515,18 @@ class RunConfig(limits.BoundedSettings):
         if self.method in ("prompt-tuning", "p-tuning"):
             return self.seq_len + self.n_virtual
         return self.seq_len
+
+    @property
+    def sequences(self) -> int:
+        """Sequences one forward runs: a preference objective's chosen and rejected
+        sequences go through the model concatenated, 2b of them (TRL's DPOTrainer
+        _compute_loss, ORPO's and CPO's concatenated_forward)."""
+        return self.batch_size if self.objective == "sft" else 2 * self.batch_size
+
+    @property
+    def needs_reference(self) -> bool:
+        """dpo and ipo compare with a reference's log-probabilities at train time."""
+        return self.objective in REFERENCE_OBJECTIVES and not self.precompute_ref
 
     @property
     def decoder_len(self) -> int:

@@ -26,7 +26,7 @@ from ftmem.ops.attention import runs_eager
 from ftmem.ops.context import BlockState
 from ftmem.ops.embedding import Embedding
 from ftmem.ops.linear import LinearOp
-from ftmem.ops.loss import CHUNKS, Loss, held_logits_head
+from ftmem.ops.loss import CHUNKS, Loss, PreferenceLoss, held_logits_head
 from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS, Norm
 from ftmem.ops.saved import Saved
@@ -197,12 +197,30 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
     """The components of one step and their sizes in time (no peak yet); with a
     ``teacher``, the distillation step (ftmem.distill)."""
     seq2seq.check_supported(arch, run)
+    if arch.encoder_decoder and run.objective != "sft":
+        raise InvalidInputError(
+            f"{arch.name} is an encoder-decoder: --objective {run.objective} is modelled "
+            "for decoder-only models."
+        )
     if arch.encoder_decoder:
         if teacher is not None:
             raise InvalidInputError(
                 f"{arch.name} is an encoder-decoder: distillation is not modelled for it yet."
             )
         return _seq2seq_parts(arch, run)
+    if run.objective != "sft":
+        if teacher is not None:
+            raise InvalidInputError("Distillation (--teacher) runs with --objective sft only.")
+        # the chosen and rejected sequences run as one batch of 2b (TRL's DPOTrainer
+        # _compute_loss, the ORPO and CPO trainers' concatenated_forward)
+        pairs = run.model_copy(update={"batch_size": run.sequences})
+        return _with_reference(_decoder_parts(arch, pairs), arch, pairs)
+    parts = _decoder_parts(arch, run)
+    return parts if teacher is None else _with_teacher(parts, teacher, arch, run)
+
+
+def _decoder_parts(arch: Architecture, run: RunConfig) -> StepParts:
+    """A decoder-only step's components (``run.batch_size`` sequences per forward)."""
     plan = plan_method(arch, run)
     T = run.batch_size * run.positions
     blocks = _block_activations(arch, run, plan, T)
@@ -226,7 +244,7 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         outer_below, outer_above = [], stays
     kept = Activations(per_block_kept, below=_sum(outer_below), above=_sum(outer_above))
     sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)
-    parts = StepParts(
+    return StepParts(
         plan=plan,
         sizes=sizes,
         activations=activations,
@@ -235,7 +253,6 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
         outer_items=tuple(outer_items),
         offloaded=offloaded,
     )
-    return parts if teacher is None else _with_teacher(parts, teacher, arch, run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +426,69 @@ def _block_policy(run: RunConfig, rebuilt: tuple[int, ...], own_grads: int) -> B
     rebuilds; ``own_grads``: a trained block's gradients)."""
     inner = Checkpointed(rebuilt) if run.grad_ckpt else PLAIN
     return Offloaded(inner, own_grads) if run.activation_offload else inner
+
+
+# the methods TRL trains through peft (is_peft_model): the reference is the same model
+# with its adapter disabled; every other method gets a frozen copy
+_OWN_WEIGHTS_METHODS = frozenset({"full", "freeze", "partial", "galore", "bitfit"})
+
+
+def reference_weights(plan: MethodPlan, run: RunConfig) -> int:
+    """dpo, ipo: the frozen reference copy's weights (TRL's DPOTrainer loads it from the
+    model's checkpoint with the model's init kwargs, in the policy's dtype:
+    trl/trainer/dpo_trainer.py@f2cd57710ae3 __init__); none under peft (the adapter
+    disabled: _compute_loss, use_adapter) or with precomputed log-probabilities."""
+    if not run.needs_reference or run.method not in _OWN_WEIGHTS_METHODS:
+        return 0
+    if run.framework == "llama-factory":
+        # load_model(is_trainable=False) in the compute dtype: the fp32 upcast of the
+        # trainable weights (cast_trainable_params_to_fp32) is the policy's only
+        # (hiyouga/LLaMA-Factory src/llamafactory/train/trainer_utils.py@ff6d4d12eeb0
+        # create_ref_model, model/adapter.py init_adapter)
+        return sum(g.total_numel for g in plan.groups) * BYTES_PER_ELEMENT[plan.dtypes.compute]
+    return sum(g.nbytes for g in plan.groups)
+
+
+def objective_note(plan: MethodPlan, run: RunConfig) -> str:
+    """What a preference objective's estimate models, in one note."""
+    pairs = f"{run.objective.upper()}: chosen and rejected concatenated (batch {run.sequences})"
+    if run.eval_batch_size:
+        pairs += (
+            " (evaluation: estimated as one forward of the eval batch; its pairs and "
+            "reference are not counted)"
+        )
+    if not run.needs_reference:
+        why = "precomputed" if run.precompute_ref else "none needed"
+        return f"{pairs}; reference: {why}."
+    copy = reference_weights(plan, run)
+    if copy:
+        return (
+            f"{pairs}; reference: a frozen copy ({copy:,} bytes, included in Weights), "
+            "its forward under no_grad after the policy's."
+        )
+    return f"{pairs}; reference: the adapter disabled, a forward under no_grad after the policy's."
+
+
+def _with_reference(parts: StepParts, arch: Architecture, pairs: RunConfig) -> StepParts:
+    """A preference step over the pair run (2b sequences): the loss's head moments and,
+    for dpo and ipo, the reference: its weights, and its forward under no_grad after the
+    policy's (_compute_loss), beside every activation and the policy's held logits."""
+    plan, sizes = parts.plan, parts.sizes
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    T = pairs.batch_size * pairs.positions
+    logits = PreferenceLoss.logits_moment(arch, pairs, e, T)
+    if pairs.needs_reference:
+        residual = plan.dtypes.residual_bytes
+        reference = max(
+            frozen_forward_transient(arch, pairs, e, residual, T),
+            PreferenceLoss.reference_logits_moment(arch, pairs, e, T),
+        )
+        logits = max(logits, PreferenceLoss.held_at_reference(arch, pairs, e, T) + reference)
+    head = dataclasses.replace(
+        sizes.head, logits_forward=logits, loss_backward=PreferenceLoss.backward(arch, pairs, e, T)
+    )
+    weights = sizes.weights + reference_weights(plan, pairs)
+    return dataclasses.replace(parts, sizes=dataclasses.replace(sizes, weights=weights, head=head))
 
 
 def _with_teacher(

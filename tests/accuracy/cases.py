@@ -69,6 +69,31 @@ def _matrix() -> list[Case]:
         *_autocast_over_16bit_weights(),
         *_families_of_issue_17(),
         *_config_dropout(),
+        *_preference_objectives(),
+    ]
+
+
+def _preference_objectives() -> list[Case]:
+    """DPO-family objectives (ftmem.ops.loss.PreferenceLoss): chosen and rejected in one
+    forward of 2b sequences; dpo and ipo with the reference (adapter disabled under LoRA,
+    a frozen copy for full finetuning), ORPO's chosen cross-entropy, SimPO without a
+    reference, measured against ftmem's loops of TRL's, LLaMA-Factory's and torchtune's
+    trainers (ftmem.measure.step._preference_loss)."""
+    bf16 = {"precision": "bf16"}
+    return [
+        Case("llama", {"method": "lora", **bf16, "objective": "dpo"}),
+        Case("llama", {"method": "full", **bf16, "objective": "dpo"}),
+        Case("llama", {"method": "lora", **bf16, "objective": "dpo", "grad_ckpt": True}),
+        Case("llama", {"method": "lora", **bf16, "objective": "orpo"}),
+        Case("llama", {"method": "full", **bf16, "objective": "simpo"}),
+        Case("llama", {"method": "lora", "precision": "fp32", "objective": "ipo"}),
+        # under autocast accelerate hands the loss fp32 logits
+        Case("llama", {"method": "lora", "precision": "bf16-mixed", "objective": "dpo"}),
+        # LLaMA-Factory's path: fp32 logits held, one fp32 log-softmax over them;
+        # torchtune's: the same with the logits divided by the temperature, the policy's
+        # deleted before the reference's forward
+        Case("llama", {"method": "lora", **bf16, "objective": "dpo", "framework": "llama-factory"}),
+        Case("llama", {"method": "lora", **bf16, "objective": "dpo", "framework": "torchtune"}),
     ]
 
 

@@ -184,6 +184,20 @@ RUN = [
         "(Liger's fused linear cross-entropy).",
     ),
     _opt(
+        "objective",
+        field_choices("objective"),
+        "sft",
+        "sft | dpo | ipo (chosen and rejected in one forward of 2b sequences, a reference: "
+        "the adapter disabled under PEFT, else a frozen copy) | simpo | orpo (no reference).",
+    ),
+    _opt(
+        "precompute_ref",
+        bool,
+        False,
+        "dpo | ipo: reference log-probabilities computed before training (no reference).",
+        "--precompute-ref/--no-precompute-ref",
+    ),
+    _opt(
         "autocast",
         OptBool,
         None,

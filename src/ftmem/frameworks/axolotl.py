@@ -187,25 +187,23 @@ LIGER_KERNELS = (
     "liger_rope",
 )
 
-# what a preference or RL trainer (rl:, utils/schemas/enums.py RLType) adds to one SFT
-# step; {reference} is the reference model as axolotl sets it up (_rl_note)
-_PAIRS = (
-    "each example's chosen and rejected sequences (TRL concatenates them: 2 × micro_batch_size)"
-)
+# what an RL trainer ftmem does not model (rl:, utils/schemas/enums.py RLType) adds to
+# one SFT step; {reference} is the reference model as axolotl sets it up (_rl_note)
 _GENERATION = (
     "the completions generated per prompt (trl.num_generations, with a KV cache or a "
     "vLLM engine) and, when trl.beta > 0, {reference}"
 )
 RL_NOT_COUNTED = {
-    "dpo": f"{_PAIRS} and {{reference}}",
-    "ipo": f"{_PAIRS} and {{reference}}",
-    "simpo": f"{_PAIRS} and {{reference}}",
-    "orpo": f"{_PAIRS} (ORPO needs no reference model)",
     "kto": "{reference}, also over the mismatched completions of its KL term",
     "grpo": _GENERATION,
     "gdpo": _GENERATION,
     "ebft": "the generated completions and the frozen copy of the model that embeds them",
 }
+# the rl values ftmem estimates (--objective): DPOTrainer for dpo and ipo (loss_type
+# ["ipo"]), ORPOTrainer, CPOTrainer with loss_type simpo (axolotl-ai-cloud/axolotl
+# src/axolotl/core/builders/rl.py@067b021c8b87 _get_trainer_cls, _build_training_arguments;
+# core/trainers/dpo/__init__.py@067b021c8b87 set_training_args_kwargs)
+PREFERENCE_RL = ("dpo", "ipo", "orpo", "simpo")
 
 
 def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
@@ -485,7 +483,9 @@ def _attention(k: Keys, cfg: FrameworkConfig) -> None:
 
 def _training_objective(k: Keys, cfg: FrameworkConfig) -> None:
     """Trainers other than SFT of one causal LM: estimated as SFT, with what they add."""
-    if rl := k.text("rl"):
+    if (rl := k.text("rl")) and rl.lower() in PREFERENCE_RL:
+        _preference_rl(k, cfg, rl.lower())
+    elif rl:
         cfg.notes.append(_rl_note(k, cfg, rl))
     elif k.raw("trl") is not None:
         cfg.notes.append("trl: options of axolotl's RL trainers; unused without rl.")
@@ -510,6 +510,35 @@ def _training_objective(k: Keys, cfg: FrameworkConfig) -> None:
     ):
         if k.raw(key) not in (None, False):
             cfg.notes.append(f"{key}: {what} not modelled; the estimate leaves it out.")
+
+
+def _preference_rl(k: Keys, cfg: FrameworkConfig, rl: str) -> None:
+    """A preference trainer as --objective, and what axolotl adds that ftmem does not model:
+    a reference loaded beside an adapter (rl_adapter_ref_model), the reference axolotl
+    loads for simpo without an adapter though CPOTrainer takes none (train.py@067b021c8b87
+    setup_reference_model loads one for every rl but orpo), CPO's chosen cross-entropy."""
+    cfg.settings["objective"] = rl
+    if rl in ("dpo", "ipo") and k.flag("precompute_ref_log_probs"):
+        cfg.settings["precompute_ref"] = True
+    adapter = cfg.settings.get("method") in ADAPTER_METHODS
+    if rl in ("dpo", "ipo") and adapter and k.flag("rl_adapter_ref_model"):
+        cfg.notes.append(
+            "rl_adapter_ref_model: the separate reference model axolotl loads beside the "
+            "adapter is not counted (estimated with the adapter disabled as the reference)."
+        )
+    if rl == "simpo":
+        if not adapter:
+            cfg.notes.append(
+                "rl: simpo without an adapter: the reference copy axolotl loads (unused by "
+                "CPOTrainer) is not counted."
+            )
+        alpha = k.number("cpo_alpha")
+        if alpha is None or alpha != 0:
+            said = "cpo_alpha unset: TRL CPOConfig's 1.0" if alpha is None else f"cpo_alpha {alpha}"
+            cfg.notes.append(
+                f"{said}: CPO's cross-entropy on the chosen sequences (its log-softmax over "
+                "their logits) is not counted; SimPO is estimated with cpo_alpha 0."
+            )
 
 
 def _rl_note(k: Keys, cfg: FrameworkConfig, rl: str) -> str:
@@ -681,6 +710,8 @@ AXOLOTL_KEYS = frozenset(
         "torch_compile",
         "rl",
         "rl_adapter_ref_model",
+        "precompute_ref_log_probs",
+        "cpo_alpha",
         "trl",
         "vllm",
         "relora",

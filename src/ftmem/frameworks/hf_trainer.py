@@ -281,6 +281,7 @@ TRL_PROFILES: dict[str, dict[str, Any]] = {
 # the keys read() reads; read_framework_config lists every other one as ignored
 HF_TRAINER_KEYS = frozenset(
     {
+        "precompute_ref_log_probs",
         "model_name_or_path",
         "model_name",
         "model_init_kwargs",
@@ -626,14 +627,54 @@ def _trl_defaults(k: Keys, cfg: FrameworkConfig, trainer: str) -> None:
             assume(cfg, "loss", "fused", f"TRL >= 1.7: loss_type chunked_nll; {source}")
     else:
         assume(cfg, "model_dropout", False, f"disable_dropout true; {source}")
-        cfg.notes.append(
-            f"TRL {trainer}: the objective's own memory (chosen and rejected sequences, the "
-            "reference model, generation) is not read from this file; estimated as SFT."
-        )
+        if trainer == "DPO":
+            _dpo_objective(k, cfg, source)
+        else:
+            cfg.notes.append(
+                f"TRL {trainer}: the objective's own memory (the reference model, generation) "
+                "is not modelled (--objective covers dpo, ipo, simpo, orpo); estimated as SFT."
+            )
     if cfg.settings.get("loss") == "fused" and not k.flag("use_liger_kernel"):
         cfg.notes.append(
             "TRL's chunked_nll loss (the LM head and cross-entropy in checkpointed chunks "
             "of tokens, logits never whole) estimated as a fused linear cross-entropy."
+        )
+
+
+# DPOConfig's loss_type values (trl/trainer/dpo_trainer.py@f2cd57710ae3 _compute_loss):
+# every one reads the pair forward's and the reference's sequence log-probabilities, so
+# each is estimated as dpo; ipo has its own name
+_DPO_LOSSES = frozenset(
+    {
+        "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
+        "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+    }
+)  # fmt: skip
+
+
+def _dpo_objective(k: Keys, cfg: FrameworkConfig, source: str) -> None:
+    """A DPOConfig: the pair objective (loss_type, sigmoid by default) and its reference
+    (precompute_ref_log_probs); Liger's fused DPO loss is not modelled."""
+    losses = k.names("loss_type")
+    if losses is None:
+        assume(cfg, "objective", "dpo", f"loss_type ['sigmoid']; {source}")
+    else:
+        unknown = sorted(set(losses) - _DPO_LOSSES)
+        if unknown:
+            raise k.wrong("loss_type", f"DPO loss types ({', '.join(sorted(_DPO_LOSSES))})")
+        cfg.settings["objective"] = "ipo" if losses == ["ipo"] else "dpo"
+        if "sft" in losses:
+            cfg.notes.append(
+                "loss_type sft: the chosen sequences' cross-entropy beside the DPO loss (its "
+                "log-softmax over the chosen logits) is not counted."
+            )
+    if k.flag("precompute_ref_log_probs"):
+        cfg.settings["precompute_ref"] = True
+    if cfg.settings.get("loss") == "fused":  # use_liger_kernel
+        del cfg.settings["loss"]
+        cfg.notes.append(
+            "use_liger_kernel: TRL's Liger DPO loss (fused, no logits kept) is not modelled; "
+            "estimated with the full logits."
         )
 
 

@@ -216,7 +216,9 @@ def _stage(k: Keys, cfg: FrameworkConfig) -> str:
     stage = (k.text("stage") or "sft").lower()
     if "stage" not in k:
         cfg.assumed.append(f"stage sft (FinetuningArguments default, {FINETUNING})")
-    if stage in ("rm", "ppo", "dpo", "kto"):
+    if stage == "dpo":
+        _preference_loss(k, cfg)
+    elif stage in ("rm", "ppo", "kto"):
         cfg.notes.append(
             f"stage {stage}: estimated as supervised finetuning of one model; a reference or "
             "reward model, a value head and pairwise batches are not counted."
@@ -224,6 +226,34 @@ def _stage(k: Keys, cfg: FrameworkConfig) -> str:
     elif stage not in ("pt", "sft"):
         raise k.wrong("stage", "one of pt, sft, rm, ppo, dpo or kto")
     return stage
+
+
+# stage dpo's pref_loss (FinetuningArguments, default sigmoid) as --objective: every loss
+# but orpo and simpo compares with the reference (use_ref_model), and all of them run
+# chosen and rejected as one batch (train/dpo/trainer.py concatenated_forward)
+PREF_LOSSES = {
+    "sigmoid": "dpo",
+    "hinge": "dpo",
+    "kto_pair": "dpo",
+    "ipo": "ipo",
+    "orpo": "orpo",
+    "simpo": "simpo",
+}
+
+
+def _preference_loss(k: Keys, cfg: FrameworkConfig) -> None:
+    """stage dpo: the objective its pref_loss names (the reference: the adapter disabled
+    under LoRA, else a copy of the model, train/trainer_utils.py create_ref_model)."""
+    loss = k.choice("pref_loss", tuple(PREF_LOSSES))
+    if loss is None:
+        assume(cfg, "objective", "dpo", f"pref_loss sigmoid; {FINETUNING} RLHFArguments")
+    else:
+        cfg.settings["objective"] = PREF_LOSSES[loss]
+        if loss in ("hinge", "kto_pair"):
+            cfg.notes.append(
+                f"pref_loss {loss}: estimated as dpo (the same pair forward and reference "
+                "log-probabilities)."
+            )
 
 
 def _kernels(k: Keys, cfg: FrameworkConfig, stage: str) -> None:

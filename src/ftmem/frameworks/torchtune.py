@@ -69,7 +69,7 @@ DISTRIBUTED_KEYS = (
 )
 # recipes and losses that are not supervised finetuning of one model
 NOT_SFT = {
-    "dpo": "DPO (a reference model's log-probabilities of chosen and rejected answers)",
+    "dpo": "DPO with a loss other than DPOLoss or RSOLoss",
     "ppo": "PPO (reference, reward and value models, and generation)",
     "grpo": "GRPO (a reference model and generation of several completions)",
     "knowledge_distillation": "knowledge distillation (the teacher model and its logits)",
@@ -422,10 +422,21 @@ def _validation(k: Keys, cfg: FrameworkConfig) -> None:
     cfg.settings["eval_batch_size"] = k.integer("batch_size_val") or k.integer("batch_size") or 1
 
 
+# the preference losses of torchtune's DPO recipes (torchtune/rlhf/loss/dpo.py@bd2a0fc7c314:
+# DPOLoss, RSOLoss, both against the reference's log-probabilities): --objective dpo
+PREFERENCE_LOSSES = ("DPOLoss", "RSOLoss")
+
+
 def _not_sft(k: Keys, cfg: FrameworkConfig, recipe: str | None) -> None:
-    """Preference tuning, RL and distillation recipes: estimated as the supervised
-    finetuning of the model being trained, which they are not."""
+    """Preference tuning (--objective dpo: the LoRA recipe's reference is the model with
+    its adapters disabled, recipes/lora_dpo_single_device.py train; the full recipe's a
+    second copy, recipes/full_dpo_distributed.py _setup_reference_model); RL and
+    distillation recipes are estimated as the supervised finetuning of the model being
+    trained, which they are not."""
     loss = k.section("loss").text("_component_") or ""
+    if loss.rsplit(".", 1)[-1] in PREFERENCE_LOSSES:
+        cfg.settings["objective"] = "dpo"
+        return
     words = f"{recipe or ''} {loss.lower()}"
     if k.raw("teacher_model") is not None or k.raw("kd_loss") is not None:
         words += " knowledge_distillation"

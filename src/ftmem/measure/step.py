@@ -130,7 +130,10 @@ def _forward(
     loss_impl: str = "standard",
     teacher: torch.nn.Module | None = None,
     labels: torch.Tensor | None = None,
+    run: RunConfig | None = None,
 ) -> torch.Tensor:
+    """One micro-batch's loss; ``teacher``: the distillation teacher, or a preference
+    objective's frozen reference copy (``run.objective``)."""
     ctx = (
         torch.autocast(device_type=device_type, dtype=dtype)
         if dtype is not None
@@ -138,7 +141,9 @@ def _forward(
     )
     with ctx, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed-API notices
-        if teacher is not None:
+        if run is not None and run.objective != "sft":
+            loss = _preference_loss(model, teacher, ids, run)
+        elif teacher is not None:
             loss = _distillation_loss(model, teacher, ids)
         elif loss_impl == "fused":
             loss = fused_loss(model, ids)
@@ -186,6 +191,165 @@ def _linear_chunked_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Ten
     return total / keep.numel()
 
 
+PREFERENCE_BETA = 0.1  # TRL DPOConfig's and CPOConfig's beta default
+
+
+def _sequence_logps(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Each sequence's summed completion log-probability as TRL's DPOTrainer forms it
+    (huggingface/trl trl/trainer/dpo_trainer.py@f2cd57710ae3 _compute_loss): the shifted
+    logits through selective_log_softmax (trl/trainer/utils.py@f2cd57710ae3: 16-bit
+    logits one sequence at a time through log_softmax and gather; fp32 ones by gather
+    and a per-sequence logsumexp), the prompt's positions (here the first half) zeroed."""
+    import torch.nn.functional as F
+
+    shifted, labels = logits[..., :-1, :], ids[..., 1:].unsqueeze(-1)
+    if shifted.dtype in (torch.float32, torch.float64):
+        picked = torch.gather(shifted, dim=-1, index=labels)
+        logsumexp = torch.stack([torch.logsumexp(row, dim=-1) for row in shifted])
+        per_token = (picked - logsumexp.unsqueeze(-1)).squeeze(-1)
+    else:
+        rows = [
+            F.log_softmax(row, dim=-1).gather(dim=-1, index=label)
+            for row, label in zip(shifted, labels, strict=True)
+        ]
+        per_token = torch.stack(rows).squeeze(-1)
+    completion = torch.ones_like(per_token, dtype=torch.bool)
+    completion[:, : per_token.shape[1] // 2] = False
+    per_token[~completion] = 0.0
+    return per_token.sum(dim=1)
+
+
+def _preference_loss(
+    model: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    ids: torch.Tensor,
+    run: RunConfig,
+) -> torch.Tensor:
+    """One preference step over ``ids`` = [chosen; rejected] (2b sequences), as TRL runs
+    it: the policy's forward with its outputs held until the loss is formed, its
+    sequence log-probabilities, then (dpo, ipo) the reference's under no_grad: the
+    adapter disabled on a peft model (``reference`` None), else the frozen copy
+    (dpo_trainer.py@f2cd57710ae3 _compute_loss). orpo first takes the chosen half's
+    cross-entropy (trl/experimental/orpo/orpo_trainer.py@f2cd57710ae3
+    concatenated_forward, odds_ratio_loss); simpo is CPOTrainer's loss_type simpo with
+    cpo_alpha 0 (trl/experimental/cpo/cpo_trainer.py@f2cd57710ae3 cpo_loss): no
+    reference, length-averaged log-probabilities. Precomputed reference
+    log-probabilities (precompute_ref) are constants read with the batch."""
+    import torch.nn.functional as F
+
+    if run.framework in ("llama-factory", "torchtune"):
+        return _llama_factory_preference_loss(model, reference, ids, run)
+    outputs = model(input_ids=ids, use_cache=False)
+    if torch.is_autocast_enabled(ids.device.type):  # accelerate's convert_outputs_to_fp32
+        outputs.logits = outputs.logits.float()
+    b, beta = ids.shape[0] // 2, PREFERENCE_BETA
+    completion = ids.shape[1] - 1 - (ids.shape[1] - 1) // 2  # tokens after the prompt
+    if run.objective == "orpo":
+        logits = outputs.logits[:b, :-1, :].contiguous()
+        nll = F.cross_entropy(logits.view(-1, logits.shape[-1]), ids[:b, 1:].reshape(-1))
+        del logits
+        chosen, rejected = (_sequence_logps(outputs.logits, ids) / completion).chunk(2)
+        log_odds = (chosen - rejected) - (
+            torch.log1p(-torch.exp(chosen)) - torch.log1p(-torch.exp(rejected))
+        )
+        return nll - beta * F.logsigmoid(log_odds).mean()
+    logps = _sequence_logps(outputs.logits, ids)
+    if run.objective == "simpo":  # simpo_gamma 0.5 (CPOConfig)
+        chosen, rejected = (logps / completion).chunk(2)
+        return -F.logsigmoid(beta * (chosen - rejected) - 0.5).mean()
+    ref_logps = torch.zeros_like(logps)  # precomputed: read with the batch
+    if run.needs_reference:
+        with torch.no_grad():
+            if reference is None:
+                with model.disable_adapter():  # type: ignore[operator]
+                    ref_logits = model(input_ids=ids, use_cache=False).logits
+            else:
+                ref_logits = reference(input_ids=ids, use_cache=False).logits
+            if torch.is_autocast_enabled(ids.device.type):
+                ref_logits = ref_logits.float()
+            ref_logps = _sequence_logps(ref_logits, ids)
+            del ref_logits
+    chosen, rejected = (logps - ref_logps).chunk(2)
+    if run.objective == "ipo":
+        loss = ((chosen - rejected) / completion - 1 / (2 * beta)) ** 2
+    else:
+        loss = -F.logsigmoid(beta * (chosen - rejected))
+    del outputs
+    return loss.mean()
+
+
+def _llama_factory_logps(
+    model: torch.nn.Module, ids: torch.Tensor, torchtune: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LLaMA-Factory's concatenated_forward and get_batch_logps
+    (hiyouga/LLaMA-Factory src/llamafactory/train/dpo/trainer.py@ff6d4d12eeb0,
+    train/trainer_utils.py@ff6d4d12eeb0): the logits cast to fp32, one log-softmax over
+    all of them, gather on the cloned labels (the prompt's set to 0), the product with
+    the mask summed. Returns (log-probabilities, the fp32 logits, completion lengths).
+    ``torchtune``: its get_batch_log_probs (pytorch/torchtune
+    torchtune/rlhf/sequence_processing.py@bd2a0fc7c314), the same with the logits
+    divided by the temperature first; its model returns fp32 logits (unembed)."""
+    logits = model(input_ids=ids, use_cache=False).logits.to(torch.float32)
+    labels = ids[:, 1:].clone()
+    mask = torch.ones_like(labels, dtype=torch.bool)
+    mask[:, : labels.shape[1] // 2] = False  # the prompt: IGNORE_INDEX labels
+    labels[~mask] = 0
+    shifted = logits[:, :-1, :]
+    if torchtune:  # logits_to_logprobs: log_softmax(logits / temperature), temperature 1
+        shifted = shifted / 1.0
+    per_token = torch.gather(shifted.log_softmax(-1), 2, labels.unsqueeze(2))
+    return (per_token.squeeze(2) * mask).sum(-1), logits, mask.sum(-1)
+
+
+def _llama_factory_preference_loss(
+    model: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    ids: torch.Tensor,
+    run: RunConfig,
+) -> torch.Tensor:
+    """LLaMA-Factory's CustomDPOTrainer.get_batch_loss_metrics (trainer.py@ff6d4d12eeb0):
+    the policy's pass (its fp32 logits held in the returned dict until the loss is
+    formed), then the reference's under no_grad (the adapter disabled, or the frozen
+    copy), then compute_preference_loss (sigmoid, ipo; orpo: the chosen log-probability
+    as its SFT term; simpo with simpo_gamma 0.5). torchtune's DPO recipes run the same
+    order with DPOLoss (sigmoid), the policy's logits deleted before the reference's pass."""
+    import torch.nn.functional as F
+
+    torchtune = run.framework == "torchtune"
+    logps, logits, lengths = _llama_factory_logps(model, ids, torchtune)
+    if torchtune:  # lora_dpo_single_device.py@bd2a0fc7c314 train: logits deleted first
+        del logits
+    beta = PREFERENCE_BETA
+    if run.objective in ("ipo", "orpo", "simpo"):
+        logps = logps / lengths
+    chosen, rejected = logps.chunk(2)
+    if run.objective == "orpo":
+        log_odds = (chosen - rejected) - (
+            torch.log1p(-torch.exp(chosen)) - torch.log1p(-torch.exp(rejected))
+        )
+        loss = -chosen - beta * F.logsigmoid(log_odds)
+    elif run.objective == "simpo":
+        loss = -F.logsigmoid(beta * (chosen - rejected) - 0.5)
+    else:
+        ref_chosen = ref_rejected = torch.zeros_like(chosen)  # precomputed
+        if run.needs_reference:
+            with torch.no_grad():
+                if reference is None:
+                    with model.disable_adapter():  # type: ignore[operator]
+                        ref_logps, _, _ = _llama_factory_logps(model, ids.clone(), torchtune)
+                else:
+                    ref_logps, _, _ = _llama_factory_logps(reference, ids.clone(), torchtune)
+            if run.objective == "ipo":
+                ref_logps = ref_logps / lengths
+            ref_chosen, ref_rejected = ref_logps.chunk(2)
+        margin = (chosen - ref_chosen) - (rejected - ref_rejected)
+        if run.objective == "ipo":
+            loss = (margin - 1 / (2 * beta)) ** 2
+        else:
+            loss = -F.logsigmoid(beta * margin)
+    return loss.mean()
+
+
 KD_TEMPERATURE = 2.0
 
 
@@ -208,6 +372,20 @@ def _distillation_loss(
     loss = out.loss + kl * tau**2
     del out, t_logits
     return loss
+
+
+def _reference_copy(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """DPO's reference for a model without adapters: a frozen copy in the training dtype
+    (TRL's DPOTrainer loads it from the same checkpoint with the model's init kwargs:
+    dpo_trainer.py@f2cd57710ae3 __init__, create_model_from_path)."""
+    import copy
+
+    reference = copy.deepcopy(model)
+    if dtype is not None:
+        reference = reference.to(dtype)
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
 
 
 def _build_teacher(teacher: Teacher, device: str, seed: int) -> torch.nn.Module:
@@ -360,6 +538,10 @@ def run_steps(
     model = built.model
     notes = list(built.notes)
     teacher_model = _build_teacher(teacher, str(dev), seed) if teacher is not None else None
+    if run.needs_reference and not hasattr(model, "disable_adapter"):
+        # LLaMA-Factory loads its reference in the compute dtype (ftmem.step.reference_weights)
+        lf = run.framework == "llama-factory"
+        teacher_model = _reference_copy(model, built.autocast_dtype if lf else None)
     optimizer = (
         _StepInBackward(model, run, arch)
         if run.optimizer_in_backward
@@ -384,6 +566,7 @@ def run_steps(
             run.loss,
             teacher_model,
             labels,
+            run,
         )
 
     by_op = _warm_up(forward, optimizer, run, steps, weight_storage_ptrs(model), notes)
@@ -433,7 +616,7 @@ def _batch(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The input ids, and an encoder-decoder's labels (the decoder's length)."""
     gen = torch.Generator().manual_seed(seed)
-    ids = _tokens(vocab_size, (run.batch_size, run.seq_len), gen, fake, dev)
+    ids = _tokens(vocab_size, (run.sequences, run.seq_len), gen, fake, dev)
     if not encoder_decoder:
         return ids, None
     return ids, _tokens(vocab_size, (run.batch_size, run.decoder_len), gen, fake, dev)

@@ -219,3 +219,135 @@ def held_logits_head(
         # slice's full-size gradient, each T·V fp32 while the log-softmax is freed
         backward = max(2 * rows * V * FP32, T * V * FP32)
     return HeldLogitsHead(T * V * FP32, max(forward, 0), max(backward, 0))
+
+
+class PreferenceLoss:
+    """A preference objective's loss over the pair forward (``run.objective``; T tokens
+    of the 2b concatenated chosen and rejected sequences, T' = T − 2b shifted ones): the
+    sequences' log-probabilities, measured on the CPU against ftmem's loops
+    (ftmem.measure.step._preference_loss).
+
+    TRL (huggingface/trl trl/trainer/utils.py@f2cd57710ae3 selective_log_softmax, called
+    by trl/trainer/dpo_trainer.py@f2cd57710ae3 _compute_loss and by the ORPO and CPO
+    trainers' get_batch_logps): 16-bit logits go one sequence at a time through
+    log_softmax, whose 16-bit output is saved; fp32 logits (pure fp32, or autocast, where
+    accelerate returns the model's outputs in fp32) through gather and a per-sequence
+    logsumexp, which keeps the logits themselves. LLaMA-Factory
+    (hiyouga/LLaMA-Factory src/llamafactory/train/dpo/trainer.py@ff6d4d12eeb0
+    concatenated_forward, train/trainer_utils.py get_batch_logps) casts the logits to
+    fp32, holds them until the loss is formed, and saves the fp32 log-softmax of all
+    of them at once, gather's cloned labels and the mask its product keeps. torchtune
+    (pytorch/torchtune recipes/lora_dpo_single_device.py@bd2a0fc7c314 concatenated_forward,
+    train; torchtune/rlhf/sequence_processing.py get_batch_log_probs, logits_to_logprobs;
+    the model's fp32 output: torchtune/modules/transformer.py unembed) keeps the same,
+    divides the logits by the temperature before the log-softmax (a copy), and deletes
+    the policy's logits before the reference's forward."""
+
+    @staticmethod
+    def upcasts(run: RunConfig) -> bool:
+        """LLaMA-Factory's and torchtune's paths: fp32 logits and one log-softmax over
+        the whole batch."""
+        return run.framework in ("llama-factory", "torchtune")
+
+    @staticmethod
+    def logits_bytes(run: RunConfig, e: int) -> int:
+        """Bytes per logit the loss reads: fp32 under autocast (accelerate's
+        convert_outputs_to_fp32 on the prepared model's forward) and on LLaMA-Factory's
+        path, else the compute dtype."""
+        return FP32 if run.uses_autocast or PreferenceLoss.upcasts(run) else e
+
+    @staticmethod
+    def saved(arch: Architecture, run: RunConfig, e: int, T: int, ids_kept: bool) -> list[Saved]:
+        """What the loss keeps (``run``: the pair run, 2b sequences): the log-softmax of
+        the T' shifted positions (TRL: 16-bit, or the whole fp32 logits and a logsumexp
+        per position), the prompt mask, gather's index (the token ids unless the embedding
+        keeps them; LLaMA-Factory's cloned labels); TRL's ORPO cross-entropy on the chosen
+        half keeps its own log-softmax and labels (LLaMA-Factory's ORPO reuses the
+        log-probabilities)."""
+        V = arch.vocab_size
+        shifted = T - run.batch_size
+        if PreferenceLoss.upcasts(run):
+            return [
+                Saved("preference loss: fp32 log-softmax", shifted * V * FP32),
+                Saved("preference loss: labels + prompt mask", shifted * (INDEX_BYTES + 1)),
+            ]
+        lb = PreferenceLoss.logits_bytes(run, e)
+        if lb == FP32:
+            probs = Saved("preference loss: fp32 logits + logsumexp", T * V * FP32 + shifted * FP32)
+        else:
+            probs = Saved("preference loss: 16-bit log-softmax", shifted * V * lb)
+        out = [probs, Saved("preference loss: prompt mask", shifted)]
+        if not ids_kept:
+            out.append(Saved("preference loss: token ids (gather's index)", T * INDEX_BYTES))
+        if run.objective == "orpo":
+            chosen = shifted // 2
+            out.append(
+                Saved(
+                    "ORPO: chosen cross-entropy log-softmax + labels",
+                    chosen * V * lb + chosen * INDEX_BYTES + lb,
+                )
+            )
+        return out
+
+    @staticmethod
+    def _copy(run: RunConfig, e: int, T: int, V: int) -> int:
+        """The 16-bit logits beside their fp32 copy while it is made (0 without one)."""
+        return T * V * e if PreferenceLoss.logits_bytes(run, e) != e else 0
+
+    @staticmethod
+    def held_logits(arch: Architecture, run: RunConfig, e: int, T: int) -> int:
+        """The policy's logits the trainer holds until the loss is formed, beyond the
+        saved tensors (TRL's fp32 ones are saved; LLaMA-Factory's fp32 ones are not)."""
+        V = arch.vocab_size
+        if PreferenceLoss.upcasts(run):
+            return T * V * FP32
+        return 0 if PreferenceLoss.logits_bytes(run, e) == FP32 else T * V * e
+
+    @staticmethod
+    def held_at_reference(arch: Architecture, run: RunConfig, e: int, T: int) -> int:
+        """The policy's logits still held at the reference's forward (torchtune deletes
+        them first)."""
+        return 0 if run.framework == "torchtune" else PreferenceLoss.held_logits(arch, run, e, T)
+
+    @staticmethod
+    def _divided(run: RunConfig, T: int, V: int) -> int:
+        """torchtune's logits / temperature, the log-softmax's fp32 input (T'·V·4)."""
+        return (T - run.batch_size) * V * FP32 if run.framework == "torchtune" else 0
+
+    @staticmethod
+    def logits_moment(arch: Architecture, run: RunConfig, e: int, T: int) -> int:
+        """At the loss in forward, beyond every saved tensor: the held logits, and the
+        16-bit logits beside their fp32 copy, made before the log-softmax it saves."""
+        V = arch.vocab_size
+        held = PreferenceLoss.held_logits(arch, run, e, T)
+        copy = PreferenceLoss._copy(run, e, T, V)
+        if PreferenceLoss.upcasts(run):
+            divided = PreferenceLoss._divided(run, T, V)
+            return held + max(copy - (T - run.batch_size) * V * FP32, divided, 0)
+        return held + copy
+
+    @staticmethod
+    def reference_logits_moment(arch: Architecture, run: RunConfig, e: int, T: int) -> int:
+        """The reference forward's last moment (no_grad): its logits with one sequence's
+        16-bit log-softmax (TRL), or its fp32 logits with their whole fp32 log-softmax
+        (LLaMA-Factory); the 16-bit logits beside an fp32 copy."""
+        V, lb = arch.vocab_size, PreferenceLoss.logits_bytes(run, e)
+        copy = PreferenceLoss._copy(run, e, T, V)
+        if PreferenceLoss.upcasts(run):
+            log_softmax = (T - run.batch_size) * V * FP32 + PreferenceLoss._divided(run, T, V)
+            return T * V * FP32 + max(copy, log_softmax)
+        row = 0 if lb == FP32 else (run.positions - 1) * V * lb
+        return T * V * lb + row + copy
+
+    @staticmethod
+    def backward(arch: Architecture, run: RunConfig, e: int, T: int) -> int:
+        """The loss's backward beyond the saved tensors (measured): TRL 16-bit, the
+        stacked sequences' gradient then the slice's full-size one (T·V·e) as the saved
+        log-softmax is freed; TRL fp32, gather's and logsumexp's gradients and their sum
+        (3·T'·V·4); LLaMA-Factory, gather's and the log-softmax's gradients (2·T'·V·4)."""
+        V, shifted = arch.vocab_size, T - run.batch_size
+        if PreferenceLoss.upcasts(run):
+            return 2 * shifted * V * FP32
+        if PreferenceLoss.logits_bytes(run, e) == FP32:
+            return 3 * shifted * V * FP32
+        return T * V * e

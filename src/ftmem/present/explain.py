@@ -163,7 +163,8 @@ def _activations_section(
     m = est.memory
     acts = Section("Activations (what autograd keeps for backward)")
     block = sum(i.bytes for i in m.activations_per_block)
-    tokens = run.batch_size * run.positions
+    # a preference objective's chosen and rejected sequences: 2b per forward
+    tokens = run.sequences * run.positions
     length = (
         f"({run.seq_len} + {run.n_virtual} virtual)"
         if run.positions != run.seq_len
@@ -179,7 +180,7 @@ def _activations_section(
         )
     else:
         acts.lines.append(
-            f"Per block, for {run.batch_size} × {length} = {tokens:,} positions in "
+            f"Per block, for {run.sequences} × {length} = {tokens:,} positions in "
             f"{est.run.compute_dtype}:"
         )
     for item in m.activations_per_block:
