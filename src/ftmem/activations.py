@@ -180,10 +180,10 @@ def outer_saved(
         compiled_chunks=compiled_chunked_loss(run),
         softcaps=softcaps,
         masked_rows=masked_rows,
+        cross_entropy=run.objective == "sft",
     )
     if run.objective != "sft":  # the pairs' log-probabilities instead of the cross-entropy
         e = BYTES_PER_ELEMENT[plan.dtypes.compute]
         ids_kept = train or plan.embed_trainable  # the embedding's backward keeps them
-        saved = [x for x in saved if not x.what.startswith("loss:")]
         saved += PreferenceLoss.saved(arch, run, e, T, ids_kept)
     return below, above + saved

@@ -45,6 +45,7 @@ class Loss:
         compiled_chunks: bool = False,
         softcaps: bool = True,
         masked_rows: int | None = None,
+        cross_entropy: bool = True,
     ) -> list[Saved]:
         """The LM head and the loss over T positions: the head's input (when it trains), its
         16-bit weight copy under autocast, and the log-softmax (fp32 in transformers'
@@ -53,7 +54,8 @@ class Loss:
         cross-entropy keeps instead (_compiled_chunks); ``softcaps``: False where the
         framework's path skips the final logit soft-capping; ``masked_rows``: torchtune's
         LinearCrossEntropyLoss, which keeps only the labelled rows (index_select, whose
-        backward keeps its int64 indices) and runs the head on them."""
+        backward keeps its int64 indices) and runs the head on them; ``cross_entropy``: False
+        where another loss replaces the cross-entropy (the head's side is kept)."""
         V, h = arch.vocab_size, arch.hidden_size
         e = BYTES_PER_ELEMENT[plan.dtypes.compute]
         out: list[Saved] = []
@@ -69,6 +71,8 @@ class Loss:
             out.append(Saved("logit soft-capping tanh", T * V * e))
         if compiled_chunks:
             return [*out, Loss._compiled_chunks(V, e, T)]
+        if not cross_entropy:  # a preference objective keeps its own (PreferenceLoss)
+            return out
         # log-softmax, int64 labels and the normaliser of the mean
         out.append(
             Saved(
