@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -394,3 +395,12 @@ def hub_cache_with(
 
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+
+
+def assert_nothing_unread(cfg: Any, reader: Any) -> None:
+    """A framework config's every key is read (applied or noted) or one its reader knows
+    has no effect on memory: none is left "not read by ftmem"."""
+    from ftmem.frameworks.shared import NO_MEMORY_EFFECT
+
+    assert not any("not read by ftmem" in note for note in cfg.notes), cfg.notes
+    assert set(cfg.ignored) <= NO_MEMORY_EFFECT | reader.NO_MEMORY_EFFECT

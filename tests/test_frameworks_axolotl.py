@@ -17,7 +17,8 @@ from ftmem import estimate
 from ftmem.cli import app
 from ftmem.errors import ConfigError, FtmemError
 from ftmem.frameworks import axolotl, read_framework_config
-from ftmem.frameworks.shared import NO_MEMORY_EFFECT
+
+from .conftest import assert_nothing_unread
 
 FIXTURES = Path(__file__).parent / "fixtures" / "frameworks" / "axolotl"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "frameworks" / "axolotl.md"
@@ -129,9 +130,7 @@ def test_shipped_config_maps_to_the_settings_axolotl_runs(name):
     assert _mine(cfg.settings) == {"framework": AXO, **settings}
     if (parallel := DISTRIBUTED.get(name)) is not None:
         assert {k: cfg.settings.get(k) for k in parallel} == parallel
-    # every key that changes memory is read (applied or noted); the rest are known no-ops
-    assert not any("not read by ftmem" in note for note in cfg.notes), cfg.notes
-    assert set(cfg.ignored) <= NO_MEMORY_EFFECT | axolotl.NO_MEMORY_EFFECT
+    assert_nothing_unread(cfg, axolotl)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -13,7 +13,8 @@ import pytest
 from ftmem import estimate
 from ftmem.errors import ConfigError, FtmemError
 from ftmem.frameworks import litgpt, read_framework_config
-from ftmem.frameworks.shared import NO_MEMORY_EFFECT
+
+from .conftest import assert_nothing_unread
 
 FIXTURES = Path(__file__).parent / "fixtures" / "frameworks" / "litgpt"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "frameworks" / "litgpt.md"
@@ -68,9 +69,7 @@ def test_shipped_config_maps_to_the_settings_litgpt_runs(name):
     cfg = read_framework_config(str(FIXTURES / name))
     assert cfg.framework == "litgpt" and cfg.model == model
     assert cfg.settings == {"framework": "litgpt", **settings}
-    # every key of the file is read or has no effect on memory: none "not read"
-    assert not any("not read by ftmem" in note for note in cfg.notes), cfg.notes
-    assert set(cfg.ignored) <= NO_MEMORY_EFFECT | litgpt.NO_MEMORY_EFFECT
+    assert_nothing_unread(cfg, litgpt)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

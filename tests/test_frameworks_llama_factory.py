@@ -14,7 +14,9 @@ import pytest
 from ftmem import estimate
 from ftmem.errors import ConfigError, FtmemError
 from ftmem.frameworks import detect, llama_factory, read_framework_config
-from ftmem.frameworks.shared import NO_MEMORY_EFFECT, read_mapping
+from ftmem.frameworks.shared import read_mapping
+
+from .conftest import assert_nothing_unread
 
 FIXTURES = Path(__file__).parent / "fixtures" / "frameworks" / "llama-factory"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "frameworks" / "llama-factory.md"
@@ -89,8 +91,7 @@ def test_shipped_config_maps_to_the_settings_llama_factory_runs(name):
     cfg = read_framework_config(str(FIXTURES / name))
     assert cfg.framework == "llama-factory" and cfg.model == model
     assert cfg.settings == {"framework": "llama-factory", **settings}
-    assert not any("not read by ftmem" in note for note in cfg.notes), cfg.notes
-    assert set(cfg.ignored) <= NO_MEMORY_EFFECT | llama_factory.NO_MEMORY_EFFECT
+    assert_nothing_unread(cfg, llama_factory)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

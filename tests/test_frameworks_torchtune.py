@@ -14,6 +14,8 @@ from ftmem.frameworks import read_framework_config, torchtune
 from ftmem.frameworks.distributed import LAUNCHER_NOTE
 from ftmem.frameworks.shared import NO_MEMORY_EFFECT
 
+from .conftest import assert_nothing_unread
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "frameworks" / "torchtune"
 DOC = ROOT / "docs" / "frameworks" / "torchtune.md"
@@ -79,8 +81,7 @@ def test_shipped_config_maps_to_settings(name):
     assert cfg.framework == "torchtune"
     assert cfg.model == model
     assert cfg.settings == {**settings, "precision": "bf16", "framework": "torchtune"}
-    # every memory-relevant key is read or noted: none is left as "not read"
-    assert not [n for n in cfg.notes if "not read by ftmem" in n], cfg.notes
+    assert_nothing_unread(cfg, torchtune)
 
 
 @pytest.mark.parametrize(
