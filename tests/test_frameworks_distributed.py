@@ -218,7 +218,7 @@ AXOLOTL_FSDP2 = {
 
 def _axolotl(data: dict, tmp_path: Path) -> FrameworkConfig:
     cfg = FrameworkConfig("axolotl", "x.yml", None)
-    distributed_settings(Keys(data, "x.yml"), tmp_path, cfg)
+    distributed_settings(Keys(data, "x.yml"), tmp_path, cfg, fsdp_config_alone=True)
     return cfg
 
 

@@ -231,7 +231,10 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     _training_objective(k, cfg)
     _kernels_and_formats(k, cfg)
     _parallel_degrees(k, cfg)
-    distributed_settings(k, base, cfg)
+    # axolotl turns FSDP on for an fsdp_config alone, its version at the top or inside it
+    # (axolotl-ai-cloud/axolotl src/axolotl/utils/schemas/validation.py
+    # @067b021c8b87a9e5e380b9173c704cf7340e30f5 _resolve_fsdp_version)
+    distributed_settings(k, base, cfg, fsdp_config_alone=True)
     _defaults(k, cfg)
     return AXOLOTL_KEYS
 

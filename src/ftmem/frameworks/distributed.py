@@ -167,14 +167,11 @@ def _fsdp_key(fc: Keys, name: str) -> str:
     return f"fsdp_{name}" if f"fsdp_{name}" in fc else name
 
 
-def _strategy_from_fsdp(k: Keys, base: Path, cfg: FrameworkConfig) -> None:
+def _strategy_from_fsdp(k: Keys, base: Path, cfg: FrameworkConfig, config_alone: bool) -> None:
     on, words = _fsdp_options(k)
-    # axolotl 0.8+: fsdp_version and fsdp_config, without the legacy option list; axolotl
-    # turns FSDP on for an fsdp_config alone, its version at the top or inside it
-    # (axolotl-ai-cloud/axolotl src/axolotl/utils/schemas/validation.py
-    # @067b021c8b87a9e5e380b9173c704cf7340e30f5 _resolve_fsdp_version)
+    # fsdp_version with fsdp_config, without the legacy option list (axolotl 0.8+)
     on = on or (k.raw("fsdp_version") is not None and bool(k.raw("fsdp_config")))
-    on = on or (cfg.framework == "axolotl" and bool(k.raw("fsdp_config")))
+    on = on or (config_alone and bool(k.raw("fsdp_config")))
     if on:
         fsdp_from_config(_fsdp_settings(k, base, cfg), words, cfg)
         cfg.notes.append(LAUNCHER_NOTE)
@@ -216,12 +213,15 @@ def fsdp_from_config(fc: Keys, words: list[str], cfg: FrameworkConfig) -> None:
         cfg.settings["grad_ckpt"] = True
 
 
-def distributed_settings(k: Keys, base: Path, cfg: FrameworkConfig) -> None:
-    """The DeepSpeed / FSDP keys HF-Trainer-based frameworks share."""
+def distributed_settings(
+    k: Keys, base: Path, cfg: FrameworkConfig, *, fsdp_config_alone: bool = False
+) -> None:
+    """The DeepSpeed / FSDP keys HF-Trainer-based frameworks share; ``fsdp_config_alone``:
+    an ``fsdp_config`` without other FSDP keys turns FSDP on (axolotl's rule)."""
     if k.raw("deepspeed"):
         strategy_from_deepspeed(k, "deepspeed", base, cfg)
     if any(k.raw(key) is not None for key in ("fsdp", "fsdp_version", "fsdp_config")):
-        _strategy_from_fsdp(k, base, cfg)
+        _strategy_from_fsdp(k, base, cfg, fsdp_config_alone)
 
 
 # -- launcher configs: Accelerate's `accelerate config` file, a DeepSpeed JSON ------------
