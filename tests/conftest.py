@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -404,3 +405,14 @@ def assert_nothing_unread(cfg: Any, reader: Any) -> None:
 
     assert not any("not read by ftmem" in note for note in cfg.notes), cfg.notes
     assert set(cfg.ignored) <= NO_MEMORY_EFFECT | reader.NO_MEMORY_EFFECT
+
+
+def page_keys(text: str) -> set[str]:
+    """The keys a docs/frameworks page's tables name: every `code` span in the first
+    column of a table row that starts with one."""
+    return {
+        key
+        for line in text.splitlines()
+        if line.startswith("| `")
+        for key in re.findall(r"`([^`]+)`", line.split("|")[1])
+    }

@@ -18,7 +18,7 @@ from ftmem.cli import app
 from ftmem.errors import ConfigError, FtmemError
 from ftmem.frameworks import axolotl, read_framework_config
 
-from .conftest import assert_nothing_unread
+from .conftest import assert_nothing_unread, page_keys
 
 FIXTURES = Path(__file__).parent / "fixtures" / "frameworks" / "axolotl"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "frameworks" / "axolotl.md"
@@ -353,7 +353,7 @@ def test_configs_axolotl_refuses_are_one_sentence(tmp_path, text, message):
 
 def test_docs_page_names_every_key_and_no_other():
     page = DOC.read_text()
-    named = set(re.findall(r"^\| `([a-z_0-9.]+)`", page, flags=re.M))
+    named = page_keys(page)
     known = axolotl.AXOLOTL_KEYS | axolotl.NO_MEMORY_EFFECT
     assert known <= named, sorted(known - named)
     assert named <= known, sorted(named - known)

@@ -14,7 +14,7 @@ from ftmem import estimate
 from ftmem.errors import ConfigError, FtmemError
 from ftmem.frameworks import litgpt, read_framework_config
 
-from .conftest import assert_nothing_unread
+from .conftest import assert_nothing_unread, page_keys
 
 FIXTURES = Path(__file__).parent / "fixtures" / "frameworks" / "litgpt"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "frameworks" / "litgpt.md"
@@ -156,7 +156,7 @@ def test_optimizers(tmp_path):
 
 def test_docs_page_names_every_key_and_no_other():
     page = DOC.read_text()
-    named = set(re.findall(r"^\| `([a-z_.]+)`", page, flags=re.M))
+    named = page_keys(page)
     train = {f"train.{k}" for k in litgpt.TRAIN_NO_EFFECT | set(litgpt.TRAIN_REFUSED)}
     train |= {"train.micro_batch_size", "train.global_batch_size", "train.max_seq_length"}
     known = litgpt.LITGPT_KEYS | litgpt.NO_MEMORY_EFFECT | train

@@ -16,7 +16,7 @@ from ftmem.errors import ConfigError, FtmemError
 from ftmem.frameworks import detect, llama_factory, read_framework_config
 from ftmem.frameworks.shared import read_mapping
 
-from .conftest import assert_nothing_unread
+from .conftest import assert_nothing_unread, page_keys
 
 FIXTURES = Path(__file__).parent / "fixtures" / "frameworks" / "llama-factory"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "frameworks" / "llama-factory.md"
@@ -197,7 +197,7 @@ def test_configs_llama_factory_refuses_are_one_sentence(tmp_path, text, message)
 
 def test_docs_page_names_every_key_and_no_other():
     page = DOC.read_text()
-    named = set(re.findall(r"^\| `([a-z_0-9.]+)`", page, flags=re.M))
+    named = page_keys(page)
     known = llama_factory.LLAMA_FACTORY_KEYS | llama_factory.V1_KEYS
     known |= llama_factory.NO_MEMORY_EFFECT
     assert known <= named, sorted(known - named)

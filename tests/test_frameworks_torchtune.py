@@ -4,7 +4,6 @@ the file and torchtune's defaults, not from the reader's output."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from ftmem.frameworks import read_framework_config, torchtune
 from ftmem.frameworks.distributed import LAUNCHER_NOTE
 from ftmem.frameworks.shared import NO_MEMORY_EFFECT
 
-from .conftest import assert_nothing_unread
+from .conftest import assert_nothing_unread, page_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "frameworks" / "torchtune"
@@ -160,8 +159,7 @@ def test_a_builder_without_a_preset_names_itself(tmp_path):
 
 def _doc_keys() -> set[str]:
     """The keys the page's tables name in their first column."""
-    rows = re.findall(r"^\| `([^`]+)`", DOC.read_text(encoding="utf-8"), flags=re.M)
-    return {r.split(".")[0] for r in rows}
+    return {key.split(".")[0] for key in page_keys(DOC.read_text(encoding="utf-8"))}
 
 
 def test_the_docs_page_names_every_key_the_reader_knows():

@@ -27,6 +27,8 @@ from ftmem.frameworks import hf_trainer, read_framework_config
 from ftmem.frameworks.shared import NO_MEMORY_EFFECT
 from ftmem.textfiles import parse_yaml
 
+from .conftest import page_keys
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "frameworks" / "trl"
 PAGE = ROOT / "docs" / "frameworks" / "trl.md"
@@ -220,13 +222,7 @@ def test_accelerate_config_file_and_unknown_profile(tmp_path, monkeypatch):
 
 def _page_keys() -> set[str]:
     """The keys the page's tables name (first column, in backticks)."""
-    trl_part = PAGE.read_text().split("## Launcher configs")[0]
-    return {
-        key
-        for line in trl_part.splitlines()
-        if line.startswith("| `")
-        for key in re.findall(r"`([a-z0-9_]+)`", line.split("|")[1])
-    }
+    return page_keys(PAGE.read_text().split("## Launcher configs")[0])
 
 
 def test_the_page_names_every_key_the_reader_knows():
