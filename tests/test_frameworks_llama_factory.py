@@ -70,13 +70,7 @@ EXPECTED = {
     ),
 }  # fmt: skip
 # models that are not presets: the estimate says so in one sentence
-UNRESOLVED = {
-    "qwen3_lora_sft.yaml",
-    "qwen3_lora_sft_otfq.yaml",
-    "qwen3_lora_dpo.yaml",
-    "qwen3_full_sft.yaml",
-    "llama3_freeze_sft.yaml",
-}
+UNRESOLVED = {"llama3_freeze_sft.yaml"}
 
 
 @pytest.fixture(autouse=True)

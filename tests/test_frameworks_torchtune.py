@@ -151,10 +151,13 @@ def test_packing_without_a_length_is_refused(tmp_path):
 
 def test_a_builder_without_a_preset_names_itself(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("model:\n  _component_: torchtune.models.llama3_2.lora_llama3_2_1b\nloss: {}\n")
+    path.write_text(
+        "model:\n  _component_: torchtune.models.llama3_2_vision.lora_llama3_2_vision_11b\n"
+        "loss: {}\n"
+    )
     cfg = read_framework_config(str(path))
     assert cfg.model is None
-    assert any("lora_llama3_2_1b" in n for n in cfg.notes)
+    assert any("lora_llama3_2_vision_11b" in n for n in cfg.notes)
 
 
 def _doc_keys() -> set[str]:
@@ -192,8 +195,16 @@ def test_dtype_null_is_fp32_and_absent_is_said(tmp_path):
         ("gemma.qlora_gemma_7b", "gemma-7b"),
         ("llama2.lora_llama2_13b", "llama2-13b"),
         ("mistral.mistral_7b", "mistral-7b"),
-        ("llama3_1.qlora_llama3_1_405b", None),  # no preset: noted, the user gives it
-        ("gemma2.lora_gemma2_27b", None),
+        ("llama3_1.qlora_llama3_1_405b", "llama3.1-405b"),
+        ("llama3_2.lora_llama3_2_1b", "llama3.2-1b"),
+        ("llama3_2.qlora_llama3_2_3b", "llama3.2-3b"),
+        ("llama3_3.lora_llama3_3_70b", "llama3.3-70b"),
+        ("qwen2.lora_qwen2_0_5b", "qwen2-0.5b"),
+        ("qwen2.qwen2_1_5b", "qwen2-1.5b"),
+        ("qwen2.lora_qwen2_7b", "qwen2-7b"),
+        ("gemma2.qlora_gemma2_2b", "gemma2-2b"),
+        ("gemma2.lora_gemma2_27b", "gemma2-27b"),
+        ("phi4.lora_phi4_14b", "phi-4"),
         ("llama4.llama4_scout_17b_16e", None),
     ],
 )

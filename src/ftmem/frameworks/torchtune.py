@@ -28,7 +28,7 @@ from ftmem.presets import model_presets
 from ftmem.textfiles import read_text
 
 TORCHTUNE_MODEL = re.compile(
-    r"(?:q?lora_)?(llama3_[123]|llama3|llama2|mistral|qwen3|qwen2_5|qwen2|gemma2|gemma|phi3)_"
+    r"(?:q?lora_)?(llama3_[123]|llama3|llama2|mistral|qwen3|qwen2_5|qwen2|gemma2|gemma|phi3|phi4)_"
     # the base and instruct builders of one size have the same weights
     r"(\w+?)(?:_base|_instruct)?$"
 )
@@ -45,7 +45,11 @@ TORCHTUNE_FAMILY = {
     "gemma2": "gemma2",
     "gemma": "gemma",
     "phi3": "phi3",
+    "phi4": "phi4",
 }
+# builders whose size is not in the preset's id: phi3_mini is Phi-3-mini-4k, phi4_14b is
+# microsoft/phi-4 (torchtune/models/phi4/_model_builders.py@bd2a0fc7 phi4_14b)
+TORCHTUNE_NAMED = {("phi3", "mini"): "phi3-mini", ("phi4", "14b"): "phi-4"}
 TORCHTUNE_MODULES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "output_proj": "o"}
 TORCHTUNE_DTYPES = {"bf16": "bf16", "fp32": "fp32", "fp16": "fp16"}
 
@@ -341,7 +345,7 @@ def _torchtune_model(model: Keys, cfg: FrameworkConfig) -> None:
     if match:
         family, size = match.groups()
         size = size.replace("_", ".")
-        model_id = "phi3-mini" if size == "mini" else f"{TORCHTUNE_FAMILY[family]}-{size}"
+        model_id = TORCHTUNE_NAMED.get((family, size), f"{TORCHTUNE_FAMILY[family]}-{size}")
         if model_id in model_presets():
             cfg.model = model_id
     if cfg.model is None:
