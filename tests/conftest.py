@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -416,3 +417,32 @@ def page_keys(text: str) -> set[str]:
         if line.startswith("| `")
         for key in re.findall(r"`([^`]+)`", line.split("|")[1])
     }
+
+
+def profile_switch(monkeypatch: pytest.MonkeyPatch, name: str) -> Iterator[Any]:
+    """A fixture's body: a function that switches mechanisms off in framework ``name``'s
+    profile (plans are cached per run settings, which do not see the profile: the caches
+    are emptied around each use)."""
+    import dataclasses
+
+    from ftmem import methods, profiles, step
+
+    def without(**changes: Any) -> None:
+        patched = dataclasses.replace(profiles.PROFILES[name], **changes)
+        monkeypatch.setitem(profiles.PROFILES, name, patched)
+        methods._PLANS.clear()
+        step._PLAN_SIZES.clear()
+
+    yield without
+    methods._PLANS.clear()
+    step._PLAN_SIZES.clear()
+
+
+def framework_parts(model: str, **settings: object) -> Any:
+    """The step's parts as the run's framework builds them (its own architecture)."""
+    from ftmem import step
+    from ftmem.api import _architecture, run_config
+    from ftmem.profiles import framework_arch
+
+    run = run_config(**settings)
+    return step.step_parts(framework_arch(_architecture(model), run), run)

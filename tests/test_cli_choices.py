@@ -52,9 +52,9 @@ REFUSED = [
         ["standard", "chunked", "linear-chunked", "fused"],
     ),
     (
-        ["estimate", "gpt2", "--objective", "kto"],
-        "kto",
-        ["sft", "dpo", "ipo", "simpo", "orpo"],
+        ["estimate", "gpt2", "--objective", "ppo"],
+        "ppo",
+        ["sft", "dpo", "ipo", "simpo", "orpo", "kto", "apo-zero-unpaired", "grpo"],
     ),
     (["estimate", "gpt2", "--offload-optimizer", "disk"], "disk", ["none", "cpu", "nvme"]),
     (["max", "gpt2", "--for", "rank"], "rank", ["batch-size", "seq-len", "target-len", "lora-r"]),

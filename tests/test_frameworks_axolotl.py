@@ -313,9 +313,19 @@ def test_rl_names_what_it_leaves_out(tmp_path):
     # simpo without cpo_alpha: CPOConfig's 1.0 adds the chosen cross-entropy
     _, notes = _read(tmp_path, "rl: simpo\nadapter: lora\n")
     assert any(n.startswith("cpo_alpha unset") for n in notes)
-    _, notes = _read(tmp_path, "rl: kto\n")  # full finetuning: a second copy
-    assert any("the reference model (a second copy of the weights)" in n for n in notes)
-    _, notes = _read(tmp_path, "rl: grpo\nadapter: lora\n")
+    # kto: KTOTrainer (loss_type kto), estimated as --objective kto
+    settings, notes = _read(tmp_path, "rl: kto\nadapter: lora\n")
+    assert settings["objective"] == "kto" and not any(n.startswith("rl:") for n in notes)
+    # grpo: TRL's GRPOTrainer, its trl: section (GRPOStrategy.set_training_args_kwargs);
+    # sequence_len (512 by default) is the prompt, the completion comes on top
+    text = "rl: grpo\nadapter: lora\ntrl:\n  num_generations: 4\n  max_completion_length: 256\n"
+    settings, notes = _read(tmp_path, text + "  beta: 0.04\n  use_vllm: true\n")
+    assert (settings["objective"], settings["num_generations"]) == ("grpo", 4)
+    assert (settings["completion_len"], settings["seq_len"]) == (256, 256 + 512)
+    assert (settings["kl_beta"], settings["vllm"]) == (0.04, "server")
+    assert not any("completions generated per prompt" in n for n in notes)
+    # a reference loaded beside the adapter: still the SFT estimate and its note
+    _, notes = _read(tmp_path, "rl: grpo\nadapter: lora\nrl_adapter_ref_model: true\n")
     assert any("completions generated per prompt" in n for n in notes)
 
 
@@ -357,3 +367,13 @@ def test_docs_page_names_every_key_and_no_other():
     known = axolotl.AXOLOTL_KEYS | axolotl.NO_MEMORY_EFFECT
     assert known <= named, sorted(known - named)
     assert named <= known, sorted(named - known)
+
+
+def test_removed_unsloth_keys_are_noted_not_modelled(tmp_path):
+    """axolotl refuses unsloth_lora_mlp & co. (utils/schemas/validation.py
+    check_deprecated_unsloth_fields): the run stays axolotl's, the keys are named."""
+    text = "adapter: lora\nunsloth_lora_mlp: true\nunsloth_cross_entropy_loss: true\n"
+    settings, notes = _read(tmp_path, text)
+    assert settings["framework"] == AXO
+    note = next(n for n in notes if n.startswith("unsloth_lora_mlp, unsloth_cross_entropy_loss"))
+    assert "removed from axolotl" in note and "not modelled" in note

@@ -165,7 +165,7 @@ def test_defaults_where_the_file_is_silent(tmp_path):
         ("stage: dpo\npref_loss: orpo\n", {"objective": "orpo"}),
         ("stage: dpo\npref_loss: simpo\n", {"objective": "simpo"}),
         ("stage: dpo\npref_loss: kto_pair\n", {"objective": "dpo"}),
-        ("stage: kto\n", {"objective": None}),
+        ("stage: kto\n", {"objective": "kto"}),
         ("stage: sft\nenable_liger_kernel: true\n", {"loss": "fused"}),
         ("flash_attn: fa3\n", {"attn": "flash"}),
         ("finetuning_type: full\nuse_galore: true\n", {"galore_rank": 16}),
@@ -196,3 +196,28 @@ def test_docs_page_names_every_key_and_no_other():
     known |= llama_factory.NO_MEMORY_EFFECT
     assert known <= named, sorted(known - named)
     assert named <= known, sorted(named - known)
+
+
+@pytest.mark.parametrize(
+    ("text", "unsloth"),
+    [
+        ("use_unsloth: true\nquantization_bit: 4\n", True),
+        ("use_unsloth: true\ndisable_gradient_checkpointing: true\n", True),
+        ("use_unsloth: true\nquantization_bit: 8\n", False),  # Unsloth loads 16-bit then
+        ("use_unsloth: true\nfinetuning_type: full\n", False),
+        ("use_unsloth: true\nstage: dpo\n", False),
+        ("use_unsloth_gc: true\n", False),
+    ],
+)
+def test_use_unsloth_follows_unsloths_path(tmp_path, text, unsloth):
+    """use_unsloth with LoRA at stage sft / pt: FastLanguageModel.from_pretrained and
+    get_unsloth_peft_model, both with use_gradient_checkpointing="unsloth"
+    (hiyouga/LLaMA-Factory src/llamafactory/model/model_utils/unsloth.py@ff6d4d12eeb0);
+    elsewhere, and for use_unsloth_gc (LLaMA-Factory's own copy), a note."""
+    cfg = read_framework_config(_write(tmp_path, text))
+    if unsloth:
+        assert cfg.settings["framework"] == "unsloth" and cfg.settings["grad_ckpt"] is True
+        assert not any("not modelled" in n for n in cfg.notes)
+    else:
+        assert cfg.settings["framework"] == "llama-factory"
+        assert any("not modelled" in n for n in cfg.notes)

@@ -179,6 +179,7 @@ def test_preference_trainers_are_told_apart(tmp_path):
     kto = read_framework_config(write(tmp_path, {"model_name_or_path": "gpt2",
                                                  "desirable_weight": 1.0}))  # fmt: skip
     assert any("TRL KTO" in n for n in kto.notes)
+    assert kto.settings["objective"] == "kto"  # KTOConfig.loss_type "kto"
 
 
 def test_evaluation_inside_the_run(tmp_path):

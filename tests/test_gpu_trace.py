@@ -12,6 +12,8 @@ from __future__ import annotations
 import pytest
 
 from ftmem.api import parallel_config, run_config
+from ftmem.distill import Teacher
+from ftmem.errors import InvalidInputError
 from ftmem.estimate import _tensors
 from ftmem.gpu.trace import step_events
 from ftmem.parallel import parallel_step
@@ -33,6 +35,10 @@ SETTINGS = [
     {"method": "relora"},
     {"method": "galore"},
     {"method": "freeze", "trainable_layers": 2},
+    # a frozen reference copy beside the plan's weights: in the plan's dtypes (TRL), in
+    # the compute dtype beside fp32 trainable weights (LLaMA-Factory)
+    {"method": "full", "objective": "dpo"},
+    {"method": "freeze", "trainable_layers": 2, "objective": "dpo", "framework": "llama-factory"},
 ]
 MODELS = ["llama2-7b", "gpt2", "gemma-2b", "qwen2.5-0.5b", "mixtral-8x7b", "flan-t5-base"]
 LAYOUTS = [
@@ -67,7 +73,7 @@ def replay_live(events: list[tuple[str, int]]) -> tuple[int, int]:
 
 def _applicable(model: str, settings: dict) -> bool:
     seq2seq_refuses = settings["method"] in ("galore", "relora", "qlora", "dora") or any(
-        settings.get(k) for k in ("optimizer_in_backward", "activation_offload")
+        settings.get(k) for k in ("optimizer_in_backward", "activation_offload", "objective")
     )
     return not (model.startswith("flan") and seq2seq_refuses)
 
@@ -109,3 +115,36 @@ def test_kept_workspaces_are_requested_once_and_never_freed():
     best, left = replay_live(step_events(parts.sizes, tensors, kept_workspaces=kept))
     assert left == plain[1] + 2 * 8_519_680 + 2**20
     assert best <= plain[0] + 2 * 8_519_680 + 2**20
+
+
+def test_the_trace_of_a_distillation_step_reaches_its_peak():
+    """The teacher's weights, beyond the plan's, are laid out too."""
+    arch, run = get_model("llama2-7b"), run_config(method="lora", seq_len=256, batch_size=2)
+    teacher = Teacher(get_model("llama2-13b"), "bf16")
+    parts = step_parts(arch, run, teacher)
+    events = step_events(parts.sizes, _tensors(parts, parts.sizes), 1)
+    best, left = replay_live(events)
+    assert best == find_peak(parts.sizes).at_peak.total
+    assert left == parts.sizes.weights + parts.sizes.states
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"method": "lora", "teacher": "llama2-13b"},
+        {"method": "full", "objective": "dpo"},
+        {"method": "qlora", "objective": "dpo", "framework": "litgpt"},
+    ],
+    ids=["teacher", "reference-copy", "quantised-loading"],
+)
+def test_the_run_loads_every_weight_beyond_the_plan_as_stored(settings):
+    """Loading (run_phases) holds every weight tensor the trace lays out: a teacher's or a
+    reference copy's too, each loaded as stored (no quantising transient)."""
+    from ftmem import api
+
+    try:
+        est = api.estimate("llama2-7b", gpu="h100", **settings)
+    except InvalidInputError:
+        pytest.skip("not a combination ftmem models")
+    loading = next(m for m in est.memory.run_peak.moments if m.name == "loading")
+    assert loading.allocated_bytes >= est.memory.weights_bytes

@@ -109,6 +109,247 @@ def test_plan_needs_a_gpu():
     assert "needs a GPU" in res.output
 
 
+# --- plan: preference objectives --------------------------------------------------------
+
+# Llama-2-7B's parameters, by hand: embedding and untied head 32,000 × 4,096 each; per
+# layer q, k, v, o 4 × 4,096², gate, up, down 3 × 4,096 × 11,008 and two 4,096 norms;
+# the final norm: 2 × 131,072,000 + 32 × 202,383,360 + 4,096
+LLAMA2_7B_PARAMS = 6_738_415_616
+# DPO's frozen reference copy under full finetuning: the policy's bf16 weights again
+# (TRL's DPOTrainer loads it with the model's init kwargs, trl/trainer/dpo_trainer.py
+# @f2cd57710ae3 __init__)
+REFERENCE_COPY = LLAMA2_7B_PARAMS * 2  # 13,476,831,232 bytes
+DPO_FULL = dict(method="full", objective="dpo", batch_size=1, seq_len=512)
+
+
+def _levers_offered(settings) -> set[str]:
+    from ftmem.plan import _combinations
+
+    return {c.lever for combo in _combinations(settings, LEVERS) for c in combo}
+
+
+def test_dpo_that_fits_once_the_reference_is_precomputed_says_that_first():
+    """The copy lives through the whole step, so precomputing frees at least the copy:
+    on a GPU half a copy short, the precomputed reference fits and, changing nothing
+    else (penalty 0), it is the first row."""
+    arch = get_model("llama2-7b")
+    given = estimate(arch, gpu_memory="80GiB", **DPO_FULL).memory
+    capacity = given.total_bytes - REFERENCE_COPY // 2
+    plan = make_plan(lambda s: estimate(arch, gpu_memory=capacity, **s), dict(DPO_FULL))
+    assert plan.baseline.fits is False
+    first = plan.fitting[0]
+    assert [(c.lever, c.updates, c.penalty) for c in first.changes] == [
+        ("reference", (("precompute_ref", True),), 0)
+    ]
+    assert "--precompute-ref" in first.changes[0].what
+    assert "precompute_ref_log_probs" in first.changes[0].what
+    freed = first.estimate.memory
+    assert given.weights_bytes == 2 * REFERENCE_COPY  # the policy and its copy, bf16
+    assert freed.weights_bytes == given.weights_bytes - REFERENCE_COPY
+    assert freed.total_bytes <= given.total_bytes - REFERENCE_COPY
+    assert any("reference: precomputed" in n for n in first.estimate.notes)
+
+
+def test_dpo_full_on_24gb_proposes_lora_and_says_the_reference_copy_goes():
+    """On 24 GB the policy alone (13.5 GB) with 8-bit Adam (2 bytes a parameter) is
+    already 27 GB: no full-rank way with the copy's weights. LoRA's row names the copy
+    going away, and its weights are the base's once: bf16 base plus the fp32 adapters
+    (peft's autocast_adapter_dtype), r 16 on q, k, v, o (16 × 8,192 each) and gate, up,
+    down (16 × 15,104 each): 32 × 1,249,280 = 39,976,960 adapter parameters."""
+    arch = get_model("llama2-7b")
+    plan = make_plan(lambda s: estimate(arch, gpu="rtx4090", **s), dict(DPO_FULL))
+    assert plan.baseline.fits is False
+    lora = [
+        cand
+        for cand in plan.fitting
+        if any(c.lever == "method" and dict(c.updates)["method"] == "lora" for c in cand.changes)
+    ]
+    assert lora, [[c.what for c in cand.changes] for cand in plan.fitting]
+    change = next(c for c in lora[0].changes if c.lever == "method")
+    assert "no frozen reference copy" in change.what
+    assert lora[0].estimate.memory.weights_bytes == REFERENCE_COPY + 39_976_960 * 4
+    assert any("reference: the adapter disabled" in n for n in lora[0].estimate.notes)
+    # the same lever without a reference to lose says nothing about one
+    sft = [c.what for c in LEVERS[[lv.name for lv in LEVERS].index("method")].options(
+        dict(method="full"))]  # fmt: skip
+    assert not any("reference" in what for what in sft)
+
+
+def test_dpo_plan_first_row_is_the_least_invasive_that_fits():
+    """The search estimates a combination with the reference precomputed first and skips
+    the one without where that does not fit: check against every cheaper combination."""
+    from ftmem.plan import _apply, _combinations
+
+    arch = get_model("llama2-7b")
+    plan = make_plan(lambda s: estimate(arch, gpu="rtx4090", **s), dict(DPO_FULL))
+    first = plan.fitting[0].penalty
+    for combo in _combinations(dict(DPO_FULL), LEVERS):
+        if combo and sum(c.penalty for c in combo) < first:
+            est = estimate(arch, gpu="rtx4090", **_apply(dict(DPO_FULL), combo))
+            assert not est.fits, [c.what for c in combo]
+
+
+def test_precomputing_the_reference_never_adds_to_the_allocated_peak():
+    """What the search relies on to skip a combination (Lever.only_lowers): with the
+    reference precomputed, every combination allocates at most what it does without, with
+    the same CUDA context. (Not the total: the allocator cache can grow by what the
+    caching allocator keeps of another sequence of blocks, which the search allows for.)"""
+    from ftmem.plan import _apply, _combinations
+
+    arch = get_model("llama2-7b")
+    settings = dict(method="lora", objective="dpo", batch_size=2, seq_len=1024)
+    pairs = 0
+    for combo in _combinations(settings, LEVERS):
+        if any(c.lever == "reference" for c in combo):
+            continue
+        without = _apply(settings, combo)
+        a = estimate(arch, gpu="rtx4090", **without).memory
+        b = estimate(arch, gpu="rtx4090", **without, precompute_ref=True).memory
+        assert b.peak_allocated_bytes <= a.peak_allocated_bytes, [c.what for c in combo]
+        assert b.beyond_allocated.cuda_context == a.beyond_allocated.cuda_context
+        pairs += 1
+    assert pairs >= 100
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(objective="sft"),
+        dict(objective="simpo"),
+        dict(objective="orpo"),
+        dict(objective="dpo", precompute_ref=True),
+        dict(objective="ipo", precompute_ref=True),
+        # LLaMA-Factory's CustomDPOTrainer sets precompute_ref_log_probs = False;
+        # torchtune's DPO recipes run the reference in every step
+        dict(objective="dpo", framework="llama-factory"),
+        dict(objective="dpo", framework="torchtune"),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_precompute_is_offered_only_where_a_reference_runs(settings, method):
+    run = dict(method=method, batch_size=2, **settings)
+    assert "reference" not in _levers_offered(run)
+    assert "precompute_ref" not in all_levers_at_once(run) or run.get("precompute_ref")
+
+
+@pytest.mark.parametrize("objective", ["dpo", "ipo"])
+@pytest.mark.parametrize("framework", ["hf", "axolotl", "unsloth"])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_precompute_is_offered_where_a_reference_runs(objective, framework, method):
+    run = dict(method=method, objective=objective, framework=framework, batch_size=2)
+    assert "reference" in _levers_offered(run)
+    assert all_levers_at_once(run)["precompute_ref"] is True
+
+
+def _objective_or_skip(objective: str) -> None:
+    from typing import get_args
+
+    from ftmem.run import Objective
+
+    if objective not in get_args(Objective):
+        pytest.skip(f"--objective {objective} is not modelled in this tree")
+
+
+def test_kto_is_offered_the_precomputed_reference():
+    """TRL's KTOTrainer has precompute_ref_log_probs too (a reference, like DPO's)."""
+    _objective_or_skip("kto")
+    assert "reference" in _levers_offered(dict(method="full", objective="kto", batch_size=4))
+
+
+def test_grpo_is_never_offered_a_precomputed_reference():
+    """GRPO's reference (beta > 0) scores completions generated during training: nothing
+    to compute before it (TRL's GRPOConfig has no precompute_ref_log_probs)."""
+    _objective_or_skip("grpo")
+    for beta in (0.0, 0.04):
+        settings = dict(method="full", objective="grpo", kl_beta=beta, batch_size=8)
+        assert "reference" not in _levers_offered(settings)
+        assert "precompute_ref" not in all_levers_at_once(settings)
+
+
+@pytest.mark.parametrize(
+    "objective", ["sft", "dpo", "ipo", "simpo", "orpo", "kto", "apo-zero-unpaired", "grpo"]
+)
+def test_every_lever_at_once_is_a_run_the_estimator_takes(objective):
+    """The guard against searching a run that cannot fit needs every lever at once to be
+    estimated, not refused: each lever's strongest option the run's settings accept (KTO
+    under TRL refuses a micro-batch of one, a preference objective the fused loss)."""
+    _objective_or_skip(objective)
+    arch = get_model("llama2-7b")
+    settings = dict(method="full", objective=objective, batch_size=8, seq_len=1024)
+    calls = []
+
+    def estimate_with(s):
+        calls.append(s)
+        return estimate(arch, gpu_memory="1GiB", **s)  # nothing fits: the guard decides
+
+    plan = make_plan(estimate_with, settings)
+    assert plan.fitting == ()
+    strongest = calls[-1]  # the last estimate the guard made, the one that decided
+    assert strongest != settings and "grad_ckpt" in strongest
+    estimate(arch, gpu="rtx4090", **strongest)  # raises where refused
+    if objective != "grpo":  # RunConfig's checks hold the objectives' rules: no search
+        assert len(calls) == 2 and strongest == all_levers_at_once(settings)
+
+
+def test_dpo_that_cannot_fit_stops_after_every_lever_at_once():
+    """Every lever at once must be a run the estimator takes: a preference objective is
+    modelled with the standard loss on one GPU, so the fused loss, more GPUs and
+    ZeRO-Offload are not offered (else that estimate is refused and the search runs)."""
+    arch = get_model("llama2-70b")
+    calls = []
+
+    def estimate_with(s):
+        calls.append(s)
+        return estimate(arch, gpu_memory="8GiB", **s)
+
+    settings = dict(method="full", objective="dpo", seq_len=4096)
+    plan = make_plan(estimate_with, settings)
+    assert plan.fitting == () and plan.evaluated == 2 and len(calls) == 2
+    strongest = all_levers_at_once(settings)
+    assert calls[1] == strongest and strongest["precompute_ref"] is True
+    assert {"loss", "gpus", "offload"}.isdisjoint(_levers_offered(settings))
+
+
+def test_the_reference_lever_does_not_double_the_estimates(monkeypatch):
+    """A binary lever doubles the combinations, and estimating each would double a plan's
+    estimates (179 → 355 here before the search paired them). The search estimates the
+    combination with the reference precomputed first and skips the one without where
+    even its allocated peak is short: a budget of a quarter more estimates."""
+    import sys
+
+    plan_module = sys.modules["ftmem.plan"]  # (ftmem.plan the attribute is api.plan)
+    arch = get_model("llama2-13b")
+    settings = dict(method="lora", objective="dpo", batch_size=4, seq_len=2048)
+
+    def count(levers):
+        calls = []
+
+        def estimate_with(s):
+            est = estimate(arch, gpu="rtx4090", **s)  # one the layout rules refuse: not counted
+            calls.append(s)
+            return est
+
+        monkeypatch.setattr(plan_module, "LEVERS", levers)
+        plan = make_plan(estimate_with, dict(settings))
+        assert calls[1] == all_levers_at_once(settings)  # the guard's, not counted
+        assert plan.evaluated == len(calls) - 1
+        assert len({tuple(sorted(s.items())) for s in calls[2:]}) == len(calls) - 2  # once
+        return plan
+
+    with_lever = count(LEVERS)
+    without = count(tuple(lv for lv in LEVERS if lv.name != "reference"))
+    assert with_lever.searched == 2 * without.searched  # one more binary lever
+    assert with_lever.evaluated <= without.evaluated * 5 // 4
+
+
+def test_plan_cli_for_a_dpo_run_names_the_reference_lever():
+    res = run("plan", "llama2-7b", "--gpu", "a100-80gb", "--objective", "dpo", "--seq-len", "512")
+    assert res.exit_code == 0, res.output
+    assert "precompute the reference log-probabilities" in res.output
+    assert "reference: none on the result" in res.output
+
+
 # --- max ---------------------------------------------------------------------------------
 
 

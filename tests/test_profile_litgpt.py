@@ -10,17 +10,18 @@ One mechanism is switched off in a copy of the profile to isolate its bytes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ftmem import estimate, methods, profiles, step
+from ftmem import estimate, methods
 from ftmem.api import _architecture, run_config
 from ftmem.ops.linear import LinearOp
 from ftmem.profiles import framework_arch
+
+from .conftest import framework_parts, profile_switch
 
 # a small Llama with GQA (4 heads, 2 kv heads) and a tied embedding, as Llama-3.2-1B
 V, D, NH, NG, I, L = 4096, 256, 4, 2, 704, 2
@@ -87,23 +88,10 @@ def falcon(tmp_path: Path) -> str:
 
 @pytest.fixture
 def litgpt_without(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    """Switch mechanisms off in the litgpt profile (plans are cached per run settings,
-    which do not see the profile: the caches are emptied around each use)."""
-
-    def without(**changes: object) -> None:
-        patched = dataclasses.replace(profiles.LITGPT, **changes)
-        monkeypatch.setitem(profiles.PROFILES, "litgpt", patched)
-        methods._PLANS.clear()
-        step._PLAN_SIZES.clear()
-
-    yield without
-    methods._PLANS.clear()
-    step._PLAN_SIZES.clear()
+    yield from profile_switch(monkeypatch, "litgpt")
 
 
-def parts(model: str, **settings: object) -> step.StepParts:
-    run = run_config(**settings)
-    return step.step_parts(framework_arch(_architecture(model), run), run)
+parts = framework_parts
 
 
 def nf4_bytes(numel: int) -> int:

@@ -20,7 +20,7 @@ from ftmem.plan import Plan, make_plan
 from ftmem.presets import get_gpu
 from ftmem.quantized_base import on_quantized_base
 from ftmem.result import Estimate
-from ftmem.run import ADAPTER_METHODS, Method, RunConfig, settings_for
+from ftmem.run import ADAPTER_METHODS, Method, RunConfig, settings_for, smallest_batch
 from ftmem.seq2seq import SEQ2SEQ_METHODS
 from ftmem.sources import config_of, quantized_base_of, resolve_model, source_notes
 from ftmem.units import parse_size
@@ -389,4 +389,7 @@ def largest(
     arch = _architecture(model)
     highest = search_bound(arch, what, settings)
     hw: dict[str, Any] = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
-    return largest_fitting(lambda n: estimate(arch, **hw, **{**settings, what: n}), 1, highest)
+    lowest = 1
+    if what == "batch_size":
+        lowest = smallest_batch(settings.get("objective", "sft"), settings.get("framework", "hf"))
+    return largest_fitting(lambda n: estimate(arch, **hw, **{**settings, what: n}), lowest, highest)

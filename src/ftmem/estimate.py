@@ -27,12 +27,13 @@ from ftmem.gpu.trace import (
     outer_sides,
     plan_tensors,
 )
+from ftmem.grpo import vllm_reserved_bytes
 from ftmem.hardware import Gpu
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.ops.attention import attention_path
 from ftmem.parallel import ENGINE, ParallelConfig, ParallelStep, parallel_notes, parallel_step
 from ftmem.phases import StepSizes, find_peak
-from ftmem.profiles import framework_arch, profile_notes, profile_of
+from ftmem.profiles import framework_arch, framework_run, profile_notes, profile_of
 from ftmem.result import (
     AtPeak,
     Estimate,
@@ -74,30 +75,13 @@ def estimate_step(
     """Predict the memory of one steady-state training step (per GPU when spread); with a
     ``teacher``, of a distillation step."""
     arch = framework_arch(arch, run)  # e.g. LitGPT's own, never tied, LM head
+    run = framework_run(arch, run)  # e.g. Unsloth's fused loss and allocator options
     if par is not None and not par.is_trivial:
         _one_gpu_only(run, teacher)
         return _estimate_parallel(arch, run, par, gpu, overhead_bytes)
     parts = step_parts(arch, run, teacher)
     plan = parts.plan
-    notes = list(plan.notes)
-    if parts.offloaded:
-        notes.append(
-            f"activation offload: {parts.offloaded:,} bytes of saved activations live in "
-            "host RAM (pinned); backward brings one op's back at a time."
-        )
-    if teacher is not None:
-        notes.append(
-            f"Distillation from {teacher.arch.name} ({teacher.weights} weights, included in "
-            "Weights): its forward runs first under no_grad without a KV cache; the KL "
-            "term's two fp32 distributions are kept until the loss backward."
-        )
-    if run.objective != "sft":
-        notes.append(objective_note(plan, run))
-    if run.optimizer_in_backward:
-        notes.append(
-            "optimizer in backward: each gradient is freed by its parameter's step as soon "
-            "as it is complete, so no gradient is held at the peak."
-        )
+    notes = _step_notes(parts, run, teacher)
     weights, activations = parts.sizes.weights, parts.activations
     peak_info = find_peak(parts.sizes)
     if run.accounting == "simple":
@@ -129,16 +113,73 @@ def estimate_step(
     at_peak, figures, run_peak = _device(
         at_peak, parts, parts.sizes, run, gpu, overhead_bytes, step_at, arch=arch
     )
-    memory = _memory(
-        Components(weights, grads, states, activations, 0),
-        phase,
-        at_peak,
-        peak_info.phases,
-        parts,
-        figures,
-        run_peak,
+    memory = _with_vllm_engine(
+        run,
+        gpu,
+        overhead_bytes,
+        _memory(
+            Components(weights, grads, states, activations, 0),
+            phase,
+            at_peak,
+            peak_info.phases,
+            parts,
+            figures,
+            run_peak,
+        ),
     )
     return _result(arch, run, plan, plan.n_trainable, memory, gpu, notes + _family_notes(arch, run))
+
+
+def _with_vllm_engine(
+    run: RunConfig, gpu: Gpu | None, overhead: int | None, memory: Memory
+) -> Memory:
+    """A colocated vLLM engine (GRPO --vllm colocate) takes its share of the GPU's memory
+    beyond the training step's allocated peak, for the whole run: added to the device
+    total on a CUDA GPU of known size, unless the user's --overhead replaces it."""
+    if gpu is None or run.device != "cuda" or overhead is not None:
+        return memory
+    vllm = vllm_reserved_bytes(run, gpu.memory_bytes)
+    if not vllm:
+        return memory
+    beyond = memory.beyond_allocated.model_copy(update={"vllm_engine": vllm})
+    return memory.model_copy(
+        update={
+            "total_bytes": memory.total_bytes + vllm,
+            "device_bytes": memory.device_bytes + vllm,
+            "overhead_bytes": memory.overhead_bytes + vllm,
+            "beyond_allocated": beyond,
+        }
+    )
+
+
+def _step_notes(parts: StepParts, run: RunConfig, teacher: Teacher | None) -> list[str]:
+    """What the estimate says of the step beyond its method's notes: offloaded tensors,
+    the teacher, the objective, the optimizer in backward."""
+    notes = list(parts.plan.notes)
+    if parts.offloaded and run.activation_offload:
+        notes.append(
+            f"activation offload: {parts.offloaded:,} bytes of saved activations live in "
+            "host RAM (pinned); backward brings one op's back at a time."
+        )
+    elif parts.offloaded:
+        notes.append(
+            f"checkpointed block inputs: {parts.offloaded:,} bytes live in host RAM "
+            "(pinned); each comes back for its block's recompute."
+        )
+    if teacher is not None:
+        notes.append(
+            f"Distillation from {teacher.arch.name} ({teacher.weights} weights, included in "
+            "Weights): its forward runs first under no_grad without a KV cache; the KL "
+            "term's two fp32 distributions are kept until the loss backward."
+        )
+    if run.objective != "sft":
+        notes.append(objective_note(parts.plan, run))
+    if run.optimizer_in_backward:
+        notes.append(
+            "optimizer in backward: each gradient is freed by its parameter's step as soon "
+            "as it is complete, so no gradient is held at the peak."
+        )
+    return notes
 
 
 def _one_gpu_only(run: RunConfig, teacher: Teacher | None) -> None:
@@ -226,7 +267,7 @@ def _run_window(
     )
     in_run = peak_of == "run"
     outside = RunOutside(
-        loading=replayed_loading(parts.plan, run, profile),
+        loading=replayed_loading(parts.plan, run, profile, len(tensors.weights)),
         after=tuple(m.tensors for m in moments if m.when == "after") if in_run else (),
         reset=not in_run,
         requantise=profile.requantises_on_load,

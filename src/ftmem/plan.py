@@ -15,7 +15,7 @@ from typing import Any
 
 from ftmem.errors import FtmemError
 from ftmem.result import Estimate
-from ftmem.run import ADAPTER_METHODS
+from ftmem.run import ADAPTER_METHODS, RunConfig
 
 Settings = dict[str, Any]
 
@@ -33,6 +33,9 @@ class Lever:
     name: str
     cost: str  # rule of thumb, with its source
     options: Callable[[Settings], list[Change]]
+    # every option only removes memory from the step, whatever else changes: where a
+    # combination with it pulled too does not fit, the combination does not either
+    only_lowers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,60 @@ class Plan:
 
 def _change(lever: str, what: str, penalty: int, **updates: Any) -> Change:
     return Change(lever, what, tuple(sorted(updates.items())), penalty)
+
+
+def _run(s: Settings) -> RunConfig:
+    """The run's settings as a RunConfig, to ask its properties (needs_reference...);
+    unchecked: the baseline's estimate has checked them."""
+    return RunConfig.model_construct(**_run_fields(s))
+
+
+def _run_fields(s: Settings) -> Settings:
+    return {k: v for k, v in s.items() if k in RunConfig.model_fields}
+
+
+def _refused(s: Settings) -> bool:
+    """Whether the run's settings fail RunConfig's checks (a lever's option the run's
+    other settings exclude: the fused loss under a preference objective...)."""
+    try:
+        RunConfig.model_validate(_run_fields(s))
+    except (ValueError, FtmemError):
+        return True
+    return False
+
+
+def _one_gpu_only(s: Settings) -> bool:
+    """A run ftmem models on one GPU only (estimate._one_gpu_only): a preference
+    objective, a teacher. Levers that spread it (ZeRO, offload) would be refused."""
+    return s.get("objective", "sft") != "sft" or s.get("teacher") is not None
+
+
+# The trainers that can compute the reference's log-probabilities before training:
+# TRL's DPOConfig.precompute_ref_log_probs (huggingface/trl trl/trainer/dpo_trainer.py
+# @f2cd57710ae3 _precompute_ref_logps), which axolotl (precompute_ref_log_probs) and
+# Unsloth (TRL's DPOTrainer, patched) pass on. LLaMA-Factory's CustomDPOTrainer sets
+# precompute_ref_log_probs = False (src/llamafactory/train/dpo/trainer.py __init__);
+# torchtune's DPO recipes run the reference in every step (recipes/full_dpo_distributed.py
+# @01a134132814 setup loads it with _setup_reference_model).
+PRECOMPUTES_REFERENCE = frozenset({"hf", "axolotl", "unsloth"})
+
+
+def _precompute_ref(s: Settings) -> list[Change]:
+    """Where the run has a reference in its step that precomputing removes (not grpo's:
+    its completions are generated during training)."""
+    if s.get("framework", "hf") not in PRECOMPUTES_REFERENCE or not _run(s).needs_reference:
+        return []
+    if _run({**s, "precompute_ref": True}).needs_reference:
+        return []
+    return [
+        _change(
+            "reference",
+            "precompute the reference log-probabilities (--precompute-ref / TRL "
+            "precompute_ref_log_probs)",
+            0,
+            precompute_ref=True,
+        )
+    ]
 
 
 def _attention(s: Settings) -> list[Change]:
@@ -95,8 +152,8 @@ def _optimizer(s: Settings) -> list[Change]:
 
 
 def _loss(s: Settings) -> list[Change]:
-    if s.get("loss", "standard") != "standard":
-        return []
+    if s.get("loss", "standard") != "standard" or s.get("objective", "sft") != "sft":
+        return []  # a preference objective is modelled with the standard loss only
     return [_change("loss", "Liger's fused linear cross-entropy (no full logits)", 1, loss="fused")]
 
 
@@ -124,6 +181,11 @@ LORA_RECIPE = {"lora_r": 16, "lora_targets": "all-linear"}  # QLoRA paper's choi
 def _method(s: Settings) -> list[Change]:
     method = s.get("method", "full")
     if method in ("full", "freeze"):
+        # under peft the reference is the model with the adapter disabled: its frozen
+        # copy goes (step.reference_weights)
+        no_copy = ""
+        if _run(s).needs_reference:
+            no_copy = " (no frozen reference copy: the reference is the adapter disabled)"
         galore = []
         if s.get("optimizer", "adamw") in ("adamw", "adamw-8bit"):
             galore = [_change("method", "GaLore (rank 128): full-rank training, projected "
@@ -132,14 +194,14 @@ def _method(s: Settings) -> list[Change]:
             *galore,
             _change(
                 "method",
-                "LoRA r 16 on all linear layers instead of full",
+                f"LoRA r 16 on all linear layers instead of full{no_copy}",
                 6,
                 method="lora",
                 **LORA_RECIPE,
             ),
             _change(
                 "method",
-                "QLoRA (NF4 base) r 16 on all linear layers",
+                f"QLoRA (NF4 base) r 16 on all linear layers{no_copy}",
                 8,
                 method="qlora",
                 **LORA_RECIPE,
@@ -171,7 +233,7 @@ def _context(s: Settings) -> list[Change]:
 
 
 def _more_gpus(s: Settings) -> list[Change]:
-    if (s.get("gpus") or 1) > 1 or s.get("strategy") not in (None, "single"):
+    if (s.get("gpus") or 1) > 1 or s.get("strategy") not in (None, "single") or _one_gpu_only(s):
         return []
     return [
         _change("gpus", f"{n} GPUs with ZeRO-3", 3 + k, gpus=n, strategy="zero3")
@@ -180,7 +242,7 @@ def _more_gpus(s: Settings) -> list[Change]:
 
 
 def _offload(s: Settings) -> list[Change]:
-    if s.get("offload_optimizer") not in (None, "none"):
+    if s.get("offload_optimizer") not in (None, "none") or _one_gpu_only(s):
         return []
     strategy = s.get("strategy") or "zero3"
     if strategy in ("single", "ddp"):
@@ -201,6 +263,17 @@ def _offload(s: Settings) -> list[Change]:
 
 
 LEVERS: tuple[Lever, ...] = (
+    # first: no other lever changes what it reads, so its options are asked once
+    Lever(
+        "reference",
+        "none on the result: the frozen reference's log-probabilities, computed once before "
+        "training by a no-grad pass over the training set (TRL's _precompute_ref_logps) "
+        "instead of in every step: no reference forward in the step, no frozen copy of the "
+        "model; not with a reference that moves (TRL's sync_ref_model) or Liger's fused DPO "
+        "loss",
+        _precompute_ref,
+        only_lowers=True,  # the reference's weights and forward go (step._with_reference)
+    ),
     Lever("attention", "none: the same math in a fused kernel, usually faster", _attention),
     Lever(
         "loss",
@@ -313,40 +386,107 @@ def make_plan(
     if baseline.fits:
         fitting.append(Candidate((), baseline))
     found: list[dict[str, int]] = [{}] if baseline.fits else []
-    evaluated = 1
+    estimates: dict[frozenset[tuple[str, Any]], Estimate | None] = {}
+    evaluated = [1]  # the baseline; a combination the layout rules refuse is not counted
+
+    def estimated(combo: tuple[Change, ...]) -> Estimate | None:
+        """The combination's estimate, once; None where the layout rules refuse it."""
+        key = frozenset((c.lever, c.updates) for c in combo)
+        if key not in estimates:
+            try:
+                estimates[key] = estimate_with(_apply(settings, combo))
+                evaluated[0] += 1
+            except FtmemError:
+                estimates[key] = None
+        return estimates[key]
+
     for combo in combos:
-        if len(fitting) >= rows or evaluated >= max_evaluations:
+        if len(fitting) >= rows or evaluated[0] >= max_evaluations:
             break
         if _dominated(combo, found):
             continue  # adds to, or pushes further, a way that already fits
-        try:
-            est = estimate_with(_apply(settings, combo))
-        except FtmemError:
-            continue  # a combination the layout rules refuse
-        evaluated += 1
-        if est.fits:
+        lowered = _with_only_lowering(settings, combo)
+        if lowered != combo:
+            # estimated first (it comes later in the order; then from here): where even
+            # its allocated peak does not fit, neither does ``combo``'s
+            low = estimated(lowered)
+            if low is not None and _short_beyond_cache(low):
+                continue
+        est = estimated(combo)
+        if est is not None and est.fits:
             fitting.append(Candidate(combo, est))
             found.append({c.lever: c.penalty for c in combo})
-    return Plan(baseline, tuple(fitting), evaluated, len(combos) + 1)
+    return Plan(baseline, tuple(fitting), evaluated[0], len(combos) + 1)
+
+
+def _short_beyond_cache(est: Estimate) -> bool:
+    """Whether every run that allocates at least ``est``'s peak is short of the GPU: short
+    by more than its allocator cache (reserved − allocated). The cache is the part of the
+    total that can grow when a run allocates less (another sequence of blocks for the
+    caching allocator to reuse: ftmem.gpu.device), so a lever that only lowers the
+    allocated peak can still raise the total a little."""
+    short = -(est.headroom_bytes or 0)
+    return short > est.memory.beyond_allocated.allocator_cache
+
+
+def _with_only_lowering(settings: Settings, combo: tuple[Change, ...]) -> tuple[Change, ...]:
+    """``combo`` with every lever that only lowers memory (Lever.only_lowers) pulled too,
+    in the order of LEVERS as _combinations builds it."""
+    pulled = {c.lever for c in combo}
+    if all(lever.name in pulled for lever in LEVERS if lever.only_lowers):
+        return combo
+    out: list[Change] = []
+    current = dict(settings)
+    for lever in LEVERS:
+        choice = next((c for c in combo if c.lever == lever.name), None)
+        if choice is None and lever.only_lowers:
+            choice = max(lever.options(current), key=lambda c: c.penalty, default=None)
+        if choice is not None:
+            out.append(choice)
+            current.update(choice.updates)
+    return tuple(out)
 
 
 def _strongest_fits(estimate_with: Callable[[Settings], Estimate], settings: Settings) -> bool:
-    """Whether every lever at once fits (True where the layout rules refuse that
-    combination: the search then decides)."""
+    """Whether every lever at once fits. Where the estimator refuses that combination
+    (a rule RunConfig's checks do not hold: grpo refuses activation offloading), each
+    lever's strongest option it accepts, one estimate an option; True where even that
+    is refused: the search then decides."""
     try:
         return bool(estimate_with(all_levers_at_once(settings)).fits)
+    except FtmemError:
+        pass
+
+    def taken(s: Settings) -> bool:
+        try:
+            estimate_with(s)
+        except FtmemError:
+            return False
+        return True
+
+    try:
+        return bool(estimate_with(all_levers_at_once(settings, taken)).fits)
     except FtmemError:
         return True
 
 
-def all_levers_at_once(settings: Settings) -> Settings:
-    """Every lever at its strongest: if this does not fit, nothing in the plan will."""
-    combo: list[Change] = []
+def all_levers_at_once(
+    settings: Settings, accepted: Callable[[Settings], bool] | None = None
+) -> Settings:
+    """Every lever at its strongest that the run's settings accept (a combination with
+    one they refuse is refused too): if this does not fit, nothing in the plan will.
+    ``accepted`` judges a combination (default: RunConfig's checks)."""
+    if accepted is None:
+        checked = not _refused(settings)  # else the estimate's own reading decides
+
+        def accepted(s: Settings) -> bool:
+            return not (checked and _refused(s))
+
     current = dict(settings)
     for lever in LEVERS:
-        options = lever.options(current)
-        if options:
-            strongest = max(options, key=lambda c: c.penalty)
-            combo.append(strongest)
-            current.update(strongest.updates)
+        for option in sorted(lever.options(current), key=lambda c: -c.penalty):
+            pulled = {**current, **dict(option.updates)}
+            if accepted(pulled):
+                current = pulled
+                break
     return current

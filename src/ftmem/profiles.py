@@ -77,6 +77,27 @@ class Profile:
     one_qkv_lora_dropout: bool = False
     # every family's attention runs through F.scaled_dot_product_attention
     sdpa_attention: bool = False
+    # LoRA on q, k and v, on o, on gate, up and down (each group whole, lora_dropout 0, no
+    # bias, no DoRA) runs as one autograd Function per group: q/k/v and o keep their
+    # input only (no lora_A output), a gated MLP its input and the gate and up outputs
+    # (ops/linear.py fused_lora_group, ops/mlp.py MLP.fused_lora)
+    fused_lora: bool = False
+    # RMSNorm as one kernel that keeps its input and an fp32 rstd per row and writes its
+    # input gradient over the incoming one (ops/norm.py)
+    kernel_rms_norm: bool = False
+    # gradient checkpointing copies each checkpointed block's input to host memory (the
+    # last block's stays) and brings it back into one GPU buffer for the recompute
+    offloads_checkpoint_inputs: bool = False
+    # the causal-LM forward takes the loss fused whenever it is given labels: chunks of
+    # the head's matmul and cross-entropy, each chunk's fp32 logits at most this many
+    # bytes, the input gradient made in forward (ops/loss.py); None: as run.loss says
+    fused_loss_chunk_bytes: int | None = None
+    # each 4-bit matmul in forward dequantises into one buffer kept for the whole run,
+    # the size of the largest 4-bit weight (ops/linear.py dequant_buffer)
+    dequant_buffer: bool = False
+    # the caching allocator's options the framework sets at import when the user set
+    # none (RunConfig.alloc_conf)
+    alloc_conf: str | None = None
 
 
 HF = Profile("hf")
@@ -158,6 +179,46 @@ LITGPT = Profile(
     generates=True,
 )
 
+# Unsloth (unslothai/unsloth@015bdef0d94a, unslothai/unsloth-zoo@ce232d6cef9c);
+# docs/frameworks/unsloth.md, tests/test_profile_unsloth.py.
+UNSLOTH = Profile(
+    "unsloth",
+    notes=(
+        "Unsloth: LoRA_QKV, LoRA_W and LoRA_MLP autograd Functions where lora_dropout is 0 "
+        "and a group (q/k/v, o, gate/up/down) is adapted whole; Triton RMSNorm (input + "
+        "fp32 rstd); the loss fused in chunks of at most 4 GiB of fp32 logits; 4-bit "
+        "weights dequantised into one persistent buffer in forward, a fresh 16-bit copy in "
+        "backward. Attention as flash-attn or SDPA with GQA (the xformers fallback's "
+        "expanded k/v and the Triton kernels' own scratch are not modelled).",
+    ),
+    # unsloth/kernels/fast_lora.py LoRA_QKV.forward save_for_backward(X, QA, QB, KA, KB,
+    # VA, VB); LoRA_W.forward save_for_backward(A, B, X); LoRA_MLP.forward
+    # save_for_backward(gateA, ..., downB, X, e, g); patched in unsloth/models/llama.py
+    # FastLlamaModel.patch_peft_model only `if lora_dropout == 0 and bias == "none"`, per
+    # group when every linear of it has lora_A, no bias and no lora_magnitude_vector
+    fused_lora=True,
+    # unsloth/kernels/rms_layernorm.py Fast_RMS_Layernorm.forward save_for_backward(X, W,
+    # r), r fp32 per row; backward `dX = dY` (in place, Gemma's excepted)
+    kernel_rms_norm=True,
+    # unsloth-zoo unsloth_zoo/gradient_checkpointing.py UnslothCheckpointFunction.forward:
+    # the first tensor argument copied into a pinned CPU buffer, except at LAST_GC_INDEX
+    # (the last checkpointed layer); backward copies it into GPU_BUFFERS[device]
+    offloads_checkpoint_inputs=True,
+    # unsloth/models/llama.py CausalLM_fast_forward -> unsloth_zoo
+    # fused_losses/cross_entropy_loss.py unsloth_fused_ce_loss, _get_chunk_multiplier:
+    # target_gb = min(free_gb * 0.5, 4.0)
+    fused_loss_chunk_bytes=4 * 1024**3,
+    # unsloth/kernels/utils.py matmul_lora: fast_dequantize(W, W_quant,
+    # use_global_buffer=True) in forward; fast_dequantize(W.t(), W_quant) (a fresh tensor
+    # in quant_state.dtype, the 2-byte compute dtype) in backward
+    dequant_buffer=True,
+    dequant_copy_bytes=2,
+    # unsloth-zoo unsloth_zoo/__init__.py: PYTORCH_ALLOC_CONF = "expandable_segments:True"
+    # unless set (torch >= 2.10; older: PYTORCH_CUDA_ALLOC_CONF with
+    # roundup_power2_divisions too), off under UNSLOTH_VLLM_STANDBY=1
+    alloc_conf="expandable_segments:True",
+)
+
 PROFILES: dict[str, Profile] = {
     "hf": HF,
     # axolotl and LLaMA-Factory drive HF Trainer over transformers + peft
@@ -166,7 +227,7 @@ PROFILES: dict[str, Profile] = {
     "litgpt": LITGPT,
     "torchtune": TORCHTUNE,
     # Unsloth's notebooks print max_memory_reserved once after trainer.train()
-    "unsloth": Profile("unsloth"),
+    "unsloth": UNSLOTH,
 }
 
 
@@ -196,9 +257,81 @@ def offload_keeps_head(run: RunConfig) -> bool:
     return run.activation_offload and profile_of(run).offload_keeps_head
 
 
+# the methods whose adapters are peft LoRA layers the fused Functions read (lora_A,
+# lora_B, scaling): not DoRA (lora_magnitude_vector)
+_FUSED_LORA_METHODS = frozenset({"lora", "rslora", "qlora", "longlora", "relora"})
+
+
+def fused_lora_applies(run: RunConfig) -> bool:
+    """The framework's fused LoRA Functions can run: a LoRA method with lora_dropout 0
+    (Unsloth's patch_peft_model: ``if lora_dropout == 0 and bias == "none"``)."""
+    return profile_of(run).fused_lora and run.method in _FUSED_LORA_METHODS and run.dropout == 0
+
+
+def framework_run(arch: Architecture, run: RunConfig) -> RunConfig:
+    """The run as the framework's step takes it: a framework whose causal-LM forward fuses
+    the loss whenever it gets labels (Profile.fused_loss_chunk_bytes) runs the "fused"
+    loss for supervised finetuning, whatever --loss says of the default path; a framework
+    that sets the allocator's options (Profile.alloc_conf) runs with them unless the run
+    sets its own."""
+    profile = profile_of(run)
+    changes: dict[str, object] = {}
+    fuses = profile.fused_loss_chunk_bytes is not None and run.objective == "sft"
+    fuses = fuses and not arch.encoder_decoder  # (a causal LM's forward)
+    if fuses and run.loss == "standard":
+        changes["loss"] = "fused"
+    if profile.alloc_conf is not None and run.alloc_conf is None:
+        changes["alloc_conf"] = profile.alloc_conf
+    return run.model_copy(update=changes) if changes else run
+
+
+def offloads_checkpoint_inputs(run: RunConfig) -> bool:
+    """Checkpointed blocks' inputs live in host memory (Profile.offloads_checkpoint_inputs)."""
+    return run.grad_ckpt and profile_of(run).offloads_checkpoint_inputs
+
+
+def _fused_path_notes(run: RunConfig) -> list[str]:
+    """What the run turns off of a framework's fused LoRA path and its checkpointing."""
+    profile, notes = profile_of(run), []
+    if profile.fused_lora and run.method in _FUSED_LORA_METHODS and run.dropout:
+        notes.append(
+            f"{run.framework}: lora_dropout {run.dropout} turns the fused LoRA Functions off; "
+            "every adapted linear runs as peft's LoRA layer."
+        )
+    if profile.fused_lora and run.precision.endswith("-mixed"):
+        # unsloth-zoo unsloth_zoo/training_utils.py@ce232d6cef9c prepare_model_for_training
+        # upcasts the LoRA weights only (float32_mixed_precision)
+        notes.append(
+            f"{run.framework} keeps the weights it does not train in 16 bits (only the LoRA "
+            f"weights fp32): --precision {run.precision.removesuffix('-mixed')} describes "
+            f"that; {run.precision} is estimated with fp32 non-quantised weights."
+        )
+    if profile.fused_lora and run.method == "dora":
+        notes.append(f"{run.framework}: DoRA runs as peft's layers (no fused Function).")
+    if profile.offloads_checkpoint_inputs and not run.grad_ckpt and not run.activation_offload:
+        notes.append(
+            f"{run.framework}: without --grad-ckpt (its get_peft_model defaults to "
+            'use_gradient_checkpointing="unsloth": --grad-ckpt models that).'
+        )
+    if offloads_checkpoint_inputs(run):
+        notes.append(
+            f"{run.framework} gradient checkpointing: every checkpointed block's input but "
+            "the last lives in pinned host memory; one GPU buffer of a block input takes "
+            "it back for the recompute (a second one, for overlap, is allocated only with "
+            "more than 512 MiB free after the first step: not counted)."
+        )
+    if profile.fused_loss_chunk_bytes is not None and run.objective == "sft":
+        notes.append(
+            f"{run.framework} fused loss: chunks of at most "
+            f"{profile.fused_loss_chunk_bytes / 1024**3:g} GiB of fp32 logits (the cap; "
+            "half the free memory at the first call when that is less: not modelled)."
+        )
+    return notes
+
+
 def profile_notes(run: RunConfig) -> list[str]:
     """What the estimate says of the framework's path for this run."""
-    notes = list(profile_of(run).notes)
+    notes = list(profile_of(run).notes) + _fused_path_notes(run)
     if not run.compile:
         return notes
     if compiled_layers(run):

@@ -62,6 +62,10 @@ class BeyondAllocated(_Frozen):
     allocator_cache: int  # reserved − allocated: blocks the caching allocator keeps
     cuda_context: int  # driver context, loaded kernels, library handles
     nccl: int  # NCCL's own buffers (several GPUs)
+    # a colocated vLLM engine's share of the GPU (GRPO --vllm colocate): its weights, its
+    # activations' profile and its KV cache blocks, held for the whole run (left out of a
+    # dump when there is none)
+    vllm_engine: int = Field(0, exclude_if=lambda value: value == 0)
 
 
 class RunMoment(_Frozen):

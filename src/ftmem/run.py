@@ -43,10 +43,14 @@ Optimizer = Literal[
 ]
 Attention = Literal["eager", "sdpa", "flash"]
 # the training objective: supervised finetuning, or a preference loss over chosen and
-# rejected sequences (ftmem.ops.loss.PreferenceLoss)
-Objective = Literal["sft", "dpo", "ipo", "simpo", "orpo"]
+# rejected sequences, or over unpaired completions labelled desirable or not (kto,
+# apo-zero-unpaired: TRL's KTOTrainer) (ftmem.ops.loss.PreferenceLoss)
+Objective = Literal["sft", "dpo", "ipo", "simpo", "orpo", "kto", "apo-zero-unpaired", "grpo"]
+# grpo: G sampled completions per prompt, scored and trained on (ftmem.grpo)
 # the objectives that compare with a reference model's log-probabilities
-REFERENCE_OBJECTIVES = frozenset({"dpo", "ipo"})
+REFERENCE_OBJECTIVES = frozenset({"dpo", "ipo", "kto", "apo-zero-unpaired"})
+# unpaired completions: b sequences per forward, not 2b (TRL's KTOTrainer)
+UNPAIRED_OBJECTIVES = frozenset({"kto", "apo-zero-unpaired"})
 Quant = Literal["nf4", "fp4", "int8", "int4"]
 Accounting = Literal["phases", "simple"]
 OptimizerImpl = Literal["foreach", "for-loop", "fused"]
@@ -98,6 +102,20 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
 }
 
 
+# --objective grpo's own settings (the others refuse them)
+GRPO_SETTINGS = (
+    "completion_len",
+    "num_generations",
+    "steps_per_generation",
+    "kl_beta",
+    "vllm",
+    "vllm_memory_share",
+)
+DEFAULT_COMPLETION_LEN = 512  # TRL GRPOConfig max_completion_length
+DEFAULT_NUM_GENERATIONS = 8  # TRL GRPOConfig num_generations
+DEFAULT_VLLM_SHARE = 0.3  # TRL GRPOConfig vllm_gpu_memory_utilization
+
+
 # The physical bound of each count a run takes (ftmem.limits).
 RUN_BOUNDS: dict[str, limits.Bound] = {
     "batch_size": limits.SEQUENCES,
@@ -113,6 +131,9 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "eval_batch_size": limits.SEQUENCES,
     "generate_batch_size": limits.SEQUENCES,
     "generate_len": limits.TOKENS,
+    "completion_len": limits.TOKENS,
+    "num_generations": limits.SEQUENCES,
+    "steps_per_generation": limits.MICRO_BATCHES,
 }
 
 
@@ -151,6 +172,13 @@ RELEASE = re.compile(r"[0-9]{1,2}\.[0-9]{1,3}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})")
 # The training frameworks whose code path ftmem follows (profiles.py); "hf" is HF
 # Trainer / TRL over transformers + peft, the path every other default describes.
 Framework = Literal["hf", "axolotl", "llama-factory", "litgpt", "torchtune", "unsloth"]
+
+
+def smallest_batch(objective: str, framework: str) -> int:
+    """The smallest micro-batch the trainer accepts: TRL's KTOTrainer refuses one
+    completion (trl/trainer/kto_trainer.py@f2cd57710ae3 __init__; LLaMA-Factory's trainer
+    skips that __init__)."""
+    return 2 if objective == "kto" and framework in ("hf", "axolotl") else 1
 
 
 class RunConfig(limits.BoundedSettings):
@@ -250,13 +278,59 @@ class RunConfig(limits.BoundedSettings):
         "reference's log-probabilities (TRL's DPOTrainer: chosen and rejected in one forward "
         "of batch 2b; the reference is the base with the adapter disabled under PEFT, else a "
         "frozen copy); simpo | orpo: the same pair forward without a reference (ORPO adds "
-        "the chosen sequences' cross-entropy). ftmem.ops.loss.PreferenceLoss.",
+        "the chosen sequences' cross-entropy); kto: b unpaired completions (TRL's "
+        "KTOTrainer), with no_grad forwards of b mismatched sequences for the KL term; "
+        "apo-zero-unpaired: KTOTrainer's loss without the KL term. "
+        "ftmem.ops.loss.PreferenceLoss.",
     )
     precompute_ref: bool = Field(
         False,
         exclude_if=lambda value: not value,
-        description="dpo | ipo: the reference log-probabilities were computed before "
-        "training (TRL's precompute_ref_log_probs): no reference at train time.",
+        description="dpo | ipo | kto | apo-zero-unpaired: the reference log-probabilities "
+        "were computed before training (TRL's precompute_ref_log_probs): no reference at "
+        "train time.",
+    )
+    # grpo (TRL's GRPOTrainer, ftmem.grpo; each left out of a dump while unset)
+    completion_len: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="grpo: tokens generated per completion (TRL max_completion_length, 512); "
+        "--seq-len is the whole sequence, prompt + completion.",
+    )
+    num_generations: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="grpo: completions sampled per prompt (TRL num_generations, 8); the "
+        "generation batch must hold whole groups. --batch-size counts completions.",
+    )
+    steps_per_generation: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="grpo: micro-batches one generation batch feeds (TRL "
+        "steps_per_generation, default --grad-accum): generate() runs on "
+        "batch-size x steps-per-generation prompts at once.",
+    )
+    kl_beta: FiniteFloat | None = Field(
+        None,
+        ge=0.0,
+        exclude_if=lambda value: value is None,
+        description="grpo: the KL coefficient (TRL beta, 0.0); above 0 the reference's "
+        "log-probabilities are computed after generation (a frozen copy, or the adapter "
+        "disabled under PEFT).",
+    )
+    vllm: Literal["colocate", "server"] | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="grpo: generate with vLLM (TRL use_vllm, vllm_mode) instead of "
+        "transformers' generate(); colocate: the engine shares this GPU.",
+    )
+    vllm_memory_share: FiniteFloat | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        exclude_if=lambda value: value is None,
+        description="grpo --vllm colocate: the share of the GPU's memory vLLM reserves "
+        "(TRL vllm_gpu_memory_utilization, 0.3).",
     )
     loss: Literal["standard", "chunked", "linear-chunked", "fused"] = Field(
         "standard",
@@ -409,6 +483,40 @@ class RunConfig(limits.BoundedSettings):
             raise ValueError(f"--precision {self.precision} means autocast; drop --no-autocast")
         return self
 
+    @model_validator(mode="after")
+    def _grpo_settings_fit(self) -> RunConfig:
+        """grpo's settings, refused elsewhere; its generation batch holds whole groups of
+        completions (trl/trainer/grpo_config.py@f2cd57710ae3 __post_init__)."""
+        given = [
+            "--" + name.replace("_", "-")
+            for name in GRPO_SETTINGS
+            if getattr(self, name) is not None
+        ]
+        if self.objective != "grpo":
+            if given:
+                verb = "applies" if len(given) == 1 else "apply"
+                raise ValueError(f"{_listing(given)} only {verb} to --objective grpo")
+            return self
+        if self.seq_len <= self.completion:
+            raise ValueError(
+                f"--seq-len {self.seq_len} leaves no prompt: with --objective grpo it is the "
+                f"prompt and the completion together ({self.completion} tokens, "
+                "--completion-len, default TRL's 512): give e.g. "
+                f"--seq-len {self.completion + 512}"
+            )
+        if self.generations < 2:
+            raise ValueError("GRPO needs --num-generations 2 or more (TRL refuses fewer)")
+        if self.generation_rows % self.generations:
+            raise ValueError(
+                f"the generation batch ({self.batch_size} x {self.generation_steps} = "
+                f"{self.generation_rows} completions) must hold whole groups of "
+                f"--num-generations {self.generations}, as TRL's GRPOConfig requires: set "
+                "--batch-size (or --steps-per-generation) to a multiple of it"
+            )
+        if self.vllm_memory_share is not None and self.vllm != "colocate":
+            raise ValueError("--vllm-memory-share applies to --vllm colocate only")
+        return self
+
     def _allocator_settings_fit(self) -> None:
         """--lengths and --alloc-conf parse, each refused in its own sentence."""
         padded_lengths(self.lengths, self.seq_len)
@@ -422,8 +530,22 @@ class RunConfig(limits.BoundedSettings):
         """A preference objective's settings: a reference to precompute, the standard loss."""
         if self.precompute_ref and self.objective not in REFERENCE_OBJECTIVES:
             raise ValueError(
-                f"--precompute-ref applies to dpo and ipo, which compare with a reference; "
-                f"objective {self.objective} has none"
+                f"--precompute-ref applies to dpo, ipo, kto and apo-zero-unpaired, which compare "
+                f"with a reference; objective {self.objective} has none"
+            )
+        trl = self.framework in ("hf", "axolotl")
+        if self.objective in UNPAIRED_OBJECTIVES and not (
+            trl or (self.framework == "llama-factory" and self.objective == "kto")
+        ):
+            raise ValueError(
+                f"--objective {self.objective} is modelled on TRL's KTOTrainer (--framework hf "
+                "or axolotl) and, for kto, LLaMA-Factory's; not on "
+                f"{self.framework}'s"
+            )
+        if self.batch_size < smallest_batch(self.objective, self.framework):
+            raise ValueError(
+                "--objective kto needs --batch-size 2 or more: TRL's KTOTrainer refuses one "
+                "completion per micro-batch (its KL term would equal the implied reward)"
             )
         if self.objective != "sft" and self.loss != "standard":
             raise ValueError(
@@ -520,13 +642,44 @@ class RunConfig(limits.BoundedSettings):
     def sequences(self) -> int:
         """Sequences one forward runs: a preference objective's chosen and rejected
         sequences go through the model concatenated, 2b of them (TRL's DPOTrainer
-        _compute_loss, ORPO's and CPO's concatenated_forward)."""
-        return self.batch_size if self.objective == "sft" else 2 * self.batch_size
+        _compute_loss, ORPO's and CPO's concatenated_forward); KTO's b unpaired
+        completions, b (KTOTrainer _compute_loss)."""
+        if self.objective in ("sft", "grpo") or self.objective in UNPAIRED_OBJECTIVES:
+            return self.batch_size
+        return 2 * self.batch_size
 
     @property
     def needs_reference(self) -> bool:
-        """dpo and ipo compare with a reference's log-probabilities at train time."""
+        """dpo, ipo, kto and apo-zero-unpaired compare with a reference's
+        log-probabilities at train time."""
+        if self.objective == "grpo":  # GRPOTrainer loads a reference only when beta != 0
+            return bool(self.kl_beta)
         return self.objective in REFERENCE_OBJECTIVES and not self.precompute_ref
+
+    @property
+    def completion(self) -> int:
+        """grpo: tokens generated per completion (the positions the loss reads)."""
+        return self.completion_len or DEFAULT_COMPLETION_LEN
+
+    @property
+    def generations(self) -> int:
+        """grpo: completions sampled per prompt."""
+        return self.num_generations or DEFAULT_NUM_GENERATIONS
+
+    @property
+    def generation_steps(self) -> int:
+        """grpo: micro-batches one generation batch feeds (TRL: grad_accum by default)."""
+        return self.steps_per_generation or self.grad_accum
+
+    @property
+    def generation_rows(self) -> int:
+        """grpo: sequences one generate() call runs on one GPU."""
+        return self.batch_size * self.generation_steps
+
+    @property
+    def vllm_share(self) -> float:
+        """grpo --vllm colocate: the share of the GPU vLLM reserves."""
+        return self.vllm_memory_share if self.vllm_memory_share is not None else DEFAULT_VLLM_SHARE
 
     @property
     def decoder_len(self) -> int:

@@ -141,17 +141,20 @@ def quantise_program(g: TensorGroup, run: RunConfig, profile: Profile) -> Progra
 
 
 def loading_transients(
-    plan: MethodPlan, run: RunConfig, profile: Profile
+    plan: MethodPlan, run: RunConfig, profile: Profile, tensors: int
 ) -> tuple[tuple[int, ...], ...]:
-    """Per weight tensor, in the order ``gpu.trace.plan_tensors`` lays the weights out,
-    the tensors its loading adds."""
+    """Per weight tensor (``tensors`` of them), in the order ``gpu.trace.plan_tensors``
+    lays the weights out, the tensors its loading adds; the weights beyond the plan's (a
+    frozen reference copy, a teacher) load as stored."""
     out: list[tuple[int, ...]] = []
     for g in plan.groups:
         out += [quantise_transient(g, run, profile)] * g.count
-    return tuple(out)
+    return tuple(out) + ((),) * (tensors - len(out))
 
 
-def replayed_loading(plan: MethodPlan, run: RunConfig, profile: Profile) -> tuple[Program, ...]:
+def replayed_loading(
+    plan: MethodPlan, run: RunConfig, profile: Profile, tensors: int
+) -> tuple[Program, ...]:
     """The loading transients the allocator replay lays out. Not HF's: from_pretrained
     first warms the caching allocator up with one tensor of the model's bytes
     (transformers src/transformers/modeling_utils.py caching_allocator_warmup, docstring
@@ -164,7 +167,7 @@ def replayed_loading(plan: MethodPlan, run: RunConfig, profile: Profile) -> tupl
     out: list[Program] = []
     for g in plan.groups:
         out += [quantise_program(g, run, profile)] * g.count
-    return tuple(out)
+    return tuple(out) + ((),) * (tensors - len(out))  # beyond the plan's: as stored
 
 
 def loading_peak(weights: tuple[int, ...], transients: tuple[tuple[int, ...], ...]) -> int:
@@ -249,7 +252,7 @@ def run_moments(
 ) -> tuple[Moment, ...]:
     """The moments of the run beside the step (loading first)."""
     total = sum(weights)
-    transients = loading_transients(plan, run, profile)
+    transients = loading_transients(plan, run, profile, len(weights))
     load = loading_peak(weights, transients)
     source = {
         "hf": "each weight to the GPU as stored (bitsandbytes: in 16 bits, then quantised)",

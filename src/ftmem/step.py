@@ -25,8 +25,9 @@ from ftmem.methods import MethodPlan, plan_key, plan_method
 from ftmem.ops.attention import runs_eager
 from ftmem.ops.context import BlockState
 from ftmem.ops.embedding import Embedding
-from ftmem.ops.linear import LinearOp
+from ftmem.ops.linear import LinearOp, all_adapters_fused
 from ftmem.ops.loss import CHUNKS, Loss, PreferenceLoss, held_logits_head
+from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS, Norm
 from ftmem.ops.saved import Saved
@@ -39,8 +40,14 @@ from ftmem.phases import (
     OptimizerStep,
     StepSizes,
 )
-from ftmem.profiles import compiled_layers, offload_keeps_head
-from ftmem.run import RunConfig
+from ftmem.profiles import (
+    compiled_layers,
+    framework_run,
+    offload_keeps_head,
+    offloads_checkpoint_inputs,
+    profile_of,
+)
+from ftmem.run import UNPAIRED_OBJECTIVES, RunConfig
 from ftmem.transients import (
     adapter_moment,
     block_backward_workspace,
@@ -196,6 +203,7 @@ class StepParts:
 def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = None) -> StepParts:
     """The components of one step and their sizes in time (no peak yet); with a
     ``teacher``, the distillation step (ftmem.distill)."""
+    run = framework_run(arch, run)  # e.g. Unsloth's causal-LM forward fuses the loss
     seq2seq.check_supported(arch, run)
     if arch.encoder_decoder and run.objective != "sft":
         raise InvalidInputError(
@@ -208,6 +216,12 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
                 f"{arch.name} is an encoder-decoder: distillation is not modelled for it yet."
             )
         return _seq2seq_parts(arch, run)
+    if run.objective == "grpo" and teacher is None:  # TRL's GRPOTrainer (ftmem.grpo)
+        from ftmem import grpo
+
+        grpo.check_supported(arch, run)
+        sft = run.model_copy(update={"objective": "sft"})
+        return grpo.with_grpo(_decoder_parts(arch, sft), arch, run)
     if run.objective != "sft":
         if teacher is not None:
             raise InvalidInputError("Distillation (--teacher) runs with --objective sft only.")
@@ -231,9 +245,15 @@ def _decoder_parts(arch: Architecture, run: RunConfig) -> StepParts:
     policy = _block_policy(run, blocks.rebuilt, grads.per_block)
     # a checkpointed block's input, the one tensor it keeps
     inputs = (T * arch.hidden_size * plan.dtypes.residual_bytes,) * len(blocks.per_block)
+    on_host = _host_inputs(run, inputs, blocks.per_block)
+    if any(on_host):  # Unsloth's checkpointing: in host memory, one GPU buffer to bring back
+        inputs = tuple(0 if off else x for x, off in zip(inputs, on_host, strict=True))
+        outer_below.append(Saved("checkpointed input: GPU reload buffer", max(on_host)))
+    outer_below += LinearOp.dequant_buffer(arch, run, plan)
+    outer_items = outer_below + outer_above
     per_block_kept = policy.kept(blocks.per_block, inputs)
     activations = _sum(outer_items) + sum(per_block_kept)
-    offloaded = 0
+    offloaded = sum(on_host)
     if run.activation_offload:
         # every saved tensor leaves the GPU in forward, the embedding and head sides'
         # too (torchtune: the LM head's and the loss's stay); backward brings back one
@@ -280,7 +300,8 @@ def _block_activations(
             if st not in cache:
                 cache[st] = block_saved(arch, run, plan, st, T)
             previous, previous_sum = st, _sum(cache[st])
-            reused = Norm.recompute_reuses_input(arch, plan, cache[st], T, compiled_layers(run))
+            own_input = compiled_layers(run) or profile_of(run).kernel_rms_norm
+            reused = Norm.recompute_reuses_input(arch, plan, cache[st], T, own_input)
             previous_rebuilt = previous_sum - reused
         per_block.append(previous_sum)
         rebuilt.append(previous_rebuilt)
@@ -329,15 +350,16 @@ def _decoder_sizes(
         # the log-softmax's and the logits' fp32 gradients (a fused loss kept its own; a
         # chunked one has one chunk's at a time)
         loss_backward={
-            "fused": 0,
+            "fused": Loss.fused_backward(arch, run, plan, T),
             "chunked": 2 * T * V * FP32 // CHUNKS,
             "linear-chunked": Loss.linear_chunked_backward(arch, plan, e, T),
         }.get(run.loss, 2 * T * V * FP32)
         + (
             T * V * FP32 if offloaded and run.loss != "fused" and not offload_keeps_head(run) else 0
         ),
-        # the final norm's backward, its fp32 input still saved
-        workspace=Norm.backward_workspace(arch, e, T) + T * arch.hidden_size * FP32,
+        # the final norm's backward, its fp32 input still saved (a kernel norm's: in place)
+        workspace=Norm.backward_workspace(arch, e, T, in_place=profile_of(run).kernel_rms_norm)
+        + (0 if profile_of(run).kernel_rms_norm else T * arch.hidden_size * FP32),
     )
     loop_held = 0
     if framework_head is not None:  # LitGPT: fp32 logits held by the loop, chunked loss
@@ -394,12 +416,15 @@ def _decoder_block(
     offloaded = run.activation_offload
     last_keeps = blocks.per_block[-1]
     dequant = LinearOp.dequant_moment(arch, run, plan, e, T)  # LitGPT's 4-bit matmuls
+    fused = all_adapters_fused(arch, run, plan)  # Unsloth's LoRA Functions
     return BlockTransients(
         forward=forward_cache
         + max(
-            dequant,
+            # (Unsloth's forward dequantises into its kept buffer: LinearOp.dequant_buffer)
+            0 if profile_of(run).dequant_buffer else dequant,
             DoRA.forward_rebuild(plan, run),
-            checkpointed_forward_adapter(arch, run, plan, e, T),
+            # (a fused LoRA Function adds its adapter into its output in place)
+            0 if fused else checkpointed_forward_adapter(arch, run, plan, e, T),
             MoE.forward_transient(arch, T) if last_keeps else 0,
             # a block that keeps nothing of its own (frozen, checkpointed, offloaded)
             # still builds its intermediates in forward
@@ -413,11 +438,32 @@ def _decoder_block(
         if offloaded
         else max(
             dequant,
-            block_backward_workspace(arch, run, plan, e, T, last_block),
+            MLP.fused_lora_backward(arch, plan, e, T)
+            if MLP.runs_fused_lora(arch, run, plan)
+            else block_backward_workspace(arch, run, plan, e, T, last_block),
+            0 if fused else adapter_moment(arch, run, plan, last_block, e, T),
             checkpointed_attention_moment(arch, run, plan, last_block, e),
-            adapter_moment(arch, run, plan, last_block, e, T),
         ),
         policy=policy,
+    )
+
+
+def _host_inputs(
+    run: RunConfig, inputs: tuple[int, ...], saved: tuple[int, ...]
+) -> tuple[int, ...]:
+    """Each checkpointed block's input bytes held in host memory instead (0: on the GPU):
+    every block that keeps anything but the last (Profile.offloads_checkpoint_inputs;
+    unslothai/unsloth-zoo unsloth_zoo/gradient_checkpointing.py@ce232d6cef9c
+    UnslothCheckpointFunction.forward skips LAST_GC_INDEX and tensors under
+    MINIMUM_SIZE, 2 MiB)."""
+    if not offloads_checkpoint_inputs(run):
+        return ()
+    kept = [i for i, s in enumerate(saved) if s]
+    last = kept[-1] if kept else -1
+    minimum = 2 * 1024 * 1024
+    return tuple(
+        x if s and i != last and x > minimum else 0
+        for i, (x, s) in enumerate(zip(inputs, saved, strict=True))
     )
 
 
@@ -434,9 +480,10 @@ _OWN_WEIGHTS_METHODS = frozenset({"full", "freeze", "partial", "galore", "bitfit
 
 
 def reference_weights(plan: MethodPlan, run: RunConfig) -> int:
-    """dpo, ipo: the frozen reference copy's weights (TRL's DPOTrainer loads it from the
-    model's checkpoint with the model's init kwargs, in the policy's dtype:
-    trl/trainer/dpo_trainer.py@f2cd57710ae3 __init__); none under peft (the adapter
+    """dpo, ipo, kto: the frozen reference copy's weights (TRL's DPOTrainer and
+    KTOTrainer load it from the model's checkpoint with the model's init kwargs, in the
+    policy's dtype: trl/trainer/dpo_trainer.py@f2cd57710ae3 __init__, kto_trainer.py
+    __init__); none under peft (the adapter
     disabled: _compute_loss, use_adapter) or with precomputed log-probabilities."""
     if not run.needs_reference or run.method not in _OWN_WEIGHTS_METHODS:
         return 0
@@ -451,7 +498,22 @@ def reference_weights(plan: MethodPlan, run: RunConfig) -> int:
 
 def objective_note(plan: MethodPlan, run: RunConfig) -> str:
     """What a preference objective's estimate models, in one note."""
+    if run.objective == "grpo":  # (ftmem.grpo)
+        from ftmem.grpo import grpo_note
+
+        return grpo_note(plan, run)
     pairs = f"{run.objective.upper()}: chosen and rejected concatenated (batch {run.sequences})"
+    forward, its = "a forward", "its forward"
+    if run.objective in UNPAIRED_OBJECTIVES:
+        n, s = run.sequences, "s" if run.sequences > 1 else ""
+        pairs = f"{run.objective.upper()}: {n} unpaired completion{s} per forward"
+        if run.objective == "kto":
+            pairs += f", the KL term's {n} mismatched one{s} in no_grad forwards"
+            forward, its = "two forwards", "its two forwards"
+        if PreferenceLoss.upcasts(run):  # LLaMA-Factory's trainer
+            pairs += "; the chosen and rejected logits' copies held after the loss"
+        else:
+            pairs += "; the metrics' logit copies after the loss"
     if run.eval_batch_size:
         pairs += (
             " (evaluation: estimated as one forward of the eval batch; its pairs and "
@@ -464,26 +526,32 @@ def objective_note(plan: MethodPlan, run: RunConfig) -> str:
     if copy:
         return (
             f"{pairs}; reference: a frozen copy ({copy:,} bytes, included in Weights), "
-            "its forward under no_grad after the policy's."
+            f"{its} under no_grad after the policy's."
         )
-    return f"{pairs}; reference: the adapter disabled, a forward under no_grad after the policy's."
+    return f"{pairs}; reference: the adapter disabled, {forward} under no_grad after the policy's."
 
 
 def _with_reference(parts: StepParts, arch: Architecture, pairs: RunConfig) -> StepParts:
-    """A preference step over the pair run (2b sequences): the loss's head moments and,
-    for dpo and ipo, the reference: its weights, and its forward under no_grad after the
-    policy's (_compute_loss), beside every activation and the policy's held logits."""
+    """A preference step over the pair run (2b sequences; kto's b completions): the
+    loss's head moments (kto's metrics after the loss) and, for the objectives with a
+    reference, its weights and its forwards under no_grad after the policy's
+    (_compute_loss), beside every activation and the policy's held logits."""
     plan, sizes = parts.plan, parts.sizes
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     T = pairs.batch_size * pairs.positions
     logits = PreferenceLoss.logits_moment(arch, pairs, e, T)
+    # one forward under no_grad (the reference's; kto's KL sequences')
+    no_grad_forward = max(
+        frozen_forward_transient(arch, pairs, e, plan.dtypes.residual_bytes, T),
+        PreferenceLoss.reference_logits_moment(arch, pairs, e, T),
+    )
     if pairs.needs_reference:
-        residual = plan.dtypes.residual_bytes
-        reference = max(
-            frozen_forward_transient(arch, pairs, e, residual, T),
-            PreferenceLoss.reference_logits_moment(arch, pairs, e, T),
-        )
-        logits = max(logits, PreferenceLoss.held_at_reference(arch, pairs, e, T) + reference)
+        held = PreferenceLoss.held_at_reference(arch, pairs, e, T)
+        logits = max(logits, held + no_grad_forward)
+    # kto: TRL's reference runs its two forwards (the KL sequences', then the
+    # completions') one after the other, the first's logits freed: the moment above
+    # covers both; then the metrics (LLaMA-Factory: its own order)
+    logits = max(logits, PreferenceLoss.unpaired_moment(arch, pairs, e, T, no_grad_forward))
     head = dataclasses.replace(
         sizes.head, logits_forward=logits, loss_backward=PreferenceLoss.backward(arch, pairs, e, T)
     )

@@ -70,6 +70,38 @@ def _matrix() -> list[Case]:
         *_families_of_issue_17(),
         *_config_dropout(),
         *_preference_objectives(),
+        *_grpo(),
+        *_kto(),
+    ]
+
+
+def _grpo() -> list[Case]:
+    """GRPO (ftmem.grpo): TRL's GRPOTrainer step measured against ftmem's loop of it
+    (ftmem.measure.grpo): generate() with a KV cache on the generation batch, then b
+    completions' log-probabilities over the last C positions and the dapo loss; the
+    reference (kl_beta > 0) a frozen copy under full finetuning, the adapter disabled
+    under LoRA; fp32 logits under autocast; a generation batch of 16 micro-batches whose
+    generation is the step's peak."""
+    grpo = {"objective": "grpo", "num_generations": 3, "completion_len": 20, "precision": "bf16"}
+    return [
+        Case("llama", {"method": "lora", **grpo}),
+        Case("llama", {"method": "full", **grpo, "kl_beta": 0.04}),
+        Case("llama", {"method": "lora", **grpo, "kl_beta": 0.04}),
+        Case("llama", {"method": "lora", **grpo, "precision": "bf16-mixed"}),
+        # one completion per micro-batch, 16 prompts of 20 tokens generated at once, 80 new
+        # tokens each: the KV cache outgrows the step
+        Case(
+            "llama",
+            {
+                "method": "lora",
+                **grpo,
+                "batch_size": 1,
+                "num_generations": 4,
+                "grad_accum": 16,
+                "seq_len": 100,
+                "completion_len": 80,
+            },
+        ),
     ]
 
 
@@ -94,6 +126,30 @@ def _preference_objectives() -> list[Case]:
         # deleted before the reference's forward
         Case("llama", {"method": "lora", **bf16, "objective": "dpo", "framework": "llama-factory"}),
         Case("llama", {"method": "lora", **bf16, "objective": "dpo", "framework": "torchtune"}),
+    ]
+
+
+def _kto() -> list[Case]:
+    """KTO (ftmem.ops.loss.PreferenceLoss.unpaired_metrics_moment): b unpaired completions
+    per forward, the KL sequences' no_grad forwards, the reference's two, and the metrics'
+    logit copies after the loss, measured against ftmem's loop of TRL's KTOTrainer
+    (ftmem.measure.step._kto_loss) and of LLaMA-Factory's. At 3 × 50 tokens the entropy's chunks make the forward
+    peak; at 2 × 256 tokens over 1,000 words, the chosen logits' masked copy."""
+    bf16 = {"method": "lora", "precision": "bf16"}
+    longer = {"batch_size": 2, "seq_len": 256}
+    words = {"vocab_size": 1000}
+    return [
+        Case("llama", {**bf16, "objective": "kto"}),
+        Case("llama", {"method": "full", "precision": "bf16", "objective": "kto"}),
+        Case("llama", {**bf16, "objective": "kto", "grad_ckpt": True}),
+        Case("llama", {**bf16, "objective": "kto", **longer}, words),
+        Case("llama", {**bf16, "objective": "kto", "precompute_ref": True, **longer}, words),
+        Case("llama", {**bf16, "objective": "apo-zero-unpaired"}),
+        # under autocast accelerate hands the loss, the reference and the metrics fp32 logits
+        Case("llama", {"method": "lora", "precision": "bf16-mixed", "objective": "kto"}),
+        # LLaMA-Factory's trainer: fp32 logits, the KL forward after the policy's, the
+        # chosen and rejected logits' copies held while the reference runs
+        Case("llama", {**bf16, "objective": "kto", "framework": "llama-factory"}),
     ]
 
 

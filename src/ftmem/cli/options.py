@@ -188,7 +188,8 @@ RUN = [
         field_choices("objective"),
         "sft",
         "sft | dpo | ipo (chosen and rejected in one forward of 2b sequences, a reference: "
-        "the adapter disabled under PEFT, else a frozen copy) | simpo | orpo (no reference).",
+        "the adapter disabled under PEFT, else a frozen copy) | simpo | orpo (no reference) "
+        "| grpo (TRL's GRPOTrainer: generation, then b completions; docs/grpo.md).",
     ),
     _opt(
         "precompute_ref",
@@ -196,6 +197,39 @@ RUN = [
         False,
         "dpo | ipo: reference log-probabilities computed before training (no reference).",
         "--precompute-ref/--no-precompute-ref",
+    ),
+    # --objective grpo (ftmem.grpo, docs/grpo.md)
+    _opt(
+        "completion_len",
+        OptInt,
+        None,
+        "grpo: tokens generated per completion (TRL max_completion_length, default 512); "
+        "--seq-len is prompt + completion.",
+    ),
+    _opt("num_generations", OptInt, None, "grpo: completions per prompt (default 8)."),
+    _opt(
+        "steps_per_generation",
+        OptInt,
+        None,
+        "grpo: micro-batches one generation batch feeds (default --grad-accum).",
+    ),
+    _opt(
+        "kl_beta",
+        OptFloat,
+        None,
+        "grpo: the KL coefficient (TRL beta, default 0); above 0 a reference is used.",
+    ),
+    _opt(
+        "vllm",
+        Optional[field_choices("vllm")],  # noqa: UP045
+        None,
+        "grpo: generate with vLLM: colocate (on this GPU) | server (elsewhere).",
+    ),
+    _opt(
+        "vllm_memory_share",
+        OptFloat,
+        None,
+        "grpo --vllm colocate: the GPU share vLLM reserves (default 0.3).",
     ),
     _opt(
         "autocast",

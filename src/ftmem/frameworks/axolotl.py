@@ -194,7 +194,6 @@ _GENERATION = (
     "vLLM engine) and, when trl.beta > 0, {reference}"
 )
 RL_NOT_COUNTED = {
-    "kto": "{reference}, also over the mismatched completions of its KL term",
     "grpo": _GENERATION,
     "gdpo": _GENERATION,
     "ebft": "the generated completions and the frozen copy of the model that embeds them",
@@ -202,8 +201,9 @@ RL_NOT_COUNTED = {
 # the rl values ftmem estimates (--objective): DPOTrainer for dpo and ipo (loss_type
 # ["ipo"]), ORPOTrainer, CPOTrainer with loss_type simpo (axolotl-ai-cloud/axolotl
 # src/axolotl/core/builders/rl.py@067b021c8b87 _get_trainer_cls, _build_training_arguments;
-# core/trainers/dpo/__init__.py@067b021c8b87 set_training_args_kwargs)
-PREFERENCE_RL = ("dpo", "ipo", "orpo", "simpo")
+# core/trainers/dpo/__init__.py@067b021c8b87 set_training_args_kwargs); KTOTrainer for kto
+# (its default loss_type kto; precompute_ref_log_probs is passed to DPO only)
+PREFERENCE_RL = ("dpo", "ipo", "orpo", "simpo", "kto")
 
 
 def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
@@ -316,8 +316,28 @@ def _adapter_notes(k: Keys, cfg: FrameworkConfig) -> None:
             "MLP's with a SwiGLU/GEGLU Triton kernel) replace peft's forward there and save "
             "other tensors; estimated with peft's."
         )
+    # axolotl's schema refuses these since they were removed (axolotl-ai-cloud/axolotl
+    # src/axolotl/utils/schemas/validation.py@067b021c8 check_deprecated_unsloth_fields);
+    # older releases patched single Unsloth kernels into its own model code, a part of
+    # Unsloth's path that ftmem.profiles.UNSLOTH (all of it) does not describe
+    if removed := [x for x in UNSLOTH_KEYS if k.flag(x)]:
+        cfg.notes.append(
+            f"{', '.join(removed)}: removed from axolotl (its config validation refuses them; "
+            "lora_qkv_kernel, lora_o_kernel, lora_mlp_kernel replace them); the Unsloth "
+            "kernels older releases patched in are not modelled."
+        )
     if k.raw("peft") is not None:
         cfg.notes.append("peft: its options (LoftQ initialisation and others) are not modelled.")
+
+
+UNSLOTH_KEYS = (
+    "unsloth_lora_qkv",
+    "unsloth_lora_o",
+    "unsloth_lora_mlp",
+    "unsloth_cross_entropy_loss",
+    "unsloth_rms_norm",
+    "unsloth_rope",
+)
 
 
 def _modules_to_save(k: Keys, cfg: FrameworkConfig) -> None:
@@ -488,6 +508,8 @@ def _training_objective(k: Keys, cfg: FrameworkConfig) -> None:
     """Trainers other than SFT of one causal LM: estimated as SFT, with what they add."""
     if (rl := k.text("rl")) and rl.lower() in PREFERENCE_RL:
         _preference_rl(k, cfg, rl.lower())
+    elif rl and rl.lower() == "grpo" and _grpo_rl(k, cfg):
+        pass
     elif rl:
         cfg.notes.append(_rl_note(k, cfg, rl))
     elif k.raw("trl") is not None:
@@ -524,7 +546,7 @@ def _preference_rl(k: Keys, cfg: FrameworkConfig, rl: str) -> None:
     if rl in ("dpo", "ipo") and k.flag("precompute_ref_log_probs"):
         cfg.settings["precompute_ref"] = True
     adapter = cfg.settings.get("method") in ADAPTER_METHODS
-    if rl in ("dpo", "ipo") and adapter and k.flag("rl_adapter_ref_model"):
+    if rl in ("dpo", "ipo", "kto") and adapter and k.flag("rl_adapter_ref_model"):
         cfg.notes.append(
             "rl_adapter_ref_model: the separate reference model axolotl loads beside the "
             "adapter is not counted (estimated with the adapter disabled as the reference)."
@@ -542,6 +564,48 @@ def _preference_rl(k: Keys, cfg: FrameworkConfig, rl: str) -> None:
                 f"{said}: CPO's cross-entropy on the chosen sequences (its log-softmax over "
                 "their logits) is not counted; SimPO is estimated with cpo_alpha 0."
             )
+
+
+def _grpo_rl(k: Keys, cfg: FrameworkConfig) -> bool:
+    """rl: grpo as --objective grpo (ftmem.grpo): axolotl's AxolotlGRPOTrainer is TRL's
+    GRPOTrainer, its trl: section passed to GRPOConfig (axolotl-ai-cloud/axolotl
+    src/axolotl/core/trainers/grpo/__init__.py GRPOStrategy.set_training_args_kwargs:
+    num_generations, max_completion_length, use_vllm, vllm_gpu_memory_utilization; beta
+    by the RL builder). False (the SFT estimate and its note) on several GPUs or with a
+    reference loaded beside the adapter (rl_adapter_ref_model)."""
+    s = cfg.settings
+    if s.get("gpus", 1) > 1 or k.flag("rl_adapter_ref_model"):
+        return False
+    trl = k.section("trl")
+    s["objective"] = "grpo"
+    if (n := trl.integer("num_generations")) is not None:
+        s["num_generations"] = n
+    if (c := trl.integer("max_completion_length")) is not None:
+        s["completion_len"] = c
+    else:
+        cfg.notes.append(
+            "trl.max_completion_length unset: axolotl passes None to GRPOConfig; estimated "
+            "with TRL's default, 512 generated tokens."
+        )
+    completion = s.get("completion_len", 512)
+    if s.get("seq_len", 0) <= completion:
+        given = s.get("seq_len")
+        s["seq_len"] = completion + (given or 512)
+        cfg.notes.append(
+            f"GRPO: a sequence is the prompt and the completion; "
+            f"{'sequence_len ' + str(given) if given else 'no prompt length'} read as the "
+            f"prompt: --seq-len {s['seq_len']}."
+        )
+    if (beta := trl.number("beta", low=0.0)) is not None:
+        s["kl_beta"] = beta
+    if trl.flag("use_vllm"):
+        # axolotl's own `axolotl vllm-serve` runs the engine as a server; colocate when asked
+        mode = trl.choice("vllm_mode", ("colocate", "server")) or "server"
+        s["vllm"] = mode
+        share = trl.number("vllm_gpu_memory_utilization", low=0.0, below=1.0)
+        if mode == "colocate" and share is not None:
+            s["vllm_memory_share"] = share
+    return True
 
 
 def _rl_note(k: Keys, cfg: FrameworkConfig, rl: str) -> str:
@@ -685,6 +749,7 @@ AXOLOTL_KEYS = frozenset(
         "lora_qkv_kernel",
         "lora_o_kernel",
         "lora_mlp_kernel",
+        *UNSLOTH_KEYS,
         "peft",
         "unfrozen_parameters",
         "sequence_len",

@@ -142,7 +142,8 @@ NO_MEMORY_EFFECT: frozenset[str] = frozenset(
         "average_tokens_across_devices",
         "router_aux_loss_coef",
         "ignore_bias_buffers",
-        "beta",
+        "desirable_weight",  # KTOConfig's loss weights
+        "undesirable_weight",
         "use_cpu",
         # TrainingArguments (transformers 5.24) that change no GPU memory of the run
         "accelerator_config",
@@ -279,6 +280,24 @@ TRL_PROFILES: dict[str, dict[str, Any]] = {
     "single_gpu": {"gpus": 1},
 }
 # the keys read() reads; read_framework_config lists every other one as ignored
+# GRPOConfig's keys ftmem.grpo reads
+GRPO_KEYS = frozenset(
+    {
+        "beta",  # grpo: a reference when non-zero (DPO's and KTO's changes nothing)
+        "num_generations",
+        "max_completion_length",
+        "steps_per_generation",
+        "generation_batch_size",
+        "use_vllm",
+        "vllm_mode",
+        "vllm_gpu_memory_utilization",
+        "num_iterations",
+        "cast_lm_head_to_fp32",
+        "entropy_coef",
+        "use_adaptive_entropy",
+    }
+)
+
 HF_TRAINER_KEYS = frozenset(
     {
         "precompute_ref_log_probs",
@@ -344,6 +363,7 @@ HF_TRAINER_KEYS = frozenset(
         "fsdp",
         "fsdp_config",
         *TRL_LAUNCH_KEYS,
+        *GRPO_KEYS,
     }
 )
 
@@ -617,11 +637,6 @@ def _trl_defaults(k: Keys, cfg: FrameworkConfig, trainer: str) -> None:
         )
     elif trainer != "GRPO":
         assume(cfg, "seq_len", 1024, f"TRL >= 0.16: max_length (0.15: max_seq_length); {source}")
-    elif "seq_len" not in cfg.settings:
-        cfg.notes.append(
-            "GRPO: a sequence is the prompt and up to max_completion_length tokens (512 by "
-            "default, GRPOConfig); the prompts' length is the dataset's: give --seq-len."
-        )
     if trainer == "SFT":
         if not k.flag("use_liger_kernel"):
             assume(cfg, "loss", "fused", f"TRL >= 1.7: loss_type chunked_nll; {source}")
@@ -629,11 +644,10 @@ def _trl_defaults(k: Keys, cfg: FrameworkConfig, trainer: str) -> None:
         assume(cfg, "model_dropout", False, f"disable_dropout true; {source}")
         if trainer == "DPO":
             _dpo_objective(k, cfg, source)
+        elif trainer == "KTO":
+            _kto_objective(k, cfg, source)
         else:
-            cfg.notes.append(
-                f"TRL {trainer}: the objective's own memory (the reference model, generation) "
-                "is not modelled (--objective covers dpo, ipo, simpo, orpo); estimated as SFT."
-            )
+            _grpo_objective(k, cfg, source)
     if cfg.settings.get("loss") == "fused" and not k.flag("use_liger_kernel"):
         cfg.notes.append(
             "TRL's chunked_nll loss (the LM head and cross-entropy in checkpointed chunks "
@@ -652,6 +666,18 @@ _DPO_LOSSES = frozenset(
 )  # fmt: skip
 
 
+def _reference_and_liger(k: Keys, cfg: FrameworkConfig, trainer: str) -> None:
+    """A preference trainer's precomputed reference, and its Liger loss (not modelled)."""
+    if k.flag("precompute_ref_log_probs"):
+        cfg.settings["precompute_ref"] = True
+    if cfg.settings.get("loss") == "fused":  # use_liger_kernel
+        del cfg.settings["loss"]
+        cfg.notes.append(
+            f"use_liger_kernel: TRL's Liger {trainer} loss (fused, no logits kept) is not "
+            "modelled; estimated with the full logits."
+        )
+
+
 def _dpo_objective(k: Keys, cfg: FrameworkConfig, source: str) -> None:
     """A DPOConfig: the pair objective (loss_type, sigmoid by default) and its reference
     (precompute_ref_log_probs); Liger's fused DPO loss is not modelled."""
@@ -668,14 +694,110 @@ def _dpo_objective(k: Keys, cfg: FrameworkConfig, source: str) -> None:
                 "loss_type sft: the chosen sequences' cross-entropy beside the DPO loss (its "
                 "log-softmax over the chosen logits) is not counted."
             )
-    if k.flag("precompute_ref_log_probs"):
-        cfg.settings["precompute_ref"] = True
-    if cfg.settings.get("loss") == "fused":  # use_liger_kernel
-        del cfg.settings["loss"]
+    _reference_and_liger(k, cfg, "DPO")
+
+
+# GRPOConfig's loss_type values (trl/trainer/grpo_trainer.py@f2cd57710ae3 _compute_loss):
+# each reads the same per-token log-probabilities; their per-token tensors are b x C
+_GRPO_LOSSES = frozenset({"grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo"})
+
+
+def _grpo_objective(k: Keys, cfg: FrameworkConfig, source: str) -> None:
+    """A GRPOConfig: --objective grpo (ftmem.grpo) with its generation settings, on one
+    GPU; several GPUs keep the SFT estimate (GRPO is modelled on one)."""
+    s = cfg.settings
+    if s.get("gpus", 1) > 1 or s.get("nodes", 1) > 1:
         cfg.notes.append(
-            "use_liger_kernel: TRL's Liger DPO loss (fused, no logits kept) is not modelled; "
-            "estimated with the full logits."
+            "TRL GRPO on several GPUs: --objective grpo is modelled on one GPU; the "
+            "generation and the reference are not counted here (estimated as SFT)."
         )
+        if "seq_len" not in s:
+            cfg.notes.append(
+                "GRPO: a sequence is the prompt and up to max_completion_length tokens (512 "
+                "by default); the prompts' length is the dataset's: give --seq-len."
+            )
+        return
+    s["objective"] = "grpo"
+    if (loss := k.text("loss_type")) is not None and loss not in _GRPO_LOSSES:
+        raise k.wrong("loss_type", f"GRPO loss types ({', '.join(sorted(_GRPO_LOSSES))})")
+    if (n := k.integer("num_generations")) is not None:
+        s["num_generations"] = n
+    else:
+        assume(cfg, "num_generations", 8, f"num_generations; {source}")
+    if (c := k.integer("max_completion_length")) is not None:
+        s["completion_len"] = c
+    else:
+        assume(cfg, "completion_len", 512, f"max_completion_length; {source}")
+    if "seq_len" not in s:
+        # the prompts' length is the dataset's (GRPOConfig has no max_prompt_length)
+        s["seq_len"] = s["completion_len"] + 512
+        cfg.notes.append(
+            f"GRPO: no prompt length in the file (the dataset sets it): estimated with "
+            f"512-token prompts, --seq-len {s['seq_len']} (prompt + completion); give "
+            "--seq-len."
+        )
+    _grpo_generation(k, cfg)
+    _grpo_unmodelled(k, cfg)
+    if s.get("loss") == "fused":  # use_liger_kernel: the GRPO loss reads full logits
+        del s["loss"]
+
+
+def _grpo_generation(k: Keys, cfg: FrameworkConfig) -> None:
+    """GRPOConfig's generation batch (steps_per_generation or generation_batch_size,
+    __post_init__), its reference (beta) and vLLM."""
+    s = cfg.settings
+    steps = k.integer("steps_per_generation")
+    generation = k.integer("generation_batch_size")
+    if steps is not None and generation is not None:
+        raise k.wrong("generation_batch_size", "unset when steps_per_generation is set")
+    if generation is not None:
+        b = s.get("batch_size", 8)
+        if generation % b:
+            raise k.wrong("generation_batch_size", f"a multiple of the batch size ({b})")
+        steps = generation // b
+    if steps is not None:
+        s["steps_per_generation"] = steps
+    if (beta := k.number("beta", low=0.0)) is not None:
+        s["kl_beta"] = beta
+    if k.flag("use_vllm"):
+        mode = k.choice("vllm_mode", ("colocate", "server")) or "colocate"
+        s["vllm"] = mode
+        if mode == "colocate":
+            share = k.number("vllm_gpu_memory_utilization", low=0.0, below=1.0)
+            s["vllm_memory_share"] = share if share is not None else 0.3
+
+
+def _grpo_unmodelled(k: Keys, cfg: FrameworkConfig) -> None:
+    """GRPOConfig settings that change memory in ways ftmem.grpo leaves out, in one note."""
+    notes = []
+    if (k.integer("num_iterations") or 1) > 1:
+        notes.append("num_iterations > 1 (the policy's no_grad forward for old log-probabilities)")
+    if k.flag("use_liger_kernel"):
+        notes.append("use_liger_kernel (Liger's fused GRPO loss; estimated with full logits)")
+    if k.flag("cast_lm_head_to_fp32"):
+        notes.append("cast_lm_head_to_fp32 (an fp32 LM head)")
+    if (k.number("entropy_coef") or 0.0) != 0.0 or k.flag("use_adaptive_entropy"):
+        notes.append("an entropy bonus (the entropies then keep their graph)")
+    if notes:
+        cfg.notes.append("GRPO, not modelled: " + "; ".join(notes) + ".")
+
+
+# KTOConfig's loss_type values (trl/trainer/kto_trainer.py@f2cd57710ae3 _compute_loss)
+_KTO_LOSSES = {"kto": "kto", "apo_zero_unpaired": "apo-zero-unpaired"}
+
+
+def _kto_objective(k: Keys, cfg: FrameworkConfig, source: str) -> None:
+    """A KTOConfig: b unpaired completions (loss_type kto, the default, adds the KL
+    sequences' forwards; apo_zero_unpaired has none) and the reference
+    (precompute_ref_log_probs); Liger's fused KTO loss is not modelled."""
+    loss = k.text("loss_type")
+    if loss is None:
+        assume(cfg, "objective", "kto", f"loss_type kto; {source}")
+    elif loss in _KTO_LOSSES:
+        cfg.settings["objective"] = _KTO_LOSSES[loss]
+    else:
+        raise k.wrong("loss_type", f"KTO loss types ({', '.join(_KTO_LOSSES)})")
+    _reference_and_liger(k, cfg, "KTO")
 
 
 def _hf_lengths(k: Keys, cfg: FrameworkConfig) -> None:

@@ -37,6 +37,8 @@ V0_NO_MEMORY_EFFECT: frozenset[str] = frozenset(
         "pref_beta",  # preference-loss coefficients (the stage is read)
         "pref_loss",
         "pref_ftx",
+        "kto_chosen_weight",  # KTO's loss weights
+        "kto_rejected_weight",
         "dataset_dir",
         "eval_dataset",  # what is evaluated; eval_strategy says whether (read)
         "val_size",
@@ -218,7 +220,11 @@ def _stage(k: Keys, cfg: FrameworkConfig) -> str:
         cfg.assumed.append(f"stage sft (FinetuningArguments default, {FINETUNING})")
     if stage == "dpo":
         _preference_loss(k, cfg)
-    elif stage in ("rm", "ppo", "kto"):
+    elif stage == "kto":
+        # CustomKTOTrainer: loss_type kto, the KL sequences' forwards, the reference (the
+        # adapter disabled under LoRA, else a copy: train/kto/workflow.py create_ref_model)
+        cfg.settings["objective"] = "kto"
+    elif stage in ("rm", "ppo"):
         cfg.notes.append(
             f"stage {stage}: estimated as supervised finetuning of one model; a reference or "
             "reward model, a value head and pairwise batches are not counted."
@@ -256,6 +262,11 @@ def _preference_loss(k: Keys, cfg: FrameworkConfig) -> None:
             )
 
 
+# the methods LLaMA-Factory hands to Unsloth's get_peft_model (model/adapter.py
+# _setup_lora_tuning: finetuning_type lora, with or without quantization_bit)
+UNSLOTH_METHODS = frozenset({"lora", "rslora", "qlora", "dora"})
+
+
 def _kernels(k: Keys, cfg: FrameworkConfig, stage: str) -> None:
     s = cfg.settings
     flash = k.raw("flash_attn")
@@ -272,14 +283,29 @@ def _kernels(k: Keys, cfg: FrameworkConfig, stage: str) -> None:
         cfg.notes.append(
             "enable_liger_kernel: Liger's other kernels (RMSNorm, SwiGLU) are not modelled."
         )
+    # (quantization_bit 8: Unsloth is given load_in_4bit False only, a 16-bit base)
+    unsloth_path = (
+        stage in ("pt", "sft") and s.get("method") in UNSLOTH_METHODS and s.get("quant") != "int8"
+    )
+    if k.flag("use_unsloth") and unsloth_path:
+        # model/loader.py: FastLanguageModel.from_pretrained, then model/adapter.py
+        # get_unsloth_peft_model, both with use_gradient_checkpointing="unsloth" whatever
+        # disable_gradient_checkpointing says (model/model_utils/unsloth.py@ff6d4d12eeb0)
+        s["framework"] = "unsloth"
+        s["grad_ckpt"] = True
+        cfg.notes.append(
+            "use_unsloth: Unsloth's path (ftmem.profiles.UNSLOTH), with its offloaded "
+            "gradient checkpointing (FastLanguageModel.get_peft_model "
+            'use_gradient_checkpointing="unsloth").'
+        )
     for key, what in (
-        ("use_unsloth", "Unsloth's kernels"),
+        ("use_unsloth", "Unsloth's kernels outside LoRA SFT / pre-training"),
         ("use_unsloth_gc", "Unsloth's offloaded gradient checkpointing"),
         ("neat_packing", "neat_packing's block-diagonal attention mask"),
         ("upcast_lmhead_output", "upcast_lmhead_output's fp32 logits"),
         ("shift_attn", "LongLoRA's shifted short attention (shift_attn)"),
     ):
-        if k.flag(key):
+        if k.flag(key) and not (key == "use_unsloth" and unsloth_path):
             cfg.notes.append(f"{key}: {what} not modelled; the estimate is without.")
     for key in ("image_max_pixels", "video_max_pixels"):
         if key in k:

@@ -75,7 +75,10 @@ DISTRIBUTED_KEYS = (
 NOT_SFT = {
     "dpo": "DPO with a loss other than DPOLoss or RSOLoss",
     "ppo": "PPO (reference, reward and value models, and generation)",
-    "grpo": "GRPO (a reference model and generation of several completions)",
+    # recipes/dev/grpo_full_finetune_distributed.py: its own generate() and KV cache,
+    # several GPUs; ftmem's --objective grpo follows TRL's GRPOTrainer (docs/grpo.md)
+    "grpo": "GRPO (a reference model and generation of several completions; --objective "
+    "grpo models TRL's trainer, not this recipe)",
     "knowledge_distillation": "knowledge distillation (the teacher model and its logits)",
 }
 

@@ -80,6 +80,12 @@ def plan_tensors(
             block_grads += [grad] * max(g.count // blocks, 1)
         else:
             outer += [(g.name, grad)] * g.count
+    # weights beyond the plan's: a frozen reference copy (the plan's tensors again when
+    # it is one in the same dtypes) or a teacher, else laid out as one tensor
+    own = sum(g.nbytes for g in plan.groups)
+    extra = sizes.weights - own
+    if extra > 0:
+        weights += list(weights) if extra == own else [extra]
     embedding_total = sizes.gradients.embedding
     embedding = [b for _, b in outer if embedding_total and b == embedding_total][:1]
     rest = [b for _, b in outer]

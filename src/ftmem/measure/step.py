@@ -35,7 +35,7 @@ from ftmem.measure.saved import (
     weight_storage_ptrs,
 )
 from ftmem.measure.tracker import LiveBytesTracker
-from ftmem.run import RunConfig
+from ftmem.run import UNPAIRED_OBJECTIVES, RunConfig
 
 PHASES: tuple[Phase, ...] = ("forward", "backward", "optimizer")
 
@@ -141,8 +141,12 @@ def _forward(
     )
     with ctx, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed-API notices
-        if run is not None and run.objective != "sft":
-            loss = _preference_loss(model, teacher, ids, run)
+        if run is not None and run.objective == "grpo":  # TRL's GRPOTrainer (measure.grpo)
+            from ftmem.measure.grpo import grpo_loss
+
+            loss = grpo_loss(model, teacher, ids, run)
+        elif run is not None and run.objective != "sft":
+            loss = _preference_loss(model, teacher, ids, run, labels)
         elif teacher is not None:
             loss = _distillation_loss(model, teacher, ids)
         elif loss_impl == "fused":
@@ -194,25 +198,31 @@ def _linear_chunked_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Ten
 PREFERENCE_BETA = 0.1  # TRL DPOConfig's and CPOConfig's beta default
 
 
+def _selective_log_softmax(shifted: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """TRL's selective_log_softmax (trl/trainer/utils.py@f2cd57710ae3): 16-bit logits one
+    sequence at a time through log_softmax and gather; fp32 ones by gather and a
+    per-sequence logsumexp."""
+    import torch.nn.functional as F
+
+    labels = index.unsqueeze(-1)
+    if shifted.dtype in (torch.float32, torch.float64):
+        picked = torch.gather(shifted, dim=-1, index=labels)
+        logsumexp = torch.stack([torch.logsumexp(row, dim=-1) for row in shifted])
+        return (picked - logsumexp.unsqueeze(-1)).squeeze(-1)
+    rows = [
+        F.log_softmax(row, dim=-1).gather(dim=-1, index=label)
+        for row, label in zip(shifted, labels, strict=True)
+    ]
+    return torch.stack(rows).squeeze(-1)
+
+
 def _sequence_logps(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Each sequence's summed completion log-probability as TRL's DPOTrainer forms it
     (huggingface/trl trl/trainer/dpo_trainer.py@f2cd57710ae3 _compute_loss): the shifted
     logits through selective_log_softmax (trl/trainer/utils.py@f2cd57710ae3: 16-bit
     logits one sequence at a time through log_softmax and gather; fp32 ones by gather
     and a per-sequence logsumexp), the prompt's positions (here the first half) zeroed."""
-    import torch.nn.functional as F
-
-    shifted, labels = logits[..., :-1, :], ids[..., 1:].unsqueeze(-1)
-    if shifted.dtype in (torch.float32, torch.float64):
-        picked = torch.gather(shifted, dim=-1, index=labels)
-        logsumexp = torch.stack([torch.logsumexp(row, dim=-1) for row in shifted])
-        per_token = (picked - logsumexp.unsqueeze(-1)).squeeze(-1)
-    else:
-        rows = [
-            F.log_softmax(row, dim=-1).gather(dim=-1, index=label)
-            for row, label in zip(shifted, labels, strict=True)
-        ]
-        per_token = torch.stack(rows).squeeze(-1)
+    per_token = _selective_log_softmax(logits[..., :-1, :], ids[..., 1:])
     completion = torch.ones_like(per_token, dtype=torch.bool)
     completion[:, : per_token.shape[1] // 2] = False
     per_token[~completion] = 0.0
@@ -224,6 +234,7 @@ def _preference_loss(
     reference: torch.nn.Module | None,
     ids: torch.Tensor,
     run: RunConfig,
+    batch: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One preference step over ``ids`` = [chosen; rejected] (2b sequences), as TRL runs
     it: the policy's forward with its outputs held until the loss is formed, its
@@ -237,6 +248,11 @@ def _preference_loss(
     log-probabilities (precompute_ref) are constants read with the batch."""
     import torch.nn.functional as F
 
+    if run.objective in UNPAIRED_OBJECTIVES:
+        assert batch is not None, "a KTO batch's completion mask and KL sequences"
+        if run.framework == "llama-factory":
+            return _llama_factory_kto_loss(model, reference, ids, batch[1])
+        return _kto_loss(model, reference, ids, batch, run)
     if run.framework in ("llama-factory", "torchtune"):
         return _llama_factory_preference_loss(model, reference, ids, run)
     outputs = model(input_ids=ids, use_cache=False)
@@ -278,8 +294,154 @@ def _preference_loss(
     return loss.mean()
 
 
+def kto_batch(ids: torch.Tensor) -> torch.Tensor:
+    """The rest of a KTO batch, made with it (inputs, not activations), stacked: the
+    completion mask (the prompt is the first token: the completions fill the sequence,
+    the worst batch ftmem estimates) and the KL sequences TRL's collator builds by
+    rotating the batch's completions by one (trl/trainer/kto_trainer.py@f2cd57710ae3
+    _prepare_dataset add_kl_completion_ids)."""
+    mask = torch.ones_like(ids)
+    mask[:, 0] = 0
+    return torch.stack([mask, torch.cat([ids[:, :1], ids.roll(1, dims=0)[:, 1:]], dim=1)])
+
+
+def _entropy_from_logits(logits: torch.Tensor, chunk_size: int = 128) -> torch.Tensor:
+    """TRL's entropy_from_logits (trl/trainer/utils.py@f2cd57710ae3): the rows' entropy,
+    128 rows at a time."""
+    import torch.nn.functional as F
+
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    entropies = []
+    for chunk in flat_logits.split(chunk_size, dim=0):
+        logps = F.log_softmax(chunk, dim=-1)
+        entropies.append(-(torch.exp(logps) * logps).sum(-1))
+    return torch.cat(entropies, dim=0).reshape(logits.shape[:-1])
+
+
+def _kto_loss(
+    model: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    ids: torch.Tensor,
+    batch: torch.Tensor,
+    run: RunConfig,
+) -> torch.Tensor:
+    """One step of TRL's KTOTrainer (trl/trainer/kto_trainer.py@f2cd57710ae3
+    _compute_loss, _compute_kl_logps) over b completions, every one desirable (the
+    worst batch for the metrics' masked copy, ftmem.ops.loss.PreferenceLoss): loss_type
+    kto first runs the policy on the KL sequences (``batch``: kto_batch) under no_grad, then the
+    policy's forward (``outputs`` held to the end), its completion log-probabilities,
+    then the reference's KL and completion forwards under no_grad (the adapter disabled
+    on a peft model, else the frozen copy; precomputed: read with the batch), the loss,
+    and the metrics (entropy, the chosen and rejected logits' means).
+    apo-zero-unpaired has no KL sequences."""
+    autocast = torch.is_autocast_enabled(ids.device.type)
+    completion_mask = batch[0]
+    kl_ids = batch[1] if run.objective == "kto" else None
+
+    def logits_of(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        logits = m(input_ids=x, use_cache=False).logits
+        return logits.float() if autocast else logits  # accelerate's convert_outputs_to_fp32
+
+    def kl_logps(m: torch.nn.Module) -> torch.Tensor | None:
+        if kl_ids is None:
+            return None
+        with torch.no_grad():
+            kl_logits = logits_of(m, kl_ids)
+        per_token = _selective_log_softmax(kl_logits[:, :-1, :], kl_ids[:, 1:])
+        per_token[completion_mask[:, 1:] == 0] = 0.0
+        return per_token.sum(-1)
+
+    policy_kl = kl_logps(model)
+    outputs = model(input_ids=ids, use_cache=False)
+    if autocast:
+        outputs.logits = outputs.logits.float()
+    shift_logits = outputs.logits[:, :-1, :]
+    per_token_logps = _selective_log_softmax(shift_logits, ids[:, 1:])
+    per_token_logps[completion_mask[:, 1:] == 0] = 0.0
+    completion_logps = per_token_logps.sum(-1)
+    bool_labels = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+    chosen_idx = torch.nonzero(bool_labels, as_tuple=False).view(-1)
+    rejected_idx = torch.nonzero(~bool_labels, as_tuple=False).view(-1)
+    chosen_logps = completion_logps.index_select(0, chosen_idx)
+    rejected_logps = completion_logps.index_select(0, rejected_idx)
+    ref_outputs = None
+    if run.needs_reference:
+        with torch.no_grad():
+            if reference is None:
+                with model.disable_adapter():  # type: ignore[operator]
+                    ref_kl = kl_logps(model)
+                    ref_outputs = model(input_ids=ids, use_cache=False)
+            else:
+                ref_kl = kl_logps(reference)
+                ref_outputs = reference(input_ids=ids, use_cache=False)
+            if autocast:
+                ref_outputs.logits = ref_outputs.logits.float()
+        ref_per_token = _selective_log_softmax(ref_outputs.logits[:, :-1, :], ids[:, 1:])
+        ref_per_token[completion_mask[:, 1:] == 0] = 0.0
+        ref_logps = ref_per_token.sum(-1)
+    else:  # precomputed: read with the batch
+        ref_logps = torch.zeros_like(completion_logps.detach())
+        ref_kl = None if policy_kl is None else torch.zeros_like(policy_kl)
+    if policy_kl is not None and ref_kl is not None:
+        kl = (policy_kl - ref_kl).mean().detach().clamp(min=0)
+    else:
+        kl = torch.zeros(1, device=ids.device)
+    groups = (chosen_idx, rejected_idx)
+    losses = _kto_losses((chosen_logps, rejected_logps), ref_logps, groups, kl, run.objective)
+    _kto_metrics(shift_logits, completion_mask, groups)
+    loss = losses.nanmean()
+    del outputs, ref_outputs, shift_logits
+    return loss
+
+
+def _kto_losses(
+    logps: tuple[torch.Tensor, torch.Tensor],
+    ref_logps: torch.Tensor,
+    groups: tuple[torch.Tensor, torch.Tensor],
+    kl: torch.Tensor,
+    objective: str,
+) -> torch.Tensor:
+    """KTOTrainer's chosen and rejected losses (kto, or apo_zero_unpaired without the KL
+    term): an empty group's losses are an empty tensor, never computed (TRL's branches;
+    a computed one would hang off the graph unreached by backward)."""
+    import torch.nn.functional as F
+
+    beta = PREFERENCE_BETA
+    (chosen_logps, rejected_logps), (chosen_idx, rejected_idx) = logps, groups
+    ref_chosen = ref_logps.index_select(0, chosen_idx)
+    ref_rejected = ref_logps.index_select(0, rejected_idx)
+    chosen_losses = rejected_losses = torch.Tensor([]).to(kl.device)
+    if chosen_logps.shape[0] != 0:
+        ratios = chosen_logps - ref_chosen
+        chosen_losses = 1 - F.sigmoid(beta * (ratios - kl if objective == "kto" else ratios))
+    if rejected_logps.shape[0] != 0:
+        ratios = rejected_logps - ref_rejected
+        if objective == "kto":
+            rejected_losses = 1 - F.sigmoid(beta * (kl - ratios))
+        else:  # apo_zero_unpaired
+            rejected_losses = F.sigmoid(beta * ratios)
+    return torch.cat((1.0 * chosen_losses, 1.0 * rejected_losses), 0)
+
+
+def _kto_metrics(
+    shift_logits: torch.Tensor,
+    completion_mask: torch.Tensor,
+    groups: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """KTOTrainer's metrics after the loss: the entropy, the chosen and rejected logits'
+    copies and their masked means."""
+    per_token_entropy = _entropy_from_logits(shift_logits.detach())
+    mask = completion_mask[:, 1:]
+    (per_token_entropy * mask).sum().item()
+    chosen_idx, rejected_idx = groups
+    chosen_logits = shift_logits.detach().index_select(0, chosen_idx)
+    rejected_logits = shift_logits.detach().index_select(0, rejected_idx)
+    chosen_logits[mask.index_select(0, chosen_idx).bool()].mean(-1).sum().item()
+    rejected_logits[mask.index_select(0, rejected_idx).bool()].mean(-1).sum().item()
+
+
 def _llama_factory_logps(
-    model: torch.nn.Module, ids: torch.Tensor, torchtune: bool = False
+    model: torch.nn.Module, ids: torch.Tensor, torchtune: bool = False, prompt_half: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LLaMA-Factory's concatenated_forward and get_batch_logps
     (hiyouga/LLaMA-Factory src/llamafactory/train/dpo/trainer.py@ff6d4d12eeb0,
@@ -288,17 +450,63 @@ def _llama_factory_logps(
     the mask summed. Returns (log-probabilities, the fp32 logits, completion lengths).
     ``torchtune``: its get_batch_log_probs (pytorch/torchtune
     torchtune/rlhf/sequence_processing.py@bd2a0fc7c314), the same with the logits
-    divided by the temperature first; its model returns fp32 logits (unembed)."""
+    divided by the temperature first; its model returns fp32 logits (unembed).
+    ``prompt_half``: the prompt is the first half (pairs), else the first token (KTO)."""
     logits = model(input_ids=ids, use_cache=False).logits.to(torch.float32)
     labels = ids[:, 1:].clone()
     mask = torch.ones_like(labels, dtype=torch.bool)
-    mask[:, : labels.shape[1] // 2] = False  # the prompt: IGNORE_INDEX labels
+    if prompt_half:  # the prompt: IGNORE_INDEX labels (KTO's first token: none shifted)
+        mask[:, : labels.shape[1] // 2] = False
     labels[~mask] = 0
     shifted = logits[:, :-1, :]
     if torchtune:  # logits_to_logprobs: log_softmax(logits / temperature), temperature 1
         shifted = shifted / 1.0
     per_token = torch.gather(shifted.log_softmax(-1), 2, labels.unsqueeze(2))
     return (per_token.squeeze(2) * mask).sum(-1), logits, mask.sum(-1)
+
+
+def _llama_factory_kto_loss(
+    model: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    ids: torch.Tensor,
+    kl_ids: torch.Tensor,
+) -> torch.Tensor:
+    """LLaMA-Factory's CustomKTOTrainer.get_batch_loss_metrics (hiyouga/LLaMA-Factory
+    src/llamafactory/train/kto/trainer.py@ff6d4d12eeb0), every completion desirable:
+    concatenated_forward runs the policy (fp32 logits, get_batch_logps), then its KL
+    sequences under no_grad, then copies the chosen and rejected logits by boolean index
+    (held to the end); compute_reference_log_probs runs the same under no_grad (the
+    adapter disabled, or the frozen copy); then TRL's kto_loss and the metrics' sums."""
+    import torch.nn.functional as F
+
+    tags = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+
+    def concatenated_forward(m: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+        logps, logits, _ = _llama_factory_logps(m, ids, prompt_half=False)
+        with torch.no_grad():
+            kl_logps, _, _ = _llama_factory_logps(m, kl_ids, prompt_half=False)
+        return logps[tags], logps[~tags], logits[tags], logits[~tags], kl_logps
+
+    chosen, rejected, chosen_logits, rejected_logits, kl_logps = concatenated_forward(model)
+    with torch.no_grad():
+        if reference is None:
+            with model.disable_adapter():  # type: ignore[operator]
+                ref_chosen, ref_rejected, _, _, ref_kl = concatenated_forward(model)
+        else:
+            ref_chosen, ref_rejected, _, _, ref_kl = concatenated_forward(reference)
+    # trl's kto_loss (an empty group's losses an empty tensor)
+    beta = PREFERENCE_BETA
+    kl = (kl_logps - ref_kl).mean().clamp(min=0).detach()
+    chosen_losses = rejected_losses = torch.Tensor([]).to(ids.device)
+    if chosen.shape[0] != 0:
+        chosen_losses = 1 - F.sigmoid(beta * ((chosen - ref_chosen) - kl))
+    if rejected.shape[0] != 0:
+        rejected_losses = 1 - F.sigmoid(beta * (kl - (rejected - ref_rejected)))
+    losses = torch.cat((1.0 * chosen_losses, 1.0 * rejected_losses), 0).nanmean()
+    chosen_logits.nansum().item()
+    rejected_logits.nansum().item()
+    del chosen_logits, rejected_logits
+    return losses
 
 
 def _llama_factory_preference_loss(
@@ -614,9 +822,12 @@ def _batch(
     fake: bool,
     dev: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The input ids, and an encoder-decoder's labels (the decoder's length)."""
+    """The input ids, and an encoder-decoder's labels (the decoder's length) or the rest
+    of a KTO batch (kto_batch)."""
     gen = torch.Generator().manual_seed(seed)
     ids = _tokens(vocab_size, (run.sequences, run.seq_len), gen, fake, dev)
+    if run.objective in UNPAIRED_OBJECTIVES:  # KTO's completion mask and KL sequences
+        return ids, kto_batch(ids)
     if not encoder_decoder:
         return ids, None
     return ids, _tokens(vocab_size, (run.batch_size, run.decoder_len), gen, fake, dev)

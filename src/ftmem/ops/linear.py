@@ -13,7 +13,7 @@ from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
-from ftmem.profiles import profile_of
+from ftmem.profiles import fused_lora_applies, profile_of
 from ftmem.run import RunConfig
 from ftmem.versions import bnb_4bit_keeps_input, bnb_int8_keeps_column_copy
 
@@ -24,6 +24,45 @@ def side_of(linears: list[Linear]) -> Side:
     """The attention side for q, k, v and o; the MLP side for the MLP's linears (the
     linears reading one tensor are all on one side)."""
     return Side.ATTENTION if linears[0].roles[0] in _ATTENTION_ROLES else Side.MLP
+
+
+def fused_lora_group(run: RunConfig, linears: list[Linear], state: BlockState) -> bool:
+    """The linears reading one tensor run as one fused LoRA Function
+    (profiles.Profile.fused_lora): q, k and v as three adapted linears, or o alone, or
+    gate, up and down (ops/mlp.py); none with a bias or a weight of its own training.
+    Unsloth patches a group only when each of its linears has lora_A, no bias and no
+    lora_magnitude_vector (unslothai/unsloth unsloth/models/llama.py@015bdef0d94a
+    FastLlamaModel.patch_peft_model)."""
+    if not fused_lora_applies(run) or not linears:
+        return False
+    roles = sorted(r for lin in linears for r in lin.roles)
+    whole = roles in (["k", "q", "v"], ["o"], ["down", "gate", "up"])
+    return (
+        whole
+        and len(linears) == len(roles)
+        and all(lin.module in state.adapted and not lin.bias for lin in linears)
+        and not state.weights_trainable
+        and not any(lin.module in state.trained | state.biased for lin in linears)
+        and not (state.scaled or state.scaled_in or state.bottleneck)
+    )
+
+
+def all_adapters_fused(arch: Architecture, run: RunConfig, plan: MethodPlan) -> bool:
+    """Every adapted block linear runs inside a fused LoRA Function (fused_lora_group):
+    nothing of peft's layer (its promoted sum, its casts) runs in the block."""
+    if not fused_lora_applies(run) or not plan.adapted:
+        return False
+    adapted = frozenset(lin.module for lin in plan.adapted)
+    state = BlockState(True, False, adapted)
+    groups: dict[str, list[Linear]] = {}
+    for lin in layout(arch).linears:
+        key = "qkv" if set(lin.roles) & {"q", "k", "v"} else "o" if "o" in lin.roles else "mlp"
+        groups.setdefault(key, []).append(lin)
+    return all(
+        fused_lora_group(run, group, state)
+        for group in groups.values()
+        if any(lin.module in adapted for lin in group)
+    )
 
 
 @register("linear")
@@ -59,6 +98,15 @@ class LinearOp:
         if not linears:
             return []
         group, side = tuple(linears), side_of(linears)
+        if fused_lora_group(ctx.run, linears, state):
+            # Unsloth's LoRA_QKV / LoRA_W keep their input X only (A and B are the
+            # parameters themselves): unslothai/unsloth unsloth/kernels/fast_lora.py
+            # @015bdef0d94a save_for_backward(X, QA, QB, KA, KB, VA, VB), (A, B, X)
+            if input_kept_elsewhere:
+                return []
+            size = ctx.tokens * in_features * in_bytes
+            what = f"{label}: input (fused LoRA Function)"
+            return [Saved(what, size, Kind.LINEAR_INPUT, side, group)]
         input_bytes = LinearOp.base_input_bytes(ctx, linears, state, in_grad, in_features, in_bytes)
         if ctx.plan.dtypes.autocast and in_bytes != ctx.e:
             input_kept_elsewhere = False  # each call keeps its own cast copy
@@ -237,6 +285,23 @@ class LinearOp:
             ),
             default=0,
         )
+
+    @staticmethod
+    def dequant_buffer(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[Saved]:
+        """The one buffer every 4-bit matmul of the forward dequantises into
+        (profiles.Profile.dequant_buffer), grown to the largest 4-bit weight and kept:
+        that weight in the compute dtype, and its fp32 absmax per 64-value block
+        (unslothai/unsloth unsloth/kernels/utils.py@015bdef0d94a fast_dequantize
+        use_global_buffer: WEIGHT_BUFFERS, ABSMAX_BUFFERS, resize_ to the largest seen)."""
+        if not profile_of(run).dequant_buffer or plan.dtypes.quantized not in ("nf4", "fp4"):
+            return []
+        quantized = [lin for lin in layout(arch).linears if lin.is_module and lin.quantizable]
+        if run.method != "qlora" or not quantized:
+            return []
+        numel = max(lin.in_features * lin.out_features for lin in quantized)
+        e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+        size = numel * e + numel // 64 * FP32
+        return [Saved("4-bit dequantisation buffer (kept)", size)]
 
     @staticmethod
     def autocast_cache(plan: MethodPlan) -> int:

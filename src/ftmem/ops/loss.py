@@ -4,6 +4,7 @@ cross-entropy."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ftmem.arch import HEAD, Architecture, Param, layout
@@ -13,9 +14,11 @@ from ftmem.ops.context import LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Saved
 from ftmem.profiles import compiled_chunked_loss, head_chunk_tokens, profile_of
-from ftmem.run import RunConfig
+from ftmem.run import UNPAIRED_OBJECTIVES, RunConfig
 
 CHUNKS = 8  # torchtune's num_output_chunks
+# rows per chunk of TRL's entropy_from_logits (trl/trainer/utils.py@f2cd57710ae3)
+ENTROPY_CHUNK_ROWS = 128
 
 
 @register("loss")
@@ -33,6 +36,12 @@ class Loss:
         padded); a fused loss (Liger) takes the shifted b·(s − 1), and so does torchtune's
         LinearCrossEntropyLoss, which drops the rows whose label is ignored."""
         rows = run.batch_size * run.positions
+        if run.loss == "fused" and profile_of(run).fused_loss_chunk_bytes is not None:
+            # Unsloth's fused loss shifts the labels (the last one ignored) and takes every
+            # row of the hidden states (unslothai/unsloth-zoo
+            # unsloth_zoo/fused_losses/cross_entropy_loss.py@ce232d6cef9c
+            # UnslothFusedLoss.forward: grad_inputs = torch.empty_like(hidden_states))
+            return rows
         return rows - run.batch_size if run.loss in ("fused", "linear-chunked") else rows
 
     @staticmethod
@@ -120,6 +129,8 @@ class Loss:
         are its saved tensors and the upcast is fused into the kernel that reads a chunk
         (_compiled_chunks)."""
         V, h = arch.vocab_size, arch.hidden_size
+        if run.loss == "fused" and profile_of(run).fused_loss_chunk_bytes is not None:
+            return Loss.target_chunk_transient(arch, run, e)
         if run.loss == "fused":
             rows = Loss.rows(run)
             chunk = Loss.liger_chunk_rows(rows, h, V)
@@ -135,6 +146,44 @@ class Loss:
         if run.loss == "chunked":  # torchtune: one chunk upcast at a time
             upcast //= CHUNKS
         return T * V * e + upcast
+
+    @staticmethod
+    def target_chunks(rows: int, vocab: int, target_bytes: int) -> int:
+        """Chunks of a fused loss sized so that each chunk's fp32 logits take at most
+        ``target_bytes``: the exact count rounded up to a multiple of 4, or 1 when one
+        chunk fits (unslothai/unsloth-zoo unsloth_zoo/fused_losses/cross_entropy_loss.py
+        @ce232d6cef9c get_chunk_size, _get_chunk_multiplier)."""
+        exact = rows * vocab * FP32 / target_bytes
+        if exact <= 1.0 + 1e-9:
+            return 1
+        return math.ceil(exact / 4 - 1e-9) * 4
+
+    @staticmethod
+    def target_chunk_transient(arch: Architecture, run: RunConfig, e: int) -> int:
+        """Unsloth's fused loss in forward, beyond what it keeps (the input gradient): one
+        chunk of c = ceil(rows / n) rows (torch.chunk) through the compiled
+        grad_and_value of linear + cross-entropy, its 16-bit logits and the 16-bit
+        gradient of them for the head's backward matmul (c·V·e each; the fp32 upcast and
+        the softmax fused into the kernels between, not modelled apart), the chunk's
+        input gradient (c·h·e) and the shifted labels (int64 per row)
+        (unslothai/unsloth-zoo unsloth_zoo/fused_losses/cross_entropy_loss.py@ce232d6cef9c
+        UnslothFusedLoss.forward accumulate_chunk, compute_fused_ce_loss)."""
+        V, h = arch.vocab_size, arch.hidden_size
+        rows = Loss.rows(run)
+        target = profile_of(run).fused_loss_chunk_bytes or rows * V * FP32
+        n = Loss.target_chunks(rows, V, target)
+        chunk = -(-rows // n)
+        return 2 * chunk * V * e + chunk * h * e + rows * INDEX_BYTES
+
+    @staticmethod
+    def fused_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int) -> int:
+        """A fused loss's backward beyond its kept gradients: Unsloth's scales the kept
+        input gradient out of place (``grad_inputs * scale_factor``: T·h in the hidden
+        states' dtype; UnslothFusedLoss.backward, unsloth-zoo@ce232d6cef9c); Liger's
+        returns what it kept (0)."""
+        if profile_of(run).fused_loss_chunk_bytes is None:
+            return 0
+        return Loss.rows(run) * arch.hidden_size * plan.dtypes.residual_bytes
 
     @staticmethod
     def linear_chunked_backward(arch: Architecture, plan: MethodPlan, e: int, T: int) -> int:
@@ -227,7 +276,8 @@ def held_logits_head(
 
 class PreferenceLoss:
     """A preference objective's loss over the pair forward (``run.objective``; T tokens
-    of the 2b concatenated chosen and rejected sequences, T' = T − 2b shifted ones): the
+    of the 2b concatenated chosen and rejected sequences, T' = T − 2b shifted ones; kto's
+    b unpaired completions, T' = T − b): the
     sequences' log-probabilities, measured on the CPU against ftmem's loops
     (ftmem.measure.step._preference_loss).
 
@@ -342,6 +392,50 @@ class PreferenceLoss:
             return T * V * FP32 + max(copy, log_softmax)
         row = 0 if lb == FP32 else (run.positions - 1) * V * lb
         return T * V * lb + row + copy
+
+    @staticmethod
+    def unpaired_moment(
+        arch: Architecture, run: RunConfig, e: int, T: int, no_grad_forward: int
+    ) -> int:
+        """kto, apo-zero-unpaired (0 for the other objectives): the moments after the
+        policy's loss, beyond every saved tensor; ``no_grad_forward``: one forward under
+        no_grad beyond what is held (its blocks' intermediates, or its logits and
+        log-probabilities: reference_logits_moment).
+
+        TRL (trl/trainer/kto_trainer.py@f2cd57710ae3 _compute_loss): the reference's two
+        forwards come after the policy's (the moment _with_reference counts for every
+        reference), the policy's own KL forward before it, when nothing is saved yet.
+        Then the metrics, with the policy's logits (``outputs``) and the reference's
+        (``ref_outputs``) held, both locals until the method returns:
+        ``entropy_from_logits(shift_logits.detach())`` reshapes the shifted logits into
+        rows, a copy (T'·V; the slice is not contiguous), and per chunk of 128 rows holds
+        its log-softmax, their exp and the product (3 chunks); then ``index_select``
+        copies the chosen and the rejected sequences' shifted logits (T'·V together,
+        held to the end) and ``chosen_logits[chosen_mask.bool()]`` copies one group's
+        completion rows: at most T'·V, for a batch whose completions share one label and
+        fill the sequence (the worst batch of a run; a prompt shortens it).
+
+        LLaMA-Factory (hiyouga/LLaMA-Factory src/llamafactory/train/kto/trainer.py
+        @ff6d4d12eeb0 concatenated_forward, compute_reference_log_probs): the policy's
+        fp32 logits held, its KL forward under no_grad; then the chosen and rejected
+        logits' boolean-index copies (T·V·4 together) beside the logits, the copies held
+        while the reference runs the same: its completions' forward, its KL forward
+        beside its own fp32 logits, its copies."""
+        if run.objective not in UNPAIRED_OBJECTIVES:
+            return 0
+        V, lb = arch.vocab_size, PreferenceLoss.logits_bytes(run, e)
+        if PreferenceLoss.upcasts(run):
+            logits = T * V * FP32
+            policy = logits + max(no_grad_forward, logits)  # KL forward, then the copies
+            if not run.needs_reference:
+                return policy
+            # the copies held: the reference's completions, its KL forward and its copies
+            return max(policy, logits + logits + max(no_grad_forward, logits))
+        shifted = T - run.batch_size
+        reference = T * V * lb if run.needs_reference else 0
+        chunk = min(ENTROPY_CHUNK_ROWS, shifted)
+        metrics = shifted * V * lb + max(3 * chunk, shifted) * V * lb
+        return PreferenceLoss.held_logits(arch, run, e, T) + reference + metrics
 
     @staticmethod
     def backward(arch: Architecture, run: RunConfig, e: int, T: int) -> int:

@@ -6,17 +6,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ftmem.adapters.ia3 import IA3
-from ftmem.arch import Architecture, Linear
+from ftmem.arch import Architecture, Linear, layout
 from ftmem.dtypes import FP32
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.dropout import Dropout
-from ftmem.ops.linear import LinearOp
+from ftmem.ops.linear import LinearOp, fused_lora_group
 from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
-from ftmem.profiles import profile_of
+from ftmem.profiles import fused_lora_applies, profile_of
 from ftmem.run import RunConfig
 
 
@@ -57,6 +57,8 @@ class MLP:
             return MoE.saved(ctx, state, x_grad)
         ups = [lin for lin in linears if set(lin.roles) & {"gate", "up"}]
         downs = [lin for lin in linears if "down" in lin.roles]
+        if arch.mlp == "gated" and fused_lora_group(ctx.run, ups + downs, state):
+            return MLP.fused_lora(ctx, tuple(ups), shared_input)
         any_grad = (
             x_grad or state.weights_trainable or any(lin.module in state.output_grad for lin in ups)
         )
@@ -83,6 +85,50 @@ class MLP:
             out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
         out += LinearOp.saved(ctx, downs, state, any_grad, "down_proj", f, e)
         return out
+
+    @staticmethod
+    def fused_lora(ctx: LayerContext, ups: tuple[Linear, ...], shared_input: bool) -> list[Saved]:
+        """A gated MLP as one LoRA Function (profiles.Profile.fused_lora): it keeps its
+        input X and the gate and up outputs e and g, each in X's dtype (matmul_lora
+        answers in ``X.dtype``); the activation and the product h are rebuilt in backward
+        from e and g by the kernel that also makes their gradients, in place
+        (unslothai/unsloth unsloth/kernels/fast_lora.py@015bdef0d94a LoRA_MLP.forward
+        ``save_for_backward(gateA, gateB, upA, upB, downA, downB, X, e, g)``;
+        kernels/swiglu.py swiglu_DWf_DW_dfg_kernel). ``shared_input``: X is a norm
+        output already kept."""
+        T, f, h = ctx.tokens, ctx.arch.intermediate_size, ctx.arch.hidden_size
+        x = ctx.residual  # the post-attention norm's output: X.dtype
+        out = []
+        if not shared_input:
+            what = "MLP: input (fused LoRA Function)"
+            out.append(Saved(what, T * h * x, Kind.LINEAR_INPUT, Side.MLP, ups))
+        what = "gate and up outputs (fused LoRA Function)"
+        out.append(Saved(what, 2 * T * f * x, Kind.MLP_HIDDEN, Side.MLP))
+        return out
+
+    @staticmethod
+    def runs_fused_lora(arch: Architecture, run: RunConfig, plan: MethodPlan) -> bool:
+        """The trained blocks' gated MLP runs as one fused LoRA Function (MLP.fused_lora)."""
+        if arch.mlp != "gated" or arch.is_moe or not fused_lora_applies(run):
+            return False
+        mlp = [lin for lin in layout(arch).linears if set(lin.roles) & {"gate", "up", "down"}]
+        adapted = frozenset(lin.module for lin in plan.adapted)
+        return fused_lora_group(run, mlp, BlockState(True, False, adapted))
+
+    @staticmethod
+    def fused_lora_backward(arch: Architecture, plan: MethodPlan, e: int, T: int) -> int:
+        """The fused LoRA MLP's backward beyond what it keeps: the down projection's input
+        gradient DW (T·f, made by matmul_lora into a new tensor), whose kernel writes h,
+        df and de over DW, e and g; beside it the incoming gradient (T·h) and, for a 4-bit
+        MLP, one weight dequantised afresh (f·h·e: up's, then gate's; dX is written over
+        X, ``out = X``) (unslothai/unsloth unsloth/kernels/fast_lora.py@015bdef0d94a
+        LoRA_MLP.backward; kernels/utils.py fast_dequantize without the global buffer)."""
+        f, h = arch.intermediate_size, arch.hidden_size
+        r = plan.dtypes.residual_bytes
+        four_bit = plan.dtypes.quantized in ("nf4", "fp4")
+        # (with the fp32 absmax per 64-value block it dequantises first)
+        dequant = f * h * e + f * h // 64 * FP32 if four_bit else 0
+        return T * f * e + T * h * r + dequant
 
     @staticmethod
     def gradients(arch: Architecture, run: RunConfig) -> int:

@@ -8,6 +8,7 @@ from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.profiles import profile_of
 
 
 @register("norm")
@@ -43,6 +44,15 @@ class Norm:
                 what = "mean, rstd" if input_kept else "input, mean, rstd"
                 out.append(Saved(f"{label}: {what}", size, Kind.NORM_INPUT, side))
             return out
+        if profile_of(ctx.run).kernel_rms_norm:
+            # one Triton kernel: save_for_backward(X, W, r), X in its own dtype, r the fp32
+            # rstd per row (unslothai/unsloth unsloth/kernels/rms_layernorm.py@015bdef0d94a
+            # Fast_RMS_Layernorm.forward), whatever needs the gradient
+            if not (x_grad or w_grad):
+                return []
+            in_bytes = ctx.projection_out_bytes if of_sublayer else ctx.residual
+            size = (0 if input_kept else T * h * in_bytes) + T * FP32
+            return [Saved(f"{label}: input + fp32 rstd (kernel)", size, Kind.NORM_INPUT, side)]
         gemma = ctx.arch.traits.norm_scale_in_fp32
         if ctx.compiled and side is not Side.OUTER and not gemma:
             return Norm._compiled_rms(ctx, label, x_grad, w_grad, side)
@@ -85,14 +95,19 @@ class Norm:
         return []
 
     @staticmethod
-    def backward_workspace(arch: Architecture, e: int, T: int) -> int:
+    def backward_workspace(arch: Architecture, e: int, T: int, in_place: bool = False) -> int:
         """Transient of one norm's backward.
 
         RMSNorm in transformers is written out in fp32 (x.float(), pow, mean, rsqrt, mul),
         so autograd's backward of it holds about four fp32 T·h tensors at once plus the
         incoming gradient; LayerNorm's fused kernel needs only its output gradient.
+        ``in_place``: a kernel RMSNorm (profiles.Profile.kernel_rms_norm) writes its input
+        gradient over the incoming one (Fast_RMS_Layernorm.backward ``dX = dY``), nothing
+        beyond it (Gemma's variant makes ``torch.empty_like(dY)``).
         """
         h = arch.hidden_size
+        if in_place and arch.norm == "rmsnorm":
+            return T * h * e if arch.traits.norm_scale_in_fp32 else 0
         if arch.norm == "layernorm":
             return T * h * e
         return 4 * T * h * FP32 + T * h * e

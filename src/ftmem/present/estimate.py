@@ -103,7 +103,8 @@ def beyond_rows(m: Memory) -> list[tuple[str, int]]:
         ("Peak reserved", m.peak_reserved_bytes),
         ("CUDA context and libraries", b.cuda_context),
     ]
-    return rows + ([("NCCL buffers", b.nccl)] if b.nccl else [])
+    rows += [("NCCL buffers", b.nccl)] if b.nccl else []
+    return rows + ([("vLLM engine (colocated)", b.vllm_engine)] if b.vllm_engine else [])
 
 
 def to_csv(est: Estimate, header: bool = True) -> str:

@@ -245,6 +245,7 @@ def _beyond_line(est: Estimate, units: UnitSystem) -> str:
             f"{_b(m.total_bytes, units)}" + per_gpu
         )
     nccl = f" + NCCL's buffers {_b(b.nccl, units)}" if b.nccl else ""
+    nccl += f" + the colocated vLLM engine {_b(b.vllm_engine, units)}" if b.vllm_engine else ""
     return (
         f"The caching allocator keeps {_b(b.allocator_cache, units)} more than is allocated "
         f"(replaying the step's requests through its rules): reserved "

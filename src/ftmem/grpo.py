@@ -1,0 +1,342 @@
+"""GRPO (``--objective grpo``): TRL's GRPOTrainer, one GPU.
+
+One optimizer step of huggingface/trl trl/trainer/grpo_trainer.py@f2cd57710ae3 is, for
+memory, two parts (docs/grpo.md):
+
+* **Generation**, every ``steps_per_generation`` micro-batches
+  (``_prepare_inputs``): transformers' ``generate()`` under ``torch.no_grad()`` on the
+  generation batch, R = batch_size x steps_per_generation prompts of P = seq_len - C
+  tokens each (every prompt already repeated num_generations times), C new tokens each,
+  with a DynamicCache; then, when beta != 0, the reference's per-token log-probabilities
+  under no_grad, b sequences at a time (``_generate_and_score_completions``). Its peak
+  is a moment before the training forward, beside the weights and optimizer states,
+  with no gradient (``zero_grad(set_to_none=True)`` ran) and no activation.
+* **The training micro-batch** (``_compute_loss``): b = batch_size completions of
+  seq_len tokens through the policy with ``logits_to_keep = C + 1``; the completion's
+  log-probabilities (``selective_log_softmax``: 16-bit logits one sequence at a time
+  through log_softmax, whose output is saved; fp32 logits through gather and a
+  per-sequence logsumexp, which keeps the logits), the entropies under no_grad
+  (``entropy_from_logits``: 128 rows at a time) and the dapo loss over b x C values.
+
+With ``--vllm colocate`` generation runs in a vLLM engine inside the same process,
+which takes ``vllm_gpu_memory_utilization`` of the GPU's memory for its own copy of the
+weights and its KV cache blocks (``vllm_reserved_bytes``: needs the GPU's size).
+
+Symbols: b completions per micro-batch, R rows per generation, S = seq_len, C the
+completion, P = S - C the prompt, V vocabulary, e bytes of the compute dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from ftmem.arch import Architecture
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
+from ftmem.errors import InvalidInputError
+from ftmem.methods import MethodPlan
+from ftmem.ops.saved import Saved
+from ftmem.run import RunConfig
+
+if TYPE_CHECKING:  # step imports this module lazily: no cycle at run time
+    from ftmem.step import StepParts
+
+ENTROPY_CHUNK = 128  # trl/trainer/utils.py@f2cd57710ae3 entropy_from_logits chunk_size
+
+
+def logits_bytes(run: RunConfig, e: int) -> int:
+    """Bytes per logit the loss reads: fp32 under autocast (accelerate's
+    convert_outputs_to_fp32 on the prepared model), else the compute dtype."""
+    return FP32 if run.uses_autocast else e
+
+
+def loss_saved(arch: Architecture, run: RunConfig, e: int, ids_kept: bool) -> list[Saved]:
+    """What the completion's log-probabilities and the dapo loss keep for backward (b
+    sequences): 16-bit logits, each sequence's log-softmax over its C positions
+    (b·C·V·e); fp32 logits, the logits themselves (all C + 1 kept positions: logsumexp
+    reads views of them) and a logsumexp per position; gather's index, a view of the
+    concatenated input ids (b·S int64), unless the embedding's backward keeps them
+    already; the loss's per-token tensors: exp's result (the ratio, in the logits'
+    dtype), the two fp32 products with the advantages that ``torch.min`` keeps, with
+    beta != 0 the KL term's exp (the logits' dtype: so are the reference's
+    log-probabilities), the fp32 normaliser; and the views of the
+    generation batch the loss reads, whose whole storages they keep: the completion
+    mask (R·C int64, the product's) and the advantages (R fp32)."""
+    b, S, C, V = run.batch_size, run.seq_len, run.completion, arch.vocab_size
+    lb = logits_bytes(run, e)
+    if lb == FP32:
+        probs = Saved("GRPO: fp32 logits + logsumexp", b * (C + 1) * V * FP32 + b * C * FP32)
+    else:
+        probs = Saved("GRPO: 16-bit log-softmax of the completions", b * C * V * lb)
+    out = [probs]
+    if not ids_kept:
+        out.append(Saved("GRPO: input ids (gather's index)", b * S * INDEX_BYTES))
+    kl = b * C * lb if run.needs_reference else 0  # the reference's are in the logits' dtype
+    per_token = b * C * lb + 2 * b * C * FP32 + kl + FP32
+    out.append(Saved("GRPO: the dapo loss's per-token tensors", per_token))
+    out.append(Saved("GRPO: completion mask + advantages (generation batch)", read_by_loss(run)))
+    return out
+
+
+def read_by_loss(run: RunConfig) -> int:
+    """The generation batch's storages the loss keeps through its views: the completion
+    mask (R·C int64) and the advantages (R fp32)."""
+    R = run.generation_rows
+    return R * run.completion * INDEX_BYTES + R * FP32
+
+
+def head_saved(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, train: bool
+) -> list[Saved]:
+    """The LM head's side over the C + 1 positions ``logits_to_keep`` keeps
+    (transformers' ``lm_head(hidden_states[:, -(C + 1):, :])``): the head's input, when
+    its weight trains, is the sliced hidden states, which the matmul's reshape copies
+    when b > 1 (the slice is not contiguous; with b = 1 it is a view of the final norm's
+    whole output); the 16-bit weight copy under autocast; the soft-capping's tanh over
+    the kept logits."""
+    b, S, C, V, h = run.batch_size, run.seq_len, run.completion, arch.vocab_size, arch.hidden_size
+    out: list[Saved] = []
+    if train or plan.head_trainable:
+        rows = b * (C + 1) if b > 1 else b * S
+        out.append(Saved("LM head input (the kept positions)", rows * h * e))
+    if plan.dtypes.casts_weights:
+        out.append(Saved("LM head 16-bit weight copy", V * h * 2))
+    if arch.final_logit_softcapping:
+        out.append(Saved("logit soft-capping tanh (the kept positions)", b * (C + 1) * V * e))
+    return out
+
+
+def logits_moment(arch: Architecture, run: RunConfig, e: int) -> int:
+    """At the loss in forward, beyond every saved tensor: the policy's logits the
+    trainer holds (b·(C + 1)·V in the logits' dtype; with fp32 logits they are saved, and
+    the 16-bit ones beside their fp32 copy first), the attention mask (b·S int64), then
+    the entropies under no_grad: ``logits.reshape(-1, V)`` copies the sliced logits when
+    b > 1 (the slice is not contiguous), and each chunk of 128 rows makes its
+    log-softmax, exp and product (3 chunks) beside it."""
+    b, S, C, V = run.batch_size, run.seq_len, run.completion, arch.vocab_size
+    lb = logits_bytes(run, e)
+    kept = b * (C + 1) * V
+    rows = b * C
+    mask = b * S * INDEX_BYTES
+    entropy = (rows * V * lb if b > 1 else 0) + 3 * min(ENTROPY_CHUNK, rows) * V * lb
+    if lb == FP32:  # the logits are saved; their 16-bit original lived beside the copy
+        upcast = kept * e if e != FP32 else 0
+        return mask + max(upcast, entropy)
+    return mask + kept * lb + entropy
+
+
+def loss_backward(arch: Architecture, run: RunConfig, e: int) -> int:
+    """The loss's backward beyond the saved tensors (measured on the CPU, the head's
+    backward before the final norm's: docs/grpo.md): 16-bit, unbind's stacked gradient
+    of the sequences' log-softmaxes (b·C·V), the outer slice's copy of it (b·C·V) and
+    the inner slice's full-size one (b·(C + 1)·V); fp32, gather's scattered gradient,
+    unbind's stacked one from the logsumexps and their sum (3·b·C·V·4)."""
+    b, C, V = run.batch_size, run.completion, arch.vocab_size
+    lb = logits_bytes(run, e)
+    if lb == FP32:
+        return 3 * b * C * V * FP32
+    return 2 * b * C * V * lb + b * (C + 1) * V * lb
+
+
+def buffered_bytes(run: RunConfig, e: int) -> int:
+    """The generation batch the trainer keeps between micro-batches
+    (``self._buffered_inputs``): prompt and completion ids and masks (int64), the
+    advantages (fp32), and the per-token log-probabilities (in the logits' dtype) of the
+    reference (beta != 0) and of the policy before the step (``old_logps``)."""
+    R, S, C = run.generation_rows, run.seq_len, run.completion
+    per_token = R * C * logits_bytes(run, e)
+    ref = per_token * (int(run.needs_reference) + int(old_logps(run)))
+    return 2 * R * S * INDEX_BYTES + R * FP32 + ref
+
+
+def kv_cache_bytes(arch: Architecture, rows: int, tokens: int, e: int) -> int:
+    """transformers' DynamicCache: a key and a value per layer, rows x kv_heads x tokens
+    x head_size in the compute dtype."""
+    return 2 * arch.num_layers * rows * arch.kv_heads * tokens * arch.head_size * e
+
+
+def generation_moment(arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:
+    """The largest moment of ``generate()`` on the generation batch, beyond the weights,
+    the optimizer states and the buffered inputs (_generate_single_turn, no vLLM):
+
+    - the prefill, R·P tokens under no_grad: a frozen block's forward transient (its
+      MLP intermediates or eager scores, the residual stream and norm output) beside the
+      cache of every layer so far (the current layer's included: it is appended before
+      the MLP runs);
+    - the last decoding step: the cache at S - 1 tokens, plus one layer's key (or value)
+      remade one token longer by ``torch.cat`` while the old one lives
+      (cache_utils.py DynamicLayer.update), the step's logits (R·V·e), their fp32 copy
+      and the sampling probabilities (R·V·4 each);
+
+    with the prompt ids and mask (R·P int64 each) and the growing ids (``torch.cat``
+    each step: old and new, R·S int64 each) beside them."""
+    from ftmem.transients import frozen_forward_transient
+
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    R, S, C = run.generation_rows, run.seq_len, run.completion
+    P, V = S - C, arch.vocab_size
+    # no_grad: nothing is checkpointed
+    prefill_run = run.model_copy(update={"batch_size": R, "seq_len": P, "grad_ckpt": False})
+    prefill = frozen_forward_transient(
+        arch, prefill_run, e, plan.dtypes.residual_bytes, R * P
+    ) + kv_cache_bytes(arch, R, P, e)
+    one_layer_key = kv_cache_bytes(arch, R, S - 1, e) // (2 * arch.num_layers)
+    decode = (
+        kv_cache_bytes(arch, R, S - 1, e)
+        + one_layer_key
+        + R * V * e
+        + 2 * R * V * FP32
+        + 2 * R * S * INDEX_BYTES
+    )
+    return 2 * R * P * INDEX_BYTES + max(prefill, decode)
+
+
+def old_logps(run: RunConfig) -> bool:
+    """Whether the trainer computes the policy's "old" log-probabilities after
+    generation (_generate_and_score_completions): when the generation batch does not
+    end with the optimizer step (gradient_accumulation_steps % steps_per_generation,
+    num_iterations 1) or with vLLM (vllm_importance_sampling_correction, True by
+    default)."""
+    return run.grad_accum % run.generation_steps != 0 or run.vllm is not None
+
+
+def reference_moment(arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:
+    """The no_grad log-probabilities after generation, b sequences at a time
+    (``_get_per_token_logps_and_entropies`` with batch_size = per_device_train_batch_size):
+    the reference's when beta != 0, the policy's old ones (``old_logps``). Each is a
+    frozen block's forward over b·S tokens, or at its end the logits (b·(C + 1)·V) with
+    one sequence's 16-bit log-softmax (C·V·e) or, fp32, the whole logits' logsumexp
+    inputs; beside the concatenated ids and mask of the generation batch (R·S int64
+    each) and the new buffer's prompt and completion tensors."""
+    from ftmem.transients import frozen_forward_transient
+
+    if not (run.needs_reference or old_logps(run)):
+        return 0
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    b, S, C, V = run.batch_size, run.seq_len, run.completion, arch.vocab_size
+    lb = logits_bytes(run, e)
+    T = b * S
+    no_grad = run.model_copy(update={"grad_ckpt": False})
+    block = frozen_forward_transient(arch, no_grad, e, plan.dtypes.residual_bytes, T)
+    upcast = b * (C + 1) * V * e if lb != e else 0
+    row = C * V * lb if lb != FP32 else 0
+    logits = b * (C + 1) * V * lb + max(row, upcast)
+    return 2 * run.generation_rows * S * INDEX_BYTES + buffered_bytes(run, e) + max(block, logits)
+
+
+def check_supported(arch: Architecture, run: RunConfig) -> None:
+    """Refuse what the GRPO model does not cover, in one sentence."""
+    if run.activation_offload:
+        raise InvalidInputError(
+            "--objective grpo is not modelled with --activation-offload yet; drop it"
+        )
+    if run.vllm == "server":
+        return  # generation runs on another machine: nothing on this GPU
+    if run.framework not in ("hf", "axolotl"):
+        raise InvalidInputError(
+            f"--objective grpo follows TRL's GRPOTrainer; --framework {run.framework} "
+            "is not modelled for it"
+        )
+
+
+def with_grpo(parts: StepParts, arch: Architecture, run: RunConfig) -> StepParts:
+    """The SFT step's parts over b sequences of seq_len tokens (``parts``, built with
+    objective sft) turned into GRPO's: the cross-entropy replaced by the completion's
+    log-probabilities and entropies, the reference's weights when beta != 0, the
+    buffered generation batch held by the loop, and generation (or the reference's
+    forward) as the moment before the training forward."""
+    from ftmem.ops.loss import Loss
+
+    plan, sizes = parts.plan, parts.sizes
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    items = list(parts.outer_items)
+    T = run.batch_size * run.seq_len
+    train = plan.outer_trainable
+    # the SFT step ends with the LM head's and the cross-entropy's items
+    # (activations.outer_saved, the standard loss): GRPO's replace them
+    tail = Loss.saved(arch, plan, T, train, FP32)
+    if items[-len(tail) :] != tail:
+        raise AssertionError("the SFT step's outer items do not end with its loss's")
+    new = head_saved(arch, run, plan, e, train) + loss_saved(
+        arch, run, e, ids_kept=train or plan.embed_trainable
+    )
+    items = items[: -len(tail)] + new
+    delta = sum(s.nbytes for s in new) - sum(s.nbytes for s in tail)
+    acts = sizes.activations
+    before = 0
+    if run.vllm is None:
+        before = generation_moment(arch, run, plan)
+    before = max(before, reference_moment(arch, run, plan))
+    if sizes.gradients.persist and run.generation_steps >= run.grad_accum:
+        # the timeline holds every gradient from the second micro-batch on; generation
+        # runs at the first one, after zero_grad(set_to_none=True): none exists then
+        # (with fewer steps per generation than micro-batches it also runs later, beside
+        # the gradients)
+        before = max(before - sizes.gradients.total, 0)
+    from ftmem.step import reference_weights
+
+    head = dataclasses.replace(
+        sizes.head,
+        logits_forward=logits_moment(arch, run, e),
+        loss_backward=loss_backward(arch, run, e),
+    )
+    new_sizes = dataclasses.replace(
+        sizes,
+        weights=sizes.weights + reference_weights(plan, run),
+        activations=dataclasses.replace(acts, above=acts.above + delta),
+        head=head,
+        teacher_forward=before,
+        # the mask's and the advantages' storages are counted with the loss's saved items
+        loop_held=sizes.loop_held + buffered_bytes(run, e) - read_by_loss(run),
+    )
+    return dataclasses.replace(
+        parts,
+        sizes=new_sizes,
+        activations=parts.activations + delta,
+        outer_items=tuple(items),
+    )
+
+
+def grpo_note(plan: MethodPlan, run: RunConfig) -> str:
+    """What a GRPO estimate models, in one note."""
+    from ftmem.step import reference_weights
+
+    R, C = run.generation_rows, run.completion
+    P = run.seq_len - C
+    if run.vllm == "colocate":
+        gen = (
+            f"generation in a colocated vLLM engine holding {run.vllm_share:.0%} of the GPU "
+            "(in the device total on a CUDA GPU of known size, beyond the allocated peak)"
+        )
+    elif run.vllm == "server":
+        gen = "generation on a vLLM server (nothing on this GPU)"
+    else:
+        gen = (
+            f"generate() with a KV cache on {R} prompts of {P} tokens, {C} new tokens each, "
+            "as a moment before the training forward"
+        )
+    ref = "no reference (beta 0)"
+    if run.needs_reference:
+        copy = reference_weights(plan, run)
+        ref = (
+            f"reference: a frozen copy ({copy:,} bytes, included in Weights)"
+            if copy
+            else "reference: the adapter disabled"
+        ) + f", its log-probabilities under no_grad after generation, {run.batch_size} at a time"
+    return (
+        f"GRPO (TRL GRPOTrainer, loss dapo): {run.batch_size} completions of {run.seq_len} "
+        f"tokens per micro-batch, log-probabilities over the last {C}; {gen}; {ref}."
+    )
+
+
+def vllm_reserved_bytes(run: RunConfig, gpu_memory_bytes: int) -> int:
+    """--vllm colocate: what the engine takes of the GPU, its gpu_memory_utilization
+    share of the total memory (vLLM sizes its KV cache blocks so that its weights, its
+    activations' profile and the blocks fill that share: vllm-project/vllm
+    vllm/v1/worker/gpu_worker.py Worker.determine_available_memory, commit not pinned;
+    TRL passes vllm_gpu_memory_utilization to LLM(...): huggingface/trl
+    trl/generation/vllm_generation.py@f2cd57710ae3).
+    0 without a colocated engine."""
+    if run.objective != "grpo" or run.vllm != "colocate":
+        return 0
+    return int(gpu_memory_bytes * run.vllm_share)

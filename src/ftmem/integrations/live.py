@@ -1,0 +1,515 @@
+"""A training run read from its live objects: the model (its config, its peft wrapper,
+its quantisation, the dtypes of its parameters, checkpointing), the optimizer and the
+trainer's arguments, as the settings of :func:`ftmem.estimate`.
+
+Everything is read by attribute, so this module imports neither torch nor transformers.
+What a live object says wins over what a config file would say (the dtype every
+parameter really has, the modules peft really wrapped); each setting records where it
+was read (:attr:`LiveRun.said`), and differences become notes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ftmem.arch import Architecture
+from ftmem.errors import InvalidInputError
+from ftmem.filekeys import Keys
+from ftmem.frameworks.distributed import LAUNCHER_NOTE, distributed_settings
+from ftmem.frameworks.hf_trainer import LIMITS_NOTED
+from ftmem.frameworks.shared import ATTENTION, FrameworkConfig, galore_args, hf_optimizer
+from ftmem.quantized_base import on_quantized_base, quantized_base
+from ftmem.sources import architecture_from_config
+
+# torch dtypes as str(dtype) spells them, as ftmem names them
+DTYPES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
+# peft's LoRA-family parameters and trainable copies (peft tuners/lora/layer.py names)
+ADAPTER_PARAM = re.compile(r"\.(lora_[A-Za-z_]+|modules_to_save)\.")
+# the sequence lengths TRL's configs and transformers' scripts carry, the first set wins
+SEQ_LEN_ARGS = ("max_length", "max_seq_length")
+# the longest example is looked for in datasets of at most this many rows
+PROBED_ROWS = 10_000
+HALF_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# trl/kernels/chunked_logprob.py (trl 1.16.0) ChunkedLogProb: TOKEN_CHUNK_SIZE 4096,
+# trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE 32768
+TRL_FUSED_NOTE = (
+    "TRL's fused LM head (SFTTrainer's chunked log-probabilities) is estimated as a fused "
+    "linear cross-entropy; its own tile buffer, min(tokens, 4096) × 32768 logits in the "
+    "compute dtype in forward and again in backward, is not counted yet."
+)
+# optimizer classes (torch.optim, bitsandbytes.optim, transformers.optimization, lion_pytorch)
+# as ftmem's --optimizer; SGD by its momentum
+LIVE_OPTIMIZERS = {
+    "AdamW": "adamw",
+    "Adam": "adamw",
+    "AdamW32bit": "adamw",
+    "PagedAdamW32bit": "adamw",
+    "AdamW8bit": "adamw-8bit",
+    "PagedAdamW8bit": "paged-adamw-8bit",
+    "Adafactor": "adafactor",
+    "Lion": "lion",
+    "Lion32bit": "lion",
+    "PagedLion32bit": "lion",
+}
+PROMPT_PEFT = {"PROMPT_TUNING": "prompt-tuning", "P_TUNING": "p-tuning"}
+
+
+@dataclass
+class LiveRun:
+    """The run as read: the architecture, ftmem.estimate's settings, where each came
+    from, what could not be read exactly (notes), and the modules peft wrapped."""
+
+    arch: Architecture
+    settings: dict[str, Any] = field(default_factory=dict)
+    said: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    wrapped: list[str] = field(default_factory=list)  # full names of peft-wrapped modules
+    n_params: int = 0  # elements of the live parameters (a packed 4-bit weight: its bytes)
+    n_trainable: int = 0
+
+    def set(self, setting: str, value: Any, said: str) -> None:
+        self.settings[setting] = value
+        self.said[setting] = said
+
+
+def base_model(model: Any) -> Any:
+    """The transformers model under peft's wrapper, DDP's ``module`` and torch.compile's
+    ``_orig_mod``."""
+    for _ in range(8):
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "module") and hasattr(model.module, "config"):
+            model = model.module
+        else:
+            break
+    return model
+
+
+def read_architecture(model: Any) -> tuple[Architecture, dict[str, Any]]:
+    """The model's config as ``ftmem estimate config.json`` reads it, and the config."""
+    base = base_model(model)
+    config = getattr(base, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        raise InvalidInputError(
+            f"{type(base).__name__} has no transformers config: ftmem reads the model's "
+            "architecture from model.config."
+        )
+    cfg = config.to_dict()
+    name = str(cfg.get("_name_or_path") or type(base).__name__)
+    return architecture_from_config(cfg, name, "the live model's config"), cfg
+
+
+def read_run(
+    model: Any,
+    args: Any,
+    optimizer: Any = None,
+    dataset: Any = None,
+    given: dict[str, Any] | None = None,
+) -> LiveRun:
+    """The run's settings from the live model, optimizer and TrainingArguments (or a
+    TRL config); ``given`` (the callback's own keyword settings) win over both."""
+    arch, cfg = read_architecture(model)
+    live = LiveRun(arch)
+    _read_method(model, live)
+    _read_quantisation(cfg, live)
+    _read_dtypes(model, args, live)
+    _config_dtype_note(cfg, model, live)
+    _read_model_flags(model, args, live)
+    _read_args(args, live)
+    _read_optimizer(optimizer, live)
+    _read_seq_len(args, dataset, live)
+    _read_parallel(args, live)
+    for key, value in (given or {}).items():
+        live.set(key, value, "FtmemCallback's own settings")
+    return live
+
+
+# -- the model --------------------------------------------------------------------------
+
+
+def _peft_config(model: Any) -> Any:
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict) or not configs:
+        return None
+    active = getattr(model, "active_adapter", None)
+    if isinstance(active, list | tuple):
+        active = active[0] if active else None
+    return configs.get(active) if active in configs else next(iter(configs.values()))
+
+
+def _read_method(model: Any, live: LiveRun) -> None:
+    """The method: peft's config and the modules it wrapped, else full or a partial
+    trainable set."""
+    params = list(model.named_parameters())
+    live.n_params = sum(numel(p) for _, p in params)
+    live.n_trainable = sum(numel(p) for _, p in params if p.requires_grad)
+    pc = _peft_config(model)
+    if pc is None:
+        _plain_method(params, live)
+        return
+    kind = str(getattr(pc.peft_type, "value", pc.peft_type)).upper()
+    said = f"model.peft_config ({type(pc).__name__})"
+    if kind == "LORA":
+        _lora(model, pc, live, said)
+    elif kind == "IA3":
+        live.set("method", "ia3", said)
+        live.set("ia3_targets", ",".join(sorted(_names(pc.target_modules))), said)
+    elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
+        live.set("method", PROMPT_PEFT.get(kind, "prefix-tuning"), said)
+        live.set("virtual_tokens", int(pc.num_virtual_tokens), said)
+        if kind == "PREFIX_TUNING" and getattr(pc, "prefix_projection", False):
+            live.set("prefix_projection", True, said)
+    else:
+        raise InvalidInputError(
+            f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, IA3, "
+            "prompt, prefix and P-tuning)."
+        )
+
+
+def _names(targets: Any) -> list[str]:
+    if targets is None:
+        return []
+    if isinstance(targets, str):
+        return [targets]
+    return [str(t) for t in targets]
+
+
+def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    method = "dora" if getattr(pc, "use_dora", False) else "lora"
+    if method == "lora" and getattr(pc, "use_rslora", False):
+        method = "rslora"
+    live.set("method", method, said)
+    live.set("lora_r", int(pc.r), said)
+    live.set("lora_alpha", float(pc.lora_alpha), said)
+    if pc.lora_dropout:
+        live.set("lora_dropout", float(pc.lora_dropout), said)
+    live.wrapped = [n for n, m in model.named_modules() if hasattr(m, "lora_A")]
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in live.wrapped})
+    if leaves:  # what peft wrapped wins over target_modules (a regex, "all-linear")
+        live.set("lora_targets", ",".join(leaves), "the modules peft wrapped (lora_A)")
+    configured = _names(pc.target_modules)
+    if configured and sorted(configured) != leaves:
+        live.notes.append(
+            f"peft's target_modules {configured} wrapped {', '.join(leaves) or 'nothing'}: "
+            "estimated with the modules wrapped."
+        )
+    if getattr(pc, "layers_to_transform", None) is not None:
+        live.notes.append(
+            "peft layers_to_transform: adapters in some layers only are not modelled; "
+            "estimated with adapters in every layer."
+        )
+    saved = _names(getattr(pc, "modules_to_save", None))
+    kinds = {"embed" if "embed" in n else "head" if "lm_head" in n else "" for n in saved}
+    if kinds - {""}:
+        live.set("lora_modules_to_save", ",".join(sorted(kinds - {""})), said)
+    if "" in kinds:
+        live.notes.append(
+            f"peft modules_to_save {saved}: only the token embedding and the LM head are modelled."
+        )
+
+
+def _plain_method(params: list[tuple[str, Any]], live: LiveRun) -> None:
+    """No peft: every parameter trains (full), or those that do, by name (partial)."""
+    trainable = [n for n, p in params if p.requires_grad]
+    said = "the parameters' requires_grad"
+    if not trainable:
+        raise InvalidInputError("No parameter of the model requires grad: nothing would train.")
+    if len(trainable) == len(params):
+        live.set("method", "full", said)
+        return
+    live.set("method", "partial", said)
+    patterns = trainable_patterns([n for n, _ in params], trainable)
+    live.set("trainable_modules", ",".join(patterns), said)
+
+
+def trainable_patterns(names: list[str], trainable: list[str]) -> list[str]:
+    """--trainable-modules for a trainable set: the shortest module prefixes under which
+    every parameter trains (``^model\\.layers\\.``), else the parameter's own name."""
+    trained = set(trainable)
+    chosen: list[str] = []
+    for name in trainable:
+        parts = name.split(".")
+        for k in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:k])
+            under = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+            if all(n in trained for n in under):
+                if prefix not in chosen:
+                    chosen.append(prefix)
+                break
+    return ["^" + re.escape(p) + ("$" if p in trained else r"\.") for p in chosen]
+
+
+def _read_quantisation(cfg: dict[str, Any], live: LiveRun) -> None:
+    """bitsandbytes / GPTQ / AWQ from the config's quantization_config: a LoRA on it is
+    a QLoRA over the base's own format (ftmem.quantized_base)."""
+    base = quantized_base(cfg)
+    if base is None:
+        return
+    base = replace(base, said_by="model.config.quantization_config")
+    settings, notes = on_quantized_base(base, live.settings)
+    for key in ("method", "quant", "double_quant"):
+        if key in settings and settings[key] != live.settings.get(key):
+            live.set(key, settings[key], "model.config.quantization_config")
+    live.notes += notes
+    given = str((cfg.get("quantization_config") or {}).get("bnb_4bit_compute_dtype"))
+    compute = HALF_NAMES.get(given.removeprefix("torch."))
+    if compute and live.settings.get("method") == "qlora" and live.settings.get("quant") != "int8":
+        live.set("compute_dtype", compute, "quantization_config.bnb_4bit_compute_dtype")
+
+
+def numel(p: Any) -> int:
+    """A parameter's elements; under DeepSpeed ZeRO-3 the local tensor is empty and
+    ``ds_numel`` holds the count."""
+    return int(getattr(p, "ds_numel", None) or p.numel())
+
+
+def dtype_elements(model: Any, trainable: bool) -> Counter[str]:
+    """Elements per floating dtype among the (frozen or trainable) parameters; the
+    quantised storage (uint8, int8) left out."""
+    count: Counter[str] = Counter()
+    for _, p in model.named_parameters():
+        name = DTYPES.get(str(p.dtype))
+        if name is not None and bool(p.requires_grad) == trainable:
+            count[name] += numel(p)
+    return count
+
+
+def _read_dtypes(model: Any, args: Any, live: LiveRun) -> None:
+    """The precision from the dtypes the parameters really have and the trainer's
+    bf16 / fp16 (autocast): HF Trainer keeps the weights' dtype and autocasts."""
+    frozen, trained = dtype_elements(model, False), dtype_elements(model, True)
+    weights = (frozen or trained).most_common(1)
+    if not weights:
+        return
+    dtype = weights[0][0]
+    said = f"the parameters' dtype ({dtype}) and TrainingArguments' bf16/fp16"
+    half = (
+        "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else ""
+    )
+    if dtype == "fp32":
+        live.set("precision", f"{half}-mixed" if half else "fp32", said)
+    else:
+        live.set("precision", dtype, said)
+        if half:
+            live.set("autocast", True, said)
+    mixed = [d for d in (frozen + trained) if d != dtype]
+    method = live.settings.get("method")
+    if method in ("lora", "dora", "rslora", "qlora", "ia3") and trained:
+        adapter = trained.most_common(1)[0][0]
+        live.set("adapter_dtype", adapter, f"the trainable (adapter) parameters' dtype ({adapter})")
+    elif mixed and trained:
+        live.notes.append(
+            f"The parameters hold several dtypes ({', '.join(sorted(set(frozen + trained)))}); "
+            f"estimated as {dtype}."
+        )
+
+
+def _config_dtype_note(cfg: dict[str, Any], model: Any, live: LiveRun) -> None:
+    """The config's dtype (what config.json would say) against the parameters' own."""
+    given = cfg.get("dtype") or cfg.get("torch_dtype")
+    said = HALF_NAMES.get(str(given).removeprefix("torch."))
+    weights = (dtype_elements(model, False) or dtype_elements(model, True)).most_common(1)
+    if said and weights and weights[0][0] != said:
+        live.notes.append(
+            f"The model's config says dtype {given}, its parameters are {weights[0][0]}: "
+            "estimated with the parameters' dtype."
+        )
+
+
+def compared(live: LiveRun, n_trainable_estimated: int) -> list[str]:
+    """What the live model has that the estimate's layout does not: notes."""
+    if live.n_trainable == n_trainable_estimated:
+        return []
+    return [
+        f"The live model trains {live.n_trainable:,} parameters, the estimate's layout "
+        f"{n_trainable_estimated:,}: the estimate follows the layout (check the trainable "
+        "set: modules_to_save, layers_to_transform, frozen parts)."
+    ]
+
+
+def _read_model_flags(model: Any, args: Any, live: LiveRun) -> None:
+    """Checkpointing as the model has it (the trainer turns it on before on_train_begin)
+    and the attention implementation."""
+    base = base_model(model)
+    attr = "is_activation_checkpointing"
+    on = getattr(base, attr, None)
+    if on is None:
+        attr = "is_gradient_checkpointing"
+        on = getattr(base, attr, None)
+    # transformers 5.24 renamed it activation_checkpointing (the old name warns)
+    wanted = getattr(args, "activation_checkpointing", None)
+    if wanted is None:
+        wanted = getattr(args, "gradient_checkpointing", False)
+    wanted = bool(wanted)
+    if on is None:
+        live.set("grad_ckpt", wanted, "TrainingArguments.gradient_checkpointing")
+    else:
+        live.set("grad_ckpt", bool(on), f"model.{attr}")
+        if bool(on) != wanted:
+            live.notes.append(
+                f"The model has checkpointing {'on' if on else 'off'}, TrainingArguments "
+                f"asked for it {'on' if wanted else 'off'}: estimated as the model has it."
+            )
+    impl = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    if isinstance(impl, str):
+        live.set("attn", ATTENTION.get(impl, "sdpa"), "model.config._attn_implementation")
+        if impl not in ATTENTION:
+            live.notes.append(f"attention {impl} is not modelled; estimated with sdpa's memory.")
+    forward = getattr(base, "forward", None)
+    code = getattr(getattr(forward, "__func__", forward), "__code__", None)
+    if getattr(code, "co_name", None) == "_fused_forward":
+        live.set("loss", "fused", "model.forward (TRL's add_fused_lm_head)")
+        live.notes.append(TRL_FUSED_NOTE)
+    device = next((str(p.device) for _, p in model.named_parameters()), "cuda")
+    live.set("device", "cpu" if device.startswith("cpu") else "cuda", "the parameters' device")
+
+
+# -- the trainer's arguments ------------------------------------------------------------
+
+
+def _text(value: Any) -> str | None:
+    value = getattr(value, "value", value)  # transformers' enums (OptimizerNames)
+    return value if isinstance(value, str) and value else None
+
+
+def _read_args(args: Any, live: LiveRun) -> None:
+    """Batch, accumulation, optimizer (by name), the memory features of TRL's configs."""
+    name = type(args).__name__
+    live.set(
+        "batch_size", int(args.per_device_train_batch_size), f"{name}.per_device_train_batch_size"
+    )
+    live.set(
+        "grad_accum", int(args.gradient_accumulation_steps), f"{name}.gradient_accumulation_steps"
+    )
+    cfg = FrameworkConfig("trl", name, None, {"method": live.settings.get("method", "full")})
+    keys = Keys({"optim": _text(getattr(args, "optim", None)),
+                 "optim_args": getattr(args, "optim_args", None),
+                 "optim_target_modules": getattr(args, "optim_target_modules", None)}, name)  # fmt: skip
+    hf_optimizer(keys, "optim", cfg)
+    galore_args(keys, cfg)
+    for key, value in cfg.settings.items():
+        if value != live.settings.get(key, "full" if key == "method" else None):
+            live.set(key, value, f"{name}.optim")
+    live.notes += cfg.notes
+    if getattr(args, "use_liger_kernel", False):
+        live.set("loss", "fused", f"{name}.use_liger_kernel")
+    strategy = _text(getattr(args, "eval_strategy", None)) or "no"
+    if strategy != "no" and getattr(args, "per_device_eval_batch_size", None):
+        batch = int(args.per_device_eval_batch_size)
+        live.set("eval_batch_size", batch, f"{name}.per_device_eval_batch_size (eval_strategy)")
+    if getattr(args, "activation_offloading", False):
+        live.set("activation_offload", True, f"{name}.activation_offloading")
+    if getattr(args, "torch_compile", False):
+        live.set("compile", True, f"{name}.torch_compile")
+    for key, note in LIMITS_NOTED.items():
+        if getattr(args, key, None) not in (None, False, 0, 0.0):
+            live.notes.append(f"{key}: {note}")
+    if name not in ("TrainingArguments", "SFTConfig", "Seq2SeqTrainingArguments"):
+        live.notes.append(
+            f"{name}: estimated as supervised finetuning (the objective's own memory, such "
+            "as a reference model, is not read from a live trainer yet)."
+        )
+
+
+def _read_optimizer(optimizer: Any, live: LiveRun) -> None:
+    """The live optimizer's class wins over the name in the arguments (a trainer given
+    ``optimizers=``); torch's own say which kernel runs (fused, foreach, for-loop)."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+    defaults = getattr(inner, "defaults", None)
+    if inner is None or not isinstance(defaults, dict) or live.settings.get("method") == "galore":
+        return
+    kind = type(inner).__name__
+    said = f"the optimizer ({type(inner).__module__}.{kind})"
+    mapped = LIVE_OPTIMIZERS.get(kind)
+    if kind == "SGD":
+        mapped = "sgd-momentum" if defaults.get("momentum") else "sgd"
+    if mapped is None:
+        live.notes.append(
+            f"The optimizer {kind} is not modelled; estimated as "
+            f"{live.settings.get('optimizer', 'adamw')}."
+        )
+        return
+    if mapped != live.settings.get("optimizer"):
+        live.set("optimizer", mapped, said)
+    if not type(inner).__module__.startswith("torch.optim"):
+        live.settings.pop("optimizer_impl", None)
+        live.said.pop("optimizer_impl", None)
+        return
+    if defaults.get("fused"):
+        live.set("optimizer_impl", "fused", f"{said}.defaults")
+    elif defaults.get("foreach"):
+        live.set("optimizer_impl", "foreach", f"{said}.defaults")
+    else:  # foreach None: torch takes foreach when every tensor is on CUDA, else a for-loop
+        on_cuda = live.settings.get("device") == "cuda" and defaults.get("foreach") is None
+        live.set("optimizer_impl", "foreach" if on_cuda else "for-loop", f"{said}.defaults")
+
+
+def _read_seq_len(args: Any, dataset: Any, live: LiveRun) -> None:
+    """The sequence length: TRL's max_length, else the longest example of a small
+    dataset; the measured step's own shape replaces it in the report."""
+    name = type(args).__name__
+    for key in SEQ_LEN_ARGS:
+        value = getattr(args, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            live.set("seq_len", value, f"{name}.{key}")
+            return
+    longest = longest_example(dataset)
+    if longest:
+        live.set("seq_len", longest, "the longest input_ids of the training dataset")
+        return
+    live.notes.append(
+        "No sequence length on the trainer's arguments and none found in the dataset: "
+        "estimated at ftmem's 512 tokens (give FtmemCallback(seq_len=...)); the report "
+        "after the measured step uses the step's real shape."
+    )
+
+
+def longest_example(dataset: Any) -> int | None:
+    """The longest ``input_ids`` of a map-style dataset of at most PROBED_ROWS rows."""
+    try:
+        rows = len(dataset)
+    except TypeError:
+        return None
+    if not rows or rows > PROBED_ROWS:
+        return None
+    longest = 0
+    for i in range(rows):
+        row = dataset[i]
+        ids = row.get("input_ids") if isinstance(row, dict) else None
+        if ids is None:
+            return None
+        longest = max(longest, len(ids))
+    return longest or None
+
+
+def _read_parallel(args: Any, live: LiveRun) -> None:
+    """World size (the launcher's processes), DeepSpeed and FSDP as TrainingArguments
+    hold them after their __post_init__."""
+    world = int(getattr(args, "world_size", 1) or 1)
+    if world > 1:
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        if per_node <= 0 or world % per_node:
+            per_node = world
+        live.set("gpus", per_node, "TrainingArguments.world_size and LOCAL_WORLD_SIZE")
+        live.set("nodes", world // per_node, "TrainingArguments.world_size and LOCAL_WORLD_SIZE")
+    deepspeed = getattr(getattr(args, "hf_deepspeed_config", None), "config", None)
+    data = {
+        "deepspeed": deepspeed or getattr(args, "deepspeed", None) or None,
+        "fsdp": getattr(args, "fsdp", None) or None,
+        "fsdp_config": getattr(args, "fsdp_config", None) or None,
+    }
+    data = {k: v for k, v in data.items() if v is not None}
+    if not data:
+        return
+    cfg = FrameworkConfig("trl", type(args).__name__, None, {})
+    distributed_settings(Keys(data, type(args).__name__), Path.cwd(), cfg)
+    for key, value in cfg.settings.items():
+        live.set(key, value, f"{type(args).__name__}.deepspeed / fsdp")
+    live.notes += [n for n in cfg.notes if n != LAUNCHER_NOTE]

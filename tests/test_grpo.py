@@ -1,0 +1,263 @@
+"""GRPO (--objective grpo, ftmem.grpo): what the estimate adds to SFT's step, stated by
+hand from TRL's GRPOTrainer (huggingface/trl @f2cd57710ae3: trl/trainer/grpo_trainer.py
+_generate_single_turn, _generate_and_score_completions, _get_per_token_logps_and_entropies,
+_compute_loss; trl/trainer/utils.py selective_log_softmax, entropy_from_logits;
+trl/trainer/grpo_config.py __post_init__) and transformers' generate() with a
+DynamicCache. Measured against ftmem's loop of the trainer in tests/accuracy/cases.py
+(_grpo; ftmem.measure.grpo)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from ftmem import api
+from ftmem.cli.root import app
+from ftmem.estimate import estimate_step
+from ftmem.frameworks import read_framework_config
+from ftmem.grpo import generation_moment, vllm_reserved_bytes
+from ftmem.presets import get_gpu, model_presets
+from ftmem.run import RunConfig
+from ftmem.step import step_parts
+from tests.conftest import tiny
+
+LLAMA = tiny("llama")  # vocabulary 300, hidden 96, 2 blocks, 4 heads of 24, no GQA
+B, S, C, V, H = 3, 50, 20, 300, 96
+
+
+def _run(**settings) -> RunConfig:
+    base = dict(batch_size=B, seq_len=S, device="cpu", precision="bf16")
+    grpo = dict(objective="grpo", num_generations=3, completion_len=C)
+    return RunConfig(**{**base, **grpo, **settings})
+
+
+def _sft(**settings) -> RunConfig:
+    return RunConfig(batch_size=B, seq_len=S, device="cpu", precision="bf16", **settings)
+
+
+def test_the_loss_keeps_the_completions_log_softmax_instead_of_the_cross_entropy():
+    sft = step_parts(LLAMA, _sft(method="lora")).activations
+    grpo = step_parts(LLAMA, _run(method="lora")).activations
+    # SFT: the fp32 log-softmax of every position, int64 labels and the mean's normaliser
+    sft_loss = B * S * V * 4 + B * S * 8 + 4
+    # GRPO: each completion's bf16 log-softmax over its C positions; gather's index, the
+    # concatenated int64 ids (the frozen embedding keeps none); the dapo loss: exp's bf16
+    # ratio, the two fp32 products torch.min keeps, the fp32 normaliser; the generation
+    # batch's completion mask (int64) and advantages (fp32) that its views keep (R = 3)
+    grpo_loss = B * C * V * 2 + B * S * 8 + (B * C * 2 + 2 * B * C * 4 + 4) + (3 * C * 8 + 3 * 4)
+    assert grpo == sft - sft_loss + grpo_loss
+    assert sft - grpo == 181_204 - 38_296
+
+
+def test_the_lm_head_keeps_only_the_positions_logits_to_keep_asks_for():
+    sft = step_parts(LLAMA, _sft(method="full")).activations
+    grpo = step_parts(LLAMA, _run(method="full")).activations
+    # the trained head saves its input: SFT all b x S positions; GRPO the C + 1 kept ones,
+    # copied by the matmul's reshape (the slice of b > 1 sequences is not contiguous)
+    head = B * S * H * 2 - B * (C + 1) * H * 2
+    # the trained embedding keeps the ids itself: no gather index of GRPO's own
+    sft_loss = B * S * V * 4 + B * S * 8 + 4
+    grpo_loss = B * C * V * 2 + (B * C * 2 + 2 * B * C * 4 + 4) + (3 * C * 8 + 3 * 4)
+    assert grpo == sft - head - sft_loss + grpo_loss
+
+
+def test_the_logits_moment_holds_the_logits_and_the_entropies_chunks():
+    head = step_parts(LLAMA, _run(method="lora")).sizes.head
+    # the attention mask (int64), the held bf16 logits of C + 1 positions, the entropies'
+    # reshape copy of the C sliced ones (b > 1) and one chunk's log-softmax, exp and
+    # product (min(128, b·C) = 60 rows)
+    assert head.logits_forward == B * S * 8 + B * (C + 1) * V * 2 + B * C * V * 2 + 3 * 60 * V * 2
+    # backward: unbind's stacked gradient, the outer slice's copy, the inner slice's
+    assert head.loss_backward == 2 * B * C * V * 2 + B * (C + 1) * V * 2
+
+
+def test_generation_is_a_moment_before_the_training_forward():
+    arch = model_presets()["llama2-7b"]  # 32 layers, 32 KV heads of 128, V 32,000
+    run = RunConfig(
+        method="lora", objective="grpo", batch_size=8, seq_len=1024, completion_len=1000
+    )
+    plan = step_parts(arch, run).plan
+    R, S7, P = 8, 1024, 24
+    # the last decoding step: the DynamicCache at S - 1 tokens (a key and a value per
+    # layer), one layer's key remade one token longer by torch.cat, the step's bf16
+    # logits, their fp32 copy and the sampling probabilities, the growing int64 ids (old
+    # and new); beside them the prompt ids and mask (int64)
+    cache = 2 * 32 * R * 32 * (S7 - 1) * 128 * 2
+    decode = cache + cache // 64 + R * 32_000 * 2 + 2 * R * 32_000 * 4 + 2 * R * S7 * 8
+    assert cache == 4_290_772_992  # 4.0 GiB
+    assert generation_moment(arch, run, plan) == decode + 2 * R * P * 8
+    sizes = step_parts(arch, run).sizes
+    assert sizes.teacher_forward == decode + 2 * R * P * 8
+
+
+def test_generation_can_be_the_peak():
+    arch = model_presets()["llama2-7b"]
+    run = RunConfig(
+        method="lora",
+        objective="grpo",
+        batch_size=8,
+        seq_len=1024,
+        completion_len=1000,
+        grad_ckpt=True,
+        grad_accum=8,  # 64 prompts generated at once
+    )
+    run = run.model_copy(update={"device": "cpu"})  # (no CUDA workspaces in the peak)
+    parts = step_parts(arch, run)
+    est = estimate_step(arch, run).memory
+    s = parts.sizes
+    # the forward moment before the training forward: weights, states, the buffered
+    # generation batch (loop_held) and generate()'s own tensors; no gradient yet (it runs
+    # at the first micro-batch, after zero_grad(set_to_none=True))
+    assert est.peak_phase == "forward"
+    gen = generation_moment(arch, run, parts.plan)
+    assert est.peak_allocated_bytes == s.weights + s.states + s.loop_held + gen
+
+
+def test_the_reference_is_a_frozen_copy_only_without_an_adapter_and_only_with_beta():
+    def weights(**settings) -> int:
+        return estimate_step(LLAMA, _run(**settings)).memory.weights_bytes
+
+    full = weights(method="full")
+    assert full == estimate_step(LLAMA, _sft(method="full")).memory.weights_bytes
+    assert weights(method="full", kl_beta=0.04) == 2 * full  # create_model_from_path
+    assert weights(method="full", kl_beta=0.0) == full  # beta 0: ref_model None
+    lora = weights(method="lora")
+    assert weights(method="lora", kl_beta=0.04) == lora  # use_adapter(..., None)
+
+
+def test_vllm_generation_replaces_generate_and_reserves_its_share_when_colocated():
+    run = _run(method="lora", vllm="colocate")
+    # no generate(); vLLM's importance-sampling correction (on by default) makes the
+    # trainer compute the policy's old log-probabilities under no_grad, b at a time: a
+    # frozen block's forward over b·S = 150 tokens (the MLP's gate, up, activation and
+    # product, 4 x 160 x 2 bytes a token, and four residual-width bf16 tensors) beside
+    # the generation batch's concatenated ids and mask and its new buffer (ids and masks,
+    # advantages, the old log-probabilities in bf16)
+    block = 150 * 4 * 160 * 2 + 4 * 150 * H * 2
+    buffers = 2 * 3 * S * 8 + (2 * 3 * S * 8 + 3 * 4 + 3 * C * 2)
+    assert step_parts(LLAMA, run).sizes.teacher_forward == block + buffers == 312_132
+    assert vllm_reserved_bytes(run, 80 * 2**30) == int(80 * 2**30 * 0.3)
+    shared = _run(method="lora", vllm="colocate", vllm_memory_share=0.5)
+    assert vllm_reserved_bytes(shared, 1000) == 500
+    assert vllm_reserved_bytes(_run(method="lora", vllm="server"), 1000) == 0
+    assert vllm_reserved_bytes(_run(method="lora"), 1000) == 0
+    note = next(n for n in estimate_step(LLAMA, run).notes if n.startswith("GRPO"))
+    assert "vLLM engine holding 30%" in note
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        (dict(completion_len=50), "leaves no prompt.*give e.g. --seq-len 562"),
+        (dict(num_generations=2), "whole groups of --num-generations 2"),
+        (dict(num_generations=1, batch_size=1), "--num-generations 2 or more"),
+        (dict(vllm_memory_share=0.5), "applies to --vllm colocate only"),
+        (dict(loss="fused"), "drop --loss fused"),
+    ],
+)
+def test_bad_grpo_settings_are_refused_in_one_sentence(settings, match):
+    with pytest.raises(ValueError, match=match):
+        _run(method="lora", **settings)
+
+
+def test_grpo_settings_belong_to_grpo():
+    with pytest.raises(ValueError, match="--kl-beta only applies to --objective grpo"):
+        _sft(method="lora", kl_beta=0.1)
+    with pytest.raises(ValueError, match="--num-generations and --vllm only apply"):
+        _sft(method="lora", num_generations=4, vllm="server")
+
+
+def test_the_generation_batch_is_steps_per_generation_micro_batches():
+    run = _run(method="lora", batch_size=2, num_generations=4, grad_accum=2)
+    assert run.generation_rows == 4  # TRL: steps_per_generation = gradient_accumulation_steps
+    run = _run(method="lora", batch_size=2, num_generations=4, steps_per_generation=6)
+    assert run.generation_rows == 12
+
+
+def test_cli_refuses_a_bad_grpo_run_with_exit_2():
+    result = CliRunner().invoke(
+        app,
+        ["estimate", "llama2-7b", "--objective", "grpo", "--batch-size", "3", "--seq-len", "1024"],
+    )
+    assert result.exit_code == 2
+    assert "whole groups of --num-generations 8" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["estimate", "llama2-7b", "--objective", "grpo"])
+    assert result.exit_code == 2
+    assert "--seq-len 512 leaves no prompt" in result.output
+
+
+def test_a_grpo_config_is_read_as_the_grpo_objective(tmp_path):
+    path = tmp_path / "grpo.yaml"
+    path.write_text(
+        "model_name_or_path: Qwen/Qwen2.5-0.5B\nreward_funcs: [accuracy_reward]\n"
+        "num_generations: 4\nmax_completion_length: 256\nbeta: 0.04\n"
+        "per_device_train_batch_size: 4\ngeneration_batch_size: 16\n"
+        "use_vllm: true\nvllm_gpu_memory_utilization: 0.4\n"
+    )
+    cfg = read_framework_config(str(path))
+    s = cfg.settings
+    assert (s["objective"], s["num_generations"], s["completion_len"]) == ("grpo", 4, 256)
+    assert (s["kl_beta"], s["steps_per_generation"]) == (0.04, 4)  # 16 / 4
+    assert (s["vllm"], s["vllm_memory_share"]) == ("colocate", 0.4)  # vllm_mode's default
+    assert s["seq_len"] == 256 + 512  # the prompt length assumed, said in a note
+    assert any("512-token prompts" in n for n in cfg.notes)
+    RunConfig(**{k: v for k, v in s.items() if k not in ("gpus", "nodes")})
+
+
+def test_a_grpo_config_on_several_gpus_stays_sft_with_a_note(tmp_path):
+    path = tmp_path / "grpo.yaml"
+    path.write_text(
+        "model_name_or_path: Qwen/Qwen2.5-0.5B\nreward_funcs: [accuracy_reward]\nnum_processes: 4\n"
+    )
+    cfg = read_framework_config(str(path))
+    assert "objective" not in cfg.settings
+    assert any("modelled on one GPU" in n for n in cfg.notes)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(method="lora"),
+        dict(method="full", kl_beta=0.04),  # the frozen reference copy is replayed too
+        dict(method="lora", grad_ckpt=True, grad_accum=8),  # generation is the peak
+        dict(method="lora", precision="bf16-mixed", vllm="colocate"),
+    ],
+    ids=["lora", "full-reference", "generation-peak", "vllm-colocate"],
+)
+def test_the_allocator_trace_reaches_the_timeline_peak(settings):
+    from ftmem.estimate import _tensors
+    from ftmem.gpu.trace import step_events
+    from ftmem.phases import find_peak
+    from tests.test_gpu_trace import replay_live
+
+    arch = model_presets()["llama2-7b"]
+    base = dict(objective="grpo", batch_size=8, seq_len=1024, completion_len=512)
+    parts = step_parts(arch, RunConfig(**{**base, **settings}))
+    accum = min(settings.get("grad_accum", 1), 2)
+    events = step_events(parts.sizes, _tensors(parts, parts.sizes), accum)
+    best, _ = replay_live(events)
+    assert best == find_peak(parts.sizes).at_peak.total
+
+
+def test_a_colocated_vllm_engine_takes_its_share_of_the_gpu():
+    """vllm_gpu_memory_utilization × the GPU's memory, beyond the allocated peak: the
+    same step as with a vLLM server (no generate() on this GPU either), plus the share."""
+    common = dict(method="lora", objective="grpo", batch_size=8, seq_len=1024, completion_len=512)
+    h100 = get_gpu("h100")
+    colocate = api.estimate(
+        "qwen2.5-1.5b", gpu="h100", vllm="colocate", vllm_memory_share=0.3, **common
+    )
+    server = api.estimate("qwen2.5-1.5b", gpu="h100", vllm="server", **common)
+    share = int(h100.memory_bytes * 0.3)
+    assert colocate.memory.beyond_allocated.vllm_engine == share
+    assert colocate.memory.peak_allocated_bytes == server.memory.peak_allocated_bytes
+    assert colocate.memory.total_bytes == server.memory.total_bytes + share
+    assert colocate.headroom_bytes == server.headroom_bytes - share
+    # without a GPU's size, or under the user's own --overhead, nothing is added
+    assert (
+        api.estimate("qwen2.5-1.5b", vllm="colocate", **common).memory.beyond_allocated.vllm_engine
+        == 0
+    )
+    mine = api.estimate("qwen2.5-1.5b", gpu="h100", vllm="colocate", overhead="1GiB", **common)
+    assert mine.memory.total_bytes == mine.memory.peak_allocated_bytes + 1024**3

@@ -1,0 +1,381 @@
+"""FtmemCallback (ftmem.integrations.hf) on real HF Trainer / TRL runs of a tiny Llama on
+the CPU: what it read equals the run's settings, a run that cannot fit stops before
+step 1, and the report after N steps carries the measured numbers (issue 20)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import ftmem
+
+from .accuracy.cases import PEAK_TOLERANCE
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from ftmem.integrations.hf import FtmemCallback, RunWillNotFitError  # noqa: E402
+from ftmem.integrations.live import read_run  # noqa: E402
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
+DOC_BLOCK = re.compile(r"<!-- ftmem-callback: [^>]*-->\n```\n(?P<output>.*?)```\n", re.S)
+VOCAB, HIDDEN, FFN, LAYERS = 300, 96, 160, 2
+ROWS, ROW_LEN = 6, 32
+# parameters of the tiny Llama, by hand: embedding and (untied) head V·h each; per layer
+# q, k, v, o h·h each (4 heads of 24, as many kv heads), gate/up/down h·f each, two
+# RMSNorms h each; the final norm h
+PARAMS = 2 * VOCAB * HIDDEN + LAYERS * (4 * HIDDEN**2 + 3 * HIDDEN * FFN + 2 * HIDDEN) + HIDDEN
+assert PARAMS == 223_968
+WEIGHT_BYTES = 4 * PARAMS  # fp32
+# LoRA r=4 on q and v: A (r·h) and B (h·r) per adapted linear, two per layer
+LORA_R = 4
+LORA_PARAMS = LAYERS * 2 * (LORA_R * HIDDEN + HIDDEN * LORA_R)
+
+
+def tiny_llama() -> Any:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=FFN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        use_cache=False,
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+    model = transformers.LlamaForCausalLM(cfg)
+    assert sum(p.numel() for p in model.parameters()) == PARAMS
+    return model
+
+
+def with_lora(model: Any) -> Any:
+    config = peft.LoraConfig(
+        r=LORA_R, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+    )
+    return peft.get_peft_model(model, config)
+
+
+class Rows(torch.utils.data.Dataset):
+    """ROWS random sequences of ROW_LEN tokens, labels = inputs."""
+
+    def __init__(self) -> None:
+        gen = torch.Generator().manual_seed(1)
+        self.ids = torch.randint(1, VOCAB, (ROWS, ROW_LEN), generator=gen)
+
+    def __len__(self) -> int:
+        return ROWS
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i].clone()}
+
+
+class Recorder(transformers.TrainerCallback):
+    """A logger placed before FtmemCallback, as report_to's W&B / TensorBoard are."""
+
+    def __init__(self) -> None:
+        self.logs: list[dict[str, Any]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+def quiet_cpu_run(tmp_path: Path) -> dict[str, Any]:
+    """Two CPU steps of 2 sequences, nothing saved or reported."""
+    return dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        disable_tqdm=True,
+        seed=0,
+    )
+
+
+def arguments(tmp_path: Path, **changes: Any) -> Any:
+    return transformers.TrainingArguments(**{**quiet_cpu_run(tmp_path), **changes})
+
+
+def train(model: Any, args: Any, callback: FtmemCallback) -> tuple[Any, Recorder]:
+    recorder = Recorder()
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Rows(), callbacks=[recorder, callback]
+    )
+    trainer.train()
+    return trainer, recorder
+
+
+def assert_reported(callback: FtmemCallback, recorder: Recorder, trainer: Any, batch: int) -> None:
+    """The step-2 report: measured at the step's real shape, in the loggers' logs."""
+    m = callback.measured
+    assert m is not None and m.step == 2 and m.tracker == "dispatch"
+    assert m.micro_batches == trainer.args.gradient_accumulation_steps
+    assert (m.batch_size, m.seq_len) == (batch, ROW_LEN)
+    logged = [x for x in recorder.logs if "ftmem/peak_allocated_gib" in x]
+    assert len(logged) == 1
+    assert logged[0]["ftmem/peak_allocated_gib"] == pytest.approx(m.peak_allocated_bytes / 2**30)
+    history = [x for x in trainer.state.log_history if "ftmem/peak_allocated_gib" in x]
+    assert history and history[0]["step"] == 2
+    record = callback.record()
+    json.dumps(record)
+    assert record["measured"]["peak_allocated_bytes"] == m.peak_allocated_bytes
+    assert record["versions"]["torch"] == torch.__version__.split("+")[0] or record["versions"][
+        "torch"
+    ].startswith(torch.__version__.split("+")[0])
+    assert record["versions"]["transformers"] == transformers.__version__
+    # the estimate, read from the live objects, against the measured step (the accuracy
+    # suite's tolerance): a misread batch, length, method or dtype would be far off
+    predicted = callback.predicted
+    assert predicted is not None
+    error = predicted.memory.peak_allocated_bytes / m.peak_allocated_bytes - 1
+    assert abs(error) <= PEAK_TOLERANCE, callback.report_line()
+
+
+def test_lora_run_is_read_and_reported(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = with_lora(tiny_llama())
+    callback = FtmemCallback(report_after=2)
+    args = arguments(tmp_path, gradient_checkpointing=True)
+    trainer, recorder = train(model, args, callback)
+    live = callback.live
+    assert live is not None
+    s = live.settings
+    assert s["method"] == "lora" and s["lora_r"] == LORA_R and s["lora_alpha"] == 8.0
+    assert s["lora_targets"] == "q_proj,v_proj"
+    assert len(live.wrapped) == LAYERS * 2
+    assert live.n_trainable == LORA_PARAMS
+    assert s["batch_size"] == 2 and s["grad_accum"] == 1
+    assert s["seq_len"] == ROW_LEN  # the longest row of the dataset
+    assert s["precision"] == "fp32" and s["adapter_dtype"] == "fp32"
+    assert s["grad_ckpt"] is True and s["attn"] == "sdpa" and s["device"] == "cpu"
+    assert s["optimizer"] == "adamw"
+    assert live.said["lora_targets"] == "the modules peft wrapped (lora_A)"
+    assert callback.estimate is not None
+    assert callback.estimate.model.n_trainable_params == LORA_PARAMS
+    assert_reported(callback, recorder, trainer, batch=2)
+    printed = [x for x in capsys.readouterr().out.splitlines() if x.startswith(("ftmem:", "  - "))]
+    assert printed[0].startswith("ftmem: predicted peak")
+    assert printed[-1].startswith("ftmem: step 2 (batch 2 × 32 tokens): measured peak")
+    # docs/integrations.md shows this run's output: it must be what the callback prints
+    shown = DOC_BLOCK.search(DOC.read_text(encoding="utf-8"))
+    assert shown is not None
+    assert shown["output"].splitlines() == printed, (
+        "docs/integrations.md's example output is stale; the callback now prints:\n"
+        + "\n".join(printed)
+    )
+
+
+def test_full_run_is_read_and_reported(tmp_path: Path) -> None:
+    callback = FtmemCallback(report_after=2, quiet=True)
+    # 6 rows in batches of 3: two micro-batches per step, each step a whole epoch
+    args = arguments(
+        tmp_path, per_device_train_batch_size=3, gradient_accumulation_steps=2, optim="adamw_torch"
+    )
+    trainer, recorder = train(tiny_llama(), args, callback)
+    live = callback.live
+    assert live is not None
+    s = live.settings
+    assert s["method"] == "full" and s["batch_size"] == 3 and s["grad_ckpt"] is False
+    assert s["grad_accum"] == 2
+    assert s["precision"] == "fp32" and s["optimizer"] == "adamw"
+    # adamw_torch: torch's AdamW with foreach left to torch (a for-loop on the CPU)
+    assert s["optimizer_impl"] == "for-loop"
+    assert live.n_trainable == PARAMS
+    m = callback.measured
+    assert m is not None and m.micro_batches == 2
+    # the weights, their gradients and AdamW's two states are live through the second
+    # micro-batch's backward
+    assert m.peak_allocated_bytes >= 4 * WEIGHT_BYTES
+    assert_reported(callback, recorder, trainer, batch=3)
+
+
+def test_a_run_that_cannot_fit_stops_before_step_1(tmp_path: Path) -> None:
+    model = tiny_llama()
+    before = model.model.embed_tokens.weight.detach().clone()
+    # a budget below the fp32 weights alone (895,872 bytes): no estimate can fit it
+    callback = FtmemCallback(gpu_memory="512KiB", fail_if_not_fits=True, quiet=True)
+    trainer = transformers.Trainer(
+        model=model, args=arguments(tmp_path), train_dataset=Rows(), callbacks=[callback]
+    )
+    with pytest.raises(RunWillNotFitError, match=r"than the 512.00 KiB budget: stopped before"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+    assert torch.equal(model.model.embed_tokens.weight, before)  # no optimizer step ran
+    assert callback.estimate is not None and callback.estimate.fits is False
+
+
+def test_without_fail_if_not_fits_it_warns(capsys: pytest.CaptureFixture) -> None:
+    callback = FtmemCallback(gpu_memory="512KiB")
+    state = SimpleNamespace(global_step=0, max_steps=2, is_world_process_zero=True)
+    args = SimpleNamespace(per_device_train_batch_size=1, gradient_accumulation_steps=1)
+    callback.on_train_begin(args, state, SimpleNamespace(), model=tiny_llama())
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].endswith("budget: it will likely run out of memory (`ftmem plan` or "
+                            "ftmem.plan(...) lists changes that make it fit).")  # fmt: skip
+    callback.on_train_end(args, state, SimpleNamespace())
+
+
+def test_a_run_it_cannot_estimate_goes_on(capsys: pytest.CaptureFixture) -> None:
+    """No estimate (here: a model without a transformers config) never stops the run,
+    even with fail_if_not_fits: the callback says why and steps aside."""
+    callback = FtmemCallback(gpu_memory="1GiB", fail_if_not_fits=True)
+    state = SimpleNamespace(global_step=0, max_steps=2, is_world_process_zero=True)
+    args = SimpleNamespace(per_device_train_batch_size=1, gradient_accumulation_steps=1)
+    callback.on_train_begin(args, state, SimpleNamespace(), model=torch.nn.Linear(2, 2))
+    assert callback.estimate is None and callback.problem is not None
+    assert "Linear has no transformers config" in callback.problem
+    assert capsys.readouterr().out.startswith("ftmem: no estimate for this run: Linear has no")
+    callback.on_step_begin(args, SimpleNamespace(global_step=0), SimpleNamespace())
+    assert not callback._measuring
+
+
+def test_quantised_base_is_read_as_qlora() -> None:
+    """quantization_config (bitsandbytes 4-bit) on the live config: a LoRA on it is a
+    QLoRA of that format (read only: no step runs)."""
+    model = tiny_llama()
+    # what from_pretrained(quantization_config=...) leaves on the config
+    model.config.quantization_config = transformers.BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=2, bf16=True)
+    live = read_run(with_lora(model), args, given={"seq_len": 64})
+    s = live.settings
+    assert (s["method"], s["quant"], s["double_quant"], s["compute_dtype"]) == (
+        "qlora",
+        "nf4",
+        True,
+        "bf16",
+    )
+    assert s["batch_size"] == 4 and s["grad_accum"] == 2 and s["seq_len"] == 64
+    assert live.said["quant"] == "model.config.quantization_config"
+    assert any(n.startswith("model.config.quantization_config: the base is") for n in live.notes)
+    # fp32 weights under bf16=True: HF Trainer autocasts
+    assert s["precision"] == "bf16-mixed"
+
+
+def test_live_dtypes_and_wrapped_modules_win() -> None:
+    """A bf16 base whose config still says float32, peft's regular expression as the
+    modules it wrapped: the live objects win, and the differences are notes."""
+    model = tiny_llama().to(torch.bfloat16)
+    model.config.dtype = "float32"
+    lora = peft.get_peft_model(
+        model, peft.LoraConfig(r=LORA_R, target_modules=r".*\.(q|o)_proj", task_type="CAUSAL_LM")
+    )
+    args = SimpleNamespace(per_device_train_batch_size=1, gradient_accumulation_steps=1)
+    live = read_run(lora, args, given={"seq_len": 16})
+    s = live.settings
+    assert s["precision"] == "bf16"  # no bf16 / fp16 on the arguments: no autocast
+    assert "autocast" not in s
+    # peft keeps its adapters in fp32 on a 16-bit base (autocast_adapter_dtype)
+    assert s["adapter_dtype"] == "fp32"
+    assert s["lora_targets"] == "o_proj,q_proj"
+    assert any("dtype float32, its parameters are bf16" in n for n in live.notes)
+    assert any(
+        "wrapped o_proj, q_proj: estimated with the modules wrapped" in n for n in live.notes
+    )
+
+
+def test_a_frozen_part_is_read_as_partial() -> None:
+    model = tiny_llama()
+    model.model.embed_tokens.weight.requires_grad_(False)
+    model.model.layers[0].self_attn.requires_grad_(False)
+    args = SimpleNamespace(per_device_train_batch_size=1, gradient_accumulation_steps=1)
+    live = read_run(model, args, given={"seq_len": 16})
+    assert live.settings["method"] == "partial"
+    assert live.settings["trainable_modules"].split(",") == [
+        r"^model\.layers\.0\.mlp\.",
+        r"^model\.layers\.0\.input_layernorm\.",
+        r"^model\.layers\.0\.post_attention_layernorm\.",
+        r"^model\.layers\.1\.",
+        r"^model\.norm\.",
+        r"^lm_head\.",
+    ]
+    est = ftmem.estimate(live.arch, **live.settings)
+    # frozen: the embedding (V·h) and layer 0's q, k, v, o (4·h·h)
+    assert est.model.n_trainable_params == PARAMS - VOCAB * HIDDEN - 4 * HIDDEN**2
+    assert live.n_trainable == est.model.n_trainable_params
+
+
+def test_deepspeed_world_size_and_optimizer_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    args = SimpleNamespace(
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=1,
+        world_size=8,
+        deepspeed={"zero_optimization": {"stage": 3}},
+    )
+    model = tiny_llama()
+    # an optimizer given to the trainer (optimizers=...): its class wins over args.optim
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    s = read_run(model, args, optimizer=sgd).settings
+    assert (s["gpus"], s["nodes"], s["strategy"]) == (4, 2, "zero3")
+    assert (s["optimizer"], s["optimizer_impl"]) == ("sgd-momentum", "for-loop")
+
+
+def test_sft_trainer_with_lora(tmp_path: Path) -> None:
+    trl = pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    tokenizers = pytest.importorskip("tokenizers")
+    words = tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t1")
+    )
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=words, pad_token="t0", eos_token="t2"
+    )
+    rows = datasets.Dataset.from_dict({"input_ids": Rows().ids.tolist()})
+    max_length = 24  # shorter than the rows: SFTTrainer truncates them
+    args = trl.SFTConfig(
+        **quiet_cpu_run(tmp_path),
+        bf16=False,
+        max_length=max_length,
+        gradient_checkpointing=False,
+    )
+    peft_config = peft.LoraConfig(r=LORA_R, lora_alpha=16, target_modules=["q_proj", "k_proj"])
+    callback = FtmemCallback(report_after=2, quiet=True)
+    trainer = trl.SFTTrainer(
+        model=tiny_llama(),
+        args=args,
+        train_dataset=rows,
+        processing_class=tok,
+        peft_config=peft_config,
+        callbacks=[callback],
+    )
+    trainer.train()
+    live = callback.live
+    assert live is not None
+    s = live.settings
+    assert s["method"] == "lora" and s["lora_r"] == LORA_R and s["lora_targets"] == "k_proj,q_proj"
+    assert s["seq_len"] == max_length and live.said["seq_len"] == "SFTConfig.max_length"
+    assert s["batch_size"] == 2 and s["grad_ckpt"] is False and s["precision"] == "fp32"
+    assert s["loss"] == "fused"  # TRL's fused LM head, read off model.forward
+    m = callback.measured
+    assert m is not None and (m.batch_size, m.seq_len) == (2, max_length)
+    assert m.peak_allocated_bytes >= WEIGHT_BYTES
+    assert callback.record()["versions"]["trl"] == trl.__version__
+
+
+def test_importing_the_package_imports_no_torch() -> None:
+    code = "import sys, ftmem.integrations, ftmem.integrations.live; print('torch' in sys.modules)"
+    src = str(Path(ftmem.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
