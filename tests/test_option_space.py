@@ -73,7 +73,7 @@ ESTIMATE: dict[str, list[str]] = {
     "--optimizer-impl": ["foreach", "for-loop", "fused"],
     "--attn": ["eager", "sdpa", "flash"],
     "--loss": ["standard", "chunked", "linear-chunked", "fused"],
-    "--objective": [OMIT, "sft", "dpo", "ipo", "simpo", "orpo"],
+    "--objective": [OMIT, "sft", "dpo", "ipo", "simpo", "orpo", "kto", "apo-zero-unpaired"],
     "--precompute-ref": [OMIT, "--precompute-ref", "--no-precompute-ref"],
     "--autocast": [OMIT, "--autocast", "--no-autocast"],
     "--grad-ckpt": [OMIT, "--grad-ckpt", "--no-grad-ckpt"],
@@ -167,7 +167,7 @@ def _given(v: dict[str, str], option: str) -> bool:
     return option in v and v[option] not in (OMIT, "none")
 
 
-PREFERENCE = ["dpo", "ipo", "simpo", "orpo"]
+PREFERENCE = ["dpo", "ipo", "simpo", "orpo", "kto", "apo-zero-unpaired"]
 # Multi-GPU settings, and what ftmem models on one GPU only
 MULTI = {"--strategy": ["ddp", *DEEPSPEED, *FSDP], "--gpus": ["2", "8"], "--nodes": ["2"]}
 MULTI |= {k: ["2"] for k in ("--tp", "--pp", "--cp")}
@@ -215,7 +215,7 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     ),
     lambda v: _is(v, "--teacher", OMIT) and _given(v, "--teacher-weights"),
     # ftmem's preference objectives: TRL's log-probabilities over full logits, no teacher;
-    # a precomputed reference is dpo's and ipo's
+    # a precomputed reference is that of the objectives with one (dpo, ipo, kto, apo)
     lambda v: (
         _is(v, "--objective", *PREFERENCE)
         and _is(v, "--loss", "chunked", "linear-chunked", "fused")
@@ -224,8 +224,10 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     lambda v: (
         _is(v, "--precompute-ref", "--precompute-ref")
         and "--objective" in v
-        and not _is(v, "--objective", "dpo", "ipo")
+        and not _is(v, "--objective", "dpo", "ipo", "kto", "apo-zero-unpaired")
     ),
+    # TRL's KTOTrainer refuses a micro-batch of one completion (the default batch here)
+    lambda v: _is(v, "--objective", "kto"),
     lambda v: (
         _is(v, "--precompute-ref", "--precompute-ref")
         and (_given(v, "--teacher") or _given(v, "--teacher-weights"))
