@@ -483,3 +483,31 @@ def test_plot_refuses_other_formats(tmp_path):
     res = run("plan", "llama2-13b", "--gpu", "rtx4090", "--plot", str(tmp_path / "x.jpg"))
     assert res.exit_code == 2
     assert ".png or .svg" in res.output
+
+
+def test_a_search_stopped_early_still_gives_a_way_that_fits():
+    """When the evaluation budget runs out before the first way that fits, the plan
+    starts from every lever at once and drops each change the rest fits without: one
+    row, which fits, and from which no single change can be dropped (checked here by
+    estimating each smaller combination)."""
+    from ftmem.errors import FtmemError
+    from ftmem.plan import _apply
+
+    arch = get_model("llama2-7b")
+
+    def estimate_with(s):
+        return estimate(arch, gpu="rtx4090", **s)
+
+    settings = dict(method="full", seq_len=4096, batch_size=4)
+    plan = make_plan(estimate_with, settings, max_evaluations=3)
+    assert len(plan.fitting) == 1
+    row = plan.fitting[0]
+    assert row.estimate.fits
+    assert plan.evaluated <= 3 + len(LEVERS) + 1
+    for change in row.changes:
+        fewer = tuple(c for c in row.changes if c is not change)
+        try:
+            smaller = estimate_with(_apply(settings, fewer))
+        except (FtmemError, ValueError):
+            continue  # a combination the run's settings refuse
+        assert not smaller.fits, change.what

@@ -416,7 +416,48 @@ def make_plan(
         if est is not None and est.fits:
             fitting.append(Candidate(combo, est))
             found.append({c.lever: c.penalty for c in combo})
+    if not fitting and evaluated[0] >= max_evaluations:
+        # the search stopped before the first way that fits: one found from the other
+        # end, every lever at once with each lever dropped again where the rest still fits
+        greedy = _fewest_from_strongest(settings, estimated)
+        fitting += [greedy] if greedy is not None else []
     return Plan(baseline, tuple(fitting), evaluated[0], len(combos) + 1)
+
+
+def _strongest_changes(
+    settings: Settings, accepted: Callable[[Settings], bool] | None = None
+) -> tuple[Change, ...]:
+    """Each lever's strongest option that ``accepted`` takes (default: RunConfig's
+    checks), the levers in order, each seeing the earlier choices."""
+    out: list[Change] = []
+    current = dict(settings)
+    for lever in LEVERS:
+        for option in sorted(lever.options(current), key=lambda c: -c.penalty):
+            pulled = {**current, **dict(option.updates)}
+            if accepted(pulled) if accepted is not None else not _refused(pulled):
+                out.append(option)
+                current = pulled
+                break
+    return tuple(out)
+
+
+def _fewest_from_strongest(
+    settings: Settings, estimated: Callable[[tuple[Change, ...]], Estimate | None]
+) -> Candidate | None:
+    """A way that fits, from every lever at once: each change dropped in turn, most
+    invasive first, where the others still fit without it (one estimate per change)."""
+    combo = _strongest_changes(settings)
+    est = estimated(combo)
+    if est is None or not est.fits:
+        return None
+    for change in sorted(combo, key=lambda c: -c.penalty):
+        fewer = tuple(c for c in combo if c is not change)
+        if _refused(_apply(settings, fewer)):
+            continue
+        smaller = estimated(fewer)
+        if smaller is not None and smaller.fits:
+            combo, est = fewer, smaller
+    return Candidate(combo, est)
 
 
 def _short_beyond_cache(est: Estimate) -> bool:
@@ -482,11 +523,4 @@ def all_levers_at_once(
         def accepted(s: Settings) -> bool:
             return not (checked and _refused(s))
 
-    current = dict(settings)
-    for lever in LEVERS:
-        for option in sorted(lever.options(current), key=lambda c: -c.penalty):
-            pulled = {**current, **dict(option.updates)}
-            if accepted(pulled):
-                current = pulled
-                break
-    return current
+    return _apply(settings, _strongest_changes(settings, accepted))
