@@ -511,3 +511,12 @@ def test_a_search_stopped_early_still_gives_a_way_that_fits():
         except (FtmemError, ValueError):
             continue  # a combination the run's settings refuse
         assert not smaller.fits, change.what
+
+
+def test_no_fused_loss_lever_where_the_framework_fuses_the_loss_already():
+    """Unsloth's forward takes the loss fused whatever --loss says (profiles.UNSLOTH
+    fused_loss_chunk_bytes): Liger's loss would change nothing there."""
+    from ftmem.plan import _loss
+
+    assert _loss({"framework": "hf"})  # offered on HF's path
+    assert _loss({"framework": "unsloth"}) == []

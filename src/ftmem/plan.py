@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ftmem.errors import FtmemError
+from ftmem.profiles import profile_of
 from ftmem.result import Estimate
 from ftmem.run import ADAPTER_METHODS, RunConfig
 
@@ -154,6 +155,8 @@ def _optimizer(s: Settings) -> list[Change]:
 def _loss(s: Settings) -> list[Change]:
     if s.get("loss", "standard") != "standard" or s.get("objective", "sft") != "sft":
         return []  # a preference objective is modelled with the standard loss only
+    if profile_of(_run(s)).fused_loss_chunk_bytes is not None:
+        return []  # the framework's forward fuses the loss already (Unsloth's)
     return [_change("loss", "Liger's fused linear cross-entropy (no full logits)", 1, loss="fused")]
 
 
