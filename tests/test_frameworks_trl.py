@@ -9,7 +9,9 @@ and its history (git log -S on the configs):
 - bf16 true unless fp16 from v0.19.0 (32ffa1170, 4c92de000)
 - the model loads in float32 unless dtype is given, from v0.27.0 (4d52e0249)
 - max_length 1024 (SFT, DPO, KTO; v0.15.0 spelled it max_seq_length), none for GRPO
-- SFT loss_type chunked_nll from v1.7.0 (b58947c7e), nll with use_liger_kernel
+- SFT loss_type chunked_nll from v1.7.0 (b58947c7e), nll with use_liger_kernel; from v1.15.0
+  every loss_type runs SFTTrainer's log-probability tiles (--loss logprob-tiles; trl 1.16.0
+  trl/trainer/sft_trainer.py:1144), Liger's loss off
 - ModelConfig: lora_r 16, lora_alpha 32, lora_dropout 0.05, nf4, no nested quantisation
 - DPO / KTO / GRPO: disable_dropout true
 """
@@ -37,7 +39,7 @@ PAGE = ROOT / "docs" / "frameworks" / "trl.md"
 # memory setting is TRL's default (the weights float32, bf16 autocast over them)
 TRL_SFT_DEFAULTS = dict(
     framework="hf", precision="bf16-mixed", batch_size=8, grad_ckpt=True, optimizer="adamw",
-    optimizer_impl="fused", seq_len=1024, loss="fused",
+    optimizer_impl="fused", seq_len=1024, loss="logprob-tiles",
 )  # fmt: skip
 
 EXPECTED = {
@@ -64,7 +66,7 @@ EXPECTED = {
              lora_alpha=16, lora_dropout=0.05, lora_targets="all-linear", precision="bf16",
              autocast=True, compute_dtype="bf16", attn="flash", seq_len=2048, batch_size=2,
              grad_accum=8, eval_batch_size=4, grad_ckpt=True, optimizer="adamw",
-             optimizer_impl="fused", loss="fused"),
+             optimizer_impl="fused", loss="logprob-tiles"),
     ),
 }  # fmt: skip
 
@@ -108,7 +110,7 @@ def test_each_trl_default_is_listed_with_its_source_and_release():
         "dtype": "TRL >= 0.27",
         "bf16": "TRL >= 0.19",
         "seq_len": "TRL >= 0.16",
-        "loss": "TRL >= 1.7",
+        "loss": "TRL >= 1.15",
     }
     for setting, release in releases.items():
         assert release in listed[setting], listed[setting]
@@ -146,7 +148,7 @@ def test_the_file_beats_trl_defaults(tmp_path):
     s = cfg.settings
     assert "grad_ckpt" not in s  # false: ftmem's default, TRL's true not assumed
     assert (s["precision"], s["seq_len"], s["batch_size"]) == ("fp16-mixed", 256, 2)
-    assert s["loss"] == "fused"  # Liger's, TRL's loss_type is then nll
+    assert s["loss"] == "logprob-tiles"  # TRL >= 1.15: Liger's loss off in SFT
     assert not any(e.startswith(("grad_ckpt", "seq_len", "loss")) for e in cfg.assumed)
     assert any(e.startswith("bf16 false") for e in cfg.assumed)  # TRL: bf16 unless fp16
 

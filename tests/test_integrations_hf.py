@@ -363,7 +363,7 @@ def test_sft_trainer_with_lora(tmp_path: Path) -> None:
     assert s["method"] == "lora" and s["lora_r"] == LORA_R and s["lora_targets"] == "k_proj,q_proj"
     assert s["seq_len"] == max_length and live.said["seq_len"] == "SFTConfig.max_length"
     assert s["batch_size"] == 2 and s["grad_ckpt"] is False and s["precision"] == "fp32"
-    assert s["loss"] == "fused"  # TRL's fused LM head, read off model.forward
+    assert s["loss"] == "logprob-tiles"  # TRL's fused LM head, read off model.forward
     m = callback.measured
     assert m is not None and (m.batch_size, m.seq_len) == (2, max_length)
     assert m.peak_allocated_bytes >= WEIGHT_BYTES

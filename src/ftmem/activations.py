@@ -166,6 +166,8 @@ def outer_saved(
     )
     if run.loss == "fused":
         return below, above + Loss.fused_saved(arch, run, plan, ctx, train)
+    if run.loss == "logprob-tiles":  # TRL's SFTTrainer since 1.15.0: no logits kept
+        return below, above + Loss.logprob_tiles_saved(arch, run, ctx.residual)
     # LitGPT's chunked head skips the final logit soft-capping (litgpt@00af8b0d
     # litgpt/lora.py GPT.forward returns the pieces before it; calibration/notes/litgpt.md M6)
     softcaps = head_chunk_tokens(run) is None

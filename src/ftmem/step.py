@@ -343,19 +343,34 @@ def _decoder_sizes(
     # weight copies, until the forward (and the loss in it) ends
     forward_cache = fixed.autocast_cache if run.grad_ckpt else 0
     framework_head = held_logits_head(arch, run, plan, e, T)
+    tiles = run.loss == "logprob-tiles"  # TRL's log-probability tiles
     head = HeadTransients(
-        logits_forward=Loss.forward_transient(arch, run, e, T)
+        logits_forward=(
+            Loss.logprob_tiles_forward(arch, run, plan, e)
+            if tiles
+            else Loss.forward_transient(arch, run, e, T)
+        )
         + PrefixTuning.cache(arch, run, plan.dtypes)
         + forward_cache,
         # the log-softmax's and the logits' fp32 gradients (a fused loss kept its own; a
         # chunked one has one chunk's at a time)
-        loss_backward={
-            "fused": Loss.fused_backward(arch, run, plan, T),
-            "chunked": 2 * T * V * FP32 // CHUNKS,
-            "linear-chunked": Loss.linear_chunked_backward(arch, plan, e, T),
-        }.get(run.loss, 2 * T * V * FP32)
+        loss_backward=(
+            Loss.logprob_tiles_backward(
+                arch, run, plan, e, plan.outer_trainable or plan.head_trainable
+            )
+            if tiles
+            else {
+                "fused": Loss.fused_backward(arch, run, plan, T),
+                "chunked": 2 * T * V * FP32 // CHUNKS,
+                "linear-chunked": Loss.linear_chunked_backward(arch, plan, e, T),
+            }.get(run.loss, 2 * T * V * FP32)
+        )
         + (
-            T * V * FP32 if offloaded and run.loss != "fused" and not offload_keeps_head(run) else 0
+            T * V * FP32
+            if offloaded
+            and run.loss not in ("fused", "logprob-tiles")
+            and not offload_keeps_head(run)
+            else 0
         ),
         # the final norm's backward, its fp32 input still saved (a kernel norm's: in place)
         workspace=Norm.backward_workspace(arch, e, T, in_place=profile_of(run).kernel_rms_norm)

@@ -514,7 +514,9 @@ def _memory_features(k: Keys, cfg: FrameworkConfig, trainer: str | None) -> None
     keys ftmem does not model become notes."""
     s = cfg.settings
     liger = k.section("liger_kernel_config")
-    if k.flag("use_liger_kernel"):
+    if trainer == "SFT":
+        _sft_loss(k, cfg)
+    elif k.flag("use_liger_kernel"):
         if liger.raw("fused_linear_cross_entropy") is False:
             cfg.notes.append(
                 "liger_kernel_config: Liger's kernels without its fused linear cross-entropy "
@@ -522,11 +524,6 @@ def _memory_features(k: Keys, cfg: FrameworkConfig, trainer: str | None) -> None
             )
         else:
             s["loss"] = "fused"  # Liger's fused linear cross-entropy: LM head + loss
-    if trainer == "SFT" and (loss := k.text("loss_type")) is not None:
-        if loss == "chunked_nll":
-            s["loss"] = "fused"
-        elif loss == "dft":
-            cfg.notes.append("loss_type dft: DFT's per-token weights are not modelled.")
     if k.flag("activation_offloading"):
         s["activation_offload"] = True
     # TrainingArguments.__post_init__: a compile mode or backend turns torch_compile on
@@ -549,6 +546,42 @@ def _memory_features(k: Keys, cfg: FrameworkConfig, trainer: str | None) -> None
         cfg.notes.append(
             "loss on completions / assistant turns only: the masked positions' logits are "
             "still estimated (an upper bound under TRL's chunked loss, which drops them)."
+        )
+
+
+# SFTTrainer since TRL 1.15.0 (trl 1.16.0 trl/trainer/sft_trainer.py:1144, utils.py:1548)
+TRL_TILES = "TRL >= 1.15: SFTTrainer's add_fused_lm_head, the LM head in log-probability tiles"
+TRL_TILES_BEFORE = (
+    "before TRL 1.15 nll took the full logits (--loss standard) and chunked_nll "
+    "checkpointed chunks of 256 rows"
+)
+
+
+def _sft_loss(k: Keys, cfg: FrameworkConfig) -> None:
+    """SFTTrainer's loss as TRL >= 1.15 computes it: every loss_type (nll, dft, the
+    deprecated chunked_nll) through the patched forward's log-probability tiles
+    (--loss logprob-tiles), Liger's fused linear cross-entropy turned off
+    (sft_trainer.py:1140); label_smoothing_factor > 0 with loss_type nll takes the
+    standard loss over the full logits (SFTTrainer.compute_loss, sft_trainer.py:1601)."""
+    loss = k.text("loss_type")
+    if (k.number("label_smoothing_factor") or 0) > 0 and loss in (None, "nll", "chunked_nll"):
+        cfg.settings["loss"] = "standard"
+        cfg.notes.append(
+            "label_smoothing_factor > 0: TRL >= 1.15's SFTTrainer takes the standard loss over "
+            "the full logits; its no-grad forward through the tiles for the metrics is not "
+            "modelled."
+        )
+        return
+    if loss is not None:
+        cfg.settings["loss"] = "logprob-tiles"
+        cfg.notes.append(f"loss_type {loss}: {TRL_TILES} ({TRL_TILES_BEFORE}).")
+        if loss == "dft":
+            cfg.notes.append("loss_type dft: DFT's per-token weights are not modelled.")
+    if k.flag("use_liger_kernel"):
+        cfg.settings["loss"] = "logprob-tiles"
+        cfg.notes.append(
+            "use_liger_kernel: TRL >= 1.15's SFTTrainer turns Liger's fused linear "
+            "cross-entropy off; the loss is TRL's log-probability tiles."
         )
 
 
@@ -638,8 +671,8 @@ def _trl_defaults(k: Keys, cfg: FrameworkConfig, trainer: str) -> None:
     elif trainer != "GRPO":
         assume(cfg, "seq_len", 1024, f"TRL >= 0.16: max_length (0.15: max_seq_length); {source}")
     if trainer == "SFT":
-        if not k.flag("use_liger_kernel"):
-            assume(cfg, "loss", "fused", f"TRL >= 1.7: loss_type chunked_nll; {source}")
+        said = "huggingface/trl trl/trainer/sft_config.py@v1.16.0:284 SFTConfig.loss_type"
+        assume(cfg, "loss", "logprob-tiles", f"{TRL_TILES}; loss_type nll; {said}")
     else:
         assume(cfg, "model_dropout", False, f"disable_dropout true; {source}")
         if trainer == "DPO":
@@ -648,11 +681,6 @@ def _trl_defaults(k: Keys, cfg: FrameworkConfig, trainer: str) -> None:
             _kto_objective(k, cfg, source)
         else:
             _grpo_objective(k, cfg, source)
-    if cfg.settings.get("loss") == "fused" and not k.flag("use_liger_kernel"):
-        cfg.notes.append(
-            "TRL's chunked_nll loss (the LM head and cross-entropy in checkpointed chunks "
-            "of tokens, logits never whole) estimated as a fused linear cross-entropy."
-        )
 
 
 # DPOConfig's loss_type values (trl/trainer/dpo_trainer.py@f2cd57710ae3 _compute_loss):

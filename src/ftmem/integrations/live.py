@@ -38,9 +38,9 @@ HALF_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 # trl/kernels/chunked_logprob.py (trl 1.16.0) ChunkedLogProb: TOKEN_CHUNK_SIZE 4096,
 # trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE 32768
 TRL_FUSED_NOTE = (
-    "TRL's fused LM head (SFTTrainer's chunked log-probabilities) is estimated as a fused "
-    "linear cross-entropy; its own tile buffer, min(tokens, 4096) × 32768 logits in the "
-    "compute dtype in forward and again in backward, is not counted yet."
+    "TRL's fused LM head (SFTTrainer since TRL 1.15.0) is estimated as its log-probability "
+    "tiles (--loss logprob-tiles), every shifted row counted (on CUDA with Triton TRL scores "
+    "the labelled ones only); off Triton its torch fallback's fp32 tile temporaries are not."
 )
 # optimizer classes (torch.optim, bitsandbytes.optim, transformers.optimization, lion_pytorch)
 # as ftmem's --optimizer; SGD by its momentum
@@ -365,7 +365,7 @@ def _read_model_flags(model: Any, args: Any, live: LiveRun) -> None:
     forward = getattr(base, "forward", None)
     code = getattr(getattr(forward, "__func__", forward), "__code__", None)
     if getattr(code, "co_name", None) == "_fused_forward":
-        live.set("loss", "fused", "model.forward (TRL's add_fused_lm_head)")
+        live.set("loss", "logprob-tiles", "model.forward (TRL's add_fused_lm_head)")
         live.notes.append(TRL_FUSED_NOTE)
     device = next((str(p.device) for _, p in model.named_parameters()), "cuda")
     live.set("device", "cpu" if device.startswith("cpu") else "cuda", "the parameters' device")
@@ -398,7 +398,17 @@ def _read_args(args: Any, live: LiveRun) -> None:
         if value != live.settings.get(key, "full" if key == "method" else None):
             live.set(key, value, f"{name}.optim")
     live.notes += cfg.notes
-    if getattr(args, "use_liger_kernel", False):
+    # TRL >= 1.15's SFTTrainer patches the forward and turns Liger's loss off; with
+    # label smoothing (loss_type nll) its loss reads the full logits (sft_trainer.py:1601)
+    tiles = live.settings.get("loss") == "logprob-tiles"
+    smoothing = getattr(args, "label_smoothing_factor", 0) or 0
+    if tiles and smoothing > 0 and getattr(args, "loss_type", "nll") == "nll":
+        live.set("loss", "standard", f"{name}.label_smoothing_factor")
+        live.notes.append(
+            "label_smoothing_factor > 0: SFTTrainer's loss over the full logits; its no-grad "
+            "forward through the tiles for the metrics is not modelled."
+        )
+    if getattr(args, "use_liger_kernel", False) and not tiles:
         live.set("loss", "fused", f"{name}.use_liger_kernel")
     strategy = _text(getattr(args, "eval_strategy", None)) or "no"
     if strategy != "no" and getattr(args, "per_device_eval_batch_size", None):

@@ -1,6 +1,6 @@
 """The LM head and the loss: transformers' cross-entropy (fp32 log-softmax), torchtune's
 chunked ones (CEWithChunkedOutputLoss, LinearCrossEntropyLoss), Liger's fused linear
-cross-entropy."""
+cross-entropy, TRL's log-probability tiles (SFTTrainer since TRL 1.15.0)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ from ftmem.run import UNPAIRED_OBJECTIVES, RunConfig
 CHUNKS = 8  # torchtune's num_output_chunks
 # rows per chunk of TRL's entropy_from_logits (trl/trainer/utils.py@f2cd57710ae3)
 ENTROPY_CHUNK_ROWS = 128
+# TRL's log-probability tiles (SFTTrainer since TRL 1.15.0, --loss logprob-tiles): rows per
+# tile (TOKEN_CHUNK_SIZE, trl 1.16.0 trl/kernels/chunked_logprob.py:31) and the tile's
+# vocabulary width (_CHUNKED_LOGPROB_CHUNK_SIZE, trl 1.16.0 trl/trainer/utils.py:1506)
+TRL_TOKEN_TILE = 4096
+TRL_VOCAB_TILE = 32768
 
 
 @register("loss")
@@ -42,7 +47,8 @@ class Loss:
             # unsloth_zoo/fused_losses/cross_entropy_loss.py@ce232d6cef9c
             # UnslothFusedLoss.forward: grad_inputs = torch.empty_like(hidden_states))
             return rows
-        return rows - run.batch_size if run.loss in ("fused", "linear-chunked") else rows
+        shifted = ("fused", "linear-chunked", "logprob-tiles")
+        return rows - run.batch_size if run.loss in shifted else rows
 
     @staticmethod
     def saved(
@@ -129,6 +135,8 @@ class Loss:
         are its saved tensors and the upcast is fused into the kernel that reads a chunk
         (_compiled_chunks)."""
         V, h = arch.vocab_size, arch.hidden_size
+        if run.loss == "logprob-tiles":
+            raise ValueError("TRL's log-probability tiles: Loss.logprob_tiles_forward")
         if run.loss == "fused" and profile_of(run).fused_loss_chunk_bytes is not None:
             return Loss.target_chunk_transient(arch, run, e)
         if run.loss == "fused":
@@ -184,6 +192,95 @@ class Loss:
         if profile_of(run).fused_loss_chunk_bytes is None:
             return 0
         return Loss.rows(run) * arch.hidden_size * plan.dtypes.residual_bytes
+
+    @staticmethod
+    def logprob_tiles_saved(arch: Architecture, run: RunConfig, residual: int) -> list[Saved]:
+        """TRL's log-probability tiles (SFTTrainer since TRL 1.15.0; --loss logprob-tiles):
+        SFTTrainer always patches the model's forward (trl 1.16.0 trl/trainer/utils.py:1548
+        add_fused_lm_head, _fused_forward :1599): the backbone's last hidden states are
+        shifted (hidden[:, :-1], labels[:, 1:]) and ChunkedLogProbFunction (trl 1.16.0
+        trl/kernels/chunked_logprob.py:299) projects them tile by tile, the full logits
+        never made. Rows N = b·(s − 1), all of them: off Triton every row, on CUDA with
+        Triton only the labelled ones (``_use_triton``, :48), which ftmem does not know.
+        Its forward (:311) saves the rows it gets, a copy in the hidden states' dtype
+        (N·H·e_h; the slice's reshape, or the labelled rows' boolean index), the clamped
+        int64 targets (N·8), the fp32 log-normaliser and entropy (2·N·4); the loss's
+        masked_fill keeps the bool label mask (N·1)."""
+        N, h = Loss.rows(run), arch.hidden_size
+        return [
+            Saved("TRL log-prob tiles: hidden rows", N * h * residual),
+            Saved(
+                "TRL log-prob tiles: targets, fp32 log-normaliser + entropy, label mask",
+                N * INDEX_BYTES + 2 * N * FP32 + N,
+            ),
+        ]
+
+    @staticmethod
+    def logprob_tiles_buffer(run: RunConfig, e: int) -> int:
+        """The tile buffer ChunkedLogProbFunction makes in forward and again in backward:
+        ``torch.empty((min(N, 4096), 32768))`` in the compute dtype (the autocast dtype under
+        autocast, else the hidden states'), its full width whatever the vocabulary
+        (trl 1.16.0 trl/kernels/chunked_logprob.py:347 forward, :413 backward)."""
+        return min(Loss.rows(run), TRL_TOKEN_TILE) * TRL_VOCAB_TILE * e
+
+    @staticmethod
+    def _logprob_tiles_casts(
+        arch: Architecture, run: RunConfig, plan: MethodPlan, e: int
+    ) -> tuple[int, int]:
+        """Each tile's casts to the compute dtype (``.to(compute_dtype)``, a copy only where
+        the dtype differs: fp32 hidden states or weights under autocast): the row chunk
+        (R·H·e, R = min(N, 4096)) and the weight's vocabulary slice (C·H·e,
+        C = min(V, 32768))."""
+        h, V = arch.hidden_size, arch.vocab_size
+        R = min(Loss.rows(run), TRL_TOKEN_TILE)
+        rows = R * h * e if plan.dtypes.residual_bytes != e else 0
+        weight = min(V, TRL_VOCAB_TILE) * h * e if BYTES_PER_ELEMENT[plan.dtypes.base] != e else 0
+        return rows, weight
+
+    @staticmethod
+    def logprob_tiles_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int) -> int:
+        """In forward beyond what it keeps (trl 1.16.0 trl/kernels/chunked_logprob.py:311-391):
+        the tile buffer and the row chunk's cast, with either the weight slice's cast
+        (alive only inside ``torch.mm``) beside the seven fp32 per-row statistics (running
+        max, sums, target logit; the kept log-normaliser and entropy not made yet: 5·N·4
+        beyond), or, at the end, the statistics with the log-probabilities and the
+        quotient the entropy is formed from (9·N·4). Measured on the CPU to the byte with
+        the tile folds stubbed (tests/test_trl_logprob_loss.py). The torch fallback of
+        devices without Triton (_forward_tile, :211) adds fp32 temporaries of the tile's
+        size, not modelled (about 3.3·R·C·4 measured on the CPU)."""
+        N = Loss.rows(run)
+        rows, weight = Loss._logprob_tiles_casts(arch, run, plan, e)
+        return Loss.logprob_tiles_buffer(run, e) + rows + max(weight + 5 * N * FP32, 9 * N * FP32)
+
+    @staticmethod
+    def logprob_tiles_backward(
+        arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, head_grad: bool
+    ) -> int:
+        """Its backward beyond the saved tensors (trl 1.16.0 trl/kernels/chunked_logprob.py
+        :394-465): the incoming fp32 gradient of the log-probabilities (N·4), the fp32
+        accumulators of the rows' gradient (N·H·4) and, where the LM head trains, of its
+        weight's (V·H·4), the tile buffer again and the tile's casts; at the return the
+        accumulators are cast to the inputs' dtypes beside them (N·H·e_h where e_h ≠ 4,
+        V·H·e_w where e_w ≠ 4). The head's gradient is not yet among the gradients at this
+        moment (they count from the final norm's backward on; with accumulation the held
+        sum is another tensor), so none is counted twice.
+        Then the shift's slice backward (b·s·H·e_h zeros) beside the rows' gradient, the
+        accumulators freed. Off CUDA two more paths add copies, not modelled: the torch
+        fallback of the tile fold (_backward_tile, :257; about 7.25·R·C·4 on the CPU) and
+        _addmm_fp32's ``a.float(), b.float()`` for 16-bit tiles (:52; on CUDA with torch
+        >= 2.8 an fp32-output addmm)."""
+        N, h, V = Loss.rows(run), arch.hidden_size, arch.vocab_size
+        e_h, e_w = plan.dtypes.residual_bytes, BYTES_PER_ELEMENT[plan.dtypes.base]
+        accumulators = N * h * FP32 + (V * h * FP32 if head_grad else 0)
+        returned = (N * h * e_h if e_h != FP32 else 0) + (
+            V * h * e_w if head_grad and e_w != FP32 else 0
+        )
+        tiles = Loss.logprob_tiles_buffer(run, e) + sum(
+            Loss._logprob_tiles_casts(arch, run, plan, e)
+        )
+        at_return = N * FP32 + accumulators + tiles + returned
+        T = run.batch_size * run.positions
+        return max(at_return, N * h * e_h + T * h * e_h)
 
     @staticmethod
     def linear_chunked_backward(arch: Architecture, plan: MethodPlan, e: int, T: int) -> int:
