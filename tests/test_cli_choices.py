@@ -64,7 +64,7 @@ REFUSED = [
     (
         ["estimate", "gpt2", "--gpus", "2", "--emit", "megatron"],
         "megatron",
-        ["deepspeed", "accelerate", "fsdp"],
+        ["deepspeed", "accelerate", "fsdp", "colossalai"],
     ),
 ]
 

@@ -22,6 +22,7 @@ preset, ``plan``, ``max``, ``explain`` and ``--fewest-gpus``.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import csv
 import functools
@@ -60,6 +61,8 @@ METHODS = sorted(
 )
 DEEPSPEED = {"zero1", "zero2", "zero3"}
 FSDP = {"fsdp", "fsdp-hybrid", "fsdp-grad-op", "fsdp-no-shard"}
+CAI_ZERO = {"colossalai-zero1", "colossalai-zero2"}  # ColossalAI's ZeRO (LowLevelZero/Hybrid)
+COLOSSALAI = CAI_ZERO | {"colossalai-3d", "colossalai-gemini"}
 
 # Every option of `estimate` with choices, each with all its values (flags: given or not).
 ESTIMATE: dict[str, list[str]] = {
@@ -96,7 +99,7 @@ ESTIMATE: dict[str, list[str]] = {
     "--gpu": [OMIT, "rtx4090", "h100-80gb"],
     "--gpus": [OMIT, "1", "2", "8"],
     "--nodes": ["1", "2"],
-    "--strategy": [OMIT, "single", "ddp", *sorted(DEEPSPEED), *sorted(FSDP)],
+    "--strategy": [OMIT, "single", "ddp", *sorted(DEEPSPEED), *sorted(FSDP), *sorted(COLOSSALAI)],
     "--tp": ["1", "2"],
     "--pp": ["1", "2"],
     "--cp": ["1", "2"],
@@ -104,7 +107,7 @@ ESTIMATE: dict[str, list[str]] = {
     "--offload-params": [OMIT, "none", "cpu", "nvme"],
     "--teacher": [OMIT, "gpt2", "llama2-7b"],
     "--teacher-weights": [OMIT, "bf16", "fp8", "int8", "nf4", "int4"],
-    "--emit": [OMIT, "deepspeed", "accelerate", "fsdp"],
+    "--emit": [OMIT, "deepspeed", "accelerate", "fsdp", "colossalai"],
     "--format": ["json", "yaml", "csv", "markdown", "table"],
     "--check": [OMIT, "--check"],
     "--units": ["GiB", "GB"],
@@ -169,7 +172,8 @@ def _given(v: dict[str, str], option: str) -> bool:
 
 PREFERENCE = ["dpo", "ipo", "simpo", "orpo", "kto", "apo-zero-unpaired"]
 # Multi-GPU settings, and what ftmem models on one GPU only
-MULTI = {"--strategy": ["ddp", *DEEPSPEED, *FSDP], "--gpus": ["2", "8"], "--nodes": ["2"]}
+MULTI = {"--strategy": ["ddp", *DEEPSPEED, *FSDP, *COLOSSALAI], "--gpus": ["2", "8"]}
+MULTI["--nodes"] = ["2"]
 MULTI |= {k: ["2"] for k in ("--tp", "--pp", "--cp")}
 MULTI |= {k: ["cpu", "nvme"] for k in ("--offload-optimizer", "--offload-params")}
 ONE_GPU = {
@@ -180,7 +184,12 @@ ONE_GPU = {
     "--objective": PREFERENCE,  # the preference objectives (docs/objectives.md)
 }
 PARALLEL = ("--gpus", "--nodes", "--tp", "--pp", "--cp")
-EMIT_FOR = {"deepspeed": DEEPSPEED, "fsdp": FSDP, "accelerate": {"ddp"} | DEEPSPEED | FSDP}
+EMIT_FOR = {
+    "deepspeed": DEEPSPEED,
+    "fsdp": FSDP,
+    "accelerate": {"ddp"} | DEEPSPEED | FSDP,
+    "colossalai": {"ddp"} | FSDP | COLOSSALAI,
+}
 
 # Each rule names a pair of values that no run accepts.
 PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
@@ -234,17 +243,35 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     ),
     # DeepSpeed's pipeline engine runs ZeRO stage 0 or 1 only
     lambda v: _is(v, "--strategy", "zero2", "zero3") and _is(v, "--pp", "2"),
-    # offload: the optimizer under ZeRO or FSDP, the weights under ZeRO-3 or FSDP
+    # offload: the optimizer under ZeRO (DeepSpeed's, ColossalAI's), FSDP or Gemini, the
+    # weights under ZeRO-3, FSDP or Gemini
     lambda v: (
         _given(v, "--offload-optimizer")
         and "--strategy" in v
-        and not _is(v, "--strategy", *DEEPSPEED, *FSDP)
+        and not _is(v, "--strategy", *DEEPSPEED, *FSDP, *CAI_ZERO, "colossalai-gemini")
     ),
     lambda v: (
         _given(v, "--offload-params")
         and "--strategy" in v
-        and not _is(v, "--strategy", "zero3", *FSDP)
+        and not _is(v, "--strategy", "zero3", *FSDP, "colossalai-gemini")
     ),
+    # ColossalAI (hpcaitech/ColossalAI 4f9953be335e): CPU offload only; HybridParallel takes
+    # zero_stage 2 without a pipeline only; Gemini: no pipeline, no sequence split without
+    # tensor parallel, no LoRA (support_lora False), 16-bit, HybridAdam, no GaLore
+    lambda v: (
+        _is(v, "--strategy", *COLOSSALAI)
+        and (_is(v, "--offload-optimizer", "nvme") or _is(v, "--offload-params", "nvme"))
+    ),
+    lambda v: _is(v, "--strategy", "colossalai-zero2", "colossalai-gemini") and _is(v, "--pp", "2"),
+    lambda v: _is(v, "--strategy", "colossalai-gemini") and _is(v, "--cp", "2"),
+    lambda v: _is(v, "--strategy", "colossalai-gemini") and _is(v, "--method", *LORA, "galore"),
+    lambda v: _is(v, "--strategy", "colossalai-gemini") and _is(v, "--precision", "fp32"),
+    lambda v: (
+        _is(v, "--strategy", "colossalai-gemini")
+        and "--optimizer" in v
+        and not _is(v, "--optimizer", "adamw", "adamw-fp32")
+    ),
+    lambda v: _is(v, "--strategy", *COLOSSALAI) and _is(v, "--method", "galore"),
     # FSDP offloads to the CPU only, weights and optimizer together (CPUOffload)
     lambda v: (
         _is(v, "--strategy", *FSDP)
@@ -268,7 +295,7 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     lambda v: _is(v, "--emit", "deepspeed", "fsdp") and _is(v, "--strategy", OMIT),
     lambda v: _is(v, "--emit", "fsdp") and _is(v, "--offload-optimizer", "nvme"),
     lambda v: _is(v, "--emit", "fsdp") and _is(v, "--offload-params", "nvme"),
-    lambda v: _given(v, "--emit") and _is(v, "--pp", "2"),
+    lambda v: _is(v, "--emit", "deepspeed", "accelerate", "fsdp") and _is(v, "--pp", "2"),
     lambda v: _given(v, "--emit") and any(_is(v, o, *ov) for o, ov in ONE_GPU.items()),
 ]
 
@@ -295,6 +322,8 @@ def _model_ok(model: str, option: str, value: str) -> bool:
         }
         if value in refused.get(option, ()):
             return False
+    if option == "--strategy" and value == "colossalai-gemini" and arch.encoder_decoder:
+        return False  # ftmem lays out Gemini's chunks for decoder-only models
     if option == "--tp" and value == "2":  # Megatron splits heads and MLP columns evenly
         return all(n % 2 == 0 for n in (arch.num_heads, arch.kv_heads, arch.intermediate_size))
     if option == "--pp" and value == "2":
@@ -338,12 +367,22 @@ def _row_ok(row: dict[str, str]) -> bool:
         return False
     if g["--emit"] == "accelerate" and (tp > 1 or cp > 1) and strategy not in FSDP:
         return False  # Accelerate composes tensor/context parallel with FSDP only
+    if g["--emit"] == "colossalai" and strategy in ("ddp", *FSDP) and max(tp, pp, cp) > 1:
+        return False  # TorchDDPPlugin / TorchFSDPPlugin: data parallel only
+    if strategy in COLOSSALAI and tp > 1 and g["--method"] in LORA:
+        return False  # HybridParallelPlugin's enable_lora asserts tp_size == 1
+    if g["--emit"] == "colossalai" and strategy == "ddp" and g["--precision"] == "bf16-mixed":
+        return False  # ColossalAI's BF16MixedPrecision is abstract
+    if strategy == "colossalai-gemini" and offload_params == "cpu" and offload_opt != "cpu":
+        return False  # offload_param_frac needs offload_optim_frac = 1
+    if strategy in CAI_ZERO and max(tp, pp, cp) > 1 and g["--precision"] == "fp32":
+        return False  # HybridParallelPlugin refuses fp32 with ZeRO
     # T5 in pure fp16: transformers keeps its wo in fp32 (_keep_in_fp32_modules), which
     # ftmem does not model
     # (and under DeepSpeed's fp16 mode or FSDP's MixedPrecision, which run fp16 whole)
     fp16 = g["--precision"]
     pure_fp16 = fp16 == "fp16" and g["--autocast"] != "--autocast"
-    pure_fp16 |= strategy in DEEPSPEED and fp16.startswith("fp16")
+    pure_fp16 |= strategy in DEEPSPEED | COLOSSALAI and fp16.startswith("fp16")
     pure_fp16 |= strategy in FSDP and fp16 == "fp16-mixed"
     return not (model_presets()[g["model"]].encoder_decoder and pure_fp16)
 
@@ -526,6 +565,9 @@ def _unreadable_output(argv: list[str], code: int, out: str) -> str | None:
         if emit == "deepspeed":
             data = json.loads(out)
             assert "zero_optimization" in data
+        elif emit == "colossalai":  # a Python snippet around the plugin's construction
+            assert "Plugin(" in out
+            ast.parse(out)
         elif emit is not None:
             assert isinstance(yaml.safe_load(out), dict)
         elif fmt == "json":
@@ -538,7 +580,7 @@ def _unreadable_output(argv: list[str], code: int, out: str) -> str | None:
             assert isinstance(yaml.safe_load(out), dict)
         elif fmt == "csv":
             assert len(list(csv.reader(io.StringIO(out)))) >= 2
-    except (AssertionError, ValueError, KeyError, yaml.YAMLError) as exc:
+    except (AssertionError, ValueError, KeyError, SyntaxError, yaml.YAMLError) as exc:
         return f"exit {code} with unreadable {emit or fmt} output ({type(exc).__name__})"
     return None
 

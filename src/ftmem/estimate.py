@@ -31,7 +31,7 @@ from ftmem.grpo import vllm_reserved_bytes
 from ftmem.hardware import Gpu
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.ops.attention import attention_path
-from ftmem.parallel import ENGINE, ParallelConfig, ParallelStep, parallel_notes, parallel_step
+from ftmem.parallel import ParallelConfig, ParallelStep, parallel_notes, parallel_step
 from ftmem.phases import StepSizes, find_peak
 from ftmem.profiles import framework_arch, framework_run, profile_notes, profile_of
 from ftmem.result import (
@@ -506,7 +506,7 @@ def _parallel_info(
     reduce, prefetch, persist = par.buckets(arch)
     return ParallelInfo(
         strategy=par.resolved_strategy,
-        engine=ENGINE[par.resolved_strategy],
+        engine=par.engine,
         world_size=par.world,
         gpus_per_node=par.gpus,
         nodes=par.nodes,

@@ -33,9 +33,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from ftmem import colossalai
 from ftmem.arch import HEAD, Architecture
+from ftmem.colossalai import COLOSSALAI, LOW_LEVEL_ZERO
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, ceil_div, is_quantized
 from ftmem.errors import InvalidInputError
+from ftmem.gemini import gemini_rank
 from ftmem.methods import MethodPlan, TensorGroup, plan_key
 from ftmem.optim import (
     optimizer_state_bytes,
@@ -66,14 +69,23 @@ Strategy = Literal[
     "fsdp-hybrid",
     "fsdp-grad-op",
     "fsdp-no-shard",
+    "colossalai-zero1",
+    "colossalai-zero2",
+    "colossalai-3d",
+    "colossalai-gemini",
 ]
 Offload = Literal["none", "cpu", "nvme"]
 
 DEEPSPEED: frozenset[str] = frozenset({"zero1", "zero2", "zero3"})
 FSDP: frozenset[str] = frozenset({"fsdp", "fsdp-hybrid", "fsdp-grad-op", "fsdp-no-shard"})
-SHARDS_WEIGHTS: frozenset[str] = frozenset({"zero3", "fsdp", "fsdp-hybrid", "fsdp-grad-op"})
-SHARDS_GRADS: frozenset[str] = SHARDS_WEIGHTS | {"zero2"}
-SHARDS_STATES: frozenset[str] = SHARDS_GRADS | {"zero1"}
+SHARDS_WEIGHTS: frozenset[str] = frozenset(
+    {"zero3", "fsdp", "fsdp-hybrid", "fsdp-grad-op", "colossalai-gemini"}
+)
+SHARDS_GRADS: frozenset[str] = SHARDS_WEIGHTS | {"zero2", "colossalai-zero2"}
+SHARDS_STATES: frozenset[str] = SHARDS_GRADS | {"zero1", "colossalai-zero1"}
+# the engines that cast the whole model to the 16-bit precision and keep fp32 masters
+# in the optimizer
+SIXTEEN_BIT_ENGINES: frozenset[str] = DEEPSPEED | COLOSSALAI
 
 # Hugging Face's "auto" values for DeepSpeed ZeRO (transformers.integrations.deepspeed),
 # which ftmem also writes into the configs it emits: buckets of h² elements, a
@@ -140,10 +152,24 @@ class ParallelConfig(BaseModel):
             return 1
         if s == "fsdp-hybrid":
             return max(1, self.dp // self.nodes)
+        if s in COLOSSALAI:
+            # ColossalAI's sequence parallelism (all_to_all) shards ZeRO over dp × sp
+            # (mixed_dp_group, hybrid_parallel_plugin.py:1198-1200)
+            return self.dp * self.cp
         return self.dp
+
+    @property
+    def engine(self) -> str:
+        """What runs the strategy, as a user would name it."""
+        s = self.resolved_strategy
+        if s in COLOSSALAI:
+            return f"ColossalAI {colossalai.plugin_name(s, self.model_parallel)}"
+        return ENGINE[s]
 
     def buckets(self, arch: Architecture) -> tuple[int, int, int]:
         """ZeRO reduce bucket, stage-3 prefetch bucket and persistence threshold (elements)."""
+        if self.resolved_strategy in COLOSSALAI:
+            return self.bucket_elements or colossalai.ZERO_BUCKET_ELEMENTS, 0, 0
         reduce = self.bucket_elements or arch.hidden_size**2
         return reduce, int(PREFETCH_FRACTION * reduce), PERSISTENCE_FACTOR * arch.hidden_size
 
@@ -171,14 +197,20 @@ class ParallelConfig(BaseModel):
             raise ValueError(
                 f"DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only, not {s} with --pp"
             )
+        if s in COLOSSALAI:
+            _colossalai_layout(self)
         if s == "fsdp-hybrid" and self.dp % self.nodes:
             raise ValueError("fsdp-hybrid needs the data-parallel ranks spread evenly over nodes")
-        if self.offload_optimizer != "none" and s not in DEEPSPEED and s not in FSDP:
+        offloads = DEEPSPEED | FSDP | LOW_LEVEL_ZERO.keys() | {colossalai.GEMINI}
+        if self.offload_optimizer != "none" and s not in offloads:
             raise ValueError(
-                f"--offload-optimizer needs a DeepSpeed ZeRO or FSDP strategy, not {s}"
+                "--offload-optimizer needs a DeepSpeed ZeRO or FSDP strategy (or ColossalAI's "
+                f"colossalai-zero1, colossalai-zero2, colossalai-gemini), not {s}"
             )
-        if self.offload_params != "none" and s not in ("zero3", *FSDP):
-            raise ValueError(f"--offload-params needs zero3 or an FSDP strategy, not {s}")
+        if self.offload_params != "none" and s not in ("zero3", *FSDP, colossalai.GEMINI):
+            raise ValueError(
+                f"--offload-params needs zero3 or an FSDP strategy (or colossalai-gemini), not {s}"
+            )
         if s in FSDP:
             if "nvme" in (self.offload_optimizer, self.offload_params):
                 raise ValueError("FSDP offloads to the CPU only; NVMe offload is DeepSpeed's")
@@ -209,6 +241,35 @@ class ParallelConfig(BaseModel):
                 return {**data, "offload_optimizer": "cpu"}
             # any other value (nvme) is refused by _combinations, not replaced by cpu
         return data
+
+
+def _colossalai_layout(par: ParallelConfig) -> None:
+    """The layouts ColossalAI's plugins refuse (hybrid_parallel_plugin.py:1123-1136)."""
+    s = par.resolved_strategy
+    if s == "colossalai-zero2" and par.pp > 1:
+        raise ValueError(
+            "ColossalAI's HybridParallelPlugin takes zero_stage 0 or 1 with pipeline "
+            "parallelism, not 2: use --strategy colossalai-zero1 with --pp"
+        )
+    if "nvme" in (par.offload_optimizer, par.offload_params):
+        raise ValueError("ColossalAI's plugins offload to the CPU only, not NVMe")
+    if s == colossalai.GEMINI:
+        if par.pp > 1:
+            raise ValueError(
+                "ColossalAI's GeminiPlugin has no pipeline parallelism (gemini_ddp.py:354-355): "
+                "drop --pp, or use --strategy colossalai-zero1"
+            )
+        if par.cp > 1:
+            raise ValueError(
+                "ColossalAI's GeminiPlugin splits the sequence only with tensor parallelism: "
+                "drop --cp"
+            )
+        if par.offload_params == "cpu" and par.offload_optimizer != "cpu":
+            raise ValueError(
+                "ColossalAI's GeminiPlugin moves weights off the GPU only with the optimizer "
+                "(offload_param_frac needs offload_optim_frac=1, placement_policy.py:59-61): "
+                "add --offload-optimizer cpu"
+            )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -256,16 +317,17 @@ def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, at_most + 1) if n % d == 0)
 
 
-def local_arch(arch: Architecture, tp: int) -> Architecture:
+def local_arch(arch: Architecture, tp: int, vocab_pad: int = VOCAB_PAD) -> Architecture:
     """The slice of the model one tensor-parallel rank holds.
 
     Column-parallel q/k/v, gate and up and row-parallel o and down keep 1/tp of the heads
     and of the MLP width; norms and the row-parallel biases stay whole; the embedding
-    and LM head are split by vocabulary (padded as Megatron pads it).
+    and LM head are split by vocabulary, each rank's rows a multiple of ``vocab_pad``
+    (Megatron's 128; ColossalAI's shardformer 64).
     """
     if tp == 1:
         return arch
-    vocab = ceil_div(arch.vocab_size, VOCAB_PAD * tp) * VOCAB_PAD
+    vocab = ceil_div(arch.vocab_size, vocab_pad * tp) * vocab_pad
     return arch.model_copy(
         update={
             "num_heads": arch.num_heads // tp,
@@ -290,14 +352,14 @@ def _sixteen_bit(run: RunConfig) -> dict[str, object]:
 def engine_run(run: RunConfig, par: ParallelConfig) -> RunConfig:
     """The run as the engine executes it.
 
-    DeepSpeed's bf16/fp16 modes cast the whole model (adapters too) to 16-bit and keep
-    the fp32 master weights inside the optimizer, so ``bf16-mixed`` and ``bf16`` are the
-    same run there. Context parallel leaves each rank ``seq_len / cp`` tokens.
+    DeepSpeed's bf16/fp16 modes and ColossalAI's plugins cast the whole model (adapters
+    too) to 16-bit and keep the fp32 master weights inside the optimizer, so
+    ``bf16-mixed`` and ``bf16`` are the same run there. Context parallel leaves each rank ``seq_len / cp`` tokens.
     """
     update: dict[str, object] = {}
     if par.cp > 1:
         update["seq_len"] = run.seq_len // par.cp
-    if par.resolved_strategy in DEEPSPEED:
+    if par.resolved_strategy in SIXTEEN_BIT_ENGINES:
         update.update(_sixteen_bit(run))
     return run.model_copy(update=update) if update else run
 
@@ -401,6 +463,21 @@ def _fp32_copies(groups: tuple[TensorGroup, ...]) -> tuple[TensorGroup, ...]:
     return tuple(dataclasses.replace(g, fmt="fp32") for g in groups)
 
 
+# Where the optimizer keeps fp32 masters: none (torch: the weights are the masters),
+# DeepSpeed's 16-bit modes, ColossalAI's ZeRO optimizer, ColossalAI's AMP optimizer
+Masters = Literal["none", "deepspeed", "colossalai-zero", "colossalai-amp"]
+
+
+def _masters(s: Strategy) -> Masters:
+    if s in DEEPSPEED:
+        return "deepspeed"
+    if s in LOW_LEVEL_ZERO:
+        return "colossalai-zero"
+    if s == colossalai.HYBRID_AMP:
+        return "colossalai-amp"
+    return "none"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _StageTotals:
     """A stage's parameter sizes before any sharding."""
@@ -422,14 +499,14 @@ def _stage_totals(
     arch: Architecture,
     run: RunConfig,
     plan: MethodPlan,
-    deepspeed: bool,
+    masters: Masters,
 ) -> _StageTotals:
     """_StageTotals of a stage's groups, cached per (groups compared by value, the plan's
-    key: architecture and every run setting but the shape, DeepSpeed or not): every GPU
-    count of a sweep asks for the same stage again (summing its groups was a fifth of a
-    multi-GPU estimate). Safe: ``plan`` is ``plan_method(arch, run)``, decided by that
+    key: architecture and every run setting but the shape, the engine's masters): every
+    GPU count of a sweep asks for the same stage again (summing its groups was a fifth of
+    a multi-GPU estimate). Safe: ``plan`` is ``plan_method(arch, run)``, decided by that
     key, and the optimizer functions read no shape setting of the run."""
-    key = (groups, plan_key(arch, run), deepspeed)
+    key = (groups, plan_key(arch, run), masters)
     totals = _STAGE_TOTALS.get(key)
     if totals is not None:
         return totals
@@ -437,13 +514,20 @@ def _stage_totals(
         _STAGE_TOTALS.clear()
     trainable = tuple(g for g in groups if g.trainable)
     psi = sum(g.total_numel for g in trainable)
-    if deepspeed:
-        fp32_copies = _fp32_copies(trainable)
-        half = plan.dtypes.base != "fp32"
-        master = FP32 * psi if half else 0
-        states = optimizer_state_bytes(fp32_copies, run) + master
-        # the step converts the gradient partition to fp32 before the update
-        step_temp = FP32 * psi if half else 0
+    half = plan.dtypes.base != "fp32"
+    if masters != "none" and (half or masters == "colossalai-zero"):
+        # fp32 master copies in the optimizer; ColossalAI's ZeRO clones its shard to fp32
+        # even in an fp32 run (low_level_optim.py:291-292)
+        states = optimizer_state_bytes(_fp32_copies(trainable), run) + FP32 * psi
+        # the step's fp32 gradients: DeepSpeed and ColossalAI's ZeRO convert the gradient
+        # partition to fp32 beside the 16-bit one (low_level_optim.py:565-568);
+        # ColossalAI's AMP optimizer replaces each 16-bit gradient by its fp32 copy
+        # (mixed_precision_optimizer.py:174-181): 2 more bytes each
+        step_temp = (
+            0 if not half else (FP32 - 2) * psi if masters == "colossalai-amp" else FP32 * psi
+        )
+    elif masters == "deepspeed":
+        states, step_temp = optimizer_state_bytes(_fp32_copies(trainable), run), 0
     else:
         states = optimizer_state_bytes(groups, run)
         step_temp = optimizer_step_temporary_bytes(groups, run)
@@ -573,6 +657,7 @@ class _Traffic:
     groups: tuple[TensorGroup, ...]  # the stage's parameters
     outer: list[TensorGroup]  # those outside the blocks
     cast: int | None  # FSDP MixedPrecision: bytes per element gathered and reduced
+    compute: int  # bytes per element of the compute dtype
     grads: int  # all of the stage's gradients
     bucket: int  # one ZeRO reduce bucket
     block: int  # one block gathered whole
@@ -609,6 +694,7 @@ def _traffic(
         groups=groups,
         outer=outer,
         cast=cast,
+        compute=compute,
         grads=grads,
         bucket=par.buckets(arch)[0] * compute,
         block=_gathered_bytes(_one_block(groups, arch), cast),
@@ -678,6 +764,22 @@ _COMMUNICATION: dict[str, Callable[[_Traffic], Communication]] = {
     "fsdp-hybrid": _fsdp_gathers,
     "fsdp-grad-op": _fsdp_grad_op_gathers,
 }
+
+
+def _colossalai_communication(s: Strategy, par: ParallelConfig, t: _Traffic) -> Communication:
+    """ColossalAI's reduce buffers. ZeRO: buckets of ``reduce_bucket_size_in_m`` (a larger
+    gradient alone), reduced in backward as they fill (overlap_communication=True), or,
+    under a pipeline, once at the end (``sync_dp_grads``, hybrid_parallel_plugin.py:
+    727-743). Zero stage 0: torch DDP's buckets without a pipeline, in-place all-reduces
+    with one (:161-183)."""
+    if s == colossalai.HYBRID_AMP:
+        return _ddp_buckets(t) if par.pp == 1 else NO_COMMUNICATION
+    b = t.compute
+    bucket = colossalai.effective_bucket(t.bucket // b, t.groups)
+    if par.pp > 1:
+        return Communication(optimizer=bucket * b)
+    stage = colossalai.zero_stage(s)
+    return Communication(backward=colossalai.backward_buffers(stage, bucket, par.shard_group, b))
 
 
 def _stage_gradients(
@@ -768,16 +870,22 @@ def rank_memory(
     at = _stage(len(parts.sizes.activations.per_block), par.pp, stage)
     plan = parts.plan
     groups = _stage_groups(parts, arch, stage, par.pp)
-    totals = _stage_totals(groups, arch, run, plan, s in DEEPSPEED)
+    if s == colossalai.GEMINI:
+        on, comm = _gemini(par, arch, run, groups, BYTES_PER_ELEMENT[plan.dtypes.compute])
+        sizes, micro = _stage_sizes(s, par, run, parts.sizes, at, on, comm)
+        return RankMemory(stage, sizes, on.sharded, on.replicated, micro, on.host, on.disk)
+    totals = _stage_totals(groups, arch, run, plan, _masters(s))
     on = _sharded(s, par, arch, groups, totals, parts.sizes.gradients.per_block)
     communication = _COMMUNICATION.get(s)
-    comm = (
-        communication(_traffic(s, par, arch, groups, plan, totals.grads))
-        if communication
-        else NO_COMMUNICATION
-    )
+    traffic = _traffic(s, par, arch, groups, plan, totals.grads)
+    if s in COLOSSALAI:
+        comm = _colossalai_communication(s, par, traffic)
+    else:
+        comm = communication(traffic) if communication else NO_COMMUNICATION
     on = _offload_optimizer(s, par, on, totals.psi)
     on = _offload_params(s, par, on, BYTES_PER_ELEMENT[plan.dtypes.compute])
+    if s in LOW_LEVEL_ZERO:
+        on = _colossalai_gather_after_step(par, on, traffic)
     sizes, micro = _stage_sizes(s, par, run, parts.sizes, at, on, comm)
     return RankMemory(
         stage=stage,
@@ -788,6 +896,56 @@ def rank_memory(
         host_bytes=on.host,
         disk_bytes=on.disk,
     )
+
+
+def _gemini(
+    par: ParallelConfig,
+    arch: Architecture,
+    run: RunConfig,
+    groups: tuple[TensorGroup, ...],
+    half: int,
+) -> tuple[_Resident, Communication]:
+    """GeminiPlugin's chunks (ftmem.gemini): sharded 16-bit chunks that also take the
+    reduced gradients, sharded fp32 masters and Adam states, frozen tensors whole; the
+    chunks gathered at each moment are its communication. The embedding's chunk, gathered
+    at the very end of backward, is charged at the head's backward (an upper bound)."""
+    g = gemini_rank(
+        groups,
+        arch,
+        arch.num_layers,
+        par.shard_group,
+        half,
+        accumulation=run.grad_accum > 1,
+        offload_optimizer=par.offload_optimizer == "cpu",
+        offload_params=par.offload_params == "cpu",
+    )
+    on = _Resident(
+        replicated=g.replicated,
+        sharded=g.shards,
+        grads=g.grads,
+        grads_block=0,
+        states=g.masters + g.states,
+        step_temp=0,  # one fused multi_tensor_adam call (hybrid_adam.py:161-189)
+        host=g.host_pinned + g.host_unpinned,
+    )
+    comm = Communication(
+        forward=g.gathered_forward + g.access_transient,
+        backward=g.gathered_backward + g.block_backward,
+        head_forward=g.gathered_head + g.access_transient,
+        loss_backward=g.gathered_head + g.head_backward,
+        head_backward=max(g.gathered_head, g.gathered_outer),
+    )
+    return on, comm
+
+
+def _colossalai_gather_after_step(par: ParallelConfig, on: _Resident, t: _Traffic) -> _Resident:
+    """ColossalAI's ZeRO gathers the updated 16-bit shards after the step, once its fp32
+    gradient copies are freed and while the 16-bit ones stay: the larger of the two
+    moments (the gather stays on the GPU when the optimizer is on the host)."""
+    gather = colossalai.gather_after_step(
+        t.groups, t.bucket // t.compute, par.shard_group, t.compute
+    )
+    return dataclasses.replace(on, step_temp=max(on.step_temp, gather))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -848,8 +1006,14 @@ def _check_engine_precision(arch: Architecture, run: RunConfig, par: ParallelCon
         return
     if resolve_dtypes(run).base == "fp16" and not run.uses_autocast:
         return  # pure fp16 already: the one-GPU refusal says why
-    if s in DEEPSPEED or (s in FSDP and run.precision == "fp16-mixed"):
-        engine = "DeepSpeed's fp16 mode" if s in DEEPSPEED else "FSDP's MixedPrecision"
+    if s in SIXTEEN_BIT_ENGINES or (s in FSDP and run.precision == "fp16-mixed"):
+        engine = (
+            "DeepSpeed's fp16 mode"
+            if s in DEEPSPEED
+            else "ColossalAI's fp16 precision"
+            if s in COLOSSALAI
+            else "FSDP's MixedPrecision"
+        )
         raise InvalidInputError(
             f"{arch.name} is an encoder-decoder: {engine} runs the whole model in fp16, a "
             f"T5 regime ftmem does not model; use --precision bf16-mixed or fp32 with {s}."
@@ -859,7 +1023,12 @@ def _check_engine_precision(arch: Architecture, run: RunConfig, par: ParallelCon
 def parallel_step(arch: Architecture, run: RunConfig, par: ParallelConfig) -> ParallelStep:
     check_layout(arch, run, par)
     _check_engine_precision(arch, run, par)
-    local = local_arch(arch, par.tp)
+    if par.resolved_strategy in COLOSSALAI:
+        colossalai.check_run(
+            run, par.resolved_strategy, par.tp, par.model_parallel, arch.encoder_decoder
+        )
+    pad = colossalai.VOCAB_MULTIPLE if par.resolved_strategy in COLOSSALAI else VOCAB_PAD
+    local = local_arch(arch, par.tp, pad)
     lrun = engine_run(run, par)
     parts = shared_step_parts(local, lrun)
     if par.resolved_strategy in FSDP and lrun.precision.endswith("-mixed"):
@@ -906,6 +1075,9 @@ def parallel_notes(
             "torch DDP keeps gradient buckets as large as the gradients "
             "(gradient_as_bucket_view=True would save them)."
         )
+    if s in COLOSSALAI:
+        offload = par.offload_optimizer != "none"
+        notes += colossalai.notes(s, par.model_parallel, par.pp, offload)
     if par.tp > 1:
         notes.append(
             f"Tensor parallel {par.tp} as Megatron splits it: heads, MLP width and the "

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ftmem.colossalai import COLOSSALAI, GEMINI, HYBRID_AMP, LOW_LEVEL_ZERO
 from ftmem.errors import FtmemError
 from ftmem.profiles import profile_of
 from ftmem.result import Estimate
@@ -244,12 +245,49 @@ def _more_gpus(s: Settings) -> list[Change]:
     ]
 
 
+def _shard_weights(s: Settings) -> list[Change]:
+    """ZeRO stages 1 and 2 keep the 16-bit weights whole on every GPU; the engine's next
+    stage shards them too (not under a pipeline, which neither ZeRO-3 nor Gemini takes)."""
+    strategy = s.get("strategy")
+    if (s.get("pp") or 1) > 1 or _one_gpu_only(s):
+        return []
+    if strategy in ("zero1", "zero2"):
+        return [_change("sharding", "shard the weights too (ZeRO-3)", 2, strategy="zero3")]
+    if (
+        strategy in LOW_LEVEL_ZERO
+        and s.get("method", "full") not in ADAPTER_METHODS
+        and (s.get("cp") or 1) == 1
+    ):
+        return [
+            _change(
+                "sharding",
+                "shard the weights too (ColossalAI GeminiPlugin)",
+                2,
+                strategy=GEMINI,
+            )
+        ]
+    return []
+
+
 def _offload(s: Settings) -> list[Change]:
     if s.get("offload_optimizer") not in (None, "none") or _one_gpu_only(s):
         return []
     strategy = s.get("strategy") or "zero3"
     if strategy in ("single", "ddp"):
         strategy = "zero3"
+    if strategy in COLOSSALAI:
+        # zero_stage 0 has no cpu_offload: the stage that has, on the same layout
+        strategy = "colossalai-zero1" if strategy == HYBRID_AMP else strategy
+        where = "offload_optim_frac=1" if strategy == GEMINI else "cpu_offload"
+        return [
+            _change(
+                "offload",
+                f"optimizer on the CPU (ColossalAI {where})",
+                7,
+                strategy=strategy,
+                offload_optimizer="cpu",
+            )
+        ]
     if strategy.startswith("fsdp"):
         return [
             _change("offload", "FSDP CPU offload", 7, offload_params="cpu", offload_optimizer="cpu")
@@ -312,6 +350,12 @@ LEVERS: tuple[Lever, ...] = (
     ),
     Lever("rank", "fewer adapter parameters: less capacity", _rank),
     Lever("context", "trains on shorter sequences: the model sees less context", _context),
+    Lever(
+        "sharding",
+        "the weights gathered block by block every step: ≈ 1.5× ZeRO-2's communication "
+        "(Rajbhandari et al. 2020)",
+        _shard_weights,
+    ),
     Lever(
         "gpus",
         "more GPUs; ZeRO-3 gathers every layer each step: ≈ 1.5× DDP's communication "

@@ -30,7 +30,7 @@ from ftmem.cli.terminal import echo
 from ftmem.errors import FtmemError
 from ftmem.units import UnitSystem
 
-Emitter = Literal["deepspeed", "accelerate", "fsdp"]
+Emitter = Literal["deepspeed", "accelerate", "fsdp", "colossalai"]
 """The engine configs of :mod:`ftmem.present.emit` (its EMITTERS; not imported here,
 where `ftmem estimate` without --emit would pay for it)."""
 

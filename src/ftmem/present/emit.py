@@ -1,4 +1,5 @@
-"""Engine configs for the estimated plan: DeepSpeed JSON, Accelerate YAML (DeepSpeed or FSDP).
+"""Engine configs for the estimated plan: DeepSpeed JSON, Accelerate YAML (DeepSpeed or
+FSDP), ColossalAI's booster setup (Python).
 
 The values are those the estimate assumed (bucket sizes, stage, offload, precision),
 so the run launched with the config is the run that was estimated. Tests load every
@@ -12,11 +13,12 @@ import json
 import yaml
 
 from ftmem import families
+from ftmem.colossalai import COLOSSALAI, GEMINI, HYBRID_AMP, zero_stage
 from ftmem.errors import InvalidInputError
 from ftmem.parallel import DEEPSPEED, FSDP
 from ftmem.result import Estimate, ParallelInfo
 
-EMITTERS = ("deepspeed", "accelerate", "fsdp")
+EMITTERS = ("deepspeed", "accelerate", "fsdp", "colossalai")
 
 # transformers 5 block classes (each model's _no_split_modules): FSDP wraps one per unit.
 FSDP_SHARDING = {
@@ -35,6 +37,14 @@ def emit_config(est: Estimate, kind: str) -> str:
         raise InvalidInputError(f"--emit must be one of {', '.join(EMITTERS)}, not {kind!r}.")
     p = est.parallel
     strategy = p.strategy if p is not None else "single"
+    if kind == "colossalai":
+        if p is None or strategy not in COLOSSALAI | FSDP | {"ddp"}:
+            raise InvalidInputError(
+                "--emit colossalai needs --strategy colossalai-zero1/zero2/3d/gemini, ddp or "
+                f"an FSDP strategy, not {strategy} (ColossalAI has no ZeRO-3 plugin: its "
+                "nearest is colossalai-gemini)."
+            )
+        return colossalai_setup(est, p)
     if p is None or strategy not in DEEPSPEED | FSDP | {"ddp"}:
         raise InvalidInputError(
             f"--emit {kind} needs a multi-GPU strategy (--strategy zero1/2/3, fsdp... or ddp)."
@@ -172,3 +182,161 @@ def accelerate_config(est: Estimate, p: ParallelInfo) -> dict[str, object]:
                 "parallelism_config_cp_size": p.context_parallel,
             }
     return config
+
+
+def _call(name: str, kwargs: dict[str, str]) -> str:
+    args = "".join(f"\n    {k}={v}," for k, v in kwargs.items())
+    return f"{name}({args}\n)"
+
+
+def _torch_plugin(est: Estimate, p: ParallelInfo) -> tuple[str, list[str], dict[str, str]]:
+    """ColossalAI's wrappers of torch DDP and FSDP (data parallel only)."""
+    s, run = p.strategy, est.run
+    if p.pipeline_parallel > 1:
+        raise InvalidInputError(
+            "ColossalAI runs a pipeline with HybridParallelPlugin only: use --strategy "
+            "colossalai-zero1 or colossalai-3d with --pp."
+        )
+    if s == "ddp":
+        if run.precision == "bf16-mixed":
+            raise InvalidInputError(
+                "ColossalAI's Booster has no bf16 autocast for TorchDDPPlugin (its "
+                "BF16MixedPrecision is abstract, mixed_precision/bf16.py:4-5): use --precision "
+                "bf16, or fp16-mixed."
+            )
+        return "TorchDDPPlugin", [], {"bucket_cap_mb": "25"}
+    if p.tensor_parallel > 1 or p.context_parallel > 1:
+        raise InvalidInputError(
+            "ColossalAI's TorchFSDPPlugin is FSDP1 without tensor or context parallel: "
+            "use --strategy colossalai-zero1 with --tp/--cp."
+        )
+    block = families.get(est.model.family).decoder_layer
+    kwargs = {
+        "sharding_strategy": f"ShardingStrategy.{FSDP_SHARDING[s]}",
+        # without a wrap policy the whole model is one unit, gathered for the whole step
+        "auto_wrap_policy": "partial(transformer_auto_wrap_policy, transformer_layer_cls="
+        f"{{type(m) for m in model.modules() if type(m).__name__ == {block!r}}})",
+    }
+    half = _half(est)
+    if half and str(run.precision).endswith("-mixed"):
+        dtype = "torch.bfloat16" if half == "bf16" else "torch.float16"
+        kwargs["mixed_precision"] = (
+            f"MixedPrecision(param_dtype={dtype}, reduce_dtype={dtype}, buffer_dtype={dtype})"
+        )
+    if p.offload_params == "cpu":
+        kwargs["cpu_offload"] = "CPUOffload(offload_params=True)"
+    imports = [
+        "from functools import partial",
+        "import torch",
+        "from torch.distributed.fsdp import CPUOffload, MixedPrecision, ShardingStrategy",
+        "from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy",
+    ]
+    return "TorchFSDPPlugin", imports, kwargs
+
+
+def _colossalai_plugin(est: Estimate, p: ParallelInfo) -> tuple[str, list[str], dict[str, str]]:
+    """The plugin's class, the imports it needs and its arguments (names as in the
+    plugins' ``__init__`` at hpcaitech/ColossalAI 4f9953be335e)."""
+    s, run = p.strategy, est.run
+    if s in FSDP | {"ddp"}:
+        return _torch_plugin(est, p)
+    precision = repr(_half(est) or "fp32")
+    offload = p.offload_optimizer == "cpu"
+    if s == GEMINI:
+        kwargs = {
+            "precision": precision,
+            "placement_policy": "'static'",
+            "shard_param_frac": "1.0",
+            "offload_optim_frac": "1.0" if offload else "0.0",
+            "offload_param_frac": "1.0" if p.offload_params == "cpu" else "0.0",
+            "enable_gradient_accumulation": str(run.grad_accum > 1),
+            "max_norm": str(GRADIENT_CLIPPING),
+        }
+        if p.tensor_parallel > 1:
+            kwargs["tp_size"] = str(p.tensor_parallel)
+        return "GeminiPlugin", [], kwargs
+    bucket_m = max(1, -(-p.reduce_bucket_elements // 2**20))
+    model_parallel = p.tensor_parallel * p.pipeline_parallel * p.context_parallel
+    if model_parallel == 1 and s != HYBRID_AMP:
+        kwargs = {
+            "stage": str(zero_stage(s)),
+            "precision": precision,
+            "reduce_bucket_size_in_m": str(bucket_m),
+            "cpu_offload": str(offload),
+            "max_norm": str(GRADIENT_CLIPPING),
+        }
+        return "LowLevelZeroPlugin", [], kwargs
+    kwargs = {
+        "tp_size": str(p.tensor_parallel),
+        "pp_size": str(p.pipeline_parallel),
+        "zero_stage": str(zero_stage(s)),
+        "precision": precision,
+        "max_norm": str(GRADIENT_CLIPPING),
+    }
+    if zero_stage(s):
+        kwargs.update(zero_bucket_size_in_m=str(bucket_m), cpu_offload=str(offload))
+    if p.pipeline_parallel > 1:
+        kwargs.update(microbatch_size=str(run.batch_size), pp_style="'1f1b'")
+    if p.context_parallel > 1:
+        kwargs.update(
+            sp_size=str(p.context_parallel),
+            enable_sequence_parallelism="True",
+            sequence_parallelism_mode="'all_to_all'",
+        )
+    return "HybridParallelPlugin", [], kwargs
+
+
+def colossalai_setup(est: Estimate, p: ParallelInfo) -> str:
+    """ColossalAI's booster for the estimated plan: the plugin with the arguments the
+    estimate assumed, the optimizer and LoRA as the plugins take them, as a Python snippet
+    to paste into a training script launched with ``colossalai run --nproc_per_node``."""
+    plugin, imports, kwargs = _colossalai_plugin(est, p)
+    run = est.run
+    # torch DDP and FSDP's MixedPrecision keep fp32 weights for a mixed run
+    autocast = str(run.precision).endswith("-mixed") and p.strategy not in COLOSSALAI
+    loaded = "fp32" if autocast else _half(est) or "fp32"
+    lines = [
+        f"# ftmem: {est.model.name} {run.method}, {p.world_size} GPUs, launch with",
+        f"#   colossalai run --nproc_per_node {p.gpus_per_node}"
+        + (f" --num_nodes {p.nodes} --hostfile HOSTFILE" if p.nodes > 1 else "")
+        + " train.py",
+        "import colossalai",
+        "from colossalai.booster import Booster",
+        f"from colossalai.booster.plugin import {plugin}",
+        "from colossalai.nn.optimizer import HybridAdam",
+        *imports,
+        "",
+        "colossalai.launch_from_torch()",
+        f"# model: yours, loaded in {loaded}; dataloader: "
+        f"plugin.prepare_dataloader(dataset, batch_size={run.batch_size}, ...)",
+        f"plugin = {_call(plugin, kwargs)}",
+        "booster = Booster(plugin=plugin"
+        + (', mixed_precision="fp16")' if p.strategy == "ddp" and autocast else ")"),
+    ]
+    if run.method in ("lora", "dora", "rslora", "qlora"):
+        targets = list(run.adapted_modules or [])
+        lines += [
+            "# LoRA through peft, before boost (not GeminiPlugin, not with tp_size > 1)"
+            + (
+                "; QLoRA: add quantize=True and a bnb_quantization_config"
+                if run.method == "qlora"
+                else ""
+            ),
+            "from peft import LoraConfig",
+            "model = booster.enable_lora(model, lora_config=LoraConfig("
+            f"r={run.r}, lora_alpha={run.alpha}, lora_dropout={run.dropout}, "
+            f"target_modules={sorted({t.rsplit('.', 1)[-1] for t in targets})!r}))",
+        ]
+    if run.grad_ckpt:
+        lines.append("model.gradient_checkpointing_enable()")
+    lines += [
+        "optimizer = HybridAdam(model.parameters(), adamw_mode=True)",
+        "model, optimizer, _, dataloader, _ = booster.boost(model, optimizer, "
+        "dataloader=dataloader)",
+    ]
+    if p.pipeline_parallel > 1:
+        lines.append(
+            "# each step: booster.execute_pipeline(iter(dataloader), model, "
+            "lambda out, inputs: out.loss, optimizer, return_loss=True)"
+        )
+    return "\n".join(lines) + "\n"

@@ -284,9 +284,10 @@ def _parallel_rows(est: Estimate, units: UnitSystem) -> list[tuple[str, str]]:
                 f"optimizer → {p.offload_optimizer}, weights → {p.offload_params}",
             )
         )
+    if p.host_bytes_per_node:  # offloaded, or pinned copies kept anyway (Gemini)
         rows.append(("Host RAM per node", format_bytes(p.host_bytes_per_node, units)))
-        if p.disk_bytes_per_node:
-            rows.append(("NVMe per node", format_bytes(p.disk_bytes_per_node, units)))
+    if p.disk_bytes_per_node:
+        rows.append(("NVMe per node", format_bytes(p.disk_bytes_per_node, units)))
     rows.append(("All GPUs together", format_bytes(p.job_gpu_bytes, units)))
     return rows
 
