@@ -204,6 +204,19 @@ PLUGIN_ARGUMENTS = {
         "max_norm",
         "tp_size",
     },
+    # MoeHybridParallelPlugin takes HybridParallelPlugin's arguments and ep_size
+    "MoeHybridParallelPlugin": {
+        "tp_size",
+        "pp_size",
+        "zero_stage",
+        "precision",
+        "max_norm",
+        "zero_bucket_size_in_m",
+        "cpu_offload",
+        "microbatch_size",
+        "pp_style",
+        "ep_size",
+    },
     "TorchDDPPlugin": {"bucket_cap_mb"},
     "TorchFSDPPlugin": {"sharding_strategy", "auto_wrap_policy", "mixed_precision", "cpu_offload"},
 }
@@ -362,3 +375,52 @@ def test_the_refusal_quoted_in_the_docs_is_the_tools(capsys):
     out, err = capsys.readouterr()
     assert exit_info.value.code == 2 and out == ""
     assert err.strip() == f"Error: {quoted}"
+
+
+# --- MoeHybridParallelPlugin: experts split over the data-parallel ranks ---------------
+
+# Mixtral-8x7B: 32 layers of 8 experts, each gate + up (2 × 14,336 × 4,096) and down
+# (4,096 × 14,336); everything else is shared.
+PSI_MIXTRAL = 46_702_792_704
+EXPERTS_MIXTRAL = 32 * 8 * 3 * 14336 * 4096
+
+
+@pytest.mark.parametrize("strategy", ["colossalai-zero1", "colossalai-zero2"])
+def test_expert_parallel_keeps_a_quarter_of_the_experts(strategy):
+    """ep 4 on 8 GPUs: each rank holds 2 of 8 experts a layer, in 16-bit, with their whole
+    gradients (the MoE plugin runs ZeRO-2 as ZeRO-1); expert states shard over the
+    dp / ep = 2 ranks with the same experts, the rest over 8: 12 bytes per element of
+    the whole model over 8, as without expert parallelism."""
+    est = estimate("mixtral-8x7b", method="full", precision="bf16", gpus=8, strategy=strategy, ep=4)
+    m = est.memory
+    local = PSI_MIXTRAL - EXPERTS_MIXTRAL + EXPERTS_MIXTRAL // 4
+    assert est.parallel.engine == "ColossalAI MoeHybridParallelPlugin"
+    assert est.parallel.expert_parallel == 4
+    assert m.weights_bytes == 2 * local
+    assert m.gradients_bytes == 2 * local
+    assert m.optimizer_states_bytes == ceil(12 * PSI_MIXTRAL / 8)
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"model": "llama2-7b", "ep": 2}, "dense"),
+        ({"ep": 16, "gpus": 16}, "its 8 experts"),
+        ({"ep": 4, "gpus": 2}, "must divide the 2 data-parallel"),
+        ({"ep": 2, "strategy": "zero2"}, "MoeHybridParallelPlugin"),
+        ({"ep": 2, "strategy": "colossalai-gemini"}, "colossalai-zero1 with --ep"),
+    ],
+)
+def test_expert_parallel_refusals(kw, words):
+    kw = {"model": "mixtral-8x7b", "gpus": 8, "strategy": "colossalai-zero1", **kw}
+    with pytest.raises((InvalidInputError, ValueError), match=words):
+        estimate(kw.pop("model"), method="full", precision="bf16", **kw)
+
+
+def test_emit_moe_plugin():
+    est = estimate(
+        "mixtral-8x7b", method="full", precision="bf16", gpus=8, strategy="colossalai-zero2", ep=4
+    )
+    name, args = _plugin_call(emit_config(est, "colossalai"))
+    assert name == "MoeHybridParallelPlugin"
+    assert args["ep_size"] == 4 and args["zero_stage"] == 1

@@ -80,13 +80,13 @@ def run_config(**settings: Any) -> RunConfig:
 def parallel_config(
     *, host_memory: str | int | None = None, bucket_elements: int | None = None, **settings: Any
 ) -> ParallelConfig:
-    """Validate the multi-GPU settings (gpus, nodes, strategy, tp, pp, cp, offload)."""
+    """Validate the multi-GPU settings (gpus, nodes, strategy, tp, pp, cp, ep, offload)."""
     if host_memory is not None:
         settings["host_memory_bytes"] = parse_size(host_memory, HOST_MEMORY, "--host-memory")
-    flag = flag_as_count(settings, ("gpus", "nodes", "tp", "pp", "cp"))
+    flag = flag_as_count(settings, ("gpus", "nodes", "tp", "pp", "cp", "ep"))
     if flag:  # a budgets file's `gpus: true`: pydantic's lax integers read it as 1
         raise InvalidInputError(flag + ".")
-    for name in ("gpus", "nodes", "tp", "pp", "cp"):  # each, before their product is taken
+    for name in ("gpus", "nodes", "tp", "pp", "cp", "ep"):  # each, before their product
         if isinstance(settings.get(name), int):
             GPUS.check(_option(name), settings[name])
     settings["bucket_elements"] = bucket_elements

@@ -54,10 +54,12 @@ def zero_stage(strategy: str) -> int:
     return LOW_LEVEL_ZERO.get(strategy, 0)
 
 
-def plugin_name(strategy: str, model_parallel: int) -> str:
+def plugin_name(strategy: str, model_parallel: int, ep: int = 1) -> str:
     """The booster plugin that runs the strategy."""
     if strategy == GEMINI:
         return "GeminiPlugin"
+    if ep > 1:
+        return "MoeHybridParallelPlugin"
     if strategy in LOW_LEVEL_ZERO and model_parallel == 1:
         return "LowLevelZeroPlugin"
     return "HybridParallelPlugin"
@@ -146,11 +148,20 @@ def check_run(
         )
 
 
-def notes(strategy: str, model_parallel: int, pp: int, offload: bool) -> list[str]:
+def notes(strategy: str, model_parallel: int, pp: int, ep: int, offload: bool) -> list[str]:
     """What the per-GPU numbers assume, for a user to check against their plugin."""
-    plugin = plugin_name(strategy, model_parallel)
+    plugin = plugin_name(strategy, model_parallel, ep)
     stage = zero_stage(strategy)
     out: list[str] = []
+    if ep > 1:
+        stage = 1
+        out.append(
+            f"ColossalAI MoeHybridParallelPlugin, expert parallel {ep}: each GPU keeps 1/{ep} "
+            "of every layer's experts, their ZeRO shards over the ranks holding the same "
+            "experts; ZeRO-2 and overlap_communication run as ZeRO-1 without overlap "
+            "(moe_hybrid_parallel_plugin.py:227-233); tokens assumed balanced over the "
+            "experts, the all-to-all buffers not counted."
+        )
     if stage:
         out.append(
             f"ColossalAI {plugin} with ZeRO stage {stage}: the whole model cast to the 16-bit "

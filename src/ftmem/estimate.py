@@ -515,6 +515,7 @@ def _parallel_info(
         tensor_parallel=par.tp,
         pipeline_parallel=par.pp,
         context_parallel=par.cp,
+        expert_parallel=par.ep,
         worst_rank=_rank_name(par, step.worst),
         stage_peak_bytes=stage_peaks,
         micro_batches_in_flight=rank.micro_batches,

@@ -119,6 +119,11 @@ class ParallelConfig(BaseModel):
     tp: PositiveInt = Field(1, description="Tensor-parallel degree.")
     pp: PositiveInt = Field(1, description="Pipeline-parallel degree (stages).")
     cp: PositiveInt = Field(1, description="Context-parallel degree (sequence split).")
+    ep: PositiveInt = Field(
+        1,
+        description="Expert-parallel degree: MoE experts split over data-parallel ranks "
+        "(ColossalAI's MoeHybridParallelPlugin).",
+    )
     offload_optimizer: Offload = "none"
     offload_params: Offload = "none"
     host_memory_bytes: PositiveInt | None = Field(None, description="Host RAM per node.")
@@ -163,7 +168,7 @@ class ParallelConfig(BaseModel):
         """What runs the strategy, as a user would name it."""
         s = self.resolved_strategy
         if s in COLOSSALAI:
-            return f"ColossalAI {colossalai.plugin_name(s, self.model_parallel)}"
+            return f"ColossalAI {colossalai.plugin_name(s, self.model_parallel, self.ep)}"
         return ENGINE[s]
 
     def buckets(self, arch: Architecture) -> tuple[int, int, int]:
@@ -196,6 +201,11 @@ class ParallelConfig(BaseModel):
         if s in ("zero2", "zero3") and self.pp > 1:
             raise ValueError(
                 f"DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only, not {s} with --pp"
+            )
+        if self.ep > 1 and s not in COLOSSALAI:
+            raise ValueError(
+                "--ep (expert parallel) is modelled for ColossalAI's MoeHybridParallelPlugin: "
+                "use --strategy colossalai-zero1"
             )
         if s in COLOSSALAI:
             _colossalai_layout(self)
@@ -253,6 +263,17 @@ def _colossalai_layout(par: ParallelConfig) -> None:
         )
     if "nvme" in (par.offload_optimizer, par.offload_params):
         raise ValueError("ColossalAI's plugins offload to the CPU only, not NVMe")
+    if par.ep > 1 and s not in LOW_LEVEL_ZERO:
+        raise ValueError(
+            "expert parallelism is ColossalAI's MoeHybridParallelPlugin with ZeRO here: use "
+            "--strategy colossalai-zero1 with --ep (its DDP path, zero_stage 0, refuses "
+            "experts split over the data-parallel ranks)"
+        )
+    if par.dp % par.ep:
+        raise ValueError(
+            f"--ep {par.ep} must divide the {par.dp} data-parallel ranks (moe_dp = dp / ep, "
+            "moe_hybrid_parallel_plugin.py:262-269)"
+        )
     if s == colossalai.GEMINI:
         if par.pp > 1:
             raise ValueError(
@@ -311,6 +332,9 @@ def check_layout(arch: Architecture, run: RunConfig, par: ParallelConfig) -> Non
         )
     if run.seq_len % cp:
         raise InvalidInputError(f"--cp {cp} must divide --seq-len {run.seq_len}.")
+    if par.ep > 1 and (not arch.is_moe or arch.num_experts % par.ep):
+        what = f"its {arch.num_experts} experts" if arch.is_moe else "no experts: it is dense"
+        raise InvalidInputError(f"--ep {par.ep} splits MoE experts; {arch.name} has {what}.")
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
@@ -776,7 +800,9 @@ def _colossalai_communication(s: Strategy, par: ParallelConfig, t: _Traffic) -> 
         return _ddp_buckets(t) if par.pp == 1 else NO_COMMUNICATION
     b = t.compute
     bucket = colossalai.effective_bucket(t.bucket // b, t.groups)
-    if par.pp > 1:
+    if par.pp > 1 or par.ep > 1:
+        # reduced after backward: the pipeline's sync_dp_grads, or the MoE plugin's
+        # overlap_communication=False (moe_hybrid_parallel_plugin.py:211, 227-233)
         return Communication(optimizer=bucket * b)
     stage = colossalai.zero_stage(s)
     return Communication(backward=colossalai.backward_buffers(stage, bucket, par.shard_group, b))
@@ -867,6 +893,8 @@ def rank_memory(
     the stage's parameters, sharded by the strategy, less what is offloaded, plus the
     strategy's communication buffers, over the stage's slice of the one-GPU timeline."""
     s = par.resolved_strategy
+    if par.ep > 1 and s == "colossalai-zero2":
+        s = "colossalai-zero1"  # moe_hybrid_parallel_plugin.py:227-233
     at = _stage(len(parts.sizes.activations.per_block), par.pp, stage)
     plan = parts.plan
     groups = _stage_groups(parts, arch, stage, par.pp)
@@ -875,7 +903,10 @@ def rank_memory(
         sizes, micro = _stage_sizes(s, par, run, parts.sizes, at, on, comm)
         return RankMemory(stage, sizes, on.sharded, on.replicated, micro, on.host, on.disk)
     totals = _stage_totals(groups, arch, run, plan, _masters(s))
-    on = _sharded(s, par, arch, groups, totals, parts.sizes.gradients.per_block)
+    base = parts.sizes
+    if par.ep > 1:
+        groups, totals, base = _expert_parallel(groups, arch, run, plan, par.ep, totals, base)
+    on = _sharded(s, par, arch, groups, totals, base.gradients.per_block)
     communication = _COMMUNICATION.get(s)
     traffic = _traffic(s, par, arch, groups, plan, totals.grads)
     if s in COLOSSALAI:
@@ -886,7 +917,7 @@ def rank_memory(
     on = _offload_params(s, par, on, BYTES_PER_ELEMENT[plan.dtypes.compute])
     if s in LOW_LEVEL_ZERO:
         on = _colossalai_gather_after_step(par, on, traffic)
-    sizes, micro = _stage_sizes(s, par, run, parts.sizes, at, on, comm)
+    sizes, micro = _stage_sizes(s, par, run, base, at, on, comm)
     return RankMemory(
         stage=stage,
         sizes=sizes,
@@ -896,6 +927,50 @@ def rank_memory(
         host_bytes=on.host,
         disk_bytes=on.disk,
     )
+
+
+def _experts_split(
+    groups: tuple[TensorGroup, ...], arch: Architecture, ep: int
+) -> tuple[TensorGroup, ...]:
+    """The groups one expert-parallel rank keeps: ``num_experts / ep`` of each expert
+    tensor (shardformer/modeling/mixtral.py:77-84); the router and the rest whole."""
+    names = tuple(v for k, v in arch.traits.names.experts.items() if k != "router")
+    return tuple(
+        dataclasses.replace(g, shape=(g.shape[0] // ep, *g.shape[1:]))
+        if g.name.startswith(names) and g.shape[:1] == (arch.num_experts,)
+        else g
+        for g in groups
+    )
+
+
+def _expert_parallel(
+    groups: tuple[TensorGroup, ...],
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    ep: int,
+    totals: _StageTotals,
+    base: StepSizes,
+) -> tuple[tuple[TensorGroup, ...], _StageTotals, StepSizes]:
+    """ColossalAI's MoeHybridParallelPlugin: a rank's weights and gradients hold its
+    experts only; its ZeRO shards the expert tensors over the dp / ep ranks holding the
+    same experts (moe_hybrid_parallel_plugin.py:67-75, 262-269), so its optimizer shard is
+    the whole model's over dp, as without expert parallelism. The blocks' gradients in
+    the timeline shrink as the experts do; activations stay (tokens balanced over the
+    experts: a rank computes as many expert rows as before, for others' tokens)."""
+    local = _experts_split(groups, arch, ep)
+    mine = _stage_totals(local, arch, run, plan, "colossalai-zero")
+    totals = dataclasses.replace(totals, weights=mine.weights, grads=mine.grads)
+    full_block = _grad_bytes(g for g in _one_block(groups, arch) if g.trainable)
+    local_block = _grad_bytes(g for g in _one_block(local, arch) if g.trainable)
+    g = base.gradients
+    if full_block:
+        g = dataclasses.replace(
+            g,
+            per_block=g.per_block * local_block // full_block,
+            by_block=tuple(x * local_block // full_block for x in g.by_block),
+        )
+    return local, totals, dataclasses.replace(base, gradients=g)
 
 
 def _gemini(
@@ -1077,7 +1152,7 @@ def parallel_notes(
         )
     if s in COLOSSALAI:
         offload = par.offload_optimizer != "none"
-        notes += colossalai.notes(s, par.model_parallel, par.pp, offload)
+        notes += colossalai.notes(s, par.model_parallel, par.pp, par.ep, offload)
     if par.tp > 1:
         notes.append(
             f"Tensor parallel {par.tp} as Megatron splits it: heads, MLP width and the "

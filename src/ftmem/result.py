@@ -138,6 +138,7 @@ class ParallelInfo(_Frozen):
     tensor_parallel: int
     pipeline_parallel: int
     context_parallel: int
+    expert_parallel: int = 1  # MoE experts split over the data-parallel ranks
     worst_rank: str
     stage_peak_bytes: list[int]  # peak allocated per pipeline stage
     micro_batches_in_flight: int

@@ -344,6 +344,14 @@ SPREAD = [
     _opt("pp", int, 1, "Pipeline-parallel stages (1F1B).", panel=MULTI),
     _opt("cp", int, 1, "Context-parallel degree (splits the sequence).", panel=MULTI),
     _opt(
+        "ep",
+        int,
+        1,
+        "Expert-parallel degree: MoE experts split over data-parallel ranks "
+        "(ColossalAI's MoeHybridParallelPlugin).",
+        panel=MULTI,
+    ),
+    _opt(
         "offload_optimizer",
         Optional[Offload],  # noqa: UP045
         None,

@@ -257,7 +257,7 @@ def _colossalai_plugin(est: Estimate, p: ParallelInfo) -> tuple[str, list[str], 
         return "GeminiPlugin", [], kwargs
     bucket_m = max(1, -(-p.reduce_bucket_elements // 2**20))
     model_parallel = p.tensor_parallel * p.pipeline_parallel * p.context_parallel
-    if model_parallel == 1 and s != HYBRID_AMP:
+    if model_parallel == 1 and p.expert_parallel == 1 and s != HYBRID_AMP:
         kwargs = {
             "stage": str(zero_stage(s)),
             "precision": precision,
@@ -277,6 +277,10 @@ def _colossalai_plugin(est: Estimate, p: ParallelInfo) -> tuple[str, list[str], 
         kwargs.update(zero_bucket_size_in_m=str(bucket_m), cpu_offload=str(offload))
     if p.pipeline_parallel > 1:
         kwargs.update(microbatch_size=str(run.batch_size), pp_style="'1f1b'")
+    if p.expert_parallel > 1:
+        # the MoE plugin runs ZeRO-2 as ZeRO-1 (moe_hybrid_parallel_plugin.py:227-233)
+        kwargs.update(zero_stage="1", ep_size=str(p.expert_parallel))
+        return "MoeHybridParallelPlugin", [], kwargs
     if p.context_parallel > 1:
         kwargs.update(
             sp_size=str(p.context_parallel),

@@ -250,6 +250,7 @@ def _spread(p: ParallelInfo) -> str:
             ("tp", p.tensor_parallel),
             ("pp", p.pipeline_parallel),
             ("cp", p.context_parallel),
+            ("ep", p.expert_parallel),
         )
         if n > 1
     ]
