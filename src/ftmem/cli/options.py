@@ -396,7 +396,7 @@ FROM = [
         OptStr,
         None,
         "A training config to read the run from: axolotl, torchtune, TRL / TrainingArguments, "
-        "LitGPT or LLaMA-Factory (flags given here override it).",
+        "LitGPT, LLaMA-Factory, or a ColossalChat command line (flags given here override it).",
         "--from",
     ),
     _opt(

@@ -1,5 +1,5 @@
 """Training-framework configs as ftmem settings: axolotl, torchtune, TRL / HF
-TrainingArguments, LitGPT and LLaMA-Factory.
+TrainingArguments, LitGPT, LLaMA-Factory and ColossalChat's command lines.
 
 Each reader maps the keys that change memory (base model, adapter, rank, targets,
 sequence length, micro-batch, accumulation, checkpointing, optimizer, precision,
@@ -17,7 +17,7 @@ from typing import Any
 
 from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
-from ftmem.frameworks import axolotl, hf_trainer, litgpt, llama_factory, torchtune
+from ftmem.frameworks import axolotl, colossalai, hf_trainer, litgpt, llama_factory, torchtune
 from ftmem.frameworks.distributed import launcher_kind, read_launcher_config, with_launcher
 from ftmem.frameworks.shared import NO_MEMORY_EFFECT, FrameworkConfig, read_mapping
 from ftmem.run import settings_for
@@ -67,6 +67,7 @@ PROFILE_OF_READER = {
     "trl": "hf",
     "litgpt": "litgpt",
     "llama-factory": "llama-factory",
+    "colossalai": "hf",  # ColossalChat's own loop over a transformers model
 }
 
 # each reader module: read(keys, cfg, folder) -> the keys it read, and its
@@ -77,6 +78,7 @@ READERS: dict[str, Any] = {
     "trl": hf_trainer,
     "litgpt": litgpt,
     "llama-factory": llama_factory,
+    "colossalai": colossalai,
 }
 
 
@@ -103,10 +105,15 @@ def detect(data: dict[str, Any]) -> str | None:
 
 
 def read_framework_config(path: str, framework: str | None = None) -> FrameworkConfig:
-    """The ftmem settings of a training-framework config file."""
+    """The ftmem settings of a training-framework config file (or of a command line:
+    ColossalChat's ``colossalai run ... train_sft.py ...`` in a .sh or .txt file)."""
     p = Path(path)
-    data = read_mapping(p)
-    name = framework or detect(data)
+    if colossalai.is_command_file(p) and framework in (None, "colossalai"):
+        data = colossalai.command_line(p)
+        name: str | None = "colossalai"
+    else:
+        data = read_mapping(p)
+        name = framework or detect(data)
     if name is None and (launcher := launcher_kind(data)) is not None:
         what = "an Accelerate launcher" if launcher == "accelerate" else "a DeepSpeed"
         also = "" if launcher == "accelerate" else ", or name it in its deepspeed: key"
