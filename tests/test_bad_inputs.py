@@ -376,7 +376,7 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         "emit-unknown",
         ["estimate", "llama2-7b", "--gpus", "2", "--emit", "megatron"],
         {},
-        "--emit must be deepspeed, accelerate or fsdp, not",
+        "--emit must be deepspeed, accelerate, fsdp or colossalai, not",
     ),
     (
         "emit-to-alone",

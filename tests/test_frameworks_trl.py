@@ -174,7 +174,11 @@ def test_max_length_null_is_no_truncation(tmp_path):
 
 def test_preference_trainers_are_told_apart(tmp_path):
     dpo = read_framework_config(write(tmp_path, {"model_name_or_path": "gpt2", "beta": 0.1}))
-    assert dpo.settings["model_dropout"] is False and "loss" not in dpo.settings
+    assert dpo.settings["model_dropout"] is False
+    # DPOTrainer since TRL 1.16: the fused LM head's tiles (dpo_trainer.py:960)
+    assert dpo.settings["loss"] == "logprob-tiles"
+    listed = next(a for a in dpo.assumed if a.startswith("loss "))
+    assert "TRL >= 1.16" in listed and "--loss standard" in listed
     assert dpo.settings["seq_len"] == 1024  # DPOConfig.max_length
     assert any("TRL DPO" in n for n in dpo.notes)
     assert dpo.settings["objective"] == "dpo"  # DPOConfig.loss_type ["sigmoid"]

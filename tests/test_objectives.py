@@ -121,8 +121,8 @@ def test_settings_that_do_not_fit_are_refused(settings, words):
 def test_what_is_not_modelled_is_refused_in_one_sentence():
     with pytest.raises(InvalidInputError, match="encoder-decoder"):
         estimate_step(tiny("t5"), _run(objective="dpo"))
-    with pytest.raises(InvalidInputError, match="modelled on one GPU"):
-        estimate_step(LLAMA, _run(objective="dpo"), par=ParallelConfig(gpus=2, strategy="zero2"))
+    with pytest.raises(InvalidInputError, match="runs data parallel"):
+        estimate_step(LLAMA, _run(objective="dpo"), par=ParallelConfig(gpus=2, tp=2))
 
 
 def test_the_cli_takes_the_objective():
@@ -148,7 +148,7 @@ def _trl(tmp_path: Path, data: dict) -> dict:
     path = tmp_path / "dpo.json"
     path.write_text(json.dumps({"model_name_or_path": "gpt2", "beta": 0.1, **data}))
     cfg = read_framework_config(str(path))
-    return {"settings": cfg.settings, "notes": cfg.notes}
+    return {"settings": cfg.settings, "notes": cfg.notes, "assumed": cfg.assumed}
 
 
 def test_trl_dpo_configs(tmp_path):
@@ -161,9 +161,13 @@ def test_trl_dpo_configs(tmp_path):
     assert any(n.startswith("loss_type sft") for n in mpo["notes"])
     got = _trl(tmp_path, {"precompute_ref_log_probs": True})
     assert got["settings"]["precompute_ref"] is True
+    # read as the newest TRL (>= 1.16): the fused LM head's tiles, assumed and listed
+    assert _trl(tmp_path, {})["settings"]["loss"] == "logprob-tiles"
+    assert any(a.startswith("loss logprob-tiles") for a in _trl(tmp_path, {})["assumed"])
+    # TRL >= 1.16 turns Liger's fused loss off and keeps the tiles (dpo_trainer.py:939)
     liger = _trl(tmp_path, {"use_liger_kernel": True})
-    assert "loss" not in liger["settings"]
-    assert any("Liger DPO loss" in n for n in liger["notes"])
+    assert liger["settings"]["loss"] == "logprob-tiles"
+    assert any("Liger DPO loss is not modelled" in n for n in liger["notes"])
 
 
 def test_trl_kto_configs(tmp_path):
@@ -177,8 +181,8 @@ def test_trl_kto_configs(tmp_path):
     got = _trl(tmp_path, {"desirable_weight": 1.0, "precompute_ref_log_probs": True})
     assert got["settings"]["precompute_ref"] is True
     liger = _trl(tmp_path, {"desirable_weight": 1.0, "use_liger_kernel": True})
-    assert "loss" not in liger["settings"]
-    assert any("Liger KTO loss" in n for n in liger["notes"])
+    assert liger["settings"]["loss"] == "logprob-tiles"
+    assert any("Liger KTO loss is not modelled" in n for n in liger["notes"])
     with pytest.raises(ValueError, match="KTO loss types"):
         _trl(tmp_path, {"desirable_weight": 1.0, "loss_type": "sigmoid"})
 

@@ -182,9 +182,9 @@ ONE_GPU = {
     "--optimizer-in-backward": ["--optimizer-in-backward"],
     "--teacher": ["gpt2", "llama2-7b"],  # distillation
     "--teacher-weights": [w for w in ESTIMATE["--teacher-weights"] if w != OMIT],
-    "--objective": PREFERENCE,  # the preference objectives (docs/objectives.md)
 }
 PARALLEL = ("--gpus", "--nodes", "--tp", "--pp", "--cp", "--ep")
+MODEL_PARALLEL = ("--tp", "--pp", "--cp")
 EMIT_FOR = {
     "deepspeed": DEEPSPEED,
     "fsdp": FSDP,
@@ -281,6 +281,8 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
         and (_is(v, "--offload-optimizer", "nvme") or _is(v, "--offload-params", "nvme"))
     ),
     lambda v: _is(v, "--offload-optimizer", "nvme") and _is(v, "--offload-params", "cpu"),
+    # TRL's preference trainers run data parallel only
+    lambda v: _is(v, "--objective", *PREFERENCE) and any(_is(v, o, "2") for o in MODEL_PARALLEL),
     # the one-GPU features, with any multi-GPU setting
     lambda v: (
         any(_is(v, m, *mv) for m, mv in MULTI.items())

@@ -212,11 +212,12 @@ def test_label_smoothing_takes_the_full_logits(tmp_path):
     assert s["loss"] == "logprob-tiles"
 
 
-def test_preference_trainers_keep_liger_as_before(tmp_path):
-    # DPO's Liger loss is noted and estimated with full logits (not the SFT tiles)
+def test_preference_trainers_turn_liger_off_since_trl_1_16(tmp_path):
+    # DPOTrainer >= 1.16 turns Liger's fused loss off and keeps its fused LM head
+    # (trl 1.16.0 dpo_trainer.py:939-952); TRL <= 1.15's Liger DPO loss is noted
     s, notes, _ = _read(tmp_path, {"beta": 0.1, "use_liger_kernel": True})
-    assert "loss" not in s
-    assert any(n.startswith("use_liger_kernel: TRL's Liger DPO") for n in notes)
+    assert s["loss"] == "logprob-tiles"
+    assert any(n.startswith("use_liger_kernel: TRL >= 1.16's DPOTrainer") for n in notes)
 
 
 # -- the live reader ---------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def estimate_step(
     arch = framework_arch(arch, run)  # e.g. LitGPT's own, never tied, LM head
     run = framework_run(arch, run)  # e.g. Unsloth's fused loss and allocator options
     if par is not None and not par.is_trivial:
-        _one_gpu_only(run, teacher)
+        _one_gpu_only(run, teacher, par)
         return _estimate_parallel(arch, run, par, gpu, overhead_bytes)
     parts = step_parts(arch, run, teacher)
     plan = parts.plan
@@ -182,15 +182,21 @@ def _step_notes(parts: StepParts, run: RunConfig, teacher: Teacher | None) -> li
     return notes
 
 
-def _one_gpu_only(run: RunConfig, teacher: Teacher | None) -> None:
-    """Refuse what ftmem models on one GPU only: distillation, preference objectives."""
+def _one_gpu_only(run: RunConfig, teacher: Teacher | None, par: ParallelConfig) -> None:
+    """Refuse what ftmem models on one GPU only (distillation, GRPO's generation), and
+    preference objectives beyond data parallelism, which TRL's trainers do not run."""
     if teacher is not None:
         raise InvalidInputError(
             "Distillation (--teacher) is modelled on one GPU; several GPUs are not yet."
         )
-    if run.objective != "sft":
+    if run.objective == "grpo":
         raise InvalidInputError(
-            f"--objective {run.objective} is modelled on one GPU; several GPUs are not yet."
+            "--objective grpo is modelled on one GPU; several GPUs are not yet."
+        )
+    if run.objective != "sft" and par.model_parallel > 1:
+        raise InvalidInputError(
+            f"--objective {run.objective} runs data parallel (DDP, ZeRO, FSDP, ColossalAI's "
+            "ZeRO), as TRL's trainers run it; drop --tp, --pp and --cp."
         )
 
 

@@ -46,8 +46,50 @@ ENTROPY_CHUNK = 128  # trl/trainer/utils.py@f2cd57710ae3 entropy_from_logits chu
 
 def logits_bytes(run: RunConfig, e: int) -> int:
     """Bytes per logit the loss reads: fp32 under autocast (accelerate's
-    convert_outputs_to_fp32 on the prepared model), else the compute dtype."""
-    return FP32 if run.uses_autocast else e
+    convert_outputs_to_fp32 on the prepared model), else the compute dtype; TRL >= 1.16's
+    fused LM head (``--loss logprob-tiles``) returns fp32 log-probabilities whatever the
+    dtype (trl 1.16.0 trl/kernels/chunked_logprob.py:376)."""
+    return FP32 if run.uses_autocast or tiles(run) else e
+
+
+def tiles(run: RunConfig) -> bool:
+    """TRL >= 1.16's GRPOTrainer: every log-probability through the fused LM head
+    (trl 1.16.0 trl/trainer/grpo_trainer.py:1068 add_fused_lm_head, :1498
+    ``fused_lm_head=True``), the full logits never made."""
+    return run.loss == "logprob-tiles"
+
+
+def scored_rows(run: RunConfig) -> int:
+    """The rows TRL >= 1.16 projects: its labels are -100 but on the completion
+    (grpo_trainer.py:1495-1496 ``labels[:, :-logits_to_keep] = -100``), and on CUDA with
+    Triton only the labelled rows go through the tiles (trl/trainer/utils.py:1638
+    ``compact``): b·C, every completion at its full length (the longest batch)."""
+    return run.batch_size * run.completion
+
+
+def tiles_saved(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[Saved]:
+    """What TRL >= 1.16's loss side keeps for backward: the fused head's (the b·C
+    completion rows' copy, their targets, log Z and entropy, the b·(S − 1) label mask:
+    Loss.logprob_tiles_saved) and the dapo loss's per-token tensors on fp32
+    log-probabilities with the generation batch's storages (loss_saved; no gather)."""
+    from ftmem.ops.loss import Loss
+
+    residual = plan.dtypes.residual_bytes
+    head = Loss.logprob_tiles_saved(arch, run, residual, scored_rows(run))
+    return head + loss_saved(arch, run, FP32, ids_kept=True)[1:]
+
+
+def tiles_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int) -> int:
+    """TRL >= 1.16's training forward at its tiles, beyond the saved activations: the
+    attention mask and the labels (b·S int64 each), the backbone's output beside the
+    tiles over the b·C completion rows (FusedHead.backbone_output,
+    Loss.logprob_tiles_forward)."""
+    from ftmem.ops.loss import FusedHead, Loss
+
+    b, S = run.batch_size, run.seq_len
+    backbone = FusedHead.backbone_output(arch, run, plan.dtypes.residual_bytes)
+    tiles_moment = Loss.logprob_tiles_forward(arch, run, plan, e, scored_rows(run))
+    return 2 * b * S * INDEX_BYTES + backbone + tiles_moment
 
 
 def loss_saved(arch: Architecture, run: RunConfig, e: int, ids_kept: bool) -> list[Saved]:
@@ -218,6 +260,15 @@ def reference_moment(arch: Architecture, run: RunConfig, plan: MethodPlan) -> in
     T = b * S
     no_grad = run.model_copy(update={"grad_ckpt": False})
     block = frozen_forward_transient(arch, no_grad, e, plan.dtypes.residual_bytes, T)
+    held = 2 * run.generation_rows * S * INDEX_BYTES + buffered_bytes(run, e)
+    if tiles(run):
+        # each chunk's labels (b·S int64) and fused pass; the earlier chunks'
+        # log-probabilities kept as views of their whole b·(S − 1) fp32 outputs
+        from ftmem.ops.loss import FusedHead
+
+        chunks = run.generation_rows * (S - 1) * FP32
+        fused = FusedHead.no_grad_pass(arch, run, plan, e, scored_rows(run))
+        return held + chunks + T * INDEX_BYTES + max(block, fused)
     upcast = b * (C + 1) * V * e if lb != e else 0
     row = C * V * lb if lb != FP32 else 0
     logits = b * (C + 1) * V * lb + max(row, upcast)
@@ -253,13 +304,18 @@ def with_grpo(parts: StepParts, arch: Architecture, run: RunConfig) -> StepParts
     T = run.batch_size * run.seq_len
     train = plan.outer_trainable
     # the SFT step ends with the LM head's and the cross-entropy's items
-    # (activations.outer_saved, the standard loss): GRPO's replace them
-    tail = Loss.saved(arch, plan, T, train, FP32)
+    # (activations.outer_saved, the standard loss; TRL's tiles with --loss
+    # logprob-tiles): GRPO's replace them
+    if tiles(run):
+        tail = Loss.logprob_tiles_saved(arch, run, plan.dtypes.residual_bytes)
+        new = tiles_saved(arch, run, plan)
+    else:
+        tail = Loss.saved(arch, plan, T, train, FP32)
+        new = head_saved(arch, run, plan, e, train) + loss_saved(
+            arch, run, e, ids_kept=train or plan.embed_trainable
+        )
     if items[-len(tail) :] != tail:
         raise AssertionError("the SFT step's outer items do not end with its loss's")
-    new = head_saved(arch, run, plan, e, train) + loss_saved(
-        arch, run, e, ids_kept=train or plan.embed_trainable
-    )
     items = items[: -len(tail)] + new
     delta = sum(s.nbytes for s in new) - sum(s.nbytes for s in tail)
     acts = sizes.activations
@@ -275,11 +331,25 @@ def with_grpo(parts: StepParts, arch: Architecture, run: RunConfig) -> StepParts
         before = max(before - sizes.gradients.total, 0)
     from ftmem.step import reference_weights
 
-    head = dataclasses.replace(
-        sizes.head,
-        logits_forward=logits_moment(arch, run, e),
-        loss_backward=loss_backward(arch, run, e),
-    )
+    if tiles(run):
+        # the SFT head moment's own terms beyond its tiles (the autocast cache under
+        # checkpointing, a prefix cache) stay; the tiles are the completion's rows
+        sft_tiles = Loss.logprob_tiles_forward(arch, run, plan, e)
+        head_grad = plan.outer_trainable or plan.head_trainable
+        rows = scored_rows(run)
+        head = dataclasses.replace(
+            sizes.head,
+            logits_forward=sizes.head.logits_forward
+            - sft_tiles
+            + tiles_forward(arch, run, plan, e),
+            loss_backward=Loss.logprob_tiles_backward(arch, run, plan, e, head_grad, rows),
+        )
+    else:
+        head = dataclasses.replace(
+            sizes.head,
+            logits_forward=logits_moment(arch, run, e),
+            loss_backward=loss_backward(arch, run, e),
+        )
     new_sizes = dataclasses.replace(
         sizes,
         weights=sizes.weights + reference_weights(plan, run),
@@ -323,9 +393,10 @@ def grpo_note(plan: MethodPlan, run: RunConfig) -> str:
             if copy
             else "reference: the adapter disabled"
         ) + f", its log-probabilities under no_grad after generation, {run.batch_size} at a time"
+    how = " (TRL >= 1.16's fused LM head, no logits)" if tiles(run) else ""
     return (
         f"GRPO (TRL GRPOTrainer, loss dapo): {run.batch_size} completions of {run.seq_len} "
-        f"tokens per micro-batch, log-probabilities over the last {C}; {gen}; {ref}."
+        f"tokens per micro-batch, log-probabilities over the last {C}{how}; {gen}; {ref}."
     )
 
 

@@ -57,7 +57,7 @@ from ftmem.phases import (
 )
 from ftmem.precision import resolve_dtypes
 from ftmem.run import ADAPTER_METHODS, RunConfig
-from ftmem.step import StepParts, step_parts
+from ftmem.step import StepParts, reference_weights, step_parts
 
 Strategy = Literal[
     "single",
@@ -865,6 +865,7 @@ def _stage_sizes(
             per_block=on.grads_block,
             trainable_blocks=trainable_here,
             persist=run.grad_accum > 1,
+            through_forward=base.gradients.through_forward,
             embedding=grads_embedding,
             tied_backward=base.gradients.tied_backward,
             by_block=by_block,
@@ -917,6 +918,7 @@ def rank_memory(
     on = _offload_params(s, par, on, BYTES_PER_ELEMENT[plan.dtypes.compute])
     if s in LOW_LEVEL_ZERO:
         on = _colossalai_gather_after_step(par, on, traffic)
+    on, comm = _with_reference(s, par, arch, run, plan, on, comm)
     sizes, micro = _stage_sizes(s, par, run, base, at, on, comm)
     return RankMemory(
         stage=stage,
@@ -971,6 +973,49 @@ def _expert_parallel(
             by_block=tuple(x * local_block // full_block for x in g.by_block),
         )
     return local, totals, dataclasses.replace(base, gradients=g)
+
+
+# DeepSpeed's own stage-3 default (zero/config.py: stage3_param_persistence_threshold 1e5):
+# TRL's reference engine keeps it, its 'auto' keys being written dotted at the top level
+# where DeepSpeed does not read them (trl/models/utils.py@f2cd57710ae3 prepare_deepspeed)
+DS_DEFAULT_PERSISTENCE = 10**5
+
+
+def _with_reference(
+    s: Strategy,
+    par: ParallelConfig,
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    on: _Resident,
+    comm: Communication,
+) -> tuple[_Resident, Communication]:
+    """A preference objective's frozen reference copy on each rank, as TRL prepares it
+    (trl/models/utils.py@f2cd57710ae3): DDP, ZeRO-1/2 (prepare_deepspeed runs it as a
+    stage-0 engine) and ColossalAI (ColossalChat boosts it with HybridParallelPlugin, no
+    optimizer) keep it whole; ZeRO-3 shards it and gathers its blocks in its forward;
+    FSDP shards it with ``fully_shard`` on the root alone (prepare_fsdp), so its forward
+    gathers all of it (torchtune's recipes shard it per block, as the policy)."""
+    ref = reference_weights(plan, run)
+    if not ref:
+        return on, comm
+    if s not in SHARDS_WEIGHTS or s == colossalai.GEMINI:
+        return dataclasses.replace(on, replicated=on.replicated + ref), comm
+    n = par.shard_group
+    block = _gathered_bytes(_one_block(plan.groups, arch))
+    persistent, gathered = 0, ref
+    if s == "zero3":
+        persistent = sum(g.nbytes for g in plan.groups if g.numel < DS_DEFAULT_PERSISTENCE)
+        gathered = BLOCKS_IN_FLIGHT * block
+    elif run.framework == "torchtune":
+        gathered = BLOCKS_IN_FLIGHT * block
+    on = dataclasses.replace(
+        on,
+        replicated=on.replicated + persistent,
+        sharded=on.sharded + ceil_div(ref - persistent, n),
+    )
+    at_head = comm.forward if comm.head_forward is None else comm.head_forward
+    return on, dataclasses.replace(comm, head_forward=at_head + gathered)
 
 
 def _gemini(

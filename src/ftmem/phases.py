@@ -16,7 +16,8 @@ this module only orders them in time, as typed ``Moment``s. Moments, in order:
 * optimizer step: weights + states + all gradients + the step's temporaries.
 
 With gradient accumulation (``Gradients.persist``) every gradient already exists from
-the second micro-batch on, during forward as well. Under sharding, each phase adds
+the second micro-batch on, during forward as well; where zero_grad runs after the
+forward (``Gradients.through_forward``), the previous step's gradients live through it. Under sharding, each phase adds
 its communication memory (gathered layers, reduce buckets); a pipeline stage adds the
 activations of the micro-batches it holds besides the one it is processing."""
 
@@ -52,6 +53,9 @@ class Gradients:
     # with the encoder's activations all alive; 0: after the last block)
     by_block: tuple[int, ...] = ()
     embedding_at: int = 0
+    # zero_grad runs after the forward, not after the optimizer step (Lightning's
+    # automatic optimization): the previous step's gradients live through the forward
+    through_forward: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,10 +222,11 @@ def find_peak(s: StepSizes) -> Peak:
     """The largest moment of the step, and each phase's own largest moment."""
     g = s.gradients
     held = g.total if g.persist else 0
+    held_forward = g.total if g.through_forward else held
     acts = s.activations.total
     live_grads = g.total if g.persist else g.outer - g.embedding
     live_acts = acts - s.activations.above
-    head = _until_head_backward(s, held, acts, live_grads, live_acts)
+    head = _until_head_backward(s, (held_forward, held), acts, live_grads, live_acts)
     race = _Race(s.weights + s.states + s.loop_held, head[0])
     race.weigh(head)
     # a weight steps as soon as its gradient exists, when the block's backward workspace
@@ -249,10 +254,12 @@ def find_peak(s: StepSizes) -> Peak:
 
 
 def _until_head_backward(
-    s: StepSizes, held: int, acts: int, live_grads: int, live_acts: int
+    s: StepSizes, held: tuple[int, int], acts: int, live_grads: int, live_acts: int
 ) -> list[Moment]:
     """Forward (the teacher's, the last block's, the logits), the loss backward and the
-    final norm's backward: the moments before the blocks' backward."""
+    final norm's backward: the moments before the blocks' backward. ``held``: the
+    gradients live through the forward, and at the loss's backward."""
+    held_forward, held_backward = held
     c, head = s.comm, s.head
     fwd, bwd = c.forward, c.backward
     head_fwd = fwd if c.head_forward is None else c.head_forward
@@ -260,13 +267,13 @@ def _until_head_backward(
     head_bwd = bwd if c.head_backward is None else c.head_backward
     above = s.activations.above
     moments = [
-        Moment("forward", held, acts - above, s.block.forward, fwd),
-        Moment("forward", held, acts, head.logits_forward, head_fwd),
-        Moment("backward", held, acts, head.loss_backward, loss_bwd),
+        Moment("forward", held_forward, acts - above, s.block.forward, fwd),
+        Moment("forward", held_forward, acts, head.logits_forward, head_fwd),
+        Moment("backward", held_backward, acts, head.loss_backward, loss_bwd),
         Moment("backward", live_grads, live_acts, head.workspace + s.optimizer.outer, head_bwd),
     ]
     if s.teacher_forward:  # without a teacher the next moment holds all this one would
-        moments.insert(0, Moment("forward", held, 0, s.teacher_forward, fwd))
+        moments.insert(0, Moment("forward", held_forward, 0, s.teacher_forward, fwd))
     return moments
 
 

@@ -77,6 +77,9 @@ class Profile:
     one_qkv_lora_dropout: bool = False
     # every family's attention runs through F.scaled_dot_product_attention
     sdpa_attention: bool = False
+    # zero_grad runs after the training step's forward, before its backward, so the
+    # previous step's gradients live through the forward (HF Trainer: after the step)
+    zero_grad_after_forward: bool = False
     # LoRA on q, k and v, on o, on gate, up and down (each group whole, lora_dropout 0, no
     # bias, no DoRA) runs as one autograd Function per group: q/k/v and o keep their
     # input only (no lora_A output), a gated MLP its input and the gate and up outputs
@@ -219,12 +222,27 @@ UNSLOTH = Profile(
     alloc_conf="expandable_segments:True",
 )
 
+# Lightning-AI/pytorch-lightning @2.6.6 src/lightning/pytorch/loops/optimization/automatic.py
+# Closure.closure: the training step, then zero_grad, then backward; measured on the CPU
+# (tests/test_integrations_lightning.py: full finetuning's peak is the forward with
+# every gradient, within 0.1 %). Manual optimization zeroes where the user's code does.
+LIGHTNING = Profile(
+    "lightning",
+    notes=(
+        "Lightning (automatic optimization): zero_grad runs after the forward, so the "
+        "previous step's gradients live through it.",
+    ),
+    zero_grad_after_forward=True,
+)
+
 PROFILES: dict[str, Profile] = {
     "hf": HF,
     # axolotl and LLaMA-Factory drive HF Trainer over transformers + peft
     "axolotl": Profile("axolotl"),
     "llama-factory": Profile("llama-factory"),
     "litgpt": LITGPT,
+    # a LightningModule over transformers + peft, stepped by Lightning's Trainer
+    "lightning": LIGHTNING,
     "torchtune": TORCHTUNE,
     # Unsloth's notebooks print max_memory_reserved once after trainer.train()
     "unsloth": UNSLOTH,

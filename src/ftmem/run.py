@@ -51,6 +51,10 @@ Objective = Literal["sft", "dpo", "ipo", "simpo", "orpo", "kto", "apo-zero-unpai
 REFERENCE_OBJECTIVES = frozenset({"dpo", "ipo", "kto", "apo-zero-unpaired"})
 # unpaired completions: b sequences per forward, not 2b (TRL's KTOTrainer)
 UNPAIRED_OBJECTIVES = frozenset({"kto", "apo-zero-unpaired"})
+# the objectives whose TRL trainer computes log-probabilities with its fused LM head since
+# TRL 1.16.0 (--loss logprob-tiles: dpo_trainer.py:960, kto_trainer.py:967,
+# grpo_trainer.py:1068); simpo and orpo run in the CPO and ORPO trainers, on full logits
+TILE_OBJECTIVES = frozenset({"dpo", "ipo", "kto", "apo-zero-unpaired", "grpo"})
 Quant = Literal["nf4", "fp4", "int8", "int4"]
 Accounting = Literal["phases", "simple"]
 OptimizerImpl = Literal["foreach", "for-loop", "fused"]
@@ -171,7 +175,7 @@ RELEASE = re.compile(r"[0-9]{1,2}\.[0-9]{1,3}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})")
 
 # The training frameworks whose code path ftmem follows (profiles.py); "hf" is HF
 # Trainer / TRL over transformers + peft, the path every other default describes.
-Framework = Literal["hf", "axolotl", "llama-factory", "litgpt", "torchtune", "unsloth"]
+Framework = Literal["hf", "axolotl", "llama-factory", "litgpt", "torchtune", "unsloth", "lightning"]
 
 
 def smallest_batch(objective: str, framework: str) -> int:
@@ -550,10 +554,24 @@ class RunConfig(limits.BoundedSettings):
                 "--objective kto needs --batch-size 2 or more: TRL's KTOTrainer refuses one "
                 "completion per micro-batch (its KL term would equal the implied reward)"
             )
-        if self.objective != "sft" and self.loss != "standard":
+        if self.objective == "sft" or self.loss == "standard":
+            return
+        if self.loss != "logprob-tiles":
             raise ValueError(
                 f"--objective {self.objective} is modelled with the standard loss over full "
-                f"logits (TRL's log-probabilities); drop --loss {self.loss}"
+                f"logits (TRL's log-probabilities) or --loss logprob-tiles (TRL >= 1.16's "
+                f"fused LM head); drop --loss {self.loss}"
+            )
+        if self.objective not in TILE_OBJECTIVES:
+            raise ValueError(
+                f"--loss logprob-tiles applies to dpo, ipo, kto, apo-zero-unpaired and grpo "
+                f"(TRL >= 1.16's DPO, KTO and GRPO trainers); {self.objective} runs in TRL's "
+                "CPO or ORPO trainer, which takes full logits: drop --loss logprob-tiles"
+            )
+        if not trl:
+            raise ValueError(
+                f"--loss logprob-tiles is TRL's fused LM head (--framework hf or axolotl); "
+                f"{self.framework}'s {self.objective} takes full logits: drop it"
             )
 
     def _method_settings_fit(self) -> None:

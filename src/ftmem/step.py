@@ -26,7 +26,7 @@ from ftmem.ops.attention import runs_eager
 from ftmem.ops.context import BlockState
 from ftmem.ops.embedding import Embedding
 from ftmem.ops.linear import LinearOp, all_adapters_fused
-from ftmem.ops.loss import CHUNKS, Loss, PreferenceLoss, held_logits_head
+from ftmem.ops.loss import CHUNKS, FusedHead, Loss, PreferenceLoss, held_logits_head
 from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS, Norm
@@ -410,6 +410,7 @@ def _decoder_gradients(fixed: PlanSizes, run: RunConfig, plan: MethodPlan) -> Gr
         per_block=fixed.grads_per_block * held,
         trainable_blocks=plan.trainable_blocks,
         persist=run.grad_accum > 1,
+        through_forward=profile_of(run).zero_grad_after_forward,
         embedding=fixed.grads_embedding * held,
         tied_backward=fixed.tied_embedding_backward,
     )
@@ -527,8 +528,10 @@ def objective_note(plan: MethodPlan, run: RunConfig) -> str:
             forward, its = "two forwards", "its two forwards"
         if PreferenceLoss.upcasts(run):  # LLaMA-Factory's trainer
             pairs += "; the chosen and rejected logits' copies held after the loss"
-        else:
+        elif run.loss != "logprob-tiles":
             pairs += "; the metrics' logit copies after the loss"
+    if run.loss == "logprob-tiles":
+        pairs += "; log-probabilities through TRL >= 1.16's fused LM head, no logits"
     if run.eval_batch_size:
         pairs += (
             " (evaluation: estimated as one forward of the eval batch; its pairs and "
@@ -554,6 +557,15 @@ def _with_reference(parts: StepParts, arch: Architecture, pairs: RunConfig) -> S
     plan, sizes = parts.plan, parts.sizes
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     T = pairs.batch_size * pairs.positions
+    weights = sizes.weights + reference_weights(plan, pairs)
+    if pairs.loss == "logprob-tiles":  # TRL >= 1.16: every pass through its fused LM head
+        blocks = frozen_forward_transient(arch, pairs, e, plan.dtypes.residual_bytes, T)
+        forward = FusedHead.preference_forward(
+            arch, pairs, plan, e, sizes.head.logits_forward, blocks
+        )
+        head = dataclasses.replace(sizes.head, logits_forward=forward)
+        sizes = dataclasses.replace(sizes, weights=weights, head=head)
+        return dataclasses.replace(parts, sizes=sizes)
     logits = PreferenceLoss.logits_moment(arch, pairs, e, T)
     # one forward under no_grad (the reference's; kto's KL sequences')
     no_grad_forward = max(
@@ -570,7 +582,6 @@ def _with_reference(parts: StepParts, arch: Architecture, pairs: RunConfig) -> S
     head = dataclasses.replace(
         sizes.head, logits_forward=logits, loss_backward=PreferenceLoss.backward(arch, pairs, e, T)
     )
-    weights = sizes.weights + reference_weights(plan, pairs)
     return dataclasses.replace(parts, sizes=dataclasses.replace(sizes, weights=weights, head=head))
 
 
@@ -734,6 +745,7 @@ def _seq2seq_sizes(
             per_block=fixed.grads_per_block // 2,
             trainable_blocks=2 * trained,
             persist=run.grad_accum > 1,
+            through_forward=profile_of(run).zero_grad_after_forward,
             embedding=fixed.grads_embedding,
             tied_backward=fixed.tied_embedding_backward,
             by_block=_stack_gradients(plan, L),

@@ -72,6 +72,24 @@ def _matrix() -> list[Case]:
         *_preference_objectives(),
         *_grpo(),
         *_kto(),
+        *_trl116(),
+    ]
+
+
+def _trl116() -> list[Case]:
+    """TRL >= 1.16's DPO, KTO and GRPO trainers (--loss logprob-tiles: ftmem.ops.loss
+    FusedHead, ftmem.grpo tiles_*): every log-probability through the fused LM head,
+    measured against ftmem's loops of them (ftmem.measure.step _tiles_preference_loss,
+    _tiles_kto_loss; ftmem.measure.grpo fused_per_token_logps) over the replayed tile
+    function (LogProbTiles). The 294 x 32768 bf16 buffer outweighs the rest of the tiny
+    model; tests/test_trl116_objectives.py also holds each phase to 32 KiB."""
+    tiles = {"loss": "logprob-tiles", "precision": "bf16"}
+    grpo = {"objective": "grpo", "num_generations": 3, "completion_len": 20, "kl_beta": 0.04}
+    return [
+        Case("llama", {"method": "lora", **tiles, "objective": "dpo"}),
+        Case("llama", {"method": "full", **tiles, "objective": "dpo"}),
+        Case("llama", {"method": "lora", **tiles, "objective": "kto"}),
+        Case("llama", {"method": "lora", **tiles, **grpo}),
     ]
 
 

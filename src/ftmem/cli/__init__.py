@@ -22,6 +22,7 @@ COMMAND_GROUPS = (
     "serve",
     "budgets",
     "measure",
+    "record",
     "listings",
 )
 for _group in COMMAND_GROUPS:

@@ -120,7 +120,8 @@ RUN = [
         Framework,
         "hf",
         "Whose code path the step follows (set by --from): hf (HF Trainer / TRL), axolotl, "
-        "llama-factory, litgpt, torchtune, unsloth.",
+        "llama-factory, litgpt, torchtune, unsloth, lightning (a Trainer's automatic "
+        "optimization).",
     ),
     _opt(
         "torch_version",

@@ -1011,7 +1011,7 @@ def _hybrid(run: _Run) -> None:
     if tp < 1 or pp < 1 or (run.value("--sp") or 1) < 1:
         raise ConfigError(f"{where}: --tp, --pp and --sp must be at least 1.")
     cp = _sequence_parallel(run, tp)
-    if run.given("--ep"):
+    if run.given("--ep") and run.value("--plugin") == "3d":
         run.cfg.notes.append(
             "--ep: read by --plugin moe only; with --plugin 3d it changes nothing."
         )
@@ -1063,12 +1063,7 @@ def _plugin(run: _Run) -> str | None:
     plugin = run.chosen("--plugin", "--strategy")
     if plugin is None:
         return None
-    if plugin == "moe":
-        raise ConfigError(
-            f"{run.k.file}: --plugin moe builds MoeHybridParallelPlugin (expert parallelism "
-            f"--ep {run.value('--ep')}, lora_finetune.py:108-122), which ftmem does not model."
-        )
-    if plugin != "3d":
+    if plugin not in ("3d", "moe"):
         given = [o for o in _HYBRID_ONLY if run.given(o) and o in run.script.args]
         if given:
             run.cfg.notes.append(
@@ -1098,6 +1093,12 @@ def _plugin(run: _Run) -> str | None:
             s["offload_optimizer"] = "cpu"  # cpu_offload=True (train_sft.py:96-103)
     elif plugin == "3d":
         _hybrid(run)
+    elif plugin == "moe":
+        # MoeHybridParallelPlugin(ep_size=ep, tp, pp, zero_stage, ...) (lora_finetune.py:108-122)
+        _hybrid(run)
+        ep = run.value("--ep", "--ep")
+        if ep is not None and ep > 1:
+            s["ep"] = ep
     return str(plugin)
 
 

@@ -654,6 +654,22 @@ def _default_optimizer(cfg: FrameworkConfig) -> None:
         assume(cfg, "optimizer_impl", "fused", said)
 
 
+# DPOTrainer, KTOTrainer and GRPOTrainer since TRL 1.16.0: the policy's and the reference's
+# log-probabilities through the fused LM head (trl 1.16.0 trl/trainer/dpo_trainer.py:960,
+# kto_trainer.py:967, grpo_trainer.py:1068); up to 1.15 through full logits
+TRL_PREFERENCE_FILES = {"DPO": "dpo_trainer.py:960", "KTO": "kto_trainer.py:967",
+                        "GRPO": "grpo_trainer.py:1068"}  # fmt: skip
+TRL_PREFERENCE_BEFORE = "TRL <= 1.15 took the full logits: give --loss standard"
+
+
+def _preference_tiles(cfg: FrameworkConfig, trainer: str) -> None:
+    """A DPO, KTO or GRPO config read as the newest TRL runs it (as SFT's loss is): the
+    fused LM head's tiles, listed as assumed with how to ask for TRL <= 1.15's path."""
+    said = f"huggingface/trl trl/trainer/{TRL_PREFERENCE_FILES[trainer]}@v1.16.0"
+    tiles = f"TRL >= 1.16: {trainer}Trainer's add_fused_lm_head, log-probabilities in tiles"
+    assume(cfg, "loss", "logprob-tiles", f"{tiles}; {said}; {TRL_PREFERENCE_BEFORE}")
+
+
 def _trl_defaults(k: Keys, cfg: FrameworkConfig, trainer: str) -> None:
     """TRL's defaults for the newest release (the source says from which one on)."""
     base = TRL_AT.format("trl/trainer/base_config.py") + " _BaseConfig"
@@ -681,6 +697,8 @@ def _trl_defaults(k: Keys, cfg: FrameworkConfig, trainer: str) -> None:
             _kto_objective(k, cfg, source)
         else:
             _grpo_objective(k, cfg, source)
+        if cfg.settings.get("objective") is not None:  # GRPO on several GPUs: SFT's
+            _preference_tiles(cfg, trainer)
 
 
 # DPOConfig's loss_type values (trl/trainer/dpo_trainer.py@f2cd57710ae3 _compute_loss):
@@ -695,15 +713,26 @@ _DPO_LOSSES = frozenset(
 
 
 def _reference_and_liger(k: Keys, cfg: FrameworkConfig, trainer: str) -> None:
-    """A preference trainer's precomputed reference, and its Liger loss (not modelled)."""
+    """A preference trainer's precomputed reference, and use_liger_kernel: TRL >= 1.16
+    turns Liger's fused loss off and keeps its fused LM head (dpo_trainer.py:939,
+    kto_trainer.py:950, grpo_trainer.py:1051); TRL <= 1.15's Liger losses are not
+    modelled."""
     if k.flag("precompute_ref_log_probs"):
         cfg.settings["precompute_ref"] = True
-    if cfg.settings.get("loss") == "fused":  # use_liger_kernel
-        del cfg.settings["loss"]
-        cfg.notes.append(
-            f"use_liger_kernel: TRL's Liger {trainer} loss (fused, no logits kept) is not "
-            "modelled; estimated with the full logits."
-        )
+    _liger_off(cfg, trainer)
+
+
+def _liger_off(cfg: FrameworkConfig, trainer: str) -> None:
+    """use_liger_kernel in a DPO, KTO or GRPO config (read as --loss fused): the fused
+    LM head's tiles instead, noted."""
+    if cfg.settings.get("loss") != "fused":
+        return
+    cfg.settings["loss"] = "logprob-tiles"
+    cfg.notes.append(
+        f"use_liger_kernel: TRL >= 1.16's {trainer}Trainer turns Liger's fused linear "
+        "cross-entropy off and keeps its fused LM head (log-probabilities in tiles); "
+        f"TRL <= 1.15's Liger {trainer} loss is not modelled ({TRL_PREFERENCE_BEFORE})."
+    )
 
 
 def _dpo_objective(k: Keys, cfg: FrameworkConfig, source: str) -> None:
@@ -766,8 +795,7 @@ def _grpo_objective(k: Keys, cfg: FrameworkConfig, source: str) -> None:
         )
     _grpo_generation(k, cfg)
     _grpo_unmodelled(k, cfg)
-    if s.get("loss") == "fused":  # use_liger_kernel: the GRPO loss reads full logits
-        del s["loss"]
+    _liger_off(cfg, "GRPO")
 
 
 def _grpo_generation(k: Keys, cfg: FrameworkConfig) -> None:
@@ -800,10 +828,8 @@ def _grpo_unmodelled(k: Keys, cfg: FrameworkConfig) -> None:
     notes = []
     if (k.integer("num_iterations") or 1) > 1:
         notes.append("num_iterations > 1 (the policy's no_grad forward for old log-probabilities)")
-    if k.flag("use_liger_kernel"):
-        notes.append("use_liger_kernel (Liger's fused GRPO loss; estimated with full logits)")
     if k.flag("cast_lm_head_to_fp32"):
-        notes.append("cast_lm_head_to_fp32 (an fp32 LM head)")
+        notes.append("cast_lm_head_to_fp32 (an fp32 LM head; with the tiles, fp32 tiles)")
     if (k.number("entropy_coef") or 0.0) != 0.0 or k.flag("use_adaptive_entropy"):
         notes.append("an entropy bonus (the entropies then keep their graph)")
     if notes:

@@ -21,7 +21,12 @@ from ftmem.arch import Architecture
 from ftmem.errors import InvalidInputError
 from ftmem.filekeys import Keys
 from ftmem.frameworks.distributed import LAUNCHER_NOTE, distributed_settings
-from ftmem.frameworks.hf_trainer import LIMITS_NOTED
+from ftmem.frameworks.hf_trainer import (
+    LIMITS_NOTED,
+    _dpo_objective,
+    _grpo_objective,
+    _kto_objective,
+)
 from ftmem.frameworks.shared import ATTENTION, FrameworkConfig, galore_args, hf_optimizer
 from ftmem.quantized_base import on_quantized_base, quantized_base
 from ftmem.sources import architecture_from_config
@@ -57,6 +62,11 @@ LIVE_OPTIMIZERS = {
     "PagedLion32bit": "lion",
 }
 PROMPT_PEFT = {"PROMPT_TUNING": "prompt-tuning", "P_TUNING": "p-tuning"}
+# TRL's preference and RL configs, read as `ftmem estimate --from` reads their files
+TRL_OBJECTIVES = {"DPOConfig": _dpo_objective, "KTOConfig": _kto_objective,
+                  "GRPOConfig": _grpo_objective}  # fmt: skip
+# GRPOConfig.__post_init__ sets both from either; the reader takes one of them
+GRPO_DERIVED = ("generation_batch_size",)
 
 
 @dataclass
@@ -115,20 +125,55 @@ def read_run(
 ) -> LiveRun:
     """The run's settings from the live model, optimizer and TrainingArguments (or a
     TRL config); ``given`` (the callback's own keyword settings) win over both."""
+    half = (
+        "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else ""
+    )
+    # transformers 5.24 renamed it activation_checkpointing (the old name warns)
+    wanted = getattr(args, "activation_checkpointing", None)
+    if wanted is None:
+        wanted = getattr(args, "gradient_checkpointing", False)
+    live = read_model(
+        model,
+        autocast=half,
+        autocast_said="TrainingArguments' bf16/fp16",
+        checkpointing=bool(wanted),
+        checkpointing_said="TrainingArguments",
+    )
+    _read_args(args, live)
+    read_optimizer(optimizer, live)
+    _read_seq_len(args, dataset, live)
+    _read_parallel(args, live)
+    _read_objective(args, live)
+    take_given(live, given, "FtmemCallback's own settings")
+    return live
+
+
+def read_model(
+    model: Any,
+    *,
+    autocast: str,
+    autocast_said: str,
+    checkpointing: bool | None,
+    checkpointing_said: str,
+) -> LiveRun:
+    """What the live model says, whatever trains it: its architecture, method (peft),
+    quantisation, dtypes, checkpointing, attention and device. ``autocast`` is the
+    16-bit dtype the trainer autocasts to ("bf16", "fp16" or ""), ``checkpointing``
+    whether the trainer asked for it (None: it does not say), each with where it was read."""
     arch, cfg = read_architecture(model)
     live = LiveRun(arch)
     _read_method(model, live)
     _read_quantisation(cfg, live)
-    _read_dtypes(model, args, live)
+    _read_dtypes(model, autocast, autocast_said, live)
     _config_dtype_note(cfg, model, live)
-    _read_model_flags(model, args, live)
-    _read_args(args, live)
-    _read_optimizer(optimizer, live)
-    _read_seq_len(args, dataset, live)
-    _read_parallel(args, live)
-    for key, value in (given or {}).items():
-        live.set(key, value, "FtmemCallback's own settings")
+    _read_model_flags(model, checkpointing, checkpointing_said, live)
     return live
+
+
+def take_given(live: LiveRun, given: dict[str, Any] | None, said: str) -> None:
+    """The caller's own settings win over what was read."""
+    for key, value in (given or {}).items():
+        live.set(key, value, said)
 
 
 # -- the model --------------------------------------------------------------------------
@@ -281,18 +326,16 @@ def dtype_elements(model: Any, trainable: bool) -> Counter[str]:
     return count
 
 
-def _read_dtypes(model: Any, args: Any, live: LiveRun) -> None:
+def _read_dtypes(model: Any, half: str, half_said: str, live: LiveRun) -> None:
     """The precision from the dtypes the parameters really have and the trainer's
-    bf16 / fp16 (autocast): HF Trainer keeps the weights' dtype and autocasts."""
+    autocast (HF Trainer's bf16 / fp16, Lightning's "-mixed"): both keep the weights'
+    dtype and autocast."""
     frozen, trained = dtype_elements(model, False), dtype_elements(model, True)
     weights = (frozen or trained).most_common(1)
     if not weights:
         return
     dtype = weights[0][0]
-    said = f"the parameters' dtype ({dtype}) and TrainingArguments' bf16/fp16"
-    half = (
-        "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else ""
-    )
+    said = f"the parameters' dtype ({dtype}) and {half_said}"
     if dtype == "fp32":
         live.set("precision", f"{half}-mixed" if half else "fp32", said)
     else:
@@ -325,7 +368,7 @@ def _config_dtype_note(cfg: dict[str, Any], model: Any, live: LiveRun) -> None:
 
 def compared(live: LiveRun, n_trainable_estimated: int) -> list[str]:
     """What the live model has that the estimate's layout does not: notes."""
-    if live.n_trainable == n_trainable_estimated:
+    if live.n_trainable == n_trainable_estimated or not live.n_params:  # no live model read
         return []
     return [
         f"The live model trains {live.n_trainable:,} parameters, the estimate's layout "
@@ -334,27 +377,22 @@ def compared(live: LiveRun, n_trainable_estimated: int) -> list[str]:
     ]
 
 
-def _read_model_flags(model: Any, args: Any, live: LiveRun) -> None:
-    """Checkpointing as the model has it (the trainer turns it on before on_train_begin)
-    and the attention implementation."""
+def _read_model_flags(model: Any, wanted: bool | None, wanted_said: str, live: LiveRun) -> None:
+    """Checkpointing as the model has it (the trainer turns it on before its first
+    step) and the attention implementation."""
     base = base_model(model)
     attr = "is_activation_checkpointing"
     on = getattr(base, attr, None)
     if on is None:
         attr = "is_gradient_checkpointing"
         on = getattr(base, attr, None)
-    # transformers 5.24 renamed it activation_checkpointing (the old name warns)
-    wanted = getattr(args, "activation_checkpointing", None)
-    if wanted is None:
-        wanted = getattr(args, "gradient_checkpointing", False)
-    wanted = bool(wanted)
     if on is None:
-        live.set("grad_ckpt", wanted, "TrainingArguments.gradient_checkpointing")
+        live.set("grad_ckpt", bool(wanted), f"{wanted_said}.gradient_checkpointing")
     else:
         live.set("grad_ckpt", bool(on), f"model.{attr}")
-        if bool(on) != wanted:
+        if wanted is not None and bool(on) != wanted:
             live.notes.append(
-                f"The model has checkpointing {'on' if on else 'off'}, TrainingArguments "
+                f"The model has checkpointing {'on' if on else 'off'}, {wanted_said} "
                 f"asked for it {'on' if wanted else 'off'}: estimated as the model has it."
             )
     impl = getattr(getattr(base, "config", None), "_attn_implementation", None)
@@ -421,14 +459,15 @@ def _read_args(args: Any, live: LiveRun) -> None:
     for key, note in LIMITS_NOTED.items():
         if getattr(args, key, None) not in (None, False, 0, 0.0):
             live.notes.append(f"{key}: {note}")
-    if name not in ("TrainingArguments", "SFTConfig", "Seq2SeqTrainingArguments"):
+    known = ("TrainingArguments", "SFTConfig", "Seq2SeqTrainingArguments", *TRL_OBJECTIVES)
+    if name not in known:
         live.notes.append(
             f"{name}: estimated as supervised finetuning (the objective's own memory, such "
             "as a reference model, is not read from a live trainer yet)."
         )
 
 
-def _read_optimizer(optimizer: Any, live: LiveRun) -> None:
+def read_optimizer(optimizer: Any, live: LiveRun) -> None:
     """The live optimizer's class wins over the name in the arguments (a trainer given
     ``optimizers=``); torch's own say which kernel runs (fused, foreach, for-loop)."""
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
@@ -474,6 +513,8 @@ def _read_seq_len(args: Any, dataset: Any, live: LiveRun) -> None:
     if longest:
         live.set("seq_len", longest, "the longest input_ids of the training dataset")
         return
+    if name == "GRPOConfig":  # prompt + completion: the objective's reader says it
+        return
     live.notes.append(
         "No sequence length on the trainer's arguments and none found in the dataset: "
         "estimated at ftmem's 512 tokens (give FtmemCallback(seq_len=...)); the report "
@@ -497,6 +538,32 @@ def longest_example(dataset: Any) -> int | None:
             return None
         longest = max(longest, len(ids))
     return longest or None
+
+
+def _read_objective(args: Any, live: LiveRun) -> None:
+    """A DPOConfig, KTOConfig or GRPOConfig: the objective and its settings (loss_type,
+    beta, precompute_ref_log_probs, num_generations, max_completion_length, vLLM...) as
+    the TRL reader of ``ftmem estimate --from`` reads them, from the live config's
+    fields (every one set: TRL's defaults are the object's own); dropout off as TRL's
+    disable_dropout does."""
+    name = type(args).__name__
+    read = TRL_OBJECTIVES.get(name)
+    fields = getattr(args, "__dataclass_fields__", None)
+    if read is None or not isinstance(fields, dict):
+        return
+    data = {key: getattr(args, key, None) for key in fields if key not in GRPO_DERIVED}
+    data = {key: _text(v) or v for key, v in data.items()}
+    cfg = FrameworkConfig("trl", name, None, dict(live.settings))
+    read(Keys(data, name), cfg, f"the live {name}")
+    for key in set(live.settings) - set(cfg.settings):  # dropped (Liger's loss)
+        live.settings.pop(key)
+        live.said.pop(key, None)
+    for key, value in cfg.settings.items():
+        if value != live.settings.get(key):
+            live.set(key, value, f"{name} ({key})")
+    if getattr(args, "disable_dropout", False):
+        live.set("model_dropout", False, f"{name}.disable_dropout")
+    live.notes += [n.replace("in the file", f"on the {name}") for n in cfg.notes]
 
 
 def _read_parallel(args: Any, live: LiveRun) -> None:

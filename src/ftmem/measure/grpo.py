@@ -92,8 +92,15 @@ def per_token_logps(
     logits_to_keep: int,
     batch_size: int,
     compute_entropy: bool,
+    fused: tuple[str, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """GRPOTrainer._get_per_token_logps_and_entropies (no images, no aux loss)."""
+    """GRPOTrainer._get_per_token_logps_and_entropies (no images, no aux loss);
+    ``fused``: TRL >= 1.16's, the outputs the model's fused LM head computes
+    (fused_per_token_logps)."""
+    if fused is not None:
+        return fused_per_token_logps(
+            model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, fused
+        )
     all_logps, all_entropies = [], []
     for start in range(0, input_ids.size(0), batch_size):
         ids = input_ids[start : start + batch_size]
@@ -115,6 +122,50 @@ def per_token_logps(
     logps = torch.cat(all_logps, dim=0)
     entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
     return logps, entropies
+
+
+def fused_per_token_logps(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    batch_size: int,
+    compute_entropy: bool,
+    outputs: tuple[str, ...],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """TRL >= 1.16's _get_per_token_logps_and_entropies (trl 1.16.0
+    trl/trainer/grpo_trainer.py:1419-1508): per chunk of ``batch_size`` sequences, labels
+    -100 but on the completion, the model's fused forward (ftmem.measure.step
+    fused_head_forward: the backbone over the whole sequence, the completion's rows
+    through the tiles), its per-token outputs sliced to the completion (views of the
+    whole shifted shape); the last chunk's outputs live until the concatenation."""
+    from ftmem.measure.fused_loss import IGNORE_INDEX
+    from ftmem.measure.step import fused_head_forward
+
+    all_logps, all_entropies = [], []
+    for start in range(0, input_ids.size(0), batch_size):
+        ids = input_ids[start : start + batch_size]
+        mask = attention_mask[start : start + batch_size]
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        labels[:, :-logits_to_keep] = IGNORE_INDEX
+        out = fused_head_forward(model, ids, labels, outputs, mask)
+        all_logps.append(out.log_probs[:, -logits_to_keep:])
+        if compute_entropy:
+            assert out.entropy is not None
+            all_entropies.append(out.entropy[:, -logits_to_keep:])
+    logps = torch.cat(all_logps, dim=0)
+    entropies = torch.cat(all_entropies, dim=0) if compute_entropy else None
+    return logps, entropies
+
+
+def _fused(run: RunConfig, reference_copy: bool = False) -> tuple[str, ...] | None:
+    """The outputs of TRL >= 1.16's fused head (--loss logprob-tiles), None before: the
+    policy's (trl 1.16.0 grpo_trainer.py:1072), a reference copy's default (:1075)."""
+    from ftmem.measure.step import GRPO_OUTPUTS, REFERENCE_OUTPUTS
+
+    if run.loss != "logprob-tiles":
+        return None
+    return REFERENCE_OUTPUTS if reference_copy else GRPO_OUTPUTS
 
 
 def _generate_batch(
@@ -167,15 +218,17 @@ def _generate_batch(
         ids = torch.cat([prompt_ids, completion_ids], dim=1)
         mask = torch.cat([prompt_mask, completion_mask], dim=1)
         with torch.no_grad():
+            b, policy = run.batch_size, _fused(run)
             if old_logps(run):  # the policy before the step, for importance sampling
-                previous, _ = per_token_logps(model, ids, mask, C, run.batch_size, False)
+                previous, _ = per_token_logps(model, ids, mask, C, b, False, policy)
             if not run.needs_reference:
                 pass
             elif reference is None:  # peft: use_adapter(model, None) disables the adapter
                 with model.disable_adapter():  # type: ignore[operator]
-                    ref_logps, _ = per_token_logps(model, ids, mask, C, run.batch_size, False)
+                    ref_logps, _ = per_token_logps(model, ids, mask, C, b, False, policy)
             else:
-                ref_logps, _ = per_token_logps(reference, ids, mask, C, run.batch_size, False)
+                copy = _fused(run, reference_copy=True)
+                ref_logps, _ = per_token_logps(reference, ids, mask, C, b, False, copy)
         del ids, mask
     advantages = torch.randn(rows, generator=gen).to(device)
     batch = {
@@ -227,7 +280,7 @@ def _compute_loss(
     logits_to_keep = completion_ids.size(1)
     mask = completion_mask
     logps, entropies = per_token_logps(
-        model, input_ids, attention_mask, logits_to_keep, input_ids.size(0), True
+        model, input_ids, attention_mask, logits_to_keep, input_ids.size(0), True, _fused(run)
     )
     advantages = inputs["advantages"].unsqueeze(1)
     # num_iterations 1 with aligned steps: no old log-probabilities, the detached ones

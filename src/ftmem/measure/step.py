@@ -147,6 +147,8 @@ def _forward(
             loss = grpo_loss(model, teacher, ids, run)
         elif run is not None and run.objective != "sft":
             loss = _preference_loss(model, teacher, ids, run, labels)
+        elif loss_impl == "logprob-tiles" and teacher is None:
+            loss = _tiles_sft_loss(model, ids)
         elif teacher is not None:
             loss = _distillation_loss(model, teacher, ids)
         elif loss_impl == "fused":
@@ -193,6 +195,233 @@ def _linear_chunked_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Ten
             head(rows).float(), target, reduction="sum", ignore_index=IGNORE_INDEX
         )
     return total / keep.numel()
+
+
+# TRL >= 1.16's fused LM head (--loss logprob-tiles) as it runs on CUDA. The tile's rows
+# (TOKEN_CHUNK_SIZE, trl 1.16.0 trl/kernels/chunked_logprob.py:31) and vocabulary width
+# (_CHUNKED_LOGPROB_CHUNK_SIZE, trl 1.16.0 trl/trainer/utils.py:1506).
+TILE_ROWS = 4096
+TILE_VOCAB = 32768
+# rows (or vocabulary columns) this loop folds at once: TRL's Triton kernels fold a tile
+# in registers, one program per row; one row at a time keeps the fp32 temporaries of this
+# torch replay to a few rows of the vocabulary (kilobytes beside a buffer of megabytes)
+FOLD_BLOCK = 1
+# the outputs each trainer asks its fused head for (trl 1.16.0): SFTTrainer
+# (sft_trainer.py:1146), DPOTrainer (dpo_trainer.py:957, without WPO's weighting),
+# KTOTrainer (kto_trainer.py:969), GRPOTrainer (grpo_trainer.py:1072); a reference copy
+# gets the default, the log-probabilities alone (add_fused_lm_head, utils.py:1552)
+SFT_OUTPUTS = ("log_probs", "entropy", "is_top1")
+DPO_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
+KTO_OUTPUTS = ("log_probs", "entropy", "mean_logits")
+GRPO_OUTPUTS = ("log_probs", "entropy")
+REFERENCE_OUTPUTS = ("log_probs",)
+
+
+class LogProbTiles(torch.autograd.Function):
+    """Each row's log-probability of its target under ``hidden @ weight.T``, tile by
+    tile, with the memory TRL's ChunkedLogProbFunction (trl 1.16.0
+    trl/kernels/chunked_logprob.py:299) takes on CUDA: in forward one buffer of
+    min(N, 4096) x 32768 in the compute dtype (the autocast dtype, else the hidden
+    states'), each row chunk and weight slice cast to it (a copy only where the dtype
+    differs), seven fp32 running statistics per row; it saves the rows, the targets, the
+    log-normaliser and the entropy. Backward makes the buffer again, fp32 accumulators
+    of the rows' gradient and (where the head trains) of the weight's, turns each
+    recomputed tile into the logits' gradient in place and adds its products into the
+    accumulators (CUDA's fp32-output addmm: no fp32 copy of a tile), then casts the
+    accumulators to the inputs' dtypes. Written for this measurement from the
+    algorithm (online log-sum-exp); tests/test_trl116_objectives.py checks its moments
+    against TRL's own function. No soft-capping, logit scale, bias or temperature (the
+    tiny models have none; GRPO's temperature is 1)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        outputs: tuple[str, ...],
+    ) -> tuple[torch.Tensor | None, ...]:
+        ctx.set_materialize_grads(False)
+        dev = hidden.device
+        on = torch.is_autocast_enabled(dev.type)
+        compute = torch.get_autocast_dtype(dev.type) if on else hidden.dtype
+        n_rows, vocab = hidden.shape[0], weight.shape[0]
+        # running max, sum of exp, sum of exp x logit, sum of exp squared, sum of
+        # logits, max before the target, target logit: all seven made whatever is asked
+        stats = [torch.zeros(n_rows, device=dev, dtype=torch.float32) for _ in range(7)]
+        stats[0].fill_(-float("inf"))
+        stats[5].fill_(-float("inf"))
+        buffer = torch.empty((min(n_rows, TILE_ROWS), TILE_VOCAB), device=dev, dtype=compute)
+        for r0 in range(0, n_rows, TILE_ROWS):
+            r1 = min(r0 + TILE_ROWS, n_rows)
+            rows = hidden[r0:r1].to(compute)
+            for v0 in range(0, vocab, TILE_VOCAB):
+                v1 = min(v0 + TILE_VOCAB, vocab)
+                tile = buffer[: r1 - r0, : v1 - v0]
+                torch.mm(rows, weight[v0:v1].to(compute).t(), out=tile)
+                _fold_forward(tile, targets[r0:r1] - v0, [s[r0:r1] for s in stats])
+        running_max, sum_exp, x_sum_exp, _, z_sum, max_before, target_logit = stats
+        log_z = running_max + torch.log(sum_exp)
+        logprobs = target_logit - log_z
+        entropy = log_z - x_sum_exp / sum_exp if "entropy" in outputs else None
+        mean_logits = z_sum / vocab if "mean_logits" in outputs else None
+        is_top1 = (
+            (target_logit >= running_max) & (target_logit > max_before)
+            if "is_top1" in outputs
+            else None
+        )
+        ctx.save_for_backward(hidden, weight, targets, log_z, log_z if entropy is None else entropy)
+        ctx.compute = compute
+        ctx.mark_non_differentiable(*(x for x in (mean_logits, is_top1) if x is not None))
+        return logprobs, entropy, mean_logits, is_top1
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        hidden, weight, targets, log_z, entropy = ctx.saved_tensors
+        grad_logprobs, grad_entropy = grads[0], grads[1]
+        compute = ctx.compute
+        n_rows, vocab = hidden.shape[0], weight.shape[0]
+        want_hidden, want_weight = ctx.needs_input_grad[:2]
+        dev = hidden.device
+        grad_hidden = (
+            torch.zeros(hidden.shape, device=dev, dtype=torch.float32) if want_hidden else None
+        )
+        grad_weight = (
+            torch.zeros(weight.shape, device=dev, dtype=torch.float32) if want_weight else None
+        )
+        buffer = torch.empty((min(n_rows, TILE_ROWS), TILE_VOCAB), device=dev, dtype=compute)
+        g_lp = None if grad_logprobs is None else grad_logprobs.float().contiguous()
+        g_ent = None if grad_entropy is None else grad_entropy.float().contiguous()
+        for r0 in range(0, n_rows, TILE_ROWS):
+            r1 = min(r0 + TILE_ROWS, n_rows)
+            rows = hidden[r0:r1].to(compute)
+            for v0 in range(0, vocab, TILE_VOCAB):
+                v1 = min(v0 + TILE_VOCAB, vocab)
+                w_slice = weight[v0:v1].to(compute)
+                tile = buffer[: r1 - r0, : v1 - v0]
+                torch.mm(rows, w_slice.t(), out=tile)
+                per_row = (log_z[r0:r1], entropy[r0:r1])
+                picked = (
+                    None if g_lp is None else g_lp[r0:r1],
+                    None if g_ent is None else g_ent[r0:r1],
+                )
+                _fold_backward(tile, targets[r0:r1] - v0, per_row, picked)
+                if grad_hidden is not None:
+                    _add_products(grad_hidden[r0:r1], tile, w_slice)
+                if grad_weight is not None:
+                    _add_products(grad_weight[v0:v1], tile.t(), rows)
+        return (
+            None if grad_hidden is None else grad_hidden.to(hidden.dtype),
+            None if grad_weight is None else grad_weight.to(weight.dtype),
+            None,
+            None,
+        )
+
+
+def _fold_forward(tile: torch.Tensor, local: torch.Tensor, stats: list[torch.Tensor]) -> None:
+    """One tile's logits folded into the rows' running statistics, a few rows at a time
+    (``local``: the targets' columns in this tile; outside it, no target logit)."""
+    running_max, sum_exp, x_sum_exp, sq_sum_exp, z_sum, max_before, target_logit = stats
+    width = tile.shape[1]
+    columns = torch.arange(width, device=tile.device)
+    for i in range(0, tile.shape[0], FOLD_BLOCK):
+        j = min(i + FOLD_BLOCK, tile.shape[0])
+        z = tile[i:j].float()
+        here = local[i:j]
+        z_sum[i:j] += z.sum(-1)
+        before = columns < here.unsqueeze(-1)
+        max_before[i:j] = torch.maximum(
+            max_before[i:j], z.masked_fill(~before, -float("inf")).amax(-1)
+        )
+        new_max = torch.maximum(running_max[i:j], z.amax(-1))
+        rescale = torch.exp(running_max[i:j] - new_max)
+        e = torch.exp(z - new_max.unsqueeze(-1))
+        sum_exp[i:j] = sum_exp[i:j] * rescale + e.sum(-1)
+        x_sum_exp[i:j] = x_sum_exp[i:j] * rescale + (e * z).sum(-1)
+        sq_sum_exp[i:j] = sq_sum_exp[i:j] * rescale * rescale + (e * e).sum(-1)
+        running_max[i:j] = new_max
+        inside = (here >= 0) & (here < width)
+        picked = z.gather(-1, here.clamp(0, width - 1).unsqueeze(-1)).squeeze(-1)
+        target_logit[i:j] = torch.where(inside, picked, target_logit[i:j])
+
+
+def _fold_backward(
+    tile: torch.Tensor,
+    local: torch.Tensor,
+    per_row: tuple[torch.Tensor, torch.Tensor],
+    grads: tuple[torch.Tensor | None, torch.Tensor | None],
+) -> None:
+    """The tile overwritten, a few rows at a time, with the gradient of the loss with
+    respect to its logits: g·(1[target] − p) for the log-probability,
+    −g·p·(log p + H) for the entropy."""
+    log_z, entropy = per_row
+    g_lp, g_ent = grads
+    columns = torch.arange(tile.shape[1], device=tile.device)
+    for i in range(0, tile.shape[0], FOLD_BLOCK):
+        j = min(i + FOLD_BLOCK, tile.shape[0])
+        log_p = tile[i:j].float() - log_z[i:j].unsqueeze(-1)
+        p = torch.exp(log_p)
+        grad = torch.zeros_like(p)
+        if g_lp is not None:
+            target = (columns == local[i:j].unsqueeze(-1)).float()
+            grad += g_lp[i:j].unsqueeze(-1) * (target - p)
+        if g_ent is not None:
+            grad -= g_ent[i:j].unsqueeze(-1) * p * (log_p + entropy[i:j].unsqueeze(-1))
+        tile[i:j].copy_(grad)
+
+
+def _add_products(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b into an fp32 ``acc``, a few rows of ``a`` at a time (CUDA's addmm
+    with an fp32 output reads 16-bit inputs without copies)."""
+    for i in range(0, a.shape[0], FOLD_BLOCK):
+        j = min(i + FOLD_BLOCK, a.shape[0])
+        acc[i:j] += (a[i:j] @ b).float()
+
+
+@dataclasses.dataclass
+class FusedOutput:
+    """What TRL's fused forward returns (trl 1.16.0 trl/trainer/utils.py:1510
+    FusedCausalLMOutput): the per-token fields in the shape of the shifted labels,
+    zero where the label is ignored, None where not asked for."""
+
+    loss: torch.Tensor
+    log_probs: torch.Tensor
+    entropy: torch.Tensor | None
+    mean_logits: torch.Tensor | None
+    is_top1: torch.Tensor | None
+    label_mask: torch.Tensor
+
+
+def fused_head_forward(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    labels: torch.Tensor,
+    outputs: tuple[str, ...],
+    attention_mask: torch.Tensor | None = None,
+) -> FusedOutput:
+    """TRL's patched forward with ``fused_lm_head=True`` (trl 1.16.0
+    trl/trainer/utils.py:1599 _fused_forward) on CUDA with Triton (``compact``): the
+    backbone (no LM head), its last hidden states and the labels shifted, only the rows
+    whose label is not -100 projected (``hidden_states[mask]``: a copy, the targets
+    ``labels[mask]`` another), each output scattered back into zeros of the labels'
+    shape, the mean negative log-likelihood as ``loss``. The backbone's output lives
+    until the forward returns."""
+    base = hf_model(model)
+    backbone = getattr(base, base.base_model_prefix)(
+        input_ids=ids, attention_mask=attention_mask, use_cache=False
+    )
+    hidden = backbone.last_hidden_state[:, :-1]
+    shifted = labels[:, 1:]
+    mask = shifted != IGNORE_INDEX
+    head = base.get_output_embeddings()
+    per_token = LogProbTiles.apply(hidden[mask], head.weight, shifted[mask], outputs)
+    log_probs, entropy, mean_logits, is_top1 = (
+        None if x is None else x.new_zeros(mask.shape).masked_scatter(mask, x) for x in per_token
+    )
+    del per_token
+    assert log_probs is not None
+    loss = -log_probs.sum() / mask.sum().clamp(min=1)
+    return FusedOutput(loss, log_probs, entropy, mean_logits, is_top1, mask)
 
 
 PREFERENCE_BETA = 0.1  # TRL DPOConfig's and CPOConfig's beta default
@@ -252,7 +481,11 @@ def _preference_loss(
         assert batch is not None, "a KTO batch's completion mask and KL sequences"
         if run.framework == "llama-factory":
             return _llama_factory_kto_loss(model, reference, ids, batch[1])
+        if run.loss == "logprob-tiles":  # TRL >= 1.16's fused LM head
+            return _tiles_kto_loss(model, reference, ids, batch, run)
         return _kto_loss(model, reference, ids, batch, run)
+    if run.loss == "logprob-tiles":  # TRL >= 1.16's fused LM head
+        return _tiles_preference_loss(model, reference, ids, run)
     if run.framework in ("llama-factory", "torchtune"):
         return _llama_factory_preference_loss(model, reference, ids, run)
     outputs = model(input_ids=ids, use_cache=False)
@@ -438,6 +671,149 @@ def _kto_metrics(
     rejected_logits = shift_logits.detach().index_select(0, rejected_idx)
     chosen_logits[mask.index_select(0, chosen_idx).bool()].mean(-1).sum().item()
     rejected_logits[mask.index_select(0, rejected_idx).bool()].mean(-1).sum().item()
+
+
+def _tiles_sft_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """SFTTrainer since TRL 1.15 (--loss logprob-tiles): the fused head's loss over every
+    shifted position (trl 1.16.0 trl/trainer/sft_trainer.py:1144; compute_loss takes
+    ``outputs.loss``)."""
+    out = fused_head_forward(model, ids, ids, SFT_OUTPUTS)
+    loss = out.loss
+    del out
+    return loss
+
+
+def worst_case_labels(ids: torch.Tensor) -> torch.Tensor:
+    """A preference batch's labels: the prompt is the first token, so every completion
+    fills its sequence and every shifted row is scored (the worst batch, which the
+    estimate sizes)."""
+    labels = ids.clone()
+    labels[:, 0] = IGNORE_INDEX
+    return labels
+
+
+def _tiles_preference_loss(
+    model: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    ids: torch.Tensor,
+    run: RunConfig,
+) -> torch.Tensor:
+    """DPOTrainer's step since TRL 1.16 (trl 1.16.0 trl/trainer/dpo_trainer.py:1285
+    _compute_loss): the policy's fused forward over [chosen; rejected] with its outputs
+    held to the end, the sequences' summed log-probabilities, then the reference's fused
+    forward under no_grad (the adapter disabled on a peft model, whose patched forward
+    asks for every output; a frozen copy asks for the log-probabilities alone), the
+    loss (sigmoid, or ipo normalised by the completion's length), and the metrics read
+    from the per-token outputs: no logits anywhere."""
+    import torch.nn.functional as F
+
+    labels = worst_case_labels(ids)
+    outputs = fused_head_forward(model, ids, labels, DPO_OUTPUTS)
+    mask = outputs.label_mask
+    logps = outputs.log_probs.sum(dim=1)
+    chosen_logps, rejected_logps = logps.chunk(2, dim=0)
+    ref_logps = torch.zeros_like(logps)  # precomputed: read with the batch
+    ref_outputs = None
+    if run.needs_reference:
+        with torch.no_grad():
+            if reference is None:
+                with model.disable_adapter():  # type: ignore[operator]
+                    ref_outputs = fused_head_forward(model, ids, labels, DPO_OUTPUTS)
+            else:
+                ref_outputs = fused_head_forward(reference, ids, labels, REFERENCE_OUTPUTS)
+        ref_logps = ref_outputs.log_probs.sum(dim=1)
+    ref_chosen, ref_rejected = ref_logps.chunk(2, dim=0)
+    chosen = chosen_logps - ref_chosen
+    rejected = rejected_logps - ref_rejected
+    beta = PREFERENCE_BETA
+    if run.objective == "ipo":
+        lengths = mask.sum(dim=1).clamp(min=1)
+        chosen_len, rejected_len = lengths.chunk(2, dim=0)
+        delta = chosen / chosen_len - rejected / rejected_len
+        loss = (delta - 1 / (2 * beta)) ** 2
+    else:
+        loss = -F.logsigmoid(beta * (chosen - rejected))
+    _tiles_metrics(outputs, mask, paired=True)
+    del outputs, ref_outputs
+    return loss.mean()
+
+
+def _tiles_metrics(outputs: FusedOutput, mask: torch.Tensor, paired: bool) -> None:
+    """The trainers' metrics after the loss, from the per-token outputs (dpo_trainer.py
+    :1521-1560; kto_trainer.py:1490-1510 alike): the masked entropy, each group's mean
+    logit over its completion rows, DPO's top-1 accuracy of the chosen completions."""
+    assert outputs.entropy is not None and outputs.mean_logits is not None
+    (outputs.entropy.detach() * mask).sum().item()
+    if paired:
+        chosen_ml, rejected_ml = outputs.mean_logits.chunk(2, dim=0)
+        chosen_mask, rejected_mask = mask.chunk(2, dim=0)
+    else:  # KTO: every completion desirable (kto_batch), the rejected group empty
+        chosen_mask, rejected_mask = mask, mask[:0]
+        chosen_ml, rejected_ml = outputs.mean_logits, outputs.mean_logits[:0]
+    chosen_ml[chosen_mask.bool()].sum().item()
+    rejected_ml[rejected_mask.bool()].sum().item()
+    if outputs.is_top1 is not None:
+        top1, _ = outputs.is_top1.chunk(2, dim=0)
+        (top1 & chosen_mask.bool()).sum().item()
+
+
+def _tiles_kto_loss(
+    model: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    ids: torch.Tensor,
+    batch: torch.Tensor,
+    run: RunConfig,
+) -> torch.Tensor:
+    """KTOTrainer's step since TRL 1.16 (trl 1.16.0 trl/trainer/kto_trainer.py:1370
+    _compute_loss, :1337 _compute_kl_logps): loss_type kto first runs the policy's fused
+    forward on the KL sequences under no_grad, then the policy's over the completions
+    (outputs held to the end), then the reference's two under no_grad (KL, then the
+    completions; the adapter disabled on a peft model, else the frozen copy), the loss,
+    and the metrics from the per-token outputs. apo-zero-unpaired has no KL
+    sequences."""
+    completion_mask = batch[0]
+    labels = ids.masked_fill(completion_mask == 0, IGNORE_INDEX)
+    kl_ids = batch[1] if run.objective == "kto" else None
+
+    def kl_logps(m: torch.nn.Module, outputs: tuple[str, ...]) -> torch.Tensor | None:
+        if kl_ids is None:
+            return None
+        kl_labels = kl_ids.masked_fill(completion_mask == 0, IGNORE_INDEX)
+        with torch.no_grad():
+            return fused_head_forward(m, kl_ids, kl_labels, outputs).log_probs.sum(-1)
+
+    policy_kl = kl_logps(model, KTO_OUTPUTS)
+    outputs = fused_head_forward(model, ids, labels, KTO_OUTPUTS)
+    completion_logps = outputs.log_probs.sum(-1)
+    bool_labels = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
+    chosen_idx = torch.nonzero(bool_labels, as_tuple=False).view(-1)
+    rejected_idx = torch.nonzero(~bool_labels, as_tuple=False).view(-1)
+    chosen_logps = completion_logps.index_select(0, chosen_idx)
+    rejected_logps = completion_logps.index_select(0, rejected_idx)
+    ref_outputs = None
+    if run.needs_reference:
+        with torch.no_grad():
+            if reference is None:
+                with model.disable_adapter():  # type: ignore[operator]
+                    ref_kl = kl_logps(model, KTO_OUTPUTS)
+                    ref_outputs = fused_head_forward(model, ids, labels, KTO_OUTPUTS)
+            else:
+                ref_kl = kl_logps(reference, REFERENCE_OUTPUTS)
+                ref_outputs = fused_head_forward(reference, ids, labels, REFERENCE_OUTPUTS)
+        ref_logps = ref_outputs.log_probs.sum(-1)
+    else:  # precomputed: read with the batch
+        ref_logps = torch.zeros_like(completion_logps.detach())
+        ref_kl = None if policy_kl is None else torch.zeros_like(policy_kl)
+    if policy_kl is not None and ref_kl is not None:
+        kl = (policy_kl - ref_kl).mean().detach().clamp(min=0)
+    else:
+        kl = torch.zeros(1, device=ids.device)
+    groups = (chosen_idx, rejected_idx)
+    losses = _kto_losses((chosen_logps, rejected_logps), ref_logps, groups, kl, run.objective)
+    _tiles_metrics(outputs, outputs.label_mask, paired=False)
+    loss = losses.nanmean()
+    del outputs, ref_outputs
+    return loss
 
 
 def _llama_factory_logps(

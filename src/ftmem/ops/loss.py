@@ -194,7 +194,9 @@ class Loss:
         return Loss.rows(run) * arch.hidden_size * plan.dtypes.residual_bytes
 
     @staticmethod
-    def logprob_tiles_saved(arch: Architecture, run: RunConfig, residual: int) -> list[Saved]:
+    def logprob_tiles_saved(
+        arch: Architecture, run: RunConfig, residual: int, rows: int | None = None
+    ) -> list[Saved]:
         """TRL's log-probability tiles (SFTTrainer since TRL 1.15.0; --loss logprob-tiles):
         SFTTrainer always patches the model's forward (trl 1.16.0 trl/trainer/utils.py:1548
         add_fused_lm_head, _fused_forward :1599): the backbone's last hidden states are
@@ -205,40 +207,44 @@ class Loss:
         Its forward (:311) saves the rows it gets, a copy in the hidden states' dtype
         (N·H·e_h; the slice's reshape, or the labelled rows' boolean index), the clamped
         int64 targets (N·8), the fp32 log-normaliser and entropy (2·N·4); the loss's
-        masked_fill keeps the bool label mask (N·1)."""
-        N, h = Loss.rows(run), arch.hidden_size
+        masked_fill keeps the bool label mask (N·1). ``rows``: the labelled rows where
+        they are fewer than the shifted positions (GRPO's completions: on CUDA only they
+        are projected, the mask keeps its b·(s − 1) shape; FusedHead)."""
+        N, h = rows or Loss.rows(run), arch.hidden_size
         return [
             Saved("TRL log-prob tiles: hidden rows", N * h * residual),
             Saved(
                 "TRL log-prob tiles: targets, fp32 log-normaliser + entropy, label mask",
-                N * INDEX_BYTES + 2 * N * FP32 + N,
+                N * INDEX_BYTES + 2 * N * FP32 + Loss.rows(run),
             ),
         ]
 
     @staticmethod
-    def logprob_tiles_buffer(run: RunConfig, e: int) -> int:
+    def logprob_tiles_buffer(run: RunConfig, e: int, rows: int | None = None) -> int:
         """The tile buffer ChunkedLogProbFunction makes in forward and again in backward:
         ``torch.empty((min(N, 4096), 32768))`` in the compute dtype (the autocast dtype under
         autocast, else the hidden states'), its full width whatever the vocabulary
         (trl 1.16.0 trl/kernels/chunked_logprob.py:347 forward, :413 backward)."""
-        return min(Loss.rows(run), TRL_TOKEN_TILE) * TRL_VOCAB_TILE * e
+        return min(rows or Loss.rows(run), TRL_TOKEN_TILE) * TRL_VOCAB_TILE * e
 
     @staticmethod
     def _logprob_tiles_casts(
-        arch: Architecture, run: RunConfig, plan: MethodPlan, e: int
+        arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, rows: int | None = None
     ) -> tuple[int, int]:
         """Each tile's casts to the compute dtype (``.to(compute_dtype)``, a copy only where
         the dtype differs: fp32 hidden states or weights under autocast): the row chunk
         (R·H·e, R = min(N, 4096)) and the weight's vocabulary slice (C·H·e,
         C = min(V, 32768))."""
         h, V = arch.hidden_size, arch.vocab_size
-        R = min(Loss.rows(run), TRL_TOKEN_TILE)
+        R = min(rows or Loss.rows(run), TRL_TOKEN_TILE)
         rows = R * h * e if plan.dtypes.residual_bytes != e else 0
         weight = min(V, TRL_VOCAB_TILE) * h * e if BYTES_PER_ELEMENT[plan.dtypes.base] != e else 0
         return rows, weight
 
     @staticmethod
-    def logprob_tiles_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int) -> int:
+    def logprob_tiles_forward(
+        arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, rows: int | None = None
+    ) -> int:
         """In forward beyond what it keeps (trl 1.16.0 trl/kernels/chunked_logprob.py:311-391):
         the tile buffer and the row chunk's cast, with either the weight slice's cast
         (alive only inside ``torch.mm``) beside the seven fp32 per-row statistics (running
@@ -248,13 +254,20 @@ class Loss:
         the tile folds stubbed (tests/test_trl_logprob_loss.py). The torch fallback of
         devices without Triton (_forward_tile, :211) adds fp32 temporaries of the tile's
         size, not modelled (about 3.3·R·C·4 measured on the CPU)."""
-        N = Loss.rows(run)
-        rows, weight = Loss._logprob_tiles_casts(arch, run, plan, e)
-        return Loss.logprob_tiles_buffer(run, e) + rows + max(weight + 5 * N * FP32, 9 * N * FP32)
+        N = rows or Loss.rows(run)
+        cast, weight = Loss._logprob_tiles_casts(arch, run, plan, e, N)
+        return (
+            Loss.logprob_tiles_buffer(run, e, N) + cast + max(weight + 5 * N * FP32, 9 * N * FP32)
+        )
 
     @staticmethod
     def logprob_tiles_backward(
-        arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, head_grad: bool
+        arch: Architecture,
+        run: RunConfig,
+        plan: MethodPlan,
+        e: int,
+        head_grad: bool,
+        rows: int | None = None,
     ) -> int:
         """Its backward beyond the saved tensors (trl 1.16.0 trl/kernels/chunked_logprob.py
         :394-465): the incoming fp32 gradient of the log-probabilities (N·4), the fp32
@@ -269,14 +282,14 @@ class Loss:
         fallback of the tile fold (_backward_tile, :257; about 7.25·R·C·4 on the CPU) and
         _addmm_fp32's ``a.float(), b.float()`` for 16-bit tiles (:52; on CUDA with torch
         >= 2.8 an fp32-output addmm)."""
-        N, h, V = Loss.rows(run), arch.hidden_size, arch.vocab_size
+        N, h, V = rows or Loss.rows(run), arch.hidden_size, arch.vocab_size
         e_h, e_w = plan.dtypes.residual_bytes, BYTES_PER_ELEMENT[plan.dtypes.base]
         accumulators = N * h * FP32 + (V * h * FP32 if head_grad else 0)
         returned = (N * h * e_h if e_h != FP32 else 0) + (
             V * h * e_w if head_grad and e_w != FP32 else 0
         )
-        tiles = Loss.logprob_tiles_buffer(run, e) + sum(
-            Loss._logprob_tiles_casts(arch, run, plan, e)
+        tiles = Loss.logprob_tiles_buffer(run, e, N) + sum(
+            Loss._logprob_tiles_casts(arch, run, plan, e, N)
         )
         at_return = N * FP32 + accumulators + tiles + returned
         T = run.batch_size * run.positions
@@ -546,3 +559,96 @@ class PreferenceLoss:
         if PreferenceLoss.logits_bytes(run, e) == FP32:
             return 3 * shifted * V * FP32
         return T * V * e
+
+
+# the per-token outputs each TRL >= 1.16 trainer asks of the policy's fused LM head
+# (trl 1.16.0 trl/trainer/dpo_trainer.py:957, without WPO's weighting; kto_trainer.py:969;
+# grpo_trainer.py:1072); a reference copy gets add_fused_lm_head's default, the
+# log-probabilities alone (trl/trainer/utils.py:1552)
+FUSED_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "dpo": ("log_probs", "entropy", "mean_logits", "is_top1"),
+    "ipo": ("log_probs", "entropy", "mean_logits", "is_top1"),
+    "kto": ("log_probs", "entropy", "mean_logits"),
+    "apo-zero-unpaired": ("log_probs", "entropy", "mean_logits"),
+    "grpo": ("log_probs", "entropy"),
+}
+_FP32_OUTPUTS = ("log_probs", "entropy", "mean_logits")
+
+
+class FusedHead:
+    """TRL >= 1.16's DPO, KTO and GRPO trainers (``--loss logprob-tiles`` with
+    ``--objective dpo | ipo | kto | apo-zero-unpaired | grpo``): the policy's and the
+    reference's log-probabilities come from the fused LM head SFTTrainer uses
+    (add_fused_lm_head: trl 1.16.0 trl/trainer/dpo_trainer.py:960 and :962,
+    kto_trainer.py:967 and :972, grpo_trainer.py:1068 and :1075), never from logits:
+    each forward with ``fused_lm_head=True`` runs the backbone, shifts its last hidden
+    states and projects the labelled rows through ChunkedLogProbFunction's tiles
+    (Loss.logprob_tiles_*). The metrics read the kernel's per-token outputs (entropy,
+    mean logit, top-1), a few bytes per row. Symbols: T = b·s tokens, M = b·(s − 1)
+    shifted positions (the labels' shape), N ≤ M the rows scored."""
+
+    @staticmethod
+    def outputs_bytes(objective: str, M: int, reference_copy: bool = False) -> int:
+        """What one fused forward returns and its caller holds (utils.py:1510
+        FusedCausalLMOutput), in the labels' shape: fp32 log-probabilities (and entropy,
+        mean logit), a bool top-1, the bool label mask."""
+        names = ("log_probs",) if reference_copy else FUSED_OUTPUTS[objective]
+        fp32 = sum(n in _FP32_OUTPUTS for n in names)
+        return M * (fp32 * FP32 + int("is_top1" in names) + 1)
+
+    @staticmethod
+    def backbone_output(arch: Architecture, run: RunConfig, residual: int) -> int:
+        """The backbone's last hidden states (T·H in the hidden states' dtype), alive
+        until the fused forward returns (``backbone_outputs``, utils.py:1623)."""
+        return run.batch_size * run.positions * arch.hidden_size * residual
+
+    @staticmethod
+    def no_grad_pass(
+        arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, rows: int | None = None
+    ) -> int:
+        """One fused forward under no_grad (a reference's, KTO's KL sequences', GRPO's
+        old or reference log-probabilities) at its tiles, beyond what was live before:
+        the backbone's output, what the function would save made all the same (the
+        rows' copy, the targets, log Z and entropy, the mask: freed when it returns) and
+        its tiles' moment (Loss.logprob_tiles_forward)."""
+        residual = plan.dtypes.residual_bytes
+        made = sum(s.nbytes for s in Loss.logprob_tiles_saved(arch, run, residual, rows))
+        return (
+            FusedHead.backbone_output(arch, run, residual)
+            + made
+            + Loss.logprob_tiles_forward(arch, run, plan, e, rows)
+        )
+
+    @staticmethod
+    def preference_forward(
+        arch: Architecture,
+        run: RunConfig,
+        plan: MethodPlan,
+        e: int,
+        policy_tiles: int,
+        no_grad_blocks: int,
+    ) -> int:
+        """The loss side's largest forward moment beyond the saved activations (``run``:
+        the pair run, 2b sequences; kto's b completions). ``policy_tiles``: the policy's
+        own at its tiles (the SFT step's head moment); ``no_grad_blocks``: a block's
+        forward under no_grad.
+
+        - DPO (dpo_trainer.py:1285 _compute_loss): the labels (``input_ids.masked_fill``,
+          T int64, to the end), the policy's pass (its backbone output beside its tiles);
+          then, with a reference, its pass under no_grad (:1336 the adapter disabled,
+          the policy's patched forward; :1338 a frozen copy) beside the policy's outputs.
+        - KTO (kto_trainer.py:1370): the policy's KL pass under no_grad comes first, with
+          nothing saved yet (smaller than the policy's own); the reference's KL pass and
+          completions' pass run one after the other, the first's outputs summed and
+          freed: one pass's moment covers both.
+        - The metrics after the loss (:1521-1560, kto :1490-1510) read the per-token
+          outputs: rows of bytes, below either pass's tile buffer."""
+        M = Loss.rows(run)
+        labels = run.batch_size * run.positions * INDEX_BYTES
+        residual = plan.dtypes.residual_bytes
+        policy = labels + FusedHead.backbone_output(arch, run, residual) + policy_tiles
+        if not run.needs_reference:
+            return policy
+        held = labels + FusedHead.outputs_bytes(run.objective, M)
+        reference = FusedHead.no_grad_pass(arch, run, plan, e)
+        return max(policy, held + max(no_grad_blocks, reference))
