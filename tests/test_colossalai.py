@@ -204,22 +204,11 @@ PLUGIN_ARGUMENTS = {
         "max_norm",
         "tp_size",
     },
-    # MoeHybridParallelPlugin takes HybridParallelPlugin's arguments and ep_size
-    "MoeHybridParallelPlugin": {
-        "tp_size",
-        "pp_size",
-        "zero_stage",
-        "precision",
-        "max_norm",
-        "zero_bucket_size_in_m",
-        "cpu_offload",
-        "microbatch_size",
-        "pp_style",
-        "ep_size",
-    },
     "TorchDDPPlugin": {"bucket_cap_mb"},
     "TorchFSDPPlugin": {"sharding_strategy", "auto_wrap_policy", "mixed_precision", "cpu_offload"},
 }
+# MoeHybridParallelPlugin takes HybridParallelPlugin's arguments and ep_size
+PLUGIN_ARGUMENTS["MoeHybridParallelPlugin"] = PLUGIN_ARGUMENTS["HybridParallelPlugin"] | {"ep_size"}
 
 
 def _plugin_call(text: str) -> tuple[str, dict[str, object]]:
@@ -424,3 +413,63 @@ def test_emit_moe_plugin():
     name, args = _plugin_call(emit_config(est, "colossalai"))
     assert name == "MoeHybridParallelPlugin"
     assert args["ep_size"] == 4 and args["zero_stage"] == 1
+
+
+# GeminiPlugin's static fractions are taken of an inflated total: each chunk's bytes once
+# per tensor it holds (placement_policy.py:89). Llama-2-7B: 9 tensors a block in 16-bit
+# chunks of CHUNK_7B, the final norm in the last one, the embedding and the head alone.
+INFLATED_7B = 2 * (L * 9 * CHUNK_7B + CHUNK_7B + 2 * EMBED)
+
+
+def test_gemini_offload_fraction_offloads_whole_chunks_of_the_inflated_total():
+    """offload_optim_frac 0.25: chunks go to the host until a quarter of the inflated
+    total is reached (the test before each chunk: ceil), ftmem taking the smallest first
+    (ColossalAI's set order is arbitrary): 74 of the 160 regular chunks, 0.4 of the real
+    bytes. Their masters and states leave the GPU; the Adam states join the pinned shards
+    on the host."""
+    k = -(-INFLATED_7B // 4 // (2 * CHUNK_7B))
+    assert k == 74
+    est = _full("colossalai-gemini", gemini_offload_optim_frac=0.25)
+    on_gpu = C_7B - k * CHUNK_7B
+    assert est.memory.optimizer_states_bytes == 12 * on_gpu // 8
+    assert est.parallel.host_bytes_per_gpu == 6 * C_7B // 8 + 8 * k * CHUNK_7B // 8
+    assert est.parallel.gemini_offload_optim_frac == 0.25
+
+
+def test_gemini_shard_fraction_keeps_the_newest_chunks_gathered():
+    """shard_param_frac 0.9: the newest chunks whose whole size fits in a tenth of the
+    inflated total stay gathered: the LM head's and 26 regular ones; the rest sharded."""
+    budget = INFLATED_7B // 10
+    kept = (budget - 2 * EMBED) // (2 * CHUNK_7B)
+    assert kept == 26
+    whole = EMBED + kept * CHUNK_7B
+    est = _full("colossalai-gemini", gemini_shard_param_frac=0.9)
+    assert est.memory.weights_bytes == 2 * whole + 2 * (C_7B - whole) // 8
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"strategy": "colossalai-zero2", "gemini_offload_optim_frac": 0.5}, "GeminiPlugin's"),
+        (
+            {"gemini_offload_optim_frac": 0.5, "offload_optimizer": "cpu"},
+            "give one of them",
+        ),
+        (
+            {"gemini_offload_optim_frac": 0.5, "offload_params": "cpu"},
+            "placement_policy.py:59-61",
+        ),
+        ({"gemini_shard_param_frac": 1.5}, "less than or equal to 1"),
+    ],
+)
+def test_gemini_fraction_refusals(kw, words):
+    kw = {"strategy": "colossalai-gemini", **kw}
+    with pytest.raises((InvalidInputError, ValueError), match=words):
+        _full(**kw)
+
+
+def test_emit_gemini_fractions():
+    est = _full("colossalai-gemini", gemini_offload_optim_frac=0.25, gemini_shard_param_frac=0.9)
+    name, args = _plugin_call(emit_config(est, "colossalai"))
+    assert name == "GeminiPlugin"
+    assert (args["offload_optim_frac"], args["shard_param_frac"]) == (0.25, 0.9)

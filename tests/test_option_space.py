@@ -106,6 +106,8 @@ ESTIMATE: dict[str, list[str]] = {
     "--ep": ["1", "2"],
     "--offload-optimizer": [OMIT, "none", "cpu", "nvme"],
     "--offload-params": [OMIT, "none", "cpu", "nvme"],
+    "--gemini-offload-optim-frac": [OMIT, "0.5"],
+    "--gemini-shard-param-frac": [OMIT, "0.9"],
     "--teacher": [OMIT, "gpt2", "llama2-7b"],
     "--teacher-weights": [OMIT, "bf16", "fp8", "int8", "nf4", "int4"],
     "--emit": [OMIT, "deepspeed", "accelerate", "fsdp", "colossalai"],
@@ -273,6 +275,19 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
         and not _is(v, "--optimizer", "adamw", "adamw-fp32")
     ),
     lambda v: _is(v, "--strategy", *COLOSSALAI) and _is(v, "--method", "galore"),
+    # GeminiPlugin's static fractions: Gemini's only; the optimizer's is --offload-optimizer
+    # cpu's finer form; weights leave the GPU only with both fractions at 1
+    lambda v: (
+        _given(v, "--gemini-offload-optim-frac") and not _is(v, "--strategy", "colossalai-gemini")
+    ),
+    lambda v: (
+        _given(v, "--gemini-shard-param-frac") and not _is(v, "--strategy", "colossalai-gemini")
+    ),
+    lambda v: _given(v, "--gemini-offload-optim-frac") and _given(v, "--offload-optimizer"),
+    lambda v: (
+        _is(v, "--offload-params", "cpu")
+        and (_given(v, "--gemini-offload-optim-frac") or _given(v, "--gemini-shard-param-frac"))
+    ),
     # expert parallel: ColossalAI's MoeHybridParallelPlugin, with ZeRO
     lambda v: _is(v, "--ep", "2") and not _is(v, "--strategy", *CAI_ZERO),
     # FSDP offloads to the CPU only, weights and optimizer together (CPUOffload)
@@ -412,6 +427,7 @@ FIRST = ("model", "--method", "--strategy", "--precision", "--teacher")
 SPREAD = (
     "model", "--precision", "--autocast", "--gpus", "--nodes", "--tp", "--pp", "--cp", "--ep",
     "--strategy", "--offload-optimizer", "--offload-params", "--emit",
+    "--gemini-offload-optim-frac", "--gemini-shard-param-frac",
 )  # fmt: skip
 
 

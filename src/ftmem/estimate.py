@@ -510,6 +510,7 @@ def _parallel_info(
     stage_peaks = [p + workspaces for p in step.peaks]  # the BLAS workspaces on every GPU
     per_gpu_totals = [p + overhead for p in stage_peaks]
     reduce, prefetch, persist = par.buckets(arch)
+    gemini = par.resolved_strategy == "colossalai-gemini"
     return ParallelInfo(
         strategy=par.resolved_strategy,
         engine=par.engine,
@@ -522,6 +523,8 @@ def _parallel_info(
         pipeline_parallel=par.pp,
         context_parallel=par.cp,
         expert_parallel=par.ep,
+        gemini_offload_optim_frac=par.optim_frac if gemini else None,
+        gemini_shard_param_frac=par.gemini_shard_param_frac if gemini else None,
         worst_rank=_rank_name(par, step.worst),
         stage_peak_bytes=stage_peaks,
         micro_batches_in_flight=rank.micro_batches,

@@ -294,16 +294,22 @@ def gemini_rank(
     offload_params: bool,
     search_range_m: float = 32,
     min_chunk_size_m: float = 32,
+    optim_frac: float = 0.0,
+    shard_frac: float = 1.0,
 ) -> GeminiRank:
     """Rank 0's memory under GeminiPlugin's static placement over a ZeRO group of ``group``.
 
     ``accumulation``: ``enable_gradient_accumulation`` (separate gradient chunks, ddp:106).
-    ``offload_optimizer``: ``offload_optim_frac=1.0``: masters, Adam states and reduced
-    gradients on the host (policy:91-105). ``offload_params``: ``offload_param_frac=1.0``:
-    every chunk goes back to the host after use (policy:78-83); ColossalAI ignores it unless
-    the optimizer is offloaded too (policy:59-61), so that combination is refused here.
+    ``offload_optimizer``: ``offload_optim_frac=1.0``, or ``optim_frac`` for a fraction:
+    masters, Adam states and reduced gradients of the offloaded chunks on the host
+    (policy:91-105). ``offload_params``: ``offload_param_frac=1.0``: every chunk goes back
+    to the host after use (policy:78-83); ColossalAI ignores it unless the optimizer is
+    offloaded too (policy:59-61), so that combination is refused here. ``shard_frac``:
+    ``shard_param_frac``: the newest chunks stay gathered within the rest (policy:70-77).
     """
-    if offload_params and not offload_optimizer:
+    if offload_optimizer:
+        optim_frac = 1.0
+    if offload_params and optim_frac < 1:
         raise InvalidInputError(
             "Gemini offloads parameters only together with the optimizer "
             "(offload_param_frac needs offload_optim_frac=1.0, placement_policy.py:59-61): "
@@ -319,11 +325,54 @@ def gemini_rank(
         group,
         half_bytes,
         accumulation,
-        offload_optimizer,
+        optim_frac,
         offload_params,
+        shard_frac,
         search_range_m,
         min_chunk_size_m,
     )
+
+
+def _inflated(chunks: tuple[tuple[int, int], ...], where: tuple[int, ...], half: int) -> int:
+    """The total the static fractions are taken of: each chunk's bytes once per tensor it
+    holds (policy:89 sums chunk_mem over the parameters, without removing repeats)."""
+    return sum(chunks[k][0] * half for k in where)
+
+
+def _offloaded(
+    chunks: tuple[tuple[int, int], ...], where: tuple[int, ...], half: int, frac: float
+) -> frozenset[int]:
+    """The chunks ``offload_optim_frac`` sends to the host: ColossalAI goes over them in
+    a set's order, each while less than ``frac`` of the inflated total is offloaded
+    (policy:91-105: the test comes before the chunk, so it may overshoot by one). The set's
+    order is not the chunks' order: ftmem takes the smallest first, so the GPU keeps the
+    most that the fraction can leave there."""
+    budget = frac * _inflated(chunks, where, half)
+    taken: list[int] = []
+    done = 0
+    for k in sorted(range(len(chunks)), key=lambda k: (chunks[k][0], k)):
+        if done >= budget:
+            break
+        taken.append(k)
+        done += chunks[k][0] * half
+    return frozenset(taken)
+
+
+def _kept_gathered(
+    chunks: tuple[tuple[int, int], ...], where: tuple[int, ...], half: int, frac: float
+) -> frozenset[int]:
+    """The chunks ``shard_param_frac`` keeps gathered: ColossalAI releases the accessed
+    chunks from the oldest while their full size exceeds (1 − frac) of the inflated total
+    (policy:70-77, mgr:191-200), so the newest ones that fit in it stay whole."""
+    budget = (1 - frac) * _inflated(chunks, where, half)
+    kept: list[int] = []
+    used = 0
+    for k in reversed(range(len(chunks))):
+        if used + chunks[k][0] * half > budget:
+            break
+        kept.append(k)
+        used += chunks[k][0] * half
+    return frozenset(kept)
 
 
 def _in_flight(
@@ -334,12 +383,14 @@ def _in_flight(
     shard: int,
     half: int,
     reuse: bool,
+    kept: frozenset[int],
 ) -> tuple[int, int, int, int]:
     """Bytes of chunks gathered whole: in the blocks' forward and backward, at the LM
-    head, and the largest other outer chunk (the embedding's)."""
+    head, and the largest other outer chunk (the embedding's); chunks kept gathered
+    are counted where they stay, not here."""
 
     def gathered(k: int) -> int:
-        return chunks[k][0] * half
+        return 0 if k in kept else chunks[k][0] * half
 
     placed = list(zip(train, where, strict=True))
     block_chunks = sorted({w for p, w in placed if p.in_block})
@@ -367,8 +418,9 @@ def _gemini_rank(
     n: int,
     half: int,
     accumulation: bool,
-    offload_optimizer: bool,
+    optim_frac: float,
     offload_params: bool,
+    shard_frac: float,
     search_range_m: float,
     min_chunk_size_m: float,
 ) -> GeminiRank:
@@ -382,21 +434,25 @@ def _gemini_rank(
     if keep:
         # whole chunks, never sharded (chunk:102-104), never offloaded (policy:91-105) and
         # never pinned (chunk:147-148); rank 0 owns every real element (optim:356-357)
-        shard, own0 = total, sum(u for _, u in chunks)
-        offload_optimizer = offload_params = False
+        shards = {0: (total, sum(u for _, u in chunks))}
+        off: frozenset[int] = frozenset()
+        kept: frozenset[int] = frozenset()
+        offload_params = False
         pinned = 0
     else:
-        shard = total // n
-        own0 = sum(min(c // n, u) for c, u in chunks)  # optim:358-360
+        shards = {k: (c // n, min(c // n, u)) for k, (c, u) in enumerate(chunks)}  # optim:358-360
         # pin_memory is forced by enable_async_reduce=True (plugin:491-496): a pinned host
         # copy of every 16-bit, fp32 and gradient shard (chunk:313-316, 670-673)
-        pinned = shard * (half + FP32_BYTES + (0 if reuse else half))
+        pinned = total // n * (half + FP32_BYTES + (0 if reuse else half))
+        off = _offloaded(chunks, where, half, optim_frac)
+        kept = _kept_gathered(chunks, where, half, shard_frac)
     # grads_device holds the reduced grads, the masters and the states (ddp:429-431, 873-874)
-    on_gpu = not offload_optimizer
+    gpu = [k for k in shards if k not in off]
     frozen = sum(p.numel for p in order if not p.trainable)
+    sixteen = sum(chunks[k][0] if k in kept else s for k, (s, _) in shards.items()) * half
 
     forward, backward, head_bytes, outer_bytes = (
-        (0, 0, 0, 0) if keep else _in_flight(chunks, train, where, head, cs // n, half, reuse)
+        (0, 0, 0, 0) if keep else _in_flight(chunks, train, where, head, cs // n, half, reuse, kept)
     )
     largest = max((p.numel for p in train), default=0)
     largest_block = max((p.numel for p in train if p.in_block), default=0)
@@ -405,10 +461,10 @@ def _gemini_rank(
         keep_gathered=keep,
         chunks=len(chunks),
         chunk_elements=total,
-        shards=0 if offload_params else shard * half,
-        grads=0 if reuse or not on_gpu else shard * half,
-        masters=shard * FP32_BYTES if on_gpu else 0,
-        states=own0 * ADAM_STATE_BYTES if on_gpu else 0,
+        shards=0 if offload_params else sixteen,
+        grads=0 if reuse else sum(shards[k][0] for k in gpu) * half,
+        masters=sum(shards[k][0] for k in gpu) * FP32_BYTES,
+        states=sum(shards[k][1] for k in gpu) * ADAM_STATE_BYTES,
         replicated=frozen * half,  # cast to the mixed dtype and moved to the GPU (ddp:831)
         gathered_forward=forward,
         gathered_backward=backward,
@@ -418,10 +474,8 @@ def _gemini_rank(
         head_backward=2 * largest * half,
         block_backward=2 * largest_block * half,
         # __paired_shard_move: the fp32 shard comes up whole, then is cast (chunk:559-569)
-        access_transient=FP32_BYTES * max((c // n for c, _ in chunks), default=0)
-        if offload_optimizer
-        else 0,
+        access_transient=FP32_BYTES * max((shards[k][0] for k in off), default=0),
         host_pinned=pinned,
         # Adam states are plain zeros_like, never pinned (hybrid_adam.py:110-116)
-        host_unpinned=0 if on_gpu else own0 * ADAM_STATE_BYTES,
+        host_unpinned=sum(shards[k][1] for k in off) * ADAM_STATE_BYTES,
     )

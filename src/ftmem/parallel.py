@@ -130,6 +130,23 @@ class ParallelConfig(BaseModel):
     bucket_elements: PositiveInt | None = Field(
         None, description="ZeRO reduce bucket (elements); default hidden² as HF's 'auto'."
     )
+    gemini_offload_optim_frac: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="GeminiPlugin's offload_optim_frac (default 1 with --offload-optimizer "
+        "cpu, else 0).",
+    )
+    gemini_shard_param_frac: float = Field(
+        1.0, ge=0, le=1, description="GeminiPlugin's shard_param_frac."
+    )
+
+    @property
+    def optim_frac(self) -> float:
+        """Gemini's offload_optim_frac as estimated."""
+        if self.gemini_offload_optim_frac is not None:
+            return self.gemini_offload_optim_frac
+        return 1.0 if self.offload_optimizer == "cpu" else 0.0
 
     @property
     def world(self) -> int:
@@ -207,6 +224,12 @@ class ParallelConfig(BaseModel):
                 "--ep (expert parallel) is modelled for ColossalAI's MoeHybridParallelPlugin: "
                 "use --strategy colossalai-zero1"
             )
+        given = self.gemini_offload_optim_frac is not None or self.gemini_shard_param_frac != 1
+        if given and s != colossalai.GEMINI:
+            raise ValueError(
+                "--gemini-offload-optim-frac and --gemini-shard-param-frac are GeminiPlugin's: "
+                "add --strategy colossalai-gemini"
+            )
         if s in COLOSSALAI:
             _colossalai_layout(self)
         if s == "fsdp-hybrid" and self.dp % self.nodes:
@@ -274,7 +297,16 @@ def _colossalai_layout(par: ParallelConfig) -> None:
             f"--ep {par.ep} must divide the {par.dp} data-parallel ranks (moe_dp = dp / ep, "
             "moe_hybrid_parallel_plugin.py:262-269)"
         )
+    if par.gemini_offload_optim_frac is not None and par.offload_optimizer != "none":
+        raise ValueError(
+            "--offload-optimizer cpu is --gemini-offload-optim-frac 1: give one of them"
+        )
     if s == colossalai.GEMINI:
+        if par.offload_params == "cpu" and (par.optim_frac < 1 or par.gemini_shard_param_frac < 1):
+            raise ValueError(
+                "ColossalAI's GeminiPlugin moves weights off the GPU only with "
+                "offload_optim_frac and shard_param_frac at 1 (placement_policy.py:59-61)"
+            )
         if par.pp > 1:
             raise ValueError(
                 "ColossalAI's GeminiPlugin has no pipeline parallelism (gemini_ddp.py:354-355): "
@@ -1036,8 +1068,10 @@ def _gemini(
         par.shard_group,
         half,
         accumulation=run.grad_accum > 1,
-        offload_optimizer=par.offload_optimizer == "cpu",
+        offload_optimizer=False,
         offload_params=par.offload_params == "cpu",
+        optim_frac=par.optim_frac,
+        shard_frac=par.gemini_shard_param_frac,
     )
     on = _Resident(
         replicated=g.replicated,

@@ -139,6 +139,9 @@ class ParallelInfo(_Frozen):
     pipeline_parallel: int
     context_parallel: int
     expert_parallel: int = 1  # MoE experts split over the data-parallel ranks
+    # ColossalAI's GeminiPlugin: the static placement's fractions estimated
+    gemini_offload_optim_frac: float | None = None
+    gemini_shard_param_frac: float | None = None
     worst_rank: str
     stage_peak_bytes: list[int]  # peak allocated per pipeline stage
     micro_batches_in_flight: int

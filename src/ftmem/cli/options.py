@@ -360,6 +360,20 @@ SPREAD = [
         panel=MULTI,
     ),
     _opt(
+        "gemini_offload_optim_frac",
+        Optional[float],  # noqa: UP045
+        None,
+        "GeminiPlugin's offload_optim_frac, 0 to 1 (colossalai-gemini).",
+        panel=MULTI,
+    ),
+    _opt(
+        "gemini_shard_param_frac",
+        Optional[float],  # noqa: UP045
+        None,
+        "GeminiPlugin's shard_param_frac, 0 to 1 (colossalai-gemini; default 1).",
+        panel=MULTI,
+    ),
+    _opt(
         "offload_params",
         Optional[Offload],  # noqa: UP045
         None,

@@ -246,8 +246,10 @@ def _colossalai_plugin(est: Estimate, p: ParallelInfo) -> tuple[str, list[str], 
         kwargs = {
             "precision": precision,
             "placement_policy": "'static'",
-            "shard_param_frac": "1.0",
-            "offload_optim_frac": "1.0" if offload else "0.0",
+            "shard_param_frac": str(
+                1.0 if p.gemini_shard_param_frac is None else p.gemini_shard_param_frac
+            ),
+            "offload_optim_frac": str(p.gemini_offload_optim_frac or 0.0),
             "offload_param_frac": "1.0" if p.offload_params == "cpu" else "0.0",
             "enable_gradient_accumulation": str(run.grad_accum > 1),
             "max_norm": str(GRADIENT_CLIPPING),
