@@ -473,3 +473,49 @@ def test_emit_gemini_fractions():
     name, args = _plugin_call(emit_config(est, "colossalai"))
     assert name == "GeminiPlugin"
     assert (args["offload_optim_frac"], args["shard_param_frac"]) == (0.25, 0.9)
+
+
+def test_gemini_auto_placement_moves_the_optimizer_to_the_host():
+    """placement_policy='auto': every chunk's masters, Adam states and reduced gradients
+    on the host (setup_grads_device, placement_policy.py:224-234): the pinned shards
+    (6·C/N) and the Adam states (8·C/N); with room on the GPU, every 16-bit chunk stays
+    gathered there (released only under pressure): 2·C."""
+    est = _full("colossalai-gemini", gemini_placement="auto", gpu="h100-80gb")
+    assert est.memory.optimizer_states_bytes == 0
+    assert est.memory.weights_bytes == 2 * C_7B
+    assert est.parallel.host_bytes_per_gpu == 14 * C_7B // 8
+    assert est.parallel.gemini_placement == "auto"
+
+
+def test_gemini_auto_placement_fills_nine_tenths_of_the_device():
+    """Where every chunk does not fit, auto placement keeps as many as 0.9 × the device
+    less the non-model memory leaves room for (steady_cuda_cap_ratio 0.9,
+    placement_policy.py:182-186): Llama-2-13B's 2·C ≈ 26 GB on a 24 GB card peaks at 0.9
+    of it (within the step's other moments)."""
+    from ftmem.api import resolve_gpu
+
+    cap = resolve_gpu("rtx4090").memory_bytes
+    est = estimate(
+        "llama2-13b",
+        method="full",
+        precision="bf16",
+        gpus=8,
+        strategy="colossalai-gemini",
+        gemini_placement="auto",
+        gpu="rtx4090",
+        seq_len=2048,
+        grad_ckpt=True,
+    )
+    assert est.memory.weights_bytes < 2 * 13_015_864_320
+    assert abs(est.memory.peak_allocated_bytes - 0.9 * cap) < 0.005 * cap
+
+
+def test_gemini_auto_refusals_and_emit():
+    with pytest.raises((InvalidInputError, ValueError), match="auto placement decides"):
+        _full("colossalai-gemini", gemini_placement="auto", offload_optimizer="cpu")
+    with pytest.raises((InvalidInputError, ValueError), match="GeminiPlugin's"):
+        _full("colossalai-zero2", gemini_placement="auto")
+    est = _full("colossalai-gemini", gemini_placement="auto")
+    name, args = _plugin_call(emit_config(est, "colossalai"))
+    assert (name, args["placement_policy"]) == ("GeminiPlugin", "auto")
+    assert "offload_optim_frac" not in args

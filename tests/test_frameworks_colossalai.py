@@ -237,13 +237,13 @@ def test_ddp_keeps_what_from_pretrained_loaded(tmp_path):
         _read(tmp_path, "colossalai run --nproc_per_node 2 train_orpo.py --plugin ddp")
 
 
-def test_gemini_auto_is_estimated_static_and_said(tmp_path):
+def test_gemini_auto_is_gemini_auto_placement(tmp_path):
     line = "colossalai run --nproc_per_node 2 train_sft.py --plugin gemini_auto"
     with pytest.raises(ConfigError, match=re.escape("train_sft.py:33-34")):
         _read(tmp_path, line)  # --accumulation_steps 8 by default (train_sft.py:343)
     cfg = _read(tmp_path, line + " --accumulation_steps 1")
     assert cfg.settings["strategy"] == "colossalai-gemini"
-    assert any("placement_policy='auto'" in n and "upper bound" in n for n in cfg.notes)
+    assert cfg.settings["gemini_placement"] == "auto"
 
 
 def test_shell_variables_are_named_with_the_flag_to_give(tmp_path):

@@ -106,6 +106,7 @@ ESTIMATE: dict[str, list[str]] = {
     "--ep": ["1", "2"],
     "--offload-optimizer": [OMIT, "none", "cpu", "nvme"],
     "--offload-params": [OMIT, "none", "cpu", "nvme"],
+    "--gemini-placement": [OMIT, "static", "auto"],
     "--gemini-offload-optim-frac": [OMIT, "0.5"],
     "--gemini-shard-param-frac": [OMIT, "0.9"],
     "--teacher": [OMIT, "gpt2", "llama2-7b"],
@@ -285,6 +286,21 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     ),
     lambda v: _given(v, "--gemini-offload-optim-frac") and _given(v, "--offload-optimizer"),
     lambda v: (
+        _is(v, "--gemini-placement", "auto") and not _is(v, "--strategy", "colossalai-gemini")
+    ),
+    lambda v: (
+        _is(v, "--gemini-placement", "auto")
+        and any(
+            _given(v, o)
+            for o in (
+                "--offload-optimizer",
+                "--offload-params",
+                "--gemini-offload-optim-frac",
+                "--gemini-shard-param-frac",
+            )
+        )
+    ),
+    lambda v: (
         _is(v, "--offload-params", "cpu")
         and (_given(v, "--gemini-offload-optim-frac") or _given(v, "--gemini-shard-param-frac"))
     ),
@@ -306,11 +322,12 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     # --strategy single is one GPU
     lambda v: _is(v, "--strategy", "single") and any(_is(v, p, "2", "8") for p in PARALLEL),
     # --emit: DeepSpeed's config for ZeRO, FSDP's for FSDP, Accelerate's for either or DDP;
-    # none for a pipeline (it needs a PipelineModule in the training code)
+    # none for a pipeline (it needs a PipelineModule in the training code); an omitted
+    # strategy is DDP on several GPUs (the rows' rule)
     lambda v: (
         _given(v, "--emit")
         and "--strategy" in v
-        and not _is(v, "--strategy", *EMIT_FOR[v["--emit"]])
+        and not _is(v, "--strategy", OMIT, *EMIT_FOR[v["--emit"]])
     ),
     lambda v: _is(v, "--emit", "deepspeed", "fsdp") and _is(v, "--strategy", OMIT),
     lambda v: _is(v, "--emit", "fsdp") and _is(v, "--offload-optimizer", "nvme"),
@@ -427,7 +444,7 @@ FIRST = ("model", "--method", "--strategy", "--precision", "--teacher")
 SPREAD = (
     "model", "--precision", "--autocast", "--gpus", "--nodes", "--tp", "--pp", "--cp", "--ep",
     "--strategy", "--offload-optimizer", "--offload-params", "--emit",
-    "--gemini-offload-optim-frac", "--gemini-shard-param-frac",
+    "--gemini-offload-optim-frac", "--gemini-shard-param-frac", "--gemini-placement",
 )  # fmt: skip
 
 

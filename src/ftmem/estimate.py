@@ -442,7 +442,8 @@ def _estimate_parallel(
 ) -> Estimate:
     """The estimate of the rank with the most memory, and the layout of the job."""
     _check_parallel_run(run)
-    step = parallel_step(arch, run, par)
+    cap = gpu.memory_bytes if gpu is not None else None
+    step = parallel_step(arch, run, par, cap)
     sz = step.ranks[step.worst].sizes
     peak_info = step.peak
     activations = sz.activations.total
@@ -451,7 +452,7 @@ def _estimate_parallel(
     def step_at(length: int) -> tuple[StepParts, StepSizes]:
         if length == run.seq_len:
             return step.parts, sz
-        shorter = parallel_step(arch, _at_length(run, length), par)
+        shorter = parallel_step(arch, _at_length(run, length), par, cap)
         return shorter.parts, shorter.ranks[step.worst].sizes
 
     at_peak, figures, _ = _device(
@@ -525,6 +526,7 @@ def _parallel_info(
         expert_parallel=par.ep,
         gemini_offload_optim_frac=par.optim_frac if gemini else None,
         gemini_shard_param_frac=par.gemini_shard_param_frac if gemini else None,
+        gemini_placement=par.gemini_placement if gemini else None,
         worst_rank=_rank_name(par, step.worst),
         stage_peak_bytes=stage_peaks,
         micro_batches_in_flight=rank.micro_batches,

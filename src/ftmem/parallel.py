@@ -140,6 +140,9 @@ class ParallelConfig(BaseModel):
     gemini_shard_param_frac: float = Field(
         1.0, ge=0, le=1, description="GeminiPlugin's shard_param_frac."
     )
+    gemini_placement: Literal["static", "auto"] = Field(
+        "static", description="GeminiPlugin's placement_policy."
+    )
 
     @property
     def optim_frac(self) -> float:
@@ -225,10 +228,11 @@ class ParallelConfig(BaseModel):
                 "use --strategy colossalai-zero1"
             )
         given = self.gemini_offload_optim_frac is not None or self.gemini_shard_param_frac != 1
+        given |= self.gemini_placement != "static"
         if given and s != colossalai.GEMINI:
             raise ValueError(
-                "--gemini-offload-optim-frac and --gemini-shard-param-frac are GeminiPlugin's: "
-                "add --strategy colossalai-gemini"
+                "--gemini-offload-optim-frac, --gemini-shard-param-frac and "
+                "--gemini-placement are GeminiPlugin's: add --strategy colossalai-gemini"
             )
         if s in COLOSSALAI:
             _colossalai_layout(self)
@@ -300,6 +304,14 @@ def _colossalai_layout(par: ParallelConfig) -> None:
     if par.gemini_offload_optim_frac is not None and par.offload_optimizer != "none":
         raise ValueError(
             "--offload-optimizer cpu is --gemini-offload-optim-frac 1: give one of them"
+        )
+    static = (par.offload_optimizer, par.offload_params, par.gemini_offload_optim_frac)
+    if par.gemini_placement == "auto" and (
+        static != ("none", "none", None) or par.gemini_shard_param_frac != 1
+    ):
+        raise ValueError(
+            "GeminiPlugin's auto placement decides what leaves the GPU itself; the offload "
+            "flags and fractions are its static placement's: drop them"
         )
     if s == colossalai.GEMINI:
         if par.offload_params == "cpu" and (par.optim_frac < 1 or par.gemini_shard_param_frac < 1):
@@ -920,7 +932,12 @@ def _stage_sizes(
 
 
 def rank_memory(
-    arch: Architecture, run: RunConfig, par: ParallelConfig, parts: StepParts, stage: int
+    arch: Architecture,
+    run: RunConfig,
+    par: ParallelConfig,
+    parts: StepParts,
+    stage: int,
+    cap: int | None = None,
 ) -> RankMemory:
     """Memory of the ranks of one pipeline stage (all data-parallel ranks look alike):
     the stage's parameters, sharded by the strategy, less what is offloaded, plus the
@@ -932,8 +949,14 @@ def rank_memory(
     plan = parts.plan
     groups = _stage_groups(parts, arch, stage, par.pp)
     if s == colossalai.GEMINI:
-        on, comm = _gemini(par, arch, run, groups, BYTES_PER_ELEMENT[plan.dtypes.compute])
-        sizes, micro = _stage_sizes(s, par, run, parts.sizes, at, on, comm)
+        half = BYTES_PER_ELEMENT[plan.dtypes.compute]
+        if par.gemini_placement == "auto":
+            on, comm, least = _gemini_auto(par, arch, run, groups, half)
+            sizes, micro = _stage_sizes(s, par, run, parts.sizes, at, on, comm)
+            sizes, on = _gemini_auto_fill(sizes, on, cap, least)
+        else:
+            on, comm = _gemini(par, arch, run, groups, half)
+            sizes, micro = _stage_sizes(s, par, run, parts.sizes, at, on, comm)
         return RankMemory(stage, sizes, on.sharded, on.replicated, micro, on.host, on.disk)
     totals = _stage_totals(groups, arch, run, plan, _masters(s))
     base = parts.sizes
@@ -1092,6 +1115,65 @@ def _gemini(
     return on, comm
 
 
+# GeminiPlugin(placement_policy="auto"): model data may take, at each op, 0.9 × the
+# device's memory less the non-model memory its warm-up step measured there
+# (steady_cuda_cap_ratio=0.9, zero/gemini/placement_policy.py:182-186; the cap is
+# total_memory × _GLOBAL_CUDA_MEM_FRACTION, 1.0 unless set, legacy/utils/memory.py:100-118)
+GEMINI_STEADY_CAP = 0.9
+
+
+def _gemini_auto(
+    par: ParallelConfig,
+    arch: Architecture,
+    run: RunConfig,
+    groups: tuple[TensorGroup, ...],
+    half: int,
+) -> tuple[_Resident, Communication, int]:
+    """Auto placement puts every chunk's gradients, masters and Adam states on the host
+    (setup_grads_device, policy:224-234) and gathers 16-bit chunks onto the GPU as ops
+    need them, releasing them only under pressure: as an upper bound, every chunk whole.
+    Also returns the least it needs on the GPU: one op's chunks."""
+    g = gemini_rank(
+        groups,
+        arch,
+        arch.num_layers,
+        par.shard_group,
+        half,
+        accumulation=run.grad_accum > 1,
+        offload_optimizer=True,
+        offload_params=False,
+    )
+    on = _Resident(
+        replicated=g.replicated,
+        sharded=g.chunk_elements * half,
+        grads=0,
+        grads_block=0,
+        states=0,
+        step_temp=0,
+        host=g.host_pinned + g.host_unpinned,
+    )
+    # nothing is gathered in flight; the gradient autograd hands the hook and its copy
+    comm = Communication(
+        backward=g.block_backward, loss_backward=g.head_backward, head_backward=g.head_backward
+    )
+    return on, comm, max(g.gathered_forward, g.gathered_head)
+
+
+def _gemini_auto_fill(
+    sizes: StepSizes, on: _Resident, cap: int | None, least: int
+) -> tuple[StepSizes, _Resident]:
+    """The chunks auto placement keeps on the GPU: all of them where the step's peak
+    without them leaves room under 0.9 × the device, else as many as that room holds
+    (never fewer than one op's). Without a device size, all of them."""
+    if cap is None:
+        return sizes, on
+    without = find_peak(dataclasses.replace(sizes, weights=on.replicated)).at_peak.total
+    room = int(GEMINI_STEADY_CAP * cap) - without
+    chunks = min(on.sharded, max(room, least))
+    on = dataclasses.replace(on, sharded=chunks)
+    return dataclasses.replace(sizes, weights=on.replicated + chunks), on
+
+
 def _colossalai_gather_after_step(par: ParallelConfig, on: _Resident, t: _Traffic) -> _Resident:
     """ColossalAI's ZeRO gathers the updated 16-bit shards after the step, once its fp32
     gradient copies are freed and while the 16-bit ones stay: the larger of the two
@@ -1174,7 +1256,11 @@ def _check_engine_precision(arch: Architecture, run: RunConfig, par: ParallelCon
         )
 
 
-def parallel_step(arch: Architecture, run: RunConfig, par: ParallelConfig) -> ParallelStep:
+def parallel_step(
+    arch: Architecture, run: RunConfig, par: ParallelConfig, cap: int | None = None
+) -> ParallelStep:
+    """Every rank's memory; ``cap``: the device's memory, which Gemini's auto placement
+    fills up to a share of."""
     check_layout(arch, run, par)
     _check_engine_precision(arch, run, par)
     if par.resolved_strategy in COLOSSALAI:
@@ -1187,7 +1273,7 @@ def parallel_step(arch: Architecture, run: RunConfig, par: ParallelConfig) -> Pa
     parts = shared_step_parts(local, lrun)
     if par.resolved_strategy in FSDP and lrun.precision.endswith("-mixed"):
         parts = _fsdp_mixed(local, lrun, parts)
-    ranks = tuple(rank_memory(local, lrun, par, parts, k) for k in range(par.pp))
+    ranks = tuple(rank_memory(local, lrun, par, parts, k, cap) for k in range(par.pp))
     timelines = [find_peak(r.sizes) for r in ranks]
     peaks = tuple(t.at_peak.total for t in timelines)
     worst = max(range(len(peaks)), key=lambda k: (peaks[k], -k))

@@ -142,6 +142,7 @@ class ParallelInfo(_Frozen):
     # ColossalAI's GeminiPlugin: the static placement's fractions estimated
     gemini_offload_optim_frac: float | None = None
     gemini_shard_param_frac: float | None = None
+    gemini_placement: str | None = None
     worst_rank: str
     stage_peak_bytes: list[int]  # peak allocated per pipeline stage
     micro_batches_in_flight: int

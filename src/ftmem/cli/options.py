@@ -360,6 +360,14 @@ SPREAD = [
         panel=MULTI,
     ),
     _opt(
+        "gemini_placement",
+        Optional[Literal["static", "auto"]],  # noqa: UP045
+        None,
+        "GeminiPlugin's placement_policy: static (default) | auto (chunks kept on the GPU "
+        "up to 0.9 of its memory, the optimizer on the host).",
+        panel=MULTI,
+    ),
+    _opt(
         "gemini_offload_optim_frac",
         Optional[float],  # noqa: UP045
         None,

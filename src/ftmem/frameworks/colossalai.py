@@ -1075,12 +1075,7 @@ def _plugin(run: _Run) -> str | None:
     elif plugin in ("gemini", "gemini_auto"):
         s["strategy"] = GEMINI
         if plugin == "gemini_auto":
-            run.cfg.notes.append(
-                "--plugin gemini_auto: GeminiPlugin(placement_policy='auto') decides at run "
-                "time, from the memory it measures in a warm-up step, which chunks stay on the "
-                "GPU; ftmem estimates the static placement with everything on the GPU, an "
-                "upper bound of what auto keeps there."
-            )
+            s["gemini_placement"] = "auto"  # GeminiPlugin(placement_policy="auto")
             if (run.value("--accumulation_steps") or 1) > 1 and run.script is not LORA_FINETUNE:
                 raise ConfigError(
                     f"{run.k.file}: {run.script.name} refuses gemini_auto with "

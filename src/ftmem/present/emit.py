@@ -242,6 +242,14 @@ def _colossalai_plugin(est: Estimate, p: ParallelInfo) -> tuple[str, list[str], 
         return _torch_plugin(est, p)
     precision = repr(_half(est) or "fp32")
     offload = p.offload_optimizer == "cpu"
+    if s == GEMINI and p.gemini_placement == "auto":
+        kwargs = {
+            "precision": precision,
+            "placement_policy": "'auto'",
+            "enable_gradient_accumulation": str(run.grad_accum > 1),
+            "max_norm": str(GRADIENT_CLIPPING),
+        }
+        return "GeminiPlugin", [], kwargs
     if s == GEMINI:
         kwargs = {
             "precision": precision,
