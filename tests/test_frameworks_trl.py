@@ -13,7 +13,7 @@ and its history (git log -S on the configs):
   every loss_type runs SFTTrainer's log-probability tiles (--loss logprob-tiles; trl 1.16.0
   trl/trainer/sft_trainer.py:1144), Liger's loss off
 - ModelConfig: lora_r 16, lora_alpha 32, lora_dropout 0.05, nf4, no nested quantisation
-- DPO / KTO / GRPO: disable_dropout true
+- DPO / KTO: disable_dropout true; GRPO: false (trl 1.16.0 trl/trainer/grpo_config.py:453)
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ EXPECTED = {
         {**TRL_SFT_DEFAULTS, "strategy": "zero2", "gpus": 8, "nodes": 1},
     ),
     # reward_funcs: `trl grpo`; num_processes 4 on one machine; GRPO has no max_length
-    # and no chunked loss; disable_dropout true
+    # and no chunked loss; the model's dropout kept (GRPOConfig.disable_dropout False)
     "clis_grpo_num_processes.yaml": (
         "Qwen/Qwen2.5-0.5B",
         dict(framework="hf", precision="bf16-mixed", batch_size=8, grad_ckpt=True,
-             optimizer="adamw", optimizer_impl="fused", model_dropout=False, gpus=4, nodes=1),
+             optimizer="adamw", optimizer_impl="fused", gpus=4, nodes=1),
     ),
     # use_peft + load_in_4bit: QLoRA, nf4 without nested quantisation (ModelConfig), the
     # compute dtype TRL passes is the model's dtype (bfloat16); lora_dropout ModelConfig's

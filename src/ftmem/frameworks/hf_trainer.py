@@ -690,7 +690,8 @@ def _trl_defaults(k: Keys, cfg: FrameworkConfig, trainer: str) -> None:
         said = "huggingface/trl trl/trainer/sft_config.py@v1.16.0:284 SFTConfig.loss_type"
         assume(cfg, "loss", "logprob-tiles", f"{TRL_TILES}; loss_type nll; {said}")
     else:
-        assume(cfg, "model_dropout", False, f"disable_dropout true; {source}")
+        if trainer != "GRPO":  # GRPOConfig keeps the model's dropout (disable_dropout False)
+            assume(cfg, "model_dropout", False, f"disable_dropout true; {source}")
         if trainer == "DPO":
             _dpo_objective(k, cfg, source)
         elif trainer == "KTO":
