@@ -40,6 +40,13 @@ def _tiles_saved(parts) -> int:
 V, H = 32000, 4096  # Llama-2-7B's vocabulary and hidden size
 
 
+def _backbone(b: int, s: int, h: int, residual: int) -> int:
+    """The backbone's last hidden states, alive beside the tiles until the fused forward
+    returns (trl 1.16.0 trl/trainer/utils.py:1623): every position, in the residual's
+    dtype (fp32 under autocast)."""
+    return b * s * h * residual
+
+
 def test_llama2_7b_buffer_is_256_mib_from_4096_rows():
     # b = 2, s = 4096: N = 2·4095 = 8190 rows ≥ 4096, so the buffer is 4096 × 32768 bf16
     # (torch.empty((min(N, TOKEN_CHUNK_SIZE), chunk_size)), chunked_logprob.py:347)
@@ -48,7 +55,7 @@ def test_llama2_7b_buffer_is_256_mib_from_4096_rows():
     N, buffer = 8190, 4096 * 32768 * 2
     assert buffer == 256 * 2**20
     # pure bf16: no casts; at the end of forward 7 statistics + log-probs + a quotient
-    assert parts.sizes.head.logits_forward == buffer + 9 * N * 4
+    assert parts.sizes.head.logits_forward == buffer + 9 * N * 4 + _backbone(2, 4096, H, 2)
 
 
 def test_llama2_7b_lora_bf16_at_4096_tokens():
@@ -60,7 +67,7 @@ def test_llama2_7b_lora_bf16_at_4096_tokens():
     assert _tiles_saved(parts) == N * H * 2 + N * 8 + 2 * N * 4 + N
     # no logits of any size are kept
     assert not any(s.nbytes >= N * V for s in parts.outer_items)
-    assert parts.sizes.head.logits_forward == buffer + 9 * N * 4
+    assert parts.sizes.head.logits_forward == buffer + 9 * N * 4 + _backbone(1, 4096, H, 2)
     # backward, frozen head: incoming fp32 grad, fp32 row accumulator, the buffer again,
     # the accumulator's bf16 cast at the return (no weight gradient)
     assert parts.sizes.head.loss_backward == N * 4 + N * H * 4 + buffer + N * H * 2
@@ -83,7 +90,8 @@ def test_llama2_7b_autocast_casts_each_tile():
     N, buffer = 4095, 4095 * 32768 * 2
     rows, weight = N * H * 2, V * H * 2
     assert _tiles_saved(parts) == N * H * 4 + N * 8 + 2 * N * 4 + N
-    assert parts.sizes.head.logits_forward == buffer + rows + max(weight + 5 * N * 4, 9 * N * 4)
+    tiles = buffer + rows + max(weight + 5 * N * 4, 9 * N * 4)
+    assert parts.sizes.head.logits_forward == tiles + _backbone(1, 4096, H, 4)
     # fp32 inputs: the returned gradient is the accumulator itself (no cast)
     assert parts.sizes.head.loss_backward == N * 4 + N * H * 4 + buffer + rows + weight
 
@@ -153,7 +161,9 @@ def test_moments_match_trls_chunked_logprob_function_on_the_cpu(monkeypatch, pre
     assert saved == N * h * e_h + N * 8 + 2 * N * 4 + N  # rows copy, targets, log Z + H, mask
     # forward: at its peak every saved tensor exists (or, inside the loop, all but log Z
     # and the entropy, which the 5·N·4 in ftmem's moment accounts for)
-    assert forward == saved + parts.sizes.head.logits_forward
+    # (the function's input, the backbone's output, exists before it is measured)
+    e_r = 2 if precision == "bf16" else 4
+    assert forward == saved + parts.sizes.head.logits_forward - _backbone(b, s, h, e_r)
     # backward: the loss's scalars (the label count and its clamp, int64) may still be
     # alive beside it: 0 to 16 bytes. Off CUDA, _addmm_fp32 copies 16-bit tiles and
     # inputs to fp32 (a.float(), b.float(); chunked_logprob.py:52) inside the loop: R·C·4

@@ -334,7 +334,7 @@ def with_grpo(parts: StepParts, arch: Architecture, run: RunConfig) -> StepParts
     if tiles(run):
         # the SFT head moment's own terms beyond its tiles (the autocast cache under
         # checkpointing, a prefix cache) stay; the tiles are the completion's rows
-        sft_tiles = Loss.logprob_tiles_forward(arch, run, plan, e)
+        sft_tiles = Loss.logprob_tiles_moment(arch, run, plan, e)
         head_grad = plan.outer_trainable or plan.head_trainable
         rows = scored_rows(run)
         head = dataclasses.replace(

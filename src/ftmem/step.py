@@ -346,7 +346,10 @@ def _decoder_sizes(
     tiles = run.loss == "logprob-tiles"  # TRL's log-probability tiles
     head = HeadTransients(
         logits_forward=(
-            Loss.logprob_tiles_forward(arch, run, plan, e)
+            # (the preference objectives' FusedHead counts the backbone's output itself)
+            Loss.logprob_tiles_moment(arch, run, plan, e)
+            if tiles and run.objective == "sft"
+            else Loss.logprob_tiles_forward(arch, run, plan, e)
             if tiles
             else Loss.forward_transient(arch, run, e, T)
         )
