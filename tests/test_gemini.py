@@ -1,7 +1,8 @@
 """ColossalAI GeminiPlugin's chunks and per-rank bytes against ColossalAI's own code.
 
-Truths (ColossalAI 0.5.0 = hpcaitech/ColossalAI 4f9953be335e, run on CPU with gloo, see
-/work/notes/colossalai-gemini.md §8):
+Truths (ColossalAI 0.5.0 = hpcaitech/ColossalAI 4f9953be335e: its sdist's source on the
+path beside torch 2.13, since its pins refuse to install here; 8 gloo ranks on the CPU,
+2026-12-02):
 * ``search_chunk_configuration`` on 8 ranks over meta-device HF Llamas gave chunk_size
   45,101,056 (Llama-2-7B) and 234,905,600 (Llama-3.3-70B).
 * a real ``GeminiDDP`` on 8 ranks over a small Llama (V=1000, h=256, I=688, 4 layers,
