@@ -269,8 +269,7 @@ def test_order_of_a_partly_frozen_stack():
 
 
 def _rank(groups, arch, **kw):
-    settings = {"accumulation": False, "offload_optimizer": False, "offload_params": False}
-    return gemini_rank(groups, arch, arch.num_layers, 8, **{**settings, **kw})
+    return gemini_rank(groups, arch, arch.num_layers, 8, **kw)
 
 
 @pytest.mark.parametrize(
@@ -327,14 +326,14 @@ def test_offloaded_optimizer_leaves_the_16_bit_shards():
     """offload_optim_frac=1: masters, Adam states and reduced grads go to the host
     (policy:91-105, ddp:429-431, 873-874); the Adam states are not pinned."""
     arch = get_model("llama2-7b")
-    r = _rank(_plan(arch), arch, offload_optimizer=True)
+    r = _rank(_plan(arch), arch, optim_frac=1.0)
     shard = 7_478_312_960 // 8
     assert r.shards == 2 * shard
     assert r.masters == r.states == r.grads == 0
     assert r.host_pinned == 6 * shard
     assert r.host_unpinned == 8 * shard
     assert r.access_transient == 4 * (131_072_000 // 8)  # the largest chunk's fp32 shard
-    both = _rank(_plan(arch), arch, offload_optimizer=True, offload_params=True)
+    both = _rank(_plan(arch), arch, optim_frac=1.0, offload_params=True)
     assert both.shards == 0
     assert both.host_pinned == r.host_pinned
 
@@ -369,7 +368,7 @@ def test_a_tiny_model_is_kept_whole_and_unpinned():
     groups = _frozen_attention(_plan(arch))
     total = sum(g.total_numel for g in groups)
     trainable = sum(g.total_numel for g in groups if g.trainable)
-    r = _rank(groups, arch, offload_optimizer=True)
+    r = _rank(groups, arch, optim_frac=1.0)
     assert r.keep_gathered
     assert (r.chunks, r.chunk_size) == (1, total)
     assert r.shards == 2 * total

@@ -289,26 +289,22 @@ def gemini_rank(
     group: int,
     half_bytes: int = 2,
     *,
-    accumulation: bool,
-    offload_optimizer: bool,
-    offload_params: bool,
+    accumulation: bool = False,
+    optim_frac: float = 0.0,
+    offload_params: bool = False,
+    shard_frac: float = 1.0,
     search_range_m: float = 32,
     min_chunk_size_m: float = 32,
-    optim_frac: float = 0.0,
-    shard_frac: float = 1.0,
 ) -> GeminiRank:
     """Rank 0's memory under GeminiPlugin's static placement over a ZeRO group of ``group``.
 
     ``accumulation``: ``enable_gradient_accumulation`` (separate gradient chunks, ddp:106).
-    ``offload_optimizer``: ``offload_optim_frac=1.0``, or ``optim_frac`` for a fraction:
-    masters, Adam states and reduced gradients of the offloaded chunks on the host
-    (policy:91-105). ``offload_params``: ``offload_param_frac=1.0``: every chunk goes back
+    ``optim_frac``: ``offload_optim_frac``: masters, Adam states and reduced gradients of
+    the offloaded chunks on the host (policy:91-105). ``offload_params``: ``offload_param_frac=1.0``: every chunk goes back
     to the host after use (policy:78-83); ColossalAI ignores it unless the optimizer is
     offloaded too (policy:59-61), so that combination is refused here. ``shard_frac``:
     ``shard_param_frac``: the newest chunks stay gathered within the rest (policy:70-77).
     """
-    if offload_optimizer:
-        optim_frac = 1.0
     if offload_params and optim_frac < 1:
         raise InvalidInputError(
             "Gemini offloads parameters only together with the optimizer "

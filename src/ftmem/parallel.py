@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
@@ -38,7 +38,7 @@ from ftmem.arch import HEAD, Architecture
 from ftmem.colossalai import COLOSSALAI, LOW_LEVEL_ZERO
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, ceil_div, is_quantized
 from ftmem.errors import InvalidInputError
-from ftmem.gemini import gemini_rank
+from ftmem.gemini import GeminiRank, gemini_rank
 from ftmem.methods import MethodPlan, TensorGroup, plan_key
 from ftmem.optim import (
     optimizer_state_bytes,
@@ -1073,6 +1073,21 @@ def _with_reference(
     return on, dataclasses.replace(comm, head_forward=at_head + gathered)
 
 
+def _gemini_layout(
+    par: ParallelConfig,
+    arch: Architecture,
+    run: RunConfig,
+    groups: tuple[TensorGroup, ...],
+    half: int,
+    **placement: Any,
+) -> GeminiRank:
+    """GeminiPlugin's chunks over the run's ZeRO group (ftmem.gemini)."""
+    accumulation = run.grad_accum > 1  # enable_gradient_accumulation
+    return gemini_rank(
+        groups, arch, arch.num_layers, par.shard_group, half, accumulation=accumulation, **placement
+    )
+
+
 def _gemini(
     par: ParallelConfig,
     arch: Architecture,
@@ -1084,16 +1099,14 @@ def _gemini(
     reduced gradients, sharded fp32 masters and Adam states, frozen tensors whole; the
     chunks gathered at each moment are its communication. The embedding's chunk, gathered
     at the very end of backward, is charged at the head's backward (an upper bound)."""
-    g = gemini_rank(
-        groups,
+    g = _gemini_layout(
+        par,
         arch,
-        arch.num_layers,
-        par.shard_group,
+        run,
+        groups,
         half,
-        accumulation=run.grad_accum > 1,
-        offload_optimizer=False,
-        offload_params=par.offload_params == "cpu",
         optim_frac=par.optim_frac,
+        offload_params=par.offload_params == "cpu",
         shard_frac=par.gemini_shard_param_frac,
     )
     on = _Resident(
@@ -1133,16 +1146,7 @@ def _gemini_auto(
     (setup_grads_device, policy:224-234) and gathers 16-bit chunks onto the GPU as ops
     need them, releasing them only under pressure: as an upper bound, every chunk whole.
     Also returns the least it needs on the GPU: one op's chunks."""
-    g = gemini_rank(
-        groups,
-        arch,
-        arch.num_layers,
-        par.shard_group,
-        half,
-        accumulation=run.grad_accum > 1,
-        offload_optimizer=True,
-        offload_params=False,
-    )
+    g = _gemini_layout(par, arch, run, groups, half, optim_frac=1.0)
     on = _Resident(
         replicated=g.replicated,
         sharded=g.chunk_elements * half,
