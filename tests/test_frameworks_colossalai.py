@@ -50,11 +50,12 @@ EXPECTED = {
     # --plugin 3d, --zero_stage absent: 0 (train_sft.py:324), HybridParallelPlugin's AMP;
     # split_gather is sequence parallelism inside the 4 TP ranks: no --cp
     "readme-sp-split-gather.sh": dict(gpus=4, nodes=1, strategy="colossalai-3d", tp=4, pp=1,
-                                      cp=1, batch_size=4, grad_accum=4, seq_len=2048,
-                                      precision="bf16", attn="sdpa", **ADAM),
+                                      cp=1, sp_mode="split_gather", batch_size=4,
+                                      grad_accum=4, seq_len=2048, precision="bf16",
+                                      attn="sdpa", **ADAM),
     # all_to_all: the sequence split over --sp 4 ranks
     "readme-sp-all-to-all.sh": dict(gpus=4, nodes=1, strategy="colossalai-3d", tp=1, pp=1,
-                                    cp=4, batch_size=4, grad_accum=4, seq_len=2048,
+                                    cp=4, sp_mode="all_to_all", batch_size=4, grad_accum=4, seq_len=2048,
                                     precision="bf16", attn="sdpa", **ADAM),
 }  # fmt: skip
 

@@ -25,7 +25,7 @@ from ftmem.ops.linear import LinearOp
 from ftmem.ops.loss import Loss, PreferenceLoss
 from ftmem.ops.mlp import MLP
 from ftmem.ops.norm import Norm, QKNorm
-from ftmem.ops.saved import Saved, Side
+from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.profiles import compiled_chunked_loss, head_chunk_tokens
 from ftmem.run import RunConfig
 
@@ -86,8 +86,9 @@ def block_saved(
     if after_attn:  # GPT-2's resid_pdrop on attention's output
         elements, oe = ctx.tokens * h, ctx.projection_out_bytes
         out += Dropout.saved(
-            ctx, "attention output", elements, oe, Side.ATTENTION, arch.residual_dropout
-        )
+            ctx, "attention output", elements, oe, Side.ATTENTION, arch.residual_dropout,
+            Kind.RESIDUAL_DROPOUT,
+        )  # fmt: skip
     out += _mlp_side(ctx, state, mlp, x, after_attn)
     return [s for s in out if s.nbytes]
 
@@ -118,7 +119,8 @@ def _mlp_side(
     )  # fmt: skip
     if mlp_out_grad:  # GPT-2's resid_pdrop on the MLP's output
         elements, oe = ctx.tokens * arch.hidden_size, ctx.projection_out_bytes
-        out += Dropout.saved(ctx, "MLP output", elements, oe, Side.MLP, arch.residual_dropout)
+        rate = arch.residual_dropout
+        out += Dropout.saved(ctx, "MLP output", elements, oe, Side.MLP, rate, Kind.RESIDUAL_DROPOUT)
     if arch.norms_per_block == 4 or arch.traits.norms_after_sublayers:
         label = "post-feedforward norm"
         out += Norm.saved(ctx, label, mlp_out_grad, wn, Side.MLP, of_sublayer=True)

@@ -185,6 +185,7 @@ def notes(strategy: str, model_parallel: int, pp: int, ep: int, offload: bool) -
     if model_parallel > 1:
         out.append(
             "ColossalAI's shardformer pads the vocabulary to a multiple of 64 × tp; --cp is its "
-            "all_to_all sequence parallelism, whose ZeRO group spans the sequence ranks too."
+            "sequence parallelism (all_to_all or ring_attn), whose ZeRO group spans the "
+            "sequence ranks too."
         )
     return out

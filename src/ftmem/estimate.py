@@ -527,6 +527,8 @@ def _parallel_info(
         gemini_offload_optim_frac=par.optim_frac if gemini else None,
         gemini_shard_param_frac=par.gemini_shard_param_frac if gemini else None,
         gemini_placement=par.gemini_placement if gemini else None,
+        sequence_parallel_mode=par.sequence_mode,
+        pipeline_chunks=par.pp_chunks,
         worst_rank=_rank_name(par, step.worst),
         stage_peak_bytes=stage_peaks,
         micro_batches_in_flight=rank.micro_batches,

@@ -40,6 +40,7 @@ from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, ceil_div, is_quantized
 from ftmem.errors import InvalidInputError
 from ftmem.gemini import GeminiRank, gemini_rank
 from ftmem.methods import MethodPlan, TensorGroup, plan_key
+from ftmem.ops.norm import Norm
 from ftmem.optim import (
     optimizer_state_bytes,
     optimizer_step_temporary_bytes,
@@ -56,7 +57,16 @@ from ftmem.phases import (
     find_peak,
 )
 from ftmem.precision import resolve_dtypes
+from ftmem.profiles import compiled_layers, profile_of
 from ftmem.run import ADAPTER_METHODS, RunConfig
+from ftmem.sequence_parallel import (
+    INSIDE_TP,
+    SequenceSplit,
+    SpMode,
+    check_policy,
+    ring_attention_backward,
+    ring_attention_forward,
+)
 from ftmem.step import StepParts, reference_weights, step_parts
 
 Strategy = Literal[
@@ -143,6 +153,24 @@ class ParallelConfig(BaseModel):
     gemini_placement: Literal["static", "auto"] = Field(
         "static", description="GeminiPlugin's placement_policy."
     )
+    pp_chunks: PositiveInt = Field(
+        1,
+        description="Model chunks per pipeline stage: above 1, the interleaved 1F1B schedule "
+        "(ColossalAI's pp_style='interleaved', num_model_chunks).",
+    )
+    sp_mode: SpMode | None = Field(
+        None,
+        description="ColossalAI's sequence_parallelism_mode: split_gather or ring inside the "
+        "TP group, all_to_all or ring_attn over --cp ranks (default all_to_all with --cp).",
+    )
+
+    @property
+    def sequence_mode(self) -> str | None:
+        """ColossalAI's sequence parallelism as it runs (all_to_all where --cp alone asks
+        for it, HybridParallelPlugin's default, hybrid_parallel_plugin.py:1060-1062)."""
+        if self.sp_mode is not None:
+            return self.sp_mode
+        return "all_to_all" if self.cp > 1 and self.resolved_strategy in COLOSSALAI else None
 
     @property
     def optim_frac(self) -> float:
@@ -234,6 +262,7 @@ class ParallelConfig(BaseModel):
                 "--gemini-offload-optim-frac, --gemini-shard-param-frac and "
                 "--gemini-placement are GeminiPlugin's: add --strategy colossalai-gemini"
             )
+        _colossalai_only(self)
         if s in COLOSSALAI:
             _colossalai_layout(self)
         if s == "fsdp-hybrid" and self.dp % self.nodes:
@@ -280,6 +309,26 @@ class ParallelConfig(BaseModel):
         return data
 
 
+def _colossalai_only(par: ParallelConfig) -> None:
+    """The settings ftmem models for ColossalAI's plugins only."""
+    colossal = par.resolved_strategy in COLOSSALAI
+    if par.pp_chunks > 1 and par.pp == 1:
+        raise ValueError(
+            "--pp-chunks splits each pipeline stage into interleaved chunks: add --pp 2 or more"
+        )
+    if par.pp_chunks > 1 and not colossal:
+        raise ValueError(
+            "--pp-chunks (the interleaved 1F1B schedule) is modelled for ColossalAI's "
+            "HybridParallelPlugin: use --strategy colossalai-zero1 or colossalai-3d "
+            "(DeepSpeed's pipeline engine runs 1F1B only)"
+        )
+    if par.sp_mode is not None and not colossal:
+        raise ValueError(
+            "--sp-mode is ColossalAI's sequence_parallelism_mode: use a colossalai-* "
+            "strategy (elsewhere --cp alone is ring-style context parallelism)"
+        )
+
+
 def _colossalai_layout(par: ParallelConfig) -> None:
     """The layouts ColossalAI's plugins refuse (hybrid_parallel_plugin.py:1123-1136)."""
     s = par.resolved_strategy
@@ -301,6 +350,7 @@ def _colossalai_layout(par: ParallelConfig) -> None:
             f"--ep {par.ep} must divide the {par.dp} data-parallel ranks (moe_dp = dp / ep, "
             "moe_hybrid_parallel_plugin.py:262-269)"
         )
+    _sequence_layout(par)
     if par.gemini_offload_optim_frac is not None and par.offload_optimizer != "none":
         raise ValueError(
             "--offload-optimizer cpu is --gemini-offload-optim-frac 1: give one of them"
@@ -335,6 +385,34 @@ def _colossalai_layout(par: ParallelConfig) -> None:
                 "(offload_param_frac needs offload_optim_frac=1, placement_policy.py:59-61): "
                 "add --offload-optimizer cpu"
             )
+
+
+def _sequence_layout(par: ParallelConfig) -> None:
+    """How ColossalAI's sequence parallelism modes sit on the process mesh
+    (hybrid_parallel_plugin.py:1059-1087, shardformer/shard/shard_config.py:75-92)."""
+    mode = par.sp_mode
+    if mode is None:
+        return
+    if mode in INSIDE_TP:
+        if par.tp < 2:
+            raise ValueError(
+                f"--sp-mode {mode} splits the sequence inside the tensor-parallel group: "
+                "add --tp 2 or more (hybrid_parallel_plugin.py:1066-1069)"
+            )
+        if par.cp > 1:
+            raise ValueError(
+                f"--sp-mode {mode} uses the TP ranks for the sequence (sp_size is forced to "
+                "1, hybrid_parallel_plugin.py:1070-1075): drop --cp"
+            )
+    elif par.cp < 2:
+        raise ValueError(
+            f"--sp-mode {mode} splits the sequence over --cp ranks: add --cp 2 or more"
+        )
+    if par.resolved_strategy == colossalai.GEMINI and mode != "split_gather":
+        raise ValueError(
+            "ColossalAI's GeminiPlugin takes only shardformer's default sequence parallelism, "
+            "split_gather, with --tp (gemini_plugin.py:539, 559-567)"
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -376,6 +454,17 @@ def check_layout(arch: Architecture, run: RunConfig, par: ParallelConfig) -> Non
         )
     if run.seq_len % cp:
         raise InvalidInputError(f"--cp {cp} must divide --seq-len {run.seq_len}.")
+    v = par.pp_chunks
+    if v > 1 and arch.num_layers % (pp * v):
+        raise InvalidInputError(
+            f"--pp {pp} × --pp-chunks {v} must divide {arch.name}'s {arch.num_layers} blocks "
+            "into equal chunks."
+        )
+    if v > 1 and run.grad_accum % pp:
+        raise InvalidInputError(
+            f"The interleaved schedule runs a multiple of the {pp} stages in micro-batches "
+            f"(interleaved_pp.py:88-90): --grad-accum {run.grad_accum} must be one."
+        )
     if par.ep > 1 and (not arch.is_moe or arch.num_experts % par.ep):
         what = f"its {arch.num_experts} experts" if arch.is_moe else "no experts: it is dense"
         raise InvalidInputError(f"--ep {par.ep} splits MoE experts; {arch.name} has {what}.")
@@ -890,11 +979,13 @@ def _stage_sizes(
     at: _Stage,
     on: _Resident,
     comm: Communication,
+    boundary: int = 0,
 ) -> tuple[StepSizes, int]:
-    """The stage's timeline inputs, and the micro-batches whose activations it holds
-    (1F1B: stage k up to ``pp - k``): its blocks, its ends, its resident memory."""
-    acts_blocks = base.activations.per_block[at.lo : at.hi]
-    micro = min(par.pp - at.index, run.grad_accum) if par.pp > 1 else 1
+    """The stage's timeline inputs, and the micro-batches whose activations it holds:
+    its blocks (those one micro-batch runs through at a time), its ends, its resident
+    memory. ``boundary``: what each micro-batch in flight holds at the stage's edges."""
+    micro, blocks = _in_flight(par, run, at)
+    acts_blocks = base.activations.per_block[at.lo : at.lo + blocks]
     acts_below = base.activations.below if at.first else 0
     by_block, trainable_here, grads_outer, grads_embedding = _stage_gradients(s, par, base, at, on)
     last = at.last
@@ -919,7 +1010,7 @@ def _stage_sizes(
             acts_blocks,
             below=acts_below,
             above=base.activations.above if last else 0,
-            held=(micro - 1) * (sum(acts_blocks) + acts_below),
+            held=(micro - 1) * (sum(acts_blocks) + acts_below) + micro * boundary,
         ),
         block=dataclasses.replace(base.block, policy=base.block.policy.stage(at.lo, at.hi)),
         head=base.head if last else NO_HEAD,
@@ -929,6 +1020,49 @@ def _stage_sizes(
         loop_held=base.loop_held if last else 0,
     )
     return sizes, micro
+
+
+def _in_flight(par: ParallelConfig, run: RunConfig, at: _Stage) -> tuple[int, int]:
+    """The micro-batches whose activations a stage holds at once, and the blocks each
+    runs through on it. 1F1B: stage k holds up to ``pp - k``. Interleaved (``pp_chunks``
+    v > 1; each stage runs v chunks of L/(pp·v) blocks): stage k runs
+    ``2(pp − k − 1) + (v − 1)·pp`` chunk forwards before its first backward, then one
+    forward and one backward in turn (ColossalAI's interleaved_pp.py:435-441, Megatron's
+    schedule alike), so that many plus one are in flight."""
+    blocks = at.hi - at.lo
+    if par.pp == 1:
+        return 1, blocks
+    m = run.grad_accum
+    v = par.pp_chunks
+    if v == 1:
+        return min(par.pp - at.index, m), blocks
+    warmup = min(2 * (par.pp - at.index - 1) + (v - 1) * par.pp, m * v)
+    return warmup + (1 if warmup < m * v else 0), blocks // v
+
+
+def _pipeline_boundary(
+    arch: Architecture, run: RunConfig, par: ParallelConfig, parts: StepParts, at: _Stage
+) -> int:
+    """ColossalAI's pipeline schedules keep each micro-batch's received input and its
+    output whole until its backward (``input_objs`` / ``output_objs``,
+    pipeline/schedule/one_f_one_b.py:393-410, interleaved_pp.py:468-498; only the
+    zero-bubble schedule releases them): one hidden-states tensor per edge of the stage,
+    both edges for every chunk of an interleaved one but the first's input and the last's
+    output."""
+    if par.pp == 1 or par.resolved_strategy not in COLOSSALAI:
+        return 0
+    T = run.batch_size * run.positions
+    hidden = T * arch.hidden_size * parts.plan.dtypes.residual_bytes
+    # the received input is the stage's first norm's saved input where that norm keeps
+    # its input as it is (LayerNorm; RMSNorm on an fp32 stream): one storage
+    own = compiled_layers(run) or profile_of(run).kernel_rms_norm
+    shared = Norm.recompute_reuses_input(arch, parts.plan, list(parts.typical_block), T, own)
+    received = hidden - shared
+    if par.sequence_mode in INSIDE_TP:
+        hidden, received = ceil_div(hidden, par.tp), ceil_div(received, par.tp)
+    if par.pp_chunks > 1:
+        return received + hidden  # (the first chunk's input and the last's output: fewer)
+    return (0 if at.first else received) + (0 if at.last else hidden)
 
 
 def rank_memory(
@@ -974,7 +1108,8 @@ def rank_memory(
     if s in LOW_LEVEL_ZERO:
         on = _colossalai_gather_after_step(par, on, traffic)
     on, comm = _with_reference(s, par, arch, run, plan, on, comm)
-    sizes, micro = _stage_sizes(s, par, run, base, at, on, comm)
+    boundary = _pipeline_boundary(arch, run, par, parts, at)
+    sizes, micro = _stage_sizes(s, par, run, base, at, on, comm, boundary)
     return RankMemory(
         stage=stage,
         sizes=sizes,
@@ -1202,14 +1337,16 @@ class ParallelStep:
 
 
 @lru_cache(maxsize=256)
-def shared_step_parts(arch: Architecture, run: RunConfig) -> StepParts:
+def shared_step_parts(
+    arch: Architecture, run: RunConfig, split: SequenceSplit | None = None
+) -> StepParts:
     """step_parts per (architecture, run), both compared by value: a sweep over
     strategies and GPU counts derives every layout from the same step (building it again
     was most of a multi-GPU estimate). Safe: StepParts is frozen, built of tuples and
     frozen dataclasses, and depends on these two arguments only; errors are not cached.
     (One-GPU estimates do not use it: a sweep there is a new run each time, and the
     misses, holding a thousand steps alive, measured slower.)"""
-    return step_parts(arch, run)
+    return step_parts(arch, run, split=split)
 
 
 def _fsdp_mixed(arch: Architecture, run: RunConfig, stored: StepParts) -> StepParts:
@@ -1267,21 +1404,62 @@ def parallel_step(
     fills up to a share of."""
     check_layout(arch, run, par)
     _check_engine_precision(arch, run, par)
+    split = None
     if par.resolved_strategy in COLOSSALAI:
         colossalai.check_run(
             run, par.resolved_strategy, par.tp, par.model_parallel, arch.encoder_decoder
         )
+        split = _sequence_split(arch, run, par)
     pad = colossalai.VOCAB_MULTIPLE if par.resolved_strategy in COLOSSALAI else VOCAB_PAD
     local = local_arch(arch, par.tp, pad)
     lrun = engine_run(run, par)
-    parts = shared_step_parts(local, lrun)
+    parts = shared_step_parts(local, lrun, split)
     if par.resolved_strategy in FSDP and lrun.precision.endswith("-mixed"):
         parts = _fsdp_mixed(local, lrun, parts)
+    if par.sequence_mode == "ring_attn":
+        parts = _ring_attention(local, lrun, parts)
+    if par.pp_chunks > 1 and len(set(parts.sizes.activations.per_block)) > 1:
+        # (each stage's chunks are blocks pp apart: a stage of unlike blocks is not the
+        # contiguous one ftmem lays out)
+        raise InvalidInputError(
+            "ftmem models the interleaved schedule for runs whose blocks all train alike; "
+            f"--method {run.method} here trains some blocks only: use --pp-chunks 1."
+        )
     ranks = tuple(rank_memory(local, lrun, par, parts, k, cap) for k in range(par.pp))
     timelines = [find_peak(r.sizes) for r in ranks]
     peaks = tuple(t.at_peak.total for t in timelines)
     worst = max(range(len(peaks)), key=lambda k: (peaks[k], -k))
     return ParallelStep(ranks, peaks, worst, timelines[worst], parts, lrun, local)
+
+
+def _sequence_split(
+    arch: Architecture, run: RunConfig, par: ParallelConfig
+) -> SequenceSplit | None:
+    """ColossalAI's shardformer policy for the model, and the split_gather / ring split."""
+    s = par.resolved_strategy
+    hybrid = s == colossalai.HYBRID_AMP or par.model_parallel > 1 or par.ep > 1
+    check_policy(arch, hybrid, par.sequence_mode, par.pp)
+    if par.sequence_mode not in INSIDE_TP:
+        return None
+    if run.seq_len % par.tp:
+        raise InvalidInputError(
+            f"--sp-mode {par.sequence_mode} splits each sequence evenly over the {par.tp} TP "
+            f"ranks: --seq-len {run.seq_len} must be a multiple of {par.tp}."
+        )
+    return SequenceSplit(par.tp)
+
+
+def _ring_attention(arch: Architecture, run: RunConfig, parts: StepParts) -> StepParts:
+    """ring_attn: RingAttention's buffers beside a block's forward and backward."""
+    e = BYTES_PER_ELEMENT[parts.plan.dtypes.compute]
+    T = run.batch_size * run.positions
+    block = parts.sizes.block
+    block = dataclasses.replace(
+        block,
+        forward=max(block.forward, ring_attention_forward(arch, e, T)),
+        workspace=max(block.workspace, ring_attention_backward(arch, e, T)),
+    )
+    return dataclasses.replace(parts, sizes=dataclasses.replace(parts.sizes, block=block))
 
 
 def parallel_notes(
@@ -1322,19 +1500,56 @@ def parallel_notes(
     if s in COLOSSALAI:
         offload = par.offload_optimizer != "none"
         notes += colossalai.notes(s, par.model_parallel, par.pp, par.ep, offload)
+    notes += _model_parallel_notes(arch, run, par, step)
+    if run.method == "qlora" and s in SHARDS_WEIGHTS:
+        notes.append(
+            "QLoRA with sharded weights needs the 4-bit storage in a float dtype "
+            "(bnb_4bit_quant_storage) so FSDP/ZeRO-3 can flatten it; the shards are of the "
+            "4-bit storage."
+        )
+    return notes
+
+
+def _model_parallel_notes(
+    arch: Architecture, run: RunConfig, par: ParallelConfig, step: ParallelStep
+) -> list[str]:
+    """Tensor, pipeline and context (sequence) parallelism, as estimated."""
+    s = par.resolved_strategy
+    notes: list[str] = []
+    mode = par.sequence_mode
     if par.tp > 1:
         notes.append(
             f"Tensor parallel {par.tp} as Megatron splits it: heads, MLP width and the "
             f"vocabulary ({step.arch.vocab_size:,} rows per rank, padded); norms and "
-            "row-parallel biases replicated; without sequence parallelism the norm and "
-            "residual activations are replicated too."
+            "row-parallel biases replicated; "
+            + (
+                f"sequence parallelism ({mode}) splits the norm and residual activations over "
+                "the TP ranks, and each column-parallel linear keeps its gathered input beside "
+                "its shard (one whole copy per q, k, v, gate and up)."
+                if mode in INSIDE_TP
+                else "without sequence parallelism the norm and residual activations are "
+                "replicated too."
+            )
         )
-    if par.pp > 1:
+    if par.pp > 1 and par.pp_chunks > 1:
+        stage, v = step.ranks[step.worst], par.pp_chunks
+        notes.append(
+            f"Pipeline {par.pp} stages of {v} interleaved chunks of "
+            f"{arch.num_layers // (par.pp * v)} blocks: stage k holds up to "
+            f"2({par.pp} - k - 1) + {(v - 1) * par.pp} + 1 chunk micro-batches; the largest is "
+            f"stage {stage.stage} with {stage.micro_batches}."
+        )
+    elif par.pp > 1:
         stage = step.ranks[step.worst]
         notes.append(
             f"Pipeline {par.pp} stages of {arch.num_layers // par.pp} blocks, 1F1B: stage k "
             f"holds up to {par.pp} - k micro-batches; the largest is stage {stage.stage} with "
             f"{stage.micro_batches}."
+        )
+    if par.pp > 1 and s in COLOSSALAI:
+        notes.append(
+            "ColossalAI's pipeline keeps each micro-batch's received input and its output "
+            "until its backward (input_objs, output_objs)."
         )
         if run.grad_accum < par.pp:
             notes.append(
@@ -1342,14 +1557,20 @@ def parallel_notes(
                 f"{par.pp} stages: most of the pipeline idles (raise --grad-accum)."
             )
     if par.cp > 1:
-        notes.append(
-            f"Context parallel {par.cp}: each rank holds {run.seq_len // par.cp:,} of the "
-            f"{run.seq_len:,} tokens; ring attention's in-flight key/value chunks are not counted."
-        )
-    if run.method == "qlora" and s in SHARDS_WEIGHTS:
-        notes.append(
-            "QLoRA with sharded weights needs the 4-bit storage in a float dtype "
-            "(bnb_4bit_quant_storage) so FSDP/ZeRO-3 can flatten it; the shards are of the "
-            "4-bit storage."
-        )
+        held = f"each rank holds {run.seq_len // par.cp:,} of the {run.seq_len:,} tokens"
+        if mode == "all_to_all":
+            notes.append(
+                f"ColossalAI's all_to_all sequence parallelism over {par.cp} ranks: {held}; "
+                "attention runs on the whole sequence with 1/cp of the heads (same bytes)."
+            )
+        elif mode == "ring_attn":
+            notes.append(
+                f"ColossalAI's ring_attn over {par.cp} ranks: {held}; RingAttention's key/value "
+                "buffers and fp32 gradient accumulators counted in each block's backward."
+            )
+        else:
+            notes.append(
+                f"Context parallel {par.cp}: {held}; ring attention's in-flight key/value "
+                "chunks are not counted."
+            )
     return notes

@@ -122,6 +122,18 @@ def _attention(s: Settings) -> list[Change]:
     return [_change("attention", "sdpa attention instead of eager", 0, attn="sdpa")]
 
 
+def _sequence_parallel(s: Settings) -> list[Change]:
+    """ColossalAI with tensor parallelism and no sequence parallelism: split_gather splits
+    the norms and the residual stream over the TP ranks (the shardformer policy decides
+    whether the model takes it: a refused combination is skipped)."""
+    if s.get("strategy") not in COLOSSALAI or (s.get("tp") or 1) < 2:
+        return []
+    if s.get("sp_mode") is not None or (s.get("cp") or 1) > 1:
+        return []
+    what = "split the sequence over the TP ranks (ColossalAI split_gather)"
+    return [_change("sequence", what, 1, sp_mode="split_gather")]
+
+
 def _checkpointing(s: Settings) -> list[Change]:
     if s.get("grad_ckpt"):
         return []
@@ -316,6 +328,12 @@ LEVERS: tuple[Lever, ...] = (
         only_lowers=True,  # the reference's weights and forward go (step._with_reference)
     ),
     Lever("attention", "none: the same math in a fused kernel, usually faster", _attention),
+    Lever(
+        "sequence",
+        "none on the result; a reduce-scatter and an all-gather in place of each all-reduce, "
+        "the same volume (Korthikanti et al. 2022, arXiv:2205.05198)",
+        _sequence_parallel,
+    ),
     Lever(
         "loss",
         "none: the same loss, computed in chunks (Liger-Kernel, Hsu et al. 2024, "

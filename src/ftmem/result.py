@@ -143,6 +143,9 @@ class ParallelInfo(_Frozen):
     gemini_offload_optim_frac: float | None = None
     gemini_shard_param_frac: float | None = None
     gemini_placement: str | None = None
+    # ColossalAI's sequence_parallelism_mode (split_gather, ring, all_to_all, ring_attn)
+    sequence_parallel_mode: str | None = None
+    pipeline_chunks: int = 1  # model chunks per stage (interleaved 1F1B above 1)
     worst_rank: str
     stage_peak_bytes: list[int]  # peak allocated per pipeline stage
     micro_batches_in_flight: int

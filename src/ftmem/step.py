@@ -60,6 +60,7 @@ from ftmem.transients import (
 
 if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
     from ftmem.distill import Teacher
+    from ftmem.sequence_parallel import SequenceSplit
 
 
 def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[BlockState]:
@@ -200,9 +201,15 @@ class StepParts:
     offloaded: int = 0  # activation offload: saved bytes held in host RAM instead
 
 
-def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = None) -> StepParts:
+def step_parts(
+    arch: Architecture,
+    run: RunConfig,
+    teacher: Teacher | None = None,
+    split: SequenceSplit | None = None,
+) -> StepParts:
     """The components of one step and their sizes in time (no peak yet); with a
-    ``teacher``, the distillation step (ftmem.distill)."""
+    ``teacher``, the distillation step (ftmem.distill); with ``split``, a tensor-parallel
+    rank under sequence parallelism (ftmem.sequence_parallel)."""
     run = framework_run(arch, run)  # e.g. Unsloth's causal-LM forward fuses the loss
     seq2seq.check_supported(arch, run)
     if arch.encoder_decoder and run.objective != "sft":
@@ -221,30 +228,37 @@ def step_parts(arch: Architecture, run: RunConfig, teacher: Teacher | None = Non
 
         grpo.check_supported(arch, run)
         sft = run.model_copy(update={"objective": "sft"})
-        return grpo.with_grpo(_decoder_parts(arch, sft), arch, run)
+        return grpo.with_grpo(_decoder_parts(arch, sft, split), arch, run)
     if run.objective != "sft":
         if teacher is not None:
             raise InvalidInputError("Distillation (--teacher) runs with --objective sft only.")
         # the chosen and rejected sequences run as one batch of 2b (TRL's DPOTrainer
         # _compute_loss, the ORPO and CPO trainers' concatenated_forward)
         pairs = run.model_copy(update={"batch_size": run.sequences})
-        return _with_reference(_decoder_parts(arch, pairs), arch, pairs)
-    parts = _decoder_parts(arch, run)
+        return _with_reference(_decoder_parts(arch, pairs, split), arch, pairs)
+    parts = _decoder_parts(arch, run, split)
     return parts if teacher is None else _with_teacher(parts, teacher, arch, run)
 
 
-def _decoder_parts(arch: Architecture, run: RunConfig) -> StepParts:
+def _decoder_parts(
+    arch: Architecture, run: RunConfig, split: SequenceSplit | None = None
+) -> StepParts:
     """A decoder-only step's components (``run.batch_size`` sequences per forward)."""
     plan = plan_method(arch, run)
     T = run.batch_size * run.positions
-    blocks = _block_activations(arch, run, plan, T)
+    blocks = _block_activations(arch, run, plan, T, split)
     outer_below, outer_above = _outer_items(arch, run, plan, T, blocks.per_block)
+    if split is not None:
+        outer_above = split.head_side(outer_above)
     outer_items = outer_below + outer_above
     fixed = plan_sizes(arch, run, plan)
     grads = _decoder_gradients(fixed, run, plan)
     policy = _block_policy(run, blocks.rebuilt, grads.per_block)
     # a checkpointed block's input, the one tensor it keeps
-    inputs = (T * arch.hidden_size * plan.dtypes.residual_bytes,) * len(blocks.per_block)
+    block_input = T * arch.hidden_size * plan.dtypes.residual_bytes
+    if split is not None:
+        block_input = split.tokens(block_input)
+    inputs = (block_input,) * len(blocks.per_block)
     on_host = _host_inputs(run, inputs, blocks.per_block)
     if any(on_host):  # Unsloth's checkpointing: in host memory, one GPU buffer to bring back
         inputs = tuple(0 if off else x for x, off in zip(inputs, on_host, strict=True))
@@ -287,7 +301,7 @@ class _BlockActivations:
 
 
 def _block_activations(
-    arch: Architecture, run: RunConfig, plan: MethodPlan, T: int
+    arch: Architecture, run: RunConfig, plan: MethodPlan, T: int, split: SequenceSplit | None
 ) -> _BlockActivations:
     """Activations per block, derived once per distinct block state."""
     block_states = _block_states(arch, run, plan)
@@ -298,7 +312,8 @@ def _block_activations(
     for st in block_states:
         if st is not previous:  # consecutive blocks usually share one state object
             if st not in cache:
-                cache[st] = block_saved(arch, run, plan, st, T)
+                saved = block_saved(arch, run, plan, st, T)
+                cache[st] = saved if split is None else split.block(saved)
             previous, previous_sum = st, _sum(cache[st])
             own_input = compiled_layers(run) or profile_of(run).kernel_rms_norm
             reused = Norm.recompute_reuses_input(arch, plan, cache[st], T, own_input)

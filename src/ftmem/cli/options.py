@@ -26,6 +26,7 @@ from ftmem.run import (
     Quant,
     RunConfig,
 )
+from ftmem.sequence_parallel import SpMode
 from ftmem.units import UnitSystem
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -343,7 +344,22 @@ SPREAD = [
     ),
     _opt("tp", int, 1, "Tensor-parallel degree.", panel=MULTI),
     _opt("pp", int, 1, "Pipeline-parallel stages (1F1B).", panel=MULTI),
+    _opt(
+        "pp_chunks",
+        int,
+        1,
+        "Model chunks per pipeline stage: above 1, interleaved 1F1B (ColossalAI).",
+        panel=MULTI,
+    ),
     _opt("cp", int, 1, "Context-parallel degree (splits the sequence).", panel=MULTI),
+    _opt(
+        "sp_mode",
+        Optional[SpMode],  # noqa: UP045
+        None,
+        "ColossalAI's sequence_parallelism_mode: split_gather | ring (inside the TP group) | "
+        "all_to_all | ring_attn (over --cp ranks; all_to_all is the default with --cp).",
+        panel=MULTI,
+    ),
     _opt(
         "ep",
         int,

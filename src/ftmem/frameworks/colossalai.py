@@ -969,7 +969,8 @@ def _pipeline(run: _Run, pp: int) -> None:
 def _sequence_parallel(run: _Run, tp: int) -> int:
     """--sp under --enable_sequence_parallelism (hybrid_parallel_plugin.py:1059-1087):
     all_to_all splits the sequence over sp ranks (ftmem's --cp); split_gather and ring
-    are Megatron's sequence parallelism inside the TP group (sp_size forced to 1)."""
+    are Megatron's sequence parallelism inside the TP group (sp_size forced to 1): the
+    mode goes to ftmem's --sp-mode."""
     where = run.k.file
     sp = run.value("--sp", "--cp") or 1
     if run.script is LORA_FINETUNE and run.value("--plugin") == "moe":
@@ -984,6 +985,7 @@ def _sequence_parallel(run: _Run, tp: int) -> int:
                 "is not enabled', hybrid_parallel_plugin.py:1084-1086)."
             )
         return 1
+    run.cfg.settings["sp_mode"] = mode
     if mode == "all_to_all":
         return sp
     if tp < 2:
@@ -991,12 +993,11 @@ def _sequence_parallel(run: _Run, tp: int) -> int:
             f"{where}: --sp_mode {mode} needs tensor parallelism (--tp 2 or more): "
             "HybridParallelPlugin refuses it without (hybrid_parallel_plugin.py:1066-1069)."
         )
-    ignored = f"; --sp {sp} is ignored (sp_size follows tp, :1070-1075)" if sp != 1 else ""
-    run.cfg.notes.append(
-        f"--sp_mode {mode}: Megatron-style sequence parallelism inside the {tp} TP ranks{ignored}; "
-        "ftmem counts the norm and residual activations whole on each TP rank (without it), "
-        "an upper bound."
-    )
+    if sp != 1:
+        run.cfg.notes.append(
+            f"--sp {sp} is ignored under --sp_mode {mode}: the sequence is split over the "
+            f"{tp} TP ranks (sp_size follows tp, hybrid_parallel_plugin.py:1070-1075)."
+        )
     return 1
 
 

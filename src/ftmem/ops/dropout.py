@@ -26,10 +26,11 @@ class Dropout:
         elem_bytes: int,
         side: Side,
         rate: float | None = None,
+        kind: Kind = Kind.DROPOUT,
     ) -> list[Saved]:
         """The model's own dropout on a tensor of ``elements``: ``rate``, by default T5's
         ``arch.dropout_rate`` (a decoder's are residual_dropout, embedding_dropout)."""
         if not (ctx.arch.dropout_rate if rate is None else rate):
             return []
         mask = Dropout.mask_bytes(ctx.run.device, elem_bytes)
-        return [Saved(f"{label} dropout mask", elements * mask, Kind.DROPOUT, side)]
+        return [Saved(f"{label} dropout mask", elements * mask, kind, side)]

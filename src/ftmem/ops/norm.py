@@ -166,13 +166,15 @@ class QKNorm:
                 rows, width = ctx.tokens * heads, arch.head_size
             else:
                 rows, width = ctx.tokens, heads * arch.head_size
-            if all_grad or any(lin.module in own for lin in qkv if role in lin.roles):
+            # (it belongs to its projection: a tensor of the TP-split heads)
+            of = tuple(lin for lin in qkv if role in lin.roles)
+            if all_grad or any(lin.module in own for lin in of):
                 size = rows * (width + 1) * FP32
                 what = f"{role} norm: fp32 input + rstd"
-                out.append(Saved(what, size, Kind.NORM_INPUT, Side.ATTENTION))
+                out.append(Saved(what, size, Kind.NORM_INPUT, Side.ATTENTION, of))
             if w_grad:
                 what, size = f"{role} norm: normalised", rows * width * normed_bytes
-                out.append(Saved(what, size, Kind.NORM_OUTPUT, Side.ATTENTION))
+                out.append(Saved(what, size, Kind.NORM_OUTPUT, Side.ATTENTION, of))
         return out
 
     @staticmethod

@@ -45,6 +45,9 @@ class Kind(Enum):
     MLP_HIDDEN = "MLP intermediates"  # gate/up outputs and the activation's
     MOE = "mixture of experts"  # router and experts
     DROPOUT = "dropout mask"
+    RESIDUAL_DROPOUT = (
+        "residual dropout mask"  # on the hidden states: attention's, the MLP's output
+    )
     OTHER = "other"  # outside the blocks: ids, rotary tables, prompt encoders, head, loss
 
 

@@ -264,6 +264,8 @@ def _colossalai_plugin(est: Estimate, p: ParallelInfo) -> tuple[str, list[str], 
         }
         if p.tensor_parallel > 1:
             kwargs["tp_size"] = str(p.tensor_parallel)
+        if p.sequence_parallel_mode:  # (shardformer's default mode: split_gather)
+            kwargs["enable_sequence_parallelism"] = "True"
         return "GeminiPlugin", [], kwargs
     bucket_m = max(1, -(-p.reduce_bucket_elements // 2**20))
     model_parallel = p.tensor_parallel * p.pipeline_parallel * p.context_parallel
@@ -287,16 +289,19 @@ def _colossalai_plugin(est: Estimate, p: ParallelInfo) -> tuple[str, list[str], 
         kwargs.update(zero_bucket_size_in_m=str(bucket_m), cpu_offload=str(offload))
     if p.pipeline_parallel > 1:
         kwargs.update(microbatch_size=str(run.batch_size), pp_style="'1f1b'")
+        if p.pipeline_chunks > 1:
+            kwargs.update(pp_style="'interleaved'", num_model_chunks=str(p.pipeline_chunks))
     if p.expert_parallel > 1:
         # the MoE plugin runs ZeRO-2 as ZeRO-1 (moe_hybrid_parallel_plugin.py:227-233)
         kwargs.update(zero_stage="1", ep_size=str(p.expert_parallel))
         return "MoeHybridParallelPlugin", [], kwargs
-    if p.context_parallel > 1:
+    if p.sequence_parallel_mode:
         kwargs.update(
-            sp_size=str(p.context_parallel),
             enable_sequence_parallelism="True",
-            sequence_parallelism_mode="'all_to_all'",
+            sequence_parallelism_mode=repr(p.sequence_parallel_mode),
         )
+    if p.context_parallel > 1:
+        kwargs["sp_size"] = str(p.context_parallel)
     return "HybridParallelPlugin", [], kwargs
 
 

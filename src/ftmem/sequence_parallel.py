@@ -1,0 +1,153 @@
+"""ColossalAI's sequence parallelism modes: what a rank keeps of a block's activations.
+
+Read at hpcaitech/ColossalAI 4f9953be335e (paths under ``colossalai/``), the
+``sequence_parallelism_mode`` of ``HybridParallelPlugin`` (and of ``GeminiPlugin`` with
+``tp_size > 1``, which takes shardformer's default, ``split_gather``):
+
+* ``split_gather`` / ``ring`` (Megatron's sequence parallelism, inside the TP group):
+  the hidden states are split along the sequence between the TP ranks after the
+  embedding (``shardformer/modeling/llama.py:160-163``), so the norms and the residual
+  stream hold ``s/tp`` tokens; the final norm too, its output gathered whole for the LM
+  head (``:230-232``). Every column-parallel linear gathers its input back to the whole
+  sequence and keeps *both* the shard it was given (``save_for_backward``) and the
+  gathered copy (``ctx.gathered_input``) until its backward
+  (``shardformer/layer/_operation.py:538-566``; ``ring`` gathers piece by piece but keeps
+  the same whole input, ``_ring_as_gather``). q, k and v (gate and up) are separate
+  ``Linear1D_Col`` modules (``shardformer/policies/llama.py:115-170``): one gathered copy
+  each. Row-parallel linears reduce-scatter their output and keep their (TP-split) input.
+* ``all_to_all`` / ``ring_attn``: the sequence is split over ``sp_size`` ranks of their
+  own (ftmem's ``--cp``) for the whole block. ``ring_attn`` runs ``RingAttention``
+  (``shardformer/layer/attn.py:406``), whose backward holds double key/value buffers, the
+  16-bit gradient blocks and fp32 accumulators beside the saved tensors (``:999-1007,
+  1066``); its forward, double key/value buffers and two blocks' outputs (``:708-713``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from ftmem.arch import Architecture, Role
+from ftmem.dtypes import FP32, ceil_div
+from ftmem.errors import InvalidInputError
+from ftmem.ops.norm import NORM_KINDS
+from ftmem.ops.saved import Kind, Saved
+
+SpMode = Literal["split_gather", "ring", "all_to_all", "ring_attn"]
+# the modes that split the sequence inside the TP group (sp_size forced to 1,
+# booster/plugin/hybrid_parallel_plugin.py:1066-1076)
+INSIDE_TP: frozenset[str] = frozenset({"split_gather", "ring"})
+# the linears that read the TP-split hidden states and reduce-scatter their output
+ROW_PARALLEL: frozenset[Role] = frozenset({"o", "down"})
+
+# The modes each shardformer policy runs, by ftmem family (shardformer/policies/*.py,
+# shardformer/modeling/*.py): Mistral's and Falcon's policies warn and ignore the flag
+# (policies/mistral.py:56, policies/falcon.py:43); GPT-2 turns ring into split_gather
+# (policies/gpt2.py:57-61) and asserts against all_to_all (:56); Qwen2/Qwen3 and Mixtral
+# assert against ring_attn (modeling/qwen2.py:492, modeling/mixtral.py:591).
+MODES_BY_FAMILY: dict[str, frozenset[str]] = {
+    "llama": frozenset({"split_gather", "ring", "all_to_all", "ring_attn"}),
+    "cohere": frozenset({"split_gather", "ring", "all_to_all", "ring_attn"}),
+    "qwen2": frozenset({"split_gather", "ring", "all_to_all"}),
+    "qwen3": frozenset({"split_gather", "ring", "all_to_all"}),
+    "mixtral": frozenset({"split_gather", "ring", "all_to_all"}),
+    "gpt2": frozenset({"split_gather", "ring", "ring_attn"}),
+    "mistral": frozenset(),
+    "falcon": frozenset(),
+}
+# shardformer's auto policies (shardformer/policies/auto_policy.py:34-241) for the
+# families ftmem knows: HybridParallelPlugin shards every model through one of them
+POLICY_FAMILIES: frozenset[str] = frozenset({*MODES_BY_FAMILY, "t5"})
+
+
+def check_policy(arch: Architecture, hybrid: bool, mode: str | None, pp: int) -> None:
+    """What shardformer refuses for this model: no policy at all under HybridParallelPlugin,
+    or a sequence parallelism mode its policy does not run."""
+    family = arch.family
+    if hybrid and family not in POLICY_FAMILIES:
+        raise InvalidInputError(
+            f"ColossalAI's shardformer has no policy for {arch.name} ({family}; "
+            "shardformer/policies/auto_policy.py lists Llama, Mistral, Mixtral, Qwen2, Qwen3, "
+            "Cohere, GPT-2, Falcon, T5 among ftmem's families), which HybridParallelPlugin "
+            "needs: use --strategy colossalai-zero2 or colossalai-gemini without --tp/--pp/--cp."
+        )
+    if mode is None:
+        return
+    modes = MODES_BY_FAMILY.get(family, frozenset())
+    if not modes:
+        raise InvalidInputError(
+            f"ColossalAI's {family} policy ignores sequence parallelism (it warns and runs "
+            f"without it): drop --sp-mode and --cp for {arch.name}."
+        )
+    if mode not in modes:
+        ran = ", ".join(sorted(modes))
+        raise InvalidInputError(
+            f"ColossalAI's {family} policy runs sequence parallelism as {ran}, not {mode}."
+        )
+    if pp > 1 and family == "mixtral":
+        raise InvalidInputError(
+            "ColossalAI's Mixtral policy refuses sequence parallelism with pipeline "
+            "parallelism (policies/mixtral.py:74): drop --pp or --sp-mode."
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SequenceSplit:
+    """split_gather / ring inside ``shards`` TP ranks: how a block's saved tensors change."""
+
+    shards: int
+
+    def tokens(self, nbytes: int) -> int:
+        """A tensor of the residual stream, split along the sequence."""
+        return ceil_div(nbytes, self.shards)
+
+    def block(self, items: list[Saved]) -> list[Saved]:
+        """One block's saved tensors on one TP rank."""
+        out: list[Saved] = []
+        for x in items:
+            # (a q/k norm belongs to its projections: it normalises TP-split heads)
+            residual = x.kind in NORM_KINDS and not x.linears
+            if residual or x.kind is Kind.RESIDUAL_DROPOUT:
+                out.append(x._replace(nbytes=self.tokens(x.nbytes)))
+            elif x.kind is Kind.LINEAR_INPUT and not self._row_parallel(x):
+                out.append(
+                    x._replace(what=f"{x.what} (sequence shard)", nbytes=self.tokens(x.nbytes))
+                )
+                out += [
+                    Saved(
+                        f"{lin.leaf}: gathered input", x.nbytes, Kind.LINEAR_INPUT, x.side, (lin,)
+                    )
+                    for lin in x.linears
+                ]
+            else:
+                out.append(x)
+        return out
+
+    def head_side(self, items: list[Saved]) -> list[Saved]:
+        """The head side: the final norm on its shard of the tokens, the LM head's input
+        gathered whole."""
+        return [
+            x._replace(nbytes=self.tokens(x.nbytes)) if x.kind in NORM_KINDS else x for x in items
+        ]
+
+    @staticmethod
+    def _row_parallel(x: Saved) -> bool:
+        return all(set(lin.roles) <= ROW_PARALLEL for lin in x.linears)
+
+
+def ring_attention_backward(arch: Architecture, e: int, T: int) -> int:
+    """RingAttention's backward on ``T`` local tokens beside the saved tensors
+    (shardformer/layer/attn.py:999-1007, 1066): two stacked key/value
+    buffers (``kv_buffers``), the 16-bit ``dq/dk/dv`` blocks, two fp32 ``dkv_buffers`` and
+    the fp32 ``dq`` accumulator."""
+    d = arch.head_size
+    q, kv = T * arch.num_heads * d, T * arch.kv_heads * d
+    return 2 * (2 * kv) * e + (q + 2 * kv) * e + 2 * (2 * kv) * FP32 + q * FP32
+
+
+def ring_attention_forward(arch: Architecture, e: int, T: int) -> int:
+    """RingAttention's forward beside its inputs: the two key/value buffers and the two
+    blocks' outputs being merged (attn.py:708-713)."""
+    d = arch.head_size
+    q, kv = T * arch.num_heads * d, T * arch.kv_heads * d
+    return 2 * (2 * kv) * e + 2 * q * e

@@ -1,0 +1,231 @@
+"""ColossalAI's sequence parallelism modes (split_gather, ring, all_to_all, ring_attn)
+against hand derivations from ColossalAI's source (hpcaitech/ColossalAI 4f9953be335e;
+file:line in src/ftmem/sequence_parallel.py). Every byte count below is written out from
+the model's shapes: Llama-2-7B (h 4096, f 11008, 32 heads of 128, V 32000)."""
+
+import pytest
+
+from ftmem import estimate
+from ftmem.api import parallel_config, run_config
+from ftmem.errors import InvalidInputError
+from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.parallel import parallel_step
+from ftmem.present.emit import emit_config
+from ftmem.presets import get_model
+from ftmem.sequence_parallel import SequenceSplit
+
+H, F, HEADS, D = 4096, 11008, 32, 128
+E, FP32 = 2, 4  # bf16 activations; the norms' fp32 input
+
+
+def _step(model="llama2-7b", gpus=8, **kw):
+    kw.setdefault("strategy", "colossalai-zero1")
+    spread = {k: kw.pop(k) for k in ("gpus", "strategy", "tp", "cp", "pp", "sp_mode") if k in kw}
+    spread["gpus"] = gpus
+    kw.setdefault("precision", "bf16")
+    run = run_config(method=kw.pop("method", "full"), **kw)
+    return parallel_step(get_model(model), run, parallel_config(**spread))
+
+
+def _llama_block(T: int, tp: int, split: bool) -> int:
+    """One Llama block's saved bytes on a TP rank with ``T`` tokens per sequence batch:
+    HF's RMSNorm keeps its fp32 input, an fp32 rstd per token and the bf16 normalised
+    tensor; the q/k/v (gate/up) input; rotary q and k, v, attention's output and its fp32
+    logsumexp; gate, up and SiLU·up outputs and the down input (f/tp wide). Under
+    split_gather the norms hold T/tp tokens, and the q/k/v and gate/up inputs become a
+    T/tp shard plus one whole gathered copy per linear."""
+    t = T // tp if split else T
+    norm = t * H * FP32 + t * FP32 + t * H * E
+    heads, f = HEADS // tp, F // tp
+    attention = 2 * T * heads * D * E + T * heads * D * E + T * heads * D * E + heads * T * FP32
+    mlp = 3 * T * f * E + T * f * E
+    if split:
+        inputs = (t * H * E + 3 * T * H * E) + (t * H * E + 2 * T * H * E)
+    else:
+        inputs = 2 * T * H * E  # one shared input each for q/k/v and gate/up
+    return 2 * norm + inputs + attention + mlp
+
+
+@pytest.mark.parametrize("tp", [2, 4, 8])
+@pytest.mark.parametrize("mode", ["split_gather", "ring"])
+def test_split_gather_block_on_a_tp_rank(tp, mode):
+    T = 1024
+    with_sp = _step(tp=tp, sp_mode=mode, seq_len=T)
+    without = _step(tp=tp, seq_len=T)
+    assert without.parts.sizes.activations.per_block[0] == _llama_block(T, tp, split=False)
+    assert with_sp.parts.sizes.activations.per_block[0] == _llama_block(T, tp, split=True)
+
+
+def test_split_gather_costs_more_than_it_saves_at_tp2_on_llama():
+    """Five whole gathered inputs (q, k, v, gate, up) against two shared ones without it:
+    at tp 2 the halved norms do not pay for them (8,384,512 bytes more per block at 1,024
+    tokens); at tp 8 they do."""
+    T = 1024
+    extra_inputs = 3 * T * H * E  # 5 gathered - 2 shared
+    shards = 2 * (T // 2) * H * E  # the two inputs' shards
+    saved_norms = 2 * (T // 2) * (H * FP32 + FP32 + H * E)
+    assert extra_inputs + shards - saved_norms == 8_384_512
+    assert _llama_block(T, 2, True) - _llama_block(T, 2, False) == 8_384_512
+    assert _llama_block(T, 8, True) < _llama_block(T, 8, False)
+
+
+def test_head_side_final_norm_on_its_shard_lm_head_input_whole():
+    T, tp = 1024, 4
+    above = _step(tp=tp, sp_mode="split_gather", seq_len=T).parts.sizes.activations.above
+    plain = _step(tp=tp, seq_len=T).parts.sizes.activations.above
+    final_norm = T * (H * FP32 + FP32 + H * E)
+    assert plain - above == final_norm - final_norm // tp
+
+
+def test_checkpointed_block_keeps_its_input_shard():
+    """With checkpointing a block keeps its input: the hidden states split along the
+    sequence (bf16, T/tp tokens)."""
+    T, tp = 2048, 4
+    kept = _step(tp=tp, sp_mode="split_gather", seq_len=T, grad_ckpt=True)
+    assert set(kept.parts.sizes.activations.per_block) == {T // tp * H * E}
+
+
+def test_qk_norms_stay_on_the_tp_split_heads():
+    """Qwen3's q/k norms normalise the TP rank's heads over the whole sequence: unchanged,
+    while the block's residual norms are split (Qwen3-8B: h 4096, 32 heads, 8 KV heads of
+    128)."""
+    T, tp = 512, 4
+    q_rows, k_rows = T * 32 // tp, T * 8 // tp
+    qk_norms = (q_rows + k_rows) * (D * FP32 + FP32) + (q_rows + k_rows) * D * E
+    split = _step("qwen3-8b", tp=tp, sp_mode="split_gather", seq_len=T)
+    items = {x.what: x.nbytes for x in split.parts.typical_block}
+    assert sum(v for k, v in items.items() if k.startswith(("q norm", "k norm"))) == qk_norms
+    assert items["input norm: fp32 input + rstd"] == T // tp * (H * FP32 + FP32)
+
+
+def test_gpt2_fused_qkv_gathers_once():
+    """GPT-2's c_attn (and c_fc) is one column-parallel linear: one gathered copy each
+    (h 768, T 1024, tp 4)."""
+    T, tp, h = 1024, 4, 768
+    split = _step("gpt2", tp=tp, sp_mode="split_gather", seq_len=T)
+    items = {x.what: x.nbytes for x in split.parts.typical_block}
+    assert items["c_attn: gathered input"] == items["c_fc: gathered input"] == T * h * E
+    assert items["q/k/v projections: input (sequence shard)"] == T // tp * h * E
+    assert items["down_proj: input"] == T * 4 * h // tp * E  # row-parallel: unchanged
+
+
+def test_residual_dropout_is_split_attention_dropout_is_not():
+    """A residual dropout mask lies on the split hidden states; attention's probability
+    dropout (per TP-split head) and a feed-forward one (f/tp wide) do not."""
+    items = [
+        Saved("attention output dropout mask", 4000, Kind.RESIDUAL_DROPOUT, Side.ATTENTION),
+        Saved("attention probabilities dropout mask", 8000, Kind.DROPOUT, Side.ATTENTION),
+        Saved("feed-forward dropout mask", 16000, Kind.DROPOUT, Side.MLP),
+    ]
+    assert [x.nbytes for x in SequenceSplit(4).block(items)] == [1000, 8000, 16000]
+
+
+def test_ring_attention_buffers_in_the_block_backward():
+    """RingAttention's backward on the T/cp local tokens: two stacked k/v buffers (bf16),
+    dq/dk/dv blocks (bf16), two fp32 stacked dk/dv buffers and the fp32 dq."""
+    T, cp = 4096, 4
+    t = T // cp
+    q = kv = t * HEADS * D
+    ring = 2 * 2 * kv * E + (q + 2 * kv) * E + 2 * 2 * kv * FP32 + q * FP32
+    step = _step(cp=cp, sp_mode="ring_attn", seq_len=T)
+    assert step.parts.sizes.block.workspace == ring == 142_606_336
+    a2a = _step(cp=cp, sp_mode="all_to_all", seq_len=T)
+    assert a2a.parts.sizes.activations == step.parts.sizes.activations
+    assert a2a.parts.sizes.block.workspace < ring
+
+
+def test_cp_alone_is_all_to_all_under_colossalai():
+    est = estimate(
+        "llama2-7b", method="full", precision="bf16", gpus=8, strategy="colossalai-zero1", cp=2
+    )
+    assert est.parallel.sequence_parallel_mode == "all_to_all"
+    plain = estimate("llama2-7b", method="full", precision="bf16", gpus=8, strategy="zero1", cp=2)
+    assert plain.parallel.sequence_parallel_mode is None
+
+
+def test_split_gather_peak_with_long_sequences_and_checkpointing():
+    """Activations dominate at 8 × 4,096 tokens with checkpointing: each of the 32 kept
+    block inputs shrinks to a quarter (8·4096/4 tokens × h × 2 bytes)."""
+    kw = dict(tp=4, seq_len=4096, batch_size=8, grad_ckpt=True)
+    with_sp = _step(sp_mode="split_gather", **kw)
+    without = _step(**kw)
+    kept = 8 * 4096 * H * E
+    assert sum(without.parts.sizes.activations.per_block) == 32 * kept
+    assert sum(with_sp.parts.sizes.activations.per_block) == 32 * kept // 4
+    assert max(with_sp.peaks) < max(without.peaks)
+
+
+@pytest.mark.parametrize(
+    ("model", "kw", "words"),
+    [
+        ("llama2-7b", {"sp_mode": "split_gather"}, "add --tp 2 or more"),
+        ("llama2-7b", {"sp_mode": "split_gather", "tp": 2, "cp": 2}, "drop --cp"),
+        ("llama2-7b", {"sp_mode": "ring_attn", "tp": 2}, "add --cp 2 or more"),
+        ("llama2-7b", {"sp_mode": "split_gather", "tp": 2, "strategy": "zero1"}, "colossalai-*"),
+        (
+            "llama2-7b",
+            {"sp_mode": "ring", "tp": 2, "strategy": "colossalai-gemini"},
+            "only shardformer's default",
+        ),
+        ("mistral-7b", {"sp_mode": "split_gather", "tp": 2}, "ignores sequence parallelism"),
+        ("mistral-7b", {"cp": 2}, "ignores sequence parallelism"),
+        ("qwen2-7b", {"sp_mode": "ring_attn", "cp": 2}, "not ring_attn"),
+        ("gpt2", {"sp_mode": "all_to_all", "cp": 2}, "not all_to_all"),
+        ("gemma-7b", {"tp": 2}, "no policy for"),
+        ("gemma-7b", {"strategy": "colossalai-3d"}, "no policy for"),
+        ("llama2-7b", {"sp_mode": "split_gather", "tp": 4, "seq_len": 1022}, "multiple of 4"),
+    ],
+)
+def test_refusals(model, kw, words):
+    kw.setdefault("strategy", "colossalai-zero1")
+    with pytest.raises((InvalidInputError, ValueError), match=words):
+        estimate(model, method="full", precision="bf16", gpus=8, **kw)
+
+
+def test_low_level_zero_alone_needs_no_policy():
+    """LowLevelZeroPlugin and GeminiPlugin without --tp wrap the model as it is."""
+    for strategy in ("colossalai-zero2", "colossalai-gemini"):
+        est = estimate("gemma-7b", method="full", precision="bf16", gpus=8, strategy=strategy)
+        assert est.memory.peak_allocated_bytes > 0
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        (
+            {"strategy": "colossalai-zero1", "tp": 2, "sp_mode": "ring"},
+            {"enable_sequence_parallelism": True, "sequence_parallelism_mode": "ring"},
+        ),
+        (
+            {"strategy": "colossalai-3d", "cp": 4, "sp_mode": "ring_attn"},
+            {"sp_size": 4, "sequence_parallelism_mode": "ring_attn"},
+        ),
+        (
+            {"strategy": "colossalai-gemini", "tp": 2, "sp_mode": "split_gather"},
+            {"tp_size": 2, "enable_sequence_parallelism": True},
+        ),
+    ],
+)
+def test_emit_sequence_parallelism(kw, expected):
+    from tests.test_colossalai import PLUGIN_ARGUMENTS, _plugin_call
+
+    est = estimate("llama2-7b", method="full", precision="bf16", gpus=4, seq_len=1024, **kw)
+    name, args = _plugin_call(emit_config(est, "colossalai"))
+    assert set(args) <= PLUGIN_ARGUMENTS[name]
+    assert expected.items() <= args.items()
+
+
+def test_plan_offers_split_gather_to_a_tensor_parallel_colossalai_run():
+    """32,768 tokens on 16 × RTX 4090, tp 4, checkpointed: the kept block inputs are
+    32 × 32,768 × 4096 × 2 bytes = 8 GiB per GPU without sequence parallelism, 2 GiB with
+    it; the first way to fit uses it."""
+    from ftmem.api import plan as make_plan
+
+    kw = dict(gpus=16, strategy="colossalai-zero2", tp=4, seq_len=32768, grad_ckpt=True)
+    plan = make_plan("llama3-8b", method="full", precision="bf16", gpu="rtx4090", **kw)
+    assert not plan.baseline.fits
+    first = plan.fitting[0]
+    assert ("sp_mode", "split_gather") in [u for c in first.changes for u in c.updates]
+    assert first.estimate.parallel.sequence_parallel_mode == "split_gather"
+    kept = 32 * 32768 * H * E
+    assert kept == 8 * 2**30
