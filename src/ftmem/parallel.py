@@ -985,7 +985,13 @@ def _stage_sizes(
     its blocks (those one micro-batch runs through at a time), its ends, its resident
     memory. ``boundary``: what each micro-batch in flight holds at the stage's edges."""
     micro, blocks = _in_flight(par, run, at)
-    acts_blocks = base.activations.per_block[at.lo : at.lo + blocks]
+    # (interleaved: the stage's largest chunk stands for all; the first block, whose input
+    # needs no gradient, keeps less than the others)
+    start = max(
+        range(at.lo, at.hi - blocks + 1, blocks),
+        key=lambda i: sum(base.activations.per_block[i : i + blocks]),
+    )
+    acts_blocks = base.activations.per_block[start : start + blocks]
     acts_below = base.activations.below if at.first else 0
     by_block, trainable_here, grads_outer, grads_embedding = _stage_gradients(s, par, base, at, on)
     last = at.last
@@ -1418,7 +1424,7 @@ def parallel_step(
         parts = _fsdp_mixed(local, lrun, parts)
     if par.sequence_mode == "ring_attn":
         parts = _ring_attention(local, lrun, parts)
-    if par.pp_chunks > 1 and len(set(parts.sizes.activations.per_block)) > 1:
+    if par.pp_chunks > 1 and parts.plan.trainable_blocks not in (0, arch.num_layers):
         # (each stage's chunks are blocks pp apart: a stage of unlike blocks is not the
         # contiguous one ftmem lays out)
         raise InvalidInputError(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from ftmem import families
 from ftmem.arch import Architecture, Role
 from ftmem.dtypes import FP32, ceil_div
 from ftmem.errors import InvalidInputError
@@ -40,54 +41,34 @@ INSIDE_TP: frozenset[str] = frozenset({"split_gather", "ring"})
 # the linears that read the TP-split hidden states and reduce-scatter their output
 ROW_PARALLEL: frozenset[Role] = frozenset({"o", "down"})
 
-# The modes each shardformer policy runs, by ftmem family (shardformer/policies/*.py,
-# shardformer/modeling/*.py): Mistral's and Falcon's policies warn and ignore the flag
-# (policies/mistral.py:56, policies/falcon.py:43); GPT-2 turns ring into split_gather
-# (policies/gpt2.py:57-61) and asserts against all_to_all (:56); Qwen2/Qwen3 and Mixtral
-# assert against ring_attn (modeling/qwen2.py:492, modeling/mixtral.py:591).
-MODES_BY_FAMILY: dict[str, frozenset[str]] = {
-    "llama": frozenset({"split_gather", "ring", "all_to_all", "ring_attn"}),
-    "cohere": frozenset({"split_gather", "ring", "all_to_all", "ring_attn"}),
-    "qwen2": frozenset({"split_gather", "ring", "all_to_all"}),
-    "qwen3": frozenset({"split_gather", "ring", "all_to_all"}),
-    "mixtral": frozenset({"split_gather", "ring", "all_to_all"}),
-    "gpt2": frozenset({"split_gather", "ring", "ring_attn"}),
-    "mistral": frozenset(),
-    "falcon": frozenset(),
-}
-# shardformer's auto policies (shardformer/policies/auto_policy.py:34-241) for the
-# families ftmem knows: HybridParallelPlugin shards every model through one of them
-POLICY_FAMILIES: frozenset[str] = frozenset({*MODES_BY_FAMILY, "t5"})
-
 
 def check_policy(arch: Architecture, hybrid: bool, mode: str | None, pp: int) -> None:
     """What shardformer refuses for this model: no policy at all under HybridParallelPlugin,
     or a sequence parallelism mode its policy does not run."""
-    family = arch.family
-    if hybrid and family not in POLICY_FAMILIES:
+    family = families.get(arch.family)
+    modes = family.colossalai_policy
+    if hybrid and modes is None:
         raise InvalidInputError(
-            f"ColossalAI's shardformer has no policy for {arch.name} ({family}; "
-            "shardformer/policies/auto_policy.py lists Llama, Mistral, Mixtral, Qwen2, Qwen3, "
-            "Cohere, GPT-2, Falcon, T5 among ftmem's families), which HybridParallelPlugin "
-            "needs: use --strategy colossalai-zero2 or colossalai-gemini without --tp/--pp/--cp."
+            f"ColossalAI's shardformer has no policy for {arch.name} ({family.name}; "
+            "shardformer/policies/auto_policy.py), which HybridParallelPlugin needs: use "
+            "--strategy colossalai-zero2 or colossalai-gemini without --tp/--pp/--cp."
         )
     if mode is None:
         return
-    modes = MODES_BY_FAMILY.get(family, frozenset())
     if not modes:
         raise InvalidInputError(
-            f"ColossalAI's {family} policy ignores sequence parallelism (it warns and runs "
-            f"without it): drop --sp-mode and --cp for {arch.name}."
+            f"ColossalAI's {family.name} policy ignores sequence parallelism (it warns and "
+            f"runs without it): drop --sp-mode and --cp for {arch.name}."
         )
     if mode not in modes:
         ran = ", ".join(sorted(modes))
         raise InvalidInputError(
-            f"ColossalAI's {family} policy runs sequence parallelism as {ran}, not {mode}."
+            f"ColossalAI's {family.name} policy runs sequence parallelism as {ran}, not {mode}."
         )
-    if pp > 1 and family == "mixtral":
+    if pp > 1 and arch.is_moe:
         raise InvalidInputError(
-            "ColossalAI's Mixtral policy refuses sequence parallelism with pipeline "
-            "parallelism (policies/mixtral.py:74): drop --pp or --sp-mode."
+            "ColossalAI's MoE policies (Mixtral's, DeepSeek's) refuse sequence parallelism with "
+            "pipeline parallelism (policies/mixtral.py:74): drop --pp or --sp-mode."
         )
 
 

@@ -28,6 +28,10 @@ Config = dict[str, Any]
 NoteKey = Literal["attention", "qlora", "bitfit-recompute"]
 
 
+# ColossalAI's sequence parallelism modes (shardformer/shard/shard_config.py:13)
+SP_MODES: frozenset[str] = frozenset({"split_gather", "ring", "all_to_all", "ring_attn"})
+
+
 @dataclass(frozen=True, slots=True)
 class ModuleNames:
     """Where transformers keeps each module, as parameter-name prefixes.
@@ -112,6 +116,11 @@ class Family:
     # peft's prefix tuning runs (peft 0.21 sizes the prefix per query head, which a
     # multi-query cache rejects: Falcon).
     prefix_tuning: bool = True
+    # ColossalAI shardformer's policy for the model (shardformer/policies/auto_policy.py
+    # at hpcaitech/ColossalAI 4f9953be335e; HybridParallelPlugin needs one): None where it
+    # has none, else the sequence parallelism modes that policy runs (empty: it warns and
+    # ignores them).
+    colossalai_policy: frozenset[str] | None = None
     # The dropouts its transformers model applies in training, as Architecture fields
     # (residual_dropout, embedding_dropout) -> the config.json key that sets each.
     dropout_keys: Mapping[str, str] = field(default_factory=dict)

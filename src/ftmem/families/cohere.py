@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ftmem.errors import ConfigError
-from ftmem.families import Family
+from ftmem.families import SP_MODES, Family
 from ftmem.families._config import Config, LlamaKeys, flag
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 
@@ -28,6 +28,8 @@ def _read(cfg: Config, out: Config) -> None:
 
 FAMILY = Family(
     name="cohere",
+    # ColossalAI shardformer: policies/command.py, modeling/command.py:28
+    colossalai_policy=SP_MODES,
     model_types=("cohere",),
     decoder_layer="CohereDecoderLayer",
     config=llama_map("cohere", LlamaKeys(optional=("attention_bias",), tie=True), _read),

@@ -84,6 +84,8 @@ def _build(arch: Architecture) -> Config:
 
 FAMILY = Family(
     name="falcon",
+    # ColossalAI shardformer: policies/falcon.py:43 warns and ignores sequence parallelism
+    colossalai_policy=frozenset(),
     model_types=("falcon",),
     decoder_layer="FalconDecoderLayer",
     config=ConfigMap(_read, _build),

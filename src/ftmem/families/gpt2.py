@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ftmem import limits
-from ftmem.families import ConfigMap, Family, ModuleNames
+from ftmem.families import SP_MODES, ConfigMap, Family, ModuleNames
 from ftmem.families._config import (
     HF_ACTIVATIONS,
     Config,
@@ -81,6 +81,8 @@ def _build(arch: Architecture) -> Config:
 
 FAMILY = Family(
     name="gpt2",
+    # ColossalAI shardformer: policies/gpt2.py:56 refuses all_to_all, :57-61 runs ring as split_gather
+    colossalai_policy=SP_MODES - {"all_to_all"},
     model_types=("gpt2",),
     decoder_layer="GPT2Block",
     config=ConfigMap(_read, _build),

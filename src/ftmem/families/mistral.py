@@ -6,6 +6,8 @@ from ftmem.families._llama import LLAMA_NAMES, llama_map
 
 FAMILY = Family(
     name="mistral",
+    # ColossalAI shardformer: policies/mistral.py:56 warns and ignores sequence parallelism
+    colossalai_policy=frozenset(),
     model_types=("mistral",),
     decoder_layer="MistralDecoderLayer",
     config=llama_map("mistral", LlamaKeys(window="always")),

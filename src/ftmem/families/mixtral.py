@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ftmem import limits
-from ftmem.families import Family
+from ftmem.families import SP_MODES, Family
 from ftmem.families._config import Config, LlamaKeys, need
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 
@@ -40,6 +40,8 @@ def _build_experts(arch: Architecture, kw: Config) -> None:
 
 FAMILY = Family(
     name="mixtral",
+    # ColossalAI shardformer: modeling/mixtral.py:591 refuses ring_attn
+    colossalai_policy=SP_MODES - {"ring_attn"},
     model_types=("mixtral",),
     decoder_layer="MixtralDecoderLayer",
     config=llama_map("mixtral", LlamaKeys(window="always"), _read_experts, _build_experts),

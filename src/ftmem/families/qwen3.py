@@ -4,7 +4,7 @@ alike) and an explicit head_dim; the sliding window is off unless asked for."""
 
 from __future__ import annotations
 
-from ftmem.families import Family
+from ftmem.families import SP_MODES, Family
 from ftmem.families._config import Config, LlamaKeys
 from ftmem.families._llama import LLAMA_NAMES, llama_map, window_off_by_default
 
@@ -16,6 +16,8 @@ def _read_qwen3(cfg: Config, out: Config) -> None:
 
 FAMILY = Family(
     name="qwen3",
+    # ColossalAI shardformer: modeling/qwen3.py refuses ring_attn
+    colossalai_policy=SP_MODES - {"ring_attn"},
     model_types=("qwen3",),
     decoder_layer="Qwen3DecoderLayer",
     config=llama_map(

@@ -90,6 +90,8 @@ def _build(arch: Architecture) -> Config:
 
 FAMILY = Family(
     name="t5",
+    # ColossalAI shardformer: policies/t5.py:79 warns and ignores sequence parallelism
+    colossalai_policy=frozenset(),
     model_types=("t5",),
     decoder_layer="T5Block",  # encoder and decoder blocks alike
     config=ConfigMap(_read, _build),
