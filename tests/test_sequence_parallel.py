@@ -3,6 +3,8 @@ against hand derivations from ColossalAI's source (hpcaitech/ColossalAI 4f9953be
 file:line in src/ftmem/sequence_parallel.py). Every byte count below is written out from
 the model's shapes: Llama-2-7B (h 4096, f 11008, 32 heads of 128, V 32000)."""
 
+import json
+
 import pytest
 
 from ftmem import estimate
@@ -13,6 +15,7 @@ from ftmem.parallel import parallel_step
 from ftmem.present.emit import emit_config
 from ftmem.presets import get_model
 from ftmem.sequence_parallel import SequenceSplit
+from ftmem.sources import resolve_model
 
 H, F, HEADS, D = 4096, 11008, 32, 128
 E, FP32 = 2, 4  # bf16 activations; the norms' fp32 input
@@ -105,7 +108,7 @@ def test_gpt2_fused_qkv_gathers_once():
     split = _step("gpt2", tp=tp, sp_mode="split_gather", seq_len=T)
     items = {x.what: x.nbytes for x in split.parts.typical_block}
     assert items["c_attn: gathered input"] == items["c_fc: gathered input"] == T * h * E
-    assert items["q/k/v projections: input (sequence shard)"] == T // tp * h * E
+    assert items["sequence shard of q/k/v projections: input"] == T // tp * h * E
     assert items["down_proj: input"] == T * 4 * h // tp * E  # row-parallel: unchanged
 
 
@@ -229,3 +232,74 @@ def test_plan_offers_split_gather_to_a_tensor_parallel_colossalai_run():
     assert first.estimate.parallel.sequence_parallel_mode == "split_gather"
     kept = 32 * 32768 * H * E
     assert kept == 8 * 2**30
+
+
+# Measured: what one TP rank's autograd graph keeps per decoder block (bytes), ColossalAI
+# 0.5.0 shardformer (pip; its shardformer/ matches hpcaitech/ColossalAI 4f9953be335e but for
+# layer/loss.py) on transformers 4.51.3, torch 2.13.0+cpu, two gloo ranks on CPU
+# (torchrun --nproc_per_node 2). A tiny LlamaForCausalLM (h 256, f 688, 2 layers, V 1000),
+# bf16, batch 1, sharded by ShardFormer(ShardConfig(enable_tensor_parallelism=True,
+# enable_sequence_parallelism=..., sequence_parallelism_mode=...)), model.train(), one
+# forward with labels. Every tensor saved for backward (saved_tensors_hooks, still alive
+# at the end of the forward) plus every tensor attribute of a custom Function's ctx
+# reachable from loss.grad_fn (ctx.gathered_input, shardformer/layer/_operation.py:562),
+# parameters left out, one count per storage, tagged by the module that ran it; the rotary
+# cos/sin shared by the blocks counted outside them. Both ranks measured the same. "sdpa":
+# the flash path (enable_flash_attention=True, ColoAttention.attention, which needs CUDA,
+# replaced by torch's scaled_dot_product_attention: q, k, v, output and logsumexp kept);
+# "eager": enable_flash_attention=False (ColossalAI's eager attention under sequence
+# parallelism, shardformer/modeling/llama.py:569-585; HF's eager path without it).
+# (heads, kv heads, seq len, attn, sp mode) -> bytes per block on one of the two ranks
+MEASURED_COLOSSALAI_BLOCK = {
+    (4, 4, 128, "sdpa", None): 1_009_664,
+    (4, 4, 128, "sdpa", "split_gather"): 1_074_688,
+    (4, 4, 128, "sdpa", "ring"): 1_074_688,
+    (4, 4, 128, "eager", None): 1_205_248,
+    (4, 4, 128, "eager", "split_gather"): 1_270_272,
+    (4, 4, 64, "sdpa", None): 504_832,
+    (4, 4, 64, "sdpa", "split_gather"): 537_344,
+    (4, 4, 64, "eager", None): 553_472,
+    (4, 4, 64, "eager", "split_gather"): 585_984,
+    (4, 2, 128, "sdpa", None): 976_896,
+    (4, 2, 128, "sdpa", "split_gather"): 1_041_920,
+    (8, 4, 128, "eager", None): 1_401_856,
+}
+# One KV head per TP rank, eager: repeat_kv's reshape of the stride-0 expand is a view
+# (transformers modeling_llama.py repeat_kv), so k and v keep one head, not a copy per
+# query head (ftmem counted the copies, 2 · 128 tokens · (128 − 64) · 2 bytes = 32,768 over,
+# until this measurement)
+MEASURED_COLOSSALAI_BLOCK |= {
+    (4, 2, 128, "eager", None): 1_172_480,
+    (4, 2, 128, "eager", "split_gather"): 1_237_504,
+}
+
+
+def _tiny_llama(tmp_path, heads: int, kv_heads: int):
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 256,
+        "intermediate_size": 688,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "num_hidden_layers": 2,
+        "vocab_size": 1000,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return resolve_model(str(tmp_path))
+
+
+def _tiny_block(tmp_path, heads, kv_heads, T, attn, mode) -> int:
+    arch = _tiny_llama(tmp_path, heads, kv_heads)
+    run = run_config(method="full", precision="bf16", seq_len=T, batch_size=1, attn=attn)
+    par = parallel_config(gpus=2, tp=2, strategy="colossalai-3d", sp_mode=mode)
+    return parallel_step(arch, run, par).parts.sizes.activations.per_block[0]
+
+
+@pytest.mark.parametrize(("key", "measured"), MEASURED_COLOSSALAI_BLOCK.items())
+def test_block_matches_colossalai_measurement(tmp_path, key, measured):
+    assert _tiny_block(tmp_path, *key) == measured

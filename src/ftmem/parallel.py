@@ -1552,16 +1552,16 @@ def _model_parallel_notes(
             f"holds up to {par.pp} - k micro-batches; the largest is stage {stage.stage} with "
             f"{stage.micro_batches}."
         )
+    if par.pp > 1 and run.grad_accum < par.pp:
+        notes.append(
+            f"--grad-accum {run.grad_accum} gives fewer micro-batches than the "
+            f"{par.pp} stages: most of the pipeline idles (raise --grad-accum)."
+        )
     if par.pp > 1 and s in COLOSSALAI:
         notes.append(
             "ColossalAI's pipeline keeps each micro-batch's received input and its output "
             "until its backward (input_objs, output_objs)."
         )
-        if run.grad_accum < par.pp:
-            notes.append(
-                f"--grad-accum {run.grad_accum} gives fewer micro-batches than the "
-                f"{par.pp} stages: most of the pipeline idles (raise --grad-accum)."
-            )
     if par.cp > 1:
         held = f"each rank holds {run.seq_len // par.cp:,} of the {run.seq_len:,} tokens"
         if mode == "all_to_all":

@@ -92,7 +92,7 @@ class SequenceSplit:
                 out.append(x._replace(nbytes=self.tokens(x.nbytes)))
             elif x.kind is Kind.LINEAR_INPUT and not self._row_parallel(x):
                 out.append(
-                    x._replace(what=f"{x.what} (sequence shard)", nbytes=self.tokens(x.nbytes))
+                    x.relabelled("sequence shard of ")._replace(nbytes=self.tokens(x.nbytes))
                 )
                 out += [
                     Saved(

@@ -233,6 +233,13 @@ def _methods_and_shapes() -> list[Case]:
         for precision in ("fp32", "bf16", "bf16-mixed"):
             for m in MATRIX_METHODS:
                 cases.append(Case(family, {**m, "precision": precision}))
+    # one key/value head (Gemma's MQA): eager repeat_kv makes a stride-0 view, which
+    # matmul's bmm copies unless the batch is one sequence
+    for b in (1, 2):
+        for m in ({"method": "full"}, {"method": "lora"}):
+            cases.append(
+                Case("gemma", {**m, "precision": "bf16", "attn": "eager", "batch_size": b})
+            )
     # attention implementation, checkpointing and sizes on the main families
     for family in ("llama", "mistral", "gpt2", "qwen2", "qwen3"):
         for precision in ("bf16", "fp32"):

@@ -72,8 +72,12 @@ class Attention:
             # q, k, v are views of c_attn's output: its whole storage stays alive
             keep("c_attn output (q, k, v views)", T * (q + 2 * kv) * e, Kind.ATTN_QKV)
         elif eager:
-            # repeat_kv copies k and v to every query head (GQA/MQA)
-            kv_saved = q if kv != q else kv
+            # repeat_kv copies k and v to every query head (GQA). One KV head repeats as a
+            # stride-0 view, and matmul's fold of (batch, heads) into one dim stays a view
+            # only for one sequence: otherwise bmm keeps a copy (measured, Gemma's MQA, and
+            # one KV head per TP rank under ColossalAI, tests/test_sequence_parallel)
+            one_view = arch.kv_heads == 1 and run.batch_size == 1
+            kv_saved = kv if kv == q or one_view else q
             Tk = T + b * P  # keys and values include a prefix
             if "k" in needs_grad:
                 keep("rotary q", T * q * e, Kind.ATTN_QK)
