@@ -152,6 +152,27 @@ TINY: dict[str, dict] = {
         experts_per_token=2,
         qk_norm=True,
     ),
+    # DeepSeek-V3: latent attention (a query latent and a key/value latent, each with its
+    # RMSNorm, the rotary on 8 of each head's 24 dims, values 16 wide), 8 routed experts
+    # with a shared one, and a dense first block (first_k_dense_replace 1)
+    "deepseek_v3": dict(
+        family="deepseek_v3",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=3,
+        num_heads=4,
+        head_dim=24,
+        rotary_dim=8,
+        v_head_dim=16,
+        q_lora_rank=32,
+        kv_lora_rank=16,
+        intermediate_size=48,
+        num_experts=8,
+        experts_per_token=2,
+        shared_experts_size=48,
+        dense_layers=1,
+        dense_intermediate_size=160,
+    ),
     # Granite: Llama with scalar multipliers (the logits divided by logits_scaling)
     "granite": dict(
         family="granite",

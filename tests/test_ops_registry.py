@@ -17,6 +17,7 @@ EXPECTED = {
     "dropout",
     "embedding",
     "linear",
+    "latent_attention",
     "loss",
     "mlp",
     "moe",

@@ -21,6 +21,7 @@ from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.dropout import Dropout
 from ftmem.ops.embedding import Embedding
+from ftmem.ops.latent_attention import LatentAttention
 from ftmem.ops.linear import LinearOp
 from ftmem.ops.loss import Loss, PreferenceLoss
 from ftmem.ops.mlp import MLP
@@ -32,10 +33,13 @@ from ftmem.run import RunConfig
 
 @lru_cache(maxsize=512)  # the same for every estimate of the model
 def _block_linears(
-    arch: Architecture,
+    arch: Architecture, i: int
 ) -> tuple[tuple[Linear, ...], tuple[Linear, ...], tuple[Linear, ...]]:
-    """A block's linears: those reading the attention input (q, k, v), o, the MLP's."""
-    linears = layout(arch).linears
+    """Block ``i``'s linears: those reading the attention input (q, k, v), o, the MLP's
+    (DeepSeek's first blocks have a dense MLP, the others experts)."""
+    linears = tuple(lin for lin in layout(arch).linears if lin.blocks is None or (
+        lin.blocks[0] <= i < lin.blocks[1]
+    ))  # fmt: skip
     qkv = tuple(lin for lin in linears if set(lin.roles) & {"q", "k", "v"})
     o = tuple(lin for lin in linears if lin.roles == ("o",))
     mlp = tuple(lin for lin in linears if lin not in qkv and lin not in o)
@@ -43,11 +47,18 @@ def _block_linears(
 
 
 def block_saved(
-    arch: Architecture, run: RunConfig, plan: MethodPlan, state: BlockState, tokens: int
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    state: BlockState,
+    tokens: int,
+    dense: bool = False,
 ) -> list[Saved]:
-    """Tensors one decoder block saves for backward."""
+    """Tensors one decoder block saves for backward. ``dense``: one of the first blocks of
+    a stack whose others have experts (``arch.dense_layers``); by default the top block."""
     ctx = LayerContext(arch, run, plan, tokens)
-    qkv, o, mlp = (list(group) for group in _block_linears(arch))
+    i = 0 if dense else arch.num_layers - 1
+    qkv, o, mlp = (list(group) for group in _block_linears(arch, i))
     x = state.input_requires_grad
     w = state.weights_trainable
     wn = w or state.norm_bias or state.norms_trained  # a norm's own parameters train
@@ -64,21 +75,16 @@ def block_saved(
     if parallel_norms:
         out += Norm.saved(ctx, "ln_mlp", x, wn, Side.MLP, input_kept=True)
     qkv_in_grad = x if post_norms else x or wn
-    out += LinearOp.saved(ctx, qkv, state, qkv_in_grad, "q/k/v projections", h, ctx.residual)
     prefix = run.prefix_len > 0  # the layer's key/value prefix trains
     q_grad = x or w or adapted_attn or bias_attn or wn or prefix
-    if x or w or state.norm_bias or state.norms_trained:
-        attn_grads = frozenset({"q", "k", "v"})
-    else:
-        attn_grads = frozenset(
-            r for lin in qkv if lin.module in state.adapted | biased for r in lin.roles
-        ) | (frozenset({"k", "v"}) if prefix else frozenset())
-        attn_grads |= frozenset({"q", "k"}) if state.qk_norms_trained else frozenset()
-    out += QKNorm.saved(ctx, state, qkv, x or w or wn, wn or state.qk_norms_trained)
-    out += Attention.saved(ctx, attn_grads)
     # the attention output is the o_proj input: one storage, kept by the fused kernels
     kernel_keeps_o_input = not runs_eager(arch, run) and arch.traits.o_proj_reads_kernel_output
-    out += LinearOp.saved(ctx, o, state, q_grad, "o_proj", arch.q_size, ctx.e, kernel_keeps_o_input)
+    if arch.latent_attention:
+        out += LatentAttention.saved(ctx, state, tuple(qkv), qkv_in_grad, q_grad, wn)
+        kernel_keeps_o_input = LatentAttention.o_reads_kernel_output(ctx)
+    else:
+        out += _attention(ctx, state, qkv, qkv_in_grad, adapted_attn, bias_attn, prefix)
+    out += LinearOp.saved(ctx, o, state, q_grad, "o_proj", arch.v_size, ctx.e, kernel_keeps_o_input)
     after_attn = (
         x or w or adapted_attn or bias_attn or wn or prefix
         or any(lin.module in state.adapted | biased for lin in o)
@@ -91,6 +97,33 @@ def block_saved(
         )  # fmt: skip
     out += _mlp_side(ctx, state, mlp, x, after_attn)
     return [s for s in out if s.nbytes]
+
+
+def _attention(
+    ctx: LayerContext,
+    state: BlockState,
+    qkv: list[Linear],
+    in_grad: bool,
+    adapted_attn: bool,
+    bias_attn: bool,
+    prefix: bool,
+) -> list[Saved]:
+    """Multi-head attention from its q/k/v projections to the kernel's saved tensors."""
+    x, w = state.input_requires_grad, state.weights_trainable
+    wn = w or state.norm_bias or state.norms_trained
+    biased = state.biased | state.scaled | state.trained | state.bottleneck
+    h = ctx.arch.hidden_size
+    out = LinearOp.saved(ctx, qkv, state, in_grad, "q/k/v projections", h, ctx.residual)
+    if x or w or state.norm_bias or state.norms_trained:
+        attn_grads = frozenset({"q", "k", "v"})
+    else:
+        attn_grads = frozenset(
+            r for lin in qkv if lin.module in state.adapted | biased for r in lin.roles
+        ) | (frozenset({"k", "v"}) if prefix else frozenset())
+        attn_grads |= frozenset({"q", "k"}) if state.qk_norms_trained else frozenset()
+    out += QKNorm.saved(ctx, state, qkv, x or w or wn, wn or state.qk_norms_trained)
+    out += Attention.saved(ctx, attn_grads)
+    return out
 
 
 def _mlp_side(

@@ -10,7 +10,8 @@ template repeated ``num_layers`` times, so counts are exact and fast.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from math import prod
 from typing import Literal
@@ -20,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     FiniteFloat,
+    NonNegativeInt,
     PositiveInt,
     field_validator,
     model_validator,
@@ -88,6 +90,30 @@ class Architecture(BaseModel):
     max_position_embeddings: PositiveInt = 4096
     num_experts: PositiveInt = Field(1, description="MoE experts per layer (1 = dense MLP).")
     experts_per_token: PositiveInt = 1
+    shared_experts_size: NonNegativeInt = Field(
+        0,
+        description="MoE: width of the dense MLP every token takes beside its routed experts "
+        "(DeepSeek's shared_experts: moe_intermediate_size × n_shared_experts); 0 = none.",
+    )
+    dense_layers: NonNegativeInt = Field(
+        0,
+        description="MoE: the first blocks with a dense MLP instead of experts (DeepSeek's "
+        "first_k_dense_replace).",
+    )
+    dense_intermediate_size: PositiveInt | None = Field(
+        None, description="The dense blocks' MLP width (dense_layers > 0)."
+    )
+    kv_lora_rank: PositiveInt | None = Field(
+        None,
+        description="Multi-head latent attention (DeepSeek-V2/V3): the width of the "
+        "compressed key/value latent; head_dim is then qk_nope + qk_rope, rotary_dim qk_rope.",
+    )
+    q_lora_rank: PositiveInt | None = Field(
+        None, description="MLA: the compressed query's width (None: one q_proj)."
+    )
+    v_head_dim: PositiveInt | None = Field(
+        None, description="MLA: each head's value width (= head_dim if unset)."
+    )
     sliding_window: PositiveInt | None = None
     final_logit_softcapping: FiniteFloat | None = None
     attn_logit_softcapping: FiniteFloat | None = Field(
@@ -156,12 +182,42 @@ class Architecture(BaseModel):
                 f"rotary_dim ({self.rotary_dim}) is for rotary models, at most head_dim "
                 f"({self.head_size})"
             )
+        self._fits_latent_and_stack()
         if self.experts_per_token > self.num_experts:
             raise ValueError(
                 f"experts_per_token ({self.experts_per_token}) exceeds num_experts "
                 f"({self.num_experts})"
             )
         return self
+
+    def _fits_latent_and_stack(self) -> None:
+        """Multi-head latent attention and a stack of dense then sparse blocks are what
+        the family builds, with the widths they need."""
+        names = self.traits.names
+        if (self.kv_lora_rank is not None) != ("kv_a" in names.attention):
+            raise ValueError(
+                f"kv_lora_rank: the {self.family} family "
+                + ("has" if "kv_a" in names.attention else "has no")
+                + " multi-head latent attention"
+            )
+        if self.kv_lora_rank is None and (self.q_lora_rank or self.v_head_dim):
+            raise ValueError("q_lora_rank and v_head_dim are for latent attention (kv_lora_rank)")
+        if self.kv_lora_rank is not None and (
+            self.rotary_dim is None or self.kv_heads != self.num_heads
+        ):
+            raise ValueError(
+                "latent attention needs rotary_dim (qk_rope_head_dim) and as many key/value "
+                "heads as heads"
+            )
+        if (self.shared_experts_size or self.dense_layers) and not self.is_moe:
+            raise ValueError("shared_experts_size and dense_layers are for MoE models")
+        if self.dense_layers >= self.num_layers:
+            raise ValueError(
+                f"dense_layers ({self.dense_layers}) must leave sparse blocks of the "
+                f"{self.num_layers}"
+            )
+        if bool(self.dense_layers) != (self.dense_intermediate_size is not None):
+            raise ValueError("dense_layers and dense_intermediate_size go together")
 
     def _fits_family(self) -> None:
         """The layout asked for is one transformers builds for the family."""
@@ -211,6 +267,30 @@ class Architecture(BaseModel):
         return self.num_heads * self.head_size
 
     @property
+    def v_size(self) -> int:
+        """The attention output's width, o_proj's input (MLA: heads × v_head_dim)."""
+        return self.num_heads * (self.v_head_dim or self.head_size)
+
+    @property
+    def latent_attention(self) -> bool:
+        return self.kv_lora_rank is not None
+
+    @property
+    def cache_widths(self) -> tuple[int, int]:
+        """What transformers' cache keeps per token and layer, as (key, value) widths: the
+        keys and values of the kv heads, or under latent attention the compressed latent
+        and the shared rotary key (transformers 5.24 DeepseekV3Attention.forward:
+        ``cache.update(kv_nope, k_rot, ...)`` before kv_b_proj expands them)."""
+        if self.kv_lora_rank is not None:
+            return self.kv_lora_rank, self.rotary_size
+        return self.kv_size, self.kv_size
+
+    @property
+    def sparse_blocks(self) -> tuple[int, int]:
+        """The blocks [first, last) with experts (DeepSeek: after its dense ones)."""
+        return (self.dense_layers, self.num_layers)
+
+    @property
     def kv_size(self) -> int:
         return self.kv_heads * self.head_size
 
@@ -244,6 +324,12 @@ BOUNDS: dict[str, limits.Bound] = {
     "intermediate_size": limits.WIDTH,
     "max_position_embeddings": limits.TOKENS,
     "num_experts": limits.EXPERTS,
+    "shared_experts_size": limits.WIDTH,
+    "dense_layers": limits.LAYERS,
+    "dense_intermediate_size": limits.WIDTH,
+    "kv_lora_rank": limits.WIDTH,
+    "q_lora_rank": limits.WIDTH,
+    "v_head_dim": limits.WIDTH,
     "experts_per_token": limits.EXPERTS,
     "sliding_window": limits.TOKENS,
     "relative_attention_num_buckets": limits.WIDTH,
@@ -259,10 +345,20 @@ class Param:
     shape: tuple[int, ...]
     kind: ParamKind
     roles: tuple[Role, ...] = ()  # linear weights/biases: the projections this tensor serves
+    # the blocks [first, last) that hold it, where not every block does (DeepSeek's dense
+    # MLP in its first blocks, its experts in the others)
+    blocks: tuple[int, int] | None = None
 
     @property
     def numel(self) -> int:
         return prod(self.shape)
+
+    def count(self, num_layers: int) -> int:
+        """How many of the ``num_layers`` blocks hold this tensor."""
+        return num_layers if self.blocks is None else self.blocks[1] - self.blocks[0]
+
+    def in_block(self, i: int) -> bool:
+        return self.blocks is None or self.blocks[0] <= i < self.blocks[1]
 
     @property
     def is_head(self) -> bool:
@@ -291,6 +387,7 @@ class Linear:
     # peft's "all-linear" skips them and the parameter has no ".weight" suffix.
     is_module: bool = True
     quantizable: bool = True  # T5's wo is in _keep_in_fp32_modules: bitsandbytes skips it
+    blocks: tuple[int, int] | None = None  # as Param.blocks: where not in every block
     # Derived once (every estimate names saved tensors after them, hundreds of times):
     leaf: str = field(init=False, repr=False, compare=False)
     # how saved items name it: the leaf, with its parent where one block has the leaf
@@ -315,7 +412,8 @@ class Layout:
 
     @property
     def block_params(self) -> int:
-        return sum(p.numel for p in self.block)
+        """One block's parameters (the top block's, where blocks differ)."""
+        return sum(p.numel for p in self.block if p.in_block(self.num_layers - 1))
 
     @property
     def outer_params(self) -> int:
@@ -323,7 +421,7 @@ class Layout:
 
     @property
     def total_params(self) -> int:
-        return self.outer_params + self.num_layers * self.block_params
+        return self.outer_params + sum(p.numel * p.count(self.num_layers) for p in self.block)
 
 
 def block_prefix(arch: Architecture) -> str:
@@ -400,7 +498,9 @@ def _linears(arch: Architecture) -> list[Linear]:
     names = arch.traits.names
     attn = names.attention
     out: list[Linear] = []
-    if "qkv" in attn:
+    if arch.latent_attention:
+        out += _latent_attention(arch)
+    elif "qkv" in attn:
         out.append(Linear(attn["qkv"], ("q", "k", "v"), h, q + 2 * kv, qkv_b))
     else:
         out += [
@@ -408,14 +508,18 @@ def _linears(arch: Architecture) -> list[Linear]:
             Linear(attn["k"], ("k",), h, kv, qkv_b),
             Linear(attn["v"], ("v",), h, kv, qkv_b),
         ]
-    out.append(Linear(attn["o"], ("o",), q, h, out_b))
+    out.append(Linear(attn["o"], ("o",), arch.v_size, h, out_b))
 
     if arch.is_moe:
         experts = names.experts
         share = arch.experts_per_token / arch.num_experts
         e = arch.num_experts
+        sparse = arch.sparse_blocks if arch.dense_layers else None
+        if arch.dense_layers:
+            dense = _dense_mlp(arch, names.mlp, arch.dense_intermediate_size or ffn, mlp_b)
+            out += [replace(lin, blocks=(0, arch.dense_layers)) for lin in dense]
         out += [
-            Linear(experts["router"], ("router",), h, e, False, is_module=False),
+            Linear(experts["router"], ("router",), h, e, False, is_module=False, blocks=sparse),
             Linear(
                 experts["gate_up"],
                 ("gate", "up"),
@@ -425,6 +529,7 @@ def _linears(arch: Architecture) -> list[Linear]:
                 copies=e,
                 tokens_fraction=share,
                 is_module=False,
+                blocks=sparse,
             ),
             Linear(
                 experts["down"],
@@ -435,22 +540,71 @@ def _linears(arch: Architecture) -> list[Linear]:
                 copies=e,
                 tokens_fraction=share,
                 is_module=False,
+                blocks=sparse,
             ),
         ]
+        if arch.shared_experts_size:
+            shared = _dense_mlp(arch, names.shared_experts, arch.shared_experts_size, mlp_b)
+            out += [replace(lin, blocks=sparse) for lin in shared]
         return out
-    mlp = names.mlp
+    return out + _dense_mlp(arch, names.mlp, ffn, mlp_b)
+
+
+def _dense_mlp(arch: Architecture, mlp: Mapping[str, str], ffn: int, bias: bool) -> list[Linear]:
+    """A dense MLP's linears (gated or plain) of width ``ffn``: the block's own, or beside
+    the experts (DeepSeek's shared experts)."""
+    h = arch.hidden_size
+    out: list[Linear] = []
     if arch.mlp == "gated":
         if "gate_up" in mlp:
-            out.append(Linear(mlp["gate_up"], ("gate", "up"), h, 2 * ffn, mlp_b))
+            out.append(Linear(mlp["gate_up"], ("gate", "up"), h, 2 * ffn, bias))
         else:
             out += [
-                Linear(mlp["gate"], ("gate",), h, ffn, mlp_b),
-                Linear(mlp["up"], ("up",), h, ffn, mlp_b),
+                Linear(mlp["gate"], ("gate",), h, ffn, bias),
+                Linear(mlp["up"], ("up",), h, ffn, bias),
             ]
     else:
-        out.append(Linear(mlp["up"], ("up",), h, ffn, mlp_b))
-    out.append(Linear(mlp["down"], ("down",), ffn, h, mlp_b))
+        out.append(Linear(mlp["up"], ("up",), h, ffn, bias))
+    out.append(Linear(mlp["down"], ("down",), ffn, h, bias))
     return out
+
+
+def _latent_attention(arch: Architecture) -> list[Linear]:
+    """Multi-head latent attention's projections (transformers 5.24
+    models/deepseek_v3/modeling_deepseek_v3.py DeepseekV3Attention.__init__): the query
+    through a rank-q_lora_rank bottleneck (q_a_proj, its norm, q_b_proj) or one q_proj;
+    keys and values from one latent of width kv_lora_rank plus the shared rotary key
+    (kv_a_proj_with_mqa), expanded per head by kv_b_proj to qk_nope + v_head_dim. Only
+    q_a_proj and kv_a_proj_with_mqa take ``attention_bias``; o_proj reads heads × v_head_dim
+    (added by the caller)."""
+    attn, h = arch.traits.names.attention, arch.hidden_size
+    rank, kv_rank, bias = arch.q_lora_rank, arch.kv_lora_rank or 0, arch.attention_qkv_bias
+    rope = arch.rotary_size
+    nope = arch.head_size - rope
+    out: list[Linear] = []
+    if rank is None:
+        out.append(Linear(attn["q"], ("q",), h, arch.q_size, False))
+    else:
+        out += [
+            Linear(attn["q_a"], ("q",), h, rank, bias),
+            Linear(attn["q_b"], ("q",), rank, arch.q_size, False),
+        ]
+    v_width = arch.v_size // arch.num_heads
+    out += [
+        Linear(attn["kv_a"], ("k", "v"), h, kv_rank + rope, bias),
+        Linear(attn["kv_b"], ("k", "v"), kv_rank, arch.num_heads * (nope + v_width), False),
+    ]
+    return out
+
+
+def latent_norm_params(arch: Architecture) -> list[Param]:
+    """MLA's RMSNorms on its latents: q_a_layernorm (q_lora_rank) and kv_a_layernorm
+    (kv_lora_rank), kept by the attention module."""
+    if not arch.latent_attention:
+        return []
+    attention = arch.traits.names.attention["o"].rsplit(".", 1)[0]
+    widths = {"q_a_layernorm": arch.q_lora_rank, "kv_a_layernorm": arch.kv_lora_rank}
+    return [Param(f"{attention}.{n}.weight", (w,), "norm") for n, w in widths.items() if w]
 
 
 def _norm_params(prefix: str, arch: Architecture) -> list[Param]:
@@ -492,16 +646,16 @@ def layout(arch: Architecture) -> Layout:
             if arch.traits.conv1d
             else (lin.out_features, lin.in_features)
         )
-        block.append(Param(weight_name, (*experts, *dims), kind, lin.roles))
+        block.append(Param(weight_name, (*experts, *dims), kind, lin.roles, lin.blocks))
         if lin.bias:
-            block.append(
-                Param(f"{lin.module}.bias", (*experts, lin.out_features), "linear_bias", lin.roles)
-            )
+            shape = (*experts, lin.out_features)
+            block.append(Param(f"{lin.module}.bias", shape, "linear_bias", lin.roles, lin.blocks))
     if arch.encoder_decoder:
         norm_names = tuple(_t5_block(arch)[1])
     else:
         norm_names = names.norms[arch.norms_per_block]
     block += qk_norm_params(arch)
+    block += latent_norm_params(arch)
     for norm_name in norm_names:
         block += _norm_params(norm_name, arch)
 

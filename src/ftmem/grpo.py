@@ -193,8 +193,9 @@ def buffered_bytes(run: RunConfig, e: int) -> int:
 
 def kv_cache_bytes(arch: Architecture, rows: int, tokens: int, e: int) -> int:
     """transformers' DynamicCache: a key and a value per layer, rows x kv_heads x tokens
-    x head_size in the compute dtype."""
-    return 2 * arch.num_layers * rows * arch.kv_heads * tokens * arch.head_size * e
+    x head_size in the compute dtype (Architecture.cache_widths: latent attention's
+    compressed latent and rotary key)."""
+    return arch.num_layers * rows * tokens * sum(arch.cache_widths) * e
 
 
 def generation_moment(arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:

@@ -91,6 +91,11 @@ def merge_estimate(arch: Architecture, cfg: MergeConfig) -> MergeEstimate:
                 f"{arch.name} is an encoder-decoder: stack merges (depth up-scaling) slice "
                 "decoder-only blocks; use a weighted merge."
             )
+        if arch.dense_layers:
+            raise InvalidInputError(
+                f"{arch.name}'s first {arch.dense_layers} blocks are dense and the others have "
+                "experts: stack merges of blocks that differ are not modelled; use a weighted merge."
+            )
         slices = parse_slices(cfg.layers, arch.num_layers)
         blocks = sum(b - a for a, b in slices)
         limits.LAYERS.check("--layers (the stacked model's blocks)", blocks)  # 5,000 slices

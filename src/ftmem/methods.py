@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from math import prod
 
-from ftmem.arch import ATTENTION_ROLES, Architecture, Linear, Param, layout, param_path
+from ftmem.arch import (
+    ATTENTION_ROLES,
+    MLP_ROLES,
+    Architecture,
+    Linear,
+    Param,
+    layout,
+    param_path,
+)
 from ftmem.dtypes import BYTES_PER_ELEMENT, StorageFormat, is_quantized, tensor_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.precision import Dtypes, resolve_dtypes
@@ -202,7 +210,17 @@ _ROLE_ALIASES = {"q": "q", "k": "k", "v": "v", "o": "o", "gate": "gate", "up": "
 
 def adapted_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     """The block linears that get an adapter, from ``run.targets``."""
-    return select_linears(arch, run.targets, "LoRA target")
+    chosen = select_linears(arch, run.targets, "LoRA target")
+    if arch.is_moe and any(set(lin.roles) & set(MLP_ROLES) for lin in chosen):
+        # peft 0.21.2 utils/transformers_weight_conversion.py _convert_peft_config_moe:
+        # on a transformers-5 MoE model, gate/up/down targets become LoRA on the 3-D experts
+        # (target_parameters) and leave the dense and shared MLPs without adapters
+        raise InvalidInputError(
+            f"LoRA on {arch.name}'s MLP projections is not modelled: peft turns gate/up/down "
+            "targets into LoRA on the routed experts' 3-D weights; target the attention "
+            "(--lora-targets attention) instead."
+        )
+    return chosen
 
 
 def ia3_linears(arch: Architecture, run: RunConfig) -> tuple[tuple[Linear, bool], ...]:
@@ -490,34 +508,43 @@ def _block_groups(
     groups: list[TensorGroup] = []
     for p in lay.block:
         fmt = _base_format(p, dtypes, keep_unquantized)
+        if p.kind == "router" and arch.traits.router_fp32:
+            fmt = "fp32"  # (its _keep_in_fp32_modules_strict)
+        n_blocks = p.count(L)  # a dense or sparse block's own tensors are in fewer
+        top = L - trainable_blocks  # (freeze trains the blocks from the top)
         if run.method == "partial":
-            n = sum(p.name in names for names in trained_by_block)
-            if L - n:
-                groups.append(TensorGroup(p.name, p.shape, L - n, fmt, False))
+            n = sum(p.name in names and p.in_block(i) for i, names in enumerate(trained_by_block))
+            if n_blocks - n:
+                groups.append(TensorGroup(p.name, p.shape, n_blocks - n, fmt, False))
             if n:
                 groups.append(TensorGroup(p.name, p.shape, n, fmt, True))
         elif run.method in ("full", "galore"):
             rank = galore_ranks.get(p.name, 0)
-            groups.append(TensorGroup(p.name, p.shape, L, fmt, True, galore_rank=rank))
+            groups.append(TensorGroup(p.name, p.shape, n_blocks, fmt, True, galore_rank=rank))
         elif run.method == "freeze":
-            if L - trainable_blocks:
-                groups.append(TensorGroup(p.name, p.shape, L - trainable_blocks, fmt, False))
-            groups.append(TensorGroup(p.name, p.shape, trainable_blocks, fmt, True))
+            trained = sum(p.in_block(i) for i in range(top, L))
+            if n_blocks - trained:
+                groups.append(TensorGroup(p.name, p.shape, n_blocks - trained, fmt, False))
+            if trained:
+                groups.append(TensorGroup(p.name, p.shape, trained, fmt, True))
         elif run.method == "bitfit":
-            groups.append(TensorGroup(p.name, p.shape, L, fmt, _is_bias(p)))
+            groups.append(TensorGroup(p.name, p.shape, n_blocks, fmt, _is_bias(p)))
         else:
             # LongLoRA also trains every norm (its trainable_params "embed,norm")
             trains = run.method == "longlora" and p.kind == "norm"
             dq, lay4 = run.uses_double_quant, nf4_layout(run)
             groups.append(
-                TensorGroup(p.name, p.shape, L, fmt, trains, double_quant=dq, layout=lay4)
+                TensorGroup(p.name, p.shape, n_blocks, fmt, trains, double_quant=dq, layout=lay4)
             )
     return groups
 
 
-def _adapter(name: str, shape: tuple[int, ...], arch: Architecture, dtypes: Dtypes) -> TensorGroup:
-    """One trainable adapter tensor in every block, in the adapter dtype."""
-    return TensorGroup(name, shape, arch.num_layers, dtypes.adapter, True, adapter=True)
+def _adapter(
+    name: str, shape: tuple[int, ...], arch: Architecture, dtypes: Dtypes, lin: Linear
+) -> TensorGroup:
+    """One trainable adapter tensor in every block holding ``lin``, in the adapter dtype."""
+    blocks = arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+    return TensorGroup(name, shape, blocks, dtypes.adapter, True, adapter=True)
 
 
 def _lora_groups(
@@ -528,11 +555,11 @@ def _lora_groups(
     r = run.r
     groups: list[TensorGroup] = []
     for lin in adapted:
-        groups.append(_adapter(f"{lin.module}.lora_A", (r, lin.in_features), arch, dtypes))
-        groups.append(_adapter(f"{lin.module}.lora_B", (lin.out_features, r), arch, dtypes))
+        groups.append(_adapter(f"{lin.module}.lora_A", (r, lin.in_features), arch, dtypes, lin))
+        groups.append(_adapter(f"{lin.module}.lora_B", (lin.out_features, r), arch, dtypes, lin))
         if run.method == "dora":
             name = f"{lin.module}.lora_magnitude_vector"
-            groups.append(_adapter(name, (lin.out_features,), arch, dtypes))
+            groups.append(_adapter(name, (lin.out_features,), arch, dtypes, lin))
     return groups
 
 
@@ -543,7 +570,7 @@ def _ia3_groups(
     groups: list[TensorGroup] = []
     for lin, feedforward in scaled:
         shape: tuple[int, ...] = (1, lin.in_features) if feedforward else (lin.out_features, 1)
-        groups.append(_adapter(f"{lin.module}.ia3_l", shape, arch, dtypes))
+        groups.append(_adapter(f"{lin.module}.ia3_l", shape, arch, dtypes, lin))
     return groups
 
 
@@ -560,7 +587,7 @@ def _bottleneck_groups(
             ("up.weight", (lin.out_features, m)),
             ("up.bias", (lin.out_features,)),
         ):
-            groups.append(_adapter(f"{lin.module}.adapter.{part}", shape, arch, dtypes))
+            groups.append(_adapter(f"{lin.module}.adapter.{part}", shape, arch, dtypes, lin))
     return groups
 
 
@@ -680,7 +707,7 @@ def partial_trainable(
 
     outer = frozenset(p.name for p in lay.outer if hit(p.name))
     blocks = tuple(
-        frozenset(p.name for p in lay.block if hit(param_path(arch, i, p.name)))
+        frozenset(p.name for p in lay.block if p.in_block(i) and hit(param_path(arch, i, p.name)))
         for i in range(arch.num_layers)
     )
     for i, item in enumerate(items):

@@ -214,9 +214,9 @@ def generation_tensors(
     # transformers' DynamicCache appends with torch.cat at every token: the cache, plus
     # one layer's k and v being re-made one token longer; the step's fp32 scores
     # (calibration/notes/peft.md, Doubts)
-    one = batch * arch.kv_heads * length * arch.head_size * c
-    cache = [one] * (2 * arch.num_layers)
-    return (*cache, one, one, FP32 * batch * arch.vocab_size)
+    k, v = (batch * length * width * c for width in arch.cache_widths)
+    cache = [k, v] * arch.num_layers
+    return (*cache, k, v, FP32 * batch * arch.vocab_size)
 
 
 def merge_tensors(plan: MethodPlan) -> tuple[int, ...]:

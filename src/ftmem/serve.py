@@ -85,7 +85,7 @@ def weight_bytes(arch: Architecture, fmt: WeightFormat) -> int:
         quantizable = p.kind in ("linear", "expert") and fmt not in ("bf16", "fp16", "fp32")
         if not quantizable:
             base = fmt if fmt in ("fp16", "fp32") else "bf16"
-            total += arch.num_layers * tensor_bytes(p.numel, base)
+            total += p.count(arch.num_layers) * tensor_bytes(p.numel, base)
             continue
         out_features = p.shape[-2] if len(p.shape) >= 2 else p.shape[0]
         if fmt == "int4":
@@ -101,11 +101,17 @@ def weight_bytes(arch: Architecture, fmt: WeightFormat) -> int:
             b = p.numel + FP32  # one fp32 scale per tensor
         else:
             b = tensor_bytes(p.numel, fmt, out_features)
-        total += arch.num_layers * b
+        total += p.count(arch.num_layers) * b
     return total
 
 
 def kv_bytes_per_token(arch: Architecture, kv_dtype: KvDtype) -> int:
+    if arch.latent_attention:
+        # MLA caches one compressed latent and the shared rotary key per token, not keys
+        # and values per head (vLLM's MLA: head size kv_lora_rank + qk_rope_head_dim, one
+        # KV head, one cache tensor; transformers 5.24 DeepseekV3Attention caches the same)
+        width = (arch.kv_lora_rank or 0) + arch.rotary_size
+        return arch.num_layers * width * BYTES_PER_ELEMENT[kv_dtype]
     return 2 * arch.num_layers * arch.kv_heads * arch.head_size * BYTES_PER_ELEMENT[kv_dtype]
 
 

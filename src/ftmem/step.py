@@ -305,22 +305,25 @@ def _block_activations(
 ) -> _BlockActivations:
     """Activations per block, derived once per distinct block state."""
     block_states = _block_states(arch, run, plan)
-    cache: dict[BlockState, list[Saved]] = {}
+    cache: dict[tuple[BlockState, bool], list[Saved]] = {}
     per_block: list[int] = []
     rebuilt: list[int] = []  # checkpointing: what each block's recompute adds
-    previous, previous_sum, previous_rebuilt = None, 0, 0
-    for st in block_states:
-        if st is not previous:  # consecutive blocks usually share one state object
-            if st not in cache:
-                saved = block_saved(arch, run, plan, st, T)
-                cache[st] = saved if split is None else split.block(saved)
-            previous, previous_sum = st, _sum(cache[st])
+    previous: tuple[BlockState, bool] | None = None
+    previous_sum, previous_rebuilt = 0, 0
+    for i, st in enumerate(block_states):
+        key = (st, i < arch.dense_layers)  # (DeepSeek's first blocks are dense)
+        if key != previous:  # consecutive blocks usually share one state object
+            if key not in cache:
+                saved = block_saved(arch, run, plan, st, T, dense=key[1])
+                cache[key] = saved if split is None else split.block(saved)
+            previous, previous_sum = key, _sum(cache[key])
             own_input = compiled_layers(run) or profile_of(run).kernel_rms_norm
-            reused = Norm.recompute_reuses_input(arch, plan, cache[st], T, own_input)
+            reused = Norm.recompute_reuses_input(arch, plan, cache[key], T, own_input)
             previous_rebuilt = previous_sum - reused
         per_block.append(previous_sum)
         rebuilt.append(previous_rebuilt)
-    return _BlockActivations(tuple(per_block), tuple(rebuilt), tuple(cache[block_states[-1]]))
+    last = cache[(block_states[-1], False)]
+    return _BlockActivations(tuple(per_block), tuple(rebuilt), tuple(last))
 
 
 def _outer_items(

@@ -54,6 +54,10 @@ MATRIX_METHODS = [
 ]
 
 
+# families whose LoRA on MLP linears ftmem refuses (peft turns gate/up/down targets of a
+# transformers-5 MoE model into LoRA on its 3-D experts): their matrix adapts attention
+MLP_LORA_REFUSED = ("deepseek_v3",)
+
 # a wider tiny model, where the quantised weights outweigh the per-block constants
 WIDER = {"hidden_size": 128, "intermediate_size": 256}
 
@@ -190,6 +194,7 @@ def _config_dropout() -> list[Case]:
 # issue 17's families whose blocks wire ops in a new way (parallel residuals, partial
 # rotary, norms after the sublayers, q/k norms, LayerNorms with biases, many experts)
 NEW_WIRING = (
+    "deepseek_v3",
     "qwen3_moe",
     "gpt_neox",
     "phi",
@@ -207,12 +212,19 @@ def _families_of_issue_17() -> list[Case]:
     issue 17 added, beyond the matrix every family runs."""
     cases: list[Case] = []
     for family in (*NEW_WIRING, "starcoder2", "gpt_bigcode"):
+        # (DeepSeek's shared experts are a whole number of experts wide)
+        shared = {"shared_experts_size": WIDER["intermediate_size"]}
+        wider = {**WIDER, **shared} if tiny(family).shared_experts_size else WIDER
         for precision in ("bf16", "bf16-mixed"):
-            cases.append(Case(family, {"method": "qlora", "precision": precision}, WIDER))
+            cases.append(Case(family, {"method": "qlora", "precision": precision}, wider))
     for family in NEW_WIRING:
         cases.append(Case(family, {"method": "lora", "precision": "bf16", "grad_ckpt": True}))
     for family in ("gpt_neox", "phi", "stablelm", "starcoder2", "gpt_bigcode"):
         cases.append(Case(family, {"method": "bitfit", "precision": "bf16"}))
+    # DeepSeek's latent attention on its eager path (the fused kernels' is sdpa's CPU math
+    # path in this suite: the value heads are narrower than the query/key heads)
+    for method in ("full", "lora"):
+        cases.append(Case("deepseek_v3", {"method": method, "precision": "bf16", "attn": "eager"}))
     return cases
 
 
@@ -232,6 +244,8 @@ def _methods_and_shapes() -> list[Case]:
     for family in sorted(TINY):
         for precision in ("fp32", "bf16", "bf16-mixed"):
             for m in MATRIX_METHODS:
+                if family in MLP_LORA_REFUSED and m.get("lora_targets") == "all-linear":
+                    m = {**m, "lora_targets": "attention"}
                 cases.append(Case(family, {**m, "precision": precision}))
     # one key/value head (Gemma's MQA): eager repeat_kv makes a stride-0 view, which
     # matmul's bmm copies unless the batch is one sequence
@@ -375,7 +389,7 @@ def _peft_methods() -> list[Case]:
         cases.append(Case("llama", {"method": "p-tuning", **extra}))
     # prefix tuning: a trainable key/value prefix in every layer
     for family in sorted(TINY):
-        if family != "falcon":
+        if tiny(family).traits.prefix_tuning:  # (refused for Falcon and DeepSeek)
             cases.append(Case(family, {"method": "prefix-tuning", "precision": "bf16"}))
     for family in ("llama", "mistral"):
         for extra in (

@@ -39,7 +39,8 @@ class ModuleNames:
     ``attention`` and ``mlp`` map a projection key to its module path in a block:
     ``q``/``k``/``v``/``o`` (or ``qkv`` when one fused linear computes all three),
     ``gate``/``up``/``down`` (or ``gate_up``), and for mixture-of-experts ``router``
-    with the experts' ``gate_up`` and ``down``. ``norms`` gives the block's norm modules
+    with the experts' ``gate_up`` and ``down``; multi-head latent attention has ``q_a``,
+    ``q_b``, ``kv_a`` and ``kv_b`` for q/k/v. ``norms`` gives the block's norm modules
     for each norms-per-block layout the family has."""
 
     blocks: str  # the ModuleList of decoder blocks: "model.layers"
@@ -50,6 +51,8 @@ class ModuleNames:
     final_norm: str
     positions: str = ""  # a learned position table (GPT-2's wpe), if any
     experts: Mapping[str, str] = field(default_factory=dict)
+    # the dense MLP every token takes beside its routed experts (DeepSeek), gate/up/down
+    shared_experts: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,10 @@ class Family:
     norm_centres_twice: bool = False
     # o_proj reads the attention kernel's output storage itself (no copy in between).
     o_proj_reads_kernel_output: bool = True
+    # The MoE router's linear runs on an fp32 copy of its input, with its weight kept in
+    # fp32 whatever the model's dtype (DeepSeek: F.linear(h.type(float32), w.type(float32)),
+    # _keep_in_fp32_modules_strict ["gate.weight"]).
+    router_fp32: bool = False
     # The LM head has a bias (Phi-1.5/2).
     head_bias: bool = False
     # peft's prefix tuning runs (peft 0.21 sizes the prefix per query head, which a

@@ -148,10 +148,12 @@ def layout_differences(arch: Architecture, model: nn.Module) -> list[str]:
     """Parameter names/shapes where ftmem.arch.layout and the real model disagree
     (block 0 and the outer parameters; for T5 every parameter by its full name)."""
     lay = layout(arch)
-    if arch.encoder_decoder:
+    if arch.encoder_decoder or any(p.blocks for p in lay.block):  # (or blocks differ)
         want_all = {p.name: tuple(p.shape) for p in lay.outer}
         for i in range(arch.num_layers):
-            want_all |= {param_path(arch, i, p.name): tuple(p.shape) for p in lay.block}
+            want_all |= {
+                param_path(arch, i, p.name): tuple(p.shape) for p in lay.block if p.in_block(i)
+            }
         got_all = {n: tuple(p.shape) for n, p in unique_params(model)}
         return [
             f"{n}: arch.py {want_all.get(n)} vs model {got_all.get(n)}"

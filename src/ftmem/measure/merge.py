@@ -25,7 +25,7 @@ def _names(arch: Architecture, blocks: list[int]) -> list[tuple[str, tuple[int, 
     lay = layout(arch)
     out = [(p.name, p.shape) for p in lay.outer]
     for i, _src in enumerate(blocks):
-        out += [(param_path(arch, i, p.name), p.shape) for p in lay.block]
+        out += [(param_path(arch, i, p.name), p.shape) for p in lay.block if p.in_block(_src)]
     return out
 
 

@@ -51,13 +51,39 @@ class MLP:
     ) -> list[Saved]:
         """The MLP's (or the experts') saved tensors. ``shared_input``: its input is the
         norm output q/k/v read too, already kept (Falcon-7B's one norm)."""
+        if any(lin.roles == ("router",) for lin in linears):
+            # DeepSeek's shared experts: a dense MLP beside the routed ones, on the same input
+            shared = [lin for lin in linears if lin.is_module and lin.roles != ("router",)]
+            out = MoE.saved(ctx, state, x_grad)
+            if shared:
+                width = ctx.arch.shared_experts_size
+                kept = shared_input or MoE.router_keeps_input(ctx, state)
+                out += MLP.dense_saved(ctx, state, x_grad, shared, kept, width)
+            return out
+        # (the down projection reads the MLP's width: a dense block of a DeepSeek stack has
+        # its own, dense_intermediate_size)
+        width = next(lin.in_features for lin in linears if "down" in lin.roles)
+        return MLP.dense_saved(ctx, state, x_grad, linears, shared_input, width)
+
+    @staticmethod
+    def dense_saved(
+        ctx: LayerContext,
+        state: BlockState,
+        x_grad: bool,
+        linears: list[Linear],
+        shared_input: bool,
+        f: int,
+    ) -> list[Saved]:
+        """A dense MLP of width ``f``: the block's, or the shared experts beside the routed."""
         arch = ctx.arch
-        T, e, f, h = ctx.tokens, ctx.e, arch.intermediate_size, arch.hidden_size
-        if arch.is_moe:
-            return MoE.saved(ctx, state, x_grad)
+        T, e, h = ctx.tokens, ctx.e, arch.hidden_size
         ups = [lin for lin in linears if set(lin.roles) & {"gate", "up"}]
         downs = [lin for lin in linears if "down" in lin.roles]
-        if arch.mlp == "gated" and fused_lora_group(ctx.run, ups + downs, state):
+        if (
+            arch.mlp == "gated"
+            and not arch.is_moe
+            and fused_lora_group(ctx.run, ups + downs, state)
+        ):
             return MLP.fused_lora(ctx, tuple(ups), shared_input)
         any_grad = (
             x_grad or state.weights_trainable or any(lin.module in state.output_grad for lin in ups)

@@ -55,8 +55,18 @@ class MoE:
             # grouped matmuls keep their inputs only to form the expert weights' gradients
             sizes.append(("routed expert inputs and down input", Tk * (h + f) * ee))
         if router_trains:
-            sizes.append(("router input", T * h * ctx.e))
+            # (DeepSeek's fp32 copy, unless autocast casts it to 16 bits again)
+            fp32 = arch.traits.router_fp32 and not ctx.plan.dtypes.autocast
+            sizes.append(("router input", T * h * (FP32 if fp32 else ctx.e)))
         return [Saved(what, size, Kind.MOE, Side.MLP) for what, size in sizes]
+
+    @staticmethod
+    def router_keeps_input(ctx: LayerContext, state: BlockState) -> bool:
+        """The router keeps the MLP's input itself (the storage the shared experts read):
+        an fp32 router (Family.router_fp32) on an fp32 input makes no copy of it."""
+        router_trains = state.weights_trainable or "mlp.gate" in state.trained
+        fp32_input = ctx.e == FP32 and not ctx.plan.dtypes.autocast
+        return router_trains and ctx.arch.traits.router_fp32 and fp32_input
 
     @staticmethod
     def forward_transient(arch: Architecture, tokens: int) -> int:
