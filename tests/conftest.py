@@ -173,6 +173,25 @@ TINY: dict[str, dict] = {
         dense_layers=1,
         dense_intermediate_size=160,
     ),
+    # DeepSeek-V2: V3's tensors, its softmax router and complex fp32 rotary
+    "deepseek_v2": dict(
+        family="deepseek_v2",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=3,
+        num_heads=4,
+        head_dim=24,
+        rotary_dim=8,
+        v_head_dim=16,
+        q_lora_rank=32,
+        kv_lora_rank=16,
+        intermediate_size=48,
+        num_experts=8,
+        experts_per_token=2,
+        shared_experts_size=48,
+        dense_layers=1,
+        dense_intermediate_size=160,
+    ),
     # Granite: Llama with scalar multipliers (the logits divided by logits_scaling)
     "granite": dict(
         family="granite",

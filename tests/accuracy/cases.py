@@ -56,7 +56,7 @@ MATRIX_METHODS = [
 
 # families whose LoRA on MLP linears ftmem refuses (peft turns gate/up/down targets of a
 # transformers-5 MoE model into LoRA on its 3-D experts): their matrix adapts attention
-MLP_LORA_REFUSED = ("deepseek_v3",)
+MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3")
 
 # a wider tiny model, where the quantised weights outweigh the per-block constants
 WIDER = {"hidden_size": 128, "intermediate_size": 256}
