@@ -73,25 +73,29 @@ class LatentAttention:
         nope = qk - arch.rotary_size
         scores = b * nh * s * s
         kv_b_output = T * nh * (nope + v) * e
-        if LatentAttention.math_path(ctx):
-            # the math path upcasts q, k and v to fp32 (and scales q and k: new tensors)
-            # for its batched matmuls and keeps the fp32 softmax; v, a strided view, is
-            # copied for its batched matmul in fp32 too (measured)
+        # which side needs a gradient: the unfused paths' q·kᵀ keeps each operand only for
+        # the other's gradient (the lowest trained block of IA³ on k, v: kᵀ not kept)
+        q_grad, kv_grad = (
+            in_grad or wn or any(state.weight_trains(lin) or lin.module in grads for lin in side)
+            for side in (
+                [lin for lin in linears if lin.roles == ("q",)],
+                [lin for lin in linears if lin.roles != ("q",)],
+            )
+        )
+        if LatentAttention.math_path(ctx) or run.attn == "eager":
+            # the math path upcasts q, k and v to fp32 (and scales q and k: new tensors) for
+            # its batched matmuls and keeps the fp32 softmax; eager keeps them in the compute
+            # dtype. v, a strided view, is copied for the batched matmul (measured)
+            math = LatentAttention.math_path(ctx)
+            qe = FP32 if math else e
+            label = "math attention: fp32 " if math else ""
             items = [
-                ("math attention: fp32 q and kᵀ (scaled)", 2 * T * nh * qk * FP32, Kind.ATTN_COPY),
-                ("math attention: fp32 softmax (s²)", scores * FP32, Kind.ATTN_PROBS),
-                ("math attention: fp32 v", T * nh * v * FP32, Kind.ATTN_COPY),
+                (f"{label}q (for k's gradient)", T * nh * qk * qe if kv_grad else 0, Kind.ATTN_QK),
+                (f"{label}kᵀ (for q's gradient)", T * nh * qk * qe if q_grad else 0, Kind.ATTN_QK),
+                (f"{label}softmax output (fp32, s²)", scores * FP32, Kind.ATTN_PROBS),
+                (f"{label}v (a contiguous copy)", T * nh * v * qe, Kind.ATTN_V),
             ]
-        elif run.attn == "eager":
-            # torch.matmul copies the strided value view for its batched matmul; fp32
-            # softmax, cast back for probs·v (measured)
-            items = [
-                ("query (torch.cat of the rotary and plain parts)", T * nh * qk * e, Kind.ATTN_QK),
-                ("keys (expand_kv's new tensor)", T * nh * qk * e, Kind.ATTN_QK),
-                ("values (matmul's contiguous copy)", T * nh * v * e, Kind.ATTN_V),
-                ("softmax output (fp32, s²)", scores * FP32, Kind.ATTN_PROBS),
-            ]
-            if e != FP32:
+            if not math and e != FP32:  # eager's probabilities, cast back for probs·v
                 items.append(("attention probabilities cast (s²)", scores * e, Kind.ATTN_PROBS))
         else:
             # the fused kernel keeps its inputs as given: v a view (its last dim contiguous)
