@@ -142,3 +142,21 @@ def test_dense_blocks_are_counted_once_each():
     assert counts["mlp.gate_proj.weight"] == 3
     assert counts["mlp.experts.gate_up_proj"] == 58
     assert counts["self_attn.kv_b_proj.weight"] == 61
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"tp": 2}, "latent attention is not split"),
+        ({"cp": 2}, "latent attention is not split"),
+        ({"pp": 2}, "first 3 blocks are dense"),
+        ({"strategy": "colossalai-zero1", "ep": 2}, "shared experts and dense blocks"),
+    ],
+)
+def test_model_parallel_layouts_not_modelled_are_refused(kw, words):
+    """Latent attention's TP split, a dense-then-MoE stack over pipeline stages and expert
+    parallelism with shared experts are refused in one sentence, not mis-laid out."""
+    from ftmem import estimate
+
+    with pytest.raises(InvalidInputError, match=words):
+        estimate("deepseek-v3", method="full", precision="bf16", gpus=8, **kw)

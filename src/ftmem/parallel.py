@@ -447,6 +447,7 @@ def check_layout(arch: Architecture, run: RunConfig, par: ParallelConfig) -> Non
                     f"--tp {tp} must divide {arch.name}'s {n} {what}; "
                     f"try --tp {_largest_divisor(n, tp)}."
                 )
+    _check_uneven_stack(arch, par)
     if arch.num_layers % pp:
         raise InvalidInputError(
             f"--pp {pp} must divide {arch.name}'s {arch.num_layers} blocks into equal stages; "
@@ -468,6 +469,28 @@ def check_layout(arch: Architecture, run: RunConfig, par: ParallelConfig) -> Non
     if par.ep > 1 and (not arch.is_moe or arch.num_experts % par.ep):
         what = f"its {arch.num_experts} experts" if arch.is_moe else "no experts: it is dense"
         raise InvalidInputError(f"--ep {par.ep} splits MoE experts; {arch.name} has {what}.")
+
+
+def _check_uneven_stack(arch: Architecture, par: ParallelConfig) -> None:
+    """What the model-parallel layouts do not split yet: latent attention (its q_b/kv_b
+    columns and replicated latents) under tensor parallelism, a stack whose first blocks
+    are dense under a pipeline (stages of unlike blocks), shared experts and dense blocks
+    under expert parallelism."""
+    if arch.kv_lora_rank is not None and (par.tp > 1 or par.cp > 1):
+        raise InvalidInputError(
+            f"{arch.name}'s latent attention is not split over tensor or context parallel "
+            "ranks in ftmem yet: use data parallelism (ZeRO, FSDP)."
+        )
+    if arch.dense_layers and par.pp > 1:
+        raise InvalidInputError(
+            f"{arch.name}'s first {arch.dense_layers} blocks are dense and the rest MoE: "
+            "ftmem does not lay such a stack out over pipeline stages yet; use ZeRO or FSDP."
+        )
+    if (arch.dense_layers or arch.shared_experts_size) and par.ep > 1:
+        raise InvalidInputError(
+            f"{arch.name}'s shared experts and dense blocks are not modelled under expert "
+            "parallelism yet: use --ep 1."
+        )
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
