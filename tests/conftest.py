@@ -16,6 +16,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ftmem.arch import Architecture
 
+# DeepSeek-V3: latent attention (a query latent and a key/value latent, each with its
+# RMSNorm, the rotary on 8 of each head's 24 dims, values 16 wide), 8 routed experts with a
+# shared one, and a dense first block (first_k_dense_replace 1)
+_DEEPSEEK = dict(
+    vocab_size=300,
+    hidden_size=96,
+    num_layers=3,
+    num_heads=4,
+    head_dim=24,
+    rotary_dim=8,
+    v_head_dim=16,
+    q_lora_rank=32,
+    kv_lora_rank=16,
+    intermediate_size=48,
+    num_experts=8,
+    experts_per_token=2,
+    shared_experts_size=48,
+    dense_layers=1,
+    dense_intermediate_size=160,
+)
+
 TINY: dict[str, dict] = {
     "llama": dict(
         family="llama",
@@ -152,46 +173,10 @@ TINY: dict[str, dict] = {
         experts_per_token=2,
         qk_norm=True,
     ),
-    # DeepSeek-V3: latent attention (a query latent and a key/value latent, each with its
-    # RMSNorm, the rotary on 8 of each head's 24 dims, values 16 wide), 8 routed experts
-    # with a shared one, and a dense first block (first_k_dense_replace 1)
-    "deepseek_v3": dict(
-        family="deepseek_v3",
-        vocab_size=300,
-        hidden_size=96,
-        num_layers=3,
-        num_heads=4,
-        head_dim=24,
-        rotary_dim=8,
-        v_head_dim=16,
-        q_lora_rank=32,
-        kv_lora_rank=16,
-        intermediate_size=48,
-        num_experts=8,
-        experts_per_token=2,
-        shared_experts_size=48,
-        dense_layers=1,
-        dense_intermediate_size=160,
-    ),
+    # DeepSeek-V3 (_DEEPSEEK)
+    "deepseek_v3": dict(family="deepseek_v3", **_DEEPSEEK),
     # DeepSeek-V2: V3's tensors, its softmax router and complex fp32 rotary
-    "deepseek_v2": dict(
-        family="deepseek_v2",
-        vocab_size=300,
-        hidden_size=96,
-        num_layers=3,
-        num_heads=4,
-        head_dim=24,
-        rotary_dim=8,
-        v_head_dim=16,
-        q_lora_rank=32,
-        kv_lora_rank=16,
-        intermediate_size=48,
-        num_experts=8,
-        experts_per_token=2,
-        shared_experts_size=48,
-        dense_layers=1,
-        dense_intermediate_size=160,
-    ),
+    "deepseek_v2": dict(family="deepseek_v2", **_DEEPSEEK),
     # Granite: Llama with scalar multipliers (the logits divided by logits_scaling)
     "granite": dict(
         family="granite",

@@ -15,6 +15,20 @@ from ftmem.sources import architecture_from_config
 
 # the published config.json values that shape the tensors (source: each preset's URL)
 LATENT = dict(kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
+# DeepSeek-V2-Lite's shape, which Moonlight-16B-A3B shares
+SIXTEEN_B = dict(
+    hidden_size=2048,
+    moe_intermediate_size=1408,
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    n_routed_experts=64,
+    n_shared_experts=2,
+    num_experts_per_tok=6,
+    first_k_dense_replace=1,
+    q_lora_rank=None,
+    **LATENT,
+)
 CONFIGS = {
     "deepseek-v3": dict(
         model_type="deepseek_v3",
@@ -38,39 +52,19 @@ CONFIGS = {
     "deepseek-v2-lite": dict(
         model_type="deepseek_v2",
         vocab_size=102400,
-        hidden_size=2048,
         intermediate_size=10944,
-        moe_intermediate_size=1408,
-        num_hidden_layers=27,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        n_routed_experts=64,
-        n_shared_experts=2,
-        num_experts_per_tok=6,
-        first_k_dense_replace=1,
-        q_lora_rank=None,
         topk_method="greedy",
         max_position_embeddings=163840,
-        **LATENT,
+        **SIXTEEN_B,
     ),
     "moonlight-16b-a3b": dict(
         model_type="deepseek_v3",
         vocab_size=163840,
-        hidden_size=2048,
         intermediate_size=11264,
-        moe_intermediate_size=1408,
-        num_hidden_layers=27,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        n_routed_experts=64,
-        n_shared_experts=2,
-        num_experts_per_tok=6,
-        first_k_dense_replace=1,
-        q_lora_rank=None,
         n_group=1,
         topk_group=1,
         max_position_embeddings=8192,
-        **LATENT,
+        **SIXTEEN_B,
     ),
 }
 # the totals their authors publish, rounded as published: DeepSeek-V3 technical report

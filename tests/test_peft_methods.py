@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 
-from ftmem import estimate
+from ftmem import estimate, families
 from ftmem.errors import InvalidInputError
 from ftmem.methods import plan_method
 from ftmem.run import RunConfig
@@ -33,8 +33,11 @@ SETTINGS = [
 
 
 def _applicable(family: str, settings: dict) -> bool:
-    if settings["method"] == "prefix-tuning" and family == "falcon":
-        return False  # refused: see test_prefix_tuning_refuses_falcon
+    if (
+        settings["method"] == "prefix-tuning"
+        and not families.get(tiny(family).family).prefix_tuning
+    ):
+        return False  # refused (Falcon, DeepSeek): see test_prefix_tuning_refuses_falcon
     # fused or missing projections: an explicit o/up list only where the model has them
     fused_or_routed = family in ("gpt2", "falcon", "phi3") or tiny(family).is_moe
     return not (settings.get("ia3_targets") and fused_or_routed)
