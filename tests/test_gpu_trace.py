@@ -9,13 +9,16 @@ counts.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from ftmem.api import parallel_config, run_config
 from ftmem.distill import Teacher
 from ftmem.errors import InvalidInputError
 from ftmem.estimate import _tensors
-from ftmem.gpu.trace import step_events
+from ftmem.gpu.allocator import CachingAllocator, replay_streams
+from ftmem.gpu.trace import replay_run, run_events, step_events
 from ftmem.parallel import parallel_step
 from ftmem.phases import find_peak
 from ftmem.presets import get_model
@@ -148,3 +151,68 @@ def test_the_run_loads_every_weight_beyond_the_plan_as_stored(settings):
         pytest.skip("not a combination ftmem models")
     loading = next(m for m in est.memory.run_peak.moments if m.name == "loading")
     assert loading.allocated_bytes >= est.memory.weights_bytes
+
+
+OPTIONS = [
+    {},
+    {"expandable_segments": True},
+    {"max_split_size_mb": 64},
+    {"roundup_power2_divisions": 4},
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(map(str, o)) or "default")
+@pytest.mark.parametrize(
+    "layout",
+    [None, {"gpus": 8, "strategy": "fsdp"}, {"gpus": 8, "strategy": "zero3"}],
+    ids=["one-gpu", "fsdp", "zero3"],
+)
+@pytest.mark.parametrize("settings", SETTINGS[:10], ids=lambda s: "-".join(map(str, s.values())))
+def test_the_run_replayed_as_requested_is_the_replay_of_its_events(settings, layout, options):
+    """replay_run drives the allocators as the requests are made; its statistics are
+    those of the event list replayed afterwards (gpu.allocator.replay_streams), request
+    for request, on one stream and on FSDP's two."""
+    arch = get_model("gpt2")
+    run = run_config(**settings, seq_len=256, batch_size=2)
+    if layout is None:
+        parts = step_parts(arch, run)
+        sizes = parts.sizes
+    else:
+        step = parallel_step(arch, run, parallel_config(**layout))
+        parts, sizes = step.parts, step.ranks[step.worst].sizes
+    steps = ((sizes, _tensors(parts, sizes)),) * 2
+    kept = ((8_519_680,), (8_519_680, 2**20))
+    fsdp = layout is not None and layout["strategy"] == "fsdp"
+    args = (steps, min(run.grad_accum, 2), kept, fsdp)
+    assert replay_run(*args, **options) == replay_streams(run_events(*args), **options)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_moment_leaves_the_allocator_as_a_malloc_and_its_free_do(seed):
+    """CachingAllocator.moment's shortcut (a cached block split off and merged back
+    leaves the pools as they were) against malloc + free, on random request sequences:
+    every statistic along the way and the pools' contents at the end."""
+    rng = random.Random(seed)
+    sizes = [
+        rng.choice(
+            (rng.randrange(1, 4096), rng.randrange(1, 3 * 2**20), rng.randrange(1, 64 * 2**20))
+        )
+        for _ in range(300)
+    ]
+    short, long = CachingAllocator(), CachingAllocator()
+    live: list[tuple[int, int]] = []
+    for size in sizes:
+        roll = rng.random()
+        if roll < 0.3:
+            short.moment(size)
+            long.free(long.malloc(size))
+        elif roll < 0.7 or not live:
+            live.append((short.malloc(size), long.malloc(size)))
+        else:
+            a, b = live.pop(rng.randrange(len(live)))
+            short.free(a)
+            long.free(b)
+        assert short.stats() == long.stats()
+    assert [(s, a) for s, a, _ in short._free[True] + short._free[False]] == [
+        (s, a) for s, a, _ in long._free[True] + long._free[False]
+    ]

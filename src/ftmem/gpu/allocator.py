@@ -210,6 +210,8 @@ class CachingAllocator:
         # in get_free_block before the option existed)
         self.non_split_rounding = (max_non_split_rounding_mb or K_LARGE_BUFFER // MIB) * MIB
         self.divisions = _checked_divisions(roundup_power2_divisions)
+        # get_free_block is a plain best fit: no oversize rule, no growable segments
+        self._best_fit_only = self.max_split_size is None and not expandable_segments
         # free mapped blocks per pool (key: is_small), sorted as BlockComparatorSize:
         # by size, then address
         self._free: dict[bool, list[tuple[int, int, _Block]]] = {True: [], False: []}
@@ -225,7 +227,10 @@ class CachingAllocator:
     # -- the public calls ---------------------------------------------------------------
 
     def malloc(self, size: int) -> int:
-        """Hand out a block for ``size`` bytes (SOURCE, DeviceCachingAllocator::malloc)."""
+        """Hand out a block for ``size`` bytes (SOURCE, DeviceCachingAllocator::malloc).
+        The calls malloc makes (get_pool, get_free_block, should_split, the split in
+        alloc_found_block) are inlined for the default options: a replay makes
+        thousands of requests."""
         if size <= 0:
             if size < 0:
                 raise InvalidInputError(f"An allocation cannot have a negative size ({size}).")
@@ -235,11 +240,24 @@ class CachingAllocator:
         else:
             rounded = round_size(size, self.divisions)
         small = rounded <= K_SMALL_SIZE  # get_pool
-        block = self._get_free_block(small, rounded)
-        if block is None:
-            block = self._new_block(small, rounded, size)
-        if self._should_split(block, rounded):
-            self._split(block, rounded)
+        free = self._free[small]
+        if self._best_fit_only:
+            i = bisect_left(free, (rounded, 0))
+            block = free.pop(i)[2] if i < len(free) else self._new_block(small, rounded, size)
+        else:
+            found = self._get_free_block(small, rounded)
+            block = found if found is not None else self._new_block(small, rounded, size)
+        remaining = block.size - rounded
+        if (
+            remaining >= K_MIN_BLOCK_SIZE
+            if small or self.expandable
+            else remaining > K_SMALL_SIZE
+            and (self.max_split_size is None or rounded < self.max_split_size)
+        ):  # should_split; then keep the first `rounded` bytes and cache the rest
+            rest = _Block(block.addr + rounded, remaining, small)
+            rest.link_after(block)
+            block.size = rounded
+            insort(free, (remaining, rest.addr, rest))
         block.allocated = True
         block.requested = size
         self._live[block.addr] = block
@@ -250,6 +268,26 @@ class CachingAllocator:
         if self.requested > self.peak_requested:
             self.peak_requested = self.requested
         return block.addr
+
+    def moment(self, size: int) -> None:
+        """``free(malloc(size))``. Where a cached block serves the request, the block
+        split off and merged back leaves every pool as it was, so only the peaks move."""
+        if size > 0 and self._best_fit_only and self.divisions == 0:
+            rounded = K_MIN_BLOCK_SIZE if size < K_MIN_BLOCK_SIZE else (size + 511) & ~511
+            small = rounded <= K_SMALL_SIZE
+            free = self._free[small]
+            i = bisect_left(free, (rounded, 0))
+            if i < len(free):
+                found = free[i][0]
+                split = (
+                    found - rounded >= K_MIN_BLOCK_SIZE if small else found - rounded > K_SMALL_SIZE
+                )
+                self.peak_allocated = max(
+                    self.peak_allocated, self.allocated + (rounded if split else found)
+                )
+                self.peak_requested = max(self.peak_requested, self.requested + size)
+                return
+        self.free(self.malloc(size))
 
     def free(self, handle: int) -> None:
         """Give a block back to its pool, merged with free neighbours (SOURCE, free and
@@ -262,8 +300,10 @@ class CachingAllocator:
         self.allocated -= block.size
         self.requested -= block.requested
         block.allocated = False
-        self._merge(block, block.prev)
-        self._merge(block, block.next)
+        if block.prev is not None and not block.prev.allocated:
+            self._merge(block, block.prev)
+        if block.next is not None and not block.next.allocated:
+            self._merge(block, block.next)
         insort(self._free[block.small], (block.size, block.addr, block))
 
     def empty_cache(self) -> None:
@@ -361,23 +401,6 @@ class CachingAllocator:
         self._reserve(size)
         self.segments += 1
         return block
-
-    def _should_split(self, block: _Block, size: int) -> bool:
-        """SOURCE, should_split: the small pool (and every expandable segment) splits off
-        any remainder of 512 bytes or more; the large pool only a remainder over 1 MiB,
-        and never a request of max_split_size or more."""
-        remaining = block.size - size
-        if block.small or self.expandable:
-            return remaining >= K_MIN_BLOCK_SIZE
-        limit = self.max_split_size
-        return (limit is None or size < limit) and remaining > K_SMALL_SIZE
-
-    def _split(self, block: _Block, size: int) -> None:
-        """Keep the first ``size`` bytes, cache the rest (SOURCE, alloc_found_block)."""
-        rest = _Block(block.addr + size, block.size - size, block.small)
-        rest.link_after(block)
-        block.size = size
-        insort(self._free[block.small], (rest.size, rest.addr, rest))
 
     def _merge(self, dst: _Block, src: _Block | None) -> None:
         """Absorb a free neighbour in the same segment (SOURCE, try_merge_blocks)."""
@@ -581,24 +604,7 @@ def replay(
         max_non_split_rounding_mb=max_non_split_rounding_mb,
         roundup_power2_divisions=roundup_power2_divisions,
     )
-    handles: list[int | None] = []
-    for kind, value in events:
-        if kind == "alloc":
-            handles.append(allocator.malloc(value))
-        elif kind == "free":
-            handle = handles[value] if 0 <= value < len(handles) else None
-            if handle is None:
-                raise InvalidInputError(f"Event ('free', {value}) frees no live allocation.")
-            allocator.free(handle)
-            handles[value] = None
-        elif kind == "empty_cache":
-            allocator.empty_cache()
-        elif kind == "reset_peaks":
-            allocator.reset_peaks()
-        else:
-            raise InvalidInputError(
-                f"Unknown allocator event {kind!r}; use alloc, free, empty_cache or reset_peaks."
-            )
+    _feed(events, allocator.malloc, allocator, ("alloc", "free", "empty_cache", "reset_peaks"))
     return allocator.stats()
 
 
@@ -606,56 +612,102 @@ SIDE_STREAM_ALLOC = "alloc@side"
 """An event kind for :func:`replay_streams`: a request made on a side stream."""
 
 
-def replay_streams(events: Iterable[tuple[str, int]], **options: Any) -> AllocatorStats:
-    """Replay requests made on two streams: ``("alloc", n)`` on the default one,
-    ``("alloc@side", n)`` on a side stream (an FSDP all-gather or reduce-scatter
-    stream), ``("free", k)`` either. A block belongs to the stream that allocated it and
-    is reused only by that stream's requests (SOURCE, get_free_block: the pool is
-    searched for a block of the same ``stream``; BlockComparatorSize orders by stream
-    first), so each stream has pools of its own: modelled as one allocator per stream,
-    their reserved and allocated summed at every event. Frees take effect at once (the
-    events ``record_stream`` would wait for are not modelled). ``options``:
+class TwoStreams:
+    """Requests made on two streams, replayed as they come: ``malloc`` on the default
+    stream, ``malloc_side`` on a side stream (an FSDP all-gather or reduce-scatter
+    stream). A block belongs to the stream that allocated it and is reused only by that
+    stream's requests (SOURCE, get_free_block: the pool is searched for a block of the
+    same ``stream``; BlockComparatorSize orders by stream first), so each stream has
+    pools of its own: modelled as one allocator per stream, their reserved and
+    allocated summed at every request. Frees take effect at once (the events
+    ``record_stream`` would wait for are not modelled). ``options``:
     :class:`CachingAllocator`'s, for both."""
+
+    def __init__(self, **options: Any) -> None:
+        self.pools = (CachingAllocator(**options), CachingAllocator(**options))
+        self.peak_allocated = self.peak_reserved = self.peak_requested = 0
+
+    def malloc(self, size: int) -> int:
+        return self._malloc(0, size)
+
+    def malloc_side(self, size: int) -> int:
+        return self._malloc(1, size)
+
+    def _malloc(self, stream: int, size: int) -> int:
+        # a handle names its stream in its lowest bit (addresses are 512-byte aligned)
+        handle = self.pools[stream].malloc(size) | stream
+        one, two = self.pools
+        self.peak_allocated = max(self.peak_allocated, one.allocated + two.allocated)
+        self.peak_reserved = max(self.peak_reserved, one.reserved + two.reserved)
+        self.peak_requested = max(self.peak_requested, one.requested + two.requested)
+        return handle
+
+    def free(self, handle: int) -> None:
+        self.pools[handle & 1].free(handle & ~1)
+
+    def moment(self, size: int) -> None:
+        self.free(self.malloc(size))
+
+    def reset_peaks(self) -> None:
+        """torch.cuda.reset_peak_memory_stats: from now on."""
+        one, two = self.pools
+        self.peak_allocated = one.allocated + two.allocated
+        self.peak_reserved = one.reserved + two.reserved
+        self.peak_requested = one.requested + two.requested
+
+    def stats(self) -> AllocatorStats:
+        one, two = self.pools[0].stats(), self.pools[1].stats()
+        return AllocatorStats(
+            allocated=one.allocated + two.allocated,
+            reserved=one.reserved + two.reserved,
+            requested=one.requested + two.requested,
+            peak_allocated=self.peak_allocated,
+            peak_reserved=self.peak_reserved,
+            peak_requested=self.peak_requested,
+            segments=one.segments + two.segments,
+            num_alloc_retries=one.num_alloc_retries + two.num_alloc_retries,
+            num_device_alloc=one.num_device_alloc + two.num_device_alloc,
+            num_device_free=one.num_device_free + two.num_device_free,
+        )
+
+
+def replay_streams(events: Iterable[tuple[str, int]], **options: Any) -> AllocatorStats:
+    """Replay requests made on two streams (:class:`TwoStreams`): ``("alloc", n)`` on
+    the default one, ``("alloc@side", n)`` on a side stream, ``("free", k)`` either,
+    ``("reset_peaks", 0)``. ``options``: :class:`CachingAllocator`'s, for both."""
     events = list(events)
     if all(kind != SIDE_STREAM_ALLOC for kind, _ in events):
         return replay(events, **options)  # one stream: one allocator keeps its own peaks
-    pools = (CachingAllocator(**options), CachingAllocator(**options))
-    handles: list[tuple[int, int] | None] = []
-    peak_allocated = peak_reserved = peak_requested = 0
+    streams = TwoStreams(**options)
+    _feed(events, streams.malloc, streams, ("alloc", SIDE_STREAM_ALLOC, "free", "reset_peaks"))
+    return streams.stats()
+
+
+def _feed(
+    events: Iterable[tuple[str, int]],
+    malloc: Any,
+    target: Any,
+    kinds: tuple[str, ...],
+) -> None:
+    """Hand each event to ``target`` (a CachingAllocator or TwoStreams): the k-th
+    request's handle is what ``free`` k gives back."""
+    handles: list[int | None] = []
     for kind, value in events:
-        if kind == "free":
-            owner = handles[value] if 0 <= value < len(handles) else None
-            if owner is None:
+        if kind == "alloc":
+            handles.append(malloc(value))
+        elif kind == "free":
+            handle = handles[value] if 0 <= value < len(handles) else None
+            if handle is None:
                 raise InvalidInputError(f"Event ('free', {value}) frees no live allocation.")
-            pools[owner[0]].free(owner[1])
+            target.free(handle)
             handles[value] = None
-            continue
-        if kind == "reset_peaks":  # torch.cuda.reset_peak_memory_stats: from now on
-            peak_allocated = pools[0].allocated + pools[1].allocated
-            peak_reserved = pools[0].reserved + pools[1].reserved
-            peak_requested = pools[0].requested + pools[1].requested
-            continue
-        if kind not in ("alloc", SIDE_STREAM_ALLOC):
+        elif kind not in kinds:
             raise InvalidInputError(
-                f"Unknown allocator event {kind!r}; use alloc, alloc@side, free or reset_peaks."
+                f"Unknown allocator event {kind!r}; use {', '.join(kinds[:-1])} or {kinds[-1]}."
             )
-        stream = 1 if kind == SIDE_STREAM_ALLOC else 0
-        handles.append((stream, pools[stream].malloc(value)))
-        allocated = pools[0].allocated + pools[1].allocated
-        reserved = pools[0].reserved + pools[1].reserved
-        peak_allocated = max(peak_allocated, allocated)
-        peak_reserved = max(peak_reserved, reserved)
-        peak_requested = max(peak_requested, pools[0].requested + pools[1].requested)
-    one, two = pools[0].stats(), pools[1].stats()
-    return AllocatorStats(
-        allocated=one.allocated + two.allocated,
-        reserved=one.reserved + two.reserved,
-        requested=one.requested + two.requested,
-        peak_allocated=peak_allocated,
-        peak_reserved=peak_reserved,
-        peak_requested=peak_requested,
-        segments=one.segments + two.segments,
-        num_alloc_retries=one.num_alloc_retries + two.num_alloc_retries,
-        num_device_alloc=one.num_device_alloc + two.num_device_alloc,
-        num_device_free=one.num_device_free + two.num_device_free,
-    )
+        elif kind == SIDE_STREAM_ALLOC:
+            handles.append(target.malloc_side(value))
+        elif kind == "empty_cache":
+            target.empty_cache()
+        else:
+            target.reset_peaks()

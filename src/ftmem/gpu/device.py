@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ftmem.gpu.alloc_conf import AllocatorOptions
-from ftmem.gpu.allocator import replay_streams
 from ftmem.gpu.runtime import Runtime, runtime_for
-from ftmem.gpu.trace import STEP_ONLY, RunOutside, StepTensors, run_events
+from ftmem.gpu.trace import STEP_ONLY, RunOutside, StepTensors, replay_run
 from ftmem.hardware import Gpu
 from ftmem.phases import StepSizes
 
@@ -89,8 +88,7 @@ def allocator_cache(
     all-gather and reduce-scatter buffers on streams of their own; ``options``:
     PYTORCH_CUDA_ALLOC_CONF's, as items). The replay's own allocated peak is the
     longest step's."""
-    events = run_events(steps, micro_batches, kept, comm_stream, outside)
-    stats = replay_streams(events, **dict(options))
+    stats = replay_run(steps, micro_batches, kept, comm_stream, outside, **dict(options))
     return max(0, stats.peak_reserved - stats.peak_allocated)
 
 

@@ -22,14 +22,18 @@ the first leaves behind is what the second reuses or not.
 
 Sizes are the estimate's own; tensors the estimate knows only as a sum (a block's
 backward workspace, the step's temporaries) are one request of that size.
+
+The estimate replays the requests as they are made (replay_run); run_events writes them
+down as a list instead, for tests and for inspection. Both walk the same code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from ftmem.gpu.allocator import SIDE_STREAM_ALLOC
+from ftmem.gpu.allocator import SIDE_STREAM_ALLOC, AllocatorStats, CachingAllocator, TwoStreams
 from ftmem.methods import MethodPlan
 from ftmem.phases import StepSizes
 
@@ -156,36 +160,75 @@ def _split(total: int, numels: list[int], per_tensor: int = 2) -> tuple[int, ...
     return tuple(p for p in parts if p > 0)
 
 
-class _Recorder:
-    """Hands out keys and records the events; ``comm_kind``: the event kind of the
-    communication buffers (a side stream's under FSDP)."""
+class _EventLog:
+    """Takes the run's requests down as events (gpu.allocator.replay_streams' form)
+    instead of replaying them: the k-th request's handle is k."""
 
-    __slots__ = ("comm_kind", "events", "next_key")
+    __slots__ = ("events", "requests")
 
-    def __init__(self, comm_kind: str = "alloc") -> None:
+    def __init__(self) -> None:
         self.events: list[Event] = []
-        self.next_key = 0
-        self.comm_kind = comm_kind
+        self.requests = 0
 
-    def alloc(self, sizes: Sequence[int], kind: str = "alloc") -> list[int]:
-        keys = []
-        for size in sizes:
-            if size > 0:
-                keys.append(self.next_key)
-                self.next_key += 1
-                self.events.append((kind, size))
-        return keys
+    def malloc(self, size: int) -> int:
+        return self._request("alloc", size)
+
+    def malloc_side(self, size: int) -> int:
+        return self._request(SIDE_STREAM_ALLOC, size)
+
+    def _request(self, kind: str, size: int) -> int:
+        self.events.append((kind, size))
+        self.requests += 1
+        return self.requests - 1
+
+    def free(self, key: int) -> None:
+        self.events.append(("free", key))
+
+    def moment(self, size: int) -> None:
+        self.free(self.malloc(size))
+
+    def reset_peaks(self) -> None:
+        self.events.append(("reset_peaks", 0))
+
+
+class _Recorder:
+    """Hands the run's requests, in order, to an allocator (gpu.allocator's
+    CachingAllocator or TwoStreams, which replay them as they come) or to an _EventLog;
+    ``comm_stream``: the communication buffers are requested on a side stream (FSDP's)."""
+
+    __slots__ = ("_comm", "_free", "_malloc", "_moment", "target")
+
+    def __init__(self, target: Any, comm_stream: bool = False) -> None:
+        self.target = target
+        self._malloc = target.malloc
+        self._free = target.free
+        self._moment = target.moment
+        self._comm = target.malloc_side if comm_stream else target.malloc
+
+    def alloc(self, sizes: Sequence[int]) -> list[int]:
+        malloc = self._malloc
+        return [malloc(size) for size in sizes if size > 0]
 
     def comm(self, size: int) -> list[int]:
         """A communication buffer (gathered weights, reduce buckets)."""
-        return self.alloc((size,), self.comm_kind)
+        return [self._comm(size)] if size > 0 else []
 
     def free(self, keys: Sequence[int]) -> None:
-        self.events.extend(("free", k) for k in keys)
+        free = self._free
+        for key in keys:
+            free(key)
 
     def moment(self, size: int) -> None:
         """A transient: allocated, then freed before anything else is requested."""
-        self.free(self.alloc((size,)))
+        if size > 0:
+            self._moment(size)
+
+    def moments(self, sizes: Sequence[int]) -> None:
+        """Transients allocated together, then freed together."""
+        if len(sizes) == 1:
+            self.moment(sizes[0])
+        else:
+            self.free(self.alloc(sizes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,10 +314,37 @@ def run_events(
     and the backward's threads, allocated at each one's first GEMM and kept
     (gpu.runtime); ``comm_stream``: communication buffers are requested on a side stream
     (FSDP's all-gather and reduce-scatter streams; gpu.allocator.replay_streams)."""
-    rec = _Recorder(SIDE_STREAM_ALLOC if comm_stream else "alloc")
+    log = _EventLog()
+    _request_run(_Recorder(log, comm_stream), steps, micro_batches, kept_workspaces, outside)
+    return log.events
+
+
+def replay_run(
+    steps: Sequence[tuple[StepSizes, StepTensors]],
+    micro_batches: int = 1,
+    kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
+    comm_stream: bool = False,
+    outside: RunOutside = STEP_ONLY,
+    **options: Any,
+) -> AllocatorStats:
+    """The allocator's statistics after :func:`run_events`' requests, replayed as they
+    are made (no event list: the same statistics as ``replay_streams(run_events(...))``,
+    in a fraction of the time); ``options``: gpu.allocator.CachingAllocator's."""
+    target = TwoStreams(**options) if comm_stream else CachingAllocator(**options)
+    _request_run(_Recorder(target, comm_stream), steps, micro_batches, kept_workspaces, outside)
+    return target.stats()
+
+
+def _request_run(
+    rec: _Recorder,
+    steps: Sequence[tuple[StepSizes, StepTensors]],
+    micro_batches: int,
+    kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]],
+    outside: RunOutside,
+) -> None:
     _load(rec, outside, steps[0][1].weights)
     if outside.reset:
-        rec.events.append(("reset_peaks", 0))
+        rec.target.reset_peaks()
     if steps[0][0].loop_held:  # the loop's last output (LitGPT's fp32 logits), from then on
         rec.alloc((steps[0][0].loop_held,))
     states_made = steps[0][0].states == 0
@@ -297,7 +367,6 @@ def run_events(
         rec.moment(step.merge)
     for tensors in outside.after:  # evaluation, generation, merging: freed when done
         rec.free(rec.alloc(tensors))
-    return rec.events
 
 
 def _pass(
@@ -383,7 +452,7 @@ def _blocks_backward(
     embedding_at = g.embedding_at if 0 < g.embedding_at < L else 0
     for i in range(L - 1, -1, -1):
         gathered = rec.comm(s.comm.backward)
-        rec.free(rec.alloc((*_as_saved(holds[L - 1 - i], t.block_saved), workspace)))
+        rec.moments((*_as_saved(holds[L - 1 - i], t.block_saved), workspace))
         rec.free(gathered)
         rec.free(kept[i])
         if new_grads:
