@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from ftmem import estimate
 from ftmem.cli import app
 from ftmem.plan import LEVERS, all_levers_at_once, make_plan
-from ftmem.presets import get_model
+from ftmem.presets import get_gpu, get_model
 from ftmem.search import largest_fitting
 
 runner = CliRunner()
@@ -386,6 +386,7 @@ def test_largest_fitting_on_a_known_step_function():
     class Fake:
         def __init__(self, n):
             self.fits = n <= 777
+            self.notes = []
 
     result = largest_fitting(Fake, 1, 10**6)
     assert result.value == 777
@@ -515,3 +516,81 @@ def test_no_fused_loss_lever_where_the_framework_fuses_the_loss_already():
 
     assert _loss({"framework": "hf"})  # offered on HF's path
     assert _loss({"framework": "unsloth"}) == []
+
+
+# --- screening: the searches skip the replay of runs that cannot fit --------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "gpu", "settings"),
+    [
+        ("llama2-7b", "rtx4090", {"method": "full", "batch_size": 4, "seq_len": 2048}),
+        ("llama2-13b", "a100-40gb", {"method": "lora", "batch_size": 16, "seq_len": 4096}),
+        ("mistral-7b", "rtx3090", {"method": "qlora", "batch_size": 8, "gpus": 2}),
+    ],
+)
+def test_a_screened_plan_is_the_plan_with_every_candidate_replayed(
+    model, gpu, settings, monkeypatch
+):
+    """Screening changes what a search costs, never what it answers: the same rows, the
+    same estimates for them, the same count of candidates evaluated."""
+    import contextlib
+    import sys
+
+    screened = _plan(model, gpu, **settings)
+    # ftmem.plan, the module (the package's attribute of that name is the function)
+    monkeypatch.setattr(sys.modules["ftmem.plan"], "screening", contextlib.nullcontext)
+    whole = _plan(model, gpu, **settings)
+    assert [c.changes for c in screened.fitting] == [c.changes for c in whole.fitting]
+    assert [c.estimate for c in screened.fitting] == [c.estimate for c in whole.fitting]
+    assert screened.evaluated == whole.evaluated
+
+
+def test_a_screened_estimate_that_cannot_fit_is_a_lower_bound_that_says_so():
+    from ftmem.estimate import SCREENED_NOTE, screening
+
+    settings = {"method": "full", "batch_size": 8, "seq_len": 2048}
+    whole = estimate("llama2-7b", gpu="rtx4090", **settings)
+    with screening():
+        screened = estimate("llama2-7b", gpu="rtx4090", **settings)
+        fitting = estimate("llama2-7b", gpu="h100", method="qlora")
+    assert whole.fits is False and screened.fits is False
+    assert SCREENED_NOTE in screened.notes and SCREENED_NOTE not in whole.notes
+    m, w = screened.memory, whole.memory
+    # the allocated peak is the step's either way; what the replay adds is left out
+    assert m.peak_allocated_bytes == w.peak_allocated_bytes
+    assert m.beyond_allocated.allocator_cache == 0 < w.beyond_allocated.allocator_cache
+    assert m.total_bytes == w.total_bytes - w.beyond_allocated.allocator_cache
+    assert m.beyond_allocated.cuda_context == w.beyond_allocated.cuda_context
+    # already beyond the card before the cache: no cache could make it fit
+    card = get_gpu("rtx4090").memory_bytes
+    assert m.peak_allocated_bytes + m.beyond_allocated.cuda_context > card
+    # a run that fits is replayed whole, screening or not
+    assert fitting == estimate("llama2-7b", gpu="h100", method="qlora")
+
+
+def test_the_searches_show_whole_estimates_beyond_their_edge():
+    from ftmem.api import largest
+    from ftmem.estimate import SCREENED_NOTE
+
+    found = largest("llama2-7b", "batch_size", gpu="rtx4090", method="lora", seq_len=512)
+    assert found.fails_at is not None and SCREENED_NOTE not in found.fails_at.notes
+    assert found.fails_at == estimate(
+        "llama2-7b", gpu="rtx4090", method="lora", seq_len=512, batch_size=found.value + 1
+    )
+    nothing = largest("llama2-70b", "batch_size", gpu="rtx4090", method="full")
+    assert nothing.value is None and SCREENED_NOTE not in nothing.fails_at.notes
+    result = run(
+        "estimate",
+        "llama2-70b",
+        "--method",
+        "full",
+        "--gpu",
+        "rtx4090",
+        "--fewest-gpus",
+        "--gpus",
+        "2",
+        "--strategy",
+        "ddp",
+    )
+    assert "Does not fit" in result.output and "not replayed" not in result.output

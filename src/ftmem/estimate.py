@@ -11,7 +11,9 @@ each rank's sizes and the rank with the most memory is reported.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -62,6 +64,25 @@ SIMPLE_STATES_PER_PARAM = {  # 16-bit values per trainable parameter, seed's rul
     "adafactor": 1,
     "lion": 1,
 }
+
+
+_SCREENING: ContextVar[bool] = ContextVar("ftmem_screening", default=False)
+SCREENED_NOTE = (
+    "Does not fit even before the allocator's cache: the cache was not replayed, so the "
+    "reserved and device figures are lower bounds."
+)
+
+
+@contextmanager
+def screening() -> Iterator[None]:
+    """Estimates made inside answer ``fits`` exactly but skip the allocator replay of a
+    run that cannot fit anyway (gpu.device.device_figures' ``fits_within``), for
+    searches that show only the runs that fit: such an estimate says so in a note."""
+    token = _SCREENING.set(True)
+    try:
+        yield
+    finally:
+        _SCREENING.reset(token)
 
 
 def estimate_step(
@@ -127,7 +148,8 @@ def estimate_step(
             run_peak,
         ),
     )
-    return _result(arch, run, plan, plan.n_trainable, memory, gpu, notes + _family_notes(arch, run))
+    notes += _family_notes(arch, run) + ([] if figures.replayed else [SCREENED_NOTE])
+    return _result(arch, run, plan, plan.n_trainable, memory, gpu, notes)
 
 
 def _with_vllm_engine(
@@ -251,6 +273,7 @@ def _device(
         outside=outside,
         steps=steps,
         allocator=run.allocator,
+        fits_within=gpu.memory_bytes if gpu is not None and _SCREENING.get() else None,
     )
     return at_peak, figures, run_peak
 
@@ -475,16 +498,8 @@ def _estimate_parallel(
             f"Host RAM is the bottleneck: offload needs {info.host_bytes_per_node / 2**30:.1f} "
             f"GiB per node, the node has {par.host_memory_bytes / 2**30:.1f} GiB.",
         )
-    return _result(
-        arch,
-        step.run,
-        step.parts.plan,
-        full_trainable,
-        memory,
-        gpu,
-        notes + _family_notes(arch, run),
-        info,
-    )
+    notes += _family_notes(arch, run) + ([] if figures.replayed else [SCREENED_NOTE])
+    return _result(arch, step.run, step.parts.plan, full_trainable, memory, gpu, notes, info)
 
 
 def _check_parallel_run(run: RunConfig) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ftmem.colossalai import COLOSSALAI, GEMINI, HYBRID_AMP, LOW_LEVEL_ZERO
 from ftmem.errors import FtmemError
+from ftmem.estimate import screening
 from ftmem.profiles import profile_of
 from ftmem.result import Estimate
 from ftmem.run import ADAPTER_METHODS, RunConfig
@@ -435,10 +436,23 @@ def make_plan(
     rows: int = 8,
     max_evaluations: int = 2000,
 ) -> Plan:
-    """The least invasive ways to make ``settings`` fit, by ``estimate_with(settings)``."""
+    """The least invasive ways to make ``settings`` fit, by ``estimate_with(settings)``.
+    The candidates are estimated under ftmem.estimate.screening: the plan shows only
+    those that fit, and a run that cannot fit needs no allocator replay to say so."""
     baseline = estimate_with(settings)
     if baseline.fits is None:
         raise FtmemError("`ftmem plan` needs a GPU: give --gpu or --gpu-memory.")
+    with screening():
+        return _search(estimate_with, settings, baseline, rows, max_evaluations)
+
+
+def _search(
+    estimate_with: Callable[[Settings], Estimate],
+    settings: Settings,
+    baseline: Estimate,
+    rows: int,
+    max_evaluations: int,
+) -> Plan:
     combos = sorted(
         (c for c in _combinations(settings, LEVERS) if c),
         key=lambda c: (sum(x.penalty for x in c), len(c)),

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ftmem.errors import InvalidInputError
+from ftmem.estimate import SCREENED_NOTE, screening
 from ftmem.result import Estimate
 
 MAX_NODES = 128
@@ -41,13 +42,16 @@ def fewest_gpus(
     ``estimate_on(gpus_per_node, nodes)`` gives the estimate with a GPU (so ``fits`` is
     set). Counts the layout rules refuse (e.g. hybrid sharding over uneven nodes) are
     skipped. Per-GPU memory does not always fall with more GPUs (DDP replicates
-    everything), so the search walks the counts in order rather than bisecting.
+    everything), so the search walks the counts in order rather than bisecting. The
+    counts are estimated under ftmem.estimate.screening: the one that fits, or the
+    largest tried, is the one shown, with every figure.
     """
     tried: list[GpuCount] = []
     refused: list[str] = []
     for g, n in gpu_counts(gpus_per_node, max_nodes, multiple_of):
         try:
-            est = estimate_on(g, n)
+            with screening():
+                est = estimate_on(g, n)
         except InvalidInputError as exc:
             refused.append(str(exc))
             continue
@@ -61,6 +65,10 @@ def fewest_gpus(
         # no count, or one GPU only, could be estimated: the refusal is the answer
         # (a one-GPU feature such as --accounting simple, an offload without a strategy)
         raise InvalidInputError(f"--fewest-gpus: {refused[0]}")
+    if tried:  # the largest count tried is shown: its figures whole
+        last = tried[-1]
+        whole = _whole(lambda _: estimate_on(last.gpus_per_node, last.nodes), 0, last.estimate)
+        tried[-1] = GpuCount(last.gpus_per_node, last.nodes, whole)
     return None, tried
 
 
@@ -83,14 +91,15 @@ def largest_fitting(estimate_at: Callable[[int], Estimate], lowest: int, highest
     def fits(n: int) -> tuple[bool, Estimate]:
         nonlocal evaluations
         evaluations += 1
-        est = estimate_at(n)
+        with screening():  # the one shown beyond the edge is estimated again, whole
+            est = estimate_at(n)
         if est.fits is None:
             raise InvalidInputError("a search needs a GPU: give --gpu or --gpu-memory.")
         return bool(est.fits), est
 
     ok, est = fits(lowest)
     if not ok:
-        return Largest(None, None, est, evaluations)
+        return Largest(None, None, _whole(estimate_at, lowest, est), evaluations)
     good, good_est = lowest, est
     bad, bad_est = None, None
     step = max(1, lowest)
@@ -111,4 +120,9 @@ def largest_fitting(estimate_at: Callable[[int], Estimate], lowest: int, highest
             good, good_est = mid, est
         else:
             bad, bad_est = mid, est
-    return Largest(good, good_est, bad_est, evaluations)
+    return Largest(good, good_est, _whole(estimate_at, bad, bad_est), evaluations)
+
+
+def _whole(estimate_at: Callable[[int], Estimate], n: int, est: Estimate) -> Estimate:
+    """``est`` with every figure replayed, where screening left the cache out."""
+    return estimate_at(n) if SCREENED_NOTE in est.notes else est

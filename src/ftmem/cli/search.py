@@ -55,8 +55,6 @@ def plan(
     from ftmem.present.searches import plan_json, plan_table
     from ftmem.sources import resolve_model
 
-    if rows < 1:
-        raise FtmemError("--rows must be at least 1.")
     if plot is not None:
         from ftmem.present.plot import check_plot_path
 

@@ -38,6 +38,9 @@ class DeviceFigures:
     allocator_cache: int  # reserved − allocated at the peak
     cuda_context: int
     nccl: int
+    # False: the replay was skipped for a run that cannot fit (device_figures'
+    # fits_within); the allocator cache is then taken as 0, a lower bound
+    replayed: bool = True
 
 
 def cuda_runtime(
@@ -104,15 +107,25 @@ def device_figures(
     outside: RunOutside = STEP_ONLY,
     steps: Sequence[tuple[StepSizes, StepTensors]] = (),
     allocator: AllocatorOptions | None = None,
+    fits_within: int | None = None,
 ) -> DeviceFigures:
     """Reserved and device figures around the ``allocated`` peak (workspaces included);
     ``rt`` None: the CPU; ``overhead``: the user's own figure for everything beyond the
     allocated peak; ``outside``: the run's moments beside the step, replayed with it;
     ``steps``: a variable-length run's steps in replay order (each length's sizes; the
     longest is ``sizes``), else two steps of ``sizes``; ``allocator``:
-    PYTORCH_CUDA_ALLOC_CONF's options for the replay."""
+    PYTORCH_CUDA_ALLOC_CONF's options for the replay; ``fits_within``: a GPU's memory,
+    where only whether the run fits it matters: when the allocated peak and what lives
+    beyond the allocator already exceed it, no cache can make the run fit (the reserved
+    peak is never below the allocated one), so the replay is skipped and the cache
+    taken as 0."""
     if rt is None:
         return DeviceFigures(allocated, allocated, 0, 0, 0)
+    beyond = rt.outside_allocator_bytes if overhead is None else overhead
+    if fits_within is not None and allocated + beyond > fits_within:
+        context = 0 if overhead is not None else beyond - rt.nccl_bytes
+        nccl = 0 if overhead is not None else rt.nccl_bytes
+        return DeviceFigures(allocated, allocated + beyond, 0, context, nccl, replayed=False)
     replayed = tuple(steps) or ((sizes, tensors), (sizes, tensors))
     options = tuple(sorted((allocator or {}).items()))
     cache = allocator_cache(
