@@ -51,12 +51,15 @@ EXPECTED = {
         "Qwen/Qwen2.5-0.5B",
         {**TRL_SFT_DEFAULTS, "strategy": "zero2", "gpus": 8, "nodes": 1},
     ),
-    # reward_funcs: `trl grpo`; num_processes 4 on one machine; GRPO has no max_length
-    # and no chunked loss; the model's dropout kept (GRPOConfig.disable_dropout False)
+    # reward_funcs: `trl grpo`, on num_processes 4 of one machine; GRPOConfig's defaults:
+    # num_generations 8, max_completion_length 512, no max_length (512-token prompts
+    # assumed, said), TRL >= 1.16's fused LM head; the model's dropout kept
+    # (GRPOConfig.disable_dropout False)
     "clis_grpo_num_processes.yaml": (
         "Qwen/Qwen2.5-0.5B",
         dict(framework="hf", precision="bf16-mixed", batch_size=8, grad_ckpt=True,
-             optimizer="adamw", optimizer_impl="fused", gpus=4, nodes=1),
+             optimizer="adamw", optimizer_impl="fused", gpus=4, nodes=1, objective="grpo",
+             num_generations=8, completion_len=512, seq_len=1024, loss="logprob-tiles"),
     ),
     # use_peft + load_in_4bit: QLoRA, nf4 without nested quantisation (ModelConfig), the
     # compute dtype TRL passes is the model's dtype (bfloat16); lora_dropout ModelConfig's

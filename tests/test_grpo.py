@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from ftmem import api
 from ftmem.cli.root import app
+from ftmem.errors import InvalidInputError
 from ftmem.estimate import estimate_step
 from ftmem.frameworks import read_framework_config
 from ftmem.grpo import generation_moment, vllm_reserved_bytes
@@ -149,7 +150,6 @@ def test_vllm_generation_replaces_generate_and_reserves_its_share_when_colocated
     ("settings", "match"),
     [
         (dict(completion_len=50), "leaves no prompt.*give e.g. --seq-len 562"),
-        (dict(num_generations=2), "whole groups of --num-generations 2"),
         (dict(num_generations=1, batch_size=1), "--num-generations 2 or more"),
         (dict(vllm_memory_share=0.5), "applies to --vllm colocate only"),
         (dict(loss="fused"), "drop --loss fused"),
@@ -158,6 +158,13 @@ def test_vllm_generation_replaces_generate_and_reserves_its_share_when_colocated
 def test_bad_grpo_settings_are_refused_in_one_sentence(settings, match):
     with pytest.raises(ValueError, match=match):
         _run(method="lora", **settings)
+
+
+def test_the_generation_batch_holds_whole_groups():
+    """Checked where the data-parallel ranks are known (tests/test_objectives_parallel.py
+    for several GPUs)."""
+    with pytest.raises(InvalidInputError, match=r"3 x 1 = 3 completions.*--num-generations 2"):
+        estimate_step(LLAMA, _run(method="lora", num_generations=2))
 
 
 def test_grpo_settings_belong_to_grpo():
@@ -205,14 +212,19 @@ def test_a_grpo_config_is_read_as_the_grpo_objective(tmp_path):
     RunConfig(**{k: v for k, v in s.items() if k not in ("gpus", "nodes")})
 
 
-def test_a_grpo_config_on_several_gpus_stays_sft_with_a_note(tmp_path):
+def test_a_grpo_config_on_several_gpus_is_read_as_grpo_over_the_processes(tmp_path):
+    """generation_batch_size counts every process's completions (GRPOConfig.__post_init__:
+    steps_per_generation = generation_batch_size / (per_device batch x processes))."""
     path = tmp_path / "grpo.yaml"
     path.write_text(
-        "model_name_or_path: Qwen/Qwen2.5-0.5B\nreward_funcs: [accuracy_reward]\nnum_processes: 4\n"
+        "model_name_or_path: Qwen/Qwen2.5-0.5B\nreward_funcs: [accuracy_reward]\n"
+        "num_processes: 4\nper_device_train_batch_size: 2\ngeneration_batch_size: 16\n"
+        "ds3_gather_for_generation: false\n"
     )
     cfg = read_framework_config(str(path))
-    assert "objective" not in cfg.settings
-    assert any("modelled on one GPU" in n for n in cfg.notes)
+    s = cfg.settings
+    assert (s["objective"], s["gpus"], s["steps_per_generation"]) == ("grpo", 4, 2)  # 16 / 8
+    assert any("ds3_gather_for_generation false" in n for n in cfg.notes)
 
 
 @pytest.mark.parametrize(
@@ -261,3 +273,37 @@ def test_a_colocated_vllm_engine_takes_its_share_of_the_gpu():
     )
     mine = api.estimate("qwen2.5-1.5b", gpu="h100", vllm="colocate", overhead="1GiB", **common)
     assert mine.memory.total_bytes == mine.memory.peak_allocated_bytes + 1024**3
+
+
+@pytest.mark.parametrize(
+    ("strategy", "settings"),
+    [
+        ("zero3", dict(method="lora")),  # the whole policy gathered, one request a tensor
+        ("zero3", dict(method="full", kl_beta=0.04)),
+        ("zero3", dict(method="lora", vllm="colocate")),  # a peft model gathered to sync
+        ("fsdp", dict(method="full", kl_beta=0.04)),  # the whole reference for its forward
+        ("zero2", dict(method="lora", grad_ckpt=True, grad_accum=8)),
+    ],
+    ids=["zero3-lora", "zero3-reference", "zero3-vllm-sync", "fsdp-reference", "zero2-gen"],
+)
+def test_the_allocator_trace_of_a_rank_reaches_its_timeline_peak(strategy, settings):
+    """A rank's requests, replayed live, peak where its timeline does: the moment before
+    the forward with what the rank gathers for it (the parameters one by one under
+    ZeRO-3), and no forward blocks beside them."""
+    from ftmem.api import parallel_config
+    from ftmem.estimate import _tensors
+    from ftmem.gpu.trace import step_events
+    from ftmem.parallel import parallel_step
+    from tests.test_gpu_trace import replay_live
+
+    arch = model_presets()["llama2-7b"]
+    base = dict(objective="grpo", batch_size=8, seq_len=1024, completion_len=512)
+    run = RunConfig(**{**base, **settings})
+    step = parallel_step(arch, run, parallel_config(gpus=4, strategy=strategy))
+    sizes = step.ranks[step.worst].sizes
+    events = step_events(sizes, _tensors(step.parts, sizes), min(run.grad_accum, 2))
+    best, _ = replay_live(events)
+    assert best == step.peak.at_peak.total
+    if strategy == "zero3" and run.vllm is None and settings["method"] == "lora":
+        # 7 matrices a block x 32 blocks + the embedding and the LM head, each whole
+        assert len(sizes.before_requests) == 7 * 32 + 2

@@ -74,16 +74,118 @@ def test_precomputed_reference_has_no_copy():
     )
 
 
-def test_model_parallel_and_grpo_are_refused():
+def test_model_parallel_is_refused():
     with pytest.raises(InvalidInputError, match="runs data parallel"):
         _run("zero1", tp=2)
-    with pytest.raises(InvalidInputError, match="grpo is modelled on one GPU"):
-        estimate(
-            "llama2-7b",
-            method="lora",
-            objective="grpo",
-            seq_len=1024,
-            batch_size=8,
-            gpus=2,
-            strategy="zero2",
+
+
+# --- GRPO on several GPUs (TRL's GRPOTrainer under Accelerate) ---------------------------
+
+
+def _grpo(strategy: str | None, method: str = "lora", gpus: int = 4, **kw):
+    settings = dict(
+        method=method,
+        precision="bf16",
+        objective="grpo",
+        seq_len=1024,
+        batch_size=8,
+        grad_ckpt=True,
+        gpu="h100",
+        **({"lora_r": 16} if method == "lora" else {}),
+    )
+    settings.update(kw)
+    if strategy is not None:
+        settings.update(gpus=gpus, strategy=strategy)
+    return estimate("llama2-7b", **settings)
+
+
+def _before(est) -> int:
+    """The moment before the training forward (generation, or the no_grad forwards), as
+    the timeline's forward phase holds it: the step's forward peak, where it is."""
+    return est.memory.phases.forward
+
+
+def _transient(est) -> int:
+    m = est.memory
+    return _before(est) - m.weights_bytes - m.optimizer_states_bytes
+
+
+def test_ddp_and_zero2_generate_as_one_gpu_does():
+    """The policy is whole on every rank: generate() needs nothing gathered, and each
+    rank generates its own b x steps_per_generation completions (per_device batch)."""
+    one = _grpo(None)
+    for strategy in ("ddp", "zero2"):
+        many = _grpo(strategy)
+        assert many.memory.peak_phase == one.memory.peak_phase
+        # the same generation: beyond the weights and states it holds (ZeRO-2: the
+        # adapters in 16 bits, their fp32 masters and states sharded), the moment before
+        # the step is the one GPU's, give or take DDP's gradient buckets (fp32 adapters)
+        lora = 2 * 2 * 16 * H * L
+        assert one.memory.weights_bytes - many.memory.weights_bytes == (
+            0 if strategy == "ddp" else 2 * lora
         )
+        assert abs(_transient(many) - _transient(one)) <= 4 * lora
+
+
+def test_zero3_gathers_the_whole_policy_to_generate():
+    """ds3_gather_for_generation (True by default): GatheredParameters over every
+    parameter, so generate() runs beside the whole 16-bit policy. With LoRA r 16 under
+    HF's 'auto' persistence threshold (10·h = 40,960 elements) the 65 norms stay whole
+    and the adapters (16 x 4096 = 65,536 elements each) are sharded: gathered beyond the
+    resident copy = 2(Ψ − norms) + 2·(LoRA parameters) bytes (the engine holds the
+    adapters in 16 bits, their fp32 masters in the optimizer). Each rank generates its
+    own 8 completions (per-device batch x steps per generation 1), as on one GPU."""
+    lora = 2 * 2 * 16 * H * L  # q_proj and v_proj: A (16 x 4096) and B (4096 x 16)
+    whole = 2 * (PSI_7B - NORMS_7B) + 2 * lora
+    z3 = _grpo("zero3", gpus=4)
+    big = _grpo("zero3", gpus=4, completion_len=128)  # the same gathering, a smaller cache
+    one = _grpo(None)
+    one_short = _grpo(None, completion_len=128)
+    assert z3.memory.peak_phase == "forward"
+    # generation's own bytes are the one-GPU run's: the difference between two lengths
+    # is the same, and what is added is the gathered policy beside each rank's own part
+    assert _before(z3) - _before(big) == _before(one) - _before(one_short)
+    assert z3.memory.at_peak.weights == NORMS_7B * 2 + ceil(whole / 4)
+    # hooks removed under GatheredParameters: no block gathered beside the whole policy
+    assert _transient(z3) - _transient(one) == whole
+
+
+def test_zero3_and_fsdp_gather_the_reference_before_the_step():
+    """Full finetuning with beta 0.04: the frozen reference's forward runs after
+    generation, before the training forward, so what it gathers (two blocks under
+    ZeRO-3; all of it, 2Ψ, under FSDP where TRL wraps it with fully_shard on the root
+    alone) is charged there, not at the LM head as DPO's is."""
+    fsdp = _grpo("fsdp", method="full", gpus=8, kl_beta=0.04)
+    no_ref = _grpo("fsdp", method="full", gpus=8)
+    assert _transient(fsdp) >= 2 * PSI_7B
+    assert fsdp.memory.weights_bytes == no_ref.memory.weights_bytes + ceil(2 * PSI_7B / 8)
+    # the LM head's moment carries no reference: same communication as without one
+    assert fsdp.memory.phases.backward == pytest.approx(
+        no_ref.memory.phases.backward + ceil(2 * PSI_7B / 8), abs=2**20
+    )
+
+
+def test_the_generation_batch_holds_whole_groups_over_the_ranks():
+    """TRL: generation_batch_size = per_device_train_batch_size x processes x
+    steps_per_generation must divide by num_generations."""
+    with pytest.raises(InvalidInputError, match=r"4 x 1 = 4 completions.*--num-generations 8"):
+        _grpo(None, batch_size=4)
+    _grpo("zero2", gpus=2, batch_size=4)  # 4 x 1 x 2 GPUs = 8: whole groups
+    with pytest.raises(InvalidInputError, match=r"3 x 1 x 2 GPUs = 6 completions"):
+        _grpo("zero2", gpus=2, batch_size=3)
+
+
+def test_grpo_outside_trls_layouts_is_refused():
+    with pytest.raises(InvalidInputError, match="runs data parallel"):
+        _grpo("zero1", gpus=4, tp=2)
+    with pytest.raises(InvalidInputError, match="ColossalAI's own GRPO is not modelled"):
+        _grpo("colossalai-zero2", gpus=4)
+
+
+def test_the_objectives_note_is_said_on_several_gpus_as_on_one():
+    for objective, start in (("dpo", "DPO: chosen and rejected"), ("grpo", "GRPO (TRL")):
+        settings = dict(method="lora", objective=objective, seq_len=1024, batch_size=8)
+        one = estimate("llama2-7b", **settings)
+        many = estimate("llama2-7b", gpus=4, strategy="zero3", **settings)
+        said = [n for n in one.notes if n.startswith(start)]
+        assert said and said == [n for n in many.notes if n.startswith(start)]

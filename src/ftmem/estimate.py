@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ftmem.arch import Architecture, count_params
+from ftmem.colossalai import COLOSSALAI
 from ftmem.errors import InvalidInputError
 from ftmem.gpu.device import DeviceFigures, cuda_runtime, device_figures, workspace_bytes
 from ftmem.gpu.trace import (
@@ -29,7 +30,7 @@ from ftmem.gpu.trace import (
     outer_sides,
     plan_tensors,
 )
-from ftmem.grpo import vllm_reserved_bytes
+from ftmem.grpo import check_groups, vllm_reserved_bytes
 from ftmem.hardware import Gpu
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.ops.attention import attention_path
@@ -97,6 +98,8 @@ def estimate_step(
     ``teacher``, of a distillation step."""
     arch = framework_arch(arch, run)  # e.g. LitGPT's own, never tied, LM head
     run = framework_run(arch, run)  # e.g. Unsloth's fused loss and allocator options
+    if run.objective == "grpo":
+        check_groups(run, 1 if par is None else par.dp)
     if par is not None and not par.is_trivial:
         _one_gpu_only(run, teacher, par)
         return _estimate_parallel(arch, run, par, gpu, overhead_bytes)
@@ -205,15 +208,16 @@ def _step_notes(parts: StepParts, run: RunConfig, teacher: Teacher | None) -> li
 
 
 def _one_gpu_only(run: RunConfig, teacher: Teacher | None, par: ParallelConfig) -> None:
-    """Refuse what ftmem models on one GPU only (distillation, GRPO's generation), and
-    preference objectives beyond data parallelism, which TRL's trainers do not run."""
+    """Refuse what ftmem models on one GPU only (distillation), and preference objectives
+    and GRPO beyond data parallelism, which TRL's trainers do not run."""
     if teacher is not None:
         raise InvalidInputError(
             "Distillation (--teacher) is modelled on one GPU; several GPUs are not yet."
         )
-    if run.objective == "grpo":
+    if run.objective == "grpo" and par.resolved_strategy in COLOSSALAI:
         raise InvalidInputError(
-            "--objective grpo is modelled on one GPU; several GPUs are not yet."
+            "--objective grpo follows TRL's GRPOTrainer, which runs under DDP, DeepSpeed "
+            "ZeRO or FSDP; ColossalAI's own GRPO is not modelled."
         )
     if run.objective != "sft" and par.model_parallel > 1:
         raise InvalidInputError(
@@ -492,6 +496,8 @@ def _estimate_parallel(
     info = _parallel_info(arch, par, step, memory.overhead_bytes, at_peak.workspaces)
     full_trainable = plan_method(arch, run).n_trainable
     notes = list(step.parts.plan.notes) + parallel_notes(arch, run, par, step)
+    if run.objective != "sft":  # what the objective adds, as on one GPU
+        notes.append(objective_note(step.parts.plan, step.run))
     if par.host_memory_bytes is not None and not info.host_fits:
         notes.insert(
             0,

@@ -39,6 +39,7 @@ from ftmem.ops.saved import Saved
 from ftmem.run import RunConfig
 
 if TYPE_CHECKING:  # step imports this module lazily: no cycle at run time
+    from ftmem.phases import Gradients
     from ftmem.step import StepParts
 
 ENTROPY_CHUNK = 128  # trl/trainer/utils.py@f2cd57710ae3 entropy_from_logits chunk_size
@@ -291,6 +292,80 @@ def check_supported(arch: Architecture, run: RunConfig) -> None:
         )
 
 
+def before_moment(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    gradients: Gradients,
+    gathered: Gathered | None = None,
+) -> Before:
+    """The moment before the training forward: generation (or, with vLLM, the weights'
+    sync to it) or the no_grad log-probabilities after it, whichever is larger, each
+    with what a sharded rank gathers for it (``gathered``, parallel.py)."""
+    g = gathered or Gathered()
+    if run.vllm is not None:
+        generate, generate_gathers = 0, g.sync
+    else:
+        generate, generate_gathers = generation_moment(arch, run, plan), g.generation
+    ref = reference_moment(arch, run, plan)
+    if ref and ref + g.reference > generate + generate_gathers:
+        before = Before(ref, g.reference)
+    else:
+        before = Before(generate, generate_gathers, g.one_by_one)
+    if gradients.persist and run.generation_steps >= run.grad_accum:
+        # the timeline holds every gradient from the second micro-batch on; generation
+        # runs at the first one, after zero_grad(set_to_none=True): none exists then
+        # (with fewer steps per generation than micro-batches it also runs later, beside
+        # the gradients)
+        from_transient = min(before.transient, gradients.total)
+        from_gathered = min(before.gathered, gradients.total - from_transient)
+        before = Before(
+            before.transient - from_transient,
+            before.gathered - from_gathered,
+            before.requests if not from_gathered else (),
+        )
+    return before
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Before:
+    """GRPO's moment before the training forward: its own tensors, and what a sharded
+    rank gathers for it (bytes; ``requests``: that gathering one request per parameter,
+    where known)."""
+
+    transient: int
+    gathered: int = 0
+    requests: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Gathered:
+    """What a rank whose weights are sharded gathers (bytes) for each part of the moment
+    before the training forward, the forward's own gathering included."""
+
+    generation: int = 0  # generate() with the policy
+    reference: int = 0  # the no_grad forwards after it
+    sync: int = 0  # the policy's weights pushed to vLLM
+    # generation's (or the sync's) gathering as one request per parameter, where known
+    one_by_one: tuple[int, ...] = ()
+
+
+def check_groups(run: RunConfig, world: int) -> None:
+    """The generation batch, over the data-parallel ranks, holds whole groups of
+    completions (trl/trainer/grpo_config.py@f2cd57710ae3 __post_init__:
+    generation_batch_size = per_device_train_batch_size x num_processes x
+    steps_per_generation must divide by num_generations)."""
+    rows = run.generation_rows * world
+    if rows % run.generations:
+        over = f" x {world} GPUs" if world > 1 else ""
+        raise InvalidInputError(
+            f"the generation batch ({run.batch_size} x {run.generation_steps}{over} = "
+            f"{rows} completions) must hold whole groups of --num-generations "
+            f"{run.generations}, as TRL's GRPOConfig requires: set --batch-size (or "
+            "--steps-per-generation) to a multiple of it"
+        )
+
+
 def with_grpo(parts: StepParts, arch: Architecture, run: RunConfig) -> StepParts:
     """The SFT step's parts over b sequences of seq_len tokens (``parts``, built with
     objective sft) turned into GRPO's: the cross-entropy replaced by the completion's
@@ -320,16 +395,7 @@ def with_grpo(parts: StepParts, arch: Architecture, run: RunConfig) -> StepParts
     items = items[: -len(tail)] + new
     delta = sum(s.nbytes for s in new) - sum(s.nbytes for s in tail)
     acts = sizes.activations
-    before = 0
-    if run.vllm is None:
-        before = generation_moment(arch, run, plan)
-    before = max(before, reference_moment(arch, run, plan))
-    if sizes.gradients.persist and run.generation_steps >= run.grad_accum:
-        # the timeline holds every gradient from the second micro-batch on; generation
-        # runs at the first one, after zero_grad(set_to_none=True): none exists then
-        # (with fewer steps per generation than micro-batches it also runs later, beside
-        # the gradients)
-        before = max(before - sizes.gradients.total, 0)
+    before = before_moment(arch, run, plan, sizes.gradients).transient
     from ftmem.step import reference_weights
 
     if tiles(run):

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from ftmem import colossalai
+from ftmem import colossalai, grpo
 from ftmem.arch import HEAD, Architecture
 from ftmem.colossalai import COLOSSALAI, LOW_LEVEL_ZERO
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, ceil_div, is_quantized
@@ -67,7 +67,7 @@ from ftmem.sequence_parallel import (
     ring_attention_backward,
     ring_attention_forward,
 )
-from ftmem.step import StepParts, reference_weights, step_parts
+from ftmem.step import StepParts, reference_weights, step_parts, trains_own_weights
 
 Strategy = Literal[
     "single",
@@ -1136,9 +1136,14 @@ def rank_memory(
     on = _offload_params(s, par, on, BYTES_PER_ELEMENT[plan.dtypes.compute])
     if s in LOW_LEVEL_ZERO:
         on = _colossalai_gather_after_step(par, on, traffic)
+    policy = on
     on, comm = _with_reference(s, par, arch, run, plan, on, comm)
     boundary = _pipeline_boundary(arch, run, par, parts, at)
     sizes, micro = _stage_sizes(s, par, run, base, at, on, comm, boundary)
+    if run.objective == "grpo":
+        sizes = _grpo_before(
+            s, par, arch, run, plan, groups, sizes, totals.weights - policy.replicated
+        )
     return RankMemory(
         stage=stage,
         sizes=sizes,
@@ -1233,8 +1238,90 @@ def _with_reference(
         replicated=on.replicated + persistent,
         sharded=on.sharded + ceil_div(ref - persistent, n),
     )
+    if run.objective == "grpo":  # its forward runs before the step's (_grpo_gathered)
+        return on, comm
     at_head = comm.forward if comm.head_forward is None else comm.head_forward
     return on, dataclasses.replace(comm, head_forward=at_head + gathered)
+
+
+def _reference_gathered(s: Strategy, arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:
+    """What a sharded rank gathers of the frozen reference copy for its forward beyond
+    the policy's blocks (_with_reference): two blocks under ZeRO-3 and torchtune, all of
+    it under FSDP as TRL wraps it."""
+    ref = reference_weights(plan, run)
+    if not ref or s not in SHARDS_WEIGHTS or s == colossalai.GEMINI:
+        return 0
+    if s == "zero3" or run.framework == "torchtune":
+        return BLOCKS_IN_FLIGHT * _gathered_bytes(_one_block(plan.groups, arch))
+    return ref
+
+
+def _grpo_before(
+    s: Strategy,
+    par: ParallelConfig,
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    groups: tuple[TensorGroup, ...],
+    sizes: StepSizes,
+    sharded: int,
+) -> StepSizes:
+    """GRPO's moment before the training forward on a rank (grpo.before_moment): where
+    the weights are sharded, what it gathers is its own communication, not the forward's
+    blocks."""
+    if s not in SHARDS_WEIGHTS:
+        before = grpo.before_moment(arch, run, plan, sizes.gradients)
+        return dataclasses.replace(sizes, teacher_forward=before.transient)
+    gathered = _grpo_gathered(s, par, arch, run, plan, groups, sharded, sizes.comm.forward)
+    before = grpo.before_moment(arch, run, plan, sizes.gradients, gathered)
+    return dataclasses.replace(
+        sizes,
+        teacher_forward=before.transient,
+        before_requests=before.requests,
+        comm=dataclasses.replace(sizes.comm, before=before.gathered),
+    )
+
+
+def _grpo_gathered(
+    s: Strategy,
+    par: ParallelConfig,
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    groups: tuple[TensorGroup, ...],
+    sharded: int,
+    forward: int,
+) -> grpo.Gathered:
+    """What a ZeRO-3 or FSDP rank gathers for GRPO's moment before the training forward
+    (huggingface/trl @f2cd57710ae3):
+
+    - generate() (grpo_trainer.py _generate_single_turn, unwrap_model_for_generation in
+      models/utils.py): ZeRO-3 gathers every parameter at once
+      (``ds3_gather_for_generation``, True by default: deepspeed.zero.GatheredParameters
+      over model.parameters(), the hooks removed): each parameter it shards
+      (``sharded`` bytes in all) comes whole, one request each; FSDP generates through
+      its hooks, gathering what its forward does (``forward``);
+    - the no_grad forwards after it: the reference copy's (_reference_gathered), or the
+      policy's through its hooks (old log-probabilities; the reference as the policy
+      with its adapter disabled);
+    - with vLLM, the weights' sync (generation/vllm_generation.py sync_weights): under
+      ZeRO-3 a peft model is gathered whole to merge its adapters; otherwise one
+      parameter at a time (the largest is charged)."""
+    reference = max(_reference_gathered(s, arch, run, plan), forward)
+    largest = max((g.nbytes // g.count for g in groups), default=0)
+    if s != "zero3":
+        return grpo.Gathered(generation=forward, reference=reference, sync=largest)
+    threshold = par.buckets(arch)[2]  # the tensors under it stay whole (_sharded)
+    whole = run.vllm is None or not trains_own_weights(run)
+    one_by_one = tuple(
+        size for g in groups if g.numel >= threshold for size in (g.nbytes // g.count,) * g.count
+    )
+    return grpo.Gathered(
+        generation=sharded,
+        reference=reference,
+        sync=sharded if whole else largest,
+        one_by_one=one_by_one if whole else (),
+    )
 
 
 def _gemini_layout(
@@ -1530,6 +1617,8 @@ def parallel_notes(
         offload = par.offload_optimizer != "none"
         notes += colossalai.notes(s, par.model_parallel, par.pp, par.ep, offload)
     notes += _model_parallel_notes(arch, run, par, step)
+    if run.objective == "grpo" and s in SHARDS_WEIGHTS:
+        notes.append(_grpo_gathering_note(s, run))
     if run.method == "qlora" and s in SHARDS_WEIGHTS:
         notes.append(
             "QLoRA with sharded weights needs the 4-bit storage in a float dtype "
@@ -1537,6 +1626,24 @@ def parallel_notes(
             "4-bit storage."
         )
     return notes
+
+
+def _grpo_gathering_note(s: Strategy, run: RunConfig) -> str:
+    """What a sharded rank gathers around GRPO's generation (_grpo_gathered)."""
+    if run.vllm is not None:
+        sync = (
+            "the policy gathered whole to merge its adapters"
+            if s == "zero3" and not trains_own_weights(run)
+            else "one parameter at a time"
+        )
+        return f"GRPO on sharded weights: each sync of the weights to vLLM gathers {sync}."
+    if s == "zero3":
+        return (
+            "GRPO under ZeRO-3: generate() runs with every parameter gathered whole "
+            "(TRL's ds3_gather_for_generation, true by default); set false, it gathers each "
+            "module at every decoding step (not modelled)."
+        )
+    return "GRPO under FSDP: generate() gathers through FSDP's hooks, as a forward does."
 
 
 def _model_parallel_notes(

@@ -122,11 +122,14 @@ class Communication:
     head_forward: int | None = None  # at the logits
     loss_backward: int | None = None  # at the loss backward
     head_backward: int | None = None  # the final norm's backward
+    # before the forward (a teacher's forward, GRPO's generation): None, the forward's;
+    # a number where that moment's own gathering is counted in it (parallel.py)
+    before: int | None = None
 
     def largest(self) -> int:
         """Its largest over every moment, the head side's included (ZeRO-3 gathers the
         whole LM head or embedding at the logits, more than one quantized block)."""
-        ends = (self.head_forward, self.loss_backward, self.head_backward)
+        ends = (self.head_forward, self.loss_backward, self.head_backward, self.before)
         return max(self.forward, self.backward, self.optimizer, *(c for c in ends if c is not None))
 
     def blocks_only(self) -> Communication:
@@ -150,8 +153,12 @@ class StepSizes:
     head: HeadTransients
     optimizer: OptimizerStep
     comm: Communication = NO_COMMUNICATION
-    # distillation: the frozen teacher's forward, before the student's (no activations)
+    # distillation: the frozen teacher's forward, before the student's (no activations);
+    # GRPO: generation, or the no_grad log-probabilities after it
     teacher_forward: int = 0
+    # its communication (comm.before) one request per tensor, where known (GRPO under
+    # ZeRO-3: each parameter gathered whole; gpu.trace)
+    before_requests: tuple[int, ...] = ()
     # what the training loop itself holds at every moment (LitGPT: the last forward's
     # fp32 logits, until the next forward returns); counted with the activations
     loop_held: int = 0
@@ -272,8 +279,9 @@ def _until_head_backward(
         Moment("backward", held_backward, acts, head.loss_backward, loss_bwd),
         Moment("backward", live_grads, live_acts, head.workspace + s.optimizer.outer, head_bwd),
     ]
-    if s.teacher_forward:  # without a teacher the next moment holds all this one would
-        moments.insert(0, Moment("forward", held_forward, 0, s.teacher_forward, fwd))
+    if s.teacher_forward or c.before:  # without one the next moment holds all it would
+        before = fwd if c.before is None else c.before
+        moments.insert(0, Moment("forward", held_forward, 0, s.teacher_forward, before))
     return moments
 
 

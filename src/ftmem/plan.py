@@ -84,9 +84,9 @@ def _refused(s: Settings) -> bool:
 
 
 def _one_gpu_only(s: Settings) -> bool:
-    """A run ftmem models on one GPU only (estimate._one_gpu_only): GRPO, a teacher.
-    Levers that spread it (ZeRO, offload) would be refused."""
-    return s.get("objective", "sft") == "grpo" or s.get("teacher") is not None
+    """A run ftmem models on one GPU only (estimate._one_gpu_only): a teacher's. Levers
+    that spread it (ZeRO, offload) would be refused."""
+    return s.get("teacher") is not None
 
 
 # The trainers that can compute the reference's log-probabilities before training:

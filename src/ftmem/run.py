@@ -492,8 +492,8 @@ class RunConfig(limits.BoundedSettings):
 
     @model_validator(mode="after")
     def _grpo_settings_fit(self) -> RunConfig:
-        """grpo's settings, refused elsewhere; its generation batch holds whole groups of
-        completions (trl/trainer/grpo_config.py@f2cd57710ae3 __post_init__)."""
+        """grpo's settings, refused elsewhere (trl/trainer/grpo_config.py@f2cd57710ae3
+        __post_init__)."""
         given = [
             "--" + name.replace("_", "-")
             for name in GRPO_SETTINGS
@@ -513,13 +513,7 @@ class RunConfig(limits.BoundedSettings):
             )
         if self.generations < 2:
             raise ValueError("GRPO needs --num-generations 2 or more (TRL refuses fewer)")
-        if self.generation_rows % self.generations:
-            raise ValueError(
-                f"the generation batch ({self.batch_size} x {self.generation_steps} = "
-                f"{self.generation_rows} completions) must hold whole groups of "
-                f"--num-generations {self.generations}, as TRL's GRPOConfig requires: set "
-                "--batch-size (or --steps-per-generation) to a multiple of it"
-            )
+        # whole groups over the data-parallel ranks: grpo.check_groups, where they are known
         if self.vllm_memory_share is not None and self.vllm != "colocate":
             raise ValueError("--vllm-memory-share applies to --vllm colocate only")
         return self

@@ -101,7 +101,8 @@ def largest_fitting(estimate_at: Callable[[int], Estimate], lowest: int, highest
     if not ok:
         return Largest(None, None, _whole(estimate_at, lowest, est), evaluations)
     good, good_est = lowest, est
-    bad, bad_est = None, None
+    bad: int | None = None
+    bad_est = est
     step = max(1, lowest)
     while bad is None:
         probe = min(good + step, highest)

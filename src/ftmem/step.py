@@ -516,13 +516,18 @@ def _block_policy(run: RunConfig, rebuilt: tuple[int, ...], own_grads: int) -> B
 _OWN_WEIGHTS_METHODS = frozenset({"full", "freeze", "partial", "galore", "bitfit"})
 
 
+def trains_own_weights(run: RunConfig) -> bool:
+    """Whether TRL trains the model's own weights, not a peft model around them."""
+    return run.method in _OWN_WEIGHTS_METHODS
+
+
 def reference_weights(plan: MethodPlan, run: RunConfig) -> int:
     """dpo, ipo, kto: the frozen reference copy's weights (TRL's DPOTrainer and
     KTOTrainer load it from the model's checkpoint with the model's init kwargs, in the
     policy's dtype: trl/trainer/dpo_trainer.py@f2cd57710ae3 __init__, kto_trainer.py
     __init__); none under peft (the adapter
     disabled: _compute_loss, use_adapter) or with precomputed log-probabilities."""
-    if not run.needs_reference or run.method not in _OWN_WEIGHTS_METHODS:
+    if not run.needs_reference or not trains_own_weights(run):
         return 0
     if run.framework == "llama-factory":
         # load_model(is_trainable=False) in the compute dtype: the fp32 upcast of the

@@ -571,10 +571,10 @@ def _grpo_rl(k: Keys, cfg: FrameworkConfig) -> bool:
     GRPOTrainer, its trl: section passed to GRPOConfig (axolotl-ai-cloud/axolotl
     src/axolotl/core/trainers/grpo/__init__.py GRPOStrategy.set_training_args_kwargs:
     num_generations, max_completion_length, use_vllm, vllm_gpu_memory_utilization; beta
-    by the RL builder). False (the SFT estimate and its note) on several GPUs or with a
-    reference loaded beside the adapter (rl_adapter_ref_model)."""
+    by the RL builder). False (the SFT estimate and its note) with a reference loaded
+    beside the adapter (rl_adapter_ref_model)."""
     s = cfg.settings
-    if s.get("gpus", 1) > 1 or k.flag("rl_adapter_ref_model"):
+    if k.flag("rl_adapter_ref_model"):
         return False
     trl = k.section("trl")
     s["objective"] = "grpo"

@@ -295,6 +295,7 @@ GRPO_KEYS = frozenset(
         "cast_lm_head_to_fp32",
         "entropy_coef",
         "use_adaptive_entropy",
+        "ds3_gather_for_generation",
     }
 )
 
@@ -698,8 +699,7 @@ def _trl_defaults(k: Keys, cfg: FrameworkConfig, trainer: str) -> None:
             _kto_objective(k, cfg, source)
         else:
             _grpo_objective(k, cfg, source)
-        if cfg.settings.get("objective") is not None:  # GRPO on several GPUs: SFT's
-            _preference_tiles(cfg, trainer)
+        _preference_tiles(cfg, trainer)
 
 
 # DPOConfig's loss_type values (trl/trainer/dpo_trainer.py@f2cd57710ae3 _compute_loss):
@@ -761,20 +761,8 @@ _GRPO_LOSSES = frozenset({"grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "
 
 
 def _grpo_objective(k: Keys, cfg: FrameworkConfig, source: str) -> None:
-    """A GRPOConfig: --objective grpo (ftmem.grpo) with its generation settings, on one
-    GPU; several GPUs keep the SFT estimate (GRPO is modelled on one)."""
+    """A GRPOConfig: --objective grpo (ftmem.grpo) with its generation settings."""
     s = cfg.settings
-    if s.get("gpus", 1) > 1 or s.get("nodes", 1) > 1:
-        cfg.notes.append(
-            "TRL GRPO on several GPUs: --objective grpo is modelled on one GPU; the "
-            "generation and the reference are not counted here (estimated as SFT)."
-        )
-        if "seq_len" not in s:
-            cfg.notes.append(
-                "GRPO: a sequence is the prompt and up to max_completion_length tokens (512 "
-                "by default); the prompts' length is the dataset's: give --seq-len."
-            )
-        return
     s["objective"] = "grpo"
     if (loss := k.text("loss_type")) is not None and loss not in _GRPO_LOSSES:
         raise k.wrong("loss_type", f"GRPO loss types ({', '.join(sorted(_GRPO_LOSSES))})")
@@ -808,9 +796,10 @@ def _grpo_generation(k: Keys, cfg: FrameworkConfig) -> None:
     if steps is not None and generation is not None:
         raise k.wrong("generation_batch_size", "unset when steps_per_generation is set")
     if generation is not None:
-        b = s.get("batch_size", 8)
+        # per_device_train_batch_size x num_processes (GRPOConfig.__post_init__)
+        b = s.get("batch_size", 8) * s.get("gpus", 1) * s.get("nodes", 1)
         if generation % b:
-            raise k.wrong("generation_batch_size", f"a multiple of the batch size ({b})")
+            raise k.wrong("generation_batch_size", f"a multiple of the global batch size ({b})")
         steps = generation // b
     if steps is not None:
         s["steps_per_generation"] = steps
@@ -829,6 +818,11 @@ def _grpo_unmodelled(k: Keys, cfg: FrameworkConfig) -> None:
     notes = []
     if (k.integer("num_iterations") or 1) > 1:
         notes.append("num_iterations > 1 (the policy's no_grad forward for old log-probabilities)")
+    if k.raw("ds3_gather_for_generation") is not None and not k.flag("ds3_gather_for_generation"):
+        notes.append(
+            "ds3_gather_for_generation false (ZeRO-3 then gathers each module at every "
+            "decoding step; estimated with the whole policy gathered, the default)"
+        )
     if k.flag("cast_lm_head_to_fp32"):
         notes.append("cast_lm_head_to_fp32 (an fp32 LM head; with the tiles, fp32 tiles)")
     if (k.number("entropy_coef") or 0.0) != 0.0 or k.flag("use_adaptive_entropy"):

@@ -381,7 +381,11 @@ def _pass(
     GEMMs create. Returns the gradients held after it."""
     new_grads = not grads
     c = s.comm
-    rec.moment(s.teacher_forward)
+    if s.teacher_forward or c.before:  # the moment before the forward, with its gathering
+        known = s.before_requests
+        gathered = rec.alloc(known) + rec.comm(_or(c.before, c.forward) - sum(known))
+        rec.moment(s.teacher_forward)
+        rec.free(gathered)
     # a pipeline stage: the other micro-batches' activations it holds meanwhile
     others = rec.alloc((s.activations.held,))
     below = rec.alloc(t.below)
