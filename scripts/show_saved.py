@@ -37,6 +37,12 @@ FAMILIES: dict[str, dict[str, object]] = {
     "llama": {},
     "mistral": {"sliding_window": 4096},
     "mixtral": {"num_experts": 4, "experts_per_token": 2},
+    "gpt_oss": {
+        "num_experts": 4,
+        "experts_per_token": 2,
+        "attention_qkv_bias": True,
+        "attention_out_bias": True,
+    },
     "qwen2": {"attention_qkv_bias": True},
     "gemma": {"activation": "gelu_tanh", "tie_embeddings": True},
     "gemma2": {

@@ -37,6 +37,20 @@ _DEEPSEEK = dict(
     dense_intermediate_size=160,
 )
 
+# Qwen3-MoE's and gpt-oss's shape: GQA with head_dim (32) apart from hidden / heads (24),
+# 8 small experts (48 wide), top-2
+_SMALL_EXPERTS = dict(
+    vocab_size=300,
+    hidden_size=96,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=32,
+    intermediate_size=48,
+    num_experts=8,
+    experts_per_token=2,
+)
+
 TINY: dict[str, dict] = {
     "llama": dict(
         family="llama",
@@ -160,18 +174,15 @@ TINY: dict[str, dict] = {
         experts_per_token=2,
     ),
     # Qwen3-MoE: Qwen3's attention, many small experts (moe_intermediate_size)
-    "qwen3_moe": dict(
-        family="qwen3_moe",
-        vocab_size=300,
-        hidden_size=96,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=32,
-        intermediate_size=48,
-        num_experts=8,
-        experts_per_token=2,
-        qk_norm=True,
+    "qwen3_moe": dict(family="qwen3_moe", **_SMALL_EXPERTS, qk_norm=True),
+    # gpt-oss: biased GQA attention with sinks, a sliding layer then a full one, 8 biased
+    # experts (E, in, out) with the clamped SwiGLU, top-2 over a biased router
+    "gpt_oss": dict(
+        family="gpt_oss",
+        **_SMALL_EXPERTS,
+        attention_qkv_bias=True,
+        attention_out_bias=True,
+        sliding_window=16,
     ),
     # DeepSeek-V3 (_DEEPSEEK)
     "deepseek_v3": dict(family="deepseek_v3", **_DEEPSEEK),
@@ -471,3 +482,26 @@ def framework_parts(model: str, **settings: object) -> Any:
 
     run = run_config(**settings)
     return step.step_parts(framework_arch(_architecture(model), run), run)
+
+
+def assert_transformers_count(cfg: dict[str, Any], preset: str) -> Architecture:
+    """The published config read as ``preset`` counts what transformers allocates for it
+    (built on the meta device), and the preset says what the config says (its shapes;
+    the published count and its source may be its own). Returns the config's
+    Architecture."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from ftmem.arch import count_params
+    from ftmem.presets import get_model
+    from ftmem.sources import architecture_from_config
+
+    arch = architecture_from_config(cfg, preset, "test")
+    config = transformers.AutoConfig.for_model(**cfg)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert count_params(arch) == sum(p.numel() for p in model.parameters())
+    preset_arch = get_model(preset)
+    shape_fields = set(arch.model_fields) - {"name", "source"}
+    differs = {f for f in shape_fields if getattr(arch, f) != getattr(preset_arch, f)}
+    assert differs <= {"published_params", "published_params_source"}
+    return arch

@@ -11,7 +11,7 @@ from ftmem.errors import InvalidInputError
 from ftmem.presets import get_model
 from ftmem.run import RunConfig
 from ftmem.serve import kv_bytes_per_token
-from ftmem.sources import architecture_from_config
+from tests.conftest import assert_transformers_count
 
 # the published config.json values that shape the tensors (source: each preset's URL)
 LATENT = dict(kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
@@ -81,19 +81,7 @@ PUBLISHED = {
 def test_count_is_transformers_count(preset):
     """The count is what transformers 5.24 allocates for the published config (built on
     the meta device), and the preset says what the config says."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    cfg = CONFIGS[preset]
-    arch = architecture_from_config(cfg, preset, "test")
-    config = transformers.AutoConfig.for_model(**cfg)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    assert count_params(arch) == sum(p.numel() for p in model.parameters())
-    preset_arch = get_model(preset)
-    assert count_params(preset_arch) == count_params(arch)
-    shape_fields = set(arch.model_fields) - {"name", "source"}
-    differs = {f for f in shape_fields if getattr(arch, f) != getattr(preset_arch, f)}
-    assert differs <= {"published_params", "published_params_source"}
+    assert_transformers_count(CONFIGS[preset], preset)
 
 
 @pytest.mark.parametrize("preset", sorted(PUBLISHED))

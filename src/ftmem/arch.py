@@ -30,7 +30,9 @@ from pydantic import (
 from ftmem import families, limits
 from ftmem.errors import InvalidInputError
 
-ParamKind = Literal["linear", "linear_bias", "expert", "embedding", "norm", "router", "position"]
+ParamKind = Literal[
+    "linear", "linear_bias", "expert", "embedding", "norm", "router", "position", "sink"
+]
 # Roles a linear layer can play; LoRA targets are chosen by role or by module name.
 Role = Literal["q", "k", "v", "o", "gate", "up", "down", "router"]
 # Token embedding parameters, by family (T5's is shared by its encoder and decoder).
@@ -515,17 +517,20 @@ def _linears(arch: Architecture) -> list[Linear]:
         share = arch.experts_per_token / arch.num_experts
         e = arch.num_experts
         sparse = arch.sparse_blocks if arch.dense_layers else None
+        # transformers 5's 3-D experts have biases in gpt-oss only (its router's linear
+        # too), whatever mlp_bias says (DeepSeek-V2's applies to its dense MLPs)
+        biased = arch.traits.experts_transposed_with_bias
         if arch.dense_layers:
             dense = _dense_mlp(arch, names.mlp, arch.dense_intermediate_size or ffn, mlp_b)
             out += [replace(lin, blocks=(0, arch.dense_layers)) for lin in dense]
         out += [
-            Linear(experts["router"], ("router",), h, e, False, is_module=False, blocks=sparse),
+            Linear(experts["router"], ("router",), h, e, biased, is_module=False, blocks=sparse),
             Linear(
                 experts["gate_up"],
                 ("gate", "up"),
                 h,
                 2 * ffn,
-                mlp_b,
+                biased,
                 copies=e,
                 tokens_fraction=share,
                 is_module=False,
@@ -536,7 +541,7 @@ def _linears(arch: Architecture) -> list[Linear]:
                 ("down",),
                 ffn,
                 h,
-                mlp_b,
+                biased,
                 copies=e,
                 tokens_fraction=share,
                 is_module=False,
@@ -607,6 +612,15 @@ def latent_norm_params(arch: Architecture) -> list[Param]:
     return [Param(f"{attention}.{n}.weight", (w,), "norm") for n, w in widths.items() if w]
 
 
+def sink_params(arch: Architecture) -> list[Param]:
+    """gpt-oss's attention sinks: one learned logit per query head, kept by the attention
+    module (GptOssAttention.sinks)."""
+    if not arch.traits.attention_sinks:
+        return []
+    attention = arch.traits.names.attention["o"].rsplit(".", 1)[0]
+    return [Param(f"{attention}.sinks", (arch.num_heads,), "sink")]
+
+
 def _norm_params(prefix: str, arch: Architecture) -> list[Param]:
     params = [Param(f"{prefix}.weight", (arch.hidden_size,), "norm")]
     if arch.norm == "layernorm":
@@ -640,21 +654,29 @@ def layout(arch: Architecture) -> Layout:
         # MoE experts are one (experts, out, in) tensor in transformers 5.
         experts = (lin.copies,) if lin.copies > 1 else ()
         weight_name = f"{lin.module}.weight" if lin.is_module or kind == "router" else lin.module
-        # GPT-2's Conv1D stores its weight as (in, out); nn.Linear as (out, in)
+        # GPT-2's Conv1D stores its weight as (in, out), and so do gpt-oss's experts;
+        # nn.Linear as (out, in)
+        transposed = kind == "expert" and arch.traits.experts_transposed_with_bias
         dims = (
             (lin.in_features, lin.out_features)
-            if arch.traits.conv1d
+            if arch.traits.conv1d or transposed
             else (lin.out_features, lin.in_features)
         )
         block.append(Param(weight_name, (*experts, *dims), kind, lin.roles, lin.blocks))
         if lin.bias:
             shape = (*experts, lin.out_features)
-            block.append(Param(f"{lin.module}.bias", shape, "linear_bias", lin.roles, lin.blocks))
+            # (a 3-D expert parameter's bias is its sibling `<proj>_bias`, an expert tensor)
+            if kind == "expert":
+                bias = Param(f"{lin.module}_bias", shape, "expert", lin.roles, lin.blocks)
+            else:
+                bias = Param(f"{lin.module}.bias", shape, "linear_bias", lin.roles, lin.blocks)
+            block.append(bias)
     if arch.encoder_decoder:
         norm_names = tuple(_t5_block(arch)[1])
     else:
         norm_names = names.norms[arch.norms_per_block]
     block += qk_norm_params(arch)
+    block += sink_params(arch)
     block += latent_norm_params(arch)
     for norm_name in norm_names:
         block += _norm_params(norm_name, arch)

@@ -504,7 +504,10 @@ def _block_groups(
     blocks where each trains and those where it is frozen."""
     lay = layout(arch)
     L = arch.num_layers
-    keep_unquantized = frozenset(lin.module for lin in lay.linears if not lin.quantizable)
+    # (a router that is no nn.Linear keeps its bias in the base dtype too: gpt-oss's)
+    keep_unquantized = frozenset(
+        lin.module for lin in lay.linears if not (lin.quantizable and lin.is_module)
+    )
     groups: list[TensorGroup] = []
     for p in lay.block:
         fmt = _base_format(p, dtypes, keep_unquantized)

@@ -475,11 +475,17 @@ def _check_uneven_stack(arch: Architecture, par: ParallelConfig) -> None:
     """What the model-parallel layouts do not split yet: latent attention (its q_b/kv_b
     columns and replicated latents) under tensor parallelism, a stack whose first blocks
     are dense under a pipeline (stages of unlike blocks), shared experts and dense blocks
-    under expert parallelism."""
+    under expert parallelism, gpt-oss's per-head sinks and biased experts under tensor,
+    context and expert parallelism."""
     if arch.kv_lora_rank is not None and (par.tp > 1 or par.cp > 1):
         raise InvalidInputError(
             f"{arch.name}'s latent attention is not split over tensor or context parallel "
             "ranks in ftmem yet: use data parallelism (ZeRO, FSDP)."
+        )
+    if arch.traits.attention_sinks and (par.tp > 1 or par.cp > 1 or par.ep > 1):
+        raise InvalidInputError(
+            f"{arch.name}'s attention sinks and biased experts are not split over tensor, "
+            "context or expert parallel ranks in ftmem yet: use data parallelism (ZeRO, FSDP)."
         )
     if arch.dense_layers and par.pp > 1:
         raise InvalidInputError(

@@ -7,7 +7,9 @@ trainer_utils.py ``validate_quantization_for_training``); so a LoRA on it is a Q
 - GPTQ and AWQ at 4 bits: int4 weights with group scales (``--quant int4``);
 - bitsandbytes: ``load_in_4bit`` with ``bnb_4bit_quant_type`` nf4 / fp4 and
   ``bnb_4bit_use_double_quant``, or ``load_in_8bit`` (``--quant nf4|fp4|int8``);
-- other formats (FP8, MXFP4, compressed-tensors, GPTQ at 3 or 8 bits…) are named in a
+- MXFP4 (gpt-oss's experts), which transformers does not train, is dequantised to bf16
+  for finetuning (``Mxfp4Config(dequantize=True)``): a note, the run's own dtypes;
+- other formats (FP8, compressed-tensors, GPTQ at 3 or 8 bits…) are named in a
   note and estimated in the run's own dtypes.
 """
 
@@ -99,6 +101,13 @@ def on_quantized_base(
     if base is None:
         return settings, []
     said = f"{base.said_by}: the base is {base.described}"
+    if base.method == "mxfp4":
+        # transformers 5.24 quantizers/quantizer_mxfp4.py: is_trainable is False, and
+        # without its triton kernels it dequantises the experts to bf16 on loading
+        return settings, [
+            f"{said}; transformers does not train MXFP4 weights (finetuning loads them with "
+            "Mxfp4Config(dequantize=True), a bf16 model): estimated with the run's own dtypes."
+        ]
     if base.quant is None:
         return settings, [
             f"{said}; ftmem does not model training on that format: estimated with the "

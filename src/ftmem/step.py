@@ -22,7 +22,7 @@ from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, plan_key, plan_method
-from ftmem.ops.attention import runs_eager
+from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.context import BlockState
 from ftmem.ops.embedding import Embedding
 from ftmem.ops.linear import LinearOp, all_adapters_fused
@@ -53,9 +53,11 @@ from ftmem.transients import (
     block_backward_workspace,
     checkpointed_attention_moment,
     checkpointed_forward_adapter,
+    checkpointed_moe_moment,
     frozen_forward_transient,
     offload_moment,
     step_in_backward,
+    top_block_trains,
 )
 
 if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
@@ -456,13 +458,18 @@ def _decoder_block(
     fused = all_adapters_fused(arch, run, plan)  # Unsloth's LoRA Functions
     return BlockTransients(
         forward=forward_cache
+        + Attention.layer_type_masks(arch, run, e)
         + max(
             # (Unsloth's forward dequantises into its kept buffer: LinearOp.dequant_buffer)
             0 if profile_of(run).dequant_buffer else dequant,
             DoRA.forward_rebuild(plan, run),
             # (a fused LoRA Function adds its adapter into its output in place)
             0 if fused else checkpointed_forward_adapter(arch, run, plan, e, T),
-            MoE.forward_transient(arch, T) if last_keeps else 0,
+            MoE.forward_transient(
+                arch, T, plan.dtypes.residual_bytes, e, top_block_trains(arch, run, plan)
+            )
+            if last_keeps
+            else 0,
             # a block that keeps nothing of its own (frozen, checkpointed, offloaded)
             # still builds its intermediates in forward
             frozen_forward_transient(arch, run, e, plan.dtypes.residual_bytes, T)
@@ -480,6 +487,7 @@ def _decoder_block(
             else block_backward_workspace(arch, run, plan, e, T, last_block),
             0 if fused else adapter_moment(arch, run, plan, last_block, e, T),
             checkpointed_attention_moment(arch, run, plan, last_block, e),
+            checkpointed_moe_moment(arch, run, plan, e, T),
         ),
         policy=policy,
     )

@@ -194,6 +194,7 @@ def _config_dropout() -> list[Case]:
 # issue 17's families whose blocks wire ops in a new way (parallel residuals, partial
 # rotary, norms after the sublayers, q/k norms, LayerNorms with biases, many experts)
 NEW_WIRING = (
+    "gpt_oss",
     "deepseek_v3",
     "qwen3_moe",
     "gpt_neox",
@@ -221,6 +222,22 @@ def _families_of_issue_17() -> list[Case]:
         cases.append(Case(family, {"method": "lora", "precision": "bf16", "grad_ckpt": True}))
     for family in ("gpt_neox", "phi", "stablelm", "starcoder2", "gpt_bigcode"):
         cases.append(Case(family, {"method": "bitfit", "precision": "bf16"}))
+    # gpt-oss: the experts' recompute with F = h (the published models' ratio), full
+    # finetuning checkpointed, BitFit (q/k/v/o and router biases; the experts' biases
+    # are 3-D expert tensors, which BitFit leaves alone as its `.bias` names do)
+    for arch_changes in ({}, {"intermediate_size": 96}):
+        settings = {"method": "lora", "precision": "fp32", "grad_ckpt": True}
+        cases.append(Case("gpt_oss", settings, arch_changes))
+    cases.append(
+        Case(
+            "gpt_oss",
+            {"method": "lora", "precision": "bf16", "grad_ckpt": True},
+            {"intermediate_size": 96},
+        )
+    )
+    for precision in ("bf16", "bf16-mixed"):
+        cases.append(Case("gpt_oss", {"method": "full", "precision": precision, "grad_ckpt": True}))
+    cases.append(Case("gpt_oss", {"method": "bitfit", "precision": "bf16"}))
     # DeepSeek's latent attention on its eager path (the fused kernels' is sdpa's CPU math
     # path in this suite: the value heads are narrower than the query/key heads)
     for method in ("full", "lora"):

@@ -101,6 +101,9 @@ class Family:
     rotary_tables_per_layer: bool = False
     # The rotary's cos and sin stay fp32 (OLMo 2), not cast to the hidden states' dtype.
     rotary_tables_fp32: bool = False
+    # The cos and sin tables are half the rotary's width: each turns one half of the head
+    # against the other (gpt-oss's _apply_rotary_emb), not the doubled table rotate_half reads.
+    rotary_tables_half: bool = False
     # The q/k norms span the whole projection (OLMo 2), not one head each.
     qk_norm_per_head: bool = True
     # The block's two norms act on each sublayer's output before the residual add, and
@@ -118,6 +121,21 @@ class Family:
     # fp32 whatever the model's dtype (DeepSeek: F.linear(h.type(float32), w.type(float32)),
     # _keep_in_fp32_modules_strict ["gate.weight"]).
     router_fp32: bool = False
+    # The router is a linear with a bias and takes its softmax over the top-k logits it
+    # selected, not over every expert's (gpt-oss: GptOssTopKRouter, transformers 5.24
+    # models/gpt_oss/modeling_gpt_oss.py).
+    router_topk_softmax: bool = False
+    # The 3-D experts are stored (experts, in, out), each with a bias (experts, out) named
+    # `<proj>_bias` (gpt-oss: gate_up_proj [E, H, 2F], down_proj [E, F, H]), and the gate and
+    # up halves interleave; transformers 5 Mixtral's are (experts, out, in) without biases.
+    experts_transposed_with_bias: bool = False
+    # The experts' SwiGLU clamps gate and up and computes (up + 1)·gate·sigmoid(α·gate)
+    # (gpt-oss, GptOssExperts._apply_gate): five intermediates kept, not silu's one.
+    clamped_swiglu: bool = False
+    # A learned logit per head joined to every row of scores before the softmax and
+    # dropped after it (gpt-oss's `sinks`; eager_attention_forward keeps the s × (s + 1)
+    # probabilities and the row maxima's indices).
+    attention_sinks: bool = False
     # The LM head has a bias (Phi-1.5/2).
     head_bias: bool = False
     # peft's prefix tuning runs (peft 0.21 sizes the prefix per query head, which a

@@ -3,11 +3,12 @@ GQA and prefix keys, as transformers 5 runs them."""
 
 from __future__ import annotations
 
-from ftmem.arch import Architecture
-from ftmem.dtypes import FP32
+from ftmem.arch import Architecture, Param, layout
+from ftmem.dtypes import FP32, INDEX_BYTES
 from ftmem.ops.context import LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.precision import resolve_dtypes
 from ftmem.profiles import profile_of
 from ftmem.run import RunConfig
 
@@ -38,6 +39,12 @@ def qkv_views_kept(arch: Architecture) -> bool:
 class Attention:
     """The attention core between the q/k/v projections and o (their linears are the
     linear op's): what the kernel keeps, and the s² tensors of the eager path."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        """The attention core's own tensors: gpt-oss's sinks (the projections are the
+        linear op's)."""
+        return tuple(p for p in layout(arch).block if p.kind == "sink")
 
     @staticmethod
     def saved(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
@@ -95,7 +102,21 @@ class Attention:
         if not eager:
             keep("attention output + logsumexp", T * q * e + b * nh * s * FP32, Kind.ATTN_OUTPUT)
             return out
-        scores = b * nh * s * (s + P)
+        return out + Attention.eager_scores_saved(ctx, b * nh * s, s + P, needs_grad)
+
+    @staticmethod
+    def eager_scores_saved(
+        ctx: LayerContext, rows: int, keys: int, needs_grad: frozenset[str]
+    ) -> list[Saved]:
+        """The eager path's s² tensors (``rows``: b·heads·s query rows, ``keys`` each)."""
+        arch, e, scores = ctx.arch, ctx.e, rows * keys
+        if arch.traits.attention_sinks:
+            return Attention.sinks_saved(ctx, rows, keys, "v" in needs_grad)
+        out: list[Saved] = []
+
+        def keep(what: str, size: int, kind: Kind) -> None:
+            out.append(Saved(what, size, kind, Side.ATTENTION))
+
         if arch.traits.softmax_in_compute_dtype:
             # GPT-2's eager path takes the softmax in the compute dtype: one s² tensor
             keep("softmax output (s²)", scores * e, Kind.ATTN_PROBS)
@@ -107,6 +128,22 @@ class Attention:
         if "v" in needs_grad and e != FP32:
             keep("attention probabilities cast (s²)", scores * e, Kind.ATTN_PROBS)
         return out
+
+    @staticmethod
+    def sinks_saved(ctx: LayerContext, rows: int, keys: int, v_grad: bool) -> list[Saved]:
+        """gpt-oss's eager softmax (transformers 5.24 eager_attention_forward): each row's
+        scores joined by its head's sink logit (torch.cat promotes them to the sink
+        parameter's dtype: fp32 under autocast), less the row's maximum (max keeps its
+        indices), softmax in that dtype; the PV matmul reads the probabilities without the
+        sink column as a view, or a 16-bit copy of them. ``rows``: b·heads·s."""
+        pe, e, scores = ctx.residual, ctx.e, rows * keys
+        items = [
+            ("softmax output with the sink (s × (s + 1))", (scores + rows) * pe),
+            ("row maxima's indices", rows * INDEX_BYTES),
+        ]
+        if v_grad and pe != e:
+            items.append(("attention probabilities cast (s²)", scores * e))
+        return [Saved(what, size, Kind.ATTN_PROBS, Side.ATTENTION) for what, size in items]
 
     @staticmethod
     def layer_rotary_tables(ctx: LayerContext) -> list[Saved]:
@@ -174,14 +211,34 @@ class Attention:
             return 0
         s = run.positions
         keys = s + run.prefix_len if keys is None else keys
-        return 2 * run.batch_size * arch.num_heads * s * keys * FP32
+        return 2 * run.batch_size * arch.num_heads * s * keys * Attention.score_bytes(arch, run)
+
+    @staticmethod
+    def layer_type_masks(arch: Architecture, run: RunConfig, e: int) -> int:
+        """gpt-oss's eager path: GptOssModel.forward builds a float (b, 1, s, s) mask per
+        layer type (full, and sliding where a window is set) and passes each block its
+        own; no op saves them (scores + mask), but they live through the blocks' forward,
+        and checkpointing keeps them as block inputs until the backward ends."""
+        if not arch.traits.attention_sinks:
+            return 0
+        s = run.positions
+        return (2 if arch.sliding_window else 1) * run.batch_size * s * s * e
+
+    @staticmethod
+    def score_bytes(arch: Architecture, run: RunConfig) -> int:
+        """The element size of the eager scores' gradients: fp32, or with attention sinks
+        the sink parameter's dtype, to which torch.cat promotes the scores (gpt-oss: bf16
+        in a bf16 model; derived, not the peak of any measured case)."""
+        return resolve_dtypes(run).residual_bytes if arch.traits.attention_sinks else FP32
 
     @staticmethod
     def recomputed_softmax_backward(arch: Architecture, run: RunConfig, e: int) -> int:
         """Eager attention's softmax backward in a recomputed block: the probabilities'
         gradient and its fp32 result (e + 4 bytes per score; fp32 scores: 8; measured)."""
         s = run.positions
-        if attention_path(arch, run) == "eager-fp32" or e == FP32:
+        if arch.traits.attention_sinks:
+            per_score = 2 * Attention.score_bytes(arch, run)
+        elif attention_path(arch, run) == "eager-fp32" or e == FP32:
             per_score = 2 * FP32
         elif arch.traits.softmax_in_compute_dtype:
             per_score = 2 * e  # GPT-2 takes its softmax in the compute dtype

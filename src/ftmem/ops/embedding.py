@@ -39,7 +39,8 @@ class Embedding:
         if arch.position_embedding != "rotary" or arch.traits.rotary_tables_per_layer:
             return []
         e = FP32 if arch.traits.rotary_tables_fp32 else residual
-        return [Saved("rotary cos/sin", 2 * (T // run.batch_size) * arch.rotary_size * e)]
+        width = arch.rotary_size // 2 if arch.traits.rotary_tables_half else arch.rotary_size
+        return [Saved("rotary cos/sin", 2 * (T // run.batch_size) * width * e)]
 
     @staticmethod
     def backward_workspace(arch: Architecture, grad_groups: list[TensorGroup]) -> int:

@@ -199,6 +199,13 @@ class MLP:
         still builds its MLP intermediates in forward: gate, activation, up and their
         product (GPT-2's written-out tanh-GELU: four T·f terms too; a plain MLP: its
         output and activation)."""
+        if arch.traits.clamped_swiglu:
+            # gpt-oss's experts at the clamped SwiGLU's product: gate_up and its gathered
+            # bias (2F each), the clamped gate and up, the sigmoid's product, up + 1 and the
+            # product (F each), beside the routed inputs (h; measured, tiny gpt-oss with
+            # checkpointing: the forward -11 % without them)
+            per_routed = 9 * arch.intermediate_size + arch.hidden_size
+            return T * arch.experts_per_token * per_routed * e
         terms = 4 if arch.mlp == "gated" or written_out_gelu(arch, run) else 2
         if run.grad_ckpt and arch.mlp == "gated":
             # a checkpointed block's forward (grad enabled, nothing saved): the gate is

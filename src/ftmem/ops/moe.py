@@ -23,8 +23,17 @@ class MoE:
 
         Autocast does not cover grouped matmuls: the experts compute in their parameters'
         dtype (fp32 under *-mixed), only the router linear runs in 16-bit.
+
+        gpt-oss (transformers 5.24 modeling_gpt_oss.py, integrations/moe.py
+        grouped_mm_experts_forward): its router keeps the top-k indices and the softmax of
+        the selected logits only (Family.router_topk_softmax), the routing weights in the
+        router's dtype; each expert bias is gathered per routed token (the sorted expert
+        ids kept, Family.experts_transposed_with_bias); the clamped SwiGLU keeps gate_up
+        (both clamps' input), the clamped gate, its sigmoid, up + 1 and their product
+        (Family.clamped_swiglu).
         """
         arch = ctx.arch
+        traits = arch.traits
         T, f, h = ctx.tokens, arch.intermediate_size, arch.hidden_size
         ee = ctx.residual  # expert compute dtype = parameter dtype
         k, E = arch.experts_per_token, arch.num_experts
@@ -32,58 +41,113 @@ class MoE:
         experts_train = state.weights_trainable or any(
             m.startswith("mlp.experts") for m in state.trained
         )
-        router_trains = state.weights_trainable or "mlp.gate" in state.trained
+        router_trains = state.weights_trainable or MoE.router(arch) in state.trained
         routing_grad = x_grad or router_trains  # the routing weights need a gradient
         if not (routing_grad or experts_train):
             return []
-        sizes = [("expert gate_up output and activation", Tk * 3 * f * ee)]
+        # the routing weights: fp32 (Mixtral's softmax(dtype=float)) or the router's
+        # output dtype (gpt-oss: softmax(dtype=router_top_value.dtype))
+        rw = ctx.e if traits.router_topk_softmax else FP32
+        if traits.clamped_swiglu:
+            sizes = [("expert gate_up output and clamped SwiGLU", Tk * 6 * f * ee)]
+        else:
+            sizes = [("expert gate_up output and activation", Tk * 3 * f * ee)]
         if routing_grad:
-            sizes += [
-                (
+            if traits.router_topk_softmax:
+                router = ("router top-k indices + softmax of the top-k", Tk * (INDEX_BYTES + rw))
+            else:
+                router = (
                     "router softmax (fp32) + top-k",
                     T * E * FP32 + Tk * (INDEX_BYTES + FP32) + T * FP32,
-                ),
-                ("routed token indices", 3 * Tk * INDEX_BYTES + Tk * FP32),
+                )
+            sizes += [
+                router,
+                ("routed token indices", 3 * Tk * INDEX_BYTES + Tk * rw),
                 ("expert outputs (for routing-weight grad)", Tk * h * ee),
             ]
             if ctx.plan.dtypes.casts_weights:
-                sizes.append(("router 16-bit weight copy", h * E * 2))
+                bias = E if traits.router_topk_softmax else 0
+                sizes.append(("router 16-bit weight copy", (h * E + bias) * 2))
         else:
             # only the experts train: the token order and the (constant) routing weights
-            sizes.append(("routed token indices and routing weights", Tk * (INDEX_BYTES + FP32)))
+            sizes.append(("routed token indices and routing weights", Tk * (INDEX_BYTES + rw)))
         if experts_train:
             # grouped matmuls keep their inputs only to form the expert weights' gradients
             sizes.append(("routed expert inputs and down input", Tk * (h + f) * ee))
+            if traits.experts_transposed_with_bias:
+                # gate_up_proj_bias[expert_ids_g], down_proj_bias[expert_ids_g]: one index
+                sizes.append(("sorted expert ids (bias gathers)", Tk * INDEX_BYTES))
         if router_trains:
             # (DeepSeek's fp32 copy, unless autocast casts it to 16 bits again)
-            fp32 = arch.traits.router_fp32 and not ctx.plan.dtypes.autocast
+            fp32 = traits.router_fp32 and not ctx.plan.dtypes.autocast
             sizes.append(("router input", T * h * (FP32 if fp32 else ctx.e)))
         return [Saved(what, size, Kind.MOE, Side.MLP) for what, size in sizes]
+
+    @staticmethod
+    def router(arch: Architecture) -> str:
+        """The router's module path in a block (Mixtral's mlp.gate, gpt-oss's mlp.router)."""
+        return arch.traits.names.experts["router"]
 
     @staticmethod
     def router_keeps_input(ctx: LayerContext, state: BlockState) -> bool:
         """The router keeps the MLP's input itself (the storage the shared experts read):
         an fp32 router (Family.router_fp32) on an fp32 input makes no copy of it."""
-        router_trains = state.weights_trainable or "mlp.gate" in state.trained
+        router_trains = state.weights_trainable or MoE.router(ctx.arch) in state.trained
         fp32_input = ctx.e == FP32 and not ctx.plan.dtypes.autocast
         return router_trains and ctx.arch.traits.router_fp32 and fp32_input
 
     @staticmethod
-    def forward_transient(arch: Architecture, tokens: int) -> int:
+    def product_bytes(arch: Architecture, residual: int) -> int:
+        """The element size of the routed outputs times their routing weights: fp32
+        (Mixtral's fp32 routing weights), or the experts' dtype where the routing weights
+        are in the router's (gpt-oss: bf16 in a bf16 model, measured)."""
+        return residual if arch.traits.router_topk_softmax else FP32
+
+    @staticmethod
+    def forward_transient(
+        arch: Architecture, tokens: int, residual: int, e: int, trains: bool
+    ) -> int:
         """transformers 5's grouped experts multiply each routed output by its fp32 routing
         weight (an fp32 Tk·h product whatever the precision) and then gather the rows back
         into token order: both products and the inverse permutation are live at once, beside
         everything the block has saved. On tiny Mixtral this is 72 % of the block's measured
         forward transient in bf16, 98 % in fp32 and 57 % under LoRA (2026-11-29); the rest
         is not derived yet. It shows under FSDP, where the loss is no longer the forward's
-        largest moment."""
+        largest moment. gpt-oss: :meth:`routed_locals` (``trains``: the block's experts)."""
         if not arch.is_moe:
             return 0
+        if arch.traits.experts_transposed_with_bias:
+            return MoE.routed_locals(arch, tokens, residual, e, trains)
         routed = tokens * arch.experts_per_token
-        return routed * (2 * arch.hidden_size * FP32 + INDEX_BYTES)
+        return routed * (2 * arch.hidden_size * MoE.product_bytes(arch, residual) + INDEX_BYTES)
 
     @staticmethod
-    def backward_workspace(arch: Architecture, e: int, T: int) -> int:
+    def routed_locals(
+        arch: Architecture, T: int, ee: int, e: int, trains: bool, recompute: bool = False
+    ) -> int:
+        """gpt-oss's experts in forward (transformers 5.24 integrations/moe.py
+        grouped_mm_experts_forward), beside everything the block saves, at the larger of
+        two points (measured peaks of its forward and of its checkpointed recompute):
+
+        - the clamped SwiGLU's product (``_apply_gate``): the gathered gate_up bias
+          (Tk·2F), the clamped up and the product (Tk·F each; the product is saved when
+          the experts train), the expert outputs (Tk·h, saved later) not yet there;
+        - the inverse permutation: the weighted routed outputs, their gather back into
+          token order and the gathered down bias (Tk·h each); a checkpointed recompute
+          stops before the gather (its index is the last tensor the block saves).
+
+        At both, the routed inputs (Tk·h, saved only when the experts train) and the
+        sorted expert ids and the arange (Tk int64) are the function's locals; ``ee`` is
+        the experts' dtype, ``e`` the router's."""
+        h, f, Tk = arch.hidden_size, arch.intermediate_size, T * arch.experts_per_token
+        inputs = 0 if trains else h
+        at_gate = 2 * f + f + (0 if trains else f) - h
+        at_permutation = (2 if recompute else 3) * h
+        ids = Tk * INDEX_BYTES * (1 if trains else 2) + Tk * e  # (+ the top-k values)
+        return Tk * ee * (max(at_gate, at_permutation) + inputs) + ids
+
+    @staticmethod
+    def backward_workspace(arch: Architecture, e: int, T: int, residual: int) -> int:
         """transformers 5's grouped experts, first in their block's backward: beside the
         incoming gradient (T·h), the gradient gathered back to routed order and the two
         gradients of the fp32 routing-weight product (Tk·h fp32 each), and the expert
@@ -93,4 +157,13 @@ class MoE:
         if not arch.is_moe:
             return 0
         h = arch.hidden_size
-        return T * arch.experts_per_token * h * (3 * FP32 + e) + T * h * e
+        Tk = T * arch.experts_per_token
+        if arch.traits.router_topk_softmax:
+            # gpt-oss: its routed outputs are in the experts' dtype (no cast of them); the
+            # gradients of the routed order, of the product and of its factor (3·Tk·h), or
+            # for experts wider than h the clamped SwiGLU's gate_up gradient (2F) beside
+            # the down input's (h); measured on its MLP alone (CPU, frozen experts: 3·Tk·h
+            # for F <= h, (2F + h)·Tk at F = 2h, bf16 and fp32)
+            width = max(3 * h, 2 * arch.intermediate_size + h)
+            return Tk * width * residual + T * h * e
+        return Tk * h * (3 * FP32 + e) + T * h * e
