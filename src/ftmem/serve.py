@@ -217,8 +217,10 @@ def estimate_serving(
         )
     if arch.sliding_window and cfg.context > arch.sliding_window:
         notes.append(
-            f"{arch.name} attends within a {arch.sliding_window:,}-token window; transformers' "
-            "DynamicCache still keeps every token (a sliding-window cache would cap the KV cache)."
+            f"{arch.name} attends within a {arch.sliding_window:,}-token window on some or all "
+            "layers; the KV cache is counted at every token on every layer, where transformers "
+            "5's DynamicCache keeps only the window's last tokens on those layers "
+            "(DynamicSlidingWindowLayer): an over-estimate beyond the window."
         )
     if cfg.weights == "int4":
         notes.append(
