@@ -200,12 +200,12 @@ def test_the_table_says_when_the_runs_peak_is_outside_the_step():
 def test_torchtune_load_state_dict_quantises_each_nf4_weight_again_and_swaps_it_in():
     # torchtune@0914d5cfb _register_nf4_dispatch_ops.py inplace_copy: ref = to_nf4(src on
     # the GPU); dest.quantized_data = ref.quantized_data (the init pass's buffers freed)
-    from ftmem.gpu.trace import RunOutside, _load, _Recorder
+    from ftmem.gpu.trace import RunOutside, _EventLog, _load, _Recorder
 
-    rec = _Recorder()
+    log = _EventLog()
     program = (("alloc", 7), ("weight", 0), ("free", 0))
-    _load(rec, RunOutside(loading=(program, ()), requantise=True), (3, 5))
-    assert rec.events == [
+    _load(_Recorder(log), RunOutside(loading=(program, ()), requantise=True), (3, 5))
+    assert log.events == [
         ("alloc", 7), ("alloc", 3), ("free", 0),  # init: transient, weight, transient freed
         ("alloc", 5),  # an unquantised weight: no transient
         ("alloc", 7), ("alloc", 3), ("free", 3), ("free", 1),  # load: anew, old freed
