@@ -155,13 +155,15 @@ def test_ternary_weights_by_hand():
     assert weight_bytes(get_model("llama2-7b"), "ternary") == expected
 
 
-def test_a_sliding_window_beyond_the_context_says_the_cache_is_over_counted():
-    """transformers 5 (cache_utils.py DynamicSlidingWindowLayer.update) keeps the last
-    sliding_window - 1 tokens on a sliding layer; ftmem counts them all, and says so."""
+def test_a_context_beyond_the_sliding_window_says_what_the_cache_counts():
+    """transformers 5 (cache_utils.py DynamicSlidingWindowLayer.update) keeps, on a
+    sliding layer, a view of the last sliding_window - 1 tokens of its cat: the whole
+    prompt's storage right after the prefill, the window's once decoding starts. ftmem
+    counts every token, and says when that is more than decoding holds."""
     from ftmem.presets import get_model
     from ftmem.serve import ServeConfig, estimate_serving
 
     arch = get_model("mistral-7b").model_copy(update={"sliding_window": 4096})
     est = estimate_serving(arch, ServeConfig(context=8192))
-    assert any("an over-estimate beyond the window" in n for n in est.notes)
+    assert any("a run that generates most of its context holds less" in n for n in est.notes)
     assert est.kv_cache_bytes == est.kv_bytes_per_token * 8192

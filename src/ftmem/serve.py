@@ -218,9 +218,10 @@ def estimate_serving(
     if arch.sliding_window and cfg.context > arch.sliding_window:
         notes.append(
             f"{arch.name} attends within a {arch.sliding_window:,}-token window on some or all "
-            "layers; the KV cache is counted at every token on every layer, where transformers "
-            "5's DynamicCache keeps only the window's last tokens on those layers "
-            "(DynamicSlidingWindowLayer): an over-estimate beyond the window."
+            "layers. The KV cache is counted at every token on every layer, what transformers "
+            "5 holds right after a prefill of the whole context; once decoding starts its "
+            "DynamicCache keeps only the window's last tokens on those layers "
+            "(DynamicSlidingWindowLayer), so a run that generates most of its context holds less."
         )
     if cfg.weights == "int4":
         notes.append(
