@@ -604,7 +604,7 @@ def replay(
         max_non_split_rounding_mb=max_non_split_rounding_mb,
         roundup_power2_divisions=roundup_power2_divisions,
     )
-    _feed(events, allocator.malloc, allocator, ("alloc", "free", "empty_cache", "reset_peaks"))
+    _feed(events, allocator, ("alloc", "free", "empty_cache", "reset_peaks"))
     return allocator.stats()
 
 
@@ -679,22 +679,17 @@ def replay_streams(events: Iterable[tuple[str, int]], **options: Any) -> Allocat
     if all(kind != SIDE_STREAM_ALLOC for kind, _ in events):
         return replay(events, **options)  # one stream: one allocator keeps its own peaks
     streams = TwoStreams(**options)
-    _feed(events, streams.malloc, streams, ("alloc", SIDE_STREAM_ALLOC, "free", "reset_peaks"))
+    _feed(events, streams, ("alloc", SIDE_STREAM_ALLOC, "free", "reset_peaks"))
     return streams.stats()
 
 
-def _feed(
-    events: Iterable[tuple[str, int]],
-    malloc: Any,
-    target: Any,
-    kinds: tuple[str, ...],
-) -> None:
+def _feed(events: Iterable[tuple[str, int]], target: Any, kinds: tuple[str, ...]) -> None:
     """Hand each event to ``target`` (a CachingAllocator or TwoStreams): the k-th
     request's handle is what ``free`` k gives back."""
     handles: list[int | None] = []
     for kind, value in events:
         if kind == "alloc":
-            handles.append(malloc(value))
+            handles.append(target.malloc(value))
         elif kind == "free":
             handle = handles[value] if 0 <= value < len(handles) else None
             if handle is None:
