@@ -189,3 +189,15 @@ def test_the_objectives_note_is_said_on_several_gpus_as_on_one():
         many = estimate("llama2-7b", gpus=4, strategy="zero3", **settings)
         said = [n for n in one.notes if n.startswith(start)]
         assert said and said == [n for n in many.notes if n.startswith(start)]
+
+
+def test_zero3_gathers_a_peft_policy_whole_to_sync_it_to_vllm():
+    """With vLLM, generate() runs in the engine; under ZeRO-3 a peft model is gathered
+    whole to merge its adapters and push the weights (vllm_generation.py sync_weights:
+    gather_params(model.parameters()), merge_adapter): the same 2(Ψ − norms) + 2·lora
+    bytes as generation's gathering, as the moment's communication."""
+    lora = 2 * 2 * 16 * H * L
+    whole = 2 * (PSI_7B - NORMS_7B) + 2 * lora
+    synced = _grpo("zero3", gpus=4, vllm="colocate")
+    assert synced.memory.peak_phase == "forward"
+    assert synced.memory.at_peak.communication == whole
