@@ -362,7 +362,8 @@ def profile_notes(run: RunConfig) -> list[str]:
         if compiled_chunked_loss(run):
             notes.append(
                 "compile + chunked loss: each chunk keeps its 16-bit logits and per-row "
-                "max and log-sum-exp instead of a fp32 log-softmax."
+                "max and log-sum-exp instead of a fp32 log-softmax, and its backward is one "
+                "fused kernel writing the chunk's 16-bit gradient."
             )
         elif run.loss == "standard":
             notes.append(

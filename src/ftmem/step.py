@@ -26,7 +26,7 @@ from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.context import BlockState
 from ftmem.ops.embedding import Embedding
 from ftmem.ops.linear import LinearOp, all_adapters_fused
-from ftmem.ops.loss import CHUNKS, FusedHead, Loss, PreferenceLoss, held_logits_head
+from ftmem.ops.loss import FusedHead, Loss, PreferenceLoss, held_logits_head
 from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS, Norm
@@ -384,7 +384,7 @@ def _decoder_sizes(
             if tiles
             else {
                 "fused": Loss.fused_backward(arch, run, plan, T),
-                "chunked": 2 * T * V * FP32 // CHUNKS,
+                "chunked": Loss.chunked_backward(run, V, e, T),
                 "linear-chunked": Loss.linear_chunked_backward(arch, plan, e, T),
             }.get(run.loss, 2 * T * V * FP32)
         )
