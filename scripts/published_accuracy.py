@@ -46,6 +46,8 @@ def metric_class(metric: str) -> str:
     tool is not named ("memory (GB)") is read as nvidia-smi, the device total, which is
     what a README table of a training script usually quotes."""
     text = metric.lower()
+    if "torchtune peak memory log" in text:  # its note names every counter it might be
+        return "allocated"
     if "reserved" in text and "allocated from hf" not in text:
         return "reserved"
     if "allocated" in text or "active" in text or "torchtune peak memory log" in text:

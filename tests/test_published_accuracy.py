@@ -60,6 +60,11 @@ def test_each_figure_is_read_in_its_published_unit():
             "allocated",
         ),
         ("not stated ('memory (GB)'; tool not named, plausibly nvidia-smi)", "device"),
+        (
+            "torchtune peak memory log (active/alloc/reserved not stated; likely "
+            "peak_memory_active or alloc)",
+            "allocated",
+        ),
     ],
 )
 def test_metrics_map_to_the_figure_that_measures_the_same(metric, klass):
