@@ -229,3 +229,70 @@ def test_hf_numbers_unchanged(
         assert memory == plain
     lit = estimate(model, framework="litgpt", **settings).memory
     assert lit.peak_allocated_bytes != plain.peak_allocated_bytes
+
+
+def test_last_graph_holds_every_4bit_input_into_the_next_forward(llama: str) -> None:
+    # bitsandbytes < 0.43.2 MatMul4Bit keeps its input A as ``ctx.tensors`` (not a saved
+    # tensor: backward does not free it), and fit() rebinds `loss` only after the next
+    # forward and loss, so the last pass's graph holds every A through them. Per block
+    # the 4-bit linears read: norm_1's output (d, the fused qkv), the attention output
+    # (nh·hs, attn.proj; the kernel's own output), norm_2's output (d, fc_1 and fc_2) and
+    # the activation (I, mlp.proj). Block 0's qkv input needs no gradient (frozen
+    # embedding and norm): MatMul4Bit keeps (None, None) there.
+    b, s = 1, 256
+    N = b * s
+    run = dict(framework="litgpt", batch_size=b, seq_len=s, bnb_version="0.42.0", **QLORA)
+    p = parts(llama, **run)
+    per_block = 2 * N * (D + NH * HS + D + I)
+    assert p.sizes.previous_graph == L * per_block - 2 * N * D
+    fixed = parts(llama, **dict(run, bnb_version="0.43.2"))
+    assert fixed.sizes.previous_graph == 0  # 9e753741: ctx.tensors = (None, B)
+    hf = parts(llama, **dict(run, framework="hf"))
+    assert hf.sizes.previous_graph == 0  # Trainer's training_step drops its loss
+
+
+def test_last_graph_counts_in_the_forward_not_the_backward(llama: str) -> None:
+    b, s = 1, 256
+    run = dict(framework="litgpt", batch_size=b, seq_len=s, bnb_version="0.42.0", **QLORA)
+    held = parts(llama, **run).sizes.previous_graph
+    old = estimate(llama, **run).memory.phases
+    new = estimate(llama, **dict(run, bnb_version="0.43.2")).memory.phases
+    # this pass's own kept inputs: the same tensors, but the attention output is the
+    # kernel's saved output already (no bytes of its own)
+    kept_inputs = held - L * 2 * b * s * NH * HS
+    assert old.forward - new.forward == held + kept_inputs
+    assert old.backward - new.backward == kept_inputs
+
+
+def test_a_ctx_attribute_outlives_backward_until_the_graph_goes() -> None:
+    # the autograd semantics the mechanism rests on, in PyTorch itself: a Function that
+    # keeps its input as a ctx attribute (as MatMul4Bit does) holds it after backward
+    # for as long as a tensor of the graph (LitGPT's `loss`) is referenced
+    import gc
+    import weakref
+
+    import torch
+
+    class KeepsInput(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            ctx.tensors = (a, w)
+            return a @ w.t()
+
+        @staticmethod
+        def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+            _, w = ctx.tensors
+            return grad @ w, None
+
+    w = torch.randn(8, 8)
+    x = torch.randn(4, 8, requires_grad=True)
+    a = x * 2  # the kept input: made here, so only the graph refers to it afterwards
+    alive = weakref.ref(a)
+    loss = KeepsInput.apply(a, w).sum()
+    del a
+    loss.backward()
+    gc.collect()
+    assert alive() is not None  # backward ran; the graph (named by `loss`) keeps A
+    loss = torch.zeros(())  # the next iteration's loss is assigned
+    gc.collect()
+    assert alive() is None

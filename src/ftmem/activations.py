@@ -96,7 +96,7 @@ def block_saved(
             Kind.RESIDUAL_DROPOUT,
         )  # fmt: skip
     out += _mlp_side(ctx, state, mlp, x, after_attn)
-    return [s for s in out if s.nbytes]
+    return [s for s in out if s.nbytes or s.graph_held]
 
 
 def _attention(

@@ -389,7 +389,7 @@ def _memory(
             # validated in one go, the saved items as mappings (twenty separate
             # SavedItem(...) calls were a tenth of an estimate's time)
             activations_per_block=[
-                {"what": s.what, "bytes": s.nbytes} for s in parts.typical_block
+                {"what": s.what, "bytes": s.nbytes} for s in parts.typical_block if s.nbytes
             ],
             activations_outer=[{"what": s.what, "bytes": s.nbytes} for s in parts.outer_items],
             run_peak=run_peak,

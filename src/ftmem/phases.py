@@ -162,6 +162,9 @@ class StepSizes:
     # what the training loop itself holds at every moment (LitGPT: the last forward's
     # fp32 logits, until the next forward returns); counted with the activations
     loop_held: int = 0
+    # the last pass's graph, alive through this pass's forward and its loss (LitGPT
+    # rebinds ``loss`` after them): what autograd ctx attributes of it keep
+    previous_graph: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,16 +275,16 @@ def _until_head_backward(
     head_fwd = fwd if c.head_forward is None else c.head_forward
     loss_bwd = bwd if c.loss_backward is None else c.loss_backward
     head_bwd = bwd if c.head_backward is None else c.head_backward
-    above = s.activations.above
+    above, previous = s.activations.above, s.previous_graph
     moments = [
-        Moment("forward", held_forward, acts - above, s.block.forward, fwd),
-        Moment("forward", held_forward, acts, head.logits_forward, head_fwd),
+        Moment("forward", held_forward, acts - above + previous, s.block.forward, fwd),
+        Moment("forward", held_forward, acts + previous, head.logits_forward, head_fwd),
         Moment("backward", held_backward, acts, head.loss_backward, loss_bwd),
         Moment("backward", live_grads, live_acts, head.workspace + s.optimizer.outer, head_bwd),
     ]
     if s.teacher_forward or c.before:  # without one the next moment holds all it would
         before = fwd if c.before is None else c.before
-        moments.insert(0, Moment("forward", held_forward, 0, s.teacher_forward, before))
+        moments.insert(0, Moment("forward", held_forward, previous, s.teacher_forward, before))
     return moments
 
 

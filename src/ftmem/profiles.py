@@ -61,6 +61,9 @@ class Profile:
     # the model's output is cast to fp32 and the training loop holds it (the variable
     # it is assigned to) from the forward's return until the next forward returns
     logits_fp32_held: bool = False
+    # the loop's ``loss`` keeps the last pass's graph (its root node) until the next
+    # pass's loss is assigned: what ctx attributes hold lives through that forward
+    loss_held_into_next_forward: bool = False
     # None: as config.json says (tie_word_embeddings); False: a separate LM head
     ties_lm_head: bool | None = None
     # QLoRA quantises the LM head as well (every nn.Linear), not only the blocks'
@@ -153,6 +156,10 @@ LITGPT = Profile(
     # lightning/fabric/wrappers.py _FabricModule.forward: precision.convert_output(output)
     # casts floating outputs to torch.get_default_dtype() (fp32); fit()'s `logits` keeps them
     logits_fp32_held=True,
+    # fit(): `loss = chunked_cross_entropy(...)` is rebound after the next iteration's
+    # forward and loss, so `loss.grad_fn` keeps the last graph alive until then
+    # (litgpt@00af8b0d litgpt/finetune/lora.py fit; lit-gpt@8641822b finetune/lora.py train)
+    loss_held_into_next_forward=True,
     # litgpt/model.py GPT.__init__ builds its own lm_head; scripts/convert_hf_checkpoint.py
     # copies transformer.wte.weight into lm_head.weight when the checkpoint has none
     ties_lm_head=False,

@@ -300,6 +300,7 @@ class _BlockActivations:
     per_block: tuple[int, ...]
     rebuilt: tuple[int, ...]
     last: tuple[Saved, ...]
+    graph_held: int = 0  # what autograd ctx attributes keep of every block (Saved.graph_held)
 
 
 def _block_activations(
@@ -311,7 +312,7 @@ def _block_activations(
     per_block: list[int] = []
     rebuilt: list[int] = []  # checkpointing: what each block's recompute adds
     previous: tuple[BlockState, bool] | None = None
-    previous_sum, previous_rebuilt = 0, 0
+    previous_sum, previous_rebuilt, previous_held, graph_held = 0, 0, 0, 0
     for i, st in enumerate(block_states):
         key = (st, i < arch.dense_layers)  # (DeepSeek's first blocks are dense)
         if key != previous:  # consecutive blocks usually share one state object
@@ -319,13 +320,15 @@ def _block_activations(
                 saved = block_saved(arch, run, plan, st, T, dense=key[1])
                 cache[key] = saved if split is None else split.block(saved)
             previous, previous_sum = key, _sum(cache[key])
+            previous_held = sum(x.graph_held for x in cache[key])
             own_input = compiled_layers(run) or profile_of(run).kernel_rms_norm
             reused = Norm.recompute_reuses_input(arch, plan, cache[key], T, own_input)
             previous_rebuilt = previous_sum - reused
         per_block.append(previous_sum)
         rebuilt.append(previous_rebuilt)
+        graph_held += previous_held
     last = cache[(block_states[-1], False)]
-    return _BlockActivations(tuple(per_block), tuple(rebuilt), tuple(last))
+    return _BlockActivations(tuple(per_block), tuple(rebuilt), tuple(last), graph_held)
 
 
 def _outer_items(
@@ -416,7 +419,18 @@ def _decoder_sizes(
         head=head,
         optimizer=fixed.optimizer,
         loop_held=loop_held,
+        previous_graph=_previous_graph(run, blocks),
     )
+
+
+def _previous_graph(run: RunConfig, blocks: _BlockActivations) -> int:
+    """What the last pass's graph still holds through this pass's forward, where the
+    loop rebinds its loss only after the next forward's loss: the tensors autograd ctx
+    attributes keep (its nodes' saved tensors were freed by its backward). Checkpointed
+    blocks are left out: not derived."""
+    if not profile_of(run).loss_held_into_next_forward or run.grad_ckpt:
+        return 0
+    return blocks.graph_held
 
 
 def _head_side(outer_above: list[Saved]) -> list[Saved]:

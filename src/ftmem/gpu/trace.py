@@ -352,7 +352,9 @@ def _request_run(
     for sizes, t in steps:
         grads: list[int] = []
         for _ in range(micro_batches):
-            grads = _pass(rec, sizes, t, grads, kept_workspaces if first else ((), ()))
+            # (the run's first pass has no last graph)
+            previous = () if first else _previous_graph(sizes)
+            grads = _pass(rec, sizes, t, grads, kept_workspaces if first else ((), ()), previous)
             first = False
         if not states_made:
             rec.alloc(t.states)
@@ -369,17 +371,31 @@ def _request_run(
         rec.free(rec.alloc(tensors))
 
 
+def _previous_graph(s: StepSizes) -> tuple[int, ...]:
+    """The last pass's graph-held tensors, one request per block (StepSizes.previous_graph;
+    requested anew here rather than kept from that pass: the same bytes, its blocks'
+    places in the cache aside)."""
+    if not s.previous_graph:
+        return ()
+    L = len(s.activations.per_block) or 1
+    share = s.previous_graph // L
+    return (share,) * (L - 1) + (s.previous_graph - share * (L - 1),)
+
+
 def _pass(
     rec: _Recorder,
     s: StepSizes,
     t: StepTensors,
     grads: list[int],
     workspaces: tuple[tuple[int, ...], tuple[int, ...]],
+    previous: tuple[int, ...] = (),
 ) -> list[int]:
     """One forward and backward, in the order of phases.find_peak's moments; ``grads``:
     the gradients already held (accumulation), ``workspaces``: the cuBLAS ones its first
-    GEMMs create. Returns the gradients held after it."""
+    GEMMs create; ``previous``: the last pass's graph-held tensors, freed once this
+    pass's loss exists. Returns the gradients held after it."""
     new_grads = not grads
+    last_graph = rec.alloc(previous)
     c = s.comm
     if s.teacher_forward or c.before:  # the moment before the forward, with its gathering
         known = s.before_requests
@@ -401,6 +417,7 @@ def _pass(
     gathered = rec.comm(_or(c.head_forward, c.forward))
     rec.moment(s.head.logits_forward)
     rec.free(gathered)
+    rec.free(last_graph)  # the loop's loss now names this pass's graph
     gathered = rec.comm(_or(c.loss_backward, c.backward))
     rec.moment(s.head.loss_backward)
     rec.free(gathered)

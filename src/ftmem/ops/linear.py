@@ -108,11 +108,14 @@ class LinearOp:
             what = f"{label}: input (fused LoRA Function)"
             return [Saved(what, size, Kind.LINEAR_INPUT, side, group)]
         input_bytes = LinearOp.base_input_bytes(ctx, linears, state, in_grad, in_features, in_bytes)
+        held = LinearOp.ctx_held_input_bytes(ctx, linears, in_grad, in_features, in_bytes)
         if ctx.plan.dtypes.autocast and in_bytes != ctx.e:
             input_kept_elsewhere = False  # each call keeps its own cast copy
         out: list[Saved] = []
         if input_bytes and not input_kept_elsewhere:
-            out.append(Saved(f"{label}: input", input_bytes, Kind.LINEAR_INPUT, side, group))
+            out.append(Saved(f"{label}: input", input_bytes, Kind.LINEAR_INPUT, side, group, held))
+        elif held:  # the tensor another op keeps: no bytes of its own, held past backward
+            out.append(Saved(f"{label}: input (shared)", 0, Kind.LINEAR_INPUT, side, group, held))
         out += LinearOp.int8_column_copies(ctx, linears, in_grad, side, label)
         shared_input = False
         # LitGPT's fused qkv: one dropout for every adapted slice (litgpt@00af8b0d
@@ -163,6 +166,23 @@ class LinearOp:
         ac_casts = dt.autocast and in_bytes != e
         copies = len(training or linears) if ac_casts else 1
         return copies * ctx.tokens * in_features * (e if dt.autocast else in_bytes)
+
+    @staticmethod
+    def ctx_held_input_bytes(
+        ctx: LayerContext, linears: list[Linear], in_grad: bool, in_features: int, in_bytes: int
+    ) -> int:
+        """What bitsandbytes' MatMul4Bit before 0.43.2 keeps of its input as a ctx
+        attribute (``ctx.tensors = (A, B)``, bitsandbytes@0.42.0
+        bitsandbytes/autograd/_functions.py MatMul4Bit.forward), not a saved tensor: the
+        node's backward does not free it, so it lives as long as the graph does (a
+        training loop that holds the last loss holds it into the next forward)."""
+        if not (in_grad and ctx.plan.dtypes.quantized in ("nf4", "fp4")):
+            return 0
+        if not LinearOp.quantised_keeps_input(ctx.run, ctx.plan.dtypes.quantized, linears):
+            return 0
+        dt = ctx.plan.dtypes
+        copies = len(linears) if dt.autocast and in_bytes != ctx.e else 1
+        return copies * ctx.tokens * in_features * (ctx.e if dt.autocast else in_bytes)
 
     @staticmethod
     def quantised_keeps_input(run: RunConfig, fmt: str | None, linears: list[Linear]) -> bool:

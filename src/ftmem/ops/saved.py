@@ -62,7 +62,10 @@ class Saved(NamedTuple):
     kind: Kind = Kind.OTHER
     side: Side = Side.OUTER
     linears: tuple[Linear, ...] = ()
+    # bytes of this tensor (or of the one it shares, when ``nbytes`` is 0) that an autograd
+    # ctx attribute holds: backward does not free those, the graph's end does
+    graph_held: int = 0
 
     def relabelled(self, prefix: str) -> Saved:
         """The same item, its display name prefixed."""
-        return Saved(f"{prefix}{self.what}", self.nbytes, self.kind, self.side, self.linears)
+        return self._replace(what=f"{prefix}{self.what}")
