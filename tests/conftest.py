@@ -183,6 +183,7 @@ TINY: dict[str, dict] = {
         attention_qkv_bias=True,
         attention_out_bias=True,
         sliding_window=16,
+        sliding_layers=1,  # layer 0 (GptOssConfig's (i + 1) % 2)
     ),
     # DeepSeek-V3 (_DEEPSEEK)
     "deepseek_v3": dict(family="deepseek_v3", **_DEEPSEEK),

@@ -117,6 +117,11 @@ class Architecture(BaseModel):
         None, description="MLA: each head's value width (= head_dim if unset)."
     )
     sliding_window: PositiveInt | None = None
+    sliding_layers: NonNegativeInt = Field(
+        0,
+        description="Layers whose KV cache keeps only the sliding window (transformers 5's "
+        "DynamicSlidingWindowLayer); 0 counts every layer's cache in full, the safe side.",
+    )
     final_logit_softcapping: FiniteFloat | None = None
     attn_logit_softcapping: FiniteFloat | None = Field(
         None, description="Gemma-2: tanh soft-capping of the attention scores."
@@ -185,6 +190,13 @@ class Architecture(BaseModel):
                 f"({self.head_size})"
             )
         self._fits_latent_and_stack()
+        if self.sliding_layers > self.num_layers or (
+            self.sliding_layers and self.sliding_window is None
+        ):
+            raise ValueError(
+                f"sliding_layers ({self.sliding_layers}) must be at most num_layers "
+                f"({self.num_layers}), and needs a sliding_window"
+            )
         if self.experts_per_token > self.num_experts:
             raise ValueError(
                 f"experts_per_token ({self.experts_per_token}) exceeds num_experts "
@@ -293,6 +305,11 @@ class Architecture(BaseModel):
         return (self.dense_layers, self.num_layers)
 
     @property
+    def full_layers(self) -> int:
+        """The layers whose KV cache keeps every token (the others keep the window)."""
+        return self.num_layers - self.sliding_layers
+
+    @property
     def kv_size(self) -> int:
         return self.kv_heads * self.head_size
 
@@ -334,6 +351,7 @@ BOUNDS: dict[str, limits.Bound] = {
     "v_head_dim": limits.WIDTH,
     "experts_per_token": limits.EXPERTS,
     "sliding_window": limits.TOKENS,
+    "sliding_layers": limits.LAYERS,
     "relative_attention_num_buckets": limits.WIDTH,
     "published_params": limits.PARAMETERS,
 }

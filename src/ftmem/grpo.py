@@ -193,10 +193,46 @@ def buffered_bytes(run: RunConfig, e: int) -> int:
 
 
 def kv_cache_bytes(arch: Architecture, rows: int, tokens: int, e: int) -> int:
-    """transformers' DynamicCache: a key and a value per layer, rows x kv_heads x tokens
-    x head_size in the compute dtype (Architecture.cache_widths: latent attention's
-    compressed latent and rotary key)."""
+    """transformers' DynamicCache with ``tokens`` on every layer (right after the prefill:
+    a sliding layer keeps a view of its whole cat then): a key and a value per layer,
+    rows x kv_heads x tokens x head_size in the compute dtype (Architecture.cache_widths:
+    latent attention's compressed latent and rotary key)."""
     return arch.num_layers * rows * tokens * sum(arch.cache_widths) * e
+
+
+def sliding_tokens(arch: Architecture, prompt: int, tokens: int) -> int:
+    """The tokens a sliding layer's key (or value) storage holds once the cache has seen
+    ``tokens`` of which the prefill brought ``prompt``. transformers 5.24 cache_utils.py
+    DynamicSlidingWindowLayer.update makes ``cat([keys, new])`` and keeps the view
+    ``[:, :, -sliding_window + 1:]`` of it: the prefill's whole cat (``prompt`` tokens)
+    stays alive under that view; each decoding step's cat is the kept view's at most
+    w - 1 tokens and the new one, so at most w tokens of storage."""
+    if tokens <= prompt or arch.sliding_window is None:
+        return tokens
+    return min(tokens, arch.sliding_window)
+
+
+def decode_step_bytes(arch: Architecture, rows: int, prompt: int, tokens: int, e: int) -> int:
+    """The cache at the largest moment of the decoding step that grows it to ``tokens``
+    (transformers 5.24 cache_utils.py): every layer at its larger size of the step (full
+    layers at ``tokens``; a sliding layer at its old or its new storage, the old one
+    being the prefill's whole cat at the first step), and one layer's update on top:
+
+    - a full layer (DynamicLayer.update: ``self.keys = torch.cat(...)``, then the values):
+      its old key (or value) beside the new one, counted one token long, at ``tokens``;
+    - a sliding layer (DynamicSlidingWindowLayer.update makes both cats before it
+      replaces either): its other storage, key and value, beside the one counted.
+
+    The later layers still hold their old sizes; counting them at the larger is the safe
+    side by at most a token each."""
+    one_key = kv_cache_bytes(arch, rows, tokens, e) // (2 * arch.num_layers)
+    if not arch.sliding_layers or tokens <= prompt:
+        return kv_cache_bytes(arch, rows, tokens, e) + one_key
+    old, new = sliding_tokens(arch, prompt, tokens - 1), sliding_tokens(arch, prompt, tokens)
+    per_token_layer = rows * sum(arch.cache_widths) * e
+    cache = per_token_layer * (arch.full_layers * tokens + arch.sliding_layers * max(old, new))
+    full_update = one_key if arch.full_layers else 0
+    return cache + max(full_update, per_token_layer * min(old, new))
 
 
 def generation_moment(arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:
@@ -206,11 +242,11 @@ def generation_moment(arch: Architecture, run: RunConfig, plan: MethodPlan) -> i
     - the prefill, R·P tokens under no_grad: a frozen block's forward transient (its
       MLP intermediates or eager scores, the residual stream and norm output) beside the
       cache of every layer so far (the current layer's included: it is appended before
-      the MLP runs);
-    - the last decoding step: the cache at S - 1 tokens, plus one layer's key (or value)
-      remade one token longer by ``torch.cat`` while the old one lives
-      (cache_utils.py DynamicLayer.update), the step's logits (R·V·e), their fp32 copy
-      and the sampling probabilities (R·V·4 each);
+      the MLP runs), P tokens on every layer (a sliding layer's view keeps its whole cat);
+    - a decoding step (``decode_step_bytes``): the last, whose cache holds S - 1 tokens
+      on the full layers and at most the window on the sliding ones, or, with sliding
+      layers, the first, where they still hold the prompt's P; plus the step's logits
+      (R·V·e), their fp32 copy and the sampling probabilities (R·V·4 each);
 
     with the prompt ids and mask (R·P int64 each) and the growing ids (``torch.cat``
     each step: old and new, R·S int64 each) beside them."""
@@ -224,14 +260,10 @@ def generation_moment(arch: Architecture, run: RunConfig, plan: MethodPlan) -> i
     prefill = frozen_forward_transient(
         arch, prefill_run, e, plan.dtypes.residual_bytes, R * P
     ) + kv_cache_bytes(arch, R, P, e)
-    one_layer_key = kv_cache_bytes(arch, R, S - 1, e) // (2 * arch.num_layers)
-    decode = (
-        kv_cache_bytes(arch, R, S - 1, e)
-        + one_layer_key
-        + R * V * e
-        + 2 * R * V * FP32
-        + 2 * R * S * INDEX_BYTES
-    )
+    cache = decode_step_bytes(arch, R, P, S - 1, e)
+    if C >= 2:  # a first decoding step before the last
+        cache = max(cache, decode_step_bytes(arch, R, P, P + 1, e))
+    decode = cache + R * V * e + 2 * R * V * FP32 + 2 * R * S * INDEX_BYTES
     return 2 * R * P * INDEX_BYTES + max(prefill, decode)
 
 

@@ -5,7 +5,9 @@ transient activations and logits, resident LoRA adapters.
   LLM.int8, bitsandbytes nf4/fp4, or a GPTQ/AWQ-style int4 with one fp16 scale and one
   4-bit zero point per group of 128 inputs); embeddings, norms and the LM head 16-bit.
 * KV cache: 2 (key and value) × layers × KV heads × head size × bytes × sequences ×
-  tokens each (``DynamicCache`` in transformers keeps every token; GQA shrinks it).
+  tokens each, every token on every layer: what transformers 5's ``DynamicCache`` holds
+  right after a prefill of the whole context, sliding-window layers included (GQA
+  shrinks it; ``sliding_window_note`` says what decoding leaves on the sliding layers).
 * The prefill of a chunk of tokens, without autograd: the residual stream, the block's
   largest intermediate (gate and up outputs and the activation of a gated MLP) and the
   logits of the last position of each sequence (``logits_to_keep=1``, fp32).
@@ -25,6 +27,7 @@ from ftmem.errors import InvalidInputError
 from ftmem.hardware import Gpu
 from ftmem.methods import adapted_linears
 from ftmem.run import RunConfig
+from ftmem.units import format_bytes
 
 WeightFormat = Literal["bf16", "fp16", "fp32", "fp8", "int8", "nf4", "fp4", "int4", "ternary"]
 KvDtype = Literal["bf16", "fp16", "fp32", "fp8"]
@@ -190,6 +193,38 @@ def serving_overhead(gpu: Gpu | None) -> int:
     return rt.context_bytes + (kept if rt.through_allocator else rt.cublas_workspace_bytes)
 
 
+def sliding_window_note(arch: Architecture, cfg: ServeConfig, per_token: int) -> str | None:
+    """What the KV cache figure counts on a model whose window is shorter than the
+    context: every token on every layer, transformers 5's cache right after a prefill of
+    the whole context (cache_utils.py DynamicSlidingWindowLayer.update keeps a view of
+    the last w - 1 tokens of its cat, the whole cat's storage alive under it); once
+    decoding starts, each step's cat is at most w tokens, so a sliding layer holds w
+    tokens' storage and a run that generates most of its context ends with the full
+    layers at the context and the sliding ones at the window."""
+    w = arch.sliding_window
+    if not w or cfg.context <= w:
+        return None
+    counted = (
+        "The KV cache is counted at every token on every layer, what transformers 5's "
+        "DynamicCache holds right after a prefill of the whole context (a sliding layer "
+        "keeps a view of its whole cat); once decoding starts it keeps only the window's "
+        "last tokens on the sliding layers (DynamicSlidingWindowLayer), so a run that "
+        "generates most of its context holds less"
+    )
+    if not arch.sliding_layers:
+        return (
+            f"{arch.name} attends within a {w:,}-token window on some or all layers, which "
+            f"ones not known here. {counted}."
+        )
+    per_layer = per_token // arch.num_layers * cfg.sequences
+    decoded = per_layer * (arch.full_layers * cfg.context + arch.sliding_layers * w)
+    return (
+        f"{arch.name} attends within a {w:,}-token window on {arch.sliding_layers} of its "
+        f"{arch.num_layers} layers. {counted}: {format_bytes(decoded)} at the end, "
+        f"{w:,} tokens on each sliding layer."
+    )
+
+
 def estimate_serving(
     arch: Architecture, cfg: ServeConfig, gpu: Gpu | None = None, overhead_bytes: int | None = None
 ) -> ServeEstimate:
@@ -215,14 +250,9 @@ def estimate_serving(
             "by concatenation (transformers' DynamicCache) leaves freed blocks it cannot reuse "
             "in place, so nvidia-smi can show more."
         )
-    if arch.sliding_window and cfg.context > arch.sliding_window:
-        notes.append(
-            f"{arch.name} attends within a {arch.sliding_window:,}-token window on some or all "
-            "layers. The KV cache is counted at every token on every layer, what transformers "
-            "5 holds right after a prefill of the whole context; once decoding starts its "
-            "DynamicCache keeps only the window's last tokens on those layers "
-            "(DynamicSlidingWindowLayer), so a run that generates most of its context holds less."
-        )
+    window = sliding_window_note(arch, cfg, per_token)
+    if window:
+        notes.append(window)
     if cfg.weights == "int4":
         notes.append(
             f"int4: GPTQ/AWQ-style, groups of {INT4_GROUP} inputs with an fp16 scale and a 4-bit "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -151,6 +152,10 @@ def activation(name: str | None) -> str:
     raise ConfigError(f"Unsupported activation {shown(name)} in config.json.")
 
 
+# How many of a config's ``layers`` layers are sliding when it gives no layer_types.
+SlidingPattern = Callable[[Config, int], int]
+
+
 @dataclass(frozen=True, slots=True)
 class LlamaKeys:
     """What varies between the config classes that copy Llama's.
@@ -159,14 +164,77 @@ class LlamaKeys:
     of reading ``attention_bias``; ``optional``: the keys of that list its config class
     takes (``attention_bias``, ``mlp_bias``); ``activation``: the activation's key;
     ``window``: how the sliding window is written ("always", "when-set", or
-    "use_sliding_window" with the flag); ``tie``: tied embeddings when the config does
-    not say."""
+    "use_sliding_window" with the flag); ``sliding``: how many layers the window slides
+    on when config.json gives no ``layer_types`` (the config class's default pattern,
+    ``SlidingPattern``; None: the family is not checked, and no layer's cache is counted
+    at the window); ``tie``: tied embeddings when the config does not say."""
 
     fixed_bias: tuple[bool, bool] | None = None
     optional: tuple[str, ...] = ()
     activation: str = "hidden_act"
     window: str = ""
+    sliding: SlidingPattern | None = None
     tie: bool = False
+
+
+def every_layer(cfg: Config, layers: int) -> int:
+    """Config classes without ``layer_types`` (Mistral, Mixtral, Phi-3, StarCoder2,
+    Qwen3-MoE): transformers 5.24 cache_utils.py get_layer_types_and_kwargs makes every
+    layer "sliding_attention" when the layer's config has a sliding_window."""
+    return layers
+
+
+def alternating(cfg: Config, layers: int) -> int:
+    """Gemma2Config and GptOssConfig: ``"sliding_attention" if bool((i + 1) % 2)``
+    (transformers 5.24 configuration_gemma2.py __post_init__, configuration_gpt_oss.py
+    validate_architecture): layers 0, 2, 4, ... slide."""
+    return (layers + 1) // 2
+
+
+def every_nth_full(key: str, default: int) -> SlidingPattern:
+    """Gemma3TextConfig (``sliding_window_pattern``, 6) and Exaone4Config (4): every
+    layer slides but each ``pattern``-th, ``bool((i + 1) % pattern)`` (transformers 5.24
+    configuration_gemma3.py, configuration_exaone4.py __post_init__)."""
+
+    def count(cfg: Config, layers: int) -> int:
+        pattern = opt(cfg, key, limits.LAYERS) or default
+        return layers - layers // pattern
+
+    return count
+
+
+def above_max_window_layers(cfg: Config, layers: int) -> int:
+    """Qwen2Config and Qwen3Config: ``"sliding_attention" if ... i >= max_window_layers``
+    (transformers 5.24 configuration_qwen2.py, configuration_qwen3.py __post_init__;
+    max_window_layers defaults to 28): the layers from max_window_layers on slide."""
+    first = cfg.get("max_window_layers", 28)
+    if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+        raise wrong("max_window_layers", "a non-negative integer", first)
+    return max(0, layers - first)
+
+
+def on_nope_layers(cfg: Config, layers: int) -> int:
+    """SmolLM3Config: the window slides on the layers without the rotary
+    (``no_rope_layers[i]`` 0; by default every ``no_rope_layer_interval``-th, 4:
+    transformers 5.24 configuration_smollm3.py __post_init__)."""
+    given = cfg.get("no_rope_layers")
+    if isinstance(given, list) and len(given) == layers:
+        return sum(1 for has_rope in given if has_rope == 0)
+    if given is not None:
+        raise wrong("no_rope_layers", f"a list of {layers} 0s and 1s", given)
+    return layers // (opt(cfg, "no_rope_layer_interval", limits.LAYERS) or 4)
+
+
+def sliding_layer_count(cfg: Config, layers: int, pattern: SlidingPattern) -> int:
+    """The layers whose cache transformers 5 keeps at the window
+    (DynamicSlidingWindowLayer): those config.json's ``layer_types`` names
+    "sliding_attention", else the config class's default ``pattern``."""
+    types = cfg.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != layers:
+            raise wrong("layer_types", f"a list of the {layers} layers' types", types)
+        return sum(1 for kind in types if kind == "sliding_attention")
+    return pattern(cfg, layers)
 
 
 def read_llama_like(cfg: Config, family: str, keys: LlamaKeys) -> Config:

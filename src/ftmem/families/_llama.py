@@ -6,7 +6,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ftmem.families import ConfigMap, ModuleNames
-from ftmem.families._config import Config, LlamaKeys, build_llama_like, flag, read_llama_like
+from ftmem.families._config import (
+    Config,
+    LlamaKeys,
+    build_llama_like,
+    flag,
+    read_llama_like,
+    sliding_layer_count,
+)
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -39,6 +46,9 @@ def llama_map(
         out = read_llama_like(cfg, family, keys)
         if read_extra:
             read_extra(cfg, out)
+        # after the family's own keys, which may add the window (gpt-oss) or drop it
+        if keys.sliding and out.get("sliding_window"):
+            out["sliding_layers"] = sliding_layer_count(cfg, out["num_layers"], keys.sliding)
         return out
 
     def build(arch: Architecture) -> Config:

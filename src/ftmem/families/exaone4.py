@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ftmem.families import Family
-from ftmem.families._config import Config, LlamaKeys
+from ftmem.families._config import Config, LlamaKeys, every_nth_full
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 
 if TYPE_CHECKING:
@@ -29,7 +29,12 @@ FAMILY = Family(
     name="exaone4",
     model_types=("exaone4",),
     decoder_layer="Exaone4DecoderLayer",
-    config=llama_map("exaone4", LlamaKeys(window="when-set"), _read, _build),
+    config=llama_map(
+        "exaone4",
+        LlamaKeys(window="when-set", sliding=every_nth_full("sliding_window_pattern", 4)),
+        _read,
+        _build,
+    ),
     names=replace(
         LLAMA_NAMES, norms={2: ("post_attention_layernorm", "post_feedforward_layernorm")}
     ),

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ftmem.families import Family
-from ftmem.families._config import Config, LlamaKeys, number, wrong
+from ftmem.families._config import Config, LlamaKeys, alternating, number, wrong
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ FAMILY = Family(
             optional=("attention_bias",),
             activation="hidden_activation",
             window="when-set",
+            sliding=alternating,
             tie=True,
         ),
         read_softcaps,

@@ -7,7 +7,7 @@ Gemma3TextConfig's defaults; those are applied here as transformers applies them
 from __future__ import annotations
 
 from ftmem.families import ConfigMap, Family
-from ftmem.families._config import Config, LlamaKeys
+from ftmem.families._config import Config, LlamaKeys, every_nth_full
 from ftmem.families._llama import llama_map
 from ftmem.families.gemma2 import GEMMA2_NAMES, build_gemma2, read_softcaps
 
@@ -38,6 +38,7 @@ _LLAMA_MAP = llama_map(
         optional=("attention_bias",),
         activation="hidden_activation",
         window="when-set",
+        sliding=every_nth_full("sliding_window_pattern", 6),
         tie=True,
     ),
     _read_extra,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ftmem import limits
 from ftmem.families import Family
-from ftmem.families._config import Config, LlamaKeys, flag, need, opt
+from ftmem.families._config import Config, LlamaKeys, alternating, flag, need, opt
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 
 if TYPE_CHECKING:
@@ -68,7 +68,10 @@ FAMILY = Family(
     model_types=("gpt_oss",),
     decoder_layer="GptOssDecoderLayer",
     config=llama_map(
-        "gpt_oss", LlamaKeys(optional=("attention_bias",), window="always"), _read, _build
+        "gpt_oss",
+        LlamaKeys(optional=("attention_bias",), window="always", sliding=alternating),
+        _read,
+        _build,
     ),
     names=replace(LLAMA_NAMES, experts=GPT_OSS_EXPERTS),
     attention="eager",

@@ -1,7 +1,7 @@
 """Mistral (MistralForCausalLM): Llama's block with a sliding window."""
 
 from ftmem.families import Family
-from ftmem.families._config import LlamaKeys
+from ftmem.families._config import LlamaKeys, every_layer
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 
 FAMILY = Family(
@@ -10,6 +10,6 @@ FAMILY = Family(
     colossalai_policy=frozenset(),
     model_types=("mistral",),
     decoder_layer="MistralDecoderLayer",
-    config=llama_map("mistral", LlamaKeys(window="always")),
+    config=llama_map("mistral", LlamaKeys(window="always", sliding=every_layer)),
     names=LLAMA_NAMES,
 )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ftmem import limits
 from ftmem.families import SP_MODES, Family
-from ftmem.families._config import Config, LlamaKeys, need
+from ftmem.families._config import Config, LlamaKeys, every_layer, need
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ FAMILY = Family(
     colossalai_policy=SP_MODES - {"ring_attn"},
     model_types=("mixtral",),
     decoder_layer="MixtralDecoderLayer",
-    config=llama_map("mixtral", LlamaKeys(window="always"), _read_experts, _build_experts),
+    config=llama_map(
+        "mixtral", LlamaKeys(window="always", sliding=every_layer), _read_experts, _build_experts
+    ),
     names=replace(LLAMA_NAMES, experts=EXPERT_NAMES),
 )

@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ftmem.families import Family
-from ftmem.families._config import Config, LlamaKeys
+from ftmem.families._config import Config, LlamaKeys, every_layer
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 
 if TYPE_CHECKING:
@@ -21,7 +21,9 @@ FAMILY = Family(
     name="phi3",
     model_types=("phi3",),
     decoder_layer="Phi3DecoderLayer",
-    config=llama_map("phi3", LlamaKeys(), build_extra=_no_dropout),
+    config=llama_map(
+        "phi3", LlamaKeys(window="when-set", sliding=every_layer), build_extra=_no_dropout
+    ),
     names=replace(
         LLAMA_NAMES,
         attention={"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj"},

@@ -1,7 +1,7 @@
 """Qwen2 / Qwen2.5 (Qwen2ForCausalLM): Llama's block with q/k/v biases."""
 
 from ftmem.families import SP_MODES, Family
-from ftmem.families._config import LlamaKeys
+from ftmem.families._config import LlamaKeys, above_max_window_layers
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 
 FAMILY = Family(
@@ -10,6 +10,13 @@ FAMILY = Family(
     colossalai_policy=SP_MODES - {"ring_attn"},
     model_types=("qwen2",),
     decoder_layer="Qwen2DecoderLayer",
-    config=llama_map("qwen2", LlamaKeys(fixed_bias=(True, False), window="use_sliding_window")),
+    config=llama_map(
+        "qwen2",
+        LlamaKeys(
+            fixed_bias=(True, False),
+            window="use_sliding_window",
+            sliding=above_max_window_layers,
+        ),
+    ),
     names=LLAMA_NAMES,
 )

@@ -5,7 +5,7 @@ alike) and an explicit head_dim; the sliding window is off unless asked for."""
 from __future__ import annotations
 
 from ftmem.families import SP_MODES, Family
-from ftmem.families._config import Config, LlamaKeys
+from ftmem.families._config import Config, LlamaKeys, above_max_window_layers
 from ftmem.families._llama import LLAMA_NAMES, llama_map, window_off_by_default
 
 
@@ -22,7 +22,11 @@ FAMILY = Family(
     decoder_layer="Qwen3DecoderLayer",
     config=llama_map(
         "qwen3",
-        LlamaKeys(optional=("attention_bias",), window="use_sliding_window"),
+        LlamaKeys(
+            optional=("attention_bias",),
+            window="use_sliding_window",
+            sliding=above_max_window_layers,
+        ),
         read_extra=_read_qwen3,
     ),
     names=LLAMA_NAMES,

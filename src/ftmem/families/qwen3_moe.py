@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ftmem import limits
 from ftmem.errors import ConfigError
 from ftmem.families import Family
-from ftmem.families._config import Config, LlamaKeys, need, opt, shown
+from ftmem.families._config import Config, LlamaKeys, every_layer, need, opt, shown
 from ftmem.families._llama import LLAMA_NAMES, llama_map, window_off_by_default
 from ftmem.families.mixtral import EXPERT_NAMES
 
@@ -55,7 +55,7 @@ FAMILY = Family(
     decoder_layer="Qwen3MoeDecoderLayer",
     config=llama_map(
         "qwen3_moe",
-        LlamaKeys(optional=("attention_bias",), window="use_sliding_window"),
+        LlamaKeys(optional=("attention_bias",), window="use_sliding_window", sliding=every_layer),
         _read,
         _build,
     ),

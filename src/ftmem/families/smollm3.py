@@ -6,7 +6,7 @@ memory is Llama's; embeddings tied unless the config says not."""
 from __future__ import annotations
 
 from ftmem.families import Family
-from ftmem.families._config import LlamaKeys
+from ftmem.families._config import LlamaKeys, on_nope_layers
 from ftmem.families._llama import LLAMA_NAMES, llama_map, window_off_by_default
 
 FAMILY = Family(
@@ -15,7 +15,12 @@ FAMILY = Family(
     decoder_layer="SmolLM3DecoderLayer",
     config=llama_map(
         "smollm3",
-        LlamaKeys(optional=("attention_bias", "mlp_bias"), window="use_sliding_window", tie=True),
+        LlamaKeys(
+            optional=("attention_bias", "mlp_bias"),
+            window="use_sliding_window",
+            sliding=on_nope_layers,
+            tie=True,
+        ),
         read_extra=window_off_by_default,
     ),
     names=LLAMA_NAMES,

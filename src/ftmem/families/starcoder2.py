@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ftmem.families import Family
-from ftmem.families._config import Config, LlamaKeys, flag
+from ftmem.families._config import Config, LlamaKeys, every_layer, flag
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 
 if TYPE_CHECKING:
@@ -38,7 +38,9 @@ FAMILY = Family(
     name="starcoder2",
     model_types=("starcoder2",),
     decoder_layer="Starcoder2DecoderLayer",
-    config=llama_map("starcoder2", LlamaKeys(window="when-set", tie=True), _read, _build),
+    config=llama_map(
+        "starcoder2", LlamaKeys(window="when-set", sliding=every_layer, tie=True), _read, _build
+    ),
     names=replace(LLAMA_NAMES, mlp={"up": "mlp.c_fc", "down": "mlp.c_proj"}),
     dropout_keys={"residual_dropout": "residual_dropout", "embedding_dropout": "embedding_dropout"},
 )
