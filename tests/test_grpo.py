@@ -88,7 +88,11 @@ def test_generation_is_a_moment_before_the_training_forward():
     assert cache == 4_290_772_992  # 4.0 GiB
     assert generation_moment(arch, run, plan) == decode + 2 * R * P * 8
     sizes = step_parts(arch, run).sizes
-    assert sizes.teacher_forward == decode + 2 * R * P * 8
+    # the moment also holds the previous generation batch, still buffered: the loop's
+    # held bytes leave its completion mask (R x C int64) and advantages (R fp32) to the
+    # loss's saved items, which do not exist yet
+    previous = R * 1000 * 8 + R * 4
+    assert sizes.teacher_forward == decode + 2 * R * P * 8 + previous
 
 
 def test_generation_can_be_the_peak():
@@ -107,11 +111,13 @@ def test_generation_can_be_the_peak():
     est = estimate_step(arch, run).memory
     s = parts.sizes
     # the forward moment before the training forward: weights, states, the buffered
-    # generation batch (loop_held) and generate()'s own tensors; no gradient yet (it runs
+    # generation batch (loop_held, and its completion mask and advantages: 64 rows of
+    # 1,000 int64 and one fp32) and generate()'s own tensors; no gradient yet (it runs
     # at the first micro-batch, after zero_grad(set_to_none=True))
     assert est.peak_phase == "forward"
     gen = generation_moment(arch, run, parts.plan)
-    assert est.peak_allocated_bytes == s.weights + s.states + s.loop_held + gen
+    previous = 64 * 1000 * 8 + 64 * 4
+    assert est.peak_allocated_bytes == s.weights + s.states + s.loop_held + previous + gen
 
 
 def test_the_reference_is_a_frozen_copy_only_without_an_adapter_and_only_with_beta():
@@ -133,10 +139,13 @@ def test_vllm_generation_replaces_generate_and_reserves_its_share_when_colocated
     # frozen block's forward over b·S = 150 tokens (the MLP's gate, up, activation and
     # product, 4 x 160 x 2 bytes a token, and four residual-width bf16 tensors) beside
     # the generation batch's concatenated ids and mask and its new buffer (ids and masks,
-    # advantages, the old log-probabilities in bf16)
+    # advantages, the old log-probabilities in bf16), and the previous generation batch's
+    # completion mask and advantages, still buffered (the loop's held bytes leave them to
+    # the loss's saved items)
     block = 150 * 4 * 160 * 2 + 4 * 150 * H * 2
     buffers = 2 * 3 * S * 8 + (2 * 3 * S * 8 + 3 * 4 + 3 * C * 2)
-    assert step_parts(LLAMA, run).sizes.teacher_forward == block + buffers == 312_132
+    previous = 3 * C * 8 + 3 * 4
+    assert step_parts(LLAMA, run).sizes.teacher_forward == block + buffers + previous == 312_624
     assert vllm_reserved_bytes(run, 80 * 2**30) == int(80 * 2**30 * 0.3)
     shared = _run(method="lora", vllm="colocate", vllm_memory_share=0.5)
     assert vllm_reserved_bytes(shared, 1000) == 500
@@ -224,7 +233,7 @@ def test_a_grpo_config_on_several_gpus_is_read_as_grpo_over_the_processes(tmp_pa
     cfg = read_framework_config(str(path))
     s = cfg.settings
     assert (s["objective"], s["gpus"], s["steps_per_generation"]) == ("grpo", 4, 2)  # 16 / 8
-    assert any("ds3_gather_for_generation false" in n for n in cfg.notes)
+    assert s["ds3_gather_for_generation"] is False  # generate() through ZeRO-3's hooks
 
 
 @pytest.mark.parametrize(
@@ -281,10 +290,18 @@ def test_a_colocated_vllm_engine_takes_its_share_of_the_gpu():
         ("zero3", dict(method="lora")),  # the whole policy gathered, one request a tensor
         ("zero3", dict(method="full", kl_beta=0.04)),
         ("zero3", dict(method="lora", vllm="colocate")),  # a peft model gathered to sync
+        ("zero3", dict(method="lora", ds3_gather_for_generation=False)),  # through the hooks
         ("fsdp", dict(method="full", kl_beta=0.04)),  # the whole reference for its forward
         ("zero2", dict(method="lora", grad_ckpt=True, grad_accum=8)),
     ],
-    ids=["zero3-lora", "zero3-reference", "zero3-vllm-sync", "fsdp-reference", "zero2-gen"],
+    ids=[
+        "zero3-lora",
+        "zero3-reference",
+        "zero3-vllm-sync",
+        "zero3-hooked",
+        "fsdp-reference",
+        "zero2-gen",
+    ],
 )
 def test_the_allocator_trace_of_a_rank_reaches_its_timeline_peak(strategy, settings):
     """A rank's requests, replayed live, peak where its timeline does: the moment before
@@ -304,6 +321,165 @@ def test_the_allocator_trace_of_a_rank_reaches_its_timeline_peak(strategy, setti
     events = step_events(sizes, _tensors(step.parts, sizes), min(run.grad_accum, 2))
     best, _ = replay_live(events)
     assert best == step.peak.at_peak.total
-    if strategy == "zero3" and run.vllm is None and settings["method"] == "lora":
+    if run.ds3_gather_for_generation is False:  # the forward's blocks, no request list
+        assert sizes.before_requests == ()
+    elif strategy == "zero3" and run.vllm is None and settings["method"] == "lora":
         # 7 matrices a block x 32 blocks + the embedding and the LM head, each whole
         assert len(sizes.before_requests) == 7 * 32 + 2
+
+
+# num_iterations (TRL GRPOConfig, 1): _prepare_inputs generates every
+# generate_every = steps_per_generation x num_iterations micro-batches and trains
+# num_iterations passes over the buffered batch; _generate_and_score_completions computes
+# the policy's old log-probabilities when gradient_accumulation_steps % generate_every != 0
+# (grpo_trainer.py@f2cd57710ae3 l. 1571 and 2561-2576)
+@pytest.mark.parametrize(
+    ("grad_accum", "steps", "iterations", "old"),
+    [
+        (1, 1, 1, False),  # generation at every step, trained on once
+        (1, 1, 2, True),  # the second pass runs after an optimizer step
+        (2, 1, 2, False),  # both passes inside one optimizer step: the same weights
+        (2, 2, 2, True),  # 2 % 4: the second pass is the next optimizer step's
+        (4, 2, 2, False),  # 4 % 4
+        (2, 4, 1, True),  # steps_per_generation > gradient_accumulation_steps
+    ],
+)
+def test_old_log_probabilities_when_the_weights_change_within_a_generation_batch(
+    grad_accum, steps, iterations, old
+):
+    from ftmem.grpo import old_logps
+
+    run = _run(
+        method="lora",
+        batch_size=3,
+        grad_accum=grad_accum,
+        steps_per_generation=steps,
+        num_iterations=iterations,
+    )
+    assert run.generate_every == steps * iterations
+    assert old_logps(run) is old
+
+
+def test_num_iterations_buffers_the_old_log_probabilities_for_the_whole_generation_batch():
+    """They are computed b sequences at a time and concatenated (torch.cat): one R x C
+    tensor in the logits' dtype (selective_log_softmax keeps it: bf16 here, fp32 under
+    autocast), kept by the buffer until the next generation."""
+    for precision, logit_bytes in (("bf16", 2), ("bf16-mixed", 4)):
+        once = step_parts(LLAMA, _run(method="lora", precision=precision)).sizes
+        twice = step_parts(LLAMA, _run(method="lora", precision=precision, num_iterations=2))
+        R = 3  # b x steps_per_generation (1)
+        assert twice.sizes.loop_held - once.loop_held == R * C * logit_bytes
+        # the loss reads a view of them (log_ratio = logps - old: a subtraction saves
+        # neither input), so it keeps what it keeps with the detached ones
+        assert (
+            twice.activations
+            == step_parts(LLAMA, _run(method="lora", precision=precision)).activations
+        )
+
+
+def test_the_old_log_probabilities_forward_is_the_reference_forward_of_the_policy():
+    """The same no_grad forward, b sequences at a time, after generation: under LoRA the
+    reference is the policy with its adapter disabled, so beta 0.04 with one iteration and
+    beta 0 with two make the same moment; both together add the second buffered R x C
+    bf16 tensor to it (the old ones are computed first, then the reference's)."""
+    from ftmem.grpo import reference_moment
+
+    def moment(**settings) -> int:
+        run = _run(method="lora", **settings)
+        return reference_moment(LLAMA, run, step_parts(LLAMA, run).plan)
+
+    assert moment() == 0  # beta 0, one iteration: neither runs
+    # a frozen block's forward over b·S = 150 tokens (the MLP's gate, up, activation and
+    # product, 4 x 160 x 2 bytes a token, and four residual-width bf16 tensors) beside the
+    # generation batch's concatenated ids and mask and its new buffer (ids and masks,
+    # advantages, the old log-probabilities in bf16), as with vLLM (test above)
+    block = 150 * 4 * 160 * 2 + 4 * 150 * H * 2
+    buffers = 2 * 3 * S * 8 + (2 * 3 * S * 8 + 3 * 4 + 3 * C * 2)
+    assert moment(num_iterations=2) == block + buffers
+    assert moment(num_iterations=2) == moment(kl_beta=0.04)
+    assert moment(num_iterations=2, kl_beta=0.04) - moment(kl_beta=0.04) == 3 * C * 2
+
+
+@pytest.mark.parametrize(
+    ("grad_accum", "steps", "iterations", "gradients"),
+    [
+        (2, 1, 1, True),  # generation at micro-batches 0, 1, 2...: 1 is mid-accumulation
+        (2, 1, 2, False),  # 0, 2, 4...: each the first of an optimizer step
+        (2, 3, 1, True),  # 0, 3, 6...: 3 is the second micro-batch of the second step
+        (2, 4, 1, False),
+    ],
+)
+def test_generation_runs_beside_the_gradients_unless_it_starts_each_optimizer_step(
+    grad_accum, steps, iterations, gradients
+):
+    """The timeline holds every gradient from the second micro-batch on; a generation
+    that starts an optimizer step runs after zero_grad(set_to_none=True) with none, so
+    the moment is charged its own tensors less the gradients the timeline adds."""
+    from ftmem.grpo import generation_moment, read_by_loss, reference_moment
+
+    run = _run(
+        method="full",
+        batch_size=3,
+        grad_accum=grad_accum,
+        steps_per_generation=steps,
+        num_iterations=iterations,
+    )
+    parts = step_parts(LLAMA, run)
+    own = max(
+        generation_moment(LLAMA, run, parts.plan), reference_moment(LLAMA, run, parts.plan)
+    ) + read_by_loss(run)
+    total = parts.sizes.gradients.total
+    assert parts.sizes.teacher_forward == (own if gradients else max(0, own - total))
+
+
+def test_num_iterations_is_read_from_trl_and_axolotl_configs(tmp_path):
+    """GRPOConfig.num_iterations; axolotl passes trl.num_iterations to it
+    (axolotl-ai-cloud/axolotl src/axolotl/core/trainers/grpo/__init__.py
+    GRPOStrategy.set_training_args_kwargs)."""
+    path = tmp_path / "grpo.yaml"
+    path.write_text(
+        "model_name_or_path: Qwen/Qwen2.5-0.5B\nreward_funcs: [accuracy_reward]\n"
+        "num_generations: 4\nper_device_train_batch_size: 4\nnum_iterations: 2\n"
+    )
+    cfg = read_framework_config(str(path))
+    assert cfg.settings["num_iterations"] == 2
+    assert not any("num_iterations" in n for n in cfg.notes)
+    path = tmp_path / "axo.yml"
+    path.write_text(
+        "base_model: meta-llama/Llama-2-7b-hf\nrl: grpo\nadapter: lora\n"
+        "trl:\n  num_generations: 4\n  max_completion_length: 256\n  num_iterations: 3\n"
+    )
+    assert read_framework_config(str(path)).settings["num_iterations"] == 3
+
+
+def test_num_iterations_belongs_to_grpo_and_the_cli():
+    with pytest.raises(ValueError, match="--num-iterations only applies to --objective grpo"):
+        _sft(method="lora", num_iterations=2)
+    args = ["estimate", "llama2-7b", "--objective", "grpo", "--method", "lora"]
+    args += ["--batch-size", "8", "--seq-len", "1024", "--num-iterations", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "old log-probabilities" in " ".join(result.output.split())
+
+
+@pytest.mark.accuracy
+def test_num_iterations_measured_against_the_estimate():
+    """ftmem's loop of the trainer (ftmem.measure.grpo) with num_iterations 2 and one
+    micro-batch a step: generation at micro-batches 0, 2, 4... (the measured step is the
+    third, so it generates), the old log-probabilities computed and buffered. Both the
+    estimate and the measurement grow by the buffered R x C bf16 tensor (3 x 20 x 2)
+    over one iteration, and the estimate stays within the accuracy suite's tolerance."""
+    pytest.importorskip("peft")
+    from ftmem.measure import measure
+
+    from .accuracy.cases import PEAK_TOLERANCE
+
+    def both(iterations: int, steps: int) -> tuple[int, int]:
+        run = _run(method="lora", optimizer_impl="for-loop", num_iterations=iterations)
+        est = estimate_step(LLAMA, run).memory.peak_allocated_bytes
+        return est, measure(LLAMA, run, steps=steps).peak_allocated_bytes
+
+    est1, got1 = both(1, 2)
+    est2, got2 = both(2, 3)
+    assert est2 - est1 == got2 - got1 == 3 * C * 2
+    assert abs(est2 - got2) / got2 <= PEAK_TOLERANCE

@@ -201,3 +201,31 @@ def test_zero3_gathers_a_peft_policy_whole_to_sync_it_to_vllm():
     synced = _grpo("zero3", gpus=4, vllm="colocate")
     assert synced.memory.peak_phase == "forward"
     assert synced.memory.at_peak.communication == whole
+
+
+def test_zero3_without_gathering_generates_through_the_hooks_as_its_forward_gathers():
+    """ds3_gather_for_generation false: TRL yields the model with DeepSpeed's hooks
+    (trl/models/utils.py@f2cd57710ae3 _unwrap_model_for_generation: ``if not
+    gather_deepspeed3_params: yield accelerator.unwrap_model(model)``), so each decoding
+    step fetches each module's parameters before its forward and releases them after
+    it, the next ones prefetched (deepspeedai/DeepSpeed@v0.19.5
+    deepspeed/runtime/zero/partitioned_param_coordinator.py fetch_sub_module,
+    release_sub_module): the moment gathers what the training forward does, the block
+    being computed and the next (BLOCKS_IN_FLIGHT), not the whole policy. One Llama-2-7B
+    block in bf16: q, k, v, o (4 x 4096²), gate, up, down (3 x 4096 x 11,008), its two
+    norms, and LoRA r 16 on q_proj and v_proj (2 x 2 x 16 x 4096), 2 bytes each."""
+    block = 2 * (4 * H * H + 3 * H * 11_008 + 2 * H) + 2 * (2 * 2 * 16 * H)
+    assert block == 405_291_008
+    hooked = _grpo("zero3", gpus=4, ds3_gather_for_generation=False)
+    gathered = _grpo("zero3", gpus=4)
+    one = _grpo(None)
+    assert hooked.memory.peak_phase == "forward"
+    assert hooked.memory.at_peak.communication == 2 * block
+    assert _transient(hooked) - _transient(one) == 2 * block
+    lora = 2 * 2 * 16 * H * L
+    whole = 2 * (PSI_7B - NORMS_7B) + 2 * lora
+    assert _transient(gathered) - _transient(hooked) == whole - 2 * block
+    said = " ".join(hooked.notes)
+    assert "ds3_gather_for_generation false" in said and "stage3_max_reuse_distance" in said
+    # explicitly true is TRL's default
+    assert _grpo("zero3", gpus=4, ds3_gather_for_generation=True).memory == gathered.memory

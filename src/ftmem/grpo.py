@@ -269,11 +269,17 @@ def generation_moment(arch: Architecture, run: RunConfig, plan: MethodPlan) -> i
 
 def old_logps(run: RunConfig) -> bool:
     """Whether the trainer computes the policy's "old" log-probabilities after
-    generation (_generate_and_score_completions): when the generation batch does not
-    end with the optimizer step (gradient_accumulation_steps % steps_per_generation,
-    num_iterations 1) or with vLLM (vllm_importance_sampling_correction, True by
-    default)."""
-    return run.grad_accum % run.generation_steps != 0 or run.vllm is not None
+    generation (_generate_and_score_completions, grpo_trainer.py@f2cd57710ae3
+    l. 2561-2576; trl 1.16.0 l. 2642-2657): when the weights change while the generation
+    batch is still trained on, ``gradient_accumulation_steps % generate_every != 0``
+    with ``generate_every = steps_per_generation * num_iterations`` (the batch feeds
+    num_iterations passes of steps_per_generation micro-batches), or with vLLM
+    (vllm_importance_sampling_correction, True by default). They are the policy's
+    no_grad forward, b sequences at a time, concatenated into one R x C tensor that the
+    buffer keeps until the next generation; the loss reads a b x C view of it
+    (``log_ratio = per_token_logps - old_per_token_logps``: a subtraction, which saves
+    neither input), so the loss keeps what it keeps without them."""
+    return run.grad_accum % run.generate_every != 0 or run.vllm is not None
 
 
 def reference_moment(arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:
@@ -333,22 +339,28 @@ def before_moment(
 ) -> Before:
     """The moment before the training forward: generation (or, with vLLM, the weights'
     sync to it) or the no_grad log-probabilities after it, whichever is larger, each
-    with what a sharded rank gathers for it (``gathered``, parallel.py)."""
+    with what a sharded rank gathers for it (``gathered``, parallel.py), beside the
+    whole previous generation batch, still buffered (the loop's held bytes and
+    ``read_by_loss``)."""
     g = gathered or Gathered()
     if run.vllm is not None:
         generate, generate_gathers = 0, g.sync
     else:
         generate, generate_gathers = generation_moment(arch, run, plan), g.generation
     ref = reference_moment(arch, run, plan)
+    # the buffered generation batch's mask and advantages: the loop's held bytes leave
+    # them to the loss's saved items (with_grpo), and no activation exists yet here
+    held = read_by_loss(run)
     if ref and ref + g.reference > generate + generate_gathers:
-        before = Before(ref, g.reference)
+        before = Before(ref + held, g.reference)
     else:
-        before = Before(generate, generate_gathers, g.one_by_one)
-    if gradients.persist and run.generation_steps >= run.grad_accum:
+        before = Before(generate + held, generate_gathers, g.one_by_one)
+    if gradients.persist and run.generate_every % run.grad_accum == 0:
         # the timeline holds every gradient from the second micro-batch on; generation
-        # runs at the first one, after zero_grad(set_to_none=True): none exists then
-        # (with fewer steps per generation than micro-batches it also runs later, beside
-        # the gradients)
+        # runs at micro-batches generate_every apart (_prepare_inputs: ``self._step %
+        # generate_every == 0``), each then the first of an optimizer step, after
+        # zero_grad(set_to_none=True): no gradient exists (otherwise some generation
+        # runs within an accumulation, beside the gradients)
         from_transient = min(before.transient, gradients.total)
         from_gathered = min(before.gathered, gradients.total - from_transient)
         before = Before(
@@ -492,6 +504,12 @@ def grpo_note(plan: MethodPlan, run: RunConfig) -> str:
             if copy
             else "reference: the adapter disabled"
         ) + f", its log-probabilities under no_grad after generation, {run.batch_size} at a time"
+    if old_logps(run):
+        ref += (
+            "; the policy's old log-probabilities under no_grad after generation, "
+            f"{run.batch_size} at a time, buffered for the {run.generate_every} micro-batches "
+            "until the next generation"
+        )
     how = " (TRL >= 1.16's fused LM head, no logits)" if tiles(run) else ""
     return (
         f"GRPO (TRL GRPOTrainer, loss dapo): {run.batch_size} completions of {run.seq_len} "

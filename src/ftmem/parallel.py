@@ -1305,8 +1305,14 @@ def _grpo_gathered(
       models/utils.py): ZeRO-3 gathers every parameter at once
       (``ds3_gather_for_generation``, True by default: deepspeed.zero.GatheredParameters
       over model.parameters(), the hooks removed): each parameter it shards
-      (``sharded`` bytes in all) comes whole, one request each; FSDP generates through
-      its hooks, gathering what its forward does (``forward``);
+      (``sharded`` bytes in all) comes whole, one request each. Set false, the model
+      keeps DeepSpeed's hooks (models/utils.py ``if not gather_deepspeed3_params: yield
+      accelerator.unwrap_model(model)``), so each decoding step is a forward through
+      them: each module's parameters fetched before its forward and released after it,
+      the next ones prefetched (deepspeedai/DeepSpeed@v0.19.5
+      deepspeed/runtime/zero/partitioned_param_coordinator.py fetch_sub_module,
+      release_sub_module): what the training forward gathers (``forward``). FSDP
+      generates through its hooks too (``forward``);
     - the no_grad forwards after it: the reference copy's (_reference_gathered), or the
       policy's through its hooks (old log-probabilities; the reference as the policy
       with its adapter disabled);
@@ -1322,6 +1328,8 @@ def _grpo_gathered(
     one_by_one = tuple(
         size for g in groups if g.numel >= threshold for size in (g.nbytes // g.count,) * g.count
     )
+    if run.vllm is None and not run.gathers_for_generation:
+        return grpo.Gathered(generation=forward, reference=reference)
     return grpo.Gathered(
         generation=sharded,
         reference=reference,
@@ -1643,11 +1651,22 @@ def _grpo_gathering_note(s: Strategy, run: RunConfig) -> str:
             else "one parameter at a time"
         )
         return f"GRPO on sharded weights: each sync of the weights to vLLM gathers {sync}."
+    if s == "zero3" and not run.gathers_for_generation:
+        return (
+            "GRPO under ZeRO-3 with ds3_gather_for_generation false: generate() runs through "
+            "DeepSpeed's hooks, each decoding step gathering every module's parameters "
+            "before its forward and releasing them after it, the next ones prefetched "
+            "(stage3_prefetch_bucket_size, within stage3_max_live_parameters): estimated as "
+            "the training forward's gathering (two blocks), the whole policy all-gathered "
+            "once per generated token. Parameters DeepSpeed's recorded trace reuses within "
+            "stage3_max_reuse_distance (1e9 elements by default) stay gathered between "
+            "modules; not counted."
+        )
     if s == "zero3":
         return (
             "GRPO under ZeRO-3: generate() runs with every parameter gathered whole "
-            "(TRL's ds3_gather_for_generation, true by default); set false, it gathers each "
-            "module at every decoding step (not modelled)."
+            "(TRL's ds3_gather_for_generation, true by default; false generates through "
+            "DeepSpeed's hooks, module by module)."
         )
     return "GRPO under FSDP: generate() gathers through FSDP's hooks, as a forward does."
 

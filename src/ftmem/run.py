@@ -111,6 +111,8 @@ GRPO_SETTINGS = (
     "completion_len",
     "num_generations",
     "steps_per_generation",
+    "num_iterations",
+    "ds3_gather_for_generation",
     "kl_beta",
     "vllm",
     "vllm_memory_share",
@@ -138,6 +140,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "completion_len": limits.TOKENS,
     "num_generations": limits.SEQUENCES,
     "steps_per_generation": limits.MICRO_BATCHES,
+    "num_iterations": limits.MICRO_BATCHES,
 }
 
 
@@ -313,6 +316,21 @@ class RunConfig(limits.BoundedSettings):
         description="grpo: micro-batches one generation batch feeds (TRL "
         "steps_per_generation, default --grad-accum): generate() runs on "
         "batch-size x steps-per-generation prompts at once.",
+    )
+    num_iterations: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="grpo: optimisation passes over each generation batch (TRL "
+        "num_iterations, 1): generate() runs every steps-per-generation x num-iterations "
+        "micro-batches; unless grad-accum is a multiple of that, the policy's 'old' "
+        "log-probabilities are computed after generation and buffered.",
+    )
+    ds3_gather_for_generation: bool | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="grpo under ZeRO-3: generate() with every parameter gathered at once "
+        "(TRL ds3_gather_for_generation, true); false: through DeepSpeed's hooks, module by "
+        "module at every decoding step.",
     )
     kl_beta: FiniteFloat | None = Field(
         None,
@@ -685,6 +703,22 @@ class RunConfig(limits.BoundedSettings):
     def generation_steps(self) -> int:
         """grpo: micro-batches one generation batch feeds (TRL: grad_accum by default)."""
         return self.steps_per_generation or self.grad_accum
+
+    @property
+    def iterations(self) -> int:
+        """grpo: optimisation passes over one generation batch (TRL num_iterations, 1)."""
+        return self.num_iterations or 1
+
+    @property
+    def gathers_for_generation(self) -> bool:
+        """grpo under ZeRO-3: the whole policy gathered for generate() (TRL's default)."""
+        return self.ds3_gather_for_generation is not False
+
+    @property
+    def generate_every(self) -> int:
+        """grpo: micro-batches between two generations (TRL _prepare_inputs
+        ``generate_every = steps_per_generation * num_iterations``)."""
+        return self.generation_steps * self.iterations
 
     @property
     def generation_rows(self) -> int:

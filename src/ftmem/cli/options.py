@@ -217,6 +217,20 @@ RUN = [
         "grpo: micro-batches one generation batch feeds (default --grad-accum).",
     ),
     _opt(
+        "num_iterations",
+        OptInt,
+        None,
+        "grpo: optimisation passes over each generation batch (TRL num_iterations, default 1).",
+    ),
+    _opt(
+        "ds3_gather_for_generation",
+        OptBool,
+        None,
+        "grpo --strategy zero3: gather the whole policy to generate (TRL's default) or, "
+        "--no-ds3-gather-for-generation, generate through DeepSpeed's hooks.",
+        "--ds3-gather-for-generation/--no-ds3-gather-for-generation",
+    ),
+    _opt(
         "kl_beta",
         OptFloat,
         None,

@@ -570,9 +570,9 @@ def _grpo_rl(k: Keys, cfg: FrameworkConfig) -> bool:
     """rl: grpo as --objective grpo (ftmem.grpo): axolotl's AxolotlGRPOTrainer is TRL's
     GRPOTrainer, its trl: section passed to GRPOConfig (axolotl-ai-cloud/axolotl
     src/axolotl/core/trainers/grpo/__init__.py GRPOStrategy.set_training_args_kwargs:
-    num_generations, max_completion_length, use_vllm, vllm_gpu_memory_utilization; beta
-    by the RL builder). False (the SFT estimate and its note) with a reference loaded
-    beside the adapter (rl_adapter_ref_model)."""
+    num_generations, max_completion_length, num_iterations, use_vllm,
+    vllm_gpu_memory_utilization; beta by the RL builder). False (the SFT estimate and its
+    note) with a reference loaded beside the adapter (rl_adapter_ref_model)."""
     s = cfg.settings
     if k.flag("rl_adapter_ref_model"):
         return False
@@ -598,6 +598,8 @@ def _grpo_rl(k: Keys, cfg: FrameworkConfig) -> bool:
         )
     if (beta := trl.number("beta", low=0.0)) is not None:
         s["kl_beta"] = beta
+    if (iterations := trl.integer("num_iterations")) is not None:
+        s["num_iterations"] = iterations
     if trl.flag("use_vllm"):
         # axolotl's own `axolotl vllm-serve` runs the engine as a server; colocate when asked
         mode = trl.choice("vllm_mode", ("colocate", "server")) or "server"

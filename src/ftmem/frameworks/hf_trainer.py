@@ -789,7 +789,8 @@ def _grpo_objective(k: Keys, cfg: FrameworkConfig, source: str) -> None:
 
 def _grpo_generation(k: Keys, cfg: FrameworkConfig) -> None:
     """GRPOConfig's generation batch (steps_per_generation or generation_batch_size,
-    __post_init__), its reference (beta) and vLLM."""
+    __post_init__), the passes over it (num_iterations), how ZeRO-3 gathers the policy to
+    generate (ds3_gather_for_generation), its reference (beta) and vLLM."""
     s = cfg.settings
     steps = k.integer("steps_per_generation")
     generation = k.integer("generation_batch_size")
@@ -803,6 +804,10 @@ def _grpo_generation(k: Keys, cfg: FrameworkConfig) -> None:
         steps = generation // b
     if steps is not None:
         s["steps_per_generation"] = steps
+    if (iterations := k.integer("num_iterations")) is not None:
+        s["num_iterations"] = iterations  # generate_every = steps x iterations (ftmem.grpo)
+    if k.raw("ds3_gather_for_generation") is not None:
+        s["ds3_gather_for_generation"] = k.flag("ds3_gather_for_generation")
     if (beta := k.number("beta", low=0.0)) is not None:
         s["kl_beta"] = beta
     if k.flag("use_vllm"):
@@ -816,13 +821,6 @@ def _grpo_generation(k: Keys, cfg: FrameworkConfig) -> None:
 def _grpo_unmodelled(k: Keys, cfg: FrameworkConfig) -> None:
     """GRPOConfig settings that change memory in ways ftmem.grpo leaves out, in one note."""
     notes = []
-    if (k.integer("num_iterations") or 1) > 1:
-        notes.append("num_iterations > 1 (the policy's no_grad forward for old log-probabilities)")
-    if k.raw("ds3_gather_for_generation") is not None and not k.flag("ds3_gather_for_generation"):
-        notes.append(
-            "ds3_gather_for_generation false (ZeRO-3 then gathers each module at every "
-            "decoding step; estimated with the whole policy gathered, the default)"
-        )
     if k.flag("cast_lm_head_to_fp32"):
         notes.append("cast_lm_head_to_fp32 (an fp32 LM head; with the tiles, fp32 tiles)")
     if (k.number("entropy_coef") or 0.0) != 0.0 or k.flag("use_adaptive_entropy"):

@@ -5,7 +5,7 @@ functions), so this module replays what one micro-batch of
 huggingface/trl trl/trainer/grpo_trainer.py@f2cd57710ae3 does to memory, in order,
 with the same tensor operations:
 
-1. ``_prepare_inputs``: every ``steps_per_generation`` micro-batches,
+1. ``_prepare_inputs``: every ``steps_per_generation`` x ``num_iterations`` micro-batches,
    ``_generate_and_score_completions`` on the generation batch (batch_size x
    steps_per_generation prompts, each prompt already repeated num_generations times by
    the RepeatSampler):
@@ -14,10 +14,13 @@ with the same tensor operations:
      with the model in training mode (do_sample, temperature 1, top_p 1, top_k 0: no
      logits processor; transformers' DynamicCache); the completion is the generated tail;
    - the prompt and completion ids and masks re-padded as int64 tensors;
+   - the policy's old per-token log-probabilities under no_grad when
+     gradient_accumulation_steps is not a multiple of steps_per_generation x
+     num_iterations (ftmem.grpo.old_logps), in chunks of per_device_train_batch_size;
    - beta != 0: the reference's per-token log-probabilities under no_grad, in chunks of
      per_device_train_batch_size (``_get_per_token_logps_and_entropies``; the frozen copy,
      or the policy with its adapter disabled under PEFT);
-   - the buffered inputs (ids, masks, advantages, reference log-probabilities) kept
+   - the buffered inputs (ids, masks, advantages, old and reference log-probabilities) kept
      until the next generation (``self._buffered_inputs``), split in micro-batches.
 2. ``_compute_loss`` on the micro-batch: ``torch.cat`` of prompt and completion ids and
    masks, the policy's forward with ``logits_to_keep = C + 1``, ``logits[:, :-1, :]``,
@@ -52,6 +55,15 @@ class _Loop:
 
 
 _LOOPS: weakref.WeakKeyDictionary[torch.nn.Module, _Loop] = weakref.WeakKeyDictionary()
+
+
+def buffered_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The generation batch the loop keeps between micro-batches (TRL's
+    ``self._buffered_inputs``), made before the measured step: the CPU meter counts it
+    as live from the step's start, as the estimate's loop does (it is freed when the next
+    generation replaces it)."""
+    loop = _LOOPS.get(model)
+    return [t for batch in loop.buffered for t in batch.values()] if loop else []
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -261,7 +273,9 @@ def grpo_loss(
     if run.vllm is not None:
         raise RuntimeError("--vllm is not measurable here: vLLM is not installed")
     loop = _LOOPS.setdefault(model, _Loop())
-    if loop.step % run.generation_steps == 0 or not loop.buffered:
+    # generate_every = steps_per_generation x num_iterations: the buffer feeds
+    # num_iterations passes of its micro-batches
+    if loop.step % run.generate_every == 0 or not loop.buffered:
         vocab = hf_model(model).config.vocab_size
         loop.buffered = _generate_batch(model, reference, run, vocab, ids.device, loop.step)
     inputs = loop.buffered[loop.step % run.generation_steps]
@@ -283,7 +297,7 @@ def _compute_loss(
         model, input_ids, attention_mask, logits_to_keep, input_ids.size(0), True, _fused(run)
     )
     advantages = inputs["advantages"].unsqueeze(1)
-    # num_iterations 1 with aligned steps: no old log-probabilities, the detached ones
+    # generation aligned with the optimizer steps: no old log-probabilities, the detached ones
     old_logps = inputs.get("old_per_token_logps", logps.detach())
     log_ratio = logps - old_logps
     coef_1 = torch.exp(log_ratio)

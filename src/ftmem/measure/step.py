@@ -1159,8 +1159,7 @@ def run_steps(
     # the weights as they are now: bitsandbytes casts a 4-bit linear's bias at the first
     # forward and frees the old one, whose address a saved activation can then take
     weight_ptrs = weight_storage_ptrs(model)
-    inputs = [ids] if labels is None else [ids, labels]
-    meter = _meter(dev, model, teacher_model, optimizer, inputs, events)
+    meter = _step_meter(dev, model, teacher_model, optimizer, run, ids, labels, events)
     walk_ops = steps == 1 and not run.grad_ckpt
     step = _measured_step(
         forward, model, optimizer, meter, run, params, weight_ptrs, walk_ops, notes
@@ -1235,6 +1234,27 @@ def _warm_up(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return by_op
+
+
+def _step_meter(
+    dev: torch.device,
+    model: torch.nn.Module,
+    teacher_model: torch.nn.Module | None,
+    optimizer: torch.optim.Optimizer | _StepInBackward,
+    run: RunConfig,
+    ids: torch.Tensor,
+    labels: torch.Tensor | None,
+    events: list[tuple[str, int]] | None,
+) -> _CpuMeter | _CudaMeter:
+    """The measured step's meter, told of its inputs and, for GRPO, of the generation
+    batch buffered before the step: live until the next generation replaces it, so no
+    reference to it stays here."""
+    inputs = [ids] if labels is None else [ids, labels]
+    if run.objective == "grpo":
+        from ftmem.measure.grpo import buffered_tensors
+
+        inputs += buffered_tensors(model)
+    return _meter(dev, model, teacher_model, optimizer, inputs, events)
 
 
 def _settle(dev: torch.device) -> None:
