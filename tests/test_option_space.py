@@ -75,7 +75,7 @@ ESTIMATE: dict[str, list[str]] = {
     ],
     "--optimizer-impl": ["foreach", "for-loop", "fused"],
     "--attn": ["eager", "sdpa", "flash"],
-    "--loss": ["standard", "chunked", "linear-chunked", "fused"],
+    "--loss": ["standard", "shifted", "chunked", "linear-chunked", "fused"],
     "--objective": [OMIT, "sft", "dpo", "ipo", "simpo", "orpo", "kto", "apo-zero-unpaired"],
     "--precompute-ref": [OMIT, "--precompute-ref", "--no-precompute-ref"],
     "--autocast": [OMIT, "--autocast", "--no-autocast"],
@@ -252,7 +252,7 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     # a precomputed reference is that of the objectives with one (dpo, ipo, kto, apo)
     lambda v: (
         _is(v, "--objective", *PREFERENCE)
-        and _is(v, "--loss", "chunked", "linear-chunked", "fused")
+        and _is(v, "--loss", "shifted", "chunked", "linear-chunked", "fused")
     ),
     lambda v: _is(v, "--objective", *PREFERENCE) and _given(v, "--teacher"),
     lambda v: (
@@ -467,7 +467,7 @@ def _model_ok(model: str, option: str, value: str) -> bool:
         # what ftmem's encoder-decoder path models (docs/seq2seq.md): data parallel only
         refused = {
             "--method": set(METHODS) - SEQ2SEQ_METHODS,
-            "--loss": {"chunked", "linear-chunked", "fused"},
+            "--loss": {"shifted", "chunked", "linear-chunked", "fused"},
             "--objective": set(PREFERENCE),  # decoder-only (docs/objectives.md)
             "--precompute-ref": {"--precompute-ref"},
             "--activation-offload": {"--activation-offload"},

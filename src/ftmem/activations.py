@@ -208,19 +208,21 @@ def outer_saved(
     softcaps = head_chunk_tokens(run) is None
     # torchtune's LinearCrossEntropyLoss keeps only the rows with a label
     masked_rows = Loss.rows(run) if run.loss == "linear-chunked" else None
+    shifted = run.loss == "shifted"  # the model's own loss on a shifted 16-bit copy
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     saved = Loss.saved(
         arch,
         plan,
         T,
         train,
-        FP32,
+        Loss.shifted_log_softmax_bytes(run, e) if shifted else FP32,
         compiled_chunks=compiled_chunked_loss(run),
         softcaps=softcaps,
         masked_rows=masked_rows,
         cross_entropy=run.objective == "sft",
+        loss_rows=Loss.rows(run) if shifted else None,
     )
     if run.objective != "sft":  # the pairs' log-probabilities instead of the cross-entropy
-        e = BYTES_PER_ELEMENT[plan.dtypes.compute]
         ids_kept = train or plan.embed_trainable  # the embedding's backward keeps them
         saved += PreferenceLoss.saved(arch, run, e, T, ids_kept)
     return below, above + saved

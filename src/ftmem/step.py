@@ -388,6 +388,7 @@ def _decoder_sizes(
             else {
                 "fused": Loss.fused_backward(arch, run, plan, T),
                 "chunked": Loss.chunked_backward(run, V, e, T),
+                "shifted": Loss.shifted_backward(run, V, e, T),
                 "linear-chunked": Loss.linear_chunked_backward(arch, plan, e, T),
             }.get(run.loss, 2 * T * V * FP32)
         )

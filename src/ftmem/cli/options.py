@@ -181,7 +181,8 @@ RUN = [
         "loss",
         field_choices("loss"),
         "standard",
-        "standard (full logits) | chunked (torchtune's 8 output chunks) | linear-chunked "
+        "standard (full logits) | shifted (the model's own 16-bit loss on a shifted copy, "
+        "as Qwen-1's) | chunked (torchtune's 8 output chunks) | linear-chunked "
         "(torchtune's LinearCrossEntropyLoss: the LM head in the loss, 8 chunks) | fused "
         "(Liger's fused linear cross-entropy) | logprob-tiles (TRL >= 1.15 SFTTrainer's "
         "log-probability tiles, 4096 tokens × 32768 vocabulary entries).",

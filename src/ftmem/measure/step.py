@@ -155,6 +155,8 @@ def _forward(
             loss = fused_loss(model, ids)
         elif loss_impl == "chunked":
             loss = chunked_loss(model, ids)
+        elif loss_impl == "shifted":
+            loss = _shifted_loss(model, ids)
         elif loss_impl == "linear-chunked":
             loss = _linear_chunked_loss(model, ids)
         else:
@@ -164,6 +166,22 @@ def _forward(
             del out  # drop logits: only what autograd saved stays alive
         if grad_accum > 1:  # as HF Trainer scales each micro-batch's loss
             loss = loss / grad_accum
+    return loss
+
+
+def _shifted_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The model's own loss as 2023 remote-code models write it (Qwen-1's modeling_qwen.py
+    QWenLMHeadModel.forward, Qwen/Qwen-7B@a6ca629): the logits in the model's dtype, a
+    contiguous copy of their shifted slice and of the shifted labels, CrossEntropyLoss
+    without an upcast."""
+    import torch.nn.functional as F
+
+    out = model(input_ids=ids)  # no labels: transformers returns the logits as computed
+    logits = out.logits
+    shift_logits = logits[..., :-1, :].contiguous()
+    shift_labels = ids[..., 1:].contiguous()
+    loss = F.cross_entropy(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
+    del out, logits, shift_logits  # the forward returns; only what autograd saved stays
     return loss
 
 

@@ -47,7 +47,7 @@ class Loss:
             # unsloth_zoo/fused_losses/cross_entropy_loss.py@ce232d6cef9c
             # UnslothFusedLoss.forward: grad_inputs = torch.empty_like(hidden_states))
             return rows
-        shifted = ("fused", "linear-chunked", "logprob-tiles")
+        shifted = ("shifted", "fused", "linear-chunked", "logprob-tiles")
         return rows - run.batch_size if run.loss in shifted else rows
 
     @staticmethod
@@ -61,6 +61,7 @@ class Loss:
         softcaps: bool = True,
         masked_rows: int | None = None,
         cross_entropy: bool = True,
+        loss_rows: int | None = None,
     ) -> list[Saved]:
         """The LM head and the loss over T positions: the head's input (when it trains), its
         16-bit weight copy under autocast, and the log-softmax (fp32 in transformers'
@@ -70,7 +71,9 @@ class Loss:
         framework's path skips the final logit soft-capping; ``masked_rows``: torchtune's
         LinearCrossEntropyLoss, which keeps only the labelled rows (index_select, whose
         backward keeps its int64 indices) and runs the head on them; ``cross_entropy``: False
-        where another loss replaces the cross-entropy (the head's side is kept)."""
+        where another loss replaces the cross-entropy (the head's side is kept);
+        ``loss_rows``: the rows the cross-entropy takes, where it is not every position
+        (the shifted loss: T − b)."""
         V, h = arch.vocab_size, arch.hidden_size
         e = BYTES_PER_ELEMENT[plan.dtypes.compute]
         out: list[Saved] = []
@@ -89,10 +92,11 @@ class Loss:
         if not cross_entropy:  # a preference objective keeps its own (PreferenceLoss)
             return out
         # log-softmax, int64 labels and the normaliser of the mean
+        rows = T if loss_rows is None else loss_rows
         out.append(
             Saved(
                 f"loss: {'fp32' if log_softmax_bytes == FP32 else '16-bit'} log-softmax + labels",
-                T * V * log_softmax_bytes + T * INDEX_BYTES + log_softmax_bytes,
+                rows * V * log_softmax_bytes + rows * INDEX_BYTES + log_softmax_bytes,
             )
         )
         return out
@@ -145,6 +149,12 @@ class Loss:
             return min(chunk, rows) * V * e + rows * h * e + rows * FP32
         if compiled_chunked_loss(run):
             return 0
+        if run.loss == "shifted":
+            # the logits, the shifted slice's contiguous copy and, under autocast,
+            # cross_entropy's fp32 cast of that copy (freed once the log-softmax exists)
+            rows = Loss.rows(run)
+            cast = rows * V * FP32 if Loss.shifted_log_softmax_bytes(run, e) != e else 0
+            return T * V * e + rows * V * e + cast
         upcast = T * V * FP32 if e != FP32 else 0
         if run.loss == "linear-chunked":
             # torchtune's LinearCrossEntropyLoss: the head runs in the loss, one chunk at a
@@ -154,6 +164,24 @@ class Loss:
         if run.loss == "chunked":  # torchtune: one chunk upcast at a time
             upcast //= CHUNKS
         return T * V * e + upcast
+
+    @staticmethod
+    def shifted_log_softmax_bytes(run: RunConfig, e: int) -> int:
+        """The shifted loss's element size: the logits' own, fp32 under autocast
+        (torch.autocast's fp32 policy for cross_entropy, log_softmax and nll_loss)."""
+        return FP32 if run.uses_autocast and e != FP32 else e
+
+    @staticmethod
+    def shifted_backward(run: RunConfig, V: int, e: int, T: int) -> int:
+        """Beyond the saved tensors in the shifted loss's backward: nll_loss's and
+        log_softmax's gradients (rows = T − b, in the log-softmax's dtype); under
+        autocast the cast back to the logits' dtype beside the second; then the slice's
+        backward, a zero tensor of the whole logits (T·V·e) the shifted gradient is
+        copied into."""
+        rows = Loss.rows(run)
+        ls = Loss.shifted_log_softmax_bytes(run, e)
+        cast_back = rows * V * (ls + e) if ls != e else 0
+        return max(2 * rows * V * ls, cast_back, rows * V * e + T * V * e)
 
     @staticmethod
     def target_chunks(rows: int, vocab: int, target_bytes: int) -> int:
