@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from ftmem.arch import Architecture, count_params
 from ftmem.colossalai import COLOSSALAI
 from ftmem.errors import InvalidInputError
+from ftmem.fsdp_init import wrap_program, wrap_units
 from ftmem.gpu.device import DeviceFigures, cuda_runtime, device_figures, workspace_bytes
 from ftmem.gpu.trace import (
     STEP_ONLY,
@@ -34,7 +35,14 @@ from ftmem.grpo import check_groups, vllm_reserved_bytes
 from ftmem.hardware import Gpu
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.ops.attention import attention_path
-from ftmem.parallel import ParallelConfig, ParallelStep, parallel_notes, parallel_step
+from ftmem.parallel import (
+    FSDP,
+    SHARDS_WEIGHTS,
+    ParallelConfig,
+    ParallelStep,
+    parallel_notes,
+    parallel_step,
+)
 from ftmem.phases import StepSizes, find_peak
 from ftmem.profiles import framework_arch, framework_run, profile_notes, profile_of
 from ftmem.result import (
@@ -247,12 +255,14 @@ def _device(
     step_at: Callable[[int], tuple[StepParts, StepSizes]],
     par: ParallelConfig | None = None,
     arch: Architecture | None = None,
+    wrap: RunOutside = STEP_ONLY,
 ) -> tuple[AtPeak, DeviceFigures, RunPeak | None]:
     """The peak with the BLAS workspaces a CUDA run adds, and its reserved and device
     figures (``sizes``: the rank's step; ``step_at``: the step at another batch length,
     for a variable-length run's replay); with ``arch`` (one GPU), over the window the
-    run's figure covers (run_phases)."""
-    rt, run_peak, outside = None, None, STEP_ONLY
+    run's figure covers (run_phases); ``wrap``: a sharded rank's wrapping before the
+    window (_fsdp_wrap)."""
+    rt, run_peak, outside = None, None, wrap
     steps: list[tuple[StepSizes, StepTensors]] = []
     tensors = _tensors(parts, sizes)
     if run.device == "cuda":
@@ -482,8 +492,9 @@ def _estimate_parallel(
         shorter = parallel_step(arch, _at_length(run, length), par, cap)
         return shorter.parts, shorter.ranks[step.worst].sizes
 
+    wrap = _fsdp_wrap(arch, step.run, par, step.parts.plan, sz.weights)
     at_peak, figures, _ = _device(
-        peak_info.at_peak, step.parts, sz, step.run, gpu, overhead_bytes, step_at, par
+        peak_info.at_peak, step.parts, sz, step.run, gpu, overhead_bytes, step_at, par, wrap=wrap
     )
     memory = _memory(
         Components(sz.weights, sz.gradients.total, sz.states, activations, comm),
@@ -506,6 +517,31 @@ def _estimate_parallel(
         )
     notes += _family_notes(arch, run) + ([] if figures.replayed else [SCREENED_NOTE])
     return _result(arch, step.run, step.parts.plan, full_trainable, memory, gpu, notes, info)
+
+
+def _fsdp_wrap(
+    arch: Architecture, run: RunConfig, par: ParallelConfig, plan: MethodPlan, weights: int
+) -> RunOutside:
+    """A framework that wraps a CPU-held model with FSDP (profiles.fsdp_wraps_from_cpu):
+    the wrap's requests before the step, the peaks reset after it (rank 0; its auto-wrap
+    policy as fsdp_init.wrap_units lays it out: LoRA and QLoRA only)."""
+    s = par.resolved_strategy
+    if not profile_of(run).fsdp_wraps_from_cpu or s not in FSDP or par.model_parallel > 1:
+        return STEP_ONLY  # (train.py shards data-parallel only)
+    if run.method not in ("lora", "qlora") or arch.encoder_decoder:
+        return STEP_ONLY  # (its policy and loading are laid out for these)
+    storage = plan.dtypes.base  # fsdp_qlora: Linear4bit(quant_storage=torch_dtype)
+    units = wrap_units(plan, arch.num_layers, storage)
+    if units is None:
+        return STEP_ONLY
+    program = wrap_program(
+        units,
+        par.shard_group,
+        shards=s in SHARDS_WEIGHTS,
+        offload=par.offload_params != "none",
+        resident=weights,
+    )
+    return RunOutside(wrap=program, reset=True)
 
 
 def _check_parallel_run(run: RunConfig) -> None:

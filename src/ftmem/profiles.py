@@ -104,6 +104,11 @@ class Profile:
     # the caching allocator's options the framework sets at import when the user set
     # none (RunConfig.alloc_conf)
     alloc_conf: str | None = None
+    # under FSDP the model is built on rank 0's CPU and wrapped with
+    # sync_module_states=True, each unit moved to the GPU whole, broadcast, flattened and
+    # sharded, with no empty_cache after: the cache it leaves is replayed before the step
+    # window (ftmem.fsdp_init)
+    fsdp_wraps_from_cpu: bool = False
 
 
 HF = Profile("hf")
@@ -242,6 +247,22 @@ LIGHTNING = Profile(
     zero_grad_after_forward=True,
 )
 
+# Answer.AI's fsdp_qlora train.py (AnswerDotAI/fsdp_qlora@50efa1e fsdp_main;
+# calibration/notes/fsdp_qlora.md): low_memory loading keeps rank 0's weights on its CPU
+# (the others on meta), then FSDP(sync_module_states=True, param_init_fn=to_empty on ranks
+# != 0, use_orig_params=False) wraps each LoRA matrix, each decoder layer and the root;
+# torch.cuda.reset_peak_memory_stats right before the epoch loop, which frees nothing.
+FSDP_QLORA = Profile(
+    "fsdp_qlora",
+    notes=(
+        "fsdp_qlora: FSDP wraps the model from rank 0's CPU unit by unit (moved whole, "
+        "broadcast, flattened, sharded); the cache that leaves is in the reserved peak "
+        "(the peaks are reset before the loop, the cache is not emptied).",
+    ),
+    peak_of="step",
+    fsdp_wraps_from_cpu=True,
+)
+
 PROFILES: dict[str, Profile] = {
     "hf": HF,
     # axolotl and LLaMA-Factory drive HF Trainer over transformers + peft
@@ -253,6 +274,7 @@ PROFILES: dict[str, Profile] = {
     "torchtune": TORCHTUNE,
     # Unsloth's notebooks print max_memory_reserved once after trainer.train()
     "unsloth": UNSLOTH,
+    "fsdp_qlora": FSDP_QLORA,
 }
 
 

@@ -122,7 +122,7 @@ RUN = [
         "hf",
         "Whose code path the step follows (set by --from): hf (HF Trainer / TRL), axolotl, "
         "llama-factory, litgpt, torchtune, unsloth, lightning (a Trainer's automatic "
-        "optimization).",
+        "optimization), fsdp_qlora (Answer.AI's train.py).",
     ),
     _opt(
         "torch_version",

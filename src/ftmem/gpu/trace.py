@@ -240,12 +240,15 @@ class RunOutside:
     ``reset``: the window starts after loading (``reset_peak_memory_stats``, which
     frees nothing: the reserved peak starts from what loading left cached);
     ``requantise``: the checkpoint is loaded into already quantised parameters, each
-    quantised again and replaced (torchtune's NF4 ``inplace_copy``)."""
+    quantised again and replaced (torchtune's NF4 ``inplace_copy``); ``wrap``: instead of
+    the weights, FSDP's wrapping of a model held on the CPU (fsdp_init.WrapProgram: its
+    requests and frees; what it never frees is the rank's weights)."""
 
     loading: tuple[tuple[tuple[str, int], ...], ...] = ()
     after: tuple[tuple[int, ...], ...] = ()
     reset: bool = False
     requantise: bool = False
+    wrap: tuple[tuple[str, int], ...] = ()
 
 
 STEP_ONLY = RunOutside()  # the step and plain loading, nothing else
@@ -255,7 +258,10 @@ def _load(rec: _Recorder, outside: RunOutside, weights: tuple[int, ...]) -> None
     """Each weight allocated within its loading program (run_phases.Program: the
     transients of quantising it, in order); with ``requantise``, a second pass
     (load_state_dict into quantised parameters) runs each program again, making the
-    weight anew, and frees the old one."""
+    weight anew, and frees the old one; with ``wrap``, FSDP's wrapping makes the weights."""
+    if outside.wrap:
+        _run_wrap(rec, outside.wrap)
+        return
     if not outside.loading:
         rec.alloc(weights)
         return
@@ -267,6 +273,16 @@ def _load(rec: _Recorder, outside: RunOutside, weights: tuple[int, ...]) -> None
             new = _run_program(rec, weight, program)
             rec.free(keys[i])
             keys[i] = new
+
+
+def _run_wrap(rec: _Recorder, program: tuple[tuple[str, int], ...]) -> None:
+    """fsdp_init.WrapProgram's requests in order: ("alloc", bytes), ("free", j) the j-th."""
+    keys: list[list[int]] = []
+    for op, value in program:
+        if op == "alloc":
+            keys.append(rec.alloc((value,)))
+        else:
+            rec.free(keys[value])
 
 
 def _run_program(rec: _Recorder, weight: int, program: tuple[tuple[str, int], ...]) -> list[int]:

@@ -1,0 +1,165 @@
+"""FSDP1 wrapping a model held on rank 0's CPU (ftmem.fsdp_init), as fsdp_qlora's
+train.py runs it.
+
+Every expected request below is derived in the test from the code ftmem.fsdp_init cites
+(torch/distributed/fsdp/_init_utils.py ``_init_param_handle_from_module``, c10d's
+``broadcast_coalesced`` and ``compute_bucket_assignment_by_size``, ``FlatParamHandle``'s
+``flatten_tensors`` and ``shard``; bitsandbytes ``quantize_4bit``'s packed output), never
+copied from the module's output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import ftmem
+from ftmem.api import _architecture
+from ftmem.fsdp_init import Unit, broadcast_buckets, wrap_program, wrap_units
+from ftmem.gpu.allocator import CachingAllocator
+from ftmem.gpu.trace import RunOutside, _EventLog, _load, _Recorder
+from ftmem.methods import plan_method
+from ftmem.run import RunConfig
+
+from .conftest import tiny
+
+MiB = 2**20
+LIMIT = 250 * MiB  # _init_utils.py PARAM_BROADCAST_BUCKET_SIZE
+CONFIGS = Path(__file__).resolve().parents[1] / "calibration" / "configs"
+
+
+def test_buckets_close_when_they_reach_the_limit():
+    # reducer.cpp: the tensor is added, then `if (bucket.size >= bucket_size_limit)` the
+    # bucket closes; the rest form a last bucket
+    assert broadcast_buckets([200 * MiB, 100 * MiB, LIMIT, 8192, 4096]) == [
+        [200 * MiB, 100 * MiB],  # 300 MiB >= 250 MiB: closed with the tensor that crossed
+        [LIMIT],  # exactly the limit: a bucket of its own
+        [8192, 4096],
+    ]
+
+
+def test_one_unit_in_order():
+    """A unit of five bf16 parameters on 2 GPUs, sharded (FULL_SHARD)."""
+    p0, p1, p2, p3, p4 = 200 * MiB, 100 * MiB, 250 * MiB, 8192, 4096
+    unit = Unit(params=(p0, p1, p2, p3, p4), moved=(p3, p4, p0, p1, p2), element_bytes=2)
+    program = wrap_program([unit], 2, shards=True, offload=False, resident=0)
+    total = p0 + p1 + p2 + p3 + p4
+    assert program == (
+        # 1. _move_module_to_device: one param.to(device) each, breadth-first (allocs 0-4)
+        ("alloc", p3), ("alloc", p4), ("alloc", p0), ("alloc", p1), ("alloc", p2),
+        # 2. broadcast_coalesced: bucket [p0, p1] flattened by at::cat (alloc 5); bucket
+        # [p2] is a view of p2 (nothing); the third bucket finds two in flight, so the
+        # first finishes and is freed, then [p3, p4] is flattened (alloc 6); the rest finish
+        ("alloc", p0 + p1),
+        ("free", 5), ("alloc", p3 + p4),
+        ("free", 6),
+        # 3. flatten_tensors: torch.cat of the parameters, the unsharded flat param (7)
+        ("alloc", total),
+        # 4. shard: chunk(2)[0].clone(), ceil(n / 2) elements of 2 bytes (8); the
+        # unsharded storage resized to 0
+        ("alloc", -(-(total // 2) // 2) * 2), ("free", 7),
+        # 6. the original parameters, freed when _init_param_handle_from_module returns
+        ("free", 0), ("free", 1), ("free", 2), ("free", 3), ("free", 4),
+    )  # fmt: skip
+
+
+def test_no_shard_keeps_the_flat_parameter_and_offload_frees_the_shard():
+    a, b = 3 * MiB, 5 * MiB
+    unit = Unit(params=(a, b), moved=(a, b), element_bytes=2)
+    # NO_SHARD: no shard(); the flat parameter (alloc 3) is what stays
+    assert wrap_program([unit], 2, shards=False, offload=False, resident=a + b) == (
+        ("alloc", a), ("alloc", b),
+        ("alloc", a + b), ("free", 2),  # one bucket of two tensors: at::cat, freed
+        ("alloc", a + b),  # the flat parameter, kept
+        ("free", 0), ("free", 1),
+    )  # fmt: skip
+    # CPUOffload(offload_params=True): flat_param_to(cpu) after shard() frees the shard
+    assert wrap_program([unit], 2, shards=True, offload=True, resident=0) == (
+        ("alloc", a), ("alloc", b),
+        ("alloc", a + b), ("free", 2),
+        ("alloc", a + b), ("alloc", (a + b) // 2), ("free", 3),
+        ("free", 4),  # the shard moved to the CPU
+        ("free", 0), ("free", 1),
+    )  # fmt: skip
+
+
+def test_units_follow_fsdp_qlora_policy_and_bnb_packing():
+    """Tiny Llama (d=96, I=160, 2 layers, V=300), QLoRA r=8 on q and v, bf16 adapters."""
+    arch = tiny("llama")
+    run = RunConfig(method="qlora", lora_r=8, lora_targets="q,v", adapter_dtype="bf16")
+    units = wrap_units(plan_method(arch, run), arch.num_layers, "bf16")
+    assert units is not None
+    # quantize_4bit(quant_storage=bf16): (n + 1) // (2 * 2) bf16 elements of packed data
+    attn = 2 * ((96 * 96 + 1) // 4)  # 4608
+    mlp = 2 * ((160 * 96 + 1) // 4)  # 7680
+    norm = 2 * 96
+    lora = Unit((2 * 8 * 96,), (2 * 8 * 96,), 2)  # lora_A (8, 96) and lora_B (96, 8)
+    block = Unit(
+        # module.parameters(): q, k, v, o, gate, up, down, then the two norms
+        params=(attn, attn, attn, attn, mlp, mlp, mlp, norm, norm),
+        # breadth-first: the norms (depth 1), the linears peft did not wrap (k, o, gate,
+        # up, down at depth 2), then q's and v's base_layer (depth 3)
+        moved=(norm, norm, attn, attn, mlp, mlp, mlp, attn, attn),
+        element_bytes=2,
+    )
+    embed = 2 * 300 * 96
+    root = Unit((embed, norm, embed), (embed, embed, norm), 2)  # lm_head at depth 1
+    # auto wrap: children first (each LoRA matrix, then its decoder layer), the root last
+    assert units == (lora, lora, lora, lora, block, lora, lora, lora, lora, block, root)
+
+
+def test_the_wrap_replaces_the_weights_in_the_replay():
+    unit = Unit(params=(3 * MiB, 5 * MiB), moved=(3 * MiB, 5 * MiB), element_bytes=2)
+    program = wrap_program([unit], 2, shards=True, offload=False, resident=4 * MiB + 512)
+    # what the shard (4 MiB) does not make up of the rank's weights comes first, kept:
+    # what loading left on the GPU (the quant states)
+    assert program[0] == ("alloc", 512)
+    log = _EventLog()
+    _load(_Recorder(log), RunOutside(wrap=program, reset=True), (4 * MiB + 512,))
+    # the wrap's requests in order and nothing else (no weight allocated beside them);
+    # no request is empty, so the program's j-th alloc is the log's j-th request
+    assert log.events == list(program)
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_the_estimate_reserves_at_least_what_the_wrap_left(method):
+    """The step window starts from the wrap's cache (reset_peak_memory_stats frees
+    nothing), so the reserved peak is at least the reserved after wrapping, replayed alone."""
+    settings = dict(
+        method=method,
+        lora_r=64,
+        lora_targets="q,k,v,gate,up,down",
+        adapter_dtype="bf16",
+        grad_ckpt=True,
+        batch_size=1,
+        seq_len=512,
+        framework="fsdp_qlora",
+    )
+    config = str(CONFIGS / "llama-2-7b" / "config.json")
+    est = ftmem.estimate(config, gpu="rtx3090", **settings, gpus=2, strategy="fsdp")
+    arch = _architecture(config)
+    plan = plan_method(arch, RunConfig(**settings))
+    units = wrap_units(plan, arch.num_layers, "bf16")
+    assert units is not None
+    allocator = CachingAllocator()
+    keys: list[int] = []
+    for op, value in wrap_program(units, 2, shards=True, offload=False, resident=0):
+        if op == "alloc":
+            keys.append(allocator.malloc(value))
+        else:
+            allocator.free(keys[value])
+    after_wrap = allocator.stats().reserved
+    # A lower bound derived by hand: while the root unit is sharded, every other unit's
+    # shard is held, and so are the root's moved lm_head and embedding (V x d bf16 each),
+    # its unsharded flat parameter and its shard (half of it, 2 GPUs)
+    d, inter, V, L, r = 4096, 11008, 32000, 32, 64
+    linears = 4 * d * d + 3 * inter * d  # q, k, v, o, gate, up, down
+    base = linears // 2 if method == "qlora" else 2 * linears  # bnb packed / bf16
+    layer = base + 2 * 2 * d  # + the two RMSNorm weights
+    lora = 2 * r * (3 * (d + d) + 2 * (d + inter) + (inter + d))  # A and B, bf16
+    shards = L * (layer + lora) // 2
+    head = 2 * V * d
+    flat = 2 * head + 2 * d  # embed_tokens, norm, lm_head
+    assert after_wrap >= shards + 2 * head + flat + flat // 2
+    assert est.memory.peak_reserved_bytes >= after_wrap
