@@ -42,7 +42,7 @@ def test_buckets_close_when_they_reach_the_limit():
 def test_one_unit_in_order():
     """A unit of five bf16 parameters on 2 GPUs, sharded (FULL_SHARD)."""
     p0, p1, p2, p3, p4 = 200 * MiB, 100 * MiB, 250 * MiB, 8192, 4096
-    unit = Unit(params=(p0, p1, p2, p3, p4), moved=(p3, p4, p0, p1, p2), element_bytes=2)
+    unit = Unit(params=(p0, p1, p2, p3, p4), moved=(3, 4, 0, 1, 2), element_bytes=2)
     program = wrap_program([unit], 2, shards=True, offload=False, resident=0)
     total = p0 + p1 + p2 + p3 + p4
     assert program == (
@@ -60,19 +60,20 @@ def test_one_unit_in_order():
         # unsharded storage resized to 0
         ("alloc", -(-(total // 2) // 2) * 2), ("free", 7),
         # 6. the original parameters, freed when _init_param_handle_from_module returns
-        ("free", 0), ("free", 1), ("free", 2), ("free", 3), ("free", 4),
+        # and its `managed_params` list (parameters() order) is freed, last item first
+        ("free", 1), ("free", 0), ("free", 4), ("free", 3), ("free", 2),
     )  # fmt: skip
 
 
 def test_no_shard_keeps_the_flat_parameter_and_offload_frees_the_shard():
     a, b = 3 * MiB, 5 * MiB
-    unit = Unit(params=(a, b), moved=(a, b), element_bytes=2)
+    unit = Unit(params=(a, b), moved=(0, 1), element_bytes=2)
     # NO_SHARD: no shard(); the flat parameter (alloc 3) is what stays
     assert wrap_program([unit], 2, shards=False, offload=False, resident=a + b) == (
         ("alloc", a), ("alloc", b),
         ("alloc", a + b), ("free", 2),  # one bucket of two tensors: at::cat, freed
         ("alloc", a + b),  # the flat parameter, kept
-        ("free", 0), ("free", 1),
+        ("free", 1), ("free", 0),
     )  # fmt: skip
     # CPUOffload(offload_params=True): flat_param_to(cpu) after shard() frees the shard
     assert wrap_program([unit], 2, shards=True, offload=True, resident=0) == (
@@ -80,7 +81,7 @@ def test_no_shard_keeps_the_flat_parameter_and_offload_frees_the_shard():
         ("alloc", a + b), ("free", 2),
         ("alloc", a + b), ("alloc", (a + b) // 2), ("free", 3),
         ("free", 4),  # the shard moved to the CPU
-        ("free", 0), ("free", 1),
+        ("free", 1), ("free", 0),
     )  # fmt: skip
 
 
@@ -94,23 +95,23 @@ def test_units_follow_fsdp_qlora_policy_and_bnb_packing():
     attn = 2 * ((96 * 96 + 1) // 4)  # 4608
     mlp = 2 * ((160 * 96 + 1) // 4)  # 7680
     norm = 2 * 96
-    lora = Unit((2 * 8 * 96,), (2 * 8 * 96,), 2)  # lora_A (8, 96) and lora_B (96, 8)
+    lora = Unit((2 * 8 * 96,), (0,), 2)  # lora_A (8, 96) and lora_B (96, 8)
     block = Unit(
         # module.parameters(): q, k, v, o, gate, up, down, then the two norms
         params=(attn, attn, attn, attn, mlp, mlp, mlp, norm, norm),
         # breadth-first: the norms (depth 1), the linears peft did not wrap (k, o, gate,
         # up, down at depth 2), then q's and v's base_layer (depth 3)
-        moved=(norm, norm, attn, attn, mlp, mlp, mlp, attn, attn),
+        moved=(7, 8, 1, 3, 4, 5, 6, 0, 2),
         element_bytes=2,
     )
     embed = 2 * 300 * 96
-    root = Unit((embed, norm, embed), (embed, embed, norm), 2)  # lm_head at depth 1
+    root = Unit((embed, norm, embed), (2, 0, 1), 2)  # lm_head at depth 1, then model.*
     # auto wrap: children first (each LoRA matrix, then its decoder layer), the root last
     assert units == (lora, lora, lora, lora, block, lora, lora, lora, lora, block, root)
 
 
 def test_the_wrap_replaces_the_weights_in_the_replay():
-    unit = Unit(params=(3 * MiB, 5 * MiB), moved=(3 * MiB, 5 * MiB), element_bytes=2)
+    unit = Unit(params=(3 * MiB, 5 * MiB), moved=(0, 1), element_bytes=2)
     program = wrap_program([unit], 2, shards=True, offload=False, resident=4 * MiB + 512)
     # what the shard (4 MiB) does not make up of the rank's weights comes first, kept:
     # what loading left on the GPU (the quant states)
@@ -163,3 +164,112 @@ def test_the_estimate_reserves_at_least_what_the_wrap_left(method):
     flat = 2 * head + 2 * d  # embed_tokens, norm, lm_head
     assert after_wrap >= shards + 2 * head + flat + flat // 2
     assert est.memory.peak_reserved_bytes >= after_wrap
+
+
+def _sizes(events, skip):
+    """("alloc"|"free", bytes) in order, the allocations in ``skip`` left out."""
+    sizes, out = [], []
+    for op, value in events:
+        if op == "alloc":
+            sizes.append(value)
+            if len(sizes) - 1 not in skip:
+                out.append((op, value))
+        else:
+            out.append((op, sizes[value]))
+    return out
+
+
+BUCKET_LIMIT = 3000  # bytes: a tiny unit's a + b reach it, buckets [a, b] and [n]
+
+
+def _tiny_model():
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(20, 30, bias=False)  # 2400 bytes
+            self.b = nn.Linear(30, 20, bias=False)  # 2400 bytes
+            self.n = nn.LayerNorm(20, bias=False)  # 80 bytes
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList([Block(), Block()])
+            self.head = nn.Linear(20, 7, bias=False)  # 560 bytes
+
+    return Model(), Block
+
+
+def _fsdp_rank(rank: int, port: int, out: str) -> None:
+    """One of two gloo ranks wrapping the tiny model with FSDP1 (FULL_SHARD); rank 0 writes
+    the storages' allocations and frees, as the tracker logs them, to ``out``."""
+    import json
+
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.fsdp._init_utils as init_utils
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from ftmem.measure.tracker import LiveBytesTracker
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # sync_module_states refuses CPU tensors (a GPU-only check); the broadcast itself
+    # runs on gloo
+    init_utils._check_module_states_for_sync_module_states = lambda _: None
+    init_utils.PARAM_BROADCAST_BUCKET_SIZE = BUCKET_LIMIT
+    model, block = _tiny_model()
+    events: list[tuple[str, int]] = []
+    tracker = LiveBytesTracker(events)
+    tracker.track(*model.parameters())
+    resize = torch.storage.TypedStorage._resize_
+
+    def logged_resize(storage, size):  # shard(): the unsharded storage resized to 0
+        resize(storage, size)
+        tracker.resized(torch.empty(0, dtype=storage.dtype).set_(storage._untyped_storage))
+
+    torch.storage.TypedStorage._resize_ = logged_resize
+    with tracker:
+        FullyShardedDataParallel(
+            model,
+            auto_wrap_policy=ModuleWrapPolicy({block}),
+            device_id=torch.device("cpu"),
+            sync_module_states=True,
+            use_orig_params=False,
+        )
+    if rank == 0:
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump(events, f)
+    dist.barrier()  # neither rank tears gloo down while the other still talks
+    dist.destroy_process_group()
+
+
+def test_torch_fsdp_makes_the_same_requests_on_the_cpu(tmp_path):
+    """PyTorch's own FSDP1 (the installed torch) wrapping a CPU model over gloo on two
+    ranks, rank 0's storages logged: the broadcast buckets' copies, the flat parameters,
+    the shards, the flat storages resized away and the originals' frees, in order. On
+    the CPU the moves are no-ops, so the originals are the tracked parameters."""
+    torch = pytest.importorskip("torch")
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not built in")
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "events.json"
+    mp.spawn(_fsdp_rank, args=(port, str(out)), nprocs=2)
+    measured = _sizes(json.loads(out.read_text(encoding="utf-8")), skip=set(range(7)))
+    block = Unit(params=(2400, 2400, 80), moved=(0, 1, 2), element_bytes=4)
+    head = Unit(params=(560,), moved=(0,), element_bytes=4)
+    predicted = []
+    for unit in (block, block, head):
+        program = wrap_program(
+            [unit], 2, shards=True, offload=False, resident=0, bucket_bytes=BUCKET_LIMIT
+        )
+        predicted += _sizes(program, skip=set(range(len(unit.params))))
+    assert measured == predicted

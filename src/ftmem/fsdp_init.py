@@ -13,7 +13,8 @@ The auto-wrap policy wraps children before their parents and the root last
 ``_wrap(module)``; ``FullyShardedDataParallel.__init__`` calls ``_auto_wrap`` before the
 root's own ``_init_param_handle_from_module``), and each unit's constructor runs to its end
 before the next unit starts. Per unit, torch/distributed/fsdp/_init_utils.py
-``_init_param_handle_from_module`` (torch 2.1-2.2 text, the same steps in 2.13):
+``_init_param_handle_from_module`` (torch 2.1-2.2 text, the same steps in 2.13, whose
+requests tests/test_fsdp_init.py logs on two gloo ranks on the CPU):
 
 1. ``_move_module_to_device``: each parameter of the unit (not of a nested unit) still on
    the CPU, ``param.data = param.to(device)`` (``_move_states_to_device``): one request per
@@ -38,7 +39,7 @@ before the next unit starts. Per unit, torch/distributed/fsdp/_init_utils.py
 5. With ``CPUOffload(offload_params=True)``, ``_init_param_handle_from_params`` moves the
    shard to the CPU (``flat_param_to(cpu)``): its GPU copy is freed.
 6. The original parameters, no longer in the module, are freed when the function returns
-   (its ``managed_params`` list held them last).
+   (its ``managed_params`` list held them last; CPython frees a list's items last first).
 
 Rank 0 is modelled (the published figures are rank 0's). Not modelled: buffers (rotary
 tables, synced and kept like parameters; transformers is not pinned by the script), and
@@ -68,9 +69,9 @@ WrapProgram = tuple[tuple[str, int], ...]
 @dataclass(frozen=True, slots=True)
 class Unit:
     """One FSDP unit's own parameters (bytes each): ``params`` in ``module.parameters()``
-    order (the broadcast's and the flat parameter's), ``moved`` in the breadth-first order
-    ``_move_module_to_device`` moves them in; ``element_bytes``: its flat parameter's dtype
-    (FSDP flattens one dtype per unit)."""
+    order (the broadcast's and the flat parameter's), ``moved``: their indices in the
+    breadth-first order ``_move_module_to_device`` moves them in; ``element_bytes``: its
+    flat parameter's dtype (FSDP flattens one dtype per unit)."""
 
     params: tuple[int, ...]
     moved: tuple[int, ...]
@@ -118,8 +119,9 @@ def _unit(
     params: list[tuple[int, int]] = []
     for g, n, size in groups:
         params += [(_depth(g.name, g.name.rsplit(".", 1)[0] in adapted), size)] * n
-    moved = sorted(params, key=lambda p: p[0])  # stable: definition order within a depth
-    return Unit(tuple(s for _, s in params), tuple(s for _, s in moved), element_bytes)
+    # stable: definition order within a depth
+    moved = sorted(range(len(params)), key=lambda i: params[i][0])
+    return Unit(tuple(s for _, s in params), tuple(moved), element_bytes)
 
 
 def wrap_units(plan: MethodPlan, blocks: int, storage: str) -> tuple[Unit, ...] | None:
@@ -146,7 +148,7 @@ def wrap_units(plan: MethodPlan, blocks: int, storage: str) -> tuple[Unit, ...] 
 
 def _own(g: TensorGroup, size: int) -> Unit:
     """A LoRA matrix, a unit of its own (the policy's trainable leaf)."""
-    return Unit((size,), (size,), BYTES_PER_ELEMENT[g.fmt])
+    return Unit((size,), (0,), BYTES_PER_ELEMENT[g.fmt])
 
 
 def shard_bytes(unit: Unit, world: int) -> int:
@@ -171,11 +173,13 @@ class _Program:
         self.ops.append(("free", j))
 
 
-def _unit_program(p: _Program, unit: Unit, world: int, shards: bool, offload: bool) -> None:
+def _unit_program(
+    p: _Program, unit: Unit, world: int, shards: bool, offload: bool, bucket_bytes: int
+) -> None:
     """One unit's constructor, steps 1-6 of the module docstring."""
-    moved = [p.alloc(size) for size in unit.moved]
+    moved = {i: p.alloc(unit.params[i]) for i in unit.moved}
     in_flight: deque[int | None] = deque()
-    for bucket in broadcast_buckets(unit.params):
+    for bucket in broadcast_buckets(unit.params, bucket_bytes):
         if len(in_flight) == BROADCASTS_IN_FLIGHT:
             _free_flat(p, in_flight.popleft())
         in_flight.append(p.alloc(sum(bucket)) if len(bucket) > 1 else None)
@@ -188,8 +192,8 @@ def _unit_program(p: _Program, unit: Unit, world: int, shards: bool, offload: bo
         kept = shard
     if offload:
         p.free(kept)
-    for j in moved:
-        p.free(j)
+    for i in reversed(range(len(unit.params))):  # the `managed_params` list dies
+        p.free(moved[i])
 
 
 def _free_flat(p: _Program, j: int | None) -> None:
@@ -204,11 +208,12 @@ def wrap_program(
     shards: bool,
     offload: bool,
     resident: int,
+    bucket_bytes: int = BROADCAST_BUCKET_BYTES,
 ) -> WrapProgram:
     """The wrap's requests on rank 0, unit after unit; ``resident``: the bytes the rank
     keeps after wrapping (the step's weights): what the units' kept flat parameters do not
     make up is one request before them, what loading left on the GPU (the 4-bit weights'
-    quant_state, which FSDP does not shard)."""
+    quant_state, which FSDP does not shard); ``bucket_bytes``: the broadcast's bucket size."""
     kept = 0
     if not offload:
         kept = sum(shard_bytes(u, world) if shards else sum(u.params) for u in units)
@@ -216,5 +221,5 @@ def wrap_program(
     if resident > kept:
         p.alloc(resident - kept)
     for unit in units:
-        _unit_program(p, unit, world, shards, offload)
+        _unit_program(p, unit, world, shards, offload, bucket_bytes)
     return tuple(p.ops)
