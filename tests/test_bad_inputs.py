@@ -189,7 +189,7 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         "moe-router-target",
         ["estimate", "mixtral-8x7b", "--method", "lora", "--lora-targets", "gate"],
         {},
-        "matches no linear layer",
+        "target both or neither",
     ),
     ("measure-steps", ["measure", "gpt2", "--steps", "1"], {}, "--steps must be at least 2"),
     ("measure-device", ["measure", "gpt2", "--device", "tpu"], {}, "--device must be cpu or cuda"),

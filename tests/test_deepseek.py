@@ -96,9 +96,10 @@ def test_latent_cache_per_token():
     assert kv_bytes_per_token(get_model("deepseek-v3"), "bf16") == 61 * 576 * 2
 
 
-def test_lora_on_the_mlp_is_refused():
-    """peft 0.21 turns gate/up/down targets of a transformers-5 MoE model into LoRA on the
-    3-D experts and leaves the dense and shared MLPs bare: refused, not mis-estimated."""
+def test_lora_on_all_linear_is_refused():
+    """peft 0.21 turns all-linear on a transformers-5 MoE model into LoRA on the router and
+    the 3-D experts and leaves the dense and shared MLPs bare: refused, not mis-estimated
+    (gate/up/down on the experts: tests/test_expert_lora.py)."""
     from ftmem.methods import plan_method
 
     arch = get_model("deepseek-v2-lite")

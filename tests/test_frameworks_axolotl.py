@@ -338,8 +338,15 @@ def test_adapters_as_axolotl_loads_them(tmp_path):
     text = "adapter: qlora\nload_in_4bit: true\nbnb_config_kwargs: {bnb_4bit_quant_type: fp4, "
     settings, _ = _read(tmp_path, text + "bnb_4bit_use_double_quant: false}\n")
     assert (settings["quant"], settings["double_quant"]) == ("fp4", False)
-    _, notes = _read(tmp_path, "adapter: lora\nlora_target_parameters: [experts.down_proj]\n")
-    assert any("--lora-targets experts" in n for n in notes)
+    # peft's target_parameters on the routed experts join the targets (OpenAI's gpt-oss
+    # recipe names the layers); another parameter is noted
+    text = "adapter: lora\nlora_target_linear: true\nlora_target_parameters:\n"
+    text += "  - 7.mlp.experts.gate_up_proj\n  - 7.mlp.experts.down_proj\n  - mlp.router.weight\n"
+    settings, notes = _read(tmp_path, text)
+    assert (
+        settings["lora_targets"] == "all-linear,7.mlp.experts.gate_up_proj,7.mlp.experts.down_proj"
+    )
+    assert any("mlp.router.weight" in n and "not modelled" in n for n in notes)
 
 
 @pytest.mark.parametrize(

@@ -267,3 +267,16 @@ def test_transformers_5_checkpointing_keys(tmp_path):
         "model_name_or_path": "gpt2", "activation_checkpointing_kwargs": {"offload": True},
     }))  # fmt: skip
     assert "activation_offload" not in cfg.settings
+
+
+def test_target_parameters_on_the_experts_join_the_targets(tmp_path):
+    # TRL's ModelConfig.lora_target_parameters, peft's target_parameters (the gpt-oss
+    # recipe's experts of one layer beside all-linear)
+    cfg = read_framework_config(write(tmp_path, {
+        "model_name_or_path": "openai/gpt-oss-20b", "use_peft": True,
+        "lora_target_modules": ["all-linear"], "lora_dropout": 0.0,
+        "lora_target_parameters": ["23.mlp.experts.gate_up_proj", "23.mlp.experts.down_proj"],
+    }, "sft.yaml"))  # fmt: skip
+    assert cfg.settings["lora_targets"] == (
+        "all-linear,23.mlp.experts.gate_up_proj,23.mlp.experts.down_proj"
+    )

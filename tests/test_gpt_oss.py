@@ -165,14 +165,15 @@ def test_sinks_probabilities_are_kept():
     assert items["row maxima's indices"] == 64 * 1024 * 8
 
 
-def test_lora_on_the_experts_is_refused():
-    """The experts are 3-D parameters, not nn.Linear: gate/up/down name no linear of the
-    model (peft's LoRA on them through target_parameters is not modelled), as for Mixtral;
-    all-linear adapts q/k/v/o (the router is no nn.Linear either)."""
+def test_gate_up_down_are_refused_all_linear_is_attention():
+    """The experts are 3-D parameters, not nn.Linear, and peft has no conversion of
+    gate/up/down targets for gpt-oss: they name nothing (--lora-targets experts is peft's
+    target_parameters on them: tests/test_expert_lora.py); all-linear adapts q/k/v/o (the
+    router is no nn.Linear either)."""
     from ftmem.methods import plan_method
 
     arch = get_model("gpt-oss-20b")
-    with pytest.raises(InvalidInputError, match="matches no linear layer"):
+    with pytest.raises(InvalidInputError, match="--lora-targets experts"):
         plan_method(arch, RunConfig(method="lora", lora_targets="gate,up,down"))
     plan = plan_method(arch, RunConfig(method="lora", lora_targets="all-linear"))
     assert {lin.leaf for lin in plan.adapted} == {"q_proj", "k_proj", "v_proj", "o_proj"}

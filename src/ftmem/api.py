@@ -14,7 +14,7 @@ from ftmem.errors import InvalidInputError, SettingsError
 from ftmem.estimate import estimate_step
 from ftmem.hardware import Gpu, custom_gpu
 from ftmem.limits import GPU_MEMORY, GPUS, HOST_MEMORY, TOKENS, flag_as_count
-from ftmem.methods import adapted_linears
+from ftmem.methods import smallest_adapted_width
 from ftmem.parallel import ParallelConfig
 from ftmem.plan import Plan, make_plan
 from ftmem.presets import get_gpu
@@ -153,7 +153,7 @@ def estimate(
     beyond = position_note(arch, positions, what)
     notes: list[str] = list(source) + ([beyond] if beyond else [])
     if run.method in ADAPTER_METHODS:
-        smallest = min(min(lin.in_features, lin.out_features) for lin in adapted_linears(arch, run))
+        smallest = smallest_adapted_width(arch, run)
         if run.r > smallest:
             raise InvalidInputError(
                 f"--lora-r {run.r} exceeds the smallest adapted dimension ({smallest}): "
@@ -361,7 +361,7 @@ def search_bound(arch: Architecture, what: str, settings: dict[str, Any]) -> int
             methods = [m for m in get_args(Method) if m in ADAPTER_METHODS]
             raise InvalidInputError(f"--for lora-r needs --method {' / '.join(methods)}.")
         probe = run_config(**{k: v for k, v in settings.items() if k in ("method", "lora_targets")})
-        return min(min(x.in_features, x.out_features) for x in adapted_linears(arch, probe))
+        return smallest_adapted_width(arch, probe)
     if what == "target_len" and not arch.encoder_decoder:
         raise InvalidInputError(
             f"--for target-len is for encoder-decoder models (T5); {arch.name} is decoder-only: "

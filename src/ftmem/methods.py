@@ -195,6 +195,8 @@ class MethodPlan:
     # partial: per block, the names (within the block) of the parameters that train
     trained_by_block: tuple[frozenset[str], ...] = ()
     final_norm_trainable: bool = False
+    # LoRA on routed expert parameters (peft's target_parameters), per sparse block
+    adapted_experts: tuple[ExpertLoRA, ...] = ()
 
     @property
     def n_params(self) -> int:
@@ -207,20 +209,203 @@ class MethodPlan:
 
 _ROLE_ALIASES = {"q": "q", "k": "k", "v": "v", "o": "o", "gate": "gate", "up": "up", "down": "down"}
 
+EXPERTS_TARGET = "experts"  # --lora-targets' name for every routed expert parameter
+_FUSED_EXPERT_ROLES = frozenset({"gate", "up"})  # one gate_up parameter in transformers 5
+_SPECIAL_TARGETS = ("attention", "all-linear")
+
+
+@dataclass(frozen=True, slots=True)
+class ExpertLoRA:
+    """LoRA on one routed expert parameter, a 3-D (experts, ·, ·) tensor, through peft's
+    ``target_parameters`` (peft 0.21.2 tuners/lora/layer.py ParamWrapper.update_layer):
+    lora_A is one nn.Linear(in, rank·E) and lora_B one nn.Linear(rank·E, out), each
+    expert's own rank-``rank`` pair side by side; in and out are the expert matmul's,
+    whichever way the parameter is stored (it swaps them for (E, out, in) experts)."""
+
+    linear: Linear  # the expert parameter (Linear.copies experts, is_module False)
+    rank: int
+    # the blocks adapted, where a target names its layer (OpenAI's gpt-oss recipe:
+    # "7.mlp.experts.gate_up_proj"); None: every block with experts
+    layers: frozenset[int] | None = None
+
+    def blocks(self, arch: Architecture) -> int:
+        """How many blocks hold this adapter."""
+        first, last = self.linear.blocks or (0, arch.num_layers)
+        return last - first if self.layers is None else len(self.layers)
+
+    def in_block(self, i: int) -> bool:
+        return self.layers is None or i in self.layers
+
+    def parameters(self) -> list[str]:
+        """The names peft's target_parameters matches (a suffix of the full name)."""
+        name = self.linear.module.rsplit(".", 2)[-2] + "." + self.linear.leaf
+        if self.layers is None:
+            return [name]
+        return [f"{i}.{self.linear.module}" for i in sorted(self.layers)]
+
+
+def _items(spec: str) -> list[str]:
+    return [x.strip() for x in spec.strip().lower().split(",") if x.strip()]
+
+
+def _expert_item(item: str, experts: list[Linear]) -> tuple[Linear, int | None] | None:
+    """An expert parameter a target names, and its layer if it gives one: gate_up_proj,
+    experts.gate_up_proj, mlp.experts.gate_up_proj, 7.mlp.experts.gate_up_proj or
+    model.layers.7.mlp.experts.gate_up_proj (peft matches target_parameters as suffixes)."""
+    for lin in experts:
+        parts = lin.module.split(".")
+        if item in {".".join(parts[i:]) for i in range(len(parts))}:
+            return lin, None
+        if item.endswith("." + lin.module):
+            layer = item[: -len(lin.module) - 1].rsplit(".", 1)[-1]
+            if layer.isdigit() and len(layer) <= 6:
+                return lin, int(layer)
+    return None
+
+
+def lora_targets(
+    arch: Architecture, run: RunConfig
+) -> tuple[tuple[Linear, ...], tuple[ExpertLoRA, ...]]:
+    """The block linears and the routed expert parameters that get LoRA, from
+    ``run.targets``: ``experts`` (or an expert parameter's name: gate_up_proj,
+    down_proj, with a layer: 7.mlp.experts.gate_up_proj) adapts the 3-D experts at rank
+    r, as peft's target_parameters does; on a model type peft converts
+    (Family.peft_converts_expert_targets) the roles gate, up and down mean the experts
+    too, gate_up at rank 2r, and the dense or shared MLPs' linears of those roles get no
+    adapter (peft 0.21.2 utils/transformers_weight_conversion.py _convert_peft_config_moe:
+    rank_pattern r·2 on the fused gate_up_proj, the old names removed from
+    target_modules). ``attention`` and ``all-linear`` may join such a list."""
+    spec = run.targets.strip().lower()
+    items = _items(spec)
+    if "all-linear" in items:
+        _check_all_linear(arch)
+    if spec in _SPECIAL_TARGETS:
+        return select_linears(arch, spec, "LoRA target"), ()
+    named, rest = _named_experts(arch, items)
+    roles = _expert_roles(arch, rest)
+    adapted: list[ExpertLoRA] = []
+    for lin in (lin for lin in layout(arch).linears if lin.copies > 1):
+        by_role = bool(set(lin.roles) & roles)
+        if lin not in named and not by_role:
+            continue
+        # (peft's rank_pattern for a converted gate_up wins over the plain r)
+        rank = run.r * len(lin.roles) if by_role else run.r
+        layers = None if by_role else named[lin]
+        adapted.append(ExpertLoRA(lin, rank, None if layers is None else frozenset(layers)))
+    rest = [i for i in rest if i not in roles]
+    linears: list[Linear] = []
+    for group in [i for i in rest if i in _SPECIAL_TARGETS] + [
+        ",".join(i for i in rest if i not in _SPECIAL_TARGETS)
+    ]:
+        if group:
+            linears += select_linears(arch, group, "LoRA target")
+    if adapted:
+        _check_expert_lora(arch, run)
+    if not linears and not adapted:
+        raise InvalidInputError("no LoRA target given.")
+    order = [lin for lin in layout(arch).linears if lin.is_module]
+    return tuple(lin for lin in order if lin in linears), tuple(adapted)
+
+
+def _check_all_linear(arch: Architecture) -> None:
+    """all-linear where peft rewrites MLP names onto the experts and the router (DeepSeek's
+    dense and shared MLPs): refused, not mis-estimated."""
+    if not (arch.is_moe and arch.traits.peft_converts_expert_targets):
+        return
+    chosen = select_linears(arch, "all-linear", "LoRA target")
+    if any(set(lin.roles) & set(MLP_ROLES) for lin in chosen):
+        raise InvalidInputError(
+            f"LoRA on all-linear of {arch.name} is not modelled: peft turns its MLP "
+            "targets into LoRA on the router and the routed experts' 3-D weights; use "
+            "--lora-targets attention,gate,up,down (the experts as peft adapts them)."
+        )
+
+
+def _named_experts(
+    arch: Architecture, items: list[str]
+) -> tuple[dict[Linear, set[int] | None], list[str]]:
+    """The expert parameters the items name, each with its layers (None: every block with
+    experts), and the items left (linears, roles)."""
+    experts = [lin for lin in layout(arch).linears if lin.copies > 1]
+    if EXPERTS_TARGET in items and not experts:
+        raise InvalidInputError(f"LoRA target 'experts': {arch.name} has no routed experts.")
+    named: dict[Linear, set[int] | None] = {}
+    rest: list[str] = []
+    for item in items:
+        found = _expert_item(item, experts)
+        if item == EXPERTS_TARGET:
+            named.update({lin: None for lin in experts})
+        elif found is None:
+            rest.append(item)
+        else:
+            lin, layer = found
+            first, last = lin.blocks or (0, arch.num_layers)
+            if layer is not None and not first <= layer < last:
+                raise InvalidInputError(
+                    f"LoRA target {item}: {arch.name} has experts in blocks {first} to {last - 1}."
+                )
+            had = named.get(lin, set())
+            named[lin] = None if had is None or layer is None else had | {layer}
+    return named, rest
+
+
+def _expert_roles(arch: Architecture, items: list[str]) -> set[str]:
+    """The roles gate/up/down among the items of a MoE model: its experts where peft
+    rewrites them, refused where it does not (gpt-oss) or where gate and up part."""
+    roles = {i for i in items if i in ("gate", "up", "down")} if arch.is_moe else set()
+    if roles and not arch.traits.peft_converts_expert_targets:
+        raise InvalidInputError(
+            f"LoRA target {'/'.join(sorted(roles))} matches no module of {arch.name}: its "
+            "experts are 3-D parameters and peft has no conversion of such targets for this "
+            "family; use --lora-targets experts (peft's target_parameters)."
+        )
+    if len(roles & _FUSED_EXPERT_ROLES) == 1:
+        # (peft raises "Cannot convert PEFT target(s) ... without also targeting ...")
+        raise InvalidInputError(
+            f"peft fuses the experts' gate and up projections of {arch.name} into one "
+            "gate_up_proj: target both or neither."
+        )
+    return roles
+
+
+def _check_expert_lora(arch: Architecture, run: RunConfig) -> None:
+    """What peft's ParamWrapper refuses (peft 0.21.2 tuners/lora/layer.py
+    ParamWrapper.__init__) and what ftmem has not measured on the experts."""
+    if run.method == "dora":
+        raise InvalidInputError(
+            "peft's LoRA on 3-D expert parameters (ParamWrapper) does not work with DoRA; "
+            "use lora or rslora on the experts."
+        )
+    if run.dropout:
+        raise InvalidInputError(
+            "peft's LoRA on 3-D expert parameters (ParamWrapper) does not work with "
+            "lora_dropout != 0 (the input cannot be factored out of the weight's update): "
+            "set --lora-dropout 0."
+        )
+    if run.method not in ("lora", "rslora"):
+        raise InvalidInputError(
+            f"{run.method} with LoRA on {arch.name}'s routed experts is not modelled "
+            "(measured: lora and rslora); adapt the attention instead."
+        )
+
 
 def adapted_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
-    """The block linears that get an adapter, from ``run.targets``."""
-    chosen = select_linears(arch, run.targets, "LoRA target")
-    if arch.is_moe and any(set(lin.roles) & set(MLP_ROLES) for lin in chosen):
-        # peft 0.21.2 utils/transformers_weight_conversion.py _convert_peft_config_moe:
-        # on a transformers-5 MoE model, gate/up/down targets become LoRA on the 3-D experts
-        # (target_parameters) and leave the dense and shared MLPs without adapters
-        raise InvalidInputError(
-            f"LoRA on {arch.name}'s MLP projections is not modelled: peft turns gate/up/down "
-            "targets into LoRA on the routed experts' 3-D weights; target the attention "
-            "(--lora-targets attention) instead."
-        )
-    return chosen
+    """The block linears (nn.Linear modules) that get an adapter, from ``run.targets``."""
+    return lora_targets(arch, run)[0]
+
+
+def smallest_adapted_width(arch: Architecture, run: RunConfig) -> int:
+    """The smallest side of any adapted weight (an expert's, for LoRA on the experts):
+    the largest rank that is still low-rank."""
+    linears, experts = lora_targets(arch, run)
+    return min(
+        min(lin.in_features, lin.out_features) for lin in (*linears, *(ex.linear for ex in experts))
+    )
+
+
+def adapted_experts(arch: Architecture, run: RunConfig) -> tuple[ExpertLoRA, ...]:
+    """The routed expert parameters that get LoRA (:func:`lora_targets`)."""
+    return lora_targets(arch, run)[1]
 
 
 def ia3_linears(arch: Architecture, run: RunConfig) -> tuple[tuple[Linear, bool], ...]:
@@ -281,6 +466,8 @@ def adapted_module_names(arch: Architecture, run: RunConfig) -> list[str] | str:
     for an encoder-decoder one regular expression over the real module paths (peft
     matches a string whole), so that a target of one stack stays in that stack."""
     names = [lin.module for lin in adapted_linears(arch, run)]
+    if not names:
+        return []
     if arch.encoder_decoder:
         # "encoder.layer.0.SelfAttention.q" -> encoder\.block\.\d+\.layer\.0\...
         paths = [
@@ -352,8 +539,14 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
 
     groups = _outer_groups(arch, run, dtypes, outer_names, trainable_blocks)
     groups += _block_groups(arch, run, dtypes, trained_by_block, trainable_blocks, galore_ranks)
-    adapted = adapted_linears(arch, run) if run.method in ADAPTER_METHODS else ()
+    adapted, experts = lora_targets(arch, run) if run.method in ADAPTER_METHODS else ((), ())
+    if experts and not adapted:
+        # LoRA on the experts alone: the dense blocks below them (DeepSeek's first ones)
+        # hold nothing that trains
+        first = min(min(ex.layers) if ex.layers else arch.sparse_blocks[0] for ex in experts)
+        trainable_blocks = arch.num_layers - first
     groups += _lora_groups(adapted, arch, run, dtypes)
+    groups += _expert_lora_groups(experts, arch, dtypes)
     scaled = ia3_linears(arch, run) if run.method == "ia3" else ()
     groups += _ia3_groups(scaled, arch, dtypes)
     bottlenecked = bottlenecked_linears(arch, run)
@@ -385,6 +578,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         bottlenecked=bottlenecked,
         trained_by_block=trained_by_block,
         final_norm_trainable=final_norm_trainable,
+        adapted_experts=experts,
     )
 
 
@@ -566,6 +760,25 @@ def _lora_groups(
     return groups
 
 
+def _expert_lora_groups(
+    experts: tuple[ExpertLoRA, ...], arch: Architecture, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """LoRA on a 3-D expert parameter: lora_A (rank·E × in) and lora_B (out × rank·E),
+    nn.Linear weights in the adapter dtype (peft 0.21.2 ParamWrapper.update_layer; the
+    fp32 of autocast_adapter_dtype like any LoRA, measured)."""
+    groups: list[TensorGroup] = []
+    for ex in experts:
+        lin, width, n = ex.linear, ex.rank * ex.linear.copies, ex.blocks(arch)
+        for part, shape in (
+            ("lora_A", (width, lin.in_features)),
+            ("lora_B", (lin.out_features, width)),
+        ):
+            groups.append(
+                TensorGroup(f"{lin.module}.{part}", shape, n, dtypes.adapter, True, adapter=True)
+            )
+    return groups
+
+
 def _ia3_groups(
     scaled: tuple[tuple[Linear, bool], ...], arch: Architecture, dtypes: Dtypes
 ) -> list[TensorGroup]:
@@ -597,15 +810,22 @@ def _bottleneck_groups(
 def _adapter_notes(arch: Architecture, run: RunConfig) -> list[str]:
     """What the adapters and the quantised base leave out on some models."""
     notes: list[str] = []
-    if (
-        run.method in ADAPTER_METHODS
-        and arch.is_moe
-        and run.targets.strip().lower() == "all-linear"
-    ):
-        notes.append(
-            "MoE experts are 3-D parameters in transformers 5, not nn.Linear: "
-            "all-linear adapts the attention projections only."
-        )
+    if run.method in ADAPTER_METHODS and arch.is_moe and "all-linear" in _items(run.targets):
+        if arch.traits.peft_converts_expert_targets:
+            # peft 0.21.2 utils/transformers_weight_conversion.py
+            # _resolve_string_target_modules adds the experts' and the router's old names
+            notes.append(
+                f"peft 0.21.2 reads all-linear on {arch.family} as the attention projections "
+                "plus LoRA on the router and the routed experts (gate_up at rank 2r); "
+                "estimated for the attention projections only: add gate,up,down to the "
+                "targets for the experts (the router's small LoRA is not modelled)."
+            )
+        elif not adapted_experts(arch, run):
+            notes.append(
+                "MoE experts are 3-D parameters in transformers 5, not nn.Linear: all-linear "
+                "adapts the attention projections only (add experts to the targets for "
+                "peft's target_parameters on them)."
+            )
     if run.quant_format == "int4":
         notes.append(
             "int4: LoRA on a GPTQ/AWQ base (4-bit values, an fp16 scale and a 4-bit zero per "

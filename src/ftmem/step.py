@@ -69,6 +69,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     """Per block (bottom to top): does its input need a gradient, do its weights train."""
     L = arch.num_layers
     adapted = frozenset(lin.module for lin in plan.adapted)
+    adapted |= {ex.linear.module for ex in plan.adapted_experts}  # (peft's target_parameters)
     first_trainable = L - plan.trainable_blocks
     # Trainable embeddings make every block's input need a gradient; with gradient
     # checkpointing transformers makes the embedding output require grad for PEFT too.
@@ -107,7 +108,26 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     lowest = BlockState(inputs_grad, weights, adapted, norms_trained=norms)
     above = BlockState(True, weights, adapted, norms_trained=norms)
     trainable = L - first_trainable
-    return [frozen] * first_trainable + ([lowest] + [above] * (trainable - 1) if trainable else [])
+    states = [frozen] * first_trainable + (
+        [lowest] + [above] * (trainable - 1) if trainable else []
+    )
+    return _expert_layers(states, plan)
+
+
+def _expert_layers(states: list[BlockState], plan: MethodPlan) -> list[BlockState]:
+    """Each block's state without the expert adapters a layer-given target leaves out of
+    it (one object per distinct state)."""
+    if all(ex.layers is None for ex in plan.adapted_experts):
+        return states
+    distinct: dict[tuple[BlockState, frozenset[str]], BlockState] = {}
+    out = []
+    for i, st in enumerate(states):
+        drop = frozenset(ex.linear.module for ex in plan.adapted_experts if not ex.in_block(i))
+        key = (st, drop)
+        if key not in distinct:
+            distinct[key] = dataclasses.replace(st, adapted=st.adapted - drop) if drop else st
+        out.append(distinct[key])
+    return out
 
 
 def _partial_states(arch: Architecture, plan: MethodPlan, inputs_grad: bool) -> list[BlockState]:
@@ -487,7 +507,7 @@ def _decoder_block(
             else 0,
             # a block that keeps nothing of its own (frozen, checkpointed, offloaded)
             # still builds its intermediates in forward
-            frozen_forward_transient(arch, run, e, plan.dtypes.residual_bytes, T)
+            frozen_forward_transient(arch, run, e, plan.dtypes.residual_bytes, T, plan)
             if not last_keeps or run.activation_offload or run.grad_ckpt
             else 0,
         ),

@@ -58,14 +58,21 @@ def offload_moment(
 
 
 def frozen_forward_transient(
-    arch: Architecture, run: RunConfig, e: int, residual: int, T: int
+    arch: Architecture,
+    run: RunConfig,
+    e: int,
+    residual: int,
+    T: int,
+    plan: MethodPlan | None = None,
 ) -> int:
     """A block that keeps nothing for backward (frozen, checkpointed or offloaded) still
     builds its MLP intermediates (or eager attention its fp32 scores and softmax) in
     forward. Beside them live the embedding output and the block's input (held by the
-    model's forward), the residual and the norm output."""
+    model's forward), the residual and the norm output; with LoRA on its experts, their
+    rebuilt stacks (:meth:`MoE.lora_stacks`)."""
     # (gpt-oss's experts compute in their parameters' dtype)
     mlp = MLP.forward_transient(arch, run, residual if arch.traits.clamped_swiglu else e, T)
+    mlp += MoE.lora_stacks(plan) if plan is not None else 0
     attn = Attention.eager_workspace(arch, run)
     return max(mlp, attn) + 4 * T * arch.hidden_size * residual
 
@@ -250,7 +257,9 @@ def block_backward_workspace(
     four_bit_fp32 = plan.dtypes.four_bit_outputs_fp32
     mlp = MLP.backward_workspace(arch, run, plan, FP32 if four_bit_fp32 else e, T)
     # the experts' own moment; an adapter's cast gradient comes later, at its linear
-    moe = MoE.backward_workspace(arch, e, T, plan.dtypes.residual_bytes)
+    moe = max(
+        MoE.backward_workspace(arch, e, T, plan.dtypes.residual_bytes), MoE.lora_backward(plan)
+    )
     if run.grad_ckpt:
         # Gemma-2's (and OLMo 2's) post-feedforward norm is the block's first backward, with all
         # of its recomputed activations still there (measured, the adapters' cast

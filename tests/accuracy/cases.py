@@ -72,6 +72,7 @@ def _matrix() -> list[Case]:
         *_recompute_and_edges(),
         *_autocast_over_16bit_weights(),
         *_families_of_issue_17(),
+        *_expert_lora(),
         *_config_dropout(),
         *_preference_objectives(),
         *_grpo(),
@@ -242,6 +243,39 @@ def _families_of_issue_17() -> list[Case]:
     # path in this suite: the value heads are narrower than the query/key heads)
     for method in ("full", "lora"):
         cases.append(Case("deepseek_v3", {"method": method, "precision": "bf16", "attn": "eager"}))
+    return cases
+
+
+def _expert_lora() -> list[Case]:
+    """LoRA on the routed experts' 3-D parameters (peft's target_parameters: the experts
+    named, the roles peft rewrites into them, a layer's own), in every precision, with
+    checkpointing, and with experts wider than the tiny default (their stacks' gradients
+    then set the backward peak)."""
+    cases = [
+        Case(family, {"method": "lora", "lora_targets": "experts", "precision": precision})
+        for family in ("qwen3_moe", "gpt_oss")
+        for precision in ("fp32", "bf16", "bf16-mixed")
+    ]
+    for family, targets, precision in (
+        ("mixtral", "experts", "bf16"),
+        ("mixtral", "gate,up,down", "bf16-mixed"),
+        ("qwen3_moe", "q,v,gate,up,down", "bf16"),
+        ("deepseek_v3", "experts", "bf16"),
+        ("deepseek_v3", "gate,up,down,q_a_proj", "bf16"),
+        ("gpt_oss", "attention,1.mlp.experts.gate_up_proj,1.mlp.experts.down_proj", "bf16"),
+    ):
+        cases.append(
+            Case(family, {"method": "lora", "lora_targets": targets, "precision": precision})
+        )
+    cases.append(
+        Case("qwen3_moe", {"method": "rslora", "lora_targets": "experts", "precision": "bf16"})
+    )
+    settings = {"method": "lora", "lora_targets": "experts", "precision": "bf16", "grad_ckpt": True}
+    cases.append(Case("gpt_oss", settings))
+    wide = {"intermediate_size": 256, "num_experts": 16}
+    short = {"method": "lora", "lora_targets": "experts", "batch_size": 1, "seq_len": 16}
+    for precision in ("bf16", "fp32"):
+        cases.append(Case("qwen3_moe", {**short, "precision": precision}, wide))
     return cases
 
 

@@ -129,6 +129,12 @@ class Family:
     # `<proj>_bias` (gpt-oss: gate_up_proj [E, H, 2F], down_proj [E, F, H]), and the gate and
     # up halves interleave; transformers 5 Mixtral's are (experts, out, in) without biases.
     experts_transposed_with_bias: bool = False
+    # peft rewrites transformers-4 expert targets for this model type (peft 0.21.2
+    # utils/transformers_weight_conversion.py _convert_peft_config_moe, through
+    # transformers' conversion mapping): gate/up/down (Mixtral's w1/w3/w2) become
+    # target_parameters on the 3-D experts, gate_up at twice the rank, and no longer
+    # adapt the dense or shared MLPs' linears of those names. gpt-oss has no mapping.
+    peft_converts_expert_targets: bool = False
     # The experts' SwiGLU clamps gate and up and computes (up + 1)·gate·sigmoid(α·gate)
     # (gpt-oss, GptOssExperts._apply_gate): five intermediates kept, not silu's one.
     clamped_swiglu: bool = False

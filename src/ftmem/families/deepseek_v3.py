@@ -151,6 +151,7 @@ FAMILY = Family(
     config=llama_map("deepseek_v3", LlamaKeys(optional=("attention_bias",)), _read, build_deepseek),
     names=NAMES,
     router_fp32=True,
+    peft_converts_expert_targets=True,
     # peft's prefix tuning sizes a key/value prefix per head; the latent attention's
     # cache holds compressed latents, which such a prefix does not fit
     prefix_tuning=False,

@@ -48,4 +48,5 @@ FAMILY = Family(
         "mixtral", LlamaKeys(window="always", sliding=every_layer), _read_experts, _build_experts
     ),
     names=replace(LLAMA_NAMES, experts=EXPERT_NAMES),
+    peft_converts_expert_targets=True,
 )

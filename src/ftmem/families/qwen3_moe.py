@@ -61,4 +61,5 @@ FAMILY = Family(
     ),
     names=replace(LLAMA_NAMES, experts=EXPERT_NAMES),
     qk_norm=True,
+    peft_converts_expert_targets=True,
 )

@@ -24,6 +24,7 @@ from ftmem.frameworks.shared import (
     lora_numbers,
     peft_targets,
     settings_from,
+    with_target_parameters,
 )
 from ftmem.run import ADAPTER_METHODS
 
@@ -304,11 +305,9 @@ def _adapter_notes(k: Keys, cfg: FrameworkConfig) -> None:
             "lora_model_dir: axolotl loads that adapter with its own rank and targets "
             "(its adapter_config.json); the estimate uses this file's lora_* keys."
         )
-    if names := k.names("lora_target_parameters"):
-        cfg.notes.append(
-            f"lora_target_parameters ({', '.join(names)}): LoRA on MoE expert parameters is "
-            "modelled only under --traced (--lora-targets experts); not counted here."
-        )
+    # peft's target_parameters (axolotl utils/schemas/peft.py LoraConfig
+    # lora_target_parameters, passed to peft's LoraConfig as they are)
+    with_target_parameters(k, "lora_target_parameters", cfg)
     kernels = [x for x in ("lora_qkv_kernel", "lora_o_kernel", "lora_mlp_kernel") if k.flag(x)]
     if kernels:
         cfg.notes.append(

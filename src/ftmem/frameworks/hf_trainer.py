@@ -31,6 +31,7 @@ from ftmem.frameworks.shared import (
     lora_numbers,
     peft_targets,
     settings_from,
+    with_target_parameters,
 )
 
 # the sources of the defaults (the TRL mirror's HEAD; transformers as installed)
@@ -214,8 +215,8 @@ def _hf_trainer_method(k: Keys, cfg: FrameworkConfig, trl: bool) -> None:
     if targets := peft_targets(k.names("lora_target_modules")):
         s["lora_targets"] = targets
     _modules_to_save(k, cfg)
-    if k.raw("lora_target_parameters") is not None:
-        cfg.notes.append("lora_target_parameters: LoRA on raw parameters is not modelled.")
+    # TRL's ModelConfig.lora_target_parameters, peft's target_parameters
+    with_target_parameters(k, "lora_target_parameters", cfg)
     if trl:
         model_config = TRL_AT.format("trl/trainer/model_config.py") + " ModelConfig"
         assume(cfg, "lora_r", 16, f"ModelConfig.lora_r; {model_config}")

@@ -142,6 +142,34 @@ def peft_targets(names: list[str] | None) -> str | None:
     return ",".join(names)
 
 
+# transformers 5's routed expert parameters (Mixtral, Qwen3-MoE, DeepSeek, gpt-oss)
+EXPERT_PARAMETERS = ("gate_up_proj", "down_proj")
+
+
+def with_target_parameters(
+    k: Keys, key: str, cfg: FrameworkConfig, default_targets: str | None = None
+) -> None:
+    """peft ``target_parameters`` (``key``) joined to --lora-targets: the routed experts'
+    3-D parameters, named as peft matches them (gate_up_proj, experts.down_proj,
+    7.mlp.experts.gate_up_proj), become the same items; any other parameter is noted as
+    not modelled. ``default_targets``: the framework's target_modules when it gives none."""
+    names = k.names(key)
+    if not names:
+        return
+    experts = [
+        n for n in names
+        if n.rsplit(".", 1)[-1] in EXPERT_PARAMETERS and (n.count(".") == 0 or ".experts." in f".{n}")
+    ]  # fmt: skip
+    if others := [n for n in names if n not in experts]:
+        cfg.notes.append(
+            f"{key} ({', '.join(others[:4])}): LoRA on parameters other than the routed "
+            "experts' is not modelled; not counted."
+        )
+    if experts:
+        targets = cfg.settings.get("lora_targets") or default_targets
+        cfg.settings["lora_targets"] = ",".join([*([targets] if targets else []), *experts])
+
+
 def attention(k: Keys, key: str, cfg: FrameworkConfig) -> str | None:
     """An attention implementation name as ftmem --attn (unknown ones: sdpa, noted)."""
     name = k.text(key)

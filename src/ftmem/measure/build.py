@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -489,8 +490,11 @@ def _train_top_blocks(model: nn.Module, run: RunConfig, notes: list[str]) -> Non
 
 def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's LoRA wrapper (DoRA, rsLoRA, LongLoRA's extra trainable embeddings and
-    norms) with the adapters in the dtype asked for."""
+    norms) with the adapters in the dtype asked for, and LoRA on the routed experts'
+    3-D parameters through peft's target_parameters."""
     from peft import LoraConfig, get_peft_model
+
+    from ftmem.methods import adapted_experts
 
     to_save = [
         p.module.rsplit(".", 1)[-1]
@@ -498,12 +502,20 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
         if ("head" if p.is_head else "embed" if p.kind == "embedding" else "")
         in run.modules_to_save
     ]
+    experts = adapted_experts(arch, run)  # peft's target_parameters
+    doubled = [ex for ex in experts if ex.rank != run.r]
     lcfg = LoraConfig(
         r=run.r,
         # peft annotates lora_alpha as int but scales by alpha / r: floats work
         lora_alpha=run.alpha,  # type: ignore[arg-type]
         lora_dropout=run.dropout,
-        target_modules=target_module_names(arch, run),
+        target_modules=target_module_names(arch, run) or None,
+        target_parameters=[name for ex in experts for name in ex.parameters()] or None,
+        # (what peft's own conversion of gate/up/down targets writes: gate_up at 2r)
+        rank_pattern={rf".*\.{re.escape(ex.linear.leaf)}": ex.rank for ex in doubled},
+        alpha_pattern={
+            rf".*\.{re.escape(ex.linear.leaf)}": run.alpha * ex.rank / run.r for ex in doubled
+        },
         use_dora=run.method == "dora",
         use_rslora=run.method == "rslora",
         modules_to_save=to_save or None,
@@ -513,6 +525,9 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed-API notices
         warnings.filterwarnings("ignore", message="fan_in_fan_out")  # GPT-2 Conv1D
+        # peft 0.21.2 tuners_utils.py:1123 checks rank_pattern against module names only;
+        # on target_parameters it applies all the same (the trainable count is exact)
+        warnings.filterwarnings("ignore", message="The following (rank|alpha)_pattern keys")
         model = get_peft_model(model, lcfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
     if run.adapter_dtype != "auto":
         ad = _DTYPES[run.adapter_dtype]
