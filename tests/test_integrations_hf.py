@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -476,3 +477,33 @@ def test_dpo_trainer_with_lora(tmp_path: Path) -> None:
     assert p.run.batch_size == 2  # pairs, as the settings say
     error = p.memory.peak_allocated_bytes / m.peak_allocated_bytes - 1
     assert abs(error) <= PEAK_TOLERANCE + 0.02, callback.report_line()
+
+
+def test_lora_on_the_experts_is_read_from_the_wrappers() -> None:
+    """peft's ParamWrapper on the 3-D experts of a transformers-5 MoE model: the roles
+    gate/up/down that peft rewrote (gate_up at rank 2r) and a layer's own parameter are
+    read back into targets whose trainable count is peft's."""
+    from ftmem.measure.build import hf_config
+    from ftmem.methods import plan_method
+    from ftmem.run import RunConfig
+    from tests.conftest import tiny
+
+    arch = tiny("qwen3_moe")
+    model = transformers.AutoModelForCausalLM.from_config(hf_config(arch))
+    config = peft.LoraConfig(
+        r=LORA_R,
+        target_modules=["q_proj", "gate_proj", "up_proj"],
+        target_parameters=["1.mlp.experts.down_proj"],
+    )
+    with warnings.catch_warnings():
+        # (peft 0.21.2 checks its own rank_pattern against module names only)
+        warnings.filterwarnings("ignore", message="The following (rank|alpha)_pattern keys")
+        lora = peft.get_peft_model(model, config)
+    args = SimpleNamespace(per_device_train_batch_size=1, gradient_accumulation_steps=1)
+    live = read_run(lora, args, given={"seq_len": 16})
+    targets = live.settings["lora_targets"]
+    assert targets.startswith("q_proj,gate,up,") and targets.endswith(
+        "layers.1.mlp.experts.down_proj"
+    )
+    run = RunConfig(method="lora", lora_r=LORA_R, lora_targets=targets)
+    assert plan_method(arch, run).n_trainable == lora.get_nb_trainable_parameters()[0]

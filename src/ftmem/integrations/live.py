@@ -226,6 +226,26 @@ def _names(targets: Any) -> list[str]:
     return [str(t) for t in targets]
 
 
+def _expert_items(wrapped: list[tuple[str, Any]], r: int) -> list[str]:
+    """peft's LoRA on expert parameters (ParamWrapper, nested one per parameter) as
+    --lora-targets items: a gate_up_proj at twice the rank is peft's conversion of
+    gate/up targets (the roles gate,up, as ftmem.methods reads them), any other one its
+    parameter with its layer (``…layers.7.mlp.experts.down_proj``)."""
+    items: list[str] = []
+    for name, module in wrapped:
+        parameter = getattr(module, "parameter_name", None)
+        if not parameter:
+            continue
+        rank = next(iter(module.r.values()), r)
+        path = name
+        while path.endswith(".base_layer"):
+            path = path[: -len(".base_layer")]
+        item = "gate,up" if rank == 2 * r and parameter == "gate_up_proj" else f"{path}.{parameter}"
+        if item not in items:
+            items.append(item)
+    return items
+
+
 def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     method = "dora" if getattr(pc, "use_dora", False) else "lora"
     if method == "lora" and getattr(pc, "use_rslora", False):
@@ -235,10 +255,14 @@ def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     live.set("lora_alpha", float(pc.lora_alpha), said)
     if pc.lora_dropout:
         live.set("lora_dropout", float(pc.lora_dropout), said)
-    live.wrapped = [n for n, m in model.named_modules() if hasattr(m, "lora_A")]
+    wrapped = [(n, m) for n, m in model.named_modules() if hasattr(m, "lora_A")]
+    # (peft's ParamWrapper: LoRA on a parameter, the routed experts' 3-D ones)
+    live.wrapped = [n for n, m in wrapped if not getattr(m, "parameter_name", None)]
     leaves = sorted({n.rsplit(".", 1)[-1] for n in live.wrapped})
-    if leaves:  # what peft wrapped wins over target_modules (a regex, "all-linear")
-        live.set("lora_targets", ",".join(leaves), "the modules peft wrapped (lora_A)")
+    experts = _expert_items(wrapped, int(pc.r))
+    if leaves or experts:  # what peft wrapped wins over target_modules (a regex, "all-linear")
+        said_wrapped = "the modules and parameters peft wrapped (lora_A)"
+        live.set("lora_targets", ",".join(leaves + experts), said_wrapped)
     configured = _names(pc.target_modules)
     if configured and sorted(configured) != leaves:
         live.notes.append(
