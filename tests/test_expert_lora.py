@@ -109,3 +109,16 @@ def test_refusals_say_why(family: str, settings: dict, says: str) -> None:
     run = RunConfig(**{"method": "lora", **settings})
     with pytest.raises(InvalidInputError, match=says):
         plan_method(tiny(family), run)
+
+
+def test_model_parallel_layouts_are_refused() -> None:
+    """How tensor, pipeline or expert parallel ranks rebuild a split expert stack has not
+    been measured: data parallelism only."""
+    from ftmem.estimate import estimate_step
+    from ftmem.parallel import ParallelConfig
+
+    run = RunConfig(method="lora", lora_targets="attention,experts", batch_size=1, seq_len=64)
+    arch = get_model("mixtral-8x7b")
+    with pytest.raises(InvalidInputError, match="data parallelism"):
+        estimate_step(arch, run, par=ParallelConfig(gpus=8, strategy="colossalai-zero1", ep=8))
+    estimate_step(arch, run, par=ParallelConfig(gpus=8, strategy="zero3"))

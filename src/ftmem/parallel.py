@@ -39,7 +39,7 @@ from ftmem.colossalai import COLOSSALAI, LOW_LEVEL_ZERO
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, ceil_div, is_quantized
 from ftmem.errors import InvalidInputError
 from ftmem.gemini import GeminiRank, gemini_rank
-from ftmem.methods import MethodPlan, TensorGroup, plan_key
+from ftmem.methods import MethodPlan, TensorGroup, adapted_experts, plan_key
 from ftmem.ops.norm import Norm
 from ftmem.optim import (
     optimizer_state_bytes,
@@ -469,6 +469,14 @@ def check_layout(arch: Architecture, run: RunConfig, par: ParallelConfig) -> Non
     if par.ep > 1 and (not arch.is_moe or arch.num_experts % par.ep):
         what = f"its {arch.num_experts} experts" if arch.is_moe else "no experts: it is dense"
         raise InvalidInputError(f"--ep {par.ep} splits MoE experts; {arch.name} has {what}.")
+    split = par.ep > 1 or par.tp > 1 or par.pp > 1
+    if split and run.method in ADAPTER_METHODS and adapted_experts(arch, run):
+        # (peft's ParamWrapper rebuilds each whole expert stack; how a split one is
+        # rebuilt on each rank has not been measured)
+        raise InvalidInputError(
+            "LoRA on the routed experts is modelled with data parallelism (DDP, ZeRO, "
+            "FSDP) only: drop --tp, --pp and --ep, or adapt the attention."
+        )
 
 
 def _check_uneven_stack(arch: Architecture, par: ParallelConfig) -> None:
