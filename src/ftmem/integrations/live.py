@@ -261,7 +261,8 @@ def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     leaves = sorted({n.rsplit(".", 1)[-1] for n in live.wrapped})
     experts = _expert_items(wrapped, int(pc.r))
     if leaves or experts:  # what peft wrapped wins over target_modules (a regex, "all-linear")
-        said_wrapped = "the modules and parameters peft wrapped (lora_A)"
+        what = "modules and parameters" if experts else "modules"
+        said_wrapped = f"the {what} peft wrapped (lora_A)"
         live.set("lora_targets", ",".join(leaves + experts), said_wrapped)
     configured = _names(pc.target_modules)
     if configured and sorted(configured) != leaves:
