@@ -69,6 +69,14 @@ def test_gate_up_down_count_as_peft_converts_them(family: str) -> None:
     assert _ftmem_trainable(family, "gate,up,down", 4) == got
 
 
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "gpt_oss"])
+def test_all_linear_counts_as_peft_reads_it(family: str) -> None:
+    # peft 0.21.2 resolves all-linear on Mixtral and Qwen3-MoE to the attention, the
+    # router (gate.weight) and the experts (gate_up at 2r); on gpt-oss to the attention
+    got = _peft_trainable(family, 4, target_modules="all-linear")
+    assert _ftmem_trainable(family, "all-linear", 4) == got
+
+
 def test_targets_naming_a_layer_count_as_peft() -> None:
     params = ["1.mlp.experts.gate_up_proj", "1.mlp.experts.down_proj"]
     got = _peft_trainable("gpt_oss", 8, target_modules="all-linear", target_parameters=params)

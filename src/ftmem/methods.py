@@ -236,8 +236,15 @@ class ExpertLoRA:
     def in_block(self, i: int) -> bool:
         return self.layers is None or i in self.layers
 
+    @property
+    def is_router(self) -> bool:
+        """The router's 2-D weight (peft's conversion of all-linear adds it)."""
+        return self.linear.roles == ("router",)
+
     def parameters(self) -> list[str]:
         """The names peft's target_parameters matches (a suffix of the full name)."""
+        if self.is_router:
+            return [f"{self.linear.leaf}.weight"]
         name = self.linear.module.rsplit(".", 2)[-2] + "." + self.linear.leaf
         if self.layers is None:
             return [name]
@@ -279,11 +286,20 @@ def lora_targets(
     items = _items(spec)
     if "all-linear" in items:
         _check_all_linear(arch)
-    if spec in _SPECIAL_TARGETS:
+    # (the methods LoRA on the experts is modelled for; the others keep all-linear to
+    # the attention, with a note)
+    converts = _all_linear_adapts_experts(arch, run)
+    if spec in _SPECIAL_TARGETS and not (spec == "all-linear" and converts):
         return select_linears(arch, spec, "LoRA target"), ()
     named, rest = _named_experts(arch, items)
     roles = _expert_roles(arch, rest)
     adapted: list[ExpertLoRA] = []
+    if "all-linear" in items and converts:
+        # peft 0.21.2 _resolve_string_target_modules: all-linear adds every old expert
+        # name and the router's (`gate` -> target_parameters gate.weight, rank r)
+        roles |= {"gate", "up", "down"}
+        router = next(lin for lin in layout(arch).linears if lin.roles == ("router",))
+        adapted.append(ExpertLoRA(router, run.r))
     for lin in (lin for lin in layout(arch).linears if lin.copies > 1):
         by_role = bool(set(lin.roles) & roles)
         if lin not in named and not by_role:
@@ -305,6 +321,16 @@ def lora_targets(
         raise InvalidInputError("no LoRA target given.")
     order = [lin for lin in layout(arch).linears if lin.is_module]
     return tuple(lin for lin in order if lin in linears), tuple(adapted)
+
+
+EXPERT_LORA_METHODS = ("lora", "rslora")  # measured with LoRA on the experts
+
+
+def _all_linear_adapts_experts(arch: Architecture, run: RunConfig) -> bool:
+    """all-linear reaches the router and the experts, as peft 0.21.2 reads it on a model
+    type it converts, for the methods modelled with LoRA on the experts."""
+    converts = arch.is_moe and arch.traits.peft_converts_expert_targets
+    return converts and run.method in EXPERT_LORA_METHODS
 
 
 def _check_all_linear(arch: Architecture) -> None:
@@ -382,7 +408,7 @@ def _check_expert_lora(arch: Architecture, run: RunConfig) -> None:
             "lora_dropout != 0 (the input cannot be factored out of the weight's update): "
             "set --lora-dropout 0."
         )
-    if run.method not in ("lora", "rslora"):
+    if run.method not in EXPERT_LORA_METHODS:
         raise InvalidInputError(
             f"{run.method} with LoRA on {arch.name}'s routed experts is not modelled "
             "(measured: lora and rslora); adapt the attention instead."
@@ -811,14 +837,20 @@ def _adapter_notes(arch: Architecture, run: RunConfig) -> list[str]:
     """What the adapters and the quantised base leave out on some models."""
     notes: list[str] = []
     if run.method in ADAPTER_METHODS and arch.is_moe and "all-linear" in _items(run.targets):
-        if arch.traits.peft_converts_expert_targets:
+        if arch.traits.peft_converts_expert_targets and run.method not in EXPERT_LORA_METHODS:
+            notes.append(
+                f"peft 0.21.2 reads all-linear on {arch.family} as the attention projections "
+                "plus LoRA on the router and the routed experts; with "
+                f"{run.method} that is not modelled: estimated for the attention projections."
+            )
+        elif arch.traits.peft_converts_expert_targets:
             # peft 0.21.2 utils/transformers_weight_conversion.py
             # _resolve_string_target_modules adds the experts' and the router's old names
             notes.append(
                 f"peft 0.21.2 reads all-linear on {arch.family} as the attention projections "
-                "plus LoRA on the router and the routed experts (gate_up at rank 2r); "
-                "estimated for the attention projections only: add gate,up,down to the "
-                "targets for the experts (the router's small LoRA is not modelled)."
+                "plus LoRA on the router and on the routed experts' 3-D weights (gate_up at "
+                "rank 2r), each rebuilt whole every forward: estimated so; --lora-targets "
+                "attention leaves the experts frozen."
             )
         elif not adapted_experts(arch, run):
             notes.append(

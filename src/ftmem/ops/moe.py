@@ -42,9 +42,11 @@ class MoE:
         experts_train = state.weights_trainable or any(
             m.startswith("mlp.experts") for m in state.trained
         )
-        router_trains = state.weights_trainable or MoE.router(arch) in state.trained
-        routing_grad = x_grad or router_trains  # the routing weights need a gradient
         lora = MoE.adapted(ctx, state)
+        # (a router with LoRA keeps what a trained one does: its input, the routing grads)
+        router_lora = any(ex.is_router for ex in lora)
+        router_trains = state.weights_trainable or MoE.router(arch) in state.trained or router_lora
+        routing_grad = x_grad or router_trains  # the routing weights need a gradient
         if not (routing_grad or experts_train or lora):
             return []
         # the routing weights: fp32 (Mixtral's softmax(dtype=float)) or the router's
@@ -79,7 +81,9 @@ class MoE:
         else:
             # an expert weight rebuilt with its LoRA needs its gradient just the same
             sizes += [
-                (f"{ex.linear.leaf} input (LoRA)", Tk * ex.linear.in_features * ee) for ex in lora
+                (f"{ex.linear.leaf} input (LoRA)", Tk * ex.linear.in_features * ee)
+                for ex in lora
+                if not ex.is_router
             ]
         sizes += MoE.lora_saved(ctx, lora, x_grad or experts_train)
         if experts_train and traits.experts_transposed_with_bias:
@@ -116,6 +120,13 @@ class MoE:
         out: list[tuple[str, int]] = []
         upstream = x_grad
         for ex in sorted(lora, key=lambda ex: "down" in ex.linear.roles):  # gate_up first
+            if ex.is_router:
+                # peft's 2-D path (get_delta_weight, _LoraParameterProxy): W + B·A in W's
+                # dtype, kept by the router's linear for its input's gradient; B·A's own
+                # factors are lora_A and lora_B themselves
+                if x_grad:
+                    out.append(("router weight with its LoRA (E·h)", _stack(ex, ee)))
+                continue
             if upstream:
                 out.append((f"{ex.linear.leaf} with its LoRA (E·in·out)", _stack(ex, ee)))
             upstream = True  # (down reads what an adapted gate_up made)
@@ -130,7 +141,10 @@ class MoE:
         their factors' copies: a forward moment of a block that keeps none of it
         (checkpointed; measured on tiny gpt-oss, bf16: the forward peak -10 % without)."""
         ee, ae = plan.dtypes.residual_bytes, BYTES_PER_ELEMENT[plan.dtypes.adapter]
-        return sum(_stack(ex, ee) + _factors(ex, ee, ae) for ex in plan.adapted_experts)
+        return sum(
+            _stack(ex, ee) + (0 if ex.is_router else _factors(ex, ee, ae))
+            for ex in plan.adapted_experts
+        )
 
     @staticmethod
     def lora_backward(plan: MethodPlan) -> int:
@@ -141,7 +155,11 @@ class MoE:
         down's rebuilt stack is freed. Measured on tiny Qwen3-MoE (16 experts of 256,
         bf16): the backward peak -5.9 % without it, -0.2 % with."""
         ee = plan.dtypes.residual_bytes
-        stacks = {"down" in ex.linear.roles: _stack(ex, ee) for ex in plan.adapted_experts}
+        stacks = {
+            "down" in ex.linear.roles: _stack(ex, ee)
+            for ex in plan.adapted_experts
+            if not ex.is_router
+        }
         down = stacks.get(True, 0)
         return max(down, stacks.get(False, 0) - down)
 
