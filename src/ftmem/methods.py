@@ -212,6 +212,7 @@ _ROLE_ALIASES = {"q": "q", "k": "k", "v": "v", "o": "o", "gate": "gate", "up": "
 EXPERTS_TARGET = "experts"  # --lora-targets' name for every routed expert parameter
 _FUSED_EXPERT_ROLES = frozenset({"gate", "up"})  # one gate_up parameter in transformers 5
 _SPECIAL_TARGETS = ("attention", "all-linear")
+EXPERT_LORA_METHODS = ("lora", "rslora")  # measured with LoRA on the experts
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +282,9 @@ def lora_targets(
     too, gate_up at rank 2r, and the dense or shared MLPs' linears of those roles get no
     adapter (peft 0.21.2 utils/transformers_weight_conversion.py _convert_peft_config_moe:
     rank_pattern r·2 on the fused gate_up_proj, the old names removed from
-    target_modules). ``attention`` and ``all-linear`` may join such a list."""
+    target_modules). ``attention`` and ``all-linear`` may join such a list; there
+    ``all-linear`` also reaches the router (gate.weight, rank r) and the experts, as peft's
+    _resolve_string_target_modules reads it, for the methods modelled on the experts."""
     spec = run.targets.strip().lower()
     items = _items(spec)
     if "all-linear" in items:
@@ -321,9 +324,6 @@ def lora_targets(
         raise InvalidInputError("no LoRA target given.")
     order = [lin for lin in layout(arch).linears if lin.is_module]
     return tuple(lin for lin in order if lin in linears), tuple(adapted)
-
-
-EXPERT_LORA_METHODS = ("lora", "rslora")  # measured with LoRA on the experts
 
 
 def _all_linear_adapts_experts(arch: Architecture, run: RunConfig) -> bool:
