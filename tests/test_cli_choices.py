@@ -49,7 +49,7 @@ REFUSED = [
     (
         ["estimate", "gpt2", "--loss", "liger"],
         "liger",
-        ["standard", "chunked", "linear-chunked", "fused", "logprob-tiles"],
+        ["standard", "shifted", "chunked", "linear-chunked", "fused", "logprob-tiles"],
     ),
     (
         ["estimate", "gpt2", "--objective", "ppo"],

@@ -31,6 +31,9 @@ def _block(family: str, **run: object):
     if run.get("lora_targets") == "all-linear" and (arch.shared_experts_size or arch.dense_layers):
         # (LoRA on a dense-and-MoE stack's MLP is refused: peft moves it onto the experts)
         run = {**run, "lora_targets": "attention"}
+    elif run.get("lora_targets") == "all-linear" and arch.traits.peft_converts_expert_targets:
+        # all-linear reaches the experts there, where peft refuses LoRA dropout
+        run = {**run, "lora_dropout": 0.0}
     cfg = RunConfig(batch_size=3, seq_len=50, **run)  # type: ignore[arg-type]
     plan = plan_method(arch, cfg)
     adapted = frozenset(lin.module for lin in plan.adapted)
