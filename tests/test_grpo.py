@@ -483,3 +483,22 @@ def test_num_iterations_measured_against_the_estimate():
     est2, got2 = both(2, 3)
     assert est2 - est1 == got2 - got1 == 3 * C * 2
     assert abs(est2 - got2) / got2 <= PEAK_TOLERANCE
+
+
+def test_eager_decoding_repeats_the_largest_layers_key_and_value():
+    # transformers 5.24 eager_attention_forward: repeat_kv(key), repeat_kv(value) when
+    # heads share key/value heads. Tiny gpt-oss: 4 heads over 2 key/value heads of 32,
+    # one full layer and one sliding layer (window 16); 16 rows, 20 prompt tokens, the
+    # last step at 99 cached tokens, bf16.
+    from ftmem.grpo import eager_decode_attention_bytes
+
+    arch = tiny("gpt_oss")
+    run = _run(method="lora", batch_size=1, num_generations=4, grad_accum=16, seq_len=100)
+    R, e, hs = 16, 2, 32
+    cache = R * 2 * 2 * hs * e * (99 + 16)  # full layer at 99 tokens, sliding at its window
+    repeated = 2 * R * 4 * 99 * hs * e  # key and value, to all 4 heads
+    assert eager_decode_attention_bytes(arch, run, R, 20, 99, e) == cache + repeated
+    # sdpa packs the single query; one key/value head per head copies nothing
+    assert eager_decode_attention_bytes(LLAMA, _run(method="lora", attn="eager"), R, 20, 99, e) == 0
+    sdpa = _run(method="lora", attn="sdpa")
+    assert eager_decode_attention_bytes(tiny("mistral"), sdpa, R, 20, 99, e) == 0

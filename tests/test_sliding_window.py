@@ -264,8 +264,13 @@ def test_grpo_generation_counts_the_window_on_sliding_layers():
     plan = step_parts(arch, run).plan
     per_token_layer = R16 * 2 * 8 * 64 * 2  # key and value, bf16
     one_key = per_token_layer * (S - 1) // 2
-    cache = per_token_layer * (12 * (S - 1) + 12 * 128) + max(one_key, per_token_layer * 128)
-    decode = cache + R16 * V * 2 + 2 * R16 * V * 4 + 2 * R16 * S * 8
+    grown = per_token_layer * (12 * (S - 1) + 12 * 128)
+    cache = grown + max(one_key, per_token_layer * 128)
+    # gpt-oss attends eagerly: a full layer's attention copies its key and value to all
+    # 64 query heads (repeat_kv), beside the grown cache: the larger moment here
+    attention = grown + 2 * R16 * 64 * (S - 1) * 64 * 2
+    assert attention > cache
+    decode = attention + R16 * V * 2 + 2 * R16 * V * 4 + 2 * R16 * S * 8
     assert generation_moment(arch, run, plan) == decode + 2 * R16 * P16 * 8
     # every layer at S - 1, as before the window was counted: 12 x 3,967 tokens more
     every_layer = per_token_layer * 24 * (S - 1) + one_key

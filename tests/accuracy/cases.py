@@ -125,6 +125,20 @@ def _grpo() -> list[Case]:
                 "completion_len": 80,
             },
         ),
+        # the same on gpt-oss, whose attention runs eagerly: each decoding step repeats a
+        # layer's key and value to every query head (repeat_kv), the generation's peak
+        Case(
+            "gpt_oss",
+            {
+                "method": "lora",
+                **grpo,
+                "batch_size": 1,
+                "num_generations": 4,
+                "grad_accum": 16,
+                "seq_len": 100,
+                "completion_len": 80,
+            },
+        ),
     ]
 
 
