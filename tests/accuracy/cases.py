@@ -112,32 +112,23 @@ def _grpo() -> list[Case]:
         Case("llama", {"method": "lora", **grpo, "kl_beta": 0.04}),
         Case("llama", {"method": "lora", **grpo, "precision": "bf16-mixed"}),
         # one completion per micro-batch, 16 prompts of 20 tokens generated at once, 80 new
-        # tokens each: the KV cache outgrows the step
-        Case(
-            "llama",
-            {
-                "method": "lora",
-                **grpo,
-                "batch_size": 1,
-                "num_generations": 4,
-                "grad_accum": 16,
-                "seq_len": 100,
-                "completion_len": 80,
-            },
-        ),
-        # the same on gpt-oss, whose attention runs eagerly: each decoding step repeats a
-        # layer's key and value to every query head (repeat_kv), the generation's peak
-        Case(
-            "gpt_oss",
-            {
-                "method": "lora",
-                **grpo,
-                "batch_size": 1,
-                "num_generations": 4,
-                "grad_accum": 16,
-                "seq_len": 100,
-                "completion_len": 80,
-            },
+        # tokens each: the KV cache outgrows the step; on gpt-oss, whose attention runs
+        # eagerly, each decoding step also repeats a layer's key and value to every query
+        # head (repeat_kv), the generation's peak
+        *(
+            Case(
+                family,
+                {
+                    "method": "lora",
+                    **grpo,
+                    "batch_size": 1,
+                    "num_generations": 4,
+                    "grad_accum": 16,
+                    "seq_len": 100,
+                    "completion_len": 80,
+                },
+            )
+            for family in ("llama", "gpt_oss")
         ),
     ]
 
