@@ -211,8 +211,14 @@ def test_a_run_that_cannot_fit_stops_before_step_1(tmp_path: Path) -> None:
     trainer = transformers.Trainer(
         model=model, args=arguments(tmp_path), train_dataset=Rows(), callbacks=[callback]
     )
-    with pytest.raises(RunWillNotFitError, match=r"than the 512.00 KiB budget: stopped before"):
+    with pytest.raises(
+        RunWillNotFitError, match=r"than the 512.00 KiB budget: stopped before"
+    ) as stop:
         trainer.train()
+    # one clear line: what it needs, by how much it is over, what to do
+    message = str(stop.value)
+    assert "\n" not in message and message.startswith("ftmem: this run needs ")
+    assert message.endswith("(`ftmem plan` or ftmem.plan(...) lists changes that make it fit).")
     assert trainer.state.global_step == 0
     assert torch.equal(model.model.embed_tokens.weight, before)  # no optimizer step ran
     assert callback.estimate is not None and callback.estimate.fits is False
@@ -371,9 +377,78 @@ def test_sft_trainer_with_lora(tmp_path: Path) -> None:
     assert callback.record()["versions"]["trl"] == trl.__version__
 
 
+def word_tokenizer() -> Any:
+    """A word-level tokenizer over the tiny vocabulary (t0 pads, t2 ends)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    words = tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t1")
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=words, pad_token="t0", eos_token="t2"
+    )
+
+
+def test_sft_trainer_without_peft(tmp_path: Path) -> None:
+    """Full finetuning under TRL's SFTTrainer: every setting read is checked against the
+    trainer's own objects after the run (not against what ftmem computed), and the
+    measured step's shape against the data by hand: 6 rows in micro-batches of 2 with 2
+    micro-batches per step make step 1 rows 0-3 and step 2, the epoch's end, rows 4-5
+    alone (one micro-batch), truncated to max_length."""
+    trl = pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    rows = datasets.Dataset.from_dict({"input_ids": Rows().ids.tolist()})
+    max_length = 24
+    args = trl.SFTConfig(
+        **{**quiet_cpu_run(tmp_path), "per_device_train_batch_size": 2},
+        bf16=False,
+        max_length=max_length,
+        gradient_checkpointing=True,
+        gradient_accumulation_steps=2,
+        optim="adamw_torch_fused",
+    )
+    callback = FtmemCallback(report_after=2, quiet=True)
+    trainer = trl.SFTTrainer(
+        model=tiny_llama(),
+        args=args,
+        train_dataset=rows,
+        processing_class=word_tokenizer(),
+        callbacks=[callback],
+    )
+    trainer.train()
+    live = callback.live
+    assert live is not None
+    s = live.settings
+    model, optimizer = trainer.model, trainer.optimizer.optimizer
+    assert not hasattr(model, "peft_config")  # no peft: every parameter trains
+    assert s["method"] == "full" and live.n_trainable == PARAMS
+    assert live.n_trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert s["grad_ckpt"] is model.is_gradient_checkpointing is True
+    assert s["batch_size"] == trainer.args.per_device_train_batch_size == 2
+    assert s["grad_accum"] == trainer.args.gradient_accumulation_steps == 2
+    assert s["seq_len"] == trainer.args.max_length == max_length
+    assert {p.dtype for p in model.parameters()} == {torch.float32} and s["precision"] == "fp32"
+    assert type(optimizer) is torch.optim.AdamW and s["optimizer"] == "adamw"
+    assert optimizer.defaults["fused"] is True and s["optimizer_impl"] == "fused"
+    # TRL's add_fused_lm_head replaced the forward (functools.wraps keeps its name)
+    assert getattr(model.forward, "__func__", model.forward).__code__.co_name == "_fused_forward"
+    assert s["loss"] == "logprob-tiles"
+    m = callback.measured
+    assert m is not None and m.step == 2 and m.tracker == "dispatch"
+    assert (m.batch_size, m.seq_len, m.micro_batches) == (2, max_length, 1)
+    # weights, gradients and AdamW's two states (4 fp32 copies) at least
+    assert m.peak_allocated_bytes >= 4 * WEIGHT_BYTES
+    p = callback.predicted
+    assert p is not None and p.run.grad_accum == 1  # re-estimated at the step's one micro-batch
+    # measured -4.3 % (TRL 1.16 on the CPU): the fused head's torch fallback temporaries,
+    # not counted (docs/integrations.md, Known gaps); the accuracy suite's 5 % plus 2
+    error = p.memory.peak_allocated_bytes / m.peak_allocated_bytes - 1
+    assert abs(error) <= PEAK_TOLERANCE + 0.02, callback.report_line()
+
+
 def test_importing_the_package_imports_no_torch() -> None:
     code = (
-        "import sys, ftmem.integrations, ftmem.integrations.live, ftmem.integrations.report; "
+        "import sys, ftmem.integrations, ftmem.integrations.live, ftmem.integrations.report, "
+        "ftmem.integrations.litgpt; "
         "print('torch' in sys.modules)"
     )
     src = str(Path(ftmem.__file__).resolve().parents[1])

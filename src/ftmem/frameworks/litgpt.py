@@ -9,8 +9,9 @@ litgpt/finetune/{lora,full,adapter,adapter_v2}.py ``setup()``, litgpt/args.py, l
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from ftmem.errors import ConfigError
+from ftmem.errors import ConfigError, InvalidInputError
 from ftmem.filekeys import Keys
 from ftmem.frameworks.shared import FrameworkConfig, assume, lora_numbers
 
@@ -331,3 +332,59 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     _train(k, cfg, script, devices)
     _optimizer(k, cfg)
     return LITGPT_KEYS
+
+
+# what litgpt/model.py builds, that the transformers families read here do not
+UNMODELLED = {
+    "parallel_residual": "a parallel residual (GPT-NeoX style blocks)",
+    "shared_attention_norm": "one norm shared by attention and MLP",
+    "post_attention_norm": "post-attention norms (Gemma 2 / 3 style)",
+    "post_mlp_norm": "post-MLP norms",
+    "scale_embeddings": "scaled embeddings (Gemma style)",
+    "latent_attention": "multi-head latent attention",
+    "attention_logit_softcapping": "attention logit soft-capping",
+    "final_logit_softcapping": "final logit soft-capping",
+    "sliding_window_size": "sliding-window attention",
+    "lm_head_bias": "a bias on the LM head",
+}
+
+
+def model_config_json(config: Any) -> dict[str, Any]:
+    """The config.json of the transformers family whose weights are LitGPT's for a live
+    LitGPT ``Config`` (litgpt 0.5.13 litgpt/config.py; read by attribute) (litgpt's scripts/convert_lit_checkpoint.py maps the same weights): Llama, or
+    Qwen2 (bias on q/k/v only), or Qwen3 (a norm on each query and key head). Other
+    LitGPT blocks are refused in one sentence."""
+    off = [what for key, what in UNMODELLED.items() if getattr(config, key, None)]
+    mlp, norm = config.mlp_class_name, config.norm_class_name
+    if mlp != "LLaMAMLP" or norm != "RMSNorm":
+        off.insert(0, f"{mlp} with {norm} (ftmem reads LLaMAMLP with RMSNorm)")
+    if getattr(config, "n_expert", 0):
+        off.append("mixture-of-experts blocks")
+    if float(getattr(config, "rotary_percentage", 1.0)) != 1.0:
+        off.append("a partial rotary")
+    if off:
+        raise InvalidInputError(
+            f"LitGPT config {config.name or 'GPT'!r} has {', '.join(off)}: not read from a "
+            "live LitGPT model yet; estimate it with `ftmem estimate` on its transformers "
+            "config.json."
+        )
+    bias, attn_bias = bool(config.bias), bool(getattr(config, "attn_bias", False))
+    model_type = "qwen3" if config.norm_qk else "qwen2" if attn_bias and not bias else "llama"
+    out: dict[str, Any] = {
+        "model_type": model_type,
+        # the embedding and the LM head have padded_vocab_size rows (litgpt/model.py GPT)
+        "vocab_size": int(config.padded_vocab_size),
+        "hidden_size": int(config.n_embd),
+        "num_hidden_layers": int(config.n_layer),
+        "num_attention_heads": int(config.n_head),
+        "num_key_value_heads": int(config.n_query_groups),
+        "head_dim": int(config.head_size),
+        "intermediate_size": int(config.intermediate_size),
+        "max_position_embeddings": int(config.block_size),
+        "rms_norm_eps": float(config.norm_eps),
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,  # GPT builds its own lm_head
+    }
+    if model_type == "llama":  # config.bias: every Linear of the block has one
+        out.update(attention_bias=bias, mlp_bias=bias)
+    return out

@@ -7,6 +7,8 @@ report what was measured after a few steps (issue 20).
   ``check`` for Fabric (imports lightning and torch).
 - :mod:`ftmem.integrations.torchtune`: ``check`` for a torchtune recipe's config (an
   estimate only; imports torch).
+- :mod:`ftmem.integrations.litgpt`: a LitGPT ``GPT`` read from its live config, for the
+  Lightning callback (imports neither torch nor litgpt).
 - :mod:`ftmem.integrations.live`: what is read from the live model, optimizer and
   training arguments, by attribute (imports neither; the objects come from the caller).
 - :mod:`ftmem.integrations.preflight`: what every integration does with a read run:

@@ -27,6 +27,7 @@ from ftmem.errors import InvalidInputError
 from ftmem.filekeys import Keys
 from ftmem.frameworks.distributed import distributed_settings, fsdp_from_config
 from ftmem.frameworks.shared import FrameworkConfig
+from ftmem.integrations.litgpt import litgpt_model_in, read_litgpt_model
 from ftmem.integrations.live import (
     LiveRun,
     longest_example,
@@ -196,44 +197,37 @@ def hf_model_in(module: Any) -> Any:
         config = getattr(sub, "config", None)
         if hasattr(config, "to_dict") and hasattr(config, "model_type"):
             return sub
-    if _is_litgpt(module):
-        raise InvalidInputError(
-            "A LitGPT model: ftmem does not read LitGPT's live Config yet; estimate it "
-            "with `ftmem estimate --from` on its training config."
-        )
     raise InvalidInputError(
         f"{type(module).__name__} holds no transformers model (no submodule with a "
-        "transformers config): ftmem reads the architecture from model.config."
-    )
-
-
-def _is_litgpt(module: Any) -> bool:
-    return any(
-        all(hasattr(getattr(m, "config", None), k) for k in ("n_embd", "n_layer", "n_head"))
-        for m in module.modules()
+        "transformers config) and no LitGPT GPT: ftmem reads the architecture from "
+        "model.config."
     )
 
 
 def _read_module(module: Any, precision: str, strategy: str) -> LiveRun:
-    """The model inside the module, read as the HF callback reads it, with Lightning's
-    precision flag for autocast."""
+    """The model inside the module (a LitGPT GPT, or a transformers model read as the
+    HF callback reads it), with Lightning's precision flag for autocast."""
     precision = str(precision)
     if precision not in MODELLED_PRECISION:
         raise InvalidInputError(
             f"Lightning precision {precision!r} is not modelled (ftmem models "
             f"{', '.join(MODELLED_PRECISION)})."
         )
-    model = hf_model_in(module)
     said = f"the Trainer's precision {precision!r}"
-    # FSDP's activation_checkpointing_policy is the strategy's; other checkpointing
-    # is the model's own (gradient_checkpointing_enable)
-    live = read_model(
-        model,
-        autocast=AUTOCAST.get(precision, ""),
-        autocast_said=said,
-        checkpointing=None,
-        checkpointing_said=strategy,
-    )
+    model = litgpt_model_in(module)
+    if model is not None:  # a LitGPT GPT (its config is LitGPT's own)
+        live = read_litgpt_model(model, autocast=AUTOCAST.get(precision, ""), autocast_said=said)
+    else:
+        model = hf_model_in(module)
+        # FSDP's activation_checkpointing_policy is the strategy's; other checkpointing
+        # is the model's own (gradient_checkpointing_enable)
+        live = read_model(
+            model,
+            autocast=AUTOCAST.get(precision, ""),
+            autocast_said=said,
+            checkpointing=None,
+            checkpointing_said=strategy,
+        )
     outside = sum(numel(p) for p in module.parameters() if p.requires_grad) - live.n_trainable
     if outside > 0:
         live.notes.append(

@@ -139,12 +139,13 @@ class Preflight:
         """End the measured step: the measurement, the prediction at its shape, the line."""
         if self._meter is None:
             return None
-        peak, reserved, tracker = self._meter.stop()
+        peak, reserved, used, tracker = self._meter.stop()
         self._meter = None
         batch, seq = shape or (None, None)
         self.measured = Measured(
             peak_allocated_bytes=peak,
             peak_reserved_bytes=reserved,
+            device_bytes=used,
             step=step,
             batch_size=batch,
             seq_len=seq,
@@ -209,6 +210,10 @@ class Preflight:
         )
 
 
+# a measured step: (peak allocated, peak reserved, device bytes, the tracker's name)
+Reading = tuple[int, int | None, int | None, str]
+
+
 class StepMeter:
     """One step's peak: CUDA's allocator counters, or on the CPU ftmem's tracker of live
     tensor bytes, told what exists before the step (weights and buffers, gradients,
@@ -217,8 +222,7 @@ class StepMeter:
     def __init__(self, on_cuda: bool, model: Any, optimizer: Any) -> None:
         self.tracker: Any = None
         if on_cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            start_cuda(torch.cuda)
             return
         from ftmem.measure.saved import model_state_tensors
         from ftmem.measure.step import optimizer_state_tensors
@@ -236,14 +240,39 @@ class StepMeter:
         if self.tracker is not None:
             self.tracker.track(tensors)
 
-    def stop(self) -> tuple[int, int | None, str]:
-        """(peak allocated, peak reserved or None, the tracker's name)."""
+    def stop(self) -> Reading:
+        """(peak allocated, peak reserved, device bytes, the tracker's name); the last
+        two None on the CPU."""
         if self.tracker is None:
-            torch.cuda.synchronize()
-            peak = int(torch.cuda.max_memory_allocated())
-            return peak, int(torch.cuda.max_memory_reserved()), "cuda-allocator"
+            return read_cuda(torch.cuda)
         self.tracker.__exit__(None, None, None)
-        return int(self.tracker.peak), None, "dispatch"
+        return int(self.tracker.peak), None, None, "dispatch"
+
+
+def start_cuda(cuda: Any) -> None:
+    """The measured step starts: the allocator's peaks from here."""
+    cuda.synchronize()
+    cuda.reset_peak_memory_stats()
+
+
+def read_cuda(cuda: Any) -> Reading:
+    """The measured step's numbers from a CUDA module (``torch.cuda``; a test gives a
+    stand-in): the caching allocator's peaks since ``reset_peak_memory_stats`` and the
+    device's used memory as nvidia-smi shows it, total minus free
+    (``cuda.mem_get_info``: cudaMemGetInfo, every process on the device). Read at the
+    step's end: the allocator keeps what it reserved during the step (HF Trainer empties
+    its cache only with torch_empty_cache_steps, Lightning not at all), so the device's
+    use then includes it, with the CUDA context and the libraries' workspaces. None
+    where the driver cannot say."""
+    cuda.synchronize()
+    allocated = int(cuda.max_memory_allocated())
+    reserved = int(cuda.max_memory_reserved())
+    try:
+        free, total = cuda.mem_get_info()
+        used: int | None = int(total) - int(free)
+    except (RuntimeError, AttributeError):  # no driver query (a stand-in, a bare runtime)
+        used = None
+    return allocated, reserved, used, "cuda-allocator"
 
 
 def with_library_versions(live: LiveRun) -> None:

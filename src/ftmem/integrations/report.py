@@ -45,7 +45,9 @@ class Measured:
 
     peak_allocated_bytes: int | None
     peak_reserved_bytes: int | None = None  # CUDA only
-    device_bytes: int | None = None  # what nvidia-smi showed for the process
+    # what nvidia-smi showed in use on the device (the callbacks: CUDA's total - free at
+    # the measured step's end, preflight.read_cuda)
+    device_bytes: int | None = None
     step: int | None = None
     batch_size: int | None = None  # the step's input_ids shape, as the model saw it
     seq_len: int | None = None
@@ -202,6 +204,11 @@ def report_line(m: Measured, p: Estimate) -> str:
             f"; reserved {format_bytes(m.peak_reserved_bytes)}, predicted "
             f"{format_bytes(p.memory.peak_reserved_bytes)}"
         )
+    if m.device_bytes is not None:
+        line += (
+            f"; device {format_bytes(m.device_bytes)} (nvidia-smi), predicted "
+            f"{format_bytes(p.memory.device_bytes)}"
+        )
     if m.tracker == "dispatch":
         line += "; CPU: live tensor bytes (ftmem's tracker)"
     return line
@@ -219,4 +226,7 @@ def logged(m: Measured | None, p: Estimate | None) -> dict[str, float]:
     if m.peak_reserved_bytes is not None:
         out["peak_reserved_gib"] = m.peak_reserved_bytes / GIB
         out["predicted_peak_reserved_gib"] = p.memory.peak_reserved_bytes / GIB
+    if m.device_bytes is not None:
+        out["device_gib"] = m.device_bytes / GIB
+        out["predicted_device_gib"] = p.memory.device_bytes / GIB
     return {LOG_PREFIX + k: v for k, v in out.items()}
