@@ -10,13 +10,16 @@ CPU run produces. The trainers themselves run for real on the CPU; ``device="cud
 callback down its CUDA branch. What is checked is the wiring: the peaks are reset when
 the measured step starts, read when it ends, and the numbers read are the ones in the
 report line, the loggers' metrics and the record. ``torch.cuda.is_available`` is left
-alone (faking it would make the trainers try to use a GPU). That the real counters
+alone while a trainer runs (faking it would make the trainers try to use a GPU); the
+last two tests fake it with ``get_device_properties`` where no trainer runs, for the
+budget taken from the device and the record's device. That the real counters
 are what a GPU run measures is the accuracy suite's business on a GPU machine.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,7 +29,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from ftmem.integrations import preflight, report  # noqa: E402
-from ftmem.integrations.hf import FtmemCallback  # noqa: E402
+from ftmem.integrations.hf import FtmemCallback, RunWillNotFitError  # noqa: E402
 
 from .test_integrations_hf import Recorder, Rows, arguments, tiny_llama, with_lora  # noqa: E402
 
@@ -174,3 +177,44 @@ def test_the_cpu_tracker_is_used_off_cuda(tmp_path: Path, fake_cuda: FakeCuda) -
     assert m is not None and m.tracker == "dispatch"
     assert (m.peak_reserved_bytes, m.device_bytes) == (None, None)
     assert m.peak_allocated_bytes is not None and m.peak_allocated_bytes < GIB
+
+
+def fake_device(monkeypatch: pytest.MonkeyPatch, total: int) -> None:
+    """torch.cuda's device properties for a device that is not there (no trainer runs
+    while they are faked: is_available would send it to the GPU)."""
+    props = SimpleNamespace(name="Stand-in GPU", total_memory=total)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _: props)
+
+
+def test_without_a_budget_the_cuda_devices_memory_is_the_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No gpu= nor gpu_memory=: a model on CUDA is checked against the device's total
+    memory (torch.cuda.get_device_properties), and stopped when it is too small."""
+    fake_device(monkeypatch, 512 * 2**10)  # below the tiny model's fp32 weights alone
+    callback = FtmemCallback(fail_if_not_fits=True, quiet=True, device="cuda", seq_len=32)
+    state = SimpleNamespace(global_step=0, max_steps=2, is_world_process_zero=True)
+    args = SimpleNamespace(per_device_train_batch_size=1, gradient_accumulation_steps=1)
+    with pytest.raises(RunWillNotFitError, match=r"more than the 512.00 KiB budget: stopped"):
+        callback.on_train_begin(args, state, SimpleNamespace(), model=tiny_llama())
+    assert callback.estimate is not None and callback.estimate.gpu is not None
+    assert callback.estimate.gpu["name"] == "Stand-in GPU"
+    assert callback.estimate.gpu["memory_bytes"] == 512 * 2**10
+
+
+def test_the_records_device_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record's device on a GPU: torch's name and memory, CUDA's version, the driver
+    as nvidia-smi reports it."""
+    fake_device(monkeypatch, 80 * GIB)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    smi = {"name": "Stand-in GPU", "driver": "570.86.15", "memory_bytes": 80 * GIB}
+    monkeypatch.setattr(report, "nvidia_smi", lambda: smi)
+    assert preflight.device() == {
+        "kind": "cuda",
+        "name": "Stand-in GPU",
+        "memory_bytes": 80 * GIB,
+        "cuda": "12.8",
+        "driver": "570.86.15",
+    }
