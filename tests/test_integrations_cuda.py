@@ -218,3 +218,26 @@ def test_the_records_device_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
         "cuda": "12.8",
         "driver": "570.86.15",
     }
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on one)")
+def test_on_a_real_gpu_the_report_carries_torch_cudas_own_counters(tmp_path: Path) -> None:
+    """Where a GPU exists, nothing is faked: the HF callback's report after step 2 holds
+    the numbers torch.cuda itself gives for that step (read here right after training,
+    the peaks being those since the callback's reset at step 2's start)."""
+    args = arguments(tmp_path, use_cpu=False)
+    callback = FtmemCallback(report_after=2, quiet=True, gpu="h100")
+    trainer = transformers.Trainer(
+        model=with_lora(tiny_llama()).to("cuda"), args=args, train_dataset=Rows(),
+        callbacks=[callback],
+    )  # fmt: skip
+    trainer.train()
+    m = callback.measured
+    assert m is not None and m.step == 2 and m.tracker == "cuda-allocator"
+    # the step's peak is below what torch says for the whole process since the reset
+    # (training ends after step 2), and the weights alone are on the device
+    weights = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+    assert weights <= m.peak_allocated_bytes <= torch.cuda.max_memory_allocated()
+    assert m.peak_allocated_bytes <= m.peak_reserved_bytes <= torch.cuda.max_memory_reserved()
+    _free, total = torch.cuda.mem_get_info()
+    assert m.device_bytes is not None and m.peak_reserved_bytes < m.device_bytes <= total
