@@ -83,6 +83,27 @@ class BlockTransients:
     policy: BlockPolicy = PLAIN
 
 
+# one request of a head's program: ("alloc", bytes), or ("free", k) for the program's
+# k-th allocation (its forward's and backward's numbered together)
+HeadRequest = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class HeadRequests:
+    """The LM head's and the loss's tensors one by one, in the order PyTorch allocates
+    and frees them (ops.loss_requests), for the allocator replay (gpu.trace) in place of
+    the two moments. ``saved_item``: the loss's saved item (bytes; one of the head
+    side's tensors) that the forward makes among its requests, the backward frees;
+    ``logits_forward`` and ``loss_backward``: the moments they lay out, beyond the
+    saved tensors (a step whose head was changed since is replayed as moments)."""
+
+    saved_item: int
+    forward: tuple[HeadRequest, ...]
+    backward: tuple[HeadRequest, ...]
+    logits_forward: int
+    loss_backward: int
+
+
 @dataclass(frozen=True, slots=True)
 class HeadTransients:
     """The head side's moments (final norm, LM head, loss): a pipeline's last stage."""
@@ -90,6 +111,8 @@ class HeadTransients:
     logits_forward: int
     loss_backward: int
     workspace: int  # the final norm's backward
+    # the same moments tensor by tensor, where the loss's order is derived
+    requests: HeadRequests | None = None
 
 
 NO_HEAD = HeadTransients(0, 0, 0)

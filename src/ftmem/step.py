@@ -19,9 +19,10 @@ from ftmem.adapters.lora import LoRA
 from ftmem.adapters.prompt import PrefixTuning
 from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, layout, qk_norm_params
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
-from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, plan_key, plan_method
+from ftmem.ops import loss_requests
 from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.context import BlockState
 from ftmem.ops.embedding import Embedding
@@ -36,11 +37,13 @@ from ftmem.phases import (
     Activations,
     BlockTransients,
     Gradients,
+    HeadRequests,
     HeadTransients,
     OptimizerStep,
     StepSizes,
 )
 from ftmem.profiles import (
+    compiled_chunked_loss,
     compiled_layers,
     framework_run,
     offload_keeps_head,
@@ -423,6 +426,10 @@ def _decoder_sizes(
         workspace=Norm.backward_workspace(arch, e, T, in_place=profile_of(run).kernel_rms_norm)
         + (0 if profile_of(run).kernel_rms_norm else T * arch.hidden_size * FP32),
     )
+    if framework_head is None and not offloaded and run.objective == "sft":
+        head = dataclasses.replace(
+            head, requests=_head_requests(arch, run, plan, e, T, head, forward_cache)
+        )
     loop_held = 0
     if framework_head is not None:  # LitGPT: fp32 logits held by the loop, chunked loss
         loop_held = framework_head.held
@@ -441,6 +448,39 @@ def _decoder_sizes(
         optimizer=fixed.optimizer,
         loop_held=loop_held,
         previous_graph=_previous_graph(run, blocks),
+    )
+
+
+def _head_requests(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    e: int,
+    T: int,
+    head: HeadTransients,
+    forward_cache: int,
+) -> HeadRequests | None:
+    """The head's moments tensor by tensor for the allocator replay (ops.loss_requests),
+    where its loss's order is derived (None elsewhere, and where they would not lay out
+    the moments)."""
+    if compiled_chunked_loss(run):
+        return None
+    shifted = run.loss == "shifted"
+    log_softmax_bytes = Loss.shifted_log_softmax_bytes(run, e) if shifted else FP32
+    R = Loss.rows(run) if shifted else T
+    V = arch.vocab_size
+    saved_item = R * V * log_softmax_bytes + R * INDEX_BYTES + log_softmax_bytes
+    return loss_requests.head_requests(
+        run.loss,
+        T,
+        R,
+        V,
+        e,
+        log_softmax_bytes,
+        saved_item,
+        head.logits_forward,
+        head.loss_backward,
+        held=forward_cache + PrefixTuning.cache(arch, run, plan.dtypes),
     )
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from ftmem.gpu.allocator import SIDE_STREAM_ALLOC, AllocatorStats, CachingAllocator, TwoStreams
 from ftmem.methods import MethodPlan
-from ftmem.phases import StepSizes
+from ftmem.phases import HeadRequests, StepSizes
 
 # ("alloc", bytes): the k-th of them (or of "alloc@side", a side stream's) is allocation
 # k; ("free", k) frees it (gpu.allocator.replay_streams' events)
@@ -429,13 +429,21 @@ def _pass(
         kept.append(rec.alloc(t.block_saved if size == typical else (size,)))
         rec.moment(s.block.forward)  # with the block's own saved tensors, as the timeline
         rec.free(gathered)
-    above = rec.alloc(t.above)
+    requests = _head_requests(s, t)
+    above = rec.alloc(t.above if requests is None else _without(t.above, requests.saved_item))
     gathered = rec.comm(_or(c.head_forward, c.forward))
-    rec.moment(s.head.logits_forward)
+    if requests is None:
+        rec.moment(s.head.logits_forward)
+        head: list[list[int]] = []
+    else:  # the logits, their copies and the loss's saved tensors one by one
+        head = _run_requests(rec, requests.forward, [])
     rec.free(gathered)
     rec.free(last_graph)  # the loop's loss now names this pass's graph
     gathered = rec.comm(_or(c.loss_backward, c.backward))
-    rec.moment(s.head.loss_backward)
+    if requests is None:
+        rec.moment(s.head.loss_backward)
+    else:
+        _run_requests(rec, requests.backward, head)
     rec.free(gathered)
     rec.alloc(workspaces[1])  # the LM head's backward GEMM, on the autograd thread
     rec.free(above)
@@ -450,6 +458,38 @@ def _pass(
     rec.free(below)
     rec.free(others)
     return grads
+
+
+def _head_requests(s: StepSizes, t: StepTensors) -> HeadRequests | None:
+    """The head's requests where they still lay out its moments (a step reshaped since,
+    by a rank's strategy or another objective, is replayed as moments) and the head
+    side's tensors hold the loss's saved item they make."""
+    r = s.head.requests
+    if r is None or (r.logits_forward, r.loss_backward) != (
+        s.head.logits_forward,
+        s.head.loss_backward,
+    ):
+        return None
+    return r if r.saved_item in t.above else None
+
+
+def _without(sizes: tuple[int, ...], item: int) -> tuple[int, ...]:
+    """``sizes`` without the last one equal to ``item``."""
+    i = len(sizes) - 1 - sizes[::-1].index(item)
+    return sizes[:i] + sizes[i + 1 :]
+
+
+def _run_requests(
+    rec: _Recorder, requests: tuple[tuple[str, int], ...], keys: list[list[int]]
+) -> list[list[int]]:
+    """A head program's requests (phases.HeadRequests): ("alloc", bytes), ("free", k)
+    its k-th allocation; ``keys``: its earlier phase's, extended."""
+    for op, value in requests:
+        if op == "alloc":
+            keys.append(rec.alloc((value,)))
+        else:
+            rec.free(keys[value])
+    return keys
 
 
 def _as_saved(total: int, saved: tuple[int, ...]) -> tuple[int, ...]:

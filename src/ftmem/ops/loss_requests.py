@@ -1,0 +1,237 @@
+"""The LM head's and the loss's tensors in the order PyTorch allocates and frees them.
+
+The timeline (phases.py) needs the head's two moments as sums: the logits' forward
+(Loss.forward_transient) and the loss's backward (its gradients), each beyond the
+loss's saved item. The CUDA caching allocator needs them tensor by tensor: which
+freed block a later request reuses decides what it reserves, and one block of the
+moment's size packs unlike the logits, their fp32 copy and the gradients it stands for
+(gpu/trace.py replays these requests in place of the two moments).
+
+Each program is derived from the library code and checked against PyTorch on the CPU,
+tensor by tensor (tests/test_loss_requests.py). Symbols: T = b·s positions, R the rows
+the cross-entropy takes (T; T − b for the shifted loss), V the vocabulary, e the
+logits' element size.
+
+Left out (a few bytes a row, or beyond the moments the timeline counts):
+``nn.functional.pad``'s padded labels (b·(s + 1)·8, freed when the loss returns), the
+loss's scalars but the one the saved item counts, and the logits' 16-bit gradient
+living on through the LM head's backward matmuls (freed here when the loss's backward
+ends: the timeline counts the head's gradients after that moment).
+"""
+
+from __future__ import annotations
+
+from ftmem.dtypes import FP32, INDEX_BYTES
+from ftmem.phases import HeadRequest, HeadRequests
+
+CHUNKS = 8  # torchtune's num_output_chunks (ops.loss.CHUNKS)
+Phase = tuple[HeadRequest, ...]  # a forward's or a backward's requests
+
+
+class _Program:
+    """Requests in order: ``alloc`` returns the allocation's number (-1 for none),
+    ``free`` takes numbers; forward and backward share the numbering."""
+
+    __slots__ = ("count", "ops")
+
+    def __init__(self) -> None:
+        self.ops: list[HeadRequest] = []
+        self.count = 0
+
+    def alloc(self, size: int) -> int:
+        if size <= 0:
+            return -1
+        self.ops.append(("alloc", size))
+        self.count += 1
+        return self.count - 1
+
+    def free(self, *keys: int) -> None:
+        self.ops.extend(("free", k) for k in keys if k >= 0)
+
+    def cut(self) -> Phase:
+        """The requests so far (a phase's), the numbering kept for the next phase."""
+        out, self.ops = tuple(self.ops), []
+        return out
+
+
+def causal_lm_loss(T: int, V: int, e: int, held: int = 0) -> tuple[Phase, Phase]:
+    """transformers' ForCausalLMLoss on the model's logits (transformers 5.24
+    loss/loss_utils.py:51-73, fixed_cross_entropy :34-48): ``logits.float()`` (a copy
+    when e ≠ 4), the labels padded and shifted (``.contiguous()``: T int64),
+    ``cross_entropy`` = log_softmax (fp32, saved) then nll_loss (its scalar
+    total_weight saved); the fp32 copy dies when the loss returns, the 16-bit logits
+    with the model's output (HF Trainer's compute_loss returns the loss alone).
+    ``held``: what the forward holds until it ends (autocast's weight cache, a prefix
+    cache), counted in the logits' moment.
+
+    Backward (torch/csrc/autograd/generated: NllLossBackward0, LogSoftmaxBackward0,
+    ToCopyBackward0): nll_loss_backward's zeros (T·V·4), _log_softmax_backward_data's
+    output (T·V·4), then the two freed with the saved log-softmax and labels; the cast
+    back to the logits' dtype (T·V·e) as the fp32 gradient goes."""
+    p = _Program()
+    cache = p.alloc(held)
+    logits = p.alloc(T * V * e)
+    upcast = p.alloc(T * V * FP32) if e != FP32 else -1
+    labels = p.alloc(T * INDEX_BYTES)
+    log_softmax = p.alloc(T * V * FP32)
+    total_weight = p.alloc(FP32)
+    p.free(upcast, cache, logits)
+    forward = p.cut()
+    nll_grad = p.alloc(T * V * FP32)
+    ls_grad = p.alloc(T * V * FP32)
+    p.free(nll_grad, log_softmax, labels, total_weight)
+    cast_back = p.alloc(T * V * e) if e != FP32 else -1
+    p.free(ls_grad, cast_back)
+    return forward, p.cut()
+
+
+def shifted_loss(
+    T: int, R: int, V: int, e: int, log_softmax_bytes: int, held: int = 0
+) -> tuple[Phase, Phase]:
+    """The model's own loss on a shifted copy (Qwen-1's QWenLMHeadModel.forward,
+    modeling_qwen.py@a6ca629 l.1125-1135): the logits (T·V·e), ``lm_logits[..., :-1,
+    :].contiguous()`` (R·V·e), the shifted labels' copy (R int64), under autocast
+    cross_entropy's fp32 cast of the copy (R·V·4, freed when it returns),
+    log_softmax (R·V·ℓ, saved) and nll_loss; the shifted copy dies when the model's
+    forward returns, the logits with its output.
+
+    Backward: nll_loss_backward's and _log_softmax_backward_data's gradients (R·V·ℓ
+    each), the saved tensors freed; under autocast the cast back (R·V·e); then
+    SliceBackward0's zeros of the whole logits (T·V·e) the shifted gradient is copied
+    into (``slice_backward``).
+
+    The autocast order is the CPU's, where cross_entropy_loss is on autocast's fp32 list
+    (as ops.loss models it). CUDA's fp32 list names nll_loss and not cross_entropy_loss
+    (aten/src/ATen/autocast_mode.cpp, ``KERNEL_CUDA(nll_loss, fp32)``), so on a GPU the
+    log-softmax would stay 16-bit (its explicit dtype) and nll_loss's fp32 cast of it be
+    saved: not modelled yet (calibration/notes/qwen.md M7)."""
+    p = _Program()
+    cache = p.alloc(held)
+    logits = p.alloc(T * V * e)
+    shifted = p.alloc(R * V * e)
+    labels = p.alloc(R * INDEX_BYTES)
+    cast = p.alloc(R * V * FP32) if log_softmax_bytes != e else -1
+    log_softmax = p.alloc(R * V * log_softmax_bytes)
+    total_weight = p.alloc(log_softmax_bytes)
+    p.free(cast, shifted, cache, logits)
+    forward = p.cut()
+    nll_grad = p.alloc(R * V * log_softmax_bytes)
+    ls_grad = p.alloc(R * V * log_softmax_bytes)
+    p.free(nll_grad, log_softmax, labels, total_weight)
+    grad = ls_grad
+    if log_softmax_bytes != e:
+        grad = p.alloc(R * V * e)
+        p.free(ls_grad)
+    zeros = p.alloc(T * V * e)
+    p.free(grad, zeros)
+    return forward, p.cut()
+
+
+def chunked_loss(T: int, V: int, e: int, held: int = 0) -> tuple[Phase, Phase]:
+    """torchtune's CEWithChunkedOutputLoss, eager (torchtune
+    modules/loss/ce_chunked_output_loss.py@1814feb17a90): the model's output is 8
+    chunks of logits (modules/transformer.py ``chunked_output``: the LM head per
+    ``tensor_split`` piece, c = T/8 rows each, all made before the loss), then per
+    chunk ``logits.float()`` (c·V·4, freed when compute_cross_entropy returns), its
+    labels (c int64) and the log-softmax (c·V·4, saved); the recipe deletes the logits
+    before backward (the labels' chunks are made first, a list comprehension before the
+    loop). Chunks are laid out at the timeline's sizes: equal, T·V·4 // 8
+    for each upcast, ceil(T/8)·V·4 for each gradient.
+
+    Backward: autograd runs the ready node created last first (the chunks' losses are
+    summed in order), so the chunks go from the last: nll_loss's and log_softmax's
+    gradients, that chunk's saved tensors freed, the cast back to e (c·V·e) held
+    until every chunk is done (the head's matmul backward of each piece comes after
+    all the loss's nodes; measured on the CPU)."""
+    p = _Program()
+    cache = p.alloc(held)
+    pieces = [p.alloc(_share(T * V * e, i)) for i in range(CHUNKS)]
+    rows = -(-T // CHUNKS)
+    upcast_bytes = T * V * FP32 // CHUNKS if e != FP32 else 0
+    labels = [p.alloc(_share(T * INDEX_BYTES, i)) for i in range(CHUNKS)]
+    saved: list[tuple[int, int]] = []
+    total_weight = -1
+    for i in range(CHUNKS):
+        upcast = p.alloc(upcast_bytes)
+        log_softmax = p.alloc(_share(T * V * FP32, i))
+        if i == 0:  # the saved item's scalar: the first chunk's nll_loss total_weight
+            total_weight = p.alloc(FP32)
+        p.free(upcast)
+        saved.append((labels[i], log_softmax))
+    # the recipe's ``del logits``: a list frees its items from the last (CPython)
+    p.free(*reversed(pieces), cache)
+    forward = p.cut()
+    grads: list[int] = []
+    for chunk_labels, log_softmax in reversed(saved):
+        nll_grad = p.alloc(rows * V * FP32)
+        ls_grad = p.alloc(rows * V * FP32)
+        p.free(nll_grad, log_softmax, chunk_labels)
+        if e != FP32:
+            grads.append(p.alloc(rows * V * e))
+            p.free(ls_grad)
+        else:
+            grads.append(ls_grad)
+    p.free(total_weight, *grads)
+    return forward, p.cut()
+
+
+def _share(total: int, i: int) -> int:
+    """Chunk i's share of ``total`` bytes over the chunks (the last takes the rest)."""
+    part = total // CHUNKS
+    return part if i < CHUNKS - 1 else total - part * (CHUNKS - 1)
+
+
+def peak_of(requests: Phase, sizes: list[int], live: int = 0) -> int:
+    """The most bytes the requests hold at once beyond what was live before them
+    (``sizes``: every allocation's bytes so far, extended here; ``live``: the program's
+    own bytes still held from its earlier phase)."""
+    best = live
+    freed = set()
+    for op, value in requests:
+        if op == "alloc":
+            sizes.append(value)
+            live += value
+            best = max(best, live)
+        elif value not in freed:
+            freed.add(value)
+            live -= sizes[value]
+    return best
+
+
+def head_requests(
+    loss: str,
+    T: int,
+    R: int,
+    V: int,
+    e: int,
+    log_softmax_bytes: int,
+    saved_item: int,
+    logits_forward: int,
+    loss_backward: int,
+    held: int = 0,
+) -> HeadRequests | None:
+    """The head's requests for ``loss`` (run.loss), or None where its order is not
+    derived (the fused, linear-chunked and log-probability-tile losses, whose moments
+    are one buffer or tile at a time; compiled chunks) or where the program does not lay
+    out the timeline's own moments: its forward reaching ``logits_forward`` and the
+    ``saved_item`` it keeps, its backward at most ``loss_backward`` beyond that item,
+    and the item's bytes among what it keeps."""
+    if loss == "standard":
+        forward, backward = causal_lm_loss(T, V, e, held)
+    elif loss == "shifted":
+        forward, backward = shifted_loss(T, R, V, e, log_softmax_bytes, held)
+    elif loss == "chunked":
+        forward, backward = chunked_loss(T, V, e, held)
+    else:
+        return None
+    sizes: list[int] = []
+    forward_peak = peak_of(forward, sizes)
+    kept = sum(sizes) - sum(sizes[k] for op, k in forward if op == "free")
+    backward_peak = peak_of(backward, sizes, kept)
+    if (
+        kept != saved_item
+        or forward_peak != logits_forward + saved_item
+        or backward_peak > loss_backward + saved_item
+    ):
+        return None
+    return HeadRequests(saved_item, forward, backward, logits_forward, loss_backward)

@@ -1,0 +1,212 @@
+"""The LM head's and the loss's requests (ops/loss_requests.py) against PyTorch's own.
+
+The truth: the loss's library code run on the CPU on a tiny head, every op output's
+storage logged as it is allocated and freed (ftmem.measure.tracker.LiveBytesTracker
+with an event log). Compared: the tensors that scale with the vocabulary (at least
+4·V bytes: logits, their copies, log-softmaxes, gradients), sizes and order, the
+forward's and the backward's apart. Smaller ones (labels, scalars, the head input's
+gradient) are below the threshold; ops/loss_requests.py names the few it leaves out.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.loss.loss_utils import ForCausalLMLoss
+
+from ftmem.measure.tracker import LiveBytesTracker
+from ftmem.ops import loss_requests
+
+B, S, H, V = 2, 16, 16, 1000  # S a multiple of 8: torchtune's chunks are equal
+T = B * S
+THRESHOLD = 4 * V
+
+
+def _measure(loss_of, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor):
+    """(forward, backward) events of ``loss_of(hidden, weight, labels)`` and its
+    backward, the storages that existed before left out."""
+    events: list[tuple[str, int]] = []
+    tracker = LiveBytesTracker(events)
+    with tracker:
+        tracker.track(hidden, weight, labels)
+        before = len(events)
+        loss = loss_of(hidden, weight, labels)
+        split = len(events)
+        loss.backward()
+    return events[before:split], events[split:], before
+
+
+def _vocabulary_sized(forward, backward, skip: int = 0):
+    """The events of allocations of at least THRESHOLD bytes, renumbered in order;
+    ``skip``: allocations numbered before these events (the tracked storages)."""
+    number: dict[int, int] = {}
+    count = skip
+    phases = []
+    for events in (forward, backward):
+        out = []
+        for kind, value in events:
+            if kind == "alloc":
+                if value >= THRESHOLD:
+                    number[count] = len(number)
+                    out.append(("alloc", value))
+                count += 1
+            elif kind == "free" and value in number:
+                out.append(("free", number[value]))
+        phases.append(out)
+    return phases
+
+
+def _inputs(dtype: torch.dtype):
+    torch.manual_seed(0)
+    hidden = torch.randn(B, S, H, dtype=dtype, requires_grad=True)  # the final norm's output
+    weight = torch.randn(V, H, dtype=dtype)  # a frozen LM head (LoRA, QLoRA)
+    labels = torch.randint(0, V, (B, S))
+    return hidden, weight, labels
+
+
+def _hf_step(hidden, weight, labels):
+    """LlamaForCausalLM.forward's head and loss_function (transformers 5.24), its output
+    dropped by HF Trainer's compute_loss, which returns the loss alone."""
+
+    def model_forward():
+        logits = F.linear(hidden, weight)
+        return ForCausalLMLoss(logits, labels, V), logits
+
+    loss, _ = model_forward()
+    return loss
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_the_causal_lm_loss_requests_its_tensors_as_transformers_does(dtype):
+    e = torch.finfo(dtype).bits // 8
+    measured = _vocabulary_sized(*_measure(_hf_step, *_inputs(dtype))[:2], skip=3)
+    forward, backward = loss_requests.causal_lm_loss(T, V, e)
+    assert _vocabulary_sized(forward, backward) == measured
+    # the hand derivation, bf16: logits, fp32 copy, fp32 log-softmax; both copies freed;
+    # backward: nll's and log_softmax's fp32 gradients, the cast back to bf16
+    if e == 2:
+        assert measured[0] == [
+            ("alloc", T * V * 2),
+            ("alloc", T * V * 4),
+            ("alloc", T * V * 4),
+            ("free", 1),
+            ("free", 0),
+        ]
+        assert measured[1] == [
+            ("alloc", T * V * 4),
+            ("alloc", T * V * 4),
+            ("free", 3),
+            ("free", 2),
+            ("alloc", T * V * 2),
+            ("free", 4),
+            ("free", 5),
+        ]
+
+
+def _qwen_step(autocast: bool):
+    """Qwen-1's QWenLMHeadModel.forward (modeling_qwen.py@a6ca629 l.1125-1135): the
+    shifted logits' contiguous copy and CrossEntropyLoss, no upcast of its own; under
+    autocast (CPU's policy, bf16) cross_entropy takes an fp32 cast of the copy."""
+
+    def step(hidden, weight, labels):
+        def model_forward():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                lm_logits = F.linear(hidden, weight)
+                shift_logits = lm_logits[..., :-1, :].contiguous()
+                shift_labels = labels[..., 1:].contiguous()
+                loss = torch.nn.CrossEntropyLoss()(shift_logits.view(-1, V), shift_labels.view(-1))
+            return loss, lm_logits
+
+        loss, _ = model_forward()
+        return loss
+
+    return step
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16", "autocast"])
+def test_the_shifted_loss_requests_its_tensors_as_qwen1_does(autocast):
+    measured = _vocabulary_sized(
+        *_measure(_qwen_step(autocast), *_inputs(torch.bfloat16))[:2], skip=3
+    )
+    log_softmax_bytes = 4 if autocast else 2
+    forward, backward = loss_requests.shifted_loss(T, T - B, V, 2, log_softmax_bytes)
+    assert _vocabulary_sized(forward, backward) == measured
+    R = T - B
+    # the hand derivation's last two requests: the slice's zeros of the whole logits,
+    # made after the shifted gradient (R·V in the log-softmax's dtype, then bf16)
+    assert measured[1][-3][1] == T * V * 2
+    assert measured[1][0] == ("alloc", R * V * log_softmax_bytes)
+
+
+def _chunked_cross_entropy(logits, labels):
+    """CEWithChunkedOutputLoss.forward (torchtune
+    modules/loss/ce_chunked_output_loss.py@1814feb17a90), compute_cross_entropy inlined."""
+    labels = [t.reshape(-1) for t in labels.chunk(8, dim=1)]
+    logits = [piece.reshape(-1, V) for piece in logits]
+    total = 0.0
+    for piece, target in zip(logits, labels, strict=True):
+        total += F.cross_entropy(piece.float(), target, ignore_index=-100, reduction="sum")
+    return total / T
+
+
+def _torchtune_step(hidden, weight, labels):
+    """torchtune's recipe: the model's chunked output (modules/transformer.py
+    chunked_output: the head per tensor_split piece), the loss, ``del logits``."""
+    logits = [F.linear(chunk, weight) for chunk in hidden.tensor_split(8, dim=1)]
+    loss = _chunked_cross_entropy(logits, labels)
+    del logits
+    return loss
+
+
+def test_the_chunked_loss_requests_its_tensors_as_torchtune_does():
+    measured = _vocabulary_sized(*_measure(_torchtune_step, *_inputs(torch.bfloat16))[:2], skip=3)
+    forward, backward = loss_requests.chunked_loss(T, V, 2)
+    assert _vocabulary_sized(forward, backward) == measured
+    # backward from the last chunk; every chunk's bf16 gradient held to the end
+    c = T // 8
+    assert measured[1][:6] == [
+        ("alloc", c * V * 4),
+        ("alloc", c * V * 4),
+        ("free", 24),
+        ("free", 23),
+        ("alloc", c * V * 2),
+        ("free", 25),
+    ]
+
+
+LOSSES = [
+    ({"loss": "standard"}, True),
+    ({"loss": "standard", "precision": "fp32"}, True),
+    ({"loss": "shifted"}, True),
+    ({"loss": "shifted", "precision": "bf16", "autocast": True}, True),
+    ({"loss": "chunked"}, True),
+    ({"loss": "chunked", "compile": True, "framework": "torchtune"}, False),  # one kernel
+    ({"loss": "fused"}, False),
+    ({"loss": "linear-chunked"}, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "derived"),
+    LOSSES,
+    ids=lambda s: "-".join(map(str, s.values())) if isinstance(s, dict) else str(s),
+)
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_the_step_replays_the_head_tensor_by_tensor_at_the_timeline_peak(settings, derived, method):
+    """The step's head carries its requests where the loss's order is derived, and the
+    trace with them still reaches the timeline's peak exactly (tests/test_gpu_trace.py's
+    check, over the losses)."""
+    from ftmem.api import run_config
+    from ftmem.estimate import _tensors
+    from ftmem.gpu.trace import step_events
+    from ftmem.phases import find_peak
+    from ftmem.presets import get_model
+    from ftmem.step import step_parts
+    from tests.test_gpu_trace import replay_live
+
+    run = run_config(method=method, seq_len=256, batch_size=2, **settings)
+    parts = step_parts(get_model("qwen2.5-0.5b"), run)
+    assert (parts.sizes.head.requests is not None) == derived
+    best, _ = replay_live(step_events(parts.sizes, _tensors(parts, parts.sizes)))
+    assert best == find_peak(parts.sizes).at_peak.total
