@@ -347,10 +347,10 @@ def check_supported(arch: Architecture, run: RunConfig) -> None:
         )
     if run.vllm == "server":
         return  # generation runs on another machine: nothing on this GPU
-    if run.framework not in ("hf", "axolotl"):
+    if run.framework not in ("hf", "axolotl", "torchtune"):
         raise InvalidInputError(
-            f"--objective grpo follows TRL's GRPOTrainer; --framework {run.framework} "
-            "is not modelled for it"
+            f"--objective grpo follows TRL's GRPOTrainer (--framework hf or axolotl) or "
+            f"torchtune's GRPO recipe; --framework {run.framework} is not modelled for it"
         )
 
 
@@ -367,6 +367,17 @@ def before_moment(
     whole previous generation batch, still buffered (the loop's held bytes and
     ``read_by_loss``)."""
     g = gathered or Gathered()
+    if run.framework == "torchtune":  # torchtune's recipe (ftmem.torchtune_grpo)
+        from ftmem.torchtune_grpo import generation_moment as tt_generation
+        from ftmem.torchtune_grpo import scoring_moment
+
+        # the policy keeps what generation gathered (reshard_after_forward=False); the
+        # reference gathers its own units as it runs
+        generation = tt_generation(arch, run, plan) + g.generation
+        scoring = scoring_moment(arch, run, plan) + g.generation + g.reference
+        if generation >= scoring:
+            return Before(generation - g.generation, g.generation, g.one_by_one)
+        return Before(scoring - g.generation - g.reference, g.generation + g.reference)
     if run.vllm is not None:
         generate, generate_gathers = 0, g.sync
     else:

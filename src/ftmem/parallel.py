@@ -1061,6 +1061,7 @@ def _stage_sizes(
         comm=comm if last else comm.blocks_only(),
         teacher_forward=base.teacher_forward,
         loop_held=base.loop_held if last else 0,
+        empties_cache=base.empties_cache,
     )
     return sizes, micro
 
@@ -1327,6 +1328,11 @@ def _grpo_gathered(
     - with vLLM, the weights' sync (generation/vllm_generation.py sync_weights): under
       ZeRO-3 a peft model is gathered whole to merge its adapters; otherwise one
       parameter at a time (the largest is charged)."""
+    if run.framework == "torchtune":
+        # torchtune's recipe (ftmem.torchtune_grpo): the policy stays gathered from
+        # generation on (reshard_after_forward=False), the reference gathers its own
+        # layers beside it
+        return grpo.Gathered(generation=forward, reference=_reference_gathered(s, arch, run, plan))
     reference = max(_reference_gathered(s, arch, run, plan), forward)
     largest = max((g.nbytes // g.count for g in groups), default=0)
     if s != "zero3":
@@ -1652,6 +1658,12 @@ def parallel_notes(
 
 def _grpo_gathering_note(s: Strategy, run: RunConfig) -> str:
     """What a sharded rank gathers around GRPO's generation (_grpo_gathered)."""
+    if run.framework == "torchtune":  # ftmem.torchtune_grpo
+        return (
+            "GRPO (torchtune's recipe) under FSDP2: the policy's reshard_after_forward=False "
+            "keeps every parameter gathered from generation's first forward until the "
+            "training step's backward; the reference gathers each layer as it runs."
+        )
     if run.vllm is not None:
         sync = (
             "the policy gathered whole to merge its adapters"

@@ -185,6 +185,10 @@ class StepSizes:
     # what the training loop itself holds at every moment (LitGPT: the last forward's
     # fp32 logits, until the next forward returns); counted with the activations
     loop_held: int = 0
+    # torch.cuda.empty_cache() before and after the moment before the forward and after
+    # the logits (torchtune's GRPO recipe, ftmem.torchtune_grpo): the allocator's free
+    # segments returned to the driver there
+    empties_cache: bool = False
     # the last pass's graph, alive through this pass's forward and its loss (LitGPT
     # rebinds ``loss`` after them): what autograd ctx attributes of it keep
     previous_graph: int = 0

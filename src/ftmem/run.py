@@ -116,6 +116,7 @@ GRPO_SETTINGS = (
     "kl_beta",
     "vllm",
     "vllm_memory_share",
+    "generation_prompts",
 )
 DEFAULT_COMPLETION_LEN = 512  # TRL GRPOConfig max_completion_length
 DEFAULT_NUM_GENERATIONS = 8  # TRL GRPOConfig num_generations
@@ -326,6 +327,13 @@ class RunConfig(limits.BoundedSettings):
         "num_iterations, 1): generate() runs every steps-per-generation x num-iterations "
         "micro-batches; unless grad-accum is a multiple of that, the policy's 'old' "
         "log-probabilities are computed after generation and buffered.",
+    )
+    generation_prompts: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="grpo under torchtune's recipe: prompts per generate() call "
+        "(forward_batch_size, 1), each with its num-generations completions "
+        "(ftmem.torchtune_grpo).",
     )
     ds3_gather_for_generation: bool | None = Field(
         None,
@@ -541,6 +549,15 @@ class RunConfig(limits.BoundedSettings):
         # whole groups over the data-parallel ranks: grpo.check_groups, where they are known
         if self.vllm_memory_share is not None and self.vllm != "colocate":
             raise ValueError("--vllm-memory-share applies to --vllm colocate only")
+        if self.framework == "torchtune":
+            from ftmem.torchtune_grpo import check_recipe_settings
+
+            check_recipe_settings(self)
+        elif self.generation_prompts is not None:
+            raise ValueError(
+                "generation_prompts (forward_batch_size) is torchtune's GRPO recipe's; "
+                "TRL's generation batch is --steps-per-generation"
+            )
         return self
 
     def _allocator_settings_fit(self) -> None:
@@ -692,6 +709,10 @@ class RunConfig(limits.BoundedSettings):
     def needs_reference(self) -> bool:
         """dpo, ipo, kto and apo-zero-unpaired compare with a reference's
         log-probabilities at train time."""
+        if self.objective == "grpo" and self.framework == "torchtune":
+            # the recipe loads and runs its reference whatever the loss's kl_coeff
+            # (recipes/dev/grpo_full_finetune_distributed.py@bd2a0fc7c314 l. 146-157, 627)
+            return True
         if self.objective == "grpo":  # GRPOTrainer loads a reference only when beta != 0
             return bool(self.kl_beta)
         return self.objective in REFERENCE_OBJECTIVES and not self.precompute_ref
@@ -729,7 +750,11 @@ class RunConfig(limits.BoundedSettings):
 
     @property
     def generation_rows(self) -> int:
-        """grpo: sequences one generate() call runs on one GPU."""
+        """grpo: sequences one generate() call runs on one GPU (torchtune's recipe:
+        forward_batch_size prompts' completions, at most the step's)."""
+        if self.framework == "torchtune":
+            prompts = self.batch_size // self.generations
+            return min(self.generation_prompts or 1, prompts) * self.generations
         return self.batch_size * self.generation_steps
 
     @property

@@ -253,6 +253,10 @@ def step_parts(
 
         grpo.check_supported(arch, run)
         sft = run.model_copy(update={"objective": "sft"})
+        if run.framework == "torchtune":  # torchtune's own recipe (ftmem.torchtune_grpo)
+            from ftmem.torchtune_grpo import with_recipe
+
+            return with_recipe(_decoder_parts(arch, sft, split), arch, run)
         return grpo.with_grpo(_decoder_parts(arch, sft, split), arch, run)
     if run.objective != "sft":
         if teacher is not None:
@@ -623,6 +627,10 @@ def reference_weights(plan: MethodPlan, run: RunConfig) -> int:
 
 def objective_note(plan: MethodPlan, run: RunConfig) -> str:
     """What a preference objective's estimate models, in one note."""
+    if run.objective == "grpo" and run.framework == "torchtune":  # (ftmem.torchtune_grpo)
+        from ftmem.torchtune_grpo import recipe_note
+
+        return recipe_note(plan, run)
     if run.objective == "grpo":  # (ftmem.grpo)
         from ftmem.grpo import grpo_note
 

@@ -75,10 +75,11 @@ DISTRIBUTED_KEYS = (
 NOT_SFT = {
     "dpo": "DPO with a loss other than DPOLoss or RSOLoss",
     "ppo": "PPO (reference, reward and value models, and generation)",
-    # recipes/dev/grpo_full_finetune_distributed.py: its own generate() and KV cache,
-    # several GPUs; ftmem's --objective grpo follows TRL's GRPOTrainer (docs/grpo.md)
-    "grpo": "GRPO (a reference model and generation of several completions; --objective "
-    "grpo models TRL's trainer, not this recipe)",
+    # recipes/dev/async_grpo_full_finetune_distributed.py: vLLM inference workers, Ray
+    # actors; the synchronous recipe is --objective grpo (ftmem.torchtune_grpo)
+    "grpo": "GRPO (the asynchronous recipe, dev/async_grpo_full_finetune_distributed: vLLM "
+    "inference workers and training workers as Ray actors on separate GPUs; only the synchronous "
+    "recipe, dev/grpo_full_finetune_distributed, is modelled as --objective grpo)",
     "knowledge_distillation": "knowledge distillation (the teacher model and its logits)",
 }
 
@@ -97,6 +98,15 @@ NO_MEMORY_EFFECT: frozenset[str] = frozenset(
         "collate_fn",
         "save_every_n_epochs",
         "name",  # a run name other keys interpolate (dev/3B_sft_for_grpo.yaml)
+        # the GRPO recipe's (recipes/dev/grpo_full_finetune_distributed.py@bd2a0fc7c314):
+        # a path other keys interpolate, sampling settings (top_k's top-k values are
+        # R x k), the step count, the rewards computed on the CPU from decoded text
+        "base_model_path",
+        "temperature",
+        "top_k",
+        "num_steps",
+        "reward_functions",
+        "stop_token_ids",
         "fsdp",  # an older spelling no recipe reads any more (recipes/*.py at bd2a0fc)
     }
 )
@@ -125,6 +135,12 @@ TORCHTUNE_KEYS = frozenset(
         *DISTRIBUTED_KEYS,
     }
 )
+# the synchronous GRPO recipe's keys (recipes/dev/grpo_full_finetune_distributed.py
+# setup, l. 146-157 and 216-225)
+GRPO_RECIPE = "dev/grpo_full_finetune_distributed"
+GRPO_KEYS = frozenset(
+    {"grpo_samples", "forward_batch_size", "max_generated_tokens", "ppo_epochs", "ref_checkpointer"}
+)
 
 
 def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
@@ -150,7 +166,9 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     _precision(k, cfg)
     if s.get("method") in ("lora", "dora", "qlora") and s["precision"] != "fp32":
         s["adapter_dtype"] = s["precision"]
-    _sequence_length(k, cfg)
+    grpo = recipe == GRPO_RECIPE
+    if not grpo:
+        _sequence_length(k, cfg)
     settings_from(
         k, cfg, (("batch_size", "batch_size"), ("gradient_accumulation_steps", "grad_accum"))
     )
@@ -180,6 +198,9 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
         )
     if (recipe or "").endswith("_distributed") or any(key in k for key in DISTRIBUTED_KEYS):
         _fsdp2(k, cfg)
+    if grpo:
+        _grpo(k, cfg)
+        return TORCHTUNE_KEYS | GRPO_KEYS
     return TORCHTUNE_KEYS
 
 
@@ -248,6 +269,7 @@ READ_VALUES = (
     "optimizer.fused",
     "optimizer.momentum",
     "loss._component_",
+    *sorted(GRPO_KEYS - {"ref_checkpointer"}),
 )
 
 
@@ -444,6 +466,8 @@ def _not_sft(k: Keys, cfg: FrameworkConfig, recipe: str | None) -> None:
     if loss.rsplit(".", 1)[-1] in PREFERENCE_LOSSES:
         cfg.settings["objective"] = "dpo"
         return
+    if recipe == GRPO_RECIPE:
+        return  # --objective grpo (_grpo)
     words = f"{recipe or ''} {loss.lower()}"
     if k.raw("teacher_model") is not None or k.raw("kd_loss") is not None:
         words += " knowledge_distillation"
@@ -490,3 +514,65 @@ def _fsdp2(k: Keys, cfg: FrameworkConfig) -> None:
             "custom_sharded_layers (FSDP units of their own, resharded after forward "
             "rather than kept gathered with the root) is not modelled."
         )
+
+
+# the prompt length ftmem assumes where tokenizer.max_seq_len is null (ftmem's default
+# --seq-len); the GRPO recipe's prompts are the dataset's questions, truncated at
+# max_seq_len when it is set
+ASSUMED_PROMPT = 512
+
+
+def _grpo(k: Keys, cfg: FrameworkConfig) -> None:
+    """The synchronous GRPO recipe (ftmem.torchtune_grpo): batch_size prompts, each with
+    grpo_samples completions of up to max_generated_tokens, all trained at once
+    (grpo_step); generation forward_batch_size prompts at a time; the policy under FSDP2
+    with reshard_after_forward=False whatever fsdp_reshard_after_forward says (l. 143);
+    the reference from ref_checkpointer, always loaded and run (l. 146-157, 627)."""
+    s = cfg.settings
+    s["objective"] = "grpo"
+    samples = _required(k, cfg, "grpo_samples", 16)
+    generated = _required(k, cfg, "max_generated_tokens", 512)
+    prompts = k.integer("batch_size") or 1
+    s["num_generations"] = samples
+    s["completion_len"] = generated
+    s["batch_size"] = prompts * samples
+    s["generation_prompts"] = k.integer("forward_batch_size") or 1
+    s["strategy"] = "fsdp-grad-op"
+    prompt = k.section("tokenizer").integer("max_seq_len")
+    if prompt is None:
+        prompt = ASSUMED_PROMPT
+        cfg.notes.append(
+            f"tokenizer.max_seq_len is null: the prompts are not truncated, so the longest "
+            f"question sets their length; the estimate assumes {ASSUMED_PROMPT} prompt tokens "
+            f"+ {generated} generated: give --seq-len (prompt + max_generated_tokens)."
+        )
+    else:
+        cfg.notes.append(
+            f"GRPO: prompts of up to tokenizer.max_seq_len {prompt} tokens (the longest "
+            f"batch is estimated) + max_generated_tokens {generated}, every completion "
+            "assumed to run to the end; give --seq-len (prompt + completion) for shorter data."
+        )
+    s["seq_len"] = prompt + generated
+    epochs = k.integer("ppo_epochs") or 1
+    if epochs > 1:
+        cfg.notes.append(
+            f"ppo_epochs {epochs}: each epoch repeats the training step and the optimizer "
+            "step on the same trajectories (the same moments)."
+        )
+    if k.flag("fsdp_reshard_after_forward"):
+        cfg.notes.append(
+            "fsdp_reshard_after_forward is not read by the GRPO recipe: its policy keeps "
+            "its weights gathered after forward (reshard_after_forward=False)."
+        )
+
+
+def _required(k: Keys, cfg: FrameworkConfig, key: str, default: int) -> int:
+    """A key the recipe reads as ``cfg.<key>`` (absent: the recipe stops)."""
+    value = k.integer(key)
+    if value is None:
+        cfg.notes.append(
+            f"{key} is absent: the GRPO recipe stops without it (cfg.{key}); estimated with "
+            f"{default}, the shipped configs' value."
+        )
+        return default
+    return value

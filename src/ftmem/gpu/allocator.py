@@ -648,6 +648,12 @@ class TwoStreams:
     def moment(self, size: int) -> None:
         self.free(self.malloc(size))
 
+    def empty_cache(self) -> None:
+        """torch.cuda.empty_cache(): every stream's free segments released (SOURCE,
+        release_cached_blocks walks the whole pool)."""
+        for pool in self.pools:
+            pool.empty_cache()
+
     def reset_peaks(self) -> None:
         """torch.cuda.reset_peak_memory_stats: from now on."""
         one, two = self.pools
@@ -674,12 +680,13 @@ class TwoStreams:
 def replay_streams(events: Iterable[tuple[str, int]], **options: Any) -> AllocatorStats:
     """Replay requests made on two streams (:class:`TwoStreams`): ``("alloc", n)`` on
     the default one, ``("alloc@side", n)`` on a side stream, ``("free", k)`` either,
-    ``("reset_peaks", 0)``. ``options``: :class:`CachingAllocator`'s, for both."""
+    ``("empty_cache", 0)``, ``("reset_peaks", 0)``. ``options``: :class:`CachingAllocator`'s,
+    for both."""
     events = list(events)
     if all(kind != SIDE_STREAM_ALLOC for kind, _ in events):
         return replay(events, **options)  # one stream: one allocator keeps its own peaks
     streams = TwoStreams(**options)
-    _feed(events, streams, ("alloc", SIDE_STREAM_ALLOC, "free", "reset_peaks"))
+    _feed(events, streams, ("alloc", SIDE_STREAM_ALLOC, "free", "empty_cache", "reset_peaks"))
     return streams.stats()
 
 

@@ -190,6 +190,9 @@ class _EventLog:
     def reset_peaks(self) -> None:
         self.events.append(("reset_peaks", 0))
 
+    def empty_cache(self) -> None:
+        self.events.append(("empty_cache", 0))
+
 
 class _Recorder:
     """Hands the run's requests, in order, to an allocator (gpu.allocator's
@@ -217,6 +220,13 @@ class _Recorder:
         free = self._free
         for key in keys:
             free(key)
+
+    def empty_cache(self) -> None:
+        """torch.cuda.empty_cache(): the target's free segments released (a target that
+        keeps no cache has nothing to release)."""
+        release = getattr(self.target, "empty_cache", None)
+        if release is not None:
+            release()
 
     def moment(self, size: int) -> None:
         """A transient: allocated, then freed before anything else is requested."""
@@ -414,10 +424,14 @@ def _pass(
     last_graph = rec.alloc(previous)
     c = s.comm
     if s.teacher_forward or c.before:  # the moment before the forward, with its gathering
+        if s.empties_cache:
+            rec.empty_cache()
         known = s.before_requests
         gathered = rec.alloc(known) + rec.comm(_or(c.before, c.forward) - sum(known))
         rec.moment(s.teacher_forward)
         rec.free(gathered)
+        if s.empties_cache:
+            rec.empty_cache()
     # a pipeline stage: the other micro-batches' activations it holds meanwhile
     others = rec.alloc((s.activations.held,))
     below = rec.alloc(t.below)
@@ -438,6 +452,8 @@ def _pass(
     else:  # the logits, their copies and the loss's saved tensors one by one
         head = _run_requests(rec, requests.forward, [])
     rec.free(gathered)
+    if s.empties_cache:
+        rec.empty_cache()
     rec.free(last_graph)  # the loop's loss now names this pass's graph
     gathered = rec.comm(_or(c.loss_backward, c.backward))
     if requests is None:
