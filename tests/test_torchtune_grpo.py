@@ -256,3 +256,20 @@ def test_generation_and_scoring_with_shared_key_value_heads():
     for moment in ("generation", "scoring"):
         got = measured[moment]
         assert abs(est[moment] - got) / got <= TOLERANCE, (moment, est[moment], got)
+
+
+def test_the_recipes_empty_cache_calls_return_the_cache_to_the_driver():
+    """The same requests replayed with and without the recipe's empty_cache() events:
+    the same bytes allocated, no more reserved with them (here, less: the generation's
+    and the logits' segments are released before the next part asks for its own)."""
+    from ftmem.estimate import _tensors
+    from ftmem.gpu.trace import replay_run
+
+    arch = model_presets()["qwen2.5-3b"]
+    parts = step_parts(arch, RunConfig(**QWEN))
+    t = _tensors(parts, parts.sizes)
+    kept = dataclasses.replace(parts.sizes, empties_cache=False)
+    released = replay_run([(parts.sizes, t), (parts.sizes, t)])
+    cached = replay_run([(kept, t), (kept, t)])
+    assert released.peak_allocated == cached.peak_allocated
+    assert released.peak_reserved < cached.peak_reserved
