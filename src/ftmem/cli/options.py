@@ -218,6 +218,13 @@ RUN = [
         "grpo: micro-batches one generation batch feeds (default --grad-accum).",
     ),
     _opt(
+        "generation_prompts",
+        OptInt,
+        None,
+        "grpo --framework torchtune: prompts per generate() call (the recipe's "
+        "forward_batch_size, default 1).",
+    ),
+    _opt(
         "num_iterations",
         OptInt,
         None,
