@@ -100,9 +100,32 @@ EXPECTED = {
              grad_accum=1, grad_ckpt=True, optimizer="adamw", optimizer_impl="fused",
              precision="fp16", eval_batch_size=1),
     ),
+    # QLoRA (load_in_4bit) r 32 on every linear, adamw_bnb_8bit, flash_attention_2;
+    # deepspeed_configs/zero2.json names no reduce_bucket_size: DeepSpeed's default 5e8
+    # elements (deepspeed/runtime/zero/config.py DeepSpeedZeroConfig), not transformers'
+    # hidden² (filled only where the JSON says "auto")
+    "mistral-mixtral-mixtral.yml": (
+        "mistralai/Mixtral-8x7B-v0.1",
+        dict(method="qlora", **LLAMA3_LORA, seq_len=4096, batch_size=1, grad_accum=2,
+             grad_ckpt=True, optimizer="adamw-8bit", attn="flash",
+             bucket_elements=500_000_000, **BF16),
+    ),
+    # use_ray, ray_num_workers 4 (resources_per_worker's default: one GPU each): 4 GPUs,
+    # which the ZeRO-3 of deepspeed_configs/zero3.json shards over; LoRA r 16 on the
+    # seven projections as listed; adamw_8bit; val_set_size 0.1 with 4 evaluations
+    "llama-3-lora-1b-ray.yml": (
+        "NousResearch/Llama-3.2-1B",
+        dict(method="lora", lora_r=16, lora_alpha=32, lora_dropout=0.05,
+             lora_targets="gate_proj,down_proj,up_proj,q_proj,v_proj,k_proj,o_proj",
+             seq_len=2048, batch_size=2, grad_accum=2, grad_ckpt=True, optimizer="adamw-8bit",
+             attn="flash", gpus=4, eval_batch_size=2, **BF16),
+    ),
 }  # fmt: skip
 # the multi-GPU settings (frameworks.distributed's, tested there): what each file says
 DISTRIBUTED = {
+    "llama-3-lora-1b-ray.yml": dict(strategy="zero3"),
+    # zero2.json: stage 2, offload_optimizer cpu
+    "mistral-mixtral-mixtral.yml": dict(strategy="zero2", offload_optimizer="cpu"),
     "alst-llama3-8b-deepspeed-alst.yaml": dict(
         strategy="zero3", offload_optimizer="cpu", offload_params="cpu"
     ),
@@ -159,10 +182,25 @@ def test_shipped_config_estimates_or_names_the_model_it_lacks(name):
         ("gemma3-gemma-3-1b-qlora.yml", "unfrozen_parameters with an adapter"),
         ("gpt-oss-gpt-oss-20b-sft-lora-singlegpu.yaml", "use_kernels"),
         ("llama-2-gptq-lora.yml", "eval_batch_size 1 (micro_batch_size;"),
+        ("mistral-mixtral-mixtral.yml", "reduce_bucket_size is absent"),
+        ("llama-3-lora-1b-ray.yml", "use_ray with ray_num_workers 4"),
+        ("mistral-mixtral-mixtral.yml", "output_router_logits"),
     ],
 )
 def test_what_is_not_modelled_or_assumed_is_said(name, note):
     assert any(note in n for n in read_framework_config(str(FIXTURES / name)).notes)
+
+
+def test_zero2_reduce_buffers_are_deepspeeds_default_bucket():
+    """ZeRO-2 with contiguous_gradients allocates torch.empty(reduce_bucket_size) of the
+    model's 16-bit dtype per buffer, a second one with overlap_comm (DeepSpeed
+    stage_1_and_2.py setup_buckets @edaa7221): zero2.json's overlap_comm true and the
+    default 5e8 elements make 2 x 5e8 x 2 bytes, where hidden² (4096² for Mixtral) made
+    2 x 16.8M x 2."""
+    cfg = read_framework_config(str(FIXTURES / "mistral-mixtral-mixtral.yml"))
+    est = estimate(cfg.model, **cfg.settings, gpus=8)
+    assert est.parallel.reduce_bucket_elements == 500_000_000
+    assert est.memory.communication_bytes == 2 * 500_000_000 * 2
 
 
 def test_method_full_over_a_lora_config_drops_the_adapter_settings():

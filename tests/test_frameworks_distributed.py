@@ -35,8 +35,11 @@ runner = CliRunner()
 
 BF16 = dict(precision="bf16", autocast=True)  # mixed_precision: bf16
 EXPECTED = {
-    # DEEPSPEED, zero_stage 2, offload none, 8 processes on 1 machine
-    "trl_deepspeed_zero2.yaml": dict(gpus=8, nodes=1, strategy="zero2", **BF16),
+    # DEEPSPEED, zero_stage 2, offload none, 8 processes on 1 machine; the DeepSpeed config
+    # Accelerate builds has no reduce_bucket_size (accelerate 1.16 DeepSpeedPlugin
+    # __post_init__), so DeepSpeed's default bucket, 5e8 elements, is allocated
+    "trl_deepspeed_zero2.yaml": dict(gpus=8, nodes=1, strategy="zero2",
+                                     bucket_elements=500_000_000, **BF16),
     "trl_deepspeed_zero3.yaml": dict(gpus=8, nodes=1, strategy="zero3", **BF16),
     # FSDP, fsdp_version 2, reshard_after_forward true, no offload, no checkpointing
     "trl_fsdp2.yaml": dict(gpus=8, nodes=1, strategy="fsdp", **BF16),
@@ -242,3 +245,30 @@ def test_the_page_names_the_launcher_keys():
     text = PAGE.read_text().split("## Launcher configs")[1]
     for key in ACCELERATE_KEYS - {"fsdp_config", "deepspeed_config"}:
         assert f"`{key}`" in text, key
+
+
+LF_DEEPSPEED = (
+    ROOT / "tests" / "fixtures" / "frameworks" / "llama-factory" / "examples" / "deepspeed"
+)
+
+
+def test_deepspeed_json_reduce_bucket_size_is_applied():
+    """LLaMA-Factory's ds_z2_config.json: stage 2, "reduce_bucket_size": 5e8 (JSON reads
+    it as 500000000.0), "overlap_comm": false: the bucket is the file's, and the single
+    buffer DeepSpeed then keeps (stage_1_and_2.py setup_buckets) is named beside ftmem's
+    two."""
+    cfg = read_launcher_config(str(LF_DEEPSPEED / "ds_z2_config.json"))
+    assert cfg.settings == dict(strategy="zero2", bucket_elements=500_000_000)
+    assert any("overlap_comm is not true" in n for n in cfg.notes)
+
+
+def test_deepspeed_zero3_sizes_other_than_auto_are_named():
+    """ZeRO-3 through Accelerate's own DeepSpeed config (no JSON): reduce_bucket_size,
+    stage3_prefetch_bucket_size and stage3_param_persistence_threshold are absent, so
+    DeepSpeed's defaults hold (5e8, 5e7, 1e5), not transformers' hidden-based "auto"
+    values ftmem estimates with: a note says so. The JSON fixture spells all three
+    "auto": no note."""
+    cfg = read_launcher_config(str(FIXTURES / "trl_deepspeed_zero3.yaml"))
+    assert any("stage3_prefetch_bucket_size" in n and "not 'auto'" in n for n in cfg.notes)
+    cfg = read_launcher_config(str(FIXTURES / "llama_factory_ds_z3_offload_config.json"))
+    assert not any("not 'auto'" in n for n in cfg.notes)

@@ -68,6 +68,46 @@ EXPECTED = {
         "Qwen/Qwen3-0.6B",
         dict(strategy="fsdp", precision="bf16-mixed", batch_size=1, seq_len=2048, grad_ckpt=True),
     ),
+    # full + HF TrainingArguments' fsdp [full_shard, auto_wrap] (LLaMA-Factory's
+    # TrainingArguments extend them): FSDP; no ZeRO-3, so init_adapter's fp32 upcast,
+    # bf16 as autocast over it; fp8 (Accelerate's FP8) noted, estimated in bf16
+    "llama3_fp8_fsdp_sft.yaml": (
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        dict(method="full", strategy="fsdp", seq_len=1024, batch_size=1, grad_accum=8,
+             grad_ckpt=True, precision="bf16-mixed"),
+    ),
+    # LoRA as qwen3_lora_sft.yaml, with ray_num_workers 4 ("Number of GPUs to use")
+    "qwen3_lora_sft_ray.yaml": (QWEN3_4B_2507, {**V0_LORA, "gpus": 4}),
+    # full, DeepSpeed stage 0 (noted: no ZeRO strategy), so the fp32 upcast with bf16
+    # autocast; use_asft_loss's reference model noted; a local model folder
+    "qwen2_full_asft.yaml": (
+        "models/Qwen2.5-7B",
+        dict(method="full", seq_len=2048, batch_size=4, grad_accum=8, grad_ckpt=True,
+             precision="bf16-mixed"),
+    ),
+    # full with bf16: the upcast; Adam-mini / Muon noted (estimated with AdamW)
+    "adam_mini_qwen2_full_sft.yaml": (
+        "Qwen/Qwen2-1.5B-Instruct",
+        dict(method="full", seq_len=2048, batch_size=1, grad_accum=8, grad_ckpt=True,
+             precision="bf16-mixed"),
+    ),
+    "muon_qwen2_full_sft.yaml": (
+        "Qwen/Qwen2-1.5B-Instruct",
+        dict(method="full", seq_len=2048, batch_size=1, grad_accum=8, grad_ckpt=True,
+             precision="bf16-mixed"),
+    ),
+    # mixture_of_depths: convert (noted); optim paged_adamw_8bit; pure_bf16: no upcast
+    "mod_llama3_full_sft.yaml": (
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        dict(method="full", seq_len=2048, batch_size=1, grad_accum=8, grad_ckpt=True,
+             optimizer="paged-adamw-8bit", precision="bf16"),
+    ),
+    # use_badam (noted): no fp32 upcast; neither bf16 nor fp16: the checkpoint's 16 bits
+    "badam_llama3_full_sft.yaml": (
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        dict(method="full", seq_len=2048, batch_size=1, grad_accum=8, grad_ckpt=True,
+             precision="bf16"),
+    ),
 }  # fmt: skip
 # models that are not presets: the estimate says so in one sentence
 UNRESOLVED = {"llama3_freeze_sft.yaml"}
@@ -113,6 +153,16 @@ def test_v1_format_is_detected_as_llama_factory():
         ("llama3_freeze_sft.yaml", "use_llama_pro"),
         ("v1_train_lora_sft.yaml", "--gpus"),
         ("v1_train_lora_sft.yaml", "the stage is the command"),
+        ("llama3_fp8_fsdp_sft.yaml", "fp8: FP8 training"),
+        ("qwen3_lora_sft_ray.yaml", "ray_num_workers 4"),
+        ("qwen2_full_asft.yaml", "ASFT's reference model"),
+        ("qwen2_full_asft.yaml", "stage 0: DeepSpeed's engine without ZeRO"),
+        ("adam_mini_qwen2_full_sft.yaml", "use_adam_mini: Adam-mini"),
+        ("muon_qwen2_full_sft.yaml", "use_muon: Muon"),
+        ("mod_llama3_full_sft.yaml", "mixture_of_depths"),
+        ("badam_llama3_full_sft.yaml", "use_badam"),
+        # checkpointing is on by default, reentrant by default (use_reentrant_gc true)
+        ("qwen3_lora_sft.yaml", "use_reentrant_gc true"),
     ],
 )
 def test_what_is_not_modelled_is_said(name, note):
@@ -221,3 +271,22 @@ def test_use_unsloth_follows_unsloths_path(tmp_path, text, unsloth):
     else:
         assert cfg.settings["framework"] == "llama-factory"
         assert any("not modelled" in n for n in cfg.notes)
+
+
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [
+        # examples/inference: `llamafactory-cli chat` (infer_backend)
+        ("inference_qwen3_lora_sft.yaml", "an inference config"),
+        # examples/merge_lora: `llamafactory-cli export` (export_dir)
+        ("merge_lora_qwen3_lora_sft.yaml", "an export config"),
+        # examples/extras/nlg_eval: do_predict, no do_train (run_sft trains only with it)
+        ("llama3_lora_predict.yaml", "a prediction config"),
+    ],
+)
+def test_configs_that_train_nothing_are_refused(name, what):
+    """Read as TRL / a LoRA SFT run before (batch 8, 1,024 tokens of training for a chat
+    config): each is one sentence that says what it is."""
+    with pytest.raises(ConfigError, match=what):
+        read_framework_config(str(FIXTURES / name))
+    assert detect(read_mapping(FIXTURES / name)) == "llama-factory"

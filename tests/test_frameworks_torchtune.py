@@ -149,6 +149,33 @@ def test_packing_without_a_length_is_refused(tmp_path):
         read_framework_config(_write(tmp_path, "dataset:\n  packed: True\n"))
 
 
+# the list of datasets of torchtune's ConcatDataset docstring (torchtune/datasets/_concat.py
+# @bd2a0fc7c314, "passing in a list of datasets to the YAML config"), which the recipes
+# instantiate as one ConcatDataset (recipes/lora_finetune_single_device.py _setup_data)
+CONCAT = """dataset:
+  - _component_: torchtune.datasets.instruct_dataset
+    source: vicgalle/alpaca-gpt4
+    split: train
+    train_on_input: True
+    packed: {first}
+  - _component_: torchtune.datasets.grammar_dataset
+    split: train[:1%]
+    train_on_input: False
+    packed: True
+"""
+
+
+def test_a_list_of_datasets_is_one_concat_dataset(tmp_path):
+    """Refused as "dataset must be a mapping" before: every one packed packs to
+    max_seq_len, as one packed dataset does; a mix is what ConcatDataset refuses."""
+    text = CONCAT.format(first="True") + "tokenizer:\n  max_seq_len: 2048\n"
+    cfg = read_framework_config(_write(tmp_path, text))
+    assert cfg.settings["seq_len"] == 2048
+    assert not any("an upper bound" in n for n in cfg.notes)  # packed: exactly that length
+    with pytest.raises(ConfigError, match="mixes packed and unpacked"):
+        read_framework_config(_write(tmp_path, CONCAT.format(first="False")))
+
+
 def test_a_builder_without_a_preset_names_itself(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(

@@ -51,6 +51,20 @@ EXPECTED = {
         "Qwen/Qwen2.5-0.5B",
         {**TRL_SFT_DEFAULTS, "strategy": "zero2", "gpus": 8, "nodes": 1},
     ),
+    # "# dpo_config.yaml", the file `trl dpo --config` takes (clis.md): DPOConfig's
+    # defaults (DPO's loss_type sigmoid: --objective dpo; disable_dropout true), read
+    # as SFT before
+    "clis_dpo_block.yaml": (
+        "Qwen/Qwen2.5-0.5B",
+        {**TRL_SFT_DEFAULTS, "objective": "dpo", "model_dropout": False},
+    ),
+    # "# kto_config.yaml": KTOConfig's defaults (loss_type kto: --objective kto)
+    "clis_kto_block.yaml": (
+        "Qwen/Qwen2.5-0.5B",
+        {**TRL_SFT_DEFAULTS, "objective": "kto", "model_dropout": False},
+    ),
+    # "# reward_config.yaml": RewardTrainer is not modelled: SFT's defaults, with a note
+    "clis_reward_block.yaml": ("Qwen/Qwen2.5-0.5B", TRL_SFT_DEFAULTS),
     # reward_funcs: `trl grpo`, on num_processes 4 of one machine; GRPOConfig's defaults:
     # num_generations 8, max_completion_length 512, no max_length (512-token prompts
     # assumed, said), TRL >= 1.16's fused LM head; the model's dropout kept
@@ -78,6 +92,9 @@ MEMORY_KEYS = {
     "example_config.yaml": {"model_name_or_path"},
     "clis_sft_accelerate_zero2.yaml": {"model_name_or_path", "accelerate_config"},
     "clis_grpo_num_processes.yaml": {"model_name_or_path", "num_processes"},
+    "clis_dpo_block.yaml": {"model_name_or_path"},
+    "clis_kto_block.yaml": {"model_name_or_path"},
+    "clis_reward_block.yaml": {"model_name_or_path"},
     "sft_qlora_handwritten.yaml": {
         "model_name_or_path", "use_peft", "load_in_4bit", "lora_r", "lora_alpha",
         "lora_target_modules", "dtype", "attn_implementation", "max_length",
@@ -189,6 +206,37 @@ def test_preference_trainers_are_told_apart(tmp_path):
                                                  "desirable_weight": 1.0}))  # fmt: skip
     assert any("TRL KTO" in n for n in kto.notes)
     assert kto.settings["objective"] == "kto"  # KTOConfig.loss_type "kto"
+
+
+@pytest.mark.parametrize(
+    ("name", "trainer"),
+    [("clis_dpo_block.yaml", "DPO"), ("clis_kto_block.yaml", "KTO"),
+     ("clis_reward_block.yaml", "SFT")],
+)  # fmt: skip
+def test_the_trainer_the_file_is_named_for(name, trainer, tmp_path):
+    """TRL's CLI docs name each file by its command (its first line, `# dpo_config.yaml`);
+    the same keys under a file named so say the same, and keys only one trainer takes
+    still win over the name."""
+    cfg = read_framework_config(str(FIXTURES / name))
+    note = next(n for n in cfg.notes if n.startswith("Read as a TRL"))
+    assert f"TRL {trainer}Config" in note and "_config.yaml" in note
+    if name == "clis_reward_block.yaml":
+        assert "RewardTrainer's classification head" in note
+    named = tmp_path / "dpo_config.yaml"
+    named.write_text("model_name_or_path: gpt2\n")
+    assert read_framework_config(str(named)).settings["objective"] == "dpo"
+    named.write_text("model_name_or_path: gpt2\ndesirable_weight: 1.0\n")
+    assert read_framework_config(str(named)).settings["objective"] == "kto"
+
+
+def test_grpo_reward_model_is_noted_reward_functions_are_not(tmp_path):
+    """`trl grpo`: reward_funcs are Python functions (trl/scripts/grpo.py's registry or an
+    import path); reward_model_name_or_path loads a model beside the policy."""
+    funcs = {"model_name_or_path": "gpt2", "reward_funcs": ["accuracy_reward"]}
+    cfg = read_framework_config(write(tmp_path, funcs))
+    assert not any("reward" in n and "not read" in n for n in cfg.notes)
+    cfg = read_framework_config(write(tmp_path, {**funcs, "reward_model_name_or_path": "rm"}))
+    assert any("the reward model rm" in n for n in cfg.notes)
 
 
 def test_evaluation_inside_the_run(tmp_path):

@@ -92,6 +92,8 @@ def detect(data: dict[str, Any]) -> str | None:
         return "axolotl"
     if "finetuning_type" in data or ("stage" in data and "model_name_or_path" in data):
         return "llama-factory"
+    if any(key in data for key in llama_factory.NOT_TRAINING_KEYS):  # chat / export configs
+        return "llama-factory"
     if llama_factory.is_v1(data):  # model: <name> with model_class, dist_config, peft_config...
         return "llama-factory"
     if "checkpoint_dir" in data or isinstance(data.get("train"), dict):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
-from ftmem.frameworks.distributed import distributed_settings
+from ftmem.frameworks.distributed import LAUNCHER_NOTE, distributed_settings
 from ftmem.frameworks.shared import (
     ATTENTION,
     FrameworkConfig,
@@ -117,8 +117,6 @@ NO_MEMORY_EFFECT: frozenset[str] = frozenset(
         "local_rank",
         "ddp",
         "ddp_find_unused_parameters",
-        "use_ray",
-        "ray_num_workers",
         "torchdistx_path",
         "low_cpu_mem_usage",
         "experimental_skip_move_to_device",
@@ -236,6 +234,7 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     # (axolotl-ai-cloud/axolotl src/axolotl/utils/schemas/validation.py
     # @067b021c8b87a9e5e380b9173c704cf7340e30f5 _resolve_fsdp_version)
     distributed_settings(k, base, cfg, fsdp_config_alone=True)
+    _ray_workers(k, cfg)
     _defaults(k, cfg)
     return AXOLOTL_KEYS
 
@@ -688,6 +687,27 @@ def _parallel_degrees(k: Keys, cfg: FrameworkConfig) -> None:
             cfg.notes.append(f"{key} {n}: {what} {n} GPUs; not modelled beyond --strategy.")
 
 
+def _ray_workers(k: Keys, cfg: FrameworkConfig) -> None:
+    """use_ray: axolotl launches itself, ray_num_workers workers of resources_per_worker
+    ({"GPU": 1} by default) each (cli/train.py TorchTrainer ScalingConfig; utils/schemas/
+    integrations.py RayConfig): the GPU count, so ZeRO-3 or FSDP shard over that many."""
+    workers = k.integer("ray_num_workers") or 1
+    if not k.flag("use_ray") or workers == 1:
+        return
+    per_worker = k.section("resources_per_worker").number("GPU", low=0.0)
+    if per_worker not in (None, 1):
+        cfg.notes.append(
+            f"resources_per_worker GPU {per_worker:g}: not one GPU per Ray worker; give --gpus."
+        )
+        return
+    cfg.settings["gpus"] = workers
+    cfg.notes = [n for n in cfg.notes if n != LAUNCHER_NOTE]
+    cfg.notes.append(
+        f"use_ray with ray_num_workers {workers}: axolotl's Ray TorchTrainer runs {workers} "
+        "workers of one GPU each: estimated per GPU on that many."
+    )
+
+
 def _defaults(k: Keys, cfg: FrameworkConfig) -> None:
     """axolotl's defaults where the file is silent, each with its source."""
     schema = f"{AXOLOTL} utils/schemas"
@@ -824,6 +844,9 @@ AXOLOTL_KEYS = frozenset(
         "dsv4_fp4_grouped_mode",
         "model_config",
         "device_map",
+        "use_ray",
+        "ray_num_workers",
+        "resources_per_worker",
         "context_parallel_size",
         "sequence_parallel_degree",
         "tensor_parallel_size",

@@ -43,6 +43,7 @@ def _deepspeed_config(ds: Keys, cfg: FrameworkConfig) -> None:
             raise zero.wrong("stage", "0, 1, 2 or 3")
         if ZERO_STAGES[spelled]:
             cfg.settings["strategy"] = f"zero{ZERO_STAGES[spelled]}"
+        _zero_buckets(zero, ZERO_STAGES[spelled], cfg)
     for key, setting in (
         ("offload_optimizer", "offload_optimizer"),
         ("offload_param", "offload_params"),
@@ -57,6 +58,57 @@ def _deepspeed_config(ds: Keys, cfg: FrameworkConfig) -> None:
         cfg.notes.append(
             f"tensor_parallel.autotp_size {autotp}: DeepSpeed's AutoTP is not modelled; "
             "estimated without it."
+        )
+
+
+# DeepSpeed's own default where the JSON has no reduce_bucket_size (deepspeed/runtime/zero/
+# config.py@edaa7221267243c7be7fb49c5d5f5c4fb97b4641 DeepSpeedZeroConfig.reduce_bucket_size,
+# pp_int(5e8)); transformers fills only the keys spelled "auto" (integrations/deepspeed.py
+# HfTrainerDeepSpeedConfig.fill_only), so hidden² (ftmem's default) is the "auto" value only
+DS_REDUCE_BUCKET = 500_000_000
+DS_SOURCE = "deepspeed/runtime/zero/config.py@edaa722 DeepSpeedZeroConfig"
+# the ZeRO-3 sizes ftmem derives from hidden_size as transformers' "auto" fills them
+STAGE3_SIZES = ("stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")
+
+
+def _zero_buckets(zero: Keys, stage: int, cfg: FrameworkConfig, where: str = "") -> None:
+    """``reduce_bucket_size``: the flat gradient buffer ZeRO-1/2 allocates, twice with
+    ``overlap_comm`` (stage_1_and_2.py setup_buckets: ``torch.empty(reduce_bucket_size)``
+    per buffer). A number is applied; "auto" is transformers' hidden² (ftmem's default);
+    absent, DeepSpeed's 5e8. ZeRO-3 derives its prefetch and persistence sizes from the
+    same hidden² in ftmem, so a number or DeepSpeed's default there is named, not applied.
+    ``where``: the DeepSpeed config the keys are absent from (default: ``zero.file``)."""
+    if stage == 0:
+        cfg.notes.append(
+            f"{zero.name('stage')} 0: DeepSpeed's engine without ZeRO (its bf16 optimizer keeps "
+            "fp32 master weights and gradients beside the 16-bit model) is not modelled; "
+            "estimated as the framework's own step."
+        )
+        return
+    value = zero.raw("reduce_bucket_size")
+    auto = value == "auto"
+    elements = None if auto else zero.integer("reduce_bucket_size")
+    if stage in (1, 2):
+        if elements is not None:
+            cfg.settings["bucket_elements"] = elements
+        elif not auto:
+            cfg.settings["bucket_elements"] = DS_REDUCE_BUCKET
+            cfg.notes.append(
+                f"{zero.name('reduce_bucket_size')} is absent from {where or zero.file}: DeepSpeed's "
+                f"default, 5e8 elements ({DS_SOURCE}), as the reduce bucket."
+            )
+        if stage == 2 and zero.raw("overlap_comm") is not True:
+            cfg.notes.append(
+                f"{zero.name('overlap_comm')} is not true: ZeRO-2 then keeps one reduce "
+                "buffer, not the two ftmem counts (over by one bucket)."
+            )
+        return
+    given = [k for k in ("reduce_bucket_size", *STAGE3_SIZES) if zero.raw(k) != "auto"]
+    if given:
+        cfg.notes.append(
+            f"{', '.join(zero.name(k) for k in given)}: not 'auto' (a number, or DeepSpeed's "
+            "default when absent: 5e8, 5e7 and 1e5 elements); ZeRO-3's buckets are estimated "
+            "at transformers' 'auto' sizes (hidden², 0.9·hidden², 10·hidden)."
         )
 
 
@@ -388,6 +440,10 @@ def _accelerate_deepspeed(ds: Keys, cfg: FrameworkConfig) -> None:
             raise ds.wrong("zero_stage", "0, 1, 2 or 3")
         if stage:
             cfg.settings["strategy"] = f"zero{stage}"
+        # accelerate.utils.dataclasses DeepSpeedPlugin.__post_init__ (accelerate 1.16) builds a
+        # zero_optimization of stage, offload and save flags only: DeepSpeed's bucket defaults
+        built = Keys({}, ds.file, "zero_optimization.")
+        _zero_buckets(built, stage, cfg, "the DeepSpeed config Accelerate builds")
     for key, setting in (
         ("offload_optimizer_device", "offload_optimizer"),
         ("offload_param_device", "offload_params"),

@@ -10,6 +10,7 @@ takes YAML (``trl sft --config FILE``), transformers' scripts mostly flags or JS
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from ftmem.frameworks.distributed import (
     read_launcher_config,
 )
 from ftmem.frameworks.shared import (
+    MAX_CONFIG_BYTES,
     FrameworkConfig,
     assume,
     attention,
@@ -33,6 +35,7 @@ from ftmem.frameworks.shared import (
     settings_from,
     with_target_parameters,
 )
+from ftmem.textfiles import read_text
 
 # the sources of the defaults (the TRL mirror's HEAD; transformers as installed)
 TRL_AT = "huggingface/trl {}@f2cd57710ae345ea6428ae95363267fcf38a3dc8"
@@ -297,6 +300,11 @@ GRPO_KEYS = frozenset(
         "entropy_coef",
         "use_adaptive_entropy",
         "ds3_gather_for_generation",
+        # `trl grpo` (trl/scripts/grpo.py@f2cd57710ae3 main): reward_funcs are Python
+        # functions (TRL's registry or an import path), no GPU memory; a reward model comes
+        # from reward_model_name_or_path (noted by _grpo_unmodelled)
+        "reward_funcs",
+        "reward_model_name_or_path",
     }
 )
 
@@ -370,9 +378,29 @@ HF_TRAINER_KEYS = frozenset(
 )
 
 
+# TRL's CLI docs name each file by its command: `trl dpo --config dpo_config.yaml`
+# (huggingface/trl docs/source/clis.md@f2cd57710ae3, whose blocks open with "# dpo_config.yaml")
+TRL_CONFIG_NAME = re.compile(r"(?<![a-z])(sft|dpo|kto|grpo|rloo|reward)_config\.ya?ml\b")
+TRL_COMMAND = {"sft": "SFT", "dpo": "DPO", "kto": "KTO", "grpo": "GRPO", "rloo": "GRPO"}
+
+
+def _named_trainer(path: Path) -> str | None:
+    """The trainer the file's name, or its first comment line, names (dpo_config.yaml)."""
+    first = ""
+    try:
+        lines = read_text(path, "training config", MAX_CONFIG_BYTES).splitlines()
+        first = next((line for line in lines if line.strip()), "")
+    except (ConfigError, OSError):
+        pass
+    comment = first if first.lstrip().startswith("#") else ""
+    match = TRL_CONFIG_NAME.search(path.name.lower()) or TRL_CONFIG_NAME.search(comment.lower())
+    return match.group(1) if match else None
+
+
 def trl_trainer(k: Keys, path: Path) -> tuple[str | None, str]:
     """Which TRL trainer's config the file is (SFT, DPO, KTO, GRPO), None for plain
-    TrainingArguments, and why, in words for the note."""
+    TrainingArguments, and why, in words for the note. Keys only one trainer takes decide;
+    then the name the file goes by in TRL's docs (``# dpo_config.yaml``)."""
     keys = set(k)
     trl_keys = sorted(keys & TRL_ONLY_KEYS)
     if keys & HF_SCRIPT_KEYS and not trl_keys:
@@ -380,6 +408,11 @@ def trl_trainer(k: Keys, path: Path) -> tuple[str | None, str]:
     for trainer, marks in TRL_TRAINERS:
         if found := sorted(keys & marks):
             return trainer, f"it has {', '.join(found)}"
+    if (named := _named_trainer(path)) is not None:
+        why = f"it is named {named}_config.yaml, the file `trl {named} --config` takes"
+        if named == "reward":
+            why += "; RewardTrainer's classification head over chosen and rejected is not modelled"
+        return TRL_COMMAND.get(named, "SFT"), why
     if trl_keys:
         return "SFT", f"it has {', '.join(trl_keys[:3])}"
     if path.suffix in (".yaml", ".yml"):
@@ -824,6 +857,11 @@ def _grpo_unmodelled(k: Keys, cfg: FrameworkConfig) -> None:
     notes = []
     if k.flag("cast_lm_head_to_fp32"):
         notes.append("cast_lm_head_to_fp32 (an fp32 LM head; with the tiles, fp32 tiles)")
+    if reward_model := k.text("reward_model_name_or_path"):
+        notes.append(
+            f"the reward model {reward_model} (its weights on every GPU and its no-grad "
+            "forward over the completions)"
+        )
     if (k.number("entropy_coef") or 0.0) != 0.0 or k.flag("use_adaptive_entropy"):
         notes.append("an entropy bonus (the entropies then keep their graph)")
     if notes:

@@ -13,7 +13,11 @@ from pathlib import Path
 
 from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
-from ftmem.frameworks.distributed import LAUNCHER_NOTE, strategy_from_deepspeed
+from ftmem.frameworks.distributed import (
+    LAUNCHER_NOTE,
+    distributed_settings,
+    strategy_from_deepspeed,
+)
 from ftmem.frameworks.shared import (
     FrameworkConfig,
     assume,
@@ -45,6 +49,17 @@ V0_NO_MEMORY_EFFECT: frozenset[str] = frozenset(
         "ray_run_name",
         "galore_scale",  # scales the projected update; no tensor of its own
         "galore_update_interval",
+        # TrainingArguments' FSDP wrap unit, the decoder layer (ftmem's FSDP unit)
+        "fsdp_transformer_layer_cls_to_wrap",
+        # LoRA+ scales B's learning rate; PiSSA initialises the adapters from an SVD at
+        # load time; DFT reweights each token's loss by its (detached) probability
+        "loraplus_lr_ratio",
+        "pissa_init",
+        "pissa_iter",
+        "pissa_convert",
+        "use_dft_loss",
+        "asft_alpha",  # ASFT's loss weight (use_asft_loss is noted)
+        "tokenized_path",  # where the tokenized dataset is cached
         # v1's "auto" kernels, which are NPU-only (v1 kernels/interface.py _AUTO_KERNELS)
         "use_v1_kernels",
     }
@@ -168,9 +183,14 @@ def _variants(k: Keys, cfg: FrameworkConfig) -> None:
         s["galore_targets"] = peft_targets(k.names("galore_target")) or "all-linear"
         if k.flag("galore_layerwise"):
             s["optimizer_in_backward"] = True
-    for key, what in (("use_apollo", "APOLLO"), ("use_badam", "BAdam")):
+    for key, what in (
+        ("use_apollo", "APOLLO's optimizer"),
+        ("use_badam", "BAdam's optimizer"),
+        ("use_adam_mini", "Adam-mini (one second moment per parameter block)"),
+        ("use_muon", "Muon (one momentum buffer for the 2-D weights)"),
+    ):
         if k.flag(key):
-            cfg.notes.append(f"{key}: {what}'s optimizer is not modelled; estimated with AdamW.")
+            cfg.notes.append(f"{key}: {what} is not modelled; estimated with AdamW.")
 
 
 def _upcast(k: Keys, cfg: FrameworkConfig, kind: str) -> None:
@@ -324,6 +344,46 @@ def _other_engines(k: Keys, cfg: FrameworkConfig) -> None:
         )
     if k.flag("use_kt"):
         cfg.notes.append("use_kt: KTransformers' CPU-side experts are not modelled.")
+    # under USE_RAY=1 (extras/misc.py use_ray), ray_num_workers data-parallel workers of
+    # one device each (train/tuner.py _ray_training_function; hparams/training_args.py
+    # RayArguments, whose example says "Number of GPUs to use")
+    workers = k.integer("ray_num_workers")
+    if workers is not None and workers > 1:
+        cfg.settings["gpus"] = workers
+        cfg.notes.append(
+            f"ray_num_workers {workers}: with USE_RAY=1, Ray runs {workers} data-parallel "
+            "workers of one GPU each: estimated per GPU on that many (without USE_RAY the "
+            "launcher decides: give --gpus)."
+        )
+    _training_extras(k, cfg)
+
+
+# training_args.py fp8 (Accelerate's FP8 recipes), model_args.py mixture_of_depths,
+# finetuning_args.py use_asft_loss / use_eaft_loss (train/sft/workflow.py creates ASFT's
+# reference with create_ref_model), all at hiyouga/LLaMA-Factory@ff6d4d1
+EXTRAS_NOT_MODELLED = {
+    "fp8": "FP8 training through Accelerate (fp8_backend; FP8 matmuls and, with "
+    "fp8_enable_fsdp_float8_all_gather, FP8 all-gathers) is not modelled; estimated in bf16",
+    "mixture_of_depths": "mixture-of-depths (blocks skipped by a router) is not modelled; "
+    "estimated with every block",
+    "use_asft_loss": "ASFT's reference model (a frozen second copy, create_ref_model) and its "
+    "forward are not counted",
+    "use_eaft_loss": "EAFT's entropy over the vocabulary (a logits-sized softmax) is not counted",
+}
+
+
+def _training_extras(k: Keys, cfg: FrameworkConfig) -> None:
+    """Switches of LLaMA-Factory's that change the step and that ftmem does not model;
+    the checkpointing variant it uses (use_reentrant_gc, ModelArguments default true)."""
+    for key, what in EXTRAS_NOT_MODELLED.items():
+        if k.raw(key) not in (None, False):
+            cfg.notes.append(f"{key}: {what}.")
+    reentrant = k.flag("use_reentrant_gc") if "use_reentrant_gc" in k else True
+    if cfg.settings.get("grad_ckpt") and reentrant:
+        cfg.notes.append(
+            "use_reentrant_gc true (ModelArguments' default, model_utils/checkpointing.py): "
+            "estimated as non-reentrant checkpointing (the variant ftmem measures)."
+        )
 
 
 def _evaluation(k: Keys, cfg: FrameworkConfig) -> None:
@@ -373,6 +433,8 @@ LLAMA_FACTORY_KEYS = frozenset(
         "pure_bf16",
         "flash_attn",
         "deepspeed",
+        "fsdp",
+        "fsdp_config",
         "stage",
         "use_unsloth",
         "use_unsloth_gc",
@@ -389,13 +451,46 @@ LLAMA_FACTORY_KEYS = frozenset(
         "use_apollo",
         "use_badam",
         "packing",
+        # read with their switch: APOLLO's and BAdam's settings, noted with it
+        *("apollo_rank", "apollo_target", "apollo_scale", "apollo_scale_type"),
+        *("apollo_layerwise", "apollo_update_interval", "apollo_proj", "apollo_proj_type"),
+        *("badam_mode", "badam_switch_mode", "badam_switch_interval", "badam_start_block"),
+        *("badam_update_ratio", "badam_mask_mode", "badam_verbose"),
+        "use_adam_mini",
+        "use_muon",
+        "ray_num_workers",
+        *EXTRAS_NOT_MODELLED,
+        "fp8_backend",  # with fp8, noted
+        "fp8_enable_fsdp_float8_all_gather",
+        "use_reentrant_gc",
     }
 )
+
+
+# keys of `llamafactory-cli chat / webchat / api` (hparams/generating_args.py, model_args.py
+# infer_backend) and `llamafactory-cli export` (model_args.py ExportArguments) configs,
+# which train nothing (examples/inference, examples/merge_lora)
+NOT_TRAINING_KEYS = ("infer_backend", "export_dir")
+
+
+def _trains(k: Keys) -> None:
+    """An inference, export or prediction-only config is refused, not estimated as a
+    training run: run_sft trains only under do_train (train/sft/workflow.py)."""
+    what = None
+    if k.raw("infer_backend") is not None:
+        what = "an inference config (`llamafactory-cli chat`: infer_backend)"
+    elif k.raw("export_dir") is not None:
+        what = "an export config (`llamafactory-cli export`: export_dir)"
+    elif k.flag("do_predict") and not k.flag("do_train"):
+        what = "a prediction config (do_predict without do_train)"
+    if what:
+        raise ConfigError(f"{k.file}: {what}, not a training one; ftmem estimates training runs.")
 
 
 def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     if is_v1({key: k.raw(key) for key in k}):
         return read_v1(k, cfg, base)
+    _trains(k)
     s = cfg.settings
     cfg.model = k.text("model_name_or_path")
     kind = _method(k, cfg)
@@ -413,8 +508,9 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     s["grad_ckpt"] = not k.flag("disable_gradient_checkpointing")
     hf_optimizer(k, "optim", cfg)
     hf_trainer_precision(k, cfg)
-    if k.raw("deepspeed"):
-        strategy_from_deepspeed(k, "deepspeed", base, cfg)
+    # LLaMA-Factory's TrainingArguments are HF Seq2SeqTrainingArguments: a DeepSpeed JSON,
+    # or TrainingArguments' own fsdp / fsdp_config (examples/extras/fp8/llama3_fp8_fsdp_sft.yaml)
+    distributed_settings(k, base, cfg)
     _upcast(k, cfg, kind)
     _variants(k, cfg)
     stage = _stage(k, cfg)

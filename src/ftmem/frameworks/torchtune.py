@@ -337,9 +337,9 @@ def _sequence_length(k: Keys, cfg: FrameworkConfig) -> None:
     tokenizers' default, torchtune/models/llama3/_model_builders.py llama3_tokenizer)
     truncates nothing (torchtune/modules/transforms/tokenizers/_utils.py
     tokenize_messages_no_special_tokens): the dataset's longest sample decides."""
-    tokenizer, dataset = k.section("tokenizer"), k.section("dataset")
+    tokenizer = k.section("tokenizer")
     seq = tokenizer.integer("max_seq_len")
-    packed = dataset.flag("packed")
+    packed = _packed(k)
     if seq is not None:
         cfg.settings["seq_len"] = seq
         if not packed:
@@ -358,6 +358,24 @@ def _sequence_length(k: Keys, cfg: FrameworkConfig) -> None:
         "dataset's longest sample sets the length; without --seq-len the estimate assumes "
         "ftmem's default, 512 tokens: give your longest sample's length in tokens."
     )
+
+
+def _packed(k: Keys) -> bool:
+    """``dataset.packed``; a list of datasets is the recipes' ConcatDataset
+    (recipes/lora_finetune_single_device.py _setup_data), packed when every one is and
+    refused by torchtune for a mix (torchtune/datasets/_concat.py ConcatDataset)."""
+    value = k.raw("dataset")
+    if not isinstance(value, list):
+        return k.section("dataset").flag("packed")
+    if not all(isinstance(item, dict) for item in value):
+        raise k.wrong("dataset", "a mapping of settings or a list of them")
+    flags = [Keys(item, k.file, f"dataset[{i}].").flag("packed") for i, item in enumerate(value)]
+    if any(flags) and not all(flags):
+        raise ConfigError(
+            f"{k.file}: dataset mixes packed and unpacked datasets, which torchtune's "
+            "ConcatDataset refuses; pack all or none."
+        )
+    return all(flags) and bool(flags)
 
 
 def _torchtune_model(model: Keys, cfg: FrameworkConfig) -> None:
