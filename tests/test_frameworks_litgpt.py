@@ -37,6 +37,15 @@ EXPECTED = {
              seq_len=512),
     ),
     # no lora_* keys: full finetuning; devices 1; global 8 / micro 4 = 2
+    # every lora_* switch on (query, key, value, projection, mlp): every linear of the
+    # blocks, phi-2's fc1 / fc2 too (read as gate,up,down before: no gate, refused);
+    # lora_head noted; global 8 // micro 4 on one device: 2 accumulation steps
+    "phi-2-lora.yaml": (
+        "microsoft/phi-2",
+        dict(method="lora", lora_r=8, lora_alpha=16, lora_dropout=0.05,
+             lora_targets="all-linear", precision="bf16", adapter_dtype="bf16", batch_size=4,
+             grad_accum=2, seq_len=512),
+    ),
     "phi-3-full.yaml": (
         "microsoft/Phi-3-mini-4k-instruct",
         dict(precision="bf16", batch_size=4, grad_accum=2, seq_len=512),

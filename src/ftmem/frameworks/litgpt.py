@@ -155,7 +155,11 @@ def _lora(k: Keys, cfg: FrameworkConfig) -> None:
             else key in ("lora_query", "lora_value")
         )
     ]
-    if on:
+    if len(on) == len(LORA_SWITCHES):
+        # every switch: every linear of the blocks, whatever the MLP's layout (phi-2's
+        # fc1 / fc2 have no gate; LitGPT's GptNeoxMLP has no gate either, litgpt/model.py)
+        s["lora_targets"] = "all-linear"
+    elif on:
         s["lora_targets"] = ",".join(on)
     if k.flag("lora_head"):
         cfg.notes.append("lora_head (LoRA on the LM head) is not modelled yet.")

@@ -350,6 +350,7 @@ def _other_engines(k: Keys, cfg: FrameworkConfig) -> None:
     workers = k.integer("ray_num_workers")
     if workers is not None and workers > 1:
         cfg.settings["gpus"] = workers
+        cfg.notes = [n for n in cfg.notes if n != LAUNCHER_NOTE]
         cfg.notes.append(
             f"ray_num_workers {workers}: with USE_RAY=1, Ray runs {workers} data-parallel "
             "workers of one GPU each: estimated per GPU on that many (without USE_RAY the "
