@@ -43,25 +43,26 @@ EXPECTED = {
     ),
     "llama3_1_70B_full": (
         "llama3.1-70b",
-        # full_finetune_distributed with fsdp_cpu_offload: True
+        # full_finetune_distributed with fsdp_cpu_offload: True; its header launches it
+        # with `tune run --nproc_per_node 8`
         dict(batch_size=2, grad_accum=1, grad_ckpt=True, optimizer="adamw",
              loss="linear-chunked", strategy="fsdp", offload_params="cpu",
-             offload_optimizer="cpu"),
+             offload_optimizer="cpu", gpus=8),
     ),
     "llama3_8B_dora": (
         "llama3-8b",
         dict(method="dora", **LORA, batch_size=2, grad_accum=1, **FUSED_ADAMW,
-             loss="linear-chunked", strategy="fsdp"),
+             loss="linear-chunked", strategy="fsdp", gpus=2),  # --nproc_per_node 2
     ),
     "qwen2_5_7B_lora": (
         "qwen2.5-7b",
         dict(method="lora", **LORA, batch_size=2, grad_accum=8, **FUSED_ADAMW,
-             loss="linear-chunked", strategy="fsdp"),
+             loss="linear-chunked", strategy="fsdp", gpus=2),  # --nproc_per_node 2
     ),
     "qwen3_8B_full": (
         "qwen3-8b",
         dict(batch_size=2, grad_accum=8, grad_ckpt=True, **FUSED_ADAMW,
-             loss="linear-chunked", strategy="fsdp"),
+             loss="linear-chunked", strategy="fsdp", gpus=4),  # --nproc_per_node 4
     ),
     "llama3_1_8B_lora_dpo_single_device": (
         "llama3.1-8b",
@@ -93,9 +94,23 @@ def test_missing_max_seq_len_is_said_loudly(name):
     assert any("tokenizer.max_seq_len" in n and "--seq-len" in n for n in notes)
 
 
-@pytest.mark.parametrize("name", ["llama3_1_70B_full", "qwen2_5_7B_lora", "llama3_8B_dora"])
-def test_distributed_recipes_say_the_gpu_count_comes_from_the_launcher(name):
-    assert LAUNCHER_NOTE in read_framework_config(str(FIXTURES / f"{name}.yaml")).notes
+@pytest.mark.parametrize(
+    ("name", "command"),
+    [("llama3_1_70B_full", "tune run --nproc_per_node 8"),
+     ("qwen2_5_7B_lora", "tune run --nnodes 1 --nproc_per_node 2"),
+     ("llama3_8B_dora", "tune run --nnodes 1 --nproc_per_node 2")],
+)  # fmt: skip
+def test_distributed_recipes_take_the_gpus_of_their_headers_command(name, command):
+    """The header's launch command is the GPU count, said with its source; was "give
+    --gpus" only (a 70B full run estimated as if on one GPU of eight)."""
+    cfg = read_framework_config(str(FIXTURES / f"{name}.yaml"))
+    assert LAUNCHER_NOTE not in cfg.notes
+    assert any(command in a and "give --gpus" in a for a in cfg.assumed)
+
+
+def test_a_distributed_recipe_without_a_launch_command_asks_for_the_gpus(tmp_path):
+    cfg = read_framework_config(_write(tmp_path, "fsdp_cpu_offload: True\n"))
+    assert "gpus" not in cfg.settings and LAUNCHER_NOTE in cfg.notes
 
 
 def test_dpo_is_estimated_as_dpo():

@@ -498,6 +498,31 @@ def _not_sft(k: Keys, cfg: FrameworkConfig, recipe: str | None) -> None:
             return
 
 
+# the launch command of a shipped config's header ("tune run --nnodes 1 --nproc_per_node 4
+# full_finetune_distributed --config qwen3/8B_full")
+LAUNCH_GPUS = re.compile(r"tune run\b[^\n]*?--nproc_per_node[ =](\d+)")
+LAUNCH_NODES = re.compile(r"tune run\b[^\n]*?--nnodes[ =](\d+)")
+
+
+def _launched_gpus(cfg: FrameworkConfig) -> None:
+    """The GPUs per node (and nodes) of the header's ``tune run`` command, which the
+    distributed recipes shard over; without one, the launcher's count is asked for."""
+    try:
+        text = read_text(Path(cfg.path), "training config", MAX_CONFIG_BYTES)
+    except (ConfigError, OSError):
+        text = ""
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    gpus = LAUNCH_GPUS.search(comments)
+    if gpus is None or int(gpus.group(1)) < 1:
+        cfg.notes.append(LAUNCHER_NOTE)
+        return
+    said = f"the header's `{gpus.group(0).strip()}`; give --gpus for another count"
+    assume(cfg, "gpus", int(gpus.group(1)), said)
+    nodes = LAUNCH_NODES.search(comments)
+    if nodes is not None and int(nodes.group(1)) > 1:
+        assume(cfg, "nodes", int(nodes.group(1)), f"the header's `{nodes.group(0).strip()}`")
+
+
 def _fsdp2(k: Keys, cfg: FrameworkConfig) -> None:
     """The distributed recipes shard with FSDP2's fully_shard: each block, then the root
     (torchtune/training/_distributed.py shard_model); fsdp_reshard_after_forward False
@@ -510,12 +535,12 @@ def _fsdp2(k: Keys, cfg: FrameworkConfig) -> None:
     )
     if k.flag("fsdp_cpu_offload"):
         s.update(offload_params="cpu", offload_optimizer="cpu")
-    cfg.notes.append(LAUNCHER_NOTE)
+    _launched_gpus(cfg)
     tp = k.integer("tensor_parallel_dim")
     if tp is not None and tp > 1:
         # the world size is a multiple of it (torchtune/training/_distributed.py
         # ParallelDims._validate): at least tp GPUs
-        s.update(tp=tp, gpus=tp)
+        s.update(tp=tp, gpus=max(tp, s.get("gpus") or 1))
         cfg.notes.append(
             f"tensor_parallel_dim {tp}: estimated with ftmem's tensor parallelism over "
             f"the blocks' linears on {tp} GPUs (give --gpus for more); torchtune's "
