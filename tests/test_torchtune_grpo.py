@@ -23,11 +23,12 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "frameworks" / "torcht
 
 # by hand from each file: batch_size 1 prompt x grpo_samples 16 = 16 completions trained
 # at once, max_generated_tokens 512, forward_batch_size 1, activation checkpointing,
-# fused AdamW, bf16; the recipe's policy never reshards after forward (fsdp-grad-op)
+# fused AdamW, bf16; the recipe's policy never reshards after forward (fsdp-grad-op);
+# both headers launch it with `tune run --nproc_per_node 4`
 GRPO = dict(
     precision="bf16", framework="torchtune", objective="grpo", batch_size=16,
     num_generations=16, completion_len=512, generation_prompts=1, grad_ckpt=True,
-    optimizer="adamw", optimizer_impl="fused", strategy="fsdp-grad-op",
+    optimizer="adamw", optimizer_impl="fused", strategy="fsdp-grad-op", gpus=4,
 )  # fmt: skip
 EXPECTED = {
     # tokenizer.max_seq_len null: 512 prompt tokens assumed (ftmem's default) + 512
@@ -75,7 +76,7 @@ def test_the_shipped_config_estimates_on_every_gpu_count():
 
     cfg = read_framework_config(str(FIXTURES / "dev_qwen3B_sync_grpo.yaml"))
     arch = model_presets()["qwen2.5-3b"]
-    settings = {k: v for k, v in cfg.settings.items() if k != "strategy"}
+    settings = {k: v for k, v in cfg.settings.items() if k not in ("strategy", "gpus")}
     run = RunConfig(**settings)
 
     def on(gpus: int):
@@ -89,7 +90,7 @@ def test_the_shipped_config_estimates_on_every_gpu_count():
 
 # -- the moments by hand ----------------------------------------------------------------
 
-QWEN = {k: v for k, v in dict(GRPO, seq_len=1536).items() if k != "strategy"}
+QWEN = {k: v for k, v in dict(GRPO, seq_len=1536).items() if k not in ("strategy", "gpus")}
 
 
 def test_the_static_kv_cache_is_rows_by_the_whole_length():
