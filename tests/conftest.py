@@ -175,6 +175,14 @@ TINY: dict[str, dict] = {
     ),
     # Qwen3-MoE: Qwen3's attention, many small experts (moe_intermediate_size)
     "qwen3_moe": dict(family="qwen3_moe", **_SMALL_EXPERTS, qk_norm=True),
+    # OLMoE: q/k RMSNorms across the whole projection (head_dim is hidden / heads), 8 small
+    # experts (48 wide), top-2, routing weights not renormalised (norm_topk_prob false)
+    "olmoe": dict(
+        family="olmoe",
+        **{**_SMALL_EXPERTS, "head_dim": None},
+        qk_norm=True,
+        router_renormalises=False,
+    ),
     # gpt-oss: biased GQA attention with sinks, a sliding layer then a full one, 8 biased
     # experts (E, in, out) with the clamped SwiGLU, top-2 over a biased router
     "gpt_oss": dict(

@@ -22,12 +22,12 @@ from ftmem.presets import get_model
 from ftmem.run import RunConfig
 from tests.conftest import tiny
 
-MOE = ("mixtral", "qwen3_moe", "gpt_oss", "deepseek_v3")
+MOE = ("mixtral", "qwen3_moe", "gpt_oss", "deepseek_v3", "olmoe")
 
 # what a user of peft writes for each ftmem target (transformers-4 names for the roles:
 # peft converts them; Mixtral's experts were w1/w3/w2)
 V4_NAMES = {"mixtral": ["w1", "w3", "w2"], "qwen3_moe": ["gate_proj", "up_proj", "down_proj"]}
-V4_NAMES["deepseek_v3"] = V4_NAMES["qwen3_moe"]
+V4_NAMES["deepseek_v3"] = V4_NAMES["olmoe"] = V4_NAMES["qwen3_moe"]
 
 
 def _peft_trainable(family: str, r: int, **lora: object) -> int:
@@ -69,9 +69,9 @@ def test_gate_up_down_count_as_peft_converts_them(family: str) -> None:
     assert _ftmem_trainable(family, "gate,up,down", 4) == got
 
 
-@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "gpt_oss"])
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "gpt_oss", "olmoe"])
 def test_all_linear_counts_as_peft_reads_it(family: str) -> None:
-    # peft 0.21.2 resolves all-linear on Mixtral and Qwen3-MoE to the attention, the
+    # peft 0.21.2 resolves all-linear on Mixtral, Qwen3-MoE and OLMoE to the attention, the
     # router (gate.weight) and the experts (gate_up at 2r); on gpt-oss to the attention
     got = _peft_trainable(family, 4, target_modules="all-linear")
     assert _ftmem_trainable(family, "all-linear", 4) == got
@@ -130,3 +130,64 @@ def test_model_parallel_layouts_are_refused() -> None:
     with pytest.raises(InvalidInputError, match="data parallelism"):
         estimate_step(arch, run, par=ParallelConfig(gpus=8, strategy="colossalai-zero1", ep=8))
     estimate_step(arch, run, par=ParallelConfig(gpus=8, strategy="zero3"))
+
+
+def _peft_wrapped(family: str, **lora: object) -> set[str]:
+    """The parameters peft's ParamWrapper wraps in the model's blocks, each as
+    ``<block>.<path in the block>.<parameter>`` (nested wrappers' base_layer dropped)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora.layer import ParamWrapper
+    from transformers import AutoModelForCausalLM
+
+    from ftmem.measure.build import hf_config
+
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_config(hf_config(tiny(family), "eager"))
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, **lora))  # type: ignore[arg-type]
+    out = set()
+    for name, module in model.named_modules():
+        if isinstance(module, ParamWrapper):
+            path = name.split("layers.", 1)[1].replace(".base_layer", "")
+            out.add(f"{path}.{module.parameter_name}")
+    return out
+
+
+def _estimated(family: str, targets: str) -> list[str]:
+    from ftmem.estimate import estimate_step
+
+    run = RunConfig(method="lora", lora_targets=targets, lora_r=4, batch_size=1, seq_len=16)
+    return estimate_step(tiny(family), run).run.adapted_parameters or []
+
+
+@pytest.mark.parametrize(
+    ("family", "targets", "peft_config"),
+    [
+        # peft's own resolution of all-linear: the router's weight and both expert stacks
+        ("olmoe", "all-linear", {"target_modules": "all-linear"}),
+        ("qwen3_moe", "experts", {"target_parameters": ["gate_up_proj", "down_proj"]}),
+        (
+            "gpt_oss",
+            "attention,1.mlp.experts.down_proj",
+            {"target_modules": "all-linear", "target_parameters": ["1.mlp.experts.down_proj"]},
+        ),
+    ],
+)
+def test_json_lists_the_parameters_peft_wraps(family, targets, peft_config) -> None:
+    """``adapted_parameters`` (--format json) names every parameter peft wraps, in every
+    block it wraps it (a name without a block index is in every block with experts)."""
+    blocks = tiny(family).num_layers
+    listed = set()
+    for path in _estimated(family, targets):
+        first = path.split(".", 1)[0]
+        listed |= {path} if first.isdigit() else {f"{i}.{path}" for i in range(blocks)}
+    assert listed == _peft_wrapped(family, **peft_config)
+
+
+def test_json_leaves_adapted_parameters_out_without_expert_lora() -> None:
+    from ftmem.estimate import estimate_step
+
+    est = estimate_step(tiny("olmoe"), RunConfig(method="lora", lora_targets="q,v"))
+    assert "adapted_parameters" not in est.model_dump(mode="json")["run"]

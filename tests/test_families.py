@@ -111,6 +111,75 @@ def test_qwen3_moe_counts_as_transformers_builds_it():
     assert count_params(arch) == real
 
 
+# allenai/OLMoE-1B-7B-0924's config.json (huggingface.co, commit c1b31da0c8e8)
+OLMOE_0924 = {
+    "architectures": ["OlmoeForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "clip_qkv": None,
+    "eos_token_id": 50279,
+    "hidden_act": "silu",
+    "hidden_size": 2048,
+    "initializer_range": 0.02,
+    "intermediate_size": 1024,
+    "max_position_embeddings": 4096,
+    "model_type": "olmoe",
+    "norm_topk_prob": False,
+    "num_attention_heads": 16,
+    "num_experts": 64,
+    "num_experts_per_tok": 8,
+    "num_hidden_layers": 16,
+    "num_key_value_heads": 16,
+    "output_router_logits": False,
+    "pad_token_id": 1,
+    "rope_scaling": None,
+    "rope_theta": 10000.0,
+    "router_aux_loss_coef": 0.01,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.43.0.dev0",
+    "use_cache": True,
+    "vocab_size": 50304,
+}
+
+
+def test_olmoe_counts_as_transformers_builds_it(tmp_path):
+    """The published config.json read as the preset reads it, counted as transformers
+    5.24 builds OlmoeForCausalLM on the meta device; by hand: 2 × 50,304 × 2,048
+    (embedding, untied head) + 16 × (4 × 2,048² attention + 2 × 2,048 q/k norms +
+    2 × 2,048 norms + 64 × 2,048 router + 64 × 3 × 1,024 × 2,048 experts) + 2,048 =
+    6,919,161,856: the "6.92B params" of the Hub's GGUF page (6.9B on the model card)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+
+    (tmp_path / "config.json").write_text(json.dumps(OLMOE_0924))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.qk_norm, arch.router_renormalises) == (True, False)
+    assert (arch.num_experts, arch.experts_per_token, arch.head_size) == (64, 8, 128)
+    config = transformers.AutoConfig.from_pretrained(tmp_path)
+    with torch.device("meta"):
+        real = sum(p.numel() for p in transformers.OlmoeForCausalLM(config).parameters())
+    h, V, L, F, E = 2048, 50304, 16, 1024, 64
+    by_hand = 2 * V * h + L * (4 * h * h + 2 * h + 2 * h + E * h + E * 3 * F * h) + h
+    assert count_params(arch) == real == by_hand == 6_919_161_856
+    assert round(by_hand / 1e9, 2) == 6.92
+    # the preset (both releases) is that config.json, field by field
+    assert _shape(resolve_model("allenai/OLMoE-1B-7B-0125")) == _shape(arch)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"clip_qkv": 8.0}, "clip_qkv 8.0 is not supported"),
+        ({"head_dim": 64}, "q/k norms are hidden_size wide"),
+    ],
+)
+def test_what_olmoe_refuses(tmp_path, changes, message):
+    (tmp_path / "config.json").write_text(json.dumps({**OLMOE_0924, **changes}))
+    with pytest.raises(ConfigError, match=message):
+        resolve_model(str(tmp_path))
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -184,3 +253,64 @@ def test_no_dropout_trains_without_the_configs_dropout(tmp_path):
     assert as_trained(drop, False).model_dump(
         exclude={"residual_dropout", "embedding_dropout"}
     ) == (drop.model_dump(exclude={"residual_dropout", "embedding_dropout"}))
+
+
+def test_a_router_that_renormalises_keeps_the_quotient_and_the_sum():
+    """norm_topk_prob (Qwen3-MoE, OLMoE): ``router_top_value /= router_top_value.sum()``
+    keeps the sum (T fp32) and the quotient (T·k fp32) for backward. Measured on
+    transformers' OlmoeTopKRouter with saved_tensors_hooks, against the estimate's
+    activations with and without it (every block alike)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.olmoe.modeling_olmoe import OlmoeTopKRouter
+
+    from ftmem.estimate import estimate_step
+    from ftmem.run import RunConfig
+
+    arch = tiny("olmoe")
+    tokens = 3 * 50
+
+    def saved_bytes(renormalise: bool) -> int:
+        config = transformers.OlmoeConfig(
+            hidden_size=arch.hidden_size,
+            num_experts=arch.num_experts,
+            num_experts_per_tok=arch.experts_per_token,
+            norm_topk_prob=renormalise,
+        )
+        router = OlmoeTopKRouter(config).to(torch.bfloat16)
+        x = torch.randn(tokens, arch.hidden_size, dtype=torch.bfloat16, requires_grad=True)
+        kept: dict[int, int] = {}
+
+        def pack(t):
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            router(x)
+        kept.pop(x.untyped_storage().data_ptr(), None)
+        kept.pop(router.weight.untyped_storage().data_ptr(), None)
+        return sum(kept.values())
+
+    run = RunConfig(method="full", precision="bf16", batch_size=3, seq_len=50)
+    estimated = [
+        estimate_step(
+            arch.model_copy(update={"router_renormalises": r}), run
+        ).memory.activations_bytes
+        for r in (False, True)
+    ]
+    measured = saved_bytes(True) - saved_bytes(False)
+    assert measured == tokens * arch.experts_per_token * 4 + tokens * 4
+    assert estimated[1] - estimated[0] == arch.num_layers * measured
+
+
+def test_qwen3_moe_renormalises_only_where_its_config_says():
+    """Qwen3MoeConfig's norm_topk_prob defaults to false; the published configs say true."""
+    transformers = pytest.importorskip("transformers")
+    from ftmem.sources import architecture_from_config
+
+    assert transformers.Qwen3MoeConfig().norm_topk_prob is False
+    assert not architecture_from_config(QWEN3_MOE, "x", "x").router_renormalises
+    said = architecture_from_config({**QWEN3_MOE, "norm_topk_prob": True}, "x", "x")
+    assert said.router_renormalises
+    with pytest.raises(ValueError, match="always divides"):
+        Architecture.model_validate({**tiny("mixtral").model_dump(), "router_renormalises": False})

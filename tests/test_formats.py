@@ -27,10 +27,12 @@ CASES = [
     ("llama2-13b", "--method", "qlora", "--gpu", "rtx4090"),
     ("llama2-70b", "--gpus", "8", "--strategy", "zero3", "--offload-optimizer", "cpu"),
     ("llama3-8b", "--gpus", "4", "--pp", "2", "--strategy", "zero1", "--grad-accum", "4"),
+    # LoRA on the experts: the run lists them in adapted_parameters
+    ("olmoe-1b-7b", "--method", "lora", "--lora-targets", "all-linear"),
 ]
 
 
-@pytest.mark.parametrize("args", CASES, ids=["qlora", "zero3-offload", "pipeline"])
+@pytest.mark.parametrize("args", CASES, ids=["qlora", "zero3-offload", "pipeline", "experts"])
 def test_json_validates_against_the_published_schema(args):
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads(SCHEMA.read_text())

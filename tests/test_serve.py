@@ -167,3 +167,48 @@ def test_a_context_beyond_the_sliding_window_says_what_the_cache_counts():
     est = estimate_serving(arch, ServeConfig(context=8192))
     assert any("a run that generates most of its context holds less" in n for n in est.notes)
     assert est.kv_cache_bytes == est.kv_bytes_per_token * 8192
+
+
+@pytest.mark.parametrize(
+    ("family", "targets", "peft_config"),
+    [
+        # peft 0.21.2 resolves all-linear on OLMoE to the attention, the router and the
+        # experts (gate_up at 2r): what an adapter trained that way holds
+        ("olmoe", "all-linear", {"target_modules": "all-linear"}),
+        (
+            "gpt_oss",
+            "attention,experts",
+            {"target_modules": "all-linear", "target_parameters": ["gate_up_proj", "down_proj"]},
+        ),
+        # DeepSeek: peft moves gate/up/down onto the routed experts (the dense first
+        # block's and the shared experts' MLPs lose theirs)
+        (
+            "deepseek_v3",
+            "attention,gate,up,down",
+            {
+                "target_modules": [
+                    "q_a_proj",
+                    "q_b_proj",
+                    "kv_a_proj_with_mqa",
+                    "kv_b_proj",
+                    "o_proj",
+                    "gate_proj",
+                    "up_proj",
+                    "down_proj",
+                ]
+            },
+        ),
+    ],
+)
+def test_resident_adapters_are_peft_s_matrices_in_16_bit(family, targets, peft_config):
+    """Multi-LoRA serving holds each adapter's A and B in 16-bit: the parameters peft
+    itself creates for that adapter (its own count), LoRA on the experts included."""
+    from tests.test_expert_lora import _peft_trainable
+
+    arch = tiny(family)
+    cfg = ServeConfig(lora_adapters=3, lora_r=4, lora_targets=targets, context=64)
+    est = estimate_serving(arch, cfg)
+    assert est.adapters_bytes == 3 * 2 * _peft_trainable(family, 4, **peft_config)
+    assert any("rebuilds every adapted expert stack" in n for n in est.notes)
+    dense = estimate_serving(tiny("llama"), ServeConfig(lora_adapters=1, context=64))
+    assert not any("routed experts" in n for n in dense.notes)

@@ -92,6 +92,11 @@ class Architecture(BaseModel):
     max_position_embeddings: PositiveInt = 4096
     num_experts: PositiveInt = Field(1, description="MoE experts per layer (1 = dense MLP).")
     experts_per_token: PositiveInt = 1
+    router_renormalises: bool = Field(
+        True,
+        description="MoE: the router divides its top-k softmax weights by their sum "
+        "(config.json's norm_topk_prob where the family reads it; Mixtral always does).",
+    )
     shared_experts_size: NonNegativeInt = Field(
         0,
         description="MoE: width of the dense MLP every token takes beside its routed experts "
@@ -257,6 +262,11 @@ class Architecture(BaseModel):
                 raise ValueError(f"{site}: transformers' {fam.name} model has no such dropout")
         if self.is_moe and not fam.moe:
             raise ValueError(f"num_experts > 1: the {fam.name} family has no experts")
+        if not self.router_renormalises and not fam.router_renormalisation_optional:
+            raise ValueError(
+                f"router_renormalises false: the {fam.name} router always divides its "
+                "top-k weights by their sum"
+            )
 
     @property
     def traits(self) -> families.Family:

@@ -632,6 +632,8 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
             lora_dropout=run.dropout,
             adapter_dtype=plan.dtypes.adapter,
             adapted_modules=[lin.module for lin in plan.adapted],
+            # LoRA on the experts' 3-D parameters (peft's target_parameters, ParamWrapper)
+            adapted_parameters=[p for ex in plan.adapted_experts for p in ex.paths()] or None,
         )
     if run.method == "qlora":
         resolved.update(quant=run.quant_format, double_quant=run.uses_double_quant)

@@ -242,6 +242,15 @@ class ExpertLoRA:
         """The router's 2-D weight (peft's conversion of all-linear adds it)."""
         return self.linear.roles == ("router",)
 
+    def paths(self) -> list[str]:
+        """The adapted parameter as a path inside a block (the router's ``mlp.gate.weight``,
+        ``mlp.experts.gate_up_proj``), a layer-given one prefixed by its block index
+        (``7.mlp.experts.gate_up_proj``): what an estimate's ``adapted_parameters`` lists."""
+        path = f"{self.linear.module}.weight" if self.is_router else self.linear.module
+        if self.layers is None:
+            return [path]
+        return [f"{i}.{path}" for i in sorted(self.layers)]
+
     def parameters(self) -> list[str]:
         """The names peft's target_parameters matches (a suffix of the full name)."""
         if self.is_router:

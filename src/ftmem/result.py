@@ -173,10 +173,13 @@ class ResolvedRun(RunConfig):
     """The run as estimated: every setting, with what the estimate made concrete in
     place (the adapter and compute dtypes, the trainable layers, a T5 decoder's length,
     the LoRA numbers a method defaults), then what it derived: the precision regime
-    and the modules the method adapts or scales (only for methods that have them)."""
+    and the modules the method adapts or scales (only for methods that have them); where
+    LoRA wraps a parameter rather than a module (the routed experts' 3-D weights and the
+    router's, through peft's target_parameters), those parameters (absent when none is)."""
 
     precision_regime: str
     adapted_modules: list[str] | None = Field(None, exclude_if=_absent)
+    adapted_parameters: list[str] | None = Field(None, exclude_if=_absent)
     scaled_modules: list[str] | None = Field(None, exclude_if=_absent)
 
 

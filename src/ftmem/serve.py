@@ -11,7 +11,8 @@ transient activations and logits, resident LoRA adapters.
 * The prefill of a chunk of tokens, without autograd: the residual stream, the block's
   largest intermediate (gate and up outputs and the activation of a gated MLP) and the
   logits of the last position of each sequence (``logits_to_keep=1``, fp32).
-* Multi-LoRA serving: each resident adapter's A and B matrices in 16-bit.
+* Multi-LoRA serving: each resident adapter's A and B matrices in 16-bit, those of LoRA
+  on the routed experts' 3-D parameters included (peft's target_parameters).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ftmem.arch import Architecture, layout, position_note
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INT4_GROUP, ceil_div, tensor_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.hardware import Gpu
-from ftmem.methods import adapted_linears
+from ftmem.methods import lora_targets
 from ftmem.run import RunConfig
 from ftmem.units import format_bytes
 
@@ -119,13 +120,50 @@ def kv_bytes_per_token(arch: Architecture, kv_dtype: KvDtype) -> int:
 
 
 def adapter_bytes(arch: Architecture, cfg: ServeConfig) -> int:
+    """Each resident adapter's A and B matrices in 16-bit, as peft saves them: r·(in +
+    out) per adapted linear in each block that has it, and for LoRA on a routed expert
+    parameter (peft's target_parameters, ParamWrapper) lora_A (rank·E × in) and lora_B
+    (out × rank·E), at the rank peft gives it (a converted gate_up: 2r)."""
     if not cfg.lora_adapters:
         return 0
     run = RunConfig(method="lora", lora_r=cfg.lora_r, lora_targets=cfg.lora_targets)
+    linears, experts = lora_targets(arch, run)
     per = sum(
-        cfg.lora_r * (lin.in_features + lin.out_features) for lin in adapted_linears(arch, run)
+        cfg.lora_r * (lin.in_features + lin.out_features) * _blocks_of(arch, lin.blocks)
+        for lin in linears
     )
-    return cfg.lora_adapters * per * arch.num_layers * 2
+    per += sum(
+        ex.rank
+        * ex.linear.copies
+        * (ex.linear.in_features + ex.linear.out_features)
+        * ex.blocks(arch)
+        for ex in experts
+    )
+    return cfg.lora_adapters * per * 2
+
+
+def _blocks_of(arch: Architecture, blocks: tuple[int, int] | None) -> int:
+    """How many blocks hold a linear (DeepSeek's dense MLP: only the first ones)."""
+    first, last = blocks or (0, arch.num_layers)
+    return last - first
+
+
+def expert_adapter_note(arch: Architecture, cfg: ServeConfig) -> str | None:
+    """What serving LoRA on the experts holds beyond the adapters' own matrices."""
+    if not cfg.lora_adapters:
+        return None
+    run = RunConfig(method="lora", lora_r=cfg.lora_r, lora_targets=cfg.lora_targets)
+    if not lora_targets(arch, run)[1]:
+        return None
+    return (
+        "LoRA on the routed experts: the adapters count as peft saves them (lora_A rank·E × "
+        "in, lora_B out × rank·E per expert parameter). Unmerged in transformers + peft, "
+        "each MoE forward also rebuilds every adapted expert stack whole (W + s·B·A, "
+        "E·in·out, peft 0.21.2 ParamWrapper), a transient not counted here; merged "
+        "(merge_and_unload) the adapters cost nothing. vLLM's FusedMoEWithLoRA instead "
+        "allocates per adapter slot gate, up and down LoRA for every expert at "
+        "--max-lora-rank (rank·E·(3h + 3F) per layer) and refuses expert parallelism."
+    )
 
 
 def prefill_bytes(arch: Architecture, cfg: ServeConfig) -> int:
@@ -250,6 +288,9 @@ def estimate_serving(
             "by concatenation (transformers' DynamicCache) leaves freed blocks it cannot reuse "
             "in place, so nvidia-smi can show more."
         )
+    experts = expert_adapter_note(arch, cfg)
+    if experts:
+        notes.append(experts)
     window = sliding_window_note(arch, cfg, per_token)
     if window:
         notes.append(window)

@@ -125,6 +125,11 @@ class Family:
     # selected, not over every expert's (gpt-oss: GptOssTopKRouter, transformers 5.24
     # models/gpt_oss/modeling_gpt_oss.py).
     router_topk_softmax: bool = False
+    # Whether the router divides its top-k softmax weights by their sum is config.json's
+    # norm_topk_prob (Qwen3-MoE, OLMoE: ``if self.norm_topk_prob: router_top_value /=
+    # router_top_value.sum(...)``), read into Architecture.router_renormalises; Mixtral's
+    # always does (transformers 5.24 MixtralTopKRouter).
+    router_renormalisation_optional: bool = False
     # The 3-D experts are stored (experts, in, out), each with a bias (experts, out) named
     # `<proj>_bias` (gpt-oss: gate_up_proj [E, H, 2F], down_proj [E, F, H]), and the gate and
     # up halves interleave; transformers 5 Mixtral's are (experts, out, in) without biases.

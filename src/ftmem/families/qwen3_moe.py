@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ftmem import limits
 from ftmem.errors import ConfigError
 from ftmem.families import Family
-from ftmem.families._config import Config, LlamaKeys, every_layer, need, opt, shown
+from ftmem.families._config import Config, LlamaKeys, every_layer, flag, need, opt, shown
 from ftmem.families._llama import LLAMA_NAMES, llama_map, window_off_by_default
 from ftmem.families.mixtral import EXPERT_NAMES
 
@@ -36,6 +36,8 @@ def _read(cfg: Config, out: Config) -> None:
         # (transformers 5 writes num_experts back as num_local_experts, its attribute_map)
         num_experts=need(cfg, "num_experts", "num_local_experts", bound=limits.EXPERTS),
         experts_per_token=need(cfg, "num_experts_per_tok", bound=limits.EXPERTS),
+        # (Qwen3MoeConfig's default is false; the published Qwen3-MoE configs say true)
+        router_renormalises=flag(cfg, "norm_topk_prob", False),
     )
 
 
@@ -44,6 +46,7 @@ def _build(arch: Architecture, kw: Config) -> None:
         moe_intermediate_size=arch.intermediate_size,
         num_experts=arch.num_experts,
         num_experts_per_tok=arch.experts_per_token,
+        norm_topk_prob=arch.router_renormalises,
         decoder_sparse_step=1,
         mlp_only_layers=[],
     )
@@ -62,4 +65,5 @@ FAMILY = Family(
     names=replace(LLAMA_NAMES, experts=EXPERT_NAMES),
     qk_norm=True,
     peft_converts_expert_targets=True,
+    router_renormalisation_optional=True,
 )

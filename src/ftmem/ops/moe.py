@@ -60,9 +60,13 @@ class MoE:
             if traits.router_topk_softmax:
                 router = ("router top-k indices + softmax of the top-k", Tk * (INDEX_BYTES + rw))
             else:
+                # the fp32 softmax (T·E) and top-k's indices; renormalising the top-k
+                # (router_top_value /= its sum, in place) keeps the quotient and the sum
+                # (measured on OlmoeTopKRouter: +Tk·4 + T·4 bytes with norm_topk_prob)
+                norm = Tk * FP32 + T * FP32 if arch.router_renormalises else 0
                 router = (
                     "router softmax (fp32) + top-k",
-                    T * E * FP32 + Tk * (INDEX_BYTES + FP32) + T * FP32,
+                    T * E * FP32 + Tk * INDEX_BYTES + norm,
                 )
             sizes += [
                 router,
