@@ -275,6 +275,18 @@ def test_emit_colossalai_lora_goes_through_enable_lora():
     assert "'q_proj', 'v_proj'" in text
 
 
+def test_emit_colossalai_names_the_expert_parameters_it_counted():
+    """LoRA on the experts is no target module: the emitted script says which expert
+    parameters the estimate counts, and leaves them out of target_modules."""
+    est = estimate(
+        "olmoe-1b-7b", method="lora", lora_targets="all-linear", gpus=2, strategy="colossalai-zero2"
+    )
+    text = emit_config(est, "colossalai")
+    assert "target_modules=['k_proj', 'o_proj', 'q_proj', 'v_proj']" in text
+    said = "mlp.gate.weight, mlp.experts.gate_up_proj, mlp.experts.down_proj"
+    assert f"(peft target_parameters): {said}" in text
+
+
 def test_emit_colossalai_refuses_zero3():
     est = _full("zero3", gpus=2)
     with pytest.raises(InvalidInputError, match="colossalai-gemini"):

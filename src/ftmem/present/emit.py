@@ -346,6 +346,12 @@ def colossalai_setup(est: Estimate, p: ParallelInfo) -> str:
             f"r={run.r}, lora_alpha={run.alpha}, lora_dropout={run.dropout}, "
             f"target_modules={sorted({t.rsplit('.', 1)[-1] for t in targets})!r}))",
         ]
+        if run.adapted_parameters:
+            # (peft's target_parameters, 0.17 and later; a converted gate_up at rank 2r)
+            lines.append(
+                "# the estimate also counts LoRA on these expert parameters (peft "
+                f"target_parameters): {', '.join(run.adapted_parameters)}"
+            )
     if run.grad_ckpt:
         lines.append("model.gradient_checkpointing_enable()")
     lines += [
