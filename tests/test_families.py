@@ -314,3 +314,24 @@ def test_qwen3_moe_renormalises_only_where_its_config_says():
     assert said.router_renormalises
     with pytest.raises(ValueError, match="always divides"):
         Architecture.model_validate({**tiny("mixtral").model_dump(), "router_renormalises": False})
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "olmoe"])
+def test_routing_weights_dtype_is_the_router_s(family):
+    """The routed outputs are multiplied by the routing weights as transformers' router
+    returns them: fp32 from Mixtral's, cast back to the router's dtype by Qwen3-MoE's and
+    OLMoE's (``router_top_value.to(router_logits.dtype)``); the product (and its gradient
+    in backward) takes the wider of that and the experts' dtype."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    from ftmem.measure.build import hf_config
+    from ftmem.ops.moe import MoE
+
+    arch = tiny(family)
+    model = AutoModelForCausalLM.from_config(hf_config(arch)).to(torch.bfloat16)
+    router = model.model.layers[0].mlp.gate
+    _, weights, _ = router(torch.randn(5, arch.hidden_size, dtype=torch.bfloat16))
+    bf16 = 2
+    assert MoE.product_bytes(arch, bf16) == max(bf16, weights.element_size())

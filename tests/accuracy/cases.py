@@ -895,24 +895,6 @@ KNOWN_GAPS: dict[str, str] = {
         "recomputed block's dropout noise and a plain tanh-GELU MLP's recompute under "
         "checkpointing are not derived yet (2026-12-02)"
     ),
-    "qwen3moe-gradckpt=True-method=lora-precision=bf16": (
-        "Qwen3-MoE LoRA with checkpointing, bf16: the estimate's peak is 9.3 % above the "
-        "measured one (1,918,072 / 1,755,472 B; activations +2.2 %), in the backward. The "
-        "over-estimate grows with more, narrower experts (Mixtral's 4 x 160: +2.2 %; 8 x 160: "
-        "+4.3 %; 8 x 48: +9.4 %); suspected: the recomputed block's expert moment, which the "
-        "estimate takes from Mixtral's measurements (2026-12-02; re-measured 2026-12-03 with "
-        "the renormalising router the estimate assumes: +162,600 B, as OLMoE's below)"
-    ),
-    "olmoe-gradckpt=True-method=lora-precision=bf16": (
-        "OLMoE LoRA with checkpointing, bf16: the estimate's peak is 9.9 % above the "
-        "measured one (1,808,912 / 1,646,280 B; activations +1.6 %), in the backward, as "
-        "Qwen3-MoE's above (same router and experts). The excess is about the same in bytes "
-        "with 4 experts instead of 8 (+163,864 B), experts 160 wide (+129,032 B), LoRA on "
-        "the attention only (+162,632 B) and full finetuning (+195,984 B); in fp32 +43,832 B "
-        "(+1.6 %): the estimate's moment is the recomputed block (577,200 B) plus the "
-        "experts' backward workspace (432,000 B) together, which the measurement never "
-        "holds at once (2026-12-03)"
-    ),
     "olmo2-gradckpt=True-method=lora-precision=bf16": (
         "OLMo 2 LoRA with checkpointing, bf16: activations +3.2 % (306,604 / 297,004 B; peak "
         "-0.1 %), the rotary cos/sin tables the estimate counts outside the checkpointed "

@@ -130,6 +130,11 @@ class Family:
     # router_top_value.sum(...)``), read into Architecture.router_renormalises; Mixtral's
     # always does (transformers 5.24 MixtralTopKRouter).
     router_renormalisation_optional: bool = False
+    # The routing weights are cast back to the router's output dtype after the fp32
+    # softmax (Qwen3-MoE, OLMoE: ``router_top_value.to(router_logits.dtype)``, transformers
+    # 5.24 Qwen3MoeTopKRouter / OlmoeTopKRouter), not left fp32 (Mixtral): the weighted
+    # expert outputs and their gradients are in the experts' dtype.
+    routing_weights_in_router_dtype: bool = False
     # The 3-D experts are stored (experts, in, out), each with a bias (experts, out) named
     # `<proj>_bias` (gpt-oss: gate_up_proj [E, H, 2F], down_proj [E, F, H]), and the gate and
     # up halves interleave; transformers 5 Mixtral's are (experts, out, in) without biases.

@@ -71,4 +71,5 @@ FAMILY = Family(
     qk_norm_per_head=False,
     peft_converts_expert_targets=True,
     router_renormalisation_optional=True,
+    routing_weights_in_router_dtype=True,
 )

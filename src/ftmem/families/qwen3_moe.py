@@ -66,4 +66,5 @@ FAMILY = Family(
     qk_norm=True,
     peft_converts_expert_targets=True,
     router_renormalisation_optional=True,
+    routing_weights_in_router_dtype=True,
 )
