@@ -147,8 +147,10 @@ def test_hub_id_from_the_local_cache_offline(tmp_path, monkeypatch):
 
 
 def test_multimodal_config_estimates_the_language_model(tmp_path):
+    """An image-text model whose tower ftmem does not model (LLaVA-NeXT's tiled images): its
+    language model, with a note (LLaVA's and Gemma 3's towers: tests/test_vision.py)."""
     cfg = {
-        "model_type": "llava",
+        "model_type": "llava_next",
         "text_config": LLAMA_CFG,
         "vision_config": {"model_type": "clip_vision_model", "hidden_size": 32},
     }

@@ -29,6 +29,7 @@ from pydantic import (
 
 from ftmem import families, limits
 from ftmem.errors import InvalidInputError
+from ftmem.vision import VisionTower, projector_count, tower_count
 
 ParamKind = Literal[
     "linear", "linear_bias", "expert", "embedding", "norm", "router", "position", "sink"
@@ -145,6 +146,11 @@ class Architecture(BaseModel):
     )
     embedding_dropout: FiniteFloat = Field(
         0.0, ge=0.0, lt=1.0, description="Decoders: dropout on the embeddings (GPT-2's embd_pdrop)."
+    )
+    vision: VisionTower | None = Field(
+        None,
+        description="Image-text models (LLaVA, Gemma 3): the vision tower and projector "
+        "beside this language model (ftmem.vision).",
     )
 
     @field_validator("family")
@@ -740,8 +746,12 @@ def as_trained(arch: Architecture, model_dropout: bool) -> Architecture:
 
 @lru_cache(maxsize=512)  # every estimate reports it
 def count_params(arch: Architecture) -> int:
-    """Total parameters (tied embeddings counted once)."""
-    return layout(arch).total_params
+    """Total parameters (tied embeddings counted once), an image-text model's vision
+    tower and projector included."""
+    total = layout(arch).total_params
+    if arch.vision is not None:
+        total += tower_count(arch.vision) + projector_count(arch.vision, arch.hidden_size)
+    return total
 
 
 def position_note(arch: Architecture, positions: int, what: str) -> str | None:

@@ -501,7 +501,7 @@ def with_grpo(parts: StepParts, arch: Architecture, run: RunConfig) -> StepParts
         weights=sizes.weights + reference_weights(plan, run),
         activations=dataclasses.replace(acts, above=acts.above + delta),
         head=head,
-        teacher_forward=before,
+        teacher_forward=max(before, sizes.teacher_forward),
         # the mask's and the advantages' storages are counted with the loss's saved items
         loop_held=sizes.loop_held + buffered_bytes(run, e) - read_by_loss(run),
     )

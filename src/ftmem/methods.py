@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from math import prod
 
+from ftmem import vision_step
 from ftmem.arch import (
     ATTENTION_ROLES,
     MLP_ROLES,
@@ -573,6 +574,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     galore_ranks = _galore_ranks(arch, run)
 
     groups = _outer_groups(arch, run, dtypes, outer_names, trainable_blocks)
+    groups += vision_step.groups(arch, run, dtypes, _base_format)
     groups += _block_groups(arch, run, dtypes, trained_by_block, trainable_blocks, galore_ranks)
     adapted, experts = lora_targets(arch, run) if run.method in ADAPTER_METHODS else ((), ())
     if experts and not adapted:
@@ -590,6 +592,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         # peft builds the prompt encoder in torch's default dtype, fp32, whatever the base
         groups.append(TensorGroup(name, shape, 1, "fp32", True, adapter=True, in_block=False))
     notes += _adapter_notes(arch, run)
+    notes += vision_step.notes(arch, run)
     saved = run.modules_to_save if run.method in ADAPTER_METHODS else frozenset()
     groups += _modules_to_save_groups(arch, saved, dtypes)
 

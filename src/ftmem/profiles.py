@@ -109,6 +109,11 @@ class Profile:
     # sharded, with no empty_cache after: the cache it leaves is replayed before the step
     # window (ftmem.fsdp_init)
     fsdp_wraps_from_cpu: bool = False
+    # an image-text model's vision tower and projector stay frozen unless the config says
+    # otherwise, whatever the method (LLaMA-Factory's freeze_vision_tower and
+    # freeze_multi_modal_projector default true: hparams/model_args.py@ff6d4d12eeb0); HF
+    # Trainer and TRL train every parameter under full finetuning (ftmem.vision_step)
+    freezes_vision: bool = False
 
 
 HF = Profile("hf")
@@ -267,7 +272,7 @@ PROFILES: dict[str, Profile] = {
     "hf": HF,
     # axolotl and LLaMA-Factory drive HF Trainer over transformers + peft
     "axolotl": Profile("axolotl"),
-    "llama-factory": Profile("llama-factory"),
+    "llama-factory": Profile("llama-factory", freezes_vision=True),
     "litgpt": LITGPT,
     # a LightningModule over transformers + peft, stepped by Lightning's Trainer
     "lightning": LIGHTNING,

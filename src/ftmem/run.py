@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from typing import Literal, get_args
 
-from pydantic import ConfigDict, Field, FiniteFloat, PositiveInt, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    NonNegativeInt,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from ftmem import limits
 from ftmem.gpu.alloc_conf import AllocatorOptions, allocator_options
@@ -129,6 +137,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "seq_len": limits.TOKENS,
     "target_len": limits.TOKENS,
     "grad_accum": limits.MICRO_BATCHES,
+    "images": limits.SEQUENCES,
     "trainable_layers": limits.LAYERS,
     "galore_rank": limits.WIDTH,
     "lora_r": limits.WIDTH,
@@ -257,6 +266,20 @@ class RunConfig(limits.BoundedSettings):
         "seq_len is then the encoder's input. Default: seq_len.",
     )
     grad_accum: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
+    images: NonNegativeInt = Field(
+        0,
+        description="Image-text models: images per sample; each puts the model's image tokens "
+        "in the sequence (seq_len counts them) and runs through the vision tower.",
+    )
+    vision_tower: Literal["frozen", "full"] | None = Field(
+        None,
+        description="Image-text models: whether the vision tower trains (default: with "
+        "full finetuning, as TRL and HF Trainer do; frozen under any other method).",
+    )
+    projector: Literal["frozen", "full"] | None = Field(
+        None,
+        description="Image-text models: whether the projector trains (default: as the tower's default).",
+    )
     grad_ckpt: bool = False
     model_dropout: bool = Field(
         True,

@@ -21,11 +21,18 @@ from ftmem import families
 from ftmem.arch import Architecture, count_params
 from ftmem.errors import ConfigError, UnknownNameError
 from ftmem.families._config import MULTIMODAL_TIE_DEFAULT, number, shown
+from ftmem.families._vision import (
+    UnmodelledVision,
+    read_vision,
+    text_defaults,
+    vision_model_types,
+)
 from ftmem.hub_names import Reupload, reupload_of
 from ftmem.presets import get_model, validation_message
 from ftmem.quantized_base import QuantizedBase, quantized_base
 from ftmem.safetensors_headers import read_checkpoint
 from ftmem.textfiles import parse_json, read_text
+from ftmem.vision import VisionTower
 
 Mapping = dict[str, Any]
 MAX_CONFIG_BYTES = 16 * 2**20  # real config.json files are a few KiB
@@ -41,22 +48,38 @@ def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
         k.removesuffix("_config") for k in cfg if k.endswith("_config") and k != "text_config"
     ]
     left_out = [k for k in left_out if isinstance(cfg.get(f"{k}_config"), dict)] or ["vision"]
-    text = dict(text)
+    text = {**text_defaults(str(outer), str(text.get("model_type"))), **text}
     tie = cfg.get("tie_word_embeddings")
     if tie is None:
         tie = MULTIMODAL_TIE_DEFAULT.get(str(outer), text.get("tie_word_embeddings", False))
     text["tie_word_embeddings"] = tie
+    if outer in vision_model_types():
+        return text, None  # the vision tower is modelled (ftmem.vision)
     note = (
         f"{outer}: estimated for its language model ({text.get('model_type')}); the "
         f"{' and '.join(left_out)} encoder and its projector are left out, and so are image "
-        "tokens in the sequence."
+        "tokens in the sequence (--images is for LLaVA and Gemma 3)."
     )
     return text, note
+
+
+def _vision(cfg: Mapping) -> VisionTower | None:
+    try:
+        return read_vision(cfg)
+    except UnmodelledVision as exc:
+        raise ConfigError(f"config.json ({cfg.get('model_type')}): {exc}.") from None
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, "config.json's vision_config")) from None
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise ConfigError(
+            f"config.json's vision_config has a value of the wrong type ({exc})."
+        ) from None
 
 
 def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architecture:
     """An :class:`Architecture` from a parsed HF config.json (a multimodal config's
     language model: see :func:`language_part`)."""
+    vision = _vision(cfg)
     cfg, _ = language_part(cfg)
     model_type = cfg.get("model_type")
     readers = families.by_model_type()
@@ -72,7 +95,7 @@ def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architectu
         fields = family.config.read(cfg)
         for site, key in family.dropout_keys.items():
             fields[site] = number(cfg, key) or 0.0
-        return Architecture(name=name, source=source, **fields)
+        return Architecture(name=name, source=source, vision=vision, **fields)
     except ConfigError:
         raise
     except ValidationError as exc:

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ftmem import seq2seq
+from ftmem import seq2seq, vision_step
 from ftmem.activations import block_saved, outer_saved
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.lora import LoRA
@@ -77,6 +77,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     # Trainable embeddings make every block's input need a gradient; with gradient
     # checkpointing transformers makes the embedding output require grad for PEFT too.
     inputs_grad = plan.outer_trainable or plan.embed_trainable or run.grad_ckpt
+    # a trained vision tower or projector writes the image tokens' embeddings
+    inputs_grad = inputs_grad or vision_step.trains_below(arch, run)
     if run.method in ("bitfit", "ia3", "prefix-tuning", "adapter"):
         # every block has trainable parameters (biases, IA³ vectors, its key/value prefix):
         # gradients flow from the top to block 0's, so every block's input but the first
@@ -293,6 +295,7 @@ def _decoder_parts(
         inputs = tuple(0 if off else x for x, off in zip(inputs, on_host, strict=True))
         outer_below.append(Saved("checkpointed input: GPU reload buffer", max(on_host)))
     outer_below += LinearOp.dequant_buffer(arch, run, plan)
+    outer_below += vision_step.saved(arch, run, plan.dtypes)
     outer_items = outer_below + outer_above
     per_block_kept = policy.kept(blocks.per_block, inputs)
     activations = _sum(outer_items) + sum(per_block_kept)
@@ -434,9 +437,9 @@ def _decoder_sizes(
         head = dataclasses.replace(
             head, requests=_head_requests(arch, run, plan, e, T, head, forward_cache)
         )
-    loop_held = 0
+    loop_held = vision_step.pixel_input(arch, run, plan.dtypes)  # an image-text batch's pixels
     if framework_head is not None:  # LitGPT: fp32 logits held by the loop, chunked loss
-        loop_held = framework_head.held
+        loop_held += framework_head.held
         head = dataclasses.replace(
             head,
             logits_forward=framework_head.logits_forward + forward_cache,
@@ -452,6 +455,8 @@ def _decoder_sizes(
         optimizer=fixed.optimizer,
         loop_held=loop_held,
         previous_graph=_previous_graph(run, blocks),
+        # a frozen vision tower's forward, before the language model's (ftmem.vision_step)
+        teacher_forward=vision_step.forward_transient(arch, run, plan.dtypes),
     )
 
 
@@ -727,7 +732,8 @@ def _with_teacher(
                 logits_forward=sizes.head.logits_forward + kd.loss_forward,
                 loss_backward=sizes.head.loss_backward + kd.loss_backward,
             ),
-            teacher_forward=kd.teacher_forward,
+            # (the frozen vision tower's forward comes after the teacher's, alone)
+            teacher_forward=max(kd.teacher_forward, sizes.teacher_forward),
         ),
     )
 
@@ -908,6 +914,8 @@ def _is_token_embedding(name: str, tied: bool) -> bool:
     token embedding (unless tied: then it is the LM head too, whose gradient comes first),
     learned position embeddings and prompt encoders."""
     base = name.split(".modules_to_save")[0]
+    if vision_step.is_vision(base):
+        return True  # the vision tower runs before the language model: its gradients come last
     if base.startswith("prompt_encoder.") or base.endswith("wpe.weight"):
         # peft's prompt encoders run first in forward, so their gradients come last
         return True

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftmem.run import RunConfig
+from ftmem.vision import VisionTower
 from tests.conftest import TINY, TINY_SEQ2SEQ, tiny
 
 ACTIVATION_TOLERANCE = 0.03
@@ -78,6 +79,76 @@ def _matrix() -> list[Case]:
         *_grpo(),
         *_kto(),
         *_trl116(),
+        *_image_text(),
+    ]
+
+
+# Tiny vision towers for the image-text cases (ftmem.vision): LLaVA's CLIP, three layers
+# read at -2 (the third runs and keeps nothing), CLS dropped, 8 × 8 patches; Gemma 3's
+# SigLIP, 8 × 8 patches pooled to 16 image tokens
+TINY_TOWERS = {
+    "llava": VisionTower(
+        encoder="clip",
+        hidden_size=48,
+        intermediate_size=48,
+        num_layers=3,
+        num_heads=4,
+        image_size=56,
+        patch_size=7,
+        projector="mlp",
+        feature_layer=-2,
+        drop_cls=True,
+        tokens_per_image=64,
+    ),
+    "gemma3": VisionTower(
+        encoder="siglip",
+        hidden_size=48,
+        intermediate_size=48,
+        num_layers=3,
+        num_heads=4,
+        image_size=56,
+        patch_size=7,
+        projector="pooled",
+        tokens_per_image=16,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ImageTextCase(Case):
+    """A tiny language model with a tiny vision tower (``tower``: a TINY_TOWERS key), one
+    image per sample in a batch of 2 × 80 tokens."""
+
+    tower: str = "llava"
+
+    @property
+    def id(self) -> str:
+        return f"{self.tower}-{super().id}"
+
+    def arch(self):
+        return tiny(self.family, vision=TINY_TOWERS[self.tower], **self.arch_changes)
+
+    def run(self) -> RunConfig:
+        base = dict(batch_size=2, seq_len=80, images=1, device="cpu", optimizer_impl="for-loop")
+        return RunConfig(**{**base, **self.settings})
+
+
+def _image_text() -> list[Case]:
+    """LLaVA (a Llama) and Gemma 3 with their vision towers: trained (full finetuning's
+    default), frozen, the projector alone beside LoRA, fp32, checkpointed (the tower's
+    layers too)."""
+    settings: list[dict] = [
+        {"method": "full"},
+        {"method": "full", "vision_tower": "frozen", "projector": "frozen"},
+        {"method": "lora"},
+        {"method": "lora", "projector": "full"},
+        {"method": "full", "precision": "fp32"},
+        {"method": "full", "grad_ckpt": True},
+    ]
+    return [
+        ImageTextCase(family, s, tower=tower)
+        for tower, family in (("llava", "llama"), ("gemma3", "gemma3"))
+        for s in settings
     ]
 
 

@@ -85,6 +85,24 @@ RUN = [
         "Encoder-decoders (T5): decoder tokens per sequence (the labels); default --seq-len.",
     ),
     _opt("grad_accum", int, 1, "Micro-batches per optimizer step."),
+    _opt(
+        "images",
+        int,
+        0,
+        "Image-text models (LLaVA, Gemma 3): images per sample; --seq-len counts their tokens.",
+    ),
+    _opt(
+        "vision_tower",
+        Optional[field_choices("vision_tower")],  # noqa: UP045
+        None,
+        "Image-text models: frozen | full (default: full with --method full, else frozen).",
+    ),
+    _opt(
+        "projector",
+        Optional[field_choices("projector")],  # noqa: UP045
+        None,
+        "Image-text models: the projector frozen | full (default: as the vision tower's default).",
+    ),
     _opt("grad_ckpt", bool, False, "Gradient checkpointing.", "--grad-ckpt/--no-grad-ckpt"),
     _opt(
         "model_dropout",

@@ -327,9 +327,36 @@ def _kernels(k: Keys, cfg: FrameworkConfig, stage: str) -> None:
     ):
         if k.flag(key) and not (key == "use_unsloth" and unsloth_path):
             cfg.notes.append(f"{key}: {what} not modelled; the estimate is without.")
+    _vision(k, cfg)
+
+
+def _vision(k: Keys, cfg: FrameworkConfig) -> None:
+    """freeze_vision_tower and freeze_multi_modal_projector, both true by default
+    (hparams/model_args.py@ff6d4d12eeb0): an image-text model's tower and projector stay
+    frozen under every finetuning_type unless they say otherwise (the profile's default,
+    profiles.Profile.freezes_vision); with LoRA, an unfrozen
+    tower takes adapters (model/model_utils/visual.py get_forbidden_modules), which ftmem
+    does not model."""
+    s = cfg.settings
+    tower = "freeze_vision_tower" in k and not k.flag("freeze_vision_tower")
+    projector = "freeze_multi_modal_projector" in k and not k.flag("freeze_multi_modal_projector")
+    lora = s.get("method") in ("lora", "dora", "qlora")
+    if tower and lora:
+        cfg.notes.append(
+            "freeze_vision_tower false: LoRA in the vision tower is not modelled; the "
+            "estimate keeps the tower frozen."
+        )
+    # (left unset, both stay frozen: profiles.Profile.freezes_vision)
+    if tower and not lora:
+        s["vision_tower"] = "full"
+    if projector or (tower and not lora):
+        s["projector"] = "full"
     for key in ("image_max_pixels", "video_max_pixels"):
         if key in k:
-            cfg.notes.append(f"{key}: image and video inputs (a vision tower) are not modelled.")
+            cfg.notes.append(
+                f"{key}: images per sample come from the dataset (give --images N); "
+                "dynamic-resolution towers (Qwen2-VL) and video are not modelled."
+            )
             break
 
 
@@ -445,6 +472,8 @@ LLAMA_FACTORY_KEYS = frozenset(
         "shift_attn",
         "image_max_pixels",
         "video_max_pixels",
+        "freeze_vision_tower",
+        "freeze_multi_modal_projector",
         "use_galore",
         "galore_rank",
         "galore_target",

@@ -77,8 +77,14 @@ def attn_implementation(run: RunConfig, device: str) -> tuple[str, list[str]]:
 
 def model_class(arch: Architecture):
     """transformers' auto class for the family: seq2seq for T5, causal LM otherwise."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoModelForSeq2SeqLM,
+    )
 
+    if arch.vision is not None:
+        return AutoModelForImageTextToText
     return AutoModelForSeq2SeqLM if arch.encoder_decoder else AutoModelForCausalLM
 
 
@@ -114,7 +120,96 @@ def hf_config(arch: Architecture, attn_impl: str = "sdpa"):
         val = getattr(defaults, attr, None)
         if isinstance(val, int) and val >= arch.vocab_size:
             kw[attr] = None
-    return AutoConfig.for_model(model_type, **kw)
+    text = AutoConfig.for_model(model_type, **kw)
+    return text if arch.vision is None else image_text_config(arch, text)
+
+
+def image_token_id(arch: Architecture) -> int:
+    """The image placeholder id a measured image-text model uses: the vocabulary's last
+    (random token ids are drawn below it)."""
+    return arch.vocab_size - 1
+
+
+def image_text_config(arch: Architecture, text):
+    """LlavaConfig or Gemma3Config around the language model's config, its vision
+    config written from Architecture.vision (ftmem.vision)."""
+    from transformers import (
+        CLIPVisionConfig,
+        Gemma3Config,
+        LlavaConfig,
+        SiglipVisionConfig,
+    )
+
+    v = arch.vision
+    assert v is not None
+    vision = {
+        "hidden_size": v.hidden_size,
+        "intermediate_size": v.intermediate_size,
+        "num_hidden_layers": v.num_layers,
+        "num_attention_heads": v.num_heads,
+        "image_size": v.image_size,
+        "patch_size": v.patch_size,
+        "num_channels": v.num_channels,
+        "attn_implementation": text._attn_implementation,
+    }
+    common: dict[str, Any] = {"tie_word_embeddings": arch.tie_embeddings, "use_cache": False}
+    cfg: Any
+    if v.projector == "mlp":
+        cfg = LlavaConfig(
+            vision_config=CLIPVisionConfig(**vision),
+            text_config=text,
+            image_token_index=image_token_id(arch),
+            vision_feature_layer=v.feature_layer,
+            vision_feature_select_strategy="default" if v.drop_cls else "full",
+            multimodal_projector_bias=v.projector_bias,
+            image_seq_length=v.tokens_per_image,
+            **common,
+        )
+    else:
+        cfg = Gemma3Config(
+            vision_config=SiglipVisionConfig(**vision, vision_use_head=False),
+            text_config=text,
+            mm_tokens_per_image=v.tokens_per_image,
+            image_token_index=image_token_id(arch),
+            boi_token_index=0,
+            eoi_token_index=0,
+            **common,
+        )
+    cfg._attn_implementation = text._attn_implementation
+    return cfg
+
+
+def image_inputs(
+    arch: Architecture | None, run: RunConfig, ids: torch.Tensor, seed: int, teacher: bool
+) -> dict[str, torch.Tensor]:
+    """Pixel values for ``run.images`` images per sequence, their placeholder tokens put
+    at the start of each sequence (after one text token) and nowhere else."""
+    v = None if arch is None else arch.vision
+    if arch is None or v is None or not run.images:
+        return {}
+    if run.objective != "sft" or run.loss != "standard" or teacher:
+        raise RuntimeError("images are measured with the standard SFT loss only")
+    image = image_token_id(arch)
+    ids.masked_fill_(ids == image, 0)
+    count = run.images * v.tokens_per_image
+    ids[:, 1 : 1 + count] = image
+    gen = torch.Generator().manual_seed(seed)
+    shape = (ids.shape[0] * run.images, v.num_channels, v.image_size, v.image_size)
+    return {"pixel_values": torch.randn(shape, generator=gen).to(ids.device)}
+
+
+def _vision_trainable(model: nn.Module, arch: Architecture, run: RunConfig) -> None:
+    """The tower and projector train or not as ftmem.vision_step decides (in place)."""
+    if arch.vision is None:
+        return
+    from ftmem.vision_step import training
+
+    trains = training(arch, run)
+    for name, p in model.named_parameters():
+        if "vision_tower." in name:
+            p.requires_grad_(trains.tower)
+        elif "multi_modal_projector." in name:
+            p.requires_grad_(trains.projector)
 
 
 # --------------------------------------------------------------------------------------
@@ -470,6 +565,7 @@ def _with_trainable_set(
         model = _peft_other(model, arch, run)
     else:  # the LoRA family (ADAPTER_METHODS)
         model = _peft_lora(model, arch, run)
+    _vision_trainable(model, arch, run)
     return model
 
 
@@ -516,6 +612,8 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
         alpha_pattern={
             rf".*\.{re.escape(ex.linear.leaf)}": run.alpha * ex.rank / run.r for ex in doubled
         },
+        # the language model's linears only: the tower's have the same names (q_proj)
+        exclude_modules=r".*(vision_tower|multi_modal_projector).*" if arch.vision else None,
         use_dora=run.method == "dora",
         use_rslora=run.method == "rslora",
         modules_to_save=to_save or None,

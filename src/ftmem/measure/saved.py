@@ -89,7 +89,12 @@ class SavedRegistry:
                 self.live[ptr] = nbytes
                 fin = weakref.finalize(t.untyped_storage(), self.live.pop, ptr, None)
                 fin.atexit = False
-        return t
+        # Handed back as it is, a node's own output (sigmoid's, softmax's result) would hold
+        # its grad_fn, which holds it: a reference cycle that only the cyclic collector,
+        # disabled through the step, frees. Without hooks autograd keeps no such link, so a
+        # graph the loss does not reach (the layers after LLaVA's vision_feature_layer)
+        # is freed at once; the detached alias (same storage, same gradients) keeps that so.
+        return t.detach() if t.grad_fn is not None else t
 
     @staticmethod
     def unpack(t: torch.Tensor) -> torch.Tensor:

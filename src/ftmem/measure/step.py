@@ -21,6 +21,7 @@ from ftmem.measure.build import (
     galore_optimizer,
     galore_param_groups,
     hf_model,
+    image_inputs,
     logical_numel,
     unique_params,
 )
@@ -131,6 +132,7 @@ def _forward(
     teacher: torch.nn.Module | None = None,
     labels: torch.Tensor | None = None,
     run: RunConfig | None = None,
+    images: dict | None = None,
 ) -> torch.Tensor:
     """One micro-batch's loss; ``teacher``: the distillation teacher, or a preference
     objective's frozen reference copy (``run.objective``)."""
@@ -161,7 +163,7 @@ def _forward(
             loss = _linear_chunked_loss(model, ids)
         else:
             # an encoder-decoder reads ids and learns to produce its own labels
-            out = model(input_ids=ids, labels=ids if labels is None else labels)
+            out = model(input_ids=ids, labels=ids if labels is None else labels, **(images or {}))
             loss = out.loss
             del out  # drop logits: only what autograd saved stays alive
         if grad_accum > 1:  # as HF Trainer scales each micro-batch's loss
@@ -1156,6 +1158,7 @@ def run_steps(
     ids, labels = _batch(
         vocab_size, arch is not None and arch.encoder_decoder, run, seed, fake, dev
     )
+    images = image_inputs(arch, run, ids, seed, teacher is not None)
     params = unique_params(model)  # before the warm-up: gradients and counts read from these
 
     def forward() -> torch.Tensor:
@@ -1169,6 +1172,7 @@ def run_steps(
             teacher_model,
             labels,
             run,
+            images,
         )
 
     by_op = _warm_up(forward, optimizer, run, steps, weight_storage_ptrs(model), notes)
@@ -1177,7 +1181,8 @@ def run_steps(
     # the weights as they are now: bitsandbytes casts a 4-bit linear's bias at the first
     # forward and frees the old one, whose address a saved activation can then take
     weight_ptrs = weight_storage_ptrs(model)
-    meter = _step_meter(dev, model, teacher_model, optimizer, run, ids, labels, events)
+    inputs = [ids, *images.values()]
+    meter = _step_meter(dev, model, teacher_model, optimizer, run, inputs, labels, events)
     walk_ops = steps == 1 and not run.grad_ckpt
     step = _measured_step(
         forward, model, optimizer, meter, run, params, weight_ptrs, walk_ops, notes
@@ -1260,14 +1265,14 @@ def _step_meter(
     teacher_model: torch.nn.Module | None,
     optimizer: torch.optim.Optimizer | _StepInBackward,
     run: RunConfig,
-    ids: torch.Tensor,
+    ids: list[torch.Tensor],
     labels: torch.Tensor | None,
     events: list[tuple[str, int]] | None,
 ) -> _CpuMeter | _CudaMeter:
-    """The measured step's meter, told of its inputs and, for GRPO, of the generation
-    batch buffered before the step: live until the next generation replaces it, so no
-    reference to it stays here."""
-    inputs = [ids] if labels is None else [ids, labels]
+    """The measured step's meter, told of its inputs (the token ids, an image-text
+    model's pixel values) and, for GRPO, of the generation batch buffered before the
+    step: live until the next generation replaces it, so no reference to it stays here."""
+    inputs = list(ids) if labels is None else [*ids, labels]
     if run.objective == "grpo":
         from ftmem.measure.grpo import buffered_tensors
 

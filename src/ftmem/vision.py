@@ -1,0 +1,281 @@
+"""The vision tower and projector of an image-text model (LLaVA, Gemma 3): their
+parameters, the image tokens they put in the sequence, and what a step keeps of them.
+
+A :class:`VisionTower` is plain data beside the language model's Architecture
+(``Architecture.vision``). Two encoders and two projectors are modelled, as transformers
+5.24 builds them:
+
+- LLaVA (models/llava/modeling_llava.py): ``AutoModel.from_config(vision_config)``, a
+  CLIPVisionModel with *every* layer built and run; ``get_image_features`` takes
+  ``hidden_states[vision_feature_layer]`` (-2: the second to last layer's output), drops
+  the CLS token under the "default" strategy, and LlavaMultiModalProjector (linear_1,
+  GELU, linear_2) maps it to the text width. The layers after the selected one run, but
+  their output is dropped, so they keep nothing for backward.
+- Gemma 3 (models/gemma3/modeling_gemma3.py): a SiglipVisionModel (no pooling head:
+  ``vision_use_head`` false) whose last_hidden_state (after post_layernorm) goes through
+  Gemma3MultiModalProjector: an average pool to ``mm_tokens_per_image`` tokens, an RMSNorm
+  (Gemma's fp32 (1 + w) form) and a matmul with ``mm_input_projection_weight``.
+
+The sizes of what a trained tower saves are derived from those modules' autograd nodes
+(listed in :func:`saved_per_layer`) and checked against PyTorch's saved tensors in
+tests/accuracy/test_vision.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from ftmem.dtypes import FP32
+from ftmem.errors import InvalidInputError
+
+Encoder = Literal["clip", "siglip"]
+# LLaVA's two linears around a GELU; Gemma 3's pooling, RMSNorm and one matrix
+Projector = Literal["mlp", "pooled"]
+# How a run treats the tower and the projector (RunConfig.vision_tower / .projector)
+Training = Literal["frozen", "full"]
+
+
+class VisionTower(BaseModel):
+    """A vision encoder and the projector to the language model's width."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    encoder: Encoder
+    hidden_size: PositiveInt
+    intermediate_size: PositiveInt
+    num_layers: PositiveInt
+    num_heads: PositiveInt
+    image_size: PositiveInt
+    patch_size: PositiveInt
+    num_channels: PositiveInt = 3
+    projector: Projector
+    projector_bias: bool = Field(True, description="LLaVA: multimodal_projector_bias.")
+    feature_layer: int = Field(
+        -1,
+        description="The hidden state the projector reads (LLaVA's vision_feature_layer: "
+        "0 is the embeddings' output, -1 the last layer's, -2 the one before).",
+    )
+    drop_cls: bool = Field(
+        False, description="LLaVA's 'default' feature strategy: the CLS token is dropped."
+    )
+    tokens_per_image: PositiveInt = Field(
+        description="Image tokens one image puts in the language model's sequence."
+    )
+
+    @property
+    def patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def tower_tokens(self) -> int:
+        """Tokens each image is inside the encoder (CLIP adds its CLS token)."""
+        return self.patches + (1 if self.encoder == "clip" else 0)
+
+    @property
+    def layers_kept(self) -> int:
+        """The encoder layers whose output reaches the projector (the others run, and their
+        output is dropped): all of them for Gemma 3, L - 1 for LLaVA's -2."""
+        fl = self.feature_layer
+        return self.num_layers + 1 + fl if fl < 0 else fl
+
+
+@dataclass(frozen=True, slots=True)
+class VisionParam:
+    name: str
+    shape: tuple[int, ...]
+    linear: bool = False  # an nn.Linear weight (peft's all-linear reaches it)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def tower_params(v: VisionTower) -> list[VisionParam]:
+    """The encoder's tensors as transformers 5.24 names them (CLIPVisionModel and
+    SiglipVisionModel under ``model.vision_tower``): patch and position embeddings
+    (CLIP: a class embedding, no conv bias, a pre-norm), then num_layers encoder layers
+    (layer_norm1, q/k/v/out_proj with biases, layer_norm2, fc1, fc2), post_layernorm."""
+    H, I, C, P = v.hidden_size, v.intermediate_size, v.num_channels, v.patch_size
+    pre = "model.vision_tower"
+    clip = v.encoder == "clip"
+    out = [VisionParam(f"{pre}.embeddings.patch_embedding.weight", (H, C, P, P))]
+    if clip:
+        out.append(VisionParam(f"{pre}.embeddings.class_embedding", (H,)))
+    else:
+        out.append(VisionParam(f"{pre}.embeddings.patch_embedding.bias", (H,)))
+    out.append(VisionParam(f"{pre}.embeddings.position_embedding.weight", (v.tower_tokens, H)))
+    if clip:
+        out += [VisionParam(f"{pre}.pre_layrnorm.{w}", (H,)) for w in ("weight", "bias")]
+    for i in range(v.num_layers):
+        layer = f"{pre}.encoder.layers.{i}"
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            out.append(VisionParam(f"{layer}.self_attn.{proj}.weight", (H, H), linear=True))
+            out.append(VisionParam(f"{layer}.self_attn.{proj}.bias", (H,)))
+        out += [
+            VisionParam(f"{layer}.mlp.fc1.weight", (I, H), linear=True),
+            VisionParam(f"{layer}.mlp.fc1.bias", (I,)),
+            VisionParam(f"{layer}.mlp.fc2.weight", (H, I), linear=True),
+            VisionParam(f"{layer}.mlp.fc2.bias", (H,)),
+        ]
+        for norm in ("layer_norm1", "layer_norm2"):
+            out += [VisionParam(f"{layer}.{norm}.{w}", (H,)) for w in ("weight", "bias")]
+    out += [VisionParam(f"{pre}.post_layernorm.{w}", (H,)) for w in ("weight", "bias")]
+    return out
+
+
+def projector_params(v: VisionTower, text_hidden: int) -> list[VisionParam]:
+    """LlavaMultiModalProjector (linear_1: vision → text width, linear_2: text → text) or
+    Gemma3MultiModalProjector (a (vision, text) matrix and the RMSNorm's weight)."""
+    H, T = v.hidden_size, text_hidden
+    pre = "model.multi_modal_projector"
+    if v.projector == "pooled":
+        return [
+            VisionParam(f"{pre}.mm_input_projection_weight", (H, T)),
+            VisionParam(f"{pre}.mm_soft_emb_norm.weight", (H,)),
+        ]
+    out = [VisionParam(f"{pre}.linear_1.weight", (T, H), linear=True)]
+    if v.projector_bias:
+        out.append(VisionParam(f"{pre}.linear_1.bias", (T,)))
+    out.append(VisionParam(f"{pre}.linear_2.weight", (T, T), linear=True))
+    if v.projector_bias:
+        out.append(VisionParam(f"{pre}.linear_2.bias", (T,)))
+    return out
+
+
+def tower_count(v: VisionTower) -> int:
+    return sum(p.numel for p in tower_params(v))
+
+
+def projector_count(v: VisionTower, text_hidden: int) -> int:
+    return sum(p.numel for p in projector_params(v, text_hidden))
+
+
+def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool = False) -> int:
+    """What one trained encoder layer keeps for backward, for ``images`` images of t tower
+    tokens (n = images × t) in a compute dtype of ``e`` bytes (transformers 5.24
+    clip/siglip ``EncoderLayer.forward``):
+
+    - layer_norm1 and layer_norm2: each its input and its fp32 mean and rstd
+    - q/k/v_proj: one shared input, layer_norm1's output (n H e)
+    - sdpa: query, key, value and output (4 n H e), the fp32 logsumexp (n · heads · 4);
+      out_proj reads that output (the kernel returns it (batch, tokens, heads, dim), so
+      ``transpose(1, 2).contiguous()`` copies nothing)
+    - eager instead: query, key and value (3 n H e), the fp32 softmax (images · heads ·
+      t² · 4) and, in a 16-bit dtype, its cast back that the second matmul keeps, and
+      out_proj's input, a contiguous copy of the heads (n H e)
+    - fc1: layer_norm2's output (n H e)
+    - the activation: SigLIP's gelu_pytorch_tanh its input (n I e); CLIP's quick_gelu,
+      ``x * sigmoid(1.702 x)``, its input and the sigmoid's output (2 n I e)
+    - fc2: the activation's output (n I e)
+    """
+    H, I, t = v.hidden_size, v.intermediate_size, v.tower_tokens
+    n = images * t
+    act = 2 if v.encoder == "clip" else 1
+    if eager:
+        probs = images * v.num_heads * t * t
+        attention = 4 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
+    else:
+        attention = 4 * n * H * e + n * v.num_heads * FP32
+    norms = 2 * _norm_saved(n, H, e)
+    return norms + 2 * n * H * e + attention + (act + 1) * n * I * e
+
+
+def _norm_saved(n: int, width: int, e: int) -> int:
+    """A LayerNorm with trained weights: its input and its fp32 mean and rstd."""
+    return n * width * e + 2 * n * FP32
+
+
+def pixel_bytes(v: VisionTower, images: int) -> int:
+    """The batch's pixel_values, in fp32 as the image processors return them (CLIP's and
+    SigLIP's embeddings cast them to the weights' dtype themselves)."""
+    return images * v.num_channels * v.image_size**2 * FP32
+
+
+def tower_saved(
+    v: VisionTower, images: int, e: int, eager: bool = False, checkpointed: bool = False
+) -> int:
+    """What a fully trained tower keeps, ``images`` images at once: the pixels the patch
+    convolution saves (cast to the tower's dtype), CLIP's pre-norm, the layers the
+    projector reads (each whole, or its input alone when ``checkpointed``), and SigLIP's
+    post_layernorm (Gemma 3 reads last_hidden_state; LLaVA's -2 does not)."""
+    n = images * v.tower_tokens
+    # the convolution keeps the pixels it reads: the batch's fp32 pixel_values themselves,
+    # or their cast to the tower's dtype (then the input is the loop's: pixel_bytes)
+    pixels = images * v.num_channels * v.image_size**2 * e
+    # gradient checkpointing reaches the tower's layers too (CLIPEncoderLayer and
+    # SiglipEncoderLayer are GradientCheckpointingLayers): each keeps only its input
+    per_layer = n * v.hidden_size * e if checkpointed else saved_per_layer(v, images, e, eager)
+    total = pixels + v.layers_kept * per_layer
+    if v.encoder == "clip":
+        total += _norm_saved(n, v.hidden_size, e)
+    if v.layers_kept == v.num_layers and v.encoder == "siglip":
+        total += _norm_saved(n, v.hidden_size, e)
+    return total
+
+
+def projector_saved(
+    v: VisionTower, text_hidden: int, images: int, e: int, tower_trains: bool = True
+) -> int:
+    """What a trained projector keeps:
+
+    - LLaVA: linear_1's input (the selected hidden state, copied when the CLS token is
+      sliced off), the GELU's input and linear_2's input (linear_1's output and the GELU's).
+    - Gemma 3: the average pool's input (the hidden state made contiguous), the RMSNorm in
+      fp32 (``x.float()`` that pow keeps, rsqrt's output, the normalised x and (1 + w) that
+      the multiplication keeps), and the matmul's input cast back to the compute dtype.
+      Under a frozen tower its output needs no gradient: only the weights' gradients
+      need inputs, the normalised x (for w) and the matmul's input.
+    """
+    H, T = v.hidden_size, text_hidden
+    tokens = images * v.tokens_per_image
+    if v.projector == "mlp":
+        selected = images * (v.patches if v.drop_cls else v.tower_tokens)
+        return selected * H * e + 2 * tokens * T * e
+    if not tower_trains:
+        return tokens * H * FP32 + tokens * H * e
+    pooled = images * v.patches * H * e
+    fp32_input = tokens * H * FP32
+    return pooled + fp32_input + tokens * FP32 + tokens * H * FP32 + H * FP32 + tokens * H * e
+
+
+def frozen_forward(v: VisionTower, images: int, e: int) -> int:
+    """The tower's forward with nothing to train (no gradient reaches it): its largest
+    moment inside one encoder layer past the first (measured, tests/accuracy/test_vision.py).
+    Always alive: the encoder's input, which its caller's local keeps through every layer
+    (``encoder(inputs_embeds=hidden_states)``), the layer's running residual and, under
+    LLaVA, one hidden state its feature selection captures. In attention, at out_proj's
+    output, eight hidden-sized tensors in all (SigLIP: those two, layer_norm1's output,
+    q, k, v, the kernel's output and out_proj's); in the MLP: layer_norm2's
+    output, fc1's output and the activation's (SigLIP's GELU: one output; CLIP's quick_gelu
+    ``x * sigmoid(1.702 x)``: 1.702 x and the sigmoid beside fc1's output)."""
+    n = images * v.tower_tokens
+    H, I = v.hidden_size, v.intermediate_size
+    clip = v.encoder == "clip"
+    always = 2 + (1 if v.projector == "mlp" else 0)
+    # (attention's moment, at out_proj's output, measured eight hidden-sized tensors in
+    # both towers)
+    attention = 8 * n * H * e
+    mlp = (always + 1) * n * H * e + (3 if clip else 2) * n * I * e
+    return max(attention, mlp)
+
+
+def check_images(v: VisionTower | None, images: int, seq_len: int, name: str) -> None:
+    """Images per sample need a vision tower, and their tokens fit in the sequence."""
+    if not images:
+        return
+    if v is None:
+        raise InvalidInputError(
+            f"--images: {name}'s vision tower is not modelled (LLaVA and Gemma 3 are); "
+            "drop --images to estimate its language model."
+        )
+    if images * v.tokens_per_image > seq_len:
+        raise InvalidInputError(
+            f"--images {images} puts {images * v.tokens_per_image:,} image tokens in each "
+            f"sequence ({v.tokens_per_image} per image): --seq-len must be at least that."
+        )

@@ -1,0 +1,223 @@
+"""What a training step holds of an image-text model's vision tower and projector
+(ftmem.vision): which train, their tensor groups, what they keep for backward, the
+frozen tower's forward, and the notes saying what each framework does by default."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from ftmem.arch import Architecture, Param, ParamKind
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, StorageFormat, is_quantized
+from ftmem.errors import InvalidInputError
+from ftmem.ops.saved import Saved
+from ftmem.precision import Dtypes
+from ftmem.profiles import profile_of
+from ftmem.run import ADAPTER_METHODS, RunConfig
+from ftmem.vision import (
+    VisionParam,
+    VisionTower,
+    check_images,
+    frozen_forward,
+    pixel_bytes,
+    projector_params,
+    projector_saved,
+    tower_params,
+    tower_saved,
+)
+
+# Prefixes of the vision parameters (transformers 5.24 LlavaModel / Gemma3Model)
+TOWER = "model.vision_tower."
+PROJECTOR = "model.multi_modal_projector."
+
+
+@dataclass(frozen=True, slots=True)
+class VisionTraining:
+    tower: bool
+    projector: bool
+
+
+def training(arch: Architecture, run: RunConfig) -> VisionTraining:
+    """Whether the tower and the projector train: as asked, else as the method implies
+    (full finetuning trains every parameter, as HF Trainer and TRL do; under any other
+    method, and in LLaMA-Factory under every one (its freeze_vision_tower and
+    freeze_multi_modal_projector: profiles.Profile.freezes_vision), they stay frozen)."""
+    if arch.vision is None:
+        # (a framework's default "frozen" says nothing of a model without a tower)
+        if "full" in (run.vision_tower, run.projector) or run.images:
+            what = "--images" if run.images else "--vision-tower/--projector full"
+            raise InvalidInputError(
+                f"{what}: {arch.name} has no vision tower ftmem models (LLaVA and Gemma 3 "
+                "image-text configs have one)."
+            )
+        return VisionTraining(False, False)
+    full = run.method in ("full", "galore") and not profile_of(run).freezes_vision
+    tower = (run.vision_tower or ("full" if full else "frozen")) == "full"
+    projector = (run.projector or ("full" if tower or full else "frozen")) == "full"
+    if tower and not projector:
+        raise InvalidInputError(
+            "--vision-tower full with --projector frozen is not modelled (its gradient "
+            "crosses the frozen projector); train both, or freeze the tower."
+        )
+    return VisionTraining(tower, projector)
+
+
+def _kind(p: VisionParam) -> ParamKind:
+    if p.linear:
+        return "linear"
+    return "linear_bias" if p.name.endswith("_proj.bias") or ".fc" in p.name else "norm"
+
+
+def groups(arch: Architecture, run: RunConfig, dtypes: Dtypes, base_format) -> list:
+    """The tower's and projector's tensors as TensorGroups (outside the blocks), the
+    tower's layers folded into one group per tensor with a count. ``base_format`` is
+    methods._base_format: bitsandbytes quantises their nn.Linear weights as it does the
+    blocks' (transformers 5.24 quantizers/base.py get_keys_to_not_convert keeps only the
+    tied keys, the last parameter and the LM head)."""
+    from ftmem.methods import TensorGroup  # (methods imports this module)
+
+    trains = training(arch, run)  # (refuses the vision settings on a model without a tower)
+    v = arch.vision
+    if v is None:
+        return []
+    folded: dict[tuple[str, tuple[int, ...], ParamKind], int] = defaultdict(int)
+    for p in tower_params(v):
+        name = p.name.replace(TOWER, "")
+        if name.startswith("encoder.layers."):
+            name = "encoder.layers.*." + name.split(".", 3)[3]
+        folded[(TOWER + name, p.shape, _kind(p))] += 1
+    for p in projector_params(v, arch.hidden_size):
+        folded[(p.name, p.shape, _kind(p))] += 1
+    out = []
+    unread = _unread(v)
+    for (name, shape, kind), count in folded.items():
+        trainable = trains.tower if name.startswith(TOWER) else trains.projector
+        fmt: StorageFormat = base_format(Param(name, shape, kind, ("q",)), dtypes, frozenset())
+        if trainable and is_quantized(fmt):
+            raise InvalidInputError(
+                "a quantised base quantises the vision tower's linears too (transformers' "
+                "bitsandbytes skips only the LM head): they cannot train; freeze the tower "
+                "and the projector (--vision-tower frozen --projector frozen)."
+            )
+        idle = 0
+        if trainable and name.startswith(TOWER):
+            # the layers after the one the projector reads (and CLIP's post_layernorm, on
+            # the pooled CLS token LLaVA never reads) run, but no gradient reaches them:
+            # their .grad stays None, and torch's AdamW makes them no state
+            if name.startswith(TOWER + "encoder.layers."):
+                idle = unread.layers
+            elif "post_layernorm" in name and unread.post_norm:
+                idle = count
+        if idle:
+            out.append(TensorGroup(name + " (unread)", shape, idle, fmt, False, in_block=False))
+        if count - idle:
+            out.append(TensorGroup(name, shape, count - idle, fmt, trainable, in_block=False))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Unread:
+    layers: int
+    post_norm: bool
+
+    def __bool__(self) -> bool:
+        return bool(self.layers or self.post_norm)
+
+
+def _unread(v: VisionTower) -> _Unread:
+    """What of the tower the projector does not read (LLaVA's -2: the last layer and
+    post_layernorm)."""
+    layers = v.num_layers - v.layers_kept
+    return _Unread(layers, layers > 0 or v.encoder == "clip")
+
+
+def is_vision(name: str) -> bool:
+    return name.startswith((TOWER, PROJECTOR))
+
+
+def trains_below(arch: Architecture, run: RunConfig) -> bool:
+    """The blocks' input needs a gradient: the image tokens' embeddings come from a
+    trained projector (or tower)."""
+    if arch.vision is None or not run.images:
+        return False
+    trains = training(arch, run)
+    return trains.tower or trains.projector
+
+
+def images_per_step(run: RunConfig) -> int:
+    return run.batch_size * run.images
+
+
+def saved(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[Saved]:
+    """What the tower and the projector keep for backward through the step (their
+    gradients come last, so these live until the end of backward)."""
+    v = arch.vision
+    images = images_per_step(run)
+    if v is None or not images:
+        return []
+    check_images(v, run.images, run.seq_len, arch.name)
+    trains = training(arch, run)
+    e = BYTES_PER_ELEMENT[dtypes.compute]
+    out: list[Saved] = []
+    if trains.tower or trains.projector:
+        # masked_scatter puts the image features in the embeddings; its backward selects
+        # their gradient with the placeholder mask, one bool per token (the expanded view's
+        # storage)
+        out.append(Saved("image token mask (masked_scatter)", run.batch_size * run.seq_len))
+    if trains.tower:
+        eager = run.attn == "eager"
+        kept = tower_saved(v, images, e, eager, checkpointed=run.grad_ckpt)
+        out.append(Saved("vision tower (trained)", kept))
+    if trains.projector:
+        kept = projector_saved(v, arch.hidden_size, images, e, trains.tower)
+        out.append(Saved("vision projector (trained)", kept))
+    return out
+
+
+def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
+    """The batch's pixel values: an input the loop holds through the whole step (a
+    trained tower's convolution keeps this very tensor in fp32, a cast of it otherwise)."""
+    if arch.vision is None or not run.images:
+        return 0
+    if training(arch, run).tower and BYTES_PER_ELEMENT[dtypes.compute] == FP32:
+        return 0  # the convolution keeps this very tensor: counted with the tower's items
+    return pixel_bytes(arch.vision, images_per_step(run))
+
+
+def forward_transient(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
+    """A frozen tower's forward, before the language model's: nothing needs a gradient,
+    so it keeps nothing, but holds its largest moment (ftmem.vision.frozen_forward)."""
+    v = arch.vision
+    if v is None or not run.images or training(arch, run).tower:
+        return 0
+    return frozen_forward(v, images_per_step(run), BYTES_PER_ELEMENT[dtypes.compute])
+
+
+def notes(arch: Architecture, run: RunConfig) -> list[str]:
+    v: VisionTower | None = arch.vision
+    if v is None:
+        return []
+    trains = training(arch, run)
+    out: list[str] = []
+    state = ", ".join(
+        f"{what} {'trained' if t else 'frozen'}"
+        for what, t in (("vision tower", trains.tower), ("projector", trains.projector))
+    )
+    if not run.images:
+        out.append(
+            f"Image-text model ({state}): no images per sample, so the tower's weights are "
+            f"counted and its forward is not; --images N adds them ({v.tokens_per_image} "
+            "tokens per image in --seq-len)."
+        )
+    else:
+        out.append(
+            f"Image-text model ({state}): {run.images} image(s) per sample, "
+            f"{run.images * v.tokens_per_image:,} of each sequence's --seq-len tokens."
+        )
+    if run.method in ADAPTER_METHODS and not trains.tower:
+        out.append(
+            "peft's all-linear (and target names such as q_proj) also wraps the vision "
+            "tower's linears; the estimate keeps the tower frozen without adapters, as "
+            "LLaMA-Factory does (freeze_vision_tower)."
+        )
+    return out

@@ -1,0 +1,160 @@
+"""Image-text models (ftmem.vision): parameter counts against transformers on the meta
+device for the published configs, the image tokens in the sequence, and what the run
+settings refuse. What the tower and projector keep is measured in
+tests/accuracy/test_vision.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ftmem.api import estimate
+from ftmem.arch import count_params
+from ftmem.errors import ConfigError, InvalidInputError
+from ftmem.presets import get_model
+from ftmem.sources import architecture_from_config
+from ftmem.vision import projector_count, tower_count
+
+FIXTURES = Path(__file__).parent / "fixtures" / "multimodal"
+LLAVA = json.loads((FIXTURES / "llava-1.5-7b-hf.json").read_text())
+GEMMA3_4B = json.loads((FIXTURES / "gemma-3-4b-it.json").read_text())
+# google/gemma-3-12b-it and -27b-it: the same vision_config, these text_config keys
+GEMMA3_TEXT = {
+    "12b": dict(
+        hidden_size=3840,
+        intermediate_size=15360,
+        num_hidden_layers=48,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+    ),
+    "27b": dict(
+        hidden_size=5376,
+        intermediate_size=21504,
+        num_hidden_layers=62,
+        num_attention_heads=32,
+        num_key_value_heads=16,
+        head_dim=128,
+        query_pre_attn_scalar=168,
+    ),
+}
+
+
+def _gemma3(size: str) -> dict:
+    if size == "4b":
+        return GEMMA3_4B
+    return {**GEMMA3_4B, "text_config": {**GEMMA3_4B["text_config"], **GEMMA3_TEXT[size]}}
+
+
+CONFIGS = {
+    "llava-1.5-7b": LLAVA,
+    "gemma3-4b-vision": _gemma3("4b"),
+    "gemma3-12b-vision": _gemma3("12b"),
+    "gemma3-27b-vision": _gemma3("27b"),
+}
+
+
+def _transformers_counts(cfg: dict) -> tuple[int, int, int]:
+    """(all, vision tower, projector) parameters of the model transformers builds from
+    ``cfg`` on the meta device (its classes fill the keys the config leaves out)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    kwargs = {k: v for k, v in cfg.items() if k != "model_type"}
+    config = transformers.CONFIG_MAPPING[cfg["model_type"]](**kwargs)
+    with torch.device("meta"):
+        model = transformers.AutoModelForImageTextToText.from_config(config)
+    named = list(model.named_parameters())
+    return (
+        sum(p.numel() for _, p in named),
+        sum(p.numel() for n, p in named if ".vision_tower." in n),
+        sum(p.numel() for n, p in named if ".multi_modal_projector." in n),
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_counts_equal_transformers(name):
+    cfg = CONFIGS[name]
+    arch = architecture_from_config(cfg, name, "test")
+    total, tower, projector = _transformers_counts(cfg)
+    assert arch.vision is not None
+    assert tower_count(arch.vision) == tower
+    assert projector_count(arch.vision, arch.hidden_size) == projector
+    assert count_params(arch) == total
+    assert count_params(get_model(name)) == total  # the preset describes the same model
+    assert get_model(name).vision == arch.vision
+
+
+def test_tokens_per_image():
+    """LLaVA-1.5: (336 / 14)² = 576 patches, the CLS token dropped; Gemma 3: its
+    mm_tokens_per_image, 64 × 64 patches pooled 4 × 4."""
+    llava = architecture_from_config(LLAVA, "llava", "test").vision
+    gemma = architecture_from_config(GEMMA3_4B, "gemma3", "test").vision
+    assert llava is not None and gemma is not None
+    assert (llava.tokens_per_image, llava.tower_tokens, llava.layers_kept) == (576, 577, 23)
+    assert (gemma.tokens_per_image, gemma.tower_tokens, gemma.layers_kept) == (256, 4096, 27)
+
+
+def test_images_need_room_in_the_sequence():
+    with pytest.raises(InvalidInputError, match="at least"):
+        estimate("llava-1.5-7b", images=2, seq_len=1000)
+    estimate("llava-1.5-7b", images=1, seq_len=1000)
+
+
+def test_images_refused_without_a_tower():
+    with pytest.raises(InvalidInputError, match="no vision tower"):
+        estimate("llama2-7b", images=1)
+
+
+def test_tower_and_projector_defaults():
+    """Full finetuning trains both (HF Trainer, TRL); LoRA leaves both frozen
+    (LLaMA-Factory's freeze_vision_tower, freeze_multi_modal_projector)."""
+    full = estimate("llava-1.5-7b", method="full", images=1, seq_len=1024)
+    lora = estimate("llava-1.5-7b", method="lora", images=1, seq_len=1024)
+    vision = 303_507_456 + 20_979_712
+    # LLaVA's -2: no gradient reaches the last CLIP layer (q, k, v, out_proj with biases,
+    # fc1 and fc2 with biases, two LayerNorms) nor post_layernorm
+    H, inter = 1024, 4096
+    last_layer = 4 * (H * H + H) + (inter * H + inter) + (H * inter + H) + 2 * 2 * H
+    unread = last_layer + 2 * H
+    assert full.model.n_trainable_params == count_params(get_model("llava-1.5-7b")) - unread
+    assert lora.model.n_trainable_params < vision
+    items = [s.what for s in full.memory.activations_outer]
+    assert "vision tower (trained)" in items and "vision projector (trained)" in items
+    assert not any("vision" in s.what for s in lora.memory.activations_outer)
+
+
+def test_trained_tower_on_a_quantised_base_is_refused():
+    with pytest.raises(InvalidInputError, match="cannot train"):
+        estimate("llava-1.5-7b", method="qlora", vision_tower="full", images=1, seq_len=1024)
+
+
+def test_unmodelled_vision_is_refused_in_one_sentence():
+    cfg = {**LLAVA, "vision_feature_layer": [-2, -5]}
+    with pytest.raises(ConfigError, match="vision_feature_layer"):
+        architecture_from_config(cfg, "llava", "test")
+
+
+def _llama_factory(tmp_path, text: str):
+    from ftmem.frameworks import read_framework_config
+
+    path = tmp_path / "llama_factory.yaml"
+    path.write_text("model_name_or_path: llava-hf/llava-1.5-7b-hf\nstage: sft\n" + text)
+    return read_framework_config(str(path))
+
+
+def test_llama_factory_freezes_the_tower_by_default(tmp_path):
+    """LLaMA-Factory's freeze_vision_tower and freeze_multi_modal_projector default true
+    (its profile), so its full finetuning leaves both frozen, unlike HF Trainer's."""
+    cfg = _llama_factory(tmp_path, "finetuning_type: full\nbf16: true\n")
+    assert "vision_tower" not in cfg.settings and "projector" not in cfg.settings
+    settings = {**cfg.settings, "images": 1, "seq_len": 1024}
+    est = estimate("llava-1.5-7b", **settings)
+    assert not any("vision" in s.what for s in est.memory.activations_outer)
+    unfrozen = _llama_factory(
+        tmp_path, "finetuning_type: full\nbf16: true\nfreeze_vision_tower: false\n"
+    )
+    assert (unfrozen.settings["vision_tower"], unfrozen.settings["projector"]) == ("full", "full")
+    lora = _llama_factory(tmp_path, "finetuning_type: lora\nfreeze_vision_tower: false\n")
+    assert "vision_tower" not in lora.settings
+    assert any("LoRA in the vision tower is not modelled" in n for n in lora.notes)
