@@ -268,16 +268,19 @@ class RunConfig(limits.BoundedSettings):
     grad_accum: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
     images: NonNegativeInt = Field(
         0,
+        exclude_if=lambda value: value == 0,
         description="Image-text models: images per sample; each puts the model's image tokens "
         "in the sequence (seq_len counts them) and runs through the vision tower.",
     )
     vision_tower: Literal["frozen", "full"] | None = Field(
         None,
+        exclude_if=lambda value: value is None,
         description="Image-text models: whether the vision tower trains (default: with "
         "full finetuning, as TRL and HF Trainer do; frozen under any other method).",
     )
     projector: Literal["frozen", "full"] | None = Field(
         None,
+        exclude_if=lambda value: value is None,
         description="Image-text models: whether the projector trains (default: as the tower's default).",
     )
     grad_ckpt: bool = False

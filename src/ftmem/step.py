@@ -376,6 +376,21 @@ def _outer_items(
     return outer_below, outer_above
 
 
+def _loss_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
+    """The loss's backward beyond its saved tensors: the log-softmax's and the logits'
+    fp32 gradients (a fused loss kept its own; a chunked one has one chunk's at a time)."""
+    V = arch.vocab_size
+    if run.loss == "logprob-tiles":
+        trains_head = plan.outer_trainable or plan.head_trainable
+        return Loss.logprob_tiles_backward(arch, run, plan, e, trains_head)
+    return {
+        "fused": lambda: Loss.fused_backward(arch, run, plan, T),
+        "chunked": lambda: Loss.chunked_backward(run, V, e, T),
+        "shifted": lambda: Loss.shifted_backward(run, V, e, T),
+        "linear-chunked": lambda: Loss.linear_chunked_backward(arch, plan, e, T),
+    }.get(run.loss, lambda: 2 * T * V * FP32)()
+
+
 def _decoder_sizes(
     arch: Architecture,
     run: RunConfig,
@@ -408,20 +423,7 @@ def _decoder_sizes(
         )
         + PrefixTuning.cache(arch, run, plan.dtypes)
         + forward_cache,
-        # the log-softmax's and the logits' fp32 gradients (a fused loss kept its own; a
-        # chunked one has one chunk's at a time)
-        loss_backward=(
-            Loss.logprob_tiles_backward(
-                arch, run, plan, e, plan.outer_trainable or plan.head_trainable
-            )
-            if tiles
-            else {
-                "fused": Loss.fused_backward(arch, run, plan, T),
-                "chunked": Loss.chunked_backward(run, V, e, T),
-                "shifted": Loss.shifted_backward(run, V, e, T),
-                "linear-chunked": Loss.linear_chunked_backward(arch, plan, e, T),
-            }.get(run.loss, 2 * T * V * FP32)
-        )
+        loss_backward=_loss_backward(arch, run, plan, e, T)
         + (
             T * V * FP32
             if offloaded
