@@ -139,6 +139,71 @@ def test_the_shifted_loss_requests_its_tensors_as_qwen1_does(autocast):
     assert measured[1][0] == ("alloc", R * V * log_softmax_bytes)
 
 
+def _legacy_llama_step(hold: bool):
+    """transformers 4.40.2's LlamaForCausalLM.forward with labels
+    (models/llama/modeling_llama.py:1230-1244, pretraining_tp 1): the logits upcast, a
+    contiguous copy of the shifted ones, CrossEntropyLoss; the model returns the fp32
+    logits. ``hold``: the loop keeps the output past the backward (fsdp_qlora's
+    train.py@3616227:803-848: ``output = None`` after the optimizer step)."""
+
+    def model_forward(hidden, weight, labels):
+        logits = F.linear(hidden, weight)
+        logits = logits.float()
+        shift_logits = logits[..., :-1, :].contiguous()
+        shift_labels = labels[..., 1:].contiguous()
+        loss_fct = torch.nn.CrossEntropyLoss()
+        shift_logits = shift_logits.view(-1, V)
+        shift_labels = shift_labels.view(-1)
+        loss = loss_fct(shift_logits, shift_labels)
+        return loss, logits
+
+    held = []
+
+    def step(hidden, weight, labels):
+        loss, logits = model_forward(hidden, weight, labels)
+        if hold:  # dropped after the measured window (the backward) ends
+            held.append(logits)
+        return loss
+
+    return step
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("hold", [False, True], ids=["dropped", "held"])
+def test_the_upcast_shifted_loss_requests_its_tensors_as_transformers_4_40_does(dtype, hold):
+    e = torch.finfo(dtype).bits // 8
+    measured = _vocabulary_sized(*_measure(_legacy_llama_step(hold), *_inputs(dtype))[:2], skip=3)
+    R = T - B
+    program = loss_requests._upcast_shifted_loss(T, R, V, e, hold=hold)
+    assert _vocabulary_sized(*program.phases()) == measured
+    if e == 2 and hold:
+        # the hand derivation: bf16 logits, their fp32 copy (the bf16 ones freed as the
+        # name is rebound), the shifted fp32 copy, the fp32 log-softmax; the shifted copy
+        # freed at the return, the fp32 logits held (the program's output, number 1)
+        assert measured[0] == [
+            ("alloc", T * V * 2),
+            ("alloc", T * V * 4),
+            ("free", 0),
+            ("alloc", R * V * 4),
+            ("alloc", R * V * 4),
+            ("free", 2),
+        ]
+        assert program.output == 1
+        # backward: nll's and log-softmax's fp32 gradients, the slice's fp32 zeros of
+        # the whole logits, the cast back to bf16
+        assert measured[1] == [
+            ("alloc", R * V * 4),
+            ("alloc", R * V * 4),
+            ("free", 4),
+            ("free", 3),
+            ("alloc", T * V * 4),
+            ("free", 5),
+            ("alloc", T * V * 2),
+            ("free", 6),
+            ("free", 7),
+        ]
+
+
 def _chunked_cross_entropy(logits, labels):
     """CEWithChunkedOutputLoss.forward (torchtune
     modules/loss/ce_chunked_output_loss.py@1814feb17a90), compute_cross_entropy inlined."""
@@ -180,6 +245,11 @@ LOSSES = [
     ({"loss": "standard", "precision": "fp32"}, True),
     ({"loss": "shifted"}, True),
     ({"loss": "shifted", "precision": "bf16", "autocast": True}, True),
+    ({"loss": "upcast-shifted"}, True),
+    ({"loss": "upcast-shifted", "precision": "fp32"}, True),
+    ({"loss": "upcast-shifted", "precision": "bf16-mixed"}, True),
+    ({"loss": "upcast-shifted", "framework": "fsdp_qlora"}, True),  # the output held
+    ({"loss": "standard", "framework": "fsdp_qlora"}, True),
     ({"loss": "chunked"}, True),
     ({"loss": "chunked", "compile": True, "framework": "torchtune"}, False),  # one kernel
     ({"loss": "fused"}, False),

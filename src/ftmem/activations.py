@@ -209,6 +209,8 @@ def outer_saved(
     # torchtune's LinearCrossEntropyLoss keeps only the rows with a label
     masked_rows = Loss.rows(run) if run.loss == "linear-chunked" else None
     shifted = run.loss == "shifted"  # the model's own loss on a shifted 16-bit copy
+    # transformers < 4.46: the cross-entropy over the shifted rows of fp32 logits
+    rows = Loss.rows(run) if run.loss in ("shifted", "upcast-shifted") else None
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     saved = Loss.saved(
         arch,
@@ -220,7 +222,7 @@ def outer_saved(
         softcaps=softcaps,
         masked_rows=masked_rows,
         cross_entropy=run.objective == "sft",
-        loss_rows=Loss.rows(run) if shifted else None,
+        loss_rows=rows,
     )
     if run.objective != "sft":  # the pairs' log-probabilities instead of the cross-entropy
         ids_kept = train or plan.embed_trainable  # the embedding's backward keeps them

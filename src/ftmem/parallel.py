@@ -1062,6 +1062,7 @@ def _stage_sizes(
         teacher_forward=base.teacher_forward,
         loop_held=base.loop_held if last else 0,
         empties_cache=base.empties_cache,
+        output_held=base.output_held if last else 0,
     )
     return sizes, micro
 

@@ -102,6 +102,9 @@ class HeadRequests:
     backward: tuple[HeadRequest, ...]
     logits_forward: int
     loss_backward: int
+    # the number of the forward's allocation the loop holds past the backward (the
+    # model's output, StepSizes.output_held; freed after the optimizer step), -1: none
+    output: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +195,10 @@ class StepSizes:
     # the last pass's graph, alive through this pass's forward and its loss (LitGPT
     # rebinds ``loss`` after them): what autograd ctx attributes of it keep
     previous_graph: int = 0
+    # what the loop holds of the model's output from the loss on, through the backward
+    # and the optimizer step, freed before the next forward (fsdp_qlora's ``output``: its
+    # logits); at the logits' own moment it is one of the head's transients
+    output_held: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +269,7 @@ def find_peak(s: StepSizes) -> Peak:
     held_forward = g.total if g.through_forward else held
     acts = s.activations.total
     live_grads = g.total if g.persist else g.outer - g.embedding
-    live_acts = acts - s.activations.above
+    live_acts = acts - s.activations.above + s.output_held
     head = _until_head_backward(s, (held_forward, held), acts, live_grads, live_acts)
     race = _Race(s.weights + s.states + s.loop_held, head[0])
     race.weigh(head)
@@ -306,7 +313,7 @@ def _until_head_backward(
     moments = [
         Moment("forward", held_forward, acts - above + previous, s.block.forward, fwd),
         Moment("forward", held_forward, acts + previous, head.logits_forward, head_fwd),
-        Moment("backward", held_backward, acts, head.loss_backward, loss_bwd),
+        Moment("backward", held_backward, acts + s.output_held, head.loss_backward, loss_bwd),
         Moment("backward", live_grads, live_acts, head.workspace + s.optimizer.outer, head_bwd),
     ]
     if s.teacher_forward or c.before:  # without one the next moment holds all it would
@@ -385,7 +392,7 @@ def _after_the_blocks(s: StepSizes, live_acts: int) -> list[Moment]:
         moments.append(Moment("backward", 0, live_acts, step.outer, bwd))
         moments.append(Moment("optimizer", 0, 0, 0, opt))
     else:
-        moments.append(Moment("optimizer", grads, 0, step.temporaries, opt))
+        moments.append(Moment("optimizer", grads, s.output_held, step.temporaries, opt))
     if step.merge:
         moments.append(Moment("optimizer", 0, 0, step.merge, opt))
     return moments

@@ -64,6 +64,9 @@ class Profile:
     # the loop's ``loss`` keeps the last pass's graph (its root node) until the next
     # pass's loss is assigned: what ctx attributes hold lives through that forward
     loss_held_into_next_forward: bool = False
+    # the loop keeps the model's output (its logits: Loss.output_logits) from the forward
+    # through the backward and the optimizer step, and drops it before the next forward
+    output_held_through_step: bool = False
     # None: as config.json says (tie_word_embeddings); False: a separate LM head
     ties_lm_head: bool | None = None
     # QLoRA quantises the LM head as well (every nn.Linear), not only the blocks'
@@ -262,10 +265,16 @@ FSDP_QLORA = Profile(
     notes=(
         "fsdp_qlora: FSDP wraps the model from rank 0's CPU unit by unit (moved whole, "
         "broadcast, flattened, sharded); the cache that leaves is in the reserved peak "
-        "(the peaks are reset before the loop, the cache is not emptied).",
+        "(the peaks are reset before the loop, the cache is not emptied); the loop holds "
+        "the model's output (its logits) through the backward and the optimizer step.",
     ),
     peak_of="step",
     fsdp_wraps_from_cpu=True,
+    # fsdp_main's loop: ``output = model(..., labels=...)`` and ``loss = output.loss``,
+    # ``loss.backward()``, ``optimizer.step()``, then ``output = None`` "so more memory
+    # frees up before the next forward pass" (@3616227 train.py:803-848; @50efa1e
+    # :821-874): the model's logits live through the backward and the step
+    output_held_through_step=True,
 )
 
 PROFILES: dict[str, Profile] = {

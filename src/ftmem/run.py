@@ -390,21 +390,30 @@ class RunConfig(limits.BoundedSettings):
         description="grpo --vllm colocate: the share of the GPU's memory vLLM reserves "
         "(TRL vllm_gpu_memory_utilization, 0.3).",
     )
-    loss: Literal["standard", "shifted", "chunked", "linear-chunked", "fused", "logprob-tiles"] = (
-        Field(
-            "standard",
-            description="standard: transformers' cross-entropy over full logits; shifted: "
-            "the model's own loss as older and remote-code models write it (Qwen-1): a "
-            "contiguous copy of the shifted logits, cross-entropy in their dtype (fp32 under "
-            "autocast), no upcast of the whole; chunked: "
-            "torchtune's 8 output chunks, each upcast to fp32 on its own; linear-chunked: "
-            "torchtune's LinearCrossEntropyLoss (the LM head applied in the loss, 8 chunks of "
-            "labelled tokens, one chunk's logits at a time); fused: Liger-Kernel's "
-            "fused linear cross-entropy (logits in chunks, never whole); logprob-tiles: TRL's "
-            "SFTTrainer since 1.15.0 (the LM head projected in tiles of 4096 tokens × 32768 "
-            "vocabulary entries into one reused buffer, per-token log-probabilities kept, "
-            "never the logits).",
-        )
+    loss: Literal[
+        "standard",
+        "upcast-shifted",
+        "shifted",
+        "chunked",
+        "linear-chunked",
+        "fused",
+        "logprob-tiles",
+    ] = Field(
+        "standard",
+        description="standard: transformers' cross-entropy over full logits; "
+        "upcast-shifted: transformers < 4.46's causal-LM loss in the model's forward "
+        "(logits.float(), an fp32 contiguous copy of the shifted logits, "
+        "CrossEntropyLoss; the model returns the fp32 logits); shifted: "
+        "the model's own loss as older and remote-code models write it (Qwen-1): a "
+        "contiguous copy of the shifted logits, cross-entropy in their dtype (fp32 under "
+        "autocast), no upcast of the whole; chunked: "
+        "torchtune's 8 output chunks, each upcast to fp32 on its own; linear-chunked: "
+        "torchtune's LinearCrossEntropyLoss (the LM head applied in the loss, 8 chunks of "
+        "labelled tokens, one chunk's logits at a time); fused: Liger-Kernel's "
+        "fused linear cross-entropy (logits in chunks, never whole); logprob-tiles: TRL's "
+        "SFTTrainer since 1.15.0 (the LM head projected in tiles of 4096 tokens × 32768 "
+        "vocabulary entries into one reused buffer, per-token log-probabilities kept, "
+        "never the logits).",
     )
     autocast: bool | None = Field(
         None, description="torch.autocast to 16-bit; default on for *-mixed, off otherwise."

@@ -387,6 +387,7 @@ def _loss_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int,
         "fused": lambda: Loss.fused_backward(arch, run, plan, T),
         "chunked": lambda: Loss.chunked_backward(run, V, e, T),
         "shifted": lambda: Loss.shifted_backward(run, V, e, T),
+        "upcast-shifted": lambda: Loss.upcast_shifted_backward(run, V, e, T),
         "linear-chunked": lambda: Loss.linear_chunked_backward(arch, plan, e, T),
     }.get(run.loss, lambda: 2 * T * V * FP32)()
 
@@ -435,10 +436,10 @@ def _decoder_sizes(
         workspace=Norm.backward_workspace(arch, e, T, in_place=profile_of(run).kernel_rms_norm)
         + (0 if profile_of(run).kernel_rms_norm else T * arch.hidden_size * FP32),
     )
+    output_held = _output_held(run, V, e, T) if framework_head is None else 0
     if framework_head is None and not offloaded and run.objective == "sft":
-        head = dataclasses.replace(
-            head, requests=_head_requests(arch, run, plan, e, T, head, forward_cache)
-        )
+        requests = _head_requests(arch, run, plan, e, T, head, forward_cache, output_held)
+        head = dataclasses.replace(head, requests=requests)
     loop_held = vision_step.pixel_input(arch, run, plan.dtypes)  # an image-text batch's pixels
     if framework_head is not None:  # LitGPT: fp32 logits held by the loop, chunked loss
         loop_held += framework_head.held
@@ -459,7 +460,16 @@ def _decoder_sizes(
         previous_graph=_previous_graph(run, blocks),
         # a frozen vision tower's forward, before the language model's (ftmem.vision_step)
         teacher_forward=vision_step.forward_transient(arch, run, plan.dtypes),
+        output_held=output_held,
     )
+
+
+def _output_held(run: RunConfig, V: int, e: int, T: int) -> int:
+    """The model's logits the loop holds through the backward and the optimizer step
+    (Profile.output_held_through_step; supervised finetuning's output)."""
+    if not profile_of(run).output_held_through_step or run.objective != "sft":
+        return 0
+    return Loss.output_logits(run, V, e, T)
 
 
 def _head_requests(
@@ -470,6 +480,7 @@ def _head_requests(
     T: int,
     head: HeadTransients,
     forward_cache: int,
+    output_held: int = 0,
 ) -> HeadRequests | None:
     """The head's moments tensor by tensor for the allocator replay (ops.loss_requests),
     where its loss's order is derived (None elsewhere, and where they would not lay out
@@ -478,7 +489,7 @@ def _head_requests(
         return None
     shifted = run.loss == "shifted"
     log_softmax_bytes = Loss.shifted_log_softmax_bytes(run, e) if shifted else FP32
-    R = Loss.rows(run) if shifted else T
+    R = Loss.rows(run) if run.loss in ("shifted", "upcast-shifted") else T
     V = arch.vocab_size
     saved_item = R * V * log_softmax_bytes + R * INDEX_BYTES + log_softmax_bytes
     return loss_requests.head_requests(
@@ -492,6 +503,7 @@ def _head_requests(
         head.logits_forward,
         head.loss_backward,
         held=forward_cache + PrefixTuning.cache(arch, run, plan.dtypes),
+        output_held=output_held,
     )
 
 

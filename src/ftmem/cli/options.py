@@ -199,7 +199,8 @@ RUN = [
         "loss",
         field_choices("loss"),
         "standard",
-        "standard (full logits) | shifted (the model's own 16-bit loss on a shifted copy, "
+        "standard (full logits) | upcast-shifted (transformers < 4.46: fp32 logits and an "
+        "fp32 shifted copy in the model) | shifted (the model's own 16-bit loss on a shifted copy, "
         "as Qwen-1's) | chunked (torchtune's 8 output chunks) | linear-chunked "
         "(torchtune's LinearCrossEntropyLoss: the LM head in the loss, 8 chunks) | fused "
         "(Liger's fused linear cross-entropy) | logprob-tiles (TRL >= 1.15 SFTTrainer's "

@@ -377,10 +377,14 @@ def _request_run(
     first = True
     for sizes, t in steps:
         grads: list[int] = []
+        output: list[int] = []  # the model's output the loop holds (StepSizes.output_held)
         for _ in range(micro_batches):
             # (the run's first pass has no last graph)
             previous = () if first else _previous_graph(sizes)
-            grads = _pass(rec, sizes, t, grads, kept_workspaces if first else ((), ()), previous)
+            rec.free(output)  # dropped before the next forward
+            output = []
+            workspaces = kept_workspaces if first else ((), ())
+            grads = _pass(rec, sizes, t, grads, workspaces, previous, output)
             first = False
         if not states_made:
             rec.alloc(t.states)
@@ -392,6 +396,7 @@ def _request_run(
             rec.free(rec.alloc(temporaries))
         rec.free(buffers)
         rec.free(grads)  # zero_grad(set_to_none=True)
+        rec.free(output)
         rec.moment(step.merge)
     for tensors in outside.after:  # evaluation, generation, merging: freed when done
         rec.free(rec.alloc(tensors))
@@ -415,11 +420,15 @@ def _pass(
     grads: list[int],
     workspaces: tuple[tuple[int, ...], tuple[int, ...]],
     previous: tuple[int, ...] = (),
+    output: list[int] | None = None,
 ) -> list[int]:
     """One forward and backward, in the order of phases.find_peak's moments; ``grads``:
     the gradients already held (accumulation), ``workspaces``: the cuBLAS ones its first
     GEMMs create; ``previous``: the last pass's graph-held tensors, freed once this
-    pass's loss exists. Returns the gradients held after it."""
+    pass's loss exists; ``output`` takes the model's output the loop holds past the
+    pass (StepSizes.output_held), for the caller to free. Returns the gradients held
+    after it."""
+    output = [] if output is None else output
     new_grads = not grads
     last_graph = rec.alloc(previous)
     c = s.comm
@@ -449,8 +458,10 @@ def _pass(
     if requests is None:
         rec.moment(s.head.logits_forward)
         head: list[list[int]] = []
+        output += rec.alloc((s.output_held,)) if s.output_held else []
     else:  # the logits, their copies and the loss's saved tensors one by one
         head = _run_requests(rec, requests.forward, [])
+        output += head[requests.output] if requests.output >= 0 else []
     rec.free(gathered)
     if s.empties_cache:
         rec.empty_cache()

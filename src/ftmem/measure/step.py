@@ -159,6 +159,8 @@ def _forward(
             loss = chunked_loss(model, ids)
         elif loss_impl == "shifted":
             loss = _shifted_loss(model, ids)
+        elif loss_impl == "upcast-shifted":
+            loss = _upcast_shifted_loss(model, ids)
         elif loss_impl == "linear-chunked":
             loss = _linear_chunked_loss(model, ids)
         else:
@@ -184,6 +186,23 @@ def _shifted_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     shift_labels = ids[..., 1:].contiguous()
     loss = F.cross_entropy(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
     del out, logits, shift_logits  # the forward returns; only what autograd saved stays
+    return loss
+
+
+def _upcast_shifted_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """transformers < 4.46's causal-LM loss in the model's forward (4.40.2
+    models/llama/modeling_llama.py:1230-1244): ``logits = logits.float()`` (the head's
+    output dropped as the name is rebound), a contiguous copy of the shifted fp32 logits
+    and of the shifted labels, CrossEntropyLoss; the fp32 logits are returned in the
+    output, which HF Trainer's compute_loss drops."""
+    out = model(input_ids=ids)  # no labels: transformers returns the logits as computed
+    logits = out.logits.float()
+    del out  # the head's own output: only the name held it
+    shift_logits = logits[..., :-1, :].contiguous()
+    shift_labels = ids[..., 1:].contiguous()
+    loss_fct = torch.nn.CrossEntropyLoss()
+    loss = loss_fct(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
+    del logits, shift_logits  # the forward returns, its output dropped
     return loss
 
 

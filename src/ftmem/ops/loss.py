@@ -47,7 +47,7 @@ class Loss:
             # unsloth_zoo/fused_losses/cross_entropy_loss.py@ce232d6cef9c
             # UnslothFusedLoss.forward: grad_inputs = torch.empty_like(hidden_states))
             return rows
-        shifted = ("shifted", "fused", "linear-chunked", "logprob-tiles")
+        shifted = ("upcast-shifted", "shifted", "fused", "linear-chunked", "logprob-tiles")
         return rows - run.batch_size if run.loss in shifted else rows
 
     @staticmethod
@@ -155,6 +155,8 @@ class Loss:
             rows = Loss.rows(run)
             cast = rows * V * FP32 if Loss.shifted_log_softmax_bytes(run, e) != e else 0
             return T * V * e + rows * V * e + cast
+        if run.loss == "upcast-shifted":
+            return Loss.upcast_shifted_forward(run, V, e, T)
         upcast = T * V * FP32 if e != FP32 else 0
         if run.loss == "linear-chunked":
             # torchtune's LinearCrossEntropyLoss: the head runs in the loss, one chunk at a
@@ -164,6 +166,48 @@ class Loss:
         if run.loss == "chunked":  # torchtune: one chunk upcast at a time
             upcast //= CHUNKS
         return T * V * e + upcast
+
+    @staticmethod
+    def upcast_shifted_forward(run: RunConfig, V: int, e: int, T: int) -> int:
+        """transformers < 4.46's causal-LM forward with labels (4.40.2
+        models/llama/modeling_llama.py:1230-1244; the same lines in 4.36.2 :1199-1213):
+        ``logits = logits.float()`` (a copy when e ≠ 4; the 16-bit logits die as the name
+        is rebound: no node saves them), ``logits[..., :-1, :].contiguous()`` (R·V·4,
+        R = T − b), CrossEntropyLoss (its fp32 log-softmax and the shifted labels are the
+        saved item). Beyond that item, the larger of the 16-bit logits beside their fp32
+        copy and the fp32 logits beside the shifted copy."""
+        rows = Loss.rows(run)
+        cast = T * V * e + T * V * FP32 if e != FP32 else 0
+        return max(cast, T * V * FP32 + rows * V * FP32)
+
+    @staticmethod
+    def upcast_shifted_backward(run: RunConfig, V: int, e: int, T: int) -> int:
+        """Its backward beyond the saved item (the fp32 log-softmax R·V·4, the labels R·8,
+        the scalar total_weight), in autograd's order (measured on the CPU,
+        tests/test_loss_requests.py): nll_loss's and log_softmax's fp32 gradients
+        (2·R·V·4, the log-softmax still saved); the saved item freed, CloneBackward0 and
+        ViewBackward0 pass the gradient through and SliceBackward0 makes fp32 zeros of
+        the whole logits (T·V·4) the shifted gradient is copied into; that freed,
+        ToCopyBackward0's cast back to the logits' dtype (T·V·e, where e ≠ 4) beside the
+        zeros. The two later moments are written beyond the item they outlive."""
+        rows = Loss.rows(run)
+        saved = rows * V * FP32 + rows * INDEX_BYTES + FP32
+        slice_zeros = rows * V * FP32 + T * V * FP32 - saved
+        cast_back = T * V * FP32 + T * V * e - saved if e != FP32 else 0
+        return max(2 * rows * V * FP32, slice_zeros, cast_back)
+
+    @staticmethod
+    def output_logits(run: RunConfig, V: int, e: int, T: int) -> int:
+        """The logits the model's output carries back to the loop (a loop that holds the
+        output holds them): transformers < 4.46's fp32 ones (``--loss upcast-shifted``),
+        the logits in their dtype with the standard loss (transformers 5 returns the
+        head's output; the loss upcasts its own copy) and Qwen-1's shifted one; 0 where
+        the path returns no whole logits (not derived for the others)."""
+        if run.loss == "upcast-shifted":
+            return T * V * FP32
+        if run.loss in ("standard", "shifted"):
+            return T * V * e
+        return 0
 
     @staticmethod
     def shifted_log_softmax_bytes(run: RunConfig, e: int) -> int:

@@ -21,6 +21,8 @@ ends: the timeline counts the head's gradients after that moment).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ftmem.dtypes import FP32, INDEX_BYTES
 from ftmem.phases import HeadRequest, HeadRequests
 
@@ -32,11 +34,12 @@ class _Program:
     """Requests in order: ``alloc`` returns the allocation's number (-1 for none),
     ``free`` takes numbers; forward and backward share the numbering."""
 
-    __slots__ = ("count", "ops")
+    __slots__ = ("count", "ops", "output")
 
     def __init__(self) -> None:
         self.ops: list[HeadRequest] = []
         self.count = 0
+        self.output = -1  # the allocation the loop holds past the backward
 
     def alloc(self, size: int) -> int:
         if size <= 0:
@@ -53,8 +56,36 @@ class _Program:
         out, self.ops = tuple(self.ops), []
         return out
 
+    def drop_output(self, key: int, hold: bool) -> None:
+        """The model's output at the forward's end: freed, or held by the loop."""
+        if hold:
+            self.output = key
+        else:
+            self.free(key)
+
+    def done(self, forward: Phase) -> Programmed:
+        return Programmed(forward, self.cut(), self.output)
+
+
+@dataclass(frozen=True, slots=True)
+class Programmed:
+    """A head program: its forward's and backward's requests, and the number of the
+    allocation the loop holds past them (-1: none)."""
+
+    forward: Phase
+    backward: Phase
+    output: int = -1
+
+    def phases(self) -> tuple[Phase, Phase]:
+        return self.forward, self.backward
+
 
 def causal_lm_loss(T: int, V: int, e: int, held: int = 0) -> tuple[Phase, Phase]:
+    """transformers' ForCausalLMLoss (_causal_lm_loss), the model's output dropped."""
+    return _causal_lm_loss(T, V, e, held).phases()
+
+
+def _causal_lm_loss(T: int, V: int, e: int, held: int = 0, hold: bool = False) -> Programmed:
     """transformers' ForCausalLMLoss on the model's logits (transformers 5.24
     loss/loss_utils.py:51-73, fixed_cross_entropy :34-48): ``logits.float()`` (a copy
     when e ≠ 4), the labels padded and shifted (``.contiguous()``: T int64),
@@ -62,7 +93,8 @@ def causal_lm_loss(T: int, V: int, e: int, held: int = 0) -> tuple[Phase, Phase]
     total_weight saved); the fp32 copy dies when the loss returns, the 16-bit logits
     with the model's output (HF Trainer's compute_loss returns the loss alone).
     ``held``: what the forward holds until it ends (autocast's weight cache, a prefix
-    cache), counted in the logits' moment.
+    cache), counted in the logits' moment; ``hold``: the loop keeps the model's output
+    (the logits) past the backward.
 
     Backward (torch/csrc/autograd/generated: NllLossBackward0, LogSoftmaxBackward0,
     ToCopyBackward0): nll_loss_backward's zeros (T·V·4), _log_softmax_backward_data's
@@ -75,19 +107,27 @@ def causal_lm_loss(T: int, V: int, e: int, held: int = 0) -> tuple[Phase, Phase]
     labels = p.alloc(T * INDEX_BYTES)
     log_softmax = p.alloc(T * V * FP32)
     total_weight = p.alloc(FP32)
-    p.free(upcast, cache, logits)
+    p.free(upcast, cache)
+    p.drop_output(logits, hold)
     forward = p.cut()
     nll_grad = p.alloc(T * V * FP32)
     ls_grad = p.alloc(T * V * FP32)
     p.free(nll_grad, log_softmax, labels, total_weight)
     cast_back = p.alloc(T * V * e) if e != FP32 else -1
     p.free(ls_grad, cast_back)
-    return forward, p.cut()
+    return p.done(forward)
 
 
 def shifted_loss(
     T: int, R: int, V: int, e: int, log_softmax_bytes: int, held: int = 0
 ) -> tuple[Phase, Phase]:
+    """Qwen-1's own loss (_shifted_loss), the model's output dropped."""
+    return _shifted_loss(T, R, V, e, log_softmax_bytes, held).phases()
+
+
+def _shifted_loss(
+    T: int, R: int, V: int, e: int, log_softmax_bytes: int, held: int = 0, hold: bool = False
+) -> Programmed:
     """The model's own loss on a shifted copy (Qwen-1's QWenLMHeadModel.forward,
     modeling_qwen.py@a6ca629 l.1125-1135): the logits (T·V·e), ``lm_logits[..., :-1,
     :].contiguous()`` (R·V·e), the shifted labels' copy (R int64), under autocast
@@ -113,7 +153,8 @@ def shifted_loss(
     cast = p.alloc(R * V * FP32) if log_softmax_bytes != e else -1
     log_softmax = p.alloc(R * V * log_softmax_bytes)
     total_weight = p.alloc(log_softmax_bytes)
-    p.free(cast, shifted, cache, logits)
+    p.free(cast, shifted, cache)
+    p.drop_output(logits, hold)
     forward = p.cut()
     nll_grad = p.alloc(R * V * log_softmax_bytes)
     ls_grad = p.alloc(R * V * log_softmax_bytes)
@@ -124,10 +165,60 @@ def shifted_loss(
         p.free(ls_grad)
     zeros = p.alloc(T * V * e)
     p.free(grad, zeros)
-    return forward, p.cut()
+    return p.done(forward)
+
+
+def upcast_shifted_loss(T: int, R: int, V: int, e: int, held: int = 0) -> tuple[Phase, Phase]:
+    """transformers < 4.46's causal-LM loss (_upcast_shifted_loss), the output dropped."""
+    return _upcast_shifted_loss(T, R, V, e, held).phases()
+
+
+def _upcast_shifted_loss(
+    T: int, R: int, V: int, e: int, held: int = 0, hold: bool = False
+) -> Programmed:
+    """transformers < 4.46's LlamaForCausalLM.forward with labels (4.40.2
+    models/llama/modeling_llama.py:1230-1244; 4.36.2 :1199-1213): the logits (T·V·e),
+    ``logits = logits.float()`` (T·V·4; the 16-bit logits freed as the name is rebound,
+    no node saves them; no copy when e = 4), ``logits[..., :-1, :].contiguous()``
+    (R·V·4), the shifted labels' copy (R int64), CrossEntropyLoss's log_softmax (R·V·4,
+    saved) and nll_loss; the shifted copy dies when the forward returns, the fp32
+    logits with the model's output (HF Trainer's compute_loss drops it; a loop that
+    holds it: ``hold``).
+
+    Backward: nll_loss_backward's and _log_softmax_backward_data's fp32 gradients
+    (R·V·4 each), the saved tensors freed; CloneBackward0 and ViewBackward0 pass the
+    gradient on, SliceBackward0 makes fp32 zeros of the whole logits (T·V·4) and copies
+    it in; ToCopyBackward0's cast back to e (T·V·e, none when e = 4)."""
+    p = _Program()
+    cache = p.alloc(held)
+    logits = p.alloc(T * V * e)
+    if e != FP32:
+        upcast = p.alloc(T * V * FP32)
+        p.free(logits)
+        logits = upcast
+    shifted = p.alloc(R * V * FP32)
+    labels = p.alloc(R * INDEX_BYTES)
+    log_softmax = p.alloc(R * V * FP32)
+    total_weight = p.alloc(FP32)
+    p.free(shifted, cache)
+    p.drop_output(logits, hold)
+    forward = p.cut()
+    nll_grad = p.alloc(R * V * FP32)
+    ls_grad = p.alloc(R * V * FP32)
+    p.free(nll_grad, log_softmax, labels, total_weight)
+    zeros = p.alloc(T * V * FP32)
+    p.free(ls_grad)
+    cast_back = p.alloc(T * V * e) if e != FP32 else -1
+    p.free(zeros, cast_back)
+    return p.done(forward)
 
 
 def chunked_loss(T: int, V: int, e: int, held: int = 0) -> tuple[Phase, Phase]:
+    """torchtune's eager chunked loss (_chunked_loss)."""
+    return _chunked_loss(T, V, e, held).phases()
+
+
+def _chunked_loss(T: int, V: int, e: int, held: int = 0) -> Programmed:
     """torchtune's CEWithChunkedOutputLoss, eager (torchtune
     modules/loss/ce_chunked_output_loss.py@1814feb17a90): the model's output is 8
     chunks of logits (modules/transformer.py ``chunked_output``: the LM head per
@@ -172,7 +263,7 @@ def chunked_loss(T: int, V: int, e: int, held: int = 0) -> tuple[Phase, Phase]:
         else:
             grads.append(ls_grad)
     p.free(total_weight, *grads)
-    return forward, p.cut()
+    return p.done(forward)
 
 
 def _share(total: int, i: int) -> int:
@@ -209,29 +300,40 @@ def head_requests(
     logits_forward: int,
     loss_backward: int,
     held: int = 0,
+    output_held: int = 0,
 ) -> HeadRequests | None:
     """The head's requests for ``loss`` (run.loss), or None where its order is not
     derived (the fused, linear-chunked and log-probability-tile losses, whose moments
     are one buffer or tile at a time; compiled chunks) or where the program does not lay
     out the timeline's own moments: its forward reaching ``logits_forward`` and the
     ``saved_item`` it keeps, its backward at most ``loss_backward`` beyond that item,
-    and the item's bytes among what it keeps."""
+    and the item's bytes among what it keeps. ``output_held``: the model's output the
+    loop holds past the backward (StepSizes.output_held): the program keeps its logits
+    allocated, and they must be that many bytes."""
+    hold = output_held > 0
     if loss == "standard":
-        forward, backward = causal_lm_loss(T, V, e, held)
+        program = _causal_lm_loss(T, V, e, held, hold)
     elif loss == "shifted":
-        forward, backward = shifted_loss(T, R, V, e, log_softmax_bytes, held)
-    elif loss == "chunked":
-        forward, backward = chunked_loss(T, V, e, held)
+        program = _shifted_loss(T, R, V, e, log_softmax_bytes, held, hold)
+    elif loss == "upcast-shifted":
+        program = _upcast_shifted_loss(T, R, V, e, held, hold)
+    elif loss == "chunked" and not hold:
+        program = _chunked_loss(T, V, e, held)
     else:
         return None
+    forward, backward = program.phases()
     sizes: list[int] = []
     forward_peak = peak_of(forward, sizes)
     kept = sum(sizes) - sum(sizes[k] for op, k in forward if op == "free")
     backward_peak = peak_of(backward, sizes, kept)
+    output = sizes[program.output] if program.output >= 0 else 0
     if (
-        kept != saved_item
+        output != output_held
+        or kept != saved_item + output
         or forward_peak != logits_forward + saved_item
-        or backward_peak > loss_backward + saved_item
+        or backward_peak > loss_backward + saved_item + output
     ):
         return None
-    return HeadRequests(saved_item, forward, backward, logits_forward, loss_backward)
+    return HeadRequests(
+        saved_item, forward, backward, logits_forward, loss_backward, program.output
+    )
