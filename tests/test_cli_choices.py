@@ -49,7 +49,15 @@ REFUSED = [
     (
         ["estimate", "gpt2", "--loss", "liger"],
         "liger",
-        ["standard", "shifted", "chunked", "linear-chunked", "fused", "logprob-tiles"],
+        [
+            "standard",
+            "upcast-shifted",
+            "shifted",
+            "chunked",
+            "linear-chunked",
+            "fused",
+            "logprob-tiles",
+        ],
     ),
     (
         ["estimate", "gpt2", "--objective", "ppo"],
