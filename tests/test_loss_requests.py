@@ -139,6 +139,61 @@ def test_the_shifted_loss_requests_its_tensors_as_qwen1_does(autocast):
     assert measured[1][0] == ("alloc", R * V * log_softmax_bytes)
 
 
+def _qwen_step_cuda_autocast(hidden, weight, labels):
+    """Qwen-1's loss lines as CUDA's autocast dispatches them, written out on the CPU
+    (no CPU autocast: its policy differs). cross_entropy_loss has no AutocastCUDA
+    kernel, so its composite runs (pytorch/pytorch aten/src/ATen/native/LossNLL.cpp
+    cross_entropy_loss_symint): ``at::log_softmax(self, class_dim, self.scalar_type())``,
+    whose fp32_set_opt_dtype policy leaves the explicit bf16 alone, then nll_loss_nd ->
+    at::nll_loss, whose fp32 policy casts its input (aten/src/ATen/autocast_mode.cpp
+    KERNEL_CUDA2(log_softmax, int, fp32_set_opt_dtype), KERNEL_CUDA(nll_loss, fp32));
+    the head's matmul is bf16 already (lower_precision_fp, the weights bf16)."""
+
+    def model_forward():
+        lm_logits = F.linear(hidden, weight)
+        shift_logits = lm_logits[..., :-1, :].contiguous()
+        shift_labels = labels[..., 1:].contiguous()
+        log_probs = torch.log_softmax(shift_logits.view(-1, V), 1, dtype=shift_logits.dtype)
+        loss = F.nll_loss(log_probs.float(), shift_labels.view(-1))
+        return loss, lm_logits
+
+    loss, _ = model_forward()
+    return loss
+
+
+def test_the_shifted_loss_under_cuda_autocast_requests_its_tensors_in_cuda_order():
+    measured = _vocabulary_sized(
+        *_measure(_qwen_step_cuda_autocast, *_inputs(torch.bfloat16))[:2], skip=3
+    )
+    R = T - B
+    forward, backward = loss_requests.shifted_loss_cuda_autocast(T, R, V, 2)
+    assert _vocabulary_sized(forward, backward) == measured
+    # the hand derivation: logits, the shifted copy, the bf16 log-softmax, its fp32 cast
+    # (both kept), the shifted copy freed at the return, the logits with the output
+    assert measured[0] == [
+        ("alloc", T * V * 2),
+        ("alloc", R * V * 2),
+        ("alloc", R * V * 2),
+        ("alloc", R * V * 4),
+        ("free", 1),
+        ("free", 0),
+    ]
+    # nll's fp32 gradient, the saved cast released, the cast back, log-softmax's
+    # gradient, the slice's zeros of the whole logits
+    assert measured[1] == [
+        ("alloc", R * V * 4),
+        ("free", 3),
+        ("alloc", R * V * 2),
+        ("free", 4),
+        ("alloc", R * V * 2),
+        ("free", 5),
+        ("free", 2),
+        ("alloc", T * V * 2),
+        ("free", 6),
+        ("free", 7),
+    ]
+
+
 def _legacy_llama_step(hold: bool):
     """transformers 4.40.2's LlamaForCausalLM.forward with labels
     (models/llama/modeling_llama.py:1230-1244, pretraining_tp 1): the logits upcast, a
@@ -244,7 +299,8 @@ LOSSES = [
     ({"loss": "standard"}, True),
     ({"loss": "standard", "precision": "fp32"}, True),
     ({"loss": "shifted"}, True),
-    ({"loss": "shifted", "precision": "bf16", "autocast": True}, True),
+    ({"loss": "shifted", "precision": "bf16", "autocast": True, "device": "cpu"}, True),
+    ({"loss": "shifted", "precision": "bf16", "autocast": True, "device": "cuda"}, True),
     ({"loss": "upcast-shifted"}, True),
     ({"loss": "upcast-shifted", "precision": "fp32"}, True),
     ({"loss": "upcast-shifted", "precision": "bf16-mixed"}, True),

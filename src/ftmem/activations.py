@@ -223,6 +223,7 @@ def outer_saved(
         masked_rows=masked_rows,
         cross_entropy=run.objective == "sft",
         loss_rows=rows,
+        nll_cast=shifted and Loss.shifted_nll_cast(run, e),
     )
     if run.objective != "sft":  # the pairs' log-probabilities instead of the cross-entropy
         ids_kept = train or plan.embed_trainable  # the embedding's backward keeps them

@@ -19,7 +19,7 @@ from ftmem.adapters.lora import LoRA
 from ftmem.adapters.prompt import PrefixTuning
 from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, layout, qk_norm_params
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
-from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, plan_key, plan_method
 from ftmem.ops import loss_requests
@@ -464,6 +464,23 @@ def _decoder_sizes(
     )
 
 
+def _loss_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
+    """The loss's backward beyond its saved tensors, by loss: the log-softmax's and the
+    logits' fp32 gradients (a fused loss kept its own; a chunked one has one chunk's at
+    a time)."""
+    V = arch.vocab_size
+    if run.loss == "logprob-tiles":
+        head_grad = plan.outer_trainable or plan.head_trainable
+        return Loss.logprob_tiles_backward(arch, run, plan, e, head_grad)
+    return {
+        "fused": Loss.fused_backward(arch, run, plan, T),
+        "chunked": Loss.chunked_backward(run, V, e, T),
+        "shifted": Loss.shifted_backward(run, V, e, T),
+        "upcast-shifted": Loss.upcast_shifted_backward(run, V, e, T),
+        "linear-chunked": Loss.linear_chunked_backward(arch, plan, e, T),
+    }.get(run.loss, 2 * T * V * FP32)
+
+
 def _output_held(run: RunConfig, V: int, e: int, T: int) -> int:
     """The model's logits the loop holds through the backward and the optimizer step
     (Profile.output_held_through_step; supervised finetuning's output)."""
@@ -491,7 +508,8 @@ def _head_requests(
     log_softmax_bytes = Loss.shifted_log_softmax_bytes(run, e) if shifted else FP32
     R = Loss.rows(run) if run.loss in ("shifted", "upcast-shifted") else T
     V = arch.vocab_size
-    saved_item = R * V * log_softmax_bytes + R * INDEX_BYTES + log_softmax_bytes
+    nll_cast = shifted and Loss.shifted_nll_cast(run, e)
+    saved_item = Loss.cross_entropy_saved(R, V, log_softmax_bytes, nll_cast)
     return loss_requests.head_requests(
         run.loss,
         T,
@@ -504,6 +522,7 @@ def _head_requests(
         head.loss_backward,
         held=forward_cache + PrefixTuning.cache(arch, run, plan.dtypes),
         output_held=output_held,
+        nll_cast=nll_cast,
     )
 
 

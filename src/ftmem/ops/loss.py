@@ -62,6 +62,7 @@ class Loss:
         masked_rows: int | None = None,
         cross_entropy: bool = True,
         loss_rows: int | None = None,
+        nll_cast: bool = False,
     ) -> list[Saved]:
         """The LM head and the loss over T positions: the head's input (when it trains), its
         16-bit weight copy under autocast, and the log-softmax (fp32 in transformers'
@@ -73,7 +74,9 @@ class Loss:
         backward keeps its int64 indices) and runs the head on them; ``cross_entropy``: False
         where another loss replaces the cross-entropy (the head's side is kept);
         ``loss_rows``: the rows the cross-entropy takes, where it is not every position
-        (the shifted loss: T − b)."""
+        (the shifted loss: T − b); ``nll_cast``: nll_loss keeps an fp32 cast of the
+        16-bit log-softmax (the shifted loss under CUDA's autocast:
+        Loss.shifted_nll_cast)."""
         V, h = arch.vocab_size, arch.hidden_size
         e = BYTES_PER_ELEMENT[plan.dtypes.compute]
         out: list[Saved] = []
@@ -93,10 +96,12 @@ class Loss:
             return out
         # log-softmax, int64 labels and the normaliser of the mean
         rows = T if loss_rows is None else loss_rows
+        kind = "fp32" if log_softmax_bytes == FP32 else "16-bit"
+        cast = " + its fp32 cast" if nll_cast else ""
         out.append(
             Saved(
-                f"loss: {'fp32' if log_softmax_bytes == FP32 else '16-bit'} log-softmax + labels",
-                rows * V * log_softmax_bytes + rows * INDEX_BYTES + log_softmax_bytes,
+                f"loss: {kind} log-softmax{cast} + labels",
+                Loss.cross_entropy_saved(rows, V, log_softmax_bytes, nll_cast),
             )
         )
         return out
@@ -210,10 +215,35 @@ class Loss:
         return 0
 
     @staticmethod
+    def cross_entropy_saved(rows: int, V: int, log_softmax_bytes: int, nll_cast: bool) -> int:
+        """What cross_entropy keeps: the log-softmax, the int64 labels and nll_loss's
+        total_weight scalar (in its input's dtype); with ``nll_cast``, nll_loss's input is
+        an fp32 cast of the log-softmax, kept as well (NllLossBackward0 saves self)."""
+        nll_input = FP32 if nll_cast else log_softmax_bytes
+        cast = rows * V * FP32 if nll_cast else 0
+        return rows * V * log_softmax_bytes + cast + rows * INDEX_BYTES + nll_input
+
+    @staticmethod
     def shifted_log_softmax_bytes(run: RunConfig, e: int) -> int:
-        """The shifted loss's element size: the logits' own, fp32 under autocast
-        (torch.autocast's fp32 policy for cross_entropy, log_softmax and nll_loss)."""
-        return FP32 if run.uses_autocast and e != FP32 else e
+        """The shifted loss's log-softmax element size: the logits' own; fp32 under the
+        CPU's autocast, whose fp32 list has cross_entropy_loss (the input cast first).
+        CUDA's has not (Loss.shifted_nll_cast): there the log-softmax stays 16-bit."""
+        return FP32 if run.uses_autocast and e != FP32 and run.device == "cpu" else e
+
+    @staticmethod
+    def shifted_nll_cast(run: RunConfig, e: int) -> bool:
+        """The shifted loss under CUDA's autocast: cross_entropy_loss is not on CUDA's
+        autocast lists (pytorch/pytorch aten/src/ATen/autocast_mode.cpp: KERNEL_CUDA2
+        (log_softmax, int, fp32_set_opt_dtype), KERNEL_CUDA(nll_loss, fp32); its
+        composite aten/src/ATen/native/LossNLL.cpp cross_entropy_loss_symint calls
+        ``at::log_softmax(self, class_dim, self.scalar_type())``, and fp32_set_opt_dtype
+        leaves an explicit dtype alone (aten/src/ATen/autocast_mode.h CastPolicy), so the
+        log-softmax stays 16-bit; nll_loss_nd then calls at::nll_loss, whose fp32 policy
+        casts it to fp32, the copy NllLossBackward0 keeps. The torch 2.13 build's
+        dispatcher agrees: ``torch._C._dispatch_has_kernel_for_dispatch_key`` finds an
+        AutocastCUDA kernel for log_softmax.int and nll_loss, none for
+        cross_entropy_loss (AutocastCPU has one)."""
+        return run.uses_autocast and e != FP32 and run.device == "cuda"
 
     @staticmethod
     def shifted_backward(run: RunConfig, V: int, e: int, T: int) -> int:
@@ -221,8 +251,16 @@ class Loss:
         log_softmax's gradients (rows = T − b, in the log-softmax's dtype); under
         autocast the cast back to the logits' dtype beside the second; then the slice's
         backward, a zero tensor of the whole logits (T·V·e) the shifted gradient is
-        copied into."""
+        copied into. Under CUDA's autocast (shifted_nll_cast): nll_loss's fp32 gradient
+        beside every saved tensor; its saved cast, labels and scalar freed, the cast back
+        to e beside it; then the 16-bit log-softmax gradient; the slice's zeros beside
+        that (the later moments written beyond the saved item they outlive)."""
         rows = Loss.rows(run)
+        if Loss.shifted_nll_cast(run, e):
+            saved = Loss.cross_entropy_saved(rows, V, e, True)
+            cast = rows * V * (FP32 + e) + rows * V * e - saved
+            zeros = rows * V * e + T * V * e - saved
+            return max(rows * V * FP32, cast, zeros)
         ls = Loss.shifted_log_softmax_bytes(run, e)
         cast_back = rows * V * (ls + e) if ls != e else 0
         return max(2 * rows * V * ls, cast_back, rows * V * e + T * V * e)

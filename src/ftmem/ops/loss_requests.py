@@ -125,6 +125,45 @@ def shifted_loss(
     return _shifted_loss(T, R, V, e, log_softmax_bytes, held).phases()
 
 
+def shifted_loss_cuda_autocast(
+    T: int, R: int, V: int, e: int, held: int = 0
+) -> tuple[Phase, Phase]:
+    """Qwen-1's own loss under CUDA's autocast (ops.loss.Loss.shifted_nll_cast): the
+    logits, the shifted copy (R·V·e), the labels' copy, the log-softmax in the logits'
+    dtype (R·V·e, saved: its explicit dtype is left alone), nll_loss's fp32 cast of it
+    (R·V·4, saved by NllLossBackward0) and its fp32 total_weight; the shifted copy dies
+    when the forward returns, the logits with its output.
+
+    Backward: nll_loss_backward's fp32 zeros (R·V·4); NllLossBackward0's saved cast,
+    labels and scalar released as it returns; ToCopyBackward0's cast back (R·V·e), the
+    fp32 gradient freed; _log_softmax_backward_data (R·V·e), the cast and the saved
+    log-softmax freed; SliceBackward0's zeros of the whole logits (T·V·e)."""
+    return _shifted_cuda_program(T, R, V, e, held, False).phases()
+
+
+def _shifted_cuda_program(T: int, R: int, V: int, e: int, held: int, hold: bool) -> Programmed:
+    p = _Program()
+    cache = p.alloc(held)
+    logits = p.alloc(T * V * e)
+    shifted = p.alloc(R * V * e)
+    labels = p.alloc(R * INDEX_BYTES)
+    log_softmax = p.alloc(R * V * e)
+    cast = p.alloc(R * V * FP32)
+    total_weight = p.alloc(FP32)
+    p.free(shifted, cache)
+    p.drop_output(logits, hold)
+    forward = p.cut()
+    nll_grad = p.alloc(R * V * FP32)
+    p.free(cast, labels, total_weight)
+    cast_back = p.alloc(R * V * e)
+    p.free(nll_grad)
+    ls_grad = p.alloc(R * V * e)
+    p.free(cast_back, log_softmax)
+    zeros = p.alloc(T * V * e)
+    p.free(ls_grad, zeros)
+    return p.done(forward)
+
+
 def _shifted_loss(
     T: int, R: int, V: int, e: int, log_softmax_bytes: int, held: int = 0, hold: bool = False
 ) -> Programmed:
@@ -140,11 +179,8 @@ def _shifted_loss(
     SliceBackward0's zeros of the whole logits (T·V·e) the shifted gradient is copied
     into (``slice_backward``).
 
-    The autocast order is the CPU's, where cross_entropy_loss is on autocast's fp32 list
-    (as ops.loss models it). CUDA's fp32 list names nll_loss and not cross_entropy_loss
-    (aten/src/ATen/autocast_mode.cpp, ``KERNEL_CUDA(nll_loss, fp32)``), so on a GPU the
-    log-softmax would stay 16-bit (its explicit dtype) and nll_loss's fp32 cast of it be
-    saved: not modelled yet (calibration/notes/qwen.md M7)."""
+    The autocast order is the CPU's, where cross_entropy_loss is on autocast's fp32
+    list; CUDA's is shifted_loss_cuda_autocast (ops.loss.Loss.shifted_nll_cast)."""
     p = _Program()
     cache = p.alloc(held)
     logits = p.alloc(T * V * e)
@@ -301,6 +337,7 @@ def head_requests(
     loss_backward: int,
     held: int = 0,
     output_held: int = 0,
+    nll_cast: bool = False,
 ) -> HeadRequests | None:
     """The head's requests for ``loss`` (run.loss), or None where its order is not
     derived (the fused, linear-chunked and log-probability-tile losses, whose moments
@@ -309,10 +346,13 @@ def head_requests(
     ``saved_item`` it keeps, its backward at most ``loss_backward`` beyond that item,
     and the item's bytes among what it keeps. ``output_held``: the model's output the
     loop holds past the backward (StepSizes.output_held): the program keeps its logits
-    allocated, and they must be that many bytes."""
+    allocated, and they must be that many bytes; ``nll_cast``: the shifted loss under
+    CUDA's autocast (shifted_loss_cuda_autocast)."""
     hold = output_held > 0
     if loss == "standard":
         program = _causal_lm_loss(T, V, e, held, hold)
+    elif loss == "shifted" and nll_cast:  # CUDA's autocast
+        program = _shifted_cuda_program(T, R, V, e, held, hold)
     elif loss == "shifted":
         program = _shifted_loss(T, R, V, e, log_softmax_bytes, held, hold)
     elif loss == "upcast-shifted":
