@@ -464,23 +464,6 @@ def _decoder_sizes(
     )
 
 
-def _loss_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
-    """The loss's backward beyond its saved tensors, by loss: the log-softmax's and the
-    logits' fp32 gradients (a fused loss kept its own; a chunked one has one chunk's at
-    a time)."""
-    V = arch.vocab_size
-    if run.loss == "logprob-tiles":
-        head_grad = plan.outer_trainable or plan.head_trainable
-        return Loss.logprob_tiles_backward(arch, run, plan, e, head_grad)
-    return {
-        "fused": Loss.fused_backward(arch, run, plan, T),
-        "chunked": Loss.chunked_backward(run, V, e, T),
-        "shifted": Loss.shifted_backward(run, V, e, T),
-        "upcast-shifted": Loss.upcast_shifted_backward(run, V, e, T),
-        "linear-chunked": Loss.linear_chunked_backward(arch, plan, e, T),
-    }.get(run.loss, 2 * T * V * FP32)
-
-
 def _output_held(run: RunConfig, V: int, e: int, T: int) -> int:
     """The model's logits the loop holds through the backward and the optimizer step
     (Profile.output_held_through_step; supervised finetuning's output)."""
