@@ -124,6 +124,23 @@ def test_tower_and_projector_defaults():
     assert not any("vision" in s.what for s in lora.memory.activations_outer)
 
 
+def test_text_only_batches_give_the_tower_no_gradient():
+    """Text-only finetuning of google/gemma-3-4b-it (AutoModelForCausalLM builds the
+    image-text model): the tower and projector never run, so their weights are held and
+    nothing else (torch's AdamW makes no state for a parameter whose grad is None). By
+    hand: 4,300,079,472 - 3,880,263,168 = 419,816,304 vision parameters, 2 bytes each in
+    bf16, beside the language model's own gradients and states."""
+    hub = estimate("google/gemma-3-4b-it", method="full", precision="bf16")
+    text = estimate("gemma3-4b", method="full", precision="bf16")
+    vision = 4_300_079_472 - 3_880_263_168
+    assert hub.model.n_params == text.model.n_params + vision
+    assert hub.memory.weights_bytes == text.memory.weights_bytes + 2 * vision
+    assert hub.memory.gradients_bytes == text.memory.gradients_bytes
+    assert hub.memory.optimizer_states_bytes == text.memory.optimizer_states_bytes
+    with pytest.raises(InvalidInputError, match="give --images N"):
+        estimate("gemma3-4b-vision", method="full", vision_tower="full")
+
+
 def test_trained_tower_on_a_quantised_base_is_refused():
     with pytest.raises(InvalidInputError, match="cannot train"):
         estimate("llava-1.5-7b", method="qlora", vision_tower="full", images=1, seq_len=1024)

@@ -51,6 +51,16 @@ def training(arch: Architecture, run: RunConfig) -> VisionTraining:
                 "image-text configs have one)."
             )
         return VisionTraining(False, False)
+    if not run.images:
+        # text-only batches never run the tower or the projector: no gradient reaches
+        # them, their .grad stays None and torch's AdamW makes them no state
+        # (torch/optim/adamw.py _init_group skips a parameter whose grad is None)
+        if "full" in (run.vision_tower, run.projector):
+            raise InvalidInputError(
+                "--vision-tower/--projector full: without --images the tower and the "
+                "projector never run, so they get no gradient; give --images N."
+            )
+        return VisionTraining(False, False)
     full = run.method in ("full", "galore") and not profile_of(run).freezes_vision
     tower = (run.vision_tower or ("full" if full else "frozen")) == "full"
     projector = (run.projector or ("full" if tower or full else "frozen")) == "full"
@@ -205,9 +215,11 @@ def notes(arch: Architecture, run: RunConfig) -> list[str]:
     )
     if not run.images:
         out.append(
-            f"Image-text model ({state}): no images per sample, so the tower's weights are "
-            f"counted and its forward is not; --images N adds them ({v.tokens_per_image} "
-            "tokens per image in --seq-len)."
+            "Image-text model without images per sample: the vision tower and the projector "
+            "never run, so their weights are counted and no gradient or optimizer state "
+            "(torch's AdamW makes none for a parameter without a gradient; DeepSpeed and "
+            "FSDP flatten every requires_grad parameter and would); --images N adds their "
+            f"forward ({v.tokens_per_image} tokens per image in --seq-len)."
         )
     else:
         out.append(
