@@ -31,9 +31,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from ftmem.gpu.allocator import SIDE_STREAM_ALLOC, AllocatorStats, CachingAllocator, TwoStreams
+from ftmem.gpu.best_fit import AddressSpaceExceeded, BestFit, new_allocator
 from ftmem.methods import MethodPlan
 from ftmem.phases import HeadRequests, StepSizes
 
@@ -199,7 +201,16 @@ class _Recorder:
     CachingAllocator or TwoStreams, which replay them as they come) or to an _EventLog;
     ``comm_stream``: the communication buffers are requested on a side stream (FSDP's)."""
 
-    __slots__ = ("_comm", "_free", "_malloc", "_moment", "target")
+    __slots__ = (
+        "_comm",
+        "_free",
+        "_free_many",
+        "_malloc",
+        "_malloc_many",
+        "_moment",
+        "_moment_many",
+        "target",
+    )
 
     def __init__(self, target: Any, comm_stream: bool = False) -> None:
         self.target = target
@@ -207,8 +218,14 @@ class _Recorder:
         self._free = target.free
         self._moment = target.moment
         self._comm = target.malloc_side if comm_stream else target.malloc
+        # gpu.best_fit.BestFit takes a request's tensors in one call
+        self._malloc_many = getattr(target, "malloc_many", None)
+        self._free_many = getattr(target, "free_many", None)
+        self._moment_many = getattr(target, "moment_many", None)
 
     def alloc(self, sizes: Sequence[int]) -> list[int]:
+        if self._malloc_many is not None:
+            return self._malloc_many(sizes)  # skips sizes of 0, as below
         malloc = self._malloc
         return [malloc(size) for size in sizes if size > 0]
 
@@ -217,6 +234,11 @@ class _Recorder:
         return [self._comm(size)] if size > 0 else []
 
     def free(self, keys: Sequence[int]) -> None:
+        if not keys:
+            return
+        if self._free_many is not None:
+            self._free_many(keys)
+            return
         free = self._free
         for key in keys:
             free(key)
@@ -237,6 +259,8 @@ class _Recorder:
         """Transients allocated together, then freed together."""
         if len(sizes) == 1:
             self.moment(sizes[0])
+        elif self._moment_many is not None:
+            self._moment_many(sizes)
         else:
             self.free(self.alloc(sizes))
 
@@ -355,10 +379,36 @@ def replay_run(
 ) -> AllocatorStats:
     """The allocator's statistics after :func:`run_events`' requests, replayed as they
     are made (no event list: the same statistics as ``replay_streams(run_events(...))``,
-    in a fraction of the time); ``options``: gpu.allocator.CachingAllocator's."""
-    target = TwoStreams(**options) if comm_stream else CachingAllocator(**options)
-    _request_run(_Recorder(target, comm_stream), steps, micro_batches, kept_workspaces, outside)
+    in a fraction of the time); ``options``: gpu.allocator.CachingAllocator's. With
+    PyTorch's defaults the replay runs on gpu.best_fit.BestFit (the same decisions,
+    faster), its requests handed over a tensor list at a time."""
+    try:
+        # (FSDP's two streams keep CachingAllocator: their requests come one at a time)
+        target = TwoStreams(**options) if comm_stream else new_allocator(**options)
+        loaded = isinstance(target, BestFit)
+        if loaded:  # the loading's replay depends on the weights alone: replayed once
+            o = outside
+            target = _loaded_best_fit(steps[0][1].weights, o.loading, o.requantise, o.wrap).copy()
+        rec = _Recorder(target, comm_stream)
+        _request_run(rec, steps, micro_batches, kept_workspaces, outside, loaded)
+    except AddressSpaceExceeded:  # beyond 16 EiB of segments: the reference replay
+        target = TwoStreams(**options) if comm_stream else CachingAllocator(**options)
+        _request_run(_Recorder(target, comm_stream), steps, micro_batches, kept_workspaces, outside)
     return target.stats()
+
+
+@lru_cache(maxsize=64)  # a sweep's runs of one model and method load the same weights
+def _loaded_best_fit(
+    weights: tuple[int, ...],
+    loading: tuple[tuple[tuple[str, int], ...], ...],
+    requantise: bool,
+    wrap: tuple[tuple[str, int], ...],
+) -> BestFit:
+    """A BestFit allocator after the run's loading (_load), to be copied, not changed."""
+    target = BestFit()
+    outside = RunOutside(loading=loading, requantise=requantise, wrap=wrap)
+    _load(_Recorder(target), outside, weights)
+    return target
 
 
 def _request_run(
@@ -367,8 +417,12 @@ def _request_run(
     micro_batches: int,
     kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]],
     outside: RunOutside,
+    loaded: bool = False,
 ) -> None:
-    _load(rec, outside, steps[0][1].weights)
+    """The run's requests, in order, to ``rec``; ``loaded``: its target has loaded the
+    weights already."""
+    if not loaded:
+        _load(rec, outside, steps[0][1].weights)
     if outside.reset:
         rec.target.reset_peaks()
     if steps[0][0].loop_held:  # the loop's last output (LitGPT's fp32 logits), from then on
@@ -392,14 +446,13 @@ def _request_run(
         step = sizes.optimizer
         buffers = rec.comm(sizes.comm.optimizer)
         if not step.in_backward:
-            temporaries = t.step_temporaries or (step.temporaries,)
-            rec.free(rec.alloc(temporaries))
+            rec.moments(t.step_temporaries or (step.temporaries,))
         rec.free(buffers)
         rec.free(grads)  # zero_grad(set_to_none=True)
         rec.free(output)
         rec.moment(step.merge)
     for tensors in outside.after:  # evaluation, generation, merging: freed when done
-        rec.free(rec.alloc(tensors))
+        rec.moments(tensors)
 
 
 def _previous_graph(s: StepSizes) -> tuple[int, ...]:
