@@ -15,7 +15,7 @@ boundary).
 Same rules, same order of decisions, same statistics: BestFit is CachingAllocator with
 ``expandable_segments`` off, no ``max_split_size_mb`` (hence no oversize rule;
 ``max_non_split_rounding_mb`` acts only beside it), no ``roundup_power2_divisions`` and
-no capacity (so no cudaMalloc failure, no retry, nothing released). tests/test_gpu_best_fit.py
+no capacity (so no cudaMalloc failure and no retry; only empty_cache releases). tests/test_gpu_best_fit.py
 replays random and real request sequences through both and compares every statistic
 after every request and the pools at the end.
 """
@@ -85,6 +85,7 @@ class BestFit:
         "_small",
         "allocated",
         "num_device_alloc",
+        "num_device_free",
         "peak_allocated",
         "peak_requested",
         "peak_reserved",
@@ -105,7 +106,7 @@ class BestFit:
         self._ends: list[int] = []  # every segment's end, in order
         self.allocated = self.reserved = self.requested = 0
         self.peak_allocated = self.peak_reserved = self.peak_requested = 0
-        self.segments = self.num_device_alloc = 0
+        self.segments = self.num_device_alloc = self.num_device_free = 0
 
     def malloc(self, size: int) -> int:
         """CachingAllocator.malloc (:meth:`malloc_many` of one size; 0 for 0 bytes)."""
@@ -310,6 +311,26 @@ class BestFit:
             free_start[start] = end - start
             free_end[end] = start
 
+    def empty_cache(self) -> None:
+        """``torch.cuda.empty_cache()`` (CachingAllocator.empty_cache without expandable
+        segments): every wholly free segment goes back to the driver. A free block is a
+        whole segment when both its ends are segment boundaries (blocks never span one);
+        the released addresses are not used again, as in CachingAllocator."""
+        bounds, free_start, free_end = self._bounds, self._free_start, self._free_end
+        for pool in (self._large, self._small):
+            kept = []
+            for key in pool:
+                addr, size = key & _ADDRESS_MASK, key >> ADDRESS_BITS
+                if addr in bounds and addr + size in bounds:
+                    del free_start[addr]
+                    del free_end[addr + size]
+                    self.reserved -= size
+                    self.segments -= 1
+                    self.num_device_free += 1
+                else:
+                    kept.append(key)
+            pool[:] = kept
+
     def copy(self) -> BestFit:
         """An allocator in this one's state, that goes on on its own."""
         other = BestFit.__new__(BestFit)
@@ -339,5 +360,5 @@ class BestFit:
             segments=self.segments,
             num_alloc_retries=0,
             num_device_alloc=self.num_device_alloc,
-            num_device_free=0,  # nothing is released without a capacity to run out of
+            num_device_free=self.num_device_free,
         )
