@@ -164,6 +164,24 @@ def test_grpo_scores_the_completion_rows_only():
     )
 
 
+def test_grpo_on_the_cpu_scores_every_shifted_position():
+    """Off Triton TRL projects every shifted position (trl 1.16.0 trl/trainer/utils.py:1638
+    ``compact = _use_triton(device)``, :1645 ``hidden_states.reshape(-1, H)``): the
+    prompt's rows too, N = b·(S − 1), where CUDA scores the b·C completion rows."""
+    arch = get_model("llama2-7b")
+    settings = dict(method="lora", precision="bf16", objective="grpo", batch_size=2,
+                    seq_len=64, completion_len=16, kl_beta=0.04)  # fmt: skip
+    b, S, C = 2, 64, 16
+    cpu = step_parts(arch, _run(device="cpu", optimizer_impl="for-loop", **settings))
+    cuda = step_parts(arch, _run(**settings))
+    for parts, N in ((cpu, b * (S - 1)), (cuda, b * C)):
+        tiles = sum(s.nbytes for s in parts.outer_items if s.what.startswith(TILES))
+        assert tiles == N * H * 2 + N * 8 + 2 * N * 4 + b * (S - 1)
+    # the forward's tiles: min(N, 4096) rows of the 32768-wide buffer and 9 fp32 per row
+    gap = cpu.sizes.head.logits_forward - cuda.sizes.head.logits_forward
+    assert gap == (b * (S - 1) - b * C) * (BUFFER_VOCAB * 2 + 9 * 4)
+
+
 def test_grpo_buffers_fp32_log_probabilities():
     # the kernel's log-probabilities are fp32 whatever the dtype: the buffered reference
     # ones (R·C) take 4 bytes each, not bf16's 2

@@ -61,11 +61,17 @@ def tiles(run: RunConfig) -> bool:
 
 
 def scored_rows(run: RunConfig) -> int:
-    """The rows TRL >= 1.16 projects: its labels are -100 but on the completion
-    (grpo_trainer.py:1495-1496 ``labels[:, :-logits_to_keep] = -100``), and on CUDA with
+    """The rows TRL >= 1.16 projects. Its labels are -100 but on the completion
+    (grpo_trainer.py:1495-1496 ``labels[:, :-logits_to_keep] = -100``). On CUDA with
     Triton only the labelled rows go through the tiles (trl/trainer/utils.py:1638
-    ``compact``): b·C, every completion at its full length (the longest batch)."""
-    return run.batch_size * run.completion
+    ``compact = _use_triton(hidden_states.device)``, :1645 ``hidden_states[mask]``):
+    b·C, every completion at its full length (the longest batch). Elsewhere, the CPU
+    included, every shifted position is scored (:1645 ``hidden_states.reshape(-1, H)``,
+    "every position is scored instead"): b·(S − 1), the prompt's rows too (measured
+    against the real GRPOTrainer on the CPU: tests/test_integrations_hf.py)."""
+    if run.device == "cuda":
+        return run.batch_size * run.completion
+    return run.batch_size * (run.seq_len - 1)
 
 
 def tiles_saved(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[Saved]:

@@ -57,7 +57,8 @@ class FtmemCallback(Preflight, TrainerCallback):
         self._main_process = bool(getattr(state, "is_world_process_zero", True))
         dataset = getattr(kwargs.get("train_dataloader"), "dataset", None)
         optimizer = kwargs.get("optimizer")
-        if not self.begin(lambda: read_run(model, args, optimizer, dataset, self.given)):
+        tokenizer = kwargs.get("processing_class")  # GRPO's prompts are tokenized with it
+        if not self.begin(lambda: read_run(model, args, optimizer, dataset, self.given, tokenizer)):
             return
         # the report_after-th step of this train() call (a resumed run starts past 0),
         # or its last one when it is shorter

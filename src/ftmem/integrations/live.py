@@ -122,9 +122,11 @@ def read_run(
     optimizer: Any = None,
     dataset: Any = None,
     given: dict[str, Any] | None = None,
+    tokenizer: Any = None,
 ) -> LiveRun:
     """The run's settings from the live model, optimizer and TrainingArguments (or a
-    TRL config); ``given`` (the callback's own keyword settings) win over both."""
+    TRL config); ``given`` (the callback's own keyword settings) win over both.
+    ``tokenizer``: the trainer's processing_class, which GRPO's prompts are read with."""
     half = (
         "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else ""
     )
@@ -141,7 +143,7 @@ def read_run(
     )
     _read_args(args, live)
     read_optimizer(optimizer, live)
-    _read_seq_len(args, dataset, live)
+    _read_seq_len(args, dataset, live, tokenizer)
     _read_parallel(args, live)
     _read_objective(args, live)
     take_given(live, given, "FtmemCallback's own settings")
@@ -525,10 +527,15 @@ def read_optimizer(optimizer: Any, live: LiveRun) -> None:
         live.set("optimizer_impl", "foreach" if on_cuda else "for-loop", f"{said}.defaults")
 
 
-def _read_seq_len(args: Any, dataset: Any, live: LiveRun) -> None:
+def _read_seq_len(args: Any, dataset: Any, live: LiveRun, tokenizer: Any = None) -> None:
     """The sequence length: TRL's max_length, else the longest example of a small
-    dataset; the measured step's own shape replaces it in the report."""
+    dataset; the measured step's own shape replaces it in the report. GRPO: the longest
+    prompt of the dataset, tokenized as the trainer does, and max_completion_length
+    (_grpo_seq_len)."""
     name = type(args).__name__
+    if name == "GRPOConfig":
+        _grpo_seq_len(args, dataset, tokenizer, live)
+        return  # without a prompt length the objective's reader assumes one and says so
     for key in SEQ_LEN_ARGS:
         value = getattr(args, key, None)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -538,13 +545,67 @@ def _read_seq_len(args: Any, dataset: Any, live: LiveRun) -> None:
     if longest:
         live.set("seq_len", longest, "the longest input_ids of the training dataset")
         return
-    if name == "GRPOConfig":  # prompt + completion: the objective's reader says it
-        return
     live.notes.append(
         "No sequence length on the trainer's arguments and none found in the dataset: "
         "estimated at ftmem's 512 tokens (give FtmemCallback(seq_len=...)); the report "
         "after the measured step uses the step's real shape."
     )
+
+
+def _grpo_seq_len(args: Any, dataset: Any, tokenizer: Any, live: LiveRun) -> None:
+    """GRPO's training sequence is the prompt and the completion. GRPOConfig has no prompt
+    length (TRL 1.16): generate() runs on the batch's prompts left-padded to the longest
+    (trl 1.16.0 trl/trainer/grpo_trainer.py:1815-1827 ``pad(..., padding_side="left",
+    pad_to_multiple_of=...)``), so the step's largest is the dataset's longest prompt,
+    tokenized as _tokenize_prompts does (:1684-1761: a conversation through
+    apply_chat_template with add_generation_prompt, else ``processing_class(text=...)``),
+    rounded up to an integer pad_to_multiple_of; every completion is counted at
+    max_completion_length (no early end of sequence)."""
+    completion = getattr(args, "max_completion_length", None)
+    longest = longest_prompt(dataset, tokenizer, getattr(args, "chat_template_kwargs", None))
+    if longest is None or not isinstance(completion, int) or completion <= 0:
+        return
+    multiple = getattr(args, "pad_to_multiple_of", None)
+    prompt, padded = longest, ""
+    if isinstance(multiple, int) and not isinstance(multiple, bool) and multiple > 1:
+        prompt = -(-longest // multiple) * multiple
+        padded = f", padded to {prompt} (pad_to_multiple_of {multiple})"
+    live.set(
+        "seq_len",
+        prompt + completion,
+        f"the training dataset's longest prompt as GRPOTrainer tokenizes it ({longest} "
+        f"tokens{padded}) + GRPOConfig.max_completion_length ({completion})",
+    )
+
+
+def longest_prompt(dataset: Any, tokenizer: Any, template_kwargs: Any = None) -> int | None:
+    """The longest ``prompt`` of a map-style dataset of at most PROBED_ROWS rows in
+    tokens, as trl 1.16.0 GRPOTrainer._tokenize_prompts makes them (no tools, no
+    images); None where it cannot say (no tokenizer, no prompt column, a failure)."""
+    try:
+        rows = len(dataset)
+    except TypeError:
+        return None
+    if tokenizer is None or not rows or rows > PROBED_ROWS:
+        return None
+    try:
+        prompts = [dataset[i]["prompt"] for i in range(rows)]
+        conversational = isinstance(prompts[0], list) and all(
+            isinstance(m, dict) and "role" in m for m in prompts[0]
+        )
+        if conversational:
+            ids = tokenizer.apply_chat_template(
+                conversation=prompts,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                **(template_kwargs or {}),
+            )["input_ids"]
+        else:
+            ids = tokenizer(text=prompts)["input_ids"]
+        return max(len(row) for row in ids) or None
+    except Exception:  # a dataset or tokenizer this reader does not know: say 512
+        return None
 
 
 def longest_example(dataset: Any) -> int | None:

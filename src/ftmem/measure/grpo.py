@@ -160,7 +160,8 @@ def fused_per_token_logps(
         mask = attention_mask[start : start + batch_size]
         labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
         labels[:, :-logits_to_keep] = IGNORE_INDEX
-        out = fused_head_forward(model, ids, labels, outputs, mask)
+        # TRL scores only the labelled rows on CUDA (Triton), every row elsewhere
+        out = fused_head_forward(model, ids, labels, outputs, mask, compact=ids.is_cuda)
         all_logps.append(out.log_probs[:, -logits_to_keep:])
         if compute_entropy:
             assert out.entropy is not None

@@ -437,6 +437,7 @@ def fused_head_forward(
     labels: torch.Tensor,
     outputs: tuple[str, ...],
     attention_mask: torch.Tensor | None = None,
+    compact: bool = True,
 ) -> FusedOutput:
     """TRL's patched forward with ``fused_lm_head=True`` (trl 1.16.0
     trl/trainer/utils.py:1599 _fused_forward) on CUDA with Triton (``compact``): the
@@ -444,7 +445,10 @@ def fused_head_forward(
     whose label is not -100 projected (``hidden_states[mask]``: a copy, the targets
     ``labels[mask]`` another), each output scattered back into zeros of the labels'
     shape, the mean negative log-likelihood as ``loss``. The backbone's output lives
-    until the forward returns."""
+    until the forward returns. ``compact=False``: TRL off Triton (the CPU), every
+    shifted row projected (``hidden_states.reshape(-1, H)``, a copy of the slice; the
+    targets ``labels.clamp(min=0).reshape(-1)``), each output masked in its own shape
+    (``x.view(mask.shape).masked_fill(~mask, 0)``)."""
     base = hf_model(model)
     backbone = getattr(base, base.base_model_prefix)(
         input_ids=ids, attention_mask=attention_mask, use_cache=False
@@ -453,10 +457,19 @@ def fused_head_forward(
     shifted = labels[:, 1:]
     mask = shifted != IGNORE_INDEX
     head = base.get_output_embeddings()
-    per_token = LogProbTiles.apply(hidden[mask], head.weight, shifted[mask], outputs)
-    log_probs, entropy, mean_logits, is_top1 = (
-        None if x is None else x.new_zeros(mask.shape).masked_scatter(mask, x) for x in per_token
-    )
+    if compact:
+        per_token = LogProbTiles.apply(hidden[mask], head.weight, shifted[mask], outputs)
+        log_probs, entropy, mean_logits, is_top1 = (
+            None if x is None else x.new_zeros(mask.shape).masked_scatter(mask, x)
+            for x in per_token
+        )
+    else:
+        rows = hidden.reshape(-1, hidden.size(-1))
+        per_token = LogProbTiles.apply(rows, head.weight, shifted.clamp(min=0).reshape(-1), outputs)
+        del rows
+        log_probs, entropy, mean_logits, is_top1 = (
+            None if x is None else x.view(mask.shape).masked_fill(~mask, 0) for x in per_token
+        )
     del per_token
     assert log_probs is not None
     loss = -log_probs.sum() / mask.sum().clamp(min=1)
