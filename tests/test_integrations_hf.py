@@ -338,13 +338,7 @@ def test_deepspeed_world_size_and_optimizer_are_read(monkeypatch: pytest.MonkeyP
 def test_sft_trainer_with_lora(tmp_path: Path) -> None:
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
-    tokenizers = pytest.importorskip("tokenizers")
-    words = tokenizers.Tokenizer(
-        tokenizers.models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t1")
-    )
-    tok = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=words, pad_token="t0", eos_token="t2"
-    )
+    tok = word_tokenizer()
     rows = datasets.Dataset.from_dict({"input_ids": Rows().ids.tolist()})
     max_length = 24  # shorter than the rows: SFTTrainer truncates them
     args = trl.SFTConfig(
@@ -377,12 +371,15 @@ def test_sft_trainer_with_lora(tmp_path: Path) -> None:
     assert callback.record()["versions"]["trl"] == trl.__version__
 
 
-def word_tokenizer() -> Any:
-    """A word-level tokenizer over the tiny vocabulary (t0 pads, t2 ends)."""
+def word_tokenizer(split_on_spaces: bool = False) -> Any:
+    """A word-level tokenizer over the tiny vocabulary (t0 pads, t2 ends); with
+    ``split_on_spaces`` it reads texts of space-separated words ("t5 t17 ...")."""
     tokenizers = pytest.importorskip("tokenizers")
     words = tokenizers.Tokenizer(
         tokenizers.models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t1")
     )
+    if split_on_spaces:
+        words.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=words, pad_token="t0", eos_token="t2"
     )
@@ -512,14 +509,7 @@ def test_dpo_trainer_with_lora(tmp_path: Path) -> None:
     docs/integrations.md measures for SFT; the accuracy suite's 5 % plus that margin)."""
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
-    tokenizers = pytest.importorskip("tokenizers")
-    words = tokenizers.Tokenizer(
-        tokenizers.models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t1")
-    )
-    words.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tok = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=words, pad_token="t0", eos_token="t2"
-    )
+    tok = word_tokenizer(split_on_spaces=True)
     gen = torch.Generator().manual_seed(2)
 
     def texts(n: int) -> list[str]:
@@ -562,14 +552,7 @@ def test_kto_trainer_with_lora(tmp_path: Path) -> None:
     above (TRL's fused log-probability kernel's torch fallback)."""
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
-    tokenizers = pytest.importorskip("tokenizers")
-    words = tokenizers.Tokenizer(
-        tokenizers.models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t1")
-    )
-    words.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tok = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=words, pad_token="t0", eos_token="t2"
-    )
+    tok = word_tokenizer(split_on_spaces=True)
     gen = torch.Generator().manual_seed(2)
 
     def texts(n: int) -> list[str]:
@@ -652,14 +635,7 @@ def test_grpo_trainer_with_lora(tmp_path: Path) -> None:
     length was read: +156 % (512-token prompts assumed)."""
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
-    tokenizers = pytest.importorskip("tokenizers")
-    words = tokenizers.Tokenizer(
-        tokenizers.models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t1")
-    )
-    words.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tok = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=words, pad_token="t0", eos_token="t2"
-    )
+    tok = word_tokenizer(split_on_spaces=True)
     prompt_words, completion = 8, 8
     gen = torch.Generator().manual_seed(2)
     # each word one token: transformers' fast tokenizer splits off the special words t2
