@@ -614,26 +614,18 @@ def _losses_offload_partial() -> list[Case]:
         cases.append(
             Case(family, {**settings, "loss": "chunked", "seq_len": 64}, {"vocab_size": 2000})
         )
-    # the model's own loss on a shifted 16-bit copy (Qwen-1's remote code)
-    for family, settings, vocab in (
-        ("llama", {"method": "full", "precision": "bf16"}, 2000),
-        ("llama", {"method": "lora", "precision": "bf16"}, 2000),
-        ("llama", {"method": "full", "precision": "fp32"}, 2000),
-        ("qwen2", {"method": "lora", "precision": "bf16-mixed"}, 4000),
-        ("llama", {"method": "full", "precision": "bf16", "batch_size": 2}, 2000),
-    ):
-        shifted = {**settings, "loss": "shifted", "seq_len": 64}
-        cases.append(Case(family, shifted, {"vocab_size": vocab}))
-    # transformers < 4.46's loss in the model: fp32 logits and an fp32 shifted copy
-    for family, settings, vocab in (
-        ("llama", {"method": "full", "precision": "bf16"}, 2000),
-        ("llama", {"method": "lora", "precision": "bf16"}, 2000),
-        ("llama", {"method": "full", "precision": "fp32"}, 2000),
-        ("qwen2", {"method": "lora", "precision": "bf16-mixed"}, 4000),
-        ("llama", {"method": "full", "precision": "bf16", "batch_size": 2}, 2000),
-    ):
-        upcast = {**settings, "loss": "upcast-shifted", "seq_len": 64}
-        cases.append(Case(family, upcast, {"vocab_size": vocab}))
+    # the model's own loss on a shifted 16-bit copy (Qwen-1's remote code), then
+    # transformers < 4.46's loss in the model (fp32 logits and an fp32 shifted copy)
+    for loss in ("shifted", "upcast-shifted"):
+        for family, settings, vocab in (
+            ("llama", {"method": "full", "precision": "bf16"}, 2000),
+            ("llama", {"method": "lora", "precision": "bf16"}, 2000),
+            ("llama", {"method": "full", "precision": "fp32"}, 2000),
+            ("qwen2", {"method": "lora", "precision": "bf16-mixed"}, 4000),
+            ("llama", {"method": "full", "precision": "bf16", "batch_size": 2}, 2000),
+        ):
+            shifted = {**settings, "loss": loss, "seq_len": 64}
+            cases.append(Case(family, shifted, {"vocab_size": vocab}))
     # torchtune's LinearCrossEntropyLoss: the LM head applied chunk by chunk in the loss
     for family, settings in (
         ("llama", {"method": "lora", "precision": "bf16"}),
