@@ -16,6 +16,7 @@ from ftmem.errors import ConfigError
 from ftmem.frameworks import read_framework_config
 
 SAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples" / "frameworks"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 runner = CliRunner()
 
 EXPECTED = {
@@ -100,6 +101,32 @@ def test_ignored_keys_are_listed_not_dropped(tmp_path):
     note = next(n for n in cfg.notes if n.startswith("axolotl keys ignored"))
     assert "no effect on memory: " in note and "learning_rate" in note
     assert "not read by ftmem: " in note and "some_new_key" in note
+
+
+def test_json_carries_what_the_config_gave(tmp_path):
+    """--format json's `config` block (issue 18: "`--format json` carries that list"):
+    the file's settings, the keys ignored split as the note splits them, the settings a
+    flag replaced; absent without --from. What the file says: lora_r 32, sequence_len
+    4096; learning_rate has no effect on memory; some_new_key is unknown."""
+    path = tmp_path / "axo.yml"
+    path.write_text((SAMPLES / "axolotl-qlora-llama3-8b.yml").read_text() + "some_new_key: 1\n")
+    res = runner.invoke(
+        app, ["estimate", "--from", str(path), "--seq-len", "1024", "--format", "json"]
+    )
+    out = json.loads(res.output)
+    read = out["config"]
+    assert (read["framework"], read["path"]) == ("axolotl", str(path))
+    assert read["settings"]["lora_r"] == 32 and read["settings"]["seq_len"] == 4096
+    assert out["run"]["seq_len"] == 1024 and read["replaced_by_flags"] == ["seq_len"]
+    assert "learning_rate" in read["ignored_no_effect"]
+    assert read["ignored_not_read"] == ["some_new_key"]
+    # the torchtune GRPO recipe's GPU count is the header's launcher line: an assumption
+    grpo = FIXTURES / "frameworks" / "torchtune" / "dev_3B_full_grpo.yaml"
+    res = runner.invoke(app, ["estimate", "--from", str(grpo), "--format", "json"])
+    assumed = json.loads(res.output)["config"]["assumed"]
+    assert len(assumed) == 1 and assumed[0].startswith("gpus 4 (")
+    res = runner.invoke(app, ["estimate", "llama3-8b", "--format", "json"])
+    assert "config" not in json.loads(res.output)
 
 
 @pytest.mark.parametrize(

@@ -183,6 +183,21 @@ class ResolvedRun(RunConfig):
     scaled_modules: list[str] | None = Field(None, exclude_if=_absent)
 
 
+class ConfigRead(_Frozen):
+    """What ``--from`` read from a training config: the framework, the file, the settings
+    it gave (from its keys, or the framework's defaults where it is silent), those
+    defaults with their sources, the keys ignored (no effect on memory, or not read by
+    ftmem: each also named in a note) and the settings the command line replaced."""
+
+    framework: str
+    path: str
+    settings: dict[str, Any]
+    assumed: list[str]
+    ignored_no_effect: list[str]
+    ignored_not_read: list[str]
+    replaced_by_flags: list[str]
+
+
 class Estimate(_Frozen):
     schema_version: int = SCHEMA_VERSION
     model: ModelInfo
@@ -195,3 +210,5 @@ class Estimate(_Frozen):
     headroom_bytes: int | None
     parallel: ParallelInfo | None = None
     notes: list[str]
+    # --from: what the training config gave (absent without one)
+    config: ConfigRead | None = Field(None, exclude_if=_absent)

@@ -115,7 +115,7 @@ def _estimate_for(
     from ftmem.api import estimate as run_estimate
     from ftmem.sources import resolve_model, source_notes
 
-    model, settings, notes = with_config(ctx, model, settings)
+    model, settings, notes, read = with_config(ctx, model, settings)
     arch = resolve_model(model)
     notes += source_notes(model)
     search_line = None
@@ -125,8 +125,8 @@ def _estimate_for(
         est, search_line = _fewest_gpus(arch, settings, 8 if gpus is None else gpus, nodes, units)
     else:
         est = run_estimate(arch, gpus=1 if gpus is None else gpus, **settings)
-    if notes:
-        est = est.model_copy(update={"notes": [*notes, *est.notes]})
+    if notes or read is not None:
+        est = est.model_copy(update={"notes": [*notes, *est.notes], "config": read})
     return arch, est, search_line
 
 
@@ -147,7 +147,7 @@ def _traced(
     if output_format not in ("table", "json"):
         raise FtmemError("--traced prints a table or JSON: --format table or json.")
     # the traced model is transformers' own build, not a quantised load
-    model, settings, notes = with_config(ctx, model, settings, quantized_base=False)
+    model, settings, notes, _ = with_config(ctx, model, settings, quantized_base=False)
     if settings.get("gpus") is None:
         settings.pop("gpus", None)
     with measure_errors():

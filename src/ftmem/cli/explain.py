@@ -43,7 +43,7 @@ def explain(
     from ftmem.present.explain import render_markdown, render_text
     from ftmem.sources import resolve_model, source_notes
 
-    model, settings, notes = with_config(ctx, model, settings)
+    model, settings, notes, _ = with_config(ctx, model, settings)
     arch = resolve_model(model)
     notes += source_notes(model)
     gpus = settings.pop("gpus")

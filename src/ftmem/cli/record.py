@@ -111,7 +111,7 @@ def record_line(
     from ftmem.integrations.report import build_record, nvidia_smi
     from ftmem.sources import resolve_model, source_notes
 
-    model, settings, notes = with_config(ctx, model, settings)
+    model, settings, notes, _ = with_config(ctx, model, settings)
     arch = resolve_model(model)
     notes += source_notes(model)
     est = estimate(arch, **{**settings, "gpus": settings.get("gpus") or 1})

@@ -59,7 +59,7 @@ def plan(
         from ftmem.present.plot import check_plot_path
 
         check_plot_path(plot)
-    model, settings, _ = with_config(ctx, model, settings)
+    model, settings, _, _ = with_config(ctx, model, settings)
     arch = resolve_model(model)
     hw = {k: settings.pop(k) for k in ("gpu", "gpu_memory", "overhead")}
     run_settings = {k: v for k, v in settings.items() if v is not None}
@@ -126,7 +126,7 @@ def largest(
         from ftmem.present.plot import check_plot_path
 
         check_plot_path(plot)
-    model, settings, _ = with_config(ctx, model, settings)
+    model, settings, _, _ = with_config(ctx, model, settings)
     arch = resolve_model(model)
     given = {k: v for k, v in settings.items() if v is not None}
     result = search_largest(arch, key, **given)

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ftmem.errors import FtmemError
+
+if TYPE_CHECKING:
+    from ftmem.result import ConfigRead
 
 
 def with_config(
@@ -16,23 +19,24 @@ def with_config(
     settings: dict[str, Any],
     *,
     quantized_base: bool = True,
-) -> tuple[str, dict[str, Any], list[str]]:
+) -> tuple[str, dict[str, Any], list[str], ConfigRead | None]:
     """The model and settings, read from --from when given; explicit flags win. A LoRA
     on a base shipped quantised (config.json's quantization_config) trains on it as
-    shipped (``quantized_base``: unless the command builds the model itself)."""
-    chosen, settings, notes = _from_config(ctx, model, settings)
+    shipped (``quantized_base``: unless the command builds the model itself). Last,
+    what the training config gave (None without --from)."""
+    chosen, settings, notes, read = _from_config(ctx, model, settings)
     if quantized_base:
         from ftmem.quantized_base import on_quantized_base
         from ftmem.sources import quantized_base_of
 
         settings, said = on_quantized_base(quantized_base_of(chosen), settings)
         notes += said
-    return chosen, settings, notes
+    return chosen, settings, notes, read
 
 
 def _from_config(
     ctx: typer.Context, model: str | None, settings: dict[str, Any]
-) -> tuple[str, dict[str, Any], list[str]]:
+) -> tuple[str, dict[str, Any], list[str], ConfigRead | None]:
     path = settings.pop("from_config", None)
     launcher = settings.pop("launcher", None)
     if path is None and launcher is None:
@@ -40,7 +44,7 @@ def _from_config(
             raise FtmemError(
                 "give a model (a preset id or config.json), or --from a training config."
             )
-        return model, settings, []
+        return model, settings, [], None
     from ftmem.frameworks import (
         read_framework_config,
         read_launcher_config,
@@ -68,4 +72,19 @@ def _from_config(
         )
     merged, dropped = under_flags(fw, explicit)
     said = [] if path is None else [f"Read from the {fw.framework} config {path}."]
-    return chosen, {**settings, **merged}, [*said, *fw.notes, *dropped]
+    from ftmem.result import ConfigRead
+
+    replaced = sorted(
+        {k for k in fw.settings if k in explicit and explicit[k] != fw.settings[k]}
+        | {k for k in fw.settings if k not in merged}
+    )
+    read = ConfigRead(
+        framework=fw.framework,
+        path=fw.path,
+        settings=dict(fw.settings),
+        assumed=list(fw.assumed),
+        ignored_no_effect=[k for k in fw.ignored if k not in fw.not_read],
+        ignored_not_read=list(fw.not_read),
+        replaced_by_flags=replaced,
+    )
+    return chosen, {**settings, **merged}, [*said, *fw.notes, *dropped], read

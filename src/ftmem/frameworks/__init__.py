@@ -141,7 +141,7 @@ def read_framework_config(path: str, framework: str | None = None) -> FrameworkC
     cfg.ignored = sorted(str(k) for k in data if k not in known)
     if cfg.ignored:
         no_effect = NO_MEMORY_EFFECT | reader.NO_MEMORY_EFFECT
-        unknown = [k for k in cfg.ignored if k not in no_effect]
+        unknown = cfg.not_read = [k for k in cfg.ignored if k not in no_effect]
         quiet = [k for k in cfg.ignored if k in no_effect]
         parts = []
         if quiet:

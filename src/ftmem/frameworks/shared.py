@@ -94,6 +94,8 @@ class FrameworkConfig:
     notes: list[str] = field(default_factory=list)
     # the framework's own defaults applied where the file is silent, each with its source
     assumed: list[str] = field(default_factory=list)
+    # of the ignored keys, those that may change memory (named "not read by ftmem")
+    not_read: list[str] = field(default_factory=list)
 
 
 def assume(cfg: FrameworkConfig, setting: str, value: Any, said: str) -> None:
