@@ -27,8 +27,9 @@ class DoRA:
         It rescales the base and the LoRA outputs by magnitude / ‖W + BA‖: both outputs
         are kept (a third output-sized cast when peft casts the input), with the fp32
         norm and the scale per output (and the scale − 1 when the input needs a gradient). With a bias under autocast the base output minus the fp32
-        bias is kept in fp32. GPT-2's Conv1D path with fp32 weights also keeps a
-        transposed copy of the weight.
+        bias is kept in fp32. (GPT-2's Conv1D path transposes the weight to take the
+        norm, but the norm is detached: that graph is unreachable from the loss and freed
+        at once; an earlier measurement's saved-tensor hook had kept it alive.)
         """
         e, out_f = ctx.e, lin.out_features
         dt = ctx.plan.dtypes
@@ -64,9 +65,6 @@ class DoRA:
             sizes.append(
                 (f"{lin.label} DoRA fp32 base output (bias removed)", T * out_f * (FP32 - e))
             )
-        if ctx.arch.traits.conv1d and ctx.plan.dtypes.base == "fp32":
-            copy_bytes = lin.in_features * out_f * FP32
-            sizes.append((f"{lin.label} DoRA transposed Conv1D weight (fp32)", copy_bytes))
         return [Saved(what, size, Kind.DORA, side, (lin,)) for what, size in sizes]
 
     @staticmethod

@@ -39,6 +39,7 @@ configs' forward_batch_size 1 gives).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,7 +96,7 @@ def _torchtune_attention(module, query, key, value, attention_mask, scaling=None
     return out.transpose(1, 2).contiguous(), None
 
 
-def as_torchtune(model: torch.nn.Module) -> torch.nn.Module:
+def as_torchtune(model: Any) -> Any:
     """transformers' model run as torchtune's TransformerDecoder for memory: its
     attention (``_torchtune_attention``) and its final norm applied outside the model,
     as ``unembed`` does (``_logits``)."""
@@ -111,7 +112,7 @@ def as_torchtune(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _logits(model: torch.nn.Module, ids: torch.Tensor, **kwargs) -> torch.Tensor:
+def _logits(model: Any, ids: torch.Tensor, **kwargs) -> torch.Tensor:
     """torchtune's TransformerDecoder.forward and unembed (transformer.py l. 651-687):
     the last layer's output ``h`` still bound while the final norm's output goes through
     the output projection over every position, then ``.float()``."""
