@@ -287,4 +287,9 @@ def test_torch_fsdp_makes_the_same_requests_on_the_cpu(tmp_path):
             [unit], 2, shards=True, offload=False, resident=0, bucket_bytes=BUCKET_LIMIT
         )
         predicted += _sizes(program, skip=set(range(len(unit.params))))
-    assert measured == predicted
+    # the allocations in order, exactly; the frees as a whole: when a broadcast bucket's
+    # copy is freed depends on gloo's worker thread finishing the transfer, so a free can
+    # land before or after the next allocation from one run to the next (seen in CI)
+    allocs = [x for x in measured if x[0] == "alloc"]
+    assert allocs == [x for x in predicted if x[0] == "alloc"]
+    assert sorted(measured) == sorted(predicted)
