@@ -167,11 +167,7 @@ def test_the_estimate_reserves_at_least_what_the_wrap_left(method):
 
 
 def _sizes(events, skip):
-    """("alloc"|"free", bytes) in order, the allocations in ``skip`` left out; within a
-    run of frees with no allocation between them, sorted. The order of such a run does
-    not reach the allocator's state (merging is eager, so the free blocks after the run
-    are the same whatever the order, and frees move no peak), while the order in which
-    the interpreter drops a unit's originals varied between runs on a loaded machine."""
+    """("alloc"|"free", bytes) in order, the allocations in ``skip`` left out."""
     sizes, out = [], []
     for op, value in events:
         if op == "alloc":
@@ -180,18 +176,7 @@ def _sizes(events, skip):
                 out.append((op, value))
         else:
             out.append((op, sizes[value]))
-    runs, i = [], 0
-    while i < len(out):
-        j = i
-        while j < len(out) and out[j][0] == "free":
-            j += 1
-        if j > i:
-            runs += sorted(out[i:j])
-            i = j
-        else:
-            runs.append(out[i])
-            i += 1
-    return runs
+    return out
 
 
 BUCKET_LIMIT = 3000  # bytes: a tiny unit's a + b reach it, buckets [a, b] and [n]

@@ -29,7 +29,7 @@ completion, P = S - C the prompt, V vocabulary, e bytes of the compute dtype.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
@@ -461,7 +461,6 @@ def with_grpo(parts: StepParts, arch: Architecture, run: RunConfig) -> StepParts
 
     plan, sizes = parts.plan, parts.sizes
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
-    items = list(parts.outer_items)
     T = run.batch_size * run.seq_len
     train = plan.outer_trainable
     # the SFT step ends with the LM head's and the cross-entropy's items
@@ -475,14 +474,7 @@ def with_grpo(parts: StepParts, arch: Architecture, run: RunConfig) -> StepParts
         new = head_saved(arch, run, plan, e, train) + loss_saved(
             arch, run, e, ids_kept=train or plan.embed_trainable
         )
-    if items[-len(tail) :] != tail:
-        raise AssertionError("the SFT step's outer items do not end with its loss's")
-    items = items[: -len(tail)] + new
-    delta = sum(s.nbytes for s in new) - sum(s.nbytes for s in tail)
-    acts = sizes.activations
     before = before_moment(arch, run, plan, sizes.gradients).transient
-    from ftmem.step import reference_weights
-
     if tiles(run):
         # the SFT head moment's own terms beyond its tiles (the autocast cache under
         # checkpointing, a prefix cache) stay; the tiles are the completion's rows
@@ -502,20 +494,42 @@ def with_grpo(parts: StepParts, arch: Architecture, run: RunConfig) -> StepParts
             logits_forward=logits_moment(arch, run, e),
             loss_backward=loss_backward(arch, run, e),
         )
-    new_sizes = dataclasses.replace(
-        sizes,
-        weights=sizes.weights + reference_weights(plan, run),
-        activations=dataclasses.replace(acts, above=acts.above + delta),
+    return replace_loss(
+        parts,
+        run,
+        tail,
+        new,
         head=head,
         teacher_forward=max(before, sizes.teacher_forward),
         # the mask's and the advantages' storages are counted with the loss's saved items
         loop_held=sizes.loop_held + buffered_bytes(run, e) - read_by_loss(run),
     )
+
+
+def replace_loss(
+    parts: StepParts, run: RunConfig, tail: list[Saved], new: list[Saved], **changes: Any
+) -> StepParts:
+    """``parts`` with the SFT loss's outer items (``tail``, the last ones) replaced by
+    ``new``, the reference's weights added and ``changes`` made to its sizes (an RL
+    objective's head moments, the moment before the forward, what the loop holds)."""
+    from ftmem.step import reference_weights
+
+    items = list(parts.outer_items)
+    if items[-len(tail) :] != tail:
+        raise AssertionError("the SFT step's outer items do not end with its loss's")
+    delta = sum(s.nbytes for s in new) - sum(s.nbytes for s in tail)
+    sizes, acts = parts.sizes, parts.sizes.activations
+    new_sizes = dataclasses.replace(
+        sizes,
+        weights=sizes.weights + reference_weights(parts.plan, run),
+        activations=dataclasses.replace(acts, above=acts.above + delta),
+        **changes,
+    )
     return dataclasses.replace(
         parts,
         sizes=new_sizes,
         activations=parts.activations + delta,
-        outer_items=tuple(items),
+        outer_items=tuple(items[: -len(tail)] + new),
     )
 
 

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
+from ftmem.grpo import replace_loss
 from ftmem.methods import MethodPlan
 from ftmem.ops.saved import Saved
 from ftmem.run import RunConfig
@@ -278,35 +279,24 @@ def with_recipe(parts: StepParts, arch: Architecture, run: RunConfig) -> StepPar
     the log-softmaxes and the loss's, the reference's weights, the trajectory held by
     the loop, and generation or scoring as the moment before the training forward."""
     from ftmem.ops.loss import Loss
-    from ftmem.step import reference_weights
 
     plan, sizes = parts.plan, parts.sizes
-    items = list(parts.outer_items)
     T = run.batch_size * run.seq_len
     train = plan.outer_trainable
-    tail = Loss.saved(arch, plan, T, train, FP32)
-    if items[-len(tail) :] != tail:
-        raise AssertionError("the SFT step's outer items do not end with its loss's")
-    new = loss_saved(arch, run, plan, train)
-    items = items[: -len(tail)] + new
-    delta = sum(s.nbytes for s in new) - sum(s.nbytes for s in tail)
-    acts = sizes.activations
     head = dataclasses.replace(
         sizes.head,
         logits_forward=logits_forward(arch, run, plan),
         loss_backward=loss_backward(arch, run, plan),
     )
-    new_sizes = dataclasses.replace(
-        sizes,
-        weights=sizes.weights + reference_weights(plan, run),
-        activations=dataclasses.replace(acts, above=acts.above + delta),
+    return replace_loss(
+        parts,
+        run,
+        Loss.saved(arch, plan, T, train, FP32),
+        loss_saved(arch, run, plan, train),
         head=head,
         teacher_forward=before_moment(arch, run, plan),
         loop_held=sizes.loop_held + trajectory_bytes(run, run.batch_size),
         empties_cache=True,
-    )
-    return dataclasses.replace(
-        parts, sizes=new_sizes, activations=parts.activations + delta, outer_items=tuple(items)
     )
 
 

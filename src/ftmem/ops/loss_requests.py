@@ -63,6 +63,15 @@ class _Program:
         else:
             self.free(key)
 
+    def nll_backward(self, size: int, *saved: int) -> int:
+        """nll_loss_backward's zeros and _log_softmax_backward_data's output (``size``
+        bytes each), then the first and the ``saved`` tensors freed: returns the
+        second (the log-softmax's input gradient)."""
+        nll_grad = self.alloc(size)
+        ls_grad = self.alloc(size)
+        self.free(nll_grad, *saved)
+        return ls_grad
+
     def done(self, forward: Phase) -> Programmed:
         return Programmed(forward, self.cut(), self.output)
 
@@ -110,9 +119,7 @@ def _causal_lm_loss(T: int, V: int, e: int, held: int = 0, hold: bool = False) -
     p.free(upcast, cache)
     p.drop_output(logits, hold)
     forward = p.cut()
-    nll_grad = p.alloc(T * V * FP32)
-    ls_grad = p.alloc(T * V * FP32)
-    p.free(nll_grad, log_softmax, labels, total_weight)
+    ls_grad = p.nll_backward(T * V * FP32, log_softmax, labels, total_weight)
     cast_back = p.alloc(T * V * e) if e != FP32 else -1
     p.free(ls_grad, cast_back)
     return p.done(forward)
@@ -192,9 +199,7 @@ def _shifted_loss(
     p.free(cast, shifted, cache)
     p.drop_output(logits, hold)
     forward = p.cut()
-    nll_grad = p.alloc(R * V * log_softmax_bytes)
-    ls_grad = p.alloc(R * V * log_softmax_bytes)
-    p.free(nll_grad, log_softmax, labels, total_weight)
+    ls_grad = p.nll_backward(R * V * log_softmax_bytes, log_softmax, labels, total_weight)
     grad = ls_grad
     if log_softmax_bytes != e:
         grad = p.alloc(R * V * e)
@@ -239,9 +244,7 @@ def _upcast_shifted_loss(
     p.free(shifted, cache)
     p.drop_output(logits, hold)
     forward = p.cut()
-    nll_grad = p.alloc(R * V * FP32)
-    ls_grad = p.alloc(R * V * FP32)
-    p.free(nll_grad, log_softmax, labels, total_weight)
+    ls_grad = p.nll_backward(R * V * FP32, log_softmax, labels, total_weight)
     zeros = p.alloc(T * V * FP32)
     p.free(ls_grad)
     cast_back = p.alloc(T * V * e) if e != FP32 else -1
@@ -290,9 +293,7 @@ def _chunked_loss(T: int, V: int, e: int, held: int = 0) -> Programmed:
     forward = p.cut()
     grads: list[int] = []
     for chunk_labels, log_softmax in reversed(saved):
-        nll_grad = p.alloc(rows * V * FP32)
-        ls_grad = p.alloc(rows * V * FP32)
-        p.free(nll_grad, log_softmax, chunk_labels)
+        ls_grad = p.nll_backward(rows * V * FP32, log_softmax, chunk_labels)
         if e != FP32:
             grads.append(p.alloc(rows * V * e))
             p.free(ls_grad)
