@@ -67,6 +67,13 @@ class Profile:
     # the loop keeps the model's output (its logits: Loss.output_logits) from the forward
     # through the backward and the optimizer step, and drops it before the next forward
     output_held_through_step: bool = False
+    # the loop keeps the model's whole output (``outputs = model(...)``) until the next
+    # forward has returned: its logits and, without checkpointing, the DynamicCache
+    # transformers builds in a training forward (step.loop_output)
+    output_held_into_next_forward: bool = False
+    # each batch of several sequences is padded to its longest and the attention mask is
+    # passed: sdpa gets an explicit mask (ops/attention.padding_mask)
+    pads_batches: bool = False
     # None: as config.json says (tie_word_embeddings); False: a separate LM head
     ties_lm_head: bool | None = None
     # QLoRA quantises the LM head as well (every nn.Linear), not only the blocks'
@@ -277,6 +284,28 @@ FSDP_QLORA = Profile(
     output_held_through_step=True,
 )
 
+# PEFT's method_comparison benchmark (peft@5d602fdb method_comparison/MetaMathQA/run.py
+# train): ``outputs = model(**batch, ...)`` and ``loss = outputs.loss``, backward, clip,
+# step; ``outputs`` is rebound only when the next step's forward returns. It carries the
+# logits and, as transformers creates a DynamicCache whenever ``use_cache`` (config.json's
+# default True) and no cache is passed, the cache of every layer's keys and values
+# (transformers 5.13.1, the results' version: models/llama/modeling_llama.py:391-392
+# LlamaModel.forward; cache_utils.py:166 DynamicLayer.update ``torch.cat``);
+# checkpointing turns use_cache off (modeling_layers.py GradientCheckpointingLayer).
+PEFT_MC = Profile(
+    "peft-mc",
+    notes=(
+        "peft-mc: PEFT's method_comparison loop keeps the model's output (its logits and "
+        "the KV cache a training forward builds without checkpointing) until the next "
+        "forward has returned; its batches are padded, so sdpa gets a mask and GQA keys "
+        "and values are repeated per head.",
+    ),
+    output_held_into_next_forward=True,
+    # ``batch = tokenizer.pad(batch, return_tensors="pt")`` (right padding to the longest
+    # of the batch) and ``model(**batch, ...)`` passes its attention_mask (run.py train)
+    pads_batches=True,
+)
+
 PROFILES: dict[str, Profile] = {
     "hf": HF,
     # axolotl and LLaMA-Factory drive HF Trainer over transformers + peft
@@ -289,6 +318,7 @@ PROFILES: dict[str, Profile] = {
     # Unsloth's notebooks print max_memory_reserved once after trainer.train()
     "unsloth": UNSLOTH,
     "fsdp_qlora": FSDP_QLORA,
+    "peft-mc": PEFT_MC,
 }
 
 

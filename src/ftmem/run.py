@@ -189,7 +189,15 @@ RELEASE = re.compile(r"[0-9]{1,2}\.[0-9]{1,3}(\.[0-9]{1,3})?([+a-z0-9.]{0,40})")
 # The training frameworks whose code path ftmem follows (profiles.py); "hf" is HF
 # Trainer / TRL over transformers + peft, the path every other default describes.
 Framework = Literal[
-    "hf", "axolotl", "llama-factory", "litgpt", "torchtune", "unsloth", "lightning", "fsdp_qlora"
+    "hf",
+    "axolotl",
+    "llama-factory",
+    "litgpt",
+    "torchtune",
+    "unsloth",
+    "lightning",
+    "fsdp_qlora",
+    "peft-mc",
 ]
 
 

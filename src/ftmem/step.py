@@ -441,6 +441,7 @@ def _decoder_sizes(
         requests = _head_requests(arch, run, plan, e, T, head, forward_cache, output_held)
         head = dataclasses.replace(head, requests=requests)
     loop_held = vision_step.pixel_input(arch, run, plan.dtypes)  # an image-text batch's pixels
+    loop_held += loop_output(arch, run, e, T)
     if framework_head is not None:  # LitGPT: fp32 logits held by the loop, chunked loss
         loop_held += framework_head.held
         head = dataclasses.replace(
@@ -470,6 +471,21 @@ def _output_held(run: RunConfig, V: int, e: int, T: int) -> int:
     if not profile_of(run).output_held_through_step or run.objective != "sft":
         return 0
     return Loss.output_logits(run, V, e, T)
+
+
+def loop_output(arch: Architecture, run: RunConfig, e: int, T: int) -> int:
+    """The last pass's output a loop holds at every moment of the next one, until that
+    forward returns (Profile.output_held_into_next_forward): its logits (Loss.output_logits)
+    and, without checkpointing, the DynamicCache of the training forward, a key and a
+    value tensor per layer of T tokens (the ``torch.cat`` copies attention then reads and
+    saves). Held throughout the step: exact up to the forward's return; from the backward
+    on the loop holds the current pass's output instead (the same bytes at one length),
+    whose cache is the keys and values attention saved, so the backward's moments count
+    the not yet freed ones twice (at most one cache: an upper bound)."""
+    if not profile_of(run).output_held_into_next_forward or run.objective != "sft":
+        return 0
+    cache = 0 if run.grad_ckpt else T * sum(arch.cache_widths) * e * arch.num_layers
+    return Loss.output_logits(run, arch.vocab_size, e, T) + cache
 
 
 def _head_requests(

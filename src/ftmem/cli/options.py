@@ -140,7 +140,8 @@ RUN = [
         "hf",
         "Whose code path the step follows (set by --from): hf (HF Trainer / TRL), axolotl, "
         "llama-factory, litgpt, torchtune, unsloth, lightning (a Trainer's automatic "
-        "optimization), fsdp_qlora (Answer.AI's train.py).",
+        "optimization), fsdp_qlora (Answer.AI's train.py), peft-mc (PEFT's "
+        "method_comparison run.py).",
     ),
     _opt(
         "torch_version",

@@ -29,6 +29,17 @@ def runs_eager(arch: Architecture, run: RunConfig) -> bool:
     return run.attn == "eager" or attention_path(arch, run) != "sdpa"
 
 
+def padding_mask(arch: Architecture, run: RunConfig) -> bool:
+    """sdpa gets an explicit mask that makes transformers copy GQA keys and values per
+    head: the framework pads each batch of several sequences to its longest and passes
+    the attention mask (Profile.pads_batches), so create_causal_mask builds the mask
+    instead of leaving sdpa its causal flag. One kv head repeats as a view (no copy), as
+    many as the heads need no repeat; a fused qkv projection is not derived here."""
+    padded = profile_of(run).pads_batches and run.batch_size > 1
+    gqa = 1 < arch.kv_heads < arch.num_heads
+    return padded and gqa and run.attn == "sdpa" and not arch.traits.fused_qkv
+
+
 def qkv_views_kept(arch: Architecture) -> bool:
     """q, k and v are views of one fused projection's output that the kernel keeps,
     so the whole output stays alive (GPT-2); rotary would make new q and k tensors."""
@@ -93,6 +104,8 @@ class Attention:
             keep("v (repeated per head)", Tk * kv_saved * e, Kind.ATTN_V)
         elif profile_of(run).expands_kv:
             out += Attention.expanded_kv_saved(ctx)
+        elif padding_mask(arch, run):
+            out += Attention.masked_sdpa_saved(ctx)
         else:
             keep("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK)
             if arch.traits.fused_qkv and not ctx.quantized_outputs_in_input_dtype:
@@ -171,6 +184,36 @@ class Attention:
             items.append(("v expanded to every head", T * q * e, Kind.ATTN_V))
         else:
             items.append(("qkv output (v is a view)", T * (q + 2 * kv) * e, Kind.ATTN_QKV))
+        return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
+
+    @staticmethod
+    def masked_sdpa_saved(ctx: LayerContext) -> list[Saved]:
+        """sdpa with a padding mask (padding_mask): transformers repeats GQA keys and values
+        to every query head before the kernel, which keeps the copies (transformers 5.13.1
+        integrations/sdpa_attention.py sdpa_attention_forward: ``if not
+        use_gqa_in_sdpa(attention_mask, ...)``: ``repeat_kv``; use_gqa_in_sdpa needs
+        ``attention_mask is None``). torch converts the boolean mask to an additive one in
+        the query's dtype per call, and CUDA's memory-efficient kernel (flash takes no mask)
+        pads its last dimension to a multiple of 8 and keeps it (aten/src/ATen/native/
+        transformers/attention.cpp scaled_dot_product_attention: convert_boolean_attn_mask,
+        preprocess_mask with mem_eff_alignment = 8; read in the code index, commit not pinned). Without checkpointing, the training
+        forward's DynamicCache (transformers creates it whenever use_cache, config.json's
+        default) holds the unrepeated keys and values, made by ``torch.cat`` (cache_utils.py
+        DynamicLayer.update); with checkpointing use_cache is off and they are freed. (The
+        kernel's output and logsumexp: Attention.saved, as for every fused kernel.)"""
+        arch, run = ctx.arch, ctx.run
+        T, e = ctx.tokens, ctx.e
+        b, s = run.batch_size, ctx.tokens // run.batch_size
+        q, kv = arch.q_size, arch.kv_size
+        items = [("rotary q", T * q * e, Kind.ATTN_QK)]
+        items.append(("k and v repeated per head (repeat_kv)", 2 * T * q * e, Kind.ATTN_COPY))
+        if not run.grad_ckpt:
+            items.append(
+                ("the cache's keys and values (DynamicCache)", 2 * T * kv * e, Kind.ATTN_QK)
+            )
+        items.append(
+            ("additive mask (last dim padded to 8)", b * s * -(-s // 8) * 8 * e, Kind.ATTN_MASK)
+        )
         return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
 
     @staticmethod
