@@ -79,6 +79,7 @@ def test_t5_in_fp16_under_an_engine_names_the_engine(strategy, precision, engine
         (dict(optimizer="sgd-momentum"), True),
         (dict(optimizer="adamw-8bit"), False),
         (dict(optimizer="paged-adamw-8bit"), False),
+        (dict(optimizer="ao-adamw-8bit"), False),
         (dict(optimizer="adafactor"), False),
         (dict(optimizer="lion"), False),
         (dict(method="galore"), False),

@@ -45,20 +45,23 @@ EXPECTED = {
              attn="flash", eval_batch_size=2, **BF16),
     ),
     # full finetuning; CutCrossEntropyPlugin (fused loss); activation_offloading: legacy;
-    # adamw_torch_8bit noted (AdamW); val_set_size 0.0; ZeRO-3 with both offloads (the JSON)
+    # adamw_torch_8bit: torchao's AdamW8bit (block 256, its own); val_set_size 0.0; ZeRO-3
+    # with both offloads (the JSON)
     "alst-llama3-8b-deepspeed-alst.yaml": (
         "meta-llama/Llama-3.1-8B",
         dict(seq_len=500_000, batch_size=1, grad_accum=1, grad_ckpt=True,
-             activation_offload=True, loss="fused", attn="flash", **BF16),
+             activation_offload=True, loss="fused", attn="flash", optimizer="ao-adamw-8bit",
+             **BF16),
     ),
     # gradient_checkpointing: offload = checkpointing + activation_offloading: true;
-    # CutCrossEntropyPlugin; no lora_dropout: axolotl's 0.0; adamw_torch_4bit noted
+    # CutCrossEntropyPlugin; no lora_dropout: axolotl's 0.0; adamw_torch_4bit: torchao's
+    # AdamW4bit with transformers' block_size 256 (the class's own is 128)
     "qwen3-32b-qlora.yaml": (
         "Qwen/Qwen3-32B",
         dict(method="qlora", lora_r=16, lora_alpha=32, lora_dropout=0.0,
              lora_targets="q_proj,k_proj,v_proj,o_proj,down_proj,up_proj", seq_len=2048,
              batch_size=1, grad_accum=2, grad_ckpt=True, activation_offload=True, loss="fused",
-             attn="flash", **BF16),
+             attn="flash", optimizer="ao-adamw-4bit", optimizer_block_size=256, **BF16),
     ),
     # LigerPlugin with liger_fused_linear_cross_entropy; adamw_torch_fused; val_set_size
     # 0.02 with 2 evaluations an epoch at micro_batch_size 2
@@ -84,12 +87,14 @@ EXPECTED = {
              eval_batch_size=2, objective="dpo", **BF16),
     ),
     # bf16: true; the Hub's vLLM FlashAttention-3 kernel; CutCrossEntropyPlugin;
-    # activation_offloading: true; Mxfp4Config with dequantize: true (16-bit weights)
+    # activation_offloading: true; Mxfp4Config with dequantize: true (16-bit weights);
+    # adamw_torch_8bit: torchao's AdamW8bit
     "gpt-oss-gpt-oss-20b-sft-lora-singlegpu.yaml": (
         "openai/gpt-oss-20b",
         dict(method="lora", lora_r=8, lora_alpha=16, lora_dropout=0.0,
              lora_targets="all-linear", seq_len=4096, batch_size=1, grad_accum=8,
-             grad_ckpt=True, activation_offload=True, loss="fused", attn="flash", **BF16),
+             grad_ckpt=True, activation_offload=True, loss="fused", attn="flash",
+             optimizer="ao-adamw-8bit", **BF16),
     ),
     # gptq: true with adapter lora: LoRA over int4 linears; bf16 and fp16 false, float16:
     # fp16 weights without autocast; no attention key (sdpa); evaluation at batch 1
@@ -175,7 +180,6 @@ def test_shipped_config_estimates_or_names_the_model_it_lacks(name):
         ("alst-llama3-8b-deepspeed-alst.yaml", "Cut Cross-Entropy (CutCrossEntropyPlugin)"),
         ("alst-llama3-8b-deepspeed-alst.yaml", "give --gpus and --cp 8"),
         ("alst-llama3-8b-deepspeed-alst.yaml", "tiled_mlp"),
-        ("alst-llama3-8b-deepspeed-alst.yaml", "adamw_torch_8bit is not modelled"),
         ("qwen3-32b-qlora.yaml", "lora_qkv_kernel, lora_o_kernel, lora_mlp_kernel"),
         ("qwen3-32b-qlora.yaml", "lora_dropout 0.0 (lora_dropout;"),
         ("llama-3-fft-8b-liger-fsdp.yaml", "liger_rms_norm, liger_glu_activation, liger_rope"),

@@ -70,8 +70,8 @@ ESTIMATE: dict[str, list[str]] = {
     "--method": METHODS,
     "--precision": ["fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed"],
     "--optimizer": [
-        "adamw", "adamw-fp32", "adamw-8bit", "paged-adamw-8bit", "sgd", "sgd-momentum",
-        "adafactor", "lion",
+        "adamw", "adamw-fp32", "adamw-8bit", "paged-adamw-8bit", "ao-adamw-8bit",
+        "ao-adamw-4bit", "ao-adamw-fp8", "sgd", "sgd-momentum", "adafactor", "lion",
     ],
     "--optimizer-impl": ["foreach", "for-loop", "fused"],
     "--attn": ["eager", "sdpa", "flash"],
@@ -231,12 +231,13 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
         _is(v, "--grad-ckpt", "--grad-ckpt")
         and (_is(v, "--method", "prefix-tuning") or _given(v, "--prefix-projection"))
     ),
-    # torch's fused kernels are AdamW's and SGD's (not bitsandbytes', Adafactor's, Lion's,
-    # nor galore_torch's)
+    # torch's fused kernels are AdamW's and SGD's (not bitsandbytes', torchao's,
+    # Adafactor's, Lion's, nor galore_torch's)
     lambda v: (
         _is(v, "--optimizer-impl", "fused")
         and (
             _is(v, "--optimizer", "adamw-8bit", "paged-adamw-8bit", "adafactor", "lion")
+            or _is(v, "--optimizer", "ao-adamw-8bit", "ao-adamw-4bit", "ao-adamw-fp8")
             or _is(v, "--method", "galore")
         )
     ),

@@ -59,6 +59,7 @@ from ftmem.result import (
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
 from ftmem.run_phases import replayed_loading, resolved_peak_of, run_moments
 from ftmem.step import StepParts, objective_note, step_parts
+from ftmem.torchao_optim import TORCHAO_OPTIMIZERS
 
 if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
     from ftmem.distill import Teacher
@@ -68,6 +69,9 @@ SIMPLE_STATES_PER_PARAM = {  # 16-bit values per trainable parameter, seed's rul
     "adamw-fp32": 2,
     "adamw-8bit": 2,
     "paged-adamw-8bit": 2,
+    "ao-adamw-8bit": 2,
+    "ao-adamw-4bit": 2,
+    "ao-adamw-fp8": 2,
     "sgd": 0,
     "sgd-momentum": 1,
     "adafactor": 1,
@@ -211,6 +215,13 @@ def _step_notes(parts: StepParts, run: RunConfig, teacher: Teacher | None) -> li
         notes.append(
             "optimizer in backward: each gradient is freed by its parameter's step as soon "
             "as it is complete, so no gradient is held at the peak."
+        )
+    if run.optimizer in TORCHAO_OPTIMIZERS:
+        notes.append(
+            f"{run.optimizer}: torchao compiles the step one parameter at a time; its "
+            "temporaries are those of the largest quantised tensor, as inductor's CPU code "
+            "holds them (the GPU's Triton code is not measured yet). Under DeepSpeed ZeRO "
+            "it steps flat fp32 partitions instead of tensors: not modelled."
         )
     return notes
 

@@ -1,7 +1,8 @@
 """Optimizer state and optimizer-step temporaries, per trainable tensor.
 
 Each rule follows the optimizer's own code (torch 2.13, bitsandbytes 0.50,
-transformers 5 Adafactor); the accuracy suite measures them to the byte.
+transformers 5 Adafactor, torchao 0.18's low-bit AdamW in ``ftmem.torchao_optim``); the
+accuracy suite measures them to the byte.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from math import prod
 from ftmem.dtypes import ceil_div
 from ftmem.methods import TensorGroup
 from ftmem.run import RunConfig
+from ftmem.torchao_optim import TORCHAO_OPTIMIZERS
+from ftmem.torchao_optim import state_bytes as torchao_state_bytes
+from ftmem.torchao_optim import step_temporary_bytes as torchao_step_bytes
 from ftmem.versions import torch_adamw_denom_out_of_place
 
 BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit state for tensors smaller than this
@@ -52,7 +56,9 @@ def step_tensor_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
     """The per-tensor ``step`` scalars of torch Adam/AdamW held on the training device.
 
     Every rank keeps one per parameter tensor, sharded or not (galore_torch keeps a
-    Python int)."""
+    Python int). torchao's are ``torch.tensor(0.0)`` on the default device, the CPU."""
+    if run.optimizer in TORCHAO_OPTIMIZERS and run.device == "cpu":
+        return sum(STEP_TENSOR_BYTES * g.count for g in groups if g.trainable)
     if run.optimizer not in ("adamw", "adamw-fp32") or not step_tensors_on_device(run):
         return 0
     if run.method == "galore":
@@ -84,6 +90,8 @@ def optimizer_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
             else:
                 any_8bit = True
                 per = 2 * n + 2 * 4 * ceil_div(n, BNB_BLOCK)
+        elif opt in TORCHAO_OPTIMIZERS:
+            per = torchao_state_bytes(n, pb, run)
         elif opt == "sgd":
             per = 0
         elif opt in ("sgd-momentum", "lion"):
@@ -105,7 +113,8 @@ def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig
     a dtype group lives until ``addcdiv_`` - one state-sized buffer per group; torch < 2.1
     adds a second one (its out-of-place denominator).
     for-loop (the CPU default): ``exp_avg_sq.sqrt() / bias_correction2_sqrt`` holds two
-    temporaries of the largest tensor. fused and bitsandbytes kernels keep none.
+    temporaries of the largest tensor. fused and bitsandbytes kernels keep none. torchao's
+    low-bit AdamW: one parameter's compiled step at a time (ftmem.torchao_optim).
     """
     trainable = [g for g in groups if g.trainable]
     if not trainable:
@@ -113,6 +122,8 @@ def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig
     if run.method == "galore":
         return _galore_step_temporary_bytes(trainable, run)
     opt, impl = run.optimizer, run.optimizer_impl
+    if opt in TORCHAO_OPTIMIZERS:
+        return torchao_step_bytes(trainable, run)
     if opt in ("adamw", "adamw-fp32"):
         if impl == "fused":
             return 0

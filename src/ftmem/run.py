@@ -44,6 +44,9 @@ Optimizer = Literal[
     "adamw-fp32",
     "adamw-8bit",
     "paged-adamw-8bit",
+    "ao-adamw-8bit",
+    "ao-adamw-4bit",
+    "ao-adamw-fp8",
     "sgd",
     "sgd-momentum",
     "adafactor",
@@ -140,6 +143,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "images": limits.SEQUENCES,
     "trainable_layers": limits.LAYERS,
     "galore_rank": limits.WIDTH,
+    "optimizer_block_size": limits.WIDTH,
     "lora_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "virtual_tokens": limits.TOKENS,
@@ -219,6 +223,12 @@ class RunConfig(limits.BoundedSettings):
     optimizer: Optimizer = "adamw"
     optimizer_impl: OptimizerImpl = Field(
         "foreach", description="torch picks foreach on CUDA, a for-loop on the CPU."
+    )
+    optimizer_block_size: PositiveInt | None = Field(
+        None,
+        description="torchao's low-bit AdamW (ao-adamw-*): values per fp32 scale (the "
+        "class's default: 256, 4-bit 128; transformers' Trainer passes 256).",
+        exclude_if=lambda value: value is None,  # absent from results unless given
     )
     device: Literal["cuda", "cpu"] = Field(
         "cuda", description="Where the step runs; cpu only for checking against measurement."
@@ -531,6 +541,11 @@ class RunConfig(limits.BoundedSettings):
             raise ValueError(
                 f"--optimizer-impl fused is torch's AdamW / SGD kernel; {owner} has no fused "
                 "variant: drop --optimizer-impl"
+            )
+        if self.optimizer_block_size and not self.optimizer.startswith("ao-"):
+            raise ValueError(
+                "--optimizer-block-size is torchao's low-bit AdamW's: use it with "
+                f"--optimizer ao-adamw-8bit, ao-adamw-4bit or ao-adamw-fp8, not {self.optimizer}"
             )
         if self.optimizer_in_backward and self.grad_accum > 1:
             raise ValueError(

@@ -76,6 +76,12 @@ RUN = [
         "foreach",
         "torch's optimizer implementation (foreach: its CUDA default).",
     ),
+    _opt(
+        "optimizer_block_size",
+        OptInt,
+        None,
+        "torchao's ao-adamw-*: values per fp32 scale (default: the class's, 256; 4-bit 128).",
+    ),
     _opt("batch_size", int, 1, "Micro-batch size per GPU."),
     _opt("seq_len", int, 512, "Tokens per sequence (encoder-decoders: the input)."),
     _opt(

@@ -205,6 +205,33 @@ RL_NOT_COUNTED = {
 PREFERENCE_RL = ("dpo", "ipo", "orpo", "simpo", "kto")
 
 
+# axolotl's own names for torchao's classes (schemas/enums.py CustomSupportedOptimizers),
+# built with the class's own block size (core/builders/base.py: adam_kwargs only)
+AO_OPTIMIZERS = {
+    "ao_adamw_fp8": "ao-adamw-fp8",
+    "ao_adamw_8bit": "ao-adamw-8bit",
+    "ao_adamw_4bit": "ao-adamw-4bit",
+}
+
+
+def _optimizer(k: Keys, cfg: FrameworkConfig) -> None:
+    """HF Trainer's names (``adamw_torch_4bit``: torchao's AdamW4bit with transformers'
+    block size), or axolotl's ``ao_adamw_*``."""
+    name = (k.text("optimizer") or "").lower()
+    if name not in AO_OPTIMIZERS:
+        hf_optimizer(k, "optimizer", cfg)
+        return
+    cfg.settings["optimizer"] = AO_OPTIMIZERS[name]
+    if name != "ao_adamw_fp8":
+        # builders/base.py has no branch for them since e3177c321 (2025-08): it raises
+        # "Unhandled optimizer"; earlier releases built torchao's class
+        cfg.notes.append(
+            f"optimizer {name}: axolotl ({AXOLOTL}) raises 'Unhandled optimizer' for it "
+            f"(releases before 2025-08 built torchao's class, as estimated); "
+            f"adamw_torch_{name[-4:]} is its current name."
+        )
+
+
 def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     cfg.model = k.text("base_model")
     if (config := k.text("base_model_config")) and config != cfg.model:
@@ -218,7 +245,7 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     _checkpointing(k, cfg)
     plugins = _plugins(k, cfg)
     _loss(k, cfg, plugins)
-    hf_optimizer(k, "optimizer", cfg)
+    _optimizer(k, cfg)
     _precision(k, cfg)
     _attention(k, cfg)
     if k.flag("sample_packing"):

@@ -13,7 +13,7 @@ from typing import Any
 
 from ftmem.errors import ConfigError, InvalidInputError
 from ftmem.filekeys import Keys
-from ftmem.frameworks.shared import FrameworkConfig, assume, lora_numbers
+from ftmem.frameworks.shared import FrameworkConfig, assume, lora_numbers, torchao_optimizer
 
 LITGPT_HEAD = "Lightning-AI/litgpt@2685705"
 
@@ -291,6 +291,8 @@ def _optimizer(k: Keys, cfg: FrameworkConfig) -> None:
                 f"{k.file}: optimizer {name} with quantize is refused by LitGPT (instantiate_"
                 "bnb_optimizer: 'only supports the AdamW optimizer')."
             )
+        return
+    if torchao_optimizer(name, init, cfg):
         return
     if leaf in ("AdamW", "Adam"):  # ftmem's default optimizer, torch's foreach AdamW
         if init.flag("fused"):

@@ -11,6 +11,7 @@ from typing import Any
 from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
 from ftmem.textfiles import parse_json, parse_yaml, read_text
+from ftmem.torchao_optim import FORMATS
 
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -120,7 +121,14 @@ HF_OPTIMIZERS = {
     "sgd": ("sgd", None),
     "lion_32bit": ("lion", None),
     "paged_lion_32bit": ("lion", None),
+    # torchao's AdamW4bit / AdamW8bit (transformers trainer_optimizer.py
+    # _get_torchao_optimizer, 5.24)
+    "adamw_torch_4bit": ("ao-adamw-4bit", None),
+    "adamw_torch_8bit": ("ao-adamw-8bit", None),
 }
+# transformers passes block_size=optim_args' or 256 to both torchao classes
+# (trainer_optimizer.py:471, 5.24); AdamW4bit's own default is 128
+HF_TORCHAO_BLOCK = 256
 
 ATTENTION = {
     "flash_attention_2": "flash",
@@ -202,6 +210,50 @@ def hf_optimizer(k: Keys, key: str, cfg: FrameworkConfig) -> None:
     cfg.settings["optimizer"] = opt[0]
     if opt[1]:
         cfg.settings["optimizer_impl"] = opt[1]
+    if opt[0].startswith("ao-"):
+        block = optim_args(k).get("block_size", str(HF_TORCHAO_BLOCK))
+        if not (block.isascii() and block.isdigit() and 0 < len(block) < 10 and int(block)):
+            raise ConfigError(
+                f"{k.file}: optim_args' block_size must be a positive whole number, "
+                f"not {block[:40]!r}."
+            )
+        if int(block) != FORMATS[opt[0]].default_block:  # said where it differs only
+            cfg.settings["optimizer_block_size"] = int(block)
+
+
+# torchao's low-bit Adam classes by name (torchao/optim/__init__.py, 0.18.0; before 0.11
+# torchao.prototype.low_bit_optim): Adam and AdamW keep the same states
+TORCHAO_CLASSES = {
+    "AdamW8bit": "ao-adamw-8bit", "Adam8bit": "ao-adamw-8bit",
+    "AdamW4bit": "ao-adamw-4bit", "Adam4bit": "ao-adamw-4bit",
+    "AdamWFp8": "ao-adamw-fp8", "AdamFp8": "ao-adamw-fp8",
+}  # fmt: skip
+
+
+def torchao_optimizer(path: str, init: Keys, cfg: FrameworkConfig) -> bool:
+    """A class path naming one of torchao's low-bit Adams (``torchao.optim.AdamW8bit``,
+    ``torchao.prototype.low_bit_optim.AdamW4bit``) read with its ``block_size``
+    argument from ``init``; False for any other path."""
+    module, _, leaf = path.rpartition(".")
+    if not module.startswith("torchao.") or leaf not in TORCHAO_CLASSES:
+        return False
+    cfg.settings["optimizer"] = TORCHAO_CLASSES[leaf]
+    if (block := init.integer("block_size")) is not None:
+        cfg.settings["optimizer_block_size"] = block
+    return True
+
+
+def optim_args(k: Keys) -> dict[str, str]:
+    """transformers' ``optim_args`` ("key=value,key=value"; axolotl also takes a mapping,
+    which it joins the same way: core/builders/base.py)."""
+    raw = k.raw("optim_args")
+    if isinstance(raw, dict):
+        return {str(key): str(value) for key, value in raw.items()}
+    return dict(
+        item.split("=", 1)
+        for item in (k.text("optim_args") or "").replace(" ", "").split(",")
+        if "=" in item
+    )
 
 
 def galore_args(k: Keys, cfg: FrameworkConfig) -> None:
@@ -209,11 +261,7 @@ def galore_args(k: Keys, cfg: FrameworkConfig) -> None:
     ``optim_target_modules`` (names or regular expressions of the projected linears)."""
     if cfg.settings.get("method") != "galore":
         return
-    args = dict(
-        item.split("=", 1)
-        for item in (k.text("optim_args") or "").replace(" ", "").split(",")
-        if "=" in item
-    )
+    args = optim_args(k)
     if "rank" in args:
         rank = args["rank"]
         if not (rank.isascii() and rank.isdigit() and len(rank) < 10 and int(rank) > 0):

@@ -23,6 +23,7 @@ from ftmem.frameworks.shared import (
     assume,
     lora_numbers,
     settings_from,
+    torchao_optimizer,
 )
 from ftmem.presets import model_presets
 from ftmem.textfiles import read_text
@@ -422,6 +423,8 @@ def _torchtune_model(model: Keys, cfg: FrameworkConfig) -> None:
 def _torchtune_optimizer(optimizer: Keys, cfg: FrameworkConfig) -> None:
     s = cfg.settings
     opt = optimizer.text("_component_") or "torch.optim.AdamW"
+    if torchao_optimizer(opt, optimizer, cfg):
+        return
     if opt.endswith("PagedAdamW8bit"):
         s["optimizer"] = "paged-adamw-8bit"
     elif opt.endswith(("AdamW8bit", "Adam8bit")):

@@ -27,9 +27,16 @@ from ftmem.frameworks.hf_trainer import (
     _grpo_objective,
     _kto_objective,
 )
-from ftmem.frameworks.shared import ATTENTION, FrameworkConfig, galore_args, hf_optimizer
+from ftmem.frameworks.shared import (
+    ATTENTION,
+    TORCHAO_CLASSES,
+    FrameworkConfig,
+    galore_args,
+    hf_optimizer,
+)
 from ftmem.quantized_base import on_quantized_base, quantized_base
 from ftmem.sources import architecture_from_config
+from ftmem.torchao_optim import FORMATS
 
 # torch dtypes as str(dtype) spells them, as ftmem names them
 DTYPES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
@@ -504,6 +511,11 @@ def read_optimizer(optimizer: Any, live: LiveRun) -> None:
     kind = type(inner).__name__
     said = f"the optimizer ({type(inner).__module__}.{kind})"
     mapped = LIVE_OPTIMIZERS.get(kind)
+    if type(inner).__module__.startswith("torchao."):  # AdamW8bit is bitsandbytes' too
+        mapped = TORCHAO_CLASSES.get(kind)
+        block = getattr(inner, "block_size", None)
+        if mapped and isinstance(block, int) and block != FORMATS[mapped].default_block:
+            live.set("optimizer_block_size", block, f"{said}.block_size")
     if kind == "SGD":
         mapped = "sgd-momentum" if defaults.get("momentum") else "sgd"
     if mapped is None:

@@ -835,4 +835,20 @@ def build_optimizer(
 
         cls = bnb.optim.PagedAdamW8bit if opt == "paged-adamw-8bit" else bnb.optim.AdamW8bit
         return cls(params, lr=1e-4, weight_decay=0.0)
+    if opt in TORCHAO_CLASS:
+        try:
+            import torchao.optim
+        except ImportError as exc:
+            raise RuntimeError(f"{opt} needs torchao (pip install torchao): {exc}") from None
+        cls = getattr(torchao.optim, TORCHAO_CLASS[opt])
+        block = {"block_size": run.optimizer_block_size} if run.optimizer_block_size else {}
+        return cls(params, lr=1e-4, weight_decay=0.0, **block)
     raise RuntimeError(f"optimizer {opt!r} is not measurable here (no reference implementation)")
+
+
+# ftmem's --optimizer as torchao.optim's class (torchao 0.18.0)
+TORCHAO_CLASS = {
+    "ao-adamw-8bit": "AdamW8bit",
+    "ao-adamw-4bit": "AdamW4bit",
+    "ao-adamw-fp8": "AdamWFp8",
+}

@@ -1076,6 +1076,15 @@ class _StepInBackward:
         pass
 
 
+def _inner_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """A wrapper subclass's storages are its inner tensors' (torchao's quantised states:
+    codes, scales, code book; a DTensor: its local tensor, itself maybe one of those)."""
+    if not hasattr(t, "__tensor_flatten__"):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    return [inner for name in names for inner in _inner_tensors(getattr(t, name))]
+
+
 def optimizer_state_tensors(
     optimizer: torch.optim.Optimizer | _StepInBackward,
 ) -> list[torch.Tensor]:
@@ -1085,7 +1094,7 @@ def optimizer_state_tensors(
     for state in optimizer.state.values():
         for value in state.values():
             if isinstance(value, torch.Tensor):
-                out.append(value)
+                out += _inner_tensors(value)
             elif hasattr(value, "ortho_matrix"):  # galore_torch's GaLoreProjector
                 m = value.ortho_matrix
                 out += [t for t in (m if isinstance(m, list) else [m]) if t is not None]
@@ -1166,7 +1175,7 @@ def run_steps(
     from its own config) with its ``vocab_size``; ``events`` (the CPU only) receives the
     measured step's allocations and frees, the storages live before it first; ``fake``:
     the model's tensors are fake (FakeTensorMode is active)."""
-    _check_measurable(run, steps)
+    _check_measurable(run, steps, device)
     dev = _device(device)
     if built is None:
         assert arch is not None, "a model to build, or one built"
@@ -1228,11 +1237,18 @@ def run_steps(
     return _measurement(got, meter.name, built, dev, notes, readings)
 
 
-def _check_measurable(run: RunConfig, steps: int) -> None:
+def _check_measurable(run: RunConfig, steps: int, device: str) -> None:
     if steps < 1:
         raise ValueError("steps must be at least 1")
     if run.optimizer in ("lion", "adamw-fp32"):
         raise RuntimeError(f"optimizer {run.optimizer!r} is not measurable here")
+    if run.optimizer.startswith("ao-") and torch.device(device).type == "cpu":
+        # torch.compile refuses to run under the CPU tracker's dispatch mode
+        raise RuntimeError(
+            f"optimizer {run.optimizer!r} compiles its step, which the CPU tracker cannot "
+            "follow: measure it on CUDA (tests/accuracy/test_torchao_optim.py measures it "
+            "on the CPU with the profiler)"
+        )
 
 
 def _device(device: str) -> torch.device:

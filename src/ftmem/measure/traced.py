@@ -201,6 +201,12 @@ def _check_traceable(run: RunConfig) -> None:
             "(bitsandbytes has no fake kernels; lion and adamw-fp32 have no reference "
             "implementation here); trace with adamw, sgd or adafactor."
         )
+    if run.optimizer.startswith("ao-"):
+        raise InvalidInputError(
+            f"--traced cannot run --optimizer {run.optimizer}: torchao compiles each "
+            "parameter's step, which the tracker's dispatch mode turns off; trace with "
+            "adamw, sgd or adafactor."
+        )
     if run.activation_offload or run.optimizer_in_backward:
         raise InvalidInputError(
             "--traced runs the plain step; drop --activation-offload and --optimizer-in-backward."
