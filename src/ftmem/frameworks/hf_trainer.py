@@ -886,6 +886,40 @@ def _kto_objective(k: Keys, cfg: FrameworkConfig, source: str) -> None:
     _reference_and_liger(k, cfg, "KTO")
 
 
+# trl 1.16.0 trl/experimental/cpo/cpo_config.py:121-125 CPOConfig.loss_type's choices
+# ("alphapo" becomes simpo with cpo_alpha 0 in __post_init__, :175-179); each reads the
+# pair forward's sequence log-probabilities, none a reference (cpo_loss, cpo_trainer.py:678)
+_CPO_LOSSES = frozenset({"sigmoid", "hinge", "ipo", "simpo", "alphapo"})
+TRL_EXPERIMENTAL = "huggingface/trl trl/experimental/{}@v1.16.0"
+
+
+def _orpo_objective(k: Keys, cfg: FrameworkConfig, source: str) -> None:
+    """An ORPOConfig (trl.experimental.orpo in TRL 1.16): --objective orpo, chosen and
+    rejected in one forward on the full logits, the chosen half's cross-entropy beside
+    the odds ratio, no reference (orpo_trainer.py:745-822 concatenated_forward)."""
+    cfg.settings["objective"] = "orpo"
+
+
+def _cpo_objective(k: Keys, cfg: FrameworkConfig, source: str) -> None:
+    """A CPOConfig (trl.experimental.cpo in TRL 1.16): the pair forward on the full
+    logits without a reference, whatever the loss_type. cpo_alpha (1.0 by default) is
+    the weight of the chosen half's cross-entropy, which TRL computes only when it is not
+    0 (cpo_trainer.py:842-845): with it the step holds what ORPO's does (the same
+    cross_entropy_loss over all_logits[:len_chosen], orpo_trainer.py:800), so it is
+    estimated as --objective orpo; without it (SimPO as its paper runs it, AlphaPO) as
+    --objective simpo."""
+    loss = k.text("loss_type") or "sigmoid"
+    if loss not in _CPO_LOSSES:
+        raise k.wrong("loss_type", f"CPO loss types ({', '.join(sorted(_CPO_LOSSES))})")
+    alpha = 0.0 if loss == "alphapo" else k.number("cpo_alpha")
+    alpha = 1.0 if alpha is None else alpha
+    said = f"cpo_alpha {alpha:g}, loss_type {loss}; {source}"
+    if alpha:
+        assume(cfg, "objective", "orpo", f"the chosen half's cross-entropy, as ORPO's; {said}")
+    else:
+        assume(cfg, "objective", "simpo", f"no cross-entropy term; {said}")
+
+
 def _hf_lengths(k: Keys, cfg: FrameworkConfig) -> None:
     """Batches padded to their longest: group_by_length (LengthGroupedSampler, the
     longest batch first: transformers src/transformers/trainer_pt_utils.py

@@ -23,9 +23,11 @@ from ftmem.filekeys import Keys
 from ftmem.frameworks.distributed import LAUNCHER_NOTE, distributed_settings
 from ftmem.frameworks.hf_trainer import (
     LIMITS_NOTED,
+    _cpo_objective,
     _dpo_objective,
     _grpo_objective,
     _kto_objective,
+    _orpo_objective,
 )
 from ftmem.frameworks.shared import (
     ATTENTION,
@@ -70,8 +72,10 @@ LIVE_OPTIMIZERS = {
 }
 PROMPT_PEFT = {"PROMPT_TUNING": "prompt-tuning", "P_TUNING": "p-tuning"}
 # TRL's preference and RL configs, read as `ftmem estimate --from` reads their files
+# (ORPOConfig and CPOConfig: trl.experimental in TRL 1.16)
 TRL_OBJECTIVES = {"DPOConfig": _dpo_objective, "KTOConfig": _kto_objective,
-                  "GRPOConfig": _grpo_objective}  # fmt: skip
+                  "GRPOConfig": _grpo_objective, "ORPOConfig": _orpo_objective,
+                  "CPOConfig": _cpo_objective}  # fmt: skip
 # GRPOConfig.__post_init__ sets both from either; the reader takes one of them
 GRPO_DERIVED = ("generation_batch_size",)
 
@@ -639,7 +643,8 @@ def longest_example(dataset: Any) -> int | None:
 
 
 def _read_objective(args: Any, live: LiveRun) -> None:
-    """A DPOConfig, KTOConfig or GRPOConfig: the objective and its settings (loss_type,
+    """A DPOConfig, KTOConfig, GRPOConfig, ORPOConfig or CPOConfig: the objective and its
+    settings (loss_type, cpo_alpha,
     beta, precompute_ref_log_probs, num_generations, max_completion_length, vLLM...) as
     the TRL reader of ``ftmem estimate --from`` reads them, from the live config's
     fields (every one set: TRL's defaults are the object's own); dropout off as TRL's
@@ -656,9 +661,11 @@ def _read_objective(args: Any, live: LiveRun) -> None:
     for key in set(live.settings) - set(cfg.settings):  # dropped (Liger's loss)
         live.settings.pop(key)
         live.said.pop(key, None)
+    # a default the reader applied says why ("objective orpo (why; the live CPOConfig)")
+    why = {a.split(" ", 1)[0]: a.split(" (", 1)[-1].removesuffix(")") for a in cfg.assumed}
     for key, value in cfg.settings.items():
         if value != live.settings.get(key):
-            live.set(key, value, f"{name} ({key})")
+            live.set(key, value, why.get(key, f"{name} ({key})"))
     if getattr(args, "disable_dropout", False):
         live.set("model_dropout", False, f"{name}.disable_dropout")
     live.notes += [n.replace("in the file", f"on the {name}") for n in cfg.notes]
