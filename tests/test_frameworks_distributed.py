@@ -272,3 +272,94 @@ def test_deepspeed_zero3_sizes_other_than_auto_are_named():
     assert any("stage3_prefetch_bucket_size" in n and "not 'auto'" in n for n in cfg.notes)
     cfg = read_launcher_config(str(FIXTURES / "llama_factory_ds_z3_offload_config.json"))
     assert not any("not 'auto'" in n for n in cfg.notes)
+
+
+# -- a nested DeepSpeed config's / fsdp_config's values, by dotted path -------------------
+
+SHIPPED = ROOT / "tests" / "fixtures" / "frameworks"
+HF_FILLED = ["gradient_accumulation_steps", "gradient_clipping", "train_batch_size",
+             "train_micro_batch_size_per_gpu"]  # fmt: skip
+NESTED = {
+    # fsdp_config (in the file): fsdp_offload_params true and fsdp_sharding_strategy
+    # FULL_SHARD are read (offload, fsdp); the checkpoint's format, the loading path and
+    # the first broadcast change no step's memory; the wrap policy and its class, the
+    # all-gather limit, orig params and the backward prefetch may, and are not read
+    "axolotl/llama-3-fft-8b-liger-fsdp.yaml": (
+        ["fsdp_config.fsdp_offload_params", "fsdp_config.fsdp_sharding_strategy"],
+        ["fsdp_config.fsdp_sync_module_states", "fsdp_config.fsdp_cpu_ram_efficient_loading",
+         "fsdp_config.fsdp_state_dict_type"],
+        ["fsdp_config.fsdp_limit_all_gathers", "fsdp_config.fsdp_use_orig_params",
+         "fsdp_config.fsdp_auto_wrap_policy", "fsdp_config.fsdp_transformer_layer_cls_to_wrap",
+         "fsdp_config.fsdp_backward_prefetch"],
+    ),
+    # deepspeed: deepspeed_configs/zero2.json: stage 2, offload_optimizer.device cpu and
+    # overlap_comm true read (ZeRO-2's two reduce buffers); bf16 / fp16 blocks and the
+    # "auto" sizes HF Trainer fills, and the timer switch, change nothing; contiguous
+    # gradients (a flat gradient buffer) are not read
+    "axolotl/mistral-mixtral-mixtral.yml": (
+        ["deepspeed.zero_optimization.stage", "deepspeed.zero_optimization.offload_optimizer.device",
+         "deepspeed.zero_optimization.overlap_comm"],
+        ["deepspeed.bf16.enabled"]
+        + [f"deepspeed.fp16.{k}" for k in ("enabled", "auto_cast", "loss_scale",
+           "initial_scale_power", "loss_scale_window", "hysteresis", "min_loss_scale")]
+        + [f"deepspeed.{k}" for k in HF_FILLED] + ["deepspeed.wall_clock_breakdown"],
+        ["deepspeed.zero_optimization.contiguous_gradients"],
+    ),
+    # deepspeed: examples/deepspeed/ds_z3_config.json: stage 3 and the three "auto" sizes
+    # read; the gather at a save, HF's "auto" values, fp16 / bf16 and the untested
+    # optimizer switch change nothing; ZeRO-3's overlap_comm, contiguous gradients, the
+    # optimizer's sub-groups and the live / reuse limits of gathered parameters may, and
+    # are not read
+    "llama-factory/qwen3_full_sft.yaml": (
+        ["deepspeed.zero_optimization.stage", "deepspeed.zero_optimization.reduce_bucket_size",
+         "deepspeed.zero_optimization.stage3_prefetch_bucket_size",
+         "deepspeed.zero_optimization.stage3_param_persistence_threshold"],
+        [f"deepspeed.{k}" for k in HF_FILLED] + ["deepspeed.zero_allow_untested_optimizer"]
+        + [f"deepspeed.fp16.{k}" for k in ("enabled", "loss_scale", "loss_scale_window",
+           "initial_scale_power", "hysteresis", "min_loss_scale")]
+        + ["deepspeed.bf16.enabled",
+           "deepspeed.zero_optimization.stage3_gather_16bit_weights_on_model_save"],
+        ["deepspeed.zero_optimization.overlap_comm",
+         "deepspeed.zero_optimization.contiguous_gradients",
+         "deepspeed.zero_optimization.sub_group_size",
+         "deepspeed.zero_optimization.stage3_max_live_parameters",
+         "deepspeed.zero_optimization.stage3_max_reuse_distance"],
+    ),
+}  # fmt: skip
+
+
+def _leaves(data: dict, where: str) -> set[str]:
+    """Every value of a nested mapping by dotted path (the test's own walk)."""
+    out: set[str] = set()
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out |= _leaves(value, f"{where}{key}.")
+        else:
+            out.add(f"{where}{key}")
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(NESTED))
+def test_nested_deepspeed_and_fsdp_values_are_listed_by_dotted_path(name, monkeypatch):
+    """Every value of a shipped config's DeepSpeed JSON or fsdp_config is read, or listed by
+    its dotted path as ignored: with no effect on memory, or not read by ftmem (named in
+    the note), as the comments above say file by file; --format json's config block
+    carries the same lists."""
+    read, no_effect, not_read = NESTED[name]
+    path = SHIPPED / name
+    monkeypatch.chdir(path.parent)  # the DeepSpeed paths are the frameworks' (the working dir)
+    data = read_mapping(path)
+    section = "deepspeed" if "deepspeed" in data else "fsdp_config"
+    inner = data[section]
+    if isinstance(inner, str):
+        inner = json.loads((path.parent / inner).read_text())
+    assert _leaves(inner, f"{section}.") == set(read) | set(no_effect) | set(not_read)
+    cfg = read_framework_config(str(path))
+    assert sorted(cfg.nested_no_effect) == sorted(no_effect)
+    assert sorted(cfg.nested_not_read) == sorted(not_read)
+    note = next(n for n in cfg.notes if " keys ignored " in n)
+    assert all(key in note.split("not read by ftmem: ")[1] for key in not_read)
+    res = runner.invoke(app, ["estimate", "--from", str(path), "--format", "json"])
+    block = json.loads(res.output)["config"]
+    assert set(no_effect) <= set(block["ignored_no_effect"])
+    assert set(not_read) == {k for k in block["ignored_not_read"] if k.startswith(section)}

@@ -39,10 +39,35 @@ class Keys:
     (``null``) value, the value when it has the asked type, and raises otherwise.
     """
 
-    def __init__(self, data: Mapping[str, Any], file: str, where: str = "") -> None:
+    def __init__(
+        self, data: Mapping[str, Any], file: str, where: str = "", read: set[str] | None = None
+    ) -> None:
         self._data = data
         self.file = file
         self.where = where
+        # the dotted names of the keys whose value was asked for, shared with the sections
+        # (unread_leaves: what a nested mapping held that no reader looked at)
+        self.read: set[str] = set() if read is None else read
+
+    def _get(self, key: str) -> Any:
+        self.read.add(self.name(key))
+        return self._data.get(key)
+
+    def unread_leaves(self) -> list[str]:
+        """The dotted names of the values under this mapping that no accessor read (a
+        nested mapping's own keys, each down to its values), in the file's order."""
+        out: list[str] = []
+
+        def walk(data: Mapping[str, Any], where: str) -> None:
+            for key, value in data.items():
+                name = f"{where}{key}"
+                if isinstance(value, Mapping) and value:
+                    walk(value, f"{name}.")
+                elif name not in self.read:
+                    out.append(name)
+
+        walk(self._data, self.where)
+        return out
 
     def __contains__(self, key: str) -> bool:
         return key in self._data
@@ -59,11 +84,11 @@ class Keys:
         return ConfigError(f"{self.file}: {self.name(key)} must be {expected}, not {shown(value)}.")
 
     def raw(self, key: str) -> Any:
-        return self._data.get(key)
+        return self._get(key)
 
     def text(self, key: str, default: str | None = None) -> str | None:
         """A string (a name, a path, a choice)."""
-        value = self._data.get(key)
+        value = self._get(key)
         if value is None:
             return default
         if not isinstance(value, str):
@@ -83,7 +108,7 @@ class Keys:
 
     def integer(self, key: str, minimum: int = 1) -> int | None:
         """A whole number of at least ``minimum`` (YAML's ``4.0`` counts; ``true`` does not)."""
-        value = self._data.get(key)
+        value = self._get(key)
         if value is None:
             return None
         whole = isinstance(value, int) or (
@@ -99,7 +124,7 @@ class Keys:
         self, key: str, low: float | None = None, below: float | None = None
     ) -> float | None:
         """A finite number in ``[low, below)`` (either end open when not given)."""
-        value = self._data.get(key)
+        value = self._get(key)
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -117,7 +142,7 @@ class Keys:
         a true value in Python and would be misread) unless ``spelled``: then "true" and
         "false" as words too, where the framework reads them so (transformers'
         ``str_to_bool`` over ``fsdp_config``)."""
-        value = self._data.get(key)
+        value = self._get(key)
         if value is None:
             return False
         if spelled and isinstance(value, str) and value.strip().lower() in _WORDS:
@@ -130,7 +155,7 @@ class Keys:
         """A switch that frameworks also spell as a mode name (axolotl's
         ``gradient_checkpointing: offload``): one of ``names``, or the boolean. Another
         string is refused (``"false"`` or a typo was read as on)."""
-        value = self._data.get(key)
+        value = self._get(key)
         if isinstance(value, str):
             if value in names:
                 return value
@@ -139,7 +164,7 @@ class Keys:
 
     def names(self, key: str) -> list[str] | None:
         """Names given as one comma-separated string or as a list of strings."""
-        value = self._data.get(key)
+        value = self._get(key)
         if value is None:
             return None
         if isinstance(value, str):
@@ -150,7 +175,7 @@ class Keys:
 
     def patterns(self, key: str) -> list[str] | None:
         """Regular expressions: one string (commas may be part of it) or a list of them."""
-        value = self._data.get(key)
+        value = self._get(key)
         if isinstance(value, str):
             return [value] if value.strip() else []
         if value is None or (isinstance(value, list) and all(isinstance(x, str) for x in value)):
@@ -159,9 +184,9 @@ class Keys:
 
     def section(self, key: str) -> Keys:
         """A nested mapping (missing or empty: an empty one)."""
-        value = self._data.get(key)
+        value = self._get(key)
         if value is None:
-            return Keys({}, self.file, f"{self.name(key)}.")
+            return Keys({}, self.file, f"{self.name(key)}.", self.read)
         if not isinstance(value, Mapping):
             raise self.wrong(key, "a mapping of settings")
-        return Keys(value, self.file, f"{self.name(key)}.")
+        return Keys(value, self.file, f"{self.name(key)}.", self.read)

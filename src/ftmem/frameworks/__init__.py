@@ -139,8 +139,10 @@ def read_framework_config(path: str, framework: str | None = None) -> FrameworkC
     if cfg.assumed:
         cfg.notes.append(f"{name} defaults where the file is silent: {'; '.join(cfg.assumed)}.")
     cfg.ignored = sorted(str(k) for k in data if k not in known)
+    # a nested DeepSpeed config's or fsdp_config's values, by dotted path (list_unread)
+    cfg.ignored += cfg.nested_no_effect + cfg.nested_not_read
     if cfg.ignored:
-        no_effect = NO_MEMORY_EFFECT | reader.NO_MEMORY_EFFECT
+        no_effect = NO_MEMORY_EFFECT | reader.NO_MEMORY_EFFECT | set(cfg.nested_no_effect)
         unknown = cfg.not_read = [k for k in cfg.ignored if k not in no_effect]
         quiet = [k for k in cfg.ignored if k in no_effect]
         parts = []

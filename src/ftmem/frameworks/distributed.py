@@ -133,16 +133,78 @@ def framework_path(value: str, base: Path, key: str, cfg: FrameworkConfig) -> Pa
     return None
 
 
+# the values of a DeepSpeed config that change no step's GPU memory, by dotted path in the
+# JSON (a mapping's name covers what it holds): what HF Trainer fills (DEEPSPEED_NO_EFFECT,
+# below), pinned host memory of the offloads (deepspeed/runtime/zero/offload_config.py
+# @edaa722 pin_memory: page-locked CPU buffers), the NVMe folder, the 16-bit gather that
+# runs at a checkpoint's save only (stage3_gather_16bit_weights_on_model_save), and the
+# order of CPU-offloaded gradients (round_robin_gradients)
+DEEPSPEED_NESTED_NO_EFFECT = frozenset(
+    {
+        "zero_optimization.offload_optimizer.pin_memory",
+        "zero_optimization.offload_param.pin_memory",
+        "zero_optimization.offload_optimizer.nvme_path",
+        "zero_optimization.offload_param.nvme_path",
+        "zero_optimization.stage3_gather_16bit_weights_on_model_save",
+        "zero_optimization.gather_16bit_weights_on_model_save",
+        "zero_optimization.round_robin_gradients",
+    }
+)
+# fsdp_config values (without Accelerate's fsdp_ prefix) that change no step's GPU memory:
+# the checkpoint's format (state_dict_type, at a save), the loading path and the first
+# broadcast (cpu_ram_efficient_loading, sync_module_states: before step 1), TPU-only keys
+FSDP_NESTED_NO_EFFECT = frozenset(
+    {
+        "state_dict_type",
+        "cpu_ram_efficient_loading",
+        "sync_module_states",
+        "xla",
+        "xla_fsdp_v2",
+        "xla_fsdp_grad_ckpt",
+        "xla_fsdp_settings",
+    }
+)
+
+
+def _no_effect(name: str, quiet: frozenset[str]) -> bool:
+    """``name`` (dotted, from the section's top) or a mapping above it is in ``quiet``."""
+    parts = name.split(".")
+    return any(".".join(parts[: i + 1]) in quiet for i in range(len(parts)))
+
+
+def list_unread(
+    section: Keys, prefix: str, quiet: frozenset[str], cfg: FrameworkConfig, spelled: str = ""
+) -> None:
+    """A nested config's values no reader looked at, by dotted path from the training
+    config's key (``prefix``: the key where the section is a file of its own, else ""),
+    as ignored keys: with no effect on memory (``quiet``, named without the prefix
+    ``spelled``: Accelerate's fsdp_), or not read by ftmem."""
+    top = len(section.where)
+    for name in section.unread_leaves():
+        inner = name[top:].removeprefix(spelled) if spelled else name[top:]
+        dotted = f"{prefix}{name}"
+        if _no_effect(inner, quiet):
+            cfg.nested_no_effect.append(dotted)
+        else:
+            cfg.nested_not_read.append(dotted)
+
+
 def strategy_from_deepspeed(k: Keys, key: str, base: Path, cfg: FrameworkConfig) -> None:
     """A DeepSpeed config: a mapping, or a file name opened as the framework opens it
-    (:func:`framework_path`); a file not found is read from its name (zero3_offload)."""
+    (:func:`framework_path`); a file not found is read from its name (zero3_offload).
+    Its values no reader looked at are listed by dotted path (list_unread)."""
     value = k.raw(key)
+    quiet = DEEPSPEED_NO_EFFECT | DEEPSPEED_NESTED_NO_EFFECT
     if isinstance(value, dict):
-        _deepspeed_config(k.section(key), cfg)
+        section = k.section(key)
+        _deepspeed_config(section, cfg)
+        list_unread(section, "", quiet, cfg)
     elif isinstance(value, str):
         path = framework_path(value, base, k.name(key), cfg)
         if path is not None:
-            _deepspeed_config(Keys(read_mapping(path), str(path)), cfg)
+            section = Keys(read_mapping(path), str(path))
+            _deepspeed_config(section, cfg)
+            list_unread(section, f"{k.name(key)}.", quiet, cfg)
         else:
             # axolotl's zero3_bf16_cpuoffload_all.json, LLaMA-Factory's ds_z3_offload_config.json
             match = re.search(r"(?:zero|(?<![a-z])z)[_-]?([123])", Path(value).name.lower())
@@ -225,7 +287,10 @@ def _strategy_from_fsdp(k: Keys, base: Path, cfg: FrameworkConfig, config_alone:
     on = on or (k.raw("fsdp_version") is not None and bool(k.raw("fsdp_config")))
     on = on or (config_alone and bool(k.raw("fsdp_config")))
     if on:
-        fsdp_from_config(_fsdp_settings(k, base, cfg), words, cfg)
+        fc = _fsdp_settings(k, base, cfg)
+        fsdp_from_config(fc, words, cfg)
+        prefix = "" if fc.where else f"{k.name('fsdp_config')}."
+        list_unread(fc, prefix, FSDP_NESTED_NO_EFFECT, cfg, spelled="fsdp_")
         cfg.notes.append(LAUNCHER_NOTE)
 
 

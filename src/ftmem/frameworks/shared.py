@@ -97,6 +97,11 @@ class FrameworkConfig:
     assumed: list[str] = field(default_factory=list)
     # of the ignored keys, those that may change memory (named "not read by ftmem")
     not_read: list[str] = field(default_factory=list)
+    # the values of a nested DeepSpeed config / fsdp_config that no reader looked at, by
+    # dotted path from the training config's key (deepspeed.zero_optimization.
+    # sub_group_size): those with no effect on a step's GPU memory, and the others
+    nested_no_effect: list[str] = field(default_factory=list)
+    nested_not_read: list[str] = field(default_factory=list)
 
 
 def assume(cfg: FrameworkConfig, setting: str, value: Any, said: str) -> None:
