@@ -352,9 +352,13 @@ def test_rl_names_what_it_leaves_out(tmp_path):
         assert not any(n.startswith("rl:") for n in notes)
     settings, _ = _read(tmp_path, "rl: dpo\nprecompute_ref_log_probs: true\n")
     assert settings["precompute_ref"] is True
-    # simpo without cpo_alpha: CPOConfig's 1.0 adds the chosen cross-entropy
-    _, notes = _read(tmp_path, "rl: simpo\nadapter: lora\n")
-    assert any(n.startswith("cpo_alpha unset") for n in notes)
+    # simpo without cpo_alpha (axolotl passes it only when set): CPOConfig's 1.0 adds the
+    # chosen half's cross-entropy, ORPO's tensors (measured equal on TRL 1.16's trainers,
+    # test_integrations_hf.py::test_orpo_and_cpo_trainers_with_lora); so does 0.5
+    for text, said in (("", "cpo_alpha unset"), ("cpo_alpha: 0.5\n", "cpo_alpha 0.5")):
+        settings, notes = _read(tmp_path, "rl: simpo\nadapter: lora\n" + text)
+        assert settings["objective"] == "orpo"
+        assert any(n.startswith(f"rl: simpo with {said}") for n in notes)
     # kto: KTOTrainer (loss_type kto), estimated as --objective kto
     settings, notes = _read(tmp_path, "rl: kto\nadapter: lora\n")
     assert settings["objective"] == "kto" and not any(n.startswith("rl:") for n in notes)

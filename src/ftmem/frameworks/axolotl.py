@@ -566,7 +566,12 @@ def _preference_rl(k: Keys, cfg: FrameworkConfig, rl: str) -> None:
     """A preference trainer as --objective, and what axolotl adds that ftmem does not model:
     a reference loaded beside an adapter (rl_adapter_ref_model), the reference axolotl
     loads for simpo without an adapter though CPOTrainer takes none (train.py@067b021c8b87
-    setup_reference_model loads one for every rl but orpo), CPO's chosen cross-entropy."""
+    setup_reference_model loads one for every rl but orpo). simpo runs CPOTrainer with
+    loss_type simpo and cpo_alpha only where the file gives it (core/builders/rl.py
+    @067b021c8b87:137-140), else CPOConfig's 1.0: CPO then adds the chosen half's
+    cross-entropy (trl 1.16.0 trl/experimental/cpo/cpo_trainer.py:842-845), the tensors
+    ORPO's holds (orpo_trainer.py:800; measured equal on the real trainers,
+    tests/test_integrations_hf.py): estimated as --objective orpo."""
     cfg.settings["objective"] = rl
     if rl in ("dpo", "ipo") and k.flag("precompute_ref_log_probs"):
         cfg.settings["precompute_ref"] = True
@@ -584,10 +589,14 @@ def _preference_rl(k: Keys, cfg: FrameworkConfig, rl: str) -> None:
             )
         alpha = k.number("cpo_alpha")
         if alpha is None or alpha != 0:
-            said = "cpo_alpha unset: TRL CPOConfig's 1.0" if alpha is None else f"cpo_alpha {alpha}"
+            said = (
+                "cpo_alpha unset: TRL CPOConfig's 1.0" if alpha is None else f"cpo_alpha {alpha:g}"
+            )
+            cfg.settings["objective"] = "orpo"
             cfg.notes.append(
-                f"{said}: CPO's cross-entropy on the chosen sequences (its log-softmax over "
-                "their logits) is not counted; SimPO is estimated with cpo_alpha 0."
+                f"rl: simpo with {said}: CPOTrainer adds the cross-entropy of the chosen "
+                "sequences (its log-softmax over their logits), as ORPO does: estimated as "
+                "--objective orpo (no reference either); cpo_alpha: 0 for SimPO alone."
             )
 
 
