@@ -229,6 +229,32 @@ def test_the_trainer_the_file_is_named_for(name, trainer, tmp_path):
     assert read_framework_config(str(named)).settings["objective"] == "kto"
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "objective", "seq_len"),
+    [
+        # CPOConfig's own defaults: loss_type sigmoid, cpo_alpha 1.0, max_length 1024
+        ("cpo_config.yaml", "beta: 0.1\n", "orpo", 1024),
+        ("sft.yaml", "loss_type: simpo\ncpo_alpha: 0.0\nsimpo_gamma: 0.5\n", "simpo", 1024),
+        ("sft.yaml", "loss_type: alphapo\nalpha: 0.25\nsimpo_gamma: 0.5\n", "simpo", 1024),
+        # ORPOTrainer.__init__: max_length None becomes 512 (with a warning)
+        ("orpo_config.yaml", "beta: 0.1\nmax_length: null\n", "orpo", 512),
+    ],
+)  # fmt: skip
+def test_orpo_and_cpo_files(tmp_path, name, text, objective, seq_len):
+    """TRL's ORPO and CPO configs (trl.experimental in TRL 1.16, read by TRL's example
+    scripts): a CPOConfig by cpo_alpha / simpo_gamma or its name, an ORPOConfig by its
+    name only (its beta is DPO's); orpo while cpo_alpha is not 0 (the chosen half's
+    cross-entropy), simpo at 0 or with alphapo; the full logits (no fused head), no
+    reference, dropout off; simpo_gamma and alpha change no memory."""
+    path = tmp_path / name
+    path.write_text("model_name_or_path: gpt2\n" + text)
+    cfg = read_framework_config(str(path))
+    s = cfg.settings
+    assert (s["objective"], s["seq_len"], s["model_dropout"]) == (objective, seq_len, False)
+    assert "loss" not in s and "precompute_ref" not in s
+    assert cfg.not_read == []
+
+
 def test_grpo_reward_model_is_noted_reward_functions_are_not(tmp_path):
     """`trl grpo`: reward_funcs are Python functions (trl/scripts/grpo.py's registry or an
     import path); reward_model_name_or_path loads a model beside the policy."""

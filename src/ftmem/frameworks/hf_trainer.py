@@ -106,12 +106,17 @@ TRL_TRAINERS = (
         },
     ),
     ("KTO", {"desirable_weight", "undesirable_weight"}),
+    ("CPO", {"cpo_alpha", "simpo_gamma"}),  # trl/experimental/cpo/cpo_config.py
     ("DPO", {"precompute_ref_log_probs", "rpo_alpha", "ref_model_init_kwargs", "beta"}),
 )
 
 # this framework's keys that do not change memory (beyond frameworks.shared's)
 NO_MEMORY_EFFECT: frozenset[str] = frozenset(
     {
+        # CPOConfig's SimPO margin and AlphaPO's reward shape: scalars of the loss over the
+        # (2b,) sequence log-probabilities (trl/experimental/cpo/cpo_trainer.py cpo_loss)
+        "simpo_gamma",
+        "alpha",
         "dataset_name",
         "dataset_config",
         "dataset_train_split",
@@ -311,6 +316,7 @@ GRPO_KEYS = frozenset(
 HF_TRAINER_KEYS = frozenset(
     {
         "precompute_ref_log_probs",
+        "cpo_alpha",  # CPOConfig: orpo's tensors unless 0 (_cpo_objective)
         "model_name_or_path",
         "model_name",
         "model_init_kwargs",
@@ -380,8 +386,10 @@ HF_TRAINER_KEYS = frozenset(
 
 # TRL's CLI docs name each file by its command: `trl dpo --config dpo_config.yaml`
 # (huggingface/trl docs/source/clis.md@f2cd57710ae3, whose blocks open with "# dpo_config.yaml")
-TRL_CONFIG_NAME = re.compile(r"(?<![a-z])(sft|dpo|kto|grpo|rloo|reward)_config\.ya?ml\b")
-TRL_COMMAND = {"sft": "SFT", "dpo": "DPO", "kto": "KTO", "grpo": "GRPO", "rloo": "GRPO"}
+TRL_CONFIG_NAME = re.compile(r"(?<![a-z])(sft|dpo|kto|grpo|rloo|reward|orpo|cpo)_config\.ya?ml\b")
+# (orpo and cpo: TRL's example scripts take their configs, trl.experimental in TRL 1.16)
+TRL_COMMAND = {"sft": "SFT", "dpo": "DPO", "kto": "KTO", "grpo": "GRPO", "rloo": "GRPO",
+               "orpo": "ORPO", "cpo": "CPO"}  # fmt: skip
 
 
 def _named_trainer(path: Path) -> str | None:
@@ -398,17 +406,21 @@ def _named_trainer(path: Path) -> str | None:
 
 
 def trl_trainer(k: Keys, path: Path) -> tuple[str | None, str]:
-    """Which TRL trainer's config the file is (SFT, DPO, KTO, GRPO), None for plain
-    TrainingArguments, and why, in words for the note. Keys only one trainer takes decide;
-    then the name the file goes by in TRL's docs (``# dpo_config.yaml``)."""
+    """Which TRL trainer's config the file is (SFT, DPO, KTO, GRPO, ORPO, CPO), None for
+    plain TrainingArguments, and why, in words for the note. Keys only one trainer takes
+    decide; then the name the file goes by in TRL's docs (``# dpo_config.yaml``), which
+    comes first for ORPO and CPO (their beta is DPO's mark too)."""
     keys = set(k)
     trl_keys = sorted(keys & TRL_ONLY_KEYS)
     if keys & HF_SCRIPT_KEYS and not trl_keys:
         return None, ""
+    named = _named_trainer(path)
+    if named in ("orpo", "cpo"):
+        return TRL_COMMAND[named], f"it is named {named}_config.yaml"
     for trainer, marks in TRL_TRAINERS:
         if found := sorted(keys & marks):
             return trainer, f"it has {', '.join(found)}"
-    if (named := _named_trainer(path)) is not None:
+    if named is not None:
         why = f"it is named {named}_config.yaml, the file `trl {named} --config` takes"
         if named == "reward":
             why += "; RewardTrainer's classification head over chosen and rejected is not modelled"
@@ -712,9 +724,13 @@ def _trl_defaults(k: Keys, cfg: FrameworkConfig, trainer: str) -> None:
     if _checkpointing_unset(k):
         assume(cfg, "grad_ckpt", True, f"TRL >= 0.22: gradient_checkpointing; {base}")
     _default_optimizer(cfg)
-    config = {"SFT": "sft", "DPO": "dpo", "KTO": "kto", "GRPO": "grpo"}[trainer]
-    source = TRL_AT.format(f"trl/trainer/{config}_config.py") + f" {trainer}Config"
-    if "max_length" in k and k.raw("max_length") is None and "seq_len" not in cfg.settings:
+    config = trainer.lower()
+    folder = f"experimental/{config}" if trainer in PAIR_TRAINERS else "trainer"
+    source = TRL_AT.format(f"trl/{folder}/{config}_config.py") + f" {trainer}Config"
+    if trainer in PAIR_TRAINERS and "max_length" in k and k.raw("max_length") is None:
+        said = TRL_EXPERIMENTAL.format(f"{config}/{config}_trainer.py") + " __init__"
+        assume(cfg, "seq_len", 512, f"max_length null: the trainer's 512; {said}")
+    elif "max_length" in k and k.raw("max_length") is None and "seq_len" not in cfg.settings:
         cfg.notes.append(
             "max_length null: TRL does not truncate, the longest example sets the length; "
             "estimated at ftmem's 512 tokens; give --seq-len."
@@ -727,6 +743,9 @@ def _trl_defaults(k: Keys, cfg: FrameworkConfig, trainer: str) -> None:
     else:
         if trainer != "GRPO":  # GRPOConfig keeps the model's dropout (disable_dropout False)
             assume(cfg, "model_dropout", False, f"disable_dropout true; {source}")
+        if trainer in PAIR_TRAINERS:  # on the full logits: no fused LM head
+            PAIR_TRAINERS[trainer](k, cfg, source)
+            return
         if trainer == "DPO":
             _dpo_objective(k, cfg, source)
         elif trainer == "KTO":
@@ -918,6 +937,10 @@ def _cpo_objective(k: Keys, cfg: FrameworkConfig, source: str) -> None:
         assume(cfg, "objective", "orpo", f"the chosen half's cross-entropy, as ORPO's; {said}")
     else:
         assume(cfg, "objective", "simpo", f"no cross-entropy term; {said}")
+
+
+# TRL's trainers of chosen and rejected without a reference, in trl.experimental
+PAIR_TRAINERS = {"ORPO": _orpo_objective, "CPO": _cpo_objective}
 
 
 def _hf_lengths(k: Keys, cfg: FrameworkConfig) -> None:
