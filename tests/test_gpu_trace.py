@@ -216,3 +216,23 @@ def test_a_moment_leaves_the_allocator_as_a_malloc_and_its_free_do(seed):
     assert [(s, a) for s, a, _ in short._free[True] + short._free[False]] == [
         (s, a) for s, a, _ in long._free[True] + long._free[False]
     ]
+
+
+def test_the_step_tensors_are_the_plans_each_time():
+    """What depends on the plan alone is computed once per plan (gpu.trace._plan_lists,
+    _split, cached): estimating the same plan again, with and without a reference copy
+    beside it, still lays out one tensor per parameter tensor of the plan (twice with
+    the copy, which DPO keeps in the plan's dtypes) and states summing to the step's,
+    never a list an earlier estimate extended."""
+    arch = get_model("llama2-7b")
+    for settings in ({"objective": "dpo"}, {}, {"objective": "dpo"}, {}):
+        run = run_config(method="full", seq_len=256, batch_size=2, **settings)
+        parts = step_parts(arch, run)
+        t = _tensors(parts, parts.sizes)
+        groups = parts.plan.groups
+        copies = 2 if settings else 1
+        assert len(t.weights) == copies * sum(g.count for g in groups)
+        assert sum(t.weights) == copies * sum(g.nbytes for g in groups)
+        assert sum(t.states) == parts.sizes.states
+        # Adam's two moments per trainable tensor
+        assert len(t.states) == 2 * sum(g.count for g in groups if g.trainable)

@@ -16,6 +16,7 @@ compute dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from ftmem.arch import Architecture
@@ -170,6 +171,7 @@ def replayed_loading(
     return tuple(out) + ((),) * (tensors - len(out))  # beyond the plan's: as stored
 
 
+@lru_cache(maxsize=64)  # the same for every estimate of a model, method and profile
 def loading_peak(weights: tuple[int, ...], transients: tuple[tuple[int, ...], ...]) -> int:
     """The allocated peak of loading: weights in order, each tensor's transient beside
     the ones already loaded and itself."""

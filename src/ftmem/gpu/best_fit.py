@@ -253,17 +253,61 @@ class BestFit:
         requests split is whole again (its pieces merge, and it had no free neighbour to
         merge with: merging is eager), and each segment they made is one free block. So
         the pools are as before plus those segments; only the peaks and the reserved
-        memory moved."""
-        pools = self._small.copy(), self._large.copy()
-        free_start, free_end = self._free_start.copy(), self._free_end.copy()
-        allocated, requested, made = self.allocated, self.requested, len(self._ends)
-        live = self._live
-        for handle in self.malloc_many(sizes):
-            del live[handle]
-        self._small, self._large = pools
-        self._free_start, self._free_end = free_start, free_end
-        self.allocated, self.requested = allocated, requested
-        ends = self._ends
+        memory moved. The requests run as in :meth:`malloc_many` on the pools alone
+        (nothing is freed meanwhile, so no neighbour is looked up), then the blocks they
+        took go back and the rests they split off come out (fewer steps than copying
+        the pools, which hold hundreds of blocks in a step's backward)."""
+        small_pool, large_pool = self._small, self._large
+        allocated, requested = self.allocated, self.requested
+        peak_allocated, peak_requested = self.peak_allocated, self.peak_requested
+        made = len(self._ends)
+        taken: list[tuple[list[int], int]] = []  # the cached blocks taken: (pool, key)
+        rests: dict[int, list[int]] = {}  # rests split off and put in a pool: key: pool
+        held = held_addr = last = 0  # as in malloc_many
+        pool = small_pool
+        for size in sizes:
+            if size <= 0:
+                continue
+            rounded = 512 if size < 512 else (size + 511) & ~511
+            small = rounded <= K_SMALL_SIZE
+            if rounded == last and held >= rounded:
+                addr, block = held_addr, held
+            else:
+                if held:
+                    key = held << ADDRESS_BITS | held_addr
+                    insort(pool, key)
+                    rests[key] = pool
+                pool = small_pool if small else large_pool
+                i = bisect_left(pool, rounded << ADDRESS_BITS)
+                if i < len(pool):
+                    key = pool.pop(i)
+                    if rests.pop(key, None) is None:
+                        taken.append((pool, key))
+                    addr = key & _ADDRESS_MASK
+                    block = key >> ADDRESS_BITS
+                else:
+                    addr, block = self._new_segment(rounded)
+            held, last = 0, rounded
+            remaining = block - rounded
+            if remaining >= 512 if small else remaining > K_SMALL_SIZE:
+                held, held_addr = remaining, addr + rounded
+                block = rounded
+            allocated += block
+            requested += size
+            if allocated > peak_allocated:
+                peak_allocated = allocated
+            if requested > peak_requested:
+                peak_requested = requested
+        self.peak_allocated, self.peak_requested = peak_allocated, peak_requested
+        for key, in_pool in rests.items():
+            del in_pool[bisect_left(in_pool, key)]
+        for in_pool, key in taken:
+            insort(in_pool, key)
+        self._cache_new_segments(made)
+
+    def _cache_new_segments(self, made: int) -> None:
+        """The segments made since the first ``made`` ones, each one free block."""
+        ends, free_start, free_end = self._ends, self._free_start, self._free_end
         for n in range(made, len(ends)):
             start = ends[n - 1] if n else K_LARGE_BUFFER
             # a small-pool segment is 2 MiB, a large-pool one at least 10 MiB

@@ -71,9 +71,40 @@ def plan_tensors(
     """The tensors of a one-GPU step: weights and gradients from the plan's groups; the
     optimizer states in two tensors per trainable one (Adam's moments; a sum split by
     size for the others)."""
+    weights, block_grads, outer, trainable_numel, own = _plan_lists(plan)
+    # weights beyond the plan's: a frozen reference copy (the plan's tensors again when
+    # it is one in the same dtypes) or a teacher, else laid out as one tensor
+    extra = sizes.weights - own
+    if extra > 0:
+        weights += weights if extra == own else (extra,)
+    embedding_total = sizes.gradients.embedding
+    embedding = [b for b in outer if embedding_total and b == embedding_total][:1]
+    rest = list(outer)
+    if embedding:
+        rest.remove(embedding[0])
+    return StepTensors(
+        weights=weights,
+        block_grads=block_grads if sizes.gradients.per_block else (),
+        outer_grads=tuple(rest) if sizes.gradients.outer else (),
+        embedding_grads=tuple(embedding) if sizes.gradients.total else (),
+        states=_split(sizes.states, trainable_numel),
+        step_temporaries=_split(sizes.optimizer.temporaries, trainable_numel, per_tensor=1),
+        block_saved=tuple(block_saved),
+        below=tuple(below),
+        above=tuple(above),
+    )
+
+
+@lru_cache(maxsize=256)  # a sweep's runs of one model and method share the plan
+def _plan_lists(
+    plan: MethodPlan,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
+    """From the plan alone: each weight tensor's bytes, one trainable block's gradients,
+    the gradients outside the blocks, each trainable tensor's element count, and the
+    plan's weight bytes."""
     weights: list[int] = []
     block_grads: list[int] = []
-    outer: list[tuple[str, int]] = []
+    outer: list[int] = []
     trainable_numel: list[int] = []
     blocks = max(plan.trainable_blocks, 1)
     for g in plan.groups:
@@ -85,29 +116,9 @@ def plan_tensors(
         if g.in_block:
             block_grads += [grad] * max(g.count // blocks, 1)
         else:
-            outer += [(g.name, grad)] * g.count
-    # weights beyond the plan's: a frozen reference copy (the plan's tensors again when
-    # it is one in the same dtypes) or a teacher, else laid out as one tensor
+            outer += [grad] * g.count
     own = sum(g.nbytes for g in plan.groups)
-    extra = sizes.weights - own
-    if extra > 0:
-        weights += list(weights) if extra == own else [extra]
-    embedding_total = sizes.gradients.embedding
-    embedding = [b for _, b in outer if embedding_total and b == embedding_total][:1]
-    rest = [b for _, b in outer]
-    if embedding:
-        rest.remove(embedding[0])
-    return StepTensors(
-        weights=tuple(weights),
-        block_grads=tuple(block_grads) if sizes.gradients.per_block else (),
-        outer_grads=tuple(rest) if sizes.gradients.outer else (),
-        embedding_grads=tuple(embedding) if sizes.gradients.total else (),
-        states=_split(sizes.states, trainable_numel),
-        step_temporaries=_split(sizes.optimizer.temporaries, trainable_numel, per_tensor=1),
-        block_saved=tuple(block_saved),
-        below=tuple(below),
-        above=tuple(above),
-    )
+    return tuple(weights), tuple(block_grads), tuple(outer), tuple(trainable_numel), own
 
 
 def coarse_tensors(
@@ -151,7 +162,8 @@ def outer_sides(items: Sequence[int], below: int, above: int) -> tuple[list[int]
     return [b for b in low if b], [a for a in high if a]
 
 
-def _split(total: int, numels: list[int], per_tensor: int = 2) -> tuple[int, ...]:
+@lru_cache(maxsize=256)  # the states' and temporaries' sums depend on the method alone
+def _split(total: int, numels: tuple[int, ...], per_tensor: int = 2) -> tuple[int, ...]:
     """``total`` bytes as ``per_tensor`` tensors per trainable tensor, in proportion to
     its size."""
     if not total or not numels:
