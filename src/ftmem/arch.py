@@ -29,7 +29,7 @@ from pydantic import (
 
 from ftmem import families, limits
 from ftmem.errors import InvalidInputError
-from ftmem.vision import VisionTower, projector_count, tower_count
+from ftmem.vision import VisionTower, projector_count, text_extras_count, tower_count
 
 ParamKind = Literal[
     "linear", "linear_bias", "expert", "embedding", "norm", "router", "position", "sink"
@@ -146,6 +146,11 @@ class Architecture(BaseModel):
     )
     embedding_dropout: FiniteFloat = Field(
         0.0, ge=0.0, lt=1.0, description="Decoders: dropout on the embeddings (GPT-2's embd_pdrop)."
+    )
+    embedding_extra_rows: NonNegativeInt = Field(
+        0,
+        description="Rows the token embedding holds beyond vocab_size (Llama-3.2-Vision's "
+        "embed_tokens: vocab_size + 8, its LM head vocab_size).",
     )
     vision: VisionTower | None = Field(
         None,
@@ -717,7 +722,8 @@ def layout(arch: Architecture) -> Layout:
 
     if arch.encoder_decoder:
         return Layout(tuple(_t5_outer(arch)), tuple(block), tuple(linears), arch.num_layers)
-    outer = [Param(f"{names.embedding}.weight", (arch.vocab_size, arch.hidden_size), "embedding")]
+    rows = arch.vocab_size + arch.embedding_extra_rows
+    outer = [Param(f"{names.embedding}.weight", (rows, arch.hidden_size), "embedding")]
     if arch.position_embedding == "learned":
         outer.append(
             Param(
@@ -751,6 +757,7 @@ def count_params(arch: Architecture) -> int:
     total = layout(arch).total_params
     if arch.vision is not None:
         total += tower_count(arch.vision) + projector_count(arch.vision, arch.hidden_size)
+        total += text_extras_count(arch.vision, arch.hidden_size)
     return total
 
 

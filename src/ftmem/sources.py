@@ -58,7 +58,7 @@ def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
     note = (
         f"{outer}: estimated for its language model ({text.get('model_type')}); the "
         f"{' and '.join(left_out)} encoder and its projector are left out, and so are image "
-        "tokens in the sequence (--images is for LLaVA and Gemma 3)."
+        "tokens in the sequence (--images is for LLaVA, Gemma 3 and Llama-3.2-Vision)."
     )
     return text, note
 

@@ -28,12 +28,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from ftmem import mllama
 from ftmem.dtypes import FP32
 from ftmem.errors import InvalidInputError
+from ftmem.mllama import MllamaParts
 
-Encoder = Literal["clip", "siglip"]
-# LLaVA's two linears around a GELU; Gemma 3's pooling, RMSNorm and one matrix
-Projector = Literal["mlp", "pooled"]
+# (tiled: Llama-3.2-Vision's encoder over image tiles, ftmem.mllama)
+Encoder = Literal["clip", "siglip", "tiled"]
+# LLaVA's two linears around a GELU; Gemma 3's pooling, RMSNorm and one matrix;
+# Llama-3.2-Vision's one linear
+Projector = Literal["mlp", "pooled", "linear"]
 # How a run treats the tower and the projector (RunConfig.vision_tower / .projector)
 Training = Literal["frozen", "full"]
 
@@ -63,6 +67,9 @@ class VisionTower(BaseModel):
     )
     tokens_per_image: PositiveInt = Field(
         description="Image tokens one image puts in the language model's sequence."
+    )
+    mllama: MllamaParts | None = Field(
+        None, description="Llama-3.2-Vision's tiles, global encoder and cross-attention layers."
     )
 
     @property
@@ -101,6 +108,8 @@ def tower_params(v: VisionTower) -> list[VisionParam]:
     SiglipVisionModel under ``model.vision_tower``): patch and position embeddings
     (CLIP: a class embedding, no conv bias, a pre-norm), then num_layers encoder layers
     (layer_norm1, q/k/v/out_proj with biases, layer_norm2, fc1, fc2), post_layernorm."""
+    if v.mllama is not None:
+        return mllama.tower_params(v)
     H, I, C, P = v.hidden_size, v.intermediate_size, v.num_channels, v.patch_size
     pre = "model.vision_tower"
     clip = v.encoder == "clip"
@@ -132,6 +141,8 @@ def tower_params(v: VisionTower) -> list[VisionParam]:
 def projector_params(v: VisionTower, text_hidden: int) -> list[VisionParam]:
     """LlavaMultiModalProjector (linear_1: vision → text width, linear_2: text → text) or
     Gemma3MultiModalProjector (a (vision, text) matrix and the RMSNorm's weight)."""
+    if v.mllama is not None:
+        return mllama.projector_params(v, text_hidden)
     H, T = v.hidden_size, text_hidden
     pre = "model.multi_modal_projector"
     if v.projector == "pooled":
@@ -154,6 +165,12 @@ def tower_count(v: VisionTower) -> int:
 
 def projector_count(v: VisionTower, text_hidden: int) -> int:
     return sum(p.numel for p in projector_params(v, text_hidden))
+
+
+def text_extras_count(v: VisionTower, text_hidden: int) -> int:
+    """Parameters the image-text model adds inside its language model: Llama-3.2-Vision's
+    cross-attention layers (outside the Architecture's blocks, ftmem.mllama)."""
+    return 0 if v.mllama is None else mllama.cross_layer_count(v, text_hidden)
 
 
 def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool = False) -> int:
@@ -194,6 +211,8 @@ def _norm_saved(n: int, width: int, e: int) -> int:
 def pixel_bytes(v: VisionTower, images: int) -> int:
     """The batch's pixel_values, in fp32 as the image processors return them (CLIP's and
     SigLIP's embeddings cast them to the weights' dtype themselves)."""
+    if v.mllama is not None:
+        return mllama.pixel_bytes(v, images)
     return images * v.num_channels * v.image_size**2 * FP32
 
 
@@ -271,7 +290,7 @@ def check_images(v: VisionTower | None, images: int, seq_len: int, name: str) ->
         return
     if v is None:
         raise InvalidInputError(
-            f"--images: {name}'s vision tower is not modelled (LLaVA and Gemma 3 are); "
+            f"--images: {name}'s vision tower is not modelled (LLaVA, Gemma 3 and Llama-3.2-Vision are); "
             "drop --images to estimate its language model."
         )
     if images * v.tokens_per_image > seq_len:

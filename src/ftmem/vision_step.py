@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+from ftmem import mllama_step
 from ftmem.arch import Architecture, Param, ParamKind
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, StorageFormat, is_quantized
 from ftmem.errors import InvalidInputError
@@ -47,7 +48,7 @@ def training(arch: Architecture, run: RunConfig) -> VisionTraining:
         if "full" in (run.vision_tower, run.projector) or run.images:
             what = "--images" if run.images else "--vision-tower/--projector full"
             raise InvalidInputError(
-                f"{what}: {arch.name} has no vision tower ftmem models (LLaVA and Gemma 3 "
+                f"{what}: {arch.name} has no vision tower ftmem models (LLaVA, Gemma 3 and Llama-3.2-Vision "
                 "image-text configs have one)."
             )
         return VisionTraining(False, False)
@@ -90,6 +91,8 @@ def groups(arch: Architecture, run: RunConfig, dtypes: Dtypes, base_format) -> l
     v = arch.vision
     if v is None:
         return []
+    if v.mllama is not None:
+        return mllama_step.groups(arch, run, dtypes, base_format, trains)
     folded: dict[tuple[str, tuple[int, ...], ParamKind], int] = defaultdict(int)
     for p in tower_params(v):
         name = p.name.replace(TOWER, "")
@@ -142,14 +145,14 @@ def _unread(v: VisionTower) -> _Unread:
 
 
 def is_vision(name: str) -> bool:
-    return name.startswith((TOWER, PROJECTOR))
+    return name.startswith((TOWER, PROJECTOR, mllama_step.TOWER))
 
 
 def trains_below(arch: Architecture, run: RunConfig) -> bool:
     """The blocks' input needs a gradient: the image tokens' embeddings come from a
     trained projector (or tower)."""
-    if arch.vision is None or not run.images:
-        return False
+    if arch.vision is None or not run.images or arch.vision.mllama is not None:
+        return False  # (Llama-3.2-Vision's images reach its cross-attention layers only)
     trains = training(arch, run)
     return trains.tower or trains.projector
 
@@ -168,6 +171,8 @@ def saved(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[Saved]:
     check_images(v, run.images, run.seq_len, arch.name)
     trains = training(arch, run)
     e = BYTES_PER_ELEMENT[dtypes.compute]
+    if v.mllama is not None:
+        return mllama_step.saved(arch, run, e, trains)
     out: list[Saved] = []
     if trains.tower or trains.projector:
         # masked_scatter puts the image features in the embeddings; its backward selects
@@ -200,6 +205,8 @@ def forward_transient(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int
     v = arch.vision
     if v is None or not run.images or training(arch, run).tower:
         return 0
+    if v.mllama is not None:
+        return mllama_step.forward_transient(arch, run, dtypes)
     return frozen_forward(v, images_per_step(run), BYTES_PER_ELEMENT[dtypes.compute])
 
 
@@ -208,6 +215,8 @@ def notes(arch: Architecture, run: RunConfig) -> list[str]:
     if v is None:
         return []
     trains = training(arch, run)
+    if v.mllama is not None:
+        return mllama_step.notes(arch, run, trains)
     out: list[str] = []
     state = ", ".join(
         f"{what} {'trained' if t else 'frozen'}"

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ftmem.arch import Architecture
+from ftmem.mllama import MllamaParts
 from ftmem.run import RunConfig
 from ftmem.vision import VisionTower
 from tests.conftest import TINY, TINY_SEQ2SEQ, tiny
@@ -80,6 +82,7 @@ def _matrix() -> list[Case]:
         *_kto(),
         *_trl116(),
         *_image_text(),
+        *_mllama(),
     ]
 
 
@@ -150,6 +153,82 @@ def _image_text() -> list[Case]:
         for tower, family in (("llava", "llama"), ("gemma3", "gemma3"))
         for s in settings
     ]
+
+
+# A tiny Llama-3.2-Vision (ftmem.mllama): 3 local + 1 global vision layers of width 32 over
+# 2 tiles of (28 / 7)² + 1 = 17 tokens (padded to 24), the local layers 0 and 2 read beside
+# the global output (output_dim 3 × 32), a text model of 3 layers whose layer 1 is a
+# cross-attention layer (2 self-attention blocks), GQA 4 heads / 2 KV heads
+TINY_MLLAMA = dict(
+    name="tiny-mllama",
+    family="mllama",
+    vocab_size=300,
+    hidden_size=96,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    intermediate_size=160,
+    embedding_extra_rows=8,
+    vision=VisionTower(
+        encoder="tiled",
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=3,
+        num_heads=4,
+        image_size=28,
+        patch_size=7,
+        projector="linear",
+        tokens_per_image=1,
+        mllama=MllamaParts(
+            global_layers=1,
+            max_num_tiles=2,
+            aspect_ratios=3,
+            intermediate_layers=(0, 2),
+            output_dim=96,
+            cross_layers=(1,),
+            text_heads=4,
+            text_kv_heads=2,
+            text_head_dim=24,
+            text_intermediate=160,
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class MllamaCase(Case):
+    """The tiny Llama-3.2-Vision, a batch of 2 × 80 tokens (images per sample as set)."""
+
+    @property
+    def id(self) -> str:
+        return f"mllama-{super().id}"
+
+    def arch(self):
+        return Architecture(**TINY_MLLAMA)
+
+    def run(self) -> RunConfig:
+        base = dict(batch_size=2, seq_len=80, device="cpu", optimizer_impl="for-loop")
+        return RunConfig(**{**base, **self.settings})
+
+
+def _mllama() -> list[Case]:
+    """Llama-3.2-Vision: text-only batches (the cross-attention layers skipped), and with
+    images: the vision model trained (full finetuning's default), frozen, passing input
+    gradients under checkpointing; the projector alone beside LoRA; fp32; two images."""
+    image = {"images": 1}
+    settings: list[dict] = [
+        {"method": "full"},
+        {"method": "lora"},
+        {"method": "full", **image},
+        {"method": "full", **image, "vision_tower": "frozen", "projector": "frozen"},
+        {"method": "lora", **image},
+        {"method": "lora", **image, "projector": "full"},
+        {"method": "full", **image, "precision": "fp32"},
+        {"method": "lora", **image, "grad_ckpt": True},
+        {"method": "full", **image, "grad_ckpt": True},
+        {"method": "lora", "images": 2, "precision": "fp32"},
+    ]
+    return [MllamaCase("llama", s) for s in settings]
 
 
 def _trl116() -> list[Case]:

@@ -95,7 +95,8 @@ RUN = [
         "images",
         int,
         0,
-        "Image-text models (LLaVA, Gemma 3): images per sample; --seq-len counts their tokens.",
+        "Image-text models (LLaVA, Gemma 3, Llama-3.2-Vision): images per sample; --seq-len counts "
+        "their tokens.",
     ),
     _opt(
         "vision_tower",

@@ -59,7 +59,7 @@ class UnmodelledVision(ValueError):
 
 
 def vision_model_types() -> tuple[str, ...]:
-    return tuple(_OUTER)
+    return (*_OUTER, "mllama")
 
 
 def read_vision(cfg: dict[str, Any]) -> VisionTower | None:
@@ -67,6 +67,13 @@ def read_vision(cfg: dict[str, Any]) -> VisionTower | None:
     defaults filling the keys it leaves out; None for a config without one modelled.
     Raises UnmodelledVision where a modelled family sets something not modelled."""
     outer = cfg.get("model_type")
+    if outer == "mllama":
+        from ftmem.families._mllama import UnmodelledMllama, read_mllama
+
+        try:
+            return read_mllama(cfg)
+        except UnmodelledMllama as exc:
+            raise UnmodelledVision(f"{exc} is not modelled") from None
     if not isinstance(outer, str) or outer not in _OUTER:
         return None
     given = cfg.get("vision_config")

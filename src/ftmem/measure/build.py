@@ -118,7 +118,7 @@ def hf_config(arch: Architecture, attn_impl: str = "sdpa"):
     defaults = AutoConfig.for_model(model_type)
     for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
         val = getattr(defaults, attr, None)
-        if isinstance(val, int) and val >= arch.vocab_size:
+        if isinstance(val, int) and val >= arch.vocab_size and attr not in kw:
             kw[attr] = None
     text = AutoConfig.for_model(model_type, **kw)
     return text if arch.vision is None else image_text_config(arch, text)
@@ -142,6 +142,10 @@ def image_text_config(arch: Architecture, text):
 
     v = arch.vision
     assert v is not None
+    if v.mllama is not None:
+        from ftmem.measure import mllama
+
+        return mllama.config(arch, text)
     vision = {
         "hidden_size": v.hidden_size,
         "intermediate_size": v.intermediate_size,
@@ -189,6 +193,10 @@ def image_inputs(
         return {}
     if run.objective != "sft" or run.loss != "standard" or teacher:
         raise RuntimeError("images are measured with the standard SFT loss only")
+    if v.mllama is not None:
+        from ftmem.measure import mllama
+
+        return mllama.inputs(arch, run, ids, seed)
     image = image_token_id(arch)
     ids.masked_fill_(ids == image, 0)
     count = run.images * v.tokens_per_image
@@ -205,6 +213,10 @@ def _vision_trainable(model: nn.Module, arch: Architecture, run: RunConfig) -> N
     from ftmem.vision_step import training
 
     trains = training(arch, run)
+    if arch.vision.mllama is not None:
+        from ftmem.measure import mllama
+
+        return mllama.set_trainable(model, arch, run, trains)
     for name, p in model.named_parameters():
         if "vision_tower." in name:
             p.requires_grad_(trains.tower)
@@ -569,6 +581,18 @@ def _with_trainable_set(
     return model
 
 
+def _excluded(arch: Architecture) -> str | None:
+    """peft's exclude_modules: the language model's linears only (the tower's have the
+    same names, q_proj), and none in Llama-3.2-Vision's cross-attention layers."""
+    if arch.vision is None:
+        return None
+    if arch.vision.mllama is not None:
+        from ftmem.measure import mllama
+
+        return mllama.frozen_modules(arch)
+    return r".*(vision_tower|multi_modal_projector).*"
+
+
 def _train_top_blocks(model: nn.Module, run: RunConfig, notes: list[str]) -> None:
     """freeze: only the top ``trainable_layers`` blocks train (T5: of each stack)."""
     k = run.trainable_layers
@@ -613,7 +637,7 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
             rf".*\.{re.escape(ex.linear.leaf)}": run.alpha * ex.rank / run.r for ex in doubled
         },
         # the language model's linears only: the tower's have the same names (q_proj)
-        exclude_modules=r".*(vision_tower|multi_modal_projector).*" if arch.vision else None,
+        exclude_modules=_excluded(arch),
         use_dora=run.method == "dora",
         use_rslora=run.method == "rslora",
         modules_to_save=to_save or None,

@@ -1,0 +1,248 @@
+"""What a training step holds of Llama-3.2-Vision's parts outside the Architecture's
+blocks (ftmem.mllama): the tiled vision model, the projector and the text model's
+cross-attention layers, as tensor groups and saved items. vision_step hands an mllama
+tower here."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from ftmem.arch import Architecture, Param, ParamKind
+from ftmem.dtypes import FP32, StorageFormat, is_quantized
+from ftmem.errors import InvalidInputError
+from ftmem.mllama import CROSS_PREFIX, cross_layer_params, tower_mask, tower_saved
+from ftmem.ops.saved import Saved
+from ftmem.precision import Dtypes
+from ftmem.run import RunConfig
+from ftmem.vision import VisionParam, projector_params, tower_params
+
+TOWER = "model.vision_model."
+_LAYER = re.compile(
+    r"^(model\.vision_model\.(?:global_)?transformer\.layers\.|"
+    + re.escape(CROSS_PREFIX)
+    + r")\d+\."
+)
+
+
+def cross_layers_train(run: RunConfig) -> bool:
+    """The cross-attention layers are the language model's: full finetuning trains them
+    (when images reach them: a text-only forward skips them, so they get no gradient);
+    an adapter method leaves their weights frozen."""
+    return bool(run.images) and run.method in ("full", "galore")
+
+
+def _kind(p: VisionParam) -> ParamKind:
+    if p.linear:
+        return "linear"
+    return (
+        "linear_bias"
+        if p.name.endswith(".bias") and ("mlp." in p.name or "projector" in p.name)
+        else "norm"
+    )
+
+
+def groups(arch: Architecture, run: RunConfig, dtypes: Dtypes, base_format, trains) -> list:
+    """The tower's, projector's and cross-attention layers' tensors as TensorGroups
+    (outside the blocks), each layer stack folded into one group per tensor."""
+    from ftmem.methods import TensorGroup  # (methods imports vision_step, which imports this)
+
+    v = arch.vision
+    assert v is not None and v.mllama is not None
+    folded: dict[tuple[str, tuple[int, ...], ParamKind], int] = defaultdict(int)
+    for p in [*tower_params(v), *projector_params(v, arch.hidden_size)]:
+        folded[(_LAYER.sub(r"\1*.", p.name), p.shape, _kind(p))] += 1
+    for p in cross_layer_params(v, arch.hidden_size):
+        folded[(_LAYER.sub(r"\1*(cross).", p.name), p.shape, _kind(p))] += 1
+    cross = cross_layers_train(run)
+    out = []
+    for (name, shape, kind), count in folded.items():
+        if name.startswith(CROSS_PREFIX):
+            trainable = cross
+        else:
+            trainable = trains.tower if name.startswith(TOWER) else trains.projector
+        fmt: StorageFormat = base_format(Param(name, shape, kind, ("q",)), dtypes, frozenset())
+        if trainable and is_quantized(fmt):
+            raise InvalidInputError(
+                "a quantised base quantises the vision model's linears too (transformers' "
+                "bitsandbytes skips only the LM head): they cannot train; freeze the tower "
+                "and the projector (--vision-tower frozen --projector frozen)."
+            )
+        out.append(TensorGroup(name, shape, count, fmt, trainable, in_block=False))
+    return out
+
+
+def cross_saved(arch: Architecture, run: RunConfig, e: int, projector_trains: bool) -> list:
+    """What the cross-attention layers keep for backward over ``run.images`` images per
+    sample (transformers 5.24 MllamaCrossAttentionDecoderLayer.forward,
+    MllamaTextCrossAttention.forward), with the residual stream needing a gradient (the
+    blocks below train) and the layers' weights training as :func:`cross_layers_train`
+    says. Per layer, T text tokens, m image states (images × tiles × (patches + 1)):
+
+    - input_layernorm and post_attention_layernorm (Llama's RMSNorm): the fp32 input and
+      rstd; when the weights train, the normalised cast (for the norm's weight) and the
+      norm's output (q_proj's input; gate_proj's and up_proj's)
+    - q_norm over each head: q.float() and its rstd; k_norm the same over the keys when a
+      gradient reaches them (the weights or the projector train)
+    - sdpa with the cross-attention mask: transformers repeats the keys and values to every
+      query head (repeat_kv: use_gqa_in_sdpa is false with a mask), and the kernel keeps
+      q, the repeated k and v, its output and logsumexp; the (b, 1, s, m) mask is one
+      tensor every layer's kernel keeps (counted once, by :func:`shared_saved`)
+    - the tanh gates: ``gate.tanh() * h`` keeps the one-element tanh (h's gradient), and
+      h (o_proj's output, the MLP's masked output) for the gate's when the weights train
+    - the MLP: silu's input, its output and up_proj's output (the product's operands),
+      down_proj's input when the weights train
+    """
+    v = arch.vision
+    assert v is not None and v.mllama is not None
+    m_parts = v.mllama
+    from ftmem.mllama import image_states
+
+    b, s = run.batch_size, run.seq_len
+    T, h, f = b * s, arch.hidden_size, m_parts.text_intermediate
+    layers = len(m_parts.cross_layers)
+    if run.grad_ckpt:
+        # MllamaCrossAttentionDecoderLayer is a GradientCheckpointingLayer: each keeps its
+        # input (the other inputs are shared: shared_saved)
+        return [Saved(f"cross-attention layers ({layers}): inputs", layers * T * h * e)]
+    nh, kvh, d = m_parts.text_heads, m_parts.text_kv_heads, m_parts.text_head_dim
+    q, kv = nh * d, kvh * d
+    m = b * run.images * image_states(v)
+    w = cross_layers_train(run)
+    norm = T * h * FP32 + T * FP32 + (2 * T * h * e if w else 0)
+    q_norm = T * q * FP32 + b * nh * s * FP32 + (T * q * e if w else 0)
+    k_grad = w or projector_trains
+    k_norm = (m * kv * FP32 + b * kvh * (m // b) * FP32 + (m * kv * e if w else 0)) if k_grad else 0
+    width = q if kvh != nh else kv  # repeat_kv copies; one kv head per query head: views
+    kernel = T * q * e + 2 * m * width * e + T * q * e + b * nh * s * FP32
+    gates = 2 * e + (2 * T * h * e if w else 0)
+    mlp = 3 * T * f * e + (T * f * e if w else 0)
+    one = 2 * norm + q_norm + k_norm + kernel + gates + mlp
+    return [Saved(f"cross-attention layers ({layers}) over the images", layers * one)]
+
+
+def shared_saved(arch: Architecture, run: RunConfig, e: int) -> list:
+    """Tensors every cross-attention layer keeps, once: the float cross-attention mask
+    (b, 1, s, m) in the model's dtype that sdpa keeps, the (b, 1, s, 1) row mask the MLP's
+    output is multiplied by (MllamaModel.forward _prepare_cross_attention_mask), and the
+    projected image states k_proj and v_proj keep when their weights train. Checkpointed,
+    the layers pack none of them: GradientCheckpointingLayer binds its keyword inputs in a
+    partial that the checkpoint holds until the layer's recompute (alive through backward,
+    but not saved tensors; left out, as the measurement's saved bytes leave them out)."""
+    if run.grad_ckpt:
+        return []
+    v = arch.vision
+    assert v is not None and v.mllama is not None
+    from ftmem.mllama import image_states
+
+    b, s = run.batch_size, run.seq_len
+    m = run.images * image_states(v)
+    out = [Saved("cross-attention mask (b, 1, s, images × tiles × tokens)", b * s * m * e)]
+    out.append(Saved("full-text-row mask", b * s * e))
+    if cross_layers_train(run):
+        states = b * m * arch.hidden_size * e
+        out.append(Saved("projected image states (k_proj/v_proj input)", states))
+    return out
+
+
+def forward_transient(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
+    """A frozen vision model's forward moment (under gradient checkpointing its input
+    needs a gradient and it keeps its activations instead: tower_saved)."""
+    from ftmem.dtypes import BYTES_PER_ELEMENT
+    from ftmem.mllama import frozen_forward
+
+    v = arch.vision
+    assert v is not None
+    if run.grad_ckpt:
+        return 0
+    return frozen_forward(v, run.batch_size * run.images, BYTES_PER_ELEMENT[dtypes.compute])
+
+
+def check_run(run: RunConfig) -> None:
+    """Image batches are modelled in one compute dtype with sdpa."""
+    if run.attn == "eager":
+        raise InvalidInputError(
+            "--attn eager with --images on Llama-3.2-Vision is not modelled (its vision "
+            "and cross-attention layers are sized for sdpa); use --attn sdpa."
+        )
+    if run.precision.endswith("-mixed"):
+        raise InvalidInputError(
+            f"--precision {run.precision} with --images on Llama-3.2-Vision is not modelled "
+            "(autocast's casts in the cross-attention layers); use bf16, fp16 or fp32."
+        )
+
+
+def saved(arch: Architecture, run: RunConfig, e: int, trains) -> list:
+    """Everything Llama-3.2-Vision's image path keeps for backward."""
+    check_run(run)
+    out = cross_saved(arch, run, e, trains.projector) + shared_saved(arch, run, e)
+    v = arch.vision
+    assert v is not None
+    images = run.batch_size * run.images
+    # a gradient reaches the tower's input when it trains, or when transformers'
+    # enable_input_require_grads hooks its patch convolution (gradient checkpointing)
+    if trains.tower or run.grad_ckpt:
+        kept = tower_saved(v, images, e, trains.tower)
+        out.append(
+            Saved(f"vision model ({'trained' if trains.tower else 'input gradients'})", kept)
+        )
+        out.append(Saved("vision model's aspect-ratio mask", tower_mask(v, images, e)))
+    if trains.projector:
+        out += projector_saved(arch, run, e)
+    return out
+
+
+def projector_saved(arch: Architecture, run: RunConfig, e: int) -> list:
+    """multi_modal_projector's input (the vision model's concatenated output, b × images ×
+    tiles × (patches + 1) × vision_output_dim) for its weight's gradient."""
+    v = arch.vision
+    assert v is not None and v.mllama is not None
+    from ftmem.mllama import image_states
+
+    n = run.batch_size * run.images * image_states(v)
+    return [Saved("projector input (vision output)", n * v.mllama.output_dim * e)]
+
+
+def notes(arch: Architecture, run: RunConfig, trains) -> list[str]:
+    """What the estimate says of Llama-3.2-Vision's image path."""
+    from ftmem.mllama import image_states
+
+    v = arch.vision
+    assert v is not None and v.mllama is not None
+    layers = len(v.mllama.cross_layers)
+    if not run.images:
+        return [
+            f"Llama-3.2-Vision without images per sample: the vision model, the projector "
+            f"and the {layers} cross-attention layers never run (MllamaTextModel skips a "
+            "cross-attention layer without image states), so their weights are counted "
+            "and no gradient or optimizer state; --images N adds them."
+        ]
+    state = ", ".join(
+        f"{what} {'trained' if t else 'frozen'}"
+        for what, t in (
+            ("vision model", trains.tower),
+            ("projector", trains.projector),
+            ("cross-attention layers", cross_layers_train(run)),
+        )
+    )
+    out = [
+        f"Llama-3.2-Vision ({state}): {run.images} image(s) per sample, each "
+        f"{v.mllama.max_num_tiles} tiles (the image processor pads every image to "
+        f"max_num_tiles) of {image_states(v) // v.mllama.max_num_tiles:,} tokens: "
+        f"{run.images * image_states(v):,} keys and values in each of the {layers} "
+        f"cross-attention layers, one <|image|> token each in --seq-len."
+    ]
+    if run.grad_ckpt and not trains.tower:
+        out.append(
+            "Gradient checkpointing: transformers' enable_input_require_grads hooks the "
+            "vision model's patch convolution too (its get_input_embeddings), so the "
+            "frozen vision model passes input gradients and keeps its activations (its "
+            "layers are not checkpointed)."
+        )
+    if run.method not in ("full", "galore"):
+        out.append(
+            "peft's all-linear (and target names such as q_proj) also wraps the vision "
+            "model's and the cross-attention layers' linears; the estimate puts adapters "
+            "in the self-attention blocks only."
+        )
+    return out

@@ -1,0 +1,112 @@
+"""Llama-3.2-Vision (ftmem.mllama): parameter counts against transformers 5.24 on the
+meta device and the published count, the presets, what text-only batches train, and
+the refusals. What the vision model and the cross-attention layers keep is measured in
+tests/accuracy (cases.py _mllama)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ftmem.api import estimate
+from ftmem.arch import count_params
+from ftmem.errors import ConfigError, InvalidInputError
+from ftmem.mllama import cross_layer_count, image_states
+from ftmem.presets import get_model
+from ftmem.sources import architecture_from_config
+from ftmem.vision import projector_count, tower_count
+
+FIXTURES = Path(__file__).parent / "fixtures" / "multimodal"
+CONFIGS = {
+    "llama3.2-11b-vision": json.loads((FIXTURES / "Llama-3.2-11B-Vision.json").read_text()),
+    "llama3.2-90b-vision": json.loads((FIXTURES / "Llama-3.2-90B-Vision.json").read_text()),
+}
+
+
+def _transformers_counts(cfg: dict) -> dict[str, int]:
+    """The parameters of MllamaForConditionalGeneration built from ``cfg`` on the meta
+    device: all, the vision model, the projector, the cross-attention layers."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    kwargs = {k: v for k, v in cfg.items() if k != "model_type"}
+    config = transformers.CONFIG_MAPPING[cfg["model_type"]](**kwargs)
+    with torch.device("meta"):
+        model = transformers.AutoModelForImageTextToText.from_config(config)
+    named = list(model.named_parameters())
+    cross = tuple(f".layers.{i}." for i in cfg["text_config"]["cross_attention_layers"])
+    return {
+        "all": sum(p.numel() for _, p in named),
+        "tower": sum(p.numel() for n, p in named if ".vision_model." in n),
+        "projector": sum(p.numel() for n, p in named if ".multi_modal_projector." in n),
+        "cross": sum(
+            p.numel() for n, p in named if "language_model" in n and any(c in n for c in cross)
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_counts_equal_transformers(name):
+    cfg = CONFIGS[name]
+    arch = architecture_from_config(cfg, name, "test")
+    got = _transformers_counts(cfg)
+    v = arch.vision
+    assert v is not None and v.mllama is not None
+    assert tower_count(v) == got["tower"]
+    assert projector_count(v, arch.hidden_size) == got["projector"]
+    assert cross_layer_count(v, arch.hidden_size) == got["cross"]
+    assert count_params(arch) == got["all"]
+    assert count_params(get_model(name)) == got["all"]  # the preset describes the same model
+    assert get_model(name).vision == v
+
+
+def test_published_count():
+    """meta-llama/Llama-3.2-11B-Vision's model card: 10,670,220,835 parameters."""
+    assert count_params(get_model("meta-llama/Llama-3.2-11B-Vision-Instruct")) == 10_670_220_835
+
+
+def test_blocks_are_the_self_attention_layers():
+    """40 layers, 8 of them cross-attention: 32 blocks; embed_tokens has 128,256 + 8 rows."""
+    arch = get_model("llama3.2-11b-vision")
+    assert arch.num_layers == 32
+    assert arch.embedding_extra_rows == 8
+
+
+def test_image_states():
+    """Each image is 4 tiles of (560 / 14)² + 1 = 1,601 tokens for the cross-attention."""
+    assert image_states(get_model("llama3.2-11b-vision").vision) == 4 * 1601
+
+
+def test_text_only_batches_train_no_image_path():
+    """Without images the vision model, projector and cross-attention layers never run
+    (MllamaTextModel skips a cross-attention layer without image states): full
+    finetuning trains the 32 self-attention blocks, the embedding, final norm and head.
+    By hand, 11B: 10,670,220,835 - 863,567,379 (vision) - 31,461,376 (projector) -
+    1,744,898,064 (8 cross-attention layers: 8 × (4096 × 4096 × 2 + 1024 × 4096 × 2 +
+    3 × 14336 × 4096 + 2 × 4096 + 2 × 128 + 2)) = 8,030,294,016 trainable."""
+    est = estimate("llama3.2-11b-vision", method="full", precision="bf16")
+    assert est.model.n_params == 10_670_220_835
+    assert est.model.n_trainable_params == 8_030_294_016
+    assert est.memory.gradients_bytes == 2 * 8_030_294_016
+
+
+def test_images_train_the_cross_attention_layers_under_full_finetuning():
+    """Full finetuning with images trains everything (HF Trainer, TRL)."""
+    est = estimate("llama3.2-11b-vision", method="full", precision="bf16", images=1)
+    assert est.model.n_trainable_params == 10_670_220_835
+    assert est.memory.gradients_bytes == 2 * 10_670_220_835
+
+
+def test_unmodelled_image_runs_are_refused():
+    with pytest.raises(InvalidInputError, match="--attn eager"):
+        estimate("llama3.2-11b-vision", method="lora", images=1, attn="eager")
+    with pytest.raises(InvalidInputError, match="bf16-mixed"):
+        estimate("llama3.2-11b-vision", method="lora", images=1, precision="bf16-mixed")
+
+
+def test_unmodelled_vision_config_is_refused_in_one_sentence():
+    cfg = CONFIGS["llama3.2-11b-vision"]
+    bad = {**cfg, "vision_config": {**cfg["vision_config"], "hidden_act": "relu"}}
+    with pytest.raises(ConfigError, match="not modelled"):
+        architecture_from_config(bad, "bad", "test")
