@@ -34,7 +34,6 @@ MULTIMODAL_TIE_DEFAULT = {
     "paligemma": True,
     "mistral3": True,
     "llava": False,
-    "mllama": False,
     "llava_next": False,
     "qwen2_5_vl": False,
     "idefics3": False,
