@@ -146,17 +146,15 @@ def test_accelerate_deepspeed_yaml_launches(tmp_path, kw, stage):
 def test_layer_classes_exist_in_transformers():
     """Every family's block class is one transformers defines (FSDP's wrap policy looks
     it up by name; a wrong one fails only on the cluster)."""
+    import importlib
     import sys
 
     import transformers
+    from transformers import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
     )
-
-    import importlib
-
-    from transformers import CONFIG_MAPPING
 
     classes = {**MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, **MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES}
     for name in families.names():
