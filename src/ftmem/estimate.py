@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from ftmem import deepspeed_zero3
 from ftmem.arch import Architecture, count_params
 from ftmem.colossalai import COLOSSALAI
+from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div
 from ftmem.errors import InvalidInputError
 from ftmem.fsdp_init import wrap_program, wrap_units
 from ftmem.gpu.device import DeviceFigures, cuda_runtime, device_figures, workspace_bytes
@@ -504,6 +506,8 @@ def _estimate_parallel(
         return shorter.parts, shorter.ranks[step.worst].sizes
 
     wrap = _fsdp_wrap(arch, step.run, par, step.parts.plan, sz.weights)
+    if wrap is STEP_ONLY:
+        wrap = _zero3_init(arch, par, step.parts.plan, sz)
     at_peak, figures, _ = _device(
         peak_info.at_peak, step.parts, sz, step.run, gpu, overhead_bytes, step_at, par, wrap=wrap
     )
@@ -553,6 +557,29 @@ def _fsdp_wrap(
         resident=weights,
     )
     return RunOutside(wrap=program, reset=True)
+
+
+def _zero3_init(
+    arch: Architecture, par: ParallelConfig, plan: MethodPlan, sz: StepSizes
+) -> RunOutside:
+    """DeepSpeed ZeRO-3 with a 16-bit model and nothing offloaded: its optimizer's init
+    (deepspeed_zero3.init_program) makes the weights' flat buffer, the fp32 masters, the
+    states and the gradients' buffer before the first step, and leaves its transients
+    cached; ``see_memory_usage(..., force=True)`` at its end resets the peaks
+    (microsoft/DeepSpeed@6ea44d02 (v0.12.3) runtime/zero/stage3.py l.394-395,
+    runtime/utils.py l.813), which frees nothing."""
+    if par.resolved_strategy != "zero3" or not sz.optimizer.tensors or par.model_parallel > 1:
+        return STEP_ONLY
+    N = par.shard_group
+    order = deepspeed_zero3.parameter_order(plan.groups, arch)
+    program = deepspeed_zero3.init_program(
+        [ceil_div(n, N) for n in order],
+        weights=sz.weights,
+        states=sz.states,
+        grads=sz.gradients.total,
+        model_bytes=BYTES_PER_ELEMENT[plan.dtypes.compute],
+    )
+    return RunOutside(wrap=program, reset=True, made=True)
 
 
 def _check_parallel_run(run: RunConfig) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from ftmem import colossalai, grpo
+from ftmem import colossalai, deepspeed_zero3, grpo
 from ftmem.arch import HEAD, Architecture
 from ftmem.colossalai import COLOSSALAI, LOW_LEVEL_ZERO
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, ceil_div, is_quantized
@@ -106,7 +106,7 @@ PERSISTENCE_FACTOR = 10
 # elements; offload_optimizer: 4 buffers of one fp32 sub-group of at most 1e9 elements).
 NVME_PARAM_BUFFERS = 5 * 10**8
 NVME_OPTIMIZER_BUFFERS = 4
-ZERO_SUB_GROUP = 10**9
+ZERO_SUB_GROUP = deepspeed_zero3.SUB_GROUP_SIZE
 # Megatron pads the vocabulary so each tensor-parallel rank holds a multiple of 128 rows.
 VOCAB_PAD = 128
 
@@ -766,6 +766,11 @@ class _Resident:
     step_temp: int
     host: int = 0
     disk: int = 0
+    # the step's transients one by one where the engine's code names them (ZeRO-3: a
+    # sub-group's flat gradient copy and its fp32 gradient), and the fp64 norm copy
+    # before them; empty / 0: step_temp as one sum
+    step_pieces: tuple[int, ...] = ()
+    norm_copy: int = 0
 
 
 def _sharded(
@@ -799,6 +804,22 @@ def _sharded(
     if s in SHARDS_STATES:
         states = ceil_div(states - totals.steps, N) + totals.steps
         step_temp = ceil_div(step_temp, N)
+    if s == "zero3" and step_temp and totals.psi and par.offload_optimizer == "none":
+        # one sub-group's gradients at a time, after an fp64 copy of each (deepspeed_zero3;
+        # offloaded, the fp32 gradients are a host buffer: _offload_optimizer)
+        norm, flat, fp32 = deepspeed_zero3.step_transient_bytes(
+            groups, arch, N, totals.grads // totals.psi
+        )
+        return _Resident(
+            replicated,
+            sharded,
+            grads,
+            grads_block,
+            states,
+            max(norm, flat + fp32),
+            step_pieces=(flat, fp32),
+            norm_copy=norm,
+        )
     return _Resident(replicated, sharded, grads, grads_block, states, step_temp)
 
 
@@ -820,7 +841,15 @@ def _offload_optimizer(s: Strategy, par: ParallelConfig, on: _Resident, psi: int
         # reduced gradients go straight into the fp32 partition on the host
         grads = grads_block = 0
     return dataclasses.replace(
-        on, grads=grads, grads_block=grads_block, states=0, step_temp=0, host=host, disk=disk
+        on,
+        grads=grads,
+        grads_block=grads_block,
+        states=0,
+        step_temp=0,
+        step_pieces=(),
+        norm_copy=0,
+        host=host,
+        disk=disk,
     )
 
 
@@ -923,6 +952,18 @@ def _zero3_gathers(t: _Traffic) -> Communication:
         loss_backward=largest_outer,
         head_backward=largest_outer + t.head_grad + 2 * t.bucket,
     )
+
+
+def _zero3_one_rank(t: _Traffic) -> Communication:
+    """ZeRO-3 on a single rank: ``all_gather_coalesced`` returns ``_no_gather_coalesced``,
+    whose handle makes each parameter a view of its partition, the whole tensor
+    (microsoft/DeepSpeed@6ea44d02 (v0.12.3) deepspeed/runtime/zero/partition_parameters.py
+    ``NoGatherHandle`` l.44-56, ``_no_gather_coalesced`` l.720-730, l.1109-1110): nothing
+    is gathered or prefetched. What stays is the ipg bucket, ``torch.empty(
+    reduce_bucket_size, dtype=self.dtype)`` allocated once at init and kept (stage3.py
+    ``_setup_for_real_optimizer`` l.481-485): in every phase."""
+    b = t.bucket
+    return Communication(b, b, b, head_forward=b, loss_backward=b, head_backward=b)
 
 
 def _fsdp_gathers(t: _Traffic) -> Communication:
@@ -1057,7 +1098,12 @@ def _stage_sizes(
         ),
         block=dataclasses.replace(base.block, policy=base.block.policy.stage(at.lo, at.hi)),
         head=base.head if last else NO_HEAD,
-        optimizer=dataclasses.replace(base.optimizer, temporaries=on.step_temp),
+        optimizer=dataclasses.replace(
+            base.optimizer,
+            temporaries=on.step_temp,
+            tensors=on.step_pieces,
+            norm_copy=on.norm_copy,
+        ),
         comm=comm if last else comm.blocks_only(),
         teacher_forward=base.teacher_forward,
         loop_held=base.loop_held if last else 0,
@@ -1146,6 +1192,8 @@ def rank_memory(
     traffic = _traffic(s, par, arch, groups, plan, totals.grads)
     if s in COLOSSALAI:
         comm = _colossalai_communication(s, par, traffic)
+    elif s == "zero3" and par.shard_group == 1:
+        comm = _zero3_one_rank(traffic)
     else:
         comm = communication(traffic) if communication else NO_COMMUNICATION
     on = _offload_optimizer(s, par, on, totals.psi)

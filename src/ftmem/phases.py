@@ -135,6 +135,12 @@ class OptimizerStep:
     # ReLoRA: merging the adapters into the base between steps (B·A and its scaled
     # copy for the largest adapted linear), with no gradient held
     merge: int = 0
+    # the step's temporaries one by one where the engine's code names them (DeepSpeed
+    # ZeRO-3: a sub-group's flat gradient copy and its fp32 gradient, parallel.py); empty:
+    # ``temporaries`` as one sum
+    tensors: tuple[int, ...] = ()
+    # a transient before them (ZeRO-3's fp64 copy of the largest gradient, for its norm)
+    norm_copy: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ down as a list instead, for tests and for inspection. Both walk the same code.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -135,7 +135,7 @@ def coarse_tensors(
         outer_grads=(g.outer - g.embedding,) if g.outer > g.embedding else (),
         embedding_grads=(g.embedding,) if g.embedding else (),
         states=_chunks(sizes.states, chunks),
-        step_temporaries=_chunks(sizes.optimizer.temporaries, chunks),
+        step_temporaries=sizes.optimizer.tensors or _chunks(sizes.optimizer.temporaries, chunks),
         block_saved=tuple(block_saved),
         below=tuple(below),
         above=tuple(above),
@@ -288,13 +288,16 @@ class RunOutside:
     ``requantise``: the checkpoint is loaded into already quantised parameters, each
     quantised again and replaced (torchtune's NF4 ``inplace_copy``); ``wrap``: instead of
     the weights, FSDP's wrapping of a model held on the CPU (fsdp_init.WrapProgram: its
-    requests and frees; what it never frees is the rank's weights)."""
+    requests and frees; what it never frees is the rank's weights), or DeepSpeed ZeRO-3's
+    optimizer init (deepspeed_zero3.init_program); ``made``: the wrap made the optimizer
+    states and the gradients' buffer too (ZeRO-3), so the steps request neither."""
 
     loading: tuple[tuple[tuple[str, int], ...], ...] = ()
     after: tuple[tuple[int, ...], ...] = ()
     reset: bool = False
     requantise: bool = False
     wrap: tuple[tuple[str, int], ...] = ()
+    made: bool = False
 
 
 STEP_ONLY = RunOutside()  # the step and plain loading, nothing else
@@ -439,9 +442,11 @@ def _request_run(
         rec.target.reset_peaks()
     if steps[0][0].loop_held:  # the loop's last output (LitGPT's fp32 logits), from then on
         rec.alloc((steps[0][0].loop_held,))
-    states_made = steps[0][0].states == 0
+    states_made = steps[0][0].states == 0 or outside.made
     first = True
     for sizes, t in steps:
+        if outside.made:  # ZeRO-3 copies each gradient into its buffer and frees it
+            t = replace(t, block_grads=(), outer_grads=(), embedding_grads=())
         grads: list[int] = []
         output: list[int] = []  # the model's output the loop holds (StepSizes.output_held)
         for _ in range(micro_batches):
@@ -458,6 +463,7 @@ def _request_run(
         step = sizes.optimizer
         buffers = rec.comm(sizes.comm.optimizer)
         if not step.in_backward:
+            rec.moment(step.norm_copy)
             rec.moments(t.step_temporaries or (step.temporaries,))
         rec.free(buffers)
         rec.free(grads)  # zero_grad(set_to_none=True)
