@@ -750,6 +750,12 @@ def as_trained(arch: Architecture, model_dropout: bool) -> Architecture:
     )
 
 
+def buffer_numel(arch: Architecture) -> int:
+    """Elements of the registered buffers the blocks keep beside their parameters
+    (Family.block_buffers: Qwen-1's logn tables), in the model's dtype."""
+    return arch.traits.block_buffers * arch.num_layers
+
+
 @lru_cache(maxsize=512)  # every estimate reports it
 def count_params(arch: Architecture) -> int:
     """Total parameters (tied embeddings counted once), an image-text model's vision

@@ -362,7 +362,8 @@ def fused_lora_applies(run: RunConfig) -> bool:
 def framework_run(arch: Architecture, run: RunConfig) -> RunConfig:
     """The run as the framework's step takes it: a framework whose causal-LM forward fuses
     the loss whenever it gets labels (Profile.fused_loss_chunk_bytes) runs the "fused"
-    loss for supervised finetuning, whatever --loss says of the default path; a framework
+    loss for supervised finetuning, whatever --loss says of the default path, and a model
+    whose own forward computes the loss (Family.own_loss) runs that one; a framework
     that sets the allocator's options (Profile.alloc_conf) runs with them unless the run
     sets its own."""
     profile = profile_of(run)
@@ -371,6 +372,11 @@ def framework_run(arch: Architecture, run: RunConfig) -> RunConfig:
     fuses = fuses and not arch.encoder_decoder  # (a causal LM's forward)
     if fuses and run.loss == "standard":
         changes["loss"] = "fused"
+    # a remote-code model computes its loss in its own forward from the labels it is given
+    # (Qwen-1: Family.own_loss); a preference or GRPO loss reads the logits instead
+    own = arch.traits.own_loss
+    if own is not None and not fuses and run.loss == "standard" and run.objective == "sft":
+        changes["loss"] = own
     if profile.alloc_conf is not None and run.alloc_conf is None:
         changes["alloc_conf"] = profile.alloc_conf
     return run.model_copy(update=changes) if changes else run

@@ -17,7 +17,7 @@ from ftmem.activations import block_saved, outer_saved
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.prompt import PrefixTuning
-from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, layout, qk_norm_params
+from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, buffer_numel, layout, qk_norm_params
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
@@ -192,7 +192,9 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
         grad_groups = [g for g in plan.groups if g.trainable]
         grads, grads_block, grads_outer, grads_embedding = _gradient_sizes(plan, arch)
         sizes = _PLAN_SIZES[key] = PlanSizes(
-            weights=sum(g.nbytes for g in plan.groups),
+            # the model's registered buffers live beside its weights, in its dtype
+            weights=sum(g.nbytes for g in plan.groups)
+            + buffer_numel(arch) * BYTES_PER_ELEMENT[plan.dtypes.base],
             states=optimizer_state_bytes(plan.groups, run),
             grads=grads,
             grads_per_block=grads_block,

@@ -83,7 +83,40 @@ def _matrix() -> list[Case]:
         *_trl116(),
         *_image_text(),
         *_mllama(),
+        *_qwen1(),
     ]
+
+
+@dataclass(frozen=True)
+class Qwen1Case(Case):
+    """Qwen-1 (remote code transformers cannot build): its published config.json's keys at a
+    tiny size, measured on the re-implementation in tests/qwen1_reference.py."""
+
+    def arch(self):
+        from ftmem.sources import architecture_from_config
+        from tests.qwen1_reference import tiny_config
+
+        return architecture_from_config(tiny_config(**self.arch_changes), "qwen1-tiny", "tests")
+
+    def measure(self):
+        from tests.qwen1_reference import measure
+
+        return measure(self.arch(), self.run())
+
+
+def _qwen1() -> list[Case]:
+    """Qwen-1: the fused c_attn with its bias (and its LoRA: A h->r, B r->3h), the fp32
+    rotary over a cache of 2s positions, sdpa's explicit causal mask, the model's own
+    shifted loss (the default under SFT), the per-layer logn buffers; full, frozen, LoRA
+    and DoRA, in the three precision regimes, checkpointed."""
+    settings: list[dict] = [
+        *MATRIX_METHODS,
+        {"method": "full", "precision": "fp32"},
+        {"method": "lora", "precision": "bf16-mixed"},
+        {"method": "full", "grad_ckpt": True},
+        {"method": "lora", "lora_targets": "all-linear", "precision": "bf16", "grad_ckpt": True},
+    ]
+    return [Qwen1Case("qwen", s) for s in settings]
 
 
 # Tiny vision towers for the image-text cases (ftmem.vision): LLaVA's CLIP, three layers

@@ -104,6 +104,23 @@ class Family:
     # The cos and sin tables are half the rotary's width: each turns one half of the head
     # against the other (gpt-oss's _apply_rotary_emb), not the doubled table rotate_half reads.
     rotary_tables_half: bool = False
+    # The cos and sin tables are slices of a cache of max(2·s, 16) positions that every
+    # layer's multiply keeps (Qwen-1's RotaryEmbedding.update_rotary_pos_emb_cache), not
+    # tables of the s positions. Checkpointed blocks keep none of it for backward; the cache
+    # itself stays on the module (2·max(2s, 16)·rotary_dim·4 bytes) and is not counted then.
+    rotary_tables_cached: bool = False
+    # Without FlashAttention the attention passes sdpa an explicit (1, 1, s, s) bool causal
+    # mask (Qwen-1's QWenAttention.forward), which sdpa turns into a float mask in the
+    # compute dtype per call and keeps for backward; transformers 5 passes is_causal.
+    sdpa_explicit_mask: bool = False
+    # Elements of the registered buffers each block keeps, cast with the model to its dtype
+    # and live for the whole run (Qwen-1's QWenAttention: logn_tensor, 32,767 entries, and
+    # masked_bias, 1); transformers 5's blocks register none.
+    block_buffers: int = 0
+    # The model's forward computes its own loss from the labels (remote code: Qwen-1's
+    # QWenLMHeadModel.forward), which a run whose loss is transformers' default takes
+    # instead (profiles.framework_run); None: transformers' loss.
+    own_loss: Literal["shifted"] | None = None
     # The q/k norms span the whole projection (OLMo 2), not one head each.
     qk_norm_per_head: bool = True
     # The block's two norms act on each sublayer's output before the residual add, and

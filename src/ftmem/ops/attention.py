@@ -113,6 +113,9 @@ class Attention:
             else:
                 keep("v", T * kv * e, Kind.ATTN_V)
         if not eager:
+            if arch.traits.sdpa_explicit_mask and run.attn != "flash":
+                # one (1, 1, s, s) mask for the batch, made float in the compute dtype
+                keep("attention mask (s², float)", s * s * e, Kind.ATTN_MASK)
             keep("attention output + logsumexp", T * q * e + b * nh * s * FP32, Kind.ATTN_OUTPUT)
             return out
         return out + Attention.eager_scores_saved(ctx, b * nh * s, s + P, needs_grad)

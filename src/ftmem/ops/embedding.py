@@ -40,7 +40,12 @@ class Embedding:
             return []
         e = FP32 if arch.traits.rotary_tables_fp32 else residual
         width = arch.rotary_size // 2 if arch.traits.rotary_tables_half else arch.rotary_size
-        return [Saved("rotary cos/sin", 2 * (T // run.batch_size) * width * e)]
+        positions = T // run.batch_size
+        if arch.traits.rotary_tables_cached:
+            if run.grad_ckpt:  # only the blocks' recompute multiplies by them
+                return []
+            positions = max(2 * positions, 16)  # slices keep the whole cache's storage
+        return [Saved("rotary cos/sin", 2 * positions * width * e)]
 
     @staticmethod
     def backward_workspace(arch: Architecture, grad_groups: list[TensorGroup]) -> int:

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ftmem.arch import Architecture
+from ftmem.arch import Architecture, buffer_numel
 from ftmem.dtypes import BYTES_PER_ELEMENT, is_quantized
 from ftmem.methods import TensorGroup, plan_method
 from ftmem.profiles import framework_arch
@@ -93,15 +93,18 @@ def _single_gpu_sections(
         f"Method {run.method}: {n_train:,} trainable parameters ({share:.2%} of the model)."
     )
     return [
-        _weights_section(plan.groups, est, units),
+        _weights_section(plan.groups, est, units, (buffer_numel(arch), plan.dtypes.base)),
         trained,
         _gradients_section(plan.groups, run, est, units),
         _states_section(run, est, units),
     ]
 
 
-def _weights_section(groups: Iterable[TensorGroup], est: Estimate, units: UnitSystem) -> Section:
-    """The weights by storage format, largest first."""
+def _weights_section(
+    groups: Iterable[TensorGroup], est: Estimate, units: UnitSystem, buffers: tuple[int, str]
+) -> Section:
+    """The weights by storage format, largest first, and the blocks' registered buffers
+    (elements, dtype)."""
     weights = Section("Weights")
     by_fmt: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for g in groups:
@@ -119,6 +122,13 @@ def _weights_section(groups: Iterable[TensorGroup], est: Estimate, units: UnitSy
                 f"{format_count(numel)} parameters in {fmt}: {each} each plus the "
                 f"quantisation constants = {_b(nbytes, units)}"
             )
+    numel, dtype = buffers
+    if numel:
+        weights.lines.append(
+            f"{format_count(numel)} entries of buffers the blocks register (Qwen-1's logn "
+            f"tables) in {dtype} × {BYTES_PER_ELEMENT[dtype]} bytes "
+            f"= {_b(numel * BYTES_PER_ELEMENT[dtype], units)}"
+        )
     weights.lines.append(f"Weights = {_b(est.memory.weights_bytes, units)}")
     return weights
 
