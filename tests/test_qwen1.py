@@ -90,3 +90,8 @@ def test_its_own_loss_is_the_default(tmp_path):
 
     assert run() == run(loss="shifted")
     assert run(loss="chunked") != run(loss="shifted")
+
+
+def test_the_estimate_says_what_its_code_does(tmp_path):
+    notes = estimate_step(_config(tmp_path), RunConfig(method="lora")).notes
+    assert any("casts itself to bf16" in n and "--loss shifted" in n for n in notes)

@@ -472,6 +472,7 @@ def _family_notes(arch: Architecture, run: RunConfig) -> list[str]:
         notes += family.notes_for("attention")
     if run.method == "qlora" and run.quant_format != "int4":
         notes += family.notes_for("qlora")
+    notes += family.notes_for("model")  # what the family's own code does to every run
     if run.device == "cuda" and run.replayed_lengths:
         lengths = ", ".join(map(str, run.replayed_lengths))
         notes.append(

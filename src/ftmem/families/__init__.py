@@ -25,7 +25,7 @@ Config = dict[str, Any]
 
 # Situations in which a family carries a note for the user (a known gap, a path that
 # differs from what the estimate assumes); the core asks for them by these keys.
-NoteKey = Literal["attention", "qlora", "bitfit-recompute"]
+NoteKey = Literal["attention", "qlora", "bitfit-recompute", "model"]
 
 
 # ColossalAI's sequence parallelism modes (shardformer/shard/shard_config.py:13)

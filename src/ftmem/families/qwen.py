@@ -132,4 +132,12 @@ FAMILY = Family(
     block_buffers=BLOCK_BUFFERS,
     # emb_dropout_prob: QWenModel's self.drop on the embeddings (0.0 in the released configs)
     dropout_keys={"embedding_dropout": "emb_dropout_prob"},
+    notes={
+        "model": "Qwen-1 (remote code): its forward computes the loss itself, a contiguous "
+        "copy of the shifted logits and cross-entropy without an upcast (--loss shifted, "
+        "estimated for supervised finetuning's --loss standard); with bf16, fp16 and fp32 all "
+        "false in config.json (as released) it casts itself to bf16 on a GPU that has it, "
+        "fp16 otherwise, whatever from_pretrained is given: --precision bf16 (or fp16) says "
+        "that."
+    },
 )
