@@ -95,3 +95,26 @@ def test_its_own_loss_is_the_default(tmp_path):
 def test_the_estimate_says_what_its_code_does(tmp_path):
     notes = estimate_step(_config(tmp_path), RunConfig(method="lora")).notes
     assert any("casts itself to bf16" in n and "--loss shifted" in n for n in notes)
+
+
+def test_autogptq_torch_path_keeps_each_dequantised_weight():
+    """AutoGPTQ v0.4.2's qlinear_cuda_old (exllama disabled, 128 or more rows a call):
+    `torch.matmul(x.half(), weight)` keeps the fp16 weight, in x out x 2 bytes, of every
+    quantised linear whose input needs a gradient: all of Qwen-7B's 32 blocks but the
+    first's c_attn (its input, the first norm's output, needs none without checkpointing).
+    Below 128 rows its CUDA kernel runs and keeps nothing."""
+    arch = resolve_model("qwen1-7b")
+    h, f = 4096, 11008
+    per_block = h * 3 * h + h * h + 3 * h * f  # c_attn, attn.c_proj, w1, w2, mlp.c_proj
+    base = {"method": "qlora", "quant": "int4", "precision": "fp16", "compute_dtype": "fp16"}
+    base |= {"lora_targets": "all-linear", "batch_size": 1}
+
+    def acts(seq_len: int, **kernel: str) -> int:
+        run = RunConfig(**base, seq_len=seq_len, **kernel)
+        return estimate_step(arch, run).memory.activations_bytes
+
+    kept = acts(256, gptq_kernel="cuda-old") - acts(256)
+    assert kept == 2 * (32 * per_block - h * 3 * h)
+    assert acts(127, gptq_kernel="cuda-old") == acts(127)
+    with pytest.raises(ValueError, match="--quant int4"):
+        RunConfig(method="qlora", gptq_kernel="cuda-old")

@@ -873,7 +873,8 @@ def _adapter_notes(arch: Architecture, run: RunConfig) -> list[str]:
     if run.quant_format == "int4":
         notes.append(
             "int4: LoRA on a GPTQ/AWQ base (4-bit values, an fp16 scale and a 4-bit zero per "
-            "128 inputs); like NF4 its kernels dequantise inside and keep no 16-bit copy."
+            "128 inputs); like NF4 its kernels dequantise inside and keep no 16-bit copy "
+            "(AutoGPTQ's qlinear_cuda_old, --gptq-kernel cuda-old, keeps one per matmul)."
         )
     if run.method == "qlora" and arch.is_moe:
         notes.append(

@@ -110,6 +110,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "quant": frozenset({"qlora"}),
     "double_quant": frozenset({"qlora"}),
     "compute_dtype": frozenset({"qlora"}),
+    "gptq_kernel": frozenset({"qlora"}),
     "trainable_layers": frozenset({"freeze"}),
     "trainable_modules": frozenset({"partial"}),
     "galore_rank": frozenset({"galore"}),
@@ -242,6 +243,14 @@ class RunConfig(limits.BoundedSettings):
         None,
         description="PyTorch's version: its cuBLAS workspaces, CUDA context and foreach "
         "AdamW temporaries (default: 2.13, the one ftmem is measured with).",
+    )
+    gptq_kernel: Literal["cuda-old"] | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="An int4 (GPTQ) base's matmul: cuda-old is AutoGPTQ's qlinear_cuda_old "
+        "(exllama disabled and desc_act false, as Qwen-1's finetune.py runs it), whose torch "
+        "path for 128 or more tokens a call dequantises each weight to fp16 and keeps it for "
+        "the input's gradient; default: kernels that dequantise inside and keep nothing.",
     )
     bnb_version: str | None = Field(
         None,
@@ -667,6 +676,12 @@ class RunConfig(limits.BoundedSettings):
                 f"--loss logprob-tiles is TRL's fused LM head (--framework hf or axolotl); "
                 f"{self.framework}'s {self.objective} takes full logits: drop it"
             )
+
+    @model_validator(mode="after")
+    def _gptq_kernel_fits(self) -> RunConfig:
+        if self.gptq_kernel is not None and self.method == "qlora" and self.quant != "int4":
+            raise ValueError("--gptq-kernel is the matmul of an int4 (GPTQ) base: add --quant int4")
+        return self
 
     def _method_settings_fit(self) -> None:
         """Settings that belong to other methods (METHOD_SETTINGS) are refused, the

@@ -158,6 +158,14 @@ RUN = [
         "AdamW temporaries (default 2.13).",
     ),
     _opt(
+        "gptq_kernel",
+        Optional[field_choices("gptq_kernel")],  # noqa: UP045
+        None,
+        "cuda-old: an int4 (GPTQ) base run by AutoGPTQ's qlinear_cuda_old (exllama disabled, "
+        "desc_act false), which dequantises each weight to fp16 per call (128 or more "
+        "tokens) and keeps it for backward (default: kernels that keep nothing).",
+    ),
+    _opt(
         "bnb_version",
         OptStr,
         None,

@@ -19,6 +19,16 @@ from ftmem.versions import bnb_4bit_keeps_input, bnb_int8_keeps_column_copy
 
 _ATTENTION_ROLES = frozenset(ATTENTION_ROLES)
 
+# AutoGPTQ's qlinear_cuda_old.QuantLinear (AutoGPTQ/AutoGPTQ@62187bf843726bdd473e0685ec9098639fe340c0
+# = v0.4.2, auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py): __init__'s
+# kernel_switch_threshold=128; forward (l.196-272) runs its CUDA matvec for fewer rows, and
+# for more dequantises in torch: bitwise_right_shift of the expanded int32 qweight (4 bytes
+# a weight) cast .to(int8) (1 byte) while the int32 result still exists; `scales * (weight -
+# zeros)` then holds the int8 weight, the int8 difference and the fp16 product (4 bytes);
+# `torch.matmul(x.half(), weight)` keeps the fp16 weight for the input's gradient.
+GPTQ_KERNEL_SWITCH_ROWS = 128
+GPTQ_DEQUANT_BYTES = 4 + 1
+
 
 def side_of(linears: list[Linear]) -> Side:
     """The attention side for q, k, v and o; the MLP side for the MLP's linears (the
@@ -141,7 +151,34 @@ class LinearOp:
             out += Bottleneck.saved(ctx, linears, state, in_grad, side)
         if ctx.plan.dtypes.casts_weights and in_grad:
             out += LinearOp.weight_copies(ctx, linears, side)
+        if in_grad and LinearOp.gptq_dequantises(ctx.run, ctx.tokens):
+            out += LinearOp.dequantised_weights(linears, side)
         return out
+
+    @staticmethod
+    def gptq_dequantises(run: RunConfig, T: int) -> bool:
+        """An int4 base's matmul dequantises each weight in torch and keeps it (AutoGPTQ's
+        qlinear_cuda_old for GPTQ_KERNEL_SWITCH_ROWS or more rows a call)."""
+        return (
+            run.quant_format == "int4"
+            and run.gptq_kernel == "cuda-old"
+            and T >= GPTQ_KERNEL_SWITCH_ROWS
+        )
+
+    @staticmethod
+    def dequantised_weights(linears: list[Linear], side: Side) -> list[Saved]:
+        """The fp16 weight each quantised matmul keeps for its input's gradient."""
+        return [
+            Saved(
+                f"{lin.label} dequantised fp16 weight (AutoGPTQ torch path)",
+                lin.in_features * lin.out_features * lin.copies * 2,
+                Kind.WEIGHT_COPY,
+                side,
+                (lin,),
+            )
+            for lin in linears
+            if lin.is_module and lin.quantizable
+        ]
 
     @staticmethod
     def base_input_bytes(
@@ -291,10 +328,14 @@ class LinearOp:
         and casts the copy (profiles.Profile.dequant_copy_bytes; LitGPT under Lightning's
         bitsandbytes plugin: fp16 then bf16, bitsandbytes@0.42.0 autograd/_functions.py
         MatMul4Bit.forward ``F.dequantize_4bit(B, state).to(A.dtype)``, and backward for
-        grad_A): the copies beside the call's output and the incoming tensor (its input
-        in forward, the output's gradient in backward). 0 where not modelled."""
+        grad_A; AutoGPTQ's torch path, GPTQ_DEQUANT_BYTES): the copies beside the call's
+        output and the incoming tensor (its input in forward, the output's gradient in
+        backward). 0 where not modelled."""
         per_element = profile_of(run).dequant_copy_bytes
-        if not per_element or run.method != "qlora" or plan.dtypes.quantized not in ("nf4", "fp4"):
+        formats: tuple[str, ...] = ("nf4", "fp4")
+        if LinearOp.gptq_dequantises(run, T):  # AutoGPTQ's torch path: int32, then int8
+            per_element, formats = GPTQ_DEQUANT_BYTES, ("int4",)
+        if not per_element or run.method != "qlora" or plan.dtypes.quantized not in formats:
             return 0
         quantized = [lin for lin in layout(arch).linears if lin.is_module and lin.quantizable]
         return max(
