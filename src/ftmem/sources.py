@@ -21,6 +21,7 @@ from ftmem import families
 from ftmem.arch import Architecture, count_params
 from ftmem.errors import ConfigError, UnknownNameError
 from ftmem.families._config import MULTIMODAL_TIE_DEFAULT, number, shown
+from ftmem.families._qwen_vl import qwen_text_config
 from ftmem.families._vision import (
     UnmodelledVision,
     read_vision,
@@ -40,6 +41,11 @@ MAX_CONFIG_BYTES = 16 * 2**20  # real config.json files are a few KiB
 
 def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
     """A multimodal config's language model (``text_config``), and what is left out."""
+    qwen = qwen_text_config(cfg)  # (Qwen-VL's Hub configs are flat)
+    if qwen is not None:
+        if cfg.get("tie_word_embeddings") is None:
+            qwen["tie_word_embeddings"] = MULTIMODAL_TIE_DEFAULT[str(cfg["model_type"])]
+        return qwen, None
     text = cfg.get("text_config")
     if not isinstance(text, dict):
         return cfg, None

@@ -28,16 +28,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from ftmem import mllama
+from ftmem import mllama, vision_qwen
 from ftmem.dtypes import FP32
 from ftmem.errors import InvalidInputError
 from ftmem.mllama import MllamaParts
 
 # (tiled: Llama-3.2-Vision's encoder over image tiles, ftmem.mllama)
-Encoder = Literal["clip", "siglip", "tiled"]
+Encoder = Literal["clip", "siglip", "tiled", "qwen2_vl", "qwen2_5_vl"]
 # LLaVA's two linears around a GELU; Gemma 3's pooling, RMSNorm and one matrix;
-# Llama-3.2-Vision's one linear
-Projector = Literal["mlp", "pooled", "linear"]
+# Llama-3.2-Vision's one linear; Qwen-VL's patch merger (ftmem.vision_qwen)
+Projector = Literal["mlp", "pooled", "linear", "merger"]
 # How a run treats the tower and the projector (RunConfig.vision_tower / .projector)
 Training = Literal["frozen", "full"]
 
@@ -71,6 +71,22 @@ class VisionTower(BaseModel):
     mllama: MllamaParts | None = Field(
         None, description="Llama-3.2-Vision's tiles, global encoder and cross-attention layers."
     )
+    # Qwen-VL (ftmem.vision_qwen): image_size is a square image's side after the
+    # processor's resize (a multiple of patch_size × merge_size)
+    merge_size: PositiveInt = Field(1, description="Qwen-VL: spatial_merge_size.")
+    temporal_patch: PositiveInt = Field(1, description="Qwen-VL: temporal_patch_size.")
+    window_size: int = Field(0, description="Qwen2.5-VL: window_size in pixels (0: none).")
+    full_attention_layers: tuple[int, ...] = Field(
+        (),
+        strict=False,  # (a preset's YAML list)
+        description="Qwen2.5-VL: fullatt_block_indexes (the others attend per window).",
+    )
+    min_pixels: int = Field(0, description="Qwen-VL: the processor's resize bounds.")
+    max_pixels: int = Field(0, description="Qwen-VL: the processor's resize bounds.")
+
+    @property
+    def qwen(self) -> bool:
+        return self.encoder in ("qwen2_vl", "qwen2_5_vl")
 
     @property
     def patches(self) -> int:
@@ -78,7 +94,8 @@ class VisionTower(BaseModel):
 
     @property
     def tower_tokens(self) -> int:
-        """Tokens each image is inside the encoder (CLIP adds its CLS token)."""
+        """Tokens each image is inside the encoder (CLIP adds its CLS token; Qwen-VL's are
+        its patches)."""
         return self.patches + (1 if self.encoder == "clip" else 0)
 
     @property
@@ -110,6 +127,8 @@ def tower_params(v: VisionTower) -> list[VisionParam]:
     (layer_norm1, q/k/v/out_proj with biases, layer_norm2, fc1, fc2), post_layernorm."""
     if v.mllama is not None:
         return mllama.tower_params(v)
+    if v.qwen:
+        return vision_qwen.tower_params(v)
     H, I, C, P = v.hidden_size, v.intermediate_size, v.num_channels, v.patch_size
     pre = "model.vision_tower"
     clip = v.encoder == "clip"
@@ -140,9 +159,12 @@ def tower_params(v: VisionTower) -> list[VisionParam]:
 
 def projector_params(v: VisionTower, text_hidden: int) -> list[VisionParam]:
     """LlavaMultiModalProjector (linear_1: vision → text width, linear_2: text → text) or
-    Gemma3MultiModalProjector (a (vision, text) matrix and the RMSNorm's weight)."""
+    Gemma3MultiModalProjector (a (vision, text) matrix and the RMSNorm's weight), or
+    Qwen-VL's patch merger (ftmem.vision_qwen)."""
     if v.mllama is not None:
         return mllama.projector_params(v, text_hidden)
+    if v.qwen:
+        return vision_qwen.merger_params(v, text_hidden)
     H, T = v.hidden_size, text_hidden
     pre = "model.multi_modal_projector"
     if v.projector == "pooled":
@@ -210,9 +232,12 @@ def _norm_saved(n: int, width: int, e: int) -> int:
 
 def pixel_bytes(v: VisionTower, images: int) -> int:
     """The batch's pixel_values, in fp32 as the image processors return them (CLIP's and
-    SigLIP's embeddings cast them to the weights' dtype themselves)."""
+    SigLIP's embeddings cast them to the weights' dtype themselves; Qwen-VL's are rows of
+    patches)."""
     if v.mllama is not None:
         return mllama.pixel_bytes(v, images)
+    if v.qwen:
+        return vision_qwen.pixel_elements(v, images) * FP32
     return images * v.num_channels * v.image_size**2 * FP32
 
 
@@ -223,6 +248,8 @@ def tower_saved(
     convolution saves (cast to the tower's dtype), CLIP's pre-norm, the layers the
     projector reads (each whole, or its input alone when ``checkpointed``), and SigLIP's
     post_layernorm (Gemma 3 reads last_hidden_state; LLaVA's -2 does not)."""
+    if v.qwen:
+        return vision_qwen.tower_saved(v, images, e, eager, checkpointed)
     n = images * v.tower_tokens
     # the convolution keeps the pixels it reads: the batch's fp32 pixel_values themselves,
     # or their cast to the tower's dtype (then the input is the loop's: pixel_bytes)
@@ -250,7 +277,10 @@ def projector_saved(
       the multiplication keeps), and the matmul's input cast back to the compute dtype.
       Under a frozen tower its output needs no gradient: only the weights' gradients
       need inputs, the normalised x (for w) and the matmul's input.
+    - Qwen-VL's merger: ftmem.vision_qwen.merger_saved.
     """
+    if v.qwen:
+        return vision_qwen.merger_saved(v, images, e, tower_trains)
     H, T = v.hidden_size, text_hidden
     tokens = images * v.tokens_per_image
     if v.projector == "mlp":
@@ -273,6 +303,8 @@ def frozen_forward(v: VisionTower, images: int, e: int) -> int:
     q, k, v, the kernel's output and out_proj's); in the MLP: layer_norm2's
     output, fc1's output and the activation's (SigLIP's GELU: one output; CLIP's quick_gelu
     ``x * sigmoid(1.702 x)``: 1.702 x and the sigmoid beside fc1's output)."""
+    if v.qwen:
+        return vision_qwen.frozen_forward(v, images, e)
     n = images * v.tower_tokens
     H, I = v.hidden_size, v.intermediate_size
     clip = v.encoder == "clip"
@@ -290,7 +322,8 @@ def check_images(v: VisionTower | None, images: int, seq_len: int, name: str) ->
         return
     if v is None:
         raise InvalidInputError(
-            f"--images: {name}'s vision tower is not modelled (LLaVA, Gemma 3 and Llama-3.2-Vision are); "
+            f"--images: {name}'s vision tower is not modelled (LLaVA, Gemma 3, "
+            "Llama-3.2-Vision and Qwen-VL are); "
             "drop --images to estimate its language model."
         )
     if images * v.tokens_per_image > seq_len:

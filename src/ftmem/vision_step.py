@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ftmem import mllama_step
+from ftmem import mllama_step, vision_qwen
 from ftmem.arch import Architecture, Param, ParamKind
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, StorageFormat, is_quantized
 from ftmem.errors import InvalidInputError
@@ -27,9 +27,22 @@ from ftmem.vision import (
     tower_saved,
 )
 
-# Prefixes of the vision parameters (transformers 5.24 LlavaModel / Gemma3Model)
+# Prefixes of the vision parameters (transformers 5.24 LlavaModel / Gemma3Model; Qwen-VL's
+# tower is model.visual, its merger model.visual.merger: ftmem.vision_qwen)
 TOWER = "model.vision_tower."
 PROJECTOR = "model.multi_modal_projector."
+
+
+def _is_projector(name: str) -> bool:
+    return name.startswith((PROJECTOR, vision_qwen.MERGER))
+
+
+def _folded_name(name: str) -> str:
+    """A tower layer's tensor under one name for all layers (encoder.layers.* / blocks.*)."""
+    for prefix in (TOWER + "encoder.layers.", vision_qwen.TOWER + "blocks."):
+        if name.startswith(prefix):
+            return prefix + "*." + name[len(prefix) :].split(".", 1)[1]
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +89,8 @@ def training(arch: Architecture, run: RunConfig) -> VisionTraining:
 def _kind(p: VisionParam) -> ParamKind:
     if p.linear:
         return "linear"
-    return "linear_bias" if p.name.endswith("_proj.bias") or ".fc" in p.name else "norm"
+    linear_bias = p.name.endswith(("_proj.bias", "qkv.bias", "proj.bias")) or ".fc" in p.name
+    return "linear_bias" if linear_bias or ".mlp." in p.name else "norm"
 
 
 def groups(arch: Architecture, run: RunConfig, dtypes: Dtypes, base_format) -> list:
@@ -95,16 +109,13 @@ def groups(arch: Architecture, run: RunConfig, dtypes: Dtypes, base_format) -> l
         return mllama_step.groups(arch, run, dtypes, base_format, trains)
     folded: dict[tuple[str, tuple[int, ...], ParamKind], int] = defaultdict(int)
     for p in tower_params(v):
-        name = p.name.replace(TOWER, "")
-        if name.startswith("encoder.layers."):
-            name = "encoder.layers.*." + name.split(".", 3)[3]
-        folded[(TOWER + name, p.shape, _kind(p))] += 1
+        folded[(_folded_name(p.name), p.shape, _kind(p))] += 1
     for p in projector_params(v, arch.hidden_size):
         folded[(p.name, p.shape, _kind(p))] += 1
     out = []
     unread = _unread(v)
     for (name, shape, kind), count in folded.items():
-        trainable = trains.tower if name.startswith(TOWER) else trains.projector
+        trainable = trains.projector if _is_projector(name) else trains.tower
         fmt: StorageFormat = base_format(Param(name, shape, kind, ("q",)), dtypes, frozenset())
         if trainable and is_quantized(fmt):
             raise InvalidInputError(
@@ -113,7 +124,7 @@ def groups(arch: Architecture, run: RunConfig, dtypes: Dtypes, base_format) -> l
                 "and the projector (--vision-tower frozen --projector frozen)."
             )
         idle = 0
-        if trainable and name.startswith(TOWER):
+        if trainable and name.startswith(TOWER):  # (CLIP and SigLIP: Qwen-VL reads all)
             # the layers after the one the projector reads (and CLIP's post_layernorm, on
             # the pooled CLS token LLaVA never reads) run, but no gradient reaches them:
             # their .grad stays None, and torch's AdamW makes them no state
@@ -145,7 +156,7 @@ def _unread(v: VisionTower) -> _Unread:
 
 
 def is_vision(name: str) -> bool:
-    return name.startswith((TOWER, PROJECTOR, mllama_step.TOWER))
+    return name.startswith((TOWER, PROJECTOR, mllama_step.TOWER, vision_qwen.TOWER))
 
 
 def trains_below(arch: Architecture, run: RunConfig) -> bool:
@@ -194,9 +205,17 @@ def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
     trained tower's convolution keeps this very tensor in fp32, a cast of it otherwise)."""
     if arch.vision is None or not run.images:
         return 0
+    # Qwen-VL's processor also returns image_grid_thw (3 int64 per image) and
+    # mm_token_type_ids (one int64 per token)
+    v = arch.vision
+    qwen = images_per_step(run) * 3 * 8 + run.batch_size * run.seq_len * 8 if v.qwen else 0
+    if v.qwen and run.grad_ckpt and training(arch, run).tower:
+        # checkpointed blocks keep the rotary's cos and sin as their checkpoint's
+        # arguments (ftmem.vision_qwen.tower_saved), through backward
+        qwen += vision_qwen.rotary_tables(v, images_per_step(run))
     if training(arch, run).tower and BYTES_PER_ELEMENT[dtypes.compute] == FP32:
-        return 0  # the convolution keeps this very tensor: counted with the tower's items
-    return pixel_bytes(arch.vision, images_per_step(run))
+        return qwen  # the convolution keeps the pixels themselves: counted with the tower's items
+    return qwen + pixel_bytes(arch.vision, images_per_step(run))
 
 
 def forward_transient(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:

@@ -147,6 +147,36 @@ TINY_TOWERS = {
         projector="pooled",
         tokens_per_image=16,
     ),
+    # Qwen-VL: 10 × 10 patches of 7 merged 2 × 2 into 25 tokens; Qwen2.5-VL's windows of
+    # 2 × 2 merge units over 5 × 5 (16, 16, 8, ..., 4 tokens), layer 1 full attention
+    "qwen2.5-vl": VisionTower(
+        encoder="qwen2_5_vl",
+        hidden_size=32,
+        intermediate_size=48,
+        num_layers=3,
+        num_heads=4,
+        image_size=70,
+        patch_size=7,
+        projector="merger",
+        tokens_per_image=25,
+        merge_size=2,
+        temporal_patch=2,
+        window_size=28,
+        full_attention_layers=(1,),
+    ),
+    "qwen2-vl": VisionTower(
+        encoder="qwen2_vl",
+        hidden_size=32,
+        intermediate_size=128,
+        num_layers=3,
+        num_heads=4,
+        image_size=70,
+        patch_size=7,
+        projector="merger",
+        tokens_per_image=25,
+        merge_size=2,
+        temporal_patch=2,
+    ),
 }
 
 
@@ -170,9 +200,9 @@ class ImageTextCase(Case):
 
 
 def _image_text() -> list[Case]:
-    """LLaVA (a Llama) and Gemma 3 with their vision towers: trained (full finetuning's
-    default), frozen, the projector alone beside LoRA, fp32, checkpointed (the tower's
-    layers too)."""
+    """LLaVA (a Llama), Gemma 3, Qwen2.5-VL and Qwen2-VL (Qwen2s) with their vision
+    towers: trained (full finetuning's default), frozen, the projector alone beside LoRA,
+    fp32, checkpointed (the tower's layers too)."""
     settings: list[dict] = [
         {"method": "full"},
         {"method": "full", "vision_tower": "frozen", "projector": "frozen"},
@@ -183,7 +213,12 @@ def _image_text() -> list[Case]:
     ]
     return [
         ImageTextCase(family, s, tower=tower)
-        for tower, family in (("llava", "llama"), ("gemma3", "gemma3"))
+        for tower, family in (
+            ("llava", "llama"),
+            ("gemma3", "gemma3"),
+            ("qwen2.5-vl", "qwen2"),
+            ("qwen2-vl", "qwen2"),
+        )
         for s in settings
     ]
 

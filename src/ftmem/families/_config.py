@@ -36,6 +36,7 @@ MULTIMODAL_TIE_DEFAULT = {
     "llava": False,
     "llava_next": False,
     "qwen2_5_vl": False,
+    "qwen2_vl": False,
     "idefics3": False,
 }
 

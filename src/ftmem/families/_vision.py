@@ -59,13 +59,17 @@ class UnmodelledVision(ValueError):
 
 
 def vision_model_types() -> tuple[str, ...]:
-    return (*_OUTER, "mllama")
+    from ftmem.families._qwen_vl import QWEN_VL_TEXT
+
+    return (*_OUTER, "mllama", *QWEN_VL_TEXT)
 
 
 def read_vision(cfg: dict[str, Any]) -> VisionTower | None:
     """The vision tower of an image-text config.json (LLaVA, Gemma 3), transformers'
     defaults filling the keys it leaves out; None for a config without one modelled.
     Raises UnmodelledVision where a modelled family sets something not modelled."""
+    from ftmem.families._qwen_vl import QWEN_VL_TEXT, read_qwen_vision
+
     outer = cfg.get("model_type")
     if outer == "mllama":
         from ftmem.families._mllama import UnmodelledMllama, read_mllama
@@ -74,6 +78,8 @@ def read_vision(cfg: dict[str, Any]) -> VisionTower | None:
             return read_mllama(cfg)
         except UnmodelledMllama as exc:
             raise UnmodelledVision(f"{exc} is not modelled") from None
+    if outer in QWEN_VL_TEXT:
+        return read_qwen_vision(cfg)
     if not isinstance(outer, str) or outer not in _OUTER:
         return None
     given = cfg.get("vision_config")

@@ -146,6 +146,8 @@ def image_text_config(arch: Architecture, text):
         from ftmem.measure import mllama
 
         return mllama.config(arch, text)
+    if v.qwen:
+        return qwen_vl_config(arch, text)
     vision = {
         "hidden_size": v.hidden_size,
         "intermediate_size": v.intermediate_size,
@@ -183,6 +185,75 @@ def image_text_config(arch: Architecture, text):
     return cfg
 
 
+def _mrope_section(head_dim: int) -> list[int]:
+    """M-RoPE's (t, h, w) split of head_dim / 2 frequencies, in Qwen's proportions
+    (16, 24, 24 of 64 at head_dim 128)."""
+    spatial = head_dim // 2 * 3 // 8
+    return [head_dim // 2 - 2 * spatial, spatial, spatial]
+
+
+def qwen_vl_config(arch: Architecture, text):
+    """Qwen2_5_VLConfig or Qwen2VLConfig around the Qwen2 language model's config (its
+    keys as the text config, M-RoPE's sections for its head size), the vision config
+    written from Architecture.vision (ftmem.vision_qwen)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+
+    v = arch.vision
+    assert v is not None
+    text_kw = {
+        k: val for k, val in text.to_dict().items() if k not in ("model_type", "architectures")
+    }
+    rope = dict(text_kw.get("rope_parameters") or {})
+    rope.update(rope_type="default", mrope_section=_mrope_section(arch.head_size))
+    text_kw["rope_parameters"] = rope
+    vision: dict[str, Any] = {
+        "depth": v.num_layers,
+        "num_heads": v.num_heads,
+        "in_channels": v.num_channels,
+        "patch_size": v.patch_size,
+        "spatial_merge_size": v.merge_size,
+        "temporal_patch_size": v.temporal_patch,
+    }
+    common: dict[str, Any] = {
+        "image_token_id": image_token_id(arch),
+        "tie_word_embeddings": arch.tie_embeddings,
+    }
+    if v.encoder == "qwen2_5_vl":
+        vision |= {
+            "hidden_size": v.hidden_size,
+            "intermediate_size": v.intermediate_size,
+            "out_hidden_size": arch.hidden_size,
+            "window_size": v.window_size,
+            "fullatt_block_indexes": list(v.full_attention_layers),
+        }
+        cfg: Any = Qwen2_5_VLConfig(text_config=text_kw, vision_config=vision, **common)
+    else:
+        if v.intermediate_size % v.hidden_size:
+            raise InvalidInputError("Qwen2-VL's MLP is embed_dim × mlp_ratio wide")
+        vision |= {
+            "embed_dim": v.hidden_size,
+            "hidden_size": arch.hidden_size,
+            "mlp_ratio": v.intermediate_size // v.hidden_size,
+        }
+        cfg = Qwen2VLConfig(text_config=text_kw, vision_config=vision, **common)
+    for c in (cfg, cfg.text_config, cfg.vision_config):
+        c._attn_implementation = text._attn_implementation
+    cfg.text_config.use_cache = False
+    return cfg
+
+
+def _qwen_image_inputs(v, run: RunConfig, rows: int, gen) -> dict[str, torch.Tensor]:
+    """Qwen's processor output: one row of C × T × P² per patch, and each image's grid of
+    1 × h × w patches."""
+    side = v.image_size // v.patch_size
+    images = rows * run.images
+    row = v.num_channels * v.temporal_patch * v.patch_size**2
+    return {
+        "pixel_values": torch.randn(images * side * side, row, generator=gen),
+        "image_grid_thw": torch.tensor([[1, side, side]] * images),
+    }
+
+
 def image_inputs(
     arch: Architecture | None, run: RunConfig, ids: torch.Tensor, seed: int, teacher: bool
 ) -> dict[str, torch.Tensor]:
@@ -202,6 +273,11 @@ def image_inputs(
     count = run.images * v.tokens_per_image
     ids[:, 1 : 1 + count] = image
     gen = torch.Generator().manual_seed(seed)
+    if v.qwen:
+        inputs = _qwen_image_inputs(v, run, ids.shape[0], gen)
+        # the processor's mm_token_type_ids (1 at image tokens): M-RoPE's 3-D positions
+        inputs["mm_token_type_ids"] = (ids == image).long()
+        return {k: t.to(ids.device) for k, t in inputs.items()}
     shape = (ids.shape[0] * run.images, v.num_channels, v.image_size, v.image_size)
     return {"pixel_values": torch.randn(shape, generator=gen).to(ids.device)}
 
@@ -218,10 +294,10 @@ def _vision_trainable(model: nn.Module, arch: Architecture, run: RunConfig) -> N
 
         return mllama.set_trainable(model, arch, run, trains)
     for name, p in model.named_parameters():
-        if "vision_tower." in name:
-            p.requires_grad_(trains.tower)
-        elif "multi_modal_projector." in name:
+        if "multi_modal_projector." in name or "visual.merger." in name:
             p.requires_grad_(trains.projector)
+        elif "vision_tower." in name or "visual." in name:
+            p.requires_grad_(trains.tower)
 
 
 # --------------------------------------------------------------------------------------
@@ -590,7 +666,7 @@ def _excluded(arch: Architecture) -> str | None:
         from ftmem.measure import mllama
 
         return mllama.frozen_modules(arch)
-    return r".*(vision_tower|multi_modal_projector).*"
+    return r".*(vision_tower|multi_modal_projector|visual).*"
 
 
 def _train_top_blocks(model: nn.Module, run: RunConfig, notes: list[str]) -> None:

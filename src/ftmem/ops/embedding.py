@@ -35,12 +35,14 @@ class Embedding:
     def rotary_saved(arch: Architecture, run: RunConfig, T: int, residual: int) -> list[Saved]:
         """Rotary's cos and sin tables (s × rotary_dim), shared by every layer's rotary
         multiply, computed in the residual dtype (fp32 under autocast with fp32
-        weights); kept when the blocks need gradients."""
+        weights); kept when the blocks need gradients. Qwen-VL's M-RoPE makes one table
+        per sequence (position ids 3 × batch × s: transformers 5.24
+        Qwen2_5_VLRotaryEmbedding.forward returns cos and sin of batch × s × head_dim)."""
         if arch.position_embedding != "rotary" or arch.traits.rotary_tables_per_layer:
             return []
         e = FP32 if arch.traits.rotary_tables_fp32 else residual
         width = arch.rotary_size // 2 if arch.traits.rotary_tables_half else arch.rotary_size
-        positions = T // run.batch_size
+        positions = T if arch.vision is not None and arch.vision.qwen else T // run.batch_size
         if arch.traits.rotary_tables_cached:
             if run.grad_ckpt:  # only the blocks' recompute multiplies by them
                 return []

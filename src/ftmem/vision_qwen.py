@@ -1,0 +1,229 @@
+"""Qwen2-VL's and Qwen2.5-VL's vision transformer and patch merger (ftmem.vision
+dispatches here for the ``qwen2_vl`` and ``qwen2_5_vl`` encoders): their parameters, the
+image tokens an image of a given size becomes, and what a step keeps of them.
+
+As transformers 5.24 builds them (models/qwen2_vl/modeling_qwen2_vl.py,
+models/qwen2_5_vl/modeling_qwen2_5_vl.py), under ``model.visual``:
+
+- a Conv3d patch embedding without bias (kernel temporal_patch_size × patch_size²: an
+  image is its patches tiled twice in time, so a grid of 1 × h × w patches);
+- ``depth`` blocks, each ``norm1``, ``attn`` (one fused ``qkv`` linear with bias, 2-D
+  rotary on q and k in fp32, attention per image, or per window in Qwen2.5-VL's layers not
+  in ``fullatt_block_indexes``, and ``proj``), ``norm2`` and an MLP. Qwen2-VL: LayerNorms
+  and fc1 → QuickGELU → fc2 (embed_dim × mlp_ratio); Qwen2.5-VL: RMSNorms (fp32, the
+  Qwen2 form) and a SwiGLU MLP whose three linears have biases;
+- the ``merger`` (what LLaMA-Factory's freeze_multi_modal_projector freezes, the
+  projector here): a norm (``ln_q``) over the vision width, four neighbouring patches
+  (spatial_merge_size²) concatenated, Linear(4H, 4H) → GELU → Linear(4H, text width).
+
+An image's tokens in the language model's sequence are its patches / spatial_merge_size².
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from ftmem.dtypes import FP32
+
+if TYPE_CHECKING:
+    from ftmem.vision import VisionParam, VisionTower
+
+QWEN_ENCODERS = ("qwen2_vl", "qwen2_5_vl")
+TOWER = "model.visual."
+MERGER = "model.visual.merger."
+# the image processors' resize bounds (transformers 5.24 image_processing_qwen2_vl.py
+# smart_resize and Qwen2VLImageProcessor.size: min 56², max 28² × 1280 pixels)
+MIN_PIXELS = 56 * 56
+MAX_PIXELS = 28 * 28 * 1280
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int):
+    """The image's size after Qwen's processor: each side a multiple of ``factor`` (patch
+    × merge size), the area within [min_pixels, max_pixels], the aspect kept
+    (image_processing_qwen2_vl.py smart_resize, the same steps)."""
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def resized_side(side: int, patch: int, merge: int, min_pixels: int, max_pixels: int) -> int:
+    """A square image's side after the processor's resize."""
+    h, _ = smart_resize(side, side, patch * merge, min_pixels, max_pixels)
+    return h
+
+
+def tower_params(v: VisionTower) -> list[VisionParam]:
+    from ftmem.vision import VisionParam
+
+    H, I, C, P, T = (
+        v.hidden_size,
+        v.intermediate_size,
+        v.num_channels,
+        v.patch_size,
+        v.temporal_patch,
+    )
+    out = [VisionParam(f"{TOWER}patch_embed.proj.weight", (H, C, T, P, P))]
+    rms = v.encoder == "qwen2_5_vl"
+    for i in range(v.num_layers):
+        b = f"{TOWER}blocks.{i}"
+        for norm in ("norm1", "norm2"):
+            out.append(VisionParam(f"{b}.{norm}.weight", (H,)))
+            if not rms:
+                out.append(VisionParam(f"{b}.{norm}.bias", (H,)))
+        out += [
+            VisionParam(f"{b}.attn.qkv.weight", (3 * H, H), linear=True),
+            VisionParam(f"{b}.attn.qkv.bias", (3 * H,)),
+            VisionParam(f"{b}.attn.proj.weight", (H, H), linear=True),
+            VisionParam(f"{b}.attn.proj.bias", (H,)),
+        ]
+        mlp = ("gate_proj", "up_proj") if rms else ("fc1",)
+        for name in mlp:
+            out.append(VisionParam(f"{b}.mlp.{name}.weight", (I, H), linear=True))
+            out.append(VisionParam(f"{b}.mlp.{name}.bias", (I,)))
+        down = "down_proj" if rms else "fc2"
+        out.append(VisionParam(f"{b}.mlp.{down}.weight", (H, I), linear=True))
+        out.append(VisionParam(f"{b}.mlp.{down}.bias", (H,)))
+    return out
+
+
+def merger_params(v: VisionTower, text_hidden: int) -> list[VisionParam]:
+    from ftmem.vision import VisionParam
+
+    H, M = v.hidden_size, v.hidden_size * v.merge_size**2
+    out = [VisionParam(f"{MERGER}ln_q.weight", (H,))]
+    if v.encoder == "qwen2_vl":
+        out.append(VisionParam(f"{MERGER}ln_q.bias", (H,)))
+    out += [
+        VisionParam(f"{MERGER}mlp.0.weight", (M, M), linear=True),
+        VisionParam(f"{MERGER}mlp.0.bias", (M,)),
+        VisionParam(f"{MERGER}mlp.2.weight", (text_hidden, M), linear=True),
+        VisionParam(f"{MERGER}mlp.2.bias", (text_hidden,)),
+    ]
+    return out
+
+
+def window_lengths(v: VisionTower) -> list[int]:
+    """The tokens of each attention window over one image (Qwen2.5-VL's windowed layers):
+    windows of (window_size / merge / patch)² merge units tiled over the image's units,
+    the last row and column cut short (transformers 5.24 vision_utils.py
+    get_vision_window_index)."""
+    side = v.image_size // v.patch_size // v.merge_size  # merge units per side
+    ws = v.window_size // v.merge_size // v.patch_size
+    if ws <= 0:
+        return [v.patches]
+    rows = [min(ws, side - r) for r in range(0, side, ws)]
+    return [a * b * v.merge_size**2 for a in rows for b in rows]
+
+
+def _attention_saved(v: VisionTower, images: int, e: int, eager: bool, full: bool) -> int:
+    """One block's attention (n tokens): the fused qkv output that v, a view of it, keeps
+    whole (3 n H e), the rotated q and k (n H e each, ``q_embed.to(orig dtype)``), the
+    kernel's output and proj's input (its concatenation over the chunks); sdpa the fp32
+    logsumexp, eager instead the fp32 softmax and its cast back per chunk (image or
+    window), and no kernel output."""
+    H, n = v.hidden_size, images * v.patches
+    lengths = [v.patches] if full or v.encoder == "qwen2_vl" else window_lengths(v)
+    if not eager:
+        return 7 * n * H * e + n * v.num_heads * FP32
+    probs = images * v.num_heads * sum(t * t for t in lengths)
+    return 6 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
+
+
+def _norm_saved(v: VisionTower, n: int, e: int, input_grad: bool = True) -> int:
+    """A block norm (its output, the next linear's input, counted by the caller).
+    LayerNorm: its input and fp32 mean and rstd. Qwen2.5-VL's RMSNorm (fp32 steps):
+    the input cast to fp32 (pow and mul keep it), rsqrt's output and the normalised x
+    cast back that the weight's multiplication keeps; with no gradient for its input only
+    that last one."""
+    H = v.hidden_size
+    if v.encoder == "qwen2_vl":
+        return n * H * e + 2 * n * FP32
+    if not input_grad:
+        return n * H * e
+    return n * H * FP32 + n * FP32 + n * H * e
+
+
+def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool, full: bool) -> int:
+    """One trained block: two norms and their outputs (qkv's and the MLP's input),
+    attention, and the MLP: SwiGLU keeps the SiLU's input and output, up's output and
+    their product (4 n I e), QuickGELU ``x * sigmoid(1.702 x)`` its input and the sigmoid
+    and fc2 its output (3 n I e)."""
+    n = images * v.patches
+    mlp = (4 if v.encoder == "qwen2_5_vl" else 3) * n * v.intermediate_size * e
+    norms = 2 * (_norm_saved(v, n, e) + n * v.hidden_size * e)
+    return norms + _attention_saved(v, images, e, eager, full) + mlp
+
+
+def pixel_elements(v: VisionTower, images: int) -> int:
+    """pixel_values: one row of C × temporal_patch × P² per patch (the processor tiles an
+    image twice in time)."""
+    return images * v.patches * v.num_channels * v.temporal_patch * v.patch_size**2
+
+
+def rotary_tables(v: VisionTower, images: int) -> int:
+    """The 2-D rotary's cos and sin: fp32, one row of head_dim per patch each."""
+    return 2 * images * v.patches * (v.hidden_size // v.num_heads) * FP32
+
+
+def tower_saved(v: VisionTower, images: int, e: int, eager: bool, checkpointed: bool) -> int:
+    """A trained tower: the pixels the Conv3d keeps (cast to the tower's dtype), the 2-D
+    rotary's cos and sin (fp32, n × head_dim each, one pair shared by every block), and
+    each block whole, or its input alone when checkpointed (the blocks are
+    GradientCheckpointingLayers; cos and sin are then the checkpoint's arguments, not
+    saved tensors: vision_step.pixel_input holds them). Qwen2.5-VL's window order is a gather whose backward
+    keeps its int64 index (one per merge unit)."""
+    n = images * v.patches
+    # (checkpointed blocks get cos and sin inside their position_embeddings tuple, which
+    # the checkpoint keeps as an argument, saved by no autograd node: rotary_tables)
+    total = pixel_elements(v, images) * e + (0 if checkpointed else rotary_tables(v, images))
+    if v.encoder == "qwen2_5_vl":
+        total += n // v.merge_size**2 * 8
+    for i in range(v.num_layers):
+        full = i in v.full_attention_layers
+        total += (
+            n * v.hidden_size * e if checkpointed else saved_per_layer(v, images, e, eager, full)
+        )
+    return total
+
+
+def merger_saved(v: VisionTower, images: int, e: int, tower_trains: bool) -> int:
+    """The trained merger: ln_q (as a block's norm), its output that the first linear
+    keeps, the GELU's input and output (n/4 rows of 4H: n H e each); Qwen2.5-VL's
+    return to image order keeps its int64 index."""
+    n = images * v.patches
+    H = v.hidden_size
+    total = _norm_saved(v, n, e, input_grad=tower_trains) + 3 * n * H * e
+    if v.encoder == "qwen2_5_vl":
+        total += n // v.merge_size**2 * 8
+    return total
+
+
+def frozen_forward(v: VisionTower, images: int, e: int) -> int:
+    """The frozen tower's largest moment inside a block (measured,
+    tests/accuracy/test_vision_qwen.py), beside the rotary's fp32 cos and sin and its
+    int64 (h, w) position ids, and the block's input (the caller's loop keeps it):
+
+    - attention (and norm1's output), at proj's output: the qkv output, the rotated q and k, the chunks'
+      outputs, their concatenation and proj's output are all still referenced (8 n H e);
+      in a 16-bit dtype, earlier, while k is rotated: qkv's output, q and k cast to fp32,
+      q's fp32 rotation, and k × cos, rotate_half(k) × sin and their sum (fp32);
+    - the MLP (and attention's residual sum, norm2's output): three intermediate-sized
+      tensors (SwiGLU: the SiLU's output, up's and
+      their product; QuickGELU: fc1's output, the sigmoid and the product).
+    """
+    n = images * v.patches
+    H, I = v.hidden_size, v.intermediate_size
+    head_dim = H // v.num_heads
+    always = n * H * e + 2 * n * head_dim * FP32 + 2 * n * 8
+    rotary = 3 * n * H * e + 4 * n * H * FP32 + (2 * n * H * FP32 if e != FP32 else 0)
+    attention = n * H * e + max(8 * n * H * e, rotary)
+    return always + max(attention, 2 * n * H * e + 3 * n * I * e)
