@@ -84,3 +84,16 @@ def test_images_run_through_the_tower():
     assert full.model.n_trainable_params == 8_292_166_656
     lora = estimate("qwen2.5-vl-7b", method="lora", images=1, seq_len=1024)
     assert any("256 of each sequence" in n for n in lora.notes)
+
+
+def test_image_size_sets_the_tokens():
+    """--image-size 1000: resized to 980 (as above), 70 × 70 patches, 1,225 tokens; the
+    sequence must hold them. LLaVA's processor resizes every image to 336: refused."""
+    from ftmem.errors import InvalidInputError
+
+    est = estimate("qwen2.5-vl-7b", method="lora", images=1, image_size=1000, seq_len=2048)
+    assert any("1,225 of each sequence" in n and "4,900 patches" in n for n in est.notes)
+    with pytest.raises(InvalidInputError, match="at least"):
+        estimate("qwen2.5-vl-7b", images=2, image_size=1000, seq_len=2048)
+    with pytest.raises(InvalidInputError, match="--image-size"):
+        estimate("llava-1.5-7b", images=1, image_size=500, seq_len=1024)

@@ -15,6 +15,7 @@ from typing import Literal
 
 from ftmem.arch import Architecture, as_trained
 from ftmem.run import RunConfig
+from ftmem.vision import for_image_size
 
 # How a framework puts the checkpoint on the GPU (ftmem.run_phases.quantise_transient)
 Loading = Literal["hf", "fabric-bnb", "torchao-nf4"]
@@ -472,6 +473,9 @@ def framework_arch(arch: Architecture, run: RunConfig) -> Architecture:
     profile = profile_of(run)
     arch = as_trained(arch, run.model_dropout)
     changes: dict[str, object] = {}
+    vision = for_image_size(arch.vision, run.image_size)  # (Qwen-VL's dynamic resolution)
+    if vision is not arch.vision:
+        changes["vision"] = vision
     if profile.ties_lm_head is not None and arch.tie_embeddings != profile.ties_lm_head:
         changes["tie_embeddings"] = profile.ties_lm_head
     return arch.model_copy(update=changes) if changes else arch

@@ -142,6 +142,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "target_len": limits.TOKENS,
     "grad_accum": limits.MICRO_BATCHES,
     "images": limits.SEQUENCES,
+    "image_size": limits.TOKENS,
     "trainable_layers": limits.LAYERS,
     "galore_rank": limits.WIDTH,
     "optimizer_block_size": limits.WIDTH,
@@ -298,6 +299,13 @@ class RunConfig(limits.BoundedSettings):
         exclude_if=lambda value: value == 0,
         description="Image-text models: images per sample; each puts the model's image tokens "
         "in the sequence (seq_len counts them) and runs through the vision tower.",
+    )
+    image_size: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="Image-text models with dynamic resolution (Qwen2-VL, Qwen2.5-VL): the "
+        "side of each square image in pixels, resized as the model's processor does "
+        "(default: the preset's image size).",
     )
     vision_tower: Literal["frozen", "full"] | None = Field(
         None,

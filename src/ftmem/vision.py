@@ -316,6 +316,20 @@ def frozen_forward(v: VisionTower, images: int, e: int) -> int:
     return max(attention, mlp)
 
 
+def for_image_size(v: VisionTower | None, side: int | None) -> VisionTower | None:
+    """The tower for the run's image size: Qwen-VL resizes each image to multiples of
+    patch × merge pixels (ftmem.vision_qwen); LLaVA and Gemma 3 resize every image to
+    their fixed image_size, so the run's size changes nothing there."""
+    if side is None or v is None:
+        return v
+    if not v.qwen:
+        raise InvalidInputError(
+            f"--image-size: this model's processor resizes every image to {v.image_size} "
+            "pixels (its tokens per image are fixed); it is for Qwen-VL's dynamic resolution."
+        )
+    return vision_qwen.with_image_side(v, side)
+
+
 def check_images(v: VisionTower | None, images: int, seq_len: int, name: str) -> None:
     """Images per sample need a vision tower, and their tokens fit in the sequence."""
     if not images:

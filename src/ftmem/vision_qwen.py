@@ -61,6 +61,15 @@ def resized_side(side: int, patch: int, merge: int, min_pixels: int, max_pixels:
     return h
 
 
+def with_image_side(v: VisionTower, side: int) -> VisionTower:
+    """The tower for square images of ``side`` pixels, resized as the processor does."""
+    resized = resized_side(side, v.patch_size, v.merge_size, v.min_pixels, v.max_pixels)
+    patches = (resized // v.patch_size) ** 2
+    return v.model_copy(
+        update={"image_size": resized, "tokens_per_image": patches // v.merge_size**2}
+    )
+
+
 def tower_params(v: VisionTower) -> list[VisionParam]:
     from ftmem.vision import VisionParam
 

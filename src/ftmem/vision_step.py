@@ -253,6 +253,12 @@ def notes(arch: Architecture, run: RunConfig) -> list[str]:
         out.append(
             f"Image-text model ({state}): {run.images} image(s) per sample, "
             f"{run.images * v.tokens_per_image:,} of each sequence's --seq-len tokens."
+            + (
+                f" Images of {v.image_size} × {v.image_size} pixels after Qwen's resize "
+                f"(--image-size), {v.patches:,} patches each in the tower."
+                if v.qwen
+                else ""
+            )
         )
     if run.method in ADAPTER_METHODS and not trains.tower:
         out.append(

@@ -95,8 +95,15 @@ RUN = [
         "images",
         int,
         0,
-        "Image-text models (LLaVA, Gemma 3, Llama-3.2-Vision): images per sample; --seq-len counts "
+        "Image-text models (LLaVA, Gemma 3, Llama-3.2-Vision, Qwen-VL): images per sample; --seq-len counts "
         "their tokens.",
+    ),
+    _opt(
+        "image_size",
+        OptInt,
+        None,
+        "Qwen-VL: each image's side in pixels, resized as its processor does (default: the "
+        "preset's, 448).",
     ),
     _opt(
         "vision_tower",

@@ -117,7 +117,10 @@ def measure(
     differs from :func:`ftmem.arch.count_params`.
     """
     from ftmem.measure.step import run_measurement
+    from ftmem.vision import for_image_size
 
+    if run.image_size is not None:  # (Qwen-VL's images at the run's size)
+        arch = arch.model_copy(update={"vision": for_image_size(arch.vision, run.image_size)})
     return run_measurement(
         arch, run, device=device, steps=steps, seed=seed, fake=fake, teacher=teacher
     )
