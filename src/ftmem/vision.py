@@ -28,16 +28,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from ftmem import mllama, vision_qwen
+from ftmem import mllama, vision_pixtral, vision_qwen
 from ftmem.dtypes import FP32
 from ftmem.errors import InvalidInputError
 from ftmem.mllama import MllamaParts
 
 # (tiled: Llama-3.2-Vision's encoder over image tiles, ftmem.mllama)
-Encoder = Literal["clip", "siglip", "tiled", "qwen2_vl", "qwen2_5_vl"]
+Encoder = Literal["clip", "siglip", "tiled", "qwen2_vl", "qwen2_5_vl", "pixtral"]
 # LLaVA's two linears around a GELU; Gemma 3's pooling, RMSNorm and one matrix;
-# Llama-3.2-Vision's one linear; Qwen-VL's patch merger (ftmem.vision_qwen)
-Projector = Literal["mlp", "pooled", "linear", "merger"]
+# Llama-3.2-Vision's one linear; Qwen-VL's patch merger (ftmem.vision_qwen); Mistral 3's
+# norm, patch merger and MLP (ftmem.vision_pixtral)
+Projector = Literal["mlp", "pooled", "linear", "merger", "mistral3"]
 # How a run treats the tower and the projector (RunConfig.vision_tower / .projector)
 Training = Literal["frozen", "full"]
 
@@ -129,6 +130,8 @@ def tower_params(v: VisionTower) -> list[VisionParam]:
         return mllama.tower_params(v)
     if v.qwen:
         return vision_qwen.tower_params(v)
+    if v.encoder == "pixtral":
+        return vision_pixtral.tower_params(v)
     H, I, C, P = v.hidden_size, v.intermediate_size, v.num_channels, v.patch_size
     pre = "model.vision_tower"
     clip = v.encoder == "clip"
@@ -165,6 +168,8 @@ def projector_params(v: VisionTower, text_hidden: int) -> list[VisionParam]:
         return mllama.projector_params(v, text_hidden)
     if v.qwen:
         return vision_qwen.merger_params(v, text_hidden)
+    if v.projector == "mistral3":
+        return vision_pixtral.projector_params(v, text_hidden)
     H, T = v.hidden_size, text_hidden
     pre = "model.multi_modal_projector"
     if v.projector == "pooled":
@@ -334,11 +339,11 @@ def check_images(v: VisionTower | None, images: int, seq_len: int, name: str) ->
     """Images per sample need a vision tower, and their tokens fit in the sequence."""
     if not images:
         return
-    if v is None:
+    if v is None or v.encoder == "pixtral":
+        what = "forward with images" if v is not None else "vision tower"
         raise InvalidInputError(
-            f"--images: {name}'s vision tower is not modelled (LLaVA, Gemma 3, "
-            "Llama-3.2-Vision and Qwen-VL are); "
-            "drop --images to estimate its language model."
+            f"--images: {name}'s {what} is not modelled (LLaVA's, Gemma 3's, "
+            "Llama-3.2-Vision's and Qwen-VL's are); drop --images to estimate its language model."
         )
     if images * v.tokens_per_image > seq_len:
         raise InvalidInputError(

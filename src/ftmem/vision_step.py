@@ -65,6 +65,7 @@ def training(arch: Architecture, run: RunConfig) -> VisionTraining:
                 "image-text configs have one)."
             )
         return VisionTraining(False, False)
+    check_images(arch.vision, run.images, run.seq_len, arch.name)  # (Mistral 3: refused)
     if not run.images:
         # text-only batches never run the tower or the projector: no gradient reaches
         # them, their .grad stays None and torch's AdamW makes them no state
@@ -241,7 +242,12 @@ def notes(arch: Architecture, run: RunConfig) -> list[str]:
         f"{what} {'trained' if t else 'frozen'}"
         for what, t in (("vision tower", trains.tower), ("projector", trains.projector))
     )
-    if not run.images:
+    if v.encoder == "pixtral":
+        out.append(
+            "Mistral 3: the Pixtral vision tower's and projector's weights are counted; "
+            "their forward with images is not modelled yet (--images is refused)."
+        )
+    elif not run.images:
         out.append(
             "Image-text model without images per sample: the vision tower and the projector "
             "never run, so their weights are counted and no gradient or optimizer state "

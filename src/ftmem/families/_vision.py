@@ -21,6 +21,17 @@ _ENCODER_DEFAULTS: dict[str, dict[str, Any]] = {
         "num_channels": 3,
         "hidden_act": "quick_gelu",
     },
+    # Mistral3Config's vision_config defaults (configuration_mistral3.py, Pixtral at 1540)
+    "pixtral": {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "image_size": 1540,
+        "patch_size": 14,
+        "num_channels": 3,
+        "hidden_act": "gelu",
+    },
     "siglip_vision_model": {
         "hidden_size": 768,
         "intermediate_size": 3072,
@@ -49,6 +60,7 @@ _OUTER: dict[str, dict[str, Any]] = {
         },
     },
     "gemma3": {"encoder": "siglip_vision_model", "vision_config": {}},
+    "mistral3": {"encoder": "pixtral", "vision_config": {}},
 }
 # what each encoder's activation is in transformers (the saved sizes depend on it)
 _ACTIVATION = {"clip_vision_model": "quick_gelu", "siglip_vision_model": "gelu_pytorch_tanh"}
@@ -92,6 +104,8 @@ def read_vision(cfg: dict[str, Any]) -> VisionTower | None:
     base = dict(_ENCODER_DEFAULTS[encoder])
     base.update(_OUTER[outer]["vision_config"])
     vc = {**base, **{k: v for k, v in given.items() if v is not None}}
+    if outer == "mistral3":
+        return _mistral3(cfg, vc)
     if vc["hidden_act"] != _ACTIVATION[encoder]:
         raise UnmodelledVision(
             f"its vision activation {str(vc['hidden_act'])[:40]!r} is not modelled"
@@ -129,6 +143,32 @@ def read_vision(cfg: dict[str, Any]) -> VisionTower | None:
         **common,
         projector="pooled",
         tokens_per_image=int(cfg.get("mm_tokens_per_image", 256)),
+    )
+
+
+def _mistral3(cfg: dict[str, Any], vc: dict[str, Any]) -> VisionTower:
+    """Mistral 3's Pixtral tower and projector (ftmem.vision_pixtral): counted; the
+    projector reads the last layer (a list of vision_feature_layer widens linear_1)."""
+    from ftmem.vision_pixtral import tokens_per_image
+
+    if cfg.get("vision_feature_layer", -1) != -1:
+        raise UnmodelledVision("a vision_feature_layer other than -1 is not modelled")
+    if vc.get("head_dim") not in (None, vc["hidden_size"] // vc["num_attention_heads"]):
+        raise UnmodelledVision("a Pixtral head_dim other than hidden / heads is not modelled")
+    merge = int(cfg.get("spatial_merge_size", 2))
+    return VisionTower(
+        encoder="pixtral",
+        hidden_size=vc["hidden_size"],
+        intermediate_size=vc["intermediate_size"],
+        num_layers=vc["num_hidden_layers"],
+        num_heads=vc["num_attention_heads"],
+        image_size=vc["image_size"],
+        patch_size=vc["patch_size"],
+        num_channels=vc["num_channels"],
+        projector="mistral3",
+        projector_bias=bool(cfg.get("multimodal_projector_bias", False)),
+        merge_size=merge,
+        tokens_per_image=tokens_per_image(vc["image_size"], vc["patch_size"], merge),
     )
 
 

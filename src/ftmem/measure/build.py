@@ -148,6 +148,8 @@ def image_text_config(arch: Architecture, text):
         return mllama.config(arch, text)
     if v.qwen:
         return qwen_vl_config(arch, text)
+    if v.encoder == "pixtral":
+        raise InvalidInputError("Mistral 3's Pixtral tower is not measured yet")
     vision = {
         "hidden_size": v.hidden_size,
         "intermediate_size": v.intermediate_size,

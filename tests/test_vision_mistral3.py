@@ -1,0 +1,78 @@
+"""Mistral 3 (Mistral-Small-3.1): the Pixtral tower's and projector's parameters
+(ftmem.vision_pixtral) against transformers on the meta device, its image tokens, and
+the refusal of --images (its forward is not modelled yet)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ftmem.api import estimate
+from ftmem.arch import count_params
+from ftmem.errors import InvalidInputError
+from ftmem.presets import get_model
+from ftmem.sources import architecture_from_config
+from ftmem.vision import projector_count, tower_count
+
+FIXTURES = Path(__file__).parent / "fixtures" / "multimodal"
+# mistralai/Mistral-Small-3.1-24B-Instruct-2503's config.json
+CONFIG = json.loads((FIXTURES / "Mistral-Small-3.1-24B-Instruct-2503.json").read_text())
+
+
+def _transformers_counts(cfg: dict) -> tuple[int, int, int]:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    kwargs = {k: v for k, v in cfg.items() if k != "model_type"}
+    config = transformers.CONFIG_MAPPING[cfg["model_type"]](**kwargs)
+    with torch.device("meta"):
+        model = transformers.AutoModelForImageTextToText.from_config(config)
+    named = list(model.named_parameters())
+    return (
+        sum(p.numel() for _, p in named),
+        sum(p.numel() for n, p in named if ".vision_tower." in n),
+        sum(p.numel() for n, p in named if ".multi_modal_projector." in n),
+    )
+
+
+@pytest.mark.parametrize("tie", [None, False])
+def test_counts_equal_transformers(tie):
+    """As published (transformers 5.24's Mistral3Config then ties the LM head: its
+    tie_word_embeddings defaults to true) and with tie_word_embeddings false (the preset:
+    the checkpoint ships its own lm_head)."""
+    cfg = CONFIG if tie is None else {**CONFIG, "tie_word_embeddings": tie}
+    arch = architecture_from_config(cfg, "mistral3", "test")
+    total, tower, projector = _transformers_counts(cfg)
+    assert arch.vision is not None
+    assert tower_count(arch.vision) == tower
+    assert projector_count(arch.vision, arch.hidden_size) == projector
+    assert count_params(arch) == total
+    if tie is False:
+        assert count_params(get_model("mistral-small-3.1-24b")) == total
+        assert get_model("mistral-small-3.1-24b").vision == arch.vision
+
+
+def test_counts_by_hand():
+    """Pixtral: conv 1024·3·14², ln_pre, 24 × (2 norms, 4 × 1024², 3 × 1024·4096);
+    projector: norm, merging 1024·4096, linear_1 5120·1024, linear_2 5120², no biases.
+    The untied total is 24,011,361,280, the tied one 131,072 × 5,120 fewer."""
+    H, I = 1024, 4096
+    tower = H * 3 * 14 * 14 + H + 24 * (2 * H + 4 * H * H + 3 * H * I)
+    projector = H + H * 4 * H + 5120 * H + 5120 * 5120
+    v = get_model("mistral-small-3.1-24b").vision
+    assert v is not None
+    assert (tower_count(v), projector_count(v, 5120)) == (tower, projector)
+    assert count_params(get_model("mistral-small-3.1-24b")) == 24_011_361_280
+    tied = architecture_from_config(CONFIG, "mistral3", "test")
+    assert count_params(tied) == 24_011_361_280 - 131_072 * 5_120
+
+
+def test_image_tokens_and_images_refused():
+    """1540 / 14 = 110 patches a side, merged 2 × 2: 55 rows of 55 features, each row
+    closed by [IMG_BREAK] (the last by [IMG_END]): 55 × 56 = 3,080 tokens."""
+    v = get_model("mistral-small-3.1-24b").vision
+    assert v is not None and v.tokens_per_image == 3_080
+    assert estimate("mistral-small-3.1-24b", method="lora").notes[0].startswith("Mistral 3")
+    with pytest.raises(InvalidInputError, match="forward with images is not modelled"):
+        estimate("mistral-small-3.1-24b", images=1, seq_len=4096)
