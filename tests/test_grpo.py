@@ -160,7 +160,7 @@ def test_vllm_generation_replaces_generate_and_reserves_its_share_when_colocated
     [
         (dict(completion_len=50), "leaves no prompt.*give e.g. --seq-len 562"),
         (dict(num_generations=1, batch_size=1), "--num-generations 2 or more"),
-        (dict(vllm_memory_share=0.5), "applies to --vllm colocate only"),
+        (dict(vllm_memory_share=0.5), "applies to --vllm colocate or server only"),
         (dict(loss="fused"), "drop --loss fused"),
     ],
 )

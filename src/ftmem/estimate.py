@@ -62,6 +62,7 @@ from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
 from ftmem.run_phases import replayed_loading, resolved_peak_of, run_moments
 from ftmem.step import StepParts, objective_note, step_parts
 from ftmem.torchao_optim import TORCHAO_OPTIMIZERS
+from ftmem.vllm_server import server_info, server_notes
 
 if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
     from ftmem.distill import Teacher
@@ -432,6 +433,9 @@ def _result(
 ) -> Estimate:
     fits = None if gpu is None else memory.total_bytes <= gpu.memory_bytes
     headroom = None if gpu is None else gpu.memory_bytes - memory.total_bytes
+    server = server_info(arch, run, gpu, parallel.world_size if parallel else 1)
+    if server is not None:
+        notes = notes + server_notes(arch, server, gpu)
     return Estimate(
         model=ModelInfo(
             name=arch.name,
@@ -447,6 +451,7 @@ def _result(
         fits=fits,
         headroom_bytes=headroom,
         parallel=parallel,
+        vllm_server=server,
         notes=notes,
     )
 

@@ -165,6 +165,30 @@ class ParallelInfo(_Frozen):
     persistence_threshold_elements: int
 
 
+class VllmServerInfo(_Frozen):
+    """GRPO --vllm server: the generation server's GPUs (``trl vllm-serve``), beside the
+    training GPUs the estimate is for (ftmem.vllm_server). Bytes are per server GPU;
+    those that need the card's size are None without --gpu."""
+
+    gpus: int  # tensor_parallel x data_parallel
+    tensor_parallel: int
+    data_parallel: int
+    memory_share: float  # --gpu-memory-utilization
+    reserved_bytes: int | None  # memory_share of the card
+    weights_bytes: int  # this GPU's slice of the weights (bf16)
+    profile_bytes: int  # vLLM's profiling forward over max_num_batched_tokens
+    max_num_batched_tokens: int
+    overhead_bytes: int  # the CUDA context and BLAS workspaces
+    kv_cache_bytes: int | None  # what the share leaves to the KV cache blocks
+    kv_bytes_per_token: int  # one token on this GPU (its KV heads), all layers
+    kv_cache_tokens: int | None
+    sequence_tokens: int  # one completion: prompt + completion
+    completions: int  # the generation batch, every training rank's together
+    completions_per_engine: int
+    concurrent_completions: int | None  # whole sequences the KV cache holds
+    fits: bool | None  # weights + profile leave a KV cache for one sequence
+
+
 def _absent(value: object) -> bool:
     return value is None
 
@@ -209,6 +233,8 @@ class Estimate(_Frozen):
     fits: bool | None
     headroom_bytes: int | None
     parallel: ParallelInfo | None = None
+    # grpo --vllm server: the generation server's GPUs (absent otherwise)
+    vllm_server: VllmServerInfo | None = Field(None, exclude_if=_absent)
     notes: list[str]
     # --from: what the training config gave (absent without one)
     config: ConfigRead | None = Field(None, exclude_if=_absent)

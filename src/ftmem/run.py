@@ -128,11 +128,16 @@ GRPO_SETTINGS = (
     "kl_beta",
     "vllm",
     "vllm_memory_share",
+    "vllm_tensor_parallel",
+    "vllm_data_parallel",
     "generation_prompts",
 )
 DEFAULT_COMPLETION_LEN = 512  # TRL GRPOConfig max_completion_length
 DEFAULT_NUM_GENERATIONS = 8  # TRL GRPOConfig num_generations
 DEFAULT_VLLM_SHARE = 0.3  # TRL GRPOConfig vllm_gpu_memory_utilization
+# `trl vllm-serve`'s gpu_memory_utilization (trl 1.16.0 trl/scripts/vllm_serve.py
+# ScriptArguments, default 0.9)
+DEFAULT_VLLM_SERVER_SHARE = 0.9
 
 
 # The physical bound of each count a run takes (ftmem.limits).
@@ -422,8 +427,21 @@ class RunConfig(limits.BoundedSettings):
         gt=0.0,
         lt=1.0,
         exclude_if=lambda value: value is None,
-        description="grpo --vllm colocate: the share of the GPU's memory vLLM reserves "
-        "(TRL vllm_gpu_memory_utilization, 0.3).",
+        description="grpo --vllm: the share of each vLLM GPU's memory the engine reserves "
+        "(colocate: TRL vllm_gpu_memory_utilization, 0.3; server: `trl vllm-serve "
+        "--gpu-memory-utilization`, 0.9).",
+    )
+    vllm_tensor_parallel: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="grpo --vllm server: the server's tensor-parallel size (`trl vllm-serve "
+        "--tensor-parallel-size`, 1): GPUs per engine.",
+    )
+    vllm_data_parallel: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="grpo --vllm server: the server's data-parallel size (`trl vllm-serve "
+        "--data-parallel-size`, 1): engines, each on its own GPUs.",
     )
     loss: Literal[
         "standard",
@@ -622,8 +640,12 @@ class RunConfig(limits.BoundedSettings):
         if self.generations < 2:
             raise ValueError("GRPO needs --num-generations 2 or more (TRL refuses fewer)")
         # whole groups over the data-parallel ranks: grpo.check_groups, where they are known
-        if self.vllm_memory_share is not None and self.vllm != "colocate":
-            raise ValueError("--vllm-memory-share applies to --vllm colocate only")
+        if self.vllm_memory_share is not None and self.vllm is None:
+            raise ValueError("--vllm-memory-share applies to --vllm colocate or server only")
+        if self.vllm != "server" and (self.vllm_tensor_parallel or self.vllm_data_parallel):
+            raise ValueError(
+                "--vllm-tensor-parallel and --vllm-data-parallel apply to --vllm server only"
+            )
         if self.framework == "torchtune":
             from ftmem.torchtune_grpo import check_recipe_settings
 
@@ -840,8 +862,11 @@ class RunConfig(limits.BoundedSettings):
 
     @property
     def vllm_share(self) -> float:
-        """grpo --vllm colocate: the share of the GPU vLLM reserves."""
-        return self.vllm_memory_share if self.vllm_memory_share is not None else DEFAULT_VLLM_SHARE
+        """grpo --vllm: the share of each of its GPUs vLLM reserves (TRL's default for a
+        colocated engine, `trl vllm-serve`'s for a server)."""
+        if self.vllm_memory_share is not None:
+            return self.vllm_memory_share
+        return DEFAULT_VLLM_SERVER_SHARE if self.vllm == "server" else DEFAULT_VLLM_SHARE
 
     @property
     def decoder_len(self) -> int:

@@ -296,7 +296,19 @@ RUN = [
         "vllm_memory_share",
         OptFloat,
         None,
-        "grpo --vllm colocate: the GPU share vLLM reserves (default 0.3).",
+        "grpo --vllm: the share of each vLLM GPU the engine reserves (colocate 0.3, server 0.9).",
+    ),
+    _opt(
+        "vllm_tensor_parallel",
+        OptInt,
+        None,
+        "grpo --vllm server: `trl vllm-serve --tensor-parallel-size` (default 1).",
+    ),
+    _opt(
+        "vllm_data_parallel",
+        OptInt,
+        None,
+        "grpo --vllm server: `trl vllm-serve --data-parallel-size` (default 1).",
     ),
     _opt(
         "autocast",

@@ -11,6 +11,7 @@ Every default and rule cites AXOLOTL: axolotl-ai-cloud/axolotl at commit 067b021
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
@@ -539,7 +540,7 @@ def _training_objective(k: Keys, cfg: FrameworkConfig) -> None:
         cfg.notes.append(_rl_note(k, cfg, rl))
     elif k.raw("trl") is not None:
         cfg.notes.append("trl: options of axolotl's RL trainers; unused without rl.")
-    if k.raw("vllm") is not None:
+    if k.raw("vllm") is not None and cfg.settings.get("vllm") != "server":
         cfg.notes.append(
             "vllm: the vLLM engine that generates for the RL trainer is not counted (its "
             "gpu_memory_utilization share of a GPU when colocated)."
@@ -641,7 +642,21 @@ def _grpo_rl(k: Keys, cfg: FrameworkConfig) -> bool:
         share = trl.number("vllm_gpu_memory_utilization", low=0.0, below=1.0)
         if mode == "colocate" and share is not None:
             s["vllm_memory_share"] = share
+        if mode == "server":
+            _vllm_server(k.section("vllm"), s)
     return True
+
+
+def _vllm_server(vllm: Keys, s: dict[str, Any]) -> None:
+    """The `vllm:` section `axolotl vllm-serve` starts the server with (axolotl@067b021c8b87
+    src/axolotl/cli/vllm_serve.py: tensor_parallel_size and data_parallel_size, 1 when
+    unset; gpu_memory_utilization, 0.9 in utils/schemas/vllm.py VllmConfig)."""
+    if (tp := vllm.integer("tensor_parallel_size")) is not None:
+        s["vllm_tensor_parallel"] = tp
+    if (dp := vllm.integer("data_parallel_size")) is not None:
+        s["vllm_data_parallel"] = dp
+    if (share := vllm.number("gpu_memory_utilization", low=0.0, below=1.0)) is not None:
+        s["vllm_memory_share"] = share
 
 
 def _rl_note(k: Keys, cfg: FrameworkConfig, rl: str) -> str:

@@ -117,6 +117,10 @@ NO_MEMORY_EFFECT: frozenset[str] = frozenset(
         # (2b,) sequence log-probabilities (trl/experimental/cpo/cpo_trainer.py cpo_loss)
         "simpo_gamma",
         "alpha",
+        # GRPOConfig's, read for colocate only (trl 1.16.0 grpo_config.py): a colocated
+        # engine reserves its share of each GPU whatever its tensor-parallel size (what
+        # fills the share changes, not its size); a server's comes from `trl vllm-serve`
+        "vllm_tensor_parallel_size",
         "dataset_name",
         "dataset_config",
         "dataset_train_split",
@@ -869,6 +873,17 @@ def _grpo_generation(k: Keys, cfg: FrameworkConfig) -> None:
         if mode == "colocate":
             share = k.number("vllm_gpu_memory_utilization", low=0.0, below=1.0)
             s["vllm_memory_share"] = share if share is not None else 0.3
+        else:
+            # GRPOConfig's vllm_gpu_memory_utilization and vllm_tensor_parallel_size apply
+            # to colocate only (trl 1.16.0 trl/trainer/grpo_config.py docstring): the
+            # server's come from `trl vllm-serve`'s own flags
+            cfg.notes.append(
+                "vllm_mode server: the server's GPUs are `trl vllm-serve`'s settings, not "
+                "this config's (TRL reads vllm_gpu_memory_utilization and "
+                "vllm_tensor_parallel_size for colocate only): estimated with vllm-serve's "
+                "defaults (1 GPU, --gpu-memory-utilization 0.9) unless given "
+                "--vllm-tensor-parallel, --vllm-data-parallel, --vllm-memory-share."
+            )
 
 
 def _grpo_unmodelled(k: Keys, cfg: FrameworkConfig) -> None:

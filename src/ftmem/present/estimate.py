@@ -237,6 +237,8 @@ def table(est: Estimate, units: UnitSystem = "GiB") -> RenderableType:
     parts: list[RenderableType] = [tbl]
     if est.parallel is not None:
         parts.append(_parallel_table(est, units))
+    if est.vllm_server is not None:
+        parts.append(_server_table(est, units))
     parts += [Text(params), Text(verdict, style=style)]
     parts += [Text(f"note: {n}", style="dim") for n in est.notes]
     return Group(*parts)
@@ -293,6 +295,43 @@ def _parallel_rows(est: Estimate, units: UnitSystem) -> list[tuple[str, str]]:
     return rows
 
 
+def _server_rows(est: Estimate, units: UnitSystem) -> list[tuple[str, str]]:
+    """GRPO --vllm server: what each of the server's GPUs holds (ftmem.vllm_server)."""
+    v = est.vllm_server
+    assert v is not None
+    gpus = f"{v.gpus} (tp {v.tensor_parallel} × dp {v.data_parallel})"
+    rows = [
+        ("GPUs (beside the training ones)", gpus),
+        ("Weights (this GPU's slice)", format_bytes(v.weights_bytes, units)),
+        (
+            f"Profiling forward ({v.max_num_batched_tokens:,} tokens)",
+            format_bytes(v.profile_bytes, units),
+        ),
+        ("CUDA context and libraries", format_bytes(v.overhead_bytes, units)),
+    ]
+    if v.reserved_bytes is None or v.kv_cache_bytes is None:
+        return [*rows, ("KV cache", "needs --gpu")]
+    kv = format_bytes(max(v.kv_cache_bytes, 0), units)
+    rows.append(("KV cache", f"{kv} ({v.kv_cache_tokens:,} tokens)"))
+    share = f"Reserved ({v.memory_share:.0%} of the GPU)"
+    rows.append((share, format_bytes(v.reserved_bytes, units)))
+    held = f"{v.concurrent_completions:,} ({v.completions_per_engine} per engine asked)"
+    verdict = f"FITS: {held}" if v.fits else "DOES NOT FIT (no KV cache for one sequence)"
+    rows.append((f"Sequences of {v.sequence_tokens} tokens at once", verdict))
+    return rows
+
+
+def _server_table(est: Estimate, units: UnitSystem) -> RenderableType:
+    from rich.table import Table
+
+    tbl = Table(title="vLLM server, per GPU", title_justify="left", show_header=False)
+    tbl.add_column("What")
+    tbl.add_column("", justify="right")
+    for label, value in _server_rows(est, units):
+        tbl.add_row(label, value)
+    return tbl
+
+
 def _parallel_table(est: Estimate, units: UnitSystem) -> RenderableType:
     from rich.table import Table
 
@@ -327,6 +366,10 @@ def markdown(est: Estimate, units: UnitSystem = "GiB") -> str:
     if est.parallel is not None:
         lines += [f"Per GPU, {_spread(est.parallel)}:", "", "| | |", "|---|---:|"]
         lines += [f"| {label} | {value} |" for label, value in _parallel_rows(est, units)]
+        lines.append("")
+    if est.vllm_server is not None:
+        lines += ["vLLM server, per GPU:", "", "| | |", "|---|---:|"]
+        lines += [f"| {label} | {value} |" for label, value in _server_rows(est, units)]
         lines.append("")
     lines.append(_verdict(est, units))
     return "\n".join(lines) + "\n"
