@@ -229,3 +229,30 @@ def test_zero3_without_gathering_generates_through_the_hooks_as_its_forward_gath
     assert "ds3_gather_for_generation false" in said and "stage3_max_reuse_distance" in said
     # explicitly true is TRL's default
     assert _grpo("zero3", gpus=4, ds3_gather_for_generation=True).memory == gathered.memory
+
+
+def test_fsdp_syncs_vllm_one_unit_at_a_time_in_its_stored_dtype():
+    """FSDP1's sync of the policy to vLLM (trl 1.16.0 trl/generation/vllm_generation.py
+    _iter_fsdp1_params): post-order over the FSDP units, each unit's own parameters under
+    ``summon_full_params(module, recurse=False)``, released before the next: the largest
+    unit whole, in its stored dtype (torch 2.13 _flat_param.py ``_force_full_precision``
+    in SUMMON_FULL_PARAMS). Llama-2-7B: the root unit (embed_tokens and lm_head, 32,000 x
+    4096 each, and the final norm) outweighs a block (4 x 4096² + 3 x 4096 x 11,008 + 2 x
+    4096), so its 262,148,096 elements are charged, where one parameter at a time would
+    charge the largest tensor (32,000 x 4096). With fp32 weights (bf16-mixed), 4 bytes
+    each, not MixedPrecision's 2."""
+    from ftmem.parallel import _fsdp_sync
+    from ftmem.presets import get_model
+    from ftmem.run import RunConfig
+    from ftmem.step import step_parts
+
+    arch = get_model("llama2-7b")
+    root = 2 * 32_000 * H + H
+    block = 4 * H * H + 3 * H * 11_008 + 2 * H
+    assert root > block
+    for precision, size in (("bf16", 2), ("bf16-mixed", 4)):
+        run = RunConfig(method="full", precision=precision, objective="grpo", seq_len=1024)
+        groups = step_parts(arch, run).plan.groups
+        assert _fsdp_sync(arch, groups) == root * size
+    synced = _grpo("fsdp", gpus=4, vllm="server")
+    assert any("one FSDP unit at a time" in n for n in synced.notes)

@@ -1376,7 +1376,8 @@ def _grpo_gathered(
       with its adapter disabled);
     - with vLLM, the weights' sync (generation/vllm_generation.py sync_weights): under
       ZeRO-3 a peft model is gathered whole to merge its adapters; otherwise one
-      parameter at a time (the largest is charged)."""
+      parameter at a time (the largest is charged); under FSDP one unit at a time
+      (_fsdp_sync)."""
     if run.framework == "torchtune":
         # torchtune's recipe (ftmem.torchtune_grpo): the policy stays gathered from
         # generation on (reshard_after_forward=False), the reference gathers its own
@@ -1385,7 +1386,8 @@ def _grpo_gathered(
     reference = max(_reference_gathered(s, arch, run, plan), forward)
     largest = max((g.nbytes // g.count for g in groups), default=0)
     if s != "zero3":
-        return grpo.Gathered(generation=forward, reference=reference, sync=largest)
+        sync = _fsdp_sync(arch, groups) if s in FSDP else largest
+        return grpo.Gathered(generation=forward, reference=reference, sync=sync)
     threshold = par.buckets(arch)[2]  # the tensors under it stay whole (_sharded)
     whole = run.vllm is None or not trains_own_weights(run)
     one_by_one = tuple(
@@ -1399,6 +1401,23 @@ def _grpo_gathered(
         sync=sharded if whole else largest,
         one_by_one=one_by_one if whole else (),
     )
+
+
+def _fsdp_sync(arch: Architecture, groups: tuple[TensorGroup, ...]) -> int:
+    """What an FSDP rank gathers at once to push the policy's weights to vLLM. FSDP1
+    (what ``--emit fsdp`` writes, fsdp_version 1): trl 1.16.0
+    trl/generation/vllm_generation.py:385-405 ``_iter_fsdp1_params`` walks the FSDP units
+    in post-order and reads each unit's own parameters under
+    ``FSDP.summon_full_params(module, recurse=False, writeback=False)``, released before
+    the next unit: one unit whole at a time, the largest charged, a block or the root
+    (the embeddings, final norm and LM head); in the dtype they are stored in, not
+    MixedPrecision's (torch 2.13 torch/distributed/fsdp/_flat_param.py:2701
+    ``_force_full_precision`` in the SUMMON_FULL_PARAMS state). The same with PEFT:
+    ``gather_params`` is a no-op under FSDP (:447). FSDP2 (:407-425
+    ``_iter_fsdp2_params``, ``param.full_tensor()``) gathers one parameter at a time,
+    less: the unit is the safe side."""
+    outer = [g for g in groups if not g.in_block]
+    return max(_gathered_bytes(outer), _gathered_bytes(_one_block(groups, arch)))
 
 
 def _gemini_layout(
@@ -1714,11 +1733,15 @@ def _grpo_gathering_note(s: Strategy, run: RunConfig) -> str:
             "training step's backward; the reference gathers each layer as it runs."
         )
     if run.vllm is not None:
-        sync = (
-            "the policy gathered whole to merge its adapters"
-            if s == "zero3" and not trains_own_weights(run)
-            else "one parameter at a time"
-        )
+        if s in FSDP:
+            sync = (
+                "one FSDP unit at a time in its stored dtype (summon_full_params, "
+                "recurse=False: a block, or the root's embeddings, final norm and LM head)"
+            )
+        elif s == "zero3" and not trains_own_weights(run):
+            sync = "the policy gathered whole to merge its adapters"
+        else:
+            sync = "one parameter at a time"
         return f"GRPO on sharded weights: each sync of the weights to vLLM gathers {sync}."
     if s == "zero3" and not run.gathers_for_generation:
         return (
