@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from math import prod
 
@@ -29,7 +29,7 @@ from ftmem.precision import Dtypes, resolve_dtypes
 from ftmem.profiles import profile_of
 from ftmem.regexes import compile_bounded
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig, split_patterns
-from ftmem.versions import nf4_layout
+from ftmem.versions import nf4_layout, per_expert_linears
 
 DEFAULT_FREEZE_TRAINABLE_LAYERS = 2
 
@@ -299,6 +299,8 @@ def lora_targets(
     items = _items(spec)
     if "all-linear" in items:
         _check_all_linear(arch)
+    if experts_are_linears(arch, run) and run.method in ADAPTER_METHODS:
+        _check_no_expert_linear_targets(arch, run, items)
     # (the methods LoRA on the experts is modelled for; the others keep all-linear to
     # the attention, with a note)
     converts = _all_linear_adapts_experts(arch, run)
@@ -334,6 +336,23 @@ def lora_targets(
         raise InvalidInputError("no LoRA target given.")
     order = [lin for lin in layout(arch).linears if lin.is_module]
     return tuple(lin for lin in order if lin in linears), tuple(adapted)
+
+
+def _check_no_expert_linear_targets(arch: Architecture, run: RunConfig, items: list[str]) -> None:
+    """transformers 4's experts are nn.Linear modules: all-linear (peft's every linear but
+    the output layer) and the experts' names adapt each expert's linears with a LoRA of
+    its own, which is not modelled yet: refused rather than estimated as the 3-D path."""
+    experts = [lin for lin in layout(arch).linears if lin.copies > 1]
+    names = {lin.leaf for lin in experts} | {"experts", "router"}
+    reached = "all-linear" in items or bool(names & set(items))
+    reached = reached or bool(set(items) & {"gate", "up", "down"})  # (w1, w3, w2 in 4.x)
+    if reached:
+        raise InvalidInputError(
+            f"transformers {run.transformers_version} builds {arch.family}'s experts as "
+            "nn.Linear modules, which these LoRA targets adapt one expert at a time: not "
+            "modelled yet; target the attention (--lora-targets attention) or leave "
+            "--transformers-version unset for transformers 5's 3-D experts."
+        )
 
 
 def _all_linear_adapts_experts(arch: Architecture, run: RunConfig) -> bool:
@@ -741,14 +760,18 @@ def _block_groups(
         lin.module for lin in lay.linears if not (lin.quantizable and lin.is_module)
     )
     groups: list[TensorGroup] = []
-    for p in lay.block:
+    for p, copies in _stored_params(arch, run, dtypes):
         fmt = _base_format(p, dtypes, keep_unquantized)
         if p.kind == "router" and arch.traits.router_fp32:
             fmt = "fp32"  # (its _keep_in_fp32_modules_strict)
-        n_blocks = p.count(L)  # a dense or sparse block's own tensors are in fewer
+        if copies and dtypes.quantized is not None:
+            fmt = dtypes.quantized  # (an expert's or the router's nn.Linear, transformers 4)
+        # a dense or sparse block's own tensors are in fewer; per-expert linears E each
+        n_blocks = p.count(L) * max(copies, 1)
         top = L - trainable_blocks  # (freeze trains the blocks from the top)
         if run.method == "partial":
             n = sum(p.name in names and p.in_block(i) for i, names in enumerate(trained_by_block))
+            n *= max(copies, 1)
             if n_blocks - n:
                 groups.append(TensorGroup(p.name, p.shape, n_blocks - n, fmt, False))
             if n:
@@ -772,6 +795,46 @@ def _block_groups(
                 TensorGroup(p.name, p.shape, n_blocks, fmt, trains, double_quant=dq, layout=lay4)
             )
     return groups
+
+
+def experts_are_linears(arch: Architecture, run: RunConfig) -> bool:
+    """The MoE experts are nn.Linear modules, one per expert (transformers < 5,
+    ftmem.versions.per_expert_linears), for the families whose 4.x code built them so
+    (gpt-oss's experts were 3-D parameters from its first release, 4.55)."""
+    traits = arch.traits
+    return arch.is_moe and per_expert_linears(run) and not traits.experts_transposed_with_bias
+
+
+def router_is_linear_in_4x(arch: Architecture) -> bool:
+    """The router is an nn.Linear in transformers 4 (Mixtral's, Qwen2-MoE's, OLMoE's
+    ``gate``; 4.48.1 modeling_mixtral.py MixtralSparseMoeBlock), which bitsandbytes
+    quantises like any linear but the LM head (integrations/bitsandbytes.py
+    get_keys_to_not_convert); DeepSeek's is a bare nn.Parameter (MoEGate)."""
+    return not arch.traits.router_fp32
+
+
+def _stored_params(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[tuple[Param, int]]:
+    """The blocks' parameters as the quantised base stores them, each with the number of
+    per-expert copies it stands for (0: one tensor per block). Under transformers 4 with
+    a quantised base each expert's projection is its own 4-bit tensor with its own quant
+    state (Mixtral's w1, w3 and w2, the fused gate_up of the layout split back into its
+    two (f, h) linears), and so is the router's nn.Linear."""
+    params = layout(arch).block
+    if dtypes.quantized is None or not experts_are_linears(arch, run):
+        return [(p, 0) for p in params]
+    out: list[tuple[Param, int]] = []
+    for p in params:
+        if p.kind == "expert":
+            experts, rows, cols = p.shape
+            for role in p.roles:
+                name = f"{p.name}.*.{role}"
+                shape = (rows // len(p.roles), cols)
+                out.append((replace(p, name=name, shape=shape, roles=(role,)), experts))
+        elif p.kind == "router" and router_is_linear_in_4x(arch):
+            out.append((p, 1))
+        else:
+            out.append((p, 0))
+    return out
 
 
 def _adapter(
@@ -876,7 +939,12 @@ def _adapter_notes(arch: Architecture, run: RunConfig) -> list[str]:
             "128 inputs); like NF4 its kernels dequantise inside and keep no 16-bit copy "
             "(AutoGPTQ's qlinear_cuda_old, --gptq-kernel cuda-old, keeps one per matmul)."
         )
-    if run.method == "qlora" and arch.is_moe:
+    if run.method == "qlora" and experts_are_linears(arch, run):
+        notes.append(
+            f"transformers {run.transformers_version}: every expert's projections and the "
+            "router are nn.Linear modules, quantised by bitsandbytes like the attention's."
+        )
+    elif run.method == "qlora" and arch.is_moe:
         notes.append(
             "bitsandbytes quantises nn.Linear layers only: transformers 5 stores MoE experts "
             "as 3-D parameters, so they stay 16-bit under QLoRA."

@@ -263,6 +263,12 @@ class RunConfig(limits.BoundedSettings):
         description="bitsandbytes' version: what its quantised linears keep for backward "
         "(default: the current release).",
     )
+    transformers_version: str | None = Field(
+        None,
+        description="transformers' version: before 5, MoE experts are nn.Linear modules "
+        "per expert (bitsandbytes quantises them, peft's all-linear adapts them, the "
+        "forward loops over the experts); from 5, fused 3-D parameters (default: 5.24).",
+    )
     torchao_version: str | None = Field(
         None,
         description="torchao's version (torchtune's NF4 weights): how its NF4Tensor stores "
@@ -546,7 +552,7 @@ class RunConfig(limits.BoundedSettings):
                 data = {**data, "seq_len": longest}
         return data
 
-    @field_validator("torch_version", "bnb_version", "torchao_version")
+    @field_validator("torch_version", "bnb_version", "transformers_version", "torchao_version")
     @classmethod
     def _release(cls, value: str | None) -> str | None:
         """A library release as pip and ``__version__`` spell it (2.1, 2.1.0+cu121)."""

@@ -14,7 +14,7 @@ from ftmem.adapters.dora import DoRA
 from ftmem.adapters.lora import LoRA
 from ftmem.arch import MLP_ROLES, Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
-from ftmem.methods import MethodPlan, TensorGroup
+from ftmem.methods import MethodPlan, TensorGroup, experts_are_linears
 from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.linear import LinearOp
 from ftmem.ops.mlp import MLP
@@ -255,11 +255,17 @@ def block_backward_workspace(
     # a 4-bit MLP's intermediates, and so their gradients, can be fp32 (measured: QLoRA
     # bf16-mixed with checkpointing, peak -10 % without)
     four_bit_fp32 = plan.dtypes.four_bit_outputs_fp32
-    mlp = MLP.backward_workspace(arch, run, plan, FP32 if four_bit_fp32 else e, T)
-    # the experts' own moment; an adapter's cast gradient comes later, at its linear
-    moe = max(
-        MoE.backward_workspace(arch, e, T, plan.dtypes.residual_bytes), MoE.lora_backward(plan)
+    mlp = MLP.backward_workspace(
+        arch, run, plan, FP32 if four_bit_fp32 else e, _mlp_tokens(arch, run, T)
     )
+    # the experts' own moment; an adapter's cast gradient comes later, at its linear
+    # (transformers 4's per-expert loop: its experts answer in a 4-bit linear's input
+    # dtype, else in the compute dtype)
+    r = plan.dtypes.residual_bytes
+    looped = (
+        (r if plan.dtypes.four_bit_outputs_fp32 else e) if experts_are_linears(arch, run) else 0
+    )
+    moe = max(MoE.backward_workspace(arch, e, T, r, looped), MoE.lora_backward(plan))
     if run.grad_ckpt:
         # Gemma-2's (and OLMo 2's) post-feedforward norm is the block's first backward, with all
         # of its recomputed activations still there (measured, the adapters' cast
@@ -284,3 +290,13 @@ def block_backward_workspace(
         # linears, -9 to -12 % without); attention's comes early, before it
         return max(moment + DoRA.rebuild(plan, run, mlp_linears), moe)
     return max(max(mlp, attn, Norm.backward_workspace(arch, e, T)) + cast_grad, moe)
+
+
+def _mlp_tokens(arch: Architecture, run: RunConfig, T: int) -> int:
+    """The tokens a block's gated MLP runs its backward over: all of them, or under
+    transformers 4's loop over the experts (methods.experts_are_linears), with no dense
+    or shared MLP beside them, one expert's share (each expert is a gated MLP run on its
+    Tk/E routed tokens, one at a time: 4.48.1 MixtralBlockSparseTop2MLP)."""
+    if experts_are_linears(arch, run) and not (arch.shared_experts_size or arch.dense_layers):
+        return -(-T * arch.experts_per_token // arch.num_experts)
+    return T

@@ -38,6 +38,15 @@ TORCH_ADAMW_INPLACE_DENOM = (2, 1)
 # `.contiguous()` copy of the n_scaler_blocks values, first released in v0.3.0.
 TORCHAO_NF4_CONTIGUOUS_FACTOR = (0, 3, 0)
 
+# transformers 4.x builds each MoE expert as its own module of nn.Linears (4.48.1
+# models/mixtral/modeling_mixtral.py MixtralBlockSparseTop2MLP: w1, w2, w3 =
+# nn.Linear(..., bias=False); MixtralSparseMoeBlock: gate = nn.Linear(hidden, experts),
+# experts = nn.ModuleList) and loops over the experts in forward; transformers 5 stores
+# them as fused 3-D parameters run by grouped matmuls (5.24 modeling_mixtral.py
+# MixtralExperts, integrations/moe.py), which bitsandbytes, replacing nn.Linear modules
+# only (4.48.1 integrations/bitsandbytes.py _replace_with_bnb_linear), leaves unquantised.
+TRANSFORMERS_FUSED_EXPERTS = (5, 0, 0)
+
 _RELEASE = re.compile(r"\s*(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -88,3 +97,8 @@ def nf4_layout(run: RunConfig) -> str:
 def torch_adamw_denom_out_of_place(run: RunConfig) -> bool:
     """foreach AdamW allocates its denominator beside the square root (torch < 2.1)."""
     return older_than(run.torch_version, TORCH_ADAMW_INPLACE_DENOM)
+
+
+def per_expert_linears(run: RunConfig) -> bool:
+    """MoE experts are nn.Linear modules, one per expert (transformers < 5)."""
+    return older_than(run.transformers_version, TRANSFORMERS_FUSED_EXPERTS)

@@ -180,6 +180,13 @@ RUN = [
         "backward (default: the current release).",
     ),
     _opt(
+        "transformers_version",
+        OptStr,
+        None,
+        "transformers' version (e.g. 4.48.1): before 5, MoE experts are per-expert "
+        "nn.Linear modules that QLoRA quantises and all-linear adapts (default 5.24).",
+    ),
+    _opt(
         "torchao_version",
         OptStr,
         None,

@@ -281,6 +281,9 @@ def with_library_versions(live: LiveRun) -> None:
     said = "the installed release"
     if "torch_version" not in live.settings:
         live.set("torch_version", torch.__version__, said)
+    transformers = report.installed("transformers")
+    if transformers and "transformers_version" not in live.settings:
+        live.set("transformers_version", transformers, said)
     bnb = report.installed("bitsandbytes")
     uses_bnb = live.settings.get("method") == "qlora" or "8bit" in str(
         live.settings.get("optimizer")

@@ -9,7 +9,7 @@ from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.lora import LoRA
 from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
-from ftmem.methods import MethodPlan
+from ftmem.methods import MethodPlan, experts_are_linears, router_is_linear_in_4x
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
@@ -337,12 +337,10 @@ class LinearOp:
             per_element, formats = GPTQ_DEQUANT_BYTES, ("int4",)
         if not per_element or run.method != "qlora" or plan.dtypes.quantized not in formats:
             return 0
-        quantized = [lin for lin in layout(arch).linears if lin.is_module and lin.quantizable]
         return max(
             (  # (the layout's linears: LitGPT's fused qkv and split fc_1/fc_2 differ)
-                lin.out_features * lin.in_features * per_element
-                + T * (lin.in_features + lin.out_features) * e
-                for lin in quantized
+                n_in * n_out * per_element + int(T * share) * (n_in + n_out) * e
+                for n_in, n_out, share in quantised_weights(arch, run)
             ),
             default=0,
         )
@@ -356,10 +354,10 @@ class LinearOp:
         use_global_buffer: WEIGHT_BUFFERS, ABSMAX_BUFFERS, resize_ to the largest seen)."""
         if not profile_of(run).dequant_buffer or plan.dtypes.quantized not in ("nf4", "fp4"):
             return []
-        quantized = [lin for lin in layout(arch).linears if lin.is_module and lin.quantizable]
+        quantized = quantised_weights(arch, run)
         if run.method != "qlora" or not quantized:
             return []
-        numel = max(lin.in_features * lin.out_features for lin in quantized)
+        numel = max(n_in * n_out for n_in, n_out, _ in quantized)
         e = BYTES_PER_ELEMENT[plan.dtypes.compute]
         size = numel * e + numel // 64 * FP32
         return [Saved("4-bit dequantisation buffer (kept)", size)]
@@ -379,3 +377,20 @@ class LinearOp:
             for g in plan.groups
             if g.trainable and g.in_block and g.fmt == "fp32" and len(g.shape) == 2
         )
+
+
+def quantised_weights(arch: Architecture, run: RunConfig) -> list[tuple[int, int, float]]:
+    """Each quantised block weight's (in, out) and the share of the tokens its matmul
+    reads: the nn.Linears of the blocks and, under transformers 4 (methods.
+    experts_are_linears), each expert's own projections (a fused gate_up is two) and
+    the router, one expert's matmul at a time in the experts' loop."""
+    out: list[tuple[int, int, float]] = []
+    looped = experts_are_linears(arch, run)
+    for lin in layout(arch).linears:
+        router = looped and lin.roles == ("router",) and router_is_linear_in_4x(arch)
+        if (lin.is_module and lin.quantizable) or router:
+            out.append((lin.in_features, lin.out_features, 1.0))
+        elif looped and lin.copies > 1:
+            per_expert = lin.out_features // len(lin.roles)
+            out.append((lin.in_features, per_expert, lin.tokens_fraction))
+    return out

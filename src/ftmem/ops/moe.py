@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ftmem.arch import Architecture, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
-from ftmem.methods import ExpertLoRA, MethodPlan
+from ftmem.methods import ExpertLoRA, MethodPlan, experts_are_linears, router_is_linear_in_4x
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.versions import bnb_4bit_keeps_input
 
 
 @register("moe")
@@ -32,11 +33,15 @@ class MoE:
         ids kept, Family.experts_transposed_with_bias); the clamped SwiGLU keeps gate_up
         (both clamps' input), the clamped gate, its sigmoid, up + 1 and their product
         (Family.clamped_swiglu).
+
+        transformers 4: :meth:`looped_saved`.
         """
         arch = ctx.arch
         traits = arch.traits
         T, f, h = ctx.tokens, arch.intermediate_size, arch.hidden_size
-        ee = ctx.residual  # expert compute dtype = parameter dtype
+        looped = experts_are_linears(arch, ctx.run)  # transformers 4's loop (below)
+        # expert compute dtype = parameter dtype (transformers 4: nn.Linear's, autocast's)
+        ee = ctx.projection_out_bytes if looped else ctx.residual
         k, E = arch.experts_per_token, arch.num_experts
         Tk = T * k
         experts_train = state.weights_trainable or any(
@@ -49,37 +54,28 @@ class MoE:
         routing_grad = x_grad or router_trains  # the routing weights need a gradient
         if not (routing_grad or experts_train or lora):
             return []
-        # the routing weights: fp32 (Mixtral's softmax(dtype=float)) or the router's
-        # output dtype (gpt-oss: softmax(dtype=router_top_value.dtype); Qwen3-MoE, OLMoE:
-        # the fp32 top-k cast back, Family.routing_weights_in_router_dtype)
-        rw = ctx.e if MoE.weights_in_router_dtype(arch) else FP32
+        rw = MoE.routing_weight_bytes(ctx, looped)
         if traits.clamped_swiglu:
             sizes = [("expert gate_up output and clamped SwiGLU", Tk * 6 * f * ee)]
         else:
             sizes = [("expert gate_up output and activation", Tk * 3 * f * ee)]
         if routing_grad:
-            if traits.router_topk_softmax:
-                router = ("router top-k indices + softmax of the top-k", Tk * (INDEX_BYTES + rw))
-            else:
-                # the fp32 softmax (T·E) and top-k's indices; renormalising the top-k
-                # (router_top_value /= its sum, in place) keeps the quotient and the sum
-                # (measured on OlmoeTopKRouter: +Tk·4 + T·4 bytes with norm_topk_prob)
-                norm = Tk * FP32 + T * FP32 if arch.router_renormalises else 0
-                router = (
-                    "router softmax (fp32) + top-k",
-                    T * E * FP32 + Tk * INDEX_BYTES + norm,
-                )
             sizes += [
-                router,
-                ("routed token indices", 3 * Tk * INDEX_BYTES + Tk * rw),
+                MoE.router_saved(arch, T, rw),
+                ("routed token indices", (2 if looped else 3) * Tk * INDEX_BYTES + Tk * rw),
                 ("expert outputs (for routing-weight grad)", Tk * h * ee),
             ]
-            if ctx.plan.dtypes.casts_weights:
+            quantised_router = looped and ctx.plan.dtypes.quantized and router_is_linear_in_4x(arch)
+            if ctx.plan.dtypes.casts_weights and not quantised_router:
                 bias = E if traits.router_topk_softmax else 0
                 sizes.append(("router 16-bit weight copy", (h * E + bias) * 2))
         else:
             # only the experts train: the token order and the (constant) routing weights
-            sizes.append(("routed token indices and routing weights", Tk * (INDEX_BYTES + rw)))
+            # (transformers 4: index_add_'s top_x, a view of torch.where's (n, 2) indices)
+            indices = (2 if looped else 1) * INDEX_BYTES
+            sizes.append(("routed token indices and routing weights", Tk * (indices + rw)))
+        if looped:
+            sizes += MoE.looped_saved(ctx, x_grad, experts_train, ee)
         if experts_train:
             # grouped matmuls keep their inputs only to form the expert weights' gradients
             sizes.append(("routed expert inputs and down input", Tk * (h + f) * ee))
@@ -99,6 +95,59 @@ class MoE:
             fp32 = traits.router_fp32 and not ctx.plan.dtypes.autocast
             sizes.append(("router input", T * h * (FP32 if fp32 else ctx.e)))
         return [Saved(what, size, Kind.MOE, Side.MLP) for what, size in sizes]
+
+    @staticmethod
+    def routing_weight_bytes(ctx: LayerContext, looped: bool) -> int:
+        """The routing weights' element size: fp32 (Mixtral's softmax(dtype=float)) or
+        the router's output dtype (gpt-oss: softmax(dtype=router_top_value.dtype);
+        Qwen3-MoE, OLMoE: the fp32 top-k cast back, Family.routing_weights_in_router_dtype);
+        transformers 4 casts them to the hidden states' (routing_weights.to(...))."""
+        if looped:
+            return ctx.residual
+        return ctx.e if MoE.weights_in_router_dtype(ctx.arch) else FP32
+
+    @staticmethod
+    def router_saved(arch: Architecture, T: int, rw: int) -> tuple[str, int]:
+        """What the router keeps for the routing weights' gradient."""
+        Tk = T * arch.experts_per_token
+        if arch.traits.router_topk_softmax:
+            return ("router top-k indices + softmax of the top-k", Tk * (INDEX_BYTES + rw))
+        # the fp32 softmax (T·E) and top-k's indices; renormalising the top-k
+        # (router_top_value /= its sum, in place) keeps the quotient and the sum
+        # (measured on OlmoeTopKRouter: +Tk·4 + T·4 bytes with norm_topk_prob)
+        norm = Tk * FP32 + T * FP32 if arch.router_renormalises else 0
+        return (
+            "router softmax (fp32) + top-k",
+            T * arch.num_experts * FP32 + Tk * INDEX_BYTES + norm,
+        )
+
+    @staticmethod
+    def looped_saved(
+        ctx: LayerContext, x_grad: bool, experts_train: bool, ee: int
+    ) -> list[tuple[str, int]]:
+        """What transformers 4's loop over the experts keeps beyond the grouped path's
+        items (methods.experts_are_linears; 4.48.1 modeling_mixtral.py
+        MixtralSparseMoeBlock.forward, alike in Qwen2-MoE and OLMoE). Each expert is an
+        nn.Linear module (4-bit under QLoRA; under autocast 16-bit, or a 4-bit linear's
+        input dtype); per expert ``torch.where`` gives (idx, top_x), one (n, 2) int64
+        tensor that the gathers and index_add_ keep (2·Tk indices, not the grouped
+        path's 3·Tk, in :meth:`saved`), and the routing weights are cast to the hidden
+        states' dtype. Here: index_add_(0, top_x, source) keeps its source, the
+        weighted outputs, for its gradient's expand_as(source) (torch derivatives.yaml
+        index_add); autocast's 16-bit copy of each frozen expert weight a matmul whose
+        input needs a gradient reads (every expert runs, even with no token);
+        bitsandbytes < 0.43.2 keeps each 4-bit matmul's input (ftmem.versions).
+        Measured on a re-implementation of the block (tests/test_moe_linears.py)."""
+        arch, dtypes = ctx.arch, ctx.plan.dtypes
+        h, f, E = arch.hidden_size, arch.intermediate_size, arch.num_experts
+        Tk = ctx.tokens * arch.experts_per_token
+        out = [("weighted expert outputs (index_add_ source)", Tk * h * ctx.residual)]
+        if dtypes.casts_weights and not dtypes.quantized:
+            widths = 3 if x_grad else 1 if experts_train else 0  # (w2's input: w1's output)
+            out.append(("expert 16-bit weight copies", widths * E * f * h * 2))
+        if not experts_train and dtypes.quantized and bnb_4bit_keeps_input(ctx.run):
+            out.append(("routed expert inputs and down input (4-bit)", Tk * (h + f) * ee))
+        return out
 
     @staticmethod
     def adapted(ctx: LayerContext, state: BlockState) -> tuple[ExpertLoRA, ...]:
@@ -240,7 +289,9 @@ class MoE:
         return Tk * ee * (max(at_gate, at_permutation) + inputs) + ids
 
     @staticmethod
-    def backward_workspace(arch: Architecture, e: int, T: int, residual: int) -> int:
+    def backward_workspace(
+        arch: Architecture, e: int, T: int, residual: int, looped_bytes: int = 0
+    ) -> int:
         """transformers 5's grouped experts, first in their block's backward: beside the
         incoming gradient (T·h), the gradient gathered back to routed order and the two
         gradients of the fp32 routing-weight product (Tk·h fp32 each), and the expert
@@ -251,6 +302,8 @@ class MoE:
             return 0
         h = arch.hidden_size
         Tk = T * arch.experts_per_token
+        if looped_bytes:
+            return MoE.looped_backward(arch, T, looped_bytes, residual)
         if arch.traits.router_topk_softmax:
             # gpt-oss: its routed outputs are in the experts' dtype (no cast of them); the
             # gradients of the routed order, of the product and of its factor (3·Tk·h), or
@@ -264,6 +317,22 @@ class MoE:
         # the checkpointed backward +9.9 % with fp32 here)
         p = MoE.product_bytes(arch, residual)
         return Tk * h * (3 * p + e) + T * h * e
+
+    @staticmethod
+    def looped_backward(arch: Architecture, T: int, ee: int, r: int) -> int:
+        """transformers 4's loop over the experts in backward, one expert at a time (the
+        last first), beside what the block keeps, at the larger of two moments (n = Tk/E
+        routed tokens per expert; ``ee`` the experts' output dtype, ``r`` the hidden
+        states'): the SwiGLU product's backward, the down projection's input gradient
+        and the two factors' gradients (3·n·f); and the gather's backward, its gradient
+        scattered into a new zero T·h tensor (index_put) beside the expert's n·h input
+        gradient. Measured on a re-implementation of the 4.48.1 block (CPU, balanced
+        routing; tests/test_moe_linears.py): the peak is at one of the two, less the
+        tensors that expert's backward has freed by then (at most its weighted and its
+        saved outputs, 2·n·h), which the estimate keeps, on the safe side."""
+        n = -(-T * arch.experts_per_token // arch.num_experts)
+        h = arch.hidden_size
+        return max(3 * n * arch.intermediate_size * ee, T * h * r + n * h * ee)
 
 
 def _stack(ex: ExpertLoRA, ee: int) -> int:
