@@ -7,6 +7,7 @@ import pytest
 
 from ftmem import estimate
 from ftmem.api import parallel_config, run_config
+from ftmem.dtypes import quant_state_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.parallel import parallel_step
 from ftmem.presets import get_model
@@ -297,12 +298,17 @@ def test_per_gpu_memory_falls_as_zero3_spreads():
 
 
 def test_qlora_under_fsdp_shards_the_4bit_storage():
-    """QLoRA-FSDP: the quantized storage (4-bit values and their constants) is sharded like
-    any other tensor; the LoRA adapters are the only gradients and states."""
+    """QLoRA-FSDP: the packed 4-bit values are sharded like any other tensor, their
+    quant_state (no parameter) stays whole on every rank (tests/test_fsdp_quant_state.py);
+    the LoRA adapters are the only gradients and states."""
     one = estimate("llama2-7b", method="qlora").memory
     est = estimate("llama2-7b", method="qlora", gpus=8, strategy="fsdp")
     m = est.memory
-    assert m.weights_bytes == ceil(one.weights_bytes / 8)
+    # 32 layers x (q, k, v, o: 4096 x 4096; gate, up, down: 11008 x 4096)
+    states = 32 * (
+        4 * quant_state_bytes(4096 * 4096, "nf4") + 3 * quant_state_bytes(11008 * 4096, "nf4")
+    )
+    assert m.weights_bytes == states + ceil((one.weights_bytes - states) / 8)
     assert m.gradients_bytes == ceil(one.gradients_bytes / 8)
     assert any("bnb_4bit_quant_storage" in n for n in est.notes)
 

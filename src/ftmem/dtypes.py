@@ -91,6 +91,12 @@ def quantized_weight_bytes(
     return packed + constants + _CODE_4BIT_BYTES
 
 
+def quant_state_bytes(numel: int, fmt: StorageFormat, double_quant: bool = True) -> int:
+    """The bitsandbytes nf4/fp4 weight's quantisation constants alone (its ``QuantState``:
+    everything of quantized_weight_bytes but the packed 4-bit values)."""
+    return quantized_weight_bytes(numel, 0, fmt, double_quant) - ceil_div(numel, 2)
+
+
 def tensor_bytes(
     numel: int,
     fmt: StorageFormat,

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from ftmem import colossalai, deepspeed_zero3, grpo
 from ftmem.arch import HEAD, Architecture
 from ftmem.colossalai import COLOSSALAI, LOW_LEVEL_ZERO
-from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, ceil_div, is_quantized
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, ceil_div, is_quantized, quant_state_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.gemini import GeminiRank, gemini_rank
 from ftmem.methods import MethodPlan, TensorGroup, adapted_experts, plan_key
@@ -797,6 +797,8 @@ def _sharded(
         if s == "zero3":
             threshold = par.buckets(arch)[2]
             persistent = sum(g.nbytes for g in groups if g.numel < threshold)
+        elif s in FSDP:
+            persistent = bnb_quant_state_bytes(groups)
         replicated, sharded = persistent, ceil_div(weights - persistent, N)
     grads_block = grads_per_block
     if s in SHARDS_GRADS:
@@ -821,6 +823,25 @@ def _sharded(
             norm_copy=norm,
         )
     return _Resident(replicated, sharded, grads, grads_block, states, step_temp)
+
+
+def bnb_quant_state_bytes(groups: Iterable[TensorGroup]) -> int:
+    """The bitsandbytes 4-bit weights' quant_state (absmax; with double quantisation the
+    8-bit absmax, its nested fp32 scales, offset and code books: dtypes.quant_state_bytes),
+    which FSDP leaves whole on every rank: it is no parameter (FSDP flattens and shards
+    ``module.parameters()`` only), but a ``QuantState`` object that ``Params4bit._quantize``
+    also hangs on its module (``self.module.quant_state = quant_state``, bitsandbytes
+    0.43.0 bitsandbytes/nn/modules.py:288-290), where ``Linear4bit.forward`` finds it again
+    once FSDP has swapped the weight for a view of the flat parameter (:410-417).
+    Answer.AI's train.py says so where it quantises on every rank: "FSDP only syncs
+    parameters and buffers, so the quant_state isn't copied" (AnswerDotAI/fsdp_qlora@50efa1e
+    train.py:197-207: each rank quantises on its GPU, then only ``value.data`` moves to the
+    CPU or meta). torchao's NF4Tensor (torchtune) is itself the parameter: sharded whole."""
+    return sum(
+        g.count * quant_state_bytes(g.numel, g.fmt, g.double_quant)
+        for g in groups
+        if g.fmt in ("nf4", "fp4") and g.layout == "bitsandbytes"
+    )
 
 
 def _offload_optimizer(s: Strategy, par: ParallelConfig, on: _Resident, psi: int) -> _Resident:
@@ -913,6 +934,12 @@ def _traffic(
     head_side = (
         g for g in outer if g.trainable and (g.name.startswith(ends) or arch.tie_embeddings)
     )
+    block = _one_block(groups, arch)
+
+    def apart(gs: Iterable[TensorGroup]) -> int:
+        # FSDP gathers the flat parameter alone: the 4-bit quant_state stays beside it
+        return bnb_quant_state_bytes(gs) if s in FSDP else 0
+
     return _Traffic(
         groups=groups,
         outer=outer,
@@ -920,8 +947,8 @@ def _traffic(
         compute=compute,
         grads=grads,
         bucket=par.buckets(arch)[0] * compute,
-        block=_gathered_bytes(_one_block(groups, arch), cast),
-        root=_gathered_bytes(outer, cast),
+        block=_gathered_bytes(block, cast) - apart(block),
+        root=_gathered_bytes(outer, cast) - apart(outer),
         head_grad=_grad_bytes(head_side, cast),
     )
 
