@@ -247,18 +247,30 @@ def pixel_bytes(v: VisionTower, images: int) -> int:
 
 
 def tower_saved(
-    v: VisionTower, images: int, e: int, eager: bool = False, checkpointed: bool = False
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool = False,
+    checkpointed: bool = False,
+    weights: bool = True,
 ) -> int:
-    """What a fully trained tower keeps, ``images`` images at once: the pixels the patch
-    convolution saves (cast to the tower's dtype), CLIP's pre-norm, the layers the
-    projector reads (each whole, or its input alone when ``checkpointed``), and SigLIP's
-    post_layernorm (Gemma 3 reads last_hidden_state; LLaVA's -2 does not)."""
+    """What a tower passing gradients keeps, ``images`` images at once: the pixels the
+    patch convolution saves (cast to the tower's dtype; for its weight's gradient only),
+    CLIP's pre-norm, the layers the projector reads (each whole, or its input alone when
+    ``checkpointed``), and SigLIP's post_layernorm (Gemma 3 reads last_hidden_state;
+    LLaVA's -2 does not). ``weights`` false: a frozen tower that transformers'
+    enable_input_require_grads hooked (gradient checkpointing: vision_step.input_hooked),
+    so only input gradients run through it; checkpointed, its layers keep their inputs
+    as trained ones do, its LayerNorms their input, mean and rstd (torch's
+    native_layer_norm saves them whatever needs a gradient)."""
     if v.qwen:
-        return vision_qwen.tower_saved(v, images, e, eager, checkpointed)
+        return vision_qwen.tower_saved(v, images, e, eager, checkpointed, weights)
+    if not weights and not checkpointed:
+        raise ValueError("a frozen tower passes input gradients only under checkpointing")
     n = images * v.tower_tokens
     # the convolution keeps the pixels it reads: the batch's fp32 pixel_values themselves,
     # or their cast to the tower's dtype (then the input is the loop's: pixel_bytes)
-    pixels = images * v.num_channels * v.image_size**2 * e
+    pixels = images * v.num_channels * v.image_size**2 * e if weights else 0
     # gradient checkpointing reaches the tower's layers too (CLIPEncoderLayer and
     # SiglipEncoderLayer are GradientCheckpointingLayers): each keeps only its input
     per_layer = n * v.hidden_size * e if checkpointed else saved_per_layer(v, images, e, eager)
@@ -296,6 +308,28 @@ def projector_saved(
     pooled = images * v.patches * H * e
     fp32_input = tokens * H * FP32
     return pooled + fp32_input + tokens * FP32 + tokens * H * FP32 + H * FP32 + tokens * H * e
+
+
+def projector_input_grad_saved(v: VisionTower, text_hidden: int, images: int, e: int) -> int:
+    """A frozen projector that passes its input's gradient to a hooked frozen tower
+    (vision_step.input_hooked): its linears keep nothing (a frozen weight's input
+    gradient needs only the weight), the rest what the input's gradient needs:
+
+    - LLaVA: the GELU's input (linear_1's output).
+    - Gemma 3: the average pool's input (the hidden state made contiguous), and the
+      RMSNorm's ``x.float()`` (pow's and the product's), rsqrt's output and the fp32
+      ``1 + weight`` the product with the normalised x keeps (not the normalised x: it
+      is for the weight's gradient).
+    - Qwen-VL's merger: ftmem.vision_qwen.merger_input_grad_saved.
+    """
+    if v.qwen:
+        return vision_qwen.merger_input_grad_saved(v, images, e)
+    H, T = v.hidden_size, text_hidden
+    tokens = images * v.tokens_per_image
+    if v.projector == "mlp":
+        return tokens * T * e
+    pooled = images * v.patches * H * e
+    return pooled + tokens * H * FP32 + tokens * FP32 + H * FP32
 
 
 def frozen_forward(v: VisionTower, images: int, e: int) -> int:

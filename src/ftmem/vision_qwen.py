@@ -183,17 +183,23 @@ def rotary_tables(v: VisionTower, images: int) -> int:
     return 2 * images * v.patches * (v.hidden_size // v.num_heads) * FP32
 
 
-def tower_saved(v: VisionTower, images: int, e: int, eager: bool, checkpointed: bool) -> int:
+def tower_saved(
+    v: VisionTower, images: int, e: int, eager: bool, checkpointed: bool, weights: bool = True
+) -> int:
     """A trained tower: the pixels the Conv3d keeps (cast to the tower's dtype), the 2-D
     rotary's cos and sin (fp32, n × head_dim each, one pair shared by every block), and
     each block whole, or its input alone when checkpointed (the blocks are
     GradientCheckpointingLayers; cos and sin are then the checkpoint's arguments, not
-    saved tensors: vision_step.pixel_input holds them). Qwen2.5-VL's window order is a gather whose backward
+    saved tensors: vision_step.pixel_input holds them). ``weights`` false: frozen but
+    hooked by enable_input_require_grads (checkpointed only), no pixels. Qwen2.5-VL's window order is a gather whose backward
     keeps its int64 index (one per merge unit)."""
     n = images * v.patches
     # (checkpointed blocks get cos and sin inside their position_embeddings tuple, which
     # the checkpoint keeps as an argument, saved by no autograd node: rotary_tables)
-    total = pixel_elements(v, images) * e + (0 if checkpointed else rotary_tables(v, images))
+    # (the Conv3d keeps the pixels for its weight's gradient only: a frozen tower that
+    # enable_input_require_grads hooked (patch_embed, its get_input_embeddings) keeps none)
+    pixels = pixel_elements(v, images) * e if weights else 0
+    total = pixels + (0 if checkpointed else rotary_tables(v, images))
     if v.encoder == "qwen2_5_vl":
         total += n // v.merge_size**2 * 8
     for i in range(v.num_layers):
@@ -214,6 +220,18 @@ def merger_saved(v: VisionTower, images: int, e: int, tower_trains: bool) -> int
     if v.encoder == "qwen2_5_vl":
         total += n // v.merge_size**2 * 8
     return total
+
+
+def merger_input_grad_saved(v: VisionTower, images: int, e: int) -> int:
+    """A frozen merger passing its input's gradient to a hooked frozen tower: ln_q for its
+    input alone (LayerNorm: its input, fp32 mean and rstd; RMSNorm: the fp32 input and
+    rsqrt's output), the GELU's input (n/4 rows of 4H), and Qwen2.5-VL's return to image
+    order its int64 index; the frozen linears keep nothing."""
+    n = images * v.patches
+    H = v.hidden_size
+    norm = n * H * e + 2 * n * FP32 if v.encoder == "qwen2_vl" else n * H * FP32 + n * FP32
+    index = n // v.merge_size**2 * 8 if v.encoder == "qwen2_5_vl" else 0
+    return norm + n * H * e + index
 
 
 def frozen_forward(v: VisionTower, images: int, e: int) -> int:

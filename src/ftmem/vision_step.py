@@ -21,6 +21,7 @@ from ftmem.vision import (
     check_images,
     frozen_forward,
     pixel_bytes,
+    projector_input_grad_saved,
     projector_params,
     projector_saved,
     tower_params,
@@ -186,19 +187,41 @@ def saved(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[Saved]:
     if v.mllama is not None:
         return mllama_step.saved(arch, run, e, trains)
     out: list[Saved] = []
-    if trains.tower or trains.projector:
+    hooked = input_hooked(arch, run)
+    if trains.tower or trains.projector or hooked:
         # masked_scatter puts the image features in the embeddings; its backward selects
         # their gradient with the placeholder mask, one bool per token (the expanded view's
         # storage)
         out.append(Saved("image token mask (masked_scatter)", run.batch_size * run.seq_len))
-    if trains.tower:
+    if trains.tower or hooked:
         eager = run.attn == "eager"
-        kept = tower_saved(v, images, e, eager, checkpointed=run.grad_ckpt)
-        out.append(Saved("vision tower (trained)", kept))
+        kept = tower_saved(v, images, e, eager, run.grad_ckpt, weights=trains.tower)
+        what = "trained" if trains.tower else "frozen, input gradients"
+        out.append(Saved(f"vision tower ({what})", kept))
     if trains.projector:
-        kept = projector_saved(v, arch.hidden_size, images, e, trains.tower)
+        kept = projector_saved(v, arch.hidden_size, images, e, trains.tower or hooked)
         out.append(Saved("vision projector (trained)", kept))
+    elif hooked:
+        kept = projector_input_grad_saved(v, arch.hidden_size, images, e)
+        out.append(Saved("vision projector (frozen, input gradients)", kept))
     return out
+
+
+def input_hooked(arch: Architecture, run: RunConfig) -> bool:
+    """A frozen tower's output needs a gradient: transformers 5.24
+    gradient_checkpointing_enable calls enable_input_require_grads for an input_ids model
+    (modeling_utils.py l.3190-3198), which hooks every PreTrainedModel submodule's
+    get_input_embeddings (l.2147-2180): CLIPVisionModel's and SiglipVisionModel's patch
+    embedding (clip/modeling_clip.py l.904, siglip/modeling_siglip.py l.852), and
+    Qwen-VL's vision model's patch_embed (its _input_embed_layer, read by
+    PreTrainedModel.get_input_embeddings, l.969-985: qwen2_vl/modeling_qwen2_vl.py l.647,
+    qwen2_5_vl/modeling_qwen2_5_vl.py l.389). Its output then requires a gradient, so the
+    frozen tower and projector keep what their input gradients need (measured,
+    tests/accuracy/cases.py _image_text, lora + grad_ckpt)."""
+    v = arch.vision
+    if v is None or not run.images or not run.grad_ckpt or v.mllama is not None:
+        return False  # (Llama-3.2-Vision: mllama_step.saved)
+    return not training(arch, run).tower
 
 
 def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
@@ -210,9 +233,10 @@ def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
     # mm_token_type_ids (one int64 per token)
     v = arch.vision
     qwen = images_per_step(run) * 3 * 8 + run.batch_size * run.seq_len * 8 if v.qwen else 0
-    if v.qwen and run.grad_ckpt and training(arch, run).tower:
+    if v.qwen and run.grad_ckpt and (training(arch, run).tower or input_hooked(arch, run)):
         # checkpointed blocks keep the rotary's cos and sin as their checkpoint's
-        # arguments (ftmem.vision_qwen.tower_saved), through backward
+        # arguments (ftmem.vision_qwen.tower_saved), through backward (the tower trained,
+        # or frozen and hooked: input_hooked)
         qwen += vision_qwen.rotary_tables(v, images_per_step(run))
     if training(arch, run).tower and BYTES_PER_ELEMENT[dtypes.compute] == FP32:
         return qwen  # the convolution keeps the pixels themselves: counted with the tower's items
@@ -265,6 +289,13 @@ def notes(arch: Architecture, run: RunConfig) -> list[str]:
                 if v.qwen
                 else ""
             )
+        )
+    if input_hooked(arch, run):
+        out.append(
+            "Gradient checkpointing: transformers' enable_input_require_grads hooks the "
+            "vision tower's patch embedding too (its get_input_embeddings), so the frozen "
+            "tower and projector pass input gradients and keep what those need (the "
+            "tower's checkpointed layers their inputs)."
         )
     if run.method in ADAPTER_METHODS and not trains.tower:
         out.append(

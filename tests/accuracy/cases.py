@@ -202,7 +202,8 @@ class ImageTextCase(Case):
 def _image_text() -> list[Case]:
     """LLaVA (a Llama), Gemma 3, Qwen2.5-VL and Qwen2-VL (Qwen2s) with their vision
     towers: trained (full finetuning's default), frozen, the projector alone beside LoRA,
-    fp32, checkpointed (the tower's layers too)."""
+    fp32, checkpointed (the tower's layers too; under LoRA, frozen but passing input
+    gradients)."""
     settings: list[dict] = [
         {"method": "full"},
         {"method": "full", "vision_tower": "frozen", "projector": "frozen"},
@@ -210,6 +211,9 @@ def _image_text() -> list[Case]:
         {"method": "lora", "projector": "full"},
         {"method": "full", "precision": "fp32"},
         {"method": "full", "grad_ckpt": True},
+        # transformers' enable_input_require_grads hooks the frozen tower's patch embedding
+        # too: its input gradients run through the frozen tower and projector
+        {"method": "lora", "grad_ckpt": True},
     ]
     return [
         ImageTextCase(family, s, tower=tower)
@@ -1108,6 +1112,21 @@ _ROTARY_UNDER_CHECKPOINTING = (
 
 # id -> reason; run as strict xfail
 KNOWN_GAPS: dict[str, str] = {
+    **{
+        f"{tower}-gradckpt=True-method=lora": (
+            f"{tower} LoRA with checkpointing and a frozen tower that transformers' "
+            f"enable_input_require_grads hooked: activations {err} (peak within 5 %). The "
+            "tower's and projector's items match the measurement to the byte but for CPU "
+            "LayerNorm's mean and rstd (kept in bf16 on the CPU, fp32 on CUDA as modelled); "
+            "the excess is the rotary cos/sin tables the estimate counts outside the "
+            "checkpointed blocks, as for OLMo 2 and Qwen3 (2026-12-03)"
+        )
+        for tower, err in (
+            ("gemma3-gemma3", "+3.05 % (355,172 / 344,676 B)"),
+            ("qwen2.5-vl-qwen2", "+3.9 % (410,724 / 395,364 B)"),
+            ("qwen2-vl-qwen2", "+4.2 % (397,924 / 381,764 B)"),
+        )
+    },
     "starcoder2-gradckpt=True-method=lora-precision=bf16-embeddingdropout=0.1-residualdropout=0.1": (
         "StarCoder2 LoRA with checkpointing and its configs' dropout, bf16: the peak measured "
         "6.8 % above the estimate (1,213,040 / 1,301,144 B; activations +1.6 %), in the "
