@@ -78,8 +78,15 @@ def test_each_parameter_has_exactly_one_op(family):
     ids=lambda a: a.name,
 )
 def test_the_ops_parameters_add_up_to_the_published_count(arch):
-    """Block parameters once per layer, the rest once: the model card's number."""
+    """Block parameters once per layer, the rest once: the model card's number (an
+    image-text model's: with its tower, projector and the layers it adds to the language
+    model, ftmem.vision)."""
+    from ftmem.vision import projector_count, text_extras_count, tower_count
+
     lay = layout(arch)
     block = {p.name for p in lay.block}
     total = sum(p.numel * (arch.num_layers if p.name in block else 1) for p in _owned(arch))
+    if (v := arch.vision) is not None:
+        total += tower_count(v) + projector_count(v, arch.hidden_size)
+        total += text_extras_count(v, arch.hidden_size)
     assert total == arch.published_params

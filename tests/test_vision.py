@@ -175,3 +175,37 @@ def test_llama_factory_freezes_the_tower_by_default(tmp_path):
     lora = _llama_factory(tmp_path, "finetuning_type: lora\nfreeze_vision_tower: false\n")
     assert "vision_tower" not in lora.settings
     assert any("LoRA in the vision tower is not modelled" in n for n in lora.notes)
+
+
+@pytest.mark.parametrize(
+    ("framework", "method", "hooked"),
+    [
+        # transformers' gradient_checkpointing_enable calls enable_input_require_grads
+        ("hf", "full", True),
+        ("hf", "qlora", True),
+        # LLaMA-Factory's own _gradient_checkpointing_enable does not (checkpointing.py
+        # @ff6d4d12 l.126-154)...
+        ("llama-factory", "full", False),
+        # ...but peft's PeftModel does on a model that is not quantised (peft_model.py
+        # l.184-185, l.728-735), and skips a quantised one
+        ("llama-factory", "lora", True),
+        ("llama-factory", "qlora", False),
+    ],
+)
+def test_a_frozen_tower_keeps_activations_only_where_its_embeddings_are_hooked(
+    framework, method, hooked
+):
+    """Under gradient checkpointing the frozen tower keeps what its input gradient
+    needs only when enable_input_require_grads hooked its patch embedding; without
+    checkpointing nothing hooks it."""
+    common = {"images": 1, "seq_len": 1024, "vision_tower": "frozen", "projector": "frozen"}
+    kept = [
+        s.what
+        for s in estimate(
+            "llava-1.5-7b", method=method, framework=framework, grad_ckpt=True, **common
+        ).memory.activations_outer
+        if "vision tower" in s.what
+    ]
+    assert kept == (["vision tower (frozen, input gradients)"] if hooked else [])
+    plain = estimate("llava-1.5-7b", method=method, framework=framework, **common)
+    assert not any("vision tower" in s.what for s in plain.memory.activations_outer)

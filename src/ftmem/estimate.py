@@ -62,7 +62,6 @@ from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
 from ftmem.run_phases import replayed_loading, resolved_peak_of, run_moments
 from ftmem.step import StepParts, objective_note, step_parts
 from ftmem.torchao_optim import TORCHAO_OPTIMIZERS
-from ftmem.vllm_server import server_info, server_notes
 
 if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
     from ftmem.distill import Teacher
@@ -433,9 +432,13 @@ def _result(
 ) -> Estimate:
     fits = None if gpu is None else memory.total_bytes <= gpu.memory_bytes
     headroom = None if gpu is None else gpu.memory_bytes - memory.total_bytes
-    server = server_info(arch, run, gpu, parallel.world_size if parallel else 1)
-    if server is not None:
-        notes = notes + server_notes(arch, server, gpu)
+    server = None
+    if run.objective == "grpo" and run.vllm == "server":  # (ftmem.serve: only then)
+        from ftmem.vllm_server import server_info, server_notes
+
+        server = server_info(arch, run, gpu, parallel.world_size if parallel else 1)
+        if server is not None:
+            notes = notes + server_notes(arch, server, gpu)
     return Estimate(
         model=ModelInfo(
             name=arch.name,

@@ -181,7 +181,9 @@ def saved(arch: Architecture, run: RunConfig, e: int, trains) -> list:
     images = run.batch_size * run.images
     # a gradient reaches the tower's input when it trains, or when transformers'
     # enable_input_require_grads hooks its patch convolution (gradient checkpointing)
-    if trains.tower or run.grad_ckpt:
+    from ftmem.vision_step import checkpointing_hooks_tower
+
+    if trains.tower or checkpointing_hooks_tower(run):
         kept = tower_saved(v, images, e, trains.tower)
         out.append(
             Saved(f"vision model ({'trained' if trains.tower else 'input gradients'})", kept)
@@ -232,7 +234,9 @@ def notes(arch: Architecture, run: RunConfig, trains) -> list[str]:
         f"{run.images * image_states(v):,} keys and values in each of the {layers} "
         f"cross-attention layers, one <|image|> token each in --seq-len."
     ]
-    if run.grad_ckpt and not trains.tower:
+    from ftmem.vision_step import checkpointing_hooks_tower
+
+    if checkpointing_hooks_tower(run) and not trains.tower:
         out.append(
             "Gradient checkpointing: transformers' enable_input_require_grads hooks the "
             "vision model's patch convolution too (its get_input_embeddings), so the "

@@ -125,6 +125,14 @@ class Profile:
     # freeze_multi_modal_projector default true: hparams/model_args.py@ff6d4d12eeb0); HF
     # Trainer and TRL train every parameter under full finetuning (ftmem.vision_step)
     freezes_vision: bool = False
+    # gradient checkpointing goes through transformers' gradient_checkpointing_enable,
+    # which calls enable_input_require_grads: every submodule's input embeddings hooked,
+    # an image-text model's vision tower among them (vision_step.input_hooked).
+    # LLaMA-Factory swaps in its own _gradient_checkpointing_enable, which does not
+    # (hiyouga/LLaMA-Factory@ff6d4d12 src/llamafactory/model/model_utils/checkpointing.py
+    # l.126-154); peft's PeftModel still calls it for a non-quantised model
+    # (peft 0.21.2 peft_model.py l.184-185, l.728-735)
+    checkpointing_hooks_embeddings: bool = True
 
 
 HF = Profile("hf")
@@ -311,7 +319,9 @@ PROFILES: dict[str, Profile] = {
     "hf": HF,
     # axolotl and LLaMA-Factory drive HF Trainer over transformers + peft
     "axolotl": Profile("axolotl"),
-    "llama-factory": Profile("llama-factory", freezes_vision=True),
+    "llama-factory": Profile(
+        "llama-factory", freezes_vision=True, checkpointing_hooks_embeddings=False
+    ),
     "litgpt": LITGPT,
     # a LightningModule over transformers + peft, stepped by Lightning's Trainer
     "lightning": LIGHTNING,

@@ -219,9 +219,23 @@ def input_hooked(arch: Architecture, run: RunConfig) -> bool:
     frozen tower and projector keep what their input gradients need (measured,
     tests/accuracy/cases.py _image_text, lora + grad_ckpt)."""
     v = arch.vision
-    if v is None or not run.images or not run.grad_ckpt or v.mllama is not None:
+    if v is None or not run.images or v.mllama is not None:
         return False  # (Llama-3.2-Vision: mllama_step.saved)
-    return not training(arch, run).tower
+    return checkpointing_hooks_tower(run) and not training(arch, run).tower
+
+
+def checkpointing_hooks_tower(run: RunConfig) -> bool:
+    """Gradient checkpointing has enable_input_require_grads hook the tower's input
+    embeddings: through transformers' gradient_checkpointing_enable (the profile's
+    checkpointing_hooks_embeddings), or through peft's PeftModel, which calls it on a
+    checkpointed model that is not quantised (peft 0.21.2 peft_model.py l.184-185,
+    l.728-735)."""
+    from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS
+
+    if not run.grad_ckpt:
+        return False
+    peft = run.method != "qlora" and run.method in ADAPTER_METHODS | PROMPT_METHODS | {"ia3"}
+    return profile_of(run).checkpointing_hooks_embeddings or peft
 
 
 def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:

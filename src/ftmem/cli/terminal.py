@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import os
 import sys
 import warnings
@@ -101,11 +102,21 @@ def cli_streams() -> Iterator[None]:
     quiet_hf = "TRANSFORMERS_VERBOSITY" not in os.environ
     if quiet_hf:
         os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    # transformers imports torchao where it is installed (quantizers/quantizer_torchao):
+    # its loader logs a warning for each CUDA kernel library a build cannot load
+    # (torchao 0.18.0 torchao/__init__.py l.90-96) and its register_constant calls make
+    # torch log a deprecation (torch/utils/_pytree.py l.630): nothing `measure` uses
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(max(log.level, logging.ERROR))
     try:
         with warnings.catch_warnings():
             if not sys.warnoptions:  # the user's -W flags win
                 warnings.simplefilter("ignore")  # a library's FutureWarning is not for users
             yield
     finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
         if quiet_hf:
             os.environ.pop("TRANSFORMERS_VERBOSITY", None)

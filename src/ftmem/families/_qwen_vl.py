@@ -54,7 +54,7 @@ def qwen_text_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
     """The language model's config of a Qwen-VL config.json, as the qwen2 family reads it
     (Qwen2_5_VLConfig.__post_init__ moves a flat config's text keys to text_config)."""
     outer = cfg.get("model_type")
-    if outer not in QWEN_VL_TEXT:
+    if not isinstance(outer, str) or outer not in QWEN_VL_TEXT:
         return None
     nested = cfg.get("text_config")
     text = (

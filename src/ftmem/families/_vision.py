@@ -83,6 +83,8 @@ def read_vision(cfg: dict[str, Any]) -> VisionTower | None:
     from ftmem.families._qwen_vl import QWEN_VL_TEXT, read_qwen_vision
 
     outer = cfg.get("model_type")
+    if not isinstance(outer, str):
+        return None  # the family reader names the wrong type
     if outer == "mllama":
         from ftmem.families._mllama import UnmodelledMllama, read_mllama
 
@@ -92,7 +94,7 @@ def read_vision(cfg: dict[str, Any]) -> VisionTower | None:
             raise UnmodelledVision(f"{exc} is not modelled") from None
     if outer in QWEN_VL_TEXT:
         return read_qwen_vision(cfg)
-    if not isinstance(outer, str) or outer not in _OUTER:
+    if outer not in _OUTER:
         return None
     given = cfg.get("vision_config")
     given = given if isinstance(given, dict) else {}
