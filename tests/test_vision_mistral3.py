@@ -1,6 +1,7 @@
 """Mistral 3 (Mistral-Small-3.1): the Pixtral tower's and projector's parameters
 (ftmem.vision_pixtral) against transformers on the meta device, its image tokens, and
-the refusal of --images (its forward is not modelled yet)."""
+--images (the tower's forward with images, measured in tests/accuracy/test_vision_pixtral.py)
+and its refusal under gradient checkpointing."""
 
 from __future__ import annotations
 
@@ -68,11 +69,15 @@ def test_counts_by_hand():
     assert count_params(tied) == 24_011_361_280 - 131_072 * 5_120
 
 
-def test_image_tokens_and_images_refused():
+def test_image_tokens_and_images():
     """1540 / 14 = 110 patches a side, merged 2 × 2: 55 rows of 55 features, each row
-    closed by [IMG_BREAK] (the last by [IMG_END]): 55 × 56 = 3,080 tokens."""
+    closed by [IMG_BREAK] (the last by [IMG_END]): 55 × 56 = 3,080 tokens, which
+    --seq-len must hold; checkpointing with images is refused."""
     v = get_model("mistral-small-3.1-24b").vision
     assert v is not None and v.tokens_per_image == 3_080
-    assert estimate("mistral-small-3.1-24b", method="lora").notes[0].startswith("Mistral 3")
-    with pytest.raises(InvalidInputError, match="forward with images is not modelled"):
-        estimate("mistral-small-3.1-24b", images=1, seq_len=4096)
+    with pytest.raises(InvalidInputError, match="--seq-len must be at least"):
+        estimate("mistral-small-3.1-24b", images=1, seq_len=3_000)
+    est = estimate("mistral-small-3.1-24b", method="lora", images=1, seq_len=4096)
+    assert any("3,025 [IMG] tokens" in n for n in est.notes)
+    with pytest.raises(InvalidInputError, match="Pixtral tower under gradient checkpointing"):
+        estimate("mistral-small-3.1-24b", images=1, seq_len=4096, grad_ckpt=True)

@@ -1,4 +1,5 @@
-"""The vision tower and projector of an image-text model (LLaVA, Gemma 3): their
+"""The vision tower and projector of an image-text model (LLaVA, Gemma 3; Qwen-VL in
+ftmem.vision_qwen, Mistral 3's Pixtral in ftmem.vision_pixtral): their
 parameters, the image tokens they put in the sequence, and what a step keeps of them.
 
 A :class:`VisionTower` is plain data beside the language model's Architecture
@@ -265,6 +266,8 @@ def tower_saved(
     native_layer_norm saves them whatever needs a gradient)."""
     if v.qwen:
         return vision_qwen.tower_saved(v, images, e, eager, checkpointed, weights)
+    if v.encoder == "pixtral":  # (checkpointed: refused by vision_step.training)
+        return vision_pixtral.tower_saved(v, images, e, eager)
     if not weights and not checkpointed:
         raise ValueError("a frozen tower passes input gradients only under checkpointing")
     n = images * v.tower_tokens
@@ -298,6 +301,8 @@ def projector_saved(
     """
     if v.qwen:
         return vision_qwen.merger_saved(v, images, e, tower_trains)
+    if v.projector == "mistral3":
+        return vision_pixtral.projector_saved(v, text_hidden, images, e, tower_trains)
     H, T = v.hidden_size, text_hidden
     tokens = images * v.tokens_per_image
     if v.projector == "mlp":
@@ -344,6 +349,8 @@ def frozen_forward(v: VisionTower, images: int, e: int) -> int:
     ``x * sigmoid(1.702 x)``: 1.702 x and the sigmoid beside fc1's output)."""
     if v.qwen:
         return vision_qwen.frozen_forward(v, images, e)
+    if v.encoder == "pixtral":
+        return vision_pixtral.frozen_forward(v, images, e)
     n = images * v.tower_tokens
     H, I = v.hidden_size, v.intermediate_size
     clip = v.encoder == "clip"
@@ -373,11 +380,11 @@ def check_images(v: VisionTower | None, images: int, seq_len: int, name: str) ->
     """Images per sample need a vision tower, and their tokens fit in the sequence."""
     if not images:
         return
-    if v is None or v.encoder == "pixtral":
-        what = "forward with images" if v is not None else "vision tower"
+    if v is None:
         raise InvalidInputError(
-            f"--images: {name}'s {what} is not modelled (LLaVA's, Gemma 3's, "
-            "Llama-3.2-Vision's and Qwen-VL's are); drop --images to estimate its language model."
+            f"--images: {name}'s vision tower is not modelled (LLaVA's, Gemma 3's, "
+            "Llama-3.2-Vision's, Qwen-VL's and Mistral 3's are); drop --images to estimate "
+            "its language model."
         )
     if images * v.tokens_per_image > seq_len:
         raise InvalidInputError(

@@ -1,6 +1,6 @@
 """Mistral 3's vision tower (Pixtral) and projector (ftmem.vision dispatches here for the
-``pixtral`` encoder): their parameters and the image tokens an image puts in the
-sequence. Their forward with images is not modelled yet: ``--images`` is refused.
+``pixtral`` encoder): their parameters, the image tokens an image puts in the sequence,
+and what a step keeps of their forward with images.
 
 As transformers 5.24 builds them (models/pixtral/modeling_pixtral.py PixtralVisionModel,
 models/mistral3/modeling_mistral3.py Mistral3MultiModalProjector), under
@@ -16,12 +16,27 @@ models/mistral3/modeling_mistral3.py Mistral3MultiModalProjector), under
 
 An image of the config's image_size is (image_size / patch / merge)² features; the
 processor puts an [IMG_BREAK] after each row but the last, which ends with [IMG_END], so
-its tokens in the sequence are rows × (columns + 1).
+its tokens in the sequence are rows × (columns + 1) (ftmem counts the [IMG_BREAK] and
+[IMG_END] tokens in --seq-len with the [IMG] ones; only the [IMG] ones receive features).
+
+The forward (transformers 5.24 modeling_pixtral.py PixtralVisionModel.forward, lines
+404-462): every image of the step goes through patch_conv, and their patches are
+concatenated into ONE sequence (``torch.cat([p.flatten(1).T ...]).unsqueeze(0)``, line
+423) that the layers attend over with a dense block-diagonal mask of that sequence's
+length squared in the compute dtype (generate_block_attention_mask, lines 360-374; flash
+attention takes cu_seqlens instead, lines 438-451). The rotary's cos and sin are one row
+of head_dim per patch in the compute dtype (PixtralVisionRotaryEmbedding.forward, line
+85). Mistral 3 reads the last layer (modeling_mistral3.py get_image_features, line 211)
+and its projector runs norm → patch merger (unfold, lines 92-104) → linear_1 → GELU →
+linear_2 (lines 127-133). The sizes below are checked against PyTorch's saved tensors in
+tests/accuracy/test_vision_pixtral.py.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from ftmem.dtypes import FP32
 
 if TYPE_CHECKING:
     from ftmem.vision import VisionParam, VisionTower
@@ -33,6 +48,11 @@ PROJECTOR = "model.multi_modal_projector."
 def tokens_per_image(image_size: int, patch_size: int, merge_size: int) -> int:
     side = image_size // patch_size // merge_size
     return side * (side + 1)
+
+
+def features_per_image(v: VisionTower) -> int:
+    """The [IMG] tokens of one image: its patches merged spatial_merge_size² into one."""
+    return v.patches // v.merge_size**2
 
 
 def tower_params(v: VisionTower) -> list[VisionParam]:
@@ -72,3 +92,93 @@ def projector_params(v: VisionTower, text_hidden: int) -> list[VisionParam]:
     if v.projector_bias:
         out.append(VisionParam(f"{PROJECTOR}linear_2.bias", (T,)))
     return out
+
+
+def _rms_saved(n: int, width: int, e: int, input_grad: bool = True) -> int:
+    """PixtralRMSNorm / Mistral3RMSNorm (fp32 steps, modeling_pixtral.py lines 250-255):
+    the input cast to fp32 that pow and the first mul keep, rsqrt's output, and the
+    normalised x cast back that the weight's mul keeps; with no gradient for its input,
+    only that last one."""
+    cast = n * width * e
+    return n * width * FP32 + n * FP32 + cast if input_grad else cast
+
+
+def mask_bytes(v: VisionTower, images: int, e: int) -> int:
+    """The block-diagonal attention mask over all the step's patches as one sequence."""
+    n = images * v.patches
+    return n * n * e
+
+
+def rotary_tables(v: VisionTower, images: int, e: int) -> int:
+    """The 2-D rotary's cos and sin, in the compute dtype, one row of head_dim per patch."""
+    return 2 * images * v.patches * (v.hidden_size // v.num_heads) * e
+
+
+def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool) -> int:
+    """One trained PixtralAttentionLayer (modeling_pixtral.py lines 269-299), n patches:
+
+    - attention_norm and ffn_norm: each _rms_saved and its output, the next linears'
+      shared input (n H e);
+    - sdpa: the rotated q and k, v and the kernel's output (4 n H e; o_proj reads that
+      output, reshaped without a copy), the fp32 logsumexp (n · heads · 4); the mask
+      is shared by all layers (tower_saved counts it once); the rotary's muls keep cos
+      and sin (shared too);
+    - eager instead: q, k and v (3 n H e), the fp32 softmax over the whole sequence
+      (heads · n², the other images' blocks masked, not skipped) and, in a 16-bit dtype,
+      its cast back that the second matmul keeps, and o_proj's input (a contiguous copy);
+    - the SwiGLU feed_forward: the activation's input, its output, up's output and their
+      product (down's input): 4 n I e.
+    """
+    H, n = v.hidden_size, images * v.patches
+    norms = 2 * (_rms_saved(n, H, e) + n * H * e)
+    if eager:
+        probs = v.num_heads * n * n
+        attention = 4 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
+    else:
+        attention = 4 * n * H * e + n * v.num_heads * FP32
+    return norms + attention + 4 * n * v.intermediate_size * e
+
+
+def tower_saved(v: VisionTower, images: int, e: int, eager: bool) -> int:
+    """A trained tower: the pixels patch_conv keeps (cast to the tower's dtype, lines 415-416),
+    ln_pre (its output is layer 0's input, counted there), cos and sin, sdpa's mask
+    (every layer's node keeps the same tensor; eager adds it to the logits and keeps
+    nothing) and every layer (Mistral 3 reads the last)."""
+    n = images * v.patches
+    pixels = images * v.num_channels * v.image_size**2 * e
+    total = pixels + _rms_saved(n, v.hidden_size, e) + rotary_tables(v, images, e)
+    if not eager:
+        total += mask_bytes(v, images, e)
+    return total + v.num_layers * saved_per_layer(v, images, e, eager)
+
+
+def projector_saved(
+    v: VisionTower, text_hidden: int, images: int, e: int, tower_trains: bool
+) -> int:
+    """The trained projector (modeling_mistral3.py lines 84-133): its norm (its input's
+    fp32 cast and rsqrt only when the tower trains), the patch merger's linear input
+    (the unfolded rows concatenated: n H e in all; unfold's backward needs nothing),
+    linear_1's input (tokens × H), the GELU's input and linear_2's input (tokens × T
+    each)."""
+    n = images * v.patches
+    tokens = images * features_per_image(v)
+    H = v.hidden_size
+    norm = _rms_saved(n, H, e, input_grad=tower_trains)
+    return norm + n * H * e + tokens * H * e + 2 * tokens * text_hidden * e
+
+
+def frozen_forward(v: VisionTower, images: int, e: int) -> int:
+    """The frozen tower's largest moment (sdpa, measured in
+    tests/accuracy/test_vision_pixtral.py), beside the mask, cos and sin and the int64
+    (h, w) position ids that live through the whole forward. Always alive: patch_conv's
+    output (patch_embeds_list's views of it, line 417), ln_pre's output (the caller's
+    ``patch_embeds`` and the transformer's ``inputs_embeds``) and the layer's input; in
+    attention eight more hidden-sized tensors at its largest (11 n H e measured), in
+    the feed-forward the residual sum, ffn_norm's output and three intermediate-sized
+    tensors (the activation's output, up's and their product)."""
+    n = images * v.patches
+    H, I = v.hidden_size, v.intermediate_size
+    always = mask_bytes(v, images, e) + rotary_tables(v, images, e) + 2 * n * 8
+    attention = 11 * n * H * e
+    mlp = 5 * n * H * e + 3 * n * I * e
+    return always + max(attention, mlp)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ftmem import mllama_step, vision_qwen
+from ftmem import mllama_step, vision_pixtral, vision_qwen
 from ftmem.arch import Architecture, Param, ParamKind
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, StorageFormat, is_quantized
 from ftmem.errors import InvalidInputError
@@ -66,7 +66,13 @@ def training(arch: Architecture, run: RunConfig) -> VisionTraining:
                 "image-text configs have one)."
             )
         return VisionTraining(False, False)
-    check_images(arch.vision, run.images, run.seq_len, arch.name)  # (Mistral 3: refused)
+    check_images(arch.vision, run.images, run.seq_len, arch.name)
+    if arch.vision.encoder == "pixtral" and run.images and run.grad_ckpt:
+        raise InvalidInputError(
+            "--images with --grad-ckpt: Mistral 3's Pixtral tower under gradient "
+            "checkpointing is not modelled yet (its layers and, with a frozen tower, "
+            "transformers' input-gradient hook); drop --grad-ckpt or --images."
+        )
     if not run.images:
         # text-only batches never run the tower or the projector: no gradient reaches
         # them, their .grad stays None and torch's AdamW makes them no state
@@ -247,6 +253,8 @@ def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
     # mm_token_type_ids (one int64 per token)
     v = arch.vision
     qwen = images_per_step(run) * 3 * 8 + run.batch_size * run.seq_len * 8 if v.qwen else 0
+    if v.encoder == "pixtral":
+        qwen += images_per_step(run) * 2 * 8  # Mistral 3's image_sizes: (h, w) int64 per image
     if v.qwen and run.grad_ckpt and (training(arch, run).tower or input_hooked(arch, run)):
         # checkpointed blocks keep the rotary's cos and sin as their checkpoint's
         # arguments (ftmem.vision_qwen.tower_saved), through backward (the tower trained,
@@ -280,12 +288,7 @@ def notes(arch: Architecture, run: RunConfig) -> list[str]:
         f"{what} {'trained' if t else 'frozen'}"
         for what, t in (("vision tower", trains.tower), ("projector", trains.projector))
     )
-    if v.encoder == "pixtral":
-        out.append(
-            "Mistral 3: the Pixtral vision tower's and projector's weights are counted; "
-            "their forward with images is not modelled yet (--images is refused)."
-        )
-    elif not run.images:
+    if not run.images:
         out.append(
             "Image-text model without images per sample: the vision tower and the projector "
             "never run, so their weights are counted and no gradient or optimizer state "
@@ -301,6 +304,15 @@ def notes(arch: Architecture, run: RunConfig) -> list[str]:
                 f" Images of {v.image_size} × {v.image_size} pixels after Qwen's resize "
                 f"(--image-size), {v.patches:,} patches each in the tower."
                 if v.qwen
+                else ""
+            )
+            + (
+                f" Mistral 3: {vision_pixtral.features_per_image(v):,} [IMG] tokens per "
+                "image plus one [IMG_BREAK] per row ([IMG_END] after the last), all counted "
+                "in --seq-len; the Pixtral tower attends over the step's "
+                f"{images_per_step(run) * v.patches:,} patches as one sequence with a "
+                "dense block-diagonal mask (its square in the compute dtype)."
+                if v.encoder == "pixtral"
                 else ""
             )
         )

@@ -164,6 +164,21 @@ TINY_TOWERS = {
         window_size=28,
         full_attention_layers=(1,),
     ),
+    # Mistral 3's Pixtral: 8 × 8 patches of 7 merged 2 × 2 into 16 [IMG] tokens, 20 with
+    # the [IMG_BREAK]/[IMG_END] closing each row
+    "mistral3": VisionTower(
+        encoder="pixtral",
+        hidden_size=32,
+        intermediate_size=48,
+        num_layers=3,
+        num_heads=4,
+        image_size=56,
+        patch_size=7,
+        projector="mistral3",
+        projector_bias=False,
+        merge_size=2,
+        tokens_per_image=20,
+    ),
     "qwen2-vl": VisionTower(
         encoder="qwen2_vl",
         hidden_size=32,
@@ -200,7 +215,7 @@ class ImageTextCase(Case):
 
 
 def _image_text() -> list[Case]:
-    """LLaVA (a Llama), Gemma 3, Qwen2.5-VL and Qwen2-VL (Qwen2s) with their vision
+    """LLaVA (a Llama), Gemma 3, Qwen2.5-VL, Qwen2-VL (Qwen2s) and Mistral 3 (a Mistral) with their vision
     towers: trained (full finetuning's default), frozen, the projector alone beside LoRA,
     fp32, checkpointed (the tower's layers too; under LoRA, frozen but passing input
     gradients)."""
@@ -215,6 +230,14 @@ def _image_text() -> list[Case]:
         # too: its input gradients run through the frozen tower and projector
         {"method": "lora", "grad_ckpt": True},
     ]
+    # Mistral 3 (a Mistral): no checkpointing (refused with images: ftmem.vision_step)
+    mistral3: list[dict] = [
+        {"method": "full"},
+        {"method": "lora"},
+        {"method": "lora", "projector": "full"},
+        {"method": "full", "precision": "fp32"},
+        {"method": "full", "attn": "eager"},
+    ]
     return [
         ImageTextCase(family, s, tower=tower)
         for tower, family in (
@@ -224,7 +247,7 @@ def _image_text() -> list[Case]:
             ("qwen2-vl", "qwen2"),
         )
         for s in settings
-    ]
+    ] + [ImageTextCase("mistral", s, tower="mistral3") for s in mistral3]
 
 
 # A tiny Llama-3.2-Vision (ftmem.mllama): 3 local + 1 global vision layers of width 32 over

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import torch
 from torch import nn
 
+from ftmem import vision_pixtral
 from ftmem.arch import Architecture, as_trained, count_params, layout, param_path
 from ftmem.errors import InvalidInputError
 from ftmem.run import PROMPT_METHODS, RunConfig, split_patterns
@@ -149,7 +150,7 @@ def image_text_config(arch: Architecture, text):
     if v.qwen:
         return qwen_vl_config(arch, text)
     if v.encoder == "pixtral":
-        raise InvalidInputError("Mistral 3's Pixtral tower is not measured yet")
+        return mistral3_config(arch, text)
     vision = {
         "hidden_size": v.hidden_size,
         "intermediate_size": v.intermediate_size,
@@ -184,6 +185,39 @@ def image_text_config(arch: Architecture, text):
             **common,
         )
     cfg._attn_implementation = text._attn_implementation
+    return cfg
+
+
+def mistral3_config(arch: Architecture, text):
+    """Mistral3Config around the language model's config, its Pixtral vision config
+    written from Architecture.vision (ftmem.vision_pixtral; SwiGLU with SiLU, as
+    Mistral-Small-3.1's config.json sets it)."""
+    from transformers import Mistral3Config
+
+    v = arch.vision
+    assert v is not None
+    vision = {
+        "hidden_size": v.hidden_size,
+        "intermediate_size": v.intermediate_size,
+        "num_hidden_layers": v.num_layers,
+        "num_attention_heads": v.num_heads,
+        "head_dim": v.hidden_size // v.num_heads,
+        "image_size": v.image_size,
+        "patch_size": v.patch_size,
+        "num_channels": v.num_channels,
+        "hidden_act": "silu",
+    }
+    attn = text._attn_implementation  # (read first: Mistral3Config resets the text config's)
+    cfg = Mistral3Config(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=image_token_id(arch),
+        spatial_merge_size=v.merge_size,
+        vision_feature_layer=-1,
+        multimodal_projector_bias=v.projector_bias,
+        tie_word_embeddings=arch.tie_embeddings,
+    )
+    cfg._attn_implementation = attn  # (the setter sets the text and vision configs' too)
     return cfg
 
 
@@ -273,6 +307,10 @@ def image_inputs(
     image = image_token_id(arch)
     ids.masked_fill_(ids == image, 0)
     count = run.images * v.tokens_per_image
+    if v.encoder == "pixtral":
+        # only the [IMG] tokens take features; the [IMG_BREAK]/[IMG_END] ones are text
+        # tokens (ftmem counts them in --seq-len: tokens_per_image)
+        count = run.images * vision_pixtral.features_per_image(v)
     ids[:, 1 : 1 + count] = image
     gen = torch.Generator().manual_seed(seed)
     if v.qwen:
@@ -281,7 +319,10 @@ def image_inputs(
         inputs["mm_token_type_ids"] = (ids == image).long()
         return {k: t.to(ids.device) for k, t in inputs.items()}
     shape = (ids.shape[0] * run.images, v.num_channels, v.image_size, v.image_size)
-    return {"pixel_values": torch.randn(shape, generator=gen).to(ids.device)}
+    inputs = {"pixel_values": torch.randn(shape, generator=gen)}
+    if v.encoder == "pixtral":
+        inputs["image_sizes"] = torch.tensor([[v.image_size, v.image_size]] * shape[0])
+    return {k: t.to(ids.device) for k, t in inputs.items()}
 
 
 def _vision_trainable(model: nn.Module, arch: Architecture, run: RunConfig) -> None:
