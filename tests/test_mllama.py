@@ -17,6 +17,7 @@ from ftmem.mllama import cross_layer_count, image_states
 from ftmem.presets import get_model
 from ftmem.sources import architecture_from_config
 from ftmem.vision import projector_count, tower_count
+from tests.meta_counts import counted, image_text_params
 
 FIXTURES = Path(__file__).parent / "fixtures" / "multimodal"
 CONFIGS = {
@@ -28,21 +29,14 @@ CONFIGS = {
 def _transformers_counts(cfg: dict) -> dict[str, int]:
     """The parameters of MllamaForConditionalGeneration built from ``cfg`` on the meta
     device: all, the vision model, the projector, the cross-attention layers."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    kwargs = {k: v for k, v in cfg.items() if k != "model_type"}
-    config = transformers.CONFIG_MAPPING[cfg["model_type"]](**kwargs)
-    with torch.device("meta"):
-        model = transformers.AutoModelForImageTextToText.from_config(config)
-    named = list(model.named_parameters())
+    params = image_text_params(cfg)
     cross = tuple(f".layers.{i}." for i in cfg["text_config"]["cross_attention_layers"])
+    language = [(name, n) for name, n in params if "language_model" in name]
     return {
-        "all": sum(p.numel() for _, p in named),
-        "tower": sum(p.numel() for n, p in named if ".vision_model." in n),
-        "projector": sum(p.numel() for n, p in named if ".multi_modal_projector." in n),
-        "cross": sum(
-            p.numel() for n, p in named if "language_model" in n and any(c in n for c in cross)
-        ),
+        "all": counted(params),
+        "tower": counted(params, ".vision_model."),
+        "projector": counted(params, ".multi_modal_projector."),
+        "cross": counted(language, *cross),
     }
 
 

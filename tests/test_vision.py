@@ -16,6 +16,7 @@ from ftmem.errors import ConfigError, InvalidInputError
 from ftmem.presets import get_model
 from ftmem.sources import architecture_from_config
 from ftmem.vision import projector_count, tower_count
+from tests.meta_counts import counted, image_text_params
 
 FIXTURES = Path(__file__).parent / "fixtures" / "multimodal"
 LLAVA = json.loads((FIXTURES / "llava-1.5-7b-hf.json").read_text())
@@ -56,19 +57,12 @@ CONFIGS = {
 
 
 def _transformers_counts(cfg: dict) -> tuple[int, int, int]:
-    """(all, vision tower, projector) parameters of the model transformers builds from
-    ``cfg`` on the meta device (its classes fill the keys the config leaves out)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    kwargs = {k: v for k, v in cfg.items() if k != "model_type"}
-    config = transformers.CONFIG_MAPPING[cfg["model_type"]](**kwargs)
-    with torch.device("meta"):
-        model = transformers.AutoModelForImageTextToText.from_config(config)
-    named = list(model.named_parameters())
+    """(all, vision tower, projector) parameters of the model transformers builds."""
+    params = image_text_params(cfg)
     return (
-        sum(p.numel() for _, p in named),
-        sum(p.numel() for n, p in named if ".vision_tower." in n),
-        sum(p.numel() for n, p in named if ".multi_modal_projector." in n),
+        counted(params),
+        counted(params, ".vision_tower."),
+        counted(params, ".multi_modal_projector."),
     )
 
 

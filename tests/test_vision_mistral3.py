@@ -16,6 +16,7 @@ from ftmem.errors import InvalidInputError
 from ftmem.presets import get_model
 from ftmem.sources import architecture_from_config
 from ftmem.vision import projector_count, tower_count
+from tests.meta_counts import counted, image_text_params
 
 FIXTURES = Path(__file__).parent / "fixtures" / "multimodal"
 # mistralai/Mistral-Small-3.1-24B-Instruct-2503's config.json
@@ -23,17 +24,11 @@ CONFIG = json.loads((FIXTURES / "Mistral-Small-3.1-24B-Instruct-2503.json").read
 
 
 def _transformers_counts(cfg: dict) -> tuple[int, int, int]:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    kwargs = {k: v for k, v in cfg.items() if k != "model_type"}
-    config = transformers.CONFIG_MAPPING[cfg["model_type"]](**kwargs)
-    with torch.device("meta"):
-        model = transformers.AutoModelForImageTextToText.from_config(config)
-    named = list(model.named_parameters())
+    params = image_text_params(cfg)
     return (
-        sum(p.numel() for _, p in named),
-        sum(p.numel() for n, p in named if ".vision_tower." in n),
-        sum(p.numel() for n, p in named if ".multi_modal_projector." in n),
+        counted(params),
+        counted(params, ".vision_tower."),
+        counted(params, ".multi_modal_projector."),
     )
 
 

@@ -16,6 +16,7 @@ from ftmem.presets import get_model
 from ftmem.sources import architecture_from_config
 from ftmem.vision import projector_count, tower_count
 from ftmem.vision_qwen import smart_resize
+from tests.meta_counts import counted, image_text_params
 
 FIXTURES = Path(__file__).parent / "fixtures" / "multimodal"
 # preset id -> the Hub config.json fixture (Qwen/<name>/config.json)
@@ -35,16 +36,9 @@ def _config(name: str) -> dict:
 
 def _transformers_counts(cfg: dict) -> tuple[int, int, int]:
     """(all, vision tower without the merger, merger) of the model transformers builds."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    kwargs = {k: v for k, v in cfg.items() if k != "model_type"}
-    config = transformers.CONFIG_MAPPING[cfg["model_type"]](**kwargs)
-    with torch.device("meta"):
-        model = transformers.AutoModelForImageTextToText.from_config(config)
-    named = list(model.named_parameters())
-    merger = sum(p.numel() for n, p in named if ".visual.merger." in n)
-    tower = sum(p.numel() for n, p in named if ".visual." in n) - merger
-    return sum(p.numel() for _, p in named), tower, merger
+    params = image_text_params(cfg)
+    merger = counted(params, ".visual.merger.")
+    return counted(params), counted(params, ".visual.") - merger, merger
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
