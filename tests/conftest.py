@@ -357,6 +357,18 @@ TINY: dict[str, dict] = {
         norms_per_block=4,
         attention_qkv_bias=True,
     ),
+    # GLM (glm-4-9b-hf): GLM-4's block without its post-sublayer norms (two RMSNorms)
+    "glm": dict(
+        family="glm",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        rotary_dim=12,
+        intermediate_size=160,
+        attention_qkv_bias=True,
+    ),
     # EXAONE 4: OLMo 2's post-norms with Qwen3's per-head q/k norms
     "exaone4": dict(
         family="exaone4",

@@ -455,6 +455,7 @@ NEW_WIRING = (
     "olmoe",
     "gemma3",
     "cohere",
+    "glm",
     "glm4",
     "exaone4",
 )
