@@ -369,6 +369,17 @@ TINY: dict[str, dict] = {
         intermediate_size=160,
         attention_qkv_bias=True,
     ),
+    # EXAONE 3.0/3.5: Llama's model under GPT-2-style config keys (num_layers, ...), tied
+    "exaone": dict(
+        family="exaone",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        tie_embeddings=True,
+    ),
     # EXAONE 4: OLMo 2's post-norms with Qwen3's per-head q/k norms
     "exaone4": dict(
         family="exaone4",

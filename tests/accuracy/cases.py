@@ -465,13 +465,14 @@ def _families_of_issue_17() -> list[Case]:
     """QLoRA (pure bf16 and under autocast), checkpointing and BitFit on the families
     issue 17 added, beyond the matrix every family runs."""
     cases: list[Case] = []
-    for family in (*NEW_WIRING, "starcoder2", "gpt_bigcode"):
+    # EXAONE 3.x (issue 17): Llama's model read from its own config keys
+    for family in (*NEW_WIRING, "starcoder2", "gpt_bigcode", "exaone"):
         # (DeepSeek's shared experts are a whole number of experts wide)
         shared = {"shared_experts_size": WIDER["intermediate_size"]}
         wider = {**WIDER, **shared} if tiny(family).shared_experts_size else WIDER
         for precision in ("bf16", "bf16-mixed"):
             cases.append(Case(family, {"method": "qlora", "precision": precision}, wider))
-    for family in NEW_WIRING:
+    for family in (*NEW_WIRING, "exaone"):
         cases.append(Case(family, {"method": "lora", "precision": "bf16", "grad_ckpt": True}))
     for family in ("gpt_neox", "phi", "stablelm", "starcoder2", "gpt_bigcode"):
         cases.append(Case(family, {"method": "bitfit", "precision": "bf16"}))
