@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from ftmem.arch import Architecture
 
 
-def _read(cfg: Config, out: Config) -> None:
+def read_glm_keys(cfg: Config, out: Config) -> None:
+    """GLM's and GLM-4's keys beyond Llama's: o_proj without a bias, half-head rotary."""
     head_dim = out.get("head_dim") or out["hidden_size"] // out["num_heads"]
     out.update(
         attention_out_bias=False,
@@ -29,7 +30,7 @@ def _read(cfg: Config, out: Config) -> None:
     )
 
 
-def _build(arch: Architecture, kw: Config) -> None:
+def build_glm_keys(arch: Architecture, kw: Config) -> None:
     kw.update(
         attention_bias=arch.attention_qkv_bias,
         partial_rotary_factor=arch.rotary_size / arch.head_size,
@@ -43,8 +44,8 @@ FAMILY = Family(
     config=llama_map(
         "glm",
         LlamaKeys(fixed_bias=None, optional=("attention_bias",)),
-        _read,
-        _build,
+        read_glm_keys,
+        build_glm_keys,
     ),
     names=replace(LLAMA_NAMES, mlp={"gate_up": "mlp.gate_up_proj", "down": "mlp.down_proj"}),
     rotary_tables_per_layer=True,

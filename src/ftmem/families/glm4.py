@@ -10,27 +10,17 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ftmem.families import Family
-from ftmem.families._config import Config, LlamaKeys, rotary_dim
+from ftmem.families._config import Config, LlamaKeys
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.families.glm import build_glm_keys, read_glm_keys
 
 if TYPE_CHECKING:
-    from ftmem.arch import Architecture
+    pass
 
 
 def _read(cfg: Config, out: Config) -> None:
-    head_dim = out.get("head_dim") or out["hidden_size"] // out["num_heads"]
-    out.update(
-        norms_per_block=4,
-        attention_out_bias=False,
-        rotary_dim=rotary_dim(cfg, head_dim, ("partial_rotary_factor",), 0.5),
-    )
-
-
-def _build(arch: Architecture, kw: Config) -> None:
-    kw.update(
-        attention_bias=arch.attention_qkv_bias,
-        partial_rotary_factor=arch.rotary_size / arch.head_size,
-    )
+    read_glm_keys(cfg, out)
+    out["norms_per_block"] = 4  # the post-sublayer norms GLM's block lacks
 
 
 FAMILY = Family(
@@ -41,7 +31,7 @@ FAMILY = Family(
         "glm4",
         LlamaKeys(fixed_bias=None, optional=("attention_bias",)),
         _read,
-        _build,
+        build_glm_keys,
     ),
     names=replace(
         LLAMA_NAMES,
