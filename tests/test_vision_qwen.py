@@ -82,7 +82,8 @@ def test_images_run_through_the_tower():
 
 def test_image_size_sets_the_tokens():
     """--image-size 1000: resized to 980 (as above), 70 × 70 patches, 1,225 tokens; the
-    sequence must hold them. LLaVA's processor resizes every image to 336: refused."""
+    sequence must hold them. LLaVA's processor resizes every image to 336, and a
+    text-only model has no tower: both refused."""
     from ftmem.errors import InvalidInputError
 
     est = estimate("qwen2.5-vl-7b", method="lora", images=1, image_size=1000, seq_len=2048)
@@ -91,3 +92,6 @@ def test_image_size_sets_the_tokens():
         estimate("qwen2.5-vl-7b", images=2, image_size=1000, seq_len=2048)
     with pytest.raises(InvalidInputError, match="--image-size"):
         estimate("llava-1.5-7b", images=1, image_size=500, seq_len=1024)
+    # a text-only model has no images to resize: refused, not ignored
+    with pytest.raises(InvalidInputError, match="no vision tower"):
+        estimate("llama2-7b", image_size=448)

@@ -366,8 +366,13 @@ def for_image_size(v: VisionTower | None, side: int | None) -> VisionTower | Non
     """The tower for the run's image size: Qwen-VL resizes each image to multiples of
     patch × merge pixels (ftmem.vision_qwen); LLaVA and Gemma 3 resize every image to
     their fixed image_size, so the run's size changes nothing there."""
-    if side is None or v is None:
+    if side is None:
         return v
+    if v is None:
+        raise InvalidInputError(
+            "--image-size: this model has no vision tower ftmem models; it is for "
+            "Qwen-VL's dynamic resolution."
+        )
     if not v.qwen:
         raise InvalidInputError(
             f"--image-size: this model's processor resizes every image to {v.image_size} "

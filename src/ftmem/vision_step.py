@@ -62,8 +62,8 @@ def training(arch: Architecture, run: RunConfig) -> VisionTraining:
         if "full" in (run.vision_tower, run.projector) or run.images:
             what = "--images" if run.images else "--vision-tower/--projector full"
             raise InvalidInputError(
-                f"{what}: {arch.name} has no vision tower ftmem models (LLaVA, Gemma 3 and Llama-3.2-Vision "
-                "image-text configs have one)."
+                f"{what}: {arch.name} has no vision tower ftmem models (LLaVA, Gemma 3, Qwen-VL, "
+                "Llama-3.2-Vision and Mistral 3 image-text configs have one)."
             )
         return VisionTraining(False, False)
     check_images(arch.vision, run.images, run.seq_len, arch.name)
