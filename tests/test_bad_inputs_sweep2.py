@@ -211,6 +211,84 @@ def test_config_values_refused(capsys, tmp_path, changes, expected):
     assert expected in refused(capsys, "estimate", str(path))
 
 
+# an image-text config (Qwen2.5-VL, the Hub's flat layout) whose vision_config a case spoils
+QWEN_VL = {
+    "model_type": "qwen2_5_vl",
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 1000,
+    "max_position_embeddings": 4096,
+    "vision_config": {"depth": 4, "hidden_size": 128, "num_heads": 4, "out_hidden_size": 256},
+}
+LLAMA_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 100,
+}
+
+
+@pytest.mark.parametrize(
+    ("vision", "expected"),
+    [
+        # a depth of 10^40 looped for ever before any bound was checked
+        ({"depth": 10**40}, "over the layer bound"),
+        ({"fullatt_block_indexes": [10**30]}, "full-attention layer index"),
+        ({"num_heads": 7}, "whole number of its 7 heads"),
+        # int() read 2.5 as 2 (a wrong token count)
+        ({"spatial_merge_size": 2.5}, "spatial_merge_size must be an integer"),
+        ({"patch_size": 0}, "patch_size must be positive"),
+        ("abc", "vision_config must be an object"),
+    ],
+    ids=["depth-huge", "full-index", "heads", "merge-float", "patch-zero", "not-object"],
+)
+def test_vision_config_values_refused(capsys, tmp_path, vision, expected):
+    given = QWEN_VL["vision_config"]
+    spoiled = {**given, **vision} if isinstance(vision, dict) else vision
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**QWEN_VL, "vision_config": spoiled}))
+    assert expected in refused(capsys, "estimate", str(path))
+
+
+@pytest.mark.parametrize(
+    ("cfg", "expected"),
+    [
+        # was "model_type mllama, which ftmem does not model yet"
+        ({"model_type": "mllama"}, "no text_config object"),
+        ({"model_type": "mllama", "text_config": "x"}, "no text_config object"),
+        # a text_config without model_type is MllamaTextConfig (was "model_type null")
+        (
+            {
+                "model_type": "mllama",
+                "text_config": {**LLAMA_TEXT, "cross_attention_layers": [99]},
+                "vision_config": {},
+            },
+            "cross_attention_layers must index",
+        ),
+    ],
+    ids=["no-text", "text-string", "cross-layer-out"],
+)
+def test_image_text_configs_refused(capsys, tmp_path, cfg, expected):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert expected in refused(capsys, "estimate", str(path))
+
+
+def test_a_text_config_without_model_type_is_its_outer_class_default(capsys, tmp_path):
+    # LlavaConfig builds a LlamaConfig for a text_config that names no model_type
+    # (transformers 5.24 configuration_llava.py SubConfigSpec(AutoConfig, "llama"))
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "llava", "text_config": LLAMA_TEXT}))
+    code, out, err = run(capsys, "estimate", str(path), "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["model"]["family"] == "llama"
+
+
 # -- measure ---------------------------------------------------------------------------------
 
 

@@ -39,6 +39,18 @@ Mapping = dict[str, Any]
 MAX_CONFIG_BYTES = 16 * 2**20  # real config.json files are a few KiB
 
 
+# The text_config class an image-text config builds when its text_config names no
+# model_type (transformers 5.24: configuration_llava.py and configuration_mistral3.py
+# SubConfigSpec(AutoConfig, model_type="llama" / "mistral"); configuration_gemma3.py and
+# configuration_mllama.py always build Gemma3TextConfig / MllamaTextConfig)
+TEXT_MODEL_TYPE = {
+    "llava": "llama",
+    "mistral3": "mistral",
+    "gemma3": "gemma3_text",
+    "mllama": "mllama_text_model",
+}
+
+
 def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
     """A multimodal config's language model (``text_config``), and what is left out."""
     qwen = qwen_text_config(cfg)  # (Qwen-VL's Hub configs are flat)
@@ -47,9 +59,16 @@ def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
             qwen["tie_word_embeddings"] = MULTIMODAL_TIE_DEFAULT[str(cfg["model_type"])]
         return qwen, None
     text = cfg.get("text_config")
-    if not isinstance(text, dict):
-        return cfg, None
     outer = cfg.get("model_type", "multimodal")
+    if not isinstance(text, dict):
+        if isinstance(outer, str) and outer in TEXT_MODEL_TYPE:
+            raise ConfigError(
+                f"config.json ({outer}) has no text_config object: its language model's "
+                "keys (hidden_size, num_hidden_layers, ...) belong there."
+            )
+        return cfg, None
+    if not isinstance(text.get("model_type"), str) and outer in TEXT_MODEL_TYPE:
+        text = {**text, "model_type": TEXT_MODEL_TYPE[str(outer)]}
     left_out = [
         k.removesuffix("_config") for k in cfg if k.endswith("_config") and k != "text_config"
     ]
@@ -64,7 +83,8 @@ def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
     note = (
         f"{outer}: estimated for its language model ({text.get('model_type')}); the "
         f"{' and '.join(left_out)} encoder and its projector are left out, and so are image "
-        "tokens in the sequence (--images is for LLaVA, Gemma 3 and Llama-3.2-Vision)."
+        "tokens in the sequence (--images needs a config of model_type "
+        f"{', '.join(vision_model_types())})."
     )
     return text, note
 

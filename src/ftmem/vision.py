@@ -27,9 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from typing_extensions import Self
 
-from ftmem import mllama, vision_pixtral, vision_qwen
+from ftmem import limits, mllama, vision_pixtral, vision_qwen
 from ftmem.dtypes import FP32
 from ftmem.errors import InvalidInputError
 from ftmem.mllama import MllamaParts
@@ -85,6 +86,38 @@ class VisionTower(BaseModel):
     )
     min_pixels: int = Field(0, description="Qwen-VL: the processor's resize bounds.")
     max_pixels: int = Field(0, description="Qwen-VL: the processor's resize bounds.")
+
+    @model_validator(mode="after")
+    def _physical(self) -> Self:
+        """Each count within its physical bound (ftmem.limits) before any arithmetic, the
+        heads dividing the width, and every layer index naming a layer."""
+        bounds = {
+            "hidden_size": limits.WIDTH,
+            "intermediate_size": limits.WIDTH,
+            "num_layers": limits.LAYERS,
+            "num_heads": limits.WIDTH,
+            "num_channels": limits.WIDTH,
+            "image_size": limits.TOKENS,
+            "patch_size": limits.TOKENS,
+            "tokens_per_image": limits.TOKENS,
+            "merge_size": limits.WIDTH,
+            "temporal_patch": limits.WIDTH,
+            "window_size": limits.TOKENS,
+        }
+        for name, bound in bounds.items():
+            problem = bound.problem(name, getattr(self, name))
+            if problem:
+                raise ValueError(problem)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a whole number of its "
+                f"{self.num_heads} heads"
+            )
+        if any(not 0 <= i < self.num_layers for i in self.full_attention_layers):
+            raise ValueError(f"a full-attention layer index is not one of its {self.num_layers}")
+        if not -self.num_layers - 1 <= self.feature_layer <= self.num_layers:
+            raise ValueError(f"feature layer {self.feature_layer} is not one of its hidden states")
+        return self
 
     @property
     def qwen(self) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftmem import limits
 from ftmem.vision import VisionTower
 from ftmem.vision_qwen import MAX_PIXELS, MIN_PIXELS, resized_side
 
@@ -45,6 +46,21 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 _ACTIVATION = {"qwen2_vl": "quick_gelu", "qwen2_5_vl": "silu"}
+# the vision_config keys the arithmetic reads as sizes
+_COUNTS = (
+    "depth",
+    "embed_dim",
+    "hidden_size",
+    "intermediate_size",
+    "mlp_ratio",
+    "num_heads",
+    "in_channels",
+    "patch_size",
+    "spatial_merge_size",
+    "temporal_patch_size",
+    "window_size",
+    "out_hidden_size",
+)
 # The square image an estimate assumes when the run names no size: 448 × 448 pixels,
 # 32 × 32 patches of 14, 256 image tokens (within the processors' resize bounds)
 DEFAULT_IMAGE_SIDE = 448
@@ -70,12 +86,10 @@ def qwen_text_config(cfg: dict[str, Any]) -> dict[str, Any] | None:
 def read_qwen_vision(cfg: dict[str, Any], image_side: int = DEFAULT_IMAGE_SIDE) -> VisionTower:
     """The vision tower of a Qwen-VL config.json for square images of ``image_side``
     pixels (resized as the processor does)."""
-    from ftmem.families._vision import UnmodelledVision
+    from ftmem.families._vision import UnmodelledVision, vision_keys
 
     outer = str(cfg["model_type"])
-    given = cfg.get("vision_config")
-    given = given if isinstance(given, dict) else {}
-    vc = {**_DEFAULTS[outer], **{k: v for k, v in given.items() if v is not None}}
+    vc = vision_keys(cfg, _DEFAULTS[outer], _COUNTS)
     if vc["hidden_act"] != _ACTIVATION[outer]:
         raise UnmodelledVision(
             f"its vision activation {str(vc['hidden_act'])[:40]!r} is not modelled"
@@ -85,7 +99,11 @@ def read_qwen_vision(cfg: dict[str, Any], image_side: int = DEFAULT_IMAGE_SIDE) 
         raise UnmodelledVision("its vision out_hidden_size differs from the text hidden_size")
     width = vc["embed_dim"] if outer == "qwen2_vl" else vc["hidden_size"]
     inter = width * vc["mlp_ratio"] if outer == "qwen2_vl" else vc["intermediate_size"]
-    patch, merge = int(vc["patch_size"]), int(vc["spatial_merge_size"])
+    patch, merge = vc["patch_size"], vc["spatial_merge_size"]
+    for name, n in (("patch_size", patch), ("spatial_merge_size", merge)):
+        problem = limits.TOKENS.problem(name, n) if n > 0 else f"{name} must be positive"
+        if problem:
+            raise UnmodelledVision(problem)
     side = resized_side(image_side, patch, merge, MIN_PIXELS, MAX_PIXELS)
     return VisionTower(
         encoder=outer,  # type: ignore[arg-type]

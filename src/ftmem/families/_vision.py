@@ -62,12 +62,38 @@ _OUTER: dict[str, dict[str, Any]] = {
     "gemma3": {"encoder": "siglip_vision_model", "vision_config": {}},
     "mistral3": {"encoder": "pixtral", "vision_config": {}},
 }
+# the vision_config keys the arithmetic reads as sizes
+_COUNTS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "image_size",
+    "patch_size",
+    "num_channels",
+)
 # what each encoder's activation is in transformers (the saved sizes depend on it)
 _ACTIVATION = {"clip_vision_model": "quick_gelu", "siglip_vision_model": "gelu_pytorch_tanh"}
 
 
 class UnmodelledVision(ValueError):
     """A vision config this module does not model (the caller says so in one sentence)."""
+
+
+def vision_keys(cfg: dict[str, Any], defaults: dict[str, Any], counts: tuple[str, ...]) -> dict:
+    """``vision_config`` over the defaults, the counts the arithmetic reads checked to be
+    integers first (a string or a float there is a broken file, not a size)."""
+    given = cfg.get("vision_config", {})
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise UnmodelledVision("its vision_config must be an object of keys")
+    vc = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+    for key in counts:
+        value = vc.get(key)
+        if key in vc and (not isinstance(value, int) or isinstance(value, bool)):
+            raise UnmodelledVision(f"its vision_config's {key} must be an integer")
+    return vc
 
 
 def vision_model_types() -> tuple[str, ...]:
@@ -97,7 +123,7 @@ def read_vision(cfg: dict[str, Any]) -> VisionTower | None:
     if outer not in _OUTER:
         return None
     given = cfg.get("vision_config")
-    given = given if isinstance(given, dict) else {}
+    given = given if isinstance(given, dict) else {}  # (vision_keys refuses a non-object)
     encoder = given.get("model_type") or _OUTER[outer]["encoder"]
     if not isinstance(encoder, str):
         raise UnmodelledVision("its vision_config's model_type is not a name")
@@ -105,7 +131,7 @@ def read_vision(cfg: dict[str, Any]) -> VisionTower | None:
         raise UnmodelledVision(f"its vision encoder {encoder[:40]!r} is not modelled")
     base = dict(_ENCODER_DEFAULTS[encoder])
     base.update(_OUTER[outer]["vision_config"])
-    vc = {**base, **{k: v for k, v in given.items() if v is not None}}
+    vc = vision_keys(cfg, base, _COUNTS)
     if outer == "mistral3":
         return _mistral3(cfg, vc)
     if vc["hidden_act"] != _ACTIVATION[encoder]:
