@@ -41,9 +41,10 @@ requests tests/test_fsdp_init.py logs on two gloo ranks on the CPU):
 6. The original parameters, no longer in the module, are freed when the function returns
    (its ``managed_params`` list held them last; CPython frees a list's items last first).
 
-Rank 0 is modelled (the published figures are rank 0's). Not modelled: buffers (rotary
-tables, synced and kept like parameters; transformers is not pinned by the script), and
-NCCL's ``recordStream`` on the broadcast buffers, which can delay their reuse.
+Rank 0 is modelled (the published figures are rank 0's). Buffers (transformers 4's rotary
+tables, ftmem.release_buffers) are kept whole: part of ``resident``, one request before
+the units, their own move and broadcast not replayed. Not modelled: NCCL's
+``recordStream`` on the broadcast buffers, which can delay their reuse.
 """
 
 from __future__ import annotations

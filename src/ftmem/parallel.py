@@ -58,6 +58,7 @@ from ftmem.phases import (
 )
 from ftmem.precision import resolve_dtypes
 from ftmem.profiles import compiled_layers, profile_of
+from ftmem.release_buffers import stage_buffer_bytes
 from ftmem.run import ADAPTER_METHODS, RunConfig
 from ftmem.sequence_parallel import (
     INSIDE_TP,
@@ -1215,6 +1216,10 @@ def rank_memory(
     if par.ep > 1:
         groups, totals, base = _expert_parallel(groups, arch, run, plan, par.ep, totals, base)
     on = _sharded(s, par, arch, groups, totals, base.gradients.per_block)
+    # an older transformers release's buffers (release_buffers): whole on every rank
+    extra = stage_buffer_bytes(arch, run, plan.dtypes, par.pp)
+    if extra:
+        on = dataclasses.replace(on, replicated=on.replicated + extra)
     communication = _COMMUNICATION.get(s)
     traffic = _traffic(s, par, arch, groups, plan, totals.grads)
     if s in COLOSSALAI:
@@ -1233,7 +1238,7 @@ def rank_memory(
     sizes, micro = _stage_sizes(s, par, run, base, at, on, comm, boundary)
     if run.objective == "grpo":
         sizes = _grpo_before(
-            s, par, arch, run, plan, groups, sizes, totals.weights - policy.replicated
+            s, par, arch, run, plan, groups, sizes, totals.weights + extra - policy.replicated
         )
     return RankMemory(
         stage=stage,

@@ -120,6 +120,10 @@ class Profile:
     # sharded, with no empty_cache after: the cache it leaves is replayed before the step
     # window (ftmem.fsdp_init)
     fsdp_wraps_from_cpu: bool = False
+    # QLoRA builds the model from its config with no torch_dtype, so what its modules
+    # register at construction (transformers 4's rotary tables: ftmem.release_buffers)
+    # is fp32 whatever dtype the weights are loaded in afterwards
+    builds_quantised_model_fp32: bool = False
     # an image-text model's vision tower and projector stay frozen unless the config says
     # otherwise, whatever the method (LLaMA-Factory's freeze_vision_tower and
     # freeze_multi_modal_projector default true: hparams/model_args.py@ff6d4d12eeb0); HF
@@ -291,6 +295,11 @@ FSDP_QLORA = Profile(
     # frees up before the next forward pass" (@3616227 train.py:803-848; @50efa1e
     # :821-874): the model's logits live through the backward and the step
     output_held_through_step=True,
+    # QLoRA: ``with init_empty_weights(): model = AutoModelForCausalLM.from_config(cfg)``,
+    # no torch_dtype (init_empty_weights leaves buffers real, on the CPU; FSDP then moves
+    # and broadcasts them); LoRA: from_pretrained(torch_dtype=...) then model.to(dtype)
+    # (@50efa1e train.py fsdp_main:556-579)
+    builds_quantised_model_fp32=True,
 )
 
 # PEFT's method_comparison benchmark (peft@5d602fdb method_comparison/MetaMathQA/run.py

@@ -267,7 +267,10 @@ class RunConfig(limits.BoundedSettings):
         None,
         description="transformers' version: before 5, MoE experts are nn.Linear modules "
         "per expert (bitsandbytes quantises them, peft's all-linear adapts them, the "
-        "forward loops over the experts); from 5, fused 3-D parameters (default: 5.24).",
+        "forward loops over the experts); from 5, fused 3-D parameters. Before 4.41-4.48 "
+        "(by family) every layer registers rotary cos/sin tables for every position and "
+        "keeps its own cos/sin for backward; 4.38 registers a causal-mask buffer "
+        "(default: 5.24).",
     )
     torchao_version: str | None = Field(
         None,

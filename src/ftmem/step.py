@@ -50,6 +50,7 @@ from ftmem.profiles import (
     offloads_checkpoint_inputs,
     profile_of,
 )
+from ftmem.release_buffers import release_buffer_bytes
 from ftmem.run import UNPAIRED_OBJECTIVES, RunConfig
 from ftmem.transients import (
     adapter_moment,
@@ -192,9 +193,11 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
         grad_groups = [g for g in plan.groups if g.trainable]
         grads, grads_block, grads_outer, grads_embedding = _gradient_sizes(plan, arch)
         sizes = _PLAN_SIZES[key] = PlanSizes(
-            # the model's registered buffers live beside its weights, in its dtype
+            # the model's registered buffers live beside its weights, in its dtype, and
+            # those of an older transformers release (release_buffers)
             weights=sum(g.nbytes for g in plan.groups)
-            + buffer_numel(arch) * BYTES_PER_ELEMENT[plan.dtypes.base],
+            + buffer_numel(arch) * BYTES_PER_ELEMENT[plan.dtypes.base]
+            + release_buffer_bytes(arch, run, plan.dtypes),
             states=optimizer_state_bytes(plan.groups, run),
             grads=grads,
             grads_per_block=grads_block,

@@ -8,8 +8,12 @@ measured with), so an estimate without versions is what it was before these swit
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from ftmem.run import RunConfig
+
+if TYPE_CHECKING:
+    from ftmem.arch import Architecture
 
 # bitsandbytes MatMul4Bit.forward kept the activation it multiplies in `ctx.tensors =
 # (A, B)` although backward never uses it (bitsandbytes-foundation/bitsandbytes@0.42.0
@@ -47,6 +51,60 @@ TORCHAO_NF4_CONTIGUOUS_FACTOR = (0, 3, 0)
 # only (4.48.1 integrations/bitsandbytes.py _replace_with_bnb_linear), leaves unquantised.
 TRANSFORMERS_FUSED_EXPERTS = (5, 0, 0)
 
+# transformers releases whose code registers something, as [first, first without) ranges;
+# (0, 0, 0): every release before the second bound.
+Releases = tuple[tuple[tuple[int, int, int], tuple[int, int, int]], ...]
+
+# Each attention layer's own rotary module registered the cos and sin of every position
+# as non-persistent buffers of (max_position_embeddings, rotary dims), computed in fp32
+# and cast to torch.get_default_dtype() at construction (from_pretrained sets it to
+# torch_dtype while the model is built): 4.37.2 models/llama/modeling_llama.py:134-146
+# LlamaRotaryEmbedding._set_cos_sin_cache ``cos_cached``/``sin_cached``, built in
+# LlamaAttention._init_rope (:321-323). 4.38.0 and 4.38.1 compute them per forward and
+# register none (4.38.0 :94-131); 4.38.2 registers them again "For BC" as
+# ``_cos_cached``/``_sin_cached`` (:110-111), as do 4.39.x (:112-113) and 4.40.x (4.40.2
+# :112-113); 4.41.0 registers none (every wheel of those tags read for
+# ``register_buffer("_cos_cached"``/``("cos_cached"``).
+LLAMA_ROTARY_CACHE: Releases = (((0, 0, 0), (4, 38, 0)), ((4, 38, 2), (4, 41, 0)))
+# The same tables from MistralRotaryEmbedding._set_cos_sin_cache (4.41.2
+# models/mistral/modeling_mistral.py:114-115), absent from 4.42.0.
+MISTRAL_ROTARY_CACHE: Releases = (((0, 0, 0), (4, 42, 0)),)
+# The same tables in Qwen2 (4.44.2 models/qwen2/modeling_qwen2.py:149-161), StarCoder2
+# (modeling_starcoder2.py:126-138), Phi (modeling_phi.py:126-138, over the partial
+# rotary dims), StableLM (modeling_stablelm.py:126-138) and Falcon (modeling_falcon.py
+# :124-136), every one absent from 4.45.0.
+QWEN2_ROTARY_CACHE: Releases = (((0, 0, 0), (4, 45, 0)),)
+# Mixtral's (4.47.1 models/mixtral/modeling_mixtral.py MixtralRotaryEmbedding
+# ._set_cos_sin_cache), absent from 4.48.0.
+MIXTRAL_ROTARY_CACHE: Releases = (((0, 0, 0), (4, 48, 0)),)
+# LlamaModel.__init__ registered a (max_position_embeddings, max_position_embeddings)
+# ``causal_mask`` buffer: ``torch.full(..., fill_value=1)``, an int64 tensor, in 4.38.0
+# and 4.38.1 (models/llama/modeling_llama.py:922-923; GemmaModel the same,
+# models/gemma/modeling_gemma.py:815-816), a bool one (``fill_value=True,
+# dtype=torch.bool``) in 4.38.2 (:931-934; Gemma :822-825); model.to(dtype) casts
+# floating buffers only. 4.39.0 builds the mask per forward instead (LlamaModel
+# ._update_causal_mask), but CohereModel, new in 4.39.0, still registers the bool one
+# (4.39.0 models/cohere/modeling_cohere.py:830-833), gone from 4.39.1.
+LLAMA_CAUSAL_MASK_INT64: Releases = (((4, 38, 0), (4, 38, 2)),)
+LLAMA_CAUSAL_MASK_BOOL: Releases = (((4, 38, 2), (4, 39, 0)),)
+COHERE_CAUSAL_MASK_BOOL: Releases = (((4, 39, 0), (4, 39, 1)),)
+
+# Each attention layer computed its own cos and sin in its forward, new (1, s, rotary
+# dims) tensors in the hidden states' dtype that its rotary multiplies keep: 4.37.2
+# models/llama/modeling_llama.py:403 LlamaAttention.forward ``cos, sin =
+# self.rotary_emb(value_states, seq_len=kv_seq_len)``, :232 apply_rotary_pos_emb ``cos =
+# cos[position_ids]``; 4.42.4 :334 ``self.rotary_emb(value_states, position_ids)``.
+# LlamaModel.forward computes them once and passes them to every layer from 4.43.0
+# (:918 ``position_embeddings = self.rotary_emb(hidden_states, position_ids)``).
+LLAMA_ROTARY_PER_LAYER: Releases = (((0, 0, 0), (4, 43, 0)),)
+# The same per layer in Qwen2 (4.44.2 models/qwen2/modeling_qwen2.py:204), StarCoder2, Phi,
+# StableLM, Falcon and Cohere; their models compute them once from 4.45.0 (4.45.0
+# modeling_qwen2.py:952, the same line in each).
+QWEN2_ROTARY_PER_LAYER: Releases = (((0, 0, 0), (4, 45, 0)),)
+# The same in Mistral (4.47.1 models/mistral/modeling_mistral.py:234), Mixtral and Gemma;
+# once per model from 4.48.0 (4.48.0 modeling_mistral.py:538, modeling_mixtral.py:665).
+MISTRAL_ROTARY_PER_LAYER: Releases = (((0, 0, 0), (4, 48, 0)),)
+
 _RELEASE = re.compile(r"\s*(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -64,6 +122,13 @@ def older_than(version: str | None, first_fixed: tuple[int, ...]) -> bool:
     """Whether a given version predates the release ``first_fixed``."""
     parsed = release(version)
     return parsed is not None and parsed < (*first_fixed, 0, 0)[:3]
+
+
+def within(version: str | None, releases: Releases) -> bool:
+    """Whether a given version lies in one of ``releases``' [first, first without) ranges;
+    False when no version is given (the current release)."""
+    parsed = release(version)
+    return parsed is not None and any(lo <= parsed < hi for lo, hi in releases)
 
 
 def bnb_runs_quantised_linears(run: RunConfig) -> bool:
@@ -102,3 +167,15 @@ def torch_adamw_denom_out_of_place(run: RunConfig) -> bool:
 def per_expert_linears(run: RunConfig) -> bool:
     """MoE experts are nn.Linear modules, one per expert (transformers < 5)."""
     return older_than(run.transformers_version, TRANSFORMERS_FUSED_EXPERTS)
+
+
+def rotary_tables_per_layer(arch: Architecture, run: RunConfig) -> bool:
+    """Every layer builds and keeps its own cos and sin, and the model shares none: the
+    family's code in every release (GLM-4's interleaved tables), or the run's transformers
+    release for this family (Family.rotary_per_layer_releases)."""
+    if arch.position_embedding != "rotary":
+        return False
+    traits = arch.traits
+    return traits.rotary_tables_per_layer or within(
+        run.transformers_version, traits.rotary_per_layer_releases
+    )

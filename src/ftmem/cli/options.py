@@ -184,7 +184,8 @@ RUN = [
         OptStr,
         None,
         "transformers' version (e.g. 4.48.1): before 5, MoE experts are per-expert "
-        "nn.Linear modules that QLoRA quantises and all-linear adapts (default 5.24).",
+        "nn.Linear modules that QLoRA quantises and all-linear adapts; older 4.x releases "
+        "keep per-layer rotary tables and 4.38 a causal-mask buffer (default 5.24).",
     ),
     _opt(
         "torchao_version",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
+    from ftmem.versions import Releases
 
 Config = dict[str, Any]
 
@@ -117,6 +118,19 @@ class Family:
     # and live for the whole run (Qwen-1's QWenAttention: logn_tensor, 32,767 entries, and
     # masked_bias, 1); transformers 5's blocks register none.
     block_buffers: int = 0
+    # transformers 4 releases whose code for this family registers, in each attention
+    # layer's rotary module, the cos and sin of every position: two (max_position_embeddings,
+    # rotary dims) buffers per layer in the default dtype at construction, live for the
+    # whole run (ftmem.versions: LLAMA_ROTARY_CACHE...); empty: none of its releases does.
+    rotary_cache_releases: Releases = ()
+    # transformers 4 releases whose code for this family computes the cos and sin in each
+    # attention layer's forward (kept by that layer's multiplies, in the hidden states'
+    # dtype), not once per model (ftmem.versions: LLAMA_ROTARY_PER_LAYER...).
+    rotary_per_layer_releases: Releases = ()
+    # transformers releases whose model registers a (max_position_embeddings,
+    # max_position_embeddings) causal_mask buffer, with its element bytes in each
+    # (ftmem.versions: LLAMA_CAUSAL_MASK_INT64...); empty: none does.
+    causal_mask_buffer: tuple[tuple[Releases, int], ...] = ()
     # The model's forward computes its own loss from the labels (remote code: Qwen-1's
     # QWenLMHeadModel.forward), which a run whose loss is transformers' default takes
     # instead (profiles.framework_run); None: transformers' loss.

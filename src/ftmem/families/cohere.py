@@ -15,6 +15,7 @@ from ftmem.errors import ConfigError
 from ftmem.families import SP_MODES, Family
 from ftmem.families._config import Config, LlamaKeys, flag
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.versions import COHERE_CAUSAL_MASK_BOOL, QWEN2_ROTARY_PER_LAYER
 
 
 def _read(cfg: Config, out: Config) -> None:
@@ -36,4 +37,6 @@ FAMILY = Family(
     names=replace(LLAMA_NAMES, norms={1: ("input_layernorm",)}),
     norm_scale_in_fp32=True,
     norm_centres_twice=True,
+    causal_mask_buffer=((COHERE_CAUSAL_MASK_BOOL, 1),),
+    rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
 )

@@ -15,6 +15,7 @@ from ftmem.families._config import (
     opt,
     wrong,
 )
+from ftmem.versions import QWEN2_ROTARY_CACHE, QWEN2_ROTARY_PER_LAYER
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -113,4 +114,6 @@ FAMILY = Family(
             "(docs/accuracy.md): the peak measured up to 11 % above this estimate."
         ),
     },
+    rotary_cache_releases=QWEN2_ROTARY_CACHE,
+    rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
 )

@@ -3,6 +3,7 @@
 from ftmem.families import Family
 from ftmem.families._config import LlamaKeys
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.versions import LLAMA_CAUSAL_MASK_BOOL, LLAMA_CAUSAL_MASK_INT64, MISTRAL_ROTARY_PER_LAYER
 
 FAMILY = Family(
     name="gemma",
@@ -11,4 +12,6 @@ FAMILY = Family(
     config=llama_map("gemma", LlamaKeys(optional=("attention_bias",), tie=True)),
     names=LLAMA_NAMES,
     norm_scale_in_fp32=True,
+    causal_mask_buffer=((LLAMA_CAUSAL_MASK_INT64, 8), (LLAMA_CAUSAL_MASK_BOOL, 1)),
+    rotary_per_layer_releases=MISTRAL_ROTARY_PER_LAYER,
 )

@@ -3,6 +3,12 @@
 from ftmem.families import SP_MODES, Family
 from ftmem.families._config import LlamaKeys
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.versions import (
+    LLAMA_CAUSAL_MASK_BOOL,
+    LLAMA_CAUSAL_MASK_INT64,
+    LLAMA_ROTARY_CACHE,
+    LLAMA_ROTARY_PER_LAYER,
+)
 
 FAMILY = Family(
     name="llama",
@@ -12,4 +18,7 @@ FAMILY = Family(
     decoder_layer="LlamaDecoderLayer",
     config=llama_map("llama", LlamaKeys(optional=("attention_bias", "mlp_bias"))),
     names=LLAMA_NAMES,
+    rotary_cache_releases=LLAMA_ROTARY_CACHE,
+    causal_mask_buffer=((LLAMA_CAUSAL_MASK_INT64, 8), (LLAMA_CAUSAL_MASK_BOOL, 1)),
+    rotary_per_layer_releases=LLAMA_ROTARY_PER_LAYER,
 )

@@ -3,6 +3,7 @@
 from ftmem.families import Family
 from ftmem.families._config import LlamaKeys, every_layer
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.versions import MISTRAL_ROTARY_CACHE, MISTRAL_ROTARY_PER_LAYER
 
 FAMILY = Family(
     name="mistral",
@@ -12,4 +13,6 @@ FAMILY = Family(
     decoder_layer="MistralDecoderLayer",
     config=llama_map("mistral", LlamaKeys(window="always", sliding=every_layer)),
     names=LLAMA_NAMES,
+    rotary_cache_releases=MISTRAL_ROTARY_CACHE,
+    rotary_per_layer_releases=MISTRAL_ROTARY_PER_LAYER,
 )

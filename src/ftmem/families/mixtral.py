@@ -10,6 +10,7 @@ from ftmem import limits
 from ftmem.families import SP_MODES, Family
 from ftmem.families._config import Config, LlamaKeys, every_layer, need
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.versions import MISTRAL_ROTARY_PER_LAYER, MIXTRAL_ROTARY_CACHE
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -49,4 +50,6 @@ FAMILY = Family(
     ),
     names=replace(LLAMA_NAMES, experts=EXPERT_NAMES),
     peft_converts_expert_targets=True,
+    rotary_cache_releases=MIXTRAL_ROTARY_CACHE,
+    rotary_per_layer_releases=MISTRAL_ROTARY_PER_LAYER,
 )

@@ -14,6 +14,7 @@ from ftmem.errors import ConfigError
 from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys, flag, rotary_dim
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.versions import QWEN2_ROTARY_CACHE, QWEN2_ROTARY_PER_LAYER
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -72,4 +73,6 @@ FAMILY = Family(
     # a copy of the kernel's output (measured, as GPT-NeoX)
     o_proj_reads_kernel_output=False,
     dropout_keys={"residual_dropout": "resid_pdrop", "embedding_dropout": "embd_pdrop"},
+    rotary_cache_releases=QWEN2_ROTARY_CACHE,
+    rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
 )

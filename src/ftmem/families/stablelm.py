@@ -13,6 +13,7 @@ from ftmem.errors import ConfigError
 from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys, flag, rotary_dim
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.versions import QWEN2_ROTARY_CACHE, QWEN2_ROTARY_PER_LAYER
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -62,4 +63,6 @@ FAMILY = Family(
     # torch.cat after the partial rotary makes q head-major: o_proj reads a copy of the
     # kernel's output (as GPT-NeoX and Phi)
     o_proj_reads_kernel_output=False,
+    rotary_cache_releases=QWEN2_ROTARY_CACHE,
+    rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
 )

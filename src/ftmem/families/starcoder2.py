@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys, every_layer, flag
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.versions import QWEN2_ROTARY_CACHE, QWEN2_ROTARY_PER_LAYER
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -43,4 +44,6 @@ FAMILY = Family(
     ),
     names=replace(LLAMA_NAMES, mlp={"up": "mlp.c_fc", "down": "mlp.c_proj"}),
     dropout_keys={"residual_dropout": "residual_dropout", "embedding_dropout": "embedding_dropout"},
+    rotary_cache_releases=QWEN2_ROTARY_CACHE,
+    rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
 )

@@ -11,6 +11,7 @@ from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.precision import resolve_dtypes
 from ftmem.profiles import profile_of
 from ftmem.run import RunConfig
+from ftmem.versions import rotary_tables_per_layer
 
 
 def attention_path(arch: Architecture, run: RunConfig) -> str:
@@ -163,13 +164,17 @@ class Attention:
 
     @staticmethod
     def layer_rotary_tables(ctx: LayerContext) -> list[Saved]:
-        """GLM-4 (Family.rotary_tables_per_layer): the layer's own interleaved cos and sin
-        (one sequence's positions, whatever the batch), which its rotary multiplies keep."""
-        if not ctx.arch.traits.rotary_tables_per_layer:
+        """The layer's own cos and sin (one sequence's positions, whatever the batch),
+        which its rotary multiplies keep: GLM-4's interleaved ones in the residual dtype
+        (Family.rotary_tables_per_layer), or a transformers 4 layer's in its value states'
+        dtype (versions.LLAMA_ROTARY_PER_LAYER: ``.to(dtype=x.dtype)``, x = value_states)."""
+        if not rotary_tables_per_layer(ctx.arch, ctx.run):
             return []
         s = ctx.tokens // ctx.run.batch_size
-        size = 2 * s * ctx.arch.rotary_size * ctx.residual
-        return [Saved("this layer's interleaved cos/sin", size, Kind.ATTN_QK, Side.ATTENTION)]
+        glm = ctx.arch.traits.rotary_tables_per_layer
+        size = 2 * s * ctx.arch.rotary_size * (ctx.residual if glm else ctx.e)
+        what = "this layer's interleaved cos/sin" if glm else "this layer's cos/sin"
+        return [Saved(what, size, Kind.ATTN_QK, Side.ATTENTION)]
 
     @staticmethod
     def expanded_kv_saved(ctx: LayerContext) -> list[Saved]:

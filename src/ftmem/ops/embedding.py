@@ -9,6 +9,7 @@ from ftmem.methods import TensorGroup
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Saved
 from ftmem.run import RunConfig
+from ftmem.versions import rotary_tables_per_layer
 
 
 @register("embedding")
@@ -38,7 +39,7 @@ class Embedding:
         weights); kept when the blocks need gradients. Qwen-VL's M-RoPE makes one table
         per sequence (position ids 3 × batch × s: transformers 5.24
         Qwen2_5_VLRotaryEmbedding.forward returns cos and sin of batch × s × head_dim)."""
-        if arch.position_embedding != "rotary" or arch.traits.rotary_tables_per_layer:
+        if arch.position_embedding != "rotary" or rotary_tables_per_layer(arch, run):
             return []
         e = FP32 if arch.traits.rotary_tables_fp32 else residual
         width = arch.rotary_size // 2 if arch.traits.rotary_tables_half else arch.rotary_size

@@ -15,6 +15,7 @@ from ftmem.arch import Architecture, buffer_numel
 from ftmem.dtypes import BYTES_PER_ELEMENT, is_quantized
 from ftmem.methods import TensorGroup, plan_method
 from ftmem.profiles import framework_arch
+from ftmem.release_buffers import release_buffer_bytes
 from ftmem.result import Estimate
 from ftmem.run import RunConfig
 from ftmem.units import UnitSystem, format_bytes, format_count
@@ -85,7 +86,8 @@ def _single_gpu_sections(
     arch: Architecture, run: RunConfig, est: Estimate, units: UnitSystem
 ) -> list[Section]:
     """Weights, what trains, gradients and optimizer states, from the method's tensors."""
-    plan = plan_method(framework_arch(arch, run), run)  # as estimate_step plans it
+    model = framework_arch(arch, run)
+    plan = plan_method(model, run)  # as estimate_step plans it
     n_train = est.model.n_trainable_params
     trained = Section("What trains")
     share = n_train / est.model.n_params
@@ -93,7 +95,13 @@ def _single_gpu_sections(
         f"Method {run.method}: {n_train:,} trainable parameters ({share:.2%} of the model)."
     )
     return [
-        _weights_section(plan.groups, est, units, (buffer_numel(arch), plan.dtypes.base)),
+        _weights_section(
+            plan.groups,
+            est,
+            units,
+            (buffer_numel(arch), plan.dtypes.base),
+            (run.transformers_version, release_buffer_bytes(model, run, plan.dtypes)),
+        ),
         trained,
         _gradients_section(plan.groups, run, est, units),
         _states_section(run, est, units),
@@ -101,10 +109,14 @@ def _single_gpu_sections(
 
 
 def _weights_section(
-    groups: Iterable[TensorGroup], est: Estimate, units: UnitSystem, buffers: tuple[int, str]
+    groups: Iterable[TensorGroup],
+    est: Estimate,
+    units: UnitSystem,
+    buffers: tuple[int, str],
+    release: tuple[str | None, int] = (None, 0),
 ) -> Section:
-    """The weights by storage format, largest first, and the blocks' registered buffers
-    (elements, dtype)."""
+    """The weights by storage format, largest first, the blocks' registered buffers
+    (elements, dtype) and those of an older transformers release (version, bytes)."""
     weights = Section("Weights")
     by_fmt: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for g in groups:
@@ -128,6 +140,12 @@ def _weights_section(
             f"{format_count(numel)} entries of buffers the blocks register (Qwen-1's logn "
             f"tables) in {dtype} × {BYTES_PER_ELEMENT[dtype]} bytes "
             f"= {_b(numel * BYTES_PER_ELEMENT[dtype], units)}"
+        )
+    version, extra = release
+    if extra:
+        weights.lines.append(
+            f"buffers transformers {version} registers (rotary cos/sin tables of every "
+            f"position, a causal mask) = {_b(extra, units)}"
         )
     weights.lines.append(f"Weights = {_b(est.memory.weights_bytes, units)}")
     return weights

@@ -1,0 +1,57 @@
+"""Buffers that transformers 4 releases register beside a model's parameters and 5 does
+not: each attention layer's rotary cos and sin tables for every position, and the
+model's (positions × positions) causal mask of 4.38. They live on the GPU for the whole
+run like the weights (registered buffers move with the model and are never sharded by
+FSDP, which only broadcasts them), whatever the batch and the length.
+
+Which releases register them, per family, is data (``Family.rotary_cache_releases``,
+``Family.causal_mask_buffer``, the ranges cited in ftmem.versions); a run without
+``transformers_version`` is the current release, which registers none.
+"""
+
+from __future__ import annotations
+
+from ftmem.arch import Architecture
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
+from ftmem.precision import Dtypes
+from ftmem.profiles import profile_of
+from ftmem.run import RunConfig
+from ftmem.versions import within
+
+
+def rotary_table_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
+    """Every layer's cos and sin for every position: 2 × max_position_embeddings × rotary
+    dims elements per layer, in the default dtype while the model is built (4.37.2
+    models/llama/modeling_llama.py:133-146 ``dtype=torch.get_default_dtype()``), which
+    from_pretrained sets to its torch_dtype: the non-quantised weights' dtype. A framework
+    that builds a quantised model from its config without a dtype keeps them fp32
+    (Profile.builds_quantised_model_fp32)."""
+    if arch.position_embedding != "rotary":
+        return 0
+    if not within(run.transformers_version, arch.traits.rotary_cache_releases):
+        return 0
+    fp32 = dtypes.quantized is not None and profile_of(run).builds_quantised_model_fp32
+    element = FP32 if fp32 else BYTES_PER_ELEMENT[dtypes.base]
+    return arch.num_layers * 2 * arch.max_position_embeddings * arch.rotary_size * element
+
+
+def causal_mask_bytes(arch: Architecture, run: RunConfig) -> int:
+    """The model's (max_position_embeddings, max_position_embeddings) causal mask buffer
+    where the release registers one (int64 or bool: integer buffers keep their dtype
+    through model.to(dtype))."""
+    positions = arch.max_position_embeddings
+    for releases, element in arch.traits.causal_mask_buffer:
+        if within(run.transformers_version, releases):
+            return positions * positions * element
+    return 0
+
+
+def release_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
+    """All the buffers the run's transformers release registers that 5 does not."""
+    return rotary_table_bytes(arch, run, dtypes) + causal_mask_bytes(arch, run)
+
+
+def stage_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes, stages: int) -> int:
+    """What one rank keeps of them whole (no engine shards buffers): a pipeline stage its
+    layers' share of the rotary tables, the causal mask as the model registers it."""
+    return rotary_table_bytes(arch, run, dtypes) // stages + causal_mask_bytes(arch, run)
