@@ -272,6 +272,13 @@ class RunConfig(limits.BoundedSettings):
         "keeps its own cos/sin for backward; 4.38 registers a causal-mask buffer "
         "(default: 5.24).",
     )
+    peft_version: str | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="peft's version: before 0.16 its LoRA on an int4 (GPTQ) base casts the "
+        "adapter's output to the base's dtype and adds it in place, with no sum tensor "
+        "(default: the current release).",
+    )
     torchao_version: str | None = Field(
         None,
         description="torchao's version (torchtune's NF4 weights): how its NF4Tensor stores "
@@ -555,7 +562,9 @@ class RunConfig(limits.BoundedSettings):
                 data = {**data, "seq_len": longest}
         return data
 
-    @field_validator("torch_version", "bnb_version", "transformers_version", "torchao_version")
+    @field_validator(
+        "torch_version", "bnb_version", "transformers_version", "torchao_version", "peft_version"
+    )
     @classmethod
     def _release(cls, value: str | None) -> str | None:
         """A library release as pip and ``__version__`` spell it (2.1, 2.1.0+cu121)."""

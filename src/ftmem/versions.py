@@ -105,6 +105,20 @@ QWEN2_ROTARY_PER_LAYER: Releases = (((0, 0, 0), (4, 45, 0)),)
 # once per model from 4.48.0 (4.48.0 modeling_mistral.py:538, modeling_mixtral.py:665).
 MISTRAL_ROTARY_PER_LAYER: Releases = (((0, 0, 0), (4, 48, 0)),)
 
+
+# peft's LoRA wrapper of a GPTQ QuantLinear (peft 0.5.0 src/peft/tuners/lora.py
+# QuantLinear.forward, @4df9c5a2): without autocast it casts the adapter's output to the
+# base output's dtype before scaling it (`.to(expected_dtype) * scaling`) and adds it in
+# place (`result += output`), so no sum tensor exists beside the base output and the
+# adapter's; 0.5.0 also clones the base output first (`result = result.clone()`), which
+# keeps nothing: CloneBackward saves no tensor and the original is freed when `result` is
+# rebound (removed by 6e783780 "MNT: Refactor tuner forward methods for simplicity (#833)",
+# first in 0.6.0). Commit e34852f7 "ENH Support Quantization-Aware LoRA with GPTQ (#2571)"
+# adds the adapter out of place, `result = result + lora_B(lora_A(dropout(x))) * scaling`,
+# in the adapter's dtype (src/peft/tuners/lora/gptq.py GPTQLoraLinear.forward), first
+# released in 0.16.0 (`git tag --contains e34852f7`).
+PEFT_GPTQ_SUM_OUT_OF_PLACE = (0, 16, 0)
+
 _RELEASE = re.compile(r"\s*(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -179,3 +193,9 @@ def rotary_tables_per_layer(arch: Architecture, run: RunConfig) -> bool:
     return traits.rotary_tables_per_layer or within(
         run.transformers_version, traits.rotary_per_layer_releases
     )
+
+
+def peft_gptq_adds_in_place(run: RunConfig) -> bool:
+    """peft's LoRA on an int4 (GPTQ) base casts the adapter's output to the base's dtype
+    and adds it in place (peft < 0.16)."""
+    return run.quant_format == "int4" and older_than(run.peft_version, PEFT_GPTQ_SUM_OUT_OF_PLACE)

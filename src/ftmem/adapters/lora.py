@@ -13,6 +13,7 @@ from ftmem.ops.dropout import Dropout
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.run import RunConfig
+from ftmem.versions import peft_gptq_adds_in_place
 
 
 @register("lora")
@@ -87,8 +88,25 @@ class LoRA:
         if run.method == "dora":
             return DoRA.forward_transient(run, plan, lin, e, T, no_sum)
         base_e, lora_e = output_bytes(plan, e)
+        if no_sum:
+            return T * lin.out_features * base_e
+        if peft_gptq_adds_in_place(run) and lin.quantizable and lin.is_module:
+            return T * lin.out_features * LoRA.in_place_sum_bytes(plan, base_e, lora_e)
         sum_e = max(base_e, lora_e)
-        return T * lin.out_features * (base_e + (0 if no_sum else lora_e + sum_e))
+        return T * lin.out_features * (base_e + lora_e + sum_e)
+
+    @staticmethod
+    def in_place_sum_bytes(plan: MethodPlan, base_e: int, lora_e: int) -> int:
+        """Bytes per output element at the largest moment of peft < 0.16's LoRA on a GPTQ
+        QuantLinear (ftmem.versions.PEFT_GPTQ_SUM_OUT_OF_PLACE). Without autocast: the base
+        output, lora_B's output and its cast to the base dtype, then the cast and its
+        scaled copy (the same tensor when the dtypes agree: the base output and two
+        adapter outputs). Under autocast: the base output, lora_B's and the scaled one.
+        The sum is made in place; 0.5.0's clone of the base output is briefly a second
+        base output, below either moment."""
+        if plan.dtypes.autocast:
+            return base_e + 2 * lora_e
+        return 2 * base_e + max(lora_e, base_e)
 
     @staticmethod
     def merge(plan: MethodPlan, run: RunConfig) -> int:

@@ -188,6 +188,14 @@ RUN = [
         "keep per-layer rotary tables and 4.38 a causal-mask buffer (default 5.24).",
     ),
     _opt(
+        "peft_version",
+        OptStr,
+        None,
+        "peft's version (e.g. 0.5.0): before 0.16 its LoRA on an int4 (GPTQ) base casts the "
+        "adapter's output to the base's dtype and adds it in place (default: the current "
+        "release).",
+    ),
+    _opt(
         "torchao_version",
         OptStr,
         None,
