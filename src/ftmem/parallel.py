@@ -969,6 +969,28 @@ def _zero2_buckets(t: _Traffic) -> Communication:
     return Communication(backward=2 * t.bucket)
 
 
+def _zero2_second_partition(
+    run: RunConfig, comm: Communication, grads: int, t: _Traffic
+) -> Communication:
+    """Under gradient accumulation ZeRO-2 keeps micro-step 1's 16-bit gradient partition
+    (``averaged_gradients`` holds views of it; the epilogue's ``zero_grad(set_to_none=True)``
+    drops the params' own references) and each later micro-step's ``copy_grads_in_partition``
+    allocates a fresh ``grads_in_partition`` of the rank's size, freed again by its epilogue
+    (microsoft/DeepSpeed@26d0dd92 (v0.11.0) deepspeed/runtime/zero/stage_1_and_2.py
+    l.712-755, l.1232-1266; the same lines at v0.10.3 and v0.12.3). It is made at the first
+    reduce, when the next gradient would overflow the bucket (l.888): in the blocks'
+    backward only when the rank's gradients outnumber one bucket (Qwen-1 7B Q-LoRA, 143 M
+    adapters under a 2e8 bucket, makes it in the epilogue, after the activations are gone),
+    at the head side only when its own gradients fill one. Without CPU offload (which
+    returns before allocating it: ``grads`` is 0 there)."""
+    if run.grad_accum <= 1 or grads <= t.bucket:
+        return comm
+    head = comm.backward + (grads if t.head_grad > t.bucket else 0)
+    return dataclasses.replace(
+        comm, backward=comm.backward + grads, loss_backward=comm.backward, head_backward=head
+    )
+
+
 def _zero3_gathers(t: _Traffic) -> Communication:
     """Blocks in flight plus reduce buckets; at the ends the largest outer tensor."""
     largest_outer = max((_gathered_bytes([g], t.cast) for g in t.outer), default=0)
@@ -1230,6 +1252,8 @@ def rank_memory(
         comm = communication(traffic) if communication else NO_COMMUNICATION
     on = _offload_optimizer(s, par, on, totals.psi)
     on = _offload_params(s, par, on, BYTES_PER_ELEMENT[plan.dtypes.compute])
+    if s == "zero2":
+        comm = _zero2_second_partition(run, comm, on.grads, traffic)
     if s in LOW_LEVEL_ZERO:
         on = _colossalai_gather_after_step(par, on, traffic)
     policy = on
