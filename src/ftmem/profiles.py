@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ftmem.arch import Architecture, as_trained
-from ftmem.run import RunConfig
+from ftmem.run import Padding, RunConfig
 from ftmem.vision import for_image_size
 
 # How a framework puts the checkpoint on the GPU (ftmem.run_phases.quantise_transient)
@@ -72,9 +72,10 @@ class Profile:
     # forward has returned: its logits and, without checkpointing, the DynamicCache
     # transformers builds in a training forward (step.loop_output)
     output_held_into_next_forward: bool = False
-    # each batch of several sequences is padded to its longest and the attention mask is
-    # passed: sdpa gets an explicit mask (ops/attention.padding_mask)
-    pads_batches: bool = False
+    # how the framework's batches are padded when the run does not say (RunConfig.padding):
+    # "longest" pads each batch of several sequences to its longest and passes the
+    # attention mask, so sdpa gets an explicit mask (ops/attention.padding_mask)
+    padding: Padding = "none"
     # None: as config.json says (tie_word_embeddings); False: a separate LM head
     ties_lm_head: bool | None = None
     # QLoRA quantises the LM head as well (every nn.Linear), not only the blocks'
@@ -321,7 +322,7 @@ PEFT_MC = Profile(
     output_held_into_next_forward=True,
     # ``batch = tokenizer.pad(batch, return_tensors="pt")`` (right padding to the longest
     # of the batch) and ``model(**batch, ...)`` passes its attention_mask (run.py train)
-    pads_batches=True,
+    padding="longest",
 )
 
 PROFILES: dict[str, Profile] = {
@@ -344,6 +345,21 @@ PROFILES: dict[str, Profile] = {
 
 def profile_of(run: RunConfig) -> Profile:
     return PROFILES[run.framework]
+
+
+def batch_padding(run: RunConfig) -> Padding:
+    """How the run's batches are padded: as it says, else its framework's way."""
+    return run.padding if run.padding is not None else profile_of(run).padding
+
+
+def pads_batches(run: RunConfig) -> bool:
+    """The model is given an attention_mask with pad tokens in it: every sequence padded
+    to seq_len (max-length), or batches of several sequences padded to their longest.
+    One sequence padded to its own longest has none, and transformers then leaves sdpa
+    its causal flag (masking_utils.py _ignore_causal_mask_sdpa: no mask when every
+    position is attended, 5.24 l.292-293)."""
+    padding = batch_padding(run)
+    return padding == "max-length" or (padding == "longest" and run.batch_size > 1)
 
 
 def compiled_layers(run: RunConfig) -> bool:

@@ -53,6 +53,10 @@ Optimizer = Literal[
     "lion",
 ]
 Attention = Literal["eager", "sdpa", "flash"]
+# Whether a batch carries pad tokens that its attention_mask marks, in the words of
+# transformers' own ``padding=`` argument (tokenizer and DataCollatorWithPadding:
+# PaddingStrategy "longest" | "max_length" | "do_not_pad"); ops.attention.padding_mask
+Padding = Literal["none", "longest", "max-length"]
 # the training objective: supervised finetuning, or a preference loss over chosen and
 # rejected sequences, or over unpaired completions labelled desirable or not (kto,
 # apo-zero-unpaired: TRL's KTOTrainer) (ftmem.ops.loss.PreferenceLoss)
@@ -362,6 +366,18 @@ class RunConfig(limits.BoundedSettings):
         "for the other frameworks the estimate stays eager and says so.",
     )
     attn: Attention = "sdpa"
+    padding: Padding | None = Field(
+        None,
+        exclude_if=lambda value: value is None,  # absent from results unless given
+        description="Pad tokens in the batches, marked by the attention_mask the model is "
+        "given: none (packing, TRL padding_free, equal lengths) | longest (each batch of "
+        "several sequences padded to its longest: DataCollatorWithPadding, TRL's collator "
+        "without padding_free) | max-length (every sequence padded to seq_len, batch 1 "
+        "too). With sdpa a padded batch gets a 4-D mask: transformers repeats GQA keys "
+        "and values per head and the kernel keeps the copies and the mask "
+        "(ftmem.ops.attention.padding_mask). Default: the framework's (peft-mc: longest; "
+        "the others none).",
+    )
     # (left out of a dump at its default: an SFT estimate's JSON stays as it was)
     objective: Objective = Field(
         "sft",

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 @app.command()
 # a measured step has one batch length; its allocator options are the process's own
 # PYTORCH_CUDA_ALLOC_CONF, which the estimate then takes too
-@with_options(RUN, drop=("optimizer_impl", "accounting", "lengths", "alloc_conf"))
+# (the measured batch has no pad tokens: --padding is the estimate's)
+@with_options(RUN, drop=("optimizer_impl", "accounting", "lengths", "alloc_conf", "padding"))
 def measure(
     model: Annotated[
         str,

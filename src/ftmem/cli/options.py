@@ -149,6 +149,17 @@ RUN = [
     ),
     _opt("attn", Attention, "sdpa", "The attention kernel."),
     _opt(
+        "padding",
+        Optional[field_choices("padding")],  # noqa: UP045
+        None,
+        "Pad tokens in each batch, marked by its attention_mask: none (packing, TRL "
+        "padding_free, equal lengths) | longest (a batch of several sequences padded to its "
+        "longest: DataCollatorWithPadding, TRL's collator) | max-length (every sequence "
+        "padded to --seq-len). With sdpa the mask makes transformers repeat GQA keys and "
+        "values per head, kept with the mask for backward; eager and flash are unchanged "
+        "(default: the framework's; peft-mc longest, the others none).",
+    ),
+    _opt(
         "framework",
         Framework,
         "hf",

@@ -233,6 +233,34 @@ def _optimizer(k: Keys, cfg: FrameworkConfig) -> None:
         )
 
 
+def _packing_or_padding(k: Keys, cfg: FrameworkConfig) -> None:
+    """Packed micro-batches, or pad tokens where the file says it does not pack. An SFT
+    run without sample_packing pads with DataCollatorForSeq2Seq(padding=True), to the
+    batch's longest rounded up to pad_to_multiple_of (64 unless given) or, with
+    pad_to_sequence_len, to sequence_len (axolotl@067b021c src/axolotl/core/builders/
+    causal.py l.383-394); tokenizer.pad pads the attention_mask with zeros. The rl
+    trainers build their own collators: not read here."""
+    if k.flag("sample_packing"):
+        cfg.notes.append(
+            "sample_packing: each micro-batch is packed to sequence_len tokens, as estimated."
+        )
+        return
+    if k.text("rl"):
+        return
+    if k.flag("pad_to_sequence_len"):
+        padding = "max-length"
+    elif k.raw("sample_packing") is False:
+        padding = "longest"
+    else:  # silent: the default stays
+        return
+    cfg.settings["padding"] = padding
+    cfg.notes.append(
+        f"no sample_packing: batches padded (padding {padding}); under sdpa transformers "
+        "gives the kernel a mask and repeats GQA keys and values (rounding to "
+        "pad_to_multiple_of pads one sequence too: give --padding max-length at batch 1)."
+    )
+
+
 def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     cfg.model = k.text("base_model")
     if (config := k.text("base_model_config")) and config != cfg.model:
@@ -249,10 +277,7 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     _optimizer(k, cfg)
     _precision(k, cfg)
     _attention(k, cfg)
-    if k.flag("sample_packing"):
-        cfg.notes.append(
-            "sample_packing: each micro-batch is packed to sequence_len tokens, as estimated."
-        )
+    _packing_or_padding(k, cfg)
     if k.flag_or_text("torch_compile", ("auto",)):  # "auto": on from torch 2.5.1
         cfg.settings["compile"] = True
     _training_objective(k, cfg)

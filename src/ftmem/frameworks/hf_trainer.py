@@ -978,3 +978,12 @@ def _hf_lengths(k: Keys, cfg: FrameworkConfig) -> None:
         "sequence length; the reserved peak keeps the cache of the other lengths "
         "(give --lengths padded:MIN when the shortest is known)."
     )
+    # the same collators pass the batch's attention_mask with its pad tokens
+    # (DataCollatorForLanguageModeling.torch_call, trl@f2cd5771 sft_trainer.py l.504-506;
+    # group_by_length groups samples "to minimize padding": transformers 5.24
+    # training_args.py l.643-644)
+    cfg.settings["padding"] = "longest"
+    cfg.notes.append(
+        "padding longest: the attention_mask marks each batch's pad tokens; under sdpa "
+        "transformers then gives the kernel a mask and repeats GQA keys and values."
+    )

@@ -34,7 +34,8 @@ class FtmemCallback(Preflight, TrainerCallback):
     :class:`RunWillNotFitError` from ``trainer.train()`` before step 1 (setting
     ``control.should_training_stop`` would still run one step: the trainer looks at it
     only after a step). Other keyword settings are ftmem.estimate's (``seq_len=2048``,
-    ``lengths="padded"``...) and win over what is read.
+    ``lengths="padded"``, ``padding="longest"`` where the collator pads...) and win over
+    what is read (the arguments do not say which collator the trainer was given).
     """
 
     source = "hf-trainer"

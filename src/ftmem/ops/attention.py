@@ -9,7 +9,7 @@ from ftmem.ops.context import LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.precision import resolve_dtypes
-from ftmem.profiles import profile_of
+from ftmem.profiles import pads_batches, profile_of
 from ftmem.run import RunConfig
 from ftmem.versions import rotary_tables_per_layer
 
@@ -31,14 +31,43 @@ def runs_eager(arch: Architecture, run: RunConfig) -> bool:
 
 
 def padding_mask(arch: Architecture, run: RunConfig) -> bool:
-    """sdpa gets an explicit mask that makes transformers copy GQA keys and values per
-    head: the framework pads each batch of several sequences to its longest and passes
-    the attention mask (Profile.pads_batches), so create_causal_mask builds the mask
-    instead of leaving sdpa its causal flag. One kv head repeats as a view (no copy), as
-    many as the heads need no repeat; a fused qkv projection is not derived here."""
-    padded = profile_of(run).pads_batches and run.batch_size > 1
-    gqa = 1 < arch.kv_heads < arch.num_heads
-    return padded and gqa and run.attn == "sdpa" and not arch.traits.fused_qkv
+    """sdpa gets an explicit 4-D mask because the batch has pad tokens (profiles.pads_batches).
+
+    transformers 5.24 leaves sdpa its causal flag only when every position is attended
+    (masking_utils.py l.292-293, _ignore_causal_mask_sdpa); otherwise sdpa_mask builds a
+    (b, 1, s, s) boolean mask (l.525-549) and sdpa_attention_forward passes it, which
+    turns GQA in the kernel off (integrations/sdpa_attention.py l.42-51: use_gqa_in_sdpa
+    needs ``attention_mask is None`` on CUDA): keys and values are repeated per head
+    (l.118-127). Not for eager (eager_mask builds its float mask with or without padding:
+    masking_utils.py l.598-618), nor FlashAttention-2 (flash_attention_mask passes the
+    2-D mask, l.621-662, and the varlen path unpads: modeling_flash_attention_utils.py
+    l.837-842, the real tokens' copies of q, k and v no larger than the padded ones).
+    A fused qkv projection's views and a family's own explicit mask are not derived here."""
+    if not pads_batches(run) or runs_eager(arch, run) or run.attn != "sdpa":
+        return False
+    return not arch.traits.fused_qkv and not arch.traits.sdpa_explicit_mask
+
+
+def padding_notes(arch: Architecture, run: RunConfig) -> list[str]:
+    """What --padding, when the run gives it, changes here (and what it does not)."""
+    if run.padding is None or run.padding == "none":
+        return []
+    said = f"--padding {run.padding}"
+    if not pads_batches(run):
+        return [
+            f"{said}: one sequence per batch has no pad tokens, so transformers leaves sdpa "
+            "its causal flag: nothing added."
+        ]
+    if run.attn == "flash":
+        return [
+            f"{said}: FlashAttention-2 unpads the batch (varlen kernel, no mask); estimated "
+            "as a batch without padding at its padded length, which bounds it."
+        ]
+    if runs_eager(arch, run):
+        return [f"{said}: eager attention builds its float mask with or without padding."]
+    if arch.latent_attention or arch.traits.fused_qkv or arch.traits.sdpa_explicit_mask:
+        return [f"{said}: sdpa's padding mask is not modelled for this attention; not counted."]
+    return []
 
 
 def qkv_views_kept(arch: Architecture) -> bool:
@@ -196,32 +225,41 @@ class Attention:
 
     @staticmethod
     def masked_sdpa_saved(ctx: LayerContext) -> list[Saved]:
-        """sdpa with a padding mask (padding_mask): transformers repeats GQA keys and values
-        to every query head before the kernel, which keeps the copies (transformers 5.13.1
-        integrations/sdpa_attention.py sdpa_attention_forward: ``if not
-        use_gqa_in_sdpa(attention_mask, ...)``: ``repeat_kv``; use_gqa_in_sdpa needs
-        ``attention_mask is None``). torch converts the boolean mask to an additive one in
-        the query's dtype per call, and CUDA's memory-efficient kernel (flash takes no mask)
-        pads its last dimension to a multiple of 8 and keeps it (aten/src/ATen/native/
-        transformers/attention.cpp scaled_dot_product_attention: convert_boolean_attn_mask,
-        preprocess_mask with mem_eff_alignment = 8; read in the code index, commit not pinned). Without checkpointing, the training
-        forward's DynamicCache (transformers creates it whenever use_cache, config.json's
-        default) holds the unrepeated keys and values, made by ``torch.cat`` (cache_utils.py
-        DynamicLayer.update); with checkpointing use_cache is off and they are freed. (The
-        kernel's output and logsumexp: Attention.saved, as for every fused kernel.)"""
+        """sdpa with a padding mask (padding_mask). With GQA, transformers repeats keys and
+        values to every query head before the kernel, which keeps the copies (transformers
+        5.24 integrations/sdpa_attention.py l.118-127 ``repeat_kv``: expand, then reshape, a
+        copy; one kv head repeats as a stride-0 view and as many as the heads need none).
+        torch converts the boolean mask to an additive one in the query's dtype per call,
+        and CUDA's memory-efficient kernel (flash takes no mask) pads its last dimension to
+        a multiple of 8 and keeps it (aten/src/ATen/native/transformers/attention.cpp
+        scaled_dot_product_attention: convert_boolean_attn_mask, preprocess_mask with
+        mem_eff_alignment = 8; read in the code index, commit not pinned); the CPU's kernel
+        keeps it unpadded (b·s·s·e per layer, measured: tests/test_padding.py). Where the
+        loop holds the model's output (Profile.output_held_into_next_forward) the training
+        forward's DynamicCache, made whenever use_cache (config.json's default), keeps the
+        unrepeated keys and values too (cache_utils.py DynamicLayer.update ``torch.cat``);
+        HF Trainer sets config.use_cache from TrainingArguments.use_cache, False by default
+        (transformers 5.24 trainer.py l.645-646, training_args.py l.971-976), TRL's
+        SFTTrainer passes use_cache=False (trl@f2cd5771 sft_trainer.py compute_loss), and
+        checkpointing turns it off. (The kernel's output and logsumexp: Attention.saved,
+        as for every fused kernel.)"""
         arch, run = ctx.arch, ctx.run
         T, e = ctx.tokens, ctx.e
         b, s = run.batch_size, ctx.tokens // run.batch_size
         q, kv = arch.q_size, arch.kv_size
-        items = [("rotary q", T * q * e, Kind.ATTN_QK)]
-        items.append(("k and v repeated per head (repeat_kv)", 2 * T * q * e, Kind.ATTN_COPY))
-        if not run.grad_ckpt:
-            items.append(
-                ("the cache's keys and values (DynamicCache)", 2 * T * kv * e, Kind.ATTN_QK)
-            )
-        items.append(
-            ("additive mask (last dim padded to 8)", b * s * -(-s // 8) * 8 * e, Kind.ATTN_MASK)
-        )
+        if 1 < arch.kv_heads < arch.num_heads:
+            items = [("rotary q", T * q * e, Kind.ATTN_QK)]
+            items.append(("k and v repeated per head (repeat_kv)", 2 * T * q * e, Kind.ATTN_COPY))
+            if profile_of(run).output_held_into_next_forward and not run.grad_ckpt:
+                cache = ("the cache's keys and values (DynamicCache)", 2 * T * kv * e, Kind.ATTN_QK)
+                items.append(cache)
+        else:
+            items = [
+                ("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK),
+                ("v", T * kv * e, Kind.ATTN_V),
+            ]
+        keys = -(-s // 8) * 8 if run.device == "cuda" else s
+        items.append(("additive mask (last dim padded to 8)", b * s * keys * e, Kind.ATTN_MASK))
         return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
 
     @staticmethod

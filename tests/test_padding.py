@@ -1,0 +1,253 @@
+"""--padding: pad tokens in the batch, marked by its attention_mask (ops/attention.padding_mask).
+
+The truth: PyTorch on the CPU against transformers 5.24, tiny Llamas with GQA, MHA and MQA.
+The same batch runs twice, once with every position attended and once with the last
+sequence's last 5 positions padded (right padding), with use_cache=False as HF Trainer
+(transformers 5.24 TrainingArguments.use_cache, False) and TRL's SFTTrainer
+(trl@f2cd5771 sft_trainer.py compute_loss) call the model. What autograd saved and the
+forward's and backward's peaks move by the same bytes, and the estimate's phases move
+by them too. The hand derivation: per layer sdpa
+keeps the additive mask, b·s·s in the compute dtype (torch converts the boolean mask per
+call), and with GQA keys and values repeated to every query head (2·T·q·e) instead of
+the kv heads' own (2·T·kv·e); one kv head repeats as a view, as many as the heads need no
+repeat. Eager attention builds its float mask either way: nothing moves.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ftmem.api import run_config
+from ftmem.arch import Architecture
+from ftmem.phases import find_peak
+from ftmem.sources import architecture_from_config
+from ftmem.step import step_parts
+
+L, HEADS, HEAD_DIM = 3, 6, 16
+LLAMA = {
+    "model_type": "llama",
+    "vocab_size": 512,
+    "hidden_size": HEADS * HEAD_DIM,
+    "intermediate_size": 128,
+    "num_hidden_layers": L,
+    "num_attention_heads": HEADS,
+    "head_dim": HEAD_DIM,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": False,
+}
+E = 2  # bf16
+
+
+def _config(kv_heads: int) -> dict:
+    return {**LLAMA, "num_key_value_heads": kv_heads}
+
+
+def _measured(kv_heads: int, b: int, s: int, padded: bool, attn: str = "sdpa") -> tuple[int, ...]:
+    """(bytes autograd saved, forward peak, backward peak) of one training step, above
+    what was alive before it; the peaks from ftmem's dispatch tracker."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from ftmem.measure.tracker import LiveBytesTracker
+
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(**_config(kv_heads), attn_implementation=attn)
+    model = transformers.AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+    model.train()
+    ids = torch.randint(0, LLAMA["vocab_size"], (b, s))
+    mask = torch.ones(b, s, dtype=torch.long)
+    if padded:
+        mask[-1, s - 5 :] = 0  # the last sequence is 5 tokens shorter
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        saved[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+        return t
+
+    tracker = LiveBytesTracker()
+    tracker.track(*model.parameters(), ids, mask)
+    with tracker:
+        before = tracker.current
+        tracker.reset_peak()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
+        forward = tracker.peak - before
+        tracker.reset_peak()
+        loss.backward()
+        backward = tracker.peak - before
+    return sum(saved.values()), forward, backward
+
+
+def _tiny(kv_heads: int) -> Architecture:
+    return architecture_from_config(_config(kv_heads), f"tiny-kv{kv_heads}", "test")
+
+
+def _estimated(kv_heads: int, b: int, s: int, padding: str, **settings) -> tuple[int, int]:
+    """(forward, backward) phase peaks of the estimate, on the CPU as measured."""
+    run = run_config(
+        method="full", precision="bf16", batch_size=b, seq_len=s, device="cpu",
+        padding=padding, **settings,
+    )  # fmt: skip
+    phases = find_peak(step_parts(_tiny(kv_heads), run).sizes).phases
+    return phases.forward, phases.backward
+
+
+def _moved(after: tuple[int, ...], before: tuple[int, ...]) -> list[int]:
+    return [a - b for a, b in zip(after, before, strict=True)]
+
+
+def _by_hand(kv_heads: int, b: int, s: int) -> int:
+    T, q, kv = b * s, HEADS * HEAD_DIM, kv_heads * HEAD_DIM
+    mask = b * s * s * E
+    repeated = 2 * T * q * E - 2 * T * kv * E if 1 < kv_heads < HEADS else 0
+    return L * (mask + repeated)
+
+
+@pytest.mark.parametrize("kv_heads", [2, 6, 1], ids=["gqa", "mha", "mqa"])
+@pytest.mark.parametrize("s", [24, 21], ids=["s24", "s21"])
+def test_a_padded_batch_keeps_the_mask_and_gqa_repeats(kv_heads, s):
+    b = 2
+    padded, unpadded = _measured(kv_heads, b, s, True), _measured(kv_heads, b, s, False)
+    moved = _moved(padded, unpadded)
+    assert moved == [_by_hand(kv_heads, b, s)] * 3  # saved, forward peak, backward peak
+    longest, none = _estimated(kv_heads, b, s, "longest"), _estimated(kv_heads, b, s, "none")
+    assert _moved(longest, none) == moved[1:]
+
+
+def test_eager_attention_builds_its_mask_either_way():
+    b, s = 2, 24
+    assert _measured(2, b, s, True, "eager") == _measured(2, b, s, False, "eager")
+    assert _estimated(2, b, s, "longest", attn="eager") == _estimated(2, b, s, "none", attn="eager")
+
+
+def test_one_sequence_padded_to_max_length_has_a_mask():
+    # padding="max_length" pads a batch of one too: transformers builds the mask
+    moved = _moved(_measured(2, 1, 24, True), _measured(2, 1, 24, False))
+    # (the backward's peak is its end, the saved tensors freed and every gradient made)
+    assert moved == [_by_hand(2, 1, 24)] * 2 + [0]
+    longest, none = _estimated(2, 1, 24, "max-length"), _estimated(2, 1, 24, "none")
+    assert _moved(longest, none) == moved[1:]
+
+
+def test_one_sequence_padded_to_its_longest_has_none():
+    from ftmem.api import estimate
+
+    assert _estimated(2, 1, 24, "longest") == _estimated(2, 1, 24, "none")
+    notes = estimate("llama-3.2-1b", batch_size=1, padding="longest").notes
+    assert any("no pad tokens" in n for n in notes)
+
+
+def test_flash_attention_unpads_and_is_unchanged():
+    from ftmem.api import estimate
+
+    assert _estimated(2, 2, 24, "longest", attn="flash") == _estimated(
+        2, 2, 24, "none", attn="flash"
+    )
+    notes = estimate("llama-3.2-1b", batch_size=2, padding="longest", attn="flash").notes
+    assert any("unpads" in n for n in notes)
+
+
+def test_cuda_pads_the_masks_last_dimension_to_8():
+    """CUDA's memory-efficient kernel keeps the mask padded to a multiple of 8 (s 21 -> 24)."""
+    run = {"method": "full", "precision": "bf16", "batch_size": 2, "seq_len": 21}
+    arch = _tiny(6)
+    longest = find_peak(step_parts(arch, run_config(padding="longest", **run)).sizes)
+    none = find_peak(step_parts(arch, run_config(padding="none", **run)).sizes)
+    assert longest.phases.forward - none.phases.forward == L * 2 * 21 * 24 * E
+
+
+def test_peft_mc_pads_by_default_and_padding_none_turns_it_off():
+    from ftmem.step import loop_output
+
+    arch = _tiny(2)
+    run = {"method": "lora", "precision": "bf16", "batch_size": 2, "seq_len": 24, "device": "cpu"}
+    hf = find_peak(step_parts(arch, run_config(**run)).sizes).phases.forward
+    off = run_config(framework="peft-mc", padding="none", **run)
+    assert find_peak(step_parts(arch, off).sizes).phases.forward == hf + loop_output(
+        arch, off, E, 48
+    )
+    on = find_peak(step_parts(arch, run_config(framework="peft-mc", **run)).sizes)
+    assert on.phases.forward > hf + loop_output(arch, off, E, 48)
+
+
+def test_the_setting_is_left_out_of_results_unless_given():
+    assert "padding" not in run_config().model_dump(exclude_none=False)
+    assert run_config(padding="none").model_dump()["padding"] == "none"
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def _cli(argv: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    from ftmem.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_help_lists_the_choices(capsys, monkeypatch):
+    code, out, _ = _cli(["estimate", "--help"], capsys, monkeypatch)
+    assert code == 0
+    line = next(line for line in out.splitlines() if "--padding" in line)
+    assert "<none|longest|max-length>" in line
+
+
+def test_a_bad_value_is_one_line_and_exit_2(capsys, monkeypatch):
+    code, out, err = _cli(["estimate", "llama-3.2-1b", "--padding", "right"], capsys, monkeypatch)
+    assert (code, out) == (2, "")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert "--padding" in lines[0] and "none, longest or max-length" in lines[0]
+
+
+def test_json_says_the_padding_given(capsys, monkeypatch):
+    argv = ["estimate", "llama-3.2-1b", "--batch-size", "2", "--padding", "longest"]
+    code, out, _ = _cli([*argv, "--format", "json"], capsys, monkeypatch)
+    assert code == 0
+    assert json.loads(out)["run"]["padding"] == "longest"
+
+
+# -- read from a training config ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "keys, padding",
+    [
+        ({"packing": False}, "longest"),  # TRL's collator pads to the batch's longest
+        ({"group_by_length": True}, "longest"),  # grouped "to minimize padding"
+        ({"packing": False, "padding_free": True}, None),  # flattened: no pad tokens
+        ({"packing": True}, None),
+        ({}, None),  # silent: the default, not TRL's
+    ],
+)
+def test_trl_and_trainer_configs_say_it_explicitly(tmp_path, keys, padding):
+    from ftmem.frameworks import read_framework_config
+
+    path = tmp_path / "sft.json"
+    path.write_text(
+        json.dumps({"model_name_or_path": "x", "per_device_train_batch_size": 4, **keys})
+    )
+    assert read_framework_config(str(path)).settings.get("padding") == padding
+
+
+@pytest.mark.parametrize(
+    "text, padding",
+    [
+        ("sample_packing: false\n", "longest"),  # DataCollatorForSeq2Seq(padding=True)
+        ("sample_packing: false\npad_to_sequence_len: true\n", "max-length"),
+        ("pad_to_sequence_len: true\n", "max-length"),
+        ("sample_packing: true\npad_to_sequence_len: true\n", None),  # packed
+        ("sample_packing: false\nrl: dpo\n", None),  # the rl trainers' own collators
+        ("", None),
+    ],
+)
+def test_axolotl_configs_say_it_explicitly(tmp_path, text, padding):
+    from ftmem.frameworks import read_framework_config
+
+    path = tmp_path / "axo.yml"
+    path.write_text("base_model: meta-llama/Llama-2-7b-hf\nmicro_batch_size: 2\n" + text)
+    assert read_framework_config(str(path)).settings.get("padding") == padding
