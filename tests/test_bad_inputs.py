@@ -24,6 +24,20 @@ LLAMA = {
 }
 
 
+MIXTRAL_TINY = json.dumps(
+    {
+        **LLAMA,
+        "model_type": "mixtral",
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "output_router_logits": False,
+    }
+)
+OLMOE_TINY = json.dumps(
+    {**LLAMA, "model_type": "olmoe", "num_experts": 8, "num_experts_per_tok": 2, "clip_qkv": None}
+)
+
+
 def cfg(**changes: object) -> str:
     data = {**LLAMA, **changes}
     return json.dumps({k: v for k, v in data.items() if v is not None})
@@ -646,6 +660,35 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
             )
         },
         "8 encoder and 4 decoder layers",
+    ),
+    # the router's load-balancing loss where the model computes none; its config key typed
+    (
+        "router-aux-loss-dense",
+        ["estimate", "gpt2", "--router-aux-loss"],
+        {},
+        "computes no router load-balancing loss",
+    ),
+    (
+        "router-aux-loss-deepseek",
+        ["estimate", "deepseek-v2-lite", "--router-aux-loss"],
+        {},
+        "computes no router load-balancing loss",
+    ),
+    (
+        "output-router-logits-type",
+        ["estimate", "{tmp}/config.json"],
+        {
+            "config.json": MIXTRAL_TINY.replace(
+                '"output_router_logits": false', '"output_router_logits": "yes"'
+            )
+        },
+        "output_router_logits",
+    ),
+    (
+        "clip-qkv-negative",
+        ["estimate", "{tmp}/config.json"],
+        {"config.json": OLMOE_TINY.replace('"clip_qkv": null', '"clip_qkv": -8')},
+        "qkv_clip",
     ),
 ]
 

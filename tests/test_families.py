@@ -175,7 +175,8 @@ def test_olmoe_counts_as_transformers_builds_it(tmp_path):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"clip_qkv": 8.0}, "clip_qkv 8.0 is not supported"),
+        ({"clip_qkv": -1.0}, "qkv_clip"),
+        ({"clip_qkv": "8"}, "clip_qkv"),
         ({"head_dim": 64}, "q/k norms are hidden_size wide"),
     ],
 )

@@ -21,6 +21,7 @@ EXPECTED = {
     "loss",
     "mlp",
     "moe",
+    "router_aux_loss",
     "norm",
     "qk_norm",
     "t5_feed_forward",

@@ -122,6 +122,7 @@ def _attention(
         ) | (frozenset({"k", "v"}) if prefix else frozenset())
         attn_grads |= frozenset({"q", "k"}) if state.qk_norms_trained else frozenset()
     out += QKNorm.saved(ctx, state, qkv, x or w or wn, wn or state.qk_norms_trained)
+    out += Attention.clamp_saved(ctx, attn_grads)
     out += Attention.saved(ctx, attn_grads)
     return out
 

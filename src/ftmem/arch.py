@@ -98,6 +98,19 @@ class Architecture(BaseModel):
         description="MoE: the router divides its top-k softmax weights by their sum "
         "(config.json's norm_topk_prob where the family reads it; Mixtral always does).",
     )
+    router_aux_loss: bool = Field(
+        False,
+        exclude_if=lambda value: not value,
+        description="MoE: the causal LM adds the router's load-balancing loss "
+        "(config.json's output_router_logits, where the family's model computes one).",
+    )
+    qkv_clip: FiniteFloat | None = Field(
+        None,
+        gt=0,
+        exclude_if=lambda value: value is None,
+        description="Queries, keys and values clamped to ±qkv_clip after their projections "
+        "(config.json's clip_qkv, OLMoE); None = no clamp.",
+    )
     shared_experts_size: NonNegativeInt = Field(
         0,
         description="MoE: width of the dense MLP every token takes beside its routed experts "
@@ -273,6 +286,13 @@ class Architecture(BaseModel):
                 raise ValueError(f"{site}: transformers' {fam.name} model has no such dropout")
         if self.is_moe and not fam.moe:
             raise ValueError(f"num_experts > 1: the {fam.name} family has no experts")
+        if self.qkv_clip is not None and not fam.qkv_clip:
+            raise ValueError(f"qkv_clip: transformers' {fam.name} model does not clamp q, k, v")
+        if self.router_aux_loss and not (self.is_moe and fam.router_aux_loss):
+            raise ValueError(
+                f"router_aux_loss: transformers' {fam.name} model computes no router "
+                "load-balancing loss"
+            )
         if not self.router_renormalises and not fam.router_renormalisation_optional:
             raise ValueError(
                 f"router_renormalises false: the {fam.name} router always divides its "
@@ -740,14 +760,23 @@ def layout(arch: Architecture) -> Layout:
     return Layout(tuple(outer), tuple(block), tuple(linears), arch.num_layers)
 
 
-def as_trained(arch: Architecture, model_dropout: bool) -> Architecture:
+def as_trained(
+    arch: Architecture, model_dropout: bool, router_aux_loss: bool | None = None
+) -> Architecture:
     """The architecture a run trains: without its config's dropout when the run turns
-    it off (RunConfig.model_dropout)."""
-    if model_dropout or not (arch.dropout_rate or arch.residual_dropout or arch.embedding_dropout):
-        return arch
-    return arch.model_copy(
-        update={"dropout_rate": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0}
-    )
+    it off (RunConfig.model_dropout), with or without the router's load-balancing loss
+    where the run says (RunConfig.router_aux_loss; None: as config.json says)."""
+    changes: dict[str, object] = {}
+    if not model_dropout and (arch.dropout_rate or arch.residual_dropout or arch.embedding_dropout):
+        changes.update(dropout_rate=0.0, residual_dropout=0.0, embedding_dropout=0.0)
+    if router_aux_loss is not None and router_aux_loss != arch.router_aux_loss:
+        if router_aux_loss and not (arch.is_moe and arch.traits.router_aux_loss):
+            raise InvalidInputError(
+                f"--router-aux-loss: transformers' {arch.traits.name} model computes no "
+                "router load-balancing loss (Mixtral, Qwen3-MoE, OLMoE and gpt-oss do)."
+            )
+        changes["router_aux_loss"] = router_aux_loss
+    return arch.model_copy(update=changes) if changes else arch
 
 
 def buffer_numel(arch: Architecture) -> int:

@@ -506,7 +506,7 @@ def framework_arch(arch: Architecture, run: RunConfig) -> Architecture:
     turns it off, and the framework's own LM head where it never ties (the attention path
     is ops.attention.attention_path's)."""
     profile = profile_of(run)
-    arch = as_trained(arch, run.model_dropout)
+    arch = as_trained(arch, run.model_dropout, run.router_aux_loss)
     changes: dict[str, object] = {}
     vision = for_image_size(arch.vision, run.image_size)  # (Qwen-VL's dynamic resolution)
     if vision is not arch.vision:

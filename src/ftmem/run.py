@@ -349,6 +349,13 @@ class RunConfig(limits.BoundedSettings):
         description="Train with the dropout the model's config sets (decoders' residual and "
         "embedding dropout, T5's dropout_rate); false for a run that turns it off.",
     )
+    router_aux_loss: bool | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="MoE: train with the router's load-balancing loss (transformers' "
+        "output_router_logits; LLaMA-Factory's moe_aux_loss_coef); default: as config.json "
+        "says (false unless it sets output_router_logits).",
+    )
     activation_offload: bool = Field(
         False,
         description="Copy every saved activation to host RAM in forward and back in "

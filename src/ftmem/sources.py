@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from ftmem import families
 from ftmem.arch import Architecture, count_params
 from ftmem.errors import ConfigError, UnknownNameError
-from ftmem.families._config import MULTIMODAL_TIE_DEFAULT, number, shown
+from ftmem.families._config import MULTIMODAL_TIE_DEFAULT, flag, number, shown
 from ftmem.families._qwen_vl import qwen_text_config
 from ftmem.families._vision import (
     UnmodelledVision,
@@ -121,6 +121,8 @@ def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architectu
         fields = family.config.read(cfg)
         for site, key in family.dropout_keys.items():
             fields[site] = number(cfg, key) or 0.0
+        if family.router_aux_loss:  # (its config class's default: false)
+            fields["router_aux_loss"] = flag(cfg, "output_router_logits", False)
         return Architecture(name=name, source=source, vision=vision, **fields)
     except ConfigError:
         raise

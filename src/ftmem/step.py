@@ -31,7 +31,8 @@ from ftmem.ops.loss import FusedHead, Loss, PreferenceLoss, held_logits_head
 from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS, Norm
-from ftmem.ops.saved import Saved
+from ftmem.ops.router_aux import RouterAuxLoss
+from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
 from ftmem.phases import (
     Activations,
@@ -303,6 +304,11 @@ def _decoder_parts(
     outer_below += vision_step.saved(arch, run, plan.dtypes)
     outer_items = outer_below + outer_above
     per_block_kept = policy.kept(blocks.per_block, inputs)
+    aux = RouterAuxLoss.kept(arch, run, plan, T)  # whatever the policy keeps of the block
+    if aux:
+        aux = aux if split is None else split.tokens(aux)
+        dense = arch.dense_layers
+        per_block_kept = tuple(k + (aux if i >= dense else 0) for i, k in enumerate(per_block_kept))
     activations = _sum(outer_items) + sum(per_block_kept)
     offloaded = sum(on_host)
     if run.activation_offload:
@@ -320,7 +326,7 @@ def _decoder_parts(
         sizes=sizes,
         activations=activations,
         per_block_full=blocks.per_block,
-        typical_block=blocks.last,
+        typical_block=blocks.last + _aux_items(aux),
         outer_items=tuple(outer_items),
         offloaded=offloaded,
     )
@@ -364,6 +370,12 @@ def _block_activations(
         graph_held += previous_held
     last = cache[(block_states[-1], False)]
     return _BlockActivations(tuple(per_block), tuple(rebuilt), tuple(last), graph_held)
+
+
+def _aux_items(aux: int) -> tuple[Saved, ...]:
+    """The router's load-balancing loss's share of a MoE block (ops.router_aux)."""
+    what = "router logits for the load-balancing loss (their softmax, then their gradient)"
+    return (Saved(what, aux, Kind.MOE, Side.MLP),) if aux else ()
 
 
 def _outer_items(
@@ -445,6 +457,11 @@ def _decoder_sizes(
     if framework_head is None and not offloaded and run.objective == "sft":
         requests = _head_requests(arch, run, plan, e, T, head, forward_cache, output_held)
         head = dataclasses.replace(head, requests=requests)
+    aux_moment = RouterAuxLoss.loss_moment(arch, run, plan, T)
+    if run.loss == "standard" and framework_head is None and aux_moment > head.logits_forward:
+        # the load-balancing loss after the cross-entropy, the logits still held (its
+        # requests no longer lay out the largest moment: gpu.trace replays the moment)
+        head = dataclasses.replace(head, logits_forward=aux_moment)
     loop_held = vision_step.pixel_input(arch, run, plan.dtypes)  # an image-text batch's pixels
     loop_held += loop_output(arch, run, e, T)
     if framework_head is not None:  # LitGPT: fp32 logits held by the loop, chunked loss

@@ -76,6 +76,7 @@ def _matrix() -> list[Case]:
         *_autocast_over_16bit_weights(),
         *_families_of_issue_17(),
         *_expert_lora(),
+        *_router_aux_loss_and_clip(),
         *_config_dropout(),
         *_preference_objectives(),
         *_grpo(),
@@ -531,6 +532,34 @@ def _expert_lora() -> list[Case]:
     short = {"method": "lora", "lora_targets": "experts", "batch_size": 1, "seq_len": 16}
     for precision in ("bf16", "fp32"):
         cases.append(Case("qwen3_moe", {**short, "precision": precision}, wide))
+    return cases
+
+
+def _router_aux_loss_and_clip() -> list[Case]:
+    """The router's load-balancing loss (config.json's output_router_logits, or the run's
+    --router-aux-loss) on the four families whose causal LM adds it, in each precision
+    regime and checkpointed; OLMoE's clip_qkv (q, k, v clamped in place)."""
+    aux = {"router_aux_loss": True}
+    cases: list[Case] = []
+    for family in ("mixtral", "qwen3_moe", "olmoe", "gpt_oss"):
+        cases += [
+            Case(family, {"method": "lora", "precision": "bf16"}, aux),
+            Case(family, {"method": "full", "precision": "fp32"}, aux),
+            Case(family, {"method": "lora", "precision": "bf16-mixed"}, aux),
+            Case(family, {"method": "lora", "precision": "bf16", "grad_ckpt": True}, aux),
+        ]
+    # the run's setting over a config without it
+    cases.append(Case("qwen3_moe", {"method": "full", "precision": "bf16", **aux}))
+    clip = {"qkv_clip": 8.0}
+    for settings in (
+        {"method": "lora", "precision": "bf16"},
+        {"method": "full", "precision": "bf16-mixed"},
+        {"method": "lora", "lora_targets": "all-linear", "lora_r": 4, "precision": "bf16-mixed"},
+        {"method": "lora", "precision": "bf16", "grad_ckpt": True},
+        {"method": "qlora", "precision": "bf16-mixed"},
+    ):
+        cases.append(Case("olmoe", settings, clip))
+    cases.append(Case("olmoe", {"method": "full", "precision": "bf16"}, {**clip, **aux}))
     return cases
 
 

@@ -126,6 +126,13 @@ RUN = [
         "--dropout/--no-dropout",
     ),
     _opt(
+        "router_aux_loss",
+        OptBool,
+        None,
+        "MoE: the router's load-balancing loss (default: config.json's output_router_logits).",
+        "--router-aux-loss/--no-router-aux-loss",
+    ),
+    _opt(
         "activation_offload",
         bool,
         False,

@@ -166,6 +166,15 @@ class Family:
     # 5.24 Qwen3MoeTopKRouter / OlmoeTopKRouter), not left fp32 (Mixtral): the weighted
     # expert outputs and their gradients are in the experts' dtype.
     routing_weights_in_router_dtype: bool = False
+    # The causal LM adds the router's load-balancing loss when config.json's
+    # output_router_logits is true (transformers 5.24 MixtralForCausalLM.forward and its
+    # copies in Qwen3-MoE, OLMoE, gpt-oss: load_balancing_loss_func over every layer's
+    # router logits), read into Architecture.router_aux_loss; DeepSeek-V2/V3 have none.
+    router_aux_loss: bool = False
+    # config.json's clip_qkv (Architecture.qkv_clip) clamps the query (after its norm),
+    # key and value projections in place (OLMoE: transformers 5.24 OlmoeAttention.forward,
+    # ``query_states.clamp_(min=-clip_qkv, max=clip_qkv)``).
+    qkv_clip: bool = False
     # The 3-D experts are stored (experts, in, out), each with a bias (experts, out) named
     # `<proj>_bias` (gpt-oss: gate_up_proj [E, H, 2F], down_proj [E, F, H]), and the gate and
     # up halves interleave; transformers 5 Mixtral's are (experts, out, in) without biases.

@@ -58,8 +58,6 @@ def _build(arch: Architecture, kw: Config) -> None:
     kw.update(
         num_local_experts=arch.num_experts,
         num_experts_per_tok=arch.experts_per_token,
-        router_aux_loss_coef=0.0,
-        output_router_logits=False,
     )
 
 
@@ -98,4 +96,5 @@ FAMILY = Family(
             "and for training), and bitsandbytes leaves the 3-D experts unquantised."
         ),
     },
+    router_aux_loss=True,
 )

@@ -52,4 +52,5 @@ FAMILY = Family(
     peft_converts_expert_targets=True,
     rotary_cache_releases=MIXTRAL_ROTARY_CACHE,
     rotary_per_layer_releases=MISTRAL_ROTARY_PER_LAYER,
+    router_aux_loss=True,
 )

@@ -36,14 +36,9 @@ def _read(cfg: Config, out: Config) -> None:
             f"{shown(out['hidden_size'])}; OlmoeAttention's q/k norms are hidden_size wide."
         )
     out.pop("head_dim", None)
-    # clip_qkv clamps q, k and v in place (clamp_): what it keeps is not modelled, and
-    # every published OLMoE config has it null
-    if number(cfg, "clip_qkv") is not None:
-        raise ConfigError(
-            f"config.json: clip_qkv {shown(cfg['clip_qkv'])} is not supported yet; ftmem "
-            "models OLMoE without the clamp (the published configs have clip_qkv null)."
-        )
     out.update(
+        # (q, k and v clamped in place: Attention.clamp_saved; every published config: null)
+        qkv_clip=number(cfg, "clip_qkv"),
         # (transformers 5 writes num_experts back as num_local_experts, its attribute_map)
         num_experts=need(cfg, "num_experts", "num_local_experts", bound=limits.EXPERTS),
         experts_per_token=need(cfg, "num_experts_per_tok", bound=limits.EXPERTS),
@@ -57,7 +52,7 @@ def _build(arch: Architecture, kw: Config) -> None:
         num_experts=arch.num_experts,
         num_experts_per_tok=arch.experts_per_token,
         norm_topk_prob=arch.router_renormalises,
-        clip_qkv=None,
+        clip_qkv=arch.qkv_clip,
     )
 
 
@@ -67,9 +62,11 @@ FAMILY = Family(
     decoder_layer="OlmoeDecoderLayer",
     config=llama_map("olmoe", LlamaKeys(optional=("attention_bias",)), _read, _build),
     names=replace(LLAMA_NAMES, experts=EXPERT_NAMES),
+    qkv_clip=True,
     qk_norm=True,
     qk_norm_per_head=False,
     peft_converts_expert_targets=True,
     router_renormalisation_optional=True,
     routing_weights_in_router_dtype=True,
+    router_aux_loss=True,
 )

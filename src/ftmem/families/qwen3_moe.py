@@ -67,4 +67,5 @@ FAMILY = Family(
     peft_converts_expert_targets=True,
     router_renormalisation_optional=True,
     routing_weights_in_router_dtype=True,
+    router_aux_loss=True,
 )

@@ -732,8 +732,8 @@ def _kernels_and_formats(k: Keys, cfg: FrameworkConfig) -> None:
             cfg.notes.append(f"{key}: {value} weights are not modelled; estimated in 16 bits.")
     if k.section("model_config").flag("output_router_logits"):
         cfg.notes.append(
-            "model_config output_router_logits: the router logits kept for the auxiliary loss "
-            "(tokens × experts per layer) are not counted."
+            "model_config output_router_logits: not read into the estimate; add "
+            "--router-aux-loss to count the load-balancing loss (tokens × experts per layer)."
         )
     if (groups := k.integer("gptq_groupsize", minimum=-1)) is not None and groups != 128:
         cfg.notes.append(f"gptq_groupsize {groups}: estimated with int4's 128 inputs per scale.")

@@ -100,6 +100,8 @@ def hf_config_kwargs(arch: Architecture, attn_impl: str = "sdpa") -> tuple[str, 
         "attn_implementation": attn_impl,
     }
     dropouts = {key: getattr(arch, site) for site, key in family.dropout_keys.items()}
+    if family.router_aux_loss:
+        common["output_router_logits"] = arch.router_aux_loss
     return family.model_types[0], {**common, **family.config.build(arch), **dropouts}
 
 
@@ -584,7 +586,7 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
     """The run's model as its framework builds it: transformers' model from the
     Architecture (quantised through from_pretrained for QLoRA), its trainable set or
     peft wrapper, and checkpointing as HF Trainer enables it."""
-    arch = as_trained(arch, run.model_dropout)
+    arch = as_trained(arch, run.model_dropout, run.router_aux_loss)
     model, attn_impl, notes = _base_model(arch, run, device, seed)
     if run.method == "qlora":
         model = _quantized(model, arch, run, device, attn_impl)

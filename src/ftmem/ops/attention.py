@@ -151,6 +151,28 @@ class Attention:
         return out + Attention.eager_scores_saved(ctx, b * nh * s, s + P, needs_grad)
 
     @staticmethod
+    def clamp_saved(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
+        """config.json's clip_qkv (``arch.qkv_clip``, OLMoE): ``clamp_`` in place on the
+        query (its norm's output), the key (its norm's) and the value projection. An
+        in-place op whose derivative reads its input keeps a copy of it (torch's autograd
+        codegen saves ``original_self``; clamp's backward masks by it, derivatives.yaml
+        clamp_backward), one per tensor that needs a gradient. A norm's output is
+        ``weight * x.to(input_dtype)``: the promotion of the norm weight's dtype (fp32
+        under autocast) and the projection's."""
+        arch = ctx.arch
+        if arch.qkv_clip is None:
+            return []
+        oe = ctx.projection_out_bytes
+        normed = max(ctx.residual, oe) if arch.qk_norm else oe
+        widths = {"q": (arch.q_size, normed), "k": (arch.kv_size, normed), "v": (arch.kv_size, oe)}
+        return [
+            Saved(f"{role}: copy kept by clamp_ (clip_qkv)", ctx.tokens * width * size,
+                  Kind.ATTN_COPY, Side.ATTENTION)
+            for role, (width, size) in widths.items()
+            if role in needs_grad
+        ]  # fmt: skip
+
+    @staticmethod
     def eager_scores_saved(
         ctx: LayerContext, rows: int, keys: int, needs_grad: frozenset[str]
     ) -> list[Saved]:

@@ -43,6 +43,7 @@ MODULES = (
     "ftmem.ops.mlp",
     "ftmem.ops.moe",
     "ftmem.ops.norm",
+    "ftmem.ops.router_aux",
     "ftmem.adapters.bottleneck",
     "ftmem.adapters.dora",
     "ftmem.adapters.ia3",
