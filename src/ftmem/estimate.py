@@ -23,7 +23,6 @@ from ftmem.arch import Architecture, count_params
 from ftmem.colossalai import COLOSSALAI
 from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div
 from ftmem.errors import InvalidInputError
-from ftmem.fsdp_init import wrap_program, wrap_units
 from ftmem.gpu.device import DeviceFigures, cuda_runtime, device_figures, workspace_bytes
 from ftmem.gpu.trace import (
     STEP_ONLY,
@@ -555,6 +554,9 @@ def _fsdp_wrap(
         return STEP_ONLY  # (train.py shards data-parallel only)
     if run.method not in ("lora", "qlora") or arch.encoder_decoder:
         return STEP_ONLY  # (its policy and loading are laid out for these)
+    # imported here: few runs wrap from the CPU (and `ftmem estimate` starts faster)
+    from ftmem.fsdp_init import wrap_program, wrap_units
+
     storage = plan.dtypes.base  # fsdp_qlora: Linear4bit(quant_storage=torch_dtype)
     units = wrap_units(plan, arch.num_layers, storage)
     if units is None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
@@ -38,7 +38,6 @@ from ftmem.arch import HEAD, Architecture
 from ftmem.colossalai import COLOSSALAI, LOW_LEVEL_ZERO
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, ceil_div, is_quantized, quant_state_bytes
 from ftmem.errors import InvalidInputError
-from ftmem.gemini import GeminiRank, gemini_rank
 from ftmem.methods import MethodPlan, TensorGroup, adapted_experts, plan_key
 from ftmem.ops.norm import Norm
 from ftmem.optim import (
@@ -69,6 +68,9 @@ from ftmem.sequence_parallel import (
     ring_attention_forward,
 )
 from ftmem.step import StepParts, reference_weights, step_parts, trains_own_weights
+
+if TYPE_CHECKING:  # imported where used: only GeminiPlugin runs (CLI start-up)
+    from ftmem.gemini import GeminiRank
 
 Strategy = Literal[
     "single",
@@ -1485,6 +1487,8 @@ def _gemini_layout(
     **placement: Any,
 ) -> GeminiRank:
     """GeminiPlugin's chunks over the run's ZeRO group (ftmem.gemini)."""
+    from ftmem.gemini import gemini_rank  # only GeminiPlugin runs need it (CLI start-up)
+
     accumulation = run.grad_accum > 1  # enable_gradient_accumulation
     return gemini_rank(
         groups, arch, arch.num_layers, par.shard_group, half, accumulation=accumulation, **placement

@@ -13,7 +13,7 @@ import re
 from functools import lru_cache
 from math import prod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -28,12 +28,13 @@ from ftmem.families._vision import (
     text_defaults,
     vision_model_types,
 )
-from ftmem.hub_names import Reupload, reupload_of
 from ftmem.presets import get_model, validation_message
 from ftmem.quantized_base import QuantizedBase, quantized_base
-from ftmem.safetensors_headers import read_checkpoint
 from ftmem.textfiles import parse_json, read_text
 from ftmem.vision import VisionTower
+
+if TYPE_CHECKING:  # imported where used: a preset needs neither (CLI start-up)
+    from ftmem.hub_names import Reupload
 
 Mapping = dict[str, Any]
 MAX_CONFIG_BYTES = 16 * 2**20  # real config.json files are a few KiB
@@ -274,6 +275,8 @@ def _located(spec: str) -> tuple[Path | None, Reupload | None]:
         )
         if path is not None:
             return path, None
+        from ftmem.hub_names import reupload_of  # a Hub id only (CLI start-up)
+
         reupload = reupload_of(repo_id)
         if reupload is not None:
             return None, reupload
@@ -354,6 +357,8 @@ def source_notes(spec: str) -> list[str]:
             dropout = dropout_note(text)
             if dropout:
                 notes.append(dropout)
+    from ftmem.safetensors_headers import read_checkpoint  # a local folder only
+
     ckpt = read_checkpoint(folder)
     if ckpt is None:
         return notes

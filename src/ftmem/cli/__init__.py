@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from ftmem.cli.root import app, main
+from ftmem.paused_gc import paused_gc
 
 # importing a group registers its commands; this order is their order in `ftmem --help`
 COMMAND_GROUPS = (
@@ -25,7 +25,10 @@ COMMAND_GROUPS = (
     "record",
     "listings",
 )
-for _group in COMMAND_GROUPS:
-    import_module(f"ftmem.cli.{_group}")
+with paused_gc():  # typer and the settings' models load here: nothing to collect
+    from ftmem.cli.root import app, main
+
+    for _group in COMMAND_GROUPS:
+        import_module(f"ftmem.cli.{_group}")
 
 __all__ = ["COMMAND_GROUPS", "app", "main"]
