@@ -158,3 +158,14 @@ def _env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("FTMEM_PRESETS", None)
     return env
+
+
+def test_measure_keeps_the_collector_running():
+    """`ftmem measure` runs real models: their reference cycles are collected as in the
+    user's script, so the pause that speeds up the estimate commands is not applied."""
+    from contextlib import nullcontext
+
+    from ftmem.cli.root import collector_pause
+
+    assert isinstance(collector_pause(["measure", "gpt2"]), nullcontext)
+    assert not isinstance(collector_pause(["estimate", "gpt2"]), nullcontext)
