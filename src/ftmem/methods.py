@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from math import prod
 
-from ftmem import vision_step
+from ftmem import vision_lora, vision_step
 from ftmem.arch import (
     ATTENTION_ROLES,
     MLP_ROLES,
@@ -324,6 +324,8 @@ def lora_targets(
         layers = None if by_role else named[lin]
         adapted.append(ExpertLoRA(lin, rank, None if layers is None else frozenset(layers)))
     rest = [i for i in rest if i not in roles]
+    # (names of vision linears only, Qwen2.5-VL's qkv: peft adapts them, ftmem.vision_lora)
+    rest = [i for i in rest if i not in vision_lora.vision_only_items(arch, run)]
     linears: list[Linear] = []
     for group in [i for i in rest if i in _SPECIAL_TARGETS] + [
         ",".join(i for i in rest if i not in _SPECIAL_TARGETS)
@@ -602,6 +604,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         first = min(min(ex.layers) if ex.layers else arch.sparse_blocks[0] for ex in experts)
         trainable_blocks = arch.num_layers - first
     groups += _lora_groups(adapted, arch, run, dtypes)
+    groups += vision_lora.groups(arch, run, dtypes)
     groups += _expert_lora_groups(experts, arch, dtypes)
     scaled = ia3_linears(arch, run) if run.method == "ia3" else ()
     groups += _ia3_groups(scaled, arch, dtypes)

@@ -172,18 +172,28 @@ def check_run(run: RunConfig) -> None:
         )
 
 
-def saved(arch: Architecture, run: RunConfig, e: int, trains) -> list:
+def saved(arch: Architecture, run: RunConfig, e: int, trains, dtypes) -> list:
     """Everything Llama-3.2-Vision's image path keeps for backward."""
+    from ftmem import vision_lora
+
     check_run(run)
-    out = cross_saved(arch, run, e, trains.projector) + shared_saved(arch, run, e)
+    adapted = vision_lora.adapted(arch, run)
+    # the image states need a gradient: the projector trains, or adapters below it do
+    states_grad = trains.projector or any(lin.part != "cross" for lin in adapted)
+    out = cross_saved(arch, run, e, states_grad) + shared_saved(arch, run, e)
     v = arch.vision
     assert v is not None
     images = run.batch_size * run.images
     # a gradient reaches the tower's input when it trains, or when transformers'
-    # enable_input_require_grads hooks its patch convolution (gradient checkpointing)
+    # enable_input_require_grads hooks its patch convolution (gradient checkpointing);
+    # from its lowest adapter on when peft's names reach it (counted from its input)
     from ftmem.vision_step import checkpointing_hooks_tower
 
-    if trains.tower or checkpointing_hooks_tower(run):
+    if adapted:
+        kept = vision_lora.adapter_saved(arch, run, dtypes, adapted)
+        out.append(Saved("LoRA adapters outside the blocks (inputs, lora_A outputs)", kept))
+    tower_lora = vision_lora.first_tower_adapter(adapted) is not None
+    if trains.tower or checkpointing_hooks_tower(run) or tower_lora:
         kept = tower_saved(v, images, e, trains.tower)
         out.append(
             Saved(f"vision model ({'trained' if trains.tower else 'input gradients'})", kept)
@@ -243,10 +253,6 @@ def notes(arch: Architecture, run: RunConfig, trains) -> list[str]:
             "frozen vision model passes input gradients and keeps its activations (its "
             "layers are not checkpointed)."
         )
-    if run.method not in ("full", "galore"):
-        out.append(
-            "peft's all-linear (and target names such as q_proj) also wraps the vision "
-            "model's and the cross-attention layers' linears; the estimate puts adapters "
-            "in the self-attention blocks only."
-        )
-    return out
+    from ftmem import vision_lora
+
+    return out + vision_lora.notes(arch, run)

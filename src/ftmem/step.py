@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ftmem import seq2seq, vision_step
+from ftmem import seq2seq, vision_lora, vision_step
 from ftmem.activations import block_saved, outer_saved
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.lora import LoRA
@@ -428,6 +428,8 @@ def _decoder_sizes(
     # checkpointed blocks under autocast: the cast cache is all that keeps their 16-bit
     # weight copies, until the forward (and the loss in it) ends
     forward_cache = fixed.autocast_cache if run.grad_ckpt else 0
+    # (LLaVA's unread tower layers' graph, held by the model output: ftmem.vision_lora)
+    forward_cache += vision_lora.unread_held(arch, run, plan.dtypes)
     framework_head = held_logits_head(arch, run, plan, e, T)
     tiles = run.loss == "logprob-tiles"  # TRL's log-probability tiles
     head = HeadTransients(

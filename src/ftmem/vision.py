@@ -264,6 +264,45 @@ def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool = False) ->
     return norms + 2 * n * H * e + attention + (act + 1) * n * I * e
 
 
+def input_grad_per_layer(v: VisionTower, images: int, e: int, eager: bool, start: int = 0) -> int:
+    """What one frozen CLIP / SigLIP encoder layer keeps when gradients pass through it
+    (LoRA on the tower: ftmem.vision_lora), the layer's parts from ``start`` on (0: its
+    input needs a gradient; 1: from the attention projections, 2: from out_proj, 3: from
+    fc1, 4: from fc2, where the lowest adapted linear of the tower is). As
+    :func:`saved_per_layer` without the frozen linears' inputs (a frozen weight's input
+    gradient needs only the weight): the LayerNorms (input, fp32 mean and rstd), the
+    attention kernel's items, the activation's."""
+    H, I, t = v.hidden_size, v.intermediate_size, v.tower_tokens
+    n = images * t
+    act = 2 if v.encoder == "clip" else 1
+    if eager:
+        probs = images * v.num_heads * t * t
+        attention = 3 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
+    else:
+        attention = 4 * n * H * e + n * v.num_heads * FP32
+    parts = (_norm_saved(n, H, e), attention, _norm_saved(n, H, e), act * n * I * e)
+    return sum(parts[start:])
+
+
+def lora_tower_saved(
+    v: VisionTower, images: int, e: int, eager: bool, first: tuple[int, int]
+) -> int:
+    """A frozen tower whose linears carry LoRA (ftmem.vision_lora), not checkpointed:
+    gradients run from the lowest adapted linear (``first``: its layer and the part of
+    the layer, as :func:`input_grad_per_layer`'s ``start``) up to the layer the projector
+    reads; below it nothing needs a gradient (nor CLIP's pre-norm); SigLIP's post-norm
+    when Gemma 3 reads the last layer."""
+    layer, start = first
+    n = images * v.tower_tokens
+    total = sum(
+        input_grad_per_layer(v, images, e, eager, start if i == layer else 0)
+        for i in range(layer, v.layers_kept)
+    )
+    if v.layers_kept == v.num_layers and v.encoder == "siglip":
+        total += _norm_saved(n, v.hidden_size, e)
+    return total
+
+
 def _norm_saved(n: int, width: int, e: int) -> int:
     """A LayerNorm with trained weights: its input and its fp32 mean and rstd."""
     return n * width * e + 2 * n * FP32
@@ -362,6 +401,8 @@ def projector_input_grad_saved(v: VisionTower, text_hidden: int, images: int, e:
     """
     if v.qwen:
         return vision_qwen.merger_input_grad_saved(v, images, e)
+    if v.projector == "mistral3":
+        return vision_pixtral.projector_input_grad_saved(v, text_hidden, images, e)
     H, T = v.hidden_size, text_hidden
     tokens = images * v.tokens_per_image
     if v.projector == "mlp":

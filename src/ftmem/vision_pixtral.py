@@ -152,6 +152,37 @@ def tower_saved(v: VisionTower, images: int, e: int, eager: bool) -> int:
     return total + v.num_layers * saved_per_layer(v, images, e, eager)
 
 
+def lora_tower_saved(
+    v: VisionTower, images: int, e: int, eager: bool, first: tuple[int, int]
+) -> int:
+    """A frozen tower whose linears carry LoRA (ftmem.vision_lora), from the lowest
+    adapted linear (``first``: its layer and part, 1 q/k/v, 2 o_proj, 3 gate/up, 4 down)
+    up: per layer as :func:`saved_per_layer` without what only the frozen weights'
+    gradients need (the norms' casts back and outputs, the SwiGLU product): the norms'
+    fp32 input and rsqrt, sdpa's items (eager: no o_proj copy), SiLU's input and output
+    and up's output (3 n I e); and, shared, cos and sin and sdpa's mask."""
+    layer, start = first
+    H, n = v.hidden_size, images * v.patches
+    if eager:
+        probs = v.num_heads * n * n
+        attention = 3 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
+    else:
+        attention = 4 * n * H * e + n * v.num_heads * FP32
+    norm = _rms_saved(n, H, e) - n * H * e
+    parts = (norm, attention, norm, 3 * n * v.intermediate_size * e)
+    total = sum(sum(parts[start if i == layer else 0 :]) for i in range(layer, v.num_layers))
+    total += rotary_tables(v, images, e)
+    return total + (0 if eager else mask_bytes(v, images, e))
+
+
+def projector_input_grad_saved(v: VisionTower, text_hidden: int, images: int, e: int) -> int:
+    """The frozen projector passing its input's gradient: the norm's fp32 input and
+    rsqrt, the GELU's input (the linears keep nothing)."""
+    n = images * v.patches
+    tokens = images * features_per_image(v)
+    return _rms_saved(n, v.hidden_size, e) - n * v.hidden_size * e + tokens * text_hidden * e
+
+
 def projector_saved(
     v: VisionTower, text_hidden: int, images: int, e: int, tower_trains: bool
 ) -> int:

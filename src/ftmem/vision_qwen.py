@@ -172,6 +172,41 @@ def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool, full: bool
     return norms + _attention_saved(v, images, e, eager, full) + mlp
 
 
+def input_grad_per_layer(
+    v: VisionTower, images: int, e: int, eager: bool, full: bool, start: int = 0
+) -> int:
+    """One frozen block that gradients pass through (LoRA on the tower:
+    ftmem.vision_lora), its parts from ``start`` on (0: the block's input, 1: qkv, 2:
+    proj, 3: the MLP's input linears, 4: its output linear): as :func:`saved_per_layer`
+    without what only the frozen weights' gradients need (the norms' outputs, proj's
+    input, the MLP output linear's input): the norms for their input, attention's items
+    but proj's input, SwiGLU's SiLU input and output and up's output (3 n I e),
+    QuickGELU's input and sigmoid (2 n I e)."""
+    n = images * v.patches
+    mlp = (3 if v.encoder == "qwen2_5_vl" else 2) * n * v.intermediate_size * e
+    norm = _norm_saved(v, n, e) - (n * v.hidden_size * e if v.encoder == "qwen2_5_vl" else 0)
+    attention = _attention_saved(v, images, e, eager, full)
+    if not eager:
+        attention -= n * v.hidden_size * e  # (proj's input, the chunks' concatenation)
+    parts = (norm, attention, norm, mlp)
+    return sum(parts[start:])
+
+
+def lora_tower_saved(
+    v: VisionTower, images: int, e: int, eager: bool, first: tuple[int, int]
+) -> int:
+    """A frozen tower whose linears carry LoRA, not checkpointed: the rotary's cos and
+    sin (kept by the first rotation of a q needing a gradient) and the blocks from the
+    lowest adapted linear (``first``: its block and part) up; the patch embeddings need
+    no gradient, so Qwen2.5-VL's window-order gather keeps no index."""
+    layer, start = first
+    total = rotary_tables(v, images) if layer < v.num_layers - 1 or start <= 1 else 0
+    for i in range(layer, v.num_layers):
+        full = i in v.full_attention_layers
+        total += input_grad_per_layer(v, images, e, eager, full, start if i == layer else 0)
+    return total
+
+
 def pixel_elements(v: VisionTower, images: int) -> int:
     """pixel_values: one row of C × temporal_patch × P² per patch (the processor tiles an
     image twice in time)."""

@@ -7,14 +7,14 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ftmem import mllama_step, vision_pixtral, vision_qwen
+from ftmem import mllama_step, vision_lora, vision_pixtral, vision_qwen
 from ftmem.arch import Architecture, Param, ParamKind
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, StorageFormat, is_quantized
 from ftmem.errors import InvalidInputError
 from ftmem.ops.saved import Saved
 from ftmem.precision import Dtypes
 from ftmem.profiles import profile_of
-from ftmem.run import ADAPTER_METHODS, RunConfig
+from ftmem.run import RunConfig
 from ftmem.vision import (
     VisionParam,
     VisionTower,
@@ -173,7 +173,8 @@ def trains_below(arch: Architecture, run: RunConfig) -> bool:
     if arch.vision is None or not run.images or arch.vision.mllama is not None:
         return False  # (Llama-3.2-Vision's images reach its cross-attention layers only)
     trains = training(arch, run)
-    return trains.tower or trains.projector
+    # (or LoRA on the tower or the projector: their adapters' gradients cross the features)
+    return trains.tower or trains.projector or bool(vision_lora.adapted(arch, run))
 
 
 def images_per_step(run: RunConfig) -> int:
@@ -191,26 +192,47 @@ def saved(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[Saved]:
     trains = training(arch, run)
     e = BYTES_PER_ELEMENT[dtypes.compute]
     if v.mllama is not None:
-        return mllama_step.saved(arch, run, e, trains)
+        return mllama_step.saved(arch, run, e, trains, dtypes)
     out: list[Saved] = []
     hooked = input_hooked(arch, run)
-    if trains.tower or trains.projector or hooked:
+    adapted = vision_lora.adapted(arch, run)
+    if trains.tower or trains.projector or hooked or adapted:
         # masked_scatter puts the image features in the embeddings; its backward selects
         # their gradient with the placeholder mask, one bool per token (the expanded view's
         # storage)
         out.append(Saved("image token mask (masked_scatter)", run.batch_size * run.seq_len))
-    if trains.tower or hooked:
-        eager = run.attn == "eager"
+    eager = run.attn == "eager"
+    first = vision_lora.first_tower_adapter(adapted)
+    if trains.tower or hooked or (first is not None and run.grad_ckpt):
+        # (checkpointed layers keep their input whatever in them needs a gradient)
         kept = tower_saved(v, images, e, eager, run.grad_ckpt, weights=trains.tower)
         what = "trained" if trains.tower else "frozen, input gradients"
         out.append(Saved(f"vision tower ({what})", kept))
+    elif first is not None:
+        kept = lora_tower_saved(v, images, e, eager, first)
+        out.append(Saved("vision tower (frozen, LoRA from its lowest adapted linear)", kept))
+    if adapted:
+        kept = vision_lora.adapter_saved(arch, run, dtypes, adapted)
+        out.append(Saved("vision LoRA adapters (their inputs, lora_A outputs)", kept))
+    tower_grads = trains.tower or hooked or first is not None
     if trains.projector:
-        kept = projector_saved(v, arch.hidden_size, images, e, trains.tower or hooked)
+        kept = projector_saved(v, arch.hidden_size, images, e, tower_grads)
         out.append(Saved("vision projector (trained)", kept))
-    elif hooked:
+    elif hooked or adapted:
         kept = projector_input_grad_saved(v, arch.hidden_size, images, e)
         out.append(Saved("vision projector (frozen, input gradients)", kept))
     return out
+
+
+def lora_tower_saved(v: VisionTower, images: int, e: int, eager: bool, first) -> int:
+    """A frozen tower with LoRA on its linears, not checkpointed (ftmem.vision_lora)."""
+    if v.qwen:
+        return vision_qwen.lora_tower_saved(v, images, e, eager, first)
+    if v.encoder == "pixtral":
+        return vision_pixtral.lora_tower_saved(v, images, e, eager, first)
+    from ftmem.vision import lora_tower_saved as clip_siglip
+
+    return clip_siglip(v, images, e, eager, first)
 
 
 def input_hooked(arch: Architecture, run: RunConfig) -> bool:
@@ -323,10 +345,5 @@ def notes(arch: Architecture, run: RunConfig) -> list[str]:
             "tower and projector pass input gradients and keep what those need (the "
             "tower's checkpointed layers their inputs)."
         )
-    if run.method in ADAPTER_METHODS and not trains.tower:
-        out.append(
-            "peft's all-linear (and target names such as q_proj) also wraps the vision "
-            "tower's linears; the estimate keeps the tower frozen without adapters, as "
-            "LLaMA-Factory does (freeze_vision_tower)."
-        )
+    out += vision_lora.notes(arch, run)
     return out

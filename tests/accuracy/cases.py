@@ -219,7 +219,8 @@ def _image_text() -> list[Case]:
     """LLaVA (a Llama), Gemma 3, Qwen2.5-VL, Qwen2-VL (Qwen2s) and Mistral 3 (a Mistral) with their vision
     towers: trained (full finetuning's default), frozen, the projector alone beside LoRA,
     fp32, checkpointed (the tower's layers too; under LoRA, frozen but passing input
-    gradients)."""
+    gradients); LoRA whose names reach the tower and projector (all-linear, Qwen2.5-VL's
+    vision MLP through gate_proj/up_proj/down_proj)."""
     settings: list[dict] = [
         {"method": "full"},
         {"method": "full", "vision_tower": "frozen", "projector": "frozen"},
@@ -239,16 +240,34 @@ def _image_text() -> list[Case]:
         {"method": "full", "precision": "fp32"},
         {"method": "full", "attn": "eager"},
     ]
-    return [
-        ImageTextCase(family, s, tower=tower)
-        for tower, family in (
-            ("llava", "llama"),
-            ("gemma3", "gemma3"),
-            ("qwen2.5-vl", "qwen2"),
-            ("qwen2-vl", "qwen2"),
-        )
-        for s in settings
-    ] + [ImageTextCase("mistral", s, tower="mistral3") for s in mistral3]
+    # peft's names reach the tower's and the projector's linears too (ftmem.vision_lora):
+    # all-linear everywhere; Qwen2.5-VL's vision MLP through the language model's names
+    all_linear = {"method": "lora", "lora_targets": "all-linear"}
+    tower_lora = [
+        ImageTextCase(family, all_linear, tower=tower)
+        for tower, family in (("llava", "llama"), ("gemma3", "gemma3"), ("qwen2.5-vl", "qwen2"))
+    ] + [
+        ImageTextCase("qwen2", {**all_linear, "grad_ckpt": True}, tower="qwen2.5-vl"),
+        ImageTextCase(
+            "qwen2",
+            {"method": "lora", "lora_targets": "q_proj,v_proj,gate_proj,up_proj,down_proj"},
+            tower="qwen2.5-vl",
+        ),
+    ]
+    return (
+        [
+            ImageTextCase(family, s, tower=tower)
+            for tower, family in (
+                ("llava", "llama"),
+                ("gemma3", "gemma3"),
+                ("qwen2.5-vl", "qwen2"),
+                ("qwen2-vl", "qwen2"),
+            )
+            for s in settings
+        ]
+        + [ImageTextCase("mistral", s, tower="mistral3") for s in mistral3]
+        + tower_lora
+    )
 
 
 # A tiny Llama-3.2-Vision (ftmem.mllama): 3 local + 1 global vision layers of width 32 over
@@ -323,6 +342,9 @@ def _mllama() -> list[Case]:
         {"method": "lora", **image, "grad_ckpt": True},
         {"method": "full", **image, "grad_ckpt": True},
         {"method": "lora", "images": 2, "precision": "fp32"},
+        # peft's names reach the vision model's and the cross-attention layers' linears
+        # too (ftmem.vision_lora): q_proj/v_proj in both, fc1 in the vision model only
+        {"method": "lora", **image, "lora_targets": "q_proj,v_proj,fc1"},
     ]
     return [MllamaCase("llama", s) for s in settings]
 

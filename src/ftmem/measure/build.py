@@ -339,6 +339,8 @@ def _vision_trainable(model: nn.Module, arch: Architecture, run: RunConfig) -> N
 
         return mllama.set_trainable(model, arch, run, trains)
     for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue  # (peft's adapters on the tower train: ftmem.vision_lora)
         if "multi_modal_projector." in name or "visual.merger." in name:
             p.requires_grad_(trains.projector)
         elif "vision_tower." in name or "visual." in name:
@@ -702,16 +704,24 @@ def _with_trainable_set(
     return model
 
 
-def _excluded(arch: Architecture) -> str | None:
-    """peft's exclude_modules: the language model's linears only (the tower's have the
-    same names, q_proj), and none in Llama-3.2-Vision's cross-attention layers."""
-    if arch.vision is None:
-        return None
-    if arch.vision.mllama is not None:
-        from ftmem.measure import mllama
+def _excluded(arch: Architecture, run: RunConfig) -> str | None:
+    """peft's exclude_modules: none where peft sees the whole model (its own name match
+    reaches the tower, the projector and Llama-3.2-Vision's cross-attention layers, as
+    the estimate says: ftmem.vision_lora); the parts a framework filters out
+    (LLaMA-Factory's vision tower and projector) where it does."""
+    from ftmem.vision_lora import filtered_pattern
 
-        return mllama.frozen_modules(arch)
-    return r".*(vision_tower|multi_modal_projector|visual).*"
+    return None if arch.vision is None else filtered_pattern(run)
+
+
+def _lora_target_modules(arch: Architecture, run: RunConfig) -> list[str] | str | None:
+    """What a user gives peft: on an image-text model, the module names themselves
+    (q_proj), which peft matches over the whole model, tower included."""
+    if arch.vision is None:
+        return target_module_names(arch, run) or None
+    from ftmem.vision_lora import peft_targets
+
+    return peft_targets(arch, run)
 
 
 def _train_top_blocks(model: nn.Module, run: RunConfig, notes: list[str]) -> None:
@@ -750,15 +760,14 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
         # peft annotates lora_alpha as int but scales by alpha / r: floats work
         lora_alpha=run.alpha,  # type: ignore[arg-type]
         lora_dropout=run.dropout,
-        target_modules=target_module_names(arch, run) or None,
+        target_modules=_lora_target_modules(arch, run),
         target_parameters=[name for ex in experts for name in ex.parameters()] or None,
         # (what peft's own conversion of gate/up/down targets writes: gate_up at 2r)
         rank_pattern={rf".*\.{re.escape(ex.linear.leaf)}": ex.rank for ex in doubled},
         alpha_pattern={
             rf".*\.{re.escape(ex.linear.leaf)}": run.alpha * ex.rank / run.r for ex in doubled
         },
-        # the language model's linears only: the tower's have the same names (q_proj)
-        exclude_modules=_excluded(arch),
+        exclude_modules=_excluded(arch, run),
         use_dora=run.method == "dora",
         use_rslora=run.method == "rslora",
         modules_to_save=to_save or None,

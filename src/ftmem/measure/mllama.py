@@ -84,15 +84,6 @@ def inputs(arch: Architecture, run: RunConfig, ids: torch.Tensor, seed: int) -> 
     }
 
 
-def frozen_modules(arch: Architecture) -> str:
-    """peft's exclude_modules: the vision model, the projector and the cross-attention
-    layers (the estimate puts no adapters there)."""
-    v = arch.vision
-    assert v is not None and v.mllama is not None
-    layers = "|".join(str(i) for i in v.mllama.cross_layers) or "-1"
-    return rf".*(vision_model|multi_modal_projector|language_model\.layers\.({layers})\.).*"
-
-
 def set_trainable(model, arch: Architecture, run: RunConfig, trains) -> None:
     """Tower, projector and cross-attention layers train as ftmem.mllama_step says."""
     from ftmem.mllama_step import cross_layers_train
@@ -101,6 +92,8 @@ def set_trainable(model, arch: Architecture, run: RunConfig, trains) -> None:
     assert v is not None and v.mllama is not None
     cross = tuple(f"language_model.layers.{i}." for i in v.mllama.cross_layers)
     for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue  # (peft's adapters train wherever its names reach: ftmem.vision_lora)
         if "vision_model." in name:
             p.requires_grad_(trains.tower)
         elif "multi_modal_projector." in name:

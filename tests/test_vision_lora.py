@@ -1,0 +1,113 @@
+"""LoRA outside the language model's blocks (ftmem.vision_lora): peft matches
+target_modules by name over the whole image-text model, tower, projector and
+Llama-3.2-Vision's cross-attention layers included.
+
+The truth for the counts is peft 0.21.2 itself: the tiny models the accuracy cases build
+(transformers 5.24), wrapped by get_peft_model with the names a user writes (q_proj,
+all-linear) and no exclude_modules; its trainable parameters must equal the adapter
+tensors the plan lists. The measured steps (activations, peak) are accuracy cases
+(tests/accuracy/cases.py _image_text, _mllama: the ``lora_targets`` settings)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftmem.methods import plan_method
+from ftmem.run import RunConfig
+from ftmem.vision_lora import adapted, peft_targets
+from tests.accuracy.cases import ImageTextCase, MllamaCase
+from tests.conftest import tiny
+
+TARGETS = ("q,v", "all-linear", "q_proj,gate_proj", "q_proj,v_proj,fc1,qkv")
+TOWERS = (
+    ("llava", "llama"),
+    ("gemma3", "gemma3"),
+    ("qwen2.5-vl", "qwen2"),
+    ("qwen2-vl", "qwen2"),
+    ("mistral3", "mistral"),
+)
+
+
+def _adapter_numel(arch, run) -> int:
+    # every adapter tensor, those no gradient reaches included ("(unread)": peft counts
+    # them trainable, they get no gradient and no state)
+    return sum(g.total_numel for g in plan_method(arch, run).groups if g.adapter)
+
+
+def _peft_trainable(arch, run) -> int:
+    from ftmem.measure.build import build_model
+
+    model = build_model(arch, run).model
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("targets", TARGETS)
+@pytest.mark.parametrize(("tower", "family"), TOWERS)
+def test_adapter_count_equals_peft(tower, family, targets):
+    pytest.importorskip("peft")
+    case = ImageTextCase(family, {"method": "lora", "lora_targets": targets}, tower=tower)
+    arch, run = case.arch(), case.run()
+    if targets == TARGETS[-1] and tower not in ("qwen2-vl",):
+        # (an item that matches no module of the model: ftmem refuses it as a typo;
+        # Qwen2-VL's tower has qkv and fc1, the others lack one of them)
+        pytest.skip("an item matches nothing in this model")
+    assert _adapter_numel(arch, run) == _peft_trainable(arch, run)
+
+
+@pytest.mark.parametrize("targets", ("q,v", "all-linear", "q_proj,v_proj,fc1"))
+def test_mllama_adapter_count_equals_peft(targets):
+    pytest.importorskip("peft")
+    case = MllamaCase("llama", {"method": "lora", "images": 1, "lora_targets": targets})
+    arch, run = case.arch(), case.run()
+    assert _adapter_numel(arch, run) == _peft_trainable(arch, run)
+
+
+def test_roles_become_the_names_users_give_peft():
+    arch = ImageTextCase("qwen2", {}, tower="qwen2.5-vl").arch()
+    run = RunConfig(method="lora", lora_targets="q,v,attention,gate_proj")
+    assert peft_targets(arch, run) == ["q_proj", "v_proj", "k_proj", "o_proj", "gate_proj"]
+    assert peft_targets(arch, RunConfig(method="lora", lora_targets="all-linear")) == "all-linear"
+
+
+def test_qwen25_tower_mlp_names_hit_and_attention_names_miss():
+    """Qwen2.5-VL's blocks are attn.qkv, attn.proj, mlp.gate_proj/up_proj/down_proj: q_proj
+    reaches no tower linear, gate_proj one per block (transformers 5.24
+    modeling_qwen2_5_vl.py Qwen2_5_VLMLP, Qwen2_5_VLVisionAttention)."""
+    arch = ImageTextCase("qwen2", {}, tower="qwen2.5-vl").arch()
+    assert adapted(arch, RunConfig(method="lora", lora_targets="q,v")) == ()
+    hit = adapted(arch, RunConfig(method="lora", lora_targets="q_proj,gate_proj"))
+    assert [lin.module.rsplit(".", 2)[-2:] for lin in hit] == [["mlp", "gate_proj"]] * (
+        arch.vision.num_layers
+    )
+
+
+def test_llama_factory_keeps_tower_and_projector_out_but_not_cross_attention():
+    """LLaMA-Factory's patch_target_modules drops names holding its forbidden keys
+    (vision_model, multi_modal_projector for mllama); the cross-attention layers are the
+    language model's. Tiny mllama, all-linear: per cross layer q (h→q), k, v (h→kv), o
+    (q→h), gate, up (h→f), down (f→h), each r·(in + out)."""
+    case = MllamaCase("llama", {"method": "lora", "images": 1})
+    arch = case.arch()
+    lf = RunConfig(method="lora", lora_targets="all-linear", framework="llama-factory", images=1)
+    lins = adapted(arch, lf)
+    assert {lin.part for lin in lins} == {"cross"}
+    m = arch.vision.mllama
+    h, f, d = arch.hidden_size, m.text_intermediate, m.text_head_dim
+    q, kv = m.text_heads * d, m.text_kv_heads * d
+    # q and o: h + q each; k and v: h + kv each; gate, up and down: h + f each
+    per_layer = 2 * (h + q) + 2 * (h + kv) + 3 * (h + f)
+    total = sum(lf.r * (lin.in_features + lin.out_features) for lin in lins)
+    assert total == lf.r * per_layer * len(m.cross_layers)
+    # and the plan's adapter tensors beside the blocks' are those
+    hf = lf.model_copy(update={"framework": "hf"})
+    assert _adapter_numel(arch, hf) - _adapter_numel(arch, lf) == sum(
+        hf.r * (lin.in_features + lin.out_features)
+        for lin in adapted(arch, hf)
+        if lin.part != "cross"
+    )
+
+
+def test_text_only_model_unchanged():
+    arch = tiny("llama")
+    run = RunConfig(method="lora", lora_targets="all-linear")
+    assert adapted(arch, run) == ()
