@@ -95,6 +95,19 @@ def test_the_trace_reaches_the_timeline_peak(model, settings):
     assert left == parts.sizes.weights + parts.sizes.states
 
 
+def test_the_trace_reaches_a_vision_towers_backward():
+    """Mistral 3's checkpointed Pixtral tower under eager attention: two 1540 px images
+    are one sequence of 24,200 patches, whose fp32 softmax backward outweighs the text's
+    at 8,192 tokens: the step's peak is the tower's backward, after the blocks'."""
+    arch = get_model("mistral-small-3.1-24b")
+    run = run_config(method="lora", images=2, seq_len=8192, grad_ckpt=True, attn="eager")
+    parts = step_parts(arch, run)
+    peak = find_peak(parts.sizes).at_peak
+    assert peak.temporaries == parts.sizes.vision_backward
+    best, _ = replay_live(step_events(parts.sizes, _tensors(parts, parts.sizes), 2))
+    assert best == peak.total
+
+
 @pytest.mark.parametrize("model", ["llama2-7b", "flan-t5-base"])
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda p: "-".join(map(str, p.values())))
 @pytest.mark.parametrize("method", ["full", "lora"])

@@ -67,12 +67,32 @@ def test_counts_by_hand():
 def test_image_tokens_and_images():
     """1540 / 14 = 110 patches a side, merged 2 × 2: 55 rows of 55 features, each row
     closed by [IMG_BREAK] (the last by [IMG_END]): 55 × 56 = 3,080 tokens, which
-    --seq-len must hold; checkpointing with images is refused."""
+    --seq-len must hold."""
     v = get_model("mistral-small-3.1-24b").vision
     assert v is not None and v.tokens_per_image == 3_080
     with pytest.raises(InvalidInputError, match="--seq-len must be at least"):
         estimate("mistral-small-3.1-24b", images=1, seq_len=3_000)
     est = estimate("mistral-small-3.1-24b", method="lora", images=1, seq_len=4096)
     assert any("3,025 [IMG] tokens" in n for n in est.notes)
-    with pytest.raises(InvalidInputError, match="Pixtral tower under gradient checkpointing"):
-        estimate("mistral-small-3.1-24b", images=1, seq_len=4096, grad_ckpt=True)
+
+
+def test_checkpointed_tower_by_hand():
+    """LoRA + grad_ckpt, one 1540 px image: 110² = 12,100 patches of width 1024 in bf16.
+    peft's enable_input_require_grads hooks the frozen tower: ln_pre keeps its fp32 input
+    and rsqrt, every one of the 24 layers its input, and the one mask (n² bf16) is a
+    checkpoint argument; the token embeddings (1 × 4096 × 5120) and patch_conv's output
+    are the hook's leaves, held by the graph."""
+    from ftmem.methods import plan_method
+    from ftmem.run import RunConfig
+    from ftmem.vision_step import graph_leaves, saved
+
+    arch = get_model("mistral-small-3.1-24b")
+    run = RunConfig(method="lora", images=1, seq_len=4096, grad_ckpt=True)
+    dtypes = plan_method(arch, run).dtypes
+    items = {s.what: s.nbytes for s in saved(arch, run, dtypes)}
+    n, H = 12_100, 1024
+    tower = n * H * 4 + n * 4 + n * n * 2 + 24 * n * H * 2
+    assert items["vision tower (frozen, input gradients)"] == tower
+    assert graph_leaves(arch, run, dtypes, embed_trains=False) == 4096 * 5120 * 2 + n * H * 2
+    est = estimate("mistral-small-3.1-24b", method="lora", images=1, seq_len=4096, grad_ckpt=True)
+    assert any("enable_input_require_grads" in note for note in est.notes)

@@ -1158,6 +1158,7 @@ def _stage_sizes(
         ),
         comm=comm if last else comm.blocks_only(),
         teacher_forward=base.teacher_forward,
+        vision_backward=base.vision_backward if at.first else 0,
         loop_held=base.loop_held if last else 0,
         empties_cache=base.empties_cache,
         output_held=base.output_held if last else 0,

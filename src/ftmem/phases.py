@@ -205,6 +205,9 @@ class StepSizes:
     # and the optimizer step, freed before the next forward (fsdp_qlora's ``output``: its
     # logits); at the logits' own moment it is one of the head's transients
     output_held: int = 0
+    # an image-text model's checkpointed vision tower: its backward after the blocks'
+    # (one layer's recompute and gradients, ftmem.vision_step.backward_transient)
+    vision_backward: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +302,9 @@ def find_peak(s: StepSizes) -> Peak:
             # the embedding's backward: every gradient now exists, the embedding side's
             # activations are the last ones held
             end.append(Moment("backward", live_grads + embedding, live_acts, 0, bwd))
+        live_grads += embedding
+    if s.vision_backward:  # the tower's backward, last, beside the embedding side
+        end.append(Moment("backward", live_grads, live_acts, s.vision_backward, bwd))
     race.weigh(end + _after_the_blocks(s, live_acts))
     return race.peak(s)
 

@@ -319,7 +319,9 @@ def _decoder_parts(
         offloaded = activations - _sum(stays) + policy.on_host(blocks.per_block, inputs)
         activations = _sum(stays)
         outer_below, outer_above = [], stays
-    kept = Activations(per_block_kept, below=_sum(outer_below), above=_sum(outer_above))
+    # the input-gradient hook's leaves: held by the graph, saved by no node
+    leaves = vision_step.graph_leaves(arch, run, plan.dtypes, plan.embed_trainable)
+    kept = Activations(per_block_kept, below=_sum(outer_below) + leaves, above=_sum(outer_above))
     sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)
     return StepParts(
         plan=plan,
@@ -485,6 +487,9 @@ def _decoder_sizes(
         previous_graph=_previous_graph(run, blocks),
         # a frozen vision tower's forward, before the language model's (ftmem.vision_step)
         teacher_forward=vision_step.forward_transient(arch, run, plan.dtypes),
+        vision_backward=vision_step.backward_transient(
+            arch, run, plan.dtypes, plan.embed_trainable
+        ),
         output_held=output_held,
     )
 

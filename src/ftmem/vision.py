@@ -338,8 +338,8 @@ def tower_saved(
     native_layer_norm saves them whatever needs a gradient)."""
     if v.qwen:
         return vision_qwen.tower_saved(v, images, e, eager, checkpointed, weights)
-    if v.encoder == "pixtral":  # (checkpointed: refused by vision_step.training)
-        return vision_pixtral.tower_saved(v, images, e, eager)
+    if v.encoder == "pixtral":
+        return vision_pixtral.tower_saved(v, images, e, eager, checkpointed, weights)
     if not weights and not checkpointed:
         raise ValueError("a frozen tower passes input gradients only under checkpointing")
     n = images * v.tower_tokens

@@ -139,14 +139,38 @@ def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool) -> int:
     return norms + attention + 4 * n * v.intermediate_size * e
 
 
-def tower_saved(v: VisionTower, images: int, e: int, eager: bool) -> int:
+def tower_saved(
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool,
+    checkpointed: bool = False,
+    weights: bool = True,
+) -> int:
     """A trained tower: the pixels patch_conv keeps (cast to the tower's dtype, lines 415-416),
     ln_pre (its output is layer 0's input, counted there), cos and sin, sdpa's mask
     (every layer's node keeps the same tensor; eager adds it to the logits and keeps
-    nothing) and every layer (Mistral 3 reads the last)."""
-    n = images * v.patches
-    pixels = images * v.num_channels * v.image_size**2 * e
-    total = pixels + _rms_saved(n, v.hidden_size, e) + rotary_tables(v, images, e)
+    nothing) and every layer (Mistral 3 reads the last).
+
+    ``checkpointed``: the layers are GradientCheckpointingLayers (modeling_pixtral.py line
+    261; transformers 5.24 modeling_layers.py lines 84-123 call
+    ``checkpoint(partial(forward, self, **kwargs), *args)``), and PixtralTransformer passes
+    the hidden states and the mask positionally (lines 332-336): torch's non-reentrant
+    checkpoint saves those arguments for backward (NoopSaveInputs), so each layer keeps its
+    input and the one mask, under eager too. ``position_embeddings`` is a keyword held by
+    the partial, saved by no node: cos and sin are then held beside (pixel_input).
+    ``weights`` false: a frozen tower hooked by enable_input_require_grads (its
+    get_input_embeddings is patch_conv, line 392), checkpointed only: no pixels, and
+    ln_pre keeps only its input gradient's fp32 input and rsqrt (its frozen weight's mul
+    keeps the weight alone)."""
+    n, H = images * v.patches, v.hidden_size
+    pixels = images * v.num_channels * v.image_size**2 * e if weights else 0
+    ln_pre = _rms_saved(n, H, e) if weights else n * H * FP32 + n * FP32
+    if checkpointed:
+        return pixels + ln_pre + mask_bytes(v, images, e) + v.num_layers * n * H * e
+    if not weights:
+        raise ValueError("a frozen tower passes input gradients only under checkpointing")
+    total = pixels + ln_pre + rotary_tables(v, images, e)
     if not eager:
         total += mask_bytes(v, images, e)
     return total + v.num_layers * saved_per_layer(v, images, e, eager)
@@ -196,6 +220,46 @@ def projector_saved(
     H = v.hidden_size
     norm = _rms_saved(n, H, e, input_grad=tower_trains)
     return norm + n * H * e + tokens * H * e + 2 * tokens * text_hidden * e
+
+
+def layer_backward(v: VisionTower, images: int, e: int, eager: bool, weights: bool) -> int:
+    """A checkpointed layer's backward (measured in tests/accuracy/test_vision_pixtral.py):
+    its recompute rebuilds what it saves (``weights`` false, a hooked frozen layer: only
+    what input gradients need), then its largest moment, of two:
+
+    - in the SwiGLU: the whole recompute and three n I e gradients (down_proj's input
+      gradient, and from it the activation's and up's);
+    - eager: the softmax's backward, past the feed-forward and the 16-bit cast of the
+      probabilities (each node frees its saved tensors): attention_norm, q, k, v (and
+      o_proj's input when it trains), the fp32 probabilities and two fp32 gradients of
+      their size (the softmax's incoming and outgoing).
+
+    In fp32 attention_norm's ``to(float32)`` is the layer's input itself, which the
+    checkpoint keeps: not rebuilt.
+    """
+    H, n, I = v.hidden_size, images * v.patches, v.intermediate_size
+    norm = _rms_saved(n, H, e) + n * H * e if weights else n * H * FP32 + n * FP32
+    probs = v.num_heads * n * n
+    if eager:
+        attention = 3 * n * H * e + probs * FP32 + (n * H * e if weights else 0)
+        cast = probs * e if e != FP32 else 0
+    else:
+        attention, cast = 4 * n * H * e + n * v.num_heads * FP32, 0
+    # (fp32: attention_norm's fp32 input is the layer's input, the checkpoint's own)
+    reused = n * H * FP32 if e == FP32 else 0
+    whole = 2 * norm + attention + cast + (4 if weights else 3) * n * I * e - reused
+    in_softmax = norm + attention + 2 * probs * FP32 - reused if eager else 0
+    return max(whole + 3 * n * I * e, in_softmax)
+
+
+def projector_input_grad_saved(v: VisionTower, text_hidden: int, images: int, e: int) -> int:
+    """The frozen projector passing its input's gradient to a hooked frozen tower: its
+    RMSNorm the fp32 input and rsqrt's output (its frozen weight's mul keeps the weight
+    alone), the GELU's input (tokens × T); the patch merger's view, permute, unfold and
+    cat keep nothing, and the frozen linears need only their weights."""
+    n = images * v.patches
+    tokens = images * features_per_image(v)
+    return n * v.hidden_size * FP32 + n * FP32 + tokens * text_hidden * e
 
 
 def frozen_forward(v: VisionTower, images: int, e: int) -> int:

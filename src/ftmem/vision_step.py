@@ -67,12 +67,6 @@ def training(arch: Architecture, run: RunConfig) -> VisionTraining:
             )
         return VisionTraining(False, False)
     check_images(arch.vision, run.images, run.seq_len, arch.name)
-    if arch.vision.encoder == "pixtral" and run.images and run.grad_ckpt:
-        raise InvalidInputError(
-            "--images with --grad-ckpt: Mistral 3's Pixtral tower under gradient "
-            "checkpointing is not modelled yet (its layers and, with a frozen tower, "
-            "transformers' input-gradient hook); drop --grad-ckpt or --images."
-        )
     if not run.images:
         # text-only batches never run the tower or the projector: no gradient reaches
         # them, their .grad stays None and torch's AdamW makes them no state
@@ -266,6 +260,49 @@ def checkpointing_hooks_tower(run: RunConfig) -> bool:
     return profile_of(run).checkpointing_hooks_embeddings or peft
 
 
+def graph_leaves(arch: Architecture, run: RunConfig, dtypes: Dtypes, embed_trains: bool) -> int:
+    """What the graph holds beside its saved tensors when enable_input_require_grads hooks
+    the input embeddings (checkpointing_hooks_tower) and images are given: each hooked
+    output of a frozen module is a leaf made to require a gradient
+    (``output.requires_grad_(True)``, transformers 5.24 modeling_utils.py l.2147-2180),
+    which the AccumulateGrad node after it keeps until the graph ends (a trained token
+    embedding's output is no leaf: ``embed_trains``). The token embeddings' leaf is no block's input
+    once masked_scatter has written the image features into a copy (b · s · H), and a
+    frozen tower's patch_conv output is no layer's input once it is flattened and
+    concatenated (images · patches · H_vision); both measured on Mistral 3
+    (tests/accuracy/cases.py, lora + grad_ckpt). Mistral 3 only so far: LLaVA's, Gemma
+    3's and Qwen-VL's hooked cases have the same leaves, left as measured before."""
+    v = arch.vision
+    if v is None or v.encoder != "pixtral" or not run.images or not checkpointing_hooks_tower(run):
+        return 0
+    e = BYTES_PER_ELEMENT[dtypes.compute]
+    text = 0 if embed_trains else run.batch_size * run.seq_len * arch.hidden_size * e
+    conv = images_per_step(run) * v.patches * v.hidden_size * e if input_hooked(arch, run) else 0
+    return text + conv
+
+
+def backward_transient(
+    arch: Architecture, run: RunConfig, dtypes: Dtypes, embed_trains: bool
+) -> int:
+    """The checkpointed tower's backward, after the language model's: one layer's
+    recompute and its largest gradients (ftmem.vision_pixtral.layer_backward), beside
+    the token embeddings' leaf gradient that masked_scatter's backward wrote
+    (graph_leaves). Mistral 3 only: the other towers' backward is not a moment of the
+    step yet."""
+    v = arch.vision
+    if v is None or v.encoder != "pixtral" or not run.images or not run.grad_ckpt:
+        return 0
+    trains = training(arch, run)
+    if not (trains.tower or input_hooked(arch, run)):
+        return 0
+    e = BYTES_PER_ELEMENT[dtypes.compute]
+    layer = vision_pixtral.layer_backward(
+        v, images_per_step(run), e, run.attn == "eager", trains.tower
+    )
+    hooked_text = checkpointing_hooks_tower(run) and not embed_trains
+    return layer + (run.batch_size * run.seq_len * arch.hidden_size * e if hooked_text else 0)
+
+
 def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
     """The batch's pixel values: an input the loop holds through the whole step (a
     trained tower's convolution keeps this very tensor in fp32, a cast of it otherwise)."""
@@ -277,11 +314,15 @@ def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
     qwen = images_per_step(run) * 3 * 8 + run.batch_size * run.seq_len * 8 if v.qwen else 0
     if v.encoder == "pixtral":
         qwen += images_per_step(run) * 2 * 8  # Mistral 3's image_sizes: (h, w) int64 per image
-    if v.qwen and run.grad_ckpt and (training(arch, run).tower or input_hooked(arch, run)):
-        # checkpointed blocks keep the rotary's cos and sin as their checkpoint's
-        # arguments (ftmem.vision_qwen.tower_saved), through backward (the tower trained,
-        # or frozen and hooked: input_hooked)
-        qwen += vision_qwen.rotary_tables(v, images_per_step(run))
+    if run.grad_ckpt and (training(arch, run).tower or input_hooked(arch, run)):
+        # checkpointed layers keep the rotary's cos and sin as their checkpoint's
+        # arguments (ftmem.vision_qwen.tower_saved, ftmem.vision_pixtral.tower_saved),
+        # through backward (the tower trained, or frozen and hooked: input_hooked)
+        if v.qwen:
+            qwen += vision_qwen.rotary_tables(v, images_per_step(run))
+        elif v.encoder == "pixtral":
+            e = BYTES_PER_ELEMENT[dtypes.compute]
+            qwen += vision_pixtral.rotary_tables(v, images_per_step(run), e)
     if training(arch, run).tower and BYTES_PER_ELEMENT[dtypes.compute] == FP32:
         return qwen  # the convolution keeps the pixels themselves: counted with the tower's items
     return qwen + pixel_bytes(arch.vision, images_per_step(run))

@@ -232,13 +232,17 @@ def _image_text() -> list[Case]:
         # too: its input gradients run through the frozen tower and projector
         {"method": "lora", "grad_ckpt": True},
     ]
-    # Mistral 3 (a Mistral): no checkpointing (refused with images: ftmem.vision_step)
+    # Mistral 3 (a Mistral): checkpointed, the tower's backward is a moment of its own
+    # (its layers' recompute: ftmem.vision_pixtral.layer_backward), eager's the largest
     mistral3: list[dict] = [
         {"method": "full"},
         {"method": "lora"},
         {"method": "lora", "projector": "full"},
         {"method": "full", "precision": "fp32"},
         {"method": "full", "attn": "eager"},
+        {"method": "full", "grad_ckpt": True},
+        {"method": "lora", "grad_ckpt": True},
+        {"method": "lora", "grad_ckpt": True, "attn": "eager"},
     ]
     # peft's names reach the tower's and the projector's linears too (ftmem.vision_lora):
     # all-linear everywhere; Qwen2.5-VL's vision MLP through the language model's names

@@ -3,7 +3,10 @@ Mistral3ForConditionalGeneration transformers builds from the same VisionTower):
 keep for backward when they train, and the frozen tower's forward moment. The measured
 truth is PyTorch's, as in tests/accuracy/test_vision_qwen.py: every autograd node's saved
 tensors reachable from the image features (each storage once, parameters excluded), and
-the live-bytes tracker's peak during a frozen forward.
+the live-bytes tracker's peak during a frozen forward. Under gradient checkpointing
+(non-reentrant, as the measured steps run it) the saved tensors are those the saved-tensor
+hooks pack (unpacking would recompute), and the tower's backward is the tracker's peak
+over what the forward left alive.
 
 Two images of 8 × 8 patches (56 / 7) go through the tower as ONE sequence of 128
 patches with a 128 × 128 block-diagonal mask; merged 2 × 2 they are 16 features each.
@@ -19,10 +22,15 @@ transformers = pytest.importorskip("transformers")
 from ftmem.vision import (  # noqa: E402
     VisionTower,
     frozen_forward,
+    projector_input_grad_saved,
     projector_saved,
     tower_saved,
 )
-from ftmem.vision_pixtral import features_per_image, tokens_per_image  # noqa: E402
+from ftmem.vision_pixtral import (  # noqa: E402
+    features_per_image,
+    layer_backward,
+    tokens_per_image,
+)
 
 TEXT_HIDDEN = 64
 IMAGES = 2
@@ -166,4 +174,88 @@ def test_frozen_forward_moment(intermediate, dtype):
     del out
     measured = peak - before
     estimated = frozen_forward(v, IMAGES, torch.finfo(dtype).bits // 8)
+    assert abs(estimated - measured) / measured <= 0.05, (estimated, measured)
+
+
+def checkpointed(v: VisionTower, attn: str, dtype, tower_trains: bool, projector_trains: bool):
+    """The tiny model with gradient checkpointing; a frozen tower hooked by
+    enable_input_require_grads, as transformers' gradient_checkpointing_enable and peft do."""
+    model = build(v, attn, dtype)
+    model.requires_grad_(False)
+    model.model.vision_tower.requires_grad_(tower_trains)
+    model.model.multi_modal_projector.requires_grad_(projector_trains)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not tower_trains:
+        model.enable_input_require_grads()
+    return model
+
+
+CHECKPOINTED = [
+    pytest.param(attn, dtype, tower, projector, id=f"{attn}-{str(dtype)[6:]}-{name}")
+    for attn in ("sdpa", "eager")
+    for dtype in (torch.float32, torch.bfloat16)
+    for tower, projector, name in (
+        (True, True, "trained"),
+        (False, False, "hooked"),
+        (False, True, "hooked-projector"),
+    )
+]
+
+
+@pytest.mark.accuracy
+@pytest.mark.parametrize(("attn", "dtype", "tower", "projector"), CHECKPOINTED)
+def test_checkpointed_tower_saved(attn, dtype, tower, projector):
+    """Checkpointed layers keep their input and the one mask (positional arguments of the
+    checkpoint); a hooked frozen tower and projector keep what input gradients need."""
+    from ftmem.measure.saved import SavedRegistry, weight_storage_ptrs
+
+    model = checkpointed(PIXTRAL, attn, dtype, tower, projector)
+    values, sizes = pixels(PIXTRAL)
+    registry = SavedRegistry(weight_storage_ptrs(model))
+    with torch.autograd.graph.saved_tensors_hooks(registry.pack, registry.unpack):
+        out = model.model.get_image_features(pixel_values=values, image_sizes=sizes)
+    assert torch.cat(list(out.pooler_output)).requires_grad
+    e = torch.finfo(dtype).bits // 8
+    estimated = tower_saved(PIXTRAL, IMAGES, e, attn == "eager", True, weights=tower)
+    if projector:
+        estimated += projector_saved(PIXTRAL, TEXT_HIDDEN, IMAGES, e, tower_trains=True)
+    else:
+        estimated += projector_input_grad_saved(PIXTRAL, TEXT_HIDDEN, IMAGES, e)
+    assert abs(estimated - registry.nbytes) / registry.nbytes <= 0.03, (estimated, registry.nbytes)
+
+
+@pytest.mark.accuracy
+@pytest.mark.parametrize(
+    ("attn", "dtype", "intermediate"),
+    [
+        pytest.param(a, d, i, id=f"{a}-{str(d)[6:]}-I{i}")
+        for a, d, i in (
+            ("sdpa", torch.float32, 48),
+            ("sdpa", torch.bfloat16, 48),
+            ("sdpa", torch.bfloat16, 192),
+            ("eager", torch.float32, 48),
+            ("eager", torch.bfloat16, 48),
+        )
+    ],
+)
+def test_checkpointed_layer_backward(attn, dtype, intermediate):
+    """A hooked frozen tower's backward (no weight gradients to tell apart): the peak over
+    what its forward left alive is one layer's recompute and gradients (5 %, a peak)."""
+    from ftmem.measure.tracker import LiveBytesTracker
+
+    v = PIXTRAL.model_copy(update={"intermediate_size": intermediate})
+    model = checkpointed(v, attn, dtype, tower_trains=False, projector_trains=False)
+    values, sizes = pixels(v)
+    tracker = LiveBytesTracker()
+    tracker.track(list(model.parameters()), list(model.buffers()), values, sizes)
+    with tracker:
+        out = model.model.get_image_features(pixel_values=values, image_sizes=sizes)
+        features = torch.cat(list(out.pooler_output))
+        del out
+        grad = torch.ones_like(features)
+        before = tracker.current
+        tracker.reset_peak()
+        features.backward(grad)
+        measured = tracker.peak - before
+    estimated = layer_backward(v, IMAGES, torch.finfo(dtype).bits // 8, attn == "eager", False)
     assert abs(estimated - measured) / measured <= 0.05, (estimated, measured)

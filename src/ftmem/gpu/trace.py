@@ -551,6 +551,8 @@ def _pass(
     rec.moment(s.head.workspace + s.optimizer.outer)
     rec.free(gathered)
     grads = _blocks_backward(rec, s, t, kept, grads, new_grads)
+    if s.vision_backward:
+        rec.moment(s.vision_backward)  # the vision tower's backward, after the blocks'
     if s.optimizer.in_backward:
         rec.moment(s.optimizer.outer)  # the embedding's own step, last
     rec.free(below)
