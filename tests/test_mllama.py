@@ -95,8 +95,36 @@ def test_images_train_the_cross_attention_layers_under_full_finetuning():
 def test_unmodelled_image_runs_are_refused():
     with pytest.raises(InvalidInputError, match="--attn eager"):
         estimate("llama3.2-11b-vision", method="lora", images=1, attn="eager")
+    # autocast is modelled with everything on the image path frozen and not hooked
     with pytest.raises(InvalidInputError, match="bf16-mixed"):
+        estimate("llama3.2-11b-vision", method="full", images=1, precision="bf16-mixed")
+    with pytest.raises(InvalidInputError, match="bf16-mixed"):
+        estimate(
+            "llama3.2-11b-vision", method="lora", images=1, precision="bf16-mixed", grad_ckpt=True
+        )
+    # peft's names reach the vision model's and cross-attention layers' linears: their
+    # adapters pass gradients through autocast's casts, not sized
+    with pytest.raises(InvalidInputError, match="reach the vision model"):
         estimate("llama3.2-11b-vision", method="lora", images=1, precision="bf16-mixed")
+
+
+def test_autocast_weight_copies_in_the_frozen_cross_layers_by_hand():
+    """LoRA under bf16-mixed, one image, 2,048 tokens: each of the 8 frozen cross-attention
+    layers keeps autocast's bf16 copies of q_proj and o_proj (4096 × 4096) and of the
+    MLP's three (4096 × 14336) for its input's gradient; the two tanh gates and the
+    (1, 1, 2048, 1) row mask stay in the fp32 model dtype. Beside bf16's items, that
+    is all that changes."""
+    from ftmem.mllama_step import cross_saved, shared_saved
+    from ftmem.run import RunConfig
+
+    arch = get_model("llama3.2-11b-vision")
+
+    def items(precision: str) -> int:
+        run = RunConfig(method="lora", images=1, seq_len=2048, precision=precision)
+        return sum(x.nbytes for x in cross_saved(arch, run, 2, False) + shared_saved(arch, run, 2))
+
+    copies = 8 * (2 * 4096 * 4096 + 3 * 4096 * 14336) * 2
+    assert items("bf16-mixed") - items("bf16") == copies + 8 * 2 * (4 - 2) + 2048 * (4 - 2)
 
 
 def test_unmodelled_vision_config_is_refused_in_one_sentence():

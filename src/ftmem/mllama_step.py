@@ -115,9 +115,17 @@ def cross_saved(arch: Architecture, run: RunConfig, e: int, projector_trains: bo
     k_norm = (m * kv * FP32 + b * kvh * (m // b) * FP32 + (m * kv * e if w else 0)) if k_grad else 0
     width = q if kvh != nh else kv  # repeat_kv copies; one kv head per query head: views
     kernel = T * q * e + 2 * m * width * e + T * q * e + b * nh * s * FP32
-    gates = 2 * e + (2 * T * h * e if w else 0)
+    autocast = run.precision.endswith("-mixed")
+    # (autocast: the fp32 gates' tanh stays fp32, as the weights are)
+    gates = 2 * (FP32 if autocast else e) + (2 * T * h * e if w else 0)
     mlp = 3 * T * f * e + (T * f * e if w else 0)
     one = 2 * norm + q_norm + k_norm + kernel + gates + mlp
+    if autocast:
+        # (check_run: frozen layers and projector) autocast casts each fp32 weight to the
+        # compute dtype per call, and the linear keeps that copy for its input's
+        # gradient: q_proj, o_proj and the MLP's three (k_proj's and v_proj's inputs,
+        # the frozen projector's image states, need none)
+        one += (2 * h * q + 3 * h * f) * e
     return [Saved(f"cross-attention layers ({layers}) over the images", layers * one)]
 
 
@@ -138,7 +146,10 @@ def shared_saved(arch: Architecture, run: RunConfig, e: int) -> list:
     b, s = run.batch_size, run.seq_len
     m = run.images * image_states(v)
     out = [Saved("cross-attention mask (b, 1, s, images × tiles × tokens)", b * s * m * e)]
-    out.append(Saved("full-text-row mask", b * s * e))
+    # (made in the model's dtype: fp32 weights under autocast)
+    out.append(
+        Saved("full-text-row mask", b * s * (FP32 if run.precision.endswith("-mixed") else e))
+    )
     if cross_layers_train(run):
         states = b * m * arch.hidden_size * e
         out.append(Saved("projected image states (k_proj/v_proj input)", states))
@@ -158,17 +169,24 @@ def forward_transient(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int
     return frozen_forward(v, run.batch_size * run.images, BYTES_PER_ELEMENT[dtypes.compute])
 
 
-def check_run(run: RunConfig) -> None:
-    """Image batches are modelled in one compute dtype with sdpa."""
+def check_run(run: RunConfig, trains) -> None:
+    """Image batches are modelled with sdpa; under autocast, with the vision model, the
+    projector and the cross-attention layers frozen and no input gradient through the
+    vision model (measured: tests/accuracy/cases.py _mllama)."""
     if run.attn == "eager":
         raise InvalidInputError(
             "--attn eager with --images on Llama-3.2-Vision is not modelled (its vision "
             "and cross-attention layers are sized for sdpa); use --attn sdpa."
         )
-    if run.precision.endswith("-mixed"):
+    from ftmem.vision_step import checkpointing_hooks_tower
+
+    trained = trains.tower or trains.projector or cross_layers_train(run)
+    if run.precision.endswith("-mixed") and (trained or checkpointing_hooks_tower(run)):
         raise InvalidInputError(
-            f"--precision {run.precision} with --images on Llama-3.2-Vision is not modelled "
-            "(autocast's casts in the cross-attention layers); use bf16, fp16 or fp32."
+            f"--precision {run.precision} with --images on Llama-3.2-Vision is modelled "
+            "with the vision model, the projector and the cross-attention layers frozen "
+            "and without --grad-ckpt (autocast's casts where they pass gradients are not "
+            "sized); use bf16, fp16 or fp32, or freeze them (an adapter method)."
         )
 
 
@@ -176,8 +194,16 @@ def saved(arch: Architecture, run: RunConfig, e: int, trains, dtypes) -> list:
     """Everything Llama-3.2-Vision's image path keeps for backward."""
     from ftmem import vision_lora
 
-    check_run(run)
+    check_run(run, trains)
     adapted = vision_lora.adapted(arch, run)
+    if run.precision.endswith("-mixed") and adapted:
+        # (autocast's copies where these adapters pass gradients are not sized)
+        raise InvalidInputError(
+            f"--precision {run.precision} with --images on Llama-3.2-Vision: the LoRA "
+            "targets reach the vision model or the cross-attention layers (peft matches "
+            "their q_proj/v_proj/... names too), which is not modelled under autocast; "
+            "use bf16, fp16 or fp32."
+        )
     # the image states need a gradient: the projector trains, or adapters below it do
     states_grad = trains.projector or any(lin.part != "cross" for lin in adapted)
     out = cross_saved(arch, run, e, states_grad) + shared_saved(arch, run, e)

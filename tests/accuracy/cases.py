@@ -333,7 +333,8 @@ class MllamaCase(Case):
 def _mllama() -> list[Case]:
     """Llama-3.2-Vision: text-only batches (the cross-attention layers skipped), and with
     images: the vision model trained (full finetuning's default), frozen, passing input
-    gradients under checkpointing; the projector alone beside LoRA; fp32; two images."""
+    gradients under checkpointing; the projector alone beside LoRA; fp32; two images;
+    LoRA under autocast."""
     image = {"images": 1}
     settings: list[dict] = [
         {"method": "full"},
