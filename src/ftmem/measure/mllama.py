@@ -19,6 +19,7 @@ def config(arch: Architecture, text):
     v = arch.vision
     assert v is not None and v.mllama is not None
     m = v.mllama
+    attn = text._attn_implementation  # (read first: MllamaConfig resets the text config's)
     vision = MllamaVisionConfig(
         hidden_size=v.hidden_size,
         intermediate_size=v.intermediate_size,
@@ -35,13 +36,12 @@ def config(arch: Architecture, text):
         # get_all_supported_aspect_ratios): only their count sizes the embeddings
         supported_aspect_ratios=_ratios(m.max_num_tiles, m.aspect_ratios),
     )
-    vision._attn_implementation = text._attn_implementation
     cfg: Any = MllamaConfig(
         vision_config=vision,
         text_config=text,
         image_token_index=image_token_id(arch),
     )
-    cfg._attn_implementation = text._attn_implementation
+    cfg._attn_implementation = attn  # (the setter sets the text and vision configs' too)
     return cfg
 
 
