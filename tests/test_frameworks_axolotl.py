@@ -108,12 +108,13 @@ EXPECTED = {
     # QLoRA (load_in_4bit) r 32 on every linear, adamw_bnb_8bit, flash_attention_2;
     # deepspeed_configs/zero2.json names no reduce_bucket_size: DeepSpeed's default 5e8
     # elements (deepspeed/runtime/zero/config.py DeepSpeedZeroConfig), not transformers'
-    # hidden² (filled only where the JSON says "auto")
+    # hidden² (filled only where the JSON says "auto"); model_config output_router_logits
+    # true: the load-balancing loss (Mixtral's model computes it)
     "mistral-mixtral-mixtral.yml": (
         "mistralai/Mixtral-8x7B-v0.1",
         dict(method="qlora", **LLAMA3_LORA, seq_len=4096, batch_size=1, grad_accum=2,
              grad_ckpt=True, optimizer="adamw-8bit", attn="flash",
-             bucket_elements=500_000_000, **BF16),
+             bucket_elements=500_000_000, router_aux_loss=True, **BF16),
     ),
     # use_ray, ray_num_workers 4 (resources_per_worker's default: one GPU each): 4 GPUs,
     # which the ZeRO-3 of deepspeed_configs/zero3.json shards over; LoRA r 16 on the
@@ -188,7 +189,6 @@ def test_shipped_config_estimates_or_names_the_model_it_lacks(name):
         ("llama-2-gptq-lora.yml", "eval_batch_size 1 (micro_batch_size;"),
         ("mistral-mixtral-mixtral.yml", "reduce_bucket_size is absent"),
         ("llama-3-lora-1b-ray.yml", "use_ray with ray_num_workers 4"),
-        ("mistral-mixtral-mixtral.yml", "output_router_logits"),
     ],
 )
 def test_what_is_not_modelled_or_assumed_is_said(name, note):
@@ -430,3 +430,43 @@ def test_removed_unsloth_keys_are_noted_not_modelled(tmp_path):
     assert settings["framework"] == AXO
     note = next(n for n in notes if n.startswith("unsloth_lora_mlp, unsloth_cross_entropy_loss"))
     assert "removed from axolotl" in note and "not modelled" in note
+
+
+@pytest.mark.parametrize(
+    ("base", "value", "expected", "note"),
+    [
+        # model_config overrides the loaded config (axolotl@067b021c loaders/utils.py
+        # l.201-203): Mixtral's forward then adds the load-balancing loss
+        ("mistralai/Mixtral-8x7B-v0.1", "true", True, None),
+        ("mistralai/Mixtral-8x7B-v0.1", "false", False, None),
+        # a dense Llama has no router: the override does nothing, nothing to refuse
+        ("meta-llama/Llama-2-7b-hf", "true", None, "not of llama models"),
+        ("meta-llama/Llama-2-7b-hf", "false", False, None),
+    ],
+)
+def test_output_router_logits_is_the_router_aux_loss(tmp_path, base, value, expected, note):
+    path = tmp_path / "axo.yml"
+    path.write_text(f"base_model: {base}\nmodel_config:\n  output_router_logits: {value}\n")
+    cfg = read_framework_config(str(path))
+    assert cfg.settings.get("router_aux_loss") == expected
+    assert (note is None) == (not any("output_router_logits" in n for n in cfg.notes))
+    if note:
+        assert any(note in n for n in cfg.notes)
+    assert "model_config" not in cfg.ignored
+
+
+def test_output_router_logits_moves_the_estimate_by_the_router_logits(tmp_path):
+    """Read from the file, the loss adds what --router-aux-loss adds; by hand: each of
+    Mixtral-8x7B's 32 blocks keeps a (tokens, 8 experts) tensor from its forward to its
+    backward, in fp32 under axolotl's bf16 autocast (CUDA autocast runs softmax in fp32:
+    autocast_mode.cpp KERNEL_CUDA2(softmax, ..., fp32_set_opt_dtype)); at micro_batch_size
+    1 (axolotl's default) × 512 tokens: 32 · 512 · 8 · 4 = 524,288 B of activations."""
+    path = tmp_path / "axo.yml"
+    text = "base_model: mistralai/Mixtral-8x7B-v0.1\nadapter: qlora\nsequence_len: 512\n"
+    path.write_text(text)
+    plain = read_framework_config(str(path)).settings
+    path.write_text(text + "model_config:\n  output_router_logits: true\n")
+    read = read_framework_config(str(path)).settings
+    model = "mistralai/Mixtral-8x7B-v0.1"
+    with_file = estimate(model, **read).memory.activations_bytes
+    assert with_file - estimate(model, **plain).memory.activations_bytes == 32 * 512 * 8 * 4

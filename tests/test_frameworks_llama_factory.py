@@ -6,12 +6,15 @@ v1/plugins/model_plugins/*.py), not copied from the reader's output."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from ftmem import estimate
+from ftmem.cli import app
 from ftmem.errors import ConfigError, FtmemError
 from ftmem.frameworks import detect, llama_factory, read_framework_config
 from ftmem.frameworks.shared import read_mapping
@@ -290,3 +293,89 @@ def test_configs_that_train_nothing_are_refused(name, what):
     with pytest.raises(ConfigError, match=what):
         read_framework_config(str(FIXTURES / name))
     assert detect(read_mapping(FIXTURES / name)) == "llama-factory"
+
+
+def _write_model(tmp_path: Path, model: str, text: str) -> str:
+    path = tmp_path / "lf.yaml"
+    path.write_text(f"model_name_or_path: {model}\nstage: sft\nfinetuning_type: lora\n{text}")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("model", "coef", "expected", "note"),
+    [
+        # configure_moe (model/model_utils/moe.py l.160-180 @ff6d4d1) sets
+        # output_router_logits for mixtral, olmoe, qwen3_moe among others
+        ("mistralai/Mixtral-8x7B-v0.1", "0.001", True, None),
+        ("Qwen/Qwen3-30B-A3B", "0.01", True, None),
+        ("allenai/OLMoE-1B-7B-0924", "0.001", True, None),
+        # gpt_oss is not in its list: config.json's (false) stays
+        ("openai/gpt-oss-20b", "0.001", None, "does not turn on output_router_logits for gpt_oss"),
+        # a dense model: not in the list either, nothing to refuse
+        ("meta-llama/Llama-2-7b-hf", "0.001", None, "for llama models"),
+        # 0 (or absent): configure_moe returns at once (moe.py l.161)
+        ("mistralai/Mixtral-8x7B-v0.1", "0", None, None),
+        # a model whose config is not at hand: left as its config.json says, said so
+        ("no-such-moe-model", "0.001", None, "cannot tell whether no-such-moe-model"),
+    ],
+)
+def test_moe_aux_loss_coef_turns_the_router_aux_loss_on(tmp_path, model, coef, expected, note):
+    cfg = read_framework_config(_write_model(tmp_path, model, f"moe_aux_loss_coef: {coef}\n"))
+    assert cfg.settings.get("router_aux_loss") == expected
+    said = [n for n in cfg.notes if "moe_aux_loss_coef" in n]
+    assert (said == []) == (note is None)
+    if note:
+        assert note in said[0]
+    assert "moe_aux_loss_coef" not in cfg.ignored
+
+
+def test_moe_aux_loss_coef_is_the_router_aux_loss_setting(tmp_path):
+    """The file's key and --router-aux-loss give the same estimate."""
+    model = "mistralai/Mixtral-8x7B-v0.1"
+    plain = read_framework_config(_write_model(tmp_path, model, "cutoff_len: 512\n")).settings
+    text = "cutoff_len: 512\nmoe_aux_loss_coef: 0.001\n"
+    read = read_framework_config(_write_model(tmp_path, model, text)).settings
+    assert read == {**plain, "router_aux_loss": True}
+    by_flag = estimate(model, **plain, router_aux_loss=True).memory
+    assert estimate(model, **read).memory == by_flag
+    assert by_flag.activations_bytes > estimate(model, **plain).memory.activations_bytes
+
+
+@pytest.mark.parametrize(
+    ("text", "padding", "note"),
+    [
+        # SFTDataCollatorWith4DAttentionMask pads to the longest in the batch, rounded up to
+        # a multiple of 8 (train/sft/workflow.py l.62-65 @ff6d4d1)
+        ("packing: false\nper_device_train_batch_size: 4\n", "longest", None),
+        # batch 1: only the multiple-of-8 rounding pads; said, not counted
+        ("packing: false\nper_device_train_batch_size: 1\n", None, "multiple of 8"),
+        # packed (or neat-packed) rows are cutoff_len long: no pad tokens estimated
+        ("packing: true\nper_device_train_batch_size: 4\n", None, None),
+        ("packing: false\nneat_packing: true\nper_device_train_batch_size: 4\n", None, None),
+        # silence keeps ftmem's default (explicit statements only)
+        ("per_device_train_batch_size: 4\n", None, None),
+        # stage pt: DataCollatorForLanguageModeling (train/pt/workflow.py l.48), not read
+        ("stage: pt\npacking: false\nper_device_train_batch_size: 4\n", None, None),
+    ],
+)
+def test_unpacked_sft_batches_are_padded_to_the_longest(tmp_path, text, padding, note):
+    cfg = read_framework_config(_write(tmp_path, text))
+    assert cfg.settings.get("padding") == padding
+    said = [n for n in cfg.notes if n.startswith("packing false")]
+    assert (said == []) == (note is None)
+    if note:
+        assert note in said[0]
+
+
+def test_json_config_block_lists_the_keys_as_read(tmp_path):
+    text = "cutoff_len: 512\nmoe_aux_loss_coef: 0.001\npacking: false\nper_device_train_batch_size: 2\n"
+    path = _write_model(tmp_path, "mistralai/Mixtral-8x7B-v0.1", text)
+    res = CliRunner().invoke(app, ["estimate", "--from", path, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    config = out["config"]
+    assert config["settings"]["router_aux_loss"] is True
+    assert config["settings"]["padding"] == "longest"
+    assert (out["run"]["router_aux_loss"], out["run"]["padding"]) == (True, "longest")
+    ignored = config["ignored_no_effect"] + config["ignored_not_read"]
+    assert not {"moe_aux_loss_coef", "packing"} & set(ignored)

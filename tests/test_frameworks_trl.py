@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from ftmem import estimate
 from ftmem.errors import ConfigError
 from ftmem.frameworks import hf_trainer, read_framework_config
 from ftmem.frameworks.shared import NO_MEMORY_EFFECT
@@ -354,3 +355,44 @@ def test_target_parameters_on_the_experts_join_the_targets(tmp_path):
     assert cfg.settings["lora_targets"] == (
         "all-linear,23.mlp.experts.gate_up_proj,23.mlp.experts.down_proj"
     )
+
+
+MIXTRAL = "mistralai/Mixtral-8x7B-v0.1"
+ON = {"output_router_logits": True}
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        # SFTTrainer (trl@f2cd5771 sft_trainer.py l.1357-1366): a non-zero coefficient turns
+        # the loss on for an MoE model, 0 writes output_router_logits false into the config
+        ("sft_config.yaml", {"router_aux_loss_coef": 0.01}, True),
+        ("sft_config.yaml", {"router_aux_loss_coef": 0.0}, False),
+        ("sft_config.yaml", {"router_aux_loss_coef": 0, "model_init_kwargs": ON}, False),
+        # DPOTrainer (dpo_trainer.py l.880-884, l.1338-1339): non-zero passes
+        # output_router_logits=True to the forward; 0 leaves the config's, which
+        # model_init_kwargs sets (from_pretrained hands it to the config)
+        ("dpo_config.yaml", {"router_aux_loss_coef": 0.001}, True),
+        ("dpo_config.yaml", {"router_aux_loss_coef": 0, "model_init_kwargs": ON}, True),
+        ("dpo_config.yaml", {"router_aux_loss_coef": 0}, None),
+        # the coefficient silent: TRL's default 0.001 decides once the config is stated
+        ("sft_config.yaml", {"model_init_kwargs": {"output_router_logits": False}}, True),
+        # neither key: config.json's (TRL's default is not applied, said in trl.md)
+        ("sft_config.yaml", {}, None),
+    ],
+)
+def test_router_aux_loss_as_trl_trainers_set_it(tmp_path, name, data, expected):
+    cfg = read_framework_config(write(tmp_path, {"model_name_or_path": MIXTRAL, **data}, name))
+    assert cfg.settings.get("router_aux_loss") == expected
+    assert "router_aux_loss_coef" not in cfg.ignored
+    if "model_init_kwargs" in data and "router_aux_loss_coef" not in data:
+        assert any(a.startswith("router_aux_loss_coef 0.001") for a in cfg.assumed)
+
+
+def test_router_aux_loss_coef_on_a_dense_model_adds_nothing(tmp_path):
+    cfg = read_framework_config(write(tmp_path, {
+        "model_name_or_path": "meta-llama/Llama-2-7b-hf", "router_aux_loss_coef": 0.01,
+    }, "sft_config.yaml"))  # fmt: skip
+    assert "router_aux_loss" not in cfg.settings
+    assert any("not of llama models" in n for n in cfg.notes)
+    assert estimate(cfg.model, **cfg.settings).memory.peak_allocated_bytes > 0

@@ -16,6 +16,7 @@ from typing import Any
 from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
 from ftmem.frameworks.distributed import LAUNCHER_NOTE, distributed_settings
+from ftmem.frameworks.router_aux import read_router_aux_loss
 from ftmem.frameworks.shared import (
     ATTENTION,
     FrameworkConfig,
@@ -730,11 +731,12 @@ def _kernels_and_formats(k: Keys, cfg: FrameworkConfig) -> None:
             if key == "model_quantization_config" and dequantized:
                 continue  # dequantised to the load dtype, as estimated
             cfg.notes.append(f"{key}: {value} weights are not modelled; estimated in 16 bits.")
-    if k.section("model_config").flag("output_router_logits"):
-        cfg.notes.append(
-            "model_config output_router_logits: not read into the estimate; add "
-            "--router-aux-loss to count the load-balancing loss (tokens × experts per layer)."
-        )
+    # model_config overrides the loaded config's attributes one by one (axolotl@067b021c
+    # src/axolotl/loaders/utils.py l.201-203, the schema's alias of overrides_of_model_config)
+    overrides = k.section("model_config")
+    if "output_router_logits" in overrides:
+        on = overrides.flag("output_router_logits")
+        read_router_aux_loss(cfg, on, f"model_config output_router_logits {str(on).lower()}")
     if (groups := k.integer("gptq_groupsize", minimum=-1)) is not None and groups != 128:
         cfg.notes.append(f"gptq_groupsize {groups}: estimated with int4's 128 inputs per scale.")
     if k.raw("device_map") == "auto":

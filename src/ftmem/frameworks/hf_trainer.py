@@ -22,6 +22,7 @@ from ftmem.frameworks.distributed import (
     framework_path,
     read_launcher_config,
 )
+from ftmem.frameworks.router_aux import read_router_aux_loss
 from ftmem.frameworks.shared import (
     MAX_CONFIG_BYTES,
     FrameworkConfig,
@@ -153,7 +154,6 @@ NO_MEMORY_EFFECT: frozenset[str] = frozenset(
         "dataloader_pin_memory",
         "dataloader_drop_last",
         "average_tokens_across_devices",
-        "router_aux_loss_coef",
         "ignore_bias_buffers",
         "desirable_weight",  # KTOConfig's loss weights
         "undesirable_weight",
@@ -324,6 +324,7 @@ HF_TRAINER_KEYS = frozenset(
         "model_name_or_path",
         "model_name",
         "model_init_kwargs",
+        "router_aux_loss_coef",
         "use_peft",
         "load_in_4bit",
         "load_in_8bit",
@@ -461,6 +462,7 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
             s["attn"] = attn
             break
     _memory_features(k, cfg, trainer)
+    _router_aux(k, cfg, trainer)
     _evaluation(k, cfg)
     if k.flag("packing"):
         cfg.notes.append(
@@ -482,6 +484,38 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
         )
         _trl_defaults(k, cfg, trainer)
     return HF_TRAINER_KEYS
+
+
+# the TRL configs with router_aux_loss_coef (default 0.001): sft_config.py l.156,
+# dpo_config.py l.170, grpo_config.py l.439, kto_config.py l.145
+TRL_AUX_TRAINERS = ("SFT", "DPO", "GRPO", "KTO")
+
+
+def _router_aux(k: Keys, cfg: FrameworkConfig, trainer: str | None) -> None:
+    """The router's load-balancing loss. TRL's trainers turn it on for every MoE model
+    (a config with output_router_logits) unless router_aux_loss_coef is 0: SFTTrainer
+    writes that into the config (sft_trainer.py l.1357-1366), the others pass
+    output_router_logits=True to the forward (dpo_trainer.py l.880-884, l.1338-1339), so
+    with coef 0 they keep the config's, which model_init_kwargs may set (from_pretrained
+    hands unknown keywords to the config). Silence on both keys keeps config.json's (the
+    default of 0.001 would turn it on; see the note)."""
+    coef = k.number("router_aux_loss_coef")
+    stated = k.section("model_init_kwargs").raw("output_router_logits")
+    if stated is not None:
+        stated = k.section("model_init_kwargs").flag("output_router_logits")
+    said = TRL_AT.format(f"trl/trainer/{str(trainer).lower()}_trainer.py")
+    if trainer in TRL_AUX_TRAINERS and coef is not None:
+        if coef != 0:
+            read_router_aux_loss(cfg, True, f"router_aux_loss_coef {coef:g} ({said})")
+        elif trainer == "SFT" or stated is not None:
+            on = trainer != "SFT" and bool(stated)
+            read_router_aux_loss(cfg, on, f"router_aux_loss_coef 0 ({said})")
+    elif trainer in TRL_AUX_TRAINERS and stated is not None:
+        cfg.assumed.append(f"router_aux_loss_coef 0.001 ({trainer}Config default, {said})")
+        read_router_aux_loss(cfg, True, "model_init_kwargs output_router_logits with TRL's coef")
+    elif stated is not None:
+        key = f"model_init_kwargs output_router_logits {str(stated).lower()}"
+        read_router_aux_loss(cfg, bool(stated), key)
 
 
 def _trl_launch(k: Keys, base: Path, cfg: FrameworkConfig) -> None:

@@ -18,6 +18,7 @@ from ftmem.frameworks.distributed import (
     distributed_settings,
     strategy_from_deepspeed,
 )
+from ftmem.frameworks.router_aux import read_router_aux_loss
 from ftmem.frameworks.shared import (
     FrameworkConfig,
     assume,
@@ -481,6 +482,7 @@ LLAMA_FACTORY_KEYS = frozenset(
         "use_apollo",
         "use_badam",
         "packing",
+        "moe_aux_loss_coef",
         # read with their switch: APOLLO's and BAdam's settings, noted with it
         *("apollo_rank", "apollo_target", "apollo_scale", "apollo_scale_type"),
         *("apollo_layerwise", "apollo_update_interval", "apollo_proj", "apollo_proj_type"),
@@ -547,10 +549,51 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     _kernels(k, cfg, stage)
     _evaluation(k, cfg)
     _other_engines(k, cfg)
-    # packing (default: on for stage pt, data_args post-processing in hparams/parser.py)
-    # fills every sequence to cutoff_len: the length ftmem estimates at either way
-    k.flag("packing")
+    _packing_or_padding(k, cfg, stage)
+    _moe_aux_loss(k, cfg)
     return LLAMA_FACTORY_KEYS
+
+
+def _packing_or_padding(k: Keys, cfg: FrameworkConfig, stage: str) -> None:
+    """packing (default: on for stage pt, hparams/parser.py l.645) fills every sequence to
+    cutoff_len, the length ftmem estimates at either way. ``packing: false`` in SFT: the
+    collator (SFTDataCollatorWith4DAttentionMask, a transformers DataCollatorForSeq2Seq
+    whose padding defaults to longest) pads each batch to its longest sequence, rounded
+    up to a multiple of 8 while training (train/sft/workflow.py l.62-65; the block-diagonal
+    mask only with neat_packing, data/collator.py l.535-543). Silence keeps ftmem's
+    default (explicit statements only, as for TRL and axolotl)."""
+    packing = k.flag("packing")
+    if stage != "sft" or "packing" not in k or packing or k.flag("neat_packing"):
+        return
+    batch = cfg.settings.get("batch_size", 1)
+    if batch > 1:
+        cfg.settings["padding"] = "longest"
+    else:
+        cfg.notes.append(
+            "packing false at per_device_train_batch_size 1: the collator rounds the one "
+            "sequence up to a multiple of 8 (pad_to_multiple_of=8, train/sft/workflow.py), "
+            "whose padding mask is not counted (give --padding max-length to count it)."
+        )
+
+
+# model types whose config LLaMA-Factory sets output_router_logits on when moe_aux_loss_coef
+# is given and non-zero (model/model_utils/moe.py configure_moe l.160-186 @ff6d4d1; a
+# multimodal model's text_config for qwen3_moe and glm4v_moe_text)
+LF_ROUTER_LOGITS_TYPES = frozenset(
+    {
+        *("dbrx", "ernie4_5_moe", "granitemoe", "jamba", "jetmoe", "llama4", "mixtral"),
+        *("olmoe", "phimoe", "qwen2_moe", "qwen3_moe", "glm4v_moe_text"),
+    }
+)
+
+
+def _moe_aux_loss(k: Keys, cfg: FrameworkConfig) -> None:
+    """moe_aux_loss_coef (ModelArguments default None, hparams/model_args.py l.141):
+    configure_moe returns at once when it is None or 0 (moe.py l.161)."""
+    coef = k.number("moe_aux_loss_coef")
+    if coef:
+        said = f"moe_aux_loss_coef {coef:g}"
+        read_router_aux_loss(cfg, True, said, LF_ROUTER_LOGITS_TYPES)
 
 
 # -- LLaMA-Factory v1 (llamafactory-cli v1 sft|dpo|rm; src/llamafactory/v1) ----------------
