@@ -23,6 +23,7 @@ from ftmem.errors import ConfigError, UnknownNameError
 from ftmem.families._config import MULTIMODAL_TIE_DEFAULT, flag, number, shown
 from ftmem.families._qwen_vl import qwen_text_config
 from ftmem.families._vision import (
+    TEXT_MODEL_TYPE,
     UnmodelledVision,
     read_vision,
     text_defaults,
@@ -38,18 +39,6 @@ if TYPE_CHECKING:  # imported where used: a preset needs neither (CLI start-up)
 
 Mapping = dict[str, Any]
 MAX_CONFIG_BYTES = 16 * 2**20  # real config.json files are a few KiB
-
-
-# The text_config class an image-text config builds when its text_config names no
-# model_type (transformers 5.24: configuration_llava.py and configuration_mistral3.py
-# SubConfigSpec(AutoConfig, model_type="llama" / "mistral"); configuration_gemma3.py and
-# configuration_mllama.py always build Gemma3TextConfig / MllamaTextConfig)
-TEXT_MODEL_TYPE = {
-    "llava": "llama",
-    "mistral3": "mistral",
-    "gemma3": "gemma3_text",
-    "mllama": "mllama_text_model",
-}
 
 
 def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:

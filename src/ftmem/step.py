@@ -461,11 +461,8 @@ def _decoder_sizes(
     if framework_head is None and not offloaded and run.objective == "sft":
         requests = _head_requests(arch, run, plan, e, T, head, forward_cache, output_held)
         head = dataclasses.replace(head, requests=requests)
-    aux_moment = RouterAuxLoss.loss_moment(arch, run, plan, T)
-    if run.loss == "standard" and framework_head is None and aux_moment > head.logits_forward:
-        # the load-balancing loss after the cross-entropy, the logits still held (its
-        # requests no longer lay out the largest moment: gpu.trace replays the moment)
-        head = dataclasses.replace(head, logits_forward=aux_moment)
+    if framework_head is None:
+        head = _with_router_aux_moment(arch, run, plan, T, head)
     loop_held = vision_step.pixel_input(arch, run, plan.dtypes)  # an image-text batch's pixels
     loop_held += loop_output(arch, run, e, T)
     if framework_head is not None:  # LitGPT: fp32 logits held by the loop, chunked loss
@@ -492,6 +489,18 @@ def _decoder_sizes(
         ),
         output_held=output_held,
     )
+
+
+def _with_router_aux_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, T: int, head: HeadTransients
+) -> HeadTransients:
+    """The load-balancing loss after the cross-entropy, the logits still held, when it is
+    the head's largest moment (its requests no longer lay out that moment: gpu.trace
+    replays it)."""
+    aux_moment = RouterAuxLoss.loss_moment(arch, run, plan, T)
+    if run.loss == "standard" and aux_moment > head.logits_forward:
+        return dataclasses.replace(head, logits_forward=aux_moment)
+    return head
 
 
 def _output_held(run: RunConfig, V: int, e: int, T: int) -> int:

@@ -199,14 +199,6 @@ def lora_tower_saved(
     return total + (0 if eager else mask_bytes(v, images, e))
 
 
-def projector_input_grad_saved(v: VisionTower, text_hidden: int, images: int, e: int) -> int:
-    """The frozen projector passing its input's gradient: the norm's fp32 input and
-    rsqrt, the GELU's input (the linears keep nothing)."""
-    n = images * v.patches
-    tokens = images * features_per_image(v)
-    return _rms_saved(n, v.hidden_size, e) - n * v.hidden_size * e + tokens * text_hidden * e
-
-
 def projector_saved(
     v: VisionTower, text_hidden: int, images: int, e: int, tower_trains: bool
 ) -> int:

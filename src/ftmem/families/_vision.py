@@ -219,3 +219,15 @@ _TEXT_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 def text_defaults(outer: str, text_type: str) -> dict[str, Any]:
     """The keys an image-text config's class fills in its text_config."""
     return _TEXT_DEFAULTS.get((outer, text_type), {})
+
+
+# The text_config class an image-text config builds when its text_config names no
+# model_type (transformers 5.24: configuration_llava.py and configuration_mistral3.py
+# SubConfigSpec(AutoConfig, model_type="llama" / "mistral"); configuration_gemma3.py and
+# configuration_mllama.py always build Gemma3TextConfig / MllamaTextConfig)
+TEXT_MODEL_TYPE = {
+    "llava": "llama",
+    "mistral3": "mistral",
+    "gemma3": "gemma3_text",
+    "mllama": "mllama_text_model",
+}
