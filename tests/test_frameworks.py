@@ -39,7 +39,8 @@ EXPECTED = {
         "mistralai/Mistral-7B-v0.1",
         dict(framework="hf", method="lora", lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_targets="all-linear",
              seq_len=2048, batch_size=4, grad_accum=4, grad_ckpt=True, optimizer="adamw",
-             optimizer_impl="fused", precision="bf16", autocast=True, attn="sdpa", loss="logprob-tiles"),
+             optimizer_impl="fused", precision="bf16", autocast=True, attn="sdpa", loss="logprob-tiles",
+             padding="packed"),  # packing: true (bfd): padding-free, one flattened row
     ),
     "hf-seq2seq-flan-t5-xl.json": (
         "trl",

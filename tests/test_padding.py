@@ -193,7 +193,7 @@ def test_help_lists_the_choices(capsys, monkeypatch):
     code, out, _ = _cli(["estimate", "--help"], capsys, monkeypatch)
     assert code == 0
     line = next(line for line in out.splitlines() if "--padding" in line)
-    assert "<none|longest|max-length>" in line
+    assert "<none|longest|max-length|packed>" in line
 
 
 def test_a_bad_value_is_one_line_and_exit_2(capsys, monkeypatch):
@@ -201,7 +201,7 @@ def test_a_bad_value_is_one_line_and_exit_2(capsys, monkeypatch):
     assert (code, out) == (2, "")
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1
-    assert "--padding" in lines[0] and "none, longest or max-length" in lines[0]
+    assert "--padding" in lines[0] and "none, longest, max-length or packed" in lines[0]
 
 
 def test_json_says_the_padding_given(capsys, monkeypatch):
@@ -219,8 +219,9 @@ def test_json_says_the_padding_given(capsys, monkeypatch):
     [
         ({"packing": False}, "longest"),  # TRL's collator pads to the batch's longest
         ({"group_by_length": True}, "longest"),  # grouped "to minimize padding"
-        ({"packing": False, "padding_free": True}, None),  # flattened: no pad tokens
-        ({"packing": True}, None),
+        # flattened into one row: no pad tokens, a packed mask (tests/test_packed_mask.py)
+        ({"packing": False, "padding_free": True}, "packed"),
+        ({"packing": True}, "packed"),
         ({}, None),  # silent: the default, not TRL's
     ],
 )

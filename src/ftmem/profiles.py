@@ -357,9 +357,10 @@ def pads_batches(run: RunConfig) -> bool:
     to seq_len (max-length), or batches of several sequences padded to their longest.
     One sequence padded to its own longest has none, and transformers then leaves sdpa
     its causal flag (masking_utils.py _ignore_causal_mask_sdpa: no mask when every
-    position is attended, 5.24 l.292-293)."""
+    position is attended, 5.24 l.292-293). A packed row has no pad tokens but gets a mask
+    all the same (ops.attention.packed_rows)."""
     padding = batch_padding(run)
-    return padding == "max-length" or (padding == "longest" and run.batch_size > 1)
+    return padding in ("max-length", "packed") or (padding == "longest" and run.batch_size > 1)
 
 
 def compiled_layers(run: RunConfig) -> bool:

@@ -55,8 +55,11 @@ Optimizer = Literal[
 Attention = Literal["eager", "sdpa", "flash"]
 # Whether a batch carries pad tokens that its attention_mask marks, in the words of
 # transformers' own ``padding=`` argument (tokenizer and DataCollatorWithPadding:
-# PaddingStrategy "longest" | "max_length" | "do_not_pad"); ops.attention.padding_mask
-Padding = Literal["none", "longest", "max-length"]
+# PaddingStrategy "longest" | "max_length" | "do_not_pad"); ops.attention.padding_mask.
+# "packed": no pad tokens, but the batch flattened into one row of several sequences told
+# apart by position_ids (TRL padding_free, DataCollatorWithFlattening), which under sdpa
+# gets the same kind of mask (ops.attention.packed_rows)
+Padding = Literal["none", "longest", "max-length", "packed"]
 # the training objective: supervised finetuning, or a preference loss over chosen and
 # rejected sequences, or over unpaired completions labelled desirable or not (kto,
 # apo-zero-unpaired: TRL's KTOTrainer) (ftmem.ops.loss.PreferenceLoss)
@@ -377,10 +380,13 @@ class RunConfig(limits.BoundedSettings):
         None,
         exclude_if=lambda value: value is None,  # absent from results unless given
         description="Pad tokens in the batches, marked by the attention_mask the model is "
-        "given: none (packing, TRL padding_free, equal lengths) | longest (each batch of "
-        "several sequences padded to its longest: DataCollatorWithPadding, TRL's collator "
-        "without padding_free) | max-length (every sequence padded to seq_len, batch 1 "
-        "too). With sdpa a padded batch gets a 4-D mask: transformers repeats GQA keys "
+        "given: none (equal lengths, rows packed with an attention_mask of ones) | longest "
+        "(each batch of several sequences padded to its longest: DataCollatorWithPadding, "
+        "TRL's collator without padding_free) | max-length (every sequence padded to "
+        "seq_len, batch 1 too) | packed (no attention_mask: the batch flattened into one row of b·s tokens, "
+        "its sequences told apart by position_ids: TRL padding_free or packing bfd, "
+        "DataCollatorWithFlattening). With sdpa a padded or packed batch gets a 4-D mask "
+        "(packed: one T×T block-diagonal mask): transformers repeats GQA keys "
         "and values per head and the kernel keeps the copies and the mask "
         "(ftmem.ops.attention.padding_mask). Default: the framework's (peft-mc: longest; "
         "the others none).",

@@ -159,11 +159,13 @@ RUN = [
         "padding",
         Optional[field_choices("padding")],  # noqa: UP045
         None,
-        "Pad tokens in each batch, marked by its attention_mask: none (packing, TRL "
-        "padding_free, equal lengths) | longest (a batch of several sequences padded to its "
-        "longest: DataCollatorWithPadding, TRL's collator) | max-length (every sequence "
-        "padded to --seq-len). With sdpa the mask makes transformers repeat GQA keys and "
-        "values per head, kept with the mask for backward; eager and flash are unchanged "
+        "Pad tokens in each batch, marked by its attention_mask: none (equal lengths, rows "
+        "packed with an attention_mask of ones) | longest (a batch of several sequences "
+        "padded to its longest: DataCollatorWithPadding, TRL's collator) | max-length (every "
+        "sequence padded to --seq-len) | packed (the batch flattened into one row, sequences "
+        "told apart by position_ids: TRL padding_free, DataCollatorWithFlattening). With "
+        "sdpa the mask makes transformers repeat GQA keys and values per head, kept with "
+        "the mask for backward; eager and flash are unchanged "
         "(default: the framework's; peft-mc longest, the others none).",
     ),
     _opt(

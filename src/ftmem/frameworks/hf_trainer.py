@@ -137,7 +137,6 @@ NO_MEMORY_EFFECT: frozenset[str] = frozenset(
         "pad_token",
         "truncation_mode",
         "shuffle_dataset",
-        "packing_strategy",
         "eval_packing",
         "pad_to_multiple_of",  # rounds lengths up, never past max_length's multiple
         "lr_scheduler_kwargs",
@@ -358,6 +357,7 @@ HF_TRAINER_KEYS = frozenset(
         "torch_dtype",
         "attn_implementation",
         "packing",
+        "packing_strategy",
         "padding_free",
         "group_by_length",
         "dataset_text_field",
@@ -992,6 +992,24 @@ def _cpo_objective(k: Keys, cfg: FrameworkConfig, source: str) -> None:
 PAIR_TRAINERS = {"ORPO": _orpo_objective, "CPO": _cpo_objective}
 
 
+def _flattened(k: Keys, cfg: FrameworkConfig) -> None:
+    """TRL's padding-free collator flattens the batch into one row with position_ids and
+    no attention_mask (trl@f2cd5771 sft_trainer.py l.471-486); padding_free is on when
+    asked, or with packing under packing_strategy bfd (the default) or bfd_split
+    (l.1143). Under sdpa transformers then builds a block-diagonal mask over the row
+    (ops.attention.packed_rows). packing_strategy wrapped keeps rows of max_length with
+    an attention_mask of ones: no mask."""
+    strategy = k.text("packing_strategy") or "bfd"
+    if not (k.flag("padding_free") or strategy in ("bfd", "bfd_split")):
+        return
+    cfg.settings["padding"] = "packed"
+    cfg.notes.append(
+        "padding_free: each batch flattened into one row of several sequences (padding "
+        "packed); under sdpa transformers gives the kernel a T×T block-diagonal mask and "
+        "repeats GQA keys and values (FlashAttention-2 takes the bounds from position_ids)."
+    )
+
+
 def _hf_lengths(k: Keys, cfg: FrameworkConfig) -> None:
     """Batches padded to their longest: group_by_length (LengthGroupedSampler, the
     longest batch first: transformers src/transformers/trainer_pt_utils.py
@@ -1000,6 +1018,7 @@ def _hf_lengths(k: Keys, cfg: FrameworkConfig) -> None:
     dynamically padded to the maximum length of a batch", huggingface/trl
     trl/trainer/sft_trainer.py @00313f21920d37c3876c4021b51430224c06c936)."""
     if k.flag("packing") or k.flag("padding_free"):
+        _flattened(k, cfg)
         return
     if k.flag("group_by_length"):
         cfg.settings["lengths"] = "grouped"

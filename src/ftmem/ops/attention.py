@@ -9,7 +9,7 @@ from ftmem.ops.context import LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.precision import resolve_dtypes
-from ftmem.profiles import pads_batches, profile_of
+from ftmem.profiles import batch_padding, pads_batches, profile_of
 from ftmem.run import RunConfig
 from ftmem.versions import rotary_tables_per_layer
 
@@ -48,6 +48,21 @@ def padding_mask(arch: Architecture, run: RunConfig) -> bool:
     return not arch.traits.fused_qkv and not arch.traits.sdpa_explicit_mask
 
 
+def packed_rows(run: RunConfig) -> bool:
+    """The batch reaches the model as one row of b·s tokens holding several sequences,
+    told apart by position_ids and with no attention_mask (--padding packed): TRL's
+    padding_free collator flattens the batch (trl@f2cd5771 sft_trainer.py l.481-486, and
+    padding_free is on for packing_strategy bfd, l.1143), as does transformers'
+    DataCollatorWithFlattening (data/data_collator.py l.1261). transformers 5.24 looks for packed sequences only then
+    (masking_utils.py l.865: ``position_ids is not None and attention_mask is None and
+    cache is None``): find_packed_sequence_indices (l.735-764) numbers the sequences where
+    a position does not follow the one before, create_causal_mask then forbids the causal
+    skip (l.991-996) and ANDs a same-sequence function into the causal one (l.1001-1002),
+    and sdpa_mask builds the boolean mask (l.535-539) at (1, 1, T, T). The padding
+    mechanism (padding_mask, Attention.masked_sdpa_saved) then applies to that one row."""
+    return batch_padding(run) == "packed"
+
+
 def padding_notes(arch: Architecture, run: RunConfig) -> list[str]:
     """What --padding, when the run gives it, changes here (and what it does not)."""
     if run.padding is None or run.padding == "none":
@@ -58,10 +73,20 @@ def padding_notes(arch: Architecture, run: RunConfig) -> list[str]:
             f"{said}: one sequence per batch has no pad tokens, so transformers leaves sdpa "
             "its causal flag: nothing added."
         ]
+    if run.attn == "flash" and packed_rows(run):
+        return [
+            f"{said}: FlashAttention-2 takes the packed sequences' bounds from position_ids "
+            "(varlen kernel, no mask): nothing added."
+        ]
     if run.attn == "flash":
         return [
             f"{said}: FlashAttention-2 unpads the batch (varlen kernel, no mask); estimated "
             "as a batch without padding at its padded length, which bounds it."
+        ]
+    if runs_eager(arch, run) and packed_rows(run):
+        return [
+            f"{said}: eager attention over one flattened row computes T×T scores (b times "
+            "b·s² per head); estimated as b rows of s: not counted."
         ]
     if runs_eager(arch, run):
         return [f"{said}: eager attention builds its float mask with or without padding."]
@@ -280,8 +305,10 @@ class Attention:
                 ("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK),
                 ("v", T * kv * e, Kind.ATTN_V),
             ]
-        keys = -(-s // 8) * 8 if run.device == "cuda" else s
-        items.append(("additive mask (last dim padded to 8)", b * s * keys * e, Kind.ATTN_MASK))
+        rows, length = (1, T) if packed_rows(run) else (b, s)  # packed: one row of T tokens
+        keys = -(-length // 8) * 8 if run.device == "cuda" else length
+        mask = rows * length * keys * e
+        items.append(("additive mask (last dim padded to 8)", mask, Kind.ATTN_MASK))
         return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
 
     @staticmethod
