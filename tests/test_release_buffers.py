@@ -75,16 +75,19 @@ def test_llama_4x_keeps_every_layers_rotary_tables(version):
     mask = _causal_mask_bytes(arch.max_position_embeddings, version) if "4.38" in version else 0
     expected = _tables_bytes(arch, torch.bfloat16) + mask
     assert _weights(arch, transformers_version=version) - _weights(arch) == expected
-    after = _peak(arch, transformers_version="4.41.0")
-    assert _peak(arch, transformers_version=version) - after == expected
+    # (FlashAttention-2: 4.38-4.39's float causal mask for sdpa is tests/test_transformers4_sdpa)
+    after = _peak(arch, transformers_version="4.41.0", attn="flash")
+    assert _peak(arch, transformers_version=version, attn="flash") - after == expected
 
 
 def test_llama_4_38_0_registers_the_int64_causal_mask_and_no_tables():
     """4.38.0 and 4.38.1 compute cos/sin per forward (modeling_llama.py:94-131) but
-    register LlamaModel's int64 (P, P) mask."""
+    register LlamaModel's int64 (P, P) mask; their rotary modules keep the last (1, S, d)
+    cos and sin as attributes (:127-128 ``self._cos_cached = cos``), bf16 here."""
     arch = tiny("llama")
-    expected = _causal_mask_bytes(arch.max_position_embeddings, "4.38.0")
-    assert expected == 8 * arch.max_position_embeddings**2
+    mask = _causal_mask_bytes(arch.max_position_embeddings, "4.38.0")
+    assert mask == 8 * arch.max_position_embeddings**2
+    expected = mask + arch.num_layers * 2 * S * arch.head_size * 2
     for version in ("4.38.0", "4.38.1"):
         assert _weights(arch, transformers_version=version) - _weights(arch) == expected
 

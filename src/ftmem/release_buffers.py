@@ -46,12 +46,32 @@ def causal_mask_bytes(arch: Architecture, run: RunConfig) -> int:
     return 0
 
 
+def last_cos_sin_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
+    """Llama's 4.38.0/4.38.1 rotary modules keep the cos and sin of their last forward as
+    attributes (Family.last_cos_sin_releases: versions.LLAMA_LAST_COS_SIN_KEPT): 2 × s × rotary dims per layer in the
+    compute dtype, alive from the first forward on. Without checkpointing the same
+    tensors are also the layers' saved cos/sin during the step (counted twice there, at
+    most that much, on the safe side)."""
+    if arch.position_embedding != "rotary":
+        return 0
+    if not within(run.transformers_version, arch.traits.last_cos_sin_releases):
+        return 0
+    element = BYTES_PER_ELEMENT[dtypes.compute]
+    return arch.num_layers * 2 * run.positions * arch.rotary_size * element
+
+
 def release_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
-    """All the buffers the run's transformers release registers that 5 does not."""
-    return rotary_table_bytes(arch, run, dtypes) + causal_mask_bytes(arch, run)
+    """All the buffers the run's transformers release registers that 5 does not, and the
+    cos/sin 4.38.0's rotary modules keep."""
+    return (
+        rotary_table_bytes(arch, run, dtypes)
+        + causal_mask_bytes(arch, run)
+        + last_cos_sin_bytes(arch, run, dtypes)
+    )
 
 
 def stage_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes, stages: int) -> int:
     """What one rank keeps of them whole (no engine shards buffers): a pipeline stage its
     layers' share of the rotary tables, the causal mask as the model registers it."""
-    return rotary_table_bytes(arch, run, dtypes) // stages + causal_mask_bytes(arch, run)
+    per_layer = rotary_table_bytes(arch, run, dtypes) + last_cos_sin_bytes(arch, run, dtypes)
+    return per_layer // stages + causal_mask_bytes(arch, run)

@@ -276,8 +276,9 @@ class RunConfig(limits.BoundedSettings):
         "per expert (bitsandbytes quantises them, peft's all-linear adapts them, the "
         "forward loops over the experts); from 5, fused 3-D parameters. Before 4.41-4.48 "
         "(by family) every layer registers rotary cos/sin tables for every position and "
-        "keeps its own cos/sin for backward; 4.38 registers a causal-mask buffer "
-        "(default: 5.24).",
+        "keeps its own cos/sin for backward; 4.38 registers a causal-mask buffer; "
+        "before 4.54 sdpa gets GQA keys and values copied per head; 4.38-4.39 give "
+        "sdpa an explicit float causal mask (default: 5.24).",
     )
     peft_version: str | None = Field(
         None,

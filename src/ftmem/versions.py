@@ -119,6 +119,13 @@ MISTRAL_ROTARY_PER_LAYER: Releases = (((0, 0, 0), (4, 48, 0)),)
 # released in 0.16.0 (`git tag --contains e34852f7`).
 PEFT_GPTQ_SUM_OUT_OF_PLACE = (0, 16, 0)
 
+
+# LlamaRotaryEmbedding.forward kept the cos and sin it last returned on the module "for
+# backwards compatibility" (4.38.0 models/llama/modeling_llama.py:127-128 ``self._cos_cached
+# = cos``, 4.38.1 the same; gone from 4.38.2, which registers the tables again): each
+# layer's (1, s, rotary dims) pair in the value states' dtype stays alive between steps.
+LLAMA_LAST_COS_SIN_KEPT: Releases = (((4, 38, 0), (4, 38, 2)),)
+
 _RELEASE = re.compile(r"\s*(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -199,3 +206,48 @@ def peft_gptq_adds_in_place(run: RunConfig) -> bool:
     """peft's LoRA on an int4 (GPTQ) base casts the adapter's output to the base's dtype
     and adds it in place (peft < 0.16)."""
     return run.quant_format == "int4" and older_than(run.peft_version, PEFT_GPTQ_SUM_OUT_OF_PLACE)
+
+
+# transformers' sdpa path copies GQA keys and values to every query head before the kernel
+# (which keeps the copies for backward) in every 4.x release before 4.54.0: 4.37.2
+# models/llama/modeling_llama.py:711-712 LlamaSdpaAttention.forward ``key_states =
+# repeat_kv(key_states, self.num_key_value_groups)`` (4.39.3 :655-656), and from 4.48.0
+# integrations/sdpa_attention.py:30-31 sdpa_attention_forward (same at 4.53.0 :41-42),
+# which every sdpa family of 4.48+ calls through ALL_ATTENTION_FUNCTIONS. 4.54.0
+# integrations/sdpa_attention.py:27-32,53-57 passes ``enable_gqa=True`` instead when
+# use_gqa_in_sdpa (torch >= 2.5 and ``attention_mask is None``): the unpadded training case.
+TRANSFORMERS_SDPA_ENABLE_GQA = (4, 54, 0)
+# LlamaModel._update_causal_mask gives sdpa an explicit float causal mask in every forward,
+# padded or not: 4.38.x builds it from the (max_pos, max_pos) causal_mask buffer
+# (4.38.2 models/llama/modeling_llama.py:1074 ``self.causal_mask[None, None, :, :].repeat(
+# batch_size, 1, 1, 1).to(dtype) * min_dtype``, dtype = inputs_embeds') and each layer
+# indexes it with cache_position (:662 ``causal_mask[:, :, cache_position, :
+# key_states.shape[-2]]``, advanced indexing: a new (b, 1, s, s) tensor per layer); 4.39.x
+# builds an (s, s) one (4.39.3 :1074-1078 torch.full + triu, expanded to the batch and
+# ``clone()``d when an attention_mask is passed) that each layer slices as a view (:661).
+# 4.40.0 leaves the mask to sdpa's causal flag when nothing is padded (:1076
+# AttentionMaskConverter._ignore_causal_mask_sdpa). Gemma the same (4.38.0
+# models/gemma/modeling_gemma.py:546, 4.39.3 :564); Cohere from 4.39.0 (:562).
+LLAMA_SDPA_FLOAT_MASK: Releases = (((4, 38, 0), (4, 40, 0)),)
+COHERE_SDPA_FLOAT_MASK: Releases = (((4, 39, 0), (4, 40, 0)),)
+# 4.38.x: the per-layer mask is an advanced-indexing copy of the model-level one.
+SDPA_MASK_INDEXED_PER_LAYER: Releases = (((4, 38, 0), (4, 39, 0)),)
+
+
+def sdpa_repeats_kv(arch: Architecture, run: RunConfig) -> bool:
+    """transformers < 4.54 copies GQA keys and values per head before sdpa (one kv head
+    repeats as a stride-0 view, no copy; as many kv heads as heads need no repeat)."""
+    gqa = 1 < arch.kv_heads < arch.num_heads
+    return (
+        gqa
+        and run.attn == "sdpa"
+        and older_than(run.transformers_version, TRANSFORMERS_SDPA_ENABLE_GQA)
+    )
+
+
+def sdpa_float_causal_mask(arch: Architecture, run: RunConfig) -> bool:
+    """transformers 4.38-4.39 passes sdpa an explicit float causal mask (Llama, Gemma,
+    Cohere: Family.sdpa_float_mask_releases), so the kernel keeps a mask and the flash
+    backend is not eligible."""
+    releases = arch.traits.sdpa_float_mask_releases
+    return run.attn == "sdpa" and within(run.transformers_version, releases)

@@ -131,6 +131,12 @@ class Family:
     # max_position_embeddings) causal_mask buffer, with its element bytes in each
     # (ftmem.versions: LLAMA_CAUSAL_MASK_INT64...); empty: none does.
     causal_mask_buffer: tuple[tuple[Releases, int], ...] = ()
+    # transformers releases whose model gives sdpa an explicit float causal mask in every
+    # forward, padded or not (ftmem.versions: LLAMA_SDPA_FLOAT_MASK...).
+    sdpa_float_mask_releases: Releases = ()
+    # transformers releases whose rotary modules keep the cos and sin of their last forward
+    # as attributes between steps (ftmem.versions: LLAMA_LAST_COS_SIN_KEPT).
+    last_cos_sin_releases: Releases = ()
     # The model's forward computes its own loss from the labels (remote code: Qwen-1's
     # QWenLMHeadModel.forward), which a run whose loss is transformers' default takes
     # instead (profiles.framework_run); None: transformers' loss.

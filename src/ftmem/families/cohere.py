@@ -15,7 +15,11 @@ from ftmem.errors import ConfigError
 from ftmem.families import SP_MODES, Family
 from ftmem.families._config import Config, LlamaKeys, flag
 from ftmem.families._llama import LLAMA_NAMES, llama_map
-from ftmem.versions import COHERE_CAUSAL_MASK_BOOL, QWEN2_ROTARY_PER_LAYER
+from ftmem.versions import (
+    COHERE_CAUSAL_MASK_BOOL,
+    COHERE_SDPA_FLOAT_MASK,
+    QWEN2_ROTARY_PER_LAYER,
+)
 
 
 def _read(cfg: Config, out: Config) -> None:
@@ -39,4 +43,5 @@ FAMILY = Family(
     norm_centres_twice=True,
     causal_mask_buffer=((COHERE_CAUSAL_MASK_BOOL, 1),),
     rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
+    sdpa_float_mask_releases=COHERE_SDPA_FLOAT_MASK,
 )

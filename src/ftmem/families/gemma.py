@@ -3,7 +3,12 @@
 from ftmem.families import Family
 from ftmem.families._config import LlamaKeys
 from ftmem.families._llama import LLAMA_NAMES, llama_map
-from ftmem.versions import LLAMA_CAUSAL_MASK_BOOL, LLAMA_CAUSAL_MASK_INT64, MISTRAL_ROTARY_PER_LAYER
+from ftmem.versions import (
+    LLAMA_CAUSAL_MASK_BOOL,
+    LLAMA_CAUSAL_MASK_INT64,
+    LLAMA_SDPA_FLOAT_MASK,
+    MISTRAL_ROTARY_PER_LAYER,
+)
 
 FAMILY = Family(
     name="gemma",
@@ -14,4 +19,5 @@ FAMILY = Family(
     norm_scale_in_fp32=True,
     causal_mask_buffer=((LLAMA_CAUSAL_MASK_INT64, 8), (LLAMA_CAUSAL_MASK_BOOL, 1)),
     rotary_per_layer_releases=MISTRAL_ROTARY_PER_LAYER,
+    sdpa_float_mask_releases=LLAMA_SDPA_FLOAT_MASK,
 )

@@ -6,8 +6,10 @@ from ftmem.families._llama import LLAMA_NAMES, llama_map
 from ftmem.versions import (
     LLAMA_CAUSAL_MASK_BOOL,
     LLAMA_CAUSAL_MASK_INT64,
+    LLAMA_LAST_COS_SIN_KEPT,
     LLAMA_ROTARY_CACHE,
     LLAMA_ROTARY_PER_LAYER,
+    LLAMA_SDPA_FLOAT_MASK,
 )
 
 FAMILY = Family(
@@ -21,4 +23,6 @@ FAMILY = Family(
     rotary_cache_releases=LLAMA_ROTARY_CACHE,
     causal_mask_buffer=((LLAMA_CAUSAL_MASK_INT64, 8), (LLAMA_CAUSAL_MASK_BOOL, 1)),
     rotary_per_layer_releases=LLAMA_ROTARY_PER_LAYER,
+    sdpa_float_mask_releases=LLAMA_SDPA_FLOAT_MASK,
+    last_cos_sin_releases=LLAMA_LAST_COS_SIN_KEPT,
 )

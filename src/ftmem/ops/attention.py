@@ -11,7 +11,13 @@ from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.precision import resolve_dtypes
 from ftmem.profiles import batch_padding, pads_batches, profile_of
 from ftmem.run import RunConfig
-from ftmem.versions import rotary_tables_per_layer
+from ftmem.versions import (
+    SDPA_MASK_INDEXED_PER_LAYER,
+    rotary_tables_per_layer,
+    sdpa_float_causal_mask,
+    sdpa_repeats_kv,
+    within,
+)
 
 
 def attention_path(arch: Architecture, run: RunConfig) -> str:
@@ -159,8 +165,8 @@ class Attention:
             keep("v (repeated per head)", Tk * kv_saved * e, Kind.ATTN_V)
         elif profile_of(run).expands_kv:
             out += Attention.expanded_kv_saved(ctx)
-        elif padding_mask(arch, run):
-            out += Attention.masked_sdpa_saved(ctx)
+        elif padding_mask(arch, run) or sdpa_repeats_kv(arch, run):
+            out += Attention.masked_sdpa_saved(ctx, with_mask=padding_mask(arch, run))
         else:
             keep("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK)
             if arch.traits.fused_qkv and not ctx.quantized_outputs_in_input_dtype:
@@ -168,6 +174,7 @@ class Attention:
             else:
                 keep("v", T * kv * e, Kind.ATTN_V)
         if not eager:
+            out += Attention.float_causal_mask_saved(ctx)
             if arch.traits.sdpa_explicit_mask and run.attn != "flash":
                 # one (1, 1, s, s) mask for the batch, made float in the compute dtype
                 keep("attention mask (s², float)", s * s * e, Kind.ATTN_MASK)
@@ -271,25 +278,27 @@ class Attention:
         return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
 
     @staticmethod
-    def masked_sdpa_saved(ctx: LayerContext) -> list[Saved]:
-        """sdpa with a padding mask (padding_mask). With GQA, transformers repeats keys and
-        values to every query head before the kernel, which keeps the copies (transformers
-        5.24 integrations/sdpa_attention.py l.118-127 ``repeat_kv``: expand, then reshape, a
-        copy; one kv head repeats as a stride-0 view and as many as the heads need none).
-        torch converts the boolean mask to an additive one in the query's dtype per call,
-        and CUDA's memory-efficient kernel (flash takes no mask) pads its last dimension to
-        a multiple of 8 and keeps it (aten/src/ATen/native/transformers/attention.cpp
-        scaled_dot_product_attention: convert_boolean_attn_mask, preprocess_mask with
-        mem_eff_alignment = 8; read in the code index, commit not pinned); the CPU's kernel
-        keeps it unpadded (b·s·s·e per layer, measured: tests/test_padding.py). Where the
-        loop holds the model's output (Profile.output_held_into_next_forward) the training
-        forward's DynamicCache, made whenever use_cache (config.json's default), keeps the
-        unrepeated keys and values too (cache_utils.py DynamicLayer.update ``torch.cat``);
-        HF Trainer sets config.use_cache from TrainingArguments.use_cache, False by default
-        (transformers 5.24 trainer.py l.645-646, training_args.py l.971-976), TRL's
-        SFTTrainer passes use_cache=False (trl@f2cd5771 sft_trainer.py compute_loss), and
-        checkpointing turns it off. (The kernel's output and logsumexp: Attention.saved,
-        as for every fused kernel.)"""
+    def masked_sdpa_saved(ctx: LayerContext, with_mask: bool = True) -> list[Saved]:
+        """sdpa with a padding mask (padding_mask), or any GQA sdpa call of transformers
+        < 4.54 (versions.sdpa_repeats_kv; ``with_mask`` False: no padding). With GQA,
+        transformers repeats keys and values to every query head before the kernel, which
+        keeps the copies (transformers 5.24 integrations/sdpa_attention.py l.118-127
+        ``repeat_kv``: expand, then reshape, a copy; one kv head repeats as a stride-0 view
+        and as many as the heads need none). torch converts the boolean mask to an additive
+        one in the query's dtype per call, and CUDA's memory-efficient kernel (flash takes
+        no mask) pads its last dimension to a multiple of 8 and keeps it (aligned_mask); the
+        CPU's kernel keeps it unpadded (b·s·s·e per layer, measured: tests/test_padding.py).
+        The training forward's DynamicCache, made whenever use_cache (config.json's
+        default) and checkpointing is off, keeps the unrepeated keys and values too
+        (cache_utils.py DynamicLayer.update ``torch.cat``) while the model's output lives:
+        where the loop holds that output into the next forward
+        (Profile.output_held_into_next_forward), and under transformers 4, whose
+        Trainer left use_cache on (measured against the 4.x wheels: tests/
+        test_transformers4_sdpa.py). transformers 5.24's HF Trainer sets config.use_cache
+        from TrainingArguments.use_cache, False by default (trainer.py l.645-646,
+        training_args.py l.971-976), and TRL's SFTTrainer passes use_cache=False
+        (trl@f2cd5771 sft_trainer.py compute_loss). (The kernel's output and logsumexp:
+        Attention.saved, as for every fused kernel.)"""
         arch, run = ctx.arch, ctx.run
         T, e = ctx.tokens, ctx.e
         b, s = run.batch_size, ctx.tokens // run.batch_size
@@ -297,7 +306,8 @@ class Attention:
         if 1 < arch.kv_heads < arch.num_heads:
             items = [("rotary q", T * q * e, Kind.ATTN_QK)]
             items.append(("k and v repeated per head (repeat_kv)", 2 * T * q * e, Kind.ATTN_COPY))
-            if profile_of(run).output_held_into_next_forward and not run.grad_ckpt:
+            holds = profile_of(run).output_held_into_next_forward or sdpa_repeats_kv(arch, run)
+            if holds and not run.grad_ckpt:
                 cache = ("the cache's keys and values (DynamicCache)", 2 * T * kv * e, Kind.ATTN_QK)
                 items.append(cache)
         else:
@@ -305,11 +315,36 @@ class Attention:
                 ("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK),
                 ("v", T * kv * e, Kind.ATTN_V),
             ]
-        rows, length = (1, T) if packed_rows(run) else (b, s)  # packed: one row of T tokens
-        keys = -(-length // 8) * 8 if run.device == "cuda" else length
-        mask = rows * length * keys * e
-        items.append(("additive mask (last dim padded to 8)", mask, Kind.ATTN_MASK))
+        if with_mask:
+            rows, length = (1, T) if packed_rows(run) else (b, s)  # packed: one row of T tokens
+            mask = aligned_mask(rows, length, e, run.device)
+            items.append(("additive mask (last dim padded to 8)", mask, Kind.ATTN_MASK))
         return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
+
+    @staticmethod
+    def float_causal_mask_saved(ctx: LayerContext) -> list[Saved]:
+        """transformers 4.38-4.39's explicit float causal mask (versions.sdpa_float_causal_mask),
+        which the memory-efficient kernel (flash takes no mask) keeps per layer: in 4.38 a
+        new (b, 1, s, s) tensor indexed out of the model's mask; in 4.39 a view of the
+        model's (b, 1, s, s) mask, which costs the layer nothing unless autocast casts it to
+        the compute dtype or the kernel pads its last dimension to a multiple of 8 (both
+        new tensors; attention.cpp preprocess_mask, see masked_sdpa_saved). A padded batch's
+        mask is already counted there (padding_mask)."""
+        arch, run = ctx.arch, ctx.run
+        if not sdpa_float_causal_mask(arch, run) or padding_mask(arch, run):
+            return []
+        b, s, e = run.batch_size, ctx.tokens // run.batch_size, ctx.e
+        copied = within(run.transformers_version, SDPA_MASK_INDEXED_PER_LAYER)
+        if not (copied or ctx.residual != e or (s % 8 and run.device == "cuda")):
+            return []
+        return [
+            Saved(
+                "float causal mask (s², padded to 8)",
+                aligned_mask(b, s, e, run.device),
+                Kind.ATTN_MASK,
+                Side.ATTENTION,
+            )
+        ]
 
     @staticmethod
     def prefix_saved(ctx: LayerContext) -> list[Saved]:
@@ -357,6 +392,8 @@ class Attention:
         layer type (full, and sliding where a window is set) and passes each block its
         own; no op saves them (scores + mask), but they live through the blocks' forward,
         and checkpointing keeps them as block inputs until the backward ends."""
+        if sdpa_float_causal_mask(arch, run):
+            return model_causal_mask(arch, run)
         if not arch.traits.attention_sinks:
             return 0
         s = run.positions
@@ -390,6 +427,31 @@ class Attention:
         GPU, with eager attention's score gradients."""
         back = sum(x.nbytes for x in block if x.kind in OFFLOAD_KINDS)
         return back + Attention.eager_workspace(arch, run, run.positions)
+
+
+def aligned_mask(b: int, s: int, e: int, device: str = "cuda") -> int:
+    """A (b, 1, s, s) additive mask as sdpa's kernel keeps it: CUDA's memory-efficient
+    kernel pads its last dimension to a multiple of 8 (aten/src/ATen/native/transformers/
+    attention.cpp scaled_dot_product_attention: convert_boolean_attn_mask, preprocess_mask
+    with mem_eff_alignment = 8; read in the code index, commit not pinned); the CPU's keeps
+    it as it is."""
+    keys = -(-s // 8) * 8 if device == "cuda" else s
+    return b * s * keys * e
+
+
+def model_causal_mask(arch: Architecture, run: RunConfig) -> int:
+    """transformers 4.38-4.39's model-level float causal mask, in the input embeddings'
+    dtype, alive through the blocks' forward (versions.sdpa_float_causal_mask): 4.38's is
+    the whole (max_pos, max_pos) buffer repeated per sequence (the buffer doubles when a
+    sequence is longer); 4.39's is (b, 1, s, s), cloned because the collator passes an
+    attention mask."""
+    b, s = run.batch_size, run.positions
+    er = resolve_dtypes(run).residual_bytes
+    if within(run.transformers_version, SDPA_MASK_INDEXED_PER_LAYER):
+        m = arch.max_position_embeddings or s
+        side = m if s <= m else 2 * m
+        return b * side * side * er
+    return b * s * s * er
 
 
 # what offloaded attention brings back for its backward: the kernel's q, k, v, mask,
