@@ -30,6 +30,7 @@ EXPECTED = {
     "dora",
     "ia3",
     "lora",
+    "head_lora",
     "prefix_tuning",
     "prompt_encoder",
 }

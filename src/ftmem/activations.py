@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from ftmem.adapters.head_lora import HeadLoRA
 from ftmem.adapters.prompt import PromptEncoder
 from ftmem.arch import Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -226,6 +227,8 @@ def outer_saved(
         loss_rows=rows,
         nll_cast=shifted and Loss.shifted_nll_cast(run, e),
     )
+    if plan.head_lora:  # (the standard loss only: methods._check_head_lora)
+        saved += HeadLoRA.saved(ctx, train or plan.head_trainable)
     if run.objective != "sft":  # the pairs' log-probabilities instead of the cross-entropy
         ids_kept = train or plan.embed_trainable  # the embedding's backward keeps them
         saved += PreferenceLoss.saved(arch, run, e, T, ids_kept)

@@ -198,6 +198,8 @@ class MethodPlan:
     final_norm_trainable: bool = False
     # LoRA on routed expert parameters (peft's target_parameters), per sparse block
     adapted_experts: tuple[ExpertLoRA, ...] = ()
+    # LoRA on the LM head (--lora-targets ...,lm_head): one A (r × h) and B (V × r)
+    head_lora: bool = False
 
     @property
     def n_params(self) -> int:
@@ -213,6 +215,11 @@ _ROLE_ALIASES = {"q": "q", "k": "k", "v": "v", "o": "o", "gate": "gate", "up": "
 EXPERTS_TARGET = "experts"  # --lora-targets' name for every routed expert parameter
 _FUSED_EXPERT_ROLES = frozenset({"gate", "up"})  # one gate_up parameter in transformers 5
 _SPECIAL_TARGETS = ("attention", "all-linear")
+# --lora-targets' name for the LM head: peft's all-linear leaves the output layer out
+# (peft 0.21.2 tuners/tuners_utils.py _maybe_include_all_linear_layers excludes
+# model.get_output_embeddings()), so it is adapted only when named
+HEAD_TARGET = "lm_head"
+HEAD_LORA_METHODS = ("lora", "rslora", "qlora")  # peft's plain LoRA forward on the head
 EXPERT_LORA_METHODS = ("lora", "rslora")  # measured with LoRA on the experts
 
 
@@ -295,8 +302,13 @@ def lora_targets(
     target_modules). ``attention`` and ``all-linear`` may join such a list; there
     ``all-linear`` also reaches the router (gate.weight, rank r) and the experts, as peft's
     _resolve_string_target_modules reads it, for the methods modelled on the experts."""
-    spec = run.targets.strip().lower()
-    items = _items(spec)
+    items = [i for i in _items(run.targets) if i != HEAD_TARGET]
+    if not items and lora_on_head(arch, run):
+        raise InvalidInputError(
+            "LoRA on lm_head alone is not modelled (no block trains, so nothing below the "
+            "head needs a gradient); add block targets, e.g. --lora-targets q,v,lm_head."
+        )
+    spec = ",".join(items)
     if "all-linear" in items:
         _check_all_linear(arch)
     if experts_are_linears(arch, run) and run.method in ADAPTER_METHODS:
@@ -338,6 +350,37 @@ def lora_targets(
         raise InvalidInputError("no LoRA target given.")
     order = [lin for lin in layout(arch).linears if lin.is_module]
     return tuple(lin for lin in order if lin in linears), tuple(adapted)
+
+
+def lora_on_head(arch: Architecture, run: RunConfig) -> bool:
+    """Whether ``--lora-targets`` names the LM head (``lm_head``), for an adapter method;
+    refused where the head's path with an adapter is not modelled."""
+    if run.method not in ADAPTER_METHODS or HEAD_TARGET not in _items(run.targets):
+        return False
+    _check_head_lora(arch, run)
+    return True
+
+
+def _check_head_lora(arch: Architecture, run: RunConfig) -> None:
+    """LoRA on the LM head is modelled on transformers' standard loss path (the whole
+    logits, then the fp32 cross-entropy) for plain LoRA on a decoder-only model;
+    elsewhere it is refused with what is not modelled, rather than estimated silently."""
+    profile = profile_of(run)
+    why = None
+    if run.method not in HEAD_LORA_METHODS:
+        why = f"the {run.method} adapter on the head (modelled: lora, rslora, qlora)"
+    elif arch.encoder_decoder:
+        why = f"{arch.name}'s encoder-decoder head"
+    elif profile.lm_head_chunk_tokens is not None:
+        why = f"{profile.name}'s chunked LM head with an adapter"
+    elif run.loss != "standard":
+        why = f"the {run.loss} loss's head path with an adapter on the head"
+    elif run.objective != "sft":
+        why = f"the {run.objective} objective's log-probabilities with an adapted head"
+    elif "head" in run.modules_to_save:
+        why = "an adapter on a head that --lora-modules-to-save also trains in full"
+    if why is not None:
+        raise InvalidInputError(f"LoRA on lm_head: {why} is not modelled.")
 
 
 def _check_no_expert_linear_targets(arch: Architecture, run: RunConfig, items: list[str]) -> None:
@@ -525,6 +568,8 @@ def adapted_module_names(arch: Architecture, run: RunConfig) -> list[str] | str:
     names = [lin.module for lin in adapted_linears(arch, run)]
     if not names:
         return []
+    if lora_on_head(arch, run):
+        names.append(HEAD_TARGET)
     if arch.encoder_decoder:
         # "encoder.layer.0.SelfAttention.q" -> encoder\.block\.\d+\.layer\.0\...
         paths = [
@@ -605,6 +650,8 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         trainable_blocks = arch.num_layers - first
     groups += _lora_groups(adapted, arch, run, dtypes)
     groups += vision_lora.groups(arch, run, dtypes)
+    head_lora = lora_on_head(arch, run)
+    groups += _head_lora_groups(arch, run, dtypes) if head_lora else []
     groups += _expert_lora_groups(experts, arch, dtypes)
     scaled = ia3_linears(arch, run) if run.method == "ia3" else ()
     groups += _ia3_groups(scaled, arch, dtypes)
@@ -639,6 +686,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         trained_by_block=trained_by_block,
         final_norm_trainable=final_norm_trainable,
         adapted_experts=experts,
+        head_lora=head_lora,
     )
 
 
@@ -862,6 +910,18 @@ def _lora_groups(
             name = f"{lin.module}.lora_magnitude_vector"
             groups.append(_adapter(name, (lin.out_features,), arch, dtypes, lin))
     return groups
+
+
+def _head_lora_groups(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[TensorGroup]:
+    """LoRA on the LM head: A (r × h) and B (V × r), once, in the adapter dtype. peft wraps
+    lm_head also where it is the tied embedding (ensure_weight_tying defaults to False:
+    it warns, peft 0.21.2 tuners/tuners_utils.py _check_tied_modules), so the pair is
+    the same either way."""
+    r, h, V = run.r, arch.hidden_size, arch.vocab_size
+    return [
+        TensorGroup(f"{HEAD_TARGET}.lora_A", (r, h), 1, dtypes.adapter, True, True, in_block=False),
+        TensorGroup(f"{HEAD_TARGET}.lora_B", (V, r), 1, dtypes.adapter, True, True, in_block=False),
+    ]
 
 
 def _expert_lora_groups(

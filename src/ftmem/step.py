@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ftmem import seq2seq, vision_lora, vision_step
 from ftmem.activations import block_saved, outer_saved
 from ftmem.adapters.dora import DoRA
+from ftmem.adapters.head_lora import HeadLoRA
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.prompt import PrefixTuning
 from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, buffer_numel, layout, qk_norm_params
@@ -411,6 +412,27 @@ def _loss_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int,
     }.get(run.loss, lambda: 2 * T * V * FP32)()
 
 
+def _logits_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
+    """At the loss in forward; with LoRA on the head, the larger of its sum's moment and
+    the loss's: the sum's operands are freed before the loss runs, and at the sum the
+    loss's saved tensors (counted with every activation) do not exist yet: subtracted."""
+    loss = Loss.forward_transient(arch, run, e, T)
+    if not plan.head_lora:
+        return loss
+    saved = Loss.cross_entropy_saved(T, arch.vocab_size, FP32, False)
+    return max(loss, HeadLoRA.forward_transient(arch, run, plan, T) - saved)
+
+
+def _head_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
+    """The loss's backward beyond its saved tensors; with LoRA on the head, the head's
+    own backward after it, beyond the same saved tensors (freed by then: subtracted)."""
+    loss = _loss_backward(arch, run, plan, e, T)
+    if not plan.head_lora:
+        return loss
+    saved = Loss.cross_entropy_saved(T, arch.vocab_size, FP32, False)
+    return max(loss, HeadLoRA.backward(arch, plan, T) - saved)
+
+
 def _decoder_sizes(
     arch: Architecture,
     run: RunConfig,
@@ -441,11 +463,11 @@ def _decoder_sizes(
             if tiles and run.objective == "sft"
             else Loss.logprob_tiles_forward(arch, run, plan, e)
             if tiles
-            else Loss.forward_transient(arch, run, e, T)
+            else _logits_forward(arch, run, plan, e, T)
         )
         + PrefixTuning.cache(arch, run, plan.dtypes)
         + forward_cache,
-        loss_backward=_loss_backward(arch, run, plan, e, T)
+        loss_backward=_head_backward(arch, run, plan, e, T)
         + (
             T * V * FP32
             if offloaded
@@ -458,7 +480,8 @@ def _decoder_sizes(
         + (0 if profile_of(run).kernel_rms_norm else T * arch.hidden_size * FP32),
     )
     output_held = _output_held(run, V, e, T) if framework_head is None else 0
-    if framework_head is None and not offloaded and run.objective == "sft":
+    # (an adapted head's moments are not laid out tensor by tensor: no requests)
+    if framework_head is None and not offloaded and run.objective == "sft" and not plan.head_lora:
         requests = _head_requests(arch, run, plan, e, T, head, forward_cache, output_held)
         head = dataclasses.replace(head, requests=requests)
     if framework_head is None:

@@ -411,10 +411,13 @@ def _torchtune_model(model: Keys, cfg: FrameworkConfig) -> None:
     targets = [TORCHTUNE_MODULES.get(m, m) for m in model.names("lora_attn_modules") or []]
     if model.flag("apply_lora_to_mlp"):
         targets += ["gate", "up", "down"]
+    if model.flag("apply_lora_to_output"):
+        # the output projection becomes a LoRALinear (torchtune/modules/peft/lora.py@ff594c231
+        # LoRALinear.forward): peft's LoRA on lm_head, modelled on the standard loss (the
+        # chunked cross-entropy with it is refused by the estimate, with its reason)
+        targets.append("lm_head")
     if targets:
         s["lora_targets"] = ",".join(targets)
-    if model.flag("apply_lora_to_output"):
-        cfg.notes.append("apply_lora_to_output (LoRA on the LM head) is not modelled yet.")
     lora_numbers(model, cfg, "lora_rank")
     if not s.get("lora_dropout"):
         s.pop("lora_dropout", None)  # torchtune's 0.0 is ftmem's default
