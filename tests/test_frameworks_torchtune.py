@@ -312,3 +312,16 @@ def test_ppo_recipes_are_refused(tmp_path):
     )
     with pytest.raises(ConfigError, match="PPO config"):
         read_framework_config(str(path))
+
+
+def test_lora_on_the_output_is_lm_head(tmp_path):
+    """apply_lora_to_output: True makes the output projection a LoRALinear (torchtune
+    torchtune/modules/peft/lora.py@ff594c231), peft's LoRA on lm_head; False adds nothing."""
+    name = "llama3_1_8B_lora_single_device.yaml"
+    text = (FIXTURES / name).read_text(encoding="utf-8")
+    assert "apply_lora_to_output: False" in text
+    on = tmp_path / name
+    on.write_text(text.replace("apply_lora_to_output: False", "apply_lora_to_output: True"))
+    cfg = read_framework_config(str(on))
+    assert cfg.settings["lora_targets"] == LORA["lora_targets"] + ",lm_head"
+    assert not any("apply_lora_to_output" in n for n in cfg.notes)
