@@ -22,27 +22,13 @@ from ftmem.phases import find_peak
 from ftmem.sources import architecture_from_config
 from ftmem.step import step_parts
 
-L, HEADS, HEAD_DIM = 3, 6, 16
-LLAMA = {
-    "model_type": "llama",
-    "vocab_size": 512,
-    "hidden_size": HEADS * HEAD_DIM,
-    "intermediate_size": 128,
-    "num_hidden_layers": L,
-    "num_attention_heads": HEADS,
-    "head_dim": HEAD_DIM,
-    "max_position_embeddings": 128,
-    "tie_word_embeddings": False,
-}
-E = 2  # bf16
+# the tiny Llamas of the padding tests
+from tests.test_padding import HEAD_DIM, HEADS, LLAMA, E, L, _config
+
 LENGTHS = (8, 10, 6)  # the packed sequences
 T = sum(LENGTHS)
 # the estimate's batch: 3 rows of 8 flattened into one row of T = 24 tokens
 B, S = 3, 8
-
-
-def _config(kv_heads: int) -> dict:
-    return {**LLAMA, "num_key_value_heads": kv_heads}
 
 
 def _position_ids(packed: bool):
