@@ -377,16 +377,27 @@ ON = {"output_router_logits": True}
         ("dpo_config.yaml", {"router_aux_loss_coef": 0}, None),
         # the coefficient silent: TRL's default 0.001 decides once the config is stated
         ("sft_config.yaml", {"model_init_kwargs": {"output_router_logits": False}}, True),
-        # neither key: config.json's (TRL's default is not applied, said in trl.md)
-        ("sft_config.yaml", {}, None),
+        # neither key: TRL's default 0.001 turns it on for the MoE model (SFTTrainer writes
+        # aux_loss_enabled into the config; DPOTrainer passes it to the forward)
+        ("sft_config.yaml", {}, True),
+        ("dpo_config.yaml", {}, True),
     ],
 )
 def test_router_aux_loss_as_trl_trainers_set_it(tmp_path, name, data, expected):
     cfg = read_framework_config(write(tmp_path, {"model_name_or_path": MIXTRAL, **data}, name))
     assert cfg.settings.get("router_aux_loss") == expected
     assert "router_aux_loss_coef" not in cfg.ignored
-    if "model_init_kwargs" in data and "router_aux_loss_coef" not in data:
+    if "router_aux_loss_coef" not in data:
         assert any(a.startswith("router_aux_loss_coef 0.001") for a in cfg.assumed)
+
+
+def test_trl_default_coefficient_says_nothing_on_a_dense_model(tmp_path):
+    # TRL's default turns the loss on only where a config has output_router_logits
+    cfg = read_framework_config(
+        write(tmp_path, {"model_name_or_path": "meta-llama/Llama-2-7b-hf"}, "sft_config.yaml")
+    )
+    assert "router_aux_loss" not in cfg.settings
+    assert not any("router" in n for n in cfg.notes + cfg.assumed)
 
 
 def test_router_aux_loss_coef_on_a_dense_model_adds_nothing(tmp_path):

@@ -22,7 +22,7 @@ from ftmem.frameworks.distributed import (
     framework_path,
     read_launcher_config,
 )
-from ftmem.frameworks.router_aux import read_router_aux_loss
+from ftmem.frameworks.router_aux import moe_with_router_loss, read_router_aux_loss
 from ftmem.frameworks.shared import (
     MAX_CONFIG_BYTES,
     FrameworkConfig,
@@ -497,8 +497,8 @@ def _router_aux(k: Keys, cfg: FrameworkConfig, trainer: str | None) -> None:
     writes that into the config (sft_trainer.py l.1357-1366), the others pass
     output_router_logits=True to the forward (dpo_trainer.py l.880-884, l.1338-1339), so
     with coef 0 they keep the config's, which model_init_kwargs may set (from_pretrained
-    hands unknown keywords to the config). Silence on both keys keeps config.json's (the
-    default of 0.001 would turn it on; see the note)."""
+    hands unknown keywords to the config). Silence on both keys is the default 0.001: on
+    for a MoE model whose loss ftmem models, nothing said for any other."""
     coef = k.number("router_aux_loss_coef")
     stated = k.section("model_init_kwargs").raw("output_router_logits")
     if stated is not None:
@@ -516,6 +516,10 @@ def _router_aux(k: Keys, cfg: FrameworkConfig, trainer: str | None) -> None:
     elif stated is not None:
         key = f"model_init_kwargs output_router_logits {str(stated).lower()}"
         read_router_aux_loss(cfg, bool(stated), key)
+    elif trainer in TRL_AUX_TRAINERS and moe_with_router_loss(cfg.model):
+        # silence on both keys: the default coefficient turns the loss on for a MoE model
+        cfg.assumed.append(f"router_aux_loss_coef 0.001 ({trainer}Config default, {said})")
+        cfg.settings["router_aux_loss"] = True
 
 
 def _trl_launch(k: Keys, base: Path, cfg: FrameworkConfig) -> None:

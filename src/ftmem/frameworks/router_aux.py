@@ -33,6 +33,13 @@ def _family(model: str | None) -> tuple[str, bool] | None:
     return arch.traits.name, arch.is_moe and arch.traits.router_aux_loss
 
 
+def moe_with_router_loss(model: str | None) -> bool:
+    """The base model is one whose transformers model computes the loss (a framework's
+    default that turns it on applies there, and says nothing elsewhere)."""
+    found = _family(model)
+    return found is not None and found[1]
+
+
 def read_router_aux_loss(
     cfg: FrameworkConfig, on: bool, said: str, families: Collection[str] | None = None
 ) -> None:
