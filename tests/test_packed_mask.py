@@ -23,7 +23,7 @@ from ftmem.sources import architecture_from_config
 from ftmem.step import step_parts
 
 # the tiny Llamas of the padding tests
-from tests.test_padding import HEAD_DIM, HEADS, LLAMA, E, L, _config
+from tests.test_padding import HEAD_DIM, HEADS, E, L, _config, measured_step, moved_by
 
 LENGTHS = (8, 10, 6)  # the packed sequences
 T = sum(LENGTHS)
@@ -39,38 +39,8 @@ def _position_ids(packed: bool):
 
 
 def _measured(kv_heads: int, position_ids, attn: str = "sdpa") -> tuple[int, ...]:
-    """(activation bytes autograd saved, forward peak, backward peak) of one training step on one
-    row of T tokens, above what was alive before it (ftmem's dispatch tracker)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from ftmem.measure.tracker import LiveBytesTracker
-
-    torch.manual_seed(0)
-    config = transformers.AutoConfig.for_model(**_config(kv_heads), attn_implementation=attn)
-    model = transformers.AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
-    model.train()
-    ids = torch.randint(0, LLAMA["vocab_size"], (1, T))
-    saved: dict[int, int] = {}
-    # the weights the matmuls save are the model's, not activations
-    weights = {p.untyped_storage()._cdata for p in model.parameters()}
-
-    def pack(t):
-        if (storage := t.untyped_storage())._cdata not in weights:
-            saved[storage._cdata] = storage.nbytes()
-        return t
-
-    tracker = LiveBytesTracker()
-    tracker.track(*model.parameters(), ids, position_ids)
-    with tracker:
-        before = tracker.current
-        tracker.reset_peak()
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = model(input_ids=ids, position_ids=position_ids, labels=ids, use_cache=False)
-        forward = tracker.peak - before
-        tracker.reset_peak()
-        out.loss.backward()
-        backward = tracker.peak - before
-    return sum(saved.values()), forward, backward
+    """The step on one row of T tokens with these position_ids and no attention_mask."""
+    return measured_step(kv_heads, (1, T), attn, position_ids=position_ids)
 
 
 def _estimated(
@@ -89,10 +59,6 @@ def _estimated(
     return parts.activations, phases.forward - before, phases.backward - before
 
 
-def _moved(after: tuple[int, ...], before: tuple[int, ...]) -> list[int]:
-    return [a - b for a, b in zip(after, before, strict=True)]
-
-
 def _by_hand(kv_heads: int) -> int:
     q, kv = HEADS * HEAD_DIM, kv_heads * HEAD_DIM
     mask = T * T * E  # one row: (1, 1, T, T), made additive in bf16
@@ -104,12 +70,12 @@ def _by_hand(kv_heads: int) -> int:
 def test_packed_sequences_get_a_block_diagonal_mask_under_sdpa(kv_heads):
     packed = _measured(kv_heads, _position_ids(True))
     one = _measured(kv_heads, _position_ids(False))
-    moved = _moved(packed, one)
+    moved = moved_by(packed, one)
     # saved and the forward peak move by the mask (+ GQA's copies); the backward's peak is
     # its end, when the saved tensors are freed and every gradient is made
     assert moved[:2] == [_by_hand(kv_heads)] * 2
     estimated = _estimated(kv_heads, "packed")
-    assert _moved(estimated, _estimated(kv_heads, "none"))[:2] == moved[:2]
+    assert moved_by(estimated, _estimated(kv_heads, "none"))[:2] == moved[:2]
     assert estimated[2] - _estimated(kv_heads, "none")[2] == moved[2]
 
 
@@ -151,7 +117,7 @@ def test_eager_and_flash_add_nothing_and_say_why():
 
 def test_a_packed_batch_of_one_row_still_gets_the_mask():
     # unlike --padding longest, a batch of one packed row has a mask
-    moved = _moved(_estimated(2, "packed", b=1, s=T), _estimated(2, "none", b=1, s=T))
+    moved = moved_by(_estimated(2, "packed", b=1, s=T), _estimated(2, "none", b=1, s=T))
     assert moved[:2] == [_by_hand(2)] * 2
 
 

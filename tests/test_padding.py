@@ -44,9 +44,11 @@ def _config(kv_heads: int) -> dict:
     return {**LLAMA, "num_key_value_heads": kv_heads}
 
 
-def _measured(kv_heads: int, b: int, s: int, padded: bool, attn: str = "sdpa") -> tuple[int, ...]:
-    """(bytes autograd saved, forward peak, backward peak) of one training step, above
-    what was alive before it; the peaks from ftmem's dispatch tracker."""
+def measured_step(kv_heads: int, shape: tuple[int, int], attn: str = "sdpa", **inputs):
+    """(bytes autograd saved beside the weights, forward peak, backward peak) of one
+    training step of the tiny Llama on random ids of ``shape`` with the other ``inputs``
+    (attention_mask, position_ids), above what was alive before it; the peaks from
+    ftmem's dispatch tracker."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from ftmem.measure.tracker import LiveBytesTracker
@@ -55,28 +57,37 @@ def _measured(kv_heads: int, b: int, s: int, padded: bool, attn: str = "sdpa") -
     config = transformers.AutoConfig.for_model(**_config(kv_heads), attn_implementation=attn)
     model = transformers.AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
     model.train()
-    ids = torch.randint(0, LLAMA["vocab_size"], (b, s))
-    mask = torch.ones(b, s, dtype=torch.long)
-    if padded:
-        mask[-1, s - 5 :] = 0  # the last sequence is 5 tokens shorter
+    ids = torch.randint(0, LLAMA["vocab_size"], shape)
     saved: dict[int, int] = {}
+    # the weights the matmuls save are the model's, not activations
+    weights = {p.untyped_storage()._cdata for p in model.parameters()}
 
     def pack(t):
-        saved[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+        if (storage := t.untyped_storage())._cdata not in weights:
+            saved[storage._cdata] = storage.nbytes()
         return t
 
     tracker = LiveBytesTracker()
-    tracker.track(*model.parameters(), ids, mask)
+    tracker.track(*model.parameters(), ids, *(t for t in inputs.values() if t is not None))
     with tracker:
         before = tracker.current
         tracker.reset_peak()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
+            loss = model(input_ids=ids, labels=ids, use_cache=False, **inputs).loss
         forward = tracker.peak - before
         tracker.reset_peak()
         loss.backward()
         backward = tracker.peak - before
     return sum(saved.values()), forward, backward
+
+
+def _measured(kv_heads: int, b: int, s: int, padded: bool, attn: str = "sdpa") -> tuple[int, ...]:
+    """The step with every position attended, or the last sequence 5 tokens shorter."""
+    torch = pytest.importorskip("torch")
+    mask = torch.ones(b, s, dtype=torch.long)
+    if padded:
+        mask[-1, s - 5 :] = 0  # right padding
+    return measured_step(kv_heads, (b, s), attn, attention_mask=mask)
 
 
 def _tiny(kv_heads: int) -> Architecture:
@@ -93,7 +104,7 @@ def _estimated(kv_heads: int, b: int, s: int, padding: str, **settings) -> tuple
     return phases.forward, phases.backward
 
 
-def _moved(after: tuple[int, ...], before: tuple[int, ...]) -> list[int]:
+def moved_by(after: tuple[int, ...], before: tuple[int, ...]) -> list[int]:
     return [a - b for a, b in zip(after, before, strict=True)]
 
 
@@ -109,10 +120,10 @@ def _by_hand(kv_heads: int, b: int, s: int) -> int:
 def test_a_padded_batch_keeps_the_mask_and_gqa_repeats(kv_heads, s):
     b = 2
     padded, unpadded = _measured(kv_heads, b, s, True), _measured(kv_heads, b, s, False)
-    moved = _moved(padded, unpadded)
+    moved = moved_by(padded, unpadded)
     assert moved == [_by_hand(kv_heads, b, s)] * 3  # saved, forward peak, backward peak
     longest, none = _estimated(kv_heads, b, s, "longest"), _estimated(kv_heads, b, s, "none")
-    assert _moved(longest, none) == moved[1:]
+    assert moved_by(longest, none) == moved[1:]
 
 
 def test_eager_attention_builds_its_mask_either_way():
@@ -123,11 +134,11 @@ def test_eager_attention_builds_its_mask_either_way():
 
 def test_one_sequence_padded_to_max_length_has_a_mask():
     # padding="max_length" pads a batch of one too: transformers builds the mask
-    moved = _moved(_measured(2, 1, 24, True), _measured(2, 1, 24, False))
+    moved = moved_by(_measured(2, 1, 24, True), _measured(2, 1, 24, False))
     # (the backward's peak is its end, the saved tensors freed and every gradient made)
     assert moved == [_by_hand(2, 1, 24)] * 2 + [0]
     longest, none = _estimated(2, 1, 24, "max-length"), _estimated(2, 1, 24, "none")
-    assert _moved(longest, none) == moved[1:]
+    assert moved_by(longest, none) == moved[1:]
 
 
 def test_one_sequence_padded_to_its_longest_has_none():
