@@ -11,8 +11,8 @@ from ftmem.cli import app
 runner = CliRunner()
 
 CASES = [
-    (["--torch-version", "x"], "--torch-version: takes a release such as 2.1"),
-    (["--bnb-version", "1"], "--bnb-version: takes a release such as 2.1"),
+    (["--torch-version", "x"], "--torch-version: takes a release as pip spells it"),
+    (["--bnb-version", "1"], "--bnb-version: takes a release as pip spells it"),
     (["--torchao-version", "0.1.2.3.4;"], "--torchao-version: takes a release"),
     (["--framework", "foo"], "--framework must be hf, axolotl"),
     (["--lengths", "bogus"], "--lengths takes fixed, padded"),

@@ -244,8 +244,18 @@ LLAMA_TEXT = {
         ({"spatial_merge_size": 2.5}, "spatial_merge_size must be an integer"),
         ({"patch_size": 0}, "patch_size must be positive"),
         ("abc", "vision_config must be an object"),
+        # pixels, not tokens: a side is a length in pixels
+        ({"patch_size": 10**9}, "patch_size is 1,000,000,000 pixels, over the pixel bound"),
     ],
-    ids=["depth-huge", "full-index", "heads", "merge-float", "patch-zero", "not-object"],
+    ids=[
+        "depth-huge",
+        "full-index",
+        "heads",
+        "merge-float",
+        "patch-zero",
+        "not-object",
+        "patch-huge",
+    ],
 )
 def test_vision_config_values_refused(capsys, tmp_path, vision, expected):
     given = QWEN_VL["vision_config"]
@@ -277,6 +287,22 @@ def test_image_text_configs_refused(capsys, tmp_path, cfg, expected):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     assert expected in refused(capsys, "estimate", str(path))
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # each count in its own unit: an image side was once "100,000,000,000 tokens"
+        (
+            ["--image-size", "100000000000", "--images", "1"],
+            "100,000,000,000 pixels, over the pixel bound",
+        ),
+        (["--images", "100000000000"], "100,000,000,000 images, over the image bound"),
+    ],
+    ids=["image-side", "images"],
+)
+def test_image_counts_are_bounded_in_their_own_units(capsys, args, expected):
+    assert expected in refused(capsys, "estimate", "qwen2.5-vl-7b", *args)
 
 
 def test_a_text_config_without_model_type_is_its_outer_class_default(capsys, tmp_path):

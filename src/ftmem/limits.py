@@ -109,6 +109,20 @@ SEQUENCES = Bound(
     "sequences",
     "each sequence holds at least one token, and the token bound is 2^31",
 )
+IMAGES = Bound(
+    "the image bound",
+    TOKENS.limit,
+    "images",
+    "each image puts at least one token in its sequence, and the token bound is 2^31",
+)
+PIXELS = Bound(
+    "the pixel bound",
+    2**20,
+    "pixels",
+    "1,000x the side of the largest square image Qwen2-VL's processor keeps by default: "
+    "max_pixels = 28 x 28 x 1,280, about 1,002 x 1,002, in transformers 5.24's "
+    "image_processing_qwen2_vl.py",
+)
 MICRO_BATCHES = Bound(
     "the accumulation bound",
     2**20,

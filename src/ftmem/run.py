@@ -153,8 +153,8 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "seq_len": limits.TOKENS,
     "target_len": limits.TOKENS,
     "grad_accum": limits.MICRO_BATCHES,
-    "images": limits.SEQUENCES,
-    "image_size": limits.TOKENS,
+    "images": limits.IMAGES,
+    "image_size": limits.PIXELS,
     "trainable_layers": limits.LAYERS,
     "galore_rank": limits.WIDTH,
     "optimizer_block_size": limits.WIDTH,
@@ -599,7 +599,7 @@ class RunConfig(limits.BoundedSettings):
     def _release(cls, value: str | None) -> str | None:
         """A library release as pip and ``__version__`` spell it (2.1, 2.1.0+cu121)."""
         if value is not None and not RELEASE.fullmatch(value):
-            raise ValueError("takes a release such as 2.1 or 2.1.0+cu121")
+            raise ValueError("takes a release as pip spells it, such as 4.37.2 or 2.1.0+cu121")
         return value
 
     @model_validator(mode="after")

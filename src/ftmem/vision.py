@@ -97,12 +97,12 @@ class VisionTower(BaseModel):
             "num_layers": limits.LAYERS,
             "num_heads": limits.WIDTH,
             "num_channels": limits.WIDTH,
-            "image_size": limits.TOKENS,
-            "patch_size": limits.TOKENS,
+            "image_size": limits.PIXELS,
+            "patch_size": limits.PIXELS,
             "tokens_per_image": limits.TOKENS,
             "merge_size": limits.WIDTH,
             "temporal_patch": limits.WIDTH,
-            "window_size": limits.TOKENS,
+            "window_size": limits.PIXELS,
         }
         for name, bound in bounds.items():
             problem = bound.problem(name, getattr(self, name))

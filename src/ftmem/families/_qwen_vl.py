@@ -100,8 +100,11 @@ def read_qwen_vision(cfg: dict[str, Any], image_side: int = DEFAULT_IMAGE_SIDE) 
     width = vc["embed_dim"] if outer == "qwen2_vl" else vc["hidden_size"]
     inter = width * vc["mlp_ratio"] if outer == "qwen2_vl" else vc["intermediate_size"]
     patch, merge = vc["patch_size"], vc["spatial_merge_size"]
-    for name, n in (("patch_size", patch), ("spatial_merge_size", merge)):
-        problem = limits.TOKENS.problem(name, n) if n > 0 else f"{name} must be positive"
+    for name, n, bound in (
+        ("patch_size", patch, limits.PIXELS),
+        ("spatial_merge_size", merge, limits.WIDTH),
+    ):
+        problem = bound.problem(name, n) if n > 0 else f"{name} must be positive"
         if problem:
             raise UnmodelledVision(problem)
     side = resized_side(image_side, patch, merge, MIN_PIXELS, MAX_PIXELS)
