@@ -42,15 +42,18 @@ TRL_SFT_DEFAULTS = dict(
     framework="hf", precision="bf16-mixed", batch_size=8, grad_ckpt=True, optimizer="adamw",
     optimizer_impl="fused", seq_len=1024, loss="logprob-tiles",
 )  # fmt: skip
+# SFTConfig's packing False and padding_free False (trl/trainer/sft_config.py@f2cd5771):
+# DataCollatorForLanguageModeling pads each batch to its longest, mask and all
+SFT_PADDED = dict(lengths="padded", padding="longest")
 
 EXPECTED = {
     # model_name_or_path, dataset_name, report_to, learning_rate, lr_scheduler_type
-    "example_config.yaml": ("Qwen/Qwen2.5-0.5B", TRL_SFT_DEFAULTS),
+    "example_config.yaml": ("Qwen/Qwen2.5-0.5B", {**TRL_SFT_DEFAULTS, **SFT_PADDED}),
     # accelerate_config: zero2 is TRL's profile trl/accelerate_configs/zero2.yaml:
     # DEEPSPEED zero_stage 2, no offload, num_processes 8, num_machines 1
     "clis_sft_accelerate_zero2.yaml": (
         "Qwen/Qwen2.5-0.5B",
-        {**TRL_SFT_DEFAULTS, "strategy": "zero2", "gpus": 8, "nodes": 1},
+        {**TRL_SFT_DEFAULTS, **SFT_PADDED, "strategy": "zero2", "gpus": 8, "nodes": 1},
     ),
     # "# dpo_config.yaml", the file `trl dpo --config` takes (clis.md): DPOConfig's
     # defaults (DPO's loss_type sigmoid: --objective dpo; disable_dropout true), read
@@ -65,7 +68,7 @@ EXPECTED = {
         {**TRL_SFT_DEFAULTS, "objective": "kto", "model_dropout": False},
     ),
     # "# reward_config.yaml": RewardTrainer is not modelled: SFT's defaults, with a note
-    "clis_reward_block.yaml": ("Qwen/Qwen2.5-0.5B", TRL_SFT_DEFAULTS),
+    "clis_reward_block.yaml": ("Qwen/Qwen2.5-0.5B", {**TRL_SFT_DEFAULTS, **SFT_PADDED}),
     # reward_funcs: `trl grpo`, on num_processes 4 of one machine; GRPOConfig's defaults:
     # num_generations 8, max_completion_length 512, no max_length (512-token prompts
     # assumed, said), TRL >= 1.16's fused LM head; the model's dropout kept
@@ -84,7 +87,7 @@ EXPECTED = {
              lora_alpha=16, lora_dropout=0.05, lora_targets="all-linear", precision="bf16",
              autocast=True, compute_dtype="bf16", attn="flash", seq_len=2048, batch_size=2,
              grad_accum=8, eval_batch_size=4, grad_ckpt=True, optimizer="adamw",
-             optimizer_impl="fused", loss="logprob-tiles"),
+             optimizer_impl="fused", loss="logprob-tiles", **SFT_PADDED),
     ),
 }  # fmt: skip
 

@@ -139,7 +139,10 @@ def estimate(
     rank that holds the most; ``Estimate.parallel`` has the rest.
     """
     arch = _architecture(model)
-    source = source_notes(model) if isinstance(model, str) else []
+    settings, source = with_framework_defaults(
+        model if isinstance(model, str) else arch.name, settings
+    )
+    source = [*(source_notes(model) if isinstance(model, str) else []), *source]
     if isinstance(model, str):
         settings, said = on_quantized_base(quantized_base_of(model), settings)
         source += said
@@ -171,6 +174,21 @@ def estimate(
     )
     est = estimate_step(arch, run, resolve_gpu(gpu, gpu_memory), overhead_bytes, par, distill)
     return est.model_copy(update={"notes": [*notes, *est.notes]}) if notes else est
+
+
+def with_framework_defaults(
+    model: str, settings: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """``framework="trl"``: the settings over TRL's defaults for the objective's trainer
+    (what ``--from`` a TRL config silent on them gives), on HF Trainer's code path, and
+    the notes that list them; any other framework's settings as given."""
+    if settings.get("framework") != "trl":
+        return settings, []
+    from ftmem.frameworks import trl_defaults, under_flags
+
+    fw = trl_defaults(model, settings.get("objective") or "sft")
+    merged, dropped = under_flags(fw, {k: v for k, v in settings.items() if k != "framework"})
+    return merged, [*fw.notes, *dropped]
 
 
 def traced(

@@ -49,6 +49,11 @@ def field_choices(field: str) -> Any:
     return Literal[get_args(literal)]
 
 
+# --framework: the code paths (RunConfig.framework) and trl, HF Trainer's path with TRL's
+# defaults (ftmem.frameworks.trl_defaults)
+_FRAMEWORKS = (*get_args(Framework), "trl")
+FrameworkChoice = Literal[_FRAMEWORKS]  # type: ignore[valid-type]
+
 OptStr = Optional[str]  # noqa: UP045 - typer needs Optional spelled out on Python 3.10
 OptInt = Optional[int]  # noqa: UP045
 OptFloat = Optional[float]  # noqa: UP045
@@ -170,9 +175,11 @@ RUN = [
     ),
     _opt(
         "framework",
-        Framework,
+        FrameworkChoice,
         "hf",
-        "Whose code path the step follows (set by --from): hf (HF Trainer / TRL), axolotl, "
+        "Whose code path the step follows (set by --from): hf (HF Trainer), trl (HF "
+        "Trainer with TRL's defaults for --objective where the command line is silent), "
+        "axolotl, "
         "llama-factory, litgpt, torchtune, unsloth, lightning (a Trainer's automatic "
         "optimization), fsdp_qlora (Answer.AI's train.py), peft-mc (PEFT's "
         "method_comparison run.py).",

@@ -39,7 +39,10 @@ def _from_config(
 ) -> tuple[str, dict[str, Any], list[str], ConfigRead | None]:
     path = settings.pop("from_config", None)
     launcher = settings.pop("launcher", None)
-    if path is None and launcher is None:
+    trl = settings.get("framework") == "trl"
+    if trl:  # TRL's runs follow HF Trainer's code path; its defaults come from its reader
+        settings["framework"] = "hf"
+    if path is None and launcher is None and not trl:
         if model is None:
             raise FtmemError(
                 "give a model (a preset id or config.json), or --from a training config."
@@ -48,21 +51,31 @@ def _from_config(
     from ftmem.frameworks import (
         read_framework_config,
         read_launcher_config,
+        trl_defaults,
         under_flags,
         with_launcher,
     )
 
-    if launcher is None:
-        fw = read_framework_config(path)
-    elif path is None:
-        fw = read_launcher_config(launcher)
-    else:
-        fw = with_launcher(read_framework_config(path), read_launcher_config(launcher))
+    defaults_only = trl and path is None
+    if defaults_only and model is None:
+        raise FtmemError("give a model (a preset id or config.json) for --framework trl.")
+    fw = (
+        trl_defaults(str(model), settings.get("objective") or "sft")
+        if defaults_only
+        else read_framework_config(path)
+        if path is not None
+        else None
+    )
+    if launcher is not None:
+        on = read_launcher_config(launcher)
+        fw = on if fw is None else with_launcher(fw, on)
+    assert fw is not None  # a file, a launcher or --framework trl gave it
     explicit = {
         k: v
         for k, v in settings.items()
         if (src := ctx.get_parameter_source(k)) is not None
         and src.name in ("COMMANDLINE", "ENVIRONMENT")
+        and not (defaults_only and k == "framework")  # (trl: its reader's profile, hf)
     }
     chosen = model or fw.model
     if chosen is None:

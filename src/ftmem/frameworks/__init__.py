@@ -23,10 +23,12 @@ from ftmem.frameworks.shared import NO_MEMORY_EFFECT, FrameworkConfig, read_mapp
 from ftmem.run import settings_for
 
 __all__ = [
+    "TRL_TRAINER_OF",
     "FrameworkConfig",
     "detect",
     "read_framework_config",
     "read_launcher_config",
+    "trl_defaults",
     "under_flags",
     "with_launcher",
 ]
@@ -106,6 +108,32 @@ def detect(data: dict[str, Any]) -> str | None:
     return None
 
 
+# the TRL trainer of each objective (trl/trainer/{sft,dpo,kto,grpo}_trainer.py; ORPO and
+# CPO, which runs SimPO, in trl/experimental at huggingface/trl@f2cd57710ae3)
+TRL_TRAINER_OF = {
+    "sft": "SFT",
+    "dpo": "DPO",
+    "ipo": "DPO",
+    "kto": "KTO",
+    "apo-zero-unpaired": "KTO",
+    "grpo": "GRPO",
+    "orpo": "ORPO",
+    "simpo": "CPO",
+}
+
+
+def trl_defaults(model: str, objective: str) -> FrameworkConfig:
+    """``--framework trl`` without a config file: the run as TRL's trainer for the
+    objective takes it when told only the model (``trl sft --model_name_or_path M``):
+    the defaults a TRL config silent on everything gets, each listed as assumed."""
+    trainer = TRL_TRAINER_OF[objective]
+    cfg = FrameworkConfig("trl", "--framework trl", model)
+    data = {"model_name_or_path": model}
+    why = f"--framework trl --objective {objective}"
+    known = hf_trainer.read(Keys(data, cfg.path), cfg, Path.cwd(), (trainer, why))
+    return _finished(cfg, "trl", data, known, silent="the command line")
+
+
 def read_framework_config(path: str, framework: str | None = None) -> FrameworkConfig:
     """The ftmem settings of a training-framework config file (or of a command line:
     ColossalChat's ``colossalai run ... train_sft.py ...`` in a .sh or .txt file)."""
@@ -132,12 +160,24 @@ def read_framework_config(path: str, framework: str | None = None) -> FrameworkC
     if name not in READERS:
         raise ConfigError(f"Unknown framework '{name}'; one of {', '.join(READERS)}.")
     cfg = FrameworkConfig(name, str(p), None)
+    known = READERS[name].read(Keys(data, str(p)), cfg, p.parent)
+    return _finished(cfg, name, data, known)
+
+
+def _finished(
+    cfg: FrameworkConfig,
+    name: str,
+    data: dict[str, Any],
+    known: frozenset[str],
+    silent: str = "the file",
+) -> FrameworkConfig:
+    """What every reader leaves to do: the profile its runs follow, the defaults it
+    assumed and the keys it did not read, in notes."""
     reader = READERS[name]
-    known = reader.read(Keys(data, str(p)), cfg, p.parent)
     cfg.settings = {k: v for k, v in cfg.settings.items() if v is not None}
     cfg.settings.setdefault("framework", PROFILE_OF_READER[name])
     if cfg.assumed:
-        cfg.notes.append(f"{name} defaults where the file is silent: {'; '.join(cfg.assumed)}.")
+        cfg.notes.append(f"{name} defaults where {silent} is silent: {'; '.join(cfg.assumed)}.")
     cfg.ignored = sorted(str(k) for k in data if k not in known)
     # a nested DeepSpeed config's or fsdp_config's values, by dotted path (list_unread)
     cfg.ignored += cfg.nested_no_effect + cfg.nested_not_read

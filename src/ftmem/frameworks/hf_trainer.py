@@ -437,10 +437,13 @@ def trl_trainer(k: Keys, path: Path) -> tuple[str | None, str]:
     return None, ""
 
 
-def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
-    """TRL's configs or HF TrainingArguments (JSON or YAML), each with its own defaults."""
+def read(
+    k: Keys, cfg: FrameworkConfig, base: Path, trainer_of: tuple[str, str] | None = None
+) -> frozenset[str]:
+    """TRL's configs or HF TrainingArguments (JSON or YAML), each with its own defaults;
+    ``trainer_of``: the TRL trainer and why, when the caller knows it (--framework trl)."""
     s = cfg.settings
-    trainer, why = trl_trainer(k, Path(cfg.path))
+    trainer, why = trainer_of or trl_trainer(k, Path(cfg.path))
     cfg.model = k.text("model_name_or_path") or k.text("model_name")
     _hf_trainer_method(k, cfg, trl=trainer is not None)
     for key in HF_SEQ_LEN_KEYS:
@@ -468,7 +471,7 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
         cfg.notes.append(
             "packing: each micro-batch is packed to the sequence length, as estimated."
         )
-    _hf_lengths(k, cfg)
+    _hf_lengths(k, cfg, trainer)
     distributed_settings(k, base, cfg)
     _trl_launch(k, base, cfg)
     if trainer is None:
@@ -479,8 +482,10 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
         _hf_defaults(k, cfg)
     else:
         cfg.notes.append(
-            f"Read as a TRL {trainer}Config ({why}); TRL's defaults, not TrainingArguments', "
-            "where it is silent."
+            f"{why}: TRL's {trainer}Trainer with its defaults where the command line is silent."
+            if trainer_of
+            else f"Read as a TRL {trainer}Config ({why}); TRL's defaults, not "
+            "TrainingArguments', where it is silent."
         )
         _trl_defaults(k, cfg, trainer)
     return HF_TRAINER_KEYS
@@ -1014,20 +1019,27 @@ def _flattened(k: Keys, cfg: FrameworkConfig) -> None:
     )
 
 
-def _hf_lengths(k: Keys, cfg: FrameworkConfig) -> None:
+def _hf_lengths(k: Keys, cfg: FrameworkConfig, trainer: str | None) -> None:
     """Batches padded to their longest: group_by_length (LengthGroupedSampler, the
     longest batch first: transformers src/transformers/trainer_pt_utils.py
     @010a915ce62bd1a3adb61d0eab2f0acca436b1c0 get_length_grouped_indices), or TRL's
     packing: false without padding_free (DataCollatorForLanguageModeling: "Inputs are
     dynamically padded to the maximum length of a batch", huggingface/trl
-    trl/trainer/sft_trainer.py @00313f21920d37c3876c4021b51430224c06c936)."""
+    trl/trainer/sft_trainer.py @00313f21920d37c3876c4021b51430224c06c936), which is
+    SFTConfig's default (packing False, padding_free False: trl/trainer/sft_config.py
+    @f2cd57710ae3)."""
     if k.flag("packing") or k.flag("padding_free"):
         _flattened(k, cfg)
         return
+    silent = trainer == "SFT" and all(k.raw(key) is None for key in ("packing", "padding_free"))
     if k.flag("group_by_length"):
         cfg.settings["lengths"] = "grouped"
-    elif k.raw("packing") is False:
+    elif k.raw("packing") is False or silent:
         cfg.settings["lengths"] = "padded"
+        if silent:
+            cfg.assumed.append(
+                f"packing False (SFTConfig default, {TRL_AT.format('trl/trainer/sft_config.py')})"
+            )
     else:
         return
     cfg.notes.append(
