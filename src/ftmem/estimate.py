@@ -61,6 +61,7 @@ from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig
 from ftmem.run_phases import replayed_loading, resolved_peak_of, run_moments
 from ftmem.step import StepParts, objective_note, step_parts
 from ftmem.torchao_optim import TORCHAO_OPTIMIZERS
+from ftmem.torchtune_init import torchtune_init
 
 if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
     from ftmem.distill import Teacher
@@ -311,6 +312,8 @@ def _run_window(
     --peak-of step they are listed but the window starts after loading."""
     profile = profile_of(run)
     peak_of = resolved_peak_of(run, profile)
+    # torchtune 0.1 builds one layer and deep-copies it: its own init and load
+    init = torchtune_init(arch, parts.plan, run, profile)
     moments = run_moments(
         arch,
         parts.plan,
@@ -319,6 +322,7 @@ def _run_window(
         weights=tensors.weights,
         states=parts.sizes.states,
         workspaces=at_peak.workspaces,
+        init=init,
     )
     in_run = peak_of == "run"
     outside = RunOutside(
@@ -326,6 +330,7 @@ def _run_window(
         after=tuple(m.tensors for m in moments if m.when == "after") if in_run else (),
         reset=not in_run,
         requantise=profile.requantises_on_load,
+        wrap=init,
     )
     name, allocated = "step", at_peak.total
     for m in moments:

@@ -182,6 +182,22 @@ def loading_peak(weights: tuple[int, ...], transients: tuple[tuple[int, ...], ..
     return max(peak, held)
 
 
+@lru_cache(maxsize=16)  # one program per model and method
+def program_peak(program: tuple[tuple[str, int], ...]) -> int:
+    """The bytes a program of requests (("alloc", bytes), ("free", j) the j-th alloc)
+    holds at its busiest."""
+    sizes: list[int] = []
+    live = peak = 0
+    for op, value in program:
+        if op == "alloc":
+            sizes.append(value)
+            live += value
+            peak = max(peak, live)
+        else:
+            live -= sizes[value]
+    return peak
+
+
 def eval_tensors(
     arch: Architecture, run: RunConfig, profile: Profile, batch: int
 ) -> tuple[int, ...]:
@@ -251,16 +267,23 @@ def run_moments(
     weights: tuple[int, ...],
     states: int,
     workspaces: int,
+    init: tuple[tuple[str, int], ...] = (),
 ) -> tuple[Moment, ...]:
-    """The moments of the run beside the step (loading first)."""
+    """The moments of the run beside the step (loading first); ``init``: the model's
+    construction and loading as a program of requests (torchtune_init), whose peak is
+    the loading moment's."""
     total = sum(weights)
-    transients = loading_transients(plan, run, profile, len(weights))
-    load = loading_peak(weights, transients)
-    source = {
-        "hf": "each weight to the GPU as stored (bitsandbytes: in 16 bits, then quantised)",
-        "fabric-bnb": "Lightning's bnb plugin: each weight quantised from an fp16 copy",
-        "torchao-nf4": "torchao NF4: each weight's nearest-code search",
-    }[profile.loading]
+    if init:
+        load = program_peak(init)
+        source = "torchtune 0.1: one layer built, deep-copied per layer, then loaded"
+    else:
+        transients = loading_transients(plan, run, profile, len(weights))
+        load = loading_peak(weights, transients)
+        source = {
+            "hf": "each weight to the GPU as stored (bitsandbytes: in 16 bits, then quantised)",
+            "fabric-bnb": "Lightning's bnb plugin: each weight quantised from an fp16 copy",
+            "torchao-nf4": "torchao NF4: each weight's nearest-code search",
+        }[profile.loading]
     moments = [Moment("loading", "before", total, (load - total,) if load > total else (), source)]
     after = total + states + workspaces
     eval_batch = run.eval_batch_size or (run.batch_size if profile.evaluates else None)
