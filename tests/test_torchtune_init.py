@@ -249,6 +249,17 @@ def _llama2_7b_qlora(torchao_version: str | None = "0.1") -> tuple:
     return arch, plan_method(arch, run), run
 
 
+def _replayed(program) -> CachingAllocator:
+    allocator = CachingAllocator()
+    handles: list[int] = []
+    for kind, value in program:
+        if kind == "alloc":
+            handles.append(allocator.malloc(value))
+        else:
+            allocator.free(handles[value])
+    return allocator
+
+
 def test_the_model_keeps_its_weights_and_rotary_tables():
     # torchtune @0914d5cfb qlora_llama2_7b: per layer 4 NF4 (4096 x 4096) and 3 NF4
     # (11008 x 4096) weights, r = 8 bf16 LoRA A (8 x in) and B (out x 8) beside each, two
@@ -268,14 +279,28 @@ def test_the_reserve_after_init_is_the_tutorials():
     # max_memory_reserved / 1e9 (torchtune/utils/memory.py memory_stats_log); reserved
     # only grows, so it is the reserve when init and loading end
     arch, plan, run = _llama2_7b_qlora()
-    allocator = CachingAllocator()
-    handles: list[int] = []
-    for kind, value in torchtune_init(arch, plan, run, TORCHTUNE):
-        if kind == "alloc":
-            handles.append(allocator.malloc(value))
-        else:
-            allocator.free(handles[value])
+    allocator = _replayed(torchtune_init(arch, plan, run, TORCHTUNE))
     assert allocator.stats().peak_reserved == pytest.approx(9.13e9, rel=0.005)
+
+
+def test_the_lora_init_peaks_are_the_tutorials():
+    # the same tutorial's LoRA log (llama2/7B_lora_single_device @0914d5cfb: q_proj and
+    # v_proj, r 8, bf16): "GPU peak memory allocation: 13.96 GB", "GPU peak memory
+    # reserved: 13.98 GB" after model init (the first layer and its 32 copies together)
+    arch = _architecture(str(CONFIGS / "llama-2-7b" / "config.json"))
+    run = RunConfig(
+        method="lora",
+        framework="torchtune",
+        adapter_dtype="bf16",
+        precision="bf16",
+        lora_r=8,
+        lora_alpha=16,
+        lora_targets="q,v",
+        torchao_version="0.1",
+    )
+    stats = _replayed(torchtune_init(arch, plan_method(arch, run), run, TORCHTUNE)).stats()
+    assert stats.peak_allocated == pytest.approx(13.96e9, rel=0.002)
+    assert stats.peak_reserved == pytest.approx(13.98e9, rel=0.002)
 
 
 @pytest.mark.parametrize(

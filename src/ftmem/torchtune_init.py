@@ -1,11 +1,12 @@
-"""torchtune 0.1's QLoRA model init and checkpoint load, as the caching allocator sees them.
+"""torchtune 0.1's LoRA and QLoRA model init and checkpoint load, as the allocator sees them.
 
 torchtune 0.1.x (the releases that pin ``torchao==0.1``: pytorch/torchtune pyproject.toml
 @v0.1.0 and @v0.1.1; the QLoRA tutorial's commit 0914d5cfb too; v0.2.0 pins 0.3.1)
 builds every model the same way (the builders of llama2, llama3, mistral and gemma @v0.1.1
 all pass ``layer=layer, num_layers=...``), and ``recipes/lora_finetune_single_device.py``
-@0914d5cfb ``_setup_model`` runs it on the GPU (``with utils.set_default_dtype(bf16),
-self._device``), then loads the checkpoint, then resets the peaks. Nothing empties the
+@0914d5cfb ``_setup_model`` (``full_finetune_single_device.py`` alike) runs it on the GPU
+(``with utils.set_default_dtype(bf16), self._device``), then loads the checkpoint, then
+resets the peaks. Nothing empties the
 cache, so what this leaves reserved is where the step's reserved peak starts from
 (calibration/notes/torchtune.md). In order (torchtune @0914d5cfb unless said):
 
@@ -320,7 +321,7 @@ def _mlp_order(name: str) -> int:
 
 def torchtune_layer(arch: Architecture, plan: MethodPlan) -> Layer | None:
     """The plan's decoder layer as torchtune 0.1 builds it; None where its blocks are
-    not all alike (a layer is built once and copied) or it has no NF4 weight."""
+    not all alike (a layer is built once and copied)."""
     L = arch.num_layers
     block = [g for g in plan.groups if g.in_block]
     if not block or any(g.count != L for g in block):
@@ -339,8 +340,6 @@ def torchtune_layer(arch: Architecture, plan: MethodPlan) -> Layer | None:
             continue
         module = g.name.rsplit(".", 1)[0]
         linears.append((g.name, _Linear(g.numel, g.fmt == "nf4", tuple(lora.get(module, ())))))
-    if not any(lin.quantised for _, lin in linears):
-        return None
     mlp = sorted((item for item in linears if "mlp" in item[0]), key=lambda i: _mlp_order(i[0]))
     table = arch.max_position_embeddings * (arch.head_size // 2)  # (max_seq_len, dim / 2)
     return Layer(
@@ -364,19 +363,19 @@ def outer_tensors(plan: MethodPlan) -> tuple[int, ...]:
 
 
 def applies(run: RunConfig, profile: Profile, groups: Sequence[TensorGroup]) -> bool:
-    """torchtune 0.1 (known by its torchao) on one GPU with an NF4 base."""
+    """torchtune 0.1, known by its torchao (one GPU: the caller's); ``groups`` must hold
+    a layer's tensors."""
     return (
         profile.loading == "torchao-nf4"
         and older_than(run.torchao_version, TORCHTUNE_01_TORCHAO_BEFORE)
-        and any(g.fmt == "nf4" for g in groups)
+        and any(g.in_block for g in groups)
     )
 
 
 def torchtune_init(
     arch: Architecture, plan: MethodPlan, run: RunConfig, profile: Profile
 ) -> Program:
-    """The init and load program of a torchtune 0.1 QLoRA run; () where it does not
-    apply. The checkpoint is taken as fp16 (Llama-2's, which torchtune 0.1's QLoRA
+    """The init and load program of a torchtune 0.1 run; () where it does not apply. The checkpoint is taken as fp16 (Llama-2's, which torchtune 0.1's QLoRA
     configs load; calibration/configs/llama-2-7b/config.json ``torch_dtype``): ftmem
     does not know a checkpoint's dtype, and a bf16 one only saves the cast's copy."""
     if not applies(run, profile, plan.groups):
