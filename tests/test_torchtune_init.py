@@ -26,7 +26,7 @@ from ftmem.methods import plan_method
 from ftmem.profiles import HF, TORCHTUNE
 from ftmem.run import RunConfig
 from ftmem.torchtune_init import (
-    _Ops,
+    RequestProgram,
     from_tensor,
     get_original_weight,
     nf4_parts,
@@ -143,7 +143,7 @@ def _measured(fn, *tracked):
 
 
 def _program(build) -> list[tuple[str, int]]:
-    p = _Ops()
+    p = RequestProgram()
     build(p)
     return p.ops
 

@@ -54,6 +54,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div
+from ftmem.gpu.program import RequestProgram, Requests
 from ftmem.methods import MethodPlan, TensorGroup
 
 # torch/distributed/fsdp/_init_utils.py: PARAM_BROADCAST_BUCKET_SIZE = int(250 * 1024 * 1024)
@@ -62,9 +63,8 @@ BROADCAST_BUCKET_BYTES = 250 * 1024 * 1024
 BROADCASTS_IN_FLIGHT = 2
 FOUR_BIT = ("nf4", "fp4")
 
-# A wrap as the allocator sees it: ("alloc", bytes), or ("free", j) for the j-th "alloc"
-# of the program; allocations never freed stay (the shards)
-WrapProgram = tuple[tuple[str, int], ...]
+# A wrap as the allocator sees it (gpu.program): the shards are never freed
+WrapProgram = Requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,24 +158,8 @@ def shard_bytes(unit: Unit, world: int) -> int:
     return ceil_div(sum(unit.params) // e, world) * e
 
 
-class _Program:
-    __slots__ = ("allocs", "ops")
-
-    def __init__(self) -> None:
-        self.ops: list[tuple[str, int]] = []
-        self.allocs = 0
-
-    def alloc(self, size: int) -> int:
-        self.ops.append(("alloc", size))
-        self.allocs += 1
-        return self.allocs - 1
-
-    def free(self, j: int) -> None:
-        self.ops.append(("free", j))
-
-
 def _unit_program(
-    p: _Program, unit: Unit, world: int, shards: bool, offload: bool, bucket_bytes: int
+    p: RequestProgram, unit: Unit, world: int, shards: bool, offload: bool, bucket_bytes: int
 ) -> None:
     """One unit's constructor, steps 1-6 of the module docstring."""
     moved = {i: p.alloc(unit.params[i]) for i in unit.moved}
@@ -197,7 +181,7 @@ def _unit_program(
         p.free(moved[i])
 
 
-def _free_flat(p: _Program, j: int | None) -> None:
+def _free_flat(p: RequestProgram, j: int | None) -> None:
     if j is not None:
         p.free(j)
 
@@ -218,7 +202,7 @@ def wrap_program(
     kept = 0
     if not offload:
         kept = sum(shard_bytes(u, world) if shards else sum(u.params) for u in units)
-    p = _Program()
+    p = RequestProgram()
     if resident > kept:
         p.alloc(resident - kept)
     for unit in units:

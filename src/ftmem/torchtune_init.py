@@ -55,6 +55,7 @@ from dataclasses import dataclass
 
 from ftmem.arch import Architecture
 from ftmem.dtypes import ceil_div
+from ftmem.gpu.program import RequestProgram, Requests
 from ftmem.methods import MethodPlan, TensorGroup
 from ftmem.profiles import Profile
 from ftmem.run import RunConfig
@@ -70,25 +71,8 @@ BF16 = 2
 FP32 = 4
 INT64 = 8
 
-# A program as the allocator sees it: ("alloc", bytes), or ("free", j) for the j-th
-# "alloc"; allocations never freed stay (fsdp_init.WrapProgram's form)
-Program = tuple[tuple[str, int], ...]
-
-
-class _Ops:
-    __slots__ = ("allocs", "ops")
-
-    def __init__(self) -> None:
-        self.ops: list[tuple[str, int]] = []
-        self.allocs = 0
-
-    def alloc(self, size: int) -> int:
-        self.ops.append(("alloc", size))
-        self.allocs += 1
-        return self.allocs - 1
-
-    def free(self, *keys: int) -> None:
-        self.ops.extend(("free", j) for j in keys)
+# the init as the allocator sees it (gpu.program)
+Program = Requests
 
 
 def nf4_parts(n: int) -> tuple[int, ...]:
@@ -99,7 +83,7 @@ def nf4_parts(n: int) -> tuple[int, ...]:
     return (blocks, BF16 * blocks, BF16, ceil_div(n, 2), BF16 * CODES)
 
 
-def _block_absmax(p: _Ops, nbytes_in: int, elements: int, block: int) -> int:
+def _block_absmax(p: RequestProgram, nbytes_in: int, elements: int, block: int) -> int:
     """``get_block_absmax``: ``blocks.abs().max(dim=1).values`` on a bf16 input; the
     abs and the int64 indices are freed at the statement's end."""
     rows = ceil_div(elements, block)
@@ -109,7 +93,7 @@ def _block_absmax(p: _Ops, nbytes_in: int, elements: int, block: int) -> int:
     return values
 
 
-def _double_quantize_scalers(p: _Ops, n: int) -> tuple[int, int, int]:
+def _double_quantize_scalers(p: RequestProgram, n: int) -> tuple[int, int, int]:
     """``double_quantize_scalers``: returns (int8 scalers, factor storage, mean)."""
     blocks = ceil_div(n, BLOCK)
     scalers = _block_absmax(p, BF16 * n, n, BLOCK)
@@ -132,7 +116,7 @@ def _double_quantize_scalers(p: _Ops, n: int) -> tuple[int, int, int]:
     return int8, factor, mean
 
 
-def _convert_to_norm_float_weight(p: _Ops, n: int) -> int:
+def _convert_to_norm_float_weight(p: RequestProgram, n: int) -> int:
     """``convert_to_norm_float_weight`` with ``quantize_tensor_nearest``: returns the
     packed uint8 codes."""
     scalers = _block_absmax(p, BF16 * n, n, BLOCK)
@@ -151,7 +135,7 @@ def _convert_to_norm_float_weight(p: _Ops, n: int) -> int:
     return codes
 
 
-def from_tensor(p: _Ops, n: int) -> list[int]:
+def from_tensor(p: RequestProgram, n: int) -> list[int]:
     """``NF4Tensor.from_tensor`` of an n-element bf16 tensor already on the GPU: its
     parts' keys in ``nf4_parts`` order."""
     book = p.alloc(BF16 * CODES)  # torch.tensor([...], device=device, dtype=bf16)
@@ -160,7 +144,7 @@ def from_tensor(p: _Ops, n: int) -> list[int]:
     return [int8, factor, mean, codes, book]
 
 
-def get_original_weight(p: _Ops, n: int) -> int:
+def get_original_weight(p: RequestProgram, n: int) -> int:
     """``NF4Tensor.get_original_weight``: returns the dequantised bf16 weight's key."""
     half, blocks = ceil_div(n, 2), ceil_div(n, BLOCK)
     shifted = p.alloc(half)  # quantized_data >> 4
@@ -207,7 +191,7 @@ class Layer:
     rope_temporaries: int
 
 
-def _build_linear(p: _Ops, lin: _Linear) -> list[int]:
+def _build_linear(p: RequestProgram, lin: _Linear) -> list[int]:
     """``LoRALinear.__init__`` (or a plain bf16 ``nn.Linear``): the kept tensors' keys."""
     weight = p.alloc(BF16 * lin.n)
     kept = [weight]
@@ -217,7 +201,7 @@ def _build_linear(p: _Ops, lin: _Linear) -> list[int]:
     return kept + [p.alloc(size) for size in lin.lora]
 
 
-def _build_rope(p: _Ops, layer: Layer) -> list[int]:
+def _build_rope(p: RequestProgram, layer: Layer) -> list[int]:
     """``RotaryPositionalEmbeddings._rope_init``: theta (the int64 arange, its fp32 copy,
     ``/ dim``, ``base **``, ``1.0 /``), then ``build_rope_cache`` (an fp32 arange of the
     positions, the einsum's outer product, cos, sin, their stack)."""
@@ -239,7 +223,7 @@ def _build_rope(p: _Ops, layer: Layer) -> list[int]:
     return [theta, cache]
 
 
-def build_layer(p: _Ops, layer: Layer) -> list[int]:
+def build_layer(p: RequestProgram, layer: Layer) -> list[int]:
     """Step 1: the first layer, in construction order; its kept tensors' keys."""
     kept: list[int] = []
     for lin in layer.attention:
@@ -250,7 +234,7 @@ def build_layer(p: _Ops, layer: Layer) -> list[int]:
     return kept + [p.alloc(size) for size in layer.norms]
 
 
-def _copy_linear(p: _Ops, lin: _Linear) -> list[int | list[int]]:
+def _copy_linear(p: RequestProgram, lin: _Linear) -> list[int | list[int]]:
     """``copy.deepcopy`` of one linear: its weight (an NF4 weight cloned through
     dequantisation and quantisation, then its ``__dict__`` copied over the clone's), then
     its LoRA matrices. An NF4 weight's entry is the list of its parts' keys."""
@@ -266,7 +250,7 @@ def _copy_linear(p: _Ops, lin: _Linear) -> list[int | list[int]]:
     return [weight, *(p.alloc(size) for size in lin.lora)]
 
 
-def copy_layer(p: _Ops, layer: Layer) -> list[list[int]]:
+def copy_layer(p: RequestProgram, layer: Layer) -> list[list[int]]:
     """Step 3: ``copy.deepcopy(layer)`` in module order; per linear (attention's, then
     the MLP's), its NF4 parts' keys (empty when it is not quantised)."""
     sa_norm, mlp_norm = layer.norms[:1], layer.norms[1:]
@@ -286,7 +270,7 @@ def copy_layer(p: _Ops, layer: Layer) -> list[list[int]]:
     return nf4
 
 
-def load_layer(p: _Ops, layer: Layer, nf4: list[list[int]], cast: bool) -> None:
+def load_layer(p: RequestProgram, layer: Layer, nf4: list[list[int]], cast: bool) -> None:
     """Step 5 for one layer: each NF4 weight's ``inplace_copy`` (the 16-bit parameters
     take their values without a GPU request); ``cast``: the checkpoint is not bf16."""
     for lin, parts in zip((*layer.attention, *layer.mlp), nf4, strict=True):
@@ -303,7 +287,7 @@ def load_layer(p: _Ops, layer: Layer, nf4: list[list[int]], cast: bool) -> None:
 def init_program(layer: Layer, layers: int, outer: Sequence[int], cast: bool) -> Program:
     """Steps 1-5: the first layer, ``outer`` (embedding, output, final norm), its
     ``layers`` copies, the first layer freed, then the checkpoint loaded."""
-    p = _Ops()
+    p = RequestProgram()
     first = build_layer(p, layer)
     for size in outer:
         p.alloc(size)

@@ -24,32 +24,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftmem.dtypes import FP32, INDEX_BYTES
+from ftmem.gpu.program import RequestProgram
 from ftmem.phases import HeadRequest, HeadRequests
 
 CHUNKS = 8  # torchtune's num_output_chunks (ops.loss.CHUNKS)
 Phase = tuple[HeadRequest, ...]  # a forward's or a backward's requests
 
 
-class _Program:
-    """Requests in order: ``alloc`` returns the allocation's number (-1 for none),
-    ``free`` takes numbers; forward and backward share the numbering."""
+class _Program(RequestProgram):
+    """Forward and backward share the numbering; ``output``: the allocation the loop
+    holds past the backward."""
 
-    __slots__ = ("count", "ops", "output")
+    __slots__ = ("output",)
 
     def __init__(self) -> None:
-        self.ops: list[HeadRequest] = []
-        self.count = 0
-        self.output = -1  # the allocation the loop holds past the backward
-
-    def alloc(self, size: int) -> int:
-        if size <= 0:
-            return -1
-        self.ops.append(("alloc", size))
-        self.count += 1
-        return self.count - 1
-
-    def free(self, *keys: int) -> None:
-        self.ops.extend(("free", k) for k in keys if k >= 0)
+        super().__init__()
+        self.output = -1
 
     def cut(self) -> Phase:
         """The requests so far (a phase's), the numbering kept for the next phase."""
