@@ -38,6 +38,7 @@ from ftmem.methods import MethodPlan, plan_method
 from ftmem.ops.attention import attention_path, padding_notes
 from ftmem.parallel import (
     FSDP,
+    SHARDED_FSDP,
     SHARDS_WEIGHTS,
     ParallelConfig,
     ParallelStep,
@@ -297,6 +298,11 @@ def _device(
         # allocates all-gather and reduce-scatter buffers in separate CUDA streams, and
         # memory blocks in the allocator are tied to a stream")
         comm_stream=par is not None and par.resolved_strategy.startswith("fsdp"),
+        # a sharded strategy's reduce-scatter makes each gradient shard on the
+        # post-backward stream (FSDP1 _runtime_utils._post_backward_hook /
+        # _get_reduce_scatter_tensors; FSDP2 foreach_reduce's reduce_output), where the
+        # optimizer finds it: a pool of its own; NO_SHARD all-reduces in place
+        grad_stream=par is not None and par.resolved_strategy in SHARDED_FSDP,
         outside=outside,
         steps=steps,
         allocator=run.allocator,

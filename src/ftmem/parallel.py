@@ -91,6 +91,8 @@ Offload = Literal["none", "cpu", "nvme"]
 
 DEEPSPEED: frozenset[str] = frozenset({"zero1", "zero2", "zero3"})
 FSDP: frozenset[str] = frozenset({"fsdp", "fsdp-hybrid", "fsdp-grad-op", "fsdp-no-shard"})
+# the FSDP strategies that reduce-scatter gradients into shards (NO_SHARD all-reduces)
+SHARDED_FSDP: frozenset[str] = FSDP - {"fsdp-no-shard"}
 SHARDS_WEIGHTS: frozenset[str] = frozenset(
     {"zero3", "fsdp", "fsdp-hybrid", "fsdp-grad-op", "colossalai-gemini"}
 )
@@ -877,9 +879,20 @@ def _offload_optimizer(s: Strategy, par: ParallelConfig, on: _Resident, psi: int
     )
 
 
-def _offload_params(s: Strategy, par: ParallelConfig, on: _Resident, compute: int) -> _Resident:
+def _offload_params(
+    s: Strategy, par: ParallelConfig, on: _Resident, compute: int, keeps_grads: bool = False
+) -> _Resident:
     """The weight shards moved to host RAM or NVMe (ZeRO-3, FSDP); NVMe keeps pinned
-    host buffers in the compute dtype, FSDP's CPU offload the gradients on the host."""
+    host buffers in the compute dtype, FSDP's CPU offload the gradients on the host.
+    ``keeps_grads`` (FSDP1, Profile.fsdp1_offload_keeps_grads): FSDP keeps each gradient's GPU copy too until backward ends: ``_offload_grad``
+    copies it into ``_cpu_grad`` but ``_accumulate_sharded_grad`` keeps it as
+    ``_saved_grad_shard`` (NO_SHARD: as ``flat_param.grad``) until the post-backward
+    final callback's ``prepare_gradient_for_optim`` points ``.grad`` at the CPU copy
+    and deletes it (torch 2.2-2.13 torch/distributed/fsdp/_runtime_utils.py
+    ``_accumulate_sharded_grad``, ``_offload_grad``; _flat_param.py
+    ``prepare_gradient_for_optim``): the GPU holds the rank's gradients through
+    backward, as without offload; they leave before the (CPU) optimizer step, where
+    nothing else is on the GPU."""
     if par.offload_params == "none":
         return on
     host, disk = on.host, on.disk
@@ -891,7 +904,8 @@ def _offload_params(s: Strategy, par: ParallelConfig, on: _Resident, compute: in
     grads, grads_block = on.grads, on.grads_block
     if s in FSDP:
         host += grads
-        grads = grads_block = 0
+        if not keeps_grads:  # FSDP2: none left on the GPU
+            grads = grads_block = 0
     return dataclasses.replace(
         on, sharded=0, grads=grads, grads_block=grads_block, host=host, disk=disk
     )
@@ -1033,6 +1047,22 @@ def _fsdp_gathers(t: _Traffic) -> Communication:
         loss_backward=head,
         head_backward=head + t.head_grad,
     )
+
+
+def _host_copies(
+    s: Strategy, par: ParallelConfig, comm: Communication, t: _Traffic
+) -> Communication:
+    """FSDP's CPU offload copies a unit's shard to the GPU before each all-gather: in
+    ``pre_unshard`` on the pre-unshard stream (``flat_param_to(device)``), handed to the
+    unshard stream with ``record_stream`` and freed once ``_use_unsharded_flat_param``
+    drops it, right after the all-gather is issued (torch 2.2-2.13
+    torch/distributed/fsdp/_runtime_utils.py ``_unshard``, _flat_param.py
+    ``pre_unshard``, ``_all_gather_flat_param``). Sharded strategies only (NO_SHARD
+    computes on the copy itself)."""
+    if s not in SHARDED_FSDP or par.offload_params != "cpu":
+        return comm
+    N = par.shard_group
+    return dataclasses.replace(comm, root_copy=ceil_div(t.root, N), unit_copy=ceil_div(t.block, N))
 
 
 def _fsdp_grad_op_gathers(t: _Traffic) -> Communication:
@@ -1253,8 +1283,10 @@ def rank_memory(
         comm = _zero3_one_rank(traffic)
     else:
         comm = communication(traffic) if communication else NO_COMMUNICATION
+    comm = _host_copies(s, par, comm, traffic)
     on = _offload_optimizer(s, par, on, totals.psi)
-    on = _offload_params(s, par, on, BYTES_PER_ELEMENT[plan.dtypes.compute])
+    keeps_grads = profile_of(run).fsdp1_offload_keeps_grads
+    on = _offload_params(s, par, on, BYTES_PER_ELEMENT[plan.dtypes.compute], keeps_grads)
     if s == "zero2":
         comm = _zero2_second_partition(run, comm, on.grads, traffic)
     if s in LOW_LEVEL_ZERO:

@@ -157,6 +157,11 @@ class Communication:
     # before the forward (a teacher's forward, GRPO's generation): None, the forward's;
     # a number where that moment's own gathering is counted in it (parallel.py)
     before: int | None = None
+    # FSDP's CPU offload: the root unit's and one unit's shard copied to the GPU before
+    # their all-gathers, on a stream of their own and freed as soon as the all-gather
+    # is issued, before any moment here: in the allocator replay only (gpu.trace)
+    root_copy: int = 0
+    unit_copy: int = 0
 
     def largest(self) -> int:
         """Its largest over every moment, the head side's included (ZeRO-3 gathers the
@@ -166,7 +171,13 @@ class Communication:
 
     def blocks_only(self) -> Communication:
         """The same without the head side's (a pipeline stage that is not the last)."""
-        return Communication(self.forward, self.backward, self.optimizer)
+        return Communication(
+            self.forward,
+            self.backward,
+            self.optimizer,
+            root_copy=self.root_copy,
+            unit_copy=self.unit_copy,
+        )
 
 
 NO_COMMUNICATION = Communication()

@@ -121,6 +121,10 @@ class Profile:
     # sharded, with no empty_cache after: the cache it leaves is replayed before the step
     # window (ftmem.fsdp_init)
     fsdp_wraps_from_cpu: bool = False
+    # FSDP is FSDP1 (``FullyShardedDataParallel``), whose CPUOffload keeps each
+    # gradient's GPU copy until backward ends (parallel._offload_params); FSDP2's
+    # ``fully_shard`` moves it to the CPU in its reduce (foreach_reduce) and keeps none
+    fsdp1_offload_keeps_grads: bool = False
     # QLoRA builds the model from its config with no torch_dtype, so what its modules
     # register at construction (transformers 4's rotary tables: ftmem.release_buffers)
     # is fp32 whatever dtype the weights are loaded in afterwards
@@ -291,6 +295,9 @@ FSDP_QLORA = Profile(
     ),
     peak_of="step",
     fsdp_wraps_from_cpu=True,
+    # ``FSDP(model, ..., cpu_offload=CPUOffload(offload_params=True) if
+    # args["use_cpu_offload"] else None, ...)``: FSDP1 (@50efa1e train.py fsdp_main)
+    fsdp1_offload_keeps_grads=True,
     # fsdp_main's loop: ``output = model(..., labels=...)`` and ``loss = output.loss``,
     # ``loss.backward()``, ``optimizer.step()``, then ``output = None`` "so more memory
     # frees up before the next forward pass" (@3616227 train.py:803-848; @50efa1e

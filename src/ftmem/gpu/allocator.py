@@ -15,9 +15,11 @@ read the same in 2.0/2.1-era copies of the file and in 2025 sources
 content/eager/2026-06-01-cuda-caching-allocator.md) come out as stated
 (tests/test_gpu_allocator.py).
 
-Modelled on purpose, not: one device and ONE stream (blocks freed on a stream are
-reused only on that stream; cross-stream ``record_stream`` events, which delay reuse,
-are not modelled), no CUDA graph private pools, no ``garbage_collection_threshold``
+Modelled on purpose, not: one device; one stream per allocator (blocks freed on a
+stream are reused only on that stream: TwoStreams keeps one allocator per stream);
+``record_stream``'s delay is modelled as a free whose block stays reserved until the
+caller says its events completed (free_recorded, release_recorded), not from a GPU
+timeline; no CUDA graph private pools, no ``garbage_collection_threshold``
 (it acts only under ``set_per_process_memory_fraction``). Addresses are virtual and
 grow with each new segment, as fresh cudaMalloc addresses usually do; they only break
 ties between free blocks of equal size.
@@ -218,6 +220,9 @@ class CachingAllocator:
         # unmapped address ranges of expandable segments, by address (BlockPool::unmapped)
         self._unmapped: dict[bool, list[tuple[int, _Block]]] = {True: [], False: []}
         self._live: dict[int, _Block] = {}
+        # blocks freed while record_stream'ed on another stream, oldest first: out of
+        # the allocated statistics, not yet back in a pool (free_recorded)
+        self._pending: dict[int, _Block] = {}
         self._next_addr = K_LARGE_BUFFER  # address 0 stays the null pointer
         self.allocated = self.reserved = self.requested = 0
         self.peak_allocated = self.peak_reserved = self.peak_requested = 0
@@ -294,11 +299,20 @@ class CachingAllocator:
         free_block). Nothing returns to the driver here."""
         if handle == 0:
             return
+        self._free_block(self._take_live(handle))
+
+    def _take_live(self, handle: int) -> _Block:
+        """The live block ``handle`` names, out of the live set and of the allocated
+        statistics (SOURCE, free: ``allocated_bytes`` drops before anything else)."""
         block = self._live.pop(handle, None)
         if block is None:
             raise InvalidInputError(f"Handle {handle} is not a live allocation.")
         self.allocated -= block.size
         self.requested -= block.requested
+        return block
+
+    def _free_block(self, block: _Block) -> None:
+        """Back into its pool, merged with its free neighbours (SOURCE, free_block)."""
         block.allocated = False
         if block.prev is not None and not block.prev.allocated:
             self._merge(block, block.prev)
@@ -306,9 +320,33 @@ class CachingAllocator:
             self._merge(block, block.next)
         insort(self._free[block.small], (block.size, block.addr, block))
 
+    def free_recorded(self, handle: int) -> None:
+        """``free`` of a block ``record_stream``'ed on another stream (SOURCE, free: a
+        block with ``stream_uses`` gets ``insert_events`` instead of ``free_block``): it
+        leaves the allocated statistics now but stays out of its pool, still reserved,
+        until :meth:`release_recorded` says its events have completed."""
+        # (block.allocated stays set: no free neighbour may merge with it yet, as
+        # try_merge_blocks skips a block with outstanding events)
+        block = self._take_live(handle)
+        self._pending[block.addr] = block
+
+    def release_recorded(self, keep: int = 0) -> None:
+        """Every block freed with :meth:`free_recorded` but the ``keep`` newest back in
+        its pool: their events are known complete (SOURCE, process_events at the next
+        malloc: ``cudaEventQuery`` succeeded, ``event_count`` reached 0, free_block)."""
+        for addr in list(self._pending)[: max(len(self._pending) - keep, 0)]:
+            self.release_one(addr)
+
+    def release_one(self, handle: int) -> None:
+        """One block freed with :meth:`free_recorded` back in its pool."""
+        self._free_block(self._pending.pop(handle))
+
     def empty_cache(self) -> None:
         """Return every wholly free segment to the driver, and with expandable segments
-        every free page (SOURCE, release_cached_blocks and release_blocks)."""
+        every free page (SOURCE, release_cached_blocks and release_blocks). Blocks still
+        waiting on their events go back to their pools first (release_cached_blocks
+        begins with synchronize_and_free_events)."""
+        self.release_recorded()
         for small in (False, True):  # large_blocks first, as release_cached_blocks
             to_unmap = []
             for _, _, block in list(self._free[small]):
@@ -609,23 +647,46 @@ def replay(
 
 
 SIDE_STREAM_ALLOC = "alloc@side"
-"""An event kind for :func:`replay_streams`: a request made on a side stream."""
+"""An event kind for :func:`replay_streams`: a request made on a side stream (FSDP's
+unshard stream: the all-gathered flat parameters)."""
+
+POST_STREAM_ALLOC = "alloc@post"
+"""An event kind for :func:`replay_streams`: a request made on a second side stream
+(FSDP's post-backward stream: the reduce-scattered gradient shards)."""
+
+PRE_STREAM_ALLOC = "alloc@pre"
+"""An event kind for :func:`replay_streams`: a request made on a third side stream
+(FSDP's pre-unshard stream: CPU offload's host-to-device copies of the shards)."""
+
+RECORDED_FREE = "free@recorded"
+"""``("free@recorded", k)``: allocation k freed while ``record_stream``'ed on another
+stream (:meth:`CachingAllocator.free_recorded`)."""
+
+RELEASE_RECORDED = "release_recorded"
+"""``("release_recorded", n)``: the events of every recorded free but the ``n`` newest
+have completed (:meth:`CachingAllocator.release_recorded`)."""
+
+_STREAMS = 4  # the default stream and three side streams; a handle's two low bits say which
 
 
 class TwoStreams:
-    """Requests made on two streams, replayed as they come: ``malloc`` on the default
-    stream, ``malloc_side`` on a side stream (an FSDP all-gather or reduce-scatter
-    stream). A block belongs to the stream that allocated it and is reused only by that
-    stream's requests (SOURCE, get_free_block: the pool is searched for a block of the
-    same ``stream``; BlockComparatorSize orders by stream first), so each stream has
-    pools of its own: modelled as one allocator per stream, their reserved and
-    allocated summed at every request. Frees take effect at once (the events
-    ``record_stream`` would wait for are not modelled). ``options``:
-    :class:`CachingAllocator`'s, for both."""
+    """Requests made on the default stream and on side streams, replayed as they come:
+    ``malloc`` on the default stream, ``malloc_side`` on a side stream (FSDP's unshard
+    stream), ``malloc_post`` and ``malloc_pre`` on others (FSDP's post-backward and
+    pre-unshard streams). A block belongs
+    to the stream that allocated it and is reused only by that stream's requests
+    (SOURCE, get_free_block: the pool is searched for a block of the same ``stream``;
+    BlockComparatorSize orders by stream first), so each stream has pools of its own:
+    modelled as one allocator per stream, their reserved and allocated summed at every
+    request. ``free`` takes effect at once; ``free_recorded`` is the free of a block
+    ``record_stream``'ed on another stream, which stays reserved until
+    ``release_recorded`` (the oldest first, over all streams). ``options``:
+    :class:`CachingAllocator`'s, for every stream."""
 
     def __init__(self, **options: Any) -> None:
-        self.pools = (CachingAllocator(**options), CachingAllocator(**options))
+        self.pools = tuple(CachingAllocator(**options) for _ in range(_STREAMS))
         self.peak_allocated = self.peak_reserved = self.peak_requested = 0
+        self._pending: list[int] = []  # recorded frees' handles, oldest first
 
     def malloc(self, size: int) -> int:
         return self._malloc(0, size)
@@ -633,60 +694,91 @@ class TwoStreams:
     def malloc_side(self, size: int) -> int:
         return self._malloc(1, size)
 
+    def malloc_post(self, size: int) -> int:
+        return self._malloc(2, size)
+
+    def malloc_pre(self, size: int) -> int:
+        return self._malloc(3, size)
+
     def _malloc(self, stream: int, size: int) -> int:
-        # a handle names its stream in its lowest bit (addresses are 512-byte aligned)
+        # a handle names its stream in its two lowest bits (addresses are 512-byte aligned)
         handle = self.pools[stream].malloc(size) | stream
-        one, two = self.pools
-        self.peak_allocated = max(self.peak_allocated, one.allocated + two.allocated)
-        self.peak_reserved = max(self.peak_reserved, one.reserved + two.reserved)
-        self.peak_requested = max(self.peak_requested, one.requested + two.requested)
+        self.peak_allocated = max(self.peak_allocated, sum(p.allocated for p in self.pools))
+        self.peak_reserved = max(self.peak_reserved, sum(p.reserved for p in self.pools))
+        self.peak_requested = max(self.peak_requested, sum(p.requested for p in self.pools))
         return handle
 
     def free(self, handle: int) -> None:
-        self.pools[handle & 1].free(handle & ~1)
+        self.pools[handle & 3].free(handle & ~3)
+
+    def free_recorded(self, handle: int) -> None:
+        if handle & ~3:  # (a 0-byte request's handle is its stream alone)
+            self.pools[handle & 3].free_recorded(handle & ~3)
+            self._pending.append(handle)
+
+    def release_recorded(self, keep: int = 0) -> None:
+        done = max(len(self._pending) - keep, 0)
+        for handle in self._pending[:done]:
+            self.pools[handle & 3].release_one(handle & ~3)
+        del self._pending[:done]
 
     def moment(self, size: int) -> None:
         self.free(self.malloc(size))
 
     def empty_cache(self) -> None:
         """torch.cuda.empty_cache(): every stream's free segments released (SOURCE,
-        release_cached_blocks walks the whole pool)."""
+        release_cached_blocks walks the whole pool, after synchronize_and_free_events)."""
+        self.release_recorded()
         for pool in self.pools:
             pool.empty_cache()
 
     def reset_peaks(self) -> None:
         """torch.cuda.reset_peak_memory_stats: from now on."""
-        one, two = self.pools
-        self.peak_allocated = one.allocated + two.allocated
-        self.peak_reserved = one.reserved + two.reserved
-        self.peak_requested = one.requested + two.requested
+        self.peak_allocated = sum(p.allocated for p in self.pools)
+        self.peak_reserved = sum(p.reserved for p in self.pools)
+        self.peak_requested = sum(p.requested for p in self.pools)
 
     def stats(self) -> AllocatorStats:
-        one, two = self.pools[0].stats(), self.pools[1].stats()
+        each = [p.stats() for p in self.pools]
         return AllocatorStats(
-            allocated=one.allocated + two.allocated,
-            reserved=one.reserved + two.reserved,
-            requested=one.requested + two.requested,
+            allocated=sum(s.allocated for s in each),
+            reserved=sum(s.reserved for s in each),
+            requested=sum(s.requested for s in each),
             peak_allocated=self.peak_allocated,
             peak_reserved=self.peak_reserved,
             peak_requested=self.peak_requested,
-            segments=one.segments + two.segments,
-            num_alloc_retries=one.num_alloc_retries + two.num_alloc_retries,
-            num_device_alloc=one.num_device_alloc + two.num_device_alloc,
-            num_device_free=one.num_device_free + two.num_device_free,
+            segments=sum(s.segments for s in each),
+            num_alloc_retries=sum(s.num_alloc_retries for s in each),
+            num_device_alloc=sum(s.num_device_alloc for s in each),
+            num_device_free=sum(s.num_device_free for s in each),
         )
 
 
+_KINDS = (
+    "alloc",
+    SIDE_STREAM_ALLOC,
+    POST_STREAM_ALLOC,
+    PRE_STREAM_ALLOC,
+    "free",
+    RECORDED_FREE,
+    RELEASE_RECORDED,
+    "empty_cache",
+    "reset_peaks",
+)
+
+
 def replay_streams(events: Iterable[tuple[str, int]], **options: Any) -> AllocatorStats:
-    """Replay requests made on two streams (:class:`TwoStreams`): ``("alloc", n)`` on
-    the default one, ``("alloc@side", n)`` on a side stream, ``("free", k)`` either,
-    ``("empty_cache", 0)``, ``("reset_peaks", 0)``. ``options``: :class:`CachingAllocator`'s,
-    for both."""
+    """Replay requests made on several streams (:class:`TwoStreams`): ``("alloc", n)`` on
+    the default one, ``("alloc@side", n)``, ``("alloc@post", n)`` and ``("alloc@pre", n)``
+    on side streams,
+    ``("free", k)`` either, ``("free@recorded", k)`` a free held back by record_stream,
+    ``("release_recorded", n)`` all such but the n newest returned, ``("empty_cache", 0)``,
+    ``("reset_peaks", 0)``. ``options``: :class:`CachingAllocator`'s, for every stream."""
     events = list(events)
-    if all(kind != SIDE_STREAM_ALLOC for kind, _ in events):
+    if all(kind in ("alloc", "free", "empty_cache", "reset_peaks") for kind, _ in events):
         return replay(events, **options)  # one stream: one allocator keeps its own peaks
     streams = TwoStreams(**options)
-    _feed(events, streams, ("alloc", SIDE_STREAM_ALLOC, "free", "empty_cache", "reset_peaks"))
+    _feed(events, streams, _KINDS)
     return streams.stats()
 
 
@@ -709,6 +801,18 @@ def _feed(events: Iterable[tuple[str, int]], target: Any, kinds: tuple[str, ...]
             )
         elif kind == SIDE_STREAM_ALLOC:
             handles.append(target.malloc_side(value))
+        elif kind == POST_STREAM_ALLOC:
+            handles.append(target.malloc_post(value))
+        elif kind == PRE_STREAM_ALLOC:
+            handles.append(target.malloc_pre(value))
+        elif kind == RECORDED_FREE:
+            handle = handles[value] if 0 <= value < len(handles) else None
+            if handle is None:
+                raise InvalidInputError(f"Event ({kind!r}, {value}) frees no live allocation.")
+            target.free_recorded(handle)
+            handles[value] = None
+        elif kind == RELEASE_RECORDED:
+            target.release_recorded(value)
         elif kind == "empty_cache":
             target.empty_cache()
         else:

@@ -85,13 +85,17 @@ def allocator_cache(
     comm_stream: bool = False,
     outside: RunOutside = STEP_ONLY,
     options: tuple[tuple[str, object], ...] = (),
+    grad_stream: bool = False,
 ) -> int:
     """What the caching allocator holds beyond the allocated peak, at its reserved peak:
     the run's requests replayed through its rules (``comm_stream``: FSDP requests its
     all-gather and reduce-scatter buffers on streams of their own; ``options``:
-    PYTORCH_CUDA_ALLOC_CONF's, as items). The replay's own allocated peak is the
-    longest step's."""
-    stats = replay_run(steps, micro_batches, kept, comm_stream, outside, **dict(options))
+    PYTORCH_CUDA_ALLOC_CONF's, as items; ``grad_stream``: a sharded FSDP run's gradient
+    shards are made on its post-backward stream). The replay's own allocated peak is
+    the longest step's."""
+    stats = replay_run(
+        steps, micro_batches, kept, comm_stream, outside, grad_stream=grad_stream, **dict(options)
+    )
     return max(0, stats.peak_reserved - stats.peak_allocated)
 
 
@@ -104,13 +108,15 @@ def device_figures(
     micro_batches: int,
     overhead: int | None = None,
     comm_stream: bool = False,
+    grad_stream: bool = False,
     outside: RunOutside = STEP_ONLY,
     steps: Sequence[tuple[StepSizes, StepTensors]] = (),
     allocator: AllocatorOptions | None = None,
     fits_within: int | None = None,
 ) -> DeviceFigures:
     """Reserved and device figures around the ``allocated`` peak (workspaces included);
-    ``rt`` None: the CPU; ``overhead``: the user's own figure for everything beyond the
+    ``rt`` None: the CPU; ``comm_stream`` / ``grad_stream``: FSDP's side streams
+    (gpu.trace.run_events); ``overhead``: the user's own figure for everything beyond the
     allocated peak; ``outside``: the run's moments beside the step, replayed with it;
     ``steps``: a variable-length run's steps in replay order (each length's sizes; the
     longest is ``sizes``), else two steps of ``sizes``; ``allocator``:
@@ -129,7 +135,7 @@ def device_figures(
     replayed = tuple(steps) or ((sizes, tensors), (sizes, tensors))
     options = tuple(sorted((allocator or {}).items()))
     cache = allocator_cache(
-        replayed, micro_batches, kept_per_thread(rt), comm_stream, outside, options
+        replayed, micro_batches, kept_per_thread(rt), comm_stream, outside, options, grad_stream
     )
     reserved = allocated + cache
     if overhead is not None:

@@ -34,7 +34,16 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
-from ftmem.gpu.allocator import SIDE_STREAM_ALLOC, AllocatorStats, CachingAllocator, TwoStreams
+from ftmem.gpu.allocator import (
+    POST_STREAM_ALLOC,
+    PRE_STREAM_ALLOC,
+    RECORDED_FREE,
+    RELEASE_RECORDED,
+    SIDE_STREAM_ALLOC,
+    AllocatorStats,
+    CachingAllocator,
+    TwoStreams,
+)
 from ftmem.gpu.best_fit import AddressSpaceExceeded, BestFit, new_allocator
 from ftmem.methods import MethodPlan
 from ftmem.phases import HeadRequests, StepSizes
@@ -190,6 +199,18 @@ class _EventLog:
     def malloc_side(self, size: int) -> int:
         return self._request(SIDE_STREAM_ALLOC, size)
 
+    def malloc_post(self, size: int) -> int:
+        return self._request(POST_STREAM_ALLOC, size)
+
+    def malloc_pre(self, size: int) -> int:
+        return self._request(PRE_STREAM_ALLOC, size)
+
+    def free_recorded(self, key: int) -> None:
+        self.events.append((RECORDED_FREE, key))
+
+    def release_recorded(self, keep: int = 0) -> None:
+        self.events.append((RELEASE_RECORDED, keep))
+
     def _request(self, kind: str, size: int) -> int:
         self.events.append((kind, size))
         self.requests += 1
@@ -211,11 +232,14 @@ class _EventLog:
 class _Recorder:
     """Hands the run's requests, in order, to an allocator (gpu.allocator's
     CachingAllocator or TwoStreams, which replay them as they come) or to an _EventLog;
-    ``comm_stream``: the communication buffers are requested on a side stream (FSDP's)."""
+    ``comm_stream``: the communication buffers are requested on a side stream (FSDP's);
+    ``grad_stream``: the gradients made in backward on another (the reduce-scattered
+    shards of a sharded FSDP run, made on its post-backward stream)."""
 
     __slots__ = (
         "_comm",
         "_free",
+        "_grad",
         "_free_many",
         "_malloc",
         "_malloc_many",
@@ -224,12 +248,13 @@ class _Recorder:
         "target",
     )
 
-    def __init__(self, target: Any, comm_stream: bool = False) -> None:
+    def __init__(self, target: Any, comm_stream: bool = False, grad_stream: bool = False) -> None:
         self.target = target
         self._malloc = target.malloc
         self._free = target.free
         self._moment = target.moment
         self._comm = target.malloc_side if comm_stream else target.malloc
+        self._grad = target.malloc_post if grad_stream else None
         # gpu.best_fit.BestFit takes a request's tensors in one call
         self._malloc_many = getattr(target, "malloc_many", None)
         self._free_many = getattr(target, "free_many", None)
@@ -240,6 +265,28 @@ class _Recorder:
             return self._malloc_many(sizes)  # skips sizes of 0, as below
         malloc = self._malloc
         return [malloc(size) for size in sizes if size > 0]
+
+    def grads(self, sizes: Sequence[int]) -> list[int]:
+        """Gradients made in backward, on the post-backward stream where they are
+        reduce-scattered shards (``grad_stream``)."""
+        if self._grad is None:
+            return self.alloc(sizes)
+        grad = self._grad
+        return [grad(size) for size in sizes if size > 0]
+
+    def host_copy(self, size: int) -> None:
+        """CPU offload's copy of a shard before its all-gather (parallel._host_copies): on
+        the pre-unshard stream, record_stream'ed on the unshard stream and freed once the
+        all-gather is issued, so its block waits for that all-gather. Before the copy,
+        every earlier copy's all-gather is taken as done but the newest's. (Timing, not
+        source: the rate limiter's ``event.synchronize()`` guarantees the all-gathers up
+        to two units back are done; the one a unit back overlapped that unit's compute
+        and is taken as done too; the newest, issued just before, as still running.)"""
+        if size <= 0:
+            return
+        target = self.target
+        target.release_recorded(1)
+        target.free_recorded(target.malloc_pre(size))
 
     def comm(self, size: int) -> list[int]:
         """A communication buffer (gathered weights, reduce buckets)."""
@@ -357,11 +404,17 @@ def step_events(
     kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
     comm_stream: bool = False,
     outside: RunOutside = STEP_ONLY,
+    grad_stream: bool = False,
 ) -> list[Event]:
     """Loading, then two optimizer steps of ``micro_batches`` passes each, then the
     moments after them (run_events of the same step twice)."""
     return run_events(
-        [(sizes, t), (sizes, t)], micro_batches, kept_workspaces, comm_stream, outside
+        [(sizes, t), (sizes, t)],
+        micro_batches,
+        kept_workspaces,
+        comm_stream,
+        outside,
+        grad_stream=grad_stream,
     )
 
 
@@ -371,6 +424,7 @@ def run_events(
     kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
     comm_stream: bool = False,
     outside: RunOutside = STEP_ONLY,
+    grad_stream: bool = False,
 ) -> list[Event]:
     """Loading (the first step's weights), then one optimizer step of ``micro_batches``
     passes per (sizes, tensors) in ``steps``, in order (a variable-length run's steps,
@@ -378,9 +432,12 @@ def run_events(
     the moments after them. ``kept_workspaces``: the cuBLAS workspaces of the forward's
     and the backward's threads, allocated at each one's first GEMM and kept
     (gpu.runtime); ``comm_stream``: communication buffers are requested on a side stream
-    (FSDP's all-gather and reduce-scatter streams; gpu.allocator.replay_streams)."""
+    (FSDP's all-gather and reduce-scatter streams; gpu.allocator.replay_streams);
+    ``grad_stream``: the gradients made in backward are requested on another (a sharded
+    FSDP run's reduce-scattered shards, made on its post-backward stream)."""
     log = _EventLog()
-    _request_run(_Recorder(log, comm_stream), steps, micro_batches, kept_workspaces, outside)
+    rec = _Recorder(log, comm_stream, grad_stream)
+    _request_run(rec, steps, micro_batches, kept_workspaces, outside)
     return log.events
 
 
@@ -390,25 +447,29 @@ def replay_run(
     kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
     comm_stream: bool = False,
     outside: RunOutside = STEP_ONLY,
+    grad_stream: bool = False,
     **options: Any,
 ) -> AllocatorStats:
     """The allocator's statistics after :func:`run_events`' requests, replayed as they
     are made (no event list: the same statistics as ``replay_streams(run_events(...))``,
     in a fraction of the time); ``options``: gpu.allocator.CachingAllocator's. With
     PyTorch's defaults the replay runs on gpu.best_fit.BestFit (the same decisions,
-    faster), its requests handed over a tensor list at a time."""
+    faster), its requests handed over a tensor list at a time. ``grad_stream``: as
+    run_events'."""
+    streams = comm_stream or grad_stream
     try:
-        # (FSDP's two streams keep CachingAllocator: their requests come one at a time)
-        target = TwoStreams(**options) if comm_stream else new_allocator(**options)
+        # (FSDP's streams keep CachingAllocator: their requests come one at a time)
+        target = TwoStreams(**options) if streams else new_allocator(**options)
         loaded = isinstance(target, BestFit)
         if loaded:  # the loading's replay depends on the weights alone: replayed once
             o = outside
             target = _loaded_best_fit(steps[0][1].weights, o.loading, o.requantise, o.wrap).copy()
-        rec = _Recorder(target, comm_stream)
+        rec = _Recorder(target, comm_stream, grad_stream)
         _request_run(rec, steps, micro_batches, kept_workspaces, outside, loaded)
     except AddressSpaceExceeded:  # beyond 16 EiB of segments: the reference replay
-        target = TwoStreams(**options) if comm_stream else CachingAllocator(**options)
-        _request_run(_Recorder(target, comm_stream), steps, micro_batches, kept_workspaces, outside)
+        target = TwoStreams(**options) if streams else CachingAllocator(**options)
+        rec = _Recorder(target, comm_stream, grad_stream)
+        _request_run(rec, steps, micro_batches, kept_workspaces, outside)
     return target.stats()
 
 
@@ -513,12 +574,14 @@ def _pass(
         if s.empties_cache:
             rec.empty_cache()
     # a pipeline stage: the other micro-batches' activations it holds meanwhile
+    rec.host_copy(c.root_copy)  # the root unit's, at the model's pre-forward
     others = rec.alloc((s.activations.held,))
     below = rec.alloc(t.below)
     rec.alloc(workspaces[0])
     kept: list[list[int]] = []
     typical = sum(t.block_saved)
     for size in s.activations.per_block:
+        rec.host_copy(c.unit_copy)
         gathered = rec.comm(c.forward)
         kept.append(rec.alloc(t.block_saved if size == typical else (size,)))
         rec.moment(s.block.forward)  # with the block's own saved tensors, as the timeline
@@ -546,11 +609,17 @@ def _pass(
     rec.alloc(workspaces[1])  # the LM head's backward GEMM, on the autograd thread
     rec.free(above)
     if new_grads:
-        grads = grads + rec.alloc(t.outer_grads)
+        grads = grads + rec.grads(t.outer_grads)
     gathered = rec.comm(_or(c.head_backward, c.backward))
     rec.moment(s.head.workspace + s.optimizer.outer)
     rec.free(gathered)
     grads = _blocks_backward(rec, s, t, kept, grads, new_grads)
+    if s.comm.unit_copy:
+        # FSDP's post-backward final callback under CPU offload waits for the GPU
+        # (``current_stream().synchronize()`` before the CPU step reads the gradients:
+        # torch 2.2-2.13 _runtime_utils._post_backward_final_callback): every copy's
+        # all-gather is done
+        rec.target.release_recorded(0)
     if s.vision_backward:
         rec.moment(s.vision_backward)  # the vision tower's backward, after the blocks'
     if s.optimizer.in_backward:
@@ -628,16 +697,17 @@ def _blocks_backward(
     workspace = max(s.block.workspace, s.optimizer.block)
     embedding_at = g.embedding_at if 0 < g.embedding_at < L else 0
     for i in range(L - 1, -1, -1):
+        rec.host_copy(s.comm.unit_copy)
         gathered = rec.comm(s.comm.backward)
         rec.moments((*_as_saved(holds[L - 1 - i], t.block_saved), workspace))
         rec.free(gathered)
         rec.free(kept[i])
         if new_grads:
             if g.by_block:
-                grads = grads + rec.alloc((g.by_block[i],))
+                grads = grads + rec.grads((g.by_block[i],))
             elif i >= L - trainable:
-                grads = grads + rec.alloc(t.block_grads)
+                grads = grads + rec.grads(t.block_grads)
         if i == embedding_at and new_grads:
-            grads = grads + rec.alloc(t.embedding_grads)
+            grads = grads + rec.grads(t.embedding_grads)
             rec.moment(g.tied_backward)
     return grads
