@@ -239,8 +239,8 @@ class _Recorder:
     __slots__ = (
         "_comm",
         "_free",
-        "_grad",
         "_free_many",
+        "_grad",
         "_malloc",
         "_malloc_many",
         "_moment",
