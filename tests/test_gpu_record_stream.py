@@ -15,6 +15,7 @@ import pytest
 from ftmem.errors import InvalidInputError
 from ftmem.gpu.allocator import (
     POST_STREAM_ALLOC,
+    PRE_STREAM_ALLOC,
     RECORDED_FREE,
     RELEASE_RECORDED,
     SIDE_STREAM_ALLOC,
@@ -105,3 +106,100 @@ def test_fsdp1_units_hold_two_gathered_units_under_the_rate_limiter():
     assert replay_streams(_fsdp1_forward(32, unit, root, record=False)).peak_reserved == root + unit
     coarse = [(SIDE_STREAM_ALLOC, root + 2 * unit), ("free", 0)]
     assert replay_streams(coarse).peak_reserved == recorded.peak_reserved
+
+
+def _fsdp_rank(offload: bool, strategy: str = "fsdp"):
+    from ftmem.api import parallel_config, run_config
+    from ftmem.estimate import _tensors
+    from ftmem.parallel import parallel_step
+    from ftmem.presets import get_model
+
+    arch = get_model("gpt2")
+    run = run_config(method="lora", seq_len=256, batch_size=2)
+    layout = {"offload_params": "cpu", "offload_optimizer": "cpu"} if offload else {}
+    step = parallel_step(arch, run, parallel_config(gpus=2, strategy=strategy, **layout))
+    sizes = step.ranks[step.worst].sizes
+    return arch, sizes, _tensors(step.parts, sizes)
+
+
+def test_sharded_fsdp_makes_its_gradient_shards_on_the_post_backward_stream():
+    """FSDP1's post-backward hook reduce-scatters under ``with stream(post_backward)``,
+    where ``_get_reduce_scatter_tensors`` allocates the shard (``torch.empty_like``)
+    that ``_accumulate_sharded_grad`` keeps as the gradient (torch 2.2-2.13
+    torch/distributed/fsdp/_runtime_utils.py): each trainable block's gradient shard is
+    a request on that stream, in the first pass of each of the two steps; NO_SHARD
+    all-reduces the autograd gradient in place and makes none there."""
+    from ftmem.gpu.trace import run_events
+
+    arch, sizes, tensors = _fsdp_rank(offload=False)
+    events = run_events([(sizes, tensors)] * 2, 1, ((), ()), True, grad_stream=True)
+    posted = [n for kind, n in events if kind == POST_STREAM_ALLOC]
+    assert posted == [sizes.gradients.per_block] * (2 * arch.num_layers)
+    assert sum(posted) // 2 == sizes.gradients.total  # LoRA: every gradient is in a block
+    plain = run_events([(sizes, tensors)] * 2, 1, ((), ()), True)
+    assert not [kind for kind, _ in plain if kind == POST_STREAM_ALLOC]
+
+
+def test_cpu_offload_copies_each_shard_on_the_pre_unshard_stream():
+    """Under CPUOffload, FSDP1's ``pre_unshard`` copies the unit's shard to the GPU on
+    the pre-unshard stream before every all-gather (the root's once per forward, each
+    block's in forward and again in backward), record_stream'ed on the unshard stream
+    and freed as soon as the all-gather is issued."""
+    from ftmem.gpu.trace import run_events
+
+    arch, sizes, tensors = _fsdp_rank(offload=True)
+    c = sizes.comm
+    assert c.unit_copy > 0 and c.root_copy > c.unit_copy
+    events = run_events([(sizes, tensors)] * 2, 1, ((), ()), True)
+    copies = [n for kind, n in events if kind == PRE_STREAM_ALLOC]
+    per_pass = [c.root_copy] + [c.unit_copy] * (2 * arch.num_layers)
+    assert copies == per_pass * 2
+    recorded = [kind for kind, _ in events if kind == RECORDED_FREE]
+    assert len(recorded) == len(copies)
+
+
+def test_the_pre_unshard_pool_holds_the_roots_copy_and_one_units():
+    """By hand: the root's copy (R) is still waiting when the first unit's is made, so
+    that one gets a segment of its own (U); from then on each copy finds the block of
+    the one before last free again (R's, split, or U's): the pool holds R + U. At the
+    end of backward the offload callback's synchronize returns everything, so the next
+    step's root copy finds its segment whole again."""
+    from ftmem.gpu.allocator import TwoStreams
+
+    R, U, L = 250 * MiB, 98 * MiB, 12
+    streams = TwoStreams()
+    for _ in range(2):  # two steps
+        for size in [R] + [U] * (2 * L):
+            streams.release_recorded(1)
+            streams.free_recorded(streams.malloc_pre(size))
+        streams.release_recorded(0)
+    assert streams.pools[3].peak_reserved == R + U
+    assert streams.pools[3].reserved == R + U
+
+
+def test_fsdp1_cpu_offload_keeps_the_gradient_shards_on_the_gpu_through_backward():
+    """``_offload_grad`` copies each shard to ``_cpu_grad`` but ``_saved_grad_shard``
+    keeps the GPU one until the post-backward final callback (torch 2.2-2.13
+    _runtime_utils.py ``_accumulate_sharded_grad``, _flat_param.py
+    ``prepare_gradient_for_optim``): the fsdp_qlora profile (FSDP1) keeps the rank's
+    gradients on the GPU under offload; the default (FSDP2's ``fully_shard``, whose
+    reduce moves them to the CPU) keeps none."""
+    from ftmem.api import parallel_config, run_config
+    from ftmem.parallel import parallel_step
+    from ftmem.presets import get_model
+
+    arch = get_model("gpt2")
+    layout = parallel_config(gpus=2, strategy="fsdp", offload_params="cpu", offload_optimizer="cpu")
+    kept = {}
+    for framework in ("fsdp_qlora", None):
+        extra = {"framework": framework} if framework else {}
+        run = run_config(method="lora", seq_len=256, batch_size=2, **extra)
+        step = parallel_step(arch, run, layout)
+        kept[framework] = step.ranks[step.worst].sizes.gradients.total
+    plain = parallel_step(
+        arch,
+        run_config(method="lora", seq_len=256, batch_size=2),
+        parallel_config(gpus=2, strategy="fsdp"),
+    )
+    assert kept[None] == 0
+    assert kept["fsdp_qlora"] == plain.ranks[plain.worst].sizes.gradients.total > 0

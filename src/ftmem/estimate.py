@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,7 @@ from ftmem.gpu.trace import (
     RunOutside,
     StepTensors,
     coarse_tensors,
+    leaf_grad_shards,
     outer_sides,
     plan_tensors,
 )
@@ -278,11 +279,12 @@ def _device(
     window (_fsdp_wrap)."""
     rt, run_peak, outside = None, None, wrap
     steps: list[tuple[StepSizes, StepTensors]] = []
-    tensors = _tensors(parts, sizes)
+    leaf = _leaf_shards(run, par)
+    tensors = _tensors(parts, sizes, leaf)
     if run.device == "cuda":
         rt = cuda_runtime(gpu, run.torch_version, *((par.gpus, par.nodes) if par else ()))
         at_peak = at_peak.model_copy(update={"workspaces": workspace_bytes(rt)})
-        steps = _length_steps(run, step_at)
+        steps = _length_steps(run, step_at, leaf)
         if arch is not None:
             outside, run_peak = _run_window(arch, parts, run, tensors, at_peak)
     allocated = run_peak.allocated_bytes if run_peak else at_peak.total
@@ -358,7 +360,7 @@ def _at_length(run: RunConfig, length: int) -> RunConfig:
 
 
 def _length_steps(
-    run: RunConfig, step_at: Callable[[int], tuple[StepParts, StepSizes]]
+    run: RunConfig, step_at: Callable[[int], tuple[StepParts, StepSizes]], leaf_shards: int = 0
 ) -> list[tuple[StepSizes, StepTensors]]:
     """A variable-length run's steps in replay order, each with its length's sizes
     (lengths.replayed_steps); [] for fixed lengths."""
@@ -366,19 +368,33 @@ def _length_steps(
     at: dict[int, tuple[StepSizes, StepTensors]] = {}
     for length in lengths:
         parts, sizes = step_at(length)
-        at[length] = (sizes, _tensors(parts, sizes))
+        at[length] = (sizes, _tensors(parts, sizes, leaf_shards))
     return [at[length] for length in run.replayed_steps]
 
 
-def _tensors(parts: StepParts, sizes: StepSizes) -> StepTensors:
-    """The step's tensors one by one (a sharded rank's as flat buffers)."""
+def _tensors(parts: StepParts, sizes: StepSizes, leaf_shards: int = 0) -> StepTensors:
+    """The step's tensors one by one (a sharded rank's as flat buffers; ``leaf_shards``:
+    the shard count where each trainable tensor is an FSDP unit of its own, whose
+    gradient shards are then one tensor each)."""
     below, above = outer_sides(
         [s.nbytes for s in parts.outer_items], sizes.activations.below, sizes.activations.above
     )
     block = [s.nbytes for s in parts.typical_block]
     if sizes is parts.sizes:
         return plan_tensors(parts.plan, sizes, block, below, above)
-    return coarse_tensors(sizes, block, below, above)
+    coarse = coarse_tensors(sizes, block, below, above)
+    if not leaf_shards or not coarse.block_grads:
+        return coarse
+    per_block = sizes.gradients.per_block
+    return replace(coarse, block_grads=leaf_grad_shards(parts.plan, per_block, leaf_shards))
+
+
+def _leaf_shards(run: RunConfig, par: ParallelConfig | None) -> int:
+    """The shard count where the framework makes each trainable leaf an FSDP unit of
+    its own under a sharded strategy (Profile.fsdp_unit_per_trainable_leaf), else 0."""
+    if par is None or par.resolved_strategy not in SHARDED_FSDP:
+        return 0
+    return par.shard_group if profile_of(run).fsdp_unit_per_trainable_leaf else 0
 
 
 def _memory(

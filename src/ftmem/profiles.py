@@ -125,6 +125,10 @@ class Profile:
     # gradient's GPU copy until backward ends (parallel._offload_params); FSDP2's
     # ``fully_shard`` moves it to the CPU in its reduce (foreach_reduce) and keeps none
     fsdp1_offload_keeps_grads: bool = False
+    # FSDP's auto-wrap policy makes every trainable leaf module (each LoRA matrix) a unit
+    # of its own: each has its own flat parameter, so its own gradient shard (gpu.trace
+    # leaf_grad_shards), where a decoder-layer unit would reduce one flat gradient
+    fsdp_unit_per_trainable_leaf: bool = False
     # QLoRA builds the model from its config with no torch_dtype, so what its modules
     # register at construction (transformers 4's rotary tables: ftmem.release_buffers)
     # is fp32 whatever dtype the weights are loaded in afterwards
@@ -298,6 +302,10 @@ FSDP_QLORA = Profile(
     # ``FSDP(model, ..., cpu_offload=CPUOffload(offload_params=True) if
     # args["use_cpu_offload"] else None, ...)``: FSDP1 (@50efa1e train.py fsdp_main)
     fsdp1_offload_keeps_grads=True,
+    # get_wrapping_policy's lambda_policy_fn: ``len(list(module.named_children())) == 0
+    # and getattr(module, "weight", None) is not None and module.weight.requires_grad``
+    # (@50efa1e train.py), beside the decoder layers' transformer policy
+    fsdp_unit_per_trainable_leaf=True,
     # fsdp_main's loop: ``output = model(..., labels=...)`` and ``loss = output.loss``,
     # ``loss.backward()``, ``optimizer.step()``, then ``output = None`` "so more memory
     # frees up before the next forward pass" (@3616227 train.py:803-848; @50efa1e

@@ -151,6 +151,19 @@ def coarse_tensors(
     )
 
 
+def leaf_grad_shards(plan: MethodPlan, per_block: int, shards: int) -> tuple[int, ...]:
+    """One trainable block's gradient shards on a rank where each trainable tensor is an
+    FSDP unit of its own (fsdp_qlora's lambda policy wraps every trainable leaf): one
+    reduce-scattered shard per tensor, 1/``shards`` of it, summing to ``per_block`` (the
+    rank's bytes; the last takes the rounding)."""
+    grads = _plan_lists(plan)[1]
+    if not per_block or not grads:
+        return (per_block,) if per_block else ()
+    parts = [-(-g // shards) for g in grads]
+    parts[-1] += per_block - sum(parts)
+    return tuple(parts) if parts[-1] > 0 else (per_block,)
+
+
 def _chunks(total: int, n: int) -> tuple[int, ...]:
     if not total:
         return ()
