@@ -627,12 +627,7 @@ def _pass(
     rec.moment(s.head.workspace + s.optimizer.outer)
     rec.free(gathered)
     grads = _blocks_backward(rec, s, t, kept, grads, new_grads)
-    if s.comm.unit_copy:
-        # FSDP's post-backward final callback under CPU offload waits for the GPU
-        # (``current_stream().synchronize()`` before the CPU step reads the gradients:
-        # torch 2.2-2.13 _runtime_utils._post_backward_final_callback): every copy's
-        # all-gather is done
-        rec.target.release_recorded(0)
+    _backward_ends(rec, s)
     if s.vision_backward:
         rec.moment(s.vision_backward)  # the vision tower's backward, after the blocks'
     if s.optimizer.in_backward:
@@ -640,6 +635,15 @@ def _pass(
     rec.free(below)
     rec.free(others)
     return grads
+
+
+def _backward_ends(rec: _Recorder, s: StepSizes) -> None:
+    """FSDP's post-backward final callback under CPU offload waits for the GPU
+    (``current_stream().synchronize()`` before the CPU step reads the gradients: torch
+    2.2-2.13 _runtime_utils._post_backward_final_callback), so every host copy's
+    all-gather is done and its block back in its pool."""
+    if s.comm.unit_copy:
+        rec.target.release_recorded(0)
 
 
 def _head_requests(s: StepSizes, t: StepTensors) -> HeadRequests | None:
