@@ -194,6 +194,81 @@ def test_the_shifted_loss_under_cuda_autocast_requests_its_tensors_in_cuda_order
     ]
 
 
+def _qwen_step_accelerate(hidden, weight, labels):
+    """HF Trainer's compute_loss on a model prepared by accelerate under native autocast
+    (huggingface/accelerate@8d1479def0bb = v0.24.1 src/accelerate/accelerator.py
+    l.1389-1398: forward = convert_outputs_to_fp32(autocast(forward));
+    utils/operations.py l.608-647: ``tensor.float()`` of every fp16/bf16 tensor of the
+    output): Qwen-1's loss lines in CUDA's autocast order, then the returned logits cast
+    to fp32 once the forward has returned; the model's own output dies with the call,
+    the converted one when compute_loss returns the loss alone."""
+
+    def converted_forward():
+        loss, lm_logits = _qwen_forward_cuda_order(hidden, weight, labels)
+        return loss, lm_logits.float()
+
+    loss, _ = converted_forward()
+    return loss
+
+
+def _qwen_forward_cuda_order(hidden, weight, labels):
+    lm_logits = F.linear(hidden, weight)
+    shift_logits = lm_logits[..., :-1, :].contiguous()
+    shift_labels = labels[..., 1:].contiguous()
+    log_probs = torch.log_softmax(shift_logits.view(-1, V), 1, dtype=shift_logits.dtype)
+    return F.nll_loss(log_probs.float(), shift_labels.view(-1)), lm_logits
+
+
+def test_accelerate_casts_the_returned_logits_to_fp32_after_the_shifted_loss():
+    measured = _vocabulary_sized(
+        *_measure(_qwen_step_accelerate, *_inputs(torch.bfloat16))[:2], skip=3
+    )
+    R = T - B
+    forward, backward = loss_requests.shifted_loss_accelerate(T, R, V, 2)
+    assert _vocabulary_sized(forward, backward) == measured
+    # the hand derivation: the CUDA-order loss (logits, shifted copy, bf16 log-softmax,
+    # its fp32 cast; the copy freed at the return), then the logits' fp32 copy beside
+    # them, the bf16 logits dropped with the model's output, the fp32 ones with
+    # compute_loss's: the moment after the forward is 2·T·V + 4·T·V beyond the saved
+    assert measured[0] == [
+        ("alloc", T * V * 2),
+        ("alloc", R * V * 2),
+        ("alloc", R * V * 2),
+        ("alloc", R * V * 4),
+        ("free", 1),
+        ("alloc", T * V * 4),
+        ("free", 0),
+        ("free", 4),
+    ]
+    # the backward is the CUDA-order loss's (numbering shifted by the copy)
+    plain = loss_requests.shifted_loss_cuda_autocast(T, R, V, 2)[1]
+    assert [op for op, _ in backward] == [op for op, _ in plain]
+
+
+def test_the_accelerate_moment_is_modelled_where_the_trainer_converts_outputs():
+    """Loss.fp32_output_moment: the shifted loss under CUDA's autocast on HF Trainer's
+    path; none on the CPU (the measured suite's loop calls the model itself), without
+    autocast (DeepSpeed's fp16/bf16 engines: accelerate sets no native_amp), with
+    transformers' own loss (an equal moment already) or a loop of its own."""
+    from ftmem.api import run_config
+    from ftmem.ops.loss import Loss
+    from ftmem.presets import get_model
+
+    arch = get_model("qwen2.5-0.5b")
+    Vq, n = arch.vocab_size, 256
+    bf16 = {"precision": "bf16", "autocast": True, "loss": "shifted", "seq_len": n}
+    cases = [
+        ({**bf16, "device": "cuda"}, n * Vq * (2 + 4)),
+        ({**bf16, "device": "cpu"}, 0),
+        ({**bf16, "device": "cuda", "autocast": False}, 0),
+        ({**bf16, "device": "cuda", "loss": "standard"}, 0),
+        ({**bf16, "device": "cuda", "framework": "fsdp_qlora"}, 0),
+    ]
+    for settings, expected in cases:
+        run = run_config(method="lora", **settings)
+        assert Loss.fp32_output_moment(arch, run, 2, n) == expected, settings
+
+
 def _legacy_llama_step(hold: bool):
     """transformers 4.40.2's LlamaForCausalLM.forward with labels
     (models/llama/modeling_llama.py:1230-1244, pretraining_tp 1): the logits upcast, a

@@ -146,6 +146,14 @@ class Profile:
     # l.126-154); peft's PeftModel still calls it for a non-quantised model
     # (peft 0.21.2 peft_model.py l.184-185, l.728-735)
     checkpointing_hooks_embeddings: bool = True
+    # under native autocast (no DeepSpeed) the trainer's accelerate prepare_model wraps
+    # the model's forward so that every 16-bit tensor of its output is cast to fp32 after
+    # the autocast context exits (huggingface/accelerate@8d1479def0bb3e3321f4a5be39a9479f73f5d66c
+    # = v0.24.1 src/accelerate/accelerator.py l.1389-1398, native_amp l.441-448 (not
+    # under DeepSpeed), utils/operations.py
+    # convert_to_fp32 l.608-626; @16cb6eb8 accelerator.py l.1824-1829 still): the logits' fp32
+    # copy beside the 16-bit logits and what the loss saved (ops.loss.Loss.fp32_output_moment)
+    converts_outputs_to_fp32: bool = True
 
 
 HF = Profile("hf")
@@ -176,6 +184,7 @@ TORCHTUNE = Profile(
     compiles_layers=True,
     compiles_chunked_loss=True,
     offload_keeps_head=True,
+    converts_outputs_to_fp32=False,  # its own loop, no accelerate
 )
 
 # LitGPT 0.4.x (Lightning-AI/litgpt@00af8b0d) and lit-gpt 2023 (@8641822b) under
@@ -198,6 +207,7 @@ LITGPT = Profile(
     # lightning/fabric/wrappers.py _FabricModule.forward: precision.convert_output(output)
     # casts floating outputs to torch.get_default_dtype() (fp32); fit()'s `logits` keeps them
     logits_fp32_held=True,
+    converts_outputs_to_fp32=False,  # Fabric's own conversion: logits_fp32_held
     # fit(): `loss = chunked_cross_entropy(...)` is rebound after the next iteration's
     # forward and loss, so `loss.grad_fn` keeps the last graph alive until then
     # (litgpt@00af8b0d litgpt/finetune/lora.py fit; lit-gpt@8641822b finetune/lora.py train)
@@ -282,6 +292,7 @@ LIGHTNING = Profile(
         "previous step's gradients live through it.",
     ),
     zero_grad_after_forward=True,
+    converts_outputs_to_fp32=False,  # not accelerate's prepare_model (not derived)
 )
 
 # Answer.AI's fsdp_qlora train.py (AnswerDotAI/fsdp_qlora@50efa1e fsdp_main;
@@ -316,6 +327,7 @@ FSDP_QLORA = Profile(
     # and broadcasts them); LoRA: from_pretrained(torch_dtype=...) then model.to(dtype)
     # (@50efa1e train.py fsdp_main:556-579)
     builds_quantised_model_fp32=True,
+    converts_outputs_to_fp32=False,  # its own loop, no accelerate
 )
 
 # PEFT's method_comparison benchmark (peft@5d602fdb method_comparison/MetaMathQA/run.py
@@ -338,6 +350,7 @@ PEFT_MC = Profile(
     # ``batch = tokenizer.pad(batch, return_tensors="pt")`` (right padding to the longest
     # of the batch) and ``model(**batch, ...)`` passes its attention_mask (run.py train)
     padding="longest",
+    converts_outputs_to_fp32=False,  # its own loop, no accelerate
 )
 
 PROFILES: dict[str, Profile] = {

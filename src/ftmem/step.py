@@ -455,18 +455,8 @@ def _decoder_sizes(
     # (LLaVA's unread tower layers' graph, held by the model output: ftmem.vision_lora)
     forward_cache += vision_lora.unread_held(arch, run, plan.dtypes)
     framework_head = held_logits_head(arch, run, plan, e, T)
-    tiles = run.loss == "logprob-tiles"  # TRL's log-probability tiles
     head = HeadTransients(
-        logits_forward=(
-            # (the preference objectives' FusedHead counts the backbone's output itself)
-            Loss.logprob_tiles_moment(arch, run, plan, e)
-            if tiles and run.objective == "sft"
-            else Loss.logprob_tiles_forward(arch, run, plan, e)
-            if tiles
-            else _logits_forward(arch, run, plan, e, T)
-        )
-        + PrefixTuning.cache(arch, run, plan.dtypes)
-        + forward_cache,
+        logits_forward=_head_forward(arch, run, plan, e, T, forward_cache),
         loss_backward=_head_backward(arch, run, plan, e, T)
         + (
             T * V * FP32
@@ -512,6 +502,26 @@ def _decoder_sizes(
         ),
         output_held=output_held,
     )
+
+
+def _head_forward(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int, forward_cache: int
+) -> int:
+    """The head's forward moment beyond what the loss saves: the loss's own with what
+    the forward holds until it returns, or, once it has returned and its caches are
+    freed, accelerate's fp32 copy of the returned logits (Loss.fp32_output_moment)."""
+    tiles = run.loss == "logprob-tiles"  # TRL's log-probability tiles
+    loss = (
+        # (the preference objectives' FusedHead counts the backbone's output itself)
+        Loss.logprob_tiles_moment(arch, run, plan, e)
+        if tiles and run.objective == "sft"
+        else Loss.logprob_tiles_forward(arch, run, plan, e)
+        if tiles
+        else _logits_forward(arch, run, plan, e, T)
+    )
+    held = PrefixTuning.cache(arch, run, plan.dtypes) + forward_cache
+    converted = 0 if plan.head_lora else Loss.fp32_output_moment(arch, run, e, T)
+    return max(loss + held, converted)
 
 
 def _with_router_aux_moment(
@@ -583,6 +593,7 @@ def _head_requests(
         held=forward_cache + PrefixTuning.cache(arch, run, plan.dtypes),
         output_held=output_held,
         nll_cast=nll_cast,
+        fp32_output=Loss.fp32_output_moment(arch, run, e, T) > 0,
     )
 
 

@@ -246,6 +246,24 @@ class Loss:
         return run.uses_autocast and e != FP32 and run.device == "cuda"
 
     @staticmethod
+    def fp32_output_moment(arch: Architecture, run: RunConfig, e: int, T: int) -> int:
+        """Beyond what the loss saved, once the forward has returned: the 16-bit logits
+        beside the fp32 copy accelerate's convert_outputs_to_fp32 makes of the model's
+        output (profiles.Profile.converts_outputs_to_fp32), T·V·(e + 4); 0 where no copy
+        is made. Modelled for the shifted loss under CUDA's autocast only: transformers'
+        own loss (ForCausalLMLoss) upcasts the logits itself, and that moment (the logits,
+        their fp32 upcast beside the fp32 log-softmax it saves) is as large as this one
+        (an equal request that reuses the upcast's freed block in the replay)."""
+        if not (
+            run.loss == "shifted"
+            and Loss.shifted_nll_cast(run, e)
+            and profile_of(run).converts_outputs_to_fp32
+            and not profile_of(run).output_held_through_step
+        ):
+            return 0
+        return T * arch.vocab_size * (e + FP32)
+
+    @staticmethod
     def shifted_backward(run: RunConfig, V: int, e: int, T: int) -> int:
         """Beyond the saved tensors in the shifted loss's backward: nll_loss's and
         log_softmax's gradients (rows = T − b, in the log-softmax's dtype); under

@@ -134,11 +134,24 @@ def shifted_loss_cuda_autocast(
     Backward: nll_loss_backward's fp32 zeros (R·V·4); NllLossBackward0's saved cast,
     labels and scalar released as it returns; ToCopyBackward0's cast back (R·V·e), the
     fp32 gradient freed; _log_softmax_backward_data (R·V·e), the cast and the saved
-    log-softmax freed; SliceBackward0's zeros of the whole logits (T·V·e)."""
+    log-softmax freed; SliceBackward0's zeros of the whole logits (T·V·e).
+
+    ``fp32_output``: accelerate's convert_outputs_to_fp32 around the forward (HF Trainer
+    under native autocast, profiles.Profile.converts_outputs_to_fp32): once the forward
+    has returned (the autocast context exited, its cache freed), ``logits.float()``
+    (T·V·4) beside the 16-bit logits, which die with the model's own output object; the
+    fp32 copy with the converted output, when the trainer's compute_loss returns."""
     return _shifted_cuda_program(T, R, V, e, held, False).phases()
 
 
-def _shifted_cuda_program(T: int, R: int, V: int, e: int, held: int, hold: bool) -> Programmed:
+def shifted_loss_accelerate(T: int, R: int, V: int, e: int, held: int = 0) -> tuple[Phase, Phase]:
+    """shifted_loss_cuda_autocast with accelerate's fp32 copy of the returned logits."""
+    return _shifted_cuda_program(T, R, V, e, held, False, fp32_output=True).phases()
+
+
+def _shifted_cuda_program(
+    T: int, R: int, V: int, e: int, held: int, hold: bool, fp32_output: bool = False
+) -> Programmed:
     p = _Program()
     cache = p.alloc(held)
     logits = p.alloc(T * V * e)
@@ -148,6 +161,10 @@ def _shifted_cuda_program(T: int, R: int, V: int, e: int, held: int, hold: bool)
     cast = p.alloc(R * V * FP32)
     total_weight = p.alloc(FP32)
     p.free(shifted, cache)
+    if fp32_output and not hold:  # accelerate's convert_to_fp32 of the model's output
+        converted = p.alloc(T * V * FP32)
+        p.free(logits)
+        logits = converted
     p.drop_output(logits, hold)
     forward = p.cut()
     nll_grad = p.alloc(R * V * FP32)
@@ -329,6 +346,7 @@ def head_requests(
     held: int = 0,
     output_held: int = 0,
     nll_cast: bool = False,
+    fp32_output: bool = False,
 ) -> HeadRequests | None:
     """The head's requests for ``loss`` (run.loss), or None where its order is not
     derived (the fused, linear-chunked and log-probability-tile losses, whose moments
@@ -338,12 +356,13 @@ def head_requests(
     and the item's bytes among what it keeps. ``output_held``: the model's output the
     loop holds past the backward (StepSizes.output_held): the program keeps its logits
     allocated, and they must be that many bytes; ``nll_cast``: the shifted loss under
-    CUDA's autocast (shifted_loss_cuda_autocast)."""
+    CUDA's autocast (shifted_loss_cuda_autocast); ``fp32_output``: with accelerate's fp32
+    copy of the returned logits (shifted_loss_accelerate)."""
     hold = output_held > 0
     if loss == "standard":
         program = _causal_lm_loss(T, V, e, held, hold)
     elif loss == "shifted" and nll_cast:  # CUDA's autocast
-        program = _shifted_cuda_program(T, R, V, e, held, hold)
+        program = _shifted_cuda_program(T, R, V, e, held, hold, fp32_output)
     elif loss == "shifted":
         program = _shifted_loss(T, R, V, e, log_softmax_bytes, held, hold)
     elif loss == "upcast-shifted":
