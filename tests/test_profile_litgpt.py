@@ -296,3 +296,90 @@ def test_a_ctx_attribute_outlives_backward_until_the_graph_goes() -> None:
     loss = torch.zeros(())  # the next iteration's loss is assigned
     gc.collect()
     assert alive() is None
+
+
+def test_zero_padded_qkv_lora_keeps_lora_b_output(llama: str, litgpt_without: object) -> None:
+    # litgpt@00af8b0d litgpt/lora.py LoRAQKVLinear.zero_pad, q and v enabled (not k):
+    # result.index_copy_(-1, lora_ind, source=after_B), and index_copy's backward reads its
+    # source (derivatives.yaml: grad.index_select(dim, index).expand_as(source)), so
+    # lora_B's output for the q and v slices, N x (NH + NG)·HS in bf16, lives until the
+    # block's backward
+    b, s = 2, 256
+    N = b * s
+    on = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **LORA)
+    litgpt_without(qkv_lora_zero_pad_keeps_source=False)  # type: ignore[operator]
+    off = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **LORA)
+    per_block = N * (NH * HS + NG * HS) * 2
+    assert on.per_block_full[-1] - off.per_block_full[-1] == per_block
+    assert on.sizes.activations.total - off.sizes.activations.total == L * per_block
+
+
+def test_zero_pad_keeps_nothing_with_q_k_and_v_enabled(llama: str, litgpt_without: object) -> None:
+    # zero_pad: `if all(self.enable_lora): return x`, and `x * self.scaling` keeps nothing
+    b, s = 1, 256
+    run = dict(LORA, lora_targets="q,k,v")
+    on = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **run)
+    litgpt_without(qkv_lora_zero_pad_keeps_source=False)  # type: ignore[operator]
+    off = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **run)
+    assert on.per_block_full[-1] == off.per_block_full[-1]
+
+
+def test_zero_pad_on_falcons_fused_query_key_value(falcon: str, litgpt_without: object) -> None:
+    # transformers' Falcon has one query_key_value, adapted whole by ftmem's q,v; LitGPT
+    # enables the q slice (NH·HS) and the one key/value head's v slice (HS, multi-query)
+    b, s = 1, 256
+    N = b * s
+    on = parts(falcon, framework="litgpt", batch_size=b, seq_len=s, **LORA)
+    litgpt_without(qkv_lora_zero_pad_keeps_source=False)  # type: ignore[operator]
+    off = parts(falcon, framework="litgpt", batch_size=b, seq_len=s, **LORA)
+    assert on.per_block_full[-1] - off.per_block_full[-1] == N * (NH * HS + HS) * 2
+
+
+def test_index_copy_keeps_its_source_in_pytorch() -> None:
+    # the autograd fact zero_pad_source rests on, in PyTorch: zero_pad's two lines on a
+    # small after_B; the node's saved source is lora_B's output itself (its storage)
+    import torch
+
+    lora_b = torch.randn(3, 6, requires_grad=True)
+    after_b = torch.randn(2, 5, 3) @ lora_b  # (B, T, enabled widths): what zero_pad gets
+    index = torch.tensor([0, 1, 2, 3, 6, 7])  # q and v slices of a q, k, v width of 8
+    result = after_b.new_zeros(2, 5, 8).index_copy_(-1, index, after_b)
+    saved = result.grad_fn._saved_source  # type: ignore[union-attr]
+    assert saved.untyped_storage().data_ptr() == after_b.untyped_storage().data_ptr()
+    assert saved.untyped_storage().nbytes() == 2 * 5 * 6 * 4
+
+
+PHI3 = {
+    "model_type": "phi3",
+    "architectures": ["Phi3ForCausalLM"],
+    "vocab_size": V,
+    "hidden_size": D,
+    "intermediate_size": I,
+    "num_hidden_layers": L,
+    "num_attention_heads": NH,
+    "num_key_value_heads": NH,
+    "max_position_embeddings": 2048,
+    "original_max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5,
+    "rope_scaling": None,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+
+
+def test_gate_up_split_into_two_adapted_linears(tmp_path: Path, litgpt_without: object) -> None:
+    # Phi-3's checkpoint fuses gate_up_proj (one peft LoRA: one dropout); LitGPT builds
+    # LLaMAMLP's fc_1 and fc_2 (litgpt/config.py Phi-3-mini-4k-instruct
+    # mlp_class_name="LLaMAMLP"), each a LoRALinear: one more dropout output (bf16, N·d),
+    # its bool mask (N·d, the block input needs a gradient) and lora_A output (N·r)
+    path = tmp_path / "phi3" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(PHI3))
+    b, s, r = 1, 256, 8
+    N = b * s
+    run = dict(LORA, lora_targets="gate,up")
+    on = parts(str(path), framework="litgpt", batch_size=b, seq_len=s, **run)
+    litgpt_without(splits_gate_up=False)  # type: ignore[operator]
+    off = parts(str(path), framework="litgpt", batch_size=b, seq_len=s, **run)
+    assert on.per_block_full[-1] - off.per_block_full[-1] == N * D * 2 + N * D + N * r * 2

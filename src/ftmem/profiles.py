@@ -90,6 +90,12 @@ class Profile:
     expands_kv: bool = False
     # one LoRA dropout of the block input serves all adapted q/k/v slices
     one_qkv_lora_dropout: bool = False
+    # LoRA on some of q, k, v of a fused qkv is zero-padded to the full width with
+    # index_copy_, whose backward keeps lora_B's output (adapters/lora.py zero_pad_source)
+    qkv_lora_zero_pad_keeps_source: bool = False
+    # the framework's own gated MLP has separate gate and up linears, each with its own
+    # LoRA (dropout, lora_A), where the family's checkpoint fuses them into gate_up
+    splits_gate_up: bool = False
     # every family's attention runs through F.scaled_dot_product_attention
     sdpa_attention: bool = False
     # zero_grad runs after the training step's forward, before its backward, so the
@@ -229,6 +235,14 @@ LITGPT = Profile(
     expands_kv=True,
     # litgpt/lora.py LoRAQKVLinear.forward: F.linear(self.lora_dropout(x), self.lora_A)
     one_qkv_lora_dropout=True,
+    # litgpt/lora.py LoRAQKVLinear.zero_pad (00af8b0d): result.index_copy_(dim=-1,
+    # index=self.lora_ind, source=x) unless all of q, k, v are enabled; lit-gpt@8641822b
+    # lit_gpt/lora.py zero_pad: result.index_copy(1, ..., x.reshape(-1, sum(qkv_shapes)))
+    qkv_lora_zero_pad_keeps_source=True,
+    # litgpt/model.py LLaMAMLP (fc_1, fc_2, proj; litgpt/lora.py wraps each in a
+    # LoRALinear when lora_mlp) for Phi-3 (litgpt/config.py Phi-3-mini-4k-instruct:
+    # mlp_class_name="LLaMAMLP"), whose HF checkpoint has one gate_up_proj
+    splits_gate_up=True,
     # litgpt/model.py CausalSelfAttention.scaled_dot_product_attention: SDPA for every
     # family without logit soft-capping (Falcon included)
     sdpa_attention=True,

@@ -1,6 +1,7 @@
 """peft's LoRA on a linear (and its family: rsLoRA, QLoRA's 4-bit base, ReLoRA, LongLoRA,
 which keep what LoRA keeps): its dropout and input casts, lora_A's output, autocast's
-copies of its weights, its forward at the sum, its casts' gradients, ReLoRA's merge."""
+copies of its weights, its forward at the sum, its casts' gradients, ReLoRA's merge; and
+what LitGPT's LoRA on its fused qkv keeps besides (its zero-padded lora_B output)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from ftmem.adapters.dora import DoRA
 from ftmem.arch import Architecture, Linear
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan
-from ftmem.ops.context import LayerContext
+from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.dropout import Dropout
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.profiles import profile_of
 from ftmem.run import RunConfig
 from ftmem.versions import peft_gptq_adds_in_place
 
@@ -76,6 +78,31 @@ class LoRA:
             what = f"{lin.label} lora 16-bit weight copies"
             out.append(Saved(what, 2 * copies, Kind.LORA, side, own))
         return out, reads_input
+
+    @staticmethod
+    def zero_pad_source(
+        ctx: LayerContext, linears: list[Linear], state: BlockState, side: Side
+    ) -> list[Saved]:
+        """LitGPT's LoRA on its fused qkv when the run enables some of q, k and v but not
+        all three: ``zero_pad`` scatters lora_B's output (the enabled slices, T x their
+        summed widths) into a zero tensor of the full qkv width with ``index_copy_``
+        (litgpt@00af8b0d litgpt/lora.py LoRAQKVLinear.zero_pad; lit-gpt@8641822b
+        lit_gpt/lora.py zero_pad, out of place on a reshaped copy). index_copy's backward
+        formula reads its source (pytorch/pytorch tools/autograd/derivatives.yaml
+        index_copy: ``grad.index_select(dim, index).expand_as(source)``), so autograd
+        keeps lora_B's output from the qkv forward to its backward. With all three
+        enabled zero_pad returns its input and nothing is kept."""
+        if not profile_of(ctx.run).qkv_lora_zero_pad_keeps_source:
+            return []
+        enabled = enabled_qkv_roles(ctx.run.targets, linears, state)
+        if not enabled or enabled == {"q", "k", "v"}:
+            return []
+        width = sum(ctx.arch.q_size if role == "q" else ctx.arch.kv_size for role in enabled)
+        dt = ctx.plan.dtypes
+        out_bytes = ctx.e if dt.autocast else BYTES_PER_ELEMENT[dt.adapter]  # conv1d's output
+        group = tuple(lin for lin in linears if lin.module in state.adapted)
+        what = f"qkv lora_B output, {'/'.join(sorted(enabled))} (zero_pad's index_copy_ source)"
+        return [Saved(what, ctx.tokens * width * out_bytes, Kind.LORA, side, group)]
 
     @staticmethod
     def forward_transient(
@@ -146,3 +173,19 @@ def output_bytes(plan: MethodPlan, e: int) -> tuple[int, int]:
     base_e = FP32 if dt.four_bit_outputs_fp32 and dt.quantized else e
     lora_e = e if dt.autocast else BYTES_PER_ELEMENT[dt.adapter]
     return base_e, lora_e
+
+
+def enabled_qkv_roles(targets: str, linears: list[Linear], state: BlockState) -> set[str]:
+    """The q/k/v slices LitGPT's fused qkv adapts (its lora_query, lora_key, lora_value):
+    the roles of the adapted linears in the group; of a fused projection, those the run's
+    targets name (every one for ``attention``, ``all-linear`` or the module's own name)."""
+    spec = {item.strip() for item in targets.lower().split(",")}
+    named = spec & {"q", "k", "v"}
+    enabled: set[str] = set()
+    for lin in linears:
+        roles = {role for role in lin.roles if role in ("q", "k", "v")}
+        if lin.module not in state.adapted or not roles:
+            continue
+        whole = len(roles) == 1 or spec & {"attention", "all-linear", lin.module, lin.leaf}
+        enabled |= roles if whole else roles & named
+    return enabled

@@ -127,21 +127,10 @@ class LinearOp:
         elif held:  # the tensor another op keeps: no bytes of its own, held past backward
             out.append(Saved(f"{label}: input (shared)", 0, Kind.LINEAR_INPUT, side, group, held))
         out += LinearOp.int8_column_copies(ctx, linears, in_grad, side, label)
-        shared_input = False
-        # LitGPT's fused qkv: one dropout for every adapted slice (litgpt@00af8b0d
-        # litgpt/lora.py LoRAQKVLinear.forward: F.linear(self.lora_dropout(x), self.lora_A))
-        one_dropout = profile_of(ctx.run).one_qkv_lora_dropout and all(
-            set(lin.roles) & {"q", "k", "v"} for lin in linears
+        items, shared_input = LinearOp.lora_saved(
+            ctx, linears, state, side, in_grad, in_features, in_bytes
         )
-        dropped = False
-        for lin in linears if state.adapted else ():
-            if lin.module in state.adapted:
-                items, reads_input = LoRA.saved(
-                    ctx, lin, side, in_grad, in_features, in_bytes, one_dropout and dropped
-                )
-                dropped = True
-                out += items
-                shared_input = shared_input or reads_input
+        out += items
         if shared_input and not input_bytes and not input_kept_elsewhere:
             size = ctx.tokens * in_features * in_bytes
             out.append(Saved(f"{label}: input (for lora_A)", size, Kind.LINEAR_INPUT, side, group))
@@ -154,6 +143,43 @@ class LinearOp:
         if in_grad and LinearOp.gptq_dequantises(ctx.run, ctx.tokens):
             out += LinearOp.dequantised_weights(linears, side)
         return out
+
+    @staticmethod
+    def lora_saved(
+        ctx: LayerContext,
+        linears: list[Linear],
+        state: BlockState,
+        side: Side,
+        in_grad: bool,
+        in_features: int,
+        in_bytes: int,
+    ) -> tuple[list[Saved], bool]:
+        """What the LoRA adapters of linears reading one tensor keep, and whether a lora_A
+        reads that tensor itself. LitGPT (profiles.LITGPT): its fused qkv drops its input
+        out once for every adapted slice (litgpt@00af8b0d litgpt/lora.py
+        LoRAQKVLinear.forward: F.linear(self.lora_dropout(x), self.lora_A)) and keeps its
+        zero-padded lora_B output (LoRA.zero_pad_source); its gated MLP is two LoRALinear
+        (litgpt/lora.py LLaMAMLP: fc_1 and fc_2, each with its own dropout and lora_A)
+        where a family's checkpoint fuses gate_up (Phi-3)."""
+        profile = profile_of(ctx.run)
+        one_dropout = profile.one_qkv_lora_dropout and all(
+            set(lin.roles) & {"q", "k", "v"} for lin in linears
+        )
+        out: list[Saved] = []
+        dropped = shared_input = False
+        for lin in linears if state.adapted else ():
+            if lin.module not in state.adapted:
+                continue
+            split = profile.splits_gate_up and set(lin.roles) == {"gate", "up"}
+            for half in ("fc_1 half of ", "fc_2 half of ") if split else ("",):
+                items, reads_input = LoRA.saved(
+                    ctx, lin, side, in_grad, in_features, in_bytes, one_dropout and dropped
+                )
+                dropped = True
+                out += [item.relabelled(half) for item in items] if half else items
+                shared_input = shared_input or reads_input
+        out += LoRA.zero_pad_source(ctx, linears, state, side)
+        return out, shared_input
 
     @staticmethod
     def gptq_dequantises(run: RunConfig, T: int) -> bool:
