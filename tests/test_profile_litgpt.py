@@ -383,3 +383,24 @@ def test_gate_up_split_into_two_adapted_linears(tmp_path: Path, litgpt_without: 
     litgpt_without(splits_gate_up=False)  # type: ignore[operator]
     off = parts(str(path), framework="litgpt", batch_size=b, seq_len=s, **run)
     assert on.per_block_full[-1] - off.per_block_full[-1] == N * D * 2 + N * D + N * r * 2
+
+
+def test_rms_norm_keeps_fp32_normalised_when_its_weight_trains(
+    llama: str, litgpt_without: object
+) -> None:
+    # litgpt@00af8b0d litgpt/model.py RMSNorm.forward: (x_normed * weight.float()).to(dtype):
+    # with the weight trainable the mul keeps x_normed in fp32 (4·N·d) where transformers'
+    # `weight * hidden_states.to(input_dtype)` keeps the bf16 cast (2·N·d): 2·N·d more for
+    # each of the 2·L block norms and the final one
+    b, s = 2, 256
+    N = b * s
+    on = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **FULL)
+    litgpt_without(rms_norm_scales_in_fp32=False)  # type: ignore[operator]
+    off = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **FULL)
+    assert on.per_block_full[-1] - off.per_block_full[-1] == 2 * N * D * 2
+    assert on.sizes.activations.total - off.sizes.activations.total == (2 * L + 1) * N * D * 2
+    # LoRA: the norm weights are frozen, nothing changes (switched off still, then on)
+    lora_off = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **LORA)
+    litgpt_without(rms_norm_scales_in_fp32=True)  # type: ignore[operator]
+    lora_on = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **LORA)
+    assert lora_on.sizes.activations.total == lora_off.sizes.activations.total

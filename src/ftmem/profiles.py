@@ -96,6 +96,9 @@ class Profile:
     # the framework's own gated MLP has separate gate and up linears, each with its own
     # LoRA (dropout, lora_A), where the family's checkpoint fuses them into gate_up
     splits_gate_up: bool = False
+    # the framework's own RMSNorm scales by the weight in fp32 (x_normed * weight.float()):
+    # with a trainable weight it keeps the normalised tensor in fp32 (ops/norm.py)
+    rms_norm_scales_in_fp32: bool = False
     # every family's attention runs through F.scaled_dot_product_attention
     sdpa_attention: bool = False
     # zero_grad runs after the training step's forward, before its backward, so the
@@ -243,6 +246,9 @@ LITGPT = Profile(
     # LoRALinear when lora_mlp) for Phi-3 (litgpt/config.py Phi-3-mini-4k-instruct:
     # mlp_class_name="LLaMAMLP"), whose HF checkpoint has one gate_up_proj
     splits_gate_up=True,
+    # litgpt/model.py RMSNorm.forward: x = x.float(); x_normed = x * torch.rsqrt(...);
+    # return (x_normed * weight.float()).to(dtype=dtype)
+    rms_norm_scales_in_fp32=True,
     # litgpt/model.py CausalSelfAttention.scaled_dot_product_attention: SDPA for every
     # family without logit soft-capping (Falcon included)
     sdpa_attention=True,

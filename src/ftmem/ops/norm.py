@@ -64,9 +64,11 @@ class Norm:
             size = copies * T * h * FP32 + T * FP32
             out.append(Saved(f"{label}: fp32 input + rstd", size, Kind.NORM_INPUT, side))
         if w_grad:
-            # Llama: weight * normed.to(dtype) saves the cast; Gemma: normed * (1 + w) in fp32
+            # Llama: weight * normed.to(dtype) saves the cast; Gemma: normed * (1 + w) in fp32;
+            # LitGPT's own RMSNorm: (x_normed * weight.float()).to(dtype), in fp32 for all
             in_bytes = ctx.projection_out_bytes if of_sublayer else ctx.residual
-            normed_bytes = FP32 if gemma else in_bytes
+            fp32 = gemma or profile_of(ctx.run).rms_norm_scales_in_fp32
+            normed_bytes = FP32 if fp32 else in_bytes
             out.append(Saved(f"{label}: normalised", T * h * normed_bytes, Kind.NORM_OUTPUT, side))
         return out
 
