@@ -184,7 +184,7 @@ def test_real_runs_replay_as_their_events_do(model, settings):
     run = run_config(**settings, seq_len=1024, batch_size=2)
     parts = step_parts(arch, run)
     steps = ((parts.sizes, _tensors(parts, parts.sizes)),) * 2
-    args = (steps, run.grad_accum, ((8_519_680,), (8_519_680, MIB)), False)
+    args = (steps, ((8_519_680,), (8_519_680, MIB)), False)
     expected = replay_streams(run_events(*args))
     assert replay_run(*args) == expected
     assert replay_run(*args) == expected

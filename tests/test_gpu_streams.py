@@ -60,8 +60,8 @@ def test_fsdps_side_streams_cache_more_than_one_pool_would():
     sizes = step.ranks[step.worst].sizes
     tensors = _tensors(step.parts, sizes)
     steps = ((sizes, tensors), (sizes, tensors))
-    apart = allocator_cache(steps, 1, ((), ()), True)
-    together = allocator_cache(steps, 1, ((), ()), False)
+    apart = allocator_cache(steps, ((), ()), True)
+    together = allocator_cache(steps, ((), ()), False)
     assert apart > together
     est = ftmem.estimate("llama2-7b", method="full", seq_len=1024, gpus=8, strategy="fsdp")
     assert est.memory.beyond_allocated.allocator_cache >= apart

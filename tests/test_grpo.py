@@ -255,8 +255,7 @@ def test_the_allocator_trace_reaches_the_timeline_peak(settings):
     arch = model_presets()["llama2-7b"]
     base = dict(objective="grpo", batch_size=8, seq_len=1024, completion_len=512)
     parts = step_parts(arch, RunConfig(**{**base, **settings}))
-    accum = min(settings.get("grad_accum", 1), 2)
-    events = step_events(parts.sizes, _tensors(parts, parts.sizes), accum)
+    events = step_events(parts.sizes, _tensors(parts, parts.sizes))
     best, _ = replay_live(events)
     assert best == find_peak(parts.sizes).at_peak.total
 
@@ -318,7 +317,7 @@ def test_the_allocator_trace_of_a_rank_reaches_its_timeline_peak(strategy, setti
     run = RunConfig(**{**base, **settings})
     step = parallel_step(arch, run, parallel_config(gpus=4, strategy=strategy))
     sizes = step.ranks[step.worst].sizes
-    events = step_events(sizes, _tensors(step.parts, sizes), min(run.grad_accum, 2))
+    events = step_events(sizes, _tensors(step.parts, sizes))
     best, _ = replay_live(events)
     assert best == step.peak.at_peak.total
     if run.ds3_gather_for_generation is False:  # the forward's blocks, no request list

@@ -293,7 +293,6 @@ def _device(
         sizes,
         tensors,
         rt,
-        micro_batches=min(run.grad_accum, 2),  # from the second on, every one is alike
         overhead=overhead,
         # FSDP all-gathers and reduce-scatters on streams of their own, whose cached
         # blocks the default stream cannot reuse (pytorch/pytorch PR #117323, awgu: "FSDP
@@ -376,9 +375,10 @@ def _tensors(parts: StepParts, sizes: StepSizes, leaf_shards: int = 0) -> StepTe
     """The step's tensors one by one (a sharded rank's as flat buffers; ``leaf_shards``:
     the shard count where each trainable tensor is an FSDP unit of its own, whose
     gradient shards are then one tensor each)."""
-    below, above = outer_sides(
-        [s.nbytes for s in parts.outer_items], sizes.activations.below, sizes.activations.above
-    )
+    # the graph's leaves first: the hooked embeddings' outputs, made before what the
+    # embedding side saves (the two sums the timeline adds in its ``below``)
+    items = [*parts.graph_leaves, *(s.nbytes for s in parts.outer_items)]
+    below, above = outer_sides(items, sizes.activations.below, sizes.activations.above)
     block = [s.nbytes for s in parts.typical_block]
     if sizes is parts.sizes:
         return plan_tensors(parts.plan, sizes, block, below, above)

@@ -17,6 +17,7 @@ from ftmem import vision_lora, vision_step
 from ftmem.arch import (
     ATTENTION_ROLES,
     MLP_ROLES,
+    TOKEN_EMBEDDINGS,
     Architecture,
     Linear,
     Param,
@@ -200,6 +201,25 @@ class MethodPlan:
     adapted_experts: tuple[ExpertLoRA, ...] = ()
     # LoRA on the LM head (--lora-targets ...,lm_head): one A (r × h) and B (V × r)
     head_lora: bool = False
+    # the token embedding is the LM head's weight too (its gradient starts at the head)
+    tied_embeddings: bool = False
+
+    def gradient_after_blocks(self, g: TensorGroup) -> bool:
+        """A tensor outside the blocks whose gradient appears only after the first block's
+        backward: the token embedding (unless tied: then it is the LM head too, whose
+        gradient comes first), learned position embeddings, prompt encoders and the
+        vision tower's, projector's and their adapters' tensors. The timeline's
+        (step._gradient_sizes) and the allocator trace's (gpu.trace.plan_tensors) one
+        reading."""
+        if g.in_block:
+            return False
+        base = g.name.split(".modules_to_save")[0]
+        if vision_step.is_vision(base):
+            return True  # the vision tower runs before the language model: its gradients come last
+        if base.startswith("prompt_encoder.") or base.endswith("wpe.weight"):
+            # peft's prompt encoders run first in forward, so their gradients come last
+            return True
+        return not self.tied_embeddings and base.endswith(TOKEN_EMBEDDINGS)
 
     @property
     def n_params(self) -> int:
@@ -687,6 +707,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         final_norm_trainable=final_norm_trainable,
         adapted_experts=experts,
         head_lora=head_lora,
+        tied_embeddings=arch.tie_embeddings,
     )
 
 

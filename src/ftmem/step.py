@@ -18,7 +18,7 @@ from ftmem.adapters.dora import DoRA
 from ftmem.adapters.head_lora import HeadLoRA
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.prompt import PrefixTuning
-from ftmem.arch import TOKEN_EMBEDDINGS, Architecture, buffer_numel, layout, qk_norm_params
+from ftmem.arch import Architecture, buffer_numel, layout, qk_norm_params
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
@@ -193,7 +193,7 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
         if len(_PLAN_SIZES) >= _MAX_PLAN_SIZES:
             _PLAN_SIZES.clear()
         grad_groups = [g for g in plan.groups if g.trainable]
-        grads, grads_block, grads_outer, grads_embedding = _gradient_sizes(plan, arch)
+        grads, grads_block, grads_outer, grads_embedding = _gradient_sizes(plan)
         sizes = _PLAN_SIZES[key] = PlanSizes(
             # the model's registered buffers live beside its weights, in its dtype, and
             # those of an older transformers release (release_buffers)
@@ -233,6 +233,10 @@ class StepParts:
     typical_block: tuple[Saved, ...]
     outer_items: tuple[Saved, ...]
     offloaded: int = 0  # activation offload: saved bytes held in host RAM instead
+    # what the graph holds beside the saved tensors until the end of backward (the
+    # input-gradient hook's leaves, vision_step.graph_leaves): in the embedding side's
+    # activations of the timeline, not in ``activations``; one tensor each
+    graph_leaves: tuple[int, ...] = ()
 
 
 def step_parts(
@@ -322,7 +326,8 @@ def _decoder_parts(
         outer_below, outer_above = [], stays
     # the input-gradient hook's leaves: held by the graph, saved by no node
     leaves = vision_step.graph_leaves(arch, run, plan.dtypes, plan.embed_trainable)
-    kept = Activations(per_block_kept, below=_sum(outer_below) + leaves, above=_sum(outer_above))
+    below = _sum(outer_below) + sum(leaves)
+    kept = Activations(per_block_kept, below=below, above=_sum(outer_above))
     sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)
     return StepParts(
         plan=plan,
@@ -332,6 +337,7 @@ def _decoder_parts(
         typical_block=blocks.last + _aux_items(aux),
         outer_items=tuple(outer_items),
         offloaded=offloaded,
+        graph_leaves=leaves,
     )
 
 
@@ -858,7 +864,7 @@ def _per_block(states: list[BlockState], saved: dict[BlockState, list[Saved]]) -
     return out
 
 
-def _gradient_sizes(plan: MethodPlan, arch: Architecture) -> tuple[int, int, int, int]:
+def _gradient_sizes(plan: MethodPlan) -> tuple[int, int, int, int]:
     """(all gradients, one trainable block's, outside the blocks, the token embedding's)."""
     grad_groups = [g for g in plan.groups if g.trainable]
     grads = sum(g.total_numel * g.element_bytes for g in grad_groups)
@@ -869,9 +875,7 @@ def _gradient_sizes(plan: MethodPlan, arch: Architecture) -> tuple[int, int, int
             // plan.trainable_blocks
         )
     embedding = sum(
-        g.total_numel * g.element_bytes
-        for g in grad_groups
-        if not g.in_block and _is_token_embedding(g.name, arch.tie_embeddings)
+        g.total_numel * g.element_bytes for g in grad_groups if plan.gradient_after_blocks(g)
     )
     return grads, block, grads - block * plan.trainable_blocks, embedding
 
@@ -1011,16 +1015,3 @@ def _stack_gradients(plan: MethodPlan, L: int) -> tuple[int, ...]:
         one = stack_bytes // trained if trained else 0
         by_block += [0] * (L - trained) + [one] * trained
     return tuple(by_block)
-
-
-def _is_token_embedding(name: str, tied: bool) -> bool:
-    """A parameter whose gradient appears only after the first block's backward: the
-    token embedding (unless tied: then it is the LM head too, whose gradient comes first),
-    learned position embeddings and prompt encoders."""
-    base = name.split(".modules_to_save")[0]
-    if vision_step.is_vision(base):
-        return True  # the vision tower runs before the language model: its gradients come last
-    if base.startswith("prompt_encoder.") or base.endswith("wpe.weight"):
-        # peft's prompt encoders run first in forward, so their gradients come last
-        return True
-    return not tied and base.endswith(TOKEN_EMBEDDINGS)

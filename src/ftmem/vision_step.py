@@ -260,25 +260,51 @@ def checkpointing_hooks_tower(run: RunConfig) -> bool:
     return profile_of(run).checkpointing_hooks_embeddings or peft
 
 
-def graph_leaves(arch: Architecture, run: RunConfig, dtypes: Dtypes, embed_trains: bool) -> int:
+def graph_leaves(
+    arch: Architecture, run: RunConfig, dtypes: Dtypes, embed_trains: bool
+) -> tuple[int, ...]:
     """What the graph holds beside its saved tensors when enable_input_require_grads hooks
     the input embeddings (checkpointing_hooks_tower) and images are given: each hooked
     output of a frozen module is a leaf made to require a gradient
     (``output.requires_grad_(True)``, transformers 5.24 modeling_utils.py l.2147-2180),
     which the AccumulateGrad node after it keeps until the graph ends (a trained token
-    embedding's output is no leaf: ``embed_trains``). The token embeddings' leaf is no block's input
-    once masked_scatter has written the image features into a copy (b · s · H), and a
-    frozen tower's patch_conv output is no layer's input once it is flattened and
-    concatenated (images · patches · H_vision); both measured on Mistral 3
-    (tests/accuracy/cases.py, lora + grad_ckpt). Mistral 3 only so far: LLaVA's, Gemma
-    3's and Qwen-VL's hooked cases have the same leaves, left as measured before."""
+    embedding's output is no leaf: ``embed_trains``). The token embeddings' leaf is no
+    block's input once masked_scatter has written the image features into a copy
+    (b · s · H; llava/modeling_llava.py l.236, gemma3/modeling_gemma3.py l.864,
+    qwen2_vl/modeling_qwen2_vl.py l.1167, qwen2_5_vl/modeling_qwen2_5_vl.py l.1222,
+    mistral3/modeling_mistral3.py l.291), and a frozen tower's patch output is a leaf
+    too (_patch_leaf). Measured on the tiny LLaVA, Gemma 3, Qwen2.5-VL, Qwen2-VL and
+    Mistral 3 (tests/accuracy/cases.py, lora + grad_ckpt; tests/accuracy/test_vision.py
+    checks that no node saves them). Llama-3.2-Vision has no masked_scatter: its hooked
+    embeddings are the first block's input (kept there). Each leaf, one tensor.
+    ``embed_trains`` is MethodPlan.embed_trainable (peft's modules_to_save copy), false
+    under full finetuning too, where the embedding's output is no leaf; there the b · s ·
+    H term matches a tensor of that size the measured full + checkpointed peaks hold
+    (LLaVA, Qwen2.5-VL, Qwen2-VL: −1.0 to −1.1 % without it, within 0.05 % with it;
+    Mistral 3 had it already; Gemma 3 −0.1 % to +0.8 %), by a mechanism not traced yet
+    (the embeddings' output gradient at their backward, likely)."""
     v = arch.vision
-    if v is None or v.encoder != "pixtral" or not run.images or not checkpointing_hooks_tower(run):
-        return 0
+    if v is None or v.mllama is not None or not run.images:
+        return ()
+    if not checkpointing_hooks_tower(run):
+        return ()
     e = BYTES_PER_ELEMENT[dtypes.compute]
     text = 0 if embed_trains else run.batch_size * run.seq_len * arch.hidden_size * e
-    conv = images_per_step(run) * v.patches * v.hidden_size * e if input_hooked(arch, run) else 0
-    return text + conv
+    conv = _patch_leaf(v, images_per_step(run), e) if input_hooked(arch, run) else 0
+    return tuple(leaf for leaf in (text, conv) if leaf)
+
+
+def _patch_leaf(v: VisionTower, images: int, e: int) -> int:
+    """A hooked frozen tower's patch embedding output (images · patches · H_vision): no
+    layer's input where the tower copies it before its first layer (CLIP's cat with the
+    CLS token, clip/modeling_clip.py l.209-213; SigLIP's position add,
+    siglip/modeling_siglip.py l.178-184; Pixtral's flatten and cat; Qwen2.5-VL's window
+    order, a gather, modeling_qwen2_5_vl.py l.456-459). Qwen2-VL's first block reads it
+    as it is (modeling_qwen2_vl.py l.692-695): its checkpoint keeps it, among the tower's
+    saved items already."""
+    if v.encoder == "qwen2_vl":
+        return 0
+    return images * v.patches * v.hidden_size * e
 
 
 def backward_transient(

@@ -1221,21 +1221,21 @@ KNOWN_GAPS: dict[str, str] = {
     **{
         f"{tower}-gradckpt=True-method=lora": (
             f"{tower} LoRA with checkpointing and a frozen tower that transformers' "
-            f"enable_input_require_grads hooked: activations {err} (peak within 5 %). The "
+            f"enable_input_require_grads hooked: activations {err}. The "
             "tower's and projector's items match the measurement to the byte but for CPU "
             "LayerNorm's mean and rstd (kept in bf16 on the CPU, fp32 on CUDA as modelled); "
             "the excess is the rotary cos/sin tables the estimate counts outside the "
             "checkpointed blocks, as for OLMo 2 and Qwen3 (2026-12-03)"
         )
         for tower, err in (
-            ("gemma3-gemma3", "+3.05 % (355,172 / 344,676 B)"),
-            ("qwen2.5-vl-qwen2", "+3.9 % (410,724 / 395,364 B)"),
-            ("qwen2-vl-qwen2", "+4.2 % (397,924 / 381,764 B)"),
+            ("gemma3-gemma3", "+3.05 % (355,172 / 344,676 B; peak -0.2 %)"),
+            ("qwen2.5-vl-qwen2", "+3.9 % (410,724 / 395,364 B; peak -0.1 %)"),
+            ("qwen2-vl-qwen2", "+4.2 % (397,924 / 381,764 B; peak -0.0 %)"),
         )
     },
     "qwen2.5-vl-qwen2-gradckpt=True-loratargets=all-linear-method=lora": (
         "Qwen2.5-VL LoRA on all linears, the tower's and the merger's too, with "
-        "checkpointing: activations +3.4 % (465,124 / 449,764 B; peak -1.5 %). The excess, "
+        "checkpointing: activations +3.4 % (465,124 / 449,764 B; peak +0.1 %). The excess, "
         "15,360 B, is the text side's rotary cos/sin the estimate counts outside the "
         "checkpointed blocks, as in the case without the tower's adapters above (2026-12-03)"
     ),

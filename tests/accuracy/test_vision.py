@@ -174,3 +174,40 @@ def test_frozen_forward_moment(v, dtype):
     measured = peak - before
     estimated = frozen_forward(v, IMAGES, torch.finfo(dtype).bits // 8)
     assert abs(estimated - measured) / measured <= 0.05, (estimated, measured)
+
+
+@pytest.mark.accuracy
+@pytest.mark.parametrize("v", [LLAVA, GEMMA3], ids=["llava", "gemma3"])
+def test_hooked_leaves_are_held_by_the_graph_and_saved_by_no_node(v):
+    """Gradient checkpointing's enable_input_require_grads makes the frozen token
+    embeddings' output and the frozen tower's patch embedding output leaves that require
+    a gradient (ftmem.vision_step.graph_leaves): after the forward they are still alive
+    (held by the graph, which the test does not keep them from), and no autograd node
+    saves their storage (masked_scatter wrote the image features into a copy; CLIP's cat
+    and SigLIP's position add copy the patches). Their bytes by hand: b · s · H + images ·
+    patches · H_vision, in the compute dtype."""
+    import weakref
+
+    from ftmem.measure.saved import walk_saved, weight_storage_ptrs
+
+    dtype, batch, seq = torch.bfloat16, 2, 3 * v.tokens_per_image
+    model = build(v, "sdpa", dtype)
+    model.requires_grad_(False)  # (the base frozen, as under LoRA)
+    model.gradient_checkpointing_enable()
+    model.enable_input_require_grads()
+    hooked = [model.get_input_embeddings(), model.model.vision_tower.get_input_embeddings()]
+    leaves: list = []
+    for module in hooked:  # after the library's hook, which made the output a leaf
+        module.register_forward_hook(lambda m, i, out: leaves.append(weakref.ref(out)))
+    ids = torch.full((batch, seq), 5)
+    ids[:, 1 : 1 + v.tokens_per_image] = 300  # one image per sample
+    pixels = torch.randn(batch, 3, v.image_size, v.image_size, dtype=dtype)
+    loss = model(input_ids=ids, pixel_values=pixels).logits.float().mean()
+    held = [ref() for ref in leaves]
+    assert all(t is not None and t.is_leaf and t.requires_grad for t in held)
+    saved = walk_saved(loss.grad_fn, weight_storage_ptrs(model))
+    saved_ptrs = {s.ptr for s in saved}
+    assert not {t.untyped_storage().data_ptr() for t in held} & saved_ptrs
+    e = torch.finfo(dtype).bits // 8
+    by_hand = batch * seq * TEXT_HIDDEN * e + batch * v.patches * v.hidden_size * e
+    assert sum(t.untyped_storage().nbytes() for t in held) == by_hand

@@ -80,7 +80,6 @@ Steps = tuple[tuple[StepSizes, StepTensors], ...]
 @lru_cache(maxsize=512)  # plan, compare and sweeps estimate the same step more than once
 def allocator_cache(
     steps: Steps,
-    micro_batches: int,
     kept: tuple[tuple[int, ...], tuple[int, ...]],
     comm_stream: bool = False,
     outside: RunOutside = STEP_ONLY,
@@ -93,9 +92,7 @@ def allocator_cache(
     PYTORCH_CUDA_ALLOC_CONF's, as items; ``grad_stream``: a sharded FSDP run's gradient
     shards are made on its post-backward stream). The replay's own allocated peak is
     the longest step's."""
-    stats = replay_run(
-        steps, micro_batches, kept, comm_stream, outside, grad_stream=grad_stream, **dict(options)
-    )
+    stats = replay_run(steps, kept, comm_stream, outside, grad_stream=grad_stream, **dict(options))
     return max(0, stats.peak_reserved - stats.peak_allocated)
 
 
@@ -105,7 +102,6 @@ def device_figures(
     tensors: StepTensors,
     rt: Runtime | None,
     *,
-    micro_batches: int,
     overhead: int | None = None,
     comm_stream: bool = False,
     grad_stream: bool = False,
@@ -135,7 +131,7 @@ def device_figures(
     replayed = tuple(steps) or ((sizes, tensors), (sizes, tensors))
     options = tuple(sorted((allocator or {}).items()))
     cache = allocator_cache(
-        replayed, micro_batches, kept_per_thread(rt), comm_stream, outside, options, grad_stream
+        replayed, kept_per_thread(rt), comm_stream, outside, options, grad_stream
     )
     reserved = allocated + cache
     if overhead is not None:

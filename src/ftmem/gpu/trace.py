@@ -5,7 +5,9 @@ in order, because what it reserves depends on which freed blocks a later request
 reuse. This module lays the step's known tensors out in time, as PyTorch requests them:
 
 1. loading: every weight tensor;
-2. two optimizer steps, each of ``micro_batches`` forward + backward passes:
+2. two optimizer steps, each of one forward + backward pass, or two under gradient
+   accumulation (``Gradients.persist``: from the second pass on every one is alike, the
+   gradients held through it; passes_per_step):
    forward: per block, its transient, then the tensors it saves; the head's saved
    tensors, the logits' transient; backward: the loss's transient, the head's
    gradients, then per block from the top what its policy rebuilds and its workspace,
@@ -80,22 +82,26 @@ def plan_tensors(
     """The tensors of a one-GPU step: weights and gradients from the plan's groups; the
     optimizer states in two tensors per trainable one (Adam's moments; a sum split by
     size for the others)."""
-    weights, block_grads, outer, trainable_numel, own = _plan_lists(plan)
+    weights, block_grads, outer, late, trainable_numel, own = _plan_lists(plan)
     # weights beyond the plan's: a frozen reference copy (the plan's tensors again when
     # it is one in the same dtypes) or a teacher, else laid out as one tensor
     extra = sizes.weights - own
     if extra > 0:
         weights += weights if extra == own else (extra,)
-    embedding_total = sizes.gradients.embedding
-    embedding = [b for b in outer if embedding_total and b == embedding_total][:1]
-    rest = list(outer)
-    if embedding:
-        rest.remove(embedding[0])
+    g = sizes.gradients
+    if g.per_block and sum(block_grads) != g.per_block:
+        # the trainable blocks differ (DeepSeek's dense first blocks beside its sparse
+        # ones, partial training's modules): the timeline's average block, one tensor,
+        # and what the average leaves over among the gradients outside the blocks, as
+        # the timeline counts it (step._gradient_sizes)
+        block_grads = (g.per_block,)
+        left_over = g.outer - sum(outer) - sum(late)
+        outer += (left_over,) if left_over > 0 else ()
     return StepTensors(
         weights=weights,
-        block_grads=block_grads if sizes.gradients.per_block else (),
-        outer_grads=tuple(rest) if sizes.gradients.outer else (),
-        embedding_grads=tuple(embedding) if sizes.gradients.total else (),
+        block_grads=block_grads if g.per_block else (),
+        outer_grads=outer if g.outer else (),
+        embedding_grads=late if g.total else (),
         states=_split(sizes.states, trainable_numel),
         step_temporaries=_split(sizes.optimizer.temporaries, trainable_numel, per_tensor=1),
         block_saved=tuple(block_saved),
@@ -107,13 +113,17 @@ def plan_tensors(
 @lru_cache(maxsize=256)  # a sweep's runs of one model and method share the plan
 def _plan_lists(
     plan: MethodPlan,
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], int]:
+) -> tuple[
+    tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...], int
+]:
     """From the plan alone: each weight tensor's bytes, one trainable block's gradients,
-    the gradients outside the blocks, each trainable tensor's element count, and the
-    plan's weight bytes."""
+    the gradients outside the blocks made at the head side's backward and those made
+    after the blocks' (MethodPlan.gradient_after_blocks, as the timeline reads them),
+    each trainable tensor's element count, and the plan's weight bytes."""
     weights: list[int] = []
     block_grads: list[int] = []
     outer: list[int] = []
+    late: list[int] = []
     trainable_numel: list[int] = []
     blocks = max(plan.trainable_blocks, 1)
     for g in plan.groups:
@@ -124,10 +134,13 @@ def _plan_lists(
         trainable_numel += [g.numel] * g.count
         if g.in_block:
             block_grads += [grad] * max(g.count // blocks, 1)
+        elif plan.gradient_after_blocks(g):
+            late += [grad] * g.count
         else:
             outer += [grad] * g.count
     own = sum(g.nbytes for g in plan.groups)
-    return tuple(weights), tuple(block_grads), tuple(outer), tuple(trainable_numel), own
+    lists = (tuple(weights), tuple(block_grads), tuple(outer), tuple(late))
+    return (*lists, tuple(trainable_numel), own)
 
 
 def coarse_tensors(
@@ -413,34 +426,27 @@ def _run_program(rec: _Recorder, weight: int, program: tuple[tuple[str, int], ..
 def step_events(
     sizes: StepSizes,
     t: StepTensors,
-    micro_batches: int = 1,
     kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
     comm_stream: bool = False,
     outside: RunOutside = STEP_ONLY,
     grad_stream: bool = False,
 ) -> list[Event]:
-    """Loading, then two optimizer steps of ``micro_batches`` passes each, then the
-    moments after them (run_events of the same step twice)."""
+    """Loading, then two optimizer steps, then the moments after them (run_events of the
+    same step twice)."""
     return run_events(
-        [(sizes, t), (sizes, t)],
-        micro_batches,
-        kept_workspaces,
-        comm_stream,
-        outside,
-        grad_stream=grad_stream,
+        [(sizes, t), (sizes, t)], kept_workspaces, comm_stream, outside, grad_stream=grad_stream
     )
 
 
 def run_events(
     steps: Sequence[tuple[StepSizes, StepTensors]],
-    micro_batches: int = 1,
     kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
     comm_stream: bool = False,
     outside: RunOutside = STEP_ONLY,
     grad_stream: bool = False,
 ) -> list[Event]:
-    """Loading (the first step's weights), then one optimizer step of ``micro_batches``
-    passes per (sizes, tensors) in ``steps``, in order (a variable-length run's steps,
+    """Loading (the first step's weights), then one optimizer step (passes_per_step
+    passes) per (sizes, tensors) in ``steps``, in order (a variable-length run's steps,
     each with its own batch length; their weights, gradients and states are alike), then
     the moments after them. ``kept_workspaces``: the cuBLAS workspaces of the forward's
     and the backward's threads, allocated at each one's first GEMM and kept
@@ -450,13 +456,12 @@ def run_events(
     FSDP run's reduce-scattered shards, made on its post-backward stream)."""
     log = _EventLog()
     rec = _Recorder(log, comm_stream, grad_stream)
-    _request_run(rec, steps, micro_batches, kept_workspaces, outside)
+    _request_run(rec, steps, kept_workspaces, outside)
     return log.events
 
 
 def replay_run(
     steps: Sequence[tuple[StepSizes, StepTensors]],
-    micro_batches: int = 1,
     kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
     comm_stream: bool = False,
     outside: RunOutside = STEP_ONLY,
@@ -478,11 +483,11 @@ def replay_run(
             o = outside
             target = _loaded_best_fit(steps[0][1].weights, o.loading, o.requantise, o.wrap).copy()
         rec = _Recorder(target, comm_stream, grad_stream)
-        _request_run(rec, steps, micro_batches, kept_workspaces, outside, loaded)
+        _request_run(rec, steps, kept_workspaces, outside, loaded)
     except AddressSpaceExceeded:  # beyond 16 EiB of segments: the reference replay
         target = TwoStreams(**options) if streams else CachingAllocator(**options)
         rec = _Recorder(target, comm_stream, grad_stream)
-        _request_run(rec, steps, micro_batches, kept_workspaces, outside)
+        _request_run(rec, steps, kept_workspaces, outside)
     return target.stats()
 
 
@@ -503,7 +508,6 @@ def _loaded_best_fit(
 def _request_run(
     rec: _Recorder,
     steps: Sequence[tuple[StepSizes, StepTensors]],
-    micro_batches: int,
     kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]],
     outside: RunOutside,
     loaded: bool = False,
@@ -523,7 +527,7 @@ def _request_run(
             t = replace(t, block_grads=(), outer_grads=(), embedding_grads=())
         grads: list[int] = []
         output: list[int] = []  # the model's output the loop holds (StepSizes.output_held)
-        for _ in range(micro_batches):
+        for _ in range(passes_per_step(sizes)):
             # (the run's first pass has no last graph)
             previous = () if first else _previous_graph(sizes)
             rec.free(output)  # dropped before the next forward
@@ -545,6 +549,14 @@ def _request_run(
         rec.moment(step.merge)
     for tensors in outside.after:  # evaluation, generation, merging: freed when done
         rec.moments(tensors)
+
+
+def passes_per_step(s: StepSizes) -> int:
+    """The forward and backward passes the replay lays out per optimizer step: the
+    timeline's own reading of the step (one source of truth): under accumulation
+    (``Gradients.persist``) the second pass is every later one's likeness, with the
+    gradients held through its forward; else one."""
+    return 2 if s.gradients.persist else 1
 
 
 def _previous_graph(s: StepSizes) -> tuple[int, ...]:
