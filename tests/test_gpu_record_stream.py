@@ -132,11 +132,11 @@ def test_sharded_fsdp_makes_its_gradient_shards_on_the_post_backward_stream():
     from ftmem.gpu.trace import run_events
 
     arch, sizes, tensors = _fsdp_rank(offload=False)
-    events = run_events([(sizes, tensors)] * 2, 1, ((), ()), True, grad_stream=True)
+    events = run_events([(sizes, tensors)] * 2, ((), ()), True, grad_stream=True)
     posted = [n for kind, n in events if kind == POST_STREAM_ALLOC]
     assert posted == [sizes.gradients.per_block] * (2 * arch.num_layers)
     assert sum(posted) // 2 == sizes.gradients.total  # LoRA: every gradient is in a block
-    plain = run_events([(sizes, tensors)] * 2, 1, ((), ()), True)
+    plain = run_events([(sizes, tensors)] * 2, ((), ()), True)
     assert not [kind for kind, _ in plain if kind == POST_STREAM_ALLOC]
 
 
@@ -150,7 +150,7 @@ def test_cpu_offload_copies_each_shard_on_the_pre_unshard_stream():
     arch, sizes, tensors = _fsdp_rank(offload=True)
     c = sizes.comm
     assert c.unit_copy > 0 and c.root_copy > c.unit_copy
-    events = run_events([(sizes, tensors)] * 2, 1, ((), ()), True)
+    events = run_events([(sizes, tensors)] * 2, ((), ()), True)
     copies = [n for kind, n in events if kind == PRE_STREAM_ALLOC]
     per_pass = [c.root_copy] + [c.unit_copy] * (2 * arch.num_layers)
     assert copies == per_pass * 2
