@@ -326,6 +326,8 @@ def _decoder_parts(
         outer_below, outer_above = [], stays
     # the input-gradient hook's leaves: held by the graph, saved by no node
     leaves = vision_step.graph_leaves(arch, run, plan.dtypes, plan.embed_trainable)
+    masks = Attention.held_image_masks(arch, run)  # (the checkpoints' inputs, too)
+    leaves = (*leaves, masks) if masks else leaves
     below = _sum(outer_below) + sum(leaves)
     kept = Activations(per_block_kept, below=below, above=_sum(outer_above))
     sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)

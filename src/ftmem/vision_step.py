@@ -340,6 +340,9 @@ def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
     qwen = images_per_step(run) * 3 * 8 + run.batch_size * run.seq_len * 8 if v.qwen else 0
     if v.encoder == "pixtral":
         qwen += images_per_step(run) * 2 * 8  # Mistral 3's image_sizes: (h, w) int64 per image
+    if arch.traits.image_tokens_bidirectional:
+        # Gemma3Processor's token_type_ids, one int64 per token (ops.attention.image_block_mask)
+        qwen += run.batch_size * run.seq_len * 8
     if run.grad_ckpt and (training(arch, run).tower or input_hooked(arch, run)):
         # checkpointed layers keep the rotary's cos and sin as their checkpoint's
         # arguments (ftmem.vision_qwen.tower_saved, ftmem.vision_pixtral.tower_saved),

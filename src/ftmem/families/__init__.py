@@ -114,6 +114,12 @@ class Family:
     # mask (Qwen-1's QWenAttention.forward), which sdpa turns into a float mask in the
     # compute dtype per call and keeps for backward; transformers 5 passes is_causal.
     sdpa_explicit_mask: bool = False
+    # With images, the image-text model gives the processor's token_type_ids to its mask
+    # builder, and each image's tokens attend to one another both ways (Gemma 3:
+    # transformers 5.24 Gemma3Model.forward, create_masks_for_vision_model): sdpa gets an
+    # explicit (b, 1, s, s) boolean mask in every layer, global and sliding
+    # (ops.attention.image_block_mask), not is_causal.
+    image_tokens_bidirectional: bool = False
     # Elements of the registered buffers each block keeps, cast with the model to its dtype
     # and live for the whole run (Qwen-1's QWenAttention: logn_tensor, 32,767 entries, and
     # masked_bias, 1); transformers 5's blocks register none.

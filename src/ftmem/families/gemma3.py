@@ -59,4 +59,5 @@ FAMILY = Family(
     names=GEMMA2_NAMES,
     qk_norm=True,
     norm_scale_in_fp32=True,
+    image_tokens_bidirectional=True,
 )

@@ -322,6 +322,10 @@ def image_inputs(
         return {k: t.to(ids.device) for k, t in inputs.items()}
     shape = (ids.shape[0] * run.images, v.num_channels, v.image_size, v.image_size)
     inputs = {"pixel_values": torch.randn(shape, generator=gen)}
+    if arch.traits.image_tokens_bidirectional:
+        # Gemma3Processor's token_type_ids (1 at image tokens), which make the model's
+        # masks bidirectional over each image (ftmem.ops.attention.image_block_mask)
+        inputs["token_type_ids"] = (ids == image).long()
     if v.encoder == "pixtral":
         inputs["image_sizes"] = torch.tensor([[v.image_size, v.image_size]] * shape[0])
     return {k: t.to(ids.device) for k, t in inputs.items()}

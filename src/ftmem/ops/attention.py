@@ -54,6 +54,57 @@ def padding_mask(arch: Architecture, run: RunConfig) -> bool:
     return not arch.traits.fused_qkv and not arch.traits.sdpa_explicit_mask
 
 
+def image_block_mask(arch: Architecture, run: RunConfig) -> bool:
+    """sdpa gets an explicit 4-D mask because the batch has images whose tokens attend
+    to one another both ways (Family.image_tokens_bidirectional: Gemma 3).
+
+    Gemma3Processor returns token_type_ids, 1 at image tokens (transformers 5.24
+    processing_gemma3.py l.34 ``return_mm_token_type_ids = True``, l.70-71), and
+    Gemma3Model.forward then builds its masks with create_masks_for_vision_model
+    (modeling_gemma3.py l.876-881; without token_type_ids, create_masks_for_generate,
+    l.883: is_causal as for text). get_block_sequence_ids_for_mask numbers each image's
+    run of tokens (l.671-679); the global layers' mask is create_causal_mask with those
+    ids (l.704), the sliding layers' the same OR'd blockwise overlay AND the window
+    (l.729-734). A block overlay forbids the causal skip (masking_utils.py l.980-983,
+    l.997-1000), so sdpa_mask builds a (b, 1, s, s) boolean mask for each layer type
+    (l.535-549): two masks made once per forward and passed to every layer, global or
+    sliding. From there the mechanism is a padded batch's (padding_mask): with a mask
+    sdpa_attention_forward repeats GQA keys and values per head (integrations/
+    sdpa_attention.py l.42-51, l.118-127) and torch's kernel keeps its additive float
+    copy of the mask (Attention.masked_sdpa_saved). Not for eager (eager_mask builds its
+    float masks with or without images) nor FlashAttention-2, which both Gemma 3
+    image-text classes refuse (``_supports_flash_attn = False``, l.751, l.906)."""
+    if not (arch.traits.image_tokens_bidirectional and arch.vision is not None and run.images):
+        return False
+    return not runs_eager(arch, run) and run.attn == "sdpa"
+
+
+def image_mask_notes(arch: Architecture, run: RunConfig) -> list[str]:
+    """What the images change in the attention (image_block_mask), said once."""
+    if not (arch.traits.image_tokens_bidirectional and arch.vision is not None and run.images):
+        return []
+    if run.attn == "flash":
+        return [
+            "Gemma 3 with images: transformers 5.24 refuses FlashAttention-2 for the "
+            "image-text model (_supports_flash_attn = False: it would drop the image tokens' "
+            "two-way mask); estimated as asked, --attn sdpa is what transformers runs."
+        ]
+    if image_block_mask(arch, run):
+        return [
+            "Gemma 3 with images: the processor's token_type_ids let each image's tokens "
+            "attend to one another both ways, so every layer's sdpa call takes an explicit "
+            "(b, 1, s, s) mask (kept per layer, with GQA keys and values repeated per head): "
+            "counted."
+        ]
+    return []
+
+
+def explicit_mask(arch: Architecture, run: RunConfig) -> bool:
+    """sdpa is given a (b, 1, s, s) mask, not is_causal: a padded batch or images whose
+    tokens attend both ways (the mask is one either way)."""
+    return padding_mask(arch, run) or image_block_mask(arch, run)
+
+
 def packed_rows(run: RunConfig) -> bool:
     """The batch reaches the model as one row of b·s tokens holding several sequences,
     told apart by position_ids and with no attention_mask (--padding packed): TRL's
@@ -165,8 +216,8 @@ class Attention:
             keep("v (repeated per head)", Tk * kv_saved * e, Kind.ATTN_V)
         elif profile_of(run).expands_kv:
             out += Attention.expanded_kv_saved(ctx)
-        elif padding_mask(arch, run) or sdpa_repeats_kv(arch, run):
-            out += Attention.masked_sdpa_saved(ctx, with_mask=padding_mask(arch, run))
+        elif explicit_mask(arch, run) or sdpa_repeats_kv(arch, run):
+            out += Attention.masked_sdpa_saved(ctx, with_mask=explicit_mask(arch, run))
         else:
             keep("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK)
             if arch.traits.fused_qkv and not ctx.quantized_outputs_in_input_dtype:
@@ -279,7 +330,7 @@ class Attention:
 
     @staticmethod
     def masked_sdpa_saved(ctx: LayerContext, with_mask: bool = True) -> list[Saved]:
-        """sdpa with a padding mask (padding_mask), or any GQA sdpa call of transformers
+        """sdpa with a padding or image mask (explicit_mask), or any GQA sdpa call of transformers
         < 4.54 (versions.sdpa_repeats_kv; ``with_mask`` False: no padding). With GQA,
         transformers repeats keys and values to every query head before the kernel, which
         keeps the copies (transformers 5.24 integrations/sdpa_attention.py l.118-127
@@ -331,7 +382,7 @@ class Attention:
         new tensors; attention.cpp preprocess_mask, see masked_sdpa_saved). A padded batch's
         mask is already counted there (padding_mask)."""
         arch, run = ctx.arch, ctx.run
-        if not sdpa_float_causal_mask(arch, run) or padding_mask(arch, run):
+        if not sdpa_float_causal_mask(arch, run) or explicit_mask(arch, run):
             return []
         b, s, e = run.batch_size, ctx.tokens // run.batch_size, ctx.e
         copied = within(run.transformers_version, SDPA_MASK_INDEXED_PER_LAYER)
@@ -391,13 +442,31 @@ class Attention:
         """gpt-oss's eager path: GptOssModel.forward builds a float (b, 1, s, s) mask per
         layer type (full, and sliding where a window is set) and passes each block its
         own; no op saves them (scores + mask), but they live through the blocks' forward,
-        and checkpointing keeps them as block inputs until the backward ends."""
+        and checkpointing keeps them as block inputs until the backward ends. Gemma 3 with
+        images (image_block_mask): the two boolean (b, 1, s, s) masks, global and sliding,
+        that create_masks_for_vision_model builds whichever layer types the stack has
+        (transformers 5.24 modeling_gemma3.py l.704, l.729-739), one byte per element."""
         if sdpa_float_causal_mask(arch, run):
             return model_causal_mask(arch, run)
+        if image_block_mask(arch, run):  # (those checkpointing keeps: held_image_masks)
+            masks = 2 * run.batch_size * run.positions**2
+            return masks - Attention.held_image_masks(arch, run)
         if not arch.traits.attention_sinks:
             return 0
         s = run.positions
         return (2 if arch.sliding_window else 1) * run.batch_size * s * s * e
+
+    @staticmethod
+    def held_image_masks(arch: Architecture, run: RunConfig) -> int:
+        """Gemma 3 with images, checkpointed: each layer's recompute needs the boolean
+        mask of its layer type, so the checkpoints hold those masks (one per layer type
+        the stack has, b·s² bytes each) from the forward until the backward has passed
+        the layers; saved by no node (measured on the tiny Gemma 3, two global layers:
+        one mask, 12,800 B, beside the peak)."""
+        if not (run.grad_ckpt and image_block_mask(arch, run)):
+            return 0
+        types = (1 if arch.full_layers else 0) + (1 if arch.sliding_layers else 0)
+        return types * run.batch_size * run.positions**2
 
     @staticmethod
     def score_bytes(arch: Architecture, run: RunConfig) -> int:
