@@ -8,14 +8,21 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from ftmem.arch import Architecture, Param, ParamKind
-from ftmem.dtypes import FP32, StorageFormat, is_quantized
+from ftmem.arch import Architecture, ParamKind
+from ftmem.dtypes import FP32, is_quantized
 from ftmem.errors import InvalidInputError
 from ftmem.mllama import CROSS_PREFIX, cross_layer_params, tower_mask, tower_saved
 from ftmem.ops.saved import Saved
 from ftmem.precision import Dtypes
 from ftmem.run import RunConfig
-from ftmem.vision import VisionParam, projector_params, tower_params
+from ftmem.vision import (
+    VisionParam,
+    linear_modules,
+    param_kind,
+    projector_params,
+    stored_format,
+    tower_params,
+)
 
 TOWER = "model.vision_model."
 _LAYER = re.compile(
@@ -32,16 +39,6 @@ def cross_layers_train(run: RunConfig) -> bool:
     return bool(run.images) and run.method in ("full", "galore")
 
 
-def _kind(p: VisionParam) -> ParamKind:
-    if p.linear:
-        return "linear"
-    return (
-        "linear_bias"
-        if p.name.endswith(".bias") and ("mlp." in p.name or "projector" in p.name)
-        else "norm"
-    )
-
-
 def groups(arch: Architecture, run: RunConfig, dtypes: Dtypes, base_format, trains) -> list:
     """The tower's, projector's and cross-attention layers' tensors as TensorGroups
     (outside the blocks), each layer stack folded into one group per tensor."""
@@ -50,10 +47,13 @@ def groups(arch: Architecture, run: RunConfig, dtypes: Dtypes, base_format, trai
     v = arch.vision
     assert v is not None and v.mllama is not None
     folded: dict[tuple[str, tuple[int, ...], ParamKind], int] = defaultdict(int)
-    for p in [*tower_params(v), *projector_params(v, arch.hidden_size)]:
-        folded[(_LAYER.sub(r"\1*.", p.name), p.shape, _kind(p))] += 1
-    for p in cross_layer_params(v, arch.hidden_size):
-        folded[(_LAYER.sub(r"\1*(cross).", p.name), p.shape, _kind(p))] += 1
+    vision = [*tower_params(v), *projector_params(v, arch.hidden_size)]
+    cross_params = cross_layer_params(v, arch.hidden_size)
+    linears = linear_modules([*vision, *cross_params])
+    for p in vision:
+        folded[(_LAYER.sub(r"\1*.", p.name), p.shape, param_kind(p, linears))] += 1
+    for p in cross_params:
+        folded[(_LAYER.sub(r"\1*(cross).", p.name), p.shape, param_kind(p, linears))] += 1
     cross = cross_layers_train(run)
     out = []
     for (name, shape, kind), count in folded.items():
@@ -61,7 +61,7 @@ def groups(arch: Architecture, run: RunConfig, dtypes: Dtypes, base_format, trai
             trainable = cross
         else:
             trainable = trains.tower if name.startswith(TOWER) else trains.projector
-        fmt: StorageFormat = base_format(Param(name, shape, kind, ("q",)), dtypes, frozenset())
+        fmt = stored_format(VisionParam(name, shape), kind, dtypes, run, base_format)
         if trainable and is_quantized(fmt):
             raise InvalidInputError(
                 "a quantised base quantises the vision model's linears too (transformers' "

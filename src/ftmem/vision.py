@@ -25,7 +25,7 @@ tests/accuracy/test_vision.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from typing_extensions import Self
@@ -34,6 +34,10 @@ from ftmem import limits, mllama, vision_pixtral, vision_qwen
 from ftmem.dtypes import FP32
 from ftmem.errors import InvalidInputError
 from ftmem.mllama import MllamaParts
+
+if TYPE_CHECKING:
+    from ftmem.arch import ParamKind
+    from ftmem.dtypes import StorageFormat
 
 # (tiled: Llama-3.2-Vision's encoder over image tiles, ftmem.mllama)
 Encoder = Literal["clip", "siglip", "tiled", "qwen2_vl", "qwen2_5_vl", "pixtral"]
@@ -153,6 +157,50 @@ class VisionParam:
         for d in self.shape:
             n *= d
         return n
+
+
+def param_kind(p: VisionParam, linear_modules: frozenset[str]) -> ParamKind:
+    """How a quantised base stores a tower's, projector's or cross-attention layer's
+    tensor: an nn.Linear's weight (``linear``), its bias (``linear_bias``: the bias of a
+    module in ``linear_modules``, the modules of the ``linear`` weights, LLaVA's
+    projector linear_1/linear_2 included), anything else (``norm``: convolutions,
+    embeddings, norms, Gemma 3's bare projection matrix, gates)."""
+    if p.linear:
+        return "linear"
+    if p.name.endswith(".bias") and p.name.removesuffix(".bias") in linear_modules:
+        return "linear_bias"
+    return "norm"
+
+
+def linear_modules(params: list[VisionParam]) -> frozenset[str]:
+    return frozenset(p.name.removesuffix(".weight") for p in params if p.linear)
+
+
+def stored_format(p: VisionParam, kind: ParamKind, dtypes, run, base_format) -> StorageFormat:
+    """``p``'s storage under the run (``base_format``: methods._base_format). Every
+    nn.Linear outside the language model's blocks is 4-bit under a bitsandbytes base:
+    transformers 5.24 replaces each ``type(module) is nn.Linear`` whose name no skip
+    pattern matches (integrations/bitsandbytes.py replace_with_bnb_linear l.184-189,
+    quantizers/quantizers_utils.py should_convert_module l.26-37), and the default
+    skips name only the LM head and the token embeddings (quantizers/base.py
+    get_keys_to_not_convert l.39-63: tied weights, the last parameter, the output
+    embedding; get_modules_to_not_convert l.261-280, called by quantizer_bnb_4bit.py
+    l.121-123, adds ``_keep_in_fp32_modules``, which LLaVA, Gemma 3, Qwen2-VL,
+    Qwen2.5-VL, Mistral 3, Mllama, CLIP, SigLIP and Pixtral leave unset). TRL
+    (trl/trainer/utils.py get_quantization_config l.235-251 @f2cd5771), LLaMA-Factory
+    (model/model_utils/quantization.py l.182-190 @ff6d4d12) and axolotl
+    (loaders/model.py l.712-737 @067b021c: only Falcon-H1's out_proj and Jamba's mamba)
+    pass no llm_int8_skip_modules for them. A 4-bit linear's bias is cast
+    in place to the compute dtype by its first forward (bitsandbytes@0.50.2
+    nn/modules.py Linear4bit.forward l.630-635): without images the tower, the
+    projector and the cross-attention layers never run, and their biases stay in the
+    base dtype."""
+    from ftmem.arch import Param
+
+    fmt: StorageFormat = base_format(Param(p.name, p.shape, kind, ("q",)), dtypes, frozenset())
+    if kind == "linear_bias" and not run.images:
+        return dtypes.base
+    return fmt
 
 
 def tower_params(v: VisionTower) -> list[VisionParam]:

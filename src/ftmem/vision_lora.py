@@ -24,6 +24,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import groupby
 from typing import Literal
 
 from ftmem.arch import ATTENTION_ROLES, Architecture, layout
@@ -45,6 +46,7 @@ class VisionLinear:
     in_features: int
     out_features: int
     part: Part
+    bias: bool = False
 
     @property
     def layer(self) -> int | None:
@@ -77,10 +79,12 @@ def vision_linears(arch: Architecture) -> tuple[VisionLinear, ...]:
         parts.append(("cross", mllama.cross_layer_params(v, arch.hidden_size)))
     out = []
     for part, params in parts:
+        biases = {p.name.removesuffix(".bias") for p in params if p.name.endswith(".bias")}
         for p in params:
             if p.linear:
                 out_f, in_f = p.shape
-                out.append(VisionLinear(p.name.removesuffix(".weight"), in_f, out_f, part))
+                module = p.name.removesuffix(".weight")
+                out.append(VisionLinear(module, in_f, out_f, part, module in biases))
     return tuple(out)
 
 
@@ -272,7 +276,9 @@ def _tokens(arch: Architecture, lin: VisionLinear, images: int, text_tokens: int
     assert v is not None
     if v.mllama is not None:
         return _mllama_tokens(arch, lin, images, text_tokens)
-    if v.qwen:
+    if v.qwen or v.encoder == "pixtral":
+        # Qwen-VL's merger and Mistral 3's patch merger and MLP read the patches merged
+        # merge_size² into one row (Mistral 3's norm before them is no linear)
         merged = lin.part == "projector"
         return images * v.patches // (v.merge_size**2 if merged else 1)
     if lin.part == "tower":
@@ -334,10 +340,13 @@ def adapter_saved(arch: Architecture, run: RunConfig, dtypes, lins, unread: bool
     """What the adapters themselves keep (as ftmem.adapters.lora.LoRA.saved for a block's
     linear): the input peft casts to the adapter dtype (one copy per adapter; 16-bit
     under autocast), or the input itself, read once per input where no cast comes
-    between; the dropout's output and mask; lora_A's output (r per row); autocast's
-    16-bit copies of the adapter weights. Inside checkpointed tower layers they are
+    between; the dropout's output, and its mask where the input needs a gradient
+    (:func:`inputs_needing_grad`); lora_A's output (r per row); autocast's 16-bit copies
+    of the adapter weights (lora_A's only where its input needs a gradient); DoRA's
+    rescale (ftmem.adapters.dora.DoRA.sizes). Inside checkpointed tower layers they are
     recomputed, not kept. ``unread``: those of the layers no gradient reaches instead
     (:func:`unread_held`)."""
+    from ftmem.adapters.dora import DoRA
     from ftmem.dtypes import BYTES_PER_ELEMENT
     from ftmem.ops.dropout import Dropout
 
@@ -345,6 +354,7 @@ def adapter_saved(arch: Architecture, run: RunConfig, dtypes, lins, unread: bool
     assert v is not None
     e, ae = BYTES_PER_ELEMENT[dtypes.compute], BYTES_PER_ELEMENT[dtypes.adapter]
     images = run.batch_size * run.images
+    grad = inputs_needing_grad(arch, run)
     total = 0
     read: set[tuple[str, int]] = set()
     for lin in lins:
@@ -353,8 +363,10 @@ def adapter_saved(arch: Architecture, run: RunConfig, dtypes, lins, unread: bool
         if run.grad_ckpt and lin.part == _CHECKPOINTED[v.mllama is not None]:
             continue  # (recomputed in backward)
         T, inp = _tokens(arch, lin, images, run.batch_size * run.seq_len), lin.in_features
+        in_grad = lin.module in grad
         if run.dropout > 0:
-            total += T * inp * ((e if dtypes.autocast else ae) + Dropout.mask_bytes(run.device, ae))
+            total += T * inp * (e if dtypes.autocast else ae)
+            total += T * inp * Dropout.mask_bytes(run.device, ae) if in_grad else 0
         elif dtypes.autocast or ae != e:
             total += T * inp * (e if dtypes.autocast else ae)
         else:
@@ -364,8 +376,65 @@ def adapter_saved(arch: Architecture, run: RunConfig, dtypes, lins, unread: bool
             read.add(key)
         total += T * run.r * (e if dtypes.autocast else ae)
         if dtypes.autocast:
-            total += 2 * run.r * (lin.out_features + inp)
+            total += 2 * run.r * (lin.out_features + (inp if in_grad else 0))
+        if run.method == "dora":
+            peft_casts = not dtypes.autocast and ae != e
+            features = (inp, lin.out_features)
+            sizes = DoRA.sizes(dtypes, run, e, T, features, lin.bias, peft_casts, in_grad)
+            total += sum(size for _, size in sizes)
     return total
+
+
+def inputs_needing_grad(arch: Architecture, run: RunConfig) -> frozenset[str]:
+    """The tower's, projector's and cross-attention layers' linears whose input needs a
+    gradient: every one where the tower trains or transformers' enable_input_require_grads
+    hooked its patch embedding (ftmem.vision_step.input_hooked), else those after the
+    first adapted or trained linear in the image path's order (the tower's layers by
+    _STAGE, Llama-3.2-Vision's global layers after its local ones, then the projector's
+    linears), q, k and v of one layer reading one input. Below the first, nothing that
+    needs a gradient has run: peft's dropout there keeps no mask, and DoRA no scale − 1
+    (measured, tests/accuracy/cases.py _tower_adapters). The cross-attention layers read
+    the text states, which LoRA on the blocks below gives a gradient; their k and v read
+    the image states, which need one when anything below them does."""
+    from ftmem.vision_step import checkpointing_hooks_tower, input_hooked, training
+
+    v = arch.vision
+    if v is None or not run.images:
+        return frozenset()
+    trains = training(arch, run)
+    hooked = input_hooked(arch, run) or (v.mllama is not None and checkpointing_hooks_tower(run))
+    adapted_names = {lin.module for lin in adapted(arch, run)}
+    image_path = [
+        (_flow_position(lin, i), lin)
+        for i, lin in enumerate(vision_linears(arch))
+        if lin.part != "cross"
+    ]
+    image_path.sort(key=lambda item: item[0])
+    upstream = trains.tower or hooked
+    out: set[str] = set()
+    for _, group in groupby(image_path, key=lambda item: item[0]):
+        members = [lin for _, lin in group]
+        if upstream:
+            out.update(lin.module for lin in members)
+        trained = trains.tower if members[0].part == "tower" else trains.projector
+        upstream = upstream or trained or any(lin.module in adapted_names for lin in members)
+    for lin in vision_linears(arch):
+        leaf = lin.module.rsplit(".", 1)[-1]
+        if lin.part == "cross" and (leaf not in ("k_proj", "v_proj") or upstream):
+            out.add(lin.module)
+    return frozenset(out)
+
+
+def _flow_position(lin: VisionLinear, index: int) -> tuple[int, int, int, int]:
+    """(part, layer stack, layer, stage) of a linear on the image path: the tower's
+    layers (Llama-3.2-Vision's global_transformer after its local transformer), by
+    _STAGE within a layer; the projector's linears after them, each its own position
+    (``index``: the order ftmem.vision lists them in)."""
+    if lin.part == "projector":
+        return (1, 0, index, 0)
+    leaf = lin.module.rsplit(".", 1)[-1]
+    stack = 1 if ".global_transformer." in lin.module else 0
+    return (0, stack, lin.layer or 0, _STAGE.get(leaf, 0))
 
 
 _PART_NAMES = {"tower": "vision tower", "projector": "projector", "cross": "cross-attention layers"}
@@ -389,6 +458,14 @@ def notes(arch: Architecture, run: RunConfig) -> list[str]:
             f"so they also adapt {len(lins)} linears outside the language model's blocks "
             f"({parts}); counted, with their gradients, states and saved activations."
             + ("" if run.images else " Without --images they never run: no gradient, no state.")
+        )
+    autocast = run.precision.endswith("-mixed") and run.images
+    if autocast and arch.vision.mllama is None and any(lin.part != "cross" for lin in lins):
+        out.append(
+            "Under autocast the frozen tower and projector these adapters pass gradients "
+            "through keep fp32 norm inputs and autocast's 16-bit weight copies, which are "
+            "not sized yet: saved activations read about 5 % low (tiny LLaVA, LoRA and "
+            "QLoRA, bf16-mixed)."
         )
     if skipped:
         out.append(

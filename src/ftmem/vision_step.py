@@ -8,8 +8,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from ftmem import mllama_step, vision_lora, vision_pixtral, vision_qwen
-from ftmem.arch import Architecture, Param, ParamKind
-from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, StorageFormat, is_quantized
+from ftmem.arch import Architecture, ParamKind
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, is_quantized
 from ftmem.errors import InvalidInputError
 from ftmem.ops.saved import Saved
 from ftmem.precision import Dtypes
@@ -20,10 +20,13 @@ from ftmem.vision import (
     VisionTower,
     check_images,
     frozen_forward,
+    linear_modules,
+    param_kind,
     pixel_bytes,
     projector_input_grad_saved,
     projector_params,
     projector_saved,
+    stored_format,
     tower_params,
     tower_saved,
 )
@@ -88,19 +91,11 @@ def training(arch: Architecture, run: RunConfig) -> VisionTraining:
     return VisionTraining(tower, projector)
 
 
-def _kind(p: VisionParam) -> ParamKind:
-    if p.linear:
-        return "linear"
-    linear_bias = p.name.endswith(("_proj.bias", "qkv.bias", "proj.bias")) or ".fc" in p.name
-    return "linear_bias" if linear_bias or ".mlp." in p.name else "norm"
-
-
 def groups(arch: Architecture, run: RunConfig, dtypes: Dtypes, base_format) -> list:
     """The tower's and projector's tensors as TensorGroups (outside the blocks), the
     tower's layers folded into one group per tensor with a count. ``base_format`` is
     methods._base_format: bitsandbytes quantises their nn.Linear weights as it does the
-    blocks' (transformers 5.24 quantizers/base.py get_keys_to_not_convert keeps only the
-    tied keys, the last parameter and the LM head)."""
+    blocks' (ftmem.vision.stored_format)."""
     from ftmem.methods import TensorGroup  # (methods imports this module)
 
     trains = training(arch, run)  # (refuses the vision settings on a model without a tower)
@@ -110,15 +105,15 @@ def groups(arch: Architecture, run: RunConfig, dtypes: Dtypes, base_format) -> l
     if v.mllama is not None:
         return mllama_step.groups(arch, run, dtypes, base_format, trains)
     folded: dict[tuple[str, tuple[int, ...], ParamKind], int] = defaultdict(int)
-    for p in tower_params(v):
-        folded[(_folded_name(p.name), p.shape, _kind(p))] += 1
-    for p in projector_params(v, arch.hidden_size):
-        folded[(p.name, p.shape, _kind(p))] += 1
+    params = [*tower_params(v), *projector_params(v, arch.hidden_size)]
+    linears = linear_modules(params)
+    for p in params:
+        folded[(_folded_name(p.name), p.shape, param_kind(p, linears))] += 1
     out = []
     unread = _unread(v)
     for (name, shape, kind), count in folded.items():
         trainable = trains.projector if _is_projector(name) else trains.tower
-        fmt: StorageFormat = base_format(Param(name, shape, kind, ("q",)), dtypes, frozenset())
+        fmt = stored_format(VisionParam(name, shape), kind, dtypes, run, base_format)
         if trainable and is_quantized(fmt):
             raise InvalidInputError(
                 "a quantised base quantises the vision tower's linears too (transformers' "

@@ -84,6 +84,7 @@ def _matrix() -> list[Case]:
         *_trl116(),
         *_image_text(),
         *_mllama(),
+        *_tower_adapters(),
         *_qwen1(),
     ]
 
@@ -368,6 +369,37 @@ def _mllama() -> list[Case]:
         {"method": "lora", **image, "lora_targets": "q_proj,v_proj,fc1"},
     ]
     return [MllamaCase("llama", s) for s in settings]
+
+
+def _tower_adapters() -> list[Case]:
+    """Adapters that peft's names put on the towers, projectors and Llama-3.2-Vision's
+    cross-attention layers (ftmem.vision_lora) beyond plain LoRA: DoRA (its rescale per
+    adapted linear), LoRA dropout (its mask only where the input needs a gradient: none
+    below the tower's first adapter), QLoRA (bitsandbytes quantises every nn.Linear of
+    the tower and projector, ftmem.vision.stored_format), Mistral 3's patch merger and
+    MLP over the merged rows; QLoRA under autocast without images (the tower's 4-bit
+    biases never cast to the compute dtype)."""
+    towers = (("llava", "llama"), ("gemma3", "gemma3"), ("qwen2.5-vl", "qwen2"))
+    towers += (("mistral3", "mistral"),)
+    all_linear = {"lora_targets": "all-linear"}
+    settings: list[dict] = [
+        {"method": "dora", **all_linear},
+        {"method": "lora", **all_linear, "lora_dropout": 0.1},
+        {"method": "qlora", **all_linear},
+    ]
+    out: list[Case] = [
+        ImageTextCase(family, s, tower=tower) for tower, family in towers for s in settings
+    ]
+    out.append(ImageTextCase("mistral", {"method": "lora", **all_linear}, tower="mistral3"))
+    out.append(ImageTextCase("llama", {"method": "qlora", "precision": "bf16-mixed", "images": 0}))
+    out.append(ImageTextCase("llama", {"method": "qlora", "precision": "bf16-mixed"}))
+    mllama = {"images": 1, "lora_targets": "q_proj,v_proj,fc1"}
+    out += [
+        MllamaCase("llama", {"method": "dora", **mllama}),
+        MllamaCase("llama", {"method": "lora", **mllama, "lora_dropout": 0.1}),
+        MllamaCase("llama", {"method": "qlora", **mllama}),
+    ]
+    return out
 
 
 def _trl116() -> list[Case]:
@@ -1257,6 +1289,14 @@ KNOWN_GAPS: dict[str, str] = {
         "(b, 1, s, s) mask in those layers only, with GQA keys and values repeated "
         "(Attention.masked_sdpa_saved); the block walk has one attention per stack, not one "
         "per layer type, so it is not counted yet (2026-12-03)"
+    ),
+    "llava-llama-method=qlora-precision=bf16-mixed": (
+        "LLaVA QLoRA under autocast with images: activations -5.7 % (1,869,396 / "
+        "1,981,332 B), peak -9.4 % (2,915,364 / 3,217,504 B), as plain LoRA under autocast "
+        "(-5.3 %): peft's q_proj/v_proj reach the frozen CLIP tower, and under autocast its "
+        "layers keep what ftmem.vision sizes for a 16-bit tower (fp32 LayerNorm inputs, "
+        "autocast's weight copies where the input gradient passes) in other dtypes; the "
+        "4-bit weights and their biases are exact (2026-12-03)"
     ),
     "qwen2.5-vl-qwen2-gradckpt=True-loratargets=all-linear-method=lora": (
         "Qwen2.5-VL LoRA on all linears, the tower's and the merger's too, with "

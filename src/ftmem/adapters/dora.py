@@ -11,6 +11,7 @@ from ftmem.methods import MethodPlan
 from ftmem.ops.context import LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.precision import Dtypes
 from ftmem.run import RunConfig
 
 
@@ -22,7 +23,34 @@ class DoRA:
     def saved(
         ctx: LayerContext, lin: Linear, side: Side, T: int, peft_casts: bool, in_grad: bool
     ) -> list[Saved]:
-        """What peft's DoRA keeps per adapted linear (peft 0.21, measured).
+        """What peft's DoRA keeps per adapted linear of a block (DoRA.sizes)."""
+        sizes = DoRA.sizes(
+            ctx.plan.dtypes,
+            ctx.run,
+            ctx.e,
+            T,
+            (lin.in_features, lin.out_features),
+            lin.bias,
+            peft_casts,
+            in_grad,
+            ctx.arch.traits.conv1d,
+        )
+        return [Saved(f"{lin.label} {what}", size, Kind.DORA, side, (lin,)) for what, size in sizes]
+
+    @staticmethod
+    def sizes(
+        dt: Dtypes,
+        run: RunConfig,
+        e: int,
+        T: int,
+        features: tuple[int, int],
+        bias: bool,
+        peft_casts: bool,
+        in_grad: bool,
+        conv1d: bool = False,
+    ) -> list[tuple[str, int]]:
+        """What peft's DoRA keeps for one adapted linear of ``features`` (in, out) over T
+        rows (peft 0.21, measured), named without the linear.
 
         It rescales the base and the LoRA outputs by magnitude / ‖W + BA‖: both outputs
         are kept (a third output-sized cast when peft casts the input), with the fp32
@@ -31,41 +59,36 @@ class DoRA:
         norm, but the norm is detached: that graph is unreachable from the loss and freed
         at once; an earlier measurement's saved-tensor hook had kept it alive.)
         """
-        e, out_f = ctx.e, lin.out_features
-        dt = ctx.plan.dtypes
+        in_f, out_f = features
         ae = BYTES_PER_ELEMENT[dt.adapter]
         outputs = (3 if peft_casts else 2) * T * out_f * e
         weight_copy = 0
-        if ctx.run.dropout > 0:
+        if run.dropout > 0:
             # with dropout peft's DoRA computes the base output again from the dropped
             # input, in the adapter dtype (autocast: 16-bit): both outputs are in it, and
             # the matmul keeps the (dequantised) weight cast to it when the input needs a
             # gradient (measured: Llama DoRA bf16 and bf16-mixed, activations -10 % and
             # -2 % without)
             if dt.autocast:
-                weight_copy = lin.in_features * out_f * e
-                if ctx.arch.traits.conv1d:
+                weight_copy = in_f * out_f * e
+                if conv1d:
                     # GPT-2's Conv1D path also keeps a second 16-bit copy of the dropped
                     # input for that matmul, in every block (measured, bf16-mixed: -6.8 %)
-                    outputs += T * lin.in_features * e
+                    outputs += T * in_f * e
             else:
                 outputs = 2 * T * out_f * ae
                 if dt.quantized or BYTES_PER_ELEMENT[dt.base] != ae:
-                    weight_copy = lin.in_features * out_f * ae
+                    weight_copy = in_f * out_f * ae
             weight_copy *= in_grad
         # the norm (kept by magnitude / norm) and the scale (kept by scale · lora); the
         # scale − 1 too when the base output needs a gradient (its input does)
         scales = 3 if in_grad else 2
-        sizes = [
-            (f"{lin.label} DoRA base/LoRA outputs and rescale", outputs + scales * out_f * FP32)
-        ]
+        sizes = [("DoRA base/LoRA outputs and rescale", outputs + scales * out_f * FP32)]
         if weight_copy:
-            sizes.append((f"{lin.label} DoRA weight in the adapter dtype", weight_copy))
-        if lin.bias and dt.autocast and not ctx.run.dropout:  # (dropout: no bias to remove)
-            sizes.append(
-                (f"{lin.label} DoRA fp32 base output (bias removed)", T * out_f * (FP32 - e))
-            )
-        return [Saved(what, size, Kind.DORA, side, (lin,)) for what, size in sizes]
+            sizes.append(("DoRA weight in the adapter dtype", weight_copy))
+        if bias and dt.autocast and not run.dropout:  # (dropout: no bias to remove)
+            sizes.append(("DoRA fp32 base output (bias removed)", T * out_f * (FP32 - e)))
+        return sizes
 
     @staticmethod
     def rebuild(plan: MethodPlan, run: RunConfig, linears: Iterable[Linear]) -> int:
