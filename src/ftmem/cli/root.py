@@ -1,11 +1,13 @@
 """The root of the ``ftmem`` command: the typer app every command registers on, its
-``--version``, and the entry point that runs one command under the error handler."""
+``--version``, and the entry point that runs one command under the error handler.
+Importing it registers every command group (:data:`COMMAND_GROUPS`)."""
 
 from __future__ import annotations
 
 import copy
 import sys
 from contextlib import AbstractContextManager, nullcontext
+from importlib import import_module
 from typing import Annotated, Any
 
 import typer
@@ -13,6 +15,7 @@ from typer.core import TyperGroup
 
 from ftmem.cli.errors import exit_code
 from ftmem.cli.terminal import cli_streams, echo
+from ftmem.dataclass_code import cached_dataclass_code
 from ftmem.paused_gc import paused_gc
 
 
@@ -120,11 +123,18 @@ def collector_pause(args: list[str]) -> AbstractContextManager[None]:
     return nullcontext() if args[:1] == ["measure"] else paused_gc()
 
 
+def stored_code(args: list[str]) -> AbstractContextManager[None]:
+    """Dataclass methods compiled by an earlier run re-used (ftmem.dataclass_code) while
+    the command imports the modules it computes with; `measure` imports transformers and
+    torch, whose thousands of dataclasses are not ftmem's to store."""
+    return nullcontext() if args[:1] == ["measure"] else cached_dataclass_code()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: exit 0 valid output, 1 does not fit, 2 one sentence on stderr and
     nothing on stdout; never a traceback for what a user can cause (ftmem.cli.terminal)."""
     args = sys.argv[1:] if argv is None else argv
-    with cli_streams(), collector_pause(args):
+    with cli_streams(), collector_pause(args), stored_code(args):
         try:
             code = _app_for(args)(args=argv, standalone_mode=False)
             sys.stdout.flush()  # a full disk fails here, not at exit
@@ -133,3 +143,20 @@ def main(argv: list[str] | None = None) -> None:
             if code is None:
                 raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# importing a group registers its commands; this order is their order in `ftmem --help`
+# (last in this module: each group's module imports `app` from here)
+COMMAND_GROUPS = (
+    "estimate",
+    "search",
+    "explain",
+    "merge",
+    "serve",
+    "budgets",
+    "measure",
+    "record",
+    "listings",
+)
+for _group in COMMAND_GROUPS:
+    import_module(f"ftmem.cli.{_group}")
