@@ -154,6 +154,8 @@ def _fast_corpus() -> list[list[str]]:
 # conversions, and what it leaves to typer by design
 FALLBACK = [
     ["estimate"],
+    # TRL's defaults are applied where typer's context says a flag was not given
+    ["estimate", "llama2-7b", "--framework", "trl", "--batch-size", "2"],
     ["estimate", "--help"],
     ["estimate", "gpt2", "--help"],
     ["estimate", "gpt2", "-h"],

@@ -33,7 +33,7 @@ ESTIMATE_GROUPS = (FROM, RUN, GPU, SPREAD, DISTILL)
 
 NOT_FAST = frozenset({"from_config", "launcher"})
 """Options left to typer: a training config's settings are told from flags by typer's
-context (ftmem.cli.settings)."""
+context (ftmem.cli.settings); so are ``--framework trl``'s defaults."""
 
 # `ftmem estimate`'s own options that the fast path reads (ftmem.cli.estimate): name,
 # default; the others (--emit, --emit-to, --traced) go through typer
@@ -161,7 +161,7 @@ def parse_estimate(args: list[str]) -> EstimateRequest | None:
         if value is _ABSENT:
             return None
         given[name], at = value, at + 2
-    if model is None:
+    if model is None or given.get("framework") == "trl":  # (TRL's defaults: see NOT_FAST)
         return None
     settings = {
         spec.name: given.get(spec.name, spec.default) for group in ESTIMATE_GROUPS for spec in group

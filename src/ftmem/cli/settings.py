@@ -56,7 +56,6 @@ def _from_config(
         with_launcher,
     )
 
-<<<<<<< HEAD
     defaults_only = trl and path is None
     if defaults_only and model is None:
         raise FtmemError("give a model (a preset id or config.json) for --framework trl.")
@@ -71,15 +70,8 @@ def _from_config(
         on = read_launcher_config(launcher)
         fw = on if fw is None else with_launcher(fw, on)
     assert fw is not None  # a file, a launcher or --framework trl gave it
-=======
-    if launcher is None:
-        fw = read_framework_config(path)
-    elif path is None:
-        fw = read_launcher_config(launcher)
-    else:
-        fw = with_launcher(read_framework_config(path), read_launcher_config(launcher))
-    # which flags the user gave: typer's context knows (the fast path never reads --from)
->>>>>>> f65e20f (CLI start-up (issue 19): the common `ftmem estimate` calls read without typer (ftmem.cli.fast, the same option records as typer's, ftmem.cli.option_specs; the command's body shared, ftmem.cli.estimating; anything else to the typer app), dataclass methods kept compiled between CLI runs (ftmem.dataclass_code); bench_cli adds a no-typer floor; 1.89x the bare imports from 2.66x (CPU, 31 runs), output byte-identical (tests/test_cli_fast.py))
+    # which flags the user gave: typer's context knows (the fast path reads neither --from
+    # nor --framework trl)
     explicit = {
         k: v
         for k, v in settings.items()
