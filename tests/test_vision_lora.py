@@ -15,17 +15,11 @@ import pytest
 from ftmem.methods import plan_method
 from ftmem.run import RunConfig
 from ftmem.vision_lora import adapted, peft_targets
-from tests.accuracy.cases import ImageTextCase, MllamaCase
+from tests.accuracy.cases import TOWER_FAMILIES, ImageTextCase, MllamaCase
 from tests.conftest import tiny
 
 TARGETS = ("q,v", "all-linear", "q_proj,gate_proj", "q_proj,v_proj,fc1,qkv")
-TOWERS = (
-    ("llava", "llama"),
-    ("gemma3", "gemma3"),
-    ("qwen2.5-vl", "qwen2"),
-    ("qwen2-vl", "qwen2"),
-    ("mistral3", "mistral"),
-)
+TOWERS = TOWER_FAMILIES
 
 
 def _adapter_numel(arch, run) -> int:

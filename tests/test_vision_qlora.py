@@ -23,15 +23,9 @@ from ftmem.methods import plan_method
 from ftmem.run import RunConfig
 from ftmem.vision_lora import adapted, inputs_needing_grad
 from ftmem.vision_step import is_vision
-from tests.accuracy.cases import TINY_TOWERS, ImageTextCase, MllamaCase
+from tests.accuracy.cases import TINY_TOWERS, TOWER_FAMILIES, ImageTextCase, MllamaCase
 
-TOWERS = (
-    ("llava", "llama"),
-    ("gemma3", "gemma3"),
-    ("qwen2.5-vl", "qwen2"),
-    ("qwen2-vl", "qwen2"),
-    ("mistral3", "mistral"),
-)
+TOWERS = TOWER_FAMILIES
 # the module paths of what ftmem.vision_step.is_vision and mllama_step call vision
 # (Llama-3.2-Vision's cross-attention layers are its language model's layers)
 VISION_PATHS = ("vision_tower", "vision_model", "visual", "multi_modal_projector")

@@ -124,6 +124,14 @@ def _qwen1() -> list[Case]:
 # Tiny vision towers for the image-text cases (ftmem.vision): LLaVA's CLIP, three layers
 # read at -2 (the third runs and keeps nothing), CLS dropped, 8 × 8 patches; Gemma 3's
 # SigLIP, 8 × 8 patches pooled to 16 image tokens
+# each tiny tower with the text family its image-text model wraps
+TOWER_FAMILIES = (
+    ("llava", "llama"),
+    ("gemma3", "gemma3"),
+    ("qwen2.5-vl", "qwen2"),
+    ("qwen2-vl", "qwen2"),
+    ("mistral3", "mistral"),
+)
 TINY_TOWERS = {
     "llava": VisionTower(
         encoder="clip",
