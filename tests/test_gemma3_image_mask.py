@@ -64,8 +64,8 @@ def test_images_give_every_layer_a_boolean_mask():
 
 def test_text_only_on_the_image_text_model_keeps_is_causal():
     """No image, no token_type_ids: the global layers get no mask (is_causal); the
-    sliding layers' mask is transformers' own for sequences past the window (a known gap
-    of the estimate, KNOWN_GAPS in tests/accuracy/cases.py)."""
+    sliding layers' mask is transformers' own for sequences past the window
+    (ops.attention.sliding_window_mask, tests/test_sliding_window_mask.py)."""
     seen = _layer_masks(images=0)
     assert seen[-1] is None  # layer 5, the global one (pattern 6)
     assert all(m is not None for m in seen[:-1])  # s = 80 > window 16
@@ -82,12 +82,15 @@ def test_estimate_moves_by_the_hand_derivation(precision, monkeypatch):
     case = _case(1, precision=precision)
     arch, run = case.arch(), case.run()
     e = 4 if precision == "fp32" else 2
-    b, s, L = run.batch_size, run.seq_len, arch.num_layers
+    b, s = run.batch_size, run.seq_len
     T, q, kv = b * s, arch.q_size, arch.kv_size
     per_layer = b * s * s * e + 2 * T * q * e - 2 * T * kv * e
     parts = step_parts(arch, run)
     monkeypatch.setattr(attention, "image_block_mask", lambda arch, run: False)
-    assert parts.activations - step_parts(arch, run).activations == L * per_layer
+    # without the image mask the 5 sliding layers still take the window's mask (80
+    # tokens reach the window of 16: sliding_window_mask), so only the global one moves
+    assert s >= arch.sliding_window
+    assert parts.activations - step_parts(arch, run).activations == arch.full_layers * per_layer
     text_only = RunConfig(**{**run.model_dump(), "images": 0})
     pixels = pixel_input(arch, run, parts.plan.dtypes)
     assert pixel_input(arch, text_only, parts.plan.dtypes) == 0
@@ -115,8 +118,8 @@ def test_checkpointing_holds_one_mask_per_layer_type(changes, types):
                          tower="gemma3")  # fmt: skip
     arch, run = case.arch(), case.run()
     mask = run.batch_size * run.seq_len**2
-    assert Attention.held_image_masks(arch, run) == types * mask
+    assert Attention.held_layer_masks(arch, run) == types * mask
     assert Attention.layer_type_masks(arch, run, 2) == (2 - types) * mask
     plain = RunConfig(**{**run.model_dump(), "grad_ckpt": False})
-    assert Attention.held_image_masks(arch, plain) == 0
+    assert Attention.held_layer_masks(arch, plain) == 0
     assert Attention.layer_type_masks(arch, plain, 2) == 2 * mask

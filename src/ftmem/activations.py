@@ -54,10 +54,12 @@ def block_saved(
     state: BlockState,
     tokens: int,
     dense: bool = False,
+    sliding: bool = False,
 ) -> list[Saved]:
     """Tensors one decoder block saves for backward. ``dense``: one of the first blocks of
-    a stack whose others have experts (``arch.dense_layers``); by default the top block."""
-    ctx = LayerContext(arch, run, plan, tokens)
+    a stack whose others have experts (``arch.dense_layers``); by default the top block.
+    ``sliding``: a sliding-window layer (its sdpa mask: ops.attention.sliding_window_mask)."""
+    ctx = LayerContext(arch, run, plan, tokens, sliding)
     i = 0 if dense else arch.num_layers - 1
     qkv, o, mlp = (list(group) for group in _block_linears(arch, i))
     x = state.input_requires_grad

@@ -36,7 +36,12 @@ from ftmem.gpu.trace import (
 from ftmem.grpo import check_groups, vllm_reserved_bytes
 from ftmem.hardware import Gpu
 from ftmem.methods import MethodPlan, plan_method
-from ftmem.ops.attention import attention_path, image_mask_notes, padding_notes
+from ftmem.ops.attention import (
+    attention_path,
+    image_mask_notes,
+    padding_notes,
+    sliding_mask_notes,
+)
 from ftmem.parallel import (
     FSDP,
     SHARDED_FSDP,
@@ -494,6 +499,7 @@ def _family_notes(arch: Architecture, run: RunConfig) -> list[str]:
         )
     notes += padding_notes(arch, run)
     notes += image_mask_notes(arch, run)
+    notes += sliding_mask_notes(arch, run)
     if arch.is_moe:
         notes.append(
             "MoE: activations count the routed tokens (batch tokens × experts per token); "

@@ -24,7 +24,7 @@ from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, plan_key, plan_method
 from ftmem.ops import loss_requests
-from ftmem.ops.attention import Attention, runs_eager
+from ftmem.ops.attention import Attention, runs_eager, sliding_window_mask
 from ftmem.ops.context import BlockState
 from ftmem.ops.embedding import Embedding
 from ftmem.ops.linear import LinearOp, all_adapters_fused
@@ -326,7 +326,7 @@ def _decoder_parts(
         outer_below, outer_above = [], stays
     # the input-gradient hook's leaves: held by the graph, saved by no node
     leaves = vision_step.graph_leaves(arch, run, plan.dtypes, plan.embed_trainable)
-    masks = Attention.held_image_masks(arch, run)  # (the checkpoints' inputs, too)
+    masks = Attention.held_layer_masks(arch, run)  # (the checkpoints' inputs, too)
     leaves = (*leaves, masks) if masks else leaves
     below = _sum(outer_below) + sum(leaves)
     kept = Activations(per_block_kept, below=below, above=_sum(outer_above))
@@ -360,16 +360,18 @@ def _block_activations(
 ) -> _BlockActivations:
     """Activations per block, derived once per distinct block state."""
     block_states = _block_states(arch, run, plan)
-    cache: dict[tuple[BlockState, bool], list[Saved]] = {}
+    cache: dict[tuple[BlockState, bool, bool], list[Saved]] = {}
     per_block: list[int] = []
     rebuilt: list[int] = []  # checkpointing: what each block's recompute adds
-    previous: tuple[BlockState, bool] | None = None
+    previous: tuple[BlockState, bool, bool] | None = None
     previous_sum, previous_rebuilt, previous_held, graph_held = 0, 0, 0, 0
+    sliding = _sliding_blocks(arch, run)
     for i, st in enumerate(block_states):
-        key = (st, i < arch.dense_layers)  # (DeepSeek's first blocks are dense)
+        # (DeepSeek's first blocks are dense; a sliding layer's sdpa may take a mask)
+        key = (st, i < arch.dense_layers, i in sliding)
         if key != previous:  # consecutive blocks usually share one state object
             if key not in cache:
-                saved = block_saved(arch, run, plan, st, T, dense=key[1])
+                saved = block_saved(arch, run, plan, st, T, dense=key[1], sliding=key[2])
                 cache[key] = saved if split is None else split.block(saved)
             previous, previous_sum = key, _sum(cache[key])
             previous_held = sum(x.graph_held for x in cache[key])
@@ -379,8 +381,21 @@ def _block_activations(
         per_block.append(previous_sum)
         rebuilt.append(previous_rebuilt)
         graph_held += previous_held
-    last = cache[(block_states[-1], False)]
+    last = cache[(block_states[-1], False, arch.num_layers - 1 in sliding)]
     return _BlockActivations(tuple(per_block), tuple(rebuilt), tuple(last), graph_held)
+
+
+def _sliding_blocks(arch: Architecture, run: RunConfig) -> range:
+    """The blocks whose sdpa call takes the sliding window's mask (empty unless
+    ops.attention.sliding_window_mask). Architecture keeps only how many layers slide, so
+    they are taken as the lowest ones: the top block is a full-attention one whenever the
+    stack has one, as in Gemma 2 and 3 and EXAONE 4 stacks whose depth is a multiple of
+    their pattern (Gemma 3's every sixth layer global: configuration_gemma3.py
+    ``bool((i + 1) % 6)``). Qwen2's top layers slide (i >= max_window_layers): there the
+    top block is the other type; the sum over blocks is the same either way."""
+    if not sliding_window_mask(arch, run):
+        return range(0)
+    return range(arch.sliding_layers)
 
 
 def _aux_items(aux: int) -> tuple[Saved, ...]:

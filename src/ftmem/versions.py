@@ -139,6 +139,13 @@ def release(version: str | None) -> tuple[int, int, int] | None:
     return int(major), int(minor), int(patch or 0)
 
 
+# transformers 4.53 builds masks in masking_utils.py: a boolean (b, 1, s, s) mask that sdpa
+# converts to an additive one per call, so each layer's kernel keeps its own
+# (ops.attention.sliding_window_mask). Before, the model built one float 4-D mask
+# (modeling_attn_mask_utils.py) passed to every layer as is: not modelled for the window.
+BOOL_MASKS_PER_CALL = (4, 53)
+
+
 def older_than(version: str | None, first_fixed: tuple[int, ...]) -> bool:
     """Whether a given version predates the release ``first_fixed``."""
     parsed = release(version)

@@ -12,7 +12,9 @@ from ftmem.precision import resolve_dtypes
 from ftmem.profiles import batch_padding, pads_batches, profile_of
 from ftmem.run import RunConfig
 from ftmem.versions import (
+    BOOL_MASKS_PER_CALL,
     SDPA_MASK_INDEXED_PER_LAYER,
+    older_than,
     rotary_tables_per_layer,
     sdpa_float_causal_mask,
     sdpa_repeats_kv,
@@ -100,9 +102,54 @@ def image_mask_notes(arch: Architecture, run: RunConfig) -> list[str]:
 
 
 def explicit_mask(arch: Architecture, run: RunConfig) -> bool:
-    """sdpa is given a (b, 1, s, s) mask, not is_causal: a padded batch or images whose
-    tokens attend both ways (the mask is one either way)."""
+    """sdpa is given a (b, 1, s, s) mask, not is_causal, in every layer: a padded batch or
+    images whose tokens attend both ways (the mask is one either way)."""
     return padding_mask(arch, run) or image_block_mask(arch, run)
+
+
+def sliding_window_mask(arch: Architecture, run: RunConfig) -> bool:
+    """sdpa is given a (b, 1, s, s) mask in the sliding-window layers only: the sequence
+    reaches the window, and no mask is made for every layer anyway (explicit_mask).
+
+    transformers 5.24 builds a sliding layer's mask with create_sliding_window_causal_mask
+    (masking_utils.py l.1120; LAYER_PATTERN_TO_MASK_FUNCTION, l.1529), which passes
+    ``local_size=sliding_window`` to sdpa_mask (l.1248); _ignore_causal_mask_sdpa then
+    refuses the causal skip when ``kv_length >= local_attention_size`` (l.285-286: the
+    window's band must be written out), and without a cache kv_length is s. So every
+    sliding layer's sdpa call takes a boolean (b, 1, s, s) mask (l.535-549), with GQA keys
+    and values repeated per head (Attention.masked_sdpa_saved), as for a padded batch;
+    the full-attention layers keep is_causal. Eager builds its float masks either way,
+    and FlashAttention-2 takes the window as an argument (no mask). The same skip rule is
+    in 4.53-4.54 (masking_utils.py ``kv_length < local_attention_size``, l.214 and l.230)
+    and before (modeling_attn_mask_utils.py 4.41 l.273, l.276), but before 4.53 the
+    model's float mask is one storage shared by every layer: that is not modelled here
+    (versions.BOOL_MASKS_PER_CALL)."""
+    if not (arch.sliding_layers and arch.sliding_window) or explicit_mask(arch, run):
+        return False
+    if older_than(run.transformers_version, BOOL_MASKS_PER_CALL):
+        return False
+    if run.positions < arch.sliding_window or runs_eager(arch, run) or run.attn != "sdpa":
+        return False
+    return not packed_rows(run) and not arch.traits.fused_qkv and not arch.traits.sdpa_explicit_mask
+
+
+def layer_mask(ctx: LayerContext) -> bool:
+    """This layer's sdpa call takes an explicit mask: every layer's (explicit_mask), or
+    the layer slides and its window's band is written out (sliding_window_mask)."""
+    every = explicit_mask(ctx.arch, ctx.run)
+    return every or (ctx.sliding and sliding_window_mask(ctx.arch, ctx.run))
+
+
+def sliding_mask_notes(arch: Architecture, run: RunConfig) -> list[str]:
+    """What the sliding layers' mask changes (sliding_window_mask), said once."""
+    if not sliding_window_mask(arch, run):
+        return []
+    return [
+        f"sequence of {run.positions} tokens reaches the sliding window "
+        f"({arch.sliding_window}): transformers gives sdpa an explicit (b, 1, s, s) mask in "
+        f"the {arch.sliding_layers} sliding layers (kept per layer, with GQA keys and values "
+        "repeated per head): counted."
+    ]
 
 
 def packed_rows(run: RunConfig) -> bool:
@@ -216,8 +263,8 @@ class Attention:
             keep("v (repeated per head)", Tk * kv_saved * e, Kind.ATTN_V)
         elif profile_of(run).expands_kv:
             out += Attention.expanded_kv_saved(ctx)
-        elif explicit_mask(arch, run) or sdpa_repeats_kv(arch, run):
-            out += Attention.masked_sdpa_saved(ctx, with_mask=explicit_mask(arch, run))
+        elif layer_mask(ctx) or sdpa_repeats_kv(arch, run):
+            out += Attention.masked_sdpa_saved(ctx, with_mask=layer_mask(ctx))
         else:
             keep("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK)
             if arch.traits.fused_qkv and not ctx.quantized_outputs_in_input_dtype:
@@ -382,7 +429,7 @@ class Attention:
         new tensors; attention.cpp preprocess_mask, see masked_sdpa_saved). A padded batch's
         mask is already counted there (padding_mask)."""
         arch, run = ctx.arch, ctx.run
-        if not sdpa_float_causal_mask(arch, run) or explicit_mask(arch, run):
+        if not sdpa_float_causal_mask(arch, run) or layer_mask(ctx):
             return []
         b, s, e = run.batch_size, ctx.tokens // run.batch_size, ctx.e
         copied = within(run.transformers_version, SDPA_MASK_INDEXED_PER_LAYER)
@@ -448,25 +495,30 @@ class Attention:
         (transformers 5.24 modeling_gemma3.py l.704, l.729-739), one byte per element."""
         if sdpa_float_causal_mask(arch, run):
             return model_causal_mask(arch, run)
-        if image_block_mask(arch, run):  # (those checkpointing keeps: held_image_masks)
+        if image_block_mask(arch, run):  # (those checkpointing keeps: held_layer_masks)
             masks = 2 * run.batch_size * run.positions**2
-            return masks - Attention.held_image_masks(arch, run)
+            return masks - Attention.held_layer_masks(arch, run)
+        if sliding_window_mask(arch, run):  # the sliding layers' one boolean mask
+            return run.batch_size * run.positions**2 - Attention.held_layer_masks(arch, run)
         if not arch.traits.attention_sinks:
             return 0
         s = run.positions
         return (2 if arch.sliding_window else 1) * run.batch_size * s * s * e
 
     @staticmethod
-    def held_image_masks(arch: Architecture, run: RunConfig) -> int:
-        """Gemma 3 with images, checkpointed: each layer's recompute needs the boolean
-        mask of its layer type, so the checkpoints hold those masks (one per layer type
-        the stack has, b·s² bytes each) from the forward until the backward has passed
-        the layers; saved by no node (measured on the tiny Gemma 3, two global layers:
-        one mask, 12,800 B, beside the peak)."""
-        if not (run.grad_ckpt and image_block_mask(arch, run)):
+    def held_layer_masks(arch: Architecture, run: RunConfig) -> int:
+        """Checkpointed, each layer's recompute needs the boolean mask of its layer type,
+        so the checkpoints hold those masks (b·s² bytes each) from the forward until the
+        backward has passed the layers; saved by no node. Gemma 3 with images: one per
+        layer type the stack has (measured on the tiny Gemma 3, two global layers: one
+        mask, 12,800 B, beside the peak); a sequence that reaches the window
+        (sliding_window_mask): the sliding layers' one."""
+        if not run.grad_ckpt:
             return 0
-        types = (1 if arch.full_layers else 0) + (1 if arch.sliding_layers else 0)
-        return types * run.batch_size * run.positions**2
+        if image_block_mask(arch, run):
+            types = (1 if arch.full_layers else 0) + (1 if arch.sliding_layers else 0)
+            return types * run.batch_size * run.positions**2
+        return run.batch_size * run.positions**2 if sliding_window_mask(arch, run) else 0
 
     @staticmethod
     def score_bytes(arch: Architecture, run: RunConfig) -> int:

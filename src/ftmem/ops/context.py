@@ -49,6 +49,7 @@ class LayerContext:
     run: RunConfig
     plan: MethodPlan
     tokens: int  # b·s (+ virtual tokens later)
+    sliding: bool = False  # a sliding-window layer (ops.attention.sliding_window_mask)
 
     @property
     def e(self) -> int:
