@@ -288,6 +288,7 @@ def _image_text() -> list[Case]:
     # images (two blocks); checkpointed (the checkpoints hold one boolean mask per layer
     # type: Attention.held_layer_masks); text only on the image-text model (is_causal)
     window = {"num_layers": 6, "sliding_window": 16, "sliding_layers": 5}
+    top_slides = {"num_layers": 7, "sliding_window": 16, "sliding_layers": 6}
     gemma3_masks = [
         ImageTextCase("gemma3", {"method": "full"}, window, tower="gemma3"),
         ImageTextCase("gemma3", {"method": "full", "grad_ckpt": True}, window, tower="gemma3"),
@@ -296,6 +297,9 @@ def _image_text() -> list[Case]:
         ImageTextCase("gemma3", {"method": "lora", "images": 0}, tower="gemma3"),
         # text only: the sliding layers' own masks (80 tokens reach the window of 16)
         ImageTextCase("gemma3", {"method": "full", "images": 0}, window, tower="gemma3"),
+        # and a stack whose top layer slides (7 layers, pattern 6: layer 6 slides), which
+        # the block walk takes as a full one (step._sliding_blocks)
+        ImageTextCase("gemma3", {"method": "lora", "images": 0}, top_slides, tower="gemma3"),
     ]
     return (
         gemma3_masks
