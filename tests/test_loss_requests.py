@@ -370,6 +370,69 @@ def test_the_chunked_loss_requests_its_tensors_as_torchtune_does():
     ]
 
 
+def _profiled_backward(loss_of, hidden, weight, labels) -> list[int]:
+    """The backward's allocations and frees of at least THRESHOLD bytes as signed sizes,
+    read from the CPU allocator by torch.profiler: no dispatch mode runs, so autograd's
+    input buffer adds in place where it may (a mode keeps a second reference to every
+    op output)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    loss = loss_of(hidden, weight, labels)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss.backward()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    return [e.nbytes() for e in events if abs(e.nbytes()) >= THRESHOLD]
+
+
+def _signed_backward(forward, backward) -> list[int]:
+    """A program's backward as signed sizes of at least THRESHOLD bytes, without the
+    frees of the forward's tensors (made before the profiler started, it sees none)."""
+    made = sum(1 for op, _ in forward if op == "alloc")
+    sizes: list[int] = []
+    out = []
+    for op, value in backward:
+        if op == "alloc":
+            sizes.append(value)
+            out.append(value)
+        elif value >= made:
+            out.append(-sizes[value - made])
+    return [x for x in out if abs(x) >= THRESHOLD]
+
+
+def test_a_trained_chunked_head_sums_its_pieces_weight_gradients_as_autograd_does():
+    """Each piece's weight gradient (V·H·2) goes to autograd's input buffer: the first
+    as it is, the second added out of place (old, new and sum alive at once, 6 logit
+    gradients still waiting), the later ones in place."""
+    hidden, weight, labels = _inputs(torch.bfloat16)
+    weight.requires_grad_(True)
+    measured = _profiled_backward(_torchtune_step, hidden, weight, labels)
+    c, W = T // 8, V * H * 2
+    head_grads = (W, c * H * 2)  # each piece's input gradient: below the threshold
+    program = _signed_backward(*loss_requests.chunked_loss(T, V, 2, head_grads=head_grads))
+    # the program frees the sum at its end (the timeline counts the gradient from the
+    # next moment); here it stays, as the weight's .grad
+    assert program == [*measured, -W]
+    # the hand derivation, from the first piece's weight gradient on
+    pieces = measured[measured.index(W) :]
+    assert pieces[:9] == [W, -c * V * 2, W, -c * V * 2, W, -W, -W, W, -c * V * 2]
+    # at the second piece's sum: three weight-sized tensors beside 6 logit gradients
+    live = [sum(measured[: i + 1]) for i in range(len(measured))]
+    assert max(live) == 3 * W + 6 * c * V * 2
+
+
+def test_under_a_dispatch_mode_every_sum_is_a_new_tensor():
+    """ftmem's CPU tracker (a TorchDispatchMode) sees every later sum out of place too:
+    the second piece stays the largest moment (the most logit gradients left), so the
+    accuracy cases' peak is the same as without a mode."""
+    hidden, weight, labels = _inputs(torch.bfloat16)
+    weight.requires_grad_(True)
+    backward = _measure(_torchtune_step, hidden, weight, labels)[1]
+    W = V * H * 2
+    sizes = [v for op, v in backward if op == "alloc" and v == W]
+    assert len(sizes) == 8 + 7  # the pieces' gradients and a new sum for each but the first
+
+
 LOSSES = [
     ({"loss": "standard"}, True),
     ({"loss": "standard", "precision": "fp32"}, True),
@@ -382,6 +445,9 @@ LOSSES = [
     ({"loss": "upcast-shifted", "framework": "fsdp_qlora"}, True),  # the output held
     ({"loss": "standard", "framework": "fsdp_qlora"}, True),
     ({"loss": "chunked"}, True),
+    # the tied weight's LM-head part held in autograd's buffer until the embedding's
+    ({"loss": "chunked", "optimizer_in_backward": True}, True),
+    ({"loss": "standard", "optimizer_in_backward": True}, True),
     ({"loss": "chunked", "compile": True, "framework": "torchtune"}, False),  # one kernel
     ({"loss": "fused"}, False),
     ({"loss": "linear-chunked"}, False),

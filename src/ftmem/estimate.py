@@ -223,7 +223,13 @@ def _step_notes(parts: StepParts, run: RunConfig, teacher: Teacher | None) -> li
     if run.optimizer_in_backward:
         notes.append(
             "optimizer in backward: each gradient is freed by its parameter's step as soon "
-            "as it is complete, so no gradient is held at the peak."
+            "as it is complete, so no gradient is held at the peak"
+            + (
+                " but a tied embedding's LM-head part, summed by autograd until the "
+                "embedding's backward."
+                if parts.sizes.gradients.tied_held
+                else "."
+            )
         )
     if run.optimizer in TORCHAO_OPTIMIZERS:
         notes.append(

@@ -221,6 +221,16 @@ class MethodPlan:
             return True
         return not self.tied_embeddings and base.endswith(TOKEN_EMBEDDINGS)
 
+    def gradient_completes_last(self, g: TensorGroup) -> bool:
+        """Whether the tensor's gradient is complete only at the embedding's backward:
+        those that appear after the blocks, and a tied token embedding, whose LM-head
+        part waits in autograd's input buffer for the embedding's (the optimizer in
+        backward steps them last)."""
+        if self.gradient_after_blocks(g):
+            return True
+        base = g.name.split(".modules_to_save")[0]
+        return not g.in_block and self.tied_embeddings and base.endswith(TOKEN_EMBEDDINGS)
+
     @property
     def n_params(self) -> int:
         return sum(g.total_numel for g in self.groups)

@@ -1169,6 +1169,7 @@ def _stage_sizes(
             through_forward=base.gradients.through_forward,
             embedding=grads_embedding,
             tied_backward=base.gradients.tied_backward,
+            tied_held=0,  # the optimizer in backward: one GPU only (estimate)
             by_block=by_block,
             embedding_at=base.gradients.embedding_at,
         ),

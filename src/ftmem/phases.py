@@ -47,6 +47,9 @@ class Gradients:
     # tied embedding and LM head: the embedding's gradient and its sum with the head's
     # (held since the loss) are both new tensors at the very end of backward
     tied_backward: int = 0
+    # stepped in backward (the others count 0): a tied weight's LM-head part, summed in
+    # autograd's input buffer from the head's backward until the embedding's
+    tied_held: int = 0
     # Encoder-decoders: each timeline entry's own gradients (encoder and decoder blocks
     # differ; empty: per_block for the top trainable_blocks), and the entry after whose
     # backward the shared embedding's first backward runs (the decoder's bottom block,
@@ -132,6 +135,10 @@ class OptimizerStep:
     in_backward: bool = False
     block: int = 0
     outer: int = 0
+    # of those, the ones whose gradient completes at the head side (the LM head, the
+    # final norm; not the token embedding, tied or not, nor positions: they step last);
+    # None: ``outer``
+    head_side: int | None = None
     # ReLoRA: merging the adapters into the base between steps (B·A and its scaled
     # copy for the largest adapted linear), with no gradient held
     merge: int = 0
@@ -141,6 +148,11 @@ class OptimizerStep:
     tensors: tuple[int, ...] = ()
     # a transient before them (ZeRO-3's fp64 copy of the largest gradient, for its norm)
     norm_copy: int = 0
+
+    @property
+    def at_head(self) -> int:
+        """Stepped in backward: the largest step at the head side's backward."""
+        return self.outer if self.head_side is None else self.head_side
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +300,7 @@ def find_peak(s: StepSizes) -> Peak:
     held = g.total if g.persist else 0
     held_forward = g.total if g.through_forward else held
     acts = s.activations.total
-    live_grads = g.total if g.persist else g.outer - g.embedding
+    live_grads = g.total if g.persist else g.outer - g.embedding + g.tied_held
     live_acts = acts - s.activations.above + s.output_held
     head = _until_head_backward(s, (held_forward, held), acts, live_grads, live_acts)
     race = _Race(s.weights + s.states + s.loop_held, head[0])
@@ -309,6 +321,7 @@ def find_peak(s: StepSizes) -> Peak:
     else:
         if L:
             live_grads, live_acts = _blocks_backward(s, race, live_grads, live_acts, workspace)
+        live_grads -= g.tied_held  # summed into the tied weight's gradient (_after_the_blocks)
         if embedding:
             # the embedding's backward: every gradient now exists, the embedding side's
             # activations are the last ones held
@@ -337,7 +350,7 @@ def _until_head_backward(
         Moment("forward", held_forward, acts - above + previous, s.block.forward, fwd),
         Moment("forward", held_forward, acts + previous, head.logits_forward, head_fwd),
         Moment("backward", held_backward, acts + s.output_held, head.loss_backward, loss_bwd),
-        Moment("backward", live_grads, live_acts, head.workspace + s.optimizer.outer, head_bwd),
+        Moment("backward", live_grads, live_acts, head.workspace + s.optimizer.at_head, head_bwd),
     ]
     if s.teacher_forward or c.before:  # without one the next moment holds all it would
         before = fwd if c.before is None else c.before
@@ -409,7 +422,8 @@ def _after_the_blocks(s: StepSizes, live_acts: int) -> list[Moment]:
     grads = s.gradients.total
     moments: list[Moment] = []
     if s.gradients.tied_backward:
-        moments.append(Moment("backward", grads, live_acts, s.gradients.tied_backward, bwd))
+        held = grads + s.gradients.tied_held
+        moments.append(Moment("backward", held, live_acts, s.gradients.tied_backward, bwd))
     if step.in_backward:
         # the embedding's step, last; no separate optimizer step after backward
         moments.append(Moment("backward", 0, live_acts, step.outer, bwd))

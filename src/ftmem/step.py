@@ -212,6 +212,14 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
                 in_backward=run.optimizer_in_backward,
                 block=step_in_backward([g for g in grad_groups if g.in_block], run),
                 outer=step_in_backward([g for g in grad_groups if not g.in_block], run),
+                head_side=step_in_backward(
+                    [
+                        g
+                        for g in grad_groups
+                        if not g.in_block and not plan.gradient_completes_last(g)
+                    ],
+                    run,
+                ),
                 merge=LoRA.merge(plan, run),
             ),
         )
@@ -447,9 +455,13 @@ def _logits_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int
 
 
 def _head_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
-    """The loss's backward beyond its saved tensors; with LoRA on the head, the head's
-    own backward after it, beyond the same saved tensors (freed by then: subtracted)."""
+    """The loss's backward beyond its saved tensors; then the head's own backward beyond
+    the same saved tensors (freed by then: subtracted), where it is larger: LoRA on the
+    head, or the pieces of torchtune's chunked output (Loss.chunked_head_backward)."""
     loss = _loss_backward(arch, run, plan, e, T)
+    if run.loss == "chunked":  # the head's pieces after the loss's saved tensors are freed
+        pieces = Loss.chunked_head_backward(arch, plan, T)
+        loss = max(loss, pieces - Loss.chunked_saved(run, arch.vocab_size, e, T))
     if not plan.head_lora:
         return loss
     saved = Loss.cross_entropy_saved(T, arch.vocab_size, FP32, False)
@@ -617,6 +629,7 @@ def _head_requests(
         output_held=output_held,
         nll_cast=nll_cast,
         fp32_output=Loss.fp32_output_moment(arch, run, e, T) > 0,
+        head_grads=Loss.chunked_head_grads(arch, plan, T) if run.loss == "chunked" else (0, 0),
     )
 
 
@@ -636,7 +649,10 @@ def _head_side(outer_above: list[Saved]) -> list[Saved]:
 
 
 def _decoder_gradients(fixed: PlanSizes, run: RunConfig, plan: MethodPlan) -> Gradients:
-    """A decoder-only step's gradients (none held when each is freed by its own step)."""
+    """A decoder-only step's gradients (none held when each is freed by its own step, but
+    a tied weight's LM-head part: its AccumulateGrad runs only after the embedding's
+    backward, so that part waits in autograd's input buffer through the blocks'
+    backward; measured on the CPU, tests/accuracy/cases.py)."""
     held = 0 if run.optimizer_in_backward else 1
     return Gradients(
         total=fixed.grads * held,
@@ -647,6 +663,8 @@ def _decoder_gradients(fixed: PlanSizes, run: RunConfig, plan: MethodPlan) -> Gr
         through_forward=profile_of(run).zero_grad_after_forward,
         embedding=fixed.grads_embedding * held,
         tied_backward=fixed.tied_embedding_backward,
+        # (Embedding.backward_workspace: two of the tied weight's gradients)
+        tied_held=fixed.tied_embedding_backward // 2 * (1 - held),
     )
 
 

@@ -72,6 +72,7 @@ def _matrix() -> list[Case]:
         *_peft_methods(),
         *_optimizers_and_lora_variants(),
         *_losses_offload_partial(),
+        *_chunked_head(),
         *_recompute_and_edges(),
         *_autocast_over_16bit_weights(),
         *_families_of_issue_17(),
@@ -917,6 +918,43 @@ def _optimizers_and_lora_variants() -> list[Case]:
         ("qwen2", {"precision": "bf16", "adapter_placement": "pfeiffer"}),
     ):
         cases.append(Case(family, {"method": "adapter", **extra}))
+    return cases
+
+
+def _chunked_head() -> list[Case]:
+    """torchtune's chunked output with a trained head wide enough that its backward is
+    the peak: its pieces' weight gradients summed in autograd's input buffer (a tied
+    weight's until the embedding's backward), with and without the optimizer in
+    backward; and that buffer held through the checkpointed blocks' backward."""
+    cases: list[Case] = []
+    wide_head = {"vocab_size": 2000, "hidden_size": 256, "intermediate_size": 128, "num_layers": 1}
+    for tied, settings in (
+        (True, {"precision": "bf16"}),
+        (True, {"precision": "bf16", "optimizer_in_backward": True}),
+        (True, {"precision": "fp32", "optimizer_in_backward": True}),
+        (False, {"precision": "bf16"}),
+        (False, {"precision": "fp32"}),
+    ):
+        head = {"method": "full", "loss": "chunked", "seq_len": 64, "batch_size": 1, **settings}
+        cases.append(Case("llama", head, {**wide_head, "tie_embeddings": tied}))
+    # the optimizer in backward keeps a tied weight's LM-head part through the blocks'
+    # backward (autograd's input buffer), here at the checkpointed blocks' peak
+    for loss in ("standard", "chunked"):
+        cases.append(
+            Case(
+                "llama",
+                {
+                    "method": "full",
+                    "precision": "bf16",
+                    "optimizer_in_backward": True,
+                    "grad_ckpt": True,
+                    "loss": loss,
+                    "seq_len": 256,
+                    "batch_size": 2,
+                },
+                {"tie_embeddings": True},
+            )
+        )
     return cases
 
 

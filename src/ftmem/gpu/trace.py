@@ -635,10 +635,13 @@ def _pass(
     rec.free(above)
     if new_grads:
         grads = grads + rec.grads(t.outer_grads)
+    # stepped in backward: a tied weight's LM-head part, held until its sum at the end
+    tied = rec.alloc((s.gradients.tied_held,))
     gathered = rec.comm(_or(c.head_backward, c.backward))
-    rec.moment(s.head.workspace + s.optimizer.outer)
+    rec.moment(s.head.workspace + s.optimizer.at_head)
     rec.free(gathered)
     grads = _blocks_backward(rec, s, t, kept, grads, new_grads)
+    rec.free(tied)
     _backward_ends(rec, s)
     if s.vision_backward:
         rec.moment(s.vision_backward)  # the vision tower's backward, after the blocks'

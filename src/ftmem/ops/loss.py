@@ -448,6 +448,52 @@ class Loss:
         return 2 * chunk * FP32
 
     @staticmethod
+    def chunked_head_backward(arch: Architecture, plan: MethodPlan, T: int) -> int:
+        """The LM head's backward under torchtune's chunked output, where its weight trains
+        (0 where it is frozen), beyond the activations but the loss's saved tensors.
+
+        The head runs once per piece (torchtune modules/transformer.py@1814feb17a90
+        ``chunked_output``), so its weight's gradient is a sum of 8 matmul gradients,
+        added up in autograd's input buffer of the weight's AccumulateGrad (a tied
+        weight's: until the embedding's backward). Autograd runs every loss node first,
+        then the pieces from the last (measured), so all 8 logit gradients (c·V·e each,
+        c = T/8 rows) exist when the first piece's runs. The buffer's first entry is the
+        transposed view TBackward returns, whose storage its base shares: the buffer
+        cannot add into it in place (pytorch/pytorch torch/csrc/autograd/input_buffer.cpp
+        ``accumulate``, ``can_accumulate_inplace``: storage use_count 1; @4537ef6c), so at
+        the second piece its old entry, that piece's weight gradient and their new sum
+        (3·V·h·e) live beside the 6 logit gradients not yet used and the two pieces'
+        input gradients (c·h in the residual dtype); each later sum is in place
+        (torch.profiler's allocator events, torch 2.13 CPU; under a dispatch mode, as
+        ftmem's CPU tracker runs, every sum is a new tensor: the second piece is the
+        largest moment either way, with the most logit gradients left)."""
+        weight_grad, input_grad = Loss.chunked_head_grads(arch, plan, T)
+        if not weight_grad:
+            return 0
+        e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+        logit_grads = (CHUNKS - 2) * -(-T // CHUNKS) * arch.vocab_size * e
+        return logit_grads + 2 * input_grad + 3 * weight_grad
+
+    @staticmethod
+    def chunked_head_grads(arch: Architecture, plan: MethodPlan, T: int) -> tuple[int, int]:
+        """One piece of torchtune's chunked output in backward: its weight gradient (V·h
+        in the compute dtype, the matmul's; 0 where the head is frozen) and its input
+        gradient (c = T/8 rows of h, in the residual dtype: the cast back under
+        autocast)."""
+        V, h = arch.vocab_size, arch.hidden_size
+        trains = plan.outer_trainable or plan.head_trainable
+        weight_grad = V * h * BYTES_PER_ELEMENT[plan.dtypes.compute] if trains else 0
+        return weight_grad, -(-T // CHUNKS) * h * plan.dtypes.residual_bytes
+
+    @staticmethod
+    def chunked_saved(run: RunConfig, V: int, e: int, T: int) -> int:
+        """What torchtune's chunked loss keeps until its backward (Loss.saved's loss
+        item): the fp32 log-softmax and labels, or compiled, the 16-bit chunks."""
+        if compiled_chunked_loss(run):
+            return Loss._compiled_chunks(V, e, T).nbytes
+        return Loss.cross_entropy_saved(T, V, FP32, False)
+
+    @staticmethod
     def linear_chunked_backward(arch: Architecture, plan: MethodPlan, e: int, T: int) -> int:
         """Beyond the saved activations in the backward of torchtune's
         LinearCrossEntropyLoss: a chunk's log-softmax and logits gradients (fp32, 2·c·V·4

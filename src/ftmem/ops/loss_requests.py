@@ -16,7 +16,8 @@ Left out (a few bytes a row, or beyond the moments the timeline counts):
 ``nn.functional.pad``'s padded labels (b·(s + 1)·8, freed when the loss returns), the
 loss's scalars but the one the saved item counts, and the logits' 16-bit gradient
 living on through the LM head's backward matmuls (freed here when the loss's backward
-ends: the timeline counts the head's gradients after that moment).
+ends: the timeline counts the head's gradients after that moment), but for torchtune's
+chunked output with a trained head, whose pieces' backward is the larger moment.
 """
 
 from __future__ import annotations
@@ -259,12 +260,16 @@ def _upcast_shifted_loss(
     return p.done(forward)
 
 
-def chunked_loss(T: int, V: int, e: int, held: int = 0) -> tuple[Phase, Phase]:
+def chunked_loss(
+    T: int, V: int, e: int, held: int = 0, head_grads: tuple[int, int] = (0, 0)
+) -> tuple[Phase, Phase]:
     """torchtune's eager chunked loss (_chunked_loss)."""
-    return _chunked_loss(T, V, e, held).phases()
+    return _chunked_loss(T, V, e, held, head_grads).phases()
 
 
-def _chunked_loss(T: int, V: int, e: int, held: int = 0) -> Programmed:
+def _chunked_loss(
+    T: int, V: int, e: int, held: int = 0, head_grads: tuple[int, int] = (0, 0)
+) -> Programmed:
     """torchtune's CEWithChunkedOutputLoss, eager (torchtune
     modules/loss/ce_chunked_output_loss.py@1814feb17a90): the model's output is 8
     chunks of logits (modules/transformer.py ``chunked_output``: the LM head per
@@ -279,7 +284,8 @@ def _chunked_loss(T: int, V: int, e: int, held: int = 0) -> Programmed:
     summed in order), so the chunks go from the last: nll_loss's and log_softmax's
     gradients, that chunk's saved tensors freed, the cast back to e (c·V·e) held
     until every chunk is done (the head's matmul backward of each piece comes after
-    all the loss's nodes; measured on the CPU)."""
+    all the loss's nodes; measured on the CPU). Then the head's pieces (_head_pieces),
+    ``head_grads`` their gradients' sizes (Loss.chunked_head_grads)."""
     p = _Program()
     cache = p.alloc(held)
     pieces = [p.alloc(_share(T * V * e, i)) for i in range(CHUNKS)]
@@ -306,8 +312,40 @@ def _chunked_loss(T: int, V: int, e: int, held: int = 0) -> Programmed:
             p.free(ls_grad)
         else:
             grads.append(ls_grad)
-    p.free(total_weight, *grads)
+    p.free(total_weight)
+    _head_pieces(p, grads, *head_grads)
     return p.done(forward)
+
+
+def _head_pieces(p: _Program, grads: list[int], weight_grad: int, input_grad: int) -> None:
+    """The LM head's backward per piece, after the loss's nodes, from the last piece
+    (``grads``: the logits' gradients in that order): its weight's gradient and its
+    input's, the piece's logit gradient freed. Autograd's input buffer takes the first
+    weight gradient as it is (a transposed view, whose base it keeps), adds the second
+    out of place (the old, the new and the sum live at once) and every later one in
+    place (pytorch/pytorch torch/csrc/autograd/input_buffer.cpp ``accumulate``; measured
+    with torch.profiler's allocator events, Loss.chunked_head_backward). The sum and the
+    input gradients are freed at the end: the timeline counts the head's gradient and
+    the final norm's backward from the next moment. A frozen head (``weight_grad`` 0)
+    is left out: its pieces hold less than the loss's backward."""
+    if not weight_grad:
+        p.free(*grads)
+        return
+    buffer = -1
+    inputs: list[int] = []
+    for k, grad in enumerate(grads):
+        piece = p.alloc(weight_grad)
+        inputs.append(p.alloc(input_grad))
+        p.free(grad)
+        if k == 0:
+            buffer = piece
+        elif k == 1:
+            total = p.alloc(weight_grad)
+            p.free(buffer, piece)
+            buffer = total
+        else:
+            p.free(piece)
+    p.free(buffer, *inputs)
 
 
 def _share(total: int, i: int) -> int:
@@ -347,6 +385,7 @@ def head_requests(
     output_held: int = 0,
     nll_cast: bool = False,
     fp32_output: bool = False,
+    head_grads: tuple[int, int] = (0, 0),
 ) -> HeadRequests | None:
     """The head's requests for ``loss`` (run.loss), or None where its order is not
     derived (the fused, linear-chunked and log-probability-tile losses, whose moments
@@ -357,7 +396,8 @@ def head_requests(
     loop holds past the backward (StepSizes.output_held): the program keeps its logits
     allocated, and they must be that many bytes; ``nll_cast``: the shifted loss under
     CUDA's autocast (shifted_loss_cuda_autocast); ``fp32_output``: with accelerate's fp32
-    copy of the returned logits (shifted_loss_accelerate)."""
+    copy of the returned logits (shifted_loss_accelerate); ``head_grads``: the chunked
+    head's weight and input gradients per piece (Loss.chunked_head_grads)."""
     hold = output_held > 0
     if loss == "standard":
         program = _causal_lm_loss(T, V, e, held, hold)
@@ -368,7 +408,7 @@ def head_requests(
     elif loss == "upcast-shifted":
         program = _upcast_shifted_loss(T, R, V, e, held, hold)
     elif loss == "chunked" and not hold:
-        program = _chunked_loss(T, V, e, held)
+        program = _chunked_loss(T, V, e, held, head_grads)
     else:
         return None
     forward, backward = program.phases()
