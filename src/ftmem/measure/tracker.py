@@ -48,7 +48,14 @@ def storage_key(t: torch.Tensor) -> tuple[int, int] | None:
 
 
 class LiveBytesTracker(TorchDispatchMode):
-    """Running total and peak of live tensor-storage bytes, each storage once."""
+    """Running total and peak of live tensor-storage bytes, each storage once.
+
+    Under any dispatch mode (this one, or a mode that does nothing) autograd sums a
+    gradient's several contributions out of place every time; without one, as on CUDA,
+    the sums after the first are in place (torch/csrc/autograd/input_buffer.cpp
+    ``accumulate``: ``can_accumulate_inplace``). A peak made of such sums is the same
+    in both (tests/test_loss_requests.py); what follows a multi-use tensor's last sum can
+    read higher here than on a GPU."""
 
     def __init__(self, events: list[tuple[str, int]] | None = None) -> None:
         super().__init__()
