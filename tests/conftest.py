@@ -540,3 +540,17 @@ def assert_transformers_count(cfg: dict[str, Any], preset: str) -> Architecture:
     differs = {f for f in shape_fields if getattr(arch, f) != getattr(preset_arch, f)}
     assert differs <= {"published_params", "published_params_source"}
     return arch
+
+
+def masks_seen(model: Any, layers: Any, ids: Any, **inputs: Any) -> list:
+    """The attention_mask each of ``layers``' self-attention is called with in one
+    training step of ``model`` on ``ids`` (labels = ids)."""
+    seen: list = []
+
+    def hook(module: Any, args: Any, kwargs: dict) -> None:
+        seen.append(kwargs.get("attention_mask"))
+
+    for layer in layers:
+        layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True)
+    model(input_ids=ids, labels=ids, **inputs).loss.backward()
+    return seen

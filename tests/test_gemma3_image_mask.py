@@ -19,6 +19,7 @@ from ftmem.families import by_model_type
 from ftmem.run import RunConfig
 from ftmem.step import step_parts
 from tests.accuracy.cases import ImageTextCase
+from tests.conftest import masks_seen
 
 WINDOW = {"num_layers": 6, "sliding_window": 16, "sliding_layers": 5}
 
@@ -38,16 +39,8 @@ def _layer_masks(images: int) -> list:
     arch, run = case.arch(), case.run()
     model = model_from_config(arch, hf_config(arch), torch.bfloat16).train()
     ids = torch.randint(1, 250, (run.batch_size, run.seq_len))
-    seen: list = []
-
-    def hook(module, args, kwargs):
-        seen.append(kwargs.get("attention_mask"))
-
-    for layer in model.model.language_model.layers:
-        layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True)
     inputs = image_inputs(arch, run, ids, 0, False)
-    model(input_ids=ids, labels=ids, **inputs).loss.backward()
-    return seen
+    return masks_seen(model, model.model.language_model.layers, ids, **inputs)
 
 
 def test_images_give_every_layer_a_boolean_mask():

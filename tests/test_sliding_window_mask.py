@@ -17,6 +17,7 @@ import pytest
 from ftmem.estimate import estimate_step
 from ftmem.ops.attention import Attention
 from tests.accuracy.cases import Case
+from tests.conftest import masks_seen
 
 SLIDING = {"sliding_window": 16, "sliding_layers": 2}  # both tiny Mistral layers slide
 WIDE = {"sliding_window": 64, "sliding_layers": 2}  # wider than the 50 tokens
@@ -32,15 +33,7 @@ def _layer_masks(seq_len: int) -> list:
     arch, run = case.arch(), case.run()
     model = model_from_config(arch, hf_config(arch), torch.bfloat16).train()
     ids = torch.randint(1, 250, (run.batch_size, run.seq_len))
-    seen: list = []
-
-    def hook(module, args, kwargs):
-        seen.append(kwargs.get("attention_mask"))
-
-    for layer in model.model.layers:
-        layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True)
-    model(input_ids=ids, labels=ids).loss.backward()
-    return seen
+    return masks_seen(model, model.model.layers, ids)
 
 
 @pytest.mark.parametrize("seq_len", [16, 50])
