@@ -147,7 +147,9 @@ def estimate_step(
         )
     else:
         phase, at_peak = peak_info.phase, peak_info.at_peak
-        grads, states = parts.sizes.gradients.total, parts.sizes.states
+        # (the optimizer in backward holds none but a tied weight's LM-head part)
+        g = parts.sizes.gradients
+        grads, states = g.total + g.tied_held, parts.sizes.states
 
     def step_at(length: int) -> tuple[StepParts, StepSizes]:
         if length == run.seq_len:
@@ -408,6 +410,22 @@ def _leaf_shards(run: RunConfig, par: ParallelConfig | None) -> int:
     return par.shard_group if profile_of(run).fsdp_unit_per_trainable_leaf else 0
 
 
+def _graph_held_apart(at_peak: AtPeak, saved: int, graph_held: int) -> AtPeak:
+    """The peak's parts with what the graph holds but no node saves (the input-gradient
+    hook's leaves, the checkpoints' layer masks: StepParts.graph_leaves) counted as
+    temporaries, not activations: the activations part is what is saved for backward,
+    and at the peak it holds no more than its size. The total is unchanged."""
+    beyond = min(graph_held, at_peak.activations - saved)
+    if beyond <= 0:
+        return at_peak
+    return at_peak.model_copy(
+        update={
+            "activations": at_peak.activations - beyond,
+            "temporaries": at_peak.temporaries + beyond,
+        }
+    )
+
+
 def _memory(
     c: Components,
     phase: str,
@@ -417,6 +435,7 @@ def _memory(
     figures: DeviceFigures,
     run_peak: RunPeak | None = None,
 ) -> Memory:
+    at_peak = _graph_held_apart(at_peak, c.activations, sum(parts.graph_leaves))
     peak = run_peak.allocated_bytes if run_peak else at_peak.total
     ws = at_peak.workspaces  # kept for the run's life: in every phase of a steady step
     if ws:
