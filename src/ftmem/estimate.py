@@ -147,9 +147,7 @@ def estimate_step(
         )
     else:
         phase, at_peak = peak_info.phase, peak_info.at_peak
-        # (the optimizer in backward holds none but a tied weight's LM-head part)
-        g = parts.sizes.gradients
-        grads, states = g.total + g.tied_held, parts.sizes.states
+        grads, states = parts.sizes.gradients.total, parts.sizes.states
 
     def step_at(length: int) -> tuple[StepParts, StepSizes]:
         if length == run.seq_len:
@@ -410,18 +408,23 @@ def _leaf_shards(run: RunConfig, par: ParallelConfig | None) -> int:
     return par.shard_group if profile_of(run).fsdp_unit_per_trainable_leaf else 0
 
 
-def _graph_held_apart(at_peak: AtPeak, saved: int, graph_held: int) -> AtPeak:
-    """The peak's parts with what the graph holds but no node saves (the input-gradient
-    hook's leaves, the checkpoints' layer masks: StepParts.graph_leaves) counted as
-    temporaries, not activations: the activations part is what is saved for backward,
-    and at the peak it holds no more than its size. The total is unchanged."""
-    beyond = min(graph_held, at_peak.activations - saved)
-    if beyond <= 0:
+def _graph_held_apart(at_peak: AtPeak, c: Components, graph_held: int, tied: int) -> AtPeak:
+    """The peak's parts with what autograd holds that is neither saved for backward nor a
+    gradient the step keeps counted as temporaries: the graph's leaves and the
+    checkpoints' layer masks (StepParts.graph_leaves), and under optimizer-in-backward a
+    tied weight's LM-head gradient waiting in autograd's input buffer (gradients' size
+    0: each is stepped as it completes). Each part at the peak then holds no more than
+    its size; the total is unchanged."""
+    acts = min(graph_held, at_peak.activations - c.activations)
+    grads = min(tied, at_peak.gradients - c.gradients)
+    acts, grads = max(acts, 0), max(grads, 0)
+    if not acts and not grads:
         return at_peak
     return at_peak.model_copy(
         update={
-            "activations": at_peak.activations - beyond,
-            "temporaries": at_peak.temporaries + beyond,
+            "activations": at_peak.activations - acts,
+            "gradients": at_peak.gradients - grads,
+            "temporaries": at_peak.temporaries + acts + grads,
         }
     )
 
@@ -435,7 +438,9 @@ def _memory(
     figures: DeviceFigures,
     run_peak: RunPeak | None = None,
 ) -> Memory:
-    at_peak = _graph_held_apart(at_peak, c.activations, sum(parts.graph_leaves))
+    at_peak = _graph_held_apart(
+        at_peak, c, sum(parts.graph_leaves), parts.sizes.gradients.tied_held
+    )
     peak = run_peak.allocated_bytes if run_peak else at_peak.total
     ws = at_peak.workspaces  # kept for the run's life: in every phase of a steady step
     if ws:
