@@ -51,6 +51,14 @@ TORCHAO_NF4_CONTIGUOUS_FACTOR = (0, 3, 0)
 # only (4.48.1 integrations/bitsandbytes.py _replace_with_bnb_linear), leaves unquantised.
 TRANSFORMERS_FUSED_EXPERTS = (5, 0, 0)
 
+# transformers 5.24's FalconAttention ran its own attention (models/falcon/modeling_falcon.py
+# l.323-400: its own q/k/v split and matmuls), measured here as q, k, v upcast to fp32 and
+# fp32 probabilities kept; 5.25.0 calls the shared attention interface like Llama's
+# (5.25.0 modeling_falcon.py FalconAttention.forward: ``ALL_ATTENTION_FUNCTIONS
+# .get_interface(self.config._attn_implementation, eager_attention_forward)``, sdpa by
+# default, q/k/v views of the fused projection's output).
+TRANSFORMERS_FALCON_ATTENTION_INTERFACE = (5, 25, 0)
+
 # transformers releases whose code registers something, as [first, first without) ranges;
 # (0, 0, 0): every release before the second bound.
 Releases = tuple[tuple[tuple[int, int, int], tuple[int, int, int]], ...]

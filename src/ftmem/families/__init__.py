@@ -114,6 +114,11 @@ class Family:
     # mask (Qwen-1's QWenAttention.forward), which sdpa turns into a float mask in the
     # compute dtype per call and keeps for backward; transformers 5 passes is_causal.
     sdpa_explicit_mask: bool = False
+    # The first transformers release whose model builds its causal mask with
+    # ``allow_is_causal_skip=False``, so every layer's sdpa call gets a (b, 1, s, s) mask
+    # even without padding (Falcon from 5.25, to add ALiBi onto it: ops.attention
+    # .materialized_mask); None: the mask is skipped where is_causal serves.
+    causal_mask_materialized_from: tuple[int, int, int] | None = None
     # With images, the image-text model gives the processor's token_type_ids to its mask
     # builder, and each image's tokens attend to one another both ways (Gemma 3:
     # transformers 5.24 Gemma3Model.forward, create_masks_for_vision_model): sdpa gets an

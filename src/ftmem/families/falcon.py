@@ -1,5 +1,6 @@
 """Falcon (FalconForCausalLM): fused qkv, parallel attention and MLP under one shared
-norm (7B) or two (40B/180B), and an attention computed eagerly in fp32."""
+norm (7B) or two (40B/180B); an attention computed eagerly in fp32 before transformers
+5.25, through the shared attention interface (sdpa, with an explicit mask) from 5.25."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from ftmem.families._config import (
     opt,
     wrong,
 )
-from ftmem.versions import QWEN2_ROTARY_CACHE, QWEN2_ROTARY_PER_LAYER
+from ftmem.versions import (
+    QWEN2_ROTARY_CACHE,
+    QWEN2_ROTARY_PER_LAYER,
+    TRANSFORMERS_FALCON_ATTENTION_INTERFACE,
+)
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -99,9 +104,12 @@ FAMILY = Family(
         final_norm="transformer.ln_f",
     ),
     attention="eager-fp32",
+    causal_mask_materialized_from=TRANSFORMERS_FALCON_ATTENTION_INTERFACE,
     prefix_tuning=False,
     notes={
-        "attention": "Falcon's attention runs eagerly in fp32 in transformers 5: s² scores kept.",
+        "attention": (
+            "Falcon's attention runs eagerly in fp32 before transformers 5.25: s² scores kept."
+        ),
         # measured: replace_with_bnb_linear converts only modules whose type is exactly
         # nn.Linear, and Falcon's are FalconLinear
         "qlora": (

@@ -14,6 +14,7 @@ from ftmem.run import RunConfig
 from ftmem.versions import (
     BOOL_MASKS_PER_CALL,
     SDPA_MASK_INDEXED_PER_LAYER,
+    TRANSFORMERS_FALCON_ATTENTION_INTERFACE,
     older_than,
     rotary_tables_per_layer,
     sdpa_float_causal_mask,
@@ -23,11 +24,15 @@ from ftmem.versions import (
 
 
 def attention_path(arch: Architecture, run: RunConfig) -> str:
-    """The family's attention path under the run's framework: transformers 5's (Falcon's
-    eager fp32 matmuls), or SDPA where the framework calls it for every family that
-    needs no soft-capping (profiles.Profile.sdpa_attention)."""
+    """The family's attention path under the run's framework and transformers release:
+    Falcon's eager fp32 matmuls before 5.25 (versions.TRANSFORMERS_FALCON_ATTENTION_INTERFACE),
+    SDPA from 5.25 on or where the framework calls it for every family that needs no
+    soft-capping (profiles.Profile.sdpa_attention)."""
     path = arch.traits.attention
-    if path == "eager-fp32" and profile_of(run).sdpa_attention:
+    if path == "eager-fp32" and (
+        profile_of(run).sdpa_attention
+        or not older_than(run.transformers_version, TRANSFORMERS_FALCON_ATTENTION_INTERFACE)
+    ):
         return "sdpa"
     return path
 
@@ -101,10 +106,28 @@ def image_mask_notes(arch: Architecture, run: RunConfig) -> list[str]:
     return []
 
 
+def materialized_mask(arch: Architecture, run: RunConfig) -> bool:
+    """The model always gives sdpa a (b, 1, s, s) boolean mask (Family
+    .causal_mask_materialized_from). transformers 5.25's FalconModel.forward calls
+    create_causal_mask with ``allow_is_causal_skip=False`` ("Always materialize the mask
+    so alibi can be added onto it below"), so sdpa_mask builds the mask with or without
+    padding and sdpa_attention_forward passes it to every layer: torch's kernel keeps its
+    additive copy per layer and GQA keys and values are repeated per head, as for a
+    padded batch (Attention.masked_sdpa_saved). Not where the framework runs its own
+    attention (profiles.Profile.sdpa_attention) nor under FlashAttention-2 or eager."""
+    first = arch.traits.causal_mask_materialized_from
+    if first is None or older_than(run.transformers_version, first):
+        return False
+    if profile_of(run).sdpa_attention or arch.position_embedding == "alibi":
+        return False
+    return run.attn == "sdpa" and not runs_eager(arch, run)
+
+
 def explicit_mask(arch: Architecture, run: RunConfig) -> bool:
-    """sdpa is given a (b, 1, s, s) mask, not is_causal, in every layer: a padded batch or
-    images whose tokens attend both ways (the mask is one either way)."""
-    return padding_mask(arch, run) or image_block_mask(arch, run)
+    """sdpa is given a (b, 1, s, s) mask, not is_causal, in every layer: a padded batch,
+    images whose tokens attend both ways, or a model that always builds it (the mask is
+    one either way)."""
+    return padding_mask(arch, run) or image_block_mask(arch, run) or materialized_mask(arch, run)
 
 
 def sliding_window_mask(arch: Architecture, run: RunConfig) -> bool:
@@ -267,10 +290,7 @@ class Attention:
             out += Attention.masked_sdpa_saved(ctx, with_mask=layer_mask(ctx))
         else:
             keep("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK)
-            if arch.traits.fused_qkv and not ctx.quantized_outputs_in_input_dtype:
-                keep("qkv_proj output (v is a view)", T * (q + 2 * kv) * e, Kind.ATTN_QKV)
-            else:
-                keep("v", T * kv * e, Kind.ATTN_V)
+            keep(*Attention.v_kept(ctx))
         if not eager:
             out += Attention.float_causal_mask_saved(ctx)
             if arch.traits.sdpa_explicit_mask and run.attn != "flash":
@@ -376,6 +396,27 @@ class Attention:
         return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
 
     @staticmethod
+    def keys_cast_per_head(ctx: LayerContext) -> bool:
+        """One KV head repeated for a masked sdpa call: repeat_kv's expand is a stride-0
+        view, but under autocast the rotary keys are in the residual's dtype (fp32 cos
+        and sin promote them) and autocast's cast for sdpa copies the expanded view, one
+        key row per query head (measured: Falcon's multi-query under bf16-mixed)."""
+        arch = ctx.arch
+        if not (arch.kv_heads == 1 < arch.num_heads and arch.position_embedding == "rotary"):
+            return False
+        return max(ctx.residual, ctx.projection_out_bytes) != ctx.e
+
+    @staticmethod
+    def v_kept(ctx: LayerContext) -> tuple[str, int, Kind]:
+        """The values sdpa keeps when they are not repeated per head: a view of a fused
+        projection's output keeps that whole output (rotary made new q and k)."""
+        arch, T, e = ctx.arch, ctx.tokens, ctx.e
+        if arch.traits.fused_qkv and not ctx.quantized_outputs_in_input_dtype:
+            size = T * (arch.q_size + 2 * arch.kv_size) * e
+            return ("qkv_proj output (v is a view)", size, Kind.ATTN_QKV)
+        return ("v", T * arch.kv_size * e, Kind.ATTN_V)
+
+    @staticmethod
     def masked_sdpa_saved(ctx: LayerContext, with_mask: bool = True) -> list[Saved]:
         """sdpa with a padding or image mask (explicit_mask), or any GQA sdpa call of transformers
         < 4.54 (versions.sdpa_repeats_kv; ``with_mask`` False: no padding). With GQA,
@@ -408,11 +449,13 @@ class Attention:
             if holds and not run.grad_ckpt:
                 cache = ("the cache's keys and values (DynamicCache)", 2 * T * kv * e, Kind.ATTN_QK)
                 items.append(cache)
-        else:
+        elif Attention.keys_cast_per_head(ctx):
             items = [
-                ("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK),
-                ("v", T * kv * e, Kind.ATTN_V),
+                ("rotary q, and k cast per head", T * 2 * q * e, Kind.ATTN_QK),
+                Attention.v_kept(ctx),
             ]
+        else:
+            items = [("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK), Attention.v_kept(ctx)]
         if with_mask:
             rows, length = (1, T) if packed_rows(run) else (b, s)  # packed: one row of T tokens
             mask = aligned_mask(rows, length, e, run.device)
