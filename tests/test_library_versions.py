@@ -158,3 +158,20 @@ def test_cli_takes_bnb_version_and_refuses_a_bad_one(capsys):
     out, err = capsys.readouterr()
     assert bad.value.code == 2 and out == ""
     assert err.startswith("Error: --bnb-version") and len(err.strip().splitlines()) == 1
+
+
+def test_falcon_before_5_25_runs_its_own_fp32_attention():
+    """transformers 5.25 moved Falcon to the shared attention interface; a run that says
+    5.24 keeps 5.24's path. The truth for each is a CPU measurement of the accuracy case
+    falcon-method=full-precision=fp32: 2,163,636 B saved under transformers 5.24.0
+    (docs/accuracy.md as generated at commit 391d327) and 1,959,604 B under 5.25.0 (the
+    accuracy suite measures it on every run)."""
+    from .accuracy.cases import CASES
+
+    case = next(c for c in CASES if c.id == "falcon-method=full-precision=fp32")
+    arch, run = case.arch(), case.run()
+    settings = run.model_dump(exclude={"transformers_version"})
+    old = estimate(arch, **settings, transformers_version="5.24.0").memory
+    new = estimate(arch, **settings).memory
+    assert abs(old.activations_bytes / 2_163_636 - 1) < 1e-3
+    assert abs(new.activations_bytes / 1_959_604 - 1) < 1e-3
