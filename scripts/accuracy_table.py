@@ -98,7 +98,8 @@ SHARDED_HEADER = """
 ## FSDP on {world} CPU ranks
 
 torch FSDP2 (`fully_shard` on every decoder block and the root, MixedPrecisionPolicy for
-`*-mixed`), batch 2 × 64 tokens. Each rank runs in turn over PyTorch's fake process group
+`*-mixed`; `shardedends`: the token embedding and the LM head as units of their own
+first, torchtune's `custom_sharded_layers`), batch 2 × 64 tokens. Each rank runs in turn over PyTorch's fake process group
 (`ftmem measure --fsdp 2`): the collectives move no data but have their real shapes, and
 every buffer is freed by FSDP's own code, so the peak is the same on every run. (Over
 gloo, one process per rank, `--fsdp-ranks gloo`, the same step's peak depends on when

@@ -44,10 +44,11 @@ EXPECTED = {
     "llama3_1_70B_full": (
         "llama3.1-70b",
         # full_finetune_distributed with fsdp_cpu_offload: True; its header launches it
-        # with `tune run --nproc_per_node 8`
+        # with `tune run --nproc_per_node 8`; custom_sharded_layers ['tok_embeddings',
+        # 'output']: the ends as units of their own
         dict(batch_size=2, grad_accum=1, grad_ckpt=True, optimizer="adamw",
              loss="linear-chunked", strategy="fsdp", offload_params="cpu",
-             offload_optimizer="cpu", gpus=8),
+             offload_optimizer="cpu", gpus=8, fsdp_sharded_ends=True),
     ),
     "llama3_8B_dora": (
         "llama3-8b",

@@ -339,3 +339,53 @@ def test_gradients_when_backward_starts(strategy, offload, head_side):
     assert sizes.gradients.outer - sizes.gradients.embedding == (ceil(head / 8) if head_side else 0)
     m = estimate(arch, gpus=8, strategy=strategy, offload_optimizer=offload, **kw).memory
     assert m.at_peak.gradients >= 0
+
+
+# --- FSDP with the ends as units of their own (torchtune's custom_sharded_layers) -------
+
+H70, F70, V70, KV70 = 8192, 28672, 128_256, 1024  # Llama-3.1-70B shapes (config.json)
+BLOCK_70B = 2 * H70 * H70 + 2 * H70 * KV70 + 3 * H70 * F70 + 2 * H70  # q, o, k, v, MLP, norms
+TORCHTUNE_70B_FULL = dict(  # recipes/configs/llama3_1/70B_full.yaml @30b8519e, README's run
+    framework="torchtune",
+    compile=True,
+    method="full",
+    precision="bf16",
+    batch_size=2,
+    seq_len=2048,
+    grad_ckpt=True,
+    loss="chunked",
+    gpus=8,
+    strategy="fsdp",
+    offload_params="cpu",
+    offload_optimizer="cpu",
+)
+
+
+def test_fsdp_sharded_ends_keep_only_the_final_norm_gathered():
+    """With the token embedding and the LM head each fully_shard-ed before the root, the
+    root (kept gathered after forward: FSDP2 skips the root's reshard) holds only the
+    final norm. The blocks' backward: two blocks, plus the head's gradient in its
+    reduce-scatter input (unsharded) until the last block's post_backward frees it, and
+    the final norm's, which waits for the root's reduce-scatter at the end."""
+    m = _full("fsdp", fsdp_sharded_ends=True).memory
+    assert m.communication_bytes == 2 * (H + 2 * BLOCK_7B) + 2 * (V * H + H)
+    # the head's gradient shard exists from the head's backward on, the embedding's at
+    # the end: the largest gradients are every shard
+    assert m.gradients_bytes == ceil(2 * PSI_7B / 8)
+
+
+def test_torchtune_70b_full_holds_the_head_alone_at_its_backward():
+    """The 70B CPU-offload row's peak is the head's backward in pieces (8 chunks). There a
+    rank holds the LM head gathered (2Vh: the root's pre_backward prefetched it) and the
+    root's final norm (2h); not the embedding (resharded after its forward) nor a block
+    (the head's own pre_backward prefetches the last block only at its last piece): the
+    peak is 2Vh + 2·block below the root-keeps-the-ends layout's, whose head moment held
+    both."""
+    apart = estimate("llama3.1-70b", **TORCHTUNE_70B_FULL, fsdp_sharded_ends=True).memory
+    together = estimate("llama3.1-70b", **TORCHTUNE_70B_FULL).memory
+    assert apart.peak_phase == together.peak_phase == "backward"
+    assert apart.at_peak.communication == 2 * V70 * H70 + 2 * H70
+    assert together.at_peak.communication == 2 * (2 * V70 * H70 + H70) + 2 * BLOCK_70B
+    assert together.peak_allocated_bytes - apart.peak_allocated_bytes == (
+        2 * V70 * H70 + 2 * BLOCK_70B
+    )

@@ -163,6 +163,12 @@ class ParallelConfig(BaseModel):
         description="Model chunks per pipeline stage: above 1, the interleaved 1F1B schedule "
         "(ColossalAI's pp_style='interleaved', num_model_chunks).",
     )
+    fsdp_sharded_ends: bool = Field(
+        False,
+        description="FSDP: the token embedding and the LM head are units of their own, "
+        "resharded after forward, not kept gathered with the root (torchtune's "
+        "custom_sharded_layers: ['tok_embeddings', 'output']).",
+    )
     sp_mode: SpMode | None = Field(
         None,
         description="ColossalAI's sequence_parallelism_mode: split_gather or ring inside the "
@@ -922,8 +928,12 @@ class _Traffic:
     grads: int  # all of the stage's gradients
     bucket: int  # one ZeRO reduce bucket
     block: int  # one block gathered whole
-    root: int  # FSDP's root unit (every outer tensor) gathered whole
+    root: int  # FSDP's root unit (every outer tensor not in a unit of its own) gathered whole
     head_grad: int  # unsharded gradients of the head side
+    # FSDP with the ends as units of their own (fsdp_sharded_ends): the LM head's unit
+    # and the token embedding's, each gathered whole; None where they are the root's
+    head_unit: int | None = None
+    embedding_unit: int | None = None
 
 
 # Blocks gathered at once (FSDP2, measured on two CPU ranks): the block being computed
@@ -957,6 +967,19 @@ def _traffic(
         # FSDP gathers the flat parameter alone: the 4-bit quant_state stays beside it
         return bnb_quant_state_bytes(gs) if s in FSDP else 0
 
+    def gathered(gs: list[TensorGroup]) -> int:
+        return _gathered_bytes(gs, cast) - apart(gs)
+
+    head_unit = embedding_unit = None
+    root = outer
+    if s in FSDP and par.fsdp_sharded_ends:
+        embedding_name = f"{arch.traits.names.embedding}.weight"
+        embedding = [g for g in outer if g.name == embedding_name]
+        head = [g for g in outer if g.name.startswith(HEAD)]
+        root = [g for g in outer if g not in embedding and g not in head]
+        embedding_unit = gathered(embedding)
+        # a tied head is the embedding's weight: its unit is gathered at the head
+        head_unit = embedding_unit if arch.tie_embeddings else gathered(head)
     return _Traffic(
         groups=groups,
         outer=outer,
@@ -964,9 +987,11 @@ def _traffic(
         compute=compute,
         grads=grads,
         bucket=par.buckets(arch)[0] * compute,
-        block=_gathered_bytes(block, cast) - apart(block),
-        root=_gathered_bytes(outer, cast) - apart(outer),
+        block=gathered(block),
+        root=gathered(root),
         head_grad=_grad_bytes(head_side, cast),
+        head_unit=head_unit,
+        embedding_unit=embedding_unit,
     )
 
 
@@ -1040,12 +1065,47 @@ def _fsdp_gathers(t: _Traffic) -> Communication:
     # again for backward as soon as the root's backward begins (measured); the LM
     # head's gradient appears after the loss backward
     head = t.root + t.block
+    if t.head_unit is not None:
+        return _fsdp_ends_apart(t, forward)
     return Communication(
         forward,
         forward + t.head_grad,
         head_forward=head,
         loss_backward=head,
         head_backward=head + t.head_grad,
+    )
+
+
+def _fsdp_ends_apart(t: _Traffic, forward: int) -> Communication:
+    """FULL_SHARD with the token embedding and the LM head as units of their own
+    (torchtune's full_finetune_distributed with ``custom_sharded_layers: ['tok_embeddings',
+    'output']``, pytorch/torchtune@30b8519e recipes/full_finetune_distributed.py
+    _setup_model, recipes/configs/llama3_1/70B_full.yaml). FSDP2 keeps only the root's
+    parameters gathered after forward (``_lazy_init``: ``post_forward_mesh_info = None``
+    for the root alone; torch 2.4 torch/distributed/_composable/fsdp/_fsdp_state.py,
+    torch 2.13 torch/distributed/fsdp/_fully_shard/_fsdp_state.py); every other unit
+    reshards in its ``post_forward``. So the embedding is gathered only for its own
+    forward and backward, and the head for each call of its forward (each chunk of
+    torchtune's chunked output) and from the root's ``pre_backward``, whose
+    ``_backward_prefetch`` unshards the previous unit in ``post_forward_order``: the
+    head, not a block. The head's ``pre_backward`` prefetches the head itself for each
+    of its calls but the first one's, so the last block is gathered only for the last
+    piece of the head's backward, when it is the head's gradient that waits for its
+    reduce-scatter (_fsdp_param_group.py ``pre_backward``, ``_backward_prefetch``,
+    ``_record_post_forward``). That gradient leaves in the head's own ``post_backward``:
+    its reduce-scatter input (its unsharded size) is kept in
+    ``comm_ctx.reduce_scatter_state`` until the next unit's ``post_backward`` waits for
+    it, so through the last block's backward, the blocks' largest moment (torch 2.4
+    _fsdp_param_group.py ``post_backward``, ``_wait_for_post_backward``; torch 2.13
+    keeps them in ``reduce_scatter_states``). Measured on two CPU ranks
+    (tests/accuracy/test_sharded.py)."""
+    at_head = t.root + (t.head_unit or 0)
+    return Communication(
+        forward,
+        forward + t.head_grad,
+        head_forward=at_head,
+        loss_backward=at_head,
+        head_backward=t.root + t.block + t.head_grad,
     )
 
 
@@ -1062,7 +1122,9 @@ def _host_copies(
     if s not in SHARDED_FSDP or par.offload_params != "cpu":
         return comm
     N = par.shard_group
-    return dataclasses.replace(comm, root_copy=ceil_div(t.root, N), unit_copy=ceil_div(t.block, N))
+    # with the ends apart, the largest outer unit's copy (each before its own all-gather)
+    root = max(t.root, t.head_unit or 0, t.embedding_unit or 0)
+    return dataclasses.replace(comm, root_copy=ceil_div(root, N), unit_copy=ceil_div(t.block, N))
 
 
 def _fsdp_grad_op_gathers(t: _Traffic) -> Communication:
@@ -1120,9 +1182,10 @@ def _stage_gradients(
     # the part of grads_outer that appears only at the end of backward: the token
     # embedding's (first stage only; sharded like the others, none where gradients
     # leave the GPU); under FSDP all of the root's, which its reduce-scatter creates
-    # after the last block (the LM head's unsharded gradient is communication till then)
+    # after the last block (the LM head's unsharded gradient is communication till then),
+    # unless the ends are units of their own: the head's shard comes with its backward
     grads_embedding = 0
-    if s in FSDP:
+    if s in FSDP and not par.fsdp_sharded_ends:
         grads_embedding = grads_outer
     elif at.first and on.grads:
         grads_embedding = g.embedding
@@ -1793,7 +1856,13 @@ def parallel_notes(
             "stage3_param_persistence_threshold) whole on every GPU and gathers one block at "
             "a time plus the prefetched next."
         )
-    if s in ("fsdp", "fsdp-hybrid"):
+    if s in ("fsdp", "fsdp-hybrid") and par.fsdp_sharded_ends:
+        notes.append(
+            "FSDP wraps each decoder block, the token embedding and the LM head as units "
+            "of their own (torchtune's custom_sharded_layers); only the root's final norm "
+            "stays gathered, the head is gathered at the logits and through its backward."
+        )
+    elif s in ("fsdp", "fsdp-hybrid"):
         notes.append(
             "FSDP wraps each decoder block as a unit; the root unit (embeddings, final norm, "
             "LM head) stays gathered through forward and backward."

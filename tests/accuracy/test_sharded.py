@@ -31,12 +31,16 @@ class ShardedCase:
     family: str
     strategy: str
     settings: dict = field(default_factory=dict)
+    # the token embedding and the LM head as units of their own (torchtune's
+    # custom_sharded_layers), resharded after forward
+    sharded_ends: bool = False
 
     @property
     def id(self) -> str:
         parts = [self.family, self.strategy] + [
             f"{k}={v}" for k, v in sorted(self.settings.items())
         ]
+        parts += ["shardedends"] if self.sharded_ends else []
         return "-".join(str(p) for p in parts).replace("_", "")
 
 
@@ -64,6 +68,18 @@ SHARDED_CASES = [
     ShardedCase("flan-t5", "fsdp", {"method": "full", "precision": "bf16", "grad_ckpt": True}),
     ShardedCase("flan-t5", "fsdp-grad-op", {"method": "full", "precision": "bf16"}),
     ShardedCase("t5", "fsdp", {"method": "full", "precision": "fp32"}),
+    # torchtune's full_finetune_distributed with custom_sharded_layers: the root keeps
+    # only the final norm gathered; the head is gathered at the logits and the loss, its
+    # gradient's reduce-scatter input waits through the last block's backward
+    ShardedCase("llama", "fsdp", {"method": "full", "precision": "bf16"}, sharded_ends=True),
+    ShardedCase(
+        "llama",
+        "fsdp",
+        {"method": "full", "precision": "bf16", "grad_ckpt": True},
+        sharded_ends=True,
+    ),
+    # a tied weight: one unit of the embedding and the head
+    ShardedCase("gemma", "fsdp", {"method": "full", "precision": "bf16"}, sharded_ends=True),
 ]
 
 
@@ -73,8 +89,16 @@ def compare_sharded(case: ShardedCase) -> dict:
 
     arch = tiny(case.family)
     run = run_config(**BASE, **case.settings)
-    ranks = measure_fsdp(arch, run, WORLD, reshard_after_forward=case.strategy == "fsdp")
-    est = estimate(arch, **BASE, **case.settings, gpus=WORLD, strategy=case.strategy).memory
+    reshard = case.strategy == "fsdp"
+    ranks = measure_fsdp(arch, run, WORLD, reshard, sharded_ends=case.sharded_ends)
+    est = estimate(
+        arch,
+        **BASE,
+        **case.settings,
+        gpus=WORLD,
+        strategy=case.strategy,
+        fsdp_sharded_ends=case.sharded_ends,
+    ).memory
     result: dict = {"id": case.id, "ranks": ranks}
     for key in ("weights_bytes", "gradients_bytes", "optimizer_states_bytes"):
         result[key] = (getattr(est, key), [r[key] for r in ranks])

@@ -558,10 +558,17 @@ def _fsdp2(k: Keys, cfg: FrameworkConfig) -> None:
             f"data_parallel_replicate_dim {replicate} (HSDP) is not modelled: estimated "
             "with FSDP sharding over every data-parallel GPU."
         )
-    if k.names("custom_sharded_layers"):
+    # custom_sharded_layers: FSDP units of their own, resharded after forward rather than
+    # kept gathered with the root (recipes/full_finetune_distributed.py @30b8519e
+    # _setup_model; the 8B and 70B full configs name the embedding and the head)
+    layers = set(k.names("custom_sharded_layers") or ())
+    if {"tok_embeddings", "output"} <= layers:
+        s["fsdp_sharded_ends"] = True
+    if layers - {"tok_embeddings", "output"} or len(layers) == 1:
         cfg.notes.append(
-            "custom_sharded_layers (FSDP units of their own, resharded after forward "
-            "rather than kept gathered with the root) is not modelled."
+            f"custom_sharded_layers {sorted(layers)}: modelled only as the pair "
+            "tok_embeddings and output (FSDP units of their own, resharded after forward "
+            "rather than kept gathered with the root); estimated without the others."
         )
 
 

@@ -87,6 +87,7 @@ def _rank_main(
     run_json: str,
     reshard: bool,
     backend: str = "gloo",
+    sharded_ends: bool = False,
 ) -> None:
     if backend == "gloo":
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
@@ -109,6 +110,14 @@ def _rank_main(
         for blocks in block_lists(model):  # T5: every block of both stacks
             for block in blocks:
                 fully_shard(block, **kw)
+        if sharded_ends:  # torchtune's custom_sharded_layers: ['tok_embeddings', 'output']
+            hf: Any = model  # a transformers PreTrainedModel
+            ends = [hf.get_input_embeddings(), hf.get_output_embeddings()]
+            if arch.tie_embeddings:  # one weight: one unit of both modules
+                fully_shard(ends, **kw)
+            else:
+                for end in ends:
+                    fully_shard(end, **kw)
         fully_shard(model, **kw)
         optimizer = build_optimizer(model, run)
         gen = torch.Generator().manual_seed(rank)
@@ -167,9 +176,12 @@ def measure_fsdp(
     world: int = 2,
     reshard_after_forward: bool = True,
     mode: str = "simulated",
+    sharded_ends: bool = False,
 ) -> list[dict[str, Any]]:
     """Per-rank measurements of one FSDP2 step (FULL_SHARD, or SHARD_GRAD_OP semantics
-    with ``reshard_after_forward=False``); ``mode`` is one of :data:`RANK_MODES`."""
+    with ``reshard_after_forward=False``); ``mode`` is one of :data:`RANK_MODES`;
+    ``sharded_ends``: the token embedding and the LM head wrapped as units of their own
+    before the root (torchtune's custom_sharded_layers)."""
     if mode not in RANK_MODES:
         raise ValueError(f"mode must be one of {RANK_MODES}, not {mode!r}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,8 +195,8 @@ def measure_fsdp(
             reshard_after_forward,
         )
         if mode == "gloo":
-            mp.spawn(_rank_main, args=args, nprocs=world)
+            mp.spawn(_rank_main, args=(*args, "gloo", sharded_ends), nprocs=world)
         else:
             for rank in range(world):
-                _rank_main(rank, *args, backend="fake")
+                _rank_main(rank, *args, backend="fake", sharded_ends=sharded_ends)
         return [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
