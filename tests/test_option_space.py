@@ -42,6 +42,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ftmem import cli
+from ftmem.cli import root as cli_root  # loaded lazily by ftmem.cli: patched below
 from ftmem.presets import model_presets
 
 OMIT = "(default)"  # the option is not given
@@ -109,6 +110,7 @@ ESTIMATE: dict[str, list[str]] = {
     "--grad-accum": [OMIT, "2"],
     "--offload-optimizer": [OMIT, "none", "cpu", "nvme"],
     "--offload-params": [OMIT, "none", "cpu", "nvme"],
+    "--fsdp-sharded-ends": [OMIT, "--fsdp-sharded-ends"],
     "--gemini-placement": [OMIT, "static", "auto"],
     "--gemini-offload-optim-frac": [OMIT, "0.5"],
     "--gemini-shard-param-frac": [OMIT, "0.9"],
@@ -280,6 +282,10 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
         _given(v, "--offload-params")
         and "--strategy" in v
         and not _is(v, "--strategy", "zero3", *FSDP, "colossalai-gemini")
+    ),
+    # the embedding and the head as FSDP units of their own: FSDP only
+    lambda v: (
+        _given(v, "--fsdp-sharded-ends") and "--strategy" in v and not _is(v, "--strategy", *FSDP)
     ),
     # ColossalAI (hpcaitech/ColossalAI 4f9953be335e): CPU offload only; HybridParallel takes
     # zero_stage 2 without a pipeline only; Gemini: no pipeline, no sequence split without
@@ -708,7 +714,7 @@ def run_cli(argv: list[str]) -> tuple[int, str, str, float]:
     start = time.perf_counter()
     code: int | str | None = 0
     with (
-        mock.patch.object(cli.root, "_app_for", lambda _args: _command()),
+        mock.patch.object(cli_root, "_app_for", lambda _args: _command()),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):

@@ -389,3 +389,23 @@ def test_torchtune_70b_full_holds_the_head_alone_at_its_backward():
     assert together.peak_allocated_bytes - apart.peak_allocated_bytes == (
         2 * V70 * H70 + 2 * BLOCK_70B
     )
+
+
+def test_the_cli_flag_sets_the_ends_apart(capsys):
+    """`--fsdp-sharded-ends` is the API's fsdp_sharded_ends: the same peak."""
+    import json
+
+    from ftmem.cli import main
+
+    flags = [
+        "--framework", "torchtune", "--compile", "--method", "full", "--precision", "bf16",
+        "--batch-size", "2", "--seq-len", "2048", "--grad-ckpt", "--loss", "chunked",
+        "--gpus", "8", "--strategy", "fsdp", "--offload-params", "cpu",
+        "--offload-optimizer", "cpu", "--fsdp-sharded-ends", "--format", "json",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as done:
+        main(["estimate", "llama3.1-70b", *flags])
+    assert done.value.code in (0, None)
+    printed = json.loads(capsys.readouterr().out)["memory"]["peak_allocated_bytes"]
+    api = estimate("llama3.1-70b", **TORCHTUNE_70B_FULL, fsdp_sharded_ends=True).memory
+    assert printed == api.peak_allocated_bytes

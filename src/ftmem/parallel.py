@@ -288,6 +288,11 @@ class ParallelConfig(BaseModel):
             raise ValueError(
                 f"--offload-params needs zero3 or an FSDP strategy (or colossalai-gemini), not {s}"
             )
+        if self.fsdp_sharded_ends and s not in FSDP:
+            raise ValueError(
+                "--fsdp-sharded-ends wraps the embedding and the LM head as FSDP units of "
+                f"their own: it needs an FSDP strategy (--strategy fsdp), not {s}"
+            )
         if s in FSDP:
             if "nvme" in (self.offload_optimizer, self.offload_params):
                 raise ValueError("FSDP offloads to the CPU only; NVMe offload is DeepSpeed's")

@@ -534,6 +534,15 @@ SPREAD = [
         panel=MULTI,
     ),
     _opt(
+        "fsdp_sharded_ends",
+        bool,
+        False,
+        "FSDP: the token embedding and the LM head as units of their own, resharded after "
+        "forward (torchtune's custom_sharded_layers: ['tok_embeddings', 'output']).",
+        "--fsdp-sharded-ends",
+        panel=MULTI,
+    ),
+    _opt(
         "host_memory", OptStr, None, "Host RAM per node, e.g. 512GiB: checks offload.", panel=MULTI
     ),
 ]
