@@ -32,7 +32,8 @@ EXPECTED = {
         "llama3.1-8b",
         dict(framework="torchtune", method="lora", lora_r=8, lora_alpha=16, lora_targets="q,v,o,gate,up,down",
              precision="bf16", adapter_dtype="bf16", seq_len=2048, batch_size=2, grad_accum=8,
-             grad_ckpt=True, optimizer="adamw", optimizer_impl="fused", loss="chunked"),
+             grad_ckpt=True, optimizer="adamw", optimizer_impl="fused", loss="chunked",
+             lengths="padded"),  # packed: False: padded_collate_sft pads to the longest
     ),
     "trl-sft-mistral-7b.json": (
         "trl",

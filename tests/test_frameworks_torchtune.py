@@ -81,7 +81,9 @@ def test_shipped_config_maps_to_settings(name):
     model, settings = EXPECTED[name]
     assert cfg.framework == "torchtune"
     assert cfg.model == model
-    assert cfg.settings == {**settings, "precision": "bf16", "framework": "torchtune"}
+    # every fixture says `packed: False`: padded_collate_sft pads each batch to its longest
+    expected = {**settings, "precision": "bf16", "framework": "torchtune", "lengths": "padded"}
+    assert cfg.settings == expected
     assert_nothing_unread(cfg, torchtune)
 
 
@@ -190,6 +192,18 @@ def test_a_list_of_datasets_is_one_concat_dataset(tmp_path):
     assert not any("an upper bound" in n for n in cfg.notes)  # packed: exactly that length
     with pytest.raises(ConfigError, match="mixes packed and unpacked"):
         read_framework_config(_write(tmp_path, CONCAT.format(first="False")))
+
+
+def test_unpacked_batches_are_padded_to_their_longest_and_packed_ones_are_not(tmp_path):
+    """torchtune's collate pads each unpacked batch to its longest sample
+    (torchtune/data/_collate.py@bd2a0fc7c314 padded_collate_sft); packing fills every row
+    to max_seq_len, one shape for the whole run."""
+    tokenizer = "tokenizer:\n  max_seq_len: 512\n"
+    unpacked = read_framework_config(_write(tmp_path, "dataset:\n  packed: False\n" + tokenizer))
+    assert unpacked.settings["lengths"] == "padded"
+    assert any(n.startswith("lengths padded") for n in unpacked.notes)
+    packed = read_framework_config(_write(tmp_path, "dataset:\n  packed: True\n" + tokenizer))
+    assert "lengths" not in packed.settings
 
 
 def test_a_builder_without_a_preset_names_itself(tmp_path):

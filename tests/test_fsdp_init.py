@@ -51,17 +51,22 @@ def test_one_unit_in_order():
         # 2. broadcast_coalesced: bucket [p0, p1] flattened by at::cat (alloc 5); bucket
         # [p2] is a view of p2 (nothing); the third bucket finds two in flight, so the
         # first finishes and is freed, then [p3, p4] is flattened (alloc 6); the rest finish
+        # The copies are NCCL's inputs, record_stream'ed on its stream: their frees
+        # wait until a sync shows the broadcasts done (none inside the unit)
         ("alloc", p0 + p1),
-        ("free", 5), ("alloc", p3 + p4),
-        ("free", 6),
+        ("alloc", p3 + p4),
         # 3. flatten_tensors: torch.cat of the parameters, the unsharded flat param (7)
         ("alloc", total),
         # 4. shard: chunk(2)[0].clone(), ceil(n / 2) elements of 2 bytes (8); the
         # unsharded storage resized to 0
         ("alloc", -(-(total // 2) // 2) * 2), ("free", 7),
         # 6. the original parameters, freed when _init_param_handle_from_module returns
-        # and its `managed_params` list (parameters() order) is freed, last item first
-        ("free", 1), ("free", 0), ("free", 4), ("free", 3), ("free", 2),
+        # and its `managed_params` list (parameters() order) is freed, last item first;
+        # p2 (alloc 4) was broadcast in place: recorded too
+        ("free", 1), ("free", 0), ("free", 3), ("free", 2),
+        # after the last unit, the training loop's first blocking copy syncs: the
+        # recorded blocks come back, in the order they were freed
+        ("free", 5), ("free", 6), ("free", 4),
     )  # fmt: skip
 
 
@@ -71,18 +76,63 @@ def test_no_shard_keeps_the_flat_parameter_and_offload_frees_the_shard():
     # NO_SHARD: no shard(); the flat parameter (alloc 3) is what stays
     assert wrap_program([unit], 2, shards=False, offload=False, resident=a + b) == (
         ("alloc", a), ("alloc", b),
-        ("alloc", a + b), ("free", 2),  # one bucket of two tensors: at::cat, freed
+        ("alloc", a + b),  # one bucket of two tensors: at::cat, freed but recorded
         ("alloc", a + b),  # the flat parameter, kept
         ("free", 1), ("free", 0),
+        ("free", 2),  # the bucket's copy, back after the wrap
     )  # fmt: skip
-    # CPUOffload(offload_params=True): flat_param_to(cpu) after shard() frees the shard
+    # CPUOffload(offload_params=True): flat_param_to(cpu) after shard() frees the shard;
+    # it is a blocking copy (memcpy_and_sync), so the broadcast is done and its copy back
     assert wrap_program([unit], 2, shards=True, offload=True, resident=0) == (
         ("alloc", a), ("alloc", b),
-        ("alloc", a + b), ("free", 2),
+        ("alloc", a + b),
         ("alloc", a + b), ("alloc", (a + b) // 2), ("free", 3),
         ("free", 4),  # the shard moved to the CPU
+        ("free", 2),  # the bucket's copy, back at that sync
         ("free", 1), ("free", 0),
     )  # fmt: skip
+
+
+def test_recorded_broadcast_blocks_come_back_after_the_next_units_first_move():
+    """NCCL record_streams a broadcast's input (ProcessGroupNCCL collective(): "inputs
+    ... must record the ncclStream"); the caching allocator keeps a freed block with
+    stream uses out of its pool until its event has completed (CUDACachingAllocator.cpp
+    free / insert_events / process_events). Rank 0's next move is a blocking copy
+    from the CPU (Copy.cu copy_kernel_cuda: memcpy_and_sync), after which every
+    broadcast is done: the blocks are back for the unit's later requests."""
+    a, b, c = 3 * MiB, 5 * MiB, 2 * MiB
+    first = Unit(params=(a, b), moved=(0, 1), element_bytes=2)
+    second = Unit(params=(c,), moved=(0,), element_bytes=2)
+    program = wrap_program([first, second], 2, shards=False, offload=False, resident=0)
+    assert program == (
+        ("alloc", a), ("alloc", b), ("alloc", a + b), ("alloc", a + b),
+        ("free", 1), ("free", 0),
+        ("alloc", c),  # the second unit's first move: its malloc, then its sync
+        ("free", 2),  # the first unit's bucket copy, back
+        # one tensor: broadcast in the parameter itself, which is recorded
+        ("alloc", c),  # its flat parameter
+        ("free", 4),  # the moved parameter, back after the wrap
+    )  # fmt: skip
+
+
+def test_a_recorded_bucket_copy_is_not_reused_by_the_flat_parameter():
+    """By hand from CUDACachingAllocator.cpp's rules: a request between 1 and 10 MiB
+    takes a 20 MiB segment (kLargeBuffer) and splits it. a (3 MiB), b (5) and the bucket's
+    copy (8) fit one segment, leaving 4 MiB; the flat parameter (8 MiB) would take the
+    copy's block back if it were free, but the copy waits on NCCL's stream: a second
+    segment."""
+    a, b = 3 * MiB, 5 * MiB
+    unit = Unit(params=(a, b), moved=(0, 1), element_bytes=2)
+    allocator = CachingAllocator()
+    keys: list[int] = []
+    for op, value in wrap_program([unit], 2, shards=False, offload=False, resident=0):
+        if op == "alloc":
+            keys.append(allocator.malloc(value))
+            if len(keys) == 4:  # the flat parameter made: the wrap's peak
+                assert allocator.stats().reserved == 2 * 20 * MiB
+        else:
+            allocator.free(keys[value])
+    assert allocator.stats().reserved == 2 * 20 * MiB
 
 
 def test_units_follow_fsdp_qlora_policy_and_bnb_packing():

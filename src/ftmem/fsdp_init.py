@@ -41,10 +41,24 @@ requests tests/test_fsdp_init.py logs on two gloo ranks on the CPU):
 6. The original parameters, no longer in the module, are freed when the function returns
    (its ``managed_params`` list held them last; CPython frees a list's items last first).
 
+The broadcast's record_stream. ProcessGroupNCCL records every collective's input on its
+NCCL stream (torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp ``collective()``: "Both
+`inputs' and `outputs' ... must record the ncclStream", unless
+TORCH_NCCL_AVOID_RECORD_STREAMS), so a bucket's flat copy, or the parameter itself for a
+bucket of one tensor, is freed into ``insert_events``: it stays reserved and out of its
+pool until a later ``malloc``'s ``process_events`` finds the broadcast done
+(c10/cuda/CUDACachingAllocator.cpp @001074d2 ``free``, ``process_events``).
+``WorkNCCL::wait`` only makes the compute stream wait; the CPU runs on. Rank 0's next
+sync is its next blocking copy, the next unit's first ``param.to(device)`` (or, under
+CPU offload, this unit's ``flat_param_to(cpu)``): aten/src/ATen/native/cuda/Copy.cu
+``copy_kernel_cuda`` ends a blocking copy with ``memcpy_and_sync``. Before it, nothing in
+the unit can reuse those blocks; after it, all are back. Checked against the published
+``reserved_after_model_wrap`` (7B QLoRA, 2 GPUs: 3.72 GiB; replayed 3.35 GiB without the
+wait, 3.69 with it; calibration/notes/fsdp_qlora.md F10).
+
 Rank 0 is modelled (the published figures are rank 0's). Buffers (transformers 4's rotary
 tables, ftmem.release_buffers) are kept whole: part of ``resident``, one request before
-the units, their own move and broadcast not replayed. Not modelled: NCCL's
-``recordStream`` on the broadcast buffers, which can delay their reuse.
+the units, their own move and broadcast not replayed.
 """
 
 from __future__ import annotations
@@ -159,17 +173,36 @@ def shard_bytes(unit: Unit, world: int) -> int:
 
 
 def _unit_program(
-    p: RequestProgram, unit: Unit, world: int, shards: bool, offload: bool, bucket_bytes: int
+    p: RequestProgram,
+    unit: Unit,
+    world: int,
+    shards: bool,
+    offload: bool,
+    bucket_bytes: int,
+    recorded: list[int],
 ) -> None:
-    """One unit's constructor, steps 1-6 of the module docstring."""
-    moved = {i: p.alloc(unit.params[i]) for i in unit.moved}
+    """One unit's constructor, steps 1-6 of the module docstring. ``recorded``: the
+    blocks NCCL's broadcasts have marked and that are freed but not yet back in the
+    pool (the module docstring's "The broadcast's record_stream"): given back after this
+    unit's first move, which synchronises the stream."""
+    moved: dict[int, int] = {}
+    for i in unit.moved:
+        moved[i] = p.alloc(unit.params[i])
+        if recorded:  # the first copy's memcpy_and_sync: every broadcast before it is done
+            p.free(*recorded)
+            recorded.clear()
+    in_place: set[int] = set()  # a bucket of one tensor is broadcast in the parameter
     in_flight: deque[int | None] = deque()
+    first = 0
     for bucket in broadcast_buckets(unit.params, bucket_bytes):
         if len(in_flight) == BROADCASTS_IN_FLIGHT:
-            _free_flat(p, in_flight.popleft())
+            _free_flat(recorded, in_flight.popleft())
+        if len(bucket) == 1:
+            in_place.add(first)
         in_flight.append(p.alloc(sum(bucket)) if len(bucket) > 1 else None)
+        first += len(bucket)
     while in_flight:
-        _free_flat(p, in_flight.popleft())
+        _free_flat(recorded, in_flight.popleft())
     kept = p.alloc(sum(unit.params))  # the unsharded flat parameter
     if shards:
         shard = p.alloc(shard_bytes(unit, world))
@@ -177,13 +210,21 @@ def _unit_program(
         kept = shard
     if offload:
         p.free(kept)
+        # flat_param_to(cpu) is a blocking copy: memcpy_and_sync, every broadcast done
+        p.free(*recorded)
+        recorded.clear()
+        in_place.clear()
     for i in reversed(range(len(unit.params))):  # the `managed_params` list dies
-        p.free(moved[i])
+        if i in in_place:
+            recorded.append(moved[i])
+        else:
+            p.free(moved[i])
 
 
-def _free_flat(p: RequestProgram, j: int | None) -> None:
+def _free_flat(recorded: list[int], j: int | None) -> None:
+    """A bucket's flat copy, freed at its ``finish()``: recorded on NCCL's stream."""
     if j is not None:
-        p.free(j)
+        recorded.append(j)
 
 
 def wrap_program(
@@ -205,6 +246,8 @@ def wrap_program(
     p = RequestProgram()
     if resident > kept:
         p.alloc(resident - kept)
+    recorded: list[int] = []
     for unit in units:
-        _unit_program(p, unit, world, shards, offload, bucket_bytes)
+        _unit_program(p, unit, world, shards, offload, bucket_bytes, recorded)
+    p.free(*recorded)  # the training loop's first copy (the batch's .to(rank)) syncs
     return tuple(p.ops)

@@ -341,6 +341,8 @@ def _sequence_length(k: Keys, cfg: FrameworkConfig) -> None:
     tokenizer = k.section("tokenizer")
     seq = tokenizer.integer("max_seq_len")
     packed = _packed(k)
+    if not packed:
+        _padded_lengths(cfg)
     if seq is not None:
         cfg.settings["seq_len"] = seq
         if not packed:
@@ -358,6 +360,23 @@ def _sequence_length(k: Keys, cfg: FrameworkConfig) -> None:
         "tokenizer.max_seq_len is null or absent: torchtune truncates nothing, so the "
         "dataset's longest sample sets the length; without --seq-len the estimate assumes "
         "ftmem's default, 512 tokens: give your longest sample's length in tokens."
+    )
+
+
+def _padded_lengths(cfg: FrameworkConfig) -> None:
+    """Unpacked, every batch is padded to its own longest sample: the recipes' default
+    collate, ``padded_collate_sft``, pads "to the longest sequence length in the batch"
+    (torchtune/data/_collate.py@bd2a0fc7c314; ``padded_collate`` in 0.1,
+    torchtune/utils/collate.py@ff594c231), over a sampler that shuffles by default
+    (``shuffle: True`` in the shipped configs; StatefulDistributedSampler,
+    recipes/lora_finetune_single_device.py@bd2a0fc7c314 _setup_data), and only the GRPO
+    recipe (not read here) calls empty_cache between steps: the cache keeps the segments of every record length
+    (ftmem.lengths)."""
+    cfg.settings["lengths"] = "padded"
+    cfg.notes.append(
+        "lengths padded: torchtune pads each batch to its longest sample (padded_collate_sft), "
+        "so the reserved peak keeps the cache of the shorter batches before the longest "
+        "(give --lengths padded:MIN when the shortest is known)."
     )
 
 
