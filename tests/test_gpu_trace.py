@@ -122,10 +122,10 @@ FAMILY_RUNS = [
     ("llama3.2-11b-vision", {"images": 1}),
     ("qwen3-30b-a3b", {}),
     ("gpt2", {}),  # wte and wpe: two gradients after the blocks
-    # a dense first block below sparse ones: the blocks' gradients differ, and the
-    # replay takes the timeline's average block (a dense block's and a sparse one's
-    # tensors together were 4,638,900,224 B too many under full finetuning)
+    # a dense first block below sparse ones: the blocks' gradients differ, each block's
+    # own in the timeline and the replay (test_each_blocks_gradient_is_its_parameters)
     ("deepseek-v2-lite", {}),
+    ("moonlight-16b-a3b", {}),
 ]
 FAMILY_SETTINGS = [
     {"method": "full"},
@@ -152,6 +152,35 @@ def test_the_replay_of_each_family_reaches_the_timeline_peak(model, extra, setti
     assert best == find_peak(parts.sizes).at_peak.total
     s = parts.sizes
     assert left == s.weights + s.states + s.loop_held
+
+
+@pytest.mark.parametrize("model", ["deepseek-v2-lite", "moonlight-16b-a3b"])
+def test_each_blocks_gradient_is_its_parameters(model):
+    """Full finetuning in bf16: each block's backward requests its own gradient, the bytes
+    of the parameters transformers gives that block (built on the meta device from the
+    published config.json, the router in fp32 as its _keep_in_fp32_modules_strict says):
+    the dense first block's 162 MB (Moonlight: 166 MB), each sparse block's 1.17 GB, not
+    their average. The gradients made in backward are the post-stream requests (the
+    grad_stream label), top block first after the head side's."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from ftmem.gpu.allocator import POST_STREAM_ALLOC
+    from tests.test_deepseek import CONFIGS
+
+    cfg = dict(CONFIGS[model])
+    config = transformers.CONFIG_MAPPING[cfg.pop("model_type")](**cfg)
+    with torch.device("meta"):
+        hf = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    blocks = [sum(p.numel() * p.element_size() for p in b.parameters()) for b in hf.model.layers]
+    assert len(set(blocks)) == 2  # (the dense block and the sparse ones)
+    parts = step_parts(get_model(model), run_config(method="full", seq_len=1024, batch_size=1))
+    events = step_events(parts.sizes, _tensors(parts, parts.sizes), grad_stream=True)
+    made = [size for op, size in events if op == POST_STREAM_ALLOC]
+    top_first = blocks[::-1]
+    first_step = made[: len(made) // 2]
+    starts = [i for i in range(len(first_step)) if first_step[i : i + len(blocks)] == top_first]
+    assert len(starts) == 1
+    assert parts.sizes.gradients.by_block == tuple(blocks)
 
 
 @pytest.mark.parametrize("model", ["llama2-7b", "flan-t5-base"])

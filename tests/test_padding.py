@@ -49,15 +49,20 @@ def measured_step(kv_heads: int, shape: tuple[int, int], attn: str = "sdpa", **i
     training step of the tiny Llama on random ids of ``shape`` with the other ``inputs``
     (attention_mask, position_ids), above what was alive before it; the peaks from
     ftmem's dispatch tracker."""
+    return measured_config_step(_config(kv_heads), shape, attn, **inputs)
+
+
+def measured_config_step(config: dict, shape: tuple[int, int], attn: str = "sdpa", **inputs):
+    """measured_step for the model of any tiny config.json."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from ftmem.measure.tracker import LiveBytesTracker
 
     torch.manual_seed(0)
-    config = transformers.AutoConfig.for_model(**_config(kv_heads), attn_implementation=attn)
-    model = transformers.AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+    hf_config = transformers.AutoConfig.for_model(**config, attn_implementation=attn)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config).to(torch.bfloat16)
     model.train()
-    ids = torch.randint(0, LLAMA["vocab_size"], shape)
+    ids = torch.randint(0, config["vocab_size"], shape)
     saved: dict[int, int] = {}
     # the weights the matmuls save are the model's, not activations
     weights = {p.untyped_storage()._cdata for p in model.parameters()}
@@ -124,6 +129,73 @@ def test_a_padded_batch_keeps_the_mask_and_gqa_repeats(kv_heads, s):
     assert moved == [_by_hand(kv_heads, b, s)] * 3  # saved, forward peak, backward peak
     longest, none = _estimated(kv_heads, b, s, "longest"), _estimated(kv_heads, b, s, "none")
     assert moved_by(longest, none) == moved[1:]
+
+
+# Fused rotary projections (ops/attention.fused_rotary_mask_derived): Phi-3's qkv_proj,
+# GPT-NeoX's query_key_value. Without a mask sdpa keeps v, a view of the projection's
+# output, and with it the whole output; with one, GQA's repeat_kv copies k and v (the
+# output is then kept by nothing), while one kv head, or as many as the heads, leaves v a
+# view. (6 heads over 3 kv heads: with 2 the repeated copies would weigh what the output
+# and the rotary k weigh, and the test could not tell them apart.)
+PHI3 = {
+    **LLAMA,
+    "model_type": "phi3",
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "pad_token_id": 0,  # Phi3Config's 32000 is outside the tiny vocabulary
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+}
+NEOX = {
+    "model_type": "gpt_neox",
+    "vocab_size": 512,
+    "hidden_size": HEADS * HEAD_DIM,
+    "intermediate_size": 128,
+    "num_hidden_layers": L,
+    "num_attention_heads": HEADS,
+    "max_position_embeddings": 128,
+    "rotary_pct": 0.25,
+    "hidden_dropout": 0.0,
+    "tie_word_embeddings": False,
+}
+FUSED = {
+    "phi3-gqa": ({**PHI3, "num_key_value_heads": 3}, 3),
+    "phi3-mha": ({**PHI3, "num_key_value_heads": HEADS}, HEADS),
+    "phi3-mqa": ({**PHI3, "num_key_value_heads": 1}, 1),
+    "gptneox": (NEOX, HEADS),
+}
+
+
+def _fused_by_hand(kv_heads: int, b: int, s: int) -> int:
+    T, q, kv = b * s, HEADS * HEAD_DIM, kv_heads * HEAD_DIM
+    mask = b * s * s * E
+    if not 1 < kv_heads < HEADS:
+        return L * mask
+    # rotary q, repeated k and v, in place of rotary q and k and the whole qkv output
+    return L * (mask + 3 * T * q * E - (T * (q + kv) + T * (q + 2 * kv)) * E)
+
+
+@pytest.mark.parametrize("name", list(FUSED))
+@pytest.mark.parametrize("s", [24, 21], ids=["s24", "s21"])
+def test_a_fused_rotary_projection_keeps_the_mask_and_gqa_copies(name, s):
+    config, kv_heads = FUSED[name]
+    b, torch = 2, pytest.importorskip("torch")
+    unpadded = torch.ones(b, s, dtype=torch.long)
+    padded = unpadded.clone()
+    padded[-1, s - 5 :] = 0
+    moved = moved_by(
+        measured_config_step(config, (b, s), attention_mask=padded),
+        measured_config_step(config, (b, s), attention_mask=unpadded),
+    )
+    assert moved == [_fused_by_hand(kv_heads, b, s)] * 3  # saved, forward peak, backward peak
+    arch = architecture_from_config(config, f"tiny-{name}", "test")
+    run = {"method": "full", "precision": "bf16", "batch_size": b, "seq_len": s, "device": "cpu"}
+    phases = [
+        find_peak(step_parts(arch, run_config(padding=padding, **run)).sizes).phases
+        for padding in ("longest", "none")
+    ]
+    estimated = [(p.forward, p.backward) for p in phases]
+    assert moved_by(*estimated) == moved[1:]
 
 
 def test_eager_attention_builds_its_mask_either_way():

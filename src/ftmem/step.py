@@ -302,7 +302,7 @@ def _decoder_parts(
         outer_above = split.head_side(outer_above)
     outer_items = outer_below + outer_above
     fixed = plan_sizes(arch, run, plan)
-    grads = _decoder_gradients(fixed, run, plan)
+    grads = _decoder_gradients(arch, fixed, run, plan)
     policy = _block_policy(run, blocks.rebuilt, grads.per_block)
     # a checkpointed block's input, the one tensor it keeps
     block_input = T * arch.hidden_size * plan.dtypes.residual_bytes
@@ -648,15 +648,22 @@ def _head_side(outer_above: list[Saved]) -> list[Saved]:
     return [x for x in outer_above if x.kind not in NORM_KINDS]
 
 
-def _decoder_gradients(fixed: PlanSizes, run: RunConfig, plan: MethodPlan) -> Gradients:
+def _decoder_gradients(
+    arch: Architecture, fixed: PlanSizes, run: RunConfig, plan: MethodPlan
+) -> Gradients:
     """A decoder-only step's gradients (none held when each is freed by its own step, but
     a tied weight's LM-head part: its AccumulateGrad runs only after the embedding's
     backward, so that part waits in autograd's input buffer through the blocks'
-    backward; measured on the CPU, tests/accuracy/cases.py)."""
+    backward; measured on the CPU, tests/accuracy/cases.py). Where the trainable blocks
+    differ, each block's own (block_gradients)."""
     held = 0 if run.optimizer_in_backward else 1
+    by_block = block_gradients(arch, plan)
+    # (the average's remainder stays outside the blocks only where the average is used)
+    outer = fixed.grads - sum(by_block) if by_block else fixed.grads_outer
     return Gradients(
+        by_block=tuple(x * held for x in by_block),
         total=fixed.grads * held,
-        outer=fixed.grads_outer * held,
+        outer=outer * held,
         per_block=fixed.grads_per_block * held,
         trainable_blocks=plan.trainable_blocks,
         persist=run.grad_accum > 1,
@@ -666,6 +673,33 @@ def _decoder_gradients(fixed: PlanSizes, run: RunConfig, plan: MethodPlan) -> Gr
         # (Embedding.backward_workspace: two of the tied weight's gradients)
         tied_held=fixed.tied_embedding_backward // 2 * (1 - held),
     )
+
+
+def block_gradients(arch: Architecture, plan: MethodPlan) -> tuple[int, ...]:
+    """Each block's own gradient bytes, bottom to top, where the trainable blocks differ:
+    a tensor that only some blocks hold (arch.Param.blocks: DeepSeek's dense MLP in its
+    first_k_dense_replace blocks, its router and experts in the others) trains in those
+    of them that train; an adapter's group is named after the module it adapts. () where
+    every block holds every tensor (the average, Gradients.per_block, is then exact) or
+    where partial training picks modules per block (its groups do not say which)."""
+    spans: dict[str, tuple[int, int]] = {
+        p.module: p.blocks for p in layout(arch).block if p.blocks is not None
+    }
+    if not spans or not plan.trainable_blocks or plan.trained_by_block:
+        return ()
+    L = arch.num_layers
+    trained = range(L - plan.trainable_blocks, L)
+    by_block = [0] * L
+    for g in plan.groups:
+        if not (g.trainable and g.in_block):
+            continue
+        lo, hi = next((span for m, span in spans.items() if g.name.startswith(m + ".")), (0, L))
+        holders = [i for i in trained if lo <= i < hi]
+        if not holders or g.count % len(holders):
+            return ()  # not laid out as the spans say: the average stands
+        for i in holders:
+            by_block[i] += g.count // len(holders) * g.numel * g.element_bytes
+    return tuple(by_block) if len(set(by_block[trained.start :])) > 1 else ()
 
 
 def _decoder_block(

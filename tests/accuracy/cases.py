@@ -96,12 +96,19 @@ def _sliding_window_masks() -> list[Case]:
     out as a (b, 1, s, s) mask in every sliding layer (masking_utils.py l.285-286), and sdpa
     then gets k and v repeated per head (ftmem.ops.attention.sliding_window_mask). Mistral
     slides on every layer (window 16 < 50 tokens); full, LoRA checkpointed (the checkpoints
-    hold the boolean mask), LoRA in fp32."""
+    hold the boolean mask), LoRA in fp32. Phi-3 slides on every layer too, behind its fused
+    qkv_proj (ftmem.ops.attention.fused_rotary_mask_derived): with as many kv heads as
+    heads v stays a view of the projection's output, with GQA k and v are repeated."""
     window = {"sliding_window": 16, "sliding_layers": 2}
+    gqa = {**window, "num_kv_heads": 2}
     return [
         Case("mistral", {"method": "full", "precision": "bf16"}, window),
         Case("mistral", {"method": "lora", "precision": "bf16", "grad_ckpt": True}, window),
         Case("mistral", {"method": "lora", "precision": "fp32"}, window),
+        Case("phi3", {"method": "full", "precision": "bf16"}, window),
+        Case("phi3", {"method": "full", "precision": "bf16"}, gqa),
+        Case("phi3", {"method": "lora", "precision": "bf16", "grad_ckpt": True}, gqa),
+        Case("phi3", {"method": "lora", "precision": "bf16-mixed"}, gqa),
     ]
 
 

@@ -89,11 +89,12 @@ def plan_tensors(
     if extra > 0:
         weights += weights if extra == own else (extra,)
     g = sizes.gradients
-    if g.per_block and sum(block_grads) != g.per_block:
-        # the trainable blocks differ (DeepSeek's dense first blocks beside its sparse
-        # ones, partial training's modules): the timeline's average block, one tensor,
-        # and what the average leaves over among the gradients outside the blocks, as
-        # the timeline counts it (step._gradient_sizes)
+    if g.per_block and sum(block_grads) != g.per_block and not g.by_block:
+        # the trainable blocks differ where the timeline has no block's own gradients
+        # (partial training's modules): its average block, one tensor, and what the
+        # average leaves over among the gradients outside the blocks, as the timeline
+        # counts it (step._gradient_sizes). With them (step.block_gradients: DeepSeek's
+        # dense first blocks) each block's backward requests its own (_blocks_backward).
         block_grads = (g.per_block,)
         left_over = g.outer - sum(outer) - sum(late)
         outer += (left_over,) if left_over > 0 else ()

@@ -55,10 +55,28 @@ def padding_mask(arch: Architecture, run: RunConfig) -> bool:
     masking_utils.py l.598-618), nor FlashAttention-2 (flash_attention_mask passes the
     2-D mask, l.621-662, and the varlen path unpads: modeling_flash_attention_utils.py
     l.837-842, the real tokens' copies of q, k and v no larger than the padded ones).
-    A fused qkv projection's views and a family's own explicit mask are not derived here."""
+    A fused rotary projection (Phi-3's qkv_proj, GPT-NeoX's query_key_value) takes the
+    same path (fused_rotary_mask_derived). A projection whose views the kernel keeps
+    (qkv_views_kept: GPT-2, StarCoder) and a family's own explicit mask are not derived."""
     if not pads_batches(run) or runs_eager(arch, run) or run.attn != "sdpa":
         return False
-    return not arch.traits.fused_qkv and not arch.traits.sdpa_explicit_mask
+    return fused_rotary_mask_derived(arch)
+
+
+def fused_rotary_mask_derived(arch: Architecture) -> bool:
+    """An explicit sdpa mask is derived for the family's attention: separate q, k and v
+    projections, or one fused projection followed by rotary (which makes q and k new
+    tensors). transformers 5.25 modeling_phi3.py l.219-230 slices qkv_proj's output and
+    views each slice, and apply_rotary_pos_emb (l.184-185) makes new q and k; with a mask
+    GQA's repeat_kv copies k and v (Attention.masked_sdpa_saved), and otherwise sdpa keeps
+    v, a view, and with it the whole output (Attention.v_kept). modeling_gpt_neox.py
+    l.195-199: the same with one view chunked in three. Measured (tests/test_padding.py):
+    a padded batch moves saved bytes and both peaks by the mask alone where v stays a view
+    (as many kv heads as heads, or one repeated as a stride-0 view), and by the mask plus
+    the repeated k and v less the qkv output where GQA copies them."""
+    if arch.traits.sdpa_explicit_mask:
+        return False
+    return not arch.traits.fused_qkv or arch.position_embedding == "rotary"
 
 
 def image_block_mask(arch: Architecture, run: RunConfig) -> bool:
@@ -146,14 +164,17 @@ def sliding_window_mask(arch: Architecture, run: RunConfig) -> bool:
     in 4.53-4.54 (masking_utils.py ``kv_length < local_attention_size``, l.214 and l.230)
     and before (modeling_attn_mask_utils.py 4.41 l.273, l.276), but before 4.53 the
     model's float mask is one storage shared by every layer: that is not modelled here
-    (versions.BOOL_MASKS_PER_CALL)."""
+    (versions.BOOL_MASKS_PER_CALL). Phi-3 slides on every layer once config.json sets
+    sliding_window (Phi-3-mini-4k: 2047): transformers 5.25 Phi3Model.forward picks
+    create_sliding_window_causal_mask then (modeling_phi3.py l.386), behind its fused
+    qkv_proj (fused_rotary_mask_derived; measured: tests/accuracy's phi3 sliding cases)."""
     if not (arch.sliding_layers and arch.sliding_window) or explicit_mask(arch, run):
         return False
     if older_than(run.transformers_version, BOOL_MASKS_PER_CALL):
         return False
     if run.positions < arch.sliding_window or runs_eager(arch, run) or run.attn != "sdpa":
         return False
-    return not packed_rows(run) and not arch.traits.fused_qkv and not arch.traits.sdpa_explicit_mask
+    return not packed_rows(run) and fused_rotary_mask_derived(arch)
 
 
 def layer_mask(ctx: LayerContext) -> bool:
@@ -217,7 +238,7 @@ def padding_notes(arch: Architecture, run: RunConfig) -> list[str]:
         ]
     if runs_eager(arch, run):
         return [f"{said}: eager attention builds its float mask with or without padding."]
-    if arch.latent_attention or arch.traits.fused_qkv or arch.traits.sdpa_explicit_mask:
+    if arch.latent_attention or not fused_rotary_mask_derived(arch):
         return [f"{said}: sdpa's padding mask is not modelled for this attention; not counted."]
     return []
 
