@@ -77,10 +77,14 @@ def _parameter_order(
 
 def sub_groups(partitions: Iterable[int], size: int = SUB_GROUP_SIZE) -> list[int]:
     """The sub-groups' element counts, cut as _create_fp16_sub_groups cuts them."""
-    parts = list(partitions)
+    return list(_sub_groups(tuple(partitions), size))
+
+
+@lru_cache(maxsize=256)  # a search's candidates cut the same partitions again
+def _sub_groups(parts: tuple[int, ...], size: int) -> tuple[int, ...]:
     total = sum(parts)
     if total <= size:  # ``sub_group_size >= params_group_numel``: one group
-        return [total] if parts else []
+        return (total,) if parts else ()
     out, running = [], 0
     for n in parts:
         running += n
@@ -89,12 +93,13 @@ def sub_groups(partitions: Iterable[int], size: int = SUB_GROUP_SIZE) -> list[in
             running = 0
     if running:
         out.append(running)
-    return out
+    return tuple(out)
 
 
-def partition_sizes(numels: Sequence[int], ranks: int) -> list[int]:
+@lru_cache(maxsize=256)  # a search's candidates share their plan and rank count
+def partition_sizes(numels: tuple[int, ...], ranks: int) -> tuple[int, ...]:
     """Each tensor's partition on a rank, ``ceil(numel / ranks)`` (``partition_numel``)."""
-    return [-(-n // ranks) for n in numels]  # ceil_div, written out: hundreds per call
+    return tuple(-(-n // ranks) for n in numels)  # ceil_div, written out: hundreds a call
 
 
 def step_transient_bytes(
