@@ -20,7 +20,7 @@ from ftmem.api import run_config
 from ftmem.errors import InvalidInputError
 from ftmem.estimate import _tensors
 from ftmem.gpu import best_fit
-from ftmem.gpu.allocator import CachingAllocator, replay_streams
+from ftmem.gpu.allocator import CachingAllocator, TwoStreams, replay_streams
 from ftmem.gpu.best_fit import BestFit, fits_best_fit, new_allocator
 from ftmem.gpu.trace import replay_run, run_events
 from ftmem.presets import get_model
@@ -202,3 +202,56 @@ def test_beyond_the_keys_address_space_the_replay_falls_back(monkeypatch):
     with pytest.raises(best_fit.AddressSpaceExceeded):
         BestFit().malloc_many([100 * MIB] * 3)
     assert replay_run(steps) == expected
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_streams_of_best_fits_decide_as_streams_of_caching_allocators(seed):
+    """FSDP's replay (TwoStreams) on a BestFit per stream: random requests on every
+    stream, frees held back by record_stream and released oldest first, empty_cache;
+    the same handles and statistics after each call, the same pools at the end."""
+    rng = random.Random(seed)
+    fast, slow = best_fit.new_streams(), TwoStreams()
+    assert all(isinstance(pool, BestFit) for pool in fast.pools)
+    live: list[int] = []
+    for _ in range(150):
+        roll = rng.random()
+        size = _sizes(rng, 1)[0]
+        if roll < 0.45 or not live:
+            stream = rng.choice(("malloc", "malloc_side", "malloc_post", "malloc_pre"))
+            handle = getattr(fast, stream)(size)
+            assert handle == getattr(slow, stream)(size)
+            live += [handle] if handle & ~3 else []
+        elif roll < 0.55:
+            fast.moment(size)
+            slow.moment(size)
+        elif roll < 0.6:
+            keep = rng.randrange(3)
+            fast.release_recorded(keep)
+            slow.release_recorded(keep)
+        elif roll < 0.62:
+            fast.empty_cache()
+            slow.empty_cache()
+        else:  # a free now, or one record_stream holds back until its release
+            handle = live.pop(rng.randrange(len(live)))
+            free = "free" if rng.random() < 0.5 else "free_recorded"
+            getattr(fast, free)(handle)
+            getattr(slow, free)(handle)
+        assert fast.stats() == slow.stats()
+    for mine, theirs in zip(fast.pools, slow.pools, strict=True):
+        assert mine.free_blocks() == _pools(theirs)
+        assert sorted(mine._live) == sorted(theirs._live)
+
+
+def test_empty_cache_first_returns_the_blocks_held_back_by_record_stream():
+    """A block freed while record_stream'ed is out of its pool until released;
+    empty_cache releases it first (as CachingAllocator does), so its whole segment goes
+    back to the driver."""
+    fast, slow = BestFit(), CachingAllocator()
+    for allocator in (fast, slow):
+        held = allocator.malloc(30 * MIB)
+        allocator.malloc(3 * MIB)
+        allocator.free_recorded(held)
+        allocator.empty_cache()
+    assert fast.stats() == slow.stats()
+    assert fast.stats().segments == 1  # the 30 MiB segment released, the 3 MiB one kept
+    assert fast.free_blocks() == _pools(slow)

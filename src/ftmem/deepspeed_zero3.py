@@ -32,9 +32,10 @@ every parameter at once (4 bytes x psi / N).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 from ftmem.arch import Architecture, layout
-from ftmem.dtypes import FP32, ceil_div
+from ftmem.dtypes import FP32
 from ftmem.methods import TensorGroup
 
 # DeepSpeedZeroConfig.sub_group_size's default, 1e9 (deepspeed/runtime/zero/config.py l.156
@@ -47,14 +48,22 @@ FP64 = 8
 _BEFORE_BLOCKS = frozenset({"embedding", "position"})
 
 
-def parameter_order(groups: Sequence[TensorGroup], arch: Architecture) -> list[int]:
+def parameter_order(groups: Sequence[TensorGroup], arch: Architecture) -> tuple[int, ...]:
     """Element counts of the trainable tensors in ``model.parameters()`` order: the
     embeddings, each block's tensors in the plan's order, then the final norm and the
     LM head. Within a block the order may differ from the model's, which moves a
     sub-group's cut by at most one tensor."""
-    kinds = {p.name: p.kind for p in layout(arch).outer}
+    before = frozenset(p.name for p in layout(arch).outer if p.kind in _BEFORE_BLOCKS)
+    return _parameter_order(tuple(groups), before)
+
+
+@lru_cache(maxsize=256)  # a search's candidates share their plan: the list is per layer
+def _parameter_order(
+    groups: tuple[TensorGroup, ...], before_names: frozenset[str]
+) -> tuple[int, ...]:
+    """parameter_order, given the names of the outer tensors made before the blocks."""
     trainable = [g for g in groups if g.trainable]
-    before = [g for g in trainable if not g.in_block and kinds.get(g.name) in _BEFORE_BLOCKS]
+    before = [g for g in trainable if not g.in_block and g.name in before_names]
     after = [g for g in trainable if not g.in_block and g not in before]
     block = [g for g in trainable if g.in_block]
     layers = max((g.count for g in block), default=0)
@@ -63,15 +72,19 @@ def parameter_order(groups: Sequence[TensorGroup], arch: Architecture) -> list[i
         # a group counted over fewer blocks (partial training) is in the last ones
         numels += [g.numel for g in block if i >= layers - g.count]
     numels += [g.numel for g in after for _ in range(g.count)]
-    return numels
+    return tuple(numels)
 
 
 def sub_groups(partitions: Iterable[int], size: int = SUB_GROUP_SIZE) -> list[int]:
     """The sub-groups' element counts, cut as _create_fp16_sub_groups cuts them."""
-    parts = list(partitions)
+    return list(_sub_groups(tuple(partitions), size))
+
+
+@lru_cache(maxsize=256)  # a search's candidates cut the same partitions again
+def _sub_groups(parts: tuple[int, ...], size: int) -> tuple[int, ...]:
     total = sum(parts)
     if total <= size:  # ``sub_group_size >= params_group_numel``: one group
-        return [total] if parts else []
+        return (total,) if parts else ()
     out, running = [], 0
     for n in parts:
         running += n
@@ -80,7 +93,13 @@ def sub_groups(partitions: Iterable[int], size: int = SUB_GROUP_SIZE) -> list[in
             running = 0
     if running:
         out.append(running)
-    return out
+    return tuple(out)
+
+
+@lru_cache(maxsize=256)  # a search's candidates share their plan and rank count
+def partition_sizes(numels: tuple[int, ...], ranks: int) -> tuple[int, ...]:
+    """Each tensor's partition on a rank, ``ceil(numel / ranks)`` (``partition_numel``)."""
+    return tuple(-(-n // ranks) for n in numels)  # ceil_div, written out: hundreds a call
 
 
 def step_transient_bytes(
@@ -94,7 +113,7 @@ def step_transient_bytes(
     flat gradient copy, its fp32 gradient), bytes; ``grad_bytes``: bytes per element of
     the gradients (the 16-bit model dtype: DeepSpeed's gradient_accumulation_dtype under
     ZeRO, engine.py@v0.12.3 ``get_data_types`` l.866-881)."""
-    partitions = [ceil_div(n, ranks) for n in parameter_order(groups, arch)]
+    partitions = partition_sizes(parameter_order(groups, arch), ranks)
     if not partitions:
         return 0, 0, 0
     largest = max(sub_groups(partitions, size))
@@ -136,10 +155,13 @@ def init_program(
     if not groups:
         return ()
     program: list[tuple[str, int]] = []
+    allocs = 0
 
     def alloc(nbytes: int) -> int:
+        nonlocal allocs
         program.append(("alloc", nbytes))
-        return sum(1 for op, _ in program if op == "alloc") - 1
+        allocs += 1
+        return allocs - 1
 
     flat = min(weights, model_bytes * total)
     if weights > flat:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ftmem import deepspeed_zero3
 from ftmem.arch import Architecture, count_params
 from ftmem.colossalai import COLOSSALAI
-from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div
+from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.errors import InvalidInputError
 from ftmem.gpu.device import DeviceFigures, cuda_runtime, device_figures, workspace_bytes
 from ftmem.gpu.trace import (
@@ -649,7 +649,7 @@ def _zero3_init(
     N = par.shard_group
     order = deepspeed_zero3.parameter_order(plan.groups, arch)
     program = deepspeed_zero3.init_program(
-        [ceil_div(n, N) for n in order],
+        deepspeed_zero3.partition_sizes(order, N),
         weights=sz.weights,
         states=sz.states,
         grads=sz.gradients.total,

@@ -666,7 +666,7 @@ RELEASE_RECORDED = "release_recorded"
 """``("release_recorded", n)``: the events of every recorded free but the ``n`` newest
 have completed (:meth:`CachingAllocator.release_recorded`)."""
 
-_STREAMS = 4  # the default stream and three side streams; a handle's two low bits say which
+STREAMS = 4  # the default stream and three side streams; a handle's two low bits say which
 
 
 class TwoStreams:
@@ -681,10 +681,14 @@ class TwoStreams:
     request. ``free`` takes effect at once; ``free_recorded`` is the free of a block
     ``record_stream``'ed on another stream, which stays reserved until
     ``release_recorded`` (the oldest first, over all streams). ``options``:
-    :class:`CachingAllocator`'s, for every stream."""
+    :class:`CachingAllocator`'s, for every stream; ``pools``: instead, the streams'
+    allocators themselves (STREAMS of them: gpu.best_fit.new_streams gives each a
+    BestFit where the options allow)."""
 
-    def __init__(self, **options: Any) -> None:
-        self.pools = tuple(CachingAllocator(**options) for _ in range(_STREAMS))
+    def __init__(self, pools: Sequence[Any] = (), **options: Any) -> None:
+        self.pools = tuple(pools) or tuple(CachingAllocator(**options) for _ in range(STREAMS))
+        if len(self.pools) != STREAMS:
+            raise ValueError(f"TwoStreams takes {STREAMS} allocators, not {len(self.pools)}.")
         self.peak_allocated = self.peak_reserved = self.peak_requested = 0
         self._pending: list[int] = []  # recorded frees' handles, oldest first
 
@@ -703,9 +707,18 @@ class TwoStreams:
     def _malloc(self, stream: int, size: int) -> int:
         # a handle names its stream in its two lowest bits (addresses are 512-byte aligned)
         handle = self.pools[stream].malloc(size) | stream
-        self.peak_allocated = max(self.peak_allocated, sum(p.allocated for p in self.pools))
-        self.peak_reserved = max(self.peak_reserved, sum(p.reserved for p in self.pools))
-        self.peak_requested = max(self.peak_requested, sum(p.requested for p in self.pools))
+        # the totals over the streams, written out (an FSDP replay makes thousands of
+        # requests, and generator sums cost more than the request itself)
+        a, b, c, d = self.pools
+        allocated = a.allocated + b.allocated + c.allocated + d.allocated
+        if allocated > self.peak_allocated:
+            self.peak_allocated = allocated
+        reserved = a.reserved + b.reserved + c.reserved + d.reserved
+        if reserved > self.peak_reserved:
+            self.peak_reserved = reserved
+        requested = a.requested + b.requested + c.requested + d.requested
+        if requested > self.peak_requested:
+            self.peak_requested = requested
         return handle
 
     def free(self, handle: int) -> None:

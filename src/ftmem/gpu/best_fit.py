@@ -32,8 +32,10 @@ from ftmem.gpu.allocator import (
     K_MIN_LARGE_ALLOC,
     K_SMALL_BUFFER,
     K_SMALL_SIZE,
+    STREAMS,
     AllocatorStats,
     CachingAllocator,
+    TwoStreams,
 )
 
 ADDRESS_BITS = 64
@@ -69,6 +71,13 @@ def new_allocator(**options: Any) -> BestFit | CachingAllocator:
     return CachingAllocator(**options)
 
 
+def new_streams(**options: Any) -> TwoStreams:
+    """TwoStreams with a BestFit per stream where the options allow it (the same
+    statistics: TwoStreams asks its allocators for malloc, free, free_recorded,
+    release_one and empty_cache, which BestFit replays as CachingAllocator does)."""
+    return TwoStreams(pools=[new_allocator(**options) for _ in range(STREAMS)])
+
+
 class BestFit:
     """CachingAllocator's interface (malloc, moment, free, reset_peaks, stats and the
     running totals) for the default configuration. A handle is the block's address, as
@@ -82,6 +91,7 @@ class BestFit:
         "_large",
         "_live",
         "_next_addr",
+        "_pending",
         "_small",
         "allocated",
         "num_device_alloc",
@@ -101,6 +111,8 @@ class BestFit:
         self._free_start: dict[int, int] = {}  # a free block's address: its size
         self._free_end: dict[int, int] = {}  # where a free block ends: its address
         self._live: dict[int, tuple[int, int]] = {}  # handle: (block size, requested)
+        # blocks freed while record_stream'ed (free_recorded), oldest first: their sizes
+        self._pending: dict[int, int] = {}
         self._next_addr = K_LARGE_BUFFER  # CachingAllocator's first address
         self._bounds = {self._next_addr}  # every segment's start and end
         self._ends: list[int] = []  # every segment's end, in order
@@ -331,35 +343,69 @@ class BestFit:
             self._live,
             self._bounds,
         )
+        allocated, requested = self.allocated, self.requested
         for handle in handles:
             entry = live.pop(handle, None)
             if entry is None:
+                # the totals as freeing one by one leaves them before this handle
+                self.allocated, self.requested = allocated, requested
                 raise InvalidInputError(f"Handle {handle} is not a live allocation.")
             block, size = entry
-            self.allocated -= block  # (before the next handle's check, as one by one)
-            self.requested -= size
+            allocated -= block
+            requested -= size
             # an allocated block's pool is its size's: a small-pool block is at most the
             # 1 MiB it was rounded to (never split off with less than 512 bytes left over)
             pool = small_pool if block <= K_SMALL_SIZE else large_pool
             start, end = handle, handle + block
-            if start in free_end and start not in bounds:
-                before = free_end.pop(start)
+            before = free_end.get(start)
+            if before is not None and start not in bounds:
+                del free_end[start]
                 del pool[bisect_left(pool, free_start.pop(before) << ADDRESS_BITS | before)]
                 start = before
-            if end in free_start and end not in bounds:
-                after = free_start.pop(end)
+            after = free_start.get(end)
+            if after is not None and end not in bounds:
+                del free_start[end]
                 del pool[bisect_left(pool, after << ADDRESS_BITS | end)]
                 del free_end[end + after]
                 end += after
             insort(pool, (end - start) << ADDRESS_BITS | start)
             free_start[start] = end - start
             free_end[end] = start
+        self.allocated, self.requested = allocated, requested
+
+    def free_recorded(self, handle: int) -> None:
+        """CachingAllocator.free_recorded: the block leaves the allocated statistics now
+        and its pool later (:meth:`release_one`); meanwhile no freed neighbour merges
+        with it, since it is in no pool."""
+        entry = self._live.pop(handle, None)
+        if entry is None:
+            raise InvalidInputError(f"Handle {handle} is not a live allocation.")
+        self.allocated -= entry[0]
+        self.requested -= entry[1]
+        self._pending[handle] = entry[0]
+
+    def release_one(self, handle: int) -> None:
+        """CachingAllocator.release_one: a block freed with :meth:`free_recorded` back in
+        its pool, merged with its free neighbours as :meth:`free_many` merges (put back
+        among the live blocks, out of the statistics, and freed)."""
+        block = self._pending.pop(handle)
+        self._live[handle] = (block, 0)
+        self.allocated += block
+        self.free_many((handle,))
+
+    def release_recorded(self, keep: int = 0) -> None:
+        """CachingAllocator.release_recorded: every recorded free but the ``keep`` newest
+        back in its pool."""
+        for handle in list(self._pending)[: max(len(self._pending) - keep, 0)]:
+            self.release_one(handle)
 
     def empty_cache(self) -> None:
         """``torch.cuda.empty_cache()`` (CachingAllocator.empty_cache without expandable
         segments): every wholly free segment goes back to the driver. A free block is a
         whole segment when both its ends are segment boundaries (blocks never span one);
-        the released addresses are not used again, as in CachingAllocator."""
+        the released addresses are not used again, as in CachingAllocator. Blocks
+        waiting on their events go back to their pools first (CachingAllocator's)."""
+        self.release_recorded()
         bounds, free_start, free_end = self._bounds, self._free_start, self._free_end
         for pool in (self._large, self._small):
             kept = []

@@ -46,7 +46,7 @@ from ftmem.gpu.allocator import (
     CachingAllocator,
     TwoStreams,
 )
-from ftmem.gpu.best_fit import AddressSpaceExceeded, BestFit, new_allocator
+from ftmem.gpu.best_fit import AddressSpaceExceeded, BestFit, new_allocator, new_streams
 from ftmem.methods import MethodPlan
 from ftmem.phases import HeadRequests, StepSizes
 
@@ -477,8 +477,8 @@ def replay_run(
     run_events'."""
     streams = comm_stream or grad_stream
     try:
-        # (FSDP's streams keep CachingAllocator: their requests come one at a time)
-        target = TwoStreams(**options) if streams else new_allocator(**options)
+        # (FSDP's streams: a BestFit per stream, its requests handed over one at a time)
+        target = new_streams(**options) if streams else new_allocator(**options)
         loaded = isinstance(target, BestFit)
         if loaded:  # the loading's replay depends on the weights alone: replayed once
             o = outside
@@ -606,12 +606,18 @@ def _pass(
     rec.alloc(workspaces[0])
     kept: list[list[int]] = []
     typical = sum(t.block_saved)
-    for size in s.activations.per_block:
-        rec.host_copy(c.unit_copy)
-        gathered = rec.comm(c.forward)
-        kept.append(rec.alloc(t.block_saved if size == typical else (size,)))
-        rec.moment(s.block.forward)  # with the block's own saved tensors, as the timeline
-        rec.free(gathered)
+    if c.unit_copy or c.forward:
+        for size in s.activations.per_block:
+            rec.host_copy(c.unit_copy)
+            gathered = rec.comm(c.forward)
+            kept.append(rec.alloc(t.block_saved if size == typical else (size,)))
+            rec.moment(s.block.forward)  # with the block's own saved tensors, as the timeline
+            rec.free(gathered)
+    else:  # the same requests without copies or communication (one GPU), calls spared
+        alloc, moment, transient = rec.alloc, rec.moment, s.block.forward
+        for size in s.activations.per_block:
+            kept.append(alloc(t.block_saved if size == typical else (size,)))
+            moment(transient)
     requests = _head_requests(s, t)
     above = rec.alloc(t.above if requests is None else _without(t.above, requests.saved_item))
     gathered = rec.comm(_or(c.head_forward, c.forward))
@@ -729,18 +735,28 @@ def _blocks_backward(
     holds = s.block.policy.backward_holds(L, trainable)
     workspace = max(s.block.workspace, s.optimizer.block)
     embedding_at = g.embedding_at if 0 < g.embedding_at < L else 0
+    grads = list(grads)  # extended in place below: the caller's list stays as it was
+    copy, backward = s.comm.unit_copy, s.comm.backward
+    transients: dict[int, tuple[int, ...]] = {}  # a policy's hold: the block's transients
     for i in range(L - 1, -1, -1):
-        rec.host_copy(s.comm.unit_copy)
-        gathered = rec.comm(s.comm.backward)
-        rec.moments((*_as_saved(holds[L - 1 - i], t.block_saved), workspace))
-        rec.free(gathered)
+        hold = holds[L - 1 - i]
+        moments = transients.get(hold)
+        if moments is None:
+            moments = transients[hold] = (*_as_saved(hold, t.block_saved), workspace)
+        if copy or backward:
+            rec.host_copy(copy)
+            gathered = rec.comm(backward)
+            rec.moments(moments)
+            rec.free(gathered)
+        else:
+            rec.moments(moments)
         rec.free(kept[i])
         if new_grads:
             if g.by_block:
-                grads = grads + rec.grads((g.by_block[i],))
+                grads += rec.grads((g.by_block[i],))
             elif i >= L - trainable:
-                grads = grads + rec.grads(t.block_grads)
+                grads += rec.grads(t.block_grads)
         if i == embedding_at and new_grads:
-            grads = grads + rec.grads(t.embedding_grads)
+            grads += rec.grads(t.embedding_grads)
             rec.moment(g.tied_backward)
     return grads
