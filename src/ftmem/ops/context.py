@@ -87,4 +87,6 @@ def bias_promotes_outputs(arch: Architecture, dtypes: Dtypes) -> bool:
     an autocast matmul (Family.bias_added_after_matmul; Falcon's one ``bias`` setting
     gives every linear a bias or none): fp32 under autocast over fp32 weights."""
     biased = arch.attention_qkv_bias or arch.mlp_bias
-    return arch.traits.bias_added_after_matmul and biased and dtypes.autocast
+    return (
+        arch.traits.bias_added_after_matmul and biased and dtypes.autocast and dtypes.base == "fp32"
+    )
