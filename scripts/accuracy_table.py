@@ -3,9 +3,9 @@
     python scripts/accuracy_table.py
     python scripts/accuracy_table.py --only 'qwen3moe|olmo2'
 
-``--only REGEX`` measures only the tiny cases whose id matches (a new family's, say)
-and keeps every other row, the real-size and the FSDP sections as they are; the phase
-counts are updated from the old table's listed gaps.
+``--only REGEX`` measures only the tiny and FSDP cases whose id matches (a new family's,
+say) and keeps every other row and the real-size section as they are; the phase counts
+are updated from the old table's listed gaps.
 
 Measures on this machine's CPU (tiny random-weight models), so it needs the
 ``measure`` extra. tests/accuracy/test_accuracy.py fails when a row here is stale.
@@ -194,7 +194,17 @@ def _partial(old: str, pattern: str) -> tuple[list[str], str, str, str]:
     )
     real = _old_section(old, "## Real-size models", "## FSDP on")
     sharded = _old_section(old, "## FSDP on", "## Each phase's")
-    return rows, real, sharded, phases
+    return rows, real, _sharded_partial(sharded, wanted), phases
+
+
+def _sharded_partial(old_rows: str, wanted: re.Pattern[str]) -> str:
+    """The FSDP rows, the matching cases' measured again (the others' as they were)."""
+    kept = _old_rows(old_rows)
+    return "\n".join(
+        sharded_row(compare_sharded(c)) if wanted.search(c.id) else kept[c.id]
+        for c in SHARDED_CASES
+        if wanted.search(c.id) or c.id in kept
+    )
 
 
 def main() -> int:
@@ -203,7 +213,7 @@ def main() -> int:
     import transformers
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", help="re-measure only the tiny cases whose id matches")
+    parser.add_argument("--only", help="re-measure only the tiny and FSDP cases whose id matches")
     args = parser.parse_args()
     doc = ROOT / "docs" / "accuracy.md"
     old = doc.read_text(encoding="utf-8") if doc.exists() else ""

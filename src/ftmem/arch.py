@@ -271,6 +271,12 @@ class Architecture(BaseModel):
                 f"norms_per_block {self.norms_per_block} is not a {fam.name} layout "
                 f"(it has {layouts} norms per block)"
             )
+        sequential = names.sequential_norms and not self.parallel_attn_mlp
+        if sequential and self.norms_per_block != len(names.sequential_norms):
+            raise ValueError(
+                f"a sequential {fam.name} block (parallel_attn_mlp false) has "
+                f"{len(names.sequential_norms)} norms, not {self.norms_per_block}"
+            )
         if self.position_embedding == "learned" and not names.positions:
             raise ValueError(f"the {fam.name} family has no learned position embeddings")
         if (self.position_embedding == "relative") != fam.encoder_decoder:
@@ -732,6 +738,8 @@ def layout(arch: Architecture) -> Layout:
             block.append(bias)
     if arch.encoder_decoder:
         norm_names = tuple(_t5_block(arch)[1])
+    elif names.sequential_norms and not arch.parallel_attn_mlp:
+        norm_names = names.sequential_norms
     else:
         norm_names = names.norms[arch.norms_per_block]
     block += qk_norm_params(arch)

@@ -37,6 +37,7 @@ from ftmem.grpo import check_groups, vllm_reserved_bytes
 from ftmem.hardware import Gpu
 from ftmem.methods import MethodPlan, plan_method
 from ftmem.ops.attention import (
+    alibi_notes,
     attention_path,
     image_mask_notes,
     padding_notes,
@@ -530,6 +531,7 @@ def _family_notes(arch: Architecture, run: RunConfig) -> list[str]:
     notes += padding_notes(arch, run)
     notes += image_mask_notes(arch, run)
     notes += sliding_mask_notes(arch, run)
+    notes += alibi_notes(arch, run)
     if arch.is_moe:
         notes.append(
             "MoE: activations count the routed tokens (batch tokens × experts per token); "

@@ -30,7 +30,12 @@ from ftmem.precision import Dtypes, resolve_dtypes
 from ftmem.profiles import profile_of
 from ftmem.regexes import compile_bounded
 from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig, split_patterns
-from ftmem.versions import nf4_layout, per_expert_linears
+from ftmem.versions import (
+    TRANSFORMERS_FALCON_ATTENTION_INTERFACE,
+    nf4_layout,
+    older_than,
+    per_expert_linears,
+)
 
 DEFAULT_FREEZE_TRAINABLE_LAYERS = 2
 
@@ -751,7 +756,9 @@ def _trainable_blocks(
                 "(Llama-family models have none); use LoRA instead."
             )
         trainable_blocks = L
-        if run.grad_ckpt or run.attn == "eager":
+        # (the note is of the family's own fp32 attention, which 5.25 replaced)
+        own_fp32 = older_than(run.transformers_version, TRANSFORMERS_FALCON_ATTENTION_INTERFACE)
+        if (run.grad_ckpt or run.attn == "eager") and own_fp32:
             notes += arch.traits.notes_for("bitfit-recompute")
     elif run.method == "partial":
         first = next((i for i, names in enumerate(trained_by_block) if names), L)

@@ -424,6 +424,9 @@ def _outer_items(
         s_len = run.positions
         mask = run.batch_size * s_len * s_len * e
         outer_below.append(Saved("eager attention mask (kept by checkpointing)", mask))
+    alibi = Attention.alibi_mask_saved(arch, run)
+    if alibi and any(per_block):  # kept by every layer's kernel, one storage
+        outer_below.append(Saved("ALiBi mask (b, heads, s, s), one for every layer", alibi))
     return outer_below, outer_above
 
 

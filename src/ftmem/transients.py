@@ -16,6 +16,7 @@ from ftmem.arch import MLP_ROLES, Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan, TensorGroup, experts_are_linears
 from ftmem.ops.attention import Attention, runs_eager
+from ftmem.ops.context import bias_promotes_outputs
 from ftmem.ops.linear import LinearOp
 from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
@@ -254,7 +255,8 @@ def block_backward_workspace(
     cast_grad = LoRA.cast_gradient(arch, plan, T)
     # a 4-bit MLP's intermediates, and so their gradients, can be fp32 (measured: QLoRA
     # bf16-mixed with checkpointing, peak -10 % without)
-    four_bit_fp32 = plan.dtypes.four_bit_outputs_fp32
+    # (so are a biased Falcon's under autocast: bias_promotes_outputs)
+    four_bit_fp32 = plan.dtypes.four_bit_outputs_fp32 or bias_promotes_outputs(arch, plan.dtypes)
     mlp = MLP.backward_workspace(
         arch, run, plan, FP32 if four_bit_fp32 else e, _mlp_tokens(arch, run, T)
     )

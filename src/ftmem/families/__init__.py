@@ -54,6 +54,10 @@ class ModuleNames:
     experts: Mapping[str, str] = field(default_factory=dict)
     # the dense MLP every token takes beside its routed experts (DeepSeek), gate/up/down
     shared_experts: Mapping[str, str] = field(default_factory=dict)
+    # a sequential block's two norms where the family's two-norm layout is a parallel
+    # block's (Falcon: falcon-rw's input_layernorm and post_attention_layernorm, 40B's
+    # ln_attn and ln_mlp); empty: ``norms`` serves both
+    sequential_norms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,11 @@ class Family:
     # even without padding (Falcon from 5.25, to add ALiBi onto it: ops.attention
     # .materialized_mask); None: the mask is skipped where is_causal serves.
     causal_mask_materialized_from: tuple[int, int, int] | None = None
+    # The linears add their bias after the matmul (transformers 5.25 modeling_falcon.py
+    # FalconLinear.forward: ``hidden_states = input @ self.weight.T`` then ``+ self.bias``),
+    # where nn.Linear's addmm takes it in: under autocast the fp32 bias promotes the 16-bit
+    # product, so a biased projection answers in fp32 (LayerContext.projection_out_bytes).
+    bias_added_after_matmul: bool = False
     # With images, the image-text model gives the processor's token_type_ids to its mask
     # builder, and each image's tokens attend to one another both ways (Gemma 3:
     # transformers 5.24 Gemma3Model.forward, create_masks_for_vision_model): sdpa gets an

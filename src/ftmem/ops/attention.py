@@ -4,7 +4,7 @@ GQA and prefix keys, as transformers 5 runs them."""
 from __future__ import annotations
 
 from ftmem.arch import Architecture, Param, layout
-from ftmem.dtypes import FP32, INDEX_BYTES
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
 from ftmem.ops.context import LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
@@ -139,6 +139,60 @@ def materialized_mask(arch: Architecture, run: RunConfig) -> bool:
     if profile_of(run).sdpa_attention or arch.position_embedding == "alibi":
         return False
     return run.attn == "sdpa" and not runs_eager(arch, run)
+
+
+def alibi_mask(arch: Architecture, run: RunConfig) -> bool:
+    """An ALiBi model (falcon-rw) from transformers 5.25 gives every layer's sdpa one float
+    (b, heads, s, s) mask that holds the position bias. FalconModel.forward (5.25.0
+    modeling_falcon.py l.552-598) builds the alibi tensor (build_alibi_tensor, (b·heads,
+    1, s) in the embeddings' dtype), materialises the boolean causal mask
+    (``allow_is_causal_skip=False``), turns it into a float one with torch.where and
+    ``torch.masked_fill``s ``alibi / sqrt(head_dim)`` where it masks: the broadcast makes
+    one (b, heads, s, s) tensor in the embeddings' dtype, passed to every block
+    (Attention.alibi_mask_bytes). FalconAttention takes no rotary then (l.313-315: q, k
+    and v stay views of query_key_value's output, qkv_views_kept). Not under eager (added
+    to the scores, saved by no op) nor FlashAttention-2, which 5.25 refuses for ALiBi
+    (l.567-571)."""
+    first = arch.traits.causal_mask_materialized_from
+    if first is None or arch.position_embedding != "alibi":
+        return False
+    if older_than(run.transformers_version, first) or profile_of(run).sdpa_attention:
+        return False
+    return run.attn == "sdpa" and not runs_eager(arch, run)
+
+
+def alibi_notes(arch: Architecture, run: RunConfig) -> list[str]:
+    """What an ALiBi model's attention does that the estimate does not follow, said once
+    (alibi_mask)."""
+    first = arch.traits.causal_mask_materialized_from
+    if arch.position_embedding != "alibi" or first is None:
+        return []
+    if run.attn == "flash":
+        return [
+            "ALiBi: transformers refuses FlashAttention-2 for this model (the position bias "
+            "is in the attention mask, which flash does not take); estimated as asked, "
+            "--attn sdpa is what runs."
+        ]
+    if run.attn == "eager" and not older_than(run.transformers_version, first):
+        return [
+            "ALiBi under eager attention: the model's (b, heads, s, s) mask and the "
+            "matmuls' copies of q, k and v are not derived (measured on a tiny falcon-rw: "
+            "activations 8 % above this estimate)."
+        ]
+    return []
+
+
+def alibi_mask_copied(arch: Architecture, run: RunConfig) -> bool:
+    """Each layer's sdpa call makes and keeps its own copy of the ALiBi mask
+    (alibi_mask): autocast casts the fp32 mask of an fp32 model to the compute dtype
+    (sdpa is on autocast's lower-precision list; measured on the CPU), and CUDA's
+    memory-efficient kernel pads a last dimension that is not a multiple of 8
+    (aligned_mask). Otherwise every layer's kernel keeps the model's one tensor."""
+    if not alibi_mask(arch, run):
+        return False
+    dt = resolve_dtypes(run)
+    padded = run.device == "cuda" and run.positions % 8 != 0
+    return padded or dt.residual_bytes != BYTES_PER_ELEMENT[dt.compute]
 
 
 def explicit_mask(arch: Architecture, run: RunConfig) -> bool:
@@ -292,6 +346,9 @@ class Attention:
         if qkv_views_kept(arch):
             # q, k, v are views of c_attn's output: its whole storage stays alive
             keep("c_attn output (q, k, v views)", T * (q + 2 * kv) * e, Kind.ATTN_QKV)
+            if alibi_mask_copied(arch, run):
+                mask = aligned_mask(b * nh, s, e, run.device)
+                keep("this layer's copy of the ALiBi mask (b, heads, s, s)", mask, Kind.ATTN_MASK)
         elif eager:
             # repeat_kv copies k and v to every query head (GQA). One KV head repeats as a
             # stride-0 view, and matmul's fold of (batch, heads) into one dim stays a view
@@ -559,6 +616,9 @@ class Attention:
         (transformers 5.24 modeling_gemma3.py l.704, l.729-739), one byte per element."""
         if sdpa_float_causal_mask(arch, run):
             return model_causal_mask(arch, run)
+        if alibi_mask(arch, run):  # (unless the kernels keep it: alibi_mask_saved)
+            held = Attention.held_layer_masks(arch, run) + Attention.alibi_mask_saved(arch, run)
+            return Attention.alibi_mask_bytes(arch, run) - held
         if image_block_mask(arch, run):  # (those checkpointing keeps: held_layer_masks)
             masks = 2 * run.batch_size * run.positions**2
             return masks - Attention.held_layer_masks(arch, run)
@@ -579,10 +639,30 @@ class Attention:
         (sliding_window_mask): the sliding layers' one."""
         if not run.grad_ckpt:
             return 0
+        if alibi_mask(arch, run):  # the model's one ALiBi mask
+            return Attention.alibi_mask_bytes(arch, run)
         if image_block_mask(arch, run):
             types = (1 if arch.full_layers else 0) + (1 if arch.sliding_layers else 0)
             return types * run.batch_size * run.positions**2
         return run.batch_size * run.positions**2 if sliding_window_mask(arch, run) else 0
+
+    @staticmethod
+    def alibi_mask_bytes(arch: Architecture, run: RunConfig) -> int:
+        """The model's ALiBi mask (alibi_mask): b·heads·s² in the embeddings' dtype (the
+        residual's: fp32 under autocast over fp32 weights)."""
+        if not alibi_mask(arch, run):
+            return 0
+        er = resolve_dtypes(run).residual_bytes
+        return run.batch_size * arch.num_heads * run.positions**2 * er
+
+    @staticmethod
+    def alibi_mask_saved(arch: Architecture, run: RunConfig) -> int:
+        """The model's ALiBi mask as the layers' kernels keep it, one storage for all of
+        them: when no layer copies it (alibi_mask_copied) and the blocks are not
+        checkpointed (then the checkpoints hold it: held_layer_masks)."""
+        if run.grad_ckpt or alibi_mask_copied(arch, run):
+            return 0
+        return Attention.alibi_mask_bytes(arch, run)
 
     @staticmethod
     def score_bytes(arch: Architecture, run: RunConfig) -> int:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ftmem.arch import Architecture, Linear
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan
+from ftmem.precision import Dtypes
 from ftmem.profiles import compiled_layers
 from ftmem.run import RunConfig
 
@@ -64,8 +65,11 @@ class LayerContext:
     @property
     def projection_out_bytes(self) -> int:
         """Bytes per element of a projection's output: the compute dtype, or the residual
-        dtype from 4-bit linears under autocast (quantized_outputs_in_input_dtype)."""
-        return self.residual if self.quantized_outputs_in_input_dtype else self.e
+        dtype from 4-bit linears under autocast (quantized_outputs_in_input_dtype) and from
+        biased linears that add their bias after an autocast matmul (Family
+        .bias_added_after_matmul: the fp32 bias promotes the product; falcon-rw)."""
+        promoted = bias_promotes_outputs(self.arch, self.plan.dtypes)
+        return self.residual if self.quantized_outputs_in_input_dtype or promoted else self.e
 
     @property
     def compiled(self) -> bool:
@@ -76,3 +80,13 @@ class LayerContext:
     def residual(self) -> int:
         """Bytes per element of the residual stream (fp32 params under autocast)."""
         return self.plan.dtypes.residual_bytes
+
+
+def bias_promotes_outputs(arch: Architecture, dtypes: Dtypes) -> bool:
+    """The projections answer in the residual's dtype because their bias is added after
+    an autocast matmul (Family.bias_added_after_matmul; Falcon's one ``bias`` setting
+    gives every linear a bias or none): fp32 under autocast over fp32 weights."""
+    biased = arch.attention_qkv_bias or arch.mlp_bias
+    return (
+        arch.traits.bias_added_after_matmul and biased and dtypes.autocast and dtypes.base == "fp32"
+    )
