@@ -590,34 +590,13 @@ def _pass(
     new_grads = not grads
     last_graph = rec.alloc(previous)
     c = s.comm
-    if s.teacher_forward or c.before:  # the moment before the forward, with its gathering
-        if s.empties_cache:
-            rec.empty_cache()
-        known = s.before_requests
-        gathered = rec.alloc(known) + rec.comm(_or(c.before, c.forward) - sum(known))
-        rec.moment(s.teacher_forward)
-        rec.free(gathered)
-        if s.empties_cache:
-            rec.empty_cache()
+    _before_forward(rec, s)
     # a pipeline stage: the other micro-batches' activations it holds meanwhile
     rec.host_copy(c.root_copy)  # the root unit's, at the model's pre-forward
     others = rec.alloc((s.activations.held,))
     below = rec.alloc(t.below)
     rec.alloc(workspaces[0])
-    kept: list[list[int]] = []
-    typical = sum(t.block_saved)
-    if c.unit_copy or c.forward:
-        for size in s.activations.per_block:
-            rec.host_copy(c.unit_copy)
-            gathered = rec.comm(c.forward)
-            kept.append(rec.alloc(t.block_saved if size == typical else (size,)))
-            rec.moment(s.block.forward)  # with the block's own saved tensors, as the timeline
-            rec.free(gathered)
-    else:  # the same requests without copies or communication (one GPU), calls spared
-        alloc, moment, transient = rec.alloc, rec.moment, s.block.forward
-        for size in s.activations.per_block:
-            kept.append(alloc(t.block_saved if size == typical else (size,)))
-            moment(transient)
+    kept = _blocks_forward(rec, s, t)
     requests = _head_requests(s, t)
     above = rec.alloc(t.above if requests is None else _without(t.above, requests.saved_item))
     gathered = rec.comm(_or(c.head_forward, c.forward))
@@ -657,6 +636,41 @@ def _pass(
     rec.free(below)
     rec.free(others)
     return grads
+
+
+def _before_forward(rec: _Recorder, s: StepSizes) -> None:
+    """The moment before the forward (a teacher's forward), with its gathering."""
+    c = s.comm
+    if not (s.teacher_forward or c.before):
+        return
+    if s.empties_cache:
+        rec.empty_cache()
+    known = s.before_requests
+    gathered = rec.alloc(known) + rec.comm(_or(c.before, c.forward) - sum(known))
+    rec.moment(s.teacher_forward)
+    rec.free(gathered)
+    if s.empties_cache:
+        rec.empty_cache()
+
+
+def _blocks_forward(rec: _Recorder, s: StepSizes, t: StepTensors) -> list[list[int]]:
+    """The blocks' forward: each block's saved tensors, kept for the backward."""
+    c = s.comm
+    kept: list[list[int]] = []
+    typical = sum(t.block_saved)
+    if c.unit_copy or c.forward:
+        for size in s.activations.per_block:
+            rec.host_copy(c.unit_copy)
+            gathered = rec.comm(c.forward)
+            kept.append(rec.alloc(t.block_saved if size == typical else (size,)))
+            rec.moment(s.block.forward)  # with the block's own saved tensors, as the timeline
+            rec.free(gathered)
+    else:  # the same requests without copies or communication (one GPU), calls spared
+        alloc, moment, transient = rec.alloc, rec.moment, s.block.forward
+        for size in s.activations.per_block:
+            kept.append(alloc(t.block_saved if size == typical else (size,)))
+            moment(transient)
+    return kept
 
 
 def _backward_ends(rec: _Recorder, s: StepSizes) -> None:

@@ -78,6 +78,22 @@ def _follow_fsdp_storage(tracker: LiveBytesTracker) -> Iterator[None]:
         _fsdp_param_group.alloc_storage = originals[0]
 
 
+def _wrap(model: Any, fully_shard: Any, kw: dict[str, Any], sharded_ends: bool, tied: bool) -> None:
+    """FSDP2 units: every block, then (torchtune's custom_sharded_layers:
+    ['tok_embeddings', 'output']) the embedding and the LM head, then the root."""
+    for blocks in block_lists(model):  # T5: every block of both stacks
+        for block in blocks:
+            fully_shard(block, **kw)
+    if sharded_ends:
+        ends = [model.get_input_embeddings(), model.get_output_embeddings()]
+        if tied:  # one weight: one unit of both modules
+            fully_shard(ends, **kw)
+        else:
+            for end in ends:
+                fully_shard(end, **kw)
+    fully_shard(model, **kw)
+
+
 def _rank_main(
     rank: int,
     world: int,
@@ -107,18 +123,7 @@ def _rank_main(
             # FSDP casts the gathered weights itself; the forward runs without autocast
             kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=half)
         model = build_model(arch, run, device="cpu", seed=0).model
-        for blocks in block_lists(model):  # T5: every block of both stacks
-            for block in blocks:
-                fully_shard(block, **kw)
-        if sharded_ends:  # torchtune's custom_sharded_layers: ['tok_embeddings', 'output']
-            hf: Any = model  # a transformers PreTrainedModel
-            ends = [hf.get_input_embeddings(), hf.get_output_embeddings()]
-            if arch.tie_embeddings:  # one weight: one unit of both modules
-                fully_shard(ends, **kw)
-            else:
-                for end in ends:
-                    fully_shard(end, **kw)
-        fully_shard(model, **kw)
+        _wrap(model, fully_shard, kw, sharded_ends, arch.tie_embeddings)
         optimizer = build_optimizer(model, run)
         gen = torch.Generator().manual_seed(rank)
         ids = torch.randint(0, arch.vocab_size, (run.batch_size, run.seq_len), generator=gen)
