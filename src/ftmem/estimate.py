@@ -329,20 +329,30 @@ def _rounded(
     at_peak: AtPeak, figures: DeviceFigures, run_peak: RunPeak | None
 ) -> tuple[AtPeak, DeviceFigures, RunPeak | None]:
     """The peak counted in the allocator's whole blocks: the replay's block rounding
-    (DeviceFigures.block_rounding, 0 on the CPU) as a part of the step's peak and added
-    to the run's (the moments outside the step keep their requested bytes: the rounding
-    is replayed at the run's peak only)."""
+    (DeviceFigures.block_rounding, 0 on the CPU) added where the run's allocated peak
+    is: a part of the step's peak, or, when the peak is a moment outside the step
+    (--peak-of run), that moment's (the rounding is replayed at the peak only)."""
     rounding = figures.block_rounding
     if not rounding:
         return at_peak, figures, run_peak
-    at_peak = at_peak.model_copy(update={"block_rounding": rounding})
-    if run_peak is not None:
-        run_peak = run_peak.model_copy(
-            update={
-                "allocated_bytes": run_peak.allocated_bytes + rounding,
-                "step_allocated_bytes": run_peak.step_allocated_bytes + rounding,
-            }
-        )
+    if run_peak is None or run_peak.moment == "step":
+        at_peak = at_peak.model_copy(update={"block_rounding": rounding})
+    if run_peak is None:
+        return at_peak, figures, run_peak
+    in_step = run_peak.moment == "step"
+    moments = [
+        m.model_copy(update={"allocated_bytes": m.allocated_bytes + rounding})
+        if m.name == run_peak.moment
+        else m
+        for m in run_peak.moments
+    ]
+    run_peak = run_peak.model_copy(
+        update={
+            "allocated_bytes": run_peak.allocated_bytes + rounding,
+            "step_allocated_bytes": run_peak.step_allocated_bytes + (rounding if in_step else 0),
+            "moments": moments,
+        }
+    )
     return at_peak, figures, run_peak
 
 
