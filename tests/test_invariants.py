@@ -40,7 +40,10 @@ def test_invariants(preset, precision):
                 m.phases.forward, m.phases.backward, m.phases.optimizer
             )
             assert est.model.n_trainable_params <= est.model.n_params + 10**9
-            peaks[(settings["method"], ckpt)] = m.peak_allocated_bytes
+            # compared in the bytes asked for: the caching allocator's whole blocks
+            # (block_rounding) are not monotonic (a larger request may miss a cached
+            # block whose unsplit rest a smaller one was counted with)
+            peaks[(settings["method"], ckpt)] = m.peak_allocated_bytes - m.at_peak.block_rounding
     # checkpointing never costs memory; QLoRA never exceeds LoRA; LoRA never exceeds full
     for method in ("full", "lora", "qlora"):
         assert peaks[(method, True)] <= peaks[(method, False)] * 1.0001

@@ -101,8 +101,10 @@ def _grpo(strategy: str | None, method: str = "lora", gpus: int = 4, **kw):
 
 def _before(est) -> int:
     """The moment before the training forward (generation, or the no_grad forwards), as
-    the timeline's forward phase holds it: the step's forward peak, where it is."""
-    return est.memory.phases.forward
+    the timeline's forward phase holds it: the step's forward peak, where it is, in the
+    bytes asked for (the allocator's block rounding, which every phase shows, is a
+    mechanism of its own: gpu/device.py)."""
+    return est.memory.phases.forward - est.memory.at_peak.block_rounding
 
 
 def _transient(est) -> int:

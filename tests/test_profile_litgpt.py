@@ -259,13 +259,17 @@ def test_last_graph_counts_in_the_forward_not_the_backward(llama: str) -> None:
     b, s = 1, 256
     run = dict(framework="litgpt", batch_size=b, seq_len=s, bnb_version="0.42.0", **QLORA)
     held = parts(llama, **run).sizes.previous_graph
-    old = estimate(llama, **run).memory.phases
-    new = estimate(llama, **dict(run, bnb_version="0.43.2")).memory.phases
+    old_memory = estimate(llama, **run).memory
+    new_memory = estimate(llama, **dict(run, bnb_version="0.43.2")).memory
+    old, new = old_memory.phases, new_memory.phases
+    # the phases carry the allocator's block rounding of each run's peak alike (its own
+    # mechanism, gpu/device.py); the tensors' bytes are compared
+    blocks = old_memory.at_peak.block_rounding - new_memory.at_peak.block_rounding
     # this pass's own kept inputs: the same tensors, but the attention output is the
     # kernel's saved output already (no bytes of its own)
     kept_inputs = held - L * 2 * b * s * NH * HS
-    assert old.forward - new.forward == held + kept_inputs
-    assert old.backward - new.backward == kept_inputs
+    assert old.forward - new.forward - blocks == held + kept_inputs
+    assert old.backward - new.backward - blocks == kept_inputs
 
 
 def test_a_ctx_attribute_outlives_backward_until_the_graph_goes() -> None:

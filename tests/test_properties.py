@@ -168,6 +168,15 @@ def test_no_part_at_the_peak_exceeds_its_size_on_many_gpus(model, run, par):
     _assert_no_part_exceeds_its_size(m)
 
 
+def _asked(m) -> int:
+    """The allocated peak in the bytes the tensors ask for. The block figure a CUDA run
+    reports on top (AtPeak.block_rounding: whole caching-allocator blocks) is not
+    monotonic: a larger request may miss a cached block whose unsplit rest a smaller one
+    was counted with (gpu/device.py). The monotonic properties hold for the requests,
+    and the block figure never reads below them."""
+    return m.peak_allocated_bytes - m.at_peak.block_rounding
+
+
 @given(model=st.sampled_from(PRESETS), run=runs, grow=st.sampled_from(["batch_size", "seq_len"]))
 def test_memory_never_decreases_with_batch_or_sequence(model, run, grow):
     bigger = {**run, grow: run[grow] * 2}
@@ -175,7 +184,8 @@ def test_memory_never_decreases_with_batch_or_sequence(model, run, grow):
         return
     small = estimate(model, **_settings(run)).memory
     large = estimate(model, **_settings(bigger)).memory
-    assert large.peak_allocated_bytes >= small.peak_allocated_bytes
+    assert _asked(large) >= _asked(small)
+    assert large.peak_allocated_bytes >= _asked(small)
     assert large.activations_bytes >= small.activations_bytes
 
 
@@ -185,7 +195,8 @@ def test_memory_never_decreases_with_batch_or_sequence(model, run, grow):
 def test_memory_never_decreases_with_lora_rank(model, r, method):
     low = estimate(model, method=method, lora_r=r, seq_len=256).memory
     high = estimate(model, method=method, lora_r=r + 1, seq_len=256).memory
-    assert high.peak_allocated_bytes >= low.peak_allocated_bytes
+    assert _asked(high) >= _asked(low)
+    assert high.peak_allocated_bytes >= _asked(low)
     assert high.weights_bytes > low.weights_bytes
 
 
@@ -196,7 +207,8 @@ def test_memory_never_decreases_with_trainable_layers(model, n):
         return
     fewer = estimate(model, method="freeze", trainable_layers=n, seq_len=256).memory
     more = estimate(model, method="freeze", trainable_layers=n + 1, seq_len=256).memory
-    assert more.peak_allocated_bytes >= fewer.peak_allocated_bytes
+    assert _asked(more) >= _asked(fewer)
+    assert more.peak_allocated_bytes >= _asked(fewer)
 
 
 @given(
@@ -208,7 +220,7 @@ def test_qlora_le_lora_le_full(model, precision, seq):
     if not _fits_learned_positions(model, {"seq_len": seq, "precision": precision}):
         return
     peak = {
-        m: estimate(model, method=m, precision=precision, seq_len=seq).memory.peak_allocated_bytes
+        m: _asked(estimate(model, method=m, precision=precision, seq_len=seq).memory)
         for m in ("qlora", "lora", "full")
     }
     assert peak["qlora"] <= peak["lora"] <= peak["full"]
@@ -339,7 +351,8 @@ def test_every_method_and_feature_gives_a_consistent_estimate_or_one_sentence(mo
     assert m.peak_allocated_bytes >= m.weights_bytes + m.optimizer_states_bytes
     _assert_no_part_exceeds_its_size(m)
     longer = estimate(model, **_feature_settings({**run, "seq_len": run["seq_len"] * 2})).memory
-    assert longer.peak_allocated_bytes >= m.peak_allocated_bytes
+    assert _asked(longer) >= _asked(m)
+    assert longer.peak_allocated_bytes >= _asked(m)
 
 
 @given(

@@ -379,8 +379,13 @@ def test_the_worked_example_of_docs_objectives_for_trl_116():
     assert (old.logits_forward, old.loss_backward) == (378_535_936, 131_072_000)
     new_peak = estimate_step(arch, _run(**settings)).memory.peak_allocated_bytes
     old_peak = estimate_step(arch, RunConfig(grad_ckpt=False, **settings)).memory
-    assert f"{new_peak / 2**30:.2f}" == "22.91"
-    assert f"{old_peak.peak_allocated_bytes / 2**30:.2f}" == "23.13"
+    assert f"{new_peak / 2**30:.2f}" == "22.94"
+    assert f"{old_peak.peak_allocated_bytes / 2**30:.2f}" == "23.17"
+    # the tensors' bytes, without the allocator's block rounding (gpu/device.py)
+    new_asked = new_peak - estimate_step(arch, _run(**settings)).memory.at_peak.block_rounding
+    old_asked = old_peak.peak_allocated_bytes - old_peak.at_peak.block_rounding
+    assert f"{new_asked / 2**30:.2f}" == "22.91"
+    assert f"{old_asked / 2**30:.2f}" == "23.13"
 
 
 def test_the_worked_example_of_docs_grpo_for_trl_116():
@@ -402,5 +407,8 @@ def test_the_worked_example_of_docs_grpo_for_trl_116():
     assert parts.sizes.head.loss_backward == 369_115_136
     new = estimate_step(arch, _run(**settings)).memory
     old = estimate_step(arch, RunConfig(grad_ckpt=False, **settings)).memory
-    assert (new.peak_phase, f"{new.peak_allocated_bytes / 2**30:.2f}") == ("backward", "53.35")
-    assert f"{old.peak_allocated_bytes / 2**30:.2f}" == "53.77"
+    assert (new.peak_phase, f"{new.peak_allocated_bytes / 2**30:.2f}") == ("backward", "53.38")
+    assert f"{old.peak_allocated_bytes / 2**30:.2f}" == "53.80"
+    # the tensors' bytes, without the allocator's block rounding (gpu/device.py)
+    asked = [m.peak_allocated_bytes - m.at_peak.block_rounding for m in (new, old)]
+    assert [f"{a / 2**30:.2f}" for a in asked] == ["53.35", "53.77"]

@@ -124,8 +124,10 @@ def test_variable_lengths_keep_the_allocated_peak_and_add_to_reserved():
     fixed = ftmem.estimate(LLAMA_3B, **PEFT_LORA).memory
     varied = ftmem.estimate(LLAMA_3B, **PEFT_LORA, lengths="padded:70").memory
     grouped = ftmem.estimate(LLAMA_3B, **PEFT_LORA, lengths="grouped:70").memory
-    assert varied.peak_allocated_bytes == grouped.peak_allocated_bytes
-    assert varied.peak_allocated_bytes == fixed.peak_allocated_bytes
+    # in the bytes asked for: the allocator's whole blocks (block_rounding) depend on the
+    # replayed order of lengths, as the reserved figure does
+    asked = [m.peak_allocated_bytes - m.at_peak.block_rounding for m in (fixed, varied, grouped)]
+    assert asked[0] == asked[1] == asked[2]
     # at least one more copy of the logits' fp32 log-softmax (4·b·s·V bytes) at a length
     # below the longest is cached: the shortest record, s = 70 + ceil(280·(1 - 1/e))
     shortest = 70 + math.ceil(280 * (1 - math.exp(-1)))

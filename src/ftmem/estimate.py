@@ -320,6 +320,39 @@ def _device(
         steps=steps,
         allocator=run.allocator,
         fits_within=gpu.memory_bytes if gpu is not None and _SCREENING.get() else None,
+        # the seed's simple accounting is its own sum of buckets, not the replayed step
+        whole_blocks=run.accounting != "simple",
+    )
+    return _rounded(at_peak, figures, run_peak)
+
+
+def _rounded(
+    at_peak: AtPeak, figures: DeviceFigures, run_peak: RunPeak | None
+) -> tuple[AtPeak, DeviceFigures, RunPeak | None]:
+    """The peak counted in the allocator's whole blocks: the replay's block rounding
+    (DeviceFigures.block_rounding, 0 on the CPU) added where the run's allocated peak
+    is: a part of the step's peak, or, when the peak is a moment outside the step
+    (--peak-of run), that moment's (the rounding is replayed at the peak only)."""
+    rounding = figures.block_rounding
+    if not rounding:
+        return at_peak, figures, run_peak
+    if run_peak is None or run_peak.moment == "step":
+        at_peak = at_peak.model_copy(update={"block_rounding": rounding})
+    if run_peak is None:
+        return at_peak, figures, run_peak
+    in_step = run_peak.moment == "step"
+    moments = [
+        m.model_copy(update={"allocated_bytes": m.allocated_bytes + rounding})
+        if m.name == run_peak.moment
+        else m
+        for m in run_peak.moments
+    ]
+    run_peak = run_peak.model_copy(
+        update={
+            "allocated_bytes": run_peak.allocated_bytes + rounding,
+            "step_allocated_bytes": run_peak.step_allocated_bytes + (rounding if in_step else 0),
+            "moments": moments,
+        }
     )
     return at_peak, figures, run_peak
 
@@ -443,7 +476,10 @@ def _memory(
         at_peak, c, sum(parts.graph_leaves), parts.sizes.gradients.tied_held
     )
     peak = run_peak.allocated_bytes if run_peak else at_peak.total
-    ws = at_peak.workspaces  # kept for the run's life: in every phase of a steady step
+    # the workspaces are kept for the run's life: in every phase of a steady step; the
+    # block rounding is replayed at the peak only and shown in every phase alike (most
+    # of it belongs to the tensors held through the step)
+    ws = at_peak.workspaces + at_peak.block_rounding
     if ws:
         phases = PhasePeaks(
             forward=phases.forward + ws,
@@ -594,7 +630,10 @@ def _estimate_parallel(
         step.parts,
         figures,
     )
-    info = _parallel_info(arch, par, step, memory.overhead_bytes, at_peak.workspaces)
+    # every stage holds its workspaces; the block rounding is the worst rank's, replayed
+    info = _parallel_info(
+        arch, par, step, memory.overhead_bytes, at_peak.workspaces + at_peak.block_rounding
+    )
     full_trainable = plan_method(arch, run).n_trainable
     notes = list(step.parts.plan.notes) + parallel_notes(arch, run, par, step)
     if run.objective != "sft":  # what the objective adds, as on one GPU
@@ -675,13 +714,14 @@ def _check_parallel_run(run: RunConfig) -> None:
 
 
 def _parallel_info(
-    arch: Architecture, par: ParallelConfig, step: ParallelStep, overhead: int, workspaces: int
+    arch: Architecture, par: ParallelConfig, step: ParallelStep, overhead: int, on_every_gpu: int
 ) -> ParallelInfo:
     """How the job is laid out, which rank holds the most, and what sits off the GPUs."""
     rank = step.ranks[step.worst]
     host_node = rank.host_bytes * par.gpus
     host_fits = None if par.host_memory_bytes is None else host_node <= par.host_memory_bytes
-    stage_peaks = [p + workspaces for p in step.peaks]  # the BLAS workspaces on every GPU
+    # the BLAS workspaces (and the block rounding) on every GPU
+    stage_peaks = [p + on_every_gpu for p in step.peaks]
     per_gpu_totals = [p + overhead for p in stage_peaks]
     reduce, prefetch, persist = par.buckets(arch)
     gemini = par.resolved_strategy == "colossalai-gemini"

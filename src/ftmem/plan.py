@@ -541,12 +541,13 @@ def _fewest_from_strongest(
 
 def _short_beyond_cache(est: Estimate) -> bool:
     """Whether every run that allocates at least ``est``'s peak is short of the GPU: short
-    by more than its allocator cache (reserved − allocated). The cache is the part of the
-    total that can grow when a run allocates less (another sequence of blocks for the
-    caching allocator to reuse: ftmem.gpu.device), so a lever that only lowers the
-    allocated peak can still raise the total a little."""
+    by more than its allocator cache (reserved − allocated) and its block rounding. Both
+    are the part of the total that can grow when a run asks for less (another sequence
+    of blocks for the caching allocator to reuse or leave unsplit: ftmem.gpu.device), so
+    a lever that only lowers the bytes asked for can still raise the total a little."""
     short = -(est.headroom_bytes or 0)
-    return short > est.memory.beyond_allocated.allocator_cache
+    m = est.memory
+    return short > m.beyond_allocated.allocator_cache + m.at_peak.block_rounding
 
 
 def _with_only_lowering(settings: Settings, combo: tuple[Change, ...]) -> tuple[Change, ...]:

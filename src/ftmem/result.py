@@ -30,6 +30,12 @@ class AtPeak(_Frozen):
     communication: int = 0  # gathered weights and buckets (multi-GPU strategies)
     # cuBLAS / cuBLASLt workspaces from the caching allocator (CUDA; ftmem.gpu.runtime)
     workspaces: int = 0
+    # CUDA: what the caching allocator's whole blocks add to the bytes the tensors ask
+    # for (requests rounded up to 512 bytes, cached blocks handed out unsplit), as
+    # max_memory_allocated counts them (ftmem.gpu.device.block_rounding); left out of a
+    # dump when there is none (the CPU; a run whose peak is a moment outside the step
+    # carries it in that moment's figure, RunPeak)
+    block_rounding: int = Field(0, exclude_if=lambda value: value == 0)
 
     @property
     def total(self) -> int:
@@ -41,6 +47,7 @@ class AtPeak(_Frozen):
             + self.temporaries
             + self.communication
             + self.workspaces
+            + self.block_rounding
         )
 
 

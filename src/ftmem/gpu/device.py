@@ -1,7 +1,9 @@
 """The three numbers of a run on a CUDA GPU: allocated, reserved, device.
 
 * allocated (``torch.cuda.max_memory_allocated``): the step's tensors (the timeline's
-  peak) and the cuBLAS workspaces PyTorch takes from its allocator;
+  peak) and the cuBLAS workspaces PyTorch takes from its allocator, each counted as the
+  whole block the allocator hands out (``block_rounding``: the replay's block peak less
+  its requested peak);
 * reserved (``max_memory_reserved``): what the caching allocator holds at its peak, the
   allocated peak plus the cache it keeps (rounding, segments it cannot reuse), from
   replaying the run's requests in order through the allocator model (gpu.trace,
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ftmem.gpu.alloc_conf import AllocatorOptions
+from ftmem.gpu.allocator import AllocatorStats
 from ftmem.gpu.runtime import Runtime, runtime_for
 from ftmem.gpu.trace import STEP_ONLY, RunOutside, StepTensors, replay_run
 from ftmem.hardware import Gpu
@@ -39,8 +42,12 @@ class DeviceFigures:
     cuda_context: int
     nccl: int
     # False: the replay was skipped for a run that cannot fit (device_figures'
-    # fits_within); the allocator cache is then taken as 0, a lower bound
+    # fits_within); the allocator cache and the block rounding are then taken as 0,
+    # lower bounds
     replayed: bool = True
+    # what the allocated peak gains from counting whole blocks (block_rounding); the
+    # reserved and device figures include it
+    block_rounding: int = 0
 
 
 def cuda_runtime(
@@ -78,6 +85,22 @@ Steps = tuple[tuple[StepSizes, StepTensors], ...]
 
 
 @lru_cache(maxsize=512)  # plan, compare and sweeps estimate the same step more than once
+def replayed_stats(
+    steps: Steps,
+    kept: tuple[tuple[int, ...], tuple[int, ...]],
+    comm_stream: bool = False,
+    outside: RunOutside = STEP_ONLY,
+    options: tuple[tuple[str, object], ...] = (),
+    grad_stream: bool = False,
+) -> AllocatorStats:
+    """The caching allocator's statistics after the run's requests, replayed through its
+    rules (``comm_stream``: FSDP requests its all-gather and reduce-scatter buffers on
+    streams of their own; ``options``: PYTORCH_CUDA_ALLOC_CONF's, as items;
+    ``grad_stream``: a sharded FSDP run's gradient shards are made on its post-backward
+    stream). The replay's peaks are the longest step's."""
+    return replay_run(steps, kept, comm_stream, outside, grad_stream=grad_stream, **dict(options))
+
+
 def allocator_cache(
     steps: Steps,
     kept: tuple[tuple[int, ...], tuple[int, ...]],
@@ -86,14 +109,24 @@ def allocator_cache(
     options: tuple[tuple[str, object], ...] = (),
     grad_stream: bool = False,
 ) -> int:
-    """What the caching allocator holds beyond the allocated peak, at its reserved peak:
-    the run's requests replayed through its rules (``comm_stream``: FSDP requests its
-    all-gather and reduce-scatter buffers on streams of their own; ``options``:
-    PYTORCH_CUDA_ALLOC_CONF's, as items; ``grad_stream``: a sharded FSDP run's gradient
-    shards are made on its post-backward stream). The replay's own allocated peak is
-    the longest step's."""
-    stats = replay_run(steps, kept, comm_stream, outside, grad_stream=grad_stream, **dict(options))
+    """What the caching allocator holds beyond the allocated peak, at its reserved peak
+    (replayed_stats' arguments)."""
+    stats = replayed_stats(steps, kept, comm_stream, outside, options, grad_stream)
     return max(0, stats.peak_reserved - stats.peak_allocated)
+
+
+def block_rounding(stats: AllocatorStats) -> int:
+    """What ``max_memory_allocated`` counts beyond the bytes the tensors asked for, at the
+    replay's peak. In gpu.allocator.SOURCE, malloc rounds the request (``size_t size =
+    round_size(orig_size);``: up to a multiple of 512 bytes), takes a block and splits it
+    only where should_split says so (the rest at least 512 bytes in the small pool, more
+    than 1 MiB in the large one), else hands out the whole block; alloc_found_block then
+    counts ``increase_stat(stats.allocated_bytes[stat_type], block->size)`` beside
+    ``increase_stat(stats.requested_bytes[stat_type], block->requested_size)``, the size
+    asked for. max_memory_allocated reads the first's peak ("allocated_bytes.all.peak");
+    the timeline sums the second. Never negative: at every moment the blocks cover the
+    requests, so the block peak is at least the requested one."""
+    return max(0, stats.peak_allocated - stats.peak_requested)
 
 
 def device_figures(
@@ -109,8 +142,10 @@ def device_figures(
     steps: Sequence[tuple[StepSizes, StepTensors]] = (),
     allocator: AllocatorOptions | None = None,
     fits_within: int | None = None,
+    whole_blocks: bool = True,
 ) -> DeviceFigures:
-    """Reserved and device figures around the ``allocated`` peak (workspaces included);
+    """Reserved and device figures around the ``allocated`` peak (workspaces included;
+    the timeline's requested bytes, to which the replay's block rounding is added);
     ``rt`` None: the CPU; ``comm_stream`` / ``grad_stream``: FSDP's side streams
     (gpu.trace.run_events); ``overhead``: the user's own figure for everything beyond the
     allocated peak; ``outside``: the run's moments beside the step, replayed with it;
@@ -120,7 +155,8 @@ def device_figures(
     where only whether the run fits it matters: when the allocated peak and what lives
     beyond the allocator already exceed it, no cache can make the run fit (the reserved
     peak is never below the allocated one), so the replay is skipped and the cache
-    taken as 0."""
+    taken as 0; ``whole_blocks`` False: the allocated figure stays in the bytes asked
+    for (the seed's simple accounting, a sum of buckets rather than the replayed step)."""
     if rt is None:
         return DeviceFigures(allocated, allocated, 0, 0, 0)
     beyond = rt.outside_allocator_bytes if overhead is None else overhead
@@ -130,12 +166,16 @@ def device_figures(
         return DeviceFigures(allocated, allocated + beyond, 0, context, nccl, replayed=False)
     replayed = tuple(steps) or ((sizes, tensors), (sizes, tensors))
     options = tuple(sorted((allocator or {}).items()))
-    cache = allocator_cache(
+    stats = replayed_stats(
         replayed, kept_per_thread(rt), comm_stream, outside, options, grad_stream
     )
+    # the timeline's peak counts the bytes asked for; the allocator counts whole blocks
+    rounding = block_rounding(stats) if whole_blocks else 0
+    allocated += rounding
+    cache = max(0, stats.peak_reserved - stats.peak_allocated)
     reserved = allocated + cache
     if overhead is not None:
-        return DeviceFigures(reserved, allocated + overhead, cache, 0, 0)
+        return DeviceFigures(reserved, allocated + overhead, cache, 0, 0, True, rounding)
     device = reserved + rt.outside_allocator_bytes
     context = rt.outside_allocator_bytes - rt.nccl_bytes  # cuBLAS's own workspaces too
-    return DeviceFigures(reserved, device, cache, context, rt.nccl_bytes)
+    return DeviceFigures(reserved, device, cache, context, rt.nccl_bytes, True, rounding)

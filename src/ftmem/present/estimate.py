@@ -72,6 +72,15 @@ CSV_MEMORY = (
 )
 
 
+def device_parts(m: Memory) -> list[tuple[str, int]]:
+    """The parts of the peak a CUDA run adds to the step's tensors, where there are any:
+    the BLAS workspaces and what the caching allocator's whole blocks add to the bytes
+    asked for (ftmem.gpu.device)."""
+    a = m.at_peak
+    parts = [("BLAS workspaces", a.workspaces), ("Allocator block rounding", a.block_rounding)]
+    return [(label, value) for label, value in parts if value]
+
+
 def peak_where(m: Memory) -> str:
     """Where the allocated peak is: a phase of the step, or a moment of the run outside
     it (ftmem.run_phases; --peak-of run)."""
@@ -207,6 +216,9 @@ def table(est: Estimate, units: UnitSystem = "GiB") -> RenderableType:
             format_bytes(live, units),
             f"{bar(share)} {share:6.1%}",
         )
+    for label, live in device_parts(m):
+        share = live / peak
+        tbl.add_row(label, "", format_bytes(live, units), f"{bar(share)} {share:6.1%}")
     tbl.add_section()
     for label, value in step_rows(m):
         tbl.add_row(label, "", format_bytes(value, units), "")
@@ -357,6 +369,7 @@ def markdown(est: Estimate, units: UnitSystem = "GiB") -> str:
             f"{format_bytes(getattr(m.at_peak, key), units)} |"
         )
     lines += [
+        *(f"| {label} | | {format_bytes(value, units)} |" for label, value in device_parts(m)),
         *(f"| {label} | | {format_bytes(value, units)} |" for label, value in step_rows(m)),
         f"| **Peak allocated** ({peak_where(m)}) | | {format_bytes(m.peak_allocated_bytes, units)} |",
         *(f"| {label} | | {format_bytes(value, units)} |" for label, value in beyond_rows(m)),

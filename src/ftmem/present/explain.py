@@ -318,6 +318,8 @@ def _phases_peak_lines(est: Estimate, units: UnitSystem) -> list[str]:
         ("activations", a.activations),
         ("temporaries", a.temporaries),
         ("gathered weights and buckets", a.communication),
+        ("BLAS workspaces", a.workspaces),
+        ("allocator block rounding", a.block_rounding),
     ]
     live = " + ".join(f"{name} {_b(v, units)}" for name, v in parts if v)
     return [

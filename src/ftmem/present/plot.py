@@ -26,6 +26,7 @@ PARTS = (
     ("temporaries", "Temporaries"),
     ("communication", "Gathered weights, buckets"),
     ("workspaces", "BLAS workspaces"),
+    ("block_rounding", "Allocator block rounding"),
 )
 
 
