@@ -429,6 +429,12 @@ class BestFit:
             setattr(other, name, value.copy() if isinstance(value, list | dict | set) else value)
         return other
 
+    def layout(self) -> tuple[object, ...]:
+        """What decides every later request (gpu.trace's settling replay): the pools'
+        free blocks with their addresses, where the next segment goes, what is
+        reserved; the live blocks are the segments' rest."""
+        return (tuple(self._small), tuple(self._large), self._next_addr, self.reserved)
+
     def reset_peaks(self) -> None:
         self.peak_allocated = self.allocated
         self.peak_reserved = self.reserved
