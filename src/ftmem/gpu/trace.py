@@ -525,7 +525,7 @@ A run of identical steps reaches the allocator's steady state once a step leaves
 pools as the step before left them (free blocks, their addresses, the next segment's
 address, what is reserved): the requests being the same, every later step then repeats
 it block for block, and the peaks stop moving. Every calibration run's replay repeats by
-its third step (calibration/notes/qwen.md); the bound only caps the cost of a replay
+its fourth step (calibration/notes/qwen.md); the bound only caps the cost of a replay
 that does not, whose figure is then its last step's."""
 
 
