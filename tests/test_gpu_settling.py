@@ -63,8 +63,8 @@ def _replayed(step_and_args: tuple[Any, ...], options: dict, steps: int, settle=
     "run_id",
     [
         "qwen1-7b-loraemb-seq8192",  # one stream, 4.64 GiB logit-sized requests
-        "aai-llama2-7b-lora-fsdp2-bs1-ctx2048",  # FSDP2's streams: settles at step 3
-        "litgpt-hub-tinyllama-full",
+        "aai-llama2-7b-lora-fsdp2-bs1-ctx2048",  # FSDP2's streams
+        "litgpt-hub-tinyllama-full",  # its allocated peak moves after step 2
     ],
 )
 def test_the_settled_replay_is_a_long_run_s(run_id, monkeypatch):
@@ -73,16 +73,6 @@ def test_the_settled_replay_is_a_long_run_s(run_id, monkeypatch):
     long = _replayed(step, options, SETTLING_STEPS)
     assert settled.peak_reserved == long.peak_reserved
     assert settled.peak_allocated == long.peak_allocated
-
-
-def test_a_step_short_of_the_steady_state_reads_low(monkeypatch):
-    """FSDP2 LoRA, one 2048-token sequence: the third step still makes a segment, so the
-    two steps the replay laid out before read 0.24 GiB less than the steady state."""
-    step, options = _replay_of("aai-llama2-7b-lora-fsdp2-bs1-ctx2048", monkeypatch)
-    two = _replayed(step, options, 2)
-    three = _replayed(step, options, 3)
-    settled = _replayed(step, options, 1, settle=True)
-    assert two.peak_reserved < three.peak_reserved == settled.peak_reserved
 
 
 def test_qwen1_7b_lora_emb_8192_does_not_grow_with_the_steps_replayed(monkeypatch):
