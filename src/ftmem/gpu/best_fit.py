@@ -431,9 +431,11 @@ class BestFit:
 
     def layout(self) -> tuple[object, ...]:
         """What decides every later request (gpu.trace's settling replay): the pools'
-        free blocks with their addresses, where the next segment goes, what is
-        reserved; the live blocks are the segments' rest."""
-        return (tuple(self._small), tuple(self._large), self._next_addr, self.reserved)
+        free blocks with their addresses, the blocks freed while record_stream'ed and
+        not yet back, where the next segment goes, what is reserved; the live blocks are
+        the segments' rest."""
+        pending = tuple(self._pending.items())
+        return (tuple(self._small), tuple(self._large), pending, self._next_addr, self.reserved)
 
     def reset_peaks(self) -> None:
         self.peak_allocated = self.allocated
