@@ -87,8 +87,10 @@ def test_torch_2_0_foreach_adamw_two_dtype_groups():
     """Two (device, dtype) groups in one _multi_tensor_adamw call (torch v2.0.0): the
     second group's sqrt is allocated while the first group's sqrt and denom are still
     bound (2·S1 + S2), its denom while the first denom is (S1 + 2·S2): peak S1 + S2 +
-    max(S1, S2), against max(S1, S2) in later torch. fp32 LoRA adapters (q, v; r = 8) and
-    bf16 trainable copies of the embedding and the head (peft modules_to_save)."""
+    max(S1, S2). Later torch keeps one list per group, also bound until the next group's
+    is made: S1 + S2 (measured, tests/test_optim_foreach_groups.py), so 2.0 holds
+    max(S1, S2) more. fp32 LoRA adapters (q, v; r = 8) and bf16 trainable copies of the
+    embedding and the head (peft modules_to_save)."""
     r = 8
     settings = dict(method="lora", precision="bf16", adapter_dtype="fp32", lora_r=r, **CPU_FOREACH)
     settings |= dict(lora_targets="q,v", lora_modules_to_save="embed,head")
@@ -96,8 +98,8 @@ def test_torch_2_0_foreach_adamw_two_dtype_groups():
     s_bf16 = 2 * 2 * V * H  # the two V x h copies, bf16
     new = estimate(tiny("llama"), **settings).memory
     old = estimate(tiny("llama"), torch_version="2.0.0", **settings).memory
-    assert new.temporaries_bytes >= max(s_fp32, s_bf16)
-    assert old.phases.optimizer - new.phases.optimizer == s_fp32 + s_bf16
+    assert new.temporaries_bytes >= s_fp32 + s_bf16
+    assert old.phases.optimizer - new.phases.optimizer == max(s_fp32, s_bf16)
 
 
 @pytest.mark.parametrize("version", [None, "2.1.0", "2.4", "2.13.0+cu130"])

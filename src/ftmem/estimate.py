@@ -43,6 +43,7 @@ from ftmem.ops.attention import (
     padding_notes,
     sliding_mask_notes,
 )
+from ftmem.optim import optimizer_step_temporary_tensors, state_bytes_per_tensor
 from ftmem.parallel import (
     FSDP,
     SHARDED_FSDP,
@@ -292,7 +293,7 @@ def _device(
     rt, run_peak, outside = None, None, wrap
     steps: list[tuple[StepSizes, StepTensors]] = []
     leaf = _leaf_shards(run, par)
-    tensors = _tensors(parts, sizes, leaf)
+    tensors = _tensors(parts, sizes, leaf, run)
     if run.device == "cuda":
         rt = cuda_runtime(gpu, run.torch_version, *((par.gpus, par.nodes) if par else ()))
         at_peak = at_peak.model_copy(update={"workspaces": workspace_bytes(rt)})
@@ -412,21 +413,35 @@ def _length_steps(
     at: dict[int, tuple[StepSizes, StepTensors]] = {}
     for length in lengths:
         parts, sizes = step_at(length)
-        at[length] = (sizes, _tensors(parts, sizes, leaf_shards))
+        at[length] = (sizes, _tensors(parts, sizes, leaf_shards, run))
     return [at[length] for length in run.replayed_steps]
 
 
-def _tensors(parts: StepParts, sizes: StepSizes, leaf_shards: int = 0) -> StepTensors:
+def _tensors(
+    parts: StepParts, sizes: StepSizes, leaf_shards: int = 0, run: RunConfig | None = None
+) -> StepTensors:
     """The step's tensors one by one (a sharded rank's as flat buffers; ``leaf_shards``:
     the shard count where each trainable tensor is an FSDP unit of its own, whose
-    gradient shards are then one tensor each)."""
+    gradient shards are then one tensor each; ``run``: its optimizer's states and
+    temporaries per tensor, else in proportion to the tensors' element counts)."""
     # the graph's leaves first: the hooked embeddings' outputs, made before what the
     # embedding side saves (the two sums the timeline adds in its ``below``)
     items = [*parts.graph_leaves, *(s.nbytes for s in parts.outer_items)]
     below, above = outer_sides(items, sizes.activations.below, sizes.activations.above)
     block = [s.nbytes for s in parts.typical_block]
     if sizes is parts.sizes:
-        return plan_tensors(parts.plan, sizes, block, below, above)
+        if run is None:
+            return plan_tensors(parts.plan, sizes, block, below, above)
+        groups = parts.plan.groups
+        return plan_tensors(
+            parts.plan,
+            sizes,
+            block,
+            below,
+            above,
+            state_shares=state_bytes_per_tensor(groups, run),
+            temporaries=optimizer_step_temporary_tensors(groups, run),
+        )
     coarse = coarse_tensors(sizes, block, below, above)
     if not leaf_shards or not coarse.block_grads:
         return coarse

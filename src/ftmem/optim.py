@@ -68,42 +68,65 @@ def step_tensor_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
 
 def optimizer_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
     """Bytes of optimizer state held on the training device for the trainable tensors."""
-    opt = run.optimizer
     total = 0
     any_8bit = False
     for g in groups:
         if not g.trainable:
             continue
-        n, count, pb = g.numel, g.count, g.element_bytes
-        projector = 0
-        if g.galore_rank:
-            # Adam's moments live in the projected space; the projector is kept in the
-            # parameter's dtype
-            n, projector = galore_shapes(g)
-            projector *= pb
-        if opt in ("adamw", "adamw-fp32"):
-            state = 4 if opt == "adamw-fp32" else pb
-            per = 2 * n * state
-        elif opt in ("adamw-8bit", "paged-adamw-8bit"):
-            if n < BNB_MIN_8BIT_SIZE:
-                per = 2 * n * 4
-            else:
-                any_8bit = True
-                per = 2 * n + 2 * 4 * ceil_div(n, BNB_BLOCK)
-        elif opt in TORCHAO_OPTIMIZERS:
-            per = torchao_state_bytes(n, pb, run)
-        elif opt == "sgd":
-            per = 0
-        elif opt in ("sgd-momentum", "lion"):
-            per = n * pb
-        elif opt == "adafactor":
-            per = _adafactor_tensor_bytes(g.shape)
-        else:  # pragma: no cover - RunConfig validates the name
-            raise AssertionError(opt)
-        total += (per + projector) * count
+        per, eight_bit = _tensor_state_bytes(g, run)
+        total += per * g.count
+        any_8bit = any_8bit or eight_bit
     if any_8bit:
         total += BNB_QMAP_BYTES
     return total + step_tensor_bytes(groups, run)
+
+
+def state_bytes_per_tensor(groups: Iterable[TensorGroup], run: RunConfig) -> tuple[int, ...]:
+    """Each trainable tensor's optimizer state bytes (all its state tensors), one entry
+    per tensor in the groups' order: the allocator replay's shares of the states' sum
+    (gpu.trace.plan_tensors). torch's Adam makes ``exp_avg`` and ``exp_avg_sq`` with
+    ``torch.zeros_like(p, memory_format=torch.preserve_format)`` (torch/optim/adamw.py
+    ``_init_group``, the same in v2.0.0 and 2.13): in the parameter's own dtype, so a
+    bf16 embedding copy beside fp32 adapters has 2-byte states and they 4-byte ones."""
+    out: list[int] = []
+    for g in groups:
+        if g.trainable:
+            out += [_tensor_state_bytes(g, run)[0]] * g.count
+    return tuple(out)
+
+
+def _tensor_state_bytes(g: TensorGroup, run: RunConfig) -> tuple[int, bool]:
+    """One tensor of ``g``'s optimizer state bytes, and whether they are 8-bit blockwise
+    (which adds bitsandbytes' shared code books once per run)."""
+    opt = run.optimizer
+    n, pb = g.numel, g.element_bytes
+    projector = 0
+    if g.galore_rank:
+        # Adam's moments live in the projected space; the projector is kept in the
+        # parameter's dtype
+        n, projector = galore_shapes(g)
+        projector *= pb
+    eight_bit = False
+    if opt in ("adamw", "adamw-fp32"):
+        state = 4 if opt == "adamw-fp32" else pb
+        per = 2 * n * state
+    elif opt in ("adamw-8bit", "paged-adamw-8bit"):
+        if n < BNB_MIN_8BIT_SIZE:
+            per = 2 * n * 4
+        else:
+            eight_bit = True
+            per = 2 * n + 2 * 4 * ceil_div(n, BNB_BLOCK)
+    elif opt in TORCHAO_OPTIMIZERS:
+        per = torchao_state_bytes(n, pb, run)
+    elif opt == "sgd":
+        per = 0
+    elif opt in ("sgd-momentum", "lion"):
+        per = n * pb
+    elif opt == "adafactor":
+        per = _adafactor_tensor_bytes(g.shape)
+    else:  # pragma: no cover - RunConfig validates the name
+        raise AssertionError(opt)
+    return per + projector, eight_bit
 
 
 def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
@@ -127,14 +150,9 @@ def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig
     if opt in ("adamw", "adamw-fp32"):
         if impl == "fused":
             return 0
-        state = lambda g: 4 if opt == "adamw-fp32" else g.element_bytes  # noqa: E731
         if impl == "foreach":
-            by_dtype: dict[int, int] = {}
-            for g in trainable:
-                by_dtype[state(g)] = by_dtype.get(state(g), 0) + g.total_numel * state(g)
-            if torch_adamw_denom_out_of_place(run):
-                return _torch20_foreach_adamw_peak(list(by_dtype.values()))
-            return max(by_dtype.values())
+            return sum(optimizer_step_temporary_tensors(trainable, run))
+        state = lambda g: 4 if opt == "adamw-fp32" else g.element_bytes  # noqa: E731
         return max(2 * g.numel * state(g) for g in trainable)
     if opt == "adafactor":
         # per tensor: fp32 grad copy when 16-bit, update = grad**2 (+ eps), the
@@ -145,19 +163,49 @@ def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig
     return 0
 
 
-def _torch20_foreach_adamw_peak(group_bytes: list[int]) -> int:
-    """torch < 2.1's foreach AdamW: per (device, dtype) group, in the order its tensors
-    first appear, ``exp_avg_sq_sqrt = torch._foreach_sqrt(...)`` and then
-    ``denom = torch._foreach_add(exp_avg_sq_sqrt, eps)`` out of place, both alive until the
-    loop rebinds them in the next group (pytorch/pytorch@c263bd43 = v2.0.0
-    torch/optim/adamw.py _multi_tensor_adamw, non-capturable branch; ftmem.versions).
-    Group i's square root is allocated beside group i-1's two lists, its denominator
-    beside group i-1's denominator: 2·S(i-1) + S(i), then S(i-1) + 2·S(i)."""
-    peak, previous = 0, 0
-    for size in group_bytes:
-        peak = max(peak, previous + size + max(previous, size))
-        previous = size
-    return peak
+def optimizer_step_temporary_tensors(
+    groups: Iterable[TensorGroup], run: RunConfig
+) -> tuple[int, ...]:
+    """The temporaries alive at the step's peak, one per tensor, in the order they are
+    made, where the optimizer makes one per parameter: torch's foreach AdamW; () for
+    every other optimizer (its sum is then split by the replay, gpu.trace).
+
+    ``_multi_tensor_adamw`` loops over (device, dtype) groups in the order their tensors
+    first appear and, per group, makes ``exp_avg_sq_sqrt = torch._foreach_sqrt(...)`` (one
+    state-sized tensor per parameter), divides and adds eps in place, and
+    ``_foreach_addcdiv_``s it into the parameters. The list stays bound until the next
+    group's ``_foreach_sqrt`` returns, so group i's square roots are made beside group
+    i-1's: the peak is the largest S(i-1) + S(i), S a group's state bytes (torch 2.13
+    torch/optim/adam.py ``_multi_tensor_adam``; measured on the CPU,
+    tests/test_optim_foreach_groups.py). Before 2.1 (ftmem.versions) the denominator is a
+    second list, ``denom = torch._foreach_add(exp_avg_sq_sqrt, eps)``, bound alike
+    (pytorch/pytorch@c263bd43 = v2.0.0 torch/optim/adamw.py ``_multi_tensor_adamw``,
+    non-capturable branch): group i's square roots are made beside group i-1's two
+    lists (2·S(i-1) + S(i)), its denominators beside group i-1's denominators
+    (S(i-1) + 2·S(i))."""
+    if run.method == "galore" or run.optimizer not in ("adamw", "adamw-fp32"):
+        return ()
+    if run.optimizer_impl != "foreach":
+        return ()
+    by_dtype: dict[str, list[int]] = {}  # bf16 and fp16 are groups of their own
+    for g in groups:
+        if g.trainable:
+            fp32 = run.optimizer == "adamw-fp32"
+            state = 4 if fp32 else g.element_bytes
+            by_dtype.setdefault("fp32" if fp32 else g.fmt, []).extend([g.numel * state] * g.count)
+    denom = torch_adamw_denom_out_of_place(run)
+    best: list[int] = []
+    previous: list[int] = []
+    for current in by_dtype.values():
+        if not denom:
+            moments = [previous + current]
+        else:  # the square roots' moment, then the denominators'
+            moments = [previous + previous + current, previous + current + current]
+        for live in moments:
+            if sum(live) > sum(best):
+                best = live
+        previous = current
+    return tuple(best)
 
 
 def _galore_step_temporary_bytes(trainable: list[TensorGroup], run: RunConfig) -> int:

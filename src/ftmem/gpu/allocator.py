@@ -359,6 +359,15 @@ class CachingAllocator:
                 if block.prev is None and block.next is None:
                     self._unmapped[small].remove((block.addr, block))  # whole segment gone
 
+    def layout(self) -> tuple[object, ...]:
+        """What decides every later request (gpu.trace's settling replay): the free
+        blocks (mapped and unmapped) with their addresses, the blocks waiting on another
+        stream, where the next segment goes, what is reserved."""
+        free = tuple((s, a) for pool in self._free.values() for s, a, _ in pool)
+        unmapped = tuple((a, b.size) for pool in self._unmapped.values() for a, b in pool)
+        pending = tuple(self._pending)
+        return (free, unmapped, pending, self._next_addr, self.reserved)
+
     def reset_peaks(self) -> None:
         """``torch.cuda.reset_peak_memory_stats``: each peak restarts at its current value."""
         self.peak_allocated = self.allocated
@@ -744,6 +753,10 @@ class TwoStreams:
         self.release_recorded()
         for pool in self.pools:
             pool.empty_cache()
+
+    def layout(self) -> tuple[object, ...]:
+        """Every stream's CachingAllocator.layout and the recorded frees still waiting."""
+        return (tuple(p.layout() for p in self.pools), tuple(self._pending))
 
     def reset_peaks(self) -> None:
         """torch.cuda.reset_peak_memory_stats: from now on."""

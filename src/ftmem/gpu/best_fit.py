@@ -429,6 +429,14 @@ class BestFit:
             setattr(other, name, value.copy() if isinstance(value, list | dict | set) else value)
         return other
 
+    def layout(self) -> tuple[object, ...]:
+        """What decides every later request (gpu.trace's settling replay): the pools'
+        free blocks with their addresses, the blocks freed while record_stream'ed and
+        not yet back, where the next segment goes, what is reserved; the live blocks are
+        the segments' rest."""
+        pending = tuple(self._pending.items())
+        return (tuple(self._small), tuple(self._large), pending, self._next_addr, self.reserved)
+
     def reset_peaks(self) -> None:
         self.peak_allocated = self.allocated
         self.peak_reserved = self.reserved

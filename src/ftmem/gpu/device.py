@@ -92,13 +92,17 @@ def replayed_stats(
     outside: RunOutside = STEP_ONLY,
     options: tuple[tuple[str, object], ...] = (),
     grad_stream: bool = False,
+    settle: bool = False,
 ) -> AllocatorStats:
     """The caching allocator's statistics after the run's requests, replayed through its
     rules (``comm_stream``: FSDP requests its all-gather and reduce-scatter buffers on
     streams of their own; ``options``: PYTORCH_CUDA_ALLOC_CONF's, as items;
     ``grad_stream``: a sharded FSDP run's gradient shards are made on its post-backward
-    stream). The replay's peaks are the longest step's."""
-    return replay_run(steps, kept, comm_stream, outside, grad_stream=grad_stream, **dict(options))
+    stream; ``settle``: the last step repeated until the allocator's steady state,
+    gpu.trace.replay_run). The replay's peaks are the longest step's."""
+    return replay_run(
+        steps, kept, comm_stream, outside, grad_stream=grad_stream, settle=settle, **dict(options)
+    )
 
 
 def allocator_cache(
@@ -108,10 +112,11 @@ def allocator_cache(
     outside: RunOutside = STEP_ONLY,
     options: tuple[tuple[str, object], ...] = (),
     grad_stream: bool = False,
+    settle: bool = False,
 ) -> int:
     """What the caching allocator holds beyond the allocated peak, at its reserved peak
     (replayed_stats' arguments)."""
-    stats = replayed_stats(steps, kept, comm_stream, outside, options, grad_stream)
+    stats = replayed_stats(steps, kept, comm_stream, outside, options, grad_stream, settle)
     return max(0, stats.peak_reserved - stats.peak_allocated)
 
 
@@ -150,7 +155,7 @@ def device_figures(
     (gpu.trace.run_events); ``overhead``: the user's own figure for everything beyond the
     allocated peak; ``outside``: the run's moments beside the step, replayed with it;
     ``steps``: a variable-length run's steps in replay order (each length's sizes; the
-    longest is ``sizes``), else two steps of ``sizes``; ``allocator``:
+    longest is ``sizes``), else ``sizes``' step until the allocator settles; ``allocator``:
     PYTORCH_CUDA_ALLOC_CONF's options for the replay; ``fits_within``: a GPU's memory,
     where only whether the run fits it matters: when the allocated peak and what lives
     beyond the allocator already exceed it, no cache can make the run fit (the reserved
@@ -164,10 +169,13 @@ def device_figures(
         context = 0 if overhead is not None else beyond - rt.nccl_bytes
         nccl = 0 if overhead is not None else rt.nccl_bytes
         return DeviceFigures(allocated, allocated + beyond, 0, context, nccl, replayed=False)
-    replayed = tuple(steps) or ((sizes, tensors), (sizes, tensors))
+    # a fixed-length run: its step repeated until the pools repeat (a long run's steady
+    # state; the first step also makes the optimizer states); a variable-length one in
+    # the order its lengths come
+    replayed = tuple(steps) or ((sizes, tensors),)
     options = tuple(sorted((allocator or {}).items()))
     stats = replayed_stats(
-        replayed, kept_per_thread(rt), comm_stream, outside, options, grad_stream
+        replayed, kept_per_thread(rt), comm_stream, outside, options, grad_stream, not steps
     )
     # the timeline's peak counts the bytes asked for; the allocator counts whole blocks
     rounding = block_rounding(stats) if whole_blocks else 0

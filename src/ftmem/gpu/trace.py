@@ -78,11 +78,21 @@ def plan_tensors(
     block_saved: Sequence[int],
     below: Sequence[int],
     above: Sequence[int],
+    state_shares: Sequence[int] = (),
+    temporaries: Sequence[int] = (),
 ) -> StepTensors:
     """The tensors of a one-GPU step: weights and gradients from the plan's groups; the
-    optimizer states in two tensors per trainable one (Adam's moments; a sum split by
-    size for the others)."""
+    optimizer states in two tensors per trainable one (Adam's moments), the states' sum
+    split in proportion to ``state_shares`` (each trainable tensor's state bytes,
+    optim.state_bytes_per_tensor: a bf16 tensor's moments are half an fp32 one's of the
+    same shape), else to the element counts; the step's temporaries as ``temporaries``
+    (the tensors the optimizer's code makes, optim.optimizer_step_temporary_tensors)
+    where they add up to the step's sum, else that sum split alike."""
     weights, block_grads, outer, late, trainable_numel, own = _plan_lists(plan)
+    shares = tuple(state_shares) or trainable_numel
+    temps = tuple(temporaries)
+    if not temps or sum(temps) != sizes.optimizer.temporaries:
+        temps = _split(sizes.optimizer.temporaries, shares, per_tensor=1)
     # weights beyond the plan's: a frozen reference copy (the plan's tensors again when
     # it is one in the same dtypes) or a teacher, else laid out as one tensor
     extra = sizes.weights - own
@@ -103,8 +113,8 @@ def plan_tensors(
         block_grads=block_grads if g.per_block else (),
         outer_grads=outer if g.outer else (),
         embedding_grads=late if g.total else (),
-        states=_split(sizes.states, trainable_numel),
-        step_temporaries=_split(sizes.optimizer.temporaries, trainable_numel, per_tensor=1),
+        states=_split(sizes.states, shares),
+        step_temporaries=temps,
         block_saved=tuple(block_saved),
         below=tuple(below),
         above=tuple(above),
@@ -467,6 +477,7 @@ def replay_run(
     comm_stream: bool = False,
     outside: RunOutside = STEP_ONLY,
     grad_stream: bool = False,
+    settle: bool = False,
     **options: Any,
 ) -> AllocatorStats:
     """The allocator's statistics after :func:`run_events`' requests, replayed as they
@@ -474,7 +485,9 @@ def replay_run(
     in a fraction of the time); ``options``: gpu.allocator.CachingAllocator's. With
     PyTorch's defaults the replay runs on gpu.best_fit.BestFit (the same decisions,
     faster), its requests handed over a tensor list at a time. ``grad_stream``: as
-    run_events'."""
+    run_events'. ``settle``: the last of ``steps`` is repeated until the allocator's
+    steady state (a step that leaves the pools as the one before; SETTLING_STEPS): a long
+    run's reserved figure, not the first few steps'."""
     streams = comm_stream or grad_stream
     try:
         # (FSDP's streams: a BestFit per stream, its requests handed over one at a time)
@@ -484,11 +497,11 @@ def replay_run(
             o = outside
             target = _loaded_best_fit(steps[0][1].weights, o.loading, o.requantise, o.wrap).copy()
         rec = _Recorder(target, comm_stream, grad_stream)
-        _request_run(rec, steps, kept_workspaces, outside, loaded)
+        _request_run(rec, steps, kept_workspaces, outside, loaded, settle)
     except AddressSpaceExceeded:  # beyond 16 EiB of segments: the reference replay
         target = TwoStreams(**options) if streams else CachingAllocator(**options)
         rec = _Recorder(target, comm_stream, grad_stream)
-        _request_run(rec, steps, kept_workspaces, outside)
+        _request_run(rec, steps, kept_workspaces, outside, settle=settle)
     return target.stats()
 
 
@@ -506,15 +519,27 @@ def _loaded_best_fit(
     return target
 
 
+SETTLING_STEPS = 8
+"""The most optimizer steps a settling replay (``replay_run(settle=True)``) lays out.
+A run of identical steps reaches the allocator's steady state once a step leaves the
+pools as the step before left them (free blocks, their addresses, the next segment's
+address, what is reserved): the requests being the same, every later step then repeats
+it block for block, and the peaks stop moving. Every calibration run's replay repeats by
+its fourth step (calibration/notes/qwen.md); the bound only caps the cost of a replay
+that does not, whose figure is then its last step's."""
+
+
 def _request_run(
     rec: _Recorder,
     steps: Sequence[tuple[StepSizes, StepTensors]],
     kept_workspaces: tuple[tuple[int, ...], tuple[int, ...]],
     outside: RunOutside,
     loaded: bool = False,
+    settle: bool = False,
 ) -> None:
     """The run's requests, in order, to ``rec``; ``loaded``: its target has loaded the
-    weights already."""
+    weights already; ``settle``: the last step is repeated until the allocator's pools
+    repeat (SETTLING_STEPS at most)."""
     if not loaded:
         _load(rec, outside, steps[0][1].weights)
     if outside.reset:
@@ -523,7 +548,9 @@ def _request_run(
         rec.alloc((steps[0][0].loop_held,))
     states_made = steps[0][0].states == 0 or outside.made
     first = True
-    for sizes, t in steps:
+    layout = None
+    for n in range(max(SETTLING_STEPS, len(steps)) if settle else len(steps)):
+        sizes, t = steps[min(n, len(steps) - 1)]
         if outside.made:  # ZeRO-3 copies each gradient into its buffer and frees it
             t = replace(t, block_grads=(), outer_grads=(), embedding_grads=())
         grads: list[int] = []
@@ -548,6 +575,13 @@ def _request_run(
         rec.free(grads)  # zero_grad(set_to_none=True)
         rec.free(output)
         rec.moment(step.merge)
+        if settle and n >= len(steps) - 1:
+            # the steps from here on are alike: one that left the pools as the one
+            # before it did is what every later one does
+            now = rec.target.layout()
+            if now == layout:
+                break
+            layout = now
     for tensors in outside.after:  # evaluation, generation, merging: freed when done
         rec.moments(tensors)
 
