@@ -353,6 +353,7 @@ def _rounded(
             "allocated_bytes": run_peak.allocated_bytes + rounding,
             "step_allocated_bytes": run_peak.step_allocated_bytes + (rounding if in_step else 0),
             "moments": moments,
+            "block_rounding": rounding,
         }
     )
     return at_peak, figures, run_peak

@@ -91,6 +91,9 @@ class RunPeak(_Frozen):
     allocated_bytes: int
     step_allocated_bytes: int
     moments: list[RunMoment]
+    # CUDA: the allocator's block rounding in ``allocated_bytes`` (AtPeak.block_rounding),
+    # left out of a dump when there is none
+    block_rounding: int = Field(0, exclude_if=lambda value: value == 0)
 
 
 class Memory(_Frozen):
