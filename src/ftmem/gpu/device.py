@@ -105,21 +105,6 @@ def replayed_stats(
     )
 
 
-def allocator_cache(
-    steps: Steps,
-    kept: tuple[tuple[int, ...], tuple[int, ...]],
-    comm_stream: bool = False,
-    outside: RunOutside = STEP_ONLY,
-    options: tuple[tuple[str, object], ...] = (),
-    grad_stream: bool = False,
-    settle: bool = False,
-) -> int:
-    """What the caching allocator holds beyond the allocated peak, at its reserved peak
-    (replayed_stats' arguments)."""
-    stats = replayed_stats(steps, kept, comm_stream, outside, options, grad_stream, settle)
-    return max(0, stats.peak_reserved - stats.peak_allocated)
-
-
 def block_rounding(stats: AllocatorStats) -> int:
     """What ``max_memory_allocated`` counts beyond the bytes the tensors asked for, at the
     replay's peak. In gpu.allocator.SOURCE, malloc rounds the request (``size_t size =
