@@ -158,11 +158,24 @@ NEOX = {
     "hidden_dropout": 0.0,
     "tie_word_embeddings": False,
 }
+# GPT-2's c_attn: learned positions, q, k and v all views of the output the kernel keeps
+GPT2 = {
+    "model_type": "gpt2",
+    "vocab_size": 512,
+    "n_embd": HEADS * HEAD_DIM,
+    "n_layer": L,
+    "n_head": HEADS,
+    "n_positions": 128,
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+}
 FUSED = {
     "phi3-gqa": ({**PHI3, "num_key_value_heads": 3}, 3),
     "phi3-mha": ({**PHI3, "num_key_value_heads": HEADS}, HEADS),
     "phi3-mqa": ({**PHI3, "num_key_value_heads": 1}, 1),
     "gptneox": (NEOX, HEADS),
+    "gpt2": (GPT2, HEADS),
 }
 
 
@@ -187,7 +200,14 @@ def test_a_fused_rotary_projection_keeps_the_mask_and_gqa_copies(name, s):
         measured_config_step(config, (b, s), attention_mask=padded),
         measured_config_step(config, (b, s), attention_mask=unpadded),
     )
-    assert moved == [_fused_by_hand(kv_heads, b, s)] * 3  # saved, forward peak, backward peak
+    by_hand = _fused_by_hand(kv_heads, b, s)
+    if name == "gpt2":
+        # saved and the forward's peak by the mask; the backward's peak by the mask, or not
+        # at all where it is the embedding's gradient after the blocks (s = 21): the
+        # estimate's phases are checked against the measurement below
+        assert moved[:2] == [by_hand] * 2 and moved[2] in (0, by_hand)
+    else:
+        assert moved == [by_hand] * 3  # saved, forward peak, backward peak
     arch = architecture_from_config(config, f"tiny-{name}", "test")
     run = {"method": "full", "precision": "bf16", "batch_size": b, "seq_len": s, "device": "cpu"}
     phases = [

@@ -73,10 +73,17 @@ def fused_rotary_mask_derived(arch: Architecture) -> bool:
     l.195-199: the same with one view chunked in three. Measured (tests/test_padding.py):
     a padded batch moves saved bytes and both peaks by the mask alone where v stays a view
     (as many kv heads as heads, or one repeated as a stride-0 view), and by the mask plus
-    the repeated k and v less the qkv output where GQA copies them."""
+    the repeated k and v less the qkv output where GQA copies them. GPT-2 (below): saved
+    bytes by the mask alone."""
     if arch.traits.sdpa_explicit_mask:
         return False
-    return not arch.traits.fused_qkv or arch.position_embedding == "rotary"
+    if not arch.traits.fused_qkv or arch.position_embedding == "rotary":
+        return True
+    # GPT-2's c_attn (learned positions, as many kv heads as heads): q, k and v stay views
+    # of the output the kernel keeps anyway, so the mask is all a padded batch adds
+    # (measured, tests/test_padding.py). Not one kv head (gpt_bigcode: its backward peak
+    # under padding is not derived) nor ALiBi (the model's own mask, materialized_mask).
+    return arch.position_embedding == "learned" and arch.kv_heads == arch.num_heads
 
 
 def image_block_mask(arch: Architecture, run: RunConfig) -> bool:
@@ -349,6 +356,10 @@ class Attention:
             if alibi_mask_copied(arch, run):
                 mask = aligned_mask(b * nh, s, e, run.device)
                 keep("this layer's copy of the ALiBi mask (b, heads, s, s)", mask, Kind.ATTN_MASK)
+            if explicit_mask(arch, run):  # GPT-2 with a padded batch: the mask is all it adds
+                rows, length = (1, T) if packed_rows(run) else (b, s)
+                mask = aligned_mask(rows, length, e, run.device)
+                keep("additive mask (last dim padded to 8)", mask, Kind.ATTN_MASK)
         elif eager:
             # repeat_kv copies k and v to every query head (GQA). One KV head repeats as a
             # stride-0 view, and matmul's fold of (batch, heads) into one dim stays a view
