@@ -260,6 +260,7 @@ def block_backward_workspace(
     mlp = MLP.backward_workspace(
         arch, run, plan, FP32 if four_bit_fp32 else e, _mlp_tokens(arch, run, T)
     )
+    mlp += MLP.activation_output_gradient(arch, run, block, e, T) - MLP.output_dropout_freed(block)
     # the experts' own moment; an adapter's cast gradient comes later, at its linear
     # (transformers 4's per-expert loop: its experts answer in a 4-bit linear's input
     # dtype, else in the compute dtype)

@@ -1405,13 +1405,6 @@ KNOWN_GAPS: dict[str, str] = {
         "15,360 B, is the text side's rotary cos/sin the estimate counts outside the "
         "checkpointed blocks, as in the case without the tower's adapters above (2026-12-03)"
     ),
-    "starcoder2-gradckpt=True-method=lora-precision=bf16-embeddingdropout=0.1-residualdropout=0.1": (
-        "StarCoder2 LoRA with checkpointing and its configs' dropout, bf16: the peak measured "
-        "6.8 % above the estimate (1,213,040 / 1,301,144 B; activations +1.6 %), in the "
-        "backward; without dropout the same run is -4.0 % (1,165,644 / 1,214,744 B). The "
-        "recomputed block's dropout noise and a plain tanh-GELU MLP's recompute under "
-        "checkpointing are not derived yet (2026-12-02)"
-    ),
     "olmo2-gradckpt=True-method=lora-precision=bf16": (
         "OLMo 2 LoRA with checkpointing, bf16: activations +3.2 % (306,604 / 297,004 B; peak "
         "-0.1 %), the rotary cos/sin tables the estimate counts outside the checkpointed "
