@@ -62,6 +62,7 @@ from ftmem.transients import (
     checkpointed_moe_moment,
     frozen_forward_transient,
     offload_moment,
+    recompute_end_moment,
     step_in_backward,
     top_block_trains,
 )
@@ -752,6 +753,7 @@ def _decoder_block(
             if MLP.runs_fused_lora(arch, run, plan)
             else block_backward_workspace(arch, run, plan, e, T, last_block),
             0 if fused else adapter_moment(arch, run, plan, last_block, e, T),
+            0 if fused else recompute_end_moment(arch, run, plan, e, T),
             checkpointed_attention_moment(arch, run, plan, last_block, e),
             checkpointed_moe_moment(arch, run, plan, e, T),
         ),
