@@ -207,7 +207,7 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
             grads_outer=grads_outer,
             grads_embedding=grads_embedding,
             tied_embedding_backward=Embedding.backward_workspace(arch, grad_groups),
-            autocast_cache=LinearOp.autocast_cache(plan),
+            autocast_cache=LinearOp.autocast_cache(arch, plan),
             optimizer=OptimizerStep(
                 temporaries=optimizer_step_temporary_bytes(plan.groups, run),
                 in_backward=run.optimizer_in_backward,
@@ -337,6 +337,8 @@ def _decoder_parts(
     leaves = vision_step.graph_leaves(arch, run, plan.dtypes, plan.embed_trainable)
     masks = Attention.held_layer_masks(arch, run)  # (the checkpoints' inputs, too)
     leaves = (*leaves, masks) if masks else leaves
+    rotary = Embedding.unread_rotary_held(arch, run, plan.dtypes.residual_bytes)
+    leaves = (*leaves, rotary) if rotary and any(blocks.per_block) else leaves
     below = _sum(outer_below) + sum(leaves)
     kept = Activations(per_block_kept, below=below, above=_sum(outer_above))
     sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)

@@ -23,6 +23,7 @@ from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS, Norm, QKNorm
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.optim import optimizer_step_temporary_bytes
+from ftmem.precision import resolve_dtypes
 from ftmem.run import ADAPTER_METHODS, RunConfig
 
 # what adapter_moment counts as one adapted linear's own: its adapter's and its weight copy
@@ -71,8 +72,11 @@ def frozen_forward_transient(
     forward. Beside them live the embedding output and the block's input (held by the
     model's forward), the residual and the norm output; with LoRA on its experts, their
     rebuilt stacks (:meth:`MoE.lora_stacks`)."""
-    # (gpt-oss's experts compute in their parameters' dtype)
-    mlp = MLP.forward_transient(arch, run, residual if arch.traits.clamped_swiglu else e, T)
+    # (gpt-oss's experts compute in their parameters' dtype; a biased Falcon's projections
+    # answer in it under autocast: bias_promotes_outputs)
+    promoted = bias_promotes_outputs(arch, plan.dtypes if plan else resolve_dtypes(run))
+    in_residual = arch.traits.clamped_swiglu or promoted
+    mlp = MLP.forward_transient(arch, run, residual if in_residual else e, T)
     mlp += MoE.lora_stacks(plan) if plan is not None else 0
     attn = Attention.eager_workspace(arch, run)
     return max(mlp, attn) + 4 * T * arch.hidden_size * residual
