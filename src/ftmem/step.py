@@ -62,6 +62,7 @@ from ftmem.transients import (
     checkpointed_moe_moment,
     frozen_forward_transient,
     offload_moment,
+    recompute_end_moment,
     step_in_backward,
     top_block_trains,
 )
@@ -206,7 +207,7 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
             grads_outer=grads_outer,
             grads_embedding=grads_embedding,
             tied_embedding_backward=Embedding.backward_workspace(arch, grad_groups),
-            autocast_cache=LinearOp.autocast_cache(plan),
+            autocast_cache=LinearOp.autocast_cache(arch, plan),
             optimizer=OptimizerStep(
                 temporaries=optimizer_step_temporary_bytes(plan.groups, run),
                 in_backward=run.optimizer_in_backward,
@@ -338,6 +339,8 @@ def _decoder_parts(
     leaves = (*leaves, dropped) if dropped else leaves
     masks = Attention.held_layer_masks(arch, run)  # (the checkpoints' inputs, too)
     leaves = (*leaves, masks) if masks else leaves
+    rotary = Embedding.unread_rotary_held(arch, run, plan.dtypes.residual_bytes)
+    leaves = (*leaves, rotary) if rotary and any(blocks.per_block) else leaves
     below = _sum(outer_below) + sum(leaves)
     kept = Activations(per_block_kept, below=below, above=_sum(outer_above))
     sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)
@@ -775,6 +778,7 @@ def _decoder_block(
             if MLP.runs_fused_lora(arch, run, plan)
             else block_backward_workspace(arch, run, plan, e, T, last_block),
             0 if fused else adapter_moment(arch, run, plan, last_block, e, T),
+            0 if fused else recompute_end_moment(arch, run, plan, e, T),
             checkpointed_attention_moment(arch, run, plan, last_block, e),
             checkpointed_moe_moment(arch, run, plan, e, T),
         ),

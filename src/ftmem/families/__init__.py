@@ -128,6 +128,26 @@ class Family:
     # where nn.Linear's addmm takes it in: under autocast the fp32 bias promotes the 16-bit
     # product, so a biased projection answers in fp32 (LayerContext.projection_out_bytes).
     bias_added_after_matmul: bool = False
+    # The block's linears multiply by a transposed view of their weight (transformers 5.25
+    # modeling_falcon.py l.58-63, FalconLinear.forward ``input @ self.weight.T``), not
+    # through F.linear: autocast's cast cache takes no views, so every matmul casts the
+    # weight anew and nothing keeps the 16-bit copy past the op that saves it
+    # (LinearOp.autocast_cache).
+    linear_weight_transposed: bool = False
+    # The model computes the rotary cos and sin whatever its position embedding and passes
+    # them to every block (transformers 5.25 modeling_falcon.py l.597, 5.24 l.780:
+    # FalconModel.forward calls self.rotary_emb unconditionally): an ALiBi model's blocks
+    # read them nowhere, but checkpointing holds them as block inputs.
+    rotary_tables_with_alibi: bool = False
+    # The layer's forward keeps its attention's output in a local until the block ends
+    # (transformers 5.25 FalconDecoderLayer.forward ``attention_output``, GPT2Block.forward
+    # ``attn_output``), where Llama's rebinds its one name at the residual add: alive
+    # through the MLP, saved by no op (transients.recompute_end_moment).
+    layer_holds_attention_output: bool = False
+    # The layer's forward keeps its attention norm's output in a local through the MLP
+    # (FalconDecoderLayer.forward ``attention_layernorm_out``): beside the MLP's input
+    # where the MLP has a norm of its own (falcon-rw's sequential block, Falcon-40B's ln_mlp).
+    layer_holds_attention_norm_output: bool = False
     # With images, the image-text model gives the processor's token_type_ids to its mask
     # builder, and each image's tokens attend to one another both ways (Gemma 3:
     # transformers 5.24 Gemma3Model.forward, create_masks_for_vision_model): sdpa gets an

@@ -110,6 +110,10 @@ FAMILY = Family(
     ),
     attention="eager-fp32",
     bias_added_after_matmul=True,
+    layer_holds_attention_output=True,
+    layer_holds_attention_norm_output=True,
+    rotary_tables_with_alibi=True,
+    linear_weight_transposed=True,
     causal_mask_materialized_from=TRANSFORMERS_FALCON_ATTENTION_INTERFACE,
     prefix_tuning=False,
     notes={

@@ -91,5 +91,6 @@ FAMILY = Family(
     eager_float_mask=True,
     conv1d=True,
     gelu_written_out=True,
+    layer_holds_attention_output=True,
     dropout_keys={"residual_dropout": "resid_pdrop", "embedding_dropout": "embd_pdrop"},
 )

@@ -389,19 +389,29 @@ class LinearOp:
         return [Saved("4-bit dequantisation buffer (kept)", size)]
 
     @staticmethod
-    def autocast_cache(plan: MethodPlan) -> int:
+    def autocast_cache(arch: Architecture, plan: MethodPlan) -> int:
         """Autocast casts each trainable fp32 weight a matmul reads to 16 bits once per
         forward and caches the copy until the forward's autocast region ends. Without
         checkpointing autograd saves those copies anyway (they are activations); with it
         only the cache keeps them: every block's, through the whole forward and the loss
         (measured on Llama and Mistral, bf16-mixed with checkpointing: forward -10 % without
-        them)."""
+        them). The cache takes only leaves, not views (torch's cached_cast): a family whose
+        linears multiply by their weight's transpose (Family.linear_weight_transposed,
+        Falcon) caches its adapters' weights (peft's nn.Linear) and none of its own
+        (measured: x @ w.T twice under CPU autocast casts w twice, F.linear once; the tiny
+        Falcon's checkpointed full finetuning, bf16-mixed, holds no block weight's copy at
+        its forward's peak)."""
         if not plan.dtypes.autocast:
             return 0
+        views = arch.traits.linear_weight_transposed
         return sum(
             g.total_numel * 2
             for g in plan.groups
-            if g.trainable and g.in_block and g.fmt == "fp32" and len(g.shape) == 2
+            if g.trainable
+            and g.in_block
+            and g.fmt == "fp32"
+            and len(g.shape) == 2
+            and (g.adapter or not views)
         )
 
 
