@@ -213,3 +213,21 @@ def test_frozen_vision_forward_moment(attn, bits):
     scores = eager_score_bytes(e, fp16_on_cuda=False) if attn == "eager" else 0
     estimated = frozen_forward(v, images, e, scores)
     assert abs(estimated - measured) / measured <= 0.05, (estimated, measured)
+
+
+def test_fsdp_says_the_image_path_is_gathered_in_the_root_unit():
+    """Under FSDP the vision model, projector and cross-attention layers are counted in
+    the root unit (gathered whole); the note says so with their parameters, the sum of
+    the counts test_counts_equal_transformers checks against transformers."""
+    arch = get_model("llama3.2-11b-vision")
+    v = arch.vision
+    assert v is not None
+    params = tower_count(v) + projector_count(v, arch.hidden_size)
+    params += cross_layer_count(v, arch.hidden_size)
+    est = estimate(
+        "llama3.2-11b-vision", method="lora", images=1, gpus=8, strategy="fsdp", seq_len=2048
+    )
+    said = [n for n in est.notes if "under FSDP" in n]
+    assert len(said) == 1 and f"({params / 1e9:.2f}B parameters)" in said[0]
+    text_only = estimate("llama3.2-11b-vision", method="lora", gpus=8, strategy="fsdp")
+    assert not any("under FSDP" in n for n in text_only.notes)

@@ -366,3 +366,29 @@ def notes(arch: Architecture, run: RunConfig, trains) -> list[str]:
     from ftmem import vision_lora
 
     return out + vision_lora.notes(arch, run)
+
+
+def fsdp_root_notes(arch: Architecture, run: RunConfig) -> list[str]:
+    """FSDP (ftmem.parallel): the vision model, the projector and the cross-attention
+    layers lie outside the Architecture's blocks, so the root unit holds them, gathered
+    whole through the step. Accelerate's transformer auto-wrap takes the model's
+    _no_split_modules (transformers 5.25 modeling_mllama.py MllamaPreTrainedModel:
+    MllamaVisionEncoderLayer, MllamaCrossAttentionDecoderLayer,
+    MllamaSelfAttentionDecoderLayer), so each of their layers is a unit of its own,
+    gathered one at a time: not modelled (not measured on several ranks), said."""
+    from ftmem.mllama import cross_layer_count
+    from ftmem.vision import projector_count, tower_count
+
+    v = arch.vision
+    if v is None or v.mllama is None or not run.images:
+        return []
+    params = tower_count(v) + projector_count(v, arch.hidden_size)
+    params += cross_layer_count(v, arch.hidden_size)
+    return [
+        f"Llama-3.2-Vision under FSDP: the vision model, the projector and the "
+        f"{len(v.mllama.cross_layers)} cross-attention layers ({params / 1e9:.2f}B "
+        "parameters) are counted in the root unit, gathered whole through the step; "
+        "Accelerate's auto-wrap (the model's _no_split_modules) makes each of their "
+        "layers a unit of its own, gathered one at a time, so the gathered weights here "
+        "are an upper bound."
+    ]
