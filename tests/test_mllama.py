@@ -93,19 +93,31 @@ def test_images_train_the_cross_attention_layers_under_full_finetuning():
 
 
 def test_unmodelled_image_runs_are_refused():
-    with pytest.raises(InvalidInputError, match="--attn eager"):
+    # eager: the cross-attention layers' 6,404 image keys (4 tiles × 1,601) outnumber
+    # 2,048 text positions, so their scores outgrow the self-attention's
+    with pytest.raises(InvalidInputError, match="image keys \\(6,404"):
         estimate("llama3.2-11b-vision", method="lora", images=1, attn="eager")
-    # autocast is modelled with everything on the image path frozen and not hooked
+    # autocast with trained vision or cross-attention weights (full finetuning)
     with pytest.raises(InvalidInputError, match="bf16-mixed"):
         estimate("llama3.2-11b-vision", method="full", images=1, precision="bf16-mixed")
-    with pytest.raises(InvalidInputError, match="bf16-mixed"):
-        estimate(
-            "llama3.2-11b-vision", method="lora", images=1, precision="bf16-mixed", grad_ckpt=True
-        )
-    # peft's names reach the vision model's and cross-attention layers' linears: their
-    # adapters pass gradients through autocast's casts, not sized
-    with pytest.raises(InvalidInputError, match="reach the vision model"):
-        estimate("llama3.2-11b-vision", method="lora", images=1, precision="bf16-mixed")
+
+
+def test_adapters_on_the_image_path_under_autocast_and_eager_are_estimated():
+    """peft's q_proj/v_proj reach the vision model and the cross-attention layers: under
+    autocast, with checkpointing, and eager where the text outnumbers the image keys
+    (measured: tests/accuracy/cases.py _mllama_autocast_and_eager)."""
+    for precision in ("bf16-mixed", "fp16-mixed"):
+        for ckpt in (False, True):
+            est = estimate(
+                "llama3.2-11b-vision",
+                method="qlora",
+                images=1,
+                precision=precision,
+                grad_ckpt=ckpt,
+            )
+            assert est.memory.peak_allocated_bytes > est.memory.weights_bytes
+    est = estimate("llama3.2-11b-vision", method="lora", images=1, attn="eager", seq_len=8192)
+    assert est.memory.activations_bytes > 0
 
 
 def test_autocast_weight_copies_in_the_frozen_cross_layers_by_hand():
@@ -115,13 +127,15 @@ def test_autocast_weight_copies_in_the_frozen_cross_layers_by_hand():
     (1, 1, 2048, 1) row mask stay in the fp32 model dtype. Beside bf16's items, that
     is all that changes."""
     from ftmem.mllama_step import cross_saved, shared_saved
+    from ftmem.precision import resolve_dtypes
     from ftmem.run import RunConfig
 
     arch = get_model("llama3.2-11b-vision")
 
     def items(precision: str) -> int:
         run = RunConfig(method="lora", images=1, seq_len=2048, precision=precision)
-        return sum(x.nbytes for x in cross_saved(arch, run, 2, False) + shared_saved(arch, run, 2))
+        kept = cross_saved(arch, run, 2, False, resolve_dtypes(run)) + shared_saved(arch, run, 2)
+        return sum(x.nbytes for x in kept)
 
     copies = 8 * (2 * 4096 * 4096 + 3 * 4096 * 14336) * 2
     assert items("bf16-mixed") - items("bf16") == copies + 8 * 2 * (4 - 2) + 2048 * (4 - 2)
@@ -132,3 +146,88 @@ def test_unmodelled_vision_config_is_refused_in_one_sentence():
     bad = {**cfg, "vision_config": {**cfg["vision_config"], "hidden_act": "relu"}}
     with pytest.raises(ConfigError, match="not modelled"):
         architecture_from_config(bad, "bad", "test")
+
+
+def test_autocast_weight_copies_in_the_adapted_vision_model_by_hand():
+    """LoRA on q_proj/v_proj under bf16-mixed: gradients run from the vision model's
+    first q_proj on, so every fp32 linear after it keeps autocast's bf16 weight copy:
+    in local layer 0 o_proj, fc1 and fc2; in the other 31 local and 8 global layers all
+    six; the projector (vision_output_dim → 4096). QLoRA's 4-bit linears keep none."""
+    from ftmem.mllama_step import autocast_copies
+    from ftmem.precision import resolve_dtypes
+    from ftmem.run import RunConfig
+
+    arch = get_model("llama3.2-11b-vision")
+    v = arch.vision
+    assert v is not None and v.mllama is not None
+    H, I = v.hidden_size, v.intermediate_size
+    layers = v.num_layers + v.mllama.global_layers
+    by_hand = (H * H + 2 * H * I) + (layers - 1) * (4 * H * H + 2 * H * I)
+    by_hand += v.mllama.output_dim * arch.hidden_size
+    run = RunConfig(method="lora", images=1, seq_len=2048, precision="bf16-mixed")
+    assert autocast_copies(arch, run, 2, resolve_dtypes(run)) == by_hand * 2
+    qlora = run.model_copy(update={"method": "qlora"})
+    assert autocast_copies(arch, qlora, 2, resolve_dtypes(qlora)) == 0
+
+
+@pytest.mark.accuracy
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("bits", [32, 16])
+def test_frozen_vision_forward_moment(attn, bits):
+    """The frozen vision model's forward (no gradient anywhere), measured on the CPU
+    against ftmem.mllama.frozen_forward (5 %, a peak): eager's moment is the last
+    layer's softmax (the 16-bit scores, their fp32 copy and the fp32 softmax)."""
+    torch = pytest.importorskip("torch")
+    from transformers import MllamaVisionModel
+
+    from ftmem.arch import Architecture
+    from ftmem.measure.build import hf_config
+    from ftmem.measure.mllama import config
+    from ftmem.measure.tracker import LiveBytesTracker
+    from ftmem.mllama import eager_score_bytes, frozen_forward
+    from tests.accuracy.cases import TINY_MLLAMA
+
+    arch = Architecture(**TINY_MLLAMA)
+    v = arch.vision
+    assert v is not None and v.mllama is not None
+    dtype = torch.float32 if bits == 32 else torch.bfloat16
+    vision = config(arch, hf_config(arch, attn)).vision_config
+    vision._attn_implementation = attn
+    model = MllamaVisionModel(vision).to(dtype).requires_grad_(False)
+    images, tiles = 3, v.mllama.max_num_tiles
+    pixels = torch.randn(images, 1, tiles, 3, v.image_size, v.image_size, dtype=dtype)
+    ratio = torch.full((images, 1), min(tiles, v.mllama.aspect_ratios), dtype=torch.long)
+    tracker = LiveBytesTracker()
+    tracker.track(list(model.parameters()), list(model.buffers()), pixels)
+    with tracker:
+        before = tracker.current
+        tracker.reset_peak()
+        out = model(
+            pixel_values=pixels,
+            aspect_ratio_ids=ratio,
+            aspect_ratio_mask=torch.ones((images, 1, tiles), dtype=torch.long),
+        )
+        measured = tracker.peak - before
+    del out
+    e = bits // 8
+    scores = eager_score_bytes(e, fp16_on_cuda=False) if attn == "eager" else 0
+    estimated = frozen_forward(v, images, e, scores)
+    assert abs(estimated - measured) / measured <= 0.05, (estimated, measured)
+
+
+def test_fsdp_says_the_image_path_is_gathered_in_the_root_unit():
+    """Under FSDP the vision model, projector and cross-attention layers are counted in
+    the root unit (gathered whole); the note says so with their parameters, the sum of
+    the counts test_counts_equal_transformers checks against transformers."""
+    arch = get_model("llama3.2-11b-vision")
+    v = arch.vision
+    assert v is not None
+    params = tower_count(v) + projector_count(v, arch.hidden_size)
+    params += cross_layer_count(v, arch.hidden_size)
+    est = estimate(
+        "llama3.2-11b-vision", method="lora", images=1, gpus=8, strategy="fsdp", seq_len=2048
+    )
+    said = [n for n in est.notes if "under FSDP" in n]
+    assert len(said) == 1 and f"({params / 1e9:.2f}B parameters)" in said[0]
+    text_only = estimate("llama3.2-11b-vision", method="lora", gpus=8, strategy="fsdp")
+    assert not any("under FSDP" in n for n in text_only.notes)

@@ -174,39 +174,79 @@ def _layer_norm(n: int, width: int, e: int) -> int:
     return n * width * e + 2 * n * FP32
 
 
-def tower_saved(v, images: int, e: int, weights: bool) -> int:
+def tower_saved(
+    v,
+    images: int,
+    e: int,
+    weights: bool,
+    eager: bool = False,
+    autocast: bool = False,
+    fp32_linears: bool = False,
+) -> int:
     """What MllamaVisionModel keeps for backward over ``images`` images (transformers
     5.24 MllamaVisionModel.forward, MllamaVisionEncoderLayer.forward), with a gradient
     reaching its input: its weights train (``weights``), or, frozen, transformers'
     enable_input_require_grads (gradient checkpointing, adapters) hooks its
     get_input_embeddings, the patch convolution, so that every layer above passes input
     gradients. Both encoders run over an image's tiles at once: N = images × tiles ×
-    padded tile tokens, one (images, 1, L, L) float mask in the compute dtype, L = tiles ×
-    padded tokens, that every layer's sdpa keeps. Per layer: two LayerNorms; sdpa's q,
-    k, v, output and fp32 logsumexp (o_proj reads that output); the exact GELU's input;
-    with trained weights also the q/k/v and fc1 inputs (the norms' outputs) and fc2's
-    (the GELU's output), and in the global layers the two tanh gates' operands (attention
-    and MLP outputs). Outside the layers: layernorm_pre (over the unpadded tokens) and
-    layernorm_post; trained, the patch convolution's pixels (cast to the compute dtype)
-    and the gated tile and position embeddings' lookups the gates multiply."""
+    padded tile tokens, L = tiles × padded tokens. Per layer: two LayerNorms; the
+    attention's items (:func:`_attention_saved`; sdpa's mask, kept once, is
+    :func:`tower_mask`); the exact GELU's input; with trained weights also the q/k/v and
+    fc1 inputs (the norms' outputs) and fc2's (the GELU's output), and in the global
+    layers the two tanh gates' operands (attention and MLP outputs). Outside the layers:
+    layernorm_pre (over the unpadded tokens) and layernorm_post; trained, the patch
+    convolution's pixels (cast to the compute dtype) and the gated tile and position
+    embeddings' lookups the gates multiply.
+
+    ``autocast`` (frozen weights: mllama_step.check_run): the fp32 weights keep the
+    residual stream in fp32 (each layer adds its 16-bit o_proj and fc2 outputs to the
+    fp32 embeddings), and autocast runs layer_norm in fp32, so every LayerNorm keeps an
+    fp32 input; the gates' tanh is fp32 (in the weights' dtype). Autocast's 16-bit
+    weight copies are mllama_step.autocast_copies'. ``fp32_linears``: bitsandbytes'
+    4-bit linears answer in their input's dtype (precision.Dtypes.four_bit_outputs_fp32),
+    so fc1's output, the GELU's input, stays fp32."""
     m: MllamaParts = v.mllama
-    H, I, heads = v.hidden_size, v.intermediate_size, v.num_heads
+    H, I = v.hidden_size, v.intermediate_size
     tiles = m.max_num_tiles
     t, tp = tile_tokens(v), padded_tile_tokens(v)
-    N, L = images * tiles * tp, tiles * tp
-    per_layer = 2 * _layer_norm(N, H, e) + 4 * N * H * e + images * heads * L * FP32
-    per_layer += N * I * e
-    gated = 2 * e  # the tanh of each gate, which h's gradient reads
+    N = images * tiles * tp
+    stream = FP32 if autocast else e  # (the LayerNorms' inputs)
+    per_layer = 2 * _layer_norm(N, H, stream) + _attention_saved(v, images, e, weights, eager)
+    per_layer += N * I * (FP32 if fp32_linears else e)
+    gated = 2 * (FP32 if autocast else e)  # the tanh of each gate, which h's gradient reads
     if weights:
         per_layer += 2 * N * H * e + N * I * e
         gated += 2 * N * H * e
     total = (v.num_layers + m.global_layers) * per_layer + m.global_layers * gated
-    total += _layer_norm(images * tiles * t, H, e) + _layer_norm(N, H, e)
+    total += _layer_norm(images * tiles * t, H, stream) + _layer_norm(N, H, stream)
     if weights:
         pixels = images * tiles * v.num_channels * v.image_size**2 * e
         tile_lookups = 2 * images * tiles * H * e + images * tiles * t * H * e
         total += pixels + tile_lookups
     return total
+
+
+def _attention_saved(v, images: int, e: int, weights: bool, eager: bool) -> int:
+    """One vision layer's attention (MllamaVisionAttention.forward) over N tokens in
+    sequences of L: sdpa keeps q, k, v, its output (o_proj's input too) and the fp32
+    logsumexp (images × heads × L). Eager (eager_attention_forward) keeps what its two
+    matmuls fold into 3-D batches: torch.matmul reshapes the heads-transposed q, kᵀ and
+    v into contiguous copies (3 N H e), the fp32 softmax (images × heads × L² × 4) and,
+    in a 16-bit dtype, its cast back (the second matmul's operand; in fp32 the cast is
+    the softmax itself), and with trained weights o_proj's input, the output made
+    contiguous by ``transpose(1, 2).contiguous()`` (N H e); no mask (added, not kept)."""
+    H, heads = v.hidden_size, v.num_heads
+    L = v.mllama.max_num_tiles * padded_tile_tokens(v)
+    N = images * L
+    if not eager:
+        return 4 * N * H * e + images * heads * L * FP32
+    probs = images * heads * L * L
+    return (
+        3 * N * H * e
+        + probs * FP32
+        + (probs * e if e != FP32 else 0)
+        + (N * H * e if weights else 0)
+    )
 
 
 def tower_mask(v, images: int, e: int) -> int:
@@ -216,23 +256,46 @@ def tower_mask(v, images: int, e: int) -> int:
     return images * L * L * e
 
 
-def frozen_forward(v, images: int, e: int) -> int:
+def frozen_forward(v, images: int, e: int, score_bytes: int = 0) -> int:
     """The frozen vision model's forward (nothing needs a gradient): its largest moment,
-    derived from MllamaVisionModel.forward (not measured). Both encoders return every
-    layer's output (MllamaVisionEncoder.forward's ``encoder_states``) and the forward
-    keeps the local one's until it stacks the intermediate layers, so the moment grows
-    to its end: the aspect-ratio mask, the local and global layers' outputs (N tokens
-    each, padded), the stacked intermediate states, their unpadded copy, the last state's
-    unpadded copy and the concatenation (vision_output_dim wide); or, if larger, inside
-    the last local layer's MLP (the outputs so far, its input norm's output, fc1's and the
-    GELU's outputs)."""
+    derived from MllamaVisionModel.forward. Both encoders return every layer's output
+    (MllamaVisionEncoder.forward's ``encoder_states``) and the forward keeps the local
+    one's until it stacks the intermediate layers, so the moment grows to its end: the
+    aspect-ratio mask, the local and global layers' outputs (N tokens each, padded), the
+    stacked intermediate states, their unpadded copy, the last state's unpadded copy and
+    the concatenation (vision_output_dim wide); or, if larger, inside the last local
+    layer's MLP (the outputs so far, its input norm's output, fc1's and the GELU's
+    outputs). Eager attention (``score_bytes`` per score: :func:`eager_score_bytes`):
+    inside the last layer's softmax, beside the layers' outputs, its norm's output and
+    q, k and v (measured on the CPU: tests/test_mllama.py)."""
     m: MllamaParts = v.mllama
     H, I = v.hidden_size, v.intermediate_size
     tiles = m.max_num_tiles
     N = images * tiles * padded_tile_tokens(v)
     n = images * tiles * tile_tokens(v)
     k = len(m.intermediate_layers)
-    end = (v.num_layers + m.global_layers) * N * H + k * N * H + k * n * H + n * H
+    layers = v.num_layers + m.global_layers
+    end = layers * N * H + k * N * H + k * n * H + n * H
     end += n * m.output_dim
     mlp = (v.num_layers + 1) * N * H + N * H + 2 * N * I
-    return tower_mask(v, images, e) + max(end, mlp) * e
+    scores = (layers + 4) * N * H * e + scores_per_layer(v, images) * score_bytes
+    return tower_mask(v, images, e) + max(max(end, mlp) * e, scores if score_bytes else 0)
+
+
+def scores_per_layer(v, images: int) -> int:
+    """One vision layer's attention scores: images × heads × L², L = tiles × padded tokens."""
+    L = v.mllama.max_num_tiles * padded_tile_tokens(v)
+    return images * v.num_heads * L * L
+
+
+def eager_score_bytes(e: int, fp16_on_cuda: bool) -> int:
+    """Bytes per score live at eager attention's softmax (``softmax(scores, dim=-1,
+    dtype=torch.float32)``), forward and backward alike: fp32 scores, the input and its
+    softmax (or their gradients); 16-bit scores are converted first (torch
+    aten/src/ATen/native/SoftMax.cpp softmax(input, dim, dtype): ``input_.toType(dtype)``
+    then _softmax), so the 16-bit scores, their fp32 copy and the fp32 softmax, except
+    fp16 on CUDA, which that function hands to the kernel unconverted
+    (``_softmax(input_, dim_, half_to_float=true)``)."""
+    if e == FP32:
+        return 2 * FP32
+    return e + FP32 if fp16_on_cuda else e + 2 * FP32

@@ -9,7 +9,7 @@ import re
 from collections import defaultdict
 
 from ftmem.arch import Architecture, ParamKind
-from ftmem.dtypes import FP32, is_quantized
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, is_quantized
 from ftmem.errors import InvalidInputError
 from ftmem.mllama import CROSS_PREFIX, cross_layer_params, tower_mask, tower_saved
 from ftmem.ops.saved import Saved
@@ -72,7 +72,9 @@ def groups(arch: Architecture, run: RunConfig, dtypes: Dtypes, base_format, trai
     return out
 
 
-def cross_saved(arch: Architecture, run: RunConfig, e: int, projector_trains: bool) -> list:
+def cross_saved(
+    arch: Architecture, run: RunConfig, e: int, projector_trains: bool, dtypes: Dtypes
+) -> list:
     """What the cross-attention layers keep for backward over ``run.images`` images per
     sample (transformers 5.24 MllamaCrossAttentionDecoderLayer.forward,
     MllamaTextCrossAttention.forward), with the residual stream needing a gradient (the
@@ -83,15 +85,15 @@ def cross_saved(arch: Architecture, run: RunConfig, e: int, projector_trains: bo
       rstd; when the weights train, the normalised cast (for the norm's weight) and the
       norm's output (q_proj's input; gate_proj's and up_proj's)
     - q_norm over each head: q.float() and its rstd; k_norm the same over the keys when a
-      gradient reaches them (the weights or the projector train)
-    - sdpa with the cross-attention mask: transformers repeats the keys and values to every
-      query head (repeat_kv: use_gqa_in_sdpa is false with a mask), and the kernel keeps
-      q, the repeated k and v, its output and logsumexp; the (b, 1, s, m) mask is one
-      tensor every layer's kernel keeps (counted once, by :func:`shared_saved`)
+      gradient reaches them (the weights train, or the image states need one:
+      ``projector_trains``, the projector trains or adapters below it)
+    - the attention (:func:`_cross_kernel`, sdpa or eager); sdpa's (b, 1, s, m) mask is
+      one tensor every layer's kernel keeps (counted once, by :func:`shared_saved`)
     - the tanh gates: ``gate.tanh() * h`` keeps the one-element tanh (h's gradient), and
       h (o_proj's output, the MLP's masked output) for the gate's when the weights train
     - the MLP: silu's input, its output and up_proj's output (the product's operands),
-      down_proj's input when the weights train
+      down_proj's input when the weights train; fp32 where bitsandbytes' 4-bit linears
+      answer in the fp32 residual stream's dtype (Dtypes.four_bit_outputs_fp32)
     """
     v = arch.vision
     assert v is not None and v.mllama is not None
@@ -103,8 +105,10 @@ def cross_saved(arch: Architecture, run: RunConfig, e: int, projector_trains: bo
     layers = len(m_parts.cross_layers)
     if run.grad_ckpt:
         # MllamaCrossAttentionDecoderLayer is a GradientCheckpointingLayer: each keeps its
-        # input (the other inputs are shared: shared_saved)
-        return [Saved(f"cross-attention layers ({layers}): inputs", layers * T * h * e)]
+        # input, the residual stream (fp32 under autocast with fp32 weights; the other
+        # inputs are shared: shared_saved)
+        stream = layers * T * h * dtypes.residual_bytes
+        return [Saved(f"cross-attention layers ({layers}): inputs", stream)]
     nh, kvh, d = m_parts.text_heads, m_parts.text_kv_heads, m_parts.text_head_dim
     q, kv = nh * d, kvh * d
     m = b * run.images * image_states(v)
@@ -113,20 +117,44 @@ def cross_saved(arch: Architecture, run: RunConfig, e: int, projector_trains: bo
     q_norm = T * q * FP32 + b * nh * s * FP32 + (T * q * e if w else 0)
     k_grad = w or projector_trains
     k_norm = (m * kv * FP32 + b * kvh * (m // b) * FP32 + (m * kv * e if w else 0)) if k_grad else 0
-    width = q if kvh != nh else kv  # repeat_kv copies; one kv head per query head: views
-    kernel = T * q * e + 2 * m * width * e + T * q * e + b * nh * s * FP32
+    kernel = _cross_kernel(run, m, T, (nh, kvh, d), e, k_grad)
     autocast = run.precision.endswith("-mixed")
     # (autocast: the fp32 gates' tanh stays fp32, as the weights are)
     gates = 2 * (FP32 if autocast else e) + (2 * T * h * e if w else 0)
-    mlp = 3 * T * f * e + (T * f * e if w else 0)
+    mlp = 3 * T * f * (FP32 if dtypes.four_bit_outputs_fp32 else e) + (T * f * e if w else 0)
     one = 2 * norm + q_norm + k_norm + kernel + gates + mlp
-    if autocast:
-        # (check_run: frozen layers and projector) autocast casts each fp32 weight to the
-        # compute dtype per call, and the linear keeps that copy for its input's
-        # gradient: q_proj, o_proj and the MLP's three (k_proj's and v_proj's inputs,
-        # the frozen projector's image states, need none)
-        one += (2 * h * q + 3 * h * f) * e
+    if dtypes.casts_weights and not dtypes.quantized:
+        # (check_run: frozen layers) autocast casts each fp32 weight to the compute dtype
+        # per call, and the linear keeps that copy for its input's gradient: q_proj,
+        # o_proj and the MLP's three; k_proj and v_proj where the image states need a
+        # gradient (adapters in the vision model or the projector, a trained projector);
+        # a 4-bit base has none (autocast_copies)
+        one += (2 * h * q + 3 * h * f + (2 * h * kv if k_grad else 0)) * e
     return [Saved(f"cross-attention layers ({layers}) over the images", layers * one)]
+
+
+def _cross_kernel(
+    run: RunConfig, m: int, T: int, heads: tuple[int, int, int], e: int, kv_grad: bool
+) -> int:
+    """The attention of one cross-attention layer over T text tokens and m image states
+    (MllamaTextCrossAttention.forward, eager_attention_forward), q the q_norm output.
+    sdpa: transformers repeats the keys and values to every query head (repeat_kv:
+    use_gqa_in_sdpa is false with a mask), and the kernel keeps q, the repeated k and v
+    (views where there is one kv head per query head), its output and logsumexp; the
+    mask is shared_saved's. Eager: torch.matmul folds the heads into 3-D batches and
+    keeps contiguous copies of kᵀ and v (every query head's: q's and the scores'
+    gradients), the fp32 softmax (b × heads × s × image states); of q and of the
+    softmax's cast back (in a 16-bit dtype) only where the keys and values need a
+    gradient (``kv_grad``: a matmul keeps an operand for the other's gradient); the mask
+    is added, not kept."""
+    nh, kvh, d = heads
+    q = nh * d
+    if run.attn == "eager":
+        probs = T * nh * (m // run.batch_size)
+        kv_side = T * q * e + (probs * e if e != FP32 else 0)
+        return 2 * m * q * e + probs * FP32 + (kv_side if kv_grad else 0)
+    width = q if kvh != nh else kvh * d  # repeat_kv copies; one kv head per query head: views
+    return T * q * e + 2 * m * width * e + T * q * e + run.batch_size * nh * run.seq_len * FP32
 
 
 def shared_saved(arch: Architecture, run: RunConfig, e: int) -> list:
@@ -145,7 +173,9 @@ def shared_saved(arch: Architecture, run: RunConfig, e: int) -> list:
 
     b, s = run.batch_size, run.seq_len
     m = run.images * image_states(v)
-    out = [Saved("cross-attention mask (b, 1, s, images × tiles × tokens)", b * s * m * e)]
+    out = []
+    if run.attn != "eager":  # (eager adds it to the scores and keeps nothing)
+        out.append(Saved("cross-attention mask (b, 1, s, images × tiles × tokens)", b * s * m * e))
     # (made in the model's dtype: fp32 weights under autocast)
     out.append(
         Saved("full-text-row mask", b * s * (FP32 if run.precision.endswith("-mixed") else e))
@@ -159,34 +189,69 @@ def shared_saved(arch: Architecture, run: RunConfig, e: int) -> list:
 def forward_transient(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
     """A frozen vision model's forward moment (under gradient checkpointing its input
     needs a gradient and it keeps its activations instead: tower_saved)."""
-    from ftmem.dtypes import BYTES_PER_ELEMENT
     from ftmem.mllama import frozen_forward
 
     v = arch.vision
     assert v is not None
     if run.grad_ckpt:
         return 0
-    return frozen_forward(v, run.batch_size * run.images, BYTES_PER_ELEMENT[dtypes.compute])
+    e = BYTES_PER_ELEMENT[dtypes.compute]
+    return frozen_forward(v, run.batch_size * run.images, e, _score_bytes(run, dtypes))
 
 
-def check_run(run: RunConfig, trains) -> None:
-    """Image batches are modelled with sdpa; under autocast, with the vision model, the
-    projector and the cross-attention layers frozen and no input gradient through the
-    vision model (measured: tests/accuracy/cases.py _mllama)."""
-    if run.attn == "eager":
+def backward_transient(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
+    """Eager attention in a vision model that passes gradients (it trains, carries
+    adapters or gradient checkpointing hooks it): its top layer's softmax backward, the
+    scores' gradients (:func:`ftmem.mllama.eager_score_bytes` per score) beside what the
+    tower keeps, once the language model's backward is done. sdpa's backward works on
+    the layer's N-row tensors, which the language model's moments outweigh."""
+    from ftmem import vision_lora
+    from ftmem.mllama import scores_per_layer
+    from ftmem.vision_step import checkpointing_hooks_tower, training
+
+    v = arch.vision
+    if v is None or v.mllama is None or not run.images or run.attn != "eager":
+        return 0
+    adapters = vision_lora.first_tower_adapter(vision_lora.adapted(arch, run)) is not None
+    if not (training(arch, run).tower or checkpointing_hooks_tower(run) or adapters):
+        return 0
+    return scores_per_layer(v, run.batch_size * run.images) * _score_bytes(run, dtypes)
+
+
+def _score_bytes(run: RunConfig, dtypes: Dtypes) -> int:
+    from ftmem.mllama import eager_score_bytes
+
+    if run.attn != "eager":
+        return 0
+    fp16_cuda = dtypes.compute == "fp16" and run.device != "cpu"
+    return eager_score_bytes(BYTES_PER_ELEMENT[dtypes.compute], fp16_cuda)
+
+
+def check_run(arch: Architecture, run: RunConfig, trains) -> None:
+    """Image batches under autocast are modelled with the vision model and the
+    cross-attention layers frozen (adapters on them, a trained projector), and under
+    eager attention with no more image keys than text positions (measured:
+    tests/accuracy/cases.py _mllama_autocast_and_eager)."""
+    from ftmem.mllama import image_states
+
+    v = arch.vision
+    assert v is not None
+    keys = run.images * image_states(v)
+    if run.attn == "eager" and keys > run.positions:
         raise InvalidInputError(
-            "--attn eager with --images on Llama-3.2-Vision is not modelled (its vision "
-            "and cross-attention layers are sized for sdpa); use --attn sdpa."
+            f"--attn eager with --images on Llama-3.2-Vision is modelled while the "
+            f"cross-attention layers' image keys ({keys:,}: {run.images} × "
+            f"{image_states(v):,}) are no more than the text positions "
+            f"({run.positions:,}): their fp32 scores (batch × heads × text × image keys) "
+            "then outgrow the self-attention's, and their forward and backward moments "
+            "are not sized; use --attn sdpa."
         )
-    from ftmem.vision_step import checkpointing_hooks_tower
-
-    trained = trains.tower or trains.projector or cross_layers_train(run)
-    if run.precision.endswith("-mixed") and (trained or checkpointing_hooks_tower(run)):
+    if run.precision.endswith("-mixed") and (trains.tower or cross_layers_train(run)):
         raise InvalidInputError(
             f"--precision {run.precision} with --images on Llama-3.2-Vision is modelled "
-            "with the vision model, the projector and the cross-attention layers frozen "
-            "and without --grad-ckpt (autocast's casts where they pass gradients are not "
-            "sized); use bf16, fp16 or fp32, or freeze them (an adapter method)."
+            "with the vision model and the cross-attention layers frozen (adapters on "
+            "them are): autocast's 16-bit copies of the inputs of their trained weights "
+            "are not sized; use bf16, fp16 or fp32, or an adapter method."
         )
 
 
@@ -194,19 +259,11 @@ def saved(arch: Architecture, run: RunConfig, e: int, trains, dtypes) -> list:
     """Everything Llama-3.2-Vision's image path keeps for backward."""
     from ftmem import vision_lora
 
-    check_run(run, trains)
+    check_run(arch, run, trains)
     adapted = vision_lora.adapted(arch, run)
-    if run.precision.endswith("-mixed") and adapted:
-        # (autocast's copies where these adapters pass gradients are not sized)
-        raise InvalidInputError(
-            f"--precision {run.precision} with --images on Llama-3.2-Vision: the LoRA "
-            "targets reach the vision model or the cross-attention layers (peft matches "
-            "their q_proj/v_proj/... names too), which is not modelled under autocast; "
-            "use bf16, fp16 or fp32."
-        )
     # the image states need a gradient: the projector trains, or adapters below it do
     states_grad = trains.projector or any(lin.part != "cross" for lin in adapted)
-    out = cross_saved(arch, run, e, states_grad) + shared_saved(arch, run, e)
+    out = cross_saved(arch, run, e, states_grad, dtypes) + shared_saved(arch, run, e)
     v = arch.vision
     assert v is not None
     images = run.batch_size * run.images
@@ -219,15 +276,42 @@ def saved(arch: Architecture, run: RunConfig, e: int, trains, dtypes) -> list:
         kept = vision_lora.adapter_saved(arch, run, dtypes, adapted)
         out.append(Saved("LoRA adapters outside the blocks (inputs, lora_A outputs)", kept))
     tower_lora = vision_lora.first_tower_adapter(adapted) is not None
+    eager, autocast = run.attn == "eager", dtypes.autocast
     if trains.tower or checkpointing_hooks_tower(run) or tower_lora:
-        kept = tower_saved(v, images, e, trains.tower)
+        fp32_linears = dtypes.four_bit_outputs_fp32
+        kept = tower_saved(v, images, e, trains.tower, eager, autocast, fp32_linears)
         out.append(
             Saved(f"vision model ({'trained' if trains.tower else 'input gradients'})", kept)
         )
-        out.append(Saved("vision model's aspect-ratio mask", tower_mask(v, images, e)))
+        if not eager:  # (eager adds the mask to the scores and keeps nothing)
+            out.append(Saved("vision model's aspect-ratio mask", tower_mask(v, images, e)))
     if trains.projector:
         out += projector_saved(arch, run, e)
+    if dtypes.casts_weights:
+        copies = autocast_copies(arch, run, e, dtypes)
+        out.append(Saved("autocast's 16-bit weights (vision model, projector)", copies))
     return out
+
+
+def autocast_copies(arch: Architecture, run: RunConfig, e: int, dtypes: Dtypes) -> int:
+    """Under autocast each fp32 nn.Linear weight of the vision model and the projector is
+    cast to the compute dtype at every call (autocast caches no cast: its cache holds
+    leaf tensors that require grad, torch aten/src/ATen/autocast_mode.cpp cached_cast),
+    and the linear keeps that copy wherever its input needs a gradient (the base
+    layer's, beside its adapter; the trained projector's too):
+    vision_lora.inputs_needing_grad. A 4-bit base (QLoRA: bitsandbytes quantises
+    these linears too) has none: bitsandbytes' matmul_4bit keeps the packed weight and
+    dequantises it again in backward. The cross-attention layers' are cross_saved's."""
+    from ftmem.vision_lora import inputs_needing_grad, vision_linears
+
+    if dtypes.quantized:
+        return 0
+    grad = inputs_needing_grad(arch, run)
+    return sum(
+        lin.in_features * lin.out_features * e
+        for lin in vision_linears(arch)
+        if lin.part != "cross" and lin.module in grad
+    )
 
 
 def projector_saved(arch: Architecture, run: RunConfig, e: int) -> list:
@@ -282,3 +366,29 @@ def notes(arch: Architecture, run: RunConfig, trains) -> list[str]:
     from ftmem import vision_lora
 
     return out + vision_lora.notes(arch, run)
+
+
+def fsdp_root_notes(arch: Architecture, run: RunConfig) -> list[str]:
+    """FSDP (ftmem.parallel): the vision model, the projector and the cross-attention
+    layers lie outside the Architecture's blocks, so the root unit holds them, gathered
+    whole through the step. Accelerate's transformer auto-wrap takes the model's
+    _no_split_modules (transformers 5.25 modeling_mllama.py MllamaPreTrainedModel:
+    MllamaVisionEncoderLayer, MllamaCrossAttentionDecoderLayer,
+    MllamaSelfAttentionDecoderLayer), so each of their layers is a unit of its own,
+    gathered one at a time: not modelled (not measured on several ranks), said."""
+    from ftmem.mllama import cross_layer_count
+    from ftmem.vision import projector_count, tower_count
+
+    v = arch.vision
+    if v is None or v.mllama is None or not run.images:
+        return []
+    params = tower_count(v) + projector_count(v, arch.hidden_size)
+    params += cross_layer_count(v, arch.hidden_size)
+    return [
+        f"Llama-3.2-Vision under FSDP: the vision model, the projector and the "
+        f"{len(v.mllama.cross_layers)} cross-attention layers ({params / 1e9:.2f}B "
+        "parameters) are counted in the root unit, gathered whole through the step; "
+        "Accelerate's auto-wrap (the model's _no_split_modules) makes each of their "
+        "layers a unit of its own, gathered one at a time, so the gathered weights here "
+        "are an upper bound."
+    ]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from ftmem import colossalai, deepspeed_zero3, grpo
+from ftmem import colossalai, deepspeed_zero3, grpo, mllama_step
 from ftmem.arch import HEAD, Architecture
 from ftmem.colossalai import COLOSSALAI, LOW_LEVEL_ZERO
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, ceil_div, is_quantized, quant_state_bytes
@@ -1872,6 +1872,8 @@ def parallel_notes(
             "FSDP wraps each decoder block as a unit; the root unit (embeddings, final norm, "
             "LM head) stays gathered through forward and backward."
         )
+    if s in ("fsdp", "fsdp-hybrid"):
+        notes += mllama_step.fsdp_root_notes(arch, run)
     if s == "ddp":
         notes.append(
             "torch DDP keeps gradient buckets as large as the gradients "

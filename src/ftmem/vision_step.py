@@ -308,9 +308,12 @@ def backward_transient(
     """The checkpointed tower's backward, after the language model's: one layer's
     recompute and its largest gradients (ftmem.vision_pixtral.layer_backward), beside
     the token embeddings' leaf gradient that masked_scatter's backward wrote
-    (graph_leaves). Mistral 3 only: the other towers' backward is not a moment of the
-    step yet."""
+    (graph_leaves). Mistral 3 only, and Llama-3.2-Vision's eager softmax backward
+    (ftmem.mllama_step.backward_transient): the other towers' backward is not a moment
+    of the step yet."""
     v = arch.vision
+    if v is not None and v.mllama is not None:
+        return mllama_step.backward_transient(arch, run, dtypes)
     if v is None or v.encoder != "pixtral" or not run.images or not run.grad_ckpt:
         return 0
     trains = training(arch, run)

@@ -85,6 +85,7 @@ def _matrix() -> list[Case]:
         *_trl116(),
         *_image_text(),
         *_mllama(),
+        *_mllama_autocast_and_eager(),
         *_tower_adapters(),
         *_qwen1(),
         *_sliding_window_masks(),
@@ -440,6 +441,34 @@ def _mllama() -> list[Case]:
         # peft's names reach the vision model's and the cross-attention layers' linears
         # too (ftmem.vision_lora): q_proj/v_proj in both, fc1 in the vision model only
         {"method": "lora", **image, "lora_targets": "q_proj,v_proj,fc1"},
+    ]
+    return [MllamaCase("llama", s) for s in settings]
+
+
+def _mllama_autocast_and_eager() -> list[Case]:
+    """Llama-3.2-Vision's image path with peft's names reaching the vision model and the
+    cross-attention layers (ftmem.mllama_step): under autocast (fp32 LayerNorm inputs in
+    the vision model, autocast's 16-bit weight copies from the first adapter on, none
+    over QLoRA's 4-bit linears, whose outputs stay fp32), with a trained projector and
+    checkpointing; eager attention in both (the folded q/kᵀ/v copies, fp32 softmax and
+    its cast; only kᵀ, v and the softmax where the image keys need no gradient)."""
+    image = {"images": 1}
+    mixed, eager = {"precision": "bf16-mixed"}, {"attn": "eager"}
+    mlp_only = {"lora_targets": "gate_proj,up_proj,down_proj"}
+    settings: list[dict] = [
+        {"method": "lora", **image, **mixed},
+        {"method": "lora", **image, "precision": "fp16-mixed"},
+        {"method": "qlora", **image, **mixed},
+        {"method": "lora", **image, **mixed, "projector": "full"},
+        {"method": "lora", **image, **mixed, "grad_ckpt": True},
+        {"method": "qlora", **image, **mixed, "grad_ckpt": True},
+        {"method": "lora", **image, **eager},
+        {"method": "lora", **image, **eager, "lora_targets": "q_proj,v_proj,fc1"},
+        {"method": "lora", **image, **eager, **mlp_only},
+        {"method": "lora", **image, **eager, "grad_ckpt": True},
+        {"method": "full", **image, **eager},
+        {"method": "full", **image, **eager, "precision": "fp32"},
+        {"method": "lora", "images": 2, **eager, **mixed},
     ]
     return [MllamaCase("llama", s) for s in settings]
 
