@@ -12,6 +12,7 @@ import pytest
 
 from ftmem.arch import count_params
 from ftmem.families import by_model_type
+from ftmem.presets import get_model
 from ftmem.sources import architecture_from_config
 
 torch = pytest.importorskip("torch")
@@ -100,3 +101,55 @@ def test_module_names_are_llamas():
     for part in (*names.attention.values(), *names.mlp.values(), *names.norms[2]):
         assert f"{block}.{part}" in modules
     assert names.embedding in modules and names.final_norm in modules
+
+
+# --- the shipped presets (presets/models/exaone-*.yaml) --------------------------------
+
+EXAONE_PRESETS = (
+    "exaone-3.0-7.8b",
+    "exaone-3.5-2.4b",
+    "exaone-3.5-7.8b",
+    "exaone-3.5-32b",
+    "exaone-4.0-1.2b",
+    "exaone-4.0-32b",
+)
+
+
+def _built_from_preset(preset_id: str) -> tuple[Any, Any]:
+    """The preset and the model transformers builds (on meta) from the kwargs ``ftmem
+    measure`` gives its family's config class."""
+    arch = get_model(preset_id)
+    family = by_model_type()[arch.family]
+    cfg = {"model_type": arch.family, "vocab_size": arch.vocab_size, **family.config.build(arch)}
+    cfg["tie_word_embeddings"] = arch.tie_embeddings
+    return arch, _model(cfg)
+
+
+@pytest.mark.parametrize("preset_id", EXAONE_PRESETS)
+def test_preset_count_equals_transformers(preset_id: str):
+    arch, model = _built_from_preset(preset_id)
+    assert count_params(arch) == _numel(model)
+
+
+def test_the_hybrid_preset_slides_three_layers_in_four():
+    """EXAONE-4.0-32B: Exaone4Config's layer_types from sliding_window_pattern 4 (every
+    4th layer global, configuration_exaone4.py __post_init__) are the preset's 48 of 64."""
+    arch, model = _built_from_preset("exaone-4.0-32b")
+    types = model.config.layer_types
+    assert types.count("sliding_attention") == arch.sliding_layers == 48
+    assert model.config.sliding_window == arch.sliding_window == 4096
+
+
+@pytest.mark.parametrize(
+    ("preset_id", "card_billions"),
+    [
+        # "Number of Parameters (without embeddings)" on the model cards
+        # (huggingface.co/LGAI-EXAONE/EXAONE-3.5-2.4B-Instruct, .../EXAONE-3.5-7.8B-Instruct)
+        ("exaone-3.5-2.4b", "2.14"),
+        ("exaone-3.5-7.8b", "6.98"),
+    ],
+)
+def test_the_model_cards_count_without_embeddings(preset_id: str, card_billions: str):
+    arch = get_model(preset_id)
+    embeddings = arch.vocab_size * arch.hidden_size * (1 if arch.tie_embeddings else 2)
+    assert f"{(count_params(arch) - embeddings) / 1e9:.2f}" == card_billions

@@ -10,7 +10,13 @@ import pytest
 
 from ftmem.api import run_config
 from ftmem.arch import count_params
-from ftmem.ops.attention import Attention, alibi_mask, alibi_mask_copied, alibi_notes
+from ftmem.ops.attention import (
+    Attention,
+    alibi_mask,
+    alibi_mask_copied,
+    alibi_model_mask,
+    alibi_notes,
+)
 from ftmem.sources import architecture_from_config
 
 # tiiuae/falcon-rw-1b config.json (the keys that shape the model)
@@ -68,3 +74,20 @@ def test_before_5_25_and_under_flash(rw):
     flash = run_config(precision="bf16", seq_len=64, attn="flash")
     assert not alibi_mask(rw, flash)
     assert any("refuses FlashAttention-2" in note for note in alibi_notes(rw, flash))
+
+
+def test_eager_builds_the_mask_and_keeps_none(rw):
+    # FalconModel.forward builds the one (b, heads, s, s) mask whichever kernel runs;
+    # eager adds it to the scores (saved by no op): it weighs on the forward, and the
+    # checkpoints hold it as every block's input
+    run = run_config(precision="bf16", batch_size=2, seq_len=64, attn="eager")
+    assert alibi_model_mask(rw, run) and not alibi_mask(rw, run)
+    mask = 2 * 32 * 64 * 64 * 2
+    assert Attention.alibi_mask_bytes(rw, run) == mask
+    assert Attention.alibi_mask_saved(rw, run) == 0 and not alibi_mask_copied(rw, run)
+    assert Attention.layer_type_masks(rw, run, 2) == mask
+    checkpointed = run_config(
+        precision="bf16", batch_size=2, seq_len=64, attn="eager", grad_ckpt=True
+    )
+    assert Attention.held_layer_masks(rw, checkpointed) == mask
+    assert not alibi_notes(rw, run)

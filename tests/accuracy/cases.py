@@ -112,7 +112,12 @@ def _falcon_alibi() -> list[Case]:
     the kernels, copied per layer where autocast casts it (bf16-mixed), held by the
     checkpoints; q, k, v views of the fused projection; under autocast the biased
     FalconLinear's fp32 outputs (the GELU's input). falcon-rw's layout in the three
-    precision regimes, full and LoRA, checkpointed; one multi-query parallel block."""
+    precision regimes, full and LoRA, checkpointed; one multi-query parallel block.
+    Under eager attention the same mask is built, added to the scores and saved by no
+    op, and matmul's fold copies q and the per-head k and v for bmm
+    (Attention.eager_fold_copies): with one key/value head those copies outweigh the
+    projection's output the sdpa kernel keeps. StarCoder's multi-query GPTBigCode takes
+    the same eager path over views of its c_attn; one sequence folds as views."""
     settings: list[dict] = [
         {"method": "full", "precision": "fp32"},
         {"method": "full", "precision": "bf16"},
@@ -127,6 +132,15 @@ def _falcon_alibi() -> list[Case]:
     multi_query = {"position_embedding": "alibi"}
     cases.append(Case("falcon", {"method": "lora", "precision": "bf16"}, multi_query))
     cases.append(Case("falcon", {"method": "full", "precision": "bf16-mixed"}, multi_query))
+    eager: list[dict] = [
+        {"method": "lora", "precision": "bf16", "attn": "eager"},
+        {"method": "full", "precision": "bf16-mixed", "attn": "eager"},
+    ]
+    cases += [Case("falcon", s, changes) for s in eager for changes in (FALCON_RW, multi_query)]
+    cases.append(Case("gpt_bigcode", eager[0]))
+    cases.append(Case("gpt_bigcode", {**eager[0], "batch_size": 1}))
+    # the checkpointed eager LoRA block's backward (rotary too: a known gap)
+    cases.append(Case("falcon", {**eager[0], "grad_ckpt": True}))
     return cases
 
 
@@ -1450,6 +1464,28 @@ KNOWN_GAPS: dict[str, str] = {
         "where the estimate adds the two; under bf16-mixed the sum matches (+1.8 %), so "
         "the order is not derived yet (2026-11-29)"
     ),
+<<<<<<< HEAD
+=======
+    "falcon-gradckpt=True-method=lora-precision=bf16-mixed-attentionoutbias=True-attentionqkvbias=True-mlpbias=True-normsperblock=2-numkvheads=4-parallelattnmlp=False-positionembedding=alibi": (
+        "falcon-rw's layout (ALiBi), LoRA bf16-mixed with checkpointing: activations exact, "
+        "the peak measured 12.3 % above the estimate (2,334,160 / 2,662,264 B), in the "
+        "backward. Not ALiBi's: the rotary tiny Falcon's LoRA bf16-mixed with checkpointing "
+        "misses too (-6.5 %, 1,727,320 / 1,846,724 B; the same sequential rotary block "
+        "without biases -8.1 %), where GPT-2's fused c_attn matches (+0.6 %). What Falcon's "
+        "recomputed block holds beside its adapted query_key_value under autocast is not "
+        "derived yet (2026-12-03)"
+    ),
+    "falcon-attn=eager-gradckpt=True-method=lora-precision=bf16": (
+        "The tiny (rotary, multi-query) Falcon's LoRA under eager attention with "
+        "checkpointing, bf16: activations +1.8 % (the cos/sin counted outside the blocks), "
+        "the estimate 8.1 % below the backward's measured peak (1,171,720 / 1,274,824 B). "
+        "Not ALiBi's and not autocast's: falcon-rw's ALiBi layout misses as much (-6.5 %, "
+        "1,343,488 / 1,436,392 B), so does its block with the rotary (-7.4 %); sdpa's "
+        "bf16 block matches (-0.3 %), and so do GPT-2's and Llama's eager checkpointed "
+        "LoRA. The same recomputed-block miss as the bf16-mixed case above, not derived "
+        "yet (2026-12-03)"
+    ),
+>>>>>>> helper-exaone
     "gpt2-activationoffload=True-method=lora-precision=fp32": (
         "activation offload on GPT-2 in fp32: the peak measured 7.8 % above the estimate; "
         "the written-out tanh-GELU's backward brings back more of its offloaded "

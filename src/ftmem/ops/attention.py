@@ -148,24 +148,30 @@ def materialized_mask(arch: Architecture, run: RunConfig) -> bool:
     return run.attn == "sdpa" and not runs_eager(arch, run)
 
 
-def alibi_mask(arch: Architecture, run: RunConfig) -> bool:
-    """An ALiBi model (falcon-rw) from transformers 5.25 gives every layer's sdpa one float
-    (b, heads, s, s) mask that holds the position bias. FalconModel.forward (5.25.0
-    modeling_falcon.py l.552-598) builds the alibi tensor (build_alibi_tensor, (b·heads,
-    1, s) in the embeddings' dtype), materialises the boolean causal mask
+def alibi_model_mask(arch: Architecture, run: RunConfig) -> bool:
+    """An ALiBi model (falcon-rw) from transformers 5.25 builds one float (b, heads, s, s)
+    mask that holds the position bias, whichever of sdpa and eager runs. FalconModel.forward
+    (5.25.0 modeling_falcon.py l.552-598) builds the alibi tensor (build_alibi_tensor,
+    (b·heads, 1, s) in the embeddings' dtype), materialises the boolean causal mask
     (``allow_is_causal_skip=False``), turns it into a float one with torch.where and
     ``torch.masked_fill``s ``alibi / sqrt(head_dim)`` where it masks: the broadcast makes
     one (b, heads, s, s) tensor in the embeddings' dtype, passed to every block
     (Attention.alibi_mask_bytes). FalconAttention takes no rotary then (l.313-315: q, k
-    and v stay views of query_key_value's output, qkv_views_kept). Not under eager (added
-    to the scores, saved by no op) nor FlashAttention-2, which 5.25 refuses for ALiBi
-    (l.567-571)."""
+    and v stay views of query_key_value's output, qkv_views_kept). Not under
+    FlashAttention-2, which 5.25 refuses for ALiBi (l.567-571)."""
     first = arch.traits.causal_mask_materialized_from
     if first is None or arch.position_embedding != "alibi":
         return False
     if older_than(run.transformers_version, first) or profile_of(run).sdpa_attention:
         return False
-    return run.attn == "sdpa" and not runs_eager(arch, run)
+    return run.attn != "flash"
+
+
+def alibi_mask(arch: Architecture, run: RunConfig) -> bool:
+    """The model's ALiBi mask (alibi_model_mask) goes to every layer's sdpa kernel, which
+    keeps it (or its copy: alibi_mask_copied). Under eager it is added to the scores,
+    which no op saves (eager_attention_forward, modeling_falcon.py l.225-226)."""
+    return alibi_model_mask(arch, run) and run.attn == "sdpa" and not runs_eager(arch, run)
 
 
 def alibi_notes(arch: Architecture, run: RunConfig) -> list[str]:
@@ -179,12 +185,6 @@ def alibi_notes(arch: Architecture, run: RunConfig) -> list[str]:
             "ALiBi: transformers refuses FlashAttention-2 for this model (the position bias "
             "is in the attention mask, which flash does not take); estimated as asked, "
             "--attn sdpa is what runs."
-        ]
-    if run.attn == "eager" and not older_than(run.transformers_version, first):
-        return [
-            "ALiBi under eager attention: the model's (b, heads, s, s) mask and the "
-            "matmuls' copies of q, k and v are not derived (measured on a tiny falcon-rw: "
-            "activations 8 % above this estimate)."
         ]
     return []
 
@@ -351,15 +351,7 @@ class Attention:
             return out
         P = run.prefix_len
         if qkv_views_kept(arch):
-            # q, k, v are views of c_attn's output: its whole storage stays alive
-            keep("c_attn output (q, k, v views)", T * (q + 2 * kv) * e, Kind.ATTN_QKV)
-            if alibi_mask_copied(arch, run):
-                mask = aligned_mask(b * nh, s, e, run.device)
-                keep("this layer's copy of the ALiBi mask (b, heads, s, s)", mask, Kind.ATTN_MASK)
-            if explicit_mask(arch, run):  # GPT-2 with a padded batch: the mask is all it adds
-                rows, length = (1, T) if packed_rows(run) else (b, s)
-                mask = aligned_mask(rows, length, e, run.device)
-                keep("additive mask (last dim padded to 8)", mask, Kind.ATTN_MASK)
+            out += Attention.fused_views_saved(ctx, needs_grad)
         elif eager:
             # repeat_kv copies k and v to every query head (GQA). One KV head repeats as a
             # stride-0 view, and matmul's fold of (batch, heads) into one dim stays a view
@@ -410,6 +402,51 @@ class Attention:
             for role, (width, size) in widths.items()
             if role in needs_grad
         ]  # fmt: skip
+
+    @staticmethod
+    def fused_views_saved(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
+        """q, k and v as views of one fused projection's output (qkv_views_kept): the
+        kernel keeps that whole output, with the masks it is given; eager attention over
+        more than one sequence keeps matmul's copies instead (eager_fold_copies)."""
+        arch, run, T, e = ctx.arch, ctx.run, ctx.tokens, ctx.e
+        b, s = run.batch_size, ctx.tokens // run.batch_size
+        if runs_eager(arch, run) and b > 1:
+            return Attention.eager_fold_copies(ctx, needs_grad)
+        width = arch.q_size + 2 * arch.kv_size
+        items = [("c_attn output (q, k, v views)", T * width * e, Kind.ATTN_QKV)]
+        if alibi_mask_copied(arch, run):
+            mask = aligned_mask(b * arch.num_heads, s, e, run.device)
+            items.append(
+                ("this layer's copy of the ALiBi mask (b, heads, s, s)", mask, Kind.ATTN_MASK)
+            )
+        if explicit_mask(arch, run):  # GPT-2 with a padded batch: the mask is all it adds
+            rows, length = (1, T) if packed_rows(run) else (b, s)
+            mask = aligned_mask(rows, length, e, run.device)
+            items.append(("additive mask (last dim padded to 8)", mask, Kind.ATTN_MASK))
+        return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
+
+    @staticmethod
+    def eager_fold_copies(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
+        """Eager attention over views of a fused projection's output (qkv_views_kept),
+        more than one sequence: torch.matmul folds (batch, heads) into bmm's batch with a
+        reshape, which a strided view of that output cannot take without a copy, so bmm
+        keeps copies, each b·heads·s·head_dim: q (for k's gradient), k and v repeated per
+        head (repeat_kv's expand of one key/value head is a stride-0 view, copied by the
+        same fold), not the projection's output. transformers 5.25 eager_attention_forward
+        (falcon l.222-231, gpt_bigcode l.100-110). With as many key/value heads as heads
+        the three copies weigh what the output does (GPT-2, falcon-rw); one sequence folds
+        as views, and the output stays whole (fused_views_saved). Measured on the tiny
+        multi-query ALiBi Falcon (tests/accuracy: attn=eager)."""
+        run, width = ctx.run, ctx.arch.q_size * ctx.e
+        keys = ctx.tokens + run.batch_size * run.prefix_len  # a prefix's keys and values too
+        items = []
+        if "k" in needs_grad:
+            items.append(("q copied by matmul's fold", ctx.tokens * width))
+        if "q" in needs_grad:
+            items.append(("k repeated per head, copied by matmul's fold", keys * width))
+        if "q" in needs_grad or "k" in needs_grad:
+            items.append(("v repeated per head, copied by matmul's fold", keys * width))
+        return [Saved(what, size, Kind.ATTN_COPY, Side.ATTENTION) for what, size in items]
 
     @staticmethod
     def eager_scores_saved(
@@ -627,7 +664,7 @@ class Attention:
         (transformers 5.24 modeling_gemma3.py l.704, l.729-739), one byte per element."""
         if sdpa_float_causal_mask(arch, run):
             return model_causal_mask(arch, run)
-        if alibi_mask(arch, run):  # (unless the kernels keep it: alibi_mask_saved)
+        if alibi_model_mask(arch, run):  # (unless sdpa's kernels keep it: alibi_mask_saved)
             held = Attention.held_layer_masks(arch, run) + Attention.alibi_mask_saved(arch, run)
             return Attention.alibi_mask_bytes(arch, run) - held
         if image_block_mask(arch, run):  # (those checkpointing keeps: held_layer_masks)
@@ -650,7 +687,7 @@ class Attention:
         (sliding_window_mask): the sliding layers' one."""
         if not run.grad_ckpt:
             return 0
-        if alibi_mask(arch, run):  # the model's one ALiBi mask
+        if alibi_model_mask(arch, run):  # the model's one ALiBi mask
             return Attention.alibi_mask_bytes(arch, run)
         if image_block_mask(arch, run):
             types = (1 if arch.full_layers else 0) + (1 if arch.sliding_layers else 0)
@@ -659,19 +696,19 @@ class Attention:
 
     @staticmethod
     def alibi_mask_bytes(arch: Architecture, run: RunConfig) -> int:
-        """The model's ALiBi mask (alibi_mask): b·heads·s² in the embeddings' dtype (the
-        residual's: fp32 under autocast over fp32 weights)."""
-        if not alibi_mask(arch, run):
+        """The model's ALiBi mask (alibi_model_mask): b·heads·s² in the embeddings' dtype
+        (the residual's: fp32 under autocast over fp32 weights)."""
+        if not alibi_model_mask(arch, run):
             return 0
         er = resolve_dtypes(run).residual_bytes
         return run.batch_size * arch.num_heads * run.positions**2 * er
 
     @staticmethod
     def alibi_mask_saved(arch: Architecture, run: RunConfig) -> int:
-        """The model's ALiBi mask as the layers' kernels keep it, one storage for all of
-        them: when no layer copies it (alibi_mask_copied) and the blocks are not
-        checkpointed (then the checkpoints hold it: held_layer_masks)."""
-        if run.grad_ckpt or alibi_mask_copied(arch, run):
+        """The model's ALiBi mask as the layers' sdpa kernels keep it, one storage for
+        all of them: when no layer copies it (alibi_mask_copied) and the blocks are not
+        checkpointed (then the checkpoints hold it: held_layer_masks). Eager keeps none."""
+        if run.grad_ckpt or not alibi_mask(arch, run) or alibi_mask_copied(arch, run):
             return 0
         return Attention.alibi_mask_bytes(arch, run)
 
