@@ -74,7 +74,7 @@ def frozen_forward_transient(
     # (gpt-oss's experts compute in their parameters' dtype)
     mlp = MLP.forward_transient(arch, run, residual if arch.traits.clamped_swiglu else e, T)
     mlp += MoE.lora_stacks(plan) if plan is not None else 0
-    attn = Attention.eager_workspace(arch, run)
+    attn = Attention.eager_forward_scores(arch, run, e)
     return max(mlp, attn) + 4 * T * arch.hidden_size * residual
 
 
