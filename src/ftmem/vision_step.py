@@ -371,6 +371,26 @@ def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
     return qwen + pixel_bytes(arch.vision, images_per_step(run))
 
 
+def image_outputs_held(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
+    """What LLaVA's model output holds until the forward returns beyond the saved tensors:
+    LlavaModel keeps get_image_features' output, the tower's BaseModelOutputWithPooling
+    whose pooler_output is the projector's image features, in its own output's
+    image_outputs (transformers 5.25 llava/modeling_llava.py l.221-246), and
+    LlavaForConditionalGeneration computes the loss before it returns (l.325-355). No
+    node keeps the image features (masked_scatter's backward needs only the mask), nor,
+    where the projector reads a layer below the last (vision_feature_layer -2), the last
+    layer's output, held among the hidden states. Measured on the tiny LLaVA at the
+    forward's peak, the loss: both live (bf16: 24,576 + 12,480 B)."""
+    v = arch.vision
+    if v is None or not run.images or v.projector != "mlp" or v.mllama is not None:
+        return 0
+    images = images_per_step(run)
+    features = images * v.tokens_per_image * arch.hidden_size * frozen_path(dtypes).linear_out
+    unread = v.layers_kept < v.num_layers
+    last = images * v.tower_tokens * v.hidden_size * dtypes.residual_bytes if unread else 0
+    return features + last
+
+
 def forward_transient(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
     """A frozen tower's forward, before the language model's: nothing needs a gradient,
     so it keeps nothing, but holds its largest moment (ftmem.vision.frozen_forward)."""
