@@ -1413,22 +1413,6 @@ KNOWN_GAPS: dict[str, str] = {
         "-0.1 %), the rotary cos/sin tables the estimate counts outside the checkpointed "
         "blocks, as for Qwen3 below, here in fp32 (OLMo 2 keeps them so) (2026-12-02)"
     ),
-    "gpt2-gradckpt=True-loratargets=all-linear-method=lora-precision=bf16": (
-        "GPT-2 LoRA on all linears, bf16 with checkpointing: the estimate is 12.6 % above "
-        "the measured peak (2,567,248 / 2,280,856 B; activations exact). Traced on the "
-        "CPU: the measured peak is the end of the top block's recompute, which torch's "
-        "non-reentrant checkpoint runs at the block's first unpack (mlp.c_proj's lora_B, "
-        "torch/utils/checkpoint.py unpack_hook), with the whole rebuilt block alive, "
-        "mlp.c_proj's fp32 input copy (T·f) in it, beside the GELU's unsaved output and "
-        "the incoming gradients. lora_A's backward then makes the cast's fp32 gradient "
-        "(T·f) and frees the copy, ToCopyBackward frees that gradient, and only then does "
-        "the tanh-GELU's backward start (measured 160 KB below the peak). The estimate "
-        "adds the GELU's three T·f gradients, the fp32 residual gradient and the cast's "
-        "gradient to the whole rebuilt block (+633,600 B; the recompute's end holds about "
-        "347,000). Under bf16-mixed the peak is that recompute end too, and the sum "
-        "happens to match it (-0.05 %): a recompute-end moment is not modelled yet "
-        "(2026-12-03)"
-    ),
     "falcon-gradckpt=True-method=lora-precision=bf16-mixed-attentionoutbias=True-attentionqkvbias=True-mlpbias=True-normsperblock=2-numkvheads=4-parallelattnmlp=False-positionembedding=alibi": (
         "falcon-rw's layout (ALiBi), LoRA bf16-mixed with checkpointing: activations exact, "
         "the peak measured 12.3 % above the estimate (2,334,160 / 2,662,264 B), in the "
@@ -1464,16 +1448,6 @@ KNOWN_GAPS: dict[str, str] = {
         "double-counted gradients). The peak is the trained block's input-norm backward, "
         "which with nothing below requiring a gradient holds about 1.3 T·h fp32 less than "
         "the norm moment the estimate takes from full finetuning (2026-12-01)"
-    ),
-    "gpt2-attn=eager-batchsize=1-gradckpt=True-loratargets=all-linear-method=lora-precision=bf16-seqlen=512-maxpositionembeddings=512": (
-        "GPT-2 LoRA on all linears, eager attention with checkpointing, 1 x 512 tokens: the "
-        "estimate's peak is 6.05 % above the measured one (9,291,328 / 8,760,904 B), in the "
-        "backward, which the case is here for (the MLP adapters, mlp.c_proj's included, "
-        "freed before the attention's backward). The forward is -3.2 % (6,207,040 / "
-        "6,411,840 B) since its eager scores are taken in the compute dtype, as GPT-2's "
-        "eager path computes them (Attention.eager_forward_scores; +62 % as two fp32 s² "
-        "tensors). The backward's excess is likely the recomputed block's MLP moment of "
-        "the case below (2026-12-03)"
     ),
     "llama-activationoffload=True-attn=eager-loratargets=all-linear-method=dora-precision=bf16": (
         "DoRA on all linears, activations offloaded, eager attention, bf16: the peak "
