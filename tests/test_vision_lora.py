@@ -105,3 +105,47 @@ def test_text_only_model_unchanged():
     arch = tiny("llama")
     run = RunConfig(method="lora", lora_targets="all-linear")
     assert adapted(arch, run) == ()
+
+
+# the tiny LLaVA (tests/accuracy/cases.py TINY_TOWERS): a CLIP tower of width 48 (its MLP
+# 48 wide too), three layers of which the projector reads layer 1's output, and a
+# projector 48 -> 96 -> 96 (the tiny Llama's width)
+LLAVA_AUTOCAST = {"method": "lora", "precision": "bf16-mixed"}
+
+
+def test_autocast_copies_frozen_weights_where_input_gradients_pass():
+    """q_proj/v_proj reach the tower (peft's names): from layer 0's adapters on, every
+    frozen linear's input needs a gradient, so autocast's bf16 copy of its weight is kept
+    (layer 0's out_proj, fc1 and fc2, all six of layer 1's, the projector's two); layer
+    2's six are the unread layer's, held to the forward's end. The measured step is the
+    accuracy case llava-llama-method=lora-precision=bf16-mixed."""
+    from ftmem.precision import resolve_dtypes
+    from ftmem.vision_lora import frozen_weight_copies
+
+    case = ImageTextCase("llama", LLAVA_AUTOCAST)
+    arch, run = case.arch(), case.run()
+    dtypes = resolve_dtypes(run)
+    square = 48 * 48 * 2
+    assert frozen_weight_copies(arch, run, dtypes) == 9 * square + (48 * 96 + 96 * 96) * 2
+    assert frozen_weight_copies(arch, run, dtypes, unread=True) == 6 * square
+    # bitsandbytes' 4-bit linears keep their packed weight; no autocast, no copies
+    for settings in ({"method": "qlora", "precision": "bf16-mixed"}, {"method": "lora"}):
+        other = ImageTextCase("llama", settings).run()
+        assert frozen_weight_copies(arch, other, resolve_dtypes(other)) == 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "bytes_"),
+    [
+        ({"method": "lora"}, (2, 2, 2)),
+        (LLAVA_AUTOCAST, (2, 4, 2)),  # the fp32 stream under autocast
+        ({"method": "qlora", "precision": "bf16-mixed"}, (2, 4, 4)),  # 4-bit: fp32 outputs
+        ({"method": "qlora"}, (2, 2, 2)),
+    ],
+)
+def test_frozen_path_dtypes(settings, bytes_):
+    from ftmem.precision import resolve_dtypes
+    from ftmem.vision_step import frozen_path
+
+    path = frozen_path(resolve_dtypes(ImageTextCase("llama", settings).run()))
+    assert (path.compute, path.stream, path.linear_out) == bytes_

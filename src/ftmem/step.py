@@ -518,6 +518,7 @@ def _decoder_sizes(
     forward_cache = fixed.autocast_cache if run.grad_ckpt else 0
     # (LLaVA's unread tower layers' graph, held by the model output: ftmem.vision_lora)
     forward_cache += vision_lora.unread_held(arch, run, plan.dtypes)
+    forward_cache += vision_step.image_outputs_held(arch, run, plan.dtypes)
     framework_head = held_logits_head(arch, run, plan, e, T)
     head = HeadTransients(
         logits_forward=_head_forward(arch, run, plan, e, T, forward_cache),

@@ -312,14 +312,47 @@ def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool = False) ->
     return norms + 2 * n * H * e + attention + (act + 1) * n * I * e
 
 
-def input_grad_per_layer(v: VisionTower, images: int, e: int, eager: bool, start: int = 0) -> int:
+@dataclass(frozen=True, slots=True)
+class FrozenPath:
+    """Element sizes along a frozen CLIP / SigLIP tower and LLaVA's projector that pass
+    input gradients to adapters below them, by what each tensor is:
+
+    - ``compute``: attention's tensors (autocast runs sdpa in the 16-bit dtype, casting
+      its inputs) and the adapters' items.
+    - ``stream``: the residual stream, which each LayerNorm keeps. It is in the
+      non-quantised weights' dtype, fp32 under autocast with fp32 parameters: the
+      embeddings' fp32 position embedding (and CLIP's class embedding) promote the
+      patch convolution's 16-bit output (transformers 5.25 clip/modeling_clip.py
+      l.208-217, siglip/modeling_siglip.py l.179-184) and each residual add the 16-bit
+      branch (clip/modeling_clip.py l.376, l.381).
+    - ``linear_out``: a frozen linear's output, which the activation after it keeps (the
+      tower's fc1, LLaVA's linear_1). bitsandbytes' 4-bit linears answer in their
+      input's dtype (bitsandbytes 0.50.2 nn/modules.py Linear4bit.forward,
+      ``.to(inp_dtype)``): fp32 after a LayerNorm under autocast (Dtypes.four_bit_outputs_fp32).
+    """
+
+    compute: int
+    stream: int
+    linear_out: int
+
+    @classmethod
+    def uniform(cls, e: int) -> FrozenPath:
+        """Everything in one dtype (no autocast over fp32 weights)."""
+        return cls(e, e, e)
+
+
+def input_grad_per_layer(
+    v: VisionTower, images: int, e: int, eager: bool, start: int = 0, path: FrozenPath | None = None
+) -> int:
     """What one frozen CLIP / SigLIP encoder layer keeps when gradients pass through it
     (LoRA on the tower: ftmem.vision_lora), the layer's parts from ``start`` on (0: its
     input needs a gradient; 1: from the attention projections, 2: from out_proj, 3: from
     fc1, 4: from fc2, where the lowest adapted linear of the tower is). As
     :func:`saved_per_layer` without the frozen linears' inputs (a frozen weight's input
     gradient needs only the weight): the LayerNorms (input, fp32 mean and rstd), the
-    attention kernel's items, the activation's."""
+    attention kernel's items, the activation's; each in its dtype along ``path``
+    (default: all in ``e``)."""
+    path = path or FrozenPath.uniform(e)
     H, I, t = v.hidden_size, v.intermediate_size, v.tower_tokens
     n = images * t
     act = 2 if v.encoder == "clip" else 1
@@ -328,26 +361,33 @@ def input_grad_per_layer(v: VisionTower, images: int, e: int, eager: bool, start
         attention = 3 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
     else:
         attention = 4 * n * H * e + n * v.num_heads * FP32
-    parts = (_norm_saved(n, H, e), attention, _norm_saved(n, H, e), act * n * I * e)
+    norm = _norm_saved(n, H, path.stream)
+    parts = (norm, attention, norm, act * n * I * path.linear_out)
     return sum(parts[start:])
 
 
 def lora_tower_saved(
-    v: VisionTower, images: int, e: int, eager: bool, first: tuple[int, int]
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool,
+    first: tuple[int, int],
+    path: FrozenPath | None = None,
 ) -> int:
     """A frozen tower whose linears carry LoRA (ftmem.vision_lora), not checkpointed:
     gradients run from the lowest adapted linear (``first``: its layer and the part of
     the layer, as :func:`input_grad_per_layer`'s ``start``) up to the layer the projector
     reads; below it nothing needs a gradient (nor CLIP's pre-norm); SigLIP's post-norm
     when Gemma 3 reads the last layer."""
+    path = path or FrozenPath.uniform(e)
     layer, start = first
     n = images * v.tower_tokens
     total = sum(
-        input_grad_per_layer(v, images, e, eager, start if i == layer else 0)
+        input_grad_per_layer(v, images, e, eager, start if i == layer else 0, path)
         for i in range(layer, v.layers_kept)
     )
     if v.layers_kept == v.num_layers and v.encoder == "siglip":
-        total += _norm_saved(n, v.hidden_size, e)
+        total += _norm_saved(n, v.hidden_size, path.stream)
     return total
 
 
@@ -435,12 +475,15 @@ def projector_saved(
     return pooled + fp32_input + tokens * FP32 + tokens * H * FP32 + H * FP32 + tokens * H * e
 
 
-def projector_input_grad_saved(v: VisionTower, text_hidden: int, images: int, e: int) -> int:
+def projector_input_grad_saved(
+    v: VisionTower, text_hidden: int, images: int, e: int, linear_out: int | None = None
+) -> int:
     """A frozen projector that passes its input's gradient to a hooked frozen tower
     (vision_step.input_hooked): its linears keep nothing (a frozen weight's input
     gradient needs only the weight), the rest what the input's gradient needs:
 
-    - LLaVA: the GELU's input (linear_1's output).
+    - LLaVA: the GELU's input (linear_1's output, of ``linear_out`` bytes an element:
+      FrozenPath; default ``e``).
     - Gemma 3: the average pool's input (the hidden state made contiguous), and the
       RMSNorm's ``x.float()`` (pow's and the product's), rsqrt's output and the fp32
       ``1 + weight`` the product with the normalised x keeps (not the normalised x: it
@@ -454,7 +497,7 @@ def projector_input_grad_saved(v: VisionTower, text_hidden: int, images: int, e:
     H, T = v.hidden_size, text_hidden
     tokens = images * v.tokens_per_image
     if v.projector == "mlp":
-        return tokens * T * e
+        return tokens * T * (linear_out or e)
     pooled = images * v.patches * H * e
     return pooled + tokens * H * FP32 + tokens * FP32 + H * FP32
 

@@ -286,6 +286,36 @@ def _tokens(arch: Architecture, lin: VisionLinear, images: int, text_tokens: int
     return images * (v.patches if v.drop_cls else v.tower_tokens)  # LLaVA's linear_1/2
 
 
+def frozen_weight_copies(arch: Architecture, run: RunConfig, dtypes, unread: bool = False) -> int:
+    """Autocast's 16-bit copies of the frozen tower's and projector's weights where the
+    linear's input needs a gradient (:func:`inputs_needing_grad`): F.linear's backward
+    takes the input's gradient through the weight, and under autocast the weight it was
+    handed is the cast copy (aten/src/ATen/autocast_mode.h cached_cast), which its node
+    keeps, one per linear (measured on the tiny LLaVA, LoRA bf16-mixed: nine of the
+    tower's 48 × 48 linears and the projector's two). Where the input needs none, the
+    frozen linear keeps nothing. None under bitsandbytes: its MatMul4Bit keeps the
+    packed weight, a parameter (bitsandbytes 0.50.2 autograd/_functions.py l.357-358).
+    ``unread``: the layers above the one LLaVA's projector reads instead
+    (:func:`unread_held`). Trained parts are not counted here."""
+    from ftmem.dtypes import BYTES_PER_ELEMENT
+    from ftmem.vision_step import training
+
+    v = arch.vision
+    if v is None or v.mllama is not None or not dtypes.casts_weights or dtypes.quantized:
+        return 0
+    trains = training(arch, run)
+    frozen = {"tower": not trains.tower, "projector": not trains.projector, "cross": False}
+    grad = inputs_needing_grad(arch, run)
+    e = BYTES_PER_ELEMENT[dtypes.compute]
+    return sum(
+        lin.in_features * lin.out_features * e
+        for lin in vision_linears(arch)
+        if frozen[lin.part]
+        and lin.module in grad
+        and (lin.part == "tower" and not _reached(arch, lin.layer)) == unread
+    )
+
+
 def unread_held(arch: Architecture, run: RunConfig, dtypes) -> int:
     """What the layers above the one LLaVA's projector reads keep while the forward runs:
     their adapters make them record a graph, and LlavaModel.forward keeps the whole
@@ -295,6 +325,7 @@ def unread_held(arch: Architecture, run: RunConfig, dtypes) -> int:
     before backward (no gradient reaches it)."""
     from ftmem.dtypes import BYTES_PER_ELEMENT
     from ftmem.vision import input_grad_per_layer
+    from ftmem.vision_step import frozen_path
 
     v = arch.vision
     if v is None or v.mllama is not None or v.qwen or not run.images or run.grad_ckpt:
@@ -306,10 +337,12 @@ def unread_held(arch: Architecture, run: RunConfig, dtypes) -> int:
     e, images = BYTES_PER_ELEMENT[dtypes.compute], run.batch_size * run.images
     layer, start = max(first, (v.layers_kept, 0))
     eager = run.attn == "eager"
+    path = frozen_path(dtypes)
     total = sum(
-        input_grad_per_layer(v, images, e, eager, start if i == layer else 0)
+        input_grad_per_layer(v, images, e, eager, start if i == layer else 0, path)
         for i in range(layer, v.num_layers)
     )
+    total += frozen_weight_copies(arch, run, dtypes, unread=True)
     unread = tuple(lin for lin in lins if lin.part == "tower" and not _reached(arch, lin.layer))
     return total + adapter_saved(arch, run, dtypes, unread, unread=True)
 
@@ -437,6 +470,22 @@ def _flow_position(lin: VisionLinear, index: int) -> tuple[int, int, int, int]:
     return (0, stack, lin.layer or 0, _STAGE.get(leaf, 0))
 
 
+def _autocast_sized(arch: Architecture, run: RunConfig) -> bool:
+    """Autocast's dtypes along the image path are sized (ftmem.vision.FrozenPath,
+    :func:`frozen_weight_copies`): a frozen, not checkpointed CLIP or SigLIP tower before
+    LLaVA's frozen projector (measured, tests/accuracy/cases.py _tower_adapters)."""
+    from ftmem.vision_step import training
+
+    v = arch.vision
+    assert v is not None
+    trains = training(arch, run)
+    return (
+        v.encoder in ("clip", "siglip")
+        and v.projector == "mlp"
+        and not (trains.tower or trains.projector or run.grad_ckpt)
+    )
+
+
 _PART_NAMES = {"tower": "vision tower", "projector": "projector", "cross": "cross-attention layers"}
 
 
@@ -460,12 +509,13 @@ def notes(arch: Architecture, run: RunConfig) -> list[str]:
             + ("" if run.images else " Without --images they never run: no gradient, no state.")
         )
     autocast = run.precision.endswith("-mixed") and run.images
-    if autocast and arch.vision.mllama is None and any(lin.part != "cross" for lin in lins):
+    unsized = arch.vision.mllama is None and not _autocast_sized(arch, run)
+    if autocast and unsized and any(lin.part != "cross" for lin in lins):
         out.append(
-            "Under autocast the frozen tower and projector these adapters pass gradients "
-            "through keep fp32 norm inputs and autocast's 16-bit weight copies, which are "
-            "not sized yet: saved activations read about 5 % low (tiny LLaVA, LoRA and "
-            "QLoRA, bf16-mixed)."
+            "Under autocast the tower and projector these adapters pass gradients through "
+            "keep fp32 norm inputs and autocast's 16-bit weight copies, sized for a frozen "
+            "CLIP or SigLIP tower and LLaVA's projector only: this model's saved "
+            "activations may read about 5 % low (the tiny LLaVA read so before)."
         )
     if skipped:
         out.append(

@@ -16,6 +16,7 @@ from ftmem.precision import Dtypes
 from ftmem.profiles import profile_of
 from ftmem.run import RunConfig
 from ftmem.vision import (
+    FrozenPath,
     VisionParam,
     VisionTower,
     check_images,
@@ -198,7 +199,7 @@ def saved(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[Saved]:
         what = "trained" if trains.tower else "frozen, input gradients"
         out.append(Saved(f"vision tower ({what})", kept))
     elif first is not None:
-        kept = lora_tower_saved(v, images, e, eager, first)
+        kept = lora_tower_saved(v, images, e, eager, first, frozen_path(dtypes))
         out.append(Saved("vision tower (frozen, LoRA from its lowest adapted linear)", kept))
     if adapted:
         kept = vision_lora.adapter_saved(arch, run, dtypes, adapted)
@@ -208,20 +209,38 @@ def saved(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[Saved]:
         kept = projector_saved(v, arch.hidden_size, images, e, tower_grads)
         out.append(Saved("vision projector (trained)", kept))
     elif hooked or adapted:
-        kept = projector_input_grad_saved(v, arch.hidden_size, images, e)
+        linear_out = frozen_path(dtypes).linear_out
+        kept = projector_input_grad_saved(v, arch.hidden_size, images, e, linear_out)
         out.append(Saved("vision projector (frozen, input gradients)", kept))
+    copies = 0 if hooked else vision_lora.frozen_weight_copies(arch, run, dtypes)
+    if copies:
+        out.append(
+            Saved("autocast's weight copies (frozen vision linears, input gradients)", copies)
+        )
     return out
 
 
-def lora_tower_saved(v: VisionTower, images: int, e: int, eager: bool, first) -> int:
-    """A frozen tower with LoRA on its linears, not checkpointed (ftmem.vision_lora)."""
+def frozen_path(dtypes: Dtypes) -> FrozenPath:
+    """The element sizes along a frozen tower and projector passing input gradients
+    (ftmem.vision.FrozenPath): the residual stream in the non-quantised weights' dtype,
+    a 4-bit linear's output in its input's (fp32 under autocast over fp32 weights)."""
+    e = BYTES_PER_ELEMENT[dtypes.compute]
+    linear_out = FP32 if dtypes.four_bit_outputs_fp32 else e
+    return FrozenPath(e, dtypes.residual_bytes, linear_out)
+
+
+def lora_tower_saved(
+    v: VisionTower, images: int, e: int, eager: bool, first, path: FrozenPath
+) -> int:
+    """A frozen tower with LoRA on its linears, not checkpointed (ftmem.vision_lora);
+    ``path``'s dtypes for CLIP and SigLIP (Qwen-VL's and Pixtral's are sized in ``e``)."""
     if v.qwen:
         return vision_qwen.lora_tower_saved(v, images, e, eager, first)
     if v.encoder == "pixtral":
         return vision_pixtral.lora_tower_saved(v, images, e, eager, first)
     from ftmem.vision import lora_tower_saved as clip_siglip
 
-    return clip_siglip(v, images, e, eager, first)
+    return clip_siglip(v, images, e, eager, first, path)
 
 
 def input_hooked(arch: Architecture, run: RunConfig) -> bool:
@@ -353,6 +372,26 @@ def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
     if training(arch, run).tower and BYTES_PER_ELEMENT[dtypes.compute] == FP32:
         return qwen  # the convolution keeps the pixels themselves: counted with the tower's items
     return qwen + pixel_bytes(arch.vision, images_per_step(run))
+
+
+def image_outputs_held(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
+    """What LLaVA's model output holds until the forward returns beyond the saved tensors:
+    LlavaModel keeps get_image_features' output, the tower's BaseModelOutputWithPooling
+    whose pooler_output is the projector's image features, in its own output's
+    image_outputs (transformers 5.25 llava/modeling_llava.py l.221-246), and
+    LlavaForConditionalGeneration computes the loss before it returns (l.325-355). No
+    node keeps the image features (masked_scatter's backward needs only the mask), nor,
+    where the projector reads a layer below the last (vision_feature_layer -2), the last
+    layer's output, held among the hidden states. Measured on the tiny LLaVA at the
+    forward's peak, the loss: both live (bf16: 24,576 + 12,480 B)."""
+    v = arch.vision
+    if v is None or not run.images or v.projector != "mlp" or v.mllama is not None:
+        return 0
+    images = images_per_step(run)
+    features = images * v.tokens_per_image * arch.hidden_size * frozen_path(dtypes).linear_out
+    unread = v.layers_kept < v.num_layers
+    last = images * v.tower_tokens * v.hidden_size * dtypes.residual_bytes if unread else 0
+    return features + last
 
 
 def forward_transient(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:

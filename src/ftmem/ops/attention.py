@@ -654,6 +654,25 @@ class Attention:
         return 2 * run.batch_size * arch.num_heads * s * keys * Attention.score_bytes(arch, run)
 
     @staticmethod
+    def eager_forward_scores(arch: Architecture, run: RunConfig, e: int) -> int:
+        """Eager attention's largest moment in a forward that keeps nothing (a frozen or
+        checkpointed block): two score-sized tensors at once. GPT-2's eager path never
+        upcasts (transformers 5.25 models/gpt2/modeling_gpt2.py l.55-73: the scores'
+        matmul times the scale, the mask added, softmax in that dtype), so without
+        autocast the two are in the compute dtype (measured: 1 × 512 tokens, bf16,
+        checkpointed, 4,194,304 B below two fp32 ones); elsewhere :meth:`eager_workspace`'s
+        fp32 pair (attention sinks: gpt-oss's dtype)."""
+        if (
+            arch.traits.softmax_in_compute_dtype
+            and not arch.traits.attention_sinks
+            and not resolve_dtypes(run).autocast
+            and runs_eager(arch, run)
+        ):
+            s = run.positions
+            return 2 * run.batch_size * arch.num_heads * s * (s + run.prefix_len) * e
+        return Attention.eager_workspace(arch, run)
+
+    @staticmethod
     def layer_type_masks(arch: Architecture, run: RunConfig, e: int) -> int:
         """gpt-oss's eager path: GptOssModel.forward builds a float (b, 1, s, s) mask per
         layer type (full, and sliding where a window is set) and passes each block its
