@@ -1453,27 +1453,6 @@ KNOWN_GAPS: dict[str, str] = {
         "-0.1 %), the rotary cos/sin tables the estimate counts outside the checkpointed "
         "blocks, as for Qwen3 below, here in fp32 (OLMo 2 keeps them so) (2026-12-02)"
     ),
-<<<<<<< HEAD
-    "gpt2-gradckpt=True-loratargets=all-linear-method=lora-precision=bf16": (
-        "GPT-2 LoRA on all linears, bf16 with checkpointing: the estimate is 13.8 % above "
-        "the measured peak (activations exact). The MLP c_proj adapter's fp32 "
-        "cast gradient (T·f) is freed before the three-wide tanh-GELU backward starts, "
-        "where the estimate adds the two; under bf16-mixed the sum matches (+1.8 %), so "
-        "the order is not derived yet (2026-11-29)"
-    ),
-<<<<<<< HEAD
-=======
-=======
->>>>>>> helper-gpt2gaps
-    "falcon-gradckpt=True-method=lora-precision=bf16-mixed-attentionoutbias=True-attentionqkvbias=True-mlpbias=True-normsperblock=2-numkvheads=4-parallelattnmlp=False-positionembedding=alibi": (
-        "falcon-rw's layout (ALiBi), LoRA bf16-mixed with checkpointing: activations exact, "
-        "the peak measured 12.3 % above the estimate (2,334,160 / 2,662,264 B), in the "
-        "backward. Not ALiBi's: the rotary tiny Falcon's LoRA bf16-mixed with checkpointing "
-        "misses too (-6.5 %, 1,727,320 / 1,846,724 B; the same sequential rotary block "
-        "without biases -8.1 %), where GPT-2's fused c_attn matches (+0.6 %). What Falcon's "
-        "recomputed block holds beside its adapted query_key_value under autocast is not "
-        "derived yet (2026-12-03)"
-    ),
     "falcon-attn=eager-gradckpt=True-method=lora-precision=bf16": (
         "The tiny (rotary, multi-query) Falcon's LoRA under eager attention with "
         "checkpointing, bf16: activations +1.8 % (the cos/sin counted outside the blocks), "
@@ -1484,7 +1463,6 @@ KNOWN_GAPS: dict[str, str] = {
         "LoRA. The same recomputed-block miss as the bf16-mixed case above, not derived "
         "yet (2026-12-03)"
     ),
->>>>>>> helper-exaone
     "gpt2-activationoffload=True-method=lora-precision=fp32": (
         "activation offload on GPT-2 in fp32: the peak measured 7.8 % above the estimate; "
         "the written-out tanh-GELU's backward brings back more of its offloaded "
