@@ -66,6 +66,25 @@ def test_offloaded_blocks_hold_their_own_gradients_when_trained() -> None:
     assert peak.phases.optimizer == 300 + 55
 
 
+def test_an_idle_frozen_block_below_has_no_offloaded_moment() -> None:
+    # the bottom block saves nothing: autograd never reaches it, so it allocates no
+    # workspace: its moment is the 40 bytes of gradients alone (40 + 30 = 70 with one).
+    # The trained blocks hold 8 of their own beyond the workspace, the lowest one 2 less
+    # than the workspace (nothing below takes a gradient: no input-norm moment). From
+    # the top: 0 + 30 + 8 = 38, then 20 + 30 - 2 = 48 (the backward's largest), then 40;
+    # the loss's 25 and the final norm's 3 are smaller
+    policy = Offloaded(PLAIN, own_grads=8, idle=(True, False, False), lowest_grads=-2)
+    assert policy.backward_holds(3, trainable=2) == [8, -2, 0]
+    assert policy.idle_entries(3) == [False, False, True]
+    peak = find_peak(_sizes(policy, (0, 0, 0), (0, 0), workspace=30))
+    assert peak.phases.backward == 300 + 48
+    # a pipeline stage keeps its entries' idleness (the lower stage: all of its blocks)
+    assert policy.stage(0, 1).idle_entries(1) == [True]
+    # with every block reached, the lowest trained block is as the others
+    reached = Offloaded(PLAIN, own_grads=8, idle=(False, False, False), lowest_grads=-2)
+    assert reached.backward_holds(3, trainable=2) == [8, 8, 0]
+
+
 def test_offloaded_checkpointed_blocks_rebuild_and_hold_gradients() -> None:
     # checkpointing's rebuild under offload, and the trained blocks' own gradients: top
     # first 50 + 20, 45 + 20, then the frozen bottom block's 40 alone

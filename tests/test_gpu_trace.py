@@ -33,6 +33,10 @@ SETTINGS = [
     {"method": "lora"},
     {"method": "lora", "grad_ckpt": True},
     {"method": "lora", "activation_offload": True},
+    # offloaded: the trained blocks' gradients by their largest moment, and frozen blocks
+    # below that autograd never reaches (no workspace of theirs)
+    {"method": "full", "activation_offload": True},
+    {"method": "freeze", "trainable_layers": 2, "activation_offload": True},
     {"method": "qlora"},
     {"method": "dora"},
     {"method": "relora"},

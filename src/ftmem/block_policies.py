@@ -66,11 +66,19 @@ class Checkpointed:
 @dataclass(frozen=True, slots=True)
 class Offloaded:
     """What ``inner`` would keep lives in host RAM; a trained block's backward holds
-    its own gradients (``own_grads``) beside the op brought back. A frozen block below
-    has none of its own (the trained ones' are already among the live gradients)."""
+    the own gradients it has made by its largest moment (``own_grads``) beside the op
+    brought back. A frozen block below has none of its own (the trained ones' are
+    already among the live gradients). ``idle``: per entry, bottom to top, a block
+    that saves nothing, through which no gradient flows: autograd never reaches its
+    backward, so it has no workspace moment (its offloaded twin would otherwise be
+    the trained blocks' gradients plus a workspace it never allocates)."""
 
     inner: Plain | Checkpointed
     own_grads: int
+    idle: tuple[bool, ...] = ()
+    # the lowest trained block's instead, where the block below is idle (no gradient
+    # leaves it: no input-norm moment); may be negative, relative to the workspace
+    lowest_grads: int = 0
 
     def kept(self, saved: tuple[int, ...], inputs: tuple[int, ...]) -> tuple[int, ...]:
         return (0,) * len(saved)
@@ -80,13 +88,21 @@ class Offloaded:
 
     def backward_holds(self, entries: int, trainable: int) -> list[int]:
         holds = self.inner.backward_holds(entries, trainable)
+        top = min(max(trainable, 0), entries)
         if self.own_grads:  # the top ``trainable`` entries, first in backward
-            own, top = self.own_grads, min(max(trainable, 0), entries)
-            holds[:top] = [h + own for h in holds[:top]]
+            holds[:top] = [h + self.own_grads for h in holds[:top]]
+        idle = self.idle_entries(entries)
+        if 0 < top < entries and idle[top]:  # nothing below the lowest trained one
+            holds[top - 1] += self.lowest_grads - self.own_grads
         return holds
 
+    def idle_entries(self, entries: int) -> list[bool]:
+        """Top first, as ``backward_holds``: the entries whose backward never runs."""
+        return list(self.idle[::-1]) if len(self.idle) == entries else [False] * entries
+
     def stage(self, lo: int, hi: int) -> Offloaded:
-        return Offloaded(self.inner.stage(lo, hi), self.own_grads)
+        idle = self.idle[lo:hi]
+        return Offloaded(self.inner.stage(lo, hi), self.own_grads, idle, self.lowest_grads)
 
 
 BlockPolicy = Plain | Checkpointed | Offloaded

@@ -27,7 +27,7 @@ import operator
 from dataclasses import dataclass
 from itertools import accumulate
 
-from ftmem.block_policies import PLAIN, BlockPolicy
+from ftmem.block_policies import PLAIN, BlockPolicy, Offloaded
 from ftmem.result import AtPeak, PhasePeaks
 
 
@@ -404,6 +404,9 @@ def _blocks_backward(
         added = [g.per_block] * top + [0] * (L - top)
         grads_at = list(accumulate(added, initial=live_grads))
     rebuilt = b.policy.backward_holds(L, g.trainable_blocks)  # top first
+    if isinstance(b.policy, Offloaded) and any(idle := b.policy.idle_entries(L)):
+        # a block autograd never reaches allocates no workspace
+        rebuilt = [-workspace if off else x for x, off in zip(rebuilt, idle, strict=True)]
     totals = list(map(operator.add, map(operator.add, grads_at, acts_at), rebuilt))
     largest = max(totals)
     total = race.base + largest + workspace + bwd

@@ -12,11 +12,12 @@ from collections.abc import Iterable, Sequence
 
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.lora import LoRA
-from ftmem.arch import MLP_ROLES, Architecture
+from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan, TensorGroup, experts_are_linears
 from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.context import LayerContext, bias_promotes_outputs
+from ftmem.ops.embedding import Embedding
 from ftmem.ops.linear import LinearOp
 from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
@@ -51,12 +52,66 @@ def offload_moment(
     on the GPU, beside that op's own workspace: the larger of the norm's (its fp32
     input back), the MLP's (the largest MLP item back) and attention's (its saved
     inputs and output back, with eager attention's score gradients)."""
+    return max(_offload_moments(arch, run, plan, block, e, T))
+
+
+def offloaded_own_gradients(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    block: list[Saved],
+    e: int,
+    T: int,
+    own: int,
+) -> tuple[int, int]:
+    """What a trained block's offloaded backward holds of its own gradients (``own``: all
+    of them) beyond its workspace (:func:`offload_moment`), at its largest moment; then
+    the same for the lowest trained block when nothing below it takes a gradient.
+
+    Its backward runs top down: at the MLP's moment (its activation's backward) only
+    the down projection's gradients exist, at the post-attention norm's the MLP's, at
+    attention's and the input norm's all of them are taken. The lowest trained block
+    with nothing below taking a gradient has no input-norm moment: that norm's backward
+    makes its weight's gradient only (measured: GPT-2 full finetuning offloaded, bf16,
+    the tanh-GELU's backward beside its c_proj's gradients alone; Qwen2 freeze with one
+    trained block, bf16-mixed, the peak at the post-attention norm's backward beside the
+    MLP's gradients). May be negative for the lowest block (its largest moment is below
+    the workspace the others share)."""
+    norm, mlp, attention = _offload_moments(arch, run, plan, block, e, T)
+    down = min(own, _block_gradients(arch, plan, {"down"}))
+    mlp_side = (
+        own if arch.parallel_attn_mlp else min(own, _block_gradients(arch, plan, set(MLP_ROLES)))
+    )
+    workspace = max(norm, mlp, attention)
+    moments = [mlp + down, norm + mlp_side, attention + own]
+    return max(*moments, norm + own) - workspace, max(moments) - workspace
+
+
+def _block_gradients(arch: Architecture, plan: MethodPlan, roles: set[str]) -> int:
+    """One trained block's gradient bytes of its linears with one of these roles (their
+    weights and biases, or their adapters' tensors); the experts' are not counted."""
+    modules = tuple(
+        p.name.rsplit(".", 1)[0] + "."
+        for p in layout(arch).block
+        if p.kind == "linear" and roles & set(p.roles)
+    )
+    return sum(
+        g.numel * g.element_bytes
+        for g in plan.groups
+        if g.trainable and g.in_block and g.name.startswith(modules)
+    )
+
+
+def _offload_moments(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> tuple[int, int, int]:
+    """The norm's, the MLP's and attention's moments of an offloaded block's backward."""
     h = arch.hidden_size
     # the norm's fp32 input back, and the fp32 residual gradient arriving (measured)
     norm = Norm.backward_workspace(arch, e, T) + 2 * T * h * FP32
     norm = max(norm, QKNorm.offloaded_backward(arch, T))
     mlp = MLP.offloaded_backward(arch, run, plan, block, e, T)
-    return max(norm, mlp, Attention.offloaded_backward(arch, run, block))
+    return norm, mlp, Attention.offloaded_backward(arch, run, block)
 
 
 def frozen_forward_transient(
@@ -205,18 +260,8 @@ def checkpointed_forward_adapter(
     and rescale; measured on Phi-3 and Llama, forward phase -15 to -38 % without)."""
     if not run.grad_ckpt or run.method not in ADAPTER_METHODS:
         return 0
-    ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
     return max(
-        (
-            LinearOp.held_inputs(arch, run, plan, lin, e, T, beside_saved=False)
-            # peft's cast of the input to the adapter dtype, held through the sum, and
-            # the dropped copy DoRA's two matmuls read
-            + T * lin.in_features * ae * (LinearOp.input_bytes(plan, lin, e) != ae)
-            + T * lin.in_features * ae * (run.dropout > 0 and run.method == "dora")
-            + LoRA.forward_transient(run, plan, lin, e, T)
-            for lin in plan.adapted
-            if lin.copies == 1 and lin.is_module
-        ),
+        (_adapted_linear_forward(arch, run, plan, lin, e, T) for lin in _forward_adapted(plan)),
         default=0,
     )
 
@@ -278,6 +323,93 @@ def recompute_end_moment(
         held += T * h * out
     incoming = incoming_gradient(arch, run, plan, e, T) + (T * h * e if dt.autocast else 0)
     return held + incoming
+def offloaded_forward_adapter(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
+) -> int:
+    """With activations offloaded a block's forward keeps nothing on the GPU either: what
+    lives at an adapted linear is what Python still references. Beside the linear's own
+    moment (as checkpointed): the embedding output (the model's ``inputs_embeds``) and the
+    block's input (its caller's ``hidden_states``), which checkpointing counts among its
+    kept inputs, and rotary's cos and sin (the model's ``position_embeddings``). On the
+    MLP side, eager attention's probabilities: the decoder layer binds the attention's
+    weights it discards (``hidden_states, _ = self.self_attn(...)``, transformers 5.25
+    modeling_llama.py l.299; GPT-2, Qwen2, Mistral, Gemma, GPT-NeoX alike) until it
+    returns. At a gated MLP's separate up projection, the gate's activation
+    (``self.act_fn(self.gate_proj(x)) * self.up_proj(x)``, modeling_llama.py l.164,
+    evaluated left to right). Measured: Llama DoRA on all linears, eager, bf16 (the peak
+    at up_proj's rescaled sum). The attention side's own locals at o_proj (q, k and v,
+    bound until the attention returns) are not counted."""
+    if not run.activation_offload or run.method not in ADAPTER_METHODS:
+        return 0
+    r = plan.dtypes.residual_bytes
+    outside = 2 * T * arch.hidden_size * r + sum(
+        x.nbytes for x in Embedding.rotary_saved(arch, run, T, r)
+    )
+    probs = run.batch_size * arch.num_heads * run.positions**2 * e if runs_eager(arch, run) else 0
+    moments = []
+    for lin in _forward_adapted(plan):
+        held = _adapted_linear_forward(arch, run, plan, lin, e, T)
+        if set(lin.roles) & set(MLP_ROLES):
+            held += probs
+        if "up" in lin.roles and "gate" not in lin.roles and arch.mlp == "gated":
+            held += T * arch.intermediate_size * e
+        moments.append(held)
+    return outside + max(moments, default=0)
+
+
+# the attention kernel's inputs as a block saves them: q, k and v (rotary outputs, a fused
+# projection's output, the per-head copies eager attention makes)
+_KERNEL_INPUTS = frozenset({Kind.ATTN_QK, Kind.ATTN_V, Kind.ATTN_QKV, Kind.ATTN_COPY})
+
+
+def offloaded_attention_forward(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: Iterable[Saved], T: int
+) -> int:
+    """With activations offloaded, eager attention's forward at its softmax: the fp32
+    scores (the mask added) and their softmax (Attention.eager_workspace) beside what
+    Python still references, saved or not: the embedding output and the block's input
+    (the model's and the layer's callers'; the residual is the input), the input norm's
+    output, q, k and v and eager attention's per-head copies (the block's kernel
+    inputs; rotary's q and k in the tables' dtype), rotary's cos and sin, and the
+    model's (b, 1, s, s) float mask in the embeddings' dtype (transformers 5.25
+    masking_utils.py eager_mask, one for every layer). Measured: Llama LoRA offloaded,
+    eager, bf16-mixed with dropout (the forward's peak at the softmax: -0.1 %, -5.7 %
+    without). 0 for the fused kernels."""
+    if not run.activation_offload or not runs_eager(arch, run):
+        return 0
+    r = plan.dtypes.residual_bytes
+    streams = 3 * T * arch.hidden_size * r
+    rotary = sum(x.nbytes for x in Embedding.rotary_saved(arch, run, T, r))
+    mask = run.batch_size * run.positions * (run.positions + run.prefix_len) * r
+    kernel = sum(x.nbytes for x in block if x.kind in _KERNEL_INPUTS and x.kind is not Kind.ATTN_QK)
+    # rotary's q and k are the products with cos and sin, promoted to the tables' dtype
+    # (fp32 under autocast over fp32 weights); what the kernel saved is autocast's cast
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    table = FP32 if arch.traits.rotary_tables_fp32 else r
+    qk = max(e, table) if rotary else e
+    kernel += sum(x.nbytes for x in block if x.kind is Kind.ATTN_QK) * qk // e
+    return streams + rotary + mask + kernel + Attention.eager_workspace(arch, run)
+
+
+def _forward_adapted(plan: MethodPlan) -> list[Linear]:
+    """The adapted block linears whose forward moments are derived (a module of its own,
+    one copy)."""
+    return [lin for lin in plan.adapted if lin.copies == 1 and lin.is_module]
+
+
+def _adapted_linear_forward(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, lin: Linear, e: int, T: int
+) -> int:
+    """An adapted linear's forward in a block that keeps nothing: its held inputs (and the
+    MLP's residual stream), peft's cast of the input to the adapter dtype, held through
+    the sum, the dropped copy DoRA's two matmuls read, and the adapter's sum."""
+    ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
+    return (
+        LinearOp.held_inputs(arch, run, plan, lin, e, T, beside_saved=False)
+        + T * lin.in_features * ae * (LinearOp.input_bytes(plan, lin, e) != ae)
+        + T * lin.in_features * ae * (run.dropout > 0 and run.method == "dora")
+        + LoRA.forward_transient(run, plan, lin, e, T)
+    )
 
 
 def incoming_gradient(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:

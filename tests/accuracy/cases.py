@@ -1463,40 +1463,12 @@ KNOWN_GAPS: dict[str, str] = {
         "LoRA. The same recomputed-block miss as the bf16-mixed case above, not derived "
         "yet (2026-12-03)"
     ),
-    "gpt2-activationoffload=True-method=lora-precision=fp32": (
-        "activation offload on GPT-2 in fp32: the peak measured 7.8 % above the estimate; "
-        "the written-out tanh-GELU's backward brings back more of its offloaded "
-        "intermediates at once than the estimate's three of four (2026-11-29)"
-    ),
     "llama-method=p-tuning-precision=bf16-promptencoder=lstm": (
         "P-tuning's LSTM encoder on the CPU: oneDNN keeps a workspace of its own per layer "
         "and direction (measured 86-172 KB for 20 tokens, not proportional to the width); "
         "the estimate counts the four gate activations per step that cuDNN keeps. Weights, "
         "gradients and states are exact; the encoder's activations are under a megabyte "
         "at any model size"
-    ),
-    "gpt2-activationoffload=True-loss=fused-method=freeze-precision=bf16-mixed-trainablelayers=1": (
-        "activation offload under freeze, bf16-mixed with the fused loss: the peak measured "
-        "6.2 % below the estimate (2,967,656 / 3,150,768 B; it was +21 % before the frozen "
-        "block stopped counting the trained one's gradients twice). The estimate adds all "
-        "the trained block's fp32 gradients to its MLP's backward, where only the output "
-        "projection's exist yet; the fused loss leaves no logits moment in backward to "
-        "hide it (2026-12-01)"
-    ),
-    "qwen2-activationoffload=True-loss=fused-method=freeze-precision=bf16-mixed-trainablelayers=1": (
-        "activation offload under freeze, bf16-mixed with the fused loss: the peak measured "
-        "7.6 % below the estimate (1,833,032 / 1,972,272 B; +24 % before the fix of the "
-        "double-counted gradients). The peak is the trained block's input-norm backward, "
-        "which with nothing below requiring a gradient holds about 1.3 T·h fp32 less than "
-        "the norm moment the estimate takes from full finetuning (2026-12-01)"
-    ),
-    "llama-activationoffload=True-attn=eager-loratargets=all-linear-method=dora-precision=bf16": (
-        "DoRA on all linears, activations offloaded, eager attention, bf16: the peak "
-        "measured 15.3 % above the estimate (1,373,320 / 1,620,672 B). The peak is the "
-        "forward (estimated 1,117,416 B: -31 %), which is not derived for DoRA offloaded. "
-        "The backward is -4.0 % (1,373,320 / 1,429,888 B); while a label rule counted "
-        "v_proj's adapter items as attention's it was +6.5 %, and hid the forward's gap "
-        "(peak -6.0 %) (2026-12-01)"
     ),
     # the same 12,800 B in each: cos and sin (2 × 50 positions × head_dim 32 × fp32)
     "qwen3-gradckpt=True-method=lora-precision=fp32": (

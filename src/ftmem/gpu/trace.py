@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
+from ftmem.block_policies import Offloaded
 from ftmem.gpu.allocator import (
     POST_STREAM_ALLOC,
     PRE_STREAM_ALLOC,
@@ -782,6 +783,8 @@ def _blocks_backward(
     L, trainable = len(kept), g.trainable_blocks
     holds = s.block.policy.backward_holds(L, trainable)
     workspace = max(s.block.workspace, s.optimizer.block)
+    policy = s.block.policy
+    idle = policy.idle_entries(L) if isinstance(policy, Offloaded) else [False] * L
     embedding_at = g.embedding_at if 0 < g.embedding_at < L else 0
     grads = list(grads)  # extended in place below: the caller's list stays as it was
     copy, backward = s.comm.unit_copy, s.comm.backward
@@ -789,14 +792,19 @@ def _blocks_backward(
     for i in range(L - 1, -1, -1):
         hold = holds[L - 1 - i]
         moments = transients.get(hold)
-        if moments is None:
+        if idle[L - 1 - i]:  # (phases._blocks_backward) autograd never reaches it
+            moments = ()
+        elif hold < 0:  # an offloaded block's moment below the others' workspace
+            moments = (workspace + hold,)
+        elif moments is None:
             moments = transients[hold] = (*_as_saved(hold, t.block_saved), workspace)
         if copy or backward:
             rec.host_copy(copy)
             gathered = rec.comm(backward)
-            rec.moments(moments)
+            if moments:
+                rec.moments(moments)
             rec.free(gathered)
-        else:
+        elif moments:
             rec.moments(moments)
         rec.free(kept[i])
         if new_grads:

@@ -235,9 +235,10 @@ class MLP:
             per_routed = 9 * arch.intermediate_size + arch.hidden_size
             return T * arch.experts_per_token * per_routed * e
         terms = 4 if arch.mlp == "gated" or written_out_gelu(arch, run) else 2
-        if run.grad_ckpt and arch.mlp == "gated":
-            # a checkpointed block's forward (grad enabled, nothing saved): the gate is
-            # freed once activated, three T·f at once (Llama, Mistral, Qwen2: measured)
+        if (run.grad_ckpt or run.activation_offload) and arch.mlp == "gated":
+            # a checkpointed or offloaded block's forward (grad enabled, nothing saved on
+            # the GPU): the gate is freed once activated, three T·f at once (Llama,
+            # Mistral, Qwen2: measured; offloaded, Qwen2 freeze bf16-mixed)
             terms = 3
         return terms * T * routed_width(arch) * e
 
@@ -246,10 +247,17 @@ class MLP:
         arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
     ) -> int:
         """With activations offloaded: the MLP's backward workspace beside what it brings
-        back, two T·f tensors at once (the gated product's inputs), GPT-2's written-out
-        tanh-GELU three of its four (measured)."""
+        back, two T·f tensors at once (the gated product's inputs). GPT-2's written-out
+        tanh-GELU (``0.5 * x * (1 + tanh(c * (x + 0.044715 * x**3)))``) peaks at x³'s
+        PowBackward0: autograd runs the higher sequence numbers first, so the 0.5·x
+        product's gradient waits for its node (run last), the sum's in x's producer's
+        buffer and x³'s own arrive: the workspace's three T·f. Beside them x comes back
+        and pow_backward's ``grad * (exp * self.pow(exp - 1))`` (torch 2.13
+        torch/csrc/autograd/FunctionsManual.cpp) holds its three temporaries to the end
+        of that expression: four T·f more (measured on GPT-2 offloaded, fp32 and bf16:
+        seven T·f at that node)."""
         items = [x.nbytes for x in block if _offloaded_item(x)]
-        at_once = 3 if written_out_gelu(arch, run) else 2
+        at_once = 4 if written_out_gelu(arch, run) else 2
         back = min(max(items, default=0), at_once * T * routed_width(arch) * e)
         return MLP.backward_workspace(arch, run, plan, e, T) + back
 
