@@ -62,10 +62,10 @@ from ftmem.transients import (
     checkpointed_moe_moment,
     frozen_forward_transient,
     offload_moment,
-    recompute_end_moment,
     offloaded_attention_forward,
     offloaded_forward_adapter,
     offloaded_own_gradients,
+    recompute_end_moment,
     step_in_backward,
     top_block_trains,
 )

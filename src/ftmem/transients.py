@@ -323,6 +323,8 @@ def recompute_end_moment(
         held += T * h * out
     incoming = incoming_gradient(arch, run, plan, e, T) + (T * h * e if dt.autocast else 0)
     return held + incoming
+
+
 def offloaded_forward_adapter(
     arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
 ) -> int:
