@@ -169,12 +169,13 @@ def pixel_bytes(v, images: int) -> int:
     return images * v.mllama.max_num_tiles * v.num_channels * v.image_size**2 * FP32
 
 
-def _layer_norm(n: int, width: int, e: int) -> int:
-    """A LayerNorm a gradient passes: its input and the per-token fp32 mean and rstd."""
-    return n * width * e + 2 * n * FP32
+def _layer_norm(n: int, width: int, e: int, ln_stats: int) -> int:
+    """A LayerNorm a gradient passes: its input and the per-token mean and rstd
+    (``ln_stats`` bytes each: dtypes.layer_norm_stats_bytes)."""
+    return n * width * e + 2 * n * ln_stats
 
 
-def tower_saved(v, images: int, e: int, weights: bool) -> int:
+def tower_saved(v, images: int, e: int, weights: bool, *, ln_stats: int) -> int:
     """What MllamaVisionModel keeps for backward over ``images`` images (transformers
     5.24 MllamaVisionModel.forward, MllamaVisionEncoderLayer.forward), with a gradient
     reaching its input: its weights train (``weights``), or, frozen, transformers'
@@ -194,14 +195,14 @@ def tower_saved(v, images: int, e: int, weights: bool) -> int:
     tiles = m.max_num_tiles
     t, tp = tile_tokens(v), padded_tile_tokens(v)
     N, L = images * tiles * tp, tiles * tp
-    per_layer = 2 * _layer_norm(N, H, e) + 4 * N * H * e + images * heads * L * FP32
+    per_layer = 2 * _layer_norm(N, H, e, ln_stats) + 4 * N * H * e + images * heads * L * FP32
     per_layer += N * I * e
     gated = 2 * e  # the tanh of each gate, which h's gradient reads
     if weights:
         per_layer += 2 * N * H * e + N * I * e
         gated += 2 * N * H * e
     total = (v.num_layers + m.global_layers) * per_layer + m.global_layers * gated
-    total += _layer_norm(images * tiles * t, H, e) + _layer_norm(N, H, e)
+    total += _layer_norm(images * tiles * t, H, e, ln_stats) + _layer_norm(N, H, e, ln_stats)
     if weights:
         pixels = images * tiles * v.num_channels * v.image_size**2 * e
         tile_lookups = 2 * images * tiles * H * e + images * tiles * t * H * e

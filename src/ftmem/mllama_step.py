@@ -9,7 +9,7 @@ import re
 from collections import defaultdict
 
 from ftmem.arch import Architecture, ParamKind
-from ftmem.dtypes import FP32, is_quantized
+from ftmem.dtypes import FP32, is_quantized, layer_norm_stats_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.mllama import CROSS_PREFIX, cross_layer_params, tower_mask, tower_saved
 from ftmem.ops.saved import Saved
@@ -220,7 +220,8 @@ def saved(arch: Architecture, run: RunConfig, e: int, trains, dtypes) -> list:
         out.append(Saved("LoRA adapters outside the blocks (inputs, lora_A outputs)", kept))
     tower_lora = vision_lora.first_tower_adapter(adapted) is not None
     if trains.tower or checkpointing_hooks_tower(run) or tower_lora:
-        kept = tower_saved(v, images, e, trains.tower)
+        ln = layer_norm_stats_bytes(run.device, e)
+        kept = tower_saved(v, images, e, trains.tower, ln_stats=ln)
         out.append(
             Saved(f"vision model ({'trained' if trains.tower else 'input gradients'})", kept)
         )

@@ -336,6 +336,8 @@ def _decoder_parts(
     leaves = vision_step.graph_leaves(arch, run, plan.dtypes, plan.embed_trainable)
     masks = Attention.held_layer_masks(arch, run)  # (the checkpoints' inputs, too)
     leaves = (*leaves, masks) if masks else leaves
+    # the rotary's cos and sin, held as the checkpoints' keyword argument
+    leaves += Embedding.rotary_held(arch, run, T, plan.dtypes.residual_bytes)
     below = _sum(outer_below) + sum(leaves)
     kept = Activations(per_block_kept, below=below, above=_sum(outer_above))
     sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)

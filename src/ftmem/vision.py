@@ -282,12 +282,15 @@ def text_extras_count(v: VisionTower, text_hidden: int) -> int:
     return 0 if v.mllama is None else mllama.cross_layer_count(v, text_hidden)
 
 
-def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool = False) -> int:
+def saved_per_layer(
+    v: VisionTower, images: int, e: int, eager: bool = False, *, ln_stats: int
+) -> int:
     """What one trained encoder layer keeps for backward, for ``images`` images of t tower
     tokens (n = images × t) in a compute dtype of ``e`` bytes (transformers 5.24
-    clip/siglip ``EncoderLayer.forward``):
+    clip/siglip ``EncoderLayer.forward``; ``ln_stats``: bytes per element of a LayerNorm's
+    mean and rstd, dtypes.layer_norm_stats_bytes):
 
-    - layer_norm1 and layer_norm2: each its input and its fp32 mean and rstd
+    - layer_norm1 and layer_norm2: each its input and its mean and rstd
     - q/k/v_proj: one shared input, layer_norm1's output (n H e)
     - sdpa: query, key, value and output (4 n H e), the fp32 logsumexp (n · heads · 4);
       out_proj reads that output (the kernel returns it (batch, tokens, heads, dim), so
@@ -308,17 +311,19 @@ def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool = False) ->
         attention = 4 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
     else:
         attention = 4 * n * H * e + n * v.num_heads * FP32
-    norms = 2 * _norm_saved(n, H, e)
+    norms = 2 * _norm_saved(n, H, e, ln_stats)
     return norms + 2 * n * H * e + attention + (act + 1) * n * I * e
 
 
-def input_grad_per_layer(v: VisionTower, images: int, e: int, eager: bool, start: int = 0) -> int:
+def input_grad_per_layer(
+    v: VisionTower, images: int, e: int, eager: bool, start: int = 0, *, ln_stats: int
+) -> int:
     """What one frozen CLIP / SigLIP encoder layer keeps when gradients pass through it
     (LoRA on the tower: ftmem.vision_lora), the layer's parts from ``start`` on (0: its
     input needs a gradient; 1: from the attention projections, 2: from out_proj, 3: from
     fc1, 4: from fc2, where the lowest adapted linear of the tower is). As
     :func:`saved_per_layer` without the frozen linears' inputs (a frozen weight's input
-    gradient needs only the weight): the LayerNorms (input, fp32 mean and rstd), the
+    gradient needs only the weight): the LayerNorms (input, mean and rstd), the
     attention kernel's items, the activation's."""
     H, I, t = v.hidden_size, v.intermediate_size, v.tower_tokens
     n = images * t
@@ -328,12 +333,13 @@ def input_grad_per_layer(v: VisionTower, images: int, e: int, eager: bool, start
         attention = 3 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
     else:
         attention = 4 * n * H * e + n * v.num_heads * FP32
-    parts = (_norm_saved(n, H, e), attention, _norm_saved(n, H, e), act * n * I * e)
+    norm = _norm_saved(n, H, e, ln_stats)
+    parts = (norm, attention, norm, act * n * I * e)
     return sum(parts[start:])
 
 
 def lora_tower_saved(
-    v: VisionTower, images: int, e: int, eager: bool, first: tuple[int, int]
+    v: VisionTower, images: int, e: int, eager: bool, first: tuple[int, int], *, ln_stats: int
 ) -> int:
     """A frozen tower whose linears carry LoRA (ftmem.vision_lora), not checkpointed:
     gradients run from the lowest adapted linear (``first``: its layer and the part of
@@ -343,17 +349,18 @@ def lora_tower_saved(
     layer, start = first
     n = images * v.tower_tokens
     total = sum(
-        input_grad_per_layer(v, images, e, eager, start if i == layer else 0)
+        input_grad_per_layer(v, images, e, eager, start if i == layer else 0, ln_stats=ln_stats)
         for i in range(layer, v.layers_kept)
     )
     if v.layers_kept == v.num_layers and v.encoder == "siglip":
-        total += _norm_saved(n, v.hidden_size, e)
+        total += _norm_saved(n, v.hidden_size, e, ln_stats)
     return total
 
 
-def _norm_saved(n: int, width: int, e: int) -> int:
-    """A LayerNorm with trained weights: its input and its fp32 mean and rstd."""
-    return n * width * e + 2 * n * FP32
+def _norm_saved(n: int, width: int, e: int, ln_stats: int) -> int:
+    """A LayerNorm a gradient passes: its input and its mean and rstd (``ln_stats`` bytes
+    each per row: fp32 on CUDA, dtypes.layer_norm_stats_bytes)."""
+    return n * width * e + 2 * n * ln_stats
 
 
 def pixel_bytes(v: VisionTower, images: int) -> int:
@@ -374,6 +381,8 @@ def tower_saved(
     eager: bool = False,
     checkpointed: bool = False,
     weights: bool = True,
+    *,
+    ln_stats: int,
 ) -> int:
     """What a tower passing gradients keeps, ``images`` images at once: the pixels the
     patch convolution saves (cast to the tower's dtype; for its weight's gradient only),
@@ -383,9 +392,12 @@ def tower_saved(
     enable_input_require_grads hooked (gradient checkpointing: vision_step.input_hooked),
     so only input gradients run through it; checkpointed, its layers keep their inputs
     as trained ones do, its LayerNorms their input, mean and rstd (torch's
-    native_layer_norm saves them whatever needs a gradient)."""
+    native_layer_norm saves them whatever needs a gradient; ``ln_stats``: bytes per
+    element of their mean and rstd, dtypes.layer_norm_stats_bytes)."""
     if v.qwen:
-        return vision_qwen.tower_saved(v, images, e, eager, checkpointed, weights)
+        return vision_qwen.tower_saved(
+            v, images, e, eager, checkpointed, weights, ln_stats=ln_stats
+        )
     if v.encoder == "pixtral":
         return vision_pixtral.tower_saved(v, images, e, eager, checkpointed, weights)
     if not weights and not checkpointed:
@@ -396,17 +408,26 @@ def tower_saved(
     pixels = images * v.num_channels * v.image_size**2 * e if weights else 0
     # gradient checkpointing reaches the tower's layers too (CLIPEncoderLayer and
     # SiglipEncoderLayer are GradientCheckpointingLayers): each keeps only its input
-    per_layer = n * v.hidden_size * e if checkpointed else saved_per_layer(v, images, e, eager)
+    if checkpointed:
+        per_layer = n * v.hidden_size * e
+    else:
+        per_layer = saved_per_layer(v, images, e, eager, ln_stats=ln_stats)
     total = pixels + v.layers_kept * per_layer
     if v.encoder == "clip":
-        total += _norm_saved(n, v.hidden_size, e)
+        total += _norm_saved(n, v.hidden_size, e, ln_stats)
     if v.layers_kept == v.num_layers and v.encoder == "siglip":
-        total += _norm_saved(n, v.hidden_size, e)
+        total += _norm_saved(n, v.hidden_size, e, ln_stats)
     return total
 
 
 def projector_saved(
-    v: VisionTower, text_hidden: int, images: int, e: int, tower_trains: bool = True
+    v: VisionTower,
+    text_hidden: int,
+    images: int,
+    e: int,
+    tower_trains: bool = True,
+    *,
+    ln_stats: int,
 ) -> int:
     """What a trained projector keeps:
 
@@ -417,10 +438,11 @@ def projector_saved(
       the multiplication keeps), and the matmul's input cast back to the compute dtype.
       Under a frozen tower its output needs no gradient: only the weights' gradients
       need inputs, the normalised x (for w) and the matmul's input.
-    - Qwen-VL's merger: ftmem.vision_qwen.merger_saved.
+    - Qwen-VL's merger: ftmem.vision_qwen.merger_saved (``ln_stats``: Qwen2-VL's
+      LayerNorm's mean and rstd, bytes per element).
     """
     if v.qwen:
-        return vision_qwen.merger_saved(v, images, e, tower_trains)
+        return vision_qwen.merger_saved(v, images, e, tower_trains, ln_stats=ln_stats)
     if v.projector == "mistral3":
         return vision_pixtral.projector_saved(v, text_hidden, images, e, tower_trains)
     H, T = v.hidden_size, text_hidden
@@ -435,7 +457,9 @@ def projector_saved(
     return pooled + fp32_input + tokens * FP32 + tokens * H * FP32 + H * FP32 + tokens * H * e
 
 
-def projector_input_grad_saved(v: VisionTower, text_hidden: int, images: int, e: int) -> int:
+def projector_input_grad_saved(
+    v: VisionTower, text_hidden: int, images: int, e: int, *, ln_stats: int
+) -> int:
     """A frozen projector that passes its input's gradient to a hooked frozen tower
     (vision_step.input_hooked): its linears keep nothing (a frozen weight's input
     gradient needs only the weight), the rest what the input's gradient needs:
@@ -448,7 +472,7 @@ def projector_input_grad_saved(v: VisionTower, text_hidden: int, images: int, e:
     - Qwen-VL's merger: ftmem.vision_qwen.merger_input_grad_saved.
     """
     if v.qwen:
-        return vision_qwen.merger_input_grad_saved(v, images, e)
+        return vision_qwen.merger_input_grad_saved(v, images, e, ln_stats=ln_stats)
     if v.projector == "mistral3":
         return vision_pixtral.projector_input_grad_saved(v, text_hidden, images, e)
     H, T = v.hidden_size, text_hidden

@@ -1367,55 +1367,22 @@ REAL_SIZE_CASES = [
     ),
 ]
 
-_ROTARY_UNDER_CHECKPOINTING = (
-    "Qwen3 with checkpointing: the estimate counts the rotary cos/sin tables "
-    "(2·s·head_dim fp32) as activations, which no op outside a checkpointed block saves; "
-    "measured exactly that much less. Llama, Mistral and Qwen2 carry the same "
-    "over-count (+2.0 to +2.7 %, head_dim 24); Qwen3's head_dim 32 takes it past 3 %"
-)
-
 # id -> reason; run as strict xfail
 KNOWN_GAPS: dict[str, str] = {
-    **{
-        f"{tower}-gradckpt=True-method=lora": (
-            f"{tower} LoRA with checkpointing and a frozen tower that transformers' "
-            f"enable_input_require_grads hooked: activations {err}. The "
-            "tower's and projector's items match the measurement to the byte but for CPU "
-            "LayerNorm's mean and rstd (kept in bf16 on the CPU, fp32 on CUDA as modelled); "
-            "the excess is the rotary cos/sin tables the estimate counts outside the "
-            "checkpointed blocks, as for OLMo 2 and Qwen3 (2026-12-03)"
-        )
-        for tower, err in (
-            ("gemma3-gemma3", "+3.05 % (355,172 / 344,676 B; peak -0.2 %)"),
-            ("qwen2.5-vl-qwen2", "+3.9 % (410,724 / 395,364 B; peak -0.1 %)"),
-            ("qwen2-vl-qwen2", "+4.2 % (397,924 / 381,764 B; peak -0.0 %)"),
-        )
-    },
     "llava-llama-method=qlora-precision=bf16-mixed": (
-        "LLaVA QLoRA under autocast with images: activations -5.7 % (1,869,396 / "
-        "1,981,332 B), peak -9.4 % (2,915,364 / 3,217,504 B), as plain LoRA under autocast "
+        "LLaVA QLoRA under autocast with images: activations -5.7 % (1,867,836 / "
+        "1,981,332 B), peak -9.5 % (2,912,764 / 3,217,504 B), as plain LoRA under autocast "
         "(-5.3 %): peft's q_proj/v_proj reach the frozen CLIP tower, and under autocast its "
         "layers keep what ftmem.vision sizes for a 16-bit tower (fp32 LayerNorm inputs, "
         "autocast's weight copies where the input gradient passes) in other dtypes; the "
         "4-bit weights and their biases are exact (2026-12-03)"
     ),
-    "qwen2.5-vl-qwen2-gradckpt=True-loratargets=all-linear-method=lora": (
-        "Qwen2.5-VL LoRA on all linears, the tower's and the merger's too, with "
-        "checkpointing: activations +3.4 % (465,124 / 449,764 B; peak +0.1 %). The excess, "
-        "15,360 B, is the text side's rotary cos/sin the estimate counts outside the "
-        "checkpointed blocks, as in the case without the tower's adapters above (2026-12-03)"
-    ),
     "starcoder2-gradckpt=True-method=lora-precision=bf16-embeddingdropout=0.1-residualdropout=0.1": (
         "StarCoder2 LoRA with checkpointing and its configs' dropout, bf16: the peak measured "
-        "6.8 % above the estimate (1,213,040 / 1,301,144 B; activations +1.6 %), in the "
+        "6.8 % above the estimate (1,213,040 / 1,301,144 B; activations exact), in the "
         "backward; without dropout the same run is -4.0 % (1,165,644 / 1,214,744 B). The "
         "recomputed block's dropout noise and a plain tanh-GELU MLP's recompute under "
         "checkpointing are not derived yet (2026-12-02)"
-    ),
-    "olmo2-gradckpt=True-method=lora-precision=bf16": (
-        "OLMo 2 LoRA with checkpointing, bf16: activations +3.2 % (306,604 / 297,004 B; peak "
-        "-0.1 %), the rotary cos/sin tables the estimate counts outside the checkpointed "
-        "blocks, as for Qwen3 below, here in fp32 (OLMo 2 keeps them so) (2026-12-02)"
     ),
     "gpt2-gradckpt=True-loratargets=all-linear-method=lora-precision=bf16": (
         "GPT-2 LoRA on all linears, bf16 with checkpointing: the estimate is 13.8 % above "
@@ -1476,18 +1443,5 @@ KNOWN_GAPS: dict[str, str] = {
         "The backward is -4.0 % (1,373,320 / 1,429,888 B); while a label rule counted "
         "v_proj's adapter items as attention's it was +6.5 %, and hid the forward's gap "
         "(peak -6.0 %) (2026-12-01)"
-    ),
-    # the same 12,800 B in each: cos and sin (2 × 50 positions × head_dim 32 × fp32)
-    "qwen3-gradckpt=True-method=lora-precision=fp32": (
-        _ROTARY_UNDER_CHECKPOINTING
-        + "; activations 367,404 / 354,604 B (+3.6 %), peak -0.1 % (2026-12-01)"
-    ),
-    "qwen3-gradckpt=True-method=freeze-precision=bf16-mixed-trainablelayers=1": (
-        _ROTARY_UNDER_CHECKPOINTING
-        + "; activations 425,004 / 412,204 B (+3.1 %), peak -1.2 % (2026-12-01)"
-    ),
-    "qwen3-gradckpt=True-loratargets=all-linear-method=lora-precision=bf16-mixed": (
-        _ROTARY_UNDER_CHECKPOINTING
-        + "; activations 425,004 / 412,204 B (+3.1 %), peak -2.1 % (2026-12-01)"
     ),
 }
