@@ -18,6 +18,19 @@ BYTES_PER_ELEMENT: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, 
 # masters, upcast logits) and int64 (token ids, labels, routing indices).
 FP32 = BYTES_PER_ELEMENT["fp32"]
 INDEX_BYTES = 8  # int64
+
+
+def layer_norm_stats_bytes(device: str, e: int) -> int:
+    """Bytes per element of the mean and rstd torch's native_layer_norm keeps for backward,
+    for an input of ``e`` bytes and weights of its dtype: on CUDA the input's accumulate
+    type, fp32 for a 16-bit input (aten/src/ATen/native/cuda/layer_norm_kernel.cu,
+    layer_norm_cuda: ``toAccumulateType(input.scalar_type(), true)``); on the CPU the
+    input's own dtype (aten/src/ATen/native/layer_norm.cpp, layer_norm_cpu:
+    ``param_scalar_type(input, mixed_type)``, fp32 only where fp32 weights meet a 16-bit
+    input; measured, torch 2.13: a bf16 LayerNorm's mean and rstd are bf16)."""
+    return FP32 if device == "cuda" else e
+
+
 # Weight storage with quantisation constants beside the values: no single size per
 # element (int8 here is LLM.int8's weight, scales included, not the 1-byte dtype). Every
 # test of "is this weight quantised" asks this set, so a new format cannot be missed.

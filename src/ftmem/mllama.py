@@ -169,9 +169,10 @@ def pixel_bytes(v, images: int) -> int:
     return images * v.mllama.max_num_tiles * v.num_channels * v.image_size**2 * FP32
 
 
-def _layer_norm(n: int, width: int, e: int) -> int:
-    """A LayerNorm a gradient passes: its input and the per-token fp32 mean and rstd."""
-    return n * width * e + 2 * n * FP32
+def _layer_norm(n: int, width: int, e: int, ln_stats: int) -> int:
+    """A LayerNorm a gradient passes: its input and the per-token mean and rstd
+    (``ln_stats`` bytes each: dtypes.layer_norm_stats_bytes)."""
+    return n * width * e + 2 * n * ln_stats
 
 
 def tower_saved(
@@ -182,6 +183,8 @@ def tower_saved(
     eager: bool = False,
     autocast: bool = False,
     fp32_linears: bool = False,
+    *,
+    ln_stats: int,
 ) -> int:
     """What MllamaVisionModel keeps for backward over ``images`` images (transformers
     5.24 MllamaVisionModel.forward, MllamaVisionEncoderLayer.forward), with a gradient
@@ -211,14 +214,16 @@ def tower_saved(
     t, tp = tile_tokens(v), padded_tile_tokens(v)
     N = images * tiles * tp
     stream = FP32 if autocast else e  # (the LayerNorms' inputs)
-    per_layer = 2 * _layer_norm(N, H, stream) + _attention_saved(v, images, e, weights, eager)
+    stats = FP32 if autocast else ln_stats  # an fp32 input's statistics are fp32
+    per_layer = 2 * _layer_norm(N, H, stream, stats)
+    per_layer += _attention_saved(v, images, e, weights, eager)
     per_layer += N * I * (FP32 if fp32_linears else e)
     gated = 2 * (FP32 if autocast else e)  # the tanh of each gate, which h's gradient reads
     if weights:
         per_layer += 2 * N * H * e + N * I * e
         gated += 2 * N * H * e
     total = (v.num_layers + m.global_layers) * per_layer + m.global_layers * gated
-    total += _layer_norm(images * tiles * t, H, stream) + _layer_norm(N, H, stream)
+    total += _layer_norm(images * tiles * t, H, stream, stats) + _layer_norm(N, H, stream, stats)
     if weights:
         pixels = images * tiles * v.num_channels * v.image_size**2 * e
         tile_lookups = 2 * images * tiles * H * e + images * tiles * t * H * e

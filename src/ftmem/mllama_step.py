@@ -9,7 +9,7 @@ import re
 from collections import defaultdict
 
 from ftmem.arch import Architecture, ParamKind
-from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, is_quantized
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, is_quantized, layer_norm_stats_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.mllama import CROSS_PREFIX, cross_layer_params, tower_mask, tower_saved
 from ftmem.ops.saved import Saved
@@ -279,7 +279,8 @@ def saved(arch: Architecture, run: RunConfig, e: int, trains, dtypes) -> list:
     eager, autocast = run.attn == "eager", dtypes.autocast
     if trains.tower or checkpointing_hooks_tower(run) or tower_lora:
         fp32_linears = dtypes.four_bit_outputs_fp32
-        kept = tower_saved(v, images, e, trains.tower, eager, autocast, fp32_linears)
+        ln = layer_norm_stats_bytes(run.device, e)
+        kept = tower_saved(v, images, e, trains.tower, eager, autocast, fp32_linears, ln_stats=ln)
         out.append(
             Saved(f"vision model ({'trained' if trains.tower else 'input gradients'})", kept)
         )

@@ -349,6 +349,8 @@ def _decoder_parts(
     leaves = (*leaves, masks) if masks else leaves
     rotary = Embedding.unread_rotary_held(arch, run, plan.dtypes.residual_bytes)
     leaves = (*leaves, rotary) if rotary and any(blocks.per_block) else leaves
+    # the rotary's cos and sin, held as the checkpoints' keyword argument
+    leaves += Embedding.rotary_held(arch, run, T, plan.dtypes.residual_bytes)
     below = _sum(outer_below) + sum(leaves)
     kept = Activations(per_block_kept, below=below, above=_sum(outer_above))
     sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)

@@ -282,12 +282,15 @@ def text_extras_count(v: VisionTower, text_hidden: int) -> int:
     return 0 if v.mllama is None else mllama.cross_layer_count(v, text_hidden)
 
 
-def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool = False) -> int:
+def saved_per_layer(
+    v: VisionTower, images: int, e: int, eager: bool = False, *, ln_stats: int
+) -> int:
     """What one trained encoder layer keeps for backward, for ``images`` images of t tower
     tokens (n = images × t) in a compute dtype of ``e`` bytes (transformers 5.24
-    clip/siglip ``EncoderLayer.forward``):
+    clip/siglip ``EncoderLayer.forward``; ``ln_stats``: bytes per element of a LayerNorm's
+    mean and rstd, dtypes.layer_norm_stats_bytes):
 
-    - layer_norm1 and layer_norm2: each its input and its fp32 mean and rstd
+    - layer_norm1 and layer_norm2: each its input and its mean and rstd
     - q/k/v_proj: one shared input, layer_norm1's output (n H e)
     - sdpa: query, key, value and output (4 n H e), the fp32 logsumexp (n · heads · 4);
       out_proj reads that output (the kernel returns it (batch, tokens, heads, dim), so
@@ -308,7 +311,7 @@ def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool = False) ->
         attention = 4 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
     else:
         attention = 4 * n * H * e + n * v.num_heads * FP32
-    norms = 2 * _norm_saved(n, H, e)
+    norms = 2 * _norm_saved(n, H, e, ln_stats)
     return norms + 2 * n * H * e + attention + (act + 1) * n * I * e
 
 
@@ -342,17 +345,25 @@ class FrozenPath:
 
 
 def input_grad_per_layer(
-    v: VisionTower, images: int, e: int, eager: bool, start: int = 0, path: FrozenPath | None = None
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool,
+    start: int = 0,
+    path: FrozenPath | None = None,
+    *,
+    ln_stats: int,
 ) -> int:
     """What one frozen CLIP / SigLIP encoder layer keeps when gradients pass through it
     (LoRA on the tower: ftmem.vision_lora), the layer's parts from ``start`` on (0: its
     input needs a gradient; 1: from the attention projections, 2: from out_proj, 3: from
     fc1, 4: from fc2, where the lowest adapted linear of the tower is). As
     :func:`saved_per_layer` without the frozen linears' inputs (a frozen weight's input
-    gradient needs only the weight): the LayerNorms (input, fp32 mean and rstd), the
-    attention kernel's items, the activation's; each in its dtype along ``path``
-    (default: all in ``e``)."""
+    gradient needs only the weight): the LayerNorms (input, mean and rstd: ``ln_stats``
+    bytes each, an fp32 stream's in fp32), the attention kernel's items, the activation's;
+    each in its dtype along ``path`` (default: all in ``e``)."""
     path = path or FrozenPath.uniform(e)
+    stats = FP32 if path.stream == FP32 else ln_stats
     H, I, t = v.hidden_size, v.intermediate_size, v.tower_tokens
     n = images * t
     act = 2 if v.encoder == "clip" else 1
@@ -361,7 +372,7 @@ def input_grad_per_layer(
         attention = 3 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
     else:
         attention = 4 * n * H * e + n * v.num_heads * FP32
-    norm = _norm_saved(n, H, path.stream)
+    norm = _norm_saved(n, H, path.stream, stats)
     parts = (norm, attention, norm, act * n * I * path.linear_out)
     return sum(parts[start:])
 
@@ -373,6 +384,8 @@ def lora_tower_saved(
     eager: bool,
     first: tuple[int, int],
     path: FrozenPath | None = None,
+    *,
+    ln_stats: int,
 ) -> int:
     """A frozen tower whose linears carry LoRA (ftmem.vision_lora), not checkpointed:
     gradients run from the lowest adapted linear (``first``: its layer and the part of
@@ -383,17 +396,21 @@ def lora_tower_saved(
     layer, start = first
     n = images * v.tower_tokens
     total = sum(
-        input_grad_per_layer(v, images, e, eager, start if i == layer else 0, path)
+        input_grad_per_layer(
+            v, images, e, eager, start if i == layer else 0, path, ln_stats=ln_stats
+        )
         for i in range(layer, v.layers_kept)
     )
     if v.layers_kept == v.num_layers and v.encoder == "siglip":
-        total += _norm_saved(n, v.hidden_size, path.stream)
+        stats = FP32 if path.stream == FP32 else ln_stats
+        total += _norm_saved(n, v.hidden_size, path.stream, stats)
     return total
 
 
-def _norm_saved(n: int, width: int, e: int) -> int:
-    """A LayerNorm with trained weights: its input and its fp32 mean and rstd."""
-    return n * width * e + 2 * n * FP32
+def _norm_saved(n: int, width: int, e: int, ln_stats: int) -> int:
+    """A LayerNorm a gradient passes: its input and its mean and rstd (``ln_stats`` bytes
+    each per row: fp32 on CUDA, dtypes.layer_norm_stats_bytes)."""
+    return n * width * e + 2 * n * ln_stats
 
 
 def pixel_bytes(v: VisionTower, images: int) -> int:
@@ -414,6 +431,8 @@ def tower_saved(
     eager: bool = False,
     checkpointed: bool = False,
     weights: bool = True,
+    *,
+    ln_stats: int,
 ) -> int:
     """What a tower passing gradients keeps, ``images`` images at once: the pixels the
     patch convolution saves (cast to the tower's dtype; for its weight's gradient only),
@@ -423,9 +442,12 @@ def tower_saved(
     enable_input_require_grads hooked (gradient checkpointing: vision_step.input_hooked),
     so only input gradients run through it; checkpointed, its layers keep their inputs
     as trained ones do, its LayerNorms their input, mean and rstd (torch's
-    native_layer_norm saves them whatever needs a gradient)."""
+    native_layer_norm saves them whatever needs a gradient; ``ln_stats``: bytes per
+    element of their mean and rstd, dtypes.layer_norm_stats_bytes)."""
     if v.qwen:
-        return vision_qwen.tower_saved(v, images, e, eager, checkpointed, weights)
+        return vision_qwen.tower_saved(
+            v, images, e, eager, checkpointed, weights, ln_stats=ln_stats
+        )
     if v.encoder == "pixtral":
         return vision_pixtral.tower_saved(v, images, e, eager, checkpointed, weights)
     if not weights and not checkpointed:
@@ -436,17 +458,26 @@ def tower_saved(
     pixels = images * v.num_channels * v.image_size**2 * e if weights else 0
     # gradient checkpointing reaches the tower's layers too (CLIPEncoderLayer and
     # SiglipEncoderLayer are GradientCheckpointingLayers): each keeps only its input
-    per_layer = n * v.hidden_size * e if checkpointed else saved_per_layer(v, images, e, eager)
+    if checkpointed:
+        per_layer = n * v.hidden_size * e
+    else:
+        per_layer = saved_per_layer(v, images, e, eager, ln_stats=ln_stats)
     total = pixels + v.layers_kept * per_layer
     if v.encoder == "clip":
-        total += _norm_saved(n, v.hidden_size, e)
+        total += _norm_saved(n, v.hidden_size, e, ln_stats)
     if v.layers_kept == v.num_layers and v.encoder == "siglip":
-        total += _norm_saved(n, v.hidden_size, e)
+        total += _norm_saved(n, v.hidden_size, e, ln_stats)
     return total
 
 
 def projector_saved(
-    v: VisionTower, text_hidden: int, images: int, e: int, tower_trains: bool = True
+    v: VisionTower,
+    text_hidden: int,
+    images: int,
+    e: int,
+    tower_trains: bool = True,
+    *,
+    ln_stats: int,
 ) -> int:
     """What a trained projector keeps:
 
@@ -457,10 +488,11 @@ def projector_saved(
       the multiplication keeps), and the matmul's input cast back to the compute dtype.
       Under a frozen tower its output needs no gradient: only the weights' gradients
       need inputs, the normalised x (for w) and the matmul's input.
-    - Qwen-VL's merger: ftmem.vision_qwen.merger_saved.
+    - Qwen-VL's merger: ftmem.vision_qwen.merger_saved (``ln_stats``: Qwen2-VL's
+      LayerNorm's mean and rstd, bytes per element).
     """
     if v.qwen:
-        return vision_qwen.merger_saved(v, images, e, tower_trains)
+        return vision_qwen.merger_saved(v, images, e, tower_trains, ln_stats=ln_stats)
     if v.projector == "mistral3":
         return vision_pixtral.projector_saved(v, text_hidden, images, e, tower_trains)
     H, T = v.hidden_size, text_hidden
@@ -476,7 +508,13 @@ def projector_saved(
 
 
 def projector_input_grad_saved(
-    v: VisionTower, text_hidden: int, images: int, e: int, linear_out: int | None = None
+    v: VisionTower,
+    text_hidden: int,
+    images: int,
+    e: int,
+    linear_out: int | None = None,
+    *,
+    ln_stats: int,
 ) -> int:
     """A frozen projector that passes its input's gradient to a hooked frozen tower
     (vision_step.input_hooked): its linears keep nothing (a frozen weight's input
@@ -491,7 +529,7 @@ def projector_input_grad_saved(
     - Qwen-VL's merger: ftmem.vision_qwen.merger_input_grad_saved.
     """
     if v.qwen:
-        return vision_qwen.merger_input_grad_saved(v, images, e)
+        return vision_qwen.merger_input_grad_saved(v, images, e, ln_stats=ln_stats)
     if v.projector == "mistral3":
         return vision_pixtral.projector_input_grad_saved(v, text_hidden, images, e)
     H, T = v.hidden_size, text_hidden

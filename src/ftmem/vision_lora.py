@@ -323,7 +323,7 @@ def unread_held(arch: Architecture, run: RunConfig, dtypes) -> int:
     in the model output's image_outputs (transformers 5.24 llava/modeling_llava.py
     l.221-246), so it lives to the end of the forward and is freed with the output,
     before backward (no gradient reaches it)."""
-    from ftmem.dtypes import BYTES_PER_ELEMENT
+    from ftmem.dtypes import BYTES_PER_ELEMENT, layer_norm_stats_bytes
     from ftmem.vision import input_grad_per_layer
     from ftmem.vision_step import frozen_path
 
@@ -336,10 +336,10 @@ def unread_held(arch: Architecture, run: RunConfig, dtypes) -> int:
         return 0
     e, images = BYTES_PER_ELEMENT[dtypes.compute], run.batch_size * run.images
     layer, start = max(first, (v.layers_kept, 0))
-    eager = run.attn == "eager"
+    eager, ln = run.attn == "eager", layer_norm_stats_bytes(run.device, e)
     path = frozen_path(dtypes)
     total = sum(
-        input_grad_per_layer(v, images, e, eager, start if i == layer else 0, path)
+        input_grad_per_layer(v, images, e, eager, start if i == layer else 0, path, ln_stats=ln)
         for i in range(layer, v.num_layers)
     )
     total += frozen_weight_copies(arch, run, dtypes, unread=True)

@@ -147,33 +147,43 @@ def _attention_saved(v: VisionTower, images: int, e: int, eager: bool, full: boo
     return 6 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
 
 
-def _norm_saved(v: VisionTower, n: int, e: int, input_grad: bool = True) -> int:
+def _norm_saved(v: VisionTower, n: int, e: int, ln_stats: int, input_grad: bool = True) -> int:
     """A block norm (its output, the next linear's input, counted by the caller).
-    LayerNorm: its input and fp32 mean and rstd. Qwen2.5-VL's RMSNorm (fp32 steps):
+    LayerNorm: its input and its mean and rstd (``ln_stats`` bytes each per row:
+    dtypes.layer_norm_stats_bytes). Qwen2.5-VL's RMSNorm (fp32 steps):
     the input cast to fp32 (pow and mul keep it), rsqrt's output and the normalised x
     cast back that the weight's multiplication keeps; with no gradient for its input only
     that last one."""
     H = v.hidden_size
     if v.encoder == "qwen2_vl":
-        return n * H * e + 2 * n * FP32
+        return n * H * e + 2 * n * ln_stats
     if not input_grad:
         return n * H * e
     return n * H * FP32 + n * FP32 + n * H * e
 
 
-def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool, full: bool) -> int:
+def saved_per_layer(
+    v: VisionTower, images: int, e: int, eager: bool, full: bool, *, ln_stats: int
+) -> int:
     """One trained block: two norms and their outputs (qkv's and the MLP's input),
     attention, and the MLP: SwiGLU keeps the SiLU's input and output, up's output and
     their product (4 n I e), QuickGELU ``x * sigmoid(1.702 x)`` its input and the sigmoid
     and fc2 its output (3 n I e)."""
     n = images * v.patches
     mlp = (4 if v.encoder == "qwen2_5_vl" else 3) * n * v.intermediate_size * e
-    norms = 2 * (_norm_saved(v, n, e) + n * v.hidden_size * e)
+    norms = 2 * (_norm_saved(v, n, e, ln_stats) + n * v.hidden_size * e)
     return norms + _attention_saved(v, images, e, eager, full) + mlp
 
 
 def input_grad_per_layer(
-    v: VisionTower, images: int, e: int, eager: bool, full: bool, start: int = 0
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool,
+    full: bool,
+    start: int = 0,
+    *,
+    ln_stats: int,
 ) -> int:
     """One frozen block that gradients pass through (LoRA on the tower:
     ftmem.vision_lora), its parts from ``start`` on (0: the block's input, 1: qkv, 2:
@@ -184,7 +194,8 @@ def input_grad_per_layer(
     QuickGELU's input and sigmoid (2 n I e)."""
     n = images * v.patches
     mlp = (3 if v.encoder == "qwen2_5_vl" else 2) * n * v.intermediate_size * e
-    norm = _norm_saved(v, n, e) - (n * v.hidden_size * e if v.encoder == "qwen2_5_vl" else 0)
+    rms_normed = n * v.hidden_size * e if v.encoder == "qwen2_5_vl" else 0
+    norm = _norm_saved(v, n, e, ln_stats) - rms_normed
     attention = _attention_saved(v, images, e, eager, full)
     if not eager:
         attention -= n * v.hidden_size * e  # (proj's input, the chunks' concatenation)
@@ -193,7 +204,7 @@ def input_grad_per_layer(
 
 
 def lora_tower_saved(
-    v: VisionTower, images: int, e: int, eager: bool, first: tuple[int, int]
+    v: VisionTower, images: int, e: int, eager: bool, first: tuple[int, int], *, ln_stats: int
 ) -> int:
     """A frozen tower whose linears carry LoRA, not checkpointed: the rotary's cos and
     sin (kept by the first rotation of a q needing a gradient) and the blocks from the
@@ -203,7 +214,8 @@ def lora_tower_saved(
     total = rotary_tables(v, images) if layer < v.num_layers - 1 or start <= 1 else 0
     for i in range(layer, v.num_layers):
         full = i in v.full_attention_layers
-        total += input_grad_per_layer(v, images, e, eager, full, start if i == layer else 0)
+        part = start if i == layer else 0
+        total += input_grad_per_layer(v, images, e, eager, full, part, ln_stats=ln_stats)
     return total
 
 
@@ -219,7 +231,14 @@ def rotary_tables(v: VisionTower, images: int) -> int:
 
 
 def tower_saved(
-    v: VisionTower, images: int, e: int, eager: bool, checkpointed: bool, weights: bool = True
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool,
+    checkpointed: bool,
+    weights: bool = True,
+    *,
+    ln_stats: int,
 ) -> int:
     """A trained tower: the pixels the Conv3d keeps (cast to the tower's dtype), the 2-D
     rotary's cos and sin (fp32, n × head_dim each, one pair shared by every block), and
@@ -240,31 +259,33 @@ def tower_saved(
     for i in range(v.num_layers):
         full = i in v.full_attention_layers
         total += (
-            n * v.hidden_size * e if checkpointed else saved_per_layer(v, images, e, eager, full)
+            n * v.hidden_size * e
+            if checkpointed
+            else saved_per_layer(v, images, e, eager, full, ln_stats=ln_stats)
         )
     return total
 
 
-def merger_saved(v: VisionTower, images: int, e: int, tower_trains: bool) -> int:
+def merger_saved(v: VisionTower, images: int, e: int, tower_trains: bool, *, ln_stats: int) -> int:
     """The trained merger: ln_q (as a block's norm), its output that the first linear
     keeps, the GELU's input and output (n/4 rows of 4H: n H e each); Qwen2.5-VL's
     return to image order keeps its int64 index."""
     n = images * v.patches
     H = v.hidden_size
-    total = _norm_saved(v, n, e, input_grad=tower_trains) + 3 * n * H * e
+    total = _norm_saved(v, n, e, ln_stats, input_grad=tower_trains) + 3 * n * H * e
     if v.encoder == "qwen2_5_vl":
         total += n // v.merge_size**2 * 8
     return total
 
 
-def merger_input_grad_saved(v: VisionTower, images: int, e: int) -> int:
+def merger_input_grad_saved(v: VisionTower, images: int, e: int, *, ln_stats: int) -> int:
     """A frozen merger passing its input's gradient to a hooked frozen tower: ln_q for its
-    input alone (LayerNorm: its input, fp32 mean and rstd; RMSNorm: the fp32 input and
+    input alone (LayerNorm: its input, mean and rstd; RMSNorm: the fp32 input and
     rsqrt's output), the GELU's input (n/4 rows of 4H), and Qwen2.5-VL's return to image
     order its int64 index; the frozen linears keep nothing."""
     n = images * v.patches
     H = v.hidden_size
-    norm = n * H * e + 2 * n * FP32 if v.encoder == "qwen2_vl" else n * H * FP32 + n * FP32
+    norm = n * H * e + 2 * n * ln_stats if v.encoder == "qwen2_vl" else n * H * FP32 + n * FP32
     index = n // v.merge_size**2 * 8 if v.encoder == "qwen2_5_vl" else 0
     return norm + n * H * e + index
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ftmem import mllama_step, vision_lora, vision_pixtral, vision_qwen
 from ftmem.arch import Architecture, ParamKind
-from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, is_quantized
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, is_quantized, layer_norm_stats_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.ops.saved import Saved
 from ftmem.precision import Dtypes
@@ -192,25 +192,26 @@ def saved(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[Saved]:
         # storage)
         out.append(Saved("image token mask (masked_scatter)", run.batch_size * run.seq_len))
     eager = run.attn == "eager"
+    ln = layer_norm_stats_bytes(run.device, e)  # the LayerNorms' mean and rstd
     first = vision_lora.first_tower_adapter(adapted)
     if trains.tower or hooked or (first is not None and run.grad_ckpt):
         # (checkpointed layers keep their input whatever in them needs a gradient)
-        kept = tower_saved(v, images, e, eager, run.grad_ckpt, weights=trains.tower)
+        kept = tower_saved(v, images, e, eager, run.grad_ckpt, trains.tower, ln_stats=ln)
         what = "trained" if trains.tower else "frozen, input gradients"
         out.append(Saved(f"vision tower ({what})", kept))
     elif first is not None:
-        kept = lora_tower_saved(v, images, e, eager, first, frozen_path(dtypes))
+        kept = lora_tower_saved(v, images, e, eager, first, frozen_path(dtypes), ln)
         out.append(Saved("vision tower (frozen, LoRA from its lowest adapted linear)", kept))
     if adapted:
         kept = vision_lora.adapter_saved(arch, run, dtypes, adapted)
         out.append(Saved("vision LoRA adapters (their inputs, lora_A outputs)", kept))
     tower_grads = trains.tower or hooked or first is not None
     if trains.projector:
-        kept = projector_saved(v, arch.hidden_size, images, e, tower_grads)
+        kept = projector_saved(v, arch.hidden_size, images, e, tower_grads, ln_stats=ln)
         out.append(Saved("vision projector (trained)", kept))
     elif hooked or adapted:
         linear_out = frozen_path(dtypes).linear_out
-        kept = projector_input_grad_saved(v, arch.hidden_size, images, e, linear_out)
+        kept = projector_input_grad_saved(v, arch.hidden_size, images, e, linear_out, ln_stats=ln)
         out.append(Saved("vision projector (frozen, input gradients)", kept))
     copies = 0 if hooked else vision_lora.frozen_weight_copies(arch, run, dtypes)
     if copies:
@@ -230,17 +231,18 @@ def frozen_path(dtypes: Dtypes) -> FrozenPath:
 
 
 def lora_tower_saved(
-    v: VisionTower, images: int, e: int, eager: bool, first, path: FrozenPath
+    v: VisionTower, images: int, e: int, eager: bool, first, path: FrozenPath, ln_stats: int
 ) -> int:
     """A frozen tower with LoRA on its linears, not checkpointed (ftmem.vision_lora);
-    ``path``'s dtypes for CLIP and SigLIP (Qwen-VL's and Pixtral's are sized in ``e``)."""
+    ``path``'s dtypes for CLIP and SigLIP (Qwen-VL's and Pixtral's are sized in ``e``;
+    ``ln_stats``: bytes per element of a LayerNorm's mean and rstd)."""
     if v.qwen:
-        return vision_qwen.lora_tower_saved(v, images, e, eager, first)
+        return vision_qwen.lora_tower_saved(v, images, e, eager, first, ln_stats=ln_stats)
     if v.encoder == "pixtral":
         return vision_pixtral.lora_tower_saved(v, images, e, eager, first)
     from ftmem.vision import lora_tower_saved as clip_siglip
 
-    return clip_siglip(v, images, e, eager, first, path)
+    return clip_siglip(v, images, e, eager, first, path, ln_stats=ln_stats)
 
 
 def input_hooked(arch: Architecture, run: RunConfig) -> bool:

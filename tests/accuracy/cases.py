@@ -1418,45 +1418,11 @@ REAL_SIZE_CASES = [
     ),
 ]
 
-_ROTARY_UNDER_CHECKPOINTING = (
-    "Qwen3 with checkpointing: the estimate counts the rotary cos/sin tables "
-    "(2·s·head_dim fp32) as activations, which no op outside a checkpointed block saves; "
-    "measured exactly that much less. Llama, Mistral and Qwen2 carry the same "
-    "over-count (+2.0 to +2.7 %, head_dim 24); Qwen3's head_dim 32 takes it past 3 %"
-)
-
 # id -> reason; run as strict xfail
 KNOWN_GAPS: dict[str, str] = {
-    **{
-        f"{tower}-gradckpt=True-method=lora": (
-            f"{tower} LoRA with checkpointing and a frozen tower that transformers' "
-            f"enable_input_require_grads hooked: activations {err}. The "
-            "tower's and projector's items match the measurement to the byte but for CPU "
-            "LayerNorm's mean and rstd (kept in bf16 on the CPU, fp32 on CUDA as modelled); "
-            "the excess is the rotary cos/sin tables the estimate counts outside the "
-            "checkpointed blocks, as for OLMo 2 and Qwen3 (2026-12-03)"
-        )
-        for tower, err in (
-            ("gemma3-gemma3", "+3.05 % (355,172 / 344,676 B; peak -0.2 %)"),
-            ("qwen2.5-vl-qwen2", "+3.9 % (410,724 / 395,364 B; peak -0.1 %)"),
-            ("qwen2-vl-qwen2", "+4.2 % (397,924 / 381,764 B; peak -0.0 %)"),
-        )
-    },
-    "qwen2.5-vl-qwen2-gradckpt=True-loratargets=all-linear-method=lora": (
-        "Qwen2.5-VL LoRA on all linears, the tower's and the merger's too, with "
-        "checkpointing: activations +3.4 % (465,124 / 449,764 B; peak +0.1 %). The excess, "
-        "15,360 B, is the text side's rotary cos/sin the estimate counts outside the "
-        "checkpointed blocks, as in the case without the tower's adapters above (2026-12-03)"
-    ),
-    "olmo2-gradckpt=True-method=lora-precision=bf16": (
-        "OLMo 2 LoRA with checkpointing, bf16: activations +3.2 % (306,604 / 297,004 B; peak "
-        "-0.1 %), the rotary cos/sin tables the estimate counts outside the checkpointed "
-        "blocks, as for Qwen3 below, here in fp32 (OLMo 2 keeps them so) (2026-12-02)"
-    ),
     "falcon-attn=eager-gradckpt=True-method=lora-precision=bf16": (
         "The tiny (rotary, multi-query) Falcon's LoRA under eager attention with "
-        "checkpointing, bf16: activations +1.8 % (the cos/sin counted outside the blocks), "
-        "the estimate 8.1 % below the backward's measured peak (1,171,720 / 1,274,824 B). "
+        "checkpointing, bf16: activations exact, the estimate 8.1 % below the backward's measured peak (1,171,720 / 1,274,824 B). "
         "Not ALiBi's and not autocast's: falcon-rw's ALiBi layout misses as much (-6.5 %, "
         "1,343,488 / 1,436,392 B), so does its block with the rotary (-7.4 %); sdpa's "
         "bf16 block matches (-0.3 %), and so do GPT-2's and Llama's eager checkpointed "
@@ -1469,18 +1435,5 @@ KNOWN_GAPS: dict[str, str] = {
         "the estimate counts the four gate activations per step that cuDNN keeps. Weights, "
         "gradients and states are exact; the encoder's activations are under a megabyte "
         "at any model size"
-    ),
-    # the same 12,800 B in each: cos and sin (2 × 50 positions × head_dim 32 × fp32)
-    "qwen3-gradckpt=True-method=lora-precision=fp32": (
-        _ROTARY_UNDER_CHECKPOINTING
-        + "; activations 367,404 / 354,604 B (+3.6 %), peak -0.1 % (2026-12-01)"
-    ),
-    "qwen3-gradckpt=True-method=freeze-precision=bf16-mixed-trainablelayers=1": (
-        _ROTARY_UNDER_CHECKPOINTING
-        + "; activations 425,004 / 412,204 B (+3.1 %), peak -1.2 % (2026-12-01)"
-    ),
-    "qwen3-gradckpt=True-loratargets=all-linear-method=lora-precision=bf16-mixed": (
-        _ROTARY_UNDER_CHECKPOINTING
-        + "; activations 425,004 / 412,204 B (+3.1 %), peak -2.1 % (2026-12-01)"
     ),
 }

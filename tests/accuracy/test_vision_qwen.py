@@ -17,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from ftmem.dtypes import layer_norm_stats_bytes  # noqa: E402
 from ftmem.vision import (  # noqa: E402
     VisionTower,
     frozen_forward,
@@ -27,6 +28,12 @@ from ftmem.vision_qwen import window_lengths  # noqa: E402
 
 TEXT_HIDDEN = 64
 IMAGES = 2
+
+
+def cpu_ln(e: int) -> int:
+    """A LayerNorm's mean and rstd, bytes each, as the CPU measured here keeps them."""
+    return layer_norm_stats_bytes("cpu", e)
+
 
 _COMMON = dict(
     hidden_size=32,
@@ -135,8 +142,8 @@ def test_window_lengths_by_hand():
 def test_trained_tower_and_merger_saved(v, attn, dtype):
     e = torch.finfo(dtype).bits // 8
     measured = measured_saved(v, attn, dtype, tower_trains=True)
-    estimated = tower_saved(v, IMAGES, e, attn == "eager") + projector_saved(
-        v, TEXT_HIDDEN, IMAGES, e
+    estimated = tower_saved(v, IMAGES, e, attn == "eager", ln_stats=cpu_ln(e)) + projector_saved(
+        v, TEXT_HIDDEN, IMAGES, e, ln_stats=cpu_ln(e)
     )
     assert abs(estimated - measured) / measured <= 0.03, (estimated, measured)
 
@@ -146,7 +153,7 @@ def test_trained_tower_and_merger_saved(v, attn, dtype):
 def test_frozen_tower_trained_merger_saved(v, attn, dtype):
     e = torch.finfo(dtype).bits // 8
     measured = measured_saved(v, attn, dtype, tower_trains=False)
-    estimated = projector_saved(v, TEXT_HIDDEN, IMAGES, e, tower_trains=False)
+    estimated = projector_saved(v, TEXT_HIDDEN, IMAGES, e, tower_trains=False, ln_stats=cpu_ln(e))
     assert abs(estimated - measured) / measured <= 0.03, (estimated, measured)
 
 
@@ -212,7 +219,7 @@ def test_checkpointed_tower_saved(v, dtype):
     finally:
         gc.enable()
     e = torch.finfo(dtype).bits // 8
-    estimated = tower_saved(v, IMAGES, e, checkpointed=True) + projector_saved(
-        v, TEXT_HIDDEN, IMAGES, e
+    estimated = tower_saved(v, IMAGES, e, checkpointed=True, ln_stats=cpu_ln(e)) + projector_saved(
+        v, TEXT_HIDDEN, IMAGES, e, ln_stats=cpu_ln(e)
     )
     assert abs(estimated - measured) / measured <= 0.03, (estimated, measured)

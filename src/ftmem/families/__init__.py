@@ -114,6 +114,10 @@ class Family:
     # tables of the s positions. Checkpointed blocks keep none of it for backward; the cache
     # itself stays on the module (2·max(2s, 16)·rotary_dim·4 bytes) and is not counted then.
     rotary_tables_cached: bool = False
+    # One cos and sin pair per layer type the stack has (Gemma 3: its sliding layers turn
+    # by another base; transformers 5.25 modeling_gemma3.py l.532-534 builds a pair for
+    # each type in ``set(config.layer_types)``).
+    rotary_tables_per_layer_type: bool = False
     # Without FlashAttention the attention passes sdpa an explicit (1, 1, s, s) bool causal
     # mask (Qwen-1's QWenAttention.forward), which sdpa turns into a float mask in the
     # compute dtype per call and keeps for backward; transformers 5 passes is_causal.
@@ -188,6 +192,10 @@ class Family:
     norms_after_sublayers: bool = False
     # RMSNorm scales by (1 + w) in fp32 (Gemma), not by w after a cast back.
     norm_scale_in_fp32: bool = False
+    # The scale is a new fp32 vector each call, ``1.0 + self.weight.float()``, which the
+    # multiply keeps when the norm's input needs a gradient (Gemma's RMSNorms: transformers
+    # 5.25 modeling_gemma.py l.77, modeling_gemma2.py l.62, modeling_gemma3.py l.132).
+    norm_scale_plus_one: bool = False
     # The residual norms are bias-free LayerNorms written out in fp32 (Cohere), modelled
     # with arch.norm "rmsnorm" (one weight): they keep the centred fp32 input twice (two
     # subtractions of the mean) beside the rstd.

@@ -17,6 +17,7 @@ FAMILY = Family(
     config=llama_map("gemma", LlamaKeys(optional=("attention_bias",), tie=True)),
     names=LLAMA_NAMES,
     norm_scale_in_fp32=True,
+    norm_scale_plus_one=True,
     causal_mask_buffer=((LLAMA_CAUSAL_MASK_INT64, 8), (LLAMA_CAUSAL_MASK_BOOL, 1)),
     rotary_per_layer_releases=MISTRAL_ROTARY_PER_LAYER,
     sdpa_float_mask_releases=LLAMA_SDPA_FLOAT_MASK,

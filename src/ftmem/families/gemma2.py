@@ -68,6 +68,7 @@ FAMILY = Family(
     names=GEMMA2_NAMES,
     attention="eager",
     norm_scale_in_fp32=True,
+    norm_scale_plus_one=True,
     notes={
         "attention": (
             "Gemma-2 has no sdpa path in transformers 5: its attention runs eagerly and keeps "

@@ -59,5 +59,7 @@ FAMILY = Family(
     names=GEMMA2_NAMES,
     qk_norm=True,
     norm_scale_in_fp32=True,
+    norm_scale_plus_one=True,
     image_tokens_bidirectional=True,
+    rotary_tables_per_layer_type=True,
 )

@@ -33,22 +33,52 @@ class Embedding:
         return out
 
     @staticmethod
-    def rotary_saved(arch: Architecture, run: RunConfig, T: int, residual: int) -> list[Saved]:
-        """Rotary's cos and sin tables (s × rotary_dim), shared by every layer's rotary
-        multiply, computed in the residual dtype (fp32 under autocast with fp32
-        weights); kept when the blocks need gradients. Qwen-VL's M-RoPE makes one table
-        per sequence (position ids 3 × batch × s: transformers 5.24
-        Qwen2_5_VLRotaryEmbedding.forward returns cos and sin of batch × s × head_dim)."""
+    def rotary_tables(arch: Architecture, run: RunConfig, T: int, residual: int) -> tuple[int, ...]:
+        """The model's shared rotary cos and sin (s × rotary_dim each), bytes of each:
+        computed in the residual dtype (fp32 under autocast with fp32 weights). Qwen-VL's
+        M-RoPE makes one table per sequence (position ids 3 × batch × s: transformers 5.24
+        Qwen2_5_VLRotaryEmbedding.forward returns cos and sin of batch × s × head_dim);
+        Gemma 3 one pair per layer type (rotary_tables_per_layer_type). None where every
+        layer builds its own (rotary_tables_per_layer)."""
         if arch.position_embedding != "rotary" or rotary_tables_per_layer(arch, run):
-            return []
+            return ()
         e = FP32 if arch.traits.rotary_tables_fp32 else residual
         width = arch.rotary_size // 2 if arch.traits.rotary_tables_half else arch.rotary_size
         positions = T if arch.vision is not None and arch.vision.qwen else T // run.batch_size
         if arch.traits.rotary_tables_cached:
-            if run.grad_ckpt:  # only the blocks' recompute multiplies by them
-                return []
             positions = max(2 * positions, 16)  # slices keep the whole cache's storage
-        return [Saved("rotary cos/sin", 2 * positions * width * e)]
+        pairs = 1
+        if arch.traits.rotary_tables_per_layer_type:
+            pairs = (1 if arch.full_layers else 0) + (1 if arch.sliding_layers else 0)
+        return (positions * width * e,) * 2 * pairs
+
+    @staticmethod
+    def rotary_saved(arch: Architecture, run: RunConfig, T: int, residual: int) -> list[Saved]:
+        """The rotary tables, shared by every layer's rotary multiply, which keeps them
+        when the blocks need gradients. Checkpointed blocks hold them instead, saved by
+        no node (rotary_held)."""
+        if run.grad_ckpt:
+            return []
+        tables = Embedding.rotary_tables(arch, run, T, residual)
+        return [Saved("rotary cos/sin", sum(tables))] if tables else []
+
+    @staticmethod
+    def rotary_held(arch: Architecture, run: RunConfig, T: int, residual: int) -> tuple[int, ...]:
+        """The rotary tables checkpointed blocks hold from the forward until the backward
+        has passed them, saved by no autograd node: every decoder layer gets them as the
+        keyword ``position_embeddings`` (a (cos, sin) tuple; e.g. transformers 5.25
+        modeling_llama.py l.394-397), which GradientCheckpointingLayer binds in the
+        ``partial(forward, self, **kwargs)`` it checkpoints (modeling_layers.py l.123);
+        torch's non-reentrant checkpoint saves only the tensor positional arguments
+        (torch 2.13 utils/checkpoint.py l.842-847, _CheckpointFrame.save_inputs), and
+        the partial lives in the frame's recompute_fn until that block's backward. (The
+        releases before GradientCheckpointingLayer, 4.52, passed the tuple positionally:
+        no tensor either, saved by neither checkpoint variant.) Qwen-1's
+        cached tables (rotary_tables_cached) are slices the recompute takes again: none
+        held. One tensor each."""
+        if not run.grad_ckpt or arch.traits.rotary_tables_cached:
+            return ()
+        return Embedding.rotary_tables(arch, run, T, residual)
 
     @staticmethod
     def unread_rotary_held(arch: Architecture, run: RunConfig, residual: int) -> int:

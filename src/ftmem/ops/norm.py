@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ftmem.arch import Architecture, Linear, Param, layout, qk_norm_params
-from ftmem.dtypes import FP32
+from ftmem.dtypes import FP32, layer_norm_stats_bytes
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
@@ -38,9 +38,10 @@ class Norm:
         T, h = ctx.tokens, ctx.arch.hidden_size
         out: list[Saved] = []
         if ctx.arch.norm == "layernorm":
-            # native_layer_norm saves its input and per-token mean and rstd (input dtype)
+            # native_layer_norm saves its input and per-token mean and rstd (fp32 on CUDA)
             if x_grad or w_grad:
-                size = (0 if input_kept else T * h * ctx.residual) + 2 * T * ctx.residual
+                stats = layer_norm_stats_bytes(ctx.run.device, ctx.residual)
+                size = (0 if input_kept else T * h * ctx.residual) + 2 * T * stats
                 what = "mean, rstd" if input_kept else "input, mean, rstd"
                 out.append(Saved(f"{label}: {what}", size, Kind.NORM_INPUT, side))
             return out
@@ -62,7 +63,10 @@ class Norm:
             shared = input_kept and ctx.residual == FP32
             copies = 2 if ctx.arch.traits.norm_centres_twice else 0 if shared else 1
             size = copies * T * h * FP32 + T * FP32
-            out.append(Saved(f"{label}: fp32 input + rstd", size, Kind.NORM_INPUT, side))
+            what = "fp32 input + rstd"
+            if ctx.arch.traits.norm_scale_plus_one:  # Gemma's fp32 (1 + w), made per call
+                size, what = size + h * FP32, "fp32 input + rstd + (1 + w)"
+            out.append(Saved(f"{label}: {what}", size, Kind.NORM_INPUT, side))
         if w_grad:
             # Llama: weight * normed.to(dtype) saves the cast; Gemma: normed * (1 + w) in fp32;
             # LitGPT's own RMSNorm: (x_normed * weight.float()).to(dtype), in fp32 for all
@@ -173,6 +177,8 @@ class QKNorm:
             if all_grad or any(lin.module in own for lin in of):
                 size = rows * (width + 1) * FP32
                 what = f"{role} norm: fp32 input + rstd"
+                if arch.traits.norm_scale_plus_one:  # Gemma 3's fp32 (1 + w), per call
+                    size, what = size + width * FP32, f"{what} + (1 + w)"
                 out.append(Saved(what, size, Kind.NORM_INPUT, Side.ATTENTION, of))
             if w_grad:
                 what, size = f"{role} norm: normalised", rows * width * normed_bytes
