@@ -31,6 +31,13 @@ def layer_norm_stats_bytes(device: str, e: int) -> int:
     return FP32 if device == "cuda" else e
 
 
+def layer_norm_saved_bytes(n: int, width: int, e: int, ln_stats: int) -> int:
+    """What a LayerNorm a gradient passes keeps for n rows: its input (``e`` bytes an
+    element) and each row's mean and rstd (``ln_stats`` bytes each:
+    :func:`layer_norm_stats_bytes`)."""
+    return n * width * e + 2 * n * ln_stats
+
+
 # Weight storage with quantisation constants beside the values: no single size per
 # element (int8 here is LLM.int8's weight, scales included, not the 1-byte dtype). Every
 # test of "is this weight quantised" asks this set, so a new format cannot be missed.

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator
 
-from ftmem.dtypes import FP32
+from ftmem.dtypes import FP32, layer_norm_saved_bytes
 
 
 class MllamaParts(BaseModel):
@@ -169,12 +169,6 @@ def pixel_bytes(v, images: int) -> int:
     return images * v.mllama.max_num_tiles * v.num_channels * v.image_size**2 * FP32
 
 
-def _layer_norm(n: int, width: int, e: int, ln_stats: int) -> int:
-    """A LayerNorm a gradient passes: its input and the per-token mean and rstd
-    (``ln_stats`` bytes each: dtypes.layer_norm_stats_bytes)."""
-    return n * width * e + 2 * n * ln_stats
-
-
 def tower_saved(
     v,
     images: int,
@@ -215,7 +209,7 @@ def tower_saved(
     N = images * tiles * tp
     stream = FP32 if autocast else e  # (the LayerNorms' inputs)
     stats = FP32 if autocast else ln_stats  # an fp32 input's statistics are fp32
-    per_layer = 2 * _layer_norm(N, H, stream, stats)
+    per_layer = 2 * layer_norm_saved_bytes(N, H, stream, stats)
     per_layer += _attention_saved(v, images, e, weights, eager)
     per_layer += N * I * (FP32 if fp32_linears else e)
     gated = 2 * (FP32 if autocast else e)  # the tanh of each gate, which h's gradient reads
@@ -223,7 +217,9 @@ def tower_saved(
         per_layer += 2 * N * H * e + N * I * e
         gated += 2 * N * H * e
     total = (v.num_layers + m.global_layers) * per_layer + m.global_layers * gated
-    total += _layer_norm(images * tiles * t, H, stream, stats) + _layer_norm(N, H, stream, stats)
+    total += layer_norm_saved_bytes(images * tiles * t, H, stream, stats) + layer_norm_saved_bytes(
+        N, H, stream, stats
+    )
     if weights:
         pixels = images * tiles * v.num_channels * v.image_size**2 * e
         tile_lookups = 2 * images * tiles * H * e + images * tiles * t * H * e

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from typing_extensions import Self
 
 from ftmem import limits, mllama, vision_pixtral, vision_qwen
-from ftmem.dtypes import FP32
+from ftmem.dtypes import FP32, layer_norm_saved_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.mllama import MllamaParts
 
@@ -311,7 +311,7 @@ def saved_per_layer(
         attention = 4 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
     else:
         attention = 4 * n * H * e + n * v.num_heads * FP32
-    norms = 2 * _norm_saved(n, H, e, ln_stats)
+    norms = 2 * layer_norm_saved_bytes(n, H, e, ln_stats)
     return norms + 2 * n * H * e + attention + (act + 1) * n * I * e
 
 
@@ -372,7 +372,7 @@ def input_grad_per_layer(
         attention = 3 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
     else:
         attention = 4 * n * H * e + n * v.num_heads * FP32
-    norm = _norm_saved(n, H, path.stream, stats)
+    norm = layer_norm_saved_bytes(n, H, path.stream, stats)
     parts = (norm, attention, norm, act * n * I * path.linear_out)
     return sum(parts[start:])
 
@@ -403,14 +403,8 @@ def lora_tower_saved(
     )
     if v.layers_kept == v.num_layers and v.encoder == "siglip":
         stats = FP32 if path.stream == FP32 else ln_stats
-        total += _norm_saved(n, v.hidden_size, path.stream, stats)
+        total += layer_norm_saved_bytes(n, v.hidden_size, path.stream, stats)
     return total
-
-
-def _norm_saved(n: int, width: int, e: int, ln_stats: int) -> int:
-    """A LayerNorm a gradient passes: its input and its mean and rstd (``ln_stats`` bytes
-    each per row: fp32 on CUDA, dtypes.layer_norm_stats_bytes)."""
-    return n * width * e + 2 * n * ln_stats
 
 
 def pixel_bytes(v: VisionTower, images: int) -> int:
@@ -464,9 +458,9 @@ def tower_saved(
         per_layer = saved_per_layer(v, images, e, eager, ln_stats=ln_stats)
     total = pixels + v.layers_kept * per_layer
     if v.encoder == "clip":
-        total += _norm_saved(n, v.hidden_size, e, ln_stats)
+        total += layer_norm_saved_bytes(n, v.hidden_size, e, ln_stats)
     if v.layers_kept == v.num_layers and v.encoder == "siglip":
-        total += _norm_saved(n, v.hidden_size, e, ln_stats)
+        total += layer_norm_saved_bytes(n, v.hidden_size, e, ln_stats)
     return total
 
 
