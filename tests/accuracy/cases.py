@@ -1420,15 +1420,6 @@ REAL_SIZE_CASES = [
 
 # id -> reason; run as strict xfail
 KNOWN_GAPS: dict[str, str] = {
-    "falcon-attn=eager-gradckpt=True-method=lora-precision=bf16": (
-        "The tiny (rotary, multi-query) Falcon's LoRA under eager attention with "
-        "checkpointing, bf16: activations exact, the estimate 8.1 % below the backward's measured peak (1,171,720 / 1,274,824 B). "
-        "Not ALiBi's and not autocast's: falcon-rw's ALiBi layout misses as much (-6.5 %, "
-        "1,343,488 / 1,436,392 B), so does its block with the rotary (-7.4 %); sdpa's "
-        "bf16 block matches (-0.3 %), and so do GPT-2's and Llama's eager checkpointed "
-        "LoRA. The same recomputed-block miss as the bf16-mixed case above, not derived "
-        "yet (2026-12-03)"
-    ),
     "llama-method=p-tuning-precision=bf16-promptencoder=lstm": (
         "P-tuning's LSTM encoder on the CPU: oneDNN keeps a workspace of its own per layer "
         "and direction (measured 86-172 KB for 20 tokens, not proportional to the width); "
