@@ -8,8 +8,11 @@ its family's key map (``ftmem.families``).
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from math import prod
 from pathlib import Path
@@ -191,27 +194,60 @@ HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def _from_hub(repo_id: str) -> Path:
-    """config.json of a Hub repository, through huggingface_hub's cache (HF_HUB_OFFLINE
-    and HF_HUB_CACHE are honoured); only config.json is fetched, never weights."""
+    """config.json of a Hub repository: huggingface_hub's cached copy when there is one
+    (no request), else one request bounded by ``HF_HUB_ETAG_TIMEOUT`` before the
+    download. ``hf_hub_download`` alone retries a failed request five times with
+    backoff and a 60 s timeout (huggingface_hub 2.4.0 file_download.py l.1170-1189,
+    utils/_http.py l.469-567), each try logged on stderr: about 23 s on a machine
+    without a network, minutes behind a firewall that drops packets. HF_HUB_OFFLINE
+    and HF_HUB_CACHE are honoured; only config.json is fetched, never weights."""
     try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        from huggingface_hub import (
+            constants,
+            get_hf_file_metadata,
+            hf_hub_download,
+            hf_hub_url,
+            try_to_load_from_cache,
+        )
     except ImportError:
         raise ConfigError(
             'reading it from the Hub needs huggingface_hub: pip install "ftmem[hub]" '
             "(or give a local folder with config.json)."
         ) from None
+    with _hub_logs_silenced():
+        cached = try_to_load_from_cache(repo_id, "config.json")
+        if isinstance(cached, str):
+            return Path(cached)
+        if cached is not None:  # the cache records that the repository has no such file
+            raise ConfigError(f"the Hub repository {repo_id} has no config.json.")
+        if constants.HF_HUB_OFFLINE:
+            raise ConfigError(
+                "its config.json is not in the local Hugging Face cache (offline, or "
+                "HF_HUB_OFFLINE=1); download it once, or give a local folder or a preset "
+                "(`ftmem models`)."
+            )
+        timeout = constants.HF_HUB_ETAG_TIMEOUT
+        try:
+            get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=timeout)
+            return Path(hf_hub_download(repo_id, "config.json", etag_timeout=timeout))
+        # the network library's own errors (HTTP status, DNS, refused, timeout) are not
+        # one class across huggingface_hub's versions; each becomes the same sentence
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"it could not be read from the Hub: {first}") from None
+
+
+@contextmanager
+def _hub_logs_silenced() -> Iterator[None]:
+    """huggingface_hub's warnings (a retry, a slow request) kept off stderr, where ftmem
+    writes one sentence for a model it cannot read."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR + 1)
     try:
-        return Path(hf_hub_download(repo_id, "config.json"))
-    except LocalEntryNotFoundError:
-        raise ConfigError(
-            "its config.json is not in the local Hugging Face cache (offline, or "
-            "HF_HUB_OFFLINE=1); download it once, or give a local folder or a preset "
-            "(`ftmem models`)."
-        ) from None
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"it could not be read from the Hub: {first}") from None
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def config_of(spec: str) -> tuple[Mapping, str, str] | None:
