@@ -17,8 +17,9 @@ from ftmem.api import parallel_config, run_config
 from ftmem.distill import Teacher
 from ftmem.errors import InvalidInputError
 from ftmem.estimate import _tensors
-from ftmem.gpu.allocator import CachingAllocator, replay_streams
-from ftmem.gpu.trace import replay_run, run_events, step_events
+from ftmem.gpu.allocator import CachingAllocator, replay, replay_streams
+from ftmem.gpu.trace import _head_requests, replay_run, run_events, step_events
+from ftmem.ops import loss_requests
 from ftmem.parallel import parallel_step
 from ftmem.phases import find_peak
 from ftmem.presets import get_model
@@ -199,6 +200,48 @@ def test_the_trace_of_a_rank_reaches_its_peak(model, layout, method):
     sizes = step.ranks[step.worst].sizes
     best, _ = replay_live(step_events(sizes, _tensors(step.parts, sizes)))
     assert best == step.peak.at_peak.total
+
+
+def test_the_offloaded_loss_reserves_what_the_plain_one_does():
+    """The causal-LM loss's requests through the caching allocator, with and without
+    activation offload (ops.loss_requests: the same tensors; offloaded, the saved
+    log-softmax dies as the forward ends and each backward node brings back a copy).
+    By hand, L = T·V·2 = 32 MiB (bf16 logits; large-pool blocks in whole 2 MiB):
+    the forward's logits L, fp32 copy 2L and log-softmax 2L are three segments, 5L.
+    Plain: the nll zeros take the copy's freed block, the log-softmax's gradient needs
+    a new 2L segment (the logits' L is too small): 7L. Offloaded: NllLossBackward0's
+    copy and zeros take the two freed 2L blocks, LogSoftmaxBackward0's copy the first
+    again, its gradient the new 2L segment: 7L. The labels and scalars share one 2 MiB
+    small-pool segment. Allocated: 6L at the log-softmax's backward (plain: the saved
+    log-softmax, the zeros and the gradient beside the labels; offloaded: the zeros,
+    the copy and the gradient). As the two moments the replay had before (the
+    logits' 5L and the labels, then the backward's 6L in a new segment), the loss
+    reserved 11L and 2 MiB."""
+    T, V = 512, 32768
+    L, MiB = T * V * 2, 2**20
+    plain = replay([*sum(loss_requests.causal_lm_loss(T, V, 2), ())])
+    offloaded = replay([*sum(loss_requests.causal_lm_loss(T, V, 2, offloaded=True), ())])
+    assert plain.peak_reserved == offloaded.peak_reserved == 7 * L + 2 * MiB
+    assert offloaded.peak_allocated == 6 * L
+    assert plain.peak_allocated == 6 * L + T * 8 + 512  # the labels' and the scalar's blocks
+
+
+@pytest.mark.parametrize("model", ["llama2-7b", "gpt2", "qwen2.5-0.5b"])
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_an_offloaded_run_replays_its_loss_tensor_by_tensor(model, method):
+    """Activation offload: the replay lays the loss out as its requests (those of the
+    run without offload, tests/test_loss_requests.py), still at the timeline's peak,
+    and the estimate's reserved peak holds its allocated one."""
+    import ftmem
+
+    settings = {"method": method, "seq_len": 512, "batch_size": 1, "activation_offload": True}
+    parts = step_parts(get_model(model), run_config(**settings))
+    tensors = _tensors(parts, parts.sizes)
+    assert _head_requests(parts.sizes, tensors) is not None
+    best, _ = replay_live(step_events(parts.sizes, tensors))
+    assert best == find_peak(parts.sizes).at_peak.total
+    m = ftmem.estimate(model, gpu="h100", **settings).memory
+    assert m.peak_reserved_bytes >= m.peak_allocated_bytes
 
 
 def test_kept_workspaces_are_requested_once_and_never_freed():

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from ftmem.measure.tracker import LiveBytesTracker
+from ftmem.measure.saved import HostOffload
+from ftmem.measure.tracker import LiveBytesTracker, storage_key
 from ftmem.ops import loss_requests
 
 B, S, H, V = 2, 16, 16, 1000  # S a multiple of 8: torchtune's chunks are equal
@@ -101,6 +102,55 @@ def test_the_causal_lm_loss_requests_its_tensors_as_transformers_does(dtype):
             ("alloc", T * V * 2),
             ("free", 4),
             ("free", 5),
+        ]
+
+
+def _offloaded(loss_of):
+    """``loss_of`` with every saved tensor but the weight sent to host memory and
+    brought back by each node that reads it, as the measured step runs activation
+    offload (ftmem.measure.saved.HostOffload: torch's save_on_cpu)."""
+
+    def step(hidden, weight, labels):
+        host = HostOffload({storage_key(weight)[0]})
+        with torch.autograd.graph.saved_tensors_hooks(host.pack, host.unpack):
+            return loss_of(hidden, weight, labels)
+
+    return step
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_the_offloaded_causal_lm_loss_requests_its_tensors_as_save_on_cpu_does(dtype):
+    """The same tensors as without offload; the saved log-softmax dies as the forward
+    ends (its host copy is the graph's), and each of the backward's two nodes brings
+    back its own copy, freed when the node returns."""
+    e = torch.finfo(dtype).bits // 8
+    measured = _vocabulary_sized(*_measure(_offloaded(_hf_step), *_inputs(dtype))[:2], skip=3)
+    forward, backward = loss_requests.causal_lm_loss(T, V, e, offloaded=True)
+    assert _vocabulary_sized(forward, backward) == measured
+    # the hand derivation, bf16: logits, fp32 copy, fp32 log-softmax, all three freed;
+    # backward: NllLossBackward0's copy of the log-softmax and its zeros, the copy
+    # freed; LogSoftmaxBackward0's copy and its gradient, the copy and the zeros freed;
+    # the cast back to bf16
+    if e == 2:
+        assert measured[0] == [
+            ("alloc", T * V * 2),
+            ("alloc", T * V * 4),
+            ("alloc", T * V * 4),
+            ("free", 2),
+            ("free", 1),
+            ("free", 0),
+        ]
+        assert measured[1] == [
+            ("alloc", T * V * 4),
+            ("alloc", T * V * 4),
+            ("free", 3),
+            ("alloc", T * V * 4),
+            ("alloc", T * V * 4),
+            ("free", 5),
+            ("free", 4),
+            ("alloc", T * V * 2),
+            ("free", 6),
+            ("free", 7),
         ]
 
 
@@ -457,6 +507,15 @@ LOSSES = [
     ({"loss": "chunked", "compile": True, "framework": "torchtune"}, False),  # one kernel
     ({"loss": "fused"}, False),
     ({"loss": "linear-chunked"}, False),
+    # activation offload: the loss's saved tensors on the host, its inputs named
+    ({"loss": "standard", "activation_offload": True}, True),
+    ({"loss": "standard", "precision": "fp32", "activation_offload": True}, True),
+    ({"loss": "standard", "precision": "bf16-mixed", "activation_offload": True}, True),
+    ({"loss": "standard", "framework": "fsdp_qlora", "activation_offload": True}, True),
+    # torchtune's: the head side stays on the device, so the loss's requests as they are
+    ({"loss": "chunked", "framework": "torchtune", "activation_offload": True}, True),
+    # the timeline's offloaded head moments are the standard loss's only
+    ({"loss": "shifted", "activation_offload": True}, False),
 ]
 
 
@@ -483,3 +542,72 @@ def test_the_step_replays_the_head_tensor_by_tensor_at_the_timeline_peak(setting
     assert (parts.sizes.head.requests is not None) == derived
     best, _ = replay_live(step_events(parts.sizes, _tensors(parts, parts.sizes)))
     assert best == find_peak(parts.sizes).at_peak.total
+
+
+@pytest.mark.parametrize(
+    ("settings", "residual"),
+    [
+        ({}, 2),
+        ({"precision": "fp32"}, 4),
+        ({"precision": "bf16-mixed"}, 4),
+        ({"grad_ckpt": True}, 2),
+    ],
+    ids=["bf16", "fp32", "bf16-mixed", "grad_ckpt"],
+)
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_an_offloaded_run_requests_the_loss_tensors_of_the_run_without_offload(
+    settings, residual, method
+):
+    """Activation offload moves the loss's saved tensors, not the tensors the loss
+    makes: the offloaded step's head requests the plain step's, sizes and order (one
+    program, ops.loss_requests._causal_lm_loss). Derived: the forward's from the
+    logits on are the same; before them it also names the LM head's input (T·h in
+    the residual dtype); the backward is the plain one with NllLossBackward0's copies
+    of the log-softmax (T·V·4), the labels (T int64) and total_weight (fp32) before its
+    zeros, and LogSoftmaxBackward0's copy of the log-softmax before its gradient."""
+    from ftmem.api import run_config
+    from ftmem.presets import get_model
+    from ftmem.step import step_parts
+
+    arch = get_model("qwen2.5-0.5b")
+    S_, B_ = 256, 2
+    T_, V_ = S_ * B_, arch.vocab_size
+
+    def requests(offload: bool):
+        run = run_config(
+            method=method, seq_len=S_, batch_size=B_, activation_offload=offload, **settings
+        )
+        r = step_parts(arch, run).sizes.head.requests
+        assert r is not None
+        return r
+
+    plain, offloaded = requests(False), requests(True)
+
+    def allocs(phase):
+        return [v for op, v in phase if op == "alloc"]
+
+    e = 4 if settings.get("precision") == "fp32" else 2
+    logits = T_ * V_ * e
+
+    def split(sizes):
+        at = sizes.index(logits)
+        return sizes[:at], sizes[at:]
+
+    before_plain, loss_plain = split(allocs(plain.forward))
+    before_off, loss_off = split(allocs(offloaded.forward))
+    assert loss_off == loss_plain
+    # named through the forward: the LM head's input, and a trained fp32 head's 16-bit
+    # copy in autocast's cache; before them at most that cache's weight copies (held to
+    # the forward's end, as under checkpointing)
+    h = arch.hidden_size
+    head_copy = (
+        [V_ * h * 2] if method == "full" and settings.get("precision") == "bf16-mixed" else []
+    )
+    named = [T_ * h * residual, *head_copy]
+    assert before_off[len(before_off) - len(named) :] == named
+    assert len(before_off) - len(named) <= 1 and len(before_plain) <= 1
+    nll_zeros, *rest = allocs(plain.backward)
+    assert allocs(offloaded.backward) == [T_ * V_ * 4, T_ * 8, 4, nll_zeros, T_ * V_ * 4, *rest]
+    # the plain step keeps the loss's saved item among the head side's tensors; the
+    # offloaded one keeps none of it on the device
+    assert (plain.saved_item, offloaded.saved_item) == (T_ * V_ * 4 + T_ * 8 + 4, 0)

@@ -96,7 +96,8 @@ class HeadRequests:
     """The LM head's and the loss's tensors one by one, in the order PyTorch allocates
     and frees them (ops.loss_requests), for the allocator replay (gpu.trace) in place of
     the two moments. ``saved_item``: the loss's saved item (bytes; one of the head
-    side's tensors) that the forward makes among its requests, the backward frees;
+    side's tensors) that the forward makes among its requests, the backward frees (0
+    under activation offload: the forward frees it, its host copy is the graph's);
     ``logits_forward`` and ``loss_backward``: the moments they lay out, beyond the
     saved tensors (a step whose head was changed since is replayed as moments)."""
 

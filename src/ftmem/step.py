@@ -530,9 +530,11 @@ def _decoder_sizes(
     forward_cache += vision_lora.unread_held(arch, run, plan.dtypes)
     forward_cache += vision_step.image_outputs_held(arch, run, plan.dtypes)
     framework_head = held_logits_head(arch, run, plan, e, T)
+    loss_inputs, loss_saved = _offloaded_loss_inputs(arch, run, plan, e, T)
     head = HeadTransients(
         logits_forward=_head_forward(arch, run, plan, e, T, forward_cache)
-        + _offloaded_loss_inputs(arch, run, plan, e, T),
+        + sum(loss_inputs)
+        + loss_saved,
         loss_backward=_head_backward(arch, run, plan, e, T)
         + (
             T * V * FP32
@@ -547,8 +549,10 @@ def _decoder_sizes(
     )
     output_held = _output_held(run, V, e, T) if framework_head is None else 0
     # (an adapted head's moments are not laid out tensor by tensor: no requests)
-    if framework_head is None and not offloaded and run.objective == "sft" and not plan.head_lora:
-        requests = _head_requests(arch, run, plan, e, T, head, forward_cache, output_held)
+    if framework_head is None and run.objective == "sft" and not plan.head_lora:
+        requests = _head_requests(
+            arch, run, plan, e, T, head, forward_cache, output_held, loss_inputs
+        )
         head = dataclasses.replace(head, requests=requests)
     if framework_head is None:
         head = _with_router_aux_moment(arch, run, plan, T, head)
@@ -602,7 +606,7 @@ def _head_forward(
 
 def _offloaded_loss_inputs(
     arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
-) -> int:
+) -> tuple[tuple[int, ...], int]:
     """With activations offloaded (all of them: not torchtune's, whose head side stays),
     the head side's saved tensors are on the host, but at the loss in forward the ones
     the loss reads are still referenced: the LM head's input (``hidden_states`` in the
@@ -610,15 +614,20 @@ def _offloaded_loss_inputs(
     and labels nll_loss runs on (its arguments). A trained fp32 head under autocast: its
     16-bit copy, in autocast's cache until the forward ends (LinearOp.autocast_cache has
     the blocks'). The standard loss of supervised finetuning; measured on the tiny
-    Llama, Qwen2 and Qwen3 offload cases (the forward phase -10 to -15 % without)."""
+    Llama, Qwen2 and Qwen3 offload cases (the forward phase -10 to -15 % without).
+
+    Returns the tensors the forward names beyond the loss's own, each (the head's
+    input, its 16-bit copy: those present), and the sum of the loss's saved tensors
+    (the head's requests make those: ops.loss_requests); ((), 0) where none applies."""
     if not run.activation_offload or offload_keeps_head(run) or run.loss != "standard":
-        return 0
+        return (), 0
     if run.objective != "sft" or plan.head_lora:
-        return 0
+        return (), 0
     V, h = arch.vocab_size, arch.hidden_size
     dt = plan.dtypes
     head_copy = V * h * e if dt.autocast and dt.base == "fp32" and plan.outer_trainable else 0
-    return T * h * dt.residual_bytes + Loss.cross_entropy_saved(T, V, FP32, False) + head_copy
+    named = tuple(x for x in (T * h * dt.residual_bytes, head_copy) if x)
+    return named, Loss.cross_entropy_saved(T, V, FP32, False)
 
 
 def _with_router_aux_moment(
@@ -665,10 +674,14 @@ def _head_requests(
     head: HeadTransients,
     forward_cache: int,
     output_held: int = 0,
+    loss_inputs: tuple[int, ...] = (),
 ) -> HeadRequests | None:
     """The head's moments tensor by tensor for the allocator replay (ops.loss_requests),
     where its loss's order is derived (None elsewhere, and where they would not lay out
-    the moments)."""
+    the moments). Under activation offload the same program with the loss's saved
+    tensors on the host (unless the framework keeps the head side's on the device,
+    Profile.offload_keeps_head) and ``loss_inputs`` (_offloaded_loss_inputs) named
+    through its forward."""
     if compiled_chunked_loss(run):
         return None
     shifted = run.loss == "shifted"
@@ -692,6 +705,8 @@ def _head_requests(
         nll_cast=nll_cast,
         fp32_output=Loss.fp32_output_moment(arch, run, e, T) > 0,
         head_grads=Loss.chunked_head_grads(arch, plan, T) if run.loss == "chunked" else (0, 0),
+        offloaded=run.activation_offload and not offload_keeps_head(run),
+        inputs=loss_inputs,
     )
 
 

@@ -720,18 +720,21 @@ def _backward_ends(rec: _Recorder, s: StepSizes) -> None:
 def _head_requests(s: StepSizes, t: StepTensors) -> HeadRequests | None:
     """The head's requests where they still lay out its moments (a step reshaped since,
     by a rank's strategy or another objective, is replayed as moments) and the head
-    side's tensors hold the loss's saved item they make."""
+    side's tensors hold the loss's saved item they make (none: activation offload
+    leaves it on the host)."""
     r = s.head.requests
     if r is None or (r.logits_forward, r.loss_backward) != (
         s.head.logits_forward,
         s.head.loss_backward,
     ):
         return None
-    return r if r.saved_item in t.above else None
+    return r if not r.saved_item or r.saved_item in t.above else None
 
 
 def _without(sizes: tuple[int, ...], item: int) -> tuple[int, ...]:
-    """``sizes`` without the last one equal to ``item``."""
+    """``sizes`` without the last one equal to ``item`` (as they are for 0)."""
+    if not item:
+        return sizes
     i = len(sizes) - 1 - sizes[::-1].index(item)
     return sizes[:i] + sizes[i + 1 :]
 

@@ -12,6 +12,11 @@ tensor by tensor (tests/test_loss_requests.py). Symbols: T = b·s positions, R t
 the cross-entropy takes (T; T − b for the shifted loss), V the vocabulary, e the
 logits' element size.
 
+Activation offload changes where the loss's saved tensors live, not which tensors the
+loss makes: the standard loss's one program serves both (``offloaded``, _Program), and
+the test compares it with torch's save_on_cpu on the CPU and with the run without
+offload (tests/test_loss_requests.py).
+
 Left out (a few bytes a row, or beyond the moments the timeline counts):
 ``nn.functional.pad``'s padded labels (b·(s + 1)·8, freed when the loss returns), the
 loss's scalars but the one the saved item counts, and the logits' 16-bit gradient
@@ -34,13 +39,49 @@ Phase = tuple[HeadRequest, ...]  # a forward's or a backward's requests
 
 class _Program(RequestProgram):
     """Forward and backward share the numbering; ``output``: the allocation the loop
-    holds past the backward."""
+    holds past the backward. ``offloaded``: the loss's saved tensors go to host memory
+    as they are saved (torch's ``save_on_cpu``: torch 2.13 torch/autograd/graph.py
+    ``pack_to_cpu`` copies into a host tensor, which the graph keeps; ``unpack_from_cpu``
+    brings back a new device tensor, ``tensor.to(device)``, for each node that unpacks
+    it): the device tensors die when nothing else names them, and each backward node
+    that reads one holds its own copy while it runs."""
 
-    __slots__ = ("output",)
+    __slots__ = ("offloaded", "output", "sizes")
 
-    def __init__(self) -> None:
+    def __init__(self, offloaded: bool = False) -> None:
         super().__init__()
         self.output = -1
+        self.offloaded = offloaded
+        self.sizes: list[int] = []  # each allocation's bytes, by its number
+
+    def alloc(self, size: int) -> int:
+        key = super().alloc(size)
+        if key >= 0:
+            self.sizes.append(size)
+        return key
+
+    def unpack(self, *saved: int) -> tuple[int, ...]:
+        """A backward node's saved tensors as it reads them: offloaded, a new copy of
+        each (returned, for :meth:`node_done`); else the tensors themselves (none)."""
+        if not self.offloaded:
+            return ()
+        return tuple(self.alloc(self.sizes[k]) for k in saved if k >= 0)
+
+    def node_done(self, *copies: int) -> None:
+        """A backward node returns: the copies it unpacked die with its locals."""
+        self.free(*reversed(copies))
+
+    def release(self, *saved: int) -> None:
+        """The graph lets its saved tensors go (their last node ran): on the device
+        unless they were offloaded, whose device tensors died in forward."""
+        if not self.offloaded:
+            self.free(*saved)
+
+    def saved_by_graph(self, *saved: int) -> None:
+        """The forward's end, for tensors only the graph still names: offloaded, the
+        graph holds their host copies, so the device tensors are freed."""
+        if self.offloaded:
+            self.free(*saved)
 
     def cut(self) -> Phase:
         """The requests so far (a phase's), the numbering kept for the next phase."""
@@ -54,13 +95,22 @@ class _Program(RequestProgram):
         else:
             self.free(key)
 
-    def nll_backward(self, size: int, *saved: int) -> int:
-        """nll_loss_backward's zeros and _log_softmax_backward_data's output (``size``
-        bytes each), then the first and the ``saved`` tensors freed: returns the
-        second (the log-softmax's input gradient)."""
+    def nll_backward(self, size: int, log_softmax: int, *saved: int) -> int:
+        """NllLossBackward0's zeros (nll_loss_backward), then LogSoftmaxBackward0's
+        output (_log_softmax_backward_data), ``size`` bytes each; the first and the
+        saved tensors (the log-softmax, which both nodes save, and nll_loss's ``saved``
+        labels and total_weight) freed after the second: returns the second (the
+        log-softmax's input gradient). Offloaded, each node first unpacks its own:
+        NllLossBackward0 self, target and total_weight, LogSoftmaxBackward0 result
+        (torch/csrc/autograd/generated: the order of their saved variables)."""
+        copies = self.unpack(log_softmax, *saved)
         nll_grad = self.alloc(size)
+        self.node_done(*copies)
+        copies = self.unpack(log_softmax)
         ls_grad = self.alloc(size)
-        self.free(nll_grad, *saved)
+        self.node_done(*copies)
+        self.free(nll_grad)
+        self.release(log_softmax, *saved)
         return ls_grad
 
     def done(self, forward: Phase) -> Programmed:
@@ -80,12 +130,22 @@ class Programmed:
         return self.forward, self.backward
 
 
-def causal_lm_loss(T: int, V: int, e: int, held: int = 0) -> tuple[Phase, Phase]:
+def causal_lm_loss(
+    T: int, V: int, e: int, held: int = 0, offloaded: bool = False, inputs: tuple[int, ...] = ()
+) -> tuple[Phase, Phase]:
     """transformers' ForCausalLMLoss (_causal_lm_loss), the model's output dropped."""
-    return _causal_lm_loss(T, V, e, held).phases()
+    return _causal_lm_loss(T, V, e, held, offloaded=offloaded, inputs=inputs).phases()
 
 
-def _causal_lm_loss(T: int, V: int, e: int, held: int = 0, hold: bool = False) -> Programmed:
+def _causal_lm_loss(
+    T: int,
+    V: int,
+    e: int,
+    held: int = 0,
+    hold: bool = False,
+    offloaded: bool = False,
+    inputs: tuple[int, ...] = (),
+) -> Programmed:
     """transformers' ForCausalLMLoss on the model's logits (transformers 5.24
     loss/loss_utils.py:51-73, fixed_cross_entropy :34-48): ``logits.float()`` (a copy
     when e ≠ 4), the labels padded and shifted (``.contiguous()``: T int64),
@@ -93,21 +153,29 @@ def _causal_lm_loss(T: int, V: int, e: int, held: int = 0, hold: bool = False) -
     total_weight saved); the fp32 copy dies when the loss returns, the 16-bit logits
     with the model's output (HF Trainer's compute_loss returns the loss alone).
     ``held``: what the forward holds until it ends (autocast's weight cache, a prefix
-    cache), counted in the logits' moment; ``hold``: the loop keeps the model's output
-    (the logits) past the backward.
+    cache), counted in the logits' moment; ``inputs``: tensors the forward names until
+    it ends beyond those (offloaded: the LM head's input and its 16-bit copy,
+    step._offloaded_loss_inputs), one request each; ``hold``: the loop keeps the
+    model's output (the logits) past the backward.
 
     Backward (torch/csrc/autograd/generated: NllLossBackward0, LogSoftmaxBackward0,
     ToCopyBackward0): nll_loss_backward's zeros (T·V·4), _log_softmax_backward_data's
     output (T·V·4), then the two freed with the saved log-softmax and labels; the cast
-    back to the logits' dtype (T·V·e) as the fp32 gradient goes."""
-    p = _Program()
+    back to the logits' dtype (T·V·e) as the fp32 gradient goes.
+
+    ``offloaded`` (activation offload, _Program): the same tensors in the same order;
+    the saved log-softmax, labels and total_weight die as the forward ends, and the
+    backward's two nodes bring back their own copies (_Program.nll_backward)."""
+    p = _Program(offloaded)
     cache = p.alloc(held)
+    named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
     upcast = p.alloc(T * V * FP32) if e != FP32 else -1
     labels = p.alloc(T * INDEX_BYTES)
     log_softmax = p.alloc(T * V * FP32)
     total_weight = p.alloc(FP32)
-    p.free(upcast, cache)
+    p.saved_by_graph(log_softmax, labels, total_weight)
+    p.free(upcast, *named, cache)
     p.drop_output(logits, hold)
     forward = p.cut()
     ls_grad = p.nll_backward(T * V * FP32, log_softmax, labels, total_weight)
@@ -386,6 +454,8 @@ def head_requests(
     nll_cast: bool = False,
     fp32_output: bool = False,
     head_grads: tuple[int, int] = (0, 0),
+    offloaded: bool = False,
+    inputs: tuple[int, ...] = (),
 ) -> HeadRequests | None:
     """The head's requests for ``loss`` (run.loss), or None where its order is not
     derived (the fused, linear-chunked and log-probability-tile losses, whose moments
@@ -397,10 +467,16 @@ def head_requests(
     allocated, and they must be that many bytes; ``nll_cast``: the shifted loss under
     CUDA's autocast (shifted_loss_cuda_autocast); ``fp32_output``: with accelerate's fp32
     copy of the returned logits (shifted_loss_accelerate); ``head_grads``: the chunked
-    head's weight and input gradients per piece (Loss.chunked_head_grads)."""
+    head's weight and input gradients per piece (Loss.chunked_head_grads);
+    ``offloaded``: the loss's saved tensors offloaded with the activations (the standard
+    loss's program, _Program: none of them stays on the device past the forward, so
+    the requests keep no saved item and the timeline's moments count it in), ``inputs``:
+    what that forward names beyond ``held`` (_causal_lm_loss)."""
     hold = output_held > 0
+    if offloaded and loss != "standard":  # (the timeline's offloaded moments: its loss)
+        return None
     if loss == "standard":
-        program = _causal_lm_loss(T, V, e, held, hold)
+        program = _causal_lm_loss(T, V, e, held, hold, offloaded, inputs)
     elif loss == "shifted" and nll_cast:  # CUDA's autocast
         program = _shifted_cuda_program(T, R, V, e, held, hold, fp32_output)
     elif loss == "shifted":
@@ -417,13 +493,12 @@ def head_requests(
     kept = sum(sizes) - sum(sizes[k] for op, k in forward if op == "free")
     backward_peak = peak_of(backward, sizes, kept)
     output = sizes[program.output] if program.output >= 0 else 0
+    on_device = 0 if offloaded else saved_item
     if (
         output != output_held
-        or kept != saved_item + output
-        or forward_peak != logits_forward + saved_item
-        or backward_peak > loss_backward + saved_item + output
+        or kept != on_device + output
+        or forward_peak != logits_forward + on_device
+        or backward_peak > loss_backward + on_device + output
     ):
         return None
-    return HeadRequests(
-        saved_item, forward, backward, logits_forward, loss_backward, program.output
-    )
+    return HeadRequests(on_device, forward, backward, logits_forward, loss_backward, program.output)
