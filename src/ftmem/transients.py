@@ -477,7 +477,6 @@ def block_backward_workspace(
             # gradients, and the incoming one is in the residual dtype (measured: Llama
             # LoRA bf16 and fp32, QLoRA bf16-mixed, with checkpointing)
             mlp += T * arch.intermediate_size * (FP32 if four_bit_fp32 else e)
-            mlp -= T * arch.hidden_size * (FP32 - plan.dtypes.residual_bytes)
         mlp_linears = [lin for lin in plan.adapted if set(lin.roles) & set(MLP_ROLES)]
         # (a 4-bit MLP's fp32 product needs no cast into an fp32 adapter)
         down_cast = 0 if four_bit_fp32 else LoRA.down_cast_gradient(plan, T)
