@@ -666,9 +666,10 @@ class Attention:
         softmax, e + 8 B per score on the CPU and for bf16 on CUDA; measured: the tiny
         Llama-3.2-Vision's checkpointed text block, LoRA bf16 eager, -7.8 % without the
         16-bit scores), beside GQA's repeat_kv copies of k and v (transformers 5.25
-        models/llama/modeling_llama.py eager_attention_forward: expand then reshape);
-        fp32 scores and autocast (the fp32 mask promotes the scores):
-        :meth:`eager_workspace`'s fp32 pair (attention sinks: gpt-oss's dtype)."""
+        models/llama/modeling_llama.py eager_attention_forward: expand then reshape) and,
+        where larger, the output's contiguous copy beside the output and the probabilities;
+        under autocast (the fp32 mask promotes the scores; not measured) and with attention
+        sinks (gpt-oss's dtype): :meth:`eager_workspace`'s pair."""
         if (
             arch.traits.softmax_in_compute_dtype
             and not arch.traits.attention_sinks
@@ -689,7 +690,11 @@ class Attention:
             # function's locals through the softmax (one kv head repeats as a view)
             T = run.batch_size * s
             repeated = 2 * T * arch.q_size * e if 1 < arch.kv_heads < arch.num_heads else 0
-            return run.batch_size * arch.num_heads * s * (s + run.prefix_len) * per_score + repeated
+            scores = run.batch_size * arch.num_heads * s * (s + run.prefix_len)
+            # the output's ``transpose(1, 2).contiguous()``: the probabilities, the output
+            # and its copy (larger only while s is short beside head_dim)
+            output = scores * e + 2 * T * arch.q_size * e
+            return max(scores * per_score, output) + repeated
         return Attention.eager_workspace(arch, run)
 
     @staticmethod
