@@ -679,7 +679,8 @@ class Attention:
             s = run.positions
             return 2 * run.batch_size * arch.num_heads * s * (s + run.prefix_len) * e
         dt = resolve_dtypes(run)
-        if runs_eager(arch, run) and not arch.traits.attention_sinks and not dt.autocast:
+        upcast = attention_path(arch, run) == "eager-fp32"  # (fp32 scores whatever e is)
+        if runs_eager(arch, run) and not (arch.traits.attention_sinks or dt.autocast or upcast):
             s = run.positions
             fp16_cuda = dt.compute == "fp16" and run.device != "cpu"
             # ``softmax(...).to(query.dtype)``: at the cast the scores, the fp32 softmax
