@@ -181,10 +181,11 @@ def test_frozen_vision_forward_moment(attn, bits):
     from transformers import MllamaVisionModel
 
     from ftmem.arch import Architecture
+    from ftmem.dtypes import eager_score_bytes
     from ftmem.measure.build import hf_config
     from ftmem.measure.mllama import config
     from ftmem.measure.tracker import LiveBytesTracker
-    from ftmem.mllama import eager_score_bytes, frozen_forward
+    from ftmem.mllama import frozen_forward
     from tests.accuracy.cases import TINY_MLLAMA
 
     arch = Architecture(**TINY_MLLAMA)

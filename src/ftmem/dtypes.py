@@ -31,6 +31,19 @@ def layer_norm_stats_bytes(device: str, e: int) -> int:
     return FP32 if device == "cuda" else e
 
 
+def eager_score_bytes(e: int, fp16_on_cuda: bool) -> int:
+    """Bytes per score live at eager attention's softmax (``softmax(scores, dim=-1,
+    dtype=torch.float32)``), forward and backward alike: fp32 scores, the input and its
+    softmax (or their gradients); 16-bit scores are converted first (torch
+    aten/src/ATen/native/SoftMax.cpp softmax(input, dim, dtype): ``input_.toType(dtype)``
+    then _softmax), so the 16-bit scores, their fp32 copy and the fp32 softmax, except
+    fp16 on CUDA, which that function hands to the kernel unconverted
+    (``_softmax(input_, dim_, half_to_float=true)``)."""
+    if e == FP32:
+        return 2 * FP32
+    return e + FP32 if fp16_on_cuda else e + 2 * FP32
+
+
 def layer_norm_saved_bytes(n: int, width: int, e: int, ln_stats: int) -> int:
     """What a LayerNorm a gradient passes keeps for n rows: its input (``e`` bytes an
     element) and each row's mean and rstd (``ln_stats`` bytes each:

@@ -266,7 +266,7 @@ def frozen_forward(v, images: int, e: int, score_bytes: int = 0) -> int:
     stacked intermediate states, their unpadded copy, the last state's unpadded copy and
     the concatenation (vision_output_dim wide); or, if larger, inside the last local
     layer's MLP (the outputs so far, its input norm's output, fc1's and the GELU's
-    outputs). Eager attention (``score_bytes`` per score: :func:`eager_score_bytes`):
+    outputs). Eager attention (``score_bytes`` per score: :func:`ftmem.dtypes.eager_score_bytes`):
     inside the last layer's softmax, beside the layers' outputs, its norm's output and
     q, k and v (measured on the CPU: tests/test_mllama.py)."""
     m: MllamaParts = v.mllama
@@ -287,16 +287,3 @@ def scores_per_layer(v, images: int) -> int:
     """One vision layer's attention scores: images × heads × L², L = tiles × padded tokens."""
     L = v.mllama.max_num_tiles * padded_tile_tokens(v)
     return images * v.num_heads * L * L
-
-
-def eager_score_bytes(e: int, fp16_on_cuda: bool) -> int:
-    """Bytes per score live at eager attention's softmax (``softmax(scores, dim=-1,
-    dtype=torch.float32)``), forward and backward alike: fp32 scores, the input and its
-    softmax (or their gradients); 16-bit scores are converted first (torch
-    aten/src/ATen/native/SoftMax.cpp softmax(input, dim, dtype): ``input_.toType(dtype)``
-    then _softmax), so the 16-bit scores, their fp32 copy and the fp32 softmax, except
-    fp16 on CUDA, which that function hands to the kernel unconverted
-    (``_softmax(input_, dim_, half_to_float=true)``)."""
-    if e == FP32:
-        return 2 * FP32
-    return e + FP32 if fp16_on_cuda else e + 2 * FP32

@@ -219,7 +219,7 @@ def backward_transient(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> in
 
 
 def _score_bytes(run: RunConfig, dtypes: Dtypes) -> int:
-    from ftmem.mllama import eager_score_bytes
+    from ftmem.dtypes import eager_score_bytes
 
     if run.attn != "eager":
         return 0

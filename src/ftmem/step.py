@@ -343,8 +343,8 @@ def _decoder_parts(
         outer_below, outer_above = [], stays
     # the input-gradient hook's leaves: held by the graph, saved by no node
     leaves = vision_step.graph_leaves(arch, run, plan.dtypes, plan.embed_trainable)
-    dropped = embedding_dropout_leaf(arch, run, plan)
-    leaves = (*leaves, dropped) if dropped else leaves
+    apart = embedding_leaf_apart(arch, run, plan)
+    leaves = (*leaves, apart) if apart else leaves
     masks = Attention.held_layer_masks(arch, run)  # (the checkpoints' inputs, too)
     leaves = (*leaves, masks) if masks else leaves
     rotary = Embedding.unread_rotary_held(arch, run, plan.dtypes.residual_bytes)
@@ -366,19 +366,22 @@ def _decoder_parts(
     )
 
 
-def embedding_dropout_leaf(arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:
-    """The frozen token embeddings' output where the embedding dropout copies it: under
-    checkpointing enable_input_require_grads makes that output a leaf requiring a gradient
-    (``output.requires_grad_(True)``, vision_step.graph_leaves), and the AccumulateGrad
-    node after it keeps it until the graph ends. Without dropout it is the first block's
-    input, which the checkpoint keeps anyway; with it (transformers 5.25
+def embedding_leaf_apart(arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:
+    """The frozen token embeddings' output where the first block reads another tensor:
+    under checkpointing enable_input_require_grads makes that output a leaf requiring a
+    gradient (``output.requires_grad_(True)``, vision_step.graph_leaves), and the
+    AccumulateGrad node after it keeps it until the graph ends. Where the first block
+    reads it as it is, the checkpoint keeps it anyway; it is held apart where the model
+    makes a new tensor of it first: the embedding dropout (transformers 5.25
     modeling_starcoder2.py l.368-369 ``nn.functional.dropout(hidden_states,
-    p=self.embedding_dropout)``) the first block reads the dropped copy. A trained
+    p=self.embedding_dropout)``) or learned positions added to it (modeling_gpt2.py l.577,
+    modeling_gpt_bigcode.py l.471 ``inputs_embeds + position_embeds``). A trained
     embedding's output is no leaf (EmbeddingBackward before it keeps only the ids), and
-    images' masked_scatter copy is counted there already. Measured on the tiny StarCoder2,
-    LoRA bf16 with checkpointing and embedding_dropout 0.1: the embedding output lives from
-    the forward to the end of backward (b·s·h, -2.2 % of the peak without)."""
-    if not arch.embedding_dropout or not vision_step.checkpointing_hooks_tower(run):
+    images' masked_scatter copy is counted there already. Measured on the tiny StarCoder2
+    (embedding_dropout 0.1) and GPT-2, LoRA with checkpointing: the embedding output lives
+    from the forward to the end of backward (b·s·h; -1.8 % of GPT-2's fp32 peak without)."""
+    copied = arch.embedding_dropout or arch.position_embedding == "learned"
+    if not copied or not vision_step.checkpointing_hooks_tower(run):
         return 0
     if plan.outer_trainable or plan.embed_trainable or run.n_virtual > 0:
         return 0

@@ -4,7 +4,7 @@ GQA and prefix keys, as transformers 5 runs them."""
 from __future__ import annotations
 
 from ftmem.arch import Architecture, Param, layout
-from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES, eager_score_bytes
 from ftmem.ops.context import LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
@@ -660,8 +660,16 @@ class Attention:
         upcasts (transformers 5.25 models/gpt2/modeling_gpt2.py l.55-73: the scores'
         matmul times the scale, the mask added, softmax in that dtype), so without
         autocast the two are in the compute dtype (measured: 1 × 512 tokens, bf16,
-        checkpointed, 4,194,304 B below two fp32 ones); elsewhere :meth:`eager_workspace`'s
-        fp32 pair (attention sinks: gpt-oss's dtype)."""
+        checkpointed, 4,194,304 B below two fp32 ones). Elsewhere, 16-bit scores without
+        autocast: softmax(scores, dtype=torch.float32) converts them first
+        (dtypes.eager_score_bytes: the 16-bit scores, their fp32 copy and the fp32
+        softmax, e + 8 B per score on the CPU and for bf16 on CUDA; measured: the tiny
+        Llama-3.2-Vision's checkpointed text block, LoRA bf16 eager, -7.8 % without the
+        16-bit scores), beside GQA's repeat_kv copies of k and v (transformers 5.25
+        models/llama/modeling_llama.py eager_attention_forward: expand then reshape) and,
+        where larger, the output's contiguous copy beside the output and the probabilities;
+        under autocast (the fp32 mask promotes the scores; not measured) and with attention
+        sinks (gpt-oss's dtype): :meth:`eager_workspace`'s pair."""
         if (
             arch.traits.softmax_in_compute_dtype
             and not arch.traits.attention_sinks
@@ -670,6 +678,24 @@ class Attention:
         ):
             s = run.positions
             return 2 * run.batch_size * arch.num_heads * s * (s + run.prefix_len) * e
+        dt = resolve_dtypes(run)
+        upcast = attention_path(arch, run) == "eager-fp32"  # (fp32 scores whatever e is)
+        if runs_eager(arch, run) and not (arch.traits.attention_sinks or dt.autocast or upcast):
+            s = run.positions
+            fp16_cuda = dt.compute == "fp16" and run.device != "cpu"
+            # ``softmax(...).to(query.dtype)``: at the cast the scores, the fp32 softmax
+            # and its 16-bit copy (fp16 on CUDA's largest moment)
+            cast = 2 * e + FP32 if e != FP32 else 0
+            per_score = max(eager_score_bytes(e, fp16_cuda), cast)
+            # repeat_kv's copies of k and v, one per query head, referenced by the
+            # function's locals through the softmax (one kv head repeats as a view)
+            T = run.batch_size * s
+            repeated = 2 * T * arch.q_size * e if 1 < arch.kv_heads < arch.num_heads else 0
+            scores = run.batch_size * arch.num_heads * s * (s + run.prefix_len)
+            # the output's ``transpose(1, 2).contiguous()``: the probabilities, the output
+            # and its copy (larger only while s is short beside head_dim)
+            output = scores * e + 2 * T * arch.q_size * e
+            return max(scores * per_score, output) + repeated
         return Attention.eager_workspace(arch, run)
 
     @staticmethod

@@ -174,7 +174,8 @@ class MLP:
         (T·f each) plus the fp32 residual gradient (T·h); IA³'s scaling if larger."""
         f = routed_width(arch)
         width = MLP.gradients(arch, run) * f
-        return max(T * width * e + T * arch.hidden_size * FP32, IA3.backward_workspace(plan, e, T))
+        r = plan.dtypes.residual_bytes
+        return max(T * width * e + T * arch.hidden_size * r, IA3.backward_workspace(plan, e, T))
 
     @staticmethod
     def activation_output_gradient(
