@@ -56,6 +56,7 @@ from ftmem.release_buffers import release_buffer_bytes
 from ftmem.run import UNPAIRED_OBJECTIVES, RunConfig
 from ftmem.transients import (
     adapter_moment,
+    attention_kernel_moment,
     block_backward_workspace,
     checkpointed_attention_moment,
     checkpointed_forward_adapter,
@@ -815,6 +816,7 @@ def _decoder_block(
             0 if fused else adapter_moment(arch, run, plan, last_block, e, T),
             0 if fused else recompute_end_moment(arch, run, plan, e, T),
             checkpointed_attention_moment(arch, run, plan, last_block, e),
+            attention_kernel_moment(arch, run, plan, last_block, e, T),
             checkpointed_moe_moment(arch, run, plan, e, T),
         ),
         policy=policy,
