@@ -36,8 +36,12 @@ ParamKind = Literal[
 ]
 # Roles a linear layer can play; LoRA targets are chosen by role or by module name.
 Role = Literal["q", "k", "v", "o", "gate", "up", "down", "router"]
-# Token embedding parameters, by family (T5's is shared by its encoder and decoder).
-TOKEN_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "shared.weight")
+# Token embedding parameters, by family (T5's is shared by its encoder and decoder;
+# GPT-NeoX's embed_in: its gradient too appears only after the blocks' backward).
+TOKEN_EMBEDDINGS = (
+    "embed_tokens.weight", "wte.weight", "word_embeddings.weight", "shared.weight",
+    "embed_in.weight",
+)  # fmt: skip
 ATTENTION_ROLES: tuple[Role, ...] = ("q", "k", "v", "o")
 MLP_ROLES: tuple[Role, ...] = ("gate", "up", "down")
 # The LM head's module: transformers 5 names it so in every causal LM (GPT-NeoX's

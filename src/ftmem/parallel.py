@@ -1828,10 +1828,12 @@ def _ring_attention(arch: Architecture, run: RunConfig, parts: StepParts) -> Ste
     e = BYTES_PER_ELEMENT[parts.plan.dtypes.compute]
     T = run.batch_size * run.positions
     block = parts.sizes.block
+    ring = ring_attention_backward(arch, e, T)
     block = dataclasses.replace(
         block,
         forward=max(block.forward, ring_attention_forward(arch, e, T)),
-        workspace=max(block.workspace, ring_attention_backward(arch, e, T)),
+        workspace=max(block.workspace, ring),
+        workspace_grads=0 if ring > block.workspace else block.workspace_grads,
     )
     return dataclasses.replace(parts, sizes=dataclasses.replace(parts.sizes, block=block))
 

@@ -84,6 +84,10 @@ class BlockTransients:
     # plain, checkpointed or offloaded: what each block's backward holds besides the
     # live gradients and activations and its workspace (block_policies)
     policy: BlockPolicy = PLAIN
+    # of ``workspace``, the block's own gradients made by its largest moment (the attention
+    # kernel's: transients.attention_gradients_made): tensors the allocator replay
+    # (gpu.trace) requests as the block's gradients, not as a transient
+    workspace_grads: int = 0
 
 
 # one request of a head's program: ("alloc", bytes), or ("free", k) for the program's

@@ -56,6 +56,8 @@ from ftmem.release_buffers import release_buffer_bytes
 from ftmem.run import UNPAIRED_OBJECTIVES, RunConfig
 from ftmem.transients import (
     adapter_moment,
+    attention_gradients_made,
+    attention_kernel_moment,
     block_backward_workspace,
     checkpointed_attention_moment,
     checkpointed_forward_adapter,
@@ -799,6 +801,23 @@ def _decoder_block(
     last_keeps = blocks.per_block[-1]
     dequant = LinearOp.dequant_moment(arch, run, plan, e, T)  # LitGPT's 4-bit matmuls
     fused = all_adapters_fused(arch, run, plan)  # Unsloth's LoRA Functions
+    workspace = (
+        offload_moment(arch, run, plan, last_block, e, T)
+        if offloaded
+        else max(
+            dequant,
+            MLP.fused_lora_backward(arch, plan, e, T)
+            if MLP.runs_fused_lora(arch, run, plan)
+            else block_backward_workspace(arch, run, plan, e, T, last_block),
+            0 if fused else adapter_moment(arch, run, plan, last_block, e, T),
+            0 if fused else recompute_end_moment(arch, run, plan, e, T),
+            checkpointed_attention_moment(arch, run, plan, last_block, e),
+            checkpointed_moe_moment(arch, run, plan, e, T),
+        )
+    )
+    # the attention kernel's moment counts the gradients its block has made by then
+    kernel = 0 if offloaded else attention_kernel_moment(arch, run, plan, last_block, e, T)
+    made = attention_gradients_made(arch, run, plan) if kernel else 0
     return BlockTransients(
         forward=forward_cache
         + Attention.layer_type_masks(arch, run, e)
@@ -823,19 +842,9 @@ def _decoder_block(
         ),
         # offloaded: one op's saved tensors back beside its workspace, and a trained
         # block's own gradients (the peak moves to the end of backward, measured)
-        workspace=offload_moment(arch, run, plan, last_block, e, T)
-        if offloaded
-        else max(
-            dequant,
-            MLP.fused_lora_backward(arch, plan, e, T)
-            if MLP.runs_fused_lora(arch, run, plan)
-            else block_backward_workspace(arch, run, plan, e, T, last_block),
-            0 if fused else adapter_moment(arch, run, plan, last_block, e, T),
-            0 if fused else recompute_end_moment(arch, run, plan, e, T),
-            checkpointed_attention_moment(arch, run, plan, last_block, e),
-            checkpointed_moe_moment(arch, run, plan, e, T),
-        ),
+        workspace=max(workspace, kernel),
         policy=policy,
+        workspace_grads=max(0, kernel - max(workspace, kernel - made)),
     )
 
 

@@ -192,6 +192,77 @@ def checkpointed_attention_moment(
     return scores + LoRA.cast_gradient(arch, plan, run.batch_size * run.positions) - mlp_side
 
 
+def attention_kernel_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: Sequence[Saved], e: int, T: int
+) -> int:
+    """A fused attention kernel's backward (sdpa, FlashAttention-2), relative to the whole
+    block's saved activations as the MLP's moment: the q, k and v gradients it returns
+    (Attention.kernel_gradients) beside its saved inputs and output, the gradient of that
+    output (T·q) and the residual stream's (T·h, the residual dtype) arriving; the MLP
+    side, the output projection's own saved tensors and the attention output's dropout
+    mask are freed by then (their backward ran), and the gradients the block's backward
+    has made so far exist (attention_gradients_made). Measured on the CPU: the tiny
+    multi-query GPTBigCode and a grouped Llama with a padded batch, full finetuning in
+    bf16 (the backward's peak there; tests/test_padding.py). A parallel block with one
+    norm (Phi, Falcon-7B) also holds the MLP branch's gradient of that norm's output,
+    waiting for the attention branch's (T·h)."""
+    grads = Attention.kernel_gradients(arch, run, e, T)
+    if not grads:
+        return 0
+    h, r = arch.hidden_size, plan.dtypes.residual_bytes
+    arriving = T * arch.q_size * e + T * h * r
+    if arch.parallel_attn_mlp and arch.norms_per_block == 1:
+        arriving += T * h * e
+    freed = freed_before_attention(arch, block) + sum(
+        x.nbytes for x in block if x.side is Side.ATTENTION and _after_the_kernel(x)
+    )
+    return grads + arriving + attention_gradients_made(arch, run, plan) - freed
+
+
+def _after_the_kernel(x: Saved) -> bool:
+    """Saved on the attention side by an op after the kernel: the output projection (its
+    input, its adapter's tensors) and the dropout of its output."""
+    if x.kind is Kind.RESIDUAL_DROPOUT:
+        return True
+    return bool(x.linears) and all(lin.roles == ("o",) for lin in x.linears)
+
+
+def attention_gradients_made(arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:
+    """The gradients a block's backward has made when its attention kernel's backward
+    runs: every trainable tensor of the block but the q/k/v projections (and their
+    adapters), the q/k norms and the norms before the attention (the input norm; a
+    parallel block's norms all). Counted only where every block trains the same tensors
+    (not MoE, whose experts' gradients are not laid out per block here), and not where
+    they already exist (accumulation) or are stepped and freed at once (optimizer in
+    backward)."""
+    if run.grad_accum > 1 or run.optimizer_in_backward or arch.is_moe:
+        return 0
+    if plan.trainable_blocks != arch.num_layers or plan.trained_by_block:
+        return 0
+    names = arch.traits.names
+    if names.sequential_norms and not arch.parallel_attn_mlp:
+        norms = names.sequential_norms
+    else:
+        norms = names.norms.get(arch.norms_per_block, ())
+    if arch.parallel_attn_mlp:
+        before = set(norms)
+    else:
+        before = set() if arch.traits.norms_after_sublayers else set(norms[:1])
+    before |= {
+        p.module
+        for p in layout(arch).block
+        if (p.kind in ("linear", "linear_bias") and set(p.roles) & {"q", "k", "v"})
+        or p.kind == "sink"
+        or p.name.endswith(("q_norm.weight", "k_norm.weight"))
+    }
+    prefixes = tuple(m + "." for m in before)
+    return sum(
+        g.numel * g.element_bytes
+        for g in plan.groups
+        if g.trainable and g.in_block and not g.name.startswith(prefixes)
+    )
+
+
 def adapter_moment(
     arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
 ) -> int:

@@ -785,7 +785,8 @@ def _blocks_backward(
     g = s.gradients
     L, trainable = len(kept), g.trainable_blocks
     holds = s.block.policy.backward_holds(L, trainable)
-    workspace = max(s.block.workspace, s.optimizer.block)
+    # (the gradients the workspace counts as made come as the block's own, below)
+    workspace = max(s.block.workspace - s.block.workspace_grads, s.optimizer.block)
     policy = s.block.policy
     idle = policy.idle_entries(L) if isinstance(policy, Offloaded) else [False] * L
     embedding_at = g.embedding_at if 0 < g.embedding_at < L else 0

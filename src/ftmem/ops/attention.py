@@ -56,8 +56,9 @@ def padding_mask(arch: Architecture, run: RunConfig) -> bool:
     2-D mask, l.621-662, and the varlen path unpads: modeling_flash_attention_utils.py
     l.837-842, the real tokens' copies of q, k and v no larger than the padded ones).
     A fused rotary projection (Phi-3's qkv_proj, GPT-NeoX's query_key_value) takes the
-    same path (fused_rotary_mask_derived). A projection whose views the kernel keeps
-    (qkv_views_kept: GPT-2, StarCoder) and a family's own explicit mask are not derived."""
+    same path (fused_rotary_mask_derived), and so does a projection whose views the
+    kernel keeps (qkv_views_kept: GPT-2, GPTBigCode), which keeps the mask beside that
+    output (Attention.fused_views_saved); a family's own explicit mask is not derived."""
     if not pads_batches(run) or runs_eager(arch, run) or run.attn != "sdpa":
         return False
     return fused_rotary_mask_derived(arch)
@@ -73,17 +74,20 @@ def fused_rotary_mask_derived(arch: Architecture) -> bool:
     l.195-199: the same with one view chunked in three. Measured (tests/test_padding.py):
     a padded batch moves saved bytes and both peaks by the mask alone where v stays a view
     (as many kv heads as heads, or one repeated as a stride-0 view), and by the mask plus
-    the repeated k and v less the qkv output where GQA copies them. GPT-2 (below): saved
-    bytes by the mask alone."""
+    the repeated k and v less the qkv output where GQA copies them. Learned positions
+    (below): saved bytes by the mask alone."""
     if arch.traits.sdpa_explicit_mask:
         return False
     if not arch.traits.fused_qkv or arch.position_embedding == "rotary":
         return True
-    # GPT-2's c_attn (learned positions, as many kv heads as heads): q, k and v stay views
-    # of the output the kernel keeps anyway, so the mask is all a padded batch adds
-    # (measured, tests/test_padding.py). Not one kv head (gpt_bigcode: its backward peak
-    # under padding is not derived) nor ALiBi (the model's own mask, materialized_mask).
-    return arch.position_embedding == "learned" and arch.kv_heads == arch.num_heads
+    # GPT-2's and GPTBigCode's c_attn (learned positions): q, k and v stay views of the
+    # output the kernel keeps anyway, and one kv head repeats as a stride-0 view, so the
+    # mask is all a padded batch saves (measured, tests/test_padding.py: gpt2,
+    # bigcode-mqa). Its backward is the kernel's (Attention.kernel_gradients). Not a
+    # grouped kv that repeat_kv would copy (no such family), nor ALiBi (the model's own
+    # mask, materialized_mask).
+    kv_views = arch.kv_heads in (1, arch.num_heads)
+    return arch.position_embedding == "learned" and kv_views
 
 
 def image_block_mask(arch: Architecture, run: RunConfig) -> bool:
@@ -778,6 +782,48 @@ class Attention:
         else:
             per_score = e + FP32
         return run.batch_size * arch.num_heads * s * (s + run.prefix_len) * per_score
+
+    @staticmethod
+    def kernel_gradients(arch: Architecture, run: RunConfig, e: int, T: int) -> int:
+        """The q, k and v gradients of one fused kernel's backward as it returns them:
+        q's, and k's and v's at every query head where the kernel was given them so (0
+        for eager attention, whose score gradients are eager_workspace's, and for latent
+        attention, not derived).
+
+        transformers repeats grouped keys and values to every query head before the call
+        where sdpa takes a mask (explicit_mask, sliding_window_mask, a prefix's):
+        use_gqa_in_sdpa is then False (transformers 5.25 integrations/sdpa_attention.py
+        l.42-52) and repeat_kv runs (l.127-128); so does transformers < 4.54
+        (versions.sdpa_repeats_kv) and LitGPT's expand (Profile.expands_kv). The kernel's
+        backward writes k's and v's gradients at the shape it was given, one kv head's
+        expand included (a stride-0 view in forward, a gradient at every head in
+        backward), and the expand's backward sums them after it: measured on the CPU,
+        torch 2.13 _scaled_dot_product_flash_attention_for_cpu_backward, the tiny
+        multi-query GPTBigCode and a grouped Llama with a padded batch
+        (tests/test_padding.py). CUDA's memory-efficient kernel, the one that takes a
+        mask, requires as many key heads as query heads (aten/src/ATen/native/
+        transformers/cuda/attention_backward.cu _efficient_attention_backward:
+        ``query.size(2) == key.size(2)``): the same gradients. Without a mask sdpa gets
+        ``enable_gqa``, and the CPU's kernel writes them at the kv heads (measured);
+        CUDA's flash backward writes them per query head first and sums them into
+        kv-sized ones (aten/src/ATen/native/transformers/cuda/flash_attn/flash_api.cpp
+        mha_bwd: dk_expanded, dv_expanded, ``at::sum_out``; flash-attn's own mha_bwd is
+        the same code), so on CUDA both are alive at once. (That kernel's fp32 dq_accum
+        and softmax_d, b·s·heads·head_dim and b·heads·s with s rounded up to 128, are not
+        counted.)"""
+        if runs_eager(arch, run) or arch.latent_attention:
+            return 0
+        q, kv = arch.q_size, arch.kv_size
+        keys = T + run.batch_size * run.prefix_len  # a prefix's keys and values too
+        masked = explicit_mask(arch, run) or sliding_window_mask(arch, run) or run.prefix_len
+        repeated = (run.attn == "sdpa" and masked) or sdpa_repeats_kv(arch, run)
+        if kv == q or repeated or profile_of(run).expands_kv:
+            width = q
+        elif run.device == "cuda":
+            width = q + kv  # flash's gradients per query head, and their sums
+        else:
+            width = kv
+        return T * q * e + 2 * keys * width * e
 
     @staticmethod
     def offloaded_backward(arch: Architecture, run: RunConfig, block: list[Saved]) -> int:
