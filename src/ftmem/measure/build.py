@@ -102,6 +102,8 @@ def hf_config_kwargs(arch: Architecture, attn_impl: str = "sdpa") -> tuple[str, 
     dropouts = {key: getattr(arch, site) for site, key in family.dropout_keys.items()}
     if family.router_aux_loss:
         common["output_router_logits"] = arch.router_aux_loss
+    if family.qk_norm_switch:  # (Cohere's use_qk_norm, StableLM's and Phi's qk_layernorm)
+        common[family.qk_norm_switch] = arch.qk_norm
     return family.model_types[0], {**common, **family.config.build(arch), **dropouts}
 
 
@@ -109,7 +111,7 @@ def hf_config(arch: Architecture, attn_impl: str = "sdpa"):
     from transformers import AutoConfig
 
     model_type, kw = hf_config_kwargs(arch, attn_impl)
-    if arch.qk_norm != arch.traits.qk_norm:
+    if arch.traits.qk_norm_switch is None and arch.qk_norm != arch.traits.qk_norm:
         # transformers has no switch for them: the model type decides (refused here, not
         # left to the parameter-count check's AssertionError)
         has = "has" if arch.traits.qk_norm else "has no"
