@@ -650,16 +650,23 @@ def _switched_qk_norms() -> list[Case]:
             {"method": "full", "precision": "fp32"},
             {"method": "full", "precision": "bf16-mixed"},
             {"method": "lora", "precision": "bf16", "grad_ckpt": True},
+            {"method": "full", "precision": "bf16", "activation_offload": True},
+            {"method": "dora", "precision": "bf16"},
         ),
         "stablelm": (
             {"method": "lora", "precision": "bf16"},
             {"method": "full", "precision": "bf16"},
             {"method": "full", "precision": "bf16-mixed"},
             {"method": "lora", "precision": "bf16", "grad_ckpt": True},
+            {"method": "full", "precision": "bf16", "activation_offload": True},
+            # (the per-head LayerNorms are ModuleLists inside each block: the top block,
+            # not a head's norm, is what trains)
+            {"method": "freeze", "trainable_layers": 1, "precision": "bf16"},
         ),
         "phi": (
             {"method": "lora", "precision": "bf16"},
             {"method": "full", "precision": "bf16-mixed"},
+            {"method": "full", "precision": "bf16-mixed", "activation_offload": True},
         ),
     }
     return [

@@ -454,10 +454,16 @@ def block_lists(model: nn.Module) -> list[nn.ModuleList]:
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     """(name, ModuleList) of the decoder blocks (model.layers / transformer.h), the
-    first of the longest ModuleLists."""
+    first of the longest ModuleLists not inside another: a block's own lists are not the
+    stack, however long (StableLM's per-head q/k LayerNorms: a tiny model's 4 heads
+    outnumber its 2 layers)."""
     best: tuple[str, nn.ModuleList] | None = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and (best is None or len(mod) > len(best[1])):
+    outer: list[str] = []
+    for name, mod in model.named_modules():  # (a list comes before what it holds)
+        if not isinstance(mod, nn.ModuleList) or name.startswith(tuple(f"{o}." for o in outer)):
+            continue
+        outer.append(name)
+        if best is None or len(mod) > len(best[1]):
             best = (name, mod)
     return best
 
