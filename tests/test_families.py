@@ -191,9 +191,6 @@ def test_what_olmoe_refuses(tmp_path, changes, message):
     [
         ({"model_type": "qwen3_moe", "mlp_only_layers": [0]}, "dense layers"),
         ({"model_type": "qwen3_moe", "decoder_sparse_step": 2}, "dense layers"),
-        ({"model_type": "phi", "qk_layernorm": True}, "qk_layernorm true"),
-        ({"model_type": "stablelm", "qk_layernorm": True}, "qk_layernorm true"),
-        ({"model_type": "cohere", "use_qk_norm": True}, "use_qk_norm true"),
         ({"model_type": "phi", "partial_rotary_factor": 1.5}, "fraction of the head"),
         ({"model_type": "gpt_neox", "rotary_pct": 0.001}, "at least one"),
     ],
@@ -203,6 +200,37 @@ def test_what_the_new_families_refuse(tmp_path, changes, message):
     (tmp_path / "config.json").write_text(json.dumps({**QWEN3_MOE, **changes}))
     with pytest.raises(ConfigError, match=message):
         resolve_model(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("model_type", "key", "norm_params"),
+    [
+        # CohereLayerNorm((heads, head_dim)) and ((kv_heads, head_dim)): no bias
+        ("cohere", "use_qk_norm", (4 + 2) * 16),
+        # StableLmLayerNormPerHead: one bias-free LayerNorm(head_dim) per head
+        ("stablelm", "qk_layernorm", (4 + 2) * 16),
+        # one nn.LayerNorm(head_dim) with its bias for the queries, one for the keys
+        ("phi", "qk_layernorm", 2 * 2 * 16),
+    ],
+)
+def test_switched_q_k_norms_are_read_and_counted(tmp_path, model_type, key, norm_params):
+    """Command R+'s use_qk_norm and StableLM-2-12B's / Phi's qk_layernorm are read, not
+    refused: each layer's q/k norms count what transformers allocates on the meta device,
+    and the derivation in the parametrization (64 wide, 4 heads of 16, 2 KV heads)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = {**{k: v for k, v in QWEN3_MOE.items() if "expert" not in k}, "model_type": model_type}
+    cfg.pop("head_dim")  # (StableLM and Phi derive it: 64 / 4 heads)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, key: True}))
+    arch = resolve_model(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, key: False}))
+    without = resolve_model(str(tmp_path))
+    assert (arch.qk_norm, without.qk_norm) == (True, False)
+    assert count_params(arch) - count_params(without) == norm_params * cfg["num_hidden_layers"]
+    config = transformers.AutoConfig.for_model(**{**cfg, key: True})
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert count_params(arch) == sum(p.numel() for p in model.parameters())
 
 
 def test_config_dropout_is_read_and_the_rest_said(tmp_path):

@@ -226,6 +226,51 @@ CONFIGS = {
         max_position_embeddings=8192,
         rope_theta=10000,
     ),
+    # CohereForAI/c4ai-command-r-plus, as FriendliAI's, alpindale's and AMD's copies give it
+    "command-r-plus": dict(
+        COHERE,
+        hidden_size=12288,
+        intermediate_size=33792,
+        num_hidden_layers=64,
+        num_attention_heads=96,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
+        rope_theta=75000000.0,
+        logit_scale=0.8333333333333334,
+        use_qk_norm=True,
+    ),
+    # CohereForAI/c4ai-command-r-plus-08-2024, as unsloth's 4-bit re-upload copies it
+    "command-r-plus-08-2024": dict(
+        COHERE,
+        hidden_size=12288,
+        intermediate_size=33792,
+        num_hidden_layers=64,
+        num_attention_heads=96,
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
+        rope_theta=8000000,
+        logit_scale=0.8333333333333334,
+        use_qk_norm=True,
+    ),
+    # stabilityai/stablelm-2-12b (blob 74dd3f5: transformers' own implementation)
+    "stablelm-2-12b": dict(
+        model_type="stablelm",
+        vocab_size=100352,
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        hidden_act="silu",
+        layer_norm_eps=1e-05,
+        max_position_embeddings=4096,
+        partial_rotary_factor=0.25,
+        rope_theta=10000,
+        tie_word_embeddings=False,
+        use_qkv_bias=False,
+        use_parallel_residual=True,
+        qk_layernorm=True,
+    ),
     # CohereForAI/c4ai-command-r-08-2024, as unsloth's re-upload copies it
     "command-r-08-2024": dict(
         COHERE,
@@ -260,3 +305,24 @@ def test_what_sets_the_sizes_apart():
 def test_deepseek_v2_rounds_to_the_published_total():
     """The DeepSeek-V2 paper (arXiv 2405.04434): "236B total parameters"."""
     assert round(count_params(get_model("deepseek-v2")) / 1e9) == 236
+
+
+@pytest.mark.parametrize("preset", ["command-r-plus", "command-r-plus-08-2024"])
+def test_command_r_plus_rounds_to_the_published_total(preset):
+    """Command R+'s model cards: "104 billion parameters"; its per-head q/k norms (use_qk_norm)
+    are counted, (96 + 8) x 128 per layer."""
+    arch = get_model(preset)
+    assert arch.qk_norm and round(count_params(arch) / 1e9) == 104
+    without = arch.model_copy(update={"qk_norm": False})
+    assert count_params(arch) - count_params(without) == 64 * (96 + 8) * 128
+
+
+def test_stablelm_2_12b_rounds_to_the_published_total():
+    """StableLM-2-12B's model card: "a 12.1 billion parameter decoder-only language model"
+    (its table's exact 12,143,605,760 is 419,840 more than transformers allocates for the
+    config: the difference is unexplained, see the preset). Its q/k LayerNorms are one
+    bias-free module per head: (32 + 8) x 160 per layer."""
+    arch = get_model("stablelm-2-12b")
+    assert arch.qk_norm and round(count_params(arch) / 1e8) == 121
+    without = arch.model_copy(update={"qk_norm": False})
+    assert count_params(arch) - count_params(without) == 40 * (32 + 8) * 160

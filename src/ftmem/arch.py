@@ -88,7 +88,9 @@ class Architecture(BaseModel):
     parallel_attn_mlp: bool = Field(False, description="Attention and MLP read the same input.")
     attention_qkv_bias: bool = False
     qk_norm: bool = Field(
-        False, description="An RMSNorm over each query and key head before the rotary (Qwen3)."
+        False,
+        description="A norm over each query and key head before the rotary (Qwen3's RMSNorm; "
+        "the LayerNorms Cohere's use_qk_norm and StableLM's and Phi's qk_layernorm switch on).",
     )
     attention_out_bias: bool = False
     mlp_bias: bool = False
@@ -287,7 +289,9 @@ class Architecture(BaseModel):
             raise ValueError("relative position buckets are for encoder-decoder (T5) families only")
         if fam.encoder_decoder and (self.norm != "rmsnorm" or self.kv_heads != self.num_heads):
             raise ValueError(f"{fam.name} has RMS norms and as many key/value heads as heads")
-        if self.qk_norm and (self.norm != "rmsnorm" or fam.encoder_decoder):
+        # (a family whose config switches its norms onto q and k takes them as its norm is)
+        layer_norms = self.norm != "rmsnorm" and fam.qk_norm_switch is None
+        if self.qk_norm and (layer_norms or fam.encoder_decoder):
             raise ValueError("qk_norm (per-head RMS norms) needs a decoder-only rmsnorm model")
         if self.dropout_rate and not fam.encoder_decoder:
             raise ValueError("dropout_rate is supported for encoder-decoder (T5) families only")
@@ -698,16 +702,31 @@ def _norm_params(prefix: str, arch: Architecture) -> list[Param]:
 
 
 def qk_norm_params(arch: Architecture) -> list[Param]:
-    """Query and key RMSNorms: per head (Qwen3), one head-wide weight each, or across
-    the projection (OLMo 2), kept by the attention module beside its projections."""
+    """Query and key norms, kept by the attention module beside its projections: per head
+    with one head-wide weight each (Qwen3; Phi's LayerNorm with its bias), a weight per
+    head (Cohere: one (heads, head_dim) tensor; StableLM: a bias-free LayerNorm module
+    per head), or across the projection (OLMo 2)."""
     if not arch.qk_norm:
         return []
-    attention = arch.traits.names.attention["o"].rsplit(".", 1)[0]
-    if arch.traits.qk_norm_per_head:
-        widths = {"q": arch.head_size, "k": arch.head_size}
-    else:  # OLMo 2: one weight across the whole projection
-        widths = {"q": arch.q_size, "k": arch.kv_size}
-    return [Param(f"{attention}.{n}_norm.weight", (widths[n],), "norm") for n in "qk"]
+    fam = arch.traits
+    attention = fam.names.attention["o"].rsplit(".", 1)[0]
+    out: list[Param] = []
+    for name, heads in zip(fam.qk_norm_names, (arch.num_heads, arch.kv_heads), strict=True):
+        prefix = f"{attention}.{name}"
+        shapes: dict[str, tuple[int, ...]]
+        if not fam.qk_norm_per_head:  # OLMo 2: one weight across the whole projection
+            shapes = {prefix: (heads * arch.head_size,)}
+        elif fam.qk_norm_weights == "per_head":
+            shapes = {prefix: (heads, arch.head_size)}
+        elif fam.qk_norm_weights == "modules":
+            shapes = {f"{prefix}.norms.{i}": (arch.head_size,) for i in range(heads)}
+        else:
+            shapes = {prefix: (arch.head_size,)}
+        for module, shape in shapes.items():
+            out.append(Param(f"{module}.weight", shape, "norm"))
+            if fam.qk_norm_bias:
+                out.append(Param(f"{module}.bias", shape, "norm"))
+    return out
 
 
 @lru_cache(maxsize=512)

@@ -79,6 +79,7 @@ def _matrix() -> list[Case]:
         *_expert_lora(),
         *_router_aux_loss_and_clip(),
         *_config_dropout(),
+        *_switched_qk_norms(),
         *_preference_objectives(),
         *_grpo(),
         *_kto(),
@@ -639,6 +640,43 @@ def _config_dropout() -> list[Case]:
     for method in ("full", "lora"):
         cases.append(Case("gpt_neox", {"method": method, "precision": "bf16"}, neox))
     return cases
+
+
+def _switched_qk_norms() -> list[Case]:
+    """The q/k LayerNorms a config switches on (issue 17): Command R+'s use_qk_norm (fp32
+    LayerNorms, a weight per head), StableLM-2-12B's qk_layernorm (a LayerNorm module per
+    head), Phi's qk_layernorm (one LayerNorm with a bias for all heads)."""
+    on = {"qk_norm": True}
+    runs = {
+        "cohere": (
+            {"method": "lora", "precision": "bf16"},
+            {"method": "full", "precision": "fp32"},
+            {"method": "full", "precision": "bf16-mixed"},
+            {"method": "lora", "precision": "bf16", "grad_ckpt": True},
+            {"method": "full", "precision": "bf16", "activation_offload": True},
+            {"method": "dora", "precision": "bf16"},
+        ),
+        "stablelm": (
+            {"method": "lora", "precision": "bf16"},
+            {"method": "full", "precision": "bf16"},
+            {"method": "full", "precision": "bf16-mixed"},
+            {"method": "lora", "precision": "bf16", "grad_ckpt": True},
+            {"method": "full", "precision": "bf16", "activation_offload": True},
+            # (the per-head LayerNorms are ModuleLists inside each block: the top block,
+            # not a head's norm, is what trains)
+            {"method": "freeze", "trainable_layers": 1, "precision": "bf16"},
+        ),
+        "phi": (
+            {"method": "lora", "precision": "bf16"},
+            {"method": "full", "precision": "bf16-mixed"},
+            {"method": "full", "precision": "bf16-mixed", "activation_offload": True},
+        ),
+    }
+    return [
+        Case(family, settings, on)
+        for family, all_settings in runs.items()
+        for settings in all_settings
+    ]
 
 
 # issue 17's families whose blocks wire ops in a new way (parallel residuals, partial

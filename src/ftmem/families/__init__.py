@@ -187,6 +187,20 @@ class Family:
     own_loss: Literal["shifted"] | None = None
     # The q/k norms span the whole projection (OLMo 2), not one head each.
     qk_norm_per_head: bool = True
+    # The config.json key that switches per-head q/k norms on (Cohere's use_qk_norm,
+    # StableLM's and Phi's qk_layernorm): they are then the family's own norm (Cohere's
+    # fp32 LayerNorm, nn.LayerNorm); None: the model type decides (qk_norm above).
+    qk_norm_switch: str | None = None
+    # How the per-head q/k norms hold their weights: "shared", one head-wide vector all
+    # heads use (Qwen3's RMSNorm(head_dim), Phi's nn.LayerNorm(head_dim)); "per_head", one
+    # (heads, head_dim) tensor (Cohere's CohereLayerNorm((heads, head_dim))); "modules",
+    # one LayerNorm module per head, each its own tensor (StableLM's
+    # StableLmLayerNormPerHead: ``norms.{i}``).
+    qk_norm_weights: Literal["shared", "per_head", "modules"] = "shared"
+    # The q/k norms' names in the attention module, and whether they have a bias (Phi's
+    # nn.LayerNorm default; StableLM's per-head LayerNorms are built with bias=False).
+    qk_norm_names: tuple[str, str] = ("q_norm", "k_norm")
+    qk_norm_bias: bool = False
     # The block's two norms act on each sublayer's output before the residual add, and
     # nothing normalises its input (OLMo 2): attention and MLP read the residual stream.
     norms_after_sublayers: bool = False

@@ -4,14 +4,15 @@ the same normalised input), a gated MLP, tied embeddings and logits multiplied b
 rsqrt, scale by the weight, cast back), so it is modelled as an fp32-scaling RMSNorm (one
 weight; the fp32 rstd, and the fp32 normalised tensor for the weight) that keeps the
 centred input twice (measured: the mean is subtracted once for the variance and again
-for the product). The per-head q/k LayerNorms of Command R+ (``use_qk_norm``) are not
-modelled and refused."""
+for the product). Command R+'s ``use_qk_norm`` puts the same fp32 LayerNorm on each query
+and key head, with a weight per head (CohereLayerNorm((heads, head_dim))), on the
+projections' (b, s, heads, head_dim) views before the transpose and the rotary: modelled
+by ops.norm.QKNorm as this norm, on T·heads rows."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from ftmem.errors import ConfigError
 from ftmem.families import SP_MODES, Family
 from ftmem.families._config import Config, LlamaKeys, flag
 from ftmem.families._llama import LLAMA_NAMES, llama_map
@@ -21,14 +22,11 @@ from ftmem.versions import (
     QWEN2_ROTARY_PER_LAYER,
 )
 
+QK_NORM_KEY = "use_qk_norm"
+
 
 def _read(cfg: Config, out: Config) -> None:
-    if flag(cfg, "use_qk_norm", False):
-        raise ConfigError(
-            "config.json: use_qk_norm true (Command R+'s per-head LayerNorms on queries and "
-            "keys) is not modelled yet."
-        )
-    out.update(norms_per_block=1, parallel_attn_mlp=True)
+    out.update(norms_per_block=1, parallel_attn_mlp=True, qk_norm=flag(cfg, QK_NORM_KEY, False))
 
 
 FAMILY = Family(
@@ -41,6 +39,8 @@ FAMILY = Family(
     names=replace(LLAMA_NAMES, norms={1: ("input_layernorm",)}),
     norm_scale_in_fp32=True,
     norm_centres_twice=True,
+    qk_norm_switch=QK_NORM_KEY,
+    qk_norm_weights="per_head",
     causal_mask_buffer=((COHERE_CAUSAL_MASK_BOOL, 1),),
     rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
     sdpa_float_mask_releases=COHERE_SDPA_FLOAT_MASK,

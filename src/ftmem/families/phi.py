@@ -2,15 +2,16 @@
 (Falcon-7B's wiring), q, k, v and dense projections with biases, a plain fc1/fc2 MLP
 with the written-out tanh-GELU, the rotary on part of each head
 (``partial_rotary_factor``, 0.5 in the published configs) and an LM head with a bias.
-Its optional q/k LayerNorms (``qk_layernorm``, off in every published config) are not
-modelled and refused."""
+Its optional q/k LayerNorms (``qk_layernorm``, off in every published config) are one
+nn.LayerNorm(head_dim) with its bias for all query heads and one for the key heads, on
+the transposed (b, heads, s, head_dim) views before the partial rotary; each keeps its
+input view (the projection's output) and its rows' mean and rstd (ops.norm.QKNorm)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ftmem.errors import ConfigError
 from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys, flag, rotary_dim
 from ftmem.families._llama import LLAMA_NAMES, llama_map
@@ -20,12 +21,10 @@ if TYPE_CHECKING:
     from ftmem.arch import Architecture
 
 
+QK_NORM_KEY = "qk_layernorm"
+
+
 def _read(cfg: Config, out: Config) -> None:
-    if flag(cfg, "qk_layernorm", False):
-        raise ConfigError(
-            "config.json: qk_layernorm true (LayerNorms on Phi's queries and keys) is not "
-            "modelled yet; the published Phi configs leave it off."
-        )
     head_dim = out["hidden_size"] // out["num_heads"]
     out.update(
         mlp="plain",
@@ -36,6 +35,7 @@ def _read(cfg: Config, out: Config) -> None:
         attention_out_bias=True,
         mlp_bias=True,
         rotary_dim=rotary_dim(cfg, head_dim, ("partial_rotary_factor",), 0.5),
+        qk_norm=flag(cfg, QK_NORM_KEY, False),
     )
 
 
@@ -46,7 +46,6 @@ def _build(arch: Architecture, kw: Config) -> None:
         partial_rotary_factor=arch.rotary_size / arch.head_size,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
-        qk_layernorm=False,
     )
 
 
@@ -72,6 +71,9 @@ FAMILY = Family(
     # torch.cat after the partial rotary makes q head-major: the dense projection reads
     # a copy of the kernel's output (measured, as GPT-NeoX)
     o_proj_reads_kernel_output=False,
+    qk_norm_switch=QK_NORM_KEY,
+    qk_norm_names=("q_layernorm", "k_layernorm"),
+    qk_norm_bias=True,
     dropout_keys={"residual_dropout": "resid_pdrop", "embedding_dropout": "embd_pdrop"},
     rotary_cache_releases=QWEN2_ROTARY_CACHE,
     rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,

@@ -102,6 +102,8 @@ def hf_config_kwargs(arch: Architecture, attn_impl: str = "sdpa") -> tuple[str, 
     dropouts = {key: getattr(arch, site) for site, key in family.dropout_keys.items()}
     if family.router_aux_loss:
         common["output_router_logits"] = arch.router_aux_loss
+    if family.qk_norm_switch:  # (Cohere's use_qk_norm, StableLM's and Phi's qk_layernorm)
+        common[family.qk_norm_switch] = arch.qk_norm
     return family.model_types[0], {**common, **family.config.build(arch), **dropouts}
 
 
@@ -109,7 +111,7 @@ def hf_config(arch: Architecture, attn_impl: str = "sdpa"):
     from transformers import AutoConfig
 
     model_type, kw = hf_config_kwargs(arch, attn_impl)
-    if arch.qk_norm != arch.traits.qk_norm:
+    if arch.traits.qk_norm_switch is None and arch.qk_norm != arch.traits.qk_norm:
         # transformers has no switch for them: the model type decides (refused here, not
         # left to the parameter-count check's AssertionError)
         has = "has" if arch.traits.qk_norm else "has no"
@@ -452,10 +454,16 @@ def block_lists(model: nn.Module) -> list[nn.ModuleList]:
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     """(name, ModuleList) of the decoder blocks (model.layers / transformer.h), the
-    first of the longest ModuleLists."""
+    first of the longest ModuleLists not inside another: a block's own lists are not the
+    stack, however long (StableLM's per-head q/k LayerNorms: a tiny model's 4 heads
+    outnumber its 2 layers)."""
     best: tuple[str, nn.ModuleList] | None = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and (best is None or len(mod) > len(best[1])):
+    outer: list[str] = []
+    for name, mod in model.named_modules():  # (a list comes before what it holds)
+        if not isinstance(mod, nn.ModuleList) or name.startswith(tuple(f"{o}." for o in outer)):
+            continue
+        outer.append(name)
+        if best is None or len(mod) > len(best[1]):
             best = (name, mod)
     return best
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ftmem.arch import Architecture, Linear, Param, layout, qk_norm_params
-from ftmem.dtypes import FP32, layer_norm_stats_bytes
+from ftmem.dtypes import FP32, layer_norm_saved_bytes, layer_norm_stats_bytes
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
@@ -141,7 +141,8 @@ class Norm:
 
 @register("qk_norm")
 class QKNorm:
-    """The per-head query and key RMSNorms (``arch.qk_norm``: Qwen3)."""
+    """The per-head query and key norms (``arch.qk_norm``): Qwen3's RMSNorms, OLMo 2's
+    across the projection, Cohere's fp32 LayerNorms, StableLM's and Phi's nn.LayerNorms."""
 
     @staticmethod
     def parameters(arch: Architecture) -> tuple[Param, ...]:
@@ -151,11 +152,20 @@ class QKNorm:
     def saved(
         ctx: LayerContext, state: BlockState, qkv: list[Linear], all_grad: bool, w_grad: bool
     ) -> list[Saved]:
-        """The per-head query and key RMSNorms (``arch.qk_norm``), on T·heads rows of
-        head_dim: each is the residual norm's ops (x.float(), pow, mean, rsqrt, mul) on the
-        projection's output. Where that output needs a gradient the norm keeps its fp32 copy
-        (the output itself when it is fp32 already) and the fp32 rstd per row; where the
-        norm's weight trains, the normalised cast back to the projection's dtype.
+        """The per-head query and key norms (``arch.qk_norm``), on T·heads rows of
+        head_dim, each the family's own norm on the projection's output.
+
+        RMSNorm (and Cohere's LayerNorm, written out the same way): x.float(), the
+        statistics, mul. Where that output needs a gradient the norm keeps its fp32 copy
+        (the output itself when it is fp32 already; Cohere's keeps the centred fp32 input
+        twice, as its residual norm: Family.norm_centres_twice) and the fp32 rstd per row;
+        where the norm's weight trains, the normalised tensor (fp32 where the norm scales
+        in fp32). LayerNorm (StableLM's per-head modules, Phi's one module; arch.norm
+        "layernorm"): native_layer_norm keeps its input and each row's mean and rstd
+        whichever of input and weight needs the gradient (torch derivatives.yaml,
+        native_layer_norm). Its input is the projection's output as a transposed view (one
+        storage for all of StableLM's per-head splits), or under CUDA's autocast the fp32
+        copy it casts (_layer_norm_bytes).
         ``all_grad``: every projection's output needs a gradient (something below or a
         weight of the block trains), else only the adapted / trained ones do."""
         arch = ctx.arch
@@ -165,6 +175,7 @@ class QKNorm:
         # scales in fp32 and keeps the fp32 normalised tensor for the weight
         oe = ctx.projection_out_bytes
         normed_bytes = FP32 if arch.traits.norm_scale_in_fp32 else oe
+        copies = 2 if arch.traits.norm_centres_twice else 1
         own = state.output_grad
         out: list[Saved] = []
         for role, heads in (("q", arch.num_heads), ("k", arch.kv_heads)):
@@ -174,8 +185,16 @@ class QKNorm:
                 rows, width = ctx.tokens, heads * arch.head_size
             # (it belongs to its projection: a tensor of the TP-split heads)
             of = tuple(lin for lin in qkv if role in lin.roles)
-            if all_grad or any(lin.module in own for lin in of):
-                size = rows * (width + 1) * FP32
+            x_grad = all_grad or any(lin.module in own for lin in of)
+            if arch.norm == "layernorm":
+                if x_grad or w_grad:
+                    e, stats = QKNorm._layer_norm_bytes(ctx, oe)
+                    size = layer_norm_saved_bytes(rows, width, e, stats)
+                    what = f"{role} norm: input, mean, rstd"
+                    out.append(Saved(what, size, Kind.NORM_INPUT, Side.ATTENTION, of))
+                continue
+            if x_grad:
+                size = rows * (copies * width + 1) * FP32
                 what = f"{role} norm: fp32 input + rstd"
                 if arch.traits.norm_scale_plus_one:  # Gemma 3's fp32 (1 + w), per call
                     size, what = size + width * FP32, f"{what} + (1 + w)"
@@ -186,12 +205,29 @@ class QKNorm:
         return out
 
     @staticmethod
+    def _layer_norm_bytes(ctx: LayerContext, oe: int) -> tuple[int, int]:
+        """(input, mean and rstd) bytes per element a q/k LayerNorm keeps, its input the
+        projection's output (``oe`` bytes). CUDA's autocast casts layer_norm's arguments to
+        fp32 (aten/src/ATen/autocast_mode.cpp: ``KERNEL_CUDA(layer_norm, fp32)``), so
+        the fp32 copy is kept, with fp32 statistics; the CPU's autocast leaves layer_norm
+        alone, and its kernel takes the 16-bit input with the fp32 weights as they are,
+        with statistics in the weights' dtype (dtypes.layer_norm_stats_bytes; measured,
+        torch 2.13: a bf16 input kept, fp32 mean and rstd)."""
+        if ctx.plan.dtypes.autocast and ctx.run.device == "cuda":
+            return FP32, FP32
+        # (the norm's weights are in the residual stream's dtype: fp32 under autocast)
+        return oe, max(layer_norm_stats_bytes(ctx.run.device, oe), ctx.residual)
+
+    @staticmethod
     def offloaded_backward(arch: Architecture, T: int) -> int:
         """The query norm's backward (``arch.qk_norm``) with activations offloaded: its fp32
         input back, the fp32 gradients of its product, of its mean (expanded) and pow's three,
         all T·q (the k norm's are narrower), beside the fp32 residual gradient arriving
-        (measured on tiny Qwen3, full bf16: -5.9 % without, the block's largest moment)."""
-        if not arch.qk_norm:
+        (measured on tiny Qwen3, full bf16: -5.9 % without, the block's largest moment).
+        Cohere's is written out the same way; a LayerNorm's (StableLM's per head, Phi's) is
+        one fused kernel, no larger a moment than the residual norm's (measured on tiny
+        StableLM, full bf16 offloaded: -0.1 %, and +12.2 % with the written-out moment)."""
+        if not arch.qk_norm or arch.norm == "layernorm":
             return 0
         return 6 * T * arch.q_size * FP32 + T * arch.hidden_size * FP32
 
