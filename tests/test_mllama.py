@@ -12,7 +12,7 @@ import pytest
 
 from ftmem.api import estimate
 from ftmem.arch import count_params
-from ftmem.errors import ConfigError, InvalidInputError
+from ftmem.errors import ConfigError
 from ftmem.mllama import cross_layer_count, image_states
 from ftmem.presets import get_model
 from ftmem.sources import architecture_from_config
@@ -92,14 +92,59 @@ def test_images_train_the_cross_attention_layers_under_full_finetuning():
     assert est.memory.gradients_bytes == 2 * 10_670_220_835
 
 
-def test_unmodelled_image_runs_are_refused():
-    # eager: the cross-attention layers' 6,404 image keys (4 tiles × 1,601) outnumber
-    # 2,048 text positions, so their scores outgrow the self-attention's
-    with pytest.raises(InvalidInputError, match="image keys \\(6,404"):
-        estimate("llama3.2-11b-vision", method="lora", images=1, attn="eager")
-    # autocast with trained vision or cross-attention weights (full finetuning)
-    with pytest.raises(InvalidInputError, match="bf16-mixed"):
-        estimate("llama3.2-11b-vision", method="full", images=1, precision="bf16-mixed")
+def test_trained_image_path_under_autocast_and_eager_beyond_the_text_are_estimated():
+    """Once refused: full finetuning under autocast with images, and eager attention
+    where the cross-attention layers' 6,404 image keys (4 tiles × 1,601) outnumber
+    2,048 text positions (measured: tests/accuracy/cases.py
+    _mllama_trained_autocast_and_eager_image_keys)."""
+    for precision in ("bf16-mixed", "fp16-mixed"):
+        est = estimate("llama3.2-11b-vision", method="full", images=1, precision=precision)
+        assert est.memory.activations_bytes > 0
+    est = estimate("llama3.2-11b-vision", method="lora", images=1, attn="eager")
+    assert est.memory.peak_allocated_bytes > est.memory.weights_bytes
+
+
+def test_cross_attention_eager_moments_by_hand():
+    """LoRA, bf16, one image, 2,048 tokens, eager: the last cross-attention layer's
+    1 × 32 heads × 2,048 × 6,404 scores. Forward: the bf16 scores and their fp32 copy
+    beside the saved fp32 softmax (2 + 4 B each). Backward: bf16 scores' gradients, their
+    fp32 copy and the fp32 softmax gradient (2 + 8 B), less the frozen layer's MLP side
+    its backward has freed: post_attention_layernorm's fp32 input and rstd, silu's
+    input, its output and up_proj's (2,048 × 14,336 bf16 each), the gate's bf16 tanh."""
+    from ftmem.mllama_step import cross_eager_moments
+    from ftmem.precision import resolve_dtypes
+    from ftmem.run import RunConfig
+
+    arch = get_model("llama3.2-11b-vision")
+    run = RunConfig(method="lora", images=1, seq_len=2048, attn="eager")
+    scores = 32 * 2048 * 6404
+    T, h, f = 2048, 4096, 14336
+    mlp_side = T * h * 4 + T * 4 + 3 * T * f * 2 + 2
+    forward, backward = cross_eager_moments(arch, run, resolve_dtypes(run))
+    assert forward == scores * 6
+    assert backward == scores * 10 - mlp_side
+
+
+def test_autocast_items_of_trained_cross_layers_by_hand():
+    """Full finetuning, one image, 2,048 tokens, bf16-mixed against bf16, per layer: each
+    RMSNorm's normalised input fp32 (+2 B), q_proj's input an own bf16 cast of the fp32
+    norm output (as bf16's shared output: +0) and gate_proj's and up_proj's each their
+    own (+2 B), the MLP gate's operand fp32 (the fp32 row mask: +2 B), both tanh fp32,
+    and the copies of the seven weights (k/v where the image states need a gradient)."""
+    from ftmem.mllama_step import cross_saved
+    from ftmem.precision import resolve_dtypes
+    from ftmem.run import RunConfig
+
+    arch = get_model("llama3.2-11b-vision")
+
+    def items(precision: str) -> int:
+        run = RunConfig(method="full", images=1, seq_len=2048, precision=precision)
+        return sum(x.nbytes for x in cross_saved(arch, run, 2, True, resolve_dtypes(run)))
+
+    T, h, f, kv = 2048, 4096, 14336, 1024
+    copies = (2 * h * h + 2 * h * kv + 3 * h * f) * 2
+    per_layer = 2 * T * h * 2 + T * h * 2 + T * h * 2 + 2 * 2 + copies
+    assert items("bf16-mixed") - items("bf16") == 8 * per_layer
 
 
 def test_adapters_on_the_image_path_under_autocast_and_eager_are_estimated():

@@ -195,10 +195,13 @@ def tower_saved(
     convolution's pixels (cast to the compute dtype) and the gated tile and position
     embeddings' lookups the gates multiply.
 
-    ``autocast`` (frozen weights: mllama_step.check_run): the fp32 weights keep the
-    residual stream in fp32 (each layer adds its 16-bit o_proj and fc2 outputs to the
-    fp32 embeddings), and autocast runs layer_norm in fp32, so every LayerNorm keeps an
-    fp32 input; the gates' tanh is fp32 (in the weights' dtype). Autocast's 16-bit
+    ``autocast``: the fp32 weights keep the residual stream in fp32 (each layer adds its
+    16-bit o_proj and fc2 outputs to the fp32 embeddings), and autocast runs layer_norm
+    in fp32, so every LayerNorm keeps an fp32 input; the gates' tanh is fp32 (in the
+    weights' dtype). Trained weights then keep one 16-bit cast of the fp32 norm output
+    per linear, q, k and v each their own (autocast casts a tensor that is no leaf at
+    every call: torch aten/src/ATen/autocast_mode.h cached_cast), and the gated tile and
+    position lookups stay fp32 (fp32 embeddings times fp32 gates). Autocast's 16-bit
     weight copies are mllama_step.autocast_copies'. ``fp32_linears``: bitsandbytes'
     4-bit linears answer in their input's dtype (precision.Dtypes.four_bit_outputs_fp32),
     so fc1's output, the GELU's input, stays fp32."""
@@ -214,7 +217,9 @@ def tower_saved(
     per_layer += N * I * (FP32 if fp32_linears else e)
     gated = 2 * (FP32 if autocast else e)  # the tanh of each gate, which h's gradient reads
     if weights:
-        per_layer += 2 * N * H * e + N * I * e
+        # q/k/v's and fc1's inputs (one shared norm output, or under autocast each
+        # linear's own cast of the fp32 one) and fc2's
+        per_layer += (4 if autocast else 2) * N * H * e + N * I * e
         gated += 2 * N * H * e
     total = (v.num_layers + m.global_layers) * per_layer + m.global_layers * gated
     total += layer_norm_saved_bytes(images * tiles * t, H, stream, stats) + layer_norm_saved_bytes(
@@ -222,7 +227,8 @@ def tower_saved(
     )
     if weights:
         pixels = images * tiles * v.num_channels * v.image_size**2 * e
-        tile_lookups = 2 * images * tiles * H * e + images * tiles * t * H * e
+        lookup = FP32 if autocast else e
+        tile_lookups = (2 * images * tiles * H + images * tiles * t * H) * lookup
         total += pixels + tile_lookups
     return total
 

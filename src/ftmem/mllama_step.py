@@ -113,24 +113,44 @@ def cross_saved(
     q, kv = nh * d, kvh * d
     m = b * run.images * image_states(v)
     w = cross_layers_train(run)
-    norm = T * h * FP32 + T * FP32 + (2 * T * h * e if w else 0)
+    r = dtypes.residual_bytes
+
+    def norm(readers: int) -> int:
+        kept = T * h * FP32 + T * FP32
+        if w:
+            # the normalised input in the stream's dtype (the weight's gradient) and the
+            # output, one tensor its readers share; under autocast (fp32 weights) it is
+            # fp32 and each linear keeps its own 16-bit cast (q_proj; gate_proj, up_proj)
+            casts = readers if dtypes.casts_weights else 1
+            kept += T * h * r + casts * T * h * e
+        return kept
+
     q_norm = T * q * FP32 + b * nh * s * FP32 + (T * q * e if w else 0)
     k_grad = w or projector_trains
     k_norm = (m * kv * FP32 + b * kvh * (m // b) * FP32 + (m * kv * e if w else 0)) if k_grad else 0
     kernel = _cross_kernel(run, m, T, (nh, kvh, d), e, k_grad)
     autocast = run.precision.endswith("-mixed")
-    # (autocast: the fp32 gates' tanh stays fp32, as the weights are)
-    gates = 2 * (FP32 if autocast else e) + (2 * T * h * e if w else 0)
+    # (autocast: the fp32 gates' tanh stays fp32, as the weights are); trained, h for
+    # each gate's gradient: o_proj's output, and the MLP's output times the row mask,
+    # made in the model's dtype (fp32 weights under autocast: the product is fp32)
+    tanh = FP32 if autocast else e
     mlp = 3 * T * f * (FP32 if dtypes.four_bit_outputs_fp32 else e) + (T * f * e if w else 0)
-    one = 2 * norm + q_norm + k_norm + kernel + gates + mlp
+    attention = norm(1) + q_norm + k_norm + kernel + tanh + (T * h * e if w else 0)
+    mlp += norm(2) + tanh + (T * h * r if w else 0)
     if dtypes.casts_weights and not dtypes.quantized:
-        # (check_run: frozen layers) autocast casts each fp32 weight to the compute dtype
-        # per call, and the linear keeps that copy for its input's gradient: q_proj,
-        # o_proj and the MLP's three; k_proj and v_proj where the image states need a
-        # gradient (adapters in the vision model or the projector, a trained projector);
-        # a 4-bit base has none (autocast_copies)
-        one += (2 * h * q + 3 * h * f + (2 * h * kv if k_grad else 0)) * e
-    return [Saved(f"cross-attention layers ({layers}) over the images", layers * one)]
+        # autocast casts each fp32 weight to the compute dtype (cached for the forward
+        # where it trains: a leaf that requires grad), and the linear keeps that copy
+        # for its input's gradient: q_proj, o_proj and the MLP's three; k_proj and v_proj
+        # only where the image states need a gradient (adapters in the vision model or
+        # the projector, a trained projector), trained or not; a 4-bit base has none
+        # (autocast_copies)
+        attention += (2 * h * q + (2 * h * kv if projector_trains else 0)) * e
+        mlp += 3 * h * f * e
+    # (two items: the attention's backward runs once the MLP's has freed its own)
+    return [
+        Saved(f"cross-attention layers ({layers}) over the images: attention", layers * attention),
+        Saved(f"cross-attention layers ({layers}): MLP", layers * mlp),
+    ]
 
 
 def _cross_kernel(
@@ -218,6 +238,40 @@ def backward_transient(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> in
     return scores_per_layer(v, run.batch_size * run.images) * _score_bytes(run, dtypes)
 
 
+def cross_eager_moments(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> tuple[int, int]:
+    """Eager attention in a cross-attention layer (transformers 5.25 modeling_mllama.py
+    eager_attention_forward: ``softmax(q kᵀ · scale + mask, dtype=float32).to(q.dtype)``)
+    over its b × heads × s × image-key scores: (forward, backward) beyond what the step
+    keeps, per score :func:`ftmem.mllama.eager_score_bytes`. Forward: at the softmax,
+    the scores and their fp32 copy beside the fp32 softmax the layer saves (less those
+    4 B; a checkpointed layer saves none). Backward: the softmax's backward, the scores'
+    gradients beside the saved softmax, once the layer's MLP backward has freed what its
+    side keeps; checkpointed, beside the recompute's attention side (:func:`cross_saved`
+    unchecked). The step weighs them at its top block's moments, less the blocks above
+    the last cross-attention layer (ftmem.step._cross_attention_moments). Where the
+    image keys are fewer than the text positions the self-attention's moments outweigh
+    them."""
+    from ftmem import vision_lora
+    from ftmem.mllama import image_states
+    from ftmem.vision_step import training
+
+    v = arch.vision
+    if v is None or v.mllama is None or not run.images or run.attn != "eager":
+        return 0, 0
+    b, s = run.batch_size, run.seq_len
+    scores = b * v.mllama.text_heads * s * run.images * image_states(v)
+    per_score = _score_bytes(run, dtypes)
+    e = BYTES_PER_ELEMENT[dtypes.compute]
+    layers = len(v.mllama.cross_layers)
+    plain = run.model_copy(update={"grad_ckpt": False})
+    adapted = vision_lora.adapted(arch, run)
+    states_grad = training(arch, run).projector or any(lin.part != "cross" for lin in adapted)
+    attention, mlp = (x.nbytes // layers for x in cross_saved(arch, plain, e, states_grad, dtypes))
+    if not run.grad_ckpt:
+        return scores * (per_score - FP32), scores * per_score - mlp
+    return scores * per_score, attention + scores * per_score
+
+
 def _score_bytes(run: RunConfig, dtypes: Dtypes) -> int:
     from ftmem.dtypes import eager_score_bytes
 
@@ -227,39 +281,10 @@ def _score_bytes(run: RunConfig, dtypes: Dtypes) -> int:
     return eager_score_bytes(BYTES_PER_ELEMENT[dtypes.compute], fp16_cuda)
 
 
-def check_run(arch: Architecture, run: RunConfig, trains) -> None:
-    """Image batches under autocast are modelled with the vision model and the
-    cross-attention layers frozen (adapters on them, a trained projector), and under
-    eager attention with no more image keys than text positions (measured:
-    tests/accuracy/cases.py _mllama_autocast_and_eager)."""
-    from ftmem.mllama import image_states
-
-    v = arch.vision
-    assert v is not None
-    keys = run.images * image_states(v)
-    if run.attn == "eager" and keys > run.positions:
-        raise InvalidInputError(
-            f"--attn eager with --images on Llama-3.2-Vision is modelled while the "
-            f"cross-attention layers' image keys ({keys:,}: {run.images} × "
-            f"{image_states(v):,}) are no more than the text positions "
-            f"({run.positions:,}): their fp32 scores (batch × heads × text × image keys) "
-            "then outgrow the self-attention's, and their forward and backward moments "
-            "are not sized; use --attn sdpa."
-        )
-    if run.precision.endswith("-mixed") and (trains.tower or cross_layers_train(run)):
-        raise InvalidInputError(
-            f"--precision {run.precision} with --images on Llama-3.2-Vision is modelled "
-            "with the vision model and the cross-attention layers frozen (adapters on "
-            "them are): autocast's 16-bit copies of the inputs of their trained weights "
-            "are not sized; use bf16, fp16 or fp32, or an adapter method."
-        )
-
-
 def saved(arch: Architecture, run: RunConfig, e: int, trains, dtypes) -> list:
     """Everything Llama-3.2-Vision's image path keeps for backward."""
     from ftmem import vision_lora
 
-    check_run(arch, run, trains)
     adapted = vision_lora.adapted(arch, run)
     # the image states need a gradient: the projector trains, or adapters below it do
     states_grad = trains.projector or any(lin.part != "cross" for lin in adapted)
@@ -296,10 +321,10 @@ def saved(arch: Architecture, run: RunConfig, e: int, trains, dtypes) -> list:
 
 def autocast_copies(arch: Architecture, run: RunConfig, e: int, dtypes: Dtypes) -> int:
     """Under autocast each fp32 nn.Linear weight of the vision model and the projector is
-    cast to the compute dtype at every call (autocast caches no cast: its cache holds
-    leaf tensors that require grad, torch aten/src/ATen/autocast_mode.cpp cached_cast),
+    cast to the compute dtype (at every call where it is frozen: autocast's cache holds
+    only leaf tensors that require grad, torch aten/src/ATen/autocast_mode.cpp cached_cast),
     and the linear keeps that copy wherever its input needs a gradient (the base
-    layer's, beside its adapter; the trained projector's too):
+    layer's, beside its adapter; trained ones' too, cached for the forward):
     vision_lora.inputs_needing_grad. A 4-bit base (QLoRA: bitsandbytes quantises
     these linears too) has none: bitsandbytes' matmul_4bit keeps the packed weight and
     dequantises it again in backward. The cross-attention layers' are cross_saved's."""
@@ -308,11 +333,72 @@ def autocast_copies(arch: Architecture, run: RunConfig, e: int, dtypes: Dtypes) 
     if dtypes.quantized:
         return 0
     grad = inputs_needing_grad(arch, run)
-    return sum(
+    copies = sum(
         lin.in_features * lin.out_features * e
         for lin in vision_linears(arch)
         if lin.part != "cross" and lin.module in grad
     )
+    from ftmem.vision_step import training
+
+    v = arch.vision
+    assert v is not None
+    if training(arch, run).tower:
+        # the trained patch convolution's weight: convolution's backward keeps it (the
+        # frozen one runs outside the graph: the pixels need no gradient)
+        copies += v.hidden_size * v.num_channels * v.patch_size**2 * e
+    return copies
+
+
+def image_outputs_held(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
+    """What the forward holds of the image path until it returns, beyond the saved
+    tensors (transformers 5.25 models/mllama/modeling_mllama.py MllamaModel.forward
+    l.1345-1390; MllamaForConditionalGeneration computes the loss before it returns):
+
+    - ``vision_outputs``, returned as the output's image_outputs: its last_hidden_state,
+      b × images × tiles × (patches + 1) × vision_output_dim in the residual stream's
+      dtype (fp32 under autocast with fp32 weights: the concatenated LayerNorm and layer
+      outputs); nothing to add where the projector keeps this very tensor (its weight or
+      adapter trains, no autocast cast between)
+    - the cross-attention mask (b, 1, s, image keys) made in the model's dtype
+      (``dtype=self.dtype``); sdpa keeps it where it is in the compute dtype (shared_saved),
+      autocast casts it to a copy, eager adds it to the scores, and checkpointed layers
+      keep none
+    - autocast's cached 16-bit copies of the trained cross-attention layers' weights (a
+      leaf that requires grad: torch aten/src/ATen/autocast_mode.cpp cached_cast): all of
+      them when the layers are checkpointed, else k_proj's and v_proj's where no gradient
+      reaches the image states (their linears keep no copy)
+
+    Measured: the tiny model, 6 images per sample, bf16-mixed LoRA, the forward's peak at
+    the loss holds the fp32 vision output (156,672 B); full finetuning, bf16-mixed,
+    checkpointed: the fp32 mask and every cross-attention weight's copy."""
+    from ftmem import vision_lora
+    from ftmem.mllama import image_states
+    from ftmem.vision_step import training
+
+    v = arch.vision
+    if v is None or v.mllama is None or not run.images:
+        return 0
+    r = dtypes.residual_bytes
+    e = BYTES_PER_ELEMENT[dtypes.compute]
+    trains = training(arch, run)
+    adapted = vision_lora.adapted(arch, run)
+    n = run.batch_size * run.images * image_states(v)
+    held = n * v.mllama.output_dim * r
+    if (trains.projector or any(lin.part == "projector" for lin in adapted)) and r == e:
+        held = 0
+    mask_saved = run.attn != "eager" and not run.grad_ckpt and r == e
+    keys = run.images * image_states(v)
+    held += 0 if mask_saved else run.batch_size * run.seq_len * keys * r
+    if cross_layers_train(run) and dtypes.casts_weights:
+        m = v.mllama
+        h, d = arch.hidden_size, m.text_head_dim
+        q, kv = m.text_heads * d, m.text_kv_heads * d
+        states_grad = trains.projector or any(lin.part != "cross" for lin in adapted)
+        cached = 2 * h * kv if run.grad_ckpt or not states_grad else 0
+        if run.grad_ckpt:
+            cached += 2 * h * q + 3 * h * m.text_intermediate
+        held += len(m.cross_layers) * cached * e
+    return held
 
 
 def projector_saved(arch: Architecture, run: RunConfig, e: int) -> list:

@@ -801,6 +801,7 @@ def _decoder_block(
     last_keeps = blocks.per_block[-1]
     dequant = LinearOp.dequant_moment(arch, run, plan, e, T)  # LitGPT's 4-bit matmuls
     fused = all_adapters_fused(arch, run, plan)  # Unsloth's LoRA Functions
+    cross_forward, cross_backward = _cross_attention_moments(arch, run, plan, blocks)
     workspace = (
         offload_moment(arch, run, plan, last_block, e, T)
         if offloaded
@@ -813,6 +814,7 @@ def _decoder_block(
             0 if fused else recompute_end_moment(arch, run, plan, e, T),
             checkpointed_attention_moment(arch, run, plan, last_block, e),
             checkpointed_moe_moment(arch, run, plan, e, T),
+            cross_backward,
         )
     )
     # the attention kernel's moment counts the gradients its block has made by then
@@ -839,6 +841,7 @@ def _decoder_block(
             frozen_forward_transient(arch, run, e, plan.dtypes.residual_bytes, T, plan)
             if not last_keeps or run.activation_offload or run.grad_ckpt
             else 0,
+            cross_forward,
         ),
         # offloaded: one op's saved tensors back beside its workspace, and a trained
         # block's own gradients (the peak moves to the end of backward, measured)
@@ -846,6 +849,26 @@ def _decoder_block(
         policy=policy,
         workspace_grads=max(0, kernel - max(workspace, kernel - made)),
     )
+
+
+def _cross_attention_moments(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, blocks: _BlockActivations
+) -> tuple[int, int]:
+    """Llama-3.2-Vision's last cross-attention layer's eager softmax, forward and backward
+    (ftmem.mllama_step.cross_eager_moments), as the top block's transients: less the
+    activations of the blocks above that layer (not yet made in its forward, freed by its
+    backward) and, checkpointed, the top block's recompute (freed too)."""
+    forward, backward = vision_step.cross_eager_moments(arch, run, plan.dtypes)
+    if not forward and not backward:
+        return 0, 0
+    above = vision_step.blocks_above_cross(arch)
+    if run.grad_ckpt:  # (a checkpointed block keeps its input)
+        T = run.batch_size * run.positions
+        ahead = above * T * arch.hidden_size * plan.dtypes.residual_bytes
+    else:
+        ahead = sum(blocks.per_block[len(blocks.per_block) - above :]) if above else 0
+    top_rebuilt = blocks.rebuilt[-1] if run.grad_ckpt and blocks.rebuilt else 0
+    return max(0, forward - ahead), max(0, backward - ahead - top_rebuilt)
 
 
 def _host_inputs(

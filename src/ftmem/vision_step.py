@@ -348,6 +348,22 @@ def backward_transient(
     return layer + (run.batch_size * run.seq_len * arch.hidden_size * e if hooked_text else 0)
 
 
+def cross_eager_moments(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> tuple[int, int]:
+    """Llama-3.2-Vision's cross-attention layers under eager attention: their softmax's
+    forward and backward moments (ftmem.mllama_step.cross_eager_moments); 0 elsewhere."""
+    return mllama_step.cross_eager_moments(arch, run, dtypes)
+
+
+def blocks_above_cross(arch: Architecture) -> int:
+    """Llama-3.2-Vision: the self-attention blocks above its last cross-attention layer
+    (the 11B's layer 38 of 40: one); 0 elsewhere."""
+    v = arch.vision
+    if v is None or v.mllama is None:
+        return 0
+    layers = arch.num_layers + len(v.mllama.cross_layers)
+    return layers - 1 - max(v.mllama.cross_layers)
+
+
 def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
     """The batch's pixel values: an input the loop holds through the whole step (a
     trained tower's convolution keeps this very tensor in fp32, a cast of it otherwise)."""
@@ -385,9 +401,12 @@ def image_outputs_held(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> in
     node keeps the image features (masked_scatter's backward needs only the mask), nor,
     where the projector reads a layer below the last (vision_feature_layer -2), the last
     layer's output, held among the hidden states. Measured on the tiny LLaVA at the
-    forward's peak, the loss: both live (bf16: 24,576 + 12,480 B)."""
+    forward's peak, the loss: both live (bf16: 24,576 + 12,480 B). Llama-3.2-Vision's:
+    ftmem.mllama_step.image_outputs_held."""
     v = arch.vision
-    if v is None or not run.images or v.projector != "mlp" or v.mllama is not None:
+    if v is not None and v.mllama is not None:
+        return mllama_step.image_outputs_held(arch, run, dtypes)
+    if v is None or not run.images or v.projector != "mlp":
         return 0
     images = images_per_step(run)
     features = images * v.tokens_per_image * arch.hidden_size * frozen_path(dtypes).linear_out

@@ -87,6 +87,7 @@ def _matrix() -> list[Case]:
         *_image_text(),
         *_mllama(),
         *_mllama_autocast_and_eager(),
+        *_mllama_trained_autocast_and_eager_image_keys(),
         *_tower_adapters(),
         *_qwen1(),
         *_sliding_window_masks(),
@@ -487,6 +488,40 @@ def _mllama_autocast_and_eager() -> list[Case]:
         {"method": "full", **image, **eager},
         {"method": "full", **image, **eager, "precision": "fp32"},
         {"method": "lora", "images": 2, **eager, **mixed},
+    ]
+    return [MllamaCase("llama", s) for s in settings]
+
+
+def _mllama_trained_autocast_and_eager_image_keys() -> list[Case]:
+    """Llama-3.2-Vision with trained weights on the image path under autocast (each fp32
+    norm output cast once per linear that reads it, the trained patch convolution's and
+    cross-attention weights' copies, the fp32 tile lookups and gate operand, the fp32
+    vision output and mask held until the forward returns), and eager attention where
+    the cross-attention layer's image keys (3 or 6 images × 34) outnumber the text
+    positions (its softmax's forward and backward moments, ftmem.mllama_step
+    cross_eager_moments)."""
+    one, three = {"images": 1}, {"images": 3}
+    mixed, eager = {"precision": "bf16-mixed"}, {"attn": "eager"}
+    settings: list[dict] = [
+        {"method": "full", **one, **mixed},
+        {"method": "full", **one, "precision": "fp16-mixed"},
+        {"method": "full", **one, **mixed, "grad_ckpt": True},
+        {"method": "full", **one, **mixed, "vision_tower": "frozen", "projector": "frozen"},
+        {"method": "lora", **one, **mixed, "vision_tower": "full"},
+        {"method": "full", **one, **mixed, **eager},
+        {"method": "lora", **three, **eager},
+        {"method": "full", **three, **eager},
+        {"method": "lora", **three, **eager, "grad_ckpt": True},
+        {"method": "full", **three, **eager, **mixed},
+        {"method": "lora", **one, **eager, "seq_len": 16},
+        {
+            "method": "lora",
+            "images": 6,
+            **eager,
+            **mixed,
+            "seq_len": 40,
+            "lora_targets": "gate_proj,up_proj,down_proj",
+        },
     ]
     return [MllamaCase("llama", s) for s in settings]
 
