@@ -149,3 +149,48 @@ def test_frozen_path_dtypes(settings, bytes_):
 
     path = frozen_path(resolve_dtypes(ImageTextCase("llama", settings).run()))
     assert (path.compute, path.stream, path.linear_out) == bytes_
+
+
+def test_autocast_copies_trained_weights():
+    """Full finetuning under bf16-mixed trains the tiny LLaVA's tower and projector:
+    autocast keeps one bf16 copy of every weight a matmul or convolution reads, in the
+    layers the projector reads (two of three: layer 2's graph reaches no loss), the
+    patch convolution (48 × 3 × 7 × 7) and the projector's two linears (48 → 96 → 96);
+    checkpointed, the layers' copies are recast in backward and only the convolution's
+    and the projector's stay. No norm weights, biases or position embeddings (no matmul
+    reads them). The measured steps are the accuracy cases
+    llava-llama-method=full-precision=bf16-mixed and its gradckpt=True twin."""
+    from ftmem.precision import resolve_dtypes
+    from ftmem.vision_lora import trained_weight_copies
+
+    conv, projector = 48 * 3 * 7 * 7 * 2, (48 * 96 + 96 * 96) * 2
+    layer = 6 * 48 * 48 * 2  # q, k, v, out_proj, fc1 and fc2: all 48 × 48 here
+    for settings, expected in (
+        ({"method": "full", "precision": "bf16-mixed"}, conv + 2 * layer + projector),
+        ({"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}, conv + projector),
+        ({"method": "lora", "precision": "bf16-mixed", "projector": "full"}, projector),
+        ({"method": "full"}, 0),  # bf16 weights: no autocast, no copies
+    ):
+        case = ImageTextCase("llama", settings)
+        run = case.run()
+        assert trained_weight_copies(case.arch(), run, resolve_dtypes(run)) == expected
+
+
+def test_autocast_copies_gemma3_projection_matrix():
+    """Gemma 3's projection is a bare matrix (torch.matmul, no nn.Linear): under
+    autocast its bf16 cast is kept where the tower below passes gradients (LoRA on the
+    SigLIP q/v_proj: 48 × 64, the tiny Gemma 3's text width), not where nothing below
+    the projector needs one (text-only LoRA targets)."""
+    from ftmem.precision import resolve_dtypes
+    from ftmem.vision_lora import frozen_weight_copies
+
+    square = 48 * 48 * 2
+    case = ImageTextCase("gemma3", LLAVA_AUTOCAST, tower="gemma3")
+    arch, run = case.arch(), case.run()
+    # from layer 0's q/v on: out_proj, fc1 and fc2 of layer 0, all six of layers 1 and 2
+    linears = (3 + 6 + 6) * square
+    assert frozen_weight_copies(arch, run, resolve_dtypes(run)) == linears + 48 * 64 * 2
+    text_only = ImageTextCase(
+        "gemma3", {**LLAVA_AUTOCAST, "lora_targets": "gate_proj"}, tower="gemma3"
+    ).run()
+    assert frozen_weight_copies(arch, text_only, resolve_dtypes(text_only)) == 0

@@ -283,7 +283,13 @@ def text_extras_count(v: VisionTower, text_hidden: int) -> int:
 
 
 def saved_per_layer(
-    v: VisionTower, images: int, e: int, eager: bool = False, *, ln_stats: int
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool = False,
+    path: FrozenPath | None = None,
+    *,
+    ln_stats: int,
 ) -> int:
     """What one trained encoder layer keeps for backward, for ``images`` images of t tower
     tokens (n = images × t) in a compute dtype of ``e`` bytes (transformers 5.24
@@ -302,7 +308,15 @@ def saved_per_layer(
     - the activation: SigLIP's gelu_pytorch_tanh its input (n I e); CLIP's quick_gelu,
       ``x * sigmoid(1.702 x)``, its input and the sigmoid's output (2 n I e)
     - fc2: the activation's output (n I e)
+
+    Under autocast over fp32 weights (``path``, FrozenPath: the stream fp32) the
+    LayerNorms keep fp32 inputs and statistics, and q/k/v_proj each keep their own
+    16-bit cast of layer_norm1's fp32 output (autocast casts a non-leaf input at every
+    call: aten autocast_mode.h cached_cast caches leaves only), 3 n H e (measured, the
+    tiny LLaVA full bf16-mixed); the weights' copies: vision_lora.trained_weight_copies.
     """
+    path = path or FrozenPath.uniform(e)
+    stats = FP32 if path.stream == FP32 else ln_stats
     H, I, t = v.hidden_size, v.intermediate_size, v.tower_tokens
     n = images * t
     act = 2 if v.encoder == "clip" else 1
@@ -311,14 +325,17 @@ def saved_per_layer(
         attention = 4 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
     else:
         attention = 4 * n * H * e + n * v.num_heads * FP32
-    norms = 2 * layer_norm_saved_bytes(n, H, e, ln_stats)
-    return norms + 2 * n * H * e + attention + (act + 1) * n * I * e
+    norms = 2 * layer_norm_saved_bytes(n, H, path.stream, stats)
+    qkv_reads = 3 if path.stream != path.compute else 1
+    return norms + (qkv_reads + 1) * n * H * e + attention + (act + 1) * n * I * e
 
 
 @dataclass(frozen=True, slots=True)
 class FrozenPath:
-    """Element sizes along a frozen CLIP / SigLIP tower and LLaVA's projector that pass
-    input gradients to adapters below them, by what each tensor is:
+    """Element sizes along the image path (measured for a frozen CLIP / SigLIP tower and
+    LLaVA's projector passing input gradients to adapters below them; the stream's also
+    for trained and checkpointed towers, Gemma 3's projector and Pixtral), by what each
+    tensor is:
 
     - ``compute``: attention's tensors (autocast runs sdpa in the 16-bit dtype, casting
       its inputs) and the adapters' items.
@@ -425,6 +442,7 @@ def tower_saved(
     eager: bool = False,
     checkpointed: bool = False,
     weights: bool = True,
+    path: FrozenPath | None = None,
     *,
     ln_stats: int,
 ) -> int:
@@ -437,13 +455,18 @@ def tower_saved(
     so only input gradients run through it; checkpointed, its layers keep their inputs
     as trained ones do, its LayerNorms their input, mean and rstd (torch's
     native_layer_norm saves them whatever needs a gradient; ``ln_stats``: bytes per
-    element of their mean and rstd, dtypes.layer_norm_stats_bytes)."""
+    element of their mean and rstd, dtypes.layer_norm_stats_bytes). ``path``: the
+    stream's dtype (FrozenPath; fp32 under autocast over fp32 weights), which the
+    checkpoints and the LayerNorms keep (measured, LLaVA LoRA bf16-mixed checkpointed
+    and full bf16-mixed: every such item in fp32)."""
     if v.qwen:
+        autocast = path is not None and path.stream != path.compute
         return vision_qwen.tower_saved(
-            v, images, e, eager, checkpointed, weights, ln_stats=ln_stats
+            v, images, e, eager, checkpointed, weights, autocast, ln_stats=ln_stats
         )
     if v.encoder == "pixtral":
-        return vision_pixtral.tower_saved(v, images, e, eager, checkpointed, weights)
+        stream = path.stream if path is not None else None
+        return vision_pixtral.tower_saved(v, images, e, eager, checkpointed, weights, stream)
     if not weights and not checkpointed:
         raise ValueError("a frozen tower passes input gradients only under checkpointing")
     n = images * v.tower_tokens
@@ -452,15 +475,18 @@ def tower_saved(
     pixels = images * v.num_channels * v.image_size**2 * e if weights else 0
     # gradient checkpointing reaches the tower's layers too (CLIPEncoderLayer and
     # SiglipEncoderLayer are GradientCheckpointingLayers): each keeps only its input
+    path = path or FrozenPath.uniform(e)
+    stream = path.stream
+    stats = FP32 if stream == FP32 else ln_stats
     if checkpointed:
-        per_layer = n * v.hidden_size * e
+        per_layer = n * v.hidden_size * stream
     else:
-        per_layer = saved_per_layer(v, images, e, eager, ln_stats=ln_stats)
+        per_layer = saved_per_layer(v, images, e, eager, path, ln_stats=ln_stats)
     total = pixels + v.layers_kept * per_layer
     if v.encoder == "clip":
-        total += layer_norm_saved_bytes(n, v.hidden_size, e, ln_stats)
+        total += layer_norm_saved_bytes(n, v.hidden_size, stream, stats)
     if v.layers_kept == v.num_layers and v.encoder == "siglip":
-        total += layer_norm_saved_bytes(n, v.hidden_size, e, ln_stats)
+        total += layer_norm_saved_bytes(n, v.hidden_size, stream, stats)
     return total
 
 
@@ -470,15 +496,17 @@ def projector_saved(
     images: int,
     e: int,
     tower_trains: bool = True,
+    path: FrozenPath | None = None,
     *,
     ln_stats: int,
 ) -> int:
-    """What a trained projector keeps:
+    """What a trained projector keeps (``path``: the stream's dtype, FrozenPath; fp32
+    under autocast; the weights' copies: vision_lora.trained_weight_copies):
 
     - LLaVA: linear_1's input (the selected hidden state, copied when the CLS token is
       sliced off), the GELU's input and linear_2's input (linear_1's output and the GELU's).
-    - Gemma 3: the average pool's input (the hidden state made contiguous), the RMSNorm in
-      fp32 (``x.float()`` that pow keeps, rsqrt's output, the normalised x and (1 + w) that
+    - Gemma 3: the average pool's input (the hidden state made contiguous, in the
+      stream's dtype), the RMSNorm in fp32 (``x.float()`` that pow keeps, rsqrt's output, the normalised x and (1 + w) that
       the multiplication keeps), and the matmul's input cast back to the compute dtype.
       Under a frozen tower its output needs no gradient: only the weights' gradients
       need inputs, the normalised x (for w) and the matmul's input.
@@ -487,8 +515,9 @@ def projector_saved(
     """
     if v.qwen:
         return vision_qwen.merger_saved(v, images, e, tower_trains, ln_stats=ln_stats)
+    stream = (path or FrozenPath.uniform(e)).stream
     if v.projector == "mistral3":
-        return vision_pixtral.projector_saved(v, text_hidden, images, e, tower_trains)
+        return vision_pixtral.projector_saved(v, text_hidden, images, e, tower_trains, stream)
     H, T = v.hidden_size, text_hidden
     tokens = images * v.tokens_per_image
     if v.projector == "mlp":
@@ -496,7 +525,7 @@ def projector_saved(
         return selected * H * e + 2 * tokens * T * e
     if not tower_trains:
         return tokens * H * FP32 + tokens * H * e
-    pooled = images * v.patches * H * e
+    pooled = images * v.patches * H * stream
     fp32_input = tokens * H * FP32
     return pooled + fp32_input + tokens * FP32 + tokens * H * FP32 + H * FP32 + tokens * H * e
 
@@ -506,31 +535,34 @@ def projector_input_grad_saved(
     text_hidden: int,
     images: int,
     e: int,
-    linear_out: int | None = None,
+    path: FrozenPath | None = None,
     *,
     ln_stats: int,
 ) -> int:
     """A frozen projector that passes its input's gradient to a hooked frozen tower
     (vision_step.input_hooked): its linears keep nothing (a frozen weight's input
-    gradient needs only the weight), the rest what the input's gradient needs:
+    gradient needs only the weight; autocast's weight copies:
+    vision_lora.frozen_weight_copies), the rest what the input's gradient needs, each in
+    its dtype along ``path`` (FrozenPath; default all ``e``):
 
-    - LLaVA: the GELU's input (linear_1's output, of ``linear_out`` bytes an element:
-      FrozenPath; default ``e``).
-    - Gemma 3: the average pool's input (the hidden state made contiguous), and the
-      RMSNorm's ``x.float()`` (pow's and the product's), rsqrt's output and the fp32
-      ``1 + weight`` the product with the normalised x keeps (not the normalised x: it
-      is for the weight's gradient).
+    - LLaVA: the GELU's input (linear_1's output, ``path.linear_out``).
+    - Gemma 3: the average pool's input (the hidden state made contiguous, in the
+      stream's dtype: fp32 under autocast, measured), and the RMSNorm's ``x.float()``
+      (pow's and the product's), rsqrt's output and the fp32 ``1 + weight`` the product
+      with the normalised x keeps (not the normalised x: it is for the weight's
+      gradient).
     - Qwen-VL's merger: ftmem.vision_qwen.merger_input_grad_saved.
     """
     if v.qwen:
         return vision_qwen.merger_input_grad_saved(v, images, e, ln_stats=ln_stats)
     if v.projector == "mistral3":
         return vision_pixtral.projector_input_grad_saved(v, text_hidden, images, e)
+    path = path or FrozenPath.uniform(e)
     H, T = v.hidden_size, text_hidden
     tokens = images * v.tokens_per_image
     if v.projector == "mlp":
-        return tokens * T * (linear_out or e)
-    pooled = images * v.patches * H * e
+        return tokens * T * path.linear_out
+    pooled = images * v.patches * H * path.stream
     return pooled + tokens * H * FP32 + tokens * FP32 + H * FP32
 
 

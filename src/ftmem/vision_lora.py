@@ -296,7 +296,9 @@ def frozen_weight_copies(arch: Architecture, run: RunConfig, dtypes, unread: boo
     frozen linear keeps nothing. None under bitsandbytes: its MatMul4Bit keeps the
     packed weight, a parameter (bitsandbytes 0.50.2 autograd/_functions.py l.357-358).
     ``unread``: the layers above the one LLaVA's projector reads instead
-    (:func:`unread_held`). Trained parts are not counted here."""
+    (:func:`unread_held`). Trained parts are not counted here, nor checkpointed layers'
+    linears (their recompute casts again in backward: measured, LLaVA LoRA bf16-mixed
+    checkpointed keeps only the projector's two copies)."""
     from ftmem.dtypes import BYTES_PER_ELEMENT
     from ftmem.vision_step import training
 
@@ -307,13 +309,65 @@ def frozen_weight_copies(arch: Architecture, run: RunConfig, dtypes, unread: boo
     frozen = {"tower": not trains.tower, "projector": not trains.projector, "cross": False}
     grad = inputs_needing_grad(arch, run)
     e = BYTES_PER_ELEMENT[dtypes.compute]
-    return sum(
+    copies = sum(
         lin.in_features * lin.out_features * e
         for lin in vision_linears(arch)
         if frozen[lin.part]
         and lin.module in grad
+        and not (run.grad_ckpt and lin.part == "tower")
         and (lin.part == "tower" and not _reached(arch, lin.layer)) == unread
     )
+    return copies + (0 if unread else _pooled_projection_copy(arch, run, e))
+
+
+def trained_weight_copies(arch: Architecture, run: RunConfig, dtypes) -> int:
+    """Autocast's 16-bit copies of the trained tower's and projector's weights that a
+    matmul or a convolution reads (the nn.Linear weights, the patch convolution, Gemma
+    3's projection matrix): each is a leaf needing a gradient, so autocast caches one
+    cast of it per forward (aten/src/ATen/autocast_mode.h cached_cast) and the node that
+    reads it keeps it for its input's gradient (a convolution keeps its weight whatever
+    needs a gradient). Measured on the tiny LLaVA full bf16-mixed: the patch
+    convolution's, the six linears of each layer the projector reads and the
+    projector's two. The layers above the one LLaVA's projector reads keep theirs in a
+    graph no gradient reaches, freed with the forward's output; checkpointed layers keep
+    none (measured, full bf16-mixed checkpointed: the convolution's and the
+    projector's)."""
+    from ftmem.dtypes import BYTES_PER_ELEMENT
+    from ftmem.vision import projector_params, tower_params
+    from ftmem.vision_step import training
+
+    v = arch.vision
+    if v is None or v.mllama is not None or not run.images or not dtypes.casts_weights:
+        return 0
+    trains = training(arch, run)
+    params = [*(tower_params(v) if trains.tower else [])]
+    params += projector_params(v, arch.hidden_size) if trains.projector else []
+    total = 0
+    for p in params:
+        if not (p.linear or len(p.shape) >= 4 or p.name.endswith("mm_input_projection_weight")):
+            continue  # (norms, biases and position embeddings: no matmul reads them)
+        found = _LAYER.search(p.name)
+        if found and run.grad_ckpt:
+            continue  # (a checkpointed layer's recompute casts again in backward)
+        total += p.numel if _reached(arch, int(found.group(2)) if found else None) else 0
+    return total * BYTES_PER_ELEMENT[dtypes.compute]
+
+
+def _pooled_projection_copy(arch: Architecture, run: RunConfig, e: int) -> int:
+    """Gemma 3's frozen projection matrix, no nn.Linear: ``torch.matmul(normed,
+    mm_input_projection_weight)`` (transformers 5.25 gemma3/modeling_gemma3.py l.667),
+    which autocast runs in the 16-bit dtype on a cast of the weight, kept by its node
+    where the tower below passes gradients (measured: LoRA bf16-mixed, with and without
+    checkpointing, one H × T copy)."""
+    from ftmem.vision_step import input_hooked, training
+
+    v = arch.vision
+    assert v is not None
+    if v.projector != "pooled" or training(arch, run).projector:
+        return 0
+    if not (input_hooked(arch, run) or first_tower_adapter(adapted(arch, run)) is not None):
+        return 0
+    return v.hidden_size * arch.hidden_size * e
 
 
 def unread_held(arch: Architecture, run: RunConfig, dtypes) -> int:
@@ -470,22 +524,6 @@ def _flow_position(lin: VisionLinear, index: int) -> tuple[int, int, int, int]:
     return (0, stack, lin.layer or 0, _STAGE.get(leaf, 0))
 
 
-def _autocast_sized(arch: Architecture, run: RunConfig) -> bool:
-    """Autocast's dtypes along the image path are sized (ftmem.vision.FrozenPath,
-    :func:`frozen_weight_copies`): a frozen, not checkpointed CLIP or SigLIP tower before
-    LLaVA's frozen projector (measured, tests/accuracy/cases.py _tower_adapters)."""
-    from ftmem.vision_step import training
-
-    v = arch.vision
-    assert v is not None
-    trains = training(arch, run)
-    return (
-        v.encoder in ("clip", "siglip")
-        and v.projector == "mlp"
-        and not (trains.tower or trains.projector or run.grad_ckpt)
-    )
-
-
 _PART_NAMES = {"tower": "vision tower", "projector": "projector", "cross": "cross-attention layers"}
 
 
@@ -507,15 +545,6 @@ def notes(arch: Architecture, run: RunConfig) -> list[str]:
             f"so they also adapt {len(lins)} linears outside the language model's blocks "
             f"({parts}); counted, with their gradients, states and saved activations."
             + ("" if run.images else " Without --images they never run: no gradient, no state.")
-        )
-    autocast = run.precision.endswith("-mixed") and run.images
-    unsized = arch.vision.mllama is None and not _autocast_sized(arch, run)
-    if autocast and unsized and any(lin.part != "cross" for lin in lins):
-        out.append(
-            "Under autocast the tower and projector these adapters pass gradients through "
-            "keep fp32 norm inputs and autocast's 16-bit weight copies, sized for a frozen "
-            "CLIP or SigLIP tower and LLaVA's projector only: this model's saved "
-            "activations may read about 5 % low (the tiny LLaVA read so before)."
         )
     if skipped:
         out.append(

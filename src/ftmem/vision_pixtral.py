@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from ftmem.dtypes import FP32
 
 if TYPE_CHECKING:
-    from ftmem.vision import VisionParam, VisionTower
+    from ftmem.vision import FrozenPath, VisionParam, VisionTower
 
 TOWER = "model.vision_tower."
 PROJECTOR = "model.multi_modal_projector."
@@ -94,12 +94,15 @@ def projector_params(v: VisionTower, text_hidden: int) -> list[VisionParam]:
     return out
 
 
-def _rms_saved(n: int, width: int, e: int, input_grad: bool = True) -> int:
+def _rms_saved(
+    n: int, width: int, e: int, input_grad: bool = True, stream: int | None = None
+) -> int:
     """PixtralRMSNorm / Mistral3RMSNorm (fp32 steps, modeling_pixtral.py lines 250-255):
     the input cast to fp32 that pow and the first mul keep, rsqrt's output, and the
-    normalised x cast back that the weight's mul keeps; with no gradient for its input,
-    only that last one."""
-    cast = n * width * e
+    normalised x cast back (to the input's dtype, ``stream``: default ``e``; fp32 under
+    autocast, where the fp32 stream is the input) that the weight's mul keeps; with no
+    gradient for its input, only that last one."""
+    cast = n * width * (stream or e)
     return n * width * FP32 + n * FP32 + cast if input_grad else cast
 
 
@@ -114,7 +117,9 @@ def rotary_tables(v: VisionTower, images: int, e: int) -> int:
     return 2 * images * v.patches * (v.hidden_size // v.num_heads) * e
 
 
-def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool) -> int:
+def saved_per_layer(
+    v: VisionTower, images: int, e: int, eager: bool, stream: int | None = None
+) -> int:
     """One trained PixtralAttentionLayer (modeling_pixtral.py lines 269-299), n patches:
 
     - attention_norm and ffn_norm: each _rms_saved and its output, the next linears'
@@ -128,9 +133,17 @@ def saved_per_layer(v: VisionTower, images: int, e: int, eager: bool) -> int:
       its cast back that the second matmul keeps, and o_proj's input (a contiguous copy);
     - the SwiGLU feed_forward: the activation's input, its output, up's output and their
       product (down's input): 4 n I e.
+
+    Under autocast over fp32 weights (``stream`` fp32: lora_tower_saved) the norms keep
+    the normalised x in fp32 and their outputs are fp32, which autocast casts for each
+    linear reading them (no cache for a non-leaf: aten autocast_mode.h cached_cast): q,
+    k and v keep three 16-bit casts, gate and up two (measured, the tiny Mistral 3 full
+    bf16-mixed); the weights' copies: vision_lora.trained_weight_copies.
     """
     H, n = v.hidden_size, images * v.patches
-    norms = 2 * (_rms_saved(n, H, e) + n * H * e)
+    s = stream or e
+    reads = 3 + 2 if s != e else 2  # (each linear its own cast, or one shared output)
+    norms = 2 * _rms_saved(n, H, e, stream=s) + reads * n * H * e
     if eager:
         probs = v.num_heads * n * n
         attention = 4 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
@@ -146,6 +159,7 @@ def tower_saved(
     eager: bool,
     checkpointed: bool = False,
     weights: bool = True,
+    stream: int | None = None,
 ) -> int:
     """A trained tower: the pixels patch_conv keeps (cast to the tower's dtype, lines 415-416),
     ln_pre (its output is layer 0's input, counted there), cos and sin, sdpa's mask
@@ -162,29 +176,55 @@ def tower_saved(
     ``weights`` false: a frozen tower hooked by enable_input_require_grads (its
     get_input_embeddings is patch_conv, line 392), checkpointed only: no pixels, and
     ln_pre keeps only its input gradient's fp32 input and rsqrt (its frozen weight's mul
-    keeps the weight alone)."""
+    keeps the weight alone).
+
+    ``stream``: the residual stream's bytes per element (default ``e``; fp32 under
+    autocast over fp32 weights: lora_tower_saved). Checkpointed, the layers' inputs and
+    the mask are kept in it; otherwise cos and sin are, and each layer's sdpa keeps its
+    own 16-bit cast of the mask (measured, full and LoRA bf16-mixed, checkpointed or
+    not)."""
     n, H = images * v.patches, v.hidden_size
     pixels = images * v.num_channels * v.image_size**2 * e if weights else 0
     ln_pre = _rms_saved(n, H, e) if weights else n * H * FP32 + n * FP32
     if checkpointed:
-        return pixels + ln_pre + mask_bytes(v, images, e) + v.num_layers * n * H * e
+        s = stream or e
+        return pixels + ln_pre + mask_bytes(v, images, s) + v.num_layers * n * H * s
     if not weights:
         raise ValueError("a frozen tower passes input gradients only under checkpointing")
-    total = pixels + ln_pre + rotary_tables(v, images, e)
+    s = stream or e
+    total = pixels + ln_pre + rotary_tables(v, images, s)
     if not eager:
-        total += mask_bytes(v, images, e)
-    return total + v.num_layers * saved_per_layer(v, images, e, eager)
+        total += (v.num_layers if s != e else 1) * mask_bytes(v, images, e)
+    return total + v.num_layers * saved_per_layer(v, images, e, eager, s)
 
 
 def lora_tower_saved(
-    v: VisionTower, images: int, e: int, eager: bool, first: tuple[int, int]
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool,
+    first: tuple[int, int],
+    path: FrozenPath | None = None,
 ) -> int:
     """A frozen tower whose linears carry LoRA (ftmem.vision_lora), from the lowest
     adapted linear (``first``: its layer and part, 1 q/k/v, 2 o_proj, 3 gate/up, 4 down)
     up: per layer as :func:`saved_per_layer` without what only the frozen weights'
     gradients need (the norms' casts back and outputs, the SwiGLU product): the norms'
     fp32 input and rsqrt, sdpa's items (eager: no o_proj copy), SiLU's input and output
-    and up's output (3 n I e); and, shared, cos and sin and sdpa's mask."""
+    and up's output (3 n I e); and, shared, cos and sin and sdpa's mask.
+
+    Under autocast over fp32 weights (``path.stream`` fp32, ftmem.vision.FrozenPath)
+    ln_pre's fp32 weight promotes its 16-bit input (``self.weight *
+    hidden_states.to(input_dtype)``, transformers 5.25 pixtral/modeling_pixtral.py l.255),
+    so the stream, and with it cos and sin (``.to(x.dtype)``, l.85) and the block mask
+    (generate_block_attention_mask takes the stream's dtype, l.360-365, l.453-455), are
+    fp32. The rotary's muls keep the fp32 tables; autocast casts sdpa's fp32 mask to the
+    16-bit dtype at every call (no cache for a tensor needing no gradient: aten
+    autocast_mode.h cached_cast), so each layer's node keeps its own cast (n² e) and none
+    keeps the fp32 mask (measured: tests/accuracy/cases.py _tower_autocast)."""
+    from ftmem.vision import FrozenPath  # (ftmem.vision imports this module)
+
+    path = path or FrozenPath.uniform(e)
     layer, start = first
     H, n = v.hidden_size, images * v.patches
     if eager:
@@ -195,22 +235,32 @@ def lora_tower_saved(
     norm = _rms_saved(n, H, e) - n * H * e
     parts = (norm, attention, norm, 3 * n * v.intermediate_size * e)
     total = sum(sum(parts[start if i == layer else 0 :]) for i in range(layer, v.num_layers))
-    total += rotary_tables(v, images, e)
-    return total + (0 if eager else mask_bytes(v, images, e))
+    total += rotary_tables(v, images, path.stream)
+    if eager:
+        return total
+    # (one mask for all layers; its 16-bit cast per layer with a node where autocast casts)
+    masks = v.num_layers - layer if path.stream != path.compute else 1
+    return total + masks * mask_bytes(v, images, e)
 
 
 def projector_saved(
-    v: VisionTower, text_hidden: int, images: int, e: int, tower_trains: bool
+    v: VisionTower,
+    text_hidden: int,
+    images: int,
+    e: int,
+    tower_trains: bool,
+    stream: int | None = None,
 ) -> int:
     """The trained projector (modeling_mistral3.py lines 84-133): its norm (its input's
-    fp32 cast and rsqrt only when the tower trains), the patch merger's linear input
+    fp32 cast and rsqrt only when the tower trains; the normalised x in the ``stream``'s
+    dtype, fp32 under autocast: :func:`_rms_saved`), the patch merger's linear input
     (the unfolded rows concatenated: n H e in all; unfold's backward needs nothing),
     linear_1's input (tokens × H), the GELU's input and linear_2's input (tokens × T
     each)."""
     n = images * v.patches
     tokens = images * features_per_image(v)
     H = v.hidden_size
-    norm = _rms_saved(n, H, e, input_grad=tower_trains)
+    norm = _rms_saved(n, H, e, input_grad=tower_trains, stream=stream)
     return norm + n * H * e + tokens * H * e + 2 * tokens * text_hidden * e
 
 

@@ -163,15 +163,31 @@ def _norm_saved(v: VisionTower, n: int, e: int, ln_stats: int, input_grad: bool 
 
 
 def saved_per_layer(
-    v: VisionTower, images: int, e: int, eager: bool, full: bool, *, ln_stats: int
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool,
+    full: bool,
+    autocast: bool = False,
+    *,
+    ln_stats: int,
 ) -> int:
     """One trained block: two norms and their outputs (qkv's and the MLP's input),
     attention, and the MLP: SwiGLU keeps the SiLU's input and output, up's output and
     their product (4 n I e), QuickGELU ``x * sigmoid(1.702 x)`` its input and the sigmoid
-    and fc2 its output (3 n I e)."""
+    and fc2 its output (3 n I e).
+
+    ``autocast`` over fp32 weights: the stream stays 16-bit (no fp32 addend), but
+    Qwen2.5-VL's RMSNorm returns its fp32 weight times the 16-bit normalised input, an
+    fp32 output (transformers 5.25 qwen2_5_vl/modeling_qwen2_5_vl.py l.79), that gate and
+    up each cast for themselves (l.96; no cache for a non-leaf: aten autocast_mode.h
+    cached_cast): one more n H e (measured, the tiny Qwen2.5-VL full bf16-mixed); qkv is
+    one linear. The weights' copies: vision_lora.trained_weight_copies."""
     n = images * v.patches
     mlp = (4 if v.encoder == "qwen2_5_vl" else 3) * n * v.intermediate_size * e
     norms = 2 * (_norm_saved(v, n, e, ln_stats) + n * v.hidden_size * e)
+    if autocast and v.encoder == "qwen2_5_vl":
+        norms += n * v.hidden_size * e
     return norms + _attention_saved(v, images, e, eager, full) + mlp
 
 
@@ -237,10 +253,11 @@ def tower_saved(
     eager: bool,
     checkpointed: bool,
     weights: bool = True,
+    autocast: bool = False,
     *,
     ln_stats: int,
 ) -> int:
-    """A trained tower: the pixels the Conv3d keeps (cast to the tower's dtype), the 2-D
+    """A trained tower (``autocast``: :func:`saved_per_layer`): the pixels the Conv3d keeps (cast to the tower's dtype), the 2-D
     rotary's cos and sin (fp32, n × head_dim each, one pair shared by every block), and
     each block whole, or its input alone when checkpointed (the blocks are
     GradientCheckpointingLayers; cos and sin are then the checkpoint's arguments, not
@@ -261,7 +278,7 @@ def tower_saved(
         total += (
             n * v.hidden_size * e
             if checkpointed
-            else saved_per_layer(v, images, e, eager, full, ln_stats=ln_stats)
+            else saved_per_layer(v, images, e, eager, full, autocast, ln_stats=ln_stats)
         )
     return total
 

@@ -193,38 +193,37 @@ def saved(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[Saved]:
         out.append(Saved("image token mask (masked_scatter)", run.batch_size * run.seq_len))
     eager = run.attn == "eager"
     ln = layer_norm_stats_bytes(run.device, e)  # the LayerNorms' mean and rstd
+    path = frozen_path(dtypes)  # (the stream fp32 under autocast over fp32 weights)
     first = vision_lora.first_tower_adapter(adapted)
     if trains.tower or hooked or (first is not None and run.grad_ckpt):
         # (checkpointed layers keep their input whatever in them needs a gradient)
-        kept = tower_saved(v, images, e, eager, run.grad_ckpt, trains.tower, ln_stats=ln)
+        kept = tower_saved(v, images, e, eager, run.grad_ckpt, trains.tower, path, ln_stats=ln)
         what = "trained" if trains.tower else "frozen, input gradients"
         out.append(Saved(f"vision tower ({what})", kept))
     elif first is not None:
-        kept = lora_tower_saved(v, images, e, eager, first, frozen_path(dtypes), ln)
+        kept = lora_tower_saved(v, images, e, eager, first, path, ln)
         out.append(Saved("vision tower (frozen, LoRA from its lowest adapted linear)", kept))
     if adapted:
         kept = vision_lora.adapter_saved(arch, run, dtypes, adapted)
         out.append(Saved("vision LoRA adapters (their inputs, lora_A outputs)", kept))
     tower_grads = trains.tower or hooked or first is not None
     if trains.projector:
-        kept = projector_saved(v, arch.hidden_size, images, e, tower_grads, ln_stats=ln)
+        kept = projector_saved(v, arch.hidden_size, images, e, tower_grads, path, ln_stats=ln)
         out.append(Saved("vision projector (trained)", kept))
     elif hooked or adapted:
-        linear_out = frozen_path(dtypes).linear_out
-        kept = projector_input_grad_saved(v, arch.hidden_size, images, e, linear_out, ln_stats=ln)
+        kept = projector_input_grad_saved(v, arch.hidden_size, images, e, path, ln_stats=ln)
         out.append(Saved("vision projector (frozen, input gradients)", kept))
-    copies = 0 if hooked else vision_lora.frozen_weight_copies(arch, run, dtypes)
+    copies = vision_lora.frozen_weight_copies(arch, run, dtypes)
+    copies += vision_lora.trained_weight_copies(arch, run, dtypes)
     if copies:
-        out.append(
-            Saved("autocast's weight copies (frozen vision linears, input gradients)", copies)
-        )
+        out.append(Saved("autocast's weight copies (vision linears, convolution)", copies))
     return out
 
 
 def frozen_path(dtypes: Dtypes) -> FrozenPath:
-    """The element sizes along a frozen tower and projector passing input gradients
-    (ftmem.vision.FrozenPath): the residual stream in the non-quantised weights' dtype,
-    a 4-bit linear's output in its input's (fp32 under autocast over fp32 weights)."""
+    """The element sizes along the tower and projector (ftmem.vision.FrozenPath): the
+    residual stream in the non-quantised weights' dtype, a 4-bit linear's output in its
+    input's (fp32 under autocast over fp32 weights)."""
     e = BYTES_PER_ELEMENT[dtypes.compute]
     linear_out = FP32 if dtypes.four_bit_outputs_fp32 else e
     return FrozenPath(e, dtypes.residual_bytes, linear_out)
@@ -239,7 +238,7 @@ def lora_tower_saved(
     if v.qwen:
         return vision_qwen.lora_tower_saved(v, images, e, eager, first, ln_stats=ln_stats)
     if v.encoder == "pixtral":
-        return vision_pixtral.lora_tower_saved(v, images, e, eager, first)
+        return vision_pixtral.lora_tower_saved(v, images, e, eager, first, path)
     from ftmem.vision import lora_tower_saved as clip_siglip
 
     return clip_siglip(v, images, e, eager, first, path, ln_stats=ln_stats)
@@ -385,8 +384,9 @@ def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
         if v.qwen:
             qwen += vision_qwen.rotary_tables(v, images_per_step(run))
         elif v.encoder == "pixtral":
-            e = BYTES_PER_ELEMENT[dtypes.compute]
-            qwen += vision_pixtral.rotary_tables(v, images_per_step(run), e)
+            # (in the stream's dtype: fp32 under autocast, vision_pixtral.lora_tower_saved)
+            stream = frozen_path(dtypes).stream
+            qwen += vision_pixtral.rotary_tables(v, images_per_step(run), stream)
     if training(arch, run).tower and BYTES_PER_ELEMENT[dtypes.compute] == FP32:
         return qwen  # the convolution keeps the pixels themselves: counted with the tower's items
     return qwen + pixel_bytes(arch.vision, images_per_step(run))

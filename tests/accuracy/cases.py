@@ -89,6 +89,7 @@ def _matrix() -> list[Case]:
         *_mllama_autocast_and_eager(),
         *_mllama_trained_autocast_and_eager_image_keys(),
         *_tower_adapters(),
+        *_tower_autocast(),
         *_qwen1(),
         *_sliding_window_masks(),
         *_falcon_alibi(),
@@ -559,6 +560,40 @@ def _tower_adapters() -> list[Case]:
         MllamaCase("llama", {"method": "qlora", **mllama}),
     ]
     return out
+
+
+def _tower_autocast() -> list[Case]:
+    """The image path under bf16-mixed autocast over fp32 weights (ftmem.vision.FrozenPath,
+    ftmem.vision_lora.frozen_weight_copies and trained_weight_copies): the towers' fp32
+    residual stream (LayerNorm and RMSNorm inputs, checkpoints, Pixtral's mask and
+    rotary tables), autocast's 16-bit casts per linear reading that stream (q, k, v
+    each their own; Pixtral's sdpa its own mask cast per layer), and the 16-bit weight
+    copies the nodes keep: of frozen linears where input gradients pass (Gemma 3's bare
+    projection matrix too), of every trained weight a matmul or convolution reads,
+    none inside checkpointed layers. LoRA with images on each tower (Qwen-VL's
+    through all-linear: the default names miss its qkv/proj), trained towers,
+    checkpointed towers (frozen and hooked, or trained), a trained projector."""
+    mixed = {"precision": "bf16-mixed"}
+    lora, full = {"method": "lora", **mixed}, {"method": "full", **mixed}
+    ckpt = {"grad_ckpt": True}
+    all_linear = {"lora_targets": "all-linear"}
+    cases: list[tuple[str, str, dict]] = [
+        ("gemma3", "gemma3", lora),
+        ("qwen2-vl", "qwen2", {**lora, **all_linear}),
+        ("qwen2.5-vl", "qwen2", {**lora, **all_linear}),
+        ("mistral3", "mistral", lora),
+        ("llava", "llama", full),
+        ("gemma3", "gemma3", full),
+        ("qwen2-vl", "qwen2", full),
+        ("qwen2.5-vl", "qwen2", full),
+        ("mistral3", "mistral", full),
+        ("llava", "llama", {**lora, **ckpt}),
+        ("gemma3", "gemma3", {**lora, **ckpt}),
+        ("mistral3", "mistral", {**lora, **ckpt}),
+        ("llava", "llama", {**full, **ckpt}),
+        ("llava", "llama", {**lora, "projector": "full"}),
+    ]
+    return [ImageTextCase(family, s, tower=tower) for tower, family, s in cases]
 
 
 def _trl116() -> list[Case]:
