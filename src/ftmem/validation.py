@@ -39,9 +39,19 @@ import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    ClassVar,
+    Literal,
+    Union,
+    get_args,
+    get_origin,
+)
 
-from typing_extensions import Self
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 _MISSING: Any = dataclasses.MISSING
 
@@ -612,8 +622,8 @@ class Model:
     # changing and dumping
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy with ``update``'s fields replaced, not checked again (as ``replace``
-        would): the caller's values are already valid ones."""
+        """A copy with ``update``'s fields replaced and not checked again (the estimate
+        derives them from checked ones; ``dataclasses.replace`` is the checked copy)."""
         obj = object.__new__(type(self))
         values = {**self.__dict__, **(update or {})}
         if deep:
