@@ -57,8 +57,8 @@ app(["estimate", "m", "--method", "qlora"], standalone_mode=False)
 """
 FLOOR = [sys.executable, "-c", FLOOR_APP]
 # The same without typer: one pydantic model printed in a rich table, what ftmem's results
-# (pydantic models) and its table need at the least; below this only a CLI whose results
-# are not pydantic models can go.
+# and its table needed at the least while they were pydantic models (since 2026-12-03
+# they are ftmem.validation's dataclasses, and the fast path imports no pydantic).
 MODEL_TABLE_APP = """
 from pydantic import BaseModel
 from rich.console import Console

@@ -97,7 +97,7 @@ def test_the_cli_starts_without_collecting():
     assert done.returncode == 0, done.stderr
     passes, enabled, frozen = done.stdout.split("PASSES", 1)[1].split()
     assert (passes, enabled) == ("0", "True")
-    assert int(frozen) > 50_000  # pydantic's, rich's and ftmem's objects
+    assert int(frozen) > 30_000  # rich's, yaml's and ftmem's objects (46,000 on 2026-12-03)
 
 
 def test_importing_ftmem_leaves_the_collector_alone():

@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
-from pydantic import BaseModel, ValidationError
-
 from ftmem.arch import Architecture, position_note
 from ftmem.display import clipped
 from ftmem.errors import InvalidInputError, SettingsError
@@ -24,6 +22,7 @@ from ftmem.run import ADAPTER_METHODS, Method, RunConfig, settings_for, smallest
 from ftmem.seq2seq import SEQ2SEQ_METHODS
 from ftmem.sources import config_of, quantized_base_of, resolve_model, source_notes
 from ftmem.units import parse_size
+from ftmem.validation import InvalidFields, Model
 
 # Imported where used, not here: `ftmem estimate` needs none of them (CLI start-up time)
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ if TYPE_CHECKING:
 MAX_TOKENS_PER_STEP = TOKENS.limit
 MAX_GPUS = GPUS.limit
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=Model)
 # estimate() settings that describe how the run is spread, not the run itself
 PARALLEL_SETTINGS = (set(ParallelConfig.model_fields) - {"host_memory_bytes"}) | {"host_memory"}
 
@@ -50,12 +49,12 @@ def _validated(model: type[M], settings: dict[str, Any]) -> M:
     clean = {k: v for k, v in settings.items() if v is not None}
     try:
         return model(**clean)
-    except ValidationError as exc:
+    except InvalidFields as exc:
         raise SettingsError([_problem(err) for err in exc.errors()]) from None
 
 
 def _problem(err: Any) -> str:
-    """One pydantic error as the option it concerns, what is wrong and the value given."""
+    """One field's problem as the option it concerns, what is wrong and the value given."""
     loc = ".".join(str(x) for x in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if not loc:  # a check across fields: its own sentence
@@ -84,7 +83,7 @@ def parallel_config(
     if host_memory is not None:
         settings["host_memory_bytes"] = parse_size(host_memory, HOST_MEMORY, "--host-memory")
     flag = flag_as_count(settings, ("gpus", "nodes", "tp", "pp", "cp", "ep"))
-    if flag:  # a budgets file's `gpus: true`: pydantic's lax integers read it as 1
+    if flag:  # a budgets file's `gpus: true`, said as the option's own sentence
         raise InvalidInputError(flag + ".")
     for name in ("gpus", "nodes", "tp", "pp", "cp", "ep"):  # each, before their product
         if isinstance(settings.get(name), int):

@@ -16,19 +16,17 @@ from functools import lru_cache
 from math import prod
 from typing import Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
+from ftmem import families, limits
+from ftmem.errors import InvalidInputError
+from ftmem.validation import (
     Field,
     FiniteFloat,
+    Model,
     NonNegativeInt,
     PositiveInt,
     field_validator,
     model_validator,
 )
-
-from ftmem import families, limits
-from ftmem.errors import InvalidInputError
 from ftmem.vision import VisionTower, projector_count, text_extras_count, tower_count
 
 ParamKind = Literal[
@@ -49,7 +47,7 @@ MLP_ROLES: tuple[Role, ...] = ("gate", "up", "down")
 HEAD = "lm_head"
 
 
-class Architecture(BaseModel):
+class Architecture(Model, strict=True):
     """The shape of a transformer: everything memory depends on.
 
     An encoder-decoder (family ``t5``) has ``num_layers`` encoder blocks and as many
@@ -57,7 +55,6 @@ class Architecture(BaseModel):
     """
 
     # strict: a preset's `tie_embeddings: "no"` or `num_layers: true` is refused, not read
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str
     family: str = Field(description="A module of ftmem.families (llama, gpt2, t5...).")

@@ -824,4 +824,4 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
     if run.method == "prefix-tuning":
         resolved["prefix_projection"] = bool(run.prefix_projection)
     # the values are the validated run's or the plan's own: no second validation
-    return ResolvedRun.model_construct(**resolved)  # type: ignore[arg-type]
+    return ResolvedRun.model_construct(**resolved)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
-
 from ftmem.limits import GPU_MEMORY
+from ftmem.validation import Field, Model, PositiveInt, field_validator, model_validator
 
 
-class Gpu(BaseModel):
+class Gpu(Model):
     """One accelerator model; memory_bytes is what the device reports, not its label."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str
     name: str
@@ -36,7 +33,7 @@ class Gpu(BaseModel):
     @field_validator("memory_bytes", mode="before")
     @classmethod
     def _count_not_flag(cls, value: object) -> object:
-        if isinstance(value, bool):  # pydantic's lax integers would read true as 1 byte
+        if isinstance(value, bool):  # true is not 1 byte: said as the field's own sentence
             raise ValueError(f"memory_bytes must be a number of bytes, not {value}")
         return value
 

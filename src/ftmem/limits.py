@@ -14,10 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pydantic import BaseModel, model_validator
-from typing_extensions import Self
-
 from ftmem.errors import InvalidInputError
+from ftmem.validation import Model, model_validator
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +162,7 @@ PLAN_ROWS = Bound(
 
 def flag_as_count(data: object, counts: Iterable[str]) -> str | None:
     """What is wrong when a settings mapping gives one of its ``counts`` as true/false (a
-    YAML ``batch_size: yes``): pydantic's lax integers would read it as 1 or 0."""
+    YAML ``batch_size: yes``), in a sentence that names its option."""
     if isinstance(data, dict):
         for name in counts:
             if isinstance(data.get(name), bool):
@@ -177,7 +175,7 @@ def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-class BoundedSettings(BaseModel):
+class BoundedSettings(Model):
     """Settings whose counts each have a physical bound (``BOUNDS``: field name to its
     bound); errors name the field as its CLI option."""
 
@@ -186,18 +184,17 @@ class BoundedSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _counts_not_flags(cls, data: object) -> object:
-        """A count given as true/false (a YAML ``batch_size: yes``) is refused, not read
-        as 1 or 0 (pydantic's lax integers would)."""
+        """A count given as true/false (a YAML ``batch_size: yes``) is refused in a
+        sentence that names its option, before the field checks."""
         problem = flag_as_count(data, cls.BOUNDS)
         if problem:
             raise ValueError(problem)
         return data
 
     @model_validator(mode="after")
-    def _within_bounds(self) -> Self:
+    def _within_bounds(self) -> None:
         for name, bound in self.BOUNDS.items():
             value = getattr(self, name)
             problem = None if value is None else bound.problem(option_name(name), value)
             if problem:
                 raise ValueError(problem)
-        return self

@@ -23,19 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
-
 from ftmem import limits
 from ftmem.arch import Architecture, count_params, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
+from ftmem.validation import Field, Model, PositiveInt
 
 DEFAULT_SHARD_BYTES = 5 * 10**9  # mergekit's --out-shard-size default (5B)
 
 
-class MergeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class MergeConfig(Model):
     kind: Literal["weighted", "stack"] = "weighted"
     models: PositiveInt = Field(2, le=64, description="weighted: how many models are combined.")
     layers: str | None = Field(

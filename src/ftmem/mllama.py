@@ -22,16 +22,13 @@ model's cross-attention layers, as plain data beside the language model's Archit
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator
-
 from ftmem.dtypes import FP32, layer_norm_saved_bytes
+from ftmem.validation import Model, PositiveInt, field_validator
 
 
-class MllamaParts(BaseModel):
+class MllamaParts(Model, strict=True):
     """What Llama-3.2-Vision adds to its VisionTower (hidden/intermediate/layers/heads/
     image/patch there are the local transformer's)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     global_layers: PositiveInt
     max_num_tiles: PositiveInt

@@ -31,8 +31,6 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
-
 from ftmem import colossalai, deepspeed_zero3, grpo, mllama_step
 from ftmem.arch import HEAD, Architecture
 from ftmem.colossalai import COLOSSALAI, LOW_LEVEL_ZERO
@@ -68,6 +66,7 @@ from ftmem.sequence_parallel import (
     ring_attention_forward,
 )
 from ftmem.step import StepParts, reference_weights, step_parts, trains_own_weights
+from ftmem.validation import Field, Model, PositiveInt, model_validator
 
 if TYPE_CHECKING:  # imported where used: only GeminiPlugin runs (CLI start-up)
     from ftmem.gemini import GeminiRank
@@ -123,10 +122,8 @@ ENGINE = {
 }
 
 
-class ParallelConfig(BaseModel):
+class ParallelConfig(Model):
     """How the run is spread: GPUs, nodes, strategy, model-parallel degrees, offload."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     gpus: PositiveInt = Field(1, description="GPUs per node.")
     nodes: PositiveInt = 1

@@ -1,8 +1,8 @@
 """The CLI's pause of Python's cyclic garbage collector while it starts.
 
-Starting ``ftmem estimate`` creates some 75,000 tracked objects that live as long as
-the process (ftmem's ~100 dataclasses' generated methods, ~20 pydantic models' schemas
-and validators, typer's, pydantic's and rich's modules) and next to no garbage: 1,500
+Starting ``ftmem estimate`` creates some 46,000 tracked objects that live as long as
+the process (ftmem's ~120 dataclasses' generated methods, rich's, yaml's and ftmem's
+modules; 75,000 while its settings were pydantic models) and next to no garbage: 1,500
 unreachable objects after a whole ``ftmem plan``. With CPython's default thresholds
 (``gc.get_threshold()``: 700, 10, 10) the collector ran about a hundred passes over them
 during start-up, some fifth of the CPU time of the command

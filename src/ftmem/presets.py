@@ -21,12 +21,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from ftmem.arch import Architecture
 from ftmem.errors import ConfigError, UnknownNameError, listed
 from ftmem.hardware import Gpu
 from ftmem.textfiles import parse_yaml, read_text
+from ftmem.validation import InvalidFields
 
 MAX_PRESET_BYTES = 1 << 20  # a preset is a dozen lines
 USER_PRESETS_ENV = "FTMEM_PRESETS"
@@ -96,8 +95,8 @@ def _parsed(path: Path, _stamp: tuple[int, int, int] | None) -> dict[str, Any]:
     return data
 
 
-def validation_message(exc: ValidationError, where: str) -> str:
-    """A pydantic error as one sentence naming each bad field."""
+def validation_message(exc: InvalidFields, where: str) -> str:
+    """A validation error as one sentence naming each bad field."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"])
@@ -128,7 +127,7 @@ def model_from_mapping(data: dict[str, Any], where: str) -> ModelEntry:
         raise ConfigError(f"{where}: 'aliases' must be a list of names, as in [name-1, name-2].")
     try:
         arch = Architecture.model_validate(data)
-    except ValidationError as exc:
+    except InvalidFields as exc:
         raise ConfigError(validation_message(exc, where)) from None
     return preset_id, aliases, arch  # type: ignore[return-value]  # None refused above
 
@@ -206,7 +205,7 @@ def _gpu_file(path: Path) -> Gpu:
 def _gpu_entry(path: Path, _stamp: tuple[int, int, int] | None) -> Gpu:
     try:
         return Gpu.model_validate(_read_yaml(path))
-    except ValidationError as exc:
+    except InvalidFields as exc:
         raise ConfigError(validation_message(exc, _where(path))) from None
 
 

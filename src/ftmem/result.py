@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation
-
 from ftmem.run import RunConfig
+from ftmem.validation import Field, Model
 
 SCHEMA_VERSION = 1
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Frozen(Model):
+    """A result: frozen, every field checked, no other key taken."""
 
 
 class AtPeak(_Frozen):
@@ -236,8 +235,9 @@ class Estimate(_Frozen):
     schema_version: int = SCHEMA_VERSION
     model: ModelInfo
     # built from validated values (model_construct): the resolved ones would not pass the
-    # settings' checks again (a compute dtype outside QLoRA), and need none
-    run: SkipValidation[ResolvedRun]
+    # settings' checks again (a compute dtype outside QLoRA), and need none (an instance
+    # is kept as it is)
+    run: ResolvedRun = Field(inline=True)
     memory: Memory
     gpu: dict[str, Any] | None
     fits: bool | None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from typing import Literal, get_args
 
-from pydantic import (
-    ConfigDict,
+from ftmem import limits
+from ftmem.gpu.alloc_conf import AllocatorOptions, allocator_options
+from ftmem.lengths import longest_given, padded_lengths, replayed_steps
+from ftmem.validation import (
     Field,
     FiniteFloat,
     NonNegativeInt,
@@ -14,10 +16,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-from ftmem import limits
-from ftmem.gpu.alloc_conf import AllocatorOptions, allocator_options
-from ftmem.lengths import longest_given, padded_lengths, replayed_steps
 
 Method = Literal[
     "full",
@@ -229,7 +227,6 @@ def smallest_batch(objective: str, framework: str) -> int:
 class RunConfig(limits.BoundedSettings):
     """One training step's settings. Defaults are those of HF Trainer + peft."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     BOUNDS = RUN_BOUNDS
 
     method: Method = "full"

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
-
 from ftmem import limits
 from ftmem.arch import Architecture, layout, position_note
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INT4_GROUP, ceil_div, tensor_bytes
@@ -29,6 +27,7 @@ from ftmem.hardware import Gpu
 from ftmem.methods import lora_targets
 from ftmem.run import RunConfig
 from ftmem.units import format_bytes
+from ftmem.validation import Field, Model, PositiveInt
 
 WeightFormat = Literal["bf16", "fp16", "fp32", "fp8", "int8", "nf4", "fp4", "int4", "ternary"]
 KvDtype = Literal["bf16", "fp16", "fp32", "fp8"]
@@ -45,7 +44,6 @@ SERVE_BOUNDS: dict[str, limits.Bound] = {
 
 
 class ServeConfig(limits.BoundedSettings):
-    model_config = ConfigDict(extra="forbid", frozen=True)
     BOUNDS = SERVE_BOUNDS
 
     weights: WeightFormat = "bf16"
@@ -62,9 +60,7 @@ class ServeConfig(limits.BoundedSettings):
     lora_targets: str = "all-linear"
 
 
-class ServeEstimate(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ServeEstimate(Model):
     model: str
     config: ServeConfig
     weights_bytes: int

@@ -18,8 +18,6 @@ from math import prod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from ftmem import families
 from ftmem.arch import Architecture, count_params
 from ftmem.errors import ConfigError, UnknownNameError
@@ -35,6 +33,7 @@ from ftmem.families._vision import (
 from ftmem.presets import get_model, validation_message
 from ftmem.quantized_base import QuantizedBase, quantized_base
 from ftmem.textfiles import parse_json, read_text
+from ftmem.validation import InvalidFields
 from ftmem.vision import VisionTower
 
 if TYPE_CHECKING:  # imported where used: a preset needs neither (CLI start-up)
@@ -87,7 +86,7 @@ def _vision(cfg: Mapping) -> VisionTower | None:
         return read_vision(cfg)
     except UnmodelledVision as exc:
         raise ConfigError(f"config.json ({cfg.get('model_type')}): {exc}.") from None
-    except ValidationError as exc:
+    except InvalidFields as exc:
         raise ConfigError(validation_message(exc, "config.json's vision_config")) from None
     except (TypeError, ValueError, ArithmeticError) as exc:
         raise ConfigError(
@@ -119,7 +118,7 @@ def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architectu
         return Architecture(name=name, source=source, vision=vision, **fields)
     except ConfigError:
         raise
-    except ValidationError as exc:
+    except InvalidFields as exc:
         raise ConfigError(validation_message(exc, "config.json")) from None
     except (TypeError, AttributeError, ValueError, ArithmeticError) as exc:
         raise ConfigError(f"config.json has a value of the wrong type ({exc}).") from None

@@ -27,13 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
-from typing_extensions import Self
-
 from ftmem import limits, mllama, vision_pixtral, vision_qwen
 from ftmem.dtypes import FP32, layer_norm_saved_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.mllama import MllamaParts
+from ftmem.validation import Field, Model, PositiveInt, model_validator
 
 if TYPE_CHECKING:
     from ftmem.arch import ParamKind
@@ -49,10 +47,8 @@ Projector = Literal["mlp", "pooled", "linear", "merger", "mistral3"]
 Training = Literal["frozen", "full"]
 
 
-class VisionTower(BaseModel):
+class VisionTower(Model, strict=True):
     """A vision encoder and the projector to the language model's width."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     encoder: Encoder
     hidden_size: PositiveInt
@@ -92,7 +88,7 @@ class VisionTower(BaseModel):
     max_pixels: int = Field(0, description="Qwen-VL: the processor's resize bounds.")
 
     @model_validator(mode="after")
-    def _physical(self) -> Self:
+    def _physical(self) -> None:
         """Each count within its physical bound (ftmem.limits) before any arithmetic, the
         heads dividing the width, and every layer index naming a layer."""
         bounds = {
@@ -121,7 +117,6 @@ class VisionTower(BaseModel):
             raise ValueError(f"a full-attention layer index is not one of its {self.num_layers}")
         if not -self.num_layers - 1 <= self.feature_layer <= self.num_layers:
             raise ValueError(f"feature layer {self.feature_layer} is not one of its hidden states")
-        return self
 
     @property
     def qwen(self) -> bool:

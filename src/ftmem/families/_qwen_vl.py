@@ -109,7 +109,7 @@ def read_qwen_vision(cfg: dict[str, Any], image_side: int = DEFAULT_IMAGE_SIDE) 
             raise UnmodelledVision(problem)
     side = resized_side(image_side, patch, merge, MIN_PIXELS, MAX_PIXELS)
     return VisionTower(
-        encoder=outer,  # type: ignore[arg-type]
+        encoder=outer,
         hidden_size=width,
         intermediate_size=int(inter),
         num_layers=vc["depth"],
