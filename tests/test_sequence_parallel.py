@@ -134,7 +134,10 @@ def test_ring_attention_buffers_in_the_block_backward():
     assert step.parts.sizes.block.workspace == ring == 142_606_336
     a2a = _step(cp=cp, sp_mode="all_to_all", seq_len=T)
     assert a2a.parts.sizes.activations == step.parts.sizes.activations
-    assert a2a.parts.sizes.block.workspace < ring
+    # all_to_all runs the fused kernel on all tokens and its share of heads: its moment's
+    # transients (besides the block's gradients made by then) stay below the ring's
+    a2a_block = a2a.parts.sizes.block
+    assert a2a_block.workspace - a2a_block.workspace_grads < ring
 
 
 def test_cp_alone_is_all_to_all_under_colossalai():

@@ -1826,11 +1826,17 @@ def _ring_attention(arch: Architecture, run: RunConfig, parts: StepParts) -> Ste
     T = run.batch_size * run.positions
     block = parts.sizes.block
     ring = ring_attention_backward(arch, e, T)
+    # RingAttention's blocks replace the fused kernel's backward (transients.
+    # attention_kernel_moment); what else the block's backward holds stays. (The
+    # gradients arriving and the block's own made by then, which the kernel's moment
+    # counts, are not counted beside the ring's buffers.)
+    besides = block.workspace if block.without_kernel is None else block.without_kernel
     block = dataclasses.replace(
         block,
         forward=max(block.forward, ring_attention_forward(arch, e, T)),
-        workspace=max(block.workspace, ring),
-        workspace_grads=0 if ring > block.workspace else block.workspace_grads,
+        workspace=max(besides, ring),
+        workspace_grads=0,
+        without_kernel=None,
     )
     return dataclasses.replace(parts, sizes=dataclasses.replace(parts.sizes, block=block))
 

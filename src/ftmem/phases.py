@@ -88,6 +88,9 @@ class BlockTransients:
     # kernel's: transients.attention_gradients_made): tensors the allocator replay
     # (gpu.trace) requests as the block's gradients, not as a transient
     workspace_grads: int = 0
+    # ``workspace`` without the attention kernel's moment (None: it has none), for a
+    # sequence-parallel mode whose own attention replaces that kernel (ring_attn)
+    without_kernel: int | None = None
 
 
 # one request of a head's program: ("alloc", bytes), or ("free", k) for the program's

@@ -848,6 +848,7 @@ def _decoder_block(
         workspace=max(workspace, kernel),
         policy=policy,
         workspace_grads=max(0, kernel - max(workspace, kernel - made)),
+        without_kernel=workspace if kernel else None,
     )
 
 

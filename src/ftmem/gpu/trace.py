@@ -785,13 +785,16 @@ def _blocks_backward(
     g = s.gradients
     L, trainable = len(kept), g.trainable_blocks
     holds = s.block.policy.backward_holds(L, trainable)
-    # (the gradients the workspace counts as made come as the block's own, below)
-    workspace = max(s.block.workspace - s.block.workspace_grads, s.optimizer.block)
+    copy, backward = s.comm.unit_copy, s.comm.backward
+    # the gradients the workspace counts as made come as the block's own, below; a
+    # sharded unit's (its parameters gathered for backward) are unsharded ones, freed
+    # once reduced after the unit: part of the moment
+    made = 0 if copy or backward else s.block.workspace_grads
+    workspace = max(s.block.workspace - made, s.optimizer.block)
     policy = s.block.policy
     idle = policy.idle_entries(L) if isinstance(policy, Offloaded) else [False] * L
     embedding_at = g.embedding_at if 0 < g.embedding_at < L else 0
     grads = list(grads)  # extended in place below: the caller's list stays as it was
-    copy, backward = s.comm.unit_copy, s.comm.backward
     transients: dict[int, tuple[int, ...]] = {}  # a policy's hold: the block's transients
     for i in range(L - 1, -1, -1):
         hold = holds[L - 1 - i]
