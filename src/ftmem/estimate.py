@@ -30,6 +30,8 @@ from ftmem.gpu.trace import (
     StepTensors,
     coarse_tensors,
     leaf_grad_shards,
+    leaf_unit_tensors,
+    leaf_units,
     outer_sides,
     plan_tensors,
 )
@@ -444,7 +446,10 @@ def _tensors(
             temporaries=optimizer_step_temporary_tensors(groups, run),
         )
     coarse = coarse_tensors(sizes, block, below, above)
-    if not leaf_shards or not coarse.block_grads:
+    if not leaf_shards:
+        return coarse
+    coarse = leaf_unit_tensors(coarse, sizes, leaf_units(parts.plan, leaf_shards))
+    if not coarse.block_grads:
         return coarse
     per_block = sizes.gradients.per_block
     return replace(coarse, block_grads=leaf_grad_shards(parts.plan, per_block, leaf_shards))
@@ -452,10 +457,14 @@ def _tensors(
 
 def _leaf_shards(run: RunConfig, par: ParallelConfig | None) -> int:
     """The shard count where the framework makes each trainable leaf an FSDP unit of
-    its own under a sharded strategy (Profile.fsdp_unit_per_trainable_leaf), else 0."""
-    if par is None or par.resolved_strategy not in SHARDED_FSDP:
+    its own (Profile.fsdp_unit_per_trainable_leaf): the shard group under a sharded
+    strategy, 1 under NO_SHARD (each unit's flat parameter, gradient and optimizer
+    states whole), else 0."""
+    if par is None or par.resolved_strategy not in FSDP:
         return 0
-    return par.shard_group if profile_of(run).fsdp_unit_per_trainable_leaf else 0
+    if not profile_of(run).fsdp_unit_per_trainable_leaf:
+        return 0
+    return par.shard_group if par.resolved_strategy in SHARDED_FSDP else 1
 
 
 def _graph_held_apart(at_peak: AtPeak, c: Components, graph_held: int, tied: int) -> AtPeak:
