@@ -57,6 +57,7 @@ from ftmem.parallel import (
 )
 from ftmem.phases import StepSizes, find_peak
 from ftmem.profiles import framework_arch, framework_run, profile_notes, profile_of
+from ftmem.release_buffers import rotary_table_bytes
 from ftmem.result import (
     AtPeak,
     Estimate,
@@ -688,7 +689,18 @@ def _fsdp_wrap(
     from ftmem.fsdp_init import wrap_program, wrap_units
 
     storage = plan.dtypes.base  # fsdp_qlora: Linear4bit(quant_storage=torch_dtype)
-    units = wrap_units(plan, arch.num_layers, storage)
+    # each layer's rotary cos and sin tables (an older transformers release's buffers),
+    # moved and broadcast with its unit: fp32 ones (a quantised model built from its
+    # config) in a bucket of their own
+    tables = rotary_table_bytes(arch, run, plan.dtypes) // (2 * arch.num_layers)
+    element = tables // max(arch.max_position_embeddings * arch.rotary_size, 1)
+    units = wrap_units(
+        plan,
+        arch.num_layers,
+        storage,
+        layer_buffers=(tables, tables) if tables else (),
+        buffers_apart=element != BYTES_PER_ELEMENT[storage],
+    )
     if units is None:
         return STEP_ONLY
     program = wrap_program(
