@@ -10,6 +10,7 @@ copied from the module's output.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,35 @@ def test_recorded_broadcast_blocks_come_back_after_the_next_units_first_move():
         ("alloc", c),  # its flat parameter
         ("free", 4),  # the moved parameter, back after the wrap
     )  # fmt: skip
+
+
+def test_buffers_move_after_the_parameters_and_broadcast_first():
+    """A decoder layer's buffers (transformers 4.37's rotary cos and sin tables): moved
+    after the parameters (_move_states_to_device: params, then buffers), broadcast before
+    them (_sync_module_params_and_buffers: ``module.buffers()`` then the parameters), kept.
+    In another dtype (fp32 tables beside bf16 weights) they are a bucket of their own,
+    sorted first by its smallest index (reducer.cpp compute_bucket_assignment_by_size);
+    in the same dtype they open the parameters' bucket."""
+    a, b, c = 3 * MiB, 5 * MiB, 2 * MiB
+    apart = Unit(params=(a, b), moved=(0, 1), element_bytes=2, buffers=(c, c), buffers_apart=True)
+    assert wrap_program([apart], 2, shards=False, offload=False, resident=0) == (
+        ("alloc", a), ("alloc", b),  # the parameters moved
+        ("alloc", c), ("alloc", c),  # the buffers moved, kept
+        ("alloc", 2 * c),  # the buffers' bucket, flattened (recorded)
+        ("alloc", a + b),  # the parameters' bucket (recorded)
+        ("alloc", a + b),  # the flat parameter
+        ("free", 1), ("free", 0),  # the original parameters; the buffers stay
+        ("free", 4), ("free", 5),  # the buckets' copies, back after the wrap
+    )  # fmt: skip
+    joined = Unit(params=(a, b), moved=(0, 1), element_bytes=2, buffers=(c, c))
+    program = wrap_program([joined], 2, shards=False, offload=False, resident=0)
+    assert program[4] == ("alloc", 2 * c + a + b)  # one bucket of buffers and parameters
+    # the rank's resident bytes count the buffers as kept: nothing requested before them
+    resident = a + b + 2 * c
+    assert wrap_program([joined], 2, shards=False, offload=False, resident=resident)[0] == (
+        "alloc",
+        a,
+    )
 
 
 def test_a_recorded_bucket_copy_is_not_reused_by_the_flat_parameter():
@@ -233,6 +263,7 @@ BUCKET_LIMIT = 3000  # bytes: a tiny unit's a + b reach it, buckets [a, b] and [
 
 
 def _tiny_model():
+    import torch
     from torch import nn
 
     class Block(nn.Module):
@@ -241,6 +272,10 @@ def _tiny_model():
             self.a = nn.Linear(20, 30, bias=False)  # 2400 bytes
             self.b = nn.Linear(30, 20, bias=False)  # 2400 bytes
             self.n = nn.LayerNorm(20, bias=False)  # 80 bytes
+            # two buffers in another dtype, as 4.37's fp32 rotary tables beside bf16
+            # weights: 8 x 8 float64, 512 bytes each
+            self.register_buffer("cos", torch.ones(8, 8, dtype=torch.float64), persistent=False)
+            self.register_buffer("sin", torch.ones(8, 8, dtype=torch.float64), persistent=False)
 
     class Model(nn.Module):
         def __init__(self) -> None:
@@ -272,7 +307,7 @@ def _fsdp_rank(rank: int, port: int, out: str) -> None:
     model, block = _tiny_model()
     events: list[tuple[str, int]] = []
     tracker = LiveBytesTracker(events)
-    tracker.track(*model.parameters())
+    tracker.track(*model.parameters(), *model.buffers())  # the originals, before the wrap
     resize = torch.storage.TypedStorage._resize_
 
     def logged_resize(storage, size):  # shard(): the unsharded storage resized to 0
@@ -297,9 +332,10 @@ def _fsdp_rank(rank: int, port: int, out: str) -> None:
 
 def test_torch_fsdp_makes_the_same_requests_on_the_cpu(tmp_path):
     """PyTorch's own FSDP1 (the installed torch) wrapping a CPU model over gloo on two
-    ranks, rank 0's storages logged: the broadcast buckets' copies, the flat parameters,
-    the shards, the flat storages resized away and the originals' frees, in order. On
-    the CPU the moves are no-ops, so the originals are the tracked parameters."""
+    ranks, rank 0's storages logged: the broadcast buckets' copies (the blocks' float64
+    buffers in a bucket of their own, first), the flat parameters, the shards, the flat
+    storages resized away and the originals' frees, in order. On the CPU the moves are
+    no-ops, so the originals are the tracked parameters and buffers."""
     torch = pytest.importorskip("torch")
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not built in")
@@ -313,18 +349,69 @@ def test_torch_fsdp_makes_the_same_requests_on_the_cpu(tmp_path):
         port = sock.getsockname()[1]
     out = tmp_path / "events.json"
     mp.spawn(_fsdp_rank, args=(port, str(out)), nprocs=2)
-    measured = _sizes(json.loads(out.read_text(encoding="utf-8")), skip=set(range(7)))
-    block = Unit(params=(2400, 2400, 80), moved=(0, 1, 2), element_bytes=4)
+    # the tracked originals: 2 x 3 parameters and 2 x 2 buffers in the blocks, the head
+    measured = _sizes(json.loads(out.read_text(encoding="utf-8")), skip=set(range(11)))
+    block = Unit(
+        params=(2400, 2400, 80),
+        moved=(0, 1, 2),
+        element_bytes=4,
+        buffers=(512, 512),
+        buffers_apart=True,
+    )
     head = Unit(params=(560,), moved=(0,), element_bytes=4)
     predicted = []
     for unit in (block, block, head):
         program = wrap_program(
             [unit], 2, shards=True, offload=False, resident=0, bucket_bytes=BUCKET_LIMIT
         )
-        predicted += _sizes(program, skip=set(range(len(unit.params))))
+        # the moves are no-ops on the CPU: the tracked originals stand for them
+        predicted += _sizes(program, skip=set(range(len(unit.params) + len(unit.buffers))))
     # the allocations in order, exactly; the frees as a whole: when a broadcast bucket's
     # copy is freed depends on gloo's worker thread finishing the transfer, so a free can
     # land before or after the next allocation from one run to the next (seen in CI)
     allocs = [x for x in measured if x[0] == "alloc"]
     assert allocs == [x for x in predicted if x[0] == "alloc"]
     assert sorted(measured) == sorted(predicted)
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_the_rotary_tables_are_moved_and_broadcast_with_each_layer(method):
+    """transformers 4.37.2 registers each attention layer's cos and sin tables (4096
+    positions x 128 dims, models/llama/modeling_llama.py:133-146) in the default dtype
+    while the model is built: fp32 for fsdp_qlora's QLoRA (from_config without a dtype),
+    bf16 for its LoRA (from_pretrained(torch_dtype=bf16)). Each decoder layer's unit moves
+    them after its parameters and broadcasts them first: the fp32 pair as a bucket of its
+    own (one 4 MiB copy per layer), the bf16 pair at the head of the parameters' first
+    bucket (q, k, v, o, gate, up: 2 MiB + 4 x 32 MiB + 2 x 86 MiB)."""
+    from ftmem.api import parallel_config
+    from ftmem.estimate import _fsdp_wrap
+
+    settings = dict(
+        method=method,
+        lora_r=64,
+        lora_targets="q,k,v,gate,up,down",
+        adapter_dtype="bf16",
+        grad_ckpt=True,
+        framework="fsdp_qlora",
+        transformers_version="4.37.2",
+    )
+    arch = _architecture(str(CONFIGS / "llama-2-7b" / "config.json"))
+    run = RunConfig(**settings)
+    plan = plan_method(arch, run)
+    par = parallel_config(gpus=2, strategy="fsdp")
+    program = _fsdp_wrap(arch, run, par, plan, 10 * 2**30).wrap
+    sizes = [value for op, value in program if op == "alloc"]
+    table = 4096 * 128 * (4 if method == "qlora" else 2)
+    d, inter = 4096, 11008
+    first_bucket = 4 * 2 * d * d + 2 * 2 * inter * d  # q, k, v, o, gate, up in bf16
+    if method == "qlora":
+        assert sizes.count(2 * table) == 32  # the fp32 tables' own bucket, per layer
+        # the packed weights and the norms, a bucket without the tables (bf16 storage:
+        # n / 2 bytes per 4-bit weight)
+        layer = (4 * d * d + 3 * inter * d) // 2 + 2 * 2 * d
+        assert sizes.count(layer) == 32 * 2  # the bucket's copy and the flat parameter
+    else:
+        assert sizes.count(2 * table + first_bucket) == 32
+    # moved after the parameters: each layer's two tables, one after the other
+    pairs = sum(1 for x, y in pairwise(sizes) if x == y == table)
+    assert pairs >= 32

@@ -30,6 +30,8 @@ from ftmem.gpu.trace import (
     StepTensors,
     coarse_tensors,
     leaf_grad_shards,
+    leaf_unit_tensors,
+    leaf_units,
     outer_sides,
     plan_tensors,
 )
@@ -55,6 +57,7 @@ from ftmem.parallel import (
 )
 from ftmem.phases import StepSizes, find_peak
 from ftmem.profiles import framework_arch, framework_run, profile_notes, profile_of
+from ftmem.release_buffers import rotary_table_bytes
 from ftmem.result import (
     AtPeak,
     Estimate,
@@ -444,7 +447,10 @@ def _tensors(
             temporaries=optimizer_step_temporary_tensors(groups, run),
         )
     coarse = coarse_tensors(sizes, block, below, above)
-    if not leaf_shards or not coarse.block_grads:
+    if not leaf_shards:
+        return coarse
+    coarse = leaf_unit_tensors(coarse, sizes, leaf_units(parts.plan, leaf_shards))
+    if not coarse.block_grads:
         return coarse
     per_block = sizes.gradients.per_block
     return replace(coarse, block_grads=leaf_grad_shards(parts.plan, per_block, leaf_shards))
@@ -452,10 +458,14 @@ def _tensors(
 
 def _leaf_shards(run: RunConfig, par: ParallelConfig | None) -> int:
     """The shard count where the framework makes each trainable leaf an FSDP unit of
-    its own under a sharded strategy (Profile.fsdp_unit_per_trainable_leaf), else 0."""
-    if par is None or par.resolved_strategy not in SHARDED_FSDP:
+    its own (Profile.fsdp_unit_per_trainable_leaf): the shard group under a sharded
+    strategy, 1 under NO_SHARD (each unit's flat parameter, gradient and optimizer
+    states whole), else 0."""
+    if par is None or par.resolved_strategy not in FSDP:
         return 0
-    return par.shard_group if profile_of(run).fsdp_unit_per_trainable_leaf else 0
+    if not profile_of(run).fsdp_unit_per_trainable_leaf:
+        return 0
+    return par.shard_group if par.resolved_strategy in SHARDED_FSDP else 1
 
 
 def _graph_held_apart(at_peak: AtPeak, c: Components, graph_held: int, tied: int) -> AtPeak:
@@ -679,7 +689,18 @@ def _fsdp_wrap(
     from ftmem.fsdp_init import wrap_program, wrap_units
 
     storage = plan.dtypes.base  # fsdp_qlora: Linear4bit(quant_storage=torch_dtype)
-    units = wrap_units(plan, arch.num_layers, storage)
+    # each layer's rotary cos and sin tables (an older transformers release's buffers),
+    # moved and broadcast with its unit: fp32 ones (a quantised model built from its
+    # config) in a bucket of their own
+    tables = rotary_table_bytes(arch, run, plan.dtypes) // (2 * arch.num_layers)
+    element = tables // max(arch.max_position_embeddings * arch.rotary_size, 1)
+    units = wrap_units(
+        plan,
+        arch.num_layers,
+        storage,
+        layer_buffers=(tables, tables) if tables else (),
+        buffers_apart=element != BYTES_PER_ELEMENT[storage],
+    )
     if units is None:
         return STEP_ONLY
     program = wrap_program(

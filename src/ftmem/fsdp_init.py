@@ -57,15 +57,17 @@ the unit can reuse those blocks; after it, all are back. Checked against the pub
 wait, 3.69 with it; calibration/notes/fsdp_qlora.md F10).
 
 Rank 0 is modelled (the published figures are rank 0's). Buffers (transformers 4's rotary
-tables, ftmem.release_buffers) are kept whole: part of ``resident``, one request before
-the units, their own move and broadcast not replayed.
+tables, ftmem.release_buffers) are kept whole on every rank: a unit moves its modules'
+buffers after its parameters (``_move_states_to_device``) and broadcasts them before its
+parameters, in buckets of their own dtype (``Unit.buffers``); those the units do not
+hold are part of the request before the units.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ftmem.dtypes import BYTES_PER_ELEMENT, ceil_div
 from ftmem.gpu.program import RequestProgram, Requests
@@ -86,11 +88,39 @@ class Unit:
     """One FSDP unit's own parameters (bytes each): ``params`` in ``module.parameters()``
     order (the broadcast's and the flat parameter's), ``moved``: their indices in the
     breadth-first order ``_move_module_to_device`` moves them in; ``element_bytes``: its
-    flat parameter's dtype (FSDP flattens one dtype per unit)."""
+    flat parameter's dtype (FSDP flattens one dtype per unit); ``buffers``: its modules'
+    buffers (bytes each, ``module.buffers()`` order), moved after the parameters and kept
+    whole; ``buffers_apart``: they are of another dtype than the parameters, so they
+    form broadcast buckets of their own."""
 
     params: tuple[int, ...]
     moved: tuple[int, ...]
     element_bytes: int
+    buffers: tuple[int, ...] = ()
+    buffers_apart: bool = False
+
+
+def module_state_buckets(unit: Unit, limit: int = BROADCAST_BUCKET_BYTES) -> list[list[int]]:
+    """The unit's broadcast buckets as indices into its module states, the buffers first
+    then the parameters (torch/distributed/fsdp/_init_utils.py
+    ``_sync_module_params_and_buffers``: ``module.buffers()``, then the parameters):
+    ``compute_bucket_assignment_by_size`` keeps one bucket per dtype and sorts the
+    buckets by the smallest index they hold (reducer.cpp: "Sort resulting buckets by the
+    minimum tensor index they include")."""
+    sizes = [*unit.buffers, *unit.params]
+    apart = len(unit.buffers) if unit.buffers_apart else 0
+    groups = [list(range(apart)), list(range(apart, len(sizes)))]
+    buckets: list[list[int]] = []
+    for indices in groups:
+        current: list[int] = []
+        for i in indices:
+            current.append(i)
+            if sum(sizes[j] for j in current) >= limit:
+                buckets.append(current)
+                current = []
+        if current:
+            buckets.append(current)
+    return sorted(buckets, key=min)
 
 
 def broadcast_buckets(sizes: Sequence[int], limit: int = BROADCAST_BUCKET_BYTES) -> list[list[int]]:
@@ -139,12 +169,20 @@ def _unit(
     return Unit(tuple(s for _, s in params), tuple(moved), element_bytes)
 
 
-def wrap_units(plan: MethodPlan, blocks: int, storage: str) -> tuple[Unit, ...] | None:
+def wrap_units(
+    plan: MethodPlan,
+    blocks: int,
+    storage: str,
+    layer_buffers: tuple[int, ...] = (),
+    buffers_apart: bool = False,
+) -> tuple[Unit, ...] | None:
     """The units in the order FSDP constructs them, for fsdp_qlora's policy (each
     trainable leaf module, i.e. each LoRA matrix; each decoder layer; the root): per block
     its adapters' units then the block's, the blocks in order, then the adapters outside
     the blocks, then the root; ``storage``: the dtype of the base weights' flat
-    parameters. None where a parameter has no flat form here."""
+    parameters; ``layer_buffers``: each decoder layer's buffers (bytes each; transformers
+    4's rotary cos and sin tables), of another dtype than ``storage`` where
+    ``buffers_apart``. None where a parameter has no flat form here."""
     adapted = frozenset(g.name.rsplit(".", 1)[0] for g in plan.groups if g.adapter)
     sized = [(g, parameter_bytes(g, storage)) for g in plan.groups]
     uneven = any(g.in_block and g.count % max(blocks, 1) for g in plan.groups)
@@ -155,6 +193,7 @@ def wrap_units(plan: MethodPlan, blocks: int, storage: str) -> tuple[Unit, ...] 
     e = BYTES_PER_ELEMENT[storage]
     block_adapters = [_own(g, s) for g, n, s in per_block if g.adapter for _ in range(n)]
     block = _unit([p for p in per_block if not p[0].adapter], adapted, e)
+    block = replace(block, buffers=layer_buffers, buffers_apart=buffers_apart)
     units = [*block_adapters, block] * blocks
     units += [_own(g, s) for g, n, s in outer if g.adapter for _ in range(n)]
     root = _unit([p for p in outer if not p[0].adapter], adapted, e)
@@ -191,16 +230,17 @@ def _unit_program(
         if recorded:  # the first copy's memcpy_and_sync: every broadcast before it is done
             p.free(*recorded)
             recorded.clear()
+    for size in unit.buffers:  # _move_states_to_device: the buffers after the parameters
+        p.alloc(size)
     in_place: set[int] = set()  # a bucket of one tensor is broadcast in the parameter
     in_flight: deque[int | None] = deque()
-    first = 0
-    for bucket in broadcast_buckets(unit.params, bucket_bytes):
+    states = [*unit.buffers, *unit.params]
+    for bucket in module_state_buckets(unit, bucket_bytes):
         if len(in_flight) == BROADCASTS_IN_FLIGHT:
             _free_flat(recorded, in_flight.popleft())
-        if len(bucket) == 1:
-            in_place.add(first)
-        in_flight.append(p.alloc(sum(bucket)) if len(bucket) > 1 else None)
-        first += len(bucket)
+        if len(bucket) == 1:  # (a buffer broadcast in place stays: nothing to record)
+            in_place.add(bucket[0] - len(unit.buffers))
+        in_flight.append(p.alloc(sum(states[i] for i in bucket)) if len(bucket) > 1 else None)
     while in_flight:
         _free_flat(recorded, in_flight.popleft())
     kept = p.alloc(sum(unit.params))  # the unsharded flat parameter
@@ -240,9 +280,9 @@ def wrap_program(
     keeps after wrapping (the step's weights): what the units' kept flat parameters do not
     make up is one request before them, what loading left on the GPU (the 4-bit weights'
     quant_state, which FSDP does not shard); ``bucket_bytes``: the broadcast's bucket size."""
-    kept = 0
+    kept = sum(sum(u.buffers) for u in units)  # buffers stay on the GPU under offload too
     if not offload:
-        kept = sum(shard_bytes(u, world) if shards else sum(u.params) for u in units)
+        kept += sum(shard_bytes(u, world) if shards else sum(u.params) for u in units)
     p = RequestProgram()
     if resident > kept:
         p.alloc(resident - kept)

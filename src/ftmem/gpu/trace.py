@@ -189,6 +189,43 @@ def leaf_grad_shards(plan: MethodPlan, per_block: int, shards: int) -> tuple[int
     return tuple(parts) if parts[-1] > 0 else (per_block,)
 
 
+def leaf_units(plan: MethodPlan, shards: int) -> tuple[int, ...]:
+    """Each trainable tensor's flat parameter on a rank where every trainable tensor is an
+    FSDP unit of its own (fsdp_qlora's lambda policy), in the order ``model.parameters()``
+    yields them (block after block, then those outside the blocks): ceil(n / ``shards``)
+    elements each (FSDP1 ``FlatParamHandle._get_shard``: rank 0's chunk, the others padded
+    to it; ``shards`` 1: NO_SHARD's whole flat parameter), in bytes. AdamW keeps its
+    moments per parameter (torch/optim/adamw.py ``_init_group``: ``torch.zeros_like(p)``
+    for each), so the optimizer's states and its foreach temporaries come in these sizes,
+    not as one buffer per block."""
+    blocks = max(plan.trainable_blocks, 1)
+    trainable = [g for g in plan.groups if g.trainable]
+    per_block = [g for g in trainable if g.in_block]
+    units: list[int] = []
+    for _ in range(blocks):
+        for g in per_block:
+            units += [-(-g.numel // shards) * g.element_bytes] * max(g.count // blocks, 1)
+    for g in trainable:
+        if not g.in_block:
+            units += [-(-g.numel // shards) * g.element_bytes] * g.count
+    return tuple(units)
+
+
+def leaf_unit_tensors(coarse: StepTensors, sizes: StepSizes, units: tuple[int, ...]) -> StepTensors:
+    """A rank's tensors where each trainable tensor is an FSDP unit of its own
+    (leaf_units): the optimizer's states as two moments per unit and the step's
+    temporaries (foreach AdamW's ``_foreach_sqrt`` of the second moments, one per
+    parameter) as one per unit, each in proportion to the unit's size; the rest as
+    ``coarse`` has them (coarse_tensors)."""
+    if not units:
+        return coarse
+    states = _split(sizes.states, units) if sizes.states else ()
+    temps = coarse.step_temporaries
+    if not sizes.optimizer.tensors and sizes.optimizer.temporaries:
+        temps = _split(sizes.optimizer.temporaries, units, per_tensor=1)
+    return replace(coarse, states=states, step_temporaries=temps)
+
+
 def _chunks(total: int, n: int) -> tuple[int, ...]:
     if not total:
         return ()
