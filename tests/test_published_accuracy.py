@@ -47,6 +47,33 @@ def test_each_figure_is_read_in_its_published_unit():
         assert got == pytest.approx(float(peak["gib"]), abs=0.0006), row["id"]
 
 
+def test_qwen1_g_is_not_a_gib_and_is_read_as_thousands_of_mib():
+    """Qwen-1's README table writes "G" (its text: "memory (GB)"). The commit that
+    published the 7B/14B rows (QwenLM/Qwen@e6f2a7af) put in the same table a full
+    finetuning of Qwen-7B "on 2 A100 GPUs" at 162.0G (1024 tokens): two GPUs cannot
+    hold 162 GiB, so "G" is not a GiB. The largest reading the table leaves open,
+    nvidia-smi's MiB per thousand (81,000 MiB a GPU, at the A100's limit), is the one
+    the calibration set takes: the dangerous direction if the unit was GB."""
+    import yaml
+
+    source = published_accuracy.published()
+    two_gpus = source["qwen1-7b-full-2gpu-seq1024"]
+    assert two_gpus["gpus"]["count"] == 2 and two_gpus["measured_peak"]["value"] == 162.0
+    capacity = yaml.safe_load((ROOT / "presets" / "gpus" / "a100-80gb.yaml").read_text())[
+        "memory_bytes"
+    ]
+    per_gpu = 162.0 / 2
+    assert per_gpu * 2**30 > capacity  # GiB: more than the GPU has
+    assert per_gpu * 1000 * 2**20 <= capacity  # thousands of MiB: fits
+    assert per_gpu * 10**9 <= capacity  # GB fits too (a reading 4.7 % lower)
+    qwen = [r for i, r in source.items() if i.startswith("qwen1-")]
+    assert len(qwen) == 33
+    for row in qwen:
+        peak = row["measured_peak"]
+        assert peak["unit"] == "G?"
+        assert float(peak["gib"]) == pytest.approx(peak["value"] * 1000 / 1024, abs=6e-5)
+
+
 @pytest.mark.parametrize(
     ("metric", "klass"),
     [

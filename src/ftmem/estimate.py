@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from ftmem import deepspeed_zero3
+from ftmem import deepspeed_zero2, deepspeed_zero3
 from ftmem.arch import Architecture, count_params
 from ftmem.colossalai import COLOSSALAI
 from ftmem.dtypes import BYTES_PER_ELEMENT
@@ -645,6 +645,8 @@ def _estimate_parallel(
     wrap = _fsdp_wrap(arch, step.run, par, step.parts.plan, sz.weights)
     if wrap is STEP_ONLY:
         wrap = _zero3_init(arch, par, step.parts.plan, sz)
+    if wrap is STEP_ONLY:
+        wrap = _zero2_init(par, step.parts.plan, sz)
     at_peak, figures, _ = _device(
         peak_info.at_peak, step.parts, sz, step.run, gpu, overhead_bytes, step_at, par, wrap=wrap
     )
@@ -734,6 +736,26 @@ def _zero3_init(
         model_bytes=BYTES_PER_ELEMENT[plan.dtypes.compute],
     )
     return RunOutside(wrap=program, reset=True, made=True)
+
+
+def _zero2_init(par: ParallelConfig, plan: MethodPlan, sz: StepSizes) -> RunOutside:
+    """DeepSpeed ZeRO-1/2 with a 16-bit model, FusedAdam and nothing offloaded: its
+    optimizer's init (deepspeed_zero2.init_program) makes the fp32 master and both
+    moments before the first step and leaves the master's 16-bit clone and its zero
+    gradient cached; ``see_memory_usage(..., force=True)`` after it resets the peaks
+    (microsoft/DeepSpeed@26d0dd92 (v0.11.0) runtime/zero/stage_1_and_2.py l.508-516,
+    runtime/utils.py ``see_memory_usage``), which frees nothing. Other optimizers
+    (their states are not a master and two moments) keep the replay's own order."""
+    if par.resolved_strategy not in ("zero1", "zero2") or par.model_parallel > 1:
+        return STEP_ONLY
+    model_bytes = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    if par.offload_optimizer != "none" or model_bytes != 2:
+        return STEP_ONLY
+    partition = deepspeed_zero2.partition_elements(plan.n_trainable, par.shard_group)
+    if partition == 0 or sz.states != deepspeed_zero2.adam_states(partition):
+        return STEP_ONLY
+    program = deepspeed_zero2.init_program(partition, model_bytes)
+    return RunOutside(optimizer_init=program, reset=True)
 
 
 def _check_parallel_run(run: RunConfig) -> None:

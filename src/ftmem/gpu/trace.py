@@ -412,7 +412,10 @@ class RunOutside:
     the weights, FSDP's wrapping of a model held on the CPU (fsdp_init.WrapProgram: its
     requests and frees; what it never frees is the rank's weights), or DeepSpeed ZeRO-3's
     optimizer init (deepspeed_zero3.init_program); ``made``: the wrap made the optimizer
-    states and the gradients' buffer too (ZeRO-3), so the steps request neither."""
+    states and the gradients' buffer too (ZeRO-3), so the steps request neither;
+    ``optimizer_init``: after loading, an optimizer's init that makes its states and
+    frees its transients (DeepSpeed ZeRO-1/2, deepspeed_zero2.init_program, as
+    ("alloc", bytes) / ("free", j)), so the steps request no states."""
 
     loading: tuple[tuple[tuple[str, int], ...], ...] = ()
     after: tuple[tuple[int, ...], ...] = ()
@@ -420,6 +423,7 @@ class RunOutside:
     requantise: bool = False
     wrap: tuple[tuple[str, int], ...] = ()
     made: bool = False
+    optimizer_init: tuple[tuple[str, int], ...] = ()
 
 
 STEP_ONLY = RunOutside()  # the step and plain loading, nothing else
@@ -447,7 +451,8 @@ def _load(rec: _Recorder, outside: RunOutside, weights: tuple[int, ...]) -> None
 
 
 def _run_wrap(rec: _Recorder, program: tuple[tuple[str, int], ...]) -> None:
-    """fsdp_init.WrapProgram's requests in order: ("alloc", bytes), ("free", j) the j-th."""
+    """A program's requests in order (fsdp_init.WrapProgram's, an optimizer init's):
+    ("alloc", bytes), ("free", j) the j-th."""
     keys: list[list[int]] = []
     for op, value in program:
         if op == "alloc":
@@ -580,11 +585,12 @@ def _request_run(
     repeat (SETTLING_STEPS at most)."""
     if not loaded:
         _load(rec, outside, steps[0][1].weights)
+    _run_wrap(rec, outside.optimizer_init)
     if outside.reset:
         rec.target.reset_peaks()
     if steps[0][0].loop_held:  # the loop's last output (LitGPT's fp32 logits), from then on
         rec.alloc((steps[0][0].loop_held,))
-    states_made = steps[0][0].states == 0 or outside.made
+    states_made = steps[0][0].states == 0 or outside.made or bool(outside.optimizer_init)
     first = True
     layout = None
     for n in range(max(SETTLING_STEPS, len(steps)) if settle else len(steps)):

@@ -1,0 +1,67 @@
+"""DeepSpeed ZeRO-1/2's optimizer init on a rank: what it makes before the first step, and
+what it leaves cached.
+
+Read in microsoft/DeepSpeed@26d0dd927b21a3422973fd5cea9616ec03987823 (v0.11.0, the release
+of the Qwen-1 Q-LoRA runs of calibration/settings/qwen.yaml), file
+``deepspeed/runtime/zero/stage_1_and_2.py``, ``DeepSpeedZeroOptimizer.__init__``; the same
+lines at v0.12.3 (6ea44d02). With a 16-bit model and nothing offloaded, per parameter group:
+
+1. l.315-318: the trainable parameters are moved to the CPU and ``empty_cache()`` returns
+   every free segment: the cache is empty from here on, whatever loading left.
+2. l.335-339: one flat, aligned 16-bit buffer of them is made on the CPU and moved to the
+   GPU (the model's trainable weights become views of it).
+3. l.370-371: ``partition.to(device).clone().float().detach()``: a 16-bit clone of the
+   rank's partition, the fp32 master made from it, the clone freed at once.
+4. ``initialize_optimizer_states`` (l.629-650): ``torch.zeros(partition, fp32)`` as the
+   master's gradient, one ``optimizer.step()`` that makes the states (FusedAdam:
+   ``exp_avg`` and ``exp_avg_sq`` = ``zeros_like`` of the master, deepspeed/ops/adam/
+   fused_adam.py l.155-157 at v0.11.0), then ``group.grad = None``; no ``empty_cache`` follows.
+
+So before the first step the rank holds its master and both moments as three flat fp32
+tensors, and the clone's block (2 bytes per partition element) and the gradient's (4)
+stay cached: the step's ``flatten(averaged_gradients)`` and its fp32 conversion are the
+same sizes, so a replay finds them there. The gradients themselves are made in backward
+(``grads_in_partition``), not here.
+"""
+
+from __future__ import annotations
+
+from ftmem.dtypes import FP32
+
+# FusedAdam's two moments beside the fp32 master, each of the master's size
+_MOMENTS = 2
+# flatten_dense_tensors_aligned pads the flat buffer to nccl_start_alignment_factor x the
+# ranks (l.274: ``self.nccl_start_alignment_factor = 2  # 4-byte alignment/sizeof(fp16)``,
+# used at l.337-339)
+ALIGNMENT = 2
+
+
+def partition_elements(trainable: int, ranks: int) -> int:
+    """Elements of one rank's partition: the flat buffer padded to ALIGNMENT x ranks,
+    then cut into equal parts (stage_1_and_2.py ``get_data_parallel_partitions``)."""
+    unit = ALIGNMENT * ranks
+    padded = -(-trainable // unit) * unit
+    return padded // ranks
+
+
+def adam_states(partition: int) -> int:
+    """The states ZeRO-1/2 holds with FusedAdam: fp32 master + two fp32 moments."""
+    return FP32 * (1 + _MOMENTS) * partition
+
+
+def init_program(partition: int, model_bytes: int) -> tuple[tuple[str, int], ...]:
+    """The optimizer init's requests after loading, in order, as ("alloc", bytes) and
+    ("free", j) (the j-th "alloc" of this program), for the allocator replay: the
+    clone, the master, the clone freed, the master's zero gradient, the two moments, the
+    gradient freed (steps 3-4 above). The flat 16-bit buffer (step 2) is the trainable
+    weights the replay already holds."""
+    master = FP32 * partition
+    return (
+        ("alloc", model_bytes * partition),  # 0: the 16-bit clone
+        ("alloc", master),  # 1: the fp32 master
+        ("free", 0),
+        ("alloc", master),  # 2: its zero gradient for the init step
+        ("alloc", master),  # 3: exp_avg
+        ("alloc", master),  # 4: exp_avg_sq
+        ("free", 2),
+    )
