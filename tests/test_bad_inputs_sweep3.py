@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ftmem import sources
 from ftmem.cli import main
+from tests.test_option_space import NUMERIC, check_all, floats, integers, run_cli
 
 PRESETS = Path(__file__).resolve().parents[1] / "presets"
 
@@ -212,3 +215,31 @@ def test_measure_refuses_a_step_past_the_hosts_ram(capsys, monkeypatch):
     )  # a machine of 256 pages (1 MiB with 4 KiB pages): gpt2's step cannot fit
     line = refused(capsys, "measure", "gpt2")
     assert "RAM bound" in line and "--fake" in line
+
+
+# -- property: the commands that run many estimates keep the contract with any number ----
+
+COMPARE_NUMBERS = {  # option: the method it applies to, as in test_option_space.NUMERIC
+    o: NUMERIC[o] for o in NUMERIC if o not in ("--gpus", "--nodes", "--tp", "--pp", "--cp")
+    and NUMERIC[o][1] != "size"
+}  # fmt: skip
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_compare_keeps_the_contract_with_any_number(data):
+    """compare and compare-methods with one numeric setting at ordinary and absurd
+    values: an exit 0 has at least one estimated cell (a bad setting is refused, not
+    shown as a table of n/a)."""
+    option = data.draw(st.sampled_from(sorted(COMPARE_NUMBERS)))
+    method, kind = COMPARE_NUMBERS[option]
+    value = data.draw(integers) if kind == "int" else repr(float(data.draw(floats)))
+    command = data.draw(st.sampled_from(["compare", "compare-methods"]))
+    argv = [command, data.draw(st.sampled_from(["gpt2", "t5-small"])), option, value]
+    argv += ["--methods", f"full,{method}", "--format", "json"]
+    broken, outcomes = check_all([argv])
+    assert not broken, broken[0]
+    ((_, code, _),) = outcomes
+    if code == 0 and command == "compare":
+        code, out, _, _ = run_cli(argv)
+        assert any(c["total_bytes"] for c in json.loads(out)), argv
