@@ -69,6 +69,29 @@ def test_compare_still_answers_when_some_cells_run(capsys):
     assert cells["full"] > 0
 
 
+# -- max: the searched setting's given value is replaced, but a wrong one is still named ---
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--batch-size", "-1"], "--batch-size"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--for", "seq-len", "--seq-len", "0"], "--seq-len"),
+        (["--for", "lora-r", "--method", "lora", "--lora-r", "0"], "--lora-r"),
+    ],
+)
+def test_max_names_a_wrong_value_of_what_it_searches(capsys, args, named):
+    # answered as if the value had not been given
+    assert named in refused(capsys, "max", "gpt2", "--gpu", "rtx4090", *args)
+
+
+def test_max_replaces_a_valid_value_of_what_it_searches(capsys):
+    given = run(capsys, "max", "gpt2", "--gpu", "rtx4090", "--batch-size", "4", "--format", "json")
+    alone = run(capsys, "max", "gpt2", "--gpu", "rtx4090", "--format", "json")
+    assert given == alone and given[0] == 0
+
+
 # -- a config.json's name: any length, any type -------------------------------------------
 
 TINY = {

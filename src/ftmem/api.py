@@ -405,6 +405,8 @@ def largest(
 
     arch = _architecture(model)
     highest = search_bound(arch, what, settings)
+    if settings.get(what) is not None:  # replaced by the search, but a mistake all the same
+        _validated(RunConfig, {"method": settings.get("method"), what: settings[what]})
     hw: dict[str, Any] = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
     lowest = 1
     if what == "batch_size":
