@@ -92,6 +92,41 @@ def test_max_replaces_a_valid_value_of_what_it_searches(capsys):
     assert given == alone and given[0] == 0
 
 
+# -- tokens per step: the eval and generation batches within the token bound too -------
+
+
+@pytest.mark.parametrize(
+    ("args", "product"),
+    [
+        (["--batch-size", "10000000"], "--batch-size × --seq-len"),
+        (["--eval-batch-size", "2147483648"], "--eval-batch-size × --seq-len"),
+        (
+            ["--generate-batch-size", "100000", "--generate-len", "100000"],
+            "--generate-batch-size × (--seq-len + --generate-len)",
+        ),
+    ],
+)
+def test_tokens_per_step_are_within_the_token_bound(capsys, args, product):
+    # an eval batch of 2^31 sequences was estimated at 514 million GiB, exit 0
+    line = refused(capsys, "estimate", "gpt2", *args)
+    assert f"the tokens per step ({product})" in line
+    assert "the token bound of 2,147,483,648 tokens" in line
+
+
+def test_eval_and_generation_batches_under_the_bound_are_estimated(capsys):
+    code, out, _ = run(
+        capsys, "estimate", "gpt2", "--eval-batch-size", "8", "--generate-batch-size", "8",
+        "--generate-len", "256", "--format", "json",
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)["memory"]["total_bytes"] > 0
+
+
+def test_an_allocator_number_that_is_not_ascii_digits_is_one_sentence(capsys):
+    # "²" is a digit to str.isdigit and not to int(): int()'s own message reached the user
+    line = refused(capsys, "estimate", "gpt2", "--alloc-conf", "max_split_size_mb:²")
+    assert "max_split_size_mb takes a whole number" in line
+
+
 # -- a config.json's name: any length, any type -------------------------------------------
 
 TINY = {
