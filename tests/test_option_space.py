@@ -927,25 +927,14 @@ sizes = st.builds(
 )
 NUMBER_MODELS = ["gpt2", "llama2-7b", "t5-small", "mixtral-8x7b"]
 
-# Numbers that crash today (OverflowError on values of hundreds of digits), which issue
-# 19's "numbers" part (physical bounds on every number) closes: drawn with at most 17 digits here
-# until it lands. Empty this set and the test covers them.
-OPEN_IN_NUMBERS_PART = {
-    "--gpu-memory", "--overhead", "--host-memory", "--encoder-hidden", "--adapter-size",
-}  # fmt: skip
-
 
 def _number_text(option: str, data) -> str:
     kind = NUMERIC[option][1]
-    bounded = option in OPEN_IN_NUMBERS_PART
     if kind == "int":
-        n = data.draw(integers)
-        return n[-17:] if bounded else n
+        return data.draw(integers)
     if kind == "float":
         return repr(float(data.draw(floats)))
-    text = data.draw(sizes)
-    digits = sum(c.isdigit() for c in text)
-    return "24GiB" if bounded and (digits > 17 or "e" in text.lower()) else text
+    return data.draw(sizes)
 
 
 @settings(

@@ -67,13 +67,36 @@ def _problem(err: Any) -> str:
 def run_config(**settings: Any) -> RunConfig:
     """Validate run settings into a RunConfig, errors as one sentence."""
     run = _validated(RunConfig, settings)
-    for option, length in (("--seq-len", run.seq_len), ("--target-len", run.target_len or 0)):
-        if run.batch_size * length > MAX_TOKENS_PER_STEP:
-            raise InvalidInputError(
-                f"batch size × {option[2:].replace('-', ' ')} = {run.batch_size * length:,} "
-                f"tokens per step is beyond any GPU; check --batch-size and {option}."
-            )
+    for product, options, tokens in _tokens_per_step(run):
+        problem = TOKENS.problem(f"the tokens per step ({product})", tokens)
+        if problem:
+            raise InvalidInputError(f"{problem}; check {options}.")
     return run
+
+
+def _tokens_per_step(run: RunConfig) -> list[tuple[str, str, int]]:
+    """The tokens each kind of step holds at once, the product and the options that make
+    them: each within the token bound (an eval batch of 2^31 gave 514 million GiB)."""
+    batch, seq = run.batch_size, run.seq_len
+    steps = [("--batch-size × --seq-len", "--batch-size and --seq-len", batch * seq)]
+    if run.target_len:
+        steps.append(
+            ("--batch-size × --target-len", "--batch-size and --target-len", batch * run.target_len)
+        )
+    if run.eval_batch_size:
+        steps.append(
+            ("--eval-batch-size × --seq-len", "--eval-batch-size", run.eval_batch_size * seq)
+        )
+    if run.generate_batch_size:
+        length = seq + (run.generate_len or 0)
+        steps.append(
+            (
+                "--generate-batch-size × (--seq-len + --generate-len)",
+                "--generate-batch-size and --generate-len",
+                run.generate_batch_size * length,
+            )
+        )
+    return steps
 
 
 def parallel_config(
@@ -405,6 +428,8 @@ def largest(
 
     arch = _architecture(model)
     highest = search_bound(arch, what, settings)
+    if settings.get(what) is not None:  # replaced by the search, but a mistake all the same
+        _validated(RunConfig, {"method": settings.get("method"), what: settings[what]})
     hw: dict[str, Any] = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
     lowest = 1
     if what == "batch_size":

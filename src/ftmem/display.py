@@ -44,6 +44,13 @@ def _cut(match: re.Match[str]) -> str:
     return f"{word[:48]}…{word[-16:]} ({len(word):,} characters)"
 
 
+def shortened(text: str, limit: int = 1000) -> str:
+    """``text`` bounded as :func:`one_line` bounds it, its characters left as they are
+    (the output escapes them): a name read from a file that every format prints."""
+    text = _LONG.sub(_cut, text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def one_line(text: str, limit: int = 1000) -> str:
     """``text`` as one bounded printable line: words longer than :data:`LONG_RUN`
     characters (a 100,000-character model name) keep their start and end, and the whole

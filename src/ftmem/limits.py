@@ -159,6 +159,14 @@ PLAN_ROWS = Bound(
     "a plan offers a few dozen ways to fit at most",
 )
 
+PRESET_NAME = Bound(
+    "the name bound",
+    128,
+    "characters",
+    "a Hugging Face Hub repository id has at most 96 characters a side "
+    "(huggingface_hub utils/_validators.py), a shipped preset id 128",
+)
+
 
 def flag_as_count(data: object, counts: Iterable[str]) -> str | None:
     """What is wrong when a settings mapping gives one of its ``counts`` as true/false (a

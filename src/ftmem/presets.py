@@ -21,10 +21,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ftmem import limits
 from ftmem.arch import Architecture
 from ftmem.errors import ConfigError, UnknownNameError, listed
 from ftmem.hardware import Gpu
-from ftmem.textfiles import parse_yaml, read_text
+from ftmem.textfiles import home_expanded, parse_yaml, read_text
 from ftmem.validation import InvalidFields
 
 MAX_PRESET_BYTES = 1 << 20  # a preset is a dozen lines
@@ -48,13 +49,14 @@ def user_preset_dirs() -> tuple[Path, ...]:
     """The user's preset folders that exist."""
     env = os.environ.get(USER_PRESETS_ENV)
     if env:
-        dirs = [Path(d).expanduser() for d in env.split(os.pathsep) if d.strip()]
-        missing = [d for d in dirs if not d.is_dir()]
+        named = [d for d in env.split(os.pathsep) if d.strip()]
+        dirs = [home_expanded(d) for d in named]
+        missing = [n for n, d in zip(named, dirs, strict=True) if d is None or not d.is_dir()]
         if missing:
             raise ConfigError(f"{USER_PRESETS_ENV} names {missing[0]}, which is not a folder.")
-        return tuple(dirs)
-    default = Path("~/.config/ftmem/presets").expanduser()
-    return (default,) if default.is_dir() else ()
+        return tuple(d for d in dirs if d is not None)
+    default = home_expanded("~/.config/ftmem/presets")  # None: no home, no user presets
+    return (default,) if default is not None and default.is_dir() else ()
 
 
 def _shipped_files(kind: str) -> list[Path]:
@@ -114,6 +116,15 @@ def _name(value: Any) -> str | None:
     return None
 
 
+def _check_names(where: str, preset_id: str, aliases: tuple[str, ...]) -> None:
+    """Names within :data:`~ftmem.limits.PRESET_NAME` (a 5,000-character id printed
+    645 kB in `ftmem models`, whose id column is never cut)."""
+    for what, name in (("id", preset_id), *(("an alias", a) for a in aliases)):
+        problem = limits.PRESET_NAME.problem(f"its {what}", len(name))
+        if problem:
+            raise ConfigError(f"{where}: {problem}.")
+
+
 def model_from_mapping(data: dict[str, Any], where: str) -> ModelEntry:
     data = dict(data)
     raw_id = data.pop("id", None)
@@ -125,6 +136,7 @@ def model_from_mapping(data: dict[str, Any], where: str) -> ModelEntry:
     aliases = tuple(map(_name, raw_aliases)) if isinstance(raw_aliases, list) else (None,)
     if None in aliases:
         raise ConfigError(f"{where}: 'aliases' must be a list of names, as in [name-1, name-2].")
+    _check_names(where, preset_id, aliases)  # type: ignore[arg-type]  # None refused above
     try:
         arch = Architecture.model_validate(data)
     except InvalidFields as exc:
@@ -204,9 +216,11 @@ def _gpu_file(path: Path) -> Gpu:
 @lru_cache(maxsize=1024)
 def _gpu_entry(path: Path, _stamp: tuple[int, int, int] | None) -> Gpu:
     try:
-        return Gpu.model_validate(_read_yaml(path))
+        gpu = Gpu.model_validate(_read_yaml(path))
     except InvalidFields as exc:
         raise ConfigError(validation_message(exc, _where(path))) from None
+    _check_names(_where(path), gpu.id, gpu.aliases)
+    return gpu
 
 
 def gpu_presets() -> dict[str, Gpu]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftmem import families
 from ftmem.arch import Architecture, count_params
+from ftmem.display import shortened
 from ftmem.errors import ConfigError, UnknownNameError
 from ftmem.families._config import MULTIMODAL_TIE_DEFAULT, flag, number, shown
 from ftmem.families._qwen_vl import qwen_text_config
@@ -32,7 +33,7 @@ from ftmem.families._vision import (
 )
 from ftmem.presets import get_model, validation_message
 from ftmem.quantized_base import QuantizedBase, quantized_base
-from ftmem.textfiles import parse_json, read_text
+from ftmem.textfiles import home_expanded, parse_json, read_text
 from ftmem.validation import InvalidFields
 from ftmem.vision import VisionTower
 
@@ -132,10 +133,11 @@ def read_config_json(path: Path) -> tuple[Mapping, str, str]:
     cfg = parse_json(read_text(file, "config.json", MAX_CONFIG_BYTES), str(file))
     if not isinstance(cfg, dict):
         raise ConfigError(f"{file} must hold a JSON object.")
-    name = cfg.get("_name_or_path") or (
-        file.parent.name if path.is_dir() or file.name == "config.json" else file.stem
-    )
-    return cfg, str(name) or "custom", str(file)
+    name = cfg.get("_name_or_path")
+    if not isinstance(name, str) or not name.strip():  # transformers writes a path or id
+        name = file.parent.name if path.is_dir() or file.name == "config.json" else file.stem
+    # shown in every output, twice in some: a 200,000-character name printed 400 kB
+    return cfg, shortened(name) or "custom", str(file)
 
 
 def load_config_json(path: Path) -> Architecture:
@@ -146,6 +148,15 @@ def load_config_json(path: Path) -> Architecture:
 MAX_REF_BYTES = 4096  # a ref holds one commit hash (40 hex digits)
 
 
+def _ref_commit(ref: Path) -> str:
+    """The snapshot a cache entry's ``refs/main`` names, read as every file ftmem reads
+    (bounded, a FIFO refused, UTF-8 checked)."""
+    commit = read_text(ref, "refs/main", MAX_REF_BYTES).strip()
+    if not commit or commit in (".", "..") or any(c in commit for c in "/\\\0"):
+        raise ConfigError(f"{ref} does not hold a snapshot's name ({shown(commit)}).")
+    return commit
+
+
 def _snapshot(path: Path) -> Path:
     """A Hugging Face cache entry (``models--org--name``) as its current snapshot folder:
     the one ``refs/main`` names (as huggingface_hub reads it), else the newest."""
@@ -154,9 +165,7 @@ def _snapshot(path: Path) -> Path:
         return path
     ref = path / "refs" / "main"
     if ref.exists() or ref.is_symlink():
-        commit = read_text(ref, "refs/main", MAX_REF_BYTES).strip()
-        if not commit or commit in (".", "..") or any(c in commit for c in "/\\\0"):
-            raise ConfigError(f"{ref} does not hold a snapshot's name ({shown(commit)}).")
+        commit = _ref_commit(ref)
         chosen = snapshots / commit
         if not chosen.is_dir():
             raise ConfigError(
@@ -175,7 +184,9 @@ def _snapshot(path: Path) -> Path:
 
 
 def _local(spec: str) -> Path | None:
-    path = Path(spec).expanduser()
+    path = home_expanded(spec)
+    if path is None:  # ~nobody/x: not a folder here, so a preset or a Hub id
+        return None
     try:
         is_dir, is_file = path.is_dir(), path.is_file()
     except (OSError, ValueError):  # a name too long to be a path, or with a NUL in it
@@ -213,6 +224,11 @@ def _from_hub(repo_id: str) -> Path:
             'reading it from the Hub needs huggingface_hub: pip install "ftmem[hub]" '
             "(or give a local folder with config.json)."
         ) from None
+    # huggingface_hub reads the entry's refs/main with open().read(): a FIFO there waits
+    # for ever, bytes that are not UTF-8 raise UnicodeDecodeError; ftmem reads it first
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / "main"
+    if ref.exists() or ref.is_symlink():
+        _ref_commit(ref)
     with _hub_logs_silenced():
         cached = try_to_load_from_cache(repo_id, "config.json")
         if isinstance(cached, str):

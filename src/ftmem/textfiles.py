@@ -27,6 +27,16 @@ MAX_NODES = 200_000
 _Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 10x faster
 
 
+def home_expanded(path: str) -> Path | None:
+    """``path`` with a leading ``~`` or ``~user`` made the home folder, or None where
+    that home is unknown: pathlib raises RuntimeError for ``~nobody/x``, and for ``~``
+    itself under a uid without HOME or a password entry (a container's bare ``--user``)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return None
+
+
 def read_text(path: Path, what: str, max_bytes: int) -> str:
     """The UTF-8 text of a regular file no larger than ``max_bytes``.
 

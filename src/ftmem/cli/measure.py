@@ -84,6 +84,8 @@ def measure(
         optimizer_impl="for-loop" if device == "cpu" else "foreach",
         alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF") if device == "cuda" else None,
     )
+    if device == "cpu" and not fake:
+        _check_host_fits(arch, run)
     with measure_errors():
         if fsdp:
             return _measure_fsdp(arch, run, fsdp, fsdp_ranks, output_format)
@@ -92,6 +94,25 @@ def measure(
         with _snapshot_to(snapshot):
             got = run_measure(arch, run, device=device, steps=steps, fake=fake)
     _print_measured(arch, run, got, fake, output_format)
+
+
+def _check_host_fits(arch: Architecture, run: RunConfig) -> None:
+    """A step measured on the CPU holds what the estimate's peak holds, in this machine's
+    RAM: past the RAM, building the model swaps or is killed, after minutes (`ftmem
+    measure llama2-70b` ran on for ever on a 23 GiB machine); one sentence instead."""
+    from ftmem.estimate import estimate_step
+
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): nothing to check
+        return
+    peak = estimate_step(arch, run).memory.peak_allocated_bytes
+    if peak > ram:
+        raise FtmemError(
+            f"measuring {arch.name} on the CPU holds about {peak / 2**30:,.1f} GiB at its "
+            f"peak (the estimate), over this machine's RAM bound of {ram / 2**30:,.1f} GiB; "
+            "measure a smaller config, or real-size shapes with --fake (nothing allocated)."
+        )
 
 
 def _check_snapshot(path: Path | None, device: str) -> None:

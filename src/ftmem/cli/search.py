@@ -173,6 +173,7 @@ def compare(
     arch = resolve_model(model)
     cells: dict[tuple[str, str], Any] = {}
     given = {k: v for k, v in settings.items() if v is not None}
+    first_error: FtmemError | None = None
     for m in method_ids:
         for g in gpu_ids:
             try:
@@ -180,7 +181,12 @@ def compare(
             except FtmemError as exc:
                 if len(method_ids) == 1 or "--method" in str(exc):
                     raise
+                first_error = first_error or exc
                 cells[(m, g)] = "n/a"
+    if first_error is not None and all(cell == "n/a" for cell in cells.values()):
+        # no method runs on any GPU: the settings themselves are wrong (--batch-size 0
+        # once printed a table of n/a and exit 0)
+        raise first_error
     if output_format == "json":
         echo(compare_json(cells))
         return

@@ -88,7 +88,7 @@ def _set(options: AllocatorOptions, key: str, value: str) -> None:
 
 
 def _whole(key: str, value: str) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # "²" is a digit int() cannot read
         raise InvalidInputError(f"{key} takes a whole number, not {value!r}.")
     return int(value)
 
