@@ -36,6 +36,12 @@ def test_pytorchs_own_interval_example():
     assert {mib: _divisions_for(mib * MIB, table) for mib in expected} == expected
 
 
+def test_a_garbage_collection_threshold_in_range_is_accepted_without_effect():
+    assert allocator_options("garbage_collection_threshold:0.6,max_split_size_mb:64") == {
+        "max_split_size_mb": 64
+    }
+
+
 def test_settings_reach_the_allocator():
     a = CachingAllocator(**allocator_options("expandable_segments:True"))
     for _ in range(30):
@@ -54,6 +60,12 @@ def test_settings_reach_the_allocator():
         "roundup_power2_divisions:[256:1",
         "roundup_power2_divisions:[3:1]",
         "expandable_segments:True;max_split_size_mb:64",
+        # PyTorch: TORCH_CHECK(val > 0 ...) and (val < 1.0 ...), NaN failing the first
+        "garbage_collection_threshold:nan",
+        "garbage_collection_threshold:5",
+        "garbage_collection_threshold:0",
+        "garbage_collection_threshold:1.0",
+        "garbage_collection_threshold:0.x",
     ],
 )
 def test_bad_settings_are_one_sentence(text):

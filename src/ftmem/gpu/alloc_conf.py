@@ -6,8 +6,9 @@ The grammar and the checks are PyTorch's: ``key:value`` pairs separated by comma
 (pytorch/pytorch c10/core/AllocatorConfig.cpp @065861fba7598880aa3216822742a1172d0a197c,
 AllocatorConfig::lexArgs and parseArgs). Options that do not change device memory
 (pinned host memory, locking) are accepted and have no effect;
-``garbage_collection_threshold`` is accepted and not modelled (it acts only under
-``set_per_process_memory_fraction``).
+``garbage_collection_threshold`` is checked as PyTorch checks it (a fraction strictly between
+0 and 1: CachingAllocatorConfig::parseGarbageCollectionThreshold's two TORCH_CHECKs, which
+refuse NaN too) and not modelled (it acts only under ``set_per_process_memory_fraction``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ class AllocatorOptions(TypedDict, total=False):
 _TOKEN = re.compile(r"[,:\[\]]|[^,:\[\]]+")
 _NO_DEVICE_EFFECT = frozenset(
     {
-        "garbage_collection_threshold",
         "release_lock_on_cudamalloc",
         "release_lock_on_device_malloc",
         "pinned_use_cuda_host_register",
@@ -78,6 +78,8 @@ def _set(options: AllocatorOptions, key: str, value: str) -> None:
         options["max_non_split_rounding_mb"] = _whole(key, value)
     elif key == "roundup_power2_divisions":
         options["roundup_power2_divisions"] = _whole(key, value)
+    elif key == "garbage_collection_threshold":
+        _fraction(key, value)
     elif key == "backend":
         if value != "native":
             raise InvalidInputError(
@@ -91,6 +93,16 @@ def _whole(key: str, value: str) -> int:
     if not (value.isascii() and value.isdigit()):  # "²" is a digit int() cannot read
         raise InvalidInputError(f"{key} takes a whole number, not {value!r}.")
     return int(value)
+
+
+def _fraction(key: str, value: str) -> float:
+    try:
+        fraction = float(value) if value.isascii() else float("nan")
+    except ValueError:
+        fraction = float("nan")
+    if not 0.0 < fraction < 1.0:  # also NaN, as PyTorch's val > 0 check refuses it
+        raise InvalidInputError(f"{key} takes a fraction between 0 and 1, not {value!r}.")
+    return fraction
 
 
 def _interval_divisions(tokens: list[str]) -> tuple[int, ...]:
