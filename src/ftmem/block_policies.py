@@ -45,9 +45,15 @@ PLAIN = Plain()
 @dataclass(frozen=True, slots=True)
 class Checkpointed:
     """A block keeps its input; its backward rebuilds ``rebuilt[i]`` first (a frozen
-    block below the trained ones rebuilds less than they do)."""
+    block below the trained ones rebuilds less than they do).
+
+    ``held`` (empty: none): per entry, bottom to top, the input a block's backward leaves
+    alive until the whole backward ends, with the gradient of that input (the same
+    bytes) once the block below has taken it: FSDP1's reshard-only hook registered on
+    the reentrant checkpoint's detached input (parallel.fsdp1_held_inputs)."""
 
     rebuilt: tuple[int, ...]
+    held: tuple[int, ...] = ()
 
     def kept(self, saved: tuple[int, ...], inputs: tuple[int, ...]) -> tuple[int, ...]:
         # a block that saves nothing (frozen, no gradient to its input) keeps no input
@@ -59,8 +65,24 @@ class Checkpointed:
     def backward_holds(self, entries: int, trainable: int) -> list[int]:
         return list(self.rebuilt[::-1])
 
+    def held_during(self, entries: int) -> list[int]:
+        """Top first, as ``backward_holds``: what ``held`` keeps at each block's
+        backward: the inputs of the blocks above, and the gradients of those above the
+        next one (the next one's is the gradient flowing into this block, counted in its
+        workspace). The allocator replay requests them itself (gpu.trace)."""
+        if not self.held:
+            return [0] * entries
+        return [
+            sum(self.held[i + 1 :]) + sum(self.held[i + 2 :]) for i in range(entries - 1, -1, -1)
+        ]
+
+    def held_after_blocks(self) -> int:
+        """What ``held`` keeps once every block's backward is done, until backward ends:
+        every input, and the gradient of every input but the lowest block's."""
+        return sum(self.held) + sum(self.held[1:])
+
     def stage(self, lo: int, hi: int) -> Checkpointed:
-        return Checkpointed(self.rebuilt[lo:hi])
+        return Checkpointed(self.rebuilt[lo:hi], self.held[lo:hi])
 
 
 @dataclass(frozen=True, slots=True)

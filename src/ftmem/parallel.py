@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ftmem import colossalai, deepspeed_zero3, grpo, mllama_step
 from ftmem.arch import HEAD, Architecture
+from ftmem.block_policies import Checkpointed
 from ftmem.colossalai import COLOSSALAI, LOW_LEVEL_ZERO
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, ceil_div, is_quantized, quant_state_bytes
 from ftmem.errors import InvalidInputError
@@ -67,6 +68,7 @@ from ftmem.sequence_parallel import (
 )
 from ftmem.step import StepParts, reference_weights, step_parts, trains_own_weights
 from ftmem.validation import Field, Model, PositiveInt, model_validator
+from ftmem.versions import checkpoint_wraps_decoder_unit
 
 if TYPE_CHECKING:  # imported where used: only GeminiPlugin runs (CLI start-up)
     from ftmem.gemini import GeminiRank
@@ -1359,6 +1361,7 @@ def rank_memory(
         on = _colossalai_gather_after_step(par, on, traffic)
     policy = on
     on, comm = _with_reference(s, par, arch, run, plan, on, comm)
+    base = fsdp1_held_inputs(s, run, base)
     boundary = _pipeline_boundary(arch, run, par, parts, at)
     sizes, micro = _stage_sizes(s, par, run, base, at, on, comm, boundary)
     if run.objective == "grpo":
@@ -1374,6 +1377,44 @@ def rank_memory(
         host_bytes=on.host,
         disk_bytes=on.disk,
     )
+
+
+# peft's LoRA methods (a LoraConfig): HF Trainer under FSDP sets peft's auto-wrap policy
+# (transformers 4.48.1 trainer.py:5131-5138 _fsdp_qlora_plugin_updates), whose lambda
+# policy makes every leaf module with a trainable weight a unit of its own (peft 0.13.2
+# utils/other.py:510-517 fsdp_auto_wrap_policy): each decoder layer's unit is left with
+# frozen weights only
+_FROZEN_UNIT_METHODS = frozenset({"lora", "rslora", "qlora", "dora"})
+
+
+def fsdp1_held_inputs(s: Strategy, run: RunConfig, base: StepSizes) -> StepSizes:
+    """FSDP1 with frozen decoder units under a reentrant checkpoint around each unit
+    (versions.checkpoint_wraps_decoder_unit): each block's input and its gradient stay
+    until backward ends.
+
+    A unit whose FlatParameter needs no gradient gets a reshard-only hook in its
+    pre-forward, registered only with grad enabled: register_multi_grad_hook over the
+    forward's inputs that require grad (torch 2.4.1 distributed/fsdp/_runtime_utils.py
+    :401, :1461-1504; the same at 2.13). The checkpoint's forward runs without grad, so
+    it registers in the recompute, on ``detach_variable``'s leaf copy of the saved input
+    (utils/checkpoint.py:79-80, :290, :314-317). The hook keeps that leaf's AccumulateGrad
+    (autograd/graph.py:159-164 _get_grad_fn_or_grad_acc, :469-500), which holds the
+    leaf, which holds its .grad (the input's gradient the checkpoint hands down); the
+    handle lives on ``flat_param._post_backward_hook_state`` until _finalize_params in
+    the final callback removes it. Measured on 2 gloo ranks at torch 2.4.1 and 2.13
+    (tests/test_fsdp1_held_inputs.py): each frozen unit's _finalize_params frees its
+    input and its input's gradient (the lowest unit's input only)."""
+    policy = base.block.policy
+    if (
+        s not in FSDP
+        or run.method not in _FROZEN_UNIT_METHODS
+        or not isinstance(policy, Checkpointed)
+        or not profile_of(run).checkpoints_in_transformers_loop
+        or not checkpoint_wraps_decoder_unit(run)
+    ):
+        return base
+    held = dataclasses.replace(policy, held=base.activations.per_block)
+    return dataclasses.replace(base, block=dataclasses.replace(base.block, policy=held))
 
 
 def _experts_split(

@@ -27,7 +27,7 @@ import operator
 from dataclasses import dataclass
 from itertools import accumulate
 
-from ftmem.block_policies import PLAIN, BlockPolicy, Offloaded
+from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
 from ftmem.result import AtPeak, PhasePeaks
 
 
@@ -324,12 +324,15 @@ def find_peak(s: StepSizes) -> Peak:
         live_grads, live_acts = _blocks_with_embedding_between(
             s, race, live_grads, live_acts, workspace, embedding
         )
+        live_acts += _held_after_blocks(s.block.policy)
         # the last embedding backward adds its part to the gradient that exists
         end.append(Moment("backward", live_grads, live_acts, embedding, bwd))
     else:
         if L:
             live_grads, live_acts = _blocks_backward(s, race, live_grads, live_acts, workspace)
         live_grads -= g.tied_held  # summed into the tied weight's gradient (_after_the_blocks)
+        # what the blocks' backward left held until backward ends (Checkpointed.held)
+        live_acts += _held_after_blocks(s.block.policy)
         if embedding:
             # the embedding's backward: every gradient now exists, the embedding side's
             # activations are the last ones held
@@ -374,7 +377,7 @@ def _blocks_with_embedding_between(
     gradients and activations live after the last block."""
     g, b, per_block = s.gradients, s.block, s.activations.per_block
     L, bwd = len(per_block), s.comm.backward
-    holds = b.policy.backward_holds(L, g.trainable_blocks)  # top first
+    holds = _backward_holds(b.policy, L, g.trainable_blocks)  # top first
     moments: list[Moment] = []
     for i in range(L - 1, -1, -1):
         moments.append(Moment("backward", live_grads, live_acts, holds[L - 1 - i] + workspace, bwd))
@@ -411,7 +414,7 @@ def _blocks_backward(
         top = min(max(g.trainable_blocks, 0), L)
         added = [g.per_block] * top + [0] * (L - top)
         grads_at = list(accumulate(added, initial=live_grads))
-    rebuilt = b.policy.backward_holds(L, g.trainable_blocks)  # top first
+    rebuilt = _backward_holds(b.policy, L, g.trainable_blocks)  # top first
     if isinstance(b.policy, Offloaded) and any(idle := b.policy.idle_entries(L)):
         # a block autograd never reaches allocates no workspace
         rebuilt = [-workspace if off else x for x, off in zip(rebuilt, idle, strict=True)]
@@ -424,6 +427,20 @@ def _blocks_backward(
         race.winner = Moment("backward", grads_at[k], acts_at[k], rebuilt[k] + workspace, bwd)
         race.winner_total = total
     return grads_at[L], acts_at[L]
+
+
+def _backward_holds(policy: BlockPolicy, L: int, trainable: int) -> list[int]:
+    """What each block's backward holds besides the live gradients and activations, top
+    first: its policy's, with what earlier blocks' backward left held (Checkpointed.held)."""
+    holds = policy.backward_holds(L, trainable)
+    if isinstance(policy, Checkpointed) and policy.held:
+        holds = list(map(operator.add, holds, policy.held_during(L)))
+    return holds
+
+
+def _held_after_blocks(policy: BlockPolicy) -> int:
+    """What a checkpointed block's backward leaves held until backward ends."""
+    return policy.held_after_blocks() if isinstance(policy, Checkpointed) else 0
 
 
 def _after_the_blocks(s: StepSizes, live_acts: int) -> list[Moment]:

@@ -163,6 +163,11 @@ class Profile:
     # convert_to_fp32 l.608-626; @16cb6eb8 accelerator.py l.1824-1829 still): the logits' fp32
     # copy beside the 16-bit logits and what the loss saved (ops.loss.Loss.fp32_output_moment)
     converts_outputs_to_fp32: bool = True
+    # gradient checkpointing runs through transformers' decoder loop (its
+    # gradient_checkpointing_enable), whose release decides where the checkpoint sits
+    # (versions.checkpoint_wraps_decoder_unit); False: the framework's own blocks and
+    # checkpoint wrapper
+    checkpoints_in_transformers_loop: bool = True
 
 
 HF = Profile("hf")
@@ -194,6 +199,7 @@ TORCHTUNE = Profile(
     compiles_chunked_loss=True,
     offload_keeps_head=True,
     converts_outputs_to_fp32=False,  # its own loop, no accelerate
+    checkpoints_in_transformers_loop=False,  # its own modules' checkpoint wrapper
 )
 
 # LitGPT 0.4.x (Lightning-AI/litgpt@00af8b0d) and lit-gpt 2023 (@8641822b) under
@@ -259,6 +265,7 @@ LITGPT = Profile(
     loading="fabric-bnb",
     evaluates=True,
     generates=True,
+    checkpoints_in_transformers_loop=False,  # its own model code
 )
 
 # Unsloth (unslothai/unsloth@015bdef0d94a, unslothai/unsloth-zoo@ce232d6cef9c);
@@ -299,6 +306,7 @@ UNSLOTH = Profile(
     # unless set (torch >= 2.10; older: PYTORCH_CUDA_ALLOC_CONF with
     # roundup_power2_divisions too), off under UNSLOTH_VLLM_STANDBY=1
     alloc_conf="expandable_segments:True",
+    checkpoints_in_transformers_loop=False,  # UnslothCheckpointFunction (unsloth-zoo)
 )
 
 # Lightning-AI/pytorch-lightning @2.6.6 src/lightning/pytorch/loops/optimization/automatic.py
@@ -348,6 +356,9 @@ FSDP_QLORA = Profile(
     # (@50efa1e train.py fsdp_main:556-579)
     builds_quantised_model_fp32=True,
     converts_outputs_to_fp32=False,  # its own loop, no accelerate
+    # torch's apply_activation_checkpointing with checkpoint_wrapper on the decoder layers
+    # (calibration/notes/fsdp_qlora.md F5), not transformers' loop
+    checkpoints_in_transformers_loop=False,
 )
 
 # PEFT's method_comparison benchmark (peft@5d602fdb method_comparison/MetaMathQA/run.py

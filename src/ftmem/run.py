@@ -275,8 +275,10 @@ class RunConfig(limits.BoundedSettings):
         "(by family) every layer registers rotary cos/sin tables for every position and "
         "keeps its own cos/sin for backward; 4.38 registers a causal-mask buffer; "
         "before 4.54 sdpa gets GQA keys and values copied per head; 4.38-4.39 give "
-        "sdpa an explicit float causal mask; before 5.25 Falcon runs its own fp32 "
-        "attention (default: 5.25).",
+        "sdpa an explicit float causal mask; before 4.52 the reentrant checkpoint wraps "
+        "each FSDP1 unit, which under LoRA keeps every layer's input and its gradient "
+        "until backward ends; before 5.25 Falcon runs its own fp32 attention (default: "
+        "5.25).",
     )
     peft_version: str | None = Field(
         None,

@@ -266,3 +266,25 @@ def sdpa_float_causal_mask(arch: Architecture, run: RunConfig) -> bool:
     backend is not eligible."""
     releases = arch.traits.sdpa_float_mask_releases
     return run.attn == "sdpa" and within(run.transformers_version, releases)
+
+
+# transformers before 4.52 checkpoints each decoder layer from the model's loop, around
+# the layer's whole call: 4.48.1 models/llama/modeling_llama.py:577
+# ``self._gradient_checkpointing_func(decoder_layer.__call__, hidden_states, ...)``, with
+# ``{"use_reentrant": True}`` unless the run passes other kwargs (modeling_utils.py:2539);
+# 4.51.3 the same (:559). 4.52.0 makes the layer a GradientCheckpointingLayer
+# (modeling_layers.py) that checkpoints inside its own __call__ (modeling_llama.py:281),
+# the loop calling ``decoder_layer(...)``. Under FSDP1 the decoder layer is the unit, so
+# before 4.52 the reentrant checkpoint wraps the unit's forward (FSDP's hooks run under
+# its no_grad, then again in the recompute); from 4.52 it runs inside the unit.
+TRANSFORMERS_CHECKPOINT_INSIDE_LAYER = (4, 52, 0)
+
+
+def checkpoint_wraps_decoder_unit(run: RunConfig) -> bool:
+    """The decoder loop checkpoints each layer's whole call with torch's reentrant
+    checkpoint (transformers < 4.52, the run's framework checkpointing through it)."""
+    return (
+        run.grad_ckpt
+        and not run.activation_offload
+        and older_than(run.transformers_version, TRANSFORMERS_CHECKPOINT_INSIDE_LAYER)
+    )

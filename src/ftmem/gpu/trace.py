@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
-from ftmem.block_policies import Offloaded
+from ftmem.block_policies import Checkpointed, Offloaded
 from ftmem.gpu.allocator import (
     POST_STREAM_ALLOC,
     PRE_STREAM_ALLOC,
@@ -704,13 +704,15 @@ def _pass(
     gathered = rec.comm(_or(c.head_backward, c.backward))
     rec.moment(s.head.workspace + s.optimizer.at_head)
     rec.free(gathered)
-    grads = _blocks_backward(rec, s, t, kept, grads, new_grads)
+    grads, held = _blocks_backward(rec, s, t, kept, grads, new_grads)
     rec.free(tied)
     _backward_ends(rec, s)
     if s.vision_backward:
         rec.moment(s.vision_backward)  # the vision tower's backward, after the blocks'
     if s.optimizer.in_backward:
         rec.moment(s.optimizer.outer)  # the embedding's own step, last
+    for keys in held:  # FSDP1's _finalize_params removes the hooks that held them
+        rec.free(keys)
     rec.free(below)
     rec.free(others)
     return grads
@@ -820,11 +822,12 @@ def _blocks_backward(
     kept: list[list[int]],
     grads: list[int],
     new_grads: bool,
-) -> list[int]:
+) -> tuple[list[int], list[list[int]]]:
     """Each block's backward from the top: what its policy holds and its workspace (or a
     weight's step, the larger), then its saved tensors freed and its gradients made; the
     token embedding's gradient after the block it follows (the last, or an
-    encoder-decoder's decoder bottom) and a tied one's sum."""
+    encoder-decoder's decoder bottom) and a tied one's sum. Returns the gradients and
+    what stays held until backward ends (Checkpointed.held)."""
     g = s.gradients
     L, trainable = len(kept), g.trainable_blocks
     holds = s.block.policy.backward_holds(L, trainable)
@@ -839,6 +842,10 @@ def _blocks_backward(
     embedding_at = g.embedding_at if 0 < g.embedding_at < L else 0
     grads = list(grads)  # extended in place below: the caller's list stays as it was
     transients: dict[int, tuple[int, ...]] = {}  # a policy's hold: the block's transients
+    # FSDP1's reshard-only hook on the checkpoint's input (Checkpointed.held): each
+    # block's input, then the gradient of the input above, freed when backward ends
+    held = policy.held if isinstance(policy, Checkpointed) else ()
+    deferred: list[list[int]] = []
     for i in range(L - 1, -1, -1):
         hold = holds[L - 1 - i]
         moments = transients.get(hold)
@@ -856,7 +863,12 @@ def _blocks_backward(
             rec.free(gathered)
         elif moments:
             rec.moments(moments)
-        rec.free(kept[i])
+        if held:  # the input stays, and the gradient of the input above now with it
+            deferred.append(kept[i])
+            if i + 1 < L:
+                deferred.append(rec.alloc((held[i + 1],)))
+        else:
+            rec.free(kept[i])
         if new_grads:
             if g.by_block:
                 grads += rec.grads((g.by_block[i],))
@@ -865,4 +877,4 @@ def _blocks_backward(
         if i == embedding_at and new_grads:
             grads += rec.grads(t.embedding_grads)
             rec.moment(g.tied_backward)
-    return grads
+    return grads, deferred
