@@ -8,7 +8,6 @@ its family's key map (``ftmem.families``).
 from __future__ import annotations
 
 import difflib
-import logging
 import os
 import re
 from collections.abc import Iterator
@@ -240,6 +239,8 @@ def _from_hub(repo_id: str) -> Path:
 def _hub_logs_silenced() -> Iterator[None]:
     """huggingface_hub's warnings (a retry, a slow request) kept off stderr, where ftmem
     writes one sentence for a model it cannot read."""
+    import logging  # (huggingface_hub has imported it: not for an estimate from a preset)
+
     logger = logging.getLogger("huggingface_hub")
     level = logger.level
     logger.setLevel(logging.ERROR + 1)
