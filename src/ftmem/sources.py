@@ -7,7 +7,6 @@ its family's key map (``ftmem.families``).
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Iterator
@@ -305,6 +304,8 @@ def _located(spec: str) -> tuple[Path | None, Reupload | None]:
         reupload = reupload_of(repo_id)
         if reupload is not None:
             return None, reupload
+        import difflib  # (an error's text only)
+
         close = difflib.get_close_matches(spec.lower(), unknown.known, n=3, cutoff=0.5)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise ConfigError(f"Unknown model '{spec}': not a preset{hint}, and {problem}") from unknown

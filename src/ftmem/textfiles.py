@@ -12,7 +12,6 @@ PyYAML is imported when a YAML text is first parsed, not with this module: the c
 
 from __future__ import annotations
 
-import json
 import stat
 from functools import cache
 from pathlib import Path
@@ -102,6 +101,8 @@ def _depth_ok(text: str, where: str) -> None:
 
 def parse_json(text: str, where: str) -> Any:
     """JSON text as Python values; ``where`` names the source in errors."""
+    import json  # (not for an estimate from presets: ftmem.cli.fast)
+
     if text.count("[") + text.count("{") > MAX_DEPTH:  # cheap test first: most files are flat
         _depth_ok(text, where)
     try:
