@@ -60,8 +60,9 @@ def _stored() -> dict[str, Any]:
     if _STORED is None:
         stored = read_mapping(store_path("preset_values"))
         values = stored.get("values")
-        fresh = stored.get("parser") == _parser_stamp() and isinstance(values, dict)
-        _STORED = {k: v for k, v in values.items() if isinstance(k, str)} if fresh else {}
+        if stored.get("parser") != _parser_stamp() or not isinstance(values, dict):
+            values = {}
+        _STORED = {k: v for k, v in values.items() if isinstance(k, str)}
     return _STORED
 
 

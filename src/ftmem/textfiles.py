@@ -29,7 +29,6 @@ MAX_NODES = 200_000
 """Most values a YAML document may expand to once its aliases are followed."""
 
 
-
 @cache
 def _loader() -> type:
     """PyYAML's safe loader: libyaml's when present (10x faster)."""

@@ -36,9 +36,9 @@ import math
 import re
 import sys
 import types
-from functools import cache
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import (
     TYPE_CHECKING,
     Annotated,
@@ -190,8 +190,8 @@ class FieldInfo:
 @cache
 def _annotation(text: str) -> types.CodeType:
     """An annotation's text compiled, once per text: the classes' ~370 annotations are 65
-    texts ("int", "PositiveInt | None"), and compiling each anew was most of the cost of
-    reading them (issue 19, benchmarks/bench_cli.py)."""
+    texts ("int", "PositiveInt | None"); compiling each anew was ~1 % of the instructions
+    of ``ftmem estimate`` (issue 19, benchmarks/bench_cli.py)."""
     return compile(text, "<annotation>", "eval", dont_inherit=True)
 
 

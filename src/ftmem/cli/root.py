@@ -135,7 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: exit 0 valid output, 1 does not fit, 2 one sentence on stderr and
     nothing on stdout; never a traceback for what a user can cause (ftmem.cli.terminal)."""
     args = sys.argv[1:] if argv is None else argv
-    with cli_streams(), quiet_libraries(), collector_pause(args), stored_code(args), stored_presets():
+    with (
+        cli_streams(),
+        quiet_libraries(),
+        collector_pause(args),
+        stored_code(args),
+        stored_presets(),
+    ):
         try:
             code = _app_for(args)(args=argv, standalone_mode=False)
             sys.stdout.flush()  # a full disk fails here, not at exit

@@ -108,7 +108,7 @@ def quiet_libraries() -> Iterator[None]:
     off it for the duration of the run: for the commands that may import them (the typer
     app's; the fast path of ftmem.cli.fast imports none of them, nor ``logging``:
     tests/test_startup.py)."""
-    import logging  # ~3 % of `ftmem estimate`'s start-up: not for the fast path
+    import logging  # ~2.5 % of `ftmem estimate`'s instructions: not for the fast path
 
     # transformers logs its own advice (`measure`: "loss_type=None ... unrecognized") on
     # stderr at import-time verbosity; the user's TRANSFORMERS_VERBOSITY wins
