@@ -37,7 +37,7 @@ def read_mapping(path: Path) -> dict[Any, Any]:
     if not data.startswith(MAGIC_NUMBER):
         return {}
     try:
-        stored = marshal.loads(data[len(MAGIC_NUMBER) :])
+        stored = marshal.loads(memoryview(data)[len(MAGIC_NUMBER) :])  # (no copy)
     except (EOFError, ValueError, TypeError):
         return {}
     return stored if isinstance(stored, dict) else {}
