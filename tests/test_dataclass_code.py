@@ -13,6 +13,7 @@ from importlib.util import MAGIC_NUMBER
 import pytest
 
 from ftmem import dataclass_code as dc
+from ftmem import marshal_file
 
 
 @pytest.fixture
@@ -158,7 +159,7 @@ def test_a_read_only_place_is_let_be(store, monkeypatch):
     def refused(*args):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(dc.os, "replace", refused)
+    monkeypatch.setattr(marshal_file.os, "replace", refused)
     with dc.cached_dataclass_code():
         classes = _make()
     assert _behaviour(classes)[2] is True

@@ -153,13 +153,13 @@ def test_each_shipped_file_is_parsed_at_most_once(tmp_path, monkeypatch):
     monkeypatch.delenv("FTMEM_PRESETS", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/ftmem/presets either
     parsed: list[str] = []
-    real = presets.parse_yaml
+    real = presets.parsed_preset
 
     def counting(text, where):
         parsed.append(where)
         return real(text, where)
 
-    monkeypatch.setattr(presets, "parse_yaml", counting)
+    monkeypatch.setattr(presets, "parsed_preset", counting)
     for cache in (presets._parsed, presets._model_entry, presets._gpu_entry):
         cache.cache_clear()
     get_model("llama2-13b")

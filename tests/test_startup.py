@@ -31,6 +31,17 @@ NOT_NEEDED = (
     "ftmem.fsdp_init",  # a framework that wraps a CPU-held model with FSDP
     "ftmem.hub_names",  # a Hub id that is not a preset
     "ftmem.safetensors_headers",  # a local model folder
+    "ftmem.plan",  # `ftmem plan`'s levers
+    # what the table never needs: JSON (--format json), the suggestions of an unknown
+    # name (difflib), and logging, which only the libraries of `ftmem measure` write to
+    # (ftmem.cli.terminal.quiet_libraries: not on the fast path, which imports none)
+    "json",
+    "difflib",
+    "logging",
+    "torch",
+    "transformers",
+    # PyYAML is not imported either once the presets' values are stored (a first run):
+    # tests/test_preset_values.py
 )
 
 CODE = """

@@ -14,7 +14,6 @@ from ftmem.hardware import Gpu, custom_gpu
 from ftmem.limits import GPU_MEMORY, GPUS, HOST_MEMORY, TOKENS, flag_as_count
 from ftmem.methods import smallest_adapted_width
 from ftmem.parallel import ParallelConfig
-from ftmem.plan import Plan, make_plan
 from ftmem.presets import get_gpu
 from ftmem.quantized_base import on_quantized_base
 from ftmem.result import Estimate
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
     from ftmem.distill import Teacher
     from ftmem.measure.traced import Traced
     from ftmem.merge import MergeConfig
+    from ftmem.plan import Plan
     from ftmem.search import Largest
     from ftmem.serve import ServeConfig
 
@@ -324,6 +324,8 @@ def plan(
     **settings: Any,
 ) -> Plan:
     """The least invasive changes that make the run fit the GPU (``ftmem plan``)."""
+    from ftmem.plan import make_plan  # (not for an estimate: CLI start-up)
+
     arch = _architecture(model)
     hw: dict[str, Any] = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
     return make_plan(lambda s: estimate(arch, **hw, **s), dict(settings), rows=rows)

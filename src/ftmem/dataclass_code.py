@@ -22,15 +22,14 @@ Only the CLI does this: a program importing ftmem compiles its dataclasses as us
 from __future__ import annotations
 
 import dataclasses
-import marshal
-import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from importlib.util import MAGIC_NUMBER, cache_from_source
+from contextlib import contextmanager
 from pathlib import Path
 from types import CodeType
 from typing import Any
+
+from ftmem.marshal_file import read_mapping, store_path, write_mapping
 
 MAX_ENTRIES = 4096
 """Most functions the file keeps: ``ftmem estimate`` compiles about 590; past this the
@@ -43,25 +42,13 @@ _ADDED: dict[str, CodeType] = {}  # compiled in this process, not yet in the fil
 def cache_file() -> Path:
     """Where the code is kept: ftmem's ``__pycache__`` (or ``sys.pycache_prefix``), named
     for this interpreter and optimisation level as a module's bytecode would be."""
-    pyc = cache_from_source(str(Path(__file__).with_name("dataclass_methods.py")))
-    return Path(pyc).with_suffix(".marshal")
+    return store_path("dataclass_methods")
 
 
 def _read(path: Path) -> dict[str, CodeType]:
     """The stored code; empty when there is none, or it is unreadable or not this
-    interpreter's (its header is the bytecode's magic number)."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return {}
-    if not data.startswith(MAGIC_NUMBER):
-        return {}
-    try:
-        stored = marshal.loads(data[len(MAGIC_NUMBER) :])
-    except (EOFError, ValueError, TypeError):
-        return {}
-    if not isinstance(stored, dict):
-        return {}
+    interpreter's (ftmem.marshal_file)."""
+    stored = read_mapping(path)
     return {k: v for k, v in stored.items() if isinstance(k, str) and isinstance(v, CodeType)}
 
 
@@ -87,23 +74,15 @@ def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
 
 
 def _write(path: Path) -> None:
-    """Add what this process compiled to the file (written whole, then renamed over it,
-    so that a concurrent run reads the old file or the new one)."""
+    """Add what this process compiled to the file (ftmem.marshal_file: written whole,
+    then renamed over it); a place that cannot be written compiles again next time."""
     stored = _stored()
     merged = {**stored, **_ADDED}
     if len(merged) > MAX_ENTRIES:
         merged = dict(_ADDED)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(MAGIC_NUMBER + marshal.dumps(merged))
-        os.replace(tmp, path)
-    except OSError:  # a read-only install: compile again next time
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        return
-    stored.update(_ADDED)
-    _ADDED.clear()
+    if write_mapping(path, merged):
+        stored.update(_ADDED)
+        _ADDED.clear()
 
 
 @contextmanager

@@ -13,30 +13,56 @@ from __future__ import annotations
 
 import codecs
 import re
+from functools import cache
 
-UNSAFE = re.compile(
+UNSAFE = (
     "[\x00-\x08\x0b-\x1f\x7f-\x9f"  # C0 controls but tab and newline, DEL, C1 controls
     "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # bidirectional marks and overrides
     "\ud800-\udfff"  # lone surrogates: undecodable bytes of a file name
     "\ufffe\uffff]"  # noncharacters; with these out, the text is legal XML 1.0
 )
-_UNSAFE_ONE_LINE = re.compile(UNSAFE.pattern.replace("\x00-\x08\x0b-\x1f", "\x00-\x1f"))
+"""The characters :func:`printable` escapes, as a regular expression's class. Each is one
+that ``str.isprintable()`` refuses (controls and format characters, surrogates,
+noncharacters; tests/test_display.py), so text it accepts needs no search."""
 
 LONG_RUN = 400
 """Characters without a space beyond which a word is cut when a line must stay short:
 above the paths of deep folders (a pytest temporary file is ~120), far below a name
 pasted by mistake."""
-_LONG = re.compile(rf"[^\s'\"`]{{{LONG_RUN + 1},}}")  # a word, without its quotes
+
+
+@cache
+def _unsafe(one_line: bool) -> re.Pattern[str]:
+    """:data:`UNSAFE` compiled (with newline and tab for ``one_line``), when first needed:
+    the surrogates' range makes re build a 64 K table, about 1 % of the CPU time of
+    ``ftmem estimate``, whose text is printable (issue 19, benchmarks/bench_cli.py)."""
+    return re.compile(UNSAFE.replace("\x00-\x08\x0b-\x1f", "\x00-\x1f") if one_line else UNSAFE)
+
+
+@cache
+def _long_word() -> re.Pattern[str]:
+    return re.compile(rf"[^\s'\"`]{{{LONG_RUN + 1},}}")  # a word, without its quotes
 
 
 def _escape(match: re.Match[str]) -> str:
     return f"\\u{ord(match.group()):04x}"
 
 
+def is_inert(text: str, *, one_line: bool = False) -> bool:
+    """Whether ``text`` holds none of the characters :func:`printable` escapes."""
+    if text.isprintable():
+        return True
+    if not one_line and text.replace("\n", "").replace("\t", "").isprintable():
+        return True  # (lines of printable text)
+    return _unsafe(one_line).search(text) is None
+
+
 def printable(text: str, *, one_line: bool = False) -> str:
     """``text`` with every control, bidirectional or surrogate character shown as its
     ``\\uXXXX`` escape; with ``one_line`` newlines and tabs too."""
-    return (_UNSAFE_ONE_LINE if one_line else UNSAFE).sub(_escape, text)
+    if is_inert(text, one_line=one_line):
+        return text
+    return _unsafe(one_line).sub(_escape, text)
 
 
 def _cut(match: re.Match[str]) -> str:
@@ -47,7 +73,8 @@ def _cut(match: re.Match[str]) -> str:
 def shortened(text: str, limit: int = 1000) -> str:
     """``text`` bounded as :func:`one_line` bounds it, its characters left as they are
     (the output escapes them): a name read from a file that every format prints."""
-    text = _LONG.sub(_cut, text)
+    if len(text) > LONG_RUN:  # (else no word of it can be that long)
+        text = _long_word().sub(_cut, text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -55,7 +82,9 @@ def one_line(text: str, limit: int = 1000) -> str:
     """``text`` as one bounded printable line: words longer than :data:`LONG_RUN`
     characters (a 100,000-character model name) keep their start and end, and the whole
     is cut at ``limit``."""
-    line = _LONG.sub(_cut, printable(text, one_line=True))
+    line = printable(text, one_line=True)
+    if len(line) > LONG_RUN:  # (else no word of it can be that long)
+        line = _long_word().sub(_cut, line)
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 

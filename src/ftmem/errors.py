@@ -8,7 +8,6 @@ either way.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 
@@ -33,6 +32,8 @@ class UnknownNameError(FtmemError, KeyError):
         super().__init__(self._message())
 
     def _message(self) -> str:
+        import difflib  # (an error's text only)
+
         close = difflib.get_close_matches(self.name.lower(), self.known, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(close)}?" if close else ""
         listing = (

@@ -10,7 +10,9 @@ A model preset is a YAML mapping with ``id``, optional ``aliases`` and the field
 Speed: a lookup parses each file at most once per process (a cache keyed by the file's
 modification time, so an edited file is read again), and the name of a shipped preset
 is its file name, so ``get_model("llama2-13b")`` reads one shipped file, not all of
-them. Every user file is still read, since any of them may take the name.
+them. Every user file is still read, since any of them may take the name. The CLI
+takes the values of a preset text it has parsed before from its store
+(:mod:`ftmem.preset_values`), without importing PyYAML.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from ftmem import limits
 from ftmem.arch import Architecture
 from ftmem.errors import ConfigError, UnknownNameError, listed
 from ftmem.hardware import Gpu
-from ftmem.textfiles import home_expanded, parse_yaml, read_text
+from ftmem.preset_values import parsed_preset
+from ftmem.textfiles import home_expanded, read_text
 from ftmem.validation import InvalidFields
 
 MAX_PRESET_BYTES = 1 << 20  # a preset is a dozen lines
@@ -91,7 +94,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _parsed(path: Path, _stamp: tuple[int, int, int] | None) -> dict[str, Any]:
     """One preset file's mapping, parsed once per version of the file (errors, not
     cached, are raised again on each call). Callers must not change it."""
-    data = parse_yaml(read_text(path, "preset", MAX_PRESET_BYTES), _where(path))
+    data = parsed_preset(read_text(path, "preset", MAX_PRESET_BYTES), _where(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{_where(path)} must hold a YAML mapping.")
     return data

@@ -7,8 +7,6 @@ its family's key map (``ftmem.families``).
 
 from __future__ import annotations
 
-import difflib
-import logging
 import os
 import re
 from collections.abc import Iterator
@@ -256,6 +254,8 @@ def _from_hub(repo_id: str) -> Path:
 def _hub_logs_silenced() -> Iterator[None]:
     """huggingface_hub's warnings (a retry, a slow request) kept off stderr, where ftmem
     writes one sentence for a model it cannot read."""
+    import logging  # (huggingface_hub has imported it: not for an estimate from a preset)
+
     logger = logging.getLogger("huggingface_hub")
     level = logger.level
     logger.setLevel(logging.ERROR + 1)
@@ -320,6 +320,8 @@ def _located(spec: str) -> tuple[Path | None, Reupload | None]:
         reupload = reupload_of(repo_id)
         if reupload is not None:
             return None, reupload
+        import difflib  # (an error's text only)
+
         close = difflib.get_close_matches(spec.lower(), unknown.known, n=3, cutoff=0.5)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise ConfigError(f"Unknown model '{spec}': not a preset{hint}, and {problem}") from unknown

@@ -5,18 +5,22 @@ training configs, budgets, presets) comes through here, so that no input can han
 reader (a FIFO), exhaust the stack (nesting thousands deep), expand without bound (YAML
 aliases: a few hundred bytes can name millions of nodes) or reach Python's limit on
 integer digits: each becomes one :class:`~ftmem.errors.ConfigError` sentence.
+
+PyYAML is imported when a YAML text is first parsed, not with this module: the common
+``ftmem estimate`` reads its presets' stored values instead (:mod:`ftmem.preset_values`).
 """
 
 from __future__ import annotations
 
-import json
 import stat
+from functools import cache
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from ftmem.errors import ConfigError
+
+if TYPE_CHECKING:
+    import yaml
 
 MAX_DEPTH = 64
 """Deepest nesting accepted: a training config nests five or six levels."""
@@ -24,7 +28,13 @@ MAX_DEPTH = 64
 MAX_NODES = 200_000
 """Most values a YAML document may expand to once its aliases are followed."""
 
-_Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 10x faster
+
+@cache
+def _loader() -> type:
+    """PyYAML's safe loader: libyaml's when present (10x faster)."""
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def home_expanded(path: str) -> Path | None:
@@ -100,6 +110,8 @@ def _depth_ok(text: str, where: str) -> None:
 
 def parse_json(text: str, where: str) -> Any:
     """JSON text as Python values; ``where`` names the source in errors."""
+    import json  # (not for an estimate from presets: ftmem.cli.fast)
+
     if text.count("[") + text.count("{") > MAX_DEPTH:  # cheap test first: most files are flat
         _depth_ok(text, where)
     try:
@@ -112,8 +124,10 @@ def parse_json(text: str, where: str) -> Any:
 
 def _check_events(text: str, where: str) -> None:
     """Depth from the event stream (which, unlike the composer, does not recurse)."""
+    import yaml
+
     depth = 0
-    for event in yaml.parse(text, Loader=_Loader):
+    for event in yaml.parse(text, Loader=_loader()):
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:
@@ -126,6 +140,8 @@ def _check_events(text: str, where: str) -> None:
 def _expanded_size(root: yaml.Node, where: str) -> None:
     """Counts the values the document expands to (aliases repeat their node), refusing
     more than MAX_NODES: the 'billion laughs' of YAML."""
+    import yaml
+
     sizes: dict[int, int] = {}
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
@@ -159,9 +175,11 @@ def yaml_error(exc: yaml.YAMLError, where: str) -> ConfigError:
 
 def compose_yaml(text: str, where: str) -> yaml.Node | None:
     """The YAML node tree (with line marks), bounded in depth and expansion."""
+    import yaml
+
     try:
         _check_events(text, where)
-        root = yaml.compose(text, Loader=_Loader)
+        root = yaml.compose(text, Loader=_loader())
     except yaml.YAMLError as exc:
         raise yaml_error(exc, where) from None
     if root is not None:
@@ -171,10 +189,12 @@ def compose_yaml(text: str, where: str) -> yaml.Node | None:
 
 def parse_yaml(text: str, where: str) -> Any:
     """YAML text as Python values (safe types only), bounded like :func:`compose_yaml`."""
+    import yaml
+
     root = compose_yaml(text, where)
     if root is None:
         return None
-    loader = _Loader("")
+    loader = _loader()("")
     try:
         return loader.construct_document(root)
     except yaml.YAMLError as exc:

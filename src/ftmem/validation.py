@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import math
 import re
 import sys
 import types
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import (
     TYPE_CHECKING,
     Annotated,
@@ -187,6 +187,14 @@ class FieldInfo:
         return self.default is _MISSING
 
 
+@cache
+def _annotation(text: str) -> types.CodeType:
+    """An annotation's text compiled, once per text: the classes' ~370 annotations are 65
+    texts ("int", "PositiveInt | None"); compiling each anew was ~1 % of the instructions
+    of ``ftmem estimate`` (issue 19, benchmarks/bench_cli.py)."""
+    return compile(text, "<annotation>", "eval", dont_inherit=True)
+
+
 def _hints(cls: type) -> dict[str, Any]:
     """The classes' field types, the annotations' text evaluated once per class."""
     hints = cls.__dict__.get("_resolved_hints")
@@ -199,11 +207,11 @@ def _hints(cls: type) -> dict[str, Any]:
         for owner in reversed(cls.__mro__):
             module = sys.modules[owner.__module__].__dict__
             own = inspect.get_annotations(owner)
+            names = vars(owner)  # (eval reads any mapping as its locals)
             for name in fields & own.keys():
                 text = own[name]
-                hints[name] = (
-                    eval(text, module, dict(vars(owner))) if isinstance(text, str) else text
-                )
+                hint = eval(_annotation(text), module, names) if isinstance(text, str) else text
+                hints[name] = hint
         cls._resolved_hints = hints  # type: ignore[attr-defined]
     return hints
 
@@ -600,6 +608,8 @@ class Model:
     @classmethod
     def model_validate_json(cls, text: str | bytes) -> Self:
         """An object from the JSON text of :meth:`model_dump_json`."""
+        import json  # (not for `ftmem estimate`'s table: see ftmem.cli.fast)
+
         with _json_input():
             return cls.model_validate(json.loads(text))
 
@@ -661,6 +671,8 @@ class Model:
 
     def model_dump_json(self, *, indent: int | None = None) -> str:
         """:meth:`model_dump` in ``json`` mode as JSON text (compact without ``indent``)."""
+        import json  # (not for `ftmem estimate`'s table: see ftmem.cli.fast)
+
         separators = (",", ":") if indent is None else (",", ": ")
         data = self.model_dump(mode="json")
         return json.dumps(data, indent=indent, separators=separators, ensure_ascii=False)

@@ -179,9 +179,10 @@ def run_estimate(request: EstimateRequest) -> int:
     from ftmem.cli.terminal import cli_streams
     from ftmem.dataclass_code import cached_dataclass_code
     from ftmem.paused_gc import paused_gc
+    from ftmem.preset_values import stored_presets
 
     code: int | None
-    with cli_streams(), paused_gc(), cached_dataclass_code():
+    with cli_streams(), paused_gc(), cached_dataclass_code(), stored_presets():
         try:
             try:
                 code = estimate_and_print(

@@ -14,9 +14,10 @@ import typer
 from typer.core import TyperGroup
 
 from ftmem.cli.errors import exit_code
-from ftmem.cli.terminal import cli_streams, echo
+from ftmem.cli.terminal import cli_streams, echo, quiet_libraries
 from ftmem.dataclass_code import cached_dataclass_code
 from ftmem.paused_gc import paused_gc
+from ftmem.preset_values import stored_presets
 
 
 class _Commands(TyperGroup):
@@ -134,7 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: exit 0 valid output, 1 does not fit, 2 one sentence on stderr and
     nothing on stdout; never a traceback for what a user can cause (ftmem.cli.terminal)."""
     args = sys.argv[1:] if argv is None else argv
-    with cli_streams(), collector_pause(args), stored_code(args):
+    with (
+        cli_streams(),
+        quiet_libraries(),
+        collector_pause(args),
+        stored_code(args),
+        stored_presets(),
+    ):
         try:
             code = _app_for(args)(args=argv, standalone_mode=False)
             sys.stdout.flush()  # a full disk fails here, not at exit

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import io
-import logging
 import os
 import sys
 import warnings
@@ -97,6 +96,20 @@ def cli_streams() -> Iterator[None]:
     number = columns.isascii() and columns.isdigit() and len(columns) <= 6
     if columns and (not number or not MIN_WIDTH <= int(columns) <= MAX_WIDTH):
         os.environ["COLUMNS"] = str(DEFAULT_WIDTH)  # also read by the --help renderer
+    with warnings.catch_warnings():
+        if not sys.warnoptions:  # the user's -W flags win
+            warnings.simplefilter("ignore")  # a library's FutureWarning is not for users
+        yield
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """The logs that transformers, torchao and torch write on stderr when imported, kept
+    off it for the duration of the run: for the commands that may import them (the typer
+    app's; the fast path of ftmem.cli.fast imports none of them, nor ``logging``:
+    tests/test_startup.py)."""
+    import logging  # ~2.5 % of `ftmem estimate`'s instructions: not for the fast path
+
     # transformers logs its own advice (`measure`: "loss_type=None ... unrecognized") on
     # stderr at import-time verbosity; the user's TRANSFORMERS_VERBOSITY wins
     quiet_hf = "TRANSFORMERS_VERBOSITY" not in os.environ
@@ -111,10 +124,7 @@ def cli_streams() -> Iterator[None]:
     for log in loggers:
         log.setLevel(max(log.level, logging.ERROR))
     try:
-        with warnings.catch_warnings():
-            if not sys.warnoptions:  # the user's -W flags win
-                warnings.simplefilter("ignore")  # a library's FutureWarning is not for users
-            yield
+        yield
     finally:
         for log, level in zip(loggers, levels, strict=True):
             log.setLevel(level)

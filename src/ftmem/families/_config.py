@@ -10,7 +10,6 @@ checked against its physical bound (ftmem.limits) before any arithmetic sees it.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +45,8 @@ HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tan
 
 def shown(value: Any) -> str:
     """A config value in a message, as JSON and cut short."""
+    import json  # (an error's text only)
+
     big = isinstance(value, int) and not isinstance(value, bool)
     text = limits.shown(value) if big else json.dumps(value)
     return clipped(text)

@@ -10,7 +10,7 @@ import errno
 from collections.abc import Iterator
 from typing import Any
 
-from ftmem.display import printable
+from ftmem.display import is_inert, printable
 
 DEFAULT_WIDTH = 80
 MIN_WIDTH, MAX_WIDTH = 20, 1000
@@ -23,8 +23,6 @@ def console() -> Any:
     would raise), no emoji codes, control characters escaped; its width bounded."""
     from rich.console import Console
 
-    from ftmem.display import UNSAFE
-
     class _Inert:
         """A renderable whose text segments are sanitised as they come out (rich
         ``Text`` objects built elsewhere bypass ``render_str``)."""
@@ -36,7 +34,7 @@ def console() -> Any:
             from rich.segment import Segment
 
             for seg in con.render(self.inner, options):
-                if seg.control or not UNSAFE.search(seg.text):
+                if seg.control or is_inert(seg.text):
                     yield seg
                 else:
                     yield Segment(printable(seg.text), seg.style)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from ftmem.result import Estimate, Memory, ParallelInfo
@@ -38,6 +37,8 @@ def bar(fraction: float, width: int = BAR_WIDTH) -> str:
 
 
 def to_json(est: Estimate) -> str:
+    import json  # (not for the table: ftmem.cli.fast)
+
     return json.dumps(est.model_dump(mode="json"), indent=2)
 
 
