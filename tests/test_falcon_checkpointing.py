@@ -62,11 +62,35 @@ def test_pure_bf16_norm_output_kept_by_lora_a_only_without_a_cast():
     assert moment({}, precision="bf16", adapter_dtype="bf16") == gelu + attention_out + incoming
 
 
-def test_only_for_a_frozen_down_projection_under_checkpointing():
+def test_only_under_checkpointing():
     assert moment({}, precision="bf16-mixed", grad_ckpt=False) == 0
-    # an adapted down projection: its own moments (adapter_moment)
-    assert moment({}, precision="bf16-mixed", lora_targets="all-linear") == 0
-    assert moment({}, precision="bf16-mixed", method="full") == 0
+
+
+def test_adapted_down_projection_under_autocast():
+    # the recompute stops at lora_B's input: down's base output is made (bf16), peft's
+    # fp32 copy of down's input (a plain .to, untouched by autocast) is a local beside
+    # the GELU's bf16 output; the shared norm's fp32 output and the attention output;
+    # the fp32 gradient into the block, the base output's bf16 one (the residual add's
+    # cast) and the scaled adapter's
+    held = T * F * BF16 + T * F * FP32 + T * H * BF16 + T * H * FP32 + T * H * BF16
+    incoming = T * H * FP32 + T * H * BF16 + T * H * BF16
+    assert moment({}, precision="bf16-mixed", lora_targets="all-linear") == held + incoming
+
+
+def test_full_finetuning_keeps_only_what_no_op_saved():
+    # every trained linear saves its input's bf16 cast: the parallel block's frame holds
+    # the norm's fp32 output and the bf16 attention output (the GELU's bf16 output is
+    # down's saved input)
+    incoming = T * H * FP32 + T * H * BF16
+    assert moment({}, precision="bf16-mixed", method="full") == (
+        T * H * FP32 + T * H * BF16 + incoming
+    )
+    # falcon-rw: the GELU's fp32 output (autocast saved its cast), both norms' fp32
+    # outputs and the biased attention output, fp32
+    held = T * F * FP32 + 3 * T * H * FP32
+    assert moment(FALCON_RW, precision="bf16-mixed", method="full") == held + incoming
+    # pure bf16: the linears save the very tensors (the attention output stays a local)
+    assert moment({}, precision="bf16", method="full") == T * H * BF16 + T * H * BF16
 
 
 def test_autocast_caches_no_transposed_weight():

@@ -85,8 +85,9 @@ class BlockTransients:
     # live gradients and activations and its workspace (block_policies)
     policy: BlockPolicy = PLAIN
     # of ``workspace``, the block's own gradients made by its largest moment (the attention
-    # kernel's: transients.attention_gradients_made): tensors the allocator replay
-    # (gpu.trace) requests as the block's gradients, not as a transient
+    # kernel's: transients.attention_gradients_made; the MLP's: down_gradients_made):
+    # tensors the allocator replay (gpu.trace) requests as the block's gradients, not as a
+    # transient
     workspace_grads: int = 0
     # ``workspace`` without the attention kernel's moment (None: it has none), for a
     # sequence-parallel mode whose own attention replaces that kernel (ring_attn)

@@ -62,6 +62,7 @@ from ftmem.transients import (
     checkpointed_attention_moment,
     checkpointed_forward_adapter,
     checkpointed_moe_moment,
+    down_gradients_made,
     frozen_forward_transient,
     offload_moment,
     offloaded_attention_forward,
@@ -344,7 +345,9 @@ def _decoder_parts(
         activations = _sum(stays)
         outer_below, outer_above = [], stays
     # the input-gradient hook's leaves: held by the graph, saved by no node
-    leaves = vision_step.graph_leaves(arch, run, plan.dtypes, plan.embed_trainable)
+    # (a trained token embedding's output is no leaf: full finetuning's, modules_to_save's)
+    embed_trains = plan.embed_trainable or plan.outer_trainable
+    leaves = vision_step.graph_leaves(arch, run, plan.dtypes, embed_trains)
     apart = embedding_leaf_apart(arch, run, plan)
     leaves = (*leaves, apart) if apart else leaves
     masks = Attention.held_layer_masks(arch, run)  # (the checkpoints' inputs, too)
@@ -376,13 +379,21 @@ def embedding_leaf_apart(arch: Architecture, run: RunConfig, plan: MethodPlan) -
     reads it as it is, the checkpoint keeps it anyway; it is held apart where the model
     makes a new tensor of it first: the embedding dropout (transformers 5.25
     modeling_starcoder2.py l.368-369 ``nn.functional.dropout(hidden_states,
-    p=self.embedding_dropout)``) or learned positions added to it (modeling_gpt2.py l.577,
-    modeling_gpt_bigcode.py l.471 ``inputs_embeds + position_embeds``). A trained
+    p=self.embedding_dropout)``), learned positions added to it (modeling_gpt2.py l.577,
+    modeling_gpt_bigcode.py l.471 ``inputs_embeds + position_embeds``) or a scalar
+    multiplier outside the embedding module (Family.embeddings_scaled_apart: Granite,
+    modeling_granite.py l.388; traced on the tiny Granite, LoRA with checkpointing: the
+    embedding output and its product both live to the end, -2.6 % of the bf16 peak
+    without). A trained
     embedding's output is no leaf (EmbeddingBackward before it keeps only the ids), and
     images' masked_scatter copy is counted there already. Measured on the tiny StarCoder2
     (embedding_dropout 0.1) and GPT-2, LoRA with checkpointing: the embedding output lives
     from the forward to the end of backward (b·s·h; -1.8 % of GPT-2's fp32 peak without)."""
-    copied = arch.embedding_dropout or arch.position_embedding == "learned"
+    copied = (
+        arch.embedding_dropout
+        or arch.position_embedding == "learned"
+        or arch.traits.embeddings_scaled_apart
+    )
     if not copied or not vision_step.checkpointing_hooks_tower(run):
         return 0
     if plan.outer_trainable or plan.embed_trainable or run.n_virtual > 0:
@@ -802,24 +813,37 @@ def _decoder_block(
     dequant = LinearOp.dequant_moment(arch, run, plan, e, T)  # LitGPT's 4-bit matmuls
     fused = all_adapters_fused(arch, run, plan)  # Unsloth's LoRA Functions
     cross_forward, cross_backward = _cross_attention_moments(arch, run, plan, blocks)
-    workspace = (
-        offload_moment(arch, run, plan, last_block, e, T)
-        if offloaded
-        else max(
-            dequant,
-            MLP.fused_lora_backward(arch, plan, e, T)
-            if MLP.runs_fused_lora(arch, run, plan)
-            else block_backward_workspace(arch, run, plan, e, T, last_block),
-            0 if fused else adapter_moment(arch, run, plan, last_block, e, T),
-            0 if fused else recompute_end_moment(arch, run, plan, e, T),
-            checkpointed_attention_moment(arch, run, plan, last_block, e),
-            checkpointed_moe_moment(arch, run, plan, e, T),
-            cross_backward,
+
+    def mlp_side(own_gradients: bool) -> int:
+        if MLP.runs_fused_lora(arch, run, plan):
+            return MLP.fused_lora_backward(arch, plan, e, T)
+        return block_backward_workspace(
+            arch, run, plan, e, T, last_block, own_gradients=own_gradients
         )
+
+    others = (
+        dequant,
+        0 if fused else adapter_moment(arch, run, plan, last_block, e, T),
+        0 if fused else recompute_end_moment(arch, run, plan, e, T),
+        checkpointed_attention_moment(arch, run, plan, last_block, e),
+        checkpointed_moe_moment(arch, run, plan, e, T),
+        cross_backward,
+    )
+    with_own = 0 if offloaded else mlp_side(True)
+    workspace = (
+        offload_moment(arch, run, plan, last_block, e, T) if offloaded else max(with_own, *others)
     )
     # the attention kernel's moment counts the gradients its block has made by then
     kernel = 0 if offloaded else attention_kernel_moment(arch, run, plan, last_block, e, T)
     made = attention_gradients_made(arch, run, plan) if kernel else 0
+    # the largest moment without the gradients the moments count as made (the MLP's
+    # down projection's, the kernel's): the allocator replay's transient
+    if offloaded:
+        transient = workspace
+    else:
+        own = down_gradients_made(arch, run, plan, e) and not MLP.runs_fused_lora(arch, run, plan)
+        without_own = mlp_side(False) if own else with_own
+        transient = max(without_own, *others, kernel - made)
     return BlockTransients(
         forward=forward_cache
         + Attention.layer_type_masks(arch, run, e)
@@ -847,7 +871,7 @@ def _decoder_block(
         # block's own gradients (the peak moves to the end of backward, measured)
         workspace=max(workspace, kernel),
         policy=policy,
-        workspace_grads=max(0, kernel - max(workspace, kernel - made)),
+        workspace_grads=max(workspace, kernel) - transient,
         without_kernel=workspace if kernel else None,
     )
 

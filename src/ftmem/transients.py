@@ -227,17 +227,23 @@ def _after_the_kernel(x: Saved) -> bool:
     return bool(x.linears) and all(lin.roles == ("o",) for lin in x.linears)
 
 
+def _gradients_laid_out(arch: Architecture, run: RunConfig, plan: MethodPlan) -> bool:
+    """A block's own gradients can be counted in its backward's moments: every block
+    trains the same tensors (not MoE, whose experts' gradients are not laid out per block
+    here), and they neither exist already (accumulation) nor are stepped and freed at
+    once (optimizer in backward)."""
+    if run.grad_accum > 1 or run.optimizer_in_backward or arch.is_moe:
+        return False
+    return plan.trainable_blocks == arch.num_layers and not plan.trained_by_block
+
+
 def attention_gradients_made(arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:
     """The gradients a block's backward has made when its attention kernel's backward
     runs: every trainable tensor of the block but the q/k/v projections (and their
     adapters), the q/k norms and the norms before the attention (the input norm; a
-    parallel block's norms all). Counted only where every block trains the same tensors
-    (not MoE, whose experts' gradients are not laid out per block here), and not where
-    they already exist (accumulation) or are stepped and freed at once (optimizer in
-    backward)."""
-    if run.grad_accum > 1 or run.optimizer_in_backward or arch.is_moe:
-        return 0
-    if plan.trainable_blocks != arch.num_layers or plan.trained_by_block:
+    parallel block's norms all); where they are laid out per block
+    (_gradients_laid_out)."""
+    if not _gradients_laid_out(arch, run, plan):
         return 0
     names = arch.traits.names
     if names.sequential_norms and not arch.parallel_attn_mlp:
@@ -261,6 +267,96 @@ def attention_gradients_made(arch: Architecture, run: RunConfig, plan: MethodPla
         for g in plan.groups
         if g.trainable and g.in_block and not g.name.startswith(prefixes)
     )
+
+
+def down_gradients_made(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int) -> int:
+    """The down projection's gradients (its weight's, its bias's, its adapter's), made
+    when the MLP's largest backward moment comes: the down projection is the MLP's last
+    op, so its backward runs first and autograd's AccumulateGrad stores each gradient as
+    soon as it is made (the ready queue runs the highest sequence number first, torch
+    2.13 torch/csrc/autograd/engine.h l.91-105 CompareNodeTaskTime, and AccumulateGrad's
+    is UINT64_MAX, node.h l.340-343).
+
+    - A gated MLP or GPT-2's written-out tanh-GELU peaks after down's backward, at the
+      product's or the GELU's gradients (MLP.down_input_freed): each gradient is there in
+      its parameter's dtype (under autocast ToCopyBackward has made the fp32 one: the
+      weight's cast is made inside the down matmul, after the activation, so its node
+      runs first).
+    - A single fused activation (Falcon's GELU) peaks inside down's own backward, with the
+      weight gradient as the matmul makes it (the compute dtype) beside its input's: the
+      activation's backward after it holds as much (its new gradient, down's input and
+      autocast's weight copy freed, the fp32 weight gradient made).
+
+    Traced on the CPU, full finetuning with checkpointing, bf16: GPT-2's GELU backward
+    holds c_proj's weight and bias gradients (73,920 B, the whole -2.5 % of the peak),
+    Falcon's dense_4h_to_h MmBackward its bf16 weight gradient, Llama's product backward
+    down_proj's. Where the gradients are laid out per block (_gradients_laid_out).
+
+    A bottleneck adapter behind the down projection (the adapter method) runs its
+    backward before it: its gradients are made too, and its saved tensors are freed
+    (_behind_down_freed)."""
+    if not _gradients_laid_out(arch, run, plan):
+        return 0
+    single = MLP.gradients(arch, run) == 1
+    made = 0
+    for g in _trained_down_groups(arch, plan):
+        as_made = single and _is_down_weight(g)
+        made += g.numel * (e if as_made else g.element_bytes)
+    return made
+
+
+def _trained_down_groups(arch: Architecture, plan: MethodPlan) -> list[TensorGroup]:
+    """The trainable tensors of a block's down projection: its weight and bias, or its
+    adapter's."""
+    prefixes = tuple(
+        p.module + "."
+        for p in layout(arch).block
+        if p.kind in ("linear", "linear_bias") and "down" in p.roles
+    )
+    return [g for g in plan.groups if g.trainable and g.in_block and g.name.startswith(prefixes)]
+
+
+def _is_down_weight(g: TensorGroup) -> bool:
+    return not g.adapter and len(g.shape) == 2
+
+
+def _down_weight_trains(arch: Architecture, run: RunConfig, plan: MethodPlan) -> bool:
+    """Every block's down projection weight trains (full finetuning, GaLore), its
+    gradients laid out per block (_gradients_laid_out)."""
+    if not _gradients_laid_out(arch, run, plan):
+        return False
+    return any(_is_down_weight(g) for g in _trained_down_groups(arch, plan))
+
+
+def _behind_down_freed(block: Iterable[Saved]) -> int:
+    """A bottleneck adapter on the down projection's output (the adapter method) is the
+    MLP's last op: its backward has run, and autograd has released its saved tensors
+    (torch 2.13 torch/csrc/autograd/node.h ``release_variables``), when the MLP's moment
+    comes. Traced: Llama, bf16 bottleneck adapters with checkpointing: the MLP's product
+    backward holds none of the adapter's input and activation (67,200 B)."""
+    return sum(
+        x.nbytes
+        for x in block
+        if x.kind is Kind.BOTTLENECK and any("down" in lin.roles for lin in x.linears)
+    )
+
+
+def _down_backward_cast(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
+) -> int:
+    """Under autocast the gradient that reaches the MLP's 16-bit output from the fp32
+    residual stream is its 16-bit cast (AddBackward0's ``_to_copy``, T·h), alive while
+    down's own backward runs: the moment of a single fused activation's MLP whose down
+    projection keeps its input (its weight trains). Traced: Falcon full bf16-mixed with
+    checkpointing, rotary and falcon-rw layouts."""
+    dt = plan.dtypes
+    if not dt.autocast or dt.quantized or dt.residual_bytes == e:
+        return 0
+    if MLP.gradients(arch, run) != 1 or arch.is_moe:
+        return 0
+    if not _down_weight_trains(arch, run, plan):
+        return 0
+    return T * arch.hidden_size * e
 
 
 def adapter_moment(
@@ -357,36 +453,60 @@ def recompute_end_moment(
     autocast the 16-bit cast of it that the MLP's 16-bit product receives.
 
     For frozen linears under the LoRA-family methods; with LoRA on the down projection
-    (no autocast) the recompute stops at lora_B's input, the adapter's last saved tensor
-    (peft 0.21.2 tuners/lora/layer.py Linear.forward), with the base layer's output made
+    the recompute stops at lora_B's input, the adapter's last saved tensor (peft 0.21.2
+    tuners/lora/layer.py Linear.forward l.1074-1115), with the base layer's output made
     beside it (measured: GPT-2 LoRA on all linears, bf16, checkpointed, -0.1 %, -2.6 %
-    without; under autocast and for DoRA adapter_moment's rules stand). Not for 4-bit linears (bitsandbytes keeps their tensors
-    on ctx, saved by no hook) nor experts. Measured on the tiny Falcon, LoRA bf16-mixed
+    without). Under autocast peft's fp32 copy of down's input (l.1100
+    ``_cast_input_dtype``: ``x.to(dtype)``, tuners_utils.py l.2220-2235, which autocast
+    leaves alone) is one more local: lora_A keeps autocast's 16-bit cast of it (traced:
+    GPT-2 LoRA on all linears, bf16-mixed, +1.7 % -> -0.1 %; Llama, Phi-3, Qwen3 -2.0 %
+    -> -0.1 %); for DoRA adapter_moment's rules stand. Not for 4-bit linears (bitsandbytes
+    keeps their tensors on ctx, saved by no hook) nor experts. Measured on the tiny Falcon, LoRA bf16-mixed
     with checkpointing, where it is the backward's peak: rotary -0.2 %, falcon-rw's layout
     -0.4 % (-6.5 % and -12.3 % without); the sequential rotary block (-8.1 % without) and
-    Falcon-40B's ln_attn/ln_mlp layout -0.2 %. In the accuracy suite's other checkpointed
-    cases the MLP's backward stays the larger moment (none of their estimates moved)."""
-    if not run.grad_ckpt or run.method not in ADAPTER_METHODS or arch.is_moe:
+    Falcon-40B's ln_attn/ln_mlp layout -0.2 %.
+
+    Where the base weights train (full finetuning) every linear saves its input, the
+    16-bit cast of it under autocast: the frame then holds only what is not saved, the
+    activation's fp32 output (a biased Falcon's under autocast), the norms' fp32 outputs,
+    the attention output. Traced: falcon-rw's layout, full bf16-mixed with checkpointing,
+    the backward's peak (403,200 B of locals, -1.9 % without)."""
+    if not run.grad_ckpt or arch.is_moe:
+        return 0
+    trained = _down_weight_trains(arch, run, plan)
+    if run.method not in ADAPTER_METHODS and not trained:
         return 0
     if plan.dtypes.quantized or arch.encoder_decoder:
         return 0
     dt = plan.dtypes
     down_adapted = any("down" in lin.roles for lin in plan.adapted)
-    if down_adapted and (run.method != "lora" or dt.autocast):
+    if down_adapted and run.method != "lora":
         return 0
     ctx = LayerContext(arch, run, plan, T)
     h, f = arch.hidden_size, arch.intermediate_size
     r, out = dt.residual_bytes, ctx.projection_out_bytes
-    # the activation's output, down's input (and autocast's cast of an fp32 one)
-    held = T * f * out + (T * f * e if dt.autocast and out != e else 0)
+    # the activation's output, down's input (and autocast's cast of an fp32 one); a
+    # trained down projection saves its input (or that cast), rebuilt with the block
+    if trained:
+        held = T * f * out if dt.autocast and out != e else 0
+    else:
+        held = T * f * out + (T * f * e if dt.autocast and out != e else 0)
     if down_adapted:
         # the recompute stops at lora_B's input, the adapter's last saved tensor: its
         # base layer's output is made, waiting for the adapter's sum
         held += T * h * e
+        if dt.autocast:
+            # peft's own cast of down's input to the fp32 adapter (``x = self.
+            # _cast_input_dtype(x, lora_A.weight.dtype)``, a plain ``.to``: autocast does
+            # not touch it) is a local of its forward; lora_A keeps autocast's 16-bit
+            # cast of that copy, not the copy
+            held += LoRA.down_cast_gradient(plan, T)
     # a norm's output is kept by an adapter that reads it uncast (lora_A keeps its input)
     ae = BYTES_PER_ELEMENT[dt.adapter]
     kept_uncast = not dt.autocast and r == ae and not run.dropout
     readers = {role for lin in plan.adapted for role in lin.roles} if kept_uncast else set()
+    if trained and not dt.autocast:  # every trained linear keeps its input as it is
+        readers |= {"q", "k", "v", "gate", "up"}
     mlp_norm_own = not arch.parallel_attn_mlp or arch.norms_per_block >= 2
     attention_readers = {"q", "k", "v"} if mlp_norm_own else {"q", "k", "v", "gate", "up"}
     if not readers & ({"gate", "up"} if mlp_norm_own else attention_readers):
@@ -401,8 +521,10 @@ def recompute_end_moment(
         held += 0 if readers & attention_readers else T * h * r
     if traits.layer_holds_attention_output:
         held += T * h * out
-    incoming = incoming_gradient(arch, run, plan, e, T) + (T * h * e if dt.autocast else 0)
-    return held + incoming
+    # (the 16-bit cast of the incoming gradient is, with an adapted down projection, the
+    # gradient of its base output that incoming_gradient counts)
+    cast = T * h * e if dt.autocast and not down_adapted else 0
+    return held + incoming_gradient(arch, run, plan, e, T) + cast
 
 
 def offloaded_forward_adapter(
@@ -516,6 +638,8 @@ def block_backward_workspace(
     e: int,
     T: int,
     block: Sequence[Saved] = (),
+    *,
+    own_gradients: bool = True,
 ) -> int:
     """Transient gradients inside one block's backward (the largest of its ops).
 
@@ -527,6 +651,10 @@ def block_backward_workspace(
     With checkpointing, the block's recomputed activations are at their fullest when
     its backward starts with the MLP; by the time its norms' backward runs they are
     mostly freed, so only the MLP part is added to the recompute.
+
+    The MLP's moment counts the down projection's gradients made by then
+    (down_gradients_made); ``own_gradients=False`` leaves them out (the allocator replay
+    requests them as the block's gradients).
     """
     attn = Attention.eager_workspace(arch, run)
     cast_grad = LoRA.cast_gradient(arch, plan, T)
@@ -538,6 +666,8 @@ def block_backward_workspace(
         arch, run, plan, FP32 if four_bit_fp32 else e, _mlp_tokens(arch, run, T)
     )
     mlp += MLP.activation_output_gradient(arch, run, block, e, T) - MLP.output_dropout_freed(block)
+    mlp += _down_backward_cast(arch, run, plan, e, T) - _behind_down_freed(block)
+    mlp += down_gradients_made(arch, run, plan, e) if own_gradients else 0
     # the experts' own moment; an adapter's cast gradient comes later, at its linear
     # (transformers 4's per-expert loop: its experts answer in a 4-bit linear's input
     # dtype, else in the compute dtype)
@@ -561,6 +691,10 @@ def block_backward_workspace(
         # (a 4-bit MLP's fp32 product needs no cast into an fp32 adapter)
         down_cast = 0 if four_bit_fp32 else LoRA.down_cast_gradient(plan, T)
         down_input = MLP.down_input_freed(arch, run, block)
+        if _down_weight_trains(arch, run, plan):
+            # (traced where it trains; with a frozen one, under autocast, the moment stays
+            # as it was: a larger moment not modelled yet hides it, -1 % without it)
+            down_input += MLP.down_weight_copy_freed(arch, run, block)
         mlp_cast = cast_grad if mlp_linears else 0
         if _down_copy_freed_first(arch, run, plan, down_cast):
             # the down adapter's backward first: its cast's gradient beside the whole
@@ -577,6 +711,12 @@ def block_backward_workspace(
         # rebuild comes last, beside the MLP's backward (measured: Llama and Qwen2 on all
         # linears, -9 to -12 % without); attention's comes early, before it
         return max(moment + DoRA.rebuild(plan, run, mlp_linears), moe)
+    # (the down projection's input is freed once its node has run, as with checkpointing,
+    # where its gradients are counted: GPT-2 full fp32, +1.1 % with neither)
+    if down_gradients_made(arch, run, plan, e):
+        mlp -= MLP.down_input_freed(arch, run, block)
+    if _down_weight_trains(arch, run, plan):
+        mlp -= MLP.down_weight_copy_freed(arch, run, block)
     return max(max(mlp, attn, Norm.backward_workspace(arch, e, T)) + cast_grad, moe)
 
 
@@ -589,13 +729,15 @@ def _down_copy_freed_first(
     on the CPU (GPT-2 LoRA on all linears, bf16, checkpointed): the block's recompute
     ends at that adapter's lora_A, whose backward then makes the copy's fp32 gradient
     and frees the copy; the tanh-GELU's backward starts once both are gone, 160 KB below
-    the peak, where the sum of the two read +12.6 %. Under autocast the copy lora_A keeps
-    is autocast's 16-bit one (the sum measured within 0.1 %); a gated MLP's ordering is
-    measured with the sum (Llama, Phi-3 on all linears), left as it is."""
-    dt = plan.dtypes
+    the peak, where the sum of the two read +12.6 %. Under autocast lora_A keeps
+    autocast's 16-bit cast of peft's fp32 copy, and its backward's ToCopyBackward0 nodes
+    make the copy's fp32 gradient and free it in the same order, before the GELU's
+    backward (traced: GPT-2 LoRA on all linears, bf16-mixed, checkpointed: both moments
+    below the recompute's end, recompute_end_moment, where the sum read 73 KB above it);
+    a gated MLP's ordering is measured with the sum (Llama, Phi-3 on all linears), left
+    as it is."""
     return (
         down_cast > 0
-        and not dt.autocast
         and arch.mlp != "gated"
         and not arch.is_moe
         and run.method in ("lora", "qlora")

@@ -292,12 +292,12 @@ def graph_leaves(
     Mistral 3 (tests/accuracy/cases.py, lora + grad_ckpt; tests/accuracy/test_vision.py
     checks that no node saves them). Llama-3.2-Vision has no masked_scatter: its hooked
     embeddings are the first block's input (kept there). Each leaf, one tensor.
-    ``embed_trains`` is MethodPlan.embed_trainable (peft's modules_to_save copy), false
-    under full finetuning too, where the embedding's output is no leaf; there the b · s ·
-    H term matches a tensor of that size the measured full + checkpointed peaks hold
-    (LLaVA, Qwen2.5-VL, Qwen2-VL: −1.0 to −1.1 % without it, within 0.05 % with it;
-    Mistral 3 had it already; Gemma 3 −0.1 % to +0.8 %), by a mechanism not traced yet
-    (the embeddings' output gradient at their backward, likely)."""
+    ``embed_trains``: the token embedding trains (full finetuning, peft's
+    modules_to_save copy), and its output is no leaf. (Under full finetuning a b · s · H
+    term here had matched the measured checkpointed peaks of LLaVA, Qwen2.5-VL and
+    Qwen2-VL; traced, the tensor it stood for is the down projection's weight gradient,
+    f · h · 2 = b · s · h · 2 in those tiny shapes: transients.down_gradients_made. The
+    masked_scatter copy there is the first block's input, held once.)"""
     v = arch.vision
     if v is None or v.mllama is not None or not run.images:
         return ()

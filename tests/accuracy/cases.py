@@ -93,6 +93,19 @@ def _matrix() -> list[Case]:
         *_qwen1(),
         *_sliding_window_masks(),
         *_falcon_alibi(),
+        *_granite_embedding_multiplier(),
+    ]
+
+
+def _granite_embedding_multiplier() -> list[Case]:
+    """Granite multiplies the token embeddings' output by ``embedding_multiplier`` in
+    GraniteModel.forward (transformers 5.25 modeling_granite.py l.388), outside the
+    embedding module: with checkpointing that output is a graph leaf, held to the end of
+    backward beside the product the first block reads (step.embedding_leaf_apart). LoRA
+    with checkpointing in the three precision regimes."""
+    return [
+        Case("granite", {"method": "lora", "grad_ckpt": True, "precision": p})
+        for p in ("bf16", "fp32", "bf16-mixed")
     ]
 
 

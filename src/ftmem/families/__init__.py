@@ -152,6 +152,12 @@ class Family:
     # (FalconDecoderLayer.forward ``attention_layernorm_out``): beside the MLP's input
     # where the MLP has a norm of its own (falcon-rw's sequential block, Falcon-40B's ln_mlp).
     layer_holds_attention_norm_output: bool = False
+    # The model multiplies the token embeddings' output by a scalar outside the embedding
+    # module (GraniteModel.forward ``inputs_embeds * self.embedding_multiplier``): a new
+    # tensor beside the module's output, which checkpointing makes a graph leaf
+    # (step.embedding_leaf_apart). Gemma's scale is inside its embedding module, whose
+    # output is then the leaf itself.
+    embeddings_scaled_apart: bool = False
     # With images, the image-text model gives the processor's token_type_ids to its mask
     # builder, and each image's tokens attend to one another both ways (Gemma 3:
     # transformers 5.24 Gemma3Model.forward, create_masks_for_vision_model): sdpa gets an

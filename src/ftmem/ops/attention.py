@@ -733,7 +733,12 @@ class Attention:
         backward has passed the layers; saved by no node. Gemma 3 with images: one per
         layer type the stack has (measured on the tiny Gemma 3, two global layers: one
         mask, 12,800 B, beside the peak); a sequence that reaches the window
-        (sliding_window_mask): the sliding layers' one."""
+        (sliding_window_mask): the sliding layers' one. A model that always builds its
+        causal mask (materialized_mask: rotary Falcon) holds it too: without pad tokens
+        sdpa_mask's causal function reads no batch index, so its one (1, 1, s, s) tensor
+        is expanded to the batch as a view (transformers 5.25 masking_utils.py
+        l.535-540), s² bytes (traced: Falcon full bf16 with checkpointing at 4 × 256
+        tokens, 65,536 B live through the backward)."""
         if not run.grad_ckpt:
             return 0
         if alibi_model_mask(arch, run):  # the model's one ALiBi mask
@@ -741,6 +746,8 @@ class Attention:
         if image_block_mask(arch, run):
             types = (1 if arch.full_layers else 0) + (1 if arch.sliding_layers else 0)
             return types * run.batch_size * run.positions**2
+        if materialized_mask(arch, run):
+            return (run.batch_size if pads_batches(run) else 1) * run.positions**2
         return run.batch_size * run.positions**2 if sliding_window_mask(arch, run) else 0
 
     @staticmethod
