@@ -16,7 +16,7 @@ from ftmem import seq2seq, vision_lora, vision_step
 from ftmem.activations import block_saved, outer_saved
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.head_lora import HeadLoRA
-from ftmem.adapters.lora import LoRA
+from ftmem.adapters.lora import LoRA, output_bytes
 from ftmem.adapters.prompt import PrefixTuning
 from ftmem.arch import Architecture, buffer_numel, layout, qk_norm_params
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
@@ -494,8 +494,16 @@ def _logits_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int
     loss = Loss.forward_transient(arch, run, e, T)
     if not plan.head_lora:
         return loss
-    saved = Loss.cross_entropy_saved(T, arch.vocab_size, FP32, False)
-    return max(loss, HeadLoRA.forward_transient(arch, run, plan, T) - saved)
+    return max(
+        loss, HeadLoRA.forward_transient(arch, run, plan, T) - _head_lora_loss_saved(arch, run, T)
+    )
+
+
+def _head_lora_loss_saved(arch: Architecture, run: RunConfig, T: int) -> int:
+    """The fp32 cross-entropy's saved item beside an adapted head (the standard loss's
+    T rows; torchtune 0.1's upcast-shifted loss, the shifted R)."""
+    rows = Loss.rows(run) if run.loss == "upcast-shifted" else T
+    return Loss.cross_entropy_saved(rows, arch.vocab_size, FP32, False)
 
 
 def _head_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
@@ -508,8 +516,7 @@ def _head_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int,
         loss = max(loss, pieces - Loss.chunked_saved(run, arch.vocab_size, e, T))
     if not plan.head_lora:
         return loss
-    saved = Loss.cross_entropy_saved(T, arch.vocab_size, FP32, False)
-    return max(loss, HeadLoRA.backward(arch, plan, T) - saved)
+    return max(loss, HeadLoRA.backward(arch, plan, T) - _head_lora_loss_saved(arch, run, T))
 
 
 def _decoder_sizes(
@@ -553,8 +560,10 @@ def _decoder_sizes(
         + (0 if profile_of(run).kernel_rms_norm else T * arch.hidden_size * FP32),
     )
     output_held = _output_held(run, V, e, T) if framework_head is None else 0
-    # (an adapted head's moments are not laid out tensor by tensor: no requests)
-    if framework_head is None and run.objective == "sft" and not plan.head_lora:
+    # (an adapted head's moments are laid out tensor by tensor on torchtune 0.1's loop
+    # loss only: ops.loss_requests._loop_shifted_loss)
+    adapted = plan.head_lora and Loss.loop_shifted_copy(run, V, T) > 0 and _same_dtypes(plan, e)
+    if framework_head is None and run.objective == "sft" and (adapted or not plan.head_lora):
         requests = _head_requests(
             arch, run, plan, e, T, head, forward_cache, output_held, loss_inputs
         )
@@ -563,6 +572,8 @@ def _decoder_sizes(
         head = _with_router_aux_moment(arch, run, plan, T, head)
     loop_held = vision_step.pixel_input(arch, run, plan.dtypes)  # an image-text batch's pixels
     loop_held += loop_output(arch, run, e, T)
+    if run.objective == "sft":  # torchtune 0.1's loop: the shifted fp32 logits
+        loop_held += Loss.loop_shifted_copy(run, V, T)
     if framework_head is not None:  # LitGPT: fp32 logits held by the loop, chunked loss
         loop_held += framework_head.held
         head = dataclasses.replace(
@@ -712,7 +723,15 @@ def _head_requests(
         head_grads=Loss.chunked_head_grads(arch, plan, T) if run.loss == "chunked" else (0, 0),
         offloaded=run.activation_offload and not offload_keeps_head(run),
         inputs=loss_inputs,
+        loop_shifted=Loss.loop_shifted_copy(run, V, T) > 0,
+        adapted_head=plan.head_lora,
     )
+
+
+def _same_dtypes(plan: MethodPlan, e: int) -> bool:
+    """An adapted linear's base and adapter outputs are in the compute dtype (no cast,
+    no promotion in the sum: adapters.lora.output_bytes)."""
+    return output_bytes(plan, e) == (e, e)
 
 
 def _previous_graph(run: RunConfig, blocks: _BlockActivations) -> int:
