@@ -191,6 +191,58 @@ def test_the_shifted_loss_requests_its_tensors_as_qwen1_does(autocast):
     assert measured[1][0] == ("alloc", R * V * log_softmax_bytes)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_the_offloaded_upcast_shifted_loss_requests_its_tensors_as_save_on_cpu_does(dtype):
+    """transformers < 4.46's loss under save_on_cpu: its tensors without offload, the
+    saved log-softmax freed as the forward ends, each backward node's own copies."""
+    e = torch.finfo(dtype).bits // 8
+    R = T - B
+    step = _offloaded(_legacy_llama_step(hold=False))
+    measured = _vocabulary_sized(*_measure(step, *_inputs(dtype))[:2], skip=3)
+    forward, backward = loss_requests.upcast_shifted_loss(T, R, V, e, offloaded=True)
+    assert _vocabulary_sized(forward, backward) == measured
+    if e == 2:
+        # forward: bf16 logits, fp32 copy (the bf16 freed), shifted copy, log-softmax,
+        # the log-softmax freed (its host copy is the graph's), the shifted copy, the logits
+        assert measured[0] == [
+            ("alloc", T * V * 2),
+            ("alloc", T * V * 4),
+            ("free", 0),
+            ("alloc", R * V * 4),
+            ("alloc", R * V * 4),
+            ("free", 3),
+            ("free", 2),
+            ("free", 1),
+        ]
+        # backward: NllLossBackward0's copy and zeros, LogSoftmaxBackward0's copy and
+        # gradient, the slice's zeros of the whole logits, the cast back
+        assert measured[1] == [
+            ("alloc", R * V * 4),
+            ("alloc", R * V * 4),
+            ("free", 4),
+            ("alloc", R * V * 4),
+            ("alloc", R * V * 4),
+            ("free", 6),
+            ("free", 5),
+            ("alloc", T * V * 4),
+            ("free", 7),
+            ("alloc", T * V * 2),
+            ("free", 8),
+            ("free", 9),
+        ]
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16", "cpu-autocast"])
+def test_the_offloaded_shifted_loss_requests_its_tensors_as_save_on_cpu_does(autocast):
+    R = T - B
+    measured = _vocabulary_sized(
+        *_measure(_offloaded(_qwen_step(autocast)), *_inputs(torch.bfloat16))[:2], skip=3
+    )
+    ls = 4 if autocast else 2
+    forward, backward = loss_requests.shifted_loss(T, R, V, 2, ls, offloaded=True)
+    assert _vocabulary_sized(forward, backward) == measured
+
+
 def _qwen_step_cuda_autocast(hidden, weight, labels):
     """Qwen-1's loss lines as CUDA's autocast dispatches them, written out on the CPU
     (no CPU autocast: its policy differs). cross_entropy_loss has no AutocastCUDA
@@ -693,8 +745,12 @@ LOSSES = [
     ({"loss": "standard", "framework": "fsdp_qlora", "activation_offload": True}, True),
     # torchtune's: the head side stays on the device, so the loss's requests as they are
     ({"loss": "chunked", "framework": "torchtune", "activation_offload": True}, True),
-    # the timeline's offloaded head moments are the standard loss's only
-    ({"loss": "shifted", "activation_offload": True}, False),
+    # the shifted losses offloaded: their saved tensors on the host, their inputs named
+    ({"loss": "shifted", "activation_offload": True}, True),
+    ({"loss": "upcast-shifted", "activation_offload": True}, True),
+    ({"loss": "upcast-shifted", "precision": "fp32", "activation_offload": True}, True),
+    # CUDA autocast's shifted loss (its fp32 cast ordered apart): moments
+    ({"loss": "shifted", "precision": "bf16-mixed", "activation_offload": True}, False),
 ]
 
 
@@ -790,3 +846,31 @@ def test_an_offloaded_run_requests_the_loss_tensors_of_the_run_without_offload(
     # the plain step keeps the loss's saved item among the head side's tensors; the
     # offloaded one keeps none of it on the device
     assert (plain.saved_item, offloaded.saved_item) == (T_ * V_ * 4 + T_ * 8 + 4, 0)
+
+
+@pytest.mark.parametrize("loss", ["shifted", "upcast-shifted"])
+def test_an_offloaded_shifted_loss_counts_its_saved_item_and_input_at_the_logits(loss):
+    """Offloaded, the shifted losses' saved tensors leave the device as the forward ends,
+    but at the loss they exist, with the LM head's input the forward still names: the
+    logits' moment is the plain one (beyond the saved item) plus both. Derived: the
+    item is the log-softmax over R = T − b rows, the labels and total_weight."""
+    from ftmem.api import run_config
+    from ftmem.presets import get_model
+    from ftmem.step import step_parts
+
+    arch = get_model("qwen2.5-0.5b")
+    S_, B_ = 256, 2
+    T_, R_, V_, h = S_ * B_, (S_ - 1) * B_, arch.vocab_size, arch.hidden_size
+
+    def head(offload: bool):
+        run = run_config(
+            method="lora", seq_len=S_, batch_size=B_, loss=loss, activation_offload=offload
+        )
+        return step_parts(arch, run).sizes.head
+
+    ls = 2 if loss == "shifted" else 4  # bf16: the shifted loss's log-softmax in its dtype
+    saved = R_ * V_ * ls + R_ * 8 + ls
+    plain, offloaded = head(False), head(True)
+    assert offloaded.logits_forward == plain.logits_forward + T_ * h * 2 + saved
+    requests = offloaded.requests
+    assert requests is not None and requests.saved_item == 0

@@ -547,7 +547,8 @@ def _decoder_sizes(
         logits_forward=_head_forward(arch, run, plan, e, T, forward_cache)
         + sum(loss_inputs)
         + loss_saved,
-        loss_backward=_head_backward(arch, run, plan, e, T)
+        loss_backward=_offloaded_shifted_backward(arch, run, plan, e, T, loss_saved)
+        or _head_backward(arch, run, plan, e, T)
         + (
             T * V * FP32
             if offloaded
@@ -629,13 +630,21 @@ def _offloaded_loss_inputs(
     causal LM's forward, saved or not; the residual stream's dtype) and the log-softmax
     and labels nll_loss runs on (its arguments). A trained fp32 head under autocast: its
     16-bit copy, in autocast's cache until the forward ends (LinearOp.autocast_cache has
-    the blocks'). The standard loss of supervised finetuning; measured on the tiny
+    the blocks'). The standard and the shifted losses of supervised finetuning (the
+    latter's saved item over their shifted rows); the standard one measured on the tiny
     Llama, Qwen2 and Qwen3 offload cases (the forward phase -10 to -15 % without).
 
     Returns the tensors the forward names beyond the loss's own, each (the head's
     input, its 16-bit copy: those present), and the sum of the loss's saved tensors
     (the head's requests make those: ops.loss_requests); ((), 0) where none applies."""
-    if not run.activation_offload or offload_keeps_head(run) or run.loss != "standard":
+    if not run.activation_offload or offload_keeps_head(run):
+        return (), 0
+    # the shifted losses alike (their rows, their log-softmax's dtype), but CUDA
+    # autocast's shifted one, whose cast is ordered apart (loss_requests.head_requests)
+    shifted = run.loss == "upcast-shifted" or (
+        run.loss == "shifted" and not Loss.shifted_nll_cast(run, e)
+    )
+    if not (run.loss == "standard" or shifted):
         return (), 0
     if run.objective != "sft" or plan.head_lora:
         return (), 0
@@ -643,7 +652,33 @@ def _offloaded_loss_inputs(
     dt = plan.dtypes
     head_copy = V * h * e if dt.autocast and dt.base == "fp32" and plan.outer_trainable else 0
     named = tuple(x for x in (T * h * dt.residual_bytes, head_copy) if x)
-    return named, Loss.cross_entropy_saved(T, V, FP32, False)
+    rows = Loss.rows(run) if shifted else T
+    log_softmax = Loss.shifted_log_softmax_bytes(run, e) if run.loss == "shifted" else FP32
+    return named, Loss.cross_entropy_saved(rows, V, log_softmax, False)
+
+
+def _offloaded_shifted_backward(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int, loss_saved: int
+) -> int:
+    """An offloaded shifted loss's backward (its saved item on the host: ``loss_saved``
+    from _offloaded_loss_inputs, 0 where that does not apply), its moments as its
+    program makes them (ops.loss_requests._shifted_loss, _upcast_shifted_loss, measured
+    under save_on_cpu): NllLossBackward0's copies of the log-softmax, labels and
+    total_weight beside its gradient; LogSoftmaxBackward0's copy beside both gradients;
+    the cast back of the shifted gradient (the shifted loss in fp32 under the CPU's
+    autocast); the slice's zeros of the whole logits beside it; the cast back of those
+    (upcast-shifted). 0 where it does not apply."""
+    if not loss_saved or run.loss not in ("shifted", "upcast-shifted"):
+        return 0
+    V, R = arch.vocab_size, Loss.rows(run)
+    ls = Loss.shifted_log_softmax_bytes(run, e) if run.loss == "shifted" else FP32
+    first = loss_saved + R * V * ls
+    second = 3 * R * V * ls
+    if run.loss == "shifted":
+        cast_back = R * V * (ls + e) if ls != e else 0
+        return max(first, second, cast_back, R * V * e + T * V * e)
+    cast_back = T * V * (FP32 + e) if e != FP32 else 0
+    return max(first, second, R * V * FP32 + T * V * FP32, cast_back)
 
 
 def _with_router_aux_moment(

@@ -192,10 +192,10 @@ def _causal_lm_loss(
 
 
 def shifted_loss(
-    T: int, R: int, V: int, e: int, log_softmax_bytes: int, held: int = 0
+    T: int, R: int, V: int, e: int, log_softmax_bytes: int, held: int = 0, offloaded: bool = False
 ) -> tuple[Phase, Phase]:
     """Qwen-1's own loss (_shifted_loss), the model's output dropped."""
-    return _shifted_loss(T, R, V, e, log_softmax_bytes, held).phases()
+    return _shifted_loss(T, R, V, e, log_softmax_bytes, held, offloaded=offloaded).phases()
 
 
 def shifted_loss_cuda_autocast(
@@ -255,7 +255,15 @@ def _shifted_cuda_program(
 
 
 def _shifted_loss(
-    T: int, R: int, V: int, e: int, log_softmax_bytes: int, held: int = 0, hold: bool = False
+    T: int,
+    R: int,
+    V: int,
+    e: int,
+    log_softmax_bytes: int,
+    held: int = 0,
+    hold: bool = False,
+    offloaded: bool = False,
+    inputs: tuple[int, ...] = (),
 ) -> Programmed:
     """The model's own loss on a shifted copy (Qwen-1's QWenLMHeadModel.forward,
     modeling_qwen.py@a6ca629 l.1125-1135): the logits (T·V·e), ``lm_logits[..., :-1,
@@ -270,16 +278,20 @@ def _shifted_loss(
     into (``slice_backward``).
 
     The autocast order is the CPU's, where cross_entropy_loss is on autocast's fp32
-    list; CUDA's is shifted_loss_cuda_autocast (ops.loss.Loss.shifted_nll_cast)."""
-    p = _Program()
+    list; CUDA's is shifted_loss_cuda_autocast (ops.loss.Loss.shifted_nll_cast).
+
+    ``offloaded`` and ``inputs``: as _causal_lm_loss's."""
+    p = _Program(offloaded)
     cache = p.alloc(held)
+    named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
     shifted = p.alloc(R * V * e)
     labels = p.alloc(R * INDEX_BYTES)
     cast = p.alloc(R * V * FP32) if log_softmax_bytes != e else -1
     log_softmax = p.alloc(R * V * log_softmax_bytes)
     total_weight = p.alloc(log_softmax_bytes)
-    p.free(cast, shifted, cache)
+    p.saved_by_graph(log_softmax, labels, total_weight)
+    p.free(cast, shifted, *named, cache)
     p.drop_output(logits, hold)
     forward = p.cut()
     ls_grad = p.nll_backward(R * V * log_softmax_bytes, log_softmax, labels, total_weight)
@@ -292,13 +304,22 @@ def _shifted_loss(
     return p.done(forward)
 
 
-def upcast_shifted_loss(T: int, R: int, V: int, e: int, held: int = 0) -> tuple[Phase, Phase]:
+def upcast_shifted_loss(
+    T: int, R: int, V: int, e: int, held: int = 0, offloaded: bool = False
+) -> tuple[Phase, Phase]:
     """transformers < 4.46's causal-LM loss (_upcast_shifted_loss), the output dropped."""
-    return _upcast_shifted_loss(T, R, V, e, held).phases()
+    return _upcast_shifted_loss(T, R, V, e, held, offloaded=offloaded).phases()
 
 
 def _upcast_shifted_loss(
-    T: int, R: int, V: int, e: int, held: int = 0, hold: bool = False
+    T: int,
+    R: int,
+    V: int,
+    e: int,
+    held: int = 0,
+    hold: bool = False,
+    offloaded: bool = False,
+    inputs: tuple[int, ...] = (),
 ) -> Programmed:
     """transformers < 4.46's LlamaForCausalLM.forward with labels (4.40.2
     models/llama/modeling_llama.py:1230-1244; 4.36.2 :1199-1213): the logits (T·V·e),
@@ -312,9 +333,14 @@ def _upcast_shifted_loss(
     Backward: nll_loss_backward's and _log_softmax_backward_data's fp32 gradients
     (R·V·4 each), the saved tensors freed; CloneBackward0 and ViewBackward0 pass the
     gradient on, SliceBackward0 makes fp32 zeros of the whole logits (T·V·4) and copies
-    it in; ToCopyBackward0's cast back to e (T·V·e, none when e = 4)."""
-    p = _Program()
+    it in; ToCopyBackward0's cast back to e (T·V·e, none when e = 4).
+
+    ``offloaded`` and ``inputs``: as _causal_lm_loss's (save_on_cpu: the saved
+    log-softmax, labels and total_weight die as the forward ends, each backward node
+    brings back its own copies; the forward names ``inputs`` until it ends)."""
+    p = _Program(offloaded)
     cache = p.alloc(held)
+    named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
     if e != FP32:
         upcast = p.alloc(T * V * FP32)
@@ -324,7 +350,8 @@ def _upcast_shifted_loss(
     labels = p.alloc(R * INDEX_BYTES)
     log_softmax = p.alloc(R * V * FP32)
     total_weight = p.alloc(FP32)
-    p.free(shifted, cache)
+    p.saved_by_graph(log_softmax, labels, total_weight)
+    p.free(shifted, *named, cache)
     p.drop_output(logits, hold)
     forward = p.cut()
     ls_grad = p.nll_backward(R * V * FP32, log_softmax, labels, total_weight)
@@ -564,7 +591,10 @@ def head_requests(
     its moments are laid out with the last pass's copy live until the PREVIOUS request;
     ``adapted_head``: with LoRA on the LM head (its program only: elsewhere None)."""
     hold = output_held > 0
-    if offloaded and loss != "standard":  # (the timeline's offloaded moments: its loss)
+    # (the timeline's offloaded moments: the standard loss's and the shifted ones', but
+    # the shifted loss under CUDA's autocast, whose cast is ordered apart)
+    shifted = loss == "upcast-shifted" or (loss == "shifted" and not nll_cast)
+    if offloaded and not (loss == "standard" or shifted):
         return None
     if loop_shifted:
         if loss != "upcast-shifted" or hold or (adapted_head and e == FP32):
@@ -578,9 +608,9 @@ def head_requests(
     elif loss == "shifted" and nll_cast:  # CUDA's autocast
         program = _shifted_cuda_program(T, R, V, e, held, hold, fp32_output)
     elif loss == "shifted":
-        program = _shifted_loss(T, R, V, e, log_softmax_bytes, held, hold)
+        program = _shifted_loss(T, R, V, e, log_softmax_bytes, held, hold, offloaded, inputs)
     elif loss == "upcast-shifted":
-        program = _upcast_shifted_loss(T, R, V, e, held, hold)
+        program = _upcast_shifted_loss(T, R, V, e, held, hold, offloaded, inputs)
     elif loss == "chunked" and not hold:
         program = _chunked_loss(T, V, e, held, head_grads)
     else:
