@@ -10,6 +10,8 @@ gradient) are below the threshold; ops/loss_requests.py names the few it leaves 
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -187,6 +189,58 @@ def test_the_shifted_loss_requests_its_tensors_as_qwen1_does(autocast):
     # made after the shifted gradient (R·V in the log-softmax's dtype, then bf16)
     assert measured[1][-3][1] == T * V * 2
     assert measured[1][0] == ("alloc", R * V * log_softmax_bytes)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_the_offloaded_upcast_shifted_loss_requests_its_tensors_as_save_on_cpu_does(dtype):
+    """transformers < 4.46's loss under save_on_cpu: its tensors without offload, the
+    saved log-softmax freed as the forward ends, each backward node's own copies."""
+    e = torch.finfo(dtype).bits // 8
+    R = T - B
+    step = _offloaded(_legacy_llama_step(hold=False))
+    measured = _vocabulary_sized(*_measure(step, *_inputs(dtype))[:2], skip=3)
+    forward, backward = loss_requests.upcast_shifted_loss(T, R, V, e, offloaded=True)
+    assert _vocabulary_sized(forward, backward) == measured
+    if e == 2:
+        # forward: bf16 logits, fp32 copy (the bf16 freed), shifted copy, log-softmax,
+        # the log-softmax freed (its host copy is the graph's), the shifted copy, the logits
+        assert measured[0] == [
+            ("alloc", T * V * 2),
+            ("alloc", T * V * 4),
+            ("free", 0),
+            ("alloc", R * V * 4),
+            ("alloc", R * V * 4),
+            ("free", 3),
+            ("free", 2),
+            ("free", 1),
+        ]
+        # backward: NllLossBackward0's copy and zeros, LogSoftmaxBackward0's copy and
+        # gradient, the slice's zeros of the whole logits, the cast back
+        assert measured[1] == [
+            ("alloc", R * V * 4),
+            ("alloc", R * V * 4),
+            ("free", 4),
+            ("alloc", R * V * 4),
+            ("alloc", R * V * 4),
+            ("free", 6),
+            ("free", 5),
+            ("alloc", T * V * 4),
+            ("free", 7),
+            ("alloc", T * V * 2),
+            ("free", 8),
+            ("free", 9),
+        ]
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16", "cpu-autocast"])
+def test_the_offloaded_shifted_loss_requests_its_tensors_as_save_on_cpu_does(autocast):
+    R = T - B
+    measured = _vocabulary_sized(
+        *_measure(_offloaded(_qwen_step(autocast)), *_inputs(torch.bfloat16))[:2], skip=3
+    )
+    ls = 4 if autocast else 2
+    forward, backward = loss_requests.shifted_loss(T, R, V, 2, ls, offloaded=True)
+    assert _vocabulary_sized(forward, backward) == measured
 
 
 def _qwen_step_cuda_autocast(hidden, weight, labels):
@@ -420,6 +474,180 @@ def test_the_chunked_loss_requests_its_tensors_as_torchtune_does():
     ]
 
 
+def _torchtune_lora_output(hidden, weight, lora_a, lora_b, dropout: float = 0.05):
+    """torchtune 0.1's LoRALinear.forward on the output (apply_lora_to_output;
+    torchtune/modules/peft/lora.py@ff594c231: ``out = F.linear(x, self.weight)``,
+    ``lora_out = self.lora_a(self.dropout(x))``, ``(self.alpha / self.rank) *
+    self.lora_b(lora_out)``, ``out + lora_out``), alpha 2 · rank."""
+    out = F.linear(hidden, weight)
+    lora_out = F.linear(F.dropout(hidden, dropout), lora_a)
+    lora_out = 2.0 * F.linear(lora_out, lora_b)
+    return out + lora_out
+
+
+def _torchtune_01_loop(
+    hidden, weight, labels, passes: int, cuda_copy: bool, adapter: tuple | None = None
+):
+    """torchtune 0.1's LoRA recipe loop (pytorch/torchtune
+    recipes/lora_finetune_single_device.py@ff594c231 train; the model ends in
+    ``self.output(h).float()``, torchtune/modules/transformer.py@ff594c231), ``passes``
+    micro-batches. ``cuda_copy``: CUDA's log_softmax kernel first copies its
+    non-contiguous input (aten/src/ATen/native/cuda/SoftMax.cu host_softmax ``auto input
+    = input_.contiguous();``), written out here (the CPU kernel and a dispatch mode do
+    not show it); nothing saves the copy, as nothing saves the kernel's. Returns each
+    pass's forward and backward events."""
+    events: list[tuple[str, int]] = []
+    tracker = LiveBytesTracker(events)
+    marks = []
+    with tracker:
+        tracker.track(hidden, weight, labels)
+        marks.append(len(events))
+        logits = None
+        for _ in range(passes):
+            if adapter is None:
+                logits = F.linear(hidden, weight).float()  # self._model(input_ids)
+            else:
+                logits = _torchtune_lora_output(hidden, weight, *adapter).float()
+            logits = logits[..., :-1, :].contiguous()
+            shifted_labels = labels[..., 1:].contiguous()
+            logits = logits.transpose(1, 2)
+            # (the copy an argument only: freed as log_softmax returns, as the kernel's)
+            log_probs = torch.log_softmax(logits.contiguous() if cuda_copy else logits, 1)
+            loss = F.nll_loss(log_probs, shifted_labels)
+            del log_probs
+            marks.append(len(events))
+            loss.backward()
+            marks.append(len(events))
+    return [events[a:b] for a, b in itertools.pairwise(marks)], marks[0]
+
+
+def _program_of_passes(
+    passes: int, e: int, adapted_head: bool = False
+) -> list[list[tuple[str, int]]]:
+    """``passes`` runs of the loop program, numbered as one sequence: each pass's
+    ("previous", 0) frees the last pass's held copy (none in the first)."""
+    program = loss_requests._loop_shifted_loss(T, T - B, V, e, adapted_head=adapted_head)
+    count = sum(op == "alloc" for op, _ in program.forward + program.backward)
+    phases, held = [], -1
+    for k in range(passes):
+        for phase in program.phases():
+            out = []
+            for op, value in phase:
+                if op == "previous":
+                    out += [("free", held)] if held >= 0 else []
+                else:
+                    out.append((op, value + k * count) if op == "free" else (op, value))
+            phases.append(out)
+        held = program.output + k * count
+    return phases
+
+
+def _numbered(phases, skip: int):
+    """The vocabulary-sized events of consecutive phases, renumbered in one sequence."""
+    number: dict[int, int] = {}
+    count = skip
+    out = []
+    for events in phases:
+        kept = []
+        for kind, value in events:
+            if kind == "alloc":
+                if value >= THRESHOLD:
+                    number[count] = len(number)
+                    kept.append(("alloc", value))
+                count += 1
+            elif kind == "free" and value in number:
+                kept.append(("free", number[value]))
+        out.append(kept)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_torchtune_01s_loop_loss_requests_its_tensors_as_its_recipe_does(dtype):
+    e = torch.finfo(dtype).bits // 8
+    R = T - B
+    phases, skip = _torchtune_01_loop(*_inputs(dtype), passes=2, cuda_copy=True)
+    measured = _numbered(phases, skip)
+    assert _numbered(_program_of_passes(2, e), 0) == measured
+    if e == 2:
+        # the hand derivation, the second pass (9 allocations a pass): bf16 logits (9),
+        # their fp32 copy (10; the bf16 ones freed), the last pass's shifted copy (2)
+        # freed as the model returns, this one's (11), the fp32 logits freed as the name
+        # is rebound, CUDA's contiguous copy of the transposed input (12), the
+        # log-softmax (13), the copy freed
+        assert measured[2] == [
+            ("alloc", T * V * 2),
+            ("alloc", T * V * 4),
+            ("free", 9),
+            ("free", 2),
+            ("alloc", R * V * 4),
+            ("free", 10),
+            ("alloc", R * V * 4),
+            ("alloc", R * V * 4),
+            ("free", 12),
+        ]
+        # backward: nll's and log-softmax's fp32 gradients, the slice's fp32 zeros of
+        # the whole logits, the cast back; the shifted copy (11) stays with the loop
+        assert measured[3] == [
+            ("alloc", R * V * 4),
+            ("alloc", R * V * 4),
+            ("free", 14),
+            ("free", 13),
+            ("alloc", T * V * 4),
+            ("free", 15),
+            ("alloc", T * V * 2),
+            ("free", 16),
+            ("free", 17),
+        ]
+
+
+def test_torchtune_01s_loop_loss_on_a_lora_output_requests_its_tensors_as_the_recipe_does():
+    # rank 1: lora_b's weight gradient (V·r·2 bytes) stays below the threshold, as the
+    # program leaves the adapters' gradients to the timeline's gradients
+    hidden, weight, labels = _inputs(torch.bfloat16)
+    torch.manual_seed(1)
+    lora_a = torch.randn(1, H, dtype=torch.bfloat16, requires_grad=True)
+    lora_b = torch.randn(V, 1, dtype=torch.bfloat16, requires_grad=True)
+    phases, skip = _torchtune_01_loop(
+        hidden, weight, labels, passes=2, cuda_copy=True, adapter=(lora_a, lora_b)
+    )
+    measured = _numbered(phases, skip)
+    assert _numbered(_program_of_passes(2, 2, adapted_head=True), 0) == measured
+    # the hand derivation, the first pass: the base logits, lora_b's output, its scaled
+    # copy (lora_b's freed: the scalar product keeps nothing), the sum (the operands
+    # freed), the sum's fp32 cast; backward, its end:
+    assert measured[0][:8] == [
+        ("alloc", T * V * 2),
+        ("alloc", T * V * 2),
+        ("alloc", T * V * 2),
+        ("free", 1),
+        ("alloc", T * V * 2),
+        ("free", 0),
+        ("free", 2),
+        ("alloc", T * V * 4),
+    ]
+    assert measured[1][-5:] == [
+        ("alloc", T * V * 2),  # the cast back: the sum's gradient (11)
+        ("free", 10),  # the slice's zeros
+        ("alloc", T * V * 2),  # MulBackward0's scaled copy (12)
+        ("free", 12),  # after lora_b's backward
+        ("free", 11),  # after the base matmul's
+    ]
+
+
+def test_the_log_softmax_of_the_transposed_logits_is_contiguous_so_nll_copies_nothing():
+    """The copy the loop program counts is the kernel's alone: log_softmax's structured
+    meta makes a contiguous output whatever its input's strides (the same meta on every
+    device), so nll_loss_nd's ``input_.contiguous()`` before its 4-D view copies nothing
+    (pytorch/pytorch aten/src/ATen/native/LossNLL.cpp nll_loss_nd_symint)."""
+    logits = torch.randn(B, S - 1, V).transpose(1, 2)
+    assert not logits.is_contiguous()
+    assert torch.log_softmax(logits, 1).is_contiguous()
+    phases, skip = _torchtune_01_loop(*_inputs(torch.bfloat16), passes=1, cuda_copy=False)
+    forward = _numbered(phases, skip)[0]
+    R = T - B
+    assert [v for op, v in forward if op == "alloc"] == [T * V * 2, T * V * 4, R * V * 4, R * V * 4]
+
+
 def _profiled_backward(loss_of, hidden, weight, labels) -> list[int]:
     """The backward's allocations and frees of at least THRESHOLD bytes as signed sizes,
     read from the CPU allocator by torch.profiler: no dispatch mode runs, so autograd's
@@ -499,6 +727,9 @@ LOSSES = [
     ({"loss": "upcast-shifted", "precision": "fp32"}, True),
     ({"loss": "upcast-shifted", "precision": "bf16-mixed"}, True),
     ({"loss": "upcast-shifted", "framework": "fsdp_qlora"}, True),  # the output held
+    # torchtune 0.1's loop: its shifted copy held into the next forward
+    ({"loss": "upcast-shifted", "framework": "torchtune"}, True),
+    ({"loss": "upcast-shifted", "framework": "torchtune", "precision": "fp32"}, True),
     ({"loss": "standard", "framework": "fsdp_qlora"}, True),
     ({"loss": "chunked"}, True),
     # the tied weight's LM-head part held in autograd's buffer until the embedding's
@@ -514,8 +745,12 @@ LOSSES = [
     ({"loss": "standard", "framework": "fsdp_qlora", "activation_offload": True}, True),
     # torchtune's: the head side stays on the device, so the loss's requests as they are
     ({"loss": "chunked", "framework": "torchtune", "activation_offload": True}, True),
-    # the timeline's offloaded head moments are the standard loss's only
-    ({"loss": "shifted", "activation_offload": True}, False),
+    # the shifted losses offloaded: their saved tensors on the host, their inputs named
+    ({"loss": "shifted", "activation_offload": True}, True),
+    ({"loss": "upcast-shifted", "activation_offload": True}, True),
+    ({"loss": "upcast-shifted", "precision": "fp32", "activation_offload": True}, True),
+    # CUDA autocast's shifted loss (its fp32 cast ordered apart): moments
+    ({"loss": "shifted", "precision": "bf16-mixed", "activation_offload": True}, False),
 ]
 
 
@@ -611,3 +846,31 @@ def test_an_offloaded_run_requests_the_loss_tensors_of_the_run_without_offload(
     # the plain step keeps the loss's saved item among the head side's tensors; the
     # offloaded one keeps none of it on the device
     assert (plain.saved_item, offloaded.saved_item) == (T_ * V_ * 4 + T_ * 8 + 4, 0)
+
+
+@pytest.mark.parametrize("loss", ["shifted", "upcast-shifted"])
+def test_an_offloaded_shifted_loss_counts_its_saved_item_and_input_at_the_logits(loss):
+    """Offloaded, the shifted losses' saved tensors leave the device as the forward ends,
+    but at the loss they exist, with the LM head's input the forward still names: the
+    logits' moment is the plain one (beyond the saved item) plus both. Derived: the
+    item is the log-softmax over R = T − b rows, the labels and total_weight."""
+    from ftmem.api import run_config
+    from ftmem.presets import get_model
+    from ftmem.step import step_parts
+
+    arch = get_model("qwen2.5-0.5b")
+    S_, B_ = 256, 2
+    T_, R_, V_, h = S_ * B_, (S_ - 1) * B_, arch.vocab_size, arch.hidden_size
+
+    def head(offload: bool):
+        run = run_config(
+            method="lora", seq_len=S_, batch_size=B_, loss=loss, activation_offload=offload
+        )
+        return step_parts(arch, run).sizes.head
+
+    ls = 2 if loss == "shifted" else 4  # bf16: the shifted loss's log-softmax in its dtype
+    saved = R_ * V_ * ls + R_ * 8 + ls
+    plain, offloaded = head(False), head(True)
+    assert offloaded.logits_forward == plain.logits_forward + T_ * h * 2 + saved
+    requests = offloaded.requests
+    assert requests is not None and requests.saved_item == 0

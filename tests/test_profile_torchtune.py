@@ -179,3 +179,49 @@ def test_cli_takes_compile(flag: str):
     res = CliRunner().invoke(app, [*args, "--format", "json"])
     assert res.exit_code == 0, res.output
     assert '"compile": true' in res.output
+
+
+def _head_sizes(framework: str, **settings: object):
+    from ftmem.step import step_parts
+
+    base = dict(batch_size=B, seq_len=S, precision="bf16", attn="sdpa", method="lora")
+    run = RunConfig(**{**base, "framework": framework, "loss": "upcast-shifted", **settings})
+    return step_parts(LLAMA, run).sizes
+
+
+def test_torchtune_01s_loop_holds_its_shifted_copy_and_copies_the_transposed_input():
+    # recipes/lora_finetune_single_device.py@ff594c231 train: `logits = self._model(x)`
+    # (fp32), `logits = logits[..., :-1, :].contiguous()`, `.transpose(1, 2)` into
+    # nn.CrossEntropyLoss; the name holds the shifted copy (R·V·4) until the next forward
+    # returns. In forward, beyond the saved item (fp32 log-softmax, labels, total_weight)
+    # and that copy: the cast (bf16 logits beside their fp32 copy, the previous copy
+    # still held), the fp32 logits beside this copy, CUDA's contiguous copy of the
+    # transposed input (its total_weight not made yet). Backward: transformers < 4.46's.
+    R = T - B
+    saved = R * V * FP32 + R * INT64 + FP32
+    tt, hf = _head_sizes("torchtune"), _head_sizes("hf")
+    assert tt.loop_held == R * V * FP32 and hf.loop_held == 0
+    expected = max(T * V * (BF16 + FP32) - saved, T * V * FP32 - saved, R * V * FP32 - FP32)
+    assert tt.head.logits_forward == expected
+    assert hf.head.logits_forward == max(T * V * (BF16 + FP32), T * V * FP32 + R * V * FP32)
+    assert tt.head.loss_backward == hf.head.loss_backward
+    requests = tt.head.requests
+    assert requests is not None and requests.into_next_forward  # (tests/test_loss_requests.py)
+
+
+def test_torchtune_01s_lora_on_the_output_is_modelled_on_its_loop_loss_only():
+    # torchtune/modules/peft/lora.py@ff594c231 LoRALinear.forward: out + (alpha / rank) *
+    # lora_b(lora_a(dropout(x))), peft's ops; apply_lora_to_output=True
+    from ftmem.errors import InvalidInputError
+
+    # (its adapters in bf16: recipes/lora_finetune_single_device.py@ff594c231 builds
+    # the model under set_default_dtype(bf16))
+    targets = dict(lora_targets="q,v,lm_head", adapter_dtype="bf16")
+    tt = _head_sizes("torchtune", **targets)
+    assert tt.loop_held == (T - B) * V * FP32
+    requests = tt.head.requests  # the adapted head's tensors one by one as well
+    assert requests is not None and requests.into_next_forward
+    # fp32 adapters promote the sum: laid out as the moments only
+    assert _head_sizes("torchtune", lora_targets="q,v,lm_head").head.requests is None
+    with pytest.raises(InvalidInputError, match="upcast-shifted"):
+        _head_sizes("hf", **targets)

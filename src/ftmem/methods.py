@@ -408,7 +408,12 @@ def _check_head_lora(arch: Architecture, run: RunConfig) -> None:
         why = f"{arch.name}'s encoder-decoder head"
     elif profile.lm_head_chunk_tokens is not None:
         why = f"{profile.name}'s chunked LM head with an adapter"
-    elif run.loss != "standard":
+    elif run.loss != "standard" and not (
+        # torchtune 0.1's LoRALinear on the output: peft's ops (out + scale · lora_b(
+        # lora_a(dropout(x)))), then the model's .float() and the loop's shifted loss
+        # (pytorch/torchtune torchtune/modules/peft/lora.py@ff594c231 LoRALinear.forward)
+        run.loss == "upcast-shifted" and profile.loop_shifted_loss
+    ):
         why = f"the {run.loss} loss's head path with an adapter on the head"
     elif run.objective != "sft":
         why = f"the {run.objective} objective's log-probabilities with an adapted head"

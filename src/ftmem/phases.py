@@ -117,6 +117,9 @@ class HeadRequests:
     # the number of the forward's allocation the loop holds past the backward (the
     # model's output, StepSizes.output_held; freed after the optimizer step), -1: none
     output: int = -1
+    # the output is held into the next pass's forward instead, freed at its
+    # ("previous", 0) request (torchtune 0.1's shifted copy: ops.loss_requests)
+    into_next_forward: bool = False
 
 
 @dataclass(frozen=True, slots=True)

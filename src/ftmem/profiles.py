@@ -65,6 +65,11 @@ class Profile:
     # the loop's ``loss`` keeps the last pass's graph (its root node) until the next
     # pass's loss is assigned: what ctx attributes hold lives through that forward
     loss_held_into_next_forward: bool = False
+    # the upcast-shifted loss is the loop's own (the model returns fp32 logits): the
+    # loop's ``logits`` keeps the shifted fp32 copy until its next forward returns, and
+    # hands it to CrossEntropyLoss transposed to (b, V, s - 1), whose log_softmax on CUDA
+    # copies its non-contiguous input first (Loss.loop_shifted_copy, ops.loss_requests)
+    loop_shifted_loss: bool = False
     # the loop keeps the model's output (its logits: Loss.output_logits) from the forward
     # through the backward and the optimizer step, and drops it before the next forward
     output_held_through_step: bool = False
@@ -182,6 +187,13 @@ HF = Profile("hf")
 # get_act_offloading_ctx_manager wraps model.output (or TiedLinear.linear) in a
 # NoOpManager whose pack/unpack return the tensor itself
 # (torchtune/training/_activation_offloading.py @1814feb17a90)
+# torchtune 0.1's LoRA recipe (Apr 2024) computes the loss in its loop: `logits =
+# self._model(input_ids)` (fp32: modules/transformer.py `self.output(h).float()`), then
+# `logits = logits[..., :-1, :].contiguous()`, `logits = logits.transpose(1, 2)`,
+# `self._loss_fn(logits, labels)` with nn.CrossEntropyLoss
+# (recipes/lora_finetune_single_device.py@ff594c231 train; the same @0914d5cfb): the
+# name keeps the shifted copy until the next `logits = self._model(...)` (loss:
+# upcast-shifted under this profile; later recipes shift the labels instead).
 # get_memory_stats / memory_stats_log reset the peaks after model init and at every
 # logged step: a figure is one step's (torchtune@1814feb1
 # torchtune/training/memory.py get_memory_stats; @ff594c231 torchtune/utils/memory.py
@@ -200,6 +212,7 @@ TORCHTUNE = Profile(
     offload_keeps_head=True,
     converts_outputs_to_fp32=False,  # its own loop, no accelerate
     checkpoints_in_transformers_loop=False,  # its own modules' checkpoint wrapper
+    loop_shifted_loss=True,
 )
 
 # LitGPT 0.4.x (Lightning-AI/litgpt@00af8b0d) and lit-gpt 2023 (@8641822b) under

@@ -16,7 +16,7 @@ from ftmem import seq2seq, vision_lora, vision_step
 from ftmem.activations import block_saved, outer_saved
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.head_lora import HeadLoRA
-from ftmem.adapters.lora import LoRA
+from ftmem.adapters.lora import LoRA, output_bytes
 from ftmem.adapters.prompt import PrefixTuning
 from ftmem.arch import Architecture, buffer_numel, layout, qk_norm_params
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
@@ -505,8 +505,16 @@ def _logits_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int
     loss = Loss.forward_transient(arch, run, e, T)
     if not plan.head_lora:
         return loss
-    saved = Loss.cross_entropy_saved(T, arch.vocab_size, FP32, False)
-    return max(loss, HeadLoRA.forward_transient(arch, run, plan, T) - saved)
+    return max(
+        loss, HeadLoRA.forward_transient(arch, run, plan, T) - _head_lora_loss_saved(arch, run, T)
+    )
+
+
+def _head_lora_loss_saved(arch: Architecture, run: RunConfig, T: int) -> int:
+    """The fp32 cross-entropy's saved item beside an adapted head (the standard loss's
+    T rows; torchtune 0.1's upcast-shifted loss, the shifted R)."""
+    rows = Loss.rows(run) if run.loss == "upcast-shifted" else T
+    return Loss.cross_entropy_saved(rows, arch.vocab_size, FP32, False)
 
 
 def _head_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
@@ -519,8 +527,7 @@ def _head_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int,
         loss = max(loss, pieces - Loss.chunked_saved(run, arch.vocab_size, e, T))
     if not plan.head_lora:
         return loss
-    saved = Loss.cross_entropy_saved(T, arch.vocab_size, FP32, False)
-    return max(loss, HeadLoRA.backward(arch, plan, T) - saved)
+    return max(loss, HeadLoRA.backward(arch, plan, T) - _head_lora_loss_saved(arch, run, T))
 
 
 def _decoder_sizes(
@@ -551,7 +558,8 @@ def _decoder_sizes(
         logits_forward=_head_forward(arch, run, plan, e, T, forward_cache)
         + sum(loss_inputs)
         + loss_saved,
-        loss_backward=_head_backward(arch, run, plan, e, T)
+        loss_backward=_offloaded_shifted_backward(arch, run, plan, e, T, loss_saved)
+        or _head_backward(arch, run, plan, e, T)
         + (
             T * V * FP32
             if offloaded
@@ -564,8 +572,10 @@ def _decoder_sizes(
         + (0 if profile_of(run).kernel_rms_norm else T * arch.hidden_size * FP32),
     )
     output_held = _output_held(run, V, e, T) if framework_head is None else 0
-    # (an adapted head's moments are not laid out tensor by tensor: no requests)
-    if framework_head is None and run.objective == "sft" and not plan.head_lora:
+    # (an adapted head's moments are laid out tensor by tensor on torchtune 0.1's loop
+    # loss only: ops.loss_requests._loop_shifted_loss)
+    adapted = plan.head_lora and Loss.loop_shifted_copy(run, V, T) > 0 and _same_dtypes(plan, e)
+    if framework_head is None and run.objective == "sft" and (adapted or not plan.head_lora):
         requests = _head_requests(
             arch, run, plan, e, T, head, forward_cache, output_held, loss_inputs
         )
@@ -574,6 +584,8 @@ def _decoder_sizes(
         head = _with_router_aux_moment(arch, run, plan, T, head)
     loop_held = vision_step.pixel_input(arch, run, plan.dtypes)  # an image-text batch's pixels
     loop_held += loop_output(arch, run, e, T)
+    if run.objective == "sft":  # torchtune 0.1's loop: the shifted fp32 logits
+        loop_held += Loss.loop_shifted_copy(run, V, T)
     if framework_head is not None:  # LitGPT: fp32 logits held by the loop, chunked loss
         loop_held += framework_head.held
         head = dataclasses.replace(
@@ -629,13 +641,21 @@ def _offloaded_loss_inputs(
     causal LM's forward, saved or not; the residual stream's dtype) and the log-softmax
     and labels nll_loss runs on (its arguments). A trained fp32 head under autocast: its
     16-bit copy, in autocast's cache until the forward ends (LinearOp.autocast_cache has
-    the blocks'). The standard loss of supervised finetuning; measured on the tiny
+    the blocks'). The standard and the shifted losses of supervised finetuning (the
+    latter's saved item over their shifted rows); the standard one measured on the tiny
     Llama, Qwen2 and Qwen3 offload cases (the forward phase -10 to -15 % without).
 
     Returns the tensors the forward names beyond the loss's own, each (the head's
     input, its 16-bit copy: those present), and the sum of the loss's saved tensors
     (the head's requests make those: ops.loss_requests); ((), 0) where none applies."""
-    if not run.activation_offload or offload_keeps_head(run) or run.loss != "standard":
+    if not run.activation_offload or offload_keeps_head(run):
+        return (), 0
+    # the shifted losses alike (their rows, their log-softmax's dtype), but CUDA
+    # autocast's shifted one, whose cast is ordered apart (loss_requests.head_requests)
+    shifted = run.loss == "upcast-shifted" or (
+        run.loss == "shifted" and not Loss.shifted_nll_cast(run, e)
+    )
+    if not (run.loss == "standard" or shifted):
         return (), 0
     if run.objective != "sft" or plan.head_lora:
         return (), 0
@@ -643,7 +663,33 @@ def _offloaded_loss_inputs(
     dt = plan.dtypes
     head_copy = V * h * e if dt.autocast and dt.base == "fp32" and plan.outer_trainable else 0
     named = tuple(x for x in (T * h * dt.residual_bytes, head_copy) if x)
-    return named, Loss.cross_entropy_saved(T, V, FP32, False)
+    rows = Loss.rows(run) if shifted else T
+    log_softmax = Loss.shifted_log_softmax_bytes(run, e) if run.loss == "shifted" else FP32
+    return named, Loss.cross_entropy_saved(rows, V, log_softmax, False)
+
+
+def _offloaded_shifted_backward(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int, loss_saved: int
+) -> int:
+    """An offloaded shifted loss's backward (its saved item on the host: ``loss_saved``
+    from _offloaded_loss_inputs, 0 where that does not apply), its moments as its
+    program makes them (ops.loss_requests._shifted_loss, _upcast_shifted_loss, measured
+    under save_on_cpu): NllLossBackward0's copies of the log-softmax, labels and
+    total_weight beside its gradient; LogSoftmaxBackward0's copy beside both gradients;
+    the cast back of the shifted gradient (the shifted loss in fp32 under the CPU's
+    autocast); the slice's zeros of the whole logits beside it; the cast back of those
+    (upcast-shifted). 0 where it does not apply."""
+    if not loss_saved or run.loss not in ("shifted", "upcast-shifted"):
+        return 0
+    V, R = arch.vocab_size, Loss.rows(run)
+    ls = Loss.shifted_log_softmax_bytes(run, e) if run.loss == "shifted" else FP32
+    first = loss_saved + R * V * ls
+    second = 3 * R * V * ls
+    if run.loss == "shifted":
+        cast_back = R * V * (ls + e) if ls != e else 0
+        return max(first, second, cast_back, R * V * e + T * V * e)
+    cast_back = T * V * (FP32 + e) if e != FP32 else 0
+    return max(first, second, R * V * FP32 + T * V * FP32, cast_back)
 
 
 def _with_router_aux_moment(
@@ -723,7 +769,15 @@ def _head_requests(
         head_grads=Loss.chunked_head_grads(arch, plan, T) if run.loss == "chunked" else (0, 0),
         offloaded=run.activation_offload and not offload_keeps_head(run),
         inputs=loss_inputs,
+        loop_shifted=Loss.loop_shifted_copy(run, V, T) > 0,
+        adapted_head=plan.head_lora,
     )
+
+
+def _same_dtypes(plan: MethodPlan, e: int) -> bool:
+    """An adapted linear's base and adapter outputs are in the compute dtype (no cast,
+    no promotion in the sum: adapters.lora.output_bytes)."""
+    return output_bytes(plan, e) == (e, e)
 
 
 def _previous_graph(run: RunConfig, blocks: _BlockActivations) -> int:

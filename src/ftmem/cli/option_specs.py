@@ -276,7 +276,8 @@ RUN = [
         field_choices("loss"),
         "standard",
         "standard (full logits) | upcast-shifted (transformers < 4.46: fp32 logits and an "
-        "fp32 shifted copy in the model) | shifted (the model's own 16-bit loss on a shifted copy, "
+        "fp32 shifted copy in the model; under --framework torchtune its 0.1 recipe's loop, "
+        "which holds the shifted copy into the next forward) | shifted (the model's own 16-bit loss on a shifted copy, "
         "as Qwen-1's) | chunked (torchtune's 8 output chunks) | linear-chunked "
         "(torchtune's LinearCrossEntropyLoss: the LM head in the loss, 8 chunks) | fused "
         "(Liger's fused linear cross-entropy) | logprob-tiles (TRL >= 1.15 SFTTrainer's "

@@ -5,6 +5,9 @@ Allocations never freed stay (gpu.trace replays programs in order)."""
 from __future__ import annotations
 
 Requests = tuple[tuple[str, int], ...]
+# ("previous", 0): the loop lets the last pass's held output go here (a head program
+# that holds its output into the next forward: ops.loss_requests._loop_shifted_loss)
+PREVIOUS = "previous"
 
 
 class RequestProgram:

@@ -48,6 +48,7 @@ from ftmem.gpu.allocator import (
     TwoStreams,
 )
 from ftmem.gpu.best_fit import AddressSpaceExceeded, BestFit, new_allocator, new_streams
+from ftmem.gpu.program import PREVIOUS
 from ftmem.methods import MethodPlan
 from ftmem.phases import HeadRequests, StepSizes
 
@@ -588,8 +589,13 @@ def _request_run(
     _run_wrap(rec, outside.optimizer_init)
     if outside.reset:
         rec.target.reset_peaks()
-    if steps[0][0].loop_held:  # the loop's last output (LitGPT's fp32 logits), from then on
-        rec.alloc((steps[0][0].loop_held,))
+    # the loop's last output (LitGPT's fp32 logits), from then on; a head program that
+    # holds its own into the next forward (torchtune 0.1's shifted copy) requests that
+    # part itself, pass by pass (carried)
+    loop_held = steps[0][0].loop_held - _program_held(*steps[0])
+    if loop_held:
+        rec.alloc((loop_held,))
+    carried: list[int] = []
     states_made = steps[0][0].states == 0 or outside.made or bool(outside.optimizer_init)
     first = True
     layout = None
@@ -605,7 +611,7 @@ def _request_run(
             rec.free(output)  # dropped before the next forward
             output = []
             workspaces = kept_workspaces if first else ((), ())
-            grads = _pass(rec, sizes, t, grads, workspaces, previous, output)
+            grads = _pass(rec, sizes, t, grads, workspaces, previous, output, carried)
             first = False
         if not states_made:
             rec.alloc(t.states)
@@ -628,6 +634,15 @@ def _request_run(
             layout = now
     for tensors in outside.after:  # evaluation, generation, merging: freed when done
         rec.moments(tensors)
+
+
+def _program_held(s: StepSizes, t: StepTensors) -> int:
+    """Bytes of the loop-held output the step's head program requests itself
+    (HeadRequests.into_next_forward), which StepSizes.loop_held counts too."""
+    r = _head_requests(s, t)
+    if r is None or not r.into_next_forward:
+        return 0
+    return [value for op, value in r.forward if op == "alloc"][r.output]
 
 
 def passes_per_step(s: StepSizes) -> int:
@@ -657,13 +672,16 @@ def _pass(
     workspaces: tuple[tuple[int, ...], tuple[int, ...]],
     previous: tuple[int, ...] = (),
     output: list[int] | None = None,
+    carried: list[int] | None = None,
 ) -> list[int]:
     """One forward and backward, in the order of phases.find_peak's moments; ``grads``:
     the gradients already held (accumulation), ``workspaces``: the cuBLAS ones its first
     GEMMs create; ``previous``: the last pass's graph-held tensors, freed once this
     pass's loss exists; ``output`` takes the model's output the loop holds past the
-    pass (StepSizes.output_held), for the caller to free. Returns the gradients held
-    after it."""
+    pass (StepSizes.output_held), for the caller to free; ``carried``: what the last
+    pass's head program holds into this forward (HeadRequests.into_next_forward), freed
+    at its program's ("previous", 0) request and replaced by this pass's. Returns the
+    gradients held after it."""
     output = [] if output is None else output
     new_grads = not grads
     last_graph = rec.alloc(previous)
@@ -678,13 +696,19 @@ def _pass(
     requests = _head_requests(s, t)
     above = rec.alloc(t.above if requests is None else _without(t.above, requests.saved_item))
     gathered = rec.comm(_or(c.head_forward, c.forward))
+    carried = [] if carried is None else carried
     if requests is None:
+        rec.free(carried)  # (a program's copy, where this pass has none: the model returned)
+        carried.clear()
         rec.moment(s.head.logits_forward)
         head: list[list[int]] = []
         output += rec.alloc((s.output_held,)) if s.output_held else []
     else:  # the logits, their copies and the loss's saved tensors one by one
-        head = _run_requests(rec, requests.forward, [])
-        output += head[requests.output] if requests.output >= 0 else []
+        head = _run_requests(rec, requests.forward, [], carried)
+        if requests.output >= 0 and requests.into_next_forward:
+            carried.extend(head[requests.output])
+        elif requests.output >= 0:
+            output += head[requests.output]
     rec.free(gathered)
     if s.empties_cache:
         rec.empty_cache()
@@ -785,13 +809,21 @@ def _without(sizes: tuple[int, ...], item: int) -> tuple[int, ...]:
 
 
 def _run_requests(
-    rec: _Recorder, requests: tuple[tuple[str, int], ...], keys: list[list[int]]
+    rec: _Recorder,
+    requests: tuple[tuple[str, int], ...],
+    keys: list[list[int]],
+    carried: list[int] | None = None,
 ) -> list[list[int]]:
     """A head program's requests (phases.HeadRequests): ("alloc", bytes), ("free", k)
-    its k-th allocation; ``keys``: its earlier phase's, extended."""
+    its k-th allocation, ("previous", 0) the last pass's held output (``carried``,
+    emptied); ``keys``: its earlier phase's, extended."""
     for op, value in requests:
         if op == "alloc":
             keys.append(rec.alloc((value,)))
+        elif op == PREVIOUS:
+            if carried:
+                rec.free(carried)
+                carried.clear()
         else:
             rec.free(keys[value])
     return keys

@@ -183,7 +183,39 @@ class Loss:
         copy and the fp32 logits beside the shifted copy."""
         rows = Loss.rows(run)
         cast = T * V * e + T * V * FP32 if e != FP32 else 0
+        if profile_of(run).loop_shifted_loss:
+            return Loss.loop_shifted_forward(V, rows, cast, T)
         return max(cast, T * V * FP32 + rows * V * FP32)
+
+    @staticmethod
+    def loop_shifted_forward(V: int, rows: int, cast: int, T: int) -> int:
+        """The loop's own upcast-shifted loss (Profile.loop_shifted_loss) in forward,
+        beyond its saved item (the fp32 log-softmax, the labels, total_weight) and the
+        shifted copy the loop holds (Loss.loop_shifted_copy: the previous pass's until the
+        model returns, this pass's from the slice on). Its moments, before the item
+        exists: the cast (the 16-bit logits beside their fp32 copy; the fp32 logits
+        alone when e = 4), then the fp32 logits beside this pass's copy until the name
+        is rebound to it; with the item but its total_weight (made by nll_loss after):
+        log_softmax's copy of its transposed input (R·V·4). CUDA's kernel copies a
+        non-contiguous input first (pytorch/pytorch
+        aten/src/ATen/native/cuda/SoftMax.cu host_softmax: ``auto input =
+        input_.contiguous();``), and its output is contiguous (the structured meta's
+        LEGACY_CONTIGUOUS_MEMORY_FORMAT), so nll_loss_nd's ``contiguous()`` (LossNLL.cpp)
+        copies nothing."""
+        saved = Loss.cross_entropy_saved(rows, V, FP32, False)
+        return max(cast - saved, T * V * FP32 - saved, rows * V * FP32 - FP32, 0)
+
+    @staticmethod
+    def loop_shifted_copy(run: RunConfig, V: int, T: int) -> int:
+        """The shifted fp32 logits a loop that computes the upcast-shifted loss itself
+        keeps (Profile.loop_shifted_loss; R·V·4): torchtune 0.1's recipe rebinds
+        ``logits`` to ``logits[..., :-1, :].contiguous()`` and then to its transposed
+        view, and the name holds it through the backward, the optimizer step and the
+        next forward, until that forward returns (pytorch/torchtune
+        recipes/lora_finetune_single_device.py@ff594c231 train). 0 elsewhere."""
+        if not (run.loss == "upcast-shifted" and profile_of(run).loop_shifted_loss):
+            return 0
+        return Loss.rows(run) * V * FP32
 
     @staticmethod
     def upcast_shifted_backward(run: RunConfig, V: int, e: int, T: int) -> int:

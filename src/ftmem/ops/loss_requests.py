@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftmem.dtypes import FP32, INDEX_BYTES
-from ftmem.gpu.program import RequestProgram
+from ftmem.gpu.program import PREVIOUS, RequestProgram
 from ftmem.phases import HeadRequest, HeadRequests
 
 CHUNKS = 8  # torchtune's num_output_chunks (ops.loss.CHUNKS)
@@ -88,6 +88,11 @@ class _Program(RequestProgram):
         out, self.ops = tuple(self.ops), []
         return out
 
+    def previous(self) -> None:
+        """The loop's previous output is let go here (its name rebound to this pass's):
+        the replay frees what the last pass's program held (Programmed.into_next_forward)."""
+        self.ops.append((PREVIOUS, 0))
+
     def drop_output(self, key: int, hold: bool) -> None:
         """The model's output at the forward's end: freed, or held by the loop."""
         if hold:
@@ -113,8 +118,8 @@ class _Program(RequestProgram):
         self.release(log_softmax, *saved)
         return ls_grad
 
-    def done(self, forward: Phase) -> Programmed:
-        return Programmed(forward, self.cut(), self.output)
+    def done(self, forward: Phase, into_next_forward: bool = False) -> Programmed:
+        return Programmed(forward, self.cut(), self.output, into_next_forward)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +130,8 @@ class Programmed:
     forward: Phase
     backward: Phase
     output: int = -1
+    # the output is held into the next pass's forward, freed at its PREVIOUS request
+    into_next_forward: bool = False
 
     def phases(self) -> tuple[Phase, Phase]:
         return self.forward, self.backward
@@ -185,10 +192,10 @@ def _causal_lm_loss(
 
 
 def shifted_loss(
-    T: int, R: int, V: int, e: int, log_softmax_bytes: int, held: int = 0
+    T: int, R: int, V: int, e: int, log_softmax_bytes: int, held: int = 0, offloaded: bool = False
 ) -> tuple[Phase, Phase]:
     """Qwen-1's own loss (_shifted_loss), the model's output dropped."""
-    return _shifted_loss(T, R, V, e, log_softmax_bytes, held).phases()
+    return _shifted_loss(T, R, V, e, log_softmax_bytes, held, offloaded=offloaded).phases()
 
 
 def shifted_loss_cuda_autocast(
@@ -248,7 +255,15 @@ def _shifted_cuda_program(
 
 
 def _shifted_loss(
-    T: int, R: int, V: int, e: int, log_softmax_bytes: int, held: int = 0, hold: bool = False
+    T: int,
+    R: int,
+    V: int,
+    e: int,
+    log_softmax_bytes: int,
+    held: int = 0,
+    hold: bool = False,
+    offloaded: bool = False,
+    inputs: tuple[int, ...] = (),
 ) -> Programmed:
     """The model's own loss on a shifted copy (Qwen-1's QWenLMHeadModel.forward,
     modeling_qwen.py@a6ca629 l.1125-1135): the logits (T·V·e), ``lm_logits[..., :-1,
@@ -263,16 +278,20 @@ def _shifted_loss(
     into (``slice_backward``).
 
     The autocast order is the CPU's, where cross_entropy_loss is on autocast's fp32
-    list; CUDA's is shifted_loss_cuda_autocast (ops.loss.Loss.shifted_nll_cast)."""
-    p = _Program()
+    list; CUDA's is shifted_loss_cuda_autocast (ops.loss.Loss.shifted_nll_cast).
+
+    ``offloaded`` and ``inputs``: as _causal_lm_loss's."""
+    p = _Program(offloaded)
     cache = p.alloc(held)
+    named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
     shifted = p.alloc(R * V * e)
     labels = p.alloc(R * INDEX_BYTES)
     cast = p.alloc(R * V * FP32) if log_softmax_bytes != e else -1
     log_softmax = p.alloc(R * V * log_softmax_bytes)
     total_weight = p.alloc(log_softmax_bytes)
-    p.free(cast, shifted, cache)
+    p.saved_by_graph(log_softmax, labels, total_weight)
+    p.free(cast, shifted, *named, cache)
     p.drop_output(logits, hold)
     forward = p.cut()
     ls_grad = p.nll_backward(R * V * log_softmax_bytes, log_softmax, labels, total_weight)
@@ -285,13 +304,22 @@ def _shifted_loss(
     return p.done(forward)
 
 
-def upcast_shifted_loss(T: int, R: int, V: int, e: int, held: int = 0) -> tuple[Phase, Phase]:
+def upcast_shifted_loss(
+    T: int, R: int, V: int, e: int, held: int = 0, offloaded: bool = False
+) -> tuple[Phase, Phase]:
     """transformers < 4.46's causal-LM loss (_upcast_shifted_loss), the output dropped."""
-    return _upcast_shifted_loss(T, R, V, e, held).phases()
+    return _upcast_shifted_loss(T, R, V, e, held, offloaded=offloaded).phases()
 
 
 def _upcast_shifted_loss(
-    T: int, R: int, V: int, e: int, held: int = 0, hold: bool = False
+    T: int,
+    R: int,
+    V: int,
+    e: int,
+    held: int = 0,
+    hold: bool = False,
+    offloaded: bool = False,
+    inputs: tuple[int, ...] = (),
 ) -> Programmed:
     """transformers < 4.46's LlamaForCausalLM.forward with labels (4.40.2
     models/llama/modeling_llama.py:1230-1244; 4.36.2 :1199-1213): the logits (T·V·e),
@@ -305,9 +333,14 @@ def _upcast_shifted_loss(
     Backward: nll_loss_backward's and _log_softmax_backward_data's fp32 gradients
     (R·V·4 each), the saved tensors freed; CloneBackward0 and ViewBackward0 pass the
     gradient on, SliceBackward0 makes fp32 zeros of the whole logits (T·V·4) and copies
-    it in; ToCopyBackward0's cast back to e (T·V·e, none when e = 4)."""
-    p = _Program()
+    it in; ToCopyBackward0's cast back to e (T·V·e, none when e = 4).
+
+    ``offloaded`` and ``inputs``: as _causal_lm_loss's (save_on_cpu: the saved
+    log-softmax, labels and total_weight die as the forward ends, each backward node
+    brings back its own copies; the forward names ``inputs`` until it ends)."""
+    p = _Program(offloaded)
     cache = p.alloc(held)
+    named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
     if e != FP32:
         upcast = p.alloc(T * V * FP32)
@@ -317,7 +350,8 @@ def _upcast_shifted_loss(
     labels = p.alloc(R * INDEX_BYTES)
     log_softmax = p.alloc(R * V * FP32)
     total_weight = p.alloc(FP32)
-    p.free(shifted, cache)
+    p.saved_by_graph(log_softmax, labels, total_weight)
+    p.free(shifted, *named, cache)
     p.drop_output(logits, hold)
     forward = p.cut()
     ls_grad = p.nll_backward(R * V * FP32, log_softmax, labels, total_weight)
@@ -326,6 +360,80 @@ def _upcast_shifted_loss(
     cast_back = p.alloc(T * V * e) if e != FP32 else -1
     p.free(zeros, cast_back)
     return p.done(forward)
+
+
+def loop_shifted_loss(
+    T: int, R: int, V: int, e: int, held: int = 0, adapted_head: bool = False
+) -> tuple[Phase, Phase]:
+    """torchtune 0.1's loop loss (_loop_shifted_loss), the PREVIOUS request kept."""
+    return _loop_shifted_loss(T, R, V, e, held, adapted_head).phases()
+
+
+def _loop_shifted_loss(
+    T: int, R: int, V: int, e: int, held: int = 0, adapted_head: bool = False
+) -> Programmed:
+    """torchtune 0.1's LoRA recipe, which computes the loss in its loop
+    (pytorch/torchtune recipes/lora_finetune_single_device.py@ff594c231 train; the model
+    ends in ``self.output(h).float()``, torchtune/modules/transformer.py@ff594c231):
+    the logits (T·V·e) and their fp32 copy (T·V·4; the 16-bit ones freed, no node saves
+    them); the model returns, so ``logits = self._model(input_ids)`` lets the last
+    pass's shifted copy go (PREVIOUS); ``logits[..., :-1, :].contiguous()`` (R·V·4,
+    the fp32 logits freed as the name is rebound to it), the labels' copy (R int64);
+    ``logits.transpose(1, 2)`` into CrossEntropyLoss: log_softmax over dimension 1 of
+    the (b, V, s − 1) view, whose CUDA kernel first copies the non-contiguous input
+    (R·V·4, freed as it returns; Loss.loop_shifted_forward) and writes a contiguous
+    output (R·V·4, saved), then nll_loss's total_weight. The loop holds the shifted
+    copy (the program's output) until the next pass's PREVIOUS.
+
+    Backward: the upcast-shifted loss's (_upcast_shifted_loss): nll_loss's and
+    log_softmax's fp32 gradients (R·V·4 each), the saved tensors freed; TransposeBackward0
+    and CloneBackward0 pass the gradient on, SliceBackward0 makes fp32 zeros of the
+    whole logits (T·V·4) and copies it in; ToCopyBackward0's cast back to e (T·V·e,
+    none when e = 4).
+
+    ``adapted_head``: the output is a LoRALinear (apply_lora_to_output; torchtune/modules/
+    peft/lora.py@ff594c231 LoRALinear.forward, its adapter in the logits' dtype): the
+    base logits, lora_b's output (lora_a's, T·r, and the dropout's are the head side's
+    saved tensors, made before), its scaled copy (``(alpha / rank) * ...``: MulBackward0
+    keeps only the scalar, so lora_b's output is freed), the sum, the two operands freed
+    as forward returns; the sum is what ``.float()`` casts. In backward, after the cast
+    back (the sum's gradient): MulBackward0's scaled copy for lora_b, made first (created
+    last), freed when lora_b's backward has run; the sum's gradient freed once the base
+    matmul's backward has read it."""
+    p = _Program()
+    cache = p.alloc(held)
+    logits = p.alloc(T * V * e)
+    if adapted_head:
+        lora_b = p.alloc(T * V * e)
+        scaled = p.alloc(T * V * e)
+        p.free(lora_b)
+        total = p.alloc(T * V * e)
+        p.free(logits, scaled)
+        logits = total
+    if e != FP32:
+        upcast = p.alloc(T * V * FP32)
+        p.free(logits)
+        logits = upcast
+    p.previous()
+    shifted = p.alloc(R * V * FP32)
+    p.free(logits)
+    labels = p.alloc(R * INDEX_BYTES)
+    contiguous = p.alloc(R * V * FP32)
+    log_softmax = p.alloc(R * V * FP32)
+    p.free(contiguous)
+    total_weight = p.alloc(FP32)
+    p.free(cache)
+    p.drop_output(shifted, True)
+    forward = p.cut()
+    ls_grad = p.nll_backward(R * V * FP32, log_softmax, labels, total_weight)
+    zeros = p.alloc(T * V * FP32)
+    p.free(ls_grad)
+    cast_back = p.alloc(T * V * e) if e != FP32 else -1
+    p.free(zeros)
+    if adapted_head:
+        p.free(p.alloc(T * V * e))  # MulBackward0's copy, through lora_b's backward
+    p.free(cast_back)
+    return p.done(forward, into_next_forward=True)
 
 
 def chunked_loss(
@@ -422,14 +530,18 @@ def _share(total: int, i: int) -> int:
     return part if i < CHUNKS - 1 else total - part * (CHUNKS - 1)
 
 
-def peak_of(requests: Phase, sizes: list[int], live: int = 0) -> int:
+def peak_of(requests: Phase, sizes: list[int], live: int = 0, previous: int = 0) -> int:
     """The most bytes the requests hold at once beyond what was live before them
     (``sizes``: every allocation's bytes so far, extended here; ``live``: the program's
-    own bytes still held from its earlier phase)."""
+    own bytes still held from its earlier phase; ``previous``: the last pass's held
+    output, live until the PREVIOUS request)."""
+    live += previous
     best = live
     freed = set()
     for op, value in requests:
-        if op == "alloc":
+        if op == PREVIOUS:
+            live -= previous
+        elif op == "alloc":
             sizes.append(value)
             live += value
             best = max(best, live)
@@ -456,6 +568,8 @@ def head_requests(
     head_grads: tuple[int, int] = (0, 0),
     offloaded: bool = False,
     inputs: tuple[int, ...] = (),
+    loop_shifted: bool = False,
+    adapted_head: bool = False,
 ) -> HeadRequests | None:
     """The head's requests for ``loss`` (run.loss), or None where its order is not
     derived (the fused, linear-chunked and log-probability-tile losses, whose moments
@@ -471,18 +585,32 @@ def head_requests(
     ``offloaded``: the loss's saved tensors offloaded with the activations (the standard
     loss's program, _Program: none of them stays on the device past the forward, so
     the requests keep no saved item and the timeline's moments count it in), ``inputs``:
-    what that forward names beyond ``held`` (_causal_lm_loss)."""
+    what that forward names beyond ``held`` (_causal_lm_loss); ``loop_shifted``: the
+    upcast-shifted loss is torchtune 0.1's loop's (_loop_shifted_loss), whose held
+    shifted copy the timeline counts among what the loop holds (StepSizes.loop_held):
+    its moments are laid out with the last pass's copy live until the PREVIOUS request;
+    ``adapted_head``: with LoRA on the LM head (its program only: elsewhere None)."""
     hold = output_held > 0
-    if offloaded and loss != "standard":  # (the timeline's offloaded moments: its loss)
+    # (the timeline's offloaded moments: the standard loss's and the shifted ones', but
+    # the shifted loss under CUDA's autocast, whose cast is ordered apart)
+    shifted = loss == "upcast-shifted" or (loss == "shifted" and not nll_cast)
+    if offloaded and not (loss == "standard" or shifted):
+        return None
+    if loop_shifted:
+        if loss != "upcast-shifted" or hold or (adapted_head and e == FP32):
+            return None
+        program = _loop_shifted_loss(T, R, V, e, held, adapted_head)
+        return _loop_requests(program, saved_item, logits_forward, loss_backward)
+    if adapted_head:
         return None
     if loss == "standard":
         program = _causal_lm_loss(T, V, e, held, hold, offloaded, inputs)
     elif loss == "shifted" and nll_cast:  # CUDA's autocast
         program = _shifted_cuda_program(T, R, V, e, held, hold, fp32_output)
     elif loss == "shifted":
-        program = _shifted_loss(T, R, V, e, log_softmax_bytes, held, hold)
+        program = _shifted_loss(T, R, V, e, log_softmax_bytes, held, hold, offloaded, inputs)
     elif loss == "upcast-shifted":
-        program = _upcast_shifted_loss(T, R, V, e, held, hold)
+        program = _upcast_shifted_loss(T, R, V, e, held, hold, offloaded, inputs)
     elif loss == "chunked" and not hold:
         program = _chunked_loss(T, V, e, held, head_grads)
     else:
@@ -502,3 +630,34 @@ def head_requests(
     ):
         return None
     return HeadRequests(on_device, forward, backward, logits_forward, loss_backward, program.output)
+
+
+def _loop_requests(
+    program: Programmed, saved_item: int, logits_forward: int, loss_backward: int
+) -> HeadRequests | None:
+    """A loop-held program's requests (_loop_shifted_loss) where they lay out the
+    timeline's moments: its forward, with the last pass's copy live until PREVIOUS,
+    reaching ``logits_forward`` beyond the saved item and the held copy (which the
+    timeline counts in StepSizes.loop_held), and its backward within
+    ``loss_backward`` beyond them; else None."""
+    forward, backward = program.phases()
+    sizes: list[int] = []
+    held = _size_of(forward, program.output)
+    forward_peak = peak_of(forward, sizes, previous=held)
+    kept = sum(sizes) - sum(sizes[k] for op, k in forward if op == "free")
+    backward_peak = peak_of(backward, sizes, kept)
+    if (
+        kept != saved_item + held
+        or forward_peak != logits_forward + saved_item + held
+        or backward_peak > loss_backward + saved_item + held
+    ):
+        return None
+    return HeadRequests(
+        saved_item, forward, backward, logits_forward, loss_backward, program.output, True
+    )
+
+
+def _size_of(requests: Phase, key: int) -> int:
+    """The bytes of the requests' ``key``-th allocation."""
+    allocs = [value for op, value in requests if op == "alloc"]
+    return allocs[key]
