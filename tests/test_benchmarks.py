@@ -32,9 +32,10 @@ def test_the_estimate_sweeps_skip_and_count_refused_configurations():
     bench = runpy.run_path(str(BENCHMARKS[0].with_name("bench_estimate.py")))
     gpu = get_gpu("a100-80gb")
     for name, configs in bench["_sweeps"](1).items():
-        picked = configs[::997] + [
-            c for c in configs if c[0].name == "DeepSeek-V2" and c[2] and c[2].pp == 2
-        ][:2]
+        picked = (
+            configs[::997]
+            + [c for c in configs if c[0].name == "DeepSeek-V2" and c[2] and c[2].pp == 2][:2]
+        )
         estimated, refused, _, _, digest = bench["run_sweep"](picked, gpu)
         assert estimated + refused == len(picked), name
         assert estimated > 0 and len(digest) == 16, name
