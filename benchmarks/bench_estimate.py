@@ -1,12 +1,15 @@
 """How many configurations a second the estimator evaluates (a benchmark, not a test).
 
-    python benchmarks/bench_estimate.py
-    python benchmarks/bench_estimate.py --against OTHER/src [ROUNDS]
+    python benchmarks/bench_estimate.py [--every N]
+    python benchmarks/bench_estimate.py [--every N] --against OTHER/src [ROUNDS]
 
 Sweeps models × methods × batch sizes × sequence lengths through the Python API's
 core (``estimate_step``), then the same over multi-GPU strategies, and prints
 configurations per second of CPU time (the process's own: on a shared machine the wall
-clock mostly measures the other jobs) and of wall time.
+clock mostly measures the other jobs) and of wall time. A configuration ftmem refuses
+(InvalidInputError: a layout it does not model yet) is skipped and counted, as a user's
+grid would skip it. ``--every N``: every N-th setting of each preset (the whole sweeps
+take minutes; ``--against`` runs them ten times).
 
 ``--against`` compares two trees: it alternates ROUNDS runs (default 5) of both sweeps
 in a fresh interpreter for this tree's ftmem and for the one under OTHER/src, one of
@@ -28,15 +31,18 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from ftmem.arch import Architecture
+from ftmem.errors import InvalidInputError
 from ftmem.estimate import estimate_step
+from ftmem.hardware import Gpu
 from ftmem.parallel import ParallelConfig
 from ftmem.presets import get_gpu, model_presets
 from ftmem.run import RunConfig
 
+Config = tuple[Architecture, RunConfig, ParallelConfig | None]
+Result = tuple[int, int, float, float, str]
 
-def _sweeps(
-    step: int,
-) -> dict[str, list[tuple[Architecture, RunConfig, ParallelConfig | None]]]:
+
+def _sweeps(step: int) -> dict[str, list[Config]]:
     """The configurations of each sweep: (architecture, run, layout or None)."""
     archs = list(model_presets().values())
     runs = [
@@ -64,34 +70,43 @@ def _sweeps(
     }
 
 
-def _measure(step: int) -> dict[str, tuple[int, float, float, str]]:
-    """Per sweep: configurations, CPU seconds, wall seconds, digest of the results."""
+def run_sweep(configs: list[Config], gpu: Gpu) -> Result:
+    """Estimates every configuration: those estimated, those refused, CPU seconds, wall
+    seconds, and a digest of the results (a refusal enters it as its error's type)."""
+    digest = hashlib.sha256()
+    refused = 0
+    cpu, wall = time.process_time(), time.perf_counter()
+    for arch, run, par in configs:
+        try:
+            result = estimate_step(arch, run, gpu, par=par).model_dump_json()
+        except InvalidInputError as e:
+            refused += 1
+            result = type(e).__name__
+        digest.update(result.encode())
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return len(configs) - refused, refused, cpu, wall, digest.hexdigest()[:16]
+
+
+def _measure(step: int) -> dict[str, Result]:
+    """Per sweep: run_sweep's figures."""
     gpu = get_gpu("a100-80gb")
-    out = {}
-    for name, configs in _sweeps(step).items():
-        digest = hashlib.sha256()
-        cpu, wall = time.process_time(), time.perf_counter()
-        for arch, run, par in configs:
-            digest.update(estimate_step(arch, run, gpu, par=par).model_dump_json().encode())
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        out[name] = (len(configs), cpu, wall, digest.hexdigest()[:16])
-    return out
+    return {name: run_sweep(configs, gpu) for name, configs in _sweeps(step).items()}
 
 
-def _print(results: dict[str, tuple[int, float, float, str]]) -> None:
-    for name, (n, cpu, wall, _) in results.items():
+def _print(results: dict[str, Result]) -> None:
+    for name, (n, refused, cpu, wall, _) in results.items():
         print(
             f"{name}: {n} configurations: {n / cpu:,.0f} per second of CPU time "
-            f"({n / wall:,.0f} per second of wall time)"
+            f"({n / wall:,.0f} per second of wall time); {refused} refused, skipped"
         )
 
 
-def _child(src: str) -> dict[str, tuple[float, str]]:
+def _child(src: str, step: int) -> dict[str, tuple[float, str]]:
     """One run of both sweeps in a fresh interpreter with ``src``'s ftmem: per sweep,
     configurations per CPU second and the results' digest."""
     env = {**os.environ, "PYTHONPATH": src}
     code = (
-        "import runpy, sys; sys.argv = ['bench', '--child']; "
+        f"import runpy, sys; sys.argv = ['bench', '--every', '{step}', '--child']; "
         f"runpy.run_path({str(Path(__file__).resolve())!r}, run_name='__main__')"
     )
     out = subprocess.run(
@@ -101,7 +116,7 @@ def _child(src: str) -> dict[str, tuple[float, str]]:
     return {name: (float(rate), digest) for name, rate, digest in rows}
 
 
-def _against(other: str, rounds: int) -> None:
+def _against(other: str, rounds: int, step: int) -> None:
     spec = find_spec("ftmem")
     assert spec is not None and spec.origin is not None
     trees = {"this tree": str(Path(spec.origin).parents[1]), "other tree": other}
@@ -110,7 +125,7 @@ def _against(other: str, rounds: int) -> None:
     for i in range(rounds):
         order = list(trees.items()) if i % 2 == 0 else list(trees.items())[::-1]
         for tree, src in order:
-            for sweep, (rate, digest) in _child(src).items():
+            for sweep, (rate, digest) in _child(src, step).items():
                 rates.setdefault((sweep, tree), []).append(rate)
                 digests.setdefault(sweep, set()).add(digest)
     for sweep in ("one GPU", "many GPUs"):
@@ -124,15 +139,19 @@ def _against(other: str, rounds: int) -> None:
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    step = 1
+    if args[:1] == ["--every"] and len(args) > 1:
+        step, args = int(args[1]), args[2:]
     # FTMEM_BENCH_QUICK=1 (tests/test_benchmarks.py): every preset, fewer settings, to
     # show the sweep runs to the end
-    step = 24 if os.environ.get("FTMEM_BENCH_QUICK") == "1" else 1
-    args = sys.argv[1:]
+    if os.environ.get("FTMEM_BENCH_QUICK") == "1":
+        step = 24
     if args[:1] == ["--child"]:
-        for name, (n, cpu, _, digest) in _measure(step).items():
+        for name, (n, _, cpu, _, digest) in _measure(step).items():
             print(f"{name}\t{n / cpu}\t{digest}")
     elif args[:1] == ["--against"] and len(args) > 1:
-        _against(args[1], int(args[2]) if len(args) > 2 else 5)
+        _against(args[1], int(args[2]) if len(args) > 2 else 5, step)
     else:
         _print(_measure(step))
 

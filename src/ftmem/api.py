@@ -25,6 +25,8 @@ from ftmem.validation import InvalidFields, Model
 
 # Imported where used, not here: `ftmem estimate` needs none of them (CLI start-up time)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ftmem.distill import Teacher
     from ftmem.measure.traced import Traced
     from ftmem.merge import MergeConfig
@@ -326,9 +328,26 @@ def plan(
     """The least invasive changes that make the run fit the GPU (``ftmem plan``)."""
     from ftmem.plan import make_plan  # (not for an estimate: CLI start-up)
 
-    arch = _architecture(model)
+    at = _searched(_architecture(model), gpu, gpu_memory, overhead)
+    return make_plan(at, dict(settings), rows=rows)
+
+
+def _searched(
+    arch: Architecture, gpu: str | Gpu | None, gpu_memory: str | int | None, overhead: Any
+) -> Callable[[dict[str, Any]], Estimate]:
+    """:func:`estimate` of ``arch`` for a search's candidates: the GPU read as the first
+    estimate reads it (its refusals the same), then passed on as read (get_gpu looks at
+    the preset folders each time, for a file changed between calls: a fifth of a
+    screened candidate's time)."""
     hw: dict[str, Any] = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
-    return make_plan(lambda s: estimate(arch, **hw, **s), dict(settings), rows=rows)
+
+    def at(settings: dict[str, Any]) -> Estimate:
+        est = estimate(arch, **hw, **settings)
+        if hw["gpu_memory"] is not None or isinstance(hw["gpu"], str):
+            hw.update(gpu=resolve_gpu(hw["gpu"], hw["gpu_memory"]), gpu_memory=None)
+        return est
+
+    return at
 
 
 # What `ftmem compare-methods` compares by default: one of each kind of method.
@@ -432,8 +451,8 @@ def largest(
     highest = search_bound(arch, what, settings)
     if settings.get(what) is not None:  # replaced by the search, but a mistake all the same
         _validated(RunConfig, {"method": settings.get("method"), what: settings[what]})
-    hw: dict[str, Any] = dict(gpu=gpu, gpu_memory=gpu_memory, overhead=overhead)
+    at = _searched(arch, gpu, gpu_memory, overhead)
     lowest = 1
     if what == "batch_size":
         lowest = smallest_batch(settings.get("objective", "sft"), settings.get("framework", "hf"))
-    return largest_fitting(lambda n: estimate(arch, **hw, **{**settings, what: n}), lowest, highest)
+    return largest_fitting(lambda n: at({**settings, what: n}), lowest, highest)

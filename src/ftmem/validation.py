@@ -170,6 +170,21 @@ def field_validator(
     return lambda func: _Hook(func, "field", mode, fields)
 
 
+def _field_hooks(hooks: dict[str, _Hook]) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Per field, its field_validator hooks' names that run before its type's check and
+    those after, in the hooks' order (found once per class, not at every value)."""
+    out: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    for name, hook in hooks.items():
+        if hook.kind != "field":
+            continue
+        for field in dict.fromkeys(hook.fields):  # (a field named twice runs it once)
+            before, after = out.get(field, ((), ()))
+            out[field] = (
+                ((*before, name), after) if hook.mode == "before" else (before, (*after, name))
+            )
+    return out
+
+
 class FieldInfo:
     """One field as callers see it: its default, description, and type (resolved when
     first asked for)."""
@@ -481,6 +496,8 @@ class Model:
     _hooks: ClassVar[dict[str, _Hook]] = {}
     _checks: ClassVar[dict[str, Check] | None] = None
     _plan: ClassVar[tuple[tuple[str, Any, Any, _Spec], ...]] = ()
+    # per field, the names of its field_validator hooks before and after its type's check
+    _field_hooks: ClassVar[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
     _own_doc: ClassVar[str | None] = None
 
     def __init_subclass__(cls, strict: bool | None = None, **kwargs: Any) -> None:
@@ -494,6 +511,7 @@ class Model:
                 hooks[name] = value
                 setattr(cls, name, value.func)
         cls._hooks = hooks
+        cls._field_hooks = _field_hooks(hooks)
         cls._checks = None
         cls._own_doc = cls.__dict__.get("__doc__")  # (before dataclass writes one)
         dataclasses.dataclass(frozen=True, init=False, eq=True, repr=True)(cls)
@@ -578,19 +596,13 @@ class Model:
 
     @classmethod
     def _field(cls, name: str, value: Any, check: Check) -> Any:
-        field_hooks = [
-            (hook_name, hook)
-            for hook_name, hook in cls._hooks.items()
-            if hook.kind == "field" and name in hook.fields
-        ]
+        before, after = cls._field_hooks.get(name, ((), ()))
         try:
-            for hook_name, hook in field_hooks:
-                if hook.mode == "before":
-                    value = getattr(cls, hook_name)(value)
+            for hook_name in before:
+                value = getattr(cls, hook_name)(value)
             value = check(value)
-            for hook_name, hook in field_hooks:
-                if hook.mode == "after":
-                    value = getattr(cls, hook_name)(value)
+            for hook_name in after:
+                value = getattr(cls, hook_name)(value)
         except ValueError as exc:
             raise _refuse("value_error", f"Value error, {exc}", value) from None
         return value
