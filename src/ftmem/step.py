@@ -43,6 +43,7 @@ from ftmem.phases import (
     HeadTransients,
     OptimizerStep,
     StepSizes,
+    moment_grads,
 )
 from ftmem.profiles import (
     compiled_chunked_loss,
@@ -847,7 +848,7 @@ def _decoder_block(
         # block's own gradients (the peak moves to the end of backward, measured)
         workspace=max(workspace, kernel),
         policy=policy,
-        workspace_grads=max(0, kernel - max(workspace, kernel - made)),
+        workspace_grads=moment_grads(workspace, kernel, made),
         without_kernel=workspace if kernel else None,
     )
 
