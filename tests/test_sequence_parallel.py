@@ -123,21 +123,63 @@ def test_residual_dropout_is_split_attention_dropout_is_not():
     assert [x.nbytes for x in SequenceSplit(4).block(items)] == [1000, 8000, 16000]
 
 
-def test_ring_attention_buffers_in_the_block_backward():
-    """RingAttention's backward on the T/cp local tokens: two stacked k/v buffers (bf16),
-    dq/dk/dv blocks (bf16), two fp32 stacked dk/dv buffers and the fp32 dq."""
-    T, cp = 4096, 4
+def _ring_backward(t: int, cp: int, b: int = 1) -> int:
+    """RingAttention's backward (attn.py at 4f9953be335e) on t local tokens, bf16, over
+    cp ranks: its largest moment on any rank beside the saved tensors. k and v come
+    repeated to every head (modeling/llama.py:551-552), so every buffer is q's size."""
+    q = t * HEADS * D
+    # kv_buffers (two stacked k/v), dq/dk/dv blocks, two fp32 stacked dk/dv (:999-1007)
+    buffers = 2 * 2 * q * E + 3 * q * E + 2 * 2 * q * FP32
+    dq = q * FP32  # the fp32 accumulator (:1066)
+
+    def flash(rows: int) -> int:  # flash-attn v2.8.3 mha_varlen_bwd: dq_accum, softmax_d
+        return (rows + 128 * b) * HEADS * (D + 1) * FP32
+
+    lse = HEADS * (t // 2) * FP32  # softmax_lse[:, half_idx_back], all ranks but the last
+    first = max(flash(t), dq + q * FP32) + lse  # step 0; then dq beside dk_block.float()
+    end = dq + 3 * q * E + lse  # dq, dk, dv cast back (:1171)
+    # i <= rank: k, v halves copied, the kernel on all of q (the middle ranks hold lse)
+    inside = dq + q * E + flash(t) + (lse if cp > 2 else 0)
+    # i > rank: q, out, dout halves copied, the kernel on half of q; from the second
+    # such step the last step's halves too (rank 0 with cp > 2)
+    outside = dq + max(3 * q // 2 * E + flash(t // 2), 3 * q * E if cp > 2 else 0) + lse
+    return buffers + max(first, end, inside, outside)
+
+
+@pytest.mark.parametrize("cp", [2, 4])
+def test_ring_attention_backward_moment(cp):
+    """RingAttention's backward moment in the block: its buffers (_ring_backward) beside
+    what the fused kernel's moment holds besides its gradients: the attention output's
+    gradient (bf16) and the residual stream's arriving, the block's gradients made by
+    then (o_proj, gate/up/down, the post-attention norm; bf16), and the MLP side freed
+    (post-attention norm's fp32 input, rstd, bf16 output; gate/up input; gate, up,
+    SiLU·up and the down input)."""
+    T = 4096
     t = T // cp
-    q = kv = t * HEADS * D
-    ring = 2 * 2 * kv * E + (q + 2 * kv) * E + 2 * 2 * kv * FP32 + q * FP32
+    arriving = t * HEADS * D * E + t * H * E
+    made = (H * H + 3 * H * F + H) * E
+    freed = (t * H * FP32 + t * FP32 + t * H * E) + t * H * E + 4 * t * F * E
+    moment = _ring_backward(t, cp) + arriving + made - freed
     step = _step(cp=cp, sp_mode="ring_attn", seq_len=T)
-    assert step.parts.sizes.block.workspace == ring == 142_606_336
+    block = step.parts.sizes.block
+    assert block.workspace == moment
+    if cp == 4:
+        assert moment == 367_218_688
+    # the allocator replay takes as the block's gradients what the moment counts of
+    # them above the MLP's own workspace
+    mlp = _step(cp=cp, sp_mode="all_to_all", seq_len=T).parts.sizes.block.without_kernel
+    assert block.workspace_grads == moment - max(mlp, moment - made)
     a2a = _step(cp=cp, sp_mode="all_to_all", seq_len=T)
     assert a2a.parts.sizes.activations == step.parts.sizes.activations
-    # all_to_all runs the fused kernel on all tokens and its share of heads: its moment's
-    # transients (besides the block's gradients made by then) stay below the ring's
-    a2a_block = a2a.parts.sizes.block
-    assert a2a_block.workspace - a2a_block.workspace_grads < ring
+
+
+def test_ring_attention_repeats_grouped_keys():
+    """Llama-3.1-8B (32 heads, 8 kv heads of 128): the forward's two k/v buffers and two
+    blocks' outputs are at every query head, repeat_kv having run before the ring."""
+    T, cp = 4096, 4
+    q = T // cp * 32 * 128
+    step = _step("llama3.1-8b", cp=cp, sp_mode="ring_attn", seq_len=T)
+    assert step.parts.sizes.block.forward == 2 * 2 * q * E + 2 * q * E == 50_331_648
 
 
 def test_cp_alone_is_all_to_all_under_colossalai():

@@ -53,6 +53,7 @@ from ftmem.phases import (
     Peak,
     StepSizes,
     find_peak,
+    moment_grads,
 )
 from ftmem.precision import resolve_dtypes
 from ftmem.profiles import compiled_layers, profile_of
@@ -67,6 +68,7 @@ from ftmem.sequence_parallel import (
     ring_attention_forward,
 )
 from ftmem.step import StepParts, reference_weights, step_parts, trains_own_weights
+from ftmem.transients import attention_backward_beside, attention_gradients_made
 from ftmem.validation import Field, Model, PositiveInt, model_validator
 from ftmem.versions import checkpoint_wraps_decoder_unit
 
@@ -1829,7 +1831,7 @@ def parallel_step(
     if par.resolved_strategy in FSDP and lrun.precision.endswith("-mixed"):
         parts = _fsdp_mixed(local, lrun, parts)
     if par.sequence_mode == "ring_attn":
-        parts = _ring_attention(local, lrun, parts)
+        parts = _ring_attention(local, lrun, parts, par.cp)
     if par.pp_chunks > 1 and parts.plan.trainable_blocks not in (0, arch.num_layers):
         # (each stage's chunks are blocks pp apart: a stage of unlike blocks is not the
         # contiguous one ftmem lays out)
@@ -1861,22 +1863,23 @@ def _sequence_split(
     return SequenceSplit(par.tp)
 
 
-def _ring_attention(arch: Architecture, run: RunConfig, parts: StepParts) -> StepParts:
-    """ring_attn: RingAttention's buffers beside a block's forward and backward."""
+def _ring_attention(arch: Architecture, run: RunConfig, parts: StepParts, ranks: int) -> StepParts:
+    """ring_attn: RingAttention's buffers beside a block's forward and backward; in
+    backward, with what any attention's backward holds beside them (the gradients
+    arriving and the block's made by then), in place of the fused kernel's moment."""
     e = BYTES_PER_ELEMENT[parts.plan.dtypes.compute]
     T = run.batch_size * run.positions
     block = parts.sizes.block
-    ring = ring_attention_backward(arch, e, T)
-    # RingAttention's blocks replace the fused kernel's backward (transients.
-    # attention_kernel_moment); what else the block's backward holds stays. (The
-    # gradients arriving and the block's own made by then, which the kernel's moment
-    # counts, are not counted beside the ring's buffers.)
+    ring = ring_attention_backward(arch, e, T, run.batch_size, ranks)
+    if not run.activation_offload:  # (offload's own moment: step._decoder_block)
+        ring += attention_backward_beside(arch, run, parts.plan, parts.typical_block, e, T)
+    made = attention_gradients_made(arch, run, parts.plan)
     besides = block.workspace if block.without_kernel is None else block.without_kernel
     block = dataclasses.replace(
         block,
         forward=max(block.forward, ring_attention_forward(arch, e, T)),
         workspace=max(besides, ring),
-        workspace_grads=0,
+        workspace_grads=moment_grads(besides, ring, made),
         without_kernel=None,
     )
     return dataclasses.replace(parts, sizes=dataclasses.replace(parts.sizes, block=block))

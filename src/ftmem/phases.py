@@ -94,6 +94,13 @@ class BlockTransients:
     without_kernel: int | None = None
 
 
+def moment_grads(workspace: int, moment: int, made: int) -> int:
+    """Of a block's workspace, the larger of ``workspace`` and an attention backward's
+    ``moment``, the gradients ``made`` by then (BlockTransients.workspace_grads): those
+    the moment counts, where it is the larger."""
+    return max(0, moment - max(workspace, moment - made))
+
+
 # one request of a head's program: ("alloc", bytes), or ("free", k) for the program's
 # k-th allocation (its forward's and backward's numbered together)
 HeadRequest = tuple[str, int]

@@ -116,19 +116,66 @@ class SequenceSplit:
         return all(set(lin.roles) <= ROW_PARALLEL for lin in x.linears)
 
 
-def ring_attention_backward(arch: Architecture, e: int, T: int) -> int:
-    """RingAttention's backward on ``T`` local tokens beside the saved tensors
-    (shardformer/layer/attn.py:999-1007, 1066): two stacked key/value
-    buffers (``kv_buffers``), the 16-bit ``dq/dk/dv`` blocks, two fp32 ``dkv_buffers`` and
-    the fp32 ``dq`` accumulator."""
+def ring_attention_backward(arch: Architecture, e: int, T: int, sequences: int, ranks: int) -> int:
+    """RingAttention's backward on ``T`` local tokens (``sequences`` of them in the batch)
+    over a ring of ``ranks``: its largest moment on any rank, beside the saved tensors and
+    what any attention's backward holds (transients.attention_backward_beside: the
+    output's gradient arriving, the block's gradients made).
+
+    Read at 4f9953be335e, shardformer/layer/attn.py RingAttention.backward: the buffers
+    it makes first (:999-1007), two stacked key/value buffers (``kv_buffers``), the
+    ``dq/dk/dv`` blocks in the input dtype and two fp32 ``dkv_buffers``; then per ring
+    step i one flash-attn backward (``_flash_attn_varlen_backward``) whose fp32 ``dq`` is
+    accumulated (:1066). Keys and values come repeated to every query head
+    (modeling/llama.py:551-552 ``repeat_kv`` before ``RingAttention.attention``; GPT-2
+    has as many), so every buffer is q's size. The moments, beside those buffers:
+
+    - step 0: the kernel's workspace, then ``dq = dq_block.float()`` beside
+      ``dk_block.float()``'s copy into its buffer (:1066-1067);
+    - a step with i <= rank (every rank but the first): the key/value halves indexed out
+      (:1051, an index copy) beside ``dq`` and the kernel's workspace on all of q;
+    - a step with i > rank (every rank but the last): the q, out and dout halves indexed
+      out (:1060) beside ``dq`` and the kernel's workspace on half of q; from the second
+      such step on, the last step's halves are still bound while the new are made;
+    - the end: ``dq, dk, dv`` cast to the input dtype beside ``dq`` (:1171), the
+      gradients a fused kernel returns (Attention.kernel_gradients, here at q's width).
+
+    Every rank but the last holds the half of the log-sum-exp it indexes out (:994-995).
+    (``dq[half_idx_back] += dq_`` reads an fp32 half copy, under the kernel's workspace
+    it follows.)"""
+    n = arch.num_heads
+    q = T * n * arch.head_size
+    buffers = 2 * (2 * q) * e + 3 * q * e + 2 * (2 * q) * FP32
+    dq = q * FP32
+    half = q // 2
+    first = max(_flash_backward_workspace(arch, T, sequences), 2 * dq)
+    end = dq + 3 * q * e
+    lse = n * (T // 2) * FP32 if ranks > 1 else 0
+    moments = [first + lse, end + lse]
+    if ranks > 1:
+        inside = dq + 2 * half * e + _flash_backward_workspace(arch, T, sequences)
+        halves = 3 * half * e
+        outside = dq + max(
+            halves + _flash_backward_workspace(arch, T // 2, sequences),
+            2 * halves if ranks > 2 else 0,
+        )
+        moments += [inside + (lse if ranks > 2 else 0), outside + lse]
+    return buffers + max(moments)
+
+
+def _flash_backward_workspace(arch: Architecture, rows: int, sequences: int) -> int:
+    """flash-attn's varlen backward on ``rows`` query tokens: its fp32 ``dq_accum`` and
+    ``softmax_d``, each sequence padded by 128 rows, the head size rounded up to 32 (64
+    past 128) (Dao-AILab/flash-attention v2.8.3 csrc/flash_attn/flash_api.cpp
+    mha_varlen_bwd l.1051, 1100, 1113; no ``dk_expanded`` with as many key heads)."""
     d = arch.head_size
-    q, kv = T * arch.num_heads * d, T * arch.kv_heads * d
-    return 2 * (2 * kv) * e + (q + 2 * kv) * e + 2 * (2 * kv) * FP32 + q * FP32
+    rounded = ceil_div(d, 32 if d <= 128 else 64) * (32 if d <= 128 else 64)
+    return (rows + 128 * sequences) * arch.num_heads * (rounded + 1) * FP32
 
 
 def ring_attention_forward(arch: Architecture, e: int, T: int) -> int:
-    """RingAttention's forward beside its inputs: the two key/value buffers and the two
-    blocks' outputs being merged (attn.py:708-713)."""
-    d = arch.head_size
-    q, kv = T * arch.num_heads * d, T * arch.kv_heads * d
-    return 2 * (2 * kv) * e + 2 * q * e
+    """RingAttention's forward beside its inputs: the two key/value buffers (keys and
+    values repeated to every query head: ring_attention_backward) and the two blocks'
+    outputs being merged (attn.py:708-713)."""
+    q = T * arch.num_heads * arch.head_size
+    return 2 * (2 * q) * e + 2 * q * e

@@ -197,18 +197,27 @@ def attention_kernel_moment(
 ) -> int:
     """A fused attention kernel's backward (sdpa, FlashAttention-2), relative to the whole
     block's saved activations as the MLP's moment: the q, k and v gradients it returns
-    (Attention.kernel_gradients) beside its saved inputs and output, the gradient of that
-    output (T·q) and the residual stream's (T·h, the residual dtype) arriving; the MLP
-    side, the output projection's own saved tensors and the attention output's dropout
-    mask are freed by then (their backward ran), and the gradients the block's backward
-    has made so far exist (attention_gradients_made). Measured on the CPU: the tiny
-    multi-query GPTBigCode and a grouped Llama with a padded batch, full finetuning in
-    bf16 (the backward's peak there; tests/test_padding.py). A parallel block with one
-    norm (Phi, Falcon-7B) also holds the MLP branch's gradient of that norm's output,
-    waiting for the attention branch's (T·h)."""
+    (Attention.kernel_gradients) beside what every attention's backward holds
+    (attention_backward_beside). Measured on the CPU: the tiny multi-query GPTBigCode
+    and a grouped Llama with a padded batch, full finetuning in bf16 (the backward's peak
+    there; tests/test_padding.py)."""
     grads = Attention.kernel_gradients(arch, run, e, T)
     if not grads:
         return 0
+    return grads + attention_backward_beside(arch, run, plan, block, e, T)
+
+
+def attention_backward_beside(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: Sequence[Saved], e: int, T: int
+) -> int:
+    """What an attention's backward holds beside its own tensors (a fused kernel's
+    gradients, RingAttention's buffers), relative to the whole block's saved activations:
+    the gradient of its output (T·q) and the residual stream's (T·h, the residual dtype)
+    arriving; the MLP side, the output projection's own saved tensors and the attention
+    output's dropout mask are freed by then (their backward ran), and the gradients the
+    block's backward has made so far exist (attention_gradients_made). A parallel block
+    with one norm (Phi, Falcon-7B) also holds the MLP branch's gradient of that norm's
+    output, waiting for the attention branch's (T·h)."""
     h, r = arch.hidden_size, plan.dtypes.residual_bytes
     arriving = T * arch.q_size * e + T * h * r
     if arch.parallel_attn_mlp and arch.norms_per_block == 1:
@@ -216,7 +225,7 @@ def attention_kernel_moment(
     freed = freed_before_attention(arch, block) + sum(
         x.nbytes for x in block if x.side is Side.ATTENTION and _after_the_kernel(x)
     )
-    return grads + arriving + attention_gradients_made(arch, run, plan) - freed
+    return arriving + attention_gradients_made(arch, run, plan) - freed
 
 
 def _after_the_kernel(x: Saved) -> bool:
