@@ -54,13 +54,15 @@ def adam_states(partition: int) -> int:
 
 
 def init_program(partition: int, model_bytes: int) -> tuple[tuple[str, int], ...]:
-    """The optimizer init's requests after loading, in order, as ("alloc", bytes) and
-    ("free", j) (the j-th "alloc" of this program), for the allocator replay: the
-    clone, the master, the clone freed, the master's zero gradient, the two moments, the
-    gradient freed (steps 3-4 above). The flat 16-bit buffer (step 2) is the trainable
-    weights the replay already holds."""
+    """The optimizer init's requests after loading, in order, as ("alloc", bytes),
+    ("free", j) (the j-th "alloc" of this program) and ("empty_cache", 0), for the
+    allocator replay: the cache emptied (step 1), the clone, the master, the clone
+    freed, the master's zero gradient, the two moments, the gradient freed (steps 3-4
+    above). The flat 16-bit buffer (step 2) is still the trainable weights the replay
+    holds per tensor (their move to the CPU and back as one buffer is not replayed)."""
     master = FP32 * partition
     return (
+        ("empty_cache", 0),  # step 1
         ("alloc", model_bytes * partition),  # 0: the 16-bit clone
         ("alloc", master),  # 1: the fp32 master
         ("free", 0),

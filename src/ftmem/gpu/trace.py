@@ -416,10 +416,11 @@ class RunOutside:
     states and the gradients' buffer too (ZeRO-3), so the steps request neither;
     ``optimizer_init``: after loading, an optimizer's init that makes its states and
     frees its transients (DeepSpeed ZeRO-1/2, deepspeed_zero2.init_program, as
-    ("alloc", bytes) / ("free", j)), so the steps request no states; ``zero2_grads``:
-    DeepSpeed ZeRO-2's gradients (deepspeed_zero2.Backward: ipg buffers, autograd's
-    gradients copied into them and freed, one flat partition) in place of the
-    per-tensor gradients held to the step and the sizes' backward buckets."""
+    ("alloc", bytes) / ("free", j) / ("empty_cache", 0)), so the steps request no
+    states; ``zero2_grads``: DeepSpeed ZeRO-2's gradients on one rank
+    (deepspeed_zero2.Backward: ipg buffers, autograd's gradients copied into them and
+    freed, one flat partition) in place of the per-tensor gradients held to the step
+    and the sizes' backward buckets."""
 
     loading: tuple[tuple[tuple[str, int], ...], ...] = ()
     after: tuple[tuple[int, ...], ...] = ()
@@ -462,6 +463,8 @@ def _run_wrap(rec: _Recorder, program: tuple[tuple[str, int], ...]) -> None:
     for op, value in program:
         if op == "alloc":
             keys.append(rec.alloc((value,)))
+        elif op == "empty_cache":
+            rec.empty_cache()
         else:
             rec.free(keys[value])
 
