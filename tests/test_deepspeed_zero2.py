@@ -51,7 +51,8 @@ def test_init_leaves_the_clone_and_the_gradient_cached_for_the_step():
     program = deepspeed_zero2.init_program(n, 2)
     target = BestFit()
     handles: list[int] = []
-    for op, value in program:
+    assert program[0] == ("empty_cache", 0)  # after the parameters went to the CPU
+    for op, value in program[1:]:
         if op == "alloc":
             handles.append(target.malloc(value))
         else:
@@ -72,28 +73,47 @@ def test_only_zero2_with_fusedadam_on_a_16bit_model_runs_the_init():
     from ftmem.parallel import ParallelConfig
 
     estimate = sys.modules["ftmem.estimate"]
+    arch = type("A", (), {"hidden_size": 4096})()
 
     class Sizes:
-        def __init__(self, states: int) -> None:
+        def __init__(self, states: int, grads: int = 2 * PSI_7B) -> None:
             self.states = states
+            self.gradients = type("G", (), {"total": grads})()
 
     class Plan:
         def __init__(self, compute: str) -> None:
             self.n_trainable = PSI_7B
             self.dtypes = type("D", (), {"compute": compute})()
 
+    def init(par: ParallelConfig, plan: Plan, sizes: Sizes):
+        return estimate._zero2_init(arch, par, plan, sizes)
+
     zero2 = ParallelConfig(gpus=1, strategy="zero2")
-    got = estimate._zero2_init(zero2, Plan("fp16"), Sizes(12 * PSI_7B))
+    got = init(zero2, Plan("fp16"), Sizes(12 * PSI_7B))
     assert got.optimizer_init == deepspeed_zero2.init_program(PSI_7B, 2)
     assert got.reset
-    # an optimizer whose states are not an fp32 master and two moments: untouched
-    assert estimate._zero2_init(zero2, Plan("fp16"), Sizes(6 * PSI_7B)) is STEP_ONLY
+    # one rank's 16-bit gradients: ZeRO-2's flat partition, buckets of HF's auto h^2
+    flat = deepspeed_zero2.Gradients(bucket=2 * 4096**2, partition=2 * PSI_7B, padding=0)
+    assert got.zero2_grads == flat
+    # an optimizer whose states are not an fp32 master and two moments: no init, the
+    # gradients still ZeRO-2's
+    other = init(zero2, Plan("fp16"), Sizes(6 * PSI_7B))
+    assert other.optimizer_init == () and not other.reset and other.zero2_grads == flat
+    zero1 = ParallelConfig(gpus=1, strategy="zero1")
+    assert init(zero1, Plan("fp16"), Sizes(12 * PSI_7B)).zero2_grads is None
+    assert init(zero1, Plan("fp16"), Sizes(6 * PSI_7B)) is STEP_ONLY
+    # two ranks (12 bytes of states on each one's half): the init, but each rank's
+    # gradient partition is not derived
+    two = ParallelConfig(gpus=2, strategy="zero2")
+    assert init(two, Plan("fp16"), Sizes(6 * PSI_7B, PSI_7B)).zero2_grads is None
+    # gradients other than 16-bit ones of every trainable element: untouched
+    assert init(zero2, Plan("fp16"), Sizes(6 * PSI_7B, 4 * PSI_7B)) is STEP_ONLY
     # an fp32 model (its .float() is the clone itself): untouched
-    assert estimate._zero2_init(zero2, Plan("fp32"), Sizes(12 * PSI_7B)) is STEP_ONLY
+    assert init(zero2, Plan("fp32"), Sizes(12 * PSI_7B)) is STEP_ONLY
     offload = ParallelConfig(gpus=1, strategy="zero2", offload_optimizer="cpu")
-    assert estimate._zero2_init(offload, Plan("fp16"), Sizes(12 * PSI_7B)) is STEP_ONLY
+    assert init(offload, Plan("fp16"), Sizes(12 * PSI_7B)) is STEP_ONLY
     zero3 = ParallelConfig(gpus=1, strategy="zero3")
-    assert estimate._zero2_init(zero3, Plan("fp16"), Sizes(12 * PSI_7B)) is STEP_ONLY
+    assert init(zero3, Plan("fp16"), Sizes(12 * PSI_7B)) is STEP_ONLY
 
 
 @pytest.mark.parametrize("row_id", ["qwen1-7b-qlora-seq256", "qwen1-14b-qlora-seq256"])
@@ -110,3 +130,136 @@ def test_the_qwen_qlora_rows_state_sizes_are_a_zero2_adam_layout(row_id):
     h, f, layers = (4096, 11008, 32) if "7b" in row_id else (5120, 13696, 40)
     psi = layers * 64 * (9 * h + 3 * f)
     assert est.memory.optimizer_states_bytes == deepspeed_zero2.adam_states(psi)
+
+
+class _Log:
+    """A recorder that writes down ZeRO-2's requests: ("alloc", bytes, key), ("free", key)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int] | tuple[str, int, int]] = []
+        self._next = 0
+
+    def alloc(self, sizes):
+        keys = []
+        for size in sizes:
+            if size > 0:
+                self.events.append(("alloc", size, self._next))
+                keys.append(self._next)
+                self._next += 1
+        return keys
+
+    def free(self, keys):
+        self.events += [("free", k) for k in keys]
+
+
+def test_backward_copies_each_gradient_into_the_bucket_and_makes_the_partition_at_the_first_reduce():
+    """stage_1_and_2.py at v0.11.0, by hand, for a bucket of 100 bytes and gradients of
+    60, 30, 20, 150, 10 made in that order (270 bytes, one rank, no padding):
+    ``backward`` (l.1931-1945) makes both ipg buffers; 60 and 30 fit the bucket (90):
+    each autograd gradient is copied in and freed at once (l.905-907); 20 would overflow
+    it (110 > 100, l.888): ``reduce_ipg_grads`` copies the bucket's two into a new
+    ``grads_in_partition`` (270, l.1247-1257), then 20 goes in; 150 overflows again (the
+    partition exists already) and is larger than the bucket: autograd's tensor stays
+    (``extra_large_param_to_reduce``) until 10's hook reduces it into the partition; the
+    epilogue's reduce copies 10 and frees the ipg buffers (l.749), the partition kept
+    by ``averaged_gradients`` in micro-step 1 (l.733-739)."""
+    g = deepspeed_zero2.Gradients(bucket=100, partition=270, padding=0)
+    log = _Log()
+    backward = deepspeed_zero2.Backward(g, log)
+    for size in (60, 30, 20, 150, 10):
+        backward.gradient(size)
+    kept = backward.end(first=True)
+    assert log.events == [
+        ("alloc", 100, 0),
+        ("alloc", 100, 1),
+        ("alloc", 60, 2),
+        ("free", 2),
+        ("alloc", 30, 3),
+        ("free", 3),
+        ("alloc", 20, 4),
+        ("alloc", 270, 5),  # the first reduce with gradients in the bucket
+        ("free", 4),
+        ("alloc", 150, 6),  # outnumbers the bucket: held
+        ("alloc", 10, 7),
+        ("free", 6),  # copied into the partition by 10's reduce
+        ("free", 7),
+        ("free", 0),
+        ("free", 1),
+    ]
+    assert kept == [5]
+
+
+def test_a_later_micro_step_frees_its_partition_and_padding_in_its_epilogue():
+    """Micro-step 2 (l.740-747, 749-755): its gradients all fit one bucket of 2e8
+    elements (Qwen-1 7B Q-LoRA's 143,130,624 adapters, 2 bytes each), so its
+    ``grads_in_partition`` is made in the epilogue's reduce, after every gradient; the
+    padding zeros ``get_flat_partition`` adds (an odd count: 1 element, l.1632-1633) and
+    the partition are added into micro-step 1's and freed with the ipg buffers."""
+    psi = PSI_7B - 1  # odd, to have one padding element
+    g = deepspeed_zero2.Gradients(bucket=2 * 200_000_000, partition=2 * psi, padding=2)
+    log = _Log()
+    backward = deepspeed_zero2.Backward(g, log)
+    backward.gradient(2 * (psi - 1000))
+    backward.gradient(2 * 1000)
+    assert backward.end(first=False) == []
+    assert log.events == [
+        ("alloc", 400_000_000, 0),
+        ("alloc", 400_000_000, 1),
+        ("alloc", 2 * (psi - 1000), 2),
+        ("free", 2),
+        ("alloc", 2000, 3),
+        ("free", 3),
+        ("alloc", 2 * psi, 4),  # in the epilogue
+        ("alloc", 2, 5),
+        ("free", 0),
+        ("free", 1),
+        ("free", 4),
+        ("free", 5),
+    ]
+
+
+def test_the_replay_of_a_zero2_step_holds_one_flat_partition_per_micro_step():
+    """The trace of an accumulating ZeRO-2 step (two micro-steps) on one rank: each
+    micro-step requests both ipg buffers and one flat partition; micro-step 1's
+    partition is held to the step's end (``averaged_gradients``), micro-step 2's freed
+    in its epilogue before micro-step 1's; with a bucket larger than every gradient,
+    each autograd gradient is freed right after it is made (copied into the bucket)."""
+    from ftmem.api import parallel_config, run_config
+    from ftmem.estimate import _tensors
+    from ftmem.gpu.trace import RunOutside, run_events
+    from ftmem.parallel import parallel_step
+    from ftmem.presets import get_model
+
+    arch = get_model("qwen2.5-0.5b")
+    run = run_config(method="lora", seq_len=128, batch_size=1, grad_accum=2, precision="bf16")
+    par = parallel_config(gpus=1, strategy="zero2")
+    step = parallel_step(arch, run, par, None)
+    sizes = step.ranks[step.worst].sizes
+    tensors = _tensors(step.parts, sizes)
+    grads = [*tensors.outer_grads, *tensors.embedding_grads]
+    grads += list(tensors.block_grads) * sizes.gradients.trainable_blocks
+    assert sum(grads) == sizes.gradients.total
+    flat = deepspeed_zero2.Gradients(bucket=10**9 + 2, partition=sum(grads) + 1, padding=0)
+    events = run_events([(sizes, tensors)], outside=RunOutside(zero2_grads=flat))
+    requests = [e for e in events if e[0] != "free"]  # a key is its request's index
+    freed_at = {key: i for i, (op, key) in enumerate(events) if op == "free"}
+    made_at: dict[int, int] = {}
+    n = 0
+    for i, (op, _) in enumerate(events):
+        if op != "free":
+            made_at[n] = i
+            n += 1
+    partitions = [k for k, (_, size) in enumerate(requests) if size == flat.partition]
+    ipg = [k for k, (_, size) in enumerate(requests) if size == flat.bucket]
+    assert len(partitions) == 2 and len(ipg) == 4
+    first, second = partitions
+    assert freed_at[second] < freed_at[first]  # micro-step 2's, in its epilogue
+    assert made_at[ipg[2]] > freed_at[ipg[0]]  # micro-step 2's buckets are new ones
+    # every gradient request is freed at once: the next event
+    grad_sizes = set(grads)
+    checked = 0
+    for k, (op, size) in enumerate(requests):
+        if op == "alloc" and size in grad_sizes and k not in partitions:
+            assert events[made_at[k] + 1] == ("free", k), f"request {k} outlives its hook"
+            checked += 1
+    assert checked >= 2 * len(grads)  # each gradient, in both micro-steps

@@ -26,6 +26,10 @@ same sizes, so a replay finds them there. The gradients themselves are made in b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
 from ftmem.dtypes import FP32
 
 # FusedAdam's two moments beside the fp32 master, each of the master's size
@@ -50,13 +54,15 @@ def adam_states(partition: int) -> int:
 
 
 def init_program(partition: int, model_bytes: int) -> tuple[tuple[str, int], ...]:
-    """The optimizer init's requests after loading, in order, as ("alloc", bytes) and
-    ("free", j) (the j-th "alloc" of this program), for the allocator replay: the
-    clone, the master, the clone freed, the master's zero gradient, the two moments, the
-    gradient freed (steps 3-4 above). The flat 16-bit buffer (step 2) is the trainable
-    weights the replay already holds."""
+    """The optimizer init's requests after loading, in order, as ("alloc", bytes),
+    ("free", j) (the j-th "alloc" of this program) and ("empty_cache", 0), for the
+    allocator replay: the cache emptied (step 1), the clone, the master, the clone
+    freed, the master's zero gradient, the two moments, the gradient freed (steps 3-4
+    above). The flat 16-bit buffer (step 2) is still the trainable weights the replay
+    holds per tensor (their move to the CPU and back as one buffer is not replayed)."""
     master = FP32 * partition
     return (
+        ("empty_cache", 0),  # step 1
         ("alloc", model_bytes * partition),  # 0: the 16-bit clone
         ("alloc", master),  # 1: the fp32 master
         ("free", 0),
@@ -65,3 +71,83 @@ def init_program(partition: int, model_bytes: int) -> tuple[tuple[str, int], ...
         ("alloc", master),  # 4: exp_avg_sq
         ("free", 2),
     )
+
+
+class Requests(Protocol):
+    """What the replay's recorder offers (gpu.trace._Recorder)."""
+
+    def alloc(self, sizes: Sequence[int]) -> list[int]: ...
+
+    def free(self, keys: list[int]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Gradients:
+    """ZeRO-2's 16-bit gradients on one rank, with ``contiguous_gradients`` and
+    ``overlap_comm`` (stage_1_and_2.py at v0.11.0, the same lines at v0.12.3), in bytes:
+    ``bucket`` one ipg buffer (``reduce_bucket_size`` elements), ``partition`` the
+    ``grads_in_partition`` buffer (the sum of the partition's parameters, l.1247-1257:
+    all trainable ones on one rank, unpadded), ``padding`` the zeros
+    ``get_flat_partition`` appends up to the padded partition (l.1632-1633)."""
+
+    bucket: int
+    partition: int
+    padding: int
+
+
+class Backward:
+    """One micro-step's gradient requests (``first``: the first of the optimizer step's):
+
+    - ``backward`` (l.1931-1945): two ipg buffers of ``reduce_bucket_size`` elements
+      (overlap_comm's double buffer), before autograd's backward starts;
+    - each gradient autograd makes is copied into the ipg buffer by its parameter's hook
+      and the parameter re-pointed there (l.885-910): autograd's tensor is freed at once,
+      unless it outnumbers the bucket (``extra_large_param_to_reduce``), then it waits for
+      the next reduce;
+    - a reduce (``reduce_ipg_grads``, l.1268-1325) runs when the next gradient would
+      overflow the bucket (l.888) and in the epilogue; its first copy into the partition
+      allocates ``grads_in_partition`` (``copy_grads_in_partition``, l.1247-1257). A
+      reduce of an empty bucket copies nothing;
+    - the epilogue (l.712-755): the last reduce; micro-step 1's ``averaged_gradients``
+      are views of the partition plus the padding zeros, which the step keeps; a later
+      micro-step's are added into them, and its partition and padding are freed with the
+      ipg buffers (``_release_ipg_buffers``) and ``zero_grad(set_to_none=True)``."""
+
+    __slots__ = ("_fill", "_g", "_ipg", "_large", "_partition", "_pending", "_rec")
+
+    def __init__(self, g: Gradients, rec: Requests) -> None:
+        self._g, self._rec = g, rec
+        self._fill = self._pending = 0
+        self._large: list[int] = []
+        self._partition: list[int] | None = None
+        self._ipg = rec.alloc((g.bucket, g.bucket))
+
+    def gradient(self, size: int) -> None:
+        rec, g = self._rec, self._g
+        made = rec.alloc((size,))
+        if self._fill + size > g.bucket:
+            self._reduce()
+        self._pending += 1
+        self._fill += size
+        if size > g.bucket:
+            self._large = made
+        else:
+            rec.free(made)
+
+    def _reduce(self) -> None:
+        if self._pending and self._partition is None:
+            self._partition = self._rec.alloc((self._g.partition,))
+        self._rec.free(self._large)
+        self._large = []
+        self._fill = self._pending = 0
+
+    def end(self, first: bool) -> list[int]:
+        """The epilogue; returns what the step keeps (micro-step 1's partition)."""
+        rec = self._rec
+        self._reduce()
+        kept = (self._partition or []) + rec.alloc((self._g.padding,))
+        rec.free(self._ipg)
+        if first:
+            return kept
+        rec.free(kept)
+        return []

@@ -646,7 +646,7 @@ def _estimate_parallel(
     if wrap is STEP_ONLY:
         wrap = _zero3_init(arch, par, step.parts.plan, sz)
     if wrap is STEP_ONLY:
-        wrap = _zero2_init(par, step.parts.plan, sz)
+        wrap = _zero2_init(arch, par, step.parts.plan, sz)
     at_peak, figures, _ = _device(
         peak_info.at_peak, step.parts, sz, step.run, gpu, overhead_bytes, step_at, par, wrap=wrap
     )
@@ -738,24 +738,48 @@ def _zero3_init(
     return RunOutside(wrap=program, reset=True, made=True)
 
 
-def _zero2_init(par: ParallelConfig, plan: MethodPlan, sz: StepSizes) -> RunOutside:
-    """DeepSpeed ZeRO-1/2 with a 16-bit model, FusedAdam and nothing offloaded: its
+def _zero2_init(
+    arch: Architecture, par: ParallelConfig, plan: MethodPlan, sz: StepSizes
+) -> RunOutside:
+    """DeepSpeed ZeRO-1/2 with a 16-bit model and nothing offloaded. With FusedAdam, its
     optimizer's init (deepspeed_zero2.init_program) makes the fp32 master and both
     moments before the first step and leaves the master's 16-bit clone and its zero
     gradient cached; ``see_memory_usage(..., force=True)`` after it resets the peaks
     (microsoft/DeepSpeed@26d0dd92 (v0.11.0) runtime/zero/stage_1_and_2.py l.508-516,
     runtime/utils.py ``see_memory_usage``), which frees nothing. Other optimizers
-    (their states are not a master and two moments) keep the replay's own order."""
+    (their states are not a master and two moments) keep the replay's own order.
+    ZeRO-2 on one rank: its gradients as deepspeed_zero2.Backward requests them."""
     if par.resolved_strategy not in ("zero1", "zero2") or par.model_parallel > 1:
         return STEP_ONLY
     model_bytes = BYTES_PER_ELEMENT[plan.dtypes.compute]
     if par.offload_optimizer != "none" or model_bytes != 2:
         return STEP_ONLY
     partition = deepspeed_zero2.partition_elements(plan.n_trainable, par.shard_group)
-    if partition == 0 or sz.states != deepspeed_zero2.adam_states(partition):
+    if partition == 0:
         return STEP_ONLY
+    grads = _zero2_gradients(arch, par, plan, sz, partition)
+    if sz.states != deepspeed_zero2.adam_states(partition):
+        return RunOutside(zero2_grads=grads) if grads else STEP_ONLY
     program = deepspeed_zero2.init_program(partition, model_bytes)
-    return RunOutside(optimizer_init=program, reset=True)
+    return RunOutside(optimizer_init=program, reset=True, zero2_grads=grads)
+
+
+def _zero2_gradients(
+    arch: Architecture, par: ParallelConfig, plan: MethodPlan, sz: StepSizes, partition: int
+) -> deepspeed_zero2.Gradients | None:
+    """ZeRO-2's flat gradients where derived: one rank (on more, each rank's
+    ``grads_in_partition`` sums the whole parameters its partition touches: not derived
+    here), 16-bit gradients of every trainable element (the step's own)."""
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    if par.resolved_strategy != "zero2" or par.shard_group != 1:
+        return None
+    if sz.gradients.total != e * plan.n_trainable:
+        return None
+    return deepspeed_zero2.Gradients(
+        bucket=e * par.buckets(arch)[0],
+        partition=e * plan.n_trainable,
+        padding=e * (partition - plan.n_trainable),
+    )
 
 
 def _check_parallel_run(run: RunConfig) -> None:

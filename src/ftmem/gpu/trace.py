@@ -31,12 +31,13 @@ down as a list instead, for tests and for inspection. Both walk the same code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
 from ftmem.block_policies import Checkpointed, Offloaded
+from ftmem.deepspeed_zero2 import Backward, Gradients
 from ftmem.gpu.allocator import (
     POST_STREAM_ALLOC,
     PRE_STREAM_ALLOC,
@@ -416,7 +417,11 @@ class RunOutside:
     states and the gradients' buffer too (ZeRO-3), so the steps request neither;
     ``optimizer_init``: after loading, an optimizer's init that makes its states and
     frees its transients (DeepSpeed ZeRO-1/2, deepspeed_zero2.init_program, as
-    ("alloc", bytes) / ("free", j)), so the steps request no states."""
+    ("alloc", bytes) / ("free", j) / ("empty_cache", 0)), so the steps request no
+    states; ``zero2_grads``: DeepSpeed ZeRO-2's gradients on one rank
+    (deepspeed_zero2.Backward: ipg buffers, autograd's gradients copied into them and
+    freed, one flat partition) in place of the per-tensor gradients held to the step
+    and the sizes' backward buckets."""
 
     loading: tuple[tuple[tuple[str, int], ...], ...] = ()
     after: tuple[tuple[int, ...], ...] = ()
@@ -425,6 +430,7 @@ class RunOutside:
     wrap: tuple[tuple[str, int], ...] = ()
     made: bool = False
     optimizer_init: tuple[tuple[str, int], ...] = ()
+    zero2_grads: Gradients | None = None
 
 
 STEP_ONLY = RunOutside()  # the step and plain loading, nothing else
@@ -458,6 +464,8 @@ def _run_wrap(rec: _Recorder, program: tuple[tuple[str, int], ...]) -> None:
     for op, value in program:
         if op == "alloc":
             keys.append(rec.alloc((value,)))
+        elif op == "empty_cache":
+            rec.empty_cache()
         else:
             rec.free(keys[value])
 
@@ -603,6 +611,9 @@ def _request_run(
         sizes, t = steps[min(n, len(steps) - 1)]
         if outside.made:  # ZeRO-3 copies each gradient into its buffer and frees it
             t = replace(t, block_grads=(), outer_grads=(), embedding_grads=())
+        if outside.zero2_grads is not None:  # its buckets are requested with its gradients
+            c = replace(sizes.comm, backward=0, loss_backward=None, head_backward=None)
+            sizes = replace(sizes, comm=c)
         grads: list[int] = []
         output: list[int] = []  # the model's output the loop holds (StepSizes.output_held)
         for _ in range(passes_per_step(sizes)):
@@ -611,7 +622,9 @@ def _request_run(
             rec.free(output)  # dropped before the next forward
             output = []
             workspaces = kept_workspaces if first else ((), ())
-            grads = _pass(rec, sizes, t, grads, workspaces, previous, output, carried)
+            grads = _pass(
+                rec, sizes, t, grads, workspaces, previous, output, carried, outside.zero2_grads
+            )
             first = False
         if not states_made:
             rec.alloc(t.states)
@@ -673,6 +686,7 @@ def _pass(
     previous: tuple[int, ...] = (),
     output: list[int] | None = None,
     carried: list[int] | None = None,
+    zero2: Gradients | None = None,
 ) -> list[int]:
     """One forward and backward, in the order of phases.find_peak's moments; ``grads``:
     the gradients already held (accumulation), ``workspaces``: the cuBLAS ones its first
@@ -680,10 +694,12 @@ def _pass(
     pass's loss exists; ``output`` takes the model's output the loop holds past the
     pass (StepSizes.output_held), for the caller to free; ``carried``: what the last
     pass's head program holds into this forward (HeadRequests.into_next_forward), freed
-    at its program's ("previous", 0) request and replaced by this pass's. Returns the
-    gradients held after it."""
+    at its program's ("previous", 0) request and replaced by this pass's; ``zero2``:
+    DeepSpeed ZeRO-2's gradients (deepspeed_zero2.Backward), made anew in every pass.
+    Returns the gradients held after it."""
     output = [] if output is None else output
-    new_grads = not grads
+    first = not grads
+    new_grads = first or zero2 is not None
     last_graph = rec.alloc(previous)
     c = s.comm
     _before_forward(rec, s)
@@ -713,6 +729,8 @@ def _pass(
     if s.empties_cache:
         rec.empty_cache()
     rec.free(last_graph)  # the loop's loss now names this pass's graph
+    flat = Backward(zero2, rec) if zero2 is not None else None
+    make = _flat_grads(flat) if flat is not None else rec.grads
     gathered = rec.comm(_or(c.loss_backward, c.backward))
     if requests is None:
         rec.moment(s.head.loss_backward)
@@ -722,13 +740,13 @@ def _pass(
     rec.alloc(workspaces[1])  # the LM head's backward GEMM, on the autograd thread
     rec.free(above)
     if new_grads:
-        grads = grads + rec.grads(t.outer_grads)
+        grads = grads + make(t.outer_grads)
     # stepped in backward: a tied weight's LM-head part, held until its sum at the end
     tied = rec.alloc((s.gradients.tied_held,))
     gathered = rec.comm(_or(c.head_backward, c.backward))
     rec.moment(s.head.workspace + s.optimizer.at_head)
     rec.free(gathered)
-    grads, held = _blocks_backward(rec, s, t, kept, grads, new_grads)
+    grads, held = _blocks_backward(rec, s, t, kept, grads, new_grads, make)
     rec.free(tied)
     _backward_ends(rec, s)
     if s.vision_backward:
@@ -739,7 +757,21 @@ def _pass(
         rec.free(keys)
     rec.free(below)
     rec.free(others)
+    if flat is not None:  # the epilogue, once autograd's backward has returned
+        grads = grads + flat.end(first)
     return grads
+
+
+def _flat_grads(flat: Backward) -> Callable[[Sequence[int]], list[int]]:
+    """Autograd's gradients handed to ZeRO-2's hooks: none stays with the caller."""
+
+    def make(sizes: Sequence[int]) -> list[int]:
+        for size in sizes:
+            if size > 0:
+                flat.gradient(size)
+        return []
+
+    return make
 
 
 def _before_forward(rec: _Recorder, s: StepSizes) -> None:
@@ -854,6 +886,7 @@ def _blocks_backward(
     kept: list[list[int]],
     grads: list[int],
     new_grads: bool,
+    make: Callable[[Sequence[int]], list[int]] | None = None,
 ) -> tuple[list[int], list[list[int]]]:
     """Each block's backward from the top: what its policy holds and its workspace (or a
     weight's step, the larger), then its saved tensors freed and its gradients made; the
@@ -873,6 +906,7 @@ def _blocks_backward(
     idle = policy.idle_entries(L) if isinstance(policy, Offloaded) else [False] * L
     embedding_at = g.embedding_at if 0 < g.embedding_at < L else 0
     grads = list(grads)  # extended in place below: the caller's list stays as it was
+    make = rec.grads if make is None else make
     transients: dict[int, tuple[int, ...]] = {}  # a policy's hold: the block's transients
     # FSDP1's reshard-only hook on the checkpoint's input (Checkpointed.held): each
     # block's input, then the gradient of the input above, freed when backward ends
@@ -903,10 +937,10 @@ def _blocks_backward(
             rec.free(kept[i])
         if new_grads:
             if g.by_block:
-                grads += rec.grads((g.by_block[i],))
+                grads += make((g.by_block[i],))
             elif i >= L - trainable:
-                grads += rec.grads(t.block_grads)
+                grads += make(t.block_grads)
         if i == embedding_at and new_grads:
-            grads += rec.grads(t.embedding_grads)
+            grads += make(t.embedding_grads)
             rec.moment(g.tied_backward)
     return grads, deferred
