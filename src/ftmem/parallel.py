@@ -1082,6 +1082,43 @@ def _fsdp_gathers(t: _Traffic) -> Communication:
     )
 
 
+def fsdp1_unprefetched(
+    s: Strategy, run: RunConfig, comm: Communication, t: _Traffic
+) -> Communication:
+    """FSDP1 under a reentrant checkpoint around each decoder unit
+    (versions.checkpoint_wraps_decoder_unit): one block gathered at a time, in forward
+    and in backward, and none at the head side besides the root.
+
+    BACKWARD_PRE prefetch unshards the next unit only if its
+    ``_needs_pre_backward_unshard`` is set, which ``_register_pre_backward_hooks`` does
+    on a forward's outputs with grad enabled; the final callback and each unit's own
+    pre-backward hook clear it (torch 2.4.1 distributed/fsdp/_runtime_utils.py
+    :1261-1266, :1380-1399, :678, :1110; the same at 2.13). The checkpoint's forward
+    runs without grad, so a unit's flag is set only in its recompute, which comes after
+    the pre-backward hook of the unit above (and the root's) has looked for it: nothing
+    is prefetched, and each unit is gathered from its recompute until its backward ends.
+    Forward prefetch is off (FSDP's and accelerate's default ``forward_prefetch=False``):
+    in forward each unit is resharded before the next one gathers. Measured on 2 gloo
+    ranks (tests/test_fsdp1_unprefetched.py): one decoder unit gathered at every moment
+    with the checkpoint around the unit, two in backward with it inside."""
+    if (
+        s not in ("fsdp", "fsdp-hybrid")
+        or t.head_unit is not None
+        or not profile_of(run).checkpoints_in_transformers_loop
+        or not checkpoint_wraps_decoder_unit(run)
+    ):
+        return comm
+    one = t.root + t.block
+    return dataclasses.replace(
+        comm,
+        forward=one,
+        backward=one + t.head_grad,
+        head_forward=t.root,
+        loss_backward=t.root,
+        head_backward=t.root + t.head_grad,
+    )
+
+
 def _fsdp_ends_apart(t: _Traffic, forward: int) -> Communication:
     """FULL_SHARD with the token embedding and the LM head as units of their own
     (torchtune's full_finetune_distributed with ``custom_sharded_layers: ['tok_embeddings',
@@ -1353,6 +1390,7 @@ def rank_memory(
         comm = _zero3_one_rank(traffic)
     else:
         comm = communication(traffic) if communication else NO_COMMUNICATION
+    comm = fsdp1_unprefetched(s, run, comm, traffic)
     comm = _host_copies(s, par, comm, traffic)
     on = _offload_optimizer(s, par, on, totals.psi)
     keeps_grads = profile_of(run).fsdp1_offload_keeps_grads
