@@ -1,0 +1,171 @@
+"""A Llama-style decoder layer's forward under ``torch.no_grad`` (a checkpointed layer's
+first forward), op by op, in the order PyTorch allocates and frees its tensors.
+
+The timeline needs only this forward's largest moment (``BlockTransients.forward``); the
+CUDA caching allocator needs each request: a layer whose intermediates are made and
+freed one op at a time cuts and reuses blocks unlike one request of their sum.
+
+Derived from transformers' LlamaDecoderLayer (4.37.2 and 5.25 alike for these ops:
+``LlamaRMSNorm``, ``LlamaAttention`` with SDPA, ``apply_rotary_pos_emb``, ``LlamaMLP``),
+peft 0.21's ``lora.Linear.forward`` (``result = result + lora_B(lora_A(dropout(x))) *
+scaling``) and bitsandbytes 0.43's ``MatMul4Bit`` (the dequantised weight, made and freed
+around each matmul). Without grad nothing is saved: each op's output is freed when its
+last Python name goes (a rebinding, or the function's return). Checked against PyTorch
+on the CPU, request by request (tests/test_nograd_requests.py).
+
+On CUDA, dropout is the fused ``native_dropout``: the output, then a bool mask, freed
+when ``dropout`` returns (torch 2.13 aten/src/ATen/native/Dropout.cpp: ``dropout`` takes
+``native_dropout`` when ``is_fused_kernel_acceptable``, which needs a CUDA input); on the
+CPU ``_dropout_impl`` makes a noise tensor of the input's dtype first
+(``at::empty_like(input).bernoulli_``), then ``input * noise`` (``cpu_dropout``). Left out: the statistics of each norm (b·s·4
+bytes), lora_A's output (b·s·r·e), the rotary tables' gathers, SDPA's logsumexp: small
+requests, the small pool's on real sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftmem.dtypes import FP32
+from ftmem.gpu.program import RequestProgram, Requests
+
+# the base linears of a Llama layer, in the order its forward calls them
+ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj")
+
+
+@dataclass(frozen=True, slots=True)
+class LayerShape:
+    """What the layer's requests depend on: positions ``T`` (= b·s), widths, the
+    activations' element size ``e``, the LoRA targets (module names, with dropout or
+    not), whether the base weights are 4-bit (dequantised per matmul) and whether dropout
+    runs the CPU's kernel (for the tests' comparison with PyTorch on the CPU)."""
+
+    T: int
+    hidden: int
+    q_size: int
+    kv_size: int
+    intermediate: int
+    e: int
+    lora: frozenset[str] = frozenset()
+    lora_r: int = 0
+    lora_dropout: bool = False
+    quantized: bool = False
+    cpu_dropout: bool = False
+
+
+class _Layer(RequestProgram):
+    __slots__ = ("shape",)
+
+    def __init__(self, shape: LayerShape) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def rms_norm(self) -> int:
+        """LlamaRMSNorm on a 16-bit input held by the caller: its fp32 copy, the squares
+        (freed by ``mean``), the normalised fp32 product (the copy freed by the
+        rebinding), then ``weight * hidden_states.to(input_dtype)``."""
+        s = self.shape
+        wide = s.T * s.hidden * FP32
+        copy = self.alloc(wide)
+        self.free(self.alloc(wide))  # pow(2), read by mean
+        normed = self.alloc(wide)
+        self.free(copy)
+        cast = self.alloc(s.T * s.hidden * s.e)
+        out = self.alloc(s.T * s.hidden * s.e)
+        self.free(cast, normed)
+        return out
+
+    def linear(self, name: str, x: int, width_in: int, width_out: int) -> int:
+        """A base linear (a 4-bit one dequantises its weight first) and, on a LoRA
+        target, peft's branch: dropout's output (and mask), lora_A's, lora_B's, the
+        scaling's product, the sum (each freed once read)."""
+        s = self.shape
+        if s.quantized:
+            weight = self.alloc(width_out * width_in * s.e)
+            out = self.alloc(s.T * width_out * s.e)
+            self.free(weight)
+        else:
+            out = self.alloc(s.T * width_out * s.e)
+        if name not in s.lora:
+            return out
+        dropped = -1
+        if s.lora_dropout and s.cpu_dropout:  # the noise, then ``input * noise``
+            noise = self.alloc(s.T * width_in * s.e)
+            dropped = self.alloc(s.T * width_in * s.e)
+            self.free(noise)
+        elif s.lora_dropout:  # native_dropout: the output, then its bool mask
+            dropped = self.alloc(s.T * width_in * s.e)
+            self.free(self.alloc(s.T * width_in))
+        a = self.alloc(s.T * s.lora_r * s.e)
+        self.free(dropped)
+        b = self.alloc(s.T * width_out * s.e)
+        self.free(a)
+        scaled = self.alloc(s.T * width_out * s.e)
+        self.free(b)
+        total = self.alloc(s.T * width_out * s.e)
+        self.free(scaled, out)
+        return total
+
+    def rotary(self, x: int, width: int) -> int:
+        """``(x * cos) + (rotate_half(x) * sin)``: rotate_half's negated half and cat."""
+        size = self.shape.T * width * self.shape.e
+        by_cos = self.alloc(size)
+        neg = self.alloc(size // 2)
+        turned = self.alloc(size)
+        self.free(neg)
+        by_sin = self.alloc(size)
+        self.free(turned)
+        out = self.alloc(size)
+        self.free(by_cos, by_sin)
+        return out
+
+    def attention(self, x: int) -> int:
+        """q, k, v; the rotary outputs (the projections freed by the tuple's rebinding);
+        SDPA's output, o_proj; the rest goes at the return."""
+        s = self.shape
+        q = self.linear("q_proj", x, s.hidden, s.q_size)
+        k = self.linear("k_proj", x, s.hidden, s.kv_size)
+        v = self.linear("v_proj", x, s.hidden, s.kv_size)
+        q_rot = self.rotary(q, s.q_size)
+        k_rot = self.rotary(k, s.kv_size)
+        self.free(q, k)
+        # the kernels' output is laid out (b, s, heads, d): ``.transpose(1, 2)
+        # .contiguous()`` after SDPA is a view
+        out = self.alloc(s.T * s.q_size * s.e)
+        projected = self.linear("o_proj", out, s.q_size, s.hidden)
+        self.free(out, q_rot, k_rot, v)
+        return projected
+
+    def mlp(self, x: int) -> int:
+        """``down_proj(act_fn(gate_proj(x)) * up_proj(x))``."""
+        s = self.shape
+        gate = self.linear("gate_proj", x, s.hidden, s.intermediate)
+        act = self.alloc(s.T * s.intermediate * s.e)
+        self.free(gate)
+        up = self.linear("up_proj", x, s.hidden, s.intermediate)
+        product = self.alloc(s.T * s.intermediate * s.e)
+        self.free(act, up)
+        down = self.linear("down_proj", product, s.intermediate, s.hidden)
+        self.free(product)
+        return down
+
+    def residual(self, branch: int) -> int:
+        out = self.alloc(self.shape.T * self.shape.hidden * self.shape.e)
+        self.free(branch)
+        return out
+
+
+def llama_layer(shape: LayerShape) -> tuple[Requests, int]:
+    """The layer's requests with its input held by the caller, and the number of the
+    allocation that is its output (the only one never freed)."""
+    p = _Layer(shape)
+    normed = p.rms_norm()
+    attended = p.attention(normed)
+    p.free(normed)  # the rebinding of hidden_states
+    mid = p.residual(attended)
+    normed = p.rms_norm()
+    down = p.mlp(normed)
+    p.free(normed)
+    out = p.residual(down)
+    p.free(mid)  # ``residual`` at the return
+    return tuple(p.ops), out
