@@ -16,8 +16,16 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
+from ftmem.api import run_config
+from ftmem.estimate import _tensors, _with_layer_forward
+from ftmem.gpu.trace import step_events
 from ftmem.measure.tracker import LiveBytesTracker
-from ftmem.ops.nograd_requests import LayerShape, llama_layer
+from ftmem.methods import plan_method
+from ftmem.ops.nograd_requests import LayerShape, checkpointed_layer, llama_layer
+from ftmem.phases import find_peak
+from ftmem.presets import get_model
+from ftmem.step import step_parts
+from tests.test_gpu_trace import replay_live
 
 B, S, H, I, HEADS, KV_HEADS, R = 2, 16, 64, 176, 4, 2, 4
 T = B * S
@@ -119,3 +127,78 @@ def test_llama_layer_requests_match_torch(lora, dropout):
     derived = _large((*requests, ("free", output)))
     assert measured == derived
     assert _peak(measured) == _peak(derived)
+
+
+# -- where the estimate uses it --------------------------------------------------------
+
+LORA_RUN = dict(
+    method="lora",
+    precision="bf16",
+    grad_ckpt=True,
+    attn="sdpa",
+    lora_r=R,
+    lora_dropout=0.1,
+    lora_targets="q,k,v,gate,up,down",
+    adapter_dtype="bf16",  # (peft's default fp32 adapters cast their input: not derived)
+)
+ADAPTER_KEYS = ("lora_r", "lora_dropout", "lora_targets", "adapter_dtype")
+
+
+def test_a_real_layer_by_hand():
+    """Llama-2-7B, LoRA r=64 on q,k,v,gate,up,down, bf16, b·s = 8·2048: the largest
+    request is one MLP intermediate (T·I·e = 344 MiB), the output one hidden state, and
+    everything else is freed inside the layer."""
+    arch = get_model("llama-2-7b")
+    run = run_config(**{**LORA_RUN, "lora_r": 64}, batch_size=8, seq_len=2048)
+    requests, output = checkpointed_layer(arch, run, plan_method(arch, run))
+    sizes = [v for op, v in requests if op == "alloc"]
+    freed = {v for op, v in requests if op == "free"}
+    T = 8 * 2048
+    assert max(sizes) == T * 11008 * 2 == 344 * 2**20
+    assert sizes[output] == T * 4096 * 2
+    assert freed == set(range(len(sizes))) - {output}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(grad_ckpt=False),
+        dict(attn="eager"),
+        dict(precision="bf16-mixed"),
+        dict(method="dora"),
+        dict(adapter_dtype="fp32"),
+    ],
+    ids=lambda c: "-".join(map(str, c.values())),
+)
+def test_not_derived_elsewhere(change):
+    arch = get_model("llama-2-7b")
+    run = run_config(**{**LORA_RUN, **change}, batch_size=2, seq_len=256)
+    assert checkpointed_layer(arch, run, plan_method(arch, run)) is None
+
+
+def test_gqa_keys_repeated_before_4_54_not_derived():
+    arch = get_model("llama3.1-8b")
+    old = run_config(**LORA_RUN, batch_size=2, seq_len=256, transformers_version="4.37.2")
+    new = run_config(**LORA_RUN, batch_size=2, seq_len=256, transformers_version="4.57.0")
+    assert checkpointed_layer(arch, old, plan_method(arch, old)) is None
+    assert checkpointed_layer(arch, new, plan_method(arch, new)) is not None
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+def test_the_replay_runs_it_and_keeps_the_timeline_peak(method):
+    """The replay lays each checkpointed layer's forward out op by op (the program's
+    requests appear once per layer) and still reaches the timeline's allocated peak."""
+    arch = get_model("llama-2-7b")
+    settings = {**LORA_RUN, "method": method}
+    if method == "full":
+        settings = {k: v for k, v in settings.items() if k not in ADAPTER_KEYS}
+    run = run_config(**settings, batch_size=2, seq_len=256)
+    parts = step_parts(arch, run)
+    tensors = _with_layer_forward(_tensors(parts, parts.sizes), arch, run, parts)
+    assert tensors.block_forward
+    events = step_events(parts.sizes, tensors)
+    largest = max(v for op, v in tensors.block_forward if op == "alloc")
+    per_pass = sum(1 for op, v in events if op == "alloc" and v == largest)
+    assert per_pass >= arch.num_layers
+    best, _ = replay_live(events)
+    assert best == find_peak(parts.sizes).at_peak.total

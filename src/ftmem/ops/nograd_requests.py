@@ -26,11 +26,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftmem.dtypes import FP32
+from ftmem.arch import Architecture, layout
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.gpu.program import RequestProgram, Requests
+from ftmem.methods import MethodPlan
+from ftmem.profiles import profile_of
+from ftmem.run import RunConfig
+from ftmem.versions import sdpa_float_causal_mask, sdpa_repeats_kv
 
-# the base linears of a Llama layer, in the order its forward calls them
-ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj")
+NF4_BLOCK = 64  # values per absmax (bitsandbytes' default 4-bit blocksize)
+# the linears of a Llama decoder layer (module names' last part)
+LLAMA_LINEARS = frozenset(
+    ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+)
+# frameworks whose model is transformers' own (a profile's name); the others bring theirs
+TRANSFORMERS_MODELS = frozenset(("hf", "axolotl", "llama-factory", "fsdp_qlora", "peft-mc"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +90,10 @@ class _Layer(RequestProgram):
         target, peft's branch: dropout's output (and mask), lora_A's, lora_B's, the
         scaling's product, the sum (each freed once read)."""
         s = self.shape
-        if s.quantized:
+        if s.quantized:  # dequantize_4bit: the nested absmax in fp32, then the weight
+            absmax = self.alloc(width_out * width_in // NF4_BLOCK * FP32)
             weight = self.alloc(width_out * width_in * s.e)
+            self.free(absmax)
             out = self.alloc(s.T * width_out * s.e)
             self.free(weight)
         else:
@@ -169,3 +181,48 @@ def llama_layer(shape: LayerShape) -> tuple[Requests, int]:
     out = p.residual(down)
     p.free(mid)  # ``residual`` at the return
     return tuple(p.ops), out
+
+
+def checkpointed_layer(
+    arch: Architecture, run: RunConfig, plan: MethodPlan
+) -> tuple[Requests, int] | None:
+    """A checkpointed layer's first forward as :func:`llama_layer` lays it out, where the
+    run's layer is the one derived: transformers' Llama (or Mistral) decoder layer under
+    SDPA, in one 16-bit dtype (no autocast, adapters in it), LoRA, QLoRA (4-bit) or full
+    training; else None (the replay keeps the timeline's one moment). Not derived, so
+    None: GQA keys and values repeated per head (transformers < 4.54), 4.38-4.39's float
+    causal mask, DoRA and the other adapters, activation offload."""
+    d = plan.dtypes
+    linears = layout(arch).linears
+    if not (
+        run.grad_ckpt
+        and not run.activation_offload
+        and arch.family in ("llama", "mistral")
+        and profile_of(run).name in TRANSFORMERS_MODELS
+        and run.attn == "sdpa"
+        and not sdpa_repeats_kv(arch, run)
+        and not sdpa_float_causal_mask(arch, run)
+        and run.method in ("lora", "qlora", "full")
+        and not d.autocast
+        and d.base == d.compute
+        and (run.method == "full" or d.adapter == d.compute)
+        and (run.method != "qlora" or d.quantized in ("nf4", "fp4"))
+        and {lin.module.split(".")[-1] for lin in linears} == LLAMA_LINEARS
+        and not any(lin.bias for lin in linears)
+    ):
+        return None
+    widths = {lin.module.split(".")[-1]: lin for lin in linears}
+    lora = frozenset(lin.module.split(".")[-1] for lin in plan.adapted)
+    shape = LayerShape(
+        T=run.batch_size * run.positions,
+        hidden=arch.hidden_size,
+        q_size=widths["q_proj"].out_features,
+        kv_size=widths["k_proj"].out_features,
+        intermediate=widths["gate_proj"].out_features,
+        e=BYTES_PER_ELEMENT[d.compute],
+        lora=lora if run.method != "full" else frozenset(),
+        lora_r=run.r,
+        lora_dropout=run.dropout > 0,
+        quantized=run.method == "qlora",
+    )
+    return llama_layer(shape)
