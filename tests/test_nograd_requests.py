@@ -120,7 +120,7 @@ def test_llama_layer_requests_match_torch(lora, dropout):
         lora=frozenset(TARGETS) if lora else frozenset(),
         lora_r=R,
         lora_dropout=dropout > 0,
-        cpu_dropout=True,
+        mask_bytes=E,  # the CPU's dropout noise is of the input's dtype
     )
     requests, output = llama_layer(shape)
     # the output stays with the caller (torch's is freed when the test drops it)

@@ -13,13 +13,17 @@ around each matmul). Without grad nothing is saved: each op's output is freed wh
 last Python name goes (a rebinding, or the function's return). Checked against PyTorch
 on the CPU, request by request (tests/test_nograd_requests.py).
 
-On CUDA, dropout is the fused ``native_dropout``: the output, then a bool mask, freed
-when ``dropout`` returns (torch 2.13 aten/src/ATen/native/Dropout.cpp: ``dropout`` takes
-``native_dropout`` when ``is_fused_kernel_acceptable``, which needs a CUDA input); on the
-CPU ``_dropout_impl`` makes a noise tensor of the input's dtype first
-(``at::empty_like(input).bernoulli_``), then ``input * noise`` (``cpu_dropout``). Left out: the statistics of each norm (b·s·4
-bytes), lora_A's output (b·s·r·e), the rotary tables' gathers, SDPA's logsumexp: small
-requests, the small pool's on real sizes.
+On CUDA, dropout is the fused ``native_dropout`` (torch aten/src/ATen/native/Dropout.cpp
+``dropout`` takes it when ``is_fused_kernel_acceptable``, which needs a CUDA input):
+``dropout_cuda`` (native/cuda/Dropout.cu) makes its bool mask, then the output, and
+``dropout`` returns the output alone, so the mask goes; on the CPU ``_dropout_impl`` makes a
+noise tensor of the input's dtype (``at::empty_like(input).bernoulli_``), then ``input *
+noise``: the same order, the noise ``e`` bytes an element (``mask_bytes``).
+
+The 4-bit weight is dequantised in the compute dtype (``quant_state.dtype``, taken as the
+compute dtype: then ``.to(A.dtype)`` is no copy). Left out, small requests (the small
+pool's on real sizes): each norm's statistics (b·s·4 bytes: the mean, ``+ eps``, the
+rsqrt), transformers 4.37's per-layer cos/sin gathers (s·d·e each), SDPA's logsumexp.
 """
 
 from __future__ import annotations
@@ -47,8 +51,8 @@ TRANSFORMERS_MODELS = frozenset(("hf", "axolotl", "llama-factory", "fsdp_qlora",
 class LayerShape:
     """What the layer's requests depend on: positions ``T`` (= b·s), widths, the
     activations' element size ``e``, the LoRA targets (module names, with dropout or
-    not), whether the base weights are 4-bit (dequantised per matmul) and whether dropout
-    runs the CPU's kernel (for the tests' comparison with PyTorch on the CPU)."""
+    not), whether the base weights are 4-bit (dequantised per matmul) and the bytes per
+    element of dropout's mask (CUDA's bool; the CPU's noise is ``e``: the tests' case)."""
 
     T: int
     hidden: int
@@ -60,7 +64,7 @@ class LayerShape:
     lora_r: int = 0
     lora_dropout: bool = False
     quantized: bool = False
-    cpu_dropout: bool = False
+    mask_bytes: int = 1
 
 
 class _Layer(RequestProgram):
@@ -101,13 +105,10 @@ class _Layer(RequestProgram):
         if name not in s.lora:
             return out
         dropped = -1
-        if s.lora_dropout and s.cpu_dropout:  # the noise, then ``input * noise``
-            noise = self.alloc(s.T * width_in * s.e)
+        if s.lora_dropout:  # the mask (the CPU's noise), then the output; the mask freed
+            mask = self.alloc(s.T * width_in * s.mask_bytes)
             dropped = self.alloc(s.T * width_in * s.e)
-            self.free(noise)
-        elif s.lora_dropout:  # native_dropout: the output, then its bool mask
-            dropped = self.alloc(s.T * width_in * s.e)
-            self.free(self.alloc(s.T * width_in))
+            self.free(mask)
         a = self.alloc(s.T * s.lora_r * s.e)
         self.free(dropped)
         b = self.alloc(s.T * width_out * s.e)
