@@ -45,6 +45,7 @@ from ftmem.ops.attention import (
     padding_notes,
     sliding_mask_notes,
 )
+from ftmem.ops.nograd_requests import checkpointed_layer
 from ftmem.optim import optimizer_step_temporary_tensors, state_bytes_per_tensor
 from ftmem.parallel import (
     FSDP,
@@ -161,7 +162,7 @@ def estimate_step(
         return shorter, shorter.sizes
 
     at_peak, figures, run_peak = _device(
-        at_peak, parts, parts.sizes, run, gpu, overhead_bytes, step_at, arch=arch
+        at_peak, parts, parts.sizes, run, gpu, overhead_bytes, step_at, arch=arch, model=arch
     )
     memory = _with_vllm_engine(
         run,
@@ -287,20 +288,22 @@ def _device(
     par: ParallelConfig | None = None,
     arch: Architecture | None = None,
     wrap: RunOutside = STEP_ONLY,
+    model: Architecture | None = None,
 ) -> tuple[AtPeak, DeviceFigures, RunPeak | None]:
     """The peak with the BLAS workspaces a CUDA run adds, and its reserved and device
     figures (``sizes``: the rank's step; ``step_at``: the step at another batch length,
     for a variable-length run's replay); with ``arch`` (one GPU), over the window the
     run's figure covers (run_phases); ``wrap``: a sharded rank's wrapping before the
-    window (_fsdp_wrap)."""
+    window (_fsdp_wrap); ``model``: the architecture whose checkpointed layers the
+    replay may lay out op by op (_with_layer_forward)."""
     rt, run_peak, outside = None, None, wrap
     steps: list[tuple[StepSizes, StepTensors]] = []
     leaf = _leaf_shards(run, par)
-    tensors = _tensors(parts, sizes, leaf, run)
+    tensors = _with_layer_forward(_tensors(parts, sizes, leaf, run), model, run, parts)
     if run.device == "cuda":
         rt = cuda_runtime(gpu, run.torch_version, *((par.gpus, par.nodes) if par else ()))
         at_peak = at_peak.model_copy(update={"workspaces": workspace_bytes(rt)})
-        steps = _length_steps(run, step_at, leaf)
+        steps = _length_steps(run, step_at, leaf, model)
         if arch is not None:
             outside, run_peak = _run_window(arch, parts, run, tensors, at_peak)
     allocated = run_peak.allocated_bytes if run_peak else at_peak.total
@@ -409,7 +412,10 @@ def _at_length(run: RunConfig, length: int) -> RunConfig:
 
 
 def _length_steps(
-    run: RunConfig, step_at: Callable[[int], tuple[StepParts, StepSizes]], leaf_shards: int = 0
+    run: RunConfig,
+    step_at: Callable[[int], tuple[StepParts, StepSizes]],
+    leaf_shards: int = 0,
+    model: Architecture | None = None,
 ) -> list[tuple[StepSizes, StepTensors]]:
     """A variable-length run's steps in replay order, each with its length's sizes
     (lengths.replayed_steps); [] for fixed lengths."""
@@ -417,7 +423,9 @@ def _length_steps(
     at: dict[int, tuple[StepSizes, StepTensors]] = {}
     for length in lengths:
         parts, sizes = step_at(length)
-        at[length] = (sizes, _tensors(parts, sizes, leaf_shards, run))
+        tensors = _tensors(parts, sizes, leaf_shards, run)
+        tensors = _with_layer_forward(tensors, model, _at_length(run, length), parts)
+        at[length] = (sizes, tensors)
     return [at[length] for length in run.replayed_steps]
 
 
@@ -454,6 +462,18 @@ def _tensors(
         return coarse
     per_block = sizes.gradients.per_block
     return replace(coarse, block_grads=leaf_grad_shards(parts.plan, per_block, leaf_shards))
+
+
+def _with_layer_forward(
+    tensors: StepTensors, model: Architecture | None, run: RunConfig, parts: StepParts
+) -> StepTensors:
+    """The step's tensors with a checkpointed layer's no-grad forward op by op, where
+    ops.nograd_requests derives the run's layer (``model``: its architecture)."""
+    layer = None if model is None else checkpointed_layer(model, run, parts.plan)
+    if layer is None:
+        return tensors
+    requests, output = layer
+    return replace(tensors, block_forward=requests, block_output=output)
 
 
 def _leaf_shards(run: RunConfig, par: ParallelConfig | None) -> int:
@@ -648,7 +668,16 @@ def _estimate_parallel(
     if wrap is STEP_ONLY:
         wrap = _zero2_init(arch, par, step.parts.plan, sz)
     at_peak, figures, _ = _device(
-        peak_info.at_peak, step.parts, sz, step.run, gpu, overhead_bytes, step_at, par, wrap=wrap
+        peak_info.at_peak,
+        step.parts,
+        sz,
+        step.run,
+        gpu,
+        overhead_bytes,
+        step_at,
+        par,
+        wrap=wrap,
+        model=arch,
     )
     memory = _memory(
         Components(sz.weights, sz.gradients.total, sz.states, activations, comm),

@@ -73,6 +73,11 @@ class StepTensors:
     block_saved: tuple[int, ...]  # one block's saved tensors (the typical block)
     below: tuple[int, ...]  # the embedding side's saved tensors
     above: tuple[int, ...]  # the head side's
+    # a checkpointed layer's no-grad forward op by op (ops.nograd_requests), in place of
+    # the timeline's one moment, and the number of its allocation that is the layer's
+    # output; () where not derived
+    block_forward: tuple[tuple[str, int], ...] = ()
+    block_output: int = -1
 
 
 def plan_tensors(
@@ -798,15 +803,37 @@ def _blocks_forward(rec: _Recorder, s: StepSizes, t: StepTensors) -> list[list[i
         for size in s.activations.per_block:
             rec.host_copy(c.unit_copy)
             gathered = rec.comm(c.forward)
-            kept.append(rec.alloc(t.block_saved if size == typical else (size,)))
-            rec.moment(s.block.forward)  # with the block's own saved tensors, as the timeline
+            if _derived_forward(t, size):
+                kept.append(_layer_forward(rec, t))
+            else:
+                kept.append(rec.alloc(t.block_saved if size == typical else (size,)))
+                rec.moment(s.block.forward)  # with the block's saved tensors, as the timeline
             rec.free(gathered)
     else:  # the same requests without copies or communication (one GPU), calls spared
         alloc, moment, transient = rec.alloc, rec.moment, s.block.forward
         for size in s.activations.per_block:
+            if _derived_forward(t, size):
+                kept.append(_layer_forward(rec, t))
+                continue
             kept.append(alloc(t.block_saved if size == typical else (size,)))
             moment(transient)
     return kept
+
+
+def _derived_forward(t: StepTensors, kept: int) -> bool:
+    """Whether a block's forward is replayed op by op: derived for the run's layer, and
+    the block keeps just its checkpointed input, the size of the layer's output."""
+    if not t.block_forward:
+        return False
+    sizes = [v for op, v in t.block_forward if op == "alloc"]
+    return sizes[t.block_output] == kept
+
+
+def _layer_forward(rec: _Recorder, t: StepTensors) -> list[int]:
+    """A checkpointed layer's no-grad forward (StepTensors.block_forward): its requests
+    in order; the layer's output, the next block's checkpointed input, stays."""
+    keys = _run_requests(rec, t.block_forward, [])
+    return keys[t.block_output]
 
 
 def _backward_ends(rec: _Recorder, s: StepSizes) -> None:

@@ -1,0 +1,229 @@
+"""A Llama-style decoder layer's forward under ``torch.no_grad`` (a checkpointed layer's
+first forward), op by op, in the order PyTorch allocates and frees its tensors.
+
+The timeline needs only this forward's largest moment (``BlockTransients.forward``); the
+CUDA caching allocator needs each request: a layer whose intermediates are made and
+freed one op at a time cuts and reuses blocks unlike one request of their sum.
+
+Derived from transformers' LlamaDecoderLayer (4.37.2 and 5.25 alike for these ops:
+``LlamaRMSNorm``, ``LlamaAttention`` with SDPA, ``apply_rotary_pos_emb``, ``LlamaMLP``),
+peft 0.21's ``lora.Linear.forward`` (``result = result + lora_B(lora_A(dropout(x))) *
+scaling``) and bitsandbytes 0.43's ``MatMul4Bit`` (the dequantised weight, made and freed
+around each matmul). Without grad nothing is saved: each op's output is freed when its
+last Python name goes (a rebinding, or the function's return). Checked against PyTorch
+on the CPU, request by request (tests/test_nograd_requests.py).
+
+On CUDA, dropout is the fused ``native_dropout`` (torch aten/src/ATen/native/Dropout.cpp
+``dropout`` takes it when ``is_fused_kernel_acceptable``, which needs a CUDA input):
+``dropout_cuda`` (native/cuda/Dropout.cu) makes its bool mask, then the output, and
+``dropout`` returns the output alone, so the mask goes; on the CPU ``_dropout_impl`` makes a
+noise tensor of the input's dtype (``at::empty_like(input).bernoulli_``), then ``input *
+noise``: the same order, the noise ``e`` bytes an element (``mask_bytes``).
+
+The 4-bit weight is dequantised in the compute dtype (``quant_state.dtype``, taken as the
+compute dtype: then ``.to(A.dtype)`` is no copy). Left out, small requests (the small
+pool's on real sizes): each norm's statistics (b·s·4 bytes: the mean, ``+ eps``, the
+rsqrt), transformers 4.37's per-layer cos/sin gathers (s·d·e each), SDPA's logsumexp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftmem.arch import Architecture, layout
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
+from ftmem.gpu.program import RequestProgram, Requests
+from ftmem.methods import MethodPlan
+from ftmem.profiles import profile_of
+from ftmem.run import RunConfig
+from ftmem.versions import sdpa_float_causal_mask, sdpa_repeats_kv
+
+NF4_BLOCK = 64  # values per absmax (bitsandbytes' default 4-bit blocksize)
+# the linears of a Llama decoder layer (module names' last part)
+LLAMA_LINEARS = frozenset(
+    ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+)
+# frameworks whose model is transformers' own (a profile's name); the others bring theirs
+TRANSFORMERS_MODELS = frozenset(("hf", "axolotl", "llama-factory", "fsdp_qlora", "peft-mc"))
+
+
+@dataclass(frozen=True, slots=True)
+class LayerShape:
+    """What the layer's requests depend on: positions ``T`` (= b·s), widths, the
+    activations' element size ``e``, the LoRA targets (module names, with dropout or
+    not), whether the base weights are 4-bit (dequantised per matmul) and the bytes per
+    element of dropout's mask (CUDA's bool; the CPU's noise is ``e``: the tests' case)."""
+
+    T: int
+    hidden: int
+    q_size: int
+    kv_size: int
+    intermediate: int
+    e: int
+    lora: frozenset[str] = frozenset()
+    lora_r: int = 0
+    lora_dropout: bool = False
+    quantized: bool = False
+    mask_bytes: int = 1
+
+
+class _Layer(RequestProgram):
+    __slots__ = ("shape",)
+
+    def __init__(self, shape: LayerShape) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def rms_norm(self) -> int:
+        """LlamaRMSNorm on a 16-bit input held by the caller: its fp32 copy, the squares
+        (freed by ``mean``), the normalised fp32 product (the copy freed by the
+        rebinding), then ``weight * hidden_states.to(input_dtype)``."""
+        s = self.shape
+        wide = s.T * s.hidden * FP32
+        copy = self.alloc(wide)
+        self.free(self.alloc(wide))  # pow(2), read by mean
+        normed = self.alloc(wide)
+        self.free(copy)
+        cast = self.alloc(s.T * s.hidden * s.e)
+        out = self.alloc(s.T * s.hidden * s.e)
+        self.free(cast, normed)
+        return out
+
+    def linear(self, name: str, x: int, width_in: int, width_out: int) -> int:
+        """A base linear (a 4-bit one dequantises its weight first) and, on a LoRA
+        target, peft's branch: dropout's output (and mask), lora_A's, lora_B's, the
+        scaling's product, the sum (each freed once read)."""
+        s = self.shape
+        if s.quantized:  # dequantize_4bit: the nested absmax in fp32, then the weight
+            absmax = self.alloc(width_out * width_in // NF4_BLOCK * FP32)
+            weight = self.alloc(width_out * width_in * s.e)
+            self.free(absmax)
+            out = self.alloc(s.T * width_out * s.e)
+            self.free(weight)
+        else:
+            out = self.alloc(s.T * width_out * s.e)
+        if name not in s.lora:
+            return out
+        dropped = -1
+        if s.lora_dropout:  # the mask (the CPU's noise), then the output; the mask freed
+            mask = self.alloc(s.T * width_in * s.mask_bytes)
+            dropped = self.alloc(s.T * width_in * s.e)
+            self.free(mask)
+        a = self.alloc(s.T * s.lora_r * s.e)
+        self.free(dropped)
+        b = self.alloc(s.T * width_out * s.e)
+        self.free(a)
+        scaled = self.alloc(s.T * width_out * s.e)
+        self.free(b)
+        total = self.alloc(s.T * width_out * s.e)
+        self.free(scaled, out)
+        return total
+
+    def rotary(self, x: int, width: int) -> int:
+        """``(x * cos) + (rotate_half(x) * sin)``: rotate_half's negated half and cat."""
+        size = self.shape.T * width * self.shape.e
+        by_cos = self.alloc(size)
+        neg = self.alloc(size // 2)
+        turned = self.alloc(size)
+        self.free(neg)
+        by_sin = self.alloc(size)
+        self.free(turned)
+        out = self.alloc(size)
+        self.free(by_cos, by_sin)
+        return out
+
+    def attention(self, x: int) -> int:
+        """q, k, v; the rotary outputs (the projections freed by the tuple's rebinding);
+        SDPA's output, o_proj; the rest goes at the return."""
+        s = self.shape
+        q = self.linear("q_proj", x, s.hidden, s.q_size)
+        k = self.linear("k_proj", x, s.hidden, s.kv_size)
+        v = self.linear("v_proj", x, s.hidden, s.kv_size)
+        q_rot = self.rotary(q, s.q_size)
+        k_rot = self.rotary(k, s.kv_size)
+        self.free(q, k)
+        # the kernels' output is laid out (b, s, heads, d): ``.transpose(1, 2)
+        # .contiguous()`` after SDPA is a view
+        out = self.alloc(s.T * s.q_size * s.e)
+        projected = self.linear("o_proj", out, s.q_size, s.hidden)
+        self.free(out, q_rot, k_rot, v)
+        return projected
+
+    def mlp(self, x: int) -> int:
+        """``down_proj(act_fn(gate_proj(x)) * up_proj(x))``."""
+        s = self.shape
+        gate = self.linear("gate_proj", x, s.hidden, s.intermediate)
+        act = self.alloc(s.T * s.intermediate * s.e)
+        self.free(gate)
+        up = self.linear("up_proj", x, s.hidden, s.intermediate)
+        product = self.alloc(s.T * s.intermediate * s.e)
+        self.free(act, up)
+        down = self.linear("down_proj", product, s.intermediate, s.hidden)
+        self.free(product)
+        return down
+
+    def residual(self, branch: int) -> int:
+        out = self.alloc(self.shape.T * self.shape.hidden * self.shape.e)
+        self.free(branch)
+        return out
+
+
+def llama_layer(shape: LayerShape) -> tuple[Requests, int]:
+    """The layer's requests with its input held by the caller, and the number of the
+    allocation that is its output (the only one never freed)."""
+    p = _Layer(shape)
+    normed = p.rms_norm()
+    attended = p.attention(normed)
+    p.free(normed)  # the rebinding of hidden_states
+    mid = p.residual(attended)
+    normed = p.rms_norm()
+    down = p.mlp(normed)
+    p.free(normed)
+    out = p.residual(down)
+    p.free(mid)  # ``residual`` at the return
+    return tuple(p.ops), out
+
+
+def checkpointed_layer(
+    arch: Architecture, run: RunConfig, plan: MethodPlan
+) -> tuple[Requests, int] | None:
+    """A checkpointed layer's first forward as :func:`llama_layer` lays it out, where the
+    run's layer is the one derived: transformers' Llama (or Mistral) decoder layer under
+    SDPA, in one 16-bit dtype (no autocast, adapters in it), LoRA, QLoRA (4-bit) or full
+    training; else None (the replay keeps the timeline's one moment). Not derived, so
+    None: GQA keys and values repeated per head (transformers < 4.54), 4.38-4.39's float
+    causal mask, DoRA and the other adapters, activation offload."""
+    d = plan.dtypes
+    linears = layout(arch).linears
+    if not (
+        run.grad_ckpt
+        and not run.activation_offload
+        and arch.family in ("llama", "mistral")
+        and profile_of(run).name in TRANSFORMERS_MODELS
+        and run.attn == "sdpa"
+        and not sdpa_repeats_kv(arch, run)
+        and not sdpa_float_causal_mask(arch, run)
+        and run.method in ("lora", "qlora", "full")
+        and not d.autocast
+        and d.base == d.compute
+        and (run.method == "full" or d.adapter == d.compute)
+        and (run.method != "qlora" or d.quantized in ("nf4", "fp4"))
+        and {lin.module.split(".")[-1] for lin in linears} == LLAMA_LINEARS
+        and not any(lin.bias for lin in linears)
+    ):
+        return None
+    widths = {lin.module.split(".")[-1]: lin for lin in linears}
+    lora = frozenset(lin.module.split(".")[-1] for lin in plan.adapted)
+    shape = LayerShape(
+        T=run.batch_size * run.positions,
+        hidden=arch.hidden_size,
+        q_size=widths["q_proj"].out_features,
+        kv_size=widths["k_proj"].out_features,
+        intermediate=widths["gate_proj"].out_features,
+        e=BYTES_PER_ELEMENT[d.compute],
+        lora=lora if run.method != "full" else frozenset(),
+        lora_r=run.r,
+        lora_dropout=run.dropout > 0,
+        quantized=run.method == "qlora",
+    )
+    return llama_layer(shape)
