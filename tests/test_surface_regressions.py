@@ -82,3 +82,18 @@ def test_a_user_preset_whose_mlp_is_not_its_familys_is_one_sentence(
         code, out, err = _run(argv)
         assert (code, out) == (2, "") and err.count("\n") == 1, err
         assert f"give mlp: {kind}" in err
+
+
+def test_virtual_tokens_are_within_the_token_bound_not_an_unnamed_cap():
+    # `le=4096` refused 4,097 virtual tokens as "Input should be less than or equal to 4096"
+    # (no bound named); the token bound now applies to the positions each sequence takes
+    code, out, err = _run(
+        ["estimate", "llama2-7b", "--method", "prompt-tuning", "--virtual-tokens", "4097",
+         "--format", "json"]
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)["memory"]["total_bytes"] > 0, err
+    code, out, err = _run(
+        ["estimate", "llama2-7b", "--method", "p-tuning", "--virtual-tokens", str(2**31)]
+    )
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert "--seq-len + --virtual-tokens" in err and "the token bound of 2,147,483,648" in err
