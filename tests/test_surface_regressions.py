@@ -97,3 +97,11 @@ def test_virtual_tokens_are_within_the_token_bound_not_an_unnamed_cap():
     )
     assert (code, out) == (2, "") and err.count("\n") == 1
     assert "--seq-len + --virtual-tokens" in err and "the token bound of 2,147,483,648" in err
+
+
+@pytest.mark.parametrize("targets", ["", " , "])
+def test_serve_refuses_empty_lora_targets_in_one_sentence(targets):
+    # the adapters' RunConfig refused them past serve's checks: InvalidFields, a traceback
+    code, out, err = _run(["serve", "gpt2", "--lora-adapters", "1", "--lora-targets", targets])
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert "--lora-targets is empty" in err
