@@ -746,7 +746,7 @@ def contract_broken(argv: list[str], code: int, out: str, err: str, seconds: flo
         return f"exit {code}"
     if err:
         return f"exit {code} with stderr: {err[:300]!r}"
-    if not out.strip() and "--quiet" not in argv:
+    if not out.strip() and not {"--quiet", "-q"} & set(argv):
         return f"exit {code} with no output"
     unreadable = _unreadable_output(argv, code, out)
     if unreadable:

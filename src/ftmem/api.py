@@ -81,6 +81,12 @@ def _tokens_per_step(run: RunConfig) -> list[tuple[str, str, int]]:
     them: each within the token bound (an eval batch of 2^31 gave 514 million GiB)."""
     batch, seq = run.batch_size, run.seq_len
     steps = [("--batch-size × --seq-len", "--batch-size and --seq-len", batch * seq)]
+    if run.positions != seq:  # prompt and P-tuning's virtual tokens lengthen every sequence
+        steps[0] = (
+            "--batch-size × (--seq-len + --virtual-tokens)",
+            "--batch-size, --seq-len and --virtual-tokens",
+            batch * run.positions,
+        )
     if run.target_len:
         steps.append(
             ("--batch-size × --target-len", "--batch-size and --target-len", batch * run.target_len)

@@ -196,9 +196,7 @@ class Architecture(Model, strict=True):
             problem = None if value is None else bound.problem(name, value)
             if problem:
                 raise ValueError(problem)
-        problem = limits.WIDTH.problem("num_heads × head_dim", self.q_size) or (
-            limits.PARAMETERS.problem(f"{self.name}'s parameter count", count_params(self))
-        )
+        problem = limits.WIDTH.problem("num_heads × head_dim", self.q_size)
         if problem:
             raise ValueError(problem)
         return self
@@ -234,6 +232,10 @@ class Architecture(Model, strict=True):
                 f"experts_per_token ({self.experts_per_token}) exceeds num_experts "
                 f"({self.num_experts})"
             )
+        # counted once the layout is one the family builds (the count walks its modules)
+        problem = limits.PARAMETERS.problem(f"{self.name}'s parameter count", count_params(self))
+        if problem:
+            raise ValueError(problem)
         return self
 
     def _fits_latent_and_stack(self) -> None:
@@ -282,6 +284,15 @@ class Architecture(Model, strict=True):
             )
         if self.position_embedding == "learned" and not names.positions:
             raise ValueError(f"the {fam.name} family has no learned position embeddings")
+        # the MLP's projections are the family's modules (a gated GPT-2, from a user preset
+        # without `mlp`, looked for a gate projection GPT-2 does not have: a traceback)
+        gated = bool({"gate", "gate_up"} & set(names.mlp))
+        if not fam.encoder_decoder and (self.mlp == "gated") != gated:
+            kind = "gated" if gated else "plain"
+            raise ValueError(
+                f"mlp {self.mlp} (gated is the default) is not the {fam.name} family's MLP, "
+                f"which is {kind}: give mlp: {kind}"
+            )
         if (self.position_embedding == "relative") != fam.encoder_decoder:
             raise ValueError("relative position buckets are for encoder-decoder (T5) families only")
         if fam.encoder_decoder and (self.norm != "rmsnorm" or self.kv_heads != self.num_heads):

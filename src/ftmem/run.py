@@ -553,7 +553,7 @@ class RunConfig(limits.BoundedSettings):
         None, description="IA³: linears whose output (or, for down, input) is scaled."
     )
     # prompt / prefix / P-tuning
-    virtual_tokens: PositiveInt | None = Field(None, le=4096)
+    virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
         None, description="prefix-tuning: reparametrise the prefix through a two-layer MLP."
     )

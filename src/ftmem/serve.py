@@ -27,7 +27,7 @@ from ftmem.hardware import Gpu
 from ftmem.methods import lora_targets
 from ftmem.run import RunConfig
 from ftmem.units import format_bytes
-from ftmem.validation import Field, Model, PositiveInt
+from ftmem.validation import Field, Model, PositiveInt, model_validator
 
 WeightFormat = Literal["bf16", "fp16", "fp32", "fp8", "int8", "nf4", "fp4", "int4", "ternary"]
 KvDtype = Literal["bf16", "fp16", "fp32", "fp8"]
@@ -58,6 +58,14 @@ class ServeConfig(limits.BoundedSettings):
     lora_adapters: int = Field(0, ge=0, description="Resident LoRA adapters (multi-LoRA).")
     lora_r: PositiveInt = 16
     lora_targets: str = "all-linear"
+
+    @model_validator(mode="after")
+    def _targets_named(self) -> ServeConfig:
+        # the adapters' size builds a RunConfig from these, which refuses no targets: an
+        # empty --lora-targets raised there, past the settings' checks (a traceback)
+        if not self.lora_targets.strip(" ,"):
+            raise ValueError("--lora-targets is empty; give e.g. q,v, attention or all-linear")
+        return self
 
 
 class ServeEstimate(Model):

@@ -58,6 +58,8 @@ def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
                 "keys (hidden_size, num_hidden_layers, ...) belong there."
             )
         return cfg, None
+    if not isinstance(outer, str):  # (a list was looked up in a dict below: a traceback)
+        raise ConfigError(f"config.json's model_type must be a string, not {shown(outer)}.")
     if not isinstance(text.get("model_type"), str) and outer in TEXT_MODEL_TYPE:
         text = {**text, "model_type": TEXT_MODEL_TYPE[str(outer)]}
     left_out = [
@@ -198,7 +200,11 @@ def _local(spec: str) -> Path | None:
     return None
 
 
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# A Hub repository id (namespace/name) as huggingface_hub validates it (2.4.0,
+# utils/_validators.py, validate_repo_id: each part 1 to 96 ASCII [\w.-] starting and
+# ending with a word character, no "--" or "..", not ending in ".git"): anything else, asked
+# of its cache, raised HFValidationError (`ftmem estimate ./nothing`: a traceback)
+HUB_ID = re.compile(r"(?!.*(--|\.\.))(?!.*\.git$)\b[\w.-]{1,96}\b/\b[\w.-]{1,96}\b", flags=re.ASCII)
 
 
 def _from_hub(repo_id: str) -> Path:
@@ -308,7 +314,7 @@ def _located(spec: str) -> tuple[Path | None, Reupload | None]:
         return None, None
     except UnknownNameError as unknown:
         repo_id = spec.strip()
-        if not HUB_ID.match(repo_id):
+        if not HUB_ID.fullmatch(repo_id):
             raise
         path, problem = _hub_lookup(
             repo_id, os.environ.get("HF_HUB_CACHE"), os.environ.get("HF_HUB_OFFLINE")
