@@ -180,6 +180,9 @@ CASES: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         {},
         "finite",
     ),
+    # merging
+    ("merge-models-1025", ["merge", "gpt2", "--models", "1025"], {}, limits.MERGED_MODELS.name),
+    ("merge-models-300-digits", ["merge", "gpt2", "--models", HUGE], {}, limits.MERGED_MODELS.name),
     # serving
     ("serve-lora-adapters", ["serve", "gpt2", "--lora-adapters", HUGE], {}, limits.ADAPTERS.name),
     (

@@ -140,6 +140,12 @@ ADAPTERS = Bound(
     "adapters",
     "32x the 2,000 LoRA adapters S-LoRA serves from one GPU, Sheng et al. 2023",
 )
+MERGED_MODELS = Bound(
+    "the merged-model bound",
+    2**10,
+    "models",
+    "14x the 72 fine-tuned CLIP ViT-B/32 models of Wortsman et al. 2022's uniform model soup",
+)
 MEASURED_STEPS = Bound(
     "the measured-step bound",
     100,

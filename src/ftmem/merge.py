@@ -27,14 +27,20 @@ from ftmem import limits
 from ftmem.arch import Architecture, count_params, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
-from ftmem.validation import Field, Model, PositiveInt
+from ftmem.validation import Field, PositiveInt
 
 DEFAULT_SHARD_BYTES = 5 * 10**9  # mergekit's --out-shard-size default (5B)
 
 
-class MergeConfig(Model):
+# The physical bound of each count a merge takes (ftmem.limits).
+MERGE_BOUNDS: dict[str, limits.Bound] = {"models": limits.MERGED_MODELS}
+
+
+class MergeConfig(limits.BoundedSettings):
+    BOUNDS = MERGE_BOUNDS
+
     kind: Literal["weighted", "stack"] = "weighted"
-    models: PositiveInt = Field(2, le=64, description="weighted: how many models are combined.")
+    models: PositiveInt = Field(2, description="weighted: how many models are combined.")
     layers: str | None = Field(
         None, description="stack: slices of the input's blocks, e.g. 0-24,8-32 (end excluded)."
     )
