@@ -41,7 +41,8 @@ def test_gpt2_all_linear_bf16():
     assert moment(precision="bf16") == held + incoming
 
 
-def test_not_under_autocast_nor_for_dora():
-    # (autocast's casts and DoRA's rebuild order are measured with their own moments)
-    assert moment(precision="bf16-mixed") == 0
+def test_not_for_dora():
+    # (DoRA's rebuild order is measured with its own moment; under autocast the moment
+    # holds peft's fp32 copy of down's input too: measured by the accuracy case
+    # gpt2-gradckpt=True-loratargets=all-linear-method=lora-precision=bf16-mixed)
     assert moment(precision="bf16", method="dora") == 0

@@ -493,7 +493,7 @@ def recompute_end_moment(
         return 0
     ctx = LayerContext(arch, run, plan, T)
     h, f = arch.hidden_size, arch.intermediate_size
-    r, out = dt.residual_bytes, ctx.projection_out_bytes
+    out = ctx.projection_out_bytes
     # the activation's output, down's input (and autocast's cast of an fp32 one); a
     # trained down projection saves its input (or that cast), rebuilt with the block
     if trained:
@@ -510,6 +510,22 @@ def recompute_end_moment(
             # not touch it) is a local of its forward; lora_A keeps autocast's 16-bit
             # cast of that copy, not the copy
             held += LoRA.down_cast_gradient(plan, T)
+    held += _layer_locals_held(arch, run, plan, T, trained, out)
+    # (the 16-bit cast of the incoming gradient is, with an adapted down projection, the
+    # gradient of its base output that incoming_gradient counts)
+    cast = T * h * e if dt.autocast and not down_adapted else 0
+    return held + incoming_gradient(arch, run, plan, e, T) + cast
+
+
+def _layer_locals_held(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, T: int, trained: bool, out: int
+) -> int:
+    """Of recompute_end_moment: the layer's locals saved by no op (the MLP's input, a
+    sequential block's residual stream, the attention norm's output and the attention
+    output, as the family's layer keeps them)."""
+    dt = plan.dtypes
+    h, r = arch.hidden_size, dt.residual_bytes
+    held = 0
     # a norm's output is kept by an adapter that reads it uncast (lora_A keeps its input)
     ae = BYTES_PER_ELEMENT[dt.adapter]
     kept_uncast = not dt.autocast and r == ae and not run.dropout
@@ -530,10 +546,7 @@ def recompute_end_moment(
         held += 0 if readers & attention_readers else T * h * r
     if traits.layer_holds_attention_output:
         held += T * h * out
-    # (the 16-bit cast of the incoming gradient is, with an adapted down projection, the
-    # gradient of its base output that incoming_gradient counts)
-    cast = T * h * e if dt.autocast and not down_adapted else 0
-    return held + incoming_gradient(arch, run, plan, e, T) + cast
+    return held
 
 
 def offloaded_forward_adapter(
@@ -686,40 +699,7 @@ def block_backward_workspace(
     )
     moe = max(MoE.backward_workspace(arch, e, T, r, looped), MoE.lora_backward(plan))
     if run.grad_ckpt:
-        # Gemma-2's (and OLMo 2's) post-feedforward norm is the block's first backward, with all
-        # of its recomputed activations still there (measured, the adapters' cast
-        # gradient included). Elsewhere that gradient joins the MLP's only when an MLP
-        # linear is adapted: the attention's comes once the MLP side is freed (GPT-2,
-        # Llama, measured)
-        if arch.mlp == "gated" and not arch.is_moe:
-            # in a recomputed block the product's gradient is still there beside its two
-            # gradients, and the incoming one is in the residual dtype (measured: Llama
-            # LoRA bf16 and fp32, QLoRA bf16-mixed, with checkpointing)
-            mlp += T * arch.intermediate_size * (FP32 if four_bit_fp32 else e)
-        mlp_linears = [lin for lin in plan.adapted if set(lin.roles) & set(MLP_ROLES)]
-        # (a 4-bit MLP's fp32 product needs no cast into an fp32 adapter)
-        down_cast = 0 if four_bit_fp32 else LoRA.down_cast_gradient(plan, T)
-        down_input = MLP.down_input_freed(arch, run, block)
-        if _down_weight_trains(arch, run, plan):
-            # (traced where it trains; with a frozen one, under autocast, the moment stays
-            # as it was: a larger moment not modelled yet hides it, -1 % without it)
-            down_input += MLP.down_weight_copy_freed(arch, run, block)
-        mlp_cast = cast_grad if mlp_linears else 0
-        if _down_copy_freed_first(arch, run, plan, down_cast):
-            # the down adapter's backward first: its cast's gradient beside the whole
-            # rebuilt block and the incoming fp32 gradient; lora_A's backward frees the
-            # copy it kept (the gradient's size), ToCopyBackward the gradient, and only
-            # then does the activation's backward start
-            after = mlp + mlp_cast - down_input - down_cast
-            moment = max(down_cast + T * arch.hidden_size * FP32, after)
-        else:
-            moment = mlp + max(mlp_cast, down_cast) - down_input
-        if arch.norms_per_block == 4 or arch.traits.norms_after_sublayers:
-            moment = max(moment, Norm.backward_workspace(arch, e, T) + cast_grad)
-        # DoRA rebuilds each adapted weight again in the recompute; an MLP linear's
-        # rebuild comes last, beside the MLP's backward (measured: Llama and Qwen2 on all
-        # linears, -9 to -12 % without); attention's comes early, before it
-        return max(moment + DoRA.rebuild(plan, run, mlp_linears), moe)
+        return _recomputed_block_backward(arch, run, plan, e, T, block, mlp, moe, cast_grad)
     # (the down projection's input is freed once its node has run, as with checkpointing,
     # where its gradients are counted: GPT-2 full fp32, +1.1 % with neither)
     if down_gradients_made(arch, run, plan, e):
@@ -727,6 +707,56 @@ def block_backward_workspace(
     if _down_weight_trains(arch, run, plan):
         mlp -= MLP.down_weight_copy_freed(arch, run, block)
     return max(max(mlp, attn, Norm.backward_workspace(arch, e, T)) + cast_grad, moe)
+
+
+def _recomputed_block_backward(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    e: int,
+    T: int,
+    block: Sequence[Saved],
+    mlp: int,
+    moe: int,
+    cast_grad: int,
+) -> int:
+    """block_backward_workspace of a checkpointed block: the MLP's moment beside the
+    recomputed activations (``mlp``, ``moe`` and ``cast_grad`` as that function has them)."""
+    four_bit_fp32 = plan.dtypes.four_bit_outputs_fp32 or bias_promotes_outputs(arch, plan.dtypes)
+    # Gemma-2's (and OLMo 2's) post-feedforward norm is the block's first backward, with all
+    # of its recomputed activations still there (measured, the adapters' cast
+    # gradient included). Elsewhere that gradient joins the MLP's only when an MLP
+    # linear is adapted: the attention's comes once the MLP side is freed (GPT-2,
+    # Llama, measured)
+    if arch.mlp == "gated" and not arch.is_moe:
+        # in a recomputed block the product's gradient is still there beside its two
+        # gradients, and the incoming one is in the residual dtype (measured: Llama
+        # LoRA bf16 and fp32, QLoRA bf16-mixed, with checkpointing)
+        mlp += T * arch.intermediate_size * (FP32 if four_bit_fp32 else e)
+    mlp_linears = [lin for lin in plan.adapted if set(lin.roles) & set(MLP_ROLES)]
+    # (a 4-bit MLP's fp32 product needs no cast into an fp32 adapter)
+    down_cast = 0 if four_bit_fp32 else LoRA.down_cast_gradient(plan, T)
+    down_input = MLP.down_input_freed(arch, run, block)
+    if _down_weight_trains(arch, run, plan):
+        # (traced where it trains; with a frozen one, under autocast, the moment stays
+        # as it was: a larger moment not modelled yet hides it, -1 % without it)
+        down_input += MLP.down_weight_copy_freed(arch, run, block)
+    mlp_cast = cast_grad if mlp_linears else 0
+    if _down_copy_freed_first(arch, run, plan, down_cast):
+        # the down adapter's backward first: its cast's gradient beside the whole
+        # rebuilt block and the incoming fp32 gradient; lora_A's backward frees the
+        # copy it kept (the gradient's size), ToCopyBackward the gradient, and only
+        # then does the activation's backward start
+        after = mlp + mlp_cast - down_input - down_cast
+        moment = max(down_cast + T * arch.hidden_size * FP32, after)
+    else:
+        moment = mlp + max(mlp_cast, down_cast) - down_input
+    if arch.norms_per_block == 4 or arch.traits.norms_after_sublayers:
+        moment = max(moment, Norm.backward_workspace(arch, e, T) + cast_grad)
+    # DoRA rebuilds each adapted weight again in the recompute; an MLP linear's
+    # rebuild comes last, beside the MLP's backward (measured: Llama and Qwen2 on all
+    # linears, -9 to -12 % without); attention's comes early, before it
+    return max(moment + DoRA.rebuild(plan, run, mlp_linears), moe)
 
 
 def _down_copy_freed_first(

@@ -127,6 +127,9 @@ class Family:
     # even without padding (Falcon from 5.25, to add ALiBi onto it: ops.attention
     # .materialized_mask); None: the mask is skipped where is_causal serves.
     causal_mask_materialized_from: tuple[int, int, int] | None = None
+    # The decoder layer is transformers' Llama layer (RMSNorm, rotary, SwiGLU, no biases),
+    # whose no-grad forward ops.nograd_requests lays out op by op (checked against torch).
+    llama_layer_forward: bool = False
     # The linears add their bias after the matmul (transformers 5.25 modeling_falcon.py
     # FalconLinear.forward: ``hidden_states = input @ self.weight.T`` then ``+ self.bias``),
     # where nn.Linear's addmm takes it in: under autocast the fp32 bias promotes the 16-bit

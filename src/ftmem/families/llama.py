@@ -13,6 +13,7 @@ from ftmem.versions import (
 )
 
 FAMILY = Family(
+    llama_layer_forward=True,
     name="llama",
     # ColossalAI shardformer: policies/llama.py, modeling/llama.py
     colossalai_policy=SP_MODES,

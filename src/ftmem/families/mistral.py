@@ -6,6 +6,7 @@ from ftmem.families._llama import LLAMA_NAMES, llama_map
 from ftmem.versions import MISTRAL_ROTARY_CACHE, MISTRAL_ROTARY_PER_LAYER
 
 FAMILY = Family(
+    llama_layer_forward=True,
     name="mistral",
     # ColossalAI shardformer: policies/mistral.py:56 warns and ignores sequence parallelism
     colossalai_policy=frozenset(),

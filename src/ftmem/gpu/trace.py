@@ -717,19 +717,7 @@ def _pass(
     requests = _head_requests(s, t)
     above = rec.alloc(t.above if requests is None else _without(t.above, requests.saved_item))
     gathered = rec.comm(_or(c.head_forward, c.forward))
-    carried = [] if carried is None else carried
-    if requests is None:
-        rec.free(carried)  # (a program's copy, where this pass has none: the model returned)
-        carried.clear()
-        rec.moment(s.head.logits_forward)
-        head: list[list[int]] = []
-        output += rec.alloc((s.output_held,)) if s.output_held else []
-    else:  # the logits, their copies and the loss's saved tensors one by one
-        head = _run_requests(rec, requests.forward, [], carried)
-        if requests.output >= 0 and requests.into_next_forward:
-            carried.extend(head[requests.output])
-        elif requests.output >= 0:
-            output += head[requests.output]
+    head = _head_forward(rec, s, requests, [] if carried is None else carried, output)
     rec.free(gathered)
     if s.empties_cache:
         rec.empty_cache()
@@ -765,6 +753,30 @@ def _pass(
     if flat is not None:  # the epilogue, once autograd's backward has returned
         grads = grads + flat.end(first)
     return grads
+
+
+def _head_forward(
+    rec: _Recorder,
+    s: StepSizes,
+    requests: HeadRequests | None,
+    carried: list[int],
+    output: list[int],
+) -> list[list[int]]:
+    """The LM head's and the loss's forward: one moment, or the program's tensors one by
+    one; what the model's output holds past the pass joins ``output``, a program's part
+    held into the next forward ``carried``. Returns the program's allocations."""
+    if requests is None:
+        rec.free(carried)  # (a program's copy, where this pass has none: the model returned)
+        carried.clear()
+        rec.moment(s.head.logits_forward)
+        output += rec.alloc((s.output_held,)) if s.output_held else []
+        return []
+    head = _run_requests(rec, requests.forward, [], carried)
+    if requests.output >= 0 and requests.into_next_forward:
+        carried.extend(head[requests.output])
+    elif requests.output >= 0:
+        output += head[requests.output]
+    return head
 
 
 def _flat_grads(flat: Backward) -> Callable[[Sequence[int]], list[int]]:

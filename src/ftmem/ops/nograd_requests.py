@@ -198,7 +198,7 @@ def checkpointed_layer(
     if not (
         run.grad_ckpt
         and not run.activation_offload
-        and arch.family in ("llama", "mistral")
+        and arch.traits.llama_layer_forward
         and profile_of(run).name in TRANSFORMERS_MODELS
         and run.attn == "sdpa"
         and not sdpa_repeats_kv(arch, run)
