@@ -18,27 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ftmem import sources
-from ftmem.cli import main
+from tests.test_bad_inputs_sweep2 import refused, run
 from tests.test_option_space import NUMERIC, check_all, floats, integers, run_cli
 
 PRESETS = Path(__file__).resolve().parents[1] / "presets"
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
-def refused(capsys, *args: str) -> str:
-    """The run exits 2, stdout empty, one ``Error:`` line; that line."""
-    code, out, err = run(capsys, *args)
-    assert code == 2, (args, out[:300], err)
-    assert out == ""
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), err
-    return lines[0]
 
 
 # -- compare: a setting no cell can take is the user's mistake, not a table of n/a --------

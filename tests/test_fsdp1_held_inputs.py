@@ -24,6 +24,7 @@ from ftmem.block_policies import Checkpointed
 from ftmem.parallel import parallel_step
 from ftmem.phases import find_peak
 from ftmem.sources import architecture_from_config
+from tests.fsdp1_nesting import checkpointed_around
 
 H, S, V, LAYERS, BATCH = 512, 128, 64, 4, 2
 CONFIG = {
@@ -178,22 +179,7 @@ def _tiny_fsdp1_lora(rank: int, port: int):  # -> (FSDP model, its frozen units)
     from torch import nn
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
-    from torch.utils.checkpoint import checkpoint
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    class AroundUnit(nn.Module):
-        """transformers < 4.52: checkpoint(decoder_layer.__call__, hidden_states, ...)."""
-
-        def __init__(self, unit: nn.Module) -> None:
-            super().__init__()
-            self.unit = unit
-
-        def forward(self, hidden_states, position_embeddings=None, **kwargs):
-            def call(h, cos, sin):
-                return self.unit(h, position_embeddings=(cos, sin), **kwargs)
-
-            cos, sin = position_embeddings
-            return checkpoint(call, hidden_states, cos, sin, use_reentrant=True)
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.manual_seed(0)
@@ -229,7 +215,7 @@ def _tiny_fsdp1_lora(rank: int, port: int):  # -> (FSDP model, its frozen units)
     ]
     layers = next(m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == LAYERS)
     for i in range(LAYERS):
-        layers[i] = AroundUnit(layers[i])
+        layers[i] = checkpointed_around(layers[i])
     return model, frozen
 
 

@@ -21,6 +21,7 @@ import pytest
 from ftmem.api import parallel_config, run_config
 from ftmem.parallel import parallel_step
 from ftmem.sources import architecture_from_config
+from tests.fsdp1_nesting import checkpointed_around
 
 H, I, S, V, LAYERS, BATCH, KV = 512, 1024, 64, 64, 4, 2, 256
 CONFIG = {
@@ -100,22 +101,7 @@ def _tiny_fsdp1_lora(rank: int, port: int, around: bool):  # -> (FSDP model, dec
     from torch import nn
     from torch.distributed.fsdp import BackwardPrefetch, ShardingStrategy
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.utils.checkpoint import checkpoint
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    class AroundUnit(nn.Module):
-        """transformers < 4.52: checkpoint(decoder_layer.__call__, hidden_states, ...)."""
-
-        def __init__(self, unit: nn.Module) -> None:
-            super().__init__()
-            self.unit = unit
-
-        def forward(self, hidden_states, position_embeddings=None, **kwargs):
-            def call(h, cos, sin):
-                return self.unit(h, position_embeddings=(cos, sin), **kwargs)
-
-            cos, sin = position_embeddings
-            return checkpoint(call, hidden_states, cos, sin, use_reentrant=True)
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.manual_seed(0)
@@ -149,7 +135,7 @@ def _tiny_fsdp1_lora(rank: int, port: int, around: bool):  # -> (FSDP model, dec
     units = list(layers)
     if around:
         for i in range(LAYERS):
-            layers[i] = AroundUnit(layers[i])
+            layers[i] = checkpointed_around(layers[i])
     return model, units
 
 

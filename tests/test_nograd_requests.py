@@ -24,6 +24,7 @@ from ftmem.methods import plan_method
 from ftmem.ops.nograd_requests import LayerShape, checkpointed_layer, llama_layer
 from ftmem.phases import find_peak
 from ftmem.presets import get_model
+from ftmem.run_phases import program_peak
 from ftmem.step import step_parts
 from tests.test_gpu_trace import replay_live
 
@@ -91,18 +92,6 @@ def _large(events, skip: int = 0) -> list[tuple[str, int]]:
     return out
 
 
-def _peak(events) -> int:
-    sizes, live, peak = [], 0, 0
-    for kind, value in events:
-        if kind == "alloc":
-            sizes.append(value)
-            live += value
-            peak = max(peak, live)
-        else:
-            live -= sizes[value]
-    return peak
-
-
 @pytest.mark.parametrize(
     ("lora", "dropout"),
     [(False, 0.0), (True, 0.0), (True, 0.1)],
@@ -126,7 +115,7 @@ def test_llama_layer_requests_match_torch(lora, dropout):
     # the output stays with the caller (torch's is freed when the test drops it)
     derived = _large((*requests, ("free", output)))
     assert measured == derived
-    assert _peak(measured) == _peak(derived)
+    assert program_peak(tuple(measured)) == program_peak(tuple(derived))
 
 
 # -- where the estimate uses it --------------------------------------------------------
