@@ -225,3 +225,75 @@ def test_torchtune_01s_lora_on_the_output_is_modelled_on_its_loop_loss_only():
     assert _head_sizes("torchtune", lora_targets="q,v,lm_head").head.requests is None
     with pytest.raises(InvalidInputError, match="upcast-shifted"):
         _head_sizes("hf", **targets)
+
+
+def _torchtune_attention_core_saved(arch, b: int, s: int) -> int:
+    """Bytes autograd keeps for torchtune's attention core, measured on the CPU: the q, k
+    and v projections' outputs (leaves here) through MultiHeadAttention.forward as
+    torchtune/modules/attention.py@1814feb17a90 l.236-302 writes it (rotary as
+    torchtune/modules/position_embeddings.py@1814feb17a90 RotaryPositionalEmbeddings.forward,
+    its cache a buffer: excluded like the weights), o_proj's matmul included."""
+    import torch
+    import torch.nn.functional as F
+
+    from ftmem.measure.saved import SavedRegistry, storage_key
+
+    nh, nkv, hd = arch.num_heads, arch.num_kv_heads, arch.hidden_size // arch.num_heads
+    torch.manual_seed(0)
+    bf16 = torch.bfloat16
+    qp = torch.randn(b, s, nh * hd, dtype=bf16, requires_grad=True)
+    kp = torch.randn(b, s, nkv * hd, dtype=bf16, requires_grad=True)
+    vp = torch.randn(b, s, nkv * hd, dtype=bf16, requires_grad=True)
+    w_o = torch.randn(arch.hidden_size, nh * hd, dtype=bf16, requires_grad=True)
+    cache = torch.randn(s, hd // 2, 2)  # the rope cache buffer (fp32)
+
+    def rope(x: torch.Tensor) -> torch.Tensor:
+        xshaped = x.float().reshape(*x.shape[:-1], -1, 2)
+        rope_cache = cache[:s].view(-1, xshaped.size(1), 1, xshaped.size(3), 2)
+        x_out = torch.stack(
+            [
+                xshaped[..., 0] * rope_cache[..., 0] - xshaped[..., 1] * rope_cache[..., 1],
+                xshaped[..., 1] * rope_cache[..., 0] + xshaped[..., 0] * rope_cache[..., 1],
+            ],
+            -1,
+        )
+        return x_out.flatten(3).type_as(x)
+
+    exclude = {storage_key(t)[0] for t in (qp, kp, vp, w_o, cache)}  # type: ignore[index]
+    reg = SavedRegistry(exclude)
+    with torch.autograd.graph.saved_tensors_hooks(reg.pack, reg.unpack):
+        q = rope(qp.view(b, s, nh, hd)).transpose(1, 2)
+        k = rope(kp.view(b, s, -1, hd)).transpose(1, 2)
+        v = vp.view(b, s, -1, hd).transpose(1, 2)
+        expand_shape = (b, nkv, nh // nkv, -1, hd)
+        k = k.unsqueeze(2).expand(expand_shape).flatten(1, 2)
+        v = v.unsqueeze(2).expand(expand_shape).flatten(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = out.transpose(1, 2).contiguous().view(b, s, -1) @ w_o.t()
+    assert y.requires_grad
+    return reg.nbytes
+
+
+def test_grouped_keys_and_values_are_expanded_to_every_head_before_the_kernel():
+    # torchtune/modules/attention.py@1814feb17a90 l.284-290: with fewer kv heads, k and v
+    # go through unsqueeze(2).expand(...).flatten(1, 2), a copy (the expanded dim has
+    # stride 0 and cannot merge with the kv-head dim into a view); sdpa keeps q, those
+    # full-width k and v, its output (o_proj's input too) and the fp32 log-sum-exp
+    arch = tiny("mistral")
+    assert arch.num_kv_heads < arch.num_heads
+    q = arch.hidden_size
+    measured = _torchtune_attention_core_saved(arch, B, S)
+    assert measured == 4 * T * q * BF16 + B * arch.num_heads * S * FP32
+    run = RunConfig(
+        method="full", framework="torchtune", batch_size=B, seq_len=S, precision="bf16",
+        attn="sdpa", device="cpu",
+    )  # fmt: skip
+    memory = estimate_step(arch, run).memory
+    items = {x.what: x.bytes for x in memory.activations_per_block}
+    core = ("rotary q and k (k at every head)", "v expanded to every head")
+    modelled = sum(items[name] for name in core) + items["attention output + logsumexp"]
+    assert modelled == measured
+    # against transformers' GQA-aware sdpa call, which keeps k and v at the kv heads
+    hf = estimate_step(arch, RunConfig(**{**run.model_dump(), "framework": "hf"})).memory
+    grown = memory.activations_bytes - hf.activations_bytes
+    assert grown == arch.num_layers * 2 * T * (q - arch.kv_size) * BF16

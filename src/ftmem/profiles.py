@@ -93,6 +93,9 @@ class Profile:
     dequant_copy_bytes: int = 0
     # k and v are expanded to every query head (a copy) before the attention kernel
     expands_kv: bool = False
+    # the framework's own attention computes q, k and v in one Linear, whose output k and v
+    # are views of (ops.attention Attention.expanded_kv_saved)
+    fuses_qkv: bool = False
     # one LoRA dropout of the block input serves all adapted q/k/v slices
     one_qkv_lora_dropout: bool = False
     # LoRA on some of q, k, v of a fused qkv is zero-padded to the full width with
@@ -210,6 +213,12 @@ TORCHTUNE = Profile(
     compiles_layers=True,
     compiles_chunked_loss=True,
     offload_keeps_head=True,
+    # MultiHeadAttention.forward expands k and v to every query head before the kernel:
+    # k.unsqueeze(2).expand(b, n_kv, q_per_kv, s, h_d).flatten(1, 2), a copy (a stride-0
+    # dim cannot merge into a view) (torchtune/modules/attention.py@1814feb17a90 l.284-290;
+    # expand then reshape at @30b8519e86d2 l.275-283 and @ff594c231 l.180-184; the same at
+    # bd2a0fc7c314, the last commit), so the kernel keeps and differentiates full-width k, v
+    expands_kv=True,
     converts_outputs_to_fp32=False,  # its own loop, no accelerate
     checkpoints_in_transformers_loop=False,  # its own modules' checkpoint wrapper
     loop_shifted_loss=True,
@@ -255,6 +264,9 @@ LITGPT = Profile(
     # litgpt/model.py CausalSelfAttention.forward: k.expand(...), v.expand(...) then
     # reshape (a copy) when n_query_groups != n_head
     expands_kv=True,
+    # litgpt/model.py CausalSelfAttention: one `attn` Linear, its output viewed as
+    # (B, n_query_groups, q_per_kv + 2, T, head_size) and split into q, k, v
+    fuses_qkv=True,
     # litgpt/lora.py LoRAQKVLinear.forward: F.linear(self.lora_dropout(x), self.lora_A)
     one_qkv_lora_dropout=True,
     # litgpt/lora.py LoRAQKVLinear.zero_pad (00af8b0d): result.index_copy_(dim=-1,

@@ -369,7 +369,7 @@ class Attention:
             if "q" in needs_grad:
                 keep("rotary k (repeated per head)", Tk * kv_saved * e, Kind.ATTN_QK)
             keep("v (repeated per head)", Tk * kv_saved * e, Kind.ATTN_V)
-        elif profile_of(run).expands_kv:
+        elif profile_of(run).expands_kv and (kv != q or profile_of(run).fuses_qkv):
             out += Attention.expanded_kv_saved(ctx)
         elif layer_mask(ctx) or sdpa_repeats_kv(arch, run):
             out += Attention.masked_sdpa_saved(ctx, with_mask=layer_mask(ctx))
@@ -514,8 +514,11 @@ class Attention:
         k and v are ``expand``ed to every query head and ``reshape``d (a copy), so the
         kernel keeps q, k and v at the full width (+4·N·(nh − ng)·hs bytes against a
         GQA-aware kernel). With as many kv heads as heads the reshape of v is a view of the
-        qkv output, whose whole storage the kernel then keeps. q and k are new tensors
-        (``torch.cat`` after the rotary)."""
+        qkv output, whose whole storage the kernel then keeps (Profile.fuses_qkv). q and k
+        are new tensors (``torch.cat`` after the rotary). torchtune expands the same way
+        after its separate projections and rotary (torchtune/modules/attention.py@1814feb1
+        l.284-290: ``unsqueeze(2).expand(...).flatten(1, 2)``, a copy; nothing with as
+        many kv heads as heads); measured on the CPU in tests/test_profile_torchtune.py."""
         T, e = ctx.tokens, ctx.e
         q, kv = ctx.arch.q_size, ctx.arch.kv_size
         items = [("rotary q and k (k at every head)", T * 2 * q * e, Kind.ATTN_QK)]
