@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import ftmem
-from ftmem.deepspeed_zero3 import init_program, sub_groups
+from ftmem.deepspeed_zero3 import init_program, overflow_check_program, sub_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 QWEN1 = ROOT / "calibration" / "configs" / "qwen1-1.8b" / "config.json"
@@ -130,3 +130,78 @@ def test_one_rank_reserved_is_what_the_init_leaves_plus_the_step() -> None:
     n0 = (m.peak_allocated_bytes - persistent - m.at_peak.workspaces) // 6
     by_hand = 14 * PSI + 10 * n0 + 8 * EMBED
     assert by_hand <= m.peak_reserved_bytes <= by_hand + 64 * 2**20
+
+
+MiB = 2**20
+
+
+def _segment(nbytes: int) -> int:
+    """The caching allocator's segment for one request above 10 MiB: rounded up to 2 MiB
+    (gpu.allocator.SOURCE, get_allocation_size: kRoundLarge)."""
+    return -(-nbytes // (2 * MiB)) * 2 * MiB
+
+
+def test_isinf_copies_the_tensor_before_its_mask() -> None:
+    """torch.isinf of a floating tensor is ``self.abs() == inf`` (aten TensorCompare.cpp
+    ``isinf``): the profiler sees an abs copy in the tensor's dtype (2 bytes an element in
+    bf16) and a one-byte mask; torch.isnan is ``self != self``, one mask. This is what
+    ZeRO-3's overflow check runs on its whole gradient buffer."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    n = 1 << 16
+    x = torch.zeros(n, dtype=torch.bfloat16)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        torch.isinf(x).any()
+        torch.isnan(x).any()
+    made = {}
+    for event in prof.events():
+        if event.name in ("aten::abs", "aten::eq", "aten::ne") and event.cpu_memory_usage > 0:
+            made.setdefault(event.name, event.cpu_memory_usage)
+    assert made == {"aten::abs": 2 * n, "aten::eq": n, "aten::ne": n}
+
+
+def test_overflow_check_program_by_hand() -> None:
+    """has_overflow (v0.12.3 stage3.py l.2062-2076): isinf's abs (2 x 1,000 bytes in
+    bf16) and mask (1,000) alive together, the abs freed, .any() (1 byte), the mask and
+    the flag freed; then isnan's mask (1,000) and its .any(), both freed."""
+    program = overflow_check_program(1_000, 2)
+    allocs = [v for op, v in program if op == "alloc"]
+    freed = [v for op, v in program if op == "free"]
+    assert allocs == [2_000, 1_000, 1, 1_000, 1]
+    assert sorted(freed) == [0, 1, 2, 3, 4]
+
+
+def test_bf16_overflow_check_before_0_11_2_adds_its_reduce_stream_segments() -> None:
+    """DeepSpeed <= 0.11.1 runs the overflow check for bf16 too (stage3.py@v0.11.1
+    l.1843-1846; skipped for bf16 from 244040c1, v0.11.2). On one rank it scans the whole
+    gradient buffer (psi elements, bf16) on reduce_and_partition_stream, whose blocks the
+    default stream never reuses. By hand, in the caching allocator's segments: the abs
+    copy 2 psi (a segment of its own), the mask psi (another: the abs is still alive),
+    the .any() flags one 2 MiB small-pool segment; isnan's mask then fits the first
+    mask's block. The first step's check leaves 2 psi + psi (each rounded up to 2 MiB)
+    + 2 MiB reserved on that stream for the rest of the run, after the init and before
+    the step's own peak (the flat copy and fp32 gradient on the default stream), so the
+    reserved peak grows by exactly that; the allocated peak does not (3 psi < the step's
+    6 n0)."""
+    now = _estimate().memory
+    old = _estimate(deepspeed_version="0.11.1").memory
+    assert old.peak_reserved_bytes - now.peak_reserved_bytes == (
+        _segment(2 * PSI) + _segment(PSI) + 2 * MiB
+    )
+    assert old.peak_allocated_bytes == now.peak_allocated_bytes
+    assert _estimate(deepspeed_version="0.11.2").memory == now
+
+
+def test_fp16_is_checked_in_every_release_and_never_on_the_host() -> None:
+    """fp16 is checked in every release (``if self.dtype == torch.float16``, v0.12.3
+    l.1888-1893); with the optimizer offloaded the gradient buffer lives on the host
+    (l.492-497, ``device=self.device``, the CPU), so the check allocates no GPU memory."""
+    fp16 = _estimate(precision="fp16").memory
+    assert fp16 == _estimate(precision="fp16", deepspeed_version="0.11.1").memory
+    bf16 = _estimate(deepspeed_version="0.11.1").memory
+    assert fp16.peak_reserved_bytes == bf16.peak_reserved_bytes
+    offloaded = dict(offload_optimizer="cpu")
+    assert (
+        _estimate(**offloaded).memory == _estimate(**offloaded, deepspeed_version="0.11.1").memory
+    )

@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO-3's optimizer on one rank: its init, its sub-groups and its step's transients.
 
-Read in microsoft/DeepSpeed@6ea44d02c674393c524ada811ea376c55438a913 (v0.12.3, the
-release the Qwen-1 ZeRO-3 runs of calibration/settings/qwen.yaml used), file
+Read in microsoft/DeepSpeed@6ea44d02c674393c524ada811ea376c55438a913 (v0.12.3, read for
+the Qwen-1 ZeRO-3 runs of calibration/settings/qwen.yaml), file
 ``deepspeed/runtime/zero/stage3.py`` (=s3); the same steps are in later releases.
 
 * Sub-groups (s3 ``_create_fp16_sub_groups`` l.890-913): the optimizer's parameters, in
@@ -22,7 +22,9 @@ release the Qwen-1 ZeRO-3 runs of calibration/settings/qwen.yaml used), file
   (l.492-494), which ftmem counts as the gradients.
 
 The optimizer's init (init_program) makes the masters, the states and the gradients'
-buffer before training, and leaves its largest transient cached.
+buffer before training, and leaves its largest transient cached. Before the norms, the
+step checks the gradient buffer for inf/nan on the reduce stream (fp16; bf16 too before
+v0.11.2: overflow_check_program).
 
 So the step's transient is ``max(8 x largest partition, (g + 4) x largest sub-group)``
 bytes, g the gradient's bytes per element, where ftmem used to count an fp32 gradient of
@@ -182,3 +184,43 @@ def init_program(
     program.append(("free", buffer))
     alloc(grads)
     return tuple(program)
+
+
+# torch.isinf of a floating tensor is ``self.abs() == inf`` (aten/src/ATen/native/
+# TensorCompare.cpp ``isinf``, composite for every device: an abs copy in the tensor's
+# dtype, then a bool mask), torch.isnan ``self != self`` (one bool mask); each
+# ``.any()`` a one-element bool (checked on CPU torch in tests/test_deepspeed_zero3.py).
+BOOL = 1
+
+
+def overflow_check_program(elements: int, grad_bytes: int) -> tuple[tuple[str, int], ...]:
+    """What ZeRO-3's overflow check requests on a rank at the start of each step, in
+    order, as ("alloc", bytes) and ("free", j) (the j-th "alloc"): ``has_overflow``
+    (s3 l.2062-2076, the same since v0.9.5) runs, on ``reduce_and_partition_stream``,
+    ``torch.isinf(self.grad_partitions_flat_buffer).any()`` and then ``torch.isnan(...)
+    .any()`` on the rank's whole gradient buffer (``elements``: the sum of its
+    partitions; ``grad_bytes``: its dtype's size). Those blocks belong to the reduce
+    stream's pools, which the default stream never reuses."""
+    return (
+        ("alloc", grad_bytes * elements),  # 0: isinf's abs()
+        ("alloc", BOOL * elements),  # 1: its == inf mask
+        ("free", 0),
+        ("alloc", BOOL),  # 2: .any()
+        ("free", 1),
+        ("free", 2),  # (after logical_or_ into inf_or_nan_tracker)
+        ("alloc", BOOL * elements),  # 3: isnan's != mask
+        ("alloc", BOOL),  # 4: .any()
+        ("free", 3),
+        ("free", 4),
+    )
+
+
+def overflow_check_peak(elements: int, grad_bytes: int) -> int:
+    """The check's most bytes at once: isinf's abs copy and its mask."""
+    return (grad_bytes + BOOL) * elements
+
+
+def rank_elements(groups: Sequence[TensorGroup], arch: Architecture, ranks: int) -> int:
+    """The rank's gradient buffer: the sum of its trainable partitions
+    (``grad_partitions_flat_buffer``, s3 l.492-494)."""
+    return sum(partition_sizes(parameter_order(groups, arch), ranks))

@@ -70,7 +70,7 @@ from ftmem.sequence_parallel import (
 from ftmem.step import StepParts, reference_weights, step_parts, trains_own_weights
 from ftmem.transients import attention_backward_beside, attention_gradients_made
 from ftmem.validation import Field, Model, PositiveInt, model_validator
-from ftmem.versions import checkpoint_wraps_decoder_unit
+from ftmem.versions import checkpoint_wraps_decoder_unit, zero3_checks_overflow
 
 if TYPE_CHECKING:  # imported where used: only GeminiPlugin runs (CLI start-up)
     from ftmem.gemini import GeminiRank
@@ -788,6 +788,8 @@ class _Resident:
     # before them; empty / 0: step_temp as one sum
     step_pieces: tuple[int, ...] = ()
     norm_copy: int = 0
+    # ZeRO-3's overflow check on its reduce stream (deepspeed_zero3.overflow_check_program)
+    side_program: tuple[tuple[str, int], ...] = ()
 
 
 def _sharded(
@@ -797,10 +799,12 @@ def _sharded(
     groups: tuple[TensorGroup, ...],
     totals: _StageTotals,
     grads_per_block: int,
+    checks_overflow: bool = False,
 ) -> _Resident:
     """Each strategy's sharding: ZeRO-1 the optimizer, ZeRO-2 also the gradients, ZeRO-3
     and FSDP also the weights (ZeRO-3 keeps its small persistent tensors whole). Adam's
-    step tensors stay whole on every rank."""
+    step tensors stay whole on every rank. ``checks_overflow``: ZeRO-3 checks its
+    gradient buffer for inf/nan before the step (versions.zero3_checks_overflow)."""
     N = par.shard_group
     weights, grads, states, step_temp = (
         totals.weights,
@@ -826,18 +830,24 @@ def _sharded(
     if s == "zero3" and step_temp and totals.psi and par.offload_optimizer == "none":
         # one sub-group's gradients at a time, after an fp64 copy of each (deepspeed_zero3;
         # offloaded, the fp32 gradients are a host buffer: _offload_optimizer)
-        norm, flat, fp32 = deepspeed_zero3.step_transient_bytes(
-            groups, arch, N, totals.grads // totals.psi
-        )
+        g = totals.grads // totals.psi
+        norm, flat, fp32 = deepspeed_zero3.step_transient_bytes(groups, arch, N, g)
+        check: tuple[tuple[str, int], ...] = ()
+        check_peak = 0
+        if checks_overflow:
+            elements = deepspeed_zero3.rank_elements(groups, arch, N)
+            check = deepspeed_zero3.overflow_check_program(elements, g)
+            check_peak = deepspeed_zero3.overflow_check_peak(elements, g)
         return _Resident(
             replicated,
             sharded,
             grads,
             grads_block,
             states,
-            max(norm, flat + fp32),
+            max(norm, flat + fp32, check_peak),
             step_pieces=(flat, fp32),
             norm_copy=norm,
+            side_program=check,
         )
     return _Resident(replicated, sharded, grads, grads_block, states, step_temp)
 
@@ -886,6 +896,7 @@ def _offload_optimizer(s: Strategy, par: ParallelConfig, on: _Resident, psi: int
         step_temp=0,
         step_pieces=(),
         norm_copy=0,
+        side_program=(),  # the gradient buffer is on the host: checked there
         host=host,
         disk=disk,
     )
@@ -1292,6 +1303,7 @@ def _stage_sizes(
             temporaries=on.step_temp,
             tensors=on.step_pieces,
             norm_copy=on.norm_copy,
+            side_program=on.side_program,
         ),
         comm=comm if last else comm.blocks_only(),
         teacher_forward=base.teacher_forward,
@@ -1377,7 +1389,8 @@ def rank_memory(
     base = parts.sizes
     if par.ep > 1:
         groups, totals, base = _expert_parallel(groups, arch, run, plan, par.ep, totals, base)
-    on = _sharded(s, par, arch, groups, totals, base.gradients.per_block)
+    checks = s == "zero3" and zero3_checks_overflow(run, plan.dtypes.compute)
+    on = _sharded(s, par, arch, groups, totals, base.gradients.per_block, checks)
     # an older transformers release's buffers (release_buffers): whole on every rank
     extra = stage_buffer_bytes(arch, run, plan.dtypes, par.pp)
     if extra:

@@ -167,6 +167,10 @@ class OptimizerStep:
     tensors: tuple[int, ...] = ()
     # a transient before them (ZeRO-3's fp64 copy of the largest gradient, for its norm)
     norm_copy: int = 0
+    # before that, requests on another stream whose pools the default stream never
+    # reuses (ZeRO-3's overflow check on its reduce stream: deepspeed_zero3
+    # .overflow_check_program), as ("alloc", bytes) / ("free", j)
+    side_program: tuple[tuple[str, int], ...] = ()
 
     @property
     def at_head(self) -> int:

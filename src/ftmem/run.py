@@ -293,6 +293,13 @@ class RunConfig(limits.BoundedSettings):
         "the scale factors, and before 0.2 a 66-bytes-per-element transient while each "
         "weight is quantised whole (default: the current release).",
     )
+    deepspeed_version: str | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="DeepSpeed's version: before 0.11.2 ZeRO-3 checks a bf16 model's "
+        "gradients for inf/nan at each step as it does an fp16 one's, with temporaries "
+        "on its reduce stream (default: the current release).",
+    )
     # the run beyond the step (ftmem.run_phases)
     peak_of: Literal["step", "run"] | None = Field(
         None,
@@ -595,7 +602,12 @@ class RunConfig(limits.BoundedSettings):
         return data
 
     @field_validator(
-        "torch_version", "bnb_version", "transformers_version", "torchao_version", "peft_version"
+        "torch_version",
+        "bnb_version",
+        "transformers_version",
+        "torchao_version",
+        "peft_version",
+        "deepspeed_version",
     )
     @classmethod
     def _release(cls, value: str | None) -> str | None:

@@ -34,6 +34,14 @@ BNB_INT8_DROPS_COLUMN_COPY = (0, 45, 0)
 # peak memory" adds eps in place, first in v2.1.0 (@7bcf7da3, same function).
 TORCH_ADAMW_INPLACE_DENOM = (2, 1)
 
+# DeepSpeed ZeRO-3 checked the gradients for inf/nan at every step whatever the dtype
+# (microsoft/DeepSpeed@e9503fe4 = v0.11.1 deepspeed/runtime/zero/stage3.py
+# _overflow_check_and_loss_scale_update l.1843-1846: ``self.check_overflow()``; the same
+# at v0.9.5 and v0.10.0); commit 244040c1 "Don't check overflow for bf16 data type
+# (#4512)" checks fp16 only (``if self.dtype == torch.float16``), first released in
+# v0.11.2 (@f0604078 l.1844-1848).
+DEEPSPEED_ZERO3_BF16_SKIPS_OVERFLOW_CHECK = (0, 11, 2)
+
 # torchao NF4Tensor.double_quantize_scalers: `quantization_factor = 256 / (2 *
 # scaler_absmax)` on a scaler_absmax expanded to (n_scaler_blocks, 256) is computed dense,
 # one bf16 per block, and `quantization_factor[:, 0]` kept a view of that whole storage
@@ -198,6 +206,14 @@ def nf4_layout(run: RunConfig) -> str:
 def torch_adamw_denom_out_of_place(run: RunConfig) -> bool:
     """foreach AdamW allocates its denominator beside the square root (torch < 2.1)."""
     return older_than(run.torch_version, TORCH_ADAMW_INPLACE_DENOM)
+
+
+def zero3_checks_overflow(run: RunConfig, model_dtype: str) -> bool:
+    """DeepSpeed ZeRO-3 checks its flat gradient buffer for inf/nan at each step: an fp16
+    model in every release, any other before 0.11.2."""
+    return model_dtype == "fp16" or older_than(
+        run.deepspeed_version, DEEPSPEED_ZERO3_BF16_SKIPS_OVERFLOW_CHECK
+    )
 
 
 def per_expert_linears(run: RunConfig) -> bool:

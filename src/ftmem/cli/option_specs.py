@@ -240,6 +240,14 @@ RUN = [
         "before 0.2 a 66 B/element quantisation transient (default: the current release).",
     ),
     _opt(
+        "deepspeed_version",
+        OptStr,
+        None,
+        "DeepSpeed's version (e.g. 0.11.1): before 0.11.2 ZeRO-3 checks a bf16 model's "
+        "gradients for inf/nan at each step, as an fp16 one's (default: the current "
+        "release).",
+    ),
+    _opt(
         "peak_of",
         Optional[field_choices("peak_of")],  # noqa: UP045
         None,

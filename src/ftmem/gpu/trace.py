@@ -370,6 +370,11 @@ class _Recorder:
         target.release_recorded(1)
         target.free_recorded(target.malloc_pre(size))
 
+    def side(self, size: int) -> list[int]:
+        """A request on a side stream of the engine's own (ZeRO-3's reduce stream),
+        whose blocks the default stream never reuses."""
+        return [self.target.malloc_side(size)] if size > 0 else []
+
     def comm(self, size: int) -> list[int]:
         """A communication buffer (gathered weights, reduce buckets)."""
         return [self._comm(size)] if size > 0 else []
@@ -475,6 +480,22 @@ def _run_wrap(rec: _Recorder, program: tuple[tuple[str, int], ...]) -> None:
             rec.free(keys[value])
 
 
+def _run_side(rec: _Recorder, program: tuple[tuple[str, int], ...]) -> None:
+    """A program's requests on the side stream (Optimizer.side_program): ("alloc",
+    bytes), ("free", j) the j-th."""
+    keys: list[list[int]] = []
+    for op, value in program:
+        if op == "alloc":
+            keys.append(rec.side(value))
+        else:
+            rec.free(keys[value])
+
+
+def uses_side_stream(steps: Sequence[tuple[StepSizes, StepTensors]]) -> bool:
+    """Whether a step requests on a side stream of its engine (Optimizer.side_program)."""
+    return any(sizes.optimizer.side_program for sizes, _ in steps)
+
+
 def _run_program(rec: _Recorder, weight: int, program: tuple[tuple[str, int], ...]) -> list[int]:
     """One weight's loading program; returns the weight's key."""
     if not program:
@@ -545,7 +566,7 @@ def replay_run(
     run_events'. ``settle``: the last of ``steps`` is repeated until the allocator's
     steady state (a step that leaves the pools as the one before; SETTLING_STEPS): a long
     run's reserved figure, not the first few steps'."""
-    streams = comm_stream or grad_stream
+    streams = comm_stream or grad_stream or uses_side_stream(steps)
     try:
         # (FSDP's streams: a BestFit per stream, its requests handed over one at a time)
         target = new_streams(**options) if streams else new_allocator(**options)
@@ -637,6 +658,7 @@ def _request_run(
         step = sizes.optimizer
         buffers = rec.comm(sizes.comm.optimizer)
         if not step.in_backward:
+            _run_side(rec, step.side_program)
             rec.moment(step.norm_copy)
             rec.moments(t.step_temporaries or (step.temporaries,))
         rec.free(buffers)
