@@ -412,3 +412,54 @@ def test_rms_norm_keeps_fp32_normalised_when_its_weight_trains(
     litgpt_without(rms_norm_scales_in_fp32=True)  # type: ignore[operator]
     lora_on = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **LORA)
     assert lora_on.sizes.activations.total == lora_off.sizes.activations.total
+
+
+def _head_weight_casts_kept(pieces: int, weight_trains: bool) -> int:
+    """Bytes of the distinct 16-bit storages of the LM head weight that the head's
+    matmuls keep when it is called once per 128-position piece under autocast (the CPU's,
+    bf16; the same cached_cast as CUDA's), its weight fp32 and frozen or trained."""
+    import torch
+
+    head = torch.nn.Linear(D, V, bias=False)
+    head.weight.requires_grad_(weight_trains)
+    x = torch.randn(1, 128 * pieces - 5, D, requires_grad=True)  # the last piece shorter
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if t.dtype == torch.bfloat16 and storage.nbytes() == V * D * 2:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with hooks, torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = [head(x_i) for x_i in x.split(128, dim=1)]
+    assert len(logits) == pieces
+    return sum(kept.values())
+
+
+def test_frozen_head_cast_once_per_piece_under_autocast(llama: str) -> None:
+    # bf16-mixed (lit-gpt@8641822b finetune/lora.py's default, the StableLM tutorial):
+    # fp32 weights, Fabric's autocast around the forward; GPT.forward calls the frozen
+    # head once per 128-position piece and autocast caches no cast of a weight that does
+    # not require grad, so each piece's matmul keeps its own bf16 copy (measured here)
+    from ftmem.ops.loss import head_weight_casts
+
+    pieces = 3
+    s = 128 * pieces - 5
+    mixed = dict(LORA, precision="bf16-mixed", adapter_dtype="fp32")
+    lit = estimate(llama, framework="litgpt", batch_size=1, seq_len=s, **mixed)
+    hf = estimate(llama, framework="hf", batch_size=1, seq_len=s, **mixed)
+
+    def head_copies(est: object) -> int:
+        items = est.memory.activations_outer  # type: ignore[attr-defined]
+        return sum(i.bytes for i in items if i.what.startswith("LM head 16-bit weight cop"))
+
+    assert head_copies(lit) == _head_weight_casts_kept(pieces, weight_trains=False)
+    assert head_copies(lit) == pieces * 2 * V * D
+    assert head_copies(hf) == 2 * V * D  # transformers calls its head once
+    # a head weight that trains is cast once per forward (autocast's cache)
+    run = run_config(framework="litgpt", batch_size=1, seq_len=s, **mixed)
+    assert head_weight_casts(run, head_weight_trains=True) * 2 * V * D == (
+        _head_weight_casts_kept(pieces, weight_trains=True)
+    )

@@ -24,7 +24,7 @@ from ftmem.ops.dropout import Dropout
 from ftmem.ops.embedding import Embedding
 from ftmem.ops.latent_attention import LatentAttention
 from ftmem.ops.linear import LinearOp
-from ftmem.ops.loss import Loss, PreferenceLoss
+from ftmem.ops.loss import Loss, PreferenceLoss, head_weight_casts
 from ftmem.ops.mlp import MLP
 from ftmem.ops.norm import Norm, QKNorm
 from ftmem.ops.saved import Kind, Saved, Side
@@ -228,6 +228,7 @@ def outer_saved(
         cross_entropy=run.objective == "sft",
         loss_rows=rows,
         nll_cast=shifted and Loss.shifted_nll_cast(run, e),
+        weight_casts=head_weight_casts(run, train or plan.head_trainable),
     )
     if plan.head_lora:  # (the standard loss only: methods._check_head_lora)
         saved += HeadLoRA.saved(ctx, train or plan.head_trainable)

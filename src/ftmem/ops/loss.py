@@ -63,9 +63,11 @@ class Loss:
         cross_entropy: bool = True,
         loss_rows: int | None = None,
         nll_cast: bool = False,
+        weight_casts: int = 1,
     ) -> list[Saved]:
         """The LM head and the loss over T positions: the head's input (when it trains), its
-        16-bit weight copy under autocast, and the log-softmax (fp32 in transformers'
+        16-bit weight copy under autocast (``weight_casts`` of them where the head is
+        called piece by piece on a frozen weight: head_weight_casts), and the log-softmax (fp32 in transformers'
         causal-LM loss; T5 takes it in the logits' dtype) with the int64 labels; with
         ``compiled_chunks`` (torchtune's compiled chunked loss) what each chunk's compiled
         cross-entropy keeps instead (_compiled_chunks); ``softcaps``: False where the
@@ -87,7 +89,10 @@ class Loss:
             out.append(Saved("LM head input", T * h * e))
         if plan.dtypes.casts_weights:
             # the head's input needs a gradient, so its 16-bit weight copy is kept, frozen or not
-            out.append(Saved("LM head 16-bit weight copy", V * h * 2))
+            label = "LM head 16-bit weight copy"
+            if weight_casts > 1:
+                label = f"LM head 16-bit weight copies (one per head piece: {weight_casts})"
+            out.append(Saved(label, weight_casts * V * h * 2))
         if arch.final_logit_softcapping and softcaps:
             out.append(Saved("logit soft-capping tanh", T * V * e))
         if compiled_chunks:
@@ -561,6 +566,24 @@ def head_dequant_bytes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> 
     if not head or not is_quantized(head[0].fmt):
         return 0
     return arch.vocab_size * arch.hidden_size * profile_of(run).dequant_copy_bytes
+
+
+def head_weight_casts(run: RunConfig, head_weight_trains: bool) -> int:
+    """Autocast's 16-bit copies of the LM head weight that the head's matmuls keep for
+    its input's gradient. autocast caches a cast only for a leaf that requires grad
+    (pytorch/pytorch@008ec6b1 aten/src/ATen/autocast_mode.cpp cached_cast:
+    ``arg.requires_grad() && arg.is_leaf()``; measured on the CPU's autocast in
+    tests/test_profile_litgpt.py), so a frozen weight is cast anew at every call: LitGPT calls its head once per 128-position piece
+    (lit-gpt@8641822b lit_gpt/lora.py GPT.forward ``[self.lm_head(x_i) for x_i in
+    x.split(lm_head_chunk_size, dim=1)]``; litgpt@00af8b0d litgpt/lora.py the same) and
+    each piece's matmul keeps its own copy until its backward: ceil(s / 128) copies. A
+    weight that trains is cast once per forward (the cache lives until autocast exits,
+    Fabric's forward_context around the whole forward: pytorch-lightning@71aed751
+    src/lightning/fabric/wrappers.py _FabricModule.forward)."""
+    chunk = head_chunk_tokens(run)
+    if chunk is None or head_weight_trains:
+        return 1
+    return -(-run.positions // chunk)
 
 
 @dataclass(frozen=True, slots=True)
