@@ -1311,6 +1311,8 @@ def _stage_sizes(
         loop_held=base.loop_held if last else 0,
         empties_cache=base.empties_cache,
         output_held=base.output_held if last else 0,
+        # (each rank's blocks return their caches for its own micro-batch)
+        block_returns=base.block_returns,
     )
     return sizes, micro
 

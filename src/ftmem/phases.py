@@ -254,6 +254,9 @@ class StepSizes:
     # an image-text model's checkpointed vision tower: its backward after the blocks'
     # (one layer's recompute and gradients, ftmem.vision_step.backward_transient)
     vision_backward: int = 0
+    # what each block's forward leaves held until the step drops the model's output,
+    # after the loss: a checkpointed block's returned key/value cache (ftmem.returned_cache)
+    block_returns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,9 +375,12 @@ def _until_head_backward(
     loss_bwd = bwd if c.loss_backward is None else c.loss_backward
     head_bwd = bwd if c.head_backward is None else c.head_backward
     above, previous = s.activations.above, s.previous_graph
+    # the blocks' returned caches, the top block's own too: it outlives the block's
+    # attention, beside its MLP's intermediates (its forward transient)
+    returns = len(s.activations.per_block) * s.block_returns
     moments = [
-        Moment("forward", held_forward, acts - above + previous, s.block.forward, fwd),
-        Moment("forward", held_forward, acts + previous, head.logits_forward, head_fwd),
+        Moment("forward", held_forward, acts - above + previous + returns, s.block.forward, fwd),
+        Moment("forward", held_forward, acts + previous + returns, head.logits_forward, head_fwd),
         Moment("backward", held_backward, acts + s.output_held, head.loss_backward, loss_bwd),
         Moment("backward", live_grads, live_acts, head.workspace + s.optimizer.at_head, head_bwd),
     ]

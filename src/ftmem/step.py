@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ftmem import seq2seq, vision_lora, vision_step
+from ftmem import returned_cache, seq2seq, vision_lora, vision_step
 from ftmem.activations import block_saved, outer_saved
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.head_lora import HeadLoRA
@@ -359,6 +359,9 @@ def _decoder_parts(
     below = _sum(outer_below) + sum(leaves)
     kept = Activations(per_block_kept, below=below, above=_sum(outer_above))
     sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)
+    # the blocks' returned caches, held from their forward to the loss
+    returns = returned_cache.per_block(arch, run, BYTES_PER_ELEMENT[plan.dtypes.compute])
+    sizes = dataclasses.replace(sizes, block_returns=returns)
     return StepParts(
         plan=plan,
         sizes=sizes,

@@ -296,6 +296,29 @@ def sdpa_float_causal_mask(arch: Architecture, run: RunConfig) -> bool:
 TRANSFORMERS_CHECKPOINT_INSIDE_LAYER = (4, 52, 0)
 
 
+# GPTBigCode before transformers 4.53 ran its checkpointed blocks with the config's
+# use_cache (True by default, and in SantaCoder's and StarCoder's config.json): 4.48.1
+# models/gpt_bigcode/modeling_gpt_bigcode.py GPTBigCodeModel.forward l.849 takes
+# ``self.config.use_cache``, passes it to ``self._gradient_checkpointing_func(block.__call__,
+# ..., use_cache, ...)`` (l.980-990) and keeps ``presents.append(outputs[1])`` (l.1005-1006);
+# each present is ``key_value``, a view of c_attn's output (GPTBigCodeAttention.forward
+# l.247-253, the flash path l.322-328), returned in the model's output. Neither the model
+# nor HF Trainer turns it off (4.48.1 trainer.py sets use_cache False for XLA's FSDP only,
+# l.1991-1995); 4.52.1 and 4.52.4 the same. 4.53.0 sets ``use_cache = False`` under
+# gradient checkpointing in GPTBigCodeModel.forward and makes the block a
+# GradientCheckpointingLayer (the 4.48.1, 4.52.1, 4.52.4, 4.53.0 and 4.53.3 wheels read).
+GPT_BIGCODE_CHECKPOINTED_CACHE: Releases = (((0, 0, 0), (4, 53, 0)),)
+
+
+def checkpointed_blocks_return_cache(arch: Architecture, run: RunConfig) -> bool:
+    """Each block checkpointed by transformers' own loop returns its key/value cache, a
+    view that keeps its fused projection's whole output until the model's output is
+    dropped (Family.checkpointed_cache_releases)."""
+    return run.grad_ckpt and within(
+        run.transformers_version, arch.traits.checkpointed_cache_releases
+    )
+
+
 def checkpoint_wraps_decoder_unit(run: RunConfig) -> bool:
     """The decoder loop checkpoints each layer's whole call with torch's reentrant
     checkpoint (transformers < 4.52, the run's framework checkpointing through it)."""

@@ -190,6 +190,10 @@ class Family:
     # transformers releases whose rotary modules keep the cos and sin of their last forward
     # as attributes between steps (ftmem.versions: LLAMA_LAST_COS_SIN_KEPT).
     last_cos_sin_releases: Releases = ()
+    # transformers releases whose model loop gives each block it checkpoints the config's
+    # use_cache and collects the key/value cache the block returns into the model's output
+    # (ftmem.returned_cache; ftmem.versions: GPT_BIGCODE_CHECKPOINTED_CACHE).
+    checkpointed_cache_releases: Releases = ()
     # The model's forward computes its own loss from the labels (remote code: Qwen-1's
     # QWenLMHeadModel.forward), which a run whose loss is transformers' default takes
     # instead (profiles.framework_run); None: transformers' loss.

@@ -735,12 +735,14 @@ def _pass(
     others = rec.alloc((s.activations.held,))
     below = rec.alloc(t.below)
     rec.alloc(workspaces[0])
-    kept = _blocks_forward(rec, s, t)
+    returned: list[int] = []
+    kept = _blocks_forward(rec, s, t, returned)
     requests = _head_requests(s, t)
     above = rec.alloc(t.above if requests is None else _without(t.above, requests.saved_item))
     gathered = rec.comm(_or(c.head_forward, c.forward))
     head = _head_forward(rec, s, requests, [] if carried is None else carried, output)
     rec.free(gathered)
+    rec.free(returned)  # the model's output dropped: the blocks' returned caches
     if s.empties_cache:
         rec.empty_cache()
     rec.free(last_graph)  # the loop's loss now names this pass's graph
@@ -828,15 +830,20 @@ def _before_forward(rec: _Recorder, s: StepSizes) -> None:
         rec.empty_cache()
 
 
-def _blocks_forward(rec: _Recorder, s: StepSizes, t: StepTensors) -> list[list[int]]:
-    """The blocks' forward: each block's saved tensors, kept for the backward."""
+def _blocks_forward(
+    rec: _Recorder, s: StepSizes, t: StepTensors, returned: list[int]
+) -> list[list[int]]:
+    """The blocks' forward: each block's saved tensors, kept for the backward; what each
+    returns to the model's output (StepSizes.block_returns) joins ``returned``."""
     c = s.comm
     kept: list[list[int]] = []
     typical = sum(t.block_saved)
-    if c.unit_copy or c.forward:
+    if c.unit_copy or c.forward or s.block_returns:
         for size in s.activations.per_block:
             rec.host_copy(c.unit_copy)
             gathered = rec.comm(c.forward)
+            # (requested first: it lives through the block's MLP, as the timeline has it)
+            returned.extend(rec.alloc((s.block_returns,)))
             if _derived_forward(t, size):
                 kept.append(_layer_forward(rec, t))
             else:
