@@ -134,6 +134,12 @@ MISTRAL_ROTARY_PER_LAYER: Releases = (((0, 0, 0), (4, 48, 0)),)
 # in the adapter's dtype (src/peft/tuners/lora/gptq.py GPTQLoraLinear.forward), first
 # released in 0.16.0 (`git tag --contains e34852f7`).
 PEFT_GPTQ_SUM_OUT_OF_PLACE = (0, 16, 0)
+# peft's LoRA Linear adds the adapter's output in place, ``result += lora_B(lora_A(
+# dropout(x))) * scaling`` (0.5.0 src/peft/tuners/lora.py Linear.forward, 0.8.0
+# src/peft/tuners/lora/layer.py), until 34f3fba2 "Fix for 'leaf Variable that requires grad'
+# Error in In-Place Operation (#1372)" writes ``result = result + ...``, first in 0.9.0
+# (v0.8.0's layer.py has the in-place line, v0.9.0's the new one).
+PEFT_LORA_SUM_OUT_OF_PLACE = (0, 9, 0)
 
 
 # LlamaRotaryEmbedding.forward kept the cos and sin it last returned on the module "for

@@ -20,9 +20,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
+    from ftmem.gpu.program import Requests
+    from ftmem.methods import MethodPlan
+    from ftmem.run import RunConfig
     from ftmem.versions import Releases
 
 Config = dict[str, Any]
+# a block's no-grad forward for a run: its requests and the number of its output, or None
+BlockForward = Callable[["Architecture", "RunConfig", "MethodPlan"], "tuple[Requests, int] | None"]
 
 # Situations in which a family carries a note for the user (a known gap, a path that
 # differs from what the estimate assumes); the core asks for them by these keys.
@@ -127,9 +132,11 @@ class Family:
     # even without padding (Falcon from 5.25, to add ALiBi onto it: ops.attention
     # .materialized_mask); None: the mask is skipped where is_causal serves.
     causal_mask_materialized_from: tuple[int, int, int] | None = None
-    # The decoder layer is transformers' Llama layer (RMSNorm, rotary, SwiGLU, no biases),
-    # whose no-grad forward ops.nograd_requests lays out op by op (checked against torch).
-    llama_layer_forward: bool = False
+    # A checkpointed block's no-grad forward request by request for a run, or None where
+    # this run's block is not derived (ops.nograd_requests.llama_block_forward,
+    # ops.nograd_fused_qkv.fused_qkv_block_forward; each checked against torch); None: the
+    # replay keeps the timeline's one moment for the block.
+    block_forward: BlockForward | None = None
     # The linears add their bias after the matmul (transformers 5.25 modeling_falcon.py
     # FalconLinear.forward: ``hidden_states = input @ self.weight.T`` then ``+ self.bias``),
     # where nn.Linear's addmm takes it in: under autocast the fp32 bias promotes the 16-bit

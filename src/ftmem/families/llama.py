@@ -3,6 +3,7 @@
 from ftmem.families import SP_MODES, Family
 from ftmem.families._config import LlamaKeys
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.ops.nograd_requests import llama_block_forward
 from ftmem.versions import (
     LLAMA_CAUSAL_MASK_BOOL,
     LLAMA_CAUSAL_MASK_INT64,
@@ -13,7 +14,7 @@ from ftmem.versions import (
 )
 
 FAMILY = Family(
-    llama_layer_forward=True,
+    block_forward=llama_block_forward,
     name="llama",
     # ColossalAI shardformer: policies/llama.py, modeling/llama.py
     colossalai_policy=SP_MODES,

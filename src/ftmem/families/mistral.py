@@ -3,10 +3,11 @@
 from ftmem.families import Family
 from ftmem.families._config import LlamaKeys, every_layer
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.ops.nograd_requests import llama_block_forward
 from ftmem.versions import MISTRAL_ROTARY_CACHE, MISTRAL_ROTARY_PER_LAYER
 
 FAMILY = Family(
-    llama_layer_forward=True,
+    block_forward=llama_block_forward,
     name="mistral",
     # ColossalAI shardformer: policies/mistral.py:56 warns and ignores sequence parallelism
     colossalai_policy=frozenset(),

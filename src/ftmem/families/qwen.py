@@ -36,6 +36,7 @@ from ftmem import limits
 from ftmem.errors import ConfigError
 from ftmem.families import ConfigMap, Family, ModuleNames
 from ftmem.families._config import Config, flag, need, number, opt, rotary_dim
+from ftmem.ops.nograd_fused_qkv import fused_qkv_block_forward
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -127,6 +128,7 @@ FAMILY = Family(
     ),
     rotary_tables_fp32=True,
     rotary_tables_cached=True,
+    block_forward=fused_qkv_block_forward,
     sdpa_explicit_mask=True,
     own_loss="shifted",
     block_buffers=BLOCK_BUFFERS,

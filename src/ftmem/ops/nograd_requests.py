@@ -5,10 +5,13 @@ The timeline needs only this forward's largest moment (``BlockTransients.forward
 CUDA caching allocator needs each request: a layer whose intermediates are made and
 freed one op at a time cuts and reuses blocks unlike one request of their sum.
 
-Derived from transformers' LlamaDecoderLayer (4.37.2 and 5.25 alike for these ops:
+Which block a run's model has is its family's hook (``Family.block_forward``): this module
+holds the building blocks and transformers' Llama layer (``llama_block_forward``);
+ops.nograd_fused_qkv a block with one fused q/k/v projection. Derived from transformers'
+LlamaDecoderLayer (4.37.2 and 5.25 alike for these ops:
 ``LlamaRMSNorm``, ``LlamaAttention`` with SDPA, ``apply_rotary_pos_emb``, ``LlamaMLP``),
 peft 0.21's ``lora.Linear.forward`` (``result = result + lora_B(lora_A(dropout(x))) *
-scaling``) and bitsandbytes 0.43's ``MatMul4Bit`` (the dequantised weight, made and freed
+scaling``; before 0.9.0 the sum is in place, below) and bitsandbytes 0.43's ``MatMul4Bit`` (the dequantised weight, made and freed
 around each matmul). Without grad nothing is saved: each op's output is freed when its
 last Python name goes (a rebinding, or the function's return). Checked against PyTorch
 on the CPU, request by request (tests/test_nograd_requests.py).
@@ -19,6 +22,15 @@ On CUDA, dropout is the fused ``native_dropout`` (torch aten/src/ATen/native/Dro
 ``dropout`` returns the output alone, so the mask goes; on the CPU ``_dropout_impl`` makes a
 noise tensor of the input's dtype (``at::empty_like(input).bernoulli_``), then ``input *
 noise``: the same order, the noise ``e`` bytes an element (``mask_bytes``).
+
+With adapters in another dtype than the activations (peft's default fp32 adapters under
+autocast) peft casts the linear's input to the adapters' dtype (``x =
+x.to(lora_A.weight.dtype)``, held until the linear returns), dropout runs in that dtype,
+and autocast casts lora_A's input back to the compute dtype (a copy freed once lora_A has
+answered); lora_A and lora_B answer in the compute dtype (peft 0.5.0 src/peft/tuners/lora.py
+``Linear.forward``, 0.21 src/peft/tuners/lora/layer.py ``Linear.forward``). Autocast's cached
+16-bit copies of the adapters' weights (r·(in + out)·e a linear, kept to the autocast
+region's end) are left out: the estimate counts them with the step's autocast copies.
 
 The 4-bit weight is dequantised in the compute dtype (``quant_state.dtype``, taken as the
 compute dtype: then ``.to(A.dtype)`` is no copy). Left out, small requests (the small
@@ -36,7 +48,12 @@ from ftmem.gpu.program import RequestProgram, Requests
 from ftmem.methods import MethodPlan
 from ftmem.profiles import profile_of
 from ftmem.run import RunConfig
-from ftmem.versions import sdpa_float_causal_mask, sdpa_repeats_kv
+from ftmem.versions import (
+    PEFT_LORA_SUM_OUT_OF_PLACE,
+    older_than,
+    sdpa_float_causal_mask,
+    sdpa_repeats_kv,
+)
 
 NF4_BLOCK = 64  # values per absmax (bitsandbytes' default 4-bit blocksize)
 # the linears of a Llama decoder layer (module names' last part)
@@ -51,8 +68,10 @@ TRANSFORMERS_MODELS = frozenset(("hf", "axolotl", "llama-factory", "fsdp_qlora",
 class LayerShape:
     """What the layer's requests depend on: positions ``T`` (= b·s), widths, the
     activations' element size ``e``, the LoRA targets (module names, with dropout or
-    not), whether the base weights are 4-bit (dequantised per matmul) and the bytes per
-    element of dropout's mask (CUDA's bool; the CPU's noise is ``e``: the tests' case)."""
+    not), whether the base weights are 4-bit (dequantised per matmul), the bytes per
+    element of dropout's mask (CUDA's bool; the CPU's noise is its input's: the tests'
+    case), the adapters' element size where peft casts their input to it (0: the
+    activations' dtype, no cast) and whether peft adds the adapter's output in place."""
 
     T: int
     hidden: int
@@ -65,9 +84,11 @@ class LayerShape:
     lora_dropout: bool = False
     quantized: bool = False
     mask_bytes: int = 1
+    adapter_e: int = 0
+    sum_in_place: bool = False
 
 
-class _Layer(RequestProgram):
+class LayerProgram(RequestProgram):
     __slots__ = ("shape",)
 
     def __init__(self, shape: LayerShape) -> None:
@@ -104,19 +125,32 @@ class _Layer(RequestProgram):
             out = self.alloc(s.T * width_out * s.e)
         if name not in s.lora:
             return out
+        return self.lora_branch(out, width_in, width_out)
+
+    def lora_branch(self, out: int, width_in: int, width_out: int) -> int:
+        """peft's branch beside the base output ``out``: the input's cast to the adapters'
+        dtype (held to the return), dropout's mask and output, autocast's cast of lora_A's
+        input, lora_A's and lora_B's outputs, the scaling's product, the sum (in place
+        before peft 0.9.0); each freed once read."""
+        s = self.shape
+        wide = self.alloc(s.T * width_in * s.adapter_e) if s.adapter_e else -1
         dropped = -1
         if s.lora_dropout:  # the mask (the CPU's noise), then the output; the mask freed
             mask = self.alloc(s.T * width_in * s.mask_bytes)
-            dropped = self.alloc(s.T * width_in * s.e)
+            dropped = self.alloc(s.T * width_in * (s.adapter_e or s.e))
             self.free(mask)
+        cast = self.alloc(s.T * width_in * s.e) if s.adapter_e else -1
         a = self.alloc(s.T * s.lora_r * s.e)
-        self.free(dropped)
+        self.free(cast, dropped)
         b = self.alloc(s.T * width_out * s.e)
         self.free(a)
         scaled = self.alloc(s.T * width_out * s.e)
         self.free(b)
+        if s.sum_in_place:  # ``result += ...``
+            self.free(scaled, wide)
+            return out
         total = self.alloc(s.T * width_out * s.e)
-        self.free(scaled, out)
+        self.free(scaled, out, wide)
         return total
 
     def rotary(self, x: int, width: int) -> int:
@@ -171,7 +205,7 @@ class _Layer(RequestProgram):
 def llama_layer(shape: LayerShape) -> tuple[Requests, int]:
     """The layer's requests with its input held by the caller, and the number of the
     allocation that is its output (the only one never freed)."""
-    p = _Layer(shape)
+    p = LayerProgram(shape)
     normed = p.rms_norm()
     attended = p.attention(normed)
     p.free(normed)  # the rebinding of hidden_states
@@ -187,19 +221,43 @@ def llama_layer(shape: LayerShape) -> tuple[Requests, int]:
 def checkpointed_layer(
     arch: Architecture, run: RunConfig, plan: MethodPlan
 ) -> tuple[Requests, int] | None:
-    """A checkpointed layer's first forward as :func:`llama_layer` lays it out, where the
-    run's layer is the one derived: transformers' Llama (or Mistral) decoder layer under
-    SDPA, in one 16-bit dtype (no autocast, adapters in it), LoRA, QLoRA (4-bit) or full
-    training; else None (the replay keeps the timeline's one moment). Not derived, so
-    None: GQA keys and values repeated per head (transformers < 4.54), 4.38-4.39's float
-    causal mask, DoRA and the other adapters, activation offload."""
+    """A checkpointed layer's first forward, request by request, where the run's family
+    derives its block (``Family.block_forward``) for this run; else None (the replay keeps
+    the timeline's one moment). Activation offload is not derived."""
+    hook = arch.traits.block_forward
+    if hook is None or not run.grad_ckpt or run.activation_offload:
+        return None
+    return hook(arch, run, plan)
+
+
+def adapter_cast_bytes(run: RunConfig, plan: MethodPlan) -> int | None:
+    """The adapters' element size where peft casts their input to it (fp32 adapters under
+    autocast with 16-bit weights), 0 where the adapters are in the activations' dtype
+    (no autocast) or there are none, None for the regimes not derived."""
+    d = plan.dtypes
+    if run.method == "full" or d.adapter == d.compute:
+        return None if d.autocast else 0
+    if d.autocast and d.adapter == "fp32" and run.method == "lora":
+        return FP32
+    return None
+
+
+def peft_adds_in_place(run: RunConfig) -> bool:
+    """peft's LoRA adds the adapter's output in place (``result += ...``) before 0.9.0."""
+    return older_than(run.peft_version, PEFT_LORA_SUM_OUT_OF_PLACE)
+
+
+def llama_block_forward(
+    arch: Architecture, run: RunConfig, plan: MethodPlan
+) -> tuple[Requests, int] | None:
+    """transformers' Llama (or Mistral) decoder layer as :func:`llama_layer` lays it out,
+    under SDPA, in one 16-bit dtype (no autocast, adapters in it), LoRA, QLoRA (4-bit) or
+    full training; else None. Not derived, so None: GQA keys and values repeated per head
+    (transformers < 4.54), 4.38-4.39's float causal mask, DoRA and the other adapters."""
     d = plan.dtypes
     linears = layout(arch).linears
     if not (
-        run.grad_ckpt
-        and not run.activation_offload
-        and arch.traits.llama_layer_forward
-        and profile_of(run).name in TRANSFORMERS_MODELS
+        profile_of(run).name in TRANSFORMERS_MODELS
         and run.attn == "sdpa"
         and not sdpa_repeats_kv(arch, run)
         and not sdpa_float_causal_mask(arch, run)
@@ -225,5 +283,6 @@ def checkpointed_layer(
         lora_r=run.r,
         lora_dropout=run.dropout > 0,
         quantized=run.method == "qlora",
+        sum_in_place=peft_adds_in_place(run),
     )
     return llama_layer(shape)
