@@ -79,18 +79,25 @@ def test_only_zero2_with_fusedadam_on_a_16bit_model_runs_the_init():
         def __init__(self, states: int, grads: int = 2 * PSI_7B) -> None:
             self.states = states
             self.gradients = type("G", (), {"total": grads})()
+            self.weights = 6 * 2**30  # the frozen base and the 16-bit adapters
 
     class Plan:
         def __init__(self, compute: str) -> None:
             self.n_trainable = PSI_7B
             self.dtypes = type("D", (), {"compute": compute})()
+            frozen = type("T", (), {"trainable": False, "nbytes": 5 * 2**30})()
+            adapters = type("T", (), {"trainable": True, "nbytes": 2 * PSI_7B})()
+            self.groups = (frozen, adapters)
 
     def init(par: ParallelConfig, plan: Plan, sizes: Sizes):
         return estimate._zero2_init(arch, par, plan, sizes)
 
     zero2 = ParallelConfig(gpus=1, strategy="zero2")
     got = init(zero2, Plan("fp16"), Sizes(12 * PSI_7B))
-    assert got.optimizer_init == deepspeed_zero2.init_program(PSI_7B, 2)
+    # the adapters leave the GPU and come back as one flat buffer (PSI_7B is even: no
+    # padding on one rank)
+    assert got.optimizer_init == deepspeed_zero2.init_program(PSI_7B, 2, 2 * PSI_7B)
+    assert got.moved_to_cpu == 2 * PSI_7B
     assert got.reset
     # one rank's 16-bit gradients: ZeRO-2's flat partition, buckets of HF's auto h^2
     flat = deepspeed_zero2.Gradients(bucket=2 * 4096**2, partition=2 * PSI_7B, padding=0)
@@ -263,3 +270,96 @@ def test_the_replay_of_a_zero2_step_holds_one_flat_partition_per_micro_step():
             assert events[made_at[k] + 1] == ("free", k), f"request {k} outlives its hook"
             checked += 1
     assert checked >= 2 * len(grads)  # each gradient, in both micro-steps
+
+
+def test_the_flat_buffer_pads_every_trainable_element_on_every_rank():
+    """l.335-339: ``flatten_dense_tensors_aligned(group, 2 x ranks)``, 16-bit: 7 elements
+    on one rank pad to 8, on two ranks to 8 as well, 9 on two to 12 (ZeRO-1/2 keep the
+    whole buffer on each rank; the partitions are views of it)."""
+    assert deepspeed_zero2.flat_buffer_bytes(7, 1, 2) == 16
+    assert deepspeed_zero2.flat_buffer_bytes(7, 2, 2) == 16
+    assert deepspeed_zero2.flat_buffer_bytes(9, 2, 2) == 24
+    assert deepspeed_zero2.flat_buffer_bytes(PSI_7B, 1, 2) == 2 * PSI_7B
+
+
+def test_the_flat_buffer_is_made_after_the_cache_is_emptied_and_kept():
+    """By hand on the caching allocator (l.315-339 then l.370-371, 629-650): the frozen
+    weights stay; the adapters' blocks are gone to the CPU and their segments released;
+    the flat buffer is one request, a segment of its own (2 MiB rounding), kept beside the
+    master and both moments; the clone's and the zero gradient's blocks stay cached."""
+    n = PSI_7B
+    program = deepspeed_zero2.init_program(n, 2, deepspeed_zero2.flat_buffer_bytes(n, 1, 2))
+    assert program[:2] == (("empty_cache", 0), ("alloc", 2 * n))
+    target = BestFit()
+    frozen = [target.malloc(100 * MiB) for _ in range(3)]
+    adapters = [target.malloc(3 * MiB) for _ in range(4)]  # one 20 MiB large segment
+    target.free_many(adapters)  # move_to_cpu
+    handles: list[int] = []
+    for op, value in program:
+        if op == "empty_cache":
+            target.empty_cache()
+        elif op == "alloc":
+            handles.append(target.malloc(value))
+        else:
+            target.free(handles[value])
+    stats = target.stats()
+    assert stats.allocated == 3 * 100 * MiB + _rounded(2 * n) + 3 * _rounded(4 * n)
+    # the adapters' 20 MiB segment went back: frozen + flat + clone + master, gradient, moments
+    assert stats.reserved == 3 * 100 * MiB + 2 * _rounded(2 * n) + 4 * _rounded(4 * n)
+    assert len(frozen) == 3
+
+
+def test_the_replay_loads_the_weights_less_the_trainable_ones_then_makes_the_flat_buffer():
+    """A one-rank ZeRO-2 trace (qwen2.5-0.5b, LoRA): loading requests the weights less the
+    trainable bytes (moved to the CPU before the init's ``empty_cache``), as many tensors
+    as before; the init's first request after ``empty_cache`` is the flat buffer, never
+    freed."""
+    from ftmem.api import parallel_config, run_config
+    from ftmem.estimate import _tensors
+    from ftmem.gpu.trace import RunOutside, run_events
+    from ftmem.parallel import parallel_step
+    from ftmem.presets import get_model
+
+    arch = get_model("qwen2.5-0.5b")
+    run = run_config(method="lora", seq_len=128, batch_size=1, precision="bf16")
+    par = parallel_config(gpus=1, strategy="zero2")
+    step = parallel_step(arch, run, par, None)
+    sizes = step.ranks[step.worst].sizes
+    tensors = _tensors(step.parts, sizes)
+    plan = step.parts.plan
+    moved = sum(g.nbytes for g in plan.groups if g.trainable)
+    assert moved == 2 * plan.n_trainable  # bf16 adapters
+    partition = deepspeed_zero2.partition_elements(plan.n_trainable, 1)
+    flat = deepspeed_zero2.flat_buffer_bytes(plan.n_trainable, 1, 2)
+    outside = RunOutside(
+        optimizer_init=deepspeed_zero2.init_program(partition, 2, flat), moved_to_cpu=moved
+    )
+    events = run_events([(sizes, tensors)], outside=outside)
+    emptied = events.index(("empty_cache", 0))
+    loaded = [size for op, size in events[:emptied] if op == "alloc"]
+    assert sum(loaded) == sum(tensors.weights) - moved
+    assert len(loaded) == len(tensors.weights)
+    assert events[emptied + 1] == ("alloc", flat)
+    key = sum(1 for op, _ in events[:emptied] if op == "alloc")  # a key: its request's number
+    assert ("free", key) not in events
+
+
+def test_a_one_rank_zero2_step_copies_its_largest_gradient_in_fp64():
+    """The Qwen-7B Int4 row (LoRA r 64 on c_attn, both c_proj, w1, w2): the largest
+    trainable tensor is c_attn's lora_B, 3h x r = 12,288 x 64 = 786,432 elements, whose
+    ``g.double()`` (l.1582) is 6,291,456 bytes, the step's first transient; on two ranks
+    the partition's pieces are not derived (none)."""
+    from ftmem.api import PARALLEL_SETTINGS, _architecture, _run_and_spread
+    from ftmem.parallel import parallel_step
+
+    rows = yaml.safe_load((ROOT / "calibration" / "settings" / "qwen.yaml").read_text())
+    row = next(r for r in rows if r["id"] == "qwen1-7b-qlora-seq256")
+    arch = _architecture(str(ROOT / "calibration" / "configs" / row["model"] / "config.json"))
+    settings = dict(row["settings"])
+    spread = {k: settings.pop(k) for k in list(settings) if k in PARALLEL_SETTINGS}
+    run, par = _run_and_spread(settings, spread)
+    step = parallel_step(arch, run, par, None)
+    assert step.ranks[step.worst].sizes.optimizer.norm_copy == 8 * 3 * 4096 * 64
+    two = par.model_copy(update={"gpus": 2})
+    step = parallel_step(arch, run, two, None)
+    assert step.ranks[step.worst].sizes.optimizer.norm_copy == 0

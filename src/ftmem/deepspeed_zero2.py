@@ -6,10 +6,11 @@ of the Qwen-1 Q-LoRA runs of calibration/settings/qwen.yaml), file
 ``deepspeed/runtime/zero/stage_1_and_2.py``, ``DeepSpeedZeroOptimizer.__init__``; the same
 lines at v0.12.3 (6ea44d02). With a 16-bit model and nothing offloaded, per parameter group:
 
-1. l.315-318: the trainable parameters are moved to the CPU and ``empty_cache()`` returns
-   every free segment: the cache is empty from here on, whatever loading left.
+1. l.315-318: the trainable parameters are moved to the CPU (``move_to_cpu``: their GPU
+   blocks freed) and ``empty_cache()`` returns every wholly free segment.
 2. l.335-339: one flat, aligned 16-bit buffer of them is made on the CPU and moved to the
-   GPU (the model's trainable weights become views of it).
+   GPU in one request (``flatten_dense_tensors_aligned(...).to(device)``); the model's
+   trainable weights become views of it (l.350, ``_update_model_bit16_weights``).
 3. l.370-371: ``partition.to(device).clone().float().detach()``: a 16-bit clone of the
    rank's partition, the fp32 master made from it, the clone freed at once.
 4. ``initialize_optimizer_states`` (l.629-650): ``torch.zeros(partition, fp32)`` as the
@@ -34,6 +35,8 @@ from ftmem.dtypes import FP32
 
 # FusedAdam's two moments beside the fp32 master, each of the master's size
 _MOMENTS = 2
+# the norm's copy of a gradient: ``.double()`` (l.1582)
+FP64 = 8
 # flatten_dense_tensors_aligned pads the flat buffer to nccl_start_alignment_factor x the
 # ranks (l.274: ``self.nccl_start_alignment_factor = 2  # 4-byte alignment/sizeof(fp16)``,
 # used at l.337-339)
@@ -53,24 +56,45 @@ def adam_states(partition: int) -> int:
     return FP32 * (1 + _MOMENTS) * partition
 
 
-def init_program(partition: int, model_bytes: int) -> tuple[tuple[str, int], ...]:
+def init_program(partition: int, model_bytes: int, flat: int = 0) -> tuple[tuple[str, int], ...]:
     """The optimizer init's requests after loading, in order, as ("alloc", bytes),
     ("free", j) (the j-th "alloc" of this program) and ("empty_cache", 0), for the
-    allocator replay: the cache emptied (step 1), the clone, the master, the clone
-    freed, the master's zero gradient, the two moments, the gradient freed (steps 3-4
-    above). The flat 16-bit buffer (step 2) is still the trainable weights the replay
-    holds per tensor (their move to the CPU and back as one buffer is not replayed)."""
+    allocator replay: the cache emptied (step 1), the flat 16-bit buffer of ``flat``
+    bytes, kept (step 2; 0: not requested, the replay then holds the trainable weights as
+    loaded), the clone, the master, the clone freed, the master's zero gradient, the two
+    moments, the gradient freed (steps 3-4 above). The trainable weights' move to the CPU
+    before step 1 is the replay's loading less their bytes (gpu.trace.RunOutside.moved_to_cpu)."""
     master = FP32 * partition
+    first = 1 if flat else 0  # the clone's number among the allocs
     return (
         ("empty_cache", 0),  # step 1
-        ("alloc", model_bytes * partition),  # 0: the 16-bit clone
-        ("alloc", master),  # 1: the fp32 master
-        ("free", 0),
-        ("alloc", master),  # 2: its zero gradient for the init step
-        ("alloc", master),  # 3: exp_avg
-        ("alloc", master),  # 4: exp_avg_sq
-        ("free", 2),
+        *((("alloc", flat),) if flat else ()),  # step 2, kept
+        ("alloc", model_bytes * partition),  # the 16-bit clone
+        ("alloc", master),  # the fp32 master
+        ("free", first),
+        ("alloc", master),  # its zero gradient for the init step
+        ("alloc", master),  # exp_avg
+        ("alloc", master),  # exp_avg_sq
+        ("free", first + 2),
     )
+
+
+def flat_buffer_bytes(trainable: int, ranks: int, model_bytes: int) -> int:
+    """The flat 16-bit buffer of step 2: every trainable element on every rank (ZeRO-1/2
+    shard states and gradients, not weights), padded to ALIGNMENT x ranks."""
+    return model_bytes * partition_elements(trainable, ranks) * ranks
+
+
+def norm_copy_bytes(largest: int) -> int:
+    """The step's largest transient before its flatten, on one rank (``largest``: the
+    largest trainable tensor's elements). ``step`` (l.1707) first checks every averaged
+    gradient for overflow with ``float(x.float().sum())`` (``_has_inf_or_nan``,
+    l.1902-1907: an fp32 copy of one gradient at a time), then ``scaled_global_norm``
+    (l.1728 -> ``get_grad_norm_direct`` l.1577-1583) takes ``g.data.double().norm(2)`` of
+    each: an fp64 copy, the larger of the two, freed before the next tensor's. On one rank
+    each averaged gradient is a whole parameter's view of the partition (l.712-755); on
+    more a parameter may be cut at a partition's edge (not derived)."""
+    return FP64 * largest
 
 
 class Requests(Protocol):

@@ -777,7 +777,9 @@ def _zero2_init(
     (microsoft/DeepSpeed@26d0dd92 (v0.11.0) runtime/zero/stage_1_and_2.py l.508-516,
     runtime/utils.py ``see_memory_usage``), which frees nothing. Other optimizers
     (their states are not a master and two moments) keep the replay's own order.
-    ZeRO-2 on one rank: its gradients as deepspeed_zero2.Backward requests them."""
+    ZeRO-2 on one rank: its gradients as deepspeed_zero2.Backward requests them. The
+    init's first move, the trainable weights to the CPU and back as one flat 16-bit
+    buffer, is replayed where the init is (RunOutside.moved_to_cpu)."""
     if par.resolved_strategy not in ("zero1", "zero2") or par.model_parallel > 1:
         return STEP_ONLY
     model_bytes = BYTES_PER_ELEMENT[plan.dtypes.compute]
@@ -789,8 +791,13 @@ def _zero2_init(
     grads = _zero2_gradients(arch, par, plan, sz, partition)
     if sz.states != deepspeed_zero2.adam_states(partition):
         return RunOutside(zero2_grads=grads) if grads else STEP_ONLY
-    program = deepspeed_zero2.init_program(partition, model_bytes)
-    return RunOutside(optimizer_init=program, reset=True, zero2_grads=grads)
+    # the trainable weights go to the CPU and come back as one flat buffer (l.300-352)
+    moved = sum(g.nbytes for g in plan.groups if g.trainable)
+    flat = deepspeed_zero2.flat_buffer_bytes(plan.n_trainable, par.shard_group, model_bytes)
+    if moved > sz.weights:  # (not the rank's weights: a pipeline stage's, say)
+        moved = flat = 0
+    program = deepspeed_zero2.init_program(partition, model_bytes, flat)
+    return RunOutside(optimizer_init=program, reset=True, zero2_grads=grads, moved_to_cpu=moved)
 
 
 def _zero2_gradients(

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
-from ftmem import colossalai, deepspeed_zero3, grpo, mllama_step
+from ftmem import colossalai, deepspeed_zero2, deepspeed_zero3, grpo, mllama_step
 from ftmem.arch import HEAD, Architecture
 from ftmem.block_policies import Checkpointed
 from ftmem.colossalai import COLOSSALAI, LOW_LEVEL_ZERO
@@ -848,6 +848,14 @@ def _sharded(
             step_pieces=(flat, fp32),
             norm_copy=norm,
             side_program=check,
+        )
+    if s in ("zero1", "zero2") and step_temp and N == 1 and par.model_parallel == 1:
+        # the overflow check's and the norm's per-gradient copies, before the flatten
+        # (deepspeed_zero2.norm_copy_bytes; on more ranks the pieces are not derived)
+        largest = max((g.numel for g in groups if g.trainable), default=0)
+        norm = deepspeed_zero2.norm_copy_bytes(largest)
+        return _Resident(
+            replicated, sharded, grads, grads_block, states, max(step_temp, norm), norm_copy=norm
         )
     return _Resident(replicated, sharded, grads, grads_block, states, step_temp)
 

@@ -431,7 +431,11 @@ class RunOutside:
     states; ``zero2_grads``: DeepSpeed ZeRO-2's gradients on one rank
     (deepspeed_zero2.Backward: ipg buffers, autograd's gradients copied into them and
     freed, one flat partition) in place of the per-tensor gradients held to the step
-    and the sizes' backward buckets."""
+    and the sizes' backward buckets; ``moved_to_cpu``: bytes of the loaded weights the
+    optimizer init moves to the CPU before its ``empty_cache`` (ZeRO-1/2's trainable
+    weights, which its program makes again as one flat buffer): the replay loads the
+    weights less these bytes, spread over the weights' tensors (a rank's weights are
+    flat chunks: which blocks the trainable ones held is not laid out)."""
 
     loading: tuple[tuple[tuple[str, int], ...], ...] = ()
     after: tuple[tuple[int, ...], ...] = ()
@@ -441,6 +445,7 @@ class RunOutside:
     made: bool = False
     optimizer_init: tuple[tuple[str, int], ...] = ()
     zero2_grads: Gradients | None = None
+    moved_to_cpu: int = 0
 
 
 STEP_ONLY = RunOutside()  # the step and plain loading, nothing else
@@ -573,7 +578,8 @@ def replay_run(
         loaded = isinstance(target, BestFit)
         if loaded:  # the loading's replay depends on the weights alone: replayed once
             o = outside
-            target = _loaded_best_fit(steps[0][1].weights, o.loading, o.requantise, o.wrap).copy()
+            weights = _loaded_weights(steps[0][1].weights, o)
+            target = _loaded_best_fit(weights, o.loading, o.requantise, o.wrap).copy()
         rec = _Recorder(target, comm_stream, grad_stream)
         _request_run(rec, steps, kept_workspaces, outside, loaded, settle)
     except AddressSpaceExceeded:  # beyond 16 EiB of segments: the reference replay
@@ -581,6 +587,19 @@ def replay_run(
         rec = _Recorder(target, comm_stream, grad_stream)
         _request_run(rec, steps, kept_workspaces, outside, settle=settle)
     return target.stats()
+
+
+def _loaded_weights(weights: tuple[int, ...], outside: RunOutside) -> tuple[int, ...]:
+    """The weights the GPU holds from loading on (RunOutside.moved_to_cpu taken out)."""
+    moved = outside.moved_to_cpu
+    if not moved:
+        return weights
+    if moved > sum(weights) or outside.loading:  # (only a rank's flat chunks are spread)
+        raise ValueError(f"{moved} bytes moved to the CPU out of {sum(weights)} loaded")
+    # as many tensors as before (a per-weight loading program stays aligned), the empty
+    # ones skipped by the requests
+    kept = _chunks(sum(weights) - moved, len(weights))
+    return kept + (0,) * (len(weights) - len(kept))
 
 
 @lru_cache(maxsize=64)  # a sweep's runs of one model and method load the same weights
@@ -619,7 +638,7 @@ def _request_run(
     weights already; ``settle``: the last step is repeated until the allocator's pools
     repeat (SETTLING_STEPS at most)."""
     if not loaded:
-        _load(rec, outside, steps[0][1].weights)
+        _load(rec, outside, _loaded_weights(steps[0][1].weights, outside))
     _run_wrap(rec, outside.optimizer_init)
     if outside.reset:
         rec.target.reset_peaks()
