@@ -54,9 +54,9 @@ def _llama_block(T: int, tp: int, split: bool) -> int:
 @pytest.mark.parametrize("tp", [2, 4, 8])
 @pytest.mark.parametrize("mode", ["split_gather", "ring"])
 def test_split_gather_block_on_a_tp_rank(tp, mode):
-    T = 1024
-    with_sp = _step(tp=tp, sp_mode=mode, seq_len=T)
-    without = _step(tp=tp, seq_len=T)
+    T = 1024  # (--attn flash: shardformer's ColoAttention; without, eager matmuls)
+    with_sp = _step(tp=tp, sp_mode=mode, seq_len=T, attn="flash")
+    without = _step(tp=tp, seq_len=T, attn="flash")
     assert without.parts.sizes.activations.per_block[0] == _llama_block(T, tp, split=False)
     assert with_sp.parts.sizes.activations.per_block[0] == _llama_block(T, tp, split=True)
 
@@ -169,9 +169,9 @@ def test_ring_attention_backward_moment(cp):
         assert moment == 367_218_688
     # the allocator replay takes as the block's gradients what the moment counts of
     # them above the MLP's own workspace
-    mlp = _step(cp=cp, sp_mode="all_to_all", seq_len=T).parts.sizes.block.without_kernel
+    a2a = _step(cp=cp, sp_mode="all_to_all", seq_len=T, attn="flash")  # (without: eager)
+    mlp = a2a.parts.sizes.block.without_kernel
     assert block.workspace_grads == moment - max(mlp, moment - made)
-    a2a = _step(cp=cp, sp_mode="all_to_all", seq_len=T)
     assert a2a.parts.sizes.activations == step.parts.sizes.activations
 
 
@@ -196,7 +196,7 @@ def test_cp_alone_is_all_to_all_under_colossalai():
 def test_split_gather_peak_with_long_sequences_and_checkpointing():
     """Activations dominate at 8 × 4,096 tokens with checkpointing: each of the 32 kept
     block inputs shrinks to a quarter (8·4096/4 tokens × h × 2 bytes)."""
-    kw = dict(tp=4, seq_len=4096, batch_size=8, grad_ckpt=True)
+    kw = dict(tp=4, seq_len=4096, batch_size=8, grad_ckpt=True, attn="flash")
     with_sp = _step(sp_mode="split_gather", **kw)
     without = _step(**kw)
     kept = 8 * 4096 * H * E
@@ -293,7 +293,9 @@ def test_plan_offers_split_gather_to_a_tensor_parallel_colossalai_run():
     it; the first way to fit uses it."""
     from ftmem.api import plan as make_plan
 
-    kw = dict(gpus=16, strategy="colossalai-zero2", tp=4, seq_len=32768, grad_ckpt=True)
+    kw = dict(
+        gpus=16, strategy="colossalai-zero2", tp=4, seq_len=32768, grad_ckpt=True, attn="flash"
+    )
     plan = make_plan("llama3-8b", method="full", precision="bf16", gpu="rtx4090", **kw)
     assert not plan.baseline.fits
     first = plan.fitting[0]
@@ -313,24 +315,24 @@ def test_plan_offers_split_gather_to_a_tensor_parallel_colossalai_run():
 # at the end of the forward) plus every tensor attribute of a custom Function's ctx
 # reachable from loss.grad_fn (ctx.gathered_input, shardformer/layer/_operation.py:562),
 # parameters left out, one count per storage, tagged by the module that ran it; the rotary
-# cos/sin shared by the blocks counted outside them. Both ranks measured the same. "sdpa":
+# cos/sin shared by the blocks counted outside them. Both ranks measured the same. "flash":
 # the flash path (enable_flash_attention=True, ColoAttention.attention, which needs CUDA,
 # replaced by torch's scaled_dot_product_attention: q, k, v, output and logsumexp kept);
 # "eager": enable_flash_attention=False (ColossalAI's eager attention under sequence
 # parallelism, shardformer/modeling/llama.py:569-585; HF's eager path without it).
 # (heads, kv heads, seq len, attn, sp mode) -> bytes per block on one of the two ranks
 MEASURED_COLOSSALAI_BLOCK = {
-    (4, 4, 128, "sdpa", None): 1_009_664,
-    (4, 4, 128, "sdpa", "split_gather"): 1_074_688,
-    (4, 4, 128, "sdpa", "ring"): 1_074_688,
+    (4, 4, 128, "flash", None): 1_009_664,
+    (4, 4, 128, "flash", "split_gather"): 1_074_688,
+    (4, 4, 128, "flash", "ring"): 1_074_688,
     (4, 4, 128, "eager", None): 1_205_248,
     (4, 4, 128, "eager", "split_gather"): 1_270_272,
-    (4, 4, 64, "sdpa", None): 504_832,
-    (4, 4, 64, "sdpa", "split_gather"): 537_344,
+    (4, 4, 64, "flash", None): 504_832,
+    (4, 4, 64, "flash", "split_gather"): 537_344,
     (4, 4, 64, "eager", None): 553_472,
     (4, 4, 64, "eager", "split_gather"): 585_984,
-    (4, 2, 128, "sdpa", None): 976_896,
-    (4, 2, 128, "sdpa", "split_gather"): 1_041_920,
+    (4, 2, 128, "flash", None): 976_896,
+    (4, 2, 128, "flash", "split_gather"): 1_041_920,
     (8, 4, 128, "eager", None): 1_401_856,
 }
 # One KV head per TP rank, eager: repeat_kv's reshape of the stride-0 expand is a view
@@ -421,7 +423,7 @@ def test_shardformer_attention_keeps_keys_and_values_at_every_query_head(tmp_pat
     q, kv = heads * d, kv_heads * d
     assert measured == 4 * T * q * E + heads * T * FP32
     arch = _tiny_llama(tmp_path, 2 * heads, 2 * kv_heads)
-    run = run_config(method="full", precision="bf16", seq_len=T, batch_size=1, attn="sdpa")
+    run = run_config(method="full", precision="bf16", seq_len=T, batch_size=1, attn="flash")
     par = parallel_config(gpus=2, tp=2, strategy="colossalai-3d", sp_mode="split_gather")
     step = parallel_step(arch, run, par)
     assert step.arch.kv_repeated
@@ -488,3 +490,37 @@ def test_ring_attention_saves_grouped_keys_at_every_head():
 )
 def test_which_shardformer_runs_repeat_keys_and_values(model, kw, repeated):
     assert _step(model, **kw).arch.kv_repeated is repeated
+
+
+@pytest.mark.parametrize(("T", "measured"), [(128, 1_270_272), (64, 585_984)])
+def test_sequence_parallelism_without_flash_runs_eager_attention(tmp_path, T, measured):
+    """Without enable_flash_attention the replaced LlamaAttention.forward computes the
+    scores with eager matmuls (modeling/llama.py:568-585) whatever attn_implementation
+    the model was loaded with: --attn sdpa under split_gather keeps what the measured
+    eager rows keep (MEASURED_COLOSSALAI_BLOCK, 4 heads, split_gather; the causal mask
+    transformers builds or not is added to the scores, which keeps neither)."""
+    assert MEASURED_COLOSSALAI_BLOCK[(4, 4, T, "eager", "split_gather")] == measured
+    assert _tiny_block(tmp_path, 4, 4, T, "sdpa", "split_gather") == measured
+    assert _tiny_block(tmp_path, 4, 4, T, "sdpa", None) < measured  # tp alone: sdpa
+
+
+@pytest.mark.parametrize(
+    ("model", "kw", "eager"),
+    [
+        ("llama3.1-8b", {"sp_mode": "split_gather", "tp": 2}, True),
+        ("llama3.1-8b", {"sp_mode": "split_gather", "tp": 2, "attn": "flash"}, False),
+        ("llama3.1-8b", {"sp_mode": "all_to_all", "cp": 2}, True),
+        # ring_attn switches flash attention on (hybrid_parallel_plugin.py:1080-1081)
+        ("llama3.1-8b", {"sp_mode": "ring_attn", "cp": 2}, False),
+        ("llama3.1-8b", {"strategy": "colossalai-3d", "tp": 2}, False),
+        ("qwen2-7b", {"sp_mode": "split_gather", "tp": 2}, True),
+        ("qwen3-8b", {"sp_mode": "all_to_all", "cp": 2}, True),
+        # Mixtral's forward calls transformers' attention function (modeling/mixtral.py
+        # l.679-687); Command's forces ColoAttention (modeling/command.py:395)
+        ("mixtral-8x7b", {"sp_mode": "split_gather", "tp": 2}, False),
+        ("command-r-08-2024", {"sp_mode": "split_gather", "tp": 2}, False),
+    ],
+)
+def test_which_shardformer_runs_eager_attention(model, kw, eager):
+    step = _step(model, **kw)
+    assert (step.run.attn == "eager") is eager

@@ -67,6 +67,7 @@ from ftmem.sequence_parallel import (
     ring_attention_backward,
     ring_attention_forward,
     shardformer_repeats_kv,
+    shardformer_runs_eager,
 )
 from ftmem.step import StepParts, reference_weights, step_parts, trains_own_weights
 from ftmem.transients import attention_backward_beside, attention_gradients_made
@@ -1871,6 +1872,8 @@ def parallel_step(
     ):
         local = local.model_copy(update={"kv_repeated": True})
     lrun = engine_run(run, par)
+    if shardformer and shardformer_runs_eager(arch, run.attn == "flash", par.sequence_mode):
+        lrun = lrun.model_copy(update={"attn": "eager"})
     parts = shared_step_parts(local, lrun, split)
     if par.resolved_strategy in FSDP and lrun.precision.endswith("-mixed"):
         parts = _fsdp_mixed(local, lrun, parts)
@@ -1981,6 +1984,13 @@ def parallel_notes(
     if s in COLOSSALAI:
         offload = par.offload_optimizer != "none"
         notes += colossalai.notes(s, par.model_parallel, par.pp, par.ep, offload)
+    if step.run.attn == "eager" and run.attn != "eager":
+        notes.append(
+            f"ColossalAI's {arch.family} attention under sequence parallelism without "
+            "enable_flash_attention computes the scores with eager matmuls (b·heads·s² "
+            "each), whatever --attn says: estimated so; --attn flash switches the "
+            "plugin's flash attention on."
+        )
     notes += _model_parallel_notes(arch, run, par, step)
     if run.objective == "grpo" and s in SHARDS_WEIGHTS:
         notes.append(_grpo_gathering_note(s, run))

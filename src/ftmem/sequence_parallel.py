@@ -94,6 +94,15 @@ def shardformer_repeats_kv(
     return replaced and fewest <= kv < heads
 
 
+def shardformer_runs_eager(arch: Architecture, flash: bool, mode: str | None) -> bool:
+    """Sequence parallelism without enable_flash_attention: the family's replaced forward
+    computes the scores with eager matmuls, an fp32 softmax cast back, whatever the
+    model's attn_implementation (Family.colossalai_sp_eager; modeling/llama.py:568-585).
+    ring_attn switches flash attention on itself (hybrid_parallel_plugin.py:1080-1081)."""
+    eager = families.get(arch.family).colossalai_sp_eager
+    return eager and mode not in (None, "ring_attn") and not flash
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class SequenceSplit:
     """split_gather / ring inside ``shards`` TP ranks: how a block's saved tensors change."""
