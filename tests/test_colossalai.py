@@ -194,6 +194,7 @@ PLUGIN_ARGUMENTS = {
         "sp_size",
         "enable_sequence_parallelism",
         "sequence_parallelism_mode",
+        "enable_flash_attention",
     },
     "GeminiPlugin": {
         "precision",
@@ -205,6 +206,7 @@ PLUGIN_ARGUMENTS = {
         "max_norm",
         "tp_size",
         "enable_sequence_parallelism",
+        "enable_flash_attention",
     },
     "TorchDDPPlugin": {"bucket_cap_mb"},
     "TorchFSDPPlugin": {"sharding_strategy", "auto_wrap_policy", "mixed_precision", "cpu_offload"},

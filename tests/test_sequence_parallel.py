@@ -3,6 +3,7 @@ against hand derivations from ColossalAI's source (hpcaitech/ColossalAI 4f9953be
 file:line in src/ftmem/sequence_parallel.py). Every byte count below is written out from
 the model's shapes: Llama-2-7B (h 4096, f 11008, 32 heads of 128, V 32000)."""
 
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from ftmem import estimate
 from ftmem.api import parallel_config, run_config
 from ftmem.errors import InvalidInputError
+from ftmem.ops.attention import Attention
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.parallel import parallel_step
 from ftmem.present.emit import emit_config
@@ -52,9 +54,9 @@ def _llama_block(T: int, tp: int, split: bool) -> int:
 @pytest.mark.parametrize("tp", [2, 4, 8])
 @pytest.mark.parametrize("mode", ["split_gather", "ring"])
 def test_split_gather_block_on_a_tp_rank(tp, mode):
-    T = 1024
-    with_sp = _step(tp=tp, sp_mode=mode, seq_len=T)
-    without = _step(tp=tp, seq_len=T)
+    T = 1024  # (--attn flash: shardformer's ColoAttention; without, eager matmuls)
+    with_sp = _step(tp=tp, sp_mode=mode, seq_len=T, attn="flash")
+    without = _step(tp=tp, seq_len=T, attn="flash")
     assert without.parts.sizes.activations.per_block[0] == _llama_block(T, tp, split=False)
     assert with_sp.parts.sizes.activations.per_block[0] == _llama_block(T, tp, split=True)
 
@@ -167,9 +169,9 @@ def test_ring_attention_backward_moment(cp):
         assert moment == 367_218_688
     # the allocator replay takes as the block's gradients what the moment counts of
     # them above the MLP's own workspace
-    mlp = _step(cp=cp, sp_mode="all_to_all", seq_len=T).parts.sizes.block.without_kernel
+    a2a = _step(cp=cp, sp_mode="all_to_all", seq_len=T, attn="flash")  # (without: eager)
+    mlp = a2a.parts.sizes.block.without_kernel
     assert block.workspace_grads == moment - max(mlp, moment - made)
-    a2a = _step(cp=cp, sp_mode="all_to_all", seq_len=T)
     assert a2a.parts.sizes.activations == step.parts.sizes.activations
 
 
@@ -194,7 +196,7 @@ def test_cp_alone_is_all_to_all_under_colossalai():
 def test_split_gather_peak_with_long_sequences_and_checkpointing():
     """Activations dominate at 8 × 4,096 tokens with checkpointing: each of the 32 kept
     block inputs shrinks to a quarter (8·4096/4 tokens × h × 2 bytes)."""
-    kw = dict(tp=4, seq_len=4096, batch_size=8, grad_ckpt=True)
+    kw = dict(tp=4, seq_len=4096, batch_size=8, grad_ckpt=True, attn="flash")
     with_sp = _step(sp_mode="split_gather", **kw)
     without = _step(**kw)
     kept = 8 * 4096 * H * E
@@ -218,6 +220,9 @@ def test_split_gather_peak_with_long_sequences_and_checkpointing():
         ("mistral-7b", {"sp_mode": "split_gather", "tp": 2}, "ignores sequence parallelism"),
         ("mistral-7b", {"cp": 2}, "ignores sequence parallelism"),
         ("qwen2-7b", {"sp_mode": "ring_attn", "cp": 2}, "not ring_attn"),
+        # modeling/command.py: ring_attn splits no sequence and runs ColoAttention (:397-399,
+        # :499-506), RingAttention never
+        ("command-r-08-2024", {"sp_mode": "ring_attn", "cp": 2}, "not ring_attn"),
         ("gpt2", {"sp_mode": "all_to_all", "cp": 2}, "not all_to_all"),
         ("gemma-7b", {"tp": 2}, "no policy for"),
         ("gemma-7b", {"strategy": "colossalai-3d"}, "no policy for"),
@@ -252,6 +257,13 @@ def test_low_level_zero_alone_needs_no_policy():
             {"strategy": "colossalai-gemini", "tp": 2, "sp_mode": "split_gather"},
             {"tp_size": 2, "enable_sequence_parallelism": True},
         ),
+        # --attn flash: shardformer's own attention, which the estimate assumed
+        # (Architecture.kv_repeated), switched on by the plugin's enable_flash_attention
+        ({"strategy": "colossalai-3d", "tp": 2, "attn": "flash"}, {"enable_flash_attention": True}),
+        (
+            {"strategy": "colossalai-gemini", "tp": 2, "attn": "flash"},
+            {"enable_flash_attention": True},
+        ),
     ],
 )
 def test_emit_sequence_parallelism(kw, expected):
@@ -263,13 +275,27 @@ def test_emit_sequence_parallelism(kw, expected):
     assert expected.items() <= args.items()
 
 
+def test_emit_keeps_transformers_attention_without_flash():
+    """Without --attn flash the plugin leaves enable_flash_attention at its default (False)
+    and the estimate keeps transformers' attention (tp 2, no sequence parallelism)."""
+    from tests.test_colossalai import _plugin_call
+
+    est = estimate(
+        "llama3.1-8b", method="full", precision="bf16", gpus=4, strategy="colossalai-3d", tp=2
+    )
+    _, args = _plugin_call(emit_config(est, "colossalai"))
+    assert "enable_flash_attention" not in args
+
+
 def test_plan_offers_split_gather_to_a_tensor_parallel_colossalai_run():
     """32,768 tokens on 16 × RTX 4090, tp 4, checkpointed: the kept block inputs are
     32 × 32,768 × 4096 × 2 bytes = 8 GiB per GPU without sequence parallelism, 2 GiB with
     it; the first way to fit uses it."""
     from ftmem.api import plan as make_plan
 
-    kw = dict(gpus=16, strategy="colossalai-zero2", tp=4, seq_len=32768, grad_ckpt=True)
+    kw = dict(
+        gpus=16, strategy="colossalai-zero2", tp=4, seq_len=32768, grad_ckpt=True, attn="flash"
+    )
     plan = make_plan("llama3-8b", method="full", precision="bf16", gpu="rtx4090", **kw)
     assert not plan.baseline.fits
     first = plan.fitting[0]
@@ -289,24 +315,24 @@ def test_plan_offers_split_gather_to_a_tensor_parallel_colossalai_run():
 # at the end of the forward) plus every tensor attribute of a custom Function's ctx
 # reachable from loss.grad_fn (ctx.gathered_input, shardformer/layer/_operation.py:562),
 # parameters left out, one count per storage, tagged by the module that ran it; the rotary
-# cos/sin shared by the blocks counted outside them. Both ranks measured the same. "sdpa":
+# cos/sin shared by the blocks counted outside them. Both ranks measured the same. "flash":
 # the flash path (enable_flash_attention=True, ColoAttention.attention, which needs CUDA,
 # replaced by torch's scaled_dot_product_attention: q, k, v, output and logsumexp kept);
 # "eager": enable_flash_attention=False (ColossalAI's eager attention under sequence
 # parallelism, shardformer/modeling/llama.py:569-585; HF's eager path without it).
 # (heads, kv heads, seq len, attn, sp mode) -> bytes per block on one of the two ranks
 MEASURED_COLOSSALAI_BLOCK = {
-    (4, 4, 128, "sdpa", None): 1_009_664,
-    (4, 4, 128, "sdpa", "split_gather"): 1_074_688,
-    (4, 4, 128, "sdpa", "ring"): 1_074_688,
+    (4, 4, 128, "flash", None): 1_009_664,
+    (4, 4, 128, "flash", "split_gather"): 1_074_688,
+    (4, 4, 128, "flash", "ring"): 1_074_688,
     (4, 4, 128, "eager", None): 1_205_248,
     (4, 4, 128, "eager", "split_gather"): 1_270_272,
-    (4, 4, 64, "sdpa", None): 504_832,
-    (4, 4, 64, "sdpa", "split_gather"): 537_344,
+    (4, 4, 64, "flash", None): 504_832,
+    (4, 4, 64, "flash", "split_gather"): 537_344,
     (4, 4, 64, "eager", None): 553_472,
     (4, 4, 64, "eager", "split_gather"): 585_984,
-    (4, 2, 128, "sdpa", None): 976_896,
-    (4, 2, 128, "sdpa", "split_gather"): 1_041_920,
+    (4, 2, 128, "flash", None): 976_896,
+    (4, 2, 128, "flash", "split_gather"): 1_041_920,
     (8, 4, 128, "eager", None): 1_401_856,
 }
 # One KV head per TP rank, eager: repeat_kv's reshape of the stride-0 expand is a view
@@ -348,3 +374,153 @@ def _tiny_block(tmp_path, heads, kv_heads, T, attn, mode) -> int:
 @pytest.mark.parametrize(("key", "measured"), MEASURED_COLOSSALAI_BLOCK.items())
 def test_block_matches_colossalai_measurement(tmp_path, key, measured):
     assert _tiny_block(tmp_path, *key) == measured
+
+
+def _shardformer_attention_core_saved(heads: int, kv_heads: int, head_dim: int, T: int) -> int:
+    """Bytes autograd keeps for ColossalAI's shardformer attention core on one rank,
+    measured on the CPU: the q, k and v projections' outputs (leaves here) through
+    get_llama_flash_attention_forward as modeling/llama.py at 4f9953be335e writes it
+    (:527-529 view and transpose, :542 apply_rotary_pos_emb, :551-552 repeat_kv; the
+    transformers functions it imports), the kernel, o_proj's matmul. ColoAttention needs
+    CUDA: torch's sdpa stands in, as in MEASURED_COLOSSALAI_BLOCK (both keep q, k, v, the
+    output and the log-sum-exp: flash-attn's FlashAttnFunc.forward save_for_backward)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+    from ftmem.measure.saved import SavedRegistry, storage_key
+
+    b, s, bf16 = 1, T, torch.bfloat16
+    torch.manual_seed(0)
+    qp = torch.randn(b, s, heads * head_dim, dtype=bf16, requires_grad=True)
+    kp = torch.randn(b, s, kv_heads * head_dim, dtype=bf16, requires_grad=True)
+    vp = torch.randn(b, s, kv_heads * head_dim, dtype=bf16, requires_grad=True)
+    w_o = torch.randn(heads * head_dim, heads * head_dim, dtype=bf16, requires_grad=True)
+    cos, sin = torch.randn(2, b, s, head_dim, dtype=bf16)  # the model's, shared by the blocks
+    exclude = {storage_key(t)[0] for t in (qp, kp, vp, w_o, cos)}  # type: ignore[index]
+    reg = SavedRegistry(exclude)
+    with torch.autograd.graph.saved_tensors_hooks(reg.pack, reg.unpack):
+        q = qp.view(b, s, -1, head_dim).transpose(1, 2)
+        k = kp.view(b, s, -1, head_dim).transpose(1, 2)
+        v = vp.view(b, s, -1, head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        k, v = repeat_kv(k, heads // kv_heads), repeat_kv(v, heads // kv_heads)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = out.transpose(1, 2).contiguous().reshape(b, s, -1) @ w_o.t()
+    assert y.requires_grad
+    return reg.nbytes
+
+
+def test_shardformer_attention_keeps_keys_and_values_at_every_query_head(tmp_path):
+    """Llama, 8 heads and 4 kv heads of 32, over tp 2 with sequence parallelism: each
+    rank's replaced LlamaAttention.forward repeats its 2 kv heads to its 4 query heads
+    before the kernel (policies/llama.py:75-82, modeling/llama.py:551-552), which keeps
+    them: rotary q, the repeated k and v, the output (o_proj's input: sdpa's output is
+    laid out (b, s, heads, d), so the transpose's contiguous() is a view) and the fp32
+    log-sum-exp. The kernel's k and v gradients are at every query head too."""
+    T, heads, kv_heads, d = 128, 4, 2, 32
+    measured = _shardformer_attention_core_saved(heads, kv_heads, d, T)
+    q, kv = heads * d, kv_heads * d
+    assert measured == 4 * T * q * E + heads * T * FP32
+    arch = _tiny_llama(tmp_path, 2 * heads, 2 * kv_heads)
+    run = run_config(method="full", precision="bf16", seq_len=T, batch_size=1, attn="flash")
+    par = parallel_config(gpus=2, tp=2, strategy="colossalai-3d", sp_mode="split_gather")
+    step = parallel_step(arch, run, par)
+    assert step.arch.kv_repeated
+    items = {x.what: x.nbytes for x in step.parts.typical_block}
+    core = ("rotary q and k (k at every head)", "v expanded to every head")
+    modelled = sum(items[name] for name in core) + items["attention output + logsumexp"]
+    assert modelled == measured
+    # the kernel's gradients: q's, and k's and v's at the width the kernel was given
+    # (not CUDA flash's per-head ones beside their kv-sized sums, q + kv wide)
+    grads = Attention.kernel_gradients(step.arch, step.run, E, T)
+    assert grads == T * q * E + 2 * T * q * E
+    grouped = dataclasses.replace(step.arch, kv_repeated=False)
+    assert Attention.kernel_gradients(grouped, step.run, E, T) == T * q * E + 2 * T * (q + kv) * E
+
+
+def test_ring_attention_saves_grouped_keys_at_every_head():
+    """Llama-3.1-8B (32 heads, 8 kv heads of 128) under ring_attn over 4 ranks at 32k:
+    RingAttention keeps the repeated k and v (layer/attn.py:925-928) of each rank's
+    8,192 tokens; all_to_all's kernel (8 heads, 2 kv heads of all 32k) the same bytes."""
+    T, cp = 32768, 4
+    ring = _step("llama3.1-8b", cp=cp, sp_mode="ring_attn", seq_len=T, attn="flash")
+    t, q, kv = T // cp, 32 * 128, 8 * 128
+    block = ring.parts.sizes.activations.per_block[0]
+    items = {x.what: x.nbytes for x in ring.parts.typical_block}
+    assert items["rotary q and k (k at every head)"] == 2 * t * q * E
+    assert items["v expanded to every head"] == t * q * E
+    a2a = _step("llama3.1-8b", cp=cp, sp_mode="all_to_all", seq_len=T, attn="flash")
+    assert a2a.parts.sizes.activations.per_block[0] == block  # 8 heads, 2 kv heads of all T
+    # against grouped ones (rotary q and k q + kv wide, v kv wide): 2·t·(q − kv)·2 more
+    assert 2 * t * (q - kv) * E == 100_663_296
+
+
+# Whether each rank's kernel gets keys and values copied per head, from the policies at
+# 4f9953be335e: the forward replaced (policies/llama.py:75, qwen2.py:285, qwen3.py:285,
+# command.py:79-86 under flash or sp; mixtral.py:70 under sp only, :278-280 turning
+# flash off; mistral.py:241 under flash only), by a plugin that runs shardformer
+# (HybridParallelPlugin; GeminiPlugin with tp, gemini_plugin.py:675-677; not
+# LowLevelZeroPlugin), with more than one kv head and fewer than the heads per rank
+@pytest.mark.parametrize(
+    ("model", "kw", "repeated"),
+    [
+        ("llama3.1-8b", {"strategy": "colossalai-3d", "tp": 2, "attn": "flash"}, True),
+        ("llama3.1-8b", {"strategy": "colossalai-3d", "tp": 2, "attn": "sdpa"}, False),
+        ("llama3.1-8b", {"strategy": "colossalai-zero2", "attn": "flash"}, False),
+        ("llama3.1-8b", {"strategy": "colossalai-gemini", "attn": "flash"}, False),
+        ("llama3.1-8b", {"strategy": "colossalai-gemini", "tp": 2, "attn": "flash"}, True),
+        ("llama3.1-8b", {"sp_mode": "split_gather", "tp": 2}, True),
+        ("llama3.1-8b", {"strategy": "colossalai-3d", "tp": 8, "attn": "flash"}, False),  # 1 kv
+        # RingAttention's contiguous() copies one kv head's stride-0 view (attn.py:570)
+        ("llama3.1-8b", {"tp": 8, "cp": 2, "sp_mode": "ring_attn", "gpus": 16}, True),
+        ("llama2-7b", {"sp_mode": "split_gather", "tp": 2, "attn": "flash"}, False),  # MHA
+        ("qwen2-7b", {"strategy": "colossalai-3d", "tp": 2, "attn": "flash"}, True),
+        ("qwen2-7b", {"strategy": "colossalai-3d", "tp": 4, "attn": "flash"}, False),  # 1 kv
+        ("qwen2-7b", {"cp": 2, "sp_mode": "all_to_all"}, True),
+        ("qwen2-7b", {"cp": 4, "sp_mode": "all_to_all"}, False),  # 4 kv heads over 4 ranks
+        ("qwen3-8b", {"strategy": "colossalai-3d", "tp": 2, "attn": "flash"}, True),
+        ("mixtral-8x7b", {"strategy": "colossalai-3d", "tp": 2, "attn": "flash"}, False),
+        ("mixtral-8x7b", {"sp_mode": "split_gather", "tp": 2}, True),
+        ("mistral-7b", {"strategy": "colossalai-3d", "tp": 2, "attn": "flash"}, True),
+        ("mistral-7b", {"strategy": "colossalai-3d", "tp": 2, "attn": "sdpa"}, False),
+        ("command-r-08-2024", {"sp_mode": "split_gather", "tp": 2}, True),
+        ("command-r-08-2024", {"strategy": "colossalai-3d", "tp": 2, "attn": "sdpa"}, False),
+    ],
+)
+def test_which_shardformer_runs_repeat_keys_and_values(model, kw, repeated):
+    assert _step(model, **kw).arch.kv_repeated is repeated
+
+
+@pytest.mark.parametrize(("T", "measured"), [(128, 1_270_272), (64, 585_984)])
+def test_sequence_parallelism_without_flash_runs_eager_attention(tmp_path, T, measured):
+    """Without enable_flash_attention the replaced LlamaAttention.forward computes the
+    scores with eager matmuls (modeling/llama.py:568-585) whatever attn_implementation
+    the model was loaded with: --attn sdpa under split_gather keeps what the measured
+    eager rows keep (MEASURED_COLOSSALAI_BLOCK, 4 heads, split_gather; the causal mask
+    transformers builds or not is added to the scores, which keeps neither)."""
+    assert MEASURED_COLOSSALAI_BLOCK[(4, 4, T, "eager", "split_gather")] == measured
+    assert _tiny_block(tmp_path, 4, 4, T, "sdpa", "split_gather") == measured
+    assert _tiny_block(tmp_path, 4, 4, T, "sdpa", None) < measured  # tp alone: sdpa
+
+
+@pytest.mark.parametrize(
+    ("model", "kw", "eager"),
+    [
+        ("llama3.1-8b", {"sp_mode": "split_gather", "tp": 2}, True),
+        ("llama3.1-8b", {"sp_mode": "split_gather", "tp": 2, "attn": "flash"}, False),
+        ("llama3.1-8b", {"sp_mode": "all_to_all", "cp": 2}, True),
+        # ring_attn switches flash attention on (hybrid_parallel_plugin.py:1080-1081)
+        ("llama3.1-8b", {"sp_mode": "ring_attn", "cp": 2}, False),
+        ("llama3.1-8b", {"strategy": "colossalai-3d", "tp": 2}, False),
+        ("qwen2-7b", {"sp_mode": "split_gather", "tp": 2}, True),
+        ("qwen3-8b", {"sp_mode": "all_to_all", "cp": 2}, True),
+        # Mixtral's forward calls transformers' attention function (modeling/mixtral.py
+        # l.679-687); Command's forces ColoAttention (modeling/command.py:395)
+        ("mixtral-8x7b", {"sp_mode": "split_gather", "tp": 2}, False),
+        ("command-r-08-2024", {"sp_mode": "split_gather", "tp": 2}, False),
+    ],
+)
+def test_which_shardformer_runs_eager_attention(model, kw, eager):
+    step = _step(model, **kw)
+    assert (step.run.attn == "eager") is eager

@@ -173,6 +173,13 @@ class Architecture(Model, strict=True):
         description="Image-text models (LLaVA, Gemma 3): the vision tower and projector "
         "beside this language model (ftmem.vision).",
     )
+    kv_repeated: bool = Field(
+        False,
+        exclude_if=lambda value: not value,
+        description="The attention kernel is given keys and values copied to every query "
+        "head (set on a parallel rank's slice where ColossalAI's shardformer attention "
+        "runs repeat_kv before it: ftmem.sequence_parallel.shardformer_repeats_kv).",
+    )
 
     @field_validator("family")
     @classmethod

@@ -66,6 +66,8 @@ from ftmem.sequence_parallel import (
     check_policy,
     ring_attention_backward,
     ring_attention_forward,
+    shardformer_repeats_kv,
+    shardformer_runs_eager,
 )
 from ftmem.step import StepParts, reference_weights, step_parts, trains_own_weights
 from ftmem.transients import attention_backward_beside, attention_gradients_made
@@ -1879,15 +1881,22 @@ def parallel_step(
     fills up to a share of."""
     check_layout(arch, run, par)
     _check_engine_precision(arch, run, par)
-    split = None
+    split, shardformer = None, False
     if par.resolved_strategy in COLOSSALAI:
         colossalai.check_run(
             run, par.resolved_strategy, par.tp, par.model_parallel, arch.encoder_decoder
         )
         split = _sequence_split(arch, run, par)
+        shardformer = _runs_shardformer(par)
     pad = colossalai.VOCAB_MULTIPLE if par.resolved_strategy in COLOSSALAI else VOCAB_PAD
     local = local_arch(arch, par.tp, pad)
+    if shardformer and shardformer_repeats_kv(
+        arch, run.attn == "flash", par.sequence_mode, par.tp, par.cp
+    ):
+        local = local.model_copy(update={"kv_repeated": True})
     lrun = engine_run(run, par)
+    if shardformer and shardformer_runs_eager(arch, run.attn == "flash", par.sequence_mode):
+        lrun = lrun.model_copy(update={"attn": "eager"})
     parts = shared_step_parts(local, lrun, split)
     if par.resolved_strategy in FSDP and lrun.precision.endswith("-mixed"):
         parts = _fsdp_mixed(local, lrun, parts)
@@ -1911,9 +1920,7 @@ def _sequence_split(
     arch: Architecture, run: RunConfig, par: ParallelConfig
 ) -> SequenceSplit | None:
     """ColossalAI's shardformer policy for the model, and the split_gather / ring split."""
-    s = par.resolved_strategy
-    hybrid = s == colossalai.HYBRID_AMP or par.model_parallel > 1 or par.ep > 1
-    check_policy(arch, hybrid, par.sequence_mode, par.pp)
+    check_policy(arch, _runs_shardformer(par), par.sequence_mode, par.pp)
     if par.sequence_mode not in INSIDE_TP:
         return None
     if run.seq_len % par.tp:
@@ -1922,6 +1929,14 @@ def _sequence_split(
             f"ranks: --seq-len {run.seq_len} must be a multiple of {par.tp}."
         )
     return SequenceSplit(par.tp)
+
+
+def _runs_shardformer(par: ParallelConfig) -> bool:
+    """The plugin shards the model with shardformer's policy: HybridParallelPlugin (and
+    the MoE one) always, GeminiPlugin with tensor parallelism (gemini_plugin.py:675-677),
+    LowLevelZeroPlugin never."""
+    s = par.resolved_strategy
+    return s == colossalai.HYBRID_AMP or par.model_parallel > 1 or par.ep > 1
 
 
 def _ring_attention(arch: Architecture, run: RunConfig, parts: StepParts, ranks: int) -> StepParts:
@@ -1992,6 +2007,13 @@ def parallel_notes(
     if s in COLOSSALAI:
         offload = par.offload_optimizer != "none"
         notes += colossalai.notes(s, par.model_parallel, par.pp, par.ep, offload)
+    if step.run.attn == "eager" and run.attn != "eager":
+        notes.append(
+            f"ColossalAI's {arch.family} attention under sequence parallelism without "
+            "enable_flash_attention computes the scores with eager matmuls (b·heads·s² "
+            "each), whatever --attn says: estimated so; --attn flash switches the "
+            "plugin's flash attention on."
+        )
     notes += _model_parallel_notes(arch, run, par, step)
     if run.objective == "grpo" and s in SHARDS_WEIGHTS:
         notes.append(_grpo_gathering_note(s, run))

@@ -72,6 +72,37 @@ def check_policy(arch: Architecture, hybrid: bool, mode: str | None, pp: int) ->
         )
 
 
+def shardformer_repeats_kv(
+    arch: Architecture, flash: bool, mode: str | None, tp: int, cp: int
+) -> bool:
+    """ColossalAI's shardformer attention gives the kernel keys and values copied to every
+    query head on this rank: the family's policy replaces the attention forward under
+    flash attention or sequence parallelism (Family.colossalai_repeats_kv) and that
+    forward runs transformers' ``repeat_kv`` before ColoAttention, RingAttention or the
+    attention function (modeling/llama.py:551-552). A rank holds ``1/tp`` of the heads,
+    ``1/(tp·cp)`` after all_to_all's exchange (policies/llama.py:64-72). One key/value
+    head there repeats as a stride-0 view, which ColoAttention's flash-attn call keeps
+    as it is (extensions/pybind/flash_attention/flash_attention_dao_cuda.py l.61-63:
+    transposes only; its gradients are still at every head: not counted), but
+    RingAttention copies (layer/attn.py:570 ``transpose(1, 2).contiguous()``, q's width
+    whatever the kv heads). As many kv heads as heads are not repeated."""
+    switches = families.get(arch.family).colossalai_repeats_kv
+    replaced = ("flash" in switches and flash) or ("sp" in switches and mode is not None)
+    shards = tp * (cp if mode == "all_to_all" else 1)
+    kv, heads = arch.kv_heads // shards, arch.num_heads // shards
+    fewest = 1 if mode == "ring_attn" else 2
+    return replaced and fewest <= kv < heads
+
+
+def shardformer_runs_eager(arch: Architecture, flash: bool, mode: str | None) -> bool:
+    """Sequence parallelism without enable_flash_attention: the family's replaced forward
+    computes the scores with eager matmuls, an fp32 softmax cast back, whatever the
+    model's attn_implementation (Family.colossalai_sp_eager; modeling/llama.py:568-585).
+    ring_attn switches flash attention on itself (hybrid_parallel_plugin.py:1080-1081)."""
+    eager = families.get(arch.family).colossalai_sp_eager
+    return eager and mode not in (None, "ring_attn") and not flash
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class SequenceSplit:
     """split_gather / ring inside ``shards`` TP ranks: how a block's saved tensors change."""

@@ -290,6 +290,14 @@ class Family:
     # has none, else the sequence parallelism modes that policy runs (empty: it warns and
     # ignores them).
     colossalai_policy: frozenset[str] | None = None
+    # What makes that policy replace the attention's forward with its own, which repeats
+    # keys and values to every query head (transformers' repeat_kv, a copy with more than
+    # one kv head) before the kernel: "flash" (enable_flash_attention), "sp" (sequence
+    # parallelism, any mode); empty where it keeps transformers' attention
+    colossalai_repeats_kv: frozenset[str] = frozenset()
+    # Under sequence parallelism without flash attention that forward computes attention
+    # with eager matmuls and an fp32 softmax, whatever the model's attn_implementation
+    colossalai_sp_eager: bool = False
     # The dropouts its transformers model applies in training, as Architecture fields
     # (residual_dropout, embedding_dropout) -> the config.json key that sets each.
     dropout_keys: Mapping[str, str] = field(default_factory=dict)

@@ -31,8 +31,18 @@ def _read(cfg: Config, out: Config) -> None:
 
 FAMILY = Family(
     name="cohere",
-    # ColossalAI shardformer: policies/command.py, modeling/command.py:28
-    colossalai_policy=SP_MODES,
+    # ColossalAI shardformer: policies/command.py, modeling/command.py. Its list accepts
+    # ring_attn (:28) but nothing runs it: the model forward splits the sequence for
+    # split_gather, ring and all_to_all only (:499-506) and the attention calls
+    # ColoAttention whatever the mode (:397-399), so every rank attends over the whole
+    # sequence, labels unshifted (layer/loss.py:293-298 expects prepare_varlen_batch's):
+    # not RingAttention, refused as the modes the family does not run
+    colossalai_policy=SP_MODES - {"ring_attn"},
+    # policies/command.py:79-84 always replaces CohereAttention.forward: repeat_kv then
+    # ColoAttention, enable_flash_attention forced on (modeling/command.py:391-399); it
+    # asserts the dict mask of the model forward that :86-98 installs under flash
+    # attention or sequence parallelism (without either, transformers' mask fails it)
+    colossalai_repeats_kv=frozenset({"flash", "sp"}),
     model_types=("cohere",),
     decoder_layer="CohereDecoderLayer",
     config=llama_map("cohere", LlamaKeys(optional=("attention_bias",), tie=True), _read),

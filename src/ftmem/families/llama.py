@@ -18,6 +18,12 @@ FAMILY = Family(
     name="llama",
     # ColossalAI shardformer: policies/llama.py, modeling/llama.py
     colossalai_policy=SP_MODES,
+    # policies/llama.py:75-82 replaces LlamaAttention.forward under flash attention or
+    # sequence parallelism; modeling/llama.py:551-552 repeat_kv before ColoAttention or
+    # RingAttention (its eager branch too, :569)
+    colossalai_repeats_kv=frozenset({"flash", "sp"}),
+    # without flash attention the replaced forward takes eager matmuls (modeling/llama.py:568-585)
+    colossalai_sp_eager=True,
     model_types=("llama",),
     decoder_layer="LlamaDecoderLayer",
     config=llama_map("llama", LlamaKeys(optional=("attention_bias", "mlp_bias"))),

@@ -11,6 +11,9 @@ FAMILY = Family(
     name="mistral",
     # ColossalAI shardformer: policies/mistral.py:56 warns and ignores sequence parallelism
     colossalai_policy=frozenset(),
+    # policies/mistral.py:241-247 under flash attention; modeling/mistral.py:541-545
+    # repeat_kv before ColoAttention
+    colossalai_repeats_kv=frozenset({"flash"}),
     model_types=("mistral",),
     decoder_layer="MistralDecoderLayer",
     config=llama_map("mistral", LlamaKeys(window="always", sliding=every_layer)),

@@ -43,6 +43,10 @@ FAMILY = Family(
     name="mixtral",
     # ColossalAI shardformer: modeling/mixtral.py:591 refuses ring_attn
     colossalai_policy=SP_MODES - {"ring_attn"},
+    # policies/mixtral.py:70-80 under sequence parallelism only (:278-280 turns
+    # enable_flash_attention off); modeling/mixtral.py:648-649 repeat_kv before
+    # transformers' attention function
+    colossalai_repeats_kv=frozenset({"sp"}),
     model_types=("mixtral",),
     decoder_layer="MixtralDecoderLayer",
     config=llama_map(

@@ -9,6 +9,11 @@ FAMILY = Family(
     name="qwen2",
     # ColossalAI shardformer: modeling/qwen2.py:492 refuses ring_attn
     colossalai_policy=SP_MODES - {"ring_attn"},
+    # policies/qwen2.py:285-291 under flash attention or sequence parallelism;
+    # modeling/qwen2.py:559-560 repeat_kv before ColoAttention (or the eager matmuls)
+    colossalai_repeats_kv=frozenset({"flash", "sp"}),
+    # without flash attention the replaced forward takes eager matmuls (modeling/qwen2.py:565-583)
+    colossalai_sp_eager=True,
     model_types=("qwen2",),
     decoder_layer="Qwen2DecoderLayer",
     config=llama_map(

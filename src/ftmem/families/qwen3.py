@@ -18,6 +18,11 @@ FAMILY = Family(
     name="qwen3",
     # ColossalAI shardformer: modeling/qwen3.py refuses ring_attn
     colossalai_policy=SP_MODES - {"ring_attn"},
+    # policies/qwen3.py:285-291 under flash attention or sequence parallelism;
+    # modeling/qwen3.py:545-546 repeat_kv before ColoAttention (or the eager matmuls)
+    colossalai_repeats_kv=frozenset({"flash", "sp"}),
+    # without flash attention the replaced forward takes eager matmuls (modeling/qwen3.py:557-575)
+    colossalai_sp_eager=True,
     model_types=("qwen3",),
     decoder_layer="Qwen3DecoderLayer",
     config=llama_map(

@@ -369,7 +369,7 @@ class Attention:
             if "q" in needs_grad:
                 keep("rotary k (repeated per head)", Tk * kv_saved * e, Kind.ATTN_QK)
             keep("v (repeated per head)", Tk * kv_saved * e, Kind.ATTN_V)
-        elif profile_of(run).expands_kv and (kv != q or profile_of(run).fuses_qkv):
+        elif Attention.kv_expanded(arch, run):
             out += Attention.expanded_kv_saved(ctx)
         elif layer_mask(ctx) or sdpa_repeats_kv(arch, run):
             out += Attention.masked_sdpa_saved(ctx, with_mask=layer_mask(ctx))
@@ -508,6 +508,16 @@ class Attention:
         return [Saved(what, size, Kind.ATTN_QK, Side.ATTENTION)]
 
     @staticmethod
+    def kv_expanded(arch: Architecture, run: RunConfig) -> bool:
+        """The fused kernel is given keys and values copied to every query head by the
+        attention's own code: the framework's (Profile.expands_kv; with as many kv heads
+        as heads only LitGPT's fused qkv differs, Profile.fuses_qkv) or ColossalAI's
+        shardformer forward on this rank (Architecture.kv_repeated)."""
+        profile = profile_of(run)
+        own = profile.expands_kv and (arch.kv_size != arch.q_size or profile.fuses_qkv)
+        return own or arch.kv_repeated
+
+    @staticmethod
     def expanded_kv_saved(ctx: LayerContext) -> list[Saved]:
         """LitGPT (Lightning-AI/litgpt@00af8b0d litgpt/model.py CausalSelfAttention.forward):
         the fused qkv output is viewed as (B, ng, q_per_kv + 2, T, hs); with fewer kv heads
@@ -518,7 +528,12 @@ class Attention:
         are new tensors (``torch.cat`` after the rotary). torchtune expands the same way
         after its separate projections and rotary (torchtune/modules/attention.py@1814feb1
         l.284-290: ``unsqueeze(2).expand(...).flatten(1, 2)``, a copy; nothing with as
-        many kv heads as heads); measured on the CPU in tests/test_profile_torchtune.py."""
+        many kv heads as heads); measured on the CPU in tests/test_profile_torchtune.py.
+        ColossalAI's shardformer attention (Architecture.kv_repeated) runs transformers'
+        ``repeat_kv`` (expand, then reshape: a copy) after the rotary, its ColoAttention
+        and RingAttention keeping q, k, v and the output (hpcaitech/ColossalAI@4f9953be
+        shardformer/modeling/llama.py l.551-567, layer/attn.py l.925): the same tensors,
+        measured on the CPU in tests/test_sequence_parallel.py."""
         T, e = ctx.tokens, ctx.e
         q, kv = ctx.arch.q_size, ctx.arch.kv_size
         items = [("rotary q and k (k at every head)", T * 2 * q * e, Kind.ATTN_QK)]
@@ -804,7 +819,8 @@ class Attention:
         where sdpa takes a mask (explicit_mask, sliding_window_mask, a prefix's):
         use_gqa_in_sdpa is then False (transformers 5.25 integrations/sdpa_attention.py
         l.42-52) and repeat_kv runs (l.127-128); so does transformers < 4.54
-        (versions.sdpa_repeats_kv) and LitGPT's expand (Profile.expands_kv). The kernel's
+        (versions.sdpa_repeats_kv), LitGPT's and torchtune's expand (Profile.expands_kv)
+        and ColossalAI's shardformer attention (Architecture.kv_repeated). The kernel's
         backward writes k's and v's gradients at the shape it was given, one kv head's
         expand included (a stride-0 view in forward, a gradient at every head in
         backward), and the expand's backward sums them after it: measured on the CPU,
@@ -827,7 +843,7 @@ class Attention:
         keys = T + run.batch_size * run.prefix_len  # a prefix's keys and values too
         masked = explicit_mask(arch, run) or sliding_window_mask(arch, run) or run.prefix_len
         repeated = (run.attn == "sdpa" and masked) or sdpa_repeats_kv(arch, run)
-        if kv == q or repeated or profile_of(run).expands_kv:
+        if kv == q or repeated or profile_of(run).expands_kv or arch.kv_repeated:
             width = q
         elif run.device == "cuda":
             width = q + kv  # flash's gradients per query head, and their sums

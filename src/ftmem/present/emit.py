@@ -266,6 +266,8 @@ def _colossalai_plugin(est: Estimate, p: ParallelInfo) -> tuple[str, list[str], 
             kwargs["tp_size"] = str(p.tensor_parallel)
         if p.sequence_parallel_mode:  # (shardformer's default mode: split_gather)
             kwargs["enable_sequence_parallelism"] = "True"
+        if p.tensor_parallel > 1 and run.attn == "flash":  # (shardformer runs with tp only)
+            kwargs["enable_flash_attention"] = "True"
         return "GeminiPlugin", [], kwargs
     bucket_m = max(1, -(-p.reduce_bucket_elements // 2**20))
     model_parallel = p.tensor_parallel * p.pipeline_parallel * p.context_parallel
@@ -291,6 +293,10 @@ def _colossalai_plugin(est: Estimate, p: ParallelInfo) -> tuple[str, list[str], 
         kwargs.update(microbatch_size=str(run.batch_size), pp_style="'1f1b'")
         if p.pipeline_chunks > 1:
             kwargs.update(pp_style="'interleaved'", num_model_chunks=str(p.pipeline_chunks))
+    if run.attn == "flash":
+        # the policies' own attention, as the estimate assumed it (Architecture.kv_repeated;
+        # ring_attn turns it on anyway, hybrid_parallel_plugin.py:1080-1081)
+        kwargs["enable_flash_attention"] = "True"
     if p.expert_parallel > 1:
         # the MoE plugin runs ZeRO-2 as ZeRO-1 (moe_hybrid_parallel_plugin.py:227-233)
         kwargs.update(zero_stage="1", ep_size=str(p.expert_parallel))
