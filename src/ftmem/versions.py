@@ -280,6 +280,19 @@ def sdpa_float_causal_mask(arch: Architecture, run: RunConfig) -> bool:
 TRANSFORMERS_CHECKPOINT_INSIDE_LAYER = (4, 52, 0)
 
 
+# HF Trainer's FSDP when the run's fsdp_config names no version: FSDP1 before transformers
+# 5.10 (5.9.0 training_args.py:2812 ``int(self.fsdp_config.get("version", 1))``; 4.x hands
+# FSDP to accelerate, whose plugin defaults to ``fsdp_version`` 1: accelerate 1.16
+# utils/dataclasses.py:1709-1710, FSDP1 alone before 1.6), FSDP2 from it (5.10.1
+# training_args.py:2736 ``get("version", 2)``, huggingface/transformers#45640; 5.25.0 :2826)
+TRANSFORMERS_FSDP2_DEFAULT = (5, 10, 0)
+
+
+def hf_trainer_fsdp_version(run: RunConfig) -> int:
+    """The torch FSDP HF Trainer shards with by default at the run's transformers release."""
+    return 1 if older_than(run.transformers_version, TRANSFORMERS_FSDP2_DEFAULT) else 2
+
+
 def checkpoint_wraps_decoder_unit(run: RunConfig) -> bool:
     """The decoder loop checkpoints each layer's whole call with torch's reentrant
     checkpoint (transformers < 4.52, the run's framework checkpointing through it)."""

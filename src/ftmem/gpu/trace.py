@@ -716,7 +716,7 @@ def _pass(
     kept = _blocks_forward(rec, s, t)
     requests = _head_requests(s, t)
     above = rec.alloc(t.above if requests is None else _without(t.above, requests.saved_item))
-    gathered = rec.comm(_or(c.head_forward, c.forward))
+    gathered = rec.comm(_or(c.head_forward, c.forward) + c.forward_waiting)
     head = _head_forward(rec, s, requests, [] if carried is None else carried, output)
     rec.free(gathered)
     if s.empties_cache:
@@ -814,7 +814,7 @@ def _blocks_forward(rec: _Recorder, s: StepSizes, t: StepTensors) -> list[list[i
     if c.unit_copy or c.forward:
         for size in s.activations.per_block:
             rec.host_copy(c.unit_copy)
-            gathered = rec.comm(c.forward)
+            gathered = rec.comm(c.forward + c.forward_waiting)
             if _derived_forward(t, size):
                 kept.append(_layer_forward(rec, t))
             else:
