@@ -283,7 +283,7 @@ TRANSFORMERS_CHECKPOINT_INSIDE_LAYER = (4, 52, 0)
 # HF Trainer's FSDP when the run's fsdp_config names no version: FSDP1 before transformers
 # 5.10 (5.9.0 training_args.py:2812 ``int(self.fsdp_config.get("version", 1))``; 4.x hands
 # FSDP to accelerate, whose plugin defaults to ``fsdp_version`` 1: accelerate 1.16
-# utils/dataclasses.py:1709-1710, FSDP1 alone before 1.6), FSDP2 from it (5.10.1
+# utils/dataclasses.py:1709-1710; 1.0.1 has no fsdp_version, FSDP1 alone), FSDP2 from it (5.10.1
 # training_args.py:2736 ``get("version", 2)``, huggingface/transformers#45640; 5.25.0 :2826)
 TRANSFORMERS_FSDP2_DEFAULT = (5, 10, 0)
 
