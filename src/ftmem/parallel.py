@@ -72,7 +72,11 @@ from ftmem.sequence_parallel import (
 from ftmem.step import StepParts, reference_weights, step_parts, trains_own_weights
 from ftmem.transients import attention_backward_beside, attention_gradients_made
 from ftmem.validation import Field, Model, PositiveInt, model_validator
-from ftmem.versions import checkpoint_wraps_decoder_unit, zero3_checks_overflow
+from ftmem.versions import (
+    checkpoint_wraps_decoder_unit,
+    hf_trainer_fsdp_version,
+    zero3_checks_overflow,
+)
 
 if TYPE_CHECKING:  # imported where used: only GeminiPlugin runs (CLI start-up)
     from ftmem.gemini import GeminiRank
@@ -917,7 +921,7 @@ def _offload_params(
 ) -> _Resident:
     """The weight shards moved to host RAM or NVMe (ZeRO-3, FSDP); NVMe keeps pinned
     host buffers in the compute dtype, FSDP's CPU offload the gradients on the host.
-    ``keeps_grads`` (FSDP1, Profile.fsdp1_offload_keeps_grads): FSDP keeps each gradient's GPU copy too until backward ends: ``_offload_grad``
+    ``keeps_grads`` (FSDP1, runs_fsdp1): FSDP keeps each gradient's GPU copy too until backward ends: ``_offload_grad``
     copies it into ``_cpu_grad`` but ``_accumulate_sharded_grad`` keeps it as
     ``_saved_grad_shard`` (NO_SHARD: as ``flat_param.grad``) until the post-backward
     final callback's ``prepare_gradient_for_optim`` points ``.grad`` at the CPU copy
@@ -963,10 +967,15 @@ class _Traffic:
     embedding_unit: int | None = None
 
 
-# Blocks gathered at once (FSDP2, measured on two CPU ranks): the block being computed
-# and the next, prefetched. A block's unsharded gradients appear as its activations are
-# freed and leave with its reduce-scatter, so, as on one GPU, the timeline does not add
-# them to that block's own moment.
+# Blocks gathered at once (FSDP2, measured on two CPU ranks). In backward the block being
+# computed and the one below, prefetched (_fsdp_param_group.py ``_backward_prefetch``). In
+# forward the block's unsharded parameters and its all-gather output, which
+# ``wait_for_unshard`` keeps in ``comm_ctx.all_gather_state`` until the next unit's
+# copy-out (implicit prefetch; torch 2.13 torch/distributed/fsdp/_fully_shard/
+# _fsdp_param_group.py l.417-489). FSDP1 gathers one in forward (fsdp1_forward). A block's
+# unsharded gradients appear as its activations are freed and leave with its
+# reduce-scatter, so, as on one GPU, the timeline does not add them to that block's own
+# moment.
 BLOCKS_IN_FLIGHT = 2
 
 
@@ -1137,6 +1146,36 @@ def fsdp1_unprefetched(
         head_forward=t.root,
         loss_backward=t.root,
         head_backward=t.root + t.head_grad,
+    )
+
+
+def runs_fsdp1(run: RunConfig) -> bool:
+    """The framework shards with torch's FSDP1 (``FullyShardedDataParallel``): its own
+    choice, else HF Trainer's default at the run's transformers release."""
+    version = profile_of(run).fsdp_version
+    return (version or hf_trainer_fsdp_version(run)) == 1
+
+
+def fsdp1_forward(s: Strategy, run: RunConfig, comm: Communication, t: _Traffic) -> Communication:
+    """FSDP1 gathers one decoder unit at a time in forward and none at the logits: each
+    non-root unit's ``_post_forward_reshard`` frees its unsharded flat parameter before
+    the next unit's ``_pre_forward_unshard`` gathers, and ``_prefetch_handle`` prefetches
+    in forward only under ``forward_prefetch`` (torch 2.13
+    torch/distributed/fsdp/_runtime_utils.py l.411-435, l.486-501, l.1280-1289), which
+    accelerate's plugin and HF Trainer leave False (accelerate 1.16
+    utils/dataclasses.py:1828-1829; transformers 4.48.1 training_args.py:1987, 5.25.0
+    :2872-2874). Its all-gather writes into the unsharded flat parameter itself: no
+    all-gather output held beside it as FSDP2's. Backward is BACKWARD_PRE's, the
+    default of accelerate's config file and what ``--emit fsdp`` writes: the root's
+    pre-backward hook gathers the last unit, each unit's the one below (kept: FSDP2's
+    bytes). The unit resharded last still waits for the compute stream when the next
+    one gathers (``record_stream``, the rate limiter; calibration/notes/fsdp_qlora.md
+    F11): reserved, not allocated (``forward_waiting``, the allocator replay). Measured
+    on 2 gloo ranks (tests/test_fsdp_units_in_flight.py)."""
+    if s not in ("fsdp", "fsdp-hybrid") or t.head_unit is not None or not runs_fsdp1(run):
+        return comm
+    return dataclasses.replace(
+        comm, forward=t.root + t.block, head_forward=t.root, forward_waiting=t.block
     )
 
 
@@ -1415,10 +1454,11 @@ def rank_memory(
         comm = _zero3_one_rank(traffic)
     else:
         comm = communication(traffic) if communication else NO_COMMUNICATION
+    comm = fsdp1_forward(s, run, comm, traffic)
     comm = fsdp1_unprefetched(s, run, comm, traffic)
     comm = _host_copies(s, par, comm, traffic)
     on = _offload_optimizer(s, par, on, totals.psi)
-    keeps_grads = profile_of(run).fsdp1_offload_keeps_grads
+    keeps_grads = runs_fsdp1(run)
     on = _offload_params(s, par, on, BYTES_PER_ELEMENT[plan.dtypes.compute], keeps_grads)
     if s == "zero2":
         comm = _zero2_second_partition(run, comm, on.grads, traffic)

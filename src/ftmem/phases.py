@@ -197,6 +197,10 @@ class Communication:
     # is issued, before any moment here: in the allocator replay only (gpu.trace)
     root_copy: int = 0
     unit_copy: int = 0
+    # FSDP1: the unit resharded last, whose freed block waits for the compute stream
+    # while the next unit gathers, through the forward and at the logits: in the
+    # allocator replay only (parallel.fsdp1_forward)
+    forward_waiting: int = 0
 
     def largest(self) -> int:
         """Its largest over every moment, the head side's included (ZeRO-3 gathers the
@@ -212,6 +216,7 @@ class Communication:
             self.optimizer,
             root_copy=self.root_copy,
             unit_copy=self.unit_copy,
+            forward_waiting=self.forward_waiting,
         )
 
 

@@ -138,10 +138,13 @@ class Profile:
     # sharded, with no empty_cache after: the cache it leaves is replayed before the step
     # window (ftmem.fsdp_init)
     fsdp_wraps_from_cpu: bool = False
-    # FSDP is FSDP1 (``FullyShardedDataParallel``), whose CPUOffload keeps each
-    # gradient's GPU copy until backward ends (parallel._offload_params); FSDP2's
-    # ``fully_shard`` moves it to the CPU in its reduce (foreach_reduce) and keeps none
-    fsdp1_offload_keeps_grads: bool = False
+    # which torch FSDP the framework shards with: 1 ``FullyShardedDataParallel``, 2
+    # ``fully_shard``; None: HF Trainer's, by the run's transformers release
+    # (versions.hf_trainer_fsdp_version). FSDP1 gathers one unit at a time in forward,
+    # FSDP2 two (parallel.fsdp1_forward); FSDP1's CPUOffload keeps each gradient's GPU
+    # copy until backward ends, FSDP2's ``fully_shard`` moves it to the CPU in its reduce
+    # (foreach_reduce) and keeps none (parallel._offload_params)
+    fsdp_version: Literal[1, 2] | None = None
     # FSDP's auto-wrap policy makes every trainable leaf module (each LoRA matrix) a unit
     # of its own: each has its own flat parameter, so its own gradient shard (gpu.trace
     # leaf_grad_shards), where a decoder-layer unit would reduce one flat gradient
@@ -222,6 +225,7 @@ TORCHTUNE = Profile(
     converts_outputs_to_fp32=False,  # its own loop, no accelerate
     checkpoints_in_transformers_loop=False,  # its own modules' checkpoint wrapper
     loop_shifted_loss=True,
+    fsdp_version=2,  # the distributed recipes' fully_shard (frameworks/torchtune.py _fsdp2)
 )
 
 # LitGPT 0.4.x (Lightning-AI/litgpt@00af8b0d) and lit-gpt 2023 (@8641822b) under
@@ -365,7 +369,7 @@ FSDP_QLORA = Profile(
     fsdp_wraps_from_cpu=True,
     # ``FSDP(model, ..., cpu_offload=CPUOffload(offload_params=True) if
     # args["use_cpu_offload"] else None, ...)``: FSDP1 (@50efa1e train.py fsdp_main)
-    fsdp1_offload_keeps_grads=True,
+    fsdp_version=1,
     # get_wrapping_policy's lambda_policy_fn: ``len(list(module.named_children())) == 0
     # and getattr(module, "weight", None) is not None and module.weight.requires_grad``
     # (@50efa1e train.py), beside the decoder layers' transformer policy

@@ -277,7 +277,8 @@ class RunConfig(limits.BoundedSettings):
         "before 4.54 sdpa gets GQA keys and values copied per head; 4.38-4.39 give "
         "sdpa an explicit float causal mask; before 4.52 the reentrant checkpoint wraps "
         "each FSDP1 unit, which under LoRA keeps every layer's input and its gradient "
-        "until backward ends; before 5.25 Falcon runs its own fp32 attention (default: "
+        "until backward ends; before 5.10 HF Trainer's FSDP is FSDP1, one unit gathered "
+        "at a time in forward; before 5.25 Falcon runs its own fp32 attention (default: "
         "5.25).",
     )
     peft_version: str | None = Field(

@@ -325,6 +325,19 @@ def checkpointed_blocks_return_cache(arch: Architecture, run: RunConfig) -> bool
     )
 
 
+# HF Trainer's FSDP when the run's fsdp_config names no version: FSDP1 before transformers
+# 5.10 (5.9.0 training_args.py:2812 ``int(self.fsdp_config.get("version", 1))``; 4.x hands
+# FSDP to accelerate, whose plugin defaults to ``fsdp_version`` 1: accelerate 1.16
+# utils/dataclasses.py:1709-1710; 1.0.1 has no fsdp_version, FSDP1 alone), FSDP2 from it (5.10.1
+# training_args.py:2736 ``get("version", 2)``, huggingface/transformers#45640; 5.25.0 :2826)
+TRANSFORMERS_FSDP2_DEFAULT = (5, 10, 0)
+
+
+def hf_trainer_fsdp_version(run: RunConfig) -> int:
+    """The torch FSDP HF Trainer shards with by default at the run's transformers release."""
+    return 1 if older_than(run.transformers_version, TRANSFORMERS_FSDP2_DEFAULT) else 2
+
+
 def checkpoint_wraps_decoder_unit(run: RunConfig) -> bool:
     """The decoder loop checkpoints each layer's whole call with torch's reentrant
     checkpoint (transformers < 4.52, the run's framework checkpointing through it)."""

@@ -221,8 +221,9 @@ RUN = [
         None,
         "transformers' version (e.g. 4.48.1): before 5, MoE experts are per-expert "
         "nn.Linear modules that QLoRA quantises and all-linear adapts; older 4.x releases "
-        "keep per-layer rotary tables and 4.38 a causal-mask buffer; before 5.25 Falcon "
-        "runs its own fp32 attention (default 5.25).",
+        "keep per-layer rotary tables and 4.38 a causal-mask buffer; before 5.10 HF "
+        "Trainer's FSDP is FSDP1; before 5.25 Falcon runs its own fp32 attention "
+        "(default 5.25).",
     ),
     _opt(
         "peft_version",

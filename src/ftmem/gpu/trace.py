@@ -758,7 +758,7 @@ def _pass(
     kept = _blocks_forward(rec, s, t, returned)
     requests = _head_requests(s, t)
     above = rec.alloc(t.above if requests is None else _without(t.above, requests.saved_item))
-    gathered = rec.comm(_or(c.head_forward, c.forward))
+    gathered = rec.comm(_or(c.head_forward, c.forward) + c.forward_waiting)
     head = _head_forward(rec, s, requests, [] if carried is None else carried, output)
     rec.free(gathered)
     rec.free(returned)  # the model's output dropped: the blocks' returned caches
@@ -860,7 +860,7 @@ def _blocks_forward(
     if c.unit_copy or c.forward or s.block_returns:
         for size in s.activations.per_block:
             rec.host_copy(c.unit_copy)
-            gathered = rec.comm(c.forward)
+            gathered = rec.comm(c.forward + c.forward_waiting)
             # (requested first: it lives through the block's MLP, as the timeline has it)
             returned.extend(rec.alloc((s.block_returns,)))
             if _derived_forward(t, size):

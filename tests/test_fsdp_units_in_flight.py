@@ -1,0 +1,212 @@
+"""How many decoder units FSDP1 and FSDP2 hold gathered in forward (parallel.fsdp1_forward,
+parallel.BLOCKS_IN_FLIGHT).
+
+FSDP1 (``FullyShardedDataParallel``) reshards each non-root unit in its post-forward before
+the next unit gathers, and prefetches in forward only under ``forward_prefetch``, which
+accelerate and HF Trainer leave off; its all-gather writes into the unsharded flat parameter
+itself. FSDP2 (``fully_shard``) keeps a unit's all-gather output beside its unsharded
+parameters until the next unit's copy-out. So FSDP1 holds one unit at a time in forward
+and FSDP2 two. Which one runs: the framework's own (torchtune FSDP2, fsdp_qlora FSDP1), else
+HF Trainer's default, FSDP1 before transformers 5.10 and FSDP2 from it.
+
+The measured half runs torch's FSDP1 on two gloo ranks on the CPU (tiny Llama, the
+installed transformers' checkpoint inside each layer, FULL_SHARD) and counts the decoder
+units whose unsharded flat parameter is allocated inside every layer (the forward and the
+recompute) and at every pre-backward hook, under each backward prefetch policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ftmem.api import parallel_config, run_config
+from ftmem.parallel import parallel_step
+from ftmem.sources import architecture_from_config
+
+H, I, S, V, LAYERS, BATCH, KV = 512, 1024, 64, 64, 4, 2, 256
+CONFIG = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": H,
+    "intermediate_size": I,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": V,
+    "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "hidden_act": "silu",
+}
+SETTINGS = {
+    "method": "full",
+    "precision": "bf16",
+    "grad_ckpt": True,
+    "batch_size": BATCH,
+    "seq_len": S,
+    "attn": "sdpa",
+    "device": "cpu",
+}
+# by hand: one decoder block in bf16 (q, o: H·H; k, v: H·KV; gate, up, down: H·I; two
+# norms); the root unit: embedding, LM head, final norm in bf16, and the head side's
+# gradients (LM head and final norm, unsharded until the root's reduce-scatter)
+BLOCK = (2 * H * H + 2 * H * KV + 3 * H * I + 2 * H) * 2
+ROOT = (2 * V * H + H) * 2
+HEAD_GRAD = (V * H + H) * 2
+
+
+def _comm(transformers_version: str | None, framework: str = "hf", **settings: object):
+    arch = architecture_from_config(CONFIG, "tiny-llama", "test")
+    run = run_config(
+        **{**SETTINGS, **settings}, framework=framework, transformers_version=transformers_version
+    )
+    return parallel_step(arch, run, parallel_config(gpus=2, strategy="fsdp")).ranks[0].sizes.comm
+
+
+@pytest.mark.parametrize(
+    ("version", "framework", "blocks"),
+    [
+        ("4.57.6", "hf", 1),
+        ("5.9.0", "hf", 1),  # training_args.py: fsdp_config.get("version", 1)
+        ("5.10.1", "hf", 2),  # get("version", 2)
+        (None, "hf", 2),  # the installed release
+        (None, "axolotl", 2),
+        ("4.57.6", "axolotl", 1),
+        (None, "fsdp_qlora", 1),  # its train.py's FullyShardedDataParallel
+        ("4.57.6", "torchtune", 2),  # fully_shard whatever transformers is installed
+    ],
+)
+def test_blocks_gathered_in_forward_by_hand(version, framework, blocks) -> None:
+    comm = _comm(version, framework)
+    assert comm.forward == ROOT + blocks * BLOCK
+    # at the logits FSDP1 has resharded the last unit; FSDP2 still holds its all-gather
+    # output (kept until the next copy-out)
+    assert comm.head_forward == ROOT + (blocks - 1) * BLOCK
+    # the unit resharded last waits for the compute stream: the replay keeps its block
+    assert comm.forward_waiting == (2 - blocks) * BLOCK
+
+
+def test_backward_is_unchanged_by_the_version() -> None:
+    """Backward stays BACKWARD_PRE's two units (FSDP2's prefetch alike): the root's
+    pre-backward hook gathers the last unit, the unit being computed the one below."""
+    fsdp1, fsdp2 = _comm("4.57.6"), _comm(None)
+    assert fsdp1.backward == fsdp2.backward == ROOT + 2 * BLOCK + HEAD_GRAD
+    assert fsdp1.loss_backward == fsdp2.loss_backward == ROOT + BLOCK
+
+
+def test_one_block_without_checkpointing_too() -> None:
+    """Nothing of the forward depends on the checkpoint (FSDP's hooks around each unit)."""
+    assert _comm("4.57.6", grad_ckpt=False).forward == ROOT + BLOCK
+
+
+def _gathered_rank(rank: int, port: int, prefetch: str, out: str) -> None:
+    """Rank 0 writes the most decoder units gathered at once, per phase and place."""
+    import json
+
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.fsdp._runtime_utils as runtime
+    from torch import nn
+    from torch.distributed.fsdp import BackwardPrefetch, ShardingStrategy
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=H,
+        intermediate_size=I,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=V,
+        max_position_embeddings=256,
+    )
+    model: Any = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.config.use_cache = False
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    model.train()
+    model = FSDP(
+        model,
+        auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}),  # TRANSFORMER_BASED_WRAP
+        sharding_strategy=ShardingStrategy.FULL_SHARD,
+        backward_prefetch=None if prefetch == "none" else BackwardPrefetch[prefetch],
+        forward_prefetch=False,
+        device_id=torch.device("cpu"),
+        use_orig_params=True,
+    )
+    layers = next(m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == LAYERS)
+    units = list(layers)
+    most: dict[str, int] = {}
+    phase = ["forward"]
+
+    def look(where: str) -> None:
+        n = sum(u._handle.flat_param._full_param_padded.untyped_storage().size() > 0 for u in units)
+        key = f"{phase[0]}:{where}"
+        most[key] = max(most.get(key, 0), n)
+
+    for unit in units:  # the layer's submodules run in the forward and in the recompute
+        layer = unit._fsdp_wrapped_module
+        for sub in layer.modules():
+            if sub is not layer:
+                sub.register_forward_pre_hook(lambda *_: look("layer"))
+                sub.register_forward_hook(lambda *_: look("layer"))
+    original = runtime._pre_backward_hook
+
+    def pre_backward(state, module, handle, grad, *rest):  # every unit's, the root's first
+        result = original(state, module, handle, grad, *rest)
+        if state._is_root:
+            look("root")
+            phase[0] = "backward"
+        else:
+            look("pre_backward")
+        return result
+
+    runtime._pre_backward_hook = pre_backward
+    x = torch.randint(0, V, (BATCH, S))
+    for _ in range(2):  # the second step is the one counted (the first records the order)
+        most.clear()
+        phase[0] = "forward"
+        loss = model(input_ids=x, labels=x).loss
+        phase[0] = "head"
+        look("logits")
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+    if rank == 0:
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump(most, f)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prefetch", ["BACKWARD_PRE", "BACKWARD_POST", "none"])
+def test_fsdp1_units_gathered_as_modelled(tmp_path, prefetch: str) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not built in")
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "gathered.json"
+    mp.spawn(_gathered_rank, args=(port, prefetch, str(out)), nprocs=2)
+    got = json.loads(out.read_text(encoding="utf-8"))
+
+    comm = _comm("4.57.6")  # FSDP1 under HF Trainer
+    assert got["forward:layer"] == (comm.forward - ROOT) // BLOCK == 1
+    assert got["head:logits"] == (comm.head_forward - ROOT) // BLOCK == 0
+    # backward: BACKWARD_PRE prefetches the unit below while one is computed (what ftmem
+    # keeps); the others gather each unit in its own pre-backward hook, the one above
+    # resharded as its backward ends
+    modelled = (comm.backward - ROOT - HEAD_GRAD) // BLOCK
+    assert got["backward:layer"] == (modelled if prefetch == "BACKWARD_PRE" else 1)
+    assert got["head:root"] == (1 if prefetch == "BACKWARD_PRE" else 0)
