@@ -6,7 +6,8 @@ CUDA caching allocator needs each request: a layer whose intermediates are made 
 freed one op at a time cuts and reuses blocks unlike one request of their sum.
 
 Derived from transformers' LlamaDecoderLayer (4.37.2 and 5.25 alike for these ops:
-``LlamaRMSNorm``, ``LlamaAttention`` with SDPA, ``apply_rotary_pos_emb``, ``LlamaMLP``),
+``LlamaRMSNorm``, ``LlamaAttention`` with SDPA, ``apply_rotary_pos_emb``, ``LlamaMLP``;
+4.37's sdpa path adds GQA's ``repeat_kv`` copies of k and v: versions.SDPA_REPEAT_KV_DERIVED),
 peft 0.21's ``lora.Linear.forward`` (``result = result + lora_B(lora_A(dropout(x))) *
 scaling``) and bitsandbytes 0.43's ``MatMul4Bit`` (the dequantised weight, made and freed
 around each matmul). Without grad nothing is saved: each op's output is freed when its
@@ -36,7 +37,12 @@ from ftmem.gpu.program import RequestProgram, Requests
 from ftmem.methods import MethodPlan
 from ftmem.profiles import profile_of
 from ftmem.run import RunConfig
-from ftmem.versions import sdpa_float_causal_mask, sdpa_repeats_kv
+from ftmem.versions import (
+    SDPA_REPEAT_KV_DERIVED,
+    sdpa_float_causal_mask,
+    sdpa_repeats_kv,
+    within,
+)
 
 NF4_BLOCK = 64  # values per absmax (bitsandbytes' default 4-bit blocksize)
 # the linears of a Llama decoder layer (module names' last part)
@@ -52,7 +58,9 @@ class LayerShape:
     """What the layer's requests depend on: positions ``T`` (= b·s), widths, the
     activations' element size ``e``, the LoRA targets (module names, with dropout or
     not), whether the base weights are 4-bit (dequantised per matmul) and the bytes per
-    element of dropout's mask (CUDA's bool; the CPU's noise is ``e``: the tests' case)."""
+    element of dropout's mask (CUDA's bool; the CPU's noise is ``e``: the tests' case);
+    ``repeated_kv``: GQA keys and values copied to every query head before sdpa
+    (transformers 4.36-4.37's LlamaSdpaAttention, REPEATED_KV_DERIVED)."""
 
     T: int
     hidden: int
@@ -65,6 +73,7 @@ class LayerShape:
     lora_dropout: bool = False
     quantized: bool = False
     mask_bytes: int = 1
+    repeated_kv: bool = False
 
 
 class _Layer(RequestProgram):
@@ -142,12 +151,23 @@ class _Layer(RequestProgram):
         q_rot = self.rotary(q, s.q_size)
         k_rot = self.rotary(k, s.kv_size)
         self.free(q, k)
+        if s.repeated_kv:  # ``key_states = repeat_kv(key_states, ...)``, then the values
+            k_rot = self.repeated(k_rot)
+            v = self.repeated(v)
         # the kernels' output is laid out (b, s, heads, d): ``.transpose(1, 2)
         # .contiguous()`` after SDPA is a view
         out = self.alloc(s.T * s.q_size * s.e)
         projected = self.linear("o_proj", out, s.q_size, s.hidden)
         self.free(out, q_rot, k_rot, v)
         return projected
+
+    def repeated(self, kv: int) -> int:
+        """repeat_kv: ``expand`` to (b, kv_heads, n_rep, s, d) is a view, ``reshape`` to
+        (b, heads, s, d) copies it (as wide as q); the rebinding of the caller's name
+        frees the unrepeated tensor."""
+        out = self.alloc(self.shape.T * self.shape.q_size * self.shape.e)
+        self.free(kv)
+        return out
 
     def mlp(self, x: int) -> int:
         """``down_proj(act_fn(gate_proj(x)) * up_proj(x))``."""
@@ -191,17 +211,19 @@ def checkpointed_layer(
     run's layer is the one derived: transformers' Llama (or Mistral) decoder layer under
     SDPA, in one 16-bit dtype (no autocast, adapters in it), LoRA, QLoRA (4-bit) or full
     training; else None (the replay keeps the timeline's one moment). Not derived, so
-    None: GQA keys and values repeated per head (transformers < 4.54), 4.38-4.39's float
-    causal mask, DoRA and the other adapters, activation offload."""
+    None: GQA keys and values repeated per head outside 4.36-4.37 (4.40-4.53:
+    versions.SDPA_REPEAT_KV_DERIVED), 4.38-4.39's float causal mask, DoRA and the other
+    adapters, activation offload."""
     d = plan.dtypes
     linears = layout(arch).linears
+    repeats = sdpa_repeats_kv(arch, run)
     if not (
         run.grad_ckpt
         and not run.activation_offload
         and arch.traits.llama_layer_forward
         and profile_of(run).name in TRANSFORMERS_MODELS
         and run.attn == "sdpa"
-        and not sdpa_repeats_kv(arch, run)
+        and (not repeats or within(run.transformers_version, SDPA_REPEAT_KV_DERIVED))
         and not sdpa_float_causal_mask(arch, run)
         and run.method in ("lora", "qlora", "full")
         and not d.autocast
@@ -225,5 +247,6 @@ def checkpointed_layer(
         lora_r=run.r,
         lora_dropout=run.dropout > 0,
         quantized=run.method == "qlora",
+        repeated_kv=repeats,
     )
     return llama_layer(shape)
