@@ -2,7 +2,10 @@
 
 The truth: transformers' LlamaDecoderLayer (and peft's LoRA on its linears) run under
 ``torch.no_grad`` on the CPU on a tiny layer, every op output's storage logged as it is
-allocated and freed (ftmem.measure.tracker.LiveBytesTracker with an event log).
+allocated and freed (ftmem.measure.tracker.LiveBytesTracker with an event log). What
+the installed releases cannot run here is their cited source transcribed with torch ops,
+run the same way: transformers 4.37.2's sdpa attention (GQA's repeat_kv) and a 4-bit
+base (bitsandbytes 0.43's dequantisation per matmul under peft's 4-bit LoRA layer).
 Compared: the requests of at least THRESHOLD bytes (every tensor as wide as the hidden
 state, halves of q/k included; the norms' statistics and lora_A's outputs are below it),
 sizes and frees in order, and the peak of live bytes.
@@ -24,7 +27,13 @@ from ftmem.estimate import _tensors, _with_layer_forward
 from ftmem.gpu.trace import step_events
 from ftmem.measure.tracker import LiveBytesTracker
 from ftmem.methods import plan_method
-from ftmem.ops.nograd_requests import LayerShape, checkpointed_layer, llama_layer
+from ftmem.ops.nograd_requests import (
+    LLAMA_LINEARS,
+    NF4_BLOCK,
+    LayerShape,
+    checkpointed_layer,
+    llama_layer,
+)
 from ftmem.phases import find_peak
 from ftmem.presets import get_model
 from ftmem.run_phases import program_peak
@@ -107,7 +116,48 @@ def _sdpa_forward_4_37(tables: tuple[torch.Tensor, torch.Tensor], positions: tor
     return forward
 
 
-def _measure(lora: bool, dropout: float, transformers_4_37: bool = False) -> list[tuple[str, int]]:
+def _dequantized(weight: torch.Tensor) -> torch.Tensor:
+    """bitsandbytes 0.43 ``dequantize_4bit`` as its requests: the fp32 absmax from the
+    nested one (a value per NF4_BLOCK weights), then the weight in the compute dtype
+    (here a copy of the 16-bit stand-in); the absmax goes at the return."""
+    absmax = torch.empty(weight.numel() // NF4_BLOCK, dtype=torch.float32)  # noqa: F841
+    return weight.clone()
+
+
+def _four_bit_forward(self, x):
+    """bitsandbytes 0.43 Linear4bit -> MatMul4Bit.forward: ``F.linear(A,
+    dequantize_4bit(B, quant_state).to(A.dtype).t())``, the weight freed after."""
+    return F.linear(x, _dequantized(self.weight))
+
+
+def _peft_four_bit_forward(self, x, *args, **kwargs):
+    """peft's LoRA on a 4-bit linear (0.21.2 tuners/lora/bnb.py Linear4bit.forward, the
+    vanilla path; 0.9.0 the same requests): the base output cloned, then the branch."""
+    result = self.base_layer(x)
+    result = result.clone()  # "As per Tim Dettmers, for 4bit, we need to defensively clone"
+    for active_adapter in self.active_adapters:
+        lora_A, lora_B = self.lora_A[active_adapter], self.lora_B[active_adapter]
+        dropout, scaling = self.lora_dropout[active_adapter], self.scaling[active_adapter]
+        output = lora_B(lora_A(dropout(x))) * scaling
+        result = result + output
+    return result
+
+
+def _quantize(layer: nn.Module) -> None:
+    """Every base linear dequantises its weight per matmul; the LoRA layers on them run
+    peft's 4-bit forward."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    for name, module in layer.named_modules():
+        if isinstance(module, LoraLinear):
+            module.forward = MethodType(_peft_four_bit_forward, module)
+        elif type(module) is nn.Linear and name.split(".")[-1] in {"base_layer", *LLAMA_LINEARS}:
+            module.forward = MethodType(_four_bit_forward, module)
+
+
+def _measure(
+    lora: bool, dropout: float, transformers_4_37: bool = False, quantized: bool = False
+) -> list[tuple[str, int]]:
     cfg = LlamaConfig(
         hidden_size=H,
         intermediate_size=I,
@@ -127,6 +177,8 @@ def _measure(lora: bool, dropout: float, transformers_4_37: bool = False) -> lis
         layer = get_peft_model(_Wrapped(layer), config)
         layer.train()
     layer = layer.to(torch.bfloat16)
+    if quantized:
+        _quantize(layer)
     x = torch.randn(B, S, H, dtype=torch.bfloat16)
     positions = torch.arange(S)[None].expand(B, S)
     cos, sin = LlamaRotaryEmbedding(cfg)(x, positions)
@@ -163,12 +215,12 @@ def _large(events, skip: int = 0) -> list[tuple[str, int]]:
 
 @pytest.mark.parametrize("transformers_4_37", [False, True], ids=["5.25", "4.37-repeat-kv"])
 @pytest.mark.parametrize(
-    ("lora", "dropout"),
-    [(False, 0.0), (True, 0.0), (True, 0.1)],
-    ids=["base", "lora", "lora-dropout"],
+    ("lora", "dropout", "quantized"),
+    [(False, 0.0, False), (True, 0.0, False), (True, 0.1, False), (True, 0.1, True)],
+    ids=["base", "lora", "lora-dropout", "qlora-dropout"],
 )
-def test_llama_layer_requests_match_torch(lora, dropout, transformers_4_37):
-    measured = _measure(lora, dropout, transformers_4_37)
+def test_llama_layer_requests_match_torch(lora, dropout, quantized, transformers_4_37):
+    measured = _measure(lora, dropout, transformers_4_37, quantized)
     shape = LayerShape(
         T=T,
         hidden=H,
@@ -181,6 +233,7 @@ def test_llama_layer_requests_match_torch(lora, dropout, transformers_4_37):
         lora_dropout=dropout > 0,
         mask_bytes=E,  # the CPU's dropout noise is of the input's dtype
         repeated_kv=transformers_4_37,
+        quantized=quantized,
     )
     requests, output = llama_layer(shape)
     # the output stays with the caller (torch's is freed when the test drops it)

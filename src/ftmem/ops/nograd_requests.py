@@ -9,8 +9,9 @@ Derived from transformers' LlamaDecoderLayer (4.37.2 and 5.25 alike for these op
 ``LlamaRMSNorm``, ``LlamaAttention`` with SDPA, ``apply_rotary_pos_emb``, ``LlamaMLP``;
 4.37's sdpa path adds GQA's ``repeat_kv`` copies of k and v: versions.SDPA_REPEAT_KV_DERIVED),
 peft 0.21's ``lora.Linear.forward`` (``result = result + lora_B(lora_A(dropout(x))) *
-scaling``) and bitsandbytes 0.43's ``MatMul4Bit`` (the dequantised weight, made and freed
-around each matmul). Without grad nothing is saved: each op's output is freed when its
+scaling``; on a 4-bit base, tuners/lora/bnb.py ``Linear4bit.forward``, which first clones
+the base output, ``result = result.clone()``: 0.21.2 l.533, 0.9.0 l.340) and bitsandbytes
+0.43's ``MatMul4Bit`` (the dequantised weight, made and freed around each matmul). Without grad nothing is saved: each op's output is freed when its
 last Python name goes (a rebinding, or the function's return). Checked against PyTorch
 on the CPU, request by request (tests/test_nograd_requests.py).
 
@@ -113,6 +114,10 @@ class _Layer(RequestProgram):
             out = self.alloc(s.T * width_out * s.e)
         if name not in s.lora:
             return out
+        if s.quantized:  # peft's 4-bit LoRA layer: ``result = result.clone()``
+            copy = self.alloc(s.T * width_out * s.e)
+            self.free(out)
+            out = copy
         dropped = -1
         if s.lora_dropout:  # the mask (the CPU's noise), then the output; the mask freed
             mask = self.alloc(s.T * width_in * s.mask_bytes)
@@ -125,7 +130,9 @@ class _Layer(RequestProgram):
         scaled = self.alloc(s.T * width_out * s.e)
         self.free(b)
         total = self.alloc(s.T * width_out * s.e)
-        self.free(scaled, out)
+        # layer.py's scaled product is a temporary, gone before the rebinding of
+        # ``result``; bnb.py names it ``output``, kept until the return
+        self.free(*((out, scaled) if s.quantized else (scaled, out)))
         return total
 
     def rotary(self, x: int, width: int) -> int:
