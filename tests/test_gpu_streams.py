@@ -9,7 +9,7 @@ import pytest
 
 import ftmem
 from ftmem.errors import InvalidInputError
-from ftmem.gpu.allocator import SIDE_STREAM_ALLOC, replay, replay_streams
+from ftmem.gpu.allocator import SIDE_STREAM_ALLOC, TwoStreams, replay, replay_streams
 
 MiB = 2**20
 
@@ -67,3 +67,14 @@ def test_fsdps_side_streams_cache_more_than_one_pool_would():
     assert apart > together
     est = ftmem.estimate("llama2-7b", method="full", seq_len=1024, gpus=8, strategy="fsdp")
     assert est.memory.beyond_allocated.allocator_cache >= apart
+
+
+def test_the_streams_share_the_devices_capacity():
+    """The device's memory is one for every stream: a side stream's request that finds
+    no room frees the default stream's cached segments too (release_cached_blocks walks
+    the whole pool), where per-stream limits would have let the two outgrow the GPU."""
+    streams = TwoStreams(capacity=100 * MiB)
+    streams.free(streams.malloc(60 * MiB))  # a 60 MiB segment cached on the default stream
+    streams.malloc_side(50 * MiB)  # 60 + 50 > 100: the cached 60 MiB goes back, then 50
+    s = streams.stats()
+    assert (s.reserved, s.peak_reserved, s.num_alloc_retries) == (50 * MiB, 60 * MiB, 1)

@@ -2,7 +2,10 @@
 
 The truth: transformers' LlamaDecoderLayer (and peft's LoRA on its linears) run under
 ``torch.no_grad`` on the CPU on a tiny layer, every op output's storage logged as it is
-allocated and freed (ftmem.measure.tracker.LiveBytesTracker with an event log).
+allocated and freed (ftmem.measure.tracker.LiveBytesTracker with an event log). What
+the installed releases cannot run here is their cited source transcribed with torch ops,
+run the same way: transformers 4.37.2's sdpa attention (GQA's repeat_kv) and a 4-bit
+base (bitsandbytes 0.43's dequantisation per matmul under peft's 4-bit LoRA layer).
 Compared: the requests of at least THRESHOLD bytes (every tensor as wide as the hidden
 state, halves of q/k included; the norms' statistics and lora_A's outputs are below it),
 sizes and frees in order, and the peak of live bytes.
@@ -10,9 +13,12 @@ sizes and frees in order, and the peak of live bytes.
 
 from __future__ import annotations
 
+from types import MethodType
+
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
@@ -21,7 +27,13 @@ from ftmem.estimate import _tensors, _with_layer_forward
 from ftmem.gpu.trace import step_events
 from ftmem.measure.tracker import LiveBytesTracker
 from ftmem.methods import plan_method
-from ftmem.ops.nograd_requests import LayerShape, checkpointed_layer, llama_layer
+from ftmem.ops.nograd_requests import (
+    LLAMA_LINEARS,
+    NF4_BLOCK,
+    LayerShape,
+    checkpointed_layer,
+    llama_layer,
+)
 from ftmem.phases import find_peak
 from ftmem.presets import get_model
 from ftmem.run_phases import program_peak
@@ -44,7 +56,108 @@ class _Wrapped(nn.Module):
         return self.layer(*args, **kwargs)
 
 
-def _measure(lora: bool, dropout: float) -> list[tuple[str, int]]:
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _apply_rotary_pos_emb(q, k, cos, sin, position_ids):
+    """transformers 4.37.2 models/llama/modeling_llama.py apply_rotary_pos_emb: the
+    tables gathered by position, then the same products as 5.25's."""
+    cos = cos[position_ids].unsqueeze(1)
+    sin = sin[position_ids].unsqueeze(1)
+    q_embed = (q * cos) + (_rotate_half(q) * sin)
+    k_embed = (k * cos) + (_rotate_half(k) * sin)
+    return q_embed, k_embed
+
+
+def _repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """4.37.2 repeat_kv (modeling_llama.py:273-282): expand, then reshape (a copy)."""
+    batch, kv_heads, slen, head_dim = hidden_states.shape
+    if n_rep == 1:
+        return hidden_states
+    hidden_states = hidden_states[:, :, None, :, :].expand(batch, kv_heads, n_rep, slen, head_dim)
+    return hidden_states.reshape(batch, kv_heads * n_rep, slen, head_dim)
+
+
+def _sdpa_forward_4_37(tables: tuple[torch.Tensor, torch.Tensor], positions: torch.Tensor):
+    """transformers 4.37.2's LlamaSdpaAttention.forward (modeling_llama.py:667-743)
+    without a cache or a mask (training: use_cache off under checkpointing, and no
+    padding), written with torch for 5.25's attention module (same projections): the
+    layer's rotary module hands out its cached fp32 tables cast to the activations' dtype
+    (:148-155), and GQA's keys and values are repeated per head before sdpa (:712-713)."""
+    cos_cached, sin_cached = tables
+
+    def forward(self, hidden_states, **kwargs):
+        bsz, q_len, _ = hidden_states.size()
+        heads, kv_heads = self.config.num_attention_heads, self.config.num_key_value_heads
+        query_states = self.q_proj(hidden_states)
+        key_states = self.k_proj(hidden_states)
+        value_states = self.v_proj(hidden_states)
+        query_states = query_states.view(bsz, q_len, heads, self.head_dim).transpose(1, 2)
+        key_states = key_states.view(bsz, q_len, kv_heads, self.head_dim).transpose(1, 2)
+        value_states = value_states.view(bsz, q_len, kv_heads, self.head_dim).transpose(1, 2)
+        cos = cos_cached[:q_len].to(dtype=value_states.dtype)
+        sin = sin_cached[:q_len].to(dtype=value_states.dtype)
+        query_states, key_states = _apply_rotary_pos_emb(
+            query_states, key_states, cos, sin, positions
+        )
+        key_states = _repeat_kv(key_states, heads // kv_heads)
+        value_states = _repeat_kv(value_states, heads // kv_heads)
+        attn_output = F.scaled_dot_product_attention(
+            query_states, key_states, value_states, attn_mask=None, dropout_p=0.0, is_causal=True
+        )
+        attn_output = attn_output.transpose(1, 2).contiguous()
+        attn_output = attn_output.reshape(bsz, q_len, heads * self.head_dim)
+        attn_output = self.o_proj(attn_output)
+        return attn_output, None
+
+    return forward
+
+
+def _dequantized(weight: torch.Tensor) -> torch.Tensor:
+    """bitsandbytes 0.43 ``dequantize_4bit`` as its requests: the fp32 absmax from the
+    nested one (a value per NF4_BLOCK weights), then the weight in the compute dtype
+    (here a copy of the 16-bit stand-in); the absmax goes at the return."""
+    absmax = torch.empty(weight.numel() // NF4_BLOCK, dtype=torch.float32)  # noqa: F841
+    return weight.clone()
+
+
+def _four_bit_forward(self, x):
+    """bitsandbytes 0.43 Linear4bit -> MatMul4Bit.forward: ``F.linear(A,
+    dequantize_4bit(B, quant_state).to(A.dtype).t())``, the weight freed after."""
+    return F.linear(x, _dequantized(self.weight))
+
+
+def _peft_four_bit_forward(self, x, *args, **kwargs):
+    """peft's LoRA on a 4-bit linear (0.21.2 tuners/lora/bnb.py Linear4bit.forward, the
+    vanilla path; 0.9.0 the same requests): the base output cloned, then the branch."""
+    result = self.base_layer(x)
+    result = result.clone()  # "As per Tim Dettmers, for 4bit, we need to defensively clone"
+    for active_adapter in self.active_adapters:
+        lora_A, lora_B = self.lora_A[active_adapter], self.lora_B[active_adapter]
+        dropout, scaling = self.lora_dropout[active_adapter], self.scaling[active_adapter]
+        output = lora_B(lora_A(dropout(x))) * scaling
+        result = result + output
+    return result
+
+
+def _quantize(layer: nn.Module) -> None:
+    """Every base linear dequantises its weight per matmul; the LoRA layers on them run
+    peft's 4-bit forward."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    for name, module in layer.named_modules():
+        if isinstance(module, LoraLinear):
+            module.forward = MethodType(_peft_four_bit_forward, module)
+        elif type(module) is nn.Linear and name.split(".")[-1] in {"base_layer", *LLAMA_LINEARS}:
+            module.forward = MethodType(_four_bit_forward, module)
+
+
+def _measure(
+    lora: bool, dropout: float, transformers_4_37: bool = False, quantized: bool = False
+) -> list[tuple[str, int]]:
     cfg = LlamaConfig(
         hidden_size=H,
         intermediate_size=I,
@@ -56,6 +169,7 @@ def _measure(lora: bool, dropout: float) -> list[tuple[str, int]]:
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     layer: nn.Module = LlamaDecoderLayer(cfg, 0)
+    attention = layer.self_attn
     if lora:
         from peft import LoraConfig, get_peft_model
 
@@ -63,13 +177,20 @@ def _measure(lora: bool, dropout: float) -> list[tuple[str, int]]:
         layer = get_peft_model(_Wrapped(layer), config)
         layer.train()
     layer = layer.to(torch.bfloat16)
+    if quantized:
+        _quantize(layer)
     x = torch.randn(B, S, H, dtype=torch.bfloat16)
     positions = torch.arange(S)[None].expand(B, S)
     cos, sin = LlamaRotaryEmbedding(cfg)(x, positions)
+    kept = [cos, sin, positions]
+    if transformers_4_37:  # fp32 tables of S positions (QLoRA's); the model's (1, s) positions
+        tables = tuple(t[0] for t in LlamaRotaryEmbedding(cfg)(x.float(), positions[:1]))
+        kept += [*tables, positions[:1]]
+        attention.forward = MethodType(_sdpa_forward_4_37(tables, positions[:1]), attention)
     events: list[tuple[str, int]] = []
     tracker = LiveBytesTracker(events)
     with torch.no_grad(), tracker:
-        tracker.track(x, cos, sin, positions, [p for p in layer.parameters()])
+        tracker.track(x, *kept, [p for p in layer.parameters()])
         before = len(events)
         out = layer(x, position_embeddings=(cos, sin), attention_mask=None, position_ids=positions)
         del out
@@ -92,13 +213,14 @@ def _large(events, skip: int = 0) -> list[tuple[str, int]]:
     return out
 
 
+@pytest.mark.parametrize("transformers_4_37", [False, True], ids=["5.25", "4.37-repeat-kv"])
 @pytest.mark.parametrize(
-    ("lora", "dropout"),
-    [(False, 0.0), (True, 0.0), (True, 0.1)],
-    ids=["base", "lora", "lora-dropout"],
+    ("lora", "dropout", "quantized"),
+    [(False, 0.0, False), (True, 0.0, False), (True, 0.1, False), (True, 0.1, True)],
+    ids=["base", "lora", "lora-dropout", "qlora-dropout"],
 )
-def test_llama_layer_requests_match_torch(lora, dropout):
-    measured = _measure(lora, dropout)
+def test_llama_layer_requests_match_torch(lora, dropout, quantized, transformers_4_37):
+    measured = _measure(lora, dropout, transformers_4_37, quantized)
     shape = LayerShape(
         T=T,
         hidden=H,
@@ -110,6 +232,8 @@ def test_llama_layer_requests_match_torch(lora, dropout):
         lora_r=R,
         lora_dropout=dropout > 0,
         mask_bytes=E,  # the CPU's dropout noise is of the input's dtype
+        repeated_kv=transformers_4_37,
+        quantized=quantized,
     )
     requests, output = llama_layer(shape)
     # the output stays with the caller (torch's is freed when the test drops it)
@@ -165,20 +289,40 @@ def test_not_derived_elsewhere(change):
     assert checkpointed_layer(arch, run, plan_method(arch, run)) is None
 
 
-def test_gqa_keys_repeated_before_4_54_not_derived():
+def test_gqa_keys_repeated_derived_for_4_37_only():
+    """GQA under transformers 4.37 (repeat_kv before sdpa) is derived: two more requests
+    than 4.57's (enable_gqa), each as wide as q (b·s·4096·2 bytes for Llama-3.1-8B, kv
+    1024 wide); 4.48's sdpa path, which also copies the query, is not."""
     arch = get_model("llama3.1-8b")
-    old = run_config(**LORA_RUN, batch_size=2, seq_len=256, transformers_version="4.37.2")
-    new = run_config(**LORA_RUN, batch_size=2, seq_len=256, transformers_version="4.57.0")
-    assert checkpointed_layer(arch, old, plan_method(arch, old)) is None
-    assert checkpointed_layer(arch, new, plan_method(arch, new)) is not None
+
+    def layer(version: str):
+        run = run_config(**LORA_RUN, batch_size=2, seq_len=256, transformers_version=version)
+        return checkpointed_layer(arch, run, plan_method(arch, run))
+
+    old, new = layer("4.37.2"), layer("4.57.0")
+    assert layer("4.48.1") is None
+    assert old is not None and new is not None
+    old_sizes = [v for op, v in old[0] if op == "alloc"]
+    new_sizes = [v for op, v in new[0] if op == "alloc"]
+    q_wide = 2 * 256 * 4096 * 2
+    assert len(old_sizes) == len(new_sizes) + 2
+    assert sorted(old_sizes) == sorted([*new_sizes, q_wide, q_wide])
 
 
-@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
-def test_the_replay_runs_it_and_keeps_the_timeline_peak(method):
+@pytest.mark.parametrize(
+    ("model", "method", "version"),
+    [
+        ("llama-2-7b", "lora", None),
+        ("llama-2-7b", "qlora", None),
+        ("llama-2-7b", "full", None),
+        ("llama3.1-8b", "qlora", "4.37.2"),  # GQA: keys and values repeated per head
+    ],
+)
+def test_the_replay_runs_it_and_keeps_the_timeline_peak(model, method, version):
     """The replay lays each checkpointed layer's forward out op by op (the program's
     requests appear once per layer) and still reaches the timeline's allocated peak."""
-    arch = get_model("llama-2-7b")
-    settings = {**LORA_RUN, "method": method}
+    arch = get_model(model)
+    settings = {**LORA_RUN, "method": method, "transformers_version": version}
     if method == "full":
         settings = {k: v for k, v in settings.items() if k not in ADAPTER_KEYS}
     run = run_config(**settings, batch_size=2, seq_len=256)

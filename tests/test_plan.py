@@ -146,7 +146,8 @@ def test_dpo_that_fits_once_the_reference_is_precomputed_says_that_first():
     freed = first.estimate.memory
     assert given.weights_bytes == 2 * REFERENCE_COPY  # the policy and its copy, bf16
     assert freed.weights_bytes == given.weights_bytes - REFERENCE_COPY
-    assert freed.total_bytes <= given.total_bytes - REFERENCE_COPY
+    # (allocated: the 80 GiB run's cache is trimmed to fit the GPU, gpu.device._within_device)
+    assert freed.peak_allocated_bytes <= given.peak_allocated_bytes - REFERENCE_COPY
     assert any("reference: precomputed" in n for n in first.estimate.notes)
 
 
@@ -341,7 +342,8 @@ def test_the_reference_lever_does_not_double_the_estimates(monkeypatch):
 
 
 def test_plan_cli_for_a_dpo_run_names_the_reference_lever():
-    res = run("plan", "llama2-7b", "--gpu", "a100-80gb", "--objective", "dpo", "--seq-len", "512")
+    # (at 512 tokens the run fits, its allocator cache trimmed: gpu.device._within_device)
+    res = run("plan", "llama2-7b", "--gpu", "a100-80gb", "--objective", "dpo", "--seq-len", "1024")
     assert res.exit_code == 0, res.output
     assert "precompute the reference log-probabilities" in res.output
     assert "reference: none on the result" in res.output

@@ -327,6 +327,7 @@ def _device(
         steps=steps,
         allocator=run.allocator,
         fits_within=gpu.memory_bytes if gpu is not None and _SCREENING.get() else None,
+        memory=gpu.memory_bytes if gpu is not None else None,
         # the seed's simple accounting is its own sum of buckets, not the replayed step
         whole_blocks=run.accounting != "simple",
     )

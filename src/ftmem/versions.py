@@ -254,6 +254,16 @@ def peft_gptq_adds_in_place(run: RunConfig) -> bool:
 # integrations/sdpa_attention.py:27-32,53-57 passes ``enable_gqa=True`` instead when
 # use_gqa_in_sdpa (torch >= 2.5 and ``attention_mask is None``): the unpadded training case.
 TRANSFORMERS_SDPA_ENABLE_GQA = (4, 54, 0)
+# The releases whose GQA sdpa path ops.nograd_requests derives, repeat included:
+# LlamaSdpaAttention.forward of 4.36-4.37 (4.37.2 models/llama/modeling_llama.py:667-743;
+# Mistral's the same, models/mistral/modeling_mistral.py:648-700): q, k, v, the rotary,
+# ``repeat_kv`` of the keys, then of the values (:712-713: expand, reshape, a copy as wide
+# as q), ``.contiguous()`` only under an explicit mask on CUDA (:723-726), sdpa, the
+# output's ``transpose(1, 2).contiguous()`` (:738, a view of the kernels' (b, s, h, d)
+# output), o_proj. Not derived: 4.38-4.39's float mask (LLAMA_SDPA_FLOAT_MASK); 4.48.1's
+# sdpa_attention_forward calls ``query.contiguous()`` whatever the mask
+# (integrations/sdpa_attention.py:38-40, a copy of the rotated query); 4.40-4.47 not read.
+SDPA_REPEAT_KV_DERIVED: Releases = (((4, 36, 0), (4, 38, 0)),)
 # LlamaModel._update_causal_mask gives sdpa an explicit float causal mask in every forward,
 # padded or not: 4.38.x builds it from the (max_pos, max_pos) causal_mask buffer
 # (4.38.2 models/llama/modeling_llama.py:1074 ``self.causal_mask[None, None, :, :].repeat(

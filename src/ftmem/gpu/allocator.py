@@ -228,6 +228,8 @@ class CachingAllocator:
         self.peak_allocated = self.peak_reserved = self.peak_requested = 0
         self.segments = self.num_alloc_retries = 0
         self.num_device_alloc = self.num_device_free = 0
+        # the TwoStreams whose streams share the device (and ``capacity``) with this one
+        self.device: TwoStreams | None = None
 
     # -- the public calls ---------------------------------------------------------------
 
@@ -418,8 +420,8 @@ class CachingAllocator:
         block = self._alloc_block(small, rounded)
         if block is None and self._release_available_cached_blocks(small, rounded):
             block = self._alloc_block(small, rounded)
-        if block is None:
-            self.empty_cache()
+        if block is None:  # release_cached_blocks: every stream's free segments
+            (self if self.device is None else self.device).empty_cache()
             self.num_alloc_retries += 1
             block = self._alloc_block(small, rounded)
         if block is None:
@@ -441,13 +443,18 @@ class CachingAllocator:
         if self.expandable:
             return self._grow_expandable(small, rounded)
         size = allocation_size(rounded)
-        if self.capacity is not None and self.reserved + size > self.capacity:
+        if self.capacity is not None and self._device_reserved() + size > self.capacity:
             return None  # cudaErrorMemoryAllocation
         block = _Block(self._next_addr, size, small)
         self._next_addr += size
         self._reserve(size)
         self.segments += 1
         return block
+
+    def _device_reserved(self) -> int:
+        """What the device has given this process: this pool's segments, or every
+        stream's where they share it (TwoStreams with a capacity)."""
+        return self.reserved if self.device is None else self.device.reserved_now()
 
     def _merge(self, dst: _Block, src: _Block | None) -> None:
         """Absorb a free neighbour in the same segment (SOURCE, try_merge_blocks)."""
@@ -545,7 +552,7 @@ class CachingAllocator:
         map_block and ExpandableSegment::map); False when the device has no room."""
         page = _page(block.small)
         mapped = -(-size // page) * page
-        if self.capacity is not None and self.reserved + mapped > self.capacity:
+        if self.capacity is not None and self._device_reserved() + mapped > self.capacity:
             return False  # cuMemCreate: CUDA_ERROR_OUT_OF_MEMORY
         self._unmapped[block.small].remove((block.addr, block))
         block.mapped = True
@@ -690,16 +697,25 @@ class TwoStreams:
     request. ``free`` takes effect at once; ``free_recorded`` is the free of a block
     ``record_stream``'ed on another stream, which stays reserved until
     ``release_recorded`` (the oldest first, over all streams). ``options``:
-    :class:`CachingAllocator`'s, for every stream; ``pools``: instead, the streams'
-    allocators themselves (STREAMS of them: gpu.best_fit.new_streams gives each a
-    BestFit where the options allow)."""
+    :class:`CachingAllocator`'s, for every stream; a ``capacity`` is the device's, which
+    the streams share: a request that finds no room releases every stream's free
+    segments and retries (SOURCE, malloc: ``release_cached_blocks`` walks the whole
+    pool); ``pools``: instead, the streams' allocators themselves (STREAMS of them:
+    gpu.best_fit.new_streams gives each a BestFit where the options allow)."""
 
     def __init__(self, pools: Sequence[Any] = (), **options: Any) -> None:
         self.pools = tuple(pools) or tuple(CachingAllocator(**options) for _ in range(STREAMS))
         if len(self.pools) != STREAMS:
             raise ValueError(f"TwoStreams takes {STREAMS} allocators, not {len(self.pools)}.")
+        if not pools and options.get("capacity") is not None:
+            for pool in self.pools:
+                pool.device = self
         self.peak_allocated = self.peak_reserved = self.peak_requested = 0
         self._pending: list[int] = []  # recorded frees' handles, oldest first
+
+    def reserved_now(self) -> int:
+        a, b, c, d = self.pools
+        return a.reserved + b.reserved + c.reserved + d.reserved
 
     def malloc(self, size: int) -> int:
         return self._malloc(0, size)

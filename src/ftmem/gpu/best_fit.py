@@ -74,7 +74,10 @@ def new_allocator(**options: Any) -> BestFit | CachingAllocator:
 def new_streams(**options: Any) -> TwoStreams:
     """TwoStreams with a BestFit per stream where the options allow it (the same
     statistics: TwoStreams asks its allocators for malloc, free, free_recorded,
-    release_one and empty_cache, which BestFit replays as CachingAllocator does)."""
+    release_one and empty_cache, which BestFit replays as CachingAllocator does); a
+    capacity is the device's, shared by the streams (TwoStreams' own allocators)."""
+    if options.get("capacity") is not None:
+        return TwoStreams(**options)
     return TwoStreams(pools=[new_allocator(**options) for _ in range(STREAMS)])
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ftmem.gpu.alloc_conf import AllocatorOptions
-from ftmem.gpu.allocator import AllocatorStats
+from ftmem.gpu.allocator import AllocatorOutOfMemoryError, AllocatorStats
 from ftmem.gpu.runtime import Runtime, runtime_for
 from ftmem.gpu.trace import STEP_ONLY, RunOutside, StepTensors, replay_run
 from ftmem.hardware import Gpu
@@ -105,6 +105,33 @@ def replayed_stats(
     )
 
 
+def _within_device(
+    stats: AllocatorStats,
+    steps: Steps,
+    kept: tuple[tuple[int, ...], tuple[int, ...]],
+    comm_stream: bool,
+    outside: RunOutside,
+    options: tuple[tuple[str, object], ...],
+    grad_stream: bool,
+    settle: bool,
+    room: int,
+) -> AllocatorStats:
+    """The replay again where its cache outgrew the device: ``stats``, replayed without
+    a bound, reserved more than the ``room`` cudaMalloc has (the GPU's memory less what
+    lives outside the allocator). When cudaMalloc fails, PyTorch's malloc frees every
+    cached segment no block of which is in use and retries (gpu.allocator.SOURCE, malloc:
+    ``release_available_cached_blocks``, a no-op without max_split_size, then
+    ``release_cached_blocks`` over every stream's pool, then ``alloc_block`` again); it
+    is out of memory only where that fails too. So the replay runs within ``room``
+    (gpu.allocator's ``capacity``, shared by the streams); a run that does not fit
+    even then keeps the unbounded figures (its reserved: the cache it would need)."""
+    bounded = tuple(sorted((*options, ("capacity", room))))
+    try:
+        return replayed_stats(steps, kept, comm_stream, outside, bounded, grad_stream, settle)
+    except AllocatorOutOfMemoryError:
+        return stats
+
+
 def block_rounding(stats: AllocatorStats) -> int:
     """What ``max_memory_allocated`` counts beyond the bytes the tensors asked for, at the
     replay's peak. In gpu.allocator.SOURCE, malloc rounds the request (``size_t size =
@@ -133,6 +160,7 @@ def device_figures(
     allocator: AllocatorOptions | None = None,
     fits_within: int | None = None,
     whole_blocks: bool = True,
+    memory: int | None = None,
 ) -> DeviceFigures:
     """Reserved and device figures around the ``allocated`` peak (workspaces included;
     the timeline's requested bytes, to which the replay's block rounding is added);
@@ -146,7 +174,8 @@ def device_figures(
     beyond the allocator already exceed it, no cache can make the run fit (the reserved
     peak is never below the allocated one), so the replay is skipped and the cache
     taken as 0; ``whole_blocks`` False: the allocated figure stays in the bytes asked
-    for (the seed's simple accounting, a sum of buckets rather than the replayed step)."""
+    for (the seed's simple accounting, a sum of buckets rather than the replayed step);
+    ``memory``: the GPU's, within which the allocator works (:func:`_within_device`)."""
     if rt is None:
         return DeviceFigures(allocated, allocated, 0, 0, 0)
     beyond = rt.outside_allocator_bytes if overhead is None else overhead
@@ -162,6 +191,18 @@ def device_figures(
     stats = replayed_stats(
         replayed, kept_per_thread(rt), comm_stream, outside, options, grad_stream, not steps
     )
+    if memory is not None and stats.peak_reserved > memory - beyond > 0:
+        stats = _within_device(
+            stats,
+            replayed,
+            kept_per_thread(rt),
+            comm_stream,
+            outside,
+            options,
+            grad_stream,
+            not steps,
+            memory - beyond,
+        )
     # the timeline's peak counts the bytes asked for; the allocator counts whole blocks
     rounding = block_rounding(stats) if whole_blocks else 0
     allocated += rounding

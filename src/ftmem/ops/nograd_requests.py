@@ -9,9 +9,12 @@ Which block a run's model has is its family's hook (``Family.block_forward``): t
 holds the building blocks and transformers' Llama layer (``llama_block_forward``);
 ops.nograd_fused_qkv a block with one fused q/k/v projection. Derived from transformers'
 LlamaDecoderLayer (4.37.2 and 5.25 alike for these ops:
-``LlamaRMSNorm``, ``LlamaAttention`` with SDPA, ``apply_rotary_pos_emb``, ``LlamaMLP``),
+``LlamaRMSNorm``, ``LlamaAttention`` with SDPA, ``apply_rotary_pos_emb``, ``LlamaMLP``;
+4.37's sdpa path adds GQA's ``repeat_kv`` copies of k and v: versions.SDPA_REPEAT_KV_DERIVED),
 peft 0.21's ``lora.Linear.forward`` (``result = result + lora_B(lora_A(dropout(x))) *
-scaling``; before 0.9.0 the sum is in place, below) and bitsandbytes 0.43's ``MatMul4Bit`` (the dequantised weight, made and freed
+scaling``; before 0.9.0 the sum is in place, below; on a 4-bit base, tuners/lora/bnb.py
+``Linear4bit.forward`` first clones the base output, ``result = result.clone()``: 0.21.2
+l.533, 0.9.0 l.340) and bitsandbytes 0.43's ``MatMul4Bit`` (the dequantised weight, made and freed
 around each matmul). Without grad nothing is saved: each op's output is freed when its
 last Python name goes (a rebinding, or the function's return). Checked against PyTorch
 on the CPU, request by request (tests/test_nograd_requests.py).
@@ -50,9 +53,11 @@ from ftmem.profiles import profile_of
 from ftmem.run import RunConfig
 from ftmem.versions import (
     PEFT_LORA_SUM_OUT_OF_PLACE,
+    SDPA_REPEAT_KV_DERIVED,
     older_than,
     sdpa_float_causal_mask,
     sdpa_repeats_kv,
+    within,
 )
 
 NF4_BLOCK = 64  # values per absmax (bitsandbytes' default 4-bit blocksize)
@@ -71,7 +76,9 @@ class LayerShape:
     not), whether the base weights are 4-bit (dequantised per matmul), the bytes per
     element of dropout's mask (CUDA's bool; the CPU's noise is its input's: the tests'
     case), the adapters' element size where peft casts their input to it (0: the
-    activations' dtype, no cast) and whether peft adds the adapter's output in place."""
+    activations' dtype, no cast), whether peft adds the adapter's output in place and
+    ``repeated_kv``: GQA keys and values copied to every query head before sdpa
+    (transformers 4.36-4.37's LlamaSdpaAttention, SDPA_REPEAT_KV_DERIVED)."""
 
     T: int
     hidden: int
@@ -86,6 +93,7 @@ class LayerShape:
     mask_bytes: int = 1
     adapter_e: int = 0
     sum_in_place: bool = False
+    repeated_kv: bool = False
 
 
 class LayerProgram(RequestProgram):
@@ -125,6 +133,10 @@ class LayerProgram(RequestProgram):
             out = self.alloc(s.T * width_out * s.e)
         if name not in s.lora:
             return out
+        if s.quantized:  # peft's 4-bit LoRA layer: ``result = result.clone()``
+            copy = self.alloc(s.T * width_out * s.e)
+            self.free(out)
+            out = copy
         return self.lora_branch(out, width_in, width_out)
 
     def lora_branch(self, out: int, width_in: int, width_out: int) -> int:
@@ -150,7 +162,9 @@ class LayerProgram(RequestProgram):
             self.free(scaled, wide)
             return out
         total = self.alloc(s.T * width_out * s.e)
-        self.free(scaled, out, wide)
+        # layer.py's scaled product is a temporary, gone before the rebinding of
+        # ``result``; bnb.py names it ``output``, kept until the return
+        self.free(*((out, scaled) if s.quantized else (scaled, out)), wide)
         return total
 
     def rotary(self, x: int, width: int) -> int:
@@ -176,12 +190,23 @@ class LayerProgram(RequestProgram):
         q_rot = self.rotary(q, s.q_size)
         k_rot = self.rotary(k, s.kv_size)
         self.free(q, k)
+        if s.repeated_kv:  # ``key_states = repeat_kv(key_states, ...)``, then the values
+            k_rot = self.repeated(k_rot)
+            v = self.repeated(v)
         # the kernels' output is laid out (b, s, heads, d): ``.transpose(1, 2)
         # .contiguous()`` after SDPA is a view
         out = self.alloc(s.T * s.q_size * s.e)
         projected = self.linear("o_proj", out, s.q_size, s.hidden)
         self.free(out, q_rot, k_rot, v)
         return projected
+
+    def repeated(self, kv: int) -> int:
+        """repeat_kv: ``expand`` to (b, kv_heads, n_rep, s, d) is a view, ``reshape`` to
+        (b, heads, s, d) copies it (as wide as q); the rebinding of the caller's name
+        frees the unrepeated tensor."""
+        out = self.alloc(self.shape.T * self.shape.q_size * self.shape.e)
+        self.free(kv)
+        return out
 
     def mlp(self, x: int) -> int:
         """``down_proj(act_fn(gate_proj(x)) * up_proj(x))``."""
@@ -253,13 +278,15 @@ def llama_block_forward(
     """transformers' Llama (or Mistral) decoder layer as :func:`llama_layer` lays it out,
     under SDPA, in one 16-bit dtype (no autocast, adapters in it), LoRA, QLoRA (4-bit) or
     full training; else None. Not derived, so None: GQA keys and values repeated per head
-    (transformers < 4.54), 4.38-4.39's float causal mask, DoRA and the other adapters."""
+    outside 4.36-4.37 (4.40-4.53: versions.SDPA_REPEAT_KV_DERIVED), 4.38-4.39's float
+    causal mask, DoRA and the other adapters."""
     d = plan.dtypes
     linears = layout(arch).linears
+    repeats = sdpa_repeats_kv(arch, run)
     if not (
         profile_of(run).name in TRANSFORMERS_MODELS
         and run.attn == "sdpa"
-        and not sdpa_repeats_kv(arch, run)
+        and (not repeats or within(run.transformers_version, SDPA_REPEAT_KV_DERIVED))
         and not sdpa_float_causal_mask(arch, run)
         and run.method in ("lora", "qlora", "full")
         and not d.autocast
@@ -284,5 +311,6 @@ def llama_block_forward(
         lora_dropout=run.dropout > 0,
         quantized=run.method == "qlora",
         sum_in_place=peft_adds_in_place(run),
+        repeated_kv=repeats,
     )
     return llama_layer(shape)
