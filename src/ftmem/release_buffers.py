@@ -73,7 +73,9 @@ def framework_rotary_cache_bytes(arch: Architecture, run: RunConfig) -> int:
     64 MiB at head_dim 128). One module serves every layer (e.g.
     torchtune/models/llama3_2/_component_builders.py@1814feb17a90 l.87); torchtune 0.1
     builds one layer and deep-copies it per layer, each copy with its own cache
-    (torchtune/modules/transformer.py@0914d5cfb _get_clones, ftmem.torchtune_init)."""
+    (torchtune/modules/transformer.py@0914d5cfb _get_clones, ftmem.torchtune_init). A
+    recipe's frozen reference model (GRPO's, full DPO's) is a second decoder with its own
+    cache: not counted (step.reference_weights counts parameters only)."""
     if not profile_of(run).rotary_cache_buffer or arch.position_embedding != "rotary":
         return 0
     table = arch.max_position_embeddings * arch.rotary_size * FP32
