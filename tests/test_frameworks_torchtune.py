@@ -204,6 +204,10 @@ def test_unpacked_batches_are_padded_to_their_longest_and_packed_ones_are_not(tm
     assert any(n.startswith("lengths padded") for n in unpacked.notes)
     packed = read_framework_config(_write(tmp_path, "dataset:\n  packed: True\n" + tokenizer))
     assert "lengths" not in packed.settings
+    # packed rows: a BlockMask for flex attention and input_pos for the rotary
+    # (padded_collate_packed, torchtune/data/_collate.py@1814feb17a90)
+    assert packed.settings["padding"] == "packed-flex"
+    assert "padding" not in unpacked.settings
 
 
 def test_a_builder_without_a_preset_names_itself(tmp_path):

@@ -408,7 +408,7 @@ def test_help_lists_the_choices(capsys, monkeypatch):
     code, out, _ = _cli(["estimate", "--help"], capsys, monkeypatch)
     assert code == 0
     line = next(line for line in out.splitlines() if "--padding" in line)
-    assert "<none|longest|max-length|packed>" in line
+    assert "<none|longest|max-length|packed|packed-flex>" in line
 
 
 def test_a_bad_value_is_one_line_and_exit_2(capsys, monkeypatch):
@@ -416,7 +416,9 @@ def test_a_bad_value_is_one_line_and_exit_2(capsys, monkeypatch):
     assert (code, out) == (2, "")
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1
-    assert "--padding" in lines[0] and "none, longest, max-length or packed" in lines[0]
+    assert (
+        "--padding" in lines[0] and "none, longest, max-length, packed or packed-flex" in lines[0]
+    )
 
 
 def test_json_says_the_padding_given(capsys, monkeypatch):

@@ -138,11 +138,15 @@ def test_defaults_unchanged_and_other_frameworks_stay_eager_with_a_note():
         )
 
         # the step itself is the same (the run around it, loading and the window the
-        # framework's figure covers, is run_phases' and may differ)
-        def step(m):
-            return (m.at_peak, m.phases, m.activations_bytes, m.activations_per_block)
+        # framework's figure covers, is run_phases' and may differ), but for torchtune's
+        # rotary cache buffer beside the weights
+        def step(m, buffer=0):
+            at_peak = m.at_peak.model_copy(update={"weights": m.at_peak.weights - buffer})
+            phases = {k: v - buffer for k, v in m.phases.model_dump().items()}
+            return (at_peak, phases, m.activations_bytes, m.activations_per_block)
 
-        assert step(plain.memory) == step(hf.memory) == step(tt.memory)
+        table = LLAMA.max_position_embeddings * (LLAMA.hidden_size // LLAMA.num_heads) * FP32
+        assert step(plain.memory) == step(hf.memory) == step(tt.memory, table)
         assert not any("compile" in n for n in plain.notes)
         assert any("not modelled" in n and "compile" in n for n in hf.notes)
 
@@ -227,12 +231,14 @@ def test_torchtune_01s_lora_on_the_output_is_modelled_on_its_loop_loss_only():
         _head_sizes("hf", **targets)
 
 
-def _torchtune_attention_core_saved(arch, b: int, s: int) -> int:
+def _torchtune_attention_core_saved(arch, b: int, s: int, packed: bool = False) -> int:
     """Bytes autograd keeps for torchtune's attention core, measured on the CPU: the q, k
     and v projections' outputs (leaves here) through MultiHeadAttention.forward as
     torchtune/modules/attention.py@1814feb17a90 l.236-302 writes it (rotary as
     torchtune/modules/position_embeddings.py@1814feb17a90 RotaryPositionalEmbeddings.forward,
-    its cache a buffer: excluded like the weights), o_proj's matmul included."""
+    its cache a buffer: excluded like the weights), o_proj's matmul included. ``packed``:
+    each row holds two samples and the rotary takes padded_collate_packed's ``input_pos``
+    (each token's position in its own sample)."""
     import torch
     import torch.nn.functional as F
 
@@ -246,10 +252,14 @@ def _torchtune_attention_core_saved(arch, b: int, s: int) -> int:
     vp = torch.randn(b, s, nkv * hd, dtype=bf16, requires_grad=True)
     w_o = torch.randn(arch.hidden_size, nh * hd, dtype=bf16, requires_grad=True)
     cache = torch.randn(s, hd // 2, 2)  # the rope cache buffer (fp32)
+    first = s // 3  # the first sample's length in every row
+    row_pos = torch.cat([torch.arange(first), torch.arange(s - first)])
+    input_pos = row_pos.expand(b, s) if packed else None
 
     def rope(x: torch.Tensor) -> torch.Tensor:
+        rope_cache = cache[:s] if input_pos is None else cache[input_pos]
         xshaped = x.float().reshape(*x.shape[:-1], -1, 2)
-        rope_cache = cache[:s].view(-1, xshaped.size(1), 1, xshaped.size(3), 2)
+        rope_cache = rope_cache.view(-1, xshaped.size(1), 1, xshaped.size(3), 2)
         x_out = torch.stack(
             [
                 xshaped[..., 0] * rope_cache[..., 0] - xshaped[..., 1] * rope_cache[..., 1],
@@ -297,3 +307,51 @@ def test_grouped_keys_and_values_are_expanded_to_every_head_before_the_kernel():
     hf = estimate_step(arch, RunConfig(**{**run.model_dump(), "framework": "hf"})).memory
     grown = memory.activations_bytes - hf.activations_bytes
     assert grown == arch.num_layers * 2 * T * (q - arch.kv_size) * BF16
+
+
+def test_packed_rows_index_the_rotary_cache_and_each_eager_rotary_call_keeps_its_rows():
+    # torchtune's packed batches (padding packed-flex): RotaryPositionalEmbeddings.forward
+    # (torchtune/modules/position_embeddings.py@1814feb17a90) takes self.cache[input_pos],
+    # an fp32 (b, s, h_d / 2, 2) copy where an unpacked batch takes a view of the buffer,
+    # and its multiplies keep it for x's gradient: one copy per rotary call (q and k)
+    arch = tiny("mistral")
+    hd = arch.hidden_size // arch.num_heads
+    grown = _torchtune_attention_core_saved(arch, B, S, packed=True)
+    grown -= _torchtune_attention_core_saved(arch, B, S)
+    assert grown == 2 * B * S * (hd // 2) * 2 * FP32
+    run = RunConfig(
+        method="full", framework="torchtune", batch_size=B, seq_len=S, precision="bf16",
+        attn="sdpa", device="cpu",
+    )  # fmt: skip
+    packed = RunConfig(**{**run.model_dump(), "padding": "packed-flex"})
+    memory = estimate_step(arch, packed).memory
+    items = [x for x in memory.activations_per_block if x.what.startswith("rotary cache rows")]
+    assert sum(x.bytes for x in items) == grown
+    # the flex kernel keeps what flash keeps: nothing else moves
+    plain = estimate_step(arch, run).memory
+    assert memory.activations_bytes - plain.activations_bytes == arch.num_layers * grown
+
+
+def test_packed_flex_is_torchtunes_only():
+    from ftmem.validation import InvalidFields
+
+    with pytest.raises(InvalidFields, match="packed-flex"):
+        estimate_step(LLAMA, RunConfig(padding="packed-flex"))
+
+
+def test_the_rotary_cache_buffer_is_counted_beside_the_weights():
+    # build_rope_cache (torchtune/modules/position_embeddings.py@1814feb17a90), run here:
+    # cos and sin of every position stacked into a (max_seq_len, dim / 2, 2) fp32 buffer;
+    # one module serves every layer (llama3_2/_component_builders.py@1814feb17a90), and
+    # torchtune 0.1 deep-copies the layer, its rotary with it (transformer.py@0914d5cfb)
+    import torch
+
+    dim, positions = LLAMA.hidden_size // LLAMA.num_heads, LLAMA.max_position_embeddings
+    theta = 1.0 / (10_000 ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))
+    idx_theta = torch.einsum("i, j -> ij", torch.arange(positions, dtype=theta.dtype), theta)
+    cache = torch.stack([torch.cos(idx_theta), torch.sin(idx_theta)], dim=-1)
+    table = cache.numel() * cache.element_size()
+    tt, hf = est(framework="torchtune"), est()
+    assert tt.weights_bytes - hf.weights_bytes == table
+    old = est(framework="torchtune", torchao_version="0.1")
+    assert old.weights_bytes - hf.weights_bytes == LLAMA.num_layers * table

@@ -91,6 +91,9 @@ class Profile:
     # bytes per weight element alive while a 4-bit matmul runs (its dequantised copy and
     # the copy's cast to the compute dtype); 0: not modelled
     dequant_copy_bytes: int = 0
+    # the framework's rotary module registers an fp32 cos/sin cache for every position,
+    # a buffer beside the weights (release_buffers.framework_rotary_cache_bytes)
+    rotary_cache_buffer: bool = False
     # k and v are expanded to every query head (a copy) before the attention kernel
     expands_kv: bool = False
     # the framework's own attention computes q, k and v in one Linear, whose output k and v
@@ -222,6 +225,9 @@ TORCHTUNE = Profile(
     # expand then reshape at @30b8519e86d2 l.275-283 and @ff594c231 l.180-184; the same at
     # bd2a0fc7c314, the last commit), so the kernel keeps and differentiates full-width k, v
     expands_kv=True,
+    # RotaryPositionalEmbeddings / Llama3ScaledRoPE.build_rope_cache: a non-persistent fp32
+    # (max_seq_len, head_dim / 2, 2) buffer (torchtune/modules/position_embeddings.py@1814feb17a90)
+    rotary_cache_buffer=True,
     converts_outputs_to_fp32=False,  # its own loop, no accelerate
     checkpoints_in_transformers_loop=False,  # its own modules' checkpoint wrapper
     loop_shifted_loss=True,

@@ -6,7 +6,8 @@ FSDP, which only broadcasts them), whatever the batch and the length.
 
 Which releases register them, per family, is data (``Family.rotary_cache_releases``,
 ``Family.causal_mask_buffer``, the ranges cited in ftmem.versions); a run without
-``transformers_version`` is the current release, which registers none.
+``transformers_version`` is the current release, which registers none. A framework's own
+rotary module may register its table too (Profile.rotary_cache_buffer: torchtune's).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.precision import Dtypes
 from ftmem.profiles import profile_of
 from ftmem.run import RunConfig
-from ftmem.versions import within
+from ftmem.torchtune_init import TORCHTUNE_01_TORCHAO_BEFORE
+from ftmem.versions import older_than, within
 
 
 def rotary_table_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
@@ -60,18 +62,42 @@ def last_cos_sin_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> in
     return arch.num_layers * 2 * run.positions * arch.rotary_size * element
 
 
+def framework_rotary_cache_bytes(arch: Architecture, run: RunConfig) -> int:
+    """The framework's own rotary cache (Profile.rotary_cache_buffer): torchtune's
+    ``build_rope_cache`` registers a non-persistent fp32 ``cache`` of (max_seq_len,
+    dim / 2, 2), cos and sin for every position (torchtune/modules/position_embeddings.py
+    and torchtune/models/llama3_1/_position_embeddings.py @1814feb17a90), on the GPU
+    (the recipes build the model under ``with self._device``; FSDP recipes call
+    ``rope_init()`` again on each rank after the meta-device build). The builders pass
+    config.json's max_position_embeddings as max_seq_len (131,072 for Llama 3.1/3.2:
+    64 MiB at head_dim 128). One module serves every layer (e.g.
+    torchtune/models/llama3_2/_component_builders.py@1814feb17a90 l.87); torchtune 0.1
+    builds one layer and deep-copies it per layer, each copy with its own cache
+    (torchtune/modules/transformer.py@0914d5cfb _get_clones, ftmem.torchtune_init). A
+    recipe's frozen reference model (GRPO's, full DPO's) is a second decoder with its own
+    cache: not counted (step.reference_weights counts parameters only)."""
+    if not profile_of(run).rotary_cache_buffer or arch.position_embedding != "rotary":
+        return 0
+    table = arch.max_position_embeddings * arch.rotary_size * FP32
+    copies = arch.num_layers if older_than(run.torchao_version, TORCHTUNE_01_TORCHAO_BEFORE) else 1
+    return copies * table
+
+
 def release_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
-    """All the buffers the run's transformers release registers that 5 does not, and the
-    cos/sin 4.38.0's rotary modules keep."""
+    """All the buffers the run's transformers release registers that 5 does not, the
+    cos/sin 4.38.0's rotary modules keep, and the framework's own rotary cache."""
     return (
         rotary_table_bytes(arch, run, dtypes)
         + causal_mask_bytes(arch, run)
         + last_cos_sin_bytes(arch, run, dtypes)
+        + framework_rotary_cache_bytes(arch, run)
     )
 
 
 def stage_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes, stages: int) -> int:
     """What one rank keeps of them whole (no engine shards buffers): a pipeline stage its
-    layers' share of the rotary tables, the causal mask as the model registers it."""
+    layers' share of the rotary tables, the causal mask as the model registers it, the
+    framework's shared rotary cache."""
     per_layer = rotary_table_bytes(arch, run, dtypes) + last_cos_sin_bytes(arch, run, dtypes)
-    return per_layer // stages + causal_mask_bytes(arch, run)
+    shared = causal_mask_bytes(arch, run) + framework_rotary_cache_bytes(arch, run)
+    return per_layer // stages + shared

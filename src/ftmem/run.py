@@ -56,8 +56,11 @@ Attention = Literal["eager", "sdpa", "flash"]
 # PaddingStrategy "longest" | "max_length" | "do_not_pad"); ops.attention.padding_mask.
 # "packed": no pad tokens, but the batch flattened into one row of several sequences told
 # apart by position_ids (TRL padding_free, DataCollatorWithFlattening), which under sdpa
-# gets the same kind of mask (ops.attention.packed_rows)
-Padding = Literal["none", "longest", "max-length", "packed"]
+# gets the same kind of mask (ops.attention.packed_rows). "packed-flex": torchtune's packed
+# datasets, rows of s tokens each holding several sequences, their block-causal mask a
+# compressed BlockMask for flex attention (no s² tensor) and their positions an input_pos
+# that indexes the rotary cache (ops.attention.packed_flex)
+Padding = Literal["none", "longest", "max-length", "packed", "packed-flex"]
 # the training objective: supervised finetuning, or a preference loss over chosen and
 # rejected sequences, or over unpaired completions labelled desirable or not (kto,
 # apo-zero-unpaired: TRL's KTOTrainer) (ftmem.ops.loss.PreferenceLoss)
@@ -397,7 +400,10 @@ class RunConfig(limits.BoundedSettings):
         "DataCollatorWithFlattening). With sdpa a padded or packed batch gets a 4-D mask "
         "(packed: one T×T block-diagonal mask): transformers repeats GQA keys "
         "and values per head and the kernel keeps the copies and the mask "
-        "(ftmem.ops.attention.padding_mask). Default: the framework's (peft-mc: longest; "
+        "(ftmem.ops.attention.padding_mask) | packed-flex (torchtune's dataset.packed: rows "
+        "of seq_len tokens packing several sequences, a BlockMask for flex attention, which "
+        "keeps what flash keeps; the rotary cache indexed by position, an fp32 copy per rotary "
+        "call kept by eager layers; --framework torchtune only). Default: the framework's (peft-mc: longest; "
         "the others none).",
     )
     # (left out of a dump at its default: an SFT estimate's JSON stays as it was)
@@ -617,11 +623,21 @@ class RunConfig(limits.BoundedSettings):
             raise ValueError("takes a release as pip spells it, such as 4.37.2 or 2.1.0+cu121")
         return value
 
+    def _padding_fits_framework(self) -> None:
+        """packed-flex is torchtune's collate and rotary (ops.attention.packed_flex)."""
+        if self.padding == "packed-flex" and self.framework != "torchtune":
+            raise ValueError(
+                "--padding packed-flex is torchtune's packed dataset (BlockMask and "
+                "input_pos); use it with --framework torchtune, or --padding packed for a "
+                "flattened row"
+            )
+
     @model_validator(mode="after")
     def _combinations(self) -> RunConfig:
         self._method_settings_fit()
         self._allocator_settings_fit()
         self._objective_settings_fit()
+        self._padding_fits_framework()
         if self.method == "partial" and self.trainable_modules is None:
             raise ValueError(
                 "--method partial needs --trainable-modules (regular expressions over "

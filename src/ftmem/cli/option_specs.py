@@ -177,7 +177,9 @@ RUN = [
         "packed with an attention_mask of ones) | longest (a batch of several sequences "
         "padded to its longest: DataCollatorWithPadding, TRL's collator) | max-length (every "
         "sequence padded to --seq-len) | packed (the batch flattened into one row, sequences "
-        "told apart by position_ids: TRL padding_free, DataCollatorWithFlattening). With "
+        "told apart by position_ids: TRL padding_free, DataCollatorWithFlattening) | "
+        "packed-flex (torchtune's packed dataset: rows of --seq-len tokens with a BlockMask "
+        "for flex attention and positions that index the rotary cache; --framework torchtune). With "
         "sdpa the mask makes transformers repeat GQA keys and values per head, kept with "
         "the mask for backward; eager and flash are unchanged "
         "(default: the framework's; peft-mc longest, the others none).",

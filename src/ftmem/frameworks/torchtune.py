@@ -341,7 +341,9 @@ def _sequence_length(k: Keys, cfg: FrameworkConfig) -> None:
     tokenizer = k.section("tokenizer")
     seq = tokenizer.integer("max_seq_len")
     packed = _packed(k)
-    if not packed:
+    if packed:
+        _packed_rows(cfg)
+    else:
         _padded_lengths(cfg)
     if seq is not None:
         cfg.settings["seq_len"] = seq
@@ -377,6 +379,19 @@ def _padded_lengths(cfg: FrameworkConfig) -> None:
         "lengths padded: torchtune pads each batch to its longest sample (padded_collate_sft), "
         "so the reserved peak keeps the cache of the shorter batches before the longest "
         "(give --lengths padded:MIN when the shortest is known)."
+    )
+
+
+def _packed_rows(cfg: FrameworkConfig) -> None:
+    """Packed, each row holds several samples: padded_collate_packed gives the model
+    ``input_pos`` and a block-causal mask, a BlockMask for flex attention on GPUs of sm
+    7.5 and later (torchtune/data/_collate.py, torchtune/modules/attention_utils.py,
+    torchtune/utils/_import_guard.py @1814feb17a90): ftmem.ops.attention.packed_flex."""
+    cfg.settings["padding"] = "packed-flex"
+    cfg.notes.append(
+        "dataset.packed: rows packed to tokenizer.max_seq_len with a BlockMask for flex "
+        "attention (CUDA sm 7.5 and later; older GPUs get an s² mask, not modelled) and "
+        "positions that index the rotary cache (padding packed-flex)."
     )
 
 

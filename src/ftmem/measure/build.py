@@ -19,6 +19,8 @@ from torch import nn
 from ftmem import vision_pixtral
 from ftmem.arch import Architecture, as_trained, count_params, layout, param_path
 from ftmem.errors import InvalidInputError
+from ftmem.measure.saved import FRAMEWORK_ROTARY_CACHE
+from ftmem.profiles import profile_of
 from ftmem.run import PROMPT_METHODS, RunConfig, split_patterns
 
 if TYPE_CHECKING:
@@ -611,11 +613,26 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
         )
     elif next(model.parameters()).device != torch.device(device):
         model = model.to(device=device)  # (fake parameters cannot be swapped in place)
+    _framework_rotary_cache(model, arch, run, device)
     model = _with_trainable_set(model, arch, run, notes)
     if run.grad_ckpt:
         enable_checkpointing(model)
     model.train()
     return Built(model, autocast_dtype(run), attn_impl, notes)
+
+
+def _framework_rotary_cache(
+    model: nn.Module, arch: Architecture, run: RunConfig, device: str
+) -> None:
+    """The rotary cache a framework's own modules register and transformers' do not
+    (Profile.rotary_cache_buffer: torchtune's build_rope_cache, an fp32 (max_seq_len,
+    dim / 2, 2) buffer, torchtune/modules/position_embeddings.py@1814feb17a90): its
+    memory only, transformers' forward never reads it."""
+    if not profile_of(run).rotary_cache_buffer or arch.position_embedding != "rotary":
+        return
+    shape = (arch.max_position_embeddings, arch.rotary_size // 2, 2)
+    cache = torch.zeros(shape, dtype=torch.float32, device=device)
+    model.register_buffer(FRAMEWORK_ROTARY_CACHE, cache, persistent=False)
 
 
 def _base_model(

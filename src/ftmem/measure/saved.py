@@ -44,6 +44,11 @@ def _quant_tensors(p: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+# the name measure.build gives the rotary cache a framework's modules register
+# (Profile.rotary_cache_buffer), which ftmem counts beside the weights
+FRAMEWORK_ROTARY_CACHE = "framework_rotary_cache"
+
+
 def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch.Tensor]:
     ts: list[torch.Tensor] = []
     for p in model.parameters():
@@ -57,6 +62,8 @@ def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch
             ts.extend(v for v in vars(state).values() if isinstance(v, torch.Tensor))
     if buffers:
         ts.extend(model.buffers())
+    else:  # the buffers the estimate counts as weights: a framework's own rotary cache
+        ts.extend(b for name, b in model.named_buffers() if name.endswith(FRAMEWORK_ROTARY_CACHE))
     return ts
 
 

@@ -109,6 +109,16 @@ def as_torchtune(model: Any) -> Any:
     if not isinstance(model.model.norm, torch.nn.Identity):
         model.final_norm = model.model.norm
         model.model.norm = torch.nn.Identity()
+    if not hasattr(model, "rope_cache"):
+        # torchtune's rotary registers build_rope_cache's fp32 (max_seq_len, head_dim / 2,
+        # 2) buffer (torchtune/modules/position_embeddings.py@1814feb17a90), which
+        # transformers' rotary does not: its memory only, the forward never reads it
+        config = model.config
+        head_dim = (
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
+        shape = (config.max_position_embeddings, head_dim // 2, 2)
+        model.register_buffer("rope_cache", torch.zeros(shape), persistent=False)
     return model
 
 

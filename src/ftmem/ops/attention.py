@@ -276,11 +276,34 @@ def packed_rows(run: RunConfig) -> bool:
     return batch_padding(run) == "packed"
 
 
+def packed_flex(run: RunConfig) -> bool:
+    """torchtune's packed batches (--padding packed-flex): b rows of s tokens, each row
+    several samples. padded_collate_packed (torchtune/data/_collate.py@1814feb17a90) adds
+    ``input_pos``, each token's position in its own sample, and a block-causal mask that
+    packed_block_causal_mask (torchtune/modules/attention_utils.py@1814feb17a90) makes a
+    BlockMask where flex attention is supported (CUDA sm >= 7.5,
+    torchtune/utils/_import_guard.py@1814feb17a90); _attention_call then runs
+    flex_attention, whose autograd function keeps q, k, v, its output and an fp32
+    log-sum-exp (torch/_higher_order_ops/flex_attention.py FlexAttentionAutogradOp): what
+    flash keeps, no s² tensor. The positions index the rotary cache
+    (Attention.indexed_rotary_saved)."""
+    return batch_padding(run) == "packed-flex"
+
+
 def padding_notes(arch: Architecture, run: RunConfig) -> list[str]:
     """What --padding, when the run gives it, changes here (and what it does not)."""
     if run.padding is None or run.padding == "none":
         return []
     said = f"--padding {run.padding}"
+    if packed_flex(run):
+        compiled = " (not counted in compiled layers: inductor recomputes the index)"
+        return [
+            f"{said}: torchtune's BlockMask and flex attention keep what flash keeps (no s² "
+            "mask; GPUs below sm 7.5 take an s² bool mask with sdpa instead, not modelled); "
+            "each rotary call indexes the fp32 cache by position, a copy kept for backward"
+            + (compiled if run.compile else "")
+            + "."
+        ]
     if not pads_batches(run):
         return [
             f"{said}: one sequence per batch has no pad tokens, so transformers leaves sdpa "
@@ -340,6 +363,7 @@ class Attention:
         b, s = run.batch_size, ctx.tokens // run.batch_size
         nh, q, kv = arch.num_heads, arch.q_size, arch.kv_size
         out: list[Saved] = Attention.layer_rotary_tables(ctx)
+        out += Attention.indexed_rotary_saved(ctx, needs_grad)
 
         def keep(what: str, size: int, kind: Kind) -> None:
             out.append(Saved(what, size, kind, Side.ATTENTION))
@@ -516,6 +540,26 @@ class Attention:
         profile = profile_of(run)
         own = profile.expands_kv and (arch.kv_size != arch.q_size or profile.fuses_qkv)
         return own or arch.kv_repeated
+
+    @staticmethod
+    def indexed_rotary_saved(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
+        """torchtune's rotary over packed rows (packed_flex): ``self.cache[input_pos]`` is
+        an fp32 (b, s, rotary/2, 2) copy of the cache's rows, where an unpacked batch takes
+        the view ``self.cache[:seq_len]`` (torchtune/modules/position_embeddings.py
+        @1814feb17a90 RotaryPositionalEmbeddings.forward; llama3_1/_position_embeddings.py
+        Llama3ScaledRoPE.forward the same). Its four multiplies with the fp32 upcast of x
+        keep views of it for x's gradient, so each rotary call whose input needs a
+        gradient keeps its own copy: q's and k's. Compiled layers keep none: aten.index
+        is one of the partitioner's recomputable ops (torch 2.13
+        torch/_functorch/partitioners.py l.2956, "we should allow recomputing indexing"),
+        so backward gathers again from the cache and input_pos (graph inputs) instead."""
+        arch = ctx.arch
+        if not packed_flex(ctx.run) or arch.position_embedding != "rotary" or ctx.compiled:
+            return []
+        calls = len(needs_grad & {"q", "k"})
+        size = ctx.tokens * arch.rotary_size * FP32
+        what = "rotary cache rows indexed by input_pos (fp32)"
+        return [Saved(what, size, Kind.ATTN_QK, Side.ATTENTION) for _ in range(calls)]
 
     @staticmethod
     def expanded_kv_saved(ctx: LayerContext) -> list[Saved]:

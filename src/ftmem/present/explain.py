@@ -143,8 +143,9 @@ def _weights_section(
         )
     version, extra = release
     if extra:
+        owner = f"transformers {version}" if version else "the framework's modules"
         weights.lines.append(
-            f"buffers transformers {version} registers (rotary cos/sin tables of every "
+            f"buffers {owner} registers (rotary cos/sin tables of every "
             f"position, a causal mask) = {_b(extra, units)}"
         )
     weights.lines.append(f"Weights = {_b(est.memory.weights_bytes, units)}")
