@@ -3,7 +3,6 @@ against hand derivations from ColossalAI's source (hpcaitech/ColossalAI 4f9953be
 file:line in src/ftmem/sequence_parallel.py). Every byte count below is written out from
 the model's shapes: Llama-2-7B (h 4096, f 11008, 32 heads of 128, V 32000)."""
 
-import dataclasses
 import json
 
 import pytest
@@ -435,7 +434,8 @@ def test_shardformer_attention_keeps_keys_and_values_at_every_query_head(tmp_pat
     # (not CUDA flash's per-head ones beside their kv-sized sums, q + kv wide)
     grads = Attention.kernel_gradients(step.arch, step.run, E, T)
     assert grads == T * q * E + 2 * T * q * E
-    grouped = dataclasses.replace(step.arch, kv_repeated=False)
+    # (a GQA-aware kernel instead: neither repeated nor ColoAttention's)
+    grouped = step.arch.model_copy(update={"kv_repeated": False, "coloattention_mask_positions": 0})
     assert Attention.kernel_gradients(grouped, step.run, E, T) == T * q * E + 2 * T * (q + kv) * E
 
 
@@ -614,3 +614,27 @@ def test_coloattention_mask_needs_checkpointing_and_reaches_every_stage():
     first, later = (r.sizes.activations.below for r in staged.ranks)
     assert later == mask
     assert first - mask == plain.ranks[0].sizes.activations.below
+
+
+@pytest.mark.parametrize(("attn", "every_head"), [("flash", True), ("sdpa", False)])
+def test_one_kv_head_per_rank_gets_coloattention_gradients_at_every_head(attn, every_head):
+    """Llama-3.1-8B over tp 8: one kv head per rank. Under flash the replaced attention
+    gives ColoAttention repeat_kv's stride-0 view, which it keeps (the saved tensors stay
+    kv-wide), and flash-attn's backward allocates dk and dv with torch.empty_like, dense at
+    every head (flash_attn_interface.py l.883 at 0251105a; torch.empty_like of an
+    expanded tensor measured below). Without flash transformers' sdpa gets the grouped k
+    and v: CUDA flash's gradients per query head and their sums (q + kv)."""
+    import torch
+
+    expanded = torch.empty(2, 5, 1, 8).expand(2, 5, 4, 8)
+    assert torch.empty_like(expanded).untyped_storage().nbytes() == 2 * 5 * 4 * 8 * 4
+    b, s = 1, 4096
+    step = _step("llama3.1-8b", strategy="colossalai-3d", tp=8, attn=attn, batch_size=b, seq_len=s)
+    arch, T = step.arch, b * s
+    q, kv = arch.q_size, arch.kv_size
+    assert (arch.kv_heads, q, kv) == (1, 4 * D, D)
+    assert not arch.kv_repeated
+    width = q if every_head else q + kv
+    assert Attention.kernel_gradients(arch, step.run, E, T) == T * q * E + 2 * T * width * E
+    items = {x.what: x.nbytes for x in step.parts.typical_block}
+    assert items["rotary q and k"] == T * (q + kv) * E  # the view: kv-wide keys

@@ -184,8 +184,8 @@ class Architecture(Model, strict=True):
         0,
         exclude_if=lambda value: not value,
         description="The positions of the (b, 1, s, s) causal mask ColossalAI's shardformer "
-        "model forward materialises for ColoAttention on a parallel rank (0: none; "
-        "ftmem.sequence_parallel.shardformer_mask_positions).",
+        "model forward materialises for ColoAttention on a parallel rank, whose attention "
+        "then calls ColoAttention (0: none; ftmem.sequence_parallel.shardformer_mask_positions).",
     )
 
     @field_validator("family")

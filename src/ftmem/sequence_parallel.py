@@ -83,7 +83,7 @@ def shardformer_repeats_kv(
     ``1/(tp·cp)`` after all_to_all's exchange (policies/llama.py:64-72). One key/value
     head there repeats as a stride-0 view, which ColoAttention's flash-attn call keeps
     as it is (extensions/pybind/flash_attention/flash_attention_dao_cuda.py l.61-63:
-    transposes only; its gradients are still at every head: not counted), but
+    transposes only; its gradients are at every head: ops.attention kernel_gradients), but
     RingAttention copies (layer/attn.py:570 ``transpose(1, 2).contiguous()``, q's width
     whatever the kv heads). As many kv heads as heads are not repeated."""
     switches = families.get(arch.family).colossalai_repeats_kv

@@ -859,7 +859,13 @@ class Attention:
         keys = T + run.batch_size * run.prefix_len  # a prefix's keys and values too
         masked = explicit_mask(arch, run) or sliding_window_mask(arch, run) or run.prefix_len
         repeated = (run.attn == "sdpa" and masked) or sdpa_repeats_kv(arch, run)
-        if kv == q or repeated or profile_of(run).expands_kv or arch.kv_repeated:
+        # ColossalAI's ColoAttention (the rank whose model forward builds its mask) is given
+        # repeat_kv's output; one kv head's is a stride-0 view, kept as it is, but
+        # flash-attn's backward writes dk and dv with ``torch.empty_like`` (dense, at
+        # every head: Dao-AILab/flash-attention@0251105a flash_attn/flash_attn_interface.py
+        # l.883, FlashAttnFunc.backward)
+        coloattention = arch.coloattention_mask_positions > 0
+        if kv == q or repeated or profile_of(run).expands_kv or arch.kv_repeated or coloattention:
             width = q
         elif run.device == "cuda":
             width = q + kv  # flash's gradients per query head, and their sums
