@@ -196,20 +196,75 @@ def test_block_dequant_moment(llama: str) -> None:
     assert LinearOp.dequant_moment(arch, hf, methods.plan_method(arch, hf), 2, N) == 0
 
 
+def _litgpt_attention_core_saved(b: int, s: int, groups: int) -> int:
+    """Bytes autograd keeps for LitGPT's attention core, measured on the CPU: the fused
+    qkv output (a leaf here, counted: v may be a view of it) through
+    CausalSelfAttention.forward as model.py@00af8b0d l.242-268 and l.299-321 write it
+    (apply_rope l.501-515 on bf16 cos/sin buffers), the frozen projection's matmul
+    included (it keeps no input)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ftmem.measure.saved import SavedRegistry, storage_key
+
+    torch.manual_seed(0)
+    bf16 = torch.bfloat16
+    q_per_kv = NH // groups
+    qkv = torch.randn(b, s, (NH + 2 * groups) * HS, dtype=bf16, requires_grad=True)
+    w_proj = torch.randn(D, NH * HS, dtype=bf16)  # frozen, as under LoRA on q and v
+    cos, sin = torch.randn(s, HS, dtype=bf16), torch.randn(s, HS, dtype=bf16)
+
+    def apply_rope(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x[..., : HS // 2], x[..., HS // 2 :]
+        rotated = torch.cat((-x2, x1), dim=-1)
+        return ((x * cos) + (rotated * sin)).to(dtype=x.dtype)
+
+    exclude = {storage_key(t)[0] for t in (w_proj, cos, sin)}  # type: ignore[index]
+    reg = SavedRegistry(exclude)
+    with torch.autograd.graph.saved_tensors_hooks(reg.pack, reg.unpack):
+        x = qkv.view(b, s, groups, q_per_kv + 2, HS).permute(0, 2, 3, 1, 4)
+        q, k, v = x.split((q_per_kv, 1, 1), dim=2)
+        k = k.expand(b, groups, q_per_kv, s, HS)
+        v = v.expand(b, groups, q_per_kv, s, HS)
+        q, k, v = (t.reshape(b, -1, s, HS) for t in (q, k, v))
+        q = torch.cat((apply_rope(q), q[..., HS:]), dim=-1)
+        k = torch.cat((apply_rope(k), k[..., HS:]), dim=-1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+        out = y.reshape(b, s, NH * HS) @ w_proj.t()
+    assert out.requires_grad
+    return reg.nbytes
+
+
 def test_falcon_attention_through_sdpa(falcon: str) -> None:
-    # LitGPT runs Falcon through F.scaled_dot_product_attention (no fp32 s² scores):
-    # q, k and v at every head (MQA expanded), the output and the fp32 logsumexp
+    # LitGPT runs Falcon through F.scaled_dot_product_attention (no fp32 s² scores).
+    # Multi-query: the expanded k and v reshape to stride-0 views (the size-1 group dim
+    # merges), the rotary makes k new at every head, v stays a view of the qkv output,
+    # whose whole storage the kernel keeps; then the output and the fp32 logsumexp
     b, s = 1, 256
     N = b * s
+    measured = _litgpt_attention_core_saved(b, s, groups=1)
+    assert measured == 2 * N * D * 2 + N * (D + 2 * HS) * 2 + N * D * 2 + b * NH * s * 4
     p = parts(falcon, framework="litgpt", batch_size=b, seq_len=s, **LORA)
     attention = sum(x.nbytes for x in p.typical_block if x.kind.name.startswith("ATTN"))
-    assert attention == 3 * N * D * 2 + N * D * 2 + b * NH * s * 4
+    assert attention == measured
     # transformers before 5.25 ran Falcon's own fp32 attention (s² probabilities kept);
     # 5.25's goes through sdpa too
     for version, eager in (("5.24.0", True), ("5.25.0", False)):
         kw = dict(framework="hf", batch_size=b, seq_len=s, transformers_version=version)
         hf = parts(falcon, **kw, **LORA)
         assert any("s²" in x.what for x in hf.typical_block) == eager
+
+
+def test_grouped_query_attention_core_matches_the_measurement(llama: str) -> None:
+    # two groups: the reshapes copy k and v to every head
+    b, s = 1, 256
+    measured = _litgpt_attention_core_saved(b, s, groups=NG)
+    p = parts(llama, framework="litgpt", batch_size=b, seq_len=s, **LORA)
+    attention = sum(
+        x.nbytes for x in p.typical_block if x.what.startswith(("rotary", "v ", "attention out"))
+    )
+    assert measured == 4 * b * s * D * 2 + b * NH * s * 4
+    assert attention == measured
 
 
 @pytest.mark.parametrize(

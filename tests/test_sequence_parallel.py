@@ -3,7 +3,6 @@ against hand derivations from ColossalAI's source (hpcaitech/ColossalAI 4f9953be
 file:line in src/ftmem/sequence_parallel.py). Every byte count below is written out from
 the model's shapes: Llama-2-7B (h 4096, f 11008, 32 heads of 128, V 32000)."""
 
-import dataclasses
 import json
 
 import pytest
@@ -435,7 +434,8 @@ def test_shardformer_attention_keeps_keys_and_values_at_every_query_head(tmp_pat
     # (not CUDA flash's per-head ones beside their kv-sized sums, q + kv wide)
     grads = Attention.kernel_gradients(step.arch, step.run, E, T)
     assert grads == T * q * E + 2 * T * q * E
-    grouped = dataclasses.replace(step.arch, kv_repeated=False)
+    # (a GQA-aware kernel instead: neither repeated nor ColoAttention's)
+    grouped = step.arch.model_copy(update={"kv_repeated": False, "coloattention_mask_positions": 0})
     assert Attention.kernel_gradients(grouped, step.run, E, T) == T * q * E + 2 * T * (q + kv) * E
 
 
@@ -524,3 +524,117 @@ def test_sequence_parallelism_without_flash_runs_eager_attention(tmp_path, T, me
 def test_which_shardformer_runs_eager_attention(model, kw, eager):
     step = _step(model, **kw)
     assert (step.run.attn == "eager") is eager
+
+
+def _prepare_causal_attn_mask(b: int, s: int, dtype) -> object:
+    """ColoAttention.prepare_attn_kwargs's causal branch without padding and its
+    invert_mask, transcribed (hpcaitech/ColossalAI 4f9953be335e, layer/attn.py l.40-50,
+    176-187, 223-225): the tensor the model forward hands every layer."""
+    import torch
+
+    attention_mask = torch.ones(s, s, dtype=dtype)
+    attention_mask.tril_(diagonal=0)
+    attention_mask = attention_mask.expand(b, s, s)
+    inverted = 1.0 - attention_mask
+    inverted = inverted.masked_fill(inverted.bool(), torch.finfo(dtype).min)
+    return inverted.unsqueeze(1)
+
+
+def test_coloattention_mask_is_b_s_s_in_the_compute_dtype():
+    """Measured on the CPU (ftmem's dispatch tracker): the mask left alive is one new
+    (b, 1, s, s) tensor in the hidden states' dtype; while it is built the tril'd ones
+    (s²·e), ``1.0 - mask`` (b·s²·e), its bool (b·s²) and masked_fill's output (b·s²·e)
+    are alive at once. ftmem counts what is kept, for the positions the rank's model
+    forward builds it over."""
+    import torch
+
+    from ftmem.measure.tracker import LiveBytesTracker
+    from ftmem.sequence_parallel import coloattention_mask_bytes
+
+    b, s = 3, 40
+    with LiveBytesTracker() as tracker:
+        mask = _prepare_causal_attn_mask(b, s, torch.bfloat16)
+        held = tracker.current
+    assert tuple(mask.shape) == (b, 1, s, s)  # type: ignore[attr-defined]
+    assert held == b * s * s * E
+    assert tracker.peak == s * s * E + 2 * b * s * s * E + b * s * s
+    arch = get_model("llama3.1-8b").model_copy(update={"coloattention_mask_positions": s})
+    assert coloattention_mask_bytes(arch, b, E) == held
+    # MEMORY_BOUND (layer/attn.py:22): s²·e of 10 GB or more builds an empty tensor
+    big = arch.model_copy(update={"coloattention_mask_positions": 70_711})  # 70711² · 2 > 10¹⁰
+    assert coloattention_mask_bytes(big, b, E) == 0
+    assert (
+        coloattention_mask_bytes(arch.model_copy(update={"coloattention_mask_positions": 0}), b, E)
+        == 0
+    )
+
+
+MASK = "ColoAttention's causal mask (kept by checkpointing)"
+
+
+@pytest.mark.parametrize(
+    ("model", "kw", "built"),
+    [
+        # llama: the model forward (policies/llama.py:84-94) builds it under flash
+        ("llama3.1-8b", {"strategy": "colossalai-3d", "tp": 2, "attn": "flash"}, True),
+        ("llama3.1-8b", {"strategy": "colossalai-3d", "tp": 2}, False),
+        # over the whole sequence: the input ids before the split (modeling/llama.py:77-82)
+        ("llama3.1-8b", {"sp_mode": "split_gather", "tp": 2, "attn": "flash"}, True),
+        ("llama3.1-8b", {"sp_mode": "all_to_all", "cp": 4, "attn": "flash"}, True),
+        # ring_attn prepares a varlen batch instead (modeling/llama.py:130-131)
+        ("llama3.1-8b", {"sp_mode": "ring_attn", "cp": 4, "attn": "flash"}, False),
+        # LowLevelZeroPlugin runs no shardformer
+        ("llama3.1-8b", {"strategy": "colossalai-zero2", "attn": "flash"}, False),
+        ("qwen2-7b", {"strategy": "colossalai-3d", "tp": 2, "attn": "flash"}, True),
+        ("qwen3-8b", {"strategy": "colossalai-3d", "tp": 2, "attn": "flash"}, True),
+        ("mistral-7b", {"strategy": "colossalai-3d", "tp": 2, "attn": "flash"}, True),
+        # Command's model forward forces flash on under sp (modeling/command.py:483-492)
+        ("command-r-08-2024", {"sp_mode": "split_gather", "tp": 2}, True),
+        # Mixtral's keeps transformers' mask (modeling/mixtral.py: no prepare_attn_kwargs)
+        ("mixtral-8x7b", {"strategy": "colossalai-3d", "tp": 2, "attn": "flash"}, False),
+    ],
+)
+def test_which_shardformer_builds_coloattention_mask(model, kw, built):
+    b, s = 2, 4096
+    step = _step(model, batch_size=b, seq_len=s, grad_ckpt=True, **kw)
+    items = {x.what: x.nbytes for x in step.parts.outer_items}
+    assert items.get(MASK, 0) == (b * s * s * E if built else 0)
+
+
+def test_coloattention_mask_needs_checkpointing_and_reaches_every_stage():
+    # without checkpointing nothing keeps the attention kwargs past the model forward
+    kw = {"strategy": "colossalai-3d", "tp": 2, "attn": "flash", "batch_size": 1}
+    plain = _step("llama3.1-8b", seq_len=32768, **kw)
+    assert MASK not in {x.what for x in plain.parts.outer_items}
+    # 2 GiB per sequence at 32k, held below the blocks on every pipeline stage (each
+    # stage's model forward builds its own, modeling/llama.py:98-99 and 132-140)
+    staged = _step("llama3.1-8b", seq_len=32768, grad_ckpt=True, pp=2, **kw)
+    mask = 32768 * 32768 * E
+    assert mask == 2 * 2**30
+    first, later = (r.sizes.activations.below for r in staged.ranks)
+    assert later == mask
+    assert first - mask == plain.ranks[0].sizes.activations.below
+
+
+@pytest.mark.parametrize(("attn", "every_head"), [("flash", True), ("sdpa", False)])
+def test_one_kv_head_per_rank_gets_coloattention_gradients_at_every_head(attn, every_head):
+    """Llama-3.1-8B over tp 8: one kv head per rank. Under flash the replaced attention
+    gives ColoAttention repeat_kv's stride-0 view, which it keeps (the saved tensors stay
+    kv-wide), and flash-attn's backward allocates dk and dv with torch.empty_like, dense at
+    every head (flash_attn_interface.py l.883 at 0251105a; torch.empty_like of an
+    expanded tensor measured below). Without flash transformers' sdpa gets the grouped k
+    and v: CUDA flash's gradients per query head and their sums (q + kv)."""
+    import torch
+
+    expanded = torch.empty(2, 5, 1, 8).expand(2, 5, 4, 8)
+    assert torch.empty_like(expanded).untyped_storage().nbytes() == 2 * 5 * 4 * 8 * 4
+    b, s = 1, 4096
+    step = _step("llama3.1-8b", strategy="colossalai-3d", tp=8, attn=attn, batch_size=b, seq_len=s)
+    arch, T = step.arch, b * s
+    q, kv = arch.q_size, arch.kv_size
+    assert (arch.kv_heads, q, kv) == (1, 4 * D, D)
+    assert not arch.kv_repeated
+    width = q if every_head else q + kv
+    assert Attention.kernel_gradients(arch, step.run, E, T) == T * q * E + 2 * T * width * E
+    items = {x.what: x.nbytes for x in step.parts.typical_block}
+    assert items["rotary q and k"] == T * (q + kv) * E  # the view: kv-wide keys

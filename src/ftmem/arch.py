@@ -180,6 +180,13 @@ class Architecture(Model, strict=True):
         "head (set on a parallel rank's slice where ColossalAI's shardformer attention "
         "runs repeat_kv before it: ftmem.sequence_parallel.shardformer_repeats_kv).",
     )
+    coloattention_mask_positions: int = Field(
+        0,
+        exclude_if=lambda value: not value,
+        description="The positions of the (b, 1, s, s) causal mask ColossalAI's shardformer "
+        "model forward materialises for ColoAttention on a parallel rank, whose attention "
+        "then calls ColoAttention (0: none; ftmem.sequence_parallel.shardformer_mask_positions).",
+    )
 
     @field_validator("family")
     @classmethod

@@ -64,8 +64,10 @@ from ftmem.sequence_parallel import (
     SequenceSplit,
     SpMode,
     check_policy,
+    coloattention_mask_bytes,
     ring_attention_backward,
     ring_attention_forward,
+    shardformer_mask_positions,
     shardformer_repeats_kv,
     shardformer_runs_eager,
 )
@@ -1306,10 +1308,12 @@ def _stage_sizes(
     on: _Resident,
     comm: Communication,
     boundary: int = 0,
+    later_below: int = 0,
 ) -> tuple[StepSizes, int]:
     """The stage's timeline inputs, and the micro-batches whose activations it holds:
     its blocks (those one micro-batch runs through at a time), its ends, its resident
-    memory. ``boundary``: what each micro-batch in flight holds at the stage's edges."""
+    memory. ``boundary``: what each micro-batch in flight holds at the stage's edges;
+    ``later_below``: what a later stage's forward holds below its blocks."""
     micro, blocks = _in_flight(par, run, at)
     # (interleaved: the stage's largest chunk stands for all; the first block, whose input
     # needs no gradient, keeps less than the others)
@@ -1318,7 +1322,7 @@ def _stage_sizes(
         key=lambda i: sum(base.activations.per_block[i : i + blocks]),
     )
     acts_blocks = base.activations.per_block[start : start + blocks]
-    acts_below = base.activations.below if at.first else 0
+    acts_below = base.activations.below if at.first else later_below
     by_block, trainable_here, grads_outer, grads_embedding = _stage_gradients(s, par, base, at, on)
     last = at.last
     # the gradients and activations are built whole: a field added to either must say
@@ -1468,7 +1472,11 @@ def rank_memory(
     on, comm = _with_reference(s, par, arch, run, plan, on, comm)
     base = fsdp1_held_inputs(s, run, base)
     boundary = _pipeline_boundary(arch, run, par, parts, at)
-    sizes, micro = _stage_sizes(s, par, run, base, at, on, comm, boundary)
+    # every stage's model forward builds ColoAttention's mask; the first stage's is in
+    # the step's activations below the blocks
+    mask = coloattention_mask_bytes(arch, run.batch_size, BYTES_PER_ELEMENT[plan.dtypes.compute])
+    later = mask if run.grad_ckpt else 0
+    sizes, micro = _stage_sizes(s, par, run, base, at, on, comm, boundary, later)
     if run.objective == "grpo":
         sizes = _grpo_before(
             s, par, arch, run, plan, groups, sizes, totals.weights + extra - policy.replicated
@@ -1934,6 +1942,9 @@ def parallel_step(
         arch, run.attn == "flash", par.sequence_mode, par.tp, par.cp
     ):
         local = local.model_copy(update={"kv_repeated": True})
+    mask = shardformer_mask_positions(arch, run.attn == "flash", par.sequence_mode, run.positions)
+    if shardformer and mask:
+        local = local.model_copy(update={"coloattention_mask_positions": mask})
     lrun = engine_run(run, par)
     if shardformer and shardformer_runs_eager(arch, run.attn == "flash", par.sequence_mode):
         lrun = lrun.model_copy(update={"attn": "eager"})

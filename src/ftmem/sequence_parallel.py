@@ -83,7 +83,7 @@ def shardformer_repeats_kv(
     ``1/(tp·cp)`` after all_to_all's exchange (policies/llama.py:64-72). One key/value
     head there repeats as a stride-0 view, which ColoAttention's flash-attn call keeps
     as it is (extensions/pybind/flash_attention/flash_attention_dao_cuda.py l.61-63:
-    transposes only; its gradients are still at every head: not counted), but
+    transposes only; its gradients are at every head: ops.attention kernel_gradients), but
     RingAttention copies (layer/attn.py:570 ``transpose(1, 2).contiguous()``, q's width
     whatever the kv heads). As many kv heads as heads are not repeated."""
     switches = families.get(arch.family).colossalai_repeats_kv
@@ -92,6 +92,38 @@ def shardformer_repeats_kv(
     kv, heads = arch.kv_heads // shards, arch.num_heads // shards
     fewest = 1 if mode == "ring_attn" else 2
     return replaced and fewest <= kv < heads
+
+
+def shardformer_mask_positions(
+    arch: Architecture, flash: bool, mode: str | None, positions: int
+) -> int:
+    """The positions of ColoAttention's materialised causal mask, which the family's
+    shardformer model forward builds on this rank (Family.colossalai_builds_mask; 0: none).
+    ``ColoAttention.prepare_attn_kwargs`` (layer/attn.py:176-187, 223-225) makes
+    ``torch.ones(s, s)``, ``tril_``, expands it to (b, s, s) and inverts it into a new
+    (b, 1, s, s) tensor in the hidden states' dtype. ``s`` is the whole sequence whatever
+    the mode: the first stage takes it from the input ids before the split, later stages
+    multiply theirs by sp_size (modeling/llama.py:77-82, 98-99). ring_attn prepares a
+    varlen batch instead, except on a pipeline's first stage, which builds the mask
+    uninverted (an expand of one s² tensor: not counted)."""
+    switches = families.get(arch.family).colossalai_builds_mask
+    builds = ("flash" in switches and flash) or ("sp" in switches and mode is not None)
+    return positions if builds and mode != "ring_attn" else 0
+
+
+def coloattention_mask_bytes(arch: Architecture, batch: int, e: int) -> int:
+    """The (b, 1, s, s) mask in the compute dtype, or nothing where s²·e reaches
+    MEMORY_BOUND = 10·10⁹ bytes (layer/attn.py:22, 181: an empty tensor instead). It is in
+    the attention kwargs that every layer, and every checkpoint, is given
+    (modeling/llama.py:190-200), so checkpointing keeps it until the backward ends; the
+    flash-attn kernel it dispatches to for 16-bit CAUSAL masks does not read it
+    (layer/attn.py:89-95). Its build, ``s²·e`` for the ones, ``b·s²·e`` for ``1.0 - mask``,
+    ``b·s²`` for the ``bool()`` and ``b·s²·e`` for ``masked_fill`` (layer/attn.py:40-50),
+    comes before the first block, when little else is alive: not counted."""
+    s = arch.coloattention_mask_positions
+    if not s or s * s * e >= 10 * 10**9:
+        return 0
+    return batch * s * s * e
 
 
 def shardformer_runs_eager(arch: Architecture, flash: bool, mode: str | None) -> bool:

@@ -54,6 +54,7 @@ from ftmem.profiles import (
 )
 from ftmem.release_buffers import release_buffer_bytes
 from ftmem.run import UNPAIRED_OBJECTIVES, RunConfig
+from ftmem.sequence_parallel import coloattention_mask_bytes
 from ftmem.transients import (
     adapter_moment,
     attention_gradients_made,
@@ -479,6 +480,14 @@ def _outer_items(
         s_len = run.positions
         mask = run.batch_size * s_len * s_len * e
         outer_below.append(Saved("eager attention mask (kept by checkpointing)", mask))
+    colo_mask = coloattention_mask_bytes(
+        arch, run.batch_size, BYTES_PER_ELEMENT[plan.dtypes.compute]
+    )
+    if run.grad_ckpt and colo_mask and any(per_block):
+        # ColossalAI's shardformer model forward: one mask for all blocks, which every
+        # checkpoint keeps as an input (without checkpointing it is freed with the
+        # model forward's frame, before the loss)
+        outer_below.append(Saved("ColoAttention's causal mask (kept by checkpointing)", colo_mask))
     alibi = Attention.alibi_mask_saved(arch, run)
     if alibi and any(per_block):  # kept by every layer's kernel, one storage
         outer_below.append(Saved("ALiBi mask (b, heads, s, s), one for every layer", alibi))

@@ -298,6 +298,10 @@ class Family:
     # Under sequence parallelism without flash attention that forward computes attention
     # with eager matmuls and an fp32 softmax, whatever the model's attn_implementation
     colossalai_sp_eager: bool = False
+    # Where ColossalAI's shardformer replaces the model forward with one that builds
+    # ColoAttention's materialised (b, 1, s, s) causal mask (ColoAttention.prepare_attn_kwargs,
+    # sequence_parallel.shardformer_mask_positions): "flash", "sp" as above
+    colossalai_builds_mask: frozenset[str] = frozenset()
     # The dropouts its transformers model applies in training, as Architecture fields
     # (residual_dropout, embedding_dropout) -> the config.json key that sets each.
     dropout_keys: Mapping[str, str] = field(default_factory=dict)

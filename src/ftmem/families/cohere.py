@@ -43,6 +43,9 @@ FAMILY = Family(
     # asserts the dict mask of the model forward that :86-98 installs under flash
     # attention or sequence parallelism (without either, transformers' mask fails it)
     colossalai_repeats_kv=frozenset({"flash", "sp"}),
+    # the model forward installed under flash or sp forces flash on and builds
+    # ColoAttention's mask (policies/command.py:86-98, modeling/command.py:483-492)
+    colossalai_builds_mask=frozenset({"flash", "sp"}),
     model_types=("cohere",),
     decoder_layer="CohereDecoderLayer",
     config=llama_map("cohere", LlamaKeys(optional=("attention_bias",), tie=True), _read),

@@ -22,6 +22,9 @@ FAMILY = Family(
     # sequence parallelism; modeling/llama.py:551-552 repeat_kv before ColoAttention or
     # RingAttention (its eager branch too, :569)
     colossalai_repeats_kv=frozenset({"flash", "sp"}),
+    # its model forward (policies/llama.py:84-94, every layout) builds ColoAttention's mask
+    # under flash attention (modeling/llama.py:132-140; ring_attn prepares varlen instead)
+    colossalai_builds_mask=frozenset({"flash"}),
     # without flash attention the replaced forward takes eager matmuls (modeling/llama.py:568-585)
     colossalai_sp_eager=True,
     model_types=("llama",),

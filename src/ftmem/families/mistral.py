@@ -14,6 +14,9 @@ FAMILY = Family(
     # policies/mistral.py:241-247 under flash attention; modeling/mistral.py:541-545
     # repeat_kv before ColoAttention
     colossalai_repeats_kv=frozenset({"flash"}),
+    # its model forwards build ColoAttention's mask under flash (modeling/mistral.py:89-97,
+    # 431-439; policies/mistral.py:249-253)
+    colossalai_builds_mask=frozenset({"flash"}),
     model_types=("mistral",),
     decoder_layer="MistralDecoderLayer",
     config=llama_map("mistral", LlamaKeys(window="always", sliding=every_layer)),

@@ -12,6 +12,9 @@ FAMILY = Family(
     # policies/qwen2.py:285-291 under flash attention or sequence parallelism;
     # modeling/qwen2.py:559-560 repeat_kv before ColoAttention (or the eager matmuls)
     colossalai_repeats_kv=frozenset({"flash", "sp"}),
+    # its model forwards build ColoAttention's mask under flash (modeling/qwen2.py:129-137,
+    # 663-671)
+    colossalai_builds_mask=frozenset({"flash"}),
     # without flash attention the replaced forward takes eager matmuls (modeling/qwen2.py:565-583)
     colossalai_sp_eager=True,
     model_types=("qwen2",),

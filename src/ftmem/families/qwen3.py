@@ -21,6 +21,9 @@ FAMILY = Family(
     # policies/qwen3.py:285-291 under flash attention or sequence parallelism;
     # modeling/qwen3.py:545-546 repeat_kv before ColoAttention (or the eager matmuls)
     colossalai_repeats_kv=frozenset({"flash", "sp"}),
+    # its model forwards build ColoAttention's mask under flash (modeling/qwen3.py:127-135,
+    # 655-663)
+    colossalai_builds_mask=frozenset({"flash"}),
     # without flash attention the replaced forward takes eager matmuls (modeling/qwen3.py:557-575)
     colossalai_sp_eager=True,
     model_types=("qwen3",),

@@ -571,17 +571,33 @@ class Attention:
         qkv output, whose whole storage the kernel then keeps (Profile.fuses_qkv). q and k
         are new tensors (``torch.cat`` after the rotary). torchtune expands the same way
         after its separate projections and rotary (torchtune/modules/attention.py@1814feb1
-        l.284-290: ``unsqueeze(2).expand(...).flatten(1, 2)``, a copy; nothing with as
+        l.284-290: ``unsqueeze(2).expand(...).flatten(1, 2)``, a copy with several kv heads; nothing with as
         many kv heads as heads); measured on the CPU in tests/test_profile_torchtune.py.
         ColossalAI's shardformer attention (Architecture.kv_repeated) runs transformers'
         ``repeat_kv`` (expand, then reshape: a copy) after the rotary, its ColoAttention
         and RingAttention keeping q, k, v and the output (hpcaitech/ColossalAI@4f9953be
         shardformer/modeling/llama.py l.551-567, layer/attn.py l.925): the same tensors,
-        measured on the CPU in tests/test_sequence_parallel.py."""
-        T, e = ctx.tokens, ctx.e
-        q, kv = ctx.arch.q_size, ctx.arch.kv_size
+        measured on the CPU in tests/test_sequence_parallel.py.
+
+        One kv head (multi-query; under ColossalAI only ring_attn's copy gets here): the
+        expanded dim merges with the size-1 kv-head dim, so torchtune's ``flatten`` and
+        LitGPT's ``reshape`` are stride-0 views, which the kernel keeps as given (measured
+        on the CPU, tests/test_profile_torchtune.py and tests/test_profile_litgpt.py).
+        torchtune's k and v are then the rotary k and the v projection at the kv width;
+        LitGPT's rotary runs on the expanded k (full width, as before), and its v is a
+        view of the qkv output."""
+        arch, T, e = ctx.arch, ctx.tokens, ctx.e
+        q, kv = arch.q_size, arch.kv_size
+        fused = profile_of(ctx.run).fuses_qkv
+        view = arch.kv_heads == 1 and not arch.kv_repeated
+        if view and not fused:
+            items = [
+                ("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK),
+                ("v (expanded as a view)", T * kv * e, Kind.ATTN_V),
+            ]
+            return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
         items = [("rotary q and k (k at every head)", T * 2 * q * e, Kind.ATTN_QK)]
-        if kv != q:
+        if kv != q and not view:
             items.append(("v expanded to every head", T * q * e, Kind.ATTN_V))
         else:
             items.append(("qkv output (v is a view)", T * (q + 2 * kv) * e, Kind.ATTN_QKV))
@@ -887,7 +903,13 @@ class Attention:
         keys = T + run.batch_size * run.prefix_len  # a prefix's keys and values too
         masked = explicit_mask(arch, run) or sliding_window_mask(arch, run) or run.prefix_len
         repeated = (run.attn == "sdpa" and masked) or sdpa_repeats_kv(arch, run)
-        if kv == q or repeated or profile_of(run).expands_kv or arch.kv_repeated:
+        # ColossalAI's ColoAttention (the rank whose model forward builds its mask) is given
+        # repeat_kv's output; one kv head's is a stride-0 view, kept as it is, but
+        # flash-attn's backward writes dk and dv with ``torch.empty_like`` (dense, at
+        # every head: Dao-AILab/flash-attention@0251105a flash_attn/flash_attn_interface.py
+        # l.883, FlashAttnFunc.backward)
+        coloattention = arch.coloattention_mask_positions > 0
+        if kv == q or repeated or profile_of(run).expands_kv or arch.kv_repeated or coloattention:
             width = q
         elif run.device == "cuda":
             width = q + kv  # flash's gradients per query head, and their sums
