@@ -58,12 +58,18 @@ ROOT = (2 * V * H + H) * 2
 HEAD_GRAD = (V * H + H) * 2
 
 
-def _comm(transformers_version: str | None, framework: str = "hf", **settings: object):
+def _comm(
+    transformers_version: str | None,
+    framework: str = "hf",
+    fsdp_version: int | None = None,
+    **settings: object,
+):
     arch = architecture_from_config(CONFIG, "tiny-llama", "test")
     run = run_config(
         **{**SETTINGS, **settings}, framework=framework, transformers_version=transformers_version
     )
-    return parallel_step(arch, run, parallel_config(gpus=2, strategy="fsdp")).ranks[0].sizes.comm
+    par = parallel_config(gpus=2, strategy="fsdp", fsdp_version=fsdp_version)
+    return parallel_step(arch, run, par).ranks[0].sizes.comm
 
 
 @pytest.mark.parametrize(
@@ -87,6 +93,44 @@ def test_blocks_gathered_in_forward_by_hand(version, framework, blocks) -> None:
     assert comm.head_forward == ROOT + (blocks - 1) * BLOCK
     # the unit resharded last waits for the compute stream: the replay keeps its block
     assert comm.forward_waiting == (2 - blocks) * BLOCK
+
+
+@pytest.mark.parametrize(
+    ("version", "framework", "fsdp_version", "blocks"),
+    [
+        ("4.57.6", "hf", 2, 2),  # FSDP2 asked for under a release defaulting to FSDP1
+        (None, "hf", 1, 1),  # FSDP1 asked for under a release defaulting to FSDP2
+        (None, "axolotl", 1, 1),
+        (None, "fsdp_qlora", 1, 1),  # its own version, given again
+        ("4.57.6", "torchtune", 2, 2),
+    ],
+)
+def test_the_given_version_sets_the_blocks(version, framework, fsdp_version, blocks) -> None:
+    comm = _comm(version, framework, fsdp_version)
+    assert comm.forward == ROOT + blocks * BLOCK
+    assert comm.head_forward == ROOT + (blocks - 1) * BLOCK
+    assert comm.forward_waiting == (2 - blocks) * BLOCK
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--strategy", "fsdp", "--fsdp-version", "3"], "--fsdp-version is 1"),
+        (["--strategy", "ddp", "--fsdp-version", "1"], "it needs an FSDP strategy"),
+        (
+            ["--strategy", "fsdp", "--fsdp-version", "1", "--framework", "torchtune"],
+            "torchtune shards with FSDP2 only",
+        ),
+    ],
+)
+def test_a_version_that_cannot_run_is_refused(capsys, flags, said) -> None:
+    from ftmem.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["estimate", "llama3.2-1b", "--gpus", "2", *flags])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
 
 
 def test_backward_is_unchanged_by_the_version() -> None:
