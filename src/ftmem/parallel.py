@@ -1160,8 +1160,7 @@ def fsdp1_unprefetched(
     if (
         s not in ("fsdp", "fsdp-hybrid")
         or t.head_unit is not None
-        or not profile_of(run).checkpoints_in_transformers_loop
-        or not checkpoint_wraps_decoder_unit(run)
+        or not _checkpoint_around_unit(run)
     ):
         return comm
     one = t.root + t.block
@@ -1173,6 +1172,12 @@ def fsdp1_unprefetched(
         loss_backward=t.root,
         head_backward=t.root + t.head_grad,
     )
+
+
+def _checkpoint_around_unit(run: RunConfig) -> bool:
+    """transformers' own loop checkpoints each decoder unit's whole call (reentrant):
+    FSDP1 prefetches nothing in backward (fsdp1_unprefetched)."""
+    return profile_of(run).checkpoints_in_transformers_loop and checkpoint_wraps_decoder_unit(run)
 
 
 def runs_fsdp1(run: RunConfig, par: ParallelConfig) -> bool:
@@ -1205,6 +1210,39 @@ def fsdp1_forward(
         return comm
     return dataclasses.replace(
         comm, forward=t.root + t.block, head_forward=t.root, forward_waiting=t.block
+    )
+
+
+def fsdp1_lora_backward(
+    s: Strategy, run: RunConfig, par: ParallelConfig, comm: Communication, t: _Traffic
+) -> Communication:
+    """FSDP1 LoRA with peft's auto-wrap policy (Profile.fsdp_wraps_peft_leaves) holds one
+    decoder unit through a checkpointed block's backward, not two. BACKWARD_PRE
+    prefetches the handle before the current one in post-forward order (torch 2.13
+    torch/distributed/fsdp/_exec_order_utils.py get_handle_to_backward_prefetch). With
+    each LoRA matrix a unit, the handle before a decoder unit's is its own last LoRA
+    leaf, whose post-forward ran inside the decoder's forward, not the decoder unit
+    below (calibration/notes/fsdp_qlora.md F11). The unit below is gathered at its own
+    pre-backward hook, when the one above is not yet resharded: two units, but before
+    the recompute's activations exist, so not the block's backward moment. The root's
+    pre-backward hook still gathers the last decoder unit (``loss_backward`` unchanged).
+    The unit resharded last waits for the compute stream as in forward
+    (``backward_waiting``: reserved, the allocator replay). Measured on 2 gloo ranks
+    (tests/test_fsdp_units_in_flight.py, the LoRA half) with the checkpoint inside each
+    layer; without checkpointing that boundary moment holds the block's saved
+    activations, so two units are kept there."""
+    if (
+        s not in ("fsdp", "fsdp-hybrid")
+        or t.head_unit is not None
+        or run.method not in ADAPTER_METHODS
+        or not run.grad_ckpt
+        or _checkpoint_around_unit(run)  # nothing prefetched: one unit already
+        or not profile_of(run).fsdp_wraps_peft_leaves
+        or not runs_fsdp1(run, par)
+    ):
+        return comm
+    return dataclasses.replace(
+        comm, backward=t.root + t.block + t.head_grad, backward_waiting=t.block
     )
 
 
@@ -1484,6 +1522,7 @@ def rank_memory(
     else:
         comm = communication(traffic) if communication else NO_COMMUNICATION
     comm = fsdp1_forward(s, run, par, comm, traffic)
+    comm = fsdp1_lora_backward(s, run, par, comm, traffic)
     comm = fsdp1_unprefetched(s, run, comm, traffic)
     comm = _host_copies(s, par, comm, traffic)
     on = _offload_optimizer(s, par, on, totals.psi)

@@ -1011,6 +1011,10 @@ def _blocks_backward(
         if copy or backward:
             rec.host_copy(copy)
             gathered = rec.comm(backward)
+            # FSDP1's unit resharded last, still waiting for the compute stream: freed
+            # on the side stream's pool, whose blocks only a later gather can take, so
+            # reserved through the block's backward but not allocated
+            rec.free(rec.comm(s.comm.backward_waiting))
             if moments:
                 rec.moments(moments)
             rec.free(gathered)
