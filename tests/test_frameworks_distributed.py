@@ -42,10 +42,10 @@ EXPECTED = {
                                      bucket_elements=500_000_000, **BF16),
     "trl_deepspeed_zero3.yaml": dict(gpus=8, nodes=1, strategy="zero3", **BF16),
     # FSDP, fsdp_version 2, reshard_after_forward true, no offload, no checkpointing
-    "trl_fsdp2.yaml": dict(gpus=8, nodes=1, strategy="fsdp", **BF16),
+    "trl_fsdp2.yaml": dict(gpus=8, nodes=1, strategy="fsdp", fsdp_version=2, **BF16),
     # FSDP2 with fsdp_activation_checkpointing, parallelism_config_cp_size 2, 2 processes
     "trl_context_parallel_2gpu.yaml": dict(gpus=2, nodes=1, strategy="fsdp", grad_ckpt=True,
-                                           cp=2, **BF16),
+                                           cp=2, fsdp_version=2, **BF16),
     # FSDP1 FULL_SHARD, fsdp_offload_params true (FSDP's CPUOffload moves the parameters,
     # their gradients and so the optimizer step to the CPU), 2 processes
     "llama_factory_fsdp_config_offload.yaml": dict(gpus=2, nodes=1, strategy="fsdp",
@@ -227,7 +227,7 @@ def _axolotl(data: dict, tmp_path: Path) -> FrameworkConfig:
 
 def test_axolotl_fsdp2_inside_fsdp_config(tmp_path):
     cfg = _axolotl(AXOLOTL_FSDP2, tmp_path)
-    assert cfg.settings == dict(strategy="fsdp", grad_ckpt=True)
+    assert cfg.settings == dict(strategy="fsdp", grad_ckpt=True, fsdp_version=2)
     offload = {"fsdp_config": {**AXOLOTL_FSDP2["fsdp_config"], "offload_params": True,
                                "reshard_after_forward": False}}  # fmt: skip
     s = _axolotl(offload, tmp_path).settings
@@ -363,3 +363,37 @@ def test_nested_deepspeed_and_fsdp_values_are_listed_by_dotted_path(name, monkey
     block = json.loads(res.output)["config"]
     assert set(no_effect) <= set(block["ignored_no_effect"])
     assert set(not_read) == {k for k in block["ignored_not_read"] if k.startswith(section)}
+
+
+# -- which torch FSDP runs, from each reader's own key --------------------------------
+
+
+def test_accelerate_fsdp_version_is_carried(tmp_path):
+    path = tmp_path / "acc.yaml"
+    path.write_text(
+        "distributed_type: FSDP\nnum_processes: 2\n"
+        "fsdp_config:\n  fsdp_version: 1\n  fsdp_sharding_strategy: FULL_SHARD\n"
+    )
+    assert read_launcher_config(str(path)).settings["fsdp_version"] == 1
+
+
+def test_axolotl_top_level_fsdp_version_is_carried(tmp_path):
+    data = {"fsdp_version": 1, "fsdp_config": {"reshard_after_forward": True}}
+    assert _axolotl(data, tmp_path).settings["fsdp_version"] == 1
+
+
+def test_training_arguments_fsdp_config_version_is_carried(tmp_path):
+    # transformers reads it as int(fsdp_config.get("version", 2)): a digit string counts
+    train = tmp_path / "args.json"
+    train.write_text(
+        json.dumps(
+            {"model_name_or_path": "gpt2", "fsdp": "full_shard", "fsdp_config": {"version": "1"}}
+        )
+    )
+    assert read_framework_config(str(train)).settings["fsdp_version"] == 1
+
+
+def test_an_fsdp_version_other_than_1_or_2_is_refused(tmp_path):
+    data = {"fsdp": True, "fsdp_config": {"version": 3}}
+    with pytest.raises(ConfigError, match=r"version must be 1 \(FullyShardedDataParallel\)"):
+        distributed_settings(Keys(data, "x.json"), tmp_path, FrameworkConfig("trl", "x", None))

@@ -76,14 +76,17 @@ def test_one_block_gathered_by_hand() -> None:
 
 
 @pytest.mark.parametrize(
-    ("version", "settings"),
-    [("4.52.0", {}), (None, {})],
+    ("version", "blocks"),
+    [("4.52.0", 1), (None, 2)],
     ids=["transformers-4.52", "current"],
 )
-def test_prefetch_with_the_checkpoint_inside(version: str | None, settings: dict) -> None:
+def test_prefetch_with_the_checkpoint_inside(version: str | None, blocks: int) -> None:
     """The checkpoint inside the layer (GradientCheckpointingLayer): the first forward
-    runs with grad, so the unit below is prefetched in backward."""
-    assert _comm(version, **settings).backward == ROOT + 2 * BLOCK
+    runs with grad, so BACKWARD_PRE prefetches in backward. Under FSDP1 (transformers
+    4.52) with peft's auto-wrap policy it prefetches the unit's own last LoRA leaf, not
+    the unit below: one decoder unit (parallel.fsdp1_lora_backward, measured in
+    tests/test_fsdp_units_in_flight.py); FSDP2 (the installed release) keeps two."""
+    assert _comm(version).backward == ROOT + blocks * BLOCK
 
 
 def test_full_finetuning_is_unprefetched_too() -> None:

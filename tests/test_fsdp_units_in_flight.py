@@ -58,12 +58,18 @@ ROOT = (2 * V * H + H) * 2
 HEAD_GRAD = (V * H + H) * 2
 
 
-def _comm(transformers_version: str | None, framework: str = "hf", **settings: object):
+def _comm(
+    transformers_version: str | None,
+    framework: str = "hf",
+    fsdp_version: int | None = None,
+    **settings: object,
+):
     arch = architecture_from_config(CONFIG, "tiny-llama", "test")
     run = run_config(
         **{**SETTINGS, **settings}, framework=framework, transformers_version=transformers_version
     )
-    return parallel_step(arch, run, parallel_config(gpus=2, strategy="fsdp")).ranks[0].sizes.comm
+    par = parallel_config(gpus=2, strategy="fsdp", fsdp_version=fsdp_version)
+    return parallel_step(arch, run, par).ranks[0].sizes.comm
 
 
 @pytest.mark.parametrize(
@@ -89,6 +95,66 @@ def test_blocks_gathered_in_forward_by_hand(version, framework, blocks) -> None:
     assert comm.forward_waiting == (2 - blocks) * BLOCK
 
 
+@pytest.mark.parametrize(
+    ("version", "framework", "fsdp_version", "blocks"),
+    [
+        ("4.57.6", "hf", 2, 2),  # FSDP2 asked for under a release defaulting to FSDP1
+        (None, "hf", 1, 1),  # FSDP1 asked for under a release defaulting to FSDP2
+        (None, "axolotl", 1, 1),
+        (None, "fsdp_qlora", 1, 1),  # its own version, given again
+        ("4.57.6", "torchtune", 2, 2),
+    ],
+)
+def test_the_given_version_sets_the_blocks(version, framework, fsdp_version, blocks) -> None:
+    comm = _comm(version, framework, fsdp_version)
+    assert comm.forward == ROOT + blocks * BLOCK
+    assert comm.head_forward == ROOT + (blocks - 1) * BLOCK
+    assert comm.forward_waiting == (2 - blocks) * BLOCK
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--strategy", "fsdp", "--fsdp-version", "3"], "--fsdp-version is 1"),
+        (["--strategy", "ddp", "--fsdp-version", "1"], "it needs an FSDP strategy"),
+        (
+            ["--strategy", "fsdp", "--fsdp-version", "1", "--framework", "torchtune"],
+            "torchtune shards with FSDP2 only",
+        ),
+    ],
+)
+def test_a_version_that_cannot_run_is_refused(capsys, flags, said) -> None:
+    from ftmem.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["estimate", "llama3.2-1b", "--gpus", "2", *flags])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("version", "framework", "settings", "blocks"),
+    [
+        ("4.57.6", "hf", {"method": "lora"}, 1),  # FSDP1, peft's policy: the unit's own leaf
+        ("4.57.6", "axolotl", {"method": "lora"}, 1),
+        (None, "fsdp_qlora", {"method": "lora"}, 1),
+        (None, "hf", {"method": "lora"}, 2),  # FSDP2
+        ("4.57.6", "hf", {"method": "full"}, 2),  # no LoRA leaf units: the unit below
+        ("4.57.6", "hf", {"method": "lora", "grad_ckpt": False}, 2),  # the boundary moment
+        ("4.57.6", "litgpt", {"method": "lora"}, 2),  # its own policy (Block units)
+    ],
+)
+def test_lora_leaf_units_hold_one_block_in_backward(version, framework, settings, blocks):
+    comm = _comm(version, framework, **settings)
+    unit = comm.forward - comm.head_forward if blocks == 1 else comm.backward_waiting
+    if blocks == 1:  # (FSDP1's forward: one unit, none at the logits)
+        assert comm.backward == comm.head_forward + unit
+        assert comm.backward_waiting == unit  # resharded, waiting: reserved only
+    else:
+        assert comm.backward_waiting == 0
+
+
 def test_backward_is_unchanged_by_the_version() -> None:
     """Backward stays BACKWARD_PRE's two units (FSDP2's prefetch alike): the root's
     pre-backward hook gathers the last unit, the unit being computed the one below."""
@@ -102,8 +168,11 @@ def test_one_block_without_checkpointing_too() -> None:
     assert _comm("4.57.6", grad_ckpt=False).forward == ROOT + BLOCK
 
 
-def _gathered_rank(rank: int, port: int, prefetch: str, out: str) -> None:
-    """Rank 0 writes the most decoder units gathered at once, per phase and place."""
+def _gathered_rank(rank: int, port: int, prefetch: str, out: str, lora: bool = False) -> None:
+    """Rank 0 writes the most decoder units gathered at once, per phase and place. With
+    ``lora``: LoRA on the attention projections wrapped by peft's auto-wrap policy (each
+    LoRA matrix a unit of its own, as HF Trainer's update_fsdp_plugin_peft sets it) and
+    transformers' own checkpoint default (non-reentrant)."""
     import json
 
     import torch
@@ -129,16 +198,26 @@ def _gathered_rank(rank: int, port: int, prefetch: str, out: str) -> None:
     )
     model: Any = LlamaForCausalLM(config).to(torch.bfloat16)
     model.config.use_cache = False
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    policy: Any = ModuleWrapPolicy({LlamaDecoderLayer})  # TRANSFORMER_BASED_WRAP
+    if lora:
+        from peft import LoraConfig, get_peft_model
+        from peft.utils.other import fsdp_auto_wrap_policy
+
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=4, target_modules=targets))
+        policy = fsdp_auto_wrap_policy(model)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     model.train()
     model = FSDP(
         model,
-        auto_wrap_policy=ModuleWrapPolicy({LlamaDecoderLayer}),  # TRANSFORMER_BASED_WRAP
+        auto_wrap_policy=policy,
         sharding_strategy=ShardingStrategy.FULL_SHARD,
         backward_prefetch=None if prefetch == "none" else BackwardPrefetch[prefetch],
         forward_prefetch=False,
         device_id=torch.device("cpu"),
-        use_orig_params=True,
+        use_orig_params=not lora,  # (peft's FSDP1 QLoRA path: False)
     )
     layers = next(m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == LAYERS)
     units = list(layers)
@@ -210,3 +289,37 @@ def test_fsdp1_units_gathered_as_modelled(tmp_path, prefetch: str) -> None:
     modelled = (comm.backward - ROOT - HEAD_GRAD) // BLOCK
     assert got["backward:layer"] == (modelled if prefetch == "BACKWARD_PRE" else 1)
     assert got["head:root"] == (1 if prefetch == "BACKWARD_PRE" else 0)
+
+
+@pytest.mark.slow
+def test_fsdp1_lora_holds_one_unit_in_backward(tmp_path) -> None:
+    """LoRA under FSDP1 with peft's auto-wrap policy: BACKWARD_PRE prefetches a decoder
+    unit's own last LoRA leaf, not the unit below (parallel.fsdp1_lora_backward), so one
+    decoder unit is gathered while a block recomputes and runs its backward."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not built in")
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "gathered.json"
+    mp.spawn(_gathered_rank, args=(port, "BACKWARD_PRE", str(out), True), nprocs=2)
+    got = json.loads(out.read_text(encoding="utf-8"))
+
+    comm = _comm("4.57.6", method="lora")  # FSDP1 under HF Trainer
+    unit = comm.forward - comm.head_forward  # one decoder unit: forward's, none at the logits
+    assert got["forward:layer"] == 1 and got["head:logits"] == 0
+    assert got["head:root"] == (comm.loss_backward - comm.head_forward) // unit == 1
+    # the LM head is frozen: no head gradients beside the root in backward
+    assert got["backward:layer"] == (comm.backward - comm.head_forward) // unit == 1
+    # the unit below gathers at its own pre-backward hook before the one above reshards,
+    # before its recompute: two units, not a backward moment of the block
+    assert got["backward:pre_backward"] == 2
+    # that unit, resharded, waits for the compute stream: kept in the allocator replay
+    assert comm.backward_waiting == unit

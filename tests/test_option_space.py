@@ -111,6 +111,7 @@ ESTIMATE: dict[str, list[str]] = {
     "--offload-optimizer": [OMIT, "none", "cpu", "nvme"],
     "--offload-params": [OMIT, "none", "cpu", "nvme"],
     "--fsdp-sharded-ends": [OMIT, "--fsdp-sharded-ends"],
+    "--fsdp-version": [OMIT, "1", "2"],
     "--gemini-placement": [OMIT, "static", "auto"],
     "--gemini-offload-optim-frac": [OMIT, "0.5"],
     "--gemini-shard-param-frac": [OMIT, "0.9"],
@@ -287,6 +288,8 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     lambda v: (
         _given(v, "--fsdp-sharded-ends") and "--strategy" in v and not _is(v, "--strategy", *FSDP)
     ),
+    # torch's FSDP implementation: FSDP strategies only
+    lambda v: _given(v, "--fsdp-version") and "--strategy" in v and not _is(v, "--strategy", *FSDP),
     # ColossalAI (hpcaitech/ColossalAI 4f9953be335e): CPU offload only; HybridParallel takes
     # zero_stage 2 without a pipeline only; Gemini: no pipeline, no sequence split without
     # tensor parallel, no LoRA (support_lora False), 16-bit, HybridAdam, no GaLore
@@ -807,7 +810,7 @@ def check_all(argvs: Iterable[list[str]]) -> tuple[list[str], list[tuple[list[st
 @pytest.fixture(scope="module")
 def accepted_rows():
     return all_pairs(
-        ESTIMATE, _pair_ok, _row_ok, SPREAD, FIRST, seed=23
+        ESTIMATE, _pair_ok, _row_ok, SPREAD, FIRST, seed=24
     )  # a seed whose greedy rows hold every allowed pair
 
 

@@ -178,6 +178,11 @@ class ParallelConfig(Model):
         "resharded after forward, not kept gathered with the root (torchtune's "
         "custom_sharded_layers: ['tok_embeddings', 'output']).",
     )
+    fsdp_version: int | None = Field(
+        None,
+        description="FSDP: torch's FullyShardedDataParallel (1) or fully_shard (2); default "
+        "the framework's (HF Trainer: 1 before transformers 5.10, else 2).",
+    )
     sp_mode: SpMode | None = Field(
         None,
         description="ColossalAI's sequence_parallelism_mode: split_gather or ring inside the "
@@ -302,6 +307,7 @@ class ParallelConfig(Model):
                 "--fsdp-sharded-ends wraps the embedding and the LM head as FSDP units of "
                 f"their own: it needs an FSDP strategy (--strategy fsdp), not {s}"
             )
+        _fsdp_version_fits(self)
         if s in FSDP:
             if "nvme" in (self.offload_optimizer, self.offload_params):
                 raise ValueError("FSDP offloads to the CPU only; NVMe offload is DeepSpeed's")
@@ -332,6 +338,20 @@ class ParallelConfig(Model):
                 return {**data, "offload_optimizer": "cpu"}
             # any other value (nvme) is refused by _combinations, not replaced by cpu
         return data
+
+
+def _fsdp_version_fits(par: ParallelConfig) -> None:
+    """--fsdp-version names one of torch's two FSDP implementations, for an FSDP strategy."""
+    v, s = par.fsdp_version, par.resolved_strategy
+    if v is not None and v not in (1, 2):
+        raise ValueError(
+            f"--fsdp-version is 1 (torch's FullyShardedDataParallel) or 2 (fully_shard), not {v}"
+        )
+    if v is not None and s not in FSDP:
+        raise ValueError(
+            f"--fsdp-version {v} picks the FSDP implementation: it needs an FSDP strategy "
+            f"(--strategy fsdp), not {s}"
+        )
 
 
 def _colossalai_only(par: ParallelConfig) -> None:
@@ -473,6 +493,12 @@ def check_layout(arch: Architecture, run: RunConfig, par: ParallelConfig) -> Non
                     f"try --tp {_largest_divisor(n, tp)}."
                 )
     _check_uneven_stack(arch, par)
+    profile = profile_of(run)
+    if par.fsdp_version and profile.fsdp_version and par.fsdp_version != profile.fsdp_version:
+        raise InvalidInputError(
+            f"{profile.name} shards with FSDP{profile.fsdp_version} only: drop "
+            f"--fsdp-version {par.fsdp_version}."
+        )
     if arch.num_layers % pp:
         raise InvalidInputError(
             f"--pp {pp} must divide {arch.name}'s {arch.num_layers} blocks into equal stages; "
@@ -1136,8 +1162,7 @@ def fsdp1_unprefetched(
     if (
         s not in ("fsdp", "fsdp-hybrid")
         or t.head_unit is not None
-        or not profile_of(run).checkpoints_in_transformers_loop
-        or not checkpoint_wraps_decoder_unit(run)
+        or not _checkpoint_around_unit(run)
     ):
         return comm
     one = t.root + t.block
@@ -1151,14 +1176,23 @@ def fsdp1_unprefetched(
     )
 
 
-def runs_fsdp1(run: RunConfig) -> bool:
-    """The framework shards with torch's FSDP1 (``FullyShardedDataParallel``): its own
+def _checkpoint_around_unit(run: RunConfig) -> bool:
+    """transformers' own loop checkpoints each decoder unit's whole call (reentrant):
+    FSDP1 prefetches nothing in backward (fsdp1_unprefetched)."""
+    return profile_of(run).checkpoints_in_transformers_loop and checkpoint_wraps_decoder_unit(run)
+
+
+def runs_fsdp1(run: RunConfig, par: ParallelConfig) -> bool:
+    """The run shards with torch's FSDP1 (``FullyShardedDataParallel``): the version
+    given (``--fsdp-version``, a config's ``fsdp_version``), else the framework's own
     choice, else HF Trainer's default at the run's transformers release."""
-    version = profile_of(run).fsdp_version
+    version = par.fsdp_version or profile_of(run).fsdp_version
     return (version or hf_trainer_fsdp_version(run)) == 1
 
 
-def fsdp1_forward(s: Strategy, run: RunConfig, comm: Communication, t: _Traffic) -> Communication:
+def fsdp1_forward(
+    s: Strategy, run: RunConfig, par: ParallelConfig, comm: Communication, t: _Traffic
+) -> Communication:
     """FSDP1 gathers one decoder unit at a time in forward and none at the logits: each
     non-root unit's ``_post_forward_reshard`` frees its unsharded flat parameter before
     the next unit's ``_pre_forward_unshard`` gathers, and ``_prefetch_handle`` prefetches
@@ -1174,10 +1208,43 @@ def fsdp1_forward(s: Strategy, run: RunConfig, comm: Communication, t: _Traffic)
     one gathers (``record_stream``, the rate limiter; calibration/notes/fsdp_qlora.md
     F11): reserved, not allocated (``forward_waiting``, the allocator replay). Measured
     on 2 gloo ranks (tests/test_fsdp_units_in_flight.py)."""
-    if s not in ("fsdp", "fsdp-hybrid") or t.head_unit is not None or not runs_fsdp1(run):
+    if s not in ("fsdp", "fsdp-hybrid") or t.head_unit is not None or not runs_fsdp1(run, par):
         return comm
     return dataclasses.replace(
         comm, forward=t.root + t.block, head_forward=t.root, forward_waiting=t.block
+    )
+
+
+def fsdp1_lora_backward(
+    s: Strategy, run: RunConfig, par: ParallelConfig, comm: Communication, t: _Traffic
+) -> Communication:
+    """FSDP1 LoRA with peft's auto-wrap policy (Profile.fsdp_wraps_peft_leaves) holds one
+    decoder unit through a checkpointed block's backward, not two. BACKWARD_PRE
+    prefetches the handle before the current one in post-forward order (torch 2.13
+    torch/distributed/fsdp/_exec_order_utils.py get_handle_to_backward_prefetch). With
+    each LoRA matrix a unit, the handle before a decoder unit's is its own last LoRA
+    leaf, whose post-forward ran inside the decoder's forward, not the decoder unit
+    below (calibration/notes/fsdp_qlora.md F11). The unit below is gathered at its own
+    pre-backward hook, when the one above is not yet resharded: two units, but before
+    the recompute's activations exist, so not the block's backward moment. The root's
+    pre-backward hook still gathers the last decoder unit (``loss_backward`` unchanged).
+    The unit resharded last waits for the compute stream as in forward
+    (``backward_waiting``: reserved, the allocator replay). Measured on 2 gloo ranks
+    (tests/test_fsdp_units_in_flight.py, the LoRA half) with the checkpoint inside each
+    layer; without checkpointing that boundary moment holds the block's saved
+    activations, so two units are kept there."""
+    if (
+        s not in ("fsdp", "fsdp-hybrid")
+        or t.head_unit is not None
+        or run.method not in ADAPTER_METHODS
+        or not run.grad_ckpt
+        or _checkpoint_around_unit(run)  # nothing prefetched: one unit already
+        or not profile_of(run).fsdp_wraps_peft_leaves
+        or not runs_fsdp1(run, par)
+    ):
+        return comm
+    return dataclasses.replace(
+        comm, backward=t.root + t.block + t.head_grad, backward_waiting=t.block
     )
 
 
@@ -1458,11 +1525,12 @@ def rank_memory(
         comm = _zero3_one_rank(traffic)
     else:
         comm = communication(traffic) if communication else NO_COMMUNICATION
-    comm = fsdp1_forward(s, run, comm, traffic)
+    comm = fsdp1_forward(s, run, par, comm, traffic)
+    comm = fsdp1_lora_backward(s, run, par, comm, traffic)
     comm = fsdp1_unprefetched(s, run, comm, traffic)
     comm = _host_copies(s, par, comm, traffic)
     on = _offload_optimizer(s, par, on, totals.psi)
-    keeps_grads = runs_fsdp1(run)
+    keeps_grads = runs_fsdp1(run, par)
     on = _offload_params(s, par, on, BYTES_PER_ELEMENT[plan.dtypes.compute], keeps_grads)
     if s == "zero2":
         comm = _zero2_second_partition(run, comm, on.grads, traffic)

@@ -199,8 +199,12 @@ class Communication:
     unit_copy: int = 0
     # FSDP1: the unit resharded last, whose freed block waits for the compute stream
     # while the next unit gathers, through the forward and at the logits: in the
-    # allocator replay only (parallel.fsdp1_forward)
+    # allocator replay only, a side-stream block freed before the next gather, so
+    # reserved and not allocated (parallel.fsdp1_forward)
     forward_waiting: int = 0
+    # FSDP1 with each LoRA leaf a unit (parallel.fsdp1_lora_backward): the decoder unit
+    # resharded last waits the same way through backward (the replay alike)
+    backward_waiting: int = 0
 
     def largest(self) -> int:
         """Its largest over every moment, the head side's included (ZeRO-3 gathers the
@@ -217,6 +221,7 @@ class Communication:
             root_copy=self.root_copy,
             unit_copy=self.unit_copy,
             forward_waiting=self.forward_waiting,
+            backward_waiting=self.backward_waiting,
         )
 
 

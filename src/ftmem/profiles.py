@@ -152,6 +152,13 @@ class Profile:
     # of its own: each has its own flat parameter, so its own gradient shard (gpu.trace
     # leaf_grad_shards), where a decoder-layer unit would reduce one flat gradient
     fsdp_unit_per_trainable_leaf: bool = False
+    # under FSDP a peft model is wrapped with peft's auto-wrap policy, each trainable leaf
+    # (every LoRA matrix) a unit beside the decoder-layer units: HF Trainer's
+    # update_fsdp_plugin_peft (transformers 5.25 trainer.py:1776-1777,
+    # distributed/fsdp.py:267-279; peft 0.21.2 utils/other.py:1271-1308
+    # fsdp_auto_wrap_policy), and fsdp_qlora's own policy; FSDP1 BACKWARD_PRE then
+    # prefetches a decoder unit's own LoRA leaf, not the unit below (parallel.fsdp1_lora_backward)
+    fsdp_wraps_peft_leaves: bool = True
     # QLoRA builds the model from its config with no torch_dtype, so what its modules
     # register at construction (transformers 4's rotary tables: ftmem.release_buffers)
     # is fp32 whatever dtype the weights are loaded in afterwards
@@ -213,6 +220,7 @@ HF = Profile("hf")
 # torchtune/utils/_register_nf4_dispatch_ops.py inplace_copy).
 TORCHTUNE = Profile(
     "torchtune",
+    fsdp_wraps_peft_leaves=False,  # its own modules and fully_shard, no peft
     peak_of="step",
     loading="torchao-nf4",
     requantises_on_load=True,
@@ -238,6 +246,7 @@ TORCHTUNE = Profile(
 # Lightning Fabric (pytorch-lightning@527d071f, @71aed751); calibration/notes/litgpt.md.
 LITGPT = Profile(
     "litgpt",
+    fsdp_wraps_peft_leaves=False,  # FSDPStrategy(auto_wrap_policy={Block}), no peft
     notes=(
         "LitGPT: LM head and cross-entropy in 128-position chunks, fp32 logits held by "
         "the training loop, no weight tying, k/v expanded to every head before SDPA; "
@@ -350,6 +359,7 @@ UNSLOTH = Profile(
 # every gradient, within 0.1 %). Manual optimization zeroes where the user's code does.
 LIGHTNING = Profile(
     "lightning",
+    fsdp_wraps_peft_leaves=False,  # its FSDPStrategy's policy, not HF Trainer's (not derived)
     notes=(
         "Lightning (automatic optimization): zero_grad runs after the forward, so the "
         "previous step's gradients live through it.",
@@ -406,6 +416,7 @@ FSDP_QLORA = Profile(
 # checkpointing turns use_cache off (modeling_layers.py GradientCheckpointingLayer).
 PEFT_MC = Profile(
     "peft-mc",
+    fsdp_wraps_peft_leaves=False,  # one GPU, its own loop
     notes=(
         "peft-mc: PEFT's method_comparison loop keeps the model's output (its logits and "
         "the KV cache a training forward builds without checkpointing) until the next "

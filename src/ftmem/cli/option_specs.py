@@ -555,6 +555,14 @@ SPREAD = [
         panel=MULTI,
     ),
     _opt(
+        "fsdp_version",
+        OptInt,
+        None,
+        "FSDP: 1 (torch's FullyShardedDataParallel) or 2 (fully_shard); default the "
+        "framework's (HF Trainer: 1 before transformers 5.10, else 2).",
+        panel=MULTI,
+    ),
+    _opt(
         "host_memory", OptStr, None, "Host RAM per node, e.g. 512GiB: checks offload.", panel=MULTI
     ),
 ]

@@ -289,6 +289,7 @@ def _strategy_from_fsdp(k: Keys, base: Path, cfg: FrameworkConfig, config_alone:
     if on:
         fc = _fsdp_settings(k, base, cfg)
         fsdp_from_config(fc, words, cfg)
+        fsdp_version(k, "fsdp_version", cfg)  # axolotl's, beside its fsdp_config
         prefix = "" if fc.where else f"{k.name('fsdp_config')}."
         list_unread(fc, prefix, FSDP_NESTED_NO_EFFECT, cfg, spelled="fsdp_")
         cfg.notes.append(LAUNCHER_NOTE)
@@ -328,6 +329,21 @@ def fsdp_from_config(fc: Keys, words: list[str], cfg: FrameworkConfig) -> None:
         cfg.settings.update(offload_params="cpu", offload_optimizer="cpu")
     if fc.flag(_fsdp_key(fc, "activation_checkpointing"), spelled=True):
         cfg.settings["grad_ckpt"] = True
+    fsdp_version(fc, _fsdp_key(fc, "version"), cfg)
+
+
+def fsdp_version(k: Keys, key: str, cfg: FrameworkConfig) -> None:
+    """Which torch FSDP runs: Accelerate's ``fsdp_version``, TrainingArguments'
+    ``fsdp_config.version`` (5.25.0 training_args.py:2826 ``int(...get("version", 2))``: a
+    digit string counts) or axolotl's top-level ``fsdp_version``."""
+    value = k.raw(key)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value is None:
+        return
+    if value not in (1, 2) or isinstance(value, bool):
+        raise k.wrong(key, "1 (FullyShardedDataParallel) or 2 (fully_shard)")
+    cfg.settings["fsdp_version"] = value
 
 
 def distributed_settings(

@@ -758,7 +758,8 @@ def _pass(
     kept = _blocks_forward(rec, s, t, returned)
     requests = _head_requests(s, t)
     above = rec.alloc(t.above if requests is None else _without(t.above, requests.saved_item))
-    gathered = rec.comm(_or(c.head_forward, c.forward) + c.forward_waiting)
+    rec.free(rec.comm(c.forward_waiting))
+    gathered = rec.comm(_or(c.head_forward, c.forward))
     head = _head_forward(rec, s, requests, [] if carried is None else carried, output)
     rec.free(gathered)
     rec.free(returned)  # the model's output dropped: the blocks' returned caches
@@ -860,7 +861,8 @@ def _blocks_forward(
     if c.unit_copy or c.forward or s.block_returns:
         for size in s.activations.per_block:
             rec.host_copy(c.unit_copy)
-            gathered = rec.comm(c.forward + c.forward_waiting)
+            rec.free(rec.comm(c.forward_waiting))  # FSDP1's waiting unit: reserved only
+            gathered = rec.comm(c.forward)
             # (requested first: it lives through the block's MLP, as the timeline has it)
             returned.extend(rec.alloc((s.block_returns,)))
             if _derived_forward(t, size):
@@ -1010,6 +1012,11 @@ def _blocks_backward(
             moments = transients[hold] = (*_as_saved(hold, t.block_saved), workspace)
         if copy or backward:
             rec.host_copy(copy)
+            # FSDP1's unit resharded last, still waiting for the compute stream: its
+            # block, in the side stream's pool that only gathers take from, stays
+            # reserved but not allocated while this unit gathers (requested first, so
+            # its instant adds nothing to the allocated peak)
+            rec.free(rec.comm(s.comm.backward_waiting))
             gathered = rec.comm(backward)
             if moments:
                 rec.moments(moments)
