@@ -20,7 +20,11 @@ from torch.profiler import ProfilerActivity, profile
 
 from ftmem.measure.tracker import LiveBytesTracker
 from ftmem.methods import TensorGroup
-from ftmem.optim import galore_step_moments, optimizer_step_temporary_bytes
+from ftmem.optim import (
+    galore_step_moments,
+    optimizer_step_temporary_bytes,
+    optimizer_step_temporary_tensors,
+)
 from ftmem.run import RunConfig
 from ftmem.transients import step_in_backward, step_in_backward_tensors
 
@@ -171,3 +175,18 @@ def test_layerwise_7b_step_by_hand() -> None:
     )
     assert tensors == (grad, fp32, U, Vh, S, 4 * out_f * in_f)
     assert sum(tensors) == step_in_backward(groups, run)
+
+
+def test_step_after_backward_requests_the_svd_tensors() -> None:
+    """GaLoreAdamW after backward, Llama-2-7B's shapes: at the largest weight's SVD the
+    loop still holds the embedding's Adam update and denominator (the largest plain
+    tensor stepped before it); the replay gets those and the SVD's requests one by one,
+    adding up to the step's temporaries."""
+    V, H, F, r = 32000, 4096, 11008, 128
+    up = TensorGroup("mlp.up_proj.weight", (F, H), 32, "bf16", True, galore_rank=r)
+    embedding = TensorGroup("embed_tokens.weight", (V, H), 1, "bf16", True, in_block=False)
+    run = RunConfig(method="galore")
+    tensors = optimizer_step_temporary_tensors([embedding, up], run)
+    k = H
+    assert tensors == (2 * V * H, 2 * V * H, 4 * F * H, 4 * F * k, 4 * k * H, 4 * k, 4 * F * H)
+    assert sum(tensors) == optimizer_step_temporary_bytes([embedding, up], run)

@@ -167,8 +167,9 @@ def optimizer_step_temporary_tensors(
     groups: Iterable[TensorGroup], run: RunConfig
 ) -> tuple[int, ...]:
     """The temporaries alive at the step's peak, one per tensor, in the order they are
-    made, where the optimizer makes one per parameter: torch's foreach AdamW; () for
-    every other optimizer (its sum is then split by the replay, gpu.trace).
+    made, where the optimizer makes one per parameter: torch's foreach AdamW; GaLore's
+    SVD moment (:func:`_galore_step_tensors`); () for every other optimizer (its sum is
+    then split by the replay, gpu.trace).
 
     ``_multi_tensor_adamw`` loops over (device, dtype) groups in the order their tensors
     first appear and, per group, makes ``exp_avg_sq_sqrt = torch._foreach_sqrt(...)`` (one
@@ -183,7 +184,9 @@ def optimizer_step_temporary_tensors(
     non-capturable branch): group i's square roots are made beside group i-1's two
     lists (2·S(i-1) + S(i)), its denominators beside group i-1's denominators
     (S(i-1) + 2·S(i))."""
-    if run.method == "galore" or run.optimizer not in ("adamw", "adamw-fp32"):
+    if run.method == "galore":
+        return _galore_step_tensors([g for g in groups if g.trainable], run)
+    if run.optimizer not in ("adamw", "adamw-fp32"):
         return ()
     if run.optimizer_impl != "foreach":
         return ()
@@ -280,3 +283,29 @@ def _galore_step_temporary_bytes(trainable: list[TensorGroup], run: RunConfig) -
     if sum(g.count for g in trainable) == 1:
         carry = 0  # one tensor per optimizer (optimizer in backward): nothing carried
     return max(update, svd + carry if svd else 0)
+
+
+def _galore_step_tensors(trainable: list[TensorGroup], run: RunConfig) -> tuple[int, ...]:
+    """The SVD's moment one tensor at a time, when it is the step's largest
+    (:func:`_galore_step_temporary_bytes`): what the loop's variables still hold of the
+    tensor stepped before (its update and, with 32-bit moments, its denominator), then
+    the SVD's own requests (:func:`galore_svd_tensors`); () otherwise."""
+    eight_bit = run.optimizer == "adamw-8bit"
+    carry: tuple[int, ...] = ()
+    svd: tuple[int, ...] = ()
+    for g in trainable:
+        pb = g.element_bytes
+        if not g.galore_rank:
+            held: tuple[int, ...] = () if eight_bit else (g.numel * pb, g.numel * pb)
+        else:
+            low, _ = galore_shapes(g)
+            held = (g.numel * pb,) if eight_bit else (g.numel * pb, low * pb)
+            own = galore_svd_tensors(g, run)
+            svd = own if sum(own) > sum(svd) else svd
+        carry = held if sum(held) > sum(carry) else carry
+    if sum(g.count for g in trainable) == 1:
+        carry = ()
+    tensors = (*carry, *svd)
+    if not svd or sum(tensors) != _galore_step_temporary_bytes(trainable, run):
+        return ()
+    return tensors
