@@ -167,8 +167,9 @@ def optimizer_step_temporary_tensors(
     groups: Iterable[TensorGroup], run: RunConfig
 ) -> tuple[int, ...]:
     """The temporaries alive at the step's peak, one per tensor, in the order they are
-    made, where the optimizer makes one per parameter: torch's foreach AdamW; () for
-    every other optimizer (its sum is then split by the replay, gpu.trace).
+    made, where the optimizer makes one per parameter: torch's foreach AdamW; GaLore's
+    SVD moment (:func:`_galore_step_tensors`); () for every other optimizer (its sum is
+    then split by the replay, gpu.trace).
 
     ``_multi_tensor_adamw`` loops over (device, dtype) groups in the order their tensors
     first appear and, per group, makes ``exp_avg_sq_sqrt = torch._foreach_sqrt(...)`` (one
@@ -183,7 +184,9 @@ def optimizer_step_temporary_tensors(
     non-capturable branch): group i's square roots are made beside group i-1's two
     lists (2·S(i-1) + S(i)), its denominators beside group i-1's denominators
     (S(i-1) + 2·S(i))."""
-    if run.method == "galore" or run.optimizer not in ("adamw", "adamw-fp32"):
+    if run.method == "galore":
+        return _galore_step_tensors([g for g in groups if g.trainable], run)
+    if run.optimizer not in ("adamw", "adamw-fp32"):
         return ()
     if run.optimizer_impl != "foreach":
         return ()
@@ -208,15 +211,59 @@ def optimizer_step_temporary_tensors(
     return tuple(best)
 
 
-def _galore_step_temporary_bytes(trainable: list[TensorGroup], run: RunConfig) -> int:
-    """galore_torch 1.0's step, one tensor at a time in a Python loop (measured).
+def galore_step_moments(g: TensorGroup, run: RunConfig) -> tuple[int, int]:
+    """(update, svd): the bytes one GaLore-projected tensor's step holds beyond its
+    weight and full gradient at its two largest moments.
 
-    A projected weight: the projected gradient, ``exp_avg_sq.sqrt()``, ``exp_avg / denom``,
-    then the update projected back to the full shape and scaled (two full-size tensors).
-    When the projector is renewed (every ``update_proj_gap`` steps, the first included),
-    the SVD of the gradient: an fp32 copy of a 16-bit gradient, U (out × k), S and Vh
-    (k × in) in fp32, k = min(out, in); LAPACK/cuSOLVER workspaces come on top (cuSOLVER's
-    are in torch's allocator on the GPU). The loop's variables still hold the previous
+    The update (every step): galore_torch's GaLoreAdamW holds the projected gradient,
+    ``exp_avg_sq.sqrt()`` and ``exp_avg / denom``, then projects the update back to the
+    full shape and scales it (two full-size tensors) (jiaweizzhao/GaLore@2cc66f88
+    galore_torch/adamw.py ``step``, projector.py ``project_back``). GaLoreAdamW8bit
+    (galore_torch/adamw8bit.py ``step``, the same in v1.0) updates in place in
+    bitsandbytes' kernel but copies: ``p.saved_data = p.data.clone()`` (a full weight,
+    which replaces the weight when ``p.data`` is then bound to
+    ``grad.clone()``), so beside the weight and full gradient it holds the projected
+    gradient, its clone and the weight's clone; then ``p.grad = grad`` frees the full
+    gradient and ``project_back`` makes its two full-size tensors: two projected
+    tensors and one full-size tensor more than the weight and gradient at both moments.
+
+    The SVD (when the projector is renewed: step 0 and every ``update_proj_gap``):
+    ``get_orthogonal_matrix`` takes an fp32 copy of a 16-bit gradient and
+    ``torch.linalg.svd(full_matrices=False)`` makes U (out × k), S and Vh (k × in) in
+    fp32, k = min(out, in). On CUDA the solver works on its own column-major copy of
+    that matrix: ``svd_cusolver`` passes ``cloneBatchedColumnMajor(A)`` to gesvdj
+    (pytorch aten/src/ATen/native/cuda/linalg/BatchLinearAlgebraLib.cpp, every release
+    since the gesvdj default) through the caching allocator. The CPU's LAPACK path makes
+    the same copy inside the kernel, where the CPU measurement (a dispatch mode that
+    sees op outputs) does not count it. cuSOLVER's workspace (``lwork`` from
+    ``cusolverDn<t>gesvdj_bufferSize``, closed source) and LAPACK's are left out: no
+    source sizes them.
+    """
+    pb = g.element_bytes
+    low, _ = galore_shapes(g)
+    if run.optimizer == "adamw-8bit":
+        update = 2 * low * pb + g.numel * pb
+    else:
+        update = 3 * low * pb + 2 * g.numel * pb
+    return update, sum(galore_svd_tensors(g, run))
+
+
+def galore_svd_tensors(g: TensorGroup, run: RunConfig) -> tuple[int, ...]:
+    """The SVD's tensors of a projected weight (:func:`galore_step_moments`), in the
+    order they are requested: the fp32 copy of a 16-bit gradient, U, Vh and S (the
+    op's outputs), then the solver's column-major copy of its input (CUDA only). Each
+    is a request of its own to the caching allocator."""
+    out_f, in_f = g.shape[-2], g.shape[-1]
+    k = min(out_f, in_f)
+    fp32_copy = g.numel * 4 if g.element_bytes != 4 else 0
+    solver_copy = g.numel * 4 if run.device != "cpu" else 0
+    sizes = (fp32_copy, 4 * out_f * k, 4 * k * in_f, 4 * k, solver_copy)
+    return tuple(b for b in sizes if b)
+
+
+def _galore_step_temporary_bytes(trainable: list[TensorGroup], run: RunConfig) -> int:
+    """galore_torch's step, one tensor at a time in a Python loop (measured on the CPU;
+    :func:`galore_step_moments`). The loop's variables still hold the previous
     tensor's denominator and update during the SVD. Other tensors: Adam's denominator
     and update. 8-bit states (bitsandbytes kernels) need no Adam temporaries.
     """
@@ -229,11 +276,36 @@ def _galore_step_temporary_bytes(trainable: list[TensorGroup], run: RunConfig) -
             update, carry = max(update, plain), max(carry, plain)
             continue
         low, _ = galore_shapes(g)
-        out_f, in_f = g.shape[-2], g.shape[-1]
-        k = min(out_f, in_f)
-        svd = max(svd, (g.numel * 4 if pb != 4 else 0) + 4 * (out_f * k + k + k * in_f))
-        update = max(update, (1 if eight_bit else 3) * low * pb + 2 * g.numel * pb)
+        own_update, own_svd = galore_step_moments(g, run)
+        svd = max(svd, own_svd)
+        update = max(update, own_update)
         carry = max(carry, (g.numel + (0 if eight_bit else low)) * pb)
     if sum(g.count for g in trainable) == 1:
         carry = 0  # one tensor per optimizer (optimizer in backward): nothing carried
     return max(update, svd + carry if svd else 0)
+
+
+def _galore_step_tensors(trainable: list[TensorGroup], run: RunConfig) -> tuple[int, ...]:
+    """The SVD's moment one tensor at a time, when it is the step's largest
+    (:func:`_galore_step_temporary_bytes`): what the loop's variables still hold of the
+    tensor stepped before (its update and, with 32-bit moments, its denominator), then
+    the SVD's own requests (:func:`galore_svd_tensors`); () otherwise."""
+    eight_bit = run.optimizer == "adamw-8bit"
+    carry: tuple[int, ...] = ()
+    svd: tuple[int, ...] = ()
+    for g in trainable:
+        pb = g.element_bytes
+        if not g.galore_rank:
+            held: tuple[int, ...] = () if eight_bit else (g.numel * pb, g.numel * pb)
+        else:
+            low, _ = galore_shapes(g)
+            held = (g.numel * pb,) if eight_bit else (g.numel * pb, low * pb)
+            own = galore_svd_tensors(g, run)
+            svd = own if sum(own) > sum(svd) else svd
+        carry = held if sum(held) > sum(carry) else carry
+    if sum(g.count for g in trainable) == 1:
+        carry = ()
+    tensors = (*carry, *svd)
+    if not svd or sum(tensors) != _galore_step_temporary_bytes(trainable, run):
+        return ()
+    return tensors

@@ -153,6 +153,9 @@ class OptimizerStep:
     # among the others (the LM head steps after the loss, the embedding last)
     in_backward: bool = False
     block: int = 0
+    # ``block``'s requests one by one where the step makes them separately (GaLore's
+    # SVD, transients.step_in_backward_tensors; they sum to ``block``); empty: one
+    block_tensors: tuple[int, ...] = ()
     outer: int = 0
     # of those, the ones whose gradient completes at the head side (the LM head, the
     # final norm; not the token embedding, tied or not, nor positions: they step last);

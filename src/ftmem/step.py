@@ -71,6 +71,7 @@ from ftmem.transients import (
     offloaded_own_gradients,
     recompute_end_moment,
     step_in_backward,
+    step_in_backward_tensors,
     top_block_trains,
 )
 
@@ -219,6 +220,7 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
                 temporaries=optimizer_step_temporary_bytes(plan.groups, run),
                 in_backward=run.optimizer_in_backward,
                 block=step_in_backward([g for g in grad_groups if g.in_block], run),
+                block_tensors=step_in_backward_tensors([g for g in grad_groups if g.in_block], run),
                 outer=step_in_backward([g for g in grad_groups if not g.in_block], run),
                 head_side=step_in_backward(
                     [

@@ -23,7 +23,11 @@ from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS, Norm, QKNorm
 from ftmem.ops.saved import Kind, Saved, Side
-from ftmem.optim import optimizer_step_temporary_bytes
+from ftmem.optim import (
+    galore_step_moments,
+    galore_svd_tensors,
+    optimizer_step_temporary_bytes,
+)
 from ftmem.precision import resolve_dtypes
 from ftmem.run import ADAPTER_METHODS, RunConfig
 
@@ -43,6 +47,28 @@ def step_in_backward(grad_groups: list[TensorGroup], run: RunConfig) -> int:
         ),
         default=0,
     )
+
+
+def step_in_backward_tensors(grad_groups: list[TensorGroup], run: RunConfig) -> tuple[int, ...]:
+    """The requests of :func:`step_in_backward`'s moment one by one, where the step
+    makes them separately and that is known: GaLore renewing its projector (the
+    gradient, then the SVD's tensors, ftmem.optim.galore_svd_tensors) when that is
+    the moment; () otherwise (the moment is one request)."""
+    if not run.optimizer_in_backward or run.method != "galore":
+        return ()
+    best = 0
+    tensors: tuple[int, ...] = ()
+    for g in grad_groups:
+        grad = g.numel * g.element_bytes
+        total = grad + optimizer_step_temporary_bytes([g.counted(1)], run)
+        if total <= best:
+            continue
+        best, tensors = total, ()
+        if g.galore_rank:
+            update, svd = galore_step_moments(g, run)
+            if svd >= update:
+                tensors = (grad, *galore_svd_tensors(g, run))
+    return tensors
 
 
 def offload_moment(

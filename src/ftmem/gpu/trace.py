@@ -991,6 +991,11 @@ def _blocks_backward(
     # once reduced after the unit: part of the moment
     made = 0 if copy or backward else s.block.workspace_grads
     workspace = max(s.block.workspace - made, s.optimizer.block)
+    # a step in backward larger than the block's workspace, as the requests it makes
+    step = s.optimizer
+    largest: tuple[int, ...] = (workspace,)
+    if step.block_tensors and step.block >= s.block.workspace - made:
+        largest = step.block_tensors
     policy = s.block.policy
     idle = policy.idle_entries(L) if isinstance(policy, Offloaded) else [False] * L
     embedding_at = g.embedding_at if 0 < g.embedding_at < L else 0
@@ -1009,7 +1014,7 @@ def _blocks_backward(
         elif hold < 0:  # an offloaded block's moment below the others' workspace
             moments = (workspace + hold,)
         elif moments is None:
-            moments = transients[hold] = (*_as_saved(hold, t.block_saved), workspace)
+            moments = transients[hold] = (*_as_saved(hold, t.block_saved), *largest)
         if copy or backward:
             rec.host_copy(copy)
             # FSDP1's unit resharded last, still waiting for the compute stream: its
