@@ -310,7 +310,6 @@ def test_grouped_keys_and_values_are_expanded_to_every_head_before_the_kernel():
     assert grown == arch.num_layers * 2 * T * (q - arch.kv_size) * BF16
 
 
-<<<<<<< HEAD
 def test_packed_rows_index_the_rotary_cache_and_each_eager_rotary_call_keeps_its_rows():
     # torchtune's packed batches (padding packed-flex): RotaryPositionalEmbeddings.forward
     # (torchtune/modules/position_embeddings.py@1814feb17a90) takes self.cache[input_pos],
@@ -321,21 +320,10 @@ def test_packed_rows_index_the_rotary_cache_and_each_eager_rotary_call_keeps_its
     grown = _torchtune_attention_core_saved(arch, B, S, packed=True)
     grown -= _torchtune_attention_core_saved(arch, B, S)
     assert grown == 2 * B * S * (hd // 2) * 2 * FP32
-=======
-def test_one_kv_head_is_expanded_as_a_view_the_kernel_keeps():
-    # multi-query: the expanded dim merges with the size-1 kv-head dim, so flatten(1, 2)
-    # is a stride-0 view of the rotary k (of the v projection) and sdpa keeps those
-    # kv-wide storages; only the kernel's gradients are at every head
-    arch = tiny("mistral", num_kv_heads=1)
-    q, kv = arch.hidden_size, arch.kv_size
-    measured = _torchtune_attention_core_saved(arch, B, S)
-    assert measured == 2 * T * q * BF16 + 2 * T * kv * BF16 + B * arch.num_heads * S * FP32
->>>>>>> helper-coloflash
     run = RunConfig(
         method="full", framework="torchtune", batch_size=B, seq_len=S, precision="bf16",
         attn="sdpa", device="cpu",
     )  # fmt: skip
-<<<<<<< HEAD
     packed = RunConfig(**{**run.model_dump(), "padding": "packed-flex"})
     memory = estimate_step(arch, packed).memory
     items = [x for x in memory.activations_per_block if x.what.startswith("rotary cache rows")]
@@ -368,8 +356,20 @@ def test_the_rotary_cache_buffer_is_counted_beside_the_weights():
     assert tt.weights_bytes - hf.weights_bytes == table
     old = est(framework="torchtune", torchao_version="0.1")
     assert old.weights_bytes - hf.weights_bytes == LLAMA.num_layers * table
-=======
+
+
+def test_one_kv_head_is_expanded_as_a_view_the_kernel_keeps():
+    # multi-query: the expanded dim merges with the size-1 kv-head dim, so flatten(1, 2)
+    # is a stride-0 view of the rotary k (of the v projection) and sdpa keeps those
+    # kv-wide storages; only the kernel's gradients are at every head
+    arch = tiny("mistral", num_kv_heads=1)
+    q, kv = arch.hidden_size, arch.kv_size
+    measured = _torchtune_attention_core_saved(arch, B, S)
+    assert measured == 2 * T * q * BF16 + 2 * T * kv * BF16 + B * arch.num_heads * S * FP32
+    run = RunConfig(
+        method="full", framework="torchtune", batch_size=B, seq_len=S, precision="bf16",
+        attn="sdpa", device="cpu",
+    )  # fmt: skip
     items = {x.what: x.bytes for x in estimate_step(arch, run).memory.activations_per_block}
     core = ("rotary q and k", "v (expanded as a view)", "attention output + logsumexp")
     assert sum(items[name] for name in core) == measured
->>>>>>> helper-coloflash
