@@ -131,10 +131,16 @@ def test_torchtune_nf4_is_torchao_storage():
     def torchao(n: int, per_block: bool) -> int:
         return n // 2 + n // 64 + 2 * (n // 64 if per_block else n // 64 // 256) + 2 + 16 * 2
 
+    # torchtune's rotary cache buffer sits beside the weights: one fp32 (positions,
+    # head_dim / 2, 2) table, one per layer under torchtune 0.1 (its deep-copied layers)
+    arch = tiny("llama", hidden_size=256, intermediate_size=512, vocab_size=64)
+    table = arch.max_position_embeddings * (arch.hidden_size // arch.num_heads) * 4
     now = _nf4_weights(framework="torchtune")
-    assert now - _nf4_weights() == L * sum(torchao(n, False) - bnb(n) for n in sizes)
+    storage = L * sum(torchao(n, False) - bnb(n) for n in sizes)
+    assert now - _nf4_weights() == storage + table
     v01 = _nf4_weights(framework="torchtune", torchao_version="0.1")
-    assert v01 - now == L * sum(2 * (n // 64) - 2 * (n // 64 // 256) for n in sizes)
+    per_block = L * sum(2 * (n // 64) - 2 * (n // 64 // 256) for n in sizes)
+    assert v01 - now == per_block + (L - 1) * table
     assert _nf4_weights(framework="torchtune", torchao_version="0.3.0") == now
     assert _nf4_weights(torchao_version="0.1") == _nf4_weights()  # bitsandbytes: no effect
 
