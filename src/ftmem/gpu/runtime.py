@@ -119,6 +119,10 @@ CONTEXT_BY_CAPABILITY: dict[str, ContextMeasurement] = {
 def lazy_loading_default(torch_version: str | None) -> bool:
     """Whether PyTorch sets CUDA_MODULE_LOADING=LAZY itself (1.13 and later, PR #86509);
     an unknown version is taken as a current one."""
+    # A caveat this cannot see: PyTorch sets the variable in its first _lazy_init (torch
+    # 2.0.1 torch/cuda/__init__.py), while torch.cuda.is_available() runs cuInit earlier
+    # (cudaGetDeviceCount); DeepSpeed >= 0.10.3 calls it when imported. Whether the driver
+    # reads the variable at cuInit is not documented (calibration/notes/qwen.md, issue 16).
     version = parse_version(torch_version)
     return version is None or version >= (1, 13)
 
