@@ -1540,10 +1540,11 @@ def rank_memory(
     on, comm = _with_reference(s, par, arch, run, plan, on, comm)
     base = fsdp1_held_inputs(s, run, base)
     boundary = _pipeline_boundary(arch, run, par, parts, at)
-    # every stage's model forward builds ColoAttention's mask; the first stage's is in
-    # the step's activations below the blocks
+    # every stage's model forward builds ColoAttention's mask (under ring_attn the first
+    # stage's only: later ones prepare a varlen batch, modeling/llama.py:129-131); the
+    # first stage's is in the step's activations below the blocks
     mask = coloattention_mask_bytes(arch, run.batch_size, BYTES_PER_ELEMENT[plan.dtypes.compute])
-    later = mask if run.grad_ckpt else 0
+    later = mask if run.grad_ckpt and par.sequence_mode != "ring_attn" else 0
     sizes, micro = _stage_sizes(s, par, run, base, at, on, comm, boundary, later)
     if run.objective == "grpo":
         sizes = _grpo_before(
@@ -2010,9 +2011,16 @@ def parallel_step(
         arch, run.attn == "flash", par.sequence_mode, par.tp, par.cp
     ):
         local = local.model_copy(update={"kv_repeated": True})
-    mask = shardformer_mask_positions(arch, run.attn == "flash", par.sequence_mode, run.positions)
+    mask = shardformer_mask_positions(arch, run, par.sequence_mode, par.pp)
     if shardformer and mask:
-        local = local.model_copy(update={"coloattention_mask_positions": mask})
+        # (ring_attn's first stage: ``invert=(sp_mode != "ring_attn")``, modeling/llama.py:140)
+        uninverted = par.sequence_mode == "ring_attn"
+        local = local.model_copy(
+            update={
+                "coloattention_mask_positions": mask,
+                "coloattention_mask_uninverted": uninverted,
+            }
+        )
     lrun = engine_run(run, par)
     if shardformer and shardformer_runs_eager(arch, run.attn == "flash", par.sequence_mode):
         lrun = lrun.model_copy(update={"attn": "eager"})
