@@ -24,7 +24,8 @@ E, FP32 = 2, 4  # bf16 activations; the norms' fp32 input
 
 def _step(model="llama2-7b", gpus=8, **kw):
     kw.setdefault("strategy", "colossalai-zero1")
-    spread = {k: kw.pop(k) for k in ("gpus", "strategy", "tp", "cp", "pp", "sp_mode") if k in kw}
+    keys = ("gpus", "strategy", "tp", "cp", "pp", "pp_chunks", "sp_mode")
+    spread = {k: kw.pop(k) for k in keys if k in kw}
     spread["gpus"] = gpus
     kw.setdefault("precision", "bf16")
     run = run_config(method=kw.pop("method", "full"), **kw)
@@ -740,6 +741,48 @@ def test_ring_attn_mask_not_kept_for_batches_with_pad_tokens(padding, b, kept):
     staged = _step("llama3.1-8b", batch_size=b, padding=padding, **kw)
     items = {x.what: x.nbytes for x in staged.parts.outer_items}
     assert items.get(MASK, 0) == (s * s * E if kept else 0)
+
+
+def _first_chunk_forwards_in_flight(pp: int, v: int, m: int) -> int:
+    """ColossalAI's interleaved schedule on the first device, replayed
+    (pipeline/schedule/interleaved_pp.py at 4f9953be335e): warmup forwards
+    min(2(pp − 1) + (v − 1)·pp, m·v) (l.435-441), then one forward and one backward in
+    turn (l.486-503); forward and backward i run chunk ``(i mod pp·v) // pp`` and
+    ``v − 1 −`` that (get_model_chunk_id, l.118-136). The most chunk-0 forwards whose
+    backward has not run."""
+    n = m * v
+    warmup = min(2 * (pp - 1) + (v - 1) * pp, n)
+    group = pp * v
+    alive = most = 0
+    for i in range(warmup):
+        alive += (i % group) // pp == 0
+        most = max(most, alive)
+    for i in range(n - warmup):
+        alive += ((warmup + i) % group) // pp == 0
+        most = max(most, alive)
+        alive -= v - 1 - (i % group) // pp == 0
+    return most
+
+
+@pytest.mark.parametrize(("pp", "v", "m"), [(2, 1, 8), (2, 2, 8), (2, 2, 2), (4, 2, 8), (2, 4, 8)])
+def test_ring_attn_masks_in_flight_follow_the_first_chunk(pp, v, m):
+    """Each micro-batch in flight through the first stage keeps its own mask. 1F1B: stage 0
+    holds min(pp, m) micro-batches. Interleaved, only the first device's chunk 0 is the
+    first stage (pipeline/stage_manager.py:107-122): its forwards in flight, replayed
+    above, not all of the device's chunk forwards. A batch with pad tokens holds no mask
+    and stands in for the run without one."""
+    s = 4096
+    mask = s * s * E
+    kw = {"sp_mode": "ring_attn", "cp": 2, "pp": pp, "seq_len": s, "grad_ckpt": True}
+    kw.update({"pp_chunks": v, "grad_accum": m, "batch_size": 1, "attn": "flash"})
+    masked, padded = (
+        _step("llama3.1-8b", padding=p, **kw).ranks[0] for p in ("none", "max-length")
+    )
+    masks = min(pp, m) if v == 1 else _first_chunk_forwards_in_flight(pp, v, m)
+    assert masked.sizes.activations.below - padded.sizes.activations.below == mask
+    assert masked.sizes.activations.held - padded.sizes.activations.held == (masks - 1) * mask
+    if v > 1:
+        assert masks < masked.micro_batches  # the device's forwards in flight
 
 
 @pytest.mark.parametrize(
