@@ -24,7 +24,8 @@ E, FP32 = 2, 4  # bf16 activations; the norms' fp32 input
 
 def _step(model="llama2-7b", gpus=8, **kw):
     kw.setdefault("strategy", "colossalai-zero1")
-    spread = {k: kw.pop(k) for k in ("gpus", "strategy", "tp", "cp", "pp", "sp_mode") if k in kw}
+    keys = ("gpus", "strategy", "tp", "cp", "pp", "pp_chunks", "sp_mode")
+    spread = {k: kw.pop(k) for k in keys if k in kw}
     spread["gpus"] = gpus
     kw.setdefault("precision", "bf16")
     run = run_config(method=kw.pop("method", "full"), **kw)
@@ -614,6 +615,196 @@ def test_coloattention_mask_needs_checkpointing_and_reaches_every_stage():
     first, later = (r.sizes.activations.below for r in staged.ranks)
     assert later == mask
     assert first - mask == plain.ranks[0].sizes.activations.below
+
+
+def _ring_attn_first_stage_forward(x, b: int, s: int, checkpointed: bool, reentrant: bool):
+    """ring_attn's first pipeline stage, its model forward transcribed down to what the
+    mask meets (hpcaitech/ColossalAI 4f9953be335e): prepare_attn_kwargs's causal branch
+    without padding and with ``invert=False`` (layer/attn.py l.178-185, 223-225;
+    modeling/llama.py l.132-140), the kwargs dict every layer, checkpointed or not, is
+    given (modeling/llama.py l.196-210), and layers that never read it, as
+    RingAttention.attention takes it in ``**kwargs`` (layer/attn.py l.498-513). Returns
+    the output and a weak reference to the mask."""
+    import weakref
+
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    attention_mask = torch.ones(s, s, dtype=x.dtype)
+    attention_mask.tril_(diagonal=0)
+    attention_mask = attention_mask.expand(b, s, s)
+    attn_kwargs = {"attention_mask": attention_mask, "attention_mask_type": "CAUSAL"}
+
+    def layer(hidden, kwargs):
+        return torch.sin(hidden)  # keeps its input, as a layer does
+
+    hidden = x
+    for _ in range(2):
+        if checkpointed:
+            hidden = checkpoint(layer, hidden, attn_kwargs, use_reentrant=reentrant)
+        else:
+            hidden = layer(hidden, attn_kwargs)
+    return hidden, weakref.ref(attention_mask)
+
+
+def test_ring_attn_first_stage_mask_is_one_s_s_storage():
+    """Measured on the CPU (ftmem's dispatch tracker): left uninverted the mask is
+    ``expand``'s (b, s, s) view of the tril'd ones, one s²·e storage whatever b, and
+    nothing more is made while it is built."""
+    import torch
+
+    from ftmem.measure.tracker import LiveBytesTracker
+    from ftmem.sequence_parallel import coloattention_mask_bytes
+
+    b, s = 3, 40
+    with LiveBytesTracker() as tracker:
+        mask = torch.ones(s, s, dtype=torch.bfloat16)
+        mask.tril_(diagonal=0)
+        mask = mask.expand(b, s, s)
+        held = tracker.current
+    assert tuple(mask.shape) == (b, s, s)
+    assert held == tracker.peak == s * s * E
+    arch = get_model("llama3.1-8b").model_copy(
+        update={"coloattention_mask_positions": s, "coloattention_mask_uninverted": True}
+    )
+    assert coloattention_mask_bytes(arch, b, E) == held
+    # and the estimate's first stage asks for the same at these sizes
+    step = _step(
+        "llama3.1-8b", sp_mode="ring_attn", cp=2, pp=2, seq_len=s, batch_size=b, grad_ckpt=True
+    )
+    assert {x.what: x.nbytes for x in step.parts.outer_items}[MASK] == held
+    # the inverted one of the other modes is b of them (the measured test above)
+    inverted = arch.model_copy(update={"coloattention_mask_uninverted": False})
+    assert coloattention_mask_bytes(inverted, b, E) == b * held
+    # MEMORY_BOUND (layer/attn.py:22, 181) is s²·e alike: 8 GiB at 64k for any batch,
+    # an empty tensor from 70,711 positions (70711² · 2 > 10¹⁰)
+    at_64k = arch.model_copy(update={"coloattention_mask_positions": 65536})
+    assert coloattention_mask_bytes(at_64k, 4, E) == 8 * 2**30
+    big = arch.model_copy(update={"coloattention_mask_positions": 70_711})
+    assert coloattention_mask_bytes(big, 4, E) == 0
+
+
+@pytest.mark.parametrize(
+    ("checkpointed", "reentrant"), [(False, False), (True, False), (True, True)]
+)
+def test_ring_attn_mask_is_kept_by_the_checkpoints_only(checkpointed, reentrant):
+    """Measured on the CPU: the kwargs dict given to checkpointed layers (either
+    torch.utils.checkpoint; transformers' gradient_checkpointing_enable picks one) keeps
+    the mask alive after the model forward returns, until the backward has run and the
+    stage's output is dropped; without checkpointing it dies with the forward's frame."""
+    import torch
+
+    b, s = 2, 16
+    x = torch.randn(b, s // 2, 8, dtype=torch.bfloat16, requires_grad=True)
+    out, mask = _ring_attn_first_stage_forward(x, b, s, checkpointed, reentrant)
+    assert (mask() is not None) is checkpointed
+    out.sum().backward()
+    del out
+    assert mask() is None
+
+
+def test_ring_attn_mask_on_the_first_pipeline_stage_only():
+    """ring_attn with a pipeline: the first stage's model forward builds the uninverted
+    mask (modeling/llama.py:132-140; ring_attn turns flash attention on itself,
+    hybrid_parallel_plugin.py:1080-1081, so whatever --attn), s²·2 bytes for the batch:
+    2 GiB at 32k with 2 sequences, not 4. Later stages, and a run without a pipeline,
+    prepare a varlen batch instead (modeling/llama.py:129-131): nothing."""
+    b, s = 2, 32768
+    kw = {"sp_mode": "ring_attn", "cp": 2, "batch_size": b, "seq_len": s}
+    mask = s * s * E
+    assert mask == 2 * 2**30
+    plain = _step("llama3.1-8b", pp=2, **kw)
+    assert MASK not in {x.what for x in plain.parts.outer_items}
+    for attn in ("flash", "sdpa"):
+        staged = _step("llama3.1-8b", pp=2, grad_ckpt=True, attn=attn, **kw)
+        items = {x.what: x.nbytes for x in staged.parts.outer_items}
+        assert items[MASK] == mask
+        first, later = (r.sizes.activations.below for r in staged.ranks)
+        assert first - mask == plain.ranks[0].sizes.activations.below
+        assert later == plain.ranks[1].sizes.activations.below == 0
+        # its attention is RingAttention's: the k/v gradients stay those of the repeat
+        assert staged.arch.coloattention_mask_uninverted and staged.arch.kv_repeated
+    alone = _step("llama3.1-8b", grad_ckpt=True, attn="flash", **kw)
+    assert MASK not in {x.what for x in alone.parts.outer_items}
+
+
+@pytest.mark.parametrize(
+    ("padding", "b", "kept"),
+    [("none", 2, True), ("max-length", 1, False), ("longest", 2, False), ("longest", 1, True)],
+)
+def test_ring_attn_mask_not_kept_for_batches_with_pad_tokens(padding, b, kept):
+    """A batch with pad tokens has the first stage's kwargs replaced by a varlen batch's
+    before the first layer (modeling/llama.py:153-156): the mask is built, then dropped.
+    One sequence padded to its own longest has no pad tokens (profiles.pads_batches)."""
+    s = 4096
+    kw = {"sp_mode": "ring_attn", "cp": 2, "pp": 2, "seq_len": s, "grad_ckpt": True}
+    staged = _step("llama3.1-8b", batch_size=b, padding=padding, **kw)
+    items = {x.what: x.nbytes for x in staged.parts.outer_items}
+    assert items.get(MASK, 0) == (s * s * E if kept else 0)
+
+
+def _first_chunk_forwards_in_flight(pp: int, v: int, m: int) -> int:
+    """ColossalAI's interleaved schedule on the first device, replayed
+    (pipeline/schedule/interleaved_pp.py at 4f9953be335e): warmup forwards
+    min(2(pp − 1) + (v − 1)·pp, m·v) (l.435-441), then one forward and one backward in
+    turn (l.486-503); forward and backward i run chunk ``(i mod pp·v) // pp`` and
+    ``v − 1 −`` that (get_model_chunk_id, l.118-136). The most chunk-0 forwards whose
+    backward has not run."""
+    n = m * v
+    warmup = min(2 * (pp - 1) + (v - 1) * pp, n)
+    group = pp * v
+    alive = most = 0
+    for i in range(warmup):
+        alive += (i % group) // pp == 0
+        most = max(most, alive)
+    for i in range(n - warmup):
+        alive += ((warmup + i) % group) // pp == 0
+        most = max(most, alive)
+        alive -= v - 1 - (i % group) // pp == 0
+    return most
+
+
+@pytest.mark.parametrize(("pp", "v", "m"), [(2, 1, 8), (2, 2, 8), (2, 2, 2), (4, 2, 8), (2, 4, 8)])
+def test_ring_attn_masks_in_flight_follow_the_first_chunk(pp, v, m):
+    """Each micro-batch in flight through the first stage keeps its own mask. 1F1B: stage 0
+    holds min(pp, m) micro-batches. Interleaved, only the first device's chunk 0 is the
+    first stage (pipeline/stage_manager.py:107-122): its forwards in flight, replayed
+    above, not all of the device's chunk forwards. A batch with pad tokens holds no mask
+    and stands in for the run without one."""
+    s = 4096
+    mask = s * s * E
+    kw = {"sp_mode": "ring_attn", "cp": 2, "pp": pp, "seq_len": s, "grad_ckpt": True}
+    kw.update({"pp_chunks": v, "grad_accum": m, "batch_size": 1, "attn": "flash"})
+    masked, padded = (
+        _step("llama3.1-8b", padding=p, **kw).ranks[0] for p in ("none", "max-length")
+    )
+    masks = min(pp, m) if v == 1 else _first_chunk_forwards_in_flight(pp, v, m)
+    assert masked.sizes.activations.below - padded.sizes.activations.below == mask
+    assert masked.sizes.activations.held - padded.sizes.activations.held == (masks - 1) * mask
+    if v > 1:
+        assert masks < masked.micro_batches  # the device's forwards in flight
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"sp_mode": "all_to_all", "cp": 2, "pp": 2},
+        {"sp_mode": "split_gather", "tp": 2, "pp": 2},
+    ],
+)
+def test_other_modes_build_the_inverted_mask_on_every_stage(kw):
+    """The neighbours of ring_attn with a pipeline: under flash every stage's model
+    forward builds the inverted (b, 1, s, s) mask (modeling/llama.py:132-140 with
+    invert=True), b·s²·2 bytes on each stage."""
+    b, s = 2, 4096
+    run = {"batch_size": b, "seq_len": s, "attn": "flash"}
+    plain = _step("llama3.1-8b", **run, **kw)
+    staged = _step("llama3.1-8b", grad_ckpt=True, **run, **kw)
+    assert not staged.arch.coloattention_mask_uninverted
+    mask = b * s * s * E
+    first, later = (r.sizes.activations.below for r in staged.ranks)
+    assert first - mask == plain.ranks[0].sizes.activations.below
+    assert later == mask
 
 
 @pytest.mark.parametrize(("attn", "every_head"), [("flash", True), ("sdpa", False)])

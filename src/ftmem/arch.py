@@ -187,6 +187,13 @@ class Architecture(Model, strict=True):
         "model forward materialises for ColoAttention on a parallel rank, whose attention "
         "then calls ColoAttention (0: none; ftmem.sequence_parallel.shardformer_mask_positions).",
     )
+    coloattention_mask_uninverted: bool = Field(
+        False,
+        exclude_if=lambda value: not value,
+        description="That mask is left uninverted: the expand view of one (s, s) tensor for "
+        "the whole batch, which the rank's attention (RingAttention) ignores (ring_attn on "
+        "a pipeline's first stage; ftmem.sequence_parallel.coloattention_mask_bytes).",
+    )
 
     @field_validator("family")
     @classmethod

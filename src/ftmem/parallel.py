@@ -1376,11 +1376,14 @@ def _stage_sizes(
     comm: Communication,
     boundary: int = 0,
     later_below: int = 0,
+    first_only: int = 0,
 ) -> tuple[StepSizes, int]:
     """The stage's timeline inputs, and the micro-batches whose activations it holds:
     its blocks (those one micro-batch runs through at a time), its ends, its resident
     memory. ``boundary``: what each micro-batch in flight holds at the stage's edges;
-    ``later_below``: what a later stage's forward holds below its blocks."""
+    ``later_below``: what a later stage's forward holds below its blocks; ``first_only``:
+    what of the first stage's below only its own forward builds, not the later chunks'
+    an interleaved first device runs."""
     micro, blocks = _in_flight(par, run, at)
     # (interleaved: the stage's largest chunk stands for all; the first block, whose input
     # needs no gradient, keeps less than the others)
@@ -1390,6 +1393,9 @@ def _stage_sizes(
     )
     acts_blocks = base.activations.per_block[start : start + blocks]
     acts_below = base.activations.below if at.first else later_below
+    # an interleaved first device's other chunks are later stages, whose forwards do not
+    # build ``first_only``
+    others = micro - _first_chunk_in_flight(par, run, micro) if at.first else 0
     by_block, trainable_here, grads_outer, grads_embedding = _stage_gradients(s, par, base, at, on)
     last = at.last
     # the gradients and activations are built whole: a field added to either must say
@@ -1414,7 +1420,9 @@ def _stage_sizes(
             acts_blocks,
             below=acts_below,
             above=base.activations.above if last else 0,
-            held=(micro - 1) * (sum(acts_blocks) + acts_below) + micro * boundary,
+            held=(micro - 1) * (sum(acts_blocks) + acts_below)
+            - others * first_only
+            + micro * boundary,
         ),
         block=dataclasses.replace(base.block, policy=base.block.policy.stage(at.lo, at.hi)),
         head=base.head if last else NO_HEAD,
@@ -1453,6 +1461,21 @@ def _in_flight(par: ParallelConfig, run: RunConfig, at: _Stage) -> tuple[int, in
         return min(par.pp - at.index, m), blocks
     warmup = min(2 * (par.pp - at.index - 1) + (v - 1) * par.pp, m * v)
     return warmup + (1 if warmup < m * v else 0), blocks // v
+
+
+def _first_chunk_in_flight(par: ParallelConfig, run: RunConfig, micro: int) -> int:
+    """Of the first device's ``micro`` chunk forwards in flight, those of its first chunk,
+    the pipeline's first stage (``is_first_stage``: stage 0 and chunk 0 when interleaved,
+    pipeline/stage_manager.py:107-122), whose model forward alone builds ring_attn's
+    ColoAttention mask (modeling/llama.py:129-140). 1F1B: all of them. Interleaved:
+    forward and backward i run chunk ``(i mod pp·v) // pp`` and ``v − 1 −`` that
+    (interleaved_pp.py:118-137), so chunk 0's first backward, backward (v − 1)·pp, comes
+    after 2·v·pp − 1 forwards (warmup 2(pp − 1) + (v − 1)·pp, :435-441, then one each
+    way), 2·pp of them chunk 0's; the steady state holds no more (m a multiple of pp,
+    :88-89)."""
+    if par.pp_chunks == 1:
+        return micro
+    return min(2 * par.pp, run.grad_accum)
 
 
 def _pipeline_boundary(
@@ -1540,11 +1563,14 @@ def rank_memory(
     on, comm = _with_reference(s, par, arch, run, plan, on, comm)
     base = fsdp1_held_inputs(s, run, base)
     boundary = _pipeline_boundary(arch, run, par, parts, at)
-    # every stage's model forward builds ColoAttention's mask; the first stage's is in
-    # the step's activations below the blocks
+    # every stage's model forward builds ColoAttention's mask (under ring_attn the first
+    # stage's only: later ones prepare a varlen batch, modeling/llama.py:129-131); the
+    # first stage's is in the step's activations below the blocks
     mask = coloattention_mask_bytes(arch, run.batch_size, BYTES_PER_ELEMENT[plan.dtypes.compute])
-    later = mask if run.grad_ckpt else 0
-    sizes, micro = _stage_sizes(s, par, run, base, at, on, comm, boundary, later)
+    kept = mask if run.grad_ckpt else 0
+    ring = par.sequence_mode == "ring_attn"
+    later, first_only = (0, kept) if ring else (kept, 0)
+    sizes, micro = _stage_sizes(s, par, run, base, at, on, comm, boundary, later, first_only)
     if run.objective == "grpo":
         sizes = _grpo_before(
             s, par, arch, run, plan, groups, sizes, totals.weights + extra - policy.replicated
@@ -2010,9 +2036,16 @@ def parallel_step(
         arch, run.attn == "flash", par.sequence_mode, par.tp, par.cp
     ):
         local = local.model_copy(update={"kv_repeated": True})
-    mask = shardformer_mask_positions(arch, run.attn == "flash", par.sequence_mode, run.positions)
+    mask = shardformer_mask_positions(arch, run, par.sequence_mode, par.pp)
     if shardformer and mask:
-        local = local.model_copy(update={"coloattention_mask_positions": mask})
+        # (ring_attn's first stage: ``invert=(sp_mode != "ring_attn")``, modeling/llama.py:140)
+        uninverted = par.sequence_mode == "ring_attn"
+        local = local.model_copy(
+            update={
+                "coloattention_mask_positions": mask,
+                "coloattention_mask_uninverted": uninverted,
+            }
+        )
     lrun = engine_run(run, par)
     if shardformer and shardformer_runs_eager(arch, run.attn == "flash", par.sequence_mode):
         lrun = lrun.model_copy(update={"attn": "eager"})

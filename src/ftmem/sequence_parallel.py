@@ -33,6 +33,8 @@ from ftmem.dtypes import FP32, ceil_div
 from ftmem.errors import InvalidInputError
 from ftmem.ops.norm import NORM_KINDS
 from ftmem.ops.saved import Kind, Saved
+from ftmem.profiles import pads_batches
+from ftmem.run import RunConfig
 
 SpMode = Literal["split_gather", "ring", "all_to_all", "ring_attn"]
 # the modes that split the sequence inside the TP group (sp_size forced to 1,
@@ -95,7 +97,7 @@ def shardformer_repeats_kv(
 
 
 def shardformer_mask_positions(
-    arch: Architecture, flash: bool, mode: str | None, positions: int
+    arch: Architecture, run: RunConfig, mode: str | None, pp: int
 ) -> int:
     """The positions of ColoAttention's materialised causal mask, which the family's
     shardformer model forward builds on this rank (Family.colossalai_builds_mask; 0: none).
@@ -103,12 +105,22 @@ def shardformer_mask_positions(
     ``torch.ones(s, s)``, ``tril_``, expands it to (b, s, s) and inverts it into a new
     (b, 1, s, s) tensor in the hidden states' dtype. ``s`` is the whole sequence whatever
     the mode: the first stage takes it from the input ids before the split, later stages
-    multiply theirs by sp_size (modeling/llama.py:77-82, 98-99). ring_attn prepares a
-    varlen batch instead, except on a pipeline's first stage, which builds the mask
-    uninverted (an expand of one s² tensor: not counted)."""
+    multiply theirs by sp_size (modeling/llama.py:77-82, 98-99). ring_attn, which turns
+    flash attention on itself (hybrid_parallel_plugin.py:1080-1081), prepares a varlen
+    batch instead on a rank that does not split the input: without a pipeline, or on a
+    later stage (modeling/llama.py:129-131). A pipeline's first stage builds the mask
+    with ``invert=False`` (:132-140) and, for unpadded rows, keeps it in the kwargs every
+    layer and checkpoint is given (:148-158, 199-210); a batch with pad tokens has its
+    kwargs replaced by a varlen batch's before the first layer (:153-156). It is counted
+    on the stage whose slice the step's own timeline is
+    (Architecture.coloattention_mask_uninverted)."""
     switches = families.get(arch.family).colossalai_builds_mask
+    if mode == "ring_attn":
+        kept = pp > 1 and not pads_batches(run)
+        return run.positions if kept and "flash" in switches else 0
+    flash = run.attn == "flash"
     builds = ("flash" in switches and flash) or ("sp" in switches and mode is not None)
-    return positions if builds and mode != "ring_attn" else 0
+    return run.positions if builds else 0
 
 
 def coloattention_mask_bytes(arch: Architecture, batch: int, e: int) -> int:
@@ -119,11 +131,15 @@ def coloattention_mask_bytes(arch: Architecture, batch: int, e: int) -> int:
     flash-attn kernel it dispatches to for 16-bit CAUSAL masks does not read it
     (layer/attn.py:89-95). Its build, ``s²·e`` for the ones, ``b·s²·e`` for ``1.0 - mask``,
     ``b·s²`` for the ``bool()`` and ``b·s²·e`` for ``masked_fill`` (layer/attn.py:40-50),
-    comes before the first block, when little else is alive: not counted."""
+    comes before the first block, when little else is alive: not counted. Left uninverted
+    (ring_attn's first stage) it is ``expand``'s view of the tril'd ones (layer/attn.py:
+    182-185): one s²·e storage for the whole batch, built and kept alike; RingAttention
+    takes it in ``**kwargs`` and never reads it (attn.py:498-514)."""
     s = arch.coloattention_mask_positions
     if not s or s * s * e >= 10 * 10**9:
         return 0
-    return batch * s * s * e
+    copies = 1 if arch.coloattention_mask_uninverted else batch
+    return copies * s * s * e
 
 
 def shardformer_runs_eager(arch: Architecture, flash: bool, mode: str | None) -> bool:

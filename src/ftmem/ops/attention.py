@@ -907,8 +907,11 @@ class Attention:
         # repeat_kv's output; one kv head's is a stride-0 view, kept as it is, but
         # flash-attn's backward writes dk and dv with ``torch.empty_like`` (dense, at
         # every head: Dao-AILab/flash-attention@0251105a flash_attn/flash_attn_interface.py
-        # l.883, FlashAttnFunc.backward)
-        coloattention = arch.coloattention_mask_positions > 0
+        # l.883, FlashAttnFunc.backward); ring_attn's first stage builds an uninverted mask
+        # for RingAttention, which copies k and v itself (kv_repeated)
+        coloattention = (
+            arch.coloattention_mask_positions > 0 and not arch.coloattention_mask_uninverted
+        )
         if kv == q or repeated or profile_of(run).expands_kv or arch.kv_repeated or coloattention:
             width = q
         elif run.device == "cuda":
