@@ -1,7 +1,7 @@
 """Measure realistic configurations on a CUDA GPU next to the estimate.
 
     python scripts/gpu_validation.py --out docs/gpu-validation      # on a GPU machine
-    python scripts/gpu_validation.py --dry-run                     # list cases + estimates
+    python scripts/gpu_validation.py --dry-run      # list the context probes, cases + estimates
 
 For each case: build the model from its preset with random weights (no download),
 run the steps with ftmem.measure on CUDA, and record the three numbers of the measured
@@ -12,6 +12,12 @@ nvidia-smi shows) against device_bytes; plus the CUDA context size (device memor
 after CUDA initialisation, before any tensor is allocated). Writes <out>.json and
 <out>.md. Sized to finish within 8 minutes on one H200; a case that fails is recorded
 with its error and the run goes on.
+
+First, before this process touches CUDA, the context probes (scripts/context_probe.py,
+issue 16): each module-loading variant in a fresh process, the device memory outside
+PyTorch's allocator after CUDA initialisation, a matmul and a tiny training step, next
+to nvidia-smi's reading. The outputs are rewritten after the probes and after every
+case, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from pathlib import Path
 from ftmem.estimate import estimate_step
 from ftmem.presets import get_gpu, get_model
 from ftmem.run import RunConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the probe module beside this file
+import context_probe
 
 CASES: list[tuple[str, dict]] = [
     ("qwen2.5-0.5b", {"method": "full", "seq_len": 1024, "batch_size": 4}),
@@ -65,11 +74,17 @@ def main() -> int:
     parser.add_argument("--gpu", default="h200", help="the GPU preset the estimates are for")
     args = parser.parse_args()
 
-    results = []
-    context = None
-    if not args.dry_run:
-        context = _context_bytes()
+    results: list[dict] = []
+    meta: dict = {}
     started_all = time.time()
+    if args.dry_run:
+        for line in context_probe.dry_run_lines():
+            print(json.dumps(line), flush=True)
+    else:
+        # before this process makes a context of its own: nvidia-smi counts every process
+        meta = _meta(context_probe.run_probes())
+        _write(args.out, results, meta)
+        meta["context_bytes"] = _context_bytes()
     for preset, settings in CASES:
         if not args.dry_run and time.time() - started_all > TIME_BUDGET_S:
             results.append({"model": preset, **settings, "error": "skipped: time budget"})
@@ -112,8 +127,12 @@ def main() -> int:
             torch.cuda.empty_cache()
         results.append(row)
         print(json.dumps(row), flush=True)
-    if args.dry_run:
-        return 0
+        if not args.dry_run:
+            _write(args.out, results, meta)
+    return 0
+
+
+def _meta(context_probes: dict) -> dict:
     import torch
 
     smi = subprocess.run(
@@ -121,17 +140,20 @@ def main() -> int:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    meta = {
+    return {
         "gpu": smi,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
-        "context_bytes": context,
+        "context_bytes": None,
         "date": time.strftime("%Y-%m-%d"),
+        "context_probes": context_probes,
     }
-    Path(args.out + ".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    Path(args.out + ".md").write_text(markdown_report(results, meta))
-    return 0
+
+
+def _write(out: str, results: list[dict], meta: dict) -> None:
+    Path(out + ".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    Path(out + ".md").write_text(markdown_report(results, meta))
 
 
 # (metric class, the estimate's field in a row, the measurement's)
@@ -161,13 +183,13 @@ def _pair(row: dict, est_key: str, got_key: str, error: float | None) -> str:
 def markdown_report(results: list[dict], meta: dict) -> str:
     """The committed table: each case's three estimated numbers against
     max_memory_allocated(), max_memory_reserved() and the device memory in use."""
-    context = meta.get("context_bytes") or 0
+    context = meta.get("context_bytes")
+    context_text = "not measured" if context is None else f"{context / 2**20:.0f} MiB"
     head = " | ".join(f"{c} estimated | {c} measured | {c} error" for c, _, _ in COMPARED)
     lines = [
         f"# GPU validation ({meta['date']})",
         "",
-        f"{meta['gpu']}; torch {meta['torch']} (CUDA {meta['cuda']}); "
-        f"CUDA context {context / 2**20:.0f} MiB",
+        f"{meta['gpu']}; torch {meta['torch']} (CUDA {meta['cuda']}); CUDA context {context_text}",
         "",
         f"| model | settings | {head} |",
         "|---|---|" + "---:|" * 3 * len(COMPARED),
@@ -185,7 +207,10 @@ def markdown_report(results: list[dict], meta: dict) -> str:
         else:
             blanks = " | " * (3 * len(COMPARED) - 1)
             lines.append(f"| {r['model']} | {settings} | {r.get('error', 'failed')}{blanks}|")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if meta.get("context_probes"):
+        text += "\n" + context_probe.markdown_section(meta["context_probes"])
+    return text
 
 
 if __name__ == "__main__":
