@@ -223,6 +223,8 @@ def test_split_gather_peak_with_long_sequences_and_checkpointing():
         # modeling/command.py: ring_attn splits no sequence and runs ColoAttention (:397-399,
         # :499-506), RingAttention never
         ("command-r-08-2024", {"sp_mode": "ring_attn", "cp": 2}, "not ring_attn"),
+        # modeling/llama.py:153 `attention_mask.bool()`: a flattened batch gives no mask
+        ("llama2-7b", {"sp_mode": "ring_attn", "cp": 2, "padding": "packed"}, "reads each batch"),
         ("gpt2", {"sp_mode": "all_to_all", "cp": 2}, "not all_to_all"),
         ("gemma-7b", {"tp": 2}, "no policy for"),
         ("gemma-7b", {"strategy": "colossalai-3d"}, "no policy for"),

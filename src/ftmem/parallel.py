@@ -56,7 +56,7 @@ from ftmem.phases import (
     moment_grads,
 )
 from ftmem.precision import resolve_dtypes
-from ftmem.profiles import compiled_layers, profile_of
+from ftmem.profiles import batch_padding, compiled_layers, profile_of
 from ftmem.release_buffers import stage_buffer_bytes
 from ftmem.run import ADAPTER_METHODS, RunConfig
 from ftmem.sequence_parallel import (
@@ -2073,6 +2073,13 @@ def _sequence_split(
 ) -> SequenceSplit | None:
     """ColossalAI's shardformer policy for the model, and the split_gather / ring split."""
     check_policy(arch, _runs_shardformer(par), par.sequence_mode, par.pp)
+    if par.sequence_mode == "ring_attn" and batch_padding(run) == "packed":
+        # hpcaitech/ColossalAI 4f9953be modeling/llama.py l.129-131, 153: RingAttention's
+        # varlen batch and zigzag split read attention_mask, which a flattened batch lacks
+        raise InvalidInputError(
+            "ColossalAI's ring_attn reads each batch's attention_mask, which --padding packed "
+            "does not give (a flattened batch has position_ids only): use --padding none."
+        )
     if par.sequence_mode not in INSIDE_TP:
         return None
     if run.seq_len % par.tp:
