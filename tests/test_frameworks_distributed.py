@@ -47,13 +47,15 @@ EXPECTED = {
     "trl_context_parallel_2gpu.yaml": dict(gpus=2, nodes=1, strategy="fsdp", grad_ckpt=True,
                                            cp=2, fsdp_version=2, **BF16),
     # FSDP1 FULL_SHARD, fsdp_offload_params true (FSDP's CPUOffload moves the parameters,
-    # their gradients and so the optimizer step to the CPU), 2 processes
+    # their gradients and so the optimizer step to the CPU), 2 processes; no fsdp_version:
+    # accelerate launch's --fsdp_version default "1"
     "llama_factory_fsdp_config_offload.yaml": dict(gpus=2, nodes=1, strategy="fsdp",
                                                    offload_params="cpu",
-                                                   offload_optimizer="cpu", **BF16),
+                                                   offload_optimizer="cpu", fsdp_version=1,
+                                                   **BF16),
     # num_machines 2, num_processes 16 (all nodes): 8 per node
     "llama_factory_fsdp_config_multiple_nodes.yaml": dict(gpus=8, nodes=2, strategy="fsdp",
-                                                          **BF16),
+                                                          fsdp_version=1, **BF16),
     # a DeepSpeed JSON: stage 3, offload_optimizer and offload_param on the CPU; no GPU count
     "llama_factory_ds_z3_offload_config.json": dict(strategy="zero3", offload_optimizer="cpu",
                                                     offload_params="cpu"),
@@ -397,3 +399,92 @@ def test_an_fsdp_version_other_than_1_or_2_is_refused(tmp_path):
     data = {"fsdp": True, "fsdp_config": {"version": 3}}
     with pytest.raises(ConfigError, match=r"version must be 1 \(FullyShardedDataParallel\)"):
         distributed_settings(Keys(data, "x.json"), tmp_path, FrameworkConfig("trl", "x", None))
+
+
+# -- which FSDP version runs when a launcher config and a training config both speak ----
+# accelerate launch's --fsdp_version defaults to "1" (accelerate 1.16 commands/launch.py
+# l.517-523), exported as FSDP_VERSION, which the plugin reads when built without a
+# version (utils/dataclasses.py l.1709-1710). transformers >= 5.0 builds the plugin
+# itself from TrainingArguments' fsdp_config when ``fsdp`` is set, its version among the
+# arguments (default 1 before 5.10, 2 from it); 4.x sets the plugin's FSDP_* variables
+# without a version, so the launcher's holds.
+
+OFFLOAD = FIXTURES / "llama_factory_fsdp_config_offload.yaml"  # FSDP, no fsdp_version
+
+
+def _args(tmp_path, **keys) -> FrameworkConfig:
+    train = tmp_path / "args.json"
+    train.write_text(json.dumps({"model_name_or_path": "gpt2", "bf16": True, **keys}))
+    return read_framework_config(str(train))
+
+
+def _launcher(tmp_path, version: int) -> FrameworkConfig:
+    path = tmp_path / "acc.yaml"
+    path.write_text(
+        f"distributed_type: FSDP\nnum_processes: 2\nfsdp_config:\n  fsdp_version: {version}\n"
+    )
+    return read_launcher_config(str(path))
+
+
+def test_a_launcher_without_fsdp_version_runs_fsdp1(tmp_path):
+    got = with_launcher(_args(tmp_path), read_launcher_config(str(OFFLOAD)))
+    assert got.settings["fsdp_version"] == 1
+    assert any(a.startswith("fsdp_version 1 (accelerate launch") for a in got.assumed)
+
+
+@pytest.mark.parametrize(
+    ("fsdp_config", "launcher", "transformers_version", "version"),
+    [
+        ({}, None, None, None),  # TrainingArguments' default (2 at 5.25), not the launcher's
+        ({}, 1, None, None),  # the launcher's explicit 1 is not passed to the plugin either
+        ({"version": 1}, 2, None, 1),
+        ({}, None, "4.57.6", 1),  # 4.x: the launcher's FSDP_VERSION, its default 1
+        ({}, 2, "4.57.6", 2),
+        ({"version": 2}, 1, "4.57.6", 1),  # 4.x does not read fsdp_config's version
+        ({"version": 2}, None, "5.0.0", 2),
+    ],
+)
+def test_training_arguments_fsdp_and_the_launchers_version(
+    tmp_path, fsdp_config, launcher, transformers_version, version
+):
+    train = _args(tmp_path, fsdp="full_shard", fsdp_config=fsdp_config)
+    on = read_launcher_config(str(OFFLOAD)) if launcher is None else _launcher(tmp_path, launcher)
+    got = with_launcher(train, on, transformers_version)
+    assert got.settings.get("fsdp_version") == version
+    assert got.settings["strategy"] == "fsdp"
+    said = [n for n in got.notes if n.startswith("fsdp_version:")]
+    # a note where a version the files state is replaced
+    replaced = (launcher is not None and launcher != version) or (
+        "version" in fsdp_config and fsdp_config["version"] != version
+    )
+    assert bool(said) == replaced
+
+
+def test_training_configs_deepspeed_drops_the_launchers_fsdp_version(tmp_path):
+    (tmp_path / "z2.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    train = _args(tmp_path, deepspeed=str(tmp_path / "z2.json"))
+    got = with_launcher(train, read_launcher_config(str(OFFLOAD)))
+    assert got.settings["strategy"] == "zero2" and "fsdp_version" not in got.settings
+
+
+def test_a_framework_with_its_own_fsdp_keeps_its_version(tmp_path):
+    # torchtune's distributed recipes shard with fully_shard whatever the launcher says
+    train = FrameworkConfig("torchtune", "tt.yaml", None, {"method": "lora"})
+    got = with_launcher(train, read_launcher_config(str(OFFLOAD)))
+    assert "fsdp_version" not in got.settings and got.settings["strategy"] == "fsdp"
+
+
+def test_the_cli_runs_fsdp1_from_a_launcher_without_a_version():
+    """--launcher with no fsdp_version: the same estimate as with --fsdp-version 1, not
+    as with 2 (FSDP2 gathers two decoder units in forward, FSDP1 one)."""
+
+    def estimate(*flags: str) -> dict:
+        res = runner.invoke(app, [
+            "estimate", "qwen2.5-0.5b", "--method", "lora", "--format", "json", *flags,
+        ])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        return json.loads(res.output)["memory"]
+
+    launched = estimate("--launcher", str(OFFLOAD))
+    assert launched == estimate("--launcher", str(OFFLOAD), "--fsdp-version", "1")
+    assert launched != estimate("--launcher", str(OFFLOAD), "--fsdp-version", "2")

@@ -305,6 +305,37 @@ def test_accelerate_config_file_and_unknown_profile(tmp_path, monkeypatch):
                                                "accelerate_config": "zero9"}, "b.yaml"))  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("keys", "version"),
+    [
+        # TRL's profiles: trl/accelerate_configs/fsdp1.yaml and fsdp2.yaml@f2cd57710 name
+        # fsdp_version 1 and 2
+        ({"accelerate_config": "fsdp1"}, 1),
+        ({"accelerate_config": "fsdp2"}, 2),
+        # a file without fsdp_version: accelerate launch's default, 1
+        ({"accelerate_config": "fsdp.yaml"}, 1),
+        # the file's own FSDP: TrainingArguments' fsdp_config passes its version (5.x)
+        ({"accelerate_config": "fsdp.yaml", "fsdp": "full_shard"}, None),
+    ],
+)
+def test_the_launch_gives_the_fsdp_version(tmp_path, monkeypatch, keys, version):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fsdp.yaml").write_text("distributed_type: FSDP\nnum_processes: 2\n")
+    cfg = read_framework_config(write(tmp_path, {"model_name_or_path": "gpt2", **keys}, "a.yaml"))
+    assert cfg.settings["strategy"] == "fsdp"
+    assert cfg.settings.get("fsdp_version") == version
+
+
+def test_the_files_deepspeed_drops_the_launchs_fsdp_version(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fsdp.yaml").write_text("distributed_type: FSDP\nnum_processes: 2\n")
+    (tmp_path / "z2.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    cfg = read_framework_config(write(tmp_path, {
+        "model_name_or_path": "gpt2", "accelerate_config": "fsdp.yaml", "deepspeed": "z2.json",
+    }, "a.yaml"))  # fmt: skip
+    assert cfg.settings["strategy"] == "zero2" and "fsdp_version" not in cfg.settings
+
+
 # -- the docs page cannot drift -----------------------------------------------------------
 
 

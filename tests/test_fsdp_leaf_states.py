@@ -80,8 +80,9 @@ def test_the_replayed_states_are_one_pair_per_lora_matrix(strategy):
 
 
 def test_other_frameworks_keep_one_buffer_per_block():
-    """Without fsdp_qlora's policy (a decoder layer per unit) the states stay one flat
-    buffer per block."""
+    """Without a policy wrapping each LoRA matrix (HF Trainer under FSDP2, its default
+    at the installed transformers: a decoder layer per unit) the states stay one flat
+    buffer per block (tests/test_hf_fsdp_peft_units.py: FSDP1's)."""
     run = run_config(method="lora", precision="bf16", lora_r=64, batch_size=1, seq_len=512)
     assert _leaf_shards(run, parallel_config(gpus=2, strategy="fsdp")) == 0
 

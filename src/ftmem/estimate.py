@@ -55,6 +55,7 @@ from ftmem.parallel import (
     ParallelStep,
     parallel_notes,
     parallel_step,
+    wraps_each_trainable_leaf,
 )
 from ftmem.phases import StepSizes, find_peak
 from ftmem.profiles import framework_arch, framework_run, profile_notes, profile_of
@@ -479,12 +480,12 @@ def _with_layer_forward(
 
 def _leaf_shards(run: RunConfig, par: ParallelConfig | None) -> int:
     """The shard count where the framework makes each trainable leaf an FSDP unit of
-    its own (Profile.fsdp_unit_per_trainable_leaf): the shard group under a sharded
+    its own (parallel.wraps_each_trainable_leaf): the shard group under a sharded
     strategy, 1 under NO_SHARD (each unit's flat parameter, gradient and optimizer
     states whole), else 0."""
     if par is None or par.resolved_strategy not in FSDP:
         return 0
-    if not profile_of(run).fsdp_unit_per_trainable_leaf:
+    if not wraps_each_trainable_leaf(run, par):
         return 0
     return par.shard_group if par.resolved_strategy in SHARDED_FSDP else 1
 

@@ -77,6 +77,7 @@ from ftmem.validation import Field, Model, PositiveInt, model_validator
 from ftmem.versions import (
     checkpoint_wraps_decoder_unit,
     hf_trainer_fsdp_version,
+    hf_trainer_wraps_peft_leaves,
     zero3_checks_overflow,
 )
 
@@ -1190,6 +1191,24 @@ def runs_fsdp1(run: RunConfig, par: ParallelConfig) -> bool:
     return (version or hf_trainer_fsdp_version(run)) == 1
 
 
+def wraps_each_trainable_leaf(run: RunConfig, par: ParallelConfig) -> bool:
+    """FSDP makes each trainable leaf module (every LoRA matrix) a unit of its own, with
+    its own flat parameter, gradient shard and optimizer states: the framework's own
+    policy (Profile.fsdp_unit_per_trainable_leaf), or HF Trainer's peft policy
+    (Profile.fsdp_wraps_peft_leaves) for a LoRA-style adapter under FSDP1 at a
+    transformers release that sets it (versions.hf_trainer_wraps_peft_leaves); under
+    FSDP2 HF Trainer keeps the decoder layers' policy."""
+    profile = profile_of(run)
+    if profile.fsdp_unit_per_trainable_leaf:
+        return True
+    return (
+        profile.fsdp_wraps_peft_leaves
+        and run.method in ADAPTER_METHODS
+        and runs_fsdp1(run, par)
+        and hf_trainer_wraps_peft_leaves(run)
+    )
+
+
 def fsdp1_forward(
     s: Strategy, run: RunConfig, par: ParallelConfig, comm: Communication, t: _Traffic
 ) -> Communication:
@@ -1218,7 +1237,7 @@ def fsdp1_forward(
 def fsdp1_lora_backward(
     s: Strategy, run: RunConfig, par: ParallelConfig, comm: Communication, t: _Traffic
 ) -> Communication:
-    """FSDP1 LoRA with peft's auto-wrap policy (Profile.fsdp_wraps_peft_leaves) holds one
+    """FSDP1 LoRA with each LoRA matrix a unit (wraps_each_trainable_leaf) holds one
     decoder unit through a checkpointed block's backward, not two. BACKWARD_PRE
     prefetches the handle before the current one in post-forward order (torch 2.13
     torch/distributed/fsdp/_exec_order_utils.py get_handle_to_backward_prefetch). With
@@ -1239,8 +1258,8 @@ def fsdp1_lora_backward(
         or run.method not in ADAPTER_METHODS
         or not run.grad_ckpt
         or _checkpoint_around_unit(run)  # nothing prefetched: one unit already
-        or not profile_of(run).fsdp_wraps_peft_leaves
         or not runs_fsdp1(run, par)
+        or not wraps_each_trainable_leaf(run, par)
     ):
         return comm
     return dataclasses.replace(

@@ -148,16 +148,19 @@ class Profile:
     # copy until backward ends, FSDP2's ``fully_shard`` moves it to the CPU in its reduce
     # (foreach_reduce) and keeps none (parallel._offload_params)
     fsdp_version: Literal[1, 2] | None = None
-    # FSDP's auto-wrap policy makes every trainable leaf module (each LoRA matrix) a unit
-    # of its own: each has its own flat parameter, so its own gradient shard (gpu.trace
-    # leaf_grad_shards), where a decoder-layer unit would reduce one flat gradient
+    # the framework's own FSDP auto-wrap policy makes every trainable leaf module (each
+    # LoRA matrix) a unit of its own, whatever the method and release: each has its own
+    # flat parameter, so its own gradient shard (gpu.trace leaf_grad_shards) and optimizer
+    # states (leaf_units), where a decoder-layer unit would reduce one flat gradient
     fsdp_unit_per_trainable_leaf: bool = False
-    # under FSDP a peft model is wrapped with peft's auto-wrap policy, each trainable leaf
-    # (every LoRA matrix) a unit beside the decoder-layer units: HF Trainer's
-    # update_fsdp_plugin_peft (transformers 5.25 trainer.py:1776-1777,
+    # under FSDP1 a peft model is wrapped with peft's auto-wrap policy, each trainable
+    # leaf (every LoRA matrix) a unit beside the decoder-layer units: HF Trainer's
+    # update_fsdp_plugin_peft (transformers 5.25 trainer.py:1774-1777,
     # distributed/fsdp.py:267-279; peft 0.21.2 utils/other.py:1271-1308
-    # fsdp_auto_wrap_policy), and fsdp_qlora's own policy; FSDP1 BACKWARD_PRE then
-    # prefetches a decoder unit's own LoRA leaf, not the unit below (parallel.fsdp1_lora_backward)
+    # fsdp_auto_wrap_policy) from transformers 4.39 (versions.hf_trainer_wraps_peft_leaves),
+    # and fsdp_qlora's own policy (parallel.wraps_each_trainable_leaf); FSDP1
+    # BACKWARD_PRE then prefetches a decoder unit's own LoRA leaf, not the unit below
+    # (parallel.fsdp1_lora_backward)
     fsdp_wraps_peft_leaves: bool = True
     # QLoRA builds the model from its config with no torch_dtype, so what its modules
     # register at construction (transformers 4's rotary tables: ftmem.release_buffers)

@@ -343,9 +343,44 @@ def checkpointed_blocks_return_cache(arch: Architecture, run: RunConfig) -> bool
 TRANSFORMERS_FSDP2_DEFAULT = (5, 10, 0)
 
 
+# Where TrainingArguments turns FSDP on (``fsdp``) and the script is started by ``accelerate
+# launch`` with an FSDP config, which one names the FSDP version: transformers 4.x sets
+# the plugin's FSDP_* environment variables from ``fsdp_config``, no version among them
+# (4.57.6 training_args.py:2003-2043), so the plugin takes the launcher's FSDP_VERSION
+# (accelerate 1.16 utils/dataclasses.py:1709-1710, utils/launch.py:281); 5.0.0 passes
+# ``fsdp_version`` among its fsdp_plugin_args (5.0.0 training_args.py:2753-2754, the
+# Trainer's ``FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)``
+# trainer.py:5059-5062; 5.25.0 training_args.py:2826-2827, trainer.py:852-855), so its
+# own version or default wins over the launcher's.
+TRANSFORMERS_FSDP_PLUGIN_ARGS = (5, 0, 0)
+
+
+def training_args_name_fsdp_version(transformers_version: str | None) -> bool:
+    """TrainingArguments' ``fsdp_config`` names the FSDP version over the launcher's."""
+    return not older_than(transformers_version, TRANSFORMERS_FSDP_PLUGIN_ARGS)
+
+
 def hf_trainer_fsdp_version(run: RunConfig) -> int:
     """The torch FSDP HF Trainer shards with by default at the run's transformers release."""
     return 1 if older_than(run.transformers_version, TRANSFORMERS_FSDP2_DEFAULT) else 2
+
+
+# HF Trainer hands a peft model's FSDP plugin peft's auto-wrap policy before accelerate
+# wraps it (peft 0.21.2 utils/other.py:1271-1308 fsdp_auto_wrap_policy: each leaf module
+# with a trainable weight a unit of its own, beside the _no_split_modules layers):
+# Trainer._fsdp_qlora_plugin_updates, first in 4.39.0 (4.38.2's trainer.py has none;
+# 4.39.0 trainer.py:1920-1922 under delay_optimizer_creation, :4310-4317 for a
+# LoraConfig, any PeftConfig from 4.50.0 :5208), in 5.x update_fsdp_plugin_peft (5.25.0
+# distributed/fsdp.py:267-279, called at trainer.py:1774-1777). Under FSDP2 it is not
+# called from 4.51.0 (4.51.0 trainer.py:2317-2319, 5.25.0 :1735-1737: ``is_fsdp2`` turns
+# delay_optimizer_creation off), so FSDP2 keeps each adapter in its decoder layer's unit
+# (accelerate 1.16 utils/fsdp_utils.py:940-995 fsdp2_prepare_auto_wrap_policy).
+TRANSFORMERS_FSDP_PEFT_POLICY = (4, 39, 0)
+
+
+def hf_trainer_wraps_peft_leaves(run: RunConfig) -> bool:
+    """HF Trainer at the run's transformers release gives FSDP1 peft's auto-wrap policy."""
+    return not older_than(run.transformers_version, TRANSFORMERS_FSDP_PEFT_POLICY)
 
 
 def checkpoint_wraps_decoder_unit(run: RunConfig) -> bool:

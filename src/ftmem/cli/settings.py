@@ -68,7 +68,7 @@ def _from_config(
     )
     if launcher is not None:
         on = read_launcher_config(launcher)
-        fw = on if fw is None else with_launcher(fw, on)
+        fw = on if fw is None else with_launcher(fw, on, settings.get("transformers_version"))
     assert fw is not None  # a file, a launcher or --framework trl gave it
     # which flags the user gave: typer's context knows (the fast path reads neither --from
     # nor --framework trl)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys, shown
-from ftmem.frameworks.shared import FrameworkConfig, read_mapping
+from ftmem.frameworks.shared import FrameworkConfig, assume, read_mapping
 
 LAUNCHER_NOTE = (
     "The GPU count comes from the launcher, not the config: give --gpus (per node) "
@@ -490,6 +490,11 @@ def _accelerate_config(k: Keys, cfg: FrameworkConfig) -> None:
         _accelerate_deepspeed(k.section("deepspeed_config"), cfg)
     elif kind == "fsdp":
         fsdp_from_config(k.section("fsdp_config"), [], cfg)
+        # accelerate launch's --fsdp_version defaults to "1" where the config names none
+        # (accelerate 1.16 commands/launch.py:517-523, the config's keys copied over it
+        # at :1313-1326), exported as FSDP_VERSION (utils/launch.py:281), which the plugin
+        # reads when built without one (utils/dataclasses.py:1709-1710)
+        assume(cfg, "fsdp_version", 1, "accelerate launch's --fsdp_version default")
     elif kind == "megatron_lm":
         cfg.notes.append(
             "distributed_type MEGATRON_LM: Megatron-LM's parallelism is not read; give "
@@ -555,15 +560,74 @@ def _parallelism(pc: Keys, cfg: FrameworkConfig) -> None:
         )
 
 
-def with_launcher(train: FrameworkConfig, launcher: FrameworkConfig) -> FrameworkConfig:
+def _launcher_fsdp_version(
+    merged: dict,
+    train: FrameworkConfig,
+    launcher: FrameworkConfig,
+    transformers_version: str | None,
+    notes: list[str],
+) -> bool:
+    """Keeps the launcher's FSDP version in ``merged`` where it is the one that runs,
+    and says whether it holds over the training config's own. It does not where the
+    training config turns FSDP on itself under transformers >= 5 (its ``fsdp_config``
+    version or TrainingArguments' default is given to the plugin:
+    versions.TRANSFORMERS_FSDP_PLUGIN_ARGS), where the training framework shards with its
+    own version (Profile.fsdp_version), or where the training config's strategy is not
+    FSDP. Under 4.x it holds over TrainingArguments' ``fsdp_config``, whose version 4.x
+    does not read."""
+    from ftmem.profiles import PROFILES
+    from ftmem.versions import (
+        TRANSFORMERS_FSDP2_DEFAULT,
+        older_than,
+        training_args_name_fsdp_version,
+    )
+
+    if "fsdp_version" not in merged:
+        return False
+    own = train.settings.get("fsdp_version")
+    own_fsdp = str(train.settings.get("strategy", "")).startswith("fsdp")
+    profile = PROFILES.get(train.framework)
+    if (own_fsdp and training_args_name_fsdp_version(transformers_version)) or (
+        profile is not None and profile.fsdp_version is not None
+    ):
+        launched = merged.pop("fsdp_version")
+        stated = not any(a.startswith("fsdp_version ") for a in launcher.assumed)
+        runs: int
+        if profile is not None and profile.fsdp_version is not None:
+            runs, whose = profile.fsdp_version, f"{train.framework}'s own"
+        elif own is not None:
+            runs, whose = own, f"{train.path}'s"
+        else:
+            default = 1 if older_than(transformers_version, TRANSFORMERS_FSDP2_DEFAULT) else 2
+            runs, whose = default, "TrainingArguments' default"
+        if stated and runs != launched:
+            notes.append(f"fsdp_version: {whose} {runs} over the launcher's {launched}.")
+        return False
+    if "strategy" in train.settings and not own_fsdp:
+        merged.pop("fsdp_version")  # the training config's DeepSpeed or DDP runs
+        return False
+    if own is not None and own != merged["fsdp_version"]:
+        notes.append(
+            f"fsdp_version: the launcher's {merged['fsdp_version']} over {train.path}'s "
+            f"{own} (transformers before 5.0 reads the launcher's FSDP_VERSION)."
+        )
+    return True
+
+
+def with_launcher(
+    train: FrameworkConfig, launcher: FrameworkConfig, transformers_version: str | None = None
+) -> FrameworkConfig:
     """The training config's settings over the launcher's (HF Trainer builds its
     DeepSpeed / FSDP plugin from TrainingArguments' keys when they are set), each one
     replaced named in a note; FSDP's activation checkpointing holds whatever the
     training config says, and the launcher's mixed precision replaces a precision that
     only TrainingArguments' defaults gave (transformers training_args.py @5.24.0 reads
-    ACCELERATE_MIXED_PRECISION when neither bf16 nor fp16 is set)."""
+    ACCELERATE_MIXED_PRECISION when neither bf16 nor fp16 is set). The FSDP version as
+    _launcher_fsdp_version says (``transformers_version``: the run's release, None the
+    current one)."""
     merged = dict(launcher.settings)
     notes = [n for n in train.notes if n != LAUNCHER_NOTE]
+    launched = _launcher_fsdp_version(merged, train, launcher, transformers_version, notes)
     assumed = {entry.split(" ", 1)[0] for entry in train.assumed}
     own_precision = "precision" not in assumed or "precision" not in merged
     for key in ("precision", "autocast"):
@@ -573,6 +637,8 @@ def with_launcher(train: FrameworkConfig, launcher: FrameworkConfig) -> Framewor
         if key in ("precision", "autocast") and not own_precision:
             continue
         if key == "grad_ckpt" and merged.get(key):
+            continue
+        if key == "fsdp_version" and launched:
             continue
         if key in merged and merged[key] != value:
             notes.append(f"{key}: {train.path}'s {value} over the launcher's {merged[key]}.")
@@ -587,6 +653,14 @@ def with_launcher(train: FrameworkConfig, launcher: FrameworkConfig) -> Framewor
         merged.pop("autocast", None)  # fp32 weights under bf16 autocast
         merged["precision"] = "bf16-mixed"
     said = f"Read the {launcher.framework} launcher config {launcher.path}."
+    # the launcher's defaults that still hold (not replaced by the training config's)
+    kept = [
+        a
+        for a in launcher.assumed
+        if (key := a.split(" ", 1)[0]) in merged
+        and merged[key] == launcher.settings[key]
+        and key not in train.settings
+    ]
     return FrameworkConfig(
         train.framework,
         train.path,
@@ -594,5 +668,5 @@ def with_launcher(train: FrameworkConfig, launcher: FrameworkConfig) -> Framewor
         merged,
         train.ignored,
         [said, *launcher.notes, *notes],
-        train.assumed,
+        [*train.assumed, *kept],
     )

@@ -281,13 +281,14 @@ TRL_LAUNCH_KEYS = ("accelerate_config", "num_processes", "num_machines")
 # TRL's own Accelerate profiles (`accelerate_config: zero2`), huggingface/trl
 # trl/accelerate_configs/<name>.yaml@f2cd57710ae345ea6428ae95363267fcf38a3dc8: each
 # launches 8 processes on one machine in bf16 (single_gpu: one), DeepSpeed without offload,
-# FSDP resharding after forward without offload or activation checkpointing
+# FSDP resharding after forward without offload or activation checkpointing, fsdp1.yaml
+# and fsdp2.yaml with fsdp_version 1 and 2
 TRL_PROFILES: dict[str, dict[str, Any]] = {
     "zero1": {"strategy": "zero1", "gpus": 8},
     "zero2": {"strategy": "zero2", "gpus": 8},
     "zero3": {"strategy": "zero3", "gpus": 8},
-    "fsdp1": {"strategy": "fsdp", "gpus": 8},
-    "fsdp2": {"strategy": "fsdp", "gpus": 8},
+    "fsdp1": {"strategy": "fsdp", "gpus": 8, "fsdp_version": 1},
+    "fsdp2": {"strategy": "fsdp", "gpus": 8, "fsdp_version": 2},
     "multi_gpu": {"gpus": 8},
     "single_gpu": {"gpus": 1},
 }
@@ -558,7 +559,9 @@ def _trl_launch(k: Keys, base: Path, cfg: FrameworkConfig) -> None:
         launch.update(gpus=total // nodes, nodes=nodes)
     skipped = {"precision", "autocast"}  # TRL's bf16 decides
     if "strategy" in cfg.settings:  # the file's deepspeed / fsdp, offload with it
-        skipped |= {"strategy", "offload_optimizer", "offload_params"}
+        # (and its FSDP version: transformers 5 passes TrainingArguments' own to the
+        # plugin, versions.TRANSFORMERS_FSDP_PLUGIN_ARGS)
+        skipped |= {"strategy", "offload_optimizer", "offload_params", "fsdp_version"}
     for key, value in launch.items():
         if key not in skipped:
             cfg.settings.setdefault(key, value)

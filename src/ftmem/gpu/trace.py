@@ -185,7 +185,7 @@ def coarse_tensors(
 
 def leaf_grad_shards(plan: MethodPlan, per_block: int, shards: int) -> tuple[int, ...]:
     """One trainable block's gradient shards on a rank where each trainable tensor is an
-    FSDP unit of its own (fsdp_qlora's lambda policy wraps every trainable leaf): one
+    FSDP unit of its own (fsdp_qlora's lambda policy, HF Trainer's peft policy under FSDP1): one
     reduce-scattered shard per tensor, 1/``shards`` of it, summing to ``per_block`` (the
     rank's bytes; the last takes the rounding)."""
     grads = _plan_lists(plan)[1]
