@@ -19,29 +19,12 @@ from typing import Any
 
 import pytest
 
-from ftmem.api import parallel_config, run_config
 from ftmem.block_policies import Checkpointed
-from ftmem.parallel import parallel_step
 from ftmem.phases import find_peak
-from ftmem.sources import architecture_from_config
-from tests.fsdp1_nesting import checkpointed_around
+from tests import fsdp_gloo as gloo
 
 H, S, V, LAYERS, BATCH = 512, 128, 64, 4, 2
-CONFIG = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "hidden_size": H,
-    "intermediate_size": 2 * H,
-    "num_hidden_layers": LAYERS,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": V,
-    "max_position_embeddings": 256,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-    "hidden_act": "silu",
-}
+CONFIG = gloo.llama_config(H, 2 * H, LAYERS, V)
 SETTINGS = {
     "method": "lora",
     "precision": "bf16",
@@ -49,9 +32,7 @@ SETTINGS = {
     "grad_ckpt": True,
     "batch_size": BATCH,
     "seq_len": S,
-    "lora_r": 4,
-    "lora_alpha": 4,
-    "lora_targets": "q,k,v,o",
+    **gloo.LORA_SETTINGS,
     "lora_dropout": 0.1,
     "attn": "sdpa",
     "device": "cpu",
@@ -59,12 +40,9 @@ SETTINGS = {
 
 
 def _rank0(transformers_version: str | None, **settings: object):  # -> RankMemory
-    arch = architecture_from_config(CONFIG, "tiny-llama", "test")
-    merged = {**SETTINGS, **settings}
-    if merged["method"] != "lora":
-        merged = {k: v for k, v in merged.items() if not k.startswith("lora_")}
-    run = run_config(**merged, transformers_version=transformers_version)
-    return parallel_step(arch, run, parallel_config(gpus=2, strategy="fsdp")).ranks[0]
+    return gloo.estimated_rank0(
+        CONFIG, SETTINGS, transformers_version=transformers_version, **settings
+    )
 
 
 def test_the_hold_by_hand() -> None:
@@ -97,13 +75,7 @@ def test_no_hold_elsewhere(version: str | None, settings: dict[str, object]) -> 
 
 
 def test_no_hold_without_fsdp() -> None:
-    arch = architecture_from_config(CONFIG, "tiny-llama", "test")
-    run = run_config(**SETTINGS, transformers_version="4.48.1")
-    policy = (
-        parallel_step(arch, run, parallel_config(gpus=2, strategy="ddp"))
-        .ranks[0]
-        .sizes.block.policy
-    )
+    policy = _rank0("4.48.1", strategy="ddp").sizes.block.policy
     assert isinstance(policy, Checkpointed) and not policy.held
 
 
@@ -169,72 +141,49 @@ class _Removed:
         pass
 
 
-def _tiny_fsdp1_lora(rank: int, port: int):  # -> (FSDP model, its frozen units)
+def _tiny_fsdp1_lora():  # -> (FSDP model, its frozen units)
     """The tiny Llama with peft LoRA under FSDP1 as HF Trainer wraps it, each decoder unit
     inside a reentrant checkpoint as transformers < 4.52 calls it."""
     import torch
-    import torch.distributed as dist
-    from peft import LoraConfig, get_peft_model
     from peft.utils.other import fsdp_auto_wrap_policy
-    from torch import nn
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from torch.distributed.fsdp import MixedPrecision, ShardingStrategy
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from torch.distributed.fsdp import MixedPrecision
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=H,
-        intermediate_size=2 * H,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=V,
-        max_position_embeddings=256,
-    )
-    model: Any = LlamaForCausalLM(config)
-    model = model.to(torch.bfloat16)
-    model.config.use_cache = False
+    model = gloo.bf16_llama(CONFIG)
     model.enable_input_require_grads()
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    lora = LoraConfig(r=4, lora_alpha=4, lora_dropout=0.1, target_modules=targets)
-    model = get_peft_model(model, lora, autocast_adapter_dtype=False)
+    model = gloo.with_lora(model, dropout=0.1, autocast_adapter_dtype=False)
     model.train()
     bf16 = torch.bfloat16
-    model = FSDP(
+    model = gloo.fsdp1(
         model,
-        auto_wrap_policy=fsdp_auto_wrap_policy(model),
-        sharding_strategy=ShardingStrategy.FULL_SHARD,
+        fsdp_auto_wrap_policy(model),
         mixed_precision=MixedPrecision(param_dtype=bf16, reduce_dtype=bf16, buffer_dtype=bf16),
-        device_id=torch.device("cpu"),
         use_orig_params=False,
     )
     units = FSDP.fsdp_modules(model)
     frozen = [
         u for u in units if u._has_params and not getattr(u._flat_param, "requires_grad", True)
     ]
-    layers = next(m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == LAYERS)
+    layers = gloo.decoder_layers(model, LAYERS)
     for i in range(LAYERS):
-        layers[i] = checkpointed_around(layers[i])
+        layers[i] = gloo.checkpointed_around(layers[i])
     return model, frozen
 
 
-def _fsdp1_rank(rank: int, port: int, out: str) -> None:
-    """Rank 0 writes the bytes each frozen decoder unit's _finalize_params frees, and the
-    step's peak with the reshard-only hooks as FSDP leaves them and with each hook's
-    handle removed once it has fired (the blocks' inputs then freed as usual)."""
+def _held() -> dict[str, list[int]]:
+    """The bytes each frozen decoder unit's _finalize_params frees, and the step's peak
+    with the reshard-only hooks as FSDP leaves them and with each hook's handle removed
+    once it has fired (the blocks' inputs then freed as usual)."""
     import functools
-    import json
 
     import torch
-    import torch.distributed as dist
     import torch.distributed.fsdp._flat_param as flat_param_module
     import torch.distributed.fsdp._runtime_utils as runtime
     from torch.utils.checkpoint import CheckpointFunction
 
     from ftmem.measure.tracker import LiveBytesTracker
 
-    model, frozen = _tiny_fsdp1_lora(rank, port)
+    model, frozen = _tiny_fsdp1_lora()
     probe = _Probe(frozen)
     probe.follow_resizes(flat_param_module)
     runtime._finalize_params = functools.partial(probe.finalize, runtime._finalize_params)
@@ -256,29 +205,12 @@ def _fsdp1_rank(rank: int, port: int, out: str) -> None:
         if step == 1:
             held = probe.freed
         model.zero_grad(set_to_none=True)
-    if rank == 0:
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump({"freed": held, "peaks": peaks[1:], "bottom": probe.bottom[1:]}, f)
-    dist.destroy_process_group()
+    return {"freed": held, "peaks": peaks[1:], "bottom": probe.bottom[1:]}
 
 
 @pytest.mark.slow
 def test_fsdp1_holds_the_checkpointed_inputs_as_modelled(tmp_path) -> None:
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("peft")
-    if not torch.distributed.is_available():
-        pytest.skip("torch.distributed is not built in")
-    import json
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    out = tmp_path / "held.json"
-    mp.spawn(_fsdp1_rank, args=(port, str(out)), nprocs=2)
-    got = json.loads(out.read_text(encoding="utf-8"))
+    got = gloo.on_two_ranks(tmp_path, _held, needs=("peft",))
 
     sizes = _rank0("4.48.1").sizes
     policy = sizes.block.policy

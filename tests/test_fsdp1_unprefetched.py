@@ -14,40 +14,19 @@ transformers 4.48 calls it and inside it as the installed transformers does.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from ftmem.api import parallel_config, run_config
-from ftmem.parallel import parallel_step
-from ftmem.sources import architecture_from_config
-from tests.fsdp1_nesting import checkpointed_around
+from tests import fsdp_gloo as gloo
 
 H, I, S, V, LAYERS, BATCH, KV = 512, 1024, 64, 64, 4, 2, 256
-CONFIG = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "hidden_size": H,
-    "intermediate_size": I,
-    "num_hidden_layers": LAYERS,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": V,
-    "max_position_embeddings": 256,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-    "hidden_act": "silu",
-}
+CONFIG = gloo.llama_config(H, I, LAYERS, V)
 SETTINGS = {
     "method": "lora",
     "precision": "bf16",
     "grad_ckpt": True,
     "batch_size": BATCH,
     "seq_len": S,
-    "lora_r": 4,
-    "lora_alpha": 4,
-    "lora_targets": "q,k,v,o",
+    **gloo.LORA_SETTINGS,
     "lora_dropout": 0.1,
     "attn": "sdpa",
     "device": "cpu",
@@ -61,12 +40,9 @@ ROOT = (2 * V * H + H) * 2
 
 
 def _comm(transformers_version: str | None, **settings: object):  # -> Communication
-    arch = architecture_from_config(CONFIG, "tiny-llama", "test")
-    merged = {**SETTINGS, **settings}
-    if merged["method"] != "lora":
-        merged = {k: v for k, v in merged.items() if not k.startswith("lora_")}
-    run = run_config(**merged, transformers_version=transformers_version)
-    return parallel_step(arch, run, parallel_config(gpus=2, strategy="fsdp")).ranks[0].sizes.comm
+    return gloo.estimated_rank0(
+        CONFIG, SETTINGS, transformers_version=transformers_version, **settings
+    ).sizes.comm
 
 
 def test_one_block_gathered_by_hand() -> None:
@@ -96,116 +72,42 @@ def test_full_finetuning_is_unprefetched_too() -> None:
     assert comm.backward - comm.head_backward == BASE_BLOCK
 
 
-def _tiny_fsdp1_lora(rank: int, port: int, around: bool):  # -> (FSDP model, decoder units)
+def _gathered(around: bool) -> dict[str, int]:
+    """The most decoder units gathered at once in forward, at the head side (between the
+    last block's forward and the top block's backward) and in backward: the tiny Llama
+    with peft LoRA under FSDP1 (peft's auto-wrap policy, BACKWARD_PRE), the checkpoint
+    around each unit (``around``) or inside the layer's call (the installed transformers)."""
     import torch
-    import torch.distributed as dist
-    from peft import LoraConfig, get_peft_model
     from peft.utils.other import fsdp_auto_wrap_policy
-    from torch import nn
-    from torch.distributed.fsdp import BackwardPrefetch, ShardingStrategy
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from torch.distributed.fsdp import BackwardPrefetch
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=H,
-        intermediate_size=I,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=V,
-        max_position_embeddings=256,
-    )
-    model: Any = LlamaForCausalLM(config)
-    model = model.to(torch.bfloat16)
-    model.config.use_cache = False
+    model = gloo.bf16_llama(CONFIG)
     if not around:  # the installed transformers: the checkpoint inside the layer's call
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     model.enable_input_require_grads()
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=4, target_modules=targets))
+    model = gloo.with_lora(model)
     model.train()
-    model = FSDP(
+    model = gloo.fsdp1(
         model,
-        auto_wrap_policy=fsdp_auto_wrap_policy(model),
-        sharding_strategy=ShardingStrategy.FULL_SHARD,
+        fsdp_auto_wrap_policy(model),
         backward_prefetch=BackwardPrefetch.BACKWARD_PRE,
-        device_id=torch.device("cpu"),
         use_orig_params=False,
     )
-    layers = next(m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == LAYERS)
+    layers = gloo.decoder_layers(model, LAYERS)
     units = list(layers)
     if around:
         for i in range(LAYERS):
-            layers[i] = checkpointed_around(layers[i])
-    return model, units
-
-
-def _gathered_rank(rank: int, port: int, around: bool, out: str) -> None:
-    """Rank 0 writes the most decoder units gathered at once in forward, at the head side
-    (between the last block's forward and the top block's backward) and in backward."""
-    import json
-
-    import torch
-    import torch.distributed as dist
-    import torch.distributed.fsdp._runtime_utils as runtime
-
-    model, units = _tiny_fsdp1_lora(rank, port, around)
-    most = {"forward": 0, "head": 0, "backward": 0}
-    phase = ["forward"]
-
-    def look(*_: object) -> None:
-        n = sum(u._handle.flat_param._full_param_padded.untyped_storage().size() > 0 for u in units)
-        most[phase[0]] = max(most[phase[0]], n)
-
-    for unit in units:  # inside each unit's forward, both passes
-        unit._fsdp_wrapped_module.register_forward_pre_hook(look)
-        unit._fsdp_wrapped_module.register_forward_hook(look)
-    original = runtime._pre_backward_hook
-
-    def pre_backward(state, module, handle, grad, *rest):  # every unit's, the root's first
-        result = original(state, module, handle, grad, *rest)
-        if state._is_root:
-            look()
-            phase[0] = "backward"
-        look()
-        return result
-
-    runtime._pre_backward_hook = pre_backward
-    x = torch.randint(0, V, (BATCH, S))
-    for _ in range(2):  # the second step is the one counted (the first records the order)
-        most.update(forward=0, head=0, backward=0)
-        phase[0] = "forward"
-        loss = model(input_ids=x, labels=x).loss
-        phase[0] = "head"
-        look()
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-    if rank == 0:
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump(most, f)
-    dist.destroy_process_group()
+            layers[i] = gloo.checkpointed_around(layers[i])
+    gathered = gloo.GatheredUnits(units)
+    gathered.watch([unit._fsdp_wrapped_module for unit in units])  # both passes
+    gathered.follow_pre_backward()
+    return gloo.most_by_phase(gathered.second_step(model, torch.randint(0, V, (BATCH, S))))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("around", [True, False], ids=["transformers-4.48", "inside"])
 def test_units_gathered_as_modelled(tmp_path, around: bool) -> None:
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("peft")
-    if not torch.distributed.is_available():
-        pytest.skip("torch.distributed is not built in")
-    import json
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    out = tmp_path / "gathered.json"
-    mp.spawn(_gathered_rank, args=(port, around, str(out)), nprocs=2)
-    got = json.loads(out.read_text(encoding="utf-8"))
+    got = gloo.on_two_ranks(tmp_path, _gathered, around, needs=("peft",))
 
     comm = _comm("4.48.1" if around else None)
     blocks_backward = (comm.backward - ROOT) // BLOCK

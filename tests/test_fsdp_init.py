@@ -22,6 +22,7 @@ from ftmem.gpu.allocator import CachingAllocator
 from ftmem.gpu.trace import RunOutside, _EventLog, _load, _Recorder
 from ftmem.methods import plan_method
 from ftmem.run import RunConfig
+from tests import fsdp_gloo as gloo
 
 from .conftest import tiny
 
@@ -286,23 +287,17 @@ def _tiny_model():
     return Model(), Block
 
 
-def _fsdp_rank(rank: int, port: int, out: str) -> None:
-    """One of two gloo ranks wrapping the tiny model with FSDP1 (FULL_SHARD); rank 0 writes
-    the storages' allocations and frees, as the tracker logs them, to ``out``."""
-    import json
-
+def _wrap_events() -> list[tuple[str, int]]:
+    """A rank wrapping the tiny model with FSDP1 (FULL_SHARD): the storages' allocations
+    and frees, as the tracker logs them."""
     import torch
-    import torch.distributed as dist
     import torch.distributed.fsdp._init_utils as init_utils
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
     from ftmem.measure.tracker import LiveBytesTracker
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    # sync_module_states refuses CPU tensors (a GPU-only check); the broadcast itself
-    # runs on gloo
-    init_utils._check_module_states_for_sync_module_states = lambda _: None
+    gloo.allow_sync_module_states_on_the_cpu()
     init_utils.PARAM_BROADCAST_BUCKET_SIZE = BUCKET_LIMIT
     model, block = _tiny_model()
     events: list[tuple[str, int]] = []
@@ -323,11 +318,7 @@ def _fsdp_rank(rank: int, port: int, out: str) -> None:
             sync_module_states=True,
             use_orig_params=False,
         )
-    if rank == 0:
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump(events, f)
-    dist.barrier()  # neither rank tears gloo down while the other still talks
-    dist.destroy_process_group()
+    return events
 
 
 def test_torch_fsdp_makes_the_same_requests_on_the_cpu(tmp_path):
@@ -336,21 +327,9 @@ def test_torch_fsdp_makes_the_same_requests_on_the_cpu(tmp_path):
     buffers in a bucket of their own, first), the flat parameters, the shards, the flat
     storages resized away and the originals' frees, in order. On the CPU the moves are
     no-ops, so the originals are the tracked parameters and buffers."""
-    torch = pytest.importorskip("torch")
-    if not torch.distributed.is_available():
-        pytest.skip("torch.distributed is not built in")
-    import json
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    out = tmp_path / "events.json"
-    mp.spawn(_fsdp_rank, args=(port, str(out)), nprocs=2)
+    events = gloo.on_two_ranks(tmp_path, _wrap_events)
     # the tracked originals: 2 x 3 parameters and 2 x 2 buffers in the blocks, the head
-    measured = _sizes(json.loads(out.read_text(encoding="utf-8")), skip=set(range(11)))
+    measured = _sizes(events, skip=set(range(11)))
     block = Unit(
         params=(2400, 2400, 80),
         moved=(0, 1, 2),

@@ -24,6 +24,7 @@ from ftmem.gpu.trace import leaf_units
 from ftmem.methods import plan_method
 from ftmem.parallel import parallel_step
 from ftmem.presets import get_model
+from tests import fsdp_gloo as gloo
 
 KiB, MiB = 2**10, 2**20
 
@@ -109,16 +110,13 @@ def test_one_layers_moments_take_five_small_segments_beside_a_large_cache():
     assert chunked.reserved == 1024 * MiB
 
 
-def _fsdp_rank(rank: int, port: int, out: str, strategy: str) -> None:
-    """Two gloo ranks: a frozen linear, then two layers of three LoRA-adapted linears,
-    wrapped as train.py wraps (each trainable leaf a unit, each layer a unit, the root);
-    one forward, backward and AdamW step; rank 0 writes its parameters, gradients and
-    states."""
+def _grads_and_states(strategy: str) -> dict[str, list]:
+    """A frozen linear, then two layers of three LoRA-adapted linears, wrapped as train.py
+    wraps (each trainable leaf a unit, each layer a unit, the root); one forward, backward
+    and AdamW step: the elements of the rank's gradients and states, per parameter."""
     import functools
-    import json
 
     import torch
-    import torch.distributed as dist
     from torch import nn
     from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
     from torch.distributed.fsdp.wrap import (
@@ -150,7 +148,6 @@ def _fsdp_rank(rank: int, port: int, out: str, strategy: str) -> None:
         weight = getattr(module, "weight", None)
         return not list(module.named_children()) and weight is not None and weight.requires_grad
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 16, bias=False), Layer(), Layer())
     model[0].weight.requires_grad_(False)
@@ -178,32 +175,16 @@ def _fsdp_rank(rank: int, port: int, out: str, strategy: str) -> None:
         for p in params
         if p in optimizer.state
     ]
-    if rank == 0:
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump({"grads": grads, "states": states}, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    return {"grads": grads, "states": states}
 
 
 @pytest.mark.parametrize("strategy", ["FULL_SHARD", "NO_SHARD"])
 def test_torch_adamw_keeps_a_state_pair_per_lora_unit(tmp_path, strategy):
-    torch = pytest.importorskip("torch")
-    if not torch.distributed.is_available():
-        pytest.skip("torch.distributed is not built in")
-    import json
-    import socket
     import warnings
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    out = tmp_path / "states.json"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # NO_SHARD's deprecation
-        mp.spawn(_fsdp_rank, args=(port, str(out), strategy), nprocs=2)
-    held = json.loads(out.read_text(encoding="utf-8"))
+        held = gloo.on_two_ranks(tmp_path, _grads_and_states, strategy)
     shards = 2 if strategy == "FULL_SHARD" else 1
     # per layer: q's A (3 x 16) and B (16 x 3), up's A (3 x 16) and B (37 x 3), down's A
     # (3 x 37) and B (16 x 3), each rank 0's ceil(n / shards) elements

@@ -19,6 +19,7 @@ from ftmem.api import parallel_config, run_config
 from ftmem.dtypes import quant_state_bytes
 from ftmem.parallel import parallel_step
 from ftmem.presets import get_model
+from tests import fsdp_gloo as gloo
 
 
 def _q_proj_state() -> int:
@@ -59,48 +60,27 @@ def test_fsdp_rank_keeps_every_layers_quant_state_whole(offload):
         assert rank.weights_sharded == -(-rest // 2)
 
 
-def _fsdp_rank(rank: int, port: int, out: str) -> None:
-    """Two gloo ranks: a linear carrying a non-parameter tensor attribute, as Linear4bit
-    carries its quant_state, wrapped by FSDP1; rank 0 writes what it holds after."""
-    import json
-
+def _held() -> tuple[int, int, bool]:
+    """A linear carrying a non-parameter tensor attribute, as Linear4bit carries its
+    quant_state, wrapped by FSDP1: what the rank holds after (its flat parameter's
+    elements, the attribute's, whether the attribute is the very tensor it was)."""
     import torch
-    import torch.distributed as dist
-    import torch.distributed.fsdp._init_utils as init_utils
     from torch import nn
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    init_utils._check_module_states_for_sync_module_states = lambda _: None  # GPU-only check
+    gloo.allow_sync_module_states_on_the_cpu()
     model = nn.Sequential(nn.Linear(64, 32, bias=False))
     state = torch.arange(32 * 64 // 64, dtype=torch.float32)  # "absmax": one per 64
     model[0].quant_state = state
     wrapped = FullyShardedDataParallel(
         model, device_id=torch.device("cpu"), sync_module_states=True, use_orig_params=False
     )
-    if rank == 0:
-        flat = next(wrapped.parameters())
-        held = wrapped.module[0].quant_state
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump([flat.numel(), held.numel(), held.data_ptr() == state.data_ptr()], f)
-    dist.barrier()
-    dist.destroy_process_group()
+    flat = next(wrapped.parameters())
+    held = wrapped.module[0].quant_state
+    return flat.numel(), held.numel(), held.data_ptr() == state.data_ptr()
 
 
 def test_torch_fsdp_shards_the_weight_not_the_attribute(tmp_path):
-    torch = pytest.importorskip("torch")
-    if not torch.distributed.is_available():
-        pytest.skip("torch.distributed is not built in")
-    import json
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    out = tmp_path / "held.json"
-    mp.spawn(_fsdp_rank, args=(port, str(out)), nprocs=2)
-    flat, held, same = json.loads(out.read_text(encoding="utf-8"))
+    flat, held, same = gloo.on_two_ranks(tmp_path, _held)
     assert flat == 32 * 64 // 2  # the weight: rank 0's half of the flat parameter
     assert held == 32 and same  # the attribute: whole, the very tensor, on every rank

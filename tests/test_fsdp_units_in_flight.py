@@ -21,26 +21,10 @@ from typing import Any
 
 import pytest
 
-from ftmem.api import parallel_config, run_config
-from ftmem.parallel import parallel_step
-from ftmem.sources import architecture_from_config
+from tests import fsdp_gloo as gloo
 
 H, I, S, V, LAYERS, BATCH, KV = 512, 1024, 64, 64, 4, 2, 256
-CONFIG = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "hidden_size": H,
-    "intermediate_size": I,
-    "num_hidden_layers": LAYERS,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": V,
-    "max_position_embeddings": 256,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-    "hidden_act": "silu",
-}
+CONFIG = gloo.llama_config(H, I, LAYERS, V)
 SETTINGS = {
     "method": "full",
     "precision": "bf16",
@@ -64,12 +48,14 @@ def _comm(
     fsdp_version: int | None = None,
     **settings: object,
 ):
-    arch = architecture_from_config(CONFIG, "tiny-llama", "test")
-    run = run_config(
-        **{**SETTINGS, **settings}, framework=framework, transformers_version=transformers_version
-    )
-    par = parallel_config(gpus=2, strategy="fsdp", fsdp_version=fsdp_version)
-    return parallel_step(arch, run, par).ranks[0].sizes.comm
+    return gloo.estimated_rank0(
+        CONFIG,
+        SETTINGS,
+        fsdp_version=fsdp_version,
+        framework=framework,
+        transformers_version=transformers_version,
+        **settings,
+    ).sizes.comm
 
 
 @pytest.mark.parametrize(
@@ -168,117 +154,47 @@ def test_one_block_without_checkpointing_too() -> None:
     assert _comm("4.57.6", grad_ckpt=False).forward == ROOT + BLOCK
 
 
-def _gathered_rank(rank: int, port: int, prefetch: str, out: str, lora: bool = False) -> None:
-    """Rank 0 writes the most decoder units gathered at once, per phase and place. With
-    ``lora``: LoRA on the attention projections wrapped by peft's auto-wrap policy (each
-    LoRA matrix a unit of its own, as HF Trainer's update_fsdp_plugin_peft sets it) and
-    transformers' own checkpoint default (non-reentrant)."""
-    import json
-
+def _gathered(prefetch: str, lora: bool = False) -> dict[str, int]:
+    """The most decoder units gathered at once, per phase and place. With ``lora``: LoRA
+    on the attention projections wrapped by peft's auto-wrap policy (each LoRA matrix a
+    unit of its own, as HF Trainer's update_fsdp_plugin_peft sets it) and transformers'
+    own checkpoint default (non-reentrant)."""
     import torch
-    import torch.distributed as dist
-    import torch.distributed.fsdp._runtime_utils as runtime
-    from torch import nn
-    from torch.distributed.fsdp import BackwardPrefetch, ShardingStrategy
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import BackwardPrefetch
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-    from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=H,
-        intermediate_size=I,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=V,
-        max_position_embeddings=256,
-    )
-    model: Any = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.config.use_cache = False
+    model = gloo.bf16_llama(CONFIG)
     policy: Any = ModuleWrapPolicy({LlamaDecoderLayer})  # TRANSFORMER_BASED_WRAP
     if lora:
-        from peft import LoraConfig, get_peft_model
         from peft.utils.other import fsdp_auto_wrap_policy
 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=4, target_modules=targets))
+        model = gloo.with_lora(model)
         policy = fsdp_auto_wrap_policy(model)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     model.train()
-    model = FSDP(
+    model = gloo.fsdp1(
         model,
-        auto_wrap_policy=policy,
-        sharding_strategy=ShardingStrategy.FULL_SHARD,
+        policy,
         backward_prefetch=None if prefetch == "none" else BackwardPrefetch[prefetch],
         forward_prefetch=False,
-        device_id=torch.device("cpu"),
         use_orig_params=not lora,  # (peft's FSDP1 QLoRA path: False)
     )
-    layers = next(m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == LAYERS)
-    units = list(layers)
-    most: dict[str, int] = {}
-    phase = ["forward"]
-
-    def look(where: str) -> None:
-        n = sum(u._handle.flat_param._full_param_padded.untyped_storage().size() > 0 for u in units)
-        key = f"{phase[0]}:{where}"
-        most[key] = max(most.get(key, 0), n)
-
-    for unit in units:  # the layer's submodules run in the forward and in the recompute
-        layer = unit._fsdp_wrapped_module
-        for sub in layer.modules():
-            if sub is not layer:
-                sub.register_forward_pre_hook(lambda *_: look("layer"))
-                sub.register_forward_hook(lambda *_: look("layer"))
-    original = runtime._pre_backward_hook
-
-    def pre_backward(state, module, handle, grad, *rest):  # every unit's, the root's first
-        result = original(state, module, handle, grad, *rest)
-        if state._is_root:
-            look("root")
-            phase[0] = "backward"
-        else:
-            look("pre_backward")
-        return result
-
-    runtime._pre_backward_hook = pre_backward
-    x = torch.randint(0, V, (BATCH, S))
-    for _ in range(2):  # the second step is the one counted (the first records the order)
-        most.clear()
-        phase[0] = "forward"
-        loss = model(input_ids=x, labels=x).loss
-        phase[0] = "head"
-        look("logits")
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-    if rank == 0:
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump(most, f)
-    dist.destroy_process_group()
+    units = list(gloo.decoder_layers(model, LAYERS))
+    gathered = gloo.GatheredUnits(units)
+    layers = [u._fsdp_wrapped_module for u in units]
+    # the layer's submodules run in the forward and in the recompute
+    gathered.watch([sub for layer in layers for sub in layer.modules() if sub is not layer])
+    gathered.follow_pre_backward()
+    return gathered.second_step(model, torch.randint(0, V, (BATCH, S)))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("prefetch", ["BACKWARD_PRE", "BACKWARD_POST", "none"])
 def test_fsdp1_units_gathered_as_modelled(tmp_path, prefetch: str) -> None:
-    torch = pytest.importorskip("torch")
-    if not torch.distributed.is_available():
-        pytest.skip("torch.distributed is not built in")
-    import json
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    out = tmp_path / "gathered.json"
-    mp.spawn(_gathered_rank, args=(port, prefetch, str(out)), nprocs=2)
-    got = json.loads(out.read_text(encoding="utf-8"))
+    got = gloo.on_two_ranks(tmp_path, _gathered, prefetch)
 
     comm = _comm("4.57.6")  # FSDP1 under HF Trainer
     assert got["forward:layer"] == (comm.forward - ROOT) // BLOCK == 1
@@ -296,21 +212,7 @@ def test_fsdp1_lora_holds_one_unit_in_backward(tmp_path) -> None:
     """LoRA under FSDP1 with peft's auto-wrap policy: BACKWARD_PRE prefetches a decoder
     unit's own last LoRA leaf, not the unit below (parallel.fsdp1_lora_backward), so one
     decoder unit is gathered while a block recomputes and runs its backward."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("peft")
-    if not torch.distributed.is_available():
-        pytest.skip("torch.distributed is not built in")
-    import json
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    out = tmp_path / "gathered.json"
-    mp.spawn(_gathered_rank, args=(port, "BACKWARD_PRE", str(out), True), nprocs=2)
-    got = json.loads(out.read_text(encoding="utf-8"))
+    got = gloo.on_two_ranks(tmp_path, _gathered, "BACKWARD_PRE", True, needs=("peft",))
 
     comm = _comm("4.57.6", method="lora")  # FSDP1 under HF Trainer
     unit = comm.forward - comm.head_forward  # one decoder unit: forward's, none at the logits

@@ -15,21 +15,18 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ftmem.dtypes import layer_norm_stats_bytes  # noqa: E402
 from ftmem.vision import (  # noqa: E402
     VisionTower,
     frozen_forward,
-    projector_saved,
-    tower_saved,
+)
+from tests.accuracy.vision_measure import (  # noqa: E402
+    estimated_saved,
+    forward_moment,
+    saved_bytes,
 )
 
 TEXT_HIDDEN = 64
 IMAGES = 3
-
-
-def cpu_ln(e: int) -> int:
-    """A LayerNorm's mean and rstd, bytes each, as the CPU measured here keeps them."""
-    return layer_norm_stats_bytes("cpu", e)
 
 
 LLAVA = VisionTower(
@@ -104,15 +101,12 @@ def _features(model, pixels):
 
 
 def measured_saved(v: VisionTower, attn: str, dtype, tower_trains: bool) -> int:
-    from ftmem.measure.saved import walk_saved, weight_storage_ptrs
-
     model = build(v, attn, dtype)
     model.model.vision_tower.requires_grad_(tower_trains)
     pixels = torch.randn(IMAGES, 3, v.image_size, v.image_size, dtype=dtype)
     features = _features(model, pixels)
     assert features.shape[:2] == (IMAGES, v.tokens_per_image)  # the image tokens
-    saved = walk_saved(features.grad_fn, weight_storage_ptrs(model))
-    return sum(s.nbytes for s in saved)
+    return saved_bytes(model, features)
 
 
 CASES = [
@@ -128,9 +122,7 @@ CASES = [
 def test_trained_tower_and_projector_saved(v, attn, dtype):
     e = torch.finfo(dtype).bits // 8
     measured = measured_saved(v, attn, dtype, tower_trains=True)
-    estimated = tower_saved(v, IMAGES, e, attn == "eager", ln_stats=cpu_ln(e)) + projector_saved(
-        v, TEXT_HIDDEN, IMAGES, e, ln_stats=cpu_ln(e)
-    )
+    estimated = estimated_saved(v, IMAGES, TEXT_HIDDEN, attn, e, tower_trains=True)
     assert abs(estimated - measured) / measured <= 0.03, (estimated, measured)
 
 
@@ -141,7 +133,7 @@ def test_frozen_tower_trained_projector_saved(v, attn, dtype):
     gradient and its weights are frozen), the projector its inputs."""
     e = torch.finfo(dtype).bits // 8
     measured = measured_saved(v, attn, dtype, tower_trains=False)
-    estimated = projector_saved(v, TEXT_HIDDEN, IMAGES, e, tower_trains=False, ln_stats=cpu_ln(e))
+    estimated = estimated_saved(v, IMAGES, TEXT_HIDDEN, attn, e, tower_trains=False)
     assert abs(estimated - measured) / measured <= 0.03, (estimated, measured)
 
 
@@ -165,20 +157,10 @@ def test_llava_builds_every_tower_layer_and_keeps_those_it_reads():
 def test_frozen_forward_moment(v, dtype):
     """The frozen tower's forward (sdpa, no gradient anywhere): the largest moment beyond
     the weights and pixels, against ftmem.vision.frozen_forward (5 %, a peak)."""
-    from ftmem.measure.tracker import LiveBytesTracker
-
     model = build(v, "sdpa", dtype)
     model.requires_grad_(False)
     pixels = torch.randn(IMAGES, 3, v.image_size, v.image_size, dtype=dtype)
-    tracker = LiveBytesTracker()
-    tracker.track(list(model.parameters()), list(model.buffers()), pixels)
-    with tracker:
-        before = tracker.current
-        tracker.reset_peak()
-        features = _features(model, pixels)
-        peak = tracker.peak
-    del features
-    measured = peak - before
+    measured = forward_moment(model, (pixels,), lambda: _features(model, pixels))
     estimated = frozen_forward(v, IMAGES, torch.finfo(dtype).bits // 8)
     assert abs(estimated - measured) / measured <= 0.05, (estimated, measured)
 

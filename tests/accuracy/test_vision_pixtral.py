@@ -19,7 +19,6 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ftmem.dtypes import layer_norm_stats_bytes  # noqa: E402
 from ftmem.vision import (  # noqa: E402
     VisionTower,
     frozen_forward,
@@ -32,14 +31,15 @@ from ftmem.vision_pixtral import (  # noqa: E402
     layer_backward,
     tokens_per_image,
 )
+from tests.accuracy.vision_measure import (  # noqa: E402
+    cpu_ln,
+    estimated_saved,
+    forward_moment,
+    saved_bytes,
+)
 
 TEXT_HIDDEN = 64
 IMAGES = 2
-
-
-def cpu_ln(e: int) -> int:
-    """A LayerNorm's mean and rstd, bytes each, as the CPU measured here keeps them."""
-    return layer_norm_stats_bytes("cpu", e)
 
 
 PIXTRAL = VisionTower(
@@ -99,8 +99,6 @@ def pixels(v: VisionTower):
 
 
 def measured_saved(v: VisionTower, attn: str, dtype, tower_trains: bool) -> int:
-    from ftmem.measure.saved import walk_saved, weight_storage_ptrs
-
     model = build(v, attn, dtype)
     model.model.vision_tower.requires_grad_(tower_trains)
     model.model.multi_modal_projector.requires_grad_(True)
@@ -108,8 +106,7 @@ def measured_saved(v: VisionTower, attn: str, dtype, tower_trains: bool) -> int:
     out = model.model.get_image_features(pixel_values=values, image_sizes=sizes).pooler_output
     features = torch.cat(list(out))
     assert features.shape == (IMAGES * features_per_image(v), TEXT_HIDDEN)
-    saved = walk_saved(features.grad_fn, weight_storage_ptrs(model))
-    return sum(s.nbytes for s in saved)
+    return saved_bytes(model, features)
 
 
 CASES = [
@@ -138,9 +135,7 @@ def test_mask_by_hand():
 def test_trained_tower_and_projector_saved(attn, dtype):
     e = torch.finfo(dtype).bits // 8
     measured = measured_saved(PIXTRAL, attn, dtype, tower_trains=True)
-    estimated = tower_saved(
-        PIXTRAL, IMAGES, e, attn == "eager", ln_stats=cpu_ln(e)
-    ) + projector_saved(PIXTRAL, TEXT_HIDDEN, IMAGES, e, ln_stats=cpu_ln(e))
+    estimated = estimated_saved(PIXTRAL, IMAGES, TEXT_HIDDEN, attn, e, tower_trains=True)
     assert abs(estimated - measured) / measured <= 0.03, (estimated, measured)
 
 
@@ -149,9 +144,7 @@ def test_trained_tower_and_projector_saved(attn, dtype):
 def test_frozen_tower_trained_projector_saved(attn, dtype):
     e = torch.finfo(dtype).bits // 8
     measured = measured_saved(PIXTRAL, attn, dtype, tower_trains=False)
-    estimated = projector_saved(
-        PIXTRAL, TEXT_HIDDEN, IMAGES, e, tower_trains=False, ln_stats=cpu_ln(e)
-    )
+    estimated = estimated_saved(PIXTRAL, IMAGES, TEXT_HIDDEN, attn, e, tower_trains=False)
     assert abs(estimated - measured) / measured <= 0.03, (estimated, measured)
 
 
@@ -167,21 +160,15 @@ def test_frozen_tower_trained_projector_saved(attn, dtype):
 def test_frozen_forward_moment(intermediate, dtype):
     """The frozen tower's forward (sdpa, no gradient anywhere): its largest moment beyond
     the weights and pixels, against ftmem.vision.frozen_forward (5 %, a peak)."""
-    from ftmem.measure.tracker import LiveBytesTracker
-
     v = PIXTRAL.model_copy(update={"intermediate_size": intermediate})
     model = build(v, "sdpa", dtype)
     model.requires_grad_(False)
     values, sizes = pixels(v)
-    tracker = LiveBytesTracker()
-    tracker.track(list(model.parameters()), list(model.buffers()), values, sizes)
-    with tracker:
-        before = tracker.current
-        tracker.reset_peak()
-        out = model.model.get_image_features(pixel_values=values, image_sizes=sizes)
-        peak = tracker.peak
-    del out
-    measured = peak - before
+    measured = forward_moment(
+        model,
+        (values, sizes),
+        lambda: model.model.get_image_features(pixel_values=values, image_sizes=sizes),
+    )
     estimated = frozen_forward(v, IMAGES, torch.finfo(dtype).bits // 8)
     assert abs(estimated - measured) / measured <= 0.05, (estimated, measured)
 

@@ -17,7 +17,6 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from ftmem.dtypes import layer_norm_stats_bytes  # noqa: E402
 from ftmem.vision import (  # noqa: E402
     VisionTower,
     frozen_forward,
@@ -25,14 +24,15 @@ from ftmem.vision import (  # noqa: E402
     tower_saved,
 )
 from ftmem.vision_qwen import window_lengths  # noqa: E402
+from tests.accuracy.vision_measure import (  # noqa: E402
+    cpu_ln,
+    estimated_saved,
+    forward_moment,
+    saved_bytes,
+)
 
 TEXT_HIDDEN = 64
 IMAGES = 2
-
-
-def cpu_ln(e: int) -> int:
-    """A LayerNorm's mean and rstd, bytes each, as the CPU measured here keeps them."""
-    return layer_norm_stats_bytes("cpu", e)
 
 
 _COMMON = dict(
@@ -112,15 +112,12 @@ def _features(model, v, dtype):
 
 
 def measured_saved(v: VisionTower, attn: str, dtype, tower_trains: bool) -> int:
-    from ftmem.measure.saved import walk_saved, weight_storage_ptrs
-
     model = build(v, attn, dtype)
     model.model.visual.requires_grad_(tower_trains)
     model.model.visual.merger.requires_grad_(True)
     features = _features(model, v, dtype)
     assert features.shape == (IMAGES * v.tokens_per_image, TEXT_HIDDEN)  # the image tokens
-    saved = walk_saved(features.grad_fn, weight_storage_ptrs(model))
-    return sum(s.nbytes for s in saved)
+    return saved_bytes(model, features)
 
 
 CASES = [
@@ -142,9 +139,7 @@ def test_window_lengths_by_hand():
 def test_trained_tower_and_merger_saved(v, attn, dtype):
     e = torch.finfo(dtype).bits // 8
     measured = measured_saved(v, attn, dtype, tower_trains=True)
-    estimated = tower_saved(v, IMAGES, e, attn == "eager", ln_stats=cpu_ln(e)) + projector_saved(
-        v, TEXT_HIDDEN, IMAGES, e, ln_stats=cpu_ln(e)
-    )
+    estimated = estimated_saved(v, IMAGES, TEXT_HIDDEN, attn, e, tower_trains=True)
     assert abs(estimated - measured) / measured <= 0.03, (estimated, measured)
 
 
@@ -153,7 +148,7 @@ def test_trained_tower_and_merger_saved(v, attn, dtype):
 def test_frozen_tower_trained_merger_saved(v, attn, dtype):
     e = torch.finfo(dtype).bits // 8
     measured = measured_saved(v, attn, dtype, tower_trains=False)
-    estimated = projector_saved(v, TEXT_HIDDEN, IMAGES, e, tower_trains=False, ln_stats=cpu_ln(e))
+    estimated = estimated_saved(v, IMAGES, TEXT_HIDDEN, attn, e, tower_trains=False)
     assert abs(estimated - measured) / measured <= 0.03, (estimated, measured)
 
 
@@ -169,20 +164,14 @@ def test_frozen_tower_trained_merger_saved(v, attn, dtype):
 def test_frozen_forward_moment(v, dtype):
     """The frozen tower's forward (sdpa, no gradient anywhere): its largest moment beyond
     the weights and pixels, against ftmem.vision.frozen_forward (5 %, a peak)."""
-    from ftmem.measure.tracker import LiveBytesTracker
-
     model = build(v, "sdpa", dtype)
     model.requires_grad_(False)
     values, grid = pixels(v, dtype)
-    tracker = LiveBytesTracker()
-    tracker.track(list(model.parameters()), list(model.buffers()), values, grid)
-    with tracker:
-        before = tracker.current
-        tracker.reset_peak()
-        out = model.model.get_image_features(pixel_values=values, image_grid_thw=grid)
-        peak = tracker.peak
-    del out
-    measured = peak - before
+    measured = forward_moment(
+        model,
+        (values, grid),
+        lambda: model.model.get_image_features(pixel_values=values, image_grid_thw=grid),
+    )
     estimated = frozen_forward(v, IMAGES, torch.finfo(dtype).bits // 8)
     assert abs(estimated - measured) / measured <= 0.05, (estimated, measured)
 
