@@ -32,6 +32,7 @@ from ftmem.gpu.trace import leaf_units
 from ftmem.methods import plan_method
 from ftmem.parallel import parallel_step
 from ftmem.sources import architecture_from_config
+from tests import fsdp_gloo as gloo
 
 # odd sizes, so that a matrix does not split evenly over the two ranks
 H, I, LAYERS, R, V = 64, 94, 2, 3, 64
@@ -67,14 +68,12 @@ def _run(transformers_version: str | None = None, method: str = "lora", framewor
     )
 
 
-def _units_rank(rank: int, port: int, out: str) -> None:
-    """Rank 0 writes, per FSDP unit in module order, whether its flat parameter is
-    trainable, its local shard's bytes and the decoder layer it lies in (None: outside)."""
-    import json
+def _units() -> list[dict]:
+    """Per FSDP unit in module order: whether its flat parameter is trainable, its local
+    shard's bytes and the decoder layer it lies in (None: outside)."""
     import types
 
     import torch
-    import torch.distributed as dist
     from accelerate.utils import FullyShardedDataParallelPlugin
     from peft import LoraConfig, get_peft_model
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
@@ -82,7 +81,6 @@ def _units_rank(rank: int, port: int, out: str) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.distributed.fsdp import update_fsdp_plugin_peft
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.manual_seed(0)
     keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
     config = LlamaConfig(
@@ -124,31 +122,12 @@ def _units_rank(rank: int, port: int, out: str) -> None:
                     "layer": inside.get(id(unit)),
                 }
             )
-    if rank == 0:
-        with open(out, "w", encoding="utf-8") as f:
-            json.dump(units, f)
-    dist.barrier()
-    dist.destroy_process_group()
+    return units
 
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory) -> list[dict]:
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("peft")
-    pytest.importorskip("accelerate")
-    if not torch.distributed.is_available():
-        pytest.skip("torch.distributed is not built in")
-    import json
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    out = tmp_path_factory.mktemp("units") / "units.json"
-    mp.spawn(_units_rank, args=(port, str(out)), nprocs=2)
-    return json.loads(out.read_text(encoding="utf-8"))
+    return gloo.on_two_ranks(tmp_path_factory.mktemp("units"), _units, needs=("peft", "accelerate"))
 
 
 @pytest.mark.slow
