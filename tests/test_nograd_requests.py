@@ -4,8 +4,11 @@ The truth: transformers' LlamaDecoderLayer (and peft's LoRA on its linears) run 
 ``torch.no_grad`` on the CPU on a tiny layer, every op output's storage logged as it is
 allocated and freed (ftmem.measure.tracker.LiveBytesTracker with an event log). What
 the installed releases cannot run here is their cited source transcribed with torch ops,
-run the same way: transformers 4.37.2's sdpa attention (GQA's repeat_kv) and a 4-bit
-base (bitsandbytes 0.43's dequantisation per matmul under peft's 4-bit LoRA layer).
+run the same way: transformers 4.37.2's sdpa attention (GQA's repeat_kv), 4.48.1's and
+4.54.0's (q, k and v made contiguous) and a 4-bit base (bitsandbytes 0.43's dequantisation
+per matmul under peft's 4-bit LoRA layer). An opt-in test runs the real 4.48.1 layer
+(tests/transformers4_nograd_probe.py, FTMEM_TRANSFORMERS4_SITES as in
+tests/test_transformers4_sdpa.py).
 Compared: the requests of at least THRESHOLD bytes (every tensor as wide as the hidden
 state, halves of q/k included; the norms' statistics and lora_A's outputs are below it),
 sizes and frees in order, and the peak of live bytes.
@@ -13,6 +16,12 @@ sizes and frees in order, and the peak of live bytes.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
 from types import MethodType
 
 import pytest
@@ -20,7 +29,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import LlamaConfig
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+from transformers.models.llama.modeling_llama import (
+    LlamaDecoderLayer,
+    LlamaRotaryEmbedding,
+    apply_rotary_pos_emb,
+)
 
 from ftmem.api import run_config
 from ftmem.estimate import _tensors, _with_layer_forward
@@ -38,6 +51,7 @@ from ftmem.phases import find_peak
 from ftmem.presets import get_model
 from ftmem.run_phases import program_peak
 from ftmem.step import step_parts
+from ftmem.versions import release
 from tests.test_gpu_trace import replay_live
 
 B, S, H, I, HEADS, KV_HEADS, R = 2, 16, 64, 176, 4, 2, 4
@@ -116,6 +130,57 @@ def _sdpa_forward_4_37(tables: tuple[torch.Tensor, torch.Tensor], positions: tor
     return forward
 
 
+def _sdpa_attention_forward_4_48(module, query, key, value, enable_gqa: bool):
+    """transformers 4.48.1 integrations/sdpa_attention.py sdpa_attention_forward (:18-59)
+    without a mask: repeat_kv in its own frame (the caller keeps the unrepeated keys and
+    values), then ``.contiguous()`` of the query, keys and values (:39-41) whatever the
+    mask; with ``enable_gqa`` 4.54.0's path under use_gqa_in_sdpa (:50-57), no repeat.
+    The parameters' order is the real one's: the frame frees query, key, value in it."""
+    sdpa_kwargs = {}
+    if enable_gqa:
+        sdpa_kwargs = {"enable_gqa": True}
+    else:
+        key = _repeat_kv(key, module.num_key_value_groups)
+        value = _repeat_kv(value, module.num_key_value_groups)
+    query = query.contiguous()
+    key = key.contiguous()
+    value = value.contiguous()
+    attn_output = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=None,
+        dropout_p=0.0,
+        scale=module.scaling,
+        is_causal=True,
+        **sdpa_kwargs,
+    )
+    attn_output = attn_output.transpose(1, 2).contiguous()
+    return attn_output, None
+
+
+def _attention_forward_4_48(enable_gqa: bool):
+    """transformers 4.48.1 models/llama/modeling_llama.py LlamaAttention.forward (:254-301)
+    under sdpa without a cache, for 5.25's attention module (same projections)."""
+
+    def forward(self, hidden_states, position_embeddings, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        attn_output, attn_weights = _sdpa_attention_forward_4_48(
+            self, query_states, key_states, value_states, enable_gqa
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.o_proj(attn_output)
+        return attn_output, attn_weights
+
+    return forward
+
+
 def _dequantized(weight: torch.Tensor) -> torch.Tensor:
     """bitsandbytes 0.43 ``dequantize_4bit`` as its requests: the fp32 absmax from the
     nested one (a value per NF4_BLOCK weights), then the weight in the compute dtype
@@ -156,13 +221,20 @@ def _quantize(layer: nn.Module) -> None:
 
 
 def _measure(
-    lora: bool, dropout: float, transformers_4_37: bool = False, quantized: bool = False
+    lora: bool,
+    dropout: float,
+    transformers_4_37: bool = False,
+    quantized: bool = False,
+    copies: str = "",
+    kv_heads: int = KV_HEADS,
 ) -> list[tuple[str, int]]:
+    """``copies``: "" (5.25's attention), "4.48" or "4.54" (sdpa_attention_forward's
+    contiguous inputs; 4.54: GQA by the kernel's enable_gqa)."""
     cfg = LlamaConfig(
         hidden_size=H,
         intermediate_size=I,
         num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
+        num_key_value_heads=kv_heads,
         num_hidden_layers=1,
         vocab_size=100,
     )
@@ -187,6 +259,9 @@ def _measure(
         tables = tuple(t[0] for t in LlamaRotaryEmbedding(cfg)(x.float(), positions[:1]))
         kept += [*tables, positions[:1]]
         attention.forward = MethodType(_sdpa_forward_4_37(tables, positions[:1]), attention)
+    if copies:
+        forward = _attention_forward_4_48(enable_gqa=copies == "4.54")
+        attention.forward = MethodType(forward, attention)
     events: list[tuple[str, int]] = []
     tracker = LiveBytesTracker(events)
     with torch.no_grad(), tracker:
@@ -242,6 +317,100 @@ def test_llama_layer_requests_match_torch(lora, dropout, quantized, transformers
     assert program_peak(tuple(measured)) == program_peak(tuple(derived))
 
 
+def _kernel_output_follows_query() -> bool:
+    """This torch's CPU sdpa kernel lays a contiguous query's output out contiguous
+    (torch 2.13: it follows the query; 2.4.1 allocates (b, s, heads, d) whatever it is)."""
+    q = torch.randn(1, 2, 8, 16, dtype=torch.bfloat16)
+    return bool(F.scaled_dot_product_attention(q, q, q, is_causal=True).is_contiguous())
+
+
+@pytest.mark.parametrize(
+    ("copies", "kv_heads"),
+    [("4.48", HEADS), ("4.48", KV_HEADS), ("4.54", KV_HEADS)],
+    ids=["4.48-mha", "4.48-gqa-repeat", "4.54-gqa-enable"],
+)
+@pytest.mark.parametrize(
+    ("lora", "dropout", "quantized"),
+    [(False, 0.0, False), (True, 0.1, False), (True, 0.1, True)],
+    ids=["base", "lora-dropout", "qlora-dropout"],
+)
+def test_contiguous_sdpa_inputs_match_torch(lora, dropout, quantized, copies, kv_heads):
+    """transformers 4.48-4.55 copy the rotary q and k and the transposed v before sdpa
+    (repeat_kv's outputs are contiguous already), and, where the kernel lays its output
+    out as its query (the CPU's under torch 2.13, CUDA's flash), the output's transpose
+    is copied too: each request against the transcribed source run on the CPU."""
+    follows = _kernel_output_follows_query()
+    measured = _measure(lora, dropout, quantized=quantized, copies=copies, kv_heads=kv_heads)
+    shape = LayerShape(
+        T=T,
+        hidden=H,
+        q_size=H,
+        kv_size=H // HEADS * kv_heads,
+        intermediate=I,
+        e=E,
+        lora=frozenset(TARGETS) if lora else frozenset(),
+        lora_r=R,
+        lora_dropout=dropout > 0,
+        mask_bytes=E,
+        quantized=quantized,
+        repeated_kv=copies == "4.48" and kv_heads < HEADS,
+        inputs_copied=True,
+        output_follows_query=follows,
+    )
+    requests, output = llama_layer(shape)
+    derived = _large((*requests, ("free", output)))
+    assert measured == derived
+    assert program_peak(tuple(measured)) == program_peak(tuple(derived))
+    # without the copies the derivation misses them: three (or one) inputs, the output
+    plain = llama_layer(replace(shape, inputs_copied=False))
+    assert _large((*plain[0], ("free", plain[1]))) != measured
+
+
+def _sites() -> dict[str, str]:
+    spec = os.environ.get("FTMEM_TRANSFORMERS4_SITES", "")
+    pairs = (item.split("=", 1) for item in spec.split(";") if "=" in item)
+    return {version: path for version, path in pairs}
+
+
+@pytest.mark.parametrize("kv_heads", [HEADS, KV_HEADS], ids=["mha", "gqa"])
+@pytest.mark.parametrize("version", ["4.48.1", "4.53.0", "4.55.4"])
+def test_measured_on_the_real_release(version: str, kv_heads: int):
+    """The real release's LlamaDecoderLayer under no_grad (its site on PYTHONPATH, named by
+    FTMEM_TRANSFORMERS4_SITES ``version=path``; skipped when absent: CI has no network)
+    against the derivation, the kernel's output layout as that site's torch makes it;
+    4.54+ leaves GQA to the kernel under torch >= 2.5 (4.54.0 integrations/
+    sdpa_attention.py use_gqa_in_sdpa :27-32), repeat_kv otherwise."""
+    site = _sites().get(version)
+    if not site:
+        pytest.skip(f"no unpacked transformers {version} (FTMEM_TRANSFORMERS4_SITES)")
+    probe = Path(__file__).with_name("transformers4_nograd_probe.py")
+    done = subprocess.run(
+        [sys.executable, str(probe), str(B), str(S), str(H), str(I), str(HEADS), str(kv_heads)],
+        env=os.environ | {"PYTHONPATH": site},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["version"] == version
+    measured = _large([tuple(event) for event in got["events"]], got["skip"])
+    gqa_by_kernel = release(version) >= (4, 54, 0) and release(got["torch"]) >= (2, 5, 0)
+    shape = LayerShape(
+        T=T,
+        hidden=H,
+        q_size=H,
+        kv_size=H // HEADS * kv_heads,
+        intermediate=I,
+        e=E,
+        repeated_kv=kv_heads < HEADS and not gqa_by_kernel,
+        inputs_copied=True,
+        output_follows_query=got["output_follows_query"],
+    )
+    requests, output = llama_layer(shape)
+    assert measured == _large((*requests, ("free", output)))
+
+
 # -- where the estimate uses it --------------------------------------------------------
 
 LORA_RUN = dict(
@@ -289,24 +458,42 @@ def test_not_derived_elsewhere(change):
     assert checkpointed_layer(arch, run, plan_method(arch, run)) is None
 
 
-def test_gqa_keys_repeated_derived_for_4_37_only():
-    """GQA under transformers 4.37 (repeat_kv before sdpa) is derived: two more requests
-    than 4.57's (enable_gqa), each as wide as q (b·s·4096·2 bytes for Llama-3.1-8B, kv
-    1024 wide); 4.48's sdpa path, which also copies the query, is not."""
+def test_gqa_keys_repeated_and_inputs_copied_by_release():
+    """GQA under transformers 4.37 (repeat_kv before sdpa) is derived with two more
+    requests than 4.57's (enable_gqa), each as wide as q (b·s·4096·2 bytes for
+    Llama-3.1-8B, kv 1024 wide); 4.48's sdpa_attention_forward adds the query's contiguous
+    copy and, 16-bit on CUDA (flash), the output's: four more; 4.54's leaves GQA to the
+    kernel but copies the query, the keys and values (kv wide each) and the output."""
     arch = get_model("llama3.1-8b")
 
-    def layer(version: str):
+    def sizes(version: str) -> list[int]:
         run = run_config(**LORA_RUN, batch_size=2, seq_len=256, transformers_version=version)
-        return checkpointed_layer(arch, run, plan_method(arch, run))
+        layer = checkpointed_layer(arch, run, plan_method(arch, run))
+        assert layer is not None
+        return sorted(v for op, v in layer[0] if op == "alloc")
 
-    old, new = layer("4.37.2"), layer("4.57.0")
-    assert layer("4.48.1") is None
-    assert old is not None and new is not None
-    old_sizes = [v for op, v in old[0] if op == "alloc"]
-    new_sizes = [v for op, v in new[0] if op == "alloc"]
-    q_wide = 2 * 256 * 4096 * 2
-    assert len(old_sizes) == len(new_sizes) + 2
-    assert sorted(old_sizes) == sorted([*new_sizes, q_wide, q_wide])
+    new = sizes("4.57.0")
+    q_wide, kv_wide = 2 * 256 * 4096 * 2, 2 * 256 * 1024 * 2
+    assert sizes("4.37.2") == sorted([*new, q_wide, q_wide])
+    assert sizes("4.44.2") == sizes("4.37.2")
+    assert sizes("4.48.1") == sorted([*new, *[q_wide] * 4])
+    assert sizes("4.54.0") == sorted([*new, q_wide, kv_wide, kv_wide, q_wide])
+    assert sizes("4.56.0") == new
+
+
+def test_not_derived_with_a_mask_or_one_copied_kv_head():
+    """A padded batch gives sdpa a mask (5.25 then repeats GQA keys and values; 4.40-4.47
+    copy q, k and v on CUDA), as does a sliding window the sequence reaches: not derived.
+    One kv head under 4.48-4.55: its stride-0 repeat is copied per head, not derived."""
+    arch = get_model("llama3.1-8b")
+    padded = run_config(**LORA_RUN, batch_size=2, seq_len=256, padding="max-length")
+    assert checkpointed_layer(arch, padded, plan_method(arch, padded)) is None
+    unpadded = run_config(**LORA_RUN, batch_size=2, seq_len=256)
+    assert checkpointed_layer(arch, unpadded, plan_method(arch, unpadded)) is not None
+    mqa = arch.model_copy(update={"num_kv_heads": 1})
+    for version, derived in (("4.48.1", False), ("4.56.0", True)):
+        run = run_config(**LORA_RUN, batch_size=2, seq_len=256, transformers_version=version)
+        assert (checkpointed_layer(mqa, run, plan_method(mqa, run)) is not None) == derived
 
 
 @pytest.mark.parametrize(
@@ -316,6 +503,8 @@ def test_gqa_keys_repeated_derived_for_4_37_only():
         ("llama-2-7b", "qlora", None),
         ("llama-2-7b", "full", None),
         ("llama3.1-8b", "qlora", "4.37.2"),  # GQA: keys and values repeated per head
+        ("llama3.1-8b", "qlora", "4.48.1"),  # and the query's and output's copies
+        ("llama-2-7b", "lora", "4.53.0"),  # q, k, v and the output copied
     ],
 )
 def test_the_replay_runs_it_and_keeps_the_timeline_peak(model, method, version):

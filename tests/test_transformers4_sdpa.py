@@ -109,14 +109,16 @@ def test_the_model_level_mask():
     )
 
 
-def test_no_version_or_4_54_keeps_the_estimate():
-    """A run that names no transformers release, or one with enable_gqa and no float mask,
+def test_no_version_or_4_56_keeps_the_estimate():
+    """A run that names no transformers release, or one with enable_gqa, no float mask and
+    no contiguous copies before the kernel (4.56: versions.TRANSFORMERS_SDPA_CONTIGUOUS),
     estimates as before."""
     arch = llama(heads=8, kv_heads=2)
     kwargs = dict(method="lora", precision="bf16", batch_size=2, seq_len=64, attn="sdpa")
     base = estimate(arch, **kwargs).memory
-    assert estimate(arch, **kwargs, transformers_version="4.54.0").memory == base
-    assert estimate(arch, **kwargs, transformers_version="4.53.0").memory != base
+    assert estimate(arch, **kwargs, transformers_version="4.56.0").memory == base
+    for version in ("4.53.0", "4.54.0"):
+        assert estimate(arch, **kwargs, transformers_version=version).memory != base
 
 
 def _sites() -> dict[str, str]:

@@ -18,7 +18,7 @@ from ftmem.adapters.prompt import PromptEncoder
 from ftmem.arch import Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan
-from ftmem.ops.attention import Attention, runs_eager
+from ftmem.ops.attention import Attention, runs_eager, sdpa_output_copied
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.dropout import Dropout
 from ftmem.ops.embedding import Embedding
@@ -81,7 +81,12 @@ def block_saved(
     prefix = run.prefix_len > 0  # the layer's key/value prefix trains
     q_grad = x or w or adapted_attn or bias_attn or wn or prefix
     # the attention output is the o_proj input: one storage, kept by the fused kernels
-    kernel_keeps_o_input = not runs_eager(arch, run) and arch.traits.o_proj_reads_kernel_output
+    # (unless transformers 4.48-4.55 copies the kernel's output first)
+    kernel_keeps_o_input = (
+        not runs_eager(arch, run)
+        and arch.traits.o_proj_reads_kernel_output
+        and not sdpa_output_copied(arch, run, ctx.e)
+    )
     if arch.latent_attention:
         out += LatentAttention.saved(ctx, state, tuple(qkv), qkv_in_grad, q_grad, wn)
         kernel_keeps_o_input = LatentAttention.o_reads_kernel_output(ctx)

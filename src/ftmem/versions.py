@@ -255,15 +255,41 @@ def peft_gptq_adds_in_place(run: RunConfig) -> bool:
 # use_gqa_in_sdpa (torch >= 2.5 and ``attention_mask is None``): the unpadded training case.
 TRANSFORMERS_SDPA_ENABLE_GQA = (4, 54, 0)
 # The releases whose GQA sdpa path ops.nograd_requests derives, repeat included:
-# LlamaSdpaAttention.forward of 4.36-4.37 (4.37.2 models/llama/modeling_llama.py:667-743;
+# LlamaSdpaAttention.forward of 4.36-4.47 (4.37.2 models/llama/modeling_llama.py:667-743;
 # Mistral's the same, models/mistral/modeling_mistral.py:648-700): q, k, v, the rotary,
 # ``repeat_kv`` of the keys, then of the values (:712-713: expand, reshape, a copy as wide
 # as q), ``.contiguous()`` only under an explicit mask on CUDA (:723-726), sdpa, the
 # output's ``transpose(1, 2).contiguous()`` (:738, a view of the kernels' (b, s, h, d)
-# output), o_proj. Not derived: 4.38-4.39's float mask (LLAMA_SDPA_FLOAT_MASK); 4.48.1's
-# sdpa_attention_forward calls ``query.contiguous()`` whatever the mask
-# (integrations/sdpa_attention.py:38-40, a copy of the rotated query); 4.40-4.47 not read.
-SDPA_REPEAT_KV_DERIVED: Releases = (((4, 36, 0), (4, 38, 0)),)
+# output), o_proj; 4.40.0 (:655-667), 4.44.2 (:642-654) and 4.47.1 (:548-560) the same
+# lines. From 4.48.0 to 4.53 integrations/sdpa_attention.py sdpa_attention_forward repeats
+# them in its own frame (the caller keeps the unrepeated ones) and copies the query
+# (TRANSFORMERS_SDPA_CONTIGUOUS). Not derived: 4.38-4.39's float mask
+# (LLAMA_SDPA_FLOAT_MASK; Mistral's 4.38-4.39 not read).
+SDPA_REPEAT_KV_DERIVED: Releases = (((4, 36, 0), (4, 38, 0)), ((4, 40, 0), (4, 54, 0)))
+# transformers' sdpa_attention_forward makes the kernel's inputs contiguous whatever the
+# mask: ``query = query.contiguous()``, ``key = ...``, ``value = ...`` (4.48.0
+# integrations/sdpa_attention.py:39-41, "SDPA with memory-efficient backend is bugged with
+# non-contiguous inputs and custom attn_mask for some torch versions"; 4.51.3 :39-41,
+# 4.53.0 :49-51, 4.54.0 :64-66, 4.55.4 :72-74), which the attention of Llama, Mistral,
+# Mixtral, Qwen2, Gemma, Gemma-2, Cohere, GLM, Granite, OLMo-2, Phi, Phi-3 and StarCoder2
+# picks from ALL_ATTENTION_FUNCTIONS from 4.48.0 on (models/*/modeling_*.py), as do Qwen3,
+# Qwen3-MoE, Gemma 3, GLM-4, SmolLM3 and EXAONE 4 from their first release
+# (Family.sdpa_contiguous_releases; GPT-2's and GPTBigCode's kept views are not derived,
+# Falcon, OLMoE and StableLM keep their own attention). The rotary q and k (laid out (b, s, h, d)
+# under their (b, h, s, d) view: the products follow the projection's view) and v (a
+# transposed view) are not contiguous, so each is copied; ``.contiguous()`` of repeat_kv's
+# output returns it. huggingface/transformers#40315 "Remove unnecessary contiguous calls
+# for modern torch" drops the three lines, first released in 4.56.0 (4.56.0 :93 keeps only
+# the output's). Before 4.48 the copies were made only under a mask on CUDA (4.47.1
+# models/llama/modeling_llama.py:557-560 ``if query_states.device.type == "cuda" and
+# causal_mask is not None``; mistral, qwen2 the same).
+TRANSFORMERS_SDPA_CONTIGUOUS: Releases = (((4, 48, 0), (4, 56, 0)),)
+# Families whose attention picked sdpa_attention_forward from ALL_ATTENTION_FUNCTIONS only
+# from a later release (the 4.48.0, 4.49.0, 4.50.0, 4.51.3, 4.52.0, 4.53.0, 4.54.0 and
+# 4.55.4 wheels read): GPT-NeoX from 4.49.0 (4.48.0 models/gpt_neox/modeling_gpt_neox.py
+# has its own sdpa class), Mllama's text model from 4.52.0 (4.51.3 its own).
+GPT_NEOX_SDPA_CONTIGUOUS: Releases = (((4, 49, 0), (4, 56, 0)),)
+MLLAMA_SDPA_CONTIGUOUS: Releases = (((4, 52, 0), (4, 56, 0)),)
 # LlamaModel._update_causal_mask gives sdpa an explicit float causal mask in every forward,
 # padded or not: 4.38.x builds it from the (max_pos, max_pos) causal_mask buffer
 # (4.38.2 models/llama/modeling_llama.py:1074 ``self.causal_mask[None, None, :, :].repeat(
@@ -290,6 +316,14 @@ def sdpa_repeats_kv(arch: Architecture, run: RunConfig) -> bool:
         and run.attn == "sdpa"
         and older_than(run.transformers_version, TRANSFORMERS_SDPA_ENABLE_GQA)
     )
+
+
+def sdpa_inputs_copied(arch: Architecture, run: RunConfig) -> bool:
+    """transformers 4.48-4.55 copies the query, keys and values to contiguous tensors
+    before sdpa, in the releases whose attention for this family calls the shared
+    sdpa_attention_forward (Family.sdpa_contiguous_releases; TRANSFORMERS_SDPA_CONTIGUOUS)."""
+    releases = arch.traits.sdpa_contiguous_releases
+    return run.attn == "sdpa" and within(run.transformers_version, releases)
 
 
 def sdpa_float_causal_mask(arch: Architecture, run: RunConfig) -> bool:

@@ -201,6 +201,11 @@ class Family:
     # use_cache and collects the key/value cache the block returns into the model's output
     # (ftmem.returned_cache; ftmem.versions: GPT_BIGCODE_CHECKPOINTED_CACHE).
     checkpointed_cache_releases: Releases = ()
+    # transformers releases whose attention for this family calls the shared
+    # sdpa_attention_forward (picked from ALL_ATTENTION_FUNCTIONS) while it still made q, k
+    # and v contiguous before the kernel (ftmem.versions: TRANSFORMERS_SDPA_CONTIGUOUS...);
+    # empty: its sdpa path never did (its own attention, or GPT-2's kept views: not derived).
+    sdpa_contiguous_releases: Releases = ()
     # The model's forward computes its own loss from the labels (remote code: Qwen-1's
     # QWenLMHeadModel.forward), which a run whose loss is transformers' default takes
     # instead (profiles.framework_run); None: transformers' loss.

@@ -20,6 +20,7 @@ from ftmem.versions import (
     COHERE_CAUSAL_MASK_BOOL,
     COHERE_SDPA_FLOAT_MASK,
     QWEN2_ROTARY_PER_LAYER,
+    TRANSFORMERS_SDPA_CONTIGUOUS,
 )
 
 QK_NORM_KEY = "use_qk_norm"
@@ -57,4 +58,5 @@ FAMILY = Family(
     causal_mask_buffer=((COHERE_CAUSAL_MASK_BOOL, 1),),
     rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
     sdpa_float_mask_releases=COHERE_SDPA_FLOAT_MASK,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

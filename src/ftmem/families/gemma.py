@@ -8,6 +8,7 @@ from ftmem.versions import (
     LLAMA_CAUSAL_MASK_INT64,
     LLAMA_SDPA_FLOAT_MASK,
     MISTRAL_ROTARY_PER_LAYER,
+    TRANSFORMERS_SDPA_CONTIGUOUS,
 )
 
 FAMILY = Family(
@@ -21,4 +22,5 @@ FAMILY = Family(
     causal_mask_buffer=((LLAMA_CAUSAL_MASK_INT64, 8), (LLAMA_CAUSAL_MASK_BOOL, 1)),
     rotary_per_layer_releases=MISTRAL_ROTARY_PER_LAYER,
     sdpa_float_mask_releases=LLAMA_SDPA_FLOAT_MASK,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

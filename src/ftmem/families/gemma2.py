@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys, alternating, number, wrong
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -75,4 +76,5 @@ FAMILY = Family(
             "the soft-capped s² scores."
         )
     },
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

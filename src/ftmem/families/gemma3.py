@@ -10,6 +10,7 @@ from ftmem.families import ConfigMap, Family
 from ftmem.families._config import Config, LlamaKeys, every_nth_full
 from ftmem.families._llama import llama_map
 from ftmem.families.gemma2 import GEMMA2_NAMES, build_gemma2, read_softcaps
+from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
 
 # Gemma3TextConfig's defaults (transformers 5.24, models/gemma3/configuration_gemma3.py):
 # the Gemma 3 4B/12B/27B config.json files give only what differs from them.
@@ -62,4 +63,5 @@ FAMILY = Family(
     norm_scale_plus_one=True,
     image_tokens_bidirectional=True,
     rotary_tables_per_layer_type=True,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys, rotary_dim
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -50,4 +51,5 @@ FAMILY = Family(
     names=replace(LLAMA_NAMES, mlp={"gate_up": "mlp.gate_up_proj", "down": "mlp.down_proj"}),
     rotary_tables_per_layer=True,
     o_proj_reads_kernel_output=False,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

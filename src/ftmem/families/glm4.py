@@ -13,6 +13,7 @@ from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 from ftmem.families.glm import build_glm_keys, read_glm_keys
+from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
 
 if TYPE_CHECKING:
     pass
@@ -47,4 +48,5 @@ FAMILY = Family(
     ),
     rotary_tables_per_layer=True,
     o_proj_reads_kernel_output=False,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

@@ -21,6 +21,7 @@ from ftmem.families._config import (
     rotary_dim,
     word,
 )
+from ftmem.versions import GPT_NEOX_SDPA_CONTIGUOUS
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -87,4 +88,5 @@ FAMILY = Family(
     o_proj_reads_kernel_output=False,
     # hidden_dropout acts on the embeddings and on both branches' outputs
     dropout_keys={"residual_dropout": "hidden_dropout", "embedding_dropout": "hidden_dropout"},
+    sdpa_contiguous_releases=GPT_NEOX_SDPA_CONTIGUOUS,
 )

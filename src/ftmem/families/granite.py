@@ -10,6 +10,7 @@ from __future__ import annotations
 from ftmem.families import Family
 from ftmem.families._config import LlamaKeys
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
 
 FAMILY = Family(
     name="granite",
@@ -20,4 +21,5 @@ FAMILY = Family(
     # GraniteModel.forward: ``inputs_embeds = inputs_embeds * self.embedding_multiplier``
     # (transformers 5.25 modeling_granite.py l.388), after embed_tokens
     embeddings_scaled_apart=True,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

@@ -11,6 +11,7 @@ from ftmem.versions import (
     LLAMA_ROTARY_CACHE,
     LLAMA_ROTARY_PER_LAYER,
     LLAMA_SDPA_FLOAT_MASK,
+    TRANSFORMERS_SDPA_CONTIGUOUS,
 )
 
 FAMILY = Family(
@@ -36,4 +37,5 @@ FAMILY = Family(
     rotary_per_layer_releases=LLAMA_ROTARY_PER_LAYER,
     sdpa_float_mask_releases=LLAMA_SDPA_FLOAT_MASK,
     last_cos_sin_releases=LLAMA_LAST_COS_SIN_KEPT,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

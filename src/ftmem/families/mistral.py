@@ -4,7 +4,11 @@ from ftmem.families import Family
 from ftmem.families._config import LlamaKeys, every_layer
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 from ftmem.ops.nograd_requests import llama_block_forward
-from ftmem.versions import MISTRAL_ROTARY_CACHE, MISTRAL_ROTARY_PER_LAYER
+from ftmem.versions import (
+    MISTRAL_ROTARY_CACHE,
+    MISTRAL_ROTARY_PER_LAYER,
+    TRANSFORMERS_SDPA_CONTIGUOUS,
+)
 
 FAMILY = Family(
     block_forward=llama_block_forward,
@@ -23,4 +27,5 @@ FAMILY = Family(
     names=LLAMA_NAMES,
     rotary_cache_releases=MISTRAL_ROTARY_CACHE,
     rotary_per_layer_releases=MISTRAL_ROTARY_PER_LAYER,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

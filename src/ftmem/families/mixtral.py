@@ -10,7 +10,11 @@ from ftmem import limits
 from ftmem.families import SP_MODES, Family
 from ftmem.families._config import Config, LlamaKeys, every_layer, need
 from ftmem.families._llama import LLAMA_NAMES, llama_map
-from ftmem.versions import MISTRAL_ROTARY_PER_LAYER, MIXTRAL_ROTARY_CACHE
+from ftmem.versions import (
+    MISTRAL_ROTARY_PER_LAYER,
+    MIXTRAL_ROTARY_CACHE,
+    TRANSFORMERS_SDPA_CONTIGUOUS,
+)
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -57,4 +61,5 @@ FAMILY = Family(
     rotary_cache_releases=MIXTRAL_ROTARY_CACHE,
     rotary_per_layer_releases=MISTRAL_ROTARY_PER_LAYER,
     router_aux_loss=True,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ftmem.families import ConfigMap, Family
 from ftmem.families._config import Config, LlamaKeys
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.versions import MLLAMA_SDPA_CONTIGUOUS
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -82,4 +83,5 @@ FAMILY = Family(
     decoder_layer="MllamaSelfAttentionDecoderLayer",
     config=ConfigMap(_read, _build),
     names=LLAMA_NAMES,
+    sdpa_contiguous_releases=MLLAMA_SDPA_CONTIGUOUS,
 )

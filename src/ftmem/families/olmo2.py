@@ -10,6 +10,7 @@ from dataclasses import replace
 from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys
 from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
 
 
 def _read(cfg: Config, out: Config) -> None:
@@ -29,4 +30,5 @@ FAMILY = Family(
     norms_after_sublayers=True,
     norm_scale_in_fp32=True,
     rotary_tables_fp32=True,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys, flag, rotary_dim
 from ftmem.families._llama import LLAMA_NAMES, llama_map
-from ftmem.versions import QWEN2_ROTARY_CACHE, QWEN2_ROTARY_PER_LAYER
+from ftmem.versions import QWEN2_ROTARY_CACHE, QWEN2_ROTARY_PER_LAYER, TRANSFORMERS_SDPA_CONTIGUOUS
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -77,4 +77,5 @@ FAMILY = Family(
     dropout_keys={"residual_dropout": "resid_pdrop", "embedding_dropout": "embd_pdrop"},
     rotary_cache_releases=QWEN2_ROTARY_CACHE,
     rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

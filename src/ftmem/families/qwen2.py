@@ -3,7 +3,7 @@
 from ftmem.families import SP_MODES, Family
 from ftmem.families._config import LlamaKeys, above_max_window_layers
 from ftmem.families._llama import LLAMA_NAMES, llama_map
-from ftmem.versions import QWEN2_ROTARY_CACHE, QWEN2_ROTARY_PER_LAYER
+from ftmem.versions import QWEN2_ROTARY_CACHE, QWEN2_ROTARY_PER_LAYER, TRANSFORMERS_SDPA_CONTIGUOUS
 
 FAMILY = Family(
     name="qwen2",
@@ -30,4 +30,5 @@ FAMILY = Family(
     names=LLAMA_NAMES,
     rotary_cache_releases=QWEN2_ROTARY_CACHE,
     rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from ftmem.families import SP_MODES, Family
 from ftmem.families._config import Config, LlamaKeys, above_max_window_layers
 from ftmem.families._llama import LLAMA_NAMES, llama_map, window_off_by_default
+from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
 
 
 def _read_qwen3(cfg: Config, out: Config) -> None:
@@ -39,4 +40,5 @@ FAMILY = Family(
     ),
     names=LLAMA_NAMES,
     qk_norm=True,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

@@ -15,6 +15,7 @@ from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys, every_layer, flag, need, opt, shown
 from ftmem.families._llama import LLAMA_NAMES, llama_map, window_off_by_default
 from ftmem.families.mixtral import EXPERT_NAMES
+from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -68,4 +69,5 @@ FAMILY = Family(
     router_renormalisation_optional=True,
     routing_weights_in_router_dtype=True,
     router_aux_loss=True,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

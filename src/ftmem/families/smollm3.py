@@ -8,6 +8,7 @@ from __future__ import annotations
 from ftmem.families import Family
 from ftmem.families._config import LlamaKeys, on_nope_layers
 from ftmem.families._llama import LLAMA_NAMES, llama_map, window_off_by_default
+from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
 
 FAMILY = Family(
     name="smollm3",
@@ -24,4 +25,5 @@ FAMILY = Family(
         read_extra=window_off_by_default,
     ),
     names=LLAMA_NAMES,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )

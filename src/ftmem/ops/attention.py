@@ -15,9 +15,11 @@ from ftmem.versions import (
     BOOL_MASKS_PER_CALL,
     SDPA_MASK_INDEXED_PER_LAYER,
     TRANSFORMERS_FALCON_ATTENTION_INTERFACE,
+    TRANSFORMERS_SDPA_ENABLE_GQA,
     older_than,
     rotary_tables_per_layer,
     sdpa_float_causal_mask,
+    sdpa_inputs_copied,
     sdpa_repeats_kv,
     within,
 )
@@ -331,6 +333,39 @@ def padding_notes(arch: Architecture, run: RunConfig) -> list[str]:
     return []
 
 
+def kernel_output_follows_query(run: RunConfig, e: int) -> bool:
+    """sdpa's kernel lays its output out as its query (a contiguous (b, heads, s, d) query
+    gets a contiguous output, whose transpose the caller copies): CUDA's flash kernel,
+    16-bit sdpa's without a mask (pytorch@03b7c19d aten/src/ATen/native/transformers/cuda/
+    flash_attn/flash_api.cpp mha_fwd ``out = at::empty_like(q_padded)``, q being the
+    query's (b, s, heads, d) transpose; Dao-AILab/flash-attention v2.5.6 the same line,
+    l.404-406), and the CPU's flash kernel under torch 2.13 (measured:
+    tests/test_nograd_requests.py; torch 2.4.1's allocates (b, s, heads, d) whatever the
+    query). CUDA's memory-efficient kernel, fp32's, allocates (b, s, heads, d)
+    (aten/src/ATen/native/transformers/cuda/attention.cu _efficient_attention_forward
+    ``res = at::empty({B, M, num_heads, Kv}, ...)``)."""
+    return run.device == "cpu" or e == 2
+
+
+def sdpa_output_copied(arch: Architecture, run: RunConfig, e: int) -> bool:
+    """transformers 4.48-4.55 hands the kernel a contiguous query (versions.
+    sdpa_inputs_copied), so where the kernel lays its output out as its query,
+    sdpa_attention_forward's ``attn_output.transpose(1, 2).contiguous()`` (4.48.0
+    integrations/sdpa_attention.py:57) copies it: what o_proj reads is that copy, not the
+    output the kernel keeps (5.25's rotary query keeps the (b, s, heads, d) layout, and the
+    transpose is a view). Measured on the CPU, tests/test_nograd_requests.py."""
+    copied = sdpa_inputs_copied(arch, run) and not runs_eager(arch, run)
+    return copied and kernel_output_follows_query(run, e)
+
+
+def rotary_head_major(arch: Architecture) -> bool:
+    """The rotary's ``torch.cat`` leaves q and k laid out head-major, (b, heads, s, d)
+    contiguous: the partial rotary of GPT-NeoX, Phi, Phi-3, StableLM and GLM, whose kernel
+    output follows that layout and reaches o_proj as a copy (Family.
+    o_proj_reads_kernel_output False, measured); ``.contiguous()`` of them is no copy."""
+    return arch.position_embedding == "rotary" and not arch.traits.o_proj_reads_kernel_output
+
+
 def qkv_views_kept(arch: Architecture) -> bool:
     """q, k and v are views of one fused projection's output that the kernel keeps,
     so the whole output stays alive (GPT-2); rotary would make new q and k tensors."""
@@ -395,6 +430,8 @@ class Attention:
             keep("v (repeated per head)", Tk * kv_saved * e, Kind.ATTN_V)
         elif Attention.kv_expanded(arch, run):
             out += Attention.expanded_kv_saved(ctx)
+        elif sdpa_inputs_copied(arch, run):
+            out += Attention.copied_sdpa_saved(ctx)
         elif layer_mask(ctx) or sdpa_repeats_kv(arch, run):
             out += Attention.masked_sdpa_saved(ctx, with_mask=layer_mask(ctx))
         else:
@@ -671,6 +708,57 @@ class Attention:
         return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
 
     @staticmethod
+    def copied_per_head(arch: Architecture, run: RunConfig, masked: bool) -> bool:
+        """transformers 4.48-4.55 gives the kernel keys and values as wide as q: repeat_kv
+        runs for grouped kv heads before 4.54 or under a mask (4.54.0 integrations/
+        sdpa_attention.py:50-57, use_gqa_in_sdpa), and one kv head's stride-0 repeat is
+        then copied per head by ``key.contiguous()``."""
+        if arch.kv_heads == arch.num_heads:
+            return False
+        return masked or older_than(run.transformers_version, TRANSFORMERS_SDPA_ENABLE_GQA)
+
+    @staticmethod
+    def copied_sdpa_saved(ctx: LayerContext) -> list[Saved]:
+        """transformers 4.48-4.55's sdpa_attention_forward (versions.sdpa_inputs_copied):
+        the kernel keeps the contiguous copies it is given, not the caller's tensors
+        (4.48.0 integrations/sdpa_attention.py:29-41): the query's copy (one already
+        contiguous, as a partial rotary's cat makes it, is its own: rotary_head_major), the
+        keys and values repeated per head where they are (copied_per_head), else their
+        copies. The caller's rotary k and its v (a view of the v projection's output, or of
+        a fused projection's whole output: v_kept) stay beside them where the training
+        forward's DynamicCache holds them: without checkpointing, transformers 4's model
+        makes one whenever config.use_cache (4.48.0 models/llama/modeling_llama.py:532, 547)
+        and its first update stores the tensors themselves (cache_utils.py:441-442; 4.55.4
+        DynamicLayer.update :99-100), as masked_sdpa_saved says of the GQA copies. With a
+        padding or image mask, the additive mask as there. (The kernel's output and
+        logsumexp: Attention.saved.)"""
+        arch, run = ctx.arch, ctx.run
+        T, e = ctx.tokens, ctx.e
+        b, s = run.batch_size, ctx.tokens // run.batch_size
+        q, kv = arch.q_size, arch.kv_size
+        masked = layer_mask(ctx)
+        if not Attention.copied_per_head(arch, run, masked):
+            kept = ("k and v (contiguous copies)", 2 * T * kv * e)
+        elif arch.kv_heads > 1:
+            kept = ("k and v repeated per head (repeat_kv)", 2 * T * q * e)
+        else:
+            kept = ("k and v copied per head (repeat_kv's view made contiguous)", 2 * T * q * e)
+        items = [("rotary q", T * q * e, Kind.ATTN_QK), (*kept, Kind.ATTN_COPY)]
+        if not run.grad_ckpt:
+            what, v_bytes, _ = Attention.v_kept(ctx)
+            # a head-major rotary k is its own contiguous copy: the kernel keeps it too
+            k_bytes = 0 if rotary_head_major(arch) and kept[1] == 2 * T * kv * e else T * kv * e
+            cache = "the cache's keys and values (DynamicCache)"
+            if v_bytes != T * kv * e or not k_bytes:
+                cache = f"the cache's keys and values (DynamicCache; {what}{', k shared' if not k_bytes else ''})"
+            items.append((cache, k_bytes + v_bytes, Kind.ATTN_QK))
+        if masked:
+            rows, length = (1, T) if packed_rows(run) else (b, s)
+            mask = aligned_mask(rows, length, e, run.device)
+            items.append(("additive mask (last dim padded to 8)", mask, Kind.ATTN_MASK))
+        return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
+
+    @staticmethod
     def float_causal_mask_saved(ctx: LayerContext) -> list[Saved]:
         """transformers 4.38-4.39's explicit float causal mask (versions.sdpa_float_causal_mask),
         which the memory-efficient kernel (flash takes no mask) keeps per layer: in 4.38 a
@@ -903,6 +991,10 @@ class Attention:
         keys = T + run.batch_size * run.prefix_len  # a prefix's keys and values too
         masked = explicit_mask(arch, run) or sliding_window_mask(arch, run) or run.prefix_len
         repeated = (run.attn == "sdpa" and masked) or sdpa_repeats_kv(arch, run)
+        # transformers 4.48-4.55 copies one kv head's stride-0 repeat per head
+        repeated |= sdpa_inputs_copied(arch, run) and Attention.copied_per_head(
+            arch, run, bool(masked)
+        )
         # ColossalAI's ColoAttention (the rank whose model forward builds its mask) is given
         # repeat_kv's output; one kv head's is a stride-0 view, kept as it is, but
         # flash-attn's backward writes dk and dv with ``torch.empty_like`` (dense, at

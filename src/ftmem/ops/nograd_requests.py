@@ -10,7 +10,9 @@ holds the building blocks and transformers' Llama layer (``llama_block_forward``
 ops.nograd_fused_qkv a block with one fused q/k/v projection. Derived from transformers'
 LlamaDecoderLayer (4.37.2 and 5.25 alike for these ops:
 ``LlamaRMSNorm``, ``LlamaAttention`` with SDPA, ``apply_rotary_pos_emb``, ``LlamaMLP``;
-4.37's sdpa path adds GQA's ``repeat_kv`` copies of k and v: versions.SDPA_REPEAT_KV_DERIVED),
+4.36-4.53's sdpa path adds GQA's ``repeat_kv`` copies of k and v:
+versions.SDPA_REPEAT_KV_DERIVED; 4.48-4.55's makes the kernel's inputs contiguous:
+versions.TRANSFORMERS_SDPA_CONTIGUOUS, ``LayerProgram.contiguous_sdpa``),
 peft 0.21's ``lora.Linear.forward`` (``result = result + lora_B(lora_A(dropout(x))) *
 scaling``; before 0.9.0 the sum is in place, below; on a 4-bit base, tuners/lora/bnb.py
 ``Linear4bit.forward`` first clones the base output, ``result = result.clone()``: 0.21.2
@@ -38,7 +40,8 @@ region's end) are left out: the estimate counts them with the step's autocast co
 The 4-bit weight is dequantised in the compute dtype (``quant_state.dtype``, taken as the
 compute dtype: then ``.to(A.dtype)`` is no copy). Left out, small requests (the small
 pool's on real sizes): each norm's statistics (b·s·4 bytes: the mean, ``+ eps``, the
-rsqrt), transformers 4.37's per-layer cos/sin gathers (s·d·e each), SDPA's logsumexp.
+rsqrt), transformers 4.37's per-layer cos/sin gathers (s·d·e each) and 4.40-4.42's per-layer
+cos and sin (b·s·d, in fp32 then cast), SDPA's logsumexp.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from ftmem.arch import Architecture, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.gpu.program import RequestProgram, Requests
 from ftmem.methods import MethodPlan
+from ftmem.ops.attention import explicit_mask, kernel_output_follows_query
 from ftmem.profiles import profile_of
 from ftmem.run import RunConfig
 from ftmem.versions import (
@@ -56,6 +60,7 @@ from ftmem.versions import (
     SDPA_REPEAT_KV_DERIVED,
     older_than,
     sdpa_float_causal_mask,
+    sdpa_inputs_copied,
     sdpa_repeats_kv,
     within,
 )
@@ -76,9 +81,13 @@ class LayerShape:
     not), whether the base weights are 4-bit (dequantised per matmul), the bytes per
     element of dropout's mask (CUDA's bool; the CPU's noise is its input's: the tests'
     case), the adapters' element size where peft casts their input to it (0: the
-    activations' dtype, no cast), whether peft adds the adapter's output in place and
+    activations' dtype, no cast), whether peft adds the adapter's output in place,
     ``repeated_kv``: GQA keys and values copied to every query head before sdpa
-    (transformers 4.36-4.37's LlamaSdpaAttention, SDPA_REPEAT_KV_DERIVED)."""
+    (transformers 4.36-4.53, SDPA_REPEAT_KV_DERIVED), ``inputs_copied``: q, k and v made
+    contiguous in sdpa_attention_forward's own frame (4.48-4.55,
+    TRANSFORMERS_SDPA_CONTIGUOUS), and ``output_follows_query``: the kernel lays its output
+    out as its query, so a contiguous query's output is copied by the caller's
+    ``transpose(1, 2).contiguous()`` (LayerProgram.contiguous_sdpa)."""
 
     T: int
     hidden: int
@@ -94,6 +103,8 @@ class LayerShape:
     adapter_e: int = 0
     sum_in_place: bool = False
     repeated_kv: bool = False
+    inputs_copied: bool = False
+    output_follows_query: bool = False
 
 
 class LayerProgram(RequestProgram):
@@ -190,15 +201,46 @@ class LayerProgram(RequestProgram):
         q_rot = self.rotary(q, s.q_size)
         k_rot = self.rotary(k, s.kv_size)
         self.free(q, k)
-        if s.repeated_kv:  # ``key_states = repeat_kv(key_states, ...)``, then the values
-            k_rot = self.repeated(k_rot)
-            v = self.repeated(v)
-        # the kernels' output is laid out (b, s, heads, d): ``.transpose(1, 2)
-        # .contiguous()`` after SDPA is a view
-        out = self.alloc(s.T * s.q_size * s.e)
+        if s.inputs_copied:
+            out = self.contiguous_sdpa()
+        else:
+            if s.repeated_kv:  # ``key_states = repeat_kv(key_states, ...)``, then the values
+                k_rot = self.repeated(k_rot)
+                v = self.repeated(v)
+            # the kernels' output is laid out as q, (b, s, heads, d): ``.transpose(1, 2)
+            # .contiguous()`` after SDPA is a view
+            out = self.alloc(s.T * s.q_size * s.e)
         projected = self.linear("o_proj", out, s.q_size, s.hidden)
         self.free(out, q_rot, k_rot, v)
         return projected
+
+    def contiguous_sdpa(self) -> int:
+        """transformers 4.48-4.55's sdpa_attention_forward, its own frame beside the
+        caller's rotary q and k and transposed v: GQA's keys, then values, repeated per
+        head (the caller keeps the unrepeated ones); ``query.contiguous()``, then the keys'
+        and values' (each a copy of a view laid out (b, s, heads, d); repeat_kv's outputs
+        are contiguous already and returned as they are); the kernel's output; its
+        ``transpose(1, 2).contiguous()``, a copy where the kernel laid its output out as
+        the now contiguous query (versions.TRANSFORMERS_SDPA_CONTIGUOUS), the kernel's
+        output freed by the rebinding. The frame's locals go at its return: the query's
+        copy, the keys, the values."""
+        s = self.shape
+        wide = s.T * s.q_size * s.e
+        if s.repeated_kv:
+            key = self.alloc(wide)
+            value = self.alloc(wide)
+            query = self.alloc(wide)
+        else:
+            query = self.alloc(wide)
+            key = self.alloc(s.T * s.kv_size * s.e)
+            value = self.alloc(s.T * s.kv_size * s.e)
+        out = self.alloc(wide)
+        if s.output_follows_query:
+            copy = self.alloc(wide)
+            self.free(out)
+            out = copy
+        self.free(query, key, value)
+        return out
 
     def repeated(self, kv: int) -> int:
         """repeat_kv: ``expand`` to (b, kv_heads, n_rep, s, d) is a view, ``reshape`` to
@@ -248,9 +290,18 @@ def checkpointed_layer(
 ) -> tuple[Requests, int] | None:
     """A checkpointed layer's first forward, request by request, where the run's family
     derives its block (``Family.block_forward``) for this run; else None (the replay keeps
-    the timeline's one moment). Activation offload is not derived."""
+    the timeline's one moment). Activation offload is not derived, nor a layer whose sdpa
+    call takes a mask (the blocks are derived for is_causal): a padded batch's, images',
+    a model's own (ops.attention.explicit_mask), or a sliding window the sequence reaches.
+    With a mask transformers 5.25 repeats GQA keys and values per head
+    (integrations/sdpa_attention.py l.42-51, l.118-128) and torch converts a boolean mask
+    to an additive one per call; 4.36-4.47 make q, k and v contiguous under a mask on
+    CUDA (4.47.1 models/llama/modeling_llama.py:557-560)."""
     hook = arch.traits.block_forward
     if hook is None or not run.grad_ckpt or run.activation_offload:
+        return None
+    sliding = arch.sliding_layers and run.positions >= (arch.sliding_window or 0)
+    if run.attn == "sdpa" and (explicit_mask(arch, run) or sliding):
         return None
     return hook(arch, run, plan)
 
@@ -278,15 +329,18 @@ def llama_block_forward(
     """transformers' Llama (or Mistral) decoder layer as :func:`llama_layer` lays it out,
     under SDPA, in one 16-bit dtype (no autocast, adapters in it), LoRA, QLoRA (4-bit) or
     full training; else None. Not derived, so None: GQA keys and values repeated per head
-    outside 4.36-4.37 (4.40-4.53: versions.SDPA_REPEAT_KV_DERIVED), 4.38-4.39's float
-    causal mask, DoRA and the other adapters."""
+    outside 4.36-4.37 and 4.40-4.53 (versions.SDPA_REPEAT_KV_DERIVED), 4.38-4.39's float
+    causal mask, one kv head under 4.48-4.55 (its repeat is a stride-0 view that
+    ``.contiguous()`` copies per query head), DoRA and the other adapters."""
     d = plan.dtypes
     linears = layout(arch).linears
     repeats = sdpa_repeats_kv(arch, run)
+    copied = sdpa_inputs_copied(arch, run)
     if not (
         profile_of(run).name in TRANSFORMERS_MODELS
         and run.attn == "sdpa"
         and (not repeats or within(run.transformers_version, SDPA_REPEAT_KV_DERIVED))
+        and not (copied and arch.kv_heads == 1 < arch.num_heads)
         and not sdpa_float_causal_mask(arch, run)
         and run.method in ("lora", "qlora", "full")
         and not d.autocast
@@ -299,18 +353,21 @@ def llama_block_forward(
         return None
     widths = {lin.module.split(".")[-1]: lin for lin in linears}
     lora = frozenset(lin.module.split(".")[-1] for lin in plan.adapted)
+    e = BYTES_PER_ELEMENT[d.compute]
     shape = LayerShape(
         T=run.batch_size * run.positions,
         hidden=arch.hidden_size,
         q_size=widths["q_proj"].out_features,
         kv_size=widths["k_proj"].out_features,
         intermediate=widths["gate_proj"].out_features,
-        e=BYTES_PER_ELEMENT[d.compute],
+        e=e,
         lora=lora if run.method != "full" else frozenset(),
         lora_r=run.r,
         lora_dropout=run.dropout > 0,
         quantized=run.method == "qlora",
         sum_in_place=peft_adds_in_place(run),
         repeated_kv=repeats,
+        inputs_copied=copied,
+        output_follows_query=kernel_output_follows_query(run, e),
     )
     return llama_layer(shape)
