@@ -126,6 +126,9 @@ class TensorGroup:
     in_block: bool = True  # repeated per decoder block (count = blocks), or outer
     galore_rank: int = 0  # GaLore: optimizer states of a rank-r projection (0: none)
     layout: str = "bitsandbytes"  # whose 4-bit storage (ftmem.versions.nf4_layout)
+    # tensors of the group in each block holding it: a quantised base's per-expert
+    # nn.Linears under transformers 4 are E per block (_stored_params), count = blocks · E
+    per_block: int = 1
     # Derived once here (an estimate reads them hundreds of times; plans are shared):
     numel: int = field(init=False, repr=False, compare=False)
     total_numel: int = field(init=False, repr=False, compare=False)
@@ -143,7 +146,7 @@ class TensorGroup:
         object.__setattr__(self, "total_numel", numel * self.count)
         object.__setattr__(self, "nbytes", nbytes)
         key = (self.name, self.shape, self.count, self.fmt, self.trainable, self.adapter)
-        extra = (self.double_quant, self.in_block, self.galore_rank, self.layout)
+        extra = (self.double_quant, self.in_block, self.galore_rank, self.layout, self.per_block)
         object.__setattr__(self, "_hash", hash(key + extra))
 
     def __hash__(self) -> int:
@@ -167,6 +170,7 @@ class TensorGroup:
             in_block=self.in_block,
             galore_rank=self.galore_rank,
             layout=self.layout,
+            per_block=self.per_block,
         )
 
     @property
@@ -861,15 +865,16 @@ def _block_groups(
         if copies and dtypes.quantized is not None:
             fmt = dtypes.quantized  # (an expert's or the router's nn.Linear, transformers 4)
         # a dense or sparse block's own tensors are in fewer; per-expert linears E each
-        n_blocks = p.count(L) * max(copies, 1)
+        per = max(copies, 1)
+        n_blocks = p.count(L) * per
         top = L - trainable_blocks  # (freeze trains the blocks from the top)
         if run.method == "partial":
             n = sum(p.name in names and p.in_block(i) for i, names in enumerate(trained_by_block))
             n *= max(copies, 1)
             if n_blocks - n:
-                groups.append(TensorGroup(p.name, p.shape, n_blocks - n, fmt, False))
+                groups.append(TensorGroup(p.name, p.shape, n_blocks - n, fmt, False, per_block=per))
             if n:
-                groups.append(TensorGroup(p.name, p.shape, n, fmt, True))
+                groups.append(TensorGroup(p.name, p.shape, n, fmt, True, per_block=per))
         elif run.method in ("full", "galore"):
             rank = galore_ranks.get(p.name, 0)
             groups.append(TensorGroup(p.name, p.shape, n_blocks, fmt, True, galore_rank=rank))
@@ -880,13 +885,22 @@ def _block_groups(
             if trained:
                 groups.append(TensorGroup(p.name, p.shape, trained, fmt, True))
         elif run.method == "bitfit":
-            groups.append(TensorGroup(p.name, p.shape, n_blocks, fmt, _is_bias(p)))
+            groups.append(TensorGroup(p.name, p.shape, n_blocks, fmt, _is_bias(p), per_block=per))
         else:
             # LongLoRA also trains every norm (its trainable_params "embed,norm")
             trains = run.method == "longlora" and p.kind == "norm"
             dq, lay4 = run.uses_double_quant, nf4_layout(run)
             groups.append(
-                TensorGroup(p.name, p.shape, n_blocks, fmt, trains, double_quant=dq, layout=lay4)
+                TensorGroup(
+                    p.name,
+                    p.shape,
+                    n_blocks,
+                    fmt,
+                    trains,
+                    double_quant=dq,
+                    layout=lay4,
+                    per_block=per,
+                )
             )
     return groups
 

@@ -651,15 +651,16 @@ def _groups_on_stage(
             if (head and last) or (not head and first) or tied_copy:
                 out.append(g)
             continue
-        if g.count == L:
+        blocks = g.count // g.per_block  # (per-expert linears: per_block in each)
+        if blocks == L:
             span = (0, L)
         elif g.trainable:
-            span = (L - g.count, L)  # freeze: the top blocks train
+            span = (L - blocks, L)  # freeze: the top blocks train
         else:
-            span = (0, g.count)
+            span = (0, blocks)
         n = max(0, min(hi, span[1]) - max(lo, span[0]))
         if n:
-            out.append(g.counted(n))
+            out.append(g.counted(n * g.per_block))
     return tuple(out)
 
 
@@ -693,7 +694,7 @@ def _block_unit(groups: tuple[TensorGroup, ...], encoder_decoder: bool) -> tuple
     seen: dict[str, TensorGroup] = {}
     for g in groups:
         if g.in_block and g.name not in seen:
-            seen[g.name] = g.counted(1)
+            seen[g.name] = g.counted(g.per_block)
     block = tuple(seen.values())
     if not encoder_decoder:
         return block

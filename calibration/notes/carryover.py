@@ -1,0 +1,455 @@
+"""Published runs of the calibration set's sources that the set does not hold, estimated the
+way the calibrated rows of the same source are set, for calibration/notes/carryover.md
+(issue 16: do ftmem's mechanisms carry over to the other half of the published figures?).
+
+Each row names the calibrated row whose settings it copies (calibration/settings/<source>.yaml)
+and the keys it changes, read from the run's own source (cited beside the figure). The metric
+class is the calibrated row's (a figure of the same table, the same tool). No constant is
+fitted; nothing here enters the calibration set or the test suite.
+
+Run from the repository root: python calibration/notes/carryover.py
+"""
+
+import json
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, "src")
+sys.path.insert(0, "scripts")
+from published_accuracy import metric_class
+
+import ftmem
+
+GIB = 2**30
+UNITS = {"GiB": 2**30, "GB": 10**9, "MiB": 2**20, "B": 1}
+DROP = object()  # an override that removes the calibrated row's key
+
+PEFT = "huggingface/peft@5d602fdbff04 method_comparison/MetaMathQA/results/"
+FMS = "foundation-model-stack/fms-acceleration@876e2ed6fc4e scripts/benchmarks/refs/a100_80gb.csv"
+AAI = "AnswerDotAI/fsdp_qlora@05ed9f2a60f9 benchmarks_03_2024.md"
+TT_SEP24 = "pytorch/torchtune@30b8519e README.md"
+TT_MAY24 = "pytorch/torchtune@0217d44c2 README.md"
+LORA_KEYS = {"lora_r": DROP, "lora_alpha": DROP, "lora_targets": DROP}
+
+
+@dataclass(frozen=True)
+class Run:
+    source: str  # the framework, as calibration/settings names it
+    id: str
+    cite: str  # file and line of the figure
+    base: str  # the calibrated row whose settings are copied
+    value: float
+    unit: str
+    changes: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # calibration/configs/<model>, else the base row's
+    gpu: str | None = None
+    note: str = ""  # what the copied settings cannot say of this run
+    excluded: str = ""  # why the row stays out of the summary (as calibration's usable: false)
+
+
+def peft(name: str, value: int, changes: dict[str, Any], note: str = "") -> Run:
+    # accelerator_memory_max of train_info, bytes (the calibrated rows' figure)
+    return Run(
+        "peft",
+        name,
+        f"{PEFT}{name}.json train_info.accelerator_memory_max",
+        "peft-mc-lora--llama-3.2-3B-rank64",
+        value,
+        "B",
+        changes,
+        note=note,
+    )
+
+
+def fms(line: int, base: str, value: int, changes: dict[str, Any], model: str | None = None) -> Run:
+    # mem_peak_torch_mem_alloc_in_bytes (the 9th column), as the calibrated fms rows read it
+    return Run("fms", f"fms-csv-l{line}", f"{FMS} l.{line}", base, value, "B", changes, model)
+
+
+RUNS: list[Run] = [
+    # ---- PEFT method comparison: Llama-3.2-3B on an L40S, MetaMathQA, the calibrated rows' loop
+    peft("lora--llama-3.2-3B-rank32", 22292725760, {"lora_r": 32, "lora_alpha": 64}),
+    peft(
+        "lora--llama-3.2-3B-rank64-rslora",
+        22561161216,
+        {"method": "rslora", "lora_alpha": 64},
+    ),
+    peft(
+        "full-finetuning--llama-3.2-3B-lr_0.00001",
+        38868615168,
+        {"method": "full", "adapter_dtype": DROP, **LORA_KEYS},
+    ),
+    peft(
+        "ia3--llama-3.2-3B-all-attn-5k-lr0.005",
+        26145193984,
+        {"method": "ia3", "ia3_targets": "q,k,v,o,gate,up,down", **LORA_KEYS},
+    ),
+    peft(
+        "prefixtuning--llama-3.2-3B-tokens50-init_prefix-lr_0.005",
+        20585644032,
+        {
+            "method": "prefix-tuning",
+            "virtual_tokens": 50,
+            "prefix_projection": False,
+            **LORA_KEYS,
+            "adapter_dtype": DROP,
+        },
+    ),
+    peft(
+        "prompt_tuning--llama-3.2-3B-default",
+        24394072064,
+        {"method": "prompt-tuning", "virtual_tokens": 200, **LORA_KEYS, "adapter_dtype": DROP},
+    ),
+    peft(
+        "ln_tuning--llama-3.2-3B-default",
+        21181235200,
+        {"method": "partial", "trainable_modules": r"norm", **LORA_KEYS, "adapter_dtype": DROP},
+        "LN tuning as partial training of every RMSNorm weight (PEFT wraps each norm in a "
+        "trainable copy; the copy is not modelled)",
+    ),
+    peft(
+        "lora--llama-3.2-3B-rank32-lorafa",
+        22240296960,
+        {"lora_r": 32, "lora_alpha": 64},
+        "proxy: LoRA-FA freezes A (3.67 M trainable instead of 9.18 M) and projects B's gradient; "
+        "ftmem trains both",
+    ),
+    peft(
+        "lora--llama-3.2-3B-rank14-target-mlp-bdlora",
+        24685576192,
+        {"lora_r": 14, "lora_alpha": 28, "lora_targets": "gate,up,down"},
+        "proxy: block-diagonal LoRA (8.43 M trainable) as plain LoRA r14 (10.0 M)",
+    ),
+    # ---- fms-acceleration benchmark CSV (A100-80GB, seq 4096 padded batches of alpaca; the
+    # calibrated rows' fms-hf-tuning path); columns: peak alloc bytes, nvidia MiB in the row
+    fms(5, "fms-gpt_bigcode-santacoder-full-2gpu-bs2", 7819433984, {"batch_size": 4}),
+    *(
+        fms(line, "fms-gpt_bigcode-santacoder-full-1gpu-bs4", value, ch, "mistral-7b-v0.1")
+        for line, value, ch in (
+            (10, 72434837504, {"batch_size": 4, "loss": "standard"}),
+            (12, 72435230720, {"batch_size": 8, "loss": "standard"}),
+            (11, 36225939968, {"batch_size": 2, "loss": "standard", "gpus": 2, "strategy": "fsdp"}),
+            (13, 36226136576, {"batch_size": 4, "loss": "standard", "gpus": 2, "strategy": "fsdp"}),
+        )
+    ),
+    *(
+        fms(line, "fms-mixtral-8x7b-instruct-v0.1-lora-2gpu-bs2", value, ch, "mistral-7b-v0.1")
+        for line, value, ch in (
+            (34, 26704571904, {"batch_size": 4, "gpus": DROP, "strategy": DROP}),
+            (36, 38742912512, {"batch_size": 8, "gpus": DROP, "strategy": DROP}),
+            (35, 15144870400, {"batch_size": 2}),
+            (37, 21959827968, {"batch_size": 4}),
+        )
+    ),
+    # QLoRA on one GPU: the baseline (peft's prepare_model_for_kbit_training) as the
+    # calibrated Mixtral baseline row, the accelerated-peft-bnb plugin as the calibrated
+    # Llama-2-70B one (with the CSV's transformers 4.48.1, refs/requirements.txt)
+    *(
+        fms(
+            line,
+            "fms-mixtral-8x7b-instruct-v0.1-qlora-baseline-peft-bnb-1gpu-bs4",
+            value,
+            ch,
+            model,
+        )
+        for line, value, ch, model in (
+            (58, 20669338112, {"batch_size": 4}, "mistral-7b-v0.1"),
+            (60, 37002646016, {"batch_size": 8}, "mistral-7b-v0.1"),
+        )
+    ),
+    *(
+        fms(line, "fms-llama-2-70b-hf-qlora-accelerated-peft-bnb-1gpu-bs4", value, ch, model)
+        for line, value, ch, model in (
+            (
+                78,
+                16373838336,
+                {"batch_size": 4, "transformers_version": "4.48.1"},
+                "mistral-7b-v0.1",
+            ),
+            (
+                80,
+                28412178944,
+                {"batch_size": 8, "transformers_version": "4.48.1"},
+                "mistral-7b-v0.1",
+            ),
+            (86, 36731843072, {"batch_size": 4, "transformers_version": "4.48.1"}, "mixtral-8x7b"),
+            (88, 48770183680, {"batch_size": 8, "transformers_version": "4.48.1"}, "mixtral-8x7b"),
+        )
+    ),
+    # QLoRA on two GPUs (FSDP): as the calibrated 2-GPU row, baseline and accelerated alike
+    # (the CSV's figures of the two agree to the byte on Mistral)
+    *(
+        fms(line, "fms-llama-2-70b-hf-qlora-baseline-peft-bnb-2gpu-bs2", value, ch, model)
+        for line, value, ch, model in (
+            (59, 9424594432, {"batch_size": 2}, "mistral-7b-v0.1"),
+            (61, 15970067968, {"batch_size": 4}, "mistral-7b-v0.1"),
+            (79, 9424594432, {"batch_size": 2}, "mistral-7b-v0.1"),
+            (81, 15970067968, {"batch_size": 4}, "mistral-7b-v0.1"),
+            (63, 21129981952, {"batch_size": 2}, "mixtral-8x7b"),
+            (65, 28146350592, {"batch_size": 4}, "mixtral-8x7b"),
+            (87, 21126185472, {"batch_size": 2}, "mixtral-8x7b"),
+            (89, 28154534912, {"batch_size": 4}, "mixtral-8x7b"),
+        )
+    ),
+    # ---- Answer.AI fsdp_qlora (train.py, dummy data, peak reserved per GPU)
+    Run(
+        "fsdp_qlora",
+        "aai-llama2-70b-qlora-fsdp2-cpuoffload-bs2-3090",
+        f"{AAI} l.104",
+        "aai-yi-34b-qlora-fsdp2-cpuoffload-bs4-ctx2048",
+        14.92,
+        "GiB",
+        {"batch_size": 2},
+        model="llama-2-70b",
+    ),
+    Run(
+        "fsdp_qlora",
+        "aai-llama2-7b-qlora-fsdp2-cpuoffload-bs12-4090",
+        f"{AAI} l.130",
+        "aai-yi-34b-qlora-fsdp2-cpuoffload-bs4-ctx2048",
+        22.38,
+        "GiB",
+        {"batch_size": 12},
+        model="llama-2-7b",
+        gpu="rtx4090",
+    ),
+    Run(
+        "fsdp_qlora",
+        "aai-mistral7b-qlora-fsdp2-cpuoffload-bs12-4090",
+        f"{AAI} l.163",
+        "aai-yi-34b-qlora-fsdp2-cpuoffload-bs4-ctx2048",
+        22.54,
+        "GiB",
+        {"batch_size": 12},
+        model="mistral-7b-v0.1",
+        gpu="rtx4090",
+        note="Mistral 7B v0.2 (no sliding window, rope 1e6) read with v0.1's config: the same shapes",
+    ),
+    Run(
+        "fsdp_qlora",
+        "aai-mistral7b-qlora-fsdp2-cpuoffload-bs1-ctx24576-4090",
+        f"{AAI} l.164",
+        "aai-yi-34b-qlora-fsdp2-cpuoffload-bs4-ctx2048",
+        22.54,
+        "GiB",
+        {"batch_size": 1, "seq_len": 24576},
+        model="mistral-7b-v0.1",
+        gpu="rtx4090",
+        note="Mistral 7B v0.2 read with v0.1's config (v0.1's 4096-token sliding window is "
+        "not what v0.2 runs; SDPA's memory does not depend on it)",
+    ),
+    # ---- torchtune README "Memory and training speed": batch 2, packed to 2048, compile
+    Run(
+        "torchtune",
+        "tt-31-8b-full-1x4090",
+        f"{TT_SEP24} l.82; recipes/configs/llama3_1/8B_full_single_device.yaml",
+        "torchtune-flags-3b-full-adamw8bit",
+        18.9,
+        "GiB",
+        {"seq_len": 2048, "activation_offload": DROP},
+        model="llama-3.1-8b",
+        gpu="rtx4090",
+    ),
+    Run(
+        "torchtune",
+        "tt-31-8b-full-1xa6000",
+        f"{TT_SEP24} l.83",
+        "torchtune-flags-3b-full-adamw8bit",
+        37.4,
+        "GiB",
+        {"seq_len": 2048, "activation_offload": DROP},
+        model="llama-3.1-8b",
+        gpu="rtx-a6000",
+        excluded="the same default config as the 4090 row; the README does not say what differs",
+    ),
+    Run(
+        "torchtune",
+        "tt-31-8b-lora-1x4090",
+        f"{TT_SEP24} l.84; recipes/configs/llama3_1/8B_lora_single_device.yaml",
+        "torchtune-flags-3b-lora",
+        16.2,
+        "GiB",
+        {
+            "seq_len": 2048,
+            "lora_r": 8,
+            "lora_alpha": 16,
+            "lora_targets": "q,v",
+            "activation_offload": DROP,
+        },
+        model="llama-3.1-8b",
+        gpu="rtx4090",
+    ),
+    Run(
+        "torchtune",
+        "tt-31-8b-lora-1xa6000",
+        f"{TT_SEP24} l.85",
+        "torchtune-flags-3b-lora",
+        30.3,
+        "GiB",
+        {
+            "seq_len": 2048,
+            "lora_r": 8,
+            "lora_alpha": 16,
+            "lora_targets": "q,v",
+            "activation_offload": DROP,
+        },
+        model="llama-3.1-8b",
+        gpu="rtx-a6000",
+        excluded="the same default config as the 4090 row; the README does not say what differs",
+    ),
+    Run(
+        "torchtune",
+        "tt-31-8b-qlora-1x4090",
+        f"{TT_SEP24} l.86; recipes/configs/llama3_1/8B_qlora_single_device.yaml",
+        "torchtune-flags-3b-qlora",
+        7.4,
+        "GiB",
+        {
+            "seq_len": 2048,
+            "lora_r": 8,
+            "lora_alpha": 16,
+            "lora_targets": "q,k,v,o,gate,up,down",
+            "activation_offload": DROP,
+        },
+        model="llama-3.1-8b",
+        gpu="rtx4090",
+    ),
+    Run(
+        "torchtune",
+        "tt-31-405b-qlora-8xa100",
+        f"{TT_SEP24} l.89; recipes/configs/llama3_1/405B_qlora.yaml",
+        "torchtune-31-70b-lora-8xa100",
+        44.8,
+        "GB",
+        {
+            "method": "qlora",
+            "quant": "nf4",
+            "double_quant": True,
+            "compute_dtype": "bf16",
+            "lora_targets": "q,k,v,o,gate,up,down",
+            "loss": "standard",
+        },
+        model="llama-3.1-405b",
+        note="405B_qlora.yaml's loss is torch.nn.CrossEntropyLoss; 'GB' read as 10^9",
+    ),
+    Run(
+        "torchtune",
+        "tt-may24-llama2-70b-lora-8xa100",
+        f"{TT_MAY24} l.84; recipes/configs/llama2/70B_lora.yaml",
+        "torchtune-tut-llama2-7b-lora-qv-r8",
+        26.4,
+        "GB",
+        {
+            "batch_size": 4,
+            "seq_len": 4096,
+            "lora_r": 16,
+            "lora_alpha": 32,
+            "lora_targets": "q,k,v",
+            "lora_dropout": 0.0,
+            "grad_accum": 1,
+            "gpus": 8,
+            "strategy": "fsdp",
+        },
+        model="llama-2-70b",
+        excluded="'Seq Length = 4096' is max_seq_len, an upper bound: alpaca batches (unpacked, "
+        "padded to their longest) are far shorter and their longest is not published",
+    ),
+]
+
+
+def llama_31_405b_config(tmp: Path) -> Path:
+    """Llama-3.1-405B's config.json (meta-llama/Llama-3.1-405B on the Hub): the 70B one with
+    the 405B shapes."""
+    config = json.loads(Path("calibration/configs/llama-3.1-70b/config.json").read_text())
+    config.update(
+        hidden_size=16384,
+        intermediate_size=53248,
+        num_hidden_layers=126,
+        num_attention_heads=128,
+        num_key_value_heads=8,
+    )
+    path = tmp / "llama-3.1-405b" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(config))
+    return path
+
+
+def calibrated() -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    entries: dict[str, dict[str, Any]] = {}
+    for path in sorted(Path("calibration/settings").glob("*.yaml")):
+        for e in yaml.safe_load(path.read_text()) or []:
+            entries[e["id"]] = e
+    published = yaml.safe_load(Path("calibration/published.yaml").read_text())
+    metrics = {p["id"]: metric_class(p["measured_peak"]["metric"]) for p in published}
+    return entries, metrics
+
+
+def p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    entries, metrics = calibrated()
+    errors: dict[tuple[str, str], list[float]] = {}
+    print(
+        "| source | run | figure (cite) | copies | metric | measured GiB | ftmem GiB | error | note |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = {"llama-3.1-405b": llama_31_405b_config(Path(tmp))}
+        for run in RUNS:
+            base = entries[run.base]
+            settings = {**base["settings"]}
+            for key, value in run.changes.items():
+                if value is DROP:
+                    settings.pop(key, None)
+                else:
+                    settings[key] = value
+            model = run.model or base["model"]
+            config = extra.get(model) or Path("calibration/configs") / model / "config.json"
+            metric = metrics[run.base]
+            measured = run.value * UNITS[run.unit]
+            try:
+                m = ftmem.estimate(str(config), gpu=run.gpu or base["gpu"], **settings).memory
+            except ftmem.FtmemError as exc:
+                print(
+                    f"| {run.source} | `{run.id}` | {run.cite} | {run.base} | {metric} "
+                    f"| {measured / GIB:.2f} | refused | | {exc} |"
+                )
+                continue
+            predicted = {
+                "allocated": m.peak_allocated_bytes,
+                "reserved": m.peak_reserved_bytes,
+                "device": m.device_bytes,
+            }[metric]
+            error = (predicted - measured) / measured
+            if not run.excluded:
+                errors.setdefault((run.source, metric), []).append(error)
+            note = f"not in the summary: {run.excluded}" if run.excluded else run.note
+            print(
+                f"| {run.source} | `{run.id}` | {run.cite} | `{run.base}` | {metric} "
+                f"| {measured / GIB:.2f} | {predicted / GIB:.2f} | {error:+.1%} | {note} |",
+                flush=True,
+            )
+    print()
+    print("| source | metric | runs | median abs error | p90 abs error | under-predicted |")
+    print("|---|---|---|---|---|---|")
+    errors[("all", "all")] = [e for errs in list(errors.values()) for e in errs]
+    for (source, metric), errs in sorted(errors.items(), key=lambda kv: kv[0] == ("all", "all")):
+        absolute = [abs(e) for e in errs]
+        under = sum(e < 0 for e in errs)
+        print(
+            f"| {source} | {metric} | {len(errs)} | {statistics.median(absolute):.1%} "
+            f"| {p90(absolute):.1%} | {under}/{len(errs)} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
