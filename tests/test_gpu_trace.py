@@ -202,6 +202,29 @@ def test_the_trace_of_a_rank_reaches_its_peak(model, layout, method):
     assert best == step.peak.at_peak.total
 
 
+def test_the_trace_of_a_first_stage_reaches_its_mask_build():
+    """ColossalAI's ring_attn, first pipeline stage, a 64k sequence with pad tokens: the
+    padded-causal mask its model forward builds before the first block (StepSizes.
+    forward_start) is that stage's peak (tests/test_sequence_parallel.py); the replay
+    requests it beside the other micro-batches' activations and the embedding side's."""
+    run = run_config(
+        method="full",
+        precision="bf16",
+        seq_len=65536,
+        batch_size=1,
+        grad_accum=8,
+        grad_ckpt=True,
+        padding="max-length",
+    )
+    layout = parallel_config(gpus=8, strategy="colossalai-zero1", sp_mode="ring_attn", cp=2, pp=4)
+    step = parallel_step(get_model("llama3.1-8b"), run, layout)
+    sizes = step.ranks[0].sizes
+    peak = find_peak(sizes).at_peak
+    assert sizes.forward_start and peak.temporaries == sizes.forward_start
+    best, _ = replay_live(step_events(sizes, _tensors(step.parts, sizes)))
+    assert best == peak.total
+
+
 def test_the_offloaded_loss_reserves_what_the_plain_one_does():
     """The causal-LM loss's requests through the caching allocator, with and without
     activation offload (ops.loss_requests: the same tensors; offloaded, the saved

@@ -13,6 +13,7 @@ from ftmem.errors import InvalidInputError
 from ftmem.ops.attention import Attention
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.parallel import parallel_step
+from ftmem.phases import find_peak
 from ftmem.present.emit import emit_config
 from ftmem.presets import get_model
 from ftmem.sequence_parallel import SequenceSplit
@@ -615,7 +616,9 @@ def test_coloattention_mask_needs_checkpointing_and_reaches_every_stage():
     mask = 32768 * 32768 * E
     assert mask == 2 * 2**30
     first, later = (r.sizes.activations.below for r in staged.ranks)
-    assert later == mask
+    # beside the rotary cos and sin every stage's model forward computes (llama.py:181;
+    # both s × head_dim in bf16, the whole sequence's positions: llama.py:98-99)
+    assert later == mask + 2 * 32768 * D * E
     assert first - mask == plain.ranks[0].sizes.activations.below
 
 
@@ -723,7 +726,9 @@ def test_ring_attn_mask_on_the_first_pipeline_stage_only():
         assert items[MASK] == mask
         first, later = (r.sizes.activations.below for r in staged.ranks)
         assert first - mask == plain.ranks[0].sizes.activations.below
-        assert later == plain.ranks[1].sizes.activations.below == 0
+        # (the later stage's rotary cos and sin alone, checkpointed or saved: llama.py:181,
+        # over the rank's zigzag share of the positions)
+        assert later == plain.ranks[1].sizes.activations.below == 2 * (s // 2) * D * E
         # its attention is RingAttention's: the k/v gradients stay those of the repeat
         assert staged.arch.coloattention_mask_uninverted and staged.arch.kv_repeated
     alone = _step("llama3.1-8b", grad_ckpt=True, attn="flash", **kw)
@@ -797,7 +802,8 @@ def test_ring_attn_masks_in_flight_follow_the_first_chunk(pp, v, m):
 def test_other_modes_build_the_inverted_mask_on_every_stage(kw):
     """The neighbours of ring_attn with a pipeline: under flash every stage's model
     forward builds the inverted (b, 1, s, s) mask (modeling/llama.py:132-140 with
-    invert=True), b·s²·2 bytes on each stage."""
+    invert=True), b·s²·2 bytes on each stage, beside the rotary cos and sin each stage
+    computes over the whole sequence (llama.py:98-99, 181)."""
     b, s = 2, 4096
     run = {"batch_size": b, "seq_len": s, "attn": "flash"}
     plain = _step("llama3.1-8b", **run, **kw)
@@ -806,7 +812,7 @@ def test_other_modes_build_the_inverted_mask_on_every_stage(kw):
     mask = b * s * s * E
     first, later = (r.sizes.activations.below for r in staged.ranks)
     assert first - mask == plain.ranks[0].sizes.activations.below
-    assert later == mask
+    assert later == mask + 2 * s * D * E
 
 
 @pytest.mark.parametrize(("attn", "every_head"), [("flash", True), ("sdpa", False)])
@@ -831,3 +837,148 @@ def test_one_kv_head_per_rank_gets_coloattention_gradients_at_every_head(attn, e
     assert Attention.kernel_gradients(arch, step.run, E, T) == T * q * E + 2 * T * width * E
     items = {x.what: x.nbytes for x in step.parts.typical_block}
     assert items["rotary q and k"] == T * (q + kv) * E  # the view: kv-wide keys
+
+
+def test_ring_attn_padded_first_stage_builds_a_transient_mask():
+    """Measured on the CPU (ftmem's dispatch tracker): ring_attn's first pipeline stage,
+    given pad tokens, embeds the whole sequence (modeling/llama.py l.77-88) and builds
+    ColoAttention's padded-causal mask uninverted (layer/attn.py l.210-215, called at
+    modeling/llama.py l.132-141): the hidden-dtype copy of the expanded padding mask,
+    the tril'd ones, their product; the kwargs are then rebound to RingAttention's
+    varlen batch (l.153-156). Its largest moment is the first stage's transient before
+    its first block; later stages prepare a varlen batch only (l.129-131)."""
+    import torch
+
+    from ftmem.measure.tracker import LiveBytesTracker
+
+    b, s = 3, 40
+    padding = torch.ones(b, s, dtype=torch.long)
+    padding[0, 25:] = 0  # one row with pad tokens
+    ids = torch.zeros(b, s, dtype=torch.long)
+    table = torch.zeros(4, H, dtype=torch.bfloat16)  # (the embedding's rows: any few)
+    with LiveBytesTracker() as tracker:
+        tracker.track(padding, ids, table)
+        before = tracker.current
+        hidden = torch.nn.functional.embedding(ids, table)
+        mask = padding[:, None, :].expand(b, s, s).to(dtype=hidden.dtype)
+        mask = mask * mask.new_ones(s, s).tril(diagonal=0)
+        built = tracker.peak - before
+        del mask  # attn_kwargs rebound to the varlen batch's
+    assert built == 2 * b * s * s * E + s * s * E + b * s * H * E
+    kw = {"sp_mode": "ring_attn", "cp": 2, "pp": 2, "seq_len": s, "batch_size": b}
+    for ckpt in (True, False):  # built whether or not anything keeps it
+        step = _step("llama3.1-8b", padding="max-length", grad_ckpt=ckpt, grad_accum=2, **kw)
+        assert [r.sizes.forward_start for r in step.ranks] == [built, 0]
+        assert MASK not in {x.what for x in step.parts.outer_items}
+    # no pad tokens: the s²·e mask is kept below the blocks instead (tests above): the
+    # embeddings' output beside it; no pipeline: a varlen batch
+    unpadded = _step("llama3.1-8b", grad_ckpt=True, grad_accum=2, **kw)
+    assert [r.sizes.forward_start for r in unpadded.ranks] == [b * s * H * E, 0]
+    alone = _step("llama3.1-8b", padding="max-length", **{**kw, "pp": 1})
+    assert alone.ranks[0].sizes.forward_start == 0
+    # past MEMORY_BOUND (s²·e ≥ 10¹⁰, layer/attn.py l.22, 212) an empty tensor
+    big = {**kw, "seq_len": 70_712, "batch_size": 1}
+    assert _step("llama3.1-8b", padding="max-length", **big).ranks[0].sizes.forward_start == 0
+
+
+def test_ring_attn_padded_build_can_be_the_first_stages_peak():
+    """Llama-3.1-8B, ring_attn cp2, pp4, one 64k sequence padded to its length, eight
+    micro-batches: the build (2·s²·2 + s²·2 bytes, 24 GiB, and the 0.5 GiB embedding
+    output) comes when the stage holds its three other micro-batches' activations and
+    the embedding side's items, and outweighs every later moment of that stage (the
+    allocator replay's: test_gpu_trace)."""
+    s = 65536
+    step = _step(
+        "llama3.1-8b",
+        sp_mode="ring_attn",
+        cp=2,
+        pp=4,
+        seq_len=s,
+        batch_size=1,
+        grad_accum=8,
+        grad_ckpt=True,
+        padding="max-length",
+    )
+    sizes = step.ranks[0].sizes
+    build = 2 * s * s * E + s * s * E + s * H * E
+    assert build == 24.5 * 2**30
+    timeline = find_peak(sizes)
+    assert timeline.phase == "forward"
+    assert timeline.at_peak.temporaries == build
+    held = sizes.activations
+    assert timeline.at_peak.activations == held.held + held.below
+
+
+@pytest.mark.parametrize(
+    ("kw", "positions"),
+    [
+        ({"sp_mode": "ring_attn", "cp": 2}, 4096 // 2),
+        ({"sp_mode": "all_to_all", "cp": 2}, 4096),
+        ({"strategy": "colossalai-3d", "tp": 2}, 4096),
+    ],
+)
+@pytest.mark.parametrize("ckpt", [True, False])
+def test_later_pipeline_stages_hold_their_rotary_tables(kw, positions, ckpt):
+    """Every stage's shardformer model forward computes the rotary cos and sin
+    (modeling/llama.py l.181) and gives them to each layer: a checkpoint keeps them as
+    its argument, an unchecked layer's rotary multiply saves them (Embedding.rotary_held,
+    rotary_saved). Two s × head_dim tables in bf16; s is the stage's received share
+    under ring_attn, the whole sequence under the other modes (l.98-99). (sdpa: no
+    ColoAttention mask beside them outside ring_attn's first stage.)"""
+    step = _step("llama3.1-8b", pp=2, seq_len=4096, batch_size=1, grad_ckpt=ckpt, **kw)
+    later = step.ranks[1].sizes.activations.below
+    assert later == 2 * positions * D * E
+
+
+def _inverted_build(b: int, s: int, padded: bool) -> int:
+    """The bytes ColoAttention.prepare_attn_kwargs holds at once building the inverted
+    causal mask, measured on the CPU from its code transcribed (hpcaitech/ColossalAI
+    4f9953be335e layer/attn.py l.40-50 invert_mask, l.178-185 without pad tokens,
+    l.210-215 with them, l.224 the invert)."""
+    import torch
+
+    from ftmem.measure.tracker import LiveBytesTracker
+
+    padding = torch.ones(b, s, dtype=torch.long)
+    if padded:
+        padding[0, s // 2 :] = 0
+    with LiveBytesTracker() as tracker:
+        tracker.track(padding)
+        before = tracker.current
+        if padded:
+            mask = padding[:, None, :].expand(b, s, s).to(dtype=torch.bfloat16)
+            mask = mask * mask.new_ones(s, s).tril(diagonal=0)
+        else:
+            mask = torch.ones(s, s, dtype=torch.bfloat16)
+            mask.tril_(diagonal=0)
+            mask = mask.expand(b, s, s)
+        inverted = 1.0 - mask
+        mask = inverted.masked_fill(inverted.bool(), torch.finfo(mask.dtype).min).unsqueeze(1)
+        del inverted
+        assert tracker.current - before == b * s * s * E  # what is kept
+        return tracker.peak - before
+
+
+@pytest.mark.parametrize("padding", ["none", "max-length"])
+@pytest.mark.parametrize("ckpt", [True, False])
+def test_other_modes_build_the_inverted_mask_before_each_stages_blocks(padding, ckpt):
+    """all_to_all with a pipeline under flash: every stage's model forward builds the
+    inverted mask (modeling/llama.py l.132-141, invert=True) before its first block, with
+    or without pad tokens (the padded-causal branch then). The moment is the measured
+    build less what the stage keeps below its blocks (the mask itself under
+    checkpointing), and on the first stage the embeddings' output, the whole sequence,
+    beside it; later stages' received input is their pipeline edge."""
+    b, s = 3, 40
+    built = _inverted_build(b, s, padding != "none")
+    # the padded product or the tril'd ones, then ``1.0 - mask``, its bool(), masked_fill's
+    whole = b * s * s * E
+    assert built == (2 * whole if padding != "none" else s * s * E + whole) + b * s * s + whole
+    kw = {"sp_mode": "all_to_all", "cp": 2, "pp": 2, "seq_len": s, "batch_size": b}
+    step = _step("llama3.1-8b", attn="flash", padding=padding, grad_ckpt=ckpt, grad_accum=2, **kw)
+    kept = b * s * s * E if ckpt else 0
+    first, later = (r.sizes.forward_start for r in step.ranks)
+    assert first == built - kept + b * s * H * E
+    assert later == built - kept
+    # sdpa: transformers' own mask (llama.py l.142-145), no ColoAttention build
+    plain = _step("llama3.1-8b", padding=padding, grad_ckpt=ckpt, grad_accum=2, **kw)
+    assert [r.sizes.forward_start for r in plain.ranks] == [0, 0]

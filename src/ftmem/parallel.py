@@ -38,6 +38,7 @@ from ftmem.colossalai import COLOSSALAI, LOW_LEVEL_ZERO
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, ceil_div, is_quantized, quant_state_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan, TensorGroup, adapted_experts, plan_key
+from ftmem.ops.embedding import Embedding
 from ftmem.ops.norm import Norm
 from ftmem.optim import (
     optimizer_state_bytes,
@@ -67,6 +68,7 @@ from ftmem.sequence_parallel import (
     coloattention_mask_bytes,
     ring_attention_backward,
     ring_attention_forward,
+    shardformer_mask_build,
     shardformer_mask_positions,
     shardformer_repeats_kv,
     shardformer_runs_eager,
@@ -1397,13 +1399,15 @@ def _stage_sizes(
     boundary: int = 0,
     later_below: int = 0,
     first_only: int = 0,
+    forward_start: int = 0,
 ) -> tuple[StepSizes, int]:
     """The stage's timeline inputs, and the micro-batches whose activations it holds:
     its blocks (those one micro-batch runs through at a time), its ends, its resident
     memory. ``boundary``: what each micro-batch in flight holds at the stage's edges;
     ``later_below``: what a later stage's forward holds below its blocks; ``first_only``:
     what of the first stage's below only its own forward builds, not the later chunks'
-    an interleaved first device runs."""
+    an interleaved first device runs; ``forward_start``: the stage's model forward's
+    transient before its first block (StepSizes.forward_start)."""
     micro, blocks = _in_flight(par, run, at)
     # (interleaved: the stage's largest chunk stands for all; the first block, whose input
     # needs no gradient, keeps less than the others)
@@ -1455,6 +1459,7 @@ def _stage_sizes(
         ),
         comm=comm if last else comm.blocks_only(),
         teacher_forward=base.teacher_forward,
+        forward_start=forward_start,
         vision_backward=base.vision_backward if at.first else 0,
         loop_held=base.loop_held if last else 0,
         empties_cache=base.empties_cache,
@@ -1498,6 +1503,52 @@ def _first_chunk_in_flight(par: ParallelConfig, run: RunConfig, micro: int) -> i
     return min(2 * par.pp, run.grad_accum)
 
 
+def _mask_build_moment(
+    arch: Architecture,
+    run: RunConfig,
+    par: ParallelConfig,
+    parts: StepParts,
+    at: _Stage,
+    build: int,
+    kept: int,
+) -> int:
+    """The stage's moment before its first block (StepSizes.forward_start) where its
+    model forward builds ColoAttention's mask: the build (``build``) less the mask the
+    stage keeps below its blocks (``kept``, counted there), and on the first stage the
+    embeddings' output beside it, the whole sequence until it is split (modeling/
+    llama.py:87-88, 145-166); a later stage's received input is its pipeline edge. Under
+    ring_attn only the first stage builds one (:129-131)."""
+    if not build or (par.sequence_mode == "ring_attn" and not at.first):
+        return 0
+    if not at.first:
+        return build - kept
+    hidden = run.batch_size * run.positions * arch.hidden_size * par.cp
+    return build - kept + hidden * parts.plan.dtypes.residual_bytes
+
+
+def _later_stage_rotary(
+    arch: Architecture, run: RunConfig, par: ParallelConfig, parts: StepParts
+) -> int:
+    """The rotary cos and sin a later pipeline stage's blocks hold, as the first stage's
+    do (Embedding.rotary_held under checkpointing, rotary_saved without): shardformer's
+    pipeline model forward computes ``position_embeddings = self.rotary_emb(...)`` on
+    every stage and hands them to every layer (hpcaitech/ColossalAI 4f9953be
+    shardformer/modeling/llama.py:181, 196-210; qwen2.py:183, mistral.py:115 alike).
+    Their positions: ring_attn's, the stage's received share of the sequence; the other
+    modes', the whole sequence (``seq_length *= sp_size``, llama.py:98-99). DeepSpeed's
+    pipeline runs the user's layer list: not counted there. 0 without a pipeline."""
+    if par.pp == 1 or par.resolved_strategy not in COLOSSALAI:
+        return 0
+    whole = par.cp if par.sequence_mode not in (None, "ring_attn") else 1
+    T = run.batch_size * run.positions * whole
+    residual = parts.plan.dtypes.residual_bytes
+    if run.grad_ckpt:  # held by the checkpoints, as on the first stage (step._decoder_parts)
+        return sum(Embedding.rotary_held(arch, run, T, residual))
+    if not any(parts.sizes.activations.per_block):  # (blocks needing no gradient keep none)
+        return 0
+    return sum(x.nbytes for x in Embedding.rotary_saved(arch, run, T, residual))
+
+
 def _pipeline_boundary(
     arch: Architecture, run: RunConfig, par: ParallelConfig, parts: StepParts, at: _Stage
 ) -> int:
@@ -1530,10 +1581,13 @@ def rank_memory(
     parts: StepParts,
     stage: int,
     cap: int | None = None,
+    mask_build: int = 0,
 ) -> RankMemory:
     """Memory of the ranks of one pipeline stage (all data-parallel ranks look alike):
     the stage's parameters, sharded by the strategy, less what is offloaded, plus the
-    strategy's communication buffers, over the stage's slice of the one-GPU timeline."""
+    strategy's communication buffers, over the stage's slice of the one-GPU timeline.
+    ``mask_build``: what ColoAttention's mask build holds at once, before the first
+    block (sequence_parallel.shardformer_mask_build)."""
     s = par.resolved_strategy
     if par.ep > 1 and s == "colossalai-zero2":
         s = "colossalai-zero1"  # moe_hybrid_parallel_plugin.py:227-233
@@ -1590,7 +1644,9 @@ def rank_memory(
     kept = mask if run.grad_ckpt else 0
     ring = par.sequence_mode == "ring_attn"
     later, first_only = (0, kept) if ring else (kept, 0)
-    sizes, micro = _stage_sizes(s, par, run, base, at, on, comm, boundary, later, first_only)
+    later += _later_stage_rotary(arch, run, par, parts)
+    start = _mask_build_moment(arch, run, par, parts, at, mask_build, kept)
+    sizes, micro = _stage_sizes(s, par, run, base, at, on, comm, boundary, later, first_only, start)
     if run.objective == "grpo":
         sizes = _grpo_before(
             s, par, arch, run, plan, groups, sizes, totals.weights + extra - policy.replicated
@@ -2081,7 +2137,11 @@ def parallel_step(
             "ftmem models the interleaved schedule for runs whose blocks all train alike; "
             f"--method {run.method} here trains some blocks only: use --pp-chunks 1."
         )
-    ranks = tuple(rank_memory(local, lrun, par, parts, k, cap) for k in range(par.pp))
+    build = 0
+    if shardformer:
+        e = BYTES_PER_ELEMENT[parts.plan.dtypes.compute]
+        build = shardformer_mask_build(arch, run, par.sequence_mode, par.pp, e)
+    ranks = tuple(rank_memory(local, lrun, par, parts, k, cap, build) for k in range(par.pp))
     timelines = [find_peak(r.sizes) for r in ranks]
     peaks = tuple(t.at_peak.total for t in timelines)
     worst = max(range(len(peaks)), key=lambda k: (peaks[k], -k))

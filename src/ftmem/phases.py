@@ -247,6 +247,11 @@ class StepSizes:
     # distillation: the frozen teacher's forward, before the student's (no activations);
     # GRPO: generation, or the no_grad log-probabilities after it
     teacher_forward: int = 0
+    # the model forward's own transient before its first block, beside the activations
+    # below the blocks and the other micro-batches' (ColossalAI's first pipeline stage
+    # under ring_attn, a batch with pad tokens: the padded-causal mask it builds and
+    # drops, sequence_parallel.ring_padded_mask_build)
+    forward_start: int = 0
     # its communication (comm.before) one request per tensor, where known (GRPO under
     # ZeRO-3: each parameter gathered whole; gpu.trace)
     before_requests: tuple[int, ...] = ()
@@ -397,6 +402,9 @@ def _until_head_backward(
         Moment("backward", held_backward, acts + s.output_held, head.loss_backward, loss_bwd),
         Moment("backward", live_grads, live_acts, head.workspace + s.optimizer.at_head, head_bwd),
     ]
+    if s.forward_start:
+        below = s.activations.held + s.activations.below + previous
+        moments.insert(0, Moment("forward", held_forward, below, s.forward_start, 0))
     if s.teacher_forward or c.before:  # without one the next moment holds all it would
         before = fwd if c.before is None else c.before
         moments.insert(0, Moment("forward", held_forward, previous, s.teacher_forward, before))

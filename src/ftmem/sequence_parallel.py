@@ -33,7 +33,7 @@ from ftmem.dtypes import FP32, ceil_div
 from ftmem.errors import InvalidInputError
 from ftmem.ops.norm import NORM_KINDS
 from ftmem.ops.saved import Kind, Saved
-from ftmem.profiles import pads_batches
+from ftmem.profiles import batch_padding, pads_batches
 from ftmem.run import RunConfig
 
 SpMode = Literal["split_gather", "ring", "all_to_all", "ring_attn"]
@@ -123,15 +123,45 @@ def shardformer_mask_positions(
     return run.positions if builds else 0
 
 
+def shardformer_mask_build(
+    arch: Architecture, run: RunConfig, mode: str | None, pp: int, e: int
+) -> int:
+    """The most bytes ColoAttention's ``prepare_attn_kwargs`` holds at once while the
+    family's shardformer model forward builds its mask on this rank, before the first
+    block (0 where it builds none: shardformer_mask_positions; ring_attn's first stage
+    builds one whether or not it keeps it). ``s`` is the whole sequence (modeling/llama.py
+    :77-82, 98-99); MEMORY_BOUND (layer/attn.py:22, 181, 212) gives an empty tensor.
+    Without pad tokens (attn.py:178-185) the tril'd ones, s²·e, expanded; with them
+    (:210-215) the hidden-dtype copy of the expanded padding mask (b·s²·e: an expand has
+    no dense layout to keep), ``new_ones(s, s).tril()`` (s²·e, the ones freed once it
+    exists) and their product beside both. Inverted (:224, invert_mask :40-50): ``1.0 -
+    mask`` (b·s²·e), its ``bool()`` (b·s²) and ``masked_fill``'s result (b·s²·e) beside
+    the mask. ring_attn's first stage leaves it uninverted (modeling/llama.py:140) and,
+    given pad tokens, rebinds the kwargs to RingAttention's varlen batch before the
+    first layer (:153-156)."""
+    ring = mode == "ring_attn"
+    if ring:
+        builds = pp > 1 and "flash" in families.get(arch.family).colossalai_builds_mask
+    else:
+        builds = shardformer_mask_positions(arch, run, mode, pp) > 0
+    s, b = run.positions, run.batch_size
+    if not builds or s * s * e >= 10 * 10**9:
+        return 0
+    one, whole = s * s * e, b * s * s * e
+    padded = pads_batches(run) and batch_padding(run) != "packed"  # (packed: no pad tokens)
+    if ring:
+        return 2 * whole + one if padded else one
+    return (3 * whole if padded else one + 2 * whole) + b * s * s
+
+
 def coloattention_mask_bytes(arch: Architecture, batch: int, e: int) -> int:
     """The (b, 1, s, s) mask in the compute dtype, or nothing where s²·e reaches
     MEMORY_BOUND = 10·10⁹ bytes (layer/attn.py:22, 181: an empty tensor instead). It is in
     the attention kwargs that every layer, and every checkpoint, is given
     (modeling/llama.py:190-200), so checkpointing keeps it until the backward ends; the
     flash-attn kernel it dispatches to for 16-bit CAUSAL masks does not read it
-    (layer/attn.py:89-95). Its build, ``s²·e`` for the ones, ``b·s²·e`` for ``1.0 - mask``,
-    ``b·s²`` for the ``bool()`` and ``b·s²·e`` for ``masked_fill`` (layer/attn.py:40-50),
-    comes before the first block, when little else is alive: not counted. Left uninverted
+    (layer/attn.py:89-95). Its build, before the first block, is a moment of its own
+    (shardformer_mask_build, StepSizes.forward_start). Left uninverted
     (ring_attn's first stage) it is ``expand``'s view of the tril'd ones (layer/attn.py:
     182-185): one s²·e storage for the whole batch, built and kept alike; RingAttention
     takes it in ``**kwargs`` and never reads it (attn.py:498-514)."""

@@ -753,6 +753,7 @@ def _pass(
     rec.host_copy(c.root_copy)  # the root unit's, at the model's pre-forward
     others = rec.alloc((s.activations.held,))
     below = rec.alloc(t.below)
+    rec.moment(s.forward_start)  # (before the first block: StepSizes.forward_start)
     rec.alloc(workspaces[0])
     returned: list[int] = []
     kept = _blocks_forward(rec, s, t, returned)
