@@ -31,9 +31,15 @@ autocast) peft casts the linear's input to the adapters' dtype (``x =
 x.to(lora_A.weight.dtype)``, held until the linear returns), dropout runs in that dtype,
 and autocast casts lora_A's input back to the compute dtype (a copy freed once lora_A has
 answered); lora_A and lora_B answer in the compute dtype (peft 0.5.0 src/peft/tuners/lora.py
-``Linear.forward``, 0.21 src/peft/tuners/lora/layer.py ``Linear.forward``). Autocast's cached
-16-bit copies of the adapters' weights (r·(in + out)·e a linear, kept to the autocast
-region's end) are left out: the estimate counts them with the step's autocast copies.
+``Linear.forward``, 0.21 src/peft/tuners/lora/layer.py ``Linear.forward``). Each adapter
+weight is cast too, once per forward: autocast caches the 16-bit copy of an fp32 leaf that
+requires grad (also under ``no_grad``) until the outermost autocast region ends (torch
+aten/src/ATen/autocast_mode.cpp ``cached_cast``; torch/amp/autocast_mode.py ``__exit__``:
+``clear_autocast_cache`` once the nesting is back to 0), so each linear's r·in·e and out·r·e
+copies are never freed here: they live to the model's return, where the head's requests let
+them go (gpu.trace). Within a call autocast casts the weight before the input (the casts of
+one call's arguments are made last to first: measured with torch 2.13 on the CPU,
+tests/test_nograd_fused_qkv.py).
 
 The 4-bit weight is dequantised in the compute dtype (``quant_state.dtype``, taken as the
 compute dtype: then ``.to(A.dtype)`` is no copy). Left out, small requests (the small
@@ -78,7 +84,9 @@ class LayerShape:
     case), the adapters' element size where peft casts their input to it (0: the
     activations' dtype, no cast), whether peft adds the adapter's output in place and
     ``repeated_kv``: GQA keys and values copied to every query head before sdpa
-    (transformers 4.36-4.37's LlamaSdpaAttention, SDPA_REPEAT_KV_DERIVED)."""
+    (transformers 4.36-4.37's LlamaSdpaAttention, SDPA_REPEAT_KV_DERIVED);
+    ``weight_casts``: autocast casts the adapters' fp32 weights and caches the copies
+    (never freed in the layer's requests)."""
 
     T: int
     hidden: int
@@ -94,6 +102,7 @@ class LayerShape:
     adapter_e: int = 0
     sum_in_place: bool = False
     repeated_kv: bool = False
+    weight_casts: bool = False
 
 
 class LayerProgram(RequestProgram):
@@ -141,9 +150,10 @@ class LayerProgram(RequestProgram):
 
     def lora_branch(self, out: int, width_in: int, width_out: int) -> int:
         """peft's branch beside the base output ``out``: the input's cast to the adapters'
-        dtype (held to the return), dropout's mask and output, autocast's cast of lora_A's
-        input, lora_A's and lora_B's outputs, the scaling's product, the sum (in place
-        before peft 0.9.0); each freed once read."""
+        dtype (held to the return), dropout's mask and output, autocast's casts of
+        lora_A's weight (cached) and input, lora_A's output, lora_B's weight cast
+        (cached) and output, the scaling's product, the sum (in place before peft
+        0.9.0); each freed once read but the cached casts."""
         s = self.shape
         wide = self.alloc(s.T * width_in * s.adapter_e) if s.adapter_e else -1
         dropped = -1
@@ -151,9 +161,13 @@ class LayerProgram(RequestProgram):
             mask = self.alloc(s.T * width_in * s.mask_bytes)
             dropped = self.alloc(s.T * width_in * (s.adapter_e or s.e))
             self.free(mask)
+        if s.weight_casts:
+            self.alloc(s.lora_r * width_in * s.e)
         cast = self.alloc(s.T * width_in * s.e) if s.adapter_e else -1
         a = self.alloc(s.T * s.lora_r * s.e)
         self.free(cast, dropped)
+        if s.weight_casts:
+            self.alloc(width_out * s.lora_r * s.e)
         b = self.alloc(s.T * width_out * s.e)
         self.free(a)
         scaled = self.alloc(s.T * width_out * s.e)
