@@ -649,15 +649,8 @@ def head_requests(
         or backward_peak > loss_backward + on_device + output
     ):
         return None
-    return HeadRequests(
-        on_device,
-        forward,
-        backward,
-        logits_forward,
-        loss_backward,
-        program.output,
-        cache=program.cache,
-    )
+    moments = (on_device, forward, backward, logits_forward, loss_backward)
+    return HeadRequests(*moments, program.output, cache=program.cache)
 
 
 def _loop_requests(
