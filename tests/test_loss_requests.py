@@ -349,6 +349,74 @@ def test_accelerate_casts_the_returned_logits_to_fp32_after_the_shifted_loss():
     assert [op for op, _ in backward] == [op for op, _ in plain]
 
 
+def _one_sequence():
+    """The head's inputs for one sequence of T positions (the Qwen-1 README's batch 1)."""
+    torch.manual_seed(0)
+    hidden = torch.randn(1, T, H, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(V, H, dtype=torch.bfloat16)
+    return hidden, weight, torch.randint(0, V, (1, T))
+
+
+def test_one_sequences_shifted_slice_is_not_copied():
+    """``lm_logits[..., :-1, :]`` of a (1, T, V) tensor is contiguous (the size-1 batch
+    dimension is skipped by is_contiguous), so ``.contiguous()`` returns it: the shifted
+    loss makes no R·V copy, here nor in CUDA's order with accelerate's fp32 copy. The
+    hand derivation, R = T − 1: the logits, the bf16 log-softmax, its fp32 cast; the
+    logits' fp32 copy after the return, the bf16 logits dropped, then the copy; the
+    backward as with a copy (SliceBackward0's zeros of the whole logits last)."""
+    logits = torch.zeros(1, T, V)
+    assert logits[..., :-1, :].contiguous().data_ptr() == logits.data_ptr()
+    R = T - 1
+    measured = _vocabulary_sized(*_measure(_qwen_step_accelerate, *_one_sequence())[:2], skip=3)
+    forward, backward = loss_requests.shifted_loss_accelerate(T, R, V, 2)
+    assert _vocabulary_sized(forward, backward) == measured
+    assert measured[0] == [
+        ("alloc", T * V * 2),
+        ("alloc", R * V * 2),
+        ("alloc", R * V * 4),
+        ("alloc", T * V * 4),
+        ("free", 0),
+        ("free", 3),
+    ]
+    # the slice's zeros (#7) after the log-softmax's gradient (#6); both freed last
+    assert measured[1][-3:] == [("alloc", T * V * 2), ("free", 6), ("free", 7)]
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16", "autocast"])
+def test_one_sequences_shifted_loss_in_the_cpus_order(autocast):
+    measured = _vocabulary_sized(*_measure(_qwen_step(autocast), *_one_sequence())[:2], skip=3)
+    forward, backward = loss_requests.shifted_loss(T, T - 1, V, 2, 4 if autocast else 2)
+    assert _vocabulary_sized(forward, backward) == measured
+    # R·V·2 in forward: the bf16 log-softmax alone (none under autocast: fp32), no copy
+    assert measured[0].count(("alloc", (T - 1) * V * 2)) == (0 if autocast else 1)
+
+
+def test_the_timeline_counts_no_copy_for_one_sequence():
+    """Loss.forward_transient of the shifted loss: the logits and the slice's copy at
+    batch 2, the logits alone at batch 1 (CUDA's autocast: the log-softmax and its cast
+    are the saved item), and the head's requests still lay out that moment."""
+    from ftmem.api import run_config
+    from ftmem.ops.loss import Loss
+    from ftmem.presets import get_model
+    from ftmem.step import step_parts
+
+    arch = get_model("qwen1-1.8b")
+    Vq = arch.vocab_size
+    for batch, copy in ((1, 0), (2, (2 * 256 - 2) * Vq * 2)):
+        run = run_config(
+            method="lora",
+            precision="bf16",
+            autocast=True,
+            adapter_dtype="fp32",
+            loss="shifted",
+            seq_len=256,
+            batch_size=batch,
+        )
+        Tq = batch * 256
+        assert Loss.forward_transient(arch, run, 2, Tq) == Tq * Vq * 2 + copy
+        assert step_parts(arch, run).sizes.head.requests is not None
+
+
 def test_the_accelerate_moment_is_modelled_where_the_trainer_converts_outputs():
     """Loss.fp32_output_moment: the shifted loss under CUDA's autocast on HF Trainer's
     path; none on the CPU (the measured suite's loop calls the model itself), without

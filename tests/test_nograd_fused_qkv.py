@@ -7,7 +7,9 @@ QWenMLP, RMSNorm's torch path, apply_rotary_pos_emb), with peft's LoRA Linear.fo
 (0.5.0's in-place sum, 0.21's out-of-place one: fp32 adapters, the input cast to them),
 run under ``torch.no_grad`` and bf16 autocast on the CPU on a tiny block, every op
 output's storage logged as it is allocated and freed (LiveBytesTracker with an event
-log). Two CUDA kernels stand in as what they allocate: flash-attn's Triton rotary
+log). The adapters' weight casts autocast caches stay to its region's end, as the
+block's requests never free them (each linear's two are below the threshold at R = 2,
+compared at R = 8). Two CUDA kernels stand in as what they allocate: flash-attn's Triton rotary
 (``torch.empty_like`` of its fp32 input, filled) and flash_attn_func (one output of q's
 shape), each filled here one position at a time so that nothing they compute reaches the
 threshold. Compared: the requests of at least THRESHOLD bytes and their frees in order
@@ -24,9 +26,11 @@ from torch import nn
 
 from ftmem.api import run_config
 from ftmem.estimate import _tensors, _with_layer_forward
+from ftmem.gpu.program import never_freed
 from ftmem.gpu.trace import step_events
 from ftmem.measure.tracker import LiveBytesTracker
 from ftmem.methods import plan_method
+from ftmem.ops.linear import LinearOp
 from ftmem.ops.nograd_fused_qkv import fused_qkv_block
 from ftmem.ops.nograd_requests import LayerShape, checkpointed_layer
 from ftmem.phases import find_peak
@@ -51,11 +55,11 @@ class LoraLinear(nn.Module):
     src/peft/tuners/lora.py: ``result += ...``; 0.21 lora/layer.py: ``result = result +
     ...``)."""
 
-    def __init__(self, base: nn.Linear, dropout: float, in_place: bool) -> None:
+    def __init__(self, base: nn.Linear, dropout: float, in_place: bool, r: int = R) -> None:
         super().__init__()
         self.base = base
-        self.lora_A = nn.Linear(base.in_features, R, bias=False)
-        self.lora_B = nn.Linear(R, base.out_features, bias=False)
+        self.lora_A = nn.Linear(base.in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False)
         nn.init.normal_(self.lora_B.weight)
         self.lora_dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.in_place = in_place
@@ -168,12 +172,16 @@ class QWenBlock(nn.Module):
         return outputs
 
 
-def _measure(lora: frozenset[str], dropout: float, in_place: bool) -> list[tuple[str, int]]:
+def _measure(
+    lora: frozenset[str], dropout: float, in_place: bool, r: int = R
+) -> list[tuple[str, int]]:
+    """The block's requests, then the frees of what it left: its output (dropped by the
+    test) and autocast's cached weight copies (freed as the autocast region ends)."""
     torch.manual_seed(0)
 
     def linear(name: str, base: nn.Linear) -> nn.Module:
         base = base.to(torch.bfloat16)  # QWenLMHeadModel casts the model to bf16
-        return LoraLinear(base, dropout, in_place) if name in lora else base
+        return LoraLinear(base, dropout, in_place, r) if name in lora else base
 
     block = QWenBlock(linear)
     block.ln_1.to(torch.bfloat16)
@@ -191,6 +199,33 @@ def _measure(lora: frozenset[str], dropout: float, in_place: bool) -> list[tuple
         out = block(x, cos, sin)
         del out
     return _large(events[before:], before)
+
+
+def _shape(lora: frozenset[str], dropout: float, in_place: bool, r: int = R) -> LayerShape:
+    """The tiny block's shape, as the estimate lays it out for fp32 adapters under bf16
+    autocast."""
+    return LayerShape(
+        T=S,
+        hidden=H,
+        q_size=H,
+        kv_size=H,
+        intermediate=F_HALF,
+        e=E,
+        lora=frozenset(ROLES[m] for m in lora),
+        lora_r=r,
+        lora_dropout=dropout > 0,
+        mask_bytes=4,  # the CPU's dropout noise is of its (fp32) input's dtype
+        adapter_e=4,
+        sum_in_place=in_place,
+        weight_casts=True,
+    )
+
+
+def _derived(shape: LayerShape) -> list[tuple[str, int | frozenset[int]]]:
+    """The block's derived requests, then the frees of what they never free (the output
+    and the cached casts, freed one after the other by torch)."""
+    requests, _ = fused_qkv_block(shape)
+    return _large((*requests, *(("free", k) for k in never_freed(requests))))
 
 
 def _large(events, skip: int = 0) -> list[tuple[str, int | frozenset[int]]]:
@@ -239,25 +274,26 @@ def _program(events) -> tuple[tuple[str, int], ...]:
 )
 def test_fused_block_requests_match_torch(lora, dropout, in_place):
     measured = _measure(lora, dropout, in_place)
-    shape = LayerShape(
-        T=S,
-        hidden=H,
-        q_size=H,
-        kv_size=H,
-        intermediate=F_HALF,
-        e=E,
-        lora=frozenset(ROLES[m] for m in lora),
-        lora_r=R,
-        lora_dropout=dropout > 0,
-        mask_bytes=4,  # the CPU's dropout noise is of its (fp32) input's dtype
-        adapter_e=4,
-        sum_in_place=in_place,
-    )
-    requests, output = fused_qkv_block(shape)
-    # the output stays with the caller (torch's is freed when the test drops it)
-    derived = _large((*requests, ("free", output)))
+    derived = _derived(_shape(lora, dropout, in_place))
     assert measured == derived
     assert program_peak(_program(measured)) == program_peak(_program(derived))
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["peft-0.5", "peft-0.21"])
+def test_the_adapters_weight_casts_are_made_in_the_block_and_kept(in_place):
+    """At R = 8 each adapter weight's bf16 copy (R·in·2, out·R·2: 1-3 KiB here) reaches
+    the threshold: autocast makes lora_A's before the cast of lora_A's input and lora_B's
+    before lora_B's output, and none is freed before the autocast region ends."""
+    r = 8  # (not S: lora_A's weight copy would be as large as its input's)
+    measured = _measure(frozenset(MODULES), 0.05, in_place, r)
+    shape = _shape(frozenset(MODULES), 0.05, in_place, r)
+    assert measured == _derived(shape)
+    requests, output = fused_qkv_block(shape)
+    sizes = [v for op, v in requests if op == "alloc"]
+    kept = [sizes[k] for k in never_freed(requests) if k != output]
+    # per linear (c_attn, attn.c_proj, w1, w2, mlp.c_proj): lora_A's, then lora_B's
+    widths = ((H, 3 * H), (H, H), (H, F_HALF), (H, F_HALF), (F_HALF, H))
+    assert kept == [n * r * E for w_in, w_out in widths for n in (w_in, w_out)]
 
 
 # -- where the estimate uses it --------------------------------------------------------
@@ -281,17 +317,24 @@ def test_a_real_block_by_hand():
     """Qwen-7B (h 4096, f' 11008), LoRA r=64 on every linear, fp32 adapters under bf16
     autocast, peft 0.5.0, 8,192 tokens: the largest requests are mlp.c_proj's fp32 input
     copy and dropout output (T·f'·4 = 344 MiB), the output one hidden state (64 MiB),
-    and everything else is freed inside the block."""
+    and everything else is freed inside the block but the adapters' cached bf16 weight
+    copies: r·in·2 and out·r·2 a linear, 8,945,664 bytes a block, whose 32 blocks make
+    the 273 MiB the timeline holds in autocast's cache to the forward's end."""
     arch = get_model("qwen1-7b")
     run = run_config(**LORA_RUN, peft_version="0.5.0")
     requests, output = checkpointed_layer(arch, run, plan_method(arch, run))
     sizes = [v for op, v in requests if op == "alloc"]
-    freed = {v for op, v in requests if op == "free"}
     T = 8192
     assert max(sizes) == T * 11008 * 4 == 344 * 2**20
     assert sizes.count(max(sizes)) == 2
     assert sizes[output] == T * 4096 * 2 == 64 * 2**20
-    assert freed == set(range(len(sizes))) - {output}
+    kept = [sizes[k] for k in never_freed(requests) if k != output]
+    # c_attn 4096 -> 12288, attn.c_proj 4096 -> 4096, w1 and w2 4096 -> 11008,
+    # mlp.c_proj 11008 -> 4096
+    widths = ((4096, 12288), (4096, 4096), (4096, 11008), (4096, 11008), (11008, 4096))
+    assert kept == [n * 64 * 2 for w_in, w_out in widths for n in (w_in, w_out)]
+    assert sum(kept) == 8_945_664
+    assert 32 * sum(kept) == LinearOp.autocast_cache(arch, plan_method(arch, run))
     # peft >= 0.9 sums out of place: one more T·out·2 request a linear
     new = run_config(**LORA_RUN)
     more, _ = checkpointed_layer(arch, new, plan_method(arch, new))

@@ -24,6 +24,7 @@ from ftmem.colossalai import COLOSSALAI
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.errors import InvalidInputError
 from ftmem.gpu.device import DeviceFigures, cuda_runtime, device_figures, workspace_bytes
+from ftmem.gpu.program import never_freed
 from ftmem.gpu.trace import (
     STEP_ONLY,
     RunOutside,
@@ -475,7 +476,9 @@ def _with_layer_forward(
     if layer is None:
         return tensors
     requests, output = layer
-    return replace(tensors, block_forward=requests, block_output=output)
+    # what else the layer never frees is in autocast's cache (LayerShape.weight_casts)
+    cached = tuple(k for k in never_freed(requests) if k != output)
+    return replace(tensors, block_forward=requests, block_output=output, block_cached=cached)
 
 
 def _leaf_shards(run: RunConfig, par: ParallelConfig | None) -> int:

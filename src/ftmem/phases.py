@@ -127,6 +127,10 @@ class HeadRequests:
     # the output is held into the next pass's forward instead, freed at its
     # ("previous", 0) request (torchtune 0.1's shifted copy: ops.loss_requests)
     into_next_forward: bool = False
+    # the number of the forward's allocation that stands for what the forward holds to
+    # its end (autocast's weight cache): the replay requests it less the casts the
+    # blocks' forwards made (StepTensors.block_cached) and frees those with it; -1: none
+    cache: int = -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,3 +29,10 @@ class RequestProgram:
 
     def free(self, *keys: int) -> None:
         self.ops.extend(("free", k) for k in keys if k >= 0)
+
+
+def never_freed(requests: Requests) -> tuple[int, ...]:
+    """The numbers of the allocations ``requests`` never free, in order."""
+    count = sum(1 for op, _ in requests if op == "alloc")
+    freed = {k for op, k in requests if op == "free"}
+    return tuple(k for k in range(count) if k not in freed)

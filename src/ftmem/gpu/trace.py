@@ -78,6 +78,10 @@ class StepTensors:
     # output; () where not derived
     block_forward: tuple[tuple[str, int], ...] = ()
     block_output: int = -1
+    # the numbers of block_forward's allocations in autocast's cache (the adapters'
+    # weight copies, ops.nograd_requests.LayerShape.weight_casts): every block's live
+    # until the model's forward returns, where the head's program frees the cache
+    block_cached: tuple[int, ...] = ()
 
 
 def plan_tensors(
@@ -756,12 +760,13 @@ def _pass(
     rec.moment(s.forward_start)  # (before the first block: StepSizes.forward_start)
     rec.alloc(workspaces[0])
     returned: list[int] = []
-    kept = _blocks_forward(rec, s, t, returned)
     requests = _head_requests(s, t)
+    casts = _cached_casts(s, t, requests)
+    kept = _blocks_forward(rec, s, t, returned, casts)
     above = rec.alloc(t.above if requests is None else _without(t.above, requests.saved_item))
     rec.free(rec.comm(c.forward_waiting))
     gathered = rec.comm(_or(c.head_forward, c.forward))
-    head = _head_forward(rec, s, requests, [] if carried is None else carried, output)
+    head = _head_forward(rec, s, requests, [] if carried is None else carried, output, casts)
     rec.free(gathered)
     rec.free(returned)  # the model's output dropped: the blocks' returned caches
     if s.empties_cache:
@@ -806,17 +811,20 @@ def _head_forward(
     requests: HeadRequests | None,
     carried: list[int],
     output: list[int],
+    casts: _Casts | None = None,
 ) -> list[list[int]]:
     """The LM head's and the loss's forward: one moment, or the program's tensors one by
     one; what the model's output holds past the pass joins ``output``, a program's part
-    held into the next forward ``carried``. Returns the program's allocations."""
+    held into the next forward ``carried``; ``casts``: the autocast cache's copies the
+    blocks made, freed with the program's cache (_run_requests). Returns the program's
+    allocations."""
     if requests is None:
         rec.free(carried)  # (a program's copy, where this pass has none: the model returned)
         carried.clear()
         rec.moment(s.head.logits_forward)
         output += rec.alloc((s.output_held,)) if s.output_held else []
         return []
-    head = _run_requests(rec, requests.forward, [], carried)
+    head = _run_requests(rec, requests.forward, [], carried, cache=requests.cache, casts=casts)
     if requests.output >= 0 and requests.into_next_forward:
         carried.extend(head[requests.output])
     elif requests.output >= 0:
@@ -852,10 +860,15 @@ def _before_forward(rec: _Recorder, s: StepSizes) -> None:
 
 
 def _blocks_forward(
-    rec: _Recorder, s: StepSizes, t: StepTensors, returned: list[int]
+    rec: _Recorder,
+    s: StepSizes,
+    t: StepTensors,
+    returned: list[int],
+    casts: _Casts | None = None,
 ) -> list[list[int]]:
     """The blocks' forward: each block's saved tensors, kept for the backward; what each
-    returns to the model's output (StepSizes.block_returns) joins ``returned``."""
+    returns to the model's output (StepSizes.block_returns) joins ``returned``; the
+    autocast cache's copies a derived block makes join ``casts`` (none made without)."""
     c = s.comm
     kept: list[list[int]] = []
     typical = sum(t.block_saved)
@@ -867,7 +880,7 @@ def _blocks_forward(
             # (requested first: it lives through the block's MLP, as the timeline has it)
             returned.extend(rec.alloc((s.block_returns,)))
             if _derived_forward(t, size):
-                kept.append(_layer_forward(rec, t))
+                kept.append(_layer_forward(rec, t, casts))
             else:
                 kept.append(rec.alloc(t.block_saved if size == typical else (size,)))
                 rec.moment(s.block.forward)  # with the block's saved tensors, as the timeline
@@ -876,7 +889,7 @@ def _blocks_forward(
         alloc, moment, transient = rec.alloc, rec.moment, s.block.forward
         for size in s.activations.per_block:
             if _derived_forward(t, size):
-                kept.append(_layer_forward(rec, t))
+                kept.append(_layer_forward(rec, t, casts))
                 continue
             kept.append(alloc(t.block_saved if size == typical else (size,)))
             moment(transient)
@@ -892,11 +905,44 @@ def _derived_forward(t: StepTensors, kept: int) -> bool:
     return sizes[t.block_output] == kept
 
 
-def _layer_forward(rec: _Recorder, t: StepTensors) -> list[int]:
+def _layer_forward(rec: _Recorder, t: StepTensors, casts: _Casts | None) -> list[int]:
     """A checkpointed layer's no-grad forward (StepTensors.block_forward): its requests
-    in order; the layer's output, the next block's checkpointed input, stays."""
+    in order; the layer's output, the next block's checkpointed input, stays, as do
+    autocast's cached weight copies (StepTensors.block_cached), which join ``casts``;
+    without ``casts`` they are not requested (the head's cache stands for them)."""
+    if casts is None:
+        keys = _run_requests(rec, t.block_forward, [], skip=frozenset(t.block_cached))
+        return keys[t.block_output]
     keys = _run_requests(rec, t.block_forward, [])
+    for k in t.block_cached:
+        casts.keys.extend(keys[k])
     return keys[t.block_output]
+
+
+@dataclass(slots=True)
+class _Casts:
+    """Autocast's cached weight copies the blocks' forwards make (StepTensors.block_cached):
+    their allocations, and their bytes in all, which the head's cache request
+    (HeadRequests.cache) stood for: the head requests the rest of it and frees these
+    with it, when the forward's autocast region ends."""
+
+    keys: list[int]
+    size: int
+
+
+def _cached_casts(s: StepSizes, t: StepTensors, requests: HeadRequests | None) -> _Casts | None:
+    """The pass's cached copies, to be made in the blocks, where the head's program
+    holds autocast's cache as one request of at least their bytes; else None (the
+    blocks skip them, the head's request stands for them, or there are none)."""
+    if not t.block_cached or requests is None or requests.cache < 0:
+        return None
+    sizes = [value for op, value in t.block_forward if op == "alloc"]
+    per_block = sum(sizes[k] for k in t.block_cached)
+    blocks = sum(1 for size in s.activations.per_block if _derived_forward(t, size))
+    held = [value for op, value in requests.forward if op == "alloc"][requests.cache]
+    if blocks * per_block > held:
+        return None
+    return _Casts([], blocks * per_block)
 
 
 def _backward_ends(rec: _Recorder, s: StepSizes) -> None:
@@ -935,12 +981,23 @@ def _run_requests(
     requests: tuple[tuple[str, int], ...],
     keys: list[list[int]],
     carried: list[int] | None = None,
+    skip: frozenset[int] = frozenset(),
+    cache: int = -1,
+    casts: _Casts | None = None,
 ) -> list[list[int]]:
-    """A head program's requests (phases.HeadRequests): ("alloc", bytes), ("free", k)
-    its k-th allocation, ("previous", 0) the last pass's held output (``carried``,
-    emptied); ``keys``: its earlier phase's, extended."""
+    """A program's requests (phases.HeadRequests, a layer's forward): ("alloc", bytes),
+    ("free", k) its k-th allocation, ("previous", 0) the last pass's held output
+    (``carried``, emptied); ``keys``: its earlier phase's, extended; ``skip``: the
+    allocations not requested; ``cache``: the allocation that stands for autocast's
+    cache, requested less the copies the blocks made (``casts``) and freed with them."""
     for op, value in requests:
         if op == "alloc":
+            n = len(keys)
+            if n in skip:
+                keys.append([])
+                continue
+            if n == cache and casts is not None:
+                value -= casts.size
             keys.append(rec.alloc((value,)))
         elif op == PREVIOUS:
             if carried:
@@ -948,6 +1005,9 @@ def _run_requests(
                 carried.clear()
         else:
             rec.free(keys[value])
+            if value == cache and casts is not None:
+                rec.free(casts.keys)
+                casts.keys.clear()
     return keys
 
 

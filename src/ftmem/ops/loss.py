@@ -160,11 +160,12 @@ class Loss:
         if compiled_chunked_loss(run):
             return 0
         if run.loss == "shifted":
-            # the logits, the shifted slice's contiguous copy and, under autocast,
-            # cross_entropy's fp32 cast of that copy (freed once the log-softmax exists)
+            # the logits, the shifted slice's contiguous copy (none for one sequence:
+            # Loss.shifted_copy) and, under autocast, cross_entropy's fp32 cast of it
+            # (freed once the log-softmax exists)
             rows = Loss.rows(run)
             cast = rows * V * FP32 if Loss.shifted_log_softmax_bytes(run, e) != e else 0
-            return T * V * e + rows * V * e + cast
+            return T * V * e + Loss.shifted_copy(run, V, e) + cast
         if run.loss == "upcast-shifted":
             return Loss.upcast_shifted_forward(run, V, e, T)
         upcast = T * V * FP32 if e != FP32 else 0
@@ -176,6 +177,17 @@ class Loss:
         if run.loss == "chunked":  # torchtune: one chunk upcast at a time
             upcast //= CHUNKS
         return T * V * e + upcast
+
+    @staticmethod
+    def shifted_copy(run: RunConfig, V: int, e: int) -> int:
+        """Qwen-1's ``lm_logits[..., :-1, :].contiguous()`` (R·V·e, R = T − b): a copy of
+        the slice for b > 1; for one sequence the slice is contiguous already (its batch
+        dimension has size 1, which ``is_contiguous`` skips, and dropping a row-major
+        T×V matrix's last row keeps the rest in place), so ``contiguous()`` returns it
+        and nothing is allocated (c10 TensorImpl's contiguity skips size-1 dimensions;
+        measured on the CPU: tests/test_loss_requests.py). LitGPT's chunked loss reads
+        the same slice (held_logits_head: a copy when b > 1)."""
+        return Loss.rows(run) * V * e if run.batch_size > 1 else 0
 
     @staticmethod
     def upcast_shifted_forward(run: RunConfig, V: int, e: int, T: int) -> int:

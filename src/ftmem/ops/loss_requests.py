@@ -44,15 +44,24 @@ class _Program(RequestProgram):
     ``pack_to_cpu`` copies into a host tensor, which the graph keeps; ``unpack_from_cpu``
     brings back a new device tensor, ``tensor.to(device)``, for each node that unpacks
     it): the device tensors die when nothing else names them, and each backward node
-    that reads one holds its own copy while it runs."""
+    that reads one holds its own copy while it runs. ``cache``: the allocation that
+    stands for what the forward holds until it ends (:meth:`held_cache`)."""
 
-    __slots__ = ("offloaded", "output", "sizes")
+    __slots__ = ("cache", "offloaded", "output", "sizes")
 
     def __init__(self, offloaded: bool = False) -> None:
         super().__init__()
         self.output = -1
+        self.cache = -1
         self.offloaded = offloaded
         self.sizes: list[int] = []  # each allocation's bytes, by its number
+
+    def held_cache(self, held: int) -> int:
+        """What the forward holds until it ends (autocast's weight cache, a prefix
+        cache), as one request at the head: the replay takes out of it the casts the
+        blocks' forwards made themselves (gpu.trace, HeadRequests.cache)."""
+        self.cache = self.alloc(held)
+        return self.cache
 
     def alloc(self, size: int) -> int:
         key = super().alloc(size)
@@ -119,7 +128,7 @@ class _Program(RequestProgram):
         return ls_grad
 
     def done(self, forward: Phase, into_next_forward: bool = False) -> Programmed:
-        return Programmed(forward, self.cut(), self.output, into_next_forward)
+        return Programmed(forward, self.cut(), self.output, into_next_forward, self.cache)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +141,7 @@ class Programmed:
     output: int = -1
     # the output is held into the next pass's forward, freed at its PREVIOUS request
     into_next_forward: bool = False
+    cache: int = -1  # the forward's held cache (_Program.held_cache), -1: none
 
     def phases(self) -> tuple[Phase, Phase]:
         return self.forward, self.backward
@@ -174,7 +184,7 @@ def _causal_lm_loss(
     the saved log-softmax, labels and total_weight die as the forward ends, and the
     backward's two nodes bring back their own copies (_Program.nll_backward)."""
     p = _Program(offloaded)
-    cache = p.alloc(held)
+    cache = p.held_cache(held)
     named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
     upcast = p.alloc(T * V * FP32) if e != FP32 else -1
@@ -229,9 +239,9 @@ def _shifted_cuda_program(
     T: int, R: int, V: int, e: int, held: int, hold: bool, fp32_output: bool = False
 ) -> Programmed:
     p = _Program()
-    cache = p.alloc(held)
+    cache = p.held_cache(held)
     logits = p.alloc(T * V * e)
-    shifted = p.alloc(R * V * e)
+    shifted = p.alloc(_shifted_copy(T, R, V, e))
     labels = p.alloc(R * INDEX_BYTES)
     log_softmax = p.alloc(R * V * e)
     cast = p.alloc(R * V * FP32)
@@ -254,6 +264,15 @@ def _shifted_cuda_program(
     return p.done(forward)
 
 
+def _shifted_copy(T: int, R: int, V: int, e: int) -> int:
+    """The bytes of ``lm_logits[..., :-1, :].contiguous()`` (R = T − b rows): a copy of
+    the slice, but for one sequence (b = 1), whose slice is contiguous already (the
+    batch dimension has size 1, which ``is_contiguous`` skips; dropping the last row of
+    a row-major T×V matrix keeps the rest in place), so ``contiguous()`` returns it: 0
+    (Loss.shifted_copy; measured on the CPU, tests/test_loss_requests.py)."""
+    return R * V * e if T - R > 1 else 0
+
+
 def _shifted_loss(
     T: int,
     R: int,
@@ -267,7 +286,8 @@ def _shifted_loss(
 ) -> Programmed:
     """The model's own loss on a shifted copy (Qwen-1's QWenLMHeadModel.forward,
     modeling_qwen.py@a6ca629 l.1125-1135): the logits (T·V·e), ``lm_logits[..., :-1,
-    :].contiguous()`` (R·V·e), the shifted labels' copy (R int64), under autocast
+    :].contiguous()`` (R·V·e; none for one sequence: _shifted_copy), the shifted labels'
+    copy (R int64), under autocast
     cross_entropy's fp32 cast of the copy (R·V·4, freed when it returns),
     log_softmax (R·V·ℓ, saved) and nll_loss; the shifted copy dies when the model's
     forward returns, the logits with its output.
@@ -282,10 +302,10 @@ def _shifted_loss(
 
     ``offloaded`` and ``inputs``: as _causal_lm_loss's."""
     p = _Program(offloaded)
-    cache = p.alloc(held)
+    cache = p.held_cache(held)
     named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
-    shifted = p.alloc(R * V * e)
+    shifted = p.alloc(_shifted_copy(T, R, V, e))
     labels = p.alloc(R * INDEX_BYTES)
     cast = p.alloc(R * V * FP32) if log_softmax_bytes != e else -1
     log_softmax = p.alloc(R * V * log_softmax_bytes)
@@ -339,7 +359,7 @@ def _upcast_shifted_loss(
     log-softmax, labels and total_weight die as the forward ends, each backward node
     brings back its own copies; the forward names ``inputs`` until it ends)."""
     p = _Program(offloaded)
-    cache = p.alloc(held)
+    cache = p.held_cache(held)
     named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
     if e != FP32:
@@ -401,7 +421,7 @@ def _loop_shifted_loss(
     last), freed when lora_b's backward has run; the sum's gradient freed once the base
     matmul's backward has read it."""
     p = _Program()
-    cache = p.alloc(held)
+    cache = p.held_cache(held)
     logits = p.alloc(T * V * e)
     if adapted_head:
         lora_b = p.alloc(T * V * e)
@@ -463,7 +483,7 @@ def _chunked_loss(
     all the loss's nodes; measured on the CPU). Then the head's pieces (_head_pieces),
     ``head_grads`` their gradients' sizes (Loss.chunked_head_grads)."""
     p = _Program()
-    cache = p.alloc(held)
+    cache = p.held_cache(held)
     pieces = [p.alloc(_share(T * V * e, i)) for i in range(CHUNKS)]
     rows = -(-T // CHUNKS)
     upcast_bytes = T * V * FP32 // CHUNKS if e != FP32 else 0
@@ -629,7 +649,8 @@ def head_requests(
         or backward_peak > loss_backward + on_device + output
     ):
         return None
-    return HeadRequests(on_device, forward, backward, logits_forward, loss_backward, program.output)
+    moments = (on_device, forward, backward, logits_forward, loss_backward)
+    return HeadRequests(*moments, program.output, cache=program.cache)
 
 
 def _loop_requests(
@@ -653,7 +674,14 @@ def _loop_requests(
     ):
         return None
     return HeadRequests(
-        saved_item, forward, backward, logits_forward, loss_backward, program.output, True
+        saved_item,
+        forward,
+        backward,
+        logits_forward,
+        loss_backward,
+        program.output,
+        True,
+        program.cache,
     )
 
 

@@ -31,7 +31,7 @@ same one tensor):
   ``self.c_proj(...)``; a1, a2 and the product stay until the return.
 
 The linears and LoRA's branch are ops.nograd_requests' (peft's fp32 input copy under
-autocast, its dropout, the casts). Left out, small requests: the norms' statistics
+autocast, its dropout, the casts, autocast's cached copies of the adapters' weights). Left out, small requests: the norms' statistics
 (T·4 bytes), the rotary kernel's contiguous cos and sin (s·d/2·4 each), flash-attn's
 logsumexp (heads·T·4) and RNG state. Checked against PyTorch on the CPU, request by
 request, with a re-implementation of the block in tests/test_nograd_fused_qkv.py.
@@ -113,8 +113,9 @@ class FusedBlock(LayerProgram):
 
 def fused_qkv_block(shape: LayerShape) -> tuple[Requests, int]:
     """The block's requests with its input held by the caller, and the number of the
-    allocation that is its output (the only one never freed). ``q_size`` is the
-    attention's width, ``kv_size`` the value's (the fused projection is q + k + v)."""
+    allocation that is its output (never freed, as autocast's cached weight copies
+    are not: LayerShape.weight_casts). ``q_size`` is the attention's width, ``kv_size``
+    the value's (the fused projection is q + k + v)."""
     p = FusedBlock(shape)
     first = p.upcast_rms_norm()
     attended = p.attention(first)
@@ -163,5 +164,7 @@ def fused_qkv_block_forward(
         lora_dropout=run.dropout > 0,
         adapter_e=cast,
         sum_in_place=peft_adds_in_place(run),
+        # fp32 adapters under autocast: their weights cast too, and cached
+        weight_casts=cast == FP32,
     )
     return fused_qkv_block(shape)

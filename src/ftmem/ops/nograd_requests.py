@@ -33,9 +33,15 @@ autocast) peft casts the linear's input to the adapters' dtype (``x =
 x.to(lora_A.weight.dtype)``, held until the linear returns), dropout runs in that dtype,
 and autocast casts lora_A's input back to the compute dtype (a copy freed once lora_A has
 answered); lora_A and lora_B answer in the compute dtype (peft 0.5.0 src/peft/tuners/lora.py
-``Linear.forward``, 0.21 src/peft/tuners/lora/layer.py ``Linear.forward``). Autocast's cached
-16-bit copies of the adapters' weights (r·(in + out)·e a linear, kept to the autocast
-region's end) are left out: the estimate counts them with the step's autocast copies.
+``Linear.forward``, 0.21 src/peft/tuners/lora/layer.py ``Linear.forward``). Each adapter
+weight is cast too, once per forward: autocast caches the 16-bit copy of an fp32 leaf that
+requires grad (also under ``no_grad``) until the outermost autocast region ends (torch
+aten/src/ATen/autocast_mode.cpp ``cached_cast``; torch/amp/autocast_mode.py ``__exit__``:
+``clear_autocast_cache`` once the nesting is back to 0), so each linear's r·in·e and out·r·e
+copies are never freed here: they live to the model's return, where the head's requests let
+them go (gpu.trace). Within a call autocast casts the weight before the input (the casts of
+one call's arguments are made last to first: measured with torch 2.13 on the CPU,
+tests/test_nograd_fused_qkv.py).
 
 The 4-bit weight is dequantised in the compute dtype (``quant_state.dtype``, taken as the
 compute dtype: then ``.to(A.dtype)`` is no copy). Left out, small requests (the small
@@ -85,9 +91,11 @@ class LayerShape:
     ``repeated_kv``: GQA keys and values copied to every query head before sdpa
     (transformers 4.36-4.53, SDPA_REPEAT_KV_DERIVED), ``inputs_copied``: q, k and v made
     contiguous in sdpa_attention_forward's own frame (4.48-4.55,
-    TRANSFORMERS_SDPA_CONTIGUOUS), and ``output_follows_query``: the kernel lays its output
+    TRANSFORMERS_SDPA_CONTIGUOUS), ``output_follows_query``: the kernel lays its output
     out as its query, so a contiguous query's output is copied by the caller's
-    ``transpose(1, 2).contiguous()`` (LayerProgram.contiguous_sdpa)."""
+    ``transpose(1, 2).contiguous()`` (LayerProgram.contiguous_sdpa), and ``weight_casts``:
+    autocast casts the adapters' fp32 weights and caches the copies (never freed in the
+    layer's requests)."""
 
     T: int
     hidden: int
@@ -105,6 +113,7 @@ class LayerShape:
     repeated_kv: bool = False
     inputs_copied: bool = False
     output_follows_query: bool = False
+    weight_casts: bool = False
 
 
 class LayerProgram(RequestProgram):
@@ -152,9 +161,10 @@ class LayerProgram(RequestProgram):
 
     def lora_branch(self, out: int, width_in: int, width_out: int) -> int:
         """peft's branch beside the base output ``out``: the input's cast to the adapters'
-        dtype (held to the return), dropout's mask and output, autocast's cast of lora_A's
-        input, lora_A's and lora_B's outputs, the scaling's product, the sum (in place
-        before peft 0.9.0); each freed once read."""
+        dtype (held to the return), dropout's mask and output, autocast's casts of
+        lora_A's weight (cached) and input, lora_A's output, lora_B's weight cast
+        (cached) and output, the scaling's product, the sum (in place before peft
+        0.9.0); each freed once read but the cached casts."""
         s = self.shape
         wide = self.alloc(s.T * width_in * s.adapter_e) if s.adapter_e else -1
         dropped = -1
@@ -162,9 +172,13 @@ class LayerProgram(RequestProgram):
             mask = self.alloc(s.T * width_in * s.mask_bytes)
             dropped = self.alloc(s.T * width_in * (s.adapter_e or s.e))
             self.free(mask)
+        if s.weight_casts:
+            self.alloc(s.lora_r * width_in * s.e)
         cast = self.alloc(s.T * width_in * s.e) if s.adapter_e else -1
         a = self.alloc(s.T * s.lora_r * s.e)
         self.free(cast, dropped)
+        if s.weight_casts:
+            self.alloc(width_out * s.lora_r * s.e)
         b = self.alloc(s.T * width_out * s.e)
         self.free(a)
         scaled = self.alloc(s.T * width_out * s.e)
