@@ -288,6 +288,26 @@ def _large(events, skip: int = 0) -> list[tuple[str, int]]:
     return out
 
 
+def _shape(
+    lora: bool, dropout: float, quantized: bool, kv_heads: int = KV_HEADS, **flags: bool
+) -> LayerShape:
+    """The test layer's shape; the CPU's dropout noise is of the input's dtype."""
+    return LayerShape(
+        T=T,
+        hidden=H,
+        q_size=H,
+        kv_size=H // HEADS * kv_heads,
+        intermediate=I,
+        e=E,
+        lora=frozenset(TARGETS) if lora else frozenset(),
+        lora_r=R,
+        lora_dropout=dropout > 0,
+        mask_bytes=E,
+        quantized=quantized,
+        **flags,
+    )
+
+
 @pytest.mark.parametrize("transformers_4_37", [False, True], ids=["5.25", "4.37-repeat-kv"])
 @pytest.mark.parametrize(
     ("lora", "dropout", "quantized"),
@@ -296,20 +316,7 @@ def _large(events, skip: int = 0) -> list[tuple[str, int]]:
 )
 def test_llama_layer_requests_match_torch(lora, dropout, quantized, transformers_4_37):
     measured = _measure(lora, dropout, transformers_4_37, quantized)
-    shape = LayerShape(
-        T=T,
-        hidden=H,
-        q_size=H,
-        kv_size=H // HEADS * KV_HEADS,
-        intermediate=I,
-        e=E,
-        lora=frozenset(TARGETS) if lora else frozenset(),
-        lora_r=R,
-        lora_dropout=dropout > 0,
-        mask_bytes=E,  # the CPU's dropout noise is of the input's dtype
-        repeated_kv=transformers_4_37,
-        quantized=quantized,
-    )
+    shape = _shape(lora, dropout, quantized, repeated_kv=transformers_4_37)
     requests, output = llama_layer(shape)
     # the output stays with the caller (torch's is freed when the test drops it)
     derived = _large((*requests, ("free", output)))
@@ -341,18 +348,11 @@ def test_contiguous_sdpa_inputs_match_torch(lora, dropout, quantized, copies, kv
     is copied too: each request against the transcribed source run on the CPU."""
     follows = _kernel_output_follows_query()
     measured = _measure(lora, dropout, quantized=quantized, copies=copies, kv_heads=kv_heads)
-    shape = LayerShape(
-        T=T,
-        hidden=H,
-        q_size=H,
-        kv_size=H // HEADS * kv_heads,
-        intermediate=I,
-        e=E,
-        lora=frozenset(TARGETS) if lora else frozenset(),
-        lora_r=R,
-        lora_dropout=dropout > 0,
-        mask_bytes=E,
-        quantized=quantized,
+    shape = _shape(
+        lora,
+        dropout,
+        quantized,
+        kv_heads,
         repeated_kv=copies == "4.48" and kv_heads < HEADS,
         inputs_copied=True,
         output_follows_query=follows,
@@ -396,13 +396,11 @@ def test_measured_on_the_real_release(version: str, kv_heads: int):
     assert got["version"] == version
     measured = _large([tuple(event) for event in got["events"]], got["skip"])
     gqa_by_kernel = release(version) >= (4, 54, 0) and release(got["torch"]) >= (2, 5, 0)
-    shape = LayerShape(
-        T=T,
-        hidden=H,
-        q_size=H,
-        kv_size=H // HEADS * kv_heads,
-        intermediate=I,
-        e=E,
+    shape = _shape(
+        False,
+        0.0,
+        False,
+        kv_heads,
         repeated_kv=kv_heads < HEADS and not gqa_by_kernel,
         inputs_copied=True,
         output_follows_query=got["output_follows_query"],

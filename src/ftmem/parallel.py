@@ -1637,15 +1637,7 @@ def rank_memory(
     on, comm = _with_reference(s, par, arch, run, plan, on, comm)
     base = fsdp1_held_inputs(s, run, base)
     boundary = _pipeline_boundary(arch, run, par, parts, at)
-    # every stage's model forward builds ColoAttention's mask (under ring_attn the first
-    # stage's only: later ones prepare a varlen batch, modeling/llama.py:129-131); the
-    # first stage's is in the step's activations below the blocks
-    mask = coloattention_mask_bytes(arch, run.batch_size, BYTES_PER_ELEMENT[plan.dtypes.compute])
-    kept = mask if run.grad_ckpt else 0
-    ring = par.sequence_mode == "ring_attn"
-    later, first_only = (0, kept) if ring else (kept, 0)
-    later += _later_stage_rotary(arch, run, par, parts)
-    start = _mask_build_moment(arch, run, par, parts, at, mask_build, kept)
+    later, first_only, start = _stage_mask_and_rotary(arch, run, par, parts, at, mask_build)
     sizes, micro = _stage_sizes(s, par, run, base, at, on, comm, boundary, later, first_only, start)
     if run.objective == "grpo":
         sizes = _grpo_before(
@@ -1660,6 +1652,28 @@ def rank_memory(
         host_bytes=on.host,
         disk_bytes=on.disk,
     )
+
+
+def _stage_mask_and_rotary(
+    arch: Architecture,
+    run: RunConfig,
+    par: ParallelConfig,
+    parts: StepParts,
+    at: _Stage,
+    mask_build: int,
+) -> tuple[int, int, int]:
+    """What a pipeline stage holds beside its blocks for ColoAttention's mask and the
+    rotary tables: (later stages' bytes, the first stage's only, the mask build's
+    moment). Every stage's model forward builds the mask (under ring_attn the first
+    stage's only: later ones prepare a varlen batch, modeling/llama.py:129-131); the
+    first stage's is in the step's activations below the blocks."""
+    e = BYTES_PER_ELEMENT[parts.plan.dtypes.compute]
+    kept = coloattention_mask_bytes(arch, run.batch_size, e) if run.grad_ckpt else 0
+    ring = par.sequence_mode == "ring_attn"
+    later, first_only = (0, kept) if ring else (kept, 0)
+    later += _later_stage_rotary(arch, run, par, parts)
+    start = _mask_build_moment(arch, run, par, parts, at, mask_build, kept)
+    return later, first_only, start
 
 
 # peft's LoRA methods (a LoraConfig): HF Trainer under FSDP sets peft's auto-wrap policy
