@@ -16,10 +16,6 @@ sizes and frees in order, and the peak of live bytes.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from types import MethodType
@@ -53,6 +49,7 @@ from ftmem.run_phases import program_peak
 from ftmem.step import step_parts
 from ftmem.versions import release
 from tests.test_gpu_trace import replay_live
+from tests.transformers4_sites import run_probe
 
 B, S, H, I, HEADS, KV_HEADS, R = 2, 16, 64, 176, 4, 2, 4
 T = B * S
@@ -366,12 +363,6 @@ def test_contiguous_sdpa_inputs_match_torch(lora, dropout, quantized, copies, kv
     assert _large((*plain[0], ("free", plain[1]))) != measured
 
 
-def _sites() -> dict[str, str]:
-    spec = os.environ.get("FTMEM_TRANSFORMERS4_SITES", "")
-    pairs = (item.split("=", 1) for item in spec.split(";") if "=" in item)
-    return {version: path for version, path in pairs}
-
-
 @pytest.mark.parametrize("kv_heads", [HEADS, KV_HEADS], ids=["mha", "gqa"])
 @pytest.mark.parametrize("version", ["4.48.1", "4.53.0", "4.55.4"])
 def test_measured_on_the_real_release(version: str, kv_heads: int):
@@ -380,20 +371,8 @@ def test_measured_on_the_real_release(version: str, kv_heads: int):
     against the derivation, the kernel's output layout as that site's torch makes it;
     4.54+ leaves GQA to the kernel under torch >= 2.5 (4.54.0 integrations/
     sdpa_attention.py use_gqa_in_sdpa :27-32), repeat_kv otherwise."""
-    site = _sites().get(version)
-    if not site:
-        pytest.skip(f"no unpacked transformers {version} (FTMEM_TRANSFORMERS4_SITES)")
     probe = Path(__file__).with_name("transformers4_nograd_probe.py")
-    done = subprocess.run(
-        [sys.executable, str(probe), str(B), str(S), str(H), str(I), str(HEADS), str(kv_heads)],
-        env=os.environ | {"PYTHONPATH": site},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got["version"] == version
+    got = run_probe(version, probe, *map(str, (B, S, H, I, HEADS, kv_heads)))
     measured = _large([tuple(event) for event in got["events"]], got["skip"])
     gqa_by_kernel = release(version) >= (4, 54, 0) and release(got["torch"]) >= (2, 5, 0)
     shape = _shape(

@@ -9,10 +9,6 @@ scaled_dot_product_attention with ftmem's per-layer items."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +19,7 @@ from ftmem.methods import plan_method
 from ftmem.ops.attention import Attention, model_causal_mask
 from ftmem.ops.context import LayerContext
 from ftmem.run import RunConfig
+from tests.transformers4_sites import run_probe
 
 REPEATED = "k and v repeated per head (repeat_kv)"
 CACHE = "the cache's keys and values (DynamicCache)"
@@ -121,12 +118,6 @@ def test_no_version_or_4_56_keeps_the_estimate():
         assert estimate(arch, **kwargs, transformers_version=version).memory != base
 
 
-def _sites() -> dict[str, str]:
-    spec = os.environ.get("FTMEM_TRANSFORMERS4_SITES", "")
-    pairs = (item.split("=", 1) for item in spec.split(";") if "=" in item)
-    return {version: path for version, path in pairs}
-
-
 @pytest.mark.parametrize(
     "version", ["4.37.2", "4.38.0", "4.38.2", "4.39.3", "4.40.2", "4.53.0", "4.54.0"]
 )
@@ -134,21 +125,8 @@ def test_measured_on_the_real_release(version: str):
     """What each layer of the real release hands to sdpa (b 2, s 16, 4 heads, 2 kv heads,
     bf16) against ftmem's items: the repeated keys and values' bytes, and a mask that is a
     new tensor per layer (4.38), one shared storage (4.39) or none."""
-    site = _sites().get(version)
-    if not site:
-        pytest.skip(f"no unpacked transformers {version} (FTMEM_TRANSFORMERS4_SITES)")
     probe = Path(__file__).with_name("transformers4_sdpa_probe.py")
-    env = os.environ | {"PYTHONPATH": site}
-    done = subprocess.run(
-        [sys.executable, str(probe), "2", "16", "4", "2", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got["version"] == version
+    got = run_probe(version, probe, "2", "16", "4", "2", "2")
     items = attention_items(llama(heads=4, kv_heads=2), version, batch_size=2, seq_len=16)
     for call in got["calls"]:
         repeated = call["key"][1] == 4 and not call["enable_gqa"]

@@ -13,9 +13,6 @@ estimated for a transformers_version before 4.53. The SantaCoder fms row at b8 (
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +20,7 @@ import torch
 
 from ftmem.estimate import estimate_step
 from tests.accuracy.cases import PEAK_TOLERANCE, Case
+from tests.transformers4_sites import run_probe
 
 SETTINGS = {"method": "full", "precision": "bf16", "grad_ckpt": True, "loss": "shifted"}
 CASE = Case("gpt_bigcode", SETTINGS)
@@ -117,26 +115,12 @@ def test_measured_on_the_real_release():
     no network): the forward with use_cache on holds the derived bytes more than with it
     off, the estimate for 4.48.1 adds the same, and its forward is within the suite's
     peak tolerance of the measured one."""
-    from tests.test_transformers4_sdpa import _sites
-
-    site = _sites().get("4.48.1")
-    if not site:
-        pytest.skip("no unpacked transformers 4.48.1 (FTMEM_TRANSFORMERS4_SITES)")
     arch, run = CASE.arch(), _run(transformers_version="4.48.1")
     names = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size")
     shape = {name: getattr(arch, name) for name in (*names, "max_position_embeddings")}
     shape |= {"batch_size": run.batch_size, "seq_len": run.seq_len}
     probe = Path(__file__).parents[1] / "bigcode_cache_probe.py"
-    done = subprocess.run(
-        [sys.executable, str(probe), json.dumps(shape)],
-        env=os.environ | {"PYTHONPATH": site},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got["version"] == "4.48.1"
+    got = run_probe("4.48.1", probe, json.dumps(shape), timeout=600)
     with_cache, without = got["phases"]["True"], got["phases"]["False"]
     tokens = run.batch_size * run.seq_len
     derived = arch.num_layers * tokens * (arch.q_size + 2 * arch.kv_size) * 2
