@@ -579,14 +579,16 @@ def test_emit_to_does_not_replace_config_json(capsys, tmp_path):
 # -- digits that are not ASCII -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("columns", ["\u00b2", "9" * 5000, "abc"])
-def test_columns_that_int_cannot_read(columns):
-    # COLUMNS=² passed isdigit() and failed int(): a ValueError traceback before any output
+@pytest.mark.parametrize("name", ["COLUMNS", "LINES"])
+@pytest.mark.parametrize("value", ["\u00b2", "9" * 5000, "abc"])
+def test_terminal_sizes_that_int_cannot_read(name, value):
+    # COLUMNS=² (or LINES=², which rich's Console reads the same way) passed isdigit()
+    # and failed int(): a ValueError traceback before any output
     import subprocess
     import sys
 
     src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "COLUMNS": columns}
+    env = {**os.environ, name: value}
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
     res = subprocess.run(
         [sys.executable, "-m", "ftmem.cli", "gpus"],

@@ -79,6 +79,12 @@ def discard_stdout() -> None:
         pass
 
 
+def _readable(number: str) -> bool:
+    """An environment value int() reads as a terminal size: isdigit() also holds for "²"
+    (int() refuses it) and for 5,000 digits (past int()'s limit)."""
+    return number.isascii() and number.isdigit() and len(number) <= 6
+
+
 @contextmanager
 def cli_streams() -> Iterator[None]:
     """The streams as a CLI run needs them, for the duration of the run."""
@@ -92,10 +98,10 @@ def cli_streams() -> Iterator[None]:
         if reconfigure is not None and stream.errors in ("strict", "backslashreplace"):
             reconfigure(errors=handler)
     columns = os.environ.get("COLUMNS", "")
-    # isdigit() holds for "²" (int() refuses it) and for 5,000 digits (past int()'s limit)
-    number = columns.isascii() and columns.isdigit() and len(columns) <= 6
-    if columns and (not number or not MIN_WIDTH <= int(columns) <= MAX_WIDTH):
+    if columns and (not _readable(columns) or not MIN_WIDTH <= int(columns) <= MAX_WIDTH):
         os.environ["COLUMNS"] = str(DEFAULT_WIDTH)  # also read by the --help renderer
+    if not _readable(os.environ.get("LINES", "0")):
+        del os.environ["LINES"]  # rich's Console reads it with int() after isdigit()
     with warnings.catch_warnings():
         if not sys.warnoptions:  # the user's -W flags win
             warnings.simplefilter("ignore")  # a library's FutureWarning is not for users
