@@ -183,6 +183,20 @@ def test_no_nccl_on_one_gpu():
     assert rt.runtime_for(get_gpu("h100-80gb"), gpus=1).nccl_bytes == 0
 
 
+def test_one_rank_communicator_connects_no_buffers():
+    # NCCL 2.14.3 (torch 2.0.1's) src/init.cc: "if (comm->nRanks == 1) continue;" skips
+    # ncclTransportP2pConnect for every ring and tree channel, so no FIFO set is made:
+    # 0 sets x any channel count x NCCL_CONNECTION_BYTES. The fixed remainder of nccl#964
+    # (2- and 4-rank groups) is not charged either: Qwen-1's DeepSpeed rows on one A100
+    # keep their device figure free of NCCL bytes.
+    assert "v2.14.3-1" in rt.NCCL_ONE_RANK_SRC and "init.cc" in rt.NCCL_ONE_RANK_SRC
+    assert rt.nccl_connection_sets(1, 1) == 0
+    for torch_version in ("2.0", "2.4"):
+        run = rt.runtime_for(get_gpu("a100-80gb"), gpus=1, torch_version=torch_version)
+        assert run.nccl_bytes == 0
+        assert run.outside_allocator_bytes == run.context_bytes == 400 * MiB
+
+
 def test_nccl_grows_across_nodes_then_stops():
     # sjeaugey (nccl#864 via #986): "The number of GPUs, although beyond 2 nodes it
     # should no longer increase."

@@ -39,6 +39,14 @@ NCCL_DEVICE_SRC = "NVIDIA/nccl src/include/device.h @ 0524aef7a0333bc79d885e3928
 NCCL_INIT_SRC = (
     "NVIDIA/nccl src/init.cc (DEFAULT_LL_BUFFSIZE, DEFAULT_LL128_BUFFSIZE, DEFAULT_BUFFSIZE)"
 )
+# One rank connects no ring or tree peers ("if (comm->nRanks == 1) continue;" before each
+# ncclTransportP2pConnect) and runs its collectives as a one-rank reduce kernel; its device
+# allocations are per-channel peer structs (nRanks + 1 each, MAXCHANNELS = 32): kilobytes.
+NCCL_ONE_RANK_SRC = (
+    "NVIDIA/nccl v2.14.3-1 = c4e2aa6c792b4e94d0343c72ce20e71285238827 (what PyPI's torch 2.0.1 "
+    "requires: nvidia-nccl-cu11==2.14.3): src/init.cc l.783-799, src/enqueue.cc l.1184-1188, "
+    "src/channel.cc initChannel, src/include/devcomm.h MAXCHANNELS"
+)
 NCCL_P2P_SRC = (
     "NVIDIA/nccl src/transport/p2p.cc @ 033d799524fb97629af5ac2f609de367472b2696 "
     "(p2pRecvSetup: LL + LL128 (+ SIMPLE unless P2P read) on the receiver; p2pSendSetup: "
@@ -332,7 +340,7 @@ def nccl_connection_sets(gpus_per_node: int, nodes: int) -> int:
     children and a parent.
     """
     if gpus_per_node * nodes <= 1:
-        return 0
+        return 0  # NCCL_ONE_RANK_SRC: a one-rank communicator connects no buffers
     if nodes > 1:
         tree = NCCL_MAX_TREE_ARITY + 1
     else:
