@@ -349,11 +349,11 @@ def test_accelerate_casts_the_returned_logits_to_fp32_after_the_shifted_loss():
     assert [op for op, _ in backward] == [op for op, _ in plain]
 
 
-def _one_sequence():
+def _one_sequence(dtype: torch.dtype = torch.bfloat16):
     """The head's inputs for one sequence of T positions (the Qwen-1 README's batch 1)."""
     torch.manual_seed(0)
-    hidden = torch.randn(1, T, H, dtype=torch.bfloat16, requires_grad=True)
-    weight = torch.randn(V, H, dtype=torch.bfloat16)
+    hidden = torch.randn(1, T, H, dtype=dtype, requires_grad=True)
+    weight = torch.randn(V, H, dtype=dtype)
     return hidden, weight, torch.randint(0, V, (1, T))
 
 
@@ -504,6 +504,77 @@ def test_the_upcast_shifted_loss_requests_its_tensors_as_transformers_4_40_does(
             ("free", 6),
             ("free", 7),
         ]
+
+
+def test_one_sequences_upcast_slice_shares_the_fp32_logits_storage():
+    """transformers < 4.46 upcasts before it slices (4.37.2 and 4.38.2
+    models/llama/modeling_llama.py: ``logits = logits.float()`` l.1202 / l.1196, then
+    ``logits[..., :-1, :].contiguous()`` and ``labels[..., 1:].contiguous()``; 4.45.2
+    l.1219-1222 the same): for one sequence both slices are contiguous views, so
+    ``contiguous()`` returns them; for two sequences both are copies."""
+    for b, shared in ((1, True), (2, False)):
+        logits = torch.zeros(b, S, V, dtype=torch.bfloat16).float()
+        labels = torch.zeros(b, S, dtype=torch.int64)
+        shift_logits = logits[..., :-1, :].contiguous()
+        shift_labels = labels[..., 1:].contiguous()
+        assert (shift_logits.untyped_storage().data_ptr() == logits.data_ptr()) is shared
+        assert (shift_labels.untyped_storage().data_ptr() == labels.data_ptr()) is shared
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("hold", [False, True], ids=["dropped", "held"])
+def test_one_sequences_upcast_shifted_loss_makes_no_shifted_copy(dtype, hold):
+    e = torch.finfo(dtype).bits // 8
+    R = T - 1
+    step = _legacy_llama_step(hold)
+    measured = _vocabulary_sized(*_measure(step, *_one_sequence(dtype))[:2], skip=3)
+    program = loss_requests._upcast_shifted_loss(T, R, V, e, hold=hold)
+    assert _vocabulary_sized(*program.phases()) == measured
+    # the hand derivation (bf16): the logits, their fp32 copy (the bf16 ones freed as
+    # the name is rebound), the fp32 log-softmax; no R·V·4 copy; the backward as at
+    # batch 2: two fp32 gradients, the slice's fp32 zeros, the cast back
+    logits = [("alloc", T * V * 2), ("alloc", T * V * 4), ("free", 0)] if e == 2 else []
+    fp32_logits = 1 if e == 2 else 0  # the fp32 logits' number
+    assert measured[0] == [
+        *(logits or [("alloc", T * V * 4)]),
+        ("alloc", R * V * 4),
+        *([] if hold else [("free", fp32_logits)]),
+    ]
+    assert [v for op, v in measured[1] if op == "alloc"] == [
+        R * V * 4,
+        R * V * 4,
+        T * V * 4,
+        *([T * V * e] if e == 2 else []),
+    ]
+
+
+@pytest.mark.parametrize("framework", ["hf", "fsdp_qlora"])
+def test_the_timeline_counts_no_upcast_shifted_copy_for_one_sequence(framework):
+    """Loss.upcast_shifted_forward beyond the saved item: the fp32 logits beside the
+    shifted copy, (T + R)·V·4 at batch 2; at batch 1 the copy is none, so the fp32
+    logits alone, T·V·4 (the bf16 logits beside their fp32 copy, T·V·6, come before
+    the saved log-softmax, R·V·4: 2·T·V beyond it, smaller). The head's requests (the
+    measured program) still lay out that moment (else None)."""
+    from ftmem.api import run_config
+    from ftmem.ops.loss import Loss
+    from ftmem.presets import get_model
+    from ftmem.step import step_parts
+
+    arch = get_model("qwen2.5-0.5b")
+    Vq, n = arch.vocab_size, 256
+    for batch in (1, 2):
+        run = run_config(
+            method="lora",
+            precision="bf16",
+            loss="upcast-shifted",
+            framework=framework,
+            seq_len=n,
+            batch_size=batch,
+        )
+        Tq, Rq = batch * n, batch * (n - 1)
+        expected = Tq * Vq * 4 if batch == 1 else (Tq + Rq) * Vq * 4
+        assert Loss.forward_transient(arch, run, 2, Tq) == expected
+        assert step_parts(arch, run).sizes.head.requests is not None
 
 
 def _chunked_cross_entropy(logits, labels):

@@ -441,9 +441,9 @@ def _tensors(
     temporaries per tensor, else in proportion to the tensors' element counts)."""
     # the graph's leaves first: the hooked embeddings' outputs, made before what the
     # embedding side saves (the two sums the timeline adds in its ``below``)
-    items = [*parts.graph_leaves, *(s.nbytes for s in parts.outer_items)]
+    items = [*parts.graph_leaves, *(n for s in parts.outer_items for n in s.requests())]
     below, above = outer_sides(items, sizes.activations.below, sizes.activations.above)
-    block = [s.nbytes for s in parts.typical_block]
+    block = [n for s in parts.typical_block for n in s.requests()]
     if sizes is parts.sizes:
         if run is None:
             return plan_tensors(parts.plan, sizes, block, below, above)

@@ -195,14 +195,19 @@ class Loss:
         models/llama/modeling_llama.py:1230-1244; the same lines in 4.36.2 :1199-1213):
         ``logits = logits.float()`` (a copy when e ≠ 4; the 16-bit logits die as the name
         is rebound: no node saves them), ``logits[..., :-1, :].contiguous()`` (R·V·4,
-        R = T − b), CrossEntropyLoss (its fp32 log-softmax and the shifted labels are the
-        saved item). Beyond that item, the larger of the 16-bit logits beside their fp32
-        copy and the fp32 logits beside the shifted copy."""
+        R = T − b; none for one sequence, as in 4.37.2 :1202-1215 and 4.45.2
+        :1219-1229: the upcast comes first, and the slice of the fp32 logits is then
+        contiguous, Loss.shifted_copy), CrossEntropyLoss (its fp32 log-softmax and the
+        shifted labels are the saved item). Beyond that item, the larger of the 16-bit
+        logits beside their fp32 copy (made before the item: written beyond it) and the
+        fp32 logits beside the shifted copy and the item; the second, but for a cast
+        larger than the item (never at e ≤ 4: the item is R·V·4, R ≥ T/2)."""
         rows = Loss.rows(run)
         cast = T * V * e + T * V * FP32 if e != FP32 else 0
         if profile_of(run).loop_shifted_loss:
             return Loss.loop_shifted_forward(V, rows, cast, T)
-        return max(cast, T * V * FP32 + rows * V * FP32)
+        saved = Loss.cross_entropy_saved(rows, V, FP32, False)
+        return max(cast - saved, T * V * FP32 + Loss.shifted_copy(run, V, FP32))
 
     @staticmethod
     def loop_shifted_forward(V: int, rows: int, cast: int, T: int) -> int:
@@ -243,7 +248,8 @@ class Loss:
         ViewBackward0 pass the gradient through and SliceBackward0 makes fp32 zeros of
         the whole logits (T·V·4) the shifted gradient is copied into; that freed,
         ToCopyBackward0's cast back to the logits' dtype (T·V·e, where e ≠ 4) beside the
-        zeros. The two later moments are written beyond the item they outlive."""
+        zeros. The two later moments are written beyond the item they outlive. One
+        sequence's (no copy in forward, so no CloneBackward0) makes the same tensors."""
         rows = Loss.rows(run)
         saved = rows * V * FP32 + rows * INDEX_BYTES + FP32
         slice_zeros = rows * V * FP32 + T * V * FP32 - saved

@@ -345,10 +345,13 @@ def _upcast_shifted_loss(
     models/llama/modeling_llama.py:1230-1244; 4.36.2 :1199-1213): the logits (T·V·e),
     ``logits = logits.float()`` (T·V·4; the 16-bit logits freed as the name is rebound,
     no node saves them; no copy when e = 4), ``logits[..., :-1, :].contiguous()``
-    (R·V·4), the shifted labels' copy (R int64), CrossEntropyLoss's log_softmax (R·V·4,
-    saved) and nll_loss; the shifted copy dies when the forward returns, the fp32
-    logits with the model's output (HF Trainer's compute_loss drops it; a loop that
-    holds it: ``hold``).
+    (R·V·4; none for one sequence, whose slice of the fp32 logits is contiguous:
+    _shifted_copy; the same lines in 4.37.2 :1202-1215 and 4.45.2 :1219-1229, the
+    upcast always before the slice), the shifted labels' copy (R int64; a view for one
+    sequence too, still counted: the saved item's labels), CrossEntropyLoss's
+    log_softmax (R·V·4, saved) and nll_loss; the shifted copy dies when the forward
+    returns, the fp32 logits with the model's output (HF Trainer's compute_loss drops
+    it; a loop that holds it: ``hold``).
 
     Backward: nll_loss_backward's and _log_softmax_backward_data's fp32 gradients
     (R·V·4 each), the saved tensors freed; CloneBackward0 and ViewBackward0 pass the
@@ -366,7 +369,7 @@ def _upcast_shifted_loss(
         upcast = p.alloc(T * V * FP32)
         p.free(logits)
         logits = upcast
-    shifted = p.alloc(R * V * FP32)
+    shifted = p.alloc(_shifted_copy(T, R, V, FP32))
     labels = p.alloc(R * INDEX_BYTES)
     log_softmax = p.alloc(R * V * FP32)
     total_weight = p.alloc(FP32)

@@ -62,11 +62,14 @@ class Norm:
             # of an fp32 input is that input: kept once by two norms reading it)
             shared = input_kept and ctx.residual == FP32
             copies = 2 if ctx.arch.traits.norm_centres_twice else 0 if shared else 1
-            size = copies * T * h * FP32 + T * FP32
+            # separate tensors: the rstd (T·4) asks the small pool where the input asks the
+            # large one, so one request of the sum would take a block neither fits
+            parts = (*(T * h * FP32,) * copies, T * FP32)
             what = "fp32 input + rstd"
             if ctx.arch.traits.norm_scale_plus_one:  # Gemma's fp32 (1 + w), made per call
-                size, what = size + h * FP32, "fp32 input + rstd + (1 + w)"
-            out.append(Saved(f"{label}: {what}", size, Kind.NORM_INPUT, side))
+                parts, what = (*parts, h * FP32), "fp32 input + rstd + (1 + w)"
+            item = Saved(f"{label}: {what}", sum(parts), Kind.NORM_INPUT, side, parts=parts)
+            out.append(item)
         if w_grad:
             # Llama: weight * normed.to(dtype) saves the cast; Gemma: normed * (1 + w) in fp32;
             # LitGPT's own RMSNorm: (x_normed * weight.float()).to(dtype), in fp32 for all

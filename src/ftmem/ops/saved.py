@@ -65,6 +65,16 @@ class Saved(NamedTuple):
     # bytes of this tensor (or of the one it shares, when ``nbytes`` is 0) that an autograd
     # ctx attribute holds: backward does not free those, the graph's end does
     graph_held: int = 0
+    # the separate tensors an item of several stands for, as the allocator sees them (one
+    # request each: an RMSNorm's fp32 input and its per-row rstd); () for one tensor
+    parts: tuple[int, ...] = ()
+
+    def requests(self) -> tuple[int, ...]:
+        """The item's allocations: its parts where they still add up to it (an item
+        rescaled since, a rank's share, is one request of its bytes), else its bytes."""
+        if self.parts and sum(self.parts) == self.nbytes:
+            return self.parts
+        return (self.nbytes,)
 
     def relabelled(self, prefix: str) -> Saved:
         """The same item, its display name prefixed."""
