@@ -135,7 +135,8 @@ def test_devices_auto_and_nodes(tmp_path):
         ("precision: bf16-true\nquantize: bnb.nf4\nlora_r: 8\ndevices: 2\n", "t.yaml",
          "not supported for multi-GPU"),
         ("lora_r: 8\nquantize: bnb.nf4\n", "t.yaml", "default precision, bf16-mixed"),
-        ("precision: bf16-true\n", "adapter_v2.yaml", "LLaMA-Adapter"),
+        ("precision: bf16-true\nquantize: bnb.nf4\ndevices: 2\n", "adapter.yaml",
+         "not supported for multi-GPU"),
         ("train: {max_norm: 1.0}\n", "t.yaml", "train.max_norm is refused"),
         ("train: {global_batch_size: 2, micro_batch_size: 4}\n", "t.yaml", "less than"),
         ("precision: bf16-true\nquantize: bnb.nf4\nlora_r: 8\noptimizer: SGD\n", "t.yaml",
@@ -145,6 +146,21 @@ def test_devices_auto_and_nodes(tmp_path):
 def test_configs_litgpt_refuses_are_one_sentence(tmp_path, text, name, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         read_framework_config(_write(tmp_path, text, name))
+
+
+@pytest.mark.parametrize(
+    ("name", "method"), [("adapter.yaml", "llama-adapter"), ("adapter_v2.yaml", "llama-adapter-v2")]
+)
+def test_adapter_files_set_the_llama_adapter_methods(tmp_path, name, method):
+    """finetune_adapter / finetune_adapter_v2 (config files named after their script): the
+    LLaMA-Adapter methods, quantize through Lightning's plugin with PagedAdamW as lora.py's
+    (litgpt@26857050 litgpt/finetune/adapter.py setup(), instantiate_bnb_optimizer)."""
+    text = "precision: bf16-true\nquantize: bnb.nf4-dq\ntrain: {micro_batch_size: 1}\n"
+    s = read_framework_config(_write(tmp_path, text, name)).settings
+    assert (s["method"], s["quant"], s["double_quant"]) == (method, "nf4", True)
+    assert s["optimizer"] == "adamw-fp32"
+    s = read_framework_config(_write(tmp_path, "precision: bf16-true\n", name)).settings
+    assert s["method"] == method and "quant" not in s
 
 
 def test_pretraining_configs_are_refused_in_one_sentence():

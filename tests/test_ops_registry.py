@@ -29,6 +29,7 @@ EXPECTED = {
     "bottleneck",
     "dora",
     "ia3",
+    "llama_adapter",
     "lora",
     "head_lora",
     "prefix_tuning",

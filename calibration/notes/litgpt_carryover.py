@@ -5,6 +5,12 @@ Sources, Lightning-AI/litgpt@26857050 (the commit the calibration set cites):
 - tutorials/resource-tables.md, the LoRA table (A100-SXM4-40GB, lit-gpt finetune/lora.py
   @8641822b, Alpaca un-truncated): StableLM Alpha 3B and Llama 2 7B, whose Phi-1.5 and
   Llama 2 13B rows are calibrated.
+- tutorials/resource-tables.md, the two Adapter tables (same GPU and library versions):
+  added by Lightning-AI/litgpt@0f021f3a (#694, "Support quantization with adapter v1 and v2
+  finetuning"), so measured with that commit's finetune/adapter.py and adapter_v2.py (the
+  header's "commit 8641822" predates their --quantize); settings from the LoRA table's
+  calibrated rows of the same quantisation, the method llama-adapter / llama-adapter-v2
+  (LitGPT's defaults: 10 prompt tokens, blocks from 2) and no LoRA options.
 - config_hub/finetune/README.md (1xA10G, litgpt 0.4.x, config_hub/finetune/<model>/<method>.yaml
   @26857050, script litgpt/finetune/{lora,full}.py @00af8b0d as the calibrated rows): the
   models and methods of the table that the calibration set leaves out.
@@ -33,6 +39,168 @@ import ftmem
 GIB = 2**30
 RT = "tutorials/resource-tables.md"
 HUB = "config_hub/finetune/README.md"
+
+# the calibrated LoRA rows' LoRA options, dropped for the LLaMA-Adapter rows (None: unset)
+NOT_LORA: dict[str, Any] = dict.fromkeys(
+    ("lora_r", "lora_alpha", "lora_targets", "lora_dropout", "adapter_dtype")
+)
+
+
+# resource-tables.md, Adapter and Adapter v2 (litgpt@0f021f3a finetune/adapter.py and
+# adapter_v2.py): settings of the LoRA table's calibrated row of the same quantisation
+ADAPTER_ROWS: list[tuple[str, str, str, str, str, str, dict[str, Any]]] = [
+    (
+        "rt stablelm-3b llama-adapter bf16",
+        RT,
+        "| 3 B  | StableLM Alpha | None         | 1               | 573,888              | 9.10 GB     |",
+        "stablelm-base-alpha-3b",
+        "a100-40gb",
+        "litgpt-rt-lora-phi-1.5-mb1",
+        {
+            **NOT_LORA,
+            "method": "llama-adapter",
+            "seq_len": 1034,
+        },
+    ),
+    (
+        "rt stablelm-3b llama-adapter nf4",
+        RT,
+        "| 3 B  | StableLM Alpha | bnb.nf4      | 1               | 573,888              | 5.65 GB     |",
+        "stablelm-base-alpha-3b",
+        "a100-40gb",
+        "litgpt-rt-lora-phi-1.5-nf4-mb1",
+        {
+            **NOT_LORA,
+            "method": "llama-adapter",
+            "seq_len": 1034,
+        },
+    ),
+    (
+        "rt stablelm-3b llama-adapter nf4-dq",
+        RT,
+        "| 3 B  | StableLM Alpha | bnb.nf4-dq   | 1               | 573,888              | 5.48 GB     |",
+        "stablelm-base-alpha-3b",
+        "a100-40gb",
+        "litgpt-rt-lora-phi-1.5-nf4dq-mb1",
+        {
+            **NOT_LORA,
+            "method": "llama-adapter",
+            "seq_len": 1034,
+        },
+    ),
+    (
+        "rt llama2-7b llama-adapter bf16",
+        RT,
+        "| 7 B  | Llama 2        | None         | 1               | 1,229,760            | 19.98 GB    |",
+        "llama-2-7b",
+        "a100-40gb",
+        "litgpt-rt-lora-llama2-13b-mb1",
+        {
+            **NOT_LORA,
+            "method": "llama-adapter",
+        },
+    ),
+    (
+        "rt llama2-7b llama-adapter nf4",
+        RT,
+        "| 7 B  | Llama 2        | bnb.nf4      | 1               | 1,229,760            | 12.68 GB    |",
+        "llama-2-7b",
+        "a100-40gb",
+        "litgpt-rt-lora-llama2-13b-nf4-mb1",
+        {
+            **NOT_LORA,
+            "method": "llama-adapter",
+        },
+    ),
+    (
+        "rt llama2-7b llama-adapter nf4-dq",
+        RT,
+        "| 7 B  | Llama 2        | bnb.nf4-dq   | 1               | 1,229,760            | 12.38 GB    |",
+        "llama-2-7b",
+        "a100-40gb",
+        "litgpt-rt-lora-llama2-13b-nf4dq-mb1",
+        {
+            **NOT_LORA,
+            "method": "llama-adapter",
+        },
+    ),
+    (
+        "rt stablelm-3b llama-adapter-v2 bf16",
+        RT,
+        "| 3 B  | StableLM Alpha | None         | 1               | 2,125,248            | 10.71 GB    |",
+        "stablelm-base-alpha-3b",
+        "a100-40gb",
+        "litgpt-rt-lora-phi-1.5-mb1",
+        {
+            **NOT_LORA,
+            "method": "llama-adapter-v2",
+            "seq_len": 1034,
+        },
+    ),
+    (
+        "rt stablelm-3b llama-adapter-v2 nf4",
+        RT,
+        "| 3 B  | StableLM Alpha | bnb.nf4      | 1               | 2,125,248            | 7.41 GB     |",
+        "stablelm-base-alpha-3b",
+        "a100-40gb",
+        "litgpt-rt-lora-phi-1.5-nf4-mb1",
+        {
+            **NOT_LORA,
+            "method": "llama-adapter-v2",
+            "seq_len": 1034,
+        },
+    ),
+    (
+        "rt stablelm-3b llama-adapter-v2 nf4-dq",
+        RT,
+        "| 3 B  | StableLM Alpha | bnb.nf4-dq   | 1               | 2,125,248            | 7.25 GB     |",
+        "stablelm-base-alpha-3b",
+        "a100-40gb",
+        "litgpt-rt-lora-phi-1.5-nf4dq-mb1",
+        {
+            **NOT_LORA,
+            "method": "llama-adapter-v2",
+            "seq_len": 1034,
+        },
+    ),
+    (
+        "rt llama2-7b llama-adapter-v2 bf16",
+        RT,
+        "| 7 B  | Llama 2        | None         | 1               | 4,279,744            | 25.51 GB    |",
+        "llama-2-7b",
+        "a100-40gb",
+        "litgpt-rt-lora-llama2-13b-mb1",
+        {
+            **NOT_LORA,
+            "method": "llama-adapter-v2",
+        },
+    ),
+    (
+        "rt llama2-7b llama-adapter-v2 nf4",
+        RT,
+        "| 7 B  | Llama 2        | bnb.nf4      | 1               | 4,279,744            | 18.30 GB    |",
+        "llama-2-7b",
+        "a100-40gb",
+        "litgpt-rt-lora-llama2-13b-nf4-mb1",
+        {
+            **NOT_LORA,
+            "method": "llama-adapter-v2",
+        },
+    ),
+    (
+        "rt llama2-7b llama-adapter-v2 nf4-dq",
+        RT,
+        "| 7 B  | Llama 2        | bnb.nf4-dq   | 1               | 4,279,744            | 17.98 GB    |",
+        "llama-2-7b",
+        "a100-40gb",
+        "litgpt-rt-lora-llama2-13b-nf4dq-mb1",
+        {
+            **NOT_LORA,
+            "method": "llama-adapter-v2",
+        },
+    ),
+]
+
 
 # Phi-2's MLP is fc1/fc2 (LitGPT's GptNeoxMLP): lora_mlp covers both
 PHI2_LINEARS = "q,k,v,o,fc1,fc2"
@@ -284,6 +452,7 @@ ROWS: list[tuple[str, str, str, str, str, str, dict[str, Any]]] = [
         "litgpt-hub-phi-3-lora",
         {"lora_targets": PHI2_LINEARS},
     ),
+    *ADAPTER_ROWS,
 ]
 
 # Published out-of-memory runs: ftmem's peak must exceed the GPU's memory.
@@ -381,7 +550,8 @@ def main() -> None:
     print("| row | model | GPU | published GiB | ftmem GiB | error | settings from |")
     print("|---|---|---|---|---|---|---|")
     for name, _source, quote, model, gpu, base, overrides in ROWS:
-        settings = {**calibrated[base], **overrides}
+        merged = {**calibrated[base], **overrides}
+        settings = {k: v for k, v in merged.items() if v is not None}
         est = ftmem.estimate(model_ref(model), gpu=gpu, **settings)
         published = published_gb(quote) * 1e9 / GIB
         predicted = est.memory.peak_allocated_bytes / GIB

@@ -14,6 +14,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from ftmem.adapters.head_lora import HeadLoRA
+from ftmem.adapters.llama_adapter import LlamaAdapter
 from ftmem.adapters.prompt import PromptEncoder
 from ftmem.arch import Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -66,7 +67,7 @@ def block_saved(
     w = state.weights_trainable
     wn = w or state.norm_bias or state.norms_trained  # a norm's own parameters train
     # outputs that need a gradient for something other than an adapter
-    biased = state.biased | state.scaled | state.trained | state.bottleneck
+    biased = state.own_output_grad
     adapted_attn = any(lin.module in state.adapted for lin in qkv)
     bias_attn = any(lin.module in biased for lin in qkv) or state.qk_norms_trained
     h = arch.hidden_size
@@ -79,7 +80,8 @@ def block_saved(
         out += Norm.saved(ctx, "ln_mlp", x, wn, Side.MLP, input_kept=True)
     qkv_in_grad = x if post_norms else x or wn
     prefix = run.prefix_len > 0  # the layer's key/value prefix trains
-    q_grad = x or w or adapted_attn or bias_attn or wn or prefix
+    gate = state.gated_prompt  # LLaMA-Adapter's gate: the attention output needs a gradient
+    q_grad = x or w or adapted_attn or bias_attn or wn or prefix or gate
     # the attention output is the o_proj input: one storage, kept by the fused kernels
     # (unless transformers 4.48-4.55 copies the kernel's output first)
     kernel_keeps_o_input = (
@@ -94,7 +96,7 @@ def block_saved(
         out += _attention(ctx, state, qkv, qkv_in_grad, adapted_attn, bias_attn, prefix)
     out += LinearOp.saved(ctx, o, state, q_grad, "o_proj", arch.v_size, ctx.e, kernel_keeps_o_input)
     after_attn = (
-        x or w or adapted_attn or bias_attn or wn or prefix
+        x or w or adapted_attn or bias_attn or wn or prefix or gate
         or any(lin.module in state.adapted | biased for lin in o)
     )  # fmt: skip
     if after_attn:  # GPT-2's resid_pdrop on attention's output
@@ -119,7 +121,7 @@ def _attention(
     """Multi-head attention from its q/k/v projections to the kernel's saved tensors."""
     x, w = state.input_requires_grad, state.weights_trainable
     wn = w or state.norm_bias or state.norms_trained
-    biased = state.biased | state.scaled | state.trained | state.bottleneck
+    biased = state.own_output_grad
     h = ctx.arch.hidden_size
     out = LinearOp.saved(ctx, qkv, state, in_grad, "q/k/v projections", h, ctx.residual)
     if x or w or state.norm_bias or state.norms_trained:
@@ -132,6 +134,8 @@ def _attention(
     out += QKNorm.saved(ctx, state, qkv, x or w or wn, wn or state.qk_norms_trained)
     out += Attention.clamp_saved(ctx, attn_grads)
     out += Attention.saved(ctx, attn_grads)
+    if state.gated_prompt:
+        out += LlamaAdapter.gate_saved(ctx, "q" in attn_grads)
     return out
 
 
@@ -237,6 +241,8 @@ def outer_saved(
     )
     if plan.head_lora:  # (the standard loss only: methods._check_head_lora)
         saved += HeadLoRA.saved(ctx, train or plan.head_trainable)
+    if plan.head_scaled:
+        saved += LlamaAdapter.head_saved(ctx)
     if run.objective != "sft":  # the pairs' log-probabilities instead of the cross-entropy
         ids_kept = train or plan.embed_trainable  # the embedding's backward keeps them
         saved += PreferenceLoss.saved(arch, run, e, T, ids_kept)

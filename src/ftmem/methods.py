@@ -29,7 +29,14 @@ from ftmem.errors import InvalidInputError
 from ftmem.precision import Dtypes, resolve_dtypes
 from ftmem.profiles import profile_of
 from ftmem.regexes import compile_bounded
-from ftmem.run import ADAPTER_METHODS, PROMPT_METHODS, RunConfig, split_patterns
+from ftmem.run import (
+    ADAPTER_METHODS,
+    LLAMA_ADAPTER_METHODS,
+    PROMPT_METHODS,
+    QUANTIZED_BASE_METHODS,
+    RunConfig,
+    split_patterns,
+)
 from ftmem.versions import (
     TRANSFORMERS_FALCON_ATTENTION_INTERFACE,
     nf4_layout,
@@ -92,6 +99,16 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "bottleneck MLPs (h → m → h, residual) after the attention and the MLP "
         "(--adapter-placement houlsby) or after the MLP only (pfeiffer)",
         "Houlsby et al. 2019, arXiv:1902.00751; Pfeiffer et al. 2021, arXiv:2005.00247",
+    ),
+    "llama-adapter": (
+        "LitGPT's LLaMA-Adapter: a learned adaption prompt of n tokens (--adapter-prompt-length, "
+        "10) and a zero-init gate per head in the blocks from --adapter-start-layer (2) up",
+        "Zhang et al. 2023, arXiv:2303.16199; Lightning-AI/litgpt litgpt/adapter.py",
+    ),
+    "llama-adapter-v2": (
+        "LitGPT's LLaMA-Adapter v2: llama-adapter plus a learned bias and scale on every "
+        "linear (LM head included), and trainable norms",
+        "Gao et al. 2023, arXiv:2304.15010; Lightning-AI/litgpt litgpt/adapter_v2.py",
     ),
     "ia3": (
         "learned vectors that rescale the keys, values and FFN intermediate (--ia3-targets)",
@@ -212,6 +229,11 @@ class MethodPlan:
     head_lora: bool = False
     # the token embedding is the LM head's weight too (its gradient starts at the head)
     tied_embeddings: bool = False
+    # LLaMA-Adapter: blocks (counted from the top) with a gated adaption prompt; v2's
+    # linears wrapped in LitGPT's AdapterV2Linear (bias and scale), and whether the LM head is
+    gated_blocks: int = 0
+    v2_scaled: tuple[Linear, ...] = ()
+    head_scaled: bool = False
 
     def gradient_after_blocks(self, g: TensorGroup) -> bool:
         """A tensor outside the blocks whose gradient appears only after the first block's
@@ -701,6 +723,8 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     groups += _ia3_groups(scaled, arch, dtypes)
     bottlenecked = bottlenecked_linears(arch, run)
     groups += _bottleneck_groups(bottlenecked, arch, run, dtypes)
+    v2_scaled = v2_scaled_linears(arch, run)
+    groups += llama_adapter_groups(arch, run, dtypes, v2_scaled)
     for name, shape in prompt_encoder_shapes(arch, run):
         # peft builds the prompt encoder in torch's default dtype, fp32, whatever the base
         groups.append(TensorGroup(name, shape, 1, "fp32", True, adapter=True, in_block=False))
@@ -732,6 +756,9 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         adapted_experts=experts,
         head_lora=head_lora,
         tied_embeddings=arch.tie_embeddings,
+        gated_blocks=gated_blocks(arch, run),
+        v2_scaled=v2_scaled,
+        head_scaled=run.method == "llama-adapter-v2",
     )
 
 
@@ -772,6 +799,8 @@ def _trainable_blocks(
     elif run.method == "partial":
         first = next((i for i, names in enumerate(trained_by_block) if names), L)
         trainable_blocks = L - first
+    elif run.method == "llama-adapter":
+        trainable_blocks = gated_blocks(arch, run)
     elif run.method in PROMPT_METHODS:
         trainable_blocks = 0  # only the prompt encoder trains, outside the blocks
         if run.method == "prefix-tuning" and not arch.traits.prefix_tuning:
@@ -812,6 +841,7 @@ def _outer_groups(
             or (run.method == "bitfit" and _is_bias(p))
             or (run.method == "partial" and p.name in outer_names)
             or (run.method == "longlora" and p.kind in ("embedding", "norm"))
+            or (run.method == "llama-adapter-v2" and p.kind == "norm")  # LitGPT's ln_f
             # T5 keeps its relative position bias tables in the first block of each stack
             or (
                 run.method == "freeze"
@@ -835,7 +865,7 @@ def _quantized_head(p: Param, run: RunConfig, dtypes: Dtypes, trains: bool) -> b
         p.is_head
         and p.kind == "linear"
         and not trains
-        and run.method == "qlora"
+        and run.method in QUANTIZED_BASE_METHODS
         and dtypes.quantized is not None
         and profile_of(run).quantizes_lm_head
     )
@@ -887,8 +917,10 @@ def _block_groups(
         elif run.method == "bitfit":
             groups.append(TensorGroup(p.name, p.shape, n_blocks, fmt, _is_bias(p), per_block=per))
         else:
-            # LongLoRA also trains every norm (its trainable_params "embed,norm")
-            trains = run.method == "longlora" and p.kind == "norm"
+            # LongLoRA also trains every norm (its trainable_params "embed,norm"), LitGPT's
+            # adapter v2 too (adapter_filter: "norm_1", "norm_2", "ln_f")
+            norms_train = run.method in ("longlora", "llama-adapter-v2")
+            trains = norms_train and p.kind == "norm"
             dq, lay4 = run.uses_double_quant, nf4_layout(run)
             groups.append(
                 TensorGroup(
@@ -1100,7 +1132,7 @@ def _trained_ends(
     finetuning): saved copies, LongLoRA's embedding and norms, partial's selection. A
     tied pair is one tensor: its embedding training trains the head."""
     embed_trainable, head_trainable = "embed" in saved, "head" in saved
-    final_norm_trainable = False
+    final_norm_trainable = run.method == "llama-adapter-v2"
     if run.method == "longlora":
         embed_trainable = final_norm_trainable = True
         head_trainable = head_trainable or arch.tie_embeddings
@@ -1226,3 +1258,58 @@ def prompt_encoder_shapes(arch: Architecture, run: RunConfig) -> list[tuple[str,
             (f"{pe}.transform.2.bias", (kv_all,)),
         ]
     return []
+
+
+def gated_blocks(arch: Architecture, run: RunConfig) -> int:
+    """LLaMA-Adapter: how many blocks, counted from the top, hold an adaption prompt and
+    its gate (litgpt/adapter.py CausalSelfAttention: ``block_idx >= adapter_start_layer``)."""
+    if run.method not in LLAMA_ADAPTER_METHODS:
+        return 0
+    start = run.adaption_prompt[1]
+    if start >= arch.num_layers:
+        raise InvalidInputError(
+            f"--adapter-start-layer {start} leaves none of {arch.name}'s {arch.num_layers} "
+            "blocks with an adaption prompt; give a smaller one."
+        )
+    if arch.encoder_decoder or arch.is_moe or arch.latent_attention:
+        raise InvalidInputError(
+            f"{run.method} is LitGPT's, for decoder-only models with dense MLPs and "
+            f"multi-head attention; {arch.name} is not one."
+        )
+    return arch.num_layers - start
+
+
+def v2_scaled_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """LLaMA-Adapter v2: every block linear is LitGPT's AdapterV2Linear (litgpt/adapter_v2.py:
+    the attention's qkv and proj, the MLP's fc / fc_1, fc_2 and proj)."""
+    if run.method != "llama-adapter-v2":
+        return ()
+    return tuple(lin for lin in layout(arch).linears if lin.is_module)
+
+
+def llama_adapter_groups(
+    arch: Architecture, run: RunConfig, dtypes: Dtypes, v2_scaled: tuple[Linear, ...]
+) -> list[TensorGroup]:
+    """LLaMA-Adapter's tensors, in the model's dtype (LitGPT builds them with the model
+    under Fabric's precision): per gated block the adaption prompt ``adapter_wte``
+    (n × h) and ``gating_factor`` (1, 1, heads, 1); v2 adds ``adapter_bias`` and
+    ``adapter_scale`` (out,) to every linear and to the LM head. All of them pass
+    LitGPT's adapter_filter, so all train (requires_grad)."""
+    n_gated = gated_blocks(arch, run)
+    if not n_gated:
+        return []
+    length = run.adaption_prompt[0]
+    dt = dtypes.adapter
+    groups = [
+        TensorGroup("attn.adapter_wte.weight", (length, arch.hidden_size), n_gated, dt, True, True),
+        TensorGroup("attn.gating_factor", (1, 1, arch.num_heads, 1), n_gated, dt, True, True),
+    ]
+    for lin in v2_scaled:
+        for part in ("adapter_bias", "adapter_scale"):
+            shape = (lin.out_features,)
+            groups.append(_adapter(f"{lin.module}.{part}", shape, arch, dtypes, lin))
+    if v2_scaled:
+        for part in ("adapter_bias", "adapter_scale"):
+            shape = (arch.vocab_size,)
+            groups.append(TensorGroup(f"lm_head.{part}", shape, 1, dt, True, True, in_block=False))
+    return groups

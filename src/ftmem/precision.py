@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftmem.dtypes import BYTES_PER_ELEMENT, Dtype, StorageFormat
-from ftmem.run import RunConfig
+from ftmem.run import LLAMA_ADAPTER_METHODS, RunConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +62,9 @@ def resolve_dtypes(run: RunConfig) -> Dtypes:
     autocast = run.uses_autocast
     compute: Dtype = half if (autocast or base != "fp32") else "fp32"
     adapter: Dtype
-    if run.adapter_dtype == "auto":
+    if run.method in LLAMA_ADAPTER_METHODS:
+        adapter = base  # LitGPT builds the adapter with the model, in Fabric's precision
+    elif run.adapter_dtype == "auto":
         adapter = "fp32"
     else:
         adapter = run.adapter_dtype

@@ -30,6 +30,8 @@ Method = Literal[
     "dora",
     "bitfit",
     "adapter",
+    "llama-adapter",
+    "llama-adapter-v2",
     "ia3",
     "prompt-tuning",
     "prefix-tuning",
@@ -86,6 +88,16 @@ ADAPTER_METHODS: frozenset[str] = frozenset(
 # keys and values (prefix)
 PROMPT_METHODS: frozenset[str] = frozenset({"prompt-tuning", "prefix-tuning", "p-tuning"})
 DEFAULT_VIRTUAL_TOKENS = 20
+# LLaMA-Adapter as LitGPT implements it (litgpt/adapter.py, adapter_v2.py): a gated adaption
+# prompt in the top blocks; v2 adds a bias and scale to every linear and trains the norms
+LLAMA_ADAPTER_METHODS: frozenset[str] = frozenset({"llama-adapter", "llama-adapter-v2"})
+# LitGPT's adapter Config defaults (litgpt/adapter.py Config, unchanged since
+# lit_gpt/adapter.py@8641822b): adapter_prompt_length = 10, adapter_start_layer = 2
+DEFAULT_ADAPTER_PROMPT_LENGTH = 10
+DEFAULT_ADAPTER_START_LAYER = 2
+# the methods that take a quantised base (--quant): QLoRA, and LitGPT's adapters under
+# Lightning's bitsandbytes plugin (litgpt@0f021f3a finetune/adapter.py --quantize)
+QUANTIZED_BASE_METHODS: frozenset[str] = frozenset({"qlora"}) | LLAMA_ADAPTER_METHODS
 DEFAULT_GALORE_RANK = 128  # the GaLore paper's LLaMA-7B setting
 GALORE_OPTIMIZERS = frozenset({"adamw", "adamw-8bit"})
 # torch.optim's AdamW and SGD take fused=True; the others are bitsandbytes', transformers'
@@ -111,13 +123,15 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
+    "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
+    "adapter_start_layer": LLAMA_ADAPTER_METHODS,
     "virtual_tokens": PROMPT_METHODS,
     "prefix_projection": frozenset({"prefix-tuning"}),
     "encoder_hidden": frozenset({"p-tuning", "prefix-tuning"}),
     "prompt_encoder": frozenset({"p-tuning"}),
-    "quant": frozenset({"qlora"}),
-    "double_quant": frozenset({"qlora"}),
-    "compute_dtype": frozenset({"qlora"}),
+    "quant": QUANTIZED_BASE_METHODS,
+    "double_quant": QUANTIZED_BASE_METHODS,
+    "compute_dtype": QUANTIZED_BASE_METHODS,
     "gptq_kernel": frozenset({"qlora"}),
     "trainable_layers": frozenset({"freeze"}),
     "trainable_modules": frozenset({"partial"}),
@@ -161,6 +175,8 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "optimizer_block_size": limits.WIDTH,
     "lora_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
+    "adapter_prompt_length": limits.TOKENS,
+    "adapter_start_layer": limits.LAYERS,
     "virtual_tokens": limits.TOKENS,
     "encoder_hidden": limits.WIDTH,
     "eval_batch_size": limits.SEQUENCES,
@@ -562,6 +578,14 @@ class RunConfig(limits.BoundedSettings):
         None,
         description="houlsby: after the attention and after the MLP; pfeiffer: after the MLP.",
     )
+    # LLaMA-Adapter (LitGPT)
+    adapter_prompt_length: PositiveInt | None = Field(
+        None, description="llama-adapter: tokens of the adaption prompt (LitGPT's default 10)."
+    )
+    adapter_start_layer: NonNegativeInt | None = Field(
+        None,
+        description="llama-adapter: the first block with an adaption prompt (LitGPT's default 2).",
+    )
     # IA³
     ia3_targets: str | None = Field(
         None, description="IA³: linears whose output (or, for down, input) is scaled."
@@ -859,6 +883,13 @@ class RunConfig(limits.BoundedSettings):
         return self.adapter_size or 64, self.adapter_placement or "houlsby"
 
     @property
+    def adaption_prompt(self) -> tuple[int, int]:
+        """(prompt length, start layer) of LLaMA-Adapter's gated adaption prompts."""
+        length = self.adapter_prompt_length or DEFAULT_ADAPTER_PROMPT_LENGTH
+        start = self.adapter_start_layer
+        return length, DEFAULT_ADAPTER_START_LAYER if start is None else start
+
+    @property
     def ia3(self) -> str:
         return self.ia3_targets or DEFAULT_IA3_TARGETS
 
@@ -967,13 +998,15 @@ class RunConfig(limits.BoundedSettings):
 
     @property
     def quant_format(self) -> Quant | None:
-        if self.method != "qlora":
-            return None
-        return self.quant or "nf4"
+        if self.method == "qlora":
+            return self.quant or "nf4"
+        if self.method in QUANTIZED_BASE_METHODS:
+            return self.quant  # (an adapter's base is 16-bit unless --quant says otherwise)
+        return None
 
     @property
     def uses_double_quant(self) -> bool:
-        return self.method == "qlora" and (
+        return self.quant_format is not None and (
             self.double_quant if self.double_quant is not None else True
         )
 

@@ -53,7 +53,7 @@ from ftmem.profiles import (
     profile_of,
 )
 from ftmem.release_buffers import release_buffer_bytes
-from ftmem.run import UNPAIRED_OBJECTIVES, RunConfig
+from ftmem.run import LLAMA_ADAPTER_METHODS, UNPAIRED_OBJECTIVES, RunConfig
 from ftmem.sequence_parallel import coloattention_mask_bytes
 from ftmem.transients import (
     adapter_moment,
@@ -114,6 +114,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
 
         # one object per distinct state: step_parts derives each once
         return [state(inputs_grad)] + [state(True)] * (L - 1)
+    if run.method in LLAMA_ADAPTER_METHODS:
+        return _llama_adapter_states(arch, plan, inputs_grad)
     if run.method == "partial":
         return _partial_states(arch, plan, inputs_grad)
     if run.method in ("prompt-tuning", "p-tuning"):
@@ -129,6 +131,35 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         [lowest] + [above] * (trainable - 1) if trainable else []
     )
     return _expert_layers(states, plan)
+
+
+def _llama_adapter_states(
+    arch: Architecture, plan: MethodPlan, inputs_grad: bool
+) -> list[BlockState]:
+    """LLaMA-Adapter: the blocks below the first gated one keep nothing (frozen, their
+    input needs no gradient); the first gated block's gate needs its attention output's
+    gradient, and every block above needs its input's. v2: every block trains its norms
+    and its linears' bias and scale, so every block's input but the first needs a
+    gradient."""
+    L = arch.num_layers
+    start = L - plan.gated_blocks
+    scaled = frozenset(lin.module for lin in plan.v2_scaled)
+    lowest = 0 if scaled else start  # the lowest block holding a trainable tensor
+    distinct: dict[tuple[bool, bool], BlockState] = {}
+    states = []
+    for i in range(L):
+        key = (inputs_grad if i <= lowest else True, i >= start)
+        if key not in distinct:
+            distinct[key] = BlockState(
+                key[0],
+                False,
+                frozenset(),
+                norms_trained=bool(scaled),
+                gated_prompt=key[1],
+                v2_scaled=scaled,
+            )
+        states.append(distinct[key])
+    return states
 
 
 def _expert_layers(states: list[BlockState], plan: MethodPlan) -> list[BlockState]:

@@ -415,6 +415,18 @@ RUN = [
         None,
         "adapter: houlsby (after attention and MLP, default) | pfeiffer (after the MLP).",
     ),
+    _opt(
+        "adapter_prompt_length",
+        OptInt,
+        None,
+        "llama-adapter(-v2): adaption prompt tokens (default 10, LitGPT's).",
+    ),
+    _opt(
+        "adapter_start_layer",
+        OptInt,
+        None,
+        "llama-adapter(-v2): first block with an adaption prompt (default 2, LitGPT's).",
+    ),
     _opt("ia3_targets", OptStr, None, "IA³: scaled linears, roles or names (default k,v,down)."),
     _opt(
         "virtual_tokens", OptInt, None, "prompt / prefix / P-tuning: virtual tokens (default 20)."

@@ -113,20 +113,22 @@ def _litgpt_precision(k: Keys, cfg: FrameworkConfig) -> None:
 
 def _script(k: Keys, cfg: FrameworkConfig, path: Path) -> str:
     """Which finetune script the file is for (LitGPT's configs do not say): lora.py's
-    when it has lora_* keys or quantize (full.py takes no quantize), adapter.py's when
-    named so (config_hub/finetune/<model>/<script>.yaml), else full.py's."""
+    when it has lora_* keys or quantize (full.py takes no quantize), adapter.py's or
+    adapter_v2.py's when named so (config_hub/finetune/<model>/<script>.yaml), else
+    full.py's."""
     if any(key in k for key in ("lora_r", "lora_alpha", *(s for s, _ in LORA_SWITCHES))):
         return "lora"
-    if path.stem.lower().startswith("adapter"):
-        raise ConfigError(
-            f"{k.file}: LitGPT's adapter / adapter_v2 finetuning (LLaMA-Adapter: learned "
-            "prompts gated into the top blocks) is not modelled by ftmem; no ftmem method "
-            "trains what it trains."
-        )
+    stem = path.stem.lower().replace("-", "_")
+    if stem.startswith("adapter"):
+        # (finetune_adapter / finetune_adapter_v2 take no adapter options: the prompt
+        # length and start layer are the model Config's, LitGPT's defaults 10 and 2)
+        v2 = stem.startswith("adapter_v2")
+        cfg.settings["method"] = "llama-adapter-v2" if v2 else "llama-adapter"
+        return "adapter_v2" if v2 else "adapter"
     if k.raw("quantize") is not None:
         cfg.notes.append(
             f"{path.name} has quantize but no lora_* keys: read as `litgpt finetune lora` "
-            "with its defaults (for adapter / adapter_v2, LLaMA-Adapter, ftmem has no model)."
+            "with its defaults (adapter / adapter_v2 files are named adapter*.yaml)."
         )
         return "lora"
     cfg.notes.append(
@@ -181,7 +183,8 @@ def _quantize(k: Keys, cfg: FrameworkConfig) -> None:
             f"{k.file}: quantize {quant} with {which} is refused by LitGPT ('Quantization and "
             "mixed precision is not supported'); give precision: bf16-true."
         )
-    s["method"] = "qlora"
+    if s.get("method") == "lora":  # (adapter.py / adapter_v2.py keep their method)
+        s["method"] = "qlora"
     s["quant"] = LITGPT_QUANT[quant]
     if s["quant"] != "int8":  # double quantisation is bitsandbytes 4-bit's
         s["double_quant"] = quant.endswith("-dq")
@@ -216,7 +219,7 @@ def _devices(k: Keys, cfg: FrameworkConfig, script: str) -> int | None:
     nodes = k.integer("num_nodes") or 1
     if devices * nodes == 1:
         return 1
-    if cfg.settings.get("method") == "qlora":
+    if cfg.settings.get("quant"):
         raise ConfigError(
             f"{k.file}: quantize with devices x num_nodes = {devices * nodes} is refused by "
             "LitGPT ('Quantization is currently not supported for multi-GPU training')."
@@ -285,7 +288,7 @@ def _optimizer(k: Keys, cfg: FrameworkConfig) -> None:
         name = k.text("optimizer") or "AdamW"  # setup(optimizer="AdamW")
         init = Keys({}, k.file, "optimizer.init_args.")
     leaf = name.rsplit(".", 1)[-1]
-    if s.get("method") == "qlora":
+    if s.get("quant"):
         if "AdamW" not in name:
             raise ConfigError(
                 f"{k.file}: optimizer {name} with quantize is refused by LitGPT (instantiate_"
@@ -333,6 +336,7 @@ def read(k: Keys, cfg: FrameworkConfig, base: Path) -> frozenset[str]:
     _litgpt_precision(k, cfg)
     if script == "lora":
         _lora(k, cfg)
+    if script != "full":
         _quantize(k, cfg)
     devices = _devices(k, cfg, script)
     _train(k, cfg, script, devices)

@@ -32,11 +32,21 @@ class BlockState:
     qk_norms_trained: bool = False
     # bottleneck adapters: linears whose output goes through one
     bottleneck: frozenset[str] = frozenset()
+    # LLaMA-Adapter: the block holds a gated adaption prompt; v2's AdapterV2Linear modules
+    gated_prompt: bool = False
+    v2_scaled: frozenset[str] = frozenset()
 
     @property
     def output_grad(self) -> frozenset[str]:
         """Linears whose output needs a gradient for a parameter of their own."""
-        return self.adapted | self.biased | self.scaled | self.trained | self.bottleneck
+        return self.own_output_grad | self.adapted
+
+    @property
+    def own_output_grad(self) -> frozenset[str]:
+        """Linears whose output needs a gradient for a parameter other than LoRA's: a
+        trained bias (BitFit), an IA³ vector, a trained weight, a bottleneck adapter,
+        adapter v2's bias and scale."""
+        return self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
 
     def weight_trains(self, lin: Linear) -> bool:
         return self.weights_trainable or lin.module in self.trained

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ftmem.adapters.bottleneck import Bottleneck
 from ftmem.adapters.ia3 import IA3
+from ftmem.adapters.llama_adapter import LlamaAdapter
 from ftmem.adapters.lora import LoRA
 from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -14,7 +15,7 @@ from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.profiles import fused_lora_applies, profile_of
-from ftmem.run import RunConfig
+from ftmem.run import QUANTIZED_BASE_METHODS, RunConfig
 from ftmem.versions import bnb_4bit_keeps_input, bnb_int8_keeps_column_copy
 
 _ATTENTION_ROLES = frozenset(ATTENTION_ROLES)
@@ -138,6 +139,8 @@ class LinearOp:
             out += IA3.saved(ctx, linears, state, side)
         if state.bottleneck:
             out += Bottleneck.saved(ctx, linears, state, in_grad, side)
+        if state.v2_scaled:
+            out += LlamaAdapter.scale_saved(ctx, linears, state, side)
         if ctx.plan.dtypes.casts_weights and in_grad:
             out += LinearOp.weight_copies(ctx, linears, side)
         if in_grad and LinearOp.gptq_dequantises(ctx.run, ctx.tokens):
@@ -285,7 +288,9 @@ class LinearOp:
     def weight_copies(ctx: LayerContext, linears: list[Linear], side: Side) -> list[Saved]:
         """Autocast keeps a 16-bit copy of each weight a matmul whose input needs a gradient
         uses; bitsandbytes' quantised matmuls dequantise inside and keep none."""
-        quantized = ctx.plan.dtypes.quantized is not None and ctx.run.method == "qlora"
+        quantized = (
+            ctx.plan.dtypes.quantized is not None and ctx.run.method in QUANTIZED_BASE_METHODS
+        )
         return [
             Saved(
                 f"{lin.label} 16-bit weight copy",
@@ -361,7 +366,8 @@ class LinearOp:
         formats: tuple[str, ...] = ("nf4", "fp4")
         if LinearOp.gptq_dequantises(run, T):  # AutoGPTQ's torch path: int32, then int8
             per_element, formats = GPTQ_DEQUANT_BYTES, ("int4",)
-        if not per_element or run.method != "qlora" or plan.dtypes.quantized not in formats:
+        quantized_base = run.method in QUANTIZED_BASE_METHODS
+        if not per_element or not quantized_base or plan.dtypes.quantized not in formats:
             return 0
         return max(
             (  # (the layout's linears: LitGPT's fused qkv and split fc_1/fc_2 differ)
@@ -381,7 +387,7 @@ class LinearOp:
         if not profile_of(run).dequant_buffer or plan.dtypes.quantized not in ("nf4", "fp4"):
             return []
         quantized = quantised_weights(arch, run)
-        if run.method != "qlora" or not quantized:
+        if run.method not in QUANTIZED_BASE_METHODS or not quantized:
             return []
         numel = max(n_in * n_out for n_in, n_out, _ in quantized)
         e = BYTES_PER_ELEMENT[plan.dtypes.compute]

@@ -47,6 +47,7 @@ MODULES = (
     "ftmem.adapters.bottleneck",
     "ftmem.adapters.dora",
     "ftmem.adapters.ia3",
+    "ftmem.adapters.llama_adapter",
     "ftmem.adapters.lora",
     "ftmem.adapters.head_lora",
     "ftmem.adapters.prompt",

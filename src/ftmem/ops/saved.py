@@ -34,6 +34,7 @@ class Kind(Enum):
     DORA = "dora"  # DoRA's rescale of the base and LoRA outputs
     IA3 = "ia3"
     BOTTLENECK = "bottleneck"
+    LLAMA_ADAPTER = "llama-adapter"  # the adaption prompt's attention, v2's scaled outputs
     ATTN_QK = "attention q/k"  # the query and key the kernel reads (rotary outputs)
     ATTN_V = "attention v"  # the value it reads
     ATTN_QKV = "attention q, k and v"  # one tensor holding all three (fused projections)

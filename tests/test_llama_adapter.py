@@ -1,0 +1,195 @@
+"""LitGPT's LLaMA-Adapter and Adapter v2 (methods llama-adapter, llama-adapter-v2).
+
+Trainable counts are derived here from Lightning-AI/litgpt@0f021f3a lit_gpt/adapter.py and
+adapter_v2.py (adapter_filter) and checked against the counts LitGPT printed in
+tutorials/resource-tables.md ("Finetuning with Adapter on 1 GPU"). What the adapters keep
+for backward is measured on the CPU with autograd's saved-tensor hooks on a transcription of
+LitGPT's forward (CausalSelfAttention.scaled_dot_product_attention's gate, AdapterV2Linear),
+and compared with ftmem.adapters.llama_adapter's formulas and the estimate's block items.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ftmem import estimate
+from ftmem.adapters.llama_adapter import LlamaAdapter
+from ftmem.api import _architecture, run_config
+from ftmem.errors import InvalidInputError
+from ftmem.methods import plan_method
+from ftmem.ops.context import LayerContext
+
+torch = pytest.importorskip("torch")
+
+# StableLM-Base-Alpha-3B as LitGPT builds it (GPT-NeoX blocks, LayerNorms, biased linears,
+# padded vocabulary 50,688; its calibration config.json)
+STABLELM = {
+    "architectures": ["GPTNeoXForCausalLM"],
+    "model_type": "gpt_neox",
+    "hidden_act": "gelu",
+    "hidden_size": 4096,
+    "intermediate_size": 16384,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "vocab_size": 50688,
+    "max_position_embeddings": 4096,
+    "rotary_pct": 0.25,
+    "use_parallel_residual": True,
+    "layer_norm_eps": 1e-5,
+    "attention_bias": True,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float16",
+}
+LITGPT = dict(framework="litgpt", precision="bf16", attn="sdpa", device="cuda")
+
+
+@pytest.fixture
+def stablelm(tmp_path: Path) -> str:
+    path = tmp_path / "stablelm" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(STABLELM))
+    return str(path)
+
+
+def _v1(h: int, heads: int, layers: int, length: int = 10, start: int = 2) -> int:
+    """adapter_wte (length × h) and gating_factor (1, 1, heads, 1) per gated block."""
+    return (layers - start) * (length * h + heads)
+
+
+def test_llama_adapter_counts_are_litgpts_published_ones(stablelm: str) -> None:
+    """resource-tables.md: StableLM Alpha 573,888, Llama 2 7B 1,229,760 (prompt 10, blocks
+    from 2)."""
+    assert _v1(4096, 32, 16) == 573_888
+    assert _v1(4096, 32, 32) == 1_229_760
+    got = estimate(stablelm, method="llama-adapter", **LITGPT).model.n_trainable_params
+    assert got == 573_888
+    got = estimate("llama2-7b", method="llama-adapter", **LITGPT).model.n_trainable_params
+    assert got == 1_229_760
+
+
+def test_adapter_v2_counts_are_litgpts_published_ones(stablelm: str) -> None:
+    """v2 adds adapter_bias and adapter_scale (out,) to every linear (the fused qkv, the
+    attention's proj, the MLP's fc / fc_1, fc_2, proj, and the LM head) and trains norm_1,
+    norm_2 and ln_f (LayerNorm: weight and bias; RMSNorm: weight). Published: 2,125,248 and
+    4,279,744."""
+    h, f = 4096, 16384
+    per_block = 2 * (3 * h + h + f + h) + 2 * (2 * h)  # scales and biases, two LayerNorms
+    stable = _v1(h, 32, 16) + 16 * per_block + 2 * h + 2 * 50688
+    assert stable == 2_125_248
+    f = 11008
+    per_block = 2 * (3 * h + h + 2 * f + h) + 2 * h  # gated MLP, two RMSNorms
+    llama = _v1(h, 32, 32) + 32 * per_block + h + 2 * 32000
+    assert llama == 4_279_744
+    got = estimate(stablelm, method="llama-adapter-v2", **LITGPT).model.n_trainable_params
+    assert got == stable
+    got = estimate("llama2-7b", method="llama-adapter-v2", **LITGPT).model.n_trainable_params
+    assert got == llama
+
+
+def test_prompt_length_and_start_layer() -> None:
+    est = estimate(
+        "llama2-7b", method="llama-adapter", adapter_prompt_length=4, adapter_start_layer=30
+    )
+    assert est.model.n_trainable_params == _v1(4096, 32, 32, 4, 30)
+    est = estimate("llama2-7b", method="llama-adapter", adapter_start_layer=0)
+    assert est.model.n_trainable_params == _v1(4096, 32, 32, 10, 0)
+
+
+def test_refusals_are_one_sentence() -> None:
+    with pytest.raises(InvalidInputError, match="leaves none of Llama-2-7B's 32 blocks"):
+        estimate("llama2-7b", method="llama-adapter", adapter_start_layer=32)
+    with pytest.raises(InvalidInputError, match="only applies to llama-adapter"):
+        estimate("llama2-7b", method="lora", adapter_prompt_length=4)
+    with pytest.raises(InvalidInputError, match="dense MLPs"):
+        estimate("mixtral-8x7b", method="llama-adapter")
+
+
+def _saved_bytes(fn, params: tuple[object, ...]) -> int:
+    """Bytes of the distinct storages autograd saves while ``fn`` runs, parameters left
+    out (they are the weights, not activations)."""
+    seen: dict[int, int] = {}
+    skip = {p.untyped_storage().data_ptr() for p in params}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def test_gate_keeps_the_prompt_attention_output() -> None:
+    """litgpt adapter.py: ``y + self.gating_factor * ay``, ay the (b, s, heads, head_dim)
+    attention over the cached (detached) prompt keys. In the lowest gated block q needs
+    no gradient: only the multiply keeps ay, for the gate's gradient."""
+    b, s, nh, hs, n = 2, 24, 4, 8, 10
+    dt = torch.bfloat16
+    gate = torch.nn.Parameter(torch.zeros(1, 1, nh, 1, dtype=dt))
+    q = torch.randn(b, nh, s, hs, dtype=dt)
+    ak, av = torch.randn(1, nh, n, hs, dtype=dt), torch.randn(1, nh, n, hs, dtype=dt)
+    y = torch.randn(b, s, nh, hs, dtype=dt)
+
+    def forward() -> None:
+        amask = torch.ones(s, n, dtype=torch.bool)
+        ay = torch.nn.functional.scaled_dot_product_attention(
+            q, ak.expand(b, -1, -1, -1), av.expand(b, -1, -1, -1), attn_mask=amask
+        ).transpose(1, 2)
+        (y + gate * ay).float().sum().backward()
+
+    measured = _saved_bytes(forward, (gate,))
+    ctx = _context(b, s, nh, hs)
+    assert sum(x.nbytes for x in LlamaAdapter.gate_saved(ctx, q_grad=False)) == measured
+
+
+def test_adapter_v2_linear_keeps_its_pre_scale_output() -> None:
+    """litgpt adapter_v2.py AdapterV2Linear: ``adapter_scale * (linear(x) + adapter_bias)``
+    over a frozen linear whose input needs a gradient: the frozen weight is kept (a
+    parameter), and the sum, b·s·out, for the scale's gradient."""
+    b, s, i, o = 2, 24, 32, 48
+    dt = torch.bfloat16
+    linear = torch.nn.Linear(i, o, dtype=dt).requires_grad_(False)
+    bias = torch.nn.Parameter(torch.zeros(o, dtype=dt))
+    scale = torch.nn.Parameter(torch.ones(o, dtype=dt))
+    x = torch.randn(b, s, i, dtype=dt, requires_grad=True)
+
+    def forward() -> None:
+        (scale * (linear(x) + bias)).float().sum().backward()
+
+    measured = _saved_bytes(forward, (linear.weight, linear.bias, bias, scale))
+    assert measured == b * s * o * 2
+
+
+def _context(b: int, s: int, heads: int, head_dim: int) -> LayerContext:
+    """The LayerContext of a bf16 run of b sequences of s tokens on Llama-2-7B narrowed to
+    ``heads`` heads of ``head_dim`` (the formulas read its shapes and element size)."""
+    run = run_config(method="llama-adapter", precision="bf16", batch_size=b, seq_len=s)
+    width = heads * head_dim
+    arch = _architecture("llama2-7b").model_copy(
+        update={"hidden_size": width, "num_attention_heads": heads, "num_key_value_heads": heads}
+    )
+    assert arch.q_size == width
+    return LayerContext(arch, run, plan_method(arch, run), b * s)
+
+
+def test_estimate_block_items_by_hand() -> None:
+    """The top block of llama-adapter keeps the gate's ay (b·s·h·2 bytes in bf16) and, its
+    q needing a gradient, the kernel's logsumexp (b·heads·s rounded up to 32, fp32) and the
+    float mask (s × 10 keys padded to 16); v2's top block keeps every linear's pre-scale
+    output: b·s·(3h + h + 2f + h)·2 bytes for Llama 2."""
+    b, s, h, nh, f = 1, 1000, 4096, 32, 11008
+    est = estimate("llama2-7b", method="llama-adapter", batch_size=b, seq_len=s, **LITGPT)
+    items = {x.what: x.bytes for x in est.memory.activations_per_block}
+    assert items["adaption prompt: attention output (gate)"] == b * s * h * 2
+    lse = b * nh * 1024 * 4
+    assert items["adaption prompt: logsumexp, mask"] == lse + s * 16 * 2
+    v2 = estimate("llama2-7b", method="llama-adapter-v2", batch_size=b, seq_len=s, **LITGPT)
+    scaled = sum(x.bytes for x in v2.memory.activations_per_block if "adapter v2" in x.what)
+    assert scaled == b * s * (3 * h + h + 2 * f + h) * 2
+    outer = {x.what: x.bytes for x in v2.memory.activations_outer}
+    assert outer["LM head adapter v2: pre-scale logits"] == b * s * 32000 * 2
