@@ -974,6 +974,11 @@ def _quantised_and_states() -> list[Case]:
     cases.append(
         Case("llama", {"method": "lora", "precision": "bf16", "optimizer": "adamw-8bit"}, WIDER)
     )
+    # bitsandbytes' paged optimizers: on the CPU their states are plain tensors (fp32 for
+    # the 32-bit PagedAdamW, whatever the parameters' dtype)
+    for opt in ("paged-adamw", "paged-adamw-8bit"):
+        for m in ("full", "lora"):
+            cases.append(Case("llama", {"method": m, "precision": "bf16", "optimizer": opt}, WIDER))
     # fp16 regimes (pure and mixed)
     for family in ("llama", "qwen2", "qwen3", "gpt2"):
         for precision in ("fp16", "fp16-mixed"):
