@@ -69,6 +69,7 @@ def _matrix() -> list[Case]:
     return [
         *_methods_and_shapes(),
         *_quantised_and_states(),
+        *_paged_optimizers(),
         *_peft_methods(),
         *_optimizers_and_lora_variants(),
         *_losses_offload_partial(),
@@ -958,6 +959,17 @@ def _methods_and_shapes() -> list[Case]:
     return cases
 
 
+def _paged_optimizers() -> list[Case]:
+    """bitsandbytes' paged optimizers: on the CPU their states are plain tensors (fp32 for
+    the 32-bit PagedAdamW, whatever the parameters' dtype); on a GPU the large ones are in
+    managed memory (tests/test_paged_optimizer.py)."""
+    return [
+        Case("llama", {"method": m, "precision": "bf16", "optimizer": opt}, WIDER)
+        for opt in ("paged-adamw", "paged-adamw-8bit")
+        for m in ("full", "lora")
+    ]
+
+
 def _quantised_and_states() -> list[Case]:
     """Quantised bases, fp16 regimes, accumulation, modules_to_save, BitFit, QLoRA under autocast."""
     cases: list[Case] = []
@@ -974,11 +986,6 @@ def _quantised_and_states() -> list[Case]:
     cases.append(
         Case("llama", {"method": "lora", "precision": "bf16", "optimizer": "adamw-8bit"}, WIDER)
     )
-    # bitsandbytes' paged optimizers: on the CPU their states are plain tensors (fp32 for
-    # the 32-bit PagedAdamW, whatever the parameters' dtype)
-    for opt in ("paged-adamw", "paged-adamw-8bit"):
-        for m in ("full", "lora"):
-            cases.append(Case("llama", {"method": m, "precision": "bf16", "optimizer": opt}, WIDER))
     # fp16 regimes (pure and mixed)
     for family in ("llama", "qwen2", "qwen3", "gpt2"):
         for precision in ("fp16", "fp16-mixed"):
