@@ -29,12 +29,12 @@ BF16 = dict(precision="bf16", autocast=True)
 LLAMA3_LORA = dict(lora_r=32, lora_alpha=16, lora_dropout=0.05, lora_targets="all-linear")
 
 EXPECTED = {
-    # adapter qlora + load_in_4bit; paged_adamw_32bit is AdamW's 32-bit states;
-    # val_set_size 0: no evaluation
+    # adapter qlora + load_in_4bit; paged_adamw_32bit is bitsandbytes' PagedAdamW32bit
+    # (fp32 states, paged); val_set_size 0: no evaluation
     "llama-3-qlora.yml": (
         "NousResearch/Meta-Llama-3-8B",
         dict(method="qlora", **LLAMA3_LORA, seq_len=4096, batch_size=2, grad_accum=4,
-             grad_ckpt=True, optimizer="adamw", attn="flash", **BF16),
+             grad_ckpt=True, optimizer="paged-adamw", attn="flash", **BF16),
     ),
     # adapter lora + load_in_8bit: LoRA over int8 linears; embed_tokens and lm_head
     # trained in full; val_set_size 0.05 and 4 evaluations an epoch at micro_batch_size

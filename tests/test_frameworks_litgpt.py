@@ -33,7 +33,7 @@ EXPECTED = {
         "meta-llama/Meta-Llama-3.1-8B",
         dict(method="qlora", quant="nf4", double_quant=False, lora_r=32, lora_alpha=16,
              lora_dropout=0.05, lora_targets="q,v", precision="bf16", adapter_dtype="bf16",
-             optimizer="adamw-fp32", optimizer_impl="fused", batch_size=2, grad_accum=4,
+             optimizer="paged-adamw", batch_size=2, grad_accum=4,
              seq_len=512),
     ),
     # no lora_* keys: full finetuning; devices 1; global 8 / micro 4 = 2

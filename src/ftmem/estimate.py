@@ -24,6 +24,7 @@ from ftmem.colossalai import COLOSSALAI
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.errors import InvalidInputError
 from ftmem.gpu.device import DeviceFigures, cuda_runtime, device_figures, workspace_bytes
+from ftmem.gpu.managed import PAGED_PARALLEL_NOTE, paged_notes, with_paged_states
 from ftmem.gpu.program import never_freed
 from ftmem.gpu.trace import (
     STEP_ONLY,
@@ -47,7 +48,12 @@ from ftmem.ops.attention import (
     sliding_mask_notes,
 )
 from ftmem.ops.nograd_requests import checkpointed_layer
-from ftmem.optim import optimizer_step_temporary_tensors, state_bytes_per_tensor
+from ftmem.optim import (
+    PAGED_OPTIMIZERS,
+    optimizer_step_temporary_tensors,
+    paged_state_bytes,
+    state_bytes_per_tensor,
+)
 from ftmem.parallel import (
     FSDP,
     SHARDED_FSDP,
@@ -86,6 +92,7 @@ SIMPLE_STATES_PER_PARAM = {  # 16-bit values per trainable parameter, seed's rul
     "adamw-fp32": 2,
     "adamw-8bit": 2,
     "paged-adamw-8bit": 2,
+    "paged-adamw": 2,
     "ao-adamw-8bit": 2,
     "ao-adamw-4bit": 2,
     "ao-adamw-fp8": 2,
@@ -156,6 +163,8 @@ def estimate_step(
     else:
         phase, at_peak = peak_info.phase, peak_info.at_peak
         grads, states = parts.sizes.gradients.total, parts.sizes.states
+    # bitsandbytes' paged buffers: in the component, outside the allocator's peaks
+    paged = 0 if run.accounting == "simple" else paged_state_bytes(plan.groups, run)
 
     def step_at(length: int) -> tuple[StepParts, StepSizes]:
         if length == run.seq_len:
@@ -171,7 +180,7 @@ def estimate_step(
         gpu,
         overhead_bytes,
         _memory(
-            Components(weights, grads, states, activations, 0),
+            Components(weights, grads, states + paged, activations, 0),
             phase,
             at_peak,
             peak_info.phases,
@@ -180,6 +189,8 @@ def estimate_step(
             run_peak,
         ),
     )
+    memory = with_paged_states(memory, paged, gpu)
+    notes += paged_notes(memory, paged, gpu)
     notes += _family_notes(arch, run) + ([] if figures.replayed else [SCREENED_NOTE])
     return _result(arch, run, plan, plan.n_trainable, memory, gpu, notes)
 
@@ -700,6 +711,8 @@ def _estimate_parallel(
     notes = list(step.parts.plan.notes) + parallel_notes(arch, run, par, step)
     if run.objective != "sft":  # what the objective adds, as on one GPU
         notes.append(objective_note(step.parts.plan, step.run))
+    if run.optimizer in PAGED_OPTIMIZERS and run.device != "cpu":
+        notes.append(PAGED_PARALLEL_NOTE)
     if par.host_memory_bytes is not None and not info.host_fits:
         notes.insert(
             0,

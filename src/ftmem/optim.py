@@ -22,6 +22,15 @@ BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit state for tensors smaller 
 BNB_BLOCK = 256  # elements per fp32 absmax in blockwise 8-bit optimizer state
 BNB_QMAP_BYTES = 2 * 256 * 4  # the two shared 256-entry fp32 code books
 STEP_TENSOR_BYTES = 4  # torch Adam/AdamW keep `step` as an fp32 scalar tensor per param
+# bitsandbytes' paged optimizers take the state buffers of a parameter of at least this many
+# elements from CUDA managed memory, outside torch's allocator (bitsandbytes-foundation/
+# bitsandbytes@95f9af30 bitsandbytes/optim/optimizer.py l.383 ``get_state_buffer``:
+# ``if not self.is_paged or p.numel() < 1e5: return torch.zeros_like(...)`` else
+# ``F.get_paged``, functional.py l.91-99: ``cget_managed_ptr`` = ``cudaMallocManaged(&ptr,
+# bytes, cudaMemAttachHost)``, csrc/pythonInterface.cpp l.557-559; the same test in
+# every release tag from 0.39.1, where paged optimizers arrived)
+BNB_PAGED_MIN_NUMEL = 100_000
+PAGED_OPTIMIZERS = frozenset({"paged-adamw-8bit", "paged-adamw"})
 
 
 def _adafactor_tensor_bytes(shape: tuple[int, ...]) -> int:
@@ -67,7 +76,8 @@ def step_tensor_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
 
 
 def optimizer_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
-    """Bytes of optimizer state held on the training device for the trainable tensors."""
+    """Bytes of optimizer state held on the training device for the trainable tensors,
+    paged ones (:func:`paged_state_bytes`) included."""
     total = 0
     any_8bit = False
     for g in groups:
@@ -81,17 +91,56 @@ def optimizer_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
     return total + step_tensor_bytes(groups, run)
 
 
+def pages_states(g: TensorGroup, run: RunConfig) -> bool:
+    """Whether bitsandbytes takes ``g``'s state buffers (``state1``, ``state2``) from
+    managed memory: a paged optimizer on a CUDA device and a parameter of at least
+    1e5 elements (BNB_PAGED_MIN_NUMEL; on the CPU bitsandbytes falls back to
+    ``torch.zeros_like``, optimizer.py l.375-382). Its block scales (``absmax1/2``), the
+    code books and the states of smaller parameters stay ``torch.zeros`` in torch's
+    allocator."""
+    return (
+        run.optimizer in PAGED_OPTIMIZERS
+        and run.device != "cpu"
+        and g.trainable
+        and g.numel >= BNB_PAGED_MIN_NUMEL
+    )
+
+
+def _paged_tensor_bytes(g: TensorGroup, run: RunConfig) -> int:
+    """One tensor of ``g``'s state bytes in managed memory (0 where not paged)."""
+    if not pages_states(g, run):
+        return 0
+    # 8-bit: a uint8 state1 and state2 (n >= 1e5 > min_8bit_size, so never fp32 here);
+    # 32-bit (PagedAdamW, optim_bits 32): fp32 ones
+    return 2 * g.numel * (1 if run.optimizer == "paged-adamw-8bit" else 4)
+
+
+def paged_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
+    """Bytes of optimizer state in CUDA managed memory (bitsandbytes' paged optimizers):
+    invisible to ``max_memory_allocated`` / ``max_memory_reserved``, resident on the GPU
+    (in nvidia-smi's figure) once the step has touched them, moved to host RAM by the
+    driver under memory pressure instead of failing."""
+    return sum(_paged_tensor_bytes(g, run) * g.count for g in groups)
+
+
+def allocator_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
+    """Bytes of optimizer state in torch's allocator: all of it but the paged buffers."""
+    return optimizer_state_bytes(groups, run) - paged_state_bytes(groups, run)
+
+
 def state_bytes_per_tensor(groups: Iterable[TensorGroup], run: RunConfig) -> tuple[int, ...]:
     """Each trainable tensor's optimizer state bytes (all its state tensors), one entry
     per tensor in the groups' order: the allocator replay's shares of the states' sum
     (gpu.trace.plan_tensors). torch's Adam makes ``exp_avg`` and ``exp_avg_sq`` with
     ``torch.zeros_like(p, memory_format=torch.preserve_format)`` (torch/optim/adamw.py
     ``_init_group``, the same in v2.0.0 and 2.13): in the parameter's own dtype, so a
-    bf16 embedding copy beside fp32 adapters has 2-byte states and they 4-byte ones."""
+    bf16 embedding copy beside fp32 adapters has 2-byte states and they 4-byte ones.
+    Paged buffers are left out (:func:`pages_states`): they are not the allocator's."""
     out: list[int] = []
     for g in groups:
         if g.trainable:
-            out += [_tensor_state_bytes(g, run)[0]] * g.count
+            own = _tensor_state_bytes(g, run)[0] - _paged_tensor_bytes(g, run)
+            out += [own] * g.count
     return tuple(out)
 
 
@@ -110,6 +159,10 @@ def _tensor_state_bytes(g: TensorGroup, run: RunConfig) -> tuple[int, bool]:
     if opt in ("adamw", "adamw-fp32"):
         state = 4 if opt == "adamw-fp32" else pb
         per = 2 * n * state
+    elif opt == "paged-adamw":
+        # bitsandbytes' 32-bit Adam (optim_bits 32): fp32 state1 and state2 whatever the
+        # parameter's dtype, an int step, no block scales (Optimizer2State.init_state)
+        per = 2 * n * 4
     elif opt in ("adamw-8bit", "paged-adamw-8bit"):
         if n < BNB_MIN_8BIT_SIZE:
             per = 2 * n * 4

@@ -72,6 +72,11 @@ class BeyondAllocated(_Frozen):
     # activations' profile and its KV cache blocks, held for the whole run (left out of a
     # dump when there is none)
     vllm_engine: int = Field(0, exclude_if=lambda value: value == 0)
+    # bitsandbytes' paged optimizer states (CUDA managed memory, ftmem.gpu.managed): the
+    # part resident on the GPU, in the device figure, and the part the card has no room
+    # for, which the driver keeps in host RAM (left out of a dump when there are none)
+    paged_optimizer_states: int = Field(0, exclude_if=lambda value: value == 0)
+    paged_to_host: int = Field(0, exclude_if=lambda value: value == 0)
 
 
 class RunMoment(_Frozen):

@@ -44,6 +44,7 @@ Optimizer = Literal[
     "adamw-fp32",
     "adamw-8bit",
     "paged-adamw-8bit",
+    "paged-adamw",
     "ao-adamw-8bit",
     "ao-adamw-4bit",
     "ao-adamw-fp8",

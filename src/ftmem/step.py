@@ -34,7 +34,7 @@ from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS, Norm
 from ftmem.ops.router_aux import RouterAuxLoss
 from ftmem.ops.saved import Kind, Saved, Side
-from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
+from ftmem.optim import allocator_state_bytes, optimizer_step_temporary_bytes
 from ftmem.phases import (
     Activations,
     BlockTransients,
@@ -240,7 +240,9 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
             weights=sum(g.nbytes for g in plan.groups)
             + buffer_numel(arch) * BYTES_PER_ELEMENT[plan.dtypes.base]
             + release_buffer_bytes(arch, run, plan.dtypes),
-            states=optimizer_state_bytes(plan.groups, run),
+            # bitsandbytes' paged buffers are not the allocator's (optim.paged_state_bytes;
+            # estimate adds them to the device figure)
+            states=allocator_state_bytes(plan.groups, run),
             grads=grads,
             grads_per_block=grads_block,
             grads_outer=grads_outer,

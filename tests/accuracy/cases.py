@@ -69,6 +69,7 @@ def _matrix() -> list[Case]:
     return [
         *_methods_and_shapes(),
         *_quantised_and_states(),
+        *_paged_optimizers(),
         *_peft_methods(),
         *_optimizers_and_lora_variants(),
         *_losses_offload_partial(),
@@ -956,6 +957,17 @@ def _methods_and_shapes() -> list[Case]:
         cases.append(Case(family, {"method": "lora", "precision": "bf16", "lora_dropout": 0.1}))
         cases.append(Case(family, {"method": "lora", "precision": "bf16", "adapter_dtype": "bf16"}))
     return cases
+
+
+def _paged_optimizers() -> list[Case]:
+    """bitsandbytes' paged optimizers: on the CPU their states are plain tensors (fp32 for
+    the 32-bit PagedAdamW, whatever the parameters' dtype); on a GPU the large ones are in
+    managed memory (tests/test_paged_optimizer.py)."""
+    return [
+        Case("llama", {"method": m, "precision": "bf16", "optimizer": opt}, WIDER)
+        for opt in ("paged-adamw", "paged-adamw-8bit")
+        for m in ("full", "lora")
+    ]
 
 
 def _quantised_and_states() -> list[Case]:

@@ -189,13 +189,12 @@ def _quantize(k: Keys, cfg: FrameworkConfig) -> None:
     if s["quant"] != "int8":  # double quantisation is bitsandbytes 4-bit's
         s["double_quant"] = quant.endswith("-dq")
     # PagedAdamW (optim_bits 32): fp32 states whatever the adapters' dtype, one kernel
-    # per tensor (no foreach temporaries); paged states may move to the host under
-    # pressure, counted on the GPU here
-    s["optimizer"] = "adamw-fp32"
-    s["optimizer_impl"] = "fused"
+    # per tensor (no foreach temporaries); the states of tensors of 1e5+ values in managed
+    # memory (ftmem.gpu.managed)
+    s["optimizer"] = "paged-adamw"
     cfg.notes.append(
-        "quantize: LitGPT trains with bitsandbytes' PagedAdamW (fp32 states, paged: the "
-        "driver may evict them to host RAM under pressure; counted on the GPU)."
+        "quantize: LitGPT trains with bitsandbytes' PagedAdamW (fp32 states; those of "
+        "tensors of 1e5+ values in CUDA managed memory, outside the allocator)."
     )
 
 

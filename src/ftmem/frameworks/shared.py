@@ -121,7 +121,7 @@ HF_OPTIMIZERS = {
     "adamw_bnb_8bit": ("adamw-8bit", None),
     "adamw_8bit": ("adamw-8bit", None),
     "paged_adamw_8bit": ("paged-adamw-8bit", None),
-    "paged_adamw_32bit": ("adamw", None),
+    "paged_adamw_32bit": ("paged-adamw", None),
     "adafactor": ("adafactor", None),
     "sgd": ("sgd", None),
     "lion_32bit": ("lion", None),

@@ -464,6 +464,8 @@ def _torchtune_optimizer(optimizer: Keys, cfg: FrameworkConfig) -> None:
         return
     if opt.endswith("PagedAdamW8bit"):
         s["optimizer"] = "paged-adamw-8bit"
+    elif opt.endswith(("PagedAdamW", "PagedAdamW32bit")):
+        s["optimizer"] = "paged-adamw"
     elif opt.endswith(("AdamW8bit", "Adam8bit")):
         s["optimizer"] = "adamw-8bit"
     elif opt.endswith(("AdamW", "Adam")):

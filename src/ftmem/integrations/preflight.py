@@ -285,9 +285,9 @@ def with_library_versions(live: LiveRun) -> None:
     if transformers and "transformers_version" not in live.settings:
         live.set("transformers_version", transformers, said)
     bnb = report.installed("bitsandbytes")
-    uses_bnb = live.settings.get("method") == "qlora" or "8bit" in str(
-        live.settings.get("optimizer")
-    )
+    optimizer = str(live.settings.get("optimizer"))
+    uses_bnb = live.settings.get("method") == "qlora" or "8bit" in optimizer
+    uses_bnb = uses_bnb or optimizer == "paged-adamw"
     if bnb and uses_bnb and "bnb_version" not in live.settings:
         live.set("bnb_version", bnb, said)
 

@@ -1012,12 +1012,11 @@ def build_optimizer(
         return Adafactor(
             params, lr=1e-3, scale_parameter=False, relative_step=False, warmup_init=False
         )
-    if opt in ("adamw-8bit", "paged-adamw-8bit"):
+    if opt in BNB_CLASS:
         _require_bitsandbytes(opt)
         import bitsandbytes as bnb
 
-        cls = bnb.optim.PagedAdamW8bit if opt == "paged-adamw-8bit" else bnb.optim.AdamW8bit
-        return cls(params, lr=1e-4, weight_decay=0.0)
+        return getattr(bnb.optim, BNB_CLASS[opt])(params, lr=1e-4, weight_decay=0.0)
     if opt in TORCHAO_CLASS:
         try:
             import torchao.optim
@@ -1029,6 +1028,12 @@ def build_optimizer(
     raise RuntimeError(f"optimizer {opt!r} is not measurable here (no reference implementation)")
 
 
+# ftmem's --optimizer as bitsandbytes.optim's class
+BNB_CLASS = {
+    "adamw-8bit": "AdamW8bit",
+    "paged-adamw-8bit": "PagedAdamW8bit",
+    "paged-adamw": "PagedAdamW",
+}
 # ftmem's --optimizer as torchao.optim's class (torchao 0.18.0)
 TORCHAO_CLASS = {
     "ao-adamw-8bit": "AdamW8bit",

@@ -1138,8 +1138,8 @@ def _run_fake(arch: Architecture, run: RunConfig, *, steps: int, seed: int) -> M
 
     from ftmem.measure.build import materialize_fake
 
-    if run.method == "qlora" or "8bit" in run.optimizer:
-        raise RuntimeError("--fake cannot run bitsandbytes (qlora, 8-bit optimizers)")
+    if run.method == "qlora" or "8bit" in run.optimizer or run.optimizer == "paged-adamw":
+        raise RuntimeError("--fake cannot run bitsandbytes (qlora, its optimizers)")
     built = build_model(arch, run, device="meta", seed=seed)
     with FakeTensorMode(allow_non_fake_inputs=True):
         materialize_fake(built.model)

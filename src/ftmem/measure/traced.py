@@ -195,7 +195,7 @@ def _check_traceable(run: RunConfig) -> None:
             f"--traced runs {', '.join(TRACED_METHODS)}; --method {run.method} needs ftmem's "
             "own model of the family."
         )
-    if "8bit" in run.optimizer or run.optimizer in ("lion", "adamw-fp32"):
+    if "8bit" in run.optimizer or run.optimizer in ("lion", "adamw-fp32", "paged-adamw"):
         raise InvalidInputError(
             f"--traced cannot run --optimizer {run.optimizer} on fake tensors "
             "(bitsandbytes has no fake kernels; lion and adamw-fp32 have no reference "

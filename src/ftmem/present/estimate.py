@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ftmem.result import Estimate, Memory, ParallelInfo
+from ftmem.result import BeyondAllocated, Estimate, Memory, ParallelInfo
 from ftmem.units import UnitSystem, format_bytes, format_count
 
 if TYPE_CHECKING:
@@ -106,15 +106,29 @@ def beyond_rows(m: Memory) -> list[tuple[str, int]]:
     b = m.beyond_allocated
     if m.device_bytes == m.peak_allocated_bytes:  # the CPU: nothing beyond the tensors
         return []
+    paged = _paged_rows(b)
     if not (b.cuda_context or b.nccl):
-        return [("Runtime overhead (--overhead)", m.device_bytes - m.peak_allocated_bytes)]
+        own = m.device_bytes - m.peak_allocated_bytes - b.paged_optimizer_states
+        return [("Runtime overhead (--overhead)", own), *paged]
     rows = [
         ("Allocator cache (reserved − allocated)", b.allocator_cache),
         ("Peak reserved", m.peak_reserved_bytes),
         ("CUDA context and libraries", b.cuda_context),
     ]
     rows += [("NCCL buffers", b.nccl)] if b.nccl else []
-    return rows + ([("vLLM engine (colocated)", b.vllm_engine)] if b.vllm_engine else [])
+    rows += [("vLLM engine (colocated)", b.vllm_engine)] if b.vllm_engine else []
+    return rows + paged
+
+
+def _paged_rows(b: BeyondAllocated) -> list[tuple[str, int]]:
+    """bitsandbytes' paged optimizer states: resident (in the device total) and, where
+    the card has no room, paged to host RAM (not in it)."""
+    rows = []
+    if b.paged_optimizer_states:
+        rows.append(("Paged optimizer states (managed memory)", b.paged_optimizer_states))
+    if b.paged_to_host:
+        rows.append(("Paged to host RAM (not in the total)", b.paged_to_host))
+    return rows
 
 
 def to_csv(est: Estimate, header: bool = True) -> str:

@@ -25,6 +25,7 @@ STATES_PER_PARAM = {  # optimizer values kept per trainable parameter
     "adamw-fp32": "2 fp32 (first and second moment)",
     "adamw-8bit": "2 8-bit (with per-256-value block scales)",
     "paged-adamw-8bit": "2 8-bit (with per-256-value block scales)",
+    "paged-adamw": "2 fp32, bitsandbytes",
     "ao-adamw-8bit": "2 8-bit, torchao (with per-block fp32 scales)",
     "ao-adamw-4bit": "2 4-bit, torchao (with per-block fp32 scales)",
     "ao-adamw-fp8": "2 FP8 e4m3, torchao (with per-block fp32 scales)",
@@ -271,13 +272,20 @@ def _beyond_line(est: Estimate, units: UnitSystem) -> str:
     """What the GPU holds beyond the allocated peak, and the device total."""
     m, b = est.memory, est.memory.beyond_allocated
     per_gpu = " per GPU." if est.parallel else "."
+    paged = (
+        f" (with paged optimizer states resident in managed memory "
+        f"{_b(b.paged_optimizer_states, units)})"
+        if b.paged_optimizer_states
+        else ""
+    )
     if not (b.cuda_context or b.nccl):
         return (
             f"Beyond the allocated peak {_b(m.overhead_bytes, units)}: device total "
-            f"{_b(m.total_bytes, units)}" + per_gpu
+            f"{_b(m.total_bytes, units)}{paged}" + per_gpu
         )
     nccl = f" + NCCL's buffers {_b(b.nccl, units)}" if b.nccl else ""
     nccl += f" + the colocated vLLM engine {_b(b.vllm_engine, units)}" if b.vllm_engine else ""
+    nccl += f" + paged optimizer states {_b(b.paged_optimizer_states, units)}" if paged else ""
     return (
         f"The caching allocator keeps {_b(b.allocator_cache, units)} more than is allocated "
         f"(replaying the step's requests through its rules): reserved "
