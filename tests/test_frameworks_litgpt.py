@@ -158,7 +158,7 @@ def test_adapter_files_set_the_llama_adapter_methods(tmp_path, name, method):
     text = "precision: bf16-true\nquantize: bnb.nf4-dq\ntrain: {micro_batch_size: 1}\n"
     s = read_framework_config(_write(tmp_path, text, name)).settings
     assert (s["method"], s["quant"], s["double_quant"]) == (method, "nf4", True)
-    assert s["optimizer"] == "adamw-fp32"
+    assert s["optimizer"] == "paged-adamw"  # bitsandbytes' 32-bit PagedAdamW
     s = read_framework_config(_write(tmp_path, "precision: bf16-true\n", name)).settings
     assert s["method"] == method and "quant" not in s
 
