@@ -16,6 +16,18 @@ def test_mistral_7b_by_hand():
     assert count_params(get_model("mistral-7b")) == total
 
 
+def test_mistral_7b_later_releases_by_hand():
+    # v0.2 and v0.3 keep v0.1's shapes and drop its 4096-token window (config.json
+    # "sliding_window": null); v0.3 grows the vocabulary to 32,768 (embedding and head).
+    h, L, f, kv = 4096, 32, 14336, 8 * 128
+    per_layer = h * h + 2 * h * kv + h * h + 3 * h * f + 2 * h
+    for name, V in (("mistral-7b-v0.2", 32000), ("mistral-7b-v0.3", 32768)):
+        arch = get_model(name)
+        assert count_params(arch) == V * h + L * per_layer + h + V * h
+        assert arch.sliding_window is None and get_model("mistral-7b").sliding_window == 4096
+    assert count_params(get_model("mistral-7b-v0.3")) == 7_248_023_552
+
+
 def test_mixtral_moe_by_hand():
     h, L, V, f, kv, E = 4096, 32, 32000, 14336, 1024, 8
     per_layer = 2 * h * h + 2 * h * kv + E * 3 * h * f + h * E + 2 * h

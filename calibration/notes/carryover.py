@@ -227,9 +227,8 @@ RUNS: list[Run] = [
         22.54,
         "GiB",
         {"batch_size": 12},
-        model="mistral-7b-v0.1",
+        model="mistral-7b-v0.2",
         gpu="rtx4090",
-        note="Mistral 7B v0.2 (no sliding window, rope 1e6) read with v0.1's config: the same shapes",
     ),
     Run(
         "fsdp_qlora",
@@ -239,10 +238,8 @@ RUNS: list[Run] = [
         22.54,
         "GiB",
         {"batch_size": 1, "seq_len": 24576},
-        model="mistral-7b-v0.1",
+        model="mistral-7b-v0.2",
         gpu="rtx4090",
-        note="Mistral 7B v0.2 read with v0.1's config (v0.1's 4096-token sliding window is "
-        "not what v0.2 runs; SDPA's memory does not depend on it)",
     ),
     # ---- torchtune README "Memory and training speed": batch 2, packed to 2048, compile
     Run(
