@@ -513,7 +513,9 @@ class RunConfig(limits.BoundedSettings):
         "logprob-tiles",
     ] = Field(
         "standard",
-        description="standard: transformers' cross-entropy over full logits; "
+        description="standard: transformers' cross-entropy over full logits (transformers "
+        "4.46-4.48, given as transformers_version: beside an fp32 copy of the shifted "
+        "logits); "
         "upcast-shifted: transformers < 4.46's causal-LM loss in the model's forward "
         "(logits.float(), an fp32 contiguous copy of the shifted logits, "
         "CrossEntropyLoss; the model returns the fp32 logits; under the torchtune "
