@@ -223,7 +223,7 @@ def outer_saved(
     masked_rows = Loss.rows(run) if run.loss == "linear-chunked" else None
     shifted = run.loss == "shifted"  # the model's own loss on a shifted 16-bit copy
     # transformers < 4.46: the cross-entropy over the shifted rows of fp32 logits
-    rows = Loss.rows(run) if run.loss in ("shifted", "upcast-shifted") else None
+    rows = Loss.rows(run) if Loss.kind(run) in ("shifted", "upcast-shifted") else None
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     saved = Loss.saved(
         arch,

@@ -530,7 +530,9 @@ class RunConfig(limits.BoundedSettings):
         "logprob-tiles",
     ] = Field(
         "standard",
-        description="standard: transformers' cross-entropy over full logits; "
+        description="standard: transformers' cross-entropy over full logits (transformers "
+        "4.46-4.48, given as transformers_version: beside an fp32 copy of the shifted "
+        "logits); "
         "upcast-shifted: transformers < 4.46's causal-LM loss in the model's forward "
         "(logits.float(), an fp32 contiguous copy of the shifted logits, "
         "CrossEntropyLoss; the model returns the fp32 logits; under the torchtune "
@@ -648,6 +650,22 @@ class RunConfig(limits.BoundedSettings):
             raise ValueError("takes a release as pip spells it, such as 4.37.2 or 2.1.0+cu121")
         return value
 
+    def _libraries_fit_framework(self) -> None:
+        """LitGPT and torchtune run their own model and adapter code, not transformers' or
+        peft's, so a release of either would change nothing that ran (it used to move
+        the estimate through transformers' attention and loss rules)."""
+        if self.framework not in ("litgpt", "torchtune"):
+            return
+        for option, value in (
+            ("transformers", self.transformers_version),
+            ("peft", self.peft_version),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"--{option}-version does not apply to --framework {self.framework}, "
+                    f"which runs its own model code rather than the {option} library: drop it"
+                )
+
     def _padding_fits_framework(self) -> None:
         """packed-flex is torchtune's collate and rotary (ops.attention.packed_flex)."""
         if self.padding == "packed-flex" and self.framework != "torchtune":
@@ -663,6 +681,7 @@ class RunConfig(limits.BoundedSettings):
         self._allocator_settings_fit()
         self._objective_settings_fit()
         self._padding_fits_framework()
+        self._libraries_fit_framework()
         if self.method == "partial" and self.trainable_modules is None:
             raise ValueError(
                 "--method partial needs --trainable-modules (regular expressions over "

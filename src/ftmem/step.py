@@ -542,7 +542,7 @@ def _loss_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int,
         "shifted": lambda: Loss.shifted_backward(run, V, e, T),
         "upcast-shifted": lambda: Loss.upcast_shifted_backward(run, V, e, T),
         "linear-chunked": lambda: Loss.linear_chunked_backward(arch, plan, e, T),
-    }.get(run.loss, lambda: 2 * T * V * FP32)()
+    }.get(Loss.kind(run), lambda: 2 * T * V * FP32)()
 
 
 def _logits_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
@@ -560,7 +560,7 @@ def _logits_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int
 def _head_lora_loss_saved(arch: Architecture, run: RunConfig, T: int) -> int:
     """The fp32 cross-entropy's saved item beside an adapted head (the standard loss's
     T rows; torchtune 0.1's upcast-shifted loss, the shifted R)."""
-    rows = Loss.rows(run) if run.loss == "upcast-shifted" else T
+    rows = Loss.rows(run) if Loss.kind(run) == "upcast-shifted" else T
     return Loss.cross_entropy_saved(rows, arch.vocab_size, FP32, False)
 
 
@@ -699,7 +699,7 @@ def _offloaded_loss_inputs(
         return (), 0
     # the shifted losses alike (their rows, their log-softmax's dtype), but CUDA
     # autocast's shifted one, whose cast is ordered apart (loss_requests.head_requests)
-    shifted = run.loss == "upcast-shifted" or (
+    shifted = Loss.kind(run) == "upcast-shifted" or (
         run.loss == "shifted" and not Loss.shifted_nll_cast(run, e)
     )
     if not (run.loss == "standard" or shifted):
@@ -726,7 +726,7 @@ def _offloaded_shifted_backward(
     the cast back of the shifted gradient (the shifted loss in fp32 under the CPU's
     autocast); the slice's zeros of the whole logits beside it; the cast back of those
     (upcast-shifted). 0 where it does not apply."""
-    if not loss_saved or run.loss not in ("shifted", "upcast-shifted"):
+    if not loss_saved or Loss.kind(run) not in ("shifted", "upcast-shifted"):
         return 0
     V, R = arch.vocab_size, Loss.rows(run)
     ls = Loss.shifted_log_softmax_bytes(run, e) if run.loss == "shifted" else FP32
@@ -795,12 +795,12 @@ def _head_requests(
         return None
     shifted = run.loss == "shifted"
     log_softmax_bytes = Loss.shifted_log_softmax_bytes(run, e) if shifted else FP32
-    R = Loss.rows(run) if run.loss in ("shifted", "upcast-shifted") else T
+    R = Loss.rows(run) if Loss.kind(run) in ("shifted", "upcast-shifted") else T
     V = arch.vocab_size
     nll_cast = shifted and Loss.shifted_nll_cast(run, e)
     saved_item = Loss.cross_entropy_saved(R, V, log_softmax_bytes, nll_cast)
     return loss_requests.head_requests(
-        run.loss,
+        Loss.kind(run),
         T,
         R,
         V,
@@ -818,6 +818,7 @@ def _head_requests(
         inputs=loss_inputs,
         loop_shifted=Loss.loop_shifted_copy(run, V, T) > 0,
         adapted_head=plan.head_lora,
+        keep_logits=Loss.keeps_logits(run),
     )
 
 

@@ -148,6 +148,15 @@ PEFT_LORA_SUM_OUT_OF_PLACE = (0, 9, 0)
 # layer's (1, s, rotary dims) pair in the value states' dtype stays alive between steps.
 LLAMA_LAST_COS_SIN_KEPT: Releases = (((4, 38, 0), (4, 38, 2)),)
 
+# transformers' ForCausalLMLoss of 4.46.0-4.48.x shifts the logits, not the labels:
+# ``logits = logits.float()``, ``shift_logits = logits[..., :-1, :].contiguous()`` (an fp32
+# copy of the T - b shifted rows), cross_entropy over them, while the model's forward still
+# names its 16-bit logits (4.46.0 and 4.48.1, 4.48.3 loss/loss_utils.py:32-48
+# ForCausalLMLoss; 4.48.1 models/mistral/modeling_mistral.py:848-860 passes ``logits`` to
+# ``self.loss_function`` and returns it). 4.49.0 pads and shifts the labels instead and
+# takes the unshifted logits (4.49.0 loss_utils.py ForCausalLMLoss: ``nn.functional.pad``).
+TRANSFORMERS_SHIFTED_LOGITS_LOSS: Releases = (((4, 46, 0), (4, 49, 0)),)
+
 _RELEASE = re.compile(r"\s*(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -179,6 +188,16 @@ def within(version: str | None, releases: Releases) -> bool:
     False when no version is given (the current release)."""
     parsed = release(version)
     return parsed is not None and any(lo <= parsed < hi for lo, hi in releases)
+
+
+def shifted_logits_loss(run: RunConfig) -> bool:
+    """transformers' own causal-LM loss (``--loss standard``, supervised finetuning) shifts
+    an fp32 copy of the logits beside the 16-bit ones (transformers 4.46-4.48)."""
+    return (
+        run.loss == "standard"
+        and run.objective == "sft"
+        and within(run.transformers_version, TRANSFORMERS_SHIFTED_LOGITS_LOSS)
+    )
 
 
 def bnb_runs_quantised_linears(run: RunConfig) -> bool:

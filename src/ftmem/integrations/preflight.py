@@ -282,7 +282,8 @@ def with_library_versions(live: LiveRun) -> None:
     if "torch_version" not in live.settings:
         live.set("torch_version", torch.__version__, said)
     transformers = report.installed("transformers")
-    if transformers and "transformers_version" not in live.settings:
+    own_models = live.settings.get("framework") in ("litgpt", "torchtune")  # no transformers
+    if transformers and not own_models and "transformers_version" not in live.settings:
         live.set("transformers_version", transformers, said)
     bnb = report.installed("bitsandbytes")
     optimizer = str(live.settings.get("optimizer"))

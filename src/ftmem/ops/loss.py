@@ -15,6 +15,7 @@ from ftmem.ops.registry import register
 from ftmem.ops.saved import Saved
 from ftmem.profiles import compiled_chunked_loss, head_chunk_tokens, profile_of
 from ftmem.run import UNPAIRED_OBJECTIVES, RunConfig
+from ftmem.versions import shifted_logits_loss
 
 CHUNKS = 8  # torchtune's num_output_chunks
 # rows per chunk of TRL's entropy_from_logits (trl/trainer/utils.py@f2cd57710ae3)
@@ -48,7 +49,24 @@ class Loss:
             # UnslothFusedLoss.forward: grad_inputs = torch.empty_like(hidden_states))
             return rows
         shifted = ("upcast-shifted", "shifted", "fused", "linear-chunked", "logprob-tiles")
-        return rows - run.batch_size if run.loss in shifted else rows
+        return rows - run.batch_size if Loss.kind(run) in shifted else rows
+
+    @staticmethod
+    def kind(run: RunConfig) -> str:
+        """The loss's code path: ``run.loss``, but transformers 4.46-4.48's standard loss
+        (versions.shifted_logits_loss), which upcasts and shifts the logits as the
+        upcast-shifted loss does and has its backward; its forward also keeps the 16-bit
+        logits (Loss.keeps_logits). A loop's own upcast-shifted loss stays apart."""
+        if shifted_logits_loss(run) and not profile_of(run).loop_shifted_loss:
+            return "upcast-shifted"
+        return run.loss
+
+    @staticmethod
+    def keeps_logits(run: RunConfig) -> bool:
+        """The upcast-shifted path with the 16-bit logits named through the loss: the
+        standard loss of transformers 4.46-4.48, where the model's forward passes its
+        logits to ForCausalLMLoss, which upcasts a copy (versions.py)."""
+        return run.loss == "standard" and Loss.kind(run) == "upcast-shifted"
 
     @staticmethod
     def saved(
@@ -166,7 +184,7 @@ class Loss:
             rows = Loss.rows(run)
             cast = rows * V * FP32 if Loss.shifted_log_softmax_bytes(run, e) != e else 0
             return T * V * e + Loss.shifted_copy(run, V, e) + cast
-        if run.loss == "upcast-shifted":
+        if Loss.kind(run) == "upcast-shifted":
             return Loss.upcast_shifted_forward(run, V, e, T)
         upcast = T * V * FP32 if e != FP32 else 0
         if run.loss == "linear-chunked":
@@ -201,8 +219,13 @@ class Loss:
         shifted labels are the saved item). Beyond that item, the larger of the 16-bit
         logits beside their fp32 copy (made before the item: written beyond it) and the
         fp32 logits beside the shifted copy and the item; the second, but for a cast
-        larger than the item (never at e ≤ 4: the item is R·V·4, R ≥ T/2)."""
+        larger than the item (never at e ≤ 4: the item is R·V·4, R ≥ T/2). transformers
+        4.46-4.48's standard loss (Loss.keeps_logits): the 16-bit logits, their fp32 copy
+        and the shifted copy at once (measured on the CPU: tests/test_shifted_logits_loss.py;
+        the shifted copy again none for one sequence)."""
         rows = Loss.rows(run)
+        if Loss.keeps_logits(run):
+            return (T * V * e if e != FP32 else 0) + T * V * FP32 + Loss.shifted_copy(run, V, FP32)
         cast = T * V * e + T * V * FP32 if e != FP32 else 0
         if profile_of(run).loop_shifted_loss:
             return Loss.loop_shifted_forward(V, rows, cast, T)

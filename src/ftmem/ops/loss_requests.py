@@ -340,6 +340,7 @@ def _upcast_shifted_loss(
     hold: bool = False,
     offloaded: bool = False,
     inputs: tuple[int, ...] = (),
+    keep_logits: bool = False,
 ) -> Programmed:
     """transformers < 4.46's LlamaForCausalLM.forward with labels (4.40.2
     models/llama/modeling_llama.py:1230-1244; 4.36.2 :1199-1213): the logits (T·V·e),
@@ -360,21 +361,27 @@ def _upcast_shifted_loss(
 
     ``offloaded`` and ``inputs``: as _causal_lm_loss's (save_on_cpu: the saved
     log-softmax, labels and total_weight die as the forward ends, each backward node
-    brings back its own copies; the forward names ``inputs`` until it ends)."""
+    brings back its own copies; the forward names ``inputs`` until it ends).
+
+    ``keep_logits``: transformers 4.46-4.48's ForCausalLMLoss (versions.py): the model's
+    forward names its 16-bit logits through the loss, which upcasts a copy (freed with
+    the shifted one as the loss returns); the model returns the 16-bit logits."""
     p = _Program(offloaded)
     cache = p.held_cache(held)
     named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
+    upcast = -1
     if e != FP32:
         upcast = p.alloc(T * V * FP32)
-        p.free(logits)
-        logits = upcast
+        if not keep_logits:
+            p.free(logits)
+            logits, upcast = upcast, -1
     shifted = p.alloc(_shifted_copy(T, R, V, FP32))
     labels = p.alloc(R * INDEX_BYTES)
     log_softmax = p.alloc(R * V * FP32)
     total_weight = p.alloc(FP32)
     p.saved_by_graph(log_softmax, labels, total_weight)
-    p.free(shifted, *named, cache)
+    p.free(shifted, upcast, *named, cache)
     p.drop_output(logits, hold)
     forward = p.cut()
     ls_grad = p.nll_backward(R * V * FP32, log_softmax, labels, total_weight)
@@ -593,10 +600,11 @@ def head_requests(
     inputs: tuple[int, ...] = (),
     loop_shifted: bool = False,
     adapted_head: bool = False,
+    keep_logits: bool = False,
 ) -> HeadRequests | None:
-    """The head's requests for ``loss`` (run.loss), or None where its order is not
-    derived (the fused, linear-chunked and log-probability-tile losses, whose moments
-    are one buffer or tile at a time; compiled chunks) or where the program does not lay
+    """The head's requests for ``loss`` (Loss.kind), or None where its order is not
+    derived (fused, linear-chunked, log-probability tiles, compiled chunks: one buffer
+    or tile at a time) or where the program does not lay
     out the timeline's own moments: its forward reaching ``logits_forward`` and the
     ``saved_item`` it keeps, its backward at most ``loss_backward`` beyond that item,
     and the item's bytes among what it keeps. ``output_held``: the model's output the
@@ -609,13 +617,12 @@ def head_requests(
     loss's program, _Program: none of them stays on the device past the forward, so
     the requests keep no saved item and the timeline's moments count it in), ``inputs``:
     what that forward names beyond ``held`` (_causal_lm_loss); ``loop_shifted``: the
-    upcast-shifted loss is torchtune 0.1's loop's (_loop_shifted_loss), whose held
-    shifted copy the timeline counts among what the loop holds (StepSizes.loop_held):
-    its moments are laid out with the last pass's copy live until the PREVIOUS request;
-    ``adapted_head``: with LoRA on the LM head (its program only: elsewhere None)."""
+    upcast-shifted loss is torchtune 0.1's loop's (_loop_shifted_loss), whose held shifted
+    copy the timeline counts (StepSizes.loop_held), the last pass's live until PREVIOUS;
+    ``adapted_head``: with LoRA on the LM head (its program only: elsewhere None);
+    ``keep_logits``: as _upcast_shifted_loss's."""
     hold = output_held > 0
-    # (the timeline's offloaded moments: the standard loss's and the shifted ones', but
-    # the shifted loss under CUDA's autocast, whose cast is ordered apart)
+    # (offloaded: the standard and shifted losses', but CUDA autocast's shifted one)
     shifted = loss == "upcast-shifted" or (loss == "shifted" and not nll_cast)
     if offloaded and not (loss == "standard" or shifted):
         return None
@@ -633,7 +640,7 @@ def head_requests(
     elif loss == "shifted":
         program = _shifted_loss(T, R, V, e, log_softmax_bytes, held, hold, offloaded, inputs)
     elif loss == "upcast-shifted":
-        program = _upcast_shifted_loss(T, R, V, e, held, hold, offloaded, inputs)
+        program = _upcast_shifted_loss(T, R, V, e, held, hold, offloaded, inputs, keep_logits)
     elif loss == "chunked" and not hold:
         program = _chunked_loss(T, V, e, held, head_grads)
     else:

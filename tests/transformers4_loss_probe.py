@@ -1,0 +1,98 @@
+"""Run under a real transformers 4.x (its unpacked wheel first on PYTHONPATH): the tensors
+as wide as the vocabulary that are live at the forward's and the backward's largest
+moments of one causal-LM step with labels (HF Trainer's compute_loss: the model's output
+dropped before backward).
+
+A tiny bf16 Mistral whose vocabulary dwarfs the rest, so that both moments are the
+loss's; only the last layer trains. A dispatch mode counts every storage an op returns
+(each once, freed with the storage), the parameters and inputs registered first.
+Prints one JSON line: per phase, the largest live total and, at that moment, each live
+tensor whose last dimension is the vocabulary (shape, dtype, bytes).
+Used by tests/test_shifted_logits_loss.py; not part of ftmem.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import weakref
+
+import torch
+import transformers
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from transformers import MistralConfig, MistralForCausalLM
+
+
+class Live(TorchDispatchMode):
+    """Live storages (key -> bytes, description) and the snapshot at the largest total."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[int, list[object]]] = {}
+        self.current = self.peak = 0
+        self.at_peak: dict[int, tuple[int, list[object]]] = {}
+
+    def add(self, t: torch.Tensor) -> None:
+        st = t.untyped_storage()
+        key, nbytes = st._cdata, st.nbytes()
+        if nbytes == 0 or key in self.live:
+            return
+        self.live[key] = (nbytes, [list(t.shape), str(t.dtype)])
+        self.current += nbytes
+        weakref.finalize(st, self.free, key).atexit = False
+        if self.current > self.peak:
+            self.peak, self.at_peak = self.current, dict(self.live)
+
+    def free(self, key: int) -> None:
+        item = self.live.pop(key, None)
+        if item is not None:
+            self.current -= item[0]
+
+    def reset(self) -> None:
+        self.peak, self.at_peak = self.current, dict(self.live)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.add(t)
+        return out
+
+
+def vocab_wide(live: Live, vocab: int) -> list[list[object]]:
+    return [[*desc, n] for n, desc in live.at_peak.values() if desc[0] and desc[0][-1] == vocab]
+
+
+def main() -> None:
+    b, s, vocab = (int(x) for x in sys.argv[1:4])
+    torch.manual_seed(0)
+    cfg = MistralConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    model = MistralForCausalLM(cfg).to(torch.bfloat16).train()
+    for name, p in model.named_parameters():
+        p.requires_grad_(".layers.1." in name)
+    ids = torch.randint(0, vocab, (b, s))
+    live = Live()
+    for t in [*model.parameters(), *model.buffers(), ids]:
+        live.add(t)
+    live.reset()
+    result: dict[str, object] = {"version": transformers.__version__}
+    with live:
+        loss = model(input_ids=ids, labels=ids).loss  # the output dropped, as compute_loss
+        result["forward"] = vocab_wide(live, vocab)
+        live.reset()
+        loss.backward()
+        result["backward"] = vocab_wide(live, vocab)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
