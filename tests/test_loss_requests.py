@@ -1013,3 +1013,65 @@ def test_an_offloaded_shifted_loss_counts_its_saved_item_and_input_at_the_logits
     assert offloaded.logits_forward == plain.logits_forward + T_ * h * 2 + saved
     requests = offloaded.requests
     assert requests is not None and requests.saved_item == 0
+
+
+def _saved_storages(step, hidden, weight, labels) -> set[int]:
+    """The data pointers of the storages the step's graph saves (saved-tensor hooks)."""
+    seen: set[int] = set()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step(hidden, weight, labels)
+    return seen
+
+
+@pytest.mark.parametrize("b", [1, 2])
+def test_one_sequences_shifted_losses_save_the_batchs_own_labels(b):
+    """``labels[..., 1:].contiguous()`` of one sequence is a view of the batch's labels
+    (the size-1 batch dimension is skipped by is_contiguous), and nll_loss saves that
+    view: the saved labels are no new storage at batch 1 (Qwen-1's loss, transformers
+    < 4.46's), a copy at batch 2. The programs request no R·8 at batch 1
+    (Loss.shifted_labels)."""
+    torch.manual_seed(0)
+    hidden = torch.randn(b, S, H, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(V, H, dtype=torch.bfloat16)
+    labels = torch.randint(0, V, (b, S))
+    for step in (_qwen_step(False), _legacy_llama_step(False)):
+        assert (labels.data_ptr() in _saved_storages(step, hidden, weight, labels)) is (b == 1)
+    Tb, R = b * S, b * (S - 1)
+    requests = (
+        loss_requests._shifted_loss(Tb, R, V, 2, 2),
+        loss_requests._shifted_cuda_program(Tb, R, V, 2, 0, False),
+        loss_requests._upcast_shifted_loss(Tb, R, V, 2),
+        loss_requests._loop_shifted_loss(Tb, R, V, 2),
+    )
+    for program in requests:
+        allocs = [v for op, v in program.phases()[0] if op == "alloc"]
+        assert allocs.count(R * 8) == (0 if b == 1 else 1)
+
+
+@pytest.mark.parametrize("loss", ["shifted", "upcast-shifted"])
+def test_the_timeline_keeps_no_labels_copy_for_one_sequence(loss):
+    """The shifted losses' saved item: the labels' R·8 at batch 2, none at batch 1, and
+    the head's requests (which check their kept bytes against that item) still lay out
+    the timeline's moments."""
+    from ftmem.api import run_config
+    from ftmem.presets import get_model
+    from ftmem.step import step_parts
+
+    arch = get_model("qwen2.5-0.5b")
+    n = 256
+    items = {}
+    for batch in (1, 2):
+        run = run_config(method="lora", precision="bf16", loss=loss, seq_len=n, batch_size=batch)
+        parts = step_parts(arch, run)
+        assert parts.sizes.head.requests is not None
+        (item,) = [s for s in parts.outer_items if s.what.startswith("loss:")]
+        items[batch] = item.nbytes
+    R1, V1 = n - 1, arch.vocab_size
+    ls = items[2] // (2 * R1 * V1)  # the log-softmax's element size
+    assert items[1] == R1 * V1 * ls + ls
+    assert items[2] == 2 * R1 * V1 * ls + 2 * R1 * 8 + ls

@@ -236,6 +236,7 @@ def outer_saved(
         masked_rows=masked_rows,
         cross_entropy=run.objective == "sft",
         loss_rows=rows,
+        labels=None if rows is None else Loss.shifted_labels(run),
         nll_cast=shifted and Loss.shifted_nll_cast(run, e),
         weight_casts=head_weight_casts(run, train or plan.head_trainable),
     )

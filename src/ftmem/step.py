@@ -560,8 +560,11 @@ def _logits_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int
 def _head_lora_loss_saved(arch: Architecture, run: RunConfig, T: int) -> int:
     """The fp32 cross-entropy's saved item beside an adapted head (the standard loss's
     T rows; torchtune 0.1's upcast-shifted loss, the shifted R)."""
-    rows = Loss.rows(run) if Loss.kind(run) == "upcast-shifted" else T
-    return Loss.cross_entropy_saved(rows, arch.vocab_size, FP32, False)
+    if Loss.kind(run) == "upcast-shifted":
+        return Loss.cross_entropy_saved(
+            Loss.rows(run), arch.vocab_size, FP32, False, Loss.shifted_labels(run)
+        )
+    return Loss.cross_entropy_saved(T, arch.vocab_size, FP32, False)
 
 
 def _head_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
@@ -710,9 +713,9 @@ def _offloaded_loss_inputs(
     dt = plan.dtypes
     head_copy = V * h * e if dt.autocast and dt.base == "fp32" and plan.outer_trainable else 0
     named = tuple(x for x in (T * h * dt.residual_bytes, head_copy) if x)
-    rows = Loss.rows(run) if shifted else T
+    rows, labels = (Loss.rows(run), Loss.shifted_labels(run)) if shifted else (T, None)
     log_softmax = Loss.shifted_log_softmax_bytes(run, e) if run.loss == "shifted" else FP32
-    return named, Loss.cross_entropy_saved(rows, V, log_softmax, False)
+    return named, Loss.cross_entropy_saved(rows, V, log_softmax, False, labels)
 
 
 def _offloaded_shifted_backward(
@@ -795,10 +798,12 @@ def _head_requests(
         return None
     shifted = run.loss == "shifted"
     log_softmax_bytes = Loss.shifted_log_softmax_bytes(run, e) if shifted else FP32
-    R = Loss.rows(run) if Loss.kind(run) in ("shifted", "upcast-shifted") else T
+    R, labels = T, None
+    if Loss.kind(run) in ("shifted", "upcast-shifted"):
+        R, labels = Loss.rows(run), Loss.shifted_labels(run)
     V = arch.vocab_size
     nll_cast = shifted and Loss.shifted_nll_cast(run, e)
-    saved_item = Loss.cross_entropy_saved(R, V, log_softmax_bytes, nll_cast)
+    saved_item = Loss.cross_entropy_saved(R, V, log_softmax_bytes, nll_cast, labels)
     return loss_requests.head_requests(
         Loss.kind(run),
         T,

@@ -139,8 +139,10 @@ def _latent_norm(
     out = []
     if x_grad:
         kept = projected if ctx.projection_out_bytes == FP32 else width
-        size = T * kept * FP32 + T * FP32
-        out.append(Saved(f"{label}: fp32 input + rstd", size, Kind.NORM_INPUT, Side.ATTENTION))
+        # two tensors, as the residual RMSNorm's (ops.norm.Norm.saved)
+        parts = (T * kept * FP32, T * FP32)
+        what = f"{label}: fp32 input + rstd"
+        out.append(Saved(what, sum(parts), Kind.NORM_INPUT, Side.ATTENTION, parts=parts))
     if w_grad:
         size = T * width * ctx.projection_out_bytes
         out.append(Saved(f"{label}: normalised", size, Kind.NORM_OUTPUT, Side.ATTENTION))

@@ -82,6 +82,7 @@ class Loss:
         loss_rows: int | None = None,
         nll_cast: bool = False,
         weight_casts: int = 1,
+        labels: int | None = None,
     ) -> list[Saved]:
         """The LM head and the loss over T positions: the head's input (when it trains), its
         16-bit weight copy under autocast (``weight_casts`` of them where the head is
@@ -96,7 +97,8 @@ class Loss:
         ``loss_rows``: the rows the cross-entropy takes, where it is not every position
         (the shifted loss: T − b); ``nll_cast``: nll_loss keeps an fp32 cast of the
         16-bit log-softmax (the shifted loss under CUDA's autocast:
-        Loss.shifted_nll_cast)."""
+        Loss.shifted_nll_cast); ``labels``: the saved labels' bytes where they are not the
+        rows' int64 copy (Loss.shifted_labels)."""
         V, h = arch.vocab_size, arch.hidden_size
         e = BYTES_PER_ELEMENT[plan.dtypes.compute]
         out: list[Saved] = []
@@ -124,7 +126,7 @@ class Loss:
         out.append(
             Saved(
                 f"loss: {kind} log-softmax{cast} + labels",
-                Loss.cross_entropy_saved(rows, V, log_softmax_bytes, nll_cast),
+                Loss.cross_entropy_saved(rows, V, log_softmax_bytes, nll_cast, labels),
             )
         )
         return out
@@ -227,13 +229,14 @@ class Loss:
         if Loss.keeps_logits(run):
             return (T * V * e if e != FP32 else 0) + T * V * FP32 + Loss.shifted_copy(run, V, FP32)
         cast = T * V * e + T * V * FP32 if e != FP32 else 0
+        labels = Loss.shifted_labels(run)
         if profile_of(run).loop_shifted_loss:
-            return Loss.loop_shifted_forward(V, rows, cast, T)
-        saved = Loss.cross_entropy_saved(rows, V, FP32, False)
+            return Loss.loop_shifted_forward(V, rows, cast, T, labels)
+        saved = Loss.cross_entropy_saved(rows, V, FP32, False, labels)
         return max(cast - saved, T * V * FP32 + Loss.shifted_copy(run, V, FP32))
 
     @staticmethod
-    def loop_shifted_forward(V: int, rows: int, cast: int, T: int) -> int:
+    def loop_shifted_forward(V: int, rows: int, cast: int, T: int, labels: int) -> int:
         """The loop's own upcast-shifted loss (Profile.loop_shifted_loss) in forward,
         beyond its saved item (the fp32 log-softmax, the labels, total_weight) and the
         shifted copy the loop holds (Loss.loop_shifted_copy: the previous pass's until the
@@ -246,8 +249,8 @@ class Loss:
         aten/src/ATen/native/cuda/SoftMax.cu host_softmax: ``auto input =
         input_.contiguous();``), and its output is contiguous (the structured meta's
         LEGACY_CONTIGUOUS_MEMORY_FORMAT), so nll_loss_nd's ``contiguous()`` (LossNLL.cpp)
-        copies nothing."""
-        saved = Loss.cross_entropy_saved(rows, V, FP32, False)
+        copies nothing. ``labels``: the saved labels' bytes (Loss.shifted_labels)."""
+        saved = Loss.cross_entropy_saved(rows, V, FP32, False, labels)
         return max(cast - saved, T * V * FP32 - saved, rows * V * FP32 - FP32, 0)
 
     @staticmethod
@@ -274,7 +277,7 @@ class Loss:
         zeros. The two later moments are written beyond the item they outlive. One
         sequence's (no copy in forward, so no CloneBackward0) makes the same tensors."""
         rows = Loss.rows(run)
-        saved = rows * V * FP32 + rows * INDEX_BYTES + FP32
+        saved = Loss.cross_entropy_saved(rows, V, FP32, False, Loss.shifted_labels(run))
         slice_zeros = rows * V * FP32 + T * V * FP32 - saved
         cast_back = T * V * FP32 + T * V * e - saved if e != FP32 else 0
         return max(2 * rows * V * FP32, slice_zeros, cast_back)
@@ -293,13 +296,27 @@ class Loss:
         return 0
 
     @staticmethod
-    def cross_entropy_saved(rows: int, V: int, log_softmax_bytes: int, nll_cast: bool) -> int:
-        """What cross_entropy keeps: the log-softmax, the int64 labels and nll_loss's
+    def cross_entropy_saved(
+        rows: int, V: int, log_softmax_bytes: int, nll_cast: bool, labels: int | None = None
+    ) -> int:
+        """What cross_entropy keeps: the log-softmax, the int64 labels (``labels`` bytes
+        where they are no new copy of the rows': Loss.shifted_labels) and nll_loss's
         total_weight scalar (in its input's dtype); with ``nll_cast``, nll_loss's input is
         an fp32 cast of the log-softmax, kept as well (NllLossBackward0 saves self)."""
         nll_input = FP32 if nll_cast else log_softmax_bytes
         cast = rows * V * FP32 if nll_cast else 0
-        return rows * V * log_softmax_bytes + cast + rows * INDEX_BYTES + nll_input
+        label_bytes = rows * INDEX_BYTES if labels is None else labels
+        return rows * V * log_softmax_bytes + cast + label_bytes + nll_input
+
+    @staticmethod
+    def shifted_labels(run: RunConfig) -> int:
+        """The bytes of the shifted losses' ``labels[..., 1:].contiguous()`` (Qwen-1's
+        loss, transformers < 4.46's, torchtune 0.1's loop: R int64, R = T − b): a copy
+        for b > 1; for one sequence the slice is contiguous (as the logits' slice,
+        Loss.shifted_copy), so ``contiguous()`` returns a view of the batch's labels and
+        the cross-entropy saves that: no new storage (measured on the CPU, storage
+        identity: tests/test_loss_requests.py)."""
+        return Loss.rows(run) * INDEX_BYTES if run.batch_size > 1 else 0
 
     @staticmethod
     def shifted_log_softmax_bytes(run: RunConfig, e: int) -> int:
@@ -353,7 +370,7 @@ class Loss:
         that (the later moments written beyond the saved item they outlive)."""
         rows = Loss.rows(run)
         if Loss.shifted_nll_cast(run, e):
-            saved = Loss.cross_entropy_saved(rows, V, e, True)
+            saved = Loss.cross_entropy_saved(rows, V, e, True, Loss.shifted_labels(run))
             cast = rows * V * (FP32 + e) + rows * V * e - saved
             zeros = rows * V * e + T * V * e - saved
             return max(rows * V * FP32, cast, zeros)

@@ -242,7 +242,7 @@ def _shifted_cuda_program(
     cache = p.held_cache(held)
     logits = p.alloc(T * V * e)
     shifted = p.alloc(_shifted_copy(T, R, V, e))
-    labels = p.alloc(R * INDEX_BYTES)
+    labels = p.alloc(_shifted_copy(T, R, 1, INDEX_BYTES))  # a view for one sequence
     log_softmax = p.alloc(R * V * e)
     cast = p.alloc(R * V * FP32)
     total_weight = p.alloc(FP32)
@@ -306,7 +306,7 @@ def _shifted_loss(
     named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
     shifted = p.alloc(_shifted_copy(T, R, V, e))
-    labels = p.alloc(R * INDEX_BYTES)
+    labels = p.alloc(_shifted_copy(T, R, 1, INDEX_BYTES))  # a view for one sequence
     cast = p.alloc(R * V * FP32) if log_softmax_bytes != e else -1
     log_softmax = p.alloc(R * V * log_softmax_bytes)
     total_weight = p.alloc(log_softmax_bytes)
@@ -348,8 +348,8 @@ def _upcast_shifted_loss(
     no node saves them; no copy when e = 4), ``logits[..., :-1, :].contiguous()``
     (R·V·4; none for one sequence, whose slice of the fp32 logits is contiguous:
     _shifted_copy; the same lines in 4.37.2 :1202-1215 and 4.45.2 :1219-1229, the
-    upcast always before the slice), the shifted labels' copy (R int64; a view for one
-    sequence too, still counted: the saved item's labels), CrossEntropyLoss's
+    upcast always before the slice), the shifted labels' copy (R int64; none for one
+    sequence, whose ``labels[..., 1:]`` is contiguous: Loss.shifted_labels), CrossEntropyLoss's
     log_softmax (R·V·4, saved) and nll_loss; the shifted copy dies when the forward
     returns, the fp32 logits with the model's output (HF Trainer's compute_loss drops
     it; a loop that holds it: ``hold``).
@@ -377,7 +377,7 @@ def _upcast_shifted_loss(
             p.free(logits)
             logits, upcast = upcast, -1
     shifted = p.alloc(_shifted_copy(T, R, V, FP32))
-    labels = p.alloc(R * INDEX_BYTES)
+    labels = p.alloc(_shifted_copy(T, R, 1, INDEX_BYTES))  # a view for one sequence
     log_softmax = p.alloc(R * V * FP32)
     total_weight = p.alloc(FP32)
     p.saved_by_graph(log_softmax, labels, total_weight)
@@ -447,7 +447,7 @@ def _loop_shifted_loss(
     p.previous()
     shifted = p.alloc(R * V * FP32)
     p.free(logits)
-    labels = p.alloc(R * INDEX_BYTES)
+    labels = p.alloc(_shifted_copy(T, R, 1, INDEX_BYTES))  # a view for one sequence
     contiguous = p.alloc(R * V * FP32)
     log_softmax = p.alloc(R * V * FP32)
     p.free(contiguous)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ftmem.arch import Architecture, Linear, Param, layout, qk_norm_params
-from ftmem.dtypes import FP32, layer_norm_saved_bytes, layer_norm_stats_bytes
+from ftmem.dtypes import FP32, layer_norm_stats_bytes
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
@@ -41,9 +41,12 @@ class Norm:
             # native_layer_norm saves its input and per-token mean and rstd (fp32 on CUDA)
             if x_grad or w_grad:
                 stats = layer_norm_stats_bytes(ctx.run.device, ctx.residual)
-                size = (0 if input_kept else T * h * ctx.residual) + 2 * T * stats
+                # three tensors: the input and native_layer_norm's two (T, 1) outputs
+                kept = () if input_kept else (T * h * ctx.residual,)
+                parts = (*kept, T * stats, T * stats)
                 what = "mean, rstd" if input_kept else "input, mean, rstd"
-                out.append(Saved(f"{label}: {what}", size, Kind.NORM_INPUT, side))
+                item = Saved(f"{label}: {what}", sum(parts), Kind.NORM_INPUT, side, parts=parts)
+                out.append(item)
             return out
         if profile_of(ctx.run).kernel_rms_norm:
             # one Triton kernel: save_for_backward(X, W, r), X in its own dtype, r the fp32
@@ -52,8 +55,9 @@ class Norm:
             if not (x_grad or w_grad):
                 return []
             in_bytes = ctx.projection_out_bytes if of_sublayer else ctx.residual
-            size = (0 if input_kept else T * h * in_bytes) + T * FP32
-            return [Saved(f"{label}: input + fp32 rstd (kernel)", size, Kind.NORM_INPUT, side)]
+            parts = (*(() if input_kept else (T * h * in_bytes,)), T * FP32)
+            what = f"{label}: input + fp32 rstd (kernel)"
+            return [Saved(what, sum(parts), Kind.NORM_INPUT, side, parts=parts)]
         gemma = ctx.arch.traits.norm_scale_in_fp32
         if ctx.compiled and side is not Side.OUTER and not gemma:
             return Norm._compiled_rms(ctx, label, x_grad, w_grad, side)
@@ -68,6 +72,7 @@ class Norm:
             what = "fp32 input + rstd"
             if ctx.arch.traits.norm_scale_plus_one:  # Gemma's fp32 (1 + w), made per call
                 parts, what = (*parts, h * FP32), "fp32 input + rstd + (1 + w)"
+            parts += _weight_cast(ctx, h)
             item = Saved(f"{label}: {what}", sum(parts), Kind.NORM_INPUT, side, parts=parts)
             out.append(item)
         if w_grad:
@@ -97,8 +102,10 @@ class Norm:
         normalised tensor alone (smaller than input + rstd) is what is kept."""
         T, h = ctx.tokens, ctx.arch.hidden_size
         if x_grad:
-            size = T * h * ctx.residual + T * FP32
-            return [Saved(f"{label}: input + rstd (compiled)", size, Kind.NORM_INPUT, side)]
+            # (the graph's input and the rstd buffer Inductor's kernel writes: two tensors)
+            parts = (T * h * ctx.residual, T * FP32)
+            what = f"{label}: input + rstd (compiled)"
+            return [Saved(what, sum(parts), Kind.NORM_INPUT, side, parts=parts)]
         if w_grad:
             return [Saved(f"{label}: normalised", T * h * ctx.residual, Kind.NORM_OUTPUT, side)]
         return []
@@ -191,21 +198,41 @@ class QKNorm:
             x_grad = all_grad or any(lin.module in own for lin in of)
             if arch.norm == "layernorm":
                 if x_grad or w_grad:
-                    e, stats = QKNorm._layer_norm_bytes(ctx, oe)
-                    size = layer_norm_saved_bytes(rows, width, e, stats)
+                    parts = QKNorm._layer_norm_parts(ctx, oe, rows, width)
                     what = f"{role} norm: input, mean, rstd"
-                    out.append(Saved(what, size, Kind.NORM_INPUT, Side.ATTENTION, of))
+                    out.append(
+                        Saved(what, sum(parts), Kind.NORM_INPUT, Side.ATTENTION, of, 0, parts)
+                    )
                 continue
             if x_grad:
-                size = rows * (copies * width + 1) * FP32
+                # separate tensors, as the residual norm's: the fp32 copy (Cohere's two
+                # centred copies) and the rstd, one fp32 value a row
+                parts = (*(rows * width * FP32,) * copies, rows * FP32)
                 what = f"{role} norm: fp32 input + rstd"
                 if arch.traits.norm_scale_plus_one:  # Gemma 3's fp32 (1 + w), per call
-                    size, what = size + width * FP32, f"{what} + (1 + w)"
-                out.append(Saved(what, size, Kind.NORM_INPUT, Side.ATTENTION, of))
+                    parts, what = (*parts, width * FP32), f"{what} + (1 + w)"
+                per_head = arch.traits.qk_norm_weights == "per_head"
+                parts += _weight_cast(ctx, heads * width if per_head else width)
+                out.append(Saved(what, sum(parts), Kind.NORM_INPUT, Side.ATTENTION, of, 0, parts))
             if w_grad:
                 what, size = f"{role} norm: normalised", rows * width * normed_bytes
                 out.append(Saved(what, size, Kind.NORM_OUTPUT, Side.ATTENTION, of))
         return out
+
+    @staticmethod
+    def _layer_norm_parts(ctx: LayerContext, oe: int, rows: int, width: int) -> tuple[int, ...]:
+        """The tensors a q/k LayerNorm keeps, in the order they are made: per call its
+        input and native_layer_norm's mean and rstd (one value a row each). Phi's one
+        module is one call over every head's rows; StableLM's per-head modules
+        (qk_norm_weights "modules") one call a head on its ``torch.split`` view, all
+        views of one projection output (one input storage) unless autocast casts each
+        to its own fp32 copy (measured on the CPU: tests/test_norm_requests.py)."""
+        e, stats = QKNorm._layer_norm_bytes(ctx, oe)
+        calls = rows // ctx.tokens if ctx.arch.traits.qk_norm_weights == "modules" else 1
+        n = rows // calls
+        if e != oe:  # each call's own fp32 copy of its input
+            return tuple(b for _ in range(calls) for b in (n * width * e, n * stats, n * stats))
+        return (rows * width * e, *(n * stats,) * (2 * calls))
 
     @staticmethod
     def _layer_norm_bytes(ctx: LayerContext, oe: int) -> tuple[int, int]:
@@ -251,9 +278,10 @@ class T5Norm:
         T, h, r = ctx.tokens, ctx.arch.hidden_size, ctx.residual
         out: list[Saved] = []
         if x_grad:
-            copy = T * h * FP32 + (T * h * r if r != FP32 else 0)
+            # three tensors (pow's fp32 copy, mul's input and rstd), two for an fp32 input
+            parts = (T * h * FP32, *((T * h * r,) if r != FP32 else ()), T * FP32)
             what = f"{label}: fp32 input, input, rstd"
-            out.append(Saved(what, copy + T * FP32, Kind.NORM_INPUT, side))
+            out.append(Saved(what, sum(parts), Kind.NORM_INPUT, side, parts=parts))
         if w_grad:
             out.append(Saved(f"{label}: normalised", T * h * r, Kind.NORM_OUTPUT, side))
         return out
@@ -264,6 +292,17 @@ class T5Norm:
         (it keeps its input in that dtype, not upcast)."""
         h = arch.hidden_size
         return 2 * T * h * FP32 + T * h * e
+
+
+def _weight_cast(ctx: LayerContext, n: int) -> tuple[int, ...]:
+    """CohereLayerNorm's ``self.weight.to(torch.float32) * hidden_states`` (transformers
+    5.25.0 models/cohere/modeling_cohere.py; the family's norm_centres_twice): the
+    product keeps the fp32 copy of the ``n`` 16-bit weights for its input's gradient, a
+    tensor made per call (measured on the CPU: tests/test_norm_requests.py). fp32
+    weights (the residual stream's dtype) are not copied; other norms keep none."""
+    if ctx.arch.traits.norm_centres_twice and ctx.residual != FP32:
+        return (n * FP32,)
+    return ()
 
 
 # what a norm keeps, for rules that select a norm's items (offload, checkpointed freeing)
