@@ -177,3 +177,20 @@ def test_r1_distill_1_5b_unties_what_qwen2_5_1_5b_ties():
 def test_yi_34b_is_the_calibration_sets_count():
     """The calibration set's Yi-34B rows give params_b 34.39 (Answer.AI FSDP+QLoRA)."""
     assert round(count_params(get_model("yi-34b")) / 1e7) == 3439
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "preset"),
+    [
+        ("unsloth/DeepSeek-R1-Distill-Llama-8B-bnb-4bit", "llama3.1-8b"),
+        ("unsloth/DeepSeek-R1-Distill-Qwen-1.5B-bnb-4bit", "deepseek-r1-distill-qwen-1.5b"),
+        ("unsloth/Mistral-Nemo-Instruct-2407-bnb-4bit", "mistral-nemo-12b"),
+        ("unsloth/SmolLM2-360M-Instruct", "smollm2-360m"),
+    ],
+)
+def test_reuploads_find_the_new_presets(repo_id, preset):
+    """An offline user's re-upload names reach the new presets through their Hub aliases."""
+    from ftmem.hub_names import reupload_of
+
+    found = reupload_of(repo_id)
+    assert found is not None and found.preset_id == preset
