@@ -1,8 +1,8 @@
 """The presets of widely finetuned models added without a preset before (TinyLlama, Yi,
-Mistral-Nemo, Mixtral-8x22B, SmolLM2, Falcon3, the DeepSeek-R1 distills, Qwen2.5-Coder):
-each count derived by hand from the config the preset cites, and equal to what
-transformers allocates for that config on the meta device. Where a model shares a
-preset's shapes it is an alias of it, and the test says which numbers make it so."""
+Mistral-Nemo, Mistral-Small-3, Codestral, Mixtral-8x22B, SmolLM2, Falcon3, the DeepSeek-R1
+distills, Qwen2.5-Coder): each count derived by hand from the config the preset cites, and
+equal to what transformers allocates for that config on the meta device. Where a model
+shares a preset's shapes it is an alias of it, and the test says which numbers make it so."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ HAND = {
     "yi-34b": _dense(64000, 7168, 60, 56, 8, 20480, tied=False),
     # head_dim 128 where hidden / heads is 160: q is 5120 x 4096, o 4096 x 5120
     "mistral-nemo-12b": _dense(131072, 5120, 40, 32, 8, 14336, head_dim=128, tied=False),
+    "mistral-small-24b-2501": _dense(131072, 5120, 40, 32, 8, 32768, head_dim=128, tied=False),
+    "codestral-22b": _dense(32768, 6144, 56, 48, 8, 16384, tied=False),
     "smollm2-135m": _dense(49152, 576, 30, 9, 3, 1536, tied=True),
     "smollm2-360m": _dense(49152, 960, 32, 15, 5, 2560, tied=True),
     "smollm2-1.7b": _dense(49152, 2048, 24, 32, 32, 8192, tied=True),
@@ -60,6 +62,7 @@ def test_hand_counts_written_out():
     assert HAND["yi-34b"] == 34_388_917_248
     assert HAND["mistral-nemo-12b"] == 12_247_782_400
     assert HAND["mixtral-8x22b"] == 140_630_071_296
+    assert HAND["codestral-22b"] == 22_247_282_688
     assert HAND["smollm2-135m"] == 134_515_008
     assert HAND["falcon3-7b"] == 7_455_550_464
     assert HAND["deepseek-r1-distill-qwen-1.5b"] == 1_777_088_000
@@ -97,6 +100,18 @@ CONFIGS = {
         num_local_experts=8, num_experts_per_tok=2, hidden_act="silu",
         max_position_embeddings=65536, rope_theta=1000000.0, sliding_window=None,
         tie_word_embeddings=False,
+    ),
+    "mistral-small-24b-2501": dict(
+        model_type="mistral", vocab_size=131072, hidden_size=5120, intermediate_size=32768,
+        num_hidden_layers=40, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+        hidden_act="silu", max_position_embeddings=32768, rope_theta=100000000.0,
+        sliding_window=None, tie_word_embeddings=False,
+    ),
+    "codestral-22b": dict(
+        model_type="mistral", vocab_size=32768, hidden_size=6144, intermediate_size=16384,
+        num_hidden_layers=56, num_attention_heads=48, num_key_value_heads=8,
+        hidden_act="silu", max_position_embeddings=32768, rope_theta=1000000.0,
+        sliding_window=None, tie_word_embeddings=False,
     ),
     "smollm2-135m": dict(
         SMOLLM2, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -146,6 +161,8 @@ ALIASES = {
     "mistralai/Mistral-Nemo-Instruct-2407": "mistral-nemo-12b",
     "tiiuae/Falcon3-7B-Instruct": "falcon3-7b",
     "HuggingFaceTB/SmolLM2-1.7B-Instruct": "smollm2-1.7b",
+    "mistralai/Mistral-Small-Instruct-2409": "codestral-22b",
+    "mistralai/Mistral-Small-24B-Base-2501": "mistral-small-24b-2501",
 }
 
 
@@ -172,6 +189,15 @@ def test_r1_distill_1_5b_unties_what_qwen2_5_1_5b_ties():
     base = get_model("qwen2.5-1.5b")
     assert base.tie_embeddings and not distill.tie_embeddings
     assert count_params(distill) - count_params(base) == 151936 * 1536
+
+
+def test_mistral_small_3_is_3_1s_language_model():
+    """Mistral-Small-24B-2501's config is the text config of Mistral-Small-3.1-24B: the
+    count that preset's comment gives for its language model with its own LM head."""
+    text_only = get_model("mistral-small-24b-2501")
+    assert count_params(text_only) == 23_572_403_200
+    with_vision = get_model("mistral-small-3.1-24b")
+    assert with_vision.vision is not None and text_only.vision is None
 
 
 def test_yi_34b_is_the_calibration_sets_count():
