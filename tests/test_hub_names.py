@@ -48,6 +48,7 @@ def test_the_uploaders_suffixes_come_off(repo_id, name, quant):
         ("unsloth/Qwen2.5-7B-Instruct-bnb-4bit", "qwen2.5-7b"),
         ("unsloth/gemma-2-9b-it-bnb-4bit", "gemma2-9b"),
         ("unsloth/Qwen3-1.7B-unsloth-bnb-4bit", "qwen3-1.7b"),
+        ("unsloth/mistral-7b-v0.3", "mistral-7b-v0.3"),  # its own preset: a larger vocabulary
     ],
 )
 def test_a_reupload_is_its_preset(repo_id, preset):
@@ -59,7 +60,7 @@ def test_a_reupload_is_its_preset(repo_id, preset):
 @pytest.mark.parametrize(
     "repo_id",
     [
-        "unsloth/mistral-7b-v0.3",  # v0.3 has a larger vocabulary: no preset of it
+        "unsloth/Phi-3.5-MoE-instruct",  # no preset of it (phi3.5-mini is another model)
         "someone/llama-2-7b-longlora-32k",  # a changed model, not a re-upload
         "acme/not-a-model",
     ],
