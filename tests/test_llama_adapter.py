@@ -21,6 +21,7 @@ from ftmem.api import _architecture, run_config
 from ftmem.errors import InvalidInputError
 from ftmem.methods import plan_method
 from ftmem.ops.context import LayerContext
+from tests.saved_storages import saved_storages
 
 torch = pytest.importorskip("torch")
 
@@ -107,21 +108,10 @@ def test_refusals_are_one_sentence() -> None:
         estimate("mixtral-8x7b", method="llama-adapter")
 
 
-def _saved_bytes(fn, params: tuple[object, ...]) -> int:
+def _saved_bytes(fn, params: tuple[torch.Tensor, ...]) -> int:
     """Bytes of the distinct storages autograd saves while ``fn`` runs, parameters left
     out (they are the weights, not activations)."""
-    seen: dict[int, int] = {}
-    skip = {p.untyped_storage().data_ptr() for p in params}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in skip:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
+    return sum(saved_storages(fn, params))
 
 
 def test_gate_keeps_the_prompt_attention_output() -> None:

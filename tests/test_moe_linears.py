@@ -20,6 +20,7 @@ from ftmem.ops.moe import MoE
 from ftmem.parallel import parallel_step
 from ftmem.presets import get_model
 from tests.conftest import tiny
+from tests.saved_storages import saved_storages
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -134,19 +135,7 @@ class SparseMoe4x(nn.Module):
 
 def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
     """Bytes of the distinct storages autograd saves, parameters excluded."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = module(x)
-    del out
-    return sum(seen.values())
+    return sum(saved_storages(lambda: module(x), module.parameters()))
 
 
 @pytest.mark.parametrize(

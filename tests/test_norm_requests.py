@@ -27,6 +27,7 @@ from ftmem.estimate import _tensors
 from ftmem.ops.saved import Kind, Saved
 from ftmem.presets import get_model
 from ftmem.step import step_parts
+from tests.saved_storages import saved_storages
 
 B, S = 2, 64
 
@@ -36,17 +37,7 @@ def _saved_storages(h: int) -> list[int]:
     needs a gradient, its weight frozen (LoRA's), the weight itself left out."""
     norm = LlamaRMSNorm(h).to(torch.bfloat16).requires_grad_(False)
     x = torch.randn(B, S, h, dtype=torch.bfloat16, requires_grad=True)
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() != norm.weight.data_ptr():
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        norm(x)
-    return sorted(seen.values())
+    return saved_storages(lambda: norm(x), norm.parameters())
 
 
 def test_the_rms_norm_saves_its_fp32_input_and_rstd_apart():
@@ -80,18 +71,7 @@ def test_an_item_rescaled_since_is_one_request():
 def _storages(module: torch.nn.Module, x: torch.Tensor) -> list[int]:
     """The bytes of each storage ``module(x)`` saves for backward, its parameters left
     out (``x`` a view counts as its base's storage, as the allocator sees it)."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return sorted(seen.values())
+    return saved_storages(lambda: module(x), module.parameters())
 
 
 def _requests(name: str, label: str, device: str = "cuda", **update) -> list[int]:

@@ -206,15 +206,7 @@ def _with_vllm_engine(
     vllm = vllm_reserved_bytes(run, gpu.memory_bytes)
     if not vllm:
         return memory
-    beyond = memory.beyond_allocated.model_copy(update={"vllm_engine": vllm})
-    return memory.model_copy(
-        update={
-            "total_bytes": memory.total_bytes + vllm,
-            "device_bytes": memory.device_bytes + vllm,
-            "overhead_bytes": memory.overhead_bytes + vllm,
-            "beyond_allocated": beyond,
-        }
-    )
+    return memory.with_outside(vllm_engine=vllm)
 
 
 def _step_notes(parts: StepParts, run: RunConfig, teacher: Teacher | None) -> list[str]:

@@ -130,6 +130,19 @@ class Memory(_Frozen):
     activations_outer: list[SavedItem]
     run_peak: RunPeak | None = None  # CUDA, one GPU: the moments outside the step
 
+    def with_outside(self, **parts: int) -> Memory:
+        """The same memory with device bytes outside torch's allocator added: each part
+        named as its ``beyond_allocated`` field, and in the device total and overhead."""
+        added = sum(parts.values())
+        return self.model_copy(
+            update={
+                "total_bytes": self.total_bytes + added,
+                "device_bytes": self.device_bytes + added,
+                "overhead_bytes": self.overhead_bytes + added,
+                "beyond_allocated": self.beyond_allocated.model_copy(update=parts),
+            }
+        )
+
 
 class ModelInfo(_Frozen):
     name: str

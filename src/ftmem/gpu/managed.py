@@ -49,17 +49,9 @@ def with_paged_states(memory: Memory, paged: int, gpu: Gpu | None) -> Memory:
         return memory
     hard = memory.device_bytes
     resident = resident_bytes(hard, paged, gpu)
-    beyond = memory.beyond_allocated.model_copy(
-        update={"paged_optimizer_states": resident, "paged_to_host": paged - resident}
-    )
-    return memory.model_copy(
-        update={
-            "total_bytes": memory.total_bytes + resident,
-            "device_bytes": memory.device_bytes + resident,
-            "overhead_bytes": memory.overhead_bytes + resident,
-            "beyond_allocated": beyond,
-        }
-    )
+    with_resident = memory.with_outside(paged_optimizer_states=resident)
+    host = with_resident.beyond_allocated.model_copy(update={"paged_to_host": paged - resident})
+    return with_resident.model_copy(update={"beyond_allocated": host})
 
 
 def paged_notes(memory: Memory, paged: int, gpu: Gpu | None) -> list[str]:
