@@ -93,6 +93,8 @@ SIMPLE_STATES_PER_PARAM = {  # 16-bit values per trainable parameter, seed's rul
     "adamw-8bit": 2,
     "paged-adamw-8bit": 2,
     "paged-adamw": 2,
+    "paged-lion": 1,
+    "paged-lion-8bit": 1,
     "ao-adamw-8bit": 2,
     "ao-adamw-4bit": 2,
     "ao-adamw-fp8": 2,

@@ -26,6 +26,8 @@ STATES_PER_PARAM = {  # optimizer values kept per trainable parameter
     "adamw-8bit": "2 8-bit (with per-256-value block scales)",
     "paged-adamw-8bit": "2 8-bit (with per-256-value block scales)",
     "paged-adamw": "2 fp32, bitsandbytes",
+    "paged-lion": "1 fp32 (momentum), bitsandbytes",
+    "paged-lion-8bit": "1 8-bit (momentum, with per-256-value block scales)",
     "ao-adamw-8bit": "2 8-bit, torchao (with per-block fp32 scales)",
     "ao-adamw-4bit": "2 4-bit, torchao (with per-block fp32 scales)",
     "ao-adamw-fp8": "2 FP8 e4m3, torchao (with per-block fp32 scales)",
