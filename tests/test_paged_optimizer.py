@@ -199,3 +199,72 @@ def test_framework_configs_name_the_paged_classes(tmp_path):
         assert read("PagedLion8bit") == "paged-lion-8bit"
         assert read("PagedAdam") == read("PagedAdam32bit") == "paged-adamw"
         assert read("PagedAdam8bit") == read("PagedAdamW8bit") == "paged-adamw-8bit"
+
+
+# several GPUs: what each engine hands the optimizer decides what is paged
+# (ftmem.paged_ranks); the sizes below are derived from the real model's parameters
+WIDE = tiny("llama", vocab_size=2400, intermediate_size=1100)  # embed/head 230,400 each
+
+
+def _sizes(arch) -> list[int]:
+    model = build_model(arch, RunConfig(**SETTINGS, optimizer="adamw-8bit")).model
+    return [p.numel() for p in model.parameters() if p.requires_grad]
+
+
+def _rank_paged(arch, strategy: str, gpus: int, **extra: object) -> int:
+    est = estimate(
+        arch,
+        optimizer="paged-adamw-8bit",
+        device="cuda",
+        gpus=gpus,
+        strategy=strategy,
+        **SETTINGS,
+        **extra,
+    )
+    return est.memory.beyond_allocated.paged_optimizer_states
+
+
+def test_ddp_ranks_page_as_one_gpu():
+    """DDP leaves each rank the model's own parameters: bitsandbytes' rule per rank."""
+    assert _rank_paged(ARCH, "ddp", 4) == _bnb_paged_bytes()
+
+
+@pytest.mark.parametrize("strategy", ["zero1", "zero2", "zero3"])
+def test_zero_pages_the_whole_flat_partition(strategy):
+    """ZeRO hands the optimizer one flat fp32 partition per rank (stage_1_and_2.py
+    l.516, stage3.py l.1210): two uint8 buffers of all of it once it has 1e5 values,
+    none below (the norms included, which on one GPU stay in the allocator)."""
+    psi = sum(_sizes(ARCH))
+    assert _rank_paged(ARCH, strategy, 4) == 2 * -(-psi // 4)  # 234,552 values
+    assert psi // 16 < 100_000
+    assert _rank_paged(ARCH, strategy, 16) == 0
+
+
+def test_fsdp1_pages_the_pieces_of_1e5_values():
+    """FSDP1 hands each parameter's local piece (numel / N values): over 2 ranks the
+    230,400-value embedding and head give pieces of 115,200 (paged), the MLP's 105,600
+    pieces of 52,800 (not)."""
+    sizes = _sizes(WIDE)
+    pieces = [-(-n // 2) for n in sizes]
+    expected = sum(2 * n for n in pieces if n >= 100_000)
+    assert expected == 2 * 2 * 115_200
+    assert _rank_paged(WIDE, "fsdp", 2, fsdp_version=1) == expected
+
+
+def test_offloaded_states_are_not_paged():
+    """On the CPU bitsandbytes pages nothing (get_state_buffer l.375-382)."""
+    assert _rank_paged(ARCH, "zero2", 4, offload_optimizer="cpu") == 0
+
+
+def test_fsdp2_with_a_bitsandbytes_optimizer_is_refused(capsys):
+    from ftmem.cli import main
+    from ftmem.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="DTensor parameters"):
+        _rank_paged(ARCH, "fsdp", 2, fsdp_version=2)
+    args = ["estimate", "llama-3.1-8b", "--optimizer", "paged-lion", "--gpus", "2"]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--strategy", "fsdp", "--fsdp-version", "2"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "bitsandbytes issue #1633" in err
+    assert "Traceback" not in err
