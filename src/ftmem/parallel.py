@@ -1614,9 +1614,7 @@ def rank_memory(
         groups, totals, base = _expert_parallel(groups, arch, run, plan, par.ep, totals, base)
     checks = s == "zero3" and zero3_checks_overflow(run, plan.dtypes.compute)
     on = _sharded(s, par, arch, groups, totals, base.gradients.per_block, checks)
-    hands = paged_hands(s, run, par)
-    paged = rank_paged_bytes(groups, run, hands, par.shard_group) if hands else 0
-    on = dataclasses.replace(on, states=on.states - paged)  # not the allocator's
+    on, paged = _without_paged(s, run, par, groups, on)
     # an older transformers release's buffers (release_buffers): whole on every rank
     extra = stage_buffer_bytes(arch, run, plan.dtypes, par.pp)
     if extra:
@@ -1660,6 +1658,16 @@ def rank_memory(
         disk_bytes=on.disk,
         paged_bytes=paged,
     )
+
+
+def _without_paged(
+    s: Strategy, run: RunConfig, par: ParallelConfig, groups: Iterable[TensorGroup], on: _Resident
+) -> tuple[_Resident, int]:
+    """The rank's states less bitsandbytes' paged buffers (not the allocator's), and
+    those buffers' bytes (ftmem.paged_ranks)."""
+    hands = paged_hands(s, run, par)
+    paged = rank_paged_bytes(groups, run, hands, par.shard_group) if hands else 0
+    return dataclasses.replace(on, states=on.states - paged), paged
 
 
 def paging_unmodelled(s: Strategy, par: ParallelConfig) -> bool:
