@@ -72,3 +72,27 @@ def test_explain_many_gpus_and_from_config(tmp_path):
 def test_explain_bad_format():
     res = run("explain", "gpt2", "--format", "html")
     assert res.exit_code == 2
+
+
+def test_the_states_section_splits_paged_buffers_as_the_estimate_does():
+    """bitsandbytes' paged buffers: resident beside the hard requirement, the rest in
+    host RAM, and what stays in torch's allocator (ftmem.gpu.managed)."""
+    flags = ["--method", "full", "--optimizer", "paged-adamw-8bit", "--optimizer-in-backward",
+             "--grad-ckpt", "--seq-len", "512"]  # fmt: skip
+    est = estimate("llama-3.1-8b", method="full", optimizer="paged-adamw-8bit",
+                   optimizer_in_backward=True, grad_ckpt=True, seq_len=512, gpu="rtx4090")  # fmt: skip
+    m, b = est.memory, est.memory.beyond_allocated
+    paged = b.paged_optimizer_states + b.paged_to_host
+    assert b.paged_to_host > 0 and b.paged_optimizer_states > 0
+    out = run("explain", "llama-3.1-8b", *flags, "--gpu", "rtx4090").output
+    assert f"Of these, {gb(paged)} are bitsandbytes' paged buffers" in out
+    assert f"{gb(b.paged_optimizer_states)} resident on the GPU" in out
+    assert f"{gb(b.paged_to_host)} paged to host RAM" in out
+    assert f"{gb(m.optimizer_states_bytes - paged)} in torch's allocator" in out
+    # a non-paged optimizer says nothing of it; under ZeRO the per-GPU section splits
+    assert "paged buffers" not in run("explain", "llama-3.1-8b", "--method", "full").output
+    zero = run("explain", "llama-3.1-8b", *flags[:4], "--gpus", "4", "--strategy", "zero2")
+    paged = estimate("llama-3.1-8b", method="full", optimizer="paged-adamw-8bit", gpus=4,
+                     strategy="zero2").memory.beyond_allocated.paged_optimizer_states  # fmt: skip
+    assert zero.exit_code == 0, zero.output
+    assert f"Of these, {gb(paged)} are bitsandbytes' paged buffers" in zero.output

@@ -64,6 +64,9 @@ DEEPSPEED = {"zero1", "zero2", "zero3"}
 FSDP = {"fsdp", "fsdp-hybrid", "fsdp-grad-op", "fsdp-no-shard"}
 CAI_ZERO = {"colossalai-zero1", "colossalai-zero2"}  # ColossalAI's ZeRO (LowLevelZero/Hybrid)
 COLOSSALAI = CAI_ZERO | {"colossalai-3d", "colossalai-gemini"}
+# bitsandbytes' optimizers, which do not run on FSDP2's DTensor parameters (bitsandbytes
+# issue #1633; ftmem.paged_ranks): under FSDP, FSDP1 only
+BNB = {"adamw-8bit", "paged-adamw-8bit", "paged-adamw", "paged-lion", "paged-lion-8bit"}
 
 # Every option of `estimate` with choices, each with all its values (flags: given or not).
 ESTIMATE: dict[str, list[str]] = {
@@ -290,6 +293,7 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     ),
     # torch's FSDP implementation: FSDP strategies only
     lambda v: _given(v, "--fsdp-version") and "--strategy" in v and not _is(v, "--strategy", *FSDP),
+    lambda v: _is(v, "--optimizer", *BNB) and _is(v, "--fsdp-version", "2"),
     # ColossalAI (hpcaitech/ColossalAI 4f9953be335e): CPU offload only; HybridParallel takes
     # zero_stage 2 without a pipeline only; Gemini: no pipeline, no sequence split without
     # tensor parallel, no LoRA (support_lora False), 16-bit, HybridAdam, no GaLore
@@ -569,6 +573,8 @@ def _row_ok(row: dict[str, str]) -> bool:
         return False  # FSDP cannot move the optimizer alone (CPUOffload moves weights too)
     if strategy in FSDP and offload_params == "cpu" and offload_opt == "none":
         return False  # nor the weights without the optimizer step
+    if strategy in FSDP and g["--optimizer"] in BNB and g["--fsdp-version"] != "1":
+        return False  # bitsandbytes on FSDP2 (BNB)
     if strategy == OMIT and world == 1 and "cpu" in (offload_opt, offload_params):
         return False
     if g["--emit"] != OMIT and strategy in (OMIT, "single"):

@@ -10,6 +10,7 @@ and the code books are always ``torch.zeros`` / ``.to(device)``, in torch's allo
 
 from __future__ import annotations
 
+import json
 from functools import cache
 
 import pytest
@@ -121,3 +122,149 @@ def test_the_cli_shows_the_paged_states(fmt, capsys):
     out = capsys.readouterr().out
     assert done.value.code == 0
     assert ("paged_optimizer_states" if fmt == "json" else "Paged optimizer states") in out
+
+
+# bitsandbytes' paged classes as (state buffers per parameter, bytes per value of a
+# buffer of 1e5+ values): Optimizer2State keeps state1 and state2, Optimizer1State
+# (Lion) state1 only (optimizer.py l.492-532, l.664-698)
+PAGED_BUFFERS = {
+    "paged-adamw-8bit": (2, 1),
+    "paged-adamw": (2, 4),
+    "paged-lion": (1, 4),
+    "paged-lion-8bit": (1, 1),
+}
+
+
+@pytest.mark.parametrize("optimizer", sorted(PAGED_BUFFERS))
+def test_each_paged_class_pages_its_own_buffers(optimizer):
+    """bitsandbytes' rule over the real model's trainable parameters, for each class:
+    its buffers of every parameter of 1e5+ values leave the allocator's peak."""
+    buffers, width = PAGED_BUFFERS[optimizer]
+    model = build_model(ARCH, RunConfig(**SETTINGS, optimizer="adamw-8bit")).model
+    paged_bytes = sum(
+        buffers * width * p.numel() for p in model.parameters() if p.numel() >= 100_000
+    )
+    est = _figures(optimizer)
+    assert est.memory.beyond_allocated.paged_optimizer_states == paged_bytes
+    on_cpu = _figures(optimizer, "cpu")  # the same states, none paged
+    assert est.memory.optimizer_states_bytes == on_cpu.memory.optimizer_states_bytes
+
+
+def test_lion_8bit_keeps_one_code_book_on_the_gpu():
+    """Optimizer1State.init_state moves only the signed map to the device (l.686)."""
+    lion, adam = _figures("paged-lion-8bit"), _figures("paged-adamw-8bit")
+    model = build_model(ARCH, RunConfig(**SETTINGS, optimizer="adamw-8bit")).model
+    sizes = [p.numel() for p in model.parameters()]
+    # Adam: two uint8 buffers and two absmax vectors per tensor of 4096+ values, two
+    # fp32 buffers per smaller one (min_8bit_size), two maps; Lion one of each
+    per_state = sum(n + 4 * -(-n // 256) if n >= 4096 else 4 * n for n in sizes) + 256 * 4
+    assert adam.memory.optimizer_states_bytes - lion.memory.optimizer_states_bytes == per_state
+
+
+def test_framework_configs_name_the_paged_classes(tmp_path):
+    """HF ``optim`` names (transformers 5.25 trainer_optimizer.py: "paged" -> is_paged,
+    "8bit" -> optim_bits 8, "lion" -> bitsandbytes' Lion), torchtune ``_component_`` and
+    LitGPT ``class_path`` (bitsandbytes.optim's classes; Adam and AdamW keep the same
+    states)."""
+    from ftmem.frameworks import read_framework_config
+
+    def hf(optim: str) -> str:
+        path = tmp_path / "trl.json"
+        path.write_text(
+            json.dumps({"model_name_or_path": "meta-llama/Llama-2-7b-hf", "optim": optim})
+        )
+        return read_framework_config(str(path)).settings["optimizer"]
+
+    def torchtune(cls: str) -> str:
+        path = tmp_path / "tt.yaml"
+        path.write_text(
+            "model:\n  _component_: torchtune.models.llama3_1.lora_llama3_1_8b\n"
+            f"optimizer:\n  _component_: bitsandbytes.optim.{cls}\n"
+        )
+        return read_framework_config(str(path)).settings["optimizer"]
+
+    def litgpt(cls: str) -> str:
+        path = tmp_path / "lit.yaml"
+        path.write_text(
+            "checkpoint_dir: checkpoints/meta-llama/Llama-2-7b-hf\n"
+            f"optimizer: {{class_path: bitsandbytes.optim.{cls}}}\n"
+        )
+        return read_framework_config(str(path)).settings["optimizer"]
+
+    assert hf("paged_lion_32bit") == "paged-lion"
+    assert hf("paged_lion_8bit") == "paged-lion-8bit"
+    assert (hf("paged_adamw_8bit"), hf("paged_adamw_32bit")) == ("paged-adamw-8bit", "paged-adamw")
+    for read in (torchtune, litgpt):
+        assert read("PagedLion") == read("PagedLion32bit") == "paged-lion"
+        assert read("PagedLion8bit") == "paged-lion-8bit"
+        assert read("PagedAdam") == read("PagedAdam32bit") == "paged-adamw"
+        assert read("PagedAdam8bit") == read("PagedAdamW8bit") == "paged-adamw-8bit"
+
+
+# several GPUs: what each engine hands the optimizer decides what is paged
+# (ftmem.paged_ranks); the sizes below are derived from the real model's parameters
+WIDE = tiny("llama", vocab_size=2400, intermediate_size=1100)  # embed/head 230,400 each
+
+
+def _sizes(arch) -> list[int]:
+    model = build_model(arch, RunConfig(**SETTINGS, optimizer="adamw-8bit")).model
+    return [p.numel() for p in model.parameters() if p.requires_grad]
+
+
+def _rank_paged(arch, strategy: str, gpus: int, **extra: object) -> int:
+    est = estimate(
+        arch,
+        optimizer="paged-adamw-8bit",
+        device="cuda",
+        gpus=gpus,
+        strategy=strategy,
+        **SETTINGS,
+        **extra,
+    )
+    return est.memory.beyond_allocated.paged_optimizer_states
+
+
+def test_ddp_ranks_page_as_one_gpu():
+    """DDP leaves each rank the model's own parameters: bitsandbytes' rule per rank."""
+    assert _rank_paged(ARCH, "ddp", 4) == _bnb_paged_bytes()
+
+
+@pytest.mark.parametrize("strategy", ["zero1", "zero2", "zero3"])
+def test_zero_pages_the_whole_flat_partition(strategy):
+    """ZeRO hands the optimizer one flat fp32 partition per rank (stage_1_and_2.py
+    l.516, stage3.py l.1210): two uint8 buffers of all of it once it has 1e5 values,
+    none below (the norms included, which on one GPU stay in the allocator)."""
+    psi = sum(_sizes(ARCH))
+    assert _rank_paged(ARCH, strategy, 4) == 2 * -(-psi // 4)  # 234,552 values
+    assert psi // 16 < 100_000
+    assert _rank_paged(ARCH, strategy, 16) == 0
+
+
+def test_fsdp1_pages_the_pieces_of_1e5_values():
+    """FSDP1 hands each parameter's local piece (numel / N values): over 2 ranks the
+    230,400-value embedding and head give pieces of 115,200 (paged), the MLP's 105,600
+    pieces of 52,800 (not)."""
+    sizes = _sizes(WIDE)
+    pieces = [-(-n // 2) for n in sizes]
+    expected = sum(2 * n for n in pieces if n >= 100_000)
+    assert expected == 2 * 2 * 115_200
+    assert _rank_paged(WIDE, "fsdp", 2, fsdp_version=1) == expected
+
+
+def test_offloaded_states_are_not_paged():
+    """On the CPU bitsandbytes pages nothing (get_state_buffer l.375-382)."""
+    assert _rank_paged(ARCH, "zero2", 4, offload_optimizer="cpu") == 0
+
+
+def test_fsdp2_with_a_bitsandbytes_optimizer_is_refused(capsys):
+    from ftmem.cli import main
+    from ftmem.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="DTensor parameters"):
+        _rank_paged(ARCH, "fsdp", 2, fsdp_version=2)
+    args = ["estimate", "llama-3.1-8b", "--optimizer", "paged-lion", "--gpus", "2"]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--strategy", "fsdp", "--fsdp-version", "2"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "bitsandbytes issue #1633" in err
+    assert "Traceback" not in err

@@ -602,3 +602,36 @@ def test_the_searches_show_whole_estimates_beyond_their_edge():
         "ddp",
     )
     assert "Does not fit" in result.output and "not replayed" not in result.output
+
+
+def test_a_run_whose_states_alone_overflow_is_offered_their_paged_twin_first():
+    """torchtune's 8B full single-device recipe with a non-paged AdamW8bit on 24 GB: the
+    paged twin (the same states, bitsandbytes' PagedAdamW8bit) leaves the hard
+    requirement within the card and pages the rest to host RAM (ftmem.gpu.managed)."""
+    settings = dict(method="full", optimizer="adamw-8bit", optimizer_in_backward=True,
+                    grad_ckpt=True, batch_size=1, seq_len=2048)  # fmt: skip
+    plan = _plan("llama-3.1-8b", "rtx4090", **settings)
+    assert plan.baseline.fits is False
+    first = plan.fitting[0]
+    assert [(c.lever, dict(c.updates)) for c in first.changes] == [
+        ("paging", {"optimizer": "paged-adamw-8bit"})
+    ]
+    m, b = first.estimate.memory, first.estimate.memory.beyond_allocated
+    assert m.optimizer_states_bytes == plan.baseline.memory.optimizer_states_bytes
+    assert b.paged_to_host > 0 and m.device_bytes <= get_gpu("rtx4090").memory_bytes
+
+
+@pytest.mark.parametrize(
+    ("settings", "twin"),
+    [
+        (dict(optimizer="adamw", precision="bf16-mixed", optimizer_impl="fused"), "paged-adamw"),
+        (dict(optimizer="adamw-fp32"), "paged-adamw"),
+        (dict(optimizer="adamw", precision="bf16"), None),  # bf16 states: no twin
+        (dict(optimizer="adamw-8bit", method="lora"), None),  # adapters below 1e5 values
+    ],
+)
+def test_the_paging_lever_offers_only_a_twin_with_the_same_states(settings, twin):
+    from ftmem.plan import _paging
+
+    offered = [dict(c.updates)["optimizer"] for c in _paging(settings)]
+    assert offered == ([twin] if twin else [])

@@ -60,6 +60,7 @@ from ftmem.parallel import (
     SHARDS_WEIGHTS,
     ParallelConfig,
     ParallelStep,
+    paging_unmodelled,
     parallel_notes,
     parallel_step,
     wraps_each_trainable_leaf,
@@ -93,6 +94,8 @@ SIMPLE_STATES_PER_PARAM = {  # 16-bit values per trainable parameter, seed's rul
     "adamw-8bit": 2,
     "paged-adamw-8bit": 2,
     "paged-adamw": 2,
+    "paged-lion": 1,
+    "paged-lion-8bit": 1,
     "ao-adamw-8bit": 2,
     "ao-adamw-4bit": 2,
     "ao-adamw-fp8": 2,
@@ -687,14 +690,16 @@ def _estimate_parallel(
         wrap=wrap,
         model=arch,
     )
+    paged = step.ranks[step.worst].paged_bytes  # bitsandbytes' managed memory
     memory = _memory(
-        Components(sz.weights, sz.gradients.total, sz.states, activations, comm),
+        Components(sz.weights, sz.gradients.total, sz.states + paged, activations, comm),
         peak_info.phase,
         at_peak,
         peak_info.phases,
         step.parts,
         figures,
     )
+    memory = with_paged_states(memory, paged, gpu)
     # every stage holds its workspaces; the block rounding is the worst rank's, replayed
     info = _parallel_info(
         arch, par, step, memory.overhead_bytes, at_peak.workspaces + at_peak.block_rounding
@@ -703,7 +708,9 @@ def _estimate_parallel(
     notes = list(step.parts.plan.notes) + parallel_notes(arch, run, par, step)
     if run.objective != "sft":  # what the objective adds, as on one GPU
         notes.append(objective_note(step.parts.plan, step.run))
-    if run.optimizer in PAGED_OPTIMIZERS and run.device != "cpu":
+    notes += paged_notes(memory, paged, gpu)
+    paged_optimizer = run.optimizer in PAGED_OPTIMIZERS and run.device != "cpu"
+    if paged_optimizer and paging_unmodelled(par.resolved_strategy, par):
         notes.append(PAGED_PARALLEL_NOTE)
     if par.host_memory_bytes is not None and not info.host_fits:
         notes.insert(

@@ -8,6 +8,7 @@ accuracy suite measures them to the byte.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from math import prod
 
 from ftmem.dtypes import ceil_div
@@ -20,7 +21,6 @@ from ftmem.versions import torch_adamw_denom_out_of_place
 
 BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit state for tensors smaller than this
 BNB_BLOCK = 256  # elements per fp32 absmax in blockwise 8-bit optimizer state
-BNB_QMAP_BYTES = 2 * 256 * 4  # the two shared 256-entry fp32 code books
 STEP_TENSOR_BYTES = 4  # torch Adam/AdamW keep `step` as an fp32 scalar tensor per param
 # bitsandbytes' paged optimizers take the state buffers of a parameter of at least this many
 # elements from CUDA managed memory, outside torch's allocator (bitsandbytes-foundation/
@@ -30,7 +30,33 @@ STEP_TENSOR_BYTES = 4  # torch Adam/AdamW keep `step` as an fp32 scalar tensor p
 # bytes, cudaMemAttachHost)``, csrc/pythonInterface.cpp l.557-559; the same test in
 # every release tag from 0.39.1, where paged optimizers arrived)
 BNB_PAGED_MIN_NUMEL = 100_000
-PAGED_OPTIMIZERS = frozenset({"paged-adamw-8bit", "paged-adamw"})
+BNB_CODE_BOOK_BYTES = 256 * 4  # one 256-entry fp32 quantisation map per 8-bit state
+
+
+@dataclass(frozen=True)
+class BnbOptimizer:
+    """A bitsandbytes optimizer as its memory sees it: ``states`` buffers per parameter
+    (Optimizer2State: Adam's state1 and state2; Optimizer1State: Lion's state1), their
+    bits (``optim_bits``) and whether they come from managed memory (``is_paged``)."""
+
+    states: int
+    bits: int
+    paged: bool
+
+
+# ftmem's --optimizer as bitsandbytes' classes (bitsandbytes@95f9af30 optim/adam.py,
+# adamw.py, lion.py; Adam and AdamW keep the same states): AdamW8bit / PagedAdamW8bit
+# (PagedAdam8bit adam.py l.232), PagedAdamW / PagedAdamW32bit (PagedAdam l.179,
+# PagedAdam32bit l.296), PagedLion / PagedLion32bit (lion.py l.143, l.228: optim_bits 32,
+# is_paged=True l.183, l.265) and PagedLion8bit (l.187, is_paged=True l.224)
+BNB_OPTIMIZERS = {
+    "adamw-8bit": BnbOptimizer(2, 8, paged=False),
+    "paged-adamw-8bit": BnbOptimizer(2, 8, paged=True),
+    "paged-adamw": BnbOptimizer(2, 32, paged=True),
+    "paged-lion": BnbOptimizer(1, 32, paged=True),
+    "paged-lion-8bit": BnbOptimizer(1, 8, paged=True),
+}
+PAGED_OPTIMIZERS = frozenset(k for k, v in BNB_OPTIMIZERS.items() if v.paged)
 
 
 def _adafactor_tensor_bytes(shape: tuple[int, ...]) -> int:
@@ -87,8 +113,19 @@ def optimizer_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
         total += per * g.count
         any_8bit = any_8bit or eight_bit
     if any_8bit:
-        total += BNB_QMAP_BYTES
+        total += code_book_bytes(run)
     return total + step_tensor_bytes(groups, run)
+
+
+def code_book_bytes(run: RunConfig) -> int:
+    """bitsandbytes' shared quantisation maps of an 8-bit optimizer, once per run.
+
+    ``fill_qmap`` makes the signed ``dynamic`` and the unsigned ``udynamic`` map on the
+    CPU (optimizer.py l.157-159); Optimizer2State.init_state moves both to the
+    parameter's device (l.515-516), Optimizer1State's only ``dynamic`` (l.686): Lion8bit
+    holds one map on the GPU (its unused ``udynamic`` stays in host memory)."""
+    opt = BNB_OPTIMIZERS.get(run.optimizer, BNB_OPTIMIZERS["adamw-8bit"])  # GaLore 8-bit
+    return opt.states * BNB_CODE_BOOK_BYTES
 
 
 def pages_states(g: TensorGroup, run: RunConfig) -> bool:
@@ -110,9 +147,10 @@ def _paged_tensor_bytes(g: TensorGroup, run: RunConfig) -> int:
     """One tensor of ``g``'s state bytes in managed memory (0 where not paged)."""
     if not pages_states(g, run):
         return 0
-    # 8-bit: a uint8 state1 and state2 (n >= 1e5 > min_8bit_size, so never fp32 here);
-    # 32-bit (PagedAdamW, optim_bits 32): fp32 ones
-    return 2 * g.numel * (1 if run.optimizer == "paged-adamw-8bit" else 4)
+    # 8-bit: uint8 state buffers (n >= 1e5 > min_8bit_size, so never fp32 here);
+    # 32-bit (optim_bits 32): fp32 ones
+    opt = BNB_OPTIMIZERS[run.optimizer]
+    return opt.states * g.numel * (1 if opt.bits == 8 else 4)
 
 
 def paged_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
@@ -159,16 +197,8 @@ def _tensor_state_bytes(g: TensorGroup, run: RunConfig) -> tuple[int, bool]:
     if opt in ("adamw", "adamw-fp32"):
         state = 4 if opt == "adamw-fp32" else pb
         per = 2 * n * state
-    elif opt == "paged-adamw":
-        # bitsandbytes' 32-bit Adam (optim_bits 32): fp32 state1 and state2 whatever the
-        # parameter's dtype, an int step, no block scales (Optimizer2State.init_state)
-        per = 2 * n * 4
-    elif opt in ("adamw-8bit", "paged-adamw-8bit"):
-        if n < BNB_MIN_8BIT_SIZE:
-            per = 2 * n * 4
-        else:
-            eight_bit = True
-            per = 2 * n + 2 * 4 * ceil_div(n, BNB_BLOCK)
+    elif opt in BNB_OPTIMIZERS:
+        per, eight_bit = _bnb_tensor_state_bytes(n, BNB_OPTIMIZERS[opt])
     elif opt in TORCHAO_OPTIMIZERS:
         per = torchao_state_bytes(n, pb, run)
     elif opt == "sgd":
@@ -180,6 +210,17 @@ def _tensor_state_bytes(g: TensorGroup, run: RunConfig) -> tuple[int, bool]:
     else:  # pragma: no cover - RunConfig validates the name
         raise AssertionError(opt)
     return per + projector, eight_bit
+
+
+def _bnb_tensor_state_bytes(n: int, opt: BnbOptimizer) -> tuple[int, bool]:
+    """A bitsandbytes optimizer's state bytes for a tensor of ``n`` values, and whether
+    they are 8-bit: 32-bit (optim_bits 32, or fewer than min_8bit_size values): fp32
+    buffers whatever the parameter's dtype, an int step, no block scales; 8-bit: uint8
+    buffers and an fp32 absmax per 256 values each (Optimizer2State.init_state,
+    optimizer.py l.492-532; Optimizer1State.init_state l.664-698: one buffer)."""
+    if opt.bits == 32 or n < BNB_MIN_8BIT_SIZE:
+        return opt.states * n * 4, False
+    return opt.states * (n + 4 * ceil_div(n, BNB_BLOCK)), True
 
 
 def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:

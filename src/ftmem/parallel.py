@@ -45,6 +45,7 @@ from ftmem.optim import (
     optimizer_step_temporary_bytes,
     step_tensor_bytes,
 )
+from ftmem.paged_ranks import Hands, check_fsdp2, rank_paged_bytes
 from ftmem.phases import (
     NO_COMMUNICATION,
     NO_HEAD,
@@ -474,6 +475,9 @@ class RankMemory:
     micro_batches: int  # micro-batches whose activations the stage holds
     host_bytes: int  # offloaded to host RAM (pinned buffers included)
     disk_bytes: int  # offloaded to NVMe
+    # bitsandbytes' paged optimizer states (managed memory, not in ``sizes.states``:
+    # ftmem.paged_ranks)
+    paged_bytes: int = 0
 
 
 def check_layout(arch: Architecture, run: RunConfig, par: ParallelConfig) -> None:
@@ -1610,6 +1614,7 @@ def rank_memory(
         groups, totals, base = _expert_parallel(groups, arch, run, plan, par.ep, totals, base)
     checks = s == "zero3" and zero3_checks_overflow(run, plan.dtypes.compute)
     on = _sharded(s, par, arch, groups, totals, base.gradients.per_block, checks)
+    on, paged = _without_paged(s, run, par, groups, on)
     # an older transformers release's buffers (release_buffers): whole on every rank
     extra = stage_buffer_bytes(arch, run, plan.dtypes, par.pp)
     if extra:
@@ -1651,7 +1656,39 @@ def rank_memory(
         micro_batches=micro,
         host_bytes=on.host,
         disk_bytes=on.disk,
+        paged_bytes=paged,
     )
+
+
+def _without_paged(
+    s: Strategy, run: RunConfig, par: ParallelConfig, groups: Iterable[TensorGroup], on: _Resident
+) -> tuple[_Resident, int]:
+    """The rank's states less bitsandbytes' paged buffers (not the allocator's), and
+    those buffers' bytes (ftmem.paged_ranks)."""
+    hands = paged_hands(s, run, par)
+    paged = rank_paged_bytes(groups, run, hands, par.shard_group) if hands else 0
+    return dataclasses.replace(on, states=on.states - paged), paged
+
+
+def paging_unmodelled(s: Strategy, par: ParallelConfig) -> bool:
+    """ColossalAI's engines and model or expert parallelism: their paged optimizer
+    states are counted in the allocator, as non-paged ones (gpu.managed.PAGED_PARALLEL_NOTE)."""
+    return s in COLOSSALAI or par.model_parallel > 1 or par.ep > 1
+
+
+def paged_hands(s: Strategy, run: RunConfig, par: ParallelConfig) -> Hands | None:
+    """What the strategy hands a paged optimizer (ftmem.paged_ranks), or None where
+    ftmem does not model its paging (ColossalAI, model or expert parallelism) or the
+    states sit in host RAM (offloaded: bitsandbytes pages no CPU tensor). FSDP2 with
+    a bitsandbytes optimizer is refused (paged_ranks.check_fsdp2)."""
+    if s in FSDP and not runs_fsdp1(run, par):
+        check_fsdp2(run)
+    offloaded = par.offload_optimizer != "none" or (s in FSDP and par.offload_params != "none")
+    if paging_unmodelled(s, par) or offloaded:
+        return None
+    if s in DEEPSPEED:
+        return "flat"
+    return "shards" if s in SHARDED_FSDP else "whole"
 
 
 def _stage_mask_and_rotary(

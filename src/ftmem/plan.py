@@ -166,6 +166,29 @@ def _optimizer(s: Settings) -> list[Change]:
     return [_change("optimizer", "8-bit AdamW (bitsandbytes)", 3, optimizer="adamw-8bit")]
 
 
+# bitsandbytes' paged twin of an optimizer with the same states (ftmem.optim.BNB_OPTIMIZERS):
+# torch AdamW keeps its states in the parameters' dtype, fp32 with fp32 weights, as
+# PagedAdamW (optim_bits 32) does
+PAGED_TWIN = {"adamw-fp32": "paged-adamw", "adamw-8bit": "paged-adamw-8bit"}
+FP32_WEIGHTS = frozenset({"fp32", "bf16-mixed", "fp16-mixed"})
+PAGED_METHODS = frozenset({"full", "freeze", "partial"})  # adapters are rarely 1e5+ values
+
+
+def _paging(s: Settings) -> list[Change]:
+    """The paged twin of the run's optimizer (after the optimizer lever): its states of
+    tensors of 1e5+ values leave the allocator for CUDA managed memory, which the driver
+    pages to host RAM when the GPU is full (ftmem.gpu.managed)."""
+    opt = s.get("optimizer", "adamw")
+    if opt == "adamw" and s.get("precision", "bf16") in FP32_WEIGHTS:
+        opt = "adamw-fp32"
+    if opt not in PAGED_TWIN or s.get("method", "full") not in PAGED_METHODS:
+        return []
+    twin = PAGED_TWIN[opt]
+    what = f"bitsandbytes' paged optimizer ({twin}: states beyond the GPU's room in host RAM)"
+    impl = {"optimizer_impl": "foreach"} if s.get("optimizer_impl") == "fused" else {}
+    return [_change("paging", what, 1, optimizer=twin, **impl)]
+
+
 def _loss(s: Settings) -> list[Change]:
     if s.get("loss", "standard") != "standard" or s.get("objective", "sft") != "sft":
         return []  # a preference objective is modelled with the standard loss only
@@ -357,6 +380,12 @@ LEVERS: tuple[Lever, ...] = (
         "8-bit states matched 32-bit Adam in Dettmers et al. 2022 (arXiv:2110.02861); needs "
         "bitsandbytes",
         _optimizer,
+    ),
+    Lever(
+        "paging",
+        "none on the result; when the GPU has no room for all the states, the driver moves "
+        "pages over PCIe in every step: slower steps; needs bitsandbytes",
+        _paging,
     ),
     Lever(
         "method",

@@ -45,6 +45,8 @@ Optimizer = Literal[
     "adamw-8bit",
     "paged-adamw-8bit",
     "paged-adamw",
+    "paged-lion",
+    "paged-lion-8bit",
     "ao-adamw-8bit",
     "ao-adamw-4bit",
     "ao-adamw-fp8",

@@ -13,7 +13,13 @@ from typing import Any
 
 from ftmem.errors import ConfigError, InvalidInputError
 from ftmem.filekeys import Keys
-from ftmem.frameworks.shared import FrameworkConfig, assume, lora_numbers, torchao_optimizer
+from ftmem.frameworks.shared import (
+    BNB_CLASSES,
+    FrameworkConfig,
+    assume,
+    lora_numbers,
+    torchao_optimizer,
+)
 
 LITGPT_HEAD = "Lightning-AI/litgpt@2685705"
 
@@ -301,8 +307,8 @@ def _optimizer(k: Keys, cfg: FrameworkConfig) -> None:
             s["optimizer_impl"] = "fused"
     elif leaf == "SGD":
         s["optimizer"] = "sgd-momentum" if init.number("momentum") else "sgd"
-    elif leaf in ("AdamW8bit", "PagedAdamW8bit"):
-        s["optimizer"] = "paged-adamw-8bit" if leaf.startswith("Paged") else "adamw-8bit"
+    elif leaf in BNB_CLASSES:
+        s["optimizer"] = BNB_CLASSES[leaf]
     else:
         cfg.notes.append(f"optimizer {name} is not modelled; the estimate assumes AdamW.")
 

@@ -125,7 +125,10 @@ HF_OPTIMIZERS = {
     "adafactor": ("adafactor", None),
     "sgd": ("sgd", None),
     "lion_32bit": ("lion", None),
-    "paged_lion_32bit": ("lion", None),
+    # bitsandbytes' Lion with optim_bits 32 or 8 and is_paged (transformers
+    # trainer_optimizer.py _get_bitsandbytes_optimizer, 5.25)
+    "paged_lion_32bit": ("paged-lion", None),
+    "paged_lion_8bit": ("paged-lion-8bit", None),
     # torchao's AdamW4bit / AdamW8bit (transformers trainer_optimizer.py
     # _get_torchao_optimizer, 5.24)
     "adamw_torch_4bit": ("ao-adamw-4bit", None),
@@ -232,6 +235,19 @@ TORCHAO_CLASSES = {
     "AdamW8bit": "ao-adamw-8bit", "Adam8bit": "ao-adamw-8bit",
     "AdamW4bit": "ao-adamw-4bit", "Adam4bit": "ao-adamw-4bit",
     "AdamWFp8": "ao-adamw-fp8", "AdamFp8": "ao-adamw-fp8",
+}  # fmt: skip
+
+
+# bitsandbytes.optim's classes by name, as ftmem's --optimizer (bitsandbytes@95f9af30
+# optim/adam.py, adamw.py, lion.py; ftmem.optim.BNB_OPTIMIZERS): Adam and AdamW keep the
+# same states; the 32-bit ones default to optim_bits 32
+BNB_CLASSES = {
+    "AdamW8bit": "adamw-8bit", "Adam8bit": "adamw-8bit",
+    "PagedAdamW8bit": "paged-adamw-8bit", "PagedAdam8bit": "paged-adamw-8bit",
+    "PagedAdamW": "paged-adamw", "PagedAdamW32bit": "paged-adamw",
+    "PagedAdam": "paged-adamw", "PagedAdam32bit": "paged-adamw",
+    "PagedLion": "paged-lion", "PagedLion32bit": "paged-lion",
+    "PagedLion8bit": "paged-lion-8bit",
 }  # fmt: skip
 
 

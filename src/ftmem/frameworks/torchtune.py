@@ -18,6 +18,7 @@ from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
 from ftmem.frameworks.distributed import LAUNCHER_NOTE
 from ftmem.frameworks.shared import (
+    BNB_CLASSES,
     MAX_CONFIG_BYTES,
     FrameworkConfig,
     assume,
@@ -462,12 +463,9 @@ def _torchtune_optimizer(optimizer: Keys, cfg: FrameworkConfig) -> None:
     opt = optimizer.text("_component_") or "torch.optim.AdamW"
     if torchao_optimizer(opt, optimizer, cfg):
         return
-    if opt.endswith("PagedAdamW8bit"):
-        s["optimizer"] = "paged-adamw-8bit"
-    elif opt.endswith(("PagedAdamW", "PagedAdamW32bit")):
-        s["optimizer"] = "paged-adamw"
-    elif opt.endswith(("AdamW8bit", "Adam8bit")):
-        s["optimizer"] = "adamw-8bit"
+    leaf = opt.rsplit(".", 1)[-1]
+    if leaf in BNB_CLASSES:
+        s["optimizer"] = BNB_CLASSES[leaf]
     elif opt.endswith(("AdamW", "Adam")):
         s["optimizer"] = "adamw"
         if optimizer.flag("fused"):

@@ -27,9 +27,11 @@ from ftmem.result import Memory
 
 GIB = 2**30
 PAGED_PARALLEL_NOTE = (
-    "paged optimizer over several GPUs: its states are counted in each GPU's allocated "
-    "peak here, as non-paged ones (bitsandbytes keeps those of 1e5+ elements in managed "
-    "memory, outside the allocator, as on one GPU: not modelled yet for sharded runs)."
+    "paged optimizer under ColossalAI or with tensor, pipeline, context or expert "
+    "parallelism: its states are counted in each GPU's allocated peak here, as non-paged "
+    "ones (bitsandbytes keeps those of tensors of 1e5+ elements in managed memory, "
+    "outside the allocator: not modelled for these layouts; DDP, DeepSpeed ZeRO and "
+    "FSDP1 are, ftmem.paged_ranks)."
 )
 
 
@@ -62,8 +64,8 @@ def paged_notes(memory: Memory, paged: int, gpu: Gpu | None) -> list[str]:
     b = memory.beyond_allocated
     hard = memory.device_bytes - b.paged_optimizer_states
     head = (
-        f"paged optimizer: {paged / GIB:.2f} GiB of optimizer states (parameters of "
-        "1e5+ elements) live in CUDA managed memory, outside PyTorch's allocator: they "
+        f"paged optimizer: {paged / GIB:.2f} GiB of optimizer states (of the tensors of "
+        "1e5+ elements it steps) live in CUDA managed memory, outside PyTorch's allocator: they "
         "are in neither the allocated nor the reserved peak. "
     )
     if gpu is not None and hard > gpu.memory_bytes:

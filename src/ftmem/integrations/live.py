@@ -69,7 +69,12 @@ LIVE_OPTIMIZERS = {
     "Adafactor": "adafactor",
     "Lion": "lion",
     "Lion32bit": "lion",
-    "PagedLion32bit": "lion",
+    "PagedLion32bit": "paged-lion",
+    "PagedLion": "paged-lion",
+    "PagedLion8bit": "paged-lion-8bit",
+    "PagedAdam": "paged-adamw",
+    "PagedAdam32bit": "paged-adamw",
+    "PagedAdam8bit": "paged-adamw-8bit",
 }
 PROMPT_PEFT = {"PROMPT_TUNING": "prompt-tuning", "P_TUNING": "p-tuning"}
 # TRL's preference and RL configs, read as `ftmem estimate --from` reads their files

@@ -21,6 +21,7 @@ from ftmem.hardware import Gpu, custom_gpu
 from ftmem.integrations import report
 from ftmem.integrations.live import LiveRun, compared
 from ftmem.integrations.report import Measured, RunWillNotFitError
+from ftmem.optim import BNB_OPTIMIZERS
 from ftmem.result import Estimate
 
 
@@ -288,7 +289,7 @@ def with_library_versions(live: LiveRun) -> None:
     bnb = report.installed("bitsandbytes")
     optimizer = str(live.settings.get("optimizer"))
     uses_bnb = live.settings.get("method") == "qlora" or "8bit" in optimizer
-    uses_bnb = uses_bnb or optimizer == "paged-adamw"
+    uses_bnb = uses_bnb or optimizer in BNB_OPTIMIZERS
     if bnb and uses_bnb and "bnb_version" not in live.settings:
         live.set("bnb_version", bnb, said)
 

@@ -1033,6 +1033,8 @@ BNB_CLASS = {
     "adamw-8bit": "AdamW8bit",
     "paged-adamw-8bit": "PagedAdamW8bit",
     "paged-adamw": "PagedAdamW",
+    "paged-lion": "PagedLion",
+    "paged-lion-8bit": "PagedLion8bit",
 }
 # ftmem's --optimizer as torchao.optim's class (torchao 0.18.0)
 TORCHAO_CLASS = {

@@ -36,6 +36,7 @@ from ftmem.measure.saved import (
     weight_storage_ptrs,
 )
 from ftmem.measure.tracker import LiveBytesTracker
+from ftmem.optim import BNB_OPTIMIZERS
 from ftmem.run import UNPAIRED_OBJECTIVES, RunConfig
 
 PHASES: tuple[Phase, ...] = ("forward", "backward", "optimizer")
@@ -1138,7 +1139,7 @@ def _run_fake(arch: Architecture, run: RunConfig, *, steps: int, seed: int) -> M
 
     from ftmem.measure.build import materialize_fake
 
-    if run.method == "qlora" or "8bit" in run.optimizer or run.optimizer == "paged-adamw":
+    if run.method == "qlora" or "8bit" in run.optimizer or run.optimizer in BNB_OPTIMIZERS:
         raise RuntimeError("--fake cannot run bitsandbytes (qlora, its optimizers)")
     built = build_model(arch, run, device="meta", seed=seed)
     with FakeTensorMode(allow_non_fake_inputs=True):

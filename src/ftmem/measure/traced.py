@@ -35,6 +35,7 @@ from ftmem.measure.build import (
     materialize_fake,
     param_dtype,
 )
+from ftmem.optim import BNB_OPTIMIZERS
 from ftmem.run import split_patterns
 
 if TYPE_CHECKING:
@@ -195,7 +196,7 @@ def _check_traceable(run: RunConfig) -> None:
             f"--traced runs {', '.join(TRACED_METHODS)}; --method {run.method} needs ftmem's "
             "own model of the family."
         )
-    if "8bit" in run.optimizer or run.optimizer in ("lion", "adamw-fp32", "paged-adamw"):
+    if "8bit" in run.optimizer or run.optimizer in ("lion", "adamw-fp32", *BNB_OPTIMIZERS):
         raise InvalidInputError(
             f"--traced cannot run --optimizer {run.optimizer} on fake tensors "
             "(bitsandbytes has no fake kernels; lion and adamw-fp32 have no reference "

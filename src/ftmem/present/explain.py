@@ -16,7 +16,7 @@ from ftmem.dtypes import BYTES_PER_ELEMENT, is_quantized
 from ftmem.methods import TensorGroup, plan_method
 from ftmem.profiles import framework_arch
 from ftmem.release_buffers import release_buffer_bytes
-from ftmem.result import Estimate
+from ftmem.result import Estimate, Memory
 from ftmem.run import RunConfig
 from ftmem.units import UnitSystem, format_bytes, format_count
 
@@ -26,6 +26,8 @@ STATES_PER_PARAM = {  # optimizer values kept per trainable parameter
     "adamw-8bit": "2 8-bit (with per-256-value block scales)",
     "paged-adamw-8bit": "2 8-bit (with per-256-value block scales)",
     "paged-adamw": "2 fp32, bitsandbytes",
+    "paged-lion": "1 fp32 (momentum), bitsandbytes",
+    "paged-lion-8bit": "1 8-bit (momentum, with per-256-value block scales)",
     "ao-adamw-8bit": "2 8-bit, torchao (with per-block fp32 scales)",
     "ao-adamw-4bit": "2 4-bit, torchao (with per-block fp32 scales)",
     "ao-adamw-fp8": "2 FP8 e4m3, torchao (with per-block fp32 scales)",
@@ -186,7 +188,29 @@ def _states_section(run: RunConfig, est: Estimate, units: UnitSystem) -> Section
         states.lines.append(
             f"Gradients + optimizer states = {_b(m.gradients_bytes + m.optimizer_states_bytes, units)}"
         )
+    states.lines += _paged_split(m, units)
     return states
+
+
+def _paged_split(m: Memory, units: UnitSystem) -> list[str]:
+    """bitsandbytes' paged buffers among the states: resident on the GPU, and what the
+    card has no room for, in host RAM (ftmem.gpu.managed)."""
+    b = m.beyond_allocated
+    paged = b.paged_optimizer_states + b.paged_to_host
+    if not paged:
+        return []
+    host = (
+        f", {_b(b.paged_to_host, units)} paged to host RAM (no room on the GPU: the "
+        "driver moves them over PCIe every step)"
+        if b.paged_to_host
+        else ""
+    )
+    return [
+        f"Of these, {_b(paged, units)} are bitsandbytes' paged buffers (of the tensors of "
+        "1e5+ values the optimizer steps), in CUDA managed memory outside the allocated "
+        f"and reserved peaks: {_b(b.paged_optimizer_states, units)} resident on the GPU"
+        f"{host}; {_b(m.optimizer_states_bytes - paged, units)} in torch's allocator."
+    ]
 
 
 def _activations_section(
@@ -355,6 +379,7 @@ def _parallel_section(est: Estimate, units: UnitSystem) -> Section:
     )
     s.lines.append(f"Gradients on each GPU: {_b(m.gradients_bytes, units)}")
     s.lines.append(f"Optimizer states on each GPU: {_b(m.optimizer_states_bytes, units)}")
+    s.lines += _paged_split(m, units)
     if p.strategy.startswith("zero"):
         s.lines.append(
             "ZeRO (Rajbhandari et al. 2020): 16-bit weights (2Ψ) and gradients (2Ψ), fp32 master "

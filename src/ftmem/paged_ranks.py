@@ -1,0 +1,73 @@
+"""bitsandbytes' paged optimizer states on one rank of a multi-GPU run.
+
+bitsandbytes pages a state buffer by the size of the tensor its optimizer is handed
+(``p.numel() >= 1e5``, ftmem.optim.pages_states), and each engine hands it different
+tensors (``Hands``):
+
+* ``whole``: DDP (and FSDP's NO_SHARD) leave every rank the model's own parameters, so
+  each rank pages as one GPU does.
+* ``flat``: DeepSpeed's ZeRO wraps a client optimizer (HF Trainer allows it:
+  transformers 5.25 integrations/deepspeed.py l.591 ``zero_allow_untested_optimizer``)
+  and gives it one flat fp32 partition per parameter group instead of the parameters
+  (deepspeedai/DeepSpeed@edaa7221 runtime/zero/stage_1_and_2.py l.509-516
+  ``param_group['params'] = [self.single_partition_of_fp32_groups[i]]``; ZeRO-3 one flat
+  sub-group at a time, stage3.py l.1202-1210): a partition of 1e5+ values has all its
+  states paged, the 8-bit ones' absmax vectors apart.
+* ``shards``: FSDP1 hands the optimizer each parameter's local piece of its unit's
+  sharded flat parameter (about numel / N values; use_orig_params=False: the unit's flat
+  shard itself, whose norms then page too, a few hundred kilobytes): a piece of 1e5+
+  values is paged.
+
+FSDP2's parameters are DTensors, which bitsandbytes does not handle: ``get_state_buffer``
+sizes a paged buffer by the DTensor's global shape and its kernels get DTensors
+(bitsandbytes@95f9af30 has no DTensor code; bitsandbytes issue #1633, open: an illegal
+memory access in the 8-bit step under FSDP2; torchtune issue #1856, all its bnb
+optimizers in its FSDP2 recipes): such runs are refused (:func:`check_fsdp2`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+from ftmem.dtypes import ceil_div
+from ftmem.errors import InvalidInputError
+from ftmem.methods import TensorGroup
+from ftmem.optim import (
+    BNB_OPTIMIZERS,
+    BNB_PAGED_MIN_NUMEL,
+    PAGED_OPTIMIZERS,
+    paged_state_bytes,
+)
+from ftmem.run import RunConfig
+
+Hands = Literal["whole", "flat", "shards"]
+
+
+def check_fsdp2(run: RunConfig) -> None:
+    """Refuse a bitsandbytes optimizer on FSDP2's DTensor parameters (module docstring)."""
+    if run.optimizer in BNB_OPTIMIZERS and run.device != "cpu":
+        raise InvalidInputError(
+            f"--optimizer {run.optimizer} is bitsandbytes', whose optimizers do not run on "
+            "FSDP2's DTensor parameters (bitsandbytes issue #1633); use --fsdp-version 1, "
+            "a DeepSpeed strategy or a torch optimizer."
+        )
+
+
+def rank_paged_bytes(
+    groups: Iterable[TensorGroup], run: RunConfig, hands: Hands, shards: int
+) -> int:
+    """The paged state bytes one rank holds when its engine hands the optimizer
+    ``hands`` (module docstring) over ``shards`` ranks."""
+    if run.optimizer not in PAGED_OPTIMIZERS or run.device == "cpu":
+        return 0
+    trainable = [g for g in groups if g.trainable]
+    if hands == "whole":
+        return paged_state_bytes(trainable, run)
+    opt = BNB_OPTIMIZERS[run.optimizer]
+    per_value = opt.states * (1 if opt.bits == 8 else 4)
+    if hands == "flat":
+        partition = ceil_div(sum(g.total_numel for g in trainable), shards)
+        return per_value * partition if partition >= BNB_PAGED_MIN_NUMEL else 0
+    pieces = ((ceil_div(g.numel, shards), g.count) for g in trainable)
+    return sum(per_value * n * count for n, count in pieces if n >= BNB_PAGED_MIN_NUMEL)
