@@ -8,6 +8,7 @@ installed)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from ftmem import estimate
 from ftmem.errors import InvalidInputError
 from ftmem.frameworks import read_framework_config
 from ftmem.integrations.live import LiveRun, read_optimizer
-from ftmem.methods import plan_method
+from ftmem.methods import TensorGroup, plan_method
 from ftmem.optim import optimizer_state_bytes, optimizer_step_temporary_bytes
 from ftmem.run import RunConfig
 from ftmem.torchao_optim import state_bytes
@@ -77,6 +78,63 @@ def test_tiny_llama_states_and_step_by_hand():
     assert optimizer_step_temporary_bytes(groups, run4) == 26 * 28_800 + 8 * 225
     # FP8: only the new scale vectors, 2·4·(15,360 / 256)
     assert optimizer_step_temporary_bytes(groups, RunConfig(optimizer="ao-adamw-fp8")) == 480
+
+
+# one 2048x1024 bf16 parameter, the second step's profiler peak on the CPU (the script in
+# tests/accuracy/test_torchao_optim.py test_one_parameter_step_peak, run in side venvs):
+# torch 2.5.1 with torchao 0.6.1 and 0.7.0 alike, torch 2.6.0 with torchao 0.7.0
+N = 2048 * 1024
+MEASURED_STEP_PEAK = {
+    ("ao-adamw-8bit", "2.5.1"): 25_231_360,  # 12n + 8n/256
+    ("ao-adamw-8bit", "2.6.0"): 16_842_752,  # 8n + 8n/256
+    ("ao-adamw-fp8", "2.5.1"): 8_454_144,  # 4n + 8n/256
+    ("ao-adamw-fp8", "2.6.0"): 65_536,  # 8n/256
+}
+
+
+@pytest.mark.parametrize(("optimizer", "torch_version"), sorted(MEASURED_STEP_PEAK))
+def test_step_before_torch_2_6_keeps_the_fp32_update(optimizer, torch_version):
+    """torch 2.5's inductor realises single_param_adam's fp32 update (n values) beside
+    the moments; 2.6's does not (ftmem.versions.torchao_step_keeps_update)."""
+    group = TensorGroup("w", (2048, 1024), 1, "bf16", True)
+    run = RunConfig(optimizer=optimizer, torch_version=torch_version)
+    assert (
+        optimizer_step_temporary_bytes([group], run)
+        == MEASURED_STEP_PEAK[(optimizer, torch_version)]
+    )
+
+
+def test_step_before_torch_2_6_four_bit_is_2n_under_its_measurement():
+    """4-bit measured 32n + 8n/128 at 2.5.1 (67,239,936 B) and 28n at 2.6.0 against 26n at
+    2.13: ftmem adds the update's 4n only, the other 2n has no cause read (stays visible)."""
+    group = TensorGroup("w", (2048, 1024), 1, "bf16", True)
+    run = RunConfig(optimizer="ao-adamw-4bit", torch_version="2.5.1")
+    assert optimizer_step_temporary_bytes([group], run) == 67_239_936 - 2 * N
+
+
+def test_tied_embedding_step_is_the_torchtune_8bit_peak_before_torch_2_6():
+    """torchtune's README row (Llama-3.2-3B, optimizer in backward, ao 8-bit): the tied
+    embedding (128,256 x 3,072 = n) steps last, beside the weights, the states and its bf16
+    gradient. torch 2.5's third fp32 buffer adds 4n to that moment, which becomes the peak."""
+    settings = dict(
+        framework="torchtune", compile=True, method="full", precision="bf16",
+        optimizer="ao-adamw-8bit", batch_size=2, seq_len=4096, padding="packed-flex",
+        grad_ckpt=True, attn="sdpa", loss="chunked", optimizer_in_backward=True,
+        activation_offload=True,
+    )  # fmt: skip
+    config = str(
+        Path(__file__).resolve().parents[1] / "calibration/configs/llama-3.2-3b/config.json"
+    )
+    old = estimate(config, torch_version="2.5", **settings).memory
+    new = estimate(config, **settings).memory
+    n = 128_256 * 3_072
+    at = old.at_peak
+    # the moment: the gradient, the step's 12n and its new scales are the temporaries
+    assert at.temporaries == 2 * n + 12 * n + 8 * n // 256
+    assert at.weights + at.optimizer_states == old.weights_bytes + old.optimizer_states_bytes
+    # at 2.13 the same moment is 4n lower and the head's backward (activations) is the peak
+    assert new.at_peak.activations > at.activations
+    assert old.peak_allocated_bytes - new.peak_allocated_bytes < 4 * n
 
 
 def test_step_counters_are_on_the_cpu():

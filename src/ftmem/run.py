@@ -273,8 +273,9 @@ class RunConfig(limits.BoundedSettings):
     )
     torch_version: str | None = Field(
         None,
-        description="PyTorch's version: its cuBLAS workspaces, CUDA context and foreach "
-        "AdamW temporaries (default: 2.13, the one ftmem is measured with).",
+        description="PyTorch's version: its cuBLAS workspaces, CUDA context, foreach "
+        "AdamW temporaries and what torch.compile keeps in torchao's low-bit AdamW step "
+        "(default: 2.13, the one ftmem is measured with).",
     )
     gptq_kernel: Literal["cuda-old"] | None = Field(
         None,

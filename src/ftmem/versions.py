@@ -33,6 +33,15 @@ BNB_INT8_DROPS_COLUMN_COPY = (0, 45, 0)
 # _multi_tensor_adamw); PR #104898 "[foreach][AdamW] Minimize intermediates to save
 # peak memory" adds eps in place, first in v2.1.0 (@7bcf7da3, same function).
 TORCH_ADAMW_INPLACE_DENOM = (2, 1)
+# torch.compile of torchao's low-bit AdamW step (single_param_adam, one parameter a call):
+# torch 2.5.1's inductor realises the fp32 update ``lr * exp_avg / bias_correction1 /
+# denom`` (n values) as a buffer beside the two fp32 moments; torch 2.6.0's keeps it in
+# registers. Measured on the CPU, one 2048x1024 bf16 parameter, second step, profiler
+# peak: 2.5.1 with torchao 0.6.1 and 0.7.0, 8-bit 12n, 4-bit 32n, FP8 4n (+ the new
+# scales); 2.6.0 with torchao 0.7.0, 8n, 28n and 0 (calibration/notes/torchtune.md,
+# "Low-precision optimizers"). The inductor commit is not identified: the first release
+# measured without the buffer is 2.6.0.
+TORCH_INDUCTOR_ADAM_UPDATE_IN_REGISTERS = (2, 6)
 
 # DeepSpeed ZeRO-3 checked the gradients for inf/nan at every step whatever the dtype
 # (microsoft/DeepSpeed@e9503fe4 = v0.11.1 deepspeed/runtime/zero/stage3.py
@@ -231,6 +240,12 @@ def nf4_layout(run: RunConfig) -> str:
 def torch_adamw_denom_out_of_place(run: RunConfig) -> bool:
     """foreach AdamW allocates its denominator beside the square root (torch < 2.1)."""
     return older_than(run.torch_version, TORCH_ADAMW_INPLACE_DENOM)
+
+
+def torchao_step_keeps_update(run: RunConfig) -> bool:
+    """torchao's compiled low-bit AdamW step keeps its fp32 update as an n-value buffer
+    (torch < 2.6)."""
+    return older_than(run.torch_version, TORCH_INDUCTOR_ADAM_UPDATE_IN_REGISTERS)
 
 
 def zero3_checks_overflow(run: RunConfig, model_dtype: str) -> bool:

@@ -199,8 +199,8 @@ RUN = [
         "torch_version",
         OptStr,
         None,
-        "PyTorch's version (e.g. 2.1): its cuBLAS workspaces, CUDA context and foreach "
-        "AdamW temporaries (default 2.13).",
+        "PyTorch's version (e.g. 2.1): its cuBLAS workspaces, CUDA context, foreach "
+        "AdamW temporaries and torchao's compiled low-bit AdamW step (default 2.13).",
     ),
     _opt(
         "gptq_kernel",
