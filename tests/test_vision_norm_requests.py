@@ -1,0 +1,114 @@
+"""The vision towers' norms as the allocator sees them (ops.saved.Saved.parts).
+
+The truth: transformers' own modules run on the CPU, their saved tensors collected with
+autograd's saved-tensor hooks, one entry per storage (tests/saved_storages.py), as
+tests/test_norm_requests.py does for the decoders' norms. CLIP's and SigLIP's encoder
+layers (and CLIP's pre-norm, SigLIP's post-norm) are nn.LayerNorms: native_layer_norm
+keeps its input and its (n, 1) mean and rstd, three storages; the tower's item now
+requests them one by one, not as part of one block of the tower's sum.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import CLIPVisionConfig, SiglipVisionConfig
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
+
+from ftmem.api import run_config
+from ftmem.dtypes import layer_norm_saved_parts, layer_norm_stats_bytes
+from ftmem.presets import get_model
+from ftmem.step import step_parts
+from tests.saved_storages import saved_storages
+
+IMAGES = 1
+
+
+def _layer(name: str) -> torch.nn.Module:
+    """One encoder layer of the preset's tower, as transformers builds it, in bf16."""
+    v = get_model(name).vision
+    assert v is not None
+    shape = dict(
+        hidden_size=v.hidden_size,
+        intermediate_size=v.intermediate_size,
+        num_attention_heads=v.num_heads,
+    )
+    if v.encoder == "clip":
+        return CLIPEncoderLayer(CLIPVisionConfig(**shape)).to(torch.bfloat16)
+    return SiglipEncoderLayer(SiglipVisionConfig(**shape)).to(torch.bfloat16)
+
+
+def _measured(name: str, trained: bool) -> list[int]:
+    """The storages layer_norm1 saves on a bf16 input that needs a gradient."""
+    v = get_model(name).vision
+    assert v is not None
+    norm = _layer(name).layer_norm1.requires_grad_(trained)
+    x = torch.randn(IMAGES, v.tower_tokens, v.hidden_size, dtype=torch.bfloat16)
+    return saved_storages(lambda: norm(x.requires_grad_()), norm.parameters())
+
+
+def _tower_requests(name: str, **settings) -> tuple[int, ...]:
+    arch = get_model(name)
+    assert arch.vision is not None
+    run = run_config(
+        precision="bf16", images=IMAGES, seq_len=arch.vision.tokens_per_image + 64, **settings
+    )
+    items = [s for s in step_parts(arch, run).outer_items if s.what.startswith("vision tower")]
+    assert len(items) == 1
+    return items[0].requests()
+
+
+def _norm_starts(requests: tuple[int, ...], norm: tuple[int, ...]) -> list[int]:
+    """Where the norm's three tensors appear one after the other, in the order they are
+    made (input, mean, rstd), among the requests."""
+    return [i for i in range(len(requests) - 2) if requests[i : i + 3] == norm]
+
+
+@pytest.mark.parametrize("name", ["llava-1.5-7b", "gemma3-4b-vision"])
+def test_the_towers_layer_norms_save_input_mean_and_rstd_apart(name):
+    v = get_model(name).vision
+    assert v is not None
+    n = IMAGES * v.tower_tokens
+    stats = layer_norm_stats_bytes("cpu", 2)  # bf16 on the CPU (fp32 on CUDA)
+    parts = layer_norm_saved_parts(n, v.hidden_size, 2, stats)
+    for trained in (True, False):
+        assert _measured(name, trained) == sorted(parts)
+    # the trained tower's item: every LayerNorm of the layers the projector reads, CLIP's
+    # pre-norm and SigLIP's post-norm (Gemma 3 reads the last layer), three requests each
+    requests = _tower_requests(name, method="full", device="cpu")
+    clip = v.encoder == "clip"
+    expected = 2 * v.layers_kept + 1
+    assert len(_norm_starts(requests, parts)) == expected
+    assert sum(requests) > sum(parts) * expected  # (the attention's and MLP's items beside)
+    if clip:  # the pixels, then the pre-norm, then layer 0's layer_norm1
+        assert requests[1:4] == parts == requests[4:7]
+
+
+def test_a_lora_towers_layer_norms_are_requested_apart():
+    """A frozen CLIP tower with LoRA on its linears (all-linear): from the lowest adapted
+    linear up, each LayerNorm's input, mean and rstd (input gradients pass through)."""
+    v = get_model("llava-1.5-7b").vision
+    assert v is not None
+    n = IMAGES * v.tower_tokens
+    stats = layer_norm_stats_bytes("cpu", 2)
+    parts = layer_norm_saved_parts(n, v.hidden_size, 2, stats)
+    requests = _tower_requests(
+        "llava-1.5-7b", method="lora", lora_targets="all-linear", device="cpu"
+    )
+    # from layer 0's q/k/v (its layer_norm1 needs no gradient): layer_norm2 of layer 0,
+    # then both norms of every later layer the projector reads
+    assert len(_norm_starts(requests, parts)) == 2 * v.layers_kept - 1
+
+
+def test_a_checkpointed_towers_norms_outside_the_layers_are_requested_apart():
+    """Checkpointed, each CLIP layer keeps its input alone (one request); the pre-norm,
+    outside the checkpointed layers, still keeps its three tensors."""
+    v = get_model("llava-1.5-7b").vision
+    assert v is not None
+    n = IMAGES * v.tower_tokens
+    stats = layer_norm_stats_bytes("cpu", 2)
+    parts = layer_norm_saved_parts(n, v.hidden_size, 2, stats)
+    requests = _tower_requests("llava-1.5-7b", method="full", device="cpu", grad_ckpt=True)
+    assert _norm_starts(requests, parts) == [1]
+    assert requests[4:] == (n * v.hidden_size * 2,) * v.layers_kept
