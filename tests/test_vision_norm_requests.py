@@ -4,8 +4,9 @@ The truth: transformers' own modules run on the CPU, their saved tensors collect
 autograd's saved-tensor hooks, one entry per storage (tests/saved_storages.py), as
 tests/test_norm_requests.py does for the decoders' norms. CLIP's and SigLIP's encoder
 layers (and CLIP's pre-norm, SigLIP's post-norm) are nn.LayerNorms: native_layer_norm
-keeps its input and its (n, 1) mean and rstd, three storages; the tower's item now
-requests them one by one, not as part of one block of the tower's sum.
+keeps its input and its (n, 1) mean and rstd, three storages; Pixtral's RMSNorm its
+fp32 input, its rstd and the cast back. The tower's item now requests them one by one,
+not as part of one block of the tower's sum.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, SiglipVisionConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+from transformers.models.pixtral.modeling_pixtral import PixtralRMSNorm
 from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 
 from ftmem.api import run_config
@@ -112,3 +114,35 @@ def test_a_checkpointed_towers_norms_outside_the_layers_are_requested_apart():
     requests = _tower_requests("llava-1.5-7b", method="full", device="cpu", grad_ckpt=True)
     assert _norm_starts(requests, parts) == [1]
     assert requests[4:] == (n * v.hidden_size * 2,) * v.layers_kept
+
+
+def _pixtral_measured(trained: bool) -> list[int]:
+    """PixtralRMSNorm (transformers 5.25 models/pixtral/modeling_pixtral.py: the fp32
+    steps, then ``self.weight * hidden_states.to(input_dtype)``) on one image's patches."""
+    v = get_model(PIXTRAL).vision
+    assert v is not None
+    norm = PixtralRMSNorm(v.hidden_size).to(torch.bfloat16).requires_grad_(trained)
+    x = torch.randn(IMAGES, v.patches, v.hidden_size, dtype=torch.bfloat16)
+    return saved_storages(lambda: norm(x.requires_grad_()), norm.parameters())
+
+
+PIXTRAL = "mistral-small-3.1-24b"
+
+
+def test_pixtrals_rms_norms_save_fp32_input_rstd_and_cast_apart():
+    """A trained norm keeps its fp32 input, its rstd and the cast back (the weight's mul
+    keeps it); a frozen one (LoRA's tower) the first two. The trained tower's item
+    requests the three of ln_pre and of both norms of every layer one by one; the LoRA
+    tower's, the two of every norm from the lowest adapted linear up."""
+    v = get_model(PIXTRAL).vision
+    assert v is not None
+    n, H = IMAGES * v.patches, v.hidden_size
+    trained = (n * H * 4, n * 4, n * H * 2)
+    assert _pixtral_measured(True) == sorted(trained)
+    assert _pixtral_measured(False) == sorted(trained[:2])
+    requests = _tower_requests(PIXTRAL, method="full")
+    assert requests[1:4] == trained  # ln_pre, after the pixels
+    assert len(_norm_starts(requests, trained)) == 1 + 2 * v.num_layers
+    lora = _tower_requests(PIXTRAL, method="lora", lora_targets="all-linear")
+    pairs = [i for i in range(len(lora) - 1) if lora[i : i + 2] == trained[:2]]
+    assert len(pairs) == 2 * v.num_layers - 1  # (layer 0's attention_norm needs no gradient)

@@ -522,10 +522,13 @@ def tower_parts(
     ln_stats: int,
 ) -> tuple[int, ...]:
     """:func:`tower_saved` as the allocator's requests: CLIP's and SigLIP's LayerNorms
-    each as their three tensors (:func:`saved_per_layer_parts`); Qwen-VL's, Pixtral's
-    towers still one request of their sum."""
-    if v.qwen or v.encoder == "pixtral":
+    each as their three tensors (:func:`saved_per_layer_parts`), Pixtral's RMSNorms as
+    theirs (vision_pixtral.tower_parts); Qwen-VL's tower still one request of its sum."""
+    if v.qwen:
         return (tower_saved(v, images, e, eager, checkpointed, weights, path, ln_stats=ln_stats),)
+    if v.encoder == "pixtral":
+        stream = path.stream if path is not None else None
+        return vision_pixtral.tower_parts(v, images, e, eager, checkpointed, weights, stream)
     if not weights and not checkpointed:
         raise ValueError("a frozen tower passes input gradients only under checkpointing")
     return _clip_siglip_parts(v, images, e, eager, checkpointed, weights, path, ln_stats)
