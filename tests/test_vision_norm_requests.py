@@ -16,6 +16,10 @@ import torch
 from transformers import CLIPVisionConfig, SiglipVisionConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.models.pixtral.modeling_pixtral import PixtralRMSNorm
+from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionBlock
+from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
+from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLVisionBlock
 from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 
 from ftmem.api import run_config
@@ -146,3 +150,53 @@ def test_pixtrals_rms_norms_save_fp32_input_rstd_and_cast_apart():
     lora = _tower_requests(PIXTRAL, method="lora", lora_targets="all-linear")
     pairs = [i for i in range(len(lora) - 1) if lora[i : i + 2] == trained[:2]]
     assert len(pairs) == 2 * v.num_layers - 1  # (layer 0's attention_norm needs no gradient)
+
+
+def _qwen_norm(name: str) -> torch.nn.Module:
+    """norm1 of one vision block as transformers 5.25 builds it: Qwen2-VL's LayerNorm
+    (models/qwen2_vl/modeling_qwen2_vl.py Qwen2VLVisionBlock), Qwen2.5-VL's RMSNorm
+    (models/qwen2_5_vl/modeling_qwen2_5_vl.py Qwen2_5_VLVisionBlock), in bf16."""
+    v = get_model(name).vision
+    assert v is not None
+    if v.encoder == "qwen2_vl":
+        config = Qwen2VLVisionConfig(embed_dim=v.hidden_size, num_heads=v.num_heads)
+        block: torch.nn.Module = Qwen2VLVisionBlock(config)
+    else:
+        config = Qwen2_5_VLVisionConfig(
+            hidden_size=v.hidden_size,
+            intermediate_size=v.intermediate_size,
+            num_heads=v.num_heads,
+        )
+        block = Qwen2_5_VLVisionBlock(config)
+    return block.norm1.to(torch.bfloat16)
+
+
+def _qwen_measured(name: str, trained: bool) -> list[int]:
+    v = get_model(name).vision
+    assert v is not None
+    norm = _qwen_norm(name).requires_grad_(trained)
+    x = torch.randn(IMAGES * v.patches, v.hidden_size, dtype=torch.bfloat16)
+    return saved_storages(lambda: norm(x.requires_grad_()), norm.parameters())
+
+
+@pytest.mark.parametrize("name", ["qwen2-vl-2b", "qwen2.5-vl-3b"])
+def test_qwen_vl_block_norms_save_their_tensors_apart(name):
+    """Qwen2-VL's LayerNorm keeps its input, mean and rstd; Qwen2.5-VL's RMSNorm its fp32
+    input and rstd, and, for a trained weight, the normalised x cast back. The trained
+    tower's item requests each block's two norms tensor by tensor; the LoRA tower's
+    (all-linear: from block 0's qkv) every norm but block 0's norm1, without the cast."""
+    v = get_model(name).vision
+    assert v is not None
+    n, H = IMAGES * v.patches, v.hidden_size
+    if v.encoder == "qwen2_vl":
+        trained = frozen = layer_norm_saved_parts(n, H, 2, layer_norm_stats_bytes("cpu", 2))
+    else:
+        trained, frozen = (n * H * 4, n * 4, n * H * 2), (n * H * 4, n * 4)
+    for grad, parts in ((True, trained), (False, frozen)):
+        assert _qwen_measured(name, grad) == sorted(parts)
+    requests = _tower_requests(name, method="full", device="cpu")
+    assert len(_norm_starts(requests, trained)) == 2 * v.num_layers
+    lora = _tower_requests(name, method="lora", lora_targets="all-linear", device="cpu")
+    k = len(frozen)
+    starts = [i for i in range(len(lora) - k + 1) if lora[i : i + k] == frozen]
+    assert len(starts) == 2 * v.num_layers - 1

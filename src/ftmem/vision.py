@@ -523,9 +523,12 @@ def tower_parts(
 ) -> tuple[int, ...]:
     """:func:`tower_saved` as the allocator's requests: CLIP's and SigLIP's LayerNorms
     each as their three tensors (:func:`saved_per_layer_parts`), Pixtral's RMSNorms as
-    theirs (vision_pixtral.tower_parts); Qwen-VL's tower still one request of its sum."""
+    theirs (vision_pixtral.tower_parts), Qwen-VL's norms theirs (vision_qwen.tower_parts)."""
     if v.qwen:
-        return (tower_saved(v, images, e, eager, checkpointed, weights, path, ln_stats=ln_stats),)
+        autocast = path is not None and path.stream != path.compute
+        return vision_qwen.tower_parts(
+            v, images, e, eager, checkpointed, weights, autocast, ln_stats=ln_stats
+        )
     if v.encoder == "pixtral":
         stream = path.stream if path is not None else None
         return vision_pixtral.tower_parts(v, images, e, eager, checkpointed, weights, stream)

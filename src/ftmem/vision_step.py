@@ -238,12 +238,11 @@ def lora_tower_parts(
     v: VisionTower, images: int, e: int, eager: bool, first, path: FrozenPath, ln_stats: int
 ) -> tuple[int, ...]:
     """A frozen tower with LoRA on its linears, not checkpointed (ftmem.vision_lora), as
-    the allocator's requests (CLIP's and SigLIP's LayerNorms and Pixtral's RMSNorms
-    tensor by tensor; Qwen-VL's tower one request); ``path``'s dtypes for CLIP and SigLIP (Qwen-VL's and
+    the allocator's requests (every norm's tensors apart); ``path``'s dtypes for CLIP and SigLIP (Qwen-VL's and
     Pixtral's are sized in ``e``; ``ln_stats``: bytes per element of a LayerNorm's mean
     and rstd)."""
     if v.qwen:
-        return (vision_qwen.lora_tower_saved(v, images, e, eager, first, ln_stats=ln_stats),)
+        return vision_qwen.lora_tower_parts(v, images, e, eager, first, ln_stats=ln_stats)
     if v.encoder == "pixtral":
         return vision_pixtral.lora_tower_parts(v, images, e, eager, first, path)
     from ftmem.vision import lora_tower_parts as clip_siglip
