@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig, SiglipVisionConfig
+from transformers import CLIPVisionConfig, MllamaVisionConfig, SiglipVisionConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+from transformers.models.mllama.modeling_mllama import MllamaVisionEncoderLayer
 from transformers.models.pixtral.modeling_pixtral import PixtralRMSNorm
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLVisionBlock
@@ -24,6 +25,7 @@ from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 
 from ftmem.api import run_config
 from ftmem.dtypes import layer_norm_saved_parts, layer_norm_stats_bytes
+from ftmem.mllama import padded_tile_tokens, tile_tokens
 from ftmem.presets import get_model
 from ftmem.step import step_parts
 from tests.saved_storages import saved_storages
@@ -200,3 +202,35 @@ def test_qwen_vl_block_norms_save_their_tensors_apart(name):
     k = len(frozen)
     starts = [i for i in range(len(lora) - k + 1) if lora[i : i + k] == frozen]
     assert len(starts) == 2 * v.num_layers - 1
+
+
+def test_mllama_vision_layer_norms_save_input_mean_and_rstd_apart():
+    """MllamaVisionEncoderLayer's input_layernorm (nn.LayerNorm, transformers 5.25
+    models/mllama/modeling_mllama.py) over an image's padded tiles: three storages. The
+    trained tower's item requests them one by one for both norms of every local and
+    global layer and layernorm_post (N padded rows), and layernorm_pre's (the unpadded
+    rows) after the pixels and the gated lookups."""
+    arch = get_model("llama3.2-11b-vision")
+    v = arch.vision
+    assert v is not None and v.mllama is not None
+    config = MllamaVisionConfig(
+        hidden_size=v.hidden_size,
+        intermediate_size=v.intermediate_size,
+        attention_heads=v.num_heads,
+    )
+    tiles = v.mllama.max_num_tiles
+    N = IMAGES * tiles * padded_tile_tokens(v)
+    stats = layer_norm_stats_bytes("cpu", 2)
+    parts = layer_norm_saved_parts(N, v.hidden_size, 2, stats)
+    norm = MllamaVisionEncoderLayer(config).input_layernorm.to(torch.bfloat16)
+    x = torch.randn(IMAGES * tiles, padded_tile_tokens(v), v.hidden_size, dtype=torch.bfloat16)
+    assert saved_storages(lambda: norm(x.requires_grad_()), norm.parameters()) == sorted(parts)
+    arch_run = run_config(method="full", precision="bf16", images=IMAGES, device="cpu", seq_len=64)
+    items = [
+        s for s in step_parts(arch, arch_run).outer_items if s.what.startswith("vision model (")
+    ]
+    assert len(items) == 1
+    requests = items[0].requests()
+    assert len(_norm_starts(requests, parts)) == 2 * (v.num_layers + v.mllama.global_layers) + 1
+    pre = layer_norm_saved_parts(IMAGES * tiles * tile_tokens(v), v.hidden_size, 2, stats)
+    assert requests[2:5] == pre
