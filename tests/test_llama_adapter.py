@@ -183,3 +183,85 @@ def test_estimate_block_items_by_hand() -> None:
     assert scaled == b * s * (3 * h + h + 2 * f + h) * 2
     outer = {x.what: x.bytes for x in v2.memory.activations_outer}
     assert outer["LM head adapter v2: pre-scale logits"] == b * s * 32000 * 2
+
+
+class _PromptAttention(torch.nn.Module):
+    """The adaption prompt's path of LitGPT's CausalSelfAttention.scaled_dot_product_attention
+    (lit_gpt/adapter.py@0f021f3a l.119-148; litgpt/adapter.py@26857050 l.79-108, the same
+    lines but ``self.qkv`` for ``self.attn``): the prompt's keys and values computed where
+    ``adapter_kv_cache`` is None and cached on the module, the gated prompt attention."""
+
+    def __init__(self, h: int, heads: int, groups: int, length: int) -> None:
+        super().__init__()
+        self.heads, self.groups, self.length, self.hs = heads, groups, length, h // heads
+        self.qkv = torch.nn.Linear(h, (heads + 2 * groups) * self.hs).requires_grad_(False)
+        self.adapter_wte = torch.nn.Embedding(length, h)
+        self.gating_factor = torch.nn.Parameter(torch.full((1, 1, heads, 1), 0.5))
+        self.adapter_kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        aT, hs = self.length, self.hs
+        if self.adapter_kv_cache is not None:
+            ak, av = self.adapter_kv_cache
+        else:
+            prefix = self.adapter_wte.weight.reshape(1, aT, self.heads * hs)
+            aqkv = self.qkv(prefix)
+            q_per_kv = self.heads // self.groups
+            aqkv = aqkv.view(1, aT, self.groups, q_per_kv + 2, hs).permute(0, 2, 3, 1, 4)
+            _, ak, av = aqkv.split((q_per_kv, 1, 1), dim=2)
+            if self.groups != 1:
+                ak = ak.repeat_interleave(q_per_kv, dim=2)
+                av = av.repeat_interleave(q_per_kv, dim=2)
+            ak = ak.view(1, -1, aT, hs)
+            av = av.view(1, -1, aT, hs)
+            self.adapter_kv_cache = (ak, av)
+        amask = torch.ones(q.size(2), aT, dtype=torch.bool)
+        ay = torch.nn.functional.scaled_dot_product_attention(q, ak, av, amask)
+        return self.gating_factor * ay.transpose(1, 2)
+
+
+@pytest.mark.parametrize("groups", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+def test_the_prompt_gets_no_gradient_after_a_no_grad_first_forward(groups: int) -> None:
+    """The scripts' sanity ``validate()`` (``@torch.no_grad()``) is the first forward: the
+    cached k/v carry no graph, so training forwards give ``adapter_wte`` no gradient (the
+    gate still gets one), while a first forward with grad would reach it. The cache's
+    storages are what prompt_kv_cache_bytes counts per gated block, and the estimate
+    counts no gradient for the prompt but keeps it in the printed trainable count."""
+    from ftmem.adapters.llama_adapter import prompt_kv_cache_bytes
+    from ftmem.precision import resolve_dtypes
+
+    h, heads, n = 32, 4, 10
+    q = torch.randn(2, heads, 6, h // heads)
+    for validate_first in (True, False):
+        module = _PromptAttention(h, heads, groups, n)
+        if validate_first:
+            with torch.no_grad():
+                module(q)
+        module(q).sum().backward()
+        assert (module.adapter_wte.weight.grad is None) is validate_first
+        assert module.gating_factor.grad is not None
+    assert module.adapter_kv_cache is not None
+    cached = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for t in module.adapter_kv_cache
+    }
+    arch = _architecture("llama2-7b").model_copy(
+        update={"num_layers": 3, "hidden_size": h, "num_heads": heads, "num_kv_heads": groups}
+    )
+    run = run_config(method="llama-adapter", precision="fp32", adapter_start_layer=2)
+    per_block = sum(cached.values())  # fp32, one gated block
+    assert prompt_kv_cache_bytes(arch, run, resolve_dtypes(run)) == per_block
+    assert per_block == (2 * n * h if groups > 1 else n * (h + 2 * h // heads)) * 4
+
+
+def test_the_prompt_is_counted_trainable_but_has_no_gradient_or_state() -> None:
+    """Llama 2 7B: the printed count stays LitGPT's 1,229,760; the gradients and AdamW
+    states are the gates' alone (30 · 32 bf16 values; two states each); the weights add
+    the cached k/v, 30 · 2 · 10 · 4096 · 2 bytes."""
+    est = estimate("llama2-7b", method="llama-adapter", **LITGPT)
+    assert est.model.n_trainable_params == 1_229_760
+    plan = plan_method(_architecture("llama2-7b"), run_config(method="llama-adapter", **LITGPT))
+    assert plan.n_trainable == 30 * 32
+    assert est.memory.gradients_bytes == 30 * 32 * 2
+    params = sum(g.nbytes for g in plan.groups)
+    assert est.memory.weights_bytes - params == 30 * 2 * 10 * 4096 * 2

@@ -661,11 +661,11 @@ def _torchtune_01_loop(
 
 
 def _program_of_passes(
-    passes: int, e: int, adapted_head: bool = False
+    passes: int, e: int, adapted_head: bool = False, rows: int = T - B
 ) -> list[list[tuple[str, int]]]:
     """``passes`` runs of the loop program, numbered as one sequence: each pass's
     ("previous", 0) frees the last pass's held copy (none in the first)."""
-    program = loss_requests._loop_shifted_loss(T, T - B, V, e, adapted_head=adapted_head)
+    program = loss_requests._loop_shifted_loss(T, rows, V, e, adapted_head=adapted_head)
     count = sum(op == "alloc" for op, _ in program.forward + program.backward)
     phases, held = [], -1
     for k in range(passes):
@@ -737,6 +737,86 @@ def test_torchtune_01s_loop_loss_requests_its_tensors_as_its_recipe_does(dtype):
             ("free", 16),
             ("free", 17),
         ]
+
+
+def test_one_sequences_loop_keeps_a_view_of_the_whole_fp32_logits():
+    """torchtune 0.1's recipe lines (recipes/lora_finetune_single_device.py@ff594c231
+    l.447-451) for one sequence: the slice of the fp32 logits is contiguous, so
+    ``contiguous()`` returns it and the rebound name (then its transposed view) holds the
+    fp32 logits' storage, T·V·4, into the next pass; for two sequences a copy of R rows."""
+    for b in (1, 2):
+        logits = torch.zeros(b, S, V, dtype=torch.bfloat16).float()  # self._model(...)
+        storage = logits.untyped_storage().data_ptr()
+        logits = logits[..., :-1, :].contiguous()
+        logits = logits.transpose(1, 2)
+        held = logits.untyped_storage()
+        assert (held.data_ptr() == storage) is (b == 1)
+        assert held.nbytes() == (b * S * V * 4 if b == 1 else b * (S - 1) * V * 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_one_sequences_loop_loss_requests_no_shifted_copy_and_holds_the_fp32_logits(dtype):
+    e = torch.finfo(dtype).bits // 8
+    R = T - 1
+    phases, skip = _torchtune_01_loop(*_one_sequence(dtype), passes=2, cuda_copy=True)
+    measured = _numbered(phases, skip)
+    assert _numbered(_program_of_passes(2, e, rows=R), 0) == measured
+    program = loss_requests._loop_shifted_loss(T, R, V, e)
+    assert _size_of_alloc(program.forward, program.output) == T * V * 4
+    # the hand derivation, the second pass (bf16, 8 allocations a pass): bf16 logits
+    # (8), their fp32 copy (9; the bf16 ones freed), the last pass's fp32 logits (1)
+    # freed as the model returns; no R·V·4 copy: CUDA's contiguous copy of the
+    # transposed input (10), the log-softmax (11), the copy freed; the fp32 logits (9)
+    # stay with the loop through the backward
+    if e == 2:
+        assert measured[2] == [
+            ("alloc", T * V * 2),
+            ("alloc", T * V * 4),
+            ("free", 8),
+            ("free", 1),
+            ("alloc", R * V * 4),
+            ("alloc", R * V * 4),
+            ("free", 10),
+        ]
+        assert 9 not in [v for op, v in measured[3] if op == "free"]
+
+
+def _size_of_alloc(requests, key: int) -> int:
+    return [v for op, v in requests if op == "alloc"][key]
+
+
+def test_one_sequences_loop_holds_the_fp32_logits_in_the_timeline():
+    """The timeline's held bytes (Loss.loop_shifted_copy): R·V·4 at batch 2, the whole
+    fp32 logits T·V·4 at batch 1; the head's requests (checked against the timeline's
+    moments and held bytes, _loop_requests) still lay them out, and the replay reaches
+    the timeline's peak."""
+    from ftmem.api import run_config
+    from ftmem.estimate import _tensors
+    from ftmem.gpu.trace import step_events
+    from ftmem.ops.loss import Loss
+    from ftmem.phases import find_peak
+    from ftmem.presets import get_model
+    from ftmem.step import step_parts
+    from tests.test_gpu_trace import replay_live
+
+    arch = get_model("qwen2.5-0.5b")
+    Vq, n = arch.vocab_size, 256
+    for batch, precision in itertools.product((1, 2), ("bf16", "fp32")):
+        run = run_config(
+            method="lora",
+            precision=precision,
+            loss="upcast-shifted",
+            framework="torchtune",
+            seq_len=n,
+            batch_size=batch,
+        )
+        Tq = batch * n
+        expected = Tq * Vq * 4 if batch == 1 else (Tq - batch) * Vq * 4
+        assert Loss.loop_shifted_copy(run, Vq, Tq) == expected
+        parts = step_parts(arch, run)
+        assert parts.sizes.head.requests is not None
+        best, _ = replay_live(step_events(parts.sizes, _tensors(parts, parts.sizes)))
+        assert best == find_peak(parts.sizes).at_peak.total
 
 
 def test_torchtune_01s_loop_loss_on_a_lora_output_requests_its_tensors_as_the_recipe_does():

@@ -48,7 +48,14 @@ def layer_norm_saved_bytes(n: int, width: int, e: int, ln_stats: int) -> int:
     """What a LayerNorm a gradient passes keeps for n rows: its input (``e`` bytes an
     element) and each row's mean and rstd (``ln_stats`` bytes each:
     :func:`layer_norm_stats_bytes`)."""
-    return n * width * e + 2 * n * ln_stats
+    return sum(layer_norm_saved_parts(n, width, e, ln_stats))
+
+
+def layer_norm_saved_parts(n: int, width: int, e: int, ln_stats: int) -> tuple[int, int, int]:
+    """The same as three tensors, as the allocator sees them: the input and
+    native_layer_norm's mean and rstd outputs, (n, 1) each (ops.saved.Saved.parts;
+    measured on the CPU: tests/test_norm_requests.py)."""
+    return (n * width * e, n * ln_stats, n * ln_stats)
 
 
 # Weight storage with quantisation constants beside the values: no single size per

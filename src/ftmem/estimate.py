@@ -195,7 +195,7 @@ def estimate_step(
     memory = with_paged_states(memory, paged, gpu)
     notes += paged_notes(memory, paged, gpu)
     notes += _family_notes(arch, run) + ([] if figures.replayed else [SCREENED_NOTE])
-    return _result(arch, run, plan, plan.n_trainable, memory, gpu, notes)
+    return _result(arch, run, plan, plan.n_requires_grad, memory, gpu, notes)
 
 
 def _with_vllm_engine(
@@ -704,7 +704,7 @@ def _estimate_parallel(
     info = _parallel_info(
         arch, par, step, memory.overhead_bytes, at_peak.workspaces + at_peak.block_rounding
     )
-    full_trainable = plan_method(arch, run).n_trainable
+    full_trainable = plan_method(arch, run).n_requires_grad
     notes = list(step.parts.plan.notes) + parallel_notes(arch, run, par, step)
     if run.objective != "sft":  # what the objective adds, as on one GPU
         notes.append(objective_note(step.parts.plan, step.run))

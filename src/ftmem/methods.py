@@ -146,6 +146,10 @@ class TensorGroup:
     # tensors of the group in each block holding it: a quantised base's per-expert
     # nn.Linears under transformers 4 are E per block (_stored_params), count = blocks · E
     per_block: int = 1
+    # requires_grad, but no gradient ever reaches it (LLaMA-Adapter's prompt under LitGPT's
+    # cache: adapters.llama_adapter): ``trainable`` False (no gradient, no optimizer state),
+    # yet counted among the trainable parameters as the framework prints them
+    idle: bool = False
     # Derived once here (an estimate reads them hundreds of times; plans are shared):
     numel: int = field(init=False, repr=False, compare=False)
     total_numel: int = field(init=False, repr=False, compare=False)
@@ -164,7 +168,7 @@ class TensorGroup:
         object.__setattr__(self, "nbytes", nbytes)
         key = (self.name, self.shape, self.count, self.fmt, self.trainable, self.adapter)
         extra = (self.double_quant, self.in_block, self.galore_rank, self.layout, self.per_block)
-        object.__setattr__(self, "_hash", hash(key + extra))
+        object.__setattr__(self, "_hash", hash((*key, *extra, self.idle)))
 
     def __hash__(self) -> int:
         """The hash of the compared fields, taken once: the multi-GPU caches key on
@@ -188,6 +192,7 @@ class TensorGroup:
             galore_rank=self.galore_rank,
             layout=self.layout,
             per_block=self.per_block,
+            idle=self.idle,
         )
 
     @property
@@ -268,7 +273,14 @@ class MethodPlan:
 
     @property
     def n_trainable(self) -> int:
+        """The parameters that get a gradient (and optimizer states)."""
         return sum(g.total_numel for g in self.groups if g.trainable)
+
+    @property
+    def n_requires_grad(self) -> int:
+        """The trainable parameters as the framework counts them (requires_grad): those
+        with a gradient and the idle ones no gradient reaches (TensorGroup.idle)."""
+        return sum(g.total_numel for g in self.groups if g.trainable or g.idle)
 
 
 _ROLE_ALIASES = {"q": "q", "k": "k", "v": "v", "o": "o", "gate": "gate", "up": "up", "down": "down"}
@@ -1294,14 +1306,24 @@ def llama_adapter_groups(
     under Fabric's precision): per gated block the adaption prompt ``adapter_wte``
     (n × h) and ``gating_factor`` (1, 1, heads, 1); v2 adds ``adapter_bias`` and
     ``adapter_scale`` (out,) to every linear and to the LM head. All of them pass
-    LitGPT's adapter_filter, so all train (requires_grad)."""
+    LitGPT's adapter_filter (requires_grad), but ``adapter_wte`` gets no gradient: its
+    keys and values are cached by the scripts' first, no-grad forward and reused, graph
+    free, by every training forward (adapters.llama_adapter), so it is idle."""
     n_gated = gated_blocks(arch, run)
     if not n_gated:
         return []
     length = run.adaption_prompt[0]
     dt = dtypes.adapter
     groups = [
-        TensorGroup("attn.adapter_wte.weight", (length, arch.hidden_size), n_gated, dt, True, True),
+        TensorGroup(
+            "attn.adapter_wte.weight",
+            (length, arch.hidden_size),
+            n_gated,
+            dt,
+            False,
+            True,
+            idle=True,
+        ),
         TensorGroup("attn.gating_factor", (1, 1, arch.num_heads, 1), n_gated, dt, True, True),
     ]
     for lin in v2_scaled:

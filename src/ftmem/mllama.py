@@ -22,7 +22,7 @@ model's cross-attention layers, as plain data beside the language model's Archit
 
 from __future__ import annotations
 
-from ftmem.dtypes import FP32, layer_norm_saved_bytes
+from ftmem.dtypes import FP32, layer_norm_saved_parts
 from ftmem.validation import Model, PositiveInt, field_validator
 
 
@@ -202,6 +202,26 @@ def tower_saved(
     weight copies are mllama_step.autocast_copies'. ``fp32_linears``: bitsandbytes'
     4-bit linears answer in their input's dtype (precision.Dtypes.four_bit_outputs_fp32),
     so fc1's output, the GELU's input, stays fp32."""
+    parts = tower_parts(v, images, e, weights, eager, autocast, fp32_linears, ln_stats=ln_stats)
+    return sum(parts)
+
+
+def tower_parts(
+    v,
+    images: int,
+    e: int,
+    weights: bool,
+    eager: bool = False,
+    autocast: bool = False,
+    fp32_linears: bool = False,
+    *,
+    ln_stats: int,
+) -> tuple[int, ...]:
+    """:func:`tower_saved` as the allocator's requests, in the forward's order: the
+    pixels and the gated lookups, layernorm_pre, the local layers, layernorm_post, the
+    global layers; each LayerNorm's input, mean and rstd apart
+    (dtypes.layer_norm_saved_parts, measured on the CPU: tests/test_vision_norm_requests.py),
+    a layer's attention items, its MLP's and a global layer's gates one request each."""
     m: MllamaParts = v.mllama
     H, I = v.hidden_size, v.intermediate_size
     tiles = m.max_num_tiles
@@ -209,25 +229,30 @@ def tower_saved(
     N = images * tiles * tp
     stream = FP32 if autocast else e  # (the LayerNorms' inputs)
     stats = FP32 if autocast else ln_stats  # an fp32 input's statistics are fp32
-    per_layer = 2 * layer_norm_saved_bytes(N, H, stream, stats)
-    per_layer += _attention_saved(v, images, e, weights, eager)
-    per_layer += N * I * (FP32 if fp32_linears else e)
+    norm = layer_norm_saved_parts(N, H, stream, stats)
+    attention = _attention_saved(v, images, e, weights, eager)
+    mlp = N * I * (FP32 if fp32_linears else e)
     gated = 2 * (FP32 if autocast else e)  # the tanh of each gate, which h's gradient reads
+    pixels = tile_lookups = 0
     if weights:
-        # q/k/v's and fc1's inputs (one shared norm output, or under autocast each
-        # linear's own cast of the fp32 one) and fc2's
-        per_layer += (4 if autocast else 2) * N * H * e + N * I * e
+        # q/k/v's inputs (one shared norm output, or under autocast each linear's own
+        # cast of the fp32 one), fc1's and fc2's
+        attention += (3 if autocast else 1) * N * H * e
+        mlp += N * H * e + N * I * e
         gated += 2 * N * H * e
-    total = (v.num_layers + m.global_layers) * per_layer + m.global_layers * gated
-    total += layer_norm_saved_bytes(images * tiles * t, H, stream, stats) + layer_norm_saved_bytes(
-        N, H, stream, stats
-    )
-    if weights:
         pixels = images * tiles * v.num_channels * v.image_size**2 * e
         lookup = FP32 if autocast else e
         tile_lookups = (2 * images * tiles * H + images * tiles * t * H) * lookup
-        total += pixels + tile_lookups
-    return total
+    layer = (*norm, attention, *norm, mlp)
+    out = (
+        pixels,
+        tile_lookups,
+        *layer_norm_saved_parts(images * tiles * t, H, stream, stats),
+        *layer * v.num_layers,
+        *norm,
+        *(*layer, gated) * m.global_layers,
+    )
+    return tuple(b for b in out if b)
 
 
 def _attention_saved(v, images: int, e: int, weights: bool, eager: bool) -> int:

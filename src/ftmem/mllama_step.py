@@ -11,7 +11,7 @@ from collections import defaultdict
 from ftmem.arch import Architecture, ParamKind
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, is_quantized, layer_norm_stats_bytes
 from ftmem.errors import InvalidInputError
-from ftmem.mllama import CROSS_PREFIX, cross_layer_params, tower_mask, tower_saved
+from ftmem.mllama import CROSS_PREFIX, cross_layer_params, tower_mask, tower_parts
 from ftmem.ops.saved import Saved
 from ftmem.precision import Dtypes
 from ftmem.run import RunConfig
@@ -305,10 +305,10 @@ def saved(arch: Architecture, run: RunConfig, e: int, trains, dtypes) -> list:
     if trains.tower or checkpointing_hooks_tower(run) or tower_lora:
         fp32_linears = dtypes.four_bit_outputs_fp32
         ln = layer_norm_stats_bytes(run.device, e)
-        kept = tower_saved(v, images, e, trains.tower, eager, autocast, fp32_linears, ln_stats=ln)
-        out.append(
-            Saved(f"vision model ({'trained' if trains.tower else 'input gradients'})", kept)
-        )
+        parts = tower_parts(v, images, e, trains.tower, eager, autocast, fp32_linears, ln_stats=ln)
+        what = f"vision model ({'trained' if trains.tower else 'input gradients'})"
+        # (every LayerNorm's input, mean and rstd one request each: Saved.parts)
+        out.append(Saved(what, sum(parts), parts=parts))
         if not eager:  # (eager adds the mask to the scores and keeps nothing)
             out.append(Saved("vision model's aspect-ratio mask", tower_mask(v, images, e)))
     if trains.projector:

@@ -7,11 +7,14 @@ FSDP, which only broadcasts them), whatever the batch and the length.
 Which releases register them, per family, is data (``Family.rotary_cache_releases``,
 ``Family.causal_mask_buffer``, the ranges cited in ftmem.versions); a run without
 ``transformers_version`` is the current release, which registers none. A framework's own
-rotary module may register its table too (Profile.rotary_cache_buffer: torchtune's).
+rotary module may register its table too (Profile.rotary_cache_buffer: torchtune's), and
+LitGPT's LLaMA-Adapter caches its prompts' keys and values on its modules
+(adapters.llama_adapter.prompt_kv_cache_bytes).
 """
 
 from __future__ import annotations
 
+from ftmem.adapters.llama_adapter import prompt_kv_cache_bytes
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.precision import Dtypes
@@ -85,12 +88,14 @@ def framework_rotary_cache_bytes(arch: Architecture, run: RunConfig) -> int:
 
 def release_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
     """All the buffers the run's transformers release registers that 5 does not, the
-    cos/sin 4.38.0's rotary modules keep, and the framework's own rotary cache."""
+    cos/sin 4.38.0's rotary modules keep, the framework's own rotary cache and
+    LLaMA-Adapter's cached prompt keys and values."""
     return (
         rotary_table_bytes(arch, run, dtypes)
         + causal_mask_bytes(arch, run)
         + last_cos_sin_bytes(arch, run, dtypes)
         + framework_rotary_cache_bytes(arch, run)
+        + prompt_kv_cache_bytes(arch, run, dtypes)
     )
 
 
@@ -99,5 +104,6 @@ def stage_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes, stage
     layers' share of the rotary tables, the causal mask as the model registers it, the
     framework's shared rotary cache."""
     per_layer = rotary_table_bytes(arch, run, dtypes) + last_cos_sin_bytes(arch, run, dtypes)
+    per_layer += prompt_kv_cache_bytes(arch, run, dtypes)  # (its gated blocks' share, roughly)
     shared = causal_mask_bytes(arch, run) + framework_rotary_cache_bytes(arch, run)
     return per_layer // stages + shared

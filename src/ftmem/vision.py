@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from ftmem import limits, mllama, vision_pixtral, vision_qwen
-from ftmem.dtypes import FP32, layer_norm_saved_bytes
+from ftmem.dtypes import FP32, layer_norm_saved_parts
 from ftmem.errors import InvalidInputError
 from ftmem.mllama import MllamaParts
 from ftmem.validation import Field, Model, PositiveInt, model_validator
@@ -310,6 +310,23 @@ def saved_per_layer(
     call: aten autocast_mode.h cached_cast caches leaves only), 3 n H e (measured, the
     tiny LLaVA full bf16-mixed); the weights' copies: vision_lora.trained_weight_copies.
     """
+    return sum(saved_per_layer_parts(v, images, e, eager, path, ln_stats=ln_stats))
+
+
+def saved_per_layer_parts(
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool = False,
+    path: FrozenPath | None = None,
+    *,
+    ln_stats: int,
+) -> tuple[int, ...]:
+    """:func:`saved_per_layer` as the allocator's requests, in the layer's order: each
+    LayerNorm's three tensors apart (input, mean, rstd: dtypes.layer_norm_saved_parts,
+    measured on CLIP's and SigLIP's modules, tests/test_vision_norm_requests.py), the
+    attention's items (q/k/v's inputs and the kernel's) and the MLP's (fc1's input, the
+    activation's) each as one request of their sum."""
     path = path or FrozenPath.uniform(e)
     stats = FP32 if path.stream == FP32 else ln_stats
     H, I, t = v.hidden_size, v.intermediate_size, v.tower_tokens
@@ -320,9 +337,10 @@ def saved_per_layer(
         attention = 4 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
     else:
         attention = 4 * n * H * e + n * v.num_heads * FP32
-    norms = 2 * layer_norm_saved_bytes(n, H, path.stream, stats)
+    norm = layer_norm_saved_parts(n, H, path.stream, stats)
     qkv_reads = 3 if path.stream != path.compute else 1
-    return norms + (qkv_reads + 1) * n * H * e + attention + (act + 1) * n * I * e
+    mlp = n * H * e + (act + 1) * n * I * e
+    return (*norm, qkv_reads * n * H * e + attention, *norm, mlp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +392,20 @@ def input_grad_per_layer(
     gradient needs only the weight): the LayerNorms (input, mean and rstd: ``ln_stats``
     bytes each, an fp32 stream's in fp32), the attention kernel's items, the activation's;
     each in its dtype along ``path`` (default: all in ``e``)."""
+    return sum(_input_grad_parts(v, images, e, eager, start, path, ln_stats))
+
+
+def _input_grad_parts(
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool,
+    start: int,
+    path: FrozenPath | None,
+    ln_stats: int,
+) -> tuple[int, ...]:
+    """:func:`input_grad_per_layer` as the allocator's requests: each LayerNorm's input,
+    mean and rstd apart, the attention's and the activation's items one request each."""
     path = path or FrozenPath.uniform(e)
     stats = FP32 if path.stream == FP32 else ln_stats
     H, I, t = v.hidden_size, v.intermediate_size, v.tower_tokens
@@ -384,9 +416,9 @@ def input_grad_per_layer(
         attention = 3 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
     else:
         attention = 4 * n * H * e + n * v.num_heads * FP32
-    norm = layer_norm_saved_bytes(n, H, path.stream, stats)
-    parts = (norm, attention, norm, act * n * I * path.linear_out)
-    return sum(parts[start:])
+    norm = layer_norm_saved_parts(n, H, path.stream, stats)
+    groups = (norm, (attention,), norm, (act * n * I * path.linear_out,))
+    return tuple(b for group in groups[start:] for b in group)
 
 
 def lora_tower_saved(
@@ -404,19 +436,30 @@ def lora_tower_saved(
     the layer, as :func:`input_grad_per_layer`'s ``start``) up to the layer the projector
     reads; below it nothing needs a gradient (nor CLIP's pre-norm); SigLIP's post-norm
     when Gemma 3 reads the last layer."""
+    return sum(lora_tower_parts(v, images, e, eager, first, path, ln_stats=ln_stats))
+
+
+def lora_tower_parts(
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool,
+    first: tuple[int, int],
+    path: FrozenPath | None = None,
+    *,
+    ln_stats: int,
+) -> tuple[int, ...]:
+    """:func:`lora_tower_saved` as the allocator's requests, layer by layer."""
     path = path or FrozenPath.uniform(e)
     layer, start = first
     n = images * v.tower_tokens
-    total = sum(
-        input_grad_per_layer(
-            v, images, e, eager, start if i == layer else 0, path, ln_stats=ln_stats
-        )
-        for i in range(layer, v.layers_kept)
-    )
+    out: list[int] = []
+    for i in range(layer, v.layers_kept):
+        out += _input_grad_parts(v, images, e, eager, start if i == layer else 0, path, ln_stats)
     if v.layers_kept == v.num_layers and v.encoder == "siglip":
         stats = FP32 if path.stream == FP32 else ln_stats
-        total += layer_norm_saved_bytes(n, v.hidden_size, path.stream, stats)
-    return total
+        out += layer_norm_saved_parts(n, v.hidden_size, path.stream, stats)
+    return tuple(out)
 
 
 def pixel_bytes(v: VisionTower, images: int) -> int:
@@ -464,6 +507,48 @@ def tower_saved(
         return vision_pixtral.tower_saved(v, images, e, eager, checkpointed, weights, stream)
     if not weights and not checkpointed:
         raise ValueError("a frozen tower passes input gradients only under checkpointing")
+    return sum(_clip_siglip_parts(v, images, e, eager, checkpointed, weights, path, ln_stats))
+
+
+def tower_parts(
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool = False,
+    checkpointed: bool = False,
+    weights: bool = True,
+    path: FrozenPath | None = None,
+    *,
+    ln_stats: int,
+) -> tuple[int, ...]:
+    """:func:`tower_saved` as the allocator's requests: CLIP's and SigLIP's LayerNorms
+    each as their three tensors (:func:`saved_per_layer_parts`), Pixtral's RMSNorms as
+    theirs (vision_pixtral.tower_parts), Qwen-VL's norms theirs (vision_qwen.tower_parts)."""
+    if v.qwen:
+        autocast = path is not None and path.stream != path.compute
+        return vision_qwen.tower_parts(
+            v, images, e, eager, checkpointed, weights, autocast, ln_stats=ln_stats
+        )
+    if v.encoder == "pixtral":
+        stream = path.stream if path is not None else None
+        return vision_pixtral.tower_parts(v, images, e, eager, checkpointed, weights, stream)
+    if not weights and not checkpointed:
+        raise ValueError("a frozen tower passes input gradients only under checkpointing")
+    return _clip_siglip_parts(v, images, e, eager, checkpointed, weights, path, ln_stats)
+
+
+def _clip_siglip_parts(
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool,
+    checkpointed: bool,
+    weights: bool,
+    path: FrozenPath | None,
+    ln_stats: int,
+) -> tuple[int, ...]:
+    """CLIP's and SigLIP's tower (:func:`tower_saved`), tensor by tensor in the forward's
+    order: the pixels, CLIP's pre-norm, the layers, SigLIP's post-norm."""
     n = images * v.tower_tokens
     # the convolution keeps the pixels it reads: the batch's fp32 pixel_values themselves,
     # or their cast to the tower's dtype (then the input is the loop's: pixel_bytes)
@@ -473,16 +558,15 @@ def tower_saved(
     path = path or FrozenPath.uniform(e)
     stream = path.stream
     stats = FP32 if stream == FP32 else ln_stats
+    norm = layer_norm_saved_parts(n, v.hidden_size, stream, stats)
     if checkpointed:
-        per_layer = n * v.hidden_size * stream
+        per_layer: tuple[int, ...] = (n * v.hidden_size * stream,)
     else:
-        per_layer = saved_per_layer(v, images, e, eager, path, ln_stats=ln_stats)
-    total = pixels + v.layers_kept * per_layer
-    if v.encoder == "clip":
-        total += layer_norm_saved_bytes(n, v.hidden_size, stream, stats)
+        per_layer = saved_per_layer_parts(v, images, e, eager, path, ln_stats=ln_stats)
+    out = [pixels, *(norm if v.encoder == "clip" else ()), *per_layer * v.layers_kept]
     if v.layers_kept == v.num_layers and v.encoder == "siglip":
-        total += layer_norm_saved_bytes(n, v.hidden_size, stream, stats)
-    return total
+        out += norm
+    return tuple(b for b in out if b)
 
 
 def projector_saved(

@@ -102,8 +102,17 @@ def _rms_saved(
     normalised x cast back (to the input's dtype, ``stream``: default ``e``; fp32 under
     autocast, where the fp32 stream is the input) that the weight's mul keeps; with no
     gradient for its input, only that last one."""
+    return sum(_rms_parts(n, width, e, input_grad, stream))
+
+
+def _rms_parts(
+    n: int, width: int, e: int, input_grad: bool = True, stream: int | None = None
+) -> tuple[int, ...]:
+    """:func:`_rms_saved` as the allocator's requests, one per tensor: the fp32 input,
+    the rstd (one fp32 value a row) and the cast back (measured on PixtralRMSNorm,
+    tests/test_vision_norm_requests.py)."""
     cast = n * width * (stream or e)
-    return n * width * FP32 + n * FP32 + cast if input_grad else cast
+    return (n * width * FP32, n * FP32, cast) if input_grad else (cast,)
 
 
 def mask_bytes(v: VisionTower, images: int, e: int) -> int:
@@ -140,16 +149,28 @@ def saved_per_layer(
     k and v keep three 16-bit casts, gate and up two (measured, the tiny Mistral 3 full
     bf16-mixed); the weights' copies: vision_lora.trained_weight_copies.
     """
+    return sum(saved_per_layer_parts(v, images, e, eager, stream))
+
+
+def saved_per_layer_parts(
+    v: VisionTower, images: int, e: int, eager: bool, stream: int | None = None
+) -> tuple[int, ...]:
+    """:func:`saved_per_layer` as the allocator's requests, in the layer's order: each
+    RMSNorm's tensors apart (:func:`_rms_parts`), the attention's items (the linears'
+    inputs and the kernel's) and the MLP's (its linears' inputs, the SwiGLU's) each one
+    request of their sum."""
     H, n = v.hidden_size, images * v.patches
     s = stream or e
-    reads = 3 + 2 if s != e else 2  # (each linear its own cast, or one shared output)
-    norms = 2 * _rms_saved(n, H, e, stream=s) + reads * n * H * e
+    # (each linear its own cast of the norm's fp32 output, or one shared output)
+    attention_reads, mlp_reads = (3, 2) if s != e else (1, 1)
+    norm = _rms_parts(n, H, e, stream=s)
     if eager:
         probs = v.num_heads * n * n
         attention = 4 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
     else:
         attention = 4 * n * H * e + n * v.num_heads * FP32
-    return norms + attention + 4 * n * v.intermediate_size * e
+    mlp = mlp_reads * n * H * e + 4 * n * v.intermediate_size * e
+    return (*norm, attention_reads * n * H * e + attention, *norm, mlp)
 
 
 def tower_saved(
@@ -183,19 +204,41 @@ def tower_saved(
     the mask are kept in it; otherwise cos and sin are, and each layer's sdpa keeps its
     own 16-bit cast of the mask (measured, full and LoRA bf16-mixed, checkpointed or
     not)."""
+    return sum(tower_parts(v, images, e, eager, checkpointed, weights, stream))
+
+
+def tower_parts(
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool,
+    checkpointed: bool = False,
+    weights: bool = True,
+    stream: int | None = None,
+) -> tuple[int, ...]:
+    """:func:`tower_saved` as the allocator's requests: the pixels, ln_pre's tensors
+    apart, the rotary tables and masks, then layer by layer (:func:`saved_per_layer_parts`;
+    checkpointed, each layer's input)."""
     n, H = images * v.patches, v.hidden_size
     pixels = images * v.num_channels * v.image_size**2 * e if weights else 0
-    ln_pre = _rms_saved(n, H, e) if weights else n * H * FP32 + n * FP32
+    # (a frozen weight's mul keeps the weight alone: the fp32 input and rsqrt)
+    ln_pre = _rms_parts(n, H, e) if weights else _rms_parts(n, H, e)[:2]
+    s = stream or e
     if checkpointed:
-        s = stream or e
-        return pixels + ln_pre + mask_bytes(v, images, s) + v.num_layers * n * H * s
+        out = (pixels, *ln_pre, mask_bytes(v, images, s), *(n * H * s,) * v.num_layers)
+        return tuple(b for b in out if b)
     if not weights:
         raise ValueError("a frozen tower passes input gradients only under checkpointing")
-    s = stream or e
-    total = pixels + ln_pre + rotary_tables(v, images, s)
-    if not eager:
-        total += (v.num_layers if s != e else 1) * mask_bytes(v, images, e)
-    return total + v.num_layers * saved_per_layer(v, images, e, eager, s)
+    masks = 0 if eager else (v.num_layers if s != e else 1)
+    layer = saved_per_layer_parts(v, images, e, eager, s)
+    out = (
+        pixels,
+        *ln_pre,
+        rotary_tables(v, images, s),
+        *(mask_bytes(v, images, e),) * masks,
+        *layer * v.num_layers,
+    )
+    return tuple(b for b in out if b)
 
 
 def lora_tower_saved(
@@ -222,6 +265,20 @@ def lora_tower_saved(
     16-bit dtype at every call (no cache for a tensor needing no gradient: aten
     autocast_mode.h cached_cast), so each layer's node keeps its own cast (n² e) and none
     keeps the fp32 mask (measured: tests/accuracy/cases.py _tower_autocast)."""
+    return sum(lora_tower_parts(v, images, e, eager, first, path))
+
+
+def lora_tower_parts(
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool,
+    first: tuple[int, int],
+    path: FrozenPath | None = None,
+) -> tuple[int, ...]:
+    """:func:`lora_tower_saved` as the allocator's requests: cos and sin, the masks, then
+    layer by layer each RMSNorm's fp32 input and rsqrt apart (:func:`_rms_parts`), the
+    attention's and the SwiGLU's items one request each."""
     from ftmem.vision import FrozenPath  # (ftmem.vision imports this module)
 
     path = path or FrozenPath.uniform(e)
@@ -232,15 +289,14 @@ def lora_tower_saved(
         attention = 3 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
     else:
         attention = 4 * n * H * e + n * v.num_heads * FP32
-    norm = _rms_saved(n, H, e) - n * H * e
-    parts = (norm, attention, norm, 3 * n * v.intermediate_size * e)
-    total = sum(sum(parts[start if i == layer else 0 :]) for i in range(layer, v.num_layers))
-    total += rotary_tables(v, images, path.stream)
-    if eager:
-        return total
+    norm = _rms_parts(n, H, e)[:2]  # (the cast back is for the frozen weight's gradient)
+    groups = (norm, (attention,), norm, (3 * n * v.intermediate_size * e,))
     # (one mask for all layers; its 16-bit cast per layer with a node where autocast casts)
-    masks = v.num_layers - layer if path.stream != path.compute else 1
-    return total + masks * mask_bytes(v, images, e)
+    masks = 0 if eager else (v.num_layers - layer if path.stream != path.compute else 1)
+    out = [rotary_tables(v, images, path.stream), *(mask_bytes(v, images, e),) * masks]
+    for i in range(layer, v.num_layers):
+        out += [b for group in groups[start if i == layer else 0 :] for b in group]
+    return tuple(out)
 
 
 def projector_saved(

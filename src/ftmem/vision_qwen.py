@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from ftmem.dtypes import FP32
+from ftmem.dtypes import FP32, layer_norm_saved_parts
 
 if TYPE_CHECKING:
     from ftmem.vision import VisionParam, VisionTower
@@ -154,12 +154,21 @@ def _norm_saved(v: VisionTower, n: int, e: int, ln_stats: int, input_grad: bool 
     the input cast to fp32 (pow and mul keep it), rsqrt's output and the normalised x
     cast back that the weight's multiplication keeps; with no gradient for its input only
     that last one."""
+    return sum(_norm_parts(v, n, e, ln_stats, input_grad))
+
+
+def _norm_parts(
+    v: VisionTower, n: int, e: int, ln_stats: int, input_grad: bool = True
+) -> tuple[int, ...]:
+    """:func:`_norm_saved` as the allocator's requests, one per tensor: the LayerNorm's
+    input, mean and rstd; the RMSNorm's fp32 input, rstd and cast back (measured on
+    transformers' modules: tests/test_vision_norm_requests.py)."""
     H = v.hidden_size
     if v.encoder == "qwen2_vl":
-        return n * H * e + 2 * n * ln_stats
+        return layer_norm_saved_parts(n, H, e, ln_stats)
     if not input_grad:
-        return n * H * e
-    return n * H * FP32 + n * FP32 + n * H * e
+        return (n * H * e,)
+    return (n * H * FP32, n * FP32, n * H * e)
 
 
 def saved_per_layer(
@@ -183,12 +192,29 @@ def saved_per_layer(
     up each cast for themselves (l.96; no cache for a non-leaf: aten autocast_mode.h
     cached_cast): one more n H e (measured, the tiny Qwen2.5-VL full bf16-mixed); qkv is
     one linear. The weights' copies: vision_lora.trained_weight_copies."""
-    n = images * v.patches
+    return sum(saved_per_layer_parts(v, images, e, eager, full, autocast, ln_stats=ln_stats))
+
+
+def saved_per_layer_parts(
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool,
+    full: bool,
+    autocast: bool = False,
+    *,
+    ln_stats: int,
+) -> tuple[int, ...]:
+    """:func:`saved_per_layer` as the allocator's requests, in the block's order: each
+    norm's tensors apart (:func:`_norm_parts`), the attention's items (qkv's input, the
+    kernel's) and the MLP's (its input, or gate's and up's casts, and the activation's)
+    each one request of their sum."""
+    n, H = images * v.patches, v.hidden_size
     mlp = (4 if v.encoder == "qwen2_5_vl" else 3) * n * v.intermediate_size * e
-    norms = 2 * (_norm_saved(v, n, e, ln_stats) + n * v.hidden_size * e)
-    if autocast and v.encoder == "qwen2_5_vl":
-        norms += n * v.hidden_size * e
-    return norms + _attention_saved(v, images, e, eager, full) + mlp
+    mlp_reads = 2 if autocast and v.encoder == "qwen2_5_vl" else 1
+    norm = _norm_parts(v, n, e, ln_stats)
+    attention = n * H * e + _attention_saved(v, images, e, eager, full)
+    return (*norm, attention, *norm, mlp_reads * n * H * e + mlp)
 
 
 def input_grad_per_layer(
@@ -208,15 +234,25 @@ def input_grad_per_layer(
     input, the MLP output linear's input): the norms for their input, attention's items
     but proj's input, SwiGLU's SiLU input and output and up's output (3 n I e),
     QuickGELU's input and sigmoid (2 n I e)."""
+    return sum(_input_grad_parts(v, images, e, eager, full, start, ln_stats))
+
+
+def _input_grad_parts(
+    v: VisionTower, images: int, e: int, eager: bool, full: bool, start: int, ln_stats: int
+) -> tuple[int, ...]:
+    """:func:`input_grad_per_layer` as the allocator's requests: each norm's tensors
+    apart (the RMSNorm's cast back left out: it is for the frozen weight's gradient), the
+    attention's and the MLP's items one request each."""
     n = images * v.patches
     mlp = (3 if v.encoder == "qwen2_5_vl" else 2) * n * v.intermediate_size * e
-    rms_normed = n * v.hidden_size * e if v.encoder == "qwen2_5_vl" else 0
-    norm = _norm_saved(v, n, e, ln_stats) - rms_normed
+    norm = _norm_parts(v, n, e, ln_stats)
+    if v.encoder == "qwen2_5_vl":
+        norm = norm[:2]
     attention = _attention_saved(v, images, e, eager, full)
     if not eager:
         attention -= n * v.hidden_size * e  # (proj's input, the chunks' concatenation)
-    parts = (norm, attention, norm, mlp)
-    return sum(parts[start:])
+    groups = (norm, (attention,), norm, (mlp,))
+    return tuple(b for group in groups[start:] for b in group)
 
 
 def lora_tower_saved(
@@ -226,13 +262,19 @@ def lora_tower_saved(
     sin (kept by the first rotation of a q needing a gradient) and the blocks from the
     lowest adapted linear (``first``: its block and part) up; the patch embeddings need
     no gradient, so Qwen2.5-VL's window-order gather keeps no index."""
+    return sum(lora_tower_parts(v, images, e, eager, first, ln_stats=ln_stats))
+
+
+def lora_tower_parts(
+    v: VisionTower, images: int, e: int, eager: bool, first: tuple[int, int], *, ln_stats: int
+) -> tuple[int, ...]:
+    """:func:`lora_tower_saved` as the allocator's requests, block by block."""
     layer, start = first
-    total = rotary_tables(v, images) if layer < v.num_layers - 1 or start <= 1 else 0
+    out = [rotary_tables(v, images) if layer < v.num_layers - 1 or start <= 1 else 0]
     for i in range(layer, v.num_layers):
         full = i in v.full_attention_layers
-        part = start if i == layer else 0
-        total += input_grad_per_layer(v, images, e, eager, full, part, ln_stats=ln_stats)
-    return total
+        out += _input_grad_parts(v, images, e, eager, full, start if i == layer else 0, ln_stats)
+    return tuple(b for b in out if b)
 
 
 def pixel_elements(v: VisionTower, images: int) -> int:
@@ -264,23 +306,40 @@ def tower_saved(
     saved tensors: vision_step.pixel_input holds them). ``weights`` false: frozen but
     hooked by enable_input_require_grads (checkpointed only), no pixels. Qwen2.5-VL's window order is a gather whose backward
     keeps its int64 index (one per merge unit)."""
+    parts = tower_parts(v, images, e, eager, checkpointed, weights, autocast, ln_stats=ln_stats)
+    return sum(parts)
+
+
+def tower_parts(
+    v: VisionTower,
+    images: int,
+    e: int,
+    eager: bool,
+    checkpointed: bool,
+    weights: bool = True,
+    autocast: bool = False,
+    *,
+    ln_stats: int,
+) -> tuple[int, ...]:
+    """:func:`tower_saved` as the allocator's requests: the pixels, cos and sin, the
+    window order's index, then block by block (:func:`saved_per_layer_parts`;
+    checkpointed, each block's input)."""
     n = images * v.patches
     # (checkpointed blocks get cos and sin inside their position_embeddings tuple, which
     # the checkpoint keeps as an argument, saved by no autograd node: rotary_tables)
     # (the Conv3d keeps the pixels for its weight's gradient only: a frozen tower that
     # enable_input_require_grads hooked (patch_embed, its get_input_embeddings) keeps none)
     pixels = pixel_elements(v, images) * e if weights else 0
-    total = pixels + (0 if checkpointed else rotary_tables(v, images))
+    out = [pixels, 0 if checkpointed else rotary_tables(v, images)]
     if v.encoder == "qwen2_5_vl":
-        total += n // v.merge_size**2 * 8
+        out.append(n // v.merge_size**2 * 8)
     for i in range(v.num_layers):
         full = i in v.full_attention_layers
-        total += (
-            n * v.hidden_size * e
-            if checkpointed
-            else saved_per_layer(v, images, e, eager, full, autocast, ln_stats=ln_stats)
-        )
-    return total
+        if checkpointed:
+            out.append(n * v.hidden_size * e)
+        else:
+            out += saved_per_layer_parts(v, images, e, eager, full, autocast, ln_stats=ln_stats)
+    return tuple(b for b in out if b)
 
 
 def merger_saved(v: VisionTower, images: int, e: int, tower_trains: bool, *, ln_stats: int) -> int:

@@ -29,7 +29,7 @@ from ftmem.vision import (
     projector_saved,
     stored_format,
     tower_params,
-    tower_saved,
+    tower_parts,
 )
 
 # Prefixes of the vision parameters (transformers 5.24 LlavaModel / Gemma3Model; Qwen-VL's
@@ -197,12 +197,12 @@ def saved(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[Saved]:
     first = vision_lora.first_tower_adapter(adapted)
     if trains.tower or hooked or (first is not None and run.grad_ckpt):
         # (checkpointed layers keep their input whatever in them needs a gradient)
-        kept = tower_saved(v, images, e, eager, run.grad_ckpt, trains.tower, path, ln_stats=ln)
+        parts = tower_parts(v, images, e, eager, run.grad_ckpt, trains.tower, path, ln_stats=ln)
         what = "trained" if trains.tower else "frozen, input gradients"
-        out.append(Saved(f"vision tower ({what})", kept))
+        out.append(_tower_item(f"vision tower ({what})", parts))
     elif first is not None:
-        kept = lora_tower_saved(v, images, e, eager, first, path, ln)
-        out.append(Saved("vision tower (frozen, LoRA from its lowest adapted linear)", kept))
+        parts = lora_tower_parts(v, images, e, eager, first, path, ln)
+        out.append(_tower_item("vision tower (frozen, LoRA from its lowest adapted linear)", parts))
     if adapted:
         kept = vision_lora.adapter_saved(arch, run, dtypes, adapted)
         out.append(Saved("vision LoRA adapters (their inputs, lora_A outputs)", kept))
@@ -229,17 +229,23 @@ def frozen_path(dtypes: Dtypes) -> FrozenPath:
     return FrozenPath(e, dtypes.residual_bytes, linear_out)
 
 
-def lora_tower_saved(
+def _tower_item(what: str, parts: tuple[int, ...]) -> Saved:
+    """The tower's saved tensors as one item whose parts are the allocator's requests."""
+    return Saved(what, sum(parts), parts=parts if len(parts) > 1 else ())
+
+
+def lora_tower_parts(
     v: VisionTower, images: int, e: int, eager: bool, first, path: FrozenPath, ln_stats: int
-) -> int:
-    """A frozen tower with LoRA on its linears, not checkpointed (ftmem.vision_lora);
-    ``path``'s dtypes for CLIP and SigLIP (Qwen-VL's and Pixtral's are sized in ``e``;
-    ``ln_stats``: bytes per element of a LayerNorm's mean and rstd)."""
+) -> tuple[int, ...]:
+    """A frozen tower with LoRA on its linears, not checkpointed (ftmem.vision_lora), as
+    the allocator's requests (every norm's tensors apart); ``path``'s dtypes for CLIP and SigLIP (Qwen-VL's and
+    Pixtral's are sized in ``e``; ``ln_stats``: bytes per element of a LayerNorm's mean
+    and rstd)."""
     if v.qwen:
-        return vision_qwen.lora_tower_saved(v, images, e, eager, first, ln_stats=ln_stats)
+        return vision_qwen.lora_tower_parts(v, images, e, eager, first, ln_stats=ln_stats)
     if v.encoder == "pixtral":
-        return vision_pixtral.lora_tower_saved(v, images, e, eager, first, path)
-    from ftmem.vision import lora_tower_saved as clip_siglip
+        return vision_pixtral.lora_tower_parts(v, images, e, eager, first, path)
+    from ftmem.vision import lora_tower_parts as clip_siglip
 
     return clip_siglip(v, images, e, eager, first, path, ln_stats=ln_stats)
 

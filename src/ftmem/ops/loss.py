@@ -243,7 +243,10 @@ class Loss:
         model returns, this pass's from the slice on). Its moments, before the item
         exists: the cast (the 16-bit logits beside their fp32 copy; the fp32 logits
         alone when e = 4), then the fp32 logits beside this pass's copy until the name
-        is rebound to it; with the item but its total_weight (made by nll_loss after):
+        is rebound to it (for one sequence, whose held copy is the fp32 logits
+        themselves, the same T·V·4 beyond the held bytes comes earlier: the new fp32
+        logits beside the last pass's, until the model returns); with the item but its
+        total_weight (made by nll_loss after):
         log_softmax's copy of its transposed input (R·V·4). CUDA's kernel copies a
         non-contiguous input first (pytorch/pytorch
         aten/src/ATen/native/cuda/SoftMax.cu host_softmax: ``auto input =
@@ -260,10 +263,14 @@ class Loss:
         ``logits`` to ``logits[..., :-1, :].contiguous()`` and then to its transposed
         view, and the name holds it through the backward, the optimizer step and the
         next forward, until that forward returns (pytorch/torchtune
-        recipes/lora_finetune_single_device.py@ff594c231 train). 0 elsewhere."""
+        recipes/lora_finetune_single_device.py@ff594c231 train l.447-451). For one
+        sequence the slice is contiguous, so ``contiguous()`` makes no copy
+        (Loss.shifted_copy) and the name holds a view of the whole fp32 logits: their
+        storage, T·V·4, is what the loop keeps (measured on the CPU, storage identity:
+        tests/test_loss_requests.py). 0 elsewhere."""
         if not (run.loss == "upcast-shifted" and profile_of(run).loop_shifted_loss):
             return 0
-        return Loss.rows(run) * V * FP32
+        return Loss.shifted_copy(run, V, FP32) or T * V * FP32
 
     @staticmethod
     def upcast_shifted_backward(run: RunConfig, V: int, e: int, T: int) -> int:

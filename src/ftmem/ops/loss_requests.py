@@ -408,12 +408,15 @@ def _loop_shifted_loss(
     the logits (T·V·e) and their fp32 copy (T·V·4; the 16-bit ones freed, no node saves
     them); the model returns, so ``logits = self._model(input_ids)`` lets the last
     pass's shifted copy go (PREVIOUS); ``logits[..., :-1, :].contiguous()`` (R·V·4,
-    the fp32 logits freed as the name is rebound to it), the labels' copy (R int64);
+    the fp32 logits freed as the name is rebound to it; for one sequence no copy, as
+    _shifted_copy: the name then holds a view of the fp32 logits, so their T·V·4 is
+    what the loop keeps), the labels' copy (R int64; a view for one sequence);
     ``logits.transpose(1, 2)`` into CrossEntropyLoss: log_softmax over dimension 1 of
     the (b, V, s − 1) view, whose CUDA kernel first copies the non-contiguous input
     (R·V·4, freed as it returns; Loss.loop_shifted_forward) and writes a contiguous
     output (R·V·4, saved), then nll_loss's total_weight. The loop holds the shifted
-    copy (the program's output) until the next pass's PREVIOUS.
+    copy (the program's output; one sequence's fp32 logits) until the next pass's
+    PREVIOUS.
 
     Backward: the upcast-shifted loss's (_upcast_shifted_loss): nll_loss's and
     log_softmax's fp32 gradients (R·V·4 each), the saved tensors freed; TransposeBackward0
@@ -445,8 +448,11 @@ def _loop_shifted_loss(
         p.free(logits)
         logits = upcast
     p.previous()
-    shifted = p.alloc(R * V * FP32)
-    p.free(logits)
+    shifted = p.alloc(_shifted_copy(T, R, V, FP32))
+    if shifted >= 0:
+        p.free(logits)
+    else:  # one sequence: the name keeps a view of the fp32 logits, their storage held
+        shifted = logits
     labels = p.alloc(_shifted_copy(T, R, 1, INDEX_BYTES))  # a view for one sequence
     contiguous = p.alloc(R * V * FP32)
     log_softmax = p.alloc(R * V * FP32)

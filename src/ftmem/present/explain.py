@@ -97,6 +97,12 @@ def _single_gpu_sections(
     trained.lines.append(
         f"Method {run.method}: {n_train:,} trainable parameters ({share:.2%} of the model)."
     )
+    idle = sum(g.total_numel for g in plan.groups if g.idle)
+    if idle:
+        trained.lines.append(
+            f"{idle:,} of them get no gradient (LLaMA-Adapter's prompts, whose keys and "
+            "values LitGPT caches at its first, no-grad forward): no gradient, no optimizer state."
+        )
     return [
         _weights_section(
             plan.groups,
@@ -148,8 +154,8 @@ def _weights_section(
     if extra:
         owner = f"transformers {version}" if version else "the framework's modules"
         weights.lines.append(
-            f"buffers {owner} registers (rotary cos/sin tables of every "
-            f"position, a causal mask) = {_b(extra, units)}"
+            f"buffers {owner} registers or keeps (rotary cos/sin tables of every "
+            f"position, a causal mask, LLaMA-Adapter's cached prompt k/v) = {_b(extra, units)}"
         )
     weights.lines.append(f"Weights = {_b(est.memory.weights_bytes, units)}")
     return weights
@@ -158,7 +164,9 @@ def _weights_section(
 def _gradients_section(
     groups: Iterable[TensorGroup], run: RunConfig, est: Estimate, units: UnitSystem
 ) -> Section:
-    m, n_train = est.memory, est.model.n_trainable_params
+    m = est.memory
+    # (the parameters a gradient reaches: TensorGroup.idle ones have none)
+    n_train = sum(g.total_numel for g in groups if g.trainable)
     grads = Section("Gradients")
     if run.accounting == "simple":
         grads.lines.append(
