@@ -652,8 +652,8 @@ class RunConfig(limits.BoundedSettings):
 
     def _libraries_fit_framework(self) -> None:
         """LitGPT and torchtune run their own model and adapter code, not transformers' or
-        peft's, so a release of either would change nothing that ran (it used to move
-        the estimate through transformers' attention and loss rules)."""
+        peft's, so a release of either changes nothing that runs; accepted, it would move
+        the estimate through transformers' attention and loss rules."""
         if self.framework not in ("litgpt", "torchtune"):
             return
         for option, value in (
