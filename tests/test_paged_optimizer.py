@@ -121,3 +121,22 @@ def test_the_cli_shows_the_paged_states(fmt, capsys):
     out = capsys.readouterr().out
     assert done.value.code == 0
     assert ("paged_optimizer_states" if fmt == "json" else "Paged optimizer states") in out
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        dict(strategy="zero2", offload_optimizer="cpu"),
+        dict(strategy="fsdp", offload_params="cpu", offload_optimizer="cpu"),
+    ],
+)
+def test_several_gpus_note_only_while_the_states_are_on_them(layout):
+    """The several-GPU note says the paged states are counted in each GPU's allocated
+    peak; offloaded, the rank keeps no states (the host steps them), so it would be false."""
+    from ftmem.gpu.managed import PAGED_PARALLEL_NOTE
+
+    kept = estimate(ARCH, optimizer="paged-adamw", gpus=2, strategy=layout["strategy"], **SETTINGS)
+    assert kept.memory.optimizer_states_bytes > 0 and PAGED_PARALLEL_NOTE in kept.notes
+    moved = estimate(ARCH, optimizer="paged-adamw", gpus=2, **layout, **SETTINGS)
+    assert moved.memory.optimizer_states_bytes == 0
+    assert PAGED_PARALLEL_NOTE not in moved.notes

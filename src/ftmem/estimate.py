@@ -703,7 +703,8 @@ def _estimate_parallel(
     notes = list(step.parts.plan.notes) + parallel_notes(arch, run, par, step)
     if run.objective != "sft":  # what the objective adds, as on one GPU
         notes.append(objective_note(step.parts.plan, step.run))
-    if run.optimizer in PAGED_OPTIMIZERS and run.device != "cpu":
+    # (offloaded states are on the host, where bitsandbytes pages nothing)
+    if run.optimizer in PAGED_OPTIMIZERS and run.device != "cpu" and sz.states:
         notes.append(PAGED_PARALLEL_NOTE)
     if par.host_memory_bytes is not None and not info.host_fits:
         notes.insert(
