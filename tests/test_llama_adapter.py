@@ -108,6 +108,16 @@ def test_refusals_are_one_sentence() -> None:
         estimate("mixtral-8x7b", method="llama-adapter")
 
 
+@pytest.mark.parametrize("setting", [{"double_quant": True}, {"compute_dtype": "fp16"}])
+def test_quantised_base_settings_need_quant(setting) -> None:
+    """Without --quant the adapter's base is 16-bit (RunConfig.quant_format): a
+    quantised base's own setting would change nothing, so it is refused, not ignored."""
+    with pytest.raises(InvalidInputError, match="give --quant too"):
+        estimate("llama2-7b", method="llama-adapter-v2", **setting)
+    quantised = estimate("llama2-7b", method="llama-adapter-v2", quant="nf4", **setting)
+    assert quantised.run.quant_format == "nf4"
+
+
 def _saved_bytes(fn, params: tuple[torch.Tensor, ...]) -> int:
     """Bytes of the distinct storages autograd saves while ``fn`` runs, parameters left
     out (they are the weights, not activations)."""

@@ -268,3 +268,22 @@ def test_fsdp2_with_a_bitsandbytes_optimizer_is_refused(capsys):
     err = capsys.readouterr().err
     assert done.value.code == 2 and "bitsandbytes issue #1633" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        dict(strategy="zero2", offload_optimizer="cpu"),
+        dict(strategy="fsdp", offload_params="cpu", offload_optimizer="cpu"),
+    ],
+)
+def test_several_gpus_note_only_while_the_states_are_on_them(layout):
+    """The several-GPU note says the paged states are counted in each GPU's allocated
+    peak; offloaded, the rank keeps no states (the host steps them), so it would be false."""
+    from ftmem.gpu.managed import PAGED_PARALLEL_NOTE
+
+    kept = estimate(ARCH, optimizer="paged-adamw", gpus=2, strategy=layout["strategy"], **SETTINGS)
+    assert kept.memory.optimizer_states_bytes > 0 and PAGED_PARALLEL_NOTE in kept.notes
+    moved = estimate(ARCH, optimizer="paged-adamw", gpus=2, **layout, **SETTINGS)
+    assert moved.memory.optimizer_states_bytes == 0
+    assert PAGED_PARALLEL_NOTE not in moved.notes

@@ -23,6 +23,8 @@ from ftmem.arch import Architecture
 from ftmem.estimate import estimate_step
 from ftmem.ops import loss_requests
 from ftmem.ops.loss import Loss
+from ftmem.presets import get_model
+from ftmem.profiles import framework_run
 from ftmem.run import RunConfig
 from ftmem.versions import shifted_logits_loss
 from tests.transformers4_sites import run_probe
@@ -113,3 +115,75 @@ def test_vocabulary_wide_tensors_under_the_real_release(version):
     assert sum(item[-1] for item in got["backward"]) == backward
     shifted = [item for item in got["forward"] if item[0] == [B, S - 1, V]]
     assert bool(shifted) == (rows == R)
+
+
+# (family, release) -> the loss its causal LM runs there, read from the releases' own
+# lines (ftmem.versions.OWN_SHIFTED_LOSS, GRANITE_OWN_UPCAST_LOSS): GPT-2, GPT-NeoX, Falcon
+# and GPTBigCode shift a copy of their 16-bit logits in 4.46.0, 4.47.1 and 4.48.1 and call
+# self.loss_function from 4.49.0; Granite upcasts, then shifts, in 4.46.0 and 4.47.1 and
+# calls self.loss_function in 4.48.1. "standard": --loss standard stays the run's loss.
+OWN_LOSSES = [
+    *[(f, v, "shifted") for f in ("gpt2", "gpt_neox", "falcon", "gpt_bigcode") for v in
+      ("4.46.0", "4.47.1", "4.48.1")],
+    *[(f, v, "standard") for f in ("gpt2", "gpt_neox", "falcon") for v in ("4.45.2", "4.49.0")],
+    ("granite", "4.46.0", "upcast-shifted"),
+    ("granite", "4.47.1", "upcast-shifted"),
+    ("granite", "4.48.1", "standard"),
+    ("llama", "4.47.1", "standard"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("family", "version", "loss"), OWN_LOSSES)
+def test_models_that_keep_their_own_loss_in_those_releases(family, version, loss):
+    """ForCausalLMLoss's shifted fp32 copy only where the model calls it."""
+    from tests.conftest import tiny
+
+    arch = tiny(family)
+    resolved = framework_run(arch, run(version))
+    assert resolved.loss == loss
+    # ForCausalLMLoss's 16-bit logits beside the fp32 copy: 4.46-4.48's standard loss
+    in_releases = version.startswith(("4.46.", "4.47.", "4.48."))
+    assert Loss.keeps_logits(resolved) == (loss == "standard" and in_releases)
+
+
+@pytest.mark.parametrize(
+    ("preset", "loss"),
+    [("llava-1.5-7b", "shifted"), ("qwen2-vl-2b", "upcast-shifted"), ("llama3.2-11b-vision", "upcast-shifted")],
+)  # fmt: skip
+def test_image_text_models_keep_their_own_loss(preset, loss):
+    """LLaVA's, Qwen2-VL's and Mllama's forwards in 4.46-4.48 (versions.VISION_OWN_LOSS)."""
+    arch = get_model(preset)
+    assert framework_run(arch, run("4.48.1")).loss == loss
+    assert framework_run(arch, run("4.49.0")).loss == "standard"
+    # a preference objective reads the logits itself
+    assert framework_run(arch, run("4.48.1", objective="dpo")).loss == "standard"
+
+
+def test_gpt2_step_is_its_own_shifted_loss():
+    """GPT-2 under 4.48.1: its forward's loss holds the bf16 logits (T·V·2), the contiguous
+    bf16 copy of the shifted rows (R·V·2) and saves cross_entropy's bf16 log-softmax (R·V·2):
+    no fp32 copy (4.48.1 models/gpt2/modeling_gpt2.py:1088-1095); the whole step as the
+    shifted loss's."""
+    from tests.conftest import tiny
+
+    arch = tiny("gpt2", vocab_size=V)
+    cfg = framework_run(arch, run("4.48.1"))
+    assert Loss.forward_transient(arch, cfg, BF16, T) == T * V * BF16 + R * V * BF16
+    assert Loss.shifted_log_softmax_bytes(cfg, BF16) == BF16
+    own = estimate_step(arch, run("4.48.1")).memory.phases
+    assert own == estimate_step(arch, run("4.48.1", loss="shifted")).memory.phases
+
+
+def test_gpt2_vocabulary_wide_tensors_under_the_real_release():
+    """The probe's GPT-2 under the real 4.48.1: the vocabulary-wide tensors at the
+    forward's largest moment against ftmem's shifted loss (the transient beside the saved
+    bf16 log-softmax)."""
+    from tests.conftest import tiny
+
+    probe = Path(__file__).with_name("transformers4_loss_probe.py")
+    got = run_probe("4.48.1", probe, str(B), str(S), str(V), "gpt2")
+    arch = tiny("gpt2", vocab_size=V)
+    cfg = framework_run(arch, run("4.48.1"))
+    forward = Loss.forward_transient(arch, cfg, BF16, T) + R * V * BF16
+    assert sum(item[-1] for item in got["forward"]) == forward
+    assert {item[1] for item in got["forward"]} == {"torch.bfloat16"}

@@ -3,8 +3,8 @@ as wide as the vocabulary that are live at the forward's and the backward's larg
 moments of one causal-LM step with labels (HF Trainer's compute_loss: the model's output
 dropped before backward).
 
-A tiny bf16 Mistral whose vocabulary dwarfs the rest, so that both moments are the
-loss's; only the last layer trains. A dispatch mode counts every storage an op returns
+A tiny bf16 Mistral (or, with a fourth argument ``gpt2``, a GPT-2) whose vocabulary
+dwarfs the rest, so that both moments are the loss's; only the last layer trains. A dispatch mode counts every storage an op returns
 (each once, freed with the storage), the parameters and inputs registered first.
 Prints one JSON line: per phase, the largest live total and, at that moment, each live
 tensor whose last dimension is the vocabulary (shape, dtype, bytes).
@@ -21,7 +21,7 @@ import torch
 import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from transformers import MistralConfig, MistralForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
 
 
 class Live(TorchDispatchMode):
@@ -64,9 +64,7 @@ def vocab_wide(live: Live, vocab: int) -> list[list[object]]:
     return [[*desc, n] for n, desc in live.at_peak.values() if desc[0] and desc[0][-1] == vocab]
 
 
-def main() -> None:
-    b, s, vocab = (int(x) for x in sys.argv[1:4])
-    torch.manual_seed(0)
+def mistral(vocab: int) -> torch.nn.Module:
     cfg = MistralConfig(
         vocab_size=vocab,
         hidden_size=64,
@@ -76,9 +74,36 @@ def main() -> None:
         num_key_value_heads=2,
         tie_word_embeddings=False,
     )
-    model = MistralForCausalLM(cfg).to(torch.bfloat16).train()
+    model = MistralForCausalLM(cfg)
     for name, p in model.named_parameters():
         p.requires_grad_(".layers.1." in name)
+    return model
+
+
+def gpt2(s: int, vocab: int) -> torch.nn.Module:
+    """GPT-2 keeps its own loss in 4.46-4.48 (ftmem.versions.OWN_SHIFTED_LOSS); dropout
+    off, so that only the loss differs from the Mistral's step."""
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=s,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    model = GPT2LMHeadModel(cfg)
+    for name, p in model.named_parameters():
+        p.requires_grad_(".h.1." in name)
+    return model
+
+
+def main() -> None:
+    b, s, vocab = (int(x) for x in sys.argv[1:4])
+    torch.manual_seed(0)
+    model = (gpt2(s, vocab) if sys.argv[4:] == ["gpt2"] else mistral(vocab)).to(torch.bfloat16)
+    model.train()
     ids = torch.randint(0, vocab, (b, s))
     live = Live()
     for t in [*model.parameters(), *model.buffers(), ids]:

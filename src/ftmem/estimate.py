@@ -709,7 +709,8 @@ def _estimate_parallel(
     if run.objective != "sft":  # what the objective adds, as on one GPU
         notes.append(objective_note(step.parts.plan, step.run))
     notes += paged_notes(memory, paged, gpu)
-    paged_optimizer = run.optimizer in PAGED_OPTIMIZERS and run.device != "cpu"
+    # (offloaded states are on the host, where bitsandbytes pages nothing)
+    paged_optimizer = run.optimizer in PAGED_OPTIMIZERS and run.device != "cpu" and sz.states
     if paged_optimizer and paging_unmodelled(par.resolved_strategy, par):
         notes.append(PAGED_PARALLEL_NOTE)
     if par.host_memory_bytes is not None and not info.host_fits:

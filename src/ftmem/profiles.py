@@ -15,6 +15,7 @@ from typing import Literal
 
 from ftmem.arch import Architecture, as_trained
 from ftmem.run import Padding, RunConfig
+from ftmem.versions import model_own_loss
 from ftmem.vision import for_image_size
 
 # How a framework puts the checkpoint on the GPU (ftmem.run_phases.quantise_transient)
@@ -508,7 +509,8 @@ def framework_run(arch: Architecture, run: RunConfig) -> RunConfig:
     """The run as the framework's step takes it: a framework whose causal-LM forward fuses
     the loss whenever it gets labels (Profile.fused_loss_chunk_bytes) runs the "fused"
     loss for supervised finetuning, whatever --loss says of the default path, and a model
-    whose own forward computes the loss (Family.own_loss) runs that one; a framework
+    whose own forward computes the loss (Family.own_loss; in transformers 4.46-4.48 the
+    models that do not call ForCausalLMLoss: versions.model_own_loss) runs that one; a framework
     that sets the allocator's options (Profile.alloc_conf) runs with them unless the run
     sets its own."""
     profile = profile_of(run)
@@ -519,7 +521,7 @@ def framework_run(arch: Architecture, run: RunConfig) -> RunConfig:
         changes["loss"] = "fused"
     # a remote-code model computes its loss in its own forward from the labels it is given
     # (Qwen-1: Family.own_loss); a preference or GRPO loss reads the logits instead
-    own = arch.traits.own_loss
+    own = arch.traits.own_loss or model_own_loss(arch, run)
     if own is not None and not fuses and run.loss == "standard" and run.objective == "sft":
         changes["loss"] = own
     if profile.alloc_conf is not None and run.alloc_conf is None:

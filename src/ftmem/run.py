@@ -655,8 +655,8 @@ class RunConfig(limits.BoundedSettings):
 
     def _libraries_fit_framework(self) -> None:
         """LitGPT and torchtune run their own model and adapter code, not transformers' or
-        peft's, so a release of either would change nothing that ran (it used to move
-        the estimate through transformers' attention and loss rules)."""
+        peft's, so a release of either changes nothing that runs; accepted, it would move
+        the estimate through transformers' attention and loss rules."""
         if self.framework not in ("litgpt", "torchtune"):
             return
         for option, value in (
@@ -668,6 +668,23 @@ class RunConfig(limits.BoundedSettings):
                     f"--{option}-version does not apply to --framework {self.framework}, "
                     f"which runs its own model code rather than the {option} library: drop it"
                 )
+
+    def _base_quant_settings_fit(self) -> None:
+        """A LLaMA-Adapter's base is 16-bit unless --quant says otherwise (quant_format),
+        so the quantised base's own settings mean nothing without it."""
+        if self.method not in LLAMA_ADAPTER_METHODS or self.quant is not None:
+            return
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("double_quant", "compute_dtype")
+            if getattr(self, name) is not None
+        ]
+        if given:
+            verb, them = ("describes", "it") if len(given) == 1 else ("describe", "them")
+            raise ValueError(
+                f"{_listing(given)} {verb} a quantised base: with --method {self.method} "
+                f"give --quant too (LitGPT's --quantize), or drop {them}"
+            )
 
     def _padding_fits_framework(self) -> None:
         """packed-flex is torchtune's collate and rotary (ops.attention.packed_flex)."""
@@ -685,6 +702,7 @@ class RunConfig(limits.BoundedSettings):
         self._objective_settings_fit()
         self._padding_fits_framework()
         self._libraries_fit_framework()
+        self._base_quant_settings_fit()
         if self.method == "partial" and self.trainable_modules is None:
             raise ValueError(
                 "--method partial needs --trainable-modules (regular expressions over "

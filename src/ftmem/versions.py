@@ -8,7 +8,7 @@ measured with), so an estimate without versions is what it was before these swit
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ftmem.run import RunConfig
 
@@ -165,6 +165,30 @@ LLAMA_LAST_COS_SIN_KEPT: Releases = (((4, 38, 0), (4, 38, 2)),)
 # ``self.loss_function`` and returns it). 4.49.0 pads and shifts the labels instead and
 # takes the unshifted logits (4.49.0 loss_utils.py ForCausalLMLoss: ``nn.functional.pad``).
 TRANSFORMERS_SHIFTED_LOGITS_LOSS: Releases = (((4, 46, 0), (4, 49, 0)),)
+# Not every causal LM of those releases calls it. GPT-2, GPT-NeoX, Falcon and GPTBigCode
+# keep their own loss: ``shift_logits = lm_logits[..., :-1, :].contiguous()`` (a copy of
+# the shifted 16-bit logits, no upcast) into CrossEntropyLoss (4.46.0
+# models/gpt2/modeling_gpt2.py:1300, gpt_neox/modeling_gpt_neox.py:1200,
+# falcon/modeling_falcon.py:1310, gpt_bigcode/modeling_gpt_bigcode.py:1183; 4.47.1 :1301,
+# :1195, :1316, :1183; 4.48.1 :1090, :1133, :1232, and gpt_bigcode unchanged); 4.49.0 moves
+# them to self.loss_function.
+OWN_SHIFTED_LOSS: Releases = TRANSFORMERS_SHIFTED_LOGITS_LOSS
+# Granite's 4.46-4.47 forward upcasts, then shifts (``logits = logits.float()``,
+# ``shift_logits = logits[..., :-1, :].contiguous()``: 4.46.0 and 4.47.1
+# models/granite/modeling_granite.py:1108-1110); 4.48.1 calls self.loss_function (:866).
+GRANITE_OWN_UPCAST_LOSS: Releases = (((4, 46, 0), (4, 48, 0)),)
+# The image-text models' own losses in 4.46-4.48, by vision encoder: LLaVA shifts its
+# 16-bit logits (4.46.0 models/llava/modeling_llava.py:563-566, 4.47.1 :568-571, 4.48.1
+# :511-514); Qwen2-VL upcasts, then shifts (4.46.0 models/qwen2_vl/modeling_qwen2_vl.py
+# :1740-1742, 4.47.1 :1741-1743, 4.48.1 :1719-1721); Mllama's causal LM hands
+# ForCausalLMLoss logits it has already upcast (``self.lm_head(...).float()``, 4.46.0 and
+# 4.48.1 models/mllama/modeling_mllama.py:1953-1957), so no 16-bit logits live beside
+# the copy: the upcast-shifted loss.
+VISION_OWN_LOSS: dict[str, Literal["shifted", "upcast-shifted"]] = {
+    "clip": "shifted",
+    "qwen2_vl": "upcast-shifted",
+    "tiled": "upcast-shifted",
+}
 
 _RELEASE = re.compile(r"\s*(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -207,6 +231,22 @@ def shifted_logits_loss(run: RunConfig) -> bool:
         and run.objective == "sft"
         and within(run.transformers_version, TRANSFORMERS_SHIFTED_LOGITS_LOSS)
     )
+
+
+def model_own_loss(
+    arch: Architecture, run: RunConfig
+) -> Literal["shifted", "upcast-shifted"] | None:
+    """The loss a model of transformers 4.46-4.48 computes in its own forward where it does
+    not call ForCausalLMLoss (OWN_SHIFTED_LOSS, GRANITE_OWN_UPCAST_LOSS, VISION_OWN_LOSS;
+    the family's ``own_loss_releases``); None where it calls it, or in another release."""
+    if not shifted_logits_loss(run):
+        return None
+    if arch.vision is not None:
+        return VISION_OWN_LOSS.get(arch.vision.encoder)
+    for releases, loss in arch.traits.own_loss_releases:
+        if within(run.transformers_version, releases):
+            return loss
+    return None
 
 
 def bnb_runs_quantised_linears(run: RunConfig) -> bool:

@@ -210,6 +210,11 @@ class Family:
     # QWenLMHeadModel.forward), which a run whose loss is transformers' default takes
     # instead (profiles.framework_run); None: transformers' loss.
     own_loss: Literal["shifted"] | None = None
+    # transformers releases whose causal LM computes its own loss rather than the shared
+    # ForCausalLMLoss, and which of ftmem's losses that is (ftmem.versions.model_own_loss:
+    # GPT-2's shifted 16-bit copy, Granite's upcast-shifted loss in 4.46-4.48); empty: the
+    # shared loss wherever the run's release has one.
+    own_loss_releases: tuple[tuple[Releases, Literal["shifted", "upcast-shifted"]], ...] = ()
     # The q/k norms span the whole projection (OLMo 2), not one head each.
     qk_norm_per_head: bool = True
     # The config.json key that switches per-head q/k norms on (Cohere's use_qk_norm,

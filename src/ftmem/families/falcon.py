@@ -17,6 +17,7 @@ from ftmem.families._config import (
     wrong,
 )
 from ftmem.versions import (
+    OWN_SHIFTED_LOSS,
     QWEN2_ROTARY_CACHE,
     QWEN2_ROTARY_PER_LAYER,
     TRANSFORMERS_FALCON_ATTENTION_INTERFACE,
@@ -138,4 +139,5 @@ FAMILY = Family(
     },
     rotary_cache_releases=QWEN2_ROTARY_CACHE,
     rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
+    own_loss_releases=((OWN_SHIFTED_LOSS, "shifted"),),
 )

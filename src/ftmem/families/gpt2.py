@@ -15,6 +15,7 @@ from ftmem.families._config import (
     opt,
     word,
 )
+from ftmem.versions import OWN_SHIFTED_LOSS
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -93,4 +94,5 @@ FAMILY = Family(
     gelu_written_out=True,
     layer_holds_attention_output=True,
     dropout_keys={"residual_dropout": "resid_pdrop", "embedding_dropout": "embd_pdrop"},
+    own_loss_releases=((OWN_SHIFTED_LOSS, "shifted"),),
 )

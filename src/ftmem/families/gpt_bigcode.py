@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ftmem.families import ConfigMap, Family
 from ftmem.families._config import HF_ACTIVATIONS, Config, flag
 from ftmem.families.gpt2 import GPT2_NAMES, read_gpt2_like
-from ftmem.versions import GPT_BIGCODE_CHECKPOINTED_CACHE
+from ftmem.versions import GPT_BIGCODE_CHECKPOINTED_CACHE, OWN_SHIFTED_LOSS
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -47,4 +47,5 @@ FAMILY = Family(
     names=GPT2_NAMES,
     dropout_keys={"residual_dropout": "resid_pdrop", "embedding_dropout": "embd_pdrop"},
     checkpointed_cache_releases=GPT_BIGCODE_CHECKPOINTED_CACHE,
+    own_loss_releases=((OWN_SHIFTED_LOSS, "shifted"),),
 )

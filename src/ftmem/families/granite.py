@@ -10,7 +10,7 @@ from __future__ import annotations
 from ftmem.families import Family
 from ftmem.families._config import LlamaKeys
 from ftmem.families._llama import LLAMA_NAMES, llama_map
-from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
+from ftmem.versions import GRANITE_OWN_UPCAST_LOSS, TRANSFORMERS_SDPA_CONTIGUOUS
 
 FAMILY = Family(
     name="granite",
@@ -22,4 +22,5 @@ FAMILY = Family(
     # (transformers 5.25 modeling_granite.py l.388), after embed_tokens
     embeddings_scaled_apart=True,
     sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
+    own_loss_releases=((GRANITE_OWN_UPCAST_LOSS, "upcast-shifted"),),
 )
