@@ -497,17 +497,7 @@ def tower_saved(
     stream's dtype (FrozenPath; fp32 under autocast over fp32 weights), which the
     checkpoints and the LayerNorms keep (measured, LLaVA LoRA bf16-mixed checkpointed
     and full bf16-mixed: every such item in fp32)."""
-    if v.qwen:
-        autocast = path is not None and path.stream != path.compute
-        return vision_qwen.tower_saved(
-            v, images, e, eager, checkpointed, weights, autocast, ln_stats=ln_stats
-        )
-    if v.encoder == "pixtral":
-        stream = path.stream if path is not None else None
-        return vision_pixtral.tower_saved(v, images, e, eager, checkpointed, weights, stream)
-    if not weights and not checkpointed:
-        raise ValueError("a frozen tower passes input gradients only under checkpointing")
-    return sum(_clip_siglip_parts(v, images, e, eager, checkpointed, weights, path, ln_stats))
+    return sum(tower_parts(v, images, e, eager, checkpointed, weights, path, ln_stats=ln_stats))
 
 
 def tower_parts(
