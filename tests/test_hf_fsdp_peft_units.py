@@ -184,7 +184,7 @@ def test_the_estimate_holds_a_gradient_shard_and_states_per_unit(measured) -> No
         # AxolotlTrainer and LLaMA-Factory's trainers keep Trainer's training loop
         (None, 1, "lora", "axolotl", 2),
         (None, 1, "lora", "llama-factory", 2),
-        ("4.57.6", None, "lora", "litgpt", 0),  # Fabric's FSDPStrategy, Block units
+        (None, None, "lora", "litgpt", 0),  # Fabric's FSDPStrategy, Block units
         (None, None, "lora", "fsdp_qlora", 2),  # its own policy, FSDP1
     ],
 )
