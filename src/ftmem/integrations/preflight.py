@@ -289,6 +289,9 @@ def with_library_versions(live: LiveRun) -> None:
     bnb = report.installed("bitsandbytes")
     optimizer = str(live.settings.get("optimizer"))
     uses_bnb = live.settings.get("method") == "qlora" or "8bit" in optimizer
+    # bitsandbytes' quantised linears under any method (LitGPT's adapters with --quant);
+    # int4 is GPTQ's, not bitsandbytes'
+    uses_bnb = uses_bnb or live.settings.get("quant") in ("nf4", "fp4", "int8")
     uses_bnb = uses_bnb or optimizer in BNB_OPTIMIZERS
     if bnb and uses_bnb and "bnb_version" not in live.settings:
         live.set("bnb_version", bnb, said)
