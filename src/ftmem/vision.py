@@ -582,21 +582,37 @@ def projector_saved(
     - Qwen-VL's merger: ftmem.vision_qwen.merger_saved (``ln_stats``: Qwen2-VL's
       LayerNorm's mean and rstd, bytes per element).
     """
+    return sum(projector_parts(v, text_hidden, images, e, tower_trains, path, ln_stats=ln_stats))
+
+
+def projector_parts(
+    v: VisionTower,
+    text_hidden: int,
+    images: int,
+    e: int,
+    tower_trains: bool = True,
+    path: FrozenPath | None = None,
+    *,
+    ln_stats: int,
+) -> tuple[int, ...]:
+    """:func:`projector_saved` as the allocator's requests, one per tensor (measured on
+    transformers' projector modules, tests/test_vision_projector_requests.py)."""
     if v.qwen:
-        return vision_qwen.merger_saved(v, images, e, tower_trains, ln_stats=ln_stats)
+        return vision_qwen.merger_parts(v, images, e, tower_trains, ln_stats=ln_stats)
     stream = (path or FrozenPath.uniform(e)).stream
     if v.projector == "mistral3":
-        return vision_pixtral.projector_saved(v, text_hidden, images, e, tower_trains, stream)
+        return vision_pixtral.projector_parts(v, text_hidden, images, e, tower_trains, stream)
     H, T = v.hidden_size, text_hidden
     tokens = images * v.tokens_per_image
     if v.projector == "mlp":
         selected = images * (v.patches if v.drop_cls else v.tower_tokens)
-        return selected * H * e + 2 * tokens * T * e
+        return (selected * H * e, tokens * T * e, tokens * T * e)
+    normalised, cast = tokens * H * FP32, tokens * H * e
     if not tower_trains:
-        return tokens * H * FP32 + tokens * H * e
+        return (normalised, cast)
     pooled = images * v.patches * H * stream
-    fp32_input = tokens * H * FP32
-    return pooled + fp32_input + tokens * FP32 + tokens * H * FP32 + H * FP32 + tokens * H * e
+    fp32_input, rstd, one_plus_w = tokens * H * FP32, tokens * FP32, H * FP32
+    return (pooled, fp32_input, rstd, normalised, one_plus_w, cast)
 
 
 def projector_input_grad_saved(
@@ -622,17 +638,30 @@ def projector_input_grad_saved(
       gradient).
     - Qwen-VL's merger: ftmem.vision_qwen.merger_input_grad_saved.
     """
+    return sum(projector_input_grad_parts(v, text_hidden, images, e, path, ln_stats=ln_stats))
+
+
+def projector_input_grad_parts(
+    v: VisionTower,
+    text_hidden: int,
+    images: int,
+    e: int,
+    path: FrozenPath | None = None,
+    *,
+    ln_stats: int,
+) -> tuple[int, ...]:
+    """:func:`projector_input_grad_saved` as the allocator's requests, one per tensor."""
     if v.qwen:
-        return vision_qwen.merger_input_grad_saved(v, images, e, ln_stats=ln_stats)
+        return vision_qwen.merger_input_grad_parts(v, images, e, ln_stats=ln_stats)
     if v.projector == "mistral3":
-        return vision_pixtral.projector_input_grad_saved(v, text_hidden, images, e)
+        return vision_pixtral.projector_input_grad_parts(v, text_hidden, images, e)
     path = path or FrozenPath.uniform(e)
     H, T = v.hidden_size, text_hidden
     tokens = images * v.tokens_per_image
     if v.projector == "mlp":
-        return tokens * T * path.linear_out
+        return (tokens * T * path.linear_out,)
     pooled = images * v.patches * H * path.stream
-    return pooled + tokens * H * FP32 + tokens * FP32 + H * FP32
+    return (pooled, tokens * H * FP32, tokens * FP32, H * FP32)
 
 
 def frozen_forward(v: VisionTower, images: int, e: int) -> int:

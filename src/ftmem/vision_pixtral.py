@@ -313,11 +313,25 @@ def projector_saved(
     (the unfolded rows concatenated: n H e in all; unfold's backward needs nothing),
     linear_1's input (tokens × H), the GELU's input and linear_2's input (tokens × T
     each)."""
+    return sum(projector_parts(v, text_hidden, images, e, tower_trains, stream))
+
+
+def projector_parts(
+    v: VisionTower,
+    text_hidden: int,
+    images: int,
+    e: int,
+    tower_trains: bool,
+    stream: int | None = None,
+) -> tuple[int, ...]:
+    """:func:`projector_saved` as the allocator's requests, one per tensor (measured on
+    transformers' Mistral3MultiModalProjector, tests/test_vision_projector_requests.py)."""
     n = images * v.patches
     tokens = images * features_per_image(v)
     H = v.hidden_size
-    norm = _rms_saved(n, H, e, input_grad=tower_trains, stream=stream)
-    return norm + n * H * e + tokens * H * e + 2 * tokens * text_hidden * e
+    norm = _rms_parts(n, H, e, input_grad=tower_trains, stream=stream)
+    linears = (tokens * text_hidden * e, tokens * text_hidden * e)
+    return (*norm, n * H * e, tokens * H * e, *linears)
 
 
 def layer_backward(v: VisionTower, images: int, e: int, eager: bool, weights: bool) -> int:
@@ -355,9 +369,16 @@ def projector_input_grad_saved(v: VisionTower, text_hidden: int, images: int, e:
     RMSNorm the fp32 input and rsqrt's output (its frozen weight's mul keeps the weight
     alone), the GELU's input (tokens × T); the patch merger's view, permute, unfold and
     cat keep nothing, and the frozen linears need only their weights."""
+    return sum(projector_input_grad_parts(v, text_hidden, images, e))
+
+
+def projector_input_grad_parts(
+    v: VisionTower, text_hidden: int, images: int, e: int
+) -> tuple[int, ...]:
+    """:func:`projector_input_grad_saved` as the allocator's requests, one per tensor."""
     n = images * v.patches
     tokens = images * features_per_image(v)
-    return n * v.hidden_size * FP32 + n * FP32 + tokens * text_hidden * e
+    return (n * v.hidden_size * FP32, n * FP32, tokens * text_hidden * e)
 
 
 def frozen_forward(v: VisionTower, images: int, e: int) -> int:

@@ -346,12 +346,18 @@ def merger_saved(v: VisionTower, images: int, e: int, tower_trains: bool, *, ln_
     """The trained merger: ln_q (as a block's norm), its output that the first linear
     keeps, the GELU's input and output (n/4 rows of 4H: n H e each); Qwen2.5-VL's
     return to image order keeps its int64 index."""
+    return sum(merger_parts(v, images, e, tower_trains, ln_stats=ln_stats))
+
+
+def merger_parts(
+    v: VisionTower, images: int, e: int, tower_trains: bool, *, ln_stats: int
+) -> tuple[int, ...]:
+    """:func:`merger_saved` as the allocator's requests, one per tensor (measured on
+    transformers' PatchMerger modules, tests/test_vision_projector_requests.py)."""
     n = images * v.patches
     H = v.hidden_size
-    total = _norm_saved(v, n, e, ln_stats, input_grad=tower_trains) + 3 * n * H * e
-    if v.encoder == "qwen2_5_vl":
-        total += n // v.merge_size**2 * 8
-    return total
+    norm = _norm_parts(v, n, e, ln_stats, input_grad=tower_trains)
+    return (*norm, n * H * e, n * H * e, n * H * e, *_image_order_index(v, n))
 
 
 def merger_input_grad_saved(v: VisionTower, images: int, e: int, *, ln_stats: int) -> int:
@@ -359,11 +365,25 @@ def merger_input_grad_saved(v: VisionTower, images: int, e: int, *, ln_stats: in
     input alone (LayerNorm: its input, mean and rstd; RMSNorm: the fp32 input and
     rsqrt's output), the GELU's input (n/4 rows of 4H), and Qwen2.5-VL's return to image
     order its int64 index; the frozen linears keep nothing."""
+    return sum(merger_input_grad_parts(v, images, e, ln_stats=ln_stats))
+
+
+def merger_input_grad_parts(
+    v: VisionTower, images: int, e: int, *, ln_stats: int
+) -> tuple[int, ...]:
+    """:func:`merger_input_grad_saved` as the allocator's requests, one per tensor."""
     n = images * v.patches
     H = v.hidden_size
-    norm = n * H * e + 2 * n * ln_stats if v.encoder == "qwen2_vl" else n * H * FP32 + n * FP32
-    index = n // v.merge_size**2 * 8 if v.encoder == "qwen2_5_vl" else 0
-    return norm + n * H * e + index
+    if v.encoder == "qwen2_vl":
+        norm: tuple[int, ...] = layer_norm_saved_parts(n, H, e, ln_stats)
+    else:
+        norm = (n * H * FP32, n * FP32)
+    return (*norm, n * H * e, *_image_order_index(v, n))
+
+
+def _image_order_index(v: VisionTower, n: int) -> tuple[int, ...]:
+    """Qwen2.5-VL's window order undone after the merger: its int64 index (n/4 rows)."""
+    return (n // v.merge_size**2 * 8,) if v.encoder == "qwen2_5_vl" else ()
 
 
 def frozen_forward(v: VisionTower, images: int, e: int) -> int:
