@@ -386,12 +386,12 @@ def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
         qwen += run.batch_size * run.seq_len * 8
     if run.grad_ckpt and (training(arch, run).tower or input_hooked(arch, run)):
         # checkpointed layers keep the rotary's cos and sin as their checkpoint's
-        # arguments (ftmem.vision_qwen.tower_saved, ftmem.vision_pixtral.tower_saved),
+        # arguments (ftmem.vision_qwen.tower_saved, ftmem.vision_pixtral.tower_parts),
         # through backward (the tower trained, or frozen and hooked: input_hooked)
         if v.qwen:
             qwen += vision_qwen.rotary_tables(v, images_per_step(run))
         elif v.encoder == "pixtral":
-            # (in the stream's dtype: fp32 under autocast, vision_pixtral.lora_tower_saved)
+            # (in the stream's dtype: fp32 under autocast, vision_pixtral.lora_tower_parts)
             stream = frozen_path(dtypes).stream
             qwen += vision_pixtral.rotary_tables(v, images_per_step(run), stream)
     if training(arch, run).tower and BYTES_PER_ELEMENT[dtypes.compute] == FP32:
