@@ -523,8 +523,8 @@ def framework_run(arch: Architecture, run: RunConfig) -> RunConfig:
     # a remote-code model computes its loss in its own forward from the labels it is given
     # (Qwen-1: Family.own_loss); a preference or GRPO loss reads the logits instead; a
     # loop's own upcast-shifted loss (torchtune 0.1's) is not the model's
-    own = arch.traits.own_loss if run.loss == "standard" else None
-    own = own or model_own_loss(arch, run)
+    family_own = arch.traits.own_loss if run.loss == "standard" else None
+    own = family_own or model_own_loss(arch, run)
     loop_loss = run.loss == "upcast-shifted" and profile.loop_shifted_loss
     if own is not None and not fuses and not loop_loss and run.objective == "sft":
         changes["loss"] = own
