@@ -101,13 +101,14 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "Houlsby et al. 2019, arXiv:1902.00751; Pfeiffer et al. 2021, arXiv:2005.00247",
     ),
     "llama-adapter": (
-        "LitGPT's LLaMA-Adapter: a learned adaption prompt of n tokens (--adapter-prompt-length, "
-        "10) and a zero-init gate per head in the blocks from --adapter-start-layer (2) up",
+        "LitGPT's LLaMA-Adapter (--framework litgpt): a learned adaption prompt of n tokens "
+        "(--adapter-prompt-length, 10) and a zero-init gate per head in the blocks from "
+        "--adapter-start-layer (2) up",
         "Zhang et al. 2023, arXiv:2303.16199; Lightning-AI/litgpt litgpt/adapter.py",
     ),
     "llama-adapter-v2": (
-        "LitGPT's LLaMA-Adapter v2: llama-adapter plus a learned bias and scale on every "
-        "linear (LM head included), and trainable norms",
+        "LitGPT's LLaMA-Adapter v2 (--framework litgpt): llama-adapter plus a learned bias "
+        "and scale on every linear (LM head included), and trainable norms",
         "Gao et al. 2023, arXiv:2304.15010; Lightning-AI/litgpt litgpt/adapter_v2.py",
     ),
     "ia3": (
@@ -1283,9 +1284,11 @@ def gated_blocks(arch: Architecture, run: RunConfig) -> int:
             f"--adapter-start-layer {start} leaves none of {arch.name}'s {arch.num_layers} "
             "blocks with an adaption prompt; give a smaller one."
         )
-    if arch.encoder_decoder or arch.is_moe or arch.latent_attention:
+    # LitGPT builds neither encoder-decoders nor image-text models, and adapter.py's
+    # CausalSelfAttention is the multi-head one (no MLA), its Block the dense MLP's
+    if arch.encoder_decoder or arch.is_moe or arch.latent_attention or arch.vision is not None:
         raise InvalidInputError(
-            f"{run.method} is LitGPT's, for decoder-only models with dense MLPs and "
+            f"{run.method} is LitGPT's, for text-only decoder models with dense MLPs and "
             f"multi-head attention; {arch.name} is not one."
         )
     return arch.num_layers - start

@@ -509,8 +509,9 @@ def framework_run(arch: Architecture, run: RunConfig) -> RunConfig:
     """The run as the framework's step takes it: a framework whose causal-LM forward fuses
     the loss whenever it gets labels (Profile.fused_loss_chunk_bytes) runs the "fused"
     loss for supervised finetuning, whatever --loss says of the default path, and a model
-    whose own forward computes the loss (Family.own_loss; in transformers 4.46-4.48 the
-    models that do not call ForCausalLMLoss: versions.model_own_loss) runs that one; a framework
+    whose own forward computes the loss (Family.own_loss; in the run's transformers
+    release the models that do not call ForCausalLMLoss, and under --loss upcast-shifted
+    those whose forward never upcast: versions.model_own_loss) runs that one; a framework
     that sets the allocator's options (Profile.alloc_conf) runs with them unless the run
     sets its own."""
     profile = profile_of(run)
@@ -520,9 +521,12 @@ def framework_run(arch: Architecture, run: RunConfig) -> RunConfig:
     if fuses and run.loss == "standard":
         changes["loss"] = "fused"
     # a remote-code model computes its loss in its own forward from the labels it is given
-    # (Qwen-1: Family.own_loss); a preference or GRPO loss reads the logits instead
-    own = arch.traits.own_loss or model_own_loss(arch, run)
-    if own is not None and not fuses and run.loss == "standard" and run.objective == "sft":
+    # (Qwen-1: Family.own_loss); a preference or GRPO loss reads the logits instead; a
+    # loop's own upcast-shifted loss (torchtune 0.1's) is not the model's
+    family_own = arch.traits.own_loss if run.loss == "standard" else None
+    own = family_own or model_own_loss(arch, run)
+    loop_loss = run.loss == "upcast-shifted" and profile.loop_shifted_loss
+    if own is not None and not fuses and not loop_loss and run.objective == "sft":
         changes["loss"] = own
     if profile.alloc_conf is not None and run.alloc_conf is None:
         changes["alloc_conf"] = profile.alloc_conf

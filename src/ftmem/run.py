@@ -686,6 +686,28 @@ class RunConfig(limits.BoundedSettings):
                 f"give --quant too (LitGPT's --quantize), or drop {them}"
             )
 
+    def _llama_adapter_fits_framework(self) -> None:
+        """The LLaMA-Adapter methods model LitGPT's code (adapters.llama_adapter: its cached,
+        gradient-free prompt keys and values, the gate over sdpa). peft's adaption_prompt,
+        what transformers-based frameworks would run, keeps other tensors (a prompt
+        parameter per block that trains through k_proj and v_proj every forward, recomputed
+        query states, an fp32 softmax over the prompt: peft 0.21.2
+        src/peft/tuners/adaption_prompt/layer.py AdaptedAttention.forward), for Llama,
+        Mistral and GPT-2 only (config.py TRANSFORMERS_MODEL_CONFIG): not modelled."""
+        if self.method not in LLAMA_ADAPTER_METHODS or self.framework == "litgpt":
+            return
+        script = "finetune_adapter_v2" if self.method == "llama-adapter-v2" else "finetune_adapter"
+        other = (
+            "torchtune has no LLaMA-Adapter recipe"
+            if self.framework == "torchtune"
+            else f"under --framework {self.framework} it would be peft's adaption_prompt, "
+            "which keeps other tensors and is not modelled"
+        )
+        raise ValueError(
+            f"--method {self.method} is LitGPT's (litgpt {script}): give --framework "
+            f"litgpt; {other}"
+        )
+
     def _padding_fits_framework(self) -> None:
         """packed-flex is torchtune's collate and rotary (ops.attention.packed_flex)."""
         if self.padding == "packed-flex" and self.framework != "torchtune":
@@ -701,6 +723,7 @@ class RunConfig(limits.BoundedSettings):
         self._allocator_settings_fit()
         self._objective_settings_fit()
         self._padding_fits_framework()
+        self._llama_adapter_fits_framework()
         self._libraries_fit_framework()
         self._base_quant_settings_fit()
         if self.method == "partial" and self.trainable_modules is None:
