@@ -39,6 +39,7 @@ from ftmem.run import (
 )
 from ftmem.versions import (
     TRANSFORMERS_FALCON_ATTENTION_INTERFACE,
+    adalora_ranknum_trains,
     nf4_layout,
     older_than,
     per_expert_linears,
@@ -86,6 +87,12 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
     "dora": (
         "LoRA plus a magnitude vector per adapted linear; builds the adapted weight each forward",
         "Liu et al. 2024, arXiv:2402.09353",
+    ),
+    "adalora": (
+        "SVD-form LoRA (P·Λ·Q at --lora-r, pruned toward --adalora-target-r): an orthogonal "
+        "regulariser in the loss and the rank allocator's three importance tensors per "
+        "adapter tensor",
+        "Zhang et al. 2023, arXiv:2303.10512; huggingface/peft src/peft/tuners/adalora",
     ),
     "rslora": (
         "LoRA with the rank-stabilised scale alpha/sqrt(r); the same memory as LoRA",
@@ -1010,7 +1017,23 @@ def _lora_groups(
         if run.method == "dora":
             name = f"{lin.module}.lora_magnitude_vector"
             groups.append(_adapter(name, (lin.out_features,), arch, dtypes, lin))
+        elif run.method == "adalora":
+            groups += _adalora_groups(lin, arch, run, dtypes)
     return groups
+
+
+def _adalora_groups(
+    lin: Linear, arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """AdaLoRA's singular values lora_E (r × 1) and its ``ranknum`` (one value, the
+    adapter dtype: peft casts it with the adapters), trainable or not by peft's release
+    (ftmem.versions.adalora_ranknum_trains)."""
+    ranknum = _adapter(f"{lin.module}.ranknum", (1,), arch, dtypes, lin)
+    trains = adalora_ranknum_trains(run, dtypes)
+    return [
+        _adapter(f"{lin.module}.lora_E", (run.r, 1), arch, dtypes, lin),
+        ranknum if trains else replace(ranknum, trainable=False),
+    ]
 
 
 def _head_lora_groups(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[TensorGroup]:
