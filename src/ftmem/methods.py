@@ -246,6 +246,15 @@ class MethodPlan:
     gated_blocks: int = 0
     v2_scaled: tuple[Linear, ...] = ()
     head_scaled: bool = False
+    # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
+    orth_regularised: bool = False
+
+    def gradient_at_head(self, g: TensorGroup) -> bool:
+        """AdaLoRA's lora_A and lora_B under its orthogonal regulariser: the loss's last
+        term, whose backward autograd runs first, gives each of them its gradient before
+        the head's backward (measured: tests/accuracy/cases.py _adalora); each block's
+        backward then adds into it in place."""
+        return self.orth_regularised and g.in_block and g.name.endswith((".lora_A", ".lora_B"))
 
     def gradient_after_blocks(self, g: TensorGroup) -> bool:
         """A tensor outside the blocks whose gradient appears only after the first block's
@@ -778,6 +787,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         gated_blocks=gated_blocks(arch, run),
         v2_scaled=v2_scaled,
         head_scaled=run.method == "llama-adapter-v2",
+        orth_regularised=adalora_regularised(run),
     )
 
 
@@ -1020,6 +1030,13 @@ def _lora_groups(
         elif run.method == "adalora":
             groups += _adalora_groups(lin, arch, run, dtypes)
     return groups
+
+
+def adalora_regularised(run: RunConfig) -> bool:
+    """AdaLoraModel.forward adds its orthogonal regulariser only to a loss the model
+    returns (peft 0.21.2 tuners/adalora/model.py l.229-256): the standard loss (labels
+    passed) of supervised finetuning."""
+    return run.method == "adalora" and run.loss == "standard" and run.objective == "sft"
 
 
 def _adalora_groups(

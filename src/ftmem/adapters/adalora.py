@@ -68,19 +68,13 @@ class AdaLoRA:
         return T * lin.out_features * (base_e + lora_e + div_e)
 
     @staticmethod
-    def regularised(run: RunConfig) -> bool:
-        """AdaLoraModel.forward adds the regulariser only to a loss the model returns:
-        the standard loss (labels passed) of supervised finetuning."""
-        return run.method == "adalora" and run.loss == "standard" and run.objective == "sft"
-
-    @staticmethod
     def orth_saved(plan: MethodPlan, run: RunConfig) -> list[Saved]:
         """The regulariser's graph, kept from the end of forward to backward: per lora_A
         and lora_B, the norm's r × r input (A·Aᵀ − I or BᵀB − I) and its 1-value result;
         under autocast both are 16-bit (the product is; torch.norm is not on autocast's
         fp32 list) and the product keeps 16-bit casts of the matrix and of its transpose
         (the cast cache holds leaves only; measured)."""
-        if not AdaLoRA.regularised(run):
+        if not plan.orth_regularised:
             return []
         dt = plan.dtypes
         e = BYTES_PER_ELEMENT[dt.compute]

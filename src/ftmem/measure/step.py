@@ -1114,6 +1114,14 @@ class _AdaLoraStep:
 Stepper = torch.optim.Optimizer | _StepInBackward | _AdaLoraStep
 
 
+def _stepper(model: torch.nn.Module, run: RunConfig, arch: Architecture | None) -> Stepper:
+    """The run's optimizer: stepped in backward, or after it (AdaLoRA's allocator next)."""
+    if run.optimizer_in_backward:
+        return _StepInBackward(model, run, arch)
+    optimizer = build_optimizer(model, run, arch)
+    return _AdaLoraStep(optimizer, model) if run.method == "adalora" else optimizer
+
+
 def _inner_tensors(t: torch.Tensor) -> list[torch.Tensor]:
     """A wrapper subclass's storages are its inner tensors' (torchao's quantised states:
     codes, scales, code book; a DTensor: its local tensor, itself maybe one of those)."""
@@ -1225,13 +1233,7 @@ def run_steps(
         # LLaMA-Factory loads its reference in the compute dtype (ftmem.step.reference_weights)
         lf = run.framework == "llama-factory"
         teacher_model = _reference_copy(model, built.autocast_dtype if lf else None)
-    optimizer: Stepper = (
-        _StepInBackward(model, run, arch)
-        if run.optimizer_in_backward
-        else build_optimizer(model, run, arch)
-    )
-    if run.method == "adalora" and isinstance(optimizer, torch.optim.Optimizer):
-        optimizer = _AdaLoraStep(optimizer, model)
+    optimizer = _stepper(model, run, arch)
     if steps == 1:
         notes.append("steps=1: the measured step creates the optimizer states (not steady state)")
     if arch is not None:
