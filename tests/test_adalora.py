@@ -115,6 +115,7 @@ def test_live_adalora_model_is_read() -> None:
         (["--method", "adalora", "--lora-r", "8", "--adalora-target-r", "12"], "below the initial"),
         (["--method", "lora", "--adalora-target-r", "4"], "only applies to adalora"),
         (["--method", "adalora", "--optimizer-in-backward"], "drop it"),
+        (["--method", "adalora", "--framework", "torchtune"], "has no AdaLoRA"),
     ],
 )
 def test_bad_adalora_input_is_one_sentence_exit_2(args: list[str], message: str) -> None:

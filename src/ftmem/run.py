@@ -242,6 +242,11 @@ Framework = Literal[
 ]
 
 
+# where a peft AdaLoraModel trains: a loop that calls update_and_allocate (HF Trainer has no
+# call of its own: the user's callback or loop adds it)
+ADALORA_FRAMEWORKS = frozenset({"hf", "peft-mc", "lightning"})
+
+
 def smallest_batch(objective: str, framework: str) -> int:
     """The smallest micro-batch the trainer accepts: TRL's KTOTrainer refuses one
     completion (trl/trainer/kto_trainer.py@f2cd57710ae3 __init__; LLaMA-Factory's trainer
@@ -311,8 +316,8 @@ class RunConfig(limits.BoundedSettings):
         None,
         exclude_if=lambda value: value is None,
         description="peft's version: before 0.16 its LoRA on an int4 (GPTQ) base casts the "
-        "adapter's output to the base's dtype and adds it in place, with no sum tensor "
-        "(default: the current release).",
+        "adapter's output to the base's dtype and adds it in place, with no sum tensor; "
+        "before 0.20 AdaLoRA's ranknum stays frozen (default: the current release).",
     )
     torchao_version: str | None = Field(
         None,
@@ -680,6 +685,11 @@ class RunConfig(limits.BoundedSettings):
         """What peft's AdaLoRA and its rank allocator cannot run."""
         if self.method != "adalora":
             return
+        if self.framework not in ADALORA_FRAMEWORKS:
+            raise ValueError(
+                f"--framework {self.framework} has no AdaLoRA (peft's AdaLoraModel and its "
+                "update_and_allocate call): use --framework hf, peft-mc or lightning"
+            )
         if self.optimizer_in_backward:
             raise ValueError(
                 "AdaLoRA's rank allocator reads every gradient after the optimizer step, "
