@@ -1085,7 +1085,7 @@ class _AdaLoraStep:
 
     def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
         self.optimizer = optimizer
-        self.model = model
+        self.model: Any = model  # a peft PeftModel over an AdaLoraModel
         self.steps = 0
 
     @property
