@@ -588,7 +588,9 @@ class RunConfig(limits.BoundedSettings):
     adapter_dtype: AdapterDtype = "auto"
     # AdaLoRA (peft AdaLoraConfig: --lora-r is its init_r)
     adalora_target_r: PositiveInt | None = Field(
-        None, description="AdaLoRA: the average rank the allocator prunes down to (8)."
+        None,
+        exclude_if=lambda value: value is None,
+        description="AdaLoRA: the average rank the allocator prunes down to (8).",
     )
     # bottleneck adapters
     adapter_size: PositiveInt | None = Field(None, description="Adapter bottleneck width (64).")
