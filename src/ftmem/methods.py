@@ -39,6 +39,7 @@ from ftmem.run import (
 )
 from ftmem.versions import (
     TRANSFORMERS_FALCON_ATTENTION_INTERFACE,
+    adalora_ranknum_trains,
     nf4_layout,
     older_than,
     per_expert_linears,
@@ -86,6 +87,12 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
     "dora": (
         "LoRA plus a magnitude vector per adapted linear; builds the adapted weight each forward",
         "Liu et al. 2024, arXiv:2402.09353",
+    ),
+    "adalora": (
+        "SVD-form LoRA (P·Λ·Q at --lora-r, pruned toward --adalora-target-r): an orthogonal "
+        "regulariser in the loss and the rank allocator's three importance tensors per "
+        "adapter tensor",
+        "Zhang et al. 2023, arXiv:2303.10512; huggingface/peft src/peft/tuners/adalora",
     ),
     "rslora": (
         "LoRA with the rank-stabilised scale alpha/sqrt(r); the same memory as LoRA",
@@ -240,6 +247,15 @@ class MethodPlan:
     gated_blocks: int = 0
     v2_scaled: tuple[Linear, ...] = ()
     head_scaled: bool = False
+    # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
+    orth_regularised: bool = False
+
+    def gradient_at_head(self, g: TensorGroup) -> bool:
+        """AdaLoRA's lora_A and lora_B under its orthogonal regulariser: the loss's last
+        term, whose backward autograd runs first, gives each of them its gradient before
+        the head's backward (measured: tests/accuracy/cases.py _adalora); each block's
+        backward then adds into it in place."""
+        return self.orth_regularised and g.in_block and g.name.endswith((".lora_A", ".lora_B"))
 
     def gradient_after_blocks(self, g: TensorGroup) -> bool:
         """A tensor outside the blocks whose gradient appears only after the first block's
@@ -772,6 +788,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         gated_blocks=gated_blocks(arch, run),
         v2_scaled=v2_scaled,
         head_scaled=run.method == "llama-adapter-v2",
+        orth_regularised=adalora_regularised(run),
     )
 
 
@@ -1011,7 +1028,30 @@ def _lora_groups(
         if run.method == "dora":
             name = f"{lin.module}.lora_magnitude_vector"
             groups.append(_adapter(name, (lin.out_features,), arch, dtypes, lin))
+        elif run.method == "adalora":
+            groups += _adalora_groups(lin, arch, run, dtypes)
     return groups
+
+
+def adalora_regularised(run: RunConfig) -> bool:
+    """AdaLoraModel.forward adds its orthogonal regulariser only to a loss the model
+    returns (peft 0.21.2 tuners/adalora/model.py l.229-256): the standard loss (labels
+    passed) of supervised finetuning."""
+    return run.method == "adalora" and run.loss == "standard" and run.objective == "sft"
+
+
+def _adalora_groups(
+    lin: Linear, arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """AdaLoRA's singular values lora_E (r × 1) and its ``ranknum`` (one value, the
+    adapter dtype: peft casts it with the adapters), trainable or not by peft's release
+    (ftmem.versions.adalora_ranknum_trains)."""
+    ranknum = _adapter(f"{lin.module}.ranknum", (1,), arch, dtypes, lin)
+    trains = adalora_ranknum_trains(run, dtypes)
+    return [
+        _adapter(f"{lin.module}.lora_E", (run.r, 1), arch, dtypes, lin),
+        ranknum if trains else replace(ranknum, trainable=False),
+    ]
 
 
 def _head_lora_groups(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[TensorGroup]:

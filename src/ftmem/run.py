@@ -28,6 +28,7 @@ Method = Literal[
     "relora",
     "qlora",
     "dora",
+    "adalora",
     "bitfit",
     "adapter",
     "llama-adapter",
@@ -85,7 +86,7 @@ OptimizerImpl = Literal["foreach", "for-loop", "fused"]
 
 # LoRA-style adapters beside the frozen linears (the --lora-* options apply)
 ADAPTER_METHODS: frozenset[str] = frozenset(
-    {"lora", "rslora", "longlora", "relora", "qlora", "dora"}
+    {"lora", "rslora", "longlora", "relora", "qlora", "dora", "adalora"}
 )
 # virtual tokens learned in front of the input (prompt, P-tuning) or of every layer's
 # keys and values (prefix)
@@ -126,6 +127,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
+    "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
     "virtual_tokens": PROMPT_METHODS,
@@ -177,6 +179,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "galore_rank": limits.WIDTH,
     "optimizer_block_size": limits.WIDTH,
     "lora_r": limits.WIDTH,
+    "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
     "adapter_start_layer": limits.LAYERS,
@@ -237,6 +240,11 @@ Framework = Literal[
     "fsdp_qlora",
     "peft-mc",
 ]
+
+
+# where a peft AdaLoraModel trains: a loop that calls update_and_allocate (HF Trainer has no
+# call of its own: the user's callback or loop adds it)
+ADALORA_FRAMEWORKS = frozenset({"hf", "peft-mc", "lightning"})
 
 
 def smallest_batch(objective: str, framework: str) -> int:
@@ -308,8 +316,8 @@ class RunConfig(limits.BoundedSettings):
         None,
         exclude_if=lambda value: value is None,
         description="peft's version: before 0.16 its LoRA on an int4 (GPTQ) base casts the "
-        "adapter's output to the base's dtype and adds it in place, with no sum tensor "
-        "(default: the current release).",
+        "adapter's output to the base's dtype and adds it in place, with no sum tensor; "
+        "before 0.20 AdaLoRA's ranknum stays frozen (default: the current release).",
     )
     torchao_version: str | None = Field(
         None,
@@ -578,6 +586,12 @@ class RunConfig(limits.BoundedSettings):
         description="peft modules_to_save: 'embed', 'head' or 'embed,head' (trainable copies).",
     )
     adapter_dtype: AdapterDtype = "auto"
+    # AdaLoRA (peft AdaLoraConfig: --lora-r is its init_r)
+    adalora_target_r: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="AdaLoRA: the average rank the allocator prunes down to (8).",
+    )
     # bottleneck adapters
     adapter_size: PositiveInt | None = Field(None, description="Adapter bottleneck width (64).")
     adapter_placement: Literal["houlsby", "pfeiffer"] | None = Field(
@@ -669,6 +683,27 @@ class RunConfig(limits.BoundedSettings):
                     f"which runs its own model code rather than the {option} library: drop it"
                 )
 
+    def _adalora_settings_fit(self) -> None:
+        """What peft's AdaLoRA and its rank allocator cannot run."""
+        if self.method != "adalora":
+            return
+        if self.framework not in ADALORA_FRAMEWORKS:
+            raise ValueError(
+                f"--framework {self.framework} has no AdaLoRA (peft's AdaLoraModel and its "
+                "update_and_allocate call): use --framework hf, peft-mc or lightning"
+            )
+        if self.optimizer_in_backward:
+            raise ValueError(
+                "AdaLoRA's rank allocator reads every gradient after the optimizer step, "
+                "which --optimizer-in-backward frees during backward: drop it"
+            )
+        if self.target_r >= self.r:
+            # (peft's mask_to_budget then asks torch.kthvalue for k = 0 and fails)
+            raise ValueError(
+                f"AdaLoRA prunes from --lora-r {self.r} (init_r) down to --adalora-target-r "
+                f"{self.target_r}: the target must be below the initial rank"
+            )
+
     def _base_quant_settings_fit(self) -> None:
         """A LLaMA-Adapter's base is 16-bit unless --quant says otherwise (quant_format),
         so the quantised base's own settings mean nothing without it."""
@@ -726,6 +761,7 @@ class RunConfig(limits.BoundedSettings):
         self._llama_adapter_fits_framework()
         self._libraries_fit_framework()
         self._base_quant_settings_fit()
+        self._adalora_settings_fit()
         if self.method == "partial" and self.trainable_modules is None:
             raise ValueError(
                 "--method partial needs --trainable-modules (regular expressions over "
@@ -918,6 +954,11 @@ class RunConfig(limits.BoundedSettings):
     @property
     def r(self) -> int:
         return self.lora_r or 8
+
+    @property
+    def target_r(self) -> int:
+        """AdaLoRA's target rank: peft's default 8, below the initial rank."""
+        return self.adalora_target_r or max(1, min(8, self.r - 1))
 
     @property
     def alpha(self) -> float:

@@ -872,6 +872,10 @@ def _decoder_gradients(
         tied_backward=fixed.tied_embedding_backward,
         # (Embedding.backward_workspace: two of the tied weight's gradients)
         tied_held=fixed.tied_embedding_backward // 2 * (1 - held),
+        before_loss=sum(
+            g.total_numel * g.element_bytes for g in plan.groups if plan.gradient_at_head(g)
+        )
+        * held,
     )
 
 
@@ -891,7 +895,7 @@ def block_gradients(arch: Architecture, plan: MethodPlan) -> tuple[int, ...]:
     trained = range(L - plan.trainable_blocks, L)
     by_block = [0] * L
     for g in plan.groups:
-        if not (g.trainable and g.in_block):
+        if not (g.trainable and g.in_block) or plan.gradient_at_head(g):
             continue
         lo, hi = next((span for m, span in spans.items() if g.name.startswith(m + ".")), (0, L))
         holders = [i for i in trained if lo <= i < hi]
@@ -1197,7 +1201,11 @@ def _gradient_sizes(plan: MethodPlan) -> tuple[int, int, int, int]:
     block = 0
     if plan.trainable_blocks:
         block = (
-            sum(g.total_numel * g.element_bytes for g in grad_groups if g.in_block)
+            sum(
+                g.total_numel * g.element_bytes
+                for g in grad_groups
+                if g.in_block and not plan.gradient_at_head(g)
+            )
             // plan.trainable_blocks
         )
     embedding = sum(

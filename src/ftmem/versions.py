@@ -14,6 +14,7 @@ from ftmem.run import RunConfig
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
+    from ftmem.precision import Dtypes
 
 # bitsandbytes MatMul4Bit.forward kept the activation it multiplies in `ctx.tensors =
 # (A, B)` although backward never uses it (bitsandbytes-foundation/bitsandbytes@0.42.0
@@ -149,6 +150,18 @@ PEFT_GPTQ_SUM_OUT_OF_PLACE = (0, 16, 0)
 # Error in In-Place Operation (#1372)" writes ``result = result + ...``, first in 0.9.0
 # (v0.8.0's layer.py has the in-place line, v0.9.0's the new one).
 PEFT_LORA_SUM_OUT_OF_PLACE = (0, 9, 0)
+# AdaLoRA's ``ranknum`` is made with requires_grad=False (peft 0.21.2
+# src/peft/tuners/adalora/layer.py l.82), but moving the adapter to the base layer's device
+# or dtype stores ``item.to(...)`` back into the ParameterDict, which wraps the new tensor
+# in an nn.Parameter that requires a gradient (tuners/tuners_utils.py l.2210; torch
+# ParameterDict.__setitem__). Until 4ddb88b4 "Refactor state dict handling (#3490)",
+# first in 0.20.0, _mark_only_adapters_as_trainable froze every parameter whose name lacks
+# "lora_" afterwards (@cea82131 tuners_utils.py l.480-486), ranknum included; since, it
+# freezes by the tuner layers' state-dict keys, and ranknum stays trainable: its gradient
+# makes the division keep the scaled output (measured, peft 0.21.2). The MetaMathQA
+# AdaLoRA run (peft 0.19.2.dev0) counts 18,353,664 trainable of 3,231,103,544: ranknum
+# is in the total, not in the trainable count.
+PEFT_ADALORA_RANKNUM_TRAINS = (0, 20, 0)
 
 
 # LlamaRotaryEmbedding.forward kept the cos and sin it last returned on the module "for
@@ -345,6 +358,15 @@ def rotary_tables_per_layer(arch: Architecture, run: RunConfig) -> bool:
     return traits.rotary_tables_per_layer or within(
         run.transformers_version, traits.rotary_per_layer_releases
     )
+
+
+def adalora_ranknum_trains(run: RunConfig, dtypes: Dtypes) -> bool:
+    """Whether AdaLoRA's ranknum requires a gradient: from peft 0.20 where the adapter was
+    moved to another device (a GPU: peft makes it on the CPU) or cast to the base's
+    16-bit dtype (PEFT_ADALORA_RANKNUM_TRAINS)."""
+    if run.method != "adalora" or older_than(run.peft_version, PEFT_ADALORA_RANKNUM_TRAINS):
+        return False
+    return run.device != "cpu" or dtypes.base != "fp32"
 
 
 def peft_gptq_adds_in_place(run: RunConfig) -> bool:

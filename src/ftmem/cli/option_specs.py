@@ -430,6 +430,12 @@ RUN = [
     ),
     _opt("ia3_targets", OptStr, None, "IA³: scaled linears, roles or names (default k,v,down)."),
     _opt(
+        "adalora_target_r",
+        OptInt,
+        None,
+        "adalora: average rank the allocator prunes to (default 8; --lora-r is init_r).",
+    ),
+    _opt(
         "virtual_tokens", OptInt, None, "prompt / prefix / P-tuning: virtual tokens (default 20)."
     ),
     _opt(

@@ -220,7 +220,7 @@ def _read_method(model: Any, live: LiveRun) -> None:
         return
     kind = str(getattr(pc.peft_type, "value", pc.peft_type)).upper()
     said = f"model.peft_config ({type(pc).__name__})"
-    if kind == "LORA":
+    if kind in ("LORA", "ADALORA"):
         _lora(model, pc, live, said)
     elif kind == "IA3":
         live.set("method", "ia3", said)
@@ -232,7 +232,7 @@ def _read_method(model: Any, live: LiveRun) -> None:
             live.set("prefix_projection", True, said)
     else:
         raise InvalidInputError(
-            f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, IA3, "
+            f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, IA3, "
             "prompt, prefix and P-tuning)."
         )
 
@@ -266,11 +266,15 @@ def _expert_items(wrapped: list[tuple[str, Any]], r: int) -> list[str]:
 
 
 def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    adalora = str(getattr(pc.peft_type, "value", pc.peft_type)).upper() == "ADALORA"
     method = "dora" if getattr(pc, "use_dora", False) else "lora"
     if method == "lora" and getattr(pc, "use_rslora", False):
         method = "rslora"
-    live.set("method", method, said)
-    live.set("lora_r", int(pc.r), said)
+    live.set("method", "adalora" if adalora else method, said)
+    # (AdaLoraConfig's r is unused: its adapters are made at init_r)
+    live.set("lora_r", int(pc.init_r if adalora else pc.r), said)
+    if adalora:
+        live.set("adalora_target_r", int(pc.target_r), said)
     live.set("lora_alpha", float(pc.lora_alpha), said)
     if pc.lora_dropout:
         live.set("lora_dropout", float(pc.lora_dropout), said)
@@ -388,7 +392,7 @@ def _read_dtypes(model: Any, half: str, half_said: str, live: LiveRun) -> None:
             live.set("autocast", True, said)
     mixed = [d for d in (frozen + trained) if d != dtype]
     method = live.settings.get("method")
-    if method in ("lora", "dora", "rslora", "qlora", "ia3") and trained:
+    if method in ("lora", "dora", "rslora", "adalora", "qlora", "ia3") and trained:
         adapter = trained.most_common(1)[0][0]
         live.set("adapter_dtype", adapter, f"the trainable (adapter) parameters' dtype ({adapter})")
     elif mixed and trained:
