@@ -66,7 +66,10 @@ CAI_ZERO = {"colossalai-zero1", "colossalai-zero2"}  # ColossalAI's ZeRO (LowLev
 COLOSSALAI = CAI_ZERO | {"colossalai-3d", "colossalai-gemini"}
 # bitsandbytes' optimizers, which do not run on FSDP2's DTensor parameters (bitsandbytes
 # issue #1633; ftmem.paged_ranks): under FSDP, FSDP1 only
-BNB = {"adamw-8bit", "paged-adamw-8bit", "paged-adamw", "paged-lion", "paged-lion-8bit"}
+BNB = {
+    "adamw-8bit", "paged-adamw-8bit", "paged-adamw", "paged-lion", "paged-lion-8bit",
+    "lion-32bit", "lion-8bit",
+}  # fmt: skip
 
 # Every option of `estimate` with choices, each with all its values (flags: given or not).
 ESTIMATE: dict[str, list[str]] = {
