@@ -966,7 +966,12 @@ def _paged_optimizers() -> list[Case]:
     return [
         Case("llama", {"method": m, "precision": "bf16", "optimizer": opt}, WIDER)
         for opt in (
-            "paged-adamw", "paged-adamw-8bit", "paged-lion", "paged-lion-8bit", "lion-32bit", "lion-8bit"
+            "paged-adamw",
+            "paged-adamw-8bit",
+            "paged-lion",
+            "paged-lion-8bit",
+            "lion-32bit",
+            "lion-8bit",
         )
         for m in ("full", "lora")
     ]
