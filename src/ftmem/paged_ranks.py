@@ -23,6 +23,20 @@ sizes a paged buffer by the DTensor's global shape and its kernels get DTensors
 (bitsandbytes@95f9af30 has no DTensor code; bitsandbytes issue #1633, open: an illegal
 memory access in the 8-bit step under FSDP2; torchtune issue #1856, all its bnb
 optimizers in its FSDP2 recipes): such runs are refused (:func:`check_fsdp2`).
+
+ZeRO-Offload takes a bitsandbytes (or torchao) optimizer only as a client optimizer, and
+DeepSpeed refuses any client optimizer but its own DeepSpeedCPUAdam / DeepSpeedCPULion
+once ``offload_optimizer`` is cpu or nvme, unless the config sets
+``"zero_force_ds_cpu_optimizer": false`` (deepspeedai/DeepSpeed@edaa7221
+runtime/engine.py l.2040-2044 ``ZeRORuntimeException``; the key defaults to true,
+runtime/constants.py l.77-78; HF Trainer passes its ``optim`` as that client optimizer
+when the DeepSpeed config names no optimizer, transformers 5.25 integrations/deepspeed.py
+l.578-591). With it false, the optimizer is handed the host's fp32 partition
+(stage_1_and_2.py l.491-516: on the CPU with ``cpu_offload``) and steps it on the CPU: bitsandbytes
+pages nothing there (``get_state_buffer``), and its states are host RAM like DeepSpeed's
+own. bitsandbytes has CPU kernels for its 32-bit and 8-bit blockwise updates from 0.50.0
+(backends/cpu/ops.py l.345, l.469, bitsandbytes PR #1901); earlier releases have none for
+8-bit states (:func:`check_zero_offload`).
 """
 
 from __future__ import annotations
@@ -40,6 +54,14 @@ from ftmem.optim import (
     paged_state_bytes,
 )
 from ftmem.run import RunConfig
+from ftmem.torchao_optim import TORCHAO_OPTIMIZERS
+from ftmem.versions import older_than
+
+# the first bitsandbytes release with CPU kernels for its optimizers' 8-bit blockwise
+# update (bitsandbytes@45bd3146, "Enable CPU Optimizer Support", PR #1901: backends/cpu/
+# ops.py ``_optimizer_update_8bit_blockwise_cpu``; 0.49.2 registers a CPU-capable 32-bit
+# update only, backends/default/ops.py l.536)
+BNB_CPU_OPTIMIZERS = (0, 50, 0)
 
 Hands = Literal["whole", "flat", "shards"]
 
@@ -52,6 +74,40 @@ def check_fsdp2(run: RunConfig) -> None:
             "FSDP2's DTensor parameters (bitsandbytes issue #1633); use --fsdp-version 1, "
             "a DeepSpeed strategy or a torch optimizer."
         )
+
+
+def check_zero_offload(run: RunConfig, forced: bool) -> None:
+    """Refuse a client optimizer under ZeRO-Offload while DeepSpeed's
+    ``zero_force_ds_cpu_optimizer`` is on, and bitsandbytes' 8-bit states on the CPU
+    before its CPU kernels (module docstring)."""
+    opt = BNB_OPTIMIZERS.get(run.optimizer)
+    if not forced and opt and opt.bits == 8 and older_than(run.bnb_version, BNB_CPU_OPTIMIZERS):
+        raise InvalidInputError(
+            f"bitsandbytes {run.bnb_version} has no CPU kernel for --optimizer "
+            f"{run.optimizer}'s 8-bit states (from 0.50.0, bitsandbytes PR #1901), which "
+            "ZeRO-Offload steps on the CPU: use bitsandbytes 0.50 or a 32-bit optimizer."
+        )
+    if forced and run.optimizer in (*BNB_OPTIMIZERS, *TORCHAO_OPTIMIZERS):
+        owner = "bitsandbytes'" if run.optimizer in BNB_OPTIMIZERS else "torchao's"
+        raise InvalidInputError(
+            f"DeepSpeed refuses --optimizer {run.optimizer} ({owner}, a client optimizer) "
+            'with --offload-optimizer unless its config sets "zero_force_ds_cpu_optimizer": '
+            "false (runtime/engine.py, ZeRORuntimeException): add "
+            "--no-zero-force-ds-cpu-optimizer to step it on the CPU, or use --optimizer adamw "
+            "(DeepSpeedCPUAdam)."
+        )
+
+
+def zero_offload_notes(run: RunConfig) -> list[str]:
+    """What ZeRO-Offload does with a client optimizer let through
+    (``zero_force_ds_cpu_optimizer: false``, :func:`check_zero_offload`)."""
+    if run.optimizer not in (*BNB_OPTIMIZERS, *TORCHAO_OPTIMIZERS):
+        return []
+    return [
+        f"ZeRO-Offload with zero_force_ds_cpu_optimizer false: DeepSpeed hands "
+        f"{run.optimizer} the host's fp32 partition, so it steps on the CPU with its states "
+        "in host RAM (none paged, none on the GPU)."
+    ]
 
 
 def rank_paged_bytes(

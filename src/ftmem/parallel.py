@@ -45,7 +45,13 @@ from ftmem.optim import (
     optimizer_step_temporary_bytes,
     step_tensor_bytes,
 )
-from ftmem.paged_ranks import Hands, check_fsdp2, rank_paged_bytes
+from ftmem.paged_ranks import (
+    Hands,
+    check_fsdp2,
+    check_zero_offload,
+    rank_paged_bytes,
+    zero_offload_notes,
+)
 from ftmem.phases import (
     NO_COMMUNICATION,
     NO_HEAD,
@@ -154,6 +160,12 @@ class ParallelConfig(Model):
     )
     offload_optimizer: Offload = "none"
     offload_params: Offload = "none"
+    zero_force_ds_cpu_optimizer: bool = Field(
+        True,
+        description="DeepSpeed's zero_force_ds_cpu_optimizer (default true): with "
+        "--offload-optimizer it refuses a client optimizer other than its CPU Adam or Lion; "
+        "false lets bitsandbytes' or torchao's optimizer step the offloaded states on the CPU.",
+    )
     host_memory_bytes: PositiveInt | None = Field(None, description="Host RAM per node.")
     bucket_elements: PositiveInt | None = Field(
         None, description="ZeRO reduce bucket (elements); default hidden² as HF's 'auto'."
@@ -301,6 +313,11 @@ class ParallelConfig(Model):
             raise ValueError(
                 "--offload-optimizer needs a DeepSpeed ZeRO or FSDP strategy (or ColossalAI's "
                 f"colossalai-zero1, colossalai-zero2, colossalai-gemini), not {s}"
+            )
+        if not self.zero_force_ds_cpu_optimizer and s not in DEEPSPEED:
+            raise ValueError(
+                f"--no-zero-force-ds-cpu-optimizer is DeepSpeed's setting: it needs a zero "
+                f"strategy, not {s}"
             )
         if self.offload_params != "none" and s not in ("zero3", *FSDP, colossalai.GEMINI):
             raise ValueError(
@@ -1683,6 +1700,8 @@ def paged_hands(s: Strategy, run: RunConfig, par: ParallelConfig) -> Hands | Non
     a bitsandbytes optimizer is refused (paged_ranks.check_fsdp2)."""
     if s in FSDP and not runs_fsdp1(run, par):
         check_fsdp2(run)
+    if s in DEEPSPEED and par.offload_optimizer != "none":
+        check_zero_offload(run, par.zero_force_ds_cpu_optimizer)
     offloaded = par.offload_optimizer != "none" or (s in FSDP and par.offload_params != "none")
     if paging_unmodelled(s, par) or offloaded:
         return None
@@ -2269,6 +2288,8 @@ def parallel_notes(
                 "optimizer keeps fp32 master weights and fp32 states (Adam: 12 bytes per "
                 "trainable parameter, ZeRO paper's K = 12)."
             )
+    if s in DEEPSPEED and par.offload_optimizer != "none":
+        notes += zero_offload_notes(run)
     if s == "zero3":
         threshold = PERSISTENCE_FACTOR * arch.hidden_size
         notes.append(
