@@ -2,9 +2,13 @@
 unless the config sets ``"zero_force_ds_cpu_optimizer": false`` (deepspeedai/DeepSpeed@
 edaa7221 runtime/engine.py l.2040-2044: ``ZeRORuntimeException`` for any client optimizer
 but DeepSpeedCPUAdam / DeepSpeedCPULion once ``offload_optimizer`` is cpu or nvme; the key
-defaults to true, runtime/constants.py l.77-78). With it false, the optimizer gets the
-host's fp32 partition (stage_1_and_2.py l.491-516) and steps there: on the GPU the run is
-the offloaded one, with no paged states (ftmem.paged_ranks)."""
+defaults to true, runtime/constants.py l.77-78). Accelerate (HF Trainer) swaps the client
+optimizer for DeepSpeed's CPU one first (accelerate 1.16.0 accelerator.py l.2336-2344,
+utils/deepspeed.py ``map_pytorch_optim_to_deepspeed``: DeepSpeedCPULion for bitsandbytes'
+32-bit Lion, DeepSpeedCPUAdam otherwise); Lightning's DeepSpeedStrategy does not. With the
+key false, the optimizer gets the host's fp32 partition (stage_1_and_2.py l.491-516) and
+steps there: on the GPU the run is the offloaded one, with no paged states
+(ftmem.paged_ranks)."""
 
 from __future__ import annotations
 
@@ -35,13 +39,35 @@ CLIENT = [
 @pytest.mark.parametrize("optimizer", CLIENT)
 def test_refused_while_deepspeed_forces_its_cpu_optimizer(strategy, optimizer):
     with pytest.raises(InvalidInputError, match='"zero_force_ds_cpu_optimizer": false'):
-        estimate(ARCH, optimizer=optimizer, strategy=strategy, offload_optimizer="cpu", **SETTINGS)
+        estimate(ARCH, optimizer=optimizer, strategy=strategy, offload_optimizer="cpu",
+                 framework="lightning", **SETTINGS)  # fmt: skip
+
+
+@pytest.mark.parametrize("framework", ["hf", "axolotl", "llama-factory"])
+@pytest.mark.parametrize(
+    ("optimizer", "ds"),
+    [("paged-adamw-8bit", "adamw"), ("adamw-8bit", "adamw"), ("lion-8bit", "adamw"),
+     ("ao-adamw-8bit", "adamw"), ("paged-lion", "lion"), ("lion-32bit", "lion")],
+)  # fmt: skip
+def test_accelerate_swaps_in_deepspeeds_cpu_optimizer(framework, optimizer, ds):
+    """map_pytorch_optim_to_deepspeed: DeepSpeedCPULion for bitsandbytes' Lion /
+    Lion32bit with optim_bits 32 (what HF's lion_32bit and paged_lion_32bit build),
+    DeepSpeedCPUAdam for every other class (Lion8bit included)."""
+    kw = dict(strategy="zero2", offload_optimizer="cpu", framework=framework, **SETTINGS)
+    client = estimate(ARCH, optimizer=optimizer, **kw)
+    swapped = estimate(ARCH, optimizer=ds, **kw)
+    assert client.run.optimizer == ds
+    assert client.memory.peak_allocated_bytes == swapped.memory.peak_allocated_bytes
+    assert client.parallel.host_bytes_per_node == swapped.parallel.host_bytes_per_node
+    name = "DeepSpeedCPULion" if ds == "lion" else "DeepSpeedCPUAdam"
+    assert any(f"{optimizer} is replaced by {name}" in n for n in client.notes)
 
 
 def test_the_cli_says_it_in_one_sentence(capsys):
     from ftmem.cli import main
 
-    args = ["estimate", "llama-3.1-8b", "--method", "full", "--gpus", "4", "--strategy"]
+    args = ["estimate", "llama-3.1-8b", "--method", "full", "--gpus", "4", "--framework",
+            "lightning", "--strategy"]  # fmt: skip
     with pytest.raises(SystemExit) as done:
         main([*args, "zero2", "--offload-optimizer", "cpu", "--optimizer", "paged-adamw-8bit"])
     err = capsys.readouterr().err
@@ -113,9 +139,15 @@ def test_deepspeed_configs_carry_the_key(tmp_path):
         _read(tmp_path, {**OFFLOAD, "zero_force_ds_cpu_optimizer": "false"})
 
 
-def test_axolotls_offload_config_is_read_with_its_client_optimizer():
+def test_axolotls_offload_configs():
+    """alst-llama3-8b: torchao's AdamW8bit with zero3_bf16_cpuoffload_all.json, which sets
+    the key false; mixtral.yml: adamw_bnb_8bit with zero2.json (offload, key absent), run
+    with DeepSpeedCPUAdam by Accelerate."""
     from pathlib import Path
 
-    path = Path(__file__).parent / "fixtures/frameworks/axolotl/alst-llama3-8b-deepspeed-alst.yaml"
-    s = read_framework_config(str(path)).settings
+    root = Path(__file__).parent / "fixtures/frameworks/axolotl"
+    s = read_framework_config(str(root / "alst-llama3-8b-deepspeed-alst.yaml")).settings
     assert (s["optimizer"], s["zero_force_ds_cpu_optimizer"]) == ("ao-adamw-8bit", False)
+    s = read_framework_config(str(root / "mistral-mixtral-mixtral.yml")).settings
+    assert (s["optimizer"], s["offload_optimizer"]) == ("adamw-8bit", "cpu")
+    assert "zero_force_ds_cpu_optimizer" not in s
