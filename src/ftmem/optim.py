@@ -47,12 +47,17 @@ class BnbOptimizer:
 # ftmem's --optimizer as bitsandbytes' classes (bitsandbytes@95f9af30 optim/adam.py,
 # adamw.py, lion.py; Adam and AdamW keep the same states): AdamW8bit / PagedAdamW8bit
 # (PagedAdam8bit adam.py l.232), PagedAdamW / PagedAdamW32bit (PagedAdam l.179,
-# PagedAdam32bit l.296), PagedLion / PagedLion32bit (lion.py l.143, l.228: optim_bits 32,
-# is_paged=True l.183, l.265) and PagedLion8bit (l.187, is_paged=True l.224)
+# PagedAdam32bit l.296), Lion / Lion32bit (lion.py l.8, l.99: optim_bits 32 l.15, l.136;
+# is_paged=False l.18, l.108) and Lion8bit (l.55: 8 l.92, is_paged=False l.64), PagedLion /
+# PagedLion32bit (l.143, l.228: optim_bits 32, is_paged=True l.183, l.265) and
+# PagedLion8bit (l.187, is_paged=True l.224). ``lion-32bit`` is bitsandbytes' Lion (fp32
+# state, its own kernel); ``lion`` is lion-pytorch's (the parameters' dtype, torch ops)
 BNB_OPTIMIZERS = {
     "adamw-8bit": BnbOptimizer(2, 8, paged=False),
     "paged-adamw-8bit": BnbOptimizer(2, 8, paged=True),
     "paged-adamw": BnbOptimizer(2, 32, paged=True),
+    "lion-32bit": BnbOptimizer(1, 32, paged=False),
+    "lion-8bit": BnbOptimizer(1, 8, paged=False),
     "paged-lion": BnbOptimizer(1, 32, paged=True),
     "paged-lion-8bit": BnbOptimizer(1, 8, paged=True),
 }

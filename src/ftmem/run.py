@@ -46,6 +46,8 @@ Optimizer = Literal[
     "adamw-8bit",
     "paged-adamw-8bit",
     "paged-adamw",
+    "lion-32bit",
+    "lion-8bit",
     "paged-lion",
     "paged-lion-8bit",
     "ao-adamw-8bit",

@@ -966,7 +966,14 @@ def _paged_optimizers() -> list[Case]:
     managed memory (tests/test_paged_optimizer.py)."""
     return [
         Case("llama", {"method": m, "precision": "bf16", "optimizer": opt}, WIDER)
-        for opt in ("paged-adamw", "paged-adamw-8bit", "paged-lion", "paged-lion-8bit")
+        for opt in (
+            "paged-adamw",
+            "paged-adamw-8bit",
+            "paged-lion",
+            "paged-lion-8bit",
+            "lion-32bit",
+            "lion-8bit",
+        )
         for m in ("full", "lora")
     ]
 

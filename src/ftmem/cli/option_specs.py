@@ -536,6 +536,15 @@ SPREAD = [
         panel=MULTI,
     ),
     _opt(
+        "zero_force_ds_cpu_optimizer",
+        OptBool,
+        None,
+        "DeepSpeed's zero_force_ds_cpu_optimizer (default on): off lets a bitsandbytes or "
+        "torchao optimizer step the offloaded states on the CPU (--offload-optimizer).",
+        "--zero-force-ds-cpu-optimizer/--no-zero-force-ds-cpu-optimizer",
+        panel=MULTI,
+    ),
+    _opt(
         "gemini_placement",
         Optional[Literal["static", "auto"]],  # noqa: UP045
         None,

@@ -36,6 +36,7 @@ from ftmem.frameworks.shared import (
     galore_args,
     hf_optimizer,
 )
+from ftmem.optim import BNB_OPTIMIZERS
 from ftmem.quantized_base import on_quantized_base, quantized_base
 from ftmem.sources import architecture_from_config
 from ftmem.torchao_optim import FORMATS
@@ -68,7 +69,8 @@ LIVE_OPTIMIZERS = {
     "PagedAdamW8bit": "paged-adamw-8bit",
     "Adafactor": "adafactor",
     "Lion": "lion",
-    "Lion32bit": "lion",
+    "Lion32bit": "lion-32bit",
+    "Lion8bit": "lion-8bit",
     "PagedLion32bit": "paged-lion",
     "PagedLion": "paged-lion",
     "PagedLion8bit": "paged-lion-8bit",
@@ -515,6 +517,27 @@ def _read_args(args: Any, live: LiveRun) -> None:
         )
 
 
+def bnb_live(inner: Any) -> str | None:
+    """A live bitsandbytes Lion or Adam(W) as ftmem's --optimizer, by what it was built
+    with: transformers builds the plain ``Lion`` and ``AdamW`` classes for every bnb
+    ``optim`` name and passes ``optim_bits`` and ``is_paged`` (trainer_optimizer.py
+    ``_get_bitsandbytes_optimizer``, 5.25), which bitsandbytes keeps as ``args.optim_bits``
+    and ``is_paged`` (bitsandbytes@95f9af30 optim/optimizer.py l.135, l.480, l.652).
+    None for its other classes and for a 32-bit unpaged AdamW (no ftmem name)."""
+    kind = type(inner).__name__
+    states = 1 if "Lion" in kind else 2 if "Adam" in kind and "AdEMAMix" not in kind else 0
+    built = (states, getattr(getattr(inner, "args", None), "optim_bits", None))
+    paged = getattr(inner, "is_paged", None) is True
+    return next(
+        (
+            name
+            for name, o in BNB_OPTIMIZERS.items()
+            if (o.states, o.bits, o.paged) == (*built, paged)
+        ),
+        None,
+    )
+
+
 def read_optimizer(optimizer: Any, live: LiveRun) -> None:
     """The live optimizer's class wins over the name in the arguments (a trainer given
     ``optimizers=``); torch's own say which kernel runs (fused, foreach, for-loop)."""
@@ -525,6 +548,8 @@ def read_optimizer(optimizer: Any, live: LiveRun) -> None:
     kind = type(inner).__name__
     said = f"the optimizer ({type(inner).__module__}.{kind})"
     mapped = LIVE_OPTIMIZERS.get(kind)
+    if type(inner).__module__.startswith("bitsandbytes."):
+        mapped = bnb_live(inner) or mapped
     if type(inner).__module__.startswith("torchao."):  # AdamW8bit is bitsandbytes' too
         mapped = TORCHAO_CLASSES.get(kind)
         block = getattr(inner, "block_size", None)

@@ -1073,6 +1073,8 @@ BNB_CLASS = {
     "adamw-8bit": "AdamW8bit",
     "paged-adamw-8bit": "PagedAdamW8bit",
     "paged-adamw": "PagedAdamW",
+    "lion-32bit": "Lion32bit",
+    "lion-8bit": "Lion8bit",
     "paged-lion": "PagedLion",
     "paged-lion-8bit": "PagedLion8bit",
 }
