@@ -1123,8 +1123,10 @@ def test_an_offloaded_run_requests_the_loss_tensors_of_the_run_without_offload(
 def test_an_offloaded_shifted_loss_counts_its_saved_item_and_input_at_the_logits(loss):
     """Offloaded, the shifted losses' saved tensors leave the device as the forward ends,
     but at the loss they exist, with the LM head's input the forward still names: the
-    logits' moment is the plain one (beyond the saved item) plus both. Derived: the
-    item is the log-softmax over R = T − b rows, the labels and total_weight."""
+    logits' moment is the plain one (beyond the saved item) plus the item; the head's
+    input (T·h·2, LoRA: the head frozen) is in both (step._named_head_input names it
+    without offload too). Derived: the item is the log-softmax over R = T − b rows, the
+    labels and total_weight."""
     from ftmem.api import run_config
     from ftmem.presets import get_model
     from ftmem.step import step_parts
@@ -1142,7 +1144,8 @@ def test_an_offloaded_shifted_loss_counts_its_saved_item_and_input_at_the_logits
     ls = 2 if loss == "shifted" else 4  # bf16: the shifted loss's log-softmax in its dtype
     saved = R_ * V_ * ls + R_ * 8 + ls
     plain, offloaded = head(False), head(True)
-    assert offloaded.logits_forward == plain.logits_forward + T_ * h * 2 + saved
+    assert offloaded.logits_forward == plain.logits_forward + saved
+    assert plain.requests is not None and ("alloc", T_ * h * 2) in plain.requests.forward
     requests = offloaded.requests
     assert requests is not None and requests.saved_item == 0
 

@@ -193,6 +193,11 @@ class Profile:
     # (versions.checkpoint_wraps_decoder_unit); False: the framework's own blocks and
     # checkpoint wrapper
     checkpoints_in_transformers_loop: bool = True
+    # the loss runs inside the causal LM's forward, given the labels: that forward names
+    # the LM head's input (``hidden_states = outputs[0]``) until the loss returns
+    # (step._named_head_input); False where the loop calls the model for its logits and
+    # computes the loss after the forward has returned
+    loss_in_model_forward: bool = True
 
 
 HF = Profile("hf")
@@ -244,6 +249,9 @@ TORCHTUNE = Profile(
     checkpoints_in_transformers_loop=False,  # its own modules' checkpoint wrapper
     loop_shifted_loss=True,
     fsdp_version=2,  # the distributed recipes' fully_shard (frameworks/torchtune.py _fsdp2)
+    # _loss_step: ``logits = self._model(**batch)``, then ``self._loss_fn(logits, labels)``
+    # (recipes/full_finetune_single_device.py@1814feb17a90 l.625-647)
+    loss_in_model_forward=False,
 )
 
 # LitGPT 0.4.x (Lightning-AI/litgpt@00af8b0d) and lit-gpt 2023 (@8641822b) under
@@ -314,6 +322,9 @@ LITGPT = Profile(
     evaluates=True,
     generates=True,
     checkpoints_in_transformers_loop=False,  # its own model code
+    # fit(): ``logits = model(input_ids, lm_head_chunk_size=128)``, then
+    # ``chunked_cross_entropy(logits, ...)`` (litgpt@00af8b0d litgpt/finetune/lora.py l.304-307)
+    loss_in_model_forward=False,
 )
 
 # Unsloth (unslothai/unsloth@015bdef0d94a, unslothai/unsloth-zoo@ce232d6cef9c);

@@ -181,13 +181,32 @@ def _shifted_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     without an upcast."""
     import torch.nn.functional as F
 
-    out = model(input_ids=ids)  # no labels: transformers returns the logits as computed
-    logits = out.logits
-    shift_logits = logits[..., :-1, :].contiguous()
-    shift_labels = ids[..., 1:].contiguous()
-    loss = F.cross_entropy(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
-    del out, logits, shift_logits  # the forward returns; only what autograd saved stays
+    with _head_input_named(model) as named:
+        out = model(input_ids=ids)  # no labels: transformers returns the logits as computed
+        logits = out.logits
+        shift_logits = logits[..., :-1, :].contiguous()
+        shift_labels = ids[..., 1:].contiguous()
+        loss = F.cross_entropy(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
+        del out, logits, shift_logits  # the forward returns; only what autograd saved stays
+        named.clear()
     return loss
+
+
+@contextlib.contextmanager
+def _head_input_named(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """The LM head's input, referenced until the caller clears the list: a forward that
+    computes its own loss names it (``hidden_states``) until the loss returns, where these
+    stand-ins call the model for its logits first (step._named_head_input)."""
+    named: list[torch.Tensor] = []
+    get = getattr(model, "get_output_embeddings", None)  # (Qwen-1's remote code has none)
+    head = get() if get is not None else None
+    if head is None:
+        head = next(m for name, m in model.named_modules() if name.endswith("lm_head"))
+    handle = head.register_forward_pre_hook(lambda _module, args: named.append(args[0]))
+    try:
+        yield named
+    finally:
+        handle.remove()
 
 
 def _upcast_shifted_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -196,14 +215,16 @@ def _upcast_shifted_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Ten
     output dropped as the name is rebound), a contiguous copy of the shifted fp32 logits
     and of the shifted labels, CrossEntropyLoss; the fp32 logits are returned in the
     output, which HF Trainer's compute_loss drops."""
-    out = model(input_ids=ids)  # no labels: transformers returns the logits as computed
-    logits = out.logits.float()
-    del out  # the head's own output: only the name held it
-    shift_logits = logits[..., :-1, :].contiguous()
-    shift_labels = ids[..., 1:].contiguous()
-    loss_fct = torch.nn.CrossEntropyLoss()
-    loss = loss_fct(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
-    del logits, shift_logits  # the forward returns, its output dropped
+    with _head_input_named(model) as named:
+        out = model(input_ids=ids)  # no labels: transformers returns the logits as computed
+        logits = out.logits.float()
+        del out  # the head's own output: only the name held it
+        shift_logits = logits[..., :-1, :].contiguous()
+        shift_labels = ids[..., 1:].contiguous()
+        loss_fct = torch.nn.CrossEntropyLoss()
+        loss = loss_fct(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
+        del logits, shift_logits  # the forward returns, its output dropped
+        named.clear()
     return loss
 
 
