@@ -108,7 +108,8 @@ def test_the_trace_reaches_a_vision_towers_backward():
     run = run_config(method="lora", images=2, seq_len=8192, grad_ckpt=True, attn="eager")
     parts = step_parts(arch, run)
     peak = find_peak(parts.sizes).at_peak
-    assert peak.temporaries == parts.sizes.vision_backward
+    # (beside the pixels the loop holds: saved by no node, counted with the temporaries)
+    assert peak.temporaries == parts.sizes.vision_backward + parts.sizes.loop_held
     best, _ = replay_live(step_events(parts.sizes, _tensors(parts, parts.sizes)))
     assert best == peak.total
 

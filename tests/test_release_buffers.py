@@ -94,9 +94,10 @@ def test_llama_4_38_0_registers_the_int64_causal_mask_and_no_tables():
 
 @pytest.mark.parametrize(
     ("version", "loss"),
-    # 4.46-4.48's standard loss copies the shifted logits (tests/test_shifted_logits_loss.py):
-    # there the model's own shifted loss, which no release changes, keeps the comparison
-    [(None, "standard"), ("4.43.0", "standard"), ("4.47.1", "shifted"), ("5.24", "standard")],
+    # 4.46-4.48's standard loss copies the shifted logits (tests/test_shifted_logits_loss.py)
+    # and before 4.46 Llama's forward computes its own upcast-shifted loss: there that loss
+    # given by name, which no release changes, keeps the comparison
+    [(None, "standard"), ("4.43.0", "upcast-shifted"), ("4.47.1", "shifted"), ("5.24", "standard")],
 )
 def test_releases_without_the_buffers_change_nothing(version, loss):
     arch = tiny("llama")
@@ -185,7 +186,9 @@ def test_layers_keep_their_own_cos_and_sin_before_4_43():
     arch = tiny("llama")
     per_layer = _layer_rotary_saved(arch, S, torch.bfloat16)
     assert per_layer == 2 * S * arch.head_size * 2
-    shared = _activations(arch, transformers_version="4.43.0")
-    assert shared == _activations(arch)
-    old = _activations(arch, transformers_version="4.42.4")
+    # (Llama's own loss in both releases, given by name to the current one's as well)
+    loss = "upcast-shifted"
+    shared = _activations(arch, transformers_version="4.43.0", loss=loss)
+    assert shared == _activations(arch, loss=loss)
+    old = _activations(arch, transformers_version="4.42.4", loss=loss)
     assert old - shared == (arch.num_layers - 1) * per_layer

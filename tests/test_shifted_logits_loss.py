@@ -120,6 +120,9 @@ def test_vocabulary_wide_tensors_under_the_real_release(version):
     assert bool(shifted) == (rows == R)
 
 
+# the families whose forward upcasts, then shifts, before 4.46 and only then
+LLAMA_LIKE = ("llama", "mixtral", "gemma", "gemma2", "phi", "phi3", "qwen2", "cohere", "olmoe")
+
 # (family, release) -> the loss its causal LM runs there, read from the releases' own
 # lines (ftmem.versions.OWN_SHIFTED_LOSS, GPT_NEOX_OWN_SHIFTED_LOSS, GRANITE_ and
 # MISTRAL_OWN_UPCAST_LOSS, STARCODER2_OWN_UPCAST_LOSS): GPT-2, Falcon, GPTBigCode and
@@ -133,11 +136,16 @@ OWN_LOSSES = [
     *[(f, "4.48.3", "standard") for f in ("gpt2", "falcon", "gpt_bigcode", "stablelm")],
     *[("gpt_neox", v, "shifted") for v in ("4.40.0", "4.45.2", "4.47.1", "4.48.3")],
     *[(f, "4.49.0", "standard") for f in ("gpt2", "gpt_neox", "falcon", "stablelm")],
-    *[(f, v, "upcast-shifted") for f in ("granite", "mistral") for v in ("4.46.0", "4.47.1")],
-    *[(f, v, "standard") for f in ("granite", "mistral") for v in ("4.45.2", "4.48.1")],
-    ("starcoder2", "4.46.3", "upcast-shifted"),
+    *[(f, v, "upcast-shifted") for f in ("granite", "mistral") for v in ("4.45.2", "4.46.0", "4.47.1")],
+    *[(f, "4.48.1", "standard") for f in ("granite", "mistral")],
+    *[("starcoder2", v, "upcast-shifted") for v in ("4.40.0", "4.45.2", "4.46.3")],
     ("starcoder2", "4.47.0", "standard"),
     ("llama", "4.47.1", "standard"),
+    # before 4.46 the Llama-like families upcast, then shift, in their own forward
+    # (ftmem.versions.UPCAST_IN_FORWARD_LOSS: llama 4.36.2 :1200-1205, 4.40.0 :1228-1233,
+    # 4.45.2 :1214-1221; the others' lines there), and call self.loss_function from 4.46.0
+    *[(f, v, "upcast-shifted") for f in LLAMA_LIKE for v in ("4.36.2", "4.40.0", "4.45.2")],
+    *[(f, v, "standard") for f in LLAMA_LIKE for v in ("4.46.0", "4.48.1", "4.49.0")],
 ]  # fmt: skip
 
 
@@ -234,3 +242,54 @@ def test_gpt2_vocabulary_wide_tensors_under_the_real_release(version):
     assert {item[1] for item in got["forward"]} == {"torch.bfloat16"}
     backward = Loss.shifted_backward(cfg, V, BF16, T) + R * V * BF16
     assert sum(item[-1] for item in got["backward"]) == backward
+
+
+def test_an_explicit_loss_stays_the_users_before_446():
+    """--loss chunked, fused, shifted: the user's choice, whatever the release; the own
+    loss replaces the default (``standard``) only."""
+    from tests.conftest import tiny
+
+    for loss in ("chunked", "fused", "shifted", "upcast-shifted"):
+        assert framework_run(tiny("llama"), run("4.40.0", loss=loss)).loss == loss
+    # a preference objective reads the logits itself
+    assert framework_run(tiny("llama"), run("4.40.0", objective="dpo")).loss == "standard"
+
+
+# (family, release) measured under the real wheel: the releases each family's causal LM
+# exists in among 4.36.2, 4.40.0 and 4.45.2 (Cohere's logit scale, 16-bit before the
+# upcast in 4.40.0 and fp32 after it in 4.45.2, is no part of either largest moment)
+UPCAST_MEASURED = [
+    ("llama", "4.36.2"), ("mixtral", "4.36.2"), ("phi", "4.36.2"),
+    ("llama", "4.40.0"), ("gemma", "4.40.0"), ("phi", "4.40.0"), ("qwen2", "4.40.0"),
+    ("starcoder2", "4.40.0"), ("mistral", "4.40.0"), ("cohere", "4.40.0"),
+    ("llama", "4.45.2"), ("phi3", "4.45.2"), ("qwen2", "4.45.2"), ("olmoe", "4.45.2"),
+    ("cohere", "4.45.2"), ("gemma2", "4.45.2"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("family", "version"), UPCAST_MEASURED)
+def test_upcast_shifted_vocabulary_wide_tensors_under_the_real_release(family, version):
+    """The probe's tiny causal LM of ``family`` under a real release before 4.46, with the
+    default loss: at the forward's largest moment the fp32 logits (T·V·4), their shifted
+    copy and the saved log-softmax (R·V·4 each), no 16-bit logits (dead at the upcast);
+    at the backward's, 3·R·V·4 (Loss.upcast_shifted_backward beside the log-softmax).
+    Both against ftmem's loss moments for the run at that release."""
+    from tests.conftest import tiny
+
+    probe = Path(__file__).with_name("transformers4_loss_probe.py")
+    got = run_probe(version, probe, str(B), str(S), str(V), family)
+    arch = tiny(family, vocab_size=V)
+    cfg = framework_run(arch, run(version))
+    assert cfg.loss == "upcast-shifted"
+    # (Phi's LM head bias, a parameter of V values, is no activation)
+    fwd = [item for item in got["forward"] if len(item[0]) > 1]
+    bwd = [item for item in got["backward"] if len(item[0]) > 1]
+    # Gemma 2 soft-caps the 16-bit logits before the upcast: tanh's output saved (T·V·2)
+    softcap = T * V * BF16 if arch.final_logit_softcapping else 0
+    assert {item[1] for item in fwd} == {"torch.float32"} | (
+        {"torch.bfloat16"} if softcap else set()
+    )
+    saved = R * V * FP32 + softcap  # the log-softmax, the tanh
+    assert sum(item[-1] for item in fwd) == Loss.forward_transient(arch, cfg, BF16, T) + saved
+    backward = Loss.upcast_shifted_backward(cfg, V, BF16, T) + saved
+    assert sum(item[-1] for item in bwd) == backward

@@ -3,8 +3,8 @@ as wide as the vocabulary that are live at the forward's and the backward's larg
 moments of one causal-LM step with labels (HF Trainer's compute_loss: the model's output
 dropped before backward).
 
-A tiny bf16 Mistral (or, with a fourth argument ``gpt2``, a GPT-2) whose vocabulary
-dwarfs the rest, so that both moments are the loss's; only the last layer trains. A dispatch mode counts every storage an op returns
+A tiny bf16 Mistral (or, with a fourth argument, that model_type's causal LM: ``gpt2``,
+``llama``, ``qwen2``, ...) whose vocabulary dwarfs the rest, so that both moments are the loss's; only the last layer trains. A dispatch mode counts every storage an op returns
 (each once, freed with the storage), the parameters and inputs registered first.
 Prints one JSON line: per phase, the largest live total and, at that moment, each live
 tensor whose last dimension is the vocabulary (shape, dtype, bytes).
@@ -99,10 +99,42 @@ def gpt2(s: int, vocab: int) -> torch.nn.Module:
     return model
 
 
+def causal_lm(model_type: str, vocab: int) -> torch.nn.Module:
+    """A Llama-like family's causal LM of the Mistral's sizes (untied head; a mixture of
+    experts with 4 experts, top-2), only its last layer trained."""
+    sizes: dict[str, object] = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    if model_type == "gemma":
+        sizes["head_dim"] = 16
+    if model_type == "phi3":  # (its default pad_token_id 32000 lies beyond the vocabulary)
+        sizes["pad_token_id"] = 0
+    if model_type in ("mixtral", "olmoe"):
+        experts = "num_local_experts" if model_type == "mixtral" else "num_experts"
+        sizes |= {experts: 4, "num_experts_per_tok": 2}
+    cfg = transformers.AutoConfig.for_model(model_type, **sizes)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    for name, p in model.named_parameters():
+        p.requires_grad_(".layers.1." in name)
+    return model
+
+
+def model_of(args: list[str], s: int, vocab: int) -> torch.nn.Module:
+    if args == ["gpt2"]:
+        return gpt2(s, vocab)
+    return causal_lm(args[0], vocab) if args and args[0] != "mistral" else mistral(vocab)
+
+
 def main() -> None:
     b, s, vocab = (int(x) for x in sys.argv[1:4])
     torch.manual_seed(0)
-    model = (gpt2(s, vocab) if sys.argv[4:] == ["gpt2"] else mistral(vocab)).to(torch.bfloat16)
+    model = model_of(sys.argv[4:], s, vocab).to(torch.bfloat16)
     model.train()
     ids = torch.randint(0, vocab, (b, s))
     live = Live()

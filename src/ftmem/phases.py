@@ -263,7 +263,8 @@ class StepSizes:
     # ZeRO-3: each parameter gathered whole; gpu.trace)
     before_requests: tuple[int, ...] = ()
     # what the training loop itself holds at every moment (LitGPT: the last forward's
-    # fp32 logits, until the next forward returns); counted with the activations
+    # fp32 logits, until the next forward returns); at the peak counted with the
+    # temporaries (saved for backward by no node, so not in the activations' size)
     loop_held: int = 0
     # torch.cuda.empty_cache() before and after the moment before the forward and after
     # the logits (torchtune's GRPO recipe, ftmem.torchtune_grpo): the allocator's free
@@ -334,8 +335,10 @@ class _Race:
             weights=s.weights,
             gradients=w.gradients,
             optimizer_states=s.states,
-            activations=w.activations + s.loop_held,
-            temporaries=w.temporaries,
+            activations=w.activations,
+            # what the loop holds is saved by no node: beside the transients, so that
+            # the activations at the peak stay a part of their size (the saved tensors)
+            temporaries=w.temporaries + s.loop_held,
             communication=w.communication,
         )
         best = self.best

@@ -194,17 +194,33 @@ OWN_SHIFTED_LOSS: Releases = (((0, 0, 0), (4, 48, 3)),)
 # gpt_neox/modeling_gpt_neox.py: 4.36.2 :1053, 4.40.0 :1055, 4.45.2 :1200, 4.46.0 :1200,
 # 4.47.1 :1195, 4.48.1 :1133, 4.48.3 :1137) until 4.49.0 moves it to self.loss_function.
 GPT_NEOX_OWN_SHIFTED_LOSS: Releases = (((0, 0, 0), (4, 49, 0)),)
-# Granite's 4.46-4.47 forward upcasts, then shifts (``logits = logits.float()``,
-# ``shift_logits = logits[..., :-1, :].contiguous()``: 4.46.0 and 4.47.1
-# models/granite/modeling_granite.py:1108-1110); 4.48.1 calls self.loss_function (:866).
-GRANITE_OWN_UPCAST_LOSS: Releases = (((4, 46, 0), (4, 48, 0)),)
-# Mistral's the same in 4.46-4.47 (models/mistral/modeling_mistral.py MistralForCausalLM:
-# 4.46.0 :1085-1087, 4.47.1 :1090-1092; 4.48.0 calls self.loss_function), StarCoder2's in
-# 4.46.x (models/starcoder2/modeling_starcoder2.py 4.46.0 :1159-1161, 4.46.3 the same;
-# 4.47.0 calls self.loss_function). Before 4.46 every one of ftmem's other families
-# upcasts, then shifts, in its own forward: --loss upcast-shifted.
-MISTRAL_OWN_UPCAST_LOSS: Releases = (((4, 46, 0), (4, 48, 0)),)
-STARCODER2_OWN_UPCAST_LOSS: Releases = (((4, 46, 0), (4, 47, 0)),)
+# Before 4.46 the Llama-like causal LMs compute their loss in their own forward: they
+# upcast the logits (``logits = logits.float()``, every one of them in 4.36-4.44; from
+# 4.45 the head's output ``.float()`` and, under labels, ``logits.float()`` again, a
+# no-op) and shift an fp32 copy (``shift_logits = logits[..., :-1, :].contiguous()``)
+# into CrossEntropyLoss: --loss upcast-shifted, the 16-bit logits dead at the upcast.
+# models/<family>/modeling_<family>.py, the upcast and the shift: llama 4.36.2 :1200,
+# :1205, 4.37.2 :1202, :1207, 4.40.0 :1228, :1233, 4.45.2 :1214, :1219, :1221; mistral
+# 4.36.2 :1067, :1072, 4.40.0 :1172, :1177, 4.45.2 :1059, :1064, :1066; mixtral 4.36.2
+# :1237, :1242, 4.40.0 :1374, :1379, 4.45.2 :1304, :1309, :1311; gemma 4.40.0 :1133, :1137,
+# 4.45.2 :1089, :1094, :1096; gemma2 4.45.2 :1073, :1077, :1079 (soft-capped in 16 bits
+# first, :1067-1070); phi 4.36.2 :1054, :1059, 4.40.0 :1183, :1188, 4.45.2 :1255, :1260,
+# :1262; phi3 4.45.2 :1285, :1290, :1292; qwen2 4.40.0 :1183, :1188, 4.45.2 :1187, :1192,
+# :1194; cohere 4.40.0 :1150, :1155 (scaled by logit_scale in 16 bits first, :1149),
+# 4.45.2 :1178, :1184, :1186 (scaled after the upcast, :1179; the scale's own copy is not
+# modelled in any release); starcoder2 4.40.0 :1163, :1168, 4.45.2 :1163, :1168, :1170;
+# granite 4.45.2 :1103, :1108; olmoe 4.45.2 :1290, :1292 (under labels only, :1288).
+# 4.46.0 passes them to self.loss_function (TRANSFORMERS_SHIFTED_LOGITS_LOSS), but for
+# Granite and Mistral in 4.46-4.47 and StarCoder2 in 4.46.x, whose forwards keep the
+# upcast and the shift (4.46.0 and 4.47.1 models/granite/modeling_granite.py:1108-1110;
+# models/mistral/modeling_mistral.py 4.46.0 :1085-1087, 4.47.1 :1090-1092, 4.48.0 calls
+# self.loss_function; models/starcoder2/modeling_starcoder2.py 4.46.0 :1159-1161, 4.46.3
+# the same, 4.47.0 calls self.loss_function; granite 4.48.1 :866). OLMo 2 (4.47.0) and
+# GLM (4.46.0) came with self.loss_function.
+UPCAST_IN_FORWARD_LOSS: Releases = (((0, 0, 0), (4, 46, 0)),)
+GRANITE_OWN_UPCAST_LOSS: Releases = (((0, 0, 0), (4, 48, 0)),)
+MISTRAL_OWN_UPCAST_LOSS: Releases = (((0, 0, 0), (4, 48, 0)),)
+STARCODER2_OWN_UPCAST_LOSS: Releases = (((0, 0, 0), (4, 47, 0)),)
 # --loss upcast-shifted names the releases before 4.46 when no version is given: the last
 # of them is where a family's own loss there is looked up (model_own_loss).
 LAST_OWN_FORWARD_LOSS_RELEASE = "4.45.2"
@@ -269,7 +285,7 @@ def model_own_loss(
 ) -> Literal["shifted", "upcast-shifted"] | None:
     """The loss a model computes in its own forward where ftmem's loss for the run is not
     what that forward does (the family's ``own_loss_releases``: OWN_SHIFTED_LOSS,
-    GPT_NEOX_OWN_SHIFTED_LOSS, GRANITE_OWN_UPCAST_LOSS, ...; in 4.46-4.48
+    GPT_NEOX_OWN_SHIFTED_LOSS, UPCAST_IN_FORWARD_LOSS, ...; in 4.46-4.48
     VISION_OWN_LOSS): for ``--loss standard`` at the run's release; for ``--loss
     upcast-shifted`` (transformers < 4.46's forward: 4.45.2 where no release is given),
     the 16-bit shifted loss of the families that never upcast. None elsewhere."""

@@ -287,7 +287,8 @@ RUN = [
         field_choices("loss"),
         "standard",
         "standard (full logits; with --transformers-version 4.46-4.48 also an fp32 copy of "
-        "the shifted logits) | upcast-shifted (transformers < 4.46: fp32 logits and an "
+        "the shifted logits; where the release's model computes its own loss, that one: "
+        "before 4.46 the Llama-like models' upcast-shifted) | upcast-shifted (transformers < 4.46: fp32 logits and an "
         "fp32 shifted copy in the model; under --framework torchtune its 0.1 recipe's loop, "
         "which holds the shifted copy into the next forward) | shifted (the model's own 16-bit loss on a shifted copy, "
         "as Qwen-1's) | chunked (torchtune's 8 output chunks) | linear-chunked "

@@ -21,6 +21,7 @@ from ftmem.versions import (
     COHERE_SDPA_FLOAT_MASK,
     QWEN2_ROTARY_PER_LAYER,
     TRANSFORMERS_SDPA_CONTIGUOUS,
+    UPCAST_IN_FORWARD_LOSS,
 )
 
 QK_NORM_KEY = "use_qk_norm"
@@ -59,4 +60,6 @@ FAMILY = Family(
     rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
     sdpa_float_mask_releases=COHERE_SDPA_FLOAT_MASK,
     sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
+    # its own upcast-shifted loss before 4.46 (versions.UPCAST_IN_FORWARD_LOSS)
+    own_loss_releases=((UPCAST_IN_FORWARD_LOSS, "upcast-shifted"),),
 )

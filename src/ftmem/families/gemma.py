@@ -9,6 +9,7 @@ from ftmem.versions import (
     LLAMA_SDPA_FLOAT_MASK,
     MISTRAL_ROTARY_PER_LAYER,
     TRANSFORMERS_SDPA_CONTIGUOUS,
+    UPCAST_IN_FORWARD_LOSS,
 )
 
 FAMILY = Family(
@@ -23,4 +24,6 @@ FAMILY = Family(
     rotary_per_layer_releases=MISTRAL_ROTARY_PER_LAYER,
     sdpa_float_mask_releases=LLAMA_SDPA_FLOAT_MASK,
     sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
+    # its own upcast-shifted loss before 4.46 (versions.UPCAST_IN_FORWARD_LOSS)
+    own_loss_releases=((UPCAST_IN_FORWARD_LOSS, "upcast-shifted"),),
 )

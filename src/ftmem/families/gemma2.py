@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys, alternating, number, wrong
 from ftmem.families._llama import LLAMA_NAMES, llama_map
-from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
+from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS, UPCAST_IN_FORWARD_LOSS
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -77,4 +77,6 @@ FAMILY = Family(
         )
     },
     sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
+    # its own upcast-shifted loss before 4.46 (versions.UPCAST_IN_FORWARD_LOSS)
+    own_loss_releases=((UPCAST_IN_FORWARD_LOSS, "upcast-shifted"),),
 )

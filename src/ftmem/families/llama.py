@@ -12,6 +12,7 @@ from ftmem.versions import (
     LLAMA_ROTARY_PER_LAYER,
     LLAMA_SDPA_FLOAT_MASK,
     TRANSFORMERS_SDPA_CONTIGUOUS,
+    UPCAST_IN_FORWARD_LOSS,
 )
 
 FAMILY = Family(
@@ -38,4 +39,6 @@ FAMILY = Family(
     sdpa_float_mask_releases=LLAMA_SDPA_FLOAT_MASK,
     last_cos_sin_releases=LLAMA_LAST_COS_SIN_KEPT,
     sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
+    # its own upcast-shifted loss before 4.46 (versions.UPCAST_IN_FORWARD_LOSS)
+    own_loss_releases=((UPCAST_IN_FORWARD_LOSS, "upcast-shifted"),),
 )

@@ -14,6 +14,7 @@ from ftmem.versions import (
     MISTRAL_ROTARY_PER_LAYER,
     MIXTRAL_ROTARY_CACHE,
     TRANSFORMERS_SDPA_CONTIGUOUS,
+    UPCAST_IN_FORWARD_LOSS,
 )
 
 if TYPE_CHECKING:
@@ -62,4 +63,6 @@ FAMILY = Family(
     rotary_per_layer_releases=MISTRAL_ROTARY_PER_LAYER,
     router_aux_loss=True,
     sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
+    # its own upcast-shifted loss before 4.46 (versions.UPCAST_IN_FORWARD_LOSS)
+    own_loss_releases=((UPCAST_IN_FORWARD_LOSS, "upcast-shifted"),),
 )

@@ -16,6 +16,7 @@ from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys, flag, need, number, opt, shown
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 from ftmem.families.mixtral import EXPERT_NAMES
+from ftmem.versions import UPCAST_IN_FORWARD_LOSS
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -69,4 +70,6 @@ FAMILY = Family(
     router_renormalisation_optional=True,
     routing_weights_in_router_dtype=True,
     router_aux_loss=True,
+    # its own upcast-shifted loss before 4.46 (versions.UPCAST_IN_FORWARD_LOSS)
+    own_loss_releases=((UPCAST_IN_FORWARD_LOSS, "upcast-shifted"),),
 )

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING
 from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys, flag, rotary_dim
 from ftmem.families._llama import LLAMA_NAMES, llama_map
-from ftmem.versions import QWEN2_ROTARY_CACHE, QWEN2_ROTARY_PER_LAYER, TRANSFORMERS_SDPA_CONTIGUOUS
+from ftmem.versions import (
+    QWEN2_ROTARY_CACHE,
+    QWEN2_ROTARY_PER_LAYER,
+    TRANSFORMERS_SDPA_CONTIGUOUS,
+    UPCAST_IN_FORWARD_LOSS,
+)
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -78,4 +83,6 @@ FAMILY = Family(
     rotary_cache_releases=QWEN2_ROTARY_CACHE,
     rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
     sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
+    # its own upcast-shifted loss before 4.46 (versions.UPCAST_IN_FORWARD_LOSS)
+    own_loss_releases=((UPCAST_IN_FORWARD_LOSS, "upcast-shifted"),),
 )
