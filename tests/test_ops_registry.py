@@ -30,6 +30,7 @@ EXPECTED = {
     "dora",
     "ia3",
     "llama_adapter",
+    "loha",
     "lora",
     "head_lora",
     "prefix_tuning",

@@ -114,6 +114,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "learned vectors that rescale the keys, values and FFN intermediate (--ia3-targets)",
         "Liu et al. 2022, arXiv:2205.05638",
     ),
+    "loha": (
+        "peft's LoHa: ΔW = (w1a·w1b) ⊙ (w2a·w2b)·alpha/r beside frozen linears, built whole "
+        "(out × in) in every forward (--loha-rank, --loha-alpha, --loha-targets)",
+        "Hyeon-Woo et al. 2022 (FedPara), arXiv:2108.06098; peft tuners/loha",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -239,6 +244,8 @@ class MethodPlan:
     gated_blocks: int = 0
     v2_scaled: tuple[Linear, ...] = ()
     head_scaled: bool = False
+    # LoHa: the linears with a Hadamard-product adapter beside them
+    hadamard: tuple[Linear, ...] = ()
 
     def gradient_after_blocks(self, g: TensorGroup) -> bool:
         """A tensor outside the blocks whose gradient appears only after the first block's
@@ -599,6 +606,24 @@ def ia3_linears(arch: Architecture, run: RunConfig) -> tuple[tuple[Linear, bool]
     return tuple((lin, "down" in lin.roles) for lin in chosen)
 
 
+def loha_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a LoHa adapter (none for the other methods)."""
+    if run.method != "loha":
+        return ()
+    if arch.traits.conv1d:
+        # peft 0.21.2 tuners/lycoris_utils.py _create_new_module: Linear, Conv1d, Conv2d only
+        raise InvalidInputError(
+            f"peft's LoHa does not wrap {arch.family}'s transformers Conv1D layers; "
+            "use lora or ia3 on this model."
+        )
+    if arch.encoder_decoder or arch.vision is not None:
+        raise InvalidInputError(
+            f"LoHa on {arch.name} (an encoder-decoder or image-text model) is not modelled; "
+            "ftmem models LoHa on decoder-only language models."
+        )
+    return select_linears(arch, run.loha[2], "LoHa target")
+
+
 def select_linears(arch: Architecture, spec: str, what: str) -> tuple[Linear, ...]:
     """Block linears named by ``spec``.
 
@@ -733,6 +758,8 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     groups += _expert_lora_groups(experts, arch, dtypes)
     scaled = ia3_linears(arch, run) if run.method == "ia3" else ()
     groups += _ia3_groups(scaled, arch, dtypes)
+    hadamard = loha_linears(arch, run)
+    groups += _loha_groups(hadamard, arch, run, dtypes)
     bottlenecked = bottlenecked_linears(arch, run)
     groups += _bottleneck_groups(bottlenecked, arch, run, dtypes)
     v2_scaled = v2_scaled_linears(arch, run)
@@ -771,6 +798,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         gated_blocks=gated_blocks(arch, run),
         v2_scaled=v2_scaled,
         head_scaled=run.method == "llama-adapter-v2",
+        hadamard=hadamard,
     )
 
 
@@ -1052,6 +1080,22 @@ def _ia3_groups(
     for lin, feedforward in scaled:
         shape: tuple[int, ...] = (1, lin.in_features) if feedforward else (lin.out_features, 1)
         groups.append(_adapter(f"{lin.module}.ia3_l", shape, arch, dtypes, lin))
+    return groups
+
+
+def _loha_groups(
+    hadamard: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """LoHa's two low-rank pairs per adapted linear: hada_w1_a and hada_w2_a (out × r),
+    hada_w1_b and hada_w2_b (r × in), in the adapter dtype (peft 0.21.2
+    tuners/loha/layer.py LoHaLayer.create_adapter_parameters, the Linear branch)."""
+    r = run.loha[0]
+    groups: list[TensorGroup] = []
+    for lin in hadamard:
+        for pair in ("w1", "w2"):
+            a, b = f"{lin.module}.hada_{pair}_a", f"{lin.module}.hada_{pair}_b"
+            groups.append(_adapter(a, (lin.out_features, r), arch, dtypes, lin))
+            groups.append(_adapter(b, (r, lin.in_features), arch, dtypes, lin))
     return groups
 
 

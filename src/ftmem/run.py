@@ -33,6 +33,7 @@ Method = Literal[
     "llama-adapter",
     "llama-adapter-v2",
     "ia3",
+    "loha",
     "prompt-tuning",
     "prefix-tuning",
     "p-tuning",
@@ -107,6 +108,10 @@ GALORE_OPTIMIZERS = frozenset({"adamw", "adamw-8bit"})
 # (Adafactor) or lion-pytorch's, with kernels of their own
 TORCH_FUSED_OPTIMIZERS = frozenset({"adamw", "adamw-fp32", "sgd", "sgd-momentum"})
 DEFAULT_IA3_TARGETS = "k,v,down"  # the paper's keys, values and FFN intermediate
+# peft's LoHaConfig defaults (peft 0.21.2 tuners/loha/config.py: r=8, alpha=8; target_modules
+# from the LoRA mapping, utils/constants.py: q_proj, v_proj for Llama)
+DEFAULT_LOHA_RANK = 8
+DEFAULT_LOHA_ALPHA = 8.0
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -122,10 +127,11 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
             "lora_modules_to_save",
         )
     },
-    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter"},
+    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter", "loha"},
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
+    **{k: frozenset({"loha"}) for k in ("loha_rank", "loha_alpha", "loha_targets")},
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
     "virtual_tokens": PROMPT_METHODS,
@@ -177,6 +183,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "galore_rank": limits.WIDTH,
     "optimizer_block_size": limits.WIDTH,
     "lora_r": limits.WIDTH,
+    "loha_rank": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
     "adapter_start_layer": limits.LAYERS,
@@ -596,6 +603,12 @@ class RunConfig(limits.BoundedSettings):
     ia3_targets: str | None = Field(
         None, description="IA³: linears whose output (or, for down, input) is scaled."
     )
+    # LoHa (peft's LyCORIS Hadamard product of two low-rank pairs)
+    loha_rank: PositiveInt | None = Field(None, description="LoHa: rank r of each pair (8).")
+    loha_alpha: FiniteFloat | None = Field(None, description="LoHa: alpha, scale alpha/r (8).")
+    loha_targets: str | None = Field(
+        None, description="LoHa: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -852,6 +865,12 @@ class RunConfig(limits.BoundedSettings):
             )
 
     @model_validator(mode="after")
+    def _loha_targets_given(self) -> RunConfig:
+        if self.loha_targets is not None and not self.loha_targets.strip(" ,"):
+            raise ValueError("--loha-targets is empty; give e.g. q,v, attention or all-linear")
+        return self
+
+    @model_validator(mode="after")
     def _gptq_kernel_fits(self) -> RunConfig:
         if self.gptq_kernel is not None and self.method == "qlora" and self.quant != "int4":
             raise ValueError("--gptq-kernel is the matmul of an int4 (GPTQ) base: add --quant int4")
@@ -933,6 +952,13 @@ class RunConfig(limits.BoundedSettings):
     @property
     def ia3(self) -> str:
         return self.ia3_targets or DEFAULT_IA3_TARGETS
+
+    @property
+    def loha(self) -> tuple[int, float, str]:
+        """LoHa's (rank, alpha, targets), peft's defaults where not given."""
+        r = self.loha_rank or DEFAULT_LOHA_RANK
+        alpha = DEFAULT_LOHA_ALPHA if self.loha_alpha is None else self.loha_alpha
+        return r, alpha, self.loha_targets or "q,v"
 
     @property
     def n_virtual(self) -> int:

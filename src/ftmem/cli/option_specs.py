@@ -429,6 +429,9 @@ RUN = [
         "llama-adapter(-v2): first block with an adaption prompt (default 2, LitGPT's).",
     ),
     _opt("ia3_targets", OptStr, None, "IA³: scaled linears, roles or names (default k,v,down)."),
+    _opt("loha_rank", OptInt, None, "LoHa: rank r of each low-rank pair (default 8, peft's)."),
+    _opt("loha_alpha", OptFloat, None, "LoHa: alpha; ΔW is scaled by alpha/r (default 8)."),
+    _opt("loha_targets", OptStr, None, "LoHa: adapted linears, as --lora-targets (default q,v)."),
     _opt(
         "virtual_tokens", OptInt, None, "prompt / prefix / P-tuning: virtual tokens (default 20)."
     ),

@@ -225,6 +225,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
     elif kind == "IA3":
         live.set("method", "ia3", said)
         live.set("ia3_targets", ",".join(sorted(_names(pc.target_modules))), said)
+    elif kind == "LOHA":
+        _loha(model, pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
         live.set("method", PROMPT_PEFT.get(kind, "prefix-tuning"), said)
         live.set("virtual_tokens", int(pc.num_virtual_tokens), said)
@@ -233,7 +235,7 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, IA3, "
-            "prompt, prefix and P-tuning)."
+            "LoHa, prompt, prefix and P-tuning)."
         )
 
 
@@ -263,6 +265,23 @@ def _expert_items(wrapped: list[tuple[str, Any]], r: int) -> list[str]:
         if item not in items:
             items.append(item)
     return items
+
+
+def _loha(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's LoHaConfig: its rank and alpha, and the modules it wrapped (hada_w1_a)."""
+    live.set("method", "loha", said)
+    live.set("loha_rank", int(pc.r), said)
+    live.set("loha_alpha", float(pc.alpha), said)
+    wrapped = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "hada_w1_a")}
+    )
+    if wrapped:
+        live.set("loha_targets", ",".join(wrapped), "the modules peft wrapped (hada_w1_a)")
+    if pc.rank_dropout or pc.module_dropout:
+        live.notes.append(
+            "LoHa rank_dropout / module_dropout: not modelled (the dropped ΔW is a copy of "
+            "the same size, made in the forward); estimated without."
+        )
 
 
 def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
@@ -388,7 +407,7 @@ def _read_dtypes(model: Any, half: str, half_said: str, live: LiveRun) -> None:
             live.set("autocast", True, said)
     mixed = [d for d in (frozen + trained) if d != dtype]
     method = live.settings.get("method")
-    if method in ("lora", "dora", "rslora", "qlora", "ia3") and trained:
+    if method in ("lora", "dora", "rslora", "qlora", "ia3", "loha") and trained:
         adapter = trained.most_common(1)[0][0]
         live.set("adapter_dtype", adapter, f"the trainable (adapter) parameters' dtype ({adapter})")
     elif mixed and trained:
