@@ -31,6 +31,7 @@ EXPECTED = {
     "ia3",
     "llama_adapter",
     "loha",
+    "lokr",
     "lora",
     "head_lora",
     "prefix_tuning",

@@ -34,6 +34,7 @@ Method = Literal[
     "llama-adapter-v2",
     "ia3",
     "loha",
+    "lokr",
     "prompt-tuning",
     "prefix-tuning",
     "p-tuning",
@@ -108,7 +109,7 @@ GALORE_OPTIMIZERS = frozenset({"adamw", "adamw-8bit"})
 # (Adafactor) or lion-pytorch's, with kernels of their own
 TORCH_FUSED_OPTIMIZERS = frozenset({"adamw", "adamw-fp32", "sgd", "sgd-momentum"})
 DEFAULT_IA3_TARGETS = "k,v,down"  # the paper's keys, values and FFN intermediate
-# peft's LoHaConfig defaults (peft 0.21.2 tuners/loha/config.py: r=8, alpha=8; target_modules
+# peft's LoHaConfig (and LoKrConfig) defaults (peft 0.21.2 tuners/loha/config.py: r=8, alpha=8; target_modules
 # from the LoRA mapping, utils/constants.py: q_proj, v_proj for Llama)
 DEFAULT_LOHA_RANK = 8
 DEFAULT_LOHA_ALPHA = 8.0
@@ -127,11 +128,15 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
             "lora_modules_to_save",
         )
     },
-    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter", "loha"},
+    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter", "loha", "lokr"},
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
     **{k: frozenset({"loha"}) for k in ("loha_rank", "loha_alpha", "loha_targets")},
+    **{
+        k: frozenset({"lokr"})
+        for k in ("lokr_rank", "lokr_alpha", "lokr_targets", "lokr_factor", "lokr_decompose_both")
+    },
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
     "virtual_tokens": PROMPT_METHODS,
@@ -184,6 +189,8 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "optimizer_block_size": limits.WIDTH,
     "lora_r": limits.WIDTH,
     "loha_rank": limits.WIDTH,
+    "lokr_rank": limits.WIDTH,
+    "lokr_factor": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
     "adapter_start_layer": limits.LAYERS,
@@ -609,6 +616,20 @@ class RunConfig(limits.BoundedSettings):
     loha_targets: str | None = Field(
         None, description="LoHa: adapted linears, roles or names (q,v)."
     )
+    # LoKr (peft's LyCORIS Kronecker product, its right factor of rank r)
+    lokr_rank: PositiveInt | None = Field(None, description="LoKr: rank r (8).")
+    lokr_alpha: FiniteFloat | None = Field(None, description="LoKr: alpha, scale alpha/r (8).")
+    lokr_targets: str | None = Field(
+        None, description="LoKr: adapted linears, roles or names (q,v)."
+    )
+    lokr_factor: PositiveInt | None = Field(
+        None,
+        description="LoKr: decompose_factor, the Kronecker split of each side "
+        "(default: near the square root, peft's -1).",
+    )
+    lokr_decompose_both: bool | None = Field(
+        None, description="LoKr: decompose_both, the left factor low-rank too."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -865,9 +886,17 @@ class RunConfig(limits.BoundedSettings):
             )
 
     @model_validator(mode="after")
-    def _loha_targets_given(self) -> RunConfig:
-        if self.loha_targets is not None and not self.loha_targets.strip(" ,"):
-            raise ValueError("--loha-targets is empty; give e.g. q,v, attention or all-linear")
+    def _lycoris_targets_given(self) -> RunConfig:
+        for name in ("loha_targets", "lokr_targets"):
+            value = getattr(self, name)
+            if value is not None and not value.strip(" ,"):
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} is empty; give e.g. q,v, attention or all-linear")
+        if self.method == "lokr" and self.precision.endswith("-mixed"):
+            raise ValueError(
+                "LoKr under autocast (--precision bf16-mixed / fp16-mixed) is not modelled "
+                "(its Kronecker product promotes to fp32 there); use --precision bf16 or fp32"
+            )
         return self
 
     @model_validator(mode="after")
@@ -959,6 +988,16 @@ class RunConfig(limits.BoundedSettings):
         r = self.loha_rank or DEFAULT_LOHA_RANK
         alpha = DEFAULT_LOHA_ALPHA if self.loha_alpha is None else self.loha_alpha
         return r, alpha, self.loha_targets or "q,v"
+
+    @property
+    def lokr(self) -> tuple[int, float, str, int, bool]:
+        """LoKr's (rank, alpha, targets, decompose_factor, decompose_both), peft's
+        defaults where not given (peft 0.21.2 tuners/lokr/config.py: r=8, alpha=8,
+        decompose_factor=-1, decompose_both=False)."""
+        r = self.lokr_rank or DEFAULT_LOHA_RANK
+        alpha = DEFAULT_LOHA_ALPHA if self.lokr_alpha is None else self.lokr_alpha
+        factor = self.lokr_factor or -1
+        return r, alpha, self.lokr_targets or "q,v", factor, bool(self.lokr_decompose_both)
 
     @property
     def n_virtual(self) -> int:

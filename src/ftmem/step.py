@@ -92,9 +92,9 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     inputs_grad = plan.outer_trainable or plan.embed_trainable or run.grad_ckpt
     # a trained vision tower or projector writes the image tokens' embeddings
     inputs_grad = inputs_grad or vision_step.trains_below(arch, run)
-    if run.method in ("bitfit", "ia3", "prefix-tuning", "adapter", "loha"):
+    if run.method in ("bitfit", "ia3", "prefix-tuning", "adapter", "loha", "lokr"):
         # every block has trainable parameters (biases, IA³ vectors, its key/value prefix,
-        # LoHa factors):
+        # LoHa and LoKr factors):
         # gradients flow from the top to block 0's, so every block's input but the first
         # needs a gradient
         biased = frozenset(plan.biased)
@@ -102,6 +102,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         scaled_in = frozenset(lin.module for lin, ff in plan.scaled if ff)
         bottleneck = frozenset(lin.module for lin in plan.bottlenecked)
         hadamard = frozenset(lin.module for lin in plan.hadamard)
+        kronecker = frozenset(lin.module for lin in plan.kronecker)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -114,6 +115,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 scaled_in,
                 bottleneck=bottleneck,
                 hadamard=hadamard,
+                kronecker=kronecker,
             )
 
         # one object per distinct state: step_parts derives each once

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from functools import partial
 
 from ftmem.adapters.dora import DoRA
-from ftmem.adapters.loha import LoHa
 from ftmem.adapters.lora import LoRA
+from ftmem.adapters.lycoris import LoHa
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan, TensorGroup, experts_are_linears
@@ -397,7 +397,7 @@ def _down_backward_cast(
 
 
 def loha_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keeps: bool) -> int:
-    """LoHa's ΔW build in the top block's forward (LoHa.forward_build), beyond that
+    """LoHa's or LoKr's ΔW build in the top block's forward (LoHa.forward_build), beyond that
     block's kept tensors unless it keeps none (frozen, or checkpointed: its forward runs
     without a graph)."""
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
@@ -419,10 +419,11 @@ def adapter_moment(
       -17 %).
     - DoRA's own backward at its linear, with what the block keeps up to it: the fp32
       gradients of its rescaled sum (Phi-3 DoRA on qkv, bf16-mixed: -6 % without).
-    - LoHa's Hadamard backward at its largest linear (LoHa.backward_moment).
+    - LoHa's Hadamard (LoKr's Kronecker) backward at its largest linear
+      (LoHa.backward_moment).
 
     Both beside the gradient that came into the block."""
-    if run.method == "loha":
+    if run.method in ("loha", "lokr"):
         return LoHa.backward_moment(plan, T, partial(LinearOp.input_bytes, plan, e=e))
     if run.method not in ADAPTER_METHODS or not (run.grad_ckpt or run.method == "dora"):
         return 0

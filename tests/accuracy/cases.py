@@ -1044,9 +1044,9 @@ def _quantised_and_states() -> list[Case]:
     return cases
 
 
-def _loha() -> list[Case]:
-    """peft's LoHa (ΔW built whole every forward, the input cast to it); on a wider model
-    at few tokens its ΔW build and the Hadamard backward's temporaries are the peak."""
+def _lycoris() -> list[Case]:
+    """peft's LoHa and LoKr (ΔW built whole every forward, the input cast to it); on a
+    wider model at few tokens the ΔW build and its backward's temporaries are the peak."""
     cases = [
         Case(family, {"method": "loha", "precision": "bf16"})
         for family in ("llama", "qwen2", "phi3", "falcon", "mixtral")
@@ -1062,6 +1062,18 @@ def _loha() -> list[Case]:
     few = {"batch_size": 1, "seq_len": 8, "loha_targets": "all-linear"}
     for extra in ({"precision": "bf16"}, {"precision": "bf16-mixed"}, {"grad_ckpt": True}):
         cases.append(Case("llama", {"method": "loha", **few, **extra}, WIDER_STILL))
+    cases += [Case(f, {"method": "lokr", "precision": "bf16"}) for f in ("llama", "phi3", "qwen2")]
+    for extra in (
+        {"precision": "fp32", "lokr_factor": 4, "lokr_rank": 2},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16", "lokr_factor": 4},
+        {"precision": "bf16", "lokr_targets": "all-linear", "lokr_rank": 2},
+        {"precision": "bf16", "lokr_decompose_both": True, "lokr_rank": 2},
+    ):
+        cases.append(Case("llama", {"method": "lokr", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "lokr_targets": "all-linear", "lokr_rank": 4}
+    for extra in ({"precision": "bf16"}, {"grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "lokr", **few, **extra}, WIDER_STILL))
     return cases
 
 
@@ -1085,7 +1097,7 @@ def _peft_methods() -> list[Case]:
     ):
         cases.append(Case("llama", {"method": "ia3", **extra}))
     cases.append(Case("gpt2", {"method": "ia3", "precision": "fp32", "grad_ckpt": True}))
-    cases += _loha()
+    cases += _lycoris()
     # prompt tuning and P-tuning: virtual tokens in front of the input
     for family in sorted(TINY):
         cases.append(Case(family, {"method": "prompt-tuning", "precision": "bf16"}))

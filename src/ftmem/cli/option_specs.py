@@ -432,6 +432,22 @@ RUN = [
     _opt("loha_rank", OptInt, None, "LoHa: rank r of each low-rank pair (default 8, peft's)."),
     _opt("loha_alpha", OptFloat, None, "LoHa: alpha; ΔW is scaled by alpha/r (default 8)."),
     _opt("loha_targets", OptStr, None, "LoHa: adapted linears, as --lora-targets (default q,v)."),
+    _opt("lokr_rank", OptInt, None, "LoKr: rank r of its low-rank factors (default 8, peft's)."),
+    _opt("lokr_alpha", OptFloat, None, "LoKr: alpha; ΔW is scaled by alpha/r (default 8)."),
+    _opt("lokr_targets", OptStr, None, "LoKr: adapted linears, as --lora-targets (default q,v)."),
+    _opt(
+        "lokr_factor",
+        OptInt,
+        None,
+        "LoKr: decompose_factor, each side split as factor × rest (default: near the root).",
+    ),
+    _opt(
+        "lokr_decompose_both",
+        OptBool,
+        None,
+        "LoKr: decompose_both, the left Kronecker factor low-rank too (peft default off).",
+        "--lokr-decompose-both/--no-lokr-decompose-both",
+    ),
     _opt(
         "virtual_tokens", OptInt, None, "prompt / prefix / P-tuning: virtual tokens (default 20)."
     ),

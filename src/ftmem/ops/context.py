@@ -37,6 +37,7 @@ class BlockState:
     v2_scaled: frozenset[str] = frozenset()
     # LoHa: linears with a Hadamard-product adapter (its ΔW needs their output's gradient)
     hadamard: frozenset[str] = frozenset()
+    kronecker: frozenset[str] = frozenset()  # LoKr's
 
     @property
     def output_grad(self) -> frozenset[str]:
@@ -47,9 +48,9 @@ class BlockState:
     def own_output_grad(self) -> frozenset[str]:
         """Linears whose output needs a gradient for a parameter other than LoRA's: a
         trained bias (BitFit), an IA³ vector, a trained weight, a bottleneck adapter,
-        adapter v2's bias and scale, a LoHa adapter."""
+        adapter v2's bias and scale, a LoHa or LoKr adapter."""
         own = self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
-        return own | self.hadamard
+        return own | self.hadamard | self.kronecker
 
     def weight_trains(self, lin: Linear) -> bool:
         return self.weights_trainable or lin.module in self.trained
