@@ -163,36 +163,23 @@ def _partial(old: str, pattern: str) -> tuple[list[str], str, str, str]:
         for line in old.split("## Each phase's largest moment", 1)[1].splitlines()
         if line.startswith("- `") and line.split(": ", 1)[1].split()[0] in PHASES
     ]
-    kept_gaps = [g for g in old_gaps if g[3:].split("`", 1)[0] not in measured]
-    counts = re.search(r"- forward: (\d+), backward: (\d+), optimizer: (\d+)\.", old)
-    total = re.search(r"Of the (\d+) single-device cases", old)
-    if counts is None or total is None:
-        raise SystemExit("docs/accuracy.md has no phase counts to update: run without --only")
-    within = dict(zip(PHASES, (int(n) for n in counts.groups()), strict=True))
-    n = int(total.group(1))
-    for cid, result in measured.items():
-        if cid in old_rows:  # its old flags: within unless listed
-            n -= 1
-            for ph in PHASES:
-                within[ph] -= not any(g.startswith(f"- `{cid}`: {ph} ") for g in old_gaps)
-        n += 1
-        for ph in PHASES:
-            within[ph] += abs(error(result["phases"][ph])) <= PEAK_TOLERANCE
-    # rows of cases no longer in the suite leave the table and its phase counts
-    tiny_ids = set(_old_rows(old.split("## Real-size models", 1)[0]))
-    for cid in tiny_ids - {c.id for c in CASES} - set(KNOWN_GAPS):
-        n -= 1
-        for ph in PHASES:
-            within[ph] -= not any(g.startswith(f"- `{cid}`: {ph} ") for g in old_gaps)
-        kept_gaps = [g for g in kept_gaps if not g.startswith(f"- `{cid}`: ")]
+    # cases no longer in the suite leave the table with their gap lines
+    ids = {c.id for c in CASES} | {c.id for c in REAL_SIZE_CASES}
+    kept_gaps = [
+        g for g in old_gaps if (cid := g[3:].split("`", 1)[0]) not in measured and cid in ids
+    ]
     gaps = kept_gaps + [line for r in measured.values() for line in phase_gaps(r)]
+    real = _old_section(old, "## Real-size models", "## FSDP on")
+    # every phase off by more than the tolerance is listed, so the counts follow from the
+    # rows and the list (and stay right when two branches' tables are merged)
+    n = len(rows) + len(real.splitlines())
+    within = {ph: n - sum(g.split(": ", 1)[1].startswith(f"{ph} ") for g in gaps) for ph in PHASES}
     phases = PHASES_HEADER.format(
         n=n,
         counts=", ".join(f"{ph}: {k}" for ph, k in within.items()),
         peak=PEAK_TOLERANCE,
         gaps="\n".join(gaps) or "- none",
     )
-    real = _old_section(old, "## Real-size models", "## FSDP on")
     sharded = _old_section(old, "## FSDP on", "## Each phase's")
     return rows, real, _sharded_partial(sharded, wanted), phases
 

@@ -132,8 +132,13 @@ DISTRIBUTED = {
     "llama-3-lora-1b-ray.yml": dict(strategy="zero3"),
     # zero2.json: stage 2, offload_optimizer cpu
     "mistral-mixtral-mixtral.yml": dict(strategy="zero2", offload_optimizer="cpu"),
+    # zero3_bf16_cpuoffload_all.json: "zero_force_ds_cpu_optimizer": false, so torchao's
+    # AdamW8bit steps the offloaded states on the CPU (ftmem.paged_ranks)
     "alst-llama3-8b-deepspeed-alst.yaml": dict(
-        strategy="zero3", offload_optimizer="cpu", offload_params="cpu"
+        strategy="zero3",
+        offload_optimizer="cpu",
+        offload_params="cpu",
+        zero_force_ds_cpu_optimizer=False,
     ),
     "llama-3-fft-8b-liger-fsdp.yaml": None,  # FSDP with offload: frameworks.distributed's
 }
@@ -148,7 +153,7 @@ def _in_fixture_folder(monkeypatch):
 
 def _mine(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k not in ("strategy", "offload_optimizer",
-                                                            "offload_params")}  # fmt: skip
+            "offload_params", "zero_force_ds_cpu_optimizer")}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -92,20 +92,63 @@ def test_adapter_v2_counts_are_litgpts_published_ones(stablelm: str) -> None:
 
 def test_prompt_length_and_start_layer() -> None:
     est = estimate(
-        "llama2-7b", method="llama-adapter", adapter_prompt_length=4, adapter_start_layer=30
+        "llama2-7b",
+        method="llama-adapter",
+        framework="litgpt",
+        adapter_prompt_length=4,
+        adapter_start_layer=30,
     )
     assert est.model.n_trainable_params == _v1(4096, 32, 32, 4, 30)
-    est = estimate("llama2-7b", method="llama-adapter", adapter_start_layer=0)
+    est = estimate("llama2-7b", method="llama-adapter", framework="litgpt", adapter_start_layer=0)
     assert est.model.n_trainable_params == _v1(4096, 32, 32, 10, 0)
 
 
 def test_refusals_are_one_sentence() -> None:
     with pytest.raises(InvalidInputError, match="leaves none of Llama-2-7B's 32 blocks"):
-        estimate("llama2-7b", method="llama-adapter", adapter_start_layer=32)
+        estimate("llama2-7b", method="llama-adapter", framework="litgpt", adapter_start_layer=32)
     with pytest.raises(InvalidInputError, match="only applies to llama-adapter"):
         estimate("llama2-7b", method="lora", adapter_prompt_length=4)
     with pytest.raises(InvalidInputError, match="dense MLPs"):
-        estimate("mixtral-8x7b", method="llama-adapter")
+        estimate("mixtral-8x7b", method="llama-adapter", framework="litgpt")
+
+
+# peft's adaption_prompt (peft 0.21.2 src/peft/tuners/adaption_prompt/layer.py
+# AdaptedAttention.forward) is not LitGPT's adapter memory-wise: a (1, n, h) prompt
+# parameter per wrapped attention that trains (k_proj and v_proj run on it every forward,
+# their outputs repeated over the batch), the query states recomputed (q_proj and the
+# rotary again), eager fp32 softmax scores over the prompt, and o_proj run a second time;
+# LitGPT caches its prompt keys and values without a graph and runs the gate over sdpa.
+@pytest.mark.parametrize(
+    ("framework", "what"),
+    [
+        ("hf", "under --framework hf it would be peft's adaption_prompt"),
+        ("axolotl", "under --framework axolotl it would be peft's adaption_prompt"),
+        ("unsloth", "under --framework unsloth it would be peft's adaption_prompt"),
+        ("torchtune", "torchtune has no LLaMA-Adapter recipe"),
+    ],
+)
+@pytest.mark.parametrize("method", ["llama-adapter", "llama-adapter-v2"])
+def test_refused_outside_litgpt(framework, what, method) -> None:
+    with pytest.raises(InvalidInputError, match=f"is LitGPT's .*give --framework litgpt; {what}"):
+        estimate("llama2-7b", method=method, framework=framework)
+
+
+@pytest.mark.parametrize("preset", ["t5-small", "deepseek-v2-lite", "qwen2-vl-2b", "llava-1.5-7b"])
+def test_refused_for_models_litgpts_adapter_cannot_build(preset) -> None:
+    """Encoder-decoders, MLA and image-text models (MoE above): one sentence, no estimate."""
+    with pytest.raises(InvalidInputError) as refused:
+        estimate(preset, method="llama-adapter", framework="litgpt")
+    assert "\n" not in str(refused.value)
+
+
+def test_cli_refusal_exits_2(capsys) -> None:
+    from ftmem.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["estimate", "llama2-7b", "--method", "llama-adapter"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "give --framework litgpt" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("setting", [{"double_quant": True}, {"compute_dtype": "fp16"}])
@@ -113,8 +156,10 @@ def test_quantised_base_settings_need_quant(setting) -> None:
     """Without --quant the adapter's base is 16-bit (RunConfig.quant_format): a
     quantised base's own setting would change nothing, so it is refused, not ignored."""
     with pytest.raises(InvalidInputError, match="give --quant too"):
-        estimate("llama2-7b", method="llama-adapter-v2", **setting)
-    quantised = estimate("llama2-7b", method="llama-adapter-v2", quant="nf4", **setting)
+        estimate("llama2-7b", method="llama-adapter-v2", framework="litgpt", **setting)
+    quantised = estimate(
+        "llama2-7b", method="llama-adapter-v2", framework="litgpt", quant="nf4", **setting
+    )
     assert quantised.run.quant_format == "nf4"
 
 
@@ -168,7 +213,9 @@ def test_adapter_v2_linear_keeps_its_pre_scale_output() -> None:
 def _context(b: int, s: int, heads: int, head_dim: int) -> LayerContext:
     """The LayerContext of a bf16 run of b sequences of s tokens on Llama-2-7B narrowed to
     ``heads`` heads of ``head_dim`` (the formulas read its shapes and element size)."""
-    run = run_config(method="llama-adapter", precision="bf16", batch_size=b, seq_len=s)
+    run = run_config(
+        method="llama-adapter", framework="litgpt", precision="bf16", batch_size=b, seq_len=s
+    )
     width = heads * head_dim
     arch = _architecture("llama2-7b").model_copy(
         update={"hidden_size": width, "num_attention_heads": heads, "num_key_value_heads": heads}
@@ -258,7 +305,9 @@ def test_the_prompt_gets_no_gradient_after_a_no_grad_first_forward(groups: int) 
     arch = _architecture("llama2-7b").model_copy(
         update={"num_layers": 3, "hidden_size": h, "num_heads": heads, "num_kv_heads": groups}
     )
-    run = run_config(method="llama-adapter", precision="fp32", adapter_start_layer=2)
+    run = run_config(
+        method="llama-adapter", framework="litgpt", precision="fp32", adapter_start_layer=2
+    )
     per_block = sum(cached.values())  # fp32, one gated block
     assert prompt_kv_cache_bytes(arch, run, resolve_dtypes(run)) == per_block
     assert per_block == (2 * n * h if groups > 1 else n * (h + 2 * h // heads)) * 4

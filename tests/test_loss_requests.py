@@ -417,6 +417,58 @@ def test_the_timeline_counts_no_copy_for_one_sequence():
         assert step_parts(arch, run).sizes.head.requests is not None
 
 
+def _peak_beyond_forward(forward, backward, skip: int) -> int:
+    """The backward's largest live total beyond what the forward left alive (its saved
+    tensors), every storage counted (``skip``: the tracked storages, numbered first)."""
+    sizes: dict[int, int] = {}
+    live, count = 0, skip
+    for kind, value in forward:
+        if kind == "alloc":
+            sizes[count], live, count = value, live + value, count + 1
+        elif value in sizes:
+            live -= sizes.pop(value)
+    end_of_forward = peak = live
+    for kind, value in backward:
+        if kind == "alloc":
+            sizes[count], live, count = value, live + value, count + 1
+        elif value in sizes:
+            live -= sizes.pop(value)
+        peak = max(peak, live)
+    return peak - end_of_forward
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16", "autocast"])
+@pytest.mark.parametrize("batch", [B, 1])
+def test_the_shifted_backward_moment_is_the_two_log_softmax_gradients(autocast, batch):
+    """Loss.shifted_backward against the measured backward of GPT-2's and Qwen-1's loss
+    (the slice's contiguous copy, CrossEntropyLoss; _qwen_step). Autograd's order:
+    NllLossBackward0 makes its gradient (R·V·ℓ) beside the saved log-softmax and frees
+    its labels; LogSoftmaxBackward0 makes the input gradient (R·V·ℓ), then releases the
+    log-softmax (it saved it as ``result``); only then SliceBackward0 makes the zeros of
+    the whole logits (T·V·e) beside the R·V·e shifted gradient. So the peak beyond the
+    saved tensors is 2·R·V·ℓ, not R·V·e + T·V·e (b·V·e more, where ℓ = e), which the
+    timeline counted before. The timeline keeps the labels to the top (R·8 over, b > 1:
+    freed by NllLossBackward0 before the peak; a view of the batch's for one sequence)."""
+    from ftmem.api import run_config
+    from ftmem.ops.loss import Loss
+
+    inputs, seq = (_inputs(torch.bfloat16), S) if batch == B else (_one_sequence(), T)
+    forward, backward, skip = _measure(_qwen_step(autocast), *inputs)
+    measured = _peak_beyond_forward(forward, backward, skip)
+    run = run_config(
+        method="lora",
+        precision="bf16",
+        autocast=autocast,
+        loss="shifted",
+        seq_len=seq,
+        batch_size=batch,
+        device="cpu",
+    )
+    R, ls = T - batch, 4 if autocast else 2
+    assert measured == 2 * R * V * ls - Loss.shifted_labels(run)
+    assert Loss.shifted_backward(run, V, 2, T) == 2 * R * V * ls
+
+
 def test_the_accelerate_moment_is_modelled_where_the_trainer_converts_outputs():
     """Loss.fp32_output_moment: the shifted loss under CUDA's autocast on HF Trainer's
     path; none on the CPU (the measured suite's loop calls the model itself), without
@@ -1071,8 +1123,10 @@ def test_an_offloaded_run_requests_the_loss_tensors_of_the_run_without_offload(
 def test_an_offloaded_shifted_loss_counts_its_saved_item_and_input_at_the_logits(loss):
     """Offloaded, the shifted losses' saved tensors leave the device as the forward ends,
     but at the loss they exist, with the LM head's input the forward still names: the
-    logits' moment is the plain one (beyond the saved item) plus both. Derived: the
-    item is the log-softmax over R = T − b rows, the labels and total_weight."""
+    logits' moment is the plain one (beyond the saved item) plus the item; the head's
+    input (T·h·2, LoRA: the head frozen) is in both (step._named_head_input names it
+    without offload too). Derived: the item is the log-softmax over R = T − b rows, the
+    labels and total_weight."""
     from ftmem.api import run_config
     from ftmem.presets import get_model
     from ftmem.step import step_parts
@@ -1090,7 +1144,8 @@ def test_an_offloaded_shifted_loss_counts_its_saved_item_and_input_at_the_logits
     ls = 2 if loss == "shifted" else 4  # bf16: the shifted loss's log-softmax in its dtype
     saved = R_ * V_ * ls + R_ * 8 + ls
     plain, offloaded = head(False), head(True)
-    assert offloaded.logits_forward == plain.logits_forward + T_ * h * 2 + saved
+    assert offloaded.logits_forward == plain.logits_forward + saved
+    assert plain.requests is not None and ("alloc", T_ * h * 2) in plain.requests.forward
     requests = offloaded.requests
     assert requests is not None and requests.saved_item == 0
 

@@ -26,6 +26,7 @@ EXPECTED = {
     "qk_norm",
     "t5_feed_forward",
     "t5_norm",
+    "adalora",
     "bottleneck",
     "dora",
     "ia3",

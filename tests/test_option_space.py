@@ -66,7 +66,10 @@ CAI_ZERO = {"colossalai-zero1", "colossalai-zero2"}  # ColossalAI's ZeRO (LowLev
 COLOSSALAI = CAI_ZERO | {"colossalai-3d", "colossalai-gemini"}
 # bitsandbytes' optimizers, which do not run on FSDP2's DTensor parameters (bitsandbytes
 # issue #1633; ftmem.paged_ranks): under FSDP, FSDP1 only
-BNB = {"adamw-8bit", "paged-adamw-8bit", "paged-adamw", "paged-lion", "paged-lion-8bit"}
+BNB = {
+    "adamw-8bit", "paged-adamw-8bit", "paged-adamw", "paged-lion", "paged-lion-8bit",
+    "lion-32bit", "lion-8bit",
+}  # fmt: skip
 
 # Every option of `estimate` with choices, each with all its values (flags: given or not).
 ESTIMATE: dict[str, list[str]] = {
@@ -115,6 +118,7 @@ ESTIMATE: dict[str, list[str]] = {
     "--offload-params": [OMIT, "none", "cpu", "nvme"],
     "--fsdp-sharded-ends": [OMIT, "--fsdp-sharded-ends"],
     "--fsdp-version": [OMIT, "1", "2"],
+    "--zero-force-ds-cpu-optimizer": [OMIT, "--zero-force-ds-cpu-optimizer", "--no-zero-force-ds-cpu-optimizer"],
     "--gemini-placement": [OMIT, "static", "auto"],
     "--gemini-offload-optim-frac": [OMIT, "0.5"],
     "--gemini-shard-param-frac": [OMIT, "0.9"],
@@ -294,6 +298,12 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     # torch's FSDP implementation: FSDP strategies only
     lambda v: _given(v, "--fsdp-version") and "--strategy" in v and not _is(v, "--strategy", *FSDP),
     lambda v: _is(v, "--optimizer", *BNB) and _is(v, "--fsdp-version", "2"),
+    # DeepSpeed's zero_force_ds_cpu_optimizer: DeepSpeed strategies only
+    lambda v: (
+        _is(v, "--zero-force-ds-cpu-optimizer", "--no-zero-force-ds-cpu-optimizer")
+        and "--strategy" in v
+        and not _is(v, "--strategy", *DEEPSPEED)
+    ),
     # ColossalAI (hpcaitech/ColossalAI 4f9953be335e): CPU offload only; HybridParallel takes
     # zero_stage 2 without a pipeline only; Gemini: no pipeline, no sequence split without
     # tensor parallel, no LoRA (support_lora False), 16-bit, HybridAdam, no GaLore
@@ -575,6 +585,9 @@ def _row_ok(row: dict[str, str]) -> bool:
         return False  # nor the weights without the optimizer step
     if strategy in FSDP and g["--optimizer"] in BNB and g["--fsdp-version"] != "1":
         return False  # bitsandbytes on FSDP2 (BNB)
+    no_force = g["--zero-force-ds-cpu-optimizer"] == "--no-zero-force-ds-cpu-optimizer"
+    if no_force and strategy not in DEEPSPEED:
+        return False  # DeepSpeed's setting
     if strategy == OMIT and world == 1 and "cpu" in (offload_opt, offload_params):
         return False
     if g["--emit"] != OMIT and strategy in (OMIT, "single"):

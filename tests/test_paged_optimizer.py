@@ -271,14 +271,84 @@ def test_fsdp2_with_a_bitsandbytes_optimizer_is_refused(capsys):
 
 
 def test_several_gpus_note_only_while_the_states_are_on_them():
-    """Where paging is not modelled (ColossalAI's LowLevelZero here), the note says the
-    paged states are counted in each GPU's allocated peak; with the optimizer offloaded
-    the rank keeps no states (the host steps them), so the note would be false."""
+    """Where paging is not modelled (expert parallelism: the experts' ZeRO runs over their
+    own group), the note says the paged states are counted in each GPU's allocated peak;
+    with the optimizer offloaded the rank keeps no states (the host steps them), so the
+    note would be false."""
     from ftmem.gpu.managed import PAGED_PARALLEL_NOTE
 
-    layout = dict(optimizer="paged-adamw", gpus=2, strategy="colossalai-zero2", **SETTINGS)
-    kept = estimate(ARCH, **layout)
+    layout = dict(optimizer="paged-adamw", gpus=2, strategy="colossalai-zero1", ep=2, **SETTINGS)
+    kept = estimate(tiny("mixtral"), **layout)
     assert kept.memory.optimizer_states_bytes > 0 and PAGED_PARALLEL_NOTE in kept.notes
-    moved = estimate(ARCH, offload_optimizer="cpu", **layout)
+    moved = estimate(tiny("mixtral"), offload_optimizer="cpu", **layout)
     assert moved.memory.optimizer_states_bytes == 0
     assert PAGED_PARALLEL_NOTE not in moved.notes
+
+
+# ColossalAI, tensor and pipeline parallelism: the rank's plain local tensors, handed on as
+# each engine does (ftmem.parallel.paged_hands); sizes derived here from the real model
+
+
+def test_colossalai_zero_pages_each_tensors_piece():
+    """LowLevelZeroOptimizer pads each trainable tensor to a multiple of the group, splits
+    it and hands the optimizer this rank's fp32 piece (low_level_optim.py:263-299, the
+    optimizer's param_groups at :580): over 2 ranks the 230,400-value embedding and head
+    give pieces of 115,200 (paged), the MLP's 105,600 pieces of 52,800 (not)."""
+    expected = sum(2 * n for n in (-(-n // 2) for n in _sizes(WIDE)) if n >= 100_000)
+    assert expected == 2 * 2 * 115_200
+    for strategy in ("colossalai-zero1", "colossalai-zero2"):
+        assert _rank_paged(WIDE, strategy, 2) == expected
+
+
+def test_colossalai_3d_pages_each_local_tensor():
+    """HybridParallelPlugin(zero_stage=0): MixedPrecisionOptimizer's fp32 master of each
+    whole local tensor (mixed_precision_optimizer.py:76-86). With --tp 2 shardformer pads
+    the vocabulary to a multiple of 64·2 (2,400 -> 2,432) and gives each rank 1,216 rows of
+    the embedding and the head (116,736 values each: paged); the MLP's 96 × 1,100 matrices
+    are split to 52,800 (not); attention and norms are smaller still."""
+    assert _rank_paged(WIDE, "colossalai-3d", 2) == _bnb_paged_bytes_of(WIDE)  # dp only
+    rows = -(-2400 // 128) * 128 // 2
+    assert _rank_paged(WIDE, "colossalai-3d", 2, tp=2) == 2 * 2 * rows * 96
+
+
+def _bnb_paged_bytes_of(arch) -> int:
+    return sum(2 * n for n in _sizes(arch) if n >= 100_000)
+
+
+def test_ddp_with_tensor_parallelism_pages_the_local_slices():
+    """Megatron's split pads the vocabulary to a multiple of 128 · 2 (2,400 -> 2,560): the
+    embedding and the head keep 1,280 rows each per rank (122,880 values: paged), the
+    MLP's 105,600 become 52,800 (not)."""
+    rows = -(-2400 // (128 * 2)) * 128
+    assert _rank_paged(WIDE, "ddp", 2, tp=2) == 2 * 2 * rows * 96
+
+
+def test_zero1_with_a_pipeline_pages_the_stages_flat_partition():
+    """DeepSpeed's pipeline engine with ZeRO-1: the stage's parameters in one flat fp32
+    partition over the data-parallel ranks (4 GPUs, 2 stages: 2 ranks). The first stage
+    holds the embedding and the first half of the blocks."""
+    model = build_model(WIDE, RunConfig(**SETTINGS, optimizer="adamw-8bit")).model
+    half = WIDE.num_layers // 2
+    first = sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if "embed_tokens" in name or any(f"layers.{i}." in name for i in range(half))
+    )
+    partition = -(-first // 2)
+    assert partition >= 100_000
+    paged = estimate(WIDE, optimizer="paged-adamw-8bit", device="cuda", gpus=4,
+                     strategy="zero1", pp=2, **SETTINGS)  # fmt: skip
+    # the worst stage's figures: both stages hold one end and half the blocks
+    last = sum(_sizes(WIDE)) - first
+    assert paged.memory.beyond_allocated.paged_optimizer_states in (
+        2 * partition,
+        2 * -(-last // 2),
+    )
+
+
+def test_gemini_refuses_a_bitsandbytes_optimizer():
+    """GeminiOptimizer steps ColossalAI's own Adams only (gemini_optimizer.py:121-123)."""
+    from ftmem.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="HybridAdam"):
+        _rank_paged(WIDE, "colossalai-gemini", 2)

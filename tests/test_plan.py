@@ -628,6 +628,9 @@ def test_a_run_whose_states_alone_overflow_is_offered_their_paged_twin_first():
         (dict(optimizer="adamw-fp32"), "paged-adamw"),
         (dict(optimizer="adamw", precision="bf16"), None),  # bf16 states: no twin
         (dict(optimizer="adamw-8bit", method="lora"), None),  # adapters below 1e5 values
+        (dict(optimizer="lion-32bit"), "paged-lion"),  # bitsandbytes' Lion: PagedLion's states
+        (dict(optimizer="lion-8bit"), "paged-lion-8bit"),
+        (dict(optimizer="lion"), None),  # lion-pytorch's: the parameters' dtype
     ],
 )
 def test_the_paging_lever_offers_only_a_twin_with_the_same_states(settings, twin):

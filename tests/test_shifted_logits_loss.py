@@ -97,14 +97,17 @@ def test_request_program_keeps_the_logits():
     assert sizes[program.output] == T * V * BF16
 
 
-@pytest.mark.parametrize("version", ["4.48.1", "4.49.0"])
+@pytest.mark.parametrize("version", ["4.47.1", "4.48.1", "4.49.0"])
 def test_vocabulary_wide_tensors_under_the_real_release(version):
     """What the probe's step holds that is as wide as the vocabulary, at each phase's
     largest moment, against ftmem's loss moments (the saved log-softmax R·V·4 beside the
-    forward's transient; beside the backward's gradients)."""
+    forward's transient; beside the backward's gradients). 4.47.1: Mistral's own
+    upcast-shifted loss, its bf16 logits freed at the upcast (measured: fp32 logits,
+    shifted copy and log-softmax alone at the forward's peak)."""
     probe = Path(__file__).with_name("transformers4_loss_probe.py")
     got = run_probe(version, probe, str(B), str(S), str(V))
-    arch, cfg = mistral(), run(version)
+    arch = mistral()
+    cfg = framework_run(arch, run(version))
     rows = Loss.rows(cfg)
     log_softmax = rows * V * FP32
     forward = Loss.forward_transient(arch, cfg, BF16, T) + log_softmax
@@ -118,17 +121,22 @@ def test_vocabulary_wide_tensors_under_the_real_release(version):
 
 
 # (family, release) -> the loss its causal LM runs there, read from the releases' own
-# lines (ftmem.versions.OWN_SHIFTED_LOSS, GRANITE_OWN_UPCAST_LOSS): GPT-2, GPT-NeoX, Falcon
-# and GPTBigCode shift a copy of their 16-bit logits in 4.46.0, 4.47.1 and 4.48.1 and call
-# self.loss_function from 4.49.0; Granite upcasts, then shifts, in 4.46.0 and 4.47.1 and
-# calls self.loss_function in 4.48.1. "standard": --loss standard stays the run's loss.
+# lines (ftmem.versions.OWN_SHIFTED_LOSS, GPT_NEOX_OWN_SHIFTED_LOSS, GRANITE_ and
+# MISTRAL_OWN_UPCAST_LOSS, STARCODER2_OWN_UPCAST_LOSS): GPT-2, Falcon, GPTBigCode and
+# StableLM shift a copy of their 16-bit logits in every release before 4.48.3 (4.36.2,
+# 4.40.0, 4.45.2, 4.46.0-4.48.2 read), GPT-NeoX before 4.49.0; Granite and Mistral upcast,
+# then shift, in 4.46.0 and 4.47.1 (StarCoder2 in 4.46.x) and call self.loss_function
+# from 4.48.0 (4.47.0). "standard": --loss standard stays the run's loss.
 OWN_LOSSES = [
-    *[(f, v, "shifted") for f in ("gpt2", "gpt_neox", "falcon", "gpt_bigcode") for v in
-      ("4.46.0", "4.47.1", "4.48.1")],
-    *[(f, v, "standard") for f in ("gpt2", "gpt_neox", "falcon") for v in ("4.45.2", "4.49.0")],
-    ("granite", "4.46.0", "upcast-shifted"),
-    ("granite", "4.47.1", "upcast-shifted"),
-    ("granite", "4.48.1", "standard"),
+    *[(f, v, "shifted") for f in ("gpt2", "falcon", "gpt_bigcode", "stablelm") for v in
+      ("4.36.2", "4.40.0", "4.45.2", "4.46.0", "4.47.1", "4.48.1", "4.48.2")],
+    *[(f, "4.48.3", "standard") for f in ("gpt2", "falcon", "gpt_bigcode", "stablelm")],
+    *[("gpt_neox", v, "shifted") for v in ("4.40.0", "4.45.2", "4.47.1", "4.48.3")],
+    *[(f, "4.49.0", "standard") for f in ("gpt2", "gpt_neox", "falcon", "stablelm")],
+    *[(f, v, "upcast-shifted") for f in ("granite", "mistral") for v in ("4.46.0", "4.47.1")],
+    *[(f, v, "standard") for f in ("granite", "mistral") for v in ("4.45.2", "4.48.1")],
+    ("starcoder2", "4.46.3", "upcast-shifted"),
+    ("starcoder2", "4.47.0", "standard"),
     ("llama", "4.47.1", "standard"),
 ]  # fmt: skip
 
@@ -144,6 +152,40 @@ def test_models_that_keep_their_own_loss_in_those_releases(family, version, loss
     # ForCausalLMLoss's 16-bit logits beside the fp32 copy: 4.46-4.48's standard loss
     in_releases = version.startswith(("4.46.", "4.47.", "4.48."))
     assert Loss.keeps_logits(resolved) == (loss == "standard" and in_releases)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "falcon", "gpt_bigcode", "stablelm"])
+@pytest.mark.parametrize("version", [None, "4.40.0"])
+def test_upcast_shifted_is_the_16_bit_shifted_loss_where_the_forward_never_upcast(family, version):
+    """--loss upcast-shifted names transformers < 4.46's loss in the model's forward: for
+    the families whose forward never upcast (GPT-2's ``lm_logits[..., :-1, :]
+    .contiguous()`` into CrossEntropyLoss, 4.40.0 models/gpt2/modeling_gpt2.py:1334-1338)
+    that is the 16-bit shifted loss; the Llama-like families keep the upcast one, and a
+    loop's own (torchtune 0.1's recipe) is not the model's."""
+    from tests.conftest import tiny
+
+    assert framework_run(tiny(family), run(version, loss="upcast-shifted")).loss == "shifted"
+    llama = framework_run(tiny("llama"), run(version, loss="upcast-shifted"))
+    assert llama.loss == "upcast-shifted"
+    if version is None:  # (torchtune runs its own model code: no transformers release)
+        loop = run(version, loss="upcast-shifted", framework="torchtune")
+        assert framework_run(tiny(family), loop).loss == "upcast-shifted"
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_t5_keeps_its_own_unshifted_loss(method):
+    """T5ForConditionalGeneration computes its own loss in every 4.x release, never
+    ForCausalLMLoss: ``CrossEntropyLoss(ignore_index=-100)`` on
+    ``lm_logits.view(-1, lm_logits.size(-1))``, unshifted and in the logits' dtype (4.46.0,
+    4.47.1 and 4.48.3 models/t5/modeling_t5.py:1924-1927; its decoder's input is the
+    labels shifted right instead). The encoder-decoder step takes its loss over every
+    decoder position in the logits' dtype (seq2seq.py) whatever the release: the same
+    estimate at 4.47.1 as without a release."""
+    arch = get_model("t5-small")
+    settings = dict(method=method, seq_len=64, target_len=32)
+    at_447 = estimate_step(arch, run("4.47.1", **settings)).memory
+    assert at_447 == estimate_step(arch, run(None, **settings)).memory
+    assert framework_run(arch, run("4.47.1", **settings)).loss == "standard"
 
 
 @pytest.mark.parametrize(
@@ -174,16 +216,21 @@ def test_gpt2_step_is_its_own_shifted_loss():
     assert own == estimate_step(arch, run("4.48.1", loss="shifted")).memory.phases
 
 
-def test_gpt2_vocabulary_wide_tensors_under_the_real_release():
-    """The probe's GPT-2 under the real 4.48.1: the vocabulary-wide tensors at the
-    forward's largest moment against ftmem's shifted loss (the transient beside the saved
-    bf16 log-softmax)."""
+@pytest.mark.parametrize("version", ["4.40.0", "4.47.1", "4.48.1"])
+def test_gpt2_vocabulary_wide_tensors_under_the_real_release(version):
+    """The probe's GPT-2 under a real release before 4.48.3: the vocabulary-wide tensors
+    at the forward's and the backward's largest moments against ftmem's shifted loss (the
+    transients beside the saved bf16 log-softmax; in backward its two gradients,
+    Loss.shifted_backward, measured 3·R·V·2 in all)."""
     from tests.conftest import tiny
 
     probe = Path(__file__).with_name("transformers4_loss_probe.py")
-    got = run_probe("4.48.1", probe, str(B), str(S), str(V), "gpt2")
+    got = run_probe(version, probe, str(B), str(S), str(V), "gpt2")
     arch = tiny("gpt2", vocab_size=V)
-    cfg = framework_run(arch, run("4.48.1"))
+    cfg = framework_run(arch, run(version))
+    assert cfg.loss == "shifted"
     forward = Loss.forward_transient(arch, cfg, BF16, T) + R * V * BF16
     assert sum(item[-1] for item in got["forward"]) == forward
     assert {item[1] for item in got["forward"]} == {"torch.bfloat16"}
+    backward = Loss.shifted_backward(cfg, V, BF16, T) + R * V * BF16
+    assert sum(item[-1] for item in got["backward"]) == backward

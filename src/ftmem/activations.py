@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from ftmem.adapters.adalora import AdaLoRA
 from ftmem.adapters.head_lora import HeadLoRA
 from ftmem.adapters.llama_adapter import LlamaAdapter
 from ftmem.adapters.prompt import PromptEncoder
@@ -247,4 +248,5 @@ def outer_saved(
     if run.objective != "sft":  # the pairs' log-probabilities instead of the cross-entropy
         ids_kept = train or plan.embed_trainable  # the embedding's backward keeps them
         saved += PreferenceLoss.saved(arch, run, e, T, ids_kept)
+    saved += AdaLoRA.orth_saved(plan, run)  # added to the loss after the model's forward
     return below, above + saved

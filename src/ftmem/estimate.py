@@ -94,6 +94,8 @@ SIMPLE_STATES_PER_PARAM = {  # 16-bit values per trainable parameter, seed's rul
     "adamw-8bit": 2,
     "paged-adamw-8bit": 2,
     "paged-adamw": 2,
+    "lion-32bit": 1,
+    "lion-8bit": 1,
     "paged-lion": 1,
     "paged-lion-8bit": 1,
     "ao-adamw-8bit": 2,

@@ -39,6 +39,7 @@ from ftmem.run import (
 )
 from ftmem.versions import (
     TRANSFORMERS_FALCON_ATTENTION_INTERFACE,
+    adalora_ranknum_trains,
     nf4_layout,
     older_than,
     per_expert_linears,
@@ -87,6 +88,12 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "LoRA plus a magnitude vector per adapted linear; builds the adapted weight each forward",
         "Liu et al. 2024, arXiv:2402.09353",
     ),
+    "adalora": (
+        "SVD-form LoRA (P·Λ·Q at --lora-r, pruned toward --adalora-target-r): an orthogonal "
+        "regulariser in the loss and the rank allocator's three importance tensors per "
+        "adapter tensor",
+        "Zhang et al. 2023, arXiv:2303.10512; huggingface/peft src/peft/tuners/adalora",
+    ),
     "rslora": (
         "LoRA with the rank-stabilised scale alpha/sqrt(r); the same memory as LoRA",
         "Kalajdzievski 2023, arXiv:2312.03732",
@@ -101,13 +108,14 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "Houlsby et al. 2019, arXiv:1902.00751; Pfeiffer et al. 2021, arXiv:2005.00247",
     ),
     "llama-adapter": (
-        "LitGPT's LLaMA-Adapter: a learned adaption prompt of n tokens (--adapter-prompt-length, "
-        "10) and a zero-init gate per head in the blocks from --adapter-start-layer (2) up",
+        "LitGPT's LLaMA-Adapter (--framework litgpt): a learned adaption prompt of n tokens "
+        "(--adapter-prompt-length, 10) and a zero-init gate per head in the blocks from "
+        "--adapter-start-layer (2) up",
         "Zhang et al. 2023, arXiv:2303.16199; Lightning-AI/litgpt litgpt/adapter.py",
     ),
     "llama-adapter-v2": (
-        "LitGPT's LLaMA-Adapter v2: llama-adapter plus a learned bias and scale on every "
-        "linear (LM head included), and trainable norms",
+        "LitGPT's LLaMA-Adapter v2 (--framework litgpt): llama-adapter plus a learned bias "
+        "and scale on every linear (LM head included), and trainable norms",
         "Gao et al. 2023, arXiv:2304.15010; Lightning-AI/litgpt litgpt/adapter_v2.py",
     ),
     "ia3": (
@@ -253,6 +261,15 @@ class MethodPlan:
     hadamard: tuple[Linear, ...] = ()
     # LoKr: the linears with a Kronecker-product adapter beside them
     kronecker: tuple[Linear, ...] = ()
+    # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
+    orth_regularised: bool = False
+
+    def gradient_at_head(self, g: TensorGroup) -> bool:
+        """AdaLoRA's lora_A and lora_B under its orthogonal regulariser: the loss's last
+        term, whose backward autograd runs first, gives each of them its gradient before
+        the head's backward (measured: tests/accuracy/cases.py _adalora); each block's
+        backward then adds into it in place."""
+        return self.orth_regularised and g.in_block and g.name.endswith((".lora_A", ".lora_B"))
 
     def gradient_after_blocks(self, g: TensorGroup) -> bool:
         """A tensor outside the blocks whose gradient appears only after the first block's
@@ -872,6 +889,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         head_scaled=run.method == "llama-adapter-v2",
         hadamard=hadamard,
         kronecker=kronecker,
+        orth_regularised=adalora_regularised(run),
     )
 
 
@@ -1111,7 +1129,30 @@ def _lora_groups(
         if run.method == "dora":
             name = f"{lin.module}.lora_magnitude_vector"
             groups.append(_adapter(name, (lin.out_features,), arch, dtypes, lin))
+        elif run.method == "adalora":
+            groups += _adalora_groups(lin, arch, run, dtypes)
     return groups
+
+
+def adalora_regularised(run: RunConfig) -> bool:
+    """AdaLoraModel.forward adds its orthogonal regulariser only to a loss the model
+    returns (peft 0.21.2 tuners/adalora/model.py l.229-256): the standard loss (labels
+    passed) of supervised finetuning."""
+    return run.method == "adalora" and run.loss == "standard" and run.objective == "sft"
+
+
+def _adalora_groups(
+    lin: Linear, arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """AdaLoRA's singular values lora_E (r × 1) and its ``ranknum`` (one value, the
+    adapter dtype: peft casts it with the adapters), trainable or not by peft's release
+    (ftmem.versions.adalora_ranknum_trains)."""
+    ranknum = _adapter(f"{lin.module}.ranknum", (1,), arch, dtypes, lin)
+    trains = adalora_ranknum_trains(run, dtypes)
+    return [
+        _adapter(f"{lin.module}.lora_E", (run.r, 1), arch, dtypes, lin),
+        ranknum if trains else replace(ranknum, trainable=False),
+    ]
 
 
 def _head_lora_groups(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[TensorGroup]:
@@ -1411,9 +1452,11 @@ def gated_blocks(arch: Architecture, run: RunConfig) -> int:
             f"--adapter-start-layer {start} leaves none of {arch.name}'s {arch.num_layers} "
             "blocks with an adaption prompt; give a smaller one."
         )
-    if arch.encoder_decoder or arch.is_moe or arch.latent_attention:
+    # LitGPT builds neither encoder-decoders nor image-text models, and adapter.py's
+    # CausalSelfAttention is the multi-head one (no MLA), its Block the dense MLP's
+    if arch.encoder_decoder or arch.is_moe or arch.latent_attention or arch.vision is not None:
         raise InvalidInputError(
-            f"{run.method} is LitGPT's, for decoder-only models with dense MLPs and "
+            f"{run.method} is LitGPT's, for text-only decoder models with dense MLPs and "
             f"multi-head attention; {arch.name} is not one."
         )
     return arch.num_layers - start

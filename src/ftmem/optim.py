@@ -47,12 +47,17 @@ class BnbOptimizer:
 # ftmem's --optimizer as bitsandbytes' classes (bitsandbytes@95f9af30 optim/adam.py,
 # adamw.py, lion.py; Adam and AdamW keep the same states): AdamW8bit / PagedAdamW8bit
 # (PagedAdam8bit adam.py l.232), PagedAdamW / PagedAdamW32bit (PagedAdam l.179,
-# PagedAdam32bit l.296), PagedLion / PagedLion32bit (lion.py l.143, l.228: optim_bits 32,
-# is_paged=True l.183, l.265) and PagedLion8bit (l.187, is_paged=True l.224)
+# PagedAdam32bit l.296), Lion / Lion32bit (lion.py l.8, l.99: optim_bits 32 l.15, l.136;
+# is_paged=False l.18, l.108) and Lion8bit (l.55: 8 l.92, is_paged=False l.64), PagedLion /
+# PagedLion32bit (l.143, l.228: optim_bits 32, is_paged=True l.183, l.265) and
+# PagedLion8bit (l.187, is_paged=True l.224). ``lion-32bit`` is bitsandbytes' Lion (fp32
+# state, its own kernel); ``lion`` is lion-pytorch's (the parameters' dtype, torch ops)
 BNB_OPTIMIZERS = {
     "adamw-8bit": BnbOptimizer(2, 8, paged=False),
     "paged-adamw-8bit": BnbOptimizer(2, 8, paged=True),
     "paged-adamw": BnbOptimizer(2, 32, paged=True),
+    "lion-32bit": BnbOptimizer(1, 32, paged=False),
+    "lion-8bit": BnbOptimizer(1, 8, paged=False),
     "paged-lion": BnbOptimizer(1, 32, paged=True),
     "paged-lion-8bit": BnbOptimizer(1, 8, paged=True),
 }
@@ -209,7 +214,42 @@ def _tensor_state_bytes(g: TensorGroup, run: RunConfig) -> tuple[int, bool]:
         per = _adafactor_tensor_bytes(g.shape)
     else:  # pragma: no cover - RunConfig validates the name
         raise AssertionError(opt)
-    return per + projector, eight_bit
+    return per + projector + adalora_state_bytes(g, run), eight_bit
+
+
+# AdaLoRA's RankAllocator.update_ipt, run by update_and_allocate after optimizer.step():
+# ipt, exp_avg_ipt and exp_avg_unc = torch.zeros_like(p) for every parameter named
+# "lora_" (lora_A, lora_E, lora_B; not ranknum), kept from the first step on (peft 0.21.2
+# = huggingface/peft@5d602fdb src/peft/tuners/adalora/layer.py l.409-425). Each EMA update
+# (beta·old + (1 - beta)·new) holds three temporaries of the parameter's size at once.
+ADALORA_ALLOCATOR_STATES = 3
+ADALORA_ALLOCATOR_TEMPORARIES = 3
+
+
+def _adalora_scored(g: TensorGroup, run: RunConfig) -> bool:
+    return (
+        run.method == "adalora"
+        and g.trainable
+        and g.adapter
+        and g.name.rsplit(".", 1)[-1] in ("lora_A", "lora_E", "lora_B")
+    )
+
+
+def adalora_state_bytes(g: TensorGroup, run: RunConfig) -> int:
+    """One tensor's rank-allocator state (AdaLoRA): three tensors like the parameter."""
+    return ADALORA_ALLOCATOR_STATES * g.numel * g.element_bytes if _adalora_scored(g, run) else 0
+
+
+def adalora_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
+    """update_ipt's temporaries after the optimizer step, one parameter at a time."""
+    return max(
+        (
+            ADALORA_ALLOCATOR_TEMPORARIES * g.numel * g.element_bytes
+            for g in groups
+            if _adalora_scored(g, run)
+        ),
+        default=0,
+    )
 
 
 def _bnb_tensor_state_bytes(n: int, opt: BnbOptimizer) -> tuple[int, bool]:
@@ -236,6 +276,14 @@ def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig
     trainable = [g for g in groups if g.trainable]
     if not trainable:
         return 0
+    if run.method == "adalora":  # the rank allocator's update follows the step
+        return max(
+            _step_temporary_bytes(trainable, run), adalora_step_temporary_bytes(trainable, run)
+        )
+    return _step_temporary_bytes(trainable, run)
+
+
+def _step_temporary_bytes(trainable: list[TensorGroup], run: RunConfig) -> int:
     if run.method == "galore":
         return _galore_step_temporary_bytes(trainable, run)
     opt, impl = run.optimizer, run.optimizer_impl

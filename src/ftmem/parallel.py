@@ -45,7 +45,14 @@ from ftmem.optim import (
     optimizer_step_temporary_bytes,
     step_tensor_bytes,
 )
-from ftmem.paged_ranks import Hands, check_fsdp2, rank_paged_bytes
+from ftmem.paged_ranks import (
+    Hands,
+    accelerate_cpu_optimizer,
+    check_fsdp2,
+    check_zero_offload,
+    rank_paged_bytes,
+    zero_offload_notes,
+)
 from ftmem.phases import (
     NO_COMMUNICATION,
     NO_HEAD,
@@ -154,6 +161,12 @@ class ParallelConfig(Model):
     )
     offload_optimizer: Offload = "none"
     offload_params: Offload = "none"
+    zero_force_ds_cpu_optimizer: bool = Field(
+        True,
+        description="DeepSpeed's zero_force_ds_cpu_optimizer (default true): with "
+        "--offload-optimizer it refuses a client optimizer other than its CPU Adam or Lion; "
+        "false lets bitsandbytes' or torchao's optimizer step the offloaded states on the CPU.",
+    )
     host_memory_bytes: PositiveInt | None = Field(None, description="Host RAM per node.")
     bucket_elements: PositiveInt | None = Field(
         None, description="ZeRO reduce bucket (elements); default hidden² as HF's 'auto'."
@@ -301,6 +314,11 @@ class ParallelConfig(Model):
             raise ValueError(
                 "--offload-optimizer needs a DeepSpeed ZeRO or FSDP strategy (or ColossalAI's "
                 f"colossalai-zero1, colossalai-zero2, colossalai-gemini), not {s}"
+            )
+        if not self.zero_force_ds_cpu_optimizer and s not in DEEPSPEED:
+            raise ValueError(
+                f"--no-zero-force-ds-cpu-optimizer is DeepSpeed's setting: it needs a zero "
+                f"strategy, not {s}"
             )
         if self.offload_params != "none" and s not in ("zero3", *FSDP, colossalai.GEMINI):
             raise ValueError(
@@ -607,8 +625,14 @@ def engine_run(run: RunConfig, par: ParallelConfig) -> RunConfig:
     DeepSpeed's bf16/fp16 modes and ColossalAI's plugins cast the whole model (adapters
     too) to 16-bit and keep the fp32 master weights inside the optimizer, so
     ``bf16-mixed`` and ``bf16`` are the same run there. Context parallel leaves each rank ``seq_len / cp`` tokens.
+    Under ZeRO-Offload, Accelerate steps DeepSpeed's CPU optimizer in place of a
+    bitsandbytes or torchao one (paged_ranks.accelerate_cpu_optimizer).
     """
     update: dict[str, object] = {}
+    if par.resolved_strategy in DEEPSPEED and par.offload_optimizer != "none":
+        mapped = accelerate_cpu_optimizer(run, par.zero_force_ds_cpu_optimizer)
+        if mapped:
+            update.update(optimizer=mapped, optimizer_block_size=None)
     if par.cp > 1:
         update["seq_len"] = run.seq_len // par.cp
     if par.resolved_strategy in SIXTEEN_BIT_ENGINES:
@@ -1671,24 +1695,40 @@ def _without_paged(
 
 
 def paging_unmodelled(s: Strategy, par: ParallelConfig) -> bool:
-    """ColossalAI's engines and model or expert parallelism: their paged optimizer
-    states are counted in the allocator, as non-paged ones (gpu.managed.PAGED_PARALLEL_NOTE)."""
-    return s in COLOSSALAI or par.model_parallel > 1 or par.ep > 1
+    """Expert parallelism (ColossalAI's MoE plugin, whose experts' ZeRO runs over their
+    own moe_dp group): its paged optimizer states are counted in the allocator, as
+    non-paged ones (gpu.managed.PAGED_PARALLEL_NOTE). (GeminiPlugin steps its own Adams
+    only: a bitsandbytes optimizer is refused there, colossalai.check_run.)"""
+    return par.ep > 1
 
 
 def paged_hands(s: Strategy, run: RunConfig, par: ParallelConfig) -> Hands | None:
     """What the strategy hands a paged optimizer (ftmem.paged_ranks), or None where
-    ftmem does not model its paging (ColossalAI, model or expert parallelism) or the
-    states sit in host RAM (offloaded: bitsandbytes pages no CPU tensor). FSDP2 with
-    a bitsandbytes optimizer is refused (paged_ranks.check_fsdp2)."""
+    ftmem does not model its paging (expert parallelism) or the states sit in host RAM
+    (offloaded: bitsandbytes pages no CPU tensor). FSDP2 with a bitsandbytes optimizer
+    is refused (paged_ranks.check_fsdp2), and so is ZeRO-Offload with one unless
+    zero_force_ds_cpu_optimizer is off (paged_ranks.check_zero_offload).
+
+    Tensor and pipeline parallelism leave each rank plain local tensors (the groups here
+    are already the rank's: a TP slice of each split weight, its stage's blocks), which
+    each engine hands on as it does without them: DDP whole, ZeRO in one flat partition
+    over the data-parallel ranks. ColossalAI: LowLevelZeroOptimizer (colossalai-zero1/2,
+    HybridParallelPlugin's ZeRO too) hands the optimizer each trainable tensor's padded
+    1/N piece as its fp32 master (zero/low_level/low_level_optim.py:263-299, put in the
+    optimizer's param_groups for the step, :580-588): ``shards``; colossalai-3d's
+    MixedPrecisionOptimizer an fp32 master of each whole local tensor
+    (amp/naive_amp/mixed_precision_optimizer.py:76-86): ``whole``
+    (hpcaitech/ColossalAI@4f9953be335e)."""
     if s in FSDP and not runs_fsdp1(run, par):
         check_fsdp2(run)
+    if s in DEEPSPEED and par.offload_optimizer != "none":
+        check_zero_offload(run, par.zero_force_ds_cpu_optimizer)
     offloaded = par.offload_optimizer != "none" or (s in FSDP and par.offload_params != "none")
     if paging_unmodelled(s, par) or offloaded:
         return None
     if s in DEEPSPEED:
         return "flat"
-    return "shards" if s in SHARDED_FSDP else "whole"
+    return "shards" if s in SHARDED_FSDP or s in LOW_LEVEL_ZERO else "whole"
 
 
 def _stage_mask_and_rotary(
@@ -2269,6 +2309,8 @@ def parallel_notes(
                 "optimizer keeps fp32 master weights and fp32 states (Adam: 12 bytes per "
                 "trainable parameter, ZeRO paper's K = 12)."
             )
+    if s in DEEPSPEED and par.offload_optimizer != "none":
+        notes += zero_offload_notes(run, par.zero_force_ds_cpu_optimizer)
     if s == "zero3":
         threshold = PERSISTENCE_FACTOR * arch.hidden_size
         notes.append(

@@ -59,6 +59,9 @@ class Gradients:
     # zero_grad runs after the forward, not after the optimizer step (Lightning's
     # automatic optimization): the previous step's gradients live through the forward
     through_forward: bool = False
+    # of ``outer``, those made before the loss's backward (AdaLoRA's lora_A and lora_B,
+    # by its regulariser: MethodPlan.gradient_at_head)
+    before_loss: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +350,7 @@ def find_peak(s: StepSizes) -> Peak:
     g = s.gradients
     held = g.total if g.persist else 0
     held_forward = g.total if g.through_forward else held
+    held = held or g.before_loss
     acts = s.activations.total
     live_grads = g.total if g.persist else g.outer - g.embedding + g.tied_held
     live_acts = acts - s.activations.above + s.output_held

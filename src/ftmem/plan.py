@@ -168,8 +168,13 @@ def _optimizer(s: Settings) -> list[Change]:
 
 # bitsandbytes' paged twin of an optimizer with the same states (ftmem.optim.BNB_OPTIMIZERS):
 # torch AdamW keeps its states in the parameters' dtype, fp32 with fp32 weights, as
-# PagedAdamW (optim_bits 32) does
-PAGED_TWIN = {"adamw-fp32": "paged-adamw", "adamw-8bit": "paged-adamw-8bit"}
+# PagedAdamW (optim_bits 32) does; bitsandbytes' Lion and Lion8bit keep PagedLion's states
+PAGED_TWIN = {
+    "adamw-fp32": "paged-adamw",
+    "adamw-8bit": "paged-adamw-8bit",
+    "lion-32bit": "paged-lion",
+    "lion-8bit": "paged-lion-8bit",
+}
 FP32_WEIGHTS = frozenset({"fp32", "bf16-mixed", "fp16-mixed"})
 PAGED_METHODS = frozenset({"full", "freeze", "partial"})  # adapters are rarely 1e5+ values
 

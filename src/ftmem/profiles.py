@@ -193,6 +193,11 @@ class Profile:
     # (versions.checkpoint_wraps_decoder_unit); False: the framework's own blocks and
     # checkpoint wrapper
     checkpoints_in_transformers_loop: bool = True
+    # the loss runs inside the causal LM's forward, given the labels: that forward names
+    # the LM head's input (``hidden_states = outputs[0]``) until the loss returns
+    # (step._named_head_input); False where the loop calls the model for its logits and
+    # computes the loss after the forward has returned
+    loss_in_model_forward: bool = True
 
 
 HF = Profile("hf")
@@ -244,6 +249,9 @@ TORCHTUNE = Profile(
     checkpoints_in_transformers_loop=False,  # its own modules' checkpoint wrapper
     loop_shifted_loss=True,
     fsdp_version=2,  # the distributed recipes' fully_shard (frameworks/torchtune.py _fsdp2)
+    # _loss_step: ``logits = self._model(**batch)``, then ``self._loss_fn(logits, labels)``
+    # (recipes/full_finetune_single_device.py@1814feb17a90 l.625-647)
+    loss_in_model_forward=False,
 )
 
 # LitGPT 0.4.x (Lightning-AI/litgpt@00af8b0d) and lit-gpt 2023 (@8641822b) under
@@ -314,6 +322,9 @@ LITGPT = Profile(
     evaluates=True,
     generates=True,
     checkpoints_in_transformers_loop=False,  # its own model code
+    # fit(): ``logits = model(input_ids, lm_head_chunk_size=128)``, then
+    # ``chunked_cross_entropy(logits, ...)`` (litgpt@00af8b0d litgpt/finetune/lora.py l.304-307)
+    loss_in_model_forward=False,
 )
 
 # Unsloth (unslothai/unsloth@015bdef0d94a, unslothai/unsloth-zoo@ce232d6cef9c);
@@ -509,8 +520,9 @@ def framework_run(arch: Architecture, run: RunConfig) -> RunConfig:
     """The run as the framework's step takes it: a framework whose causal-LM forward fuses
     the loss whenever it gets labels (Profile.fused_loss_chunk_bytes) runs the "fused"
     loss for supervised finetuning, whatever --loss says of the default path, and a model
-    whose own forward computes the loss (Family.own_loss; in transformers 4.46-4.48 the
-    models that do not call ForCausalLMLoss: versions.model_own_loss) runs that one; a framework
+    whose own forward computes the loss (Family.own_loss; in the run's transformers
+    release the models that do not call ForCausalLMLoss, and under --loss upcast-shifted
+    those whose forward never upcast: versions.model_own_loss) runs that one; a framework
     that sets the allocator's options (Profile.alloc_conf) runs with them unless the run
     sets its own."""
     profile = profile_of(run)
@@ -520,9 +532,12 @@ def framework_run(arch: Architecture, run: RunConfig) -> RunConfig:
     if fuses and run.loss == "standard":
         changes["loss"] = "fused"
     # a remote-code model computes its loss in its own forward from the labels it is given
-    # (Qwen-1: Family.own_loss); a preference or GRPO loss reads the logits instead
-    own = arch.traits.own_loss or model_own_loss(arch, run)
-    if own is not None and not fuses and run.loss == "standard" and run.objective == "sft":
+    # (Qwen-1: Family.own_loss); a preference or GRPO loss reads the logits instead; a
+    # loop's own upcast-shifted loss (torchtune 0.1's) is not the model's
+    family_own = arch.traits.own_loss if run.loss == "standard" else None
+    own = family_own or model_own_loss(arch, run)
+    loop_loss = run.loss == "upcast-shifted" and profile.loop_shifted_loss
+    if own is not None and not fuses and not loop_loss and run.objective == "sft":
         changes["loss"] = own
     if profile.alloc_conf is not None and run.alloc_conf is None:
         changes["alloc_conf"] = profile.alloc_conf

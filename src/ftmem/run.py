@@ -28,6 +28,7 @@ Method = Literal[
     "relora",
     "qlora",
     "dora",
+    "adalora",
     "bitfit",
     "adapter",
     "llama-adapter",
@@ -47,6 +48,8 @@ Optimizer = Literal[
     "adamw-8bit",
     "paged-adamw-8bit",
     "paged-adamw",
+    "lion-32bit",
+    "lion-8bit",
     "paged-lion",
     "paged-lion-8bit",
     "ao-adamw-8bit",
@@ -87,7 +90,7 @@ OptimizerImpl = Literal["foreach", "for-loop", "fused"]
 
 # LoRA-style adapters beside the frozen linears (the --lora-* options apply)
 ADAPTER_METHODS: frozenset[str] = frozenset(
-    {"lora", "rslora", "longlora", "relora", "qlora", "dora"}
+    {"lora", "rslora", "longlora", "relora", "qlora", "dora", "adalora"}
 )
 # virtual tokens learned in front of the input (prompt, P-tuning) or of every layer's
 # keys and values (prefix)
@@ -137,6 +140,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         k: frozenset({"lokr"})
         for k in ("lokr_rank", "lokr_alpha", "lokr_targets", "lokr_factor", "lokr_decompose_both")
     },
+    "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
     "virtual_tokens": PROMPT_METHODS,
@@ -191,6 +195,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "loha_rank": limits.WIDTH,
     "lokr_rank": limits.WIDTH,
     "lokr_factor": limits.WIDTH,
+    "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
     "adapter_start_layer": limits.LAYERS,
@@ -204,6 +209,10 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "steps_per_generation": limits.MICRO_BATCHES,
     "num_iterations": limits.MICRO_BATCHES,
 }
+
+
+def _unset(value: object) -> bool:
+    return value is None
 
 
 def split_patterns(spec: str) -> list[str]:
@@ -251,6 +260,11 @@ Framework = Literal[
     "fsdp_qlora",
     "peft-mc",
 ]
+
+
+# where a peft AdaLoraModel trains: a loop that calls update_and_allocate (HF Trainer has no
+# call of its own: the user's callback or loop adds it)
+ADALORA_FRAMEWORKS = frozenset({"hf", "peft-mc", "lightning"})
 
 
 def smallest_batch(objective: str, framework: str) -> int:
@@ -322,8 +336,8 @@ class RunConfig(limits.BoundedSettings):
         None,
         exclude_if=lambda value: value is None,
         description="peft's version: before 0.16 its LoRA on an int4 (GPTQ) base casts the "
-        "adapter's output to the base's dtype and adds it in place, with no sum tensor "
-        "(default: the current release).",
+        "adapter's output to the base's dtype and adds it in place, with no sum tensor; "
+        "before 0.20 AdaLoRA's ranknum stays frozen (default: the current release).",
     )
     torchao_version: str | None = Field(
         None,
@@ -592,6 +606,12 @@ class RunConfig(limits.BoundedSettings):
         description="peft modules_to_save: 'embed', 'head' or 'embed,head' (trainable copies).",
     )
     adapter_dtype: AdapterDtype = "auto"
+    # AdaLoRA (peft AdaLoraConfig: --lora-r is its init_r)
+    adalora_target_r: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="AdaLoRA: the average rank the allocator prunes down to (8).",
+    )
     # bottleneck adapters
     adapter_size: PositiveInt | None = Field(None, description="Adapter bottleneck width (64).")
     adapter_placement: Literal["houlsby", "pfeiffer"] | None = Field(
@@ -610,25 +630,35 @@ class RunConfig(limits.BoundedSettings):
     ia3_targets: str | None = Field(
         None, description="IA³: linears whose output (or, for down, input) is scaled."
     )
-    # LoHa (peft's LyCORIS Hadamard product of two low-rank pairs)
-    loha_rank: PositiveInt | None = Field(None, description="LoHa: rank r of each pair (8).")
-    loha_alpha: FiniteFloat | None = Field(None, description="LoHa: alpha, scale alpha/r (8).")
+    # LoHa (peft's LyCORIS Hadamard product of two low-rank pairs); these and LoKr's are
+    # left out of the serialised run when unset (other runs' JSON unchanged)
+    loha_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="LoHa: rank r of each pair (8)."
+    )
+    loha_alpha: FiniteFloat | None = Field(
+        None, exclude_if=_unset, description="LoHa: alpha, scale alpha/r (8)."
+    )
     loha_targets: str | None = Field(
-        None, description="LoHa: adapted linears, roles or names (q,v)."
+        None, exclude_if=_unset, description="LoHa: adapted linears, roles or names (q,v)."
     )
     # LoKr (peft's LyCORIS Kronecker product, its right factor of rank r)
-    lokr_rank: PositiveInt | None = Field(None, description="LoKr: rank r (8).")
-    lokr_alpha: FiniteFloat | None = Field(None, description="LoKr: alpha, scale alpha/r (8).")
+    lokr_rank: PositiveInt | None = Field(None, exclude_if=_unset, description="LoKr: rank r (8).")
+    lokr_alpha: FiniteFloat | None = Field(
+        None, exclude_if=_unset, description="LoKr: alpha, scale alpha/r (8)."
+    )
     lokr_targets: str | None = Field(
-        None, description="LoKr: adapted linears, roles or names (q,v)."
+        None, exclude_if=_unset, description="LoKr: adapted linears, roles or names (q,v)."
     )
     lokr_factor: PositiveInt | None = Field(
         None,
+        exclude_if=_unset,
         description="LoKr: decompose_factor, the Kronecker split of each side "
         "(default: near the square root, peft's -1).",
     )
     lokr_decompose_both: bool | None = Field(
-        None, description="LoKr: decompose_both, the left factor low-rank too."
+        None,
+        exclude_if=_unset,
+        description="LoKr: decompose_both, the left factor low-rank too.",
     )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
@@ -703,6 +733,27 @@ class RunConfig(limits.BoundedSettings):
                     f"which runs its own model code rather than the {option} library: drop it"
                 )
 
+    def _adalora_settings_fit(self) -> None:
+        """What peft's AdaLoRA and its rank allocator cannot run."""
+        if self.method != "adalora":
+            return
+        if self.framework not in ADALORA_FRAMEWORKS:
+            raise ValueError(
+                f"--framework {self.framework} has no AdaLoRA (peft's AdaLoraModel and its "
+                "update_and_allocate call): use --framework hf, peft-mc or lightning"
+            )
+        if self.optimizer_in_backward:
+            raise ValueError(
+                "AdaLoRA's rank allocator reads every gradient after the optimizer step, "
+                "which --optimizer-in-backward frees during backward: drop it"
+            )
+        if self.target_r >= self.r:
+            # (peft's mask_to_budget then asks torch.kthvalue for k = 0 and fails)
+            raise ValueError(
+                f"AdaLoRA prunes from --lora-r {self.r} (init_r) down to --adalora-target-r "
+                f"{self.target_r}: the target must be below the initial rank"
+            )
+
     def _base_quant_settings_fit(self) -> None:
         """A LLaMA-Adapter's base is 16-bit unless --quant says otherwise (quant_format),
         so the quantised base's own settings mean nothing without it."""
@@ -720,6 +771,28 @@ class RunConfig(limits.BoundedSettings):
                 f"give --quant too (LitGPT's --quantize), or drop {them}"
             )
 
+    def _llama_adapter_fits_framework(self) -> None:
+        """The LLaMA-Adapter methods model LitGPT's code (adapters.llama_adapter: its cached,
+        gradient-free prompt keys and values, the gate over sdpa). peft's adaption_prompt,
+        what transformers-based frameworks would run, keeps other tensors (a prompt
+        parameter per block that trains through k_proj and v_proj every forward, recomputed
+        query states, an fp32 softmax over the prompt: peft 0.21.2
+        src/peft/tuners/adaption_prompt/layer.py AdaptedAttention.forward), for Llama,
+        Mistral and GPT-2 only (config.py TRANSFORMERS_MODEL_CONFIG): not modelled."""
+        if self.method not in LLAMA_ADAPTER_METHODS or self.framework == "litgpt":
+            return
+        script = "finetune_adapter_v2" if self.method == "llama-adapter-v2" else "finetune_adapter"
+        other = (
+            "torchtune has no LLaMA-Adapter recipe"
+            if self.framework == "torchtune"
+            else f"under --framework {self.framework} it would be peft's adaption_prompt, "
+            "which keeps other tensors and is not modelled"
+        )
+        raise ValueError(
+            f"--method {self.method} is LitGPT's (litgpt {script}): give --framework "
+            f"litgpt; {other}"
+        )
+
     def _padding_fits_framework(self) -> None:
         """packed-flex is torchtune's collate and rotary (ops.attention.packed_flex)."""
         if self.padding == "packed-flex" and self.framework != "torchtune":
@@ -735,8 +808,10 @@ class RunConfig(limits.BoundedSettings):
         self._allocator_settings_fit()
         self._objective_settings_fit()
         self._padding_fits_framework()
+        self._llama_adapter_fits_framework()
         self._libraries_fit_framework()
         self._base_quant_settings_fit()
+        self._adalora_settings_fit()
         if self.method == "partial" and self.trainable_modules is None:
             raise ValueError(
                 "--method partial needs --trainable-modules (regular expressions over "
@@ -943,6 +1018,11 @@ class RunConfig(limits.BoundedSettings):
     @property
     def r(self) -> int:
         return self.lora_r or 8
+
+    @property
+    def target_r(self) -> int:
+        """AdaLoRA's target rank: peft's default 8, below the initial rank."""
+        return self.adalora_target_r or max(1, min(8, self.r - 1))
 
     @property
     def alpha(self) -> float:

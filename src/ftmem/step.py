@@ -684,8 +684,32 @@ def _head_forward(
         else _logits_forward(arch, run, plan, e, T)
     )
     held = PrefixTuning.cache(arch, run, plan.dtypes) + forward_cache
+    held += _named_head_input(arch, run, plan, T)
     converted = 0 if plan.head_lora else Loss.fp32_output_moment(arch, run, e, T)
     return max(loss + held, converted)
+
+
+def _named_head_input(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int) -> int:
+    """The LM head's input where the causal LM's forward computes the loss and nothing
+    saves that input (the head and everything outside the blocks frozen: else Loss.saved
+    keeps it): the final norm's output, which the forward names (``hidden_states =
+    outputs[0]``, then ``self.lm_head(hidden_states[:, ...])`` and ``self.loss_function``)
+    until the loss has returned, T·h in the residual stream's dtype (transformers 4.48.1
+    models/mistral/modeling_mistral.py:846-852, models/mixtral/modeling_mixtral.py:1072-1078;
+    5.x the same lines; the model's own losses of GPT-2 or Qwen-1 alike). 0 where the loop
+    computes the loss after the forward (Profile.loss_in_model_forward), under activation
+    offload (_offloaded_loss_inputs names it), for the fused, chunked and preference losses
+    (their own inputs) and with LoRA on the head (HeadLoRA keeps the input). Measured on the
+    CPU: tests/test_named_head_input.py."""
+    if not profile_of(run).loss_in_model_forward or run.activation_offload:
+        return 0
+    if run.objective != "sft" or plan.head_lora:
+        return 0
+    if Loss.kind(run) not in ("standard", "shifted", "upcast-shifted"):
+        return 0
+    if plan.outer_trainable or plan.head_trainable:
+        return 0
+    return T * arch.hidden_size * plan.dtypes.residual_bytes
 
 
 def _offloaded_loss_inputs(
@@ -754,7 +778,9 @@ def _with_router_aux_moment(
     """The load-balancing loss after the cross-entropy, the logits still held, when it is
     the head's largest moment (its requests no longer lay out that moment: gpu.trace
     replays it)."""
+    # (the forward still names the head's input: the aux loss follows the cross-entropy)
     aux_moment = RouterAuxLoss.loss_moment(arch, run, plan, T)
+    aux_moment += _named_head_input(arch, run, plan, T) if aux_moment else 0
     if run.loss == "standard" and aux_moment > head.logits_forward:
         return dataclasses.replace(head, logits_forward=aux_moment)
     return head
@@ -810,6 +836,7 @@ def _head_requests(
     V = arch.vocab_size
     nll_cast = shifted and Loss.shifted_nll_cast(run, e)
     saved_item = Loss.cross_entropy_saved(R, V, log_softmax_bytes, nll_cast, labels)
+    named = _named_head_input(arch, run, plan, T)  # the forward's, as the loss runs
     return loss_requests.head_requests(
         Loss.kind(run),
         T,
@@ -826,7 +853,7 @@ def _head_requests(
         fp32_output=Loss.fp32_output_moment(arch, run, e, T) > 0,
         head_grads=Loss.chunked_head_grads(arch, plan, T) if run.loss == "chunked" else (0, 0),
         offloaded=run.activation_offload and not offload_keeps_head(run),
-        inputs=loss_inputs,
+        inputs=(*loss_inputs, named) if named else loss_inputs,
         loop_shifted=Loss.loop_shifted_copy(run, V, T) > 0,
         adapted_head=plan.head_lora,
         keep_logits=Loss.keeps_logits(run),
@@ -878,6 +905,10 @@ def _decoder_gradients(
         tied_backward=fixed.tied_embedding_backward,
         # (Embedding.backward_workspace: two of the tied weight's gradients)
         tied_held=fixed.tied_embedding_backward // 2 * (1 - held),
+        before_loss=sum(
+            g.total_numel * g.element_bytes for g in plan.groups if plan.gradient_at_head(g)
+        )
+        * held,
     )
 
 
@@ -897,7 +928,7 @@ def block_gradients(arch: Architecture, plan: MethodPlan) -> tuple[int, ...]:
     trained = range(L - plan.trainable_blocks, L)
     by_block = [0] * L
     for g in plan.groups:
-        if not (g.trainable and g.in_block):
+        if not (g.trainable and g.in_block) or plan.gradient_at_head(g):
             continue
         lo, hi = next((span for m, span in spans.items() if g.name.startswith(m + ".")), (0, L))
         holders = [i for i in trained if lo <= i < hi]
@@ -1204,7 +1235,11 @@ def _gradient_sizes(plan: MethodPlan) -> tuple[int, int, int, int]:
     block = 0
     if plan.trainable_blocks:
         block = (
-            sum(g.total_numel * g.element_bytes for g in grad_groups if g.in_block)
+            sum(
+                g.total_numel * g.element_bytes
+                for g in grad_groups
+                if g.in_block and not plan.gradient_at_head(g)
+            )
             // plan.trainable_blocks
         )
     embedding = sum(

@@ -14,6 +14,7 @@ from ftmem.run import RunConfig
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
+    from ftmem.precision import Dtypes
 
 # bitsandbytes MatMul4Bit.forward kept the activation it multiplies in `ctx.tensors =
 # (A, B)` although backward never uses it (bitsandbytes-foundation/bitsandbytes@0.42.0
@@ -149,6 +150,18 @@ PEFT_GPTQ_SUM_OUT_OF_PLACE = (0, 16, 0)
 # Error in In-Place Operation (#1372)" writes ``result = result + ...``, first in 0.9.0
 # (v0.8.0's layer.py has the in-place line, v0.9.0's the new one).
 PEFT_LORA_SUM_OUT_OF_PLACE = (0, 9, 0)
+# AdaLoRA's ``ranknum`` is made with requires_grad=False (peft 0.21.2
+# src/peft/tuners/adalora/layer.py l.82), but moving the adapter to the base layer's device
+# or dtype stores ``item.to(...)`` back into the ParameterDict, which wraps the new tensor
+# in an nn.Parameter that requires a gradient (tuners/tuners_utils.py l.2210; torch
+# ParameterDict.__setitem__). Until 4ddb88b4 "Refactor state dict handling (#3490)",
+# first in 0.20.0, _mark_only_adapters_as_trainable froze every parameter whose name lacks
+# "lora_" afterwards (@cea82131 tuners_utils.py l.480-486), ranknum included; since, it
+# freezes by the tuner layers' state-dict keys, and ranknum stays trainable: its gradient
+# makes the division keep the scaled output (measured, peft 0.21.2). The MetaMathQA
+# AdaLoRA run (peft 0.19.2.dev0) counts 18,353,664 trainable of 3,231,103,544: ranknum
+# is in the total, not in the trainable count.
+PEFT_ADALORA_RANKNUM_TRAINS = (0, 20, 0)
 
 
 # LlamaRotaryEmbedding.forward kept the cos and sin it last returned on the module "for
@@ -165,18 +178,36 @@ LLAMA_LAST_COS_SIN_KEPT: Releases = (((4, 38, 0), (4, 38, 2)),)
 # ``self.loss_function`` and returns it). 4.49.0 pads and shifts the labels instead and
 # takes the unshifted logits (4.49.0 loss_utils.py ForCausalLMLoss: ``nn.functional.pad``).
 TRANSFORMERS_SHIFTED_LOGITS_LOSS: Releases = (((4, 46, 0), (4, 49, 0)),)
-# Not every causal LM of those releases calls it. GPT-2, GPT-NeoX, Falcon and GPTBigCode
-# keep their own loss: ``shift_logits = lm_logits[..., :-1, :].contiguous()`` (a copy of
-# the shifted 16-bit logits, no upcast) into CrossEntropyLoss (4.46.0
-# models/gpt2/modeling_gpt2.py:1300, gpt_neox/modeling_gpt_neox.py:1200,
-# falcon/modeling_falcon.py:1310, gpt_bigcode/modeling_gpt_bigcode.py:1183; 4.47.1 :1301,
-# :1195, :1316, :1183; 4.48.1 :1090, :1133, :1232, and gpt_bigcode unchanged); 4.49.0 moves
-# them to self.loss_function.
-OWN_SHIFTED_LOSS: Releases = TRANSFORMERS_SHIFTED_LOGITS_LOSS
+# Not every causal LM calls it. GPT-2, Falcon, GPTBigCode and StableLM compute their own
+# loss in every release before 4.48.3: ``shift_logits = lm_logits[..., :-1, :]
+# .contiguous()`` (a copy of the shifted 16-bit logits, no upcast) into CrossEntropyLoss
+# (models/gpt2/modeling_gpt2.py GPT2LMHeadModel.forward: 4.36.2 :1103-1107, 4.40.0
+# :1334-1338, 4.45.2 :1345-1349, 4.46.0 :1300, 4.47.1 :1301, 4.48.2 :1090;
+# falcon/modeling_falcon.py FalconForCausalLM: 4.36.2 :1308, 4.40.0 :1293, 4.45.2 :1381,
+# 4.46.0 :1310, 4.47.1 :1316, 4.48.2 :1232; gpt_bigcode/modeling_gpt_bigcode.py: 4.36.2
+# :1277, 4.40.0 :1265, 4.45.2 :1181, 4.46.0 :1183, 4.48.2 :1182; stablelm/modeling_stablelm
+# .py StableLmForCausalLM, "No upscaling to float was ever done for StableLm": 4.40.0 :1176,
+# 4.45.2 :1239, 4.46.0 :1241, 4.47.1 :1241, 4.48.2 :1161). 4.48.3 passes their logits to
+# self.loss_function (gpt2 :1089, falcon :1235, gpt_bigcode :1182, stablelm :1163).
+OWN_SHIFTED_LOSS: Releases = (((0, 0, 0), (4, 48, 3)),)
+# GPT-NeoX the same (``shift_logits = lm_logits[:, :-1, :].contiguous()``,
+# gpt_neox/modeling_gpt_neox.py: 4.36.2 :1053, 4.40.0 :1055, 4.45.2 :1200, 4.46.0 :1200,
+# 4.47.1 :1195, 4.48.1 :1133, 4.48.3 :1137) until 4.49.0 moves it to self.loss_function.
+GPT_NEOX_OWN_SHIFTED_LOSS: Releases = (((0, 0, 0), (4, 49, 0)),)
 # Granite's 4.46-4.47 forward upcasts, then shifts (``logits = logits.float()``,
 # ``shift_logits = logits[..., :-1, :].contiguous()``: 4.46.0 and 4.47.1
 # models/granite/modeling_granite.py:1108-1110); 4.48.1 calls self.loss_function (:866).
 GRANITE_OWN_UPCAST_LOSS: Releases = (((4, 46, 0), (4, 48, 0)),)
+# Mistral's the same in 4.46-4.47 (models/mistral/modeling_mistral.py MistralForCausalLM:
+# 4.46.0 :1085-1087, 4.47.1 :1090-1092; 4.48.0 calls self.loss_function), StarCoder2's in
+# 4.46.x (models/starcoder2/modeling_starcoder2.py 4.46.0 :1159-1161, 4.46.3 the same;
+# 4.47.0 calls self.loss_function). Before 4.46 every one of ftmem's other families
+# upcasts, then shifts, in its own forward: --loss upcast-shifted.
+MISTRAL_OWN_UPCAST_LOSS: Releases = (((4, 46, 0), (4, 48, 0)),)
+STARCODER2_OWN_UPCAST_LOSS: Releases = (((4, 46, 0), (4, 47, 0)),)
+# --loss upcast-shifted names the releases before 4.46 when no version is given: the last
+# of them is where a family's own loss there is looked up (model_own_loss).
+LAST_OWN_FORWARD_LOSS_RELEASE = "4.45.2"
 # The image-text models' own losses in 4.46-4.48, by vision encoder: LLaVA shifts its
 # 16-bit logits (4.46.0 models/llava/modeling_llava.py:563-566, 4.47.1 :568-571, 4.48.1
 # :511-514); Qwen2-VL upcasts, then shifts (4.46.0 models/qwen2_vl/modeling_qwen2_vl.py
@@ -236,15 +267,31 @@ def shifted_logits_loss(run: RunConfig) -> bool:
 def model_own_loss(
     arch: Architecture, run: RunConfig
 ) -> Literal["shifted", "upcast-shifted"] | None:
-    """The loss a model of transformers 4.46-4.48 computes in its own forward where it does
-    not call ForCausalLMLoss (OWN_SHIFTED_LOSS, GRANITE_OWN_UPCAST_LOSS, VISION_OWN_LOSS;
-    the family's ``own_loss_releases``); None where it calls it, or in another release."""
-    if not shifted_logits_loss(run):
+    """The loss a model computes in its own forward where ftmem's loss for the run is not
+    what that forward does (the family's ``own_loss_releases``: OWN_SHIFTED_LOSS,
+    GPT_NEOX_OWN_SHIFTED_LOSS, GRANITE_OWN_UPCAST_LOSS, ...; in 4.46-4.48
+    VISION_OWN_LOSS): for ``--loss standard`` at the run's release; for ``--loss
+    upcast-shifted`` (transformers < 4.46's forward: 4.45.2 where no release is given),
+    the 16-bit shifted loss of the families that never upcast. None elsewhere."""
+    if run.objective != "sft":
+        return None
+    if run.loss == "upcast-shifted":
+        version = run.transformers_version or LAST_OWN_FORWARD_LOSS_RELEASE
+        own = _family_own_loss(arch, version)
+        return "shifted" if arch.vision is None and own == "shifted" else None
+    if run.loss != "standard" or run.transformers_version is None:
         return None
     if arch.vision is not None:
-        return VISION_OWN_LOSS.get(arch.vision.encoder)
+        return VISION_OWN_LOSS.get(arch.vision.encoder) if shifted_logits_loss(run) else None
+    return _family_own_loss(arch, run.transformers_version)
+
+
+def _family_own_loss(
+    arch: Architecture, version: str
+) -> Literal["shifted", "upcast-shifted"] | None:
+    """The family's own loss at ``version`` (Family.own_loss_releases)."""
     for releases, loss in arch.traits.own_loss_releases:
-        if within(run.transformers_version, releases):
+        if within(version, releases):
             return loss
     return None
 
@@ -311,6 +358,15 @@ def rotary_tables_per_layer(arch: Architecture, run: RunConfig) -> bool:
     return traits.rotary_tables_per_layer or within(
         run.transformers_version, traits.rotary_per_layer_releases
     )
+
+
+def adalora_ranknum_trains(run: RunConfig, dtypes: Dtypes) -> bool:
+    """Whether AdaLoRA's ranknum requires a gradient: from peft 0.20 where the adapter was
+    moved to another device (a GPU: peft makes it on the CPU) or cast to the base's
+    16-bit dtype (PEFT_ADALORA_RANKNUM_TRAINS)."""
+    if run.method != "adalora" or older_than(run.peft_version, PEFT_ADALORA_RANKNUM_TRAINS):
+        return False
+    return run.device != "cpu" or dtypes.base != "fp32"
 
 
 def peft_gptq_adds_in_place(run: RunConfig) -> bool:

@@ -18,7 +18,7 @@ A :class:`VisionTower` is plain data beside the language model's Architecture
   (Gemma's fp32 (1 + w) form) and a matmul with ``mm_input_projection_weight``.
 
 The sizes of what a trained tower saves are derived from those modules' autograd nodes
-(listed in :func:`saved_per_layer`) and checked against PyTorch's saved tensors in
+(listed in :func:`saved_per_layer_parts`) and checked against PyTorch's saved tensors in
 tests/accuracy/test_vision.py.
 """
 
@@ -277,7 +277,7 @@ def text_extras_count(v: VisionTower, text_hidden: int) -> int:
     return 0 if v.mllama is None else mllama.cross_layer_count(v, text_hidden)
 
 
-def saved_per_layer(
+def saved_per_layer_parts(
     v: VisionTower,
     images: int,
     e: int,
@@ -285,7 +285,7 @@ def saved_per_layer(
     path: FrozenPath | None = None,
     *,
     ln_stats: int,
-) -> int:
+) -> tuple[int, ...]:
     """What one trained encoder layer keeps for backward, for ``images`` images of t tower
     tokens (n = images × t) in a compute dtype of ``e`` bytes (transformers 5.24
     clip/siglip ``EncoderLayer.forward``; ``ln_stats``: bytes per element of a LayerNorm's
@@ -309,20 +309,8 @@ def saved_per_layer(
     16-bit cast of layer_norm1's fp32 output (autocast casts a non-leaf input at every
     call: aten autocast_mode.h cached_cast caches leaves only), 3 n H e (measured, the
     tiny LLaVA full bf16-mixed); the weights' copies: vision_lora.trained_weight_copies.
-    """
-    return sum(saved_per_layer_parts(v, images, e, eager, path, ln_stats=ln_stats))
 
-
-def saved_per_layer_parts(
-    v: VisionTower,
-    images: int,
-    e: int,
-    eager: bool = False,
-    path: FrozenPath | None = None,
-    *,
-    ln_stats: int,
-) -> tuple[int, ...]:
-    """:func:`saved_per_layer` as the allocator's requests, in the layer's order: each
+    As the allocator's requests, in the layer's order: each
     LayerNorm's three tensors apart (input, mean, rstd: dtypes.layer_norm_saved_parts,
     measured on CLIP's and SigLIP's modules, tests/test_vision_norm_requests.py), the
     attention's items (q/k/v's inputs and the kernel's) and the MLP's (fc1's input, the
@@ -374,28 +362,7 @@ class FrozenPath:
         return cls(e, e, e)
 
 
-def input_grad_per_layer(
-    v: VisionTower,
-    images: int,
-    e: int,
-    eager: bool,
-    start: int = 0,
-    path: FrozenPath | None = None,
-    *,
-    ln_stats: int,
-) -> int:
-    """What one frozen CLIP / SigLIP encoder layer keeps when gradients pass through it
-    (LoRA on the tower: ftmem.vision_lora), the layer's parts from ``start`` on (0: its
-    input needs a gradient; 1: from the attention projections, 2: from out_proj, 3: from
-    fc1, 4: from fc2, where the lowest adapted linear of the tower is). As
-    :func:`saved_per_layer` without the frozen linears' inputs (a frozen weight's input
-    gradient needs only the weight): the LayerNorms (input, mean and rstd: ``ln_stats``
-    bytes each, an fp32 stream's in fp32), the attention kernel's items, the activation's;
-    each in its dtype along ``path`` (default: all in ``e``)."""
-    return sum(_input_grad_parts(v, images, e, eager, start, path, ln_stats))
-
-
-def _input_grad_parts(
+def input_grad_parts(
     v: VisionTower,
     images: int,
     e: int,
@@ -404,7 +371,16 @@ def _input_grad_parts(
     path: FrozenPath | None,
     ln_stats: int,
 ) -> tuple[int, ...]:
-    """:func:`input_grad_per_layer` as the allocator's requests: each LayerNorm's input,
+    """What one frozen CLIP / SigLIP encoder layer keeps when gradients pass through it
+    (LoRA on the tower: ftmem.vision_lora), the layer's parts from ``start`` on (0: its
+    input needs a gradient; 1: from the attention projections, 2: from out_proj, 3: from
+    fc1, 4: from fc2, where the lowest adapted linear of the tower is). As
+    :func:`saved_per_layer_parts` without the frozen linears' inputs (a frozen weight's input
+    gradient needs only the weight): the LayerNorms (input, mean and rstd: ``ln_stats``
+    bytes each, an fp32 stream's in fp32), the attention kernel's items, the activation's;
+    each in its dtype along ``path`` (default: all in ``e``).
+
+    As the allocator's requests: each LayerNorm's input,
     mean and rstd apart, the attention's and the activation's items one request each."""
     path = path or FrozenPath.uniform(e)
     stats = FP32 if path.stream == FP32 else ln_stats
@@ -421,24 +397,6 @@ def _input_grad_parts(
     return tuple(b for group in groups[start:] for b in group)
 
 
-def lora_tower_saved(
-    v: VisionTower,
-    images: int,
-    e: int,
-    eager: bool,
-    first: tuple[int, int],
-    path: FrozenPath | None = None,
-    *,
-    ln_stats: int,
-) -> int:
-    """A frozen tower whose linears carry LoRA (ftmem.vision_lora), not checkpointed:
-    gradients run from the lowest adapted linear (``first``: its layer and the part of
-    the layer, as :func:`input_grad_per_layer`'s ``start``) up to the layer the projector
-    reads; below it nothing needs a gradient (nor CLIP's pre-norm); SigLIP's post-norm
-    when Gemma 3 reads the last layer."""
-    return sum(lora_tower_parts(v, images, e, eager, first, path, ln_stats=ln_stats))
-
-
 def lora_tower_parts(
     v: VisionTower,
     images: int,
@@ -449,13 +407,19 @@ def lora_tower_parts(
     *,
     ln_stats: int,
 ) -> tuple[int, ...]:
-    """:func:`lora_tower_saved` as the allocator's requests, layer by layer."""
+    """A frozen tower whose linears carry LoRA (ftmem.vision_lora), not checkpointed:
+    gradients run from the lowest adapted linear (``first``: its layer and the part of
+    the layer, as :func:`input_grad_parts`'s ``start``) up to the layer the projector
+    reads; below it nothing needs a gradient (nor CLIP's pre-norm); SigLIP's post-norm
+    when Gemma 3 reads the last layer.
+
+    As the allocator's requests, layer by layer."""
     path = path or FrozenPath.uniform(e)
     layer, start = first
     n = images * v.tower_tokens
     out: list[int] = []
     for i in range(layer, v.layers_kept):
-        out += _input_grad_parts(v, images, e, eager, start if i == layer else 0, path, ln_stats)
+        out += input_grad_parts(v, images, e, eager, start if i == layer else 0, path, ln_stats)
     if v.layers_kept == v.num_layers and v.encoder == "siglip":
         stats = FP32 if path.stream == FP32 else ln_stats
         out += layer_norm_saved_parts(n, v.hidden_size, path.stream, stats)
@@ -473,7 +437,7 @@ def pixel_bytes(v: VisionTower, images: int) -> int:
     return images * v.num_channels * v.image_size**2 * FP32
 
 
-def tower_saved(
+def tower_parts(
     v: VisionTower,
     images: int,
     e: int,
@@ -483,7 +447,7 @@ def tower_saved(
     path: FrozenPath | None = None,
     *,
     ln_stats: int,
-) -> int:
+) -> tuple[int, ...]:
     """What a tower passing gradients keeps, ``images`` images at once: the pixels the
     patch convolution saves (cast to the tower's dtype; for its weight's gradient only),
     CLIP's pre-norm, the layers the projector reads (each whole, or its input alone when
@@ -496,22 +460,9 @@ def tower_saved(
     element of their mean and rstd, dtypes.layer_norm_stats_bytes). ``path``: the
     stream's dtype (FrozenPath; fp32 under autocast over fp32 weights), which the
     checkpoints and the LayerNorms keep (measured, LLaVA LoRA bf16-mixed checkpointed
-    and full bf16-mixed: every such item in fp32)."""
-    return sum(tower_parts(v, images, e, eager, checkpointed, weights, path, ln_stats=ln_stats))
+    and full bf16-mixed: every such item in fp32).
 
-
-def tower_parts(
-    v: VisionTower,
-    images: int,
-    e: int,
-    eager: bool = False,
-    checkpointed: bool = False,
-    weights: bool = True,
-    path: FrozenPath | None = None,
-    *,
-    ln_stats: int,
-) -> tuple[int, ...]:
-    """:func:`tower_saved` as the allocator's requests: CLIP's and SigLIP's LayerNorms
+    As the allocator's requests: CLIP's and SigLIP's LayerNorms
     each as their three tensors (:func:`saved_per_layer_parts`), Pixtral's RMSNorms as
     theirs (vision_pixtral.tower_parts), Qwen-VL's norms theirs (vision_qwen.tower_parts)."""
     if v.qwen:
@@ -537,7 +488,7 @@ def _clip_siglip_parts(
     path: FrozenPath | None,
     ln_stats: int,
 ) -> tuple[int, ...]:
-    """CLIP's and SigLIP's tower (:func:`tower_saved`), tensor by tensor in the forward's
+    """CLIP's and SigLIP's tower (:func:`tower_parts`), tensor by tensor in the forward's
     order: the pixels, CLIP's pre-norm, the layers, SigLIP's post-norm."""
     n = images * v.tower_tokens
     # the convolution keeps the pixels it reads: the batch's fp32 pixel_values themselves,
@@ -559,7 +510,7 @@ def _clip_siglip_parts(
     return tuple(b for b in out if b)
 
 
-def projector_saved(
+def projector_parts(
     v: VisionTower,
     text_hidden: int,
     images: int,
@@ -568,7 +519,7 @@ def projector_saved(
     path: FrozenPath | None = None,
     *,
     ln_stats: int,
-) -> int:
+) -> tuple[int, ...]:
     """What a trained projector keeps (``path``: the stream's dtype, FrozenPath; fp32
     under autocast; the weights' copies: vision_lora.trained_weight_copies):
 
@@ -579,27 +530,30 @@ def projector_saved(
       the multiplication keeps), and the matmul's input cast back to the compute dtype.
       Under a frozen tower its output needs no gradient: only the weights' gradients
       need inputs, the normalised x (for w) and the matmul's input.
-    - Qwen-VL's merger: ftmem.vision_qwen.merger_saved (``ln_stats``: Qwen2-VL's
+    - Qwen-VL's merger: ftmem.vision_qwen.merger_parts (``ln_stats``: Qwen2-VL's
       LayerNorm's mean and rstd, bytes per element).
-    """
+
+    As the allocator's requests, one per tensor (measured on
+    transformers' projector modules, tests/test_vision_projector_requests.py)."""
     if v.qwen:
-        return vision_qwen.merger_saved(v, images, e, tower_trains, ln_stats=ln_stats)
+        return vision_qwen.merger_parts(v, images, e, tower_trains, ln_stats=ln_stats)
     stream = (path or FrozenPath.uniform(e)).stream
     if v.projector == "mistral3":
-        return vision_pixtral.projector_saved(v, text_hidden, images, e, tower_trains, stream)
+        return vision_pixtral.projector_parts(v, text_hidden, images, e, tower_trains, stream)
     H, T = v.hidden_size, text_hidden
     tokens = images * v.tokens_per_image
     if v.projector == "mlp":
         selected = images * (v.patches if v.drop_cls else v.tower_tokens)
-        return selected * H * e + 2 * tokens * T * e
+        return (selected * H * e, tokens * T * e, tokens * T * e)
+    normalised, cast = tokens * H * FP32, tokens * H * e
     if not tower_trains:
-        return tokens * H * FP32 + tokens * H * e
+        return (normalised, cast)
     pooled = images * v.patches * H * stream
-    fp32_input = tokens * H * FP32
-    return pooled + fp32_input + tokens * FP32 + tokens * H * FP32 + H * FP32 + tokens * H * e
+    fp32_input, rstd, one_plus_w = tokens * H * FP32, tokens * FP32, H * FP32
+    return (pooled, fp32_input, rstd, normalised, one_plus_w, cast)
 
 
-def projector_input_grad_saved(
+def projector_input_grad_parts(
     v: VisionTower,
     text_hidden: int,
     images: int,
@@ -607,7 +561,7 @@ def projector_input_grad_saved(
     path: FrozenPath | None = None,
     *,
     ln_stats: int,
-) -> int:
+) -> tuple[int, ...]:
     """A frozen projector that passes its input's gradient to a hooked frozen tower
     (vision_step.input_hooked): its linears keep nothing (a frozen weight's input
     gradient needs only the weight; autocast's weight copies:
@@ -620,19 +574,20 @@ def projector_input_grad_saved(
       (pow's and the product's), rsqrt's output and the fp32 ``1 + weight`` the product
       with the normalised x keeps (not the normalised x: it is for the weight's
       gradient).
-    - Qwen-VL's merger: ftmem.vision_qwen.merger_input_grad_saved.
-    """
+    - Qwen-VL's merger: ftmem.vision_qwen.merger_input_grad_parts.
+
+    As the allocator's requests, one per tensor."""
     if v.qwen:
-        return vision_qwen.merger_input_grad_saved(v, images, e, ln_stats=ln_stats)
+        return vision_qwen.merger_input_grad_parts(v, images, e, ln_stats=ln_stats)
     if v.projector == "mistral3":
-        return vision_pixtral.projector_input_grad_saved(v, text_hidden, images, e)
+        return vision_pixtral.projector_input_grad_parts(v, text_hidden, images, e)
     path = path or FrozenPath.uniform(e)
     H, T = v.hidden_size, text_hidden
     tokens = images * v.tokens_per_image
     if v.projector == "mlp":
-        return tokens * T * path.linear_out
+        return (tokens * T * path.linear_out,)
     pooled = images * v.patches * H * path.stream
-    return pooled + tokens * H * FP32 + tokens * FP32 + H * FP32
+    return (pooled, tokens * H * FP32, tokens * FP32, H * FP32)
 
 
 def frozen_forward(v: VisionTower, images: int, e: int) -> int:

@@ -251,7 +251,7 @@ def groups(arch: Architecture, run: RunConfig, dtypes) -> list:
 
 # where in a tower layer a linear sits (its input needs a gradient from there on):
 # 1 the attention's input projections, 2 its output projection, 3 the MLP's input
-# linears, 4 its output linear (ftmem.vision.input_grad_per_layer's ``start``)
+# linears, 4 its output linear (ftmem.vision.input_grad_parts's ``start``)
 _STAGE = {
     "q_proj": 1, "k_proj": 1, "v_proj": 1, "qkv": 1,
     "out_proj": 2, "o_proj": 2, "proj": 2,
@@ -378,7 +378,7 @@ def unread_held(arch: Architecture, run: RunConfig, dtypes) -> int:
     l.221-246), so it lives to the end of the forward and is freed with the output,
     before backward (no gradient reaches it)."""
     from ftmem.dtypes import BYTES_PER_ELEMENT, layer_norm_stats_bytes
-    from ftmem.vision import input_grad_per_layer
+    from ftmem.vision import input_grad_parts
     from ftmem.vision_step import frozen_path
 
     v = arch.vision
@@ -393,7 +393,7 @@ def unread_held(arch: Architecture, run: RunConfig, dtypes) -> int:
     eager, ln = run.attn == "eager", layer_norm_stats_bytes(run.device, e)
     path = frozen_path(dtypes)
     total = sum(
-        input_grad_per_layer(v, images, e, eager, start if i == layer else 0, path, ln_stats=ln)
+        sum(input_grad_parts(v, images, e, eager, start if i == layer else 0, path, ln_stats=ln))
         for i in range(layer, v.num_layers)
     )
     total += frozen_weight_copies(arch, run, dtypes, unread=True)

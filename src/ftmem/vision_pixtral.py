@@ -94,21 +94,16 @@ def projector_params(v: VisionTower, text_hidden: int) -> list[VisionParam]:
     return out
 
 
-def _rms_saved(
+def _rms_parts(
     n: int, width: int, e: int, input_grad: bool = True, stream: int | None = None
-) -> int:
+) -> tuple[int, ...]:
     """PixtralRMSNorm / Mistral3RMSNorm (fp32 steps, modeling_pixtral.py lines 250-255):
     the input cast to fp32 that pow and the first mul keep, rsqrt's output, and the
     normalised x cast back (to the input's dtype, ``stream``: default ``e``; fp32 under
     autocast, where the fp32 stream is the input) that the weight's mul keeps; with no
-    gradient for its input, only that last one."""
-    return sum(_rms_parts(n, width, e, input_grad, stream))
+    gradient for its input, only that last one.
 
-
-def _rms_parts(
-    n: int, width: int, e: int, input_grad: bool = True, stream: int | None = None
-) -> tuple[int, ...]:
-    """:func:`_rms_saved` as the allocator's requests, one per tensor: the fp32 input,
+    As the allocator's requests, one per tensor: the fp32 input,
     the rstd (one fp32 value a row) and the cast back (measured on PixtralRMSNorm,
     tests/test_vision_norm_requests.py)."""
     cast = n * width * (stream or e)
@@ -126,12 +121,12 @@ def rotary_tables(v: VisionTower, images: int, e: int) -> int:
     return 2 * images * v.patches * (v.hidden_size // v.num_heads) * e
 
 
-def saved_per_layer(
+def saved_per_layer_parts(
     v: VisionTower, images: int, e: int, eager: bool, stream: int | None = None
-) -> int:
+) -> tuple[int, ...]:
     """One trained PixtralAttentionLayer (modeling_pixtral.py lines 269-299), n patches:
 
-    - attention_norm and ffn_norm: each _rms_saved and its output, the next linears'
+    - attention_norm and ffn_norm: each _rms_parts and its output, the next linears'
       shared input (n H e);
     - sdpa: the rotated q and k, v and the kernel's output (4 n H e; o_proj reads that
       output, reshaped without a copy), the fp32 logsumexp (n · heads · 4); the mask
@@ -143,19 +138,13 @@ def saved_per_layer(
     - the SwiGLU feed_forward: the activation's input, its output, up's output and their
       product (down's input): 4 n I e.
 
-    Under autocast over fp32 weights (``stream`` fp32: lora_tower_saved) the norms keep
+    Under autocast over fp32 weights (``stream`` fp32: lora_tower_parts) the norms keep
     the normalised x in fp32 and their outputs are fp32, which autocast casts for each
     linear reading them (no cache for a non-leaf: aten autocast_mode.h cached_cast): q,
     k and v keep three 16-bit casts, gate and up two (measured, the tiny Mistral 3 full
     bf16-mixed); the weights' copies: vision_lora.trained_weight_copies.
-    """
-    return sum(saved_per_layer_parts(v, images, e, eager, stream))
 
-
-def saved_per_layer_parts(
-    v: VisionTower, images: int, e: int, eager: bool, stream: int | None = None
-) -> tuple[int, ...]:
-    """:func:`saved_per_layer` as the allocator's requests, in the layer's order: each
+    As the allocator's requests, in the layer's order: each
     RMSNorm's tensors apart (:func:`_rms_parts`), the attention's items (the linears'
     inputs and the kernel's) and the MLP's (its linears' inputs, the SwiGLU's) each one
     request of their sum."""
@@ -173,7 +162,7 @@ def saved_per_layer_parts(
     return (*norm, attention_reads * n * H * e + attention, *norm, mlp)
 
 
-def tower_saved(
+def tower_parts(
     v: VisionTower,
     images: int,
     e: int,
@@ -181,7 +170,7 @@ def tower_saved(
     checkpointed: bool = False,
     weights: bool = True,
     stream: int | None = None,
-) -> int:
+) -> tuple[int, ...]:
     """A trained tower: the pixels patch_conv keeps (cast to the tower's dtype, lines 415-416),
     ln_pre (its output is layer 0's input, counted there), cos and sin, sdpa's mask
     (every layer's node keeps the same tensor; eager adds it to the logits and keeps
@@ -200,23 +189,12 @@ def tower_saved(
     keeps the weight alone).
 
     ``stream``: the residual stream's bytes per element (default ``e``; fp32 under
-    autocast over fp32 weights: lora_tower_saved). Checkpointed, the layers' inputs and
+    autocast over fp32 weights: lora_tower_parts). Checkpointed, the layers' inputs and
     the mask are kept in it; otherwise cos and sin are, and each layer's sdpa keeps its
     own 16-bit cast of the mask (measured, full and LoRA bf16-mixed, checkpointed or
-    not)."""
-    return sum(tower_parts(v, images, e, eager, checkpointed, weights, stream))
+    not).
 
-
-def tower_parts(
-    v: VisionTower,
-    images: int,
-    e: int,
-    eager: bool,
-    checkpointed: bool = False,
-    weights: bool = True,
-    stream: int | None = None,
-) -> tuple[int, ...]:
-    """:func:`tower_saved` as the allocator's requests: the pixels, ln_pre's tensors
+    As the allocator's requests: the pixels, ln_pre's tensors
     apart, the rotary tables and masks, then layer by layer (:func:`saved_per_layer_parts`;
     checkpointed, each layer's input)."""
     n, H = images * v.patches, v.hidden_size
@@ -241,17 +219,17 @@ def tower_parts(
     return tuple(b for b in out if b)
 
 
-def lora_tower_saved(
+def lora_tower_parts(
     v: VisionTower,
     images: int,
     e: int,
     eager: bool,
     first: tuple[int, int],
     path: FrozenPath | None = None,
-) -> int:
+) -> tuple[int, ...]:
     """A frozen tower whose linears carry LoRA (ftmem.vision_lora), from the lowest
     adapted linear (``first``: its layer and part, 1 q/k/v, 2 o_proj, 3 gate/up, 4 down)
-    up: per layer as :func:`saved_per_layer` without what only the frozen weights'
+    up: per layer as :func:`saved_per_layer_parts` without what only the frozen weights'
     gradients need (the norms' casts back and outputs, the SwiGLU product): the norms'
     fp32 input and rsqrt, sdpa's items (eager: no o_proj copy), SiLU's input and output
     and up's output (3 n I e); and, shared, cos and sin and sdpa's mask.
@@ -264,19 +242,9 @@ def lora_tower_saved(
     fp32. The rotary's muls keep the fp32 tables; autocast casts sdpa's fp32 mask to the
     16-bit dtype at every call (no cache for a tensor needing no gradient: aten
     autocast_mode.h cached_cast), so each layer's node keeps its own cast (n² e) and none
-    keeps the fp32 mask (measured: tests/accuracy/cases.py _tower_autocast)."""
-    return sum(lora_tower_parts(v, images, e, eager, first, path))
+    keeps the fp32 mask (measured: tests/accuracy/cases.py _tower_autocast).
 
-
-def lora_tower_parts(
-    v: VisionTower,
-    images: int,
-    e: int,
-    eager: bool,
-    first: tuple[int, int],
-    path: FrozenPath | None = None,
-) -> tuple[int, ...]:
-    """:func:`lora_tower_saved` as the allocator's requests: cos and sin, the masks, then
+    As the allocator's requests: cos and sin, the masks, then
     layer by layer each RMSNorm's fp32 input and rsqrt apart (:func:`_rms_parts`), the
     attention's and the SwiGLU's items one request each."""
     from ftmem.vision import FrozenPath  # (ftmem.vision imports this module)
@@ -299,25 +267,29 @@ def lora_tower_parts(
     return tuple(out)
 
 
-def projector_saved(
+def projector_parts(
     v: VisionTower,
     text_hidden: int,
     images: int,
     e: int,
     tower_trains: bool,
     stream: int | None = None,
-) -> int:
+) -> tuple[int, ...]:
     """The trained projector (modeling_mistral3.py lines 84-133): its norm (its input's
     fp32 cast and rsqrt only when the tower trains; the normalised x in the ``stream``'s
-    dtype, fp32 under autocast: :func:`_rms_saved`), the patch merger's linear input
+    dtype, fp32 under autocast: :func:`_rms_parts`), the patch merger's linear input
     (the unfolded rows concatenated: n H e in all; unfold's backward needs nothing),
     linear_1's input (tokens × H), the GELU's input and linear_2's input (tokens × T
-    each)."""
+    each).
+
+    As the allocator's requests, one per tensor (measured on
+    transformers' Mistral3MultiModalProjector, tests/test_vision_projector_requests.py)."""
     n = images * v.patches
     tokens = images * features_per_image(v)
     H = v.hidden_size
-    norm = _rms_saved(n, H, e, input_grad=tower_trains, stream=stream)
-    return norm + n * H * e + tokens * H * e + 2 * tokens * text_hidden * e
+    norm = _rms_parts(n, H, e, input_grad=tower_trains, stream=stream)
+    linears = (tokens * text_hidden * e, tokens * text_hidden * e)
+    return (*norm, n * H * e, tokens * H * e, *linears)
 
 
 def layer_backward(v: VisionTower, images: int, e: int, eager: bool, weights: bool) -> int:
@@ -336,7 +308,7 @@ def layer_backward(v: VisionTower, images: int, e: int, eager: bool, weights: bo
     checkpoint keeps: not rebuilt.
     """
     H, n, I = v.hidden_size, images * v.patches, v.intermediate_size
-    norm = _rms_saved(n, H, e) + n * H * e if weights else n * H * FP32 + n * FP32
+    norm = sum(_rms_parts(n, H, e)) + n * H * e if weights else n * H * FP32 + n * FP32
     probs = v.num_heads * n * n
     if eager:
         attention = 3 * n * H * e + probs * FP32 + (n * H * e if weights else 0)
@@ -350,14 +322,18 @@ def layer_backward(v: VisionTower, images: int, e: int, eager: bool, weights: bo
     return max(whole + 3 * n * I * e, in_softmax)
 
 
-def projector_input_grad_saved(v: VisionTower, text_hidden: int, images: int, e: int) -> int:
+def projector_input_grad_parts(
+    v: VisionTower, text_hidden: int, images: int, e: int
+) -> tuple[int, ...]:
     """The frozen projector passing its input's gradient to a hooked frozen tower: its
     RMSNorm the fp32 input and rsqrt's output (its frozen weight's mul keeps the weight
     alone), the GELU's input (tokens × T); the patch merger's view, permute, unfold and
-    cat keep nothing, and the frozen linears need only their weights."""
+    cat keep nothing, and the frozen linears need only their weights.
+
+    As the allocator's requests, one per tensor."""
     n = images * v.patches
     tokens = images * features_per_image(v)
-    return n * v.hidden_size * FP32 + n * FP32 + tokens * text_hidden * e
+    return (n * v.hidden_size * FP32, n * FP32, tokens * text_hidden * e)
 
 
 def frozen_forward(v: VisionTower, images: int, e: int) -> int:

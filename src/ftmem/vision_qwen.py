@@ -147,20 +147,17 @@ def _attention_saved(v: VisionTower, images: int, e: int, eager: bool, full: boo
     return 6 * n * H * e + probs * FP32 + (probs * e if e != FP32 else 0)
 
 
-def _norm_saved(v: VisionTower, n: int, e: int, ln_stats: int, input_grad: bool = True) -> int:
+def _norm_parts(
+    v: VisionTower, n: int, e: int, ln_stats: int, input_grad: bool = True
+) -> tuple[int, ...]:
     """A block norm (its output, the next linear's input, counted by the caller).
     LayerNorm: its input and its mean and rstd (``ln_stats`` bytes each per row:
     dtypes.layer_norm_stats_bytes). Qwen2.5-VL's RMSNorm (fp32 steps):
     the input cast to fp32 (pow and mul keep it), rsqrt's output and the normalised x
     cast back that the weight's multiplication keeps; with no gradient for its input only
-    that last one."""
-    return sum(_norm_parts(v, n, e, ln_stats, input_grad))
+    that last one.
 
-
-def _norm_parts(
-    v: VisionTower, n: int, e: int, ln_stats: int, input_grad: bool = True
-) -> tuple[int, ...]:
-    """:func:`_norm_saved` as the allocator's requests, one per tensor: the LayerNorm's
+    As the allocator's requests, one per tensor: the LayerNorm's
     input, mean and rstd; the RMSNorm's fp32 input, rstd and cast back (measured on
     transformers' modules: tests/test_vision_norm_requests.py)."""
     H = v.hidden_size
@@ -169,30 +166,6 @@ def _norm_parts(
     if not input_grad:
         return (n * H * e,)
     return (n * H * FP32, n * FP32, n * H * e)
-
-
-def saved_per_layer(
-    v: VisionTower,
-    images: int,
-    e: int,
-    eager: bool,
-    full: bool,
-    autocast: bool = False,
-    *,
-    ln_stats: int,
-) -> int:
-    """One trained block: two norms and their outputs (qkv's and the MLP's input),
-    attention, and the MLP: SwiGLU keeps the SiLU's input and output, up's output and
-    their product (4 n I e), QuickGELU ``x * sigmoid(1.702 x)`` its input and the sigmoid
-    and fc2 its output (3 n I e).
-
-    ``autocast`` over fp32 weights: the stream stays 16-bit (no fp32 addend), but
-    Qwen2.5-VL's RMSNorm returns its fp32 weight times the 16-bit normalised input, an
-    fp32 output (transformers 5.25 qwen2_5_vl/modeling_qwen2_5_vl.py l.79), that gate and
-    up each cast for themselves (l.96; no cache for a non-leaf: aten autocast_mode.h
-    cached_cast): one more n H e (measured, the tiny Qwen2.5-VL full bf16-mixed); qkv is
-    one linear. The weights' copies: vision_lora.trained_weight_copies."""
-    return sum(saved_per_layer_parts(v, images, e, eager, full, autocast, ln_stats=ln_stats))
 
 
 def saved_per_layer_parts(
@@ -205,7 +178,19 @@ def saved_per_layer_parts(
     *,
     ln_stats: int,
 ) -> tuple[int, ...]:
-    """:func:`saved_per_layer` as the allocator's requests, in the block's order: each
+    """One trained block: two norms and their outputs (qkv's and the MLP's input),
+    attention, and the MLP: SwiGLU keeps the SiLU's input and output, up's output and
+    their product (4 n I e), QuickGELU ``x * sigmoid(1.702 x)`` its input and the sigmoid
+    and fc2 its output (3 n I e).
+
+    ``autocast`` over fp32 weights: the stream stays 16-bit (no fp32 addend), but
+    Qwen2.5-VL's RMSNorm returns its fp32 weight times the 16-bit normalised input, an
+    fp32 output (transformers 5.25 qwen2_5_vl/modeling_qwen2_5_vl.py l.79), that gate and
+    up each cast for themselves (l.96; no cache for a non-leaf: aten autocast_mode.h
+    cached_cast): one more n H e (measured, the tiny Qwen2.5-VL full bf16-mixed); qkv is
+    one linear. The weights' copies: vision_lora.trained_weight_copies.
+
+    As the allocator's requests, in the block's order: each
     norm's tensors apart (:func:`_norm_parts`), the attention's items (qkv's input, the
     kernel's) and the MLP's (its input, or gate's and up's casts, and the activation's)
     each one request of their sum."""
@@ -217,30 +202,18 @@ def saved_per_layer_parts(
     return (*norm, attention, *norm, mlp_reads * n * H * e + mlp)
 
 
-def input_grad_per_layer(
-    v: VisionTower,
-    images: int,
-    e: int,
-    eager: bool,
-    full: bool,
-    start: int = 0,
-    *,
-    ln_stats: int,
-) -> int:
-    """One frozen block that gradients pass through (LoRA on the tower:
-    ftmem.vision_lora), its parts from ``start`` on (0: the block's input, 1: qkv, 2:
-    proj, 3: the MLP's input linears, 4: its output linear): as :func:`saved_per_layer`
-    without what only the frozen weights' gradients need (the norms' outputs, proj's
-    input, the MLP output linear's input): the norms for their input, attention's items
-    but proj's input, SwiGLU's SiLU input and output and up's output (3 n I e),
-    QuickGELU's input and sigmoid (2 n I e)."""
-    return sum(_input_grad_parts(v, images, e, eager, full, start, ln_stats))
-
-
 def _input_grad_parts(
     v: VisionTower, images: int, e: int, eager: bool, full: bool, start: int, ln_stats: int
 ) -> tuple[int, ...]:
-    """:func:`input_grad_per_layer` as the allocator's requests: each norm's tensors
+    """One frozen block that gradients pass through (LoRA on the tower:
+    ftmem.vision_lora), its parts from ``start`` on (0: the block's input, 1: qkv, 2:
+    proj, 3: the MLP's input linears, 4: its output linear): as :func:`saved_per_layer_parts`
+    without what only the frozen weights' gradients need (the norms' outputs, proj's
+    input, the MLP output linear's input): the norms for their input, attention's items
+    but proj's input, SwiGLU's SiLU input and output and up's output (3 n I e),
+    QuickGELU's input and sigmoid (2 n I e).
+
+    As the allocator's requests: each norm's tensors
     apart (the RMSNorm's cast back left out: it is for the frozen weight's gradient), the
     attention's and the MLP's items one request each."""
     n = images * v.patches
@@ -255,20 +228,15 @@ def _input_grad_parts(
     return tuple(b for group in groups[start:] for b in group)
 
 
-def lora_tower_saved(
-    v: VisionTower, images: int, e: int, eager: bool, first: tuple[int, int], *, ln_stats: int
-) -> int:
-    """A frozen tower whose linears carry LoRA, not checkpointed: the rotary's cos and
-    sin (kept by the first rotation of a q needing a gradient) and the blocks from the
-    lowest adapted linear (``first``: its block and part) up; the patch embeddings need
-    no gradient, so Qwen2.5-VL's window-order gather keeps no index."""
-    return sum(lora_tower_parts(v, images, e, eager, first, ln_stats=ln_stats))
-
-
 def lora_tower_parts(
     v: VisionTower, images: int, e: int, eager: bool, first: tuple[int, int], *, ln_stats: int
 ) -> tuple[int, ...]:
-    """:func:`lora_tower_saved` as the allocator's requests, block by block."""
+    """A frozen tower whose linears carry LoRA, not checkpointed: the rotary's cos and
+    sin (kept by the first rotation of a q needing a gradient) and the blocks from the
+    lowest adapted linear (``first``: its block and part) up; the patch embeddings need
+    no gradient, so Qwen2.5-VL's window-order gather keeps no index.
+
+    As the allocator's requests, block by block."""
     layer, start = first
     out = [rotary_tables(v, images) if layer < v.num_layers - 1 or start <= 1 else 0]
     for i in range(layer, v.num_layers):
@@ -299,7 +267,7 @@ def tower_saved(
     *,
     ln_stats: int,
 ) -> int:
-    """A trained tower (``autocast``: :func:`saved_per_layer`): the pixels the Conv3d keeps (cast to the tower's dtype), the 2-D
+    """A trained tower (``autocast``: :func:`saved_per_layer_parts`): the pixels the Conv3d keeps (cast to the tower's dtype), the 2-D
     rotary's cos and sin (fp32, n × head_dim each, one pair shared by every block), and
     each block whole, or its input alone when checkpointed (the blocks are
     GradientCheckpointingLayers; cos and sin are then the checkpoint's arguments, not
@@ -342,28 +310,42 @@ def tower_parts(
     return tuple(b for b in out if b)
 
 
-def merger_saved(v: VisionTower, images: int, e: int, tower_trains: bool, *, ln_stats: int) -> int:
+def merger_parts(
+    v: VisionTower, images: int, e: int, tower_trains: bool, *, ln_stats: int
+) -> tuple[int, ...]:
     """The trained merger: ln_q (as a block's norm), its output that the first linear
     keeps, the GELU's input and output (n/4 rows of 4H: n H e each); Qwen2.5-VL's
-    return to image order keeps its int64 index."""
+    return to image order keeps its int64 index.
+
+    As the allocator's requests, one per tensor (measured on
+    transformers' PatchMerger modules, tests/test_vision_projector_requests.py)."""
     n = images * v.patches
     H = v.hidden_size
-    total = _norm_saved(v, n, e, ln_stats, input_grad=tower_trains) + 3 * n * H * e
-    if v.encoder == "qwen2_5_vl":
-        total += n // v.merge_size**2 * 8
-    return total
+    norm = _norm_parts(v, n, e, ln_stats, input_grad=tower_trains)
+    return (*norm, n * H * e, n * H * e, n * H * e, *_image_order_index(v, n))
 
 
-def merger_input_grad_saved(v: VisionTower, images: int, e: int, *, ln_stats: int) -> int:
+def merger_input_grad_parts(
+    v: VisionTower, images: int, e: int, *, ln_stats: int
+) -> tuple[int, ...]:
     """A frozen merger passing its input's gradient to a hooked frozen tower: ln_q for its
     input alone (LayerNorm: its input, mean and rstd; RMSNorm: the fp32 input and
     rsqrt's output), the GELU's input (n/4 rows of 4H), and Qwen2.5-VL's return to image
-    order its int64 index; the frozen linears keep nothing."""
+    order its int64 index; the frozen linears keep nothing.
+
+    As the allocator's requests, one per tensor."""
     n = images * v.patches
     H = v.hidden_size
-    norm = n * H * e + 2 * n * ln_stats if v.encoder == "qwen2_vl" else n * H * FP32 + n * FP32
-    index = n // v.merge_size**2 * 8 if v.encoder == "qwen2_5_vl" else 0
-    return norm + n * H * e + index
+    if v.encoder == "qwen2_vl":
+        norm: tuple[int, ...] = layer_norm_saved_parts(n, H, e, ln_stats)
+    else:
+        norm = (n * H * FP32, n * FP32)
+    return (*norm, n * H * e, *_image_order_index(v, n))
+
+
+def _image_order_index(v: VisionTower, n: int) -> tuple[int, ...]:
+    """Qwen2.5-VL's window order undone after the merger: its int64 index (n/4 rows)."""
+    return (n // v.merge_size**2 * 8,) if v.encoder == "qwen2_5_vl" else ()
 
 
 def frozen_forward(v: VisionTower, images: int, e: int) -> int:

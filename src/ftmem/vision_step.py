@@ -24,9 +24,9 @@ from ftmem.vision import (
     linear_modules,
     param_kind,
     pixel_bytes,
-    projector_input_grad_saved,
+    projector_input_grad_parts,
     projector_params,
-    projector_saved,
+    projector_parts,
     stored_format,
     tower_params,
     tower_parts,
@@ -208,11 +208,11 @@ def saved(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[Saved]:
         out.append(Saved("vision LoRA adapters (their inputs, lora_A outputs)", kept))
     tower_grads = trains.tower or hooked or first is not None
     if trains.projector:
-        kept = projector_saved(v, arch.hidden_size, images, e, tower_grads, path, ln_stats=ln)
-        out.append(Saved("vision projector (trained)", kept))
+        parts = projector_parts(v, arch.hidden_size, images, e, tower_grads, path, ln_stats=ln)
+        out.append(_tower_item("vision projector (trained)", parts))
     elif hooked or adapted:
-        kept = projector_input_grad_saved(v, arch.hidden_size, images, e, path, ln_stats=ln)
-        out.append(Saved("vision projector (frozen, input gradients)", kept))
+        parts = projector_input_grad_parts(v, arch.hidden_size, images, e, path, ln_stats=ln)
+        out.append(_tower_item("vision projector (frozen, input gradients)", parts))
     copies = vision_lora.frozen_weight_copies(arch, run, dtypes)
     copies += vision_lora.trained_weight_copies(arch, run, dtypes)
     if copies:
@@ -230,7 +230,8 @@ def frozen_path(dtypes: Dtypes) -> FrozenPath:
 
 
 def _tower_item(what: str, parts: tuple[int, ...]) -> Saved:
-    """The tower's saved tensors as one item whose parts are the allocator's requests."""
+    """The tower's (or projector's) saved tensors as one item whose parts are the
+    allocator's requests."""
     return Saved(what, sum(parts), parts=parts if len(parts) > 1 else ())
 
 
@@ -385,12 +386,12 @@ def pixel_input(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
         qwen += run.batch_size * run.seq_len * 8
     if run.grad_ckpt and (training(arch, run).tower or input_hooked(arch, run)):
         # checkpointed layers keep the rotary's cos and sin as their checkpoint's
-        # arguments (ftmem.vision_qwen.tower_saved, ftmem.vision_pixtral.tower_saved),
+        # arguments (ftmem.vision_qwen.tower_saved, ftmem.vision_pixtral.tower_parts),
         # through backward (the tower trained, or frozen and hooked: input_hooked)
         if v.qwen:
             qwen += vision_qwen.rotary_tables(v, images_per_step(run))
         elif v.encoder == "pixtral":
-            # (in the stream's dtype: fp32 under autocast, vision_pixtral.lora_tower_saved)
+            # (in the stream's dtype: fp32 under autocast, vision_pixtral.lora_tower_parts)
             stream = frozen_path(dtypes).stream
             qwen += vision_pixtral.rotary_tables(v, images_per_step(run), stream)
     if training(arch, run).tower and BYTES_PER_ELEMENT[dtypes.compute] == FP32:

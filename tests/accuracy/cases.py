@@ -71,6 +71,7 @@ def _matrix() -> list[Case]:
         *_quantised_and_states(),
         *_paged_optimizers(),
         *_peft_methods(),
+        *_adalora(),
         *_optimizers_and_lora_variants(),
         *_losses_offload_partial(),
         *_chunked_head(),
@@ -965,7 +966,14 @@ def _paged_optimizers() -> list[Case]:
     managed memory (tests/test_paged_optimizer.py)."""
     return [
         Case("llama", {"method": m, "precision": "bf16", "optimizer": opt}, WIDER)
-        for opt in ("paged-adamw", "paged-adamw-8bit", "paged-lion", "paged-lion-8bit")
+        for opt in (
+            "paged-adamw",
+            "paged-adamw-8bit",
+            "paged-lion",
+            "paged-lion-8bit",
+            "lion-32bit",
+            "lion-8bit",
+        )
         for m in ("full", "lora")
     ]
 
@@ -1079,6 +1087,32 @@ def _lycoris() -> list[Case]:
 
 # LoHa's out × in temporaries outweigh the activations of 8 tokens
 WIDER_STILL = {"hidden_size": 256, "intermediate_size": 512}
+
+
+def _adalora() -> list[Case]:
+    """peft's AdaLoRA (SVDLinear, the orthogonal regulariser in the loss, the rank
+    allocator's update after the step): its three precision regimes, every linear, GPT-2's
+    Conv1D, dropout with checkpointing, a 16-bit adapter and a trained head copy."""
+    settings = (
+        ("llama", {"precision": "bf16"}),
+        ("llama", {"precision": "fp32"}),
+        ("llama", {"precision": "bf16-mixed"}),
+        ("llama", {"precision": "bf16", "lora_targets": "all-linear", "lora_r": 4}),
+        ("llama", {"precision": "bf16", "adapter_dtype": "bf16"}),
+        (
+            "llama",
+            {
+                "precision": "bf16",
+                "lora_r": 6,
+                "adalora_target_r": 2,
+                "lora_modules_to_save": "head",
+            },
+        ),
+        ("gpt2", {"precision": "bf16"}),
+        ("qwen2", {"precision": "bf16", "lora_dropout": 0.1, "grad_ckpt": True}),
+        ("mistral", {"precision": "bf16-mixed", "grad_ckpt": True}),
+    )
+    return [Case(family, {"method": "adalora", **extra}) for family, extra in settings]
 
 
 def _peft_methods() -> list[Case]:

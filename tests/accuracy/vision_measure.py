@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ftmem.dtypes import layer_norm_stats_bytes
-from ftmem.vision import VisionTower, projector_saved, tower_saved
+from ftmem.vision import VisionTower, projector_parts, tower_parts
 
 
 def cpu_ln(e: int) -> int:
@@ -32,10 +32,12 @@ def estimated_saved(
     projector's alone when the tower is frozen (its forward then keeps nothing: the pixels
     need no gradient and its weights are frozen)."""
     if not tower_trains:
-        return projector_saved(v, text_hidden, images, e, tower_trains=False, ln_stats=cpu_ln(e))
+        return sum(
+            projector_parts(v, text_hidden, images, e, tower_trains=False, ln_stats=cpu_ln(e))
+        )
     eager = attn == "eager"
-    return tower_saved(v, images, e, eager, ln_stats=cpu_ln(e)) + projector_saved(
-        v, text_hidden, images, e, ln_stats=cpu_ln(e)
+    return sum(tower_parts(v, images, e, eager, ln_stats=cpu_ln(e))) + sum(
+        projector_parts(v, text_hidden, images, e, ln_stats=cpu_ln(e))
     )
 
 

@@ -5,6 +5,7 @@ what LitGPT's LoRA on its fused qkv keeps besides (its zero-padded lora_B output
 
 from __future__ import annotations
 
+from ftmem.adapters.adalora import AdaLoRA
 from ftmem.adapters.dora import DoRA
 from ftmem.arch import Architecture, Linear
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -73,6 +74,8 @@ class LoRA:
         out.append(Saved(f"{lin.label} lora_A output (r={r})", T * r * a_out, Kind.LORA, side, own))
         if ctx.run.method == "dora":
             out += DoRA.saved(ctx, lin, side, T, peft_casts, in_grad)
+        elif ctx.run.method == "adalora":
+            out += AdaLoRA.saved(ctx, lin, side, T, in_grad)
         if dt.autocast:
             copies = r * lin.out_features + (r * in_features if in_grad else 0)
             what = f"{lin.label} lora 16-bit weight copies"
@@ -117,6 +120,8 @@ class LoRA:
         base_e, lora_e = output_bytes(plan, e)
         if no_sum:
             return T * lin.out_features * base_e
+        if run.method == "adalora":
+            return AdaLoRA.forward_transient(plan, lin, base_e, lora_e, T)
         if peft_gptq_adds_in_place(run) and lin.quantizable and lin.is_module:
             return T * lin.out_features * LoRA.in_place_sum_bytes(plan, base_e, lora_e)
         sum_e = max(base_e, lora_e)

@@ -449,6 +449,12 @@ RUN = [
         "--lokr-decompose-both/--no-lokr-decompose-both",
     ),
     _opt(
+        "adalora_target_r",
+        OptInt,
+        None,
+        "adalora: average rank the allocator prunes to (default 8; --lora-r is init_r).",
+    ),
+    _opt(
         "virtual_tokens", OptInt, None, "prompt / prefix / P-tuning: virtual tokens (default 20)."
     ),
     _opt(
@@ -546,6 +552,15 @@ SPREAD = [
         Optional[Offload],  # noqa: UP045
         None,
         "Where optimizer states live (ZeRO / FSDP).",
+        panel=MULTI,
+    ),
+    _opt(
+        "zero_force_ds_cpu_optimizer",
+        OptBool,
+        None,
+        "DeepSpeed's zero_force_ds_cpu_optimizer (default on): off lets a bitsandbytes or "
+        "torchao optimizer step the offloaded states on the CPU (--offload-optimizer).",
+        "--zero-force-ds-cpu-optimizer/--no-zero-force-ds-cpu-optimizer",
         panel=MULTI,
     ),
     _opt(

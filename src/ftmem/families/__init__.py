@@ -212,8 +212,9 @@ class Family:
     own_loss: Literal["shifted"] | None = None
     # transformers releases whose causal LM computes its own loss rather than the shared
     # ForCausalLMLoss, and which of ftmem's losses that is (ftmem.versions.model_own_loss:
-    # GPT-2's shifted 16-bit copy, Granite's upcast-shifted loss in 4.46-4.48); empty: the
-    # shared loss wherever the run's release has one.
+    # GPT-2's shifted 16-bit copy before 4.48.3, Granite's and Mistral's upcast-shifted
+    # loss in 4.46-4.47); empty: the shared loss wherever the run's release has one (and
+    # before 4.46 the upcast-shifted loss, --loss upcast-shifted).
     own_loss_releases: tuple[tuple[Releases, Literal["shifted", "upcast-shifted"]], ...] = ()
     # The q/k norms span the whole projection (OLMo 2), not one head each.
     qk_norm_per_head: bool = True

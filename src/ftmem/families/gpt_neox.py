@@ -21,7 +21,7 @@ from ftmem.families._config import (
     rotary_dim,
     word,
 )
-from ftmem.versions import GPT_NEOX_SDPA_CONTIGUOUS, OWN_SHIFTED_LOSS
+from ftmem.versions import GPT_NEOX_OWN_SHIFTED_LOSS, GPT_NEOX_SDPA_CONTIGUOUS
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -89,5 +89,5 @@ FAMILY = Family(
     # hidden_dropout acts on the embeddings and on both branches' outputs
     dropout_keys={"residual_dropout": "hidden_dropout", "embedding_dropout": "hidden_dropout"},
     sdpa_contiguous_releases=GPT_NEOX_SDPA_CONTIGUOUS,
-    own_loss_releases=((OWN_SHIFTED_LOSS, "shifted"),),
+    own_loss_releases=((GPT_NEOX_OWN_SHIFTED_LOSS, "shifted"),),
 )

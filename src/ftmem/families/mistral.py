@@ -5,6 +5,7 @@ from ftmem.families._config import LlamaKeys, every_layer
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 from ftmem.ops.nograd_requests import llama_block_forward
 from ftmem.versions import (
+    MISTRAL_OWN_UPCAST_LOSS,
     MISTRAL_ROTARY_CACHE,
     MISTRAL_ROTARY_PER_LAYER,
     TRANSFORMERS_SDPA_CONTIGUOUS,
@@ -28,4 +29,5 @@ FAMILY = Family(
     rotary_cache_releases=MISTRAL_ROTARY_CACHE,
     rotary_per_layer_releases=MISTRAL_ROTARY_PER_LAYER,
     sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
+    own_loss_releases=((MISTRAL_OWN_UPCAST_LOSS, "upcast-shifted"),),
 )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys, flag, rotary_dim
 from ftmem.families._llama import LLAMA_NAMES, llama_map
-from ftmem.versions import QWEN2_ROTARY_CACHE, QWEN2_ROTARY_PER_LAYER
+from ftmem.versions import OWN_SHIFTED_LOSS, QWEN2_ROTARY_CACHE, QWEN2_ROTARY_PER_LAYER
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -68,4 +68,5 @@ FAMILY = Family(
     qk_norm_names=("q_layernorm", "k_layernorm"),
     rotary_cache_releases=QWEN2_ROTARY_CACHE,
     rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
+    own_loss_releases=((OWN_SHIFTED_LOSS, "shifted"),),
 )

@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING
 from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys, every_layer, flag
 from ftmem.families._llama import LLAMA_NAMES, llama_map
-from ftmem.versions import QWEN2_ROTARY_CACHE, QWEN2_ROTARY_PER_LAYER, TRANSFORMERS_SDPA_CONTIGUOUS
+from ftmem.versions import (
+    QWEN2_ROTARY_CACHE,
+    QWEN2_ROTARY_PER_LAYER,
+    STARCODER2_OWN_UPCAST_LOSS,
+    TRANSFORMERS_SDPA_CONTIGUOUS,
+)
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
@@ -47,4 +52,5 @@ FAMILY = Family(
     rotary_cache_releases=QWEN2_ROTARY_CACHE,
     rotary_per_layer_releases=QWEN2_ROTARY_PER_LAYER,
     sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
+    own_loss_releases=((STARCODER2_OWN_UPCAST_LOSS, "upcast-shifted"),),
 )

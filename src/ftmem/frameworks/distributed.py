@@ -53,6 +53,11 @@ def _deepspeed_config(ds: Keys, cfg: FrameworkConfig) -> None:
         device = offload.choice("device", OFFLOAD_DEVICES)
         if device in ("cpu", "nvme"):
             cfg.settings[setting] = device
+    # DeepSpeed's check of a client optimizer under ZeRO-Offload (ftmem.paged_ranks
+    # check_zero_offload); only its false changes what ftmem does
+    forced = ds.raw("zero_force_ds_cpu_optimizer") is None
+    if not forced and not ds.flag("zero_force_ds_cpu_optimizer"):
+        cfg.settings["zero_force_ds_cpu_optimizer"] = False
     autotp = ds.section("tensor_parallel").integer("autotp_size")
     if autotp is not None and autotp > 1:
         cfg.notes.append(
@@ -409,7 +414,7 @@ ACCELERATE_NO_EFFECT = frozenset(
         "num_cpu_threads_per_process",
     }
 )
-DEEPSPEED_KEYS = frozenset({"zero_optimization", "tensor_parallel"})
+DEEPSPEED_KEYS = frozenset({"zero_optimization", "tensor_parallel", "zero_force_ds_cpu_optimizer"})
 # HF Trainer fills these "auto" values from the training config
 # (transformers integrations/deepspeed.py HfTrainerDeepSpeedConfig.trainer_config_process)
 DEEPSPEED_NO_EFFECT = frozenset(

@@ -14,9 +14,9 @@ from typing import Any
 from ftmem.errors import ConfigError, InvalidInputError
 from ftmem.filekeys import Keys
 from ftmem.frameworks.shared import (
-    BNB_CLASSES,
     FrameworkConfig,
     assume,
+    bnb_class,
     lora_numbers,
     torchao_optimizer,
 )
@@ -307,8 +307,8 @@ def _optimizer(k: Keys, cfg: FrameworkConfig) -> None:
             s["optimizer_impl"] = "fused"
     elif leaf == "SGD":
         s["optimizer"] = "sgd-momentum" if init.number("momentum") else "sgd"
-    elif leaf in BNB_CLASSES:
-        s["optimizer"] = BNB_CLASSES[leaf]
+    elif bnb := bnb_class(name):
+        s["optimizer"] = bnb
     else:
         cfg.notes.append(f"optimizer {name} is not modelled; the estimate assumes AdamW.")
 

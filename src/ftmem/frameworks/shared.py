@@ -124,9 +124,11 @@ HF_OPTIMIZERS = {
     "paged_adamw_32bit": ("paged-adamw", None),
     "adafactor": ("adafactor", None),
     "sgd": ("sgd", None),
-    "lion_32bit": ("lion", None),
     # bitsandbytes' Lion with optim_bits 32 or 8 and is_paged (transformers
-    # trainer_optimizer.py _get_bitsandbytes_optimizer, 5.25)
+    # trainer_optimizer.py _get_bitsandbytes_optimizer, 5.25: "8bit" in the name ->
+    # optim_bits 8, "paged" -> is_paged)
+    "lion_32bit": ("lion-32bit", None),
+    "lion_8bit": ("lion-8bit", None),
     "paged_lion_32bit": ("paged-lion", None),
     "paged_lion_8bit": ("paged-lion-8bit", None),
     # torchao's AdamW4bit / AdamW8bit (transformers trainer_optimizer.py
@@ -246,9 +248,20 @@ BNB_CLASSES = {
     "PagedAdamW8bit": "paged-adamw-8bit", "PagedAdam8bit": "paged-adamw-8bit",
     "PagedAdamW": "paged-adamw", "PagedAdamW32bit": "paged-adamw",
     "PagedAdam": "paged-adamw", "PagedAdam32bit": "paged-adamw",
+    "Lion32bit": "lion-32bit", "Lion8bit": "lion-8bit",
     "PagedLion": "paged-lion", "PagedLion32bit": "paged-lion",
     "PagedLion8bit": "paged-lion-8bit",
 }  # fmt: skip
+
+
+def bnb_class(path: str) -> str | None:
+    """A class path naming one of bitsandbytes' optimizers, as ftmem's --optimizer; None
+    for any other. ``Lion`` (optim_bits 32 by default) is bitsandbytes' only under
+    ``bitsandbytes.``: lion-pytorch's class has the same name (ftmem's ``lion``)."""
+    leaf = path.rsplit(".", 1)[-1]
+    if leaf == "Lion":
+        return "lion-32bit" if path.startswith("bitsandbytes.") else None
+    return BNB_CLASSES.get(leaf)
 
 
 def torchao_optimizer(path: str, init: Keys, cfg: FrameworkConfig) -> bool:

@@ -18,10 +18,10 @@ from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
 from ftmem.frameworks.distributed import LAUNCHER_NOTE
 from ftmem.frameworks.shared import (
-    BNB_CLASSES,
     MAX_CONFIG_BYTES,
     FrameworkConfig,
     assume,
+    bnb_class,
     lora_numbers,
     settings_from,
     torchao_optimizer,
@@ -463,9 +463,8 @@ def _torchtune_optimizer(optimizer: Keys, cfg: FrameworkConfig) -> None:
     opt = optimizer.text("_component_") or "torch.optim.AdamW"
     if torchao_optimizer(opt, optimizer, cfg):
         return
-    leaf = opt.rsplit(".", 1)[-1]
-    if leaf in BNB_CLASSES:
-        s["optimizer"] = BNB_CLASSES[leaf]
+    if bnb := bnb_class(opt):
+        s["optimizer"] = bnb
     elif opt.endswith(("AdamW", "Adam")):
         s["optimizer"] = "adamw"
         if optimizer.flag("fused"):

@@ -27,11 +27,11 @@ from ftmem.result import Memory
 
 GIB = 2**30
 PAGED_PARALLEL_NOTE = (
-    "paged optimizer under ColossalAI or with tensor, pipeline, context or expert "
-    "parallelism: its states are counted in each GPU's allocated peak here, as non-paged "
-    "ones (bitsandbytes keeps those of tensors of 1e5+ elements in managed memory, "
-    "outside the allocator: not modelled for these layouts; DDP, DeepSpeed ZeRO and "
-    "FSDP1 are, ftmem.paged_ranks)."
+    "paged optimizer with expert parallelism: its states are counted in each GPU's "
+    "allocated peak here, as non-paged ones (bitsandbytes keeps those of tensors of 1e5+ "
+    "elements in managed memory, outside the allocator: not modelled for the experts' own "
+    "ZeRO group; DDP, DeepSpeed ZeRO, FSDP1, ColossalAI's ZeRO and colossalai-3d are, with "
+    "tensor and pipeline parallelism too, ftmem.paged_ranks)."
 )
 
 

@@ -155,7 +155,7 @@ def _plan_lists(
             continue
         grad = g.numel * g.element_bytes
         trainable_numel += [g.numel] * g.count
-        if g.in_block:
+        if g.in_block and not plan.gradient_at_head(g):
             block_grads += [grad] * max(g.count // blocks, 1)
         elif plan.gradient_after_blocks(g):
             late += [grad] * g.count

@@ -36,6 +36,7 @@ from ftmem.frameworks.shared import (
     galore_args,
     hf_optimizer,
 )
+from ftmem.optim import BNB_OPTIMIZERS
 from ftmem.quantized_base import on_quantized_base, quantized_base
 from ftmem.sources import architecture_from_config
 from ftmem.torchao_optim import FORMATS
@@ -68,7 +69,8 @@ LIVE_OPTIMIZERS = {
     "PagedAdamW8bit": "paged-adamw-8bit",
     "Adafactor": "adafactor",
     "Lion": "lion",
-    "Lion32bit": "lion",
+    "Lion32bit": "lion-32bit",
+    "Lion8bit": "lion-8bit",
     "PagedLion32bit": "paged-lion",
     "PagedLion": "paged-lion",
     "PagedLion8bit": "paged-lion-8bit",
@@ -220,7 +222,7 @@ def _read_method(model: Any, live: LiveRun) -> None:
         return
     kind = str(getattr(pc.peft_type, "value", pc.peft_type)).upper()
     said = f"model.peft_config ({type(pc).__name__})"
-    if kind == "LORA":
+    if kind in ("LORA", "ADALORA"):
         _lora(model, pc, live, said)
     elif kind == "IA3":
         live.set("method", "ia3", said)
@@ -234,8 +236,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
             live.set("prefix_projection", True, said)
     else:
         raise InvalidInputError(
-            f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, IA3, "
-            "LoHa, LoKr, prompt, prefix and P-tuning)."
+            f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
+            "IA3, LoHa, LoKr, prompt, prefix and P-tuning)."
         )
 
 
@@ -290,11 +292,15 @@ def _lycoris(model: Any, pc: Any, live: LiveRun, said: str, method: str) -> None
 
 
 def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    adalora = str(getattr(pc.peft_type, "value", pc.peft_type)).upper() == "ADALORA"
     method = "dora" if getattr(pc, "use_dora", False) else "lora"
     if method == "lora" and getattr(pc, "use_rslora", False):
         method = "rslora"
-    live.set("method", method, said)
-    live.set("lora_r", int(pc.r), said)
+    live.set("method", "adalora" if adalora else method, said)
+    # (AdaLoraConfig's r is unused: its adapters are made at init_r)
+    live.set("lora_r", int(pc.init_r if adalora else pc.r), said)
+    if adalora:
+        live.set("adalora_target_r", int(pc.target_r), said)
     live.set("lora_alpha", float(pc.lora_alpha), said)
     if pc.lora_dropout:
         live.set("lora_dropout", float(pc.lora_dropout), said)
@@ -412,7 +418,7 @@ def _read_dtypes(model: Any, half: str, half_said: str, live: LiveRun) -> None:
             live.set("autocast", True, said)
     mixed = [d for d in (frozen + trained) if d != dtype]
     method = live.settings.get("method")
-    if method in ("lora", "dora", "rslora", "qlora", "ia3", "loha", "lokr") and trained:
+    if method in ("lora", "dora", "rslora", "adalora", "qlora", "ia3", "loha", "lokr") and trained:
         adapter = trained.most_common(1)[0][0]
         live.set("adapter_dtype", adapter, f"the trainable (adapter) parameters' dtype ({adapter})")
     elif mixed and trained:
@@ -535,6 +541,27 @@ def _read_args(args: Any, live: LiveRun) -> None:
         )
 
 
+def bnb_live(inner: Any) -> str | None:
+    """A live bitsandbytes Lion or Adam(W) as ftmem's --optimizer, by what it was built
+    with: transformers builds the plain ``Lion`` and ``AdamW`` classes for every bnb
+    ``optim`` name and passes ``optim_bits`` and ``is_paged`` (trainer_optimizer.py
+    ``_get_bitsandbytes_optimizer``, 5.25), which bitsandbytes keeps as ``args.optim_bits``
+    and ``is_paged`` (bitsandbytes@95f9af30 optim/optimizer.py l.135, l.480, l.652).
+    None for its other classes and for a 32-bit unpaged AdamW (no ftmem name)."""
+    kind = type(inner).__name__
+    states = 1 if "Lion" in kind else 2 if "Adam" in kind and "AdEMAMix" not in kind else 0
+    built = (states, getattr(getattr(inner, "args", None), "optim_bits", None))
+    paged = getattr(inner, "is_paged", None) is True
+    return next(
+        (
+            name
+            for name, o in BNB_OPTIMIZERS.items()
+            if (o.states, o.bits, o.paged) == (*built, paged)
+        ),
+        None,
+    )
+
+
 def read_optimizer(optimizer: Any, live: LiveRun) -> None:
     """The live optimizer's class wins over the name in the arguments (a trainer given
     ``optimizers=``); torch's own say which kernel runs (fused, foreach, for-loop)."""
@@ -545,6 +572,8 @@ def read_optimizer(optimizer: Any, live: LiveRun) -> None:
     kind = type(inner).__name__
     said = f"the optimizer ({type(inner).__module__}.{kind})"
     mapped = LIVE_OPTIMIZERS.get(kind)
+    if type(inner).__module__.startswith("bitsandbytes."):
+        mapped = bnb_live(inner) or mapped
     if type(inner).__module__.startswith("torchao."):  # AdamW8bit is bitsandbytes' too
         mapped = TORCHAO_CLASSES.get(kind)
         block = getattr(inner, "block_size", None)

@@ -786,6 +786,8 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
     ]
     experts = adapted_experts(arch, run)  # peft's target_parameters
     doubled = [ex for ex in experts if ex.rank != run.r]
+    if run.method == "adalora":
+        return _peft_adalora(model, arch, run, to_save)
     lcfg = LoraConfig(
         r=run.r,
         # peft annotates lora_alpha as int but scales by alpha / r: floats work
@@ -822,6 +824,44 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
         for name, p in model.named_parameters():
             if "embed" in name or "norm" in name:
                 p.requires_grad_(True)
+    return model
+
+
+# AdaLoRA's schedule for a measured step: no warm-up (tinit 0) nor final phase (tfinal 0),
+# a budget allocation every step (deltaT 1), so that each step runs update_ipt and
+# mask_to_budget (its largest work); total_step only shapes the budget's cubic decay
+ADALORA_TOTAL_STEP = 10
+
+
+def _peft_adalora(
+    model: nn.Module, arch: Architecture, run: RunConfig, to_save: list[str]
+) -> nn.Module:
+    """peft's AdaLoRA (SVDLinear) at init_r = --lora-r, target_r = --adalora-target-r,
+    on the linears LoRA would adapt, with the adapters in the dtype asked for."""
+    from peft import AdaLoraConfig, get_peft_model
+
+    cfg = AdaLoraConfig(
+        init_r=run.r,
+        target_r=run.target_r,
+        lora_alpha=run.alpha,  # type: ignore[arg-type]
+        lora_dropout=run.dropout,
+        target_modules=_lora_target_modules(arch, run),
+        exclude_modules=_excluded(arch, run),
+        tinit=0,
+        tfinal=0,
+        deltaT=1,
+        total_step=ADALORA_TOTAL_STEP,
+        modules_to_save=to_save or None,
+        task_type="SEQ_2_SEQ_LM" if arch.encoder_decoder else "CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
+    if run.adapter_dtype != "auto":
+        ad = _DTYPES[run.adapter_dtype]
+        for name, p in model.named_parameters():
+            if "lora_" in name or "ranknum" in name:  # (peft's own cast takes ranknum too)
+                p.data = p.data.to(ad)
     return model
 
 
@@ -1071,6 +1111,8 @@ BNB_CLASS = {
     "adamw-8bit": "AdamW8bit",
     "paged-adamw-8bit": "PagedAdamW8bit",
     "paged-adamw": "PagedAdamW",
+    "lion-32bit": "Lion32bit",
+    "lion-8bit": "Lion8bit",
     "paged-lion": "PagedLion",
     "paged-lion-8bit": "PagedLion8bit",
 }

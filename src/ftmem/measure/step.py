@@ -181,13 +181,32 @@ def _shifted_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     without an upcast."""
     import torch.nn.functional as F
 
-    out = model(input_ids=ids)  # no labels: transformers returns the logits as computed
-    logits = out.logits
-    shift_logits = logits[..., :-1, :].contiguous()
-    shift_labels = ids[..., 1:].contiguous()
-    loss = F.cross_entropy(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
-    del out, logits, shift_logits  # the forward returns; only what autograd saved stays
+    with _head_input_named(model) as named:
+        out = model(input_ids=ids)  # no labels: transformers returns the logits as computed
+        logits = out.logits
+        shift_logits = logits[..., :-1, :].contiguous()
+        shift_labels = ids[..., 1:].contiguous()
+        loss = F.cross_entropy(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
+        del out, logits, shift_logits  # the forward returns; only what autograd saved stays
+        named.clear()
     return loss
+
+
+@contextlib.contextmanager
+def _head_input_named(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """The LM head's input, referenced until the caller clears the list: a forward that
+    computes its own loss names it (``hidden_states``) until the loss returns, where these
+    stand-ins call the model for its logits first (step._named_head_input)."""
+    named: list[torch.Tensor] = []
+    get = getattr(model, "get_output_embeddings", None)  # (Qwen-1's remote code has none)
+    head = get() if get is not None else None
+    if head is None:
+        head = next(m for name, m in model.named_modules() if name.endswith("lm_head"))
+    handle = head.register_forward_pre_hook(lambda _module, args: named.append(args[0]))
+    try:
+        yield named
+    finally:
+        handle.remove()
 
 
 def _upcast_shifted_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -196,14 +215,16 @@ def _upcast_shifted_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Ten
     output dropped as the name is rebound), a contiguous copy of the shifted fp32 logits
     and of the shifted labels, CrossEntropyLoss; the fp32 logits are returned in the
     output, which HF Trainer's compute_loss drops."""
-    out = model(input_ids=ids)  # no labels: transformers returns the logits as computed
-    logits = out.logits.float()
-    del out  # the head's own output: only the name held it
-    shift_logits = logits[..., :-1, :].contiguous()
-    shift_labels = ids[..., 1:].contiguous()
-    loss_fct = torch.nn.CrossEntropyLoss()
-    loss = loss_fct(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
-    del logits, shift_logits  # the forward returns, its output dropped
+    with _head_input_named(model) as named:
+        out = model(input_ids=ids)  # no labels: transformers returns the logits as computed
+        logits = out.logits.float()
+        del out  # the head's own output: only the name held it
+        shift_logits = logits[..., :-1, :].contiguous()
+        shift_labels = ids[..., 1:].contiguous()
+        loss_fct = torch.nn.CrossEntropyLoss()
+        loss = loss_fct(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
+        del logits, shift_logits  # the forward returns, its output dropped
+        named.clear()
     return loss
 
 
@@ -1077,6 +1098,51 @@ class _StepInBackward:
         pass
 
 
+class _AdaLoraStep:
+    """The optimizer, then AdaLoRA's rank allocator as a training loop calls it after
+    ``optimizer.step()`` and before ``zero_grad`` (huggingface/peft@5d602fdb
+    method_comparison/MetaMathQA/run.py l.285-290): its importance EMAs are state kept
+    per adapter tensor like the optimizer's, so ``state`` lists them beside its own."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
+        self.optimizer = optimizer
+        self.model: Any = model  # a peft PeftModel over an AdaLoraModel
+        self.steps = 0
+
+    @property
+    def state(self) -> dict:
+        allocator = self.model.base_model.rankallocator
+        kept = {
+            f"{name} {kind}": {kind: tensors[name]}
+            for kind, tensors in (
+                ("ipt", allocator.ipt),
+                ("exp_avg_ipt", allocator.exp_avg_ipt),
+                ("exp_avg_unc", allocator.exp_avg_unc),
+            )
+            for name in tensors
+        }
+        return {**self.optimizer.state, **kept}
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.steps += 1  # from 1: past tinit 0, a budget below the initial one
+        self.model.base_model.update_and_allocate(self.steps)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+
+Stepper = torch.optim.Optimizer | _StepInBackward | _AdaLoraStep
+
+
+def _stepper(model: torch.nn.Module, run: RunConfig, arch: Architecture | None) -> Stepper:
+    """The run's optimizer: stepped in backward, or after it (AdaLoRA's allocator next)."""
+    if run.optimizer_in_backward:
+        return _StepInBackward(model, run, arch)
+    optimizer = build_optimizer(model, run, arch)
+    return _AdaLoraStep(optimizer, model) if run.method == "adalora" else optimizer
+
+
 def _inner_tensors(t: torch.Tensor) -> list[torch.Tensor]:
     """A wrapper subclass's storages are its inner tensors' (torchao's quantised states:
     codes, scales, code book; a DTensor: its local tensor, itself maybe one of those)."""
@@ -1087,7 +1153,7 @@ def _inner_tensors(t: torch.Tensor) -> list[torch.Tensor]:
 
 
 def optimizer_state_tensors(
-    optimizer: torch.optim.Optimizer | _StepInBackward,
+    optimizer: Stepper,
 ) -> list[torch.Tensor]:
     """Every tensor the optimizer keeps per parameter, including those held by helper
     objects in its state (GaLore's projector matrices)."""
@@ -1188,11 +1254,7 @@ def run_steps(
         # LLaMA-Factory loads its reference in the compute dtype (ftmem.step.reference_weights)
         lf = run.framework == "llama-factory"
         teacher_model = _reference_copy(model, built.autocast_dtype if lf else None)
-    optimizer = (
-        _StepInBackward(model, run, arch)
-        if run.optimizer_in_backward
-        else build_optimizer(model, run, arch)
-    )
+    optimizer = _stepper(model, run, arch)
     if steps == 1:
         notes.append("steps=1: the measured step creates the optimizer states (not steady state)")
     if arch is not None:
@@ -1282,7 +1344,7 @@ def _batch(
 
 def _warm_up(
     forward: Callable[[], torch.Tensor],
-    optimizer: torch.optim.Optimizer | _StepInBackward,
+    optimizer: Stepper,
     run: RunConfig,
     steps: int,
     weight_ptrs: set[int],
@@ -1312,7 +1374,7 @@ def _step_meter(
     dev: torch.device,
     model: torch.nn.Module,
     teacher_model: torch.nn.Module | None,
-    optimizer: torch.optim.Optimizer | _StepInBackward,
+    optimizer: Stepper,
     run: RunConfig,
     ids: list[torch.Tensor],
     labels: torch.Tensor | None,
@@ -1341,7 +1403,7 @@ def _meter(
     dev: torch.device,
     model: torch.nn.Module,
     teacher_model: torch.nn.Module | None,
-    optimizer: torch.optim.Optimizer | _StepInBackward,
+    optimizer: Stepper,
     inputs: list[torch.Tensor],
     events: list[tuple[str, int]] | None = None,
 ) -> _CpuMeter | _CudaMeter:
@@ -1372,7 +1434,7 @@ class _Readings:
 def _measured_step(
     forward: Callable[[], torch.Tensor],
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | _StepInBackward,
+    optimizer: Stepper,
     meter: _CpuMeter | _CudaMeter,
     run: RunConfig,
     params: list[tuple[str, torch.nn.Parameter]],
@@ -1428,9 +1490,7 @@ def _saved_bytes(loss: torch.Tensor, registry: SavedRegistry, weight_ptrs: set[i
     return registry.nbytes + sum(n for ptr, n in stashed.items() if ptr not in registry.live)
 
 
-def _optimizer_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer | _StepInBackward, run: RunConfig
-) -> None:
+def _optimizer_step(model: torch.nn.Module, optimizer: Stepper, run: RunConfig) -> None:
     """The optimizer's step and zero_grad; ReLoRA then merges the adapters into the base."""
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -1449,7 +1509,7 @@ class _Measured:
 
     model: torch.nn.Module
     teacher: torch.nn.Module | None
-    optimizer: torch.optim.Optimizer | _StepInBackward
+    optimizer: Stepper
     params: list[tuple[str, torch.nn.Parameter]]
     step: _Readings
     by_op: dict[str, int]

@@ -368,22 +368,27 @@ class Loss:
     @staticmethod
     def shifted_backward(run: RunConfig, V: int, e: int, T: int) -> int:
         """Beyond the saved tensors in the shifted loss's backward: nll_loss's and
-        log_softmax's gradients (rows = T − b, in the log-softmax's dtype); under
-        autocast the cast back to the logits' dtype beside the second; then the slice's
-        backward, a zero tensor of the whole logits (T·V·e) the shifted gradient is
-        copied into. Under CUDA's autocast (shifted_nll_cast): nll_loss's fp32 gradient
-        beside every saved tensor; its saved cast, labels and scalar freed, the cast back
-        to e beside it; then the 16-bit log-softmax gradient; the slice's zeros beside
-        that (the later moments written beyond the saved item they outlive)."""
-        rows = Loss.rows(run)
+        log_softmax's gradients (rows = T − b, in the log-softmax's dtype) beside the
+        saved log-softmax; LogSoftmaxBackward0 then releases it (both nodes have run), so
+        the later moments are written beyond the saved item they outlive: under the CPU's
+        autocast the cast back to the logits' dtype beside the second gradient; the
+        slice's backward, a zero tensor of the whole logits (T·V·e) the shifted gradient
+        is copied into. The first moment is the largest (2R ≥ T once s ≥ 2); counting
+        the slice's zeros beside the saved log-softmax overcounted it by b·V·e (measured
+        on the CPU: tests/test_loss_requests.py). Under CUDA's autocast
+        (shifted_nll_cast): nll_loss's fp32 gradient beside every saved tensor; its saved
+        cast, labels and scalar freed, the cast back to e beside it; then the 16-bit
+        log-softmax gradient; the slice's zeros beside that."""
+        rows, labels = Loss.rows(run), Loss.shifted_labels(run)
         if Loss.shifted_nll_cast(run, e):
-            saved = Loss.cross_entropy_saved(rows, V, e, True, Loss.shifted_labels(run))
+            saved = Loss.cross_entropy_saved(rows, V, e, True, labels)
             cast = rows * V * (FP32 + e) + rows * V * e - saved
             zeros = rows * V * e + T * V * e - saved
             return max(rows * V * FP32, cast, zeros)
         ls = Loss.shifted_log_softmax_bytes(run, e)
-        cast_back = rows * V * (ls + e) if ls != e else 0
-        return max(2 * rows * V * ls, cast_back, rows * V * e + T * V * e)
+        saved = Loss.cross_entropy_saved(rows, V, ls, False, labels)
+        cast_back = rows * V * (ls + e) - saved if ls != e else 0
+        return max(2 * rows * V * ls, cast_back, rows * V * e + T * V * e - saved)
 
     @staticmethod
     def target_chunks(rows: int, vocab: int, target_bytes: int) -> int:

@@ -171,7 +171,8 @@ def _causal_lm_loss(
     with the model's output (HF Trainer's compute_loss returns the loss alone).
     ``held``: what the forward holds until it ends (autocast's weight cache, a prefix
     cache), counted in the logits' moment; ``inputs``: tensors the forward names until
-    it ends beyond those (offloaded: the LM head's input and its 16-bit copy,
+    it ends beyond those (the LM head's input where nothing saves it,
+    step._named_head_input; offloaded: that input and its 16-bit copy,
     step._offloaded_loss_inputs), one request each; ``hold``: the loop keeps the
     model's output (the logits) past the backward.
 
@@ -236,17 +237,27 @@ def shifted_loss_accelerate(T: int, R: int, V: int, e: int, held: int = 0) -> tu
 
 
 def _shifted_cuda_program(
-    T: int, R: int, V: int, e: int, held: int, hold: bool, fp32_output: bool = False
+    T: int,
+    R: int,
+    V: int,
+    e: int,
+    held: int,
+    hold: bool,
+    fp32_output: bool = False,
+    inputs: tuple[int, ...] = (),
 ) -> Programmed:
+    """shifted_loss_cuda_autocast's requests; ``inputs``: as _causal_lm_loss's, freed
+    with the shifted copy as the forward returns (before accelerate's conversion)."""
     p = _Program()
     cache = p.held_cache(held)
+    named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
     shifted = p.alloc(_shifted_copy(T, R, V, e))
     labels = p.alloc(_shifted_copy(T, R, 1, INDEX_BYTES))  # a view for one sequence
     log_softmax = p.alloc(R * V * e)
     cast = p.alloc(R * V * FP32)
     total_weight = p.alloc(FP32)
-    p.free(shifted, cache)
+    p.free(shifted, *named, cache)
     if fp32_output and not hold:  # accelerate's convert_to_fp32 of the model's output
         converted = p.alloc(T * V * FP32)
         p.free(logits)
@@ -642,7 +653,7 @@ def head_requests(
     if loss == "standard":
         program = _causal_lm_loss(T, V, e, held, hold, offloaded, inputs)
     elif loss == "shifted" and nll_cast:  # CUDA's autocast
-        program = _shifted_cuda_program(T, R, V, e, held, hold, fp32_output)
+        program = _shifted_cuda_program(T, R, V, e, held, hold, fp32_output, inputs)
     elif loss == "shifted":
         program = _shifted_loss(T, R, V, e, log_softmax_bytes, held, hold, offloaded, inputs)
     elif loss == "upcast-shifted":

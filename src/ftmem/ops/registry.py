@@ -44,6 +44,7 @@ MODULES = (
     "ftmem.ops.moe",
     "ftmem.ops.norm",
     "ftmem.ops.router_aux",
+    "ftmem.adapters.adalora",
     "ftmem.adapters.bottleneck",
     "ftmem.adapters.dora",
     "ftmem.adapters.ia3",

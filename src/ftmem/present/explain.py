@@ -26,6 +26,8 @@ STATES_PER_PARAM = {  # optimizer values kept per trainable parameter
     "adamw-8bit": "2 8-bit (with per-256-value block scales)",
     "paged-adamw-8bit": "2 8-bit (with per-256-value block scales)",
     "paged-adamw": "2 fp32, bitsandbytes",
+    "lion-32bit": "1 fp32 (momentum), bitsandbytes",
+    "lion-8bit": "1 8-bit (momentum, with per-256-value block scales), bitsandbytes",
     "paged-lion": "1 fp32 (momentum), bitsandbytes",
     "paged-lion-8bit": "1 8-bit (momentum, with per-256-value block scales)",
     "ao-adamw-8bit": "2 8-bit, torchao (with per-block fp32 scales)",
