@@ -366,6 +366,7 @@ COMPARED_METHODS = (
     "dora",
     "adapter",
     "ia3",
+    "loha",
     "prompt-tuning",
     "prefix-tuning",
     "p-tuning",

@@ -940,6 +940,26 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
             adapter_dtype=plan.dtypes.adapter,
             scaled_modules=[lin.module for lin, _ in plan.scaled],
         )
+    if run.method == "loha":
+        r, alpha, targets = run.loha
+        resolved.update(
+            loha_rank=r,
+            loha_alpha=alpha,
+            loha_targets=targets,
+            adapter_dtype=plan.dtypes.adapter,
+            adapted_modules=[lin.module for lin in plan.hadamard],
+        )
+    if run.method == "lokr":
+        r, alpha, targets, factor, both = run.lokr
+        resolved.update(
+            lokr_rank=r,
+            lokr_alpha=alpha,
+            lokr_targets=targets,
+            lokr_factor=None if factor == -1 else factor,
+            lokr_decompose_both=both,
+            adapter_dtype=plan.dtypes.adapter,
+            adapted_modules=[lin.module for lin in plan.kronecker],
+        )
     if run.method in PROMPT_METHODS:
         resolved["virtual_tokens"] = run.n_virtual
     if run.method == "p-tuning":

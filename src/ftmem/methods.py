@@ -122,6 +122,16 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "learned vectors that rescale the keys, values and FFN intermediate (--ia3-targets)",
         "Liu et al. 2022, arXiv:2205.05638",
     ),
+    "loha": (
+        "peft's LoHa: ΔW = (w1a·w1b) ⊙ (w2a·w2b)·alpha/r beside frozen linears, built whole "
+        "(out × in) in every forward (--loha-rank, --loha-alpha, --loha-targets)",
+        "Hyeon-Woo et al. 2022 (FedPara), arXiv:2108.06098; peft tuners/loha",
+    ),
+    "lokr": (
+        "peft's LoKr: ΔW = w1 ⊗ (w2a·w2b)·alpha/r beside frozen linears, built whole (out × in) "
+        "in every forward (--lokr-rank, --lokr-alpha, --lokr-targets, --lokr-factor)",
+        "Yeh et al. 2024 (LyCORIS), arXiv:2309.14859; peft tuners/lokr",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -247,6 +257,10 @@ class MethodPlan:
     gated_blocks: int = 0
     v2_scaled: tuple[Linear, ...] = ()
     head_scaled: bool = False
+    # LoHa: the linears with a Hadamard-product adapter beside them
+    hadamard: tuple[Linear, ...] = ()
+    # LoKr: the linears with a Kronecker-product adapter beside them
+    kronecker: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -616,6 +630,87 @@ def ia3_linears(arch: Architecture, run: RunConfig) -> tuple[tuple[Linear, bool]
     return tuple((lin, "down" in lin.roles) for lin in chosen)
 
 
+def loha_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a LoHa adapter (none for the other methods)."""
+    if run.method != "loha":
+        return ()
+    return _lycoris_linears(arch, run.loha[2], "LoHa")
+
+
+def lokr_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a LoKr adapter (none for the other methods)."""
+    if run.method != "lokr":
+        return ()
+    return _lycoris_linears(arch, run.lokr[2], "LoKr")
+
+
+def _lycoris_linears(arch: Architecture, spec: str, name: str) -> tuple[Linear, ...]:
+    """peft's LyCORIS adapters' targets, on the models ftmem models them on."""
+    if arch.traits.conv1d:
+        # peft 0.21.2 tuners/lycoris_utils.py _create_new_module: Linear, Conv1d, Conv2d only
+        raise InvalidInputError(
+            f"peft's {name} does not wrap {arch.family}'s transformers Conv1D layers; "
+            "use lora or ia3 on this model."
+        )
+    if arch.encoder_decoder or arch.vision is not None:
+        raise InvalidInputError(
+            f"{name} on {arch.name} (an encoder-decoder or image-text model) is not modelled; "
+            f"ftmem models {name} on decoder-only language models."
+        )
+    return select_linears(arch, spec, f"{name} target")
+
+
+def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
+    """peft's LoKr split of a dimension into m ≤ n with m·n = dimension: m = factor when it
+    divides, else the divisor pair nearest the square root not above the factor (peft
+    0.21.2 tuners/lokr/layer.py factorization, the same at 5d602fdb)."""
+    if factor > 0 and dimension % factor == 0:
+        return factor, dimension // factor
+    if factor == -1:
+        factor = dimension
+    m, n = 1, dimension
+    length = m + n  # (peft's bound: set once, before the loop)
+    while m < n:
+        new_m = m + 1
+        while dimension % new_m:
+            new_m += 1
+        new_n = dimension // new_m
+        if new_m + new_n > length or new_m > factor:
+            break
+        m, n = new_m, new_n
+    return (n, m) if m > n else (m, n)
+
+
+@dataclass(frozen=True, slots=True)
+class KronShapes:
+    """One LoKr adapter's parameters and the factors its forward builds from a product."""
+
+    params: tuple[tuple[str, tuple[int, int]], ...]
+    built: tuple[tuple[int, int], ...]  # w1 = w1_a·w1_b, w2 = w2_a·w2_b where products
+
+
+def lokr_shapes(lin: Linear, run: RunConfig) -> KronShapes:
+    """peft 0.21.2 tuners/lokr/layer.py LoKrLayer.update_layer (nn.Linear branch) and
+    create_adapter_parameters: out = a·b and in = c·d by ``factorization``; w1 (a × c)
+    whole unless decompose_both and r < max(a, c)/2 (then w1_a a × r, w1_b r × c); w2
+    (b × d) whole unless r < max(b, d)/2 (then w2_a b × r, w2_b r × d)."""
+    r, _, _, factor, both = run.lokr
+    a, b = factorization(lin.out_features, factor)
+    c, d = factorization(lin.in_features, factor)
+    params: list[tuple[str, tuple[int, int]]] = []
+    built: list[tuple[int, int]] = []
+    for side, (rows, cols), whole in (
+        ("w1", (a, c), not (both and r < max(a, c) / 2)),
+        ("w2", (b, d), not r < max(b, d) / 2),
+    ):
+        if whole:
+            params.append((f"lokr_{side}", (rows, cols)))
+        else:
+            params += [(f"lokr_{side}_a", (rows, r)), (f"lokr_{side}_b", (r, cols))]
+            built.append((rows, cols))
+    return KronShapes(tuple(params), tuple(built))
+
+
 def select_linears(arch: Architecture, spec: str, what: str) -> tuple[Linear, ...]:
     """Block linears named by ``spec``.
 
@@ -750,6 +845,10 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     groups += _expert_lora_groups(experts, arch, dtypes)
     scaled = ia3_linears(arch, run) if run.method == "ia3" else ()
     groups += _ia3_groups(scaled, arch, dtypes)
+    hadamard = loha_linears(arch, run)
+    groups += _loha_groups(hadamard, arch, run, dtypes)
+    kronecker = lokr_linears(arch, run)
+    groups += _lokr_groups(kronecker, arch, run, dtypes)
     bottlenecked = bottlenecked_linears(arch, run)
     groups += _bottleneck_groups(bottlenecked, arch, run, dtypes)
     v2_scaled = v2_scaled_linears(arch, run)
@@ -788,6 +887,8 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         gated_blocks=gated_blocks(arch, run),
         v2_scaled=v2_scaled,
         head_scaled=run.method == "llama-adapter-v2",
+        hadamard=hadamard,
+        kronecker=kronecker,
         orth_regularised=adalora_regularised(run),
     )
 
@@ -1094,6 +1195,33 @@ def _ia3_groups(
         shape: tuple[int, ...] = (1, lin.in_features) if feedforward else (lin.out_features, 1)
         groups.append(_adapter(f"{lin.module}.ia3_l", shape, arch, dtypes, lin))
     return groups
+
+
+def _loha_groups(
+    hadamard: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """LoHa's two low-rank pairs per adapted linear: hada_w1_a and hada_w2_a (out × r),
+    hada_w1_b and hada_w2_b (r × in), in the adapter dtype (peft 0.21.2
+    tuners/loha/layer.py LoHaLayer.create_adapter_parameters, the Linear branch)."""
+    r = run.loha[0]
+    groups: list[TensorGroup] = []
+    for lin in hadamard:
+        for pair in ("w1", "w2"):
+            a, b = f"{lin.module}.hada_{pair}_a", f"{lin.module}.hada_{pair}_b"
+            groups.append(_adapter(a, (lin.out_features, r), arch, dtypes, lin))
+            groups.append(_adapter(b, (r, lin.in_features), arch, dtypes, lin))
+    return groups
+
+
+def _lokr_groups(
+    kronecker: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """LoKr's factors per adapted linear (lokr_shapes), in the adapter dtype."""
+    return [
+        _adapter(f"{lin.module}.{name}", shape, arch, dtypes, lin)
+        for lin in kronecker
+        for name, shape in lokr_shapes(lin, run).params
+    ]
 
 
 def _bottleneck_groups(

@@ -34,6 +34,8 @@ Method = Literal[
     "llama-adapter",
     "llama-adapter-v2",
     "ia3",
+    "loha",
+    "lokr",
     "prompt-tuning",
     "prefix-tuning",
     "p-tuning",
@@ -110,6 +112,10 @@ GALORE_OPTIMIZERS = frozenset({"adamw", "adamw-8bit"})
 # (Adafactor) or lion-pytorch's, with kernels of their own
 TORCH_FUSED_OPTIMIZERS = frozenset({"adamw", "adamw-fp32", "sgd", "sgd-momentum"})
 DEFAULT_IA3_TARGETS = "k,v,down"  # the paper's keys, values and FFN intermediate
+# peft's LoHaConfig (and LoKrConfig) defaults (peft 0.21.2 tuners/loha/config.py: r=8, alpha=8; target_modules
+# from the LoRA mapping, utils/constants.py: q_proj, v_proj for Llama)
+DEFAULT_LOHA_RANK = 8
+DEFAULT_LOHA_ALPHA = 8.0
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -125,10 +131,15 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
             "lora_modules_to_save",
         )
     },
-    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter"},
+    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter", "loha", "lokr"},
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
+    **{k: frozenset({"loha"}) for k in ("loha_rank", "loha_alpha", "loha_targets")},
+    **{
+        k: frozenset({"lokr"})
+        for k in ("lokr_rank", "lokr_alpha", "lokr_targets", "lokr_factor", "lokr_decompose_both")
+    },
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -181,6 +192,9 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "galore_rank": limits.WIDTH,
     "optimizer_block_size": limits.WIDTH,
     "lora_r": limits.WIDTH,
+    "loha_rank": limits.WIDTH,
+    "lokr_rank": limits.WIDTH,
+    "lokr_factor": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -195,6 +209,10 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "steps_per_generation": limits.MICRO_BATCHES,
     "num_iterations": limits.MICRO_BATCHES,
 }
+
+
+def _unset(value: object) -> bool:
+    return value is None
 
 
 def split_patterns(spec: str) -> list[str]:
@@ -612,6 +630,36 @@ class RunConfig(limits.BoundedSettings):
     ia3_targets: str | None = Field(
         None, description="IA³: linears whose output (or, for down, input) is scaled."
     )
+    # LoHa (peft's LyCORIS Hadamard product of two low-rank pairs); these and LoKr's are
+    # left out of the serialised run when unset (other runs' JSON unchanged)
+    loha_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="LoHa: rank r of each pair (8)."
+    )
+    loha_alpha: FiniteFloat | None = Field(
+        None, exclude_if=_unset, description="LoHa: alpha, scale alpha/r (8)."
+    )
+    loha_targets: str | None = Field(
+        None, exclude_if=_unset, description="LoHa: adapted linears, roles or names (q,v)."
+    )
+    # LoKr (peft's LyCORIS Kronecker product, its right factor of rank r)
+    lokr_rank: PositiveInt | None = Field(None, exclude_if=_unset, description="LoKr: rank r (8).")
+    lokr_alpha: FiniteFloat | None = Field(
+        None, exclude_if=_unset, description="LoKr: alpha, scale alpha/r (8)."
+    )
+    lokr_targets: str | None = Field(
+        None, exclude_if=_unset, description="LoKr: adapted linears, roles or names (q,v)."
+    )
+    lokr_factor: PositiveInt | None = Field(
+        None,
+        exclude_if=_unset,
+        description="LoKr: decompose_factor, the Kronecker split of each side "
+        "(default: near the square root, peft's -1).",
+    )
+    lokr_decompose_both: bool | None = Field(
+        None,
+        exclude_if=_unset,
+        description="LoKr: decompose_both, the left factor low-rank too.",
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -913,6 +961,20 @@ class RunConfig(limits.BoundedSettings):
             )
 
     @model_validator(mode="after")
+    def _lycoris_targets_given(self) -> RunConfig:
+        for name in ("loha_targets", "lokr_targets"):
+            value = getattr(self, name)
+            if value is not None and not value.strip(" ,"):
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} is empty; give e.g. q,v, attention or all-linear")
+        if self.method == "lokr" and self.precision.endswith("-mixed"):
+            raise ValueError(
+                "LoKr under autocast (--precision bf16-mixed / fp16-mixed) is not modelled "
+                "(its Kronecker product promotes to fp32 there); use --precision bf16 or fp32"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _gptq_kernel_fits(self) -> RunConfig:
         if self.gptq_kernel is not None and self.method == "qlora" and self.quant != "int4":
             raise ValueError("--gptq-kernel is the matmul of an int4 (GPTQ) base: add --quant int4")
@@ -999,6 +1061,23 @@ class RunConfig(limits.BoundedSettings):
     @property
     def ia3(self) -> str:
         return self.ia3_targets or DEFAULT_IA3_TARGETS
+
+    @property
+    def loha(self) -> tuple[int, float, str]:
+        """LoHa's (rank, alpha, targets), peft's defaults where not given."""
+        r = self.loha_rank or DEFAULT_LOHA_RANK
+        alpha = DEFAULT_LOHA_ALPHA if self.loha_alpha is None else self.loha_alpha
+        return r, alpha, self.loha_targets or "q,v"
+
+    @property
+    def lokr(self) -> tuple[int, float, str, int, bool]:
+        """LoKr's (rank, alpha, targets, decompose_factor, decompose_both), peft's
+        defaults where not given (peft 0.21.2 tuners/lokr/config.py: r=8, alpha=8,
+        decompose_factor=-1, decompose_both=False)."""
+        r = self.lokr_rank or DEFAULT_LOHA_RANK
+        alpha = DEFAULT_LOHA_ALPHA if self.lokr_alpha is None else self.lokr_alpha
+        factor = self.lokr_factor or -1
+        return r, alpha, self.lokr_targets or "q,v", factor, bool(self.lokr_decompose_both)
 
     @property
     def n_virtual(self) -> int:

@@ -65,6 +65,7 @@ from ftmem.transients import (
     checkpointed_moe_moment,
     down_gradients_made,
     frozen_forward_transient,
+    loha_forward_build,
     offload_moment,
     offloaded_attention_forward,
     offloaded_forward_adapter,
@@ -91,14 +92,17 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     inputs_grad = plan.outer_trainable or plan.embed_trainable or run.grad_ckpt
     # a trained vision tower or projector writes the image tokens' embeddings
     inputs_grad = inputs_grad or vision_step.trains_below(arch, run)
-    if run.method in ("bitfit", "ia3", "prefix-tuning", "adapter"):
-        # every block has trainable parameters (biases, IA³ vectors, its key/value prefix):
+    if run.method in ("bitfit", "ia3", "prefix-tuning", "adapter", "loha", "lokr"):
+        # every block has trainable parameters (biases, IA³ vectors, its key/value prefix,
+        # LoHa and LoKr factors):
         # gradients flow from the top to block 0's, so every block's input but the first
         # needs a gradient
         biased = frozenset(plan.biased)
         scaled = frozenset(lin.module for lin, ff in plan.scaled if not ff)
         scaled_in = frozenset(lin.module for lin, ff in plan.scaled if ff)
         bottleneck = frozenset(lin.module for lin in plan.bottlenecked)
+        hadamard = frozenset(lin.module for lin in plan.hadamard)
+        kronecker = frozenset(lin.module for lin in plan.kronecker)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -110,6 +114,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 scaled,
                 scaled_in,
                 bottleneck=bottleneck,
+                hadamard=hadamard,
+                kronecker=kronecker,
             )
 
         # one object per distinct state: step_parts derives each once
@@ -989,6 +995,7 @@ def _decoder_block(
             # (Unsloth's forward dequantises into its kept buffer: LinearOp.dequant_buffer)
             0 if profile_of(run).dequant_buffer else dequant,
             DoRA.forward_rebuild(plan, run),
+            loha_forward_build(run, plan, e, T, bool(last_keeps)),
             # (a fused LoRA Function adds its adapter into its output in place)
             0 if fused else checkpointed_forward_adapter(arch, run, plan, e, T),
             0 if fused else offloaded_forward_adapter(arch, run, plan, e, T),

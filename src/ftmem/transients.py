@@ -9,9 +9,11 @@ bytes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import partial
 
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.lora import LoRA
+from ftmem.adapters.lycoris import LoHa
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan, TensorGroup, experts_are_linears
@@ -394,6 +396,14 @@ def _down_backward_cast(
     return T * arch.hidden_size * e
 
 
+def loha_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keeps: bool) -> int:
+    """LoHa's or LoKr's ΔW build in the top block's forward (LoHa.forward_build), beyond that
+    block's kept tensors unless it keeps none (frozen, or checkpointed: its forward runs
+    without a graph)."""
+    in_bytes = partial(LinearOp.input_bytes, plan, e=e)
+    return LoHa.forward_build(plan, T, in_bytes, keeps and not run.grad_ckpt)
+
+
 def adapter_moment(
     arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
 ) -> int:
@@ -409,8 +419,12 @@ def adapter_moment(
       -17 %).
     - DoRA's own backward at its linear, with what the block keeps up to it: the fp32
       gradients of its rescaled sum (Phi-3 DoRA on qkv, bf16-mixed: -6 % without).
+    - LoHa's Hadamard (LoKr's Kronecker) backward at its largest linear
+      (LoHa.backward_moment).
 
     Both beside the gradient that came into the block."""
+    if run.method in ("loha", "lokr"):
+        return LoHa.backward_moment(plan, T, partial(LinearOp.input_bytes, plan, e=e))
     if run.method not in ADAPTER_METHODS or not (run.grad_ckpt or run.method == "dora"):
         return 0
     ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]

@@ -1052,6 +1052,43 @@ def _quantised_and_states() -> list[Case]:
     return cases
 
 
+def _lycoris() -> list[Case]:
+    """peft's LoHa and LoKr (ΔW built whole every forward, the input cast to it); on a
+    wider model at few tokens the ΔW build and its backward's temporaries are the peak."""
+    cases = [
+        Case(family, {"method": "loha", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "falcon", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "loha_targets": "all-linear", "loha_rank": 4, "loha_alpha": 16},
+    ):
+        cases.append(Case("llama", {"method": "loha", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "loha_targets": "all-linear"}
+    for extra in ({"precision": "bf16"}, {"precision": "bf16-mixed"}, {"grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "loha", **few, **extra}, WIDER_STILL))
+    cases += [Case(f, {"method": "lokr", "precision": "bf16"}) for f in ("llama", "phi3", "qwen2")]
+    for extra in (
+        {"precision": "fp32", "lokr_factor": 4, "lokr_rank": 2},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16", "lokr_factor": 4},
+        {"precision": "bf16", "lokr_targets": "all-linear", "lokr_rank": 2},
+        {"precision": "bf16", "lokr_decompose_both": True, "lokr_rank": 2},
+    ):
+        cases.append(Case("llama", {"method": "lokr", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "lokr_targets": "all-linear", "lokr_rank": 4}
+    for extra in ({"precision": "bf16"}, {"grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "lokr", **few, **extra}, WIDER_STILL))
+    return cases
+
+
+# LoHa's out × in temporaries outweigh the activations of 8 tokens
+WIDER_STILL = {"hidden_size": 256, "intermediate_size": 512}
+
+
 def _adalora() -> list[Case]:
     """peft's AdaLoRA (SVDLinear, the orthogonal regulariser in the loss, the rank
     allocator's update after the step): its three precision regimes, every linear, GPT-2's
@@ -1094,6 +1131,7 @@ def _peft_methods() -> list[Case]:
     ):
         cases.append(Case("llama", {"method": "ia3", **extra}))
     cases.append(Case("gpt2", {"method": "ia3", "precision": "fp32", "grad_ckpt": True}))
+    cases += _lycoris()
     # prompt tuning and P-tuning: virtual tokens in front of the input
     for family in sorted(TINY):
         cases.append(Case(family, {"method": "prompt-tuning", "precision": "bf16"}))

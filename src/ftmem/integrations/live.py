@@ -227,6 +227,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
     elif kind == "IA3":
         live.set("method", "ia3", said)
         live.set("ia3_targets", ",".join(sorted(_names(pc.target_modules))), said)
+    elif kind in ("LOHA", "LOKR"):
+        _lycoris(model, pc, live, said, kind.lower())
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
         live.set("method", PROMPT_PEFT.get(kind, "prefix-tuning"), said)
         live.set("virtual_tokens", int(pc.num_virtual_tokens), said)
@@ -234,8 +236,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
             live.set("prefix_projection", True, said)
     else:
         raise InvalidInputError(
-            f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, IA3, "
-            "prompt, prefix and P-tuning)."
+            f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
+            "IA3, LoHa, LoKr, prompt, prefix and P-tuning)."
         )
 
 
@@ -265,6 +267,28 @@ def _expert_items(wrapped: list[tuple[str, Any]], r: int) -> list[str]:
         if item not in items:
             items.append(item)
     return items
+
+
+def _lycoris(model: Any, pc: Any, live: LiveRun, said: str, method: str) -> None:
+    """peft's LoHaConfig or LoKrConfig: its rank and alpha (LoKr: its decomposition), and
+    the modules it wrapped (hada_w1_a, lokr_w1)."""
+    live.set("method", method, said)
+    live.set(f"{method}_rank", int(pc.r), said)
+    live.set(f"{method}_alpha", float(pc.alpha), said)
+    if method == "lokr":
+        if pc.decompose_factor != -1:
+            live.set("lokr_factor", int(pc.decompose_factor), said)
+        if pc.decompose_both:
+            live.set("lokr_decompose_both", True, said)
+    marker = "hada_w1_a" if method == "loha" else "lokr_w1"
+    wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)})
+    if wrapped:
+        live.set(f"{method}_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
+    if pc.rank_dropout or pc.module_dropout:
+        live.notes.append(
+            f"{method} rank_dropout / module_dropout: not modelled (the dropped ΔW is a "
+            "copy of the same size, made in the forward); estimated without."
+        )
 
 
 def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
@@ -394,7 +418,7 @@ def _read_dtypes(model: Any, half: str, half_said: str, live: LiveRun) -> None:
             live.set("autocast", True, said)
     mixed = [d for d in (frozen + trained) if d != dtype]
     method = live.settings.get("method")
-    if method in ("lora", "dora", "rslora", "adalora", "qlora", "ia3") and trained:
+    if method in ("lora", "dora", "rslora", "adalora", "qlora", "ia3", "loha", "lokr") and trained:
         adapter = trained.most_common(1)[0][0]
         live.set("adapter_dtype", adapter, f"the trainable (adapter) parameters' dtype ({adapter})")
     elif mixed and trained:

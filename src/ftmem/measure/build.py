@@ -727,6 +727,8 @@ def _with_trainable_set(
             p.requires_grad_(name.endswith(".bias"))
     elif run.method in PROMPT_METHODS or run.method == "ia3":
         model = _peft_other(model, arch, run)
+    elif run.method in ("loha", "lokr"):
+        model = _peft_lycoris(model, arch, run)
     else:  # the LoRA family (ADAPTER_METHODS)
         model = _peft_lora(model, arch, run)
     _vision_trainable(model, arch, run)
@@ -970,6 +972,42 @@ def _peft_other(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modu
     if run.method == "ia3" and run.adapter_dtype != "auto":
         for name, p in model.named_parameters():
             if "ia3_l" in name:
+                p.data = p.data.to(_DTYPES[run.adapter_dtype])
+    return model
+
+
+def _peft_lycoris(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's LoHa or LoKr on the linears the estimate names, its adapters in the dtype
+    asked for."""
+    from peft import LoHaConfig, LoKrConfig, get_peft_model
+
+    from ftmem.methods import loha_linears, lokr_linears
+
+    cfg: PeftConfig
+    if run.method == "loha":
+        r, alpha, _ = run.loha
+        cfg = LoHaConfig(
+            r=r,
+            alpha=alpha,  # type: ignore[arg-type]  # (annotated int; scales by alpha / r)
+            target_modules=[lin.module for lin in loha_linears(arch, run)],
+            task_type="CAUSAL_LM",
+        )
+    else:
+        r, alpha, _, factor, both = run.lokr
+        cfg = LoKrConfig(
+            r=r,
+            alpha=alpha,  # type: ignore[arg-type]  # (annotated int; scales by alpha / r)
+            decompose_factor=factor,
+            decompose_both=both,
+            target_modules=[lin.module for lin in lokr_linears(arch, run)],
+            task_type="CAUSAL_LM",
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
+    if run.adapter_dtype != "auto":
+        for name, p in model.named_parameters():
+            if "hada_" in name or "lokr_" in name:
                 p.data = p.data.to(_DTYPES[run.adapter_dtype])
     return model
 

@@ -35,6 +35,9 @@ class BlockState:
     # LLaMA-Adapter: the block holds a gated adaption prompt; v2's AdapterV2Linear modules
     gated_prompt: bool = False
     v2_scaled: frozenset[str] = frozenset()
+    # LoHa: linears with a Hadamard-product adapter (its ΔW needs their output's gradient)
+    hadamard: frozenset[str] = frozenset()
+    kronecker: frozenset[str] = frozenset()  # LoKr's
 
     @property
     def output_grad(self) -> frozenset[str]:
@@ -45,8 +48,9 @@ class BlockState:
     def own_output_grad(self) -> frozenset[str]:
         """Linears whose output needs a gradient for a parameter other than LoRA's: a
         trained bias (BitFit), an IA³ vector, a trained weight, a bottleneck adapter,
-        adapter v2's bias and scale."""
-        return self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
+        adapter v2's bias and scale, a LoHa or LoKr adapter."""
+        own = self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
+        return own | self.hadamard | self.kronecker
 
     def weight_trains(self, lin: Linear) -> bool:
         return self.weights_trainable or lin.module in self.trained

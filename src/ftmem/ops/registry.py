@@ -49,6 +49,7 @@ MODULES = (
     "ftmem.adapters.dora",
     "ftmem.adapters.ia3",
     "ftmem.adapters.llama_adapter",
+    "ftmem.adapters.lycoris",
     "ftmem.adapters.lora",
     "ftmem.adapters.head_lora",
     "ftmem.adapters.prompt",

@@ -33,6 +33,7 @@ class Kind(Enum):
     LORA = "lora"  # a LoRA branch: dropout, input casts, lora_A output, weight copies
     DORA = "dora"  # DoRA's rescale of the base and LoRA outputs
     IA3 = "ia3"
+    LOHA = "loha"  # LoHa's input cast and its delta weight
     BOTTLENECK = "bottleneck"
     LLAMA_ADAPTER = "llama-adapter"  # the adaption prompt's attention, v2's scaled outputs
     ATTN_QK = "attention q/k"  # the query and key the kernel reads (rotary outputs)

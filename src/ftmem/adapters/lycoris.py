@@ -1,0 +1,154 @@
+"""peft's LyCORIS adapters on a linear, LoHa and LoKr: the delta weight they build whole in
+every forward, the input cast they multiply, and what their backward holds.
+
+What runs (huggingface/peft src/peft/tuners/loha/layer.py and tuners/lokr/layer.py, the
+same in memory at 0.21.2 and at 5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40, the MetaMathQA
+release): ``forward`` adds ``Linear._get_delta_activations`` to the base output; that
+builds ΔW (out × in) from the adapter's factors, casts the input to ΔW's dtype
+(``_cast_input_dtype``) and returns ``F.linear(input, ΔW)``, whose mm keeps the cast input
+(ΔW needs a gradient) and ΔW (when the input needs one).
+
+- LoHa: ``ΔW = HadaWeight.apply(w1a, w1b, w2a, w2b, scale)``, an autograd Function that
+  saves only its four factors (parameters) and the 0-dim scale.
+- LoKr: ``ΔW = torch.kron(w1, w2) * scale`` (``make_kron``), w1 and w2 parameters or
+  products of a low-rank pair; kron's broadcast multiply keeps both factors, so a factor
+  built from a pair (w2 = w2_a·w2_b, b × d) stays alive until backward.
+
+Not modelled: under autocast peft returns an adapted linear's output in its input's dtype
+(``result.to(previous_dtype)``: fp32 from an fp32 residual stream), which ftmem keeps
+16-bit (measured, LoHa on all linears of a tiny Llama, bf16-mixed: activations −1.0 %).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ftmem.arch import Linear
+from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.methods import MethodPlan, lokr_shapes
+from ftmem.ops.context import BlockState, LayerContext
+from ftmem.ops.registry import register
+from ftmem.ops.saved import Kind, Saved, Side
+
+
+def delta_bytes(plan: MethodPlan) -> int:
+    """Element size of ΔW and of the input it multiplies: the adapter dtype, or under
+    autocast the 16-bit compute dtype (HadaWeight's matmuls run under it; the 0-dim fp32
+    scale does not promote)."""
+    dt = plan.dtypes
+    return BYTES_PER_ELEMENT[dt.compute if dt.autocast else dt.adapter]
+
+
+def _delta_saved(
+    ctx: LayerContext, lin: Linear, side: Side, in_grad: bool, in_bytes: int, name: str
+) -> tuple[list[Saved], bool]:
+    """What F.linear(input.to(ΔW's dtype), ΔW) keeps: the cast input (one copy per
+    adapter; the input itself, shared, when no cast is needed) and ΔW when the input
+    needs a gradient. Returns the items and whether the shared input is kept."""
+    de, own = delta_bytes(ctx.plan), (lin,)
+    out: list[Saved] = []
+    if in_bytes != de:
+        size = ctx.tokens * lin.in_features * de
+        out.append(
+            Saved(f"{lin.label} {name} input cast to {de * 8}-bit", size, Kind.LOHA, side, own)
+        )
+    if in_grad:
+        size = lin.in_features * lin.out_features * de
+        out.append(Saved(f"{lin.label} {name} ΔW (out × in)", size, Kind.LOHA, side, own))
+    return out, in_bytes == de
+
+
+def _sizes(
+    linears: tuple[Linear, ...], de: int, T: int, in_bytes: Callable[[Linear], int]
+) -> list[tuple[int, int]]:
+    """Each adapted linear's ΔW bytes and its input cast's (0 without a cast)."""
+    return [
+        (
+            lin.in_features * lin.out_features * de,
+            T * lin.in_features * de if in_bytes(lin) != de else 0,
+        )
+        for lin in linears
+    ]
+
+
+@register("loha")
+class LoHa:
+    """The LoHa adapters on a group of linears reading one tensor."""
+
+    @staticmethod
+    def saved(
+        ctx: LayerContext,
+        linears: list[Linear],
+        state: BlockState,
+        side: Side,
+        in_grad: bool,
+        in_bytes: int,
+    ) -> tuple[list[Saved], bool]:
+        """What each LoHa (or LoKr) adapter keeps (_delta_saved; LoKr.kept besides).
+        Returns the items and whether an adapter keeps the shared input."""
+        out: list[Saved] = []
+        reads_input = False
+        for lin in linears:
+            name = "LoHa" if lin.module in state.hadamard else "LoKr"
+            if name == "LoKr" and lin.module not in state.kronecker:
+                continue
+            items, reads = _delta_saved(ctx, lin, side, in_grad, in_bytes, name)
+            out += items + (LoKr.kept(ctx, lin, side) if name == "LoKr" else [])
+            reads_input = reads_input or reads
+        return out, reads_input
+
+    @staticmethod
+    def forward_build(
+        plan: MethodPlan, T: int, in_bytes: Callable[[Linear], int], kept: bool
+    ) -> int:
+        """The largest ΔW build: HadaWeight.forward's ``((w1a @ w1b) * (w2a @ w2b)) *
+        scale`` holds both products and their Hadamard product (three out × in) before
+        the scaled ΔW; LoKr's kron result and its scaled copy (two). Beyond what the
+        block's kept tensors count of that linear (its ΔW and its input cast, both made
+        after) when it keeps them (``kept``: not a checkpointed or frozen block).
+        ``in_bytes``: a linear's input element size (LinearOp.input_bytes)."""
+        de = delta_bytes(plan)
+        held = [
+            (n * w - (w + cast if kept else 0))
+            for n, group in ((3, plan.hadamard), (2, plan.kronecker))
+            for w, cast in _sizes(group, de, T, in_bytes)
+        ]
+        return max(held, default=0)
+
+    @staticmethod
+    def backward_moment(plan: MethodPlan, T: int, in_bytes: Callable[[Linear], int]) -> int:
+        """The largest ΔW backward, after the mm's node has freed ΔW and the input cast
+        it kept: the ΔW gradient it hands on (held by the next call's arguments) and its
+        scaled copy, in ΔW's dtype, then HadaWeight.backward's other pair's product,
+        ``temp`` and the second ``temp`` (made before the first is released; in the
+        adapter dtype: backward runs outside autocast, the fp32 factors promote), or
+        LoKr's one broadcast product for a factor's gradient. Measured alone (tiny
+        HadaWeight and make_kron on the CPU): 5 and 3 out × in."""
+        ae, de = BYTES_PER_ELEMENT[plan.dtypes.adapter], delta_bytes(plan)
+        held = [
+            (2 * w + n * (w // de) * ae - w - cast)
+            for n, group in ((3, plan.hadamard), (1, plan.kronecker))
+            for w, cast in _sizes(group, de, T, in_bytes)
+        ]
+        return max(held, default=0)
+
+
+@register("lokr")
+class LoKr:
+    """LoKr's own part of an adapted linear (its ΔW and input cast are LoHa.saved's)."""
+
+    @staticmethod
+    def kept(ctx: LayerContext, lin: Linear, side: Side) -> list[Saved]:
+        """The factors built from a low-rank pair, which kron's multiply keeps (in the
+        adapter dtype) whether or not the input needs a gradient."""
+        ae = BYTES_PER_ELEMENT[ctx.plan.dtypes.adapter]
+        return [
+            Saved(
+                f"{lin.label} LoKr factor {rows} × {cols}",
+                rows * cols * ae,
+                Kind.LOHA,
+                side,
+                (lin,),
+            )
+            for rows, cols in lokr_shapes(lin, ctx.run).built
+        ]
