@@ -9,7 +9,6 @@ the ΔW builds and backward temporaries here against HadaWeight and make_kron ru
 
 from __future__ import annotations
 
-import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -20,6 +19,7 @@ from ftmem.errors import InvalidInputError
 from ftmem.methods import plan_method
 from ftmem.run import RunConfig
 from tests.conftest import tiny
+from tests.test_peft_methods import assert_counts_match_peft
 
 SETTINGS = [
     {"method": "loha"},
@@ -41,17 +41,7 @@ SETTINGS = [
 @pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "falcon", "mixtral", "gemma2"])
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(map(str, s.values())))
 def test_counts_match_peft(family: str, settings: dict) -> None:
-    pytest.importorskip("peft")
-    from ftmem.measure.build import build_model
-
-    arch = tiny(family)
-    run = RunConfig(precision="bf16", device="cpu", **settings)
-    plan = plan_method(arch, run)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model(arch, run).model
-    trainable, total = model.get_nb_trainable_parameters()
-    assert (plan.n_trainable, plan.n_params) == (trainable, total)
+    assert_counts_match_peft(family, settings)
 
 
 def test_published_metamathqa_count() -> None:
@@ -102,6 +92,25 @@ def test_loha_keeps_delta_weight_where_lora_keeps_its_rank_r_output() -> None:
     assert loha.activations_bytes - lora.activations_bytes == expected
 
 
+def _build_and_backward(tracked: list, build, x) -> tuple[int, int, int]:
+    """Bytes above the tracked tensors while ``build()`` makes ΔW (its peak, what stays),
+    and the peak of the backward of ``linear(x, ΔW)`` above what the forward left."""
+    import torch
+
+    from ftmem.measure.tracker import LiveBytesTracker
+
+    with LiveBytesTracker() as tracker:
+        tracker.track(*tracked)
+        start = tracker.current
+        delta = build()
+        forward_peak, forward_kept = tracker.peak - start, tracker.current - start
+        y = torch.nn.functional.linear(x, delta)
+        del delta
+        tracker.peak = before = tracker.current
+        y.sum().backward()
+        return forward_peak, forward_kept, tracker.peak - before
+
+
 def test_hadamard_temporaries_match_the_autograd_function() -> None:
     """HadaWeight and F.linear run alone on the CPU (ftmem's live-storage tracker, fp32,
     the input needing a gradient as in every block above the first): the forward peaks
@@ -113,7 +122,6 @@ def test_hadamard_temporaries_match_the_autograd_function() -> None:
     from peft.tuners.loha.layer import HadaWeight
 
     from ftmem.adapters.lycoris import LoHa
-    from ftmem.measure.tracker import LiveBytesTracker
 
     out_f, in_f, r, T = 192, 128, 4, 6
     arch = tiny("llama", hidden_size=128, intermediate_size=192)
@@ -125,16 +133,9 @@ def test_hadamard_temporaries_match_the_autograd_function() -> None:
         for shape in ((out_f, r), (r, in_f), (out_f, r), (r, in_f))
     ]
     x, scale = torch.randn(T, in_f, requires_grad=True), torch.tensor(2.0)
-    with LiveBytesTracker() as tracker:
-        tracker.track(factors, x, scale)
-        start = tracker.current
-        delta = HadaWeight.apply(*factors, scale)
-        forward_peak = tracker.peak - start
-        y = torch.nn.functional.linear(x, delta)
-        del delta
-        tracker.peak = before = tracker.current
-        y.sum().backward()
-        backward_peak = tracker.peak - before
+    forward_peak, _, backward_peak = _build_and_backward(
+        [*factors, x, scale], lambda: HadaWeight.apply(*factors, scale), x
+    )
 
     def in_bytes(lin: object) -> int:
         return 4
@@ -154,7 +155,6 @@ def test_kronecker_temporaries_match_make_kron() -> None:
     from peft.tuners.lokr.layer import make_kron
 
     from ftmem.adapters.lycoris import LoHa
-    from ftmem.measure.tracker import LiveBytesTracker
 
     arch = tiny("llama", hidden_size=192, intermediate_size=256)
     run = RunConfig(precision="fp32", method="lokr", lokr_targets="up", lokr_rank=4)
@@ -164,16 +164,9 @@ def test_kronecker_temporaries_match_make_kron() -> None:
     w1 = torch.randn(a, c, requires_grad=True)
     w2a, w2b = torch.randn(b, 4, requires_grad=True), torch.randn(4, d, requires_grad=True)
     x = torch.randn(6, 192, requires_grad=True)
-    with LiveBytesTracker() as tracker:
-        tracker.track(w1, w2a, w2b, x)
-        start = tracker.current
-        delta = make_kron(w1, w2a @ w2b, 2.0)
-        forward_peak, forward_kept = tracker.peak - start, tracker.current - start
-        y = torch.nn.functional.linear(x, delta)
-        del delta
-        tracker.peak = before = tracker.current
-        y.sum().backward()
-        backward_peak = tracker.peak - before
+    forward_peak, forward_kept, backward_peak = _build_and_backward(
+        [w1, w2a, w2b, x], lambda: make_kron(w1, w2a @ w2b, 2.0), x
+    )
 
     def in_bytes(lin: object) -> int:
         return 4

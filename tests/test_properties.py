@@ -72,10 +72,22 @@ def test_components_are_non_negative_integers_that_add_up(model, run):
     if not _fits_learned_positions(model, run):
         return
     m = estimate(model, **_settings(run)).memory
+    _assert_non_negative_ints(m)
+    _assert_parts_add_up(m)
+
+
+def _assert_non_negative_ints(m) -> None:
     for key, value in m.model_dump().items():
         if key.endswith("_bytes"):
             assert isinstance(value, int) and value >= 0, key
+
+
+def _assert_consistent(m) -> None:
+    """Every byte count a non-negative int, the parts at the peak adding up, none above
+    its own size."""
+    _assert_non_negative_ints(m)
     _assert_parts_add_up(m)
+    _assert_no_part_exceeds_its_size(m)
 
 
 def _assert_parts_add_up(m) -> None:
@@ -111,11 +123,7 @@ def test_litgpt_parts_add_up_and_stay_within_their_sizes(model, run):
     except FtmemError as exc:
         assert "\n" not in str(exc)
         return
-    for key, value in m.model_dump().items():
-        if key.endswith("_bytes"):
-            assert isinstance(value, int) and value >= 0, key
-    _assert_parts_add_up(m)
-    _assert_no_part_exceeds_its_size(m)
+    _assert_consistent(m)
 
 
 parallel = st.fixed_dictionaries(
@@ -382,12 +390,8 @@ def test_every_method_and_feature_gives_a_consistent_estimate_or_one_sentence(mo
     except FtmemError as exc:
         assert "\n" not in str(exc)
         return
-    for key, value in m.model_dump().items():
-        if key.endswith("_bytes"):
-            assert isinstance(value, int) and value >= 0, key
-    _assert_parts_add_up(m)
+    _assert_consistent(m)
     assert m.peak_allocated_bytes >= m.weights_bytes + m.optimizer_states_bytes
-    _assert_no_part_exceeds_its_size(m)
     longer = estimate(model, **_feature_settings({**run, "seq_len": run["seq_len"] * 2})).memory
     assert longer.peak_allocated_bytes >= _asked(m)
 

@@ -21,7 +21,7 @@ import torch
 import transformers
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel
 
 
 class Live(TorchDispatchMode):
@@ -62,22 +62,6 @@ class Live(TorchDispatchMode):
 
 def vocab_wide(live: Live, vocab: int) -> list[list[object]]:
     return [[*desc, n] for n, desc in live.at_peak.values() if desc[0] and desc[0][-1] == vocab]
-
-
-def mistral(vocab: int) -> torch.nn.Module:
-    cfg = MistralConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-    )
-    model = MistralForCausalLM(cfg)
-    for name, p in model.named_parameters():
-        p.requires_grad_(".layers.1." in name)
-    return model
 
 
 def gpt2(s: int, vocab: int) -> torch.nn.Module:
@@ -128,7 +112,7 @@ def causal_lm(model_type: str, vocab: int) -> torch.nn.Module:
 def model_of(args: list[str], s: int, vocab: int) -> torch.nn.Module:
     if args == ["gpt2"]:
         return gpt2(s, vocab)
-    return causal_lm(args[0], vocab) if args and args[0] != "mistral" else mistral(vocab)
+    return causal_lm(args[0] if args else "mistral", vocab)
 
 
 def main() -> None:
