@@ -114,6 +114,18 @@ RUNS: list[Run] = [
         "trainable copy; the copy is not modelled)",
     ),
     peft(
+        "lokr--llama-3.2-3B-rank32-factor4-lr0.003",
+        23590862848,
+        {
+            "method": "lokr",
+            "lokr_rank": 32,
+            "lokr_alpha": 64,
+            "lokr_targets": "q,v",
+            "lokr_factor": 4,
+            **LORA_KEYS,
+        },
+    ),
+    peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,
         {"lora_r": 32, "lora_alpha": 64},
