@@ -104,3 +104,56 @@ def test_measured_on_a_tiny_llama(grad_ckpt):
     for key in ("weights", "activations"):
         assert r[key][0] == r[key][1], key
     assert abs(error(r["peak"])) <= PEAK_TOLERANCE
+
+
+def test_4bit_experts_on_fp32_hidden_states_keep_what_the_estimate_says():
+    """Measured (CPU, bitsandbytes' Linear4bit experts and router, bf16 compute under bf16
+    autocast, fp32 input: the Mixtral baseline rows' blocks after TRL's cast): what
+    transformers 4.48.1's expert loop saves equals MoE.saved, byte for byte. (The rows'
+    remaining under-count is not in this set: calibration/notes/fms.md.)"""
+    torch = pytest.importorskip("torch")
+    bnb = pytest.importorskip("bitsandbytes")
+    from ftmem.api import RunConfig
+    from ftmem.methods import plan_method
+    from ftmem.ops.context import BlockState, LayerContext
+    from ftmem.ops.moe import MoE
+    from tests.conftest import tiny
+    from tests.saved_storages import saved_storages
+    from tests.test_moe_linears import QLORA, SparseMoe4x
+
+    def four_bit(lin):
+        m = bnb.nn.Linear4bit(
+            lin.in_features, lin.out_features, bias=False, compute_dtype=torch.bfloat16
+        )
+        w = lin.weight.data.to(torch.bfloat16)
+        # (quantised as it moves to a device: Params4bit.to)
+        m.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4").to("cpu")
+        return m
+
+    arch = tiny("mixtral")
+    torch.manual_seed(0)
+    block = SparseMoe4x(arch.hidden_size, arch.intermediate_size, arch.num_experts, 2)
+    for expert in block.experts:
+        expert.w1, expert.w2, expert.w3 = (
+            four_bit(expert.w1),
+            four_bit(expert.w2),
+            four_bit(expert.w3),
+        )
+    block.gate = four_bit(block.gate)
+    block.requires_grad_(False)
+    b, s = 2, 48
+    x = torch.randn(b, s, arch.hidden_size, requires_grad=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        measured = sum(saved_storages(lambda: block(x), block.parameters()))
+    run = RunConfig(
+        **QLORA,
+        precision="bf16-mixed",
+        transformers_version="4.48.1",
+        batch_size=b,
+        seq_len=s,
+        trl_bf16_cast=True,
+    )
+    ctx = LayerContext(arch, run, plan_method(arch, run), b * s)
+    state = BlockState(input_requires_grad=True, weights_trainable=False, adapted=frozenset())
+    predicted = sum(item.nbytes for item in MoE.saved(ctx, state, x_grad=True))
+    assert predicted == measured, (predicted, measured)
