@@ -200,12 +200,14 @@ def outer_saved(
     if train or plan.embed_trainable or run.n_virtual > 0 or run.grad_ckpt:
         # the embeddings' dropout keeps its mask where its input needs a gradient
         elements = T * arch.hidden_size
+        # (the embedding output's dtype, the residual's unless TRL cast the embedding)
+        e_in = plan.dtypes.first_input_bytes
         below += Dropout.saved(
-            ctx, "embeddings", elements, ctx.residual, Side.OUTER, arch.embedding_dropout
+            ctx, "embeddings", elements, e_in, Side.OUTER, arch.embedding_dropout
         )
     below += PromptEncoder.saved(arch, run, plan.dtypes.autocast)
     if blocks_grad:
-        below += Embedding.rotary_saved(arch, run, T, ctx.residual)
+        below += Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
     above = Norm.saved(
         ctx,
         "final norm",

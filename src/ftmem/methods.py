@@ -981,7 +981,8 @@ def _outer_groups(
                 and trainable_blocks == arch.num_layers
             )
         )
-        fmt: StorageFormat = dtypes.base
+        # (TRL's cast puts the token embedding and LM head in bf16: Dtypes.ends)
+        fmt: StorageFormat = dtypes.head if p.is_head or p.kind == "embedding" else dtypes.base
         if _quantized_head(p, run, dtypes, trains) and dtypes.quantized is not None:
             fmt = dtypes.quantized
         dq = run.uses_double_quant if is_quantized(fmt) else True

@@ -20,12 +20,33 @@ class Dtypes:
     # the dtype a 4-bit linear computes in (bnb_4bit_compute_dtype); bitsandbytes stores
     # the linear's bias in it from the first forward on
     four_bit_compute: Dtype = "bf16"
+    # the token embedding's and LM head's dtype where it is not ``base``: TRL 0.7.5-0.21's
+    # SFTTrainer casts them of a 4-bit base back to bf16 after peft's fp32 upcast
+    # (huggingface/trl trl/trainer/utils.py@v0.13.0 peft_module_casting_to_bf16, l.872-879)
+    ends: Dtype | None = None
 
     @property
     def residual_bytes(self) -> int:
         """Element size of the residual stream: the dtype of the non-quantised weights
         (fp32 under autocast with fp32 parameters)."""
         return BYTES_PER_ELEMENT[self.base]
+
+    @property
+    def head(self) -> Dtype:
+        """The dtype of the token embedding and the LM head weights."""
+        return self.ends or self.base
+
+    @property
+    def first_input_bytes(self) -> int:
+        """Element size of the first block's input: the token embedding's output, in its
+        weight's dtype (bf16 under TRL's cast; the 4-bit linears' outputs take their
+        input's dtype, so the stream is fp32 again after the first fp32 norm)."""
+        return BYTES_PER_ELEMENT[self.head]
+
+    @property
+    def casts_head(self) -> bool:
+        """Whether autocast makes a 16-bit copy of the LM head weight for its matmul."""
+        return self.autocast and self.head != self.compute
 
     @property
     def four_bit_outputs_fp32(self) -> bool:
@@ -42,8 +63,9 @@ class Dtypes:
         return self.autocast and self.base != self.compute
 
     def describe(self) -> str:
+        ends = f"{self.ends} embedding and head, " if self.ends else ""
         base = (
-            f"{self.quantized} linears, {self.base} rest"
+            f"{self.quantized} linears, {ends}{self.base} rest"
             if self.quantized
             else f"{self.base} weights"
         )
@@ -75,4 +97,5 @@ def resolve_dtypes(run: RunConfig) -> Dtypes:
         adapter=adapter,
         autocast=autocast,
         four_bit_compute=run.compute_dtype or compute,
+        ends="bf16" if run.trl_bf16_cast else None,
     )

@@ -151,6 +151,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "double_quant": QUANTIZED_BASE_METHODS,
     "compute_dtype": QUANTIZED_BASE_METHODS,
     "gptq_kernel": frozenset({"qlora"}),
+    "trl_bf16_cast": frozenset({"qlora"}),
     "trainable_layers": frozenset({"freeze"}),
     "trainable_modules": frozenset({"partial"}),
     "galore_rank": frozenset({"galore"}),
@@ -312,6 +313,14 @@ class RunConfig(limits.BoundedSettings):
         "(exllama disabled and desc_act false, as Qwen-1's finetune.py runs it), whose torch "
         "path for 128 or more tokens a call dequantises each weight to fp16 and keeps it for "
         "the input's gradient; default: kernels that dequantise inside and keep nothing.",
+    )
+    trl_bf16_cast: bool | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="A 4-bit QLoRA run through TRL 0.7.5-0.21's SFTTrainer with --bf16 and a "
+        "peft config: after prepare_model_for_kbit_training's fp32 upcast, "
+        "peft_module_casting_to_bf16 puts the token embedding and LM head back in bf16 "
+        "(norms stay fp32), so the first block's input and the head's weight are 16-bit.",
     )
     bnb_version: str | None = Field(
         None,
@@ -978,6 +987,19 @@ class RunConfig(limits.BoundedSettings):
     def _gptq_kernel_fits(self) -> RunConfig:
         if self.gptq_kernel is not None and self.method == "qlora" and self.quant != "int4":
             raise ValueError("--gptq-kernel is the matmul of an int4 (GPTQ) base: add --quant int4")
+        return self
+
+    @model_validator(mode="after")
+    def _trl_bf16_cast_fits(self) -> RunConfig:
+        # TRL casts only where args.bf16 and model.is_loaded_in_4bit (sft_trainer.py), and the
+        # cast is from an fp32 upcast: a 4-bit base under bf16 autocast with fp32 parameters
+        if self.trl_bf16_cast and (
+            self.quant_format not in ("nf4", "fp4") or self.precision != "bf16-mixed"
+        ):
+            raise ValueError(
+                "--trl-bf16-cast is TRL's cast of a 4-bit base's fp32-upcast embedding and "
+                "head under --bf16: it needs --quant nf4 or fp4 and --precision bf16-mixed"
+            )
         return self
 
     def _method_settings_fit(self) -> None:

@@ -360,9 +360,12 @@ def _decoder_parts(
     policy = _block_policy(run, blocks.rebuilt, own_grads, blocks.per_block)
     # a checkpointed block's input, the one tensor it keeps
     block_input = T * arch.hidden_size * plan.dtypes.residual_bytes
+    first_input = T * arch.hidden_size * plan.dtypes.first_input_bytes
     if split is not None:
-        block_input = split.tokens(block_input)
+        block_input, first_input = split.tokens(block_input), split.tokens(first_input)
     inputs = (block_input,) * len(blocks.per_block)
+    if len(inputs) == arch.num_layers and first_input != block_input:  # block 0's is kept
+        inputs = (first_input, *inputs[1:])
     on_host = _host_inputs(run, inputs, blocks.per_block)
     if any(on_host):  # Unsloth's checkpointing: in host memory, one GPU buffer to bring back
         inputs = tuple(0 if off else x for x, off in zip(inputs, on_host, strict=True))
@@ -394,10 +397,11 @@ def _decoder_parts(
     leaves = (*leaves, apart) if apart else leaves
     masks = Attention.held_layer_masks(arch, run)  # (the checkpoints' inputs, too)
     leaves = (*leaves, masks) if masks else leaves
-    rotary = Embedding.unread_rotary_held(arch, run, plan.dtypes.residual_bytes)
+    # (cos and sin come in the embedding output's dtype: the first block's input's)
+    rotary = Embedding.unread_rotary_held(arch, run, plan.dtypes.first_input_bytes)
     leaves = (*leaves, rotary) if rotary and any(blocks.per_block) else leaves
     # the rotary's cos and sin, held as the checkpoints' keyword argument
-    leaves += Embedding.rotary_held(arch, run, T, plan.dtypes.residual_bytes)
+    leaves += Embedding.rotary_held(arch, run, T, plan.dtypes.first_input_bytes)
     below = _sum(outer_below) + sum(leaves)
     kept = Activations(per_block_kept, below=below, above=_sum(outer_above))
     sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)

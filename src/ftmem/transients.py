@@ -609,7 +609,7 @@ def offloaded_forward_adapter(
         return 0
     r = plan.dtypes.residual_bytes
     outside = 2 * T * arch.hidden_size * r + sum(
-        x.nbytes for x in Embedding.rotary_saved(arch, run, T, r)
+        x.nbytes for x in Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
     )
     probs = run.batch_size * arch.num_heads * run.positions**2 * e if runs_eager(arch, run) else 0
     moments = []
@@ -645,7 +645,9 @@ def offloaded_attention_forward(
         return 0
     r = plan.dtypes.residual_bytes
     streams = 3 * T * arch.hidden_size * r
-    rotary = sum(x.nbytes for x in Embedding.rotary_saved(arch, run, T, r))
+    rotary = sum(
+        x.nbytes for x in Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
+    )
     mask = run.batch_size * run.positions * (run.positions + run.prefix_len) * r
     kernel = sum(x.nbytes for x in block if x.kind in _KERNEL_INPUTS and x.kind is not Kind.ATTN_QK)
     # rotary's q and k are the products with cos and sin, promoted to the tables' dtype

@@ -211,6 +211,14 @@ RUN = [
         "tokens) and keeps it for backward (default: kernels that keep nothing).",
     ),
     _opt(
+        "trl_bf16_cast",
+        OptBool,
+        None,
+        "qlora: TRL 0.7.5-0.21's SFTTrainer with --bf16 casts the fp32-upcast embedding and "
+        "LM head of a 4-bit base back to bf16 (peft_module_casting_to_bf16).",
+        "--trl-bf16-cast/--no-trl-bf16-cast",
+    ),
+    _opt(
         "bnb_version",
         OptStr,
         None,

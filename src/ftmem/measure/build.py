@@ -615,10 +615,26 @@ def build_model(arch: Architecture, run: RunConfig, device: str = "cpu", seed: i
         model = model.to(device=device)  # (fake parameters cannot be swapped in place)
     _framework_rotary_cache(model, arch, run, device)
     model = _with_trainable_set(model, arch, run, notes)
+    if run.trl_bf16_cast:
+        _trl_bf16_cast(model)
+        notes.append("trl_bf16_cast: TRL's peft_module_casting_to_bf16 applied after peft")
     if run.grad_ckpt:
         enable_checkpointing(model)
     model.train()
     return Built(model, autocast_dtype(run), attn_impl, notes)
+
+
+def _trl_bf16_cast(model: nn.Module) -> None:
+    """TRL 0.7.5-0.21's SFTTrainer with bf16 on a 4-bit model, after get_peft_model:
+    norms to fp32, the fp32 embeddings and LM head to bf16 (huggingface/trl
+    trl/trainer/utils.py@v0.13.0 peft_module_casting_to_bf16, l.872-879, as written there)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.LayerNorm) or "norm" in name:
+            module.to(torch.float32)
+        elif any(x in name for x in ("lm_head", "embed_tokens", "wte", "wpe")):
+            weight = getattr(module, "weight", None)
+            if weight is not None and weight.dtype == torch.float32:
+                module.to(torch.bfloat16)
 
 
 def _framework_rotary_cache(

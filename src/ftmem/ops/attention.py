@@ -922,7 +922,7 @@ class Attention:
         (the residual's: fp32 under autocast over fp32 weights)."""
         if not alibi_model_mask(arch, run):
             return 0
-        er = resolve_dtypes(run).residual_bytes
+        er = resolve_dtypes(run).first_input_bytes
         return run.batch_size * arch.num_heads * run.positions**2 * er
 
     @staticmethod
@@ -1037,7 +1037,7 @@ def model_causal_mask(arch: Architecture, run: RunConfig) -> int:
     sequence is longer); 4.39's is (b, 1, s, s), cloned because the collator passes an
     attention mask."""
     b, s = run.batch_size, run.positions
-    er = resolve_dtypes(run).residual_bytes
+    er = resolve_dtypes(run).first_input_bytes  # (inputs_embeds.dtype)
     if within(run.transformers_version, SDPA_MASK_INDEXED_PER_LAYER):
         m = arch.max_position_embeddings or s
         side = m if s <= m else 2 * m

@@ -107,7 +107,7 @@ class Loss:
             T = masked_rows
         if train or plan.head_trainable:
             out.append(Saved("LM head input", T * h * e))
-        if plan.dtypes.casts_weights:
+        if plan.dtypes.casts_head:
             # the head's input needs a gradient, so its 16-bit weight copy is kept, frozen or not
             label = "LM head 16-bit weight copy"
             if weight_casts > 1:
@@ -157,7 +157,7 @@ class Loss:
         rows, h = Loss.rows(run), arch.hidden_size
         out = [Saved("fused loss: input gradient", rows * h * ctx.residual)]
         if train or plan.head_trainable:
-            w = BYTES_PER_ELEMENT[plan.dtypes.base]
+            w = BYTES_PER_ELEMENT[plan.dtypes.head]
             out.append(Saved("fused loss: LM head weight gradient", arch.vocab_size * h * w))
         return out
 
@@ -473,7 +473,7 @@ class Loss:
         h, V = arch.hidden_size, arch.vocab_size
         R = min(rows or Loss.rows(run), TRL_TOKEN_TILE)
         rows = R * h * e if plan.dtypes.residual_bytes != e else 0
-        weight = min(V, TRL_VOCAB_TILE) * h * e if BYTES_PER_ELEMENT[plan.dtypes.base] != e else 0
+        weight = min(V, TRL_VOCAB_TILE) * h * e if BYTES_PER_ELEMENT[plan.dtypes.head] != e else 0
         return rows, weight
 
     @staticmethod
@@ -527,7 +527,7 @@ class Loss:
         _addmm_fp32's ``a.float(), b.float()`` for 16-bit tiles (:52; on CUDA with torch
         >= 2.8 an fp32-output addmm)."""
         N, h, V = rows or Loss.rows(run), arch.hidden_size, arch.vocab_size
-        e_h, e_w = plan.dtypes.residual_bytes, BYTES_PER_ELEMENT[plan.dtypes.base]
+        e_h, e_w = plan.dtypes.residual_bytes, BYTES_PER_ELEMENT[plan.dtypes.head]
         accumulators = N * h * FP32 + (V * h * FP32 if head_grad else 0)
         returned = (N * h * e_h if e_h != FP32 else 0) + (
             V * h * e_w if head_grad and e_w != FP32 else 0
