@@ -90,7 +90,8 @@ class Profile:
     # it out op by op for some families (ops/mlp.written_out_gelu)
     gelu_one_kernel: bool = False
     # bytes per weight element alive while a 4-bit matmul runs (its dequantised copy and
-    # the copy's cast to the compute dtype); 0: not modelled
+    # the copy's cast to the compute dtype); 0: bitsandbytes' own Linear4bit on CUDA, the
+    # copy in the 4-bit compute dtype (ops/linear.py bnb_dequant_bytes)
     dequant_copy_bytes: int = 0
     # the framework's rotary module registers an fp32 cos/sin cache for every position,
     # a buffer beside the weights (release_buffers.framework_rotary_cache_bytes)

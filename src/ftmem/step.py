@@ -958,7 +958,7 @@ def _decoder_block(
     last_block = list(blocks.last)
     offloaded = run.activation_offload
     last_keeps = blocks.per_block[-1]
-    dequant = LinearOp.dequant_moment(arch, run, plan, e, T)  # LitGPT's 4-bit matmuls
+    dequant = LinearOp.dequant_moment(arch, run, plan, e, T)  # 4-bit matmuls
     fused = all_adapters_fused(arch, run, plan)  # Unsloth's LoRA Functions
     cross_forward, cross_backward = _cross_attention_moments(arch, run, plan, blocks)
 

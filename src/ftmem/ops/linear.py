@@ -17,7 +17,11 @@ from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.profiles import fused_lora_applies, profile_of
 from ftmem.run import QUANTIZED_BASE_METHODS, RunConfig
-from ftmem.versions import bnb_4bit_keeps_input, bnb_int8_keeps_column_copy
+from ftmem.versions import (
+    bnb_4bit_keeps_input,
+    bnb_int8_keeps_column_copy,
+    bnb_runs_quantised_linears,
+)
 
 _ATTENTION_ROLES = frozenset(ATTENTION_ROLES)
 
@@ -364,10 +368,10 @@ class LinearOp:
         and casts the copy (profiles.Profile.dequant_copy_bytes; LitGPT under Lightning's
         bitsandbytes plugin: fp16 then bf16, bitsandbytes@0.42.0 autograd/_functions.py
         MatMul4Bit.forward ``F.dequantize_4bit(B, state).to(A.dtype)``, and backward for
-        grad_A; AutoGPTQ's torch path, GPTQ_DEQUANT_BYTES): the copies beside the call's
-        output and the incoming tensor (its input in forward, the output's gradient in
-        backward). 0 where not modelled."""
-        per_element = profile_of(run).dequant_copy_bytes
+        grad_A; transformers + peft on CUDA, bnb_dequant_bytes; AutoGPTQ's torch path,
+        GPTQ_DEQUANT_BYTES): the copies beside the call's output and the incoming tensor
+        (its input in forward, the output's gradient in backward). 0 where not modelled."""
+        per_element = profile_of(run).dequant_copy_bytes or bnb_dequant_bytes(run, plan)
         formats: tuple[str, ...] = ("nf4", "fp4")
         if LinearOp.gptq_dequantises(run, T):  # AutoGPTQ's torch path: int32, then int8
             per_element, formats = GPTQ_DEQUANT_BYTES, ("int4",)
@@ -424,6 +428,23 @@ class LinearOp:
             and len(g.shape) == 2
             and (g.adapter or not views)
         )
+
+
+def bnb_dequant_bytes(run: RunConfig, plan: MethodPlan) -> int:
+    """Bytes per weight element of bitsandbytes' own 4-bit matmul on CUDA, for a framework
+    that runs its Linear4bit as it is (transformers + peft): ``F.dequantize_4bit(B,
+    quant_state)`` writes the weight in ``quant_state.dtype``, then ``.to(A.dtype)``, A
+    being the input Linear4bit cast to its compute dtype (bitsandbytes@2e03d3440f5b, 0.43.3,
+    autograd/_functions.py l.509 forward, l.540 backward; nn/modules.py l.472-477). The
+    quantised dtype is taken as the compute dtype (a model loaded in that dtype), so the
+    cast copies nothing. 0.50's forward dequantises into A's dtype past M = 1536 rows (or
+    where its per-GPU heuristic prefers it) and its backward as 0.43.3 does
+    (@37d2a9387f71, 0.50.1, autograd/_functions.py l.384, backends/cuda/ops.py l.904-916,
+    l.941). CUDA only: the CPU backend dequantises through int32 codes and fp32 values
+    (backends/default/ops.py _dequantize_4bit_compute), not modelled."""
+    if run.device != "cuda" or not bnb_runs_quantised_linears(run):
+        return 0
+    return BYTES_PER_ELEMENT[plan.dtypes.four_bit_compute]
 
 
 def quantised_weights(arch: Architecture, run: RunConfig) -> list[tuple[int, int, float]]:
