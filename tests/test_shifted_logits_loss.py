@@ -340,3 +340,31 @@ def test_upcast_shifted_vocabulary_wide_tensors_under_the_real_release(family, v
     assert sum(item[-1] for item in fwd) == Loss.forward_transient(arch, cfg, BF16, T) + saved
     backward = Loss.upcast_shifted_backward(cfg, V, BF16, T) + saved
     assert sum(item[-1] for item in bwd) == backward
+
+
+@pytest.mark.parametrize("version", ["4.40.0", "4.45.2", "4.47.1"])
+def test_llava_vocabulary_wide_tensors_under_the_real_release(version):
+    """The probe's tiny LLaVA (one 4-feature image a sequence: 3 x 43 positions) under a
+    real release, with an all-ones attention mask (its boolean selection takes every
+    shifted row, R = 126): before 4.46 the fp32 logits of its Llama (T·V·4, no bf16 ones),
+    the fp32 selected rows and the log-softmax (R·V·4 each) at the forward's peak, 3·R·V·4
+    in backward: ftmem's upcast-shifted loss; at 4.47.1 the same in bf16 (no autocast on
+    the CPU): its shifted loss."""
+    probe = Path(__file__).with_name("transformers4_loss_probe.py")
+    got = run_probe(version, probe, str(B), str(S), str(V), "llava")
+    seq = S + 3  # the image token's place holds its 4 features
+    t, r = B * seq, B * seq - B
+    llava = get_model("llava-1.5-7b").model_copy(update={"vocab_size": V})
+    cfg = framework_run(llava, run(version, seq_len=seq))
+    fwd = sum(item[-1] for item in got["forward"])
+    bwd = sum(item[-1] for item in got["backward"])
+    if version < "4.46":
+        assert cfg.loss == "upcast-shifted"
+        assert {item[1] for item in got["forward"]} == {"torch.float32"}
+        assert fwd == Loss.forward_transient(llava, cfg, BF16, t) + r * V * FP32
+        assert bwd == Loss.upcast_shifted_backward(cfg, V, BF16, t) + r * V * FP32
+    else:
+        assert cfg.loss == "shifted"
+        assert {item[1] for item in got["forward"]} == {"torch.bfloat16"}
+        assert fwd == Loss.forward_transient(llava, cfg, BF16, t) + r * V * BF16
+        assert bwd == Loss.shifted_backward(cfg, V, BF16, t) + r * V * BF16
