@@ -4,7 +4,7 @@ moments of one causal-LM step with labels (HF Trainer's compute_loss: the model'
 dropped before backward).
 
 A tiny bf16 Mistral (or, with a fourth argument, that model_type's causal LM: ``gpt2``,
-``llama``, ``qwen2``, ...) whose vocabulary dwarfs the rest, so that both moments are the loss's; only the last layer trains. A dispatch mode counts every storage an op returns
+``llama``, ``qwen2``, ...; ``llava``: a tiny LLaVA with one image a sequence) whose vocabulary dwarfs the rest, so that both moments are the loss's; only the last layer trains. A dispatch mode counts every storage an op returns
 (each once, freed with the storage), the parameters and inputs registered first.
 Prints one JSON line: per phase, the largest live total and, at that moment, each live
 tensor whose last dimension is the vocabulary (shape, dtype, bytes).
