@@ -196,17 +196,64 @@ def test_t5_keeps_its_own_unshifted_loss(method):
     assert framework_run(arch, run("4.47.1", **settings)).loss == "standard"
 
 
-@pytest.mark.parametrize(
-    ("preset", "loss"),
-    [("llava-1.5-7b", "shifted"), ("qwen2-vl-2b", "upcast-shifted"), ("llama3.2-11b-vision", "upcast-shifted")],
-)  # fmt: skip
-def test_image_text_models_keep_their_own_loss(preset, loss):
-    """LLaVA's, Qwen2-VL's and Mllama's forwards in 4.46-4.48 (versions.VISION_OWN_LOSS)."""
+# (preset, release, the loss its forward computes) read in the wheels (versions.py,
+# VISION_OWN_LOSS): LLaVA selects fp32 rows before 4.46 (its Llama upcasts whatever the
+# labels), 16-bit ones from 4.46 until 4.52.1's self.loss_function; Qwen2-VL upcasts and
+# shifts until 4.52; Mllama's fp32 head output is shifted until 4.49's ForCausalLMLoss.
+IMAGE_TEXT_LOSSES = [
+    ("llava-1.5-7b", "4.36.2", "upcast-shifted"),
+    ("llava-1.5-7b", "4.40.0", "upcast-shifted"),
+    ("llava-1.5-7b", "4.45.2", "upcast-shifted"),
+    ("llava-1.5-7b", "4.46.0", "shifted"),
+    ("llava-1.5-7b", "4.47.1", "shifted"),
+    ("llava-1.5-7b", "4.48.3", "shifted"),
+    ("llava-1.5-7b", "4.49.0", "shifted"),
+    ("llava-1.5-7b", "4.51.0", "shifted"),
+    ("llava-1.5-7b", "4.52.1", "standard"),
+    ("qwen2-vl-2b", "4.45.2", "upcast-shifted"),
+    ("qwen2-vl-2b", "4.48.1", "upcast-shifted"),
+    ("qwen2-vl-2b", "4.49.0", "upcast-shifted"),
+    ("qwen2-vl-2b", "4.51.0", "upcast-shifted"),
+    ("qwen2-vl-2b", "4.52.1", "standard"),
+    ("llama3.2-11b-vision", "4.45.2", "upcast-shifted"),
+    ("llama3.2-11b-vision", "4.48.1", "upcast-shifted"),
+    ("llama3.2-11b-vision", "4.49.0", "standard"),
+]
+
+
+@pytest.mark.parametrize(("preset", "version", "loss"), IMAGE_TEXT_LOSSES)
+def test_image_text_models_keep_their_own_loss(preset, version, loss):
+    """LLaVA's, Qwen2-VL's and Mllama's forwards compute their own loss (versions.py,
+    VISION_OWN_LOSS); no release given: the current standard loss."""
     arch = get_model(preset)
-    assert framework_run(arch, run("4.48.1")).loss == loss
-    assert framework_run(arch, run("4.49.0")).loss == "standard"
-    # a preference objective reads the logits itself
-    assert framework_run(arch, run("4.48.1", objective="dpo")).loss == "standard"
+    assert framework_run(arch, run(version)).loss == loss
+    assert framework_run(arch, run(None)).loss == "standard"
+    # a preference objective reads the logits itself, and an explicit loss is the user's
+    assert framework_run(arch, run(version, objective="dpo")).loss == "standard"
+    assert framework_run(arch, run(version, loss="chunked")).loss == "chunked"
+
+
+@pytest.mark.parametrize(
+    ("version", "loss"), [("4.49.0", "standard"), ("4.50.0", "shifted"), ("4.52.1", "standard")]
+)
+def test_mistral3_is_llavas_16_bit_selection(version, loss):
+    """Mistral 3 (4.50.0 on) runs LLaVA's 4.46+ loss until 4.52.1's self.loss_function
+    (models/mistral3/modeling_mistral3.py 4.50.0 :497-501); before 4.50 it did not exist."""
+    llava = get_model("llava-1.5-7b")
+    assert llava.vision is not None
+    arch = llava.model_copy(
+        update={"vision": llava.vision.model_copy(update={"projector": "mistral3"})}
+    )
+    assert framework_run(arch, run(version)).loss == loss
+
+
+def test_llava_over_a_family_that_never_upcast_selects_16_bit_rows():
+    """Before 4.46 LLaVA's rows are fp32 because its Llama upcast; over a language model
+    whose forward never upcast (GPT-2's, OWN_SHIFTED_LOSS) they stay 16-bit."""
+    llava = get_model("llava-1.5-7b")
+    gpt2_text = llava.model_copy(update={"family": "gpt2"})
+    assert framework_run(gpt2_text, run("4.40.0")).loss == "shifted"
+    assert framework_run(llava, run("4.40.0")).loss == "upcast-shifted"
 
 
 def test_gpt2_step_is_its_own_shifted_loss():
@@ -293,3 +340,31 @@ def test_upcast_shifted_vocabulary_wide_tensors_under_the_real_release(family, v
     assert sum(item[-1] for item in fwd) == Loss.forward_transient(arch, cfg, BF16, T) + saved
     backward = Loss.upcast_shifted_backward(cfg, V, BF16, T) + saved
     assert sum(item[-1] for item in bwd) == backward
+
+
+@pytest.mark.parametrize("version", ["4.40.0", "4.45.2", "4.47.1"])
+def test_llava_vocabulary_wide_tensors_under_the_real_release(version):
+    """The probe's tiny LLaVA (one 4-feature image a sequence: 3 x 43 positions) under a
+    real release, with an all-ones attention mask (its boolean selection takes every
+    shifted row, R = 126): before 4.46 the fp32 logits of its Llama (T·V·4, no bf16 ones),
+    the fp32 selected rows and the log-softmax (R·V·4 each) at the forward's peak, 3·R·V·4
+    in backward: ftmem's upcast-shifted loss; at 4.47.1 the same in bf16 (no autocast on
+    the CPU): its shifted loss."""
+    probe = Path(__file__).with_name("transformers4_loss_probe.py")
+    got = run_probe(version, probe, str(B), str(S), str(V), "llava")
+    seq = S + 3  # the image token's place holds its 4 features
+    t, r = B * seq, B * seq - B
+    llava = get_model("llava-1.5-7b").model_copy(update={"vocab_size": V})
+    cfg = framework_run(llava, run(version, seq_len=seq))
+    fwd = sum(item[-1] for item in got["forward"])
+    bwd = sum(item[-1] for item in got["backward"])
+    if version < "4.46":
+        assert cfg.loss == "upcast-shifted"
+        assert {item[1] for item in got["forward"]} == {"torch.float32"}
+        assert fwd == Loss.forward_transient(llava, cfg, BF16, t) + r * V * FP32
+        assert bwd == Loss.upcast_shifted_backward(cfg, V, BF16, t) + r * V * FP32
+    else:
+        assert cfg.loss == "shifted"
+        assert {item[1] for item in got["forward"]} == {"torch.bfloat16"}
+        assert fwd == Loss.forward_transient(llava, cfg, BF16, t) + r * V * BF16
+        assert bwd == Loss.shifted_backward(cfg, V, BF16, t) + r * V * BF16

@@ -4,7 +4,7 @@ moments of one causal-LM step with labels (HF Trainer's compute_loss: the model'
 dropped before backward).
 
 A tiny bf16 Mistral (or, with a fourth argument, that model_type's causal LM: ``gpt2``,
-``llama``, ``qwen2``, ...) whose vocabulary dwarfs the rest, so that both moments are the loss's; only the last layer trains. A dispatch mode counts every storage an op returns
+``llama``, ``qwen2``, ...; ``llava``: a tiny LLaVA with one image a sequence) whose vocabulary dwarfs the rest, so that both moments are the loss's; only the last layer trains. A dispatch mode counts every storage an op returns
 (each once, freed with the storage), the parameters and inputs registered first.
 Prints one JSON line: per phase, the largest live total and, at that moment, each live
 tensor whose last dimension is the vocabulary (shape, dtype, bytes).
@@ -109,7 +109,57 @@ def causal_lm(model_type: str, vocab: int) -> torch.nn.Module:
     return model
 
 
+IMAGE_TOKEN, PATCHES = 1, 4  # LLaVA's image token id; a 28 px image in 14 px patches
+
+
+def llava(vocab: int) -> torch.nn.Module:
+    """A tiny LLaVA: a two-layer CLIP tower (28 px, 14 px patches: 4 image features, CLS
+    dropped) and the Mistral's Llama sizes; only the language model's last layer trains."""
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+    text = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    cfg = transformers.LlavaConfig(
+        vision_config=transformers.CLIPVisionConfig(**vision),
+        text_config=transformers.LlamaConfig(**text),
+        image_token_index=IMAGE_TOKEN,
+        image_seq_length=PATCHES,  # (4.46 on: fewer image tokens take the old merge)
+        vocab_size=vocab,
+    )
+    model = transformers.LlavaForConditionalGeneration(cfg)
+    for name, p in model.named_parameters():
+        p.requires_grad_("language_model" in name and ".layers.1." in name)
+    return model
+
+
+def llava_inputs(b: int, s: int, vocab: int) -> dict[str, torch.Tensor]:
+    """s text tokens a sequence, the first of them LLaVA's image token: before 4.46 the
+    model merges the image's 4 features in its place; from 4.46 the processor has expanded
+    it to 4 tokens already (s + 3 positions either way); the attention mask all ones."""
+    legacy = tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (4, 46)
+    ids = torch.randint(2, vocab, (b, s if legacy else s + PATCHES - 1))
+    ids[:, : 1 if legacy else PATCHES] = IMAGE_TOKEN
+    pixels = torch.randn(b, 3, 28, 28, dtype=torch.bfloat16)
+    mask = torch.ones_like(ids)
+    return dict(input_ids=ids, pixel_values=pixels, attention_mask=mask, labels=ids)
+
+
 def model_of(args: list[str], s: int, vocab: int) -> torch.nn.Module:
+    if args == ["llava"]:
+        return llava(vocab)
     if args == ["gpt2"]:
         return gpt2(s, vocab)
     return causal_lm(args[0] if args else "mistral", vocab)
@@ -121,13 +171,15 @@ def main() -> None:
     model = model_of(sys.argv[4:], s, vocab).to(torch.bfloat16)
     model.train()
     ids = torch.randint(0, vocab, (b, s))
+    inputs = llava_inputs(b, s, vocab) if sys.argv[4:] == ["llava"] else dict(input_ids=ids)
+    inputs.setdefault("labels", ids)
     live = Live()
-    for t in [*model.parameters(), *model.buffers(), ids]:
+    for t in [*model.parameters(), *model.buffers(), *inputs.values()]:
         live.add(t)
     live.reset()
     result: dict[str, object] = {"version": transformers.__version__}
     with live:
-        loss = model(input_ids=ids, labels=ids).loss  # the output dropped, as compute_loss
+        loss = model(**inputs).loss  # the output dropped, as compute_loss
         result["forward"] = vocab_wide(live, vocab)
         live.reset()
         loss.backward()

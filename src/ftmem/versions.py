@@ -224,17 +224,39 @@ STARCODER2_OWN_UPCAST_LOSS: Releases = (((0, 0, 0), (4, 47, 0)),)
 # --loss upcast-shifted names the releases before 4.46 when no version is given: the last
 # of them is where a family's own loss there is looked up (model_own_loss).
 LAST_OWN_FORWARD_LOSS_RELEASE = "4.45.2"
-# The image-text models' own losses in 4.46-4.48, by vision encoder: LLaVA shifts its
-# 16-bit logits (4.46.0 models/llava/modeling_llava.py:563-566, 4.47.1 :568-571, 4.48.1
-# :511-514); Qwen2-VL upcasts, then shifts (4.46.0 models/qwen2_vl/modeling_qwen2_vl.py
-# :1740-1742, 4.47.1 :1741-1743, 4.48.1 :1719-1721); Mllama's causal LM hands
-# ForCausalLMLoss logits it has already upcast (``self.lm_head(...).float()``, 4.46.0 and
-# 4.48.1 models/mllama/modeling_mllama.py:1953-1957), so no 16-bit logits live beside
-# the copy: the upcast-shifted loss.
-VISION_OWN_LOSS: dict[str, Literal["shifted", "upcast-shifted"]] = {
-    "clip": "shifted",
-    "qwen2_vl": "upcast-shifted",
-    "tiled": "upcast-shifted",
+# The image-text models compute their own loss until 4.52 (Mllama until 4.49), keyed by
+# their projector (VisionTower.projector names the outer model: a LLaVA may hold a SigLIP
+# encoder). LLaVA ("mlp") selects the attended rows: ``shift_logits = logits[..., :-1,
+# :][shift_attention_mask != 0].contiguous()`` into CrossEntropyLoss
+# (models/llava/modeling_llava.py 4.36.2 :450-459, 4.40.0 :494-503, 4.45.2 :539-548,
+# 4.46.0 :562-571, 4.47.1 :567-576, 4.48.3 :510-519, 4.49.0 :455-464, 4.50.0 and 4.51.0
+# :454-463; 4.52.1 :463 calls self.loss_function). Its language model is called without
+# labels: before 4.46 the Llama-like ones upcast their logits whatever the labels (llama
+# 4.36.2 :1200, 4.40.0 :1228, 4.45.2 :1214's ``lm_head(...).float()``; UPCAST_IN_FORWARD_
+# LOSS), so the selection copies fp32 rows (the upcast-shifted loss; the 16-bit shifted one
+# over a family that never upcast: OWN_SHIFTED_LOSS); from 4.46 the logits stay 16-bit (the
+# shifted loss). Mistral 3 ("mistral3") is LLaVA's 4.46+ code (models/mistral3/
+# modeling_mistral3.py 4.50.0 and 4.51.0 :497-501; 4.52.1 :498 self.loss_function).
+# Qwen2-VL and Qwen2.5-VL ("merger") upcast, then shift (``logits = logits.float()``,
+# ``logits[..., :-1, :].contiguous()``: qwen2_vl/modeling_qwen2_vl.py 4.45.2 :1720, :1725,
+# 4.46.0 :1740-1742, 4.47.1 :1741-1743, 4.48.3 :1719-1721, 4.49.0 :1752-1754, 4.50.0
+# :1750-1752, 4.51.0 :1722-1724; qwen2_5_vl 4.49.0 :1882-1884, 4.51.0 :1844-1846; 4.52.1
+# self.loss_function, qwen2_vl :1803, qwen2_5_vl :1931). Mllama ("linear") upcasts in its
+# head and shifts the fp32 logits (mllama/modeling_mllama.py 4.45.2 :1946, :1953), then
+# hands ForCausalLMLoss those fp32 logits (4.46.0 :1949-1953, 4.48.3 :1953-1957): no 16-bit
+# logits beside the copy, the upcast-shifted loss until 4.49's loss (no copy). Not
+# modelled: Gemma 3 ("pooled"), which upcasts and selects the attended rows while
+# ``outputs`` still holds the 16-bit logits (gemma3/modeling_gemma3.py 4.50.0 :1365-1376,
+# 4.51.0 :1343-1350, 4.52.1 :1370-1377, 4.53.0 :1108-1115: its 16-bit logits, their fp32
+# copy and the fp32 rows at once, none of ftmem's losses); that the selection copies even
+# for one sequence (boolean indexing; ftmem's shifted copy is none there,
+# Loss.shifted_copy) and takes the attended rows only.
+VisionLoss = tuple[tuple[Releases, Literal["shifted", "upcast-shifted"]], ...]
+VISION_OWN_LOSS: dict[str, VisionLoss] = {
+    "mlp": ((UPCAST_IN_FORWARD_LOSS, "upcast-shifted"), ((((4, 46, 0), (4, 52, 0)),), "shifted")),
+    "mistral3": (((((4, 50, 0), (4, 52, 0)),), "shifted"),),
+    "merger": (((((0, 0, 0), (4, 52, 0)),), "upcast-shifted"),),
+    "linear": (((((0, 0, 0), (4, 49, 0)),), "upcast-shifted"),),
 }
 
 _RELEASE = re.compile(r"\s*(\d+)\.(\d+)(?:\.(\d+))?")
@@ -285,7 +307,7 @@ def model_own_loss(
 ) -> Literal["shifted", "upcast-shifted"] | None:
     """The loss a model computes in its own forward where ftmem's loss for the run is not
     what that forward does (the family's ``own_loss_releases``: OWN_SHIFTED_LOSS,
-    GPT_NEOX_OWN_SHIFTED_LOSS, UPCAST_IN_FORWARD_LOSS, ...; in 4.46-4.48
+    GPT_NEOX_OWN_SHIFTED_LOSS, UPCAST_IN_FORWARD_LOSS, ...; the image-text models'
     VISION_OWN_LOSS): for ``--loss standard`` at the run's release; for ``--loss
     upcast-shifted`` (transformers < 4.46's forward: 4.45.2 where no release is given),
     the 16-bit shifted loss of the families that never upcast. None elsewhere."""
@@ -298,8 +320,20 @@ def model_own_loss(
     if run.loss != "standard" or run.transformers_version is None:
         return None
     if arch.vision is not None:
-        return VISION_OWN_LOSS.get(arch.vision.encoder) if shifted_logits_loss(run) else None
+        return _vision_own_loss(arch, arch.vision.projector, run.transformers_version)
     return _family_own_loss(arch, run.transformers_version)
+
+
+def _vision_own_loss(
+    arch: Architecture, projector: str, version: str
+) -> Literal["shifted", "upcast-shifted"] | None:
+    """The image-text model's own loss at ``version`` (VISION_OWN_LOSS): LLaVA's fp32
+    rows are 16-bit ones over a text family that never upcast (OWN_SHIFTED_LOSS)."""
+    for releases, loss in VISION_OWN_LOSS.get(projector, ()):
+        if within(version, releases):
+            upcasts = _family_own_loss(arch, version) != "shifted"
+            return loss if upcasts or projector != "mlp" else "shifted"
+    return None
 
 
 def _family_own_loss(
