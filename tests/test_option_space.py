@@ -68,7 +68,7 @@ COLOSSALAI = CAI_ZERO | {"colossalai-3d", "colossalai-gemini"}
 # issue #1633; ftmem.paged_ranks): under FSDP, FSDP1 only
 BNB = {
     "adamw-8bit", "paged-adamw-8bit", "paged-adamw", "paged-lion", "paged-lion-8bit",
-    "lion-32bit", "lion-8bit",
+    "lion-32bit", "lion-8bit", "adamw-32bit",
 }  # fmt: skip
 
 # Every option of `estimate` with choices, each with all its values (flags: given or not).

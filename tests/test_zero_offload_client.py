@@ -47,7 +47,8 @@ def test_refused_while_deepspeed_forces_its_cpu_optimizer(strategy, optimizer):
 @pytest.mark.parametrize(
     ("optimizer", "ds"),
     [("paged-adamw-8bit", "adamw"), ("adamw-8bit", "adamw"), ("lion-8bit", "adamw"),
-     ("ao-adamw-8bit", "adamw"), ("paged-lion", "lion"), ("lion-32bit", "lion")],
+     ("ao-adamw-8bit", "adamw"), ("paged-lion", "lion"), ("lion-32bit", "lion"),
+     ("adamw-32bit", "adamw")],
 )  # fmt: skip
 def test_accelerate_swaps_in_deepspeeds_cpu_optimizer(framework, optimizer, ds):
     """map_pytorch_optim_to_deepspeed: DeepSpeedCPULion for bitsandbytes' Lion /

@@ -91,6 +91,7 @@ if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-u
 SIMPLE_STATES_PER_PARAM = {  # 16-bit values per trainable parameter, seed's rule
     "adamw": 2,
     "adamw-fp32": 2,
+    "adamw-32bit": 2,
     "adamw-8bit": 2,
     "paged-adamw-8bit": 2,
     "paged-adamw": 2,

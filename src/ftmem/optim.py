@@ -45,7 +45,10 @@ class BnbOptimizer:
 
 
 # ftmem's --optimizer as bitsandbytes' classes (bitsandbytes@95f9af30 optim/adam.py,
-# adamw.py, lion.py; Adam and AdamW keep the same states): AdamW8bit / PagedAdamW8bit
+# adamw.py, lion.py; Adam and AdamW keep the same states): AdamW / AdamW32bit (adamw.py l.9,
+# l.126: optim_bits 32 l.18, l.172; is_paged=False l.21, l.138; fp32 state1/state2
+# whatever the parameters' dtype, optimizer.py l.508-510; an int step l.506; one
+# optimizer_update_32bit kernel per tensor l.549: no step temporaries), AdamW8bit / PagedAdamW8bit
 # (PagedAdam8bit adam.py l.232), PagedAdamW / PagedAdamW32bit (PagedAdam l.179,
 # PagedAdam32bit l.296), Lion / Lion32bit (lion.py l.8, l.99: optim_bits 32 l.15, l.136;
 # is_paged=False l.18, l.108) and Lion8bit (l.55: 8 l.92, is_paged=False l.64), PagedLion /
@@ -53,6 +56,7 @@ class BnbOptimizer:
 # PagedLion8bit (l.187, is_paged=True l.224). ``lion-32bit`` is bitsandbytes' Lion (fp32
 # state, its own kernel); ``lion`` is lion-pytorch's (the parameters' dtype, torch ops)
 BNB_OPTIMIZERS = {
+    "adamw-32bit": BnbOptimizer(2, 32, paged=False),
     "adamw-8bit": BnbOptimizer(2, 8, paged=False),
     "paged-adamw-8bit": BnbOptimizer(2, 8, paged=True),
     "paged-adamw": BnbOptimizer(2, 32, paged=True),

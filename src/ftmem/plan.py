@@ -171,6 +171,7 @@ def _optimizer(s: Settings) -> list[Change]:
 # PagedAdamW (optim_bits 32) does; bitsandbytes' Lion and Lion8bit keep PagedLion's states
 PAGED_TWIN = {
     "adamw-fp32": "paged-adamw",
+    "adamw-32bit": "paged-adamw",
     "adamw-8bit": "paged-adamw-8bit",
     "lion-32bit": "paged-lion",
     "lion-8bit": "paged-lion-8bit",

@@ -45,6 +45,7 @@ AdapterDtype = Literal["auto", "fp32", "bf16", "fp16"]
 Optimizer = Literal[
     "adamw",
     "adamw-fp32",
+    "adamw-32bit",
     "adamw-8bit",
     "paged-adamw-8bit",
     "paged-adamw",

@@ -973,6 +973,7 @@ def _paged_optimizers() -> list[Case]:
             "paged-lion-8bit",
             "lion-32bit",
             "lion-8bit",
+            "adamw-32bit",
         )
         for m in ("full", "lora")
     ]

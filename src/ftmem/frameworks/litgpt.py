@@ -302,13 +302,13 @@ def _optimizer(k: Keys, cfg: FrameworkConfig) -> None:
         return
     if torchao_optimizer(name, init, cfg):
         return
-    if leaf in ("AdamW", "Adam"):  # ftmem's default optimizer, torch's foreach AdamW
+    if bnb := bnb_class(name, init):  # before torch's: bitsandbytes.optim.AdamW
+        s["optimizer"] = bnb
+    elif leaf in ("AdamW", "Adam"):  # ftmem's default optimizer, torch's foreach AdamW
         if init.flag("fused"):
             s["optimizer_impl"] = "fused"
     elif leaf == "SGD":
         s["optimizer"] = "sgd-momentum" if init.number("momentum") else "sgd"
-    elif bnb := bnb_class(name):
-        s["optimizer"] = bnb
     else:
         cfg.notes.append(f"optimizer {name} is not modelled; the estimate assumes AdamW.")
 

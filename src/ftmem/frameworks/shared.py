@@ -10,6 +10,7 @@ from typing import Any
 
 from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys
+from ftmem.optim import BNB_OPTIMIZERS
 from ftmem.textfiles import parse_json, parse_yaml, read_text
 from ftmem.torchao_optim import FORMATS
 
@@ -240,28 +241,50 @@ TORCHAO_CLASSES = {
 }  # fmt: skip
 
 
-# bitsandbytes.optim's classes by name, as ftmem's --optimizer (bitsandbytes@95f9af30
-# optim/adam.py, adamw.py, lion.py; ftmem.optim.BNB_OPTIMIZERS): Adam and AdamW keep the
-# same states; the 32-bit ones default to optim_bits 32
-BNB_CLASSES = {
-    "AdamW8bit": "adamw-8bit", "Adam8bit": "adamw-8bit",
-    "PagedAdamW8bit": "paged-adamw-8bit", "PagedAdam8bit": "paged-adamw-8bit",
-    "PagedAdamW": "paged-adamw", "PagedAdamW32bit": "paged-adamw",
-    "PagedAdam": "paged-adamw", "PagedAdam32bit": "paged-adamw",
-    "Lion32bit": "lion-32bit", "Lion8bit": "lion-8bit",
-    "PagedLion": "paged-lion", "PagedLion32bit": "paged-lion",
-    "PagedLion8bit": "paged-lion-8bit",
+# bitsandbytes.optim's classes by name as (states, optim_bits, is_paged), None where the
+# class passes its own optim_bits / is_paged argument on (defaults 32 and False); Adam and
+# AdamW keep the same states (bitsandbytes@95f9af30 optim/adamw.py: AdamW l.9 passes both
+# l.55-58, AdamW8bit l.62 fixes 8 l.119 and refuses another optim_bits l.110, AdamW32bit
+# l.126 fixes 32 l.172, the Paged ones l.179-336 fix is_paged=True; adam.py and lion.py
+# alike, Lion8bit taking any optim_bits)
+BNB_CLASSES: dict[str, tuple[int, int | None, bool | None]] = {
+    "AdamW": (2, None, None), "Adam": (2, None, None),
+    "AdamW8bit": (2, 8, None), "Adam8bit": (2, 8, None),
+    "AdamW32bit": (2, 32, None), "Adam32bit": (2, 32, None),
+    "PagedAdamW": (2, None, True), "PagedAdam": (2, None, True),
+    "PagedAdamW8bit": (2, 8, True), "PagedAdam8bit": (2, 8, True),
+    "PagedAdamW32bit": (2, 32, True), "PagedAdam32bit": (2, 32, True),
+    "Lion": (1, None, None), "Lion8bit": (1, 8, None), "Lion32bit": (1, 32, None),
+    "PagedLion": (1, None, True), "PagedLion8bit": (1, 8, True),
+    "PagedLion32bit": (1, 32, True),
 }  # fmt: skip
+# names that torch.optim and lion-pytorch use too: bitsandbytes' only under its module
+BNB_SHARED_NAMES = frozenset({"AdamW", "Adam", "Lion"})
 
 
-def bnb_class(path: str) -> str | None:
-    """A class path naming one of bitsandbytes' optimizers, as ftmem's --optimizer; None
-    for any other. ``Lion`` (optim_bits 32 by default) is bitsandbytes' only under
-    ``bitsandbytes.``: lion-pytorch's class has the same name (ftmem's ``lion``)."""
+def bnb_class(path: str, init: Keys) -> str | None:
+    """A class path naming one of bitsandbytes' optimizers, read with its ``optim_bits``
+    and ``is_paged`` arguments from ``init``, as ftmem's --optimizer; None for any other."""
     leaf = path.rsplit(".", 1)[-1]
-    if leaf == "Lion":
-        return "lion-32bit" if path.startswith("bitsandbytes.") else None
-    return BNB_CLASSES.get(leaf)
+    if leaf not in BNB_CLASSES or (
+        leaf in BNB_SHARED_NAMES and not path.startswith("bitsandbytes.")
+    ):
+        return None
+    states, bits, paged = BNB_CLASSES[leaf]
+    given = init.integer("optim_bits")
+    if bits == 8 and states == 2 and given not in (None, 32):
+        raise init.wrong("optim_bits", f"32 or unset for {leaf} (bitsandbytes refuses others)")
+    if bits is None:
+        bits = given or 32
+        if bits not in (8, 32):  # Optimizer2State/1State.init_state: NotImplementedError
+            raise init.wrong("optim_bits", "8 or 32")
+    if paged is None:
+        paged = init.flag("is_paged")
+    return next(
+        name
+        for name, o in BNB_OPTIMIZERS.items()
+        if (o.states, o.bits, o.paged) == (states, bits, paged)
+    )
 
 
 def torchao_optimizer(path: str, init: Keys, cfg: FrameworkConfig) -> bool:

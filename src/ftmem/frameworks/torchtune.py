@@ -463,7 +463,7 @@ def _torchtune_optimizer(optimizer: Keys, cfg: FrameworkConfig) -> None:
     opt = optimizer.text("_component_") or "torch.optim.AdamW"
     if torchao_optimizer(opt, optimizer, cfg):
         return
-    if bnb := bnb_class(opt):
+    if bnb := bnb_class(opt, optimizer):  # its optim_bits / is_paged beside _component_
         s["optimizer"] = bnb
     elif opt.endswith(("AdamW", "Adam")):
         s["optimizer"] = "adamw"

@@ -62,7 +62,8 @@ TRL_FUSED_NOTE = (
 LIVE_OPTIMIZERS = {
     "AdamW": "adamw",
     "Adam": "adamw",
-    "AdamW32bit": "adamw",
+    "AdamW32bit": "adamw-32bit",
+    "Adam32bit": "adamw-32bit",
     "PagedAdamW32bit": "paged-adamw",
     "PagedAdamW": "paged-adamw",
     "AdamW8bit": "adamw-8bit",
@@ -547,7 +548,7 @@ def bnb_live(inner: Any) -> str | None:
     ``optim`` name and passes ``optim_bits`` and ``is_paged`` (trainer_optimizer.py
     ``_get_bitsandbytes_optimizer``, 5.25), which bitsandbytes keeps as ``args.optim_bits``
     and ``is_paged`` (bitsandbytes@95f9af30 optim/optimizer.py l.135, l.480, l.652).
-    None for its other classes and for a 32-bit unpaged AdamW (no ftmem name)."""
+    None for its other classes."""
     kind = type(inner).__name__
     states = 1 if "Lion" in kind else 2 if "Adam" in kind and "AdEMAMix" not in kind else 0
     built = (states, getattr(getattr(inner, "args", None), "optim_bits", None))

@@ -1124,6 +1124,7 @@ def build_optimizer(
 
 # ftmem's --optimizer as bitsandbytes.optim's class
 BNB_CLASS = {
+    "adamw-32bit": "AdamW32bit",
     "adamw-8bit": "AdamW8bit",
     "paged-adamw-8bit": "PagedAdamW8bit",
     "paged-adamw": "PagedAdamW",

@@ -23,6 +23,7 @@ from ftmem.units import UnitSystem, format_bytes, format_count
 STATES_PER_PARAM = {  # optimizer values kept per trainable parameter
     "adamw": "2 (first and second moment)",
     "adamw-fp32": "2 fp32 (first and second moment)",
+    "adamw-32bit": "2 fp32 (first and second moment), bitsandbytes",
     "adamw-8bit": "2 8-bit (with per-256-value block scales)",
     "paged-adamw-8bit": "2 8-bit (with per-256-value block scales)",
     "paged-adamw": "2 fp32, bitsandbytes",
