@@ -26,7 +26,7 @@ from ftmem.ops.loss import Loss
 from ftmem.presets import get_model
 from ftmem.profiles import framework_run
 from ftmem.run import RunConfig
-from ftmem.versions import shifted_logits_loss
+from ftmem.versions import head_upcasts, masked_shift, shifted_logits_loss
 from tests.transformers4_sites import run_probe
 
 FP32, BF16, INT64 = 4, 2, 8
@@ -342,22 +342,26 @@ def test_upcast_shifted_vocabulary_wide_tensors_under_the_real_release(family, v
     assert sum(item[-1] for item in bwd) == backward
 
 
+@pytest.mark.parametrize("batch", [B, 1])
 @pytest.mark.parametrize("version", ["4.40.0", "4.45.2", "4.47.1"])
-def test_llava_vocabulary_wide_tensors_under_the_real_release(version):
-    """The probe's tiny LLaVA (one 4-feature image a sequence: 3 x 43 positions) under a
-    real release, with an all-ones attention mask (its boolean selection takes every
-    shifted row, R = 126): before 4.46 the fp32 logits of its Llama (T·V·4, no bf16 ones),
-    the fp32 selected rows and the log-softmax (R·V·4 each) at the forward's peak, 3·R·V·4
-    in backward: ftmem's upcast-shifted loss; at 4.47.1 the same in bf16 (no autocast on
-    the CPU): its shifted loss."""
+def test_llava_vocabulary_wide_tensors_under_the_real_release(version, batch):
+    """The probe's tiny LLaVA (one 4-feature image a sequence: ``batch`` x 43 positions)
+    under a real release, with an all-ones attention mask (its boolean selection takes
+    every shifted row, R = T − b): before 4.46 the fp32 logits of its Llama (T·V·4, no
+    bf16 ones), the fp32 selected rows and the log-softmax (R·V·4 each) at the forward's
+    peak, 3·R·V·4 in backward: ftmem's upcast-shifted loss; at 4.47.1 the same in bf16
+    (no autocast on the CPU): its shifted loss. One sequence's selection is a copy too
+    (an advanced index always allocates; versions.masked_shift)."""
     probe = Path(__file__).with_name("transformers4_loss_probe.py")
-    got = run_probe(version, probe, str(B), str(S), str(V), "llava")
+    got = run_probe(version, probe, str(batch), str(S), str(V), "llava")
     seq = S + 3  # the image token's place holds its 4 features
-    t, r = B * seq, B * seq - B
+    t, r = batch * seq, batch * seq - batch
     llava = get_model("llava-1.5-7b").model_copy(update={"vocab_size": V})
-    cfg = framework_run(llava, run(version, seq_len=seq))
+    cfg = framework_run(llava, run(version, seq_len=seq, batch_size=batch))
     fwd = sum(item[-1] for item in got["forward"])
     bwd = sum(item[-1] for item in got["backward"])
+    selected = [item for item in got["forward"] if item[0] == [r, V]]
+    assert len(selected) == 2  # the selected rows and their log-softmax, at either batch
     if version < "4.46":
         assert cfg.loss == "upcast-shifted"
         assert {item[1] for item in got["forward"]} == {"torch.float32"}
@@ -368,3 +372,142 @@ def test_llava_vocabulary_wide_tensors_under_the_real_release(version):
         assert {item[1] for item in got["forward"]} == {"torch.bfloat16"}
         assert fwd == Loss.forward_transient(llava, cfg, BF16, t) + r * V * BF16
         assert bwd == Loss.shifted_backward(cfg, V, BF16, t) + r * V * BF16
+
+
+@pytest.mark.parametrize(
+    ("preset", "version", "masked"),
+    [
+        ("llava-1.5-7b", "4.40.0", True),
+        ("llava-1.5-7b", "4.47.1", True),
+        ("llava-1.5-7b", "4.52.1", False),  # self.loss_function: no selection
+        ("llava-1.5-7b", None, False),
+        ("qwen2-vl-2b", "4.47.1", False),  # upcast, then a plain slice
+        ("llama3.2-11b-vision", "4.45.2", False),  # a plain slice of the fp32 logits
+    ],
+)
+def test_one_sequence_keeps_its_selected_copy(preset, version, masked):
+    """LLaVA's ``logits[..., :-1, :][shift_attention_mask != 0]`` (llava 4.45.2 :539-541,
+    4.47.1 :567-576) is an advanced index: a new tensor of the R = T − 1 selected rows
+    for one sequence too, where a plain slice's ``contiguous()`` returns a view
+    (Loss.shifted_copy). The forward's loss moment for b = 1, written from those lines:
+    before 4.46 the fp32 logits and the fp32 rows (T·V·4 + R·V·4, the bf16 logits dead
+    at the upcast: the cast moment T·V·(2 + 4) less the saved item is smaller); at 4.47.1
+    the bf16 logits and the bf16 rows. The models that slice keep no copy at b = 1."""
+    arch = get_model(preset).model_copy(update={"vocab_size": V})
+    cfg = framework_run(arch, run(version, batch_size=1, seq_len=S))
+    t, r = S, S - 1
+    assert masked_shift(arch, cfg) == masked
+    got = Loss.forward_transient(arch, cfg, BF16, t)
+    if cfg.loss == "upcast-shifted":
+        assert got == t * V * FP32 + (r * V * FP32 if masked else 0)
+    elif cfg.loss == "shifted":
+        assert got == t * V * BF16 + (r * V * BF16 if masked else 0)
+    # the allocator replay's program: the cast (bf16 and fp32 logits), then the fp32
+    # logits beside the selected rows, the log-softmax and total_weight (one sequence's
+    # labels a view)
+    program = loss_requests._upcast_shifted_loss(t, r, V, BF16, masked=masked)
+    forward, _ = program.phases()
+    copy = r * V * FP32 if masked else 0
+    after = t * V * FP32 + copy + r * V * FP32 + FP32
+    assert loss_requests.peak_of(forward, []) == max(t * V * (BF16 + FP32), after)
+
+
+@pytest.mark.parametrize(
+    ("version", "loss"),
+    [
+        ("4.49.0", "standard"),  # no Gemma 3 yet
+        ("4.50.0", "standard"),  # its 16-bit logits beside the upcast: not modelled
+        ("4.51.0", "standard"),
+        ("4.52.1", "upcast-shifted"),
+        ("4.53.0", "upcast-shifted"),
+        ("4.57.0", "upcast-shifted"),
+    ],
+)
+def test_gemma3_upcasts_and_selects_from_452(version, loss):
+    """Gemma 3's forward from 4.52 (gemma3/modeling_gemma3.py 4.52.1 :1365-1377, 4.53.0
+    :1103-1116, 4.57.0 :1120-1133): ``logits = self.lm_head(...)``, ``logits =
+    logits.float()`` (the bf16 logits die as the name is rebound), the attended shifted
+    rows selected by a boolean index (a copy at any batch). For one sequence of T
+    positions (R = T − 1), beyond the saved fp32 log-softmax: the fp32 logits and the
+    fp32 rows, T·V·4 + R·V·4."""
+    llava = get_model("llava-1.5-7b").model_copy(update={"vocab_size": V})
+    assert llava.vision is not None
+    arch = llava.model_copy(
+        update={"vision": llava.vision.model_copy(update={"projector": "pooled"})}
+    )
+    cfg = framework_run(arch, run(version, batch_size=1, seq_len=S))
+    assert cfg.loss == loss
+    assert masked_shift(arch, cfg) == (loss == "upcast-shifted")
+    if loss == "upcast-shifted":
+        t, r = S, S - 1
+        assert Loss.forward_transient(arch, cfg, BF16, t) == t * V * FP32 + r * V * FP32
+
+
+@pytest.mark.parametrize(
+    ("version", "fp32_head"), [("4.49.0", True), ("4.51.0", True), ("4.52.1", False)]
+)
+def test_mllama_standard_loss_on_its_fp32_head_output(version, fp32_head):
+    """Mllama's language model upcasts in its head (``self.lm_head(...).float()``,
+    mllama/modeling_mllama.py 4.49.0 :1963), and 4.49-4.51 hand those fp32 logits to
+    ForCausalLMLoss, whose ``logits.float()`` copies nothing (versions.head_upcasts): at
+    the forward's largest moment the fp32 logits beside the saved log-softmax (T·V·4
+    beyond it), no 16-bit ones; the cast (T·V·(2 + 4)) precedes the log-softmax and is
+    smaller. 4.52.1's own 16-bit head: the standard loss's T·V·(2 + 4)."""
+    arch = get_model("llama3.2-11b-vision").model_copy(update={"vocab_size": V})
+    cfg = framework_run(arch, run(version))
+    assert cfg.loss == "standard"
+    assert head_upcasts(arch, cfg) == fp32_head
+    got = Loss.forward_transient(arch, cfg, BF16, T)
+    assert got == (T * V * FP32 if fp32_head else T * V * (BF16 + FP32))
+    # the allocator replay's program: the cast, then the fp32 logits, the labels' copy,
+    # the log-softmax and total_weight
+    program = loss_requests._causal_lm_loss(T, V, BF16, fp32_head=fp32_head)
+    forward, _ = program.phases()
+    sizes: list[int] = []
+    after = T * V * FP32 * 2 + T * INT64 + FP32 + (0 if fp32_head else T * V * BF16)
+    assert loss_requests.peak_of(forward, sizes) == max(T * V * (BF16 + FP32), after)
+    # the model returns the fp32 logits (a loop that holds its output keeps them)
+    held = loss_requests._causal_lm_loss(T, V, BF16, hold=True, fp32_head=fp32_head)
+    loss_requests.peak_of(held.phases()[0], sizes := [])
+    assert sizes[held.output] == T * V * (FP32 if fp32_head else BF16)
+
+
+def test_mllama_vocabulary_wide_tensors_under_4_49():
+    """The probe's MllamaForCausalLM (what MllamaForConditionalGeneration runs the loss
+    through in 4.49.0) under the real release: fp32 logits and log-softmax only at the
+    forward's peak (T·V·4 each), the log-softmax and two fp32 gradients in backward."""
+    probe = Path(__file__).with_name("transformers4_loss_probe.py")
+    got = run_probe("4.49.0", probe, str(B), str(S), str(V), "mllama")
+    arch = get_model("llama3.2-11b-vision").model_copy(update={"vocab_size": V})
+    cfg = framework_run(arch, run("4.49.0"))
+    log_softmax = T * V * FP32
+    assert {item[1] for item in got["forward"]} == {"torch.float32"}
+    assert sum(item[-1] for item in got["forward"]) == (
+        Loss.forward_transient(arch, cfg, BF16, T) + log_softmax
+    )
+    assert sum(item[-1] for item in got["backward"]) == log_softmax + 2 * T * V * FP32
+
+
+@pytest.mark.parametrize("batch", [B, 1])
+def test_gemma3_vocabulary_wide_tensors_under_4_53(batch):
+    """The probe's tiny Gemma 3 (LLaVA's tiny tower as SigLIP, 4 image tokens: ``batch`` x
+    43 positions, all-ones attention mask) under the real 4.53.0: the fp32 logits (no
+    bf16 ones), the fp32 selected rows and the log-softmax at the forward's peak, 3·R·V·4
+    in backward, the selected rows a copy for one sequence too: ftmem's upcast-shifted
+    loss with the masked copy (versions.masked_shift)."""
+    probe = Path(__file__).with_name("transformers4_loss_probe.py")
+    got = run_probe("4.53.0", probe, str(batch), str(S), str(V), "gemma3")
+    seq = S + 3
+    t, r = batch * seq, batch * seq - batch
+    llava = get_model("llava-1.5-7b").model_copy(update={"vocab_size": V})
+    assert llava.vision is not None
+    arch = llava.model_copy(
+        update={"vision": llava.vision.model_copy(update={"projector": "pooled"})}
+    )
+    cfg = framework_run(arch, run("4.53.0", seq_len=seq, batch_size=batch))
+    assert cfg.loss == "upcast-shifted"
+    assert {item[1] for item in got["forward"]} == {"torch.float32"}
+    fwd = sum(item[-1] for item in got["forward"])
+    assert fwd == Loss.forward_transient(arch, cfg, BF16, t) + r * V * FP32
+    bwd = sum(item[-1] for item in got["backward"])
+    assert bwd == Loss.upcast_shifted_backward(cfg, V, BF16, t) + r * V * FP32

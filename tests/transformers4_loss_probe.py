@@ -4,7 +4,8 @@ moments of one causal-LM step with labels (HF Trainer's compute_loss: the model'
 dropped before backward).
 
 A tiny bf16 Mistral (or, with a fourth argument, that model_type's causal LM: ``gpt2``,
-``llama``, ``qwen2``, ...; ``llava``: a tiny LLaVA with one image a sequence) whose vocabulary dwarfs the rest, so that both moments are the loss's; only the last layer trains. A dispatch mode counts every storage an op returns
+``llama``, ``qwen2``, ...; ``llava``: a tiny LLaVA with one image a sequence; ``gemma3``: a tiny Gemma 3 likewise;
+``mllama``: Mllama's language model) whose vocabulary dwarfs the rest, so that both moments are the loss's; only the last layer trains. A dispatch mode counts every storage an op returns
 (each once, freed with the storage), the parameters and inputs registered first.
 Prints one JSON line: per phase, the largest live total and, at that moment, each live
 tensor whose last dimension is the vocabulary (shape, dtype, bytes).
@@ -157,9 +158,78 @@ def llava_inputs(b: int, s: int, vocab: int) -> dict[str, torch.Tensor]:
     return dict(input_ids=ids, pixel_values=pixels, attention_mask=mask, labels=ids)
 
 
+def gemma3(vocab: int) -> torch.nn.Module:
+    """A tiny Gemma 3 (4.50 on): LLaVA's tiny tower as a SigLIP one (28 px, 14 px patches,
+    4 image tokens: the pooling keeps them) and the Mistral's sizes in Gemma 3's text
+    model; only the language model's last layer trains."""
+    vision = transformers.SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+    text = transformers.Gemma3TextConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
+    cfg = transformers.Gemma3Config(
+        vision_config=vision,
+        text_config=text,
+        mm_tokens_per_image=PATCHES,
+        image_token_index=IMAGE_TOKEN,
+    )
+    model = transformers.Gemma3ForConditionalGeneration(cfg)
+    for name, p in model.named_parameters():
+        p.requires_grad_("language_model" in name and ".layers.1." in name)
+    return model
+
+
+def gemma3_inputs(b: int, s: int, vocab: int) -> dict[str, torch.Tensor]:
+    """LLaVA's 4.46+ inputs (the image token expanded to its 4 tokens) with Gemma 3's
+    token types (1 on the image tokens)."""
+    inputs = llava_inputs(b, s, vocab)
+    inputs["token_type_ids"] = (inputs["input_ids"] == IMAGE_TOKEN).long()
+    return inputs
+
+
+def mllama_text(vocab: int) -> torch.nn.Module:
+    """Mllama's language model (MllamaForCausalLM, whose head upcasts: what
+    MllamaForConditionalGeneration runs the loss on) of the Mistral's sizes, its one
+    cross-attention layer last (skipped without image states); layer 1 trains."""
+    from transformers.models.mllama.configuration_mllama import MllamaTextConfig
+
+    cfg = MllamaTextConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        cross_attention_layers=[2],
+        pad_token_id=0,  # (its default 128004 lies beyond the vocabulary)
+        rope_scaling={"rope_type": "default"},
+        tie_word_embeddings=False,
+    )
+    model = transformers.MllamaForCausalLM(cfg)
+    for name, p in model.named_parameters():
+        p.requires_grad_(".layers.1." in name)
+    return model
+
+
 def model_of(args: list[str], s: int, vocab: int) -> torch.nn.Module:
     if args == ["llava"]:
         return llava(vocab)
+    if args == ["mllama"]:
+        return mllama_text(vocab)
+    if args == ["gemma3"]:
+        return gemma3(vocab)
     if args == ["gpt2"]:
         return gpt2(s, vocab)
     return causal_lm(args[0] if args else "mistral", vocab)
@@ -171,7 +241,11 @@ def main() -> None:
     model = model_of(sys.argv[4:], s, vocab).to(torch.bfloat16)
     model.train()
     ids = torch.randint(0, vocab, (b, s))
-    inputs = llava_inputs(b, s, vocab) if sys.argv[4:] == ["llava"] else dict(input_ids=ids)
+    inputs: dict[str, torch.Tensor] = dict(input_ids=ids)
+    if sys.argv[4:] == ["llava"]:
+        inputs = llava_inputs(b, s, vocab)
+    if sys.argv[4:] == ["gemma3"]:
+        inputs = gemma3_inputs(b, s, vocab)
     inputs.setdefault("labels", ids)
     live = Live()
     for t in [*model.parameters(), *model.buffers(), *inputs.values()]:

@@ -75,6 +75,7 @@ from ftmem.transients import (
     step_in_backward_tensors,
     top_block_trains,
 )
+from ftmem.versions import head_upcasts, masked_shift
 
 if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
     from ftmem.distill import Teacher
@@ -861,6 +862,8 @@ def _head_requests(
         loop_shifted=Loss.loop_shifted_copy(run, V, T) > 0,
         adapted_head=plan.head_lora,
         keep_logits=Loss.keeps_logits(run),
+        masked=masked_shift(arch, run),
+        fp32_head=head_upcasts(arch, run),
     )
 
 

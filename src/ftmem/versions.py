@@ -244,19 +244,22 @@ LAST_OWN_FORWARD_LOSS_RELEASE = "4.45.2"
 # self.loss_function, qwen2_vl :1803, qwen2_5_vl :1931). Mllama ("linear") upcasts in its
 # head and shifts the fp32 logits (mllama/modeling_mllama.py 4.45.2 :1946, :1953), then
 # hands ForCausalLMLoss those fp32 logits (4.46.0 :1949-1953, 4.48.3 :1953-1957): no 16-bit
-# logits beside the copy, the upcast-shifted loss until 4.49's loss (no copy). Not
-# modelled: Gemma 3 ("pooled"), which upcasts and selects the attended rows while
-# ``outputs`` still holds the 16-bit logits (gemma3/modeling_gemma3.py 4.50.0 :1365-1376,
-# 4.51.0 :1343-1350, 4.52.1 :1370-1377, 4.53.0 :1108-1115: its 16-bit logits, their fp32
-# copy and the fp32 rows at once, none of ftmem's losses); that the selection copies even
-# for one sequence (boolean indexing; ftmem's shifted copy is none there,
-# Loss.shifted_copy) and takes the attended rows only.
+# logits beside the copy, the upcast-shifted loss until 4.49's loss (no copy). Gemma 3
+# ("pooled") upcasts and selects the attended rows as LLaVA does; from 4.52 its own
+# ``self.lm_head`` output is rebound by ``logits = logits.float()``, so the 16-bit logits
+# die at the upcast: the upcast-shifted loss (gemma3/modeling_gemma3.py 4.52.1 :1365-1377,
+# 4.53.0 :1103-1116, 4.57.0 :1120-1133; 4.58 on not read; 5.25.0 calls
+# self.loss_function). Not modelled: Gemma 3 in 4.50 and 4.51, where ``outputs`` (its
+# language model's) still holds the 16-bit logits beside their fp32 copy and the fp32
+# rows (4.50.0 :1365-1376, 4.51.0 :1339-1350). The selection copies even for one sequence
+# (boolean indexing: masked_shift) and takes the attended rows only.
 VisionLoss = tuple[tuple[Releases, Literal["shifted", "upcast-shifted"]], ...]
 VISION_OWN_LOSS: dict[str, VisionLoss] = {
     "mlp": ((UPCAST_IN_FORWARD_LOSS, "upcast-shifted"), ((((4, 46, 0), (4, 52, 0)),), "shifted")),
     "mistral3": (((((4, 50, 0), (4, 52, 0)),), "shifted"),),
     "merger": (((((0, 0, 0), (4, 52, 0)),), "upcast-shifted"),),
     "linear": (((((0, 0, 0), (4, 49, 0)),), "upcast-shifted"),),
+    "pooled": (((((4, 52, 0), (4, 58, 0)),), "upcast-shifted"),),
 }
 
 _RELEASE = re.compile(r"\s*(\d+)\.(\d+)(?:\.(\d+))?")
@@ -334,6 +337,48 @@ def _vision_own_loss(
             upcasts = _family_own_loss(arch, version) != "shifted"
             return loss if upcasts or projector != "mlp" else "shifted"
     return None
+
+
+# the image-text models whose own loss selects the attended shifted rows with a boolean
+# index (``logits[..., :-1, :][shift_attention_mask != 0]``: LLaVA's, Mistral 3's and
+# Gemma 3's lines in VISION_OWN_LOSS's comment); Qwen2-VL and Mllama take a plain slice
+MASKED_SHIFT_PROJECTORS = frozenset({"mlp", "mistral3", "pooled"})
+
+
+def masked_shift(arch: Architecture, run: RunConfig) -> bool:
+    """The run's shifted loss is the image-text model's own, which selects the attended
+    shifted rows with a boolean index: a copy at any batch, one sequence's too (an
+    advanced index always allocates; measured: tests/test_shifted_logits_loss.py). For
+    ``--loss standard`` resolved at the run's release, and for ``--loss upcast-shifted``
+    (transformers < 4.46's forward: 4.45.2 where no release is given)."""
+    if arch.vision is None or arch.vision.projector not in MASKED_SHIFT_PROJECTORS:
+        return False
+    if run.objective != "sft" or run.loss not in ("shifted", "upcast-shifted"):
+        return False
+    version = run.transformers_version
+    if version is None and run.loss == "upcast-shifted":
+        version = LAST_OWN_FORWARD_LOSS_RELEASE
+    own = None if version is None else _vision_own_loss(arch, arch.vision.projector, version)
+    return own == run.loss
+
+
+# Mllama's language model (MllamaForCausalLM) upcasts in its head, ``logits =
+# self.lm_head(...).float()``, and from 4.49 hands those fp32 logits to ForCausalLMLoss,
+# whose ``logits.float()`` then copies nothing (mllama/modeling_mllama.py 4.49.0
+# :1963-1967 and 4.50.0 :1973-1977, MllamaForConditionalGeneration passing the labels
+# down; 4.51.0 :1947 and :2148, the loss in the outer class on the same fp32 logits).
+# 4.52.1 gives MllamaForConditionalGeneration its own 16-bit ``self.lm_head`` (:1918-1922):
+# the standard loss again.
+MLLAMA_FP32_HEAD_LOSS: Releases = (((4, 49, 0), (4, 52, 0)),)
+
+
+def head_upcasts(arch: Architecture, run: RunConfig) -> bool:
+    """The standard loss runs on logits the model's head already made fp32 (Mllama in
+    MLLAMA_FP32_HEAD_LOSS's releases): no 16-bit logits beside the loss's fp32 ones."""
+    if arch.vision is None or arch.vision.projector != "linear":
+        return False
+    standard = run.loss == "standard" and run.objective == "sft"
+    return standard and within(run.transformers_version, MLLAMA_FP32_HEAD_LOSS)
 
 
 def _family_own_loss(

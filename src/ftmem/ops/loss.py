@@ -15,7 +15,7 @@ from ftmem.ops.registry import register
 from ftmem.ops.saved import Saved
 from ftmem.profiles import compiled_chunked_loss, head_chunk_tokens, profile_of
 from ftmem.run import UNPAIRED_OBJECTIVES, RunConfig
-from ftmem.versions import shifted_logits_loss
+from ftmem.versions import head_upcasts, masked_shift, shifted_logits_loss
 
 CHUNKS = 8  # torchtune's num_output_chunks
 # rows per chunk of TRL's entropy_from_logits (trl/trainer/utils.py@f2cd57710ae3)
@@ -185,10 +185,14 @@ class Loss:
             # (freed once the log-softmax exists)
             rows = Loss.rows(run)
             cast = rows * V * FP32 if Loss.shifted_log_softmax_bytes(run, e) != e else 0
-            return T * V * e + Loss.shifted_copy(run, V, e) + cast
+            return T * V * e + Loss.shifted_copy(run, V, e, masked_shift(arch, run)) + cast
         if Loss.kind(run) == "upcast-shifted":
-            return Loss.upcast_shifted_forward(run, V, e, T)
+            return Loss.upcast_shifted_forward(run, V, e, T, masked_shift(arch, run))
         upcast = T * V * FP32 if e != FP32 else 0
+        if head_upcasts(arch, run):
+            # the head's cast (T·V·(e + 4)) comes before the saved item exists, and is
+            # smaller beyond it than the fp32 logits alone (the item is T·V·4 and more)
+            return T * V * FP32
         if run.loss == "linear-chunked":
             # torchtune's LinearCrossEntropyLoss: the head runs in the loss, one chunk at a
             # time, so one chunk's logits and their fp32 copy live at once (both freed
@@ -199,18 +203,20 @@ class Loss:
         return T * V * e + upcast
 
     @staticmethod
-    def shifted_copy(run: RunConfig, V: int, e: int) -> int:
+    def shifted_copy(run: RunConfig, V: int, e: int, masked: bool = False) -> int:
         """Qwen-1's ``lm_logits[..., :-1, :].contiguous()`` (R·V·e, R = T − b): a copy of
         the slice for b > 1; for one sequence the slice is contiguous already (its batch
         dimension has size 1, which ``is_contiguous`` skips, and dropping a row-major
         T×V matrix's last row keeps the rest in place), so ``contiguous()`` returns it
         and nothing is allocated (c10 TensorImpl's contiguity skips size-1 dimensions;
         measured on the CPU: tests/test_loss_requests.py). LitGPT's chunked loss reads
-        the same slice (held_logits_head: a copy when b > 1)."""
-        return Loss.rows(run) * V * e if run.batch_size > 1 else 0
+        the same slice (held_logits_head: a copy when b > 1). ``masked``: the image-text
+        models that select the attended shifted rows with a boolean index
+        (versions.masked_shift) copy them at any batch (R = T − b without padding)."""
+        return Loss.rows(run) * V * e if run.batch_size > 1 or masked else 0
 
     @staticmethod
-    def upcast_shifted_forward(run: RunConfig, V: int, e: int, T: int) -> int:
+    def upcast_shifted_forward(run: RunConfig, V: int, e: int, T: int, masked: bool = False) -> int:
         """transformers < 4.46's causal-LM forward with labels (4.40.2
         models/llama/modeling_llama.py:1230-1244; the same lines in 4.36.2 :1199-1213):
         ``logits = logits.float()`` (a copy when e ≠ 4; the 16-bit logits die as the name
@@ -224,16 +230,17 @@ class Loss:
         larger than the item (never at e ≤ 4: the item is R·V·4, R ≥ T/2). transformers
         4.46-4.48's standard loss (Loss.keeps_logits): the 16-bit logits, their fp32 copy
         and the shifted copy at once (measured on the CPU: tests/test_shifted_logits_loss.py;
-        the shifted copy again none for one sequence)."""
+        the shifted copy again none for one sequence; ``masked``: Loss.shifted_copy's)."""
         rows = Loss.rows(run)
         if Loss.keeps_logits(run):
-            return (T * V * e if e != FP32 else 0) + T * V * FP32 + Loss.shifted_copy(run, V, FP32)
+            copy = Loss.shifted_copy(run, V, FP32, masked)
+            return (T * V * e if e != FP32 else 0) + T * V * FP32 + copy
         cast = T * V * e + T * V * FP32 if e != FP32 else 0
         labels = Loss.shifted_labels(run)
         if profile_of(run).loop_shifted_loss:
             return Loss.loop_shifted_forward(V, rows, cast, T, labels)
         saved = Loss.cross_entropy_saved(rows, V, FP32, False, labels)
-        return max(cast - saved, T * V * FP32 + Loss.shifted_copy(run, V, FP32))
+        return max(cast - saved, T * V * FP32 + Loss.shifted_copy(run, V, FP32, masked))
 
     @staticmethod
     def loop_shifted_forward(V: int, rows: int, cast: int, T: int, labels: int) -> int:

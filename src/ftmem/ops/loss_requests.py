@@ -162,6 +162,7 @@ def _causal_lm_loss(
     hold: bool = False,
     offloaded: bool = False,
     inputs: tuple[int, ...] = (),
+    fp32_head: bool = False,
 ) -> Programmed:
     """transformers' ForCausalLMLoss on the model's logits (transformers 5.24
     loss/loss_utils.py:51-73, fixed_cross_entropy :34-48): ``logits.float()`` (a copy
@@ -183,12 +184,19 @@ def _causal_lm_loss(
 
     ``offloaded`` (activation offload, _Program): the same tensors in the same order;
     the saved log-softmax, labels and total_weight die as the forward ends, and the
-    backward's two nodes bring back their own copies (_Program.nll_backward)."""
+    backward's two nodes bring back their own copies (_Program.nll_backward).
+
+    ``fp32_head``: the model's head casts its output (versions.head_upcasts): the 16-bit
+    logits die at that cast, the loss's ``float()`` copies nothing, and the model returns
+    the fp32 logits; the backward's cast back is the head's."""
     p = _Program(offloaded)
     cache = p.held_cache(held)
     named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
     upcast = p.alloc(T * V * FP32) if e != FP32 else -1
+    if fp32_head and upcast >= 0:
+        p.free(logits)
+        logits, upcast = upcast, -1
     labels = p.alloc(T * INDEX_BYTES)
     log_softmax = p.alloc(T * V * FP32)
     total_weight = p.alloc(FP32)
@@ -245,14 +253,16 @@ def _shifted_cuda_program(
     hold: bool,
     fp32_output: bool = False,
     inputs: tuple[int, ...] = (),
+    masked: bool = False,
 ) -> Programmed:
     """shifted_loss_cuda_autocast's requests; ``inputs``: as _causal_lm_loss's, freed
-    with the shifted copy as the forward returns (before accelerate's conversion)."""
+    with the shifted copy as the forward returns (before accelerate's conversion);
+    ``masked``: _shifted_copy's."""
     p = _Program()
     cache = p.held_cache(held)
     named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
-    shifted = p.alloc(_shifted_copy(T, R, V, e))
+    shifted = p.alloc(_shifted_copy(T, R, V, e, masked))
     labels = p.alloc(_shifted_copy(T, R, 1, INDEX_BYTES))  # a view for one sequence
     log_softmax = p.alloc(R * V * e)
     cast = p.alloc(R * V * FP32)
@@ -275,13 +285,14 @@ def _shifted_cuda_program(
     return p.done(forward)
 
 
-def _shifted_copy(T: int, R: int, V: int, e: int) -> int:
+def _shifted_copy(T: int, R: int, V: int, e: int, masked: bool = False) -> int:
     """The bytes of ``lm_logits[..., :-1, :].contiguous()`` (R = T − b rows): a copy of
     the slice, but for one sequence (b = 1), whose slice is contiguous already (the
     batch dimension has size 1, which ``is_contiguous`` skips; dropping the last row of
     a row-major T×V matrix keeps the rest in place), so ``contiguous()`` returns it: 0
-    (Loss.shifted_copy; measured on the CPU, tests/test_loss_requests.py)."""
-    return R * V * e if T - R > 1 else 0
+    (Loss.shifted_copy; measured on the CPU, tests/test_loss_requests.py). ``masked``: a
+    boolean index selects the rows (versions.masked_shift), a copy at any batch."""
+    return R * V * e if T - R > 1 or masked else 0
 
 
 def _shifted_loss(
@@ -294,6 +305,7 @@ def _shifted_loss(
     hold: bool = False,
     offloaded: bool = False,
     inputs: tuple[int, ...] = (),
+    masked: bool = False,
 ) -> Programmed:
     """The model's own loss on a shifted copy (Qwen-1's QWenLMHeadModel.forward,
     modeling_qwen.py@a6ca629 l.1125-1135): the logits (T·V·e), ``lm_logits[..., :-1,
@@ -311,12 +323,12 @@ def _shifted_loss(
     The autocast order is the CPU's, where cross_entropy_loss is on autocast's fp32
     list; CUDA's is shifted_loss_cuda_autocast (ops.loss.Loss.shifted_nll_cast).
 
-    ``offloaded`` and ``inputs``: as _causal_lm_loss's."""
+    ``offloaded`` and ``inputs``: as _causal_lm_loss's; ``masked``: _shifted_copy's."""
     p = _Program(offloaded)
     cache = p.held_cache(held)
     named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
-    shifted = p.alloc(_shifted_copy(T, R, V, e))
+    shifted = p.alloc(_shifted_copy(T, R, V, e, masked))
     labels = p.alloc(_shifted_copy(T, R, 1, INDEX_BYTES))  # a view for one sequence
     cast = p.alloc(R * V * FP32) if log_softmax_bytes != e else -1
     log_softmax = p.alloc(R * V * log_softmax_bytes)
@@ -352,6 +364,7 @@ def _upcast_shifted_loss(
     offloaded: bool = False,
     inputs: tuple[int, ...] = (),
     keep_logits: bool = False,
+    masked: bool = False,
 ) -> Programmed:
     """transformers < 4.46's LlamaForCausalLM.forward with labels (4.40.2
     models/llama/modeling_llama.py:1230-1244; 4.36.2 :1199-1213): the logits (T·V·e),
@@ -376,7 +389,8 @@ def _upcast_shifted_loss(
 
     ``keep_logits``: transformers 4.46-4.48's ForCausalLMLoss (versions.py): the model's
     forward names its 16-bit logits through the loss, which upcasts a copy (freed with
-    the shifted one as the loss returns); the model returns the 16-bit logits."""
+    the shifted one as the loss returns); the model returns the 16-bit logits.
+    ``masked``: _shifted_copy's."""
     p = _Program(offloaded)
     cache = p.held_cache(held)
     named = [p.alloc(size) for size in inputs]
@@ -387,7 +401,7 @@ def _upcast_shifted_loss(
         if not keep_logits:
             p.free(logits)
             logits, upcast = upcast, -1
-    shifted = p.alloc(_shifted_copy(T, R, V, FP32))
+    shifted = p.alloc(_shifted_copy(T, R, V, FP32, masked))
     labels = p.alloc(_shifted_copy(T, R, 1, INDEX_BYTES))  # a view for one sequence
     log_softmax = p.alloc(R * V * FP32)
     total_weight = p.alloc(FP32)
@@ -618,6 +632,8 @@ def head_requests(
     loop_shifted: bool = False,
     adapted_head: bool = False,
     keep_logits: bool = False,
+    masked: bool = False,
+    fp32_head: bool = False,
 ) -> HeadRequests | None:
     """The head's requests for ``loss`` (Loss.kind), or None where its order is not
     derived (fused, linear-chunked, log-probability tiles, compiled chunks: one buffer
@@ -637,7 +653,8 @@ def head_requests(
     upcast-shifted loss is torchtune 0.1's loop's (_loop_shifted_loss), whose held shifted
     copy the timeline counts (StepSizes.loop_held), the last pass's live until PREVIOUS;
     ``adapted_head``: with LoRA on the LM head (its program only: elsewhere None);
-    ``keep_logits``: as _upcast_shifted_loss's."""
+    ``keep_logits`` and ``masked``: as _upcast_shifted_loss's; ``fp32_head``: as
+    _causal_lm_loss's."""
     hold = output_held > 0
     # (offloaded: the standard and shifted losses', but CUDA autocast's shifted one)
     shifted = loss == "upcast-shifted" or (loss == "shifted" and not nll_cast)
@@ -651,24 +668,36 @@ def head_requests(
     if adapted_head:
         return None
     if loss == "standard":
-        program = _causal_lm_loss(T, V, e, held, hold, offloaded, inputs)
+        program = _causal_lm_loss(T, V, e, held, hold, offloaded, inputs, fp32_head)
     elif loss == "shifted" and nll_cast:  # CUDA's autocast
-        program = _shifted_cuda_program(T, R, V, e, held, hold, fp32_output, inputs)
+        program = _shifted_cuda_program(T, R, V, e, held, hold, fp32_output, inputs, masked)
     elif loss == "shifted":
-        program = _shifted_loss(T, R, V, e, log_softmax_bytes, held, hold, offloaded, inputs)
+        program = _shifted_loss(
+            T, R, V, e, log_softmax_bytes, held, hold, offloaded, inputs, masked
+        )
     elif loss == "upcast-shifted":
-        program = _upcast_shifted_loss(T, R, V, e, held, hold, offloaded, inputs, keep_logits)
+        program = _upcast_shifted_loss(
+            T, R, V, e, held, hold, offloaded, inputs, keep_logits, masked
+        )
     elif loss == "chunked" and not hold:
         program = _chunked_loss(T, V, e, held, head_grads)
     else:
         return None
+    on_device = 0 if offloaded else saved_item
+    return _checked(program, on_device, logits_forward, loss_backward, output_held)
+
+
+def _checked(
+    program: Programmed, on_device: int, logits_forward: int, loss_backward: int, output_held: int
+) -> HeadRequests | None:
+    """head_requests' program where it lays out the timeline's moments (its docstring);
+    ``on_device``: the saved item's bytes the requests keep (none when offloaded)."""
     forward, backward = program.phases()
     sizes: list[int] = []
     forward_peak = peak_of(forward, sizes)
     kept = sum(sizes) - sum(sizes[k] for op, k in forward if op == "free")
     backward_peak = peak_of(backward, sizes, kept)
     output = sizes[program.output] if program.output >= 0 else 0
-    on_device = 0 if offloaded else saved_item
     if (
         output != output_held
         or kept != on_device + output
