@@ -55,18 +55,6 @@ def test_states_are_bitsandbytes_own(cls):
     assert _figures("adamw-32bit").memory.optimizer_states_bytes == held
 
 
-def test_like_paged_adamw_but_in_the_allocator():
-    """PagedAdamW's states, none in managed memory: the allocated peak holds what the paged
-    class moves out."""
-    a, b = _figures("adamw-32bit"), _figures("paged-adamw")
-    assert a.memory.optimizer_states_bytes == b.memory.optimizer_states_bytes
-    assert a.memory.beyond_allocated.paged_optimizer_states == 0
-    moved = b.memory.beyond_allocated.paged_optimizer_states
-    assert moved > 0
-    rounding = a.memory.at_peak.block_rounding - b.memory.at_peak.block_rounding
-    assert a.memory.peak_allocated_bytes - b.memory.peak_allocated_bytes - rounding == moved
-
-
 def test_no_step_tensors_or_temporaries():
     """torch's AdamW (adamw-fp32 with the same fp32 states) keeps step tensors and makes
     foreach square roots; bitsandbytes keeps an int and updates in its kernel."""

@@ -64,9 +64,14 @@ def test_lion_8bit_states_from_bitsandbytes_arithmetic():
 
 
 @pytest.mark.parametrize(
-    ("plain", "paged"), [("lion-32bit", "paged-lion"), ("lion-8bit", "paged-lion-8bit")]
+    ("plain", "paged"),
+    [
+        ("lion-32bit", "paged-lion"),
+        ("lion-8bit", "paged-lion-8bit"),
+        ("adamw-32bit", "paged-adamw"),  # (tests/test_bnb_adamw.py: the unpaged AdamW)
+    ],
 )
-def test_unpaged_lion_keeps_its_states_in_the_allocator(plain, paged):
+def test_unpaged_bnb_optimizers_keep_their_states_in_the_allocator(plain, paged):
     """The same states as the paged twin; none in managed memory, so the allocated peak
     holds what the paged class moves out."""
     a, b = _figures(plain), _figures(paged)

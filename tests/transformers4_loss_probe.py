@@ -140,10 +140,7 @@ def llava(vocab: int) -> torch.nn.Module:
         image_seq_length=PATCHES,  # (4.46 on: fewer image tokens take the old merge)
         vocab_size=vocab,
     )
-    model = transformers.LlavaForConditionalGeneration(cfg)
-    for name, p in model.named_parameters():
-        p.requires_grad_("language_model" in name and ".layers.1." in name)
-    return model
+    return _last_text_layer_trains(transformers.LlavaForConditionalGeneration(cfg))
 
 
 def llava_inputs(b: int, s: int, vocab: int) -> dict[str, torch.Tensor]:
@@ -185,7 +182,11 @@ def gemma3(vocab: int) -> torch.nn.Module:
         mm_tokens_per_image=PATCHES,
         image_token_index=IMAGE_TOKEN,
     )
-    model = transformers.Gemma3ForConditionalGeneration(cfg)
+    return _last_text_layer_trains(transformers.Gemma3ForConditionalGeneration(cfg))
+
+
+def _last_text_layer_trains(model: torch.nn.Module) -> torch.nn.Module:
+    """Only the language model's last layer (of two) trains."""
     for name, p in model.named_parameters():
         p.requires_grad_("language_model" in name and ".layers.1." in name)
     return model
