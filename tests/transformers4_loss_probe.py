@@ -84,18 +84,29 @@ def gpt2(s: int, vocab: int) -> torch.nn.Module:
     return model
 
 
+# the tiny text model every family here shares, and the image models' two-layer tower
+# (28 px, 14 px patches: 4 image features)
+TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=28,
+    patch_size=14,
+)
+
+
 def causal_lm(model_type: str, vocab: int) -> torch.nn.Module:
     """A Llama-like family's causal LM of the Mistral's sizes (untied head; a mixture of
     experts with 4 experts, top-2), only its last layer trained."""
-    sizes: dict[str, object] = dict(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-    )
+    sizes: dict[str, object] = dict(vocab_size=vocab, **TEXT, tie_word_embeddings=False)
     if model_type == "gemma":
         sizes["head_dim"] = 16
     if model_type == "phi3":  # (its default pad_token_id 32000 lies beyond the vocabulary)
@@ -116,25 +127,9 @@ IMAGE_TOKEN, PATCHES = 1, 4  # LLaVA's image token id; a 28 px image in 14 px pa
 def llava(vocab: int) -> torch.nn.Module:
     """A tiny LLaVA: a two-layer CLIP tower (28 px, 14 px patches: 4 image features, CLS
     dropped) and the Mistral's Llama sizes; only the language model's last layer trains."""
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=28,
-        patch_size=14,
-    )
-    text = dict(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-    )
+    text = dict(vocab_size=vocab, **TEXT, tie_word_embeddings=False)
     cfg = transformers.LlavaConfig(
-        vision_config=transformers.CLIPVisionConfig(**vision),
+        vision_config=transformers.CLIPVisionConfig(**VISION),
         text_config=transformers.LlamaConfig(**text),
         image_token_index=IMAGE_TOKEN,
         image_seq_length=PATCHES,  # (4.46 on: fewer image tokens take the old merge)
@@ -159,26 +154,9 @@ def gemma3(vocab: int) -> torch.nn.Module:
     """A tiny Gemma 3 (4.50 on): LLaVA's tiny tower as a SigLIP one (28 px, 14 px patches,
     4 image tokens: the pooling keeps them) and the Mistral's sizes in Gemma 3's text
     model; only the language model's last layer trains."""
-    vision = transformers.SiglipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=28,
-        patch_size=14,
-    )
-    text = transformers.Gemma3TextConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    )
     cfg = transformers.Gemma3Config(
-        vision_config=vision,
-        text_config=text,
+        vision_config=transformers.SiglipVisionConfig(**VISION),
+        text_config=transformers.Gemma3TextConfig(vocab_size=vocab, **TEXT, head_dim=16),
         mm_tokens_per_image=PATCHES,
         image_token_index=IMAGE_TOKEN,
     )
