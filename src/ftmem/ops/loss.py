@@ -11,6 +11,7 @@ from ftmem.arch import HEAD, Architecture, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES, is_quantized
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import LayerContext
+from ftmem.ops.loss_requests import shifted_copy_bytes
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Saved
 from ftmem.profiles import compiled_chunked_loss, head_chunk_tokens, profile_of
@@ -204,16 +205,13 @@ class Loss:
 
     @staticmethod
     def shifted_copy(run: RunConfig, V: int, e: int, masked: bool = False) -> int:
-        """Qwen-1's ``lm_logits[..., :-1, :].contiguous()`` (R·V·e, R = T − b): a copy of
-        the slice for b > 1; for one sequence the slice is contiguous already (its batch
-        dimension has size 1, which ``is_contiguous`` skips, and dropping a row-major
-        T×V matrix's last row keeps the rest in place), so ``contiguous()`` returns it
-        and nothing is allocated (c10 TensorImpl's contiguity skips size-1 dimensions;
-        measured on the CPU: tests/test_loss_requests.py). LitGPT's chunked loss reads
-        the same slice (held_logits_head: a copy when b > 1). ``masked``: the image-text
-        models that select the attended shifted rows with a boolean index
-        (versions.masked_shift) copy them at any batch (R = T − b without padding)."""
-        return Loss.rows(run) * V * e if run.batch_size > 1 or masked else 0
+        """Qwen-1's ``lm_logits[..., :-1, :].contiguous()`` (R·V·e, R = T − b): a copy for
+        b > 1 or a boolean-indexed selection (``masked``: versions.masked_shift), none for
+        one sequence's plain slice (ops.loss_requests.shifted_copy_bytes, which the
+        allocator's programs use too). LitGPT's chunked loss reads the same slice
+        (held_logits_head: a copy when b > 1)."""
+        rows = Loss.rows(run)
+        return shifted_copy_bytes(rows + run.batch_size, rows, V, e, masked)
 
     @staticmethod
     def upcast_shifted_forward(run: RunConfig, V: int, e: int, T: int, masked: bool = False) -> int:

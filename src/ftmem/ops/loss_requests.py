@@ -257,13 +257,13 @@ def _shifted_cuda_program(
 ) -> Programmed:
     """shifted_loss_cuda_autocast's requests; ``inputs``: as _causal_lm_loss's, freed
     with the shifted copy as the forward returns (before accelerate's conversion);
-    ``masked``: _shifted_copy's."""
+    ``masked``: shifted_copy_bytes'."""
     p = _Program()
     cache = p.held_cache(held)
     named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
-    shifted = p.alloc(_shifted_copy(T, R, V, e, masked))
-    labels = p.alloc(_shifted_copy(T, R, 1, INDEX_BYTES))  # a view for one sequence
+    shifted = p.alloc(shifted_copy_bytes(T, R, V, e, masked))
+    labels = p.alloc(shifted_copy_bytes(T, R, 1, INDEX_BYTES))  # a view for one sequence
     log_softmax = p.alloc(R * V * e)
     cast = p.alloc(R * V * FP32)
     total_weight = p.alloc(FP32)
@@ -285,7 +285,7 @@ def _shifted_cuda_program(
     return p.done(forward)
 
 
-def _shifted_copy(T: int, R: int, V: int, e: int, masked: bool = False) -> int:
+def shifted_copy_bytes(T: int, R: int, V: int, e: int, masked: bool = False) -> int:
     """The bytes of ``lm_logits[..., :-1, :].contiguous()`` (R = T − b rows): a copy of
     the slice, but for one sequence (b = 1), whose slice is contiguous already (the
     batch dimension has size 1, which ``is_contiguous`` skips; dropping the last row of
@@ -309,7 +309,7 @@ def _shifted_loss(
 ) -> Programmed:
     """The model's own loss on a shifted copy (Qwen-1's QWenLMHeadModel.forward,
     modeling_qwen.py@a6ca629 l.1125-1135): the logits (T·V·e), ``lm_logits[..., :-1,
-    :].contiguous()`` (R·V·e; none for one sequence: _shifted_copy), the shifted labels'
+    :].contiguous()`` (R·V·e; none for one sequence: shifted_copy_bytes), the shifted labels'
     copy (R int64), under autocast
     cross_entropy's fp32 cast of the copy (R·V·4, freed when it returns),
     log_softmax (R·V·ℓ, saved) and nll_loss; the shifted copy dies when the model's
@@ -323,13 +323,13 @@ def _shifted_loss(
     The autocast order is the CPU's, where cross_entropy_loss is on autocast's fp32
     list; CUDA's is shifted_loss_cuda_autocast (ops.loss.Loss.shifted_nll_cast).
 
-    ``offloaded`` and ``inputs``: as _causal_lm_loss's; ``masked``: _shifted_copy's."""
+    ``offloaded`` and ``inputs``: as _causal_lm_loss's; ``masked``: shifted_copy_bytes'."""
     p = _Program(offloaded)
     cache = p.held_cache(held)
     named = [p.alloc(size) for size in inputs]
     logits = p.alloc(T * V * e)
-    shifted = p.alloc(_shifted_copy(T, R, V, e, masked))
-    labels = p.alloc(_shifted_copy(T, R, 1, INDEX_BYTES))  # a view for one sequence
+    shifted = p.alloc(shifted_copy_bytes(T, R, V, e, masked))
+    labels = p.alloc(shifted_copy_bytes(T, R, 1, INDEX_BYTES))  # a view for one sequence
     cast = p.alloc(R * V * FP32) if log_softmax_bytes != e else -1
     log_softmax = p.alloc(R * V * log_softmax_bytes)
     total_weight = p.alloc(log_softmax_bytes)
@@ -371,7 +371,7 @@ def _upcast_shifted_loss(
     ``logits = logits.float()`` (T·V·4; the 16-bit logits freed as the name is rebound,
     no node saves them; no copy when e = 4), ``logits[..., :-1, :].contiguous()``
     (R·V·4; none for one sequence, whose slice of the fp32 logits is contiguous:
-    _shifted_copy; the same lines in 4.37.2 :1202-1215 and 4.45.2 :1219-1229, the
+    shifted_copy_bytes; the same lines in 4.37.2 :1202-1215 and 4.45.2 :1219-1229, the
     upcast always before the slice), the shifted labels' copy (R int64; none for one
     sequence, whose ``labels[..., 1:]`` is contiguous: Loss.shifted_labels), CrossEntropyLoss's
     log_softmax (R·V·4, saved) and nll_loss; the shifted copy dies when the forward
@@ -390,7 +390,7 @@ def _upcast_shifted_loss(
     ``keep_logits``: transformers 4.46-4.48's ForCausalLMLoss (versions.py): the model's
     forward names its 16-bit logits through the loss, which upcasts a copy (freed with
     the shifted one as the loss returns); the model returns the 16-bit logits.
-    ``masked``: _shifted_copy's."""
+    ``masked``: shifted_copy_bytes'."""
     p = _Program(offloaded)
     cache = p.held_cache(held)
     named = [p.alloc(size) for size in inputs]
@@ -401,8 +401,8 @@ def _upcast_shifted_loss(
         if not keep_logits:
             p.free(logits)
             logits, upcast = upcast, -1
-    shifted = p.alloc(_shifted_copy(T, R, V, FP32, masked))
-    labels = p.alloc(_shifted_copy(T, R, 1, INDEX_BYTES))  # a view for one sequence
+    shifted = p.alloc(shifted_copy_bytes(T, R, V, FP32, masked))
+    labels = p.alloc(shifted_copy_bytes(T, R, 1, INDEX_BYTES))  # a view for one sequence
     log_softmax = p.alloc(R * V * FP32)
     total_weight = p.alloc(FP32)
     p.saved_by_graph(log_softmax, labels, total_weight)
@@ -434,7 +434,7 @@ def _loop_shifted_loss(
     them); the model returns, so ``logits = self._model(input_ids)`` lets the last
     pass's shifted copy go (PREVIOUS); ``logits[..., :-1, :].contiguous()`` (R·V·4,
     the fp32 logits freed as the name is rebound to it; for one sequence no copy, as
-    _shifted_copy: the name then holds a view of the fp32 logits, so their T·V·4 is
+    shifted_copy_bytes: the name then holds a view of the fp32 logits, so their T·V·4 is
     what the loop keeps), the labels' copy (R int64; a view for one sequence);
     ``logits.transpose(1, 2)`` into CrossEntropyLoss: log_softmax over dimension 1 of
     the (b, V, s − 1) view, whose CUDA kernel first copies the non-contiguous input
@@ -473,12 +473,12 @@ def _loop_shifted_loss(
         p.free(logits)
         logits = upcast
     p.previous()
-    shifted = p.alloc(_shifted_copy(T, R, V, FP32))
+    shifted = p.alloc(shifted_copy_bytes(T, R, V, FP32))
     if shifted >= 0:
         p.free(logits)
     else:  # one sequence: the name keeps a view of the fp32 logits, their storage held
         shifted = logits
-    labels = p.alloc(_shifted_copy(T, R, 1, INDEX_BYTES))  # a view for one sequence
+    labels = p.alloc(shifted_copy_bytes(T, R, 1, INDEX_BYTES))  # a view for one sequence
     contiguous = p.alloc(R * V * FP32)
     log_softmax = p.alloc(R * V * FP32)
     p.free(contiguous)
