@@ -37,6 +37,7 @@ EXPECTED = {
     "head_lora",
     "prefix_tuning",
     "prompt_encoder",
+    "vera",
 }
 
 

@@ -961,6 +961,13 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
             adapter_dtype=plan.dtypes.adapter,
             adapted_modules=[lin.module for lin in plan.kronecker],
         )
+    if run.method == "vera":
+        resolved.update(
+            vera_rank=run.vera[0],
+            vera_targets=run.vera[1],
+            adapter_dtype=plan.dtypes.adapter,
+            adapted_modules=[lin.module for lin in plan.vectored],
+        )
     if run.method in PROMPT_METHODS:
         resolved["virtual_tokens"] = run.n_virtual
     if run.method == "p-tuning":

@@ -132,6 +132,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "in every forward (--lokr-rank, --lokr-alpha, --lokr-targets, --lokr-factor)",
         "Yeh et al. 2024 (LyCORIS), arXiv:2309.14859; peft tuners/lokr",
     ),
+    "vera": (
+        "peft's VeRA: one pair of frozen random projections shared by every adapted linear, "
+        "trained scaling vectors (r and out) per linear (--vera-rank, --vera-targets)",
+        "Kopiczko et al. 2024 (VeRA), arXiv:2310.11454; peft tuners/vera",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -261,6 +266,8 @@ class MethodPlan:
     hadamard: tuple[Linear, ...] = ()
     # LoKr: the linears with a Kronecker-product adapter beside them
     kronecker: tuple[Linear, ...] = ()
+    # VeRA: the linears with peft's scaled shared projections beside them
+    vectored: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -644,6 +651,25 @@ def lokr_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.lokr[2], "LoKr")
 
 
+def vera_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a VeRA adapter (none for the other methods)."""
+    if run.method != "vera":
+        return ()
+    return _lycoris_linears(arch, run.vera[1], "VeRA")
+
+
+def vera_projection_shapes(linears: tuple[Linear, ...], r: int) -> tuple[tuple[int, int], ...]:
+    """vera_A (r × the widest input) and vera_B (the widest output × r): one pair for the
+    whole model, sliced by every adapted linear (peft 0.21.2 tuners/vera/model.py
+    VeraModel._find_dim and _init_vera_A_vera_B; the same at 5d602fdbff04)."""
+    if not linears:
+        return ()
+    return (
+        (r, max(lin.in_features for lin in linears)),
+        (max(lin.out_features for lin in linears), r),
+    )
+
+
 def _lycoris_linears(arch: Architecture, spec: str, name: str) -> tuple[Linear, ...]:
     """peft's LyCORIS adapters' targets, on the models ftmem models them on."""
     if arch.traits.conv1d:
@@ -849,6 +875,8 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     groups += _loha_groups(hadamard, arch, run, dtypes)
     kronecker = lokr_linears(arch, run)
     groups += _lokr_groups(kronecker, arch, run, dtypes)
+    vectored = vera_linears(arch, run)
+    groups += _vera_groups(vectored, arch, run, dtypes)
     bottlenecked = bottlenecked_linears(arch, run)
     groups += _bottleneck_groups(bottlenecked, arch, run, dtypes)
     v2_scaled = v2_scaled_linears(arch, run)
@@ -889,6 +917,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         head_scaled=run.method == "llama-adapter-v2",
         hadamard=hadamard,
         kronecker=kronecker,
+        vectored=vectored,
         orth_regularised=adalora_regularised(run),
     )
 
@@ -1223,6 +1252,22 @@ def _lokr_groups(
         for lin in kronecker
         for name, shape in lokr_shapes(lin, run).params
     ]
+
+
+def _vera_groups(
+    vectored: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """VeRA's trained vectors per adapted linear: vera_lambda_b (out) and vera_lambda_d
+    (r), in the adapter dtype (peft 0.21.2 tuners/vera/layer.py VeraLayer.update_layer).
+    The shared projections are buffers: adapters.vera.projection_bytes."""
+    r = run.vera[0]
+    groups: list[TensorGroup] = []
+    for lin in vectored:
+        groups.append(
+            _adapter(f"{lin.module}.vera_lambda_b", (lin.out_features,), arch, dtypes, lin)
+        )
+        groups.append(_adapter(f"{lin.module}.vera_lambda_d", (r,), arch, dtypes, lin))
+    return groups
 
 
 def _bottleneck_groups(

@@ -9,12 +9,14 @@ Which releases register them, per family, is data (``Family.rotary_cache_release
 ``transformers_version`` is the current release, which registers none. A framework's own
 rotary module may register its table too (Profile.rotary_cache_buffer: torchtune's), and
 LitGPT's LLaMA-Adapter caches its prompts' keys and values on its modules
-(adapters.llama_adapter.prompt_kv_cache_bytes).
+(adapters.llama_adapter.prompt_kv_cache_bytes). peft's VeRA registers its one pair of
+shared projections as buffers (adapters.vera.projection_bytes).
 """
 
 from __future__ import annotations
 
 from ftmem.adapters.llama_adapter import prompt_kv_cache_bytes
+from ftmem.adapters.vera import projection_bytes
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.precision import Dtypes
@@ -96,6 +98,7 @@ def release_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> 
         + last_cos_sin_bytes(arch, run, dtypes)
         + framework_rotary_cache_bytes(arch, run)
         + prompt_kv_cache_bytes(arch, run, dtypes)
+        + projection_bytes(arch, run, dtypes)
     )
 
 
@@ -106,4 +109,5 @@ def stage_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes, stage
     per_layer = rotary_table_bytes(arch, run, dtypes) + last_cos_sin_bytes(arch, run, dtypes)
     per_layer += prompt_kv_cache_bytes(arch, run, dtypes)  # (its gated blocks' share, roughly)
     shared = causal_mask_bytes(arch, run) + framework_rotary_cache_bytes(arch, run)
+    shared += projection_bytes(arch, run, dtypes)  # (VeRA's pair: every stage slices it)
     return per_layer // stages + shared

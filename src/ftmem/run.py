@@ -36,6 +36,7 @@ Method = Literal[
     "ia3",
     "loha",
     "lokr",
+    "vera",
     "prompt-tuning",
     "prefix-tuning",
     "p-tuning",
@@ -117,6 +118,10 @@ DEFAULT_IA3_TARGETS = "k,v,down"  # the paper's keys, values and FFN intermediat
 # from the LoRA mapping, utils/constants.py: q_proj, v_proj for Llama)
 DEFAULT_LOHA_RANK = 8
 DEFAULT_LOHA_ALPHA = 8.0
+# peft's VeraConfig default rank (peft 0.21.2 tuners/vera/config.py: r=256; the same at
+# 5d602fdbff04, the MetaMathQA release); target_modules from the VeRA mapping
+# (utils/constants.py: q_proj, v_proj for Llama)
+DEFAULT_VERA_RANK = 256
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -132,7 +137,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
             "lora_modules_to_save",
         )
     },
-    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter", "loha", "lokr"},
+    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter", "loha", "lokr", "vera"},
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
@@ -141,6 +146,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         k: frozenset({"lokr"})
         for k in ("lokr_rank", "lokr_alpha", "lokr_targets", "lokr_factor", "lokr_decompose_both")
     },
+    **{k: frozenset({"vera"}) for k in ("vera_rank", "vera_targets")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -197,6 +203,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "loha_rank": limits.WIDTH,
     "lokr_rank": limits.WIDTH,
     "lokr_factor": limits.WIDTH,
+    "vera_rank": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -670,6 +677,13 @@ class RunConfig(limits.BoundedSettings):
         exclude_if=_unset,
         description="LoKr: decompose_both, the left factor low-rank too.",
     )
+    # VeRA (peft's shared frozen random projections, trained scaling vectors)
+    vera_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="VeRA: rank r of the shared projections (256)."
+    )
+    vera_targets: str | None = Field(
+        None, exclude_if=_unset, description="VeRA: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -972,7 +986,7 @@ class RunConfig(limits.BoundedSettings):
 
     @model_validator(mode="after")
     def _lycoris_targets_given(self) -> RunConfig:
-        for name in ("loha_targets", "lokr_targets"):
+        for name in ("loha_targets", "lokr_targets", "vera_targets"):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
                 flag = "--" + name.replace("_", "-")
@@ -1101,6 +1115,11 @@ class RunConfig(limits.BoundedSettings):
         alpha = DEFAULT_LOHA_ALPHA if self.lokr_alpha is None else self.lokr_alpha
         factor = self.lokr_factor or -1
         return r, alpha, self.lokr_targets or "q,v", factor, bool(self.lokr_decompose_both)
+
+    @property
+    def vera(self) -> tuple[int, str]:
+        """VeRA's (rank, targets), peft's defaults where not given."""
+        return self.vera_rank or DEFAULT_VERA_RANK, self.vera_targets or "q,v"
 
     @property
     def n_virtual(self) -> int:

@@ -14,6 +14,7 @@ from functools import partial
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
+from ftmem.adapters.vera import VeRA
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan, TensorGroup, experts_are_linears
@@ -425,6 +426,8 @@ def adapter_moment(
     Both beside the gradient that came into the block."""
     if run.method in ("loha", "lokr"):
         return LoHa.backward_moment(plan, T, partial(LinearOp.input_bytes, plan, e=e))
+    if run.method == "vera":
+        return vera_moment(arch, run, plan, block, e, T)
     if run.method not in ADAPTER_METHODS or not (run.grad_ckpt or run.method == "dora"):
         return 0
     ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
@@ -466,6 +469,22 @@ def adapter_moment(
     if not moments:
         return 0
     return max(moments) + incoming_gradient(arch, run, plan, e, T) - sum(x.nbytes for x in block)
+
+
+def vera_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int:
+    """VeRA's backward at its largest linear (VeRA.backward_own) beside the gradient
+    handed to it and the block's incoming one, relative to the whole block's saved
+    activations (the recomputed block's, with checkpointing); at an attention linear
+    the MLP side is freed by then."""
+    mlp_side = freed_before_attention(arch, block)
+    moments = [
+        T * (VeRA.backward_own(plan, run, lin) + lin.out_features * e)
+        - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
+        for lin in plan.vectored
+    ]
+    return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
 
 
 def checkpointed_forward_adapter(

@@ -458,6 +458,10 @@ RUN = [
         "--lokr-decompose-both/--no-lokr-decompose-both",
     ),
     _opt(
+        "vera_rank", OptInt, None, "VeRA: rank r of the shared projections (default 256, peft's)."
+    ),
+    _opt("vera_targets", OptStr, None, "VeRA: adapted linears, as --lora-targets (default q,v)."),
+    _opt(
         "adalora_target_r",
         OptInt,
         None,

@@ -745,6 +745,8 @@ def _with_trainable_set(
         model = _peft_other(model, arch, run)
     elif run.method in ("loha", "lokr"):
         model = _peft_lycoris(model, arch, run)
+    elif run.method == "vera":
+        model = _peft_vera(model, arch, run)
     else:  # the LoRA family (ADAPTER_METHODS)
         model = _peft_lora(model, arch, run)
     _vision_trainable(model, arch, run)
@@ -1025,6 +1027,31 @@ def _peft_lycoris(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         for name, p in model.named_parameters():
             if "hada_" in name or "lokr_" in name:
                 p.data = p.data.to(_DTYPES[run.adapter_dtype])
+    return model
+
+
+def _peft_vera(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's VeRA on the linears the estimate names; its vectors and its one shared pair
+    of projections (a BufferDict every layer holds) in the dtype asked for."""
+    from peft import VeraConfig, get_peft_model
+
+    from ftmem.methods import vera_linears
+
+    r, _ = run.vera
+    cfg = VeraConfig(
+        r=r, target_modules=[lin.module for lin in vera_linears(arch, run)], task_type="CAUSAL_LM"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
+    if run.adapter_dtype != "auto":
+        dtype = _DTYPES[run.adapter_dtype]
+        for name, p in model.named_parameters():
+            if "vera_lambda_" in name:
+                p.data = p.data.to(dtype)
+        base: Any = model.base_model
+        for projections in (base.vera_A, base.vera_B):
+            projections["default"] = projections["default"].to(dtype)
     return model
 
 

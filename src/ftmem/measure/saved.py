@@ -47,6 +47,9 @@ def _quant_tensors(p: torch.Tensor) -> list[torch.Tensor]:
 # the name measure.build gives the rotary cache a framework's modules register
 # (Profile.rotary_cache_buffer), which ftmem counts beside the weights
 FRAMEWORK_ROTARY_CACHE = "framework_rotary_cache"
+# peft VeRA's shared projections (BufferDicts "vera_A" and "vera_B"), which ftmem counts
+# beside the weights too (adapters.vera.projection_bytes)
+VERA_PROJECTIONS = (".vera_A.default", ".vera_B.default")
 
 
 def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch.Tensor]:
@@ -63,7 +66,8 @@ def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch
     if buffers:
         ts.extend(model.buffers())
     else:  # the buffers the estimate counts as weights: a framework's own rotary cache
-        ts.extend(b for name, b in model.named_buffers() if name.endswith(FRAMEWORK_ROTARY_CACHE))
+        counted = (FRAMEWORK_ROTARY_CACHE, *VERA_PROJECTIONS)
+        ts.extend(b for name, b in model.named_buffers() if name.endswith(counted))
     return ts
 
 

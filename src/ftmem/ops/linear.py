@@ -9,6 +9,7 @@ from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.llama_adapter import LlamaAdapter
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
+from ftmem.adapters.vera import VeRA
 from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan, experts_are_linears, router_is_linear_in_4x
@@ -144,6 +145,8 @@ class LinearOp:
         if shared_input and not input_bytes and not input_kept_elsewhere:
             size = ctx.tokens * in_features * in_bytes
             out.append(Saved(f"{label}: input (for lora_A)", size, Kind.LINEAR_INPUT, side, group))
+        if state.vectored:
+            out += VeRA.saved(ctx, linears, state, side, in_grad)
         if state.scaled or state.scaled_in:
             out += IA3.saved(ctx, linears, state, side)
         if state.bottleneck:
