@@ -655,6 +655,12 @@ def vera_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     """The block linears with a VeRA adapter (none for the other methods)."""
     if run.method != "vera":
         return ()
+    if arch.traits.conv1d:
+        # (peft wraps them, transposing through fan_in_fan_out: not modelled)
+        raise InvalidInputError(
+            f"VeRA on {arch.family}'s transformers Conv1D layers is not modelled; "
+            "use lora or ia3 on this model."
+        )
     return _lycoris_linears(arch, run.vera[1], "VeRA")
 
 

@@ -273,6 +273,7 @@ Framework = Literal[
 
 # where a peft AdaLoraModel trains: a loop that calls update_and_allocate (HF Trainer has no
 # call of its own: the user's callback or loop adds it)
+# (peft's VeRA too: the frameworks that take any peft model)
 ADALORA_FRAMEWORKS = frozenset({"hf", "peft-mc", "lightning"})
 
 
@@ -991,6 +992,11 @@ class RunConfig(limits.BoundedSettings):
             if value is not None and not value.strip(" ,"):
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} is empty; give e.g. q,v, attention or all-linear")
+        if self.method == "vera" and self.framework not in ADALORA_FRAMEWORKS:
+            raise ValueError(
+                f"--framework {self.framework} has no VeRA (peft's VeraModel): "
+                "use --framework hf, peft-mc or lightning"
+            )
         if self.method == "lokr" and self.precision.endswith("-mixed"):
             raise ValueError(
                 "LoKr under autocast (--precision bf16-mixed / fp16-mixed) is not modelled "

@@ -474,14 +474,13 @@ def adapter_moment(
 def vera_moment(
     arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
 ) -> int:
-    """VeRA's backward at its largest linear (VeRA.backward_own) beside the gradient
-    handed to it and the block's incoming one, relative to the whole block's saved
+    """VeRA's backward at its largest linear (VeRA.backward_own, the gradient handed to
+    it counted as alive) beside the block's incoming gradient, relative to the whole block's saved
     activations (the recomputed block's, with checkpointing); at an attention linear
     the MLP side is freed by then."""
     mlp_side = freed_before_attention(arch, block)
     moments = [
-        T * (VeRA.backward_own(plan, run, lin) + lin.out_features * e)
-        - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
+        VeRA.backward_own(plan, run, lin, T) - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
         for lin in plan.vectored
     ]
     return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)

@@ -1086,6 +1086,34 @@ def _lycoris() -> list[Case]:
     return cases
 
 
+def _vera() -> list[Case]:
+    """peft's VeRA (the shared projections as buffers, h and y kept per adapted linear);
+    with checkpointing at 1,600 tokens its backward products (T × r, T × out) are the
+    peak (VeRA.backward_own), as they are at a wide rank on the default q,v."""
+    cases = [
+        Case(family, {"method": "vera", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "falcon", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "vera_targets": "all-linear", "vera_rank": 4},
+        {"precision": "bf16-mixed", "vera_targets": "all-linear", "vera_rank": 16},
+    ):
+        cases.append(Case("llama", {"method": "vera", **extra}))
+    many = {"batch_size": 4, "seq_len": 400, "grad_ckpt": True, "vera_targets": "all-linear"}
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32"},
+        {"precision": "bf16-mixed", "vera_rank": 16},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+    ):
+        cases.append(Case("llama", {"method": "vera", **many, **extra}))
+    return cases
+
+
 # LoHa's out × in temporaries outweigh the activations of 8 tokens
 WIDER_STILL = {"hidden_size": 256, "intermediate_size": 512}
 
@@ -1133,6 +1161,7 @@ def _peft_methods() -> list[Case]:
         cases.append(Case("llama", {"method": "ia3", **extra}))
     cases.append(Case("gpt2", {"method": "ia3", "precision": "fp32", "grad_ckpt": True}))
     cases += _lycoris()
+    cases += _vera()
     # prompt tuning and P-tuning: virtual tokens in front of the input
     for family in sorted(TINY):
         cases.append(Case(family, {"method": "prompt-tuning", "precision": "bf16"}))

@@ -93,26 +93,31 @@ class VeRA:
         return out
 
     @staticmethod
-    def backward_own(plan: MethodPlan, run: RunConfig, lin: Linear) -> int:
-        """Bytes per token of an adapted linear's own backward at its largest, beyond what
-        its forward kept (VeRA.saved) and the output gradient g it is handed, which the
-        engine frees once its first node has read it. Three moments, measured (one peft
-        VeRA Linear on the CPU, tests/test_vera.py):
+    def backward_own(plan: MethodPlan, run: RunConfig, lin: Linear, T: int) -> int:
+        """An adapted linear's own backward at its largest, beyond what its forward kept
+        (VeRA.saved) and the output gradient g it is handed. Three moments:
 
         - λ_b's product node makes both of its products (G·y and G·λ_b, T × out, in the
           adapter dtype) before the engine sums the first to λ_b's shape; where the
-          adapter and the base output differ in dtype (c), G (peft's promoted sum's
-          gradient) and its cast for the base layer beside them, g freed;
+          adapter and the base output differ in dtype (``c``), G (the gradient of peft's
+          promoted sum) and its cast for the base layer beside them;
         - λ_d's node: its incoming gradient and its two products (T × r each), the base
-          layer's cast gradient still waiting, y freed;
-        - the first matmul's input gradient (T × in, adapter dtype) and its cast back,
-          h freed too."""
-        ae, e = BYTES_PER_ELEMENT[plan.dtypes.adapter], BYTES_PER_ELEMENT[plan.dtypes.compute]
-        pe, r, out = product_bytes(plan), run.vera[0], lin.out_features
+          layer's cast gradient still waiting, y freed (and autocast's sliced_B cast);
+        - the input's gradient: the first matmul's (T × in, adapter dtype) beside its
+          cast back to the input's dtype, or the base layer's and their sum beside it
+          (autograd sums the two out of place), h freed too.
+
+        Measured (one peft VeRA Linear on the CPU, g held by the caller; the engine frees
+        a cast g after its first node, which this leaves in): tests/test_vera.py."""
+        dt = plan.dtypes
+        ae, e = BYTES_PER_ELEMENT[dt.adapter], BYTES_PER_ELEMENT[dt.compute]
+        pe, r, out, in_ = product_bytes(plan), run.vera[0], lin.out_features, lin.in_features
         c = ae != e
-        g = out * e
-        waiting = c * out * e  # the base layer's gradient, cast
-        at_b = out * (2 * ae + c * ae) + waiting - c * g
-        at_d = 3 * r * ae + waiting - out * pe - g
-        at_x = lin.in_features * (ae + e) + waiting - out * pe - r * pe - g
+        waiting = T * out * e if c else 0  # the base layer's gradient, cast
+        b_cast = out * r * e if dt.autocast else 0
+        at_b = T * out * (2 * ae + (ae + e if c else 0))
+        at_d = 3 * T * r * ae + waiting - T * out * pe - b_cast
+        xe = dt.residual_bytes if dt.autocast else e  # the input's
+        at_x = max(T * in_ * (ae + xe) + waiting, 3 * T * in_ * xe)
+        at_x -= T * (out + r) * pe + b_cast + (r * in_ * e if dt.autocast else 0)
         return max(at_b, at_d, at_x)

@@ -230,6 +230,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         live.set("ia3_targets", ",".join(sorted(_names(pc.target_modules))), said)
     elif kind in ("LOHA", "LOKR"):
         _lycoris(model, pc, live, said, kind.lower())
+    elif kind == "VERA":
+        _vera(model, pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
         live.set("method", PROMPT_PEFT.get(kind, "prefix-tuning"), said)
         live.set("virtual_tokens", int(pc.num_virtual_tokens), said)
@@ -238,7 +240,7 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, prompt, prefix and P-tuning)."
+            "IA3, LoHa, LoKr, VeRA, prompt, prefix and P-tuning)."
         )
 
 
@@ -289,6 +291,21 @@ def _lycoris(model: Any, pc: Any, live: LiveRun, said: str, method: str) -> None
         live.notes.append(
             f"{method} rank_dropout / module_dropout: not modelled (the dropped ΔW is a "
             "copy of the same size, made in the forward); estimated without."
+        )
+
+
+def _vera(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's VeraConfig: its rank and the modules it wrapped (vera_lambda_b)."""
+    live.set("method", "vera", said)
+    live.set("vera_rank", int(pc.r), said)
+    marker = "vera_lambda_b"
+    wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)})
+    if wrapped:
+        live.set("vera_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
+    if pc.vera_dropout:
+        live.notes.append(
+            "VeRA vera_dropout: not modelled (its mask, T × in per adapted linear); "
+            "estimated without."
         )
 
 
@@ -419,7 +436,8 @@ def _read_dtypes(model: Any, half: str, half_said: str, live: LiveRun) -> None:
             live.set("autocast", True, said)
     mixed = [d for d in (frozen + trained) if d != dtype]
     method = live.settings.get("method")
-    if method in ("lora", "dora", "rslora", "adalora", "qlora", "ia3", "loha", "lokr") and trained:
+    adapters = ("lora", "dora", "rslora", "adalora", "qlora", "ia3", "loha", "lokr", "vera")
+    if method in adapters and trained:
         adapter = trained.most_common(1)[0][0]
         live.set("adapter_dtype", adapter, f"the trainable (adapter) parameters' dtype ({adapter})")
     elif mixed and trained:
