@@ -126,6 +126,11 @@ RUNS: list[Run] = [
         },
     ),
     peft(
+        "vera--llama-3.2-3B-default",
+        21621637120,
+        {"method": "vera", "vera_rank": 256, "vera_targets": "q,v", **LORA_KEYS},
+    ),
+    peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,
         {"lora_r": 32, "lora_alpha": 64},
