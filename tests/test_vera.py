@@ -224,3 +224,117 @@ def test_live_peft_vera_model_is_read() -> None:
     s = read_run(model, args, given={"seq_len": 16}).settings
     assert (s["method"], s["vera_rank"], s["vera_targets"]) == ("vera", 4, "o_proj,q_proj")
     assert s["adapter_dtype"] == "fp32"
+
+
+# ---- FourierFT (the same file: peft's other vector-sized adapter; its ΔW as LoHa's) ----
+
+FOURIER_SETTINGS = [
+    {"method": "fourierft"},
+    {"method": "fourierft", "fourierft_targets": "all-linear", "fourierft_frequencies": 50},
+    {"method": "fourierft", "fourierft_targets": "k,o", "adapter_dtype": "bf16"},
+]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "falcon", "mixtral"])
+@pytest.mark.parametrize("settings", FOURIER_SETTINGS, ids=lambda s: "-".join(map(str, s.values())))
+def test_fourierft_counts_match_peft(family: str, settings: dict) -> None:
+    assert_counts_match_peft(family, settings)
+
+
+def test_published_metamathqa_fourierft_counts() -> None:
+    """huggingface/peft@5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40 method_comparison/
+    MetaMathQA/results/fourierft--llama-3.2-3B-default.json ``"num_trainable_params":
+    56000`` (n_frequency 1000 on q_proj, v_proj) and fourierft--llama-3.2-3B-n_frequency-
+    5000.json 280000: one spectrum of n per adapted linear, 28 · 2 · n."""
+    for n, published in ((1000, 56_000), (5000, 280_000)):
+        est = estimate("llama-3.2-3b", method="fourierft", fourierft_frequencies=n)
+        assert est.model.n_trainable_params == 28 * 2 * n == published
+
+
+def _fourier_alone(torch, n: int, shape: tuple[int, int]) -> tuple[int, int, int]:
+    """One peft FourierFT Linear on the CPU (fp32, an input that needs a gradient, 2
+    tokens): the forward's peak, what it kept and the backward's peak above that."""
+    from peft import FourierFTConfig, get_peft_model
+
+    from ftmem.measure.tracker import LiveBytesTracker
+
+    in_f, out_f = shape
+    model = torch.nn.Sequential()
+    model.add_module("up", torch.nn.Linear(in_f, out_f, bias=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(model, FourierFTConfig(n_frequency=n, target_modules=["up"]))
+    x = torch.randn(2, in_f, requires_grad=True) * 1
+    with LiveBytesTracker() as tracker:
+        tracker.track(x, *model.parameters())
+        start = tracker.current
+        y = model(x)
+        forward_peak, kept = tracker.peak - start, tracker.current - start
+        tracker.peak = before = tracker.current
+        y.backward(torch.ones_like(y))
+        return forward_peak, kept, tracker.peak - before
+
+
+def test_fourier_build_and_backward_match_peft() -> None:
+    """FOURIER_BUILD and FOURIER_BACKWARD against one peft FourierFT Linear (fp32): the
+    build peaks at 20 bytes per out × in element, the backward at 16 less the ΔW the mm's
+    node frees (12 above what the forward kept), up to the few-token tensors and the
+    spectrum's gradient."""
+    torch = pytest.importorskip("torch")
+    from ftmem.adapters.lycoris import FOURIER_BACKWARD, FOURIER_BUILD
+
+    in_f, out_f, n = 256, 512, 50
+    w = in_f * out_f
+    forward_peak, kept, backward_peak = _fourier_alone(torch, n, (in_f, out_f))
+    small = 2 * (in_f + out_f) * 4 * 2 + n * 4 * 4  # x, y and their gradients; the spectrum's
+    assert 0 <= forward_peak - FOURIER_BUILD * w <= small
+    assert 0 <= kept - 4 * w <= small
+    assert 0 <= backward_peak - (FOURIER_BACKWARD - 4) * w <= small
+
+
+def test_fourier_indices_beside_the_weights() -> None:
+    """peft keeps each adapted linear's 2 × n int64 indices on the device (not a buffer):
+    16 · n bytes each, 28 · 2 of them on Llama-3.2-3B's q,v."""
+    from ftmem.adapters.lycoris import fourier_index_bytes
+    from ftmem.presets import get_model
+
+    run = RunConfig(method="fourierft")
+    assert fourier_index_bytes(get_model("llama-3.2-3b"), run) == 28 * 2 * 2 * 1000 * 8
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--method", "fourierft", "--fourierft-frequencies", "0"], "greater than 0"),
+        (["--method", "vera", "--fourierft-frequencies", "9"], "only applies to fourierft"),
+        (["--method", "fourierft", "--precision", "bf16-mixed"], "FourierFT under autocast"),
+        (["--method", "fourierft", "--framework", "torchtune"], "has no FourierFT"),
+        (["--method", "fourierft", "--fourierft-targets", ","], "--fourierft-targets is empty"),
+    ],
+)
+def test_fourierft_bad_input_is_one_sentence(args: list[str], expected: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["estimate", "llama2-7b", *args])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2 and out == ""
+    assert err.startswith("Error: ") and expected in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_live_peft_fourierft_model_is_read() -> None:
+    peft = pytest.importorskip("peft")
+    pytest.importorskip("transformers")
+    from ftmem.integrations.live import read_run
+    from tests.test_integrations_hf import tiny_llama
+
+    config = peft.FourierFTConfig(n_frequency=30, target_modules=["v_proj"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = peft.get_peft_model(tiny_llama(), config)
+    args = SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=1)
+    s = read_run(model, args, given={"seq_len": 16}).settings
+    assert (s["method"], s["fourierft_frequencies"], s["fourierft_targets"]) == (
+        "fourierft",
+        30,
+        "v_proj",
+    )

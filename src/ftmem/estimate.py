@@ -968,6 +968,13 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
             adapter_dtype=plan.dtypes.adapter,
             adapted_modules=[lin.module for lin in plan.vectored],
         )
+    if run.method == "fourierft":
+        resolved.update(
+            fourierft_frequencies=run.fourierft[0],
+            fourierft_targets=run.fourierft[1],
+            adapter_dtype=plan.dtypes.adapter,
+            adapted_modules=[lin.module for lin in plan.spectral],
+        )
     if run.method in PROMPT_METHODS:
         resolved["virtual_tokens"] = run.n_virtual
     if run.method == "p-tuning":

@@ -137,6 +137,12 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "trained scaling vectors (r and out) per linear (--vera-rank, --vera-targets)",
         "Kopiczko et al. 2024 (VeRA), arXiv:2310.11454; peft tuners/vera",
     ),
+    "fourierft": (
+        "peft's FourierFT: n trained spectral coefficients per linear, ΔW = ifft2 of their "
+        "sparse spectrum built whole (out × in) in every forward (--fourierft-frequencies, "
+        "--fourierft-targets)",
+        "Gao et al. 2024 (FourierFT), arXiv:2405.03003; peft tuners/fourierft",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -268,6 +274,8 @@ class MethodPlan:
     kronecker: tuple[Linear, ...] = ()
     # VeRA: the linears with peft's scaled shared projections beside them
     vectored: tuple[Linear, ...] = ()
+    # FourierFT: the linears whose ΔW is an inverse FFT of a sparse trained spectrum
+    spectral: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -664,6 +672,19 @@ def vera_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.vera[1], "VeRA")
 
 
+def fourierft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a FourierFT adapter (none for the other methods)."""
+    if run.method != "fourierft":
+        return ()
+    if arch.traits.conv1d:
+        # (peft wraps them; not modelled)
+        raise InvalidInputError(
+            f"FourierFT on {arch.family}'s transformers Conv1D layers is not modelled; "
+            "use lora or ia3 on this model."
+        )
+    return _lycoris_linears(arch, run.fourierft[1], "FourierFT")
+
+
 def vera_projection_shapes(linears: tuple[Linear, ...], r: int) -> tuple[tuple[int, int], ...]:
     """vera_A (r × the widest input) and vera_B (the widest output × r): one pair for the
     whole model, sliced by every adapted linear (peft 0.21.2 tuners/vera/model.py
@@ -883,6 +904,11 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     groups += _lokr_groups(kronecker, arch, run, dtypes)
     vectored = vera_linears(arch, run)
     groups += _vera_groups(vectored, arch, run, dtypes)
+    spectral = fourierft_linears(arch, run)
+    groups += [
+        _adapter(f"{lin.module}.fourierft_spectrum", (run.fourierft[0],), arch, dtypes, lin)
+        for lin in spectral
+    ]
     bottlenecked = bottlenecked_linears(arch, run)
     groups += _bottleneck_groups(bottlenecked, arch, run, dtypes)
     v2_scaled = v2_scaled_linears(arch, run)
@@ -924,6 +950,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         hadamard=hadamard,
         kronecker=kronecker,
         vectored=vectored,
+        spectral=spectral,
         orth_regularised=adalora_regularised(run),
     )
 

@@ -37,6 +37,7 @@ Method = Literal[
     "loha",
     "lokr",
     "vera",
+    "fourierft",
     "prompt-tuning",
     "prefix-tuning",
     "p-tuning",
@@ -122,6 +123,9 @@ DEFAULT_LOHA_ALPHA = 8.0
 # 5d602fdbff04, the MetaMathQA release); target_modules from the VeRA mapping
 # (utils/constants.py: q_proj, v_proj for Llama)
 DEFAULT_VERA_RANK = 256
+# peft's FourierFTConfig default (peft 0.21.2 tuners/fourierft/config.py: n_frequency=1000;
+# the same at 5d602fdbff04); target_modules from the LoRA mapping (q_proj, v_proj for Llama)
+DEFAULT_FOURIER_FREQUENCIES = 1000
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -137,7 +141,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
             "lora_modules_to_save",
         )
     },
-    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter", "loha", "lokr", "vera"},
+    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter", "loha", "lokr", "vera", "fourierft"},
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
@@ -147,6 +151,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         for k in ("lokr_rank", "lokr_alpha", "lokr_targets", "lokr_factor", "lokr_decompose_both")
     },
     **{k: frozenset({"vera"}) for k in ("vera_rank", "vera_targets")},
+    **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -204,6 +209,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "lokr_rank": limits.WIDTH,
     "lokr_factor": limits.WIDTH,
     "vera_rank": limits.WIDTH,
+    "fourierft_frequencies": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -685,6 +691,13 @@ class RunConfig(limits.BoundedSettings):
     vera_targets: str | None = Field(
         None, exclude_if=_unset, description="VeRA: adapted linears, roles or names (q,v)."
     )
+    # FourierFT (peft's spectrum of n frequencies per linear, ΔW by an inverse 2-D FFT)
+    fourierft_frequencies: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="FourierFT: n_frequency per adapted linear (1000)."
+    )
+    fourierft_targets: str | None = Field(
+        None, exclude_if=_unset, description="FourierFT: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -987,15 +1000,21 @@ class RunConfig(limits.BoundedSettings):
 
     @model_validator(mode="after")
     def _lycoris_targets_given(self) -> RunConfig:
-        for name in ("loha_targets", "lokr_targets", "vera_targets"):
+        for name in ("loha_targets", "lokr_targets", "vera_targets", "fourierft_targets"):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} is empty; give e.g. q,v, attention or all-linear")
-        if self.method == "vera" and self.framework not in ADALORA_FRAMEWORKS:
+        peft_only = {"vera": "VeRA (peft's VeraModel)", "fourierft": "FourierFT (peft's)"}
+        if self.method in peft_only and self.framework not in ADALORA_FRAMEWORKS:
             raise ValueError(
-                f"--framework {self.framework} has no VeRA (peft's VeraModel): "
+                f"--framework {self.framework} has no {peft_only[self.method]}: "
                 "use --framework hf, peft-mc or lightning"
+            )
+        if self.method == "fourierft" and self.precision.endswith("-mixed"):
+            raise ValueError(
+                "FourierFT under autocast (--precision bf16-mixed / fp16-mixed) is not "
+                "modelled (autocast casts its fp32 ΔW); use --precision bf16 or fp32"
             )
         if self.method == "lokr" and self.precision.endswith("-mixed"):
             raise ValueError(
@@ -1126,6 +1145,12 @@ class RunConfig(limits.BoundedSettings):
     def vera(self) -> tuple[int, str]:
         """VeRA's (rank, targets), peft's defaults where not given."""
         return self.vera_rank or DEFAULT_VERA_RANK, self.vera_targets or "q,v"
+
+    @property
+    def fourierft(self) -> tuple[int, str]:
+        """FourierFT's (n_frequency, targets), peft's defaults where not given."""
+        n = self.fourierft_frequencies or DEFAULT_FOURIER_FREQUENCIES
+        return n, self.fourierft_targets or "q,v"
 
     @property
     def n_virtual(self) -> int:

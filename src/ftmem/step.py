@@ -93,7 +93,16 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     inputs_grad = plan.outer_trainable or plan.embed_trainable or run.grad_ckpt
     # a trained vision tower or projector writes the image tokens' embeddings
     inputs_grad = inputs_grad or vision_step.trains_below(arch, run)
-    if run.method in ("bitfit", "ia3", "prefix-tuning", "adapter", "loha", "lokr", "vera"):
+    if run.method in (
+        "bitfit",
+        "ia3",
+        "prefix-tuning",
+        "adapter",
+        "loha",
+        "lokr",
+        "vera",
+        "fourierft",
+    ):
         # every block has trainable parameters (biases, IA³ vectors, its key/value prefix,
         # LoHa and LoKr factors, VeRA vectors):
         # gradients flow from the top to block 0's, so every block's input but the first
@@ -105,6 +114,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         hadamard = frozenset(lin.module for lin in plan.hadamard)
         kronecker = frozenset(lin.module for lin in plan.kronecker)
         vectored = frozenset(lin.module for lin in plan.vectored)
+        spectral = frozenset(lin.module for lin in plan.spectral)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -119,6 +129,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 hadamard=hadamard,
                 kronecker=kronecker,
                 vectored=vectored,
+                spectral=spectral,
             )
 
         # one object per distinct state: step_parts derives each once

@@ -1087,7 +1087,8 @@ def _lycoris() -> list[Case]:
 
 
 def _vera() -> list[Case]:
-    """peft's VeRA (the shared projections as buffers, h and y kept per adapted linear);
+    """peft's VeRA (the shared projections as buffers, h and y kept per adapted linear) and
+    FourierFT;
     with checkpointing at 1,600 tokens its backward products (T × r, T × out) are the
     peak (VeRA.backward_own), as they are at a wide rank on the default q,v."""
     cases = [
@@ -1111,6 +1112,22 @@ def _vera() -> list[Case]:
         {"precision": "bf16", "adapter_dtype": "bf16"},
     ):
         cases.append(Case("llama", {"method": "vera", **many, **extra}))
+    # FourierFT: its ΔW (an inverse FFT of a sparse spectrum) built whole every forward; on
+    # a wider model at few tokens the build (and with checkpointing its recompute) is the peak
+    cases += [
+        Case(family, {"method": "fourierft", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "fourierft_targets": "all-linear", "fourierft_frequencies": 30},
+    ):
+        cases.append(Case("llama", {"method": "fourierft", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "fourierft_targets": "all-linear"}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "fourierft", **few, **extra}, WIDER_STILL))
     return cases
 
 

@@ -462,6 +462,13 @@ RUN = [
     ),
     _opt("vera_targets", OptStr, None, "VeRA: adapted linears, as --lora-targets (default q,v)."),
     _opt(
+        "fourierft_frequencies",
+        OptInt,
+        None,
+        "FourierFT: spectral coefficients per adapted linear (peft's n_frequency, default 1000).",
+    ),
+    _opt("fourierft_targets", OptStr, None, "FourierFT: adapted linears, as --lora-targets (q,v)."),
+    _opt(
         "adalora_target_r",
         OptInt,
         None,

@@ -232,6 +232,15 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _lycoris(model, pc, live, said, kind.lower())
     elif kind == "VERA":
         _vera(model, pc, live, said)
+    elif kind == "FOURIERFT":
+        live.set("method", "fourierft", said)
+        live.set("fourierft_frequencies", int(pc.n_frequency), said)
+        marker = "fourierft_spectrum"
+        wrapped = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)}
+        )
+        if wrapped:
+            live.set("fourierft_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
         live.set("method", PROMPT_PEFT.get(kind, "prefix-tuning"), said)
         live.set("virtual_tokens", int(pc.num_virtual_tokens), said)
@@ -240,7 +249,7 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, VeRA, prompt, prefix and P-tuning)."
+            "IA3, LoHa, LoKr, VeRA, FourierFT, prompt, prefix and P-tuning)."
         )
 
 
@@ -437,6 +446,7 @@ def _read_dtypes(model: Any, half: str, half_said: str, live: LiveRun) -> None:
     mixed = [d for d in (frozen + trained) if d != dtype]
     method = live.settings.get("method")
     adapters = ("lora", "dora", "rslora", "adalora", "qlora", "ia3", "loha", "lokr", "vera")
+    adapters += ("fourierft",)
     if method in adapters and trained:
         adapter = trained.most_common(1)[0][0]
         live.set("adapter_dtype", adapter, f"the trainable (adapter) parameters' dtype ({adapter})")

@@ -747,6 +747,8 @@ def _with_trainable_set(
         model = _peft_lycoris(model, arch, run)
     elif run.method == "vera":
         model = _peft_vera(model, arch, run)
+    elif run.method == "fourierft":
+        model = _peft_fourierft(model, arch, run)
     else:  # the LoRA family (ADAPTER_METHODS)
         model = _peft_lora(model, arch, run)
     _vision_trainable(model, arch, run)
@@ -1052,6 +1054,27 @@ def _peft_vera(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
         base: Any = model.base_model
         for projections in (base.vera_A, base.vera_B):
             projections["default"] = projections["default"].to(dtype)
+    return model
+
+
+def _peft_fourierft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's FourierFT on the linears the estimate names, its spectra in the dtype asked for."""
+    from peft import FourierFTConfig, get_peft_model
+
+    from ftmem.methods import fourierft_linears
+
+    cfg = FourierFTConfig(
+        n_frequency=run.fourierft[0],
+        target_modules=[lin.module for lin in fourierft_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
+    if run.adapter_dtype != "auto":
+        for name, p in model.named_parameters():
+            if "fourierft_spectrum" in name:
+                p.data = p.data.to(_DTYPES[run.adapter_dtype])
     return model
 
 

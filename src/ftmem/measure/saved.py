@@ -63,6 +63,13 @@ def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch
         state = getattr(module, "state", None)
         if type(state).__name__ == "MatmulLtState":
             ts.extend(v for v in vars(state).values() if isinstance(v, torch.Tensor))
+    # peft FourierFT's spectral indices: a plain dict of int64 (2 × n) tensors on each
+    # adapted layer, moved with the model, neither parameter nor buffer; ftmem counts them
+    # beside the weights (adapters.lycoris.fourier_index_bytes)
+    for module in model.modules():
+        indices = getattr(module, "indices", None)
+        if isinstance(indices, dict) and hasattr(module, "fourierft_spectrum"):
+            ts.extend(t for t in indices.values() if isinstance(t, torch.Tensor))
     if buffers:
         ts.extend(model.buffers())
     else:  # the buffers the estimate counts as weights: a framework's own rotary cache

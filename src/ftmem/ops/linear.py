@@ -138,7 +138,7 @@ class LinearOp:
             ctx, linears, state, side, in_grad, in_features, in_bytes
         )
         out += items
-        if state.hadamard or state.kronecker:
+        if state.hadamard or state.kronecker or state.spectral:
             items, loha_reads = LoHa.saved(ctx, linears, state, side, in_grad, in_bytes)
             out += items
             shared_input = shared_input or loha_reads
