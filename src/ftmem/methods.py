@@ -905,10 +905,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     vectored = vera_linears(arch, run)
     groups += _vera_groups(vectored, arch, run, dtypes)
     spectral = fourierft_linears(arch, run)
-    groups += [
-        _adapter(f"{lin.module}.fourierft_spectrum", (run.fourierft[0],), arch, dtypes, lin)
-        for lin in spectral
-    ]
+    groups += _fourierft_groups(spectral, arch, run, dtypes)
     bottlenecked = bottlenecked_linears(arch, run)
     groups += _bottleneck_groups(bottlenecked, arch, run, dtypes)
     v2_scaled = v2_scaled_linears(arch, run)
@@ -1301,6 +1298,18 @@ def _vera_groups(
         )
         groups.append(_adapter(f"{lin.module}.vera_lambda_d", (r,), arch, dtypes, lin))
     return groups
+
+
+def _fourierft_groups(
+    spectral: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """FourierFT's spectrum (n_frequency) per adapted linear, in the adapter dtype (peft
+    0.21.2 tuners/fourierft/layer.py FourierFTLayer.update_layer); its indices are not
+    parameters (adapters.lycoris.fourier_index_bytes)."""
+    n = run.fourierft[0]
+    return [
+        _adapter(f"{lin.module}.fourierft_spectrum", (n,), arch, dtypes, lin) for lin in spectral
+    ]
 
 
 def _bottleneck_groups(

@@ -426,15 +426,15 @@ def adapter_moment(
     Both beside the gradient that came into the block."""
     if run.method in ("loha", "lokr", "fourierft"):
         in_bytes = partial(LinearOp.input_bytes, plan, e=e)
-        own = LoHa.backward_moment(plan, T, in_bytes)
+        delta = LoHa.backward_moment(plan, T, in_bytes)
         if run.grad_ckpt and run.method == "fourierft":
             # the recompute's ΔW build (20 bytes an element, above its backward's 16) at
             # its largest linear, with the block rebuilt up to it (taken as all of it:
             # exact at the last, the down projection) and the incoming gradient (measured:
             # tiny Llama, all linears, 8 tokens, −6.7 % without)
             rebuild = LoHa.forward_build(plan, T, in_bytes, True)
-            own = max(own, rebuild + incoming_gradient(arch, run, plan, e, T))
-        return own
+            delta = max(delta, rebuild + incoming_gradient(arch, run, plan, e, T))
+        return delta
     if run.method == "vera":
         return vera_moment(arch, run, plan, block, e, T)
     if run.method not in ADAPTER_METHODS or not (run.grad_ckpt or run.method == "dora"):

@@ -445,8 +445,8 @@ def _read_dtypes(model: Any, half: str, half_said: str, live: LiveRun) -> None:
             live.set("autocast", True, said)
     mixed = [d for d in (frozen + trained) if d != dtype]
     method = live.settings.get("method")
-    adapters = ("lora", "dora", "rslora", "adalora", "qlora", "ia3", "loha", "lokr", "vera")
-    adapters += ("fourierft",)
+    adapters = {"lora", "dora", "rslora", "adalora", "qlora", "ia3", "loha", "lokr", "vera"}
+    adapters.add("fourierft")
     if method in adapters and trained:
         adapter = trained.most_common(1)[0][0]
         live.set("adapter_dtype", adapter, f"the trainable (adapter) parameters' dtype ({adapter})")
