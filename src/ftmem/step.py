@@ -82,6 +82,12 @@ if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-u
     from ftmem.sequence_parallel import SequenceSplit
 
 
+# methods with trainable parameters of their own in every block (BlockState sets per kind)
+EVERY_BLOCK_TRAINS = frozenset(
+    {"bitfit", "ia3", "prefix-tuning", "adapter", "loha", "lokr", "vera", "fourierft"}
+)
+
+
 def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[BlockState]:
     """Per block (bottom to top): does its input need a gradient, do its weights train."""
     L = arch.num_layers
@@ -93,18 +99,9 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     inputs_grad = plan.outer_trainable or plan.embed_trainable or run.grad_ckpt
     # a trained vision tower or projector writes the image tokens' embeddings
     inputs_grad = inputs_grad or vision_step.trains_below(arch, run)
-    if run.method in (
-        "bitfit",
-        "ia3",
-        "prefix-tuning",
-        "adapter",
-        "loha",
-        "lokr",
-        "vera",
-        "fourierft",
-    ):
+    if run.method in EVERY_BLOCK_TRAINS:
         # every block has trainable parameters (biases, IA³ vectors, its key/value prefix,
-        # LoHa and LoKr factors, VeRA vectors):
+        # LoHa and LoKr factors, VeRA vectors, FourierFT spectra):
         # gradients flow from the top to block 0's, so every block's input but the first
         # needs a gradient
         biased = frozenset(plan.biased)
