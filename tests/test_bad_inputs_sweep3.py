@@ -284,3 +284,78 @@ def test_compare_keeps_the_contract_with_any_number(data):
     if code == 0 and command == "compare":
         code, out, _, _ = run_cli(argv)
         assert any(c["total_bytes"] for c in json.loads(out)), argv
+
+
+# -- frameworks with their own training code: only what they implement (stop 45) --------
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--framework", "torchtune", "--method", "ia3"], "has no --method ia3"),
+        (["--framework", "torchtune", "--method", "galore"], "has no --method galore"),
+        (["--framework", "litgpt", "--method", "loha"], "has no --method loha"),
+        (["--framework", "litgpt", "--method", "prompt-tuning"], "has no --method prompt-tuning"),
+        (["--framework", "fsdp_qlora", "--method", "lokr"], "has no --method lokr"),
+        (["--framework", "torchtune", "--method", "qlora", "--quant", "int8"], "--quant int8"),
+        (["--framework", "litgpt", "--method", "qlora", "--quant", "int4"], "--quant int4"),
+        (["--framework", "fsdp_qlora", "--method", "qlora", "--quant", "fp4"], "--quant fp4"),
+        (["--framework", "litgpt", "--method", "lora", "--objective", "dpo"], "--objective dpo"),
+        (
+            ["--framework", "torchtune", "--method", "lora", "--objective", "orpo"],
+            "--objective orpo",
+        ),
+    ],
+)
+def test_a_method_the_framework_does_not_implement_is_refused(capsys, args, named):
+    # estimated as if the framework ran peft's adapter or TRL's trainer: a number for a
+    # run nobody can launch
+    line = refused(capsys, "estimate", "llama3.2-1b", *args)
+    assert named in line and "--framework hf" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--framework", "torchtune", "--method", "dora"],
+        ["--framework", "torchtune", "--method", "qlora", "--objective", "dpo"],
+        ["--framework", "litgpt", "--method", "qlora", "--quant", "int8"],
+        ["--framework", "litgpt", "--method", "llama-adapter-v2"],
+        ["--framework", "fsdp_qlora", "--method", "qlora"],
+    ],
+)
+def test_what_the_framework_implements_still_runs(capsys, args):
+    code, out, err = run(capsys, "estimate", "llama3.2-1b", *args, "--format", "json")
+    assert (code, err) == (0, "") and json.loads(out)["memory"]["total_bytes"] > 0
+
+
+# -- a training config given where the model goes: say --from (stop 45) ------------------
+
+
+def test_a_yaml_training_config_as_the_model_points_to_from(capsys):
+    # "... is not valid JSON (line 1: Expecting value)."
+    path = str(
+        PRESETS.parent / "tests" / "fixtures" / "frameworks" / "axolotl" / "llama-3-qlora.yml"
+    )
+    assert f"--from {path}" in refused(capsys, "estimate", path)
+
+
+def test_a_json_training_config_as_the_model_points_to_from(capsys, tmp_path):
+    # "config.json has model_type null, which ftmem does not model yet ..."
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"model_name_or_path": "gpt2", "per_device_train_batch_size": 2}))
+    assert f"--from {path}" in refused(capsys, "estimate", str(path))
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (["estimate", "--from", ""], "training config"),
+        (["plan", "--from", " ", "--gpu", "rtx4090"], "training config"),
+        (["estimate", "gpt2", "--launcher", ""], "launcher config"),
+        (["check", ""], "budgets file"),
+    ],
+)
+def test_an_empty_file_path_is_named_as_empty(capsys, args, what):
+    # ". is not a regular file; give the training config itself."
+    assert f"the {what}'s path is empty" in refused(capsys, *args)

@@ -6,6 +6,7 @@ import re
 from typing import Literal, get_args
 
 from ftmem import limits
+from ftmem.framework_support import check_framework_support
 from ftmem.gpu.alloc_conf import AllocatorOptions, allocator_options
 from ftmem.lengths import longest_given, padded_lengths, replayed_steps
 from ftmem.validation import (
@@ -822,6 +823,7 @@ class RunConfig(limits.BoundedSettings):
         self._libraries_fit_framework()
         self._base_quant_settings_fit()
         self._adalora_settings_fit()
+        check_framework_support(self)
         if self.method == "partial" and self.trainable_modules is None:
             raise ValueError(
                 "--method partial needs --trainable-modules (regular expressions over "

@@ -1,0 +1,72 @@
+"""What the frameworks that run their own training code can run at all.
+
+LitGPT, torchtune and Answer.AI's fsdp_qlora build their models and adapters
+themselves rather than through transformers and peft, so a peft method, a
+quantisation or a trainer objective they do not implement is not a run anyone can
+launch: estimated, it would be a number for a step that does not exist. Each table
+lists what the framework's own code offers; anything else is refused in one sentence.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+# litgpt finetune full | lora | qlora (lora --quantize) | adapter | adapter_v2
+# (Lightning-AI/litgpt tutorials/finetune.md); torchtune's recipes: full_finetune_*,
+# lora_finetune_* (use_dora, quantize_base); fsdp_qlora train.py --train_type full,
+# lora, qlora, bnb_dora / hqq_dora (custom_* and *_llama_pro are variants of these)
+METHODS: dict[str, tuple[str, ...]] = {
+    "litgpt": ("full", "lora", "qlora", "llama-adapter", "llama-adapter-v2"),
+    "torchtune": ("full", "lora", "qlora", "dora"),
+    "fsdp_qlora": ("full", "lora", "qlora", "dora"),
+}
+
+# LitGPT's --quantize bnb.nf4[-dq] | bnb.fp4[-dq] | bnb.int8 (frameworks.litgpt);
+# torchtune quantises the base to torchao's NF4 only (quantize_base); fsdp_qlora's
+# Linear4bit is bitsandbytes nf4
+QUANTS: dict[str, tuple[str, ...]] = {
+    "litgpt": ("nf4", "fp4", "int8"),
+    "torchtune": ("nf4",),
+    "fsdp_qlora": ("nf4",),
+}
+
+# LitGPT and fsdp_qlora train next-token prediction only; torchtune's recipes add DPO
+# (rlhf.loss, with its IPO and SimPO losses) and GRPO (dev/grpo_full_finetune_distributed)
+OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "litgpt": ("sft",),
+    "fsdp_qlora": ("sft",),
+    "torchtune": ("sft", "dpo", "ipo", "simpo", "grpo"),
+}
+
+_NAMES = {"litgpt": "LitGPT", "torchtune": "torchtune", "fsdp_qlora": "fsdp_qlora"}
+
+
+class _Run(Protocol):
+    framework: str
+    method: str
+    quant: str | None
+    objective: str
+
+
+def check_framework_support(run: _Run) -> None:
+    """Refuse (ValueError) a method, base quantisation or objective the run's framework
+    does not implement; frameworks built on transformers and peft are not checked here."""
+    if run.framework not in METHODS:
+        return
+    name = _NAMES[run.framework]
+    for option, value, table in (
+        ("--method", run.method, METHODS),
+        ("--quant", run.quant, QUANTS),
+        ("--objective", run.objective, OBJECTIVES),
+    ):
+        offered = table[run.framework]
+        if value is not None and value not in offered:
+            raise ValueError(
+                f"--framework {run.framework} has no {option} {value} ({name} runs its own "
+                "training code, not transformers' and peft's, so no such run exists): use "
+                f"{_alternatives(offered)}, or --framework hf"
+            )
+
+
+def _alternatives(offered: tuple[str, ...]) -> str:
+    return offered[0] if len(offered) == 1 else ", ".join(offered[:-1]) + " or " + offered[-1]
