@@ -359,3 +359,16 @@ def test_a_json_training_config_as_the_model_points_to_from(capsys, tmp_path):
 def test_an_empty_file_path_is_named_as_empty(capsys, args, what):
     # ". is not a regular file; give the training config itself."
     assert f"the {what}'s path is empty" in refused(capsys, *args)
+
+
+# -- the API: a GPU given as a number is refused, not an AttributeError (stop 45) --------
+
+
+@pytest.mark.parametrize("gpu", [24, 80.0, True, ["h100"], b"h100"])
+def test_api_refuses_a_gpu_that_is_not_a_name(gpu):
+    from ftmem import api
+    from ftmem.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="gpu must be a GPU preset id") as info:
+        api.estimate("gpt2", gpu=gpu)
+    assert "\n" not in str(info.value) and "gpu_memory" in str(info.value)

@@ -149,6 +149,11 @@ def resolve_gpu(gpu: str | Gpu | None = None, gpu_memory: str | int | None = Non
         return custom_gpu(parse_size(gpu_memory, GPU_MEMORY, "--gpu-memory"))
     if isinstance(gpu, Gpu) or gpu is None:
         return gpu
+    if not isinstance(gpu, str):  # (gpu=24 meant gpu_memory: an AttributeError before)
+        raise InvalidInputError(
+            f"gpu must be a GPU preset id (`ftmem gpus`) or a Gpu, not {clipped(repr(gpu))}; "
+            "give a memory size as gpu_memory."
+        )
     return get_gpu(gpu)
 
 
