@@ -372,3 +372,33 @@ def test_api_refuses_a_gpu_that_is_not_a_name(gpu):
     with pytest.raises(InvalidInputError, match="gpu must be a GPU preset id") as info:
         api.estimate("gpt2", gpu=gpu)
     assert "\n" not in str(info.value) and "gpu_memory" in str(info.value)
+
+
+# -- measure --fake over a step that reads a tensor's value (stop 45) --------------------
+
+
+@pytest.mark.parametrize("method", ["loha", "adalora"])
+def test_measure_fake_names_a_data_dependent_step(capsys, method):
+    # "Error: aten._local_scalar_dense.default": peft's forward branches on
+    # torch.rand(1) > module_dropout, which FakeTensorMode cannot evaluate
+    pytest.importorskip("peft")
+    code, out, err = run(
+        capsys, "measure", "llama3.2-1b", "--method", method, "--fake", "--seq-len", "16"
+    )  # fmt: skip
+    # (the last line: in a pytest process torch may log its own pytree notices first)
+    line = err.splitlines()[-1]
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert line.startswith("Error: fake tensors cannot run this step") and "without --fake" in line
+
+
+def test_measure_keeps_bitsandbytes_import_notice_off_stderr():
+    # bitsandbytes >= 0.48 on AVX512-BF16 CPUs logs a kernels-community warning at import:
+    # a second line on stderr under every `ftmem measure`
+    import logging
+
+    from ftmem.cli.measure import measure_errors
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with measure_errors():
+        assert not logger.isEnabledFor(logging.WARNING)
+    assert logger.isEnabledFor(logging.WARNING)
