@@ -402,3 +402,40 @@ def test_measure_keeps_bitsandbytes_import_notice_off_stderr():
     with measure_errors():
         assert not logger.isEnabledFor(logging.WARNING)
     assert logger.isEnabledFor(logging.WARNING)
+
+
+# -- --from FILE --framework OTHER: the file's program, not another (stop 45) ------------
+
+FIXTURES = PRESETS.parent / "tests" / "fixtures" / "frameworks"
+
+
+@pytest.mark.parametrize(
+    ("file", "framework"),
+    [
+        ("axolotl/llama-3-qlora.yml", "litgpt"),
+        ("llama-factory/qwen3_lora_sft.yaml", "fsdp_qlora"),
+        ("torchtune/dev_3B_full_grpo.yaml", "hf"),
+        ("trl/sft_qlora_handwritten.yaml", "torchtune"),
+    ],
+)
+def test_a_framework_that_contradicts_the_config_is_refused(capsys, file, framework):
+    # an axolotl file under --framework litgpt was estimated as LitGPT's step on
+    # axolotl's settings (exit 0); a torchtune GRPO file under hf said "Generation_prompts
+    # (forward_batch_size) is torchtune's GRPO recipe's"
+    path = str(FIXTURES / file)
+    line = refused(capsys, "estimate", "--from", path, "--framework", framework)
+    assert f"--framework {framework} contradicts {path}" in line and "drop --framework" in line
+
+
+@pytest.mark.parametrize(
+    ("file", "framework"),
+    [
+        ("axolotl/llama-3-qlora.yml", "axolotl"),
+        ("axolotl/llama-3-qlora.yml", "hf"),  # HF Trainer's code path (test_framework_trl_option)
+        ("trl/sft_qlora_handwritten.yaml", "unsloth"),  # Unsloth's recipes take TRL's config
+        ("trl/sft_qlora_handwritten.yaml", "trl"),
+    ],
+)
+def test_a_framework_that_fits_the_config_still_runs(capsys, file, framework):
+    code, out, _ = run(capsys, "estimate", "--from", str(FIXTURES / file), "--framework", framework)
+    assert code == 0 and out

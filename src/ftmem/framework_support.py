@@ -39,6 +39,7 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
 }
 
 _NAMES = {"litgpt": "LitGPT", "torchtune": "torchtune", "fsdp_qlora": "fsdp_qlora"}
+OWN_CODE = frozenset(METHODS)
 
 
 class _Run(Protocol):
