@@ -439,3 +439,12 @@ def test_a_framework_that_contradicts_the_config_is_refused(capsys, file, framew
 def test_a_framework_that_fits_the_config_still_runs(capsys, file, framework):
     code, out, _ = run(capsys, "estimate", "--from", str(FIXTURES / file), "--framework", framework)
     assert code == 0 and out
+
+
+def test_compare_methods_compares_what_the_framework_implements(capsys):
+    # under --framework litgpt, ten of its thirteen default rows were the same refusal
+    code, out, err = run(
+        capsys, "compare-methods", "llama3.2-1b", "--framework", "litgpt", "--format", "json"
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    assert [row["method"] for row in json.loads(out)] == ["inference", "full", "lora", "qlora"]

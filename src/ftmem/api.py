@@ -10,6 +10,7 @@ from ftmem.arch import Architecture, position_note
 from ftmem.display import clipped
 from ftmem.errors import InvalidInputError, SettingsError
 from ftmem.estimate import estimate_step
+from ftmem.framework_support import METHODS as FRAMEWORK_METHODS
 from ftmem.hardware import Gpu, custom_gpu
 from ftmem.limits import GPU_MEMORY, GPUS, HOST_MEMORY, TOKENS, flag_as_count
 from ftmem.methods import smallest_adapted_width
@@ -401,6 +402,9 @@ def compare_methods(
         chosen.remove("bitfit")
     if methods is None and arch.encoder_decoder:
         chosen = [m for m in chosen if m in SEQ2SEQ_METHODS]
+    offered = FRAMEWORK_METHODS.get(settings.get("framework") or "hf")
+    if methods is None and offered is not None:  # (LitGPT's: a row of refusals each else)
+        chosen = [m for m in chosen if m in offered]
     out: dict[str, Estimate | str] = {}
     for m in chosen:
         run_config(method=m)  # an unknown name fails here, as one sentence
