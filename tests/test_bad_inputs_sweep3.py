@@ -448,3 +448,24 @@ def test_compare_methods_compares_what_the_framework_implements(capsys):
     )  # fmt: skip
     assert (code, err) == (0, "")
     assert [row["method"] for row in json.loads(out)] == ["inference", "full", "lora", "qlora"]
+
+
+# -- record and merge: figures and ranges that cannot be (stop 45) -----------------------
+
+
+def test_record_refuses_a_reserved_peak_below_the_allocated_one(capsys):
+    # written as a record (exit 0): max_memory_reserved() is never below max_memory_allocated()
+    line = refused(
+        capsys, "record", "gpt2", "--measured-allocated", "1GiB", "--measured-reserved", "0.5GiB"
+    )  # fmt: skip
+    assert "--measured-reserved" in line and "swapped" in line
+    code, out, _ = run(
+        capsys, "record", "gpt2", "--measured-allocated", "1GiB", "--measured-reserved", "1GiB"
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)
+
+
+@pytest.mark.parametrize("layers", ["5-2", "5-5"])
+def test_merge_names_a_reversed_slice_as_such(capsys, layers):
+    # "5-2 is outside the model's 12 blocks (0-12)", though 5 and 2 are both inside
+    assert "holds no block" in refused(capsys, "merge", "gpt2", "--layers", layers)
