@@ -469,3 +469,13 @@ def test_record_refuses_a_reserved_peak_below_the_allocated_one(capsys):
 def test_merge_names_a_reversed_slice_as_such(capsys, layers):
     # "5-2 is outside the model's 12 blocks (0-12)", though 5 and 2 are both inside
     assert "holds no block" in refused(capsys, "merge", "gpt2", "--layers", layers)
+
+
+@pytest.mark.parametrize("framework", ["litgpt", "fsdp_qlora"])
+def test_a_teacher_under_a_framework_without_distillation_is_refused(capsys, framework):
+    # estimated as ftmem's reference distillation loop inside LitGPT's step (exit 0)
+    line = refused(
+        capsys, "estimate", "llama3.2-1b", "--method", "lora", "--teacher", "llama3.2-3b",
+        "--framework", framework,
+    )  # fmt: skip
+    assert "has no knowledge distillation" in line and "drop --teacher" in line

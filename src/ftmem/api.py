@@ -11,6 +11,7 @@ from ftmem.display import clipped
 from ftmem.errors import InvalidInputError, SettingsError
 from ftmem.estimate import estimate_step
 from ftmem.framework_support import METHODS as FRAMEWORK_METHODS
+from ftmem.framework_support import check_teacher_support
 from ftmem.hardware import Gpu, custom_gpu
 from ftmem.limits import GPU_MEMORY, GPUS, HOST_MEMORY, TOKENS, flag_as_count
 from ftmem.methods import smallest_adapted_width
@@ -185,6 +186,11 @@ def estimate(
     spread = {k: settings.pop(k) for k in list(settings) if k in PARALLEL_SETTINGS}
     distill = _teacher(settings.pop("teacher", None), settings.pop("teacher_weights", None))
     run, par = _run_and_spread(settings, spread)
+    if distill is not None:
+        try:
+            check_teacher_support(run.framework)
+        except ValueError as exc:
+            raise InvalidInputError(f"{exc}.") from None
     positions = run.positions + run.prefix_len
     what = f"--seq-len {run.seq_len}" + (
         f" + {run.n_virtual} virtual tokens" if run.n_virtual else ""

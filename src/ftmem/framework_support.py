@@ -71,3 +71,19 @@ def check_framework_support(run: _Run) -> None:
 
 def _alternatives(offered: tuple[str, ...]) -> str:
     return offered[0] if len(offered) == 1 else ", ".join(offered[:-1]) + " or " + offered[-1]
+
+
+# knowledge distillation (--teacher): torchtune ships recipes (knowledge_distillation_*);
+# LitGPT and fsdp_qlora have none
+DISTILLS = frozenset({"torchtune"})
+
+
+def check_teacher_support(framework: str) -> None:
+    """Refuse (ValueError) a teacher under a framework of its own code with no
+    distillation recipe."""
+    if framework in METHODS and framework not in DISTILLS:
+        raise ValueError(
+            f"--framework {framework} has no knowledge distillation ({_NAMES[framework]} "
+            "runs its own training code, with no teacher in its recipes): drop --teacher, "
+            "or use --framework hf"
+        )
