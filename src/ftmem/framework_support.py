@@ -9,8 +9,6 @@ lists what the framework's own code offers; anything else is refused in one sent
 
 from __future__ import annotations
 
-from typing import Protocol
-
 # litgpt finetune full | lora | qlora (lora --quantize) | adapter | adapter_v2
 # (Lightning-AI/litgpt tutorials/finetune.md); torchtune's recipes: full_finetune_*,
 # lora_finetune_* (use_dora, quantize_base); fsdp_qlora train.py --train_type full,
@@ -42,30 +40,22 @@ _NAMES = {"litgpt": "LitGPT", "torchtune": "torchtune", "fsdp_qlora": "fsdp_qlor
 OWN_CODE = frozenset(METHODS)
 
 
-class _Run(Protocol):
-    framework: str
-    method: str
-    quant: str | None
-    objective: str
-
-
-def check_framework_support(run: _Run) -> None:
+def check_framework_support(framework: str, method: str, quant: str | None, objective: str) -> None:
     """Refuse (ValueError) a method, base quantisation or objective the run's framework
     does not implement; frameworks built on transformers and peft are not checked here."""
-    if run.framework not in METHODS:
+    if framework not in METHODS:
         return
-    name = _NAMES[run.framework]
     for option, value, table in (
-        ("--method", run.method, METHODS),
-        ("--quant", run.quant, QUANTS),
-        ("--objective", run.objective, OBJECTIVES),
+        ("--method", method, METHODS),
+        ("--quant", quant, QUANTS),
+        ("--objective", objective, OBJECTIVES),
     ):
-        offered = table[run.framework]
+        offered = table[framework]
         if value is not None and value not in offered:
             raise ValueError(
-                f"--framework {run.framework} has no {option} {value} ({name} runs its own "
-                "training code, not transformers' and peft's, so no such run exists): use "
-                f"{_alternatives(offered)}, or --framework hf"
+                f"--framework {framework} has no {option} {value} ({_NAMES[framework]} runs "
+                "its own training code, not transformers' and peft's, so no such run "
+                f"exists): use {_alternatives(offered)}, or --framework hf"
             )
 
 

@@ -823,7 +823,7 @@ class RunConfig(limits.BoundedSettings):
         self._libraries_fit_framework()
         self._base_quant_settings_fit()
         self._adalora_settings_fit()
-        check_framework_support(self)
+        check_framework_support(self.framework, self.method, self.quant, self.objective)
         if self.method == "partial" and self.trainable_modules is None:
             raise ValueError(
                 "--method partial needs --trainable-modules (regular expressions over "
