@@ -297,6 +297,8 @@ def test_compare_keeps_the_contract_with_any_number(data):
         (["--framework", "litgpt", "--method", "loha"], "has no --method loha"),
         (["--framework", "litgpt", "--method", "prompt-tuning"], "has no --method prompt-tuning"),
         (["--framework", "fsdp_qlora", "--method", "lokr"], "has no --method lokr"),
+        (["--framework", "unsloth", "--method", "ia3"], "has no --method ia3"),
+        (["--framework", "unsloth", "--method", "galore"], "has no --method galore"),
         (["--framework", "torchtune", "--method", "qlora", "--quant", "int8"], "--quant int8"),
         (["--framework", "litgpt", "--method", "qlora", "--quant", "int4"], "--quant int4"),
         (["--framework", "fsdp_qlora", "--method", "qlora", "--quant", "fp4"], "--quant fp4"),
@@ -322,6 +324,8 @@ def test_a_method_the_framework_does_not_implement_is_refused(capsys, args, name
         ["--framework", "litgpt", "--method", "qlora", "--quant", "int8"],
         ["--framework", "litgpt", "--method", "llama-adapter-v2"],
         ["--framework", "fsdp_qlora", "--method", "qlora"],
+        ["--framework", "unsloth", "--method", "rslora"],
+        ["--framework", "unsloth", "--method", "full"],
     ],
 )
 def test_what_the_framework_implements_still_runs(capsys, args):

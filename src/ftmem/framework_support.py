@@ -12,11 +12,15 @@ from __future__ import annotations
 # litgpt finetune full | lora | qlora (lora --quantize) | adapter | adapter_v2
 # (Lightning-AI/litgpt tutorials/finetune.md); torchtune's recipes: full_finetune_*,
 # lora_finetune_* (use_dora, quantize_base); fsdp_qlora train.py --train_type full,
-# lora, qlora, bnb_dora / hqq_dora (custom_* and *_llama_pro are variants of these)
+# lora, qlora, bnb_dora / hqq_dora (custom_* and *_llama_pro are variants of these).
+# Unsloth runs over transformers and peft, but its FastLanguageModel.get_peft_model builds
+# a LoraConfig only (use_rslora, use_dora: frameworks.llama_factory.UNSLOTH_METHODS) and
+# from_pretrained(full_finetuning=True) trains every weight
 METHODS: dict[str, tuple[str, ...]] = {
     "litgpt": ("full", "lora", "qlora", "llama-adapter", "llama-adapter-v2"),
     "torchtune": ("full", "lora", "qlora", "dora"),
     "fsdp_qlora": ("full", "lora", "qlora", "dora"),
+    "unsloth": ("full", "lora", "rslora", "qlora", "dora"),
 }
 
 # LitGPT's --quantize bnb.nf4[-dq] | bnb.fp4[-dq] | bnb.int8 (frameworks.litgpt);
@@ -36,8 +40,19 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
     "torchtune": ("sft", "dpo", "ipo", "simpo", "grpo"),
 }
 
-_NAMES = {"litgpt": "LitGPT", "torchtune": "torchtune", "fsdp_qlora": "fsdp_qlora"}
-OWN_CODE = frozenset(METHODS)
+# the frameworks that build their models and adapters themselves
+OWN_CODE = frozenset({"litgpt", "torchtune", "fsdp_qlora"})
+_WHY = {
+    **{
+        name: f"{shown} runs its own training code, not transformers' and peft's"
+        for name, shown in (
+            ("litgpt", "LitGPT"),
+            ("torchtune", "torchtune"),
+            ("fsdp_qlora", "fsdp_qlora"),
+        )
+    },
+    "unsloth": "Unsloth's FastLanguageModel.get_peft_model builds LoRA adapters only",
+}
 
 
 def check_framework_support(framework: str, method: str, quant: str | None, objective: str) -> None:
@@ -50,12 +65,11 @@ def check_framework_support(framework: str, method: str, quant: str | None, obje
         ("--quant", quant, QUANTS),
         ("--objective", objective, OBJECTIVES),
     ):
-        offered = table[framework]
-        if value is not None and value not in offered:
+        offered = table.get(framework)
+        if value is not None and offered is not None and value not in offered:
             raise ValueError(
-                f"--framework {framework} has no {option} {value} ({_NAMES[framework]} runs "
-                "its own training code, not transformers' and peft's, so no such run "
-                f"exists): use {_alternatives(offered)}, or --framework hf"
+                f"--framework {framework} has no {option} {value} ({_WHY[framework]}, so no "
+                f"such run exists): use {_alternatives(offered)}, or --framework hf"
             )
 
 
@@ -71,9 +85,8 @@ DISTILLS = frozenset({"torchtune"})
 def check_teacher_support(framework: str) -> None:
     """Refuse (ValueError) a teacher under a framework of its own code with no
     distillation recipe."""
-    if framework in METHODS and framework not in DISTILLS:
+    if framework in OWN_CODE and framework not in DISTILLS:
         raise ValueError(
-            f"--framework {framework} has no knowledge distillation ({_NAMES[framework]} "
-            "runs its own training code, with no teacher in its recipes): drop --teacher, "
-            "or use --framework hf"
+            f"--framework {framework} has no knowledge distillation ({_WHY[framework]}, "
+            "with no teacher in its recipes): drop --teacher, or use --framework hf"
         )
