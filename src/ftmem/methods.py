@@ -475,7 +475,8 @@ def _check_head_lora(arch: Architecture, run: RunConfig) -> None:
         why = f"the {run.method} adapter on the head (modelled: lora, rslora, qlora)"
     elif arch.encoder_decoder:
         why = f"{arch.name}'s encoder-decoder head"
-    elif profile.lm_head_chunk_tokens is not None:
+    elif profile.lm_head_chunk_tokens is not None and not profile.logits_fp32_held:
+        # (LitGPT's chunked head with its LoRALinear: ops.loss.held_logits_head)
         why = f"{profile.name}'s chunked LM head with an adapter"
     elif run.loss != "standard" and not (
         # torchtune 0.1's LoRALinear on the output: peft's ops (out + scale · lora_b(

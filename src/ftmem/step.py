@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ftmem import returned_cache, seq2seq, vision_lora, vision_step
 from ftmem.activations import block_saved, outer_saved
 from ftmem.adapters.dora import DoRA
-from ftmem.adapters.head_lora import HeadLoRA
+from ftmem.adapters.head_lora import HeadLoRA, chunked_head_lora
 from ftmem.adapters.lora import LoRA, output_bytes
 from ftmem.adapters.prompt import PrefixTuning
 from ftmem.arch import Architecture, buffer_numel, layout, qk_norm_params
@@ -28,7 +28,7 @@ from ftmem.ops.attention import Attention, runs_eager, sliding_window_mask
 from ftmem.ops.context import BlockState
 from ftmem.ops.embedding import Embedding
 from ftmem.ops.linear import LinearOp, all_adapters_fused
-from ftmem.ops.loss import FusedHead, Loss, PreferenceLoss, held_logits_head
+from ftmem.ops.loss import FusedHead, HeldLogitsHead, Loss, PreferenceLoss, held_logits_head
 from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS, Norm
@@ -48,6 +48,7 @@ from ftmem.profiles import (
     compiled_chunked_loss,
     compiled_layers,
     framework_run,
+    head_chunk_tokens,
     offload_keeps_head,
     offloads_checkpoint_inputs,
     profile_of,
@@ -613,7 +614,7 @@ def _decoder_sizes(
     # (LLaVA's unread tower layers' graph, held by the model output: ftmem.vision_lora)
     forward_cache += vision_lora.unread_held(arch, run, plan.dtypes)
     forward_cache += vision_step.image_outputs_held(arch, run, plan.dtypes)
-    framework_head = held_logits_head(arch, run, plan, e, T)
+    framework_head = _framework_head(arch, run, plan, e, T)
     loss_inputs, loss_saved = _offloaded_loss_inputs(arch, run, plan, e, T)
     head = HeadTransients(
         logits_forward=_head_forward(arch, run, plan, e, T, forward_cache)
@@ -671,6 +672,16 @@ def _decoder_sizes(
         ),
         output_held=output_held,
     )
+
+
+def _framework_head(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
+) -> HeldLogitsHead | None:
+    """LitGPT's head side (ops.loss.held_logits_head), with LoRA on its chunked head where
+    the run adapts it (adapters.head_lora.chunked_head_lora); None on other frameworks."""
+    chunk = head_chunk_tokens(run)
+    pieces = chunked_head_lora(arch, run, plan, chunk) if plan.head_lora and chunk else None
+    return held_logits_head(arch, run, plan, e, T, pieces)
 
 
 def _head_forward(
