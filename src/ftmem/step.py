@@ -94,7 +94,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     inputs_grad = plan.outer_trainable or plan.embed_trainable or run.grad_ckpt
     # a trained vision tower or projector writes the image tokens' embeddings
     inputs_grad = inputs_grad or vision_step.trains_below(arch, run)
-    if run.method in ("bitfit", "ia3", "prefix-tuning", "adapter", "loha", "lokr"):
+    if run.method in ("bitfit", "ia3", "prefix-tuning", "adapter", "loha", "lokr", "miss", "road"):
         # every block has trainable parameters (biases, IA³ vectors, its key/value prefix,
         # LoHa and LoKr factors):
         # gradients flow from the top to block 0's, so every block's input but the first
@@ -105,6 +105,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         bottleneck = frozenset(lin.module for lin in plan.bottlenecked)
         hadamard = frozenset(lin.module for lin in plan.hadamard)
         kronecker = frozenset(lin.module for lin in plan.kronecker)
+        miss = frozenset(lin.module for lin in plan.miss)
+        road = frozenset(lin.module for lin in plan.road)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -118,6 +120,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 bottleneck=bottleneck,
                 hadamard=hadamard,
                 kronecker=kronecker,
+                miss=miss,
+                road=road,
             )
 
         # one object per distinct state: step_parts derives each once

@@ -9,6 +9,8 @@ from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.llama_adapter import LlamaAdapter
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
+from ftmem.adapters.miss import MiSS
+from ftmem.adapters.road import RoAd
 from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan, experts_are_linears, router_is_linear_in_4x
@@ -141,6 +143,9 @@ class LinearOp:
             items, loha_reads = LoHa.saved(ctx, linears, state, side, in_grad, in_bytes)
             out += items
             shared_input = shared_input or loha_reads
+        items, miss_reads = MiSS.saved(ctx, linears, state, side, in_grad, in_bytes)
+        out += items + RoAd.saved(ctx, linears, state, side, in_grad)
+        shared_input = shared_input or miss_reads
         if shared_input and not input_bytes and not input_kept_elsewhere:
             size = ctx.tokens * in_features * in_bytes
             out.append(Saved(f"{label}: input (for lora_A)", size, Kind.LINEAR_INPUT, side, group))
