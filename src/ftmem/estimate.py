@@ -961,6 +961,25 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
             adapter_dtype=plan.dtypes.adapter,
             adapted_modules=[lin.module for lin in plan.kronecker],
         )
+    if run.method == "miss":
+        r, init, mini_r, targets = run.miss
+        resolved.update(
+            miss_rank=r,
+            miss_init=init,
+            miss_mini_r=mini_r,
+            miss_targets=targets,
+            adapter_dtype=plan.dtypes.adapter,
+            adapted_modules=[lin.module for lin in plan.miss],
+        )
+    if run.method == "road":
+        variant, group, targets = run.road
+        resolved.update(
+            road_variant=variant,
+            road_group_size=group,
+            road_targets=targets,
+            adapter_dtype=plan.dtypes.adapter,
+            adapted_modules=[lin.module for lin in plan.road],
+        )
     if run.method in PROMPT_METHODS:
         resolved["virtual_tokens"] = run.n_virtual
     if run.method == "p-tuning":
