@@ -154,6 +154,13 @@ def test_bad_input_is_one_sentence(args: list[str], expected: str, capsys) -> No
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_bat_with_16_bit_blocks_on_the_cpu_is_refused() -> None:
+    """peft's get_delta_weight rebuilds a 16-bit block's weight in fp32 on the CPU only."""
+    with pytest.raises(ValueError, match="MiSS bat with 16-bit blocks on --device cpu"):
+        RunConfig(method="miss", miss_init="bat", adapter_dtype="bf16", device="cpu")
+    RunConfig(method="miss", miss_init="bat", adapter_dtype="bf16", device="cuda")
+
+
 def test_models_peft_cannot_wrap_are_refused() -> None:
     # peft 0.21.2 tuners/miss/model.py and tuners/road/layer.py dispatch nn.Linear only
     for method in ("miss", "road"):

@@ -1023,6 +1023,17 @@ class RunConfig(limits.BoundedSettings):
                 f"{'MiSS' if self.method == 'miss' else 'RoAd'} under autocast (--precision "
                 "bf16-mixed / fp16-mixed) is not modelled; use --precision bf16 or fp32"
             )
+        if (
+            self.method == "miss"
+            and self.miss_init == "bat"
+            and self.device == "cpu"
+            and self.adapter_dtype in ("bf16", "fp16")
+        ):
+            # peft 0.21.2 tuners/miss/layer.py get_delta_weight: cast_to_fp32 on the CPU
+            raise ValueError(
+                "MiSS bat with 16-bit blocks on --device cpu is not modelled (peft rebuilds "
+                "the weight in fp32 there); use --adapter-dtype fp32 or --device cuda"
+            )
         if self.road_group_size is not None and self.road_group_size % 2:
             raise ValueError(
                 f"--road-group-size {self.road_group_size} is odd; RoAd pairs each group's "

@@ -13,7 +13,10 @@ memory at 0.21.2 and at 5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40, the MetaMathQA
   cast input and, when the input needs a gradient, the rebuilt weight (out × in).
 
 Measured alone (saved-tensor hooks on one MissLinear of a tiny bf16 Llama, fp32 block):
-exactly these tensors. Autocast is refused (RunConfig): its casts are not modelled.
+exactly these tensors. Autocast is refused (RunConfig): its casts are not modelled. A 16-bit
+block under bat is modelled as the same ops in its dtype (derived, not measured: on the CPU
+``get_delta_weight`` computes a 16-bit block's rebuild in fp32, ``cast_to_fp32``, so the
+CPU cannot check it; RunConfig refuses that pair on --device cpu).
 """
 
 from __future__ import annotations
