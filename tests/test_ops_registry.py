@@ -33,6 +33,7 @@ EXPECTED = {
     "llama_adapter",
     "loha",
     "lokr",
+    "boft",
     "lora",
     "head_lora",
     "prefix_tuning",

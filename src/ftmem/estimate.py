@@ -961,6 +961,15 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
             adapter_dtype=plan.dtypes.adapter,
             adapted_modules=[lin.module for lin in plan.kronecker],
         )
+    if run.method == "boft":
+        size, num, targets = run.boft
+        resolved.update(
+            boft_block_size=size or None,
+            boft_block_num=num or None,
+            boft_targets=targets,
+            adapter_dtype=plan.dtypes.adapter,
+            adapted_modules=[lin.module for lin in plan.rotated],
+        )
     if run.method in PROMPT_METHODS:
         resolved["virtual_tokens"] = run.n_virtual
     if run.method == "p-tuning":

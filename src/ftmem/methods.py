@@ -132,6 +132,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "in every forward (--lokr-rank, --lokr-alpha, --lokr-targets, --lokr-factor)",
         "Yeh et al. 2024 (LyCORIS), arXiv:2309.14859; peft tuners/lokr",
     ),
+    "boft": (
+        "peft's BOFT: each adapted linear's input rotated by a dense in × in matrix built from "
+        "Cayley blocks in every forward, its output scaled (--boft-block-size, --boft-targets)",
+        "Liu et al. 2024 (BOFT), arXiv:2311.06243; peft tuners/boft",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -261,6 +266,8 @@ class MethodPlan:
     hadamard: tuple[Linear, ...] = ()
     # LoKr: the linears with a Kronecker-product adapter beside them
     kronecker: tuple[Linear, ...] = ()
+    # BOFT: the linears whose input a butterfly rotation turns
+    rotated: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -644,6 +651,34 @@ def lokr_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.lokr[2], "LoKr")
 
 
+def boft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a BOFT adapter (none for the other methods); each one's
+    block split is checked (boft_blocks)."""
+    if run.method != "boft":
+        return ()
+    linears = _lycoris_linears(arch, run.boft[2], "BOFT")
+    for lin in linears:
+        boft_blocks(lin, run)
+    return linears
+
+
+def boft_blocks(lin: Linear, run: RunConfig) -> tuple[int, int]:
+    """(blocks, block side) of one BOFT linear: peft 0.21.2 tuners/boft/layer.py
+    BOFTLayer.update_layer (the same at 5d602fdb) splits in_features into blocks of the
+    size given, or into the number given; one butterfly factor (no permutation)."""
+    size, num, _ = run.boft
+    n = lin.in_features
+    if num and n % num == 0:
+        return num, n // num
+    if size and n % size == 0:
+        return n // size, size
+    given = f"--boft-block-num {num}" if num else f"--boft-block-size {size}"
+    raise InvalidInputError(
+        f"BOFT: {lin.module}'s in_features {n} do not divide by {given} (peft refuses it); "
+        "give a divisor."
+    )
+
+
 def _lycoris_linears(arch: Architecture, spec: str, name: str) -> tuple[Linear, ...]:
     """peft's LyCORIS adapters' targets, on the models ftmem models them on."""
     if arch.traits.conv1d:
@@ -849,6 +884,8 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     groups += _loha_groups(hadamard, arch, run, dtypes)
     kronecker = lokr_linears(arch, run)
     groups += _lokr_groups(kronecker, arch, run, dtypes)
+    rotated = boft_linears(arch, run)
+    groups += _boft_groups(rotated, arch, run, dtypes)
     bottlenecked = bottlenecked_linears(arch, run)
     groups += _bottleneck_groups(bottlenecked, arch, run, dtypes)
     v2_scaled = v2_scaled_linears(arch, run)
@@ -889,6 +926,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         head_scaled=run.method == "llama-adapter-v2",
         hadamard=hadamard,
         kronecker=kronecker,
+        rotated=rotated,
         orth_regularised=adalora_regularised(run),
     )
 
@@ -1223,6 +1261,19 @@ def _lokr_groups(
         for lin in kronecker
         for name, shape in lokr_shapes(lin, run).params
     ]
+
+
+def _boft_groups(
+    rotated: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """BOFT's boft_R (1 × blocks × side × side, skew parts of the Cayley blocks) and
+    boft_s (out × 1) per adapted linear, in the adapter dtype (peft update_layer)."""
+    groups: list[TensorGroup] = []
+    for lin in rotated:
+        blocks, side = boft_blocks(lin, run)
+        groups.append(_adapter(f"{lin.module}.boft_R", (1, blocks, side, side), arch, dtypes, lin))
+        groups.append(_adapter(f"{lin.module}.boft_s", (lin.out_features, 1), arch, dtypes, lin))
+    return groups
 
 
 def _bottleneck_groups(

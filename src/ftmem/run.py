@@ -36,6 +36,7 @@ Method = Literal[
     "ia3",
     "loha",
     "lokr",
+    "boft",
     "prompt-tuning",
     "prefix-tuning",
     "p-tuning",
@@ -132,7 +133,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
             "lora_modules_to_save",
         )
     },
-    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter", "loha", "lokr"},
+    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter", "loha", "lokr", "boft"},
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
@@ -141,6 +142,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         k: frozenset({"lokr"})
         for k in ("lokr_rank", "lokr_alpha", "lokr_targets", "lokr_factor", "lokr_decompose_both")
     },
+    **{k: frozenset({"boft"}) for k in ("boft_block_size", "boft_block_num", "boft_targets")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -197,6 +199,8 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "loha_rank": limits.WIDTH,
     "lokr_rank": limits.WIDTH,
     "lokr_factor": limits.WIDTH,
+    "boft_block_size": limits.WIDTH,
+    "boft_block_num": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -670,6 +674,21 @@ class RunConfig(limits.BoundedSettings):
         exclude_if=_unset,
         description="LoKr: decompose_both, the left factor low-rank too.",
     )
+    # BOFT (peft's butterfly orthogonal finetuning, one butterfly factor): a block-diagonal
+    # rotation of each adapted linear's input and a scale of its output
+    boft_block_size: PositiveInt | None = Field(
+        None,
+        exclude_if=_unset,
+        description="BOFT: boft_block_size, each rotation block's side (4).",
+    )
+    boft_block_num: PositiveInt | None = Field(
+        None,
+        exclude_if=_unset,
+        description="BOFT: boft_block_num, rotation blocks per linear (instead of the size).",
+    )
+    boft_targets: str | None = Field(
+        None, exclude_if=_unset, description="BOFT: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -972,7 +991,7 @@ class RunConfig(limits.BoundedSettings):
 
     @model_validator(mode="after")
     def _lycoris_targets_given(self) -> RunConfig:
-        for name in ("loha_targets", "lokr_targets"):
+        for name in ("loha_targets", "lokr_targets", "boft_targets"):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
                 flag = "--" + name.replace("_", "-")
@@ -982,6 +1001,20 @@ class RunConfig(limits.BoundedSettings):
                 "LoKr under autocast (--precision bf16-mixed / fp16-mixed) is not modelled "
                 "(its Kronecker product promotes to fp32 there); use --precision bf16 or fp32"
             )
+        if self.method == "boft" and self.adapter_dtype not in ("auto", "fp32"):
+            # peft tuners/boft/layer.py cayley_batch: linalg.solve "must be in float32"
+            raise ValueError(
+                "BOFT's Cayley solve runs in fp32 (torch has no 16-bit linalg.solve); "
+                "drop --adapter-dtype or give fp32"
+            )
+        if self.method == "boft" and self.precision.endswith("-mixed"):
+            raise ValueError(
+                "BOFT under autocast (--precision bf16-mixed / fp16-mixed) is not modelled; "
+                "use --precision bf16 or fp32"
+            )
+        if self.boft_block_size is not None and self.boft_block_num is not None:
+            # peft 0.21.2 tuners/boft/config.py __post_init__: one of the two, not both
+            raise ValueError("give --boft-block-size or --boft-block-num, not both")
         return self
 
     @model_validator(mode="after")
@@ -1101,6 +1134,14 @@ class RunConfig(limits.BoundedSettings):
         alpha = DEFAULT_LOHA_ALPHA if self.lokr_alpha is None else self.lokr_alpha
         factor = self.lokr_factor or -1
         return r, alpha, self.lokr_targets or "q,v", factor, bool(self.lokr_decompose_both)
+
+    @property
+    def boft(self) -> tuple[int, int, str]:
+        """BOFT's (block size, block number, targets), one of the first two 0 as in
+        peft (0.21.2 tuners/boft/config.py: boft_block_size=4, boft_block_num=0)."""
+        if self.boft_block_num is not None:
+            return 0, self.boft_block_num, self.boft_targets or "q,v"
+        return self.boft_block_size or 4, 0, self.boft_targets or "q,v"
 
     @property
     def n_virtual(self) -> int:

@@ -458,6 +458,19 @@ RUN = [
         "--lokr-decompose-both/--no-lokr-decompose-both",
     ),
     _opt(
+        "boft_block_size",
+        OptInt,
+        None,
+        "BOFT: side of each rotation block; in_features must divide by it (default 4).",
+    ),
+    _opt(
+        "boft_block_num",
+        OptInt,
+        None,
+        "BOFT: rotation blocks per linear, instead of --boft-block-size.",
+    ),
+    _opt("boft_targets", OptStr, None, "BOFT: adapted linears, as --lora-targets (default q,v)."),
+    _opt(
         "adalora_target_r",
         OptInt,
         None,

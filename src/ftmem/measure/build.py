@@ -745,6 +745,8 @@ def _with_trainable_set(
         model = _peft_other(model, arch, run)
     elif run.method in ("loha", "lokr"):
         model = _peft_lycoris(model, arch, run)
+    elif run.method == "boft":
+        model = _peft_boft(model, arch, run)
     else:  # the LoRA family (ADAPTER_METHODS)
         model = _peft_lora(model, arch, run)
     _vision_trainable(model, arch, run)
@@ -1026,6 +1028,26 @@ def _peft_lycoris(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
             if "hada_" in name or "lokr_" in name:
                 p.data = p.data.to(_DTYPES[run.adapter_dtype])
     return model
+
+
+def _peft_boft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's BOFT on the linears the estimate names (one butterfly factor), fp32 adapters
+    as get_peft_model's autocast_adapter_dtype leaves them (RunConfig refuses 16-bit)."""
+    from peft import BOFTConfig, get_peft_model
+
+    from ftmem.methods import boft_linears
+
+    size, num, _ = run.boft
+    cfg = BOFTConfig(
+        boft_block_size=size,
+        boft_block_num=num,
+        boft_n_butterfly_factor=1,
+        target_modules=[lin.module for lin in boft_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(model, cfg, autocast_adapter_dtype=True)
 
 
 # --------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ group of linears asks each adapter on it what it adds."""
 
 from __future__ import annotations
 
+from ftmem.adapters.boft import BOFT
 from ftmem.adapters.bottleneck import Bottleneck
 from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.llama_adapter import LlamaAdapter
@@ -141,6 +142,10 @@ class LinearOp:
             items, loha_reads = LoHa.saved(ctx, linears, state, side, in_grad, in_bytes)
             out += items
             shared_input = shared_input or loha_reads
+        if state.rotated:
+            items, boft_reads = BOFT.saved(ctx, linears, state, side, in_grad, in_bytes)
+            out += items
+            shared_input = shared_input or boft_reads
         if shared_input and not input_bytes and not input_kept_elsewhere:
             size = ctx.tokens * in_features * in_bytes
             out.append(Saved(f"{label}: input (for lora_A)", size, Kind.LINEAR_INPUT, side, group))
