@@ -34,6 +34,7 @@ EXPECTED = {
     "loha",
     "lokr",
     "boft",
+    "oft",
     "lora",
     "head_lora",
     "prefix_tuning",

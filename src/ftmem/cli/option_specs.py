@@ -470,6 +470,27 @@ RUN = [
         "BOFT: rotation blocks per linear, instead of --boft-block-size.",
     ),
     _opt("boft_targets", OptStr, None, "BOFT: adapted linears, as --lora-targets (default q,v)."),
+    _opt("oft_r", OptInt, None, "OFT: r, rotation blocks per linear, instead of --oft-block-size."),
+    _opt(
+        "oft_block_size",
+        OptInt,
+        None,
+        "OFT: side of each rotation block (default 32); peft moves it to the nearest divisor.",
+    ),
+    _opt("oft_targets", OptStr, None, "OFT: adapted linears, as --lora-targets (default q,v)."),
+    _opt(
+        "oft_block_share",
+        OptBool,
+        None,
+        "OFT: block_share, one rotation block for the whole input (peft default off).",
+        "--oft-block-share/--no-oft-block-share",
+    ),
+    _opt(
+        "oft_neumann_terms",
+        OptInt,
+        None,
+        "OFT: Cayley-Neumann terms (default 5); 0 for the exact Cayley solve.",
+    ),
     _opt(
         "adalora_target_r",
         OptInt,

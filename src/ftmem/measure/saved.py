@@ -48,8 +48,9 @@ def _quant_tensors(p: torch.Tensor) -> list[torch.Tensor]:
 # (Profile.rotary_cache_buffer), which ftmem counts beside the weights
 FRAMEWORK_ROTARY_CACHE = "framework_rotary_cache"
 # and the buffers peft's adapters register that ftmem counts so too: BOFT's fp32
-# permutation matrices (peft tuners/boft/layer.py update_layer ``boft_P``)
-ESTIMATED_BUFFERS = (FRAMEWORK_ROTARY_CACHE, "boft_P")
+# permutation matrices (peft tuners/boft/layer.py update_layer ``boft_P``), OFT's int64
+# upper-triangle indices (tuners/oft/layer.py OFTRotationModule ``rows``, ``cols``)
+ESTIMATED_BUFFERS = (FRAMEWORK_ROTARY_CACHE, "boft_P", "oft_R.default.rows", "oft_R.default.cols")
 
 
 def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch.Tensor]:

@@ -39,6 +39,7 @@ class BlockState:
     hadamard: frozenset[str] = frozenset()
     kronecker: frozenset[str] = frozenset()  # LoKr's
     rotated: frozenset[str] = frozenset()  # BOFT's
+    block_rotated: frozenset[str] = frozenset()  # OFT's
 
     @property
     def output_grad(self) -> frozenset[str]:
@@ -49,9 +50,9 @@ class BlockState:
     def own_output_grad(self) -> frozenset[str]:
         """Linears whose output needs a gradient for a parameter other than LoRA's: a
         trained bias (BitFit), an IA³ vector, a trained weight, a bottleneck adapter,
-        adapter v2's bias and scale, a LoHa, LoKr or BOFT adapter."""
+        adapter v2's bias and scale, a LoHa, LoKr, BOFT or OFT adapter."""
         own = self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
-        return own | self.hadamard | self.kronecker | self.rotated
+        return own | self.hadamard | self.kronecker | self.rotated | self.block_rotated
 
     def weight_trains(self, lin: Linear) -> bool:
         return self.weights_trainable or lin.module in self.trained

@@ -51,6 +51,7 @@ MODULES = (
     "ftmem.adapters.llama_adapter",
     "ftmem.adapters.lycoris",
     "ftmem.adapters.boft",
+    "ftmem.adapters.oft",
     "ftmem.adapters.lora",
     "ftmem.adapters.head_lora",
     "ftmem.adapters.prompt",
