@@ -277,7 +277,8 @@ Framework = Literal[
 
 
 # where a peft AdaLoraModel trains: a loop that calls update_and_allocate (HF Trainer has no
-# call of its own: the user's callback or loop adds it)
+# call of its own: the user's callback or loop adds it); ftmem models peft's BOFT and OFT
+# under the same three
 ADALORA_FRAMEWORKS = frozenset({"hf", "peft-mc", "lightning"})
 
 
@@ -1035,6 +1036,13 @@ class RunConfig(limits.BoundedSettings):
     @model_validator(mode="after")
     def _rotation_settings_fit(self) -> RunConfig:
         """BOFT's and OFT's settings as peft takes them, and the regimes not modelled."""
+        if self.method in ("boft", "oft") and self.framework not in ADALORA_FRAMEWORKS:
+            # LitGPT, torchtune and Unsloth have their own LoRA and no peft BOFT/OFT; the
+            # HF Trainer front ends (axolotl, LLaMA-Factory) are not read for them
+            raise ValueError(
+                f"{self.method.upper()} under --framework {self.framework} is not modelled "
+                "(it is peft's): use --framework hf, peft-mc or lightning"
+            )
         if self.method in ("boft", "oft") and self.precision.endswith("-mixed"):
             raise ValueError(
                 f"{self.method.upper()} under autocast (--precision bf16-mixed / fp16-mixed) "
