@@ -33,6 +33,8 @@ EXPECTED = {
     "llama_adapter",
     "loha",
     "lokr",
+    "boft",
+    "oft",
     "lora",
     "head_lora",
     "prefix_tuning",

@@ -126,6 +126,11 @@ RUNS: list[Run] = [
         },
     ),
     peft(
+        "oft--llama-3.2-3B-rank32",
+        22332571648,
+        {"method": "oft", "oft_r": 32, "oft_targets": "q,v", **LORA_KEYS},
+    ),
+    peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,
         {"lora_r": 32, "lora_alpha": 64},

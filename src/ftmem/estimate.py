@@ -961,6 +961,26 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
             adapter_dtype=plan.dtypes.adapter,
             adapted_modules=[lin.module for lin in plan.kronecker],
         )
+    if run.method == "boft":
+        size, num, targets = run.boft
+        resolved.update(
+            boft_block_size=size or None,
+            boft_block_num=num or None,
+            boft_targets=targets,
+            adapter_dtype=plan.dtypes.adapter,
+            adapted_modules=[lin.module for lin in plan.rotated],
+        )
+    if run.method == "oft":
+        r, size, targets, share, terms = run.oft
+        resolved.update(
+            oft_r=r or None,
+            oft_block_size=size or None,
+            oft_targets=targets,
+            oft_block_share=share or None,
+            oft_neumann_terms=terms,
+            adapter_dtype=plan.dtypes.adapter,
+            adapted_modules=[lin.module for lin in plan.block_rotated],
+        )
     if run.method in PROMPT_METHODS:
         resolved["virtual_tokens"] = run.n_virtual
     if run.method == "p-tuning":

@@ -50,6 +50,8 @@ MODULES = (
     "ftmem.adapters.ia3",
     "ftmem.adapters.llama_adapter",
     "ftmem.adapters.lycoris",
+    "ftmem.adapters.boft",
+    "ftmem.adapters.oft",
     "ftmem.adapters.lora",
     "ftmem.adapters.head_lora",
     "ftmem.adapters.prompt",
