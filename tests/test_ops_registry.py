@@ -35,6 +35,8 @@ EXPECTED = {
     "lokr",
     "miss",
     "road",
+    "boft",
+    "oft",
     "lora",
     "head_lora",
     "prefix_tuning",

@@ -142,6 +142,11 @@ RUNS: list[Run] = [
         {"method": "road", "road_variant": "road_2", **LORA_KEYS},
     ),
     peft(
+        "oft--llama-3.2-3B-rank32",
+        22332571648,
+        {"method": "oft", "oft_r": 32, "oft_targets": "q,v", **LORA_KEYS},
+    ),
+    peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,
         {"lora_r": 32, "lora_alpha": 64},

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING
 
 from ftmem import returned_cache, seq2seq, vision_lora, vision_step
 from ftmem.activations import block_saved, outer_saved
+from ftmem.adapters.boft import buffer_bytes as boft_buffer_bytes
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.head_lora import HeadLoRA, chunked_head_lora
 from ftmem.adapters.lora import LoRA, output_bytes
+from ftmem.adapters.oft import buffer_bytes as oft_buffer_bytes
 from ftmem.adapters.prompt import PrefixTuning
 from ftmem.arch import Architecture, buffer_numel, layout, qk_norm_params
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
@@ -94,9 +96,20 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     inputs_grad = plan.outer_trainable or plan.embed_trainable or run.grad_ckpt
     # a trained vision tower or projector writes the image tokens' embeddings
     inputs_grad = inputs_grad or vision_step.trains_below(arch, run)
-    if run.method in ("bitfit", "ia3", "prefix-tuning", "adapter", "loha", "lokr", "miss", "road"):
+    if run.method in (
+        "bitfit",
+        "ia3",
+        "prefix-tuning",
+        "adapter",
+        "loha",
+        "lokr",
+        "boft",
+        "oft",
+        "miss",
+        "road",
+    ):
         # every block has trainable parameters (biases, IA³ vectors, its key/value prefix,
-        # LoHa and LoKr factors):
+        # LoHa and LoKr factors, BOFT's and OFT's rotations):
         # gradients flow from the top to block 0's, so every block's input but the first
         # needs a gradient
         biased = frozenset(plan.biased)
@@ -107,6 +120,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         kronecker = frozenset(lin.module for lin in plan.kronecker)
         miss = frozenset(lin.module for lin in plan.miss)
         road = frozenset(lin.module for lin in plan.road)
+        rotated = frozenset(lin.module for lin in plan.rotated)
+        block_rotated = frozenset(lin.module for lin in plan.block_rotated)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -122,6 +137,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 kronecker=kronecker,
                 miss=miss,
                 road=road,
+                rotated=rotated,
+                block_rotated=block_rotated,
             )
 
         # one object per distinct state: step_parts derives each once
@@ -251,7 +268,9 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
             # those of an older transformers release (release_buffers)
             weights=sum(g.nbytes for g in plan.groups)
             + buffer_numel(arch) * BYTES_PER_ELEMENT[plan.dtypes.base]
-            + release_buffer_bytes(arch, run, plan.dtypes),
+            + release_buffer_bytes(arch, run, plan.dtypes)
+            + boft_buffer_bytes(plan, run, arch.num_layers)
+            + oft_buffer_bytes(plan, run, arch.num_layers),
             # bitsandbytes' paged buffers are not the allocator's (optim.paged_state_bytes;
             # estimate adds them to the device figure)
             states=allocator_state_bytes(plan.groups, run),

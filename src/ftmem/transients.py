@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from functools import partial
 
+from ftmem.adapters.boft import BOFT
+from ftmem.adapters.boft import element_bytes as rotated_input_bytes
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
+from ftmem.adapters.oft import OFT
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan, TensorGroup, experts_are_linears
@@ -401,6 +404,12 @@ def loha_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keeps: 
     """LoHa's or LoKr's ΔW build in the top block's forward (LoHa.forward_build), beyond that
     block's kept tensors unless it keeps none (frozen, or checkpointed: its forward runs
     without a graph)."""
+    if run.method == "oft":
+        kept = keeps and not run.grad_ckpt
+        return OFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
+    if run.method == "boft":
+        kept = keeps and not run.grad_ckpt
+        return BOFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
     if run.method == "miss":  # MiSS bat's weight rebuild, the same way
         return MiSS.bat_build(run, plan, T, in_bytes, keeps and not run.grad_ckpt)
@@ -426,6 +435,16 @@ def adapter_moment(
       (LoHa.backward_moment), MiSS bat's (MiSS.bat_backward).
 
     Both beside the gradient that came into the block."""
+    if run.method == "oft":
+        xb = rotated_input_bytes(plan)
+        # checkpointing reruns each OFT forward, with its graph, inside the backward
+        rerun = OFT.forward_build(plan, run, T, xb, True) if run.grad_ckpt else 0
+        return max(OFT.backward_moment(plan, run, T, xb), rerun)
+    if run.method == "boft":
+        xb = rotated_input_bytes(plan)
+        # checkpointing reruns each BOFT forward, with its graph, inside the backward
+        rerun = BOFT.forward_build(plan, run, T, xb, True) if run.grad_ckpt else 0
+        return max(BOFT.backward_moment(plan, T, xb), rerun)
     if run.method in ("loha", "lokr"):
         return LoHa.backward_moment(plan, T, partial(LinearOp.input_bytes, plan, e=e))
     if run.method == "miss":

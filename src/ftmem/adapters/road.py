@@ -32,11 +32,17 @@ class RoAd:
 
     @staticmethod
     def saved(
-        ctx: LayerContext, linears: list[Linear], state: BlockState, side: Side, in_grad: bool
-    ) -> list[Saved]:
-        """The cast output, its rotated copy and the column vectors of each RoAd linear."""
+        ctx: LayerContext,
+        linears: list[Linear],
+        state: BlockState,
+        side: Side,
+        in_grad: bool,
+        in_bytes: int,
+    ) -> tuple[list[Saved], bool]:
+        """The cast output, its rotated copy and the column vectors of each RoAd linear
+        (none reads the input: ``in_bytes`` unused, the shared signature)."""
         if not state.road:
-            return []
+            return [], False
         de = BYTES_PER_ELEMENT[ctx.plan.dtypes.adapter]
         n = VECTORS[ctx.run.road[0]] - (0 if in_grad else 2)
         out: list[Saved] = []
@@ -44,4 +50,4 @@ class RoAd:
             size = (2 * ctx.tokens + n) * lin.out_features * de
             what = f"{lin.label} RoAd output, rotated copy and {n} vectors"
             out.append(Saved(what, size, Kind.ROAD, side, (lin,)))
-        return out
+        return out, False

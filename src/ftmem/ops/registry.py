@@ -52,6 +52,8 @@ MODULES = (
     "ftmem.adapters.lycoris",
     "ftmem.adapters.miss",
     "ftmem.adapters.road",
+    "ftmem.adapters.boft",
+    "ftmem.adapters.oft",
     "ftmem.adapters.lora",
     "ftmem.adapters.head_lora",
     "ftmem.adapters.prompt",
