@@ -33,6 +33,8 @@ EXPECTED = {
     "llama_adapter",
     "loha",
     "lokr",
+    "miss",
+    "road",
     "boft",
     "oft",
     "lora",

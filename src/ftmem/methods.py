@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from math import prod
+from typing import NamedTuple
 
 from ftmem import vision_lora, vision_step
 from ftmem.arch import (
@@ -131,6 +132,16 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "peft's LoKr: ΔW = w1 ⊗ (w2a·w2b)·alpha/r beside frozen linears, built whole (out × in) "
         "in every forward (--lokr-rank, --lokr-alpha, --lokr-targets, --lokr-factor)",
         "Yeh et al. 2024 (LyCORIS), arXiv:2309.14859; peft tuners/lokr",
+    ),
+    "miss": (
+        "peft's MiSS: one trainable r-wide block per frozen linear, added to every r-slice of "
+        "its weight (--miss-rank, --miss-init default|bat|mini, --miss-mini-r, --miss-targets)",
+        "Kang & Yin 2024 (MiSS, formerly Bone), arXiv:2409.15371; peft tuners/miss",
+    ),
+    "road": (
+        "peft's RoAd: a learned 2-D rotation and scale of each pair of a frozen linear's "
+        "outputs (--road-variant road_1|road_2|road_4, --road-group-size, --road-targets)",
+        "Liao et al. 2024 (RoAd), arXiv:2409.00119; peft tuners/road",
     ),
     "boft": (
         "peft's BOFT: each adapted linear's input rotated by a dense in × in matrix built from "
@@ -271,6 +282,9 @@ class MethodPlan:
     hadamard: tuple[Linear, ...] = ()
     # LoKr: the linears with a Kronecker-product adapter beside them
     kronecker: tuple[Linear, ...] = ()
+    # MiSS: the linears with a shared block (MissLinear); RoAd: with output rotations
+    miss: tuple[Linear, ...] = ()
+    road: tuple[Linear, ...] = ()
     # BOFT: the linears whose input a butterfly rotation turns
     rotated: tuple[Linear, ...] = ()
     # OFT: the linears whose input its orthogonal blocks turn
@@ -659,6 +673,58 @@ def lokr_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.lokr[2], "LoKr")
 
 
+def miss_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a MiSS block (none for the other methods), checked as
+    peft 0.21.2 tuners/miss/layer.py MissLayer.update_layer checks them."""
+    if run.method != "miss":
+        return ()
+    r, init, mini_r, spec = run.miss
+    chosen = _lycoris_linears(arch, spec, "MiSS")
+    for lin in chosen:
+        if r > lin.in_features:
+            bad = f"--miss-rank {r} exceeds {lin.module}'s {lin.in_features} inputs"
+        elif init == "bat" and (lin.in_features % r or lin.out_features % r):
+            bad = f"bat needs {lin.module}'s {lin.out_features} × {lin.in_features} in r × r blocks"
+        elif init == "mini" and lin.out_features % mini_r:
+            bad = (
+                f"--miss-mini-r {mini_r} does not divide {lin.module}'s {lin.out_features} outputs"
+            )
+        else:
+            continue
+        raise InvalidInputError(f"{bad} (peft refuses it); choose another --miss-rank.")
+    return chosen
+
+
+def road_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a RoAd rotation (none for the other methods); peft 0.21.2
+    tuners/road/layer.py RoadLayer.update_layer needs group_size to divide the outputs."""
+    if run.method != "road":
+        return ()
+    _, group, spec = run.road
+    chosen = _lycoris_linears(arch, spec, "RoAd")
+    for lin in chosen:
+        if lin.out_features % group:
+            raise InvalidInputError(
+                f"--road-group-size {group} does not divide {lin.module}'s "
+                f"{lin.out_features} outputs (peft refuses it); choose a divisor."
+            )
+    return chosen
+
+
+def miss_road_shapes(lin: Linear, run: RunConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The adapter parameters of one linear. MiSS (peft 0.21.2 tuners/miss/layer.py
+    reset_*_parameters): miss_block r × out, bat out/r × r × r, mini r × mini_r. RoAd
+    (tuners/road/layer.py update_layer): road_theta and road_alpha of out/2 (road_1), out
+    (road_2) or 2·out (road_4) each."""
+    if run.method == "miss":
+        r, init, mini_r, _ = run.miss
+        shapes = {"bat": (lin.out_features // r, r, r), "mini": (r, mini_r)}
+        return (("miss_block", shapes.get(init, (r, lin.out_features))),)
+    size = {"road_1": lin.out_features // 2, "road_2": lin.out_features}
+    n = size.get(run.road[0], 2 * lin.out_features)
+    return (("road_theta", (n,)), ("road_alpha", (n,)))
+
+
 def boft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     """The block linears with a BOFT adapter (none for the other methods); each one's
     block split is checked (boft_blocks)."""
@@ -923,14 +989,8 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     groups += _expert_lora_groups(experts, arch, dtypes)
     scaled = ia3_linears(arch, run) if run.method == "ia3" else ()
     groups += _ia3_groups(scaled, arch, dtypes)
-    hadamard = loha_linears(arch, run)
-    groups += _loha_groups(hadamard, arch, run, dtypes)
-    kronecker = lokr_linears(arch, run)
-    groups += _lokr_groups(kronecker, arch, run, dtypes)
-    rotated = boft_linears(arch, run)
-    groups += _boft_groups(rotated, arch, run, dtypes)
-    block_rotated = oft_linears(arch, run)
-    groups += _oft_groups(block_rotated, arch, run, dtypes)
+    other, other_groups = _peft_other(arch, run, dtypes)
+    groups += other_groups
     bottlenecked = bottlenecked_linears(arch, run)
     groups += _bottleneck_groups(bottlenecked, arch, run, dtypes)
     v2_scaled = v2_scaled_linears(arch, run)
@@ -969,12 +1029,45 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         gated_blocks=gated_blocks(arch, run),
         v2_scaled=v2_scaled,
         head_scaled=run.method == "llama-adapter-v2",
-        hadamard=hadamard,
-        kronecker=kronecker,
-        rotated=rotated,
-        block_rotated=block_rotated,
+        hadamard=other.hadamard,
+        kronecker=other.kronecker,
+        miss=other.miss,
+        road=other.road,
+        rotated=other.rotated,
+        block_rotated=other.block_rotated,
         orth_regularised=adalora_regularised(run),
     )
+
+
+class _PeftOther(NamedTuple):
+    """The linears each of peft's other adapters (LoHa, LoKr, MiSS, RoAd, BOFT, OFT) wraps."""
+
+    hadamard: tuple[Linear, ...]
+    kronecker: tuple[Linear, ...]
+    miss: tuple[Linear, ...]
+    road: tuple[Linear, ...]
+    rotated: tuple[Linear, ...]
+    block_rotated: tuple[Linear, ...]
+
+
+def _peft_other(
+    arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> tuple[_PeftOther, list[TensorGroup]]:
+    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT and OFT wrap, and their tensors."""
+    other = _PeftOther(
+        loha_linears(arch, run),
+        lokr_linears(arch, run),
+        miss_linears(arch, run),
+        road_linears(arch, run),
+        boft_linears(arch, run),
+        oft_linears(arch, run),
+    )
+    groups = _loha_groups(other.hadamard, arch, run, dtypes)
+    groups += _lokr_groups(other.kronecker, arch, run, dtypes)
+    groups += _miss_road_groups(other.miss + other.road, arch, run, dtypes)
+    groups += _boft_groups(other.rotated, arch, run, dtypes)
+    groups += _oft_groups(other.block_rotated, arch, run, dtypes)
+    return other, groups
 
 
 def _trainable_blocks(
@@ -1306,6 +1399,18 @@ def _lokr_groups(
         _adapter(f"{lin.module}.{name}", shape, arch, dtypes, lin)
         for lin in kronecker
         for name, shape in lokr_shapes(lin, run).params
+    ]
+
+
+def _miss_road_groups(
+    adapted: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """MiSS's block or RoAd's angle and scale vectors per adapted linear, in the adapter
+    dtype (miss_road_shapes)."""
+    return [
+        _adapter(f"{lin.module}.{name}", shape, arch, dtypes, lin)
+        for lin in adapted
+        for name, shape in miss_road_shapes(lin, run)
     ]
 
 

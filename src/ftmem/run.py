@@ -36,6 +36,8 @@ Method = Literal[
     "ia3",
     "loha",
     "lokr",
+    "miss",
+    "road",
     "boft",
     "oft",
     "prompt-tuning",
@@ -119,6 +121,10 @@ DEFAULT_IA3_TARGETS = "k,v,down"  # the paper's keys, values and FFN intermediat
 # from the LoRA mapping, utils/constants.py: q_proj, v_proj for Llama)
 DEFAULT_LOHA_RANK = 8
 DEFAULT_LOHA_ALPHA = 8.0
+# peft's MissConfig defaults (peft 0.21.2 tuners/miss/config.py: r=64, mini_r=1,
+# init_weights=True) and RoadConfig's (tuners/road/config.py: variant road_1, group_size 64)
+DEFAULT_MISS_RANK = 64
+DEFAULT_ROAD_GROUP = 64
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -134,7 +140,8 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
             "lora_modules_to_save",
         )
     },
-    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter", "loha", "lokr", "boft", "oft"},
+    "adapter_dtype": ADAPTER_METHODS
+    | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road"},
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
@@ -143,6 +150,8 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         k: frozenset({"lokr"})
         for k in ("lokr_rank", "lokr_alpha", "lokr_targets", "lokr_factor", "lokr_decompose_both")
     },
+    **{k: frozenset({"miss"}) for k in ("miss_rank", "miss_init", "miss_mini_r", "miss_targets")},
+    **{k: frozenset({"road"}) for k in ("road_variant", "road_group_size", "road_targets")},
     **{k: frozenset({"boft"}) for k in ("boft_block_size", "boft_block_num", "boft_targets")},
     **{
         k: frozenset({"oft"})
@@ -204,6 +213,9 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "loha_rank": limits.WIDTH,
     "lokr_rank": limits.WIDTH,
     "lokr_factor": limits.WIDTH,
+    "miss_rank": limits.WIDTH,
+    "miss_mini_r": limits.WIDTH,
+    "road_group_size": limits.WIDTH,
     "boft_block_size": limits.WIDTH,
     "boft_block_num": limits.WIDTH,
     "oft_r": limits.WIDTH,
@@ -683,6 +695,31 @@ class RunConfig(limits.BoundedSettings):
         exclude_if=_unset,
         description="LoKr: decompose_both, the left factor low-rank too.",
     )
+    # MiSS (peft's shared block: one r-wide block per linear) and RoAd (peft's 2-D
+    # rotations of each output pair), left out of the serialised run when unset
+    miss_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="MiSS: r, the block's width (64)."
+    )
+    miss_init: Literal["default", "bat", "mini"] | None = Field(
+        None,
+        exclude_if=_unset,
+        description="MiSS: init_weights, default (True/False), bat or mini.",
+    )
+    miss_mini_r: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="MiSS: mini_r, mini's block width (1)."
+    )
+    miss_targets: str | None = Field(
+        None, exclude_if=_unset, description="MiSS: adapted linears, roles or names (q,v)."
+    )
+    road_variant: Literal["road_1", "road_2", "road_4"] | None = Field(
+        None, exclude_if=_unset, description="RoAd: variant (road_1)."
+    )
+    road_group_size: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="RoAd: group_size, even (64)."
+    )
+    road_targets: str | None = Field(
+        None, exclude_if=_unset, description="RoAd: adapted linears, roles or names (q,v)."
+    )
     # BOFT (peft's butterfly orthogonal finetuning, one butterfly factor): a block-diagonal
     # rotation of each adapted linear's input and a scale of its output
     boft_block_size: PositiveInt | None = Field(
@@ -1021,7 +1058,14 @@ class RunConfig(limits.BoundedSettings):
 
     @model_validator(mode="after")
     def _lycoris_targets_given(self) -> RunConfig:
-        for name in ("loha_targets", "lokr_targets", "boft_targets", "oft_targets"):
+        for name in (
+            "loha_targets",
+            "lokr_targets",
+            "boft_targets",
+            "oft_targets",
+            "miss_targets",
+            "road_targets",
+        ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
                 flag = "--" + name.replace("_", "-")
@@ -1030,6 +1074,27 @@ class RunConfig(limits.BoundedSettings):
             raise ValueError(
                 "LoKr under autocast (--precision bf16-mixed / fp16-mixed) is not modelled "
                 "(its Kronecker product promotes to fp32 there); use --precision bf16 or fp32"
+            )
+        if self.method in ("miss", "road") and self.precision.endswith("-mixed"):
+            raise ValueError(
+                f"{'MiSS' if self.method == 'miss' else 'RoAd'} under autocast (--precision "
+                "bf16-mixed / fp16-mixed) is not modelled; use --precision bf16 or fp32"
+            )
+        if (
+            self.method == "miss"
+            and self.miss_init == "bat"
+            and self.device == "cpu"
+            and self.adapter_dtype in ("bf16", "fp16")
+        ):
+            # peft 0.21.2 tuners/miss/layer.py get_delta_weight: cast_to_fp32 on the CPU
+            raise ValueError(
+                "MiSS bat with 16-bit blocks on --device cpu is not modelled (peft rebuilds "
+                "the weight in fp32 there); use --adapter-dtype fp32 or --device cuda"
+            )
+        if self.road_group_size is not None and self.road_group_size % 2:
+            raise ValueError(
+                f"--road-group-size {self.road_group_size} is odd; RoAd pairs each group's "
+                "halves, give an even size"
             )
         return self
 
@@ -1185,6 +1250,18 @@ class RunConfig(limits.BoundedSettings):
         alpha = DEFAULT_LOHA_ALPHA if self.lokr_alpha is None else self.lokr_alpha
         factor = self.lokr_factor or -1
         return r, alpha, self.lokr_targets or "q,v", factor, bool(self.lokr_decompose_both)
+
+    @property
+    def miss(self) -> tuple[int, str, int, str]:
+        """MiSS's (r, init, mini_r, targets), peft's defaults where not given."""
+        r = self.miss_rank or DEFAULT_MISS_RANK
+        return r, self.miss_init or "default", self.miss_mini_r or 1, self.miss_targets or "q,v"
+
+    @property
+    def road(self) -> tuple[str, int, str]:
+        """RoAd's (variant, group_size, targets), peft's defaults where not given."""
+        group = self.road_group_size or DEFAULT_ROAD_GROUP
+        return self.road_variant or "road_1", group, self.road_targets or "q,v"
 
     @property
     def boft(self) -> tuple[int, int, str]:

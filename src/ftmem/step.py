@@ -96,7 +96,18 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     inputs_grad = plan.outer_trainable or plan.embed_trainable or run.grad_ckpt
     # a trained vision tower or projector writes the image tokens' embeddings
     inputs_grad = inputs_grad or vision_step.trains_below(arch, run)
-    if run.method in ("bitfit", "ia3", "prefix-tuning", "adapter", "loha", "lokr", "boft", "oft"):
+    if run.method in (
+        "bitfit",
+        "ia3",
+        "prefix-tuning",
+        "adapter",
+        "loha",
+        "lokr",
+        "boft",
+        "oft",
+        "miss",
+        "road",
+    ):
         # every block has trainable parameters (biases, IA³ vectors, its key/value prefix,
         # LoHa and LoKr factors, BOFT's and OFT's rotations):
         # gradients flow from the top to block 0's, so every block's input but the first
@@ -107,6 +118,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         bottleneck = frozenset(lin.module for lin in plan.bottlenecked)
         hadamard = frozenset(lin.module for lin in plan.hadamard)
         kronecker = frozenset(lin.module for lin in plan.kronecker)
+        miss = frozenset(lin.module for lin in plan.miss)
+        road = frozenset(lin.module for lin in plan.road)
         rotated = frozenset(lin.module for lin in plan.rotated)
         block_rotated = frozenset(lin.module for lin in plan.block_rotated)
 
@@ -122,6 +135,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 bottleneck=bottleneck,
                 hadamard=hadamard,
                 kronecker=kronecker,
+                miss=miss,
+                road=road,
                 rotated=rotated,
                 block_rotated=block_rotated,
             )

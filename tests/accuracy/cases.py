@@ -1086,6 +1086,46 @@ def _lycoris() -> list[Case]:
     return cases
 
 
+def _miss_road() -> list[Case]:
+    """peft's MiSS (default, bat, mini) and RoAd (road_1, 2, 4); on a wider model at few
+    tokens MiSS bat's weight rebuild and its backward are the peak."""
+    cases = [
+        Case(family, {"method": "miss", "precision": "bf16", "miss_rank": 16})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32", "miss_init": "bat"},
+        {"precision": "bf16", "miss_init": "bat"},
+        {"precision": "bf16", "miss_init": "mini", "miss_mini_r": 16},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "grad_ckpt": True, "miss_init": "bat"},
+        {
+            "precision": "bf16",
+            "adapter_dtype": "bf16",
+            "miss_targets": "all-linear",
+            "miss_rank": 7,
+        },
+    ):
+        cases.append(Case("llama", {"method": "miss", "miss_rank": 16, **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "miss_targets": "all-linear", "miss_rank": 32}
+    for extra in ({"miss_init": "bat"}, {"miss_init": "bat", "grad_ckpt": True}):
+        cases.append(
+            Case("llama", {"method": "miss", "precision": "bf16", **few, **extra}, WIDER_STILL)
+        )
+    cases += [
+        Case(f, {"method": "road", "precision": "bf16", "road_group_size": 16})
+        for f in ("llama", "qwen2")
+    ]
+    for extra in (
+        {"precision": "fp32", "road_variant": "road_2"},
+        {"precision": "bf16", "road_variant": "road_4", "road_targets": "all-linear"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16", "road_variant": "road_2"},
+    ):
+        cases.append(Case("llama", {"method": "road", "road_group_size": 16, **extra}))
+    return cases
+
+
 # LoHa's out × in temporaries outweigh the activations of 8 tokens
 WIDER_STILL = {"hidden_size": 256, "intermediate_size": 512}
 
@@ -1177,6 +1217,7 @@ def _peft_methods() -> list[Case]:
         cases.append(Case("llama", {"method": "ia3", **extra}))
     cases.append(Case("gpt2", {"method": "ia3", "precision": "fp32", "grad_ckpt": True}))
     cases += _lycoris()
+    cases += _miss_road()
     cases += _boft()
     cases += _oft()
     # prompt tuning and P-tuning: virtual tokens in front of the input

@@ -230,6 +230,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         live.set("ia3_targets", ",".join(sorted(_names(pc.target_modules))), said)
     elif kind in ("LOHA", "LOKR"):
         _lycoris(model, pc, live, said, kind.lower())
+    elif kind in ("MISS", "ROAD"):
+        _miss_road(model, pc, live, said, kind.lower())
     elif kind == "BOFT":
         _boft(model, pc, live, said)
     elif kind == "OFT":
@@ -242,7 +244,7 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, BOFT, OFT, prompt, prefix and P-tuning)."
+            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, prompt, prefix and P-tuning)."
         )
 
 
@@ -296,6 +298,26 @@ def _lycoris(model: Any, pc: Any, live: LiveRun, said: str, method: str) -> None
         )
 
 
+def _miss_road(model: Any, pc: Any, live: LiveRun, said: str, method: str) -> None:
+    """peft's MissConfig (r, init_weights, mini_r) or RoadConfig (variant, group_size), and
+    the modules it wrapped (miss_block, road_theta)."""
+    live.set("method", method, said)
+    if method == "miss":
+        live.set("miss_rank", int(pc.r), said)
+        init = pc.init_weights
+        live.set("miss_init", init if init in ("bat", "mini") else "default", said)
+        live.set("miss_mini_r", int(pc.mini_r), said)
+        if pc.miss_dropout:
+            live.notes.append("miss_dropout: not modelled (a dropped copy of the input).")
+    else:
+        live.set("road_variant", str(pc.variant), said)
+        live.set("road_group_size", int(pc.group_size), said)
+    marker = "miss_block" if method == "miss" else "road_theta"
+    wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)})
+    if wrapped:
+        live.set(f"{method}_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
+
+
 def _boft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     """peft's BOFTConfig: its block split and the modules it wrapped (boft_R); more than
     one butterfly factor is refused (not modelled)."""
@@ -323,7 +345,8 @@ def _boft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
 
 # methods whose trainable parameters' dtype is the run's --adapter-dtype
 ADAPTER_DTYPE_METHODS = frozenset(
-    ("lora", "dora", "rslora", "adalora", "qlora", "ia3", "loha", "lokr", "boft", "oft")
+    {"lora", "dora", "rslora", "adalora", "qlora", "ia3", "loha", "lokr", "boft", "oft"}
+    | {"miss", "road"}
 )
 
 

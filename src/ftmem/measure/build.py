@@ -745,6 +745,8 @@ def _with_trainable_set(
         model = _peft_other(model, arch, run)
     elif run.method in ("loha", "lokr"):
         model = _peft_lycoris(model, arch, run)
+    elif run.method in ("miss", "road"):
+        model = _peft_miss_road(model, arch, run)
     elif run.method == "boft":
         model = _peft_boft(model, arch, run)
     elif run.method == "oft":
@@ -1084,6 +1086,41 @@ def _peft_oft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module
 class _ImplKwargs(TypedDict, total=False):
     foreach: bool
     fused: bool
+
+
+def _peft_miss_road(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's MiSS or RoAd on the linears the estimate names, its parameters in the dtype
+    asked for."""
+    from peft import MissConfig, RoadConfig, get_peft_model
+
+    from ftmem.methods import miss_linears, road_linears
+
+    cfg: PeftConfig
+    if run.method == "miss":
+        r, init, mini_r, _ = run.miss
+        cfg = MissConfig(
+            r=r,
+            mini_r=mini_r,
+            init_weights=True if init == "default" else init,  # type: ignore[arg-type]
+            target_modules=[lin.module for lin in miss_linears(arch, run)],
+            task_type="CAUSAL_LM",
+        )
+    else:
+        variant, group, _ = run.road
+        cfg = RoadConfig(
+            variant=variant,
+            group_size=group,
+            target_modules=[lin.module for lin in road_linears(arch, run)],
+            task_type="CAUSAL_LM",
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
+    if run.adapter_dtype != "auto":
+        for name, p in model.named_parameters():
+            if "miss_block" in name or "road_" in name:
+                p.data = p.data.to(_DTYPES[run.adapter_dtype])
+    return model
 
 
 def _impl_kwargs(run: RunConfig) -> _ImplKwargs:

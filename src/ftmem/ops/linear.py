@@ -10,7 +10,9 @@ from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.llama_adapter import LlamaAdapter
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
+from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
+from ftmem.adapters.road import RoAd
 from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan, experts_are_linears, router_is_linear_in_4x
@@ -166,14 +168,16 @@ class LinearOp:
         in_grad: bool,
         in_bytes: int,
     ) -> tuple[list[Saved], bool]:
-        """What peft's LoHa, LoKr, BOFT and OFT adapters of linears reading one tensor keep,
-        and whether one of them keeps that tensor itself."""
+        """What peft's LoHa, LoKr, BOFT, OFT, MiSS and RoAd adapters of linears reading one
+        tensor keep, and whether one of them keeps that tensor itself."""
         out: list[Saved] = []
         reads = False
         for present, op in (
             (state.hadamard or state.kronecker, LoHa),
             (state.rotated, BOFT),
             (state.block_rotated, OFT),
+            (state.miss, MiSS),
+            (state.road, RoAd),
         ):
             if present:
                 items, op_reads = op.saved(ctx, linears, state, side, in_grad, in_bytes)

@@ -50,6 +50,8 @@ MODULES = (
     "ftmem.adapters.ia3",
     "ftmem.adapters.llama_adapter",
     "ftmem.adapters.lycoris",
+    "ftmem.adapters.miss",
+    "ftmem.adapters.road",
     "ftmem.adapters.boft",
     "ftmem.adapters.oft",
     "ftmem.adapters.lora",
