@@ -47,6 +47,10 @@ def _quant_tensors(p: torch.Tensor) -> list[torch.Tensor]:
 # the name measure.build gives the rotary cache a framework's modules register
 # (Profile.rotary_cache_buffer), which ftmem counts beside the weights
 FRAMEWORK_ROTARY_CACHE = "framework_rotary_cache"
+# and the buffers peft's adapters register that ftmem counts so too: BOFT's fp32
+# permutation matrices (peft tuners/boft/layer.py update_layer ``boft_P``), OFT's int64
+# upper-triangle indices (tuners/oft/layer.py OFTRotationModule ``rows``, ``cols``)
+ESTIMATED_BUFFERS = (FRAMEWORK_ROTARY_CACHE, "boft_P", "oft_R.default.rows", "oft_R.default.cols")
 
 
 def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch.Tensor]:
@@ -63,7 +67,7 @@ def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch
     if buffers:
         ts.extend(model.buffers())
     else:  # the buffers the estimate counts as weights: a framework's own rotary cache
-        ts.extend(b for name, b in model.named_buffers() if name.endswith(FRAMEWORK_ROTARY_CACHE))
+        ts.extend(b for name, b in model.named_buffers() if name.endswith(ESTIMATED_BUFFERS))
     return ts
 
 
