@@ -909,7 +909,6 @@ class RunConfig(limits.BoundedSettings):
         self._libraries_fit_framework()
         self._base_quant_settings_fit()
         self._adalora_settings_fit()
-        check_framework_support(self.framework, self.method, self.quant, self.objective)
         if self.method == "partial" and self.trainable_modules is None:
             raise ValueError(
                 "--method partial needs --trainable-modules (regular expressions over "
@@ -1152,6 +1151,13 @@ class RunConfig(limits.BoundedSettings):
                 "--trl-bf16-cast is TRL's cast of a 4-bit base's fp32-upcast embedding and "
                 "head under --bf16: it needs --quant nf4 or fp4 and --precision bf16-mixed"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _framework_supports_run(self) -> RunConfig:
+        # the last check: a method's own sentence about a framework (BOFT's, AdaLoRA's,
+        # LLaMA-Adapter's) comes first
+        check_framework_support(self.framework, self.method, self.quant, self.objective)
         return self
 
     def _method_settings_fit(self) -> None:
