@@ -6,6 +6,7 @@ import re
 from typing import Literal, get_args
 
 from ftmem import limits
+from ftmem.framework_support import check_framework_support
 from ftmem.gpu.alloc_conf import AllocatorOptions, allocator_options
 from ftmem.lengths import longest_given, padded_lengths, replayed_steps
 from ftmem.validation import (
@@ -1150,6 +1151,13 @@ class RunConfig(limits.BoundedSettings):
                 "--trl-bf16-cast is TRL's cast of a 4-bit base's fp32-upcast embedding and "
                 "head under --bf16: it needs --quant nf4 or fp4 and --precision bf16-mixed"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _framework_supports_run(self) -> RunConfig:
+        # the last check: a method's own sentence about a framework (BOFT's, AdaLoRA's,
+        # LLaMA-Adapter's) comes first
+        check_framework_support(self.framework, self.method, self.quant, self.objective)
         return self
 
     def _method_settings_fit(self) -> None:
