@@ -284,3 +284,202 @@ def test_compare_keeps_the_contract_with_any_number(data):
     if code == 0 and command == "compare":
         code, out, _, _ = run_cli(argv)
         assert any(c["total_bytes"] for c in json.loads(out)), argv
+
+
+# -- frameworks with their own training code: only what they implement (stop 45) --------
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--framework", "torchtune", "--method", "ia3"], "has no --method ia3"),
+        (["--framework", "torchtune", "--method", "galore"], "has no --method galore"),
+        (["--framework", "litgpt", "--method", "loha"], "has no --method loha"),
+        (["--framework", "litgpt", "--method", "prompt-tuning"], "has no --method prompt-tuning"),
+        (["--framework", "fsdp_qlora", "--method", "lokr"], "has no --method lokr"),
+        (["--framework", "unsloth", "--method", "ia3"], "has no --method ia3"),
+        (["--framework", "unsloth", "--method", "galore"], "has no --method galore"),
+        (["--framework", "torchtune", "--method", "qlora", "--quant", "int8"], "--quant int8"),
+        (["--framework", "litgpt", "--method", "qlora", "--quant", "int4"], "--quant int4"),
+        (["--framework", "fsdp_qlora", "--method", "qlora", "--quant", "fp4"], "--quant fp4"),
+        (["--framework", "litgpt", "--method", "lora", "--objective", "dpo"], "--objective dpo"),
+        (
+            ["--framework", "torchtune", "--method", "lora", "--objective", "orpo"],
+            "--objective orpo",
+        ),
+    ],
+)
+def test_a_method_the_framework_does_not_implement_is_refused(capsys, args, named):
+    # estimated as if the framework ran peft's adapter or TRL's trainer: a number for a
+    # run nobody can launch
+    line = refused(capsys, "estimate", "llama3.2-1b", *args)
+    assert named in line and "--framework hf" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--framework", "torchtune", "--method", "dora"],
+        ["--framework", "torchtune", "--method", "qlora", "--objective", "dpo"],
+        ["--framework", "litgpt", "--method", "qlora", "--quant", "int8"],
+        ["--framework", "litgpt", "--method", "llama-adapter-v2"],
+        ["--framework", "fsdp_qlora", "--method", "qlora"],
+        ["--framework", "unsloth", "--method", "rslora"],
+        ["--framework", "unsloth", "--method", "full"],
+    ],
+)
+def test_what_the_framework_implements_still_runs(capsys, args):
+    code, out, err = run(capsys, "estimate", "llama3.2-1b", *args, "--format", "json")
+    assert (code, err) == (0, "") and json.loads(out)["memory"]["total_bytes"] > 0
+
+
+# -- a training config given where the model goes: say --from (stop 45) ------------------
+
+
+def test_a_yaml_training_config_as_the_model_points_to_from(capsys):
+    # "... is not valid JSON (line 1: Expecting value)."
+    path = str(
+        PRESETS.parent / "tests" / "fixtures" / "frameworks" / "axolotl" / "llama-3-qlora.yml"
+    )
+    assert f"--from {path}" in refused(capsys, "estimate", path)
+
+
+def test_a_json_training_config_as_the_model_points_to_from(capsys, tmp_path):
+    # "config.json has model_type null, which ftmem does not model yet ..."
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"model_name_or_path": "gpt2", "per_device_train_batch_size": 2}))
+    assert f"--from {path}" in refused(capsys, "estimate", str(path))
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (["estimate", "--from", ""], "training config"),
+        (["plan", "--from", " ", "--gpu", "rtx4090"], "training config"),
+        (["estimate", "gpt2", "--launcher", ""], "launcher config"),
+        (["check", ""], "budgets file"),
+    ],
+)
+def test_an_empty_file_path_is_named_as_empty(capsys, args, what):
+    # ". is not a regular file; give the training config itself."
+    assert f"the {what}'s path is empty" in refused(capsys, *args)
+
+
+# -- the API: a GPU given as a number is refused, not an AttributeError (stop 45) --------
+
+
+@pytest.mark.parametrize("gpu", [24, 80.0, True, ["h100"], b"h100"])
+def test_api_refuses_a_gpu_that_is_not_a_name(gpu):
+    from ftmem import api
+    from ftmem.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="gpu must be a GPU preset id") as info:
+        api.estimate("gpt2", gpu=gpu)
+    assert "\n" not in str(info.value) and "gpu_memory" in str(info.value)
+
+
+# -- measure --fake over a step that reads a tensor's value (stop 45) --------------------
+
+
+@pytest.mark.parametrize("method", ["loha", "adalora"])
+def test_measure_fake_names_a_data_dependent_step(capsys, method):
+    # "Error: aten._local_scalar_dense.default": peft's forward branches on
+    # torch.rand(1) > module_dropout, which FakeTensorMode cannot evaluate
+    pytest.importorskip("peft")
+    code, out, err = run(
+        capsys, "measure", "llama3.2-1b", "--method", method, "--fake", "--seq-len", "16"
+    )  # fmt: skip
+    # (the last line: in a pytest process torch may log its own pytree notices first)
+    line = err.splitlines()[-1]
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert line.startswith("Error: fake tensors cannot run this step") and "without --fake" in line
+
+
+def test_measure_keeps_bitsandbytes_import_notice_off_stderr():
+    # bitsandbytes >= 0.48 on AVX512-BF16 CPUs logs a kernels-community warning at import:
+    # a second line on stderr under every `ftmem measure`
+    import logging
+
+    from ftmem.cli.measure import measure_errors
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with measure_errors():
+        assert not logger.isEnabledFor(logging.WARNING)
+    assert logger.isEnabledFor(logging.WARNING)
+
+
+# -- --from FILE --framework OTHER: the file's program, not another (stop 45) ------------
+
+FIXTURES = PRESETS.parent / "tests" / "fixtures" / "frameworks"
+
+
+@pytest.mark.parametrize(
+    ("file", "framework"),
+    [
+        ("axolotl/llama-3-qlora.yml", "litgpt"),
+        ("llama-factory/qwen3_lora_sft.yaml", "fsdp_qlora"),
+        ("torchtune/dev_3B_full_grpo.yaml", "hf"),
+        ("trl/sft_qlora_handwritten.yaml", "torchtune"),
+    ],
+)
+def test_a_framework_that_contradicts_the_config_is_refused(capsys, file, framework):
+    # an axolotl file under --framework litgpt was estimated as LitGPT's step on
+    # axolotl's settings (exit 0); a torchtune GRPO file under hf said "Generation_prompts
+    # (forward_batch_size) is torchtune's GRPO recipe's"
+    path = str(FIXTURES / file)
+    line = refused(capsys, "estimate", "--from", path, "--framework", framework)
+    assert f"--framework {framework} contradicts {path}" in line and "drop --framework" in line
+
+
+@pytest.mark.parametrize(
+    ("file", "framework"),
+    [
+        ("axolotl/llama-3-qlora.yml", "axolotl"),
+        ("axolotl/llama-3-qlora.yml", "hf"),  # HF Trainer's code path (test_framework_trl_option)
+        ("trl/sft_qlora_handwritten.yaml", "unsloth"),  # Unsloth's recipes take TRL's config
+        ("trl/sft_qlora_handwritten.yaml", "trl"),
+    ],
+)
+def test_a_framework_that_fits_the_config_still_runs(capsys, file, framework):
+    code, out, _ = run(capsys, "estimate", "--from", str(FIXTURES / file), "--framework", framework)
+    assert code == 0 and out
+
+
+def test_compare_methods_compares_what_the_framework_implements(capsys):
+    # under --framework litgpt, ten of its thirteen default rows were the same refusal
+    code, out, err = run(
+        capsys, "compare-methods", "llama3.2-1b", "--framework", "litgpt", "--format", "json"
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    assert [row["method"] for row in json.loads(out)] == ["inference", "full", "lora", "qlora"]
+
+
+# -- record and merge: figures and ranges that cannot be (stop 45) -----------------------
+
+
+def test_record_refuses_a_reserved_peak_below_the_allocated_one(capsys):
+    # written as a record (exit 0): max_memory_reserved() is never below max_memory_allocated()
+    line = refused(
+        capsys, "record", "gpt2", "--measured-allocated", "1GiB", "--measured-reserved", "0.5GiB"
+    )  # fmt: skip
+    assert "--measured-reserved" in line and "swapped" in line
+    code, out, _ = run(
+        capsys, "record", "gpt2", "--measured-allocated", "1GiB", "--measured-reserved", "1GiB"
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)
+
+
+@pytest.mark.parametrize("layers", ["5-2", "5-5"])
+def test_merge_names_a_reversed_slice_as_such(capsys, layers):
+    # "5-2 is outside the model's 12 blocks (0-12)", though 5 and 2 are both inside
+    assert "holds no block" in refused(capsys, "merge", "gpt2", "--layers", layers)
+
+
+@pytest.mark.parametrize("framework", ["litgpt", "fsdp_qlora"])
+def test_a_teacher_under_a_framework_without_distillation_is_refused(capsys, framework):
+    # estimated as ftmem's reference distillation loop inside LitGPT's step (exit 0)
+    line = refused(
+        capsys, "estimate", "llama3.2-1b", "--method", "lora", "--teacher", "llama3.2-3b",
+        "--framework", framework,
+    )  # fmt: skip
+    assert "has no knowledge distillation" in line and "drop --teacher" in line

@@ -498,3 +498,11 @@ def test_a_cache_entry_with_a_good_ref_uses_its_snapshot(capsys, tmp_path):
     # 3 layers of 4*64*64 attention + 3*64*128 MLP + 2 norms of 64, two 100x64 tables, final norm
     expected = 3 * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 2 * 100 * 64 + 64
     assert json.loads(out)["model"]["n_params"] == expected
+
+
+def test_python_dash_m_ftmem_runs_the_command():
+    # `python -m ftmem` was "No module named ftmem.__main__" (exit 1, a traceback-like line)
+    done = python("-m", "ftmem", "estimate", "nope")
+    assert done.returncode == 2 and done.stdout == b""
+    assert one_sentence(done.stderr).startswith("Error: Unknown model 'nope'")
+    assert python("-m", "ftmem", "estimate", "gpt2", "-q").returncode == 0

@@ -39,11 +39,12 @@ EXPECTED = {
     # no lora_* keys: full finetuning; devices 1; global 8 / micro 4 = 2
     # every lora_* switch on (query, key, value, projection, mlp): every linear of the
     # blocks, phi-2's fc1 / fc2 too (read as gate,up,down before: no gate, refused);
-    # lora_head noted; global 8 // micro 4 on one device: 2 accumulation steps
+    # lora_head: true adds the head's LoRA (lm_head); global 8 // micro 4 on one device: 2
+    # accumulation steps
     "phi-2-lora.yaml": (
         "microsoft/phi-2",
         dict(method="lora", lora_r=8, lora_alpha=16, lora_dropout=0.05,
-             lora_targets="all-linear", precision="bf16", adapter_dtype="bf16", batch_size=4,
+             lora_targets="all-linear,lm_head", precision="bf16", adapter_dtype="bf16", batch_size=4,
              grad_accum=2, seq_len=512),
     ),
     "phi-3-full.yaml": (
@@ -188,3 +189,21 @@ def test_docs_page_names_every_key_and_no_other():
     known |= {f"eval.{k}" for k in litgpt.EVAL_KEYS}
     assert known <= named, sorted(known - named)
     assert named <= known, sorted(named - known)
+
+
+def test_lora_head_adds_the_head_target(tmp_path):
+    """lora_head: true is LitGPT's LoRALinear on its LM head (litgpt@00af8b0d litgpt/lora.py
+    GPT.__init__, r = lora_r): ftmem's lm_head target beside the block switches; alone
+    (no block switch) nothing below the head would need a gradient: a note, no target."""
+    text = "lora_r: 8\nlora_query: true\nlora_value: true\nlora_head: true\n"
+    s = read_framework_config(_write(tmp_path, text)).settings
+    assert s["lora_targets"] == "q,v,lm_head"
+    text = "lora_r: 8\nlora_query: false\nlora_value: false\nlora_head: true\n"
+    cfg = read_framework_config(_write(tmp_path, text))
+    assert "lora_targets" not in cfg.settings
+    assert any("lora_head without any block switch" in n for n in cfg.notes)
+    # the estimate runs with it (methods._check_head_lora lets LitGPT's chunked head through)
+    text = "lora_r: 8\nlora_head: true\nprecision: bf16-true\ntrain: {max_seq_length: 512}\n"
+    cfg = read_framework_config(_write(tmp_path, text))
+    est = estimate("meta-llama/Llama-2-7b-hf", **cfg.settings)
+    assert est.memory.peak_allocated_bytes > 0

@@ -295,7 +295,8 @@ def test_the_trace_of_a_distillation_step_reaches_its_peak():
     [
         {"method": "lora", "teacher": "llama2-13b"},
         {"method": "full", "objective": "dpo"},
-        {"method": "qlora", "objective": "dpo", "framework": "litgpt"},
+        # (LitGPT has no DPO recipe: --objective dpo there is refused, and skipped here)
+        {"method": "qlora", "framework": "litgpt"},
     ],
     ids=["teacher", "reference-copy", "quantised-loading"],
 )

@@ -125,6 +125,27 @@ RUNS: list[Run] = [
             **LORA_KEYS,
         },
     ),
+    # MiSS r 64 on q,v (its adapter_config.json: target_modules null, peft's mapping)
+    peft("miss--llama-3.2-3B-default", 20271071232, {"method": "miss", **LORA_KEYS}),
+    peft(
+        "miss--llama-3.2-3B-bat", 25195184128, {"method": "miss", "miss_init": "bat", **LORA_KEYS}
+    ),
+    peft(
+        "miss--llama-3.2-3B-mini",
+        20208156672,
+        {"method": "miss", "miss_init": "mini", "miss_mini_r": 64, **LORA_KEYS},
+    ),
+    # RoAd road_2, group 64 on q,v (lr 1e-3 only changes the optimizer's step)
+    peft(
+        "road--llama-3.2-3B-lr_0.001",
+        22821208064,
+        {"method": "road", "road_variant": "road_2", **LORA_KEYS},
+    ),
+    peft(
+        "oft--llama-3.2-3B-rank32",
+        22332571648,
+        {"method": "oft", "oft_r": 32, "oft_targets": "q,v", **LORA_KEYS},
+    ),
     peft(
         "vera--llama-3.2-3B-default",
         21621637120,

@@ -202,8 +202,9 @@ ADAPTER_ROWS: list[tuple[str, str, str, str, str, str, dict[str, Any]]] = [
 ]
 
 
-# Phi-2's MLP is fc1/fc2 (LitGPT's GptNeoxMLP): lora_mlp covers both
-PHI2_LINEARS = "q,k,v,o,fc1,fc2"
+# Phi-2's MLP is fc1/fc2 (LitGPT's GptNeoxMLP): lora_mlp covers both; phi-2/lora.yaml and
+# qlora.yaml set lora_head: true (the LM head's LoRA, lm_head)
+PHI2_LINEARS = "q,k,v,o,fc1,fc2,lm_head"
 
 # (row, source file, quoted line, model (calibration config or preset), gpu,
 #  calibrated row whose settings are taken, overrides)
@@ -383,8 +384,8 @@ ROWS: list[tuple[str, str, str, str, str, str, dict[str, Any]]] = [
         "litgpt-hub-llama-3-8b-qlora",
         {"batch_size": 1, "grad_accum": 8},
     ),
-    # all linears + lora_head: true (the head's LoRA is outside ftmem on LitGPT's chunked
-    # head, as for the calibrated tinyllama/phi-3/gemma rows)
+    # all linears + lora_head: true (the head's LoRA on LitGPT's chunked head, lm_head in
+    # the calibrated tinyllama/phi-3/gemma rows' targets: adapters.head_lora)
     (
         "hub gemma-2b lora",
         HUB,

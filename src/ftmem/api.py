@@ -10,6 +10,8 @@ from ftmem.arch import Architecture, position_note
 from ftmem.display import clipped
 from ftmem.errors import InvalidInputError, SettingsError
 from ftmem.estimate import estimate_step
+from ftmem.framework_support import METHODS as FRAMEWORK_METHODS
+from ftmem.framework_support import check_teacher_support
 from ftmem.hardware import Gpu, custom_gpu
 from ftmem.limits import GPU_MEMORY, GPUS, HOST_MEMORY, TOKENS, flag_as_count
 from ftmem.methods import smallest_adapted_width
@@ -149,6 +151,11 @@ def resolve_gpu(gpu: str | Gpu | None = None, gpu_memory: str | int | None = Non
         return custom_gpu(parse_size(gpu_memory, GPU_MEMORY, "--gpu-memory"))
     if isinstance(gpu, Gpu) or gpu is None:
         return gpu
+    if not isinstance(gpu, str):  # (gpu=24 meant gpu_memory: an AttributeError before)
+        raise InvalidInputError(
+            f"gpu must be a GPU preset id (`ftmem gpus`) or a Gpu, not {clipped(repr(gpu))}; "
+            "give a memory size as gpu_memory."
+        )
     return get_gpu(gpu)
 
 
@@ -179,6 +186,11 @@ def estimate(
     spread = {k: settings.pop(k) for k in list(settings) if k in PARALLEL_SETTINGS}
     distill = _teacher(settings.pop("teacher", None), settings.pop("teacher_weights", None))
     run, par = _run_and_spread(settings, spread)
+    if distill is not None:
+        try:
+            check_teacher_support(run.framework)
+        except ValueError as exc:
+            raise InvalidInputError(f"{exc}.") from None
     positions = run.positions + run.prefix_len
     what = f"--seq-len {run.seq_len}" + (
         f" + {run.n_virtual} virtual tokens" if run.n_virtual else ""
@@ -396,6 +408,9 @@ def compare_methods(
         chosen.remove("bitfit")
     if methods is None and arch.encoder_decoder:
         chosen = [m for m in chosen if m in SEQ2SEQ_METHODS]
+    offered = FRAMEWORK_METHODS.get(settings.get("framework") or "hf")
+    if methods is None and offered is not None:  # (LitGPT's: a row of refusals each else)
+        chosen = [m for m in chosen if m in offered]
     out: dict[str, Estimate | str] = {}
     for m in chosen:
         run_config(method=m)  # an unknown name fails here, as one sentence

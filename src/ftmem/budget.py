@@ -39,7 +39,7 @@ from ftmem.display import printable
 from ftmem.errors import FtmemError, InvalidInputError
 from ftmem.limits import GPU_MEMORY
 from ftmem.result import Estimate
-from ftmem.textfiles import compose_yaml, parse_yaml, read_text
+from ftmem.textfiles import compose_yaml, given_path, parse_yaml, read_text
 from ftmem.units import format_bytes, parse_size
 
 MAX_FILE_BYTES = 1 << 20  # a budgets file is a page of YAML, not a dataset
@@ -141,7 +141,7 @@ def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int:
 
 
 def load_budgets(path: str) -> tuple[BudgetFile, yaml.Node | None]:
-    text = read_text(Path(path), "budgets file", MAX_FILE_BYTES)
+    text = read_text(given_path(path, "budgets file"), "budgets file", MAX_FILE_BYTES)
     root = compose_yaml(text, path)
     data = parse_yaml(text, path)
     if not isinstance(data, dict):

@@ -913,6 +913,39 @@ def _settings(run: RunConfig) -> dict[str, object]:
     return run.model_dump()
 
 
+def _miss_road_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
+    """MiSS's or RoAd's settings as the estimate used them."""
+    if run.method == "miss":
+        r, init, mini_r, targets = run.miss
+        settings: dict[str, object] = dict(
+            miss_rank=r, miss_init=init, miss_mini_r=mini_r, miss_targets=targets
+        )
+    else:
+        variant, group, targets = run.road
+        settings = dict(road_variant=variant, road_group_size=group, road_targets=targets)
+    adapted = plan.miss if run.method == "miss" else plan.road
+    settings.update(
+        adapter_dtype=plan.dtypes.adapter, adapted_modules=[lin.module for lin in adapted]
+    )
+    return settings
+
+
+def _vera_fourierft_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
+    """VeRA's or FourierFT's settings as the estimate used them."""
+    if run.method == "vera":
+        r, targets = run.vera
+        settings: dict[str, object] = dict(vera_rank=r, vera_targets=targets)
+        adapted = plan.vectored
+    else:
+        n, targets = run.fourierft
+        settings = dict(fourierft_frequencies=n, fourierft_targets=targets)
+        adapted = plan.spectral
+    settings.update(
+        adapter_dtype=plan.dtypes.adapter, adapted_modules=[lin.module for lin in adapted]
+    )
+    return settings
+
+
 def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> ResolvedRun:
     resolved: dict[str, object] = dict(_settings(run))
     if arch.encoder_decoder:  # the decoder's length, given or defaulted
@@ -961,19 +994,29 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
             adapter_dtype=plan.dtypes.adapter,
             adapted_modules=[lin.module for lin in plan.kronecker],
         )
-    if run.method == "vera":
+    if run.method in ("vera", "fourierft"):
+        resolved.update(_vera_fourierft_resolved(run, plan))
+    if run.method in ("miss", "road"):
+        resolved.update(_miss_road_resolved(run, plan))
+    if run.method == "boft":
+        size, num, targets = run.boft
         resolved.update(
-            vera_rank=run.vera[0],
-            vera_targets=run.vera[1],
+            boft_block_size=size or None,
+            boft_block_num=num or None,
+            boft_targets=targets,
             adapter_dtype=plan.dtypes.adapter,
-            adapted_modules=[lin.module for lin in plan.vectored],
+            adapted_modules=[lin.module for lin in plan.rotated],
         )
-    if run.method == "fourierft":
+    if run.method == "oft":
+        r, size, targets, share, terms = run.oft
         resolved.update(
-            fourierft_frequencies=run.fourierft[0],
-            fourierft_targets=run.fourierft[1],
+            oft_r=r or None,
+            oft_block_size=size or None,
+            oft_targets=targets,
+            oft_block_share=share or None,
+            oft_neumann_terms=terms,
             adapter_dtype=plan.dtypes.adapter,
-            adapted_modules=[lin.module for lin in plan.spectral],
+            adapted_modules=[lin.module for lin in plan.block_rotated],
         )
     if run.method in PROMPT_METHODS:
         resolved["virtual_tokens"] = run.n_virtual

@@ -70,7 +70,12 @@ def parse_slices(spec: str, num_layers: int) -> list[tuple[int, int]]:
         if not sep or not start.strip().isdecimal() or not end.strip().isdecimal():
             raise InvalidInputError(f"--layers: {item!r} is not a range like 0-24.")
         a, b = int(start), int(end)
-        if not 0 <= a < b <= num_layers:
+        if a >= b:  # ("5-2 is outside the model's 12 blocks" before)
+            raise InvalidInputError(
+                f"--layers: {item} holds no block; a slice is START-END with START below "
+                "END (half-open, as 0-24)."
+            )
+        if not b <= num_layers:
             raise InvalidInputError(
                 f"--layers: {item} is outside the model's {num_layers} blocks (0-{num_layers})."
             )

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from math import prod
+from typing import NamedTuple
 
 from ftmem import vision_lora, vision_step
 from ftmem.arch import (
@@ -131,6 +132,26 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "peft's LoKr: ΔW = w1 ⊗ (w2a·w2b)·alpha/r beside frozen linears, built whole (out × in) "
         "in every forward (--lokr-rank, --lokr-alpha, --lokr-targets, --lokr-factor)",
         "Yeh et al. 2024 (LyCORIS), arXiv:2309.14859; peft tuners/lokr",
+    ),
+    "miss": (
+        "peft's MiSS: one trainable r-wide block per frozen linear, added to every r-slice of "
+        "its weight (--miss-rank, --miss-init default|bat|mini, --miss-mini-r, --miss-targets)",
+        "Kang & Yin 2024 (MiSS, formerly Bone), arXiv:2409.15371; peft tuners/miss",
+    ),
+    "road": (
+        "peft's RoAd: a learned 2-D rotation and scale of each pair of a frozen linear's "
+        "outputs (--road-variant road_1|road_2|road_4, --road-group-size, --road-targets)",
+        "Liao et al. 2024 (RoAd), arXiv:2409.00119; peft tuners/road",
+    ),
+    "boft": (
+        "peft's BOFT: each adapted linear's input rotated by a dense in × in matrix built from "
+        "Cayley blocks in every forward, its output scaled (--boft-block-size, --boft-targets)",
+        "Liu et al. 2024 (BOFT), arXiv:2311.06243; peft tuners/boft",
+    ),
+    "oft": (
+        "peft's OFT: each adapted linear's input rotated block by block by orthogonal blocks "
+        "(Cayley-Neumann) in every forward (--oft-block-size, --oft-r, --oft-targets)",
+        "Qiu et al. 2023 (OFT), arXiv:2306.07280; peft tuners/oft",
     ),
     "vera": (
         "peft's VeRA: one pair of frozen random projections shared by every adapted linear, "
@@ -272,6 +293,13 @@ class MethodPlan:
     hadamard: tuple[Linear, ...] = ()
     # LoKr: the linears with a Kronecker-product adapter beside them
     kronecker: tuple[Linear, ...] = ()
+    # MiSS: the linears with a shared block (MissLinear); RoAd: with output rotations
+    miss: tuple[Linear, ...] = ()
+    road: tuple[Linear, ...] = ()
+    # BOFT: the linears whose input a butterfly rotation turns
+    rotated: tuple[Linear, ...] = ()
+    # OFT: the linears whose input its orthogonal blocks turn
+    block_rotated: tuple[Linear, ...] = ()
     # VeRA: the linears with peft's scaled shared projections beside them
     vectored: tuple[Linear, ...] = ()
     # FourierFT: the linears whose ΔW is an inverse FFT of a sparse trained spectrum
@@ -490,7 +518,8 @@ def _check_head_lora(arch: Architecture, run: RunConfig) -> None:
         why = f"the {run.method} adapter on the head (modelled: lora, rslora, qlora)"
     elif arch.encoder_decoder:
         why = f"{arch.name}'s encoder-decoder head"
-    elif profile.lm_head_chunk_tokens is not None:
+    elif profile.lm_head_chunk_tokens is not None and not profile.logits_fp32_held:
+        # (LitGPT's chunked head with its LoRALinear: ops.loss.held_logits_head)
         why = f"{profile.name}'s chunked LM head with an adapter"
     elif run.loss != "standard" and not (
         # torchtune 0.1's LoRALinear on the output: peft's ops (out + scale · lora_b(
@@ -657,6 +686,121 @@ def lokr_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     if run.method != "lokr":
         return ()
     return _lycoris_linears(arch, run.lokr[2], "LoKr")
+
+
+def miss_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a MiSS block (none for the other methods), checked as
+    peft 0.21.2 tuners/miss/layer.py MissLayer.update_layer checks them."""
+    if run.method != "miss":
+        return ()
+    r, init, mini_r, spec = run.miss
+    chosen = _lycoris_linears(arch, spec, "MiSS")
+    for lin in chosen:
+        if r > lin.in_features:
+            bad = f"--miss-rank {r} exceeds {lin.module}'s {lin.in_features} inputs"
+        elif init == "bat" and (lin.in_features % r or lin.out_features % r):
+            bad = f"bat needs {lin.module}'s {lin.out_features} × {lin.in_features} in r × r blocks"
+        elif init == "mini" and lin.out_features % mini_r:
+            bad = (
+                f"--miss-mini-r {mini_r} does not divide {lin.module}'s {lin.out_features} outputs"
+            )
+        else:
+            continue
+        raise InvalidInputError(f"{bad} (peft refuses it); choose another --miss-rank.")
+    return chosen
+
+
+def road_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a RoAd rotation (none for the other methods); peft 0.21.2
+    tuners/road/layer.py RoadLayer.update_layer needs group_size to divide the outputs."""
+    if run.method != "road":
+        return ()
+    _, group, spec = run.road
+    chosen = _lycoris_linears(arch, spec, "RoAd")
+    for lin in chosen:
+        if lin.out_features % group:
+            raise InvalidInputError(
+                f"--road-group-size {group} does not divide {lin.module}'s "
+                f"{lin.out_features} outputs (peft refuses it); choose a divisor."
+            )
+    return chosen
+
+
+def miss_road_shapes(lin: Linear, run: RunConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The adapter parameters of one linear. MiSS (peft 0.21.2 tuners/miss/layer.py
+    reset_*_parameters): miss_block r × out, bat out/r × r × r, mini r × mini_r. RoAd
+    (tuners/road/layer.py update_layer): road_theta and road_alpha of out/2 (road_1), out
+    (road_2) or 2·out (road_4) each."""
+    if run.method == "miss":
+        r, init, mini_r, _ = run.miss
+        shapes = {"bat": (lin.out_features // r, r, r), "mini": (r, mini_r)}
+        return (("miss_block", shapes.get(init, (r, lin.out_features))),)
+    size = {"road_1": lin.out_features // 2, "road_2": lin.out_features}
+    n = size.get(run.road[0], 2 * lin.out_features)
+    return (("road_theta", (n,)), ("road_alpha", (n,)))
+
+
+def boft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a BOFT adapter (none for the other methods); each one's
+    block split is checked (boft_blocks)."""
+    if run.method != "boft":
+        return ()
+    linears = _lycoris_linears(arch, run.boft[2], "BOFT")
+    for lin in linears:
+        boft_blocks(lin, run)
+    return linears
+
+
+def boft_blocks(lin: Linear, run: RunConfig) -> tuple[int, int]:
+    """(blocks, block side) of one BOFT linear: peft 0.21.2 tuners/boft/layer.py
+    BOFTLayer.update_layer (the same at 5d602fdb) splits in_features into blocks of the
+    size given, or into the number given; one butterfly factor (no permutation)."""
+    size, num, _ = run.boft
+    n = lin.in_features
+    if num and n % num == 0:
+        return num, n // num
+    if size and n % size == 0:
+        return n // size, size
+    given = f"--boft-block-num {num}" if num else f"--boft-block-size {size}"
+    raise InvalidInputError(
+        f"BOFT: {lin.module}'s in_features {n} do not divide by {given} (peft refuses it); "
+        "give a divisor."
+    )
+
+
+def oft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with an OFT adapter (none for the other methods)."""
+    if run.method != "oft":
+        return ()
+    return _lycoris_linears(arch, run.oft[2], "OFT")
+
+
+def _adjusted(n: int, wanted: int) -> int:
+    """peft's OFTLayer.adjust_oft_parameters: the divisor of n nearest ``wanted`` (the
+    lower one on a tie), n itself when ``wanted`` exceeds it."""
+    if wanted >= n:
+        return n
+    higher = wanted
+    while higher <= n and n % higher:
+        higher += 1
+    lower = wanted
+    while lower > 1 and n % lower:
+        lower -= 1
+    return lower if wanted - lower <= higher - wanted else higher
+
+
+def oft_blocks(lin: Linear, run: RunConfig) -> tuple[int, int]:
+    """(blocks, block side) of one OFT linear: peft 0.21.2 tuners/oft/layer.py
+    OFTLayer.update_layer (the same at 5d602fdb) splits in_features into r blocks or
+    blocks of oft_block_size, moving a value that does not divide to the nearest divisor
+    (with a warning)."""
+    r, size, *_ = run.oft
+    n = lin.in_features
+    if r:
+        r = r if n % r == 0 and r <= n else _adjusted(n, r)
+        return r, n // r
+    size = size if n % size == 0 and size <= n else _adjusted(n, size)
+    return n // size, size
 
 
 def vera_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
@@ -898,14 +1042,8 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     groups += _expert_lora_groups(experts, arch, dtypes)
     scaled = ia3_linears(arch, run) if run.method == "ia3" else ()
     groups += _ia3_groups(scaled, arch, dtypes)
-    hadamard = loha_linears(arch, run)
-    groups += _loha_groups(hadamard, arch, run, dtypes)
-    kronecker = lokr_linears(arch, run)
-    groups += _lokr_groups(kronecker, arch, run, dtypes)
-    vectored = vera_linears(arch, run)
-    groups += _vera_groups(vectored, arch, run, dtypes)
-    spectral = fourierft_linears(arch, run)
-    groups += _fourierft_groups(spectral, arch, run, dtypes)
+    other, other_groups = _peft_other(arch, run, dtypes)
+    groups += other_groups
     bottlenecked = bottlenecked_linears(arch, run)
     groups += _bottleneck_groups(bottlenecked, arch, run, dtypes)
     v2_scaled = v2_scaled_linears(arch, run)
@@ -944,12 +1082,55 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         gated_blocks=gated_blocks(arch, run),
         v2_scaled=v2_scaled,
         head_scaled=run.method == "llama-adapter-v2",
-        hadamard=hadamard,
-        kronecker=kronecker,
-        vectored=vectored,
-        spectral=spectral,
+        hadamard=other.hadamard,
+        kronecker=other.kronecker,
+        miss=other.miss,
+        road=other.road,
+        rotated=other.rotated,
+        block_rotated=other.block_rotated,
+        vectored=other.vectored,
+        spectral=other.spectral,
         orth_regularised=adalora_regularised(run),
     )
+
+
+class _PeftOther(NamedTuple):
+    """The linears each of peft's other adapters (LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA,
+    FourierFT) wraps."""
+
+    hadamard: tuple[Linear, ...]
+    kronecker: tuple[Linear, ...]
+    miss: tuple[Linear, ...]
+    road: tuple[Linear, ...]
+    rotated: tuple[Linear, ...]
+    block_rotated: tuple[Linear, ...]
+    vectored: tuple[Linear, ...]
+    spectral: tuple[Linear, ...]
+
+
+def _peft_other(
+    arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> tuple[_PeftOther, list[TensorGroup]]:
+    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA and FourierFT wrap, and
+    their tensors."""
+    other = _PeftOther(
+        loha_linears(arch, run),
+        lokr_linears(arch, run),
+        miss_linears(arch, run),
+        road_linears(arch, run),
+        boft_linears(arch, run),
+        oft_linears(arch, run),
+        vera_linears(arch, run),
+        fourierft_linears(arch, run),
+    )
+    groups = _loha_groups(other.hadamard, arch, run, dtypes)
+    groups += _lokr_groups(other.kronecker, arch, run, dtypes)
+    groups += _vera_groups(other.vectored, arch, run, dtypes)
+    groups += _fourierft_groups(other.spectral, arch, run, dtypes)
+    groups += _miss_road_groups(other.miss + other.road, arch, run, dtypes)
+    groups += _boft_groups(other.rotated, arch, run, dtypes)
+    groups += _oft_groups(other.block_rotated, arch, run, dtypes)
+    return other, groups
 
 
 def _trainable_blocks(
@@ -1282,6 +1463,45 @@ def _lokr_groups(
         for lin in kronecker
         for name, shape in lokr_shapes(lin, run).params
     ]
+
+
+def _miss_road_groups(
+    adapted: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """MiSS's block or RoAd's angle and scale vectors per adapted linear, in the adapter
+    dtype (miss_road_shapes)."""
+    return [
+        _adapter(f"{lin.module}.{name}", shape, arch, dtypes, lin)
+        for lin in adapted
+        for name, shape in miss_road_shapes(lin, run)
+    ]
+
+
+def _boft_groups(
+    rotated: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """BOFT's boft_R (1 × blocks × side × side, skew parts of the Cayley blocks) and
+    boft_s (out × 1) per adapted linear, in the adapter dtype (peft update_layer)."""
+    groups: list[TensorGroup] = []
+    for lin in rotated:
+        blocks, side = boft_blocks(lin, run)
+        groups.append(_adapter(f"{lin.module}.boft_R", (1, blocks, side, side), arch, dtypes, lin))
+        groups.append(_adapter(f"{lin.module}.boft_s", (lin.out_features, 1), arch, dtypes, lin))
+    return groups
+
+
+def _oft_groups(
+    block_rotated: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """OFT's oft_R weight per adapted linear: the upper triangles of its blocks (one block
+    under block_share), blocks × side·(side − 1)/2, in the adapter dtype (peft
+    OFTRotationModule)."""
+    groups: list[TensorGroup] = []
+    for lin in block_rotated:
+        blocks, side = oft_blocks(lin, run)
+        shape = (1 if run.oft[3] else blocks, side * (side - 1) // 2)
+        groups.append(_adapter(f"{lin.module}.oft_R.weight", shape, arch, dtypes, lin))
+    return groups
 
 
 def _vera_groups(

@@ -47,6 +47,10 @@ class Profile:
     # a layer keeps is then inductor's min-cut partitioner's choice (ops/norm.py,
     # ops/mlp.py); the embedding, final norm, LM head and loss stay eager
     compiles_layers: bool = False
+    # the model is loaded onto the GPU (device_map) and never moved after get_peft_model:
+    # buffers peft's layers register then stay on the host (BOFT's boft_P: peft
+    # tuners_utils.py _replace_module moves only modules named with the adapter prefix)
+    peft_buffers_on_host: bool = False
     # compile=True with the chunked loss compiles only one chunk's upcast + cross-entropy
     # (ops/loss.py): the chunk's 16-bit logits are kept instead of a fp32 log-softmax
     compiles_chunked_loss: bool = False
@@ -444,6 +448,9 @@ PEFT_MC = Profile(
     # of the batch) and ``model(**batch, ...)`` passes its attention_mask (run.py train)
     padding="longest",
     converts_outputs_to_fp32=False,  # its own loop, no accelerate
+    # from_pretrained(device_map=device), get_peft_model, no .to() (MetaMathQA/utils.py
+    # get_base_model, get_model)
+    peft_buffers_on_host=True,
 )
 
 PROFILES: dict[str, Profile] = {

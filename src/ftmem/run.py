@@ -6,6 +6,7 @@ import re
 from typing import Literal, get_args
 
 from ftmem import limits
+from ftmem.framework_support import check_framework_support
 from ftmem.gpu.alloc_conf import AllocatorOptions, allocator_options
 from ftmem.lengths import longest_given, padded_lengths, replayed_steps
 from ftmem.validation import (
@@ -36,6 +37,10 @@ Method = Literal[
     "ia3",
     "loha",
     "lokr",
+    "miss",
+    "road",
+    "boft",
+    "oft",
     "vera",
     "fourierft",
     "prompt-tuning",
@@ -119,6 +124,10 @@ DEFAULT_IA3_TARGETS = "k,v,down"  # the paper's keys, values and FFN intermediat
 # from the LoRA mapping, utils/constants.py: q_proj, v_proj for Llama)
 DEFAULT_LOHA_RANK = 8
 DEFAULT_LOHA_ALPHA = 8.0
+# peft's MissConfig defaults (peft 0.21.2 tuners/miss/config.py: r=64, mini_r=1,
+# init_weights=True) and RoadConfig's (tuners/road/config.py: variant road_1, group_size 64)
+DEFAULT_MISS_RANK = 64
+DEFAULT_ROAD_GROUP = 64
 # peft's VeraConfig default rank (peft 0.21.2 tuners/vera/config.py: r=256; the same at
 # 5d602fdbff04, the MetaMathQA release); target_modules from the VeRA mapping
 # (utils/constants.py: q_proj, v_proj for Llama)
@@ -141,7 +150,8 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
             "lora_modules_to_save",
         )
     },
-    "adapter_dtype": ADAPTER_METHODS | {"ia3", "adapter", "loha", "lokr", "vera", "fourierft"},
+    "adapter_dtype": ADAPTER_METHODS
+    | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"},
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
@@ -149,6 +159,13 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{
         k: frozenset({"lokr"})
         for k in ("lokr_rank", "lokr_alpha", "lokr_targets", "lokr_factor", "lokr_decompose_both")
+    },
+    **{k: frozenset({"miss"}) for k in ("miss_rank", "miss_init", "miss_mini_r", "miss_targets")},
+    **{k: frozenset({"road"}) for k in ("road_variant", "road_group_size", "road_targets")},
+    **{k: frozenset({"boft"}) for k in ("boft_block_size", "boft_block_num", "boft_targets")},
+    **{
+        k: frozenset({"oft"})
+        for k in ("oft_r", "oft_block_size", "oft_targets", "oft_block_share", "oft_neumann_terms")
     },
     **{k: frozenset({"vera"}) for k in ("vera_rank", "vera_targets")},
     **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
@@ -208,6 +225,14 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "loha_rank": limits.WIDTH,
     "lokr_rank": limits.WIDTH,
     "lokr_factor": limits.WIDTH,
+    "miss_rank": limits.WIDTH,
+    "miss_mini_r": limits.WIDTH,
+    "road_group_size": limits.WIDTH,
+    "boft_block_size": limits.WIDTH,
+    "boft_block_num": limits.WIDTH,
+    "oft_r": limits.WIDTH,
+    "oft_block_size": limits.WIDTH,
+    "oft_neumann_terms": limits.WIDTH,
     "vera_rank": limits.WIDTH,
     "fourierft_frequencies": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
@@ -278,8 +303,8 @@ Framework = Literal[
 
 
 # where a peft AdaLoraModel trains: a loop that calls update_and_allocate (HF Trainer has no
-# call of its own: the user's callback or loop adds it)
-# (peft's VeRA too: the frameworks that take any peft model)
+# call of its own: the user's callback or loop adds it); ftmem models peft's BOFT, OFT,
+# VeRA and FourierFT under the same three (the frameworks that take any peft model)
 ADALORA_FRAMEWORKS = frozenset({"hf", "peft-mc", "lightning"})
 
 
@@ -684,6 +709,67 @@ class RunConfig(limits.BoundedSettings):
         exclude_if=_unset,
         description="LoKr: decompose_both, the left factor low-rank too.",
     )
+    # MiSS (peft's shared block: one r-wide block per linear) and RoAd (peft's 2-D
+    # rotations of each output pair), left out of the serialised run when unset
+    miss_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="MiSS: r, the block's width (64)."
+    )
+    miss_init: Literal["default", "bat", "mini"] | None = Field(
+        None,
+        exclude_if=_unset,
+        description="MiSS: init_weights, default (True/False), bat or mini.",
+    )
+    miss_mini_r: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="MiSS: mini_r, mini's block width (1)."
+    )
+    miss_targets: str | None = Field(
+        None, exclude_if=_unset, description="MiSS: adapted linears, roles or names (q,v)."
+    )
+    road_variant: Literal["road_1", "road_2", "road_4"] | None = Field(
+        None, exclude_if=_unset, description="RoAd: variant (road_1)."
+    )
+    road_group_size: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="RoAd: group_size, even (64)."
+    )
+    road_targets: str | None = Field(
+        None, exclude_if=_unset, description="RoAd: adapted linears, roles or names (q,v)."
+    )
+    # BOFT (peft's butterfly orthogonal finetuning, one butterfly factor): a block-diagonal
+    # rotation of each adapted linear's input and a scale of its output
+    boft_block_size: PositiveInt | None = Field(
+        None,
+        exclude_if=_unset,
+        description="BOFT: boft_block_size, each rotation block's side (4).",
+    )
+    boft_block_num: PositiveInt | None = Field(
+        None,
+        exclude_if=_unset,
+        description="BOFT: boft_block_num, rotation blocks per linear (instead of the size).",
+    )
+    boft_targets: str | None = Field(
+        None, exclude_if=_unset, description="BOFT: adapted linears, roles or names (q,v)."
+    )
+    # OFT (peft's orthogonal finetuning): each adapted linear's input rotated block by block
+    oft_r: PositiveInt | None = Field(
+        None,
+        exclude_if=_unset,
+        description="OFT: r, rotation blocks per linear (instead of the size).",
+    )
+    oft_block_size: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="OFT: oft_block_size, each block's side (32)."
+    )
+    oft_targets: str | None = Field(
+        None, exclude_if=_unset, description="OFT: adapted linears, roles or names (q,v)."
+    )
+    oft_block_share: bool | None = Field(
+        None, exclude_if=_unset, description="OFT: block_share, one rotation block for all."
+    )
+    oft_neumann_terms: int | None = Field(
+        None,
+        ge=0,
+        exclude_if=_unset,
+        description="OFT: Cayley-Neumann terms (5); 0 for the exact Cayley solve.",
+    )
     # VeRA (peft's shared frozen random projections, trained scaling vectors)
     vera_rank: PositiveInt | None = Field(
         None, exclude_if=_unset, description="VeRA: rank r of the shared projections (256)."
@@ -1000,7 +1086,16 @@ class RunConfig(limits.BoundedSettings):
 
     @model_validator(mode="after")
     def _lycoris_targets_given(self) -> RunConfig:
-        for name in ("loha_targets", "lokr_targets", "vera_targets", "fourierft_targets"):
+        for name in (
+            "loha_targets",
+            "lokr_targets",
+            "boft_targets",
+            "oft_targets",
+            "miss_targets",
+            "road_targets",
+            "vera_targets",
+            "fourierft_targets",
+        ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
                 flag = "--" + name.replace("_", "-")
@@ -1021,6 +1116,62 @@ class RunConfig(limits.BoundedSettings):
                 "LoKr under autocast (--precision bf16-mixed / fp16-mixed) is not modelled "
                 "(its Kronecker product promotes to fp32 there); use --precision bf16 or fp32"
             )
+        if self.method in ("miss", "road") and self.precision.endswith("-mixed"):
+            raise ValueError(
+                f"{'MiSS' if self.method == 'miss' else 'RoAd'} under autocast (--precision "
+                "bf16-mixed / fp16-mixed) is not modelled; use --precision bf16 or fp32"
+            )
+        if (
+            self.method == "miss"
+            and self.miss_init == "bat"
+            and self.device == "cpu"
+            and self.adapter_dtype in ("bf16", "fp16")
+        ):
+            # peft 0.21.2 tuners/miss/layer.py get_delta_weight: cast_to_fp32 on the CPU
+            raise ValueError(
+                "MiSS bat with 16-bit blocks on --device cpu is not modelled (peft rebuilds "
+                "the weight in fp32 there); use --adapter-dtype fp32 or --device cuda"
+            )
+        if self.road_group_size is not None and self.road_group_size % 2:
+            raise ValueError(
+                f"--road-group-size {self.road_group_size} is odd; RoAd pairs each group's "
+                "halves, give an even size"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rotation_settings_fit(self) -> RunConfig:
+        """BOFT's and OFT's settings as peft takes them, and the regimes not modelled."""
+        if self.method in ("boft", "oft") and self.framework not in ADALORA_FRAMEWORKS:
+            # LitGPT, torchtune and Unsloth have their own LoRA and no peft BOFT/OFT; the
+            # HF Trainer front ends (axolotl, LLaMA-Factory) are not read for them
+            raise ValueError(
+                f"{self.method.upper()} under --framework {self.framework} is not modelled "
+                "(it is peft's): use --framework hf, peft-mc or lightning"
+            )
+        if self.method in ("boft", "oft") and self.precision.endswith("-mixed"):
+            raise ValueError(
+                f"{self.method.upper()} under autocast (--precision bf16-mixed / fp16-mixed) "
+                "is not modelled; use --precision bf16 or fp32"
+            )
+        # peft 0.21.2 tuners/boft/config.py and tuners/oft/config.py __post_init__: the
+        # block size or the block count, not both
+        if self.boft_block_size is not None and self.boft_block_num is not None:
+            raise ValueError("give --boft-block-size or --boft-block-num, not both")
+        if self.oft_r is not None and self.oft_block_size is not None:
+            raise ValueError("give --oft-r or --oft-block-size, not both")
+        if self.oft_neumann_terms == 1:
+            raise ValueError(
+                "--oft-neumann-terms 1 leaves every rotation the identity (nothing trains); "
+                "give 0 (the exact solve) or 2 and more"
+            )
+        # peft tuners/boft/layer.py cayley_batch: linalg.solve "must be in float32"
+        solves = self.method == "boft" or (self.method == "oft" and self.oft_neumann_terms == 0)
+        if solves and self.adapter_dtype not in ("auto", "fp32"):
+            raise ValueError(
+                f"{self.method.upper()}'s Cayley solve runs in fp32 (torch has no 16-bit "
+                "linalg.solve); drop --adapter-dtype or give fp32"
+            )
         return self
 
     @model_validator(mode="after")
@@ -1040,6 +1191,13 @@ class RunConfig(limits.BoundedSettings):
                 "--trl-bf16-cast is TRL's cast of a 4-bit base's fp32-upcast embedding and "
                 "head under --bf16: it needs --quant nf4 or fp4 and --precision bf16-mixed"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _framework_supports_run(self) -> RunConfig:
+        # the last check: a method's own sentence about a framework (BOFT's, AdaLoRA's,
+        # LLaMA-Adapter's) comes first
+        check_framework_support(self.framework, self.method, self.quant, self.objective)
         return self
 
     def _method_settings_fit(self) -> None:
@@ -1140,6 +1298,37 @@ class RunConfig(limits.BoundedSettings):
         alpha = DEFAULT_LOHA_ALPHA if self.lokr_alpha is None else self.lokr_alpha
         factor = self.lokr_factor or -1
         return r, alpha, self.lokr_targets or "q,v", factor, bool(self.lokr_decompose_both)
+
+    @property
+    def miss(self) -> tuple[int, str, int, str]:
+        """MiSS's (r, init, mini_r, targets), peft's defaults where not given."""
+        r = self.miss_rank or DEFAULT_MISS_RANK
+        return r, self.miss_init or "default", self.miss_mini_r or 1, self.miss_targets or "q,v"
+
+    @property
+    def road(self) -> tuple[str, int, str]:
+        """RoAd's (variant, group_size, targets), peft's defaults where not given."""
+        group = self.road_group_size or DEFAULT_ROAD_GROUP
+        return self.road_variant or "road_1", group, self.road_targets or "q,v"
+
+    @property
+    def boft(self) -> tuple[int, int, str]:
+        """BOFT's (block size, block number, targets), one of the first two 0 as in
+        peft (0.21.2 tuners/boft/config.py: boft_block_size=4, boft_block_num=0)."""
+        if self.boft_block_num is not None:
+            return 0, self.boft_block_num, self.boft_targets or "q,v"
+        return self.boft_block_size or 4, 0, self.boft_targets or "q,v"
+
+    @property
+    def oft(self) -> tuple[int, int, str, bool, int]:
+        """OFT's (r, block size, targets, block_share, Neumann terms; 0 terms: the exact
+        solve), one of the first two 0 as in peft (0.21.2 tuners/oft/config.py: r=0,
+        oft_block_size=32, block_share=False, use_cayley_neumann=True, 5 terms)."""
+        terms = 5 if self.oft_neumann_terms is None else self.oft_neumann_terms
+        share = bool(self.oft_block_share)
+        if self.oft_r is not None:
+            return self.oft_r, 0, self.oft_targets or "q,v", share, terms
+        return 0, self.oft_block_size or 32, self.oft_targets or "q,v", share, terms
 
     @property
     def vera(self) -> tuple[int, str]:

@@ -130,14 +130,35 @@ def read_config_json(path: Path) -> tuple[Mapping, str, str]:
     file = path / "config.json" if path.is_dir() else path
     if path.is_dir() and not file.exists() and not file.is_symlink():
         raise ConfigError(f"No config.json in {path}.")
+    if file.suffix.lower() in (".yaml", ".yml"):  # (a new user's first try: their axolotl file)
+        raise ConfigError(
+            f"{file} is YAML, not a model's config.json: a training config goes in --from "
+            f"{file}; the model is a preset id (`ftmem models`), a config.json or its folder."
+        )
     cfg = parse_json(read_text(file, "config.json", MAX_CONFIG_BYTES), str(file))
     if not isinstance(cfg, dict):
         raise ConfigError(f"{file} must hold a JSON object.")
+    _not_a_training_config(cfg, file)
     name = cfg.get("_name_or_path")
     if not isinstance(name, str) or not name.strip():  # transformers writes a path or id
         name = file.parent.name if path.is_dir() or file.name == "config.json" else file.stem
     # shown in every output, twice in some: a 200,000-character name printed 400 kB
     return cfg, shortened(name) or "custom", str(file)
+
+
+def _not_a_training_config(cfg: Mapping, file: Path) -> None:
+    """A TRL / TrainingArguments JSON given where a model goes: say to pass it as --from
+    (it has no model_type; read as a model, it was "model_type null")."""
+    if "model_type" in cfg:
+        return
+    from ftmem.frameworks import detect  # (frameworks import the run; sources do not)
+
+    framework = detect(dict(cfg))
+    if framework is not None:
+        raise ConfigError(
+            f"{file} is a training config ({framework}), not a model's config.json: give it "
+            f"as --from {file}."
+        )
 
 
 def load_config_json(path: Path) -> Architecture:

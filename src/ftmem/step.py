@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING
 
 from ftmem import returned_cache, seq2seq, vision_lora, vision_step
 from ftmem.activations import block_saved, outer_saved
+from ftmem.adapters.boft import buffer_bytes as boft_buffer_bytes
 from ftmem.adapters.dora import DoRA
-from ftmem.adapters.head_lora import HeadLoRA
+from ftmem.adapters.head_lora import HeadLoRA, chunked_head_lora
 from ftmem.adapters.lora import LoRA, output_bytes
+from ftmem.adapters.oft import buffer_bytes as oft_buffer_bytes
 from ftmem.adapters.prompt import PrefixTuning
 from ftmem.arch import Architecture, buffer_numel, layout, qk_norm_params
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
@@ -28,7 +30,7 @@ from ftmem.ops.attention import Attention, runs_eager, sliding_window_mask
 from ftmem.ops.context import BlockState
 from ftmem.ops.embedding import Embedding
 from ftmem.ops.linear import LinearOp, all_adapters_fused
-from ftmem.ops.loss import FusedHead, Loss, PreferenceLoss, held_logits_head
+from ftmem.ops.loss import FusedHead, HeldLogitsHead, Loss, PreferenceLoss, held_logits_head
 from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS, Norm
@@ -48,6 +50,7 @@ from ftmem.profiles import (
     compiled_chunked_loss,
     compiled_layers,
     framework_run,
+    head_chunk_tokens,
     offload_keeps_head,
     offloads_checkpoint_inputs,
     profile_of,
@@ -84,7 +87,20 @@ if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-u
 
 # methods with trainable parameters of their own in every block (BlockState sets per kind)
 EVERY_BLOCK_TRAINS = frozenset(
-    {"bitfit", "ia3", "prefix-tuning", "adapter", "loha", "lokr", "vera", "fourierft"}
+    {
+        "bitfit",
+        "ia3",
+        "prefix-tuning",
+        "adapter",
+        "loha",
+        "lokr",
+        "boft",
+        "oft",
+        "miss",
+        "road",
+        "vera",
+        "fourierft",
+    }
 )
 
 
@@ -101,7 +117,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     inputs_grad = inputs_grad or vision_step.trains_below(arch, run)
     if run.method in EVERY_BLOCK_TRAINS:
         # every block has trainable parameters (biases, IA³ vectors, its key/value prefix,
-        # LoHa and LoKr factors, VeRA vectors, FourierFT spectra):
+        # LoHa and LoKr factors, BOFT's and OFT's rotations, MiSS blocks, RoAd rotations,
+        # VeRA vectors, FourierFT spectra):
         # gradients flow from the top to block 0's, so every block's input but the first
         # needs a gradient
         biased = frozenset(plan.biased)
@@ -110,6 +127,10 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         bottleneck = frozenset(lin.module for lin in plan.bottlenecked)
         hadamard = frozenset(lin.module for lin in plan.hadamard)
         kronecker = frozenset(lin.module for lin in plan.kronecker)
+        miss = frozenset(lin.module for lin in plan.miss)
+        road = frozenset(lin.module for lin in plan.road)
+        rotated = frozenset(lin.module for lin in plan.rotated)
+        block_rotated = frozenset(lin.module for lin in plan.block_rotated)
         vectored = frozenset(lin.module for lin in plan.vectored)
         spectral = frozenset(lin.module for lin in plan.spectral)
 
@@ -125,6 +146,10 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 bottleneck=bottleneck,
                 hadamard=hadamard,
                 kronecker=kronecker,
+                miss=miss,
+                road=road,
+                rotated=rotated,
+                block_rotated=block_rotated,
                 vectored=vectored,
                 spectral=spectral,
             )
@@ -256,7 +281,9 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
             # those of an older transformers release (release_buffers)
             weights=sum(g.nbytes for g in plan.groups)
             + buffer_numel(arch) * BYTES_PER_ELEMENT[plan.dtypes.base]
-            + release_buffer_bytes(arch, run, plan.dtypes),
+            + release_buffer_bytes(arch, run, plan.dtypes)
+            + boft_buffer_bytes(plan, run, arch.num_layers)
+            + oft_buffer_bytes(plan, run, arch.num_layers),
             # bitsandbytes' paged buffers are not the allocator's (optim.paged_state_bytes;
             # estimate adds them to the device figure)
             states=allocator_state_bytes(plan.groups, run),
@@ -623,7 +650,7 @@ def _decoder_sizes(
     # (LLaVA's unread tower layers' graph, held by the model output: ftmem.vision_lora)
     forward_cache += vision_lora.unread_held(arch, run, plan.dtypes)
     forward_cache += vision_step.image_outputs_held(arch, run, plan.dtypes)
-    framework_head = held_logits_head(arch, run, plan, e, T)
+    framework_head = _framework_head(arch, run, plan, e, T)
     loss_inputs, loss_saved = _offloaded_loss_inputs(arch, run, plan, e, T)
     head = HeadTransients(
         logits_forward=_head_forward(arch, run, plan, e, T, forward_cache)
@@ -681,6 +708,16 @@ def _decoder_sizes(
         ),
         output_held=output_held,
     )
+
+
+def _framework_head(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
+) -> HeldLogitsHead | None:
+    """LitGPT's head side (ops.loss.held_logits_head), with LoRA on its chunked head where
+    the run adapts it (adapters.head_lora.chunked_head_lora); None on other frameworks."""
+    chunk = head_chunk_tokens(run)
+    pieces = chunked_head_lora(arch, run, plan, chunk) if plan.head_lora and chunk else None
+    return held_logits_head(arch, run, plan, e, T, pieces)
 
 
 def _head_forward(

@@ -47,6 +47,14 @@ def home_expanded(path: str) -> Path | None:
         return None
 
 
+def given_path(text: str, what: str) -> Path:
+    """A file path as the user typed it; an empty one is refused by name (``Path("")``
+    is the current folder, which read_text would call "not a regular file")."""
+    if not text.strip():
+        raise ConfigError(f"the {what}'s path is empty; give the file.")
+    return Path(text)
+
+
 def read_text(path: Path, what: str, max_bytes: int) -> str:
     """The UTF-8 text of a regular file no larger than ``max_bytes``.
 

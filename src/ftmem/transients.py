@@ -11,9 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from functools import partial
 
+from ftmem.adapters.boft import BOFT
+from ftmem.adapters.boft import element_bytes as rotated_input_bytes
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
+from ftmem.adapters.miss import MiSS
+from ftmem.adapters.oft import OFT
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -401,7 +405,15 @@ def loha_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keeps: 
     """LoHa's or LoKr's ΔW build in the top block's forward (LoHa.forward_build), beyond that
     block's kept tensors unless it keeps none (frozen, or checkpointed: its forward runs
     without a graph)."""
+    if run.method == "oft":
+        kept = keeps and not run.grad_ckpt
+        return OFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
+    if run.method == "boft":
+        kept = keeps and not run.grad_ckpt
+        return BOFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
+    if run.method == "miss":  # MiSS bat's weight rebuild, the same way
+        return MiSS.bat_build(run, plan, T, in_bytes, keeps and not run.grad_ckpt)
     return LoHa.forward_build(plan, T, in_bytes, keeps and not run.grad_ckpt)
 
 
@@ -421,20 +433,24 @@ def adapter_moment(
     - DoRA's own backward at its linear, with what the block keeps up to it: the fp32
       gradients of its rescaled sum (Phi-3 DoRA on qkv, bf16-mixed: -6 % without).
     - LoHa's Hadamard (LoKr's Kronecker, FourierFT's inverse FFT) backward at its largest
-      linear (LoHa.backward_moment); FourierFT's recomputed ΔW build with checkpointing.
+      linear (LoHa.backward_moment), MiSS bat's (MiSS.bat_backward), VeRA's
+      (VeRA.backward_own); FourierFT's recomputed ΔW build with checkpointing.
 
     Both beside the gradient that came into the block."""
+    if run.method == "oft":
+        xb = rotated_input_bytes(plan)
+        # checkpointing reruns each OFT forward, with its graph, inside the backward
+        rerun = OFT.forward_build(plan, run, T, xb, True) if run.grad_ckpt else 0
+        return max(OFT.backward_moment(plan, run, T, xb), rerun)
+    if run.method == "boft":
+        xb = rotated_input_bytes(plan)
+        # checkpointing reruns each BOFT forward, with its graph, inside the backward
+        rerun = BOFT.forward_build(plan, run, T, xb, True) if run.grad_ckpt else 0
+        return max(BOFT.backward_moment(plan, T, xb), rerun)
     if run.method in ("loha", "lokr", "fourierft"):
-        in_bytes = partial(LinearOp.input_bytes, plan, e=e)
-        delta = LoHa.backward_moment(plan, T, in_bytes)
-        if run.grad_ckpt and run.method == "fourierft":
-            # the recompute's ΔW build (20 bytes an element, above its backward's 16) at
-            # its largest linear, with the block rebuilt up to it (taken as all of it:
-            # exact at the last, the down projection) and the incoming gradient (measured:
-            # tiny Llama, all linears, 8 tokens, −6.7 % without)
-            rebuild = LoHa.forward_build(plan, T, in_bytes, True)
-            delta = max(delta, rebuild + incoming_gradient(arch, run, plan, e, T))
-        return delta
+        return _delta_moment(arch, run, plan, e, T)
+    if run.method == "miss":
+        return _miss_moment(arch, run, plan, block, e, T)
     if run.method == "vera":
         return vera_moment(arch, run, plan, block, e, T)
     if run.method not in ADAPTER_METHODS or not (run.grad_ckpt or run.method == "dora"):
@@ -480,6 +496,22 @@ def adapter_moment(
     return max(moments) + incoming_gradient(arch, run, plan, e, T) - sum(x.nbytes for x in block)
 
 
+def _delta_moment(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
+    """LoHa's, LoKr's or FourierFT's ΔW backward at its largest linear
+    (LoHa.backward_moment) and, for FourierFT with checkpointing, the recompute's ΔW
+    build."""
+    in_bytes = partial(LinearOp.input_bytes, plan, e=e)
+    delta = LoHa.backward_moment(plan, T, in_bytes)
+    if run.grad_ckpt and run.method == "fourierft":
+        # the recompute's ΔW build (20 bytes an element, above its backward's 16) at
+        # its largest linear, with the block rebuilt up to it (taken as all of it:
+        # exact at the last, the down projection) and the incoming gradient (measured:
+        # tiny Llama, all linears, 8 tokens, −6.7 % without)
+        rebuild = LoHa.forward_build(plan, T, in_bytes, True)
+        delta = max(delta, rebuild + incoming_gradient(arch, run, plan, e, T))
+    return delta
+
+
 def vera_moment(
     arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
 ) -> int:
@@ -493,6 +525,26 @@ def vera_moment(
         for lin in plan.vectored
     ]
     return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
+
+
+def _miss_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int:
+    """MiSS bat's backward (MiSS.bat_backward) and, with checkpointing, its weight rebuild
+    in the recompute: what the block has rebuilt before that linear and the input its
+    caller holds, beside the rebuild (MiSS.build_bytes) and the incoming gradient
+    (measured: Llama bat on all linears, 8 tokens, checkpointed, -6.3 % without)."""
+    moments = [MiSS.bat_backward(run, plan, T, partial(LinearOp.input_bytes, plan, e=e))]
+    if not run.grad_ckpt or run.miss[1] != "bat":
+        return moments[0]
+    kept, incoming = sum(x.nbytes for x in block), incoming_gradient(arch, run, plan, e, T)
+    for lin in plan.miss:
+        own = [i for i, x in enumerate(block) if x.kind is Kind.MISS and x.linears == (lin,)]
+        if own:
+            held = LinearOp.held_inputs(arch, run, plan, lin, e, T, beside_saved=True)
+            before = sum(x.nbytes for x in block[: own[0]]) + held
+            moments.append(before + MiSS.build_bytes(plan, lin) + incoming - kept)
+    return max(moments)
 
 
 def checkpointed_forward_adapter(

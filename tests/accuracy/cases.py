@@ -1131,8 +1131,92 @@ def _vera() -> list[Case]:
     return cases
 
 
+def _miss_road() -> list[Case]:
+    """peft's MiSS (default, bat, mini) and RoAd (road_1, 2, 4); on a wider model at few
+    tokens MiSS bat's weight rebuild and its backward are the peak."""
+    cases = [
+        Case(family, {"method": "miss", "precision": "bf16", "miss_rank": 16})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32", "miss_init": "bat"},
+        {"precision": "bf16", "miss_init": "bat"},
+        {"precision": "bf16", "miss_init": "mini", "miss_mini_r": 16},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "grad_ckpt": True, "miss_init": "bat"},
+        {
+            "precision": "bf16",
+            "adapter_dtype": "bf16",
+            "miss_targets": "all-linear",
+            "miss_rank": 7,
+        },
+    ):
+        cases.append(Case("llama", {"method": "miss", "miss_rank": 16, **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "miss_targets": "all-linear", "miss_rank": 32}
+    for extra in ({"miss_init": "bat"}, {"miss_init": "bat", "grad_ckpt": True}):
+        cases.append(
+            Case("llama", {"method": "miss", "precision": "bf16", **few, **extra}, WIDER_STILL)
+        )
+    cases += [
+        Case(f, {"method": "road", "precision": "bf16", "road_group_size": 16})
+        for f in ("llama", "qwen2")
+    ]
+    for extra in (
+        {"precision": "fp32", "road_variant": "road_2"},
+        {"precision": "bf16", "road_variant": "road_4", "road_targets": "all-linear"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16", "road_variant": "road_2"},
+    ):
+        cases.append(Case("llama", {"method": "road", "road_group_size": 16, **extra}))
+    return cases
+
+
 # LoHa's out × in temporaries outweigh the activations of 8 tokens
 WIDER_STILL = {"hidden_size": 256, "intermediate_size": 512}
+
+
+def _boft() -> list[Case]:
+    """peft's BOFT (the dense in × in rotation rebuilt every forward, x @ R before the
+    frozen linear, the scaled output): its kept matrices at the default size; at few
+    tokens on a wider model the rotation's build and backward are the peak."""
+    cases = [
+        Case(family, {"method": "boft", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "boft_targets": "all-linear", "boft_block_size": 8},
+        {"precision": "bf16", "boft_block_num": 4},
+    ):
+        cases.append(Case("llama", {"method": "boft", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "boft_targets": "all-linear"}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32"}, {"grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "boft", **few, **extra}, WIDER_STILL))
+    return cases
+
+
+def _oft() -> list[Case]:
+    """peft's OFT (each input cast to the adapter dtype and rotated block by block; the
+    Cayley-Neumann series or the exact solve): its settings at the default size; on a
+    wider model the rotation's forward and backward around the MLP."""
+    cases = [
+        Case(family, {"method": "oft", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "oft_neumann_terms": 0},
+        {"precision": "bf16", "oft_block_share": True, "oft_block_size": 16},
+        {"precision": "bf16", "oft_r": 4, "oft_targets": "all-linear"},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+    ):
+        cases.append(Case("llama", {"method": "oft", **extra}))
+    mid = {"batch_size": 2, "seq_len": 64, "oft_targets": "all-linear"}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32"}, {"grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "oft", **mid, **extra}, WIDER_STILL))
+    return cases
 
 
 def _adalora() -> list[Case]:
@@ -1178,6 +1262,9 @@ def _peft_methods() -> list[Case]:
         cases.append(Case("llama", {"method": "ia3", **extra}))
     cases.append(Case("gpt2", {"method": "ia3", "precision": "fp32", "grad_ckpt": True}))
     cases += _lycoris()
+    cases += _miss_road()
+    cases += _boft()
+    cases += _oft()
     cases += _vera()
     # prompt tuning and P-tuning: virtual tokens in front of the input
     for family in sorted(TINY):

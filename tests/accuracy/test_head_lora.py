@@ -71,9 +71,13 @@ def test_all_linear_leaves_the_head_out() -> None:
         ({"lora_targets": HEAD, "loss": "fused"}, "fused loss"),
         ({"lora_targets": HEAD, "loss": "logprob-tiles"}, "logprob-tiles loss"),
         ({"lora_targets": HEAD, "method": "dora"}, "dora adapter"),
-        ({"lora_targets": HEAD, "framework": "litgpt"}, "chunked LM head"),
     ],
 )
 def test_unmodelled_head_paths_are_refused(settings: dict, named: str) -> None:
     with pytest.raises(InvalidInputError, match=named):
         estimate_step(tiny("llama"), _run(**settings))
+
+
+def test_litgpts_chunked_head_is_modelled() -> None:
+    """LitGPT's LoRALinear on its 128-position pieces (tests/test_litgpt_head_lora.py)."""
+    assert plan_method(tiny("llama"), _run(lora_targets=HEAD, framework="litgpt")).head_lora

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -164,9 +165,22 @@ def _check_measure_options(device: str, steps: int, fsdp: int, fsdp_ranks: str, 
         raise FtmemError("--fsdp takes 2 or more CPU ranks, without --fake or --device cuda.")
 
 
+# FakeTensorMode's errors for an op whose result depends on a tensor's values (peft's
+# LoHa, LoKr and AdaLoRA branch on torch.rand(1) > module_dropout in forward); their text
+# is the op's name alone ("aten._local_scalar_dense.default")
+_DATA_DEPENDENT = ("DataDependentOutputException", "DynamicOutputShapeException")
+# bitsandbytes >= 0.48 on an AVX512-BF16 CPU warns at import that an optional kernel
+# (kernels-community's gemm_4bit_forward) did not load: one more line on stderr
+_NOISY_LOGGER = "bitsandbytes.backends.cpu.ops"
+
+
 @contextmanager
 def measure_errors() -> Iterator[None]:
-    """A missing optional dependency, or torch refusing the run, as one sentence."""
+    """A missing optional dependency, or torch refusing the run, as one sentence; a
+    library's import-time notice kept off stderr."""
+    noisy = logging.getLogger(_NOISY_LOGGER)
+    level = noisy.level
+    noisy.setLevel(logging.ERROR)
     try:
         yield
     except ImportError as exc:
@@ -175,7 +189,15 @@ def measure_errors() -> Iterator[None]:
             'pip install "ftmem[measure]".'
         ) from None
     except RuntimeError as exc:
+        if type(exc).__name__ in _DATA_DEPENDENT:
+            raise FtmemError(
+                f"fake tensors cannot run this step: {str(exc).splitlines()[0]} needs a "
+                "tensor's value, which a fake tensor does not hold; measure without --fake "
+                "at a size this machine holds."
+            ) from None
         raise FtmemError(str(exc).splitlines()[0]) from None
+    finally:
+        noisy.setLevel(level)
 
 
 def _print_measured(

@@ -457,6 +457,57 @@ RUN = [
         "LoKr: decompose_both, the left Kronecker factor low-rank too (peft default off).",
         "--lokr-decompose-both/--no-lokr-decompose-both",
     ),
+    _opt("miss_rank", OptInt, None, "MiSS: r, its shared block's width (default 64, peft's)."),
+    _opt(
+        "miss_init",
+        Optional[field_choices("miss_init")],  # noqa: UP045
+        None,
+        "MiSS: init_weights, default (True/False) | bat (rebuilds W every forward) | mini.",
+    ),
+    _opt("miss_mini_r", OptInt, None, "MiSS: mini_r, mini's block width (default 1)."),
+    _opt("miss_targets", OptStr, None, "MiSS: adapted linears, as --lora-targets (default q,v)."),
+    _opt(
+        "road_variant",
+        Optional[field_choices("road_variant")],  # noqa: UP045
+        None,
+        "RoAd: road_1 (default) | road_2 | road_4, out/2, out or 2·out angles and scales.",
+    ),
+    _opt("road_group_size", OptInt, None, "RoAd: group_size, even (default 64, peft's)."),
+    _opt("road_targets", OptStr, None, "RoAd: adapted linears, as --lora-targets (default q,v)."),
+    _opt(
+        "boft_block_size",
+        OptInt,
+        None,
+        "BOFT: side of each rotation block; in_features must divide by it (default 4).",
+    ),
+    _opt(
+        "boft_block_num",
+        OptInt,
+        None,
+        "BOFT: rotation blocks per linear, instead of --boft-block-size.",
+    ),
+    _opt("boft_targets", OptStr, None, "BOFT: adapted linears, as --lora-targets (default q,v)."),
+    _opt("oft_r", OptInt, None, "OFT: r, rotation blocks per linear, instead of --oft-block-size."),
+    _opt(
+        "oft_block_size",
+        OptInt,
+        None,
+        "OFT: side of each rotation block (default 32); peft moves it to the nearest divisor.",
+    ),
+    _opt("oft_targets", OptStr, None, "OFT: adapted linears, as --lora-targets (default q,v)."),
+    _opt(
+        "oft_block_share",
+        OptBool,
+        None,
+        "OFT: block_share, one rotation block for the whole input (peft default off).",
+        "--oft-block-share/--no-oft-block-share",
+    ),
+    _opt(
+        "oft_neumann_terms",
+        OptInt,
+        None,
+        "OFT: Cayley-Neumann terms (default 5); 0 for the exact Cayley solve.",
+    ),
     _opt(
         "vera_rank", OptInt, None, "VeRA: rank r of the shared projections (default 256, peft's)."
     ),

@@ -85,7 +85,20 @@ def record(
         )
     if step is not None and step < 1:
         raise FtmemError(f"--step counts optimizer steps from 1, not {step}.")
+    _reserved_holds_allocated(measured.peak_allocated_bytes, measured.peak_reserved_bytes)
     echo(json.dumps(record_line(ctx, model, settings, measured, gpu_name, driver)))
+
+
+def _reserved_holds_allocated(allocated: int | None, reserved: int | None) -> None:
+    """The caching allocator reserves every byte it allocates, so a peak reserved below
+    the peak allocated is two figures swapped or from different runs (it was recorded)."""
+    if allocated is not None and reserved is not None and reserved < allocated:
+        raise FtmemError(
+            f"--measured-reserved ({reserved:,} bytes) is below --measured-allocated "
+            f"({allocated:,} bytes), which the caching allocator cannot do: "
+            "torch.cuda.max_memory_reserved() is at least max_memory_allocated(); check "
+            "that the two are not swapped."
+        )
 
 
 def _size(text: str | None, option: str) -> int | None:

@@ -86,6 +86,8 @@ def _from_config(
         raise FtmemError(
             f"{path or launcher} names no base model; give one: ftmem estimate MODEL {given}."
         )
+    if path is not None:
+        _framework_fits_file(path, fw.framework, fw.settings.get("framework"), explicit)
     merged, dropped = under_flags(fw, explicit)
     said = [] if path is None else [f"Read from the {fw.framework} config {path}."]
     from ftmem.result import ConfigRead
@@ -104,3 +106,23 @@ def _from_config(
         replaced_by_flags=replaced,
     )
     return chosen, {**settings, **merged}, [*said, *fw.notes, *dropped], read
+
+
+def _framework_fits_file(
+    path: str, reader: str, read: str | None, explicit: dict[str, Any]
+) -> None:
+    """An explicit --framework that swaps in or out a framework with its own training code
+    (LitGPT, torchtune, fsdp_qlora): an axolotl file under --framework litgpt was estimated
+    as LitGPT's step on axolotl's settings, a program that does not exist. Between the
+    frameworks over transformers' Trainer it names the code path (axolotl's file under
+    --framework trl: HF Trainer's)."""
+    from ftmem.framework_support import OWN_CODE
+
+    given = explicit.get("framework")
+    if given is None or read is None or given == read or not {given, read} & OWN_CODE:
+        return
+    raise FtmemError(
+        f"--framework {given} contradicts {path}, a config of {reader}'s, whose step follows "
+        f"--framework {read}: it would estimate another program's step on the file's "
+        "settings; drop --framework."
+    )

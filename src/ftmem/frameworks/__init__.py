@@ -21,6 +21,7 @@ from ftmem.frameworks import axolotl, colossalai, hf_trainer, litgpt, llama_fact
 from ftmem.frameworks.distributed import launcher_kind, read_launcher_config, with_launcher
 from ftmem.frameworks.shared import NO_MEMORY_EFFECT, FrameworkConfig, read_mapping
 from ftmem.run import settings_for
+from ftmem.textfiles import given_path
 
 __all__ = [
     "TRL_TRAINER_OF",
@@ -137,7 +138,7 @@ def trl_defaults(model: str, objective: str) -> FrameworkConfig:
 def read_framework_config(path: str, framework: str | None = None) -> FrameworkConfig:
     """The ftmem settings of a training-framework config file (or of a command line:
     ColossalChat's ``colossalai run ... train_sft.py ...`` in a .sh or .txt file)."""
-    p = Path(path)
+    p = given_path(path, "training config")
     if colossalai.is_command_file(p) and framework in (None, "colossalai"):
         data = colossalai.command_line(p)
         name: str | None = "colossalai"

@@ -12,6 +12,7 @@ from pathlib import Path
 from ftmem.errors import ConfigError
 from ftmem.filekeys import Keys, shown
 from ftmem.frameworks.shared import FrameworkConfig, assume, read_mapping
+from ftmem.textfiles import given_path
 
 LAUNCHER_NOTE = (
     "The GPU count comes from the launcher, not the config: give --gpus (per node) "
@@ -446,7 +447,7 @@ def launcher_kind(data: dict) -> str | None:
 
 def read_launcher_config(path: str) -> FrameworkConfig:
     """The parallel settings of a launcher config: GPUs, nodes, ZeRO / FSDP, offload."""
-    p = Path(path)
+    p = given_path(path, "launcher config")
     data = read_mapping(p, "launcher config")
     kind = launcher_kind(data)
     if kind is None:

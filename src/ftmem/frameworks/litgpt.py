@@ -20,6 +20,7 @@ from ftmem.frameworks.shared import (
     lora_numbers,
     torchao_optimizer,
 )
+from ftmem.methods import HEAD_TARGET
 
 LITGPT_HEAD = "Lightning-AI/litgpt@2685705"
 
@@ -144,6 +145,21 @@ def _script(k: Keys, cfg: FrameworkConfig, path: Path) -> str:
     return "full"
 
 
+def with_head_target(switches: list[str], lora_head: bool, notes: list[str]) -> list[str]:
+    """``lora_head: true`` as ftmem's ``lm_head`` target (litgpt@00af8b0d litgpt/lora.py
+    GPT.__init__: ``LoRALinear(n_embd, padded_vocab_size, r=(lora_r if lora_head else
+    0))``, modelled on the chunked head by adapters.head_lora.chunked_head_lora); with no
+    block switch on, nothing below the head needs a gradient, which is not modelled."""
+    if not lora_head:
+        return []
+    if not switches:
+        notes.append(
+            "lora_head without any block switch (LoRA on the LM head alone) is not modelled."
+        )
+        return []
+    return [HEAD_TARGET]
+
+
 def _lora(k: Keys, cfg: FrameworkConfig) -> None:
     """lora.py's LoRA switches; the defaults are setup()'s (r 8, alpha 16, dropout 0.05,
     query and value only)."""
@@ -163,14 +179,15 @@ def _lora(k: Keys, cfg: FrameworkConfig) -> None:
             else key in ("lora_query", "lora_value")
         )
     ]
-    if len(on) == len(LORA_SWITCHES):
+    on += with_head_target(on, k.flag("lora_head"), cfg.notes)
+    if len(on) == len(LORA_SWITCHES) + 1 and HEAD_TARGET in on:
+        s["lora_targets"] = f"all-linear,{HEAD_TARGET}"
+    elif len(on) == len(LORA_SWITCHES):
         # every switch: every linear of the blocks, whatever the MLP's layout (phi-2's
         # fc1 / fc2 have no gate; LitGPT's GptNeoxMLP has no gate either, litgpt/model.py)
         s["lora_targets"] = "all-linear"
     elif on:
         s["lora_targets"] = ",".join(on)
-    if k.flag("lora_head"):
-        cfg.notes.append("lora_head (LoRA on the LM head) is not modelled yet.")
     if s.get("precision") in ("bf16", "fp16"):
         s["adapter_dtype"] = s["precision"]  # Fabric's init_module builds them in the model dtype
 

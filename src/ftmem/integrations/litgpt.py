@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ftmem.errors import InvalidInputError
-from ftmem.frameworks.litgpt import LORA_SWITCHES, model_config_json
+from ftmem.frameworks.litgpt import LORA_SWITCHES, model_config_json, with_head_target
 from ftmem.integrations.live import LiveRun, _read_dtypes, numel
 from ftmem.sources import architecture_from_config
 
@@ -80,9 +80,8 @@ def _method(config: Any, params: list[tuple[str, Any]], live: LiveRun, said: str
         if config.lora_dropout:
             live.set("lora_dropout", float(config.lora_dropout), said)
         roles = [role for key, role in LORA_SWITCHES if getattr(config, key, False)]
+        roles += with_head_target(roles, getattr(config, "lora_head", False), live.notes)
         live.set("lora_targets", ",".join(roles), f"{said} lora_* switches")
-        if getattr(config, "lora_head", False):
-            live.notes.append("lora_head (LoRA on the LM head) is not modelled yet.")
         others = len(trainable) - len(adapters)
         if others:
             live.notes.append(

@@ -230,17 +230,16 @@ def _read_method(model: Any, live: LiveRun) -> None:
         live.set("ia3_targets", ",".join(sorted(_names(pc.target_modules))), said)
     elif kind in ("LOHA", "LOKR"):
         _lycoris(model, pc, live, said, kind.lower())
+    elif kind in ("MISS", "ROAD"):
+        _miss_road(model, pc, live, said, kind.lower())
+    elif kind == "BOFT":
+        _boft(model, pc, live, said)
+    elif kind == "OFT":
+        _oft(model, pc, live, said)
     elif kind == "VERA":
         _vera(model, pc, live, said)
     elif kind == "FOURIERFT":
-        live.set("method", "fourierft", said)
-        live.set("fourierft_frequencies", int(pc.n_frequency), said)
-        marker = "fourierft_spectrum"
-        wrapped = sorted(
-            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)}
-        )
-        if wrapped:
-            live.set("fourierft_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
+        _fourierft(model, pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
         live.set("method", PROMPT_PEFT.get(kind, "prefix-tuning"), said)
         live.set("virtual_tokens", int(pc.num_virtual_tokens), said)
@@ -249,7 +248,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, VeRA, FourierFT, prompt, prefix and P-tuning)."
+            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, prompt, prefix and "
+            "P-tuning)."
         )
 
 
@@ -303,6 +303,80 @@ def _lycoris(model: Any, pc: Any, live: LiveRun, said: str, method: str) -> None
         )
 
 
+def _miss_road(model: Any, pc: Any, live: LiveRun, said: str, method: str) -> None:
+    """peft's MissConfig (r, init_weights, mini_r) or RoadConfig (variant, group_size), and
+    the modules it wrapped (miss_block, road_theta)."""
+    live.set("method", method, said)
+    if method == "miss":
+        live.set("miss_rank", int(pc.r), said)
+        init = pc.init_weights
+        live.set("miss_init", init if init in ("bat", "mini") else "default", said)
+        live.set("miss_mini_r", int(pc.mini_r), said)
+        if pc.miss_dropout:
+            live.notes.append("miss_dropout: not modelled (a dropped copy of the input).")
+    else:
+        live.set("road_variant", str(pc.variant), said)
+        live.set("road_group_size", int(pc.group_size), said)
+    marker = "miss_block" if method == "miss" else "road_theta"
+    wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)})
+    if wrapped:
+        live.set(f"{method}_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
+
+
+def _boft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's BOFTConfig: its block split and the modules it wrapped (boft_R); more than
+    one butterfly factor is refused (not modelled)."""
+    if int(pc.boft_n_butterfly_factor) != 1:
+        raise InvalidInputError(
+            f"BOFT with boft_n_butterfly_factor {pc.boft_n_butterfly_factor} is not modelled "
+            "(ftmem models one butterfly factor); estimate it with 1."
+        )
+    live.set("method", "boft", said)
+    if pc.boft_block_num:
+        live.set("boft_block_num", int(pc.boft_block_num), said)
+    else:
+        live.set("boft_block_size", int(pc.boft_block_size), said)
+    wrapped = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "boft_R")}
+    )
+    if wrapped:
+        live.set("boft_targets", ",".join(wrapped), "the modules peft wrapped (boft_R)")
+    if pc.boft_dropout:
+        live.notes.append(
+            "boft_dropout: not modelled (its mask swaps whole blocks for the identity, "
+            "block-sized tensors); estimated without."
+        )
+
+
+# methods whose trainable parameters' dtype is the run's --adapter-dtype
+ADAPTER_DTYPE_METHODS = frozenset(
+    {"lora", "dora", "rslora", "adalora", "qlora", "ia3", "loha", "lokr", "boft", "oft"}
+    | {"miss", "road", "vera", "fourierft"}
+)
+
+
+def _oft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's OFTConfig: its block split, block_share, Cayley-Neumann terms (0: the exact
+    solve) and the modules it wrapped (oft_R)."""
+    live.set("method", "oft", said)
+    if pc.r:
+        live.set("oft_r", int(pc.r), said)
+    else:
+        live.set("oft_block_size", int(pc.oft_block_size), said)
+    if pc.block_share:
+        live.set("oft_block_share", True, said)
+    terms = int(pc.num_cayley_neumann_terms) if pc.use_cayley_neumann else 0
+    if terms != 5:
+        live.set("oft_neumann_terms", terms, said)
+    wrapped = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "oft_R")}
+    )
+    if wrapped:
+        live.set("oft_targets", ",".join(wrapped), "the modules peft wrapped (oft_R)")
+    if pc.coft:
+        live.notes.append("coft: its projection (no gradient, block-sized) is not modelled.")
+
+
 def _vera(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     """peft's VeraConfig: its rank and the modules it wrapped (vera_lambda_b)."""
     live.set("method", "vera", said)
@@ -316,6 +390,17 @@ def _vera(model: Any, pc: Any, live: LiveRun, said: str) -> None:
             "VeRA vera_dropout: not modelled (its mask, T × in per adapted linear); "
             "estimated without."
         )
+
+
+def _fourierft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's FourierFTConfig: its n_frequency and the modules it wrapped
+    (fourierft_spectrum)."""
+    live.set("method", "fourierft", said)
+    live.set("fourierft_frequencies", int(pc.n_frequency), said)
+    marker = "fourierft_spectrum"
+    wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)})
+    if wrapped:
+        live.set("fourierft_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
 
 
 def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
@@ -445,9 +530,7 @@ def _read_dtypes(model: Any, half: str, half_said: str, live: LiveRun) -> None:
             live.set("autocast", True, said)
     mixed = [d for d in (frozen + trained) if d != dtype]
     method = live.settings.get("method")
-    adapters = {"lora", "dora", "rslora", "adalora", "qlora", "ia3", "loha", "lokr", "vera"}
-    adapters.add("fourierft")
-    if method in adapters and trained:
+    if method in ADAPTER_DTYPE_METHODS and trained:
         adapter = trained.most_common(1)[0][0]
         live.set("adapter_dtype", adapter, f"the trainable (adapter) parameters' dtype ({adapter})")
     elif mixed and trained:

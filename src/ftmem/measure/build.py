@@ -741,18 +741,28 @@ def _with_trainable_set(
         # BitFit has no peft implementation: every bias trains, nothing else
         for name, p in model.named_parameters():
             p.requires_grad_(name.endswith(".bias"))
-    elif run.method in PROMPT_METHODS or run.method == "ia3":
-        model = _peft_other(model, arch, run)
-    elif run.method in ("loha", "lokr"):
-        model = _peft_lycoris(model, arch, run)
-    elif run.method == "vera":
-        model = _peft_vera(model, arch, run)
-    elif run.method == "fourierft":
-        model = _peft_fourierft(model, arch, run)
-    else:  # the LoRA family (ADAPTER_METHODS)
-        model = _peft_lora(model, arch, run)
+    else:  # peft's wrapper
+        model = _peft_wrapped(model, arch, run)
     _vision_trainable(model, arch, run)
     return model
+
+
+def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's wrapper of the method: IA³ and the prompt methods, LoHa and LoKr, MiSS and
+    RoAd, BOFT, OFT, VeRA, FourierFT, else the LoRA family (ADAPTER_METHODS)."""
+    if run.method in PROMPT_METHODS or run.method == "ia3":
+        return _peft_other(model, arch, run)
+    wrappers = {
+        "loha": _peft_lycoris,
+        "lokr": _peft_lycoris,
+        "miss": _peft_miss_road,
+        "road": _peft_miss_road,
+        "boft": _peft_boft,
+        "oft": _peft_oft,
+        "vera": _peft_vera,
+        "fourierft": _peft_fourierft,
+    }
+    return wrappers.get(run.method, _peft_lora)(model, arch, run)
 
 
 def _excluded(arch: Architecture, run: RunConfig) -> str | None:
@@ -1032,6 +1042,52 @@ def _peft_lycoris(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
     return model
 
 
+def _peft_boft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's BOFT on the linears the estimate names (one butterfly factor), fp32 adapters
+    as get_peft_model's autocast_adapter_dtype leaves them (RunConfig refuses 16-bit)."""
+    from peft import BOFTConfig, get_peft_model
+
+    from ftmem.methods import boft_linears
+
+    size, num, _ = run.boft
+    cfg = BOFTConfig(
+        boft_block_size=size,
+        boft_block_num=num,
+        boft_n_butterfly_factor=1,
+        target_modules=[lin.module for lin in boft_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(model, cfg, autocast_adapter_dtype=True)
+
+
+def _peft_oft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's OFT on the linears the estimate names, its adapters in the dtype asked for."""
+    from peft import OFTConfig, get_peft_model
+
+    from ftmem.methods import oft_linears
+
+    r, size, _, share, terms = run.oft
+    cfg = OFTConfig(
+        r=r,
+        oft_block_size=size,
+        block_share=share,
+        use_cayley_neumann=terms > 0,
+        num_cayley_neumann_terms=terms or 5,
+        target_modules=[lin.module for lin in oft_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
+    if run.adapter_dtype != "auto":
+        for name, p in model.named_parameters():
+            if ".oft_R." in name:
+                p.data = p.data.to(_DTYPES[run.adapter_dtype])
+    return model
+
+
 def _peft_vera(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's VeRA on the linears the estimate names; its vectors and its one shared pair
     of projections (a BufferDict every layer holds) in the dtype asked for."""
@@ -1084,6 +1140,41 @@ def _peft_fourierft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.
 class _ImplKwargs(TypedDict, total=False):
     foreach: bool
     fused: bool
+
+
+def _peft_miss_road(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's MiSS or RoAd on the linears the estimate names, its parameters in the dtype
+    asked for."""
+    from peft import MissConfig, RoadConfig, get_peft_model
+
+    from ftmem.methods import miss_linears, road_linears
+
+    cfg: PeftConfig
+    if run.method == "miss":
+        r, init, mini_r, _ = run.miss
+        cfg = MissConfig(
+            r=r,
+            mini_r=mini_r,
+            init_weights=True if init == "default" else init,  # type: ignore[arg-type]
+            target_modules=[lin.module for lin in miss_linears(arch, run)],
+            task_type="CAUSAL_LM",
+        )
+    else:
+        variant, group, _ = run.road
+        cfg = RoadConfig(
+            variant=variant,
+            group_size=group,
+            target_modules=[lin.module for lin in road_linears(arch, run)],
+            task_type="CAUSAL_LM",
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
+    if run.adapter_dtype != "auto":
+        for name, p in model.named_parameters():
+            if "miss_block" in name or "road_" in name:
+                p.data = p.data.to(_DTYPES[run.adapter_dtype])
+    return model
 
 
 def _impl_kwargs(run: RunConfig) -> _ImplKwargs:

@@ -50,6 +50,17 @@ FRAMEWORK_ROTARY_CACHE = "framework_rotary_cache"
 # peft VeRA's shared projections (BufferDicts "vera_A" and "vera_B"), which ftmem counts
 # beside the weights too (adapters.vera.projection_bytes)
 VERA_PROJECTIONS = (".vera_A.default", ".vera_B.default")
+# and the buffers peft's adapters register that ftmem counts so too: BOFT's fp32
+# permutation matrices (peft tuners/boft/layer.py update_layer ``boft_P``), OFT's int64
+# upper-triangle indices (tuners/oft/layer.py OFTRotationModule ``rows``, ``cols``),
+# VeRA's projections
+ESTIMATED_BUFFERS = (
+    FRAMEWORK_ROTARY_CACHE,
+    "boft_P",
+    "oft_R.default.rows",
+    "oft_R.default.cols",
+    *VERA_PROJECTIONS,
+)
 
 
 def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch.Tensor]:
@@ -73,8 +84,7 @@ def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch
     if buffers:
         ts.extend(model.buffers())
     else:  # the buffers the estimate counts as weights: a framework's own rotary cache
-        counted = (FRAMEWORK_ROTARY_CACHE, *VERA_PROJECTIONS)
-        ts.extend(b for name, b in model.named_buffers() if name.endswith(counted))
+        ts.extend(b for name, b in model.named_buffers() if name.endswith(ESTIMATED_BUFFERS))
     return ts
 
 

@@ -38,6 +38,10 @@ class BlockState:
     # LoHa: linears with a Hadamard-product adapter (its ΔW needs their output's gradient)
     hadamard: frozenset[str] = frozenset()
     kronecker: frozenset[str] = frozenset()  # LoKr's
+    miss: frozenset[str] = frozenset()  # MiSS's blocks
+    road: frozenset[str] = frozenset()  # RoAd's rotations of the output
+    rotated: frozenset[str] = frozenset()  # BOFT's
+    block_rotated: frozenset[str] = frozenset()  # OFT's
     vectored: frozenset[str] = frozenset()  # VeRA's (its vectors need the output's gradient)
     spectral: frozenset[str] = frozenset()  # FourierFT's
 
@@ -50,9 +54,11 @@ class BlockState:
     def own_output_grad(self) -> frozenset[str]:
         """Linears whose output needs a gradient for a parameter other than LoRA's: a
         trained bias (BitFit), an IA³ vector, a trained weight, a bottleneck adapter,
-        adapter v2's bias and scale, a LoHa, LoKr, VeRA or FourierFT adapter."""
+        adapter v2's bias and scale, a LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA or FourierFT
+        adapter."""
         own = self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
-        return own | self.hadamard | self.kronecker | self.vectored | self.spectral
+        own |= self.miss | self.road | self.vectored | self.spectral
+        return own | self.hadamard | self.kronecker | self.rotated | self.block_rotated
 
     def weight_trains(self, lin: Linear) -> bool:
         return self.weights_trainable or lin.module in self.trained

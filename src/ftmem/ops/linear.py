@@ -4,11 +4,15 @@ group of linears asks each adapter on it what it adds."""
 
 from __future__ import annotations
 
+from ftmem.adapters.boft import BOFT
 from ftmem.adapters.bottleneck import Bottleneck
 from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.llama_adapter import LlamaAdapter
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
+from ftmem.adapters.miss import MiSS
+from ftmem.adapters.oft import OFT
+from ftmem.adapters.road import RoAd
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -138,15 +142,12 @@ class LinearOp:
             ctx, linears, state, side, in_grad, in_features, in_bytes
         )
         out += items
-        if state.hadamard or state.kronecker or state.spectral:
-            items, loha_reads = LoHa.saved(ctx, linears, state, side, in_grad, in_bytes)
-            out += items
-            shared_input = shared_input or loha_reads
+        items, reads = LinearOp.peft_other_saved(ctx, linears, state, side, in_grad, in_bytes)
+        out += items
+        shared_input = shared_input or reads
         if shared_input and not input_bytes and not input_kept_elsewhere:
             size = ctx.tokens * in_features * in_bytes
             out.append(Saved(f"{label}: input (for lora_A)", size, Kind.LINEAR_INPUT, side, group))
-        if state.vectored:
-            out += VeRA.saved(ctx, linears, state, side, in_grad)
         if state.scaled or state.scaled_in:
             out += IA3.saved(ctx, linears, state, side)
         if state.bottleneck:
@@ -158,6 +159,35 @@ class LinearOp:
         if in_grad and LinearOp.gptq_dequantises(ctx.run, ctx.tokens):
             out += LinearOp.dequantised_weights(linears, side)
         return out
+
+    @staticmethod
+    def peft_other_saved(
+        ctx: LayerContext,
+        linears: list[Linear],
+        state: BlockState,
+        side: Side,
+        in_grad: bool,
+        in_bytes: int,
+    ) -> tuple[list[Saved], bool]:
+        """What peft's LoHa, LoKr, FourierFT, BOFT, OFT, MiSS, RoAd and VeRA adapters of
+        linears reading one tensor keep, and whether one of them keeps that tensor itself
+        (VeRA never does: its products keep h and y, not the input)."""
+        out: list[Saved] = []
+        reads = False
+        for present, op in (
+            (state.hadamard or state.kronecker or state.spectral, LoHa),
+            (state.rotated, BOFT),
+            (state.block_rotated, OFT),
+            (state.miss, MiSS),
+            (state.road, RoAd),
+        ):
+            if present:
+                items, op_reads = op.saved(ctx, linears, state, side, in_grad, in_bytes)
+                out += items
+                reads = reads or op_reads
+        if state.vectored:
+            out += VeRA.saved(ctx, linears, state, side, in_grad)
+        return out, reads
 
     @staticmethod
     def lora_saved(

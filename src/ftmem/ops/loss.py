@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ftmem.arch import HEAD, Architecture, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES, is_quantized
@@ -675,8 +676,23 @@ class HeldLogitsHead:
     loss_backward: int
 
 
+class AdaptedPieces(NamedTuple):
+    """An adapter's moments on LitGPT's chunked head (adapters.head_lora.chunked_head_lora),
+    in held_logits_head's terms: the pieces' forward, the branch's backward, and what the
+    branch adds to (or, its saved tensors freed, takes from) the base's backward."""
+
+    forward: int
+    branch: int
+    base: int
+
+
 def held_logits_head(
-    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    e: int,
+    T: int,
+    adapted: AdaptedPieces | None = None,
 ) -> HeldLogitsHead | None:
     """LitGPT's LM head and chunked cross-entropy (litgpt@00af8b0d litgpt/lora.py
     GPT.forward, litgpt/utils.py chunked_cross_entropy), None on other frameworks.
@@ -696,10 +712,11 @@ def held_logits_head(
         # the last piece's matmul beside the earlier pieces' 16-bit logits; then the
         # fp32 copies of all (the previous step's still held) before the 16-bit ones go
         forward = max(T * V * e + dequant - log_softmax, T * V * e)
-        backward = max(
-            2 * rows * V * FP32,  # one piece's nll and log-softmax gradients
-            T * V * e - log_softmax + dequant + rows * h * e,  # the head's backward
-        )
+        base = T * V * e - log_softmax + dequant + rows * h * e  # the head's backward
+        backward = max(2 * rows * V * FP32, base)  # (first: a piece's nll, log-softmax grads)
+        if adapted is not None:  # LoRA on the head (lora_head): its pieces and branch
+            forward = max(forward, adapted.forward)
+            backward = max(2 * rows * V * FP32, base + adapted.base, adapted.branch)
     else:
         # litgpt/finetune/full.py: one head matmul; chunked_cross_entropy reshapes the
         # shifted logits[..., :-1, :] (a copy when b > 1) and splits it in 128 rows

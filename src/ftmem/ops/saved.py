@@ -35,6 +35,10 @@ class Kind(Enum):
     IA3 = "ia3"
     LOHA = "loha"  # LoHa's input cast and its delta weight
     VERA = "vera"  # VeRA's rank-r and output-wide products, its buffer slices' casts
+    MISS = "miss"  # MiSS's summed input, bat's weight copies
+    ROAD = "road"  # RoAd's cast and rotated outputs
+    BOFT = "boft"  # BOFT's rotation matrices and scaled output
+    OFT = "oft"  # OFT's input cast and its rotation blocks
     BOTTLENECK = "bottleneck"
     LLAMA_ADAPTER = "llama-adapter"  # the adaption prompt's attention, v2's scaled outputs
     ATTN_QK = "attention q/k"  # the query and key the kernel reads (rotary outputs)
