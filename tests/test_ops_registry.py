@@ -41,6 +41,7 @@ EXPECTED = {
     "head_lora",
     "prefix_tuning",
     "prompt_encoder",
+    "vera",
 }
 
 

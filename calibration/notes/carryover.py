@@ -147,6 +147,31 @@ RUNS: list[Run] = [
         {"method": "oft", "oft_r": 32, "oft_targets": "q,v", **LORA_KEYS},
     ),
     peft(
+        "vera--llama-3.2-3B-default",
+        21621637120,
+        {"method": "vera", "vera_rank": 256, "vera_targets": "q,v", **LORA_KEYS},
+    ),
+    peft(
+        "fourierft--llama-3.2-3B-default",
+        23657971712,
+        {
+            "method": "fourierft",
+            "fourierft_frequencies": 1000,
+            "fourierft_targets": "q,v",
+            **LORA_KEYS,
+        },
+    ),
+    peft(
+        "fourierft--llama-3.2-3B-n_frequency-5000",
+        23670554624,
+        {
+            "method": "fourierft",
+            "fourierft_frequencies": 5000,
+            "fourierft_targets": "q,v",
+            **LORA_KEYS,
+        },
+    ),
+    peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,
         {"lora_r": 32, "lora_alpha": 64},

@@ -930,6 +930,22 @@ def _miss_road_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
     return settings
 
 
+def _vera_fourierft_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
+    """VeRA's or FourierFT's settings as the estimate used them."""
+    if run.method == "vera":
+        r, targets = run.vera
+        settings: dict[str, object] = dict(vera_rank=r, vera_targets=targets)
+        adapted = plan.vectored
+    else:
+        n, targets = run.fourierft
+        settings = dict(fourierft_frequencies=n, fourierft_targets=targets)
+        adapted = plan.spectral
+    settings.update(
+        adapter_dtype=plan.dtypes.adapter, adapted_modules=[lin.module for lin in adapted]
+    )
+    return settings
+
+
 def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> ResolvedRun:
     resolved: dict[str, object] = dict(_settings(run))
     if arch.encoder_decoder:  # the decoder's length, given or defaulted
@@ -978,6 +994,8 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
             adapter_dtype=plan.dtypes.adapter,
             adapted_modules=[lin.module for lin in plan.kronecker],
         )
+    if run.method in ("vera", "fourierft"):
+        resolved.update(_vera_fourierft_resolved(run, plan))
     if run.method in ("miss", "road"):
         resolved.update(_miss_road_resolved(run, plan))
     if run.method == "boft":

@@ -153,6 +153,17 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "(Cayley-Neumann) in every forward (--oft-block-size, --oft-r, --oft-targets)",
         "Qiu et al. 2023 (OFT), arXiv:2306.07280; peft tuners/oft",
     ),
+    "vera": (
+        "peft's VeRA: one pair of frozen random projections shared by every adapted linear, "
+        "trained scaling vectors (r and out) per linear (--vera-rank, --vera-targets)",
+        "Kopiczko et al. 2024 (VeRA), arXiv:2310.11454; peft tuners/vera",
+    ),
+    "fourierft": (
+        "peft's FourierFT: n trained spectral coefficients per linear, ΔW = ifft2 of their "
+        "sparse spectrum built whole (out × in) in every forward (--fourierft-frequencies, "
+        "--fourierft-targets)",
+        "Gao et al. 2024 (FourierFT), arXiv:2405.03003; peft tuners/fourierft",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -289,6 +300,10 @@ class MethodPlan:
     rotated: tuple[Linear, ...] = ()
     # OFT: the linears whose input its orthogonal blocks turn
     block_rotated: tuple[Linear, ...] = ()
+    # VeRA: the linears with peft's scaled shared projections beside them
+    vectored: tuple[Linear, ...] = ()
+    # FourierFT: the linears whose ΔW is an inverse FFT of a sparse trained spectrum
+    spectral: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -788,6 +803,44 @@ def oft_blocks(lin: Linear, run: RunConfig) -> tuple[int, int]:
     return n // size, size
 
 
+def vera_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a VeRA adapter (none for the other methods)."""
+    if run.method != "vera":
+        return ()
+    if arch.traits.conv1d:
+        # (peft wraps them, transposing through fan_in_fan_out: not modelled)
+        raise InvalidInputError(
+            f"VeRA on {arch.family}'s transformers Conv1D layers is not modelled; "
+            "use lora or ia3 on this model."
+        )
+    return _lycoris_linears(arch, run.vera[1], "VeRA")
+
+
+def fourierft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a FourierFT adapter (none for the other methods)."""
+    if run.method != "fourierft":
+        return ()
+    if arch.traits.conv1d:
+        # (peft wraps them; not modelled)
+        raise InvalidInputError(
+            f"FourierFT on {arch.family}'s transformers Conv1D layers is not modelled; "
+            "use lora or ia3 on this model."
+        )
+    return _lycoris_linears(arch, run.fourierft[1], "FourierFT")
+
+
+def vera_projection_shapes(linears: tuple[Linear, ...], r: int) -> tuple[tuple[int, int], ...]:
+    """vera_A (r × the widest input) and vera_B (the widest output × r): one pair for the
+    whole model, sliced by every adapted linear (peft 0.21.2 tuners/vera/model.py
+    VeraModel._find_dim and _init_vera_A_vera_B; the same at 5d602fdbff04)."""
+    if not linears:
+        return ()
+    return (
+        (r, max(lin.in_features for lin in linears)),
+        (max(lin.out_features for lin in linears), r),
+    )
+
+
 def _lycoris_linears(arch: Architecture, spec: str, name: str) -> tuple[Linear, ...]:
     """peft's LyCORIS adapters' targets, on the models ftmem models them on."""
     if arch.traits.conv1d:
@@ -1035,12 +1088,15 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         road=other.road,
         rotated=other.rotated,
         block_rotated=other.block_rotated,
+        vectored=other.vectored,
+        spectral=other.spectral,
         orth_regularised=adalora_regularised(run),
     )
 
 
 class _PeftOther(NamedTuple):
-    """The linears each of peft's other adapters (LoHa, LoKr, MiSS, RoAd, BOFT, OFT) wraps."""
+    """The linears each of peft's other adapters (LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA,
+    FourierFT) wraps."""
 
     hadamard: tuple[Linear, ...]
     kronecker: tuple[Linear, ...]
@@ -1048,12 +1104,15 @@ class _PeftOther(NamedTuple):
     road: tuple[Linear, ...]
     rotated: tuple[Linear, ...]
     block_rotated: tuple[Linear, ...]
+    vectored: tuple[Linear, ...]
+    spectral: tuple[Linear, ...]
 
 
 def _peft_other(
     arch: Architecture, run: RunConfig, dtypes: Dtypes
 ) -> tuple[_PeftOther, list[TensorGroup]]:
-    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT and OFT wrap, and their tensors."""
+    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA and FourierFT wrap, and
+    their tensors."""
     other = _PeftOther(
         loha_linears(arch, run),
         lokr_linears(arch, run),
@@ -1061,9 +1120,13 @@ def _peft_other(
         road_linears(arch, run),
         boft_linears(arch, run),
         oft_linears(arch, run),
+        vera_linears(arch, run),
+        fourierft_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _lokr_groups(other.kronecker, arch, run, dtypes)
+    groups += _vera_groups(other.vectored, arch, run, dtypes)
+    groups += _fourierft_groups(other.spectral, arch, run, dtypes)
     groups += _miss_road_groups(other.miss + other.road, arch, run, dtypes)
     groups += _boft_groups(other.rotated, arch, run, dtypes)
     groups += _oft_groups(other.block_rotated, arch, run, dtypes)
@@ -1439,6 +1502,34 @@ def _oft_groups(
         shape = (1 if run.oft[3] else blocks, side * (side - 1) // 2)
         groups.append(_adapter(f"{lin.module}.oft_R.weight", shape, arch, dtypes, lin))
     return groups
+
+
+def _vera_groups(
+    vectored: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """VeRA's trained vectors per adapted linear: vera_lambda_b (out) and vera_lambda_d
+    (r), in the adapter dtype (peft 0.21.2 tuners/vera/layer.py VeraLayer.update_layer).
+    The shared projections are buffers: adapters.vera.projection_bytes."""
+    r = run.vera[0]
+    groups: list[TensorGroup] = []
+    for lin in vectored:
+        groups.append(
+            _adapter(f"{lin.module}.vera_lambda_b", (lin.out_features,), arch, dtypes, lin)
+        )
+        groups.append(_adapter(f"{lin.module}.vera_lambda_d", (r,), arch, dtypes, lin))
+    return groups
+
+
+def _fourierft_groups(
+    spectral: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """FourierFT's spectrum (n_frequency) per adapted linear, in the adapter dtype (peft
+    0.21.2 tuners/fourierft/layer.py FourierFTLayer.update_layer); its indices are not
+    parameters (adapters.lycoris.fourier_index_bytes)."""
+    n = run.fourierft[0]
+    return [
+        _adapter(f"{lin.module}.fourierft_spectrum", (n,), arch, dtypes, lin) for lin in spectral
+    ]
 
 
 def _bottleneck_groups(

@@ -9,12 +9,16 @@ Which releases register them, per family, is data (``Family.rotary_cache_release
 ``transformers_version`` is the current release, which registers none. A framework's own
 rotary module may register its table too (Profile.rotary_cache_buffer: torchtune's), and
 LitGPT's LLaMA-Adapter caches its prompts' keys and values on its modules
-(adapters.llama_adapter.prompt_kv_cache_bytes).
+(adapters.llama_adapter.prompt_kv_cache_bytes). peft's VeRA registers its one pair of
+shared projections as buffers (adapters.vera.projection_bytes), FourierFT its spectral
+indices as plain tensors (adapters.lycoris.fourier_index_bytes).
 """
 
 from __future__ import annotations
 
 from ftmem.adapters.llama_adapter import prompt_kv_cache_bytes
+from ftmem.adapters.lycoris import fourier_index_bytes
+from ftmem.adapters.vera import projection_bytes
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.precision import Dtypes
@@ -96,6 +100,8 @@ def release_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> 
         + last_cos_sin_bytes(arch, run, dtypes)
         + framework_rotary_cache_bytes(arch, run)
         + prompt_kv_cache_bytes(arch, run, dtypes)
+        + projection_bytes(arch, run, dtypes)
+        + fourier_index_bytes(arch, run)
     )
 
 
@@ -105,5 +111,7 @@ def stage_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes, stage
     framework's shared rotary cache."""
     per_layer = rotary_table_bytes(arch, run, dtypes) + last_cos_sin_bytes(arch, run, dtypes)
     per_layer += prompt_kv_cache_bytes(arch, run, dtypes)  # (its gated blocks' share, roughly)
+    per_layer += fourier_index_bytes(arch, run)
     shared = causal_mask_bytes(arch, run) + framework_rotary_cache_bytes(arch, run)
+    shared += projection_bytes(arch, run, dtypes)  # (VeRA's pair: every stage slices it)
     return per_layer // stages + shared

@@ -41,6 +41,8 @@ Method = Literal[
     "road",
     "boft",
     "oft",
+    "vera",
+    "fourierft",
     "prompt-tuning",
     "prefix-tuning",
     "p-tuning",
@@ -126,6 +128,13 @@ DEFAULT_LOHA_ALPHA = 8.0
 # init_weights=True) and RoadConfig's (tuners/road/config.py: variant road_1, group_size 64)
 DEFAULT_MISS_RANK = 64
 DEFAULT_ROAD_GROUP = 64
+# peft's VeraConfig default rank (peft 0.21.2 tuners/vera/config.py: r=256; the same at
+# 5d602fdbff04, the MetaMathQA release); target_modules from the VeRA mapping
+# (utils/constants.py: q_proj, v_proj for Llama)
+DEFAULT_VERA_RANK = 256
+# peft's FourierFTConfig default (peft 0.21.2 tuners/fourierft/config.py: n_frequency=1000;
+# the same at 5d602fdbff04); target_modules from the LoRA mapping (q_proj, v_proj for Llama)
+DEFAULT_FOURIER_FREQUENCIES = 1000
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -142,7 +151,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         )
     },
     "adapter_dtype": ADAPTER_METHODS
-    | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road"},
+    | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"},
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
@@ -158,6 +167,8 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         k: frozenset({"oft"})
         for k in ("oft_r", "oft_block_size", "oft_targets", "oft_block_share", "oft_neumann_terms")
     },
+    **{k: frozenset({"vera"}) for k in ("vera_rank", "vera_targets")},
+    **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -222,6 +233,8 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "oft_r": limits.WIDTH,
     "oft_block_size": limits.WIDTH,
     "oft_neumann_terms": limits.WIDTH,
+    "vera_rank": limits.WIDTH,
+    "fourierft_frequencies": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -290,8 +303,8 @@ Framework = Literal[
 
 
 # where a peft AdaLoraModel trains: a loop that calls update_and_allocate (HF Trainer has no
-# call of its own: the user's callback or loop adds it); ftmem models peft's BOFT and OFT
-# under the same three
+# call of its own: the user's callback or loop adds it); ftmem models peft's BOFT, OFT,
+# VeRA and FourierFT under the same three (the frameworks that take any peft model)
 ADALORA_FRAMEWORKS = frozenset({"hf", "peft-mc", "lightning"})
 
 
@@ -757,6 +770,20 @@ class RunConfig(limits.BoundedSettings):
         exclude_if=_unset,
         description="OFT: Cayley-Neumann terms (5); 0 for the exact Cayley solve.",
     )
+    # VeRA (peft's shared frozen random projections, trained scaling vectors)
+    vera_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="VeRA: rank r of the shared projections (256)."
+    )
+    vera_targets: str | None = Field(
+        None, exclude_if=_unset, description="VeRA: adapted linears, roles or names (q,v)."
+    )
+    # FourierFT (peft's spectrum of n frequencies per linear, ΔW by an inverse 2-D FFT)
+    fourierft_frequencies: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="FourierFT: n_frequency per adapted linear (1000)."
+    )
+    fourierft_targets: str | None = Field(
+        None, exclude_if=_unset, description="FourierFT: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1066,11 +1093,24 @@ class RunConfig(limits.BoundedSettings):
             "oft_targets",
             "miss_targets",
             "road_targets",
+            "vera_targets",
+            "fourierft_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} is empty; give e.g. q,v, attention or all-linear")
+        peft_only = {"vera": "VeRA (peft's VeraModel)", "fourierft": "FourierFT (peft's)"}
+        if self.method in peft_only and self.framework not in ADALORA_FRAMEWORKS:
+            raise ValueError(
+                f"--framework {self.framework} has no {peft_only[self.method]}: "
+                "use --framework hf, peft-mc or lightning"
+            )
+        if self.method == "fourierft" and self.precision.endswith("-mixed"):
+            raise ValueError(
+                "FourierFT under autocast (--precision bf16-mixed / fp16-mixed) is not "
+                "modelled (autocast casts its fp32 ΔW); use --precision bf16 or fp32"
+            )
         if self.method == "lokr" and self.precision.endswith("-mixed"):
             raise ValueError(
                 "LoKr under autocast (--precision bf16-mixed / fp16-mixed) is not modelled "
@@ -1289,6 +1329,17 @@ class RunConfig(limits.BoundedSettings):
         if self.oft_r is not None:
             return self.oft_r, 0, self.oft_targets or "q,v", share, terms
         return 0, self.oft_block_size or 32, self.oft_targets or "q,v", share, terms
+
+    @property
+    def vera(self) -> tuple[int, str]:
+        """VeRA's (rank, targets), peft's defaults where not given."""
+        return self.vera_rank or DEFAULT_VERA_RANK, self.vera_targets or "q,v"
+
+    @property
+    def fourierft(self) -> tuple[int, str]:
+        """FourierFT's (n_frequency, targets), peft's defaults where not given."""
+        n = self.fourierft_frequencies or DEFAULT_FOURIER_FREQUENCIES
+        return n, self.fourierft_targets or "q,v"
 
     @property
     def n_virtual(self) -> int:

@@ -85,6 +85,25 @@ if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-u
     from ftmem.sequence_parallel import SequenceSplit
 
 
+# methods with trainable parameters of their own in every block (BlockState sets per kind)
+EVERY_BLOCK_TRAINS = frozenset(
+    {
+        "bitfit",
+        "ia3",
+        "prefix-tuning",
+        "adapter",
+        "loha",
+        "lokr",
+        "boft",
+        "oft",
+        "miss",
+        "road",
+        "vera",
+        "fourierft",
+    }
+)
+
+
 def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[BlockState]:
     """Per block (bottom to top): does its input need a gradient, do its weights train."""
     L = arch.num_layers
@@ -96,20 +115,10 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     inputs_grad = plan.outer_trainable or plan.embed_trainable or run.grad_ckpt
     # a trained vision tower or projector writes the image tokens' embeddings
     inputs_grad = inputs_grad or vision_step.trains_below(arch, run)
-    if run.method in (
-        "bitfit",
-        "ia3",
-        "prefix-tuning",
-        "adapter",
-        "loha",
-        "lokr",
-        "boft",
-        "oft",
-        "miss",
-        "road",
-    ):
+    if run.method in EVERY_BLOCK_TRAINS:
         # every block has trainable parameters (biases, IA³ vectors, its key/value prefix,
-        # LoHa and LoKr factors, BOFT's and OFT's rotations):
+        # LoHa and LoKr factors, BOFT's and OFT's rotations, MiSS blocks, RoAd rotations,
+        # VeRA vectors, FourierFT spectra):
         # gradients flow from the top to block 0's, so every block's input but the first
         # needs a gradient
         biased = frozenset(plan.biased)
@@ -122,6 +131,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         road = frozenset(lin.module for lin in plan.road)
         rotated = frozenset(lin.module for lin in plan.rotated)
         block_rotated = frozenset(lin.module for lin in plan.block_rotated)
+        vectored = frozenset(lin.module for lin in plan.vectored)
+        spectral = frozenset(lin.module for lin in plan.spectral)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -139,6 +150,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 road=road,
                 rotated=rotated,
                 block_rotated=block_rotated,
+                vectored=vectored,
+                spectral=spectral,
             )
 
         # one object per distinct state: step_parts derives each once

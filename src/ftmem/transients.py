@@ -18,6 +18,7 @@ from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
+from ftmem.adapters.vera import VeRA
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan, TensorGroup, experts_are_linears
@@ -431,8 +432,9 @@ def adapter_moment(
       -17 %).
     - DoRA's own backward at its linear, with what the block keeps up to it: the fp32
       gradients of its rescaled sum (Phi-3 DoRA on qkv, bf16-mixed: -6 % without).
-    - LoHa's Hadamard (LoKr's Kronecker) backward at its largest linear
-      (LoHa.backward_moment), MiSS bat's (MiSS.bat_backward).
+    - LoHa's Hadamard (LoKr's Kronecker, FourierFT's inverse FFT) backward at its largest
+      linear (LoHa.backward_moment), MiSS bat's (MiSS.bat_backward), VeRA's
+      (VeRA.backward_own); FourierFT's recomputed ΔW build with checkpointing.
 
     Both beside the gradient that came into the block."""
     if run.method == "oft":
@@ -445,10 +447,12 @@ def adapter_moment(
         # checkpointing reruns each BOFT forward, with its graph, inside the backward
         rerun = BOFT.forward_build(plan, run, T, xb, True) if run.grad_ckpt else 0
         return max(BOFT.backward_moment(plan, T, xb), rerun)
-    if run.method in ("loha", "lokr"):
-        return LoHa.backward_moment(plan, T, partial(LinearOp.input_bytes, plan, e=e))
+    if run.method in ("loha", "lokr", "fourierft"):
+        return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
         return _miss_moment(arch, run, plan, block, e, T)
+    if run.method == "vera":
+        return vera_moment(arch, run, plan, block, e, T)
     if run.method not in ADAPTER_METHODS or not (run.grad_ckpt or run.method == "dora"):
         return 0
     ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
@@ -490,6 +494,37 @@ def adapter_moment(
     if not moments:
         return 0
     return max(moments) + incoming_gradient(arch, run, plan, e, T) - sum(x.nbytes for x in block)
+
+
+def _delta_moment(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
+    """LoHa's, LoKr's or FourierFT's ΔW backward at its largest linear
+    (LoHa.backward_moment) and, for FourierFT with checkpointing, the recompute's ΔW
+    build."""
+    in_bytes = partial(LinearOp.input_bytes, plan, e=e)
+    delta = LoHa.backward_moment(plan, T, in_bytes)
+    if run.grad_ckpt and run.method == "fourierft":
+        # the recompute's ΔW build (20 bytes an element, above its backward's 16) at
+        # its largest linear, with the block rebuilt up to it (taken as all of it:
+        # exact at the last, the down projection) and the incoming gradient (measured:
+        # tiny Llama, all linears, 8 tokens, −6.7 % without)
+        rebuild = LoHa.forward_build(plan, T, in_bytes, True)
+        delta = max(delta, rebuild + incoming_gradient(arch, run, plan, e, T))
+    return delta
+
+
+def vera_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int:
+    """VeRA's backward at its largest linear (VeRA.backward_own, the gradient handed to
+    it counted as alive) beside the block's incoming gradient, relative to the whole block's saved
+    activations (the recomputed block's, with checkpointing); at an attention linear
+    the MLP side is freed by then."""
+    mlp_side = freed_before_attention(arch, block)
+    moments = [
+        VeRA.backward_own(plan, run, lin, T) - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
+        for lin in plan.vectored
+    ]
+    return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
 
 
 def _miss_moment(

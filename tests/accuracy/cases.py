@@ -1086,6 +1086,51 @@ def _lycoris() -> list[Case]:
     return cases
 
 
+def _vera() -> list[Case]:
+    """peft's VeRA (the shared projections as buffers, h and y kept per adapted linear) and
+    FourierFT;
+    with checkpointing at 1,600 tokens its backward products (T × r, T × out) are the
+    peak (VeRA.backward_own), as they are at a wide rank on the default q,v."""
+    cases = [
+        Case(family, {"method": "vera", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "falcon", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "vera_targets": "all-linear", "vera_rank": 4},
+        {"precision": "bf16-mixed", "vera_targets": "all-linear", "vera_rank": 16},
+    ):
+        cases.append(Case("llama", {"method": "vera", **extra}))
+    many = {"batch_size": 4, "seq_len": 400, "grad_ckpt": True, "vera_targets": "all-linear"}
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32"},
+        {"precision": "bf16-mixed", "vera_rank": 16},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+    ):
+        cases.append(Case("llama", {"method": "vera", **many, **extra}))
+    # FourierFT: its ΔW (an inverse FFT of a sparse spectrum) built whole every forward; on
+    # a wider model at few tokens the build (and with checkpointing its recompute) is the peak
+    cases += [
+        Case(family, {"method": "fourierft", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "fourierft_targets": "all-linear", "fourierft_frequencies": 30},
+    ):
+        cases.append(Case("llama", {"method": "fourierft", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "fourierft_targets": "all-linear"}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "fourierft", **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _miss_road() -> list[Case]:
     """peft's MiSS (default, bat, mini) and RoAd (road_1, 2, 4); on a wider model at few
     tokens MiSS bat's weight rebuild and its backward are the peak."""
@@ -1220,6 +1265,7 @@ def _peft_methods() -> list[Case]:
     cases += _miss_road()
     cases += _boft()
     cases += _oft()
+    cases += _vera()
     # prompt tuning and P-tuning: virtual tokens in front of the input
     for family in sorted(TINY):
         cases.append(Case(family, {"method": "prompt-tuning", "precision": "bf16"}))

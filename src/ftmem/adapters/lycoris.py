@@ -13,6 +13,13 @@ builds ΔW (out × in) from the adapter's factors, casts the input to ΔW's dtyp
 - LoKr: ``ΔW = torch.kron(w1, w2) * scale`` (``make_kron``), w1 and w2 parameters or
   products of a low-rank pair; kron's broadcast multiply keeps both factors, so a factor
   built from a pair (w2 = w2_a·w2_b, b × d) stays alive until backward.
+- FourierFT (tuners/fourierft/layer.py ``get_delta_weight``): its n trained coefficients
+  scattered into an fp32 out × in zero spectrum, ``torch.fft.ifft2`` of it (complex64),
+  the real part times ``scaling``, cast to the spectrum's dtype. The scatter, the FFT and
+  the scaling keep nothing (a constant index, linear maps), so what the layer keeps is
+  the ΔW and input cast above. Its build and backward run on fp32 and complex64 copies of
+  the whole spectrum whatever the adapter dtype: FOURIER_BUILD and FOURIER_BACKWARD bytes
+  per element of ΔW (measured on the CPU; cuFFT's plan work area on CUDA is not counted).
 
 Not modelled: under autocast peft returns an adapted linear's output in its input's dtype
 (``result.to(previous_dtype)``: fp32 from an fp32 residual stream), which ftmem keeps
@@ -23,12 +30,34 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ftmem.arch import Linear
+from ftmem.arch import Architecture, Linear
 from ftmem.dtypes import BYTES_PER_ELEMENT
-from ftmem.methods import MethodPlan, lokr_shapes
+from ftmem.methods import MethodPlan, fourierft_linears, lokr_shapes
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.run import RunConfig
+
+# Bytes per out × in element at FourierFT's largest moments, measured with one peft
+# FourierFT Linear on the CPU (tests/test_vera.py): the build holds the zero spectrum (fp32),
+# its complex copy and ifft2's complex result (4 + 8 + 8); the backward, ΔW and its input
+# cast freed by the mm's node, ΔW's gradient, its fp32 scaled copy and ifft2's complex
+# backward result (4 + 4 + 8)
+FOURIER_BUILD = 20
+FOURIER_BACKWARD = 16
+
+
+def fourier_index_bytes(arch: Architecture, run: RunConfig) -> int:
+    """FourierFT's indices per adapted linear: the n sampled (row, column) pairs, an int64
+    2 × n tensor peft keeps on the layer (``self.indices``, tuners/fourierft/layer.py
+    update_layer) and moves with the model; index_put's backward keeps views of it."""
+    if run.method != "fourierft":
+        return 0
+    blocks = [
+        arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        for lin in fourierft_linears(arch, run)
+    ]
+    return sum(blocks) * 2 * run.fourierft[0] * 8
 
 
 def delta_bytes(plan: MethodPlan) -> int:
@@ -90,7 +119,9 @@ class LoHa:
         reads_input = False
         for lin in linears:
             name = "LoHa" if lin.module in state.hadamard else "LoKr"
-            if name == "LoKr" and lin.module not in state.kronecker:
+            if lin.module in state.spectral:
+                name = "FourierFT"
+            elif name == "LoKr" and lin.module not in state.kronecker:
                 continue
             items, reads = _delta_saved(ctx, lin, side, in_grad, in_bytes, name)
             out += items + (LoKr.kept(ctx, lin, side) if name == "LoKr" else [])
@@ -113,6 +144,10 @@ class LoHa:
             for n, group in ((3, plan.hadamard), (2, plan.kronecker))
             for w, cast in _sizes(group, de, T, in_bytes)
         ]
+        held += [
+            FOURIER_BUILD * (w // de) - (w + cast if kept else 0)
+            for w, cast in _sizes(plan.spectral, de, T, in_bytes)
+        ]
         return max(held, default=0)
 
     @staticmethod
@@ -129,6 +164,10 @@ class LoHa:
             (2 * w + n * (w // de) * ae - w - cast)
             for n, group in ((3, plan.hadamard), (1, plan.kronecker))
             for w, cast in _sizes(group, de, T, in_bytes)
+        ]
+        held += [
+            FOURIER_BACKWARD * (w // de) - w - cast
+            for w, cast in _sizes(plan.spectral, de, T, in_bytes)
         ]
         return max(held, default=0)
 

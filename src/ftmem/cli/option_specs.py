@@ -509,6 +509,17 @@ RUN = [
         "OFT: Cayley-Neumann terms (default 5); 0 for the exact Cayley solve.",
     ),
     _opt(
+        "vera_rank", OptInt, None, "VeRA: rank r of the shared projections (default 256, peft's)."
+    ),
+    _opt("vera_targets", OptStr, None, "VeRA: adapted linears, as --lora-targets (default q,v)."),
+    _opt(
+        "fourierft_frequencies",
+        OptInt,
+        None,
+        "FourierFT: spectral coefficients per adapted linear (peft's n_frequency, default 1000).",
+    ),
+    _opt("fourierft_targets", OptStr, None, "FourierFT: adapted linears, as --lora-targets (q,v)."),
+    _opt(
         "adalora_target_r",
         OptInt,
         None,

@@ -236,6 +236,10 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _boft(model, pc, live, said)
     elif kind == "OFT":
         _oft(model, pc, live, said)
+    elif kind == "VERA":
+        _vera(model, pc, live, said)
+    elif kind == "FOURIERFT":
+        _fourierft(model, pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
         live.set("method", PROMPT_PEFT.get(kind, "prefix-tuning"), said)
         live.set("virtual_tokens", int(pc.num_virtual_tokens), said)
@@ -244,7 +248,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, prompt, prefix and P-tuning)."
+            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, prompt, prefix and "
+            "P-tuning)."
         )
 
 
@@ -346,7 +351,7 @@ def _boft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
 # methods whose trainable parameters' dtype is the run's --adapter-dtype
 ADAPTER_DTYPE_METHODS = frozenset(
     {"lora", "dora", "rslora", "adalora", "qlora", "ia3", "loha", "lokr", "boft", "oft"}
-    | {"miss", "road"}
+    | {"miss", "road", "vera", "fourierft"}
 )
 
 
@@ -370,6 +375,32 @@ def _oft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
         live.set("oft_targets", ",".join(wrapped), "the modules peft wrapped (oft_R)")
     if pc.coft:
         live.notes.append("coft: its projection (no gradient, block-sized) is not modelled.")
+
+
+def _vera(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's VeraConfig: its rank and the modules it wrapped (vera_lambda_b)."""
+    live.set("method", "vera", said)
+    live.set("vera_rank", int(pc.r), said)
+    marker = "vera_lambda_b"
+    wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)})
+    if wrapped:
+        live.set("vera_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
+    if pc.vera_dropout:
+        live.notes.append(
+            "VeRA vera_dropout: not modelled (its mask, T × in per adapted linear); "
+            "estimated without."
+        )
+
+
+def _fourierft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's FourierFTConfig: its n_frequency and the modules it wrapped
+    (fourierft_spectrum)."""
+    live.set("method", "fourierft", said)
+    live.set("fourierft_frequencies", int(pc.n_frequency), said)
+    marker = "fourierft_spectrum"
+    wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)})
+    if wrapped:
+        live.set("fourierft_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
 
 
 def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:

@@ -741,20 +741,28 @@ def _with_trainable_set(
         # BitFit has no peft implementation: every bias trains, nothing else
         for name, p in model.named_parameters():
             p.requires_grad_(name.endswith(".bias"))
-    elif run.method in PROMPT_METHODS or run.method == "ia3":
-        model = _peft_other(model, arch, run)
-    elif run.method in ("loha", "lokr"):
-        model = _peft_lycoris(model, arch, run)
-    elif run.method in ("miss", "road"):
-        model = _peft_miss_road(model, arch, run)
-    elif run.method == "boft":
-        model = _peft_boft(model, arch, run)
-    elif run.method == "oft":
-        model = _peft_oft(model, arch, run)
-    else:  # the LoRA family (ADAPTER_METHODS)
-        model = _peft_lora(model, arch, run)
+    else:  # peft's wrapper
+        model = _peft_wrapped(model, arch, run)
     _vision_trainable(model, arch, run)
     return model
+
+
+def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's wrapper of the method: IA³ and the prompt methods, LoHa and LoKr, MiSS and
+    RoAd, BOFT, OFT, VeRA, FourierFT, else the LoRA family (ADAPTER_METHODS)."""
+    if run.method in PROMPT_METHODS or run.method == "ia3":
+        return _peft_other(model, arch, run)
+    wrappers = {
+        "loha": _peft_lycoris,
+        "lokr": _peft_lycoris,
+        "miss": _peft_miss_road,
+        "road": _peft_miss_road,
+        "boft": _peft_boft,
+        "oft": _peft_oft,
+        "vera": _peft_vera,
+        "fourierft": _peft_fourierft,
+    }
+    return wrappers.get(run.method, _peft_lora)(model, arch, run)
 
 
 def _excluded(arch: Architecture, run: RunConfig) -> str | None:
@@ -1076,6 +1084,52 @@ def _peft_oft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module
     if run.adapter_dtype != "auto":
         for name, p in model.named_parameters():
             if ".oft_R." in name:
+                p.data = p.data.to(_DTYPES[run.adapter_dtype])
+    return model
+
+
+def _peft_vera(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's VeRA on the linears the estimate names; its vectors and its one shared pair
+    of projections (a BufferDict every layer holds) in the dtype asked for."""
+    from peft import VeraConfig, get_peft_model
+
+    from ftmem.methods import vera_linears
+
+    r, _ = run.vera
+    cfg = VeraConfig(
+        r=r, target_modules=[lin.module for lin in vera_linears(arch, run)], task_type="CAUSAL_LM"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
+    if run.adapter_dtype != "auto":
+        dtype = _DTYPES[run.adapter_dtype]
+        for name, p in model.named_parameters():
+            if "vera_lambda_" in name:
+                p.data = p.data.to(dtype)
+        base: Any = model.base_model
+        for projections in (base.vera_A, base.vera_B):
+            projections["default"] = projections["default"].to(dtype)
+    return model
+
+
+def _peft_fourierft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's FourierFT on the linears the estimate names, its spectra in the dtype asked for."""
+    from peft import FourierFTConfig, get_peft_model
+
+    from ftmem.methods import fourierft_linears
+
+    cfg = FourierFTConfig(
+        n_frequency=run.fourierft[0],
+        target_modules=[lin.module for lin in fourierft_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
+    if run.adapter_dtype != "auto":
+        for name, p in model.named_parameters():
+            if "fourierft_spectrum" in name:
                 p.data = p.data.to(_DTYPES[run.adapter_dtype])
     return model
 

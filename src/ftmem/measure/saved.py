@@ -47,10 +47,20 @@ def _quant_tensors(p: torch.Tensor) -> list[torch.Tensor]:
 # the name measure.build gives the rotary cache a framework's modules register
 # (Profile.rotary_cache_buffer), which ftmem counts beside the weights
 FRAMEWORK_ROTARY_CACHE = "framework_rotary_cache"
+# peft VeRA's shared projections (BufferDicts "vera_A" and "vera_B"), which ftmem counts
+# beside the weights too (adapters.vera.projection_bytes)
+VERA_PROJECTIONS = (".vera_A.default", ".vera_B.default")
 # and the buffers peft's adapters register that ftmem counts so too: BOFT's fp32
 # permutation matrices (peft tuners/boft/layer.py update_layer ``boft_P``), OFT's int64
-# upper-triangle indices (tuners/oft/layer.py OFTRotationModule ``rows``, ``cols``)
-ESTIMATED_BUFFERS = (FRAMEWORK_ROTARY_CACHE, "boft_P", "oft_R.default.rows", "oft_R.default.cols")
+# upper-triangle indices (tuners/oft/layer.py OFTRotationModule ``rows``, ``cols``),
+# VeRA's projections
+ESTIMATED_BUFFERS = (
+    FRAMEWORK_ROTARY_CACHE,
+    "boft_P",
+    "oft_R.default.rows",
+    "oft_R.default.cols",
+    *VERA_PROJECTIONS,
+)
 
 
 def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch.Tensor]:
@@ -64,6 +74,13 @@ def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch
         state = getattr(module, "state", None)
         if type(state).__name__ == "MatmulLtState":
             ts.extend(v for v in vars(state).values() if isinstance(v, torch.Tensor))
+    # peft FourierFT's spectral indices: a plain dict of int64 (2 × n) tensors on each
+    # adapted layer, moved with the model, neither parameter nor buffer; ftmem counts them
+    # beside the weights (adapters.lycoris.fourier_index_bytes)
+    for module in model.modules():
+        indices = getattr(module, "indices", None)
+        if isinstance(indices, dict) and hasattr(module, "fourierft_spectrum"):
+            ts.extend(t for t in indices.values() if isinstance(t, torch.Tensor))
     if buffers:
         ts.extend(model.buffers())
     else:  # the buffers the estimate counts as weights: a framework's own rotary cache

@@ -42,6 +42,8 @@ class BlockState:
     road: frozenset[str] = frozenset()  # RoAd's rotations of the output
     rotated: frozenset[str] = frozenset()  # BOFT's
     block_rotated: frozenset[str] = frozenset()  # OFT's
+    vectored: frozenset[str] = frozenset()  # VeRA's (its vectors need the output's gradient)
+    spectral: frozenset[str] = frozenset()  # FourierFT's
 
     @property
     def output_grad(self) -> frozenset[str]:
@@ -52,9 +54,10 @@ class BlockState:
     def own_output_grad(self) -> frozenset[str]:
         """Linears whose output needs a gradient for a parameter other than LoRA's: a
         trained bias (BitFit), an IA³ vector, a trained weight, a bottleneck adapter,
-        adapter v2's bias and scale, a LoHa, LoKr, BOFT, OFT, MiSS or RoAd adapter."""
+        adapter v2's bias and scale, a LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA or FourierFT
+        adapter."""
         own = self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
-        own |= self.miss | self.road
+        own |= self.miss | self.road | self.vectored | self.spectral
         return own | self.hadamard | self.kronecker | self.rotated | self.block_rotated
 
     def weight_trains(self, lin: Linear) -> bool:

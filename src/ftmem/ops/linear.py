@@ -13,6 +13,7 @@ from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
 from ftmem.adapters.road import RoAd
+from ftmem.adapters.vera import VeRA
 from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan, experts_are_linears, router_is_linear_in_4x
@@ -168,12 +169,13 @@ class LinearOp:
         in_grad: bool,
         in_bytes: int,
     ) -> tuple[list[Saved], bool]:
-        """What peft's LoHa, LoKr, BOFT, OFT, MiSS and RoAd adapters of linears reading one
-        tensor keep, and whether one of them keeps that tensor itself."""
+        """What peft's LoHa, LoKr, FourierFT, BOFT, OFT, MiSS, RoAd and VeRA adapters of
+        linears reading one tensor keep, and whether one of them keeps that tensor itself
+        (VeRA never does: its products keep h and y, not the input)."""
         out: list[Saved] = []
         reads = False
         for present, op in (
-            (state.hadamard or state.kronecker, LoHa),
+            (state.hadamard or state.kronecker or state.spectral, LoHa),
             (state.rotated, BOFT),
             (state.block_rotated, OFT),
             (state.miss, MiSS),
@@ -183,6 +185,8 @@ class LinearOp:
                 items, op_reads = op.saved(ctx, linears, state, side, in_grad, in_bytes)
                 out += items
                 reads = reads or op_reads
+        if state.vectored:
+            out += VeRA.saved(ctx, linears, state, side, in_grad)
         return out, reads
 
     @staticmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ftmem.adapters.ia3 import IA3
+from ftmem.adapters.vera import VeRA
 from ftmem.arch import Architecture, Linear, layout
 from ftmem.dtypes import FP32
 from ftmem.methods import MethodPlan
@@ -100,14 +101,20 @@ class MLP:
                 what, size = "gate and up outputs (activation recomputed)", 2 * T * f * oe
             elif arch.mlp == "gated":
                 oe = ctx.projection_out_bytes
-                what, size = "gate, up and activation outputs", 3 * T * f * oe
+                gate_e, up_e = (
+                    VeRA.output_bytes(ctx, state, lin, oe) for lin in ups[:1] + ups[-1:]
+                )
+                what = "gate, up and activation outputs"
+                size = T * f * (2 * gate_e + up_e) if ups else 3 * T * f * oe
             elif written_out_gelu(arch, ctx.run):
                 # GPT-2's NewGELU is written out: x, 0.5x, tanh(...) and 1 + tanh(...), in
                 # c_fc's output dtype (fp32 from a 4-bit c_fc under autocast)
                 oe = ctx.projection_out_bytes
                 what, size = "up output + tanh-GELU intermediates", 4 * T * f * oe
             else:  # (fp32 from a 4-bit up projection under autocast)
-                what, size = "up output (activation input)", T * f * ctx.projection_out_bytes
+                oe = ctx.projection_out_bytes
+                oe = max((VeRA.output_bytes(ctx, state, lin, oe) for lin in ups), default=oe)
+                what, size = "up output (activation input)", T * f * oe
             out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
         out += LinearOp.saved(ctx, downs, state, any_grad, "down_proj", f, e)
         return out

@@ -50,6 +50,7 @@ MODULES = (
     "ftmem.adapters.ia3",
     "ftmem.adapters.llama_adapter",
     "ftmem.adapters.lycoris",
+    "ftmem.adapters.vera",
     "ftmem.adapters.miss",
     "ftmem.adapters.road",
     "ftmem.adapters.boft",

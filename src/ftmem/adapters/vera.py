@@ -1,0 +1,123 @@
+"""peft's VeRA on a linear: the shared frozen projections, and what each adapted linear's
+two rank-r matmuls and two vector scalings keep.
+
+What runs (huggingface/peft src/peft/tuners/vera/layer.py ``Linear.forward``, the same at
+0.21.2 and at 5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40, the MetaMathQA release)::
+
+    x = self._cast_input_dtype(x, lambda_d.dtype)
+    result = result + lambda_b * F.linear(lambda_d * F.linear(dropout(x), sliced_A), sliced_B)
+    result = result.to(orig_dtype)
+
+``sliced_A`` (r × in) and ``sliced_B`` (out × r) are views of the model's one pair of
+buffers (no gradient). So neither matmul keeps its input (their weights need no
+gradient): the first keeps only sliced_A, for x's gradient, when x needs one; the second
+sliced_B. The vector products keep the other operand for the vectors' gradients: h =
+x·sliced_Aᵀ (T × r) and y = (λ_d·h)·sliced_Bᵀ (T × out). Under autocast each F.linear
+casts its buffer slice to the 16-bit compute dtype, and the cast is what its mm keeps
+(autocast caches casts of leaves that require grad only), h and y are 16-bit, and the
+fp32 vectors promote the products.
+
+The projections' dtype (model.py ``_init_vera_A_vera_B`` makes them fp32; each layer's
+``update_layer`` moves them to the base layer's dtype, ``cast_adapter_dtype`` upcasts
+the BufferDict's 16-bit tensors to fp32 again, tuners_utils.py): the adapter dtype.
+"""
+
+from __future__ import annotations
+
+from ftmem.arch import Architecture, Linear
+from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.methods import MethodPlan, vera_linears, vera_projection_shapes
+from ftmem.ops.context import BlockState, LayerContext
+from ftmem.ops.registry import register
+from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.precision import Dtypes
+from ftmem.run import RunConfig
+
+
+def projection_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
+    """vera_A and vera_B, registered buffers (persistent under save_projection, peft's
+    default; resident either way), once for the model, in the adapter dtype."""
+    if run.method != "vera":
+        return 0
+    ae = BYTES_PER_ELEMENT[dtypes.adapter]
+    shapes = vera_projection_shapes(vera_linears(arch, run), run.vera[0])
+    return sum(rows * cols * ae for rows, cols in shapes)
+
+
+def product_bytes(plan: MethodPlan) -> int:
+    """Element size of h and y: the compute dtype under autocast (F.linear's output),
+    else the adapter dtype (peft casts x to λ_d's dtype; the buffers share it)."""
+    dt = plan.dtypes
+    return BYTES_PER_ELEMENT[dt.compute if dt.autocast else dt.adapter]
+
+
+@register("vera")
+class VeRA:
+    """The VeRA adapters on a group of linears reading one tensor."""
+
+    @staticmethod
+    def output_bytes(ctx: LayerContext, state: BlockState, lin: Linear, base: int) -> int:
+        """Element size of an adapted linear's output: under autocast peft returns it in
+        its input's dtype (``result.to(previous_dtype)``), the residual stream's for a
+        feed-forward linear reading a norm's output (fp32 over fp32 weights: measured,
+        VeRA on gate and up of a tiny Llama, bf16-mixed); ``base`` otherwise."""
+        if lin.module in state.vectored and ctx.plan.dtypes.autocast:
+            return ctx.residual
+        return base
+
+    @staticmethod
+    def saved(
+        ctx: LayerContext, linears: list[Linear], state: BlockState, side: Side, in_grad: bool
+    ) -> list[Saved]:
+        """Per adapted linear: h (T × r) and y (T × out), kept by the λ_d and λ_b
+        products whether or not the input needs a gradient; under autocast the 16-bit
+        casts of sliced_B (the second mm's input needs a gradient: λ_d trains) and of
+        sliced_A when the input needs one."""
+        T, r = ctx.tokens, ctx.run.vera[0]
+        pe, dt = product_bytes(ctx.plan), ctx.plan.dtypes
+        out: list[Saved] = []
+        for lin in linears:
+            if lin.module not in state.vectored:
+                continue
+            own = (lin,)
+            out.append(Saved(f"{lin.label} VeRA h (T × r)", T * r * pe, Kind.VERA, side, own))
+            size = T * lin.out_features * pe
+            out.append(Saved(f"{lin.label} VeRA y (T × out)", size, Kind.VERA, side, own))
+            if dt.autocast:
+                e = ctx.e
+                what = f"{lin.label} VeRA sliced_B cast to {e * 8}-bit"
+                out.append(Saved(what, lin.out_features * r * e, Kind.VERA, side, own))
+                if in_grad:
+                    what = f"{lin.label} VeRA sliced_A cast to {e * 8}-bit"
+                    out.append(Saved(what, r * lin.in_features * e, Kind.VERA, side, own))
+        return out
+
+    @staticmethod
+    def backward_own(plan: MethodPlan, run: RunConfig, lin: Linear, T: int) -> int:
+        """An adapted linear's own backward at its largest, beyond what its forward kept
+        (VeRA.saved) and the output gradient g it is handed. Three moments:
+
+        - λ_b's product node makes both of its products (G·y and G·λ_b, T × out, in the
+          adapter dtype) before the engine sums the first to λ_b's shape; where the
+          adapter and the base output differ in dtype (``c``), G (the gradient of peft's
+          promoted sum) and its cast for the base layer beside them;
+        - λ_d's node: its incoming gradient and its two products (T × r each), the base
+          layer's cast gradient still waiting, y freed (and autocast's sliced_B cast);
+        - the input's gradient: the first matmul's (T × in, adapter dtype) beside its
+          cast back to the input's dtype, or the base layer's and their sum beside it
+          (autograd sums the two out of place), h freed too.
+
+        Measured (one peft VeRA Linear on the CPU, g held by the caller; the engine frees
+        a cast g after its first node, which this leaves in): tests/test_vera.py."""
+        dt = plan.dtypes
+        ae, e = BYTES_PER_ELEMENT[dt.adapter], BYTES_PER_ELEMENT[dt.compute]
+        pe, r, out, in_ = product_bytes(plan), run.vera[0], lin.out_features, lin.in_features
+        c = ae != e
+        waiting = T * out * e if c else 0  # the base layer's gradient, cast
+        b_cast = out * r * e if dt.autocast else 0
+        at_b = T * out * (2 * ae + (ae + e if c else 0))
+        at_d = 3 * T * r * ae + waiting - T * out * pe - b_cast
+        xe = dt.residual_bytes if dt.autocast else e  # the input's
+        at_x = max(T * in_ * (ae + xe) + waiting, 3 * T * in_ * xe)
+        at_x -= T * (out + r) * pe + b_cast + (r * in_ * e if dt.autocast else 0)
+        return max(at_b, at_d, at_x)
