@@ -307,6 +307,30 @@ def test_compare_keeps_the_contract_with_any_number(data):
             ["--framework", "torchtune", "--method", "lora", "--objective", "orpo"],
             "--objective orpo",
         ),
+        # torchtune dropped IPOLoss (v0.3.1) and SimPOLoss (v0.6.0) from rlhf.loss
+        (["--framework", "torchtune", "--objective", "ipo"], "--objective ipo"),
+        (["--framework", "torchtune", "--objective", "simpo"], "--objective simpo"),
+        # axolotl builds peft's LoraConfig (adapter lora / qlora) and nothing else of peft's
+        (["--framework", "axolotl", "--method", "ia3"], "has no --method ia3"),
+        (["--framework", "axolotl", "--method", "loha"], "has no --method loha"),
+        (["--framework", "axolotl", "--method", "prompt-tuning"], "has no --method prompt-tuning"),
+        (["--framework", "axolotl", "--method", "adapter"], "has no --method adapter"),
+        (["--framework", "axolotl", "--method", "longlora"], "has no --method longlora"),
+        (
+            ["--framework", "axolotl", "--objective", "apo-zero-unpaired", "--batch-size", "2"],
+            "--objective apo-zero-unpaired",
+        ),
+        # LLaMA-Factory's finetuning_type: lora, oft, freeze, full
+        (["--framework", "llama-factory", "--method", "ia3"], "has no --method ia3"),
+        (["--framework", "llama-factory", "--method", "lokr"], "has no --method lokr"),
+        (["--framework", "llama-factory", "--method", "p-tuning"], "has no --method p-tuning"),
+        (["--framework", "llama-factory", "--method", "bitfit"], "has no --method bitfit"),
+        (["--framework", "llama-factory", "--method", "relora"], "has no --method relora"),
+        (["--framework", "llama-factory", "--method", "longlora"], "has no --method longlora"),
+        (
+            ["--framework", "llama-factory", "--objective", "grpo", "--seq-len", "1024"],
+            "--objective grpo",
+        ),
     ],
 )
 def test_a_method_the_framework_does_not_implement_is_refused(capsys, args, named):
@@ -326,6 +350,19 @@ def test_a_method_the_framework_does_not_implement_is_refused(capsys, args, name
         ["--framework", "fsdp_qlora", "--method", "qlora"],
         ["--framework", "unsloth", "--method", "rslora"],
         ["--framework", "unsloth", "--method", "full"],
+        ["--framework", "torchtune", "--objective", "dpo"],
+        ["--framework", "axolotl", "--method", "relora"],
+        ["--framework", "axolotl", "--method", "galore"],
+        ["--framework", "axolotl", "--method", "partial", "--trainable-modules", "self_attn"],
+        ["--framework", "axolotl", "--method", "qlora", "--quant", "int4"],
+        ["--framework", "axolotl", "--method", "lora", "--objective", "simpo"],
+        ["--framework", "axolotl", "--objective", "grpo", "--seq-len", "1024", "--batch-size", "8"],
+        ["--framework", "llama-factory", "--method", "freeze"],
+        ["--framework", "llama-factory", "--method", "galore"],
+        ["--framework", "llama-factory", "--method", "rslora"],
+        ["--framework", "llama-factory", "--method", "qlora", "--quant", "int8"],
+        ["--framework", "llama-factory", "--method", "lora", "--objective", "kto"],
+        ["--framework", "llama-factory", "--method", "lora", "--objective", "orpo"],
     ],
 )
 def test_what_the_framework_implements_still_runs(capsys, args):
@@ -452,6 +489,34 @@ def test_compare_methods_compares_what_the_framework_implements(capsys):
     )  # fmt: skip
     assert (code, err) == (0, "")
     assert [row["method"] for row in json.loads(out)] == ["inference", "full", "lora", "qlora"]
+
+
+@pytest.mark.parametrize(
+    ("framework", "methods"),
+    [
+        ("axolotl", ["full", "freeze", "galore", "lora", "qlora", "dora"]),
+        ("llama-factory", ["full", "freeze", "galore", "lora", "qlora", "dora"]),
+    ],
+)
+def test_compare_methods_under_a_trainer_front_end_lists_what_it_runs(capsys, framework, methods):
+    # under --framework axolotl, ia3, loha and the prompt methods were estimated as rows
+    code, out, err = run(
+        capsys, "compare-methods", "llama3.2-1b", "--framework", framework, "--format", "json"
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    assert [row["method"] for row in json.loads(out)] == ["inference", *methods]
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted([*(FIXTURES / "axolotl").glob("*.y*ml"), *(FIXTURES / "llama-factory").glob("*.y*ml")]),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_the_front_ends_fixture_configs_are_still_accepted(capsys, path):
+    # each file's method and objective are among what its framework implements (files
+    # that are no training run, such as an inference config, keep their own refusal)
+    code, _, err = run(capsys, "estimate", "--from", str(path), "--format", "json")
+    assert code == 0 or " has no --" not in err, err
 
 
 # -- record and merge: figures and ranges that cannot be (stop 45) -----------------------

@@ -1055,8 +1055,8 @@ class RunConfig(limits.BoundedSettings):
             trl or (self.framework == "llama-factory" and self.objective == "kto")
         ):
             raise ValueError(
-                f"--objective {self.objective} is modelled on TRL's KTOTrainer (--framework hf "
-                "or axolotl) and, for kto, LLaMA-Factory's; not on "
+                f"--objective {self.objective} is modelled on TRL's KTOTrainer (--framework hf; "
+                "for kto, axolotl's and LLaMA-Factory's too); not on "
                 f"{self.framework}'s"
             )
         if self.batch_size < smallest_batch(self.objective, self.framework):
