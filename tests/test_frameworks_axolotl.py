@@ -411,6 +411,9 @@ def test_adapters_as_axolotl_loads_them(tmp_path):
         ("bnb_config_kwargs: {bnb_4bit_quant_type: nf3}\nadapter: qlora\n",
          "bnb_config_kwargs.bnb_4bit_quant_type must be one of nf4 or fp4"),
         ("bf16: full\n", "bf16 must be true, false or one of auto"),
+        # estimated as full finetuning before: an adapter run read as a 100x larger one
+        ("adapter: llama-adapter\n", "adapter: llama-adapter is not modelled"),
+        ("adapter: mora\n", "adapter: mora is not modelled"),
     ],
 )  # fmt: skip
 def test_configs_axolotl_refuses_are_one_sentence(tmp_path, text, message):

@@ -313,7 +313,13 @@ def _method(k: Keys, cfg: FrameworkConfig) -> None:
         if k.flag("peft_use_dora"):
             s["method"] = "dora"
     elif adapter:
-        cfg.notes.append(f"adapter: {adapter} is not modelled yet; estimated as full finetuning.")
+        # axolotl builds lora and qlora itself; llama-adapter and plugin adapters (MoRA)
+        # train other tensors, which full finetuning would overstate many times over
+        # (utils/schemas/peft.py@067b021c8b87 validate_adapter)
+        raise ConfigError(
+            f"{k.file}: adapter: {adapter} is not modelled (ftmem models axolotl's lora and "
+            "qlora adapters, with peft_use_dora / peft_use_rslora / relora)."
+        )
     elif patterns := k.patterns("unfrozen_parameters"):
         # full finetuning restricted to the parameters matching these regular expressions
         s.update(method="partial", trainable_modules=",".join(patterns))
