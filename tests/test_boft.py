@@ -88,7 +88,7 @@ def test_boft_keeps_dense_rotations_where_lora_keeps_a_cast_input() -> None:
             "not both",
         ),
         (["--method", "boft", "--boft-block-size", "3"], "do not divide by --boft-block-size 3"),
-        (["--method", "boft", "--framework", "litgpt"], "BOFT under --framework litgpt"),
+        (["--method", "boft", "--framework", "litgpt"], "--framework litgpt has no --method boft"),
     ],
 )
 def test_bad_input_is_one_sentence(args: list[str], expected: str, capsys) -> None:

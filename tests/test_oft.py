@@ -117,7 +117,10 @@ def test_one_oft_linear_matches_its_measurement() -> None:
         (["--method", "oft", "--precision", "bf16-mixed"], "OFT under autocast"),
         (["--method", "oft", "--oft-r", "4", "--oft-block-size", "8"], "not both"),
         (["--method", "oft", "--oft-neumann-terms", "1"], "leaves every rotation the identity"),
-        (["--method", "oft", "--framework", "torchtune"], "OFT under --framework torchtune"),
+        (
+            ["--method", "oft", "--framework", "torchtune"],
+            "--framework torchtune has no --method oft",
+        ),
         (["--method", "oft", "--oft-neumann-terms", "-1"], "--oft-neumann-terms: Input should"),
         (
             ["--method", "oft", "--oft-neumann-terms", "0", "--adapter-dtype", "bf16"],

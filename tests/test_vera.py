@@ -178,7 +178,10 @@ def test_vera_keeps_two_products_per_linear() -> None:
         (["--method", "lora", "--vera-rank", "4"], "--vera-rank only applies to vera"),
         (["--method", "vera", "--vera-targets", " , "], "--vera-targets is empty"),
         (["--method", "vera", "--vera-targets", "zz"], "VeRA target 'zz' matches no linear"),
-        (["--method", "vera", "--framework", "litgpt"], "--framework litgpt has no VeRA"),
+        (
+            ["--method", "vera", "--framework", "litgpt"],
+            "--framework litgpt has no --method vera (LitGPT",
+        ),
         (["--method", "vera", "--lora-r", "8"], "--lora-r only applies to lora"),
     ],
 )
@@ -308,7 +311,10 @@ def test_fourier_indices_beside_the_weights() -> None:
         (["--method", "fourierft", "--fourierft-frequencies", "0"], "greater than 0"),
         (["--method", "vera", "--fourierft-frequencies", "9"], "only applies to fourierft"),
         (["--method", "fourierft", "--precision", "bf16-mixed"], "FourierFT under autocast"),
-        (["--method", "fourierft", "--framework", "torchtune"], "has no FourierFT"),
+        (
+            ["--method", "fourierft", "--framework", "torchtune"],
+            "--framework torchtune has no --method fourierft",
+        ),
         (["--method", "fourierft", "--fourierft-targets", ","], "--fourierft-targets is empty"),
     ],
 )
