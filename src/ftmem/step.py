@@ -14,11 +14,9 @@ from typing import TYPE_CHECKING
 
 from ftmem import returned_cache, seq2seq, vision_lora, vision_step
 from ftmem.activations import block_saved, outer_saved
-from ftmem.adapters.boft import buffer_bytes as boft_buffer_bytes
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.head_lora import HeadLoRA, chunked_head_lora
 from ftmem.adapters.lora import LoRA, output_bytes
-from ftmem.adapters.oft import buffer_bytes as oft_buffer_bytes
 from ftmem.adapters.prompt import PrefixTuning
 from ftmem.arch import Architecture, buffer_numel, layout, qk_norm_params
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
@@ -55,7 +53,7 @@ from ftmem.profiles import (
     offloads_checkpoint_inputs,
     profile_of,
 )
-from ftmem.release_buffers import release_buffer_bytes
+from ftmem.release_buffers import adapter_buffer_bytes, release_buffer_bytes
 from ftmem.run import LLAMA_ADAPTER_METHODS, UNPAIRED_OBJECTIVES, RunConfig
 from ftmem.sequence_parallel import coloattention_mask_bytes
 from ftmem.transients import (
@@ -282,8 +280,7 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
             weights=sum(g.nbytes for g in plan.groups)
             + buffer_numel(arch) * BYTES_PER_ELEMENT[plan.dtypes.base]
             + release_buffer_bytes(arch, run, plan.dtypes)
-            + boft_buffer_bytes(plan, run, arch.num_layers)
-            + oft_buffer_bytes(plan, run, arch.num_layers),
+            + adapter_buffer_bytes(plan, run, arch.num_layers),
             # bitsandbytes' paged buffers are not the allocator's (optim.paged_state_bytes;
             # estimate adds them to the device figure)
             states=allocator_state_bytes(plan.groups, run),
