@@ -131,3 +131,15 @@ def test_live_peft_boft_model_is_read() -> None:
     model.peft_config["default"].boft_n_butterfly_factor = 2
     with pytest.raises(InvalidInputError, match="boft_n_butterfly_factor 2 is not modelled"):
         read_run(model, args, given={"seq_len": 16})
+
+
+def test_permutation_buffers_stay_whole_on_every_rank() -> None:
+    """boft_P is a buffer: DDP keeps the whole model on each rank and ZeRO-3 shards no
+    buffer, so each rank holds all of them (fp32 4096² per adapted linear, 2 × 32 on
+    Mistral-7B); the multi-GPU path dropped them (4 GiB less per GPU than one GPU)."""
+    one = estimate("mistral-7b", method="boft").memory
+    ddp = estimate("mistral-7b", method="boft", gpus=2, strategy="ddp").memory
+    assert ddp.weights_bytes == one.weights_bytes
+    zero3 = estimate("mistral-7b", method="boft", gpus=2, strategy="zero3")
+    assert zero3.parallel is not None
+    assert zero3.parallel.weights_replicated_bytes >= 4096**2 * 4 * 2 * 32

@@ -116,11 +116,13 @@ def adapter_buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     return boft_buffer_bytes(plan, run, layers) + oft_buffer_bytes(plan, run, layers)
 
 
-def stage_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes, stages: int) -> int:
+def stage_buffer_bytes(arch: Architecture, run: RunConfig, plan: MethodPlan, stages: int) -> int:
     """What one rank keeps of them whole (no engine shards buffers): a pipeline stage its
-    layers' share of the rotary tables, the causal mask as the model registers it, the
-    framework's shared rotary cache."""
+    layers' share of the rotary tables and of BOFT's and OFT's buffers, the causal mask as
+    the model registers it, the framework's shared rotary cache."""
+    dtypes = plan.dtypes
     per_layer = rotary_table_bytes(arch, run, dtypes) + last_cos_sin_bytes(arch, run, dtypes)
+    per_layer += adapter_buffer_bytes(plan, run, arch.num_layers)
     per_layer += prompt_kv_cache_bytes(arch, run, dtypes)  # (its gated blocks' share, roughly)
     per_layer += fourier_index_bytes(arch, run)
     shared = causal_mask_bytes(arch, run) + framework_rotary_cache_bytes(arch, run)
