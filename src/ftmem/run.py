@@ -1177,7 +1177,7 @@ class RunConfig(limits.BoundedSettings):
                 "--oft-neumann-terms 1 leaves every rotation the identity (nothing trains); "
                 "give 0 (the exact solve) or 2 and more"
             )
-        # peft tuners/boft/layer.py cayley_batch: linalg.solve "must be in float32"
+        # peft 0.21.2 tuners/boft/layer.py:465 cayley_batch: linalg.solve "must be in float32"
         solves = self.method == "boft" or (self.method == "oft" and self.oft_neumann_terms == 0)
         if solves and self.adapter_dtype not in ("auto", "fp32"):
             raise ValueError(
