@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ftmem.cli import main
+from tests.test_peft_methods import one_sentence
 
 NEW_METHODS = {
     "boft": "BOFT",
@@ -18,12 +18,7 @@ NEW_METHODS = {
 
 
 def _refusal(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["estimate", *args])
-    out, err = capsys.readouterr()
-    assert exit_info.value.code == 2 and out == ""
-    assert err.startswith("Error: ") and len(err.strip().splitlines()) == 1
-    return err
+    return one_sentence(["estimate", *args], capsys)
 
 
 @pytest.mark.parametrize("framework", ["axolotl", "llama-factory"])
