@@ -57,6 +57,7 @@ from ftmem.release_buffers import adapter_buffer_bytes, release_buffer_bytes
 from ftmem.run import LLAMA_ADAPTER_METHODS, UNPAIRED_OBJECTIVES, RunConfig
 from ftmem.sequence_parallel import coloattention_mask_bytes
 from ftmem.transients import (
+    adapter_forward_build,
     adapter_moment,
     attention_gradients_made,
     attention_kernel_moment,
@@ -66,7 +67,6 @@ from ftmem.transients import (
     checkpointed_moe_moment,
     down_gradients_made,
     frozen_forward_transient,
-    loha_forward_build,
     offload_moment,
     offloaded_attention_forward,
     offloaded_forward_adapter,
@@ -1046,7 +1046,7 @@ def _decoder_block(
             # (Unsloth's forward dequantises into its kept buffer: LinearOp.dequant_buffer)
             0 if profile_of(run).dequant_buffer else dequant,
             DoRA.forward_rebuild(plan, run),
-            loha_forward_build(run, plan, e, T, bool(last_keeps)),
+            adapter_forward_build(run, plan, e, T, bool(last_keeps)),
             # (a fused LoRA Function adds its adapter into its output in place)
             0 if fused else checkpointed_forward_adapter(arch, run, plan, e, T),
             0 if fused else offloaded_forward_adapter(arch, run, plan, e, T),
