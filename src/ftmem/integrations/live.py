@@ -38,6 +38,7 @@ from ftmem.frameworks.shared import (
 )
 from ftmem.optim import BNB_OPTIMIZERS
 from ftmem.quantized_base import on_quantized_base, quantized_base
+from ftmem.run import METHOD_SETTINGS
 from ftmem.sources import architecture_from_config
 from ftmem.torchao_optim import FORMATS
 
@@ -346,11 +347,9 @@ def _boft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
         )
 
 
-# methods whose trainable parameters' dtype is the run's --adapter-dtype
-ADAPTER_DTYPE_METHODS = frozenset(
-    {"lora", "dora", "rslora", "adalora", "qlora", "ia3", "loha", "lokr", "boft", "oft"}
-    | {"miss", "road", "vera", "fourierft"}
-)
+# methods whose trainable parameters' dtype is the run's --adapter-dtype (the run's own
+# list: one place to add a method)
+ADAPTER_DTYPE_METHODS = METHOD_SETTINGS["adapter_dtype"]
 
 
 def _oft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
