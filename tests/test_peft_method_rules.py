@@ -63,3 +63,13 @@ def test_conv1d_is_refused_with_the_right_reason(
         assert f"{name} on gpt2's transformers Conv1D layers is not modelled" in err
     else:
         assert f"peft's {name} does not wrap gpt2's transformers Conv1D layers" in err
+
+
+@pytest.mark.parametrize("method", [*sorted(set(NEW_METHODS) - {"vera"}), "lokr"])
+def test_a_framework_without_the_method_speaks_before_autocast(
+    method: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # under Unsloth LoKr was told to drop autocast, and then that Unsloth has no LoKr
+    args = ["--method", method, "--framework", "unsloth", "--precision", "bf16-mixed"]
+    err = _refusal(["llama-3.2-3b", *args], capsys)
+    assert f"--framework unsloth has no --method {method} (" in err

@@ -1110,11 +1110,13 @@ class RunConfig(limits.BoundedSettings):
         """Where and in what precision peft's adapters other than LoRA's are modelled: one
         rule for all of them (PEFT_MODEL_METHODS, NO_AUTOCAST)."""
         name = PEFT_MODEL_METHODS.get(self.method)
+        if name is None and self.method not in NO_AUTOCAST:
+            return self
+        # LitGPT, torchtune, fsdp_qlora and Unsloth implement none of them: their own
+        # sentence says so, before any setting of a run that does not exist
+        check_framework_support(self.framework, self.method, self.quant, self.objective)
         if name is not None and self.framework not in ADALORA_FRAMEWORKS:
-            # LitGPT, torchtune, fsdp_qlora and Unsloth implement none of them: their own
-            # sentence says so; the HF Trainer front ends (axolotl, LLaMA-Factory) are
-            # not read for them
-            check_framework_support(self.framework, self.method, self.quant, self.objective)
+            # (the HF Trainer front ends, axolotl and LLaMA-Factory, are not read for them)
             raise ValueError(
                 f"{name} under --framework {self.framework} is not modelled (ftmem reads "
                 f"peft's {name} under hf, peft-mc or lightning): use --framework hf, "
