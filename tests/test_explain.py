@@ -96,3 +96,32 @@ def test_the_states_section_splits_paged_buffers_as_the_estimate_does():
                      strategy="zero2").memory.beyond_allocated.paged_optimizer_states  # fmt: skip
     assert zero.exit_code == 0, zero.output
     assert f"Of these, {gb(paged)} are bitsandbytes' paged buffers" in zero.output
+
+
+def _weights_lines_in_bytes(out: str) -> tuple[list[int], int]:
+    """The Weights section's figures (--units GiB) in bytes: its parts and its total."""
+    import re
+
+    scale = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+    section = out.split("2. Weights", 1)[1].split("3. What trains", 1)[0]
+    figures = [
+        (line.strip().startswith("Weights ="), float(num) * scale[unit])
+        for line in section.splitlines()
+        for num, unit in re.findall(r"= ([\d.]+) (B|KiB|MiB|GiB)$", line.strip())
+    ]
+    return [int(b) for total, b in figures if not total], next(int(b) for t, b in figures if t)
+
+
+def test_boft_and_oft_buffers_are_among_the_weights_lines():
+    """BOFT's boft_P (fp32 in × in per adapted linear, 4096² × 4 bytes × 2 × 32 on
+    Mistral-7B) were in Weights = but on no line above it (4.3 GB unexplained)."""
+    res = run("explain", "mistral-7b", "--method", "boft", "--units", "GiB")
+    assert res.exit_code == 0, res.output
+    parts, total = _weights_lines_in_bytes(res.output)
+    assert abs(sum(parts) - total) < 0.01 * 2**30
+    assert "BOFT's fp32 boft_P permutations" in res.output
+    # OFT's int64 rows and cols (32·31/2 each) per adapted linear: 28 blocks × q, v
+    res = run("explain", "llama-3.2-3b", "--method", "oft", "--units", "GiB")
+    assert f"OFT's int64 block indices) = {format_bytes(28 * 2 * 2 * 496 * 8, 'GiB')}" in (
+        res.output.replace("\n", " ")
+    )

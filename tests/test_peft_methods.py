@@ -51,6 +51,20 @@ def test_counts_match_peft(family: str, settings: dict) -> None:
     assert_counts_match_peft(family, settings)
 
 
+def one_sentence(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI on input it refuses: exit 2, nothing on stdout, one "Error: " line on
+    stderr and no traceback. Returns that line."""
+    from ftmem.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2 and out == ""
+    assert err.startswith("Error: ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    return err
+
+
 def assert_counts_match_peft(family: str, settings: dict) -> None:
     """ftmem's trainable and total counts are peft's own on the tiny model, bf16."""
     pytest.importorskip("peft")

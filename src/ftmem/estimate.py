@@ -913,33 +913,44 @@ def _settings(run: RunConfig) -> dict[str, object]:
     return run.model_dump()
 
 
-def _miss_road_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
-    """MiSS's or RoAd's settings as the estimate used them."""
-    if run.method == "miss":
+def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
+    """The settings of peft's adapters other than LoRA's and IA³'s as the estimate used
+    them, with the adapter dtype and the linears adapted (empty for the other methods)."""
+    settings: dict[str, object]
+    if run.method == "loha":
+        r, alpha, targets = run.loha
+        settings, adapted = dict(loha_rank=r, loha_alpha=alpha, loha_targets=targets), plan.hadamard
+    elif run.method == "lokr":
+        r, alpha, targets, factor, both = run.lokr
+        settings = dict(lokr_rank=r, lokr_alpha=alpha, lokr_targets=targets)
+        settings.update(lokr_factor=None if factor == -1 else factor, lokr_decompose_both=both)
+        adapted = plan.kronecker
+    elif run.method == "miss":
         r, init, mini_r, targets = run.miss
-        settings: dict[str, object] = dict(
-            miss_rank=r, miss_init=init, miss_mini_r=mini_r, miss_targets=targets
-        )
-    else:
+        settings = dict(miss_rank=r, miss_init=init, miss_mini_r=mini_r, miss_targets=targets)
+        adapted = plan.miss
+    elif run.method == "road":
         variant, group, targets = run.road
         settings = dict(road_variant=variant, road_group_size=group, road_targets=targets)
-    adapted = plan.miss if run.method == "miss" else plan.road
-    settings.update(
-        adapter_dtype=plan.dtypes.adapter, adapted_modules=[lin.module for lin in adapted]
-    )
-    return settings
-
-
-def _vera_fourierft_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
-    """VeRA's or FourierFT's settings as the estimate used them."""
-    if run.method == "vera":
+        adapted = plan.road
+    elif run.method == "boft":
+        size, num, targets = run.boft
+        settings = dict(boft_block_size=size or None, boft_block_num=num or None)
+        settings["boft_targets"], adapted = targets, plan.rotated
+    elif run.method == "oft":
+        r, size, targets, share, terms = run.oft
+        settings = dict(oft_r=r or None, oft_block_size=size or None, oft_targets=targets)
+        settings.update(oft_block_share=share or None, oft_neumann_terms=terms)
+        adapted = plan.block_rotated
+    elif run.method == "vera":
         r, targets = run.vera
-        settings: dict[str, object] = dict(vera_rank=r, vera_targets=targets)
-        adapted = plan.vectored
-    else:
+        settings, adapted = dict(vera_rank=r, vera_targets=targets), plan.vectored
+    elif run.method == "fourierft":
         n, targets = run.fourierft
         settings = dict(fourierft_frequencies=n, fourierft_targets=targets)
         adapted = plan.spectral
+    else:
+        return {}
     settings.update(
         adapter_dtype=plan.dtypes.adapter, adapted_modules=[lin.module for lin in adapted]
     )
@@ -974,50 +985,7 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
             adapter_dtype=plan.dtypes.adapter,
             scaled_modules=[lin.module for lin, _ in plan.scaled],
         )
-    if run.method == "loha":
-        r, alpha, targets = run.loha
-        resolved.update(
-            loha_rank=r,
-            loha_alpha=alpha,
-            loha_targets=targets,
-            adapter_dtype=plan.dtypes.adapter,
-            adapted_modules=[lin.module for lin in plan.hadamard],
-        )
-    if run.method == "lokr":
-        r, alpha, targets, factor, both = run.lokr
-        resolved.update(
-            lokr_rank=r,
-            lokr_alpha=alpha,
-            lokr_targets=targets,
-            lokr_factor=None if factor == -1 else factor,
-            lokr_decompose_both=both,
-            adapter_dtype=plan.dtypes.adapter,
-            adapted_modules=[lin.module for lin in plan.kronecker],
-        )
-    if run.method in ("vera", "fourierft"):
-        resolved.update(_vera_fourierft_resolved(run, plan))
-    if run.method in ("miss", "road"):
-        resolved.update(_miss_road_resolved(run, plan))
-    if run.method == "boft":
-        size, num, targets = run.boft
-        resolved.update(
-            boft_block_size=size or None,
-            boft_block_num=num or None,
-            boft_targets=targets,
-            adapter_dtype=plan.dtypes.adapter,
-            adapted_modules=[lin.module for lin in plan.rotated],
-        )
-    if run.method == "oft":
-        r, size, targets, share, terms = run.oft
-        resolved.update(
-            oft_r=r or None,
-            oft_block_size=size or None,
-            oft_targets=targets,
-            oft_block_share=share or None,
-            oft_neumann_terms=terms,
-            adapter_dtype=plan.dtypes.adapter,
-            adapted_modules=[lin.module for lin in plan.block_rotated],
-        )
+    resolved.update(_peft_other_resolved(run, plan))
     if run.method in PROMPT_METHODS:
         resolved["virtual_tokens"] = run.n_virtual
     if run.method == "p-tuning":

@@ -807,26 +807,14 @@ def vera_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     """The block linears with a VeRA adapter (none for the other methods)."""
     if run.method != "vera":
         return ()
-    if arch.traits.conv1d:
-        # (peft wraps them, transposing through fan_in_fan_out: not modelled)
-        raise InvalidInputError(
-            f"VeRA on {arch.family}'s transformers Conv1D layers is not modelled; "
-            "use lora or ia3 on this model."
-        )
-    return _lycoris_linears(arch, run.vera[1], "VeRA")
+    return _lycoris_linears(arch, run.vera[1], "VeRA", wraps_conv1d=True)
 
 
 def fourierft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     """The block linears with a FourierFT adapter (none for the other methods)."""
     if run.method != "fourierft":
         return ()
-    if arch.traits.conv1d:
-        # (peft wraps them; not modelled)
-        raise InvalidInputError(
-            f"FourierFT on {arch.family}'s transformers Conv1D layers is not modelled; "
-            "use lora or ia3 on this model."
-        )
-    return _lycoris_linears(arch, run.fourierft[1], "FourierFT")
+    return _lycoris_linears(arch, run.fourierft[1], "FourierFT", wraps_conv1d=True)
 
 
 def vera_projection_shapes(linears: tuple[Linear, ...], r: int) -> tuple[tuple[int, int], ...]:
@@ -841,10 +829,20 @@ def vera_projection_shapes(linears: tuple[Linear, ...], r: int) -> tuple[tuple[i
     )
 
 
-def _lycoris_linears(arch: Architecture, spec: str, name: str) -> tuple[Linear, ...]:
-    """peft's LyCORIS adapters' targets, on the models ftmem models them on."""
+def _lycoris_linears(
+    arch: Architecture, spec: str, name: str, *, wraps_conv1d: bool = False
+) -> tuple[Linear, ...]:
+    """The targets of peft's adapters other than LoRA's, on the models ftmem models them on.
+    ``wraps_conv1d``: peft wraps transformers' Conv1D for this method (VeRA and FourierFT,
+    transposing through fan_in_fan_out), which ftmem does not model."""
+    if arch.traits.conv1d and wraps_conv1d:
+        raise InvalidInputError(
+            f"{name} on {arch.family}'s transformers Conv1D layers is not modelled; "
+            "use lora or ia3 on this model."
+        )
     if arch.traits.conv1d:
-        # peft 0.21.2 tuners/lycoris_utils.py _create_new_module: Linear, Conv1d, Conv2d only
+        # peft 0.21.2 tuners/lycoris_utils.py _create_new_module (LoHa, LoKr: Linear, Conv1d,
+        # Conv2d), tuners/{boft,oft,miss,road}/model.py _create_new_module (Linear, Conv2d)
         raise InvalidInputError(
             f"peft's {name} does not wrap {arch.family}'s transformers Conv1D layers; "
             "use lora or ia3 on this model."

@@ -1639,8 +1639,8 @@ def rank_memory(
     checks = s == "zero3" and zero3_checks_overflow(run, plan.dtypes.compute)
     on = _sharded(s, par, arch, groups, totals, base.gradients.per_block, checks)
     on, paged = _without_paged(s, run, par, groups, on)
-    # an older transformers release's buffers (release_buffers): whole on every rank
-    extra = stage_buffer_bytes(arch, run, plan.dtypes, par.pp)
+    # the buffers beside the weights (release_buffers): whole on every rank
+    extra = stage_buffer_bytes(arch, run, plan, par.pp)
     if extra:
         on = dataclasses.replace(on, replicated=on.replicated + extra)
     communication = _COMMUNICATION.get(s)

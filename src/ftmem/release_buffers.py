@@ -11,16 +11,20 @@ rotary module may register its table too (Profile.rotary_cache_buffer: torchtune
 LitGPT's LLaMA-Adapter caches its prompts' keys and values on its modules
 (adapters.llama_adapter.prompt_kv_cache_bytes). peft's VeRA registers its one pair of
 shared projections as buffers (adapters.vera.projection_bytes), FourierFT its spectral
-indices as plain tensors (adapters.lycoris.fourier_index_bytes).
+indices as plain tensors (adapters.lycoris.fourier_index_bytes); BOFT and OFT register
+theirs on every adapted linear (adapter_buffer_bytes).
 """
 
 from __future__ import annotations
 
+from ftmem.adapters.boft import buffer_bytes as boft_buffer_bytes
 from ftmem.adapters.llama_adapter import prompt_kv_cache_bytes
 from ftmem.adapters.lycoris import fourier_index_bytes
+from ftmem.adapters.oft import buffer_bytes as oft_buffer_bytes
 from ftmem.adapters.vera import projection_bytes
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
+from ftmem.methods import MethodPlan
 from ftmem.precision import Dtypes
 from ftmem.profiles import profile_of
 from ftmem.run import RunConfig
@@ -105,11 +109,20 @@ def release_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> 
     )
 
 
-def stage_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes, stages: int) -> int:
+def adapter_buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
+    """The buffers peft's BOFT and OFT register on each adapted linear beside the weights:
+    BOFT's fp32 boft_P permutations (none where the framework leaves them on the host),
+    OFT's int64 block indices (``layers``: the model's)."""
+    return boft_buffer_bytes(plan, run, layers) + oft_buffer_bytes(plan, run, layers)
+
+
+def stage_buffer_bytes(arch: Architecture, run: RunConfig, plan: MethodPlan, stages: int) -> int:
     """What one rank keeps of them whole (no engine shards buffers): a pipeline stage its
-    layers' share of the rotary tables, the causal mask as the model registers it, the
-    framework's shared rotary cache."""
+    layers' share of the rotary tables and of BOFT's and OFT's buffers, the causal mask as
+    the model registers it, the framework's shared rotary cache."""
+    dtypes = plan.dtypes
     per_layer = rotary_table_bytes(arch, run, dtypes) + last_cos_sin_bytes(arch, run, dtypes)
+    per_layer += adapter_buffer_bytes(plan, run, arch.num_layers)
     per_layer += prompt_kv_cache_bytes(arch, run, dtypes)  # (its gated blocks' share, roughly)
     per_layer += fourier_index_bytes(arch, run)
     shared = causal_mask_bytes(arch, run) + framework_rotary_cache_bytes(arch, run)

@@ -303,9 +303,30 @@ Framework = Literal[
 
 
 # where a peft AdaLoraModel trains: a loop that calls update_and_allocate (HF Trainer has no
-# call of its own: the user's callback or loop adds it); ftmem models peft's BOFT, OFT,
-# VeRA and FourierFT under the same three (the frameworks that take any peft model)
+# call of its own: the user's callback or loop adds it); ftmem models peft's other adapters
+# (PEFT_MODEL_METHODS below) under the same three (the frameworks that take any peft model)
 ADALORA_FRAMEWORKS = frozenset({"hf", "peft-mc", "lightning"})
+
+# peft's adapters ftmem models only under those three frameworks, as their sentences
+# name them
+PEFT_MODEL_METHODS = {
+    "boft": "BOFT",
+    "oft": "OFT",
+    "miss": "MiSS",
+    "road": "RoAd",
+    "vera": "VeRA",
+    "fourierft": "FourierFT",
+}
+# methods not modelled under autocast, with the reason where one is known (VeRA's casts
+# are modelled)
+NO_AUTOCAST = {
+    "lokr": "its Kronecker product promotes to fp32 there",
+    "fourierft": "autocast casts its fp32 ΔW",
+    "miss": "",
+    "road": "",
+    "boft": "",
+    "oft": "",
+}
 
 
 def smallest_batch(objective: str, framework: str) -> int:
@@ -1085,6 +1106,32 @@ class RunConfig(limits.BoundedSettings):
             )
 
     @model_validator(mode="after")
+    def _peft_method_fits(self) -> RunConfig:
+        """Where and in what precision peft's adapters other than LoRA's are modelled: one
+        rule for all of them (PEFT_MODEL_METHODS, NO_AUTOCAST)."""
+        name = PEFT_MODEL_METHODS.get(self.method)
+        if name is None and self.method not in NO_AUTOCAST:
+            return self
+        # LitGPT, torchtune, fsdp_qlora and Unsloth implement none of them: their own
+        # sentence says so, before any setting of a run that does not exist
+        check_framework_support(self.framework, self.method, self.quant, self.objective)
+        if name is not None and self.framework not in ADALORA_FRAMEWORKS:
+            # (the HF Trainer front ends, axolotl and LLaMA-Factory, are not read for them)
+            raise ValueError(
+                f"{name} under --framework {self.framework} is not modelled (ftmem reads "
+                f"peft's {name} under hf, peft-mc or lightning): use --framework hf, "
+                "peft-mc or lightning"
+            )
+        if self.method in NO_AUTOCAST and self.precision.endswith("-mixed"):
+            why = NO_AUTOCAST[self.method]
+            raise ValueError(
+                f"{PEFT_MODEL_METHODS.get(self.method, 'LoKr')} under autocast (--precision "
+                f"bf16-mixed / fp16-mixed) is not modelled{f' ({why})' if why else ''}; use "
+                "--precision bf16 or fp32"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _lycoris_targets_given(self) -> RunConfig:
         for name in (
             "loha_targets",
@@ -1100,27 +1147,6 @@ class RunConfig(limits.BoundedSettings):
             if value is not None and not value.strip(" ,"):
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} is empty; give e.g. q,v, attention or all-linear")
-        peft_only = {"vera": "VeRA (peft's VeraModel)", "fourierft": "FourierFT (peft's)"}
-        if self.method in peft_only and self.framework not in ADALORA_FRAMEWORKS:
-            raise ValueError(
-                f"--framework {self.framework} has no {peft_only[self.method]}: "
-                "use --framework hf, peft-mc or lightning"
-            )
-        if self.method == "fourierft" and self.precision.endswith("-mixed"):
-            raise ValueError(
-                "FourierFT under autocast (--precision bf16-mixed / fp16-mixed) is not "
-                "modelled (autocast casts its fp32 ΔW); use --precision bf16 or fp32"
-            )
-        if self.method == "lokr" and self.precision.endswith("-mixed"):
-            raise ValueError(
-                "LoKr under autocast (--precision bf16-mixed / fp16-mixed) is not modelled "
-                "(its Kronecker product promotes to fp32 there); use --precision bf16 or fp32"
-            )
-        if self.method in ("miss", "road") and self.precision.endswith("-mixed"):
-            raise ValueError(
-                f"{'MiSS' if self.method == 'miss' else 'RoAd'} under autocast (--precision "
-                "bf16-mixed / fp16-mixed) is not modelled; use --precision bf16 or fp32"
-            )
         if (
             self.method == "miss"
             and self.miss_init == "bat"
@@ -1142,18 +1168,6 @@ class RunConfig(limits.BoundedSettings):
     @model_validator(mode="after")
     def _rotation_settings_fit(self) -> RunConfig:
         """BOFT's and OFT's settings as peft takes them, and the regimes not modelled."""
-        if self.method in ("boft", "oft") and self.framework not in ADALORA_FRAMEWORKS:
-            # LitGPT, torchtune and Unsloth have their own LoRA and no peft BOFT/OFT; the
-            # HF Trainer front ends (axolotl, LLaMA-Factory) are not read for them
-            raise ValueError(
-                f"{self.method.upper()} under --framework {self.framework} is not modelled "
-                "(it is peft's): use --framework hf, peft-mc or lightning"
-            )
-        if self.method in ("boft", "oft") and self.precision.endswith("-mixed"):
-            raise ValueError(
-                f"{self.method.upper()} under autocast (--precision bf16-mixed / fp16-mixed) "
-                "is not modelled; use --precision bf16 or fp32"
-            )
         # peft 0.21.2 tuners/boft/config.py and tuners/oft/config.py __post_init__: the
         # block size or the block count, not both
         if self.boft_block_size is not None and self.boft_block_num is not None:
@@ -1165,7 +1179,7 @@ class RunConfig(limits.BoundedSettings):
                 "--oft-neumann-terms 1 leaves every rotation the identity (nothing trains); "
                 "give 0 (the exact solve) or 2 and more"
             )
-        # peft tuners/boft/layer.py cayley_batch: linalg.solve "must be in float32"
+        # peft 0.21.2 tuners/boft/layer.py:465 cayley_batch: linalg.solve "must be in float32"
         solves = self.method == "boft" or (self.method == "oft" and self.oft_neumann_terms == 0)
         if solves and self.adapter_dtype not in ("auto", "fp32"):
             raise ValueError(
@@ -1195,8 +1209,8 @@ class RunConfig(limits.BoundedSettings):
 
     @model_validator(mode="after")
     def _framework_supports_run(self) -> RunConfig:
-        # the last check: a method's own sentence about a framework (BOFT's, AdaLoRA's,
-        # LLaMA-Adapter's) comes first
+        # the last check: a method's own sentence about a framework (AdaLoRA's,
+        # LLaMA-Adapter's) comes first; peft's other adapters defer to it (_peft_method_fits)
         check_framework_support(self.framework, self.method, self.quant, self.objective)
         return self
 

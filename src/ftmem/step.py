@@ -14,11 +14,9 @@ from typing import TYPE_CHECKING
 
 from ftmem import returned_cache, seq2seq, vision_lora, vision_step
 from ftmem.activations import block_saved, outer_saved
-from ftmem.adapters.boft import buffer_bytes as boft_buffer_bytes
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.head_lora import HeadLoRA, chunked_head_lora
 from ftmem.adapters.lora import LoRA, output_bytes
-from ftmem.adapters.oft import buffer_bytes as oft_buffer_bytes
 from ftmem.adapters.prompt import PrefixTuning
 from ftmem.arch import Architecture, buffer_numel, layout, qk_norm_params
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
@@ -55,10 +53,11 @@ from ftmem.profiles import (
     offloads_checkpoint_inputs,
     profile_of,
 )
-from ftmem.release_buffers import release_buffer_bytes
+from ftmem.release_buffers import adapter_buffer_bytes, release_buffer_bytes
 from ftmem.run import LLAMA_ADAPTER_METHODS, UNPAIRED_OBJECTIVES, RunConfig
 from ftmem.sequence_parallel import coloattention_mask_bytes
 from ftmem.transients import (
+    adapter_forward_build,
     adapter_moment,
     attention_gradients_made,
     attention_kernel_moment,
@@ -68,7 +67,6 @@ from ftmem.transients import (
     checkpointed_moe_moment,
     down_gradients_made,
     frozen_forward_transient,
-    loha_forward_build,
     offload_moment,
     offloaded_attention_forward,
     offloaded_forward_adapter,
@@ -282,8 +280,7 @@ def plan_sizes(arch: Architecture, run: RunConfig, plan: MethodPlan) -> PlanSize
             weights=sum(g.nbytes for g in plan.groups)
             + buffer_numel(arch) * BYTES_PER_ELEMENT[plan.dtypes.base]
             + release_buffer_bytes(arch, run, plan.dtypes)
-            + boft_buffer_bytes(plan, run, arch.num_layers)
-            + oft_buffer_bytes(plan, run, arch.num_layers),
+            + adapter_buffer_bytes(plan, run, arch.num_layers),
             # bitsandbytes' paged buffers are not the allocator's (optim.paged_state_bytes;
             # estimate adds them to the device figure)
             states=allocator_state_bytes(plan.groups, run),
@@ -1049,7 +1046,7 @@ def _decoder_block(
             # (Unsloth's forward dequantises into its kept buffer: LinearOp.dequant_buffer)
             0 if profile_of(run).dequant_buffer else dequant,
             DoRA.forward_rebuild(plan, run),
-            loha_forward_build(run, plan, e, T, bool(last_keeps)),
+            adapter_forward_build(run, plan, e, T, bool(last_keeps)),
             # (a fused LoRA Function adds its adapter into its output in place)
             0 if fused else checkpointed_forward_adapter(arch, run, plan, e, T),
             0 if fused else offloaded_forward_adapter(arch, run, plan, e, T),

@@ -401,10 +401,11 @@ def _down_backward_cast(
     return T * arch.hidden_size * e
 
 
-def loha_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keeps: bool) -> int:
-    """LoHa's or LoKr's ΔW build in the top block's forward (LoHa.forward_build), beyond that
-    block's kept tensors unless it keeps none (frozen, or checkpointed: its forward runs
-    without a graph)."""
+def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keeps: bool) -> int:
+    """The adapter build in the top block's forward, beyond that block's kept tensors unless
+    it keeps none (frozen, or checkpointed: its forward runs without a graph): OFT's and
+    BOFT's rotations (OFT.forward_build, BOFT.forward_build), MiSS bat's weight rebuild
+    (MiSS.bat_build), else LoHa's, LoKr's or FourierFT's ΔW (LoHa.forward_build)."""
     if run.method == "oft":
         kept = keeps and not run.grad_ckpt
         return OFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)

@@ -1087,10 +1087,10 @@ def _lycoris() -> list[Case]:
 
 
 def _vera() -> list[Case]:
-    """peft's VeRA (the shared projections as buffers, h and y kept per adapted linear) and
-    FourierFT;
+    """peft's VeRA (the shared projections as buffers, h and y kept per adapted linear):
     with checkpointing at 1,600 tokens its backward products (T × r, T × out) are the
-    peak (VeRA.backward_own), as they are at a wide rank on the default q,v."""
+    peak (VeRA.backward_own), as they are at a wide rank on the default q,v. Then
+    FourierFT (its ΔW built whole every forward)."""
     cases = [
         Case(family, {"method": "vera", "precision": "bf16"})
         for family in ("llama", "qwen2", "phi3", "falcon", "mixtral")

@@ -38,6 +38,7 @@ from ftmem.frameworks.shared import (
 )
 from ftmem.optim import BNB_OPTIMIZERS
 from ftmem.quantized_base import on_quantized_base, quantized_base
+from ftmem.run import METHOD_SETTINGS
 from ftmem.sources import architecture_from_config
 from ftmem.torchao_optim import FORMATS
 
@@ -281,6 +282,14 @@ def _expert_items(wrapped: list[tuple[str, Any]], r: int) -> list[str]:
     return items
 
 
+def _wrapped(model: Any, live: LiveRun, method: str, marker: str) -> None:
+    """The method's targets as the leaf names of the modules peft wrapped (those holding
+    ``marker``, the adapter's own parameter)."""
+    wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)})
+    if wrapped:
+        live.set(f"{method}_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
+
+
 def _lycoris(model: Any, pc: Any, live: LiveRun, said: str, method: str) -> None:
     """peft's LoHaConfig or LoKrConfig: its rank and alpha (LoKr: its decomposition), and
     the modules it wrapped (hada_w1_a, lokr_w1)."""
@@ -292,10 +301,7 @@ def _lycoris(model: Any, pc: Any, live: LiveRun, said: str, method: str) -> None
             live.set("lokr_factor", int(pc.decompose_factor), said)
         if pc.decompose_both:
             live.set("lokr_decompose_both", True, said)
-    marker = "hada_w1_a" if method == "loha" else "lokr_w1"
-    wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)})
-    if wrapped:
-        live.set(f"{method}_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
+    _wrapped(model, live, method, "hada_w1_a" if method == "loha" else "lokr_w1")
     if pc.rank_dropout or pc.module_dropout:
         live.notes.append(
             f"{method} rank_dropout / module_dropout: not modelled (the dropped ΔW is a "
@@ -317,10 +323,7 @@ def _miss_road(model: Any, pc: Any, live: LiveRun, said: str, method: str) -> No
     else:
         live.set("road_variant", str(pc.variant), said)
         live.set("road_group_size", int(pc.group_size), said)
-    marker = "miss_block" if method == "miss" else "road_theta"
-    wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)})
-    if wrapped:
-        live.set(f"{method}_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
+    _wrapped(model, live, method, "miss_block" if method == "miss" else "road_theta")
 
 
 def _boft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
@@ -336,11 +339,7 @@ def _boft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
         live.set("boft_block_num", int(pc.boft_block_num), said)
     else:
         live.set("boft_block_size", int(pc.boft_block_size), said)
-    wrapped = sorted(
-        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "boft_R")}
-    )
-    if wrapped:
-        live.set("boft_targets", ",".join(wrapped), "the modules peft wrapped (boft_R)")
+    _wrapped(model, live, "boft", "boft_R")
     if pc.boft_dropout:
         live.notes.append(
             "boft_dropout: not modelled (its mask swaps whole blocks for the identity, "
@@ -348,11 +347,9 @@ def _boft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
         )
 
 
-# methods whose trainable parameters' dtype is the run's --adapter-dtype
-ADAPTER_DTYPE_METHODS = frozenset(
-    {"lora", "dora", "rslora", "adalora", "qlora", "ia3", "loha", "lokr", "boft", "oft"}
-    | {"miss", "road", "vera", "fourierft"}
-)
+# methods whose trainable parameters' dtype is the run's --adapter-dtype (the run's own
+# list: one place to add a method)
+ADAPTER_DTYPE_METHODS = METHOD_SETTINGS["adapter_dtype"]
 
 
 def _oft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
@@ -368,11 +365,7 @@ def _oft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     terms = int(pc.num_cayley_neumann_terms) if pc.use_cayley_neumann else 0
     if terms != 5:
         live.set("oft_neumann_terms", terms, said)
-    wrapped = sorted(
-        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "oft_R")}
-    )
-    if wrapped:
-        live.set("oft_targets", ",".join(wrapped), "the modules peft wrapped (oft_R)")
+    _wrapped(model, live, "oft", "oft_R")
     if pc.coft:
         live.notes.append("coft: its projection (no gradient, block-sized) is not modelled.")
 
@@ -381,10 +374,7 @@ def _vera(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     """peft's VeraConfig: its rank and the modules it wrapped (vera_lambda_b)."""
     live.set("method", "vera", said)
     live.set("vera_rank", int(pc.r), said)
-    marker = "vera_lambda_b"
-    wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)})
-    if wrapped:
-        live.set("vera_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
+    _wrapped(model, live, "vera", "vera_lambda_b")
     if pc.vera_dropout:
         live.notes.append(
             "VeRA vera_dropout: not modelled (its mask, T × in per adapted linear); "
@@ -397,10 +387,7 @@ def _fourierft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     (fourierft_spectrum)."""
     live.set("method", "fourierft", said)
     live.set("fourierft_frequencies", int(pc.n_frequency), said)
-    marker = "fourierft_spectrum"
-    wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)})
-    if wrapped:
-        live.set("fourierft_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
+    _wrapped(model, live, "fourierft", "fourierft_spectrum")
 
 
 def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:

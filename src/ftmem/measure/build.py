@@ -1006,10 +1006,25 @@ def _peft_other(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modu
     return model
 
 
+def _peft_in_dtype(model: nn.Module, cfg: PeftConfig, run: RunConfig, *markers: str) -> nn.Module:
+    """get_peft_model with peft's notices silenced, the parameters whose names hold one of
+    ``markers`` (the adapter's own) cast to --adapter-dtype when one is given."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
+    if run.adapter_dtype != "auto":
+        for name, p in model.named_parameters():
+            if any(marker in name for marker in markers):
+                p.data = p.data.to(_DTYPES[run.adapter_dtype])
+    return model
+
+
 def _peft_lycoris(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's LoHa or LoKr on the linears the estimate names, its adapters in the dtype
     asked for."""
-    from peft import LoHaConfig, LoKrConfig, get_peft_model
+    from peft import LoHaConfig, LoKrConfig
 
     from ftmem.methods import loha_linears, lokr_linears
 
@@ -1032,14 +1047,7 @@ def _peft_lycoris(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
             target_modules=[lin.module for lin in lokr_linears(arch, run)],
             task_type="CAUSAL_LM",
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
-    if run.adapter_dtype != "auto":
-        for name, p in model.named_parameters():
-            if "hada_" in name or "lokr_" in name:
-                p.data = p.data.to(_DTYPES[run.adapter_dtype])
-    return model
+    return _peft_in_dtype(model, cfg, run, "hada_", "lokr_")
 
 
 def _peft_boft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
@@ -1064,7 +1072,7 @@ def _peft_boft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
 
 def _peft_oft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's OFT on the linears the estimate names, its adapters in the dtype asked for."""
-    from peft import OFTConfig, get_peft_model
+    from peft import OFTConfig
 
     from ftmem.methods import oft_linears
 
@@ -1078,20 +1086,13 @@ def _peft_oft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module
         target_modules=[lin.module for lin in oft_linears(arch, run)],
         task_type="CAUSAL_LM",
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
-    if run.adapter_dtype != "auto":
-        for name, p in model.named_parameters():
-            if ".oft_R." in name:
-                p.data = p.data.to(_DTYPES[run.adapter_dtype])
-    return model
+    return _peft_in_dtype(model, cfg, run, ".oft_R.")
 
 
 def _peft_vera(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's VeRA on the linears the estimate names; its vectors and its one shared pair
     of projections (a BufferDict every layer holds) in the dtype asked for."""
-    from peft import VeraConfig, get_peft_model
+    from peft import VeraConfig
 
     from ftmem.methods import vera_linears
 
@@ -1099,23 +1100,17 @@ def _peft_vera(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
     cfg = VeraConfig(
         r=r, target_modules=[lin.module for lin in vera_linears(arch, run)], task_type="CAUSAL_LM"
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
+    model = _peft_in_dtype(model, cfg, run, "vera_lambda_")
     if run.adapter_dtype != "auto":
-        dtype = _DTYPES[run.adapter_dtype]
-        for name, p in model.named_parameters():
-            if "vera_lambda_" in name:
-                p.data = p.data.to(dtype)
         base: Any = model.base_model
         for projections in (base.vera_A, base.vera_B):
-            projections["default"] = projections["default"].to(dtype)
+            projections["default"] = projections["default"].to(_DTYPES[run.adapter_dtype])
     return model
 
 
 def _peft_fourierft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's FourierFT on the linears the estimate names, its spectra in the dtype asked for."""
-    from peft import FourierFTConfig, get_peft_model
+    from peft import FourierFTConfig
 
     from ftmem.methods import fourierft_linears
 
@@ -1124,14 +1119,7 @@ def _peft_fourierft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.
         target_modules=[lin.module for lin in fourierft_linears(arch, run)],
         task_type="CAUSAL_LM",
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
-    if run.adapter_dtype != "auto":
-        for name, p in model.named_parameters():
-            if "fourierft_spectrum" in name:
-                p.data = p.data.to(_DTYPES[run.adapter_dtype])
-    return model
+    return _peft_in_dtype(model, cfg, run, "fourierft_spectrum")
 
 
 # --------------------------------------------------------------------------------------
@@ -1145,7 +1133,7 @@ class _ImplKwargs(TypedDict, total=False):
 def _peft_miss_road(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's MiSS or RoAd on the linears the estimate names, its parameters in the dtype
     asked for."""
-    from peft import MissConfig, RoadConfig, get_peft_model
+    from peft import MissConfig, RoadConfig
 
     from ftmem.methods import miss_linears, road_linears
 
@@ -1167,14 +1155,7 @@ def _peft_miss_road(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.
             target_modules=[lin.module for lin in road_linears(arch, run)],
             task_type="CAUSAL_LM",
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = get_peft_model(model, cfg, autocast_adapter_dtype=run.adapter_dtype == "auto")
-    if run.adapter_dtype != "auto":
-        for name, p in model.named_parameters():
-            if "miss_block" in name or "road_" in name:
-                p.data = p.data.to(_DTYPES[run.adapter_dtype])
-    return model
+    return _peft_in_dtype(model, cfg, run, "miss_block", "road_")
 
 
 def _impl_kwargs(run: RunConfig) -> _ImplKwargs:

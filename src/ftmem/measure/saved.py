@@ -51,8 +51,8 @@ FRAMEWORK_ROTARY_CACHE = "framework_rotary_cache"
 # beside the weights too (adapters.vera.projection_bytes)
 VERA_PROJECTIONS = (".vera_A.default", ".vera_B.default")
 # and the buffers peft's adapters register that ftmem counts so too: BOFT's fp32
-# permutation matrices (peft tuners/boft/layer.py update_layer ``boft_P``), OFT's int64
-# upper-triangle indices (tuners/oft/layer.py OFTRotationModule ``rows``, ``cols``),
+# permutation matrices (peft 0.21.2 tuners/boft/layer.py:362 ``boft_P``), OFT's int64
+# upper-triangle indices (tuners/oft/layer.py:102-103 OFTRotationModule ``rows``, ``cols``),
 # VeRA's projections
 ESTIMATED_BUFFERS = (
     FRAMEWORK_ROTARY_CACHE,

@@ -15,7 +15,7 @@ from ftmem.arch import Architecture, buffer_numel
 from ftmem.dtypes import BYTES_PER_ELEMENT, is_quantized
 from ftmem.methods import TensorGroup, plan_method
 from ftmem.profiles import framework_arch
-from ftmem.release_buffers import release_buffer_bytes
+from ftmem.release_buffers import adapter_buffer_bytes, release_buffer_bytes
 from ftmem.result import Estimate, Memory
 from ftmem.run import RunConfig
 from ftmem.units import UnitSystem, format_bytes, format_count
@@ -113,6 +113,7 @@ def _single_gpu_sections(
             units,
             (buffer_numel(arch), plan.dtypes.base),
             (run.transformers_version, release_buffer_bytes(model, run, plan.dtypes)),
+            adapter_buffer_bytes(plan, run, model.num_layers),
         ),
         trained,
         _gradients_section(plan.groups, run, est, units),
@@ -126,9 +127,11 @@ def _weights_section(
     units: UnitSystem,
     buffers: tuple[int, str],
     release: tuple[str | None, int] = (None, 0),
+    adapter_buffers: int = 0,
 ) -> Section:
     """The weights by storage format, largest first, the blocks' registered buffers
-    (elements, dtype) and those of an older transformers release (version, bytes)."""
+    (elements, dtype), those of an older transformers release (version, bytes) and
+    BOFT's and OFT's buffers (bytes)."""
     weights = Section("Weights")
     by_fmt: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for g in groups:
@@ -155,10 +158,20 @@ def _weights_section(
         )
     version, extra = release
     if extra:
-        owner = f"transformers {version}" if version else "the framework's modules"
+        owner = (
+            f"transformers {version} registers or keeps"
+            if version
+            else "the framework's modules register or keep"
+        )
         weights.lines.append(
-            f"buffers {owner} registers or keeps (rotary cos/sin tables of every "
-            f"position, a causal mask, LLaMA-Adapter's cached prompt k/v) = {_b(extra, units)}"
+            f"buffers {owner} (rotary cos/sin tables of every "
+            f"position, a causal mask, LLaMA-Adapter's cached prompt k/v, VeRA's shared "
+            f"projections, FourierFT's indices) = {_b(extra, units)}"
+        )
+    if adapter_buffers:
+        weights.lines.append(
+            "buffers peft's adapters register on each adapted linear (BOFT's fp32 boft_P "
+            f"permutations, OFT's int64 block indices) = {_b(adapter_buffers, units)}"
         )
     weights.lines.append(f"Weights = {_b(est.memory.weights_bytes, units)}")
     return weights

@@ -1,0 +1,75 @@
+"""One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
+FourierFT): where they are modelled, and the sentence each refusal gives."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_peft_methods import one_sentence
+
+NEW_METHODS = {
+    "boft": "BOFT",
+    "oft": "OFT",
+    "miss": "MiSS",
+    "road": "RoAd",
+    "vera": "VeRA",
+    "fourierft": "FourierFT",
+}
+
+
+def _refusal(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    return one_sentence(["estimate", *args], capsys)
+
+
+@pytest.mark.parametrize("framework", ["axolotl", "llama-factory"])
+@pytest.mark.parametrize("method", sorted(NEW_METHODS))
+def test_hf_front_ends_are_refused_alike(
+    method: str, framework: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # MiSS and RoAd were estimated under axolotl and LLaMA-Factory while their four
+    # siblings were refused there
+    err = _refusal(["llama-3.2-3b", "--method", method, "--framework", framework], capsys)
+    name = NEW_METHODS[method]
+    assert f"{name} under --framework {framework} is not modelled" in err
+    assert "use --framework hf, peft-mc or lightning" in err
+
+
+@pytest.mark.parametrize("framework", ["litgpt", "torchtune", "fsdp_qlora", "unsloth"])
+@pytest.mark.parametrize("method", sorted(NEW_METHODS))
+def test_frameworks_of_their_own_say_why(
+    method: str, framework: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # BOFT, OFT, VeRA and FourierFT said "not modelled" here, where no such run exists
+    err = _refusal(["llama-3.2-3b", "--method", method, "--framework", framework], capsys)
+    assert f"--framework {framework} has no --method {method} (" in err
+    assert "so no such run exists" in err and "not modelled" not in err
+
+
+@pytest.mark.parametrize("method", sorted(set(NEW_METHODS) - {"vera"}))
+def test_autocast_is_refused_alike(method: str, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _refusal(["llama-3.2-3b", "--method", method, "--precision", "fp16-mixed"], capsys)
+    assert f"{NEW_METHODS[method]} under autocast (--precision bf16-mixed / fp16-mixed)" in err
+    assert err.rstrip().endswith("use --precision bf16 or fp32.")
+
+
+@pytest.mark.parametrize("method", sorted(NEW_METHODS))
+def test_conv1d_is_refused_with_the_right_reason(
+    method: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # peft wraps Conv1D for VeRA and FourierFT (not modelled), not for the other four
+    err = _refusal(["gpt2", "--method", method], capsys)
+    name = NEW_METHODS[method]
+    if method in ("vera", "fourierft"):
+        assert f"{name} on gpt2's transformers Conv1D layers is not modelled" in err
+    else:
+        assert f"peft's {name} does not wrap gpt2's transformers Conv1D layers" in err
+
+
+@pytest.mark.parametrize("method", [*sorted(set(NEW_METHODS) - {"vera"}), "lokr"])
+def test_a_framework_without_the_method_speaks_before_autocast(
+    method: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # under Unsloth LoKr was told to drop autocast, and then that Unsloth has no LoKr
+    args = ["--method", method, "--framework", "unsloth", "--precision", "bf16-mixed"]
+    err = _refusal(["llama-3.2-3b", *args], capsys)
+    assert f"--framework unsloth has no --method {method} (" in err
