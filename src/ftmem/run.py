@@ -1116,7 +1116,8 @@ class RunConfig(limits.BoundedSettings):
         # sentence says so, before any setting of a run that does not exist
         check_framework_support(self.framework, self.method, self.quant, self.objective)
         if name is not None and self.framework not in ADALORA_FRAMEWORKS:
-            # (the HF Trainer front ends, axolotl and LLaMA-Factory, are not read for them)
+            # (front ends other than those three: TRL, Accelerate; axolotl and LLaMA-Factory
+            # say so in their own table first)
             raise ValueError(
                 f"{name} under --framework {self.framework} is not modelled (ftmem reads "
                 f"peft's {name} under hf, peft-mc or lightning): use --framework hf, "
