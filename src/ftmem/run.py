@@ -1115,14 +1115,6 @@ class RunConfig(limits.BoundedSettings):
         # LitGPT, torchtune, fsdp_qlora and Unsloth implement none of them: their own
         # sentence says so, before any setting of a run that does not exist
         check_framework_support(self.framework, self.method, self.quant, self.objective)
-        if name is not None and self.framework not in ADALORA_FRAMEWORKS:
-            # (front ends other than those three: TRL, Accelerate; axolotl and LLaMA-Factory
-            # say so in their own table first)
-            raise ValueError(
-                f"{name} under --framework {self.framework} is not modelled (ftmem reads "
-                f"peft's {name} under hf, peft-mc or lightning): use --framework hf, "
-                "peft-mc or lightning"
-            )
         if self.method in NO_AUTOCAST and self.precision.endswith("-mixed"):
             why = NO_AUTOCAST[self.method]
             raise ValueError(
