@@ -193,6 +193,7 @@ def test_disable_adapter_gives_lora_a_its_gradient_back() -> None:
         (["--method", "lora", "--lora-fa", "--optimizer", "adamw-8bit"], "its own AdamW loop"),
         (["--method", "lora", "--lora-fa", "--framework", "unsloth"], "create_lorafa_optimizer"),
         (["--method", "ln-tuning", "--framework", "litgpt"], "LNTuningModel"),
+        (["--method", "lora", "--lora-fa", "--gpus", "2", "--strategy", "zero2"], "only DDP"),
     ],
 )
 def test_bad_input_is_one_sentence(args: list[str], expected: str, capsys) -> None:
