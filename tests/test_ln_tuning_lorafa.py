@@ -24,7 +24,18 @@ from tests.conftest import tiny
 from tests.test_peft_methods import assert_counts_match_peft
 
 # peft 0.21.2 utils/constants.py l.155-192 has default LN-tuning targets for these
-LN_FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "falcon", "phi", "gpt2"]
+LN_FAMILIES = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "falcon",
+    "phi",
+    "gpt2",
+]
 
 
 @pytest.mark.parametrize("family", LN_FAMILIES)
