@@ -109,9 +109,7 @@ RUNS: list[Run] = [
     peft(
         "ln_tuning--llama-3.2-3B-default",
         21181235200,
-        {"method": "partial", "trainable_modules": r"norm", **LORA_KEYS, "adapter_dtype": DROP},
-        "LN tuning as partial training of every RMSNorm weight (PEFT wraps each norm in a "
-        "trainable copy; the copy is not modelled)",
+        {"method": "ln-tuning", **LORA_KEYS, "adapter_dtype": DROP},
     ),
     peft(
         "lokr--llama-3.2-3B-rank32-factor4-lr0.003",
@@ -174,9 +172,7 @@ RUNS: list[Run] = [
     peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,
-        {"lora_r": 32, "lora_alpha": 64},
-        "proxy: LoRA-FA freezes A (3.67 M trainable instead of 9.18 M) and projects B's gradient; "
-        "ftmem trains both",
+        {"lora_r": 32, "lora_alpha": 64, "lora_fa": True},  # training_params.json: lora-fa
     ),
     peft(
         "lora--llama-3.2-3B-rank14-target-mlp-bdlora",

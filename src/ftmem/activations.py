@@ -66,7 +66,7 @@ def block_saved(
     qkv, o, mlp = (list(group) for group in _block_linears(arch, i))
     x = state.input_requires_grad
     w = state.weights_trainable
-    wn = w or state.norm_bias or state.norms_trained  # a norm's own parameters train
+    wn = attention_side_norms_train(state)  # a norm's own parameters train
     # outputs that need a gradient for something other than an adapter
     biased = state.own_output_grad
     adapted_attn = any(lin.module in state.adapted for lin in qkv)
@@ -110,6 +110,13 @@ def block_saved(
     return [s for s in out if s.nbytes or s.graph_held]
 
 
+def attention_side_norms_train(state: BlockState) -> bool:
+    """Whether a norm at or below the attention trains (its weight or bias), so that the
+    attention side needs a gradient: not when every trained norm comes after it."""
+    norms = state.norms_trained and not state.after_attention_norms_only
+    return state.weights_trainable or state.norm_bias or norms
+
+
 def _attention(
     ctx: LayerContext,
     state: BlockState,
@@ -121,11 +128,11 @@ def _attention(
 ) -> list[Saved]:
     """Multi-head attention from its q/k/v projections to the kernel's saved tensors."""
     x, w = state.input_requires_grad, state.weights_trainable
-    wn = w or state.norm_bias or state.norms_trained
+    wn = attention_side_norms_train(state)
     biased = state.own_output_grad
     h = ctx.arch.hidden_size
     out = LinearOp.saved(ctx, qkv, state, in_grad, "q/k/v projections", h, ctx.residual)
-    if x or w or state.norm_bias or state.norms_trained:
+    if x or w or wn:
         attn_grads = frozenset({"q", "k", "v"})
     else:
         attn_grads = frozenset(

@@ -248,6 +248,16 @@ def _step_notes(parts: StepParts, run: RunConfig, teacher: Teacher | None) -> li
                 else "."
             )
         )
+    if run.lora_fa:
+        notes.append(
+            "LoRA-FA: AdamW states for lora_B only; "
+            + (
+                "lora_A gets its gradient back (PEFT's benchmark loop runs disable_adapter() "
+                "after create_lorafa_optimizer froze it), so it keeps its input as LoRA does."
+                if profile_of(run).lora_fa_a_regains_grad
+                else "lora_A frozen: no gradient, and its input is not kept."
+            )
+        )
     if run.optimizer in TORCHAO_OPTIMIZERS:
         notes.append(
             f"{run.optimizer}: torchao compiles the step one parameter at a time; its "
@@ -274,6 +284,13 @@ def _one_gpu_only(run: RunConfig, teacher: Teacher | None, par: ParallelConfig) 
         raise InvalidInputError(
             f"--objective {run.objective} runs data parallel (DDP, ZeRO, FSDP, ColossalAI's "
             "ZeRO), as TRL's trainers run it; drop --tp, --pp and --cp."
+        )
+    if run.lora_fa and par.resolved_strategy != "ddp":
+        # LoraFAOptimizer pairs each lora_A with its lora_B by parameter name (peft 0.21.2
+        # optimizers/lorafa.py step): whole named tensors, which only DDP leaves it
+        raise InvalidInputError(
+            "--lora-fa steps whole lora_A/lora_B pairs by name, which only DDP leaves "
+            f"intact; use --strategy ddp, not {par.resolved_strategy}."
         )
 
 

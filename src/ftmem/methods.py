@@ -67,6 +67,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "the parameters whose names match --trainable-modules (regular expressions)",
         "Lee et al. 2019, arXiv:1911.03090; axolotl's unfrozen_parameters",
     ),
+    "ln-tuning": (
+        "a trainable copy of each norm peft targets runs in its place; the original stays "
+        "frozen beside it",
+        "Zhao et al. 2023, arXiv:2312.11420; peft's LNTuningConfig",
+    ),
     "lora": (
         "low-rank adapters A (r × in) and B (out × r) beside frozen linears",
         "Hu et al. 2021, arXiv:2106.09685",
@@ -200,6 +205,9 @@ class TensorGroup:
     # cache: adapters.llama_adapter): ``trainable`` False (no gradient, no optimizer state),
     # yet counted among the trainable parameters as the framework prints them
     idle: bool = False
+    # a gradient but no optimizer state: LoRA-FA's lora_A where the loop re-enabled its
+    # requires_grad (profiles.Profile.lora_fa_a_regains_grad); its optimizer only reads it
+    stateless: bool = False
     # Derived once here (an estimate reads them hundreds of times; plans are shared):
     numel: int = field(init=False, repr=False, compare=False)
     total_numel: int = field(init=False, repr=False, compare=False)
@@ -1019,14 +1027,15 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     notes: list[str] = []
     outer_names: frozenset[str] = frozenset()  # partial: outer parameters that train
     trained_by_block: tuple[frozenset[str], ...] = ()
-    if run.method == "partial":
-        outer_names, trained_by_block = partial_trainable(arch, run.trainable_modules or "")
+    if run.method in NAMED_TRAINING_METHODS:
+        outer_names, trained_by_block = partial_trainable(arch, trainable_spec(arch, run))
     trainable_blocks = _trainable_blocks(arch, run, trained_by_block, notes)
     galore_ranks = _galore_ranks(arch, run)
 
     groups = _outer_groups(arch, run, dtypes, outer_names, trainable_blocks)
     groups += vision_step.groups(arch, run, dtypes, _base_format)
     groups += _block_groups(arch, run, dtypes, trained_by_block, trainable_blocks, galore_ranks)
+    groups += ln_tuning_originals(groups) if run.method == "ln-tuning" else []
     adapted, experts = lora_targets(arch, run) if run.method in ADAPTER_METHODS else ((), ())
     if experts and not adapted:
         # LoRA on the experts alone: the dense blocks below them (DeepSeek's first ones)
@@ -1165,7 +1174,7 @@ def _trainable_blocks(
         own_fp32 = older_than(run.transformers_version, TRANSFORMERS_FALCON_ATTENTION_INTERFACE)
         if (run.grad_ckpt or run.attn == "eager") and own_fp32:
             notes += arch.traits.notes_for("bitfit-recompute")
-    elif run.method == "partial":
+    elif run.method in NAMED_TRAINING_METHODS:
         first = next((i for i, names in enumerate(trained_by_block) if names), L)
         trainable_blocks = L - first
     elif run.method == "llama-adapter":
@@ -1208,7 +1217,7 @@ def _outer_groups(
         trains = (
             run.method in ("full", "galore")
             or (run.method == "bitfit" and _is_bias(p))
-            or (run.method == "partial" and p.name in outer_names)
+            or (run.method in NAMED_TRAINING_METHODS and p.name in outer_names)
             or (run.method == "longlora" and p.kind in ("embedding", "norm"))
             or (run.method == "llama-adapter-v2" and p.kind == "norm")  # LitGPT's ln_f
             # T5 keeps its relative position bias tables in the first block of each stack
@@ -1268,7 +1277,7 @@ def _block_groups(
         per = max(copies, 1)
         n_blocks = p.count(L) * per
         top = L - trainable_blocks  # (freeze trains the blocks from the top)
-        if run.method == "partial":
+        if run.method in NAMED_TRAINING_METHODS:
             n = sum(p.name in names and p.in_block(i) for i, names in enumerate(trained_by_block))
             n *= max(copies, 1)
             if n_blocks - n:
@@ -1359,11 +1368,16 @@ def _lora_groups(
     adapted: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
 ) -> list[TensorGroup]:
     """LoRA's A (r × in) and B (out × r) beside each adapted linear; DoRA adds a
-    magnitude per output feature."""
+    magnitude per output feature. LoRA-FA freezes A (peft 0.21.2 optimizers/lorafa.py
+    create_lorafa_optimizer: ``param.requires_grad = False`` for every lora_A)."""
     r = run.r
     groups: list[TensorGroup] = []
     for lin in adapted:
-        groups.append(_adapter(f"{lin.module}.lora_A", (r, lin.in_features), arch, dtypes, lin))
+        a = _adapter(f"{lin.module}.lora_A", (r, lin.in_features), arch, dtypes, lin)
+        if run.lora_fa:
+            regains = profile_of(run).lora_fa_a_regains_grad
+            a = replace(a, stateless=True) if regains else replace(a, trainable=False)
+        groups.append(a)
         groups.append(_adapter(f"{lin.module}.lora_B", (lin.out_features, r), arch, dtypes, lin))
         if run.method == "dora":
             name = f"{lin.module}.lora_magnitude_vector"
@@ -1623,7 +1637,7 @@ def _trained_ends(
     if run.method == "longlora":
         embed_trainable = final_norm_trainable = True
         head_trainable = head_trainable or arch.tie_embeddings
-    if run.method == "partial":
+    if run.method in NAMED_TRAINING_METHODS:
         for p in layout(arch).outer:
             if p.name not in outer_names:
                 continue
@@ -1651,6 +1665,70 @@ def bottlenecked_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ..
             "adapters after it are not modelled."
         )
     return tuple(lins)
+
+
+# the methods that train base parameters picked by name: partial (--trainable-modules)
+# and LN tuning (peft's trainable copy of each targeted norm)
+NAMED_TRAINING_METHODS = frozenset({"partial", "ln-tuning"})
+
+# peft 0.21.2 utils/constants.py l.155-192 TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING
+# (the same at huggingface/peft@5d602fdbff04, the MetaMathQA release), for ftmem's families
+# of those model types (gemma3: its text model, gemma3_text); a name matches a module
+# whose name ends in ".<name>" (peft's check_target_module_exists)
+LN_TUNING_TARGETS: dict[str, tuple[str, ...]] = {
+    "llama": ("input_layernorm", "post_attention_layernorm", "norm"),
+    "mistral": ("input_layernorm", "post_attention_layernorm", "norm"),
+    "gemma": ("input_layernorm", "post_attention_layernorm", "norm"),
+    "gemma2": (
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+        "norm",
+    ),
+    "gemma3": (
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+        "norm",
+    ),
+    "falcon": ("input_layernorm", "post_attention_layernorm", "ln_f"),
+    "phi": ("input_layernorm", "final_layernorm"),
+    "gpt2": ("ln_1", "ln_2", "ln_f"),
+    "qwen2": ("post_attention_layernorm",),
+    "qwen3": ("post_attention_layernorm",),
+}
+
+
+def trainable_spec(arch: Architecture, run: RunConfig) -> str:
+    """The regular expressions over parameter names of what trains by name: partial's
+    --trainable-modules, or the parameters (weight and bias) of the norms LN tuning
+    copies. peft's LNTuningModel deep-copies each targeted module
+    (tuners/ln_tuning/layer.py update_layer) and runs the copy in forward; the copy's
+    parameters train, the original's stay frozen beside them (MethodPlan: the frozen
+    originals as groups of their own)."""
+    if run.method == "partial":
+        return run.trainable_modules or ""
+    targets = LN_TUNING_TARGETS.get(arch.family)
+    if targets is None:
+        raise InvalidInputError(
+            f"peft 0.21.2 has no default LN-tuning targets for {arch.family} models; use "
+            "--method partial with --trainable-modules naming the norms instead."
+        )
+    # one expression: peft refuses only when no target matches at all
+    return rf"(^|\.)({'|'.join(targets)})\.(weight|bias)$"
+
+
+def ln_tuning_originals(groups: list[TensorGroup]) -> list[TensorGroup]:
+    """LN tuning's frozen originals: one frozen tensor beside each trainable copy, in the
+    base layer's dtype (LNTuningModel._cast_adapter_dtype leaves the copies as they are:
+    peft 0.21.2 tuners/ln_tuning/model.py l.131-135)."""
+    return [
+        replace(g, name=f"{g.name} (frozen original)", trainable=False)
+        for g in groups
+        if g.trainable
+    ]
 
 
 @lru_cache(maxsize=256)

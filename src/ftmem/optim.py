@@ -105,7 +105,7 @@ def step_tensor_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
         return sum(STEP_TENSOR_BYTES * g.count for g in groups if g.trainable)
     if run.optimizer not in ("adamw", "adamw-fp32") or not step_tensors_on_device(run):
         return 0
-    if run.method == "galore":
+    if run.method == "galore" or run.lora_fa:  # both count steps in a Python int
         return 0
     return sum(STEP_TENSOR_BYTES * g.count for g in groups if g.trainable)
 
@@ -116,7 +116,7 @@ def optimizer_state_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
     total = 0
     any_8bit = False
     for g in groups:
-        if not g.trainable:
+        if not g.trainable or g.stateless:
             continue
         per, eight_bit = _tensor_state_bytes(g, run)
         total += per * g.count
@@ -290,6 +290,8 @@ def optimizer_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig
 def _step_temporary_bytes(trainable: list[TensorGroup], run: RunConfig) -> int:
     if run.method == "galore":
         return _galore_step_temporary_bytes(trainable, run)
+    if run.lora_fa:
+        return lorafa_step_temporary_bytes(trainable, run)
     opt, impl = run.optimizer, run.optimizer_impl
     if opt in TORCHAO_OPTIMIZERS:
         return torchao_step_bytes(trainable, run)
@@ -307,6 +309,24 @@ def _step_temporary_bytes(trainable: list[TensorGroup], run: RunConfig) -> int:
     if opt == "lion":
         return max(2 * g.numel * g.element_bytes for g in trainable)
     return 0
+
+
+def lorafa_step_temporary_bytes(trainable: list[TensorGroup], run: RunConfig) -> int:
+    """peft's LoraFAOptimizer.step, one lora_B at a time (peft 0.21.2 optimizers/lorafa.py
+    l.146-180): AA_T = A @ A.T and its pseudo-inverse (r × r, A's dtype), B's projected
+    gradient grad_B (B's gradient dtype) and ``denom_B = exp_avg_sq_B.sqrt()``, all alive
+    at ``B.addcdiv_``; any other trainable tensor (modules_to_save) steps the plain AdamW
+    way, its ``denom`` one tensor of its size."""
+    r = run.r
+
+    def one(g: TensorGroup) -> int:
+        if g.stateless:  # a lora_A that gets a gradient: only read, at its B
+            return 0
+        if g.name.endswith(".lora_B"):
+            return 2 * g.numel * g.element_bytes + 2 * r * r * g.element_bytes
+        return g.numel * g.element_bytes
+
+    return max(one(g) for g in trainable)
 
 
 def optimizer_step_temporary_tensors(
@@ -334,7 +354,7 @@ def optimizer_step_temporary_tensors(
         return _galore_step_tensors([g for g in groups if g.trainable], run)
     if run.optimizer not in ("adamw", "adamw-fp32"):
         return ()
-    if run.optimizer_impl != "foreach":
+    if run.optimizer_impl != "foreach" or run.lora_fa:  # (LoRA-FA: its own loop)
         return ()
     by_dtype: dict[str, list[int]] = {}  # bf16 and fp16 are groups of their own
     for g in groups:

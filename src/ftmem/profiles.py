@@ -51,6 +51,9 @@ class Profile:
     # buffers peft's layers register then stay on the host (BOFT's boft_P: peft
     # tuners_utils.py _replace_module moves only modules named with the adapter prefix)
     peft_buffers_on_host: bool = False
+    # LoRA-FA's lora_A gets its requires_grad back before training (the loop runs a pass
+    # under peft's disable_adapter(), whose exit re-enables every active adapter layer)
+    lora_fa_a_regains_grad: bool = False
     # compile=True with the chunked loss compiles only one chunk's upcast + cross-entropy
     # (ops/loss.py): the chunk's 16-bit logits are kept instead of a fp32 log-softmax
     compiles_chunked_loss: bool = False
@@ -451,6 +454,13 @@ PEFT_MC = Profile(
     # from_pretrained(device_map=device), get_peft_model, no .to() (MetaMathQA/utils.py
     # get_base_model, get_model)
     peft_buffers_on_host=True,
+    # run.py train: the wiki loss before training runs ``with model.disable_adapter()``
+    # after get_optimizer_and_scheduler (create_lorafa_optimizer froze lora_A); on exit
+    # peft's enable_adapter_layers -> BaseTunerLayer.set_adapter calls requires_grad_(True)
+    # on every active adapter layer (peft 0.21.2 tuners/tuners_utils.py; measured on the
+    # CPU, tests/test_ln_tuning_lorafa.py): A gets a gradient (and keeps its input), the
+    # optimizer keeps states for B only
+    lora_fa_a_regains_grad=True,
 )
 
 PROFILES: dict[str, Profile] = {

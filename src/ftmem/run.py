@@ -43,6 +43,7 @@ Method = Literal[
     "oft",
     "vera",
     "fourierft",
+    "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
     "p-tuning",
@@ -152,6 +153,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     },
     "adapter_dtype": ADAPTER_METHODS
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"},
+    "lora_fa": frozenset({"lora", "rslora"}),
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
@@ -675,6 +677,12 @@ class RunConfig(limits.BoundedSettings):
         None,
         description="peft modules_to_save: 'embed', 'head' or 'embed,head' (trainable copies).",
     )
+    lora_fa: bool | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="LoRA-FA (peft's create_lorafa_optimizer): lora_A frozen, lora_B "
+        "stepped by an AdamW of its own on a projected gradient.",
+    )
     adapter_dtype: AdapterDtype = "auto"
     # AdaLoRA (peft AdaLoraConfig: --lora-r is its init_r)
     adalora_target_r: PositiveInt | None = Field(
@@ -878,6 +886,27 @@ class RunConfig(limits.BoundedSettings):
                     f"which runs its own model code rather than the {option} library: drop it"
                 )
 
+    def _lora_fa_fits(self) -> None:
+        """LoRA-FA is peft's optimizer for the LoRA adapters of any peft model (lora and
+        rslora: METHOD_SETTINGS): its own AdamW loop (peft 0.21.2 optimizers/lorafa.py
+        LoraFAOptimizer.step)."""
+        if not self.lora_fa:
+            return
+        if (
+            self.optimizer != "adamw"
+            or self.optimizer_impl == "fused"
+            or self.optimizer_in_backward
+        ):
+            raise ValueError(
+                "--lora-fa steps with its own AdamW loop (peft's LoraFAOptimizer): drop "
+                "--optimizer, --optimizer-impl fused and --optimizer-in-backward"
+            )
+        if self.framework not in ADALORA_FRAMEWORKS:
+            raise ValueError(
+                f"--lora-fa is peft's create_lorafa_optimizer, which {self.framework} does "
+                "not call: use --framework hf, peft-mc or lightning"
+            )
+
     def _adalora_settings_fit(self) -> None:
         """What peft's AdaLoRA and its rank allocator cannot run."""
         if self.method != "adalora":
@@ -980,6 +1009,7 @@ class RunConfig(limits.BoundedSettings):
                 "--optimizer-block-size is torchao's low-bit AdamW's: use it with "
                 f"--optimizer ao-adamw-8bit, ao-adamw-4bit or ao-adamw-fp8, not {self.optimizer}"
             )
+        self._lora_fa_fits()
         if self.optimizer_in_backward and self.grad_accum > 1:
             raise ValueError(
                 "--optimizer-in-backward steps every micro-batch: it cannot accumulate "

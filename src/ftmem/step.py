@@ -22,7 +22,7 @@ from ftmem.arch import Architecture, buffer_numel, layout, qk_norm_params
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
-from ftmem.methods import MethodPlan, plan_key, plan_method
+from ftmem.methods import NAMED_TRAINING_METHODS, MethodPlan, plan_key, plan_method
 from ftmem.ops import loss_requests
 from ftmem.ops.attention import Attention, runs_eager, sliding_window_mask
 from ftmem.ops.context import BlockState
@@ -156,7 +156,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         return [state(inputs_grad)] + [state(True)] * (L - 1)
     if run.method in LLAMA_ADAPTER_METHODS:
         return _llama_adapter_states(arch, plan, inputs_grad)
-    if run.method == "partial":
+    if run.method in NAMED_TRAINING_METHODS:
         return _partial_states(arch, plan, inputs_grad)
     if run.method in ("prompt-tuning", "p-tuning"):
         # the trainable prompt is part of the blocks' input
@@ -218,6 +218,16 @@ def _expert_layers(states: list[BlockState], plan: MethodPlan) -> list[BlockStat
     return out
 
 
+# a decoder block's norms that read the attention's output or the residual after it
+# (transformers' names): training only these needs no gradient through the attention
+AFTER_ATTENTION_NORMS = (
+    "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
+    "ln_2",
+)
+
+
 def _partial_states(arch: Architecture, plan: MethodPlan, inputs_grad: bool) -> list[BlockState]:
     """partial: each block's own trainable tensors; a block's input needs a gradient once
     anything below it (or the embedding) trains."""
@@ -229,9 +239,19 @@ def _partial_states(arch: Architecture, plan: MethodPlan, inputs_grad: bool) -> 
         params = [p for p in lay.block if p.name in names]
         trained = frozenset(p.module for p in params if p.kind in ("linear", "router", "expert"))
         biased = frozenset(p.module for p in params if p.kind == "linear_bias")
-        norms = any(p.kind == "norm" and p.name not in qk_norms for p in params)
+        norm_names = [p.name for p in params if p.kind == "norm" and p.name not in qk_norms]
+        after_only = bool(norm_names) and not arch.parallel_attn_mlp
+        after_only = after_only and all(n.startswith(AFTER_ATTENTION_NORMS) for n in norm_names)
         states.append(
-            BlockState(below, False, frozenset(), biased, trained=trained, norms_trained=norms)
+            BlockState(
+                below,
+                False,
+                frozenset(),
+                biased,
+                trained=trained,
+                norms_trained=bool(norm_names),
+                after_attention_norms_only=after_only,
+            )
         )
         if qk_norms.intersection(names):
             states[-1] = dataclasses.replace(states[-1], qk_norms_trained=True)

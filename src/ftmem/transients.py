@@ -21,7 +21,7 @@ from ftmem.adapters.oft import OFT
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
-from ftmem.methods import MethodPlan, TensorGroup, experts_are_linears
+from ftmem.methods import NAMED_TRAINING_METHODS, MethodPlan, TensorGroup, experts_are_linears
 from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.context import LayerContext, bias_promotes_outputs
 from ftmem.ops.embedding import Embedding
@@ -206,7 +206,7 @@ def top_block_trains(arch: Architecture, run: RunConfig, plan: MethodPlan) -> bo
     """Whether the top block's own weights (its experts and router) train."""
     if run.method in ("full", "freeze", "galore"):
         return True
-    if run.method == "partial" and plan.trained_by_block:
+    if run.method in NAMED_TRAINING_METHODS and plan.trained_by_block:
         return bool(plan.trained_by_block[-1] & {p.name for p in MoE.parameters(arch)})
     return False
 

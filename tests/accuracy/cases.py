@@ -1086,6 +1086,29 @@ def _lycoris() -> list[Case]:
     return cases
 
 
+def _ln_tuning_lorafa() -> list[Case]:
+    """peft's LN tuning (a trainable copy of each default-targeted norm beside the frozen
+    original; Qwen2's default is post_attention_layernorm alone, after the attention) and
+    LoRA-FA (lora_A frozen by create_lorafa_optimizer, its input not kept; the step is
+    LoraFAOptimizer's)."""
+    cases = [
+        Case(family, {"method": "ln-tuning", "precision": "bf16"})
+        for family in ("llama", "qwen2", "gemma2", "falcon", "gpt2")
+    ]
+    for extra in ({"precision": "fp32"}, {"precision": "bf16", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "ln-tuning", **extra}))
+    cases.append(Case("qwen2", {"method": "ln-tuning", "precision": "bf16", "grad_ckpt": True}))
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32", "lora_targets": "all-linear", "lora_r": 4},
+        {"precision": "bf16-mixed", "lora_dropout": 0.1},
+        {"precision": "bf16", "grad_ckpt": True},
+    ):
+        cases.append(Case("llama", {"method": "lora", "lora_fa": True, **extra}))
+    cases.append(Case("qwen2", {"method": "lora", "lora_fa": True, "precision": "bf16"}))
+    return cases
+
+
 def _vera() -> list[Case]:
     """peft's VeRA (the shared projections as buffers, h and y kept per adapted linear):
     with checkpointing at 1,600 tokens its backward products (T × r, T × out) are the
@@ -1266,6 +1289,7 @@ def _peft_methods() -> list[Case]:
     cases += _boft()
     cases += _oft()
     cases += _vera()
+    cases += _ln_tuning_lorafa()
     # prompt tuning and P-tuning: virtual tokens in front of the input
     for family in sorted(TINY):
         cases.append(Case(family, {"method": "prompt-tuning", "precision": "bf16"}))

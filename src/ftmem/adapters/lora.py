@@ -45,7 +45,15 @@ class LoRA:
         # without autocast peft casts the input to the adapter dtype: one copy per adapter
         peft_casts = not dt.autocast and ae != in_bytes
         reads_input = False
-        if ctx.run.dropout > 0 and shares_dropout:
+        if ctx.run.lora_fa and not profile_of(ctx.run).lora_fa_a_regains_grad:
+            # LoRA-FA: lora_A's weight is frozen, so its matmul keeps A, not its input
+            # (measured on a peft Linear: the fp32 input cast is not saved); a dropout's
+            # mask still, when the input needs a gradient
+            if ctx.run.dropout > 0 and in_grad and not shares_dropout:
+                mask = Dropout.mask_bytes(ctx.run.device, ae)
+                size = T * in_features * mask
+                out.append(Saved(f"{lin.label} lora dropout mask", size, Kind.LORA, side, own))
+        elif ctx.run.dropout > 0 and shares_dropout:
             pass  # the dropped input and its mask are counted once, with the first adapter
         elif ctx.run.dropout > 0:
             # peft casts the input to the adapter dtype before the dropout. lora_A keeps

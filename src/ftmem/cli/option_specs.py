@@ -417,6 +417,13 @@ RUN = [
         None,
         "embed | head | embed,head: trainable copies of the token embedding / LM head (peft).",
     ),
+    _opt(
+        "lora_fa",
+        OptBool,
+        None,
+        "LoRA-FA (peft's create_lorafa_optimizer): lora_A frozen, lora_B on a projected AdamW.",
+        "--lora-fa",
+    ),
     _opt("adapter_dtype", AdapterDtype, "auto", "Adapter weights' dtype (auto: peft's fp32)."),
     _opt("adapter_size", OptInt, None, "adapter: bottleneck width (default 64)."),
     _opt(

@@ -241,6 +241,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _vera(model, pc, live, said)
     elif kind == "FOURIERFT":
         _fourierft(model, pc, live, said)
+    elif kind == "LN_TUNING":
+        _ln_tuning(pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
         live.set("method", PROMPT_PEFT.get(kind, "prefix-tuning"), said)
         live.set("virtual_tokens", int(pc.num_virtual_tokens), said)
@@ -249,8 +251,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, prompt, prefix and "
-            "P-tuning)."
+            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, LN tuning, prompt, "
+            "prefix and P-tuning)."
         )
 
 
@@ -390,6 +392,16 @@ def _fourierft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     _wrapped(model, live, "fourierft", "fourierft_spectrum")
 
 
+def _ln_tuning(pc: Any, live: LiveRun, said: str) -> None:
+    """peft's LNTuningConfig: ftmem models its default targets (the model type's norms)."""
+    live.set("method", "ln-tuning", said)
+    if _names(pc.target_modules):
+        live.notes.append(
+            f"peft's LN-tuning target_modules {_names(pc.target_modules)}: estimated with "
+            "peft's default targets for the model type."
+        )
+
+
 def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     adalora = str(getattr(pc.peft_type, "value", pc.peft_type)).upper() == "ADALORA"
     method = "dora" if getattr(pc, "use_dora", False) else "lora"
@@ -403,6 +415,12 @@ def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     live.set("lora_alpha", float(pc.lora_alpha), said)
     if pc.lora_dropout:
         live.set("lora_dropout", float(pc.lora_dropout), said)
+    a_and_b = [(n, p.requires_grad) for n, p in model.named_parameters() if ".lora_" in n]
+    a_grads = [grad for n, grad in a_and_b if ".lora_A" in n]
+    lora_only = not adalora and method != "dora"
+    if a_grads and lora_only and not any(a_grads) and any(grad for _, grad in a_and_b):
+        # create_lorafa_optimizer froze every lora_A and B trains: LoRA-FA
+        live.set("lora_fa", True, "lora_A frozen, lora_B trainable (LoRA-FA)")
     wrapped = [(n, m) for n, m in model.named_modules() if hasattr(m, "lora_A")]
     # (peft's ParamWrapper: LoRA on a parameter, the routed experts' 3-D ones)
     live.wrapped = [n for n, m in wrapped if not getattr(m, "parameter_name", None)]

@@ -761,8 +761,17 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "oft": _peft_oft,
         "vera": _peft_vera,
         "fourierft": _peft_fourierft,
+        "ln-tuning": _peft_ln_tuning,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
+
+
+def _peft_ln_tuning(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's LNTuningConfig with its default targets (the model type's entry in
+    TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING), as the MetaMathQA run."""
+    from peft import LNTuningConfig, get_peft_model
+
+    return get_peft_model(model, LNTuningConfig())
 
 
 def _excluded(arch: Architecture, run: RunConfig) -> str | None:
@@ -854,6 +863,12 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
         for name, p in model.named_parameters():
             if "embed" in name or "norm" in name:
                 p.requires_grad_(True)
+    if run.lora_fa:
+        # what create_lorafa_optimizer does first (peft 0.21.2 optimizers/lorafa.py), here
+        # before the first forward (build_optimizer calls it again)
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                p.requires_grad_(False)
     return model
 
 
@@ -1206,6 +1221,21 @@ def galore_optimizer(groups: list[dict], run: RunConfig) -> torch.optim.Optimize
         return GaLoreAdamW(groups, lr=1e-4, weight_decay=0.0, no_deprecation_warning=True)
 
 
+def _lorafa_optimizer(model: nn.Module, run: RunConfig) -> torch.optim.Optimizer:
+    """peft's create_lorafa_optimizer (it freezes lora_A); then, where the framework's loop
+    runs a pass under disable_adapter() before training (profiles.PEFT_MC), that pass's
+    exit, which gives lora_A its requires_grad back."""
+    from peft.optimizers import create_lorafa_optimizer
+
+    from ftmem.profiles import profile_of
+
+    optimizer = create_lorafa_optimizer(model, r=run.r, lora_alpha=run.alpha, lr=1e-4)  # type: ignore[arg-type]
+    if profile_of(run).lora_fa_a_regains_grad:
+        with model.disable_adapter():  # type: ignore[operator]
+            pass
+    return optimizer
+
+
 def build_optimizer(
     model: nn.Module, run: RunConfig, arch: Architecture | None = None
 ) -> torch.optim.Optimizer:
@@ -1215,6 +1245,8 @@ def build_optimizer(
     if run.method == "galore":
         assert arch is not None, "GaLore needs the architecture to find its targets"
         return galore_optimizer(galore_param_groups(model, arch, run), run)
+    if run.lora_fa:
+        return _lorafa_optimizer(model, run)
     opt = run.optimizer
     if opt == "adamw":
         return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, **_impl_kwargs(run))

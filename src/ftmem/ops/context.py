@@ -28,6 +28,9 @@ class BlockState:
     # partial: linears (module paths) whose own weight trains, and whether norms train
     trained: frozenset[str] = frozenset()
     norms_trained: bool = False
+    # partial / LN tuning: every trained norm sits after the attention (Qwen2's LN-tuning
+    # default, post_attention_layernorm alone), so the attention side keeps nothing for them
+    after_attention_norms_only: bool = False
     # partial: the per-head query/key norms train (arch.qk_norm): q and k need a gradient
     qk_norms_trained: bool = False
     # bottleneck adapters: linears whose output goes through one
