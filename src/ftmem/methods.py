@@ -1671,35 +1671,6 @@ def bottlenecked_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ..
 # and LN tuning (peft's trainable copy of each targeted norm)
 NAMED_TRAINING_METHODS = frozenset({"partial", "ln-tuning"})
 
-# peft 0.21.2 utils/constants.py l.155-192 TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING
-# (the same at huggingface/peft@5d602fdbff04, the MetaMathQA release), for ftmem's families
-# of those model types (gemma3: its text model, gemma3_text); a name matches a module
-# whose name ends in ".<name>" (peft's check_target_module_exists)
-LN_TUNING_TARGETS: dict[str, tuple[str, ...]] = {
-    "llama": ("input_layernorm", "post_attention_layernorm", "norm"),
-    "mistral": ("input_layernorm", "post_attention_layernorm", "norm"),
-    "gemma": ("input_layernorm", "post_attention_layernorm", "norm"),
-    "gemma2": (
-        "input_layernorm",
-        "post_attention_layernorm",
-        "pre_feedforward_layernorm",
-        "post_feedforward_layernorm",
-        "norm",
-    ),
-    "gemma3": (
-        "input_layernorm",
-        "post_attention_layernorm",
-        "pre_feedforward_layernorm",
-        "post_feedforward_layernorm",
-        "norm",
-    ),
-    "falcon": ("input_layernorm", "post_attention_layernorm", "ln_f"),
-    "phi": ("input_layernorm", "final_layernorm"),
-    "gpt2": ("ln_1", "ln_2", "ln_f"),
-    "qwen2": ("post_attention_layernorm",),
-    "qwen3": ("post_attention_layernorm",),
-}
-
 
 def trainable_spec(arch: Architecture, run: RunConfig) -> str:
     """The regular expressions over parameter names of what trains by name: partial's
@@ -1710,8 +1681,10 @@ def trainable_spec(arch: Architecture, run: RunConfig) -> str:
     originals as groups of their own)."""
     if run.method == "partial":
         return run.trainable_modules or ""
-    targets = LN_TUNING_TARGETS.get(arch.family)
-    if targets is None:
+    # (Family.ln_tuning_targets; a name matches a module whose name ends in ".<name>",
+    # peft's check_target_module_exists)
+    targets = arch.traits.ln_tuning_targets
+    if not targets:
         raise InvalidInputError(
             f"peft 0.21.2 has no default LN-tuning targets for {arch.family} models; use "
             "--method partial with --trainable-modules naming the norms instead."

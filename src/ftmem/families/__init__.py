@@ -284,6 +284,10 @@ class Family:
     # target_parameters on the 3-D experts, gate_up at twice the rank, and no longer
     # adapt the dense or shared MLPs' linears of those names. gpt-oss has no mapping.
     peft_converts_expert_targets: bool = False
+    # peft's default LN-tuning targets for the model type (peft 0.21.2 utils/constants.py
+    # l.155-192 TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING, the same at
+    # huggingface/peft@5d602fdbff04); () where peft has none
+    ln_tuning_targets: tuple[str, ...] = ()
     # The experts' SwiGLU clamps gate and up and computes (up + 1)·gate·sigmoid(α·gate)
     # (gpt-oss, GptOssExperts._apply_gate): five intermediates kept, not silu's one.
     clamped_swiglu: bool = False

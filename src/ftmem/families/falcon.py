@@ -94,6 +94,8 @@ def _build(arch: Architecture) -> Config:
 
 
 FAMILY = Family(
+    # peft's LN-tuning defaults
+    ln_tuning_targets=("input_layernorm", "post_attention_layernorm", "ln_f"),
     name="falcon",
     # ColossalAI shardformer: policies/falcon.py:43 warns and ignores sequence parallelism
     colossalai_policy=frozenset(),

@@ -13,6 +13,8 @@ from ftmem.versions import (
 )
 
 FAMILY = Family(
+    # peft's LN-tuning defaults
+    ln_tuning_targets=("input_layernorm", "post_attention_layernorm", "norm"),
     name="gemma",
     model_types=("gemma",),
     decoder_layer="GemmaDecoderLayer",

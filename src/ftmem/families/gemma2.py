@@ -51,6 +51,14 @@ def build_gemma2(arch: Architecture, kw: Config) -> None:
 
 
 FAMILY = Family(
+    # peft's LN-tuning defaults
+    ln_tuning_targets=(
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+        "norm",
+    ),
     name="gemma2",
     model_types=("gemma2",),
     decoder_layer="Gemma2DecoderLayer",

@@ -53,6 +53,14 @@ def _read(cfg: Config) -> Config:
 
 
 FAMILY = Family(
+    # peft's LN-tuning defaults (its text model, gemma3_text)
+    ln_tuning_targets=(
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+        "norm",
+    ),
     name="gemma3",
     model_types=("gemma3_text",),
     decoder_layer="Gemma3DecoderLayer",

@@ -81,6 +81,8 @@ def _build(arch: Architecture) -> Config:
 
 
 FAMILY = Family(
+    # peft's LN-tuning defaults
+    ln_tuning_targets=("ln_1", "ln_2", "ln_f"),
     name="gpt2",
     # ColossalAI shardformer: policies/gpt2.py:56 refuses all_to_all, :57-61 runs ring as split_gather
     colossalai_policy=SP_MODES - {"all_to_all"},

@@ -16,6 +16,8 @@ from ftmem.versions import (
 )
 
 FAMILY = Family(
+    # peft's LN-tuning defaults
+    ln_tuning_targets=("input_layernorm", "post_attention_layernorm", "norm"),
     block_forward=llama_block_forward,
     name="llama",
     # ColossalAI shardformer: policies/llama.py, modeling/llama.py

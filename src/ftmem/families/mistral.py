@@ -12,6 +12,8 @@ from ftmem.versions import (
 )
 
 FAMILY = Family(
+    # peft's LN-tuning defaults
+    ln_tuning_targets=("input_layernorm", "post_attention_layernorm", "norm"),
     block_forward=llama_block_forward,
     name="mistral",
     # ColossalAI shardformer: policies/mistral.py:56 warns and ignores sequence parallelism

@@ -55,6 +55,8 @@ def _build(arch: Architecture, kw: Config) -> None:
 
 
 FAMILY = Family(
+    # peft's LN-tuning defaults
+    ln_tuning_targets=("input_layernorm", "final_layernorm"),
     name="phi",
     model_types=("phi",),
     decoder_layer="PhiDecoderLayer",

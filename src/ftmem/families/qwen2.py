@@ -11,6 +11,8 @@ from ftmem.versions import (
 )
 
 FAMILY = Family(
+    # peft's LN-tuning defaults
+    ln_tuning_targets=("post_attention_layernorm",),
     name="qwen2",
     # ColossalAI shardformer: modeling/qwen2.py:492 refuses ring_attn
     colossalai_policy=SP_MODES - {"ring_attn"},

@@ -16,6 +16,8 @@ def _read_qwen3(cfg: Config, out: Config) -> None:
 
 
 FAMILY = Family(
+    # peft's LN-tuning defaults
+    ln_tuning_targets=("post_attention_layernorm",),
     name="qwen3",
     # ColossalAI shardformer: modeling/qwen3.py refuses ring_attn
     colossalai_policy=SP_MODES - {"ring_attn"},
