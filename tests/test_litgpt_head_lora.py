@@ -26,26 +26,16 @@ from ftmem.api import _architecture, run_config
 from ftmem.methods import plan_method
 from ftmem.profiles import framework_arch
 
+from . import test_profile_litgpt as profile_litgpt
 from .conftest import framework_parts as parts
 from .saved_storages import saved_storages
 
 torch = pytest.importorskip("torch")
 
-V, D, R, L = 4096, 256, 8, 2
-LLAMA = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "vocab_size": V,
-    "hidden_size": D,
-    "intermediate_size": 704,
-    "num_hidden_layers": L,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-}
+V, D, L = profile_litgpt.V, profile_litgpt.D, profile_litgpt.L
+R = 8
+# test_profile_litgpt's small Llama, its LM head untied as LitGPT builds it
+LLAMA = {**profile_litgpt.LLAMA, "tie_word_embeddings": False}
 LORA = dict(
     framework="litgpt",
     method="lora",

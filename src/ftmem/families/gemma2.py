@@ -50,15 +50,19 @@ def build_gemma2(arch: Architecture, kw: Config) -> None:
     )
 
 
+# peft's default LN-tuning targets for gemma2 and gemma3 (the four sandwich norms and the
+# final one)
+GEMMA2_LN_TUNING = (
+    "input_layernorm",
+    "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
+    "norm",
+)
+
 FAMILY = Family(
     # peft's LN-tuning defaults
-    ln_tuning_targets=(
-        "input_layernorm",
-        "post_attention_layernorm",
-        "pre_feedforward_layernorm",
-        "post_feedforward_layernorm",
-        "norm",
-    ),
+    ln_tuning_targets=GEMMA2_LN_TUNING,
     name="gemma2",
     model_types=("gemma2",),
     decoder_layer="Gemma2DecoderLayer",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ftmem.families import ConfigMap, Family
 from ftmem.families._config import Config, LlamaKeys, every_nth_full
 from ftmem.families._llama import llama_map
-from ftmem.families.gemma2 import GEMMA2_NAMES, build_gemma2, read_softcaps
+from ftmem.families.gemma2 import GEMMA2_LN_TUNING, GEMMA2_NAMES, build_gemma2, read_softcaps
 from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
 
 # Gemma3TextConfig's defaults (transformers 5.24, models/gemma3/configuration_gemma3.py):
@@ -54,13 +54,7 @@ def _read(cfg: Config) -> Config:
 
 FAMILY = Family(
     # peft's LN-tuning defaults (its text model, gemma3_text)
-    ln_tuning_targets=(
-        "input_layernorm",
-        "post_attention_layernorm",
-        "pre_feedforward_layernorm",
-        "post_feedforward_layernorm",
-        "norm",
-    ),
+    ln_tuning_targets=GEMMA2_LN_TUNING,
     name="gemma3",
     model_types=("gemma3_text",),
     decoder_layer="Gemma3DecoderLayer",
