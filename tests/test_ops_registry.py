@@ -37,6 +37,7 @@ EXPECTED = {
     "road",
     "boft",
     "oft",
+    "hira",
     "lora",
     "head_lora",
     "prefix_tuning",

@@ -966,6 +966,9 @@ def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
         n, targets = run.fourierft
         settings = dict(fourierft_frequencies=n, fourierft_targets=targets)
         adapted = plan.spectral
+    elif run.method == "hira":
+        r, targets = run.hira
+        settings, adapted = dict(hira_rank=r, hira_targets=targets), plan.hira
     else:
         return {}
     settings.update(

@@ -169,6 +169,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "--fourierft-targets)",
         "Gao et al. 2024 (FourierFT), arXiv:2405.03003; peft tuners/fourierft",
     ),
+    "hira": (
+        "peft's HiRA: ΔW = W0 ⊙ (B A), the frozen weight times a rank-r product, built whole "
+        "(out × in) in every forward (--hira-rank, --hira-targets)",
+        "Huang et al. 2025 (HiRA), ICLR 2025; peft tuners/hira",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -312,6 +317,8 @@ class MethodPlan:
     vectored: tuple[Linear, ...] = ()
     # FourierFT: the linears whose ΔW is an inverse FFT of a sparse trained spectrum
     spectral: tuple[Linear, ...] = ()
+    # HiRA: the linears whose ΔW is their frozen weight times a trained rank-r product
+    hira: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -825,6 +832,13 @@ def fourierft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.fourierft[1], "FourierFT", wraps_conv1d=True)
 
 
+def hira_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a HiRA adapter (none for the other methods)."""
+    if run.method != "hira":
+        return ()
+    return _lycoris_linears(arch, run.hira[1], "HiRA", wraps_conv1d=True)
+
+
 def vera_projection_shapes(linears: tuple[Linear, ...], r: int) -> tuple[tuple[int, int], ...]:
     """vera_A (r × the widest input) and vera_B (the widest output × r): one pair for the
     whole model, sliced by every adapted linear (peft 0.21.2 tuners/vera/model.py
@@ -1097,13 +1111,14 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         block_rotated=other.block_rotated,
         vectored=other.vectored,
         spectral=other.spectral,
+        hira=other.hira,
         orth_regularised=adalora_regularised(run),
     )
 
 
 class _PeftOther(NamedTuple):
     """The linears each of peft's other adapters (LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA,
-    FourierFT) wraps."""
+    FourierFT, HiRA) wraps."""
 
     hadamard: tuple[Linear, ...]
     kronecker: tuple[Linear, ...]
@@ -1113,12 +1128,13 @@ class _PeftOther(NamedTuple):
     block_rotated: tuple[Linear, ...]
     vectored: tuple[Linear, ...]
     spectral: tuple[Linear, ...]
+    hira: tuple[Linear, ...]
 
 
 def _peft_other(
     arch: Architecture, run: RunConfig, dtypes: Dtypes
 ) -> tuple[_PeftOther, list[TensorGroup]]:
-    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA and FourierFT wrap, and
+    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA, FourierFT and HiRA wrap, and
     their tensors."""
     other = _PeftOther(
         loha_linears(arch, run),
@@ -1129,11 +1145,13 @@ def _peft_other(
         oft_linears(arch, run),
         vera_linears(arch, run),
         fourierft_linears(arch, run),
+        hira_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _lokr_groups(other.kronecker, arch, run, dtypes)
     groups += _vera_groups(other.vectored, arch, run, dtypes)
     groups += _fourierft_groups(other.spectral, arch, run, dtypes)
+    groups += _hira_groups(other.hira, arch, run, dtypes)
     groups += _miss_road_groups(other.miss + other.road, arch, run, dtypes)
     groups += _boft_groups(other.rotated, arch, run, dtypes)
     groups += _oft_groups(other.block_rotated, arch, run, dtypes)
@@ -1542,6 +1560,19 @@ def _fourierft_groups(
     return [
         _adapter(f"{lin.module}.fourierft_spectrum", (n,), arch, dtypes, lin) for lin in spectral
     ]
+
+
+def _hira_groups(
+    hira: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """HiRA's hira_A (r × in) and hira_B (out × r) per adapted linear, in the adapter dtype
+    (peft 0.21.2 tuners/hira/layer.py HiraLayer.update_layer; the same at 5d602fdbff04)."""
+    r = run.hira[0]
+    groups: list[TensorGroup] = []
+    for lin in hira:
+        groups.append(_adapter(f"{lin.module}.hira_A", (r, lin.in_features), arch, dtypes, lin))
+        groups.append(_adapter(f"{lin.module}.hira_B", (lin.out_features, r), arch, dtypes, lin))
+    return groups
 
 
 def _bottleneck_groups(

@@ -43,6 +43,7 @@ Method = Literal[
     "oft",
     "vera",
     "fourierft",
+    "hira",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -136,6 +137,9 @@ DEFAULT_VERA_RANK = 256
 # peft's FourierFTConfig default (peft 0.21.2 tuners/fourierft/config.py: n_frequency=1000;
 # the same at 5d602fdbff04); target_modules from the LoRA mapping (q_proj, v_proj for Llama)
 DEFAULT_FOURIER_FREQUENCIES = 1000
+# peft's HiraConfig default rank (peft 0.21.2 tuners/hira/config.py: r=32; the same at
+# 5d602fdbff04); target_modules from the HiRA mapping, a copy of LoRA's (q_proj, v_proj)
+DEFAULT_HIRA_RANK = 32
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -152,7 +156,8 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         )
     },
     "adapter_dtype": ADAPTER_METHODS
-    | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"},
+    | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
+    | {"hira"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
@@ -171,6 +176,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     },
     **{k: frozenset({"vera"}) for k in ("vera_rank", "vera_targets")},
     **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
+    **{k: frozenset({"hira"}) for k in ("hira_rank", "hira_targets")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -237,6 +243,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "oft_neumann_terms": limits.WIDTH,
     "vera_rank": limits.WIDTH,
     "fourierft_frequencies": limits.WIDTH,
+    "hira_rank": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -318,12 +325,14 @@ PEFT_MODEL_METHODS = {
     "road": "RoAd",
     "vera": "VeRA",
     "fourierft": "FourierFT",
+    "hira": "HiRA",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
 NO_AUTOCAST = {
     "lokr": "its Kronecker product promotes to fp32 there",
     "fourierft": "autocast casts its fp32 ΔW",
+    "hira": "",
     "miss": "",
     "road": "",
     "boft": "",
@@ -813,6 +822,13 @@ class RunConfig(limits.BoundedSettings):
     fourierft_targets: str | None = Field(
         None, exclude_if=_unset, description="FourierFT: adapted linears, roles or names (q,v)."
     )
+    # HiRA (peft's Hadamard high-rank adaptation: ΔW = W0 ⊙ (B A), built whole every forward)
+    hira_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="HiRA: r, the rank of B A (32)."
+    )
+    hira_targets: str | None = Field(
+        None, exclude_if=_unset, description="HiRA: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1165,6 +1181,7 @@ class RunConfig(limits.BoundedSettings):
             "road_targets",
             "vera_targets",
             "fourierft_targets",
+            "hira_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
@@ -1377,6 +1394,11 @@ class RunConfig(limits.BoundedSettings):
         """FourierFT's (n_frequency, targets), peft's defaults where not given."""
         n = self.fourierft_frequencies or DEFAULT_FOURIER_FREQUENCIES
         return n, self.fourierft_targets or "q,v"
+
+    @property
+    def hira(self) -> tuple[int, str]:
+        """HiRA's (r, targets), peft's defaults where not given."""
+        return self.hira_rank or DEFAULT_HIRA_RANK, self.hira_targets or "q,v"
 
     @property
     def n_virtual(self) -> int:

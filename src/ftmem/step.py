@@ -98,6 +98,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "road",
         "vera",
         "fourierft",
+        "hira",
     }
 )
 
@@ -131,6 +132,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         block_rotated = frozenset(lin.module for lin in plan.block_rotated)
         vectored = frozenset(lin.module for lin in plan.vectored)
         spectral = frozenset(lin.module for lin in plan.spectral)
+        hira = frozenset(lin.module for lin in plan.hira)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -150,6 +152,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 block_rotated=block_rotated,
                 vectored=vectored,
                 spectral=spectral,
+                hira=hira,
             )
 
         # one object per distinct state: step_parts derives each once

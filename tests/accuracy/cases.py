@@ -1154,6 +1154,28 @@ def _vera() -> list[Case]:
     return cases
 
 
+def _hira() -> list[Case]:
+    """peft's HiRA (ΔW = W0 ⊙ (B A) built whole every forward, the input cast and ΔW
+    kept): its precision regimes and checkpointing; on a wider model at few tokens its
+    build and backward (out × in) are the peak."""
+    cases = [
+        Case(family, {"method": "hira", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "hira_targets": "all-linear", "hira_rank": 4},
+        {"precision": "bf16", "hira_targets": "k,o,down"},
+    ):
+        cases.append(Case("llama", {"method": "hira", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "hira_targets": "all-linear"}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "hira", **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _miss_road() -> list[Case]:
     """peft's MiSS (default, bat, mini) and RoAd (road_1, 2, 4); on a wider model at few
     tokens MiSS bat's weight rebuild and its backward are the peak."""
@@ -1289,6 +1311,7 @@ def _peft_methods() -> list[Case]:
     cases += _boft()
     cases += _oft()
     cases += _vera()
+    cases += _hira()
     cases += _ln_tuning_lorafa()
     # prompt tuning and P-tuning: virtual tokens in front of the input
     for family in sorted(TINY):

@@ -526,6 +526,8 @@ RUN = [
         "FourierFT: spectral coefficients per adapted linear (peft's n_frequency, default 1000).",
     ),
     _opt("fourierft_targets", OptStr, None, "FourierFT: adapted linears, as --lora-targets (q,v)."),
+    _opt("hira_rank", OptInt, None, "HiRA: r, the rank of its B A product (default 32, peft's)."),
+    _opt("hira_targets", OptStr, None, "HiRA: adapted linears, as --lora-targets (q,v)."),
     _opt(
         "adalora_target_r",
         OptInt,

@@ -241,6 +241,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _vera(model, pc, live, said)
     elif kind == "FOURIERFT":
         _fourierft(model, pc, live, said)
+    elif kind == "HIRA":
+        _hira(model, pc, live, said)
     elif kind == "LN_TUNING":
         _ln_tuning(pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
@@ -251,8 +253,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, LN tuning, prompt, "
-            "prefix and P-tuning)."
+            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, HiRA, LN tuning, "
+            "prompt, prefix and P-tuning)."
         )
 
 
@@ -390,6 +392,26 @@ def _fourierft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     live.set("method", "fourierft", said)
     live.set("fourierft_frequencies", int(pc.n_frequency), said)
     _wrapped(model, live, "fourierft", "fourierft_spectrum")
+
+
+def _hira(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's HiraConfig: its rank and the modules it wrapped (hira_A); a quantised base
+    (peft tuners/hira/bnb.py dequantises the weight for W0 ⊙ (B A)) is refused."""
+    for _, m in model.named_modules():
+        base = m.get_base_layer() if hasattr(m, "hira_A") else None
+        if base is not None and type(base).__module__.startswith("bitsandbytes"):
+            raise InvalidInputError(
+                "peft HiRA on a bitsandbytes-quantised base is not modelled (its forward "
+                "dequantises each weight); use a 16-bit or fp32 base."
+            )
+    live.set("method", "hira", said)
+    live.set("hira_rank", int(pc.r), said)
+    _wrapped(model, live, "hira", "hira_A")
+    if pc.hira_dropout:
+        live.notes.append(
+            "HiRA hira_dropout: not modelled (its mask and dropped copy, T × in per adapted "
+            "linear); estimated without."
+        )
 
 
 def _ln_tuning(pc: Any, live: LiveRun, said: str) -> None:

@@ -51,6 +51,7 @@ MODULES = (
     "ftmem.adapters.llama_adapter",
     "ftmem.adapters.lycoris",
     "ftmem.adapters.vera",
+    "ftmem.adapters.hira",
     "ftmem.adapters.miss",
     "ftmem.adapters.road",
     "ftmem.adapters.boft",

@@ -34,6 +34,7 @@ class Kind(Enum):
     DORA = "dora"  # DoRA's rescale of the base and LoRA outputs
     IA3 = "ia3"
     LOHA = "loha"  # LoHa's input cast and its delta weight
+    HIRA = "hira"  # HiRA's input cast and its ΔW = W0 ⊙ (B A)
     VERA = "vera"  # VeRA's rank-r and output-wide products, its buffer slices' casts
     MISS = "miss"  # MiSS's summed input, bat's weight copies
     ROAD = "road"  # RoAd's cast and rotated outputs
