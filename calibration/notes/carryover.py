@@ -170,6 +170,11 @@ RUNS: list[Run] = [
         },
     ),
     peft(
+        "hira--llama-3.2-3B-rank32-lr4.5e-3",
+        23597154304,
+        {"method": "hira", "hira_rank": 32, "hira_targets": "q,v", **LORA_KEYS},
+    ),
+    peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,
         {"lora_r": 32, "lora_alpha": 64, "lora_fa": True},  # training_params.json: lora-fa
