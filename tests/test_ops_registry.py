@@ -38,6 +38,7 @@ EXPECTED = {
     "boft",
     "oft",
     "hira",
+    "psoft",
     "lora",
     "head_lora",
     "prefix_tuning",

@@ -969,6 +969,10 @@ def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
     elif run.method == "hira":
         r, targets = run.hira
         settings, adapted = dict(hira_rank=r, hira_targets=targets), plan.hira
+    elif run.method == "psoft":
+        r, targets, terms = run.psoft
+        settings = dict(psoft_rank=r, psoft_targets=targets, psoft_neumann_terms=terms)
+        adapted = plan.psoft
     else:
         return {}
     settings.update(

@@ -174,6 +174,13 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "(out × in) in every forward (--hira-rank, --hira-targets)",
         "Huang et al. 2025 (HiRA), ICLR 2025; peft tuners/hira",
     ),
+    "psoft": (
+        "peft's PSOFT: an r × r orthogonal R (Cayley) and two scale vectors trained between "
+        "frozen SVD factors of each adapted linear, ΔW = B (R − I) A (--psoft-rank, "
+        "--psoft-targets, --psoft-neumann-terms)",
+        "PSOFT (principal subspace orthogonal finetuning), openreview.net/forum?id=FSHrinMArK; "
+        "peft tuners/psoft",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -319,6 +326,8 @@ class MethodPlan:
     spectral: tuple[Linear, ...] = ()
     # HiRA: the linears whose ΔW is their frozen weight times a trained rank-r product
     hira: tuple[Linear, ...] = ()
+    # PSOFT: the linears with an r × r rotation between frozen SVD factors beside them
+    psoft: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -839,6 +848,22 @@ def hira_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.hira[1], "HiRA", wraps_conv1d=True)
 
 
+def psoft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a PSOFT adapter (none for the other methods); peft refuses an
+    r above a linear's smaller side (peft 0.21.2 tuners/psoft/layer.py update_layer)."""
+    if run.method != "psoft":
+        return ()
+    linears = _lycoris_linears(arch, run.psoft[1], "PSOFT")
+    r = run.psoft[0]
+    for lin in linears:
+        if r > min(lin.in_features, lin.out_features):
+            raise InvalidInputError(
+                f"PSOFT: --psoft-rank {r} exceeds {lin.module}'s smaller side "
+                f"{min(lin.in_features, lin.out_features)} (peft refuses it); give a smaller r."
+            )
+    return linears
+
+
 def vera_projection_shapes(linears: tuple[Linear, ...], r: int) -> tuple[tuple[int, int], ...]:
     """vera_A (r × the widest input) and vera_B (the widest output × r): one pair for the
     whole model, sliced by every adapted linear (peft 0.21.2 tuners/vera/model.py
@@ -1112,13 +1137,14 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         vectored=other.vectored,
         spectral=other.spectral,
         hira=other.hira,
+        psoft=other.psoft,
         orth_regularised=adalora_regularised(run),
     )
 
 
 class _PeftOther(NamedTuple):
     """The linears each of peft's other adapters (LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA,
-    FourierFT, HiRA) wraps."""
+    FourierFT, HiRA, PSOFT) wraps."""
 
     hadamard: tuple[Linear, ...]
     kronecker: tuple[Linear, ...]
@@ -1129,12 +1155,14 @@ class _PeftOther(NamedTuple):
     vectored: tuple[Linear, ...]
     spectral: tuple[Linear, ...]
     hira: tuple[Linear, ...]
+    psoft: tuple[Linear, ...]
 
 
 def _peft_other(
     arch: Architecture, run: RunConfig, dtypes: Dtypes
 ) -> tuple[_PeftOther, list[TensorGroup]]:
-    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA, FourierFT and HiRA wrap, and
+    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA, FourierFT, HiRA and PSOFT wrap,
+    and
     their tensors."""
     other = _PeftOther(
         loha_linears(arch, run),
@@ -1146,12 +1174,14 @@ def _peft_other(
         vera_linears(arch, run),
         fourierft_linears(arch, run),
         hira_linears(arch, run),
+        psoft_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _lokr_groups(other.kronecker, arch, run, dtypes)
     groups += _vera_groups(other.vectored, arch, run, dtypes)
     groups += _fourierft_groups(other.spectral, arch, run, dtypes)
     groups += _hira_groups(other.hira, arch, run, dtypes)
+    groups += _psoft_groups(other.psoft, arch, run, dtypes)
     groups += _miss_road_groups(other.miss + other.road, arch, run, dtypes)
     groups += _boft_groups(other.rotated, arch, run, dtypes)
     groups += _oft_groups(other.block_rotated, arch, run, dtypes)
@@ -1572,6 +1602,23 @@ def _hira_groups(
     for lin in hira:
         groups.append(_adapter(f"{lin.module}.hira_A", (r, lin.in_features), arch, dtypes, lin))
         groups.append(_adapter(f"{lin.module}.hira_B", (lin.out_features, r), arch, dtypes, lin))
+    return groups
+
+
+def _psoft_groups(
+    psoft: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """PSOFT's OrthLayer per adapted linear (peft 0.21.2 tuners/psoft/layer.py, the same at
+    5d602fdbff04): ``weight``, R's upper triangle (r·(r − 1)/2), and the output- and
+    input-side scales ``vector_b``, ``vector_a`` (r each), in the adapter dtype. Its frozen
+    A and B are buffers (adapters.psoft.buffer_bytes)."""
+    r = run.psoft[0]
+    groups: list[TensorGroup] = []
+    for lin in psoft:
+        name = f"{lin.module}.psoft_R"
+        groups.append(_adapter(f"{name}.weight", (r * (r - 1) // 2,), arch, dtypes, lin))
+        groups.append(_adapter(f"{name}.vector_b", (r,), arch, dtypes, lin))
+        groups.append(_adapter(f"{name}.vector_a", (r,), arch, dtypes, lin))
     return groups
 
 

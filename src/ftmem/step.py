@@ -99,6 +99,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "vera",
         "fourierft",
         "hira",
+        "psoft",
     }
 )
 
@@ -133,6 +134,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         vectored = frozenset(lin.module for lin in plan.vectored)
         spectral = frozenset(lin.module for lin in plan.spectral)
         hira = frozenset(lin.module for lin in plan.hira)
+        psoft = frozenset(lin.module for lin in plan.psoft)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -153,6 +155,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 vectored=vectored,
                 spectral=spectral,
                 hira=hira,
+                psoft=psoft,
             )
 
         # one object per distinct state: step_parts derives each once

@@ -19,6 +19,7 @@ from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
+from ftmem.adapters.psoft import PSOFT
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -414,6 +415,8 @@ def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keep
         kept = keeps and not run.grad_ckpt
         return BOFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
+    if run.method == "psoft":  # PSOFT's x_cast, xr and fp32 output-wide products
+        return PSOFT.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
     if run.method == "hira":  # HiRA's ΔW = W0 ⊙ (B A), the same way
         return HiRA.forward_build(plan, T, in_bytes, e, keeps and not run.grad_ckpt)
     if run.method == "miss":  # MiSS bat's weight rebuild, the same way
@@ -451,7 +454,7 @@ def adapter_moment(
         # checkpointing reruns each BOFT forward, with its graph, inside the backward
         rerun = BOFT.forward_build(plan, run, T, xb, True) if run.grad_ckpt else 0
         return max(BOFT.backward_moment(plan, T, xb), rerun)
-    if run.method in ("loha", "lokr", "fourierft", "hira"):
+    if run.method in ("loha", "lokr", "fourierft", "hira", "psoft"):
         return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
         return _miss_moment(arch, run, plan, block, e, T)
@@ -503,9 +506,11 @@ def adapter_moment(
 def _delta_moment(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
     """LoHa's, LoKr's or FourierFT's ΔW backward at its largest linear
     (LoHa.backward_moment) and, for FourierFT with checkpointing, the recompute's ΔW
-    build; HiRA's (hira_moment)."""
+    build; HiRA's (hira_moment), PSOFT's (PSOFT.backward_moment)."""
     if run.method == "hira":
         return hira_moment(plan, e, T)
+    if run.method == "psoft":
+        return PSOFT.backward_moment(plan, run, T, e)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
     delta = LoHa.backward_moment(plan, T, in_bytes)
     if run.grad_ckpt and run.method == "fourierft":

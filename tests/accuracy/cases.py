@@ -1176,6 +1176,28 @@ def _hira() -> list[Case]:
     return cases
 
 
+def _psoft() -> list[Case]:
+    """peft's PSOFT (x's fp32 cast, x·Aᵀ and the r × r rotation kept, the fp32 output-wide
+    products in forward): the exact solve and the Cayley-Neumann series, fp32, checkpointed,
+    all linears; on a wider model at few tokens its forward and backward are the peak."""
+    cases = [
+        Case(family, {"method": "psoft", "precision": "bf16", "psoft_rank": 8})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "psoft_neumann_terms": 5},
+        {"precision": "bf16", "psoft_targets": "all-linear", "psoft_neumann_terms": 3},
+        {"precision": "bf16", "psoft_targets": "k,o,down"},
+    ):
+        cases.append(Case("llama", {"method": "psoft", "psoft_rank": 16, **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "psoft_targets": "all-linear", "psoft_rank": 32}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "psoft", **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _miss_road() -> list[Case]:
     """peft's MiSS (default, bat, mini) and RoAd (road_1, 2, 4); on a wider model at few
     tokens MiSS bat's weight rebuild and its backward are the peak."""
@@ -1312,6 +1334,7 @@ def _peft_methods() -> list[Case]:
     cases += _oft()
     cases += _vera()
     cases += _hira()
+    cases += _psoft()
     cases += _ln_tuning_lorafa()
     # prompt tuning and P-tuning: virtual tokens in front of the input
     for family in sorted(TINY):

@@ -243,6 +243,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _fourierft(model, pc, live, said)
     elif kind == "HIRA":
         _hira(model, pc, live, said)
+    elif kind == "PSOFT":
+        _psoft(model, pc, live, said)
     elif kind == "LN_TUNING":
         _ln_tuning(pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
@@ -253,8 +255,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, HiRA, LN tuning, "
-            "prompt, prefix and P-tuning)."
+            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, HiRA, PSOFT, LN "
+            "tuning, prompt, prefix and P-tuning)."
         )
 
 
@@ -410,6 +412,27 @@ def _hira(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     if pc.hira_dropout:
         live.notes.append(
             "HiRA hira_dropout: not modelled (its mask and dropped copy, T × in per adapted "
+            "linear); estimated without."
+        )
+
+
+def _psoft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's PsoftConfig: its rank, Cayley solve or series and the modules it wrapped
+    (psoft_R); R without its orthogonality or scale vectors is refused (not modelled)."""
+    off = [k for k in ("psoft_orth", "psoft_mag_a", "psoft_mag_b") if not getattr(pc, k)]
+    if off:
+        raise InvalidInputError(
+            f"peft PSOFT with {', '.join(off)} False is not modelled (ftmem models the "
+            "default orthogonal R with both scale vectors)."
+        )
+    live.set("method", "psoft", said)
+    live.set("psoft_rank", int(pc.r), said)
+    if pc.use_cayley_neumann:
+        live.set("psoft_neumann_terms", int(pc.num_cayley_neumann_terms), said)
+    _wrapped(model, live, "psoft", "psoft_R")
+    if pc.psoft_dropout:
+        live.notes.append(
+            "PSOFT psoft_dropout: not modelled (its mask and dropped copy, T × in per adapted "
             "linear); estimated without."
         )
 

@@ -749,7 +749,7 @@ def _with_trainable_set(
 
 def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's wrapper of the method: IA³ and the prompt methods, LoHa and LoKr, MiSS and
-    RoAd, BOFT, OFT, VeRA, FourierFT, HiRA, else the LoRA family (ADAPTER_METHODS)."""
+    RoAd, BOFT, OFT, VeRA, FourierFT, HiRA, PSOFT, else the LoRA family (ADAPTER_METHODS)."""
     if run.method in PROMPT_METHODS or run.method == "ia3":
         return _peft_other(model, arch, run)
     wrappers = {
@@ -762,6 +762,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "vera": _peft_vera,
         "fourierft": _peft_fourierft,
         "hira": _peft_hira,
+        "psoft": _peft_psoft,
         "ln-tuning": _peft_ln_tuning,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
@@ -1150,6 +1151,25 @@ def _peft_hira(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
         task_type="CAUSAL_LM",
     )
     return _peft_in_dtype(model, cfg, run, "hira_A", "hira_B")
+
+
+def _peft_psoft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's PSOFT on the linears the estimate names (fp32 parameters: RunConfig refuses
+    16-bit ones), its exact Cayley solve or the Neumann series asked for."""
+    from peft import PsoftConfig
+
+    from ftmem.methods import psoft_linears
+
+    r, _, terms = run.psoft
+    cfg = PsoftConfig(
+        r=r,
+        psoft_alpha=r,
+        use_cayley_neumann=terms > 0,
+        num_cayley_neumann_terms=terms or 5,
+        target_modules=[lin.module for lin in psoft_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "psoft_R")
 
 
 # --------------------------------------------------------------------------------------

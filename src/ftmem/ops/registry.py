@@ -52,6 +52,7 @@ MODULES = (
     "ftmem.adapters.lycoris",
     "ftmem.adapters.vera",
     "ftmem.adapters.hira",
+    "ftmem.adapters.psoft",
     "ftmem.adapters.miss",
     "ftmem.adapters.road",
     "ftmem.adapters.boft",

@@ -35,6 +35,7 @@ class Kind(Enum):
     IA3 = "ia3"
     LOHA = "loha"  # LoHa's input cast and its delta weight
     HIRA = "hira"  # HiRA's input cast and its ΔW = W0 ⊙ (B A)
+    PSOFT = "psoft"  # PSOFT's x·Aᵀ and its rotation's matrices
     VERA = "vera"  # VeRA's rank-r and output-wide products, its buffer slices' casts
     MISS = "miss"  # MiSS's summed input, bat's weight copies
     ROAD = "road"  # RoAd's cast and rotated outputs
