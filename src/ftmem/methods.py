@@ -1097,8 +1097,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     for name, shape in prompt_encoder_shapes(arch, run):
         # peft builds the prompt encoder in torch's default dtype, fp32, whatever the base
         groups.append(TensorGroup(name, shape, 1, "fp32", True, adapter=True, in_block=False))
-    notes += _adapter_notes(arch, run)
-    notes += vision_step.notes(arch, run)
+    notes += _adapter_notes(arch, run) + vision_step.notes(arch, run)
     saved = run.modules_to_save if run.method in ADAPTER_METHODS else frozenset()
     groups += _modules_to_save_groups(arch, saved, dtypes)
 
