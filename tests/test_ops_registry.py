@@ -39,6 +39,7 @@ EXPECTED = {
     "oft",
     "hira",
     "psoft",
+    "hra",
     "lora",
     "head_lora",
     "prefix_tuning",

@@ -973,6 +973,9 @@ def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
         r, targets, terms = run.psoft
         settings = dict(psoft_rank=r, psoft_targets=targets, psoft_neumann_terms=terms)
         adapted = plan.psoft
+    elif run.method == "hra":
+        r, targets = run.hra
+        settings, adapted = dict(hra_rank=r, hra_targets=targets), plan.householder
     else:
         return {}
     settings.update(

@@ -181,6 +181,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "PSOFT (principal subspace orthogonal finetuning), openreview.net/forum?id=FSHrinMArK; "
         "peft tuners/psoft",
     ),
+    "hra": (
+        "peft's HRA: a chain of r Householder reflections (in × in) rebuilt and multiplied "
+        "into each adapted linear's weight in every forward (--hra-rank, --hra-targets)",
+        "Yuan et al. 2024 (HRA), arXiv:2405.17484; peft tuners/hra",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -328,6 +333,8 @@ class MethodPlan:
     hira: tuple[Linear, ...] = ()
     # PSOFT: the linears with an r × r rotation between frozen SVD factors beside them
     psoft: tuple[Linear, ...] = ()
+    # HRA: the linears whose weight a chain of Householder reflections turns
+    householder: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -864,6 +871,13 @@ def psoft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return linears
 
 
+def hra_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with an HRA adapter (none for the other methods)."""
+    if run.method != "hra":
+        return ()
+    return _lycoris_linears(arch, run.hra[1], "HRA")
+
+
 def vera_projection_shapes(linears: tuple[Linear, ...], r: int) -> tuple[tuple[int, int], ...]:
     """vera_A (r × the widest input) and vera_B (the widest output × r): one pair for the
     whole model, sliced by every adapted linear (peft 0.21.2 tuners/vera/model.py
@@ -1097,7 +1111,8 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     for name, shape in prompt_encoder_shapes(arch, run):
         # peft builds the prompt encoder in torch's default dtype, fp32, whatever the base
         groups.append(TensorGroup(name, shape, 1, "fp32", True, adapter=True, in_block=False))
-    notes += _adapter_notes(arch, run) + vision_step.notes(arch, run)
+    notes += _adapter_notes(arch, run)
+    notes += vision_step.notes(arch, run)
     saved = run.modules_to_save if run.method in ADAPTER_METHODS else frozenset()
     groups += _modules_to_save_groups(arch, saved, dtypes)
 
@@ -1127,23 +1142,14 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         gated_blocks=gated_blocks(arch, run),
         v2_scaled=v2_scaled,
         head_scaled=run.method == "llama-adapter-v2",
-        hadamard=other.hadamard,
-        kronecker=other.kronecker,
-        miss=other.miss,
-        road=other.road,
-        rotated=other.rotated,
-        block_rotated=other.block_rotated,
-        vectored=other.vectored,
-        spectral=other.spectral,
-        hira=other.hira,
-        psoft=other.psoft,
+        **other._asdict(),  # (_PeftOther's fields are MethodPlan's)
         orth_regularised=adalora_regularised(run),
     )
 
 
 class _PeftOther(NamedTuple):
     """The linears each of peft's other adapters (LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA,
-    FourierFT, HiRA, PSOFT) wraps."""
+    FourierFT, HiRA, PSOFT, HRA) wraps."""
 
     hadamard: tuple[Linear, ...]
     kronecker: tuple[Linear, ...]
@@ -1155,12 +1161,13 @@ class _PeftOther(NamedTuple):
     spectral: tuple[Linear, ...]
     hira: tuple[Linear, ...]
     psoft: tuple[Linear, ...]
+    householder: tuple[Linear, ...]
 
 
 def _peft_other(
     arch: Architecture, run: RunConfig, dtypes: Dtypes
 ) -> tuple[_PeftOther, list[TensorGroup]]:
-    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA, FourierFT, HiRA and PSOFT wrap,
+    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA, FourierFT, HiRA, PSOFT and HRA wrap,
     and
     their tensors."""
     other = _PeftOther(
@@ -1174,6 +1181,7 @@ def _peft_other(
         fourierft_linears(arch, run),
         hira_linears(arch, run),
         psoft_linears(arch, run),
+        hra_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _lokr_groups(other.kronecker, arch, run, dtypes)
@@ -1181,6 +1189,11 @@ def _peft_other(
     groups += _fourierft_groups(other.spectral, arch, run, dtypes)
     groups += _hira_groups(other.hira, arch, run, dtypes)
     groups += _psoft_groups(other.psoft, arch, run, dtypes)
+    r = run.hra[0]  # HRA's hra_u (in × r) per linear (peft tuners/hra/layer.py update_layer)
+    groups += [
+        _adapter(f"{lin.module}.hra_u", (lin.in_features, r), arch, dtypes, lin)
+        for lin in other.householder
+    ]
     groups += _miss_road_groups(other.miss + other.road, arch, run, dtypes)
     groups += _boft_groups(other.rotated, arch, run, dtypes)
     groups += _oft_groups(other.block_rotated, arch, run, dtypes)

@@ -45,6 +45,7 @@ Method = Literal[
     "fourierft",
     "hira",
     "psoft",
+    "hra",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -144,6 +145,9 @@ DEFAULT_HIRA_RANK = 32
 # peft's PsoftConfig defaults (peft 0.21.2 tuners/psoft/config.py: r=32, psoft_orth,
 # psoft_mag_a and psoft_mag_b True, use_cayley_neumann False: the exact Cayley solve)
 DEFAULT_PSOFT_RANK = 32
+# peft's HRAConfig defaults (peft 0.21.2 tuners/hra/config.py: r=8, apply_GS False);
+# target_modules from the HRA mapping, a copy of LoRA's (q_proj, v_proj)
+DEFAULT_HRA_RANK = 8
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -161,7 +165,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     },
     "adapter_dtype": ADAPTER_METHODS
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
-    | {"hira", "psoft"},
+    | {"hira", "psoft", "hra"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
@@ -182,6 +186,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
     **{k: frozenset({"hira"}) for k in ("hira_rank", "hira_targets")},
     **{k: frozenset({"psoft"}) for k in ("psoft_rank", "psoft_targets", "psoft_neumann_terms")},
+    **{k: frozenset({"hra"}) for k in ("hra_rank", "hra_targets")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -251,6 +256,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "hira_rank": limits.WIDTH,
     "psoft_rank": limits.WIDTH,
     "psoft_neumann_terms": limits.WIDTH,
+    "hra_rank": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -334,6 +340,7 @@ PEFT_MODEL_METHODS = {
     "fourierft": "FourierFT",
     "hira": "HiRA",
     "psoft": "PSOFT",
+    "hra": "HRA",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -342,6 +349,7 @@ NO_AUTOCAST = {
     "fourierft": "autocast casts its fp32 ΔW",
     "hira": "",
     "psoft": "",
+    "hra": "",
     "miss": "",
     "road": "",
     "boft": "",
@@ -851,6 +859,13 @@ class RunConfig(limits.BoundedSettings):
         exclude_if=_unset,
         description="PSOFT: Cayley-Neumann terms; 0 for the exact Cayley solve (0).",
     )
+    # HRA (peft's chain of r Householder reflections multiplied into the weight)
+    hra_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="HRA: r, the number of reflections (8)."
+    )
+    hra_targets: str | None = Field(
+        None, exclude_if=_unset, description="HRA: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1205,6 +1220,7 @@ class RunConfig(limits.BoundedSettings):
             "fourierft_targets",
             "hira_targets",
             "psoft_targets",
+            "hra_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
@@ -1440,6 +1456,11 @@ class RunConfig(limits.BoundedSettings):
         where not given."""
         r = self.psoft_rank or DEFAULT_PSOFT_RANK
         return r, self.psoft_targets or "q,v", self.psoft_neumann_terms or 0
+
+    @property
+    def hra(self) -> tuple[int, str]:
+        """HRA's (r, targets), peft's defaults where not given."""
+        return self.hra_rank or DEFAULT_HRA_RANK, self.hra_targets or "q,v"
 
     @property
     def n_virtual(self) -> int:

@@ -100,6 +100,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "fourierft",
         "hira",
         "psoft",
+        "hra",
     }
 )
 
@@ -135,6 +136,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         spectral = frozenset(lin.module for lin in plan.spectral)
         hira = frozenset(lin.module for lin in plan.hira)
         psoft = frozenset(lin.module for lin in plan.psoft)
+        householder = frozenset(lin.module for lin in plan.householder)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -156,6 +158,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 spectral=spectral,
                 hira=hira,
                 psoft=psoft,
+                householder=householder,
             )
 
         # one object per distinct state: step_parts derives each once

@@ -536,6 +536,8 @@ RUN = [
         None,
         "PSOFT: Cayley-Neumann terms (peft's use_cayley_neumann); 0, the default: exact solve.",
     ),
+    _opt("hra_rank", OptInt, None, "HRA: r, Householder reflections per linear (default 8)."),
+    _opt("hra_targets", OptStr, None, "HRA: adapted linears, as --lora-targets (q,v)."),
     _opt(
         "adalora_target_r",
         OptInt,

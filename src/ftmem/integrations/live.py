@@ -241,10 +241,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _vera(model, pc, live, said)
     elif kind == "FOURIERFT":
         _fourierft(model, pc, live, said)
-    elif kind == "HIRA":
-        _hira(model, pc, live, said)
-    elif kind == "PSOFT":
-        _psoft(model, pc, live, said)
+    elif kind in ("HIRA", "PSOFT", "HRA"):
+        {"HIRA": _hira, "PSOFT": _psoft, "HRA": _hra}[kind](model, pc, live, said)
     elif kind == "LN_TUNING":
         _ln_tuning(pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
@@ -255,8 +253,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, HiRA, PSOFT, LN "
-            "tuning, prompt, prefix and P-tuning)."
+            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, HiRA, PSOFT, HRA, "
+            "LN tuning, prompt, prefix and P-tuning)."
         )
 
 
@@ -435,6 +433,19 @@ def _psoft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
             "PSOFT psoft_dropout: not modelled (its mask and dropped copy, T × in per adapted "
             "linear); estimated without."
         )
+
+
+def _hra(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's HRAConfig: its rank and the modules it wrapped (hra_u); Gram-Schmidt
+    (apply_GS) is refused (not modelled)."""
+    if pc.apply_GS:
+        raise InvalidInputError(
+            "peft HRA with apply_GS (Gram-Schmidt) is not modelled; ftmem models its default "
+            "chain of reflections."
+        )
+    live.set("method", "hra", said)
+    live.set("hra_rank", int(pc.r), said)
+    _wrapped(model, live, "hra", "hra_u")
 
 
 def _ln_tuning(pc: Any, live: LiveRun, said: str) -> None:

@@ -749,7 +749,7 @@ def _with_trainable_set(
 
 def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's wrapper of the method: IA³ and the prompt methods, LoHa and LoKr, MiSS and
-    RoAd, BOFT, OFT, VeRA, FourierFT, HiRA, PSOFT, else the LoRA family (ADAPTER_METHODS)."""
+    RoAd, BOFT, OFT, VeRA, FourierFT, HiRA, PSOFT, HRA, else the LoRA family (ADAPTER_METHODS)."""
     if run.method in PROMPT_METHODS or run.method == "ia3":
         return _peft_other(model, arch, run)
     wrappers = {
@@ -763,6 +763,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "fourierft": _peft_fourierft,
         "hira": _peft_hira,
         "psoft": _peft_psoft,
+        "hra": _peft_hra,
         "ln-tuning": _peft_ln_tuning,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
@@ -1170,6 +1171,21 @@ def _peft_psoft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modu
         task_type="CAUSAL_LM",
     )
     return _peft_in_dtype(model, cfg, run, "psoft_R")
+
+
+def _peft_hra(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's HRA on the linears the estimate names (no Gram-Schmidt), its hra_u in the
+    dtype asked for."""
+    from peft import HRAConfig
+
+    from ftmem.methods import hra_linears
+
+    cfg = HRAConfig(
+        r=run.hra[0],
+        target_modules=[lin.module for lin in hra_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "hra_u")
 
 
 # --------------------------------------------------------------------------------------

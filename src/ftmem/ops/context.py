@@ -49,6 +49,7 @@ class BlockState:
     spectral: frozenset[str] = frozenset()  # FourierFT's
     hira: frozenset[str] = frozenset()  # HiRA's
     psoft: frozenset[str] = frozenset()  # PSOFT's
+    householder: frozenset[str] = frozenset()  # HRA's
 
     @property
     def output_grad(self) -> frozenset[str]:
@@ -63,6 +64,7 @@ class BlockState:
         adapter."""
         own = self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
         own |= self.miss | self.road | self.vectored | self.spectral | self.hira | self.psoft
+        own |= self.householder
         return own | self.hadamard | self.kronecker | self.rotated | self.block_rotated
 
     def weight_trains(self, lin: Linear) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from ftmem.adapters.boft import BOFT
 from ftmem.adapters.bottleneck import Bottleneck
 from ftmem.adapters.hira import HiRA
+from ftmem.adapters.hra import HRA
 from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.llama_adapter import LlamaAdapter
 from ftmem.adapters.lora import LoRA
@@ -171,7 +172,7 @@ class LinearOp:
         in_grad: bool,
         in_bytes: int,
     ) -> tuple[list[Saved], bool]:
-        """What peft's LoHa, LoKr, FourierFT, BOFT, OFT, MiSS, RoAd, HiRA, PSOFT and VeRA adapters of
+        """What peft's LoHa, LoKr, FourierFT, BOFT, OFT, MiSS, RoAd, HiRA, PSOFT, HRA and VeRA adapters of
         linears reading one tensor keep, and whether one of them keeps that tensor itself
         (VeRA never does: its products keep h and y, not the input)."""
         out: list[Saved] = []
@@ -184,6 +185,7 @@ class LinearOp:
             (state.road, RoAd),
             (state.hira, HiRA),
             (state.psoft, PSOFT),
+            (state.householder, HRA),
         ):
             if present:
                 items, op_reads = op.saved(ctx, linears, state, side, in_grad, in_bytes)

@@ -53,6 +53,7 @@ MODULES = (
     "ftmem.adapters.vera",
     "ftmem.adapters.hira",
     "ftmem.adapters.psoft",
+    "ftmem.adapters.hra",
     "ftmem.adapters.miss",
     "ftmem.adapters.road",
     "ftmem.adapters.boft",
