@@ -170,6 +170,31 @@ RUNS: list[Run] = [
         },
     ),
     peft(
+        "hira--llama-3.2-3B-rank32-lr4.5e-3",
+        23597154304,
+        {"method": "hira", "hira_rank": 32, "hira_targets": "q,v", **LORA_KEYS},
+    ),
+    peft(
+        "psoft--llama-3.2-3B-default",
+        22001221632,
+        {"method": "psoft", "psoft_rank": 256, "psoft_targets": "q,v", **LORA_KEYS},
+        note="miss: its published max (and p99 after a step) is 1.14 GiB above the "
+        "Cayley-Neumann run's (`psoft--llama-3.2-3B-fast`); ftmem's two differ by 0.03 GiB. "
+        "Not found; suspect: the exact solve's CUDA path (torch.linalg.solve, cuSOLVER)",
+    ),
+    peft(
+        "psoft--llama-3.2-3B-fast",
+        20776484864,
+        # use_cayley_neumann with 5 terms; psoft_svd lowrank changes only the init
+        {
+            "method": "psoft",
+            "psoft_rank": 256,
+            "psoft_targets": "q,v",
+            "psoft_neumann_terms": 5,
+            **LORA_KEYS,
+        },
+    ),
+    peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,
         {"lora_r": 32, "lora_alpha": 64, "lora_fa": True},  # training_params.json: lora-fa

@@ -966,6 +966,16 @@ def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
         n, targets = run.fourierft
         settings = dict(fourierft_frequencies=n, fourierft_targets=targets)
         adapted = plan.spectral
+    elif run.method == "hira":
+        r, targets = run.hira
+        settings, adapted = dict(hira_rank=r, hira_targets=targets), plan.hira
+    elif run.method == "psoft":
+        r, targets, terms = run.psoft
+        settings = dict(psoft_rank=r, psoft_targets=targets, psoft_neumann_terms=terms)
+        adapted = plan.psoft
+    elif run.method == "hra":
+        r, targets = run.hra
+        settings, adapted = dict(hra_rank=r, hra_targets=targets), plan.householder
     else:
         return {}
     settings.update(

@@ -169,6 +169,23 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "--fourierft-targets)",
         "Gao et al. 2024 (FourierFT), arXiv:2405.03003; peft tuners/fourierft",
     ),
+    "hira": (
+        "peft's HiRA: ΔW = W0 ⊙ (B A), the frozen weight times a rank-r product, built whole "
+        "(out × in) in every forward (--hira-rank, --hira-targets)",
+        "Huang et al. 2025 (HiRA), ICLR 2025; peft tuners/hira",
+    ),
+    "psoft": (
+        "peft's PSOFT: an r × r orthogonal R (Cayley) and two scale vectors trained between "
+        "frozen SVD factors of each adapted linear, ΔW = B (R − I) A (--psoft-rank, "
+        "--psoft-targets, --psoft-neumann-terms)",
+        "PSOFT (principal subspace orthogonal finetuning), openreview.net/forum?id=FSHrinMArK; "
+        "peft tuners/psoft",
+    ),
+    "hra": (
+        "peft's HRA: a chain of r Householder reflections (in × in) rebuilt and multiplied "
+        "into each adapted linear's weight in every forward (--hra-rank, --hra-targets)",
+        "Yuan et al. 2024 (HRA), arXiv:2405.17484; peft tuners/hra",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -312,6 +329,12 @@ class MethodPlan:
     vectored: tuple[Linear, ...] = ()
     # FourierFT: the linears whose ΔW is an inverse FFT of a sparse trained spectrum
     spectral: tuple[Linear, ...] = ()
+    # HiRA: the linears whose ΔW is their frozen weight times a trained rank-r product
+    hira: tuple[Linear, ...] = ()
+    # PSOFT: the linears with an r × r rotation between frozen SVD factors beside them
+    psoft: tuple[Linear, ...] = ()
+    # HRA: the linears whose weight a chain of Householder reflections turns
+    householder: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -825,6 +848,36 @@ def fourierft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.fourierft[1], "FourierFT", wraps_conv1d=True)
 
 
+def hira_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a HiRA adapter (none for the other methods)."""
+    if run.method != "hira":
+        return ()
+    return _lycoris_linears(arch, run.hira[1], "HiRA", wraps_conv1d=True)
+
+
+def psoft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a PSOFT adapter (none for the other methods); peft refuses an
+    r above a linear's smaller side (peft 0.21.2 tuners/psoft/layer.py update_layer)."""
+    if run.method != "psoft":
+        return ()
+    linears = _lycoris_linears(arch, run.psoft[1], "PSOFT")
+    r = run.psoft[0]
+    for lin in linears:
+        if r > min(lin.in_features, lin.out_features):
+            raise InvalidInputError(
+                f"PSOFT: --psoft-rank {r} exceeds {lin.module}'s smaller side "
+                f"{min(lin.in_features, lin.out_features)} (peft refuses it); give a smaller r."
+            )
+    return linears
+
+
+def hra_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with an HRA adapter (none for the other methods)."""
+    if run.method != "hra":
+        return ()
+    return _lycoris_linears(arch, run.hra[1], "HRA")
+
+
 def vera_projection_shapes(linears: tuple[Linear, ...], r: int) -> tuple[tuple[int, int], ...]:
     """vera_A (r × the widest input) and vera_B (the widest output × r): one pair for the
     whole model, sliced by every adapted linear (peft 0.21.2 tuners/vera/model.py
@@ -1089,21 +1142,14 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         gated_blocks=gated_blocks(arch, run),
         v2_scaled=v2_scaled,
         head_scaled=run.method == "llama-adapter-v2",
-        hadamard=other.hadamard,
-        kronecker=other.kronecker,
-        miss=other.miss,
-        road=other.road,
-        rotated=other.rotated,
-        block_rotated=other.block_rotated,
-        vectored=other.vectored,
-        spectral=other.spectral,
+        **other._asdict(),  # (_PeftOther's fields are MethodPlan's)
         orth_regularised=adalora_regularised(run),
     )
 
 
 class _PeftOther(NamedTuple):
     """The linears each of peft's other adapters (LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA,
-    FourierFT) wraps."""
+    FourierFT, HiRA, PSOFT, HRA) wraps."""
 
     hadamard: tuple[Linear, ...]
     kronecker: tuple[Linear, ...]
@@ -1113,12 +1159,16 @@ class _PeftOther(NamedTuple):
     block_rotated: tuple[Linear, ...]
     vectored: tuple[Linear, ...]
     spectral: tuple[Linear, ...]
+    hira: tuple[Linear, ...]
+    psoft: tuple[Linear, ...]
+    householder: tuple[Linear, ...]
 
 
 def _peft_other(
     arch: Architecture, run: RunConfig, dtypes: Dtypes
 ) -> tuple[_PeftOther, list[TensorGroup]]:
-    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA and FourierFT wrap, and
+    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA, FourierFT, HiRA, PSOFT and HRA wrap,
+    and
     their tensors."""
     other = _PeftOther(
         loha_linears(arch, run),
@@ -1129,11 +1179,21 @@ def _peft_other(
         oft_linears(arch, run),
         vera_linears(arch, run),
         fourierft_linears(arch, run),
+        hira_linears(arch, run),
+        psoft_linears(arch, run),
+        hra_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _lokr_groups(other.kronecker, arch, run, dtypes)
     groups += _vera_groups(other.vectored, arch, run, dtypes)
     groups += _fourierft_groups(other.spectral, arch, run, dtypes)
+    groups += _hira_groups(other.hira, arch, run, dtypes)
+    groups += _psoft_groups(other.psoft, arch, run, dtypes)
+    r = run.hra[0]  # HRA's hra_u (in × r) per linear (peft tuners/hra/layer.py update_layer)
+    groups += [
+        _adapter(f"{lin.module}.hra_u", (lin.in_features, r), arch, dtypes, lin)
+        for lin in other.householder
+    ]
     groups += _miss_road_groups(other.miss + other.road, arch, run, dtypes)
     groups += _boft_groups(other.rotated, arch, run, dtypes)
     groups += _oft_groups(other.block_rotated, arch, run, dtypes)
@@ -1542,6 +1602,36 @@ def _fourierft_groups(
     return [
         _adapter(f"{lin.module}.fourierft_spectrum", (n,), arch, dtypes, lin) for lin in spectral
     ]
+
+
+def _hira_groups(
+    hira: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """HiRA's hira_A (r × in) and hira_B (out × r) per adapted linear, in the adapter dtype
+    (peft 0.21.2 tuners/hira/layer.py HiraLayer.update_layer; the same at 5d602fdbff04)."""
+    r = run.hira[0]
+    groups: list[TensorGroup] = []
+    for lin in hira:
+        groups.append(_adapter(f"{lin.module}.hira_A", (r, lin.in_features), arch, dtypes, lin))
+        groups.append(_adapter(f"{lin.module}.hira_B", (lin.out_features, r), arch, dtypes, lin))
+    return groups
+
+
+def _psoft_groups(
+    psoft: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """PSOFT's OrthLayer per adapted linear (peft 0.21.2 tuners/psoft/layer.py, the same at
+    5d602fdbff04): ``weight``, R's upper triangle (r·(r − 1)/2), and the output- and
+    input-side scales ``vector_b``, ``vector_a`` (r each), in the adapter dtype. Its frozen
+    A and B are buffers (adapters.psoft.buffer_bytes)."""
+    r = run.psoft[0]
+    groups: list[TensorGroup] = []
+    for lin in psoft:
+        name = f"{lin.module}.psoft_R"
+        groups.append(_adapter(f"{name}.weight", (r * (r - 1) // 2,), arch, dtypes, lin))
+        groups.append(_adapter(f"{name}.vector_b", (r,), arch, dtypes, lin))
+        groups.append(_adapter(f"{name}.vector_a", (r,), arch, dtypes, lin))
+    return groups
 
 
 def _bottleneck_groups(

@@ -43,6 +43,9 @@ Method = Literal[
     "oft",
     "vera",
     "fourierft",
+    "hira",
+    "psoft",
+    "hra",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -136,6 +139,15 @@ DEFAULT_VERA_RANK = 256
 # peft's FourierFTConfig default (peft 0.21.2 tuners/fourierft/config.py: n_frequency=1000;
 # the same at 5d602fdbff04); target_modules from the LoRA mapping (q_proj, v_proj for Llama)
 DEFAULT_FOURIER_FREQUENCIES = 1000
+# peft's HiraConfig default rank (peft 0.21.2 tuners/hira/config.py: r=32; the same at
+# 5d602fdbff04); target_modules from the HiRA mapping, a copy of LoRA's (q_proj, v_proj)
+DEFAULT_HIRA_RANK = 32
+# peft's PsoftConfig defaults (peft 0.21.2 tuners/psoft/config.py: r=32, psoft_orth,
+# psoft_mag_a and psoft_mag_b True, use_cayley_neumann False: the exact Cayley solve)
+DEFAULT_PSOFT_RANK = 32
+# peft's HRAConfig defaults (peft 0.21.2 tuners/hra/config.py: r=8, apply_GS False);
+# target_modules from the HRA mapping, a copy of LoRA's (q_proj, v_proj)
+DEFAULT_HRA_RANK = 8
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -152,7 +164,8 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         )
     },
     "adapter_dtype": ADAPTER_METHODS
-    | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"},
+    | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
+    | {"hira", "psoft", "hra"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
@@ -171,6 +184,9 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     },
     **{k: frozenset({"vera"}) for k in ("vera_rank", "vera_targets")},
     **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
+    **{k: frozenset({"hira"}) for k in ("hira_rank", "hira_targets")},
+    **{k: frozenset({"psoft"}) for k in ("psoft_rank", "psoft_targets", "psoft_neumann_terms")},
+    **{k: frozenset({"hra"}) for k in ("hra_rank", "hra_targets")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -237,6 +253,10 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "oft_neumann_terms": limits.WIDTH,
     "vera_rank": limits.WIDTH,
     "fourierft_frequencies": limits.WIDTH,
+    "hira_rank": limits.WIDTH,
+    "psoft_rank": limits.WIDTH,
+    "psoft_neumann_terms": limits.WIDTH,
+    "hra_rank": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -318,12 +338,18 @@ PEFT_MODEL_METHODS = {
     "road": "RoAd",
     "vera": "VeRA",
     "fourierft": "FourierFT",
+    "hira": "HiRA",
+    "psoft": "PSOFT",
+    "hra": "HRA",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
 NO_AUTOCAST = {
     "lokr": "its Kronecker product promotes to fp32 there",
     "fourierft": "autocast casts its fp32 ΔW",
+    "hira": "",
+    "psoft": "",
+    "hra": "",
     "miss": "",
     "road": "",
     "boft": "",
@@ -813,6 +839,33 @@ class RunConfig(limits.BoundedSettings):
     fourierft_targets: str | None = Field(
         None, exclude_if=_unset, description="FourierFT: adapted linears, roles or names (q,v)."
     )
+    # HiRA (peft's Hadamard high-rank adaptation: ΔW = W0 ⊙ (B A), built whole every forward)
+    hira_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="HiRA: r, the rank of B A (32)."
+    )
+    hira_targets: str | None = Field(
+        None, exclude_if=_unset, description="HiRA: adapted linears, roles or names (q,v)."
+    )
+    # PSOFT (peft's r × r orthogonal R between frozen SVD factors: ΔW = B (R − I) A)
+    psoft_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="PSOFT: r, the side of its rotation R (32)."
+    )
+    psoft_targets: str | None = Field(
+        None, exclude_if=_unset, description="PSOFT: adapted linears, roles or names (q,v)."
+    )
+    psoft_neumann_terms: int | None = Field(
+        None,
+        ge=0,
+        exclude_if=_unset,
+        description="PSOFT: Cayley-Neumann terms; 0 for the exact Cayley solve (0).",
+    )
+    # HRA (peft's chain of r Householder reflections multiplied into the weight)
+    hra_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="HRA: r, the number of reflections (8)."
+    )
+    hra_targets: str | None = Field(
+        None, exclude_if=_unset, description="HRA: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1165,6 +1218,9 @@ class RunConfig(limits.BoundedSettings):
             "road_targets",
             "vera_targets",
             "fourierft_targets",
+            "hira_targets",
+            "psoft_targets",
+            "hra_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
@@ -1197,6 +1253,17 @@ class RunConfig(limits.BoundedSettings):
             raise ValueError("give --boft-block-size or --boft-block-num, not both")
         if self.oft_r is not None and self.oft_block_size is not None:
             raise ValueError("give --oft-r or --oft-block-size, not both")
+        if self.psoft_neumann_terms == 1:
+            raise ValueError(
+                "--psoft-neumann-terms 1 leaves every rotation the identity (nothing trains); "
+                "give 0 (the exact solve) or 2 and more"
+            )
+        if self.method == "psoft" and self.adapter_dtype not in ("auto", "fp32"):
+            # peft keeps PSOFT's A and B fp32 whatever its parameters' dtype (not measured)
+            raise ValueError(
+                "PSOFT with 16-bit parameters is not modelled (its frozen A and B stay fp32); "
+                "drop --adapter-dtype or give fp32"
+            )
         if self.oft_neumann_terms == 1:
             raise ValueError(
                 "--oft-neumann-terms 1 leaves every rotation the identity (nothing trains); "
@@ -1377,6 +1444,23 @@ class RunConfig(limits.BoundedSettings):
         """FourierFT's (n_frequency, targets), peft's defaults where not given."""
         n = self.fourierft_frequencies or DEFAULT_FOURIER_FREQUENCIES
         return n, self.fourierft_targets or "q,v"
+
+    @property
+    def hira(self) -> tuple[int, str]:
+        """HiRA's (r, targets), peft's defaults where not given."""
+        return self.hira_rank or DEFAULT_HIRA_RANK, self.hira_targets or "q,v"
+
+    @property
+    def psoft(self) -> tuple[int, str, int]:
+        """PSOFT's (r, targets, Cayley-Neumann terms; 0: the exact solve), peft's defaults
+        where not given."""
+        r = self.psoft_rank or DEFAULT_PSOFT_RANK
+        return r, self.psoft_targets or "q,v", self.psoft_neumann_terms or 0
+
+    @property
+    def hra(self) -> tuple[int, str]:
+        """HRA's (r, targets), peft's defaults where not given."""
+        return self.hra_rank or DEFAULT_HRA_RANK, self.hra_targets or "q,v"
 
     @property
     def n_virtual(self) -> int:

@@ -98,6 +98,9 @@ EVERY_BLOCK_TRAINS = frozenset(
         "road",
         "vera",
         "fourierft",
+        "hira",
+        "psoft",
+        "hra",
     }
 )
 
@@ -131,6 +134,9 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         block_rotated = frozenset(lin.module for lin in plan.block_rotated)
         vectored = frozenset(lin.module for lin in plan.vectored)
         spectral = frozenset(lin.module for lin in plan.spectral)
+        hira = frozenset(lin.module for lin in plan.hira)
+        psoft = frozenset(lin.module for lin in plan.psoft)
+        householder = frozenset(lin.module for lin in plan.householder)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -150,6 +156,9 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 block_rotated=block_rotated,
                 vectored=vectored,
                 spectral=spectral,
+                hira=hira,
+                psoft=psoft,
+                householder=householder,
             )
 
         # one object per distinct state: step_parts derives each once

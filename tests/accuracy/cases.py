@@ -1154,6 +1154,73 @@ def _vera() -> list[Case]:
     return cases
 
 
+def _hira() -> list[Case]:
+    """peft's HiRA (ΔW = W0 ⊙ (B A) built whole every forward, the input cast and ΔW
+    kept): its precision regimes and checkpointing; on a wider model at few tokens its
+    build and backward (out × in) are the peak."""
+    cases = [
+        Case(family, {"method": "hira", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "hira_targets": "all-linear", "hira_rank": 4},
+        {"precision": "bf16", "hira_targets": "k,o,down"},
+    ):
+        cases.append(Case("llama", {"method": "hira", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "hira_targets": "all-linear"}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "hira", **few, **extra}, WIDER_STILL))
+    return cases
+
+
+def _psoft() -> list[Case]:
+    """peft's PSOFT (x's fp32 cast, x·Aᵀ and the r × r rotation kept, the fp32 output-wide
+    products in forward): the exact solve and the Cayley-Neumann series, fp32, checkpointed,
+    all linears; on a wider model at few tokens its forward and backward are the peak."""
+    cases = [
+        Case(family, {"method": "psoft", "precision": "bf16", "psoft_rank": 8})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "psoft_neumann_terms": 5},
+        {"precision": "bf16", "psoft_targets": "all-linear", "psoft_neumann_terms": 3},
+        {"precision": "bf16", "psoft_targets": "k,o,down"},
+    ):
+        cases.append(Case("llama", {"method": "psoft", "psoft_rank": 16, **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "psoft_targets": "all-linear", "psoft_rank": 32}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "psoft", **few, **extra}, WIDER_STILL))
+    return cases
+
+
+def _hra() -> list[Case]:
+    """peft's HRA (r Householder reflections, in × in each, kept by the chain's matmuls;
+    the weight's and input's casts and W' kept): precisions, 16-bit hra_u, checkpointing,
+    all linears; on a wider model at few tokens the chain's forward and its backward are
+    the peak."""
+    cases = [
+        Case(family, {"method": "hra", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "hra_targets": "all-linear", "hra_rank": 4},
+        {"precision": "bf16", "hra_targets": "k,o,down"},
+    ):
+        cases.append(Case("llama", {"method": "hra", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "hra_targets": "all-linear"}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "hra", **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _miss_road() -> list[Case]:
     """peft's MiSS (default, bat, mini) and RoAd (road_1, 2, 4); on a wider model at few
     tokens MiSS bat's weight rebuild and its backward are the peak."""
@@ -1289,6 +1356,9 @@ def _peft_methods() -> list[Case]:
     cases += _boft()
     cases += _oft()
     cases += _vera()
+    cases += _hira()
+    cases += _psoft()
+    cases += _hra()
     cases += _ln_tuning_lorafa()
     # prompt tuning and P-tuning: virtual tokens in front of the input
     for family in sorted(TINY):

@@ -34,11 +34,17 @@ INDEX_BYTES = 8  # the int64 rows and cols buffers
 
 
 def cayley_kept(run: RunConfig, lin: Linear, ab: int) -> int:
-    """Bytes the Cayley parametrisation keeps: Q and its powers for the Neumann series'
-    bmm's, or the exact solve's LU, pivots (int32) and result."""
+    """Bytes the Cayley parametrisation keeps (cayley_bytes) for one OFT linear."""
     blocks, side = oft_blocks(lin, run)
     terms, share = run.oft[4], run.oft[3]
-    made = 1 if share else blocks
+    return cayley_bytes(terms, 1 if share else blocks, side, ab)
+
+
+def cayley_bytes(terms: int, made: int, side: int, ab: int) -> int:
+    """Bytes the Cayley parametrisation of ``made`` side × side blocks keeps: Q and its
+    powers for the Neumann series' matmuls (``terms``), or with 0 terms the exact solve's
+    LU, pivots (int32) and result. peft's OFT and PSOFT build it alike (tuners/oft/layer.py
+    ``_cayley_batch``, tuners/psoft/layer.py ``OrthLayer.get_matrix``)."""
     square = made * side * side * ab
     if terms == 0:
         return 3 * square + made * side * 4

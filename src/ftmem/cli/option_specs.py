@@ -526,6 +526,18 @@ RUN = [
         "FourierFT: spectral coefficients per adapted linear (peft's n_frequency, default 1000).",
     ),
     _opt("fourierft_targets", OptStr, None, "FourierFT: adapted linears, as --lora-targets (q,v)."),
+    _opt("hira_rank", OptInt, None, "HiRA: r, the rank of its B A product (default 32, peft's)."),
+    _opt("hira_targets", OptStr, None, "HiRA: adapted linears, as --lora-targets (q,v)."),
+    _opt("psoft_rank", OptInt, None, "PSOFT: r, the side of its rotation (default 32, peft's)."),
+    _opt("psoft_targets", OptStr, None, "PSOFT: adapted linears, as --lora-targets (q,v)."),
+    _opt(
+        "psoft_neumann_terms",
+        OptInt,
+        None,
+        "PSOFT: Cayley-Neumann terms (peft's use_cayley_neumann); 0, the default: exact solve.",
+    ),
+    _opt("hra_rank", OptInt, None, "HRA: r, Householder reflections per linear (default 8)."),
+    _opt("hra_targets", OptStr, None, "HRA: adapted linears, as --lora-targets (q,v)."),
     _opt(
         "adalora_target_r",
         OptInt,

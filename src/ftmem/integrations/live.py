@@ -241,6 +241,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _vera(model, pc, live, said)
     elif kind == "FOURIERFT":
         _fourierft(model, pc, live, said)
+    elif kind in ("HIRA", "PSOFT", "HRA"):
+        {"HIRA": _hira, "PSOFT": _psoft, "HRA": _hra}[kind](model, pc, live, said)
     elif kind == "LN_TUNING":
         _ln_tuning(pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
@@ -251,8 +253,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, LN tuning, prompt, "
-            "prefix and P-tuning)."
+            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, HiRA, PSOFT, HRA, "
+            "LN tuning, prompt, prefix and P-tuning)."
         )
 
 
@@ -390,6 +392,60 @@ def _fourierft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     live.set("method", "fourierft", said)
     live.set("fourierft_frequencies", int(pc.n_frequency), said)
     _wrapped(model, live, "fourierft", "fourierft_spectrum")
+
+
+def _hira(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's HiraConfig: its rank and the modules it wrapped (hira_A); a quantised base
+    (peft tuners/hira/bnb.py dequantises the weight for W0 ⊙ (B A)) is refused."""
+    for _, m in model.named_modules():
+        base = m.get_base_layer() if hasattr(m, "hira_A") else None
+        if base is not None and type(base).__module__.startswith("bitsandbytes"):
+            raise InvalidInputError(
+                "peft HiRA on a bitsandbytes-quantised base is not modelled (its forward "
+                "dequantises each weight); use a 16-bit or fp32 base."
+            )
+    live.set("method", "hira", said)
+    live.set("hira_rank", int(pc.r), said)
+    _wrapped(model, live, "hira", "hira_A")
+    if pc.hira_dropout:
+        live.notes.append(
+            "HiRA hira_dropout: not modelled (its mask and dropped copy, T × in per adapted "
+            "linear); estimated without."
+        )
+
+
+def _psoft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's PsoftConfig: its rank, Cayley solve or series and the modules it wrapped
+    (psoft_R); R without its orthogonality or scale vectors is refused (not modelled)."""
+    off = [k for k in ("psoft_orth", "psoft_mag_a", "psoft_mag_b") if not getattr(pc, k)]
+    if off:
+        raise InvalidInputError(
+            f"peft PSOFT with {', '.join(off)} False is not modelled (ftmem models the "
+            "default orthogonal R with both scale vectors)."
+        )
+    live.set("method", "psoft", said)
+    live.set("psoft_rank", int(pc.r), said)
+    if pc.use_cayley_neumann:
+        live.set("psoft_neumann_terms", int(pc.num_cayley_neumann_terms), said)
+    _wrapped(model, live, "psoft", "psoft_R")
+    if pc.psoft_dropout:
+        live.notes.append(
+            "PSOFT psoft_dropout: not modelled (its mask and dropped copy, T × in per adapted "
+            "linear); estimated without."
+        )
+
+
+def _hra(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's HRAConfig: its rank and the modules it wrapped (hra_u); Gram-Schmidt
+    (apply_GS) is refused (not modelled)."""
+    if pc.apply_GS:
+        raise InvalidInputError(
+            "peft HRA with apply_GS (Gram-Schmidt) is not modelled; ftmem models its default "
+            "chain of reflections."
+        )
+    live.set("method", "hra", said)
+    live.set("hra_rank", int(pc.r), said)
+    _wrapped(model, live, "hra", "hra_u")
 
 
 def _ln_tuning(pc: Any, live: LiveRun, said: str) -> None:

@@ -749,7 +749,7 @@ def _with_trainable_set(
 
 def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's wrapper of the method: IA³ and the prompt methods, LoHa and LoKr, MiSS and
-    RoAd, BOFT, OFT, VeRA, FourierFT, else the LoRA family (ADAPTER_METHODS)."""
+    RoAd, BOFT, OFT, VeRA, FourierFT, HiRA, PSOFT, HRA, else the LoRA family (ADAPTER_METHODS)."""
     if run.method in PROMPT_METHODS or run.method == "ia3":
         return _peft_other(model, arch, run)
     wrappers = {
@@ -761,6 +761,9 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "oft": _peft_oft,
         "vera": _peft_vera,
         "fourierft": _peft_fourierft,
+        "hira": _peft_hira,
+        "psoft": _peft_psoft,
+        "hra": _peft_hra,
         "ln-tuning": _peft_ln_tuning,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
@@ -1135,6 +1138,54 @@ def _peft_fourierft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.
         task_type="CAUSAL_LM",
     )
     return _peft_in_dtype(model, cfg, run, "fourierft_spectrum")
+
+
+def _peft_hira(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's HiRA on the linears the estimate names, its A and B in the dtype asked for."""
+    from peft import HiraConfig
+
+    from ftmem.methods import hira_linears
+
+    cfg = HiraConfig(
+        r=run.hira[0],
+        target_modules=[lin.module for lin in hira_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "hira_A", "hira_B")
+
+
+def _peft_psoft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's PSOFT on the linears the estimate names (fp32 parameters: RunConfig refuses
+    16-bit ones), its exact Cayley solve or the Neumann series asked for."""
+    from peft import PsoftConfig
+
+    from ftmem.methods import psoft_linears
+
+    r, _, terms = run.psoft
+    cfg = PsoftConfig(
+        r=r,
+        psoft_alpha=r,
+        use_cayley_neumann=terms > 0,
+        num_cayley_neumann_terms=terms or 5,
+        target_modules=[lin.module for lin in psoft_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "psoft_R")
+
+
+def _peft_hra(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's HRA on the linears the estimate names (no Gram-Schmidt), its hra_u in the
+    dtype asked for."""
+    from peft import HRAConfig
+
+    from ftmem.methods import hra_linears
+
+    cfg = HRAConfig(
+        r=run.hra[0],
+        target_modules=[lin.module for lin in hra_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "hra_u")
 
 
 # --------------------------------------------------------------------------------------

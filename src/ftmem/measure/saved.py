@@ -59,6 +59,12 @@ ESTIMATED_BUFFERS = (
     "boft_P",
     "oft_R.default.rows",
     "oft_R.default.cols",
+    # PSOFT's frozen fp32 A and B (tuners/psoft/layer.py BufferDicts ``_psoft_A_cache``,
+    # ``_psoft_B_cache``) and OrthLayer's int64 ``rows``, ``cols``
+    "_psoft_A_cache.default",
+    "_psoft_B_cache.default",
+    "psoft_R.default.rows",
+    "psoft_R.default.cols",
     *VERA_PROJECTIONS,
 )
 

@@ -47,6 +47,9 @@ class BlockState:
     block_rotated: frozenset[str] = frozenset()  # OFT's
     vectored: frozenset[str] = frozenset()  # VeRA's (its vectors need the output's gradient)
     spectral: frozenset[str] = frozenset()  # FourierFT's
+    hira: frozenset[str] = frozenset()  # HiRA's
+    psoft: frozenset[str] = frozenset()  # PSOFT's
+    householder: frozenset[str] = frozenset()  # HRA's
 
     @property
     def output_grad(self) -> frozenset[str]:
@@ -60,7 +63,8 @@ class BlockState:
         adapter v2's bias and scale, a LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA or FourierFT
         adapter."""
         own = self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
-        own |= self.miss | self.road | self.vectored | self.spectral
+        own |= self.miss | self.road | self.vectored | self.spectral | self.hira | self.psoft
+        own |= self.householder
         return own | self.hadamard | self.kronecker | self.rotated | self.block_rotated
 
     def weight_trains(self, lin: Linear) -> bool:

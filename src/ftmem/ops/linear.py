@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from ftmem.adapters.boft import BOFT
 from ftmem.adapters.bottleneck import Bottleneck
+from ftmem.adapters.hira import HiRA
+from ftmem.adapters.hra import HRA
 from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.llama_adapter import LlamaAdapter
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
+from ftmem.adapters.psoft import PSOFT
 from ftmem.adapters.road import RoAd
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
@@ -169,7 +172,7 @@ class LinearOp:
         in_grad: bool,
         in_bytes: int,
     ) -> tuple[list[Saved], bool]:
-        """What peft's LoHa, LoKr, FourierFT, BOFT, OFT, MiSS, RoAd and VeRA adapters of
+        """What peft's LoHa, LoKr, FourierFT, BOFT, OFT, MiSS, RoAd, HiRA, PSOFT, HRA and VeRA adapters of
         linears reading one tensor keep, and whether one of them keeps that tensor itself
         (VeRA never does: its products keep h and y, not the input)."""
         out: list[Saved] = []
@@ -180,6 +183,9 @@ class LinearOp:
             (state.block_rotated, OFT),
             (state.miss, MiSS),
             (state.road, RoAd),
+            (state.hira, HiRA),
+            (state.psoft, PSOFT),
+            (state.householder, HRA),
         ):
             if present:
                 items, op_reads = op.saved(ctx, linears, state, side, in_grad, in_bytes)

@@ -34,6 +34,9 @@ class Kind(Enum):
     DORA = "dora"  # DoRA's rescale of the base and LoRA outputs
     IA3 = "ia3"
     LOHA = "loha"  # LoHa's input cast and its delta weight
+    HIRA = "hira"  # HiRA's input cast and its ΔW = W0 ⊙ (B A)
+    PSOFT = "psoft"  # PSOFT's x·Aᵀ and its rotation's matrices
+    HRA = "hra"  # HRA's reflection chain, weight copies and input cast
     VERA = "vera"  # VeRA's rank-r and output-wide products, its buffer slices' casts
     MISS = "miss"  # MiSS's summed input, bat's weight copies
     ROAD = "road"  # RoAd's cast and rotated outputs
