@@ -177,8 +177,8 @@ RUNS: list[Run] = [
     peft(
         "lora--llama-3.2-3B-rank14-target-mlp-bdlora",
         24685576192,
-        {"lora_r": 14, "lora_alpha": 28, "lora_targets": "gate,up,down"},
-        "proxy: block-diagonal LoRA (8.43 M trainable) as plain LoRA r14 (10.0 M)",
+        # adapter_config.json: use_bdlora nblocks 2, bd_a down, bd_b gate/up (8.43 M)
+        {"lora_r": 14, "lora_alpha": 28, "lora_targets": "gate,up,down", "lora_bd_blocks": 2},
     ),
     # ---- fms-acceleration benchmark CSV (A100-80GB, seq 4096 padded batches of alpaca; the
     # calibrated rows' fms-hf-tuning path); columns: peak alloc bytes, nvidia MiB in the row

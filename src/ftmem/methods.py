@@ -15,6 +15,7 @@ from math import prod
 from typing import NamedTuple
 
 from ftmem import vision_lora, vision_step
+from ftmem.adapters import bdlora
 from ftmem.arch import (
     ATTENTION_ROLES,
     MLP_ROLES,
@@ -1372,13 +1373,18 @@ def _lora_groups(
     create_lorafa_optimizer: ``param.requires_grad = False`` for every lora_A)."""
     r = run.r
     groups: list[TensorGroup] = []
+    if run.lora_bd_blocks:
+        bdlora.check_divisible(adapted, r, run.lora_bd_blocks)
     for lin in adapted:
-        a = _adapter(f"{lin.module}.lora_A", (r, lin.in_features), arch, dtypes, lin)
+        a_shape, b_shape = (r, lin.in_features), (lin.out_features, r)
+        if run.lora_bd_blocks:
+            a_shape, b_shape = bdlora.shapes(lin, r, run.lora_bd_blocks)
+        a = _adapter(f"{lin.module}.lora_A", a_shape, arch, dtypes, lin)
         if run.lora_fa:
             regains = profile_of(run).lora_fa_a_regains_grad
             a = replace(a, stateless=True) if regains else replace(a, trainable=False)
         groups.append(a)
-        groups.append(_adapter(f"{lin.module}.lora_B", (lin.out_features, r), arch, dtypes, lin))
+        groups.append(_adapter(f"{lin.module}.lora_B", b_shape, arch, dtypes, lin))
         if run.method == "dora":
             name = f"{lin.module}.lora_magnitude_vector"
             groups.append(_adapter(name, (lin.out_features,), arch, dtypes, lin))

@@ -154,6 +154,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "adapter_dtype": ADAPTER_METHODS
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"},
     "lora_fa": frozenset({"lora", "rslora"}),
+    "lora_bd_blocks": frozenset({"lora", "rslora"}),
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
@@ -683,6 +684,12 @@ class RunConfig(limits.BoundedSettings):
         description="LoRA-FA (peft's create_lorafa_optimizer): lora_A frozen, lora_B "
         "stepped by an AdamW of its own on a projected gradient.",
     )
+    lora_bd_blocks: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="BD-LoRA (peft's use_bdlora): block-diagonal lora_A on o/down and lora_B "
+        "on the other linears, in this many blocks.",
+    )
     adapter_dtype: AdapterDtype = "auto"
     # AdaLoRA (peft AdaLoraConfig: --lora-r is its init_r)
     adalora_target_r: PositiveInt | None = Field(
@@ -907,6 +914,27 @@ class RunConfig(limits.BoundedSettings):
                 "not call: use --framework hf, peft-mc or lightning"
             )
 
+    def _lora_variants_fit(self) -> None:
+        """BD-LoRA and MiCA are LoRA variants of peft's LoraConfig (any peft model's); what
+        ftmem measured of them: a 16-bit or fp32 base without autocast, dense linears."""
+        chosen = [name for name, on in (("--lora-bd-blocks", self.lora_bd_blocks),) if on]
+        if not chosen:
+            return
+        what = chosen[0]
+        if self.framework not in ADALORA_FRAMEWORKS:
+            raise ValueError(
+                f"{what} is a variant of peft's LoraConfig, which {self.framework} does not "
+                "build: use --framework hf, peft-mc or lightning"
+            )
+        if self.precision.endswith("-mixed"):
+            raise ValueError(
+                f"{what} is modelled on a 16-bit or fp32 base without autocast (its "
+                "block-diagonal or frozen factor's casts were not measured there): use "
+                "--precision bf16 or fp32"
+            )
+        if self.lora_fa:
+            raise ValueError(f"{what} and --lora-fa are not combined by peft: drop one")
+
     def _adalora_settings_fit(self) -> None:
         """What peft's AdaLoRA and its rank allocator cannot run."""
         if self.method != "adalora":
@@ -1010,6 +1038,7 @@ class RunConfig(limits.BoundedSettings):
                 f"--optimizer ao-adamw-8bit, ao-adamw-4bit or ao-adamw-fp8, not {self.optimizer}"
             )
         self._lora_fa_fits()
+        self._lora_variants_fit()
         if self.optimizer_in_backward and self.grad_accum > 1:
             raise ValueError(
                 "--optimizer-in-backward steps every micro-batch: it cannot accumulate "

@@ -402,6 +402,18 @@ def _ln_tuning(pc: Any, live: LiveRun, said: str) -> None:
         )
 
 
+def _lora_variants(pc: Any, live: LiveRun, said: str) -> None:
+    """LoraConfig's BD-LoRA (use_bdlora, a BdLoraConfig or its dict once saved)."""
+    bd = getattr(pc, "use_bdlora", None)
+    if bd:
+        blocks = bd["nblocks"] if isinstance(bd, dict) else bd.nblocks
+        live.set("lora_bd_blocks", int(blocks), said)
+        live.notes.append(
+            "peft's BD-LoRA: estimated with lora_A block-diagonal on o/down and lora_B on "
+            "the other linears (BdLoraConfig's guidance), whatever its patterns say."
+        )
+
+
 def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     adalora = str(getattr(pc.peft_type, "value", pc.peft_type)).upper() == "ADALORA"
     method = "dora" if getattr(pc, "use_dora", False) else "lora"
@@ -415,6 +427,7 @@ def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     live.set("lora_alpha", float(pc.lora_alpha), said)
     if pc.lora_dropout:
         live.set("lora_dropout", float(pc.lora_dropout), said)
+    _lora_variants(pc, live, said)
     a_and_b = [(n, p.requires_grad) for n, p in model.named_parameters() if ".lora_" in n]
     a_grads = [grad for n, grad in a_and_b if ".lora_A" in n]
     lora_only = not adalora and method != "dora"

@@ -845,6 +845,7 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
         modules_to_save=to_save or None,
         bias="none",
         task_type="SEQ_2_SEQ_LM" if arch.encoder_decoder else "CAUSAL_LM",
+        **_lora_variant(arch, run),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed-API notices
@@ -870,6 +871,27 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
             if "lora_A" in name:
                 p.requires_grad_(False)
     return model
+
+
+def _lora_variant(arch: Architecture, run: RunConfig) -> dict[str, Any]:
+    """LoraConfig's settings of a LoRA variant: BD-LoRA's BdLoraConfig, with the
+    block-diagonal factor ftmem.adapters.bdlora picks for each adapted linear (peft
+    matches each pattern as a substring of the module's name)."""
+    if not run.lora_bd_blocks:
+        return {}
+    from peft.tuners.lora.config import BdLoraConfig
+
+    from ftmem.adapters import bdlora
+    from ftmem.methods import lora_targets
+
+    adapted, _ = lora_targets(arch, run)
+    leaves = {lin.leaf: bdlora.a_is_block_diagonal(lin) for lin in adapted}
+    config = BdLoraConfig(
+        target_modules_bd_a=sorted(leaf for leaf, a in leaves.items() if a) or None,
+        target_modules_bd_b=sorted(leaf for leaf, a in leaves.items() if not a) or None,
+        nblocks=run.lora_bd_blocks,
+    )
+    return {"use_bdlora": config}
 
 
 # AdaLoRA's schedule for a measured step: no warm-up (tinit 0) nor final phase (tfinal 0),
