@@ -132,3 +132,105 @@ def test_live_peft_models_are_read() -> None:
     model = peft.get_peft_model(tiny_llama(), config)
     s = read_run(model, args, given={"seq_len": 16}).settings
     assert (s["method"], s["lora_bd_blocks"], s["lora_r"]) == ("lora", 2, 4)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "gemma2"])
+@pytest.mark.parametrize("targets", ["q,v", "all-linear"])
+def test_mica_counts_match_peft(family: str, targets: str) -> None:
+    """peft's init_lora_weights="mica": lora_B frozen, counted in the total only."""
+    assert_counts_match_peft(
+        family, {"method": "lora", "lora_mica": True, "lora_targets": targets, "lora_r": 4}
+    )
+
+
+def test_mica_published_metamathqa_count() -> None:
+    """huggingface/peft@5d602fdbff04 method_comparison/MetaMathQA/results/
+    lora--llama-3.2-3B-rank32-mica.json: ``num_trainable_params`` 5505024,
+    ``num_total_params`` 3221924864 (r 32, alpha 64 on the default q,v). By hand: lora_A
+    alone trains, 28 · 32 · (3072 + 3072) = 5,505,024; B (28 · 32 · (3072 + 1024) =
+    3,670,016) stays in the total, as LoRA r32's 9,175,040 adapter parameters do."""
+    e = estimate("llama-3.2-3b", method="lora", lora_r=32, lora_alpha=64, lora_mica=True)
+    b = 28 * 32 * (3072 + 1024)
+    assert e.model.n_trainable_params == 28 * 32 * 2 * 3072 == 5_505_024
+    assert e.model.n_params + b + e.model.n_trainable_params == 3_221_924_864
+
+
+def test_mica_keeps_no_lora_a_output() -> None:
+    """Measured on a peft up/down pair: with lora_B frozen its matmul keeps B, not lora_A's
+    output (2 · 5 tokens × r 4 fp32 = 160 bytes per linear), and nothing else changes.
+    ftmem: MiCA's activations are LoRA's less T · r · 4 per adapted linear, its gradients
+    and states LoRA's less B's."""
+    pytest.importorskip("peft")
+    from peft import LoraConfig
+
+    targets = ["up_proj", "down_proj"]
+    lora = _saved_by_two_linears(LoraConfig(r=4, target_modules=targets))
+    mica = _saved_by_two_linears(LoraConfig(r=4, target_modules=targets, init_lora_weights="mica"))
+    assert [t for t in lora if t != (160, "torch.float32")] == mica
+    assert lora.count((160, "torch.float32")) == 2
+    kw = {"method": "lora", "precision": "bf16", "batch_size": 2, "seq_len": 100, "lora_r": 32}
+    plain = estimate("llama-3.2-3b", **kw).memory
+    frozen_b = estimate("llama-3.2-3b", lora_mica=True, **kw).memory
+    T, adapted = 200, 28 * 2
+    assert plain.activations_bytes - frozen_b.activations_bytes == adapted * T * 32 * 4
+    assert plain.gradients_bytes - frozen_b.gradients_bytes == 28 * 32 * (3072 + 1024) * 4
+
+
+def test_disable_adapter_keeps_mica_b_frozen() -> None:
+    """PEFT's benchmark loop runs ``disable_adapter()`` before training; its exit calls
+    set_adapter, which re-freezes the weights a variant registered as frozen (peft 0.21.2
+    tuners_utils.py l.2067): MiCA's lora_B stays without a gradient (unlike LoRA-FA's A),
+    so --framework peft-mc estimates what hf does."""
+    torch = pytest.importorskip("torch")
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        torch.nn.Sequential(torch.nn.Linear(64, 48)),
+        LoraConfig(r=4, target_modules=["0"], init_lora_weights="mica"),
+    )
+    with model.disable_adapter():
+        pass
+    trains = {n.split(".")[-3]: p.requires_grad for n, p in model.named_parameters() if "lora" in n}
+    assert trains == {"lora_A": True, "lora_B": False}
+    kw = {"method": "lora", "precision": "bf16", "lora_mica": True}
+    mc = estimate("llama-3.2-3b", framework="peft-mc", **kw).memory
+    hf = estimate("llama-3.2-3b", **kw).memory
+    assert (mc.gradients_bytes, mc.activations_bytes) == (hf.gradients_bytes, hf.activations_bytes)
+
+
+@pytest.mark.parametrize(
+    ("model", "args", "expected"),
+    [
+        ("llama2-7b", ["--lora-mica", "--lora-fa"], "drop one"),
+        ("llama2-7b", ["--lora-mica", "--lora-bd-blocks", "2"], "two LoRA variants"),
+        ("llama2-7b", ["--lora-mica", "--lora-targets", "q,v,lm_head"], "the LM head"),
+        ("mixtral-8x7b", ["--lora-mica", "--lora-targets", "all-linear"], "routed experts"),
+        ("llama2-7b", ["--lora-mica", "--framework", "litgpt"], "LoraConfig"),
+    ],
+)
+def test_mica_bad_input_is_one_sentence(model: str, args: list[str], expected: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["estimate", model, "--method", "lora", *args])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert out == ""
+    assert err.startswith("Error: ") and expected in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_live_mica_model_is_read() -> None:
+    """A peft model with init_lora_weights="mica" reads as --lora-mica (and not as LoRA-FA:
+    its lora_A trains)."""
+    from types import SimpleNamespace
+
+    peft = pytest.importorskip("peft")
+    pytest.importorskip("transformers")
+
+    from ftmem.integrations.live import read_run
+    from tests.test_integrations_hf import tiny_llama
+
+    args = SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=1)
+    config = peft.LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights="mica")
+    s = read_run(peft.get_peft_model(tiny_llama(), config), args, given={"seq_len": 16}).settings
+    assert (s["method"], s["lora_mica"], s["lora_r"]) == ("lora", True, 4)
+    assert "lora_fa" not in s

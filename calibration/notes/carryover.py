@@ -180,6 +180,11 @@ RUNS: list[Run] = [
         # adapter_config.json: use_bdlora nblocks 2, bd_a down, bd_b gate/up (8.43 M)
         {"lora_r": 14, "lora_alpha": 28, "lora_targets": "gate,up,down", "lora_bd_blocks": 2},
     ),
+    peft(
+        "lora--llama-3.2-3B-rank32-mica",
+        22244491264,
+        {"lora_r": 32, "lora_alpha": 64, "lora_mica": True},  # init_lora_weights: mica
+    ),
     # ---- fms-acceleration benchmark CSV (A100-80GB, seq 4096 padded batches of alpaca; the
     # calibrated rows' fms-hf-tuning path); columns: peak alloc bytes, nvidia MiB in the row
     fms(5, "fms-gpt_bigcode-santacoder-full-2gpu-bs2", 7819433984, {"batch_size": 4}),

@@ -15,7 +15,7 @@ from math import prod
 from typing import NamedTuple
 
 from ftmem import vision_lora, vision_step
-from ftmem.adapters import bdlora
+from ftmem.adapters import bdlora, mica
 from ftmem.arch import (
     ATTENTION_ROLES,
     MLP_ROLES,
@@ -1043,6 +1043,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         # hold nothing that trains
         first = min(min(ex.layers) if ex.layers else arch.sparse_blocks[0] for ex in experts)
         trainable_blocks = arch.num_layers - first
+    _check_lora_variant(arch, run, bool(experts))
     groups += _lora_groups(adapted, arch, run, dtypes)
     groups += vision_lora.groups(arch, run, dtypes)
     head_lora = lora_on_head(arch, run)
@@ -1365,6 +1366,27 @@ def _adapter(
     return TensorGroup(name, shape, blocks, dtypes.adapter, True, adapter=True)
 
 
+def _check_lora_variant(arch: Architecture, run: RunConfig, experts: bool) -> None:
+    """BD-LoRA and MiCA are modelled (and measured) on a decoder's dense linears: peft
+    gives neither to LoRA on parameters (the routed experts), and their image-text,
+    encoder-decoder and LM-head runs were not measured."""
+    what = "--lora-bd-blocks" if run.lora_bd_blocks else "--lora-mica" if run.lora_mica else ""
+    if not what:
+        return
+    where = ""
+    if experts:
+        where = "routed experts"
+    elif arch.vision is not None or arch.encoder_decoder:
+        where = "an image-text or encoder-decoder model"
+    elif lora_on_head(arch, run):
+        where = "the LM head"
+    if where:
+        raise InvalidInputError(
+            f"{what} is modelled on a decoder's dense linears, not with LoRA on {where}; "
+            "drop it or change --lora-targets."
+        )
+
+
 def _lora_groups(
     adapted: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
 ) -> list[TensorGroup]:
@@ -1384,7 +1406,8 @@ def _lora_groups(
             regains = profile_of(run).lora_fa_a_regains_grad
             a = replace(a, stateless=True) if regains else replace(a, trainable=False)
         groups.append(a)
-        groups.append(_adapter(f"{lin.module}.lora_B", b_shape, arch, dtypes, lin))
+        b = _adapter(f"{lin.module}.lora_B", b_shape, arch, dtypes, lin)
+        groups.append(replace(b, trainable=False) if mica.b_frozen(run) else b)
         if run.method == "dora":
             name = f"{lin.module}.lora_magnitude_vector"
             groups.append(_adapter(name, (lin.out_features,), arch, dtypes, lin))

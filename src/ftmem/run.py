@@ -155,6 +155,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "lora_bd_blocks": frozenset({"lora", "rslora"}),
+    "lora_mica": frozenset({"lora", "rslora"}),
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
@@ -690,6 +691,12 @@ class RunConfig(limits.BoundedSettings):
         description="BD-LoRA (peft's use_bdlora): block-diagonal lora_A on o/down and lora_B "
         "on the other linears, in this many blocks.",
     )
+    lora_mica: bool | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="MiCA (peft's init_lora_weights='mica'): lora_B set to the weight's minor "
+        "singular vectors and frozen; lora_A trains.",
+    )
     adapter_dtype: AdapterDtype = "auto"
     # AdaLoRA (peft AdaLoraConfig: --lora-r is its init_r)
     adalora_target_r: PositiveInt | None = Field(
@@ -916,21 +923,29 @@ class RunConfig(limits.BoundedSettings):
 
     def _lora_variants_fit(self) -> None:
         """BD-LoRA and MiCA are LoRA variants of peft's LoraConfig (any peft model's); what
-        ftmem measured of them: a 16-bit or fp32 base without autocast, dense linears."""
-        chosen = [name for name, on in (("--lora-bd-blocks", self.lora_bd_blocks),) if on]
+        ftmem measured of them: a 16-bit or fp32 base (BD-LoRA: without autocast)."""
+        chosen = [
+            name
+            for name, on in (
+                ("--lora-bd-blocks", self.lora_bd_blocks),
+                ("--lora-mica", self.lora_mica),
+            )
+            if on
+        ]
         if not chosen:
             return
         what = chosen[0]
+        if len(chosen) > 1:
+            raise ValueError("--lora-bd-blocks and --lora-mica are two LoRA variants: drop one")
         if self.framework not in ADALORA_FRAMEWORKS:
             raise ValueError(
                 f"{what} is a variant of peft's LoraConfig, which {self.framework} does not "
                 "build: use --framework hf, peft-mc or lightning"
             )
-        if self.precision.endswith("-mixed"):
+        if self.lora_bd_blocks and self.precision.endswith("-mixed"):
             raise ValueError(
-                f"{what} is modelled on a 16-bit or fp32 base without autocast (its "
-                "block-diagonal or frozen factor's casts were not measured there): use "
-                "--precision bf16 or fp32"
+                "--lora-bd-blocks is modelled without autocast (what autocast makes of its "
+                "block-diagonal einsum was not measured): use --precision bf16 or fp32"
             )
         if self.lora_fa:
             raise ValueError(f"{what} and --lora-fa are not combined by peft: drop one")

@@ -1122,6 +1122,16 @@ def _bdlora_mica() -> list[Case]:
     ):
         cases.append(Case("llama", {**bd, **extra}))
     cases.append(Case("qwen2", {**bd, "precision": "bf16", "lora_targets": "all-linear"}))
+    mica = {"method": "lora", "lora_mica": True}
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32", "lora_targets": "all-linear", "lora_r": 4},
+        {"precision": "bf16", "grad_ckpt": True, "lora_targets": "all-linear", "lora_r": 4},
+        {"precision": "bf16", "lora_dropout": 0.1},
+        {"precision": "bf16-mixed", "lora_targets": "all-linear", "lora_r": 4},
+    ):
+        cases.append(Case("llama", {**mica, **extra}))
+    cases.append(Case("qwen2", {**mica, "precision": "bf16", "lora_targets": "all-linear"}))
     return cases
 
 

@@ -430,6 +430,13 @@ RUN = [
         None,
         "BD-LoRA (peft's use_bdlora): lora_A block-diagonal on o/down, lora_B elsewhere.",
     ),
+    _opt(
+        "lora_mica",
+        OptBool,
+        None,
+        "MiCA (peft's init_lora_weights='mica'): lora_B frozen on minor singular vectors.",
+        "--lora-mica",
+    ),
     _opt("adapter_dtype", AdapterDtype, "auto", "Adapter weights' dtype (auto: peft's fp32)."),
     _opt("adapter_size", OptInt, None, "adapter: bottleneck width (default 64)."),
     _opt(

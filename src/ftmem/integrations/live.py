@@ -403,7 +403,10 @@ def _ln_tuning(pc: Any, live: LiveRun, said: str) -> None:
 
 
 def _lora_variants(pc: Any, live: LiveRun, said: str) -> None:
-    """LoraConfig's BD-LoRA (use_bdlora, a BdLoraConfig or its dict once saved)."""
+    """LoraConfig's MiCA (init_lora_weights "mica") and BD-LoRA (use_bdlora, a
+    BdLoraConfig or its dict once saved)."""
+    if str(getattr(pc, "init_lora_weights", "")).lower() == "mica":
+        live.set("lora_mica", True, said)
     bd = getattr(pc, "use_bdlora", None)
     if bd:
         blocks = bd["nblocks"] if isinstance(bd, dict) else bd.nblocks

@@ -874,9 +874,11 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
 
 
 def _lora_variant(arch: Architecture, run: RunConfig) -> dict[str, Any]:
-    """LoraConfig's settings of a LoRA variant: BD-LoRA's BdLoraConfig, with the
-    block-diagonal factor ftmem.adapters.bdlora picks for each adapted linear (peft
-    matches each pattern as a substring of the module's name)."""
+    """LoraConfig's settings of a LoRA variant: MiCA's init_lora_weights; BD-LoRA's
+    BdLoraConfig, with the block-diagonal factor ftmem.adapters.bdlora picks for each
+    adapted linear (peft matches each pattern as a substring of the module's name)."""
+    if run.lora_mica:
+        return {"init_lora_weights": "mica"}
     if not run.lora_bd_blocks:
         return {}
     from peft.tuners.lora.config import BdLoraConfig
