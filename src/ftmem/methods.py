@@ -15,7 +15,7 @@ from math import prod
 from typing import NamedTuple
 
 from ftmem import vision_lora, vision_step
-from ftmem.adapters import bdlora, mica
+from ftmem.adapters import bdlora, gralora, mica
 from ftmem.arch import (
     ATTENTION_ROLES,
     MLP_ROLES,
@@ -67,6 +67,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
     "partial": (
         "the parameters whose names match --trainable-modules (regular expressions)",
         "Lee et al. 2019, arXiv:1911.03090; axolotl's unfrozen_parameters",
+    ),
+    "gralora": (
+        "peft's GraLoRA: each linear's input and output cut into k blocks, a LoRA of rank "
+        "r/k on every pair (--lora-r 32, --gralora-k 2; LoRA's parameter count)",
+        "Jung et al. 2025 (GraLoRA), arXiv:2505.20355; peft tuners/gralora",
     ),
     "ln-tuning": (
         "a trainable copy of each norm peft targets runs in its place; the original stays "
@@ -1371,8 +1376,15 @@ def _check_lora_variant(arch: Architecture, run: RunConfig, experts: bool) -> No
     gives neither to LoRA on parameters (the routed experts), and their image-text,
     encoder-decoder and LM-head runs were not measured."""
     what = "--lora-bd-blocks" if run.lora_bd_blocks else "--lora-mica" if run.lora_mica else ""
+    what = "--method gralora" if run.method == "gralora" else what
     if not what:
         return
+    if run.method == "gralora" and arch.traits.conv1d:
+        # peft's GraloraLayer takes Conv1D (tuners/gralora/layer.py l.55), not measured
+        raise InvalidInputError(
+            f"GraLoRA on {arch.family}'s transformers Conv1D layers is not modelled; "
+            "use lora or ia3 on this model."
+        )
     where = ""
     if experts:
         where = "routed experts"
@@ -1397,10 +1409,14 @@ def _lora_groups(
     groups: list[TensorGroup] = []
     if run.lora_bd_blocks:
         bdlora.check_divisible(adapted, r, run.lora_bd_blocks)
+    if run.method == "gralora":
+        gralora.check_divisible(adapted, r, run.gralora_blocks)
     for lin in adapted:
         a_shape, b_shape = (r, lin.in_features), (lin.out_features, r)
         if run.lora_bd_blocks:
             a_shape, b_shape = bdlora.shapes(lin, r, run.lora_bd_blocks)
+        elif run.method == "gralora":  # (named lora_A/B here: ftmem's LoRA path)
+            a_shape, b_shape = gralora.shapes(lin, r, run.gralora_blocks)
         a = _adapter(f"{lin.module}.lora_A", a_shape, arch, dtypes, lin)
         if run.lora_fa:
             regains = profile_of(run).lora_fa_a_regains_grad

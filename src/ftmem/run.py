@@ -43,6 +43,7 @@ Method = Literal[
     "oft",
     "vera",
     "fourierft",
+    "gralora",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -99,7 +100,7 @@ OptimizerImpl = Literal["foreach", "for-loop", "fused"]
 
 # LoRA-style adapters beside the frozen linears (the --lora-* options apply)
 ADAPTER_METHODS: frozenset[str] = frozenset(
-    {"lora", "rslora", "longlora", "relora", "qlora", "dora", "adalora"}
+    {"lora", "rslora", "longlora", "relora", "qlora", "dora", "adalora", "gralora"}
 )
 # virtual tokens learned in front of the input (prompt, P-tuning) or of every layer's
 # keys and values (prefix)
@@ -136,6 +137,10 @@ DEFAULT_VERA_RANK = 256
 # peft's FourierFTConfig default (peft 0.21.2 tuners/fourierft/config.py: n_frequency=1000;
 # the same at 5d602fdbff04); target_modules from the LoRA mapping (q_proj, v_proj for Llama)
 DEFAULT_FOURIER_FREQUENCIES = 1000
+# peft's GraloraConfig defaults (peft 0.21.2 tuners/gralora/config.py: r=32, alpha=64,
+# gralora_k=2; the same at 5d602fdbff04); target_modules from the LoRA mapping (q, v)
+DEFAULT_GRALORA_RANK = 32
+DEFAULT_GRALORA_K = 2
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -156,6 +161,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "lora_fa": frozenset({"lora", "rslora"}),
     "lora_bd_blocks": frozenset({"lora", "rslora"}),
     "lora_mica": frozenset({"lora", "rslora"}),
+    "gralora_k": frozenset({"gralora"}),
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
@@ -320,10 +326,12 @@ PEFT_MODEL_METHODS = {
     "road": "RoAd",
     "vera": "VeRA",
     "fourierft": "FourierFT",
+    "gralora": "GraLoRA",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
 NO_AUTOCAST = {
+    "gralora": "",
     "lokr": "its Kronecker product promotes to fp32 there",
     "fourierft": "autocast casts its fp32 ΔW",
     "miss": "",
@@ -690,6 +698,11 @@ class RunConfig(limits.BoundedSettings):
         exclude_if=lambda value: value is None,
         description="BD-LoRA (peft's use_bdlora): block-diagonal lora_A on o/down and lora_B "
         "on the other linears, in this many blocks.",
+    )
+    gralora_k: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="GraLoRA: sub-blocks per side of each adapted linear (peft's gralora_k, 2).",
     )
     lora_mica: bool | None = Field(
         None,
@@ -1318,7 +1331,12 @@ class RunConfig(limits.BoundedSettings):
 
     @property
     def r(self) -> int:
-        return self.lora_r or 8
+        # (GraloraConfig's default rank is 32: peft 0.21.2 tuners/gralora/config.py l.76)
+        return self.lora_r or (DEFAULT_GRALORA_RANK if self.method == "gralora" else 8)
+
+    @property
+    def gralora_blocks(self) -> int:
+        return self.gralora_k or DEFAULT_GRALORA_K
 
     @property
     def target_r(self) -> int:

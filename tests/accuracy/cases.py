@@ -1132,6 +1132,14 @@ def _bdlora_mica() -> list[Case]:
     ):
         cases.append(Case("llama", {**mica, **extra}))
     cases.append(Case("qwen2", {**mica, "precision": "bf16", "lora_targets": "all-linear"}))
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32", "lora_targets": "all-linear", "lora_r": 4},
+        {"precision": "bf16", "grad_ckpt": True, "lora_targets": "all-linear", "lora_r": 8},
+        {"precision": "bf16", "lora_dropout": 0.1, "gralora_k": 4},
+    ):
+        cases.append(Case("llama", {"method": "gralora", **extra}))
+    cases.append(Case("qwen2", {"method": "gralora", "precision": "bf16", "lora_r": 8}))
     return cases
 
 

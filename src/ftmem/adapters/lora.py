@@ -5,7 +5,7 @@ what LitGPT's LoRA on its fused qkv keeps besides (its zero-padded lora_B output
 
 from __future__ import annotations
 
-from ftmem.adapters import mica
+from ftmem.adapters import gralora, mica
 from ftmem.adapters.adalora import AdaLoRA
 from ftmem.adapters.dora import DoRA
 from ftmem.arch import Architecture, Linear
@@ -81,8 +81,9 @@ class LoRA:
             reads_input = True
         a_out = e if dt.autocast else ae
         if mica.keeps_a_output(ctx.run):  # (MiCA's frozen lora_B does not)
+            width = gralora.a_output_width(ctx.run)  # (GraLoRA's k · r)
             what = f"{lin.label} lora_A output (r={r})"
-            out.append(Saved(what, T * r * a_out, Kind.LORA, side, own))
+            out.append(Saved(what, T * width * a_out, Kind.LORA, side, own))
         if ctx.run.method == "dora":
             out += DoRA.saved(ctx, lin, side, T, peft_casts, in_grad)
         elif ctx.run.method == "adalora":

@@ -430,6 +430,7 @@ RUN = [
         None,
         "BD-LoRA (peft's use_bdlora): lora_A block-diagonal on o/down, lora_B elsewhere.",
     ),
+    _opt("gralora_k", OptInt, None, "gralora: sub-blocks per side of each linear (default 2)."),
     _opt(
         "lora_mica",
         OptBool,

@@ -239,6 +239,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _oft(model, pc, live, said)
     elif kind == "VERA":
         _vera(model, pc, live, said)
+    elif kind == "GRALORA":
+        _gralora(model, pc, live, said)
     elif kind == "FOURIERFT":
         _fourierft(model, pc, live, said)
     elif kind == "LN_TUNING":
@@ -370,6 +372,27 @@ def _oft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     _wrapped(model, live, "oft", "oft_R")
     if pc.coft:
         live.notes.append("coft: its projection (no gradient, block-sized) is not modelled.")
+
+
+def _gralora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's GraloraConfig: rank, alpha, k, dropout and the modules it wrapped; hybrid_r
+    (a plain LoRA beside it) is not modelled."""
+    if pc.hybrid_r:
+        raise InvalidInputError(
+            f"peft's GraLoRA hybrid_r {pc.hybrid_r} (a LoRA beside the sub-blocks) is not "
+            "modelled; ftmem models hybrid_r 0."
+        )
+    live.set("method", "gralora", said)
+    live.set("lora_r", int(pc.r), said)
+    live.set("lora_alpha", float(pc.alpha), said)
+    live.set("gralora_k", int(pc.gralora_k), said)
+    if pc.gralora_dropout:
+        live.set("lora_dropout", float(pc.gralora_dropout), said)
+    wrapped = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "gralora_A")}
+    )
+    if wrapped:
+        live.set("lora_targets", ",".join(wrapped), "the modules peft wrapped (gralora_A)")
 
 
 def _vera(model: Any, pc: Any, live: LiveRun, said: str) -> None:

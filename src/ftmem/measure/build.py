@@ -762,6 +762,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "vera": _peft_vera,
         "fourierft": _peft_fourierft,
         "ln-tuning": _peft_ln_tuning,
+        "gralora": _peft_gralora,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
 
@@ -1145,6 +1146,21 @@ def _peft_vera(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
         for projections in (base.vera_A, base.vera_B):
             projections["default"] = projections["default"].to(_DTYPES[run.adapter_dtype])
     return model
+
+
+def _peft_gralora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's GraLoRA on the linears the estimate adapts (the LoRA family's targets)."""
+    from peft import GraloraConfig
+
+    cfg = GraloraConfig(
+        r=run.r,
+        alpha=run.alpha,  # type: ignore[arg-type]
+        gralora_k=run.gralora_blocks,
+        gralora_dropout=run.dropout,
+        target_modules=_lora_target_modules(arch, run),
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "gralora_")
 
 
 def _peft_fourierft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
