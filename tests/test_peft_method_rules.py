@@ -1,5 +1,5 @@
 """One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
-FourierFT, GraLoRA): where they are modelled, and the sentence each refusal gives."""
+FourierFT, GraLoRA, DeLoRA): where they are modelled, and the sentence each refusal gives."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ NEW_METHODS = {
     "vera": "VeRA",
     "fourierft": "FourierFT",
     "gralora": "GraLoRA",
+    "delora": "DeLoRA",
 }
 
 

@@ -191,6 +191,12 @@ RUNS: list[Run] = [
         # adapter_config.json: r 32, alpha 64, gralora_k 2, hybrid_r 0, default q,v
         {"method": "gralora", "lora_r": 32, "lora_alpha": 64, "gralora_k": 2},
     ),
+    peft(
+        "delora--llama-3.2-3B-rank32",
+        22351446016,
+        # adapter_config.json: r 32, delora_lambda 15, module_dropout 0, default q,v
+        {"method": "delora", "lora_r": 32, "lora_alpha": DROP},
+    ),
     # ---- fms-acceleration benchmark CSV (A100-80GB, seq 4096 padded batches of alpaca; the
     # calibrated rows' fms-hf-tuning path); columns: peak alloc bytes, nvidia MiB in the row
     fms(5, "fms-gpt_bigcode-santacoder-full-2gpu-bs2", 7819433984, {"batch_size": 4}),

@@ -73,6 +73,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "r/k on every pair (--lora-r 32, --gralora-k 2; LoRA's parameter count)",
         "Jung et al. 2025 (GraLoRA), arXiv:2505.20355; peft tuners/gralora",
     ),
+    "delora": (
+        "peft's DeLoRA: LoRA's A and B with a trained bound λ on the update's norm, scaled by "
+        "the frozen weight's column norms (--lora-r 8, --lora-targets q,v)",
+        "Bini et al. 2025 (DeLoRA), arXiv:2503.18225; peft tuners/delora",
+    ),
     "ln-tuning": (
         "a trainable copy of each norm peft targets runs in its place; the original stays "
         "frozen beside it",
@@ -1376,13 +1381,24 @@ def _check_lora_variant(arch: Architecture, run: RunConfig, experts: bool) -> No
     gives neither to LoRA on parameters (the routed experts), and their image-text,
     encoder-decoder and LM-head runs were not measured."""
     what = "--lora-bd-blocks" if run.lora_bd_blocks else "--lora-mica" if run.lora_mica else ""
-    what = "--method gralora" if run.method == "gralora" else what
+    what = f"--method {run.method}" if run.method in ("gralora", "delora") else what
     if not what:
         return
+    if run.method == "delora" and run.dropout:
+        # module_dropout drops the input before its w_norm scaling, uncast (not measured)
+        raise InvalidInputError(
+            "--lora-dropout with --method delora (peft's module_dropout) is not modelled; drop it."
+        )
     if run.method == "gralora" and arch.traits.conv1d:
         # peft's GraloraLayer takes Conv1D (tuners/gralora/layer.py l.55), not measured
         raise InvalidInputError(
             f"GraLoRA on {arch.family}'s transformers Conv1D layers is not modelled; "
+            "use lora or ia3 on this model."
+        )
+    if run.method == "delora" and arch.traits.conv1d:
+        # DeloraLayer takes nn.Linear only (tuners/delora/layer.py l.57-60)
+        raise InvalidInputError(
+            f"peft's DeLoRA does not wrap {arch.family}'s transformers Conv1D layers; "
             "use lora or ia3 on this model."
         )
     where = ""
@@ -1424,6 +1440,8 @@ def _lora_groups(
         groups.append(a)
         b = _adapter(f"{lin.module}.lora_B", b_shape, arch, dtypes, lin)
         groups.append(replace(b, trainable=False) if mica.b_frozen(run) else b)
+        if run.method == "delora":  # (one trained λ per linear)
+            groups.append(_adapter(f"{lin.module}.delora_lambda", (1,), arch, dtypes, lin))
         if run.method == "dora":
             name = f"{lin.module}.lora_magnitude_vector"
             groups.append(_adapter(name, (lin.out_features,), arch, dtypes, lin))

@@ -44,6 +44,7 @@ Method = Literal[
     "vera",
     "fourierft",
     "gralora",
+    "delora",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -100,7 +101,7 @@ OptimizerImpl = Literal["foreach", "for-loop", "fused"]
 
 # LoRA-style adapters beside the frozen linears (the --lora-* options apply)
 ADAPTER_METHODS: frozenset[str] = frozenset(
-    {"lora", "rslora", "longlora", "relora", "qlora", "dora", "adalora", "gralora"}
+    {"lora", "rslora", "longlora", "relora", "qlora", "dora", "adalora", "gralora", "delora"}
 )
 # virtual tokens learned in front of the input (prompt, P-tuning) or of every layer's
 # keys and values (prefix)
@@ -327,11 +328,13 @@ PEFT_MODEL_METHODS = {
     "vera": "VeRA",
     "fourierft": "FourierFT",
     "gralora": "GraLoRA",
+    "delora": "DeLoRA",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
 NO_AUTOCAST = {
     "gralora": "",
+    "delora": "",
     "lokr": "its Kronecker product promotes to fp32 there",
     "fourierft": "autocast casts its fp32 ΔW",
     "miss": "",

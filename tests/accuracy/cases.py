@@ -1111,7 +1111,8 @@ def _ln_tuning_lorafa() -> list[Case]:
 
 def _bdlora_mica() -> list[Case]:
     """peft's LoRA variants BD-LoRA (block-diagonal lora_A on o/down, lora_B elsewhere:
-    only the adapter's parameters shrink) and MiCA (lora_B frozen)."""
+    only the adapter's parameters shrink) and MiCA (lora_B frozen); GraLoRA (a k · r-wide
+    A output) and DeLoRA (its scaled input, two r-wide products, its w_norm buffer)."""
     cases: list[Case] = []
     bd = {"method": "lora", "lora_bd_blocks": 2}
     for extra in (
@@ -1140,6 +1141,16 @@ def _bdlora_mica() -> list[Case]:
     ):
         cases.append(Case("llama", {"method": "gralora", **extra}))
     cases.append(Case("qwen2", {"method": "gralora", "precision": "bf16", "lora_r": 8}))
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32", "lora_targets": "all-linear", "lora_r": 4},
+        {"precision": "bf16", "grad_ckpt": True, "lora_targets": "all-linear"},
+    ):
+        cases.append(Case("llama", {"method": "delora", **extra}))
+    cases.append(Case("qwen2", {"method": "delora", "precision": "bf16", "lora_r": 16}))
+    for method in ("gralora", "delora"):
+        bf16_adapters = {"precision": "bf16", "adapter_dtype": "bf16", "lora_r": 8}
+        cases.append(Case("llama", {"method": method, **bf16_adapters}))
     return cases
 
 

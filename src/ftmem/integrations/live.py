@@ -241,6 +241,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _vera(model, pc, live, said)
     elif kind == "GRALORA":
         _gralora(model, pc, live, said)
+    elif kind == "DELORA":
+        _delora(model, pc, live, said)
     elif kind == "FOURIERFT":
         _fourierft(model, pc, live, said)
     elif kind == "LN_TUNING":
@@ -393,6 +395,22 @@ def _gralora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     )
     if wrapped:
         live.set("lora_targets", ",".join(wrapped), "the modules peft wrapped (gralora_A)")
+
+
+def _delora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's DeloraConfig: rank and the modules it wrapped; module_dropout is not modelled."""
+    if pc.module_dropout:
+        raise InvalidInputError(
+            f"peft's DeLoRA module_dropout {pc.module_dropout} is not modelled; ftmem models "
+            "DeLoRA without dropout."
+        )
+    live.set("method", "delora", said)
+    live.set("lora_r", int(pc.r), said)
+    wrapped = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "delora_A")}
+    )
+    if wrapped:
+        live.set("lora_targets", ",".join(wrapped), "the modules peft wrapped (delora_A)")
 
 
 def _vera(model: Any, pc: Any, live: LiveRun, said: str) -> None:

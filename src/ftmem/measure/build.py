@@ -763,6 +763,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "fourierft": _peft_fourierft,
         "ln-tuning": _peft_ln_tuning,
         "gralora": _peft_gralora,
+        "delora": _peft_delora,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
 
@@ -1161,6 +1162,17 @@ def _peft_gralora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         task_type="CAUSAL_LM",
     )
     return _peft_in_dtype(model, cfg, run, "gralora_")
+
+
+def _peft_delora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's DeLoRA on the linears the estimate adapts (the LoRA family's targets), its
+    default λ 15 (the MetaMathQA experiment's)."""
+    from peft import DeloraConfig
+
+    cfg = DeloraConfig(
+        r=run.r, target_modules=_lora_target_modules(arch, run), task_type="CAUSAL_LM"
+    )
+    return _peft_in_dtype(model, cfg, run, "delora_")
 
 
 def _peft_fourierft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

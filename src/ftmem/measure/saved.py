@@ -60,6 +60,7 @@ ESTIMATED_BUFFERS = (
     "oft_R.default.rows",
     "oft_R.default.cols",
     *VERA_PROJECTIONS,
+    "delora_w_norm.default",  # (peft 0.21.2 tuners/delora/layer.py:152)
 )
 
 
