@@ -1428,7 +1428,8 @@ def _lora_groups(
     if run.method == "gralora":
         gralora.check_divisible(adapted, r, run.gralora_blocks)
     for lin in adapted:
-        a_shape, b_shape = (r, lin.in_features), (lin.out_features, r)
+        a_shape: tuple[int, ...] = (r, lin.in_features)
+        b_shape: tuple[int, ...] = (lin.out_features, r)
         if run.lora_bd_blocks:
             a_shape, b_shape = bdlora.shapes(lin, r, run.lora_bd_blocks)
         elif run.method == "gralora":  # (named lora_A/B here: ftmem's LoRA path)
