@@ -96,3 +96,16 @@ def test_live_gralora_model_is_read() -> None:
     hybrid = peft.GraloraConfig(r=4, hybrid_r=2, target_modules=["q_proj"])
     with pytest.raises(InvalidInputError, match="hybrid_r 2"):
         read_run(peft.get_peft_model(tiny_llama(), hybrid), args, given={"seq_len": 16})
+
+
+@pytest.mark.parametrize(
+    "args", [["--method", "gralora"], ["--method", "lora", "--lora-bd-blocks", "2"]]
+)
+def test_rank_search_is_refused(args: list[str], capsys) -> None:
+    """``ftmem max --for lora-r`` tries ranks from 1; GraLoRA's and BD-LoRA's must be
+    multiples of their blocks, so the search is refused in one sentence."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["max", "llama-3.2-3b", "--for", "lora-r", "--gpu", "a100-40gb", *args])
+    _, err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert "multiple of their blocks" in err and len(err.strip().splitlines()) == 1
