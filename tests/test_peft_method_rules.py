@@ -1,5 +1,6 @@
 """One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
-FourierFT, HiRA, PSOFT, HRA): where they are modelled, and the sentence each refusal gives."""
+FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA): where they are modelled, and the sentence
+each refusal gives."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ NEW_METHODS = {
     "hira": "HiRA",
     "psoft": "PSOFT",
     "hra": "HRA",
+    "gralora": "GraLoRA",
+    "delora": "DeLoRA",
 }
 
 
@@ -61,7 +64,7 @@ def test_conv1d_is_refused_with_the_right_reason(
     # peft wraps Conv1D for VeRA and FourierFT (not modelled), not for the other four
     err = _refusal(["gpt2", "--method", method], capsys)
     name = NEW_METHODS[method]
-    if method in ("vera", "fourierft", "hira"):
+    if method in ("vera", "fourierft", "hira", "gralora"):
         assert f"{name} on gpt2's transformers Conv1D layers is not modelled" in err
     else:
         assert f"peft's {name} does not wrap gpt2's transformers Conv1D layers" in err

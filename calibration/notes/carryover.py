@@ -202,8 +202,25 @@ RUNS: list[Run] = [
     peft(
         "lora--llama-3.2-3B-rank14-target-mlp-bdlora",
         24685576192,
-        {"lora_r": 14, "lora_alpha": 28, "lora_targets": "gate,up,down"},
-        "proxy: block-diagonal LoRA (8.43 M trainable) as plain LoRA r14 (10.0 M)",
+        # adapter_config.json: use_bdlora nblocks 2, bd_a down, bd_b gate/up (8.43 M)
+        {"lora_r": 14, "lora_alpha": 28, "lora_targets": "gate,up,down", "lora_bd_blocks": 2},
+    ),
+    peft(
+        "lora--llama-3.2-3B-rank32-mica",
+        22244491264,
+        {"lora_r": 32, "lora_alpha": 64, "lora_mica": True},  # init_lora_weights: mica
+    ),
+    peft(
+        "gralora--llama-3.2-3B-rank32",
+        22296920064,
+        # adapter_config.json: r 32, alpha 64, gralora_k 2, hybrid_r 0, default q,v
+        {"method": "gralora", "lora_r": 32, "lora_alpha": 64, "gralora_k": 2},
+    ),
+    peft(
+        "delora--llama-3.2-3B-rank32",
+        22351446016,
+        # adapter_config.json: r 32, delora_lambda 15, module_dropout 0, default q,v
+        {"method": "delora", "lora_r": 32, "lora_alpha": DROP},
     ),
     # ---- fms-acceleration benchmark CSV (A100-80GB, seq 4096 padded batches of alpaca; the
     # calibrated rows' fms-hf-tuning path); columns: peak alloc bytes, nvidia MiB in the row

@@ -443,6 +443,12 @@ def search_bound(arch: Architecture, what: str, settings: dict[str, Any]) -> int
         if settings.get("method") not in ADAPTER_METHODS:
             methods = [m for m in get_args(Method) if m in ADAPTER_METHODS]
             raise InvalidInputError(f"--for lora-r needs --method {' / '.join(methods)}.")
+        if settings.get("method") == "gralora" or settings.get("lora_bd_blocks"):
+            # the search tries every rank; theirs must be a multiple of their blocks
+            raise InvalidInputError(
+                "--for lora-r tries every rank, and GraLoRA's and BD-LoRA's rank must be a "
+                "multiple of their blocks: estimate the ranks you want with --lora-r."
+            )
         probe = run_config(**{k: v for k, v in settings.items() if k in ("method", "lora_targets")})
         return smallest_adapted_width(arch, probe)
     if what == "target_len" and not arch.encoder_decoder:

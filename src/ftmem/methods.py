@@ -15,6 +15,7 @@ from math import prod
 from typing import NamedTuple
 
 from ftmem import vision_lora, vision_step
+from ftmem.adapters import bdlora, gralora, mica
 from ftmem.arch import (
     ATTENTION_ROLES,
     MLP_ROLES,
@@ -66,6 +67,16 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
     "partial": (
         "the parameters whose names match --trainable-modules (regular expressions)",
         "Lee et al. 2019, arXiv:1911.03090; axolotl's unfrozen_parameters",
+    ),
+    "gralora": (
+        "peft's GraLoRA: each linear's input and output cut into k blocks, a LoRA of rank "
+        "r/k on every pair (--lora-r 32, --gralora-k 2; LoRA's parameter count)",
+        "Jung et al. 2025 (GraLoRA), arXiv:2505.20355; peft tuners/gralora",
+    ),
+    "delora": (
+        "peft's DeLoRA: LoRA's A and B with a trained bound λ on the update's norm, scaled by "
+        "the frozen weight's column norms (--lora-r 8, --lora-targets q,v)",
+        "Bini et al. 2025 (DeLoRA), arXiv:2503.18225; peft tuners/delora",
     ),
     "ln-tuning": (
         "a trainable copy of each norm peft targets runs in its place; the original stays "
@@ -1095,6 +1106,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         # hold nothing that trains
         first = min(min(ex.layers) if ex.layers else arch.sparse_blocks[0] for ex in experts)
         trainable_blocks = arch.num_layers - first
+    _check_lora_variant(arch, run, bool(experts))
     groups += _lora_groups(adapted, arch, run, dtypes)
     groups += vision_lora.groups(arch, run, dtypes)
     head_lora = lora_on_head(arch, run)
@@ -1424,6 +1436,45 @@ def _adapter(
     return TensorGroup(name, shape, blocks, dtypes.adapter, True, adapter=True)
 
 
+def _check_lora_variant(arch: Architecture, run: RunConfig, experts: bool) -> None:
+    """BD-LoRA and MiCA are modelled (and measured) on a decoder's dense linears: peft
+    gives neither to LoRA on parameters (the routed experts), and their image-text,
+    encoder-decoder and LM-head runs were not measured."""
+    what = "--lora-bd-blocks" if run.lora_bd_blocks else "--lora-mica" if run.lora_mica else ""
+    what = f"--method {run.method}" if run.method in ("gralora", "delora") else what
+    if not what:
+        return
+    if run.method == "delora" and run.dropout:
+        # module_dropout drops the input before its w_norm scaling, uncast (not measured)
+        raise InvalidInputError(
+            "--lora-dropout with --method delora (peft's module_dropout) is not modelled; drop it."
+        )
+    if run.method == "gralora" and arch.traits.conv1d:
+        # peft's GraloraLayer takes Conv1D (tuners/gralora/layer.py l.55), not measured
+        raise InvalidInputError(
+            f"GraLoRA on {arch.family}'s transformers Conv1D layers is not modelled; "
+            "use lora or ia3 on this model."
+        )
+    if run.method == "delora" and arch.traits.conv1d:
+        # DeloraLayer takes nn.Linear only (tuners/delora/layer.py l.57-60)
+        raise InvalidInputError(
+            f"peft's DeLoRA does not wrap {arch.family}'s transformers Conv1D layers; "
+            "use lora or ia3 on this model."
+        )
+    where = ""
+    if experts:
+        where = "routed experts"
+    elif arch.vision is not None or arch.encoder_decoder:
+        where = "an image-text or encoder-decoder model"
+    elif lora_on_head(arch, run):
+        where = "the LM head"
+    if where:
+        raise InvalidInputError(
+            f"{what} is modelled on a decoder's dense linears, not with LoRA on {where}; "
+            "drop it or change --lora-targets."
+        )
+
+
 def _lora_groups(
     adapted: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
 ) -> list[TensorGroup]:
@@ -1432,13 +1483,26 @@ def _lora_groups(
     create_lorafa_optimizer: ``param.requires_grad = False`` for every lora_A)."""
     r = run.r
     groups: list[TensorGroup] = []
+    if run.lora_bd_blocks:
+        bdlora.check_divisible(adapted, r, run.lora_bd_blocks)
+    if run.method == "gralora":
+        gralora.check_divisible(adapted, r, run.gralora_blocks)
     for lin in adapted:
-        a = _adapter(f"{lin.module}.lora_A", (r, lin.in_features), arch, dtypes, lin)
+        a_shape: tuple[int, ...] = (r, lin.in_features)
+        b_shape: tuple[int, ...] = (lin.out_features, r)
+        if run.lora_bd_blocks:
+            a_shape, b_shape = bdlora.shapes(lin, r, run.lora_bd_blocks)
+        elif run.method == "gralora":  # (named lora_A/B here: ftmem's LoRA path)
+            a_shape, b_shape = gralora.shapes(lin, r, run.gralora_blocks)
+        a = _adapter(f"{lin.module}.lora_A", a_shape, arch, dtypes, lin)
         if run.lora_fa:
             regains = profile_of(run).lora_fa_a_regains_grad
             a = replace(a, stateless=True) if regains else replace(a, trainable=False)
         groups.append(a)
-        groups.append(_adapter(f"{lin.module}.lora_B", (lin.out_features, r), arch, dtypes, lin))
+        b = _adapter(f"{lin.module}.lora_B", b_shape, arch, dtypes, lin)
+        groups.append(replace(b, trainable=False) if mica.b_frozen(run) else b)
+        if run.method == "delora":  # (one trained λ per linear)
+            groups.append(_adapter(f"{lin.module}.delora_lambda", (1,), arch, dtypes, lin))
         if run.method == "dora":
             name = f"{lin.module}.lora_magnitude_vector"
             groups.append(_adapter(name, (lin.out_features,), arch, dtypes, lin))

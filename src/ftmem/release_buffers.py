@@ -18,6 +18,7 @@ theirs on every adapted linear (adapter_buffer_bytes).
 from __future__ import annotations
 
 from ftmem.adapters.boft import buffer_bytes as boft_buffer_bytes
+from ftmem.adapters.delora import buffer_bytes as delora_buffer_bytes
 from ftmem.adapters.llama_adapter import prompt_kv_cache_bytes
 from ftmem.adapters.lycoris import fourier_index_bytes
 from ftmem.adapters.oft import buffer_bytes as oft_buffer_bytes
@@ -111,12 +112,13 @@ def release_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> 
 
 
 def adapter_buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
-    """The buffers peft's BOFT and OFT register on each adapted linear beside the weights:
-    BOFT's fp32 boft_P permutations (none where the framework leaves them on the host),
-    OFT's int64 block indices, PSOFT's frozen A and B and indices (``layers``: the
-    model's)."""
+    """The buffers peft's BOFT, OFT, PSOFT and DeLoRA register on each adapted linear beside
+    the weights: BOFT's fp32 boft_P permutations (none where the framework leaves them on the
+    host), OFT's int64 block indices, PSOFT's frozen A and B and indices, DeLoRA's w_norm
+    (``layers``: the model's)."""
     total = boft_buffer_bytes(plan, run, layers) + oft_buffer_bytes(plan, run, layers)
-    return total + psoft_buffer_bytes(plan, run, layers)
+    total += psoft_buffer_bytes(plan, run, layers)
+    return total + delora_buffer_bytes(plan, run, layers)
 
 
 def stage_buffer_bytes(arch: Architecture, run: RunConfig, plan: MethodPlan, stages: int) -> int:

@@ -46,6 +46,8 @@ Method = Literal[
     "hira",
     "psoft",
     "hra",
+    "gralora",
+    "delora",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -102,7 +104,7 @@ OptimizerImpl = Literal["foreach", "for-loop", "fused"]
 
 # LoRA-style adapters beside the frozen linears (the --lora-* options apply)
 ADAPTER_METHODS: frozenset[str] = frozenset(
-    {"lora", "rslora", "longlora", "relora", "qlora", "dora", "adalora"}
+    {"lora", "rslora", "longlora", "relora", "qlora", "dora", "adalora", "gralora", "delora"}
 )
 # virtual tokens learned in front of the input (prompt, P-tuning) or of every layer's
 # keys and values (prefix)
@@ -148,6 +150,10 @@ DEFAULT_PSOFT_RANK = 32
 # peft's HRAConfig defaults (peft 0.21.2 tuners/hra/config.py: r=8, apply_GS False);
 # target_modules from the HRA mapping, a copy of LoRA's (q_proj, v_proj)
 DEFAULT_HRA_RANK = 8
+# peft's GraloraConfig defaults (peft 0.21.2 tuners/gralora/config.py: r=32, alpha=64,
+# gralora_k=2; the same at 5d602fdbff04); target_modules from the LoRA mapping (q, v)
+DEFAULT_GRALORA_RANK = 32
+DEFAULT_GRALORA_K = 2
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -167,6 +173,9 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
     | {"hira", "psoft", "hra"},
     "lora_fa": frozenset({"lora", "rslora"}),
+    "lora_bd_blocks": frozenset({"lora", "rslora"}),
+    "lora_mica": frozenset({"lora", "rslora"}),
+    "gralora_k": frozenset({"gralora"}),
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
     "ia3_targets": frozenset({"ia3"}),
@@ -341,10 +350,14 @@ PEFT_MODEL_METHODS = {
     "hira": "HiRA",
     "psoft": "PSOFT",
     "hra": "HRA",
+    "gralora": "GraLoRA",
+    "delora": "DeLoRA",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
 NO_AUTOCAST = {
+    "gralora": "",
+    "delora": "",
     "lokr": "its Kronecker product promotes to fp32 there",
     "fourierft": "autocast casts its fp32 ΔW",
     "hira": "",
@@ -709,6 +722,23 @@ class RunConfig(limits.BoundedSettings):
         description="LoRA-FA (peft's create_lorafa_optimizer): lora_A frozen, lora_B "
         "stepped by an AdamW of its own on a projected gradient.",
     )
+    lora_bd_blocks: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="BD-LoRA (peft's use_bdlora): block-diagonal lora_A on o/down and lora_B "
+        "on the other linears, in this many blocks.",
+    )
+    gralora_k: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="GraLoRA: sub-blocks per side of each adapted linear (peft's gralora_k, 2).",
+    )
+    lora_mica: bool | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="MiCA (peft's init_lora_weights='mica'): lora_B set to the weight's minor "
+        "singular vectors and frozen; lora_A trains.",
+    )
     adapter_dtype: AdapterDtype = "auto"
     # AdaLoRA (peft AdaLoraConfig: --lora-r is its init_r)
     adalora_target_r: PositiveInt | None = Field(
@@ -960,6 +990,35 @@ class RunConfig(limits.BoundedSettings):
                 "not call: use --framework hf, peft-mc or lightning"
             )
 
+    def _lora_variants_fit(self) -> None:
+        """BD-LoRA and MiCA are LoRA variants of peft's LoraConfig (any peft model's); what
+        ftmem measured of them: a 16-bit or fp32 base (BD-LoRA: without autocast)."""
+        chosen = [
+            name
+            for name, on in (
+                ("--lora-bd-blocks", self.lora_bd_blocks),
+                ("--lora-mica", self.lora_mica),
+            )
+            if on
+        ]
+        if not chosen:
+            return
+        what = chosen[0]
+        if len(chosen) > 1:
+            raise ValueError("--lora-bd-blocks and --lora-mica are two LoRA variants: drop one")
+        if self.framework not in ADALORA_FRAMEWORKS:
+            raise ValueError(
+                f"{what} is a variant of peft's LoraConfig, which {self.framework} does not "
+                "build: use --framework hf, peft-mc or lightning"
+            )
+        if self.lora_bd_blocks and self.precision.endswith("-mixed"):
+            raise ValueError(
+                "--lora-bd-blocks is modelled without autocast (what autocast makes of its "
+                "block-diagonal einsum was not measured): use --precision bf16 or fp32"
+            )
+        if self.lora_fa:
+            raise ValueError(f"{what} and --lora-fa are not combined by peft: drop one")
+
     def _adalora_settings_fit(self) -> None:
         """What peft's AdaLoRA and its rank allocator cannot run."""
         if self.method != "adalora":
@@ -1063,6 +1122,7 @@ class RunConfig(limits.BoundedSettings):
                 f"--optimizer ao-adamw-8bit, ao-adamw-4bit or ao-adamw-fp8, not {self.optimizer}"
             )
         self._lora_fa_fits()
+        self._lora_variants_fit()
         if self.optimizer_in_backward and self.grad_accum > 1:
             raise ValueError(
                 "--optimizer-in-backward steps every micro-batch: it cannot accumulate "
@@ -1341,7 +1401,12 @@ class RunConfig(limits.BoundedSettings):
 
     @property
     def r(self) -> int:
-        return self.lora_r or 8
+        # (GraloraConfig's default rank is 32: peft 0.21.2 tuners/gralora/config.py l.76)
+        return self.lora_r or (DEFAULT_GRALORA_RANK if self.method == "gralora" else 8)
+
+    @property
+    def gralora_blocks(self) -> int:
+        return self.gralora_k or DEFAULT_GRALORA_K
 
     @property
     def target_r(self) -> int:

@@ -1109,6 +1109,51 @@ def _ln_tuning_lorafa() -> list[Case]:
     return cases
 
 
+def _bdlora_mica() -> list[Case]:
+    """peft's LoRA variants BD-LoRA (block-diagonal lora_A on o/down, lora_B elsewhere:
+    only the adapter's parameters shrink) and MiCA (lora_B frozen); GraLoRA (a k · r-wide
+    A output) and DeLoRA (its scaled input, two r-wide products, its w_norm buffer)."""
+    cases: list[Case] = []
+    bd = {"method": "lora", "lora_bd_blocks": 2}
+    for extra in (
+        {"precision": "bf16", "lora_targets": "gate,up,down"},
+        {"precision": "fp32", "lora_targets": "all-linear", "lora_r": 4},
+        {"precision": "bf16", "grad_ckpt": True, "lora_targets": "all-linear"},
+        {"precision": "bf16", "lora_dropout": 0.1},
+    ):
+        cases.append(Case("llama", {**bd, **extra}))
+    cases.append(Case("qwen2", {**bd, "precision": "bf16", "lora_targets": "all-linear"}))
+    mica = {"method": "lora", "lora_mica": True}
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32", "lora_targets": "all-linear", "lora_r": 4},
+        {"precision": "bf16", "grad_ckpt": True, "lora_targets": "all-linear", "lora_r": 4},
+        {"precision": "bf16", "lora_dropout": 0.1},
+        {"precision": "bf16-mixed", "lora_targets": "all-linear", "lora_r": 4},
+    ):
+        cases.append(Case("llama", {**mica, **extra}))
+    cases.append(Case("qwen2", {**mica, "precision": "bf16", "lora_targets": "all-linear"}))
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32", "lora_targets": "all-linear", "lora_r": 4},
+        {"precision": "bf16", "grad_ckpt": True, "lora_targets": "all-linear", "lora_r": 8},
+        {"precision": "bf16", "lora_dropout": 0.1, "gralora_k": 4},
+    ):
+        cases.append(Case("llama", {"method": "gralora", **extra}))
+    cases.append(Case("qwen2", {"method": "gralora", "precision": "bf16", "lora_r": 8}))
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32", "lora_targets": "all-linear", "lora_r": 4},
+        {"precision": "bf16", "grad_ckpt": True, "lora_targets": "all-linear"},
+    ):
+        cases.append(Case("llama", {"method": "delora", **extra}))
+    cases.append(Case("qwen2", {"method": "delora", "precision": "bf16", "lora_r": 16}))
+    for method in ("gralora", "delora"):
+        bf16_adapters = {"precision": "bf16", "adapter_dtype": "bf16", "lora_r": 8}
+        cases.append(Case("llama", {"method": method, **bf16_adapters}))
+    return cases
+
+
 def _vera() -> list[Case]:
     """peft's VeRA (the shared projections as buffers, h and y kept per adapted linear):
     with checkpointing at 1,600 tokens its backward products (T × r, T × out) are the
@@ -1360,6 +1405,7 @@ def _peft_methods() -> list[Case]:
     cases += _psoft()
     cases += _hra()
     cases += _ln_tuning_lorafa()
+    cases += _bdlora_mica()
     # prompt tuning and P-tuning: virtual tokens in front of the input
     for family in sorted(TINY):
         cases.append(Case(family, {"method": "prompt-tuning", "precision": "bf16"}))

@@ -5,6 +5,7 @@ what LitGPT's LoRA on its fused qkv keeps besides (its zero-padded lora_B output
 
 from __future__ import annotations
 
+from ftmem.adapters import delora, gralora, mica
 from ftmem.adapters.adalora import AdaLoRA
 from ftmem.adapters.dora import DoRA
 from ftmem.arch import Architecture, Linear
@@ -45,6 +46,8 @@ class LoRA:
         # without autocast peft casts the input to the adapter dtype: one copy per adapter
         peft_casts = not dt.autocast and ae != in_bytes
         reads_input = False
+        if ctx.run.method == "delora":
+            return delora.saved(lin, side, T, in_features, r, ae), False
         if ctx.run.lora_fa and not profile_of(ctx.run).lora_fa_a_regains_grad:
             # LoRA-FA: lora_A's weight is frozen, so its matmul keeps A, not its input
             # (measured on a peft Linear: the fp32 input cast is not saved); a dropout's
@@ -79,7 +82,10 @@ class LoRA:
         else:
             reads_input = True
         a_out = e if dt.autocast else ae
-        out.append(Saved(f"{lin.label} lora_A output (r={r})", T * r * a_out, Kind.LORA, side, own))
+        if mica.keeps_a_output(ctx.run):  # (MiCA's frozen lora_B does not)
+            width = gralora.a_output_width(ctx.run)  # (GraLoRA's k · r)
+            what = f"{lin.label} lora_A output (r={r})"
+            out.append(Saved(what, T * width * a_out, Kind.LORA, side, own))
         if ctx.run.method == "dora":
             out += DoRA.saved(ctx, lin, side, T, peft_casts, in_grad)
         elif ctx.run.method == "adalora":
@@ -130,6 +136,8 @@ class LoRA:
             return T * lin.out_features * base_e
         if run.method == "adalora":
             return AdaLoRA.forward_transient(plan, lin, base_e, lora_e, T)
+        if run.method == "delora":
+            return delora.forward_transient(lin, T, base_e, lora_e)
         if peft_gptq_adds_in_place(run) and lin.quantizable and lin.is_module:
             return T * lin.out_features * LoRA.in_place_sum_bytes(plan, base_e, lora_e)
         sum_e = max(base_e, lora_e)

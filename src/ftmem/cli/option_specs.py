@@ -424,6 +424,20 @@ RUN = [
         "LoRA-FA (peft's create_lorafa_optimizer): lora_A frozen, lora_B on a projected AdamW.",
         "--lora-fa",
     ),
+    _opt(
+        "lora_bd_blocks",
+        OptInt,
+        None,
+        "BD-LoRA (peft's use_bdlora): lora_A block-diagonal on o/down, lora_B elsewhere.",
+    ),
+    _opt("gralora_k", OptInt, None, "gralora: sub-blocks per side of each linear (default 2)."),
+    _opt(
+        "lora_mica",
+        OptBool,
+        None,
+        "MiCA (peft's init_lora_weights='mica'): lora_B frozen on minor singular vectors.",
+        "--lora-mica",
+    ),
     _opt("adapter_dtype", AdapterDtype, "auto", "Adapter weights' dtype (auto: peft's fp32)."),
     _opt("adapter_size", OptInt, None, "adapter: bottleneck width (default 64)."),
     _opt(

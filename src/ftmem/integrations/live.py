@@ -224,8 +224,9 @@ def _read_method(model: Any, live: LiveRun) -> None:
         return
     kind = str(getattr(pc.peft_type, "value", pc.peft_type)).upper()
     said = f"model.peft_config ({type(pc).__name__})"
-    if kind in ("LORA", "ADALORA"):
-        _lora(model, pc, live, said)
+    reader = _PEFT_READERS.get(kind)
+    if reader is not None:
+        reader(model, pc, live, said)
     elif kind == "IA3":
         live.set("method", "ia3", said)
         live.set("ia3_targets", ",".join(sorted(_names(pc.target_modules))), said)
@@ -233,16 +234,6 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _lycoris(model, pc, live, said, kind.lower())
     elif kind in ("MISS", "ROAD"):
         _miss_road(model, pc, live, said, kind.lower())
-    elif kind == "BOFT":
-        _boft(model, pc, live, said)
-    elif kind == "OFT":
-        _oft(model, pc, live, said)
-    elif kind == "VERA":
-        _vera(model, pc, live, said)
-    elif kind == "FOURIERFT":
-        _fourierft(model, pc, live, said)
-    elif kind in ("HIRA", "PSOFT", "HRA"):
-        {"HIRA": _hira, "PSOFT": _psoft, "HRA": _hra}[kind](model, pc, live, said)
     elif kind == "LN_TUNING":
         _ln_tuning(pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
@@ -253,7 +244,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, HiRA, PSOFT, HRA, "
+            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, HiRA, PSOFT, HRA, GraLoRA, "
+            "DeLoRA, "
             "LN tuning, prompt, prefix and P-tuning)."
         )
 
@@ -374,6 +366,43 @@ def _oft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
         live.notes.append("coft: its projection (no gradient, block-sized) is not modelled.")
 
 
+def _gralora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's GraloraConfig: rank, alpha, k, dropout and the modules it wrapped; hybrid_r
+    (a plain LoRA beside it) is not modelled."""
+    if pc.hybrid_r:
+        raise InvalidInputError(
+            f"peft's GraLoRA hybrid_r {pc.hybrid_r} (a LoRA beside the sub-blocks) is not "
+            "modelled; ftmem models hybrid_r 0."
+        )
+    live.set("method", "gralora", said)
+    live.set("lora_r", int(pc.r), said)
+    live.set("lora_alpha", float(pc.alpha), said)
+    live.set("gralora_k", int(pc.gralora_k), said)
+    if pc.gralora_dropout:
+        live.set("lora_dropout", float(pc.gralora_dropout), said)
+    wrapped = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "gralora_A")}
+    )
+    if wrapped:
+        live.set("lora_targets", ",".join(wrapped), "the modules peft wrapped (gralora_A)")
+
+
+def _delora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's DeloraConfig: rank and the modules it wrapped; module_dropout is not modelled."""
+    if pc.module_dropout:
+        raise InvalidInputError(
+            f"peft's DeLoRA module_dropout {pc.module_dropout} is not modelled; ftmem models "
+            "DeLoRA without dropout."
+        )
+    live.set("method", "delora", said)
+    live.set("lora_r", int(pc.r), said)
+    wrapped = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "delora_A")}
+    )
+    if wrapped:
+        live.set("lora_targets", ",".join(wrapped), "the modules peft wrapped (delora_A)")
+
+
 def _vera(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     """peft's VeraConfig: its rank and the modules it wrapped (vera_lambda_b)."""
     live.set("method", "vera", said)
@@ -458,6 +487,21 @@ def _ln_tuning(pc: Any, live: LiveRun, said: str) -> None:
         )
 
 
+def _lora_variants(pc: Any, live: LiveRun, said: str) -> None:
+    """LoraConfig's MiCA (init_lora_weights "mica") and BD-LoRA (use_bdlora, a
+    BdLoraConfig or its dict once saved)."""
+    if str(getattr(pc, "init_lora_weights", "")).lower() == "mica":
+        live.set("lora_mica", True, said)
+    bd = getattr(pc, "use_bdlora", None)
+    if bd:
+        blocks = bd["nblocks"] if isinstance(bd, dict) else bd.nblocks
+        live.set("lora_bd_blocks", int(blocks), said)
+        live.notes.append(
+            "peft's BD-LoRA: estimated with lora_A block-diagonal on o/down and lora_B on "
+            "the other linears (BdLoraConfig's guidance), whatever its patterns say."
+        )
+
+
 def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     adalora = str(getattr(pc.peft_type, "value", pc.peft_type)).upper() == "ADALORA"
     method = "dora" if getattr(pc, "use_dora", False) else "lora"
@@ -471,6 +515,7 @@ def _lora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     live.set("lora_alpha", float(pc.lora_alpha), said)
     if pc.lora_dropout:
         live.set("lora_dropout", float(pc.lora_dropout), said)
+    _lora_variants(pc, live, said)
     a_and_b = [(n, p.requires_grad) for n, p in model.named_parameters() if ".lora_" in n]
     a_grads = [grad for n, grad in a_and_b if ".lora_A" in n]
     lora_only = not adalora and method != "dora"
@@ -927,3 +972,20 @@ def _read_parallel(args: Any, live: LiveRun) -> None:
     for key, value in cfg.settings.items():
         live.set(key, value, f"{type(args).__name__}.deepspeed / fsdp")
     live.notes += [n for n in cfg.notes if n != LAUNCHER_NOTE]
+
+
+# peft's adapter types whose readers take (model, config, live, said);
+# at the end: the readers are defined above
+_PEFT_READERS = {
+    "LORA": _lora,
+    "ADALORA": _lora,
+    "BOFT": _boft,
+    "OFT": _oft,
+    "VERA": _vera,
+    "GRALORA": _gralora,
+    "DELORA": _delora,
+    "FOURIERFT": _fourierft,
+    "HIRA": _hira,
+    "PSOFT": _psoft,
+    "HRA": _hra,
+}

@@ -765,6 +765,8 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "psoft": _peft_psoft,
         "hra": _peft_hra,
         "ln-tuning": _peft_ln_tuning,
+        "gralora": _peft_gralora,
+        "delora": _peft_delora,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
 
@@ -848,6 +850,7 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
         modules_to_save=to_save or None,
         bias="none",
         task_type="SEQ_2_SEQ_LM" if arch.encoder_decoder else "CAUSAL_LM",
+        **_lora_variant(arch, run),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' renamed-API notices
@@ -873,6 +876,29 @@ def _peft_lora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
             if "lora_A" in name:
                 p.requires_grad_(False)
     return model
+
+
+def _lora_variant(arch: Architecture, run: RunConfig) -> dict[str, Any]:
+    """LoraConfig's settings of a LoRA variant: MiCA's init_lora_weights; BD-LoRA's
+    BdLoraConfig, with the block-diagonal factor ftmem.adapters.bdlora picks for each
+    adapted linear (peft matches each pattern as a substring of the module's name)."""
+    if run.lora_mica:
+        return {"init_lora_weights": "mica"}
+    if not run.lora_bd_blocks:
+        return {}
+    from peft.tuners.lora.config import BdLoraConfig
+
+    from ftmem.adapters import bdlora
+    from ftmem.methods import lora_targets
+
+    adapted, _ = lora_targets(arch, run)
+    leaves = {lin.leaf: bdlora.a_is_block_diagonal(lin) for lin in adapted}
+    config = BdLoraConfig(
+        target_modules_bd_a=sorted(leaf for leaf, a in leaves.items() if a) or None,
+        target_modules_bd_b=sorted(leaf for leaf, a in leaves.items() if not a) or None,
+        nblocks=run.lora_bd_blocks,
+    )
+    return {"use_bdlora": config}
 
 
 # AdaLoRA's schedule for a measured step: no warm-up (tinit 0) nor final phase (tfinal 0),
@@ -1124,6 +1150,32 @@ def _peft_vera(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
         for projections in (base.vera_A, base.vera_B):
             projections["default"] = projections["default"].to(_DTYPES[run.adapter_dtype])
     return model
+
+
+def _peft_gralora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's GraLoRA on the linears the estimate adapts (the LoRA family's targets)."""
+    from peft import GraloraConfig
+
+    cfg = GraloraConfig(
+        r=run.r,
+        alpha=run.alpha,  # type: ignore[arg-type]
+        gralora_k=run.gralora_blocks,
+        gralora_dropout=run.dropout,
+        target_modules=_lora_target_modules(arch, run),
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "gralora_")
+
+
+def _peft_delora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's DeLoRA on the linears the estimate adapts (the LoRA family's targets), its
+    default λ 15 (the MetaMathQA experiment's)."""
+    from peft import DeloraConfig
+
+    cfg = DeloraConfig(
+        r=run.r, target_modules=_lora_target_modules(arch, run), task_type="CAUSAL_LM"
+    )
+    return _peft_in_dtype(model, cfg, run, "delora_")
 
 
 def _peft_fourierft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

@@ -66,6 +66,7 @@ ESTIMATED_BUFFERS = (
     "psoft_R.default.rows",
     "psoft_R.default.cols",
     *VERA_PROJECTIONS,
+    "delora_w_norm.default",  # (peft 0.21.2 tuners/delora/layer.py:152)
 )
 
 

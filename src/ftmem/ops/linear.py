@@ -383,6 +383,7 @@ class LinearOp:
         adapter_keeps_it = not dt.autocast and in_bytes == BYTES_PER_ELEMENT[dt.adapter]
         a_frozen = run.lora_fa and not profile_of(run).lora_fa_a_regains_grad
         adapter_keeps_it = adapter_keeps_it and not run.dropout and not a_frozen
+        adapter_keeps_it = adapter_keeps_it and run.method != "delora"  # (its scaled copy)
         own = ("o" in lin.roles or adapter_keeps_it) and beside_saved
         held = 0 if own else T * lin.in_features * in_bytes
         # the residual stream, unless the MLP's norm keeps that very tensor (a LayerNorm's

@@ -171,7 +171,8 @@ def _weights_section(
     if adapter_buffers:
         weights.lines.append(
             "buffers peft's adapters register on each adapted linear (BOFT's fp32 boft_P "
-            f"permutations, OFT's int64 block indices) = {_b(adapter_buffers, units)}"
+            "permutations, DeLoRA's fp32 weight column norms, OFT's int64 block indices) = "
+            f"{_b(adapter_buffers, units)}"
         )
     weights.lines.append(f"Weights = {_b(est.memory.weights_bytes, units)}")
     return weights
