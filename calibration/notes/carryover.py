@@ -170,6 +170,16 @@ RUNS: list[Run] = [
         },
     ),
     peft(
+        "pvera--llama-3.2-3B-default",
+        22177382400,
+        {"method": "pvera", "pvera_rank": 256, "pvera_targets": "q,v", **LORA_KEYS},
+    ),
+    peft(
+        "pvera--llama-3.2-3B-rank64",
+        21567111168,
+        {"method": "pvera", "pvera_rank": 64, "pvera_targets": "q,v", **LORA_KEYS},
+    ),
+    peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,
         {"lora_r": 32, "lora_alpha": 64, "lora_fa": True},  # training_params.json: lora-fa

@@ -169,6 +169,12 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "--fourierft-targets)",
         "Gao et al. 2024 (FourierFT), arXiv:2405.03003; peft tuners/fourierft",
     ),
+    "pvera": (
+        "peft's PVeRA: VeRA's shared frozen projections with a sampled rank-r code between "
+        "them (mean and log-variance, 2r trained λ_d), trained vectors per linear "
+        "(--pvera-rank, --pvera-targets)",
+        "PVeRA, arXiv:2512.07703 (peft tuners/pvera/config.py); peft tuners/pvera",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -812,10 +818,19 @@ def oft_blocks(lin: Linear, run: RunConfig) -> tuple[int, int]:
 
 
 def vera_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
-    """The block linears with a VeRA adapter (none for the other methods)."""
-    if run.method != "vera":
+    """The block linears with a VeRA (or PVeRA) adapter (none for the other methods)."""
+    if run.method not in ("vera", "pvera"):
         return ()
-    return _lycoris_linears(arch, run.vera[1], "VeRA", wraps_conv1d=True)
+    name = "VeRA" if run.method == "vera" else "PVeRA"
+    return _lycoris_linears(arch, run.vera[1], name, wraps_conv1d=True)
+
+
+def vera_code_width(run: RunConfig) -> int:
+    """Width of λ_d and of vera_A's rows: r for VeRA; 2r for PVeRA, whose first linear
+    makes the code's mean and log-variance side by side (peft 0.21.2 tuners/pvera/layer.py
+    update_layer ``torch.randn(r * 2)``, model.py ``torch.empty(config.r * 2, ...)``; the
+    same at 5d602fdbff04)."""
+    return run.vera[0] * (2 if run.method == "pvera" else 1)
 
 
 def fourierft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
@@ -825,14 +840,17 @@ def fourierft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.fourierft[1], "FourierFT", wraps_conv1d=True)
 
 
-def vera_projection_shapes(linears: tuple[Linear, ...], r: int) -> tuple[tuple[int, int], ...]:
+def vera_projection_shapes(
+    linears: tuple[Linear, ...], r: int, a_rows: int | None = None
+) -> tuple[tuple[int, int], ...]:
     """vera_A (r × the widest input) and vera_B (the widest output × r): one pair for the
     whole model, sliced by every adapted linear (peft 0.21.2 tuners/vera/model.py
-    VeraModel._find_dim and _init_vera_A_vera_B; the same at 5d602fdbff04)."""
+    VeraModel._find_dim and _init_vera_A_vera_B; the same at 5d602fdbff04). PVeRA's A
+    has ``a_rows`` = 2r rows (vera_code_width)."""
     if not linears:
         return ()
     return (
-        (r, max(lin.in_features for lin in linears)),
+        (a_rows or r, max(lin.in_features for lin in linears)),
         (max(lin.out_features for lin in linears), r),
     )
 
@@ -1521,14 +1539,15 @@ def _vera_groups(
 ) -> list[TensorGroup]:
     """VeRA's trained vectors per adapted linear: vera_lambda_b (out) and vera_lambda_d
     (r), in the adapter dtype (peft 0.21.2 tuners/vera/layer.py VeraLayer.update_layer).
-    The shared projections are buffers: adapters.vera.projection_bytes."""
-    r = run.vera[0]
+    The shared projections are buffers: adapters.vera.projection_bytes. PVeRA's are
+    pvera_lambda_b (out) and pvera_lambda_d (2r: vera_code_width)."""
+    width, prefix = vera_code_width(run), "vera" if run.method == "vera" else "pvera"
     groups: list[TensorGroup] = []
     for lin in vectored:
         groups.append(
-            _adapter(f"{lin.module}.vera_lambda_b", (lin.out_features,), arch, dtypes, lin)
+            _adapter(f"{lin.module}.{prefix}_lambda_b", (lin.out_features,), arch, dtypes, lin)
         )
-        groups.append(_adapter(f"{lin.module}.vera_lambda_d", (r,), arch, dtypes, lin))
+        groups.append(_adapter(f"{lin.module}.{prefix}_lambda_d", (width,), arch, dtypes, lin))
     return groups
 
 

@@ -43,6 +43,7 @@ Method = Literal[
     "oft",
     "vera",
     "fourierft",
+    "pvera",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -136,6 +137,10 @@ DEFAULT_VERA_RANK = 256
 # peft's FourierFTConfig default (peft 0.21.2 tuners/fourierft/config.py: n_frequency=1000;
 # the same at 5d602fdbff04); target_modules from the LoRA mapping (q_proj, v_proj for Llama)
 DEFAULT_FOURIER_FREQUENCIES = 1000
+# peft's PveraConfig default rank (peft 0.21.2 tuners/pvera/config.py: r=256, the same in
+# the MetaMathQA release's pvera--llama-3.2-3B-default adapter_config.json); target_modules
+# from the VeRA mapping (q_proj, v_proj for Llama)
+DEFAULT_PVERA_RANK = 256
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -152,7 +157,8 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         )
     },
     "adapter_dtype": ADAPTER_METHODS
-    | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"},
+    | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
+    | {"pvera"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
@@ -170,6 +176,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         for k in ("oft_r", "oft_block_size", "oft_targets", "oft_block_share", "oft_neumann_terms")
     },
     **{k: frozenset({"vera"}) for k in ("vera_rank", "vera_targets")},
+    **{k: frozenset({"pvera"}) for k in ("pvera_rank", "pvera_targets")},
     **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
@@ -236,6 +243,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "oft_block_size": limits.WIDTH,
     "oft_neumann_terms": limits.WIDTH,
     "vera_rank": limits.WIDTH,
+    "pvera_rank": limits.WIDTH,
     "fourierft_frequencies": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
@@ -318,6 +326,7 @@ PEFT_MODEL_METHODS = {
     "road": "RoAd",
     "vera": "VeRA",
     "fourierft": "FourierFT",
+    "pvera": "PVeRA",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -328,6 +337,7 @@ NO_AUTOCAST = {
     "road": "",
     "boft": "",
     "oft": "",
+    "pvera": "",
 }
 
 
@@ -813,6 +823,13 @@ class RunConfig(limits.BoundedSettings):
     fourierft_targets: str | None = Field(
         None, exclude_if=_unset, description="FourierFT: adapted linears, roles or names (q,v)."
     )
+    # PVeRA (peft's probabilistic VeRA: a sampled rank-r code between the shared projections)
+    pvera_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="PVeRA: rank r of the sampled code (256)."
+    )
+    pvera_targets: str | None = Field(
+        None, exclude_if=_unset, description="PVeRA: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1165,6 +1182,7 @@ class RunConfig(limits.BoundedSettings):
             "road_targets",
             "vera_targets",
             "fourierft_targets",
+            "pvera_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
@@ -1369,7 +1387,10 @@ class RunConfig(limits.BoundedSettings):
 
     @property
     def vera(self) -> tuple[int, str]:
-        """VeRA's (rank, targets), peft's defaults where not given."""
+        """VeRA's (rank, targets), peft's defaults where not given; PVeRA's for PVeRA (the
+        same shared projections, adapters.vera)."""
+        if self.method == "pvera":
+            return self.pvera_rank or DEFAULT_PVERA_RANK, self.pvera_targets or "q,v"
         return self.vera_rank or DEFAULT_VERA_RANK, self.vera_targets or "q,v"
 
     @property

@@ -98,6 +98,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "road",
         "vera",
         "fourierft",
+        "pvera",
     }
 )
 

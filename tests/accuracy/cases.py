@@ -1154,6 +1154,24 @@ def _vera() -> list[Case]:
     return cases
 
 
+def _shared_bank() -> list[Case]:
+    """peft's PVeRA (VeRA's projections with a sampled 2r-wide code: h, std and eps kept per
+    adapted linear); at a wide rank with checkpointing its λ_d backward is the peak."""
+    cases = [
+        Case(family, {"method": "pvera", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "pvera_targets": "all-linear", "pvera_rank": 4},
+        {"precision": "fp32", "batch_size": 4, "seq_len": 400, "grad_ckpt": True},
+    ):
+        cases.append(Case("llama", {"method": "pvera", **extra}))
+    return cases
+
+
 def _miss_road() -> list[Case]:
     """peft's MiSS (default, bat, mini) and RoAd (road_1, 2, 4); on a wider model at few
     tokens MiSS bat's weight rebuild and its backward are the peak."""
@@ -1289,6 +1307,7 @@ def _peft_methods() -> list[Case]:
     cases += _boft()
     cases += _oft()
     cases += _vera()
+    cases += _shared_bank()
     cases += _ln_tuning_lorafa()
     # prompt tuning and P-tuning: virtual tokens in front of the input
     for family in sorted(TINY):

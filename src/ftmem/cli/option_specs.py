@@ -519,6 +519,8 @@ RUN = [
         "vera_rank", OptInt, None, "VeRA: rank r of the shared projections (default 256, peft's)."
     ),
     _opt("vera_targets", OptStr, None, "VeRA: adapted linears, as --lora-targets (default q,v)."),
+    _opt("pvera_rank", OptInt, None, "PVeRA: rank r of its sampled code (default 256, peft's)."),
+    _opt("pvera_targets", OptStr, None, "PVeRA: adapted linears, as --lora-targets (default q,v)."),
     _opt(
         "fourierft_frequencies",
         OptInt,

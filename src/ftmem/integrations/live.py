@@ -241,6 +241,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _vera(model, pc, live, said)
     elif kind == "FOURIERFT":
         _fourierft(model, pc, live, said)
+    elif kind in SHARED_BANK:
+        _shared_bank(model, pc, live, said, kind)
     elif kind == "LN_TUNING":
         _ln_tuning(pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
@@ -251,8 +253,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, LN tuning, prompt, "
-            "prefix and P-tuning)."
+            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, PVeRA, LN tuning, "
+            "prompt, prefix and P-tuning)."
         )
 
 
@@ -390,6 +392,21 @@ def _fourierft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     live.set("method", "fourierft", said)
     live.set("fourierft_frequencies", int(pc.n_frequency), said)
     _wrapped(model, live, "fourierft", "fourierft_spectrum")
+
+
+# peft's shared-bank adapters: peft_type -> (ftmem's method, its parameter per adapted
+# linear, the config's dropout field)
+SHARED_BANK = {"PVERA": ("pvera", "pvera_lambda_b", "pvera_dropout")}
+
+
+def _shared_bank(model: Any, pc: Any, live: LiveRun, said: str, kind: str) -> None:
+    """peft's PveraConfig: its rank and the modules it wrapped."""
+    method, marker, dropout = SHARED_BANK[kind]
+    live.set("method", method, said)
+    live.set(f"{method}_rank", int(pc.r), said)
+    _wrapped(model, live, method, marker)
+    if getattr(pc, dropout, 0):
+        live.notes.append(f"{dropout}: not modelled (its mask, T × in per adapted linear).")
 
 
 def _ln_tuning(pc: Any, live: LiveRun, said: str) -> None:

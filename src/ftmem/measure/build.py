@@ -760,6 +760,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "boft": _peft_boft,
         "oft": _peft_oft,
         "vera": _peft_vera,
+        "pvera": _peft_shared_bank,
         "fourierft": _peft_fourierft,
         "ln-tuning": _peft_ln_tuning,
     }
@@ -1121,6 +1122,13 @@ def _peft_vera(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
         for projections in (base.vera_A, base.vera_B):
             projections["default"] = projections["default"].to(_DTYPES[run.adapter_dtype])
     return model
+
+
+def _peft_shared_bank(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's PVeRA (measure.shared_bank)."""
+    from ftmem.measure.shared_bank import peft_shared_bank
+
+    return peft_shared_bank(model, arch, run)
 
 
 def _peft_fourierft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
