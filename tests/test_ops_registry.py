@@ -42,6 +42,8 @@ EXPECTED = {
     "prefix_tuning",
     "prompt_encoder",
     "vera",
+    "randlora",
+    "vblora",
 }
 
 

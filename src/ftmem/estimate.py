@@ -963,6 +963,14 @@ def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
         r, targets = run.vera
         m = run.method
         settings, adapted = {f"{m}_rank": r, f"{m}_targets": targets}, plan.vectored
+    elif run.method == "randlora":
+        r, targets = run.randlora
+        settings, adapted = dict(randlora_rank=r, randlora_targets=targets), plan.banked
+    elif run.method == "vblora":
+        r, n, length, k, targets = run.vblora
+        settings = dict(vblora_rank=r, vblora_vectors=n, vblora_vector_length=length)
+        settings.update(vblora_topk=k, vblora_targets=targets)
+        adapted = plan.banked
     elif run.method == "fourierft":
         n, targets = run.fourierft
         settings = dict(fourierft_frequencies=n, fourierft_targets=targets)

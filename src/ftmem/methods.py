@@ -175,6 +175,19 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "(--pvera-rank, --pvera-targets)",
         "PVeRA, arXiv:2512.07703 (peft tuners/pvera/config.py); peft tuners/pvera",
     ),
+    "randlora": (
+        "peft's RandLoRA: frozen random bases shared by every adapted linear, trained "
+        "diagonal scalings per linear; each forward builds the scaled base (about min(in, "
+        "out)² elements) per linear (--randlora-rank, --randlora-targets)",
+        "Albert et al. 2025 (RandLoRA), arXiv:2502.00987; peft tuners/randlora",
+    ),
+    "vblora": (
+        "peft's VB-LoRA: one trained vector bank shared by every layer; each adapted "
+        "linear's A and B are top-k mixtures of bank vectors, rebuilt every forward "
+        "(--vblora-rank, --vblora-vectors, --vblora-vector-length, --vblora-topk, "
+        "--vblora-targets)",
+        "Li et al. 2024 (VB-LoRA), arXiv:2405.15179; peft tuners/vblora",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -318,6 +331,9 @@ class MethodPlan:
     vectored: tuple[Linear, ...] = ()
     # FourierFT: the linears whose ΔW is an inverse FFT of a sparse trained spectrum
     spectral: tuple[Linear, ...] = ()
+    # RandLoRA, VB-LoRA: the linears whose adapter is built from a bank shared by all
+    # layers in every forward (adapters.randlora, adapters.vblora)
+    banked: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -840,6 +856,33 @@ def fourierft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.fourierft[1], "FourierFT", wraps_conv1d=True)
 
 
+def banked_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a RandLoRA or VB-LoRA adapter (none for the other methods);
+    VB-LoRA's must tile into its vectors (peft 0.21.2 tuners/vblora/layer.py update_layer
+    raises otherwise)."""
+    if run.method == "randlora":
+        return _lycoris_linears(arch, run.randlora[1], "RandLoRA", wraps_conv1d=True)
+    if run.method != "vblora":
+        return ()
+    _, _, length, _, targets = run.vblora
+    linears = _lycoris_linears(arch, targets, "VB-LoRA", wraps_conv1d=True)
+    for lin in linears:
+        if lin.in_features % length or lin.out_features % length:
+            raise InvalidInputError(
+                f"VB-LoRA's vectors ({length} long) do not tile {lin.module} "
+                f"({lin.in_features} → {lin.out_features}); give a --vblora-vector-length "
+                "that divides both"
+            )
+    return linears
+
+
+def randlora_bases(lin: Linear, r: int) -> int:
+    """RandLoRA's number of bases for a linear: min(in, out) / r rounded up, so that the
+    r-rank bases together reach full rank (peft 0.21.2 tuners/randlora/layer.py
+    update_layer ``num_bases``; the same at 5d602fdbff04)."""
+    return -(-min(lin.in_features, lin.out_features) // r)
+
+
 def vera_projection_shapes(
     linears: tuple[Linear, ...], r: int, a_rows: int | None = None
 ) -> tuple[tuple[int, int], ...]:
@@ -1115,6 +1158,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         block_rotated=other.block_rotated,
         vectored=other.vectored,
         spectral=other.spectral,
+        banked=other.banked,
         orth_regularised=adalora_regularised(run),
     )
 
@@ -1131,6 +1175,7 @@ class _PeftOther(NamedTuple):
     block_rotated: tuple[Linear, ...]
     vectored: tuple[Linear, ...]
     spectral: tuple[Linear, ...]
+    banked: tuple[Linear, ...]
 
 
 def _peft_other(
@@ -1147,8 +1192,10 @@ def _peft_other(
         oft_linears(arch, run),
         vera_linears(arch, run),
         fourierft_linears(arch, run),
+        banked_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
+    groups += _banked_groups(other.banked, arch, run, dtypes)
     groups += _lokr_groups(other.kronecker, arch, run, dtypes)
     groups += _vera_groups(other.vectored, arch, run, dtypes)
     groups += _fourierft_groups(other.spectral, arch, run, dtypes)
@@ -1548,6 +1595,36 @@ def _vera_groups(
             _adapter(f"{lin.module}.{prefix}_lambda_b", (lin.out_features,), arch, dtypes, lin)
         )
         groups.append(_adapter(f"{lin.module}.{prefix}_lambda_d", (width,), arch, dtypes, lin))
+    return groups
+
+
+def _banked_groups(
+    banked: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """RandLoRA's randlora_lambda (r × bases) and randlora_gamma (bases × min(in, out)) per
+    adapted linear (peft 0.21.2 tuners/randlora/layer.py update_layer; its bases are
+    buffers: adapters.randlora.basis_bytes). VB-LoRA's logits per adapted linear,
+    vblora_logits_A (r × in/length × vectors) and vblora_logits_B (out/length × r ×
+    vectors), and the one bank (vectors × length) every layer shares (tuners/vblora/
+    layer.py update_layer, model.py _init_vblora_vector_bank)."""
+    groups: list[TensorGroup] = []
+    if run.method == "randlora":
+        r = run.randlora[0]
+        for lin in banked:
+            n, low = randlora_bases(lin, r), min(lin.in_features, lin.out_features)
+            groups.append(_adapter(f"{lin.module}.randlora_lambda", (r, n), arch, dtypes, lin))
+            groups.append(_adapter(f"{lin.module}.randlora_gamma", (n, low), arch, dtypes, lin))
+        return groups
+    r, vectors, length, _, _ = run.vblora
+    for lin in banked:
+        a = (r, lin.in_features // length, vectors)
+        b = (lin.out_features // length, r, vectors)
+        groups.append(_adapter(f"{lin.module}.vblora_logits_A", a, arch, dtypes, lin))
+        groups.append(_adapter(f"{lin.module}.vblora_logits_B", b, arch, dtypes, lin))
+    if banked:  # (outside the blocks: its gradient gathers every layer's)
+        shape = (vectors, length)
+        bank = TensorGroup("vblora_vector_bank", shape, 1, dtypes.adapter, True, True)
+        groups.append(replace(bank, in_block=False))
     return groups
 
 

@@ -44,6 +44,8 @@ Method = Literal[
     "vera",
     "fourierft",
     "pvera",
+    "randlora",
+    "vblora",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -141,6 +143,12 @@ DEFAULT_FOURIER_FREQUENCIES = 1000
 # the MetaMathQA release's pvera--llama-3.2-3B-default adapter_config.json); target_modules
 # from the VeRA mapping (q_proj, v_proj for Llama)
 DEFAULT_PVERA_RANK = 256
+# peft's RandLoraConfig default rank (peft 0.21.2 tuners/randlora/config.py: r=32) and
+# VBLoRAConfig's (tuners/vblora/config.py: r=4, num_vectors=256, vector_length=256,
+# topk=2); both the same at 5d602fdbff04, and their target_modules q_proj, v_proj for Llama
+# (utils/constants.py: the LoRA mapping for RandLoRA, the VB-LoRA mapping)
+DEFAULT_RANDLORA_RANK = 32
+DEFAULT_VBLORA = (4, 256, 256, 2)  # rank, num_vectors, vector_length, topk
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -158,7 +166,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     },
     "adapter_dtype": ADAPTER_METHODS
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
-    | {"pvera"},
+    | {"pvera", "randlora", "vblora"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
@@ -177,6 +185,12 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     },
     **{k: frozenset({"vera"}) for k in ("vera_rank", "vera_targets")},
     **{k: frozenset({"pvera"}) for k in ("pvera_rank", "pvera_targets")},
+    **{k: frozenset({"randlora"}) for k in ("randlora_rank", "randlora_targets")},
+    **{
+        k: frozenset({"vblora"})
+        for k in ("vblora_rank", "vblora_vectors", "vblora_vector_length", "vblora_topk")
+    },
+    "vblora_targets": frozenset({"vblora"}),
     **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
@@ -244,6 +258,11 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "oft_neumann_terms": limits.WIDTH,
     "vera_rank": limits.WIDTH,
     "pvera_rank": limits.WIDTH,
+    "randlora_rank": limits.WIDTH,
+    "vblora_rank": limits.WIDTH,
+    "vblora_vectors": limits.WIDTH,
+    "vblora_vector_length": limits.WIDTH,
+    "vblora_topk": limits.WIDTH,
     "fourierft_frequencies": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
@@ -327,6 +346,8 @@ PEFT_MODEL_METHODS = {
     "vera": "VeRA",
     "fourierft": "FourierFT",
     "pvera": "PVeRA",
+    "randlora": "RandLoRA",
+    "vblora": "VB-LoRA",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -338,6 +359,8 @@ NO_AUTOCAST = {
     "boft": "",
     "oft": "",
     "pvera": "",
+    "randlora": "",
+    "vblora": "",
 }
 
 
@@ -830,6 +853,29 @@ class RunConfig(limits.BoundedSettings):
     pvera_targets: str | None = Field(
         None, exclude_if=_unset, description="PVeRA: adapted linears, roles or names (q,v)."
     )
+    # RandLoRA (peft's shared frozen random bases, trained scalings; a full-rank update)
+    randlora_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="RandLoRA: rank r of each random base (32)."
+    )
+    randlora_targets: str | None = Field(
+        None, exclude_if=_unset, description="RandLoRA: adapted linears, roles or names (q,v)."
+    )
+    # VB-LoRA (peft's trained vector bank shared by every layer, top-k mixed per layer)
+    vblora_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="VB-LoRA: rank r of A and B (4)."
+    )
+    vblora_vectors: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="VB-LoRA: vectors in the bank (256)."
+    )
+    vblora_vector_length: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="VB-LoRA: length of each vector (256)."
+    )
+    vblora_topk: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="VB-LoRA: vectors mixed per sub-vector (2)."
+    )
+    vblora_targets: str | None = Field(
+        None, exclude_if=_unset, description="VB-LoRA: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1183,6 +1229,8 @@ class RunConfig(limits.BoundedSettings):
             "vera_targets",
             "fourierft_targets",
             "pvera_targets",
+            "randlora_targets",
+            "vblora_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
@@ -1204,6 +1252,22 @@ class RunConfig(limits.BoundedSettings):
                 f"--road-group-size {self.road_group_size} is odd; RoAd pairs each group's "
                 "halves, give an even size"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _shared_bank_settings_fit(self) -> RunConfig:
+        """RandLoRA's and VB-LoRA's settings as peft takes them, and what is not modelled."""
+        if self.method == "randlora" and self.adapter_dtype in ("bf16", "fp16"):
+            # peft 0.21.2 tuners/randlora/layer.py get_scaled_bases: cast_to_fp32 on the
+            # CPU, where ftmem measures; 16-bit bases on a GPU are not measured
+            raise ValueError(
+                "RandLoRA with 16-bit scalings (--adapter-dtype bf16 / fp16) is not modelled "
+                "(peft builds its bases in fp32 on the CPU, where ftmem measures); use "
+                "--adapter-dtype fp32"
+            )
+        _, n, _, k, _ = self.vblora
+        if self.method == "vblora" and k > n:
+            raise ValueError(f"--vblora-topk {k} exceeds the bank's {n} vectors (--vblora-vectors)")
         return self
 
     @model_validator(mode="after")
@@ -1392,6 +1456,24 @@ class RunConfig(limits.BoundedSettings):
         if self.method == "pvera":
             return self.pvera_rank or DEFAULT_PVERA_RANK, self.pvera_targets or "q,v"
         return self.vera_rank or DEFAULT_VERA_RANK, self.vera_targets or "q,v"
+
+    @property
+    def randlora(self) -> tuple[int, str]:
+        """RandLoRA's (rank, targets), peft's defaults where not given."""
+        return self.randlora_rank or DEFAULT_RANDLORA_RANK, self.randlora_targets or "q,v"
+
+    @property
+    def vblora(self) -> tuple[int, int, int, int, str]:
+        """VB-LoRA's (rank, num_vectors, vector_length, topk, targets), peft's defaults
+        where not given."""
+        r, n, length, k = DEFAULT_VBLORA
+        return (
+            self.vblora_rank or r,
+            self.vblora_vectors or n,
+            self.vblora_vector_length or length,
+            self.vblora_topk or k,
+            self.vblora_targets or "q,v",
+        )
 
     @property
     def fourierft(self) -> tuple[int, str]:

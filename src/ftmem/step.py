@@ -99,6 +99,8 @@ EVERY_BLOCK_TRAINS = frozenset(
         "vera",
         "fourierft",
         "pvera",
+        "randlora",
+        "vblora",
     }
 )
 
@@ -132,6 +134,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         block_rotated = frozenset(lin.module for lin in plan.block_rotated)
         vectored = frozenset(lin.module for lin in plan.vectored)
         spectral = frozenset(lin.module for lin in plan.spectral)
+        banked = frozenset(lin.module for lin in plan.banked)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -151,6 +154,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 block_rotated=block_rotated,
                 vectored=vectored,
                 spectral=spectral,
+                banked=banked,
             )
 
         # one object per distinct state: step_parts derives each once

@@ -761,6 +761,8 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "oft": _peft_oft,
         "vera": _peft_vera,
         "pvera": _peft_shared_bank,
+        "randlora": _peft_shared_bank,
+        "vblora": _peft_shared_bank,
         "fourierft": _peft_fourierft,
         "ln-tuning": _peft_ln_tuning,
     }
@@ -1125,7 +1127,7 @@ def _peft_vera(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
 
 
 def _peft_shared_bank(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
-    """peft's PVeRA (measure.shared_bank)."""
+    """peft's PVeRA, RandLoRA or VB-LoRA (measure.shared_bank)."""
     from ftmem.measure.shared_bank import peft_shared_bank
 
     return peft_shared_bank(model, arch, run)

@@ -51,6 +51,8 @@ MODULES = (
     "ftmem.adapters.llama_adapter",
     "ftmem.adapters.lycoris",
     "ftmem.adapters.vera",
+    "ftmem.adapters.randlora",
+    "ftmem.adapters.vblora",
     "ftmem.adapters.miss",
     "ftmem.adapters.road",
     "ftmem.adapters.boft",

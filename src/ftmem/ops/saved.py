@@ -35,6 +35,7 @@ class Kind(Enum):
     IA3 = "ia3"
     LOHA = "loha"  # LoHa's input cast and its delta weight
     VERA = "vera"  # VeRA's rank-r and output-wide products, its buffer slices' casts
+    BANK = "bank"  # RandLoRA's and VB-LoRA's input casts, products and rebuilt factors
     MISS = "miss"  # MiSS's summed input, bat's weight copies
     ROAD = "road"  # RoAd's cast and rotated outputs
     BOFT = "boft"  # BOFT's rotation matrices and scaled output
