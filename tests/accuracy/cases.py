@@ -1826,6 +1826,11 @@ REAL_SIZE_CASES = [
             "target_len": 128,
         },
     ),
+    # peft's shared-bank adapters at real size: RandLoRA's 4096² scaled bases kept per
+    # linear, PVeRA's sampled code (VB-LoRA's training check reads a logit's value: it
+    # cannot run on fake tensors)
+    RealSizeCase("llama2-7b", {"method": "randlora", "precision": "bf16", "seq_len": 512}),
+    RealSizeCase("llama2-7b", {"method": "pvera", "precision": "bf16", "seq_len": 512}),
 ]
 
 # id -> reason; run as strict xfail
