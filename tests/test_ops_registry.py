@@ -45,6 +45,8 @@ EXPECTED = {
     "prefix_tuning",
     "prompt_encoder",
     "vera",
+    "randlora",
+    "vblora",
 }
 
 

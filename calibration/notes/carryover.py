@@ -195,6 +195,34 @@ RUNS: list[Run] = [
         },
     ),
     peft(
+        "pvera--llama-3.2-3B-default",
+        22177382400,
+        {"method": "pvera", "pvera_rank": 256, "pvera_targets": "q,v", **LORA_KEYS},
+    ),
+    peft(
+        "pvera--llama-3.2-3B-rank64",
+        21567111168,
+        {"method": "pvera", "pvera_rank": 64, "pvera_targets": "q,v", **LORA_KEYS},
+    ),
+    peft(
+        "randlora--llama-3.2-3B-default",
+        22785556480,
+        {"method": "randlora", "randlora_rank": 32, "randlora_targets": "q,v", **LORA_KEYS},
+    ),
+    peft(
+        "vblora--llama-3.2-3B-default",
+        22185771008,
+        {
+            "method": "vblora",
+            "vblora_rank": 4,
+            "vblora_vectors": 256,
+            "vblora_vector_length": 256,
+            "vblora_topk": 2,
+            "vblora_targets": "q,v",
+            **LORA_KEYS,
+        },
+    ),
+    peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,
         {"lora_r": 32, "lora_alpha": 64, "lora_fa": True},  # training_params.json: lora-fa

@@ -959,9 +959,18 @@ def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
         settings = dict(oft_r=r or None, oft_block_size=size or None, oft_targets=targets)
         settings.update(oft_block_share=share or None, oft_neumann_terms=terms)
         adapted = plan.block_rotated
-    elif run.method == "vera":
+    elif run.method in ("vera", "pvera"):
         r, targets = run.vera
-        settings, adapted = dict(vera_rank=r, vera_targets=targets), plan.vectored
+        m = run.method
+        settings, adapted = {f"{m}_rank": r, f"{m}_targets": targets}, plan.vectored
+    elif run.method == "randlora":
+        r, targets = run.randlora
+        settings, adapted = dict(randlora_rank=r, randlora_targets=targets), plan.banked
+    elif run.method == "vblora":
+        r, n, length, k, targets = run.vblora
+        settings = dict(vblora_rank=r, vblora_vectors=n, vblora_vector_length=length)
+        settings.update(vblora_topk=k, vblora_targets=targets)
+        adapted = plan.banked
     elif run.method == "fourierft":
         n, targets = run.fourierft
         settings = dict(fourierft_frequencies=n, fourierft_targets=targets)

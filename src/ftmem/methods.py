@@ -197,6 +197,25 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "into each adapted linear's weight in every forward (--hra-rank, --hra-targets)",
         "Yuan et al. 2024 (HRA), arXiv:2405.17484; peft tuners/hra",
     ),
+    "pvera": (
+        "peft's PVeRA: VeRA's shared frozen projections with a sampled rank-r code between "
+        "them (mean and log-variance, 2r trained λ_d), trained vectors per linear "
+        "(--pvera-rank, --pvera-targets)",
+        "PVeRA, arXiv:2512.07703 (peft tuners/pvera/config.py); peft tuners/pvera",
+    ),
+    "randlora": (
+        "peft's RandLoRA: frozen random bases shared by every adapted linear, trained "
+        "diagonal scalings per linear; each forward builds the scaled base (about min(in, "
+        "out)² elements) per linear (--randlora-rank, --randlora-targets)",
+        "Albert et al. 2025 (RandLoRA), arXiv:2502.00987; peft tuners/randlora",
+    ),
+    "vblora": (
+        "peft's VB-LoRA: one trained vector bank shared by every layer; each adapted "
+        "linear's A and B are top-k mixtures of bank vectors, rebuilt every forward "
+        "(--vblora-rank, --vblora-vectors, --vblora-vector-length, --vblora-topk, "
+        "--vblora-targets)",
+        "Li et al. 2024 (VB-LoRA), arXiv:2405.15179; peft tuners/vblora",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -346,6 +365,9 @@ class MethodPlan:
     psoft: tuple[Linear, ...] = ()
     # HRA: the linears whose weight a chain of Householder reflections turns
     householder: tuple[Linear, ...] = ()
+    # RandLoRA, VB-LoRA: the linears whose adapter is built from a bank shared by all
+    # layers in every forward (adapters.randlora, adapters.vblora)
+    banked: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -846,10 +868,19 @@ def oft_blocks(lin: Linear, run: RunConfig) -> tuple[int, int]:
 
 
 def vera_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
-    """The block linears with a VeRA adapter (none for the other methods)."""
-    if run.method != "vera":
+    """The block linears with a VeRA (or PVeRA) adapter (none for the other methods)."""
+    if run.method not in ("vera", "pvera"):
         return ()
-    return _lycoris_linears(arch, run.vera[1], "VeRA", wraps_conv1d=True)
+    name = "VeRA" if run.method == "vera" else "PVeRA"
+    return _lycoris_linears(arch, run.vera[1], name, wraps_conv1d=True)
+
+
+def vera_code_width(run: RunConfig) -> int:
+    """Width of λ_d and of vera_A's rows: r for VeRA; 2r for PVeRA, whose first linear
+    makes the code's mean and log-variance side by side (peft 0.21.2 tuners/pvera/layer.py
+    update_layer ``torch.randn(r * 2)``, model.py ``torch.empty(config.r * 2, ...)``; the
+    same at 5d602fdbff04)."""
+    return run.vera[0] * (2 if run.method == "pvera" else 1)
 
 
 def fourierft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
@@ -882,6 +913,26 @@ def psoft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return linears
 
 
+def banked_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a RandLoRA or VB-LoRA adapter (none for the other methods);
+    VB-LoRA's must tile into its vectors (peft 0.21.2 tuners/vblora/layer.py update_layer
+    raises otherwise)."""
+    if run.method == "randlora":
+        return _lycoris_linears(arch, run.randlora[1], "RandLoRA", wraps_conv1d=True)
+    if run.method != "vblora":
+        return ()
+    _, _, length, _, targets = run.vblora
+    linears = _lycoris_linears(arch, targets, "VB-LoRA", wraps_conv1d=True)
+    for lin in linears:
+        if lin.in_features % length or lin.out_features % length:
+            raise InvalidInputError(
+                f"VB-LoRA's vectors ({length} long) do not tile {lin.module} "
+                f"({lin.in_features} → {lin.out_features}); give a --vblora-vector-length "
+                "that divides both"
+            )
+    return linears
+
+
 def hra_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     """The block linears with an HRA adapter (none for the other methods)."""
     if run.method != "hra":
@@ -889,14 +940,24 @@ def hra_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.hra[1], "HRA")
 
 
-def vera_projection_shapes(linears: tuple[Linear, ...], r: int) -> tuple[tuple[int, int], ...]:
+def randlora_bases(lin: Linear, r: int) -> int:
+    """RandLoRA's number of bases for a linear: min(in, out) / r rounded up, so that the
+    r-rank bases together reach full rank (peft 0.21.2 tuners/randlora/layer.py
+    update_layer ``num_bases``; the same at 5d602fdbff04)."""
+    return -(-min(lin.in_features, lin.out_features) // r)
+
+
+def vera_projection_shapes(
+    linears: tuple[Linear, ...], r: int, a_rows: int | None = None
+) -> tuple[tuple[int, int], ...]:
     """vera_A (r × the widest input) and vera_B (the widest output × r): one pair for the
     whole model, sliced by every adapted linear (peft 0.21.2 tuners/vera/model.py
-    VeraModel._find_dim and _init_vera_A_vera_B; the same at 5d602fdbff04)."""
+    VeraModel._find_dim and _init_vera_A_vera_B; the same at 5d602fdbff04). PVeRA's A
+    has ``a_rows`` = 2r rows (vera_code_width)."""
     if not linears:
         return ()
     return (
-        (r, max(lin.in_features for lin in linears)),
+        (a_rows or r, max(lin.in_features for lin in linears)),
         (max(lin.out_features for lin in linears), r),
     )
 
@@ -1174,6 +1235,7 @@ class _PeftOther(NamedTuple):
     hira: tuple[Linear, ...]
     psoft: tuple[Linear, ...]
     householder: tuple[Linear, ...]
+    banked: tuple[Linear, ...]
 
 
 def _peft_other(
@@ -1194,8 +1256,10 @@ def _peft_other(
         hira_linears(arch, run),
         psoft_linears(arch, run),
         hra_linears(arch, run),
+        banked_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
+    groups += _banked_groups(other.banked, arch, run, dtypes)
     groups += _lokr_groups(other.kronecker, arch, run, dtypes)
     groups += _vera_groups(other.vectored, arch, run, dtypes)
     groups += _fourierft_groups(other.spectral, arch, run, dtypes)
@@ -1645,14 +1709,45 @@ def _vera_groups(
 ) -> list[TensorGroup]:
     """VeRA's trained vectors per adapted linear: vera_lambda_b (out) and vera_lambda_d
     (r), in the adapter dtype (peft 0.21.2 tuners/vera/layer.py VeraLayer.update_layer).
-    The shared projections are buffers: adapters.vera.projection_bytes."""
-    r = run.vera[0]
+    The shared projections are buffers: adapters.vera.projection_bytes. PVeRA's are
+    pvera_lambda_b (out) and pvera_lambda_d (2r: vera_code_width)."""
+    width, prefix = vera_code_width(run), "vera" if run.method == "vera" else "pvera"
     groups: list[TensorGroup] = []
     for lin in vectored:
         groups.append(
-            _adapter(f"{lin.module}.vera_lambda_b", (lin.out_features,), arch, dtypes, lin)
+            _adapter(f"{lin.module}.{prefix}_lambda_b", (lin.out_features,), arch, dtypes, lin)
         )
-        groups.append(_adapter(f"{lin.module}.vera_lambda_d", (r,), arch, dtypes, lin))
+        groups.append(_adapter(f"{lin.module}.{prefix}_lambda_d", (width,), arch, dtypes, lin))
+    return groups
+
+
+def _banked_groups(
+    banked: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """RandLoRA's randlora_lambda (r × bases) and randlora_gamma (bases × min(in, out)) per
+    adapted linear (peft 0.21.2 tuners/randlora/layer.py update_layer; its bases are
+    buffers: adapters.randlora.basis_bytes). VB-LoRA's logits per adapted linear,
+    vblora_logits_A (r × in/length × vectors) and vblora_logits_B (out/length × r ×
+    vectors), and the one bank (vectors × length) every layer shares (tuners/vblora/
+    layer.py update_layer, model.py _init_vblora_vector_bank)."""
+    groups: list[TensorGroup] = []
+    if run.method == "randlora":
+        r = run.randlora[0]
+        for lin in banked:
+            n, low = randlora_bases(lin, r), min(lin.in_features, lin.out_features)
+            groups.append(_adapter(f"{lin.module}.randlora_lambda", (r, n), arch, dtypes, lin))
+            groups.append(_adapter(f"{lin.module}.randlora_gamma", (n, low), arch, dtypes, lin))
+        return groups
+    r, vectors, length, _, _ = run.vblora
+    for lin in banked:
+        a = (r, lin.in_features // length, vectors)
+        b = (lin.out_features // length, r, vectors)
+        groups.append(_adapter(f"{lin.module}.vblora_logits_A", a, arch, dtypes, lin))
+        groups.append(_adapter(f"{lin.module}.vblora_logits_B", b, arch, dtypes, lin))
+    if banked:  # (outside the blocks: its gradient gathers every layer's)
+        shape = (vectors, length)
+        bank = TensorGroup("vblora_vector_bank", shape, 1, dtypes.adapter, True, True)
+        groups.append(replace(bank, in_block=False))
     return groups
 
 

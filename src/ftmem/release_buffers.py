@@ -23,6 +23,7 @@ from ftmem.adapters.llama_adapter import prompt_kv_cache_bytes
 from ftmem.adapters.lycoris import fourier_index_bytes
 from ftmem.adapters.oft import buffer_bytes as oft_buffer_bytes
 from ftmem.adapters.psoft import buffer_bytes as psoft_buffer_bytes
+from ftmem.adapters.randlora import basis_bytes
 from ftmem.adapters.vera import projection_bytes
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -107,6 +108,7 @@ def release_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> 
         + framework_rotary_cache_bytes(arch, run)
         + prompt_kv_cache_bytes(arch, run, dtypes)
         + projection_bytes(arch, run, dtypes)
+        + basis_bytes(arch, run, dtypes)
         + fourier_index_bytes(arch, run)
     )
 
@@ -131,5 +133,6 @@ def stage_buffer_bytes(arch: Architecture, run: RunConfig, plan: MethodPlan, sta
     per_layer += prompt_kv_cache_bytes(arch, run, dtypes)  # (its gated blocks' share, roughly)
     per_layer += fourier_index_bytes(arch, run)
     shared = causal_mask_bytes(arch, run) + framework_rotary_cache_bytes(arch, run)
-    shared += projection_bytes(arch, run, dtypes)  # (VeRA's pair: every stage slices it)
+    # (VeRA's pair, RandLoRA's bases: every stage slices them)
+    shared += projection_bytes(arch, run, dtypes) + basis_bytes(arch, run, dtypes)
     return per_layer // stages + shared

@@ -48,6 +48,9 @@ Method = Literal[
     "hra",
     "gralora",
     "delora",
+    "pvera",
+    "randlora",
+    "vblora",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -154,6 +157,16 @@ DEFAULT_HRA_RANK = 8
 # gralora_k=2; the same at 5d602fdbff04); target_modules from the LoRA mapping (q, v)
 DEFAULT_GRALORA_RANK = 32
 DEFAULT_GRALORA_K = 2
+# peft's PveraConfig default rank (peft 0.21.2 tuners/pvera/config.py: r=256, the same in
+# the MetaMathQA release's pvera--llama-3.2-3B-default adapter_config.json); target_modules
+# from the VeRA mapping (q_proj, v_proj for Llama)
+DEFAULT_PVERA_RANK = 256
+# peft's RandLoraConfig default rank (peft 0.21.2 tuners/randlora/config.py: r=32) and
+# VBLoRAConfig's (tuners/vblora/config.py: r=4, num_vectors=256, vector_length=256,
+# topk=2); both the same at 5d602fdbff04, and their target_modules q_proj, v_proj for Llama
+# (utils/constants.py: the LoRA mapping for RandLoRA, the VB-LoRA mapping)
+DEFAULT_RANDLORA_RANK = 32
+DEFAULT_VBLORA = (4, 256, 256, 2)  # rank, num_vectors, vector_length, topk
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -171,7 +184,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     },
     "adapter_dtype": ADAPTER_METHODS
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
-    | {"hira", "psoft", "hra"},
+    | {"hira", "psoft", "hra", "pvera", "randlora", "vblora"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "lora_bd_blocks": frozenset({"lora", "rslora"}),
     "lora_mica": frozenset({"lora", "rslora"}),
@@ -192,6 +205,13 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         for k in ("oft_r", "oft_block_size", "oft_targets", "oft_block_share", "oft_neumann_terms")
     },
     **{k: frozenset({"vera"}) for k in ("vera_rank", "vera_targets")},
+    **{k: frozenset({"pvera"}) for k in ("pvera_rank", "pvera_targets")},
+    **{k: frozenset({"randlora"}) for k in ("randlora_rank", "randlora_targets")},
+    **{
+        k: frozenset({"vblora"})
+        for k in ("vblora_rank", "vblora_vectors", "vblora_vector_length", "vblora_topk")
+    },
+    "vblora_targets": frozenset({"vblora"}),
     **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
     **{k: frozenset({"hira"}) for k in ("hira_rank", "hira_targets")},
     **{k: frozenset({"psoft"}) for k in ("psoft_rank", "psoft_targets", "psoft_neumann_terms")},
@@ -261,6 +281,12 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "oft_block_size": limits.WIDTH,
     "oft_neumann_terms": limits.WIDTH,
     "vera_rank": limits.WIDTH,
+    "pvera_rank": limits.WIDTH,
+    "randlora_rank": limits.WIDTH,
+    "vblora_rank": limits.WIDTH,
+    "vblora_vectors": limits.WIDTH,
+    "vblora_vector_length": limits.WIDTH,
+    "vblora_topk": limits.WIDTH,
     "fourierft_frequencies": limits.WIDTH,
     "hira_rank": limits.WIDTH,
     "psoft_rank": limits.WIDTH,
@@ -352,6 +378,9 @@ PEFT_MODEL_METHODS = {
     "hra": "HRA",
     "gralora": "GraLoRA",
     "delora": "DeLoRA",
+    "pvera": "PVeRA",
+    "randlora": "RandLoRA",
+    "vblora": "VB-LoRA",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -367,6 +396,9 @@ NO_AUTOCAST = {
     "road": "",
     "boft": "",
     "oft": "",
+    "pvera": "",
+    "randlora": "",
+    "vblora": "",
 }
 
 
@@ -896,6 +928,36 @@ class RunConfig(limits.BoundedSettings):
     hra_targets: str | None = Field(
         None, exclude_if=_unset, description="HRA: adapted linears, roles or names (q,v)."
     )
+    # PVeRA (peft's probabilistic VeRA: a sampled rank-r code between the shared projections)
+    pvera_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="PVeRA: rank r of the sampled code (256)."
+    )
+    pvera_targets: str | None = Field(
+        None, exclude_if=_unset, description="PVeRA: adapted linears, roles or names (q,v)."
+    )
+    # RandLoRA (peft's shared frozen random bases, trained scalings; a full-rank update)
+    randlora_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="RandLoRA: rank r of each random base (32)."
+    )
+    randlora_targets: str | None = Field(
+        None, exclude_if=_unset, description="RandLoRA: adapted linears, roles or names (q,v)."
+    )
+    # VB-LoRA (peft's trained vector bank shared by every layer, top-k mixed per layer)
+    vblora_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="VB-LoRA: rank r of A and B (4)."
+    )
+    vblora_vectors: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="VB-LoRA: vectors in the bank (256)."
+    )
+    vblora_vector_length: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="VB-LoRA: length of each vector (256)."
+    )
+    vblora_topk: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="VB-LoRA: vectors mixed per sub-vector (2)."
+    )
+    vblora_targets: str | None = Field(
+        None, exclude_if=_unset, description="VB-LoRA: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1281,6 +1343,9 @@ class RunConfig(limits.BoundedSettings):
             "hira_targets",
             "psoft_targets",
             "hra_targets",
+            "pvera_targets",
+            "randlora_targets",
+            "vblora_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
@@ -1302,6 +1367,22 @@ class RunConfig(limits.BoundedSettings):
                 f"--road-group-size {self.road_group_size} is odd; RoAd pairs each group's "
                 "halves, give an even size"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _shared_bank_settings_fit(self) -> RunConfig:
+        """RandLoRA's and VB-LoRA's settings as peft takes them, and what is not modelled."""
+        if self.method == "randlora" and self.adapter_dtype in ("bf16", "fp16"):
+            # peft 0.21.2 tuners/randlora/layer.py get_scaled_bases: cast_to_fp32 on the
+            # CPU, where ftmem measures; 16-bit bases on a GPU are not measured
+            raise ValueError(
+                "RandLoRA with 16-bit scalings (--adapter-dtype bf16 / fp16) is not modelled "
+                "(peft builds its bases in fp32 on the CPU, where ftmem measures); use "
+                "--adapter-dtype fp32"
+            )
+        _, n, _, k, _ = self.vblora
+        if self.method == "vblora" and k > n:
+            raise ValueError(f"--vblora-topk {k} exceeds the bank's {n} vectors (--vblora-vectors)")
         return self
 
     @model_validator(mode="after")
@@ -1501,8 +1582,29 @@ class RunConfig(limits.BoundedSettings):
 
     @property
     def vera(self) -> tuple[int, str]:
-        """VeRA's (rank, targets), peft's defaults where not given."""
+        """VeRA's (rank, targets), peft's defaults where not given; PVeRA's for PVeRA (the
+        same shared projections, adapters.vera)."""
+        if self.method == "pvera":
+            return self.pvera_rank or DEFAULT_PVERA_RANK, self.pvera_targets or "q,v"
         return self.vera_rank or DEFAULT_VERA_RANK, self.vera_targets or "q,v"
+
+    @property
+    def randlora(self) -> tuple[int, str]:
+        """RandLoRA's (rank, targets), peft's defaults where not given."""
+        return self.randlora_rank or DEFAULT_RANDLORA_RANK, self.randlora_targets or "q,v"
+
+    @property
+    def vblora(self) -> tuple[int, int, int, int, str]:
+        """VB-LoRA's (rank, num_vectors, vector_length, topk, targets), peft's defaults
+        where not given."""
+        r, n, length, k = DEFAULT_VBLORA
+        return (
+            self.vblora_rank or r,
+            self.vblora_vectors or n,
+            self.vblora_vector_length or length,
+            self.vblora_topk or k,
+            self.vblora_targets or "q,v",
+        )
 
     @property
     def fourierft(self) -> tuple[int, str]:

@@ -101,6 +101,9 @@ EVERY_BLOCK_TRAINS = frozenset(
         "hira",
         "psoft",
         "hra",
+        "pvera",
+        "randlora",
+        "vblora",
     }
 )
 
@@ -137,6 +140,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         hira = frozenset(lin.module for lin in plan.hira)
         psoft = frozenset(lin.module for lin in plan.psoft)
         householder = frozenset(lin.module for lin in plan.householder)
+        banked = frozenset(lin.module for lin in plan.banked)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -159,6 +163,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 hira=hira,
                 psoft=psoft,
                 householder=householder,
+                banked=banked,
             )
 
         # one object per distinct state: step_parts derives each once

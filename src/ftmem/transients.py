@@ -21,6 +21,7 @@ from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
 from ftmem.adapters.psoft import PSOFT
+from ftmem.adapters.shared_bank import banked_backward
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -461,8 +462,8 @@ def adapter_moment(
         return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
         return _miss_moment(arch, run, plan, block, e, T)
-    if run.method == "vera":
-        return vera_moment(arch, run, plan, block, e, T)
+    if run.method in ("vera", "pvera", "randlora", "vblora"):
+        return shared_moment(arch, run, plan, block, e, T)
     if run.method not in ADAPTER_METHODS or not (run.grad_ckpt or run.method == "dora"):
         return 0
     ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
@@ -560,6 +561,22 @@ def vera_moment(
     moments = [
         VeRA.backward_own(plan, run, lin, T) - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
         for lin in plan.vectored
+    ]
+    return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
+
+
+def shared_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int:
+    """The shared-bank adapters' backward at their largest linear: VeRA's and PVeRA's
+    (vera_moment); RandLoRA's and VB-LoRA's (adapters.shared_bank.banked_backward, beyond
+    what the linear kept) the same way."""
+    if plan.vectored:
+        return vera_moment(arch, run, plan, block, e, T)
+    mlp_side = freed_before_attention(arch, block)
+    moments = [
+        banked_backward(plan, run, lin, T, e) - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
+        for lin in plan.banked
     ]
     return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
 

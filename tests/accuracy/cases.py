@@ -1199,6 +1199,49 @@ def _vera() -> list[Case]:
     return cases
 
 
+def _shared_bank() -> list[Case]:
+    """peft's PVeRA (VeRA's projections with a sampled 2r-wide code: h, std and eps kept per
+    adapted linear); at a wide rank with checkpointing its λ_d backward is the peak. Then
+    RandLoRA and VB-LoRA."""
+    cases = [
+        Case(family, {"method": "pvera", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "pvera_targets": "all-linear", "pvera_rank": 4},
+        {"precision": "fp32", "batch_size": 4, "seq_len": 400, "grad_ckpt": True},
+    ):
+        cases.append(Case("llama", {"method": "pvera", **extra}))
+    # RandLoRA: the scaled base (about min(in, out)² per linear) built every forward, kept
+    # above the first block; all linears put the wider side first (down) and last (up)
+    cases += [
+        Case(family, {"method": "randlora", "precision": "bf16", "randlora_rank": 8})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "randlora_targets": "all-linear"},
+        {"precision": "fp32", "randlora_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+    ):
+        cases.append(Case("llama", {"method": "randlora", "randlora_rank": 8, **extra}))
+    # VB-LoRA: A and B mixed from the shared bank every forward (16-long vectors tile the
+    # tiny models' widths)
+    bank = {"method": "vblora", "vblora_vector_length": 16, "vblora_vectors": 32}
+    cases += [Case(family, {**bank, "precision": "bf16"}) for family in ("llama", "qwen2", "phi3")]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "vblora_targets": "all-linear", "vblora_topk": 3},
+    ):
+        cases.append(Case("llama", {**bank, **extra}))
+    return cases
+
+
 def _hira() -> list[Case]:
     """peft's HiRA (ΔW = W0 ⊙ (B A) built whole every forward, the input cast and ΔW
     kept): its precision regimes and checkpointing; on a wider model at few tokens its
@@ -1404,6 +1447,7 @@ def _peft_methods() -> list[Case]:
     cases += _hira()
     cases += _psoft()
     cases += _hra()
+    cases += _shared_bank()
     cases += _ln_tuning_lorafa()
     cases += _bdlora_mica()
     # prompt tuning and P-tuning: virtual tokens in front of the input

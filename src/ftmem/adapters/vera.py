@@ -17,6 +17,10 @@ casts its buffer slice to the 16-bit compute dtype, and the cast is what its mm 
 (autocast caches casts of leaves that require grad only), h and y are 16-bit, and the
 fp32 vectors promote the products.
 
+PVeRA (peft tuners/pvera) runs the same with a sampled code between the two matmuls: A
+has 2r rows, λ_d is 2r wide (the code's mean and log-variance), and the sample keeps std
+and eps (``sampled_code``).
+
 The projections' dtype (model.py ``_init_vera_A_vera_B`` makes them fp32; each layer's
 ``update_layer`` moves them to the base layer's dtype, ``cast_adapter_dtype`` upcasts
 the BufferDict's 16-bit tensors to fp32 again, tuners_utils.py): the adapter dtype.
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 from ftmem.arch import Architecture, Linear
 from ftmem.dtypes import BYTES_PER_ELEMENT
-from ftmem.methods import MethodPlan, vera_linears, vera_projection_shapes
+from ftmem.methods import MethodPlan, vera_code_width, vera_linears, vera_projection_shapes
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
@@ -36,12 +40,23 @@ from ftmem.run import RunConfig
 
 def projection_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> int:
     """vera_A and vera_B, registered buffers (persistent under save_projection, peft's
-    default; resident either way), once for the model, in the adapter dtype."""
-    if run.method != "vera":
+    default; resident either way), once for the model, in the adapter dtype; PVeRA's
+    pvera_A and pvera_B so too, A with 2r rows."""
+    if run.method not in ("vera", "pvera"):
         return 0
     ae = BYTES_PER_ELEMENT[dtypes.adapter]
-    shapes = vera_projection_shapes(vera_linears(arch, run), run.vera[0])
+    shapes = vera_projection_shapes(vera_linears(arch, run), run.vera[0], vera_code_width(run))
     return sum(rows * cols * ae for rows, cols in shapes)
+
+
+def sampled_code(run: RunConfig, T: int, pe: int) -> int:
+    """What PVeRA's sampling keeps per adapted linear (0 for VeRA): std = exp(logvar / 2)
+    (exp keeps its output) and eps (the product eps · std keeps it for std's gradient),
+    T × r each, in the products' dtype. peft 0.21.2 tuners/pvera/layer.py
+    ``_reparametrize`` (training: ``mu + eps * std``); mu and logvar are halves of λ_d · h,
+    whose product keeps h (T × 2r); z = mu + eps · std feeds sliced_B, which keeps nothing
+    more (its weight is a buffer)."""
+    return 2 * T * run.vera[0] * pe if run.method == "pvera" else 0
 
 
 def product_bytes(plan: MethodPlan) -> int:
@@ -72,15 +87,20 @@ class VeRA:
         """Per adapted linear: h (T × r) and y (T × out), kept by the λ_d and λ_b
         products whether or not the input needs a gradient; under autocast the 16-bit
         casts of sliced_B (the second mm's input needs a gradient: λ_d trains) and of
-        sliced_A when the input needs one."""
+        sliced_A when the input needs one. PVeRA's h is 2r wide and its sampling keeps
+        std and eps (sampled_code)."""
         T, r = ctx.tokens, ctx.run.vera[0]
+        w = vera_code_width(ctx.run)
         pe, dt = product_bytes(ctx.plan), ctx.plan.dtypes
         out: list[Saved] = []
         for lin in linears:
             if lin.module not in state.vectored:
                 continue
             own = (lin,)
-            out.append(Saved(f"{lin.label} VeRA h (T × r)", T * r * pe, Kind.VERA, side, own))
+            out.append(Saved(f"{lin.label} VeRA h (T × {w})", T * w * pe, Kind.VERA, side, own))
+            if w != r:
+                what = f"{lin.label} PVeRA std and eps (T × r each)"
+                out.append(Saved(what, sampled_code(ctx.run, T, pe), Kind.VERA, side, own))
             size = T * lin.out_features * pe
             out.append(Saved(f"{lin.label} VeRA y (T × out)", size, Kind.VERA, side, own))
             if dt.autocast:
@@ -101,23 +121,25 @@ class VeRA:
           adapter dtype) before the engine sums the first to λ_b's shape; where the
           adapter and the base output differ in dtype (``c``), G (the gradient of peft's
           promoted sum) and its cast for the base layer beside them;
-        - λ_d's node: its incoming gradient and its two products (T × r each), the base
-          layer's cast gradient still waiting, y freed (and autocast's sliced_B cast);
+        - λ_d's node: its incoming gradient and its two products (T × r each; PVeRA's
+          T × 2r, its std and eps freed by then), the base layer's cast gradient still
+          waiting, y freed (and autocast's sliced_B cast);
         - the input's gradient: the first matmul's (T × in, adapter dtype) beside its
           cast back to the input's dtype, or the base layer's and their sum beside it
           (autograd sums the two out of place), h freed too.
 
-        Measured (one peft VeRA Linear on the CPU, g held by the caller; the engine frees
-        a cast g after its first node, which this leaves in): tests/test_vera.py."""
+        Measured (one peft VeRA or PVeRA Linear on the CPU, g held by the caller; the
+        engine frees a cast g after its first node, which this leaves in):
+        tests/test_vera.py, tests/test_pvera.py."""
         dt = plan.dtypes
         ae, e = BYTES_PER_ELEMENT[dt.adapter], BYTES_PER_ELEMENT[dt.compute]
         pe, r, out, in_ = product_bytes(plan), run.vera[0], lin.out_features, lin.in_features
-        c = ae != e
+        c, w, code = ae != e, vera_code_width(run), sampled_code(run, T, pe)
         waiting = T * out * e if c else 0  # the base layer's gradient, cast
         b_cast = out * r * e if dt.autocast else 0
         at_b = T * out * (2 * ae + (ae + e if c else 0))
-        at_d = 3 * T * r * ae + waiting - T * out * pe - b_cast
+        at_d = 3 * T * w * ae + waiting - T * out * pe - b_cast - code
         xe = dt.residual_bytes if dt.autocast else e  # the input's
         at_x = max(T * in_ * (ae + xe) + waiting, 3 * T * in_ * xe)
-        at_x -= T * (out + r) * pe + b_cast + (r * in_ * e if dt.autocast else 0)
+        at_x -= T * (out + w) * pe + code + b_cast + (r * in_ * e if dt.autocast else 0)
         return max(at_b, at_d, at_x)

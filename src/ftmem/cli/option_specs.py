@@ -533,6 +533,15 @@ RUN = [
         "vera_rank", OptInt, None, "VeRA: rank r of the shared projections (default 256, peft's)."
     ),
     _opt("vera_targets", OptStr, None, "VeRA: adapted linears, as --lora-targets (default q,v)."),
+    _opt("pvera_rank", OptInt, None, "PVeRA: rank r of its sampled code (default 256, peft's)."),
+    _opt("pvera_targets", OptStr, None, "PVeRA: adapted linears, as --lora-targets (default q,v)."),
+    _opt("randlora_rank", OptInt, None, "RandLoRA: rank r of each random base (default 32)."),
+    _opt("randlora_targets", OptStr, None, "RandLoRA: adapted linears, as --lora-targets (q,v)."),
+    _opt("vblora_rank", OptInt, None, "VB-LoRA: rank r of A and B (default 4)."),
+    _opt("vblora_vectors", OptInt, None, "VB-LoRA: vectors in the shared bank (default 256)."),
+    _opt("vblora_vector_length", OptInt, None, "VB-LoRA: length of each vector (default 256)."),
+    _opt("vblora_topk", OptInt, None, "VB-LoRA: bank vectors mixed per sub-vector (default 2)."),
+    _opt("vblora_targets", OptStr, None, "VB-LoRA: adapted linears, as --lora-targets (q,v)."),
     _opt(
         "fourierft_frequencies",
         OptInt,

@@ -234,6 +234,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _lycoris(model, pc, live, said, kind.lower())
     elif kind in ("MISS", "ROAD"):
         _miss_road(model, pc, live, said, kind.lower())
+    elif kind in SHARED_BANK:
+        _shared_bank(model, pc, live, said, kind)
     elif kind == "LN_TUNING":
         _ln_tuning(pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
@@ -244,9 +246,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, HiRA, PSOFT, HRA, GraLoRA, "
-            "DeLoRA, "
-            "LN tuning, prompt, prefix and P-tuning)."
+            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, PVeRA, RandLoRA, VB-LoRA, "
+            "HiRA, PSOFT, HRA, GraLoRA, DeLoRA, LN tuning, prompt, prefix and P-tuning)."
         )
 
 
@@ -475,6 +476,30 @@ def _hra(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     live.set("method", "hra", said)
     live.set("hra_rank", int(pc.r), said)
     _wrapped(model, live, "hra", "hra_u")
+
+
+# peft's shared-bank adapters: peft_type -> (ftmem's method, its parameter per adapted
+# linear, the config's dropout field)
+SHARED_BANK = {
+    "PVERA": ("pvera", "pvera_lambda_b", "pvera_dropout"),
+    "RANDLORA": ("randlora", "randlora_lambda", "randlora_dropout"),
+    "VBLORA": ("vblora", "vblora_logits_A", "vblora_dropout"),
+}
+
+
+def _shared_bank(model: Any, pc: Any, live: LiveRun, said: str, kind: str) -> None:
+    """peft's PveraConfig, RandLoraConfig or VBLoRAConfig: its rank (VB-LoRA's bank
+    too) and the modules it wrapped."""
+    method, marker, dropout = SHARED_BANK[kind]
+    live.set("method", method, said)
+    live.set(f"{method}_rank", int(pc.r), said)
+    if kind == "VBLORA":
+        live.set("vblora_vectors", int(pc.num_vectors), said)
+        live.set("vblora_vector_length", int(pc.vector_length), said)
+        live.set("vblora_topk", int(pc.topk), said)
+    _wrapped(model, live, method, marker)
+    if getattr(pc, dropout, 0):
+        live.notes.append(f"{dropout}: not modelled (its mask, T × in per adapted linear).")
 
 
 def _ln_tuning(pc: Any, live: LiveRun, said: str) -> None:

@@ -760,6 +760,9 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "boft": _peft_boft,
         "oft": _peft_oft,
         "vera": _peft_vera,
+        "pvera": _peft_shared_bank,
+        "randlora": _peft_shared_bank,
+        "vblora": _peft_shared_bank,
         "fourierft": _peft_fourierft,
         "hira": _peft_hira,
         "psoft": _peft_psoft,
@@ -1176,6 +1179,13 @@ def _peft_delora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mod
         r=run.r, target_modules=_lora_target_modules(arch, run), task_type="CAUSAL_LM"
     )
     return _peft_in_dtype(model, cfg, run, "delora_")
+
+
+def _peft_shared_bank(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's PVeRA, RandLoRA or VB-LoRA (measure.shared_bank)."""
+    from ftmem.measure.shared_bank import peft_shared_bank
+
+    return peft_shared_bank(model, arch, run)
 
 
 def _peft_fourierft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

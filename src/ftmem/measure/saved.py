@@ -50,6 +50,13 @@ FRAMEWORK_ROTARY_CACHE = "framework_rotary_cache"
 # peft VeRA's shared projections (BufferDicts "vera_A" and "vera_B"), which ftmem counts
 # beside the weights too (adapters.vera.projection_bytes)
 VERA_PROJECTIONS = (".vera_A.default", ".vera_B.default")
+# PVeRA's and RandLoRA's shared bases (BufferDicts as VeRA's)
+SHARED_BASES = (
+    ".pvera_A.default",
+    ".pvera_B.default",
+    ".randlora_A.default",
+    ".randlora_B.default",
+)
 # and the buffers peft's adapters register that ftmem counts so too: BOFT's fp32
 # permutation matrices (peft 0.21.2 tuners/boft/layer.py:362 ``boft_P``), OFT's int64
 # upper-triangle indices (tuners/oft/layer.py:102-103 OFTRotationModule ``rows``, ``cols``),
@@ -67,6 +74,7 @@ ESTIMATED_BUFFERS = (
     "psoft_R.default.cols",
     *VERA_PROJECTIONS,
     "delora_w_norm.default",  # (peft 0.21.2 tuners/delora/layer.py:152)
+    *SHARED_BASES,
 )
 
 

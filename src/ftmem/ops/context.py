@@ -50,6 +50,7 @@ class BlockState:
     hira: frozenset[str] = frozenset()  # HiRA's
     psoft: frozenset[str] = frozenset()  # PSOFT's
     householder: frozenset[str] = frozenset()  # HRA's
+    banked: frozenset[str] = frozenset()  # RandLoRA's and VB-LoRA's
 
     @property
     def output_grad(self) -> frozenset[str]:
@@ -60,11 +61,11 @@ class BlockState:
     def own_output_grad(self) -> frozenset[str]:
         """Linears whose output needs a gradient for a parameter other than LoRA's: a
         trained bias (BitFit), an IA³ vector, a trained weight, a bottleneck adapter,
-        adapter v2's bias and scale, a LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA or FourierFT
-        adapter."""
+        adapter v2's bias and scale, a LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT,
+        RandLoRA or VB-LoRA adapter."""
         own = self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
         own |= self.miss | self.road | self.vectored | self.spectral | self.hira | self.psoft
-        own |= self.householder
+        own |= self.householder | self.banked
         return own | self.hadamard | self.kronecker | self.rotated | self.block_rotated
 
     def weight_trains(self, lin: Linear) -> bool:

@@ -16,6 +16,7 @@ from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
 from ftmem.adapters.psoft import PSOFT
 from ftmem.adapters.road import RoAd
+from ftmem.adapters.shared_bank import banked_saved
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -193,6 +194,10 @@ class LinearOp:
                 reads = reads or op_reads
         if state.vectored:
             out += VeRA.saved(ctx, linears, state, side, in_grad)
+        if state.banked:
+            items, op_reads = banked_saved(ctx, linears, state, side, in_grad, in_bytes)
+            out += items
+            reads = reads or op_reads
         return out, reads
 
     @staticmethod

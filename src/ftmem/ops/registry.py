@@ -54,6 +54,8 @@ MODULES = (
     "ftmem.adapters.hira",
     "ftmem.adapters.psoft",
     "ftmem.adapters.hra",
+    "ftmem.adapters.randlora",
+    "ftmem.adapters.vblora",
     "ftmem.adapters.miss",
     "ftmem.adapters.road",
     "ftmem.adapters.boft",

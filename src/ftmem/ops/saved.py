@@ -38,6 +38,7 @@ class Kind(Enum):
     PSOFT = "psoft"  # PSOFT's x·Aᵀ and its rotation's matrices
     HRA = "hra"  # HRA's reflection chain, weight copies and input cast
     VERA = "vera"  # VeRA's rank-r and output-wide products, its buffer slices' casts
+    BANK = "bank"  # RandLoRA's and VB-LoRA's input casts, products and rebuilt factors
     MISS = "miss"  # MiSS's summed input, bat's weight copies
     ROAD = "road"  # RoAd's cast and rotated outputs
     BOFT = "boft"  # BOFT's rotation matrices and scaled output

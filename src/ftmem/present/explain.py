@@ -165,8 +165,9 @@ def _weights_section(
         )
         weights.lines.append(
             f"buffers {owner} (rotary cos/sin tables of every "
-            f"position, a causal mask, LLaMA-Adapter's cached prompt k/v, VeRA's shared "
-            f"projections, FourierFT's indices) = {_b(extra, units)}"
+            f"position, a causal mask, LLaMA-Adapter's cached prompt k/v, VeRA's and PVeRA's "
+            f"shared projections, RandLoRA's shared bases, FourierFT's indices) = "
+            f"{_b(extra, units)}"
         )
     if adapter_buffers:
         weights.lines.append(

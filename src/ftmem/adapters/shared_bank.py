@@ -1,0 +1,42 @@
+"""peft's adapters built from a bank every layer shares (RandLoRA's frozen random bases,
+VB-LoRA's trained vector bank): which one a linear carries, for the ops and the step's
+moments. The mechanisms are in adapters.randlora and adapters.vblora."""
+
+from __future__ import annotations
+
+from ftmem.adapters.randlora import RandLoRA
+from ftmem.adapters.vblora import VBLoRA
+from ftmem.arch import Linear
+from ftmem.methods import MethodPlan
+from ftmem.ops.context import BlockState, LayerContext
+from ftmem.ops.saved import Saved, Side
+from ftmem.run import RunConfig
+
+
+def banked_saved(
+    ctx: LayerContext,
+    linears: list[Linear],
+    state: BlockState,
+    side: Side,
+    in_grad: bool,
+    in_bytes: int,
+) -> tuple[list[Saved], bool]:
+    """What the RandLoRA or VB-LoRA adapters of linears reading one tensor keep, and
+    whether one of them keeps that tensor itself."""
+    op = RandLoRA if ctx.run.method == "randlora" else VBLoRA
+    out: list[Saved] = []
+    reads = False
+    for lin in linears:
+        if lin.module in state.banked:
+            items, keeps_input = op.saved(ctx, lin, side, in_grad, in_bytes)
+            out += items
+            reads = reads or keeps_input
+    return out, reads
+
+
+def banked_backward(plan: MethodPlan, run: RunConfig, lin: Linear, T: int, e: int) -> int:
+    """One adapted linear's own backward at its largest (the input needing a gradient:
+    every block but a frozen-input first one, whose moments are smaller)."""
+    if run.method == "randlora":
+        return RandLoRA.backward_own(plan, run, lin, T, e, True)
+    return VBLoRA.backward_own(plan, run, lin, T, e)

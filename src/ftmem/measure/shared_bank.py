@@ -1,0 +1,48 @@
+"""peft's shared-bank adapters built on a measured model: PVeRA (VeRA's shared projections
+with a sampled code), RandLoRA (shared random bases), VB-LoRA (a shared trained vector
+bank), in the dtype asked for. Imports peft; import it lazily."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ftmem.arch import Architecture
+from ftmem.measure.build import _DTYPES, _peft_in_dtype
+from ftmem.methods import banked_linears, vera_linears
+from ftmem.run import RunConfig
+
+
+def peft_shared_bank(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's PVeRA, RandLoRA or VB-LoRA on the linears the estimate names."""
+    if run.method == "pvera":
+        return _pvera(model, arch, run)
+    from peft import PeftConfig, RandLoraConfig, VBLoRAConfig
+
+    targets = [lin.module for lin in banked_linears(arch, run)]
+    cfg: PeftConfig
+    if run.method == "randlora":
+        # (16-bit scalings are refused: RunConfig; the bases stay fp32, peft's cast)
+        cfg = RandLoraConfig(r=run.randlora[0], target_modules=targets)
+        return _peft_in_dtype(model, cfg, run, "randlora_")
+    r, vectors, length, k, _ = run.vblora
+    cfg = VBLoRAConfig(
+        r=r, num_vectors=vectors, vector_length=length, topk=k, target_modules=targets
+    )
+    return _peft_in_dtype(model, cfg, run, "vblora_")
+
+
+def _pvera(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """PVeRA's vectors and its one shared pair of projections (a BufferDict every layer
+    holds) in the dtype asked for; peft samples the code whenever the module trains."""
+    from peft import PveraConfig
+
+    r, _ = run.vera
+    targets = [lin.module for lin in vera_linears(arch, run)]
+    model = _peft_in_dtype(model, PveraConfig(r=r, target_modules=targets), run, "pvera_lambda_")
+    if run.adapter_dtype != "auto":
+        base: Any = model.base_model
+        for projections in (base.pvera_A, base.pvera_B):
+            projections["default"] = projections["default"].to(_DTYPES[run.adapter_dtype])
+    return model
