@@ -227,6 +227,17 @@ def test_ln_tuning_without_default_targets_is_refused(capsys) -> None:
     assert "no default LN-tuning targets for phi3" in err
 
 
+def test_ln_tuning_on_an_image_text_model_is_refused(capsys) -> None:
+    """Qwen2-VL's family has LN-tuning targets, but peft keys its defaults by the
+    composite model's type (qwen2_vl, absent from its mapping) and nothing image-text was
+    measured: refused, where it was estimated as the text model's norms."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["estimate", "qwen2-vl-2b", "--method", "ln-tuning"])
+    _, err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert "LN tuning on Qwen2-VL-2B" in err and "is not modelled" in err
+
+
 def test_live_peft_models_are_read() -> None:
     """A peft LN-tuning model reads as --method ln-tuning; a LoRA model whose lora_A
     create_lorafa_optimizer froze reads as --lora-fa (B still trains)."""

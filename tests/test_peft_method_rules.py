@@ -54,10 +54,15 @@ def test_frameworks_of_their_own_say_why(
 
 
 @pytest.mark.parametrize("method", sorted(set(NEW_METHODS) - {"vera"}))
-def test_autocast_is_refused_alike(method: str, capsys: pytest.CaptureFixture[str]) -> None:
-    err = _refusal(["llama-3.2-3b", "--method", method, "--precision", "fp16-mixed"], capsys)
-    assert f"{NEW_METHODS[method]} under autocast (--precision bf16-mixed / fp16-mixed)" in err
-    assert err.rstrip().endswith("use --precision bf16 or fp32.")
+@pytest.mark.parametrize("precision", [["fp16-mixed"], ["bf16", "--autocast"]])
+def test_autocast_is_refused_alike(
+    method: str, precision: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --autocast on a 16-bit model is autocast too (it was estimated without it)
+    err = _refusal(["llama-3.2-3b", "--method", method, "--precision", *precision], capsys)
+    said = "under autocast (--precision bf16-mixed / fp16-mixed or --autocast)"
+    assert f"{NEW_METHODS[method]} {said}" in err
+    assert err.rstrip().endswith("use --precision bf16 or fp32 without --autocast.")
 
 
 @pytest.mark.parametrize("method", sorted(NEW_METHODS))

@@ -181,7 +181,7 @@ def test_pvera_keeps_more_than_vera_by_its_code() -> None:
         ),
         (
             ["--method", "pvera", "--precision", "bf16-mixed"],
-            "PVeRA under autocast (--precision bf16-mixed / fp16-mixed) is not modelled",
+            "PVeRA under autocast (--precision bf16-mixed / fp16-mixed or --autocast) is not modelled",
         ),
     ],
 )

@@ -1933,6 +1933,13 @@ def trainable_spec(arch: Architecture, run: RunConfig) -> str:
     # (Family.ln_tuning_targets; a name matches a module whose name ends in ".<name>",
     # peft's check_target_module_exists)
     targets = arch.traits.ln_tuning_targets
+    if arch.vision is not None:
+        # peft looks its defaults up by the composite model's type (qwen2_vl, gemma3,
+        # mllama, ...), which its mapping mostly lacks; none of them was measured
+        raise InvalidInputError(
+            f"LN tuning on {arch.name} is not modelled (no image-text model was measured); "
+            "ftmem models LN tuning on decoder-only language models."
+        )
     if not targets:
         raise InvalidInputError(
             f"peft 0.21.2 has no default LN-tuning targets for {arch.family} models; use "

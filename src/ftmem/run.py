@@ -1073,7 +1073,7 @@ class RunConfig(limits.BoundedSettings):
                 f"{what} is a variant of peft's LoraConfig, which {self.framework} does not "
                 "build: use --framework hf, peft-mc or lightning"
             )
-        if self.lora_bd_blocks and self.precision.endswith("-mixed"):
+        if self.lora_bd_blocks and self.uses_autocast:
             raise ValueError(
                 "--lora-bd-blocks is modelled without autocast (what autocast makes of its "
                 "block-diagonal einsum was not measured): use --precision bf16 or fp32"
@@ -1320,12 +1320,12 @@ class RunConfig(limits.BoundedSettings):
         # LitGPT, torchtune, fsdp_qlora and Unsloth implement none of them: their own
         # sentence says so, before any setting of a run that does not exist
         check_framework_support(self.framework, self.method, self.quant, self.objective)
-        if self.method in NO_AUTOCAST and self.precision.endswith("-mixed"):
+        if self.method in NO_AUTOCAST and self.uses_autocast:
             why = NO_AUTOCAST[self.method]
             raise ValueError(
                 f"{PEFT_MODEL_METHODS.get(self.method, 'LoKr')} under autocast (--precision "
-                f"bf16-mixed / fp16-mixed) is not modelled{f' ({why})' if why else ''}; use "
-                "--precision bf16 or fp32"
+                f"bf16-mixed / fp16-mixed or --autocast) is not modelled"
+                f"{f' ({why})' if why else ''}; use --precision bf16 or fp32 without --autocast"
             )
         return self
 
