@@ -34,6 +34,7 @@ EXPECTED = {
     "loha",
     "lokr",
     "miss",
+    "shira",
     "road",
     "boft",
     "oft",

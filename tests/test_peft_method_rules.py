@@ -1,5 +1,5 @@
 """One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
-FourierFT): where they are modelled, and the sentence each refusal gives."""
+FourierFT, SHiRA): where they are modelled, and the sentence each refusal gives."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ NEW_METHODS = {
     "road": "RoAd",
     "vera": "VeRA",
     "fourierft": "FourierFT",
+    "shira": "SHiRA",
 }
 
 

@@ -349,7 +349,8 @@ def test_config_file_round_trip_through_the_cli(cfg, tmp_path_factory):
 new_methods = st.sampled_from(
     ["ia3", "prompt-tuning", "prefix-tuning", "p-tuning", "rslora", "longlora", "relora",
      "adapter", "galore", "bitfit", "partial", "llama-adapter", "llama-adapter-v2",
-     "adalora", "loha", "lokr", "oft", "boft", "miss", "road", "vera", "fourierft"]
+     "adalora", "loha", "lokr", "oft", "boft", "miss", "road", "vera", "fourierft",
+     "shira"]
 )  # fmt: skip
 features = st.fixed_dictionaries(
     {

@@ -169,6 +169,13 @@ RUNS: list[Run] = [
             **LORA_KEYS,
         },
     ),
+    # SHiRA r 32 on q,v (target_modules null: peft's LoRA mapping); lr 3e-4 and the
+    # mask's seed 42 change neither shape nor count
+    peft(
+        "shira--llama-3.2-3B-lr_0.0003-random_seed_42",
+        21674065920,
+        {"method": "shira", "shira_rank": 32, "shira_targets": "q,v", **LORA_KEYS},
+    ),
     peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,

@@ -966,6 +966,9 @@ def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
         n, targets = run.fourierft
         settings = dict(fourierft_frequencies=n, fourierft_targets=targets)
         adapted = plan.spectral
+    elif run.method == "shira":
+        r, targets = run.shira
+        settings, adapted = dict(shira_rank=r, shira_targets=targets), plan.shira
     else:
         return {}
     settings.update(

@@ -169,6 +169,12 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "--fourierft-targets)",
         "Gao et al. 2024 (FourierFT), arXiv:2405.03003; peft tuners/fourierft",
     ),
+    "shira": (
+        "peft's SHiRA: r·(in + out) trained values at fixed random positions of each frozen "
+        "linear's weight, the weight cloned and rebuilt whole in every forward "
+        "(--shira-rank, --shira-targets)",
+        "Bhardwaj et al. 2024 (SHiRA), arXiv:2406.13175; peft tuners/shira",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -312,6 +318,8 @@ class MethodPlan:
     vectored: tuple[Linear, ...] = ()
     # FourierFT: the linears whose ΔW is an inverse FFT of a sparse trained spectrum
     spectral: tuple[Linear, ...] = ()
+    # SHiRA: the linears whose weight is cloned with its sparse trained values added
+    shira: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -825,6 +833,30 @@ def fourierft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.fourierft[1], "FourierFT", wraps_conv1d=True)
 
 
+def shira_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a SHiRA adapter (none for the other methods); peft 0.21.2
+    tuners/shira/layer.py ShiraLayer.update_layer refuses more values than the weight has
+    (and tuners/shira/layer.py takes nn.Linear only: Conv1D is refused)."""
+    if run.method != "shira":
+        return ()
+    r, spec = run.shira
+    chosen = _lycoris_linears(arch, spec, "SHiRA")
+    for lin in chosen:
+        if shira_values(lin, r) > lin.in_features * lin.out_features:
+            raise InvalidInputError(
+                f"--shira-rank {r} gives {lin.module} more trained values than its "
+                f"{lin.out_features} × {lin.in_features} weight (peft refuses it); "
+                "choose a smaller --shira-rank."
+            )
+    return chosen
+
+
+def shira_values(lin: Linear, r: int) -> int:
+    """SHiRA's trained values on one linear: r·(in + out), as many as LoRA r would train
+    (peft 0.21.2 tuners/shira/layer.py update_layer ``num_shira_weight``)."""
+    return r * (lin.in_features + lin.out_features)
+
+
 def vera_projection_shapes(linears: tuple[Linear, ...], r: int) -> tuple[tuple[int, int], ...]:
     """vera_A (r × the widest input) and vera_B (the widest output × r): one pair for the
     whole model, sliced by every adapted linear (peft 0.21.2 tuners/vera/model.py
@@ -1097,6 +1129,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         block_rotated=other.block_rotated,
         vectored=other.vectored,
         spectral=other.spectral,
+        shira=other.shira,
         orth_regularised=adalora_regularised(run),
     )
 
@@ -1113,6 +1146,7 @@ class _PeftOther(NamedTuple):
     block_rotated: tuple[Linear, ...]
     vectored: tuple[Linear, ...]
     spectral: tuple[Linear, ...]
+    shira: tuple[Linear, ...]
 
 
 def _peft_other(
@@ -1129,11 +1163,18 @@ def _peft_other(
         oft_linears(arch, run),
         vera_linears(arch, run),
         fourierft_linears(arch, run),
+        shira_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _lokr_groups(other.kronecker, arch, run, dtypes)
     groups += _vera_groups(other.vectored, arch, run, dtypes)
     groups += _fourierft_groups(other.spectral, arch, run, dtypes)
+    groups += [
+        _adapter(
+            f"{lin.module}.shira_weight", (shira_values(lin, run.shira[0]),), arch, dtypes, lin
+        )
+        for lin in other.shira
+    ]
     groups += _miss_road_groups(other.miss + other.road, arch, run, dtypes)
     groups += _boft_groups(other.rotated, arch, run, dtypes)
     groups += _oft_groups(other.block_rotated, arch, run, dtypes)

@@ -11,7 +11,8 @@ rotary module may register its table too (Profile.rotary_cache_buffer: torchtune
 LitGPT's LLaMA-Adapter caches its prompts' keys and values on its modules
 (adapters.llama_adapter.prompt_kv_cache_bytes). peft's VeRA registers its one pair of
 shared projections as buffers (adapters.vera.projection_bytes), FourierFT its spectral
-indices as plain tensors (adapters.lycoris.fourier_index_bytes); BOFT and OFT register
+indices as plain tensors (adapters.lycoris.fourier_index_bytes), SHiRA its sparse
+positions likewise (adapters.shira.index_bytes); BOFT and OFT register
 theirs on every adapted linear (adapter_buffer_bytes).
 """
 
@@ -21,6 +22,7 @@ from ftmem.adapters.boft import buffer_bytes as boft_buffer_bytes
 from ftmem.adapters.llama_adapter import prompt_kv_cache_bytes
 from ftmem.adapters.lycoris import fourier_index_bytes
 from ftmem.adapters.oft import buffer_bytes as oft_buffer_bytes
+from ftmem.adapters.shira import index_bytes as shira_index_bytes
 from ftmem.adapters.vera import projection_bytes
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -106,6 +108,7 @@ def release_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> 
         + prompt_kv_cache_bytes(arch, run, dtypes)
         + projection_bytes(arch, run, dtypes)
         + fourier_index_bytes(arch, run)
+        + shira_index_bytes(arch, run)
     )
 
 
@@ -124,7 +127,7 @@ def stage_buffer_bytes(arch: Architecture, run: RunConfig, plan: MethodPlan, sta
     per_layer = rotary_table_bytes(arch, run, dtypes) + last_cos_sin_bytes(arch, run, dtypes)
     per_layer += adapter_buffer_bytes(plan, run, arch.num_layers)
     per_layer += prompt_kv_cache_bytes(arch, run, dtypes)  # (its gated blocks' share, roughly)
-    per_layer += fourier_index_bytes(arch, run)
+    per_layer += fourier_index_bytes(arch, run) + shira_index_bytes(arch, run)
     shared = causal_mask_bytes(arch, run) + framework_rotary_cache_bytes(arch, run)
     shared += projection_bytes(arch, run, dtypes)  # (VeRA's pair: every stage slices it)
     return per_layer // stages + shared

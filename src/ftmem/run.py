@@ -43,6 +43,7 @@ Method = Literal[
     "oft",
     "vera",
     "fourierft",
+    "shira",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -136,6 +137,9 @@ DEFAULT_VERA_RANK = 256
 # peft's FourierFTConfig default (peft 0.21.2 tuners/fourierft/config.py: n_frequency=1000;
 # the same at 5d602fdbff04); target_modules from the LoRA mapping (q_proj, v_proj for Llama)
 DEFAULT_FOURIER_FREQUENCIES = 1000
+# peft's ShiraConfig default (peft 0.21.2 tuners/shira/config.py: r=32, mask_type random;
+# the same at 5d602fdbff04); target_modules from the LoRA mapping (q_proj, v_proj for Llama)
+DEFAULT_SHIRA_RANK = 32
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -152,7 +156,8 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         )
     },
     "adapter_dtype": ADAPTER_METHODS
-    | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"},
+    | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
+    | {"shira"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
@@ -171,6 +176,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     },
     **{k: frozenset({"vera"}) for k in ("vera_rank", "vera_targets")},
     **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
+    **{k: frozenset({"shira"}) for k in ("shira_rank", "shira_targets")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -237,6 +243,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "oft_neumann_terms": limits.WIDTH,
     "vera_rank": limits.WIDTH,
     "fourierft_frequencies": limits.WIDTH,
+    "shira_rank": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -318,12 +325,14 @@ PEFT_MODEL_METHODS = {
     "road": "RoAd",
     "vera": "VeRA",
     "fourierft": "FourierFT",
+    "shira": "SHiRA",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
 NO_AUTOCAST = {
     "lokr": "its Kronecker product promotes to fp32 there",
     "fourierft": "autocast casts its fp32 ΔW",
+    "shira": "",
     "miss": "",
     "road": "",
     "boft": "",
@@ -813,6 +822,13 @@ class RunConfig(limits.BoundedSettings):
     fourierft_targets: str | None = Field(
         None, exclude_if=_unset, description="FourierFT: adapted linears, roles or names (q,v)."
     )
+    # SHiRA (peft's sparse high-rank adapter: r·(in + out) trained values per linear)
+    shira_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="SHiRA: r, r·(in + out) values per linear (32)."
+    )
+    shira_targets: str | None = Field(
+        None, exclude_if=_unset, description="SHiRA: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1165,6 +1181,7 @@ class RunConfig(limits.BoundedSettings):
             "road_targets",
             "vera_targets",
             "fourierft_targets",
+            "shira_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
@@ -1377,6 +1394,11 @@ class RunConfig(limits.BoundedSettings):
         """FourierFT's (n_frequency, targets), peft's defaults where not given."""
         n = self.fourierft_frequencies or DEFAULT_FOURIER_FREQUENCIES
         return n, self.fourierft_targets or "q,v"
+
+    @property
+    def shira(self) -> tuple[int, str]:
+        """SHiRA's (r, targets), peft's defaults where not given."""
+        return self.shira_rank or DEFAULT_SHIRA_RANK, self.shira_targets or "q,v"
 
     @property
     def n_virtual(self) -> int:

@@ -98,6 +98,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "road",
         "vera",
         "fourierft",
+        "shira",
     }
 )
 
@@ -116,7 +117,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     if run.method in EVERY_BLOCK_TRAINS:
         # every block has trainable parameters (biases, IA³ vectors, its key/value prefix,
         # LoHa and LoKr factors, BOFT's and OFT's rotations, MiSS blocks, RoAd rotations,
-        # VeRA vectors, FourierFT spectra):
+        # VeRA vectors, FourierFT spectra, SHiRA values):
         # gradients flow from the top to block 0's, so every block's input but the first
         # needs a gradient
         biased = frozenset(plan.biased)
@@ -131,6 +132,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         block_rotated = frozenset(lin.module for lin in plan.block_rotated)
         vectored = frozenset(lin.module for lin in plan.vectored)
         spectral = frozenset(lin.module for lin in plan.spectral)
+        shira = frozenset(lin.module for lin in plan.shira)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -150,6 +152,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 block_rotated=block_rotated,
                 vectored=vectored,
                 spectral=spectral,
+                shira=shira,
             )
 
         # one object per distinct state: step_parts derives each once

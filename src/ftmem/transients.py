@@ -18,6 +18,7 @@ from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
+from ftmem.adapters.shira import Shira
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -413,6 +414,8 @@ def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keep
         kept = keeps and not run.grad_ckpt
         return BOFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
+    if run.method == "shira":  # SHiRA's weight rebuild, kept but in a graph-less forward
+        return Shira.build(run, plan, keeps and not run.grad_ckpt)
     if run.method == "miss":  # MiSS bat's weight rebuild, the same way
         return MiSS.bat_build(run, plan, T, in_bytes, keeps and not run.grad_ckpt)
     return LoHa.forward_build(plan, T, in_bytes, keeps and not run.grad_ckpt)
@@ -435,7 +438,8 @@ def adapter_moment(
       gradients of its rescaled sum (Phi-3 DoRA on qkv, bf16-mixed: -6 % without).
     - LoHa's Hadamard (LoKr's Kronecker, FourierFT's inverse FFT) backward at its largest
       linear (LoHa.backward_moment), MiSS bat's (MiSS.bat_backward), VeRA's
-      (VeRA.backward_own); FourierFT's recomputed ΔW build with checkpointing.
+      (VeRA.backward_own), SHiRA's (Shira.backward_own); FourierFT's recomputed ΔW
+      build with checkpointing.
 
     Both beside the gradient that came into the block."""
     if run.method == "oft":
@@ -452,8 +456,9 @@ def adapter_moment(
         return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
         return _miss_moment(arch, run, plan, block, e, T)
-    if run.method == "vera":
-        return vera_moment(arch, run, plan, block, e, T)
+    if run.method in ("vera", "shira"):
+        own = vera_moment if run.method == "vera" else shira_moment
+        return own(arch, run, plan, block, e, T)
     if run.method not in ADAPTER_METHODS or not (run.grad_ckpt or run.method == "dora"):
         return 0
     ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
@@ -524,6 +529,22 @@ def vera_moment(
     moments = [
         VeRA.backward_own(plan, run, lin, T) - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
         for lin in plan.vectored
+    ]
+    return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
+
+
+def shira_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int:
+    """SHiRA's backward at its largest linear (Shira.backward_own) beside the block's
+    incoming gradient, relative to the block's saved activations, as VeRA's (at an
+    attention linear the MLP side is freed by then). With checkpointing the recompute
+    keeps what the forward kept: its rebuild adds nothing beyond them."""
+    mlp_side = freed_before_attention(arch, block)
+    moments = [
+        Shira.backward_own(plan, run, lin, T, True)
+        - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
+        for lin in plan.shira
     ]
     return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
 

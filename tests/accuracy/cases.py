@@ -1154,6 +1154,27 @@ def _vera() -> list[Case]:
     return cases
 
 
+def _shira() -> list[Case]:
+    """peft's SHiRA (the weight cloned and rebuilt with its sparse values every forward,
+    the rebuilt weight and the input kept); on a wider model at few tokens its weight
+    gradient and rebuild are the peak."""
+    cases = [
+        Case(family, {"method": "shira", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "shira_targets": "all-linear", "shira_rank": 4},
+    ):
+        cases.append(Case("llama", {"method": "shira", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "shira_targets": "all-linear", "shira_rank": 8}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "shira", **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _miss_road() -> list[Case]:
     """peft's MiSS (default, bat, mini) and RoAd (road_1, 2, 4); on a wider model at few
     tokens MiSS bat's weight rebuild and its backward are the peak."""
@@ -1289,6 +1310,7 @@ def _peft_methods() -> list[Case]:
     cases += _boft()
     cases += _oft()
     cases += _vera()
+    cases += _shira()
     cases += _ln_tuning_lorafa()
     # prompt tuning and P-tuning: virtual tokens in front of the input
     for family in sorted(TINY):

@@ -527,6 +527,13 @@ RUN = [
     ),
     _opt("fourierft_targets", OptStr, None, "FourierFT: adapted linears, as --lora-targets (q,v)."),
     _opt(
+        "shira_rank",
+        OptInt,
+        None,
+        "SHiRA: r, trains r·(in + out) values of each adapted weight (peft's r, default 32).",
+    ),
+    _opt("shira_targets", OptStr, None, "SHiRA: adapted linears, as --lora-targets (q,v)."),
+    _opt(
         "adalora_target_r",
         OptInt,
         None,

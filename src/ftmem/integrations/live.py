@@ -241,6 +241,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _vera(model, pc, live, said)
     elif kind == "FOURIERFT":
         _fourierft(model, pc, live, said)
+    elif kind == "SHIRA":
+        _shira(model, pc, live, said)
     elif kind == "LN_TUNING":
         _ln_tuning(pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
@@ -251,8 +253,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, LN tuning, prompt, "
-            "prefix and P-tuning)."
+            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, SHiRA, LN tuning, "
+            "prompt, prefix and P-tuning)."
         )
 
 
@@ -390,6 +392,14 @@ def _fourierft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     live.set("method", "fourierft", said)
     live.set("fourierft_frequencies", int(pc.n_frequency), said)
     _wrapped(model, live, "fourierft", "fourierft_spectrum")
+
+
+def _shira(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's ShiraConfig: its r and the modules it wrapped (shira_weight); a mask function
+    of the user's own keeps r·(in + out) values as the random one does."""
+    live.set("method", "shira", said)
+    live.set("shira_rank", int(pc.r), said)
+    _wrapped(model, live, "shira", "shira_weight")
 
 
 def _ln_tuning(pc: Any, live: LiveRun, said: str) -> None:

@@ -749,7 +749,7 @@ def _with_trainable_set(
 
 def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's wrapper of the method: IA³ and the prompt methods, LoHa and LoKr, MiSS and
-    RoAd, BOFT, OFT, VeRA, FourierFT, else the LoRA family (ADAPTER_METHODS)."""
+    RoAd, BOFT, OFT, VeRA, FourierFT, SHiRA, else the LoRA family (ADAPTER_METHODS)."""
     if run.method in PROMPT_METHODS or run.method == "ia3":
         return _peft_other(model, arch, run)
     wrappers = {
@@ -761,6 +761,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "oft": _peft_oft,
         "vera": _peft_vera,
         "fourierft": _peft_fourierft,
+        "shira": _peft_shira,
         "ln-tuning": _peft_ln_tuning,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
@@ -1034,6 +1035,21 @@ def _peft_in_dtype(model: nn.Module, cfg: PeftConfig, run: RunConfig, *markers: 
             if any(marker in name for marker in markers):
                 p.data = p.data.to(_DTYPES[run.adapter_dtype])
     return model
+
+
+def _peft_shira(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's SHiRA (random mask) on the linears the estimate names, its values in the dtype
+    asked for."""
+    from peft import ShiraConfig
+
+    from ftmem.methods import shira_linears
+
+    cfg = ShiraConfig(
+        r=run.shira[0],
+        target_modules=[lin.module for lin in shira_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "shira_weight")
 
 
 def _peft_lycoris(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

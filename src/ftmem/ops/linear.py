@@ -13,6 +13,7 @@ from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
 from ftmem.adapters.road import RoAd
+from ftmem.adapters.shira import Shira
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -169,7 +170,7 @@ class LinearOp:
         in_grad: bool,
         in_bytes: int,
     ) -> tuple[list[Saved], bool]:
-        """What peft's LoHa, LoKr, FourierFT, BOFT, OFT, MiSS, RoAd and VeRA adapters of
+        """What peft's LoHa, LoKr, FourierFT, BOFT, OFT, MiSS, RoAd, SHiRA and VeRA adapters of
         linears reading one tensor keep, and whether one of them keeps that tensor itself
         (VeRA never does: its products keep h and y, not the input)."""
         out: list[Saved] = []
@@ -180,6 +181,7 @@ class LinearOp:
             (state.block_rotated, OFT),
             (state.miss, MiSS),
             (state.road, RoAd),
+            (state.shira, Shira),
         ):
             if present:
                 items, op_reads = op.saved(ctx, linears, state, side, in_grad, in_bytes)

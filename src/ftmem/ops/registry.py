@@ -52,6 +52,7 @@ MODULES = (
     "ftmem.adapters.lycoris",
     "ftmem.adapters.vera",
     "ftmem.adapters.miss",
+    "ftmem.adapters.shira",
     "ftmem.adapters.road",
     "ftmem.adapters.boft",
     "ftmem.adapters.oft",

@@ -36,6 +36,7 @@ class Kind(Enum):
     LOHA = "loha"  # LoHa's input cast and its delta weight
     VERA = "vera"  # VeRA's rank-r and output-wide products, its buffer slices' casts
     MISS = "miss"  # MiSS's summed input, bat's weight copies
+    SHIRA = "shira"  # SHiRA's rebuilt weight and sparse delta
     ROAD = "road"  # RoAd's cast and rotated outputs
     BOFT = "boft"  # BOFT's rotation matrices and scaled output
     OFT = "oft"  # OFT's input cast and its rotation blocks
