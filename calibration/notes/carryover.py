@@ -176,6 +176,12 @@ RUNS: list[Run] = [
         21674065920,
         {"method": "shira", "shira_rank": 32, "shira_targets": "q,v", **LORA_KEYS},
     ),
+    # WaveFT n 5000 on q,v, db1, scaling 25 (its adapter_config.json)
+    peft(
+        "waveft--llama-3.2-3B-n_frequency-5000",
+        24895291392,
+        {"method": "waveft", "waveft_frequencies": 5000, "waveft_targets": "q,v", **LORA_KEYS},
+    ),
     peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,

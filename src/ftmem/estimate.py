@@ -969,6 +969,9 @@ def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
     elif run.method == "shira":
         r, targets = run.shira
         settings, adapted = dict(shira_rank=r, shira_targets=targets), plan.shira
+    elif run.method == "waveft":
+        n, targets = run.waveft
+        settings, adapted = dict(waveft_frequencies=n, waveft_targets=targets), plan.wavelet
     else:
         return {}
     settings.update(

@@ -175,6 +175,12 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "(--shira-rank, --shira-targets)",
         "Bhardwaj et al. 2024 (SHiRA), arXiv:2406.13175; peft tuners/shira",
     ),
+    "waveft": (
+        "peft's WaveFT: n trained wavelet coefficients per linear, ΔW = the inverse 2-D "
+        "wavelet transform (db1) of their sparse matrix, built whole (out × in) in every "
+        "forward (--waveft-frequencies, --waveft-targets)",
+        "Bilican et al. 2025 (WaveFT), arXiv:2505.12532; peft tuners/waveft",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -320,6 +326,8 @@ class MethodPlan:
     spectral: tuple[Linear, ...] = ()
     # SHiRA: the linears whose weight is cloned with its sparse trained values added
     shira: tuple[Linear, ...] = ()
+    # WaveFT: the linears whose ΔW is an inverse wavelet transform of sparse coefficients
+    wavelet: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -851,6 +859,22 @@ def shira_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return chosen
 
 
+def waveft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a WaveFT adapter (none for the other methods); peft 0.21.2
+    tuners/waveft/layer.py update_layer refuses more coefficients than the weight has."""
+    if run.method != "waveft":
+        return ()
+    n, spec = run.waveft
+    chosen = _lycoris_linears(arch, spec, "WaveFT", wraps_conv1d=True)
+    for lin in chosen:
+        if n > lin.in_features * lin.out_features:
+            raise InvalidInputError(
+                f"--waveft-frequencies {n} exceeds {lin.module}'s {lin.out_features} × "
+                f"{lin.in_features} weight (peft refuses it); give fewer."
+            )
+    return chosen
+
+
 def shira_values(lin: Linear, r: int) -> int:
     """SHiRA's trained values on one linear: r·(in + out), as many as LoRA r would train
     (peft 0.21.2 tuners/shira/layer.py update_layer ``num_shira_weight``)."""
@@ -1121,22 +1145,15 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         gated_blocks=gated_blocks(arch, run),
         v2_scaled=v2_scaled,
         head_scaled=run.method == "llama-adapter-v2",
-        hadamard=other.hadamard,
-        kronecker=other.kronecker,
-        miss=other.miss,
-        road=other.road,
-        rotated=other.rotated,
-        block_rotated=other.block_rotated,
-        vectored=other.vectored,
-        spectral=other.spectral,
-        shira=other.shira,
+        # the linears of peft's other adapters, by _PeftOther's fields (MethodPlan's names)
+        **other._asdict(),
         orth_regularised=adalora_regularised(run),
     )
 
 
 class _PeftOther(NamedTuple):
     """The linears each of peft's other adapters (LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA,
-    FourierFT) wraps."""
+    FourierFT, SHiRA, WaveFT) wraps, under MethodPlan's field names."""
 
     hadamard: tuple[Linear, ...]
     kronecker: tuple[Linear, ...]
@@ -1147,13 +1164,14 @@ class _PeftOther(NamedTuple):
     vectored: tuple[Linear, ...]
     spectral: tuple[Linear, ...]
     shira: tuple[Linear, ...]
+    wavelet: tuple[Linear, ...]
 
 
 def _peft_other(
     arch: Architecture, run: RunConfig, dtypes: Dtypes
 ) -> tuple[_PeftOther, list[TensorGroup]]:
-    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA and FourierFT wrap, and
-    their tensors."""
+    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA, FourierFT, SHiRA and
+    WaveFT wrap, and their tensors."""
     other = _PeftOther(
         loha_linears(arch, run),
         lokr_linears(arch, run),
@@ -1164,6 +1182,7 @@ def _peft_other(
         vera_linears(arch, run),
         fourierft_linears(arch, run),
         shira_linears(arch, run),
+        waveft_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _lokr_groups(other.kronecker, arch, run, dtypes)
@@ -1174,6 +1193,10 @@ def _peft_other(
             f"{lin.module}.shira_weight", (shira_values(lin, run.shira[0]),), arch, dtypes, lin
         )
         for lin in other.shira
+    ]
+    n = run.waveft[0]
+    groups += [
+        _adapter(f"{lin.module}.waveft_spectrum", (n,), arch, dtypes, lin) for lin in other.wavelet
     ]
     groups += _miss_road_groups(other.miss + other.road, arch, run, dtypes)
     groups += _boft_groups(other.rotated, arch, run, dtypes)

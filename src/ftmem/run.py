@@ -44,6 +44,7 @@ Method = Literal[
     "vera",
     "fourierft",
     "shira",
+    "waveft",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -140,6 +141,9 @@ DEFAULT_FOURIER_FREQUENCIES = 1000
 # peft's ShiraConfig default (peft 0.21.2 tuners/shira/config.py: r=32, mask_type random;
 # the same at 5d602fdbff04); target_modules from the LoRA mapping (q_proj, v_proj for Llama)
 DEFAULT_SHIRA_RANK = 32
+# peft's WaveFTConfig default (peft 0.21.2 tuners/waveft/config.py: n_frequency=2592,
+# wavelet_family db1, use_idwt True); target_modules from its mapping (q_proj, v_proj)
+DEFAULT_WAVE_FREQUENCIES = 2592
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -157,7 +161,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     },
     "adapter_dtype": ADAPTER_METHODS
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
-    | {"shira"},
+    | {"shira", "waveft"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "adapter_size": frozenset({"adapter"}),
     "adapter_placement": frozenset({"adapter"}),
@@ -177,6 +181,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{k: frozenset({"vera"}) for k in ("vera_rank", "vera_targets")},
     **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
     **{k: frozenset({"shira"}) for k in ("shira_rank", "shira_targets")},
+    **{k: frozenset({"waveft"}) for k in ("waveft_frequencies", "waveft_targets")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -244,6 +249,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "vera_rank": limits.WIDTH,
     "fourierft_frequencies": limits.WIDTH,
     "shira_rank": limits.WIDTH,
+    "waveft_frequencies": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -326,6 +332,7 @@ PEFT_MODEL_METHODS = {
     "vera": "VeRA",
     "fourierft": "FourierFT",
     "shira": "SHiRA",
+    "waveft": "WaveFT",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -333,6 +340,7 @@ NO_AUTOCAST = {
     "lokr": "its Kronecker product promotes to fp32 there",
     "fourierft": "autocast casts its fp32 ΔW",
     "shira": "",
+    "waveft": "autocast casts its fp32 ΔW",
     "miss": "",
     "road": "",
     "boft": "",
@@ -829,6 +837,13 @@ class RunConfig(limits.BoundedSettings):
     shira_targets: str | None = Field(
         None, exclude_if=_unset, description="SHiRA: adapted linears, roles or names (q,v)."
     )
+    # WaveFT (peft's n wavelet coefficients per linear, ΔW by an inverse 2-D wavelet transform)
+    waveft_frequencies: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="WaveFT: n_frequency per adapted linear (2592)."
+    )
+    waveft_targets: str | None = Field(
+        None, exclude_if=_unset, description="WaveFT: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1182,6 +1197,7 @@ class RunConfig(limits.BoundedSettings):
             "vera_targets",
             "fourierft_targets",
             "shira_targets",
+            "waveft_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
@@ -1399,6 +1415,12 @@ class RunConfig(limits.BoundedSettings):
     def shira(self) -> tuple[int, str]:
         """SHiRA's (r, targets), peft's defaults where not given."""
         return self.shira_rank or DEFAULT_SHIRA_RANK, self.shira_targets or "q,v"
+
+    @property
+    def waveft(self) -> tuple[int, str]:
+        """WaveFT's (n_frequency, targets), peft's defaults where not given."""
+        n = self.waveft_frequencies or DEFAULT_WAVE_FREQUENCIES
+        return n, self.waveft_targets or "q,v"
 
     @property
     def n_virtual(self) -> int:

@@ -99,6 +99,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "vera",
         "fourierft",
         "shira",
+        "waveft",
     }
 )
 
@@ -117,7 +118,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     if run.method in EVERY_BLOCK_TRAINS:
         # every block has trainable parameters (biases, IA³ vectors, its key/value prefix,
         # LoHa and LoKr factors, BOFT's and OFT's rotations, MiSS blocks, RoAd rotations,
-        # VeRA vectors, FourierFT spectra, SHiRA values):
+        # VeRA vectors, FourierFT spectra, SHiRA values, WaveFT coefficients):
         # gradients flow from the top to block 0's, so every block's input but the first
         # needs a gradient
         biased = frozenset(plan.biased)
@@ -133,6 +134,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         vectored = frozenset(lin.module for lin in plan.vectored)
         spectral = frozenset(lin.module for lin in plan.spectral)
         shira = frozenset(lin.module for lin in plan.shira)
+        wavelet = frozenset(lin.module for lin in plan.wavelet)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -153,6 +155,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 vectored=vectored,
                 spectral=spectral,
                 shira=shira,
+                wavelet=wavelet,
             )
 
         # one object per distinct state: step_parts derives each once

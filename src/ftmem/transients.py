@@ -452,7 +452,7 @@ def adapter_moment(
         # checkpointing reruns each BOFT forward, with its graph, inside the backward
         rerun = BOFT.forward_build(plan, run, T, xb, True) if run.grad_ckpt else 0
         return max(BOFT.backward_moment(plan, T, xb), rerun)
-    if run.method in ("loha", "lokr", "fourierft"):
+    if run.method in ("loha", "lokr", "fourierft", "waveft"):
         return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
         return _miss_moment(arch, run, plan, block, e, T)
@@ -503,12 +503,12 @@ def adapter_moment(
 
 
 def _delta_moment(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
-    """LoHa's, LoKr's or FourierFT's ΔW backward at its largest linear
-    (LoHa.backward_moment) and, for FourierFT with checkpointing, the recompute's ΔW
-    build."""
+    """LoHa's, LoKr's, FourierFT's or WaveFT's ΔW backward at its largest linear
+    (LoHa.backward_moment) and, for FourierFT and WaveFT with checkpointing, the
+    recompute's ΔW build."""
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
     delta = LoHa.backward_moment(plan, T, in_bytes)
-    if run.grad_ckpt and run.method == "fourierft":
+    if run.grad_ckpt and run.method in ("fourierft", "waveft"):
         # the recompute's ΔW build (20 bytes an element, above its backward's 16) at
         # its largest linear, with the block rebuilt up to it (taken as all of it:
         # exact at the last, the down projection) and the incoming gradient (measured:

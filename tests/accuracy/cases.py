@@ -1175,6 +1175,29 @@ def _shira() -> list[Case]:
     return cases
 
 
+def _waveft() -> list[Case]:
+    """peft's WaveFT (FourierFT's ΔW path with an inverse wavelet transform, its stacked
+    quarters kept besides); on a wider model at few tokens the build (and with
+    checkpointing its recompute) is the peak. n 300: peft's 2592 exceeds the tiny
+    models' key and value weights."""
+    n = {"waveft_frequencies": 300}
+    cases = [
+        Case(family, {"method": "waveft", "precision": "bf16", **n})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "waveft_targets": "all-linear", "waveft_frequencies": 30},
+    ):
+        cases.append(Case("llama", {"method": "waveft", **n, **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "waveft_targets": "all-linear", **n}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "waveft", **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _miss_road() -> list[Case]:
     """peft's MiSS (default, bat, mini) and RoAd (road_1, 2, 4); on a wider model at few
     tokens MiSS bat's weight rebuild and its backward are the peak."""
@@ -1311,6 +1334,7 @@ def _peft_methods() -> list[Case]:
     cases += _oft()
     cases += _vera()
     cases += _shira()
+    cases += _waveft()
     cases += _ln_tuning_lorafa()
     # prompt tuning and P-tuning: virtual tokens in front of the input
     for family in sorted(TINY):

@@ -534,6 +534,13 @@ RUN = [
     ),
     _opt("shira_targets", OptStr, None, "SHiRA: adapted linears, as --lora-targets (q,v)."),
     _opt(
+        "waveft_frequencies",
+        OptInt,
+        None,
+        "WaveFT: wavelet coefficients per adapted linear (peft's n_frequency, default 2592).",
+    ),
+    _opt("waveft_targets", OptStr, None, "WaveFT: adapted linears, as --lora-targets (q,v)."),
+    _opt(
         "adalora_target_r",
         OptInt,
         None,

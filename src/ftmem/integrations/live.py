@@ -243,6 +243,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _fourierft(model, pc, live, said)
     elif kind == "SHIRA":
         _shira(model, pc, live, said)
+    elif kind == "WAVEFT":
+        _waveft(model, pc, live, said)
     elif kind == "LN_TUNING":
         _ln_tuning(pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
@@ -253,7 +255,7 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, SHiRA, LN tuning, "
+            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, SHiRA, WaveFT, LN tuning, "
             "prompt, prefix and P-tuning)."
         )
 
@@ -400,6 +402,20 @@ def _shira(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     live.set("method", "shira", said)
     live.set("shira_rank", int(pc.r), said)
     _wrapped(model, live, "shira", "shira_weight")
+
+
+def _waveft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's WaveFTConfig: its n_frequency and the modules it wrapped (waveft_spectrum);
+    ftmem models the default db1 inverse transform only."""
+    if pc.wavelet_family != "db1" or not pc.use_idwt or pc.proportional_parameters:
+        raise InvalidInputError(
+            f"peft WaveFT with wavelet_family {pc.wavelet_family}, use_idwt {pc.use_idwt} "
+            f"and proportional_parameters {pc.proportional_parameters} is not modelled "
+            "(ftmem models db1, use_idwt True, equal n_frequency per linear)."
+        )
+    live.set("method", "waveft", said)
+    live.set("waveft_frequencies", int(pc.n_frequency), said)
+    _wrapped(model, live, "waveft", "waveft_spectrum")
 
 
 def _ln_tuning(pc: Any, live: LiveRun, said: str) -> None:

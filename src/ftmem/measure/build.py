@@ -749,7 +749,7 @@ def _with_trainable_set(
 
 def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's wrapper of the method: IA³ and the prompt methods, LoHa and LoKr, MiSS and
-    RoAd, BOFT, OFT, VeRA, FourierFT, SHiRA, else the LoRA family (ADAPTER_METHODS)."""
+    RoAd, BOFT, OFT, VeRA, FourierFT, SHiRA, WaveFT, else the LoRA family (ADAPTER_METHODS)."""
     if run.method in PROMPT_METHODS or run.method == "ia3":
         return _peft_other(model, arch, run)
     wrappers = {
@@ -762,6 +762,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "vera": _peft_vera,
         "fourierft": _peft_fourierft,
         "shira": _peft_shira,
+        "waveft": _peft_waveft,
         "ln-tuning": _peft_ln_tuning,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
@@ -1050,6 +1051,21 @@ def _peft_shira(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modu
         task_type="CAUSAL_LM",
     )
     return _peft_in_dtype(model, cfg, run, "shira_weight")
+
+
+def _peft_waveft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's WaveFT (db1, inverse transform) on the linears the estimate names, its
+    coefficients in the dtype asked for."""
+    from peft import WaveFTConfig
+
+    from ftmem.methods import waveft_linears
+
+    cfg = WaveFTConfig(
+        n_frequency=run.waveft[0],
+        target_modules=[lin.module for lin in waveft_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "waveft_spectrum")
 
 
 def _peft_lycoris(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

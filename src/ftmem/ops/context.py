@@ -48,6 +48,7 @@ class BlockState:
     vectored: frozenset[str] = frozenset()  # VeRA's (its vectors need the output's gradient)
     spectral: frozenset[str] = frozenset()  # FourierFT's
     shira: frozenset[str] = frozenset()  # SHiRA's (its rebuilt weight's mm)
+    wavelet: frozenset[str] = frozenset()  # WaveFT's
 
     @property
     def output_grad(self) -> frozenset[str]:
@@ -58,10 +59,10 @@ class BlockState:
     def own_output_grad(self) -> frozenset[str]:
         """Linears whose output needs a gradient for a parameter other than LoRA's: a
         trained bias (BitFit), an IA³ vector, a trained weight, a bottleneck adapter,
-        adapter v2's bias and scale, a LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT or
-        SHiRA adapter."""
+        adapter v2's bias and scale, a LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT,
+        SHiRA or WaveFT adapter."""
         own = self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
-        own |= self.miss | self.road | self.vectored | self.spectral | self.shira
+        own |= self.miss | self.road | self.vectored | self.spectral | self.shira | self.wavelet
         return own | self.hadamard | self.kronecker | self.rotated | self.block_rotated
 
     def weight_trains(self, lin: Linear) -> bool:

@@ -170,13 +170,13 @@ class LinearOp:
         in_grad: bool,
         in_bytes: int,
     ) -> tuple[list[Saved], bool]:
-        """What peft's LoHa, LoKr, FourierFT, BOFT, OFT, MiSS, RoAd, SHiRA and VeRA adapters of
+        """What peft's LoHa, LoKr, FourierFT, WaveFT, BOFT, OFT, MiSS, RoAd, SHiRA and VeRA adapters of
         linears reading one tensor keep, and whether one of them keeps that tensor itself
         (VeRA never does: its products keep h and y, not the input)."""
         out: list[Saved] = []
         reads = False
         for present, op in (
-            (state.hadamard or state.kronecker or state.spectral, LoHa),
+            (state.hadamard or state.kronecker or state.spectral or state.wavelet, LoHa),
             (state.rotated, BOFT),
             (state.block_rotated, OFT),
             (state.miss, MiSS),
