@@ -35,6 +35,7 @@ EXPECTED = {
     "lokr",
     "miss",
     "shira",
+    "c3a",
     "road",
     "boft",
     "oft",

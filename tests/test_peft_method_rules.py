@@ -1,5 +1,5 @@
 """One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
-FourierFT, SHiRA, WaveFT): where they are modelled, and the sentence each refusal gives."""
+FourierFT, SHiRA, WaveFT, C3A): where they are modelled, and the sentence each refusal gives."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ NEW_METHODS = {
     "fourierft": "FourierFT",
     "shira": "SHiRA",
     "waveft": "WaveFT",
+    "c3a": "C3A",
 }
 
 

@@ -182,6 +182,18 @@ RUNS: list[Run] = [
         24895291392,
         {"method": "waveft", "waveft_frequencies": 5000, "waveft_targets": "q,v", **LORA_KEYS},
     ),
+    # C3A block_size 64 on q,v (init_weights false: xavier_uniform, the same memory)
+    peft(
+        "c3a--llama-3.2-3B-default",
+        22059941888,
+        {
+            "method": "c3a",
+            "c3a_block_size": 64,
+            "c3a_targets": "q,v",
+            "adapter_dtype": DROP,  # (peft makes the kernels fp32 whatever it is told)
+            **LORA_KEYS,
+        },
+    ),
     peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,

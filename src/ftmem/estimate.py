@@ -972,6 +972,9 @@ def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
     elif run.method == "waveft":
         n, targets = run.waveft
         settings, adapted = dict(waveft_frequencies=n, waveft_targets=targets), plan.wavelet
+    elif run.method == "c3a":
+        b, targets = run.c3a
+        settings, adapted = dict(c3a_block_size=b, c3a_targets=targets), plan.circulant
     else:
         return {}
     settings.update(

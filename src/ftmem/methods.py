@@ -181,6 +181,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "forward (--waveft-frequencies, --waveft-targets)",
         "Bilican et al. 2025 (WaveFT), arXiv:2505.12532; peft tuners/waveft",
     ),
+    "c3a": (
+        "peft's C3A: one trained b-long circular-convolution kernel per b × b block of each "
+        "linear, applied to the fp32 input through FFTs (--c3a-block-size, --c3a-targets)",
+        "Chen et al. 2025 (C3A), arXiv:2407.19342; peft tuners/c3a",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -328,6 +333,8 @@ class MethodPlan:
     shira: tuple[Linear, ...] = ()
     # WaveFT: the linears whose ΔW is an inverse wavelet transform of sparse coefficients
     wavelet: tuple[Linear, ...] = ()
+    # C3A: the linears with a block circular convolution of their input beside them
+    circulant: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -875,6 +882,23 @@ def waveft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return chosen
 
 
+def c3a_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a C3A adapter (none for the other methods); peft 0.21.2
+    tuners/c3a/layer.py update_layer needs block_size to divide in and out (and takes
+    nn.Linear only: Conv1D is refused)."""
+    if run.method != "c3a":
+        return ()
+    b, spec = run.c3a
+    chosen = _lycoris_linears(arch, spec, "C3A")
+    for lin in chosen:
+        if lin.in_features % b or lin.out_features % b:
+            raise InvalidInputError(
+                f"--c3a-block-size {b} does not divide {lin.module}'s {lin.out_features} × "
+                f"{lin.in_features} weight (peft refuses it); choose a common divisor."
+            )
+    return chosen
+
+
 def shira_values(lin: Linear, r: int) -> int:
     """SHiRA's trained values on one linear: r·(in + out), as many as LoRA r would train
     (peft 0.21.2 tuners/shira/layer.py update_layer ``num_shira_weight``)."""
@@ -1153,7 +1177,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
 
 class _PeftOther(NamedTuple):
     """The linears each of peft's other adapters (LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA,
-    FourierFT, SHiRA, WaveFT) wraps, under MethodPlan's field names."""
+    FourierFT, SHiRA, WaveFT, C3A) wraps, under MethodPlan's field names."""
 
     hadamard: tuple[Linear, ...]
     kronecker: tuple[Linear, ...]
@@ -1165,13 +1189,14 @@ class _PeftOther(NamedTuple):
     spectral: tuple[Linear, ...]
     shira: tuple[Linear, ...]
     wavelet: tuple[Linear, ...]
+    circulant: tuple[Linear, ...]
 
 
 def _peft_other(
     arch: Architecture, run: RunConfig, dtypes: Dtypes
 ) -> tuple[_PeftOther, list[TensorGroup]]:
-    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA, FourierFT, SHiRA and
-    WaveFT wrap, and their tensors."""
+    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA, FourierFT, SHiRA,
+    WaveFT and C3A wrap, and their tensors."""
     other = _PeftOther(
         loha_linears(arch, run),
         lokr_linears(arch, run),
@@ -1183,6 +1208,7 @@ def _peft_other(
         fourierft_linears(arch, run),
         shira_linears(arch, run),
         waveft_linears(arch, run),
+        c3a_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _lokr_groups(other.kronecker, arch, run, dtypes)
@@ -1197,6 +1223,17 @@ def _peft_other(
     n = run.waveft[0]
     groups += [
         _adapter(f"{lin.module}.waveft_spectrum", (n,), arch, dtypes, lin) for lin in other.wavelet
+    ]
+    b = run.c3a[0]
+    groups += [
+        _adapter(
+            f"{lin.module}.c3a_kernel",
+            (lin.out_features // b, lin.in_features // b, b),
+            arch,
+            dtypes,
+            lin,
+        )
+        for lin in other.circulant
     ]
     groups += _miss_road_groups(other.miss + other.road, arch, run, dtypes)
     groups += _boft_groups(other.rotated, arch, run, dtypes)

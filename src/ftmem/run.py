@@ -45,6 +45,7 @@ Method = Literal[
     "fourierft",
     "shira",
     "waveft",
+    "c3a",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -144,6 +145,9 @@ DEFAULT_SHIRA_RANK = 32
 # peft's WaveFTConfig default (peft 0.21.2 tuners/waveft/config.py: n_frequency=2592,
 # wavelet_family db1, use_idwt True); target_modules from its mapping (q_proj, v_proj)
 DEFAULT_WAVE_FREQUENCIES = 2592
+# peft's C3AConfig default (peft 0.21.2 tuners/c3a/config.py: block_size=256; the same at
+# 5d602fdbff04); target_modules from the LoRA mapping (q_proj, v_proj for Llama)
+DEFAULT_C3A_BLOCK = 256
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -182,6 +186,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
     **{k: frozenset({"shira"}) for k in ("shira_rank", "shira_targets")},
     **{k: frozenset({"waveft"}) for k in ("waveft_frequencies", "waveft_targets")},
+    **{k: frozenset({"c3a"}) for k in ("c3a_block_size", "c3a_targets")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -250,6 +255,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "fourierft_frequencies": limits.WIDTH,
     "shira_rank": limits.WIDTH,
     "waveft_frequencies": limits.WIDTH,
+    "c3a_block_size": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -333,6 +339,7 @@ PEFT_MODEL_METHODS = {
     "fourierft": "FourierFT",
     "shira": "SHiRA",
     "waveft": "WaveFT",
+    "c3a": "C3A",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -341,6 +348,7 @@ NO_AUTOCAST = {
     "fourierft": "autocast casts its fp32 ΔW",
     "shira": "",
     "waveft": "autocast casts its fp32 ΔW",
+    "c3a": "",
     "miss": "",
     "road": "",
     "boft": "",
@@ -844,6 +852,13 @@ class RunConfig(limits.BoundedSettings):
     waveft_targets: str | None = Field(
         None, exclude_if=_unset, description="WaveFT: adapted linears, roles or names (q,v)."
     )
+    # C3A (peft's block circular convolution: one b-long kernel per b × b block)
+    c3a_block_size: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="C3A: block_size, dividing in and out (256)."
+    )
+    c3a_targets: str | None = Field(
+        None, exclude_if=_unset, description="C3A: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1198,6 +1213,7 @@ class RunConfig(limits.BoundedSettings):
             "fourierft_targets",
             "shira_targets",
             "waveft_targets",
+            "c3a_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
@@ -1421,6 +1437,11 @@ class RunConfig(limits.BoundedSettings):
         """WaveFT's (n_frequency, targets), peft's defaults where not given."""
         n = self.waveft_frequencies or DEFAULT_WAVE_FREQUENCIES
         return n, self.waveft_targets or "q,v"
+
+    @property
+    def c3a(self) -> tuple[int, str]:
+        """C3A's (block_size, targets), peft's defaults where not given."""
+        return self.c3a_block_size or DEFAULT_C3A_BLOCK, self.c3a_targets or "q,v"
 
     @property
     def n_virtual(self) -> int:

@@ -100,6 +100,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "fourierft",
         "shira",
         "waveft",
+        "c3a",
     }
 )
 
@@ -118,7 +119,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     if run.method in EVERY_BLOCK_TRAINS:
         # every block has trainable parameters (biases, IA³ vectors, its key/value prefix,
         # LoHa and LoKr factors, BOFT's and OFT's rotations, MiSS blocks, RoAd rotations,
-        # VeRA vectors, FourierFT spectra, SHiRA values, WaveFT coefficients):
+        # VeRA vectors, FourierFT spectra, SHiRA values, WaveFT coefficients,
+        # C3A kernels):
         # gradients flow from the top to block 0's, so every block's input but the first
         # needs a gradient
         biased = frozenset(plan.biased)
@@ -135,6 +137,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         spectral = frozenset(lin.module for lin in plan.spectral)
         shira = frozenset(lin.module for lin in plan.shira)
         wavelet = frozenset(lin.module for lin in plan.wavelet)
+        circulant = frozenset(lin.module for lin in plan.circulant)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -156,6 +159,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 spectral=spectral,
                 shira=shira,
                 wavelet=wavelet,
+                circulant=circulant,
             )
 
         # one object per distinct state: step_parts derives each once

@@ -13,6 +13,7 @@ from functools import partial
 
 from ftmem.adapters.boft import BOFT
 from ftmem.adapters.boft import element_bytes as rotated_input_bytes
+from ftmem.adapters.c3a import C3A
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
@@ -414,6 +415,8 @@ def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keep
         kept = keeps and not run.grad_ckpt
         return BOFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
+    if run.method == "c3a":  # its FFTs' complex outputs, kept or not
+        return C3A.forward_transient(plan, run, T)
     if run.method == "shira":  # SHiRA's weight rebuild, kept but in a graph-less forward
         return Shira.build(run, plan, keeps and not run.grad_ckpt)
     if run.method == "miss":  # MiSS bat's weight rebuild, the same way
@@ -438,7 +441,8 @@ def adapter_moment(
       gradients of its rescaled sum (Phi-3 DoRA on qkv, bf16-mixed: -6 % without).
     - LoHa's Hadamard (LoKr's Kronecker, FourierFT's inverse FFT) backward at its largest
       linear (LoHa.backward_moment), MiSS bat's (MiSS.bat_backward), VeRA's
-      (VeRA.backward_own), SHiRA's (Shira.backward_own); FourierFT's recomputed ΔW
+      (VeRA.backward_own), SHiRA's (Shira.backward_own), C3A's (C3A.backward_own);
+      FourierFT's recomputed ΔW
       build with checkpointing.
 
     Both beside the gradient that came into the block."""
@@ -456,8 +460,8 @@ def adapter_moment(
         return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
         return _miss_moment(arch, run, plan, block, e, T)
-    if run.method in ("vera", "shira"):
-        own = vera_moment if run.method == "vera" else shira_moment
+    if run.method in ("vera", "shira", "c3a"):
+        own = {"vera": vera_moment, "shira": shira_moment, "c3a": c3a_moment}[run.method]
         return own(arch, run, plan, block, e, T)
     if run.method not in ADAPTER_METHODS or not (run.grad_ckpt or run.method == "dora"):
         return 0
@@ -545,6 +549,19 @@ def shira_moment(
         Shira.backward_own(plan, run, lin, T, True)
         - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
         for lin in plan.shira
+    ]
+    return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
+
+
+def c3a_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int:
+    """C3A's backward at its largest linear (C3A.backward_own) beside the block's incoming
+    gradient, as VeRA's and SHiRA's."""
+    mlp_side = freed_before_attention(arch, block)
+    moments = [
+        C3A.backward_own(run, lin, T) - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
+        for lin in plan.circulant
     ]
     return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
 

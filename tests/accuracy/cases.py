@@ -1198,6 +1198,25 @@ def _waveft() -> list[Case]:
     return cases
 
 
+def _c3a() -> list[Case]:
+    """peft's C3A (an fp32 input copy kept per adapted linear, complex FFT outputs in its
+    forward and backward); block 8 divides the tiny models' widths (peft's 256 does not)."""
+    b = {"c3a_block_size": 8}
+    cases = [
+        Case(family, {"method": "c3a", "precision": "bf16", **b})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "c3a_targets": "all-linear", "c3a_block_size": 16},
+        {"precision": "bf16", "c3a_targets": "all-linear", "batch_size": 4, "seq_len": 400},
+        {"precision": "fp32", "c3a_targets": "all-linear", "grad_ckpt": True, "seq_len": 400},
+    ):
+        cases.append(Case("llama", {"method": "c3a", **b, **extra}))
+    return cases
+
+
 def _miss_road() -> list[Case]:
     """peft's MiSS (default, bat, mini) and RoAd (road_1, 2, 4); on a wider model at few
     tokens MiSS bat's weight rebuild and its backward are the peak."""
@@ -1335,6 +1354,7 @@ def _peft_methods() -> list[Case]:
     cases += _vera()
     cases += _shira()
     cases += _waveft()
+    cases += _c3a()
     cases += _ln_tuning_lorafa()
     # prompt tuning and P-tuning: virtual tokens in front of the input
     for family in sorted(TINY):

@@ -541,6 +541,13 @@ RUN = [
     ),
     _opt("waveft_targets", OptStr, None, "WaveFT: adapted linears, as --lora-targets (q,v)."),
     _opt(
+        "c3a_block_size",
+        OptInt,
+        None,
+        "C3A: block_size b, dividing every adapted weight's sides (peft's, default 256).",
+    ),
+    _opt("c3a_targets", OptStr, None, "C3A: adapted linears, as --lora-targets (q,v)."),
+    _opt(
         "adalora_target_r",
         OptInt,
         None,

@@ -241,10 +241,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _vera(model, pc, live, said)
     elif kind == "FOURIERFT":
         _fourierft(model, pc, live, said)
-    elif kind == "SHIRA":
-        _shira(model, pc, live, said)
-    elif kind == "WAVEFT":
-        _waveft(model, pc, live, said)
+    elif kind in ("SHIRA", "WAVEFT", "C3A"):
+        {"SHIRA": _shira, "WAVEFT": _waveft, "C3A": _c3a}[kind](model, pc, live, said)
     elif kind == "LN_TUNING":
         _ln_tuning(pc, live, said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
@@ -255,8 +253,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
     else:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, SHiRA, WaveFT, LN tuning, "
-            "prompt, prefix and P-tuning)."
+            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, SHiRA, WaveFT, C3A, LN "
+            "tuning, prompt, prefix and P-tuning)."
         )
 
 
@@ -416,6 +414,19 @@ def _waveft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     live.set("method", "waveft", said)
     live.set("waveft_frequencies", int(pc.n_frequency), said)
     _wrapped(model, live, "waveft", "waveft_spectrum")
+
+
+def _c3a(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's C3AConfig: its block_size and the modules it wrapped (c3a_kernel); one block
+    size for every linear."""
+    if pc.block_size_pattern:
+        raise InvalidInputError(
+            "peft C3A with a block_size_pattern is not modelled (ftmem takes one block_size "
+            "for every adapted linear)."
+        )
+    live.set("method", "c3a", said)
+    live.set("c3a_block_size", int(pc.block_size), said)
+    _wrapped(model, live, "c3a", "c3a_kernel")
 
 
 def _ln_tuning(pc: Any, live: LiveRun, said: str) -> None:

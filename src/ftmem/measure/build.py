@@ -749,7 +749,7 @@ def _with_trainable_set(
 
 def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's wrapper of the method: IA³ and the prompt methods, LoHa and LoKr, MiSS and
-    RoAd, BOFT, OFT, VeRA, FourierFT, SHiRA, WaveFT, else the LoRA family (ADAPTER_METHODS)."""
+    RoAd, BOFT, OFT, VeRA, FourierFT, SHiRA, WaveFT, C3A, else the LoRA family (ADAPTER_METHODS)."""
     if run.method in PROMPT_METHODS or run.method == "ia3":
         return _peft_other(model, arch, run)
     wrappers = {
@@ -763,6 +763,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "fourierft": _peft_fourierft,
         "shira": _peft_shira,
         "waveft": _peft_waveft,
+        "c3a": _peft_c3a,
         "ln-tuning": _peft_ln_tuning,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
@@ -1066,6 +1067,22 @@ def _peft_waveft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mod
         task_type="CAUSAL_LM",
     )
     return _peft_in_dtype(model, cfg, run, "waveft_spectrum")
+
+
+def _peft_c3a(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's C3A on the linears the estimate names (its fp32 kernels, xavier_uniform as
+    PEFT's benchmark sets them: zeros would not change memory)."""
+    from peft import C3AConfig
+
+    from ftmem.methods import c3a_linears
+
+    cfg = C3AConfig(
+        block_size=run.c3a[0],
+        target_modules=[lin.module for lin in c3a_linears(arch, run)],
+        init_weights=False,
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "c3a_kernel")
 
 
 def _peft_lycoris(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

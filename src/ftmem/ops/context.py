@@ -49,6 +49,7 @@ class BlockState:
     spectral: frozenset[str] = frozenset()  # FourierFT's
     shira: frozenset[str] = frozenset()  # SHiRA's (its rebuilt weight's mm)
     wavelet: frozenset[str] = frozenset()  # WaveFT's
+    circulant: frozenset[str] = frozenset()  # C3A's
 
     @property
     def output_grad(self) -> frozenset[str]:
@@ -60,9 +61,10 @@ class BlockState:
         """Linears whose output needs a gradient for a parameter other than LoRA's: a
         trained bias (BitFit), an IA³ vector, a trained weight, a bottleneck adapter,
         adapter v2's bias and scale, a LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT,
-        SHiRA or WaveFT adapter."""
+        SHiRA, WaveFT or C3A adapter."""
         own = self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
         own |= self.miss | self.road | self.vectored | self.spectral | self.shira | self.wavelet
+        own |= self.circulant
         return own | self.hadamard | self.kronecker | self.rotated | self.block_rotated
 
     def weight_trains(self, lin: Linear) -> bool:

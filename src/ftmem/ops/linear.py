@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ftmem.adapters.boft import BOFT
 from ftmem.adapters.bottleneck import Bottleneck
+from ftmem.adapters.c3a import C3A
 from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.llama_adapter import LlamaAdapter
 from ftmem.adapters.lora import LoRA
@@ -170,7 +171,7 @@ class LinearOp:
         in_grad: bool,
         in_bytes: int,
     ) -> tuple[list[Saved], bool]:
-        """What peft's LoHa, LoKr, FourierFT, WaveFT, BOFT, OFT, MiSS, RoAd, SHiRA and VeRA adapters of
+        """What peft's LoHa, LoKr, FourierFT, WaveFT, BOFT, OFT, MiSS, RoAd, SHiRA, C3A and VeRA adapters of
         linears reading one tensor keep, and whether one of them keeps that tensor itself
         (VeRA never does: its products keep h and y, not the input)."""
         out: list[Saved] = []
@@ -182,6 +183,7 @@ class LinearOp:
             (state.miss, MiSS),
             (state.road, RoAd),
             (state.shira, Shira),
+            (state.circulant, C3A),
         ):
             if present:
                 items, op_reads = op.saved(ctx, linears, state, side, in_grad, in_bytes)

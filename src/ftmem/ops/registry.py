@@ -53,6 +53,7 @@ MODULES = (
     "ftmem.adapters.vera",
     "ftmem.adapters.miss",
     "ftmem.adapters.shira",
+    "ftmem.adapters.c3a",
     "ftmem.adapters.road",
     "ftmem.adapters.boft",
     "ftmem.adapters.oft",

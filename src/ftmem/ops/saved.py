@@ -37,6 +37,7 @@ class Kind(Enum):
     VERA = "vera"  # VeRA's rank-r and output-wide products, its buffer slices' casts
     MISS = "miss"  # MiSS's summed input, bat's weight copies
     SHIRA = "shira"  # SHiRA's rebuilt weight and sparse delta
+    C3A = "c3a"  # C3A's fp32 input copies
     ROAD = "road"  # RoAd's cast and rotated outputs
     BOFT = "boft"  # BOFT's rotation matrices and scaled output
     OFT = "oft"  # OFT's input cast and its rotation blocks
