@@ -461,8 +461,8 @@ def adapter_moment(
     if run.method == "miss":
         return _miss_moment(arch, run, plan, block, e, T)
     if run.method in ("vera", "shira", "c3a"):
-        own = {"vera": vera_moment, "shira": shira_moment, "c3a": c3a_moment}[run.method]
-        return own(arch, run, plan, block, e, T)
+        moment_of = {"vera": vera_moment, "shira": shira_moment, "c3a": c3a_moment}[run.method]
+        return moment_of(arch, run, plan, block, e, T)
     if run.method not in ADAPTER_METHODS or not (run.grad_ckpt or run.method == "dora"):
         return 0
     ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
