@@ -34,6 +34,8 @@ EXPECTED = {
     "loha",
     "lokr",
     "miss",
+    "shira",
+    "c3a",
     "road",
     "boft",
     "oft",

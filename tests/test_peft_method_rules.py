@@ -1,6 +1,6 @@
 """One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
-FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA): where they are modelled, and the sentence
-each refusal gives."""
+FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA, PVeRA, RandLoRA, VB-LoRA, SHiRA, WaveFT,
+C3A): where they are modelled, and the sentence each refusal gives."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ NEW_METHODS = {
     "pvera": "PVeRA",
     "randlora": "RandLoRA",
     "vblora": "VB-LoRA",
+    "shira": "SHiRA",
+    "waveft": "WaveFT",
+    "c3a": "C3A",
 }
 
 
@@ -72,7 +75,8 @@ def test_conv1d_is_refused_with_the_right_reason(
     # peft wraps Conv1D for VeRA and FourierFT (not modelled), not for the other four
     err = _refusal(["gpt2", "--method", method], capsys)
     name = NEW_METHODS[method]
-    if method in ("vera", "fourierft", "hira", "gralora", "pvera", "randlora", "vblora"):
+    conv1d_not_modelled = ("vera", "fourierft", "hira", "gralora", "pvera", "randlora", "vblora")
+    if method in (*conv1d_not_modelled, "waveft"):
         assert f"{name} on gpt2's transformers Conv1D layers is not modelled" in err
     else:
         assert f"peft's {name} does not wrap gpt2's transformers Conv1D layers" in err

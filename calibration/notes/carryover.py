@@ -169,6 +169,31 @@ RUNS: list[Run] = [
             **LORA_KEYS,
         },
     ),
+    # SHiRA r 32 on q,v (target_modules null: peft's LoRA mapping); lr 3e-4 and the
+    # mask's seed 42 change neither shape nor count
+    peft(
+        "shira--llama-3.2-3B-lr_0.0003-random_seed_42",
+        21674065920,
+        {"method": "shira", "shira_rank": 32, "shira_targets": "q,v", **LORA_KEYS},
+    ),
+    # WaveFT n 5000 on q,v, db1, scaling 25 (its adapter_config.json)
+    peft(
+        "waveft--llama-3.2-3B-n_frequency-5000",
+        24895291392,
+        {"method": "waveft", "waveft_frequencies": 5000, "waveft_targets": "q,v", **LORA_KEYS},
+    ),
+    # C3A block_size 64 on q,v (init_weights false: xavier_uniform, the same memory)
+    peft(
+        "c3a--llama-3.2-3B-default",
+        22059941888,
+        {
+            "method": "c3a",
+            "c3a_block_size": 64,
+            "c3a_targets": "q,v",
+            "adapter_dtype": DROP,  # (peft makes the kernels fp32 whatever it is told)
+            **LORA_KEYS,
+        },
+    ),
     peft(
         "hira--llama-3.2-3B-rank32-lr4.5e-3",
         23597154304,

@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ftmem import deepspeed_zero2, deepspeed_zero3
-from ftmem.arch import Architecture, count_params
+from ftmem.arch import Architecture, Linear, count_params
 from ftmem.colossalai import COLOSSALAI
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.errors import InvalidInputError
@@ -933,6 +933,21 @@ def _settings(run: RunConfig) -> dict[str, object]:
 def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
     """The settings of peft's adapters other than LoRA's and IA³'s as the estimate used
     them, with the adapter dtype and the linears adapted (empty for the other methods)."""
+    found = _peft_other_settings(run, plan) or _peft_newer_settings(run, plan)
+    if found is None:
+        return {}
+    settings, adapted = found
+    settings.update(
+        adapter_dtype=plan.dtypes.adapter, adapted_modules=[lin.module for lin in adapted]
+    )
+    return settings
+
+
+def _peft_other_settings(
+    run: RunConfig, plan: MethodPlan
+) -> tuple[dict[str, object], tuple[Linear, ...]] | None:
+    """LoHa's, LoKr's, MiSS's, RoAd's, BOFT's, OFT's, VeRA's, PVeRA's, RandLoRA's,
+    VB-LoRA's and FourierFT's settings and linears (None for the other methods)."""
     settings: dict[str, object]
     if run.method == "loha":
         r, alpha, targets = run.loha
@@ -975,7 +990,18 @@ def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
         n, targets = run.fourierft
         settings = dict(fourierft_frequencies=n, fourierft_targets=targets)
         adapted = plan.spectral
-    elif run.method == "hira":
+    else:
+        return None
+    return settings, adapted
+
+
+def _peft_newer_settings(
+    run: RunConfig, plan: MethodPlan
+) -> tuple[dict[str, object], tuple[Linear, ...]] | None:
+    """HiRA's, PSOFT's, HRA's, SHiRA's, WaveFT's and C3A's settings and linears (None for
+    the other methods)."""
+    settings: dict[str, object]
+    if run.method == "hira":
         r, targets = run.hira
         settings, adapted = dict(hira_rank=r, hira_targets=targets), plan.hira
     elif run.method == "psoft":
@@ -985,12 +1011,18 @@ def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
     elif run.method == "hra":
         r, targets = run.hra
         settings, adapted = dict(hra_rank=r, hra_targets=targets), plan.householder
+    elif run.method == "shira":
+        r, targets = run.shira
+        settings, adapted = dict(shira_rank=r, shira_targets=targets), plan.shira
+    elif run.method == "waveft":
+        n, targets = run.waveft
+        settings, adapted = dict(waveft_frequencies=n, waveft_targets=targets), plan.wavelet
+    elif run.method == "c3a":
+        b, targets = run.c3a
+        settings, adapted = dict(c3a_block_size=b, c3a_targets=targets), plan.circulant
     else:
-        return {}
-    settings.update(
-        adapter_dtype=plan.dtypes.adapter, adapted_modules=[lin.module for lin in adapted]
-    )
-    return settings
+        return None
+    return settings, adapted
 
 
 def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> ResolvedRun:

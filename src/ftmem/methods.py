@@ -216,6 +216,23 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "--vblora-targets)",
         "Li et al. 2024 (VB-LoRA), arXiv:2405.15179; peft tuners/vblora",
     ),
+    "shira": (
+        "peft's SHiRA: r·(in + out) trained values at fixed random positions of each frozen "
+        "linear's weight, the weight cloned and rebuilt whole in every forward "
+        "(--shira-rank, --shira-targets)",
+        "Bhardwaj et al. 2024 (SHiRA), arXiv:2406.13175; peft tuners/shira",
+    ),
+    "waveft": (
+        "peft's WaveFT: n trained wavelet coefficients per linear, ΔW = the inverse 2-D "
+        "wavelet transform (db1) of their sparse matrix, built whole (out × in) in every "
+        "forward (--waveft-frequencies, --waveft-targets)",
+        "Bilican et al. 2025 (WaveFT), arXiv:2505.12532; peft tuners/waveft",
+    ),
+    "c3a": (
+        "peft's C3A: one trained b-long circular-convolution kernel per b × b block of each "
+        "linear, applied to the fp32 input through FFTs (--c3a-block-size, --c3a-targets)",
+        "Chen et al. 2025 (C3A), arXiv:2407.19342; peft tuners/c3a",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -368,6 +385,12 @@ class MethodPlan:
     # RandLoRA, VB-LoRA: the linears whose adapter is built from a bank shared by all
     # layers in every forward (adapters.randlora, adapters.vblora)
     banked: tuple[Linear, ...] = ()
+    # SHiRA: the linears whose weight is cloned with its sparse trained values added
+    shira: tuple[Linear, ...] = ()
+    # WaveFT: the linears whose ΔW is an inverse wavelet transform of sparse coefficients
+    wavelet: tuple[Linear, ...] = ()
+    # C3A: the linears with a block circular convolution of their input beside them
+    circulant: tuple[Linear, ...] = ()
     # AdaLoRA's orthogonal regulariser is part of the loss (adalora_regularised)
     orth_regularised: bool = False
 
@@ -947,6 +970,63 @@ def randlora_bases(lin: Linear, r: int) -> int:
     return -(-min(lin.in_features, lin.out_features) // r)
 
 
+def shira_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a SHiRA adapter (none for the other methods); peft 0.21.2
+    tuners/shira/layer.py ShiraLayer.update_layer refuses more values than the weight has
+    (and tuners/shira/layer.py takes nn.Linear only: Conv1D is refused)."""
+    if run.method != "shira":
+        return ()
+    r, spec = run.shira
+    chosen = _lycoris_linears(arch, spec, "SHiRA")
+    for lin in chosen:
+        if shira_values(lin, r) > lin.in_features * lin.out_features:
+            raise InvalidInputError(
+                f"--shira-rank {r} gives {lin.module} more trained values than its "
+                f"{lin.out_features} × {lin.in_features} weight (peft refuses it); "
+                "choose a smaller --shira-rank."
+            )
+    return chosen
+
+
+def waveft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a WaveFT adapter (none for the other methods); peft 0.21.2
+    tuners/waveft/layer.py update_layer refuses more coefficients than the weight has."""
+    if run.method != "waveft":
+        return ()
+    n, spec = run.waveft
+    chosen = _lycoris_linears(arch, spec, "WaveFT", wraps_conv1d=True)
+    for lin in chosen:
+        if n > lin.in_features * lin.out_features:
+            raise InvalidInputError(
+                f"--waveft-frequencies {n} exceeds {lin.module}'s {lin.out_features} × "
+                f"{lin.in_features} weight (peft refuses it); give fewer."
+            )
+    return chosen
+
+
+def c3a_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a C3A adapter (none for the other methods); peft 0.21.2
+    tuners/c3a/layer.py update_layer needs block_size to divide in and out (and takes
+    nn.Linear only: Conv1D is refused)."""
+    if run.method != "c3a":
+        return ()
+    b, spec = run.c3a
+    chosen = _lycoris_linears(arch, spec, "C3A")
+    for lin in chosen:
+        if lin.in_features % b or lin.out_features % b:
+            raise InvalidInputError(
+                f"--c3a-block-size {b} does not divide {lin.module}'s {lin.out_features} × "
+                f"{lin.in_features} weight (peft refuses it); choose a common divisor."
+            )
+    return chosen
+
+
+def shira_values(lin: Linear, r: int) -> int:
+    """SHiRA's trained values on one linear: r·(in + out), as many as LoRA r would train
+    (peft 0.21.2 tuners/shira/layer.py update_layer ``num_shira_weight``)."""
+    return r * (lin.in_features + lin.out_features)
+
+
 def vera_projection_shapes(
     linears: tuple[Linear, ...], r: int, a_rows: int | None = None
 ) -> tuple[tuple[int, int], ...]:
@@ -1222,7 +1302,8 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
 
 class _PeftOther(NamedTuple):
     """The linears each of peft's other adapters (LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA,
-    FourierFT, HiRA, PSOFT, HRA) wraps."""
+    FourierFT, HiRA, PSOFT, HRA, PVeRA, RandLoRA, VB-LoRA, SHiRA, WaveFT, C3A) wraps, under
+    MethodPlan's field names."""
 
     hadamard: tuple[Linear, ...]
     kronecker: tuple[Linear, ...]
@@ -1236,14 +1317,20 @@ class _PeftOther(NamedTuple):
     psoft: tuple[Linear, ...]
     householder: tuple[Linear, ...]
     banked: tuple[Linear, ...]
+    shira: tuple[Linear, ...]
+    wavelet: tuple[Linear, ...]
+    circulant: tuple[Linear, ...]
+
+
+# the fields of MethodPlan (and ops.context.BlockState) holding peft's other adapters' linears
+PEFT_OTHER_FIELDS: tuple[str, ...] = _PeftOther._fields
 
 
 def _peft_other(
     arch: Architecture, run: RunConfig, dtypes: Dtypes
 ) -> tuple[_PeftOther, list[TensorGroup]]:
-    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA, FourierFT, HiRA, PSOFT and HRA wrap,
-    and
-    their tensors."""
+    """The linears peft's LoHa, LoKr, MiSS, RoAd, BOFT, OFT, VeRA, FourierFT, HiRA, PSOFT,
+    HRA, PVeRA, RandLoRA, VB-LoRA, SHiRA, WaveFT and C3A wrap, and their tensors."""
     other = _PeftOther(
         loha_linears(arch, run),
         lokr_linears(arch, run),
@@ -1257,6 +1344,9 @@ def _peft_other(
         psoft_linears(arch, run),
         hra_linears(arch, run),
         banked_linears(arch, run),
+        shira_linears(arch, run),
+        waveft_linears(arch, run),
+        c3a_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _banked_groups(other.banked, arch, run, dtypes)
@@ -1269,6 +1359,27 @@ def _peft_other(
     groups += [
         _adapter(f"{lin.module}.hra_u", (lin.in_features, r), arch, dtypes, lin)
         for lin in other.householder
+    ]
+    groups += [
+        _adapter(
+            f"{lin.module}.shira_weight", (shira_values(lin, run.shira[0]),), arch, dtypes, lin
+        )
+        for lin in other.shira
+    ]
+    n = run.waveft[0]
+    groups += [
+        _adapter(f"{lin.module}.waveft_spectrum", (n,), arch, dtypes, lin) for lin in other.wavelet
+    ]
+    b = run.c3a[0]
+    groups += [
+        _adapter(
+            f"{lin.module}.c3a_kernel",
+            (lin.out_features // b, lin.in_features // b, b),
+            arch,
+            dtypes,
+            lin,
+        )
+        for lin in other.circulant
     ]
     groups += _miss_road_groups(other.miss + other.road, arch, run, dtypes)
     groups += _boft_groups(other.rotated, arch, run, dtypes)

@@ -11,7 +11,8 @@ rotary module may register its table too (Profile.rotary_cache_buffer: torchtune
 LitGPT's LLaMA-Adapter caches its prompts' keys and values on its modules
 (adapters.llama_adapter.prompt_kv_cache_bytes). peft's VeRA registers its one pair of
 shared projections as buffers (adapters.vera.projection_bytes), FourierFT its spectral
-indices as plain tensors (adapters.lycoris.fourier_index_bytes); BOFT and OFT register
+indices as plain tensors (adapters.lycoris.fourier_index_bytes), SHiRA its sparse
+positions likewise (adapters.shira.index_bytes); BOFT and OFT register
 theirs on every adapted linear (adapter_buffer_bytes).
 """
 
@@ -24,6 +25,7 @@ from ftmem.adapters.lycoris import fourier_index_bytes
 from ftmem.adapters.oft import buffer_bytes as oft_buffer_bytes
 from ftmem.adapters.psoft import buffer_bytes as psoft_buffer_bytes
 from ftmem.adapters.randlora import basis_bytes
+from ftmem.adapters.shira import index_bytes as shira_index_bytes
 from ftmem.adapters.vera import projection_bytes
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -110,6 +112,7 @@ def release_buffer_bytes(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> 
         + projection_bytes(arch, run, dtypes)
         + basis_bytes(arch, run, dtypes)
         + fourier_index_bytes(arch, run)
+        + shira_index_bytes(arch, run)
     )
 
 
@@ -131,7 +134,7 @@ def stage_buffer_bytes(arch: Architecture, run: RunConfig, plan: MethodPlan, sta
     per_layer = rotary_table_bytes(arch, run, dtypes) + last_cos_sin_bytes(arch, run, dtypes)
     per_layer += adapter_buffer_bytes(plan, run, arch.num_layers)
     per_layer += prompt_kv_cache_bytes(arch, run, dtypes)  # (its gated blocks' share, roughly)
-    per_layer += fourier_index_bytes(arch, run)
+    per_layer += fourier_index_bytes(arch, run) + shira_index_bytes(arch, run)
     shared = causal_mask_bytes(arch, run) + framework_rotary_cache_bytes(arch, run)
     # (VeRA's pair, RandLoRA's bases: every stage slices them)
     shared += projection_bytes(arch, run, dtypes) + basis_bytes(arch, run, dtypes)

@@ -51,6 +51,9 @@ Method = Literal[
     "pvera",
     "randlora",
     "vblora",
+    "shira",
+    "waveft",
+    "c3a",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -167,6 +170,15 @@ DEFAULT_PVERA_RANK = 256
 # (utils/constants.py: the LoRA mapping for RandLoRA, the VB-LoRA mapping)
 DEFAULT_RANDLORA_RANK = 32
 DEFAULT_VBLORA = (4, 256, 256, 2)  # rank, num_vectors, vector_length, topk
+# peft's ShiraConfig default (peft 0.21.2 tuners/shira/config.py: r=32, mask_type random;
+# the same at 5d602fdbff04); target_modules from the LoRA mapping (q_proj, v_proj for Llama)
+DEFAULT_SHIRA_RANK = 32
+# peft's WaveFTConfig default (peft 0.21.2 tuners/waveft/config.py: n_frequency=2592,
+# wavelet_family db1, use_idwt True); target_modules from its mapping (q_proj, v_proj)
+DEFAULT_WAVE_FREQUENCIES = 2592
+# peft's C3AConfig default (peft 0.21.2 tuners/c3a/config.py: block_size=256; the same at
+# 5d602fdbff04); target_modules from the LoRA mapping (q_proj, v_proj for Llama)
+DEFAULT_C3A_BLOCK = 256
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -184,7 +196,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     },
     "adapter_dtype": ADAPTER_METHODS
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
-    | {"hira", "psoft", "hra", "pvera", "randlora", "vblora"},
+    | {"hira", "psoft", "hra", "pvera", "randlora", "vblora", "shira", "waveft"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "lora_bd_blocks": frozenset({"lora", "rslora"}),
     "lora_mica": frozenset({"lora", "rslora"}),
@@ -216,6 +228,9 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{k: frozenset({"hira"}) for k in ("hira_rank", "hira_targets")},
     **{k: frozenset({"psoft"}) for k in ("psoft_rank", "psoft_targets", "psoft_neumann_terms")},
     **{k: frozenset({"hra"}) for k in ("hra_rank", "hra_targets")},
+    **{k: frozenset({"shira"}) for k in ("shira_rank", "shira_targets")},
+    **{k: frozenset({"waveft"}) for k in ("waveft_frequencies", "waveft_targets")},
+    **{k: frozenset({"c3a"}) for k in ("c3a_block_size", "c3a_targets")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -292,6 +307,9 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "psoft_rank": limits.WIDTH,
     "psoft_neumann_terms": limits.WIDTH,
     "hra_rank": limits.WIDTH,
+    "shira_rank": limits.WIDTH,
+    "waveft_frequencies": limits.WIDTH,
+    "c3a_block_size": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -381,6 +399,9 @@ PEFT_MODEL_METHODS = {
     "pvera": "PVeRA",
     "randlora": "RandLoRA",
     "vblora": "VB-LoRA",
+    "shira": "SHiRA",
+    "waveft": "WaveFT",
+    "c3a": "C3A",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -392,6 +413,9 @@ NO_AUTOCAST = {
     "hira": "",
     "psoft": "",
     "hra": "",
+    "shira": "",
+    "waveft": "autocast casts its fp32 ΔW",
+    "c3a": "",
     "miss": "",
     "road": "",
     "boft": "",
@@ -958,6 +982,27 @@ class RunConfig(limits.BoundedSettings):
     vblora_targets: str | None = Field(
         None, exclude_if=_unset, description="VB-LoRA: adapted linears, roles or names (q,v)."
     )
+    # SHiRA (peft's sparse high-rank adapter: r·(in + out) trained values per linear)
+    shira_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="SHiRA: r, r·(in + out) values per linear (32)."
+    )
+    shira_targets: str | None = Field(
+        None, exclude_if=_unset, description="SHiRA: adapted linears, roles or names (q,v)."
+    )
+    # WaveFT (peft's n wavelet coefficients per linear, ΔW by an inverse 2-D wavelet transform)
+    waveft_frequencies: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="WaveFT: n_frequency per adapted linear (2592)."
+    )
+    waveft_targets: str | None = Field(
+        None, exclude_if=_unset, description="WaveFT: adapted linears, roles or names (q,v)."
+    )
+    # C3A (peft's block circular convolution: one b-long kernel per b × b block)
+    c3a_block_size: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="C3A: block_size, dividing in and out (256)."
+    )
+    c3a_targets: str | None = Field(
+        None, exclude_if=_unset, description="C3A: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1346,6 +1391,9 @@ class RunConfig(limits.BoundedSettings):
             "pvera_targets",
             "randlora_targets",
             "vblora_targets",
+            "shira_targets",
+            "waveft_targets",
+            "c3a_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
@@ -1628,6 +1676,22 @@ class RunConfig(limits.BoundedSettings):
     def hra(self) -> tuple[int, str]:
         """HRA's (r, targets), peft's defaults where not given."""
         return self.hra_rank or DEFAULT_HRA_RANK, self.hra_targets or "q,v"
+
+    @property
+    def shira(self) -> tuple[int, str]:
+        """SHiRA's (r, targets), peft's defaults where not given."""
+        return self.shira_rank or DEFAULT_SHIRA_RANK, self.shira_targets or "q,v"
+
+    @property
+    def waveft(self) -> tuple[int, str]:
+        """WaveFT's (n_frequency, targets), peft's defaults where not given."""
+        n = self.waveft_frequencies or DEFAULT_WAVE_FREQUENCIES
+        return n, self.waveft_targets or "q,v"
+
+    @property
+    def c3a(self) -> tuple[int, str]:
+        """C3A's (block_size, targets), peft's defaults where not given."""
+        return self.c3a_block_size or DEFAULT_C3A_BLOCK, self.c3a_targets or "q,v"
 
     @property
     def n_virtual(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ftmem import returned_cache, seq2seq, vision_lora, vision_step
 from ftmem.activations import block_saved, outer_saved
@@ -22,7 +22,13 @@ from ftmem.arch import Architecture, buffer_numel, layout, qk_norm_params
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
-from ftmem.methods import NAMED_TRAINING_METHODS, MethodPlan, plan_key, plan_method
+from ftmem.methods import (
+    NAMED_TRAINING_METHODS,
+    PEFT_OTHER_FIELDS,
+    MethodPlan,
+    plan_key,
+    plan_method,
+)
 from ftmem.ops import loss_requests
 from ftmem.ops.attention import Attention, runs_eager, sliding_window_mask
 from ftmem.ops.context import BlockState
@@ -104,6 +110,9 @@ EVERY_BLOCK_TRAINS = frozenset(
         "pvera",
         "randlora",
         "vblora",
+        "shira",
+        "waveft",
+        "c3a",
     }
 )
 
@@ -122,25 +131,18 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
     if run.method in EVERY_BLOCK_TRAINS:
         # every block has trainable parameters (biases, IA³ vectors, its key/value prefix,
         # LoHa and LoKr factors, BOFT's and OFT's rotations, MiSS blocks, RoAd rotations,
-        # VeRA vectors, FourierFT spectra):
+        # VeRA vectors, FourierFT spectra, SHiRA values, WaveFT coefficients,
+        # C3A kernels):
         # gradients flow from the top to block 0's, so every block's input but the first
         # needs a gradient
         biased = frozenset(plan.biased)
         scaled = frozenset(lin.module for lin, ff in plan.scaled if not ff)
         scaled_in = frozenset(lin.module for lin, ff in plan.scaled if ff)
         bottleneck = frozenset(lin.module for lin in plan.bottlenecked)
-        hadamard = frozenset(lin.module for lin in plan.hadamard)
-        kronecker = frozenset(lin.module for lin in plan.kronecker)
-        miss = frozenset(lin.module for lin in plan.miss)
-        road = frozenset(lin.module for lin in plan.road)
-        rotated = frozenset(lin.module for lin in plan.rotated)
-        block_rotated = frozenset(lin.module for lin in plan.block_rotated)
-        vectored = frozenset(lin.module for lin in plan.vectored)
-        spectral = frozenset(lin.module for lin in plan.spectral)
-        hira = frozenset(lin.module for lin in plan.hira)
-        psoft = frozenset(lin.module for lin in plan.psoft)
-        householder = frozenset(lin.module for lin in plan.householder)
-        banked = frozenset(lin.module for lin in plan.banked)
+        # each of peft's other adapters by its field (MethodPlan's and BlockState's names)
+        peft_other: dict[str, Any] = {  # (each a frozenset of module names)
+            name: frozenset(lin.module for lin in getattr(plan, name)) for name in PEFT_OTHER_FIELDS
+        }
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -152,18 +154,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 scaled,
                 scaled_in,
                 bottleneck=bottleneck,
-                hadamard=hadamard,
-                kronecker=kronecker,
-                miss=miss,
-                road=road,
-                rotated=rotated,
-                block_rotated=block_rotated,
-                vectored=vectored,
-                spectral=spectral,
-                hira=hira,
-                psoft=psoft,
-                householder=householder,
-                banked=banked,
+                **peft_other,
             )
 
         # one object per distinct state: step_parts derives each once

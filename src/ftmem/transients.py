@@ -13,6 +13,7 @@ from functools import partial
 
 from ftmem.adapters.boft import BOFT
 from ftmem.adapters.boft import element_bytes as rotated_input_bytes
+from ftmem.adapters.c3a import C3A
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.hira import HiRA
 from ftmem.adapters.hra import HRA
@@ -22,6 +23,7 @@ from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
 from ftmem.adapters.psoft import PSOFT
 from ftmem.adapters.shared_bank import banked_backward
+from ftmem.adapters.shira import Shira
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -423,6 +425,10 @@ def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keep
         return PSOFT.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
     if run.method == "hira":  # HiRA's ΔW = W0 ⊙ (B A), the same way
         return HiRA.forward_build(plan, T, in_bytes, e, keeps and not run.grad_ckpt)
+    if run.method == "c3a":  # its FFTs' complex outputs, kept or not
+        return C3A.forward_transient(plan, run, T)
+    if run.method == "shira":  # SHiRA's weight rebuild, kept but in a graph-less forward
+        return Shira.build(run, plan, keeps and not run.grad_ckpt)
     if run.method == "miss":  # MiSS bat's weight rebuild, the same way
         return MiSS.bat_build(run, plan, T, in_bytes, keeps and not run.grad_ckpt)
     return LoHa.forward_build(plan, T, in_bytes, keeps and not run.grad_ckpt)
@@ -445,25 +451,14 @@ def adapter_moment(
       gradients of its rescaled sum (Phi-3 DoRA on qkv, bf16-mixed: -6 % without).
     - LoHa's Hadamard (LoKr's Kronecker, FourierFT's inverse FFT) backward at its largest
       linear (LoHa.backward_moment), MiSS bat's (MiSS.bat_backward), VeRA's
-      (VeRA.backward_own); FourierFT's recomputed ΔW build with checkpointing.
+      (VeRA.backward_own), SHiRA's (Shira.backward_own), C3A's (C3A.backward_own);
+      FourierFT's recomputed ΔW
+      build with checkpointing.
 
     Both beside the gradient that came into the block."""
-    if run.method == "oft":
-        xb = rotated_input_bytes(plan)
-        # checkpointing reruns each OFT forward, with its graph, inside the backward
-        rerun = OFT.forward_build(plan, run, T, xb, True) if run.grad_ckpt else 0
-        return max(OFT.backward_moment(plan, run, T, xb), rerun)
-    if run.method == "boft":
-        xb = rotated_input_bytes(plan)
-        # checkpointing reruns each BOFT forward, with its graph, inside the backward
-        rerun = BOFT.forward_build(plan, run, T, xb, True) if run.grad_ckpt else 0
-        return max(BOFT.backward_moment(plan, T, xb), rerun)
-    if run.method in ("loha", "lokr", "fourierft", "hira", "psoft", "hra"):
-        return _delta_moment(arch, run, plan, e, T)
-    if run.method == "miss":
-        return _miss_moment(arch, run, plan, block, e, T)
-    if run.method in ("vera", "pvera", "randlora", "vblora"):
-        return shared_moment(arch, run, plan, block, e, T)
+    other = _peft_other_moment(arch, run, plan, block, e, T)
+    if other is not None:
+        return other
     if run.method not in ADAPTER_METHODS or not (run.grad_ckpt or run.method == "dora"):
         return 0
     ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
@@ -507,10 +502,37 @@ def adapter_moment(
     return max(moments) + incoming_gradient(arch, run, plan, e, T) - sum(x.nbytes for x in block)
 
 
+def _peft_other_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int | None:
+    """adapter_moment for peft's adapters other than the LoRA family (None for the rest)."""
+    if run.method == "oft":
+        xb = rotated_input_bytes(plan)
+        # checkpointing reruns each OFT forward, with its graph, inside the backward
+        rerun = OFT.forward_build(plan, run, T, xb, True) if run.grad_ckpt else 0
+        return max(OFT.backward_moment(plan, run, T, xb), rerun)
+    if run.method == "boft":
+        xb = rotated_input_bytes(plan)
+        # checkpointing reruns each BOFT forward, with its graph, inside the backward
+        rerun = BOFT.forward_build(plan, run, T, xb, True) if run.grad_ckpt else 0
+        return max(BOFT.backward_moment(plan, T, xb), rerun)
+    if run.method in ("loha", "lokr", "fourierft", "waveft", "hira", "psoft", "hra"):
+        return _delta_moment(arch, run, plan, e, T)
+    if run.method == "miss":
+        return _miss_moment(arch, run, plan, block, e, T)
+    if run.method in ("vera", "pvera", "randlora", "vblora"):
+        return shared_moment(arch, run, plan, block, e, T)
+    if run.method in ("shira", "c3a"):
+        moment_of = {"shira": shira_moment, "c3a": c3a_moment}[run.method]
+        return moment_of(arch, run, plan, block, e, T)
+    return None
+
+
 def _delta_moment(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
-    """LoHa's, LoKr's or FourierFT's ΔW backward at its largest linear
-    (LoHa.backward_moment) and, for FourierFT with checkpointing, the recompute's ΔW
-    build; HiRA's (hira_moment), PSOFT's (PSOFT.backward_moment), HRA's (HRA.backward_moment)."""
+    """LoHa's, LoKr's, FourierFT's or WaveFT's ΔW backward at its largest linear
+    (LoHa.backward_moment) and, for FourierFT and WaveFT with checkpointing, the
+    recompute's ΔW build; HiRA's (hira_moment), PSOFT's (PSOFT.backward_moment), HRA's
+    (HRA.backward_moment)."""
     if run.method == "hira":
         return hira_moment(plan, e, T)
     if run.method == "psoft":
@@ -519,7 +541,7 @@ def _delta_moment(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, 
         return hra_moment(arch, run, plan, e, T)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
     delta = LoHa.backward_moment(plan, T, in_bytes)
-    if run.grad_ckpt and run.method == "fourierft":
+    if run.grad_ckpt and run.method in ("fourierft", "waveft"):
         # the recompute's ΔW build (20 bytes an element, above its backward's 16) at
         # its largest linear, with the block rebuilt up to it (taken as all of it:
         # exact at the last, the down projection) and the incoming gradient (measured:
@@ -577,6 +599,35 @@ def shared_moment(
     moments = [
         banked_backward(plan, run, lin, T, e) - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
         for lin in plan.banked
+    ]
+    return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
+
+
+def shira_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int:
+    """SHiRA's backward at its largest linear (Shira.backward_own) beside the block's
+    incoming gradient, relative to the block's saved activations, as VeRA's (at an
+    attention linear the MLP side is freed by then). With checkpointing the recompute
+    keeps what the forward kept: its rebuild adds nothing beyond them."""
+    mlp_side = freed_before_attention(arch, block)
+    moments = [
+        Shira.backward_own(plan, run, lin, T, True)
+        - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
+        for lin in plan.shira
+    ]
+    return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
+
+
+def c3a_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int:
+    """C3A's backward at its largest linear (C3A.backward_own) beside the block's incoming
+    gradient, as VeRA's and SHiRA's."""
+    mlp_side = freed_before_attention(arch, block)
+    moments = [
+        C3A.backward_own(run, lin, T) - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
+        for lin in plan.circulant
     ]
     return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
 

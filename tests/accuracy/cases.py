@@ -1199,6 +1199,69 @@ def _vera() -> list[Case]:
     return cases
 
 
+def _shira() -> list[Case]:
+    """peft's SHiRA (the weight cloned and rebuilt with its sparse values every forward,
+    the rebuilt weight and the input kept); on a wider model at few tokens its weight
+    gradient and rebuild are the peak."""
+    cases = [
+        Case(family, {"method": "shira", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "shira_targets": "all-linear", "shira_rank": 4},
+    ):
+        cases.append(Case("llama", {"method": "shira", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "shira_targets": "all-linear", "shira_rank": 8}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "shira", **few, **extra}, WIDER_STILL))
+    return cases
+
+
+def _waveft() -> list[Case]:
+    """peft's WaveFT (FourierFT's ΔW path with an inverse wavelet transform, its stacked
+    quarters kept besides); on a wider model at few tokens the build (and with
+    checkpointing its recompute) is the peak. n 300: peft's 2592 exceeds the tiny
+    models' key and value weights."""
+    n = {"waveft_frequencies": 300}
+    cases = [
+        Case(family, {"method": "waveft", "precision": "bf16", **n})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "waveft_targets": "all-linear", "waveft_frequencies": 30},
+    ):
+        cases.append(Case("llama", {"method": "waveft", **n, **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "waveft_targets": "all-linear", **n}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "waveft", **few, **extra}, WIDER_STILL))
+    return cases
+
+
+def _c3a() -> list[Case]:
+    """peft's C3A (an fp32 input copy kept per adapted linear, complex FFT outputs in its
+    forward and backward); block 8 divides the tiny models' widths (peft's 256 does not)."""
+    b = {"c3a_block_size": 8}
+    cases = [
+        Case(family, {"method": "c3a", "precision": "bf16", **b})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "c3a_targets": "all-linear", "c3a_block_size": 16},
+        {"precision": "bf16", "c3a_targets": "all-linear", "batch_size": 4, "seq_len": 400},
+        {"precision": "fp32", "c3a_targets": "all-linear", "grad_ckpt": True, "seq_len": 400},
+    ):
+        cases.append(Case("llama", {"method": "c3a", **b, **extra}))
+    return cases
+
+
 def _shared_bank() -> list[Case]:
     """peft's PVeRA (VeRA's projections with a sampled 2r-wide code: h, std and eps kept per
     adapted linear); at a wide rank with checkpointing its λ_d backward is the peak. Then
@@ -1448,6 +1511,9 @@ def _peft_methods() -> list[Case]:
     cases += _psoft()
     cases += _hra()
     cases += _shared_bank()
+    cases += _shira()
+    cases += _waveft()
+    cases += _c3a()
     cases += _ln_tuning_lorafa()
     cases += _bdlora_mica()
     # prompt tuning and P-tuning: virtual tokens in front of the input

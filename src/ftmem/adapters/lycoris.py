@@ -20,6 +20,8 @@ builds ΔW (out × in) from the adapter's factors, casts the input to ΔW's dtyp
   the ΔW and input cast above. Its build and backward run on fp32 and complex64 copies of
   the whole spectrum whatever the adapter dtype: FOURIER_BUILD and FOURIER_BACKWARD bytes
   per element of ΔW (measured on the CPU; cuFFT's plan work area on CUDA is not counted).
+- WaveFT: FourierFT's path with an inverse wavelet transform (adapters.waveft: what the
+  transform keeps besides, its build and backward).
 
 Not modelled: under autocast peft returns an adapted linear's output in its input's dtype
 (``result.to(previous_dtype)``: fp32 from an fp32 residual stream), which ftmem keeps
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ftmem.adapters import waveft
 from ftmem.arch import Architecture, Linear
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan, fourierft_linears, lokr_shapes
@@ -121,10 +124,13 @@ class LoHa:
             name = "LoHa" if lin.module in state.hadamard else "LoKr"
             if lin.module in state.spectral:
                 name = "FourierFT"
+            elif lin.module in state.wavelet:
+                name = "WaveFT"
             elif name == "LoKr" and lin.module not in state.kronecker:
                 continue
             items, reads = _delta_saved(ctx, lin, side, in_grad, in_bytes, name)
             out += items + (LoKr.kept(ctx, lin, side) if name == "LoKr" else [])
+            out += waveft.kept(ctx, lin, side) if name == "WaveFT" else []
             reads_input = reads_input or reads
         return out, reads_input
 
@@ -148,6 +154,7 @@ class LoHa:
             FOURIER_BUILD * (w // de) - (w + cast if kept else 0)
             for w, cast in _sizes(plan.spectral, de, T, in_bytes)
         ]
+        held += waveft.build_held(_sizes(plan.wavelet, de, T, in_bytes), kept)
         return max(held, default=0)
 
     @staticmethod
@@ -169,6 +176,7 @@ class LoHa:
             FOURIER_BACKWARD * (w // de) - w - cast
             for w, cast in _sizes(plan.spectral, de, T, in_bytes)
         ]
+        held += waveft.backward_held(_sizes(plan.wavelet, de, T, in_bytes))
         return max(held, default=0)
 
 

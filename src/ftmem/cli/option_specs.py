@@ -562,6 +562,27 @@ RUN = [
     _opt("hra_rank", OptInt, None, "HRA: r, Householder reflections per linear (default 8)."),
     _opt("hra_targets", OptStr, None, "HRA: adapted linears, as --lora-targets (q,v)."),
     _opt(
+        "shira_rank",
+        OptInt,
+        None,
+        "SHiRA: r, trains r·(in + out) values of each adapted weight (peft's r, default 32).",
+    ),
+    _opt("shira_targets", OptStr, None, "SHiRA: adapted linears, as --lora-targets (q,v)."),
+    _opt(
+        "waveft_frequencies",
+        OptInt,
+        None,
+        "WaveFT: wavelet coefficients per adapted linear (peft's n_frequency, default 2592).",
+    ),
+    _opt("waveft_targets", OptStr, None, "WaveFT: adapted linears, as --lora-targets (q,v)."),
+    _opt(
+        "c3a_block_size",
+        OptInt,
+        None,
+        "C3A: block_size b, dividing every adapted weight's sides (peft's, default 256).",
+    ),
+    _opt("c3a_targets", OptStr, None, "C3A: adapted linears, as --lora-targets (q,v)."),
+    _opt(
         "adalora_target_r",
         OptInt,
         None,

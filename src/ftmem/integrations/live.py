@@ -247,7 +247,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
             "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, PVeRA, RandLoRA, VB-LoRA, "
-            "HiRA, PSOFT, HRA, GraLoRA, DeLoRA, LN tuning, prompt, prefix and P-tuning)."
+            "HiRA, PSOFT, HRA, GraLoRA, DeLoRA, SHiRA, WaveFT, C3A, LN tuning, prompt, prefix and "
+            "P-tuning)."
         )
 
 
@@ -500,6 +501,41 @@ def _shared_bank(model: Any, pc: Any, live: LiveRun, said: str, kind: str) -> No
     _wrapped(model, live, method, marker)
     if getattr(pc, dropout, 0):
         live.notes.append(f"{dropout}: not modelled (its mask, T × in per adapted linear).")
+
+
+def _shira(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's ShiraConfig: its r and the modules it wrapped (shira_weight); a mask function
+    of the user's own keeps r·(in + out) values as the random one does."""
+    live.set("method", "shira", said)
+    live.set("shira_rank", int(pc.r), said)
+    _wrapped(model, live, "shira", "shira_weight")
+
+
+def _waveft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's WaveFTConfig: its n_frequency and the modules it wrapped (waveft_spectrum);
+    ftmem models the default db1 inverse transform only."""
+    if pc.wavelet_family != "db1" or not pc.use_idwt or pc.proportional_parameters:
+        raise InvalidInputError(
+            f"peft WaveFT with wavelet_family {pc.wavelet_family}, use_idwt {pc.use_idwt} "
+            f"and proportional_parameters {pc.proportional_parameters} is not modelled "
+            "(ftmem models db1, use_idwt True, equal n_frequency per linear)."
+        )
+    live.set("method", "waveft", said)
+    live.set("waveft_frequencies", int(pc.n_frequency), said)
+    _wrapped(model, live, "waveft", "waveft_spectrum")
+
+
+def _c3a(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's C3AConfig: its block_size and the modules it wrapped (c3a_kernel); one block
+    size for every linear."""
+    if pc.block_size_pattern:
+        raise InvalidInputError(
+            "peft C3A with a block_size_pattern is not modelled (ftmem takes one block_size "
+            "for every adapted linear)."
+        )
+    live.set("method", "c3a", said)
+    live.set("c3a_block_size", int(pc.block_size), said)
+    _wrapped(model, live, "c3a", "c3a_kernel")
 
 
 def _ln_tuning(pc: Any, live: LiveRun, said: str) -> None:
@@ -1013,4 +1049,7 @@ _PEFT_READERS = {
     "HIRA": _hira,
     "PSOFT": _psoft,
     "HRA": _hra,
+    "SHIRA": _shira,
+    "WAVEFT": _waveft,
+    "C3A": _c3a,
 }

@@ -749,7 +749,8 @@ def _with_trainable_set(
 
 def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's wrapper of the method: IA³ and the prompt methods, LoHa and LoKr, MiSS and
-    RoAd, BOFT, OFT, VeRA, FourierFT, HiRA, PSOFT, HRA, else the LoRA family (ADAPTER_METHODS)."""
+    RoAd, BOFT, OFT, VeRA, FourierFT, HiRA, PSOFT, HRA, SHiRA, WaveFT, C3A, else the LoRA
+    family (ADAPTER_METHODS)."""
     if run.method in PROMPT_METHODS or run.method == "ia3":
         return _peft_other(model, arch, run)
     wrappers = {
@@ -767,6 +768,9 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "hira": _peft_hira,
         "psoft": _peft_psoft,
         "hra": _peft_hra,
+        "shira": _peft_shira,
+        "waveft": _peft_waveft,
+        "c3a": _peft_c3a,
         "ln-tuning": _peft_ln_tuning,
         "gralora": _peft_gralora,
         "delora": _peft_delora,
@@ -1066,6 +1070,52 @@ def _peft_in_dtype(model: nn.Module, cfg: PeftConfig, run: RunConfig, *markers: 
             if any(marker in name for marker in markers):
                 p.data = p.data.to(_DTYPES[run.adapter_dtype])
     return model
+
+
+def _peft_shira(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's SHiRA (random mask) on the linears the estimate names, its values in the dtype
+    asked for."""
+    from peft import ShiraConfig
+
+    from ftmem.methods import shira_linears
+
+    cfg = ShiraConfig(
+        r=run.shira[0],
+        target_modules=[lin.module for lin in shira_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "shira_weight")
+
+
+def _peft_waveft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's WaveFT (db1, inverse transform) on the linears the estimate names, its
+    coefficients in the dtype asked for."""
+    from peft import WaveFTConfig
+
+    from ftmem.methods import waveft_linears
+
+    cfg = WaveFTConfig(
+        n_frequency=run.waveft[0],
+        target_modules=[lin.module for lin in waveft_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "waveft_spectrum")
+
+
+def _peft_c3a(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's C3A on the linears the estimate names (its fp32 kernels, xavier_uniform as
+    PEFT's benchmark sets them: zeros would not change memory)."""
+    from peft import C3AConfig
+
+    from ftmem.methods import c3a_linears
+
+    cfg = C3AConfig(
+        block_size=run.c3a[0],
+        target_modules=[lin.module for lin in c3a_linears(arch, run)],
+        init_weights=False,
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "c3a_kernel")
 
 
 def _peft_lycoris(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

@@ -96,6 +96,10 @@ def model_state_tensors(model: nn.Module, *, buffers: bool = True) -> list[torch
         indices = getattr(module, "indices", None)
         if isinstance(indices, dict) and hasattr(module, "fourierft_spectrum"):
             ts.extend(t for t in indices.values() if isinstance(t, torch.Tensor))
+        # SHiRA's likewise: int32 (2 × n) in ``shira_indices`` (adapters.shira.index_bytes)
+        shira = getattr(module, "shira_indices", None)
+        if isinstance(shira, dict):
+            ts.extend(t for t in shira.values() if isinstance(t, torch.Tensor))
     if buffers:
         ts.extend(model.buffers())
     else:  # the buffers the estimate counts as weights: a framework's own rotary cache
@@ -125,12 +129,16 @@ class SavedRegistry:
         self.live: dict[int, int] = {}
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
-        key = storage_key(t)
-        if key is not None:
+        # a sparse COO tensor (SHiRA's delta) keeps its indices and values, each a storage
+        parts = [t._indices(), t._values()] if t.layout == torch.sparse_coo else [t]
+        for part in parts:
+            key = storage_key(part)
+            if key is None:
+                continue
             ptr, nbytes = key
             if ptr not in self.exclude and ptr not in self.live:
                 self.live[ptr] = nbytes
-                fin = weakref.finalize(t.untyped_storage(), self.live.pop, ptr, None)
+                fin = weakref.finalize(part.untyped_storage(), self.live.pop, ptr, None)
                 fin.atexit = False
         # Handed back as it is, a node's own output (sigmoid's, softmax's result) would hold
         # its grad_fn, which holds it: a reference cycle that only the cyclic collector,

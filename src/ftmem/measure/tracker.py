@@ -79,6 +79,12 @@ class LiveBytesTracker(TorchDispatchMode):
         local = getattr(t, "_local_tensor", None)
         if isinstance(local, torch.Tensor):
             t = local
+        if t.layout == torch.sparse_coo:
+            # a sparse COO tensor has no storage of its own: its indices and values do
+            # (peft's SHiRA builds one every forward)
+            self._register(t._indices())
+            self._register(t._values())
+            return
         key = storage_key(t)
         if key is None:
             return

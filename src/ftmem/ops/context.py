@@ -51,6 +51,9 @@ class BlockState:
     psoft: frozenset[str] = frozenset()  # PSOFT's
     householder: frozenset[str] = frozenset()  # HRA's
     banked: frozenset[str] = frozenset()  # RandLoRA's and VB-LoRA's
+    shira: frozenset[str] = frozenset()  # SHiRA's (its rebuilt weight's mm)
+    wavelet: frozenset[str] = frozenset()  # WaveFT's
+    circulant: frozenset[str] = frozenset()  # C3A's
 
     @property
     def output_grad(self) -> frozenset[str]:
@@ -62,10 +65,10 @@ class BlockState:
         """Linears whose output needs a gradient for a parameter other than LoRA's: a
         trained bias (BitFit), an IA³ vector, a trained weight, a bottleneck adapter,
         adapter v2's bias and scale, a LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT,
-        RandLoRA or VB-LoRA adapter."""
+        HiRA, PSOFT, HRA, RandLoRA, VB-LoRA, SHiRA, WaveFT or C3A adapter."""
         own = self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
         own |= self.miss | self.road | self.vectored | self.spectral | self.hira | self.psoft
-        own |= self.householder | self.banked
+        own |= self.householder | self.banked | self.shira | self.wavelet | self.circulant
         return own | self.hadamard | self.kronecker | self.rotated | self.block_rotated
 
     def weight_trains(self, lin: Linear) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ftmem.adapters.boft import BOFT
 from ftmem.adapters.bottleneck import Bottleneck
+from ftmem.adapters.c3a import C3A
 from ftmem.adapters.hira import HiRA
 from ftmem.adapters.hra import HRA
 from ftmem.adapters.ia3 import IA3
@@ -17,6 +18,7 @@ from ftmem.adapters.oft import OFT
 from ftmem.adapters.psoft import PSOFT
 from ftmem.adapters.road import RoAd
 from ftmem.adapters.shared_bank import banked_saved
+from ftmem.adapters.shira import Shira
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -173,13 +175,14 @@ class LinearOp:
         in_grad: bool,
         in_bytes: int,
     ) -> tuple[list[Saved], bool]:
-        """What peft's LoHa, LoKr, FourierFT, BOFT, OFT, MiSS, RoAd, HiRA, PSOFT, HRA and VeRA adapters of
+        """What peft's LoHa, LoKr, FourierFT, WaveFT, BOFT, OFT, MiSS, RoAd, HiRA, PSOFT, HRA,
+        SHiRA, C3A and VeRA adapters of
         linears reading one tensor keep, and whether one of them keeps that tensor itself
         (VeRA never does: its products keep h and y, not the input)."""
         out: list[Saved] = []
         reads = False
         for present, op in (
-            (state.hadamard or state.kronecker or state.spectral, LoHa),
+            (state.hadamard or state.kronecker or state.spectral or state.wavelet, LoHa),
             (state.rotated, BOFT),
             (state.block_rotated, OFT),
             (state.miss, MiSS),
@@ -187,6 +190,8 @@ class LinearOp:
             (state.hira, HiRA),
             (state.psoft, PSOFT),
             (state.householder, HRA),
+            (state.shira, Shira),
+            (state.circulant, C3A),
         ):
             if present:
                 items, op_reads = op.saved(ctx, linears, state, side, in_grad, in_bytes)

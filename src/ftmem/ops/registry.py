@@ -57,6 +57,8 @@ MODULES = (
     "ftmem.adapters.randlora",
     "ftmem.adapters.vblora",
     "ftmem.adapters.miss",
+    "ftmem.adapters.shira",
+    "ftmem.adapters.c3a",
     "ftmem.adapters.road",
     "ftmem.adapters.boft",
     "ftmem.adapters.oft",

@@ -40,6 +40,8 @@ class Kind(Enum):
     VERA = "vera"  # VeRA's rank-r and output-wide products, its buffer slices' casts
     BANK = "bank"  # RandLoRA's and VB-LoRA's input casts, products and rebuilt factors
     MISS = "miss"  # MiSS's summed input, bat's weight copies
+    SHIRA = "shira"  # SHiRA's rebuilt weight and sparse delta
+    C3A = "c3a"  # C3A's fp32 input copies
     ROAD = "road"  # RoAd's cast and rotated outputs
     BOFT = "boft"  # BOFT's rotation matrices and scaled output
     OFT = "oft"  # OFT's input cast and its rotation blocks

@@ -1,0 +1,105 @@
+"""peft's C3A on a linear: the fp32 input its block circular convolution keeps, and the
+complex FFT outputs its forward and backward hold.
+
+What runs (huggingface/peft src/peft/tuners/c3a/layer.py ``C3ALinear.forward`` and
+utils.py ``BlockCircularConvolution``, the same at 0.21.2 and at
+5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40, the MetaMathQA release)::
+
+    result = self.base_layer(x)
+    x = x.to(torch.float32)
+    x = BlockCircularConvolution.apply(x, kernel.to(torch.float32)) / x.size(-1)
+    result += x.to(result.dtype)
+
+with the kernel m × n × b (m = out/b, n = in/b) and the Function::
+
+    forward:  save_for_backward(x, w)                       # x: (T, n, b) fp32
+              y = fft(einsum("...nb,mnb->...mb", ifft(x), fft(w))).real
+    backward: gfft = fft(grad_output)
+              x_grad = fft(einsum("...mb,mnb->...nb", gfft, ifft(w))).real
+              w_grad = fft(einsum("...mb,...nb->mnb", gfft, ifft(x))).real
+
+Kept: the fp32 input (a cast per adapted linear on a 16-bit base, as LoRA's; the shared
+input itself on an fp32 one), whether or not x needs a gradient (the Function saves it),
+and the kernel (a parameter: fp32, peft creates it so and upcasts it again after moving
+it to the base's dtype). The output is in the base dtype (the in-place sum), so nothing
+else changes downstream.
+
+Transients (measured alone: one peft C3A Linear on the CPU, tests/test_c3a.py, exact):
+complex64 (8-byte) FFT outputs, T × in or T × out. The forward holds ifft(x), fft(w) and
+the einsum's output, then that output beside its fft; the backward the output gradient's
+fp32 copy (``/ x.size(-1)``'s) and its fft, x's complex gradient, ifft(x) and the kernel's
+einsum. The Function computes x's gradient whether it is needed or not.
+
+Not modelled: autocast (refused: RunConfig), a 16-bit kernel (refused: C3A takes no
+--adapter-dtype; peft's comment: only fp32 is widely supported for FFT), Conv1D (peft takes
+nn.Linear only: refused), block_size_pattern (one block size for every linear); cuFFT's
+plan cache and work area on CUDA.
+"""
+
+from __future__ import annotations
+
+from ftmem.arch import Linear
+from ftmem.methods import MethodPlan
+from ftmem.ops.context import BlockState, LayerContext
+from ftmem.ops.registry import register
+from ftmem.ops.saved import Kind, Saved, Side
+from ftmem.run import RunConfig
+
+COMPLEX = 8  # complex64, torch.fft's output for fp32 input
+FP32 = 4
+
+
+def _kernel(lin: Linear, run: RunConfig) -> int:
+    """The kernel's elements, m · n · b = out · in / b."""
+    return lin.in_features * lin.out_features // run.c3a[0]
+
+
+@register("c3a")
+class C3A:
+    """The C3A adapters on a group of linears reading one tensor."""
+
+    @staticmethod
+    def saved(
+        ctx: LayerContext,
+        linears: list[Linear],
+        state: BlockState,
+        side: Side,
+        in_grad: bool,
+        in_bytes: int,
+    ) -> tuple[list[Saved], bool]:
+        """Per C3A linear: its fp32 copy of the input (T × in), or, when the input is fp32
+        already, the shared input itself (returned True)."""
+        out: list[Saved] = []
+        reads = False
+        for lin in (lin for lin in linears if lin.module in state.circulant):
+            if in_bytes == FP32:
+                reads = True
+                continue
+            size = ctx.tokens * lin.in_features * FP32
+            what = f"{lin.label} C3A input cast to fp32"
+            out.append(Saved(what, size, Kind.C3A, side, (lin,)))
+        return out, reads
+
+    @staticmethod
+    def forward_transient(plan: MethodPlan, run: RunConfig, T: int) -> int:
+        """The largest forward beyond what the linear keeps: ifft(x), fft(w) and the
+        einsum's output (T × out), then that output and its fft."""
+        held = [
+            max(
+                COMPLEX * (T * lin.in_features + _kernel(lin, run) + T * lin.out_features),
+                2 * COMPLEX * T * lin.out_features,
+            )
+            for lin in plan.circulant
+        ]
+        return max(held, default=0)
+
+    @staticmethod
+    def backward_own(run: RunConfig, lin: Linear, T: int) -> int:
+        """One C3A linear's backward at its largest, beyond what its forward kept and the
+        output gradient it is handed: the gradient divided by in (fp32, T × out) and its
+        fft, x's complex gradient (T × in), ifft(x) and the kernel's einsum (m × n × b)."""
+        return (
+            T * lin.out_features * (FP32 + COMPLEX)
+            + 2 * COMPLEX * T * lin.in_features
+            + COMPLEX * _kernel(lin, run)
+        )
