@@ -576,6 +576,24 @@ def _tiles(arch, width: int) -> bool:
     return all(n % width == 0 for n in (arch.hidden_size, head * arch.kv_heads))
 
 
+def _method_model_ok(arch, method: str) -> bool:
+    """Rules between one model and one method."""
+    if method == "bitfit":
+        return arch.has_biases
+    if method == "prefix-tuning":  # peft 0.21's prefix cache does not fit their attention
+        return arch.family in PREFIX_FAMILIES
+    if method == "adapter":  # no MLP output linear after the experts
+        return not arch.is_moe
+    if method in NO_CONV1D and arch.family == "gpt2":
+        return False  # transformers' Conv1D layers (ftmem.methods)
+    if method == "ln-tuning" and arch.family not in _ln_tuning_types():
+        return False  # peft has no default LN-tuning targets for the model type
+    if method in TEXT_ONLY and arch.vision is not None:
+        return False
+    # peft's 256-wide vectors (blocks) must tile q and v (peft refuses)
+    return method not in ("vblora", "c3a") or _tiles(arch, 256)
+
+
 def _model_ok(model: str, option: str, value: str) -> bool:
     """Rules between one model and one option value."""
     arch = model_presets()[model]
@@ -605,22 +623,10 @@ def _model_ok(model: str, option: str, value: str) -> bool:
         return False
     if not _parallel_model_ok(arch, option, value):
         return False
-    if option == "--method" and value == "bitfit" and not arch.has_biases:
+    if option == "--method" and not _method_model_ok(arch, value):
         return False
-    if option == "--method" and value == "prefix-tuning" and arch.family not in PREFIX_FAMILIES:
-        return False  # peft 0.21's prefix cache does not fit their attention
-    if option == "--method" and value in NO_CONV1D and model == "gpt2":
-        return False  # transformers' Conv1D layers (ftmem.methods)
-    if option == "--method" and value == "ln-tuning" and arch.family not in _ln_tuning_types():
-        return False  # peft has no default LN-tuning targets for the model type
-    if option == "--method" and value in TEXT_ONLY and arch.vision is not None:
-        return False
-    if option == "--method" and value in ("vblora", "c3a") and not _tiles(arch, 256):
-        return False  # peft's 256-wide vectors (blocks) must tile q and v (peft refuses)
     if option == "--lora-targets" and value == "all-linear" and arch.family.startswith("deepseek"):
         return False  # peft's all-linear reaches DeepSeek's router and 3-D expert weights
-    if option == "--method" and value == "adapter" and arch.is_moe:
-        return False  # no MLP output linear after the experts
     if option == "--lora-modules-to-save" and value != OMIT and arch.tie_embeddings:
         return False
     if option == "--teacher" and value != OMIT:  # logit distillation needs one tokenizer
