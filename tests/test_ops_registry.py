@@ -47,6 +47,7 @@ EXPECTED = {
     "vera",
     "randlora",
     "vblora",
+    "tinylora",
 }
 
 

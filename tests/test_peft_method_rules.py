@@ -23,6 +23,7 @@ NEW_METHODS = {
     "pvera": "PVeRA",
     "randlora": "RandLoRA",
     "vblora": "VB-LoRA",
+    "tinylora": "TinyLoRA",
 }
 
 
@@ -67,7 +68,16 @@ def test_conv1d_is_refused_with_the_right_reason(
     # peft wraps Conv1D for VeRA and FourierFT (not modelled), not for the other four
     err = _refusal(["gpt2", "--method", method], capsys)
     name = NEW_METHODS[method]
-    if method in ("vera", "fourierft", "hira", "gralora", "pvera", "randlora", "vblora"):
+    if method in (
+        "vera",
+        "fourierft",
+        "hira",
+        "gralora",
+        "pvera",
+        "randlora",
+        "vblora",
+        "tinylora",
+    ):
         assert f"{name} on gpt2's transformers Conv1D layers is not modelled" in err
     else:
         assert f"peft's {name} does not wrap gpt2's transformers Conv1D layers" in err

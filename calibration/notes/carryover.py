@@ -223,6 +223,33 @@ RUNS: list[Run] = [
         },
     ),
     peft(
+        "tinylora--llama-3.2-3B-default",
+        20124270592,
+        # adapter_config.json: r 2, u 64, no target_modules (peft's mapping: q_proj, v_proj)
+        {
+            "method": "tinylora",
+            "tinylora_rank": 2,
+            "tinylora_u": 64,
+            "tinylora_targets": "q,v",
+            **LORA_KEYS,
+            "adapter_dtype": DROP,  # (peft's autocast: fp32 v, A and B)
+        },
+    ),
+    peft(
+        "tinylora--llama-3.2-3B-weight-tying",
+        20126367744,
+        # weight_tying 1.0: one vector of 64 for all 56 linears
+        {
+            "method": "tinylora",
+            "tinylora_rank": 2,
+            "tinylora_u": 64,
+            "tinylora_weight_tying": 1.0,
+            "tinylora_targets": "q,v",
+            **LORA_KEYS,
+            "adapter_dtype": DROP,  # (peft's autocast: fp32 v, A and B)
+        },
+    ),
+    peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,
         {"lora_r": 32, "lora_alpha": 64, "lora_fa": True},  # training_params.json: lora-fa

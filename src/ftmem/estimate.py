@@ -971,6 +971,11 @@ def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
         settings = dict(vblora_rank=r, vblora_vectors=n, vblora_vector_length=length)
         settings.update(vblora_topk=k, vblora_targets=targets)
         adapted = plan.banked
+    elif run.method == "tinylora":
+        r, u, tying, targets = run.tinylora
+        settings = dict(tinylora_rank=r, tinylora_u=u, tinylora_weight_tying=tying)
+        settings.update(tinylora_targets=targets)
+        adapted = plan.banked
     elif run.method == "fourierft":
         n, targets = run.fourierft
         settings = dict(fourierft_frequencies=n, fourierft_targets=targets)

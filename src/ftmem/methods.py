@@ -216,6 +216,13 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "--vblora-targets)",
         "Li et al. 2024 (VB-LoRA), arXiv:2405.15179; peft tuners/vblora",
     ),
+    "tinylora": (
+        "peft's TinyLoRA: frozen rank-r SVD factors of each adapted weight, and a trained "
+        "vector of u numbers per group of linears mixed through fixed random r × r "
+        "projections (--tinylora-rank, --tinylora-u, --tinylora-weight-tying, "
+        "--tinylora-targets)",
+        "Learning to Reason in 13 Parameters, arXiv:2602.04118; peft tuners/tinylora",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -919,6 +926,8 @@ def banked_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     raises otherwise)."""
     if run.method == "randlora":
         return _lycoris_linears(arch, run.randlora[1], "RandLoRA", wraps_conv1d=True)
+    if run.method == "tinylora":
+        return _lycoris_linears(arch, run.tinylora[3], "TinyLoRA", wraps_conv1d=True)
     if run.method != "vblora":
         return ()
     _, _, length, _, targets = run.vblora
@@ -1738,6 +1747,8 @@ def _banked_groups(
             groups.append(_adapter(f"{lin.module}.randlora_lambda", (r, n), arch, dtypes, lin))
             groups.append(_adapter(f"{lin.module}.randlora_gamma", (n, low), arch, dtypes, lin))
         return groups
+    if run.method == "tinylora":
+        return _tinylora_groups(banked, arch, run, dtypes)
     r, vectors, length, _, _ = run.vblora
     for lin in banked:
         a = (r, lin.in_features // length, vectors)
@@ -1749,6 +1760,30 @@ def _banked_groups(
         bank = TensorGroup("vblora_vector_bank", shape, 1, dtypes.adapter, True, True)
         groups.append(replace(bank, in_block=False))
     return groups
+
+
+def tinylora_vectors(banked: tuple[Linear, ...], arch: Architecture, run: RunConfig) -> int:
+    """TinyLoRA's trained vectors: the n adapted linears (every block's) fall into
+    max(1, round(n · (1 - weight_tying))) groups, one vector each (peft 0.21.2
+    tuners/tinylora/model.py _create_and_replace: num_groups, group_idx; every group gets
+    a linear since num_groups <= n)."""
+    n = sum(
+        arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0] for lin in banked
+    )
+    return max(1, round(n * (1.0 - run.tinylora[2]))) if n else 0
+
+
+def _tinylora_groups(
+    banked: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """TinyLoRA's tinylora_v (u,) per group, held by the model (model.py
+    _create_and_replace; its SVD factors and projections are buffers:
+    adapters.tinylora.buffer_bytes)."""
+    count = tinylora_vectors(banked, arch, run)
+    if not count:
+        return []
+    v = TensorGroup("tinylora_v", (run.tinylora[1],), count, dtypes.adapter, True, True)
+    return [replace(v, in_block=False)]
 
 
 def _fourierft_groups(

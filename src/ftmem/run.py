@@ -51,6 +51,7 @@ Method = Literal[
     "pvera",
     "randlora",
     "vblora",
+    "tinylora",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -167,6 +168,10 @@ DEFAULT_PVERA_RANK = 256
 # (utils/constants.py: the LoRA mapping for RandLoRA, the VB-LoRA mapping)
 DEFAULT_RANDLORA_RANK = 32
 DEFAULT_VBLORA = (4, 256, 256, 2)  # rank, num_vectors, vector_length, topk
+# peft's TinyLoraConfig defaults (peft 0.21.2 tuners/tinylora/config.py: r=2, u=64,
+# weight_tying=0.0; target_modules from the TinyLoRA mapping, q_proj and v_proj for Llama,
+# utils/constants.py); the MetaMathQA release's tinylora--llama-3.2-3B-default config
+DEFAULT_TINYLORA = (2, 64, 0.0)  # rank, u, weight_tying
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -212,6 +217,10 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         for k in ("vblora_rank", "vblora_vectors", "vblora_vector_length", "vblora_topk")
     },
     "vblora_targets": frozenset({"vblora"}),
+    **{
+        k: frozenset({"tinylora"})
+        for k in ("tinylora_rank", "tinylora_u", "tinylora_weight_tying", "tinylora_targets")
+    },
     **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
     **{k: frozenset({"hira"}) for k in ("hira_rank", "hira_targets")},
     **{k: frozenset({"psoft"}) for k in ("psoft_rank", "psoft_targets", "psoft_neumann_terms")},
@@ -287,6 +296,8 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "vblora_vectors": limits.WIDTH,
     "vblora_vector_length": limits.WIDTH,
     "vblora_topk": limits.WIDTH,
+    "tinylora_rank": limits.WIDTH,
+    "tinylora_u": limits.WIDTH,
     "fourierft_frequencies": limits.WIDTH,
     "hira_rank": limits.WIDTH,
     "psoft_rank": limits.WIDTH,
@@ -381,6 +392,7 @@ PEFT_MODEL_METHODS = {
     "pvera": "PVeRA",
     "randlora": "RandLoRA",
     "vblora": "VB-LoRA",
+    "tinylora": "TinyLoRA",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -399,6 +411,7 @@ NO_AUTOCAST = {
     "pvera": "",
     "randlora": "",
     "vblora": "",
+    "tinylora": "",
 }
 
 
@@ -958,6 +971,23 @@ class RunConfig(limits.BoundedSettings):
     vblora_targets: str | None = Field(
         None, exclude_if=_unset, description="VB-LoRA: adapted linears, roles or names (q,v)."
     )
+    # TinyLoRA (peft's frozen SVD factors, a tiny trained vector through fixed projections)
+    tinylora_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="TinyLoRA: rank r of the frozen SVD factors (2)."
+    )
+    tinylora_u: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="TinyLoRA: length u of each trained vector (64)."
+    )
+    tinylora_weight_tying: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        exclude_if=_unset,
+        description="TinyLoRA: share of adapted linears tied to one vector (0: none, 1: all).",
+    )
+    tinylora_targets: str | None = Field(
+        None, exclude_if=_unset, description="TinyLoRA: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1346,6 +1376,7 @@ class RunConfig(limits.BoundedSettings):
             "pvera_targets",
             "randlora_targets",
             "vblora_targets",
+            "tinylora_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
@@ -1604,6 +1635,17 @@ class RunConfig(limits.BoundedSettings):
             self.vblora_vector_length or length,
             self.vblora_topk or k,
             self.vblora_targets or "q,v",
+        )
+
+    @property
+    def tinylora(self) -> tuple[int, int, float, str]:
+        """TinyLoRA's (rank, u, weight_tying, targets), peft's defaults where not given."""
+        r, u, tying = DEFAULT_TINYLORA
+        return (
+            self.tinylora_rank or r,
+            self.tinylora_u or u,
+            tying if self.tinylora_weight_tying is None else self.tinylora_weight_tying,
+            self.tinylora_targets or "q,v",
         )
 
     @property

@@ -104,6 +104,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "pvera",
         "randlora",
         "vblora",
+        "tinylora",
     }
 )
 

@@ -1239,6 +1239,24 @@ def _shared_bank() -> list[Case]:
         {"precision": "bf16", "vblora_targets": "all-linear", "vblora_topk": 3},
     ):
         cases.append(Case("llama", {**bank, **extra}))
+    return cases + _tinylora()
+
+
+def _tinylora() -> list[Case]:
+    """peft's TinyLoRA: frozen SVD factors, one trained vector per linear or per group
+    (weight tying); its linears keep h and R only, never their input."""
+    cases = [
+        Case(family, {"method": "tinylora", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "tinylora_weight_tying": 1.0, "tinylora_rank": 8},
+        {"precision": "bf16", "tinylora_targets": "all-linear", "tinylora_u": 16},
+        {"precision": "fp32", "tinylora_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+    ):
+        cases.append(Case("llama", {"method": "tinylora", **extra}))
     return cases
 
 

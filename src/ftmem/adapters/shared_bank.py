@@ -5,6 +5,7 @@ moments. The mechanisms are in adapters.randlora and adapters.vblora."""
 from __future__ import annotations
 
 from ftmem.adapters.randlora import RandLoRA
+from ftmem.adapters.tinylora import TinyLoRA
 from ftmem.adapters.vblora import VBLoRA
 from ftmem.arch import Linear
 from ftmem.methods import MethodPlan
@@ -23,7 +24,7 @@ def banked_saved(
 ) -> tuple[list[Saved], bool]:
     """What the RandLoRA or VB-LoRA adapters of linears reading one tensor keep, and
     whether one of them keeps that tensor itself."""
-    op = RandLoRA if ctx.run.method == "randlora" else VBLoRA
+    op = {"randlora": RandLoRA, "tinylora": TinyLoRA}.get(ctx.run.method, VBLoRA)
     out: list[Saved] = []
     reads = False
     for lin in linears:
@@ -39,4 +40,6 @@ def banked_backward(plan: MethodPlan, run: RunConfig, lin: Linear, T: int, e: in
     every block but a frozen-input first one, whose moments are smaller)."""
     if run.method == "randlora":
         return RandLoRA.backward_own(plan, run, lin, T, e, True)
+    if run.method == "tinylora":
+        return TinyLoRA.backward_own(plan, run, lin, T, e)
     return VBLoRA.backward_own(plan, run, lin, T, e)

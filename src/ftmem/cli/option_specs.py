@@ -542,6 +542,15 @@ RUN = [
     _opt("vblora_vector_length", OptInt, None, "VB-LoRA: length of each vector (default 256)."),
     _opt("vblora_topk", OptInt, None, "VB-LoRA: bank vectors mixed per sub-vector (default 2)."),
     _opt("vblora_targets", OptStr, None, "VB-LoRA: adapted linears, as --lora-targets (q,v)."),
+    _opt("tinylora_rank", OptInt, None, "TinyLoRA: rank r of the frozen SVD factors (default 2)."),
+    _opt("tinylora_u", OptInt, None, "TinyLoRA: length u of each trained vector (default 64)."),
+    _opt(
+        "tinylora_weight_tying",
+        OptFloat,
+        None,
+        "TinyLoRA: share of adapted linears tied to one vector, 0 to 1 (default 0).",
+    ),
+    _opt("tinylora_targets", OptStr, None, "TinyLoRA: adapted linears, as --lora-targets (q,v)."),
     _opt(
         "fourierft_frequencies",
         OptInt,

@@ -484,6 +484,7 @@ SHARED_BANK = {
     "PVERA": ("pvera", "pvera_lambda_b", "pvera_dropout"),
     "RANDLORA": ("randlora", "randlora_lambda", "randlora_dropout"),
     "VBLORA": ("vblora", "vblora_logits_A", "vblora_dropout"),
+    "TINYLORA": ("tinylora", "tinylora_A", "tinylora_dropout"),
 }
 
 
@@ -497,6 +498,9 @@ def _shared_bank(model: Any, pc: Any, live: LiveRun, said: str, kind: str) -> No
         live.set("vblora_vectors", int(pc.num_vectors), said)
         live.set("vblora_vector_length", int(pc.vector_length), said)
         live.set("vblora_topk", int(pc.topk), said)
+    if kind == "TINYLORA":
+        live.set("tinylora_u", int(pc.u), said)
+        live.set("tinylora_weight_tying", float(pc.weight_tying), said)
     _wrapped(model, live, method, marker)
     if getattr(pc, dropout, 0):
         live.notes.append(f"{dropout}: not modelled (its mask, T × in per adapted linear).")

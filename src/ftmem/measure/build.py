@@ -763,6 +763,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "pvera": _peft_shared_bank,
         "randlora": _peft_shared_bank,
         "vblora": _peft_shared_bank,
+        "tinylora": _peft_shared_bank,
         "fourierft": _peft_fourierft,
         "hira": _peft_hira,
         "psoft": _peft_psoft,

@@ -74,6 +74,10 @@ ESTIMATED_BUFFERS = (
     "psoft_R.default.cols",
     *VERA_PROJECTIONS,
     "delora_w_norm.default",  # (peft 0.21.2 tuners/delora/layer.py:152)
+    # TinyLoRA's frozen SVD factors and projections (tuners/tinylora/layer.py BufferDicts)
+    "tinylora_A.default",
+    "tinylora_B.default",
+    "tinylora_P.default",
     *SHARED_BASES,
 )
 

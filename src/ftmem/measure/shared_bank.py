@@ -18,6 +18,8 @@ def peft_shared_bank(model: nn.Module, arch: Architecture, run: RunConfig) -> nn
     """peft's PVeRA, RandLoRA or VB-LoRA on the linears the estimate names."""
     if run.method == "pvera":
         return _pvera(model, arch, run)
+    if run.method == "tinylora":
+        return _tinylora(model, arch, run)
     from peft import PeftConfig, RandLoraConfig, VBLoRAConfig
 
     targets = [lin.module for lin in banked_linears(arch, run)]
@@ -31,6 +33,20 @@ def peft_shared_bank(model: nn.Module, arch: Architecture, run: RunConfig) -> nn
         r=r, num_vectors=vectors, vector_length=length, topk=k, target_modules=targets
     )
     return _peft_in_dtype(model, cfg, run, "vblora_")
+
+
+def _tinylora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """TinyLoRA with its vectors drawn uniformly (peft's zeros would train nothing but
+    change no memory); the adapter dtype follows peft's autocast (--adapter-dtype is
+    refused: its buffers and vectors must share one dtype)."""
+    from peft import TinyLoraConfig
+
+    r, u, tying, _ = run.tinylora
+    targets = [lin.module for lin in banked_linears(arch, run)]
+    cfg = TinyLoraConfig(
+        r=r, u=u, weight_tying=tying, target_modules=targets, init_weights="uniform"
+    )
+    return _peft_in_dtype(model, cfg, run, "tinylora_v")
 
 
 def _pvera(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

@@ -56,6 +56,7 @@ MODULES = (
     "ftmem.adapters.hra",
     "ftmem.adapters.randlora",
     "ftmem.adapters.vblora",
+    "ftmem.adapters.tinylora",
     "ftmem.adapters.miss",
     "ftmem.adapters.road",
     "ftmem.adapters.boft",
