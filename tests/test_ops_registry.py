@@ -48,6 +48,7 @@ EXPECTED = {
     "randlora",
     "vblora",
     "tinylora",
+    "unilora",
 }
 
 

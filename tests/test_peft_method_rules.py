@@ -24,6 +24,7 @@ NEW_METHODS = {
     "randlora": "RandLoRA",
     "vblora": "VB-LoRA",
     "tinylora": "TinyLoRA",
+    "unilora": "UniLoRA",
 }
 
 
@@ -77,6 +78,7 @@ def test_conv1d_is_refused_with_the_right_reason(
         "randlora",
         "vblora",
         "tinylora",
+        "unilora",
     ):
         assert f"{name} on gpt2's transformers Conv1D layers is not modelled" in err
     else:

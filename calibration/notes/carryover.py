@@ -250,6 +250,19 @@ RUNS: list[Run] = [
         },
     ),
     peft(
+        "unilora--llama-3.2-3B-default",
+        22309502976,
+        # adapter_config.json: r 32, theta_d_length 256, q_proj and v_proj
+        {
+            "method": "unilora",
+            "unilora_rank": 32,
+            "unilora_theta_length": 256,
+            "unilora_targets": "q,v",
+            **LORA_KEYS,
+            "adapter_dtype": DROP,  # (peft's autocast: fp32 theta_d and scales)
+        },
+    ),
+    peft(
         "lora--llama-3.2-3B-rank32-lorafa",
         22240296960,
         {"lora_r": 32, "lora_alpha": 64, "lora_fa": True},  # training_params.json: lora-fa

@@ -223,6 +223,12 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "--tinylora-targets)",
         "Learning to Reason in 13 Parameters, arXiv:2602.04118; peft tuners/tinylora",
     ),
+    "unilora": (
+        "peft's UniLoRA: one trained vector theta_d for the whole model; each adapted "
+        "linear's A and B are rebuilt every forward by indexing it (int64 index and scale "
+        "buffers per linear) (--unilora-rank, --unilora-theta-length, --unilora-targets)",
+        "Uni-LoRA: One Vector Is All You Need, arXiv:2506.00799; peft tuners/unilora",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -928,6 +934,8 @@ def banked_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
         return _lycoris_linears(arch, run.randlora[1], "RandLoRA", wraps_conv1d=True)
     if run.method == "tinylora":
         return _lycoris_linears(arch, run.tinylora[3], "TinyLoRA", wraps_conv1d=True)
+    if run.method == "unilora":
+        return _lycoris_linears(arch, run.unilora[2], "UniLoRA", wraps_conv1d=True)
     if run.method != "vblora":
         return ()
     _, _, length, _, targets = run.vblora
@@ -1749,6 +1757,10 @@ def _banked_groups(
         return groups
     if run.method == "tinylora":
         return _tinylora_groups(banked, arch, run, dtypes)
+    if run.method == "unilora":  # theta_d once, held by the model (model.py
+        # _init_unilora_theta_d); its indices and scales are buffers (adapters.unilora)
+        theta = TensorGroup("unilora_theta_d", (run.unilora[1],), 1, dtypes.adapter, True, True)
+        return [replace(theta, in_block=False)] if banked else []
     r, vectors, length, _, _ = run.vblora
     for lin in banked:
         a = (r, lin.in_features // length, vectors)

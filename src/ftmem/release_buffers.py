@@ -25,6 +25,7 @@ from ftmem.adapters.oft import buffer_bytes as oft_buffer_bytes
 from ftmem.adapters.psoft import buffer_bytes as psoft_buffer_bytes
 from ftmem.adapters.randlora import basis_bytes
 from ftmem.adapters.tinylora import buffer_bytes as tinylora_buffer_bytes
+from ftmem.adapters.unilora import buffer_bytes as unilora_buffer_bytes
 from ftmem.adapters.vera import projection_bytes
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -121,6 +122,7 @@ def adapter_buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     (``layers``: the model's)."""
     total = boft_buffer_bytes(plan, run, layers) + oft_buffer_bytes(plan, run, layers)
     total += psoft_buffer_bytes(plan, run, layers) + tinylora_buffer_bytes(plan, run, layers)
+    total += unilora_buffer_bytes(plan, run, layers)
     return total + delora_buffer_bytes(plan, run, layers)
 
 

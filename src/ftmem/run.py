@@ -52,6 +52,7 @@ Method = Literal[
     "randlora",
     "vblora",
     "tinylora",
+    "unilora",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -169,9 +170,13 @@ DEFAULT_PVERA_RANK = 256
 DEFAULT_RANDLORA_RANK = 32
 DEFAULT_VBLORA = (4, 256, 256, 2)  # rank, num_vectors, vector_length, topk
 # peft's TinyLoraConfig defaults (peft 0.21.2 tuners/tinylora/config.py: r=2, u=64,
-# weight_tying=0.0; target_modules from the TinyLoRA mapping, q_proj and v_proj for Llama,
-# utils/constants.py); the MetaMathQA release's tinylora--llama-3.2-3B-default config
+# weight_tying=0.0; target_modules from the TinyLoRA mapping, a copy of LoRA's: q_proj and
+# v_proj for Llama, utils/constants.py); the MetaMathQA release's
+# tinylora--llama-3.2-3B-default config
 DEFAULT_TINYLORA = (2, 64, 0.0)  # rank, u, weight_tying
+# peft's UniLoraConfig defaults (peft 0.21.2 tuners/unilora/config.py: r=4,
+# theta_d_length=256; target_modules from the UniLoRA mapping, a copy of LoRA's)
+DEFAULT_UNILORA = (4, 256)  # rank, theta_d_length
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -220,6 +225,10 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{
         k: frozenset({"tinylora"})
         for k in ("tinylora_rank", "tinylora_u", "tinylora_weight_tying", "tinylora_targets")
+    },
+    **{
+        k: frozenset({"unilora"})
+        for k in ("unilora_rank", "unilora_theta_length", "unilora_targets")
     },
     **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
     **{k: frozenset({"hira"}) for k in ("hira_rank", "hira_targets")},
@@ -298,6 +307,8 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "vblora_topk": limits.WIDTH,
     "tinylora_rank": limits.WIDTH,
     "tinylora_u": limits.WIDTH,
+    "unilora_rank": limits.WIDTH,
+    "unilora_theta_length": limits.WIDTH,
     "fourierft_frequencies": limits.WIDTH,
     "hira_rank": limits.WIDTH,
     "psoft_rank": limits.WIDTH,
@@ -393,6 +404,7 @@ PEFT_MODEL_METHODS = {
     "randlora": "RandLoRA",
     "vblora": "VB-LoRA",
     "tinylora": "TinyLoRA",
+    "unilora": "UniLoRA",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -412,6 +424,7 @@ NO_AUTOCAST = {
     "randlora": "",
     "vblora": "",
     "tinylora": "",
+    "unilora": "",
 }
 
 
@@ -988,6 +1001,16 @@ class RunConfig(limits.BoundedSettings):
     tinylora_targets: str | None = Field(
         None, exclude_if=_unset, description="TinyLoRA: adapted linears, roles or names (q,v)."
     )
+    # UniLoRA (peft's one trained vector theta_d every adapted factor indexes into)
+    unilora_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="UniLoRA: rank r of A and B (4)."
+    )
+    unilora_theta_length: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="UniLoRA: length of the trained theta_d (256)."
+    )
+    unilora_targets: str | None = Field(
+        None, exclude_if=_unset, description="UniLoRA: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1377,6 +1400,7 @@ class RunConfig(limits.BoundedSettings):
             "randlora_targets",
             "vblora_targets",
             "tinylora_targets",
+            "unilora_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
@@ -1646,6 +1670,16 @@ class RunConfig(limits.BoundedSettings):
             self.tinylora_u or u,
             tying if self.tinylora_weight_tying is None else self.tinylora_weight_tying,
             self.tinylora_targets or "q,v",
+        )
+
+    @property
+    def unilora(self) -> tuple[int, int, str]:
+        """UniLoRA's (rank, theta_d_length, targets), peft's defaults where not given."""
+        r, length = DEFAULT_UNILORA
+        return (
+            self.unilora_rank or r,
+            self.unilora_theta_length or length,
+            self.unilora_targets or "q,v",
         )
 
     @property

@@ -105,6 +105,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "randlora",
         "vblora",
         "tinylora",
+        "unilora",
     }
 )
 

@@ -1257,6 +1257,23 @@ def _tinylora() -> list[Case]:
         {"precision": "fp32", "tinylora_targets": "all-linear", "batch_size": 1, "seq_len": 8},
     ):
         cases.append(Case("llama", {"method": "tinylora", **extra}))
+    return cases + _unilora()
+
+
+def _unilora() -> list[Case]:
+    """peft's UniLoRA: A and B gathered from the one trained theta_d every forward; its
+    linears keep LoRA's input cast and h, plus A and B."""
+    cases = [
+        Case(family, {"method": "unilora", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "unilora_targets": "all-linear", "unilora_rank": 16},
+        {"precision": "fp32", "unilora_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+    ):
+        cases.append(Case("llama", {"method": "unilora", "unilora_theta_length": 32, **extra}))
     return cases
 
 

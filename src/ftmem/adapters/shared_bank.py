@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ftmem.adapters.randlora import RandLoRA
 from ftmem.adapters.tinylora import TinyLoRA
+from ftmem.adapters.unilora import UniLoRA
 from ftmem.adapters.vblora import VBLoRA
 from ftmem.arch import Linear
 from ftmem.methods import MethodPlan
@@ -24,7 +25,8 @@ def banked_saved(
 ) -> tuple[list[Saved], bool]:
     """What the RandLoRA or VB-LoRA adapters of linears reading one tensor keep, and
     whether one of them keeps that tensor itself."""
-    op = {"randlora": RandLoRA, "tinylora": TinyLoRA}.get(ctx.run.method, VBLoRA)
+    ops = {"randlora": RandLoRA, "tinylora": TinyLoRA, "unilora": UniLoRA}
+    op = ops.get(ctx.run.method, VBLoRA)
     out: list[Saved] = []
     reads = False
     for lin in linears:
@@ -42,4 +44,6 @@ def banked_backward(plan: MethodPlan, run: RunConfig, lin: Linear, T: int, e: in
         return RandLoRA.backward_own(plan, run, lin, T, e, True)
     if run.method == "tinylora":
         return TinyLoRA.backward_own(plan, run, lin, T, e)
+    if run.method == "unilora":
+        return UniLoRA.backward_own(plan, run, lin, T, e)
     return VBLoRA.backward_own(plan, run, lin, T, e)

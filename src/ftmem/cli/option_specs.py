@@ -551,6 +551,9 @@ RUN = [
         "TinyLoRA: share of adapted linears tied to one vector, 0 to 1 (default 0).",
     ),
     _opt("tinylora_targets", OptStr, None, "TinyLoRA: adapted linears, as --lora-targets (q,v)."),
+    _opt("unilora_rank", OptInt, None, "UniLoRA: rank r of A and B (default 4)."),
+    _opt("unilora_theta_length", OptInt, None, "UniLoRA: length of theta_d (default 256)."),
+    _opt("unilora_targets", OptStr, None, "UniLoRA: adapted linears, as --lora-targets (q,v)."),
     _opt(
         "fourierft_frequencies",
         OptInt,

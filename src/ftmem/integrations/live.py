@@ -485,6 +485,7 @@ SHARED_BANK = {
     "RANDLORA": ("randlora", "randlora_lambda", "randlora_dropout"),
     "VBLORA": ("vblora", "vblora_logits_A", "vblora_dropout"),
     "TINYLORA": ("tinylora", "tinylora_A", "tinylora_dropout"),
+    "UNILORA": ("unilora", "unilora_indices_A", "unilora_dropout"),
 }
 
 
@@ -501,6 +502,8 @@ def _shared_bank(model: Any, pc: Any, live: LiveRun, said: str, kind: str) -> No
     if kind == "TINYLORA":
         live.set("tinylora_u", int(pc.u), said)
         live.set("tinylora_weight_tying", float(pc.weight_tying), said)
+    if kind == "UNILORA":
+        live.set("unilora_theta_length", int(pc.theta_d_length), said)
     _wrapped(model, live, method, marker)
     if getattr(pc, dropout, 0):
         live.notes.append(f"{dropout}: not modelled (its mask, T × in per adapted linear).")

@@ -78,6 +78,11 @@ ESTIMATED_BUFFERS = (
     "tinylora_A.default",
     "tinylora_B.default",
     "tinylora_P.default",
+    # UniLoRA's int64 indices and scales (tuners/unilora/layer.py BufferDicts)
+    "unilora_indices_A.default",
+    "unilora_indices_B.default",
+    "unilora_scales_A.default",
+    "unilora_scales_B.default",
     *SHARED_BASES,
 )
 

@@ -20,6 +20,13 @@ def peft_shared_bank(model: nn.Module, arch: Architecture, run: RunConfig) -> nn
         return _pvera(model, arch, run)
     if run.method == "tinylora":
         return _tinylora(model, arch, run)
+    if run.method == "unilora":
+        from peft import UniLoraConfig
+
+        r, length, _ = run.unilora
+        targets = [lin.module for lin in banked_linears(arch, run)]
+        cfg = UniLoraConfig(r=r, theta_d_length=length, target_modules=targets)
+        return _peft_in_dtype(model, cfg, run, "unilora_theta_d")
     from peft import PeftConfig, RandLoraConfig, VBLoRAConfig
 
     targets = [lin.module for lin in banked_linears(arch, run)]

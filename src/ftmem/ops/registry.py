@@ -57,6 +57,7 @@ MODULES = (
     "ftmem.adapters.randlora",
     "ftmem.adapters.vblora",
     "ftmem.adapters.tinylora",
+    "ftmem.adapters.unilora",
     "ftmem.adapters.miss",
     "ftmem.adapters.road",
     "ftmem.adapters.boft",
