@@ -49,6 +49,7 @@ EXPECTED = {
     "vblora",
     "tinylora",
     "unilora",
+    "lily",
 }
 
 

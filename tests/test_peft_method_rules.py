@@ -25,6 +25,7 @@ NEW_METHODS = {
     "vblora": "VB-LoRA",
     "tinylora": "TinyLoRA",
     "unilora": "UniLoRA",
+    "lily": "Lily",
 }
 
 

@@ -229,6 +229,12 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "buffers per linear) (--unilora-rank, --unilora-theta-length, --unilora-targets)",
         "Uni-LoRA: One Vector Is All You Need, arXiv:2506.00799; peft tuners/unilora",
     ),
+    "lily": (
+        "peft's Lily: a low-rank A shared by --lily-stride-a neighbouring layers, --lily-num-b "
+        "Bs shared by all layers of a target and mixed by a router per linear "
+        "(--lily-rank, --lily-targets)",
+        "Zhong et al. 2024 (Lily), arXiv:2407.09946; peft tuners/lily",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -936,6 +942,8 @@ def banked_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
         return _lycoris_linears(arch, run.tinylora[3], "TinyLoRA", wraps_conv1d=True)
     if run.method == "unilora":
         return _lycoris_linears(arch, run.unilora[2], "UniLoRA", wraps_conv1d=True)
+    if run.method == "lily":
+        return _lycoris_linears(arch, run.lily[3], "Lily")
     if run.method != "vblora":
         return ()
     _, _, length, _, targets = run.vblora
@@ -1757,6 +1765,8 @@ def _banked_groups(
         return groups
     if run.method == "tinylora":
         return _tinylora_groups(banked, arch, run, dtypes)
+    if run.method == "lily":
+        return _lily_groups(banked, arch, run, dtypes)
     if run.method == "unilora":  # theta_d once, held by the model (model.py
         # _init_unilora_theta_d); its indices and scales are buffers (adapters.unilora)
         theta = TensorGroup("unilora_theta_d", (run.unilora[1],), 1, dtypes.adapter, True, True)
@@ -1783,6 +1793,33 @@ def tinylora_vectors(banked: tuple[Linear, ...], arch: Architecture, run: RunCon
         arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0] for lin in banked
     )
     return max(1, round(n * (1.0 - run.tinylora[2]))) if n else 0
+
+
+def _lily_groups(
+    banked: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """Lily's per adapted target (peft 0.21.2 tuners/lily/layer.py update_layer, model.py
+    _post_injection_hook): lily_A (r × in), one per stride_A consecutive layers; one lily_B
+    (num_B · r × out) for all layers; lily_router (num_B × r) in every layer. Shared tensors
+    sit outside the blocks (their gradient gathers every sharing layer's)."""
+    r, stride, num_b, _ = run.lily
+    groups: list[TensorGroup] = []
+    for lin in banked:
+        blocks = arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        a = (r, lin.in_features)
+        if stride == 1:
+            groups.append(_adapter(f"{lin.module}.lily_A", a, arch, dtypes, lin))
+        else:
+            shared_a = TensorGroup(
+                f"{lin.module}.lily_A", a, -(-blocks // stride), dtypes.adapter, True, True
+            )
+            groups.append(replace(shared_a, in_block=False))
+        shared_b = TensorGroup(
+            f"{lin.module}.lily_B", (num_b * r, lin.out_features), 1, dtypes.adapter, True, True
+        )
+        groups.append(replace(shared_b, in_block=False))
+        groups.append(_adapter(f"{lin.module}.lily_router", (num_b, r), arch, dtypes, lin))
+    return groups
 
 
 def _tinylora_groups(

@@ -53,6 +53,7 @@ Method = Literal[
     "vblora",
     "tinylora",
     "unilora",
+    "lily",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -177,6 +178,9 @@ DEFAULT_TINYLORA = (2, 64, 0.0)  # rank, u, weight_tying
 # peft's UniLoraConfig defaults (peft 0.21.2 tuners/unilora/config.py: r=4,
 # theta_d_length=256; target_modules from the UniLoRA mapping, a copy of LoRA's)
 DEFAULT_UNILORA = (4, 256)  # rank, theta_d_length
+# peft's LilyConfig defaults (peft 0.21.2 tuners/lily/config.py: r=32, stride_A=1, num_B=2;
+# target_modules from the Lily mapping, a copy of LoRA's)
+DEFAULT_LILY = (32, 1, 2)  # rank, stride_A, num_B
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -229,6 +233,9 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{
         k: frozenset({"unilora"})
         for k in ("unilora_rank", "unilora_theta_length", "unilora_targets")
+    },
+    **{
+        k: frozenset({"lily"}) for k in ("lily_rank", "lily_stride_a", "lily_num_b", "lily_targets")
     },
     **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
     **{k: frozenset({"hira"}) for k in ("hira_rank", "hira_targets")},
@@ -309,6 +316,9 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "tinylora_u": limits.WIDTH,
     "unilora_rank": limits.WIDTH,
     "unilora_theta_length": limits.WIDTH,
+    "lily_rank": limits.WIDTH,
+    "lily_stride_a": limits.WIDTH,
+    "lily_num_b": limits.WIDTH,
     "fourierft_frequencies": limits.WIDTH,
     "hira_rank": limits.WIDTH,
     "psoft_rank": limits.WIDTH,
@@ -405,6 +415,7 @@ PEFT_MODEL_METHODS = {
     "vblora": "VB-LoRA",
     "tinylora": "TinyLoRA",
     "unilora": "UniLoRA",
+    "lily": "Lily",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -425,6 +436,7 @@ NO_AUTOCAST = {
     "vblora": "",
     "tinylora": "",
     "unilora": "",
+    "lily": "",
 }
 
 
@@ -1011,6 +1023,19 @@ class RunConfig(limits.BoundedSettings):
     unilora_targets: str | None = Field(
         None, exclude_if=_unset, description="UniLoRA: adapted linears, roles or names (q,v)."
     )
+    # Lily (peft's A shared by stride_A neighbouring layers, num_B Bs shared by all, routed)
+    lily_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="Lily: rank r of A and each B (32)."
+    )
+    lily_stride_a: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="Lily: neighbouring layers sharing one A (1)."
+    )
+    lily_num_b: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="Lily: Bs every layer's router mixes (2)."
+    )
+    lily_targets: str | None = Field(
+        None, exclude_if=_unset, description="Lily: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1401,6 +1426,7 @@ class RunConfig(limits.BoundedSettings):
             "vblora_targets",
             "tinylora_targets",
             "unilora_targets",
+            "lily_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
@@ -1435,6 +1461,9 @@ class RunConfig(limits.BoundedSettings):
                 "(peft builds its bases in fp32 on the CPU, where ftmem measures); use "
                 "--adapter-dtype fp32"
             )
+        if self.method == "lily" and self.lily[2] < 2:
+            # peft 0.21.2 tuners/lily/config.py __post_init__ raises below 2
+            raise ValueError("--lily-num-b must be at least 2 (peft's router needs two Bs)")
         _, n, _, k, _ = self.vblora
         if self.method == "vblora" and k > n:
             raise ValueError(f"--vblora-topk {k} exceeds the bank's {n} vectors (--vblora-vectors)")
@@ -1680,6 +1709,17 @@ class RunConfig(limits.BoundedSettings):
             self.unilora_rank or r,
             self.unilora_theta_length or length,
             self.unilora_targets or "q,v",
+        )
+
+    @property
+    def lily(self) -> tuple[int, int, int, str]:
+        """Lily's (rank, stride_A, num_B, targets), peft's defaults where not given."""
+        r, stride, num_b = DEFAULT_LILY
+        return (
+            self.lily_rank or r,
+            self.lily_stride_a or stride,
+            self.lily_num_b or num_b,
+            self.lily_targets or "q,v",
         )
 
     @property

@@ -106,6 +106,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "vblora",
         "tinylora",
         "unilora",
+        "lily",
     }
 )
 

@@ -462,7 +462,7 @@ def adapter_moment(
         return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
         return _miss_moment(arch, run, plan, block, e, T)
-    if run.method in ("vera", "pvera", "randlora", "vblora", "tinylora", "unilora"):
+    if run.method in ("vera", "pvera", "randlora", "vblora", "tinylora", "unilora", "lily"):
         return shared_moment(arch, run, plan, block, e, T)
     if run.method not in ADAPTER_METHODS or not (run.grad_ckpt or run.method == "dora"):
         return 0

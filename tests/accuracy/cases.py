@@ -1257,7 +1257,25 @@ def _tinylora() -> list[Case]:
         {"precision": "fp32", "tinylora_targets": "all-linear", "batch_size": 1, "seq_len": 8},
     ):
         cases.append(Case("llama", {"method": "tinylora", **extra}))
-    return cases + _unilora()
+    return cases + _unilora() + _lily()
+
+
+def _lily() -> list[Case]:
+    """peft's Lily: A shared by stride_A neighbouring layers, num_B Bs shared by all and
+    mixed per linear every forward; its linears keep LoRA's input cast and hidden, the
+    router's softmax and the combined B."""
+    cases = [
+        Case(family, {"method": "lily", "precision": "bf16", "lily_rank": 8})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32", "lily_stride_a": 2},
+        {"precision": "bf16", "grad_ckpt": True, "lily_stride_a": 2},
+        {"precision": "bf16", "lily_targets": "gate,up,down", "lily_num_b": 3},
+        {"precision": "fp32", "lily_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+    ):
+        cases.append(Case("llama", {"method": "lily", "lily_rank": 8, **extra}))
+    return cases
 
 
 def _unilora() -> list[Case]:

@@ -4,6 +4,7 @@ moments. The mechanisms are in adapters.randlora and adapters.vblora."""
 
 from __future__ import annotations
 
+from ftmem.adapters.lily import Lily
 from ftmem.adapters.randlora import RandLoRA
 from ftmem.adapters.tinylora import TinyLoRA
 from ftmem.adapters.unilora import UniLoRA
@@ -25,7 +26,7 @@ def banked_saved(
 ) -> tuple[list[Saved], bool]:
     """What the RandLoRA or VB-LoRA adapters of linears reading one tensor keep, and
     whether one of them keeps that tensor itself."""
-    ops = {"randlora": RandLoRA, "tinylora": TinyLoRA, "unilora": UniLoRA}
+    ops = {"randlora": RandLoRA, "tinylora": TinyLoRA, "unilora": UniLoRA, "lily": Lily}
     op = ops.get(ctx.run.method, VBLoRA)
     out: list[Saved] = []
     reads = False
@@ -46,4 +47,6 @@ def banked_backward(plan: MethodPlan, run: RunConfig, lin: Linear, T: int, e: in
         return TinyLoRA.backward_own(plan, run, lin, T, e)
     if run.method == "unilora":
         return UniLoRA.backward_own(plan, run, lin, T, e)
+    if run.method == "lily":
+        return Lily.backward_own(plan, run, lin, T, e)
     return VBLoRA.backward_own(plan, run, lin, T, e)

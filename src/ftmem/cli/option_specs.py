@@ -554,6 +554,10 @@ RUN = [
     _opt("unilora_rank", OptInt, None, "UniLoRA: rank r of A and B (default 4)."),
     _opt("unilora_theta_length", OptInt, None, "UniLoRA: length of theta_d (default 256)."),
     _opt("unilora_targets", OptStr, None, "UniLoRA: adapted linears, as --lora-targets (q,v)."),
+    _opt("lily_rank", OptInt, None, "Lily: rank r of A and each B (default 32)."),
+    _opt("lily_stride_a", OptInt, None, "Lily: neighbouring layers sharing one A (default 1)."),
+    _opt("lily_num_b", OptInt, None, "Lily: Bs mixed by each linear's router (default 2)."),
+    _opt("lily_targets", OptStr, None, "Lily: adapted linears, as --lora-targets (q,v)."),
     _opt(
         "fourierft_frequencies",
         OptInt,

@@ -486,6 +486,7 @@ SHARED_BANK = {
     "VBLORA": ("vblora", "vblora_logits_A", "vblora_dropout"),
     "TINYLORA": ("tinylora", "tinylora_A", "tinylora_dropout"),
     "UNILORA": ("unilora", "unilora_indices_A", "unilora_dropout"),
+    "LILY": ("lily", "lily_router", "lily_dropout"),
 }
 
 
@@ -504,6 +505,9 @@ def _shared_bank(model: Any, pc: Any, live: LiveRun, said: str, kind: str) -> No
         live.set("tinylora_weight_tying", float(pc.weight_tying), said)
     if kind == "UNILORA":
         live.set("unilora_theta_length", int(pc.theta_d_length), said)
+    if kind == "LILY":
+        live.set("lily_stride_a", int(pc.stride_A), said)
+        live.set("lily_num_b", int(pc.num_B), said)
     _wrapped(model, live, method, marker)
     if getattr(pc, dropout, 0):
         live.notes.append(f"{dropout}: not modelled (its mask, T × in per adapted linear).")

@@ -765,6 +765,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "vblora": _peft_shared_bank,
         "tinylora": _peft_shared_bank,
         "unilora": _peft_shared_bank,
+        "lily": _peft_shared_bank,
         "fourierft": _peft_fourierft,
         "hira": _peft_hira,
         "psoft": _peft_psoft,

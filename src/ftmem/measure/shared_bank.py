@@ -20,6 +20,13 @@ def peft_shared_bank(model: nn.Module, arch: Architecture, run: RunConfig) -> nn
         return _pvera(model, arch, run)
     if run.method == "tinylora":
         return _tinylora(model, arch, run)
+    if run.method == "lily":
+        from peft import LilyConfig
+
+        r, stride, num_b, _ = run.lily
+        targets = [lin.module for lin in banked_linears(arch, run)]
+        lily = LilyConfig(r=r, stride_A=stride, num_B=num_b, target_modules=targets)
+        return _peft_in_dtype(model, lily, run, "lily_")
     if run.method == "unilora":
         from peft import UniLoraConfig
 

@@ -58,6 +58,7 @@ MODULES = (
     "ftmem.adapters.vblora",
     "ftmem.adapters.tinylora",
     "ftmem.adapters.unilora",
+    "ftmem.adapters.lily",
     "ftmem.adapters.miss",
     "ftmem.adapters.road",
     "ftmem.adapters.boft",
