@@ -24,15 +24,20 @@ def banked_saved(
     in_grad: bool,
     in_bytes: int,
 ) -> tuple[list[Saved], bool]:
-    """What the RandLoRA or VB-LoRA adapters of linears reading one tensor keep, and
-    whether one of them keeps that tensor itself."""
-    ops = {"randlora": RandLoRA, "tinylora": TinyLoRA, "unilora": UniLoRA, "lily": Lily}
-    op = ops.get(ctx.run.method, VBLoRA)
+    """What the RandLoRA, VB-LoRA, TinyLoRA, UniLoRA or Lily adapters of linears reading
+    one tensor keep, and whether one of them keeps that tensor itself."""
+    savers = {
+        "randlora": RandLoRA.saved,
+        "tinylora": TinyLoRA.saved,
+        "unilora": UniLoRA.saved,
+        "lily": Lily.saved,
+    }
+    saved = savers.get(ctx.run.method, VBLoRA.saved)
     out: list[Saved] = []
     reads = False
     for lin in linears:
         if lin.module in state.banked:
-            items, keeps_input = op.saved(ctx, lin, side, in_grad, in_bytes)
+            items, keeps_input = saved(ctx, lin, side, in_grad, in_bytes)
             out += items
             reads = reads or keeps_input
     return out, reads
