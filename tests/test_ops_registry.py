@@ -49,6 +49,9 @@ EXPECTED = {
     "vera",
     "randlora",
     "vblora",
+    "tinylora",
+    "unilora",
+    "lily",
 }
 
 

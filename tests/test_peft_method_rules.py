@@ -26,6 +26,9 @@ NEW_METHODS = {
     "shira": "SHiRA",
     "waveft": "WaveFT",
     "c3a": "C3A",
+    "tinylora": "TinyLoRA",
+    "unilora": "UniLoRA",
+    "lily": "Lily",
 }
 
 
@@ -76,7 +79,7 @@ def test_conv1d_is_refused_with_the_right_reason(
     err = _refusal(["gpt2", "--method", method], capsys)
     name = NEW_METHODS[method]
     conv1d_not_modelled = ("vera", "fourierft", "hira", "gralora", "pvera", "randlora", "vblora")
-    if method in (*conv1d_not_modelled, "waveft"):
+    if method in (*conv1d_not_modelled, "waveft", "tinylora", "unilora"):
         assert f"{name} on gpt2's transformers Conv1D layers is not modelled" in err
     else:
         assert f"peft's {name} does not wrap gpt2's transformers Conv1D layers" in err

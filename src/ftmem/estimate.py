@@ -930,6 +930,20 @@ def _settings(run: RunConfig) -> dict[str, object]:
     return run.model_dump()
 
 
+def _tiny_vector_resolved(run: RunConfig) -> dict[str, object]:
+    """TinyLoRA's, UniLoRA's and Lily's settings as the estimate used them."""
+    if run.method == "tinylora":
+        r, u, tying, targets = run.tinylora
+        return dict(
+            tinylora_rank=r, tinylora_u=u, tinylora_weight_tying=tying, tinylora_targets=targets
+        )
+    if run.method == "lily":
+        r, stride, num_b, targets = run.lily
+        return dict(lily_rank=r, lily_stride_a=stride, lily_num_b=num_b, lily_targets=targets)
+    r, length, targets = run.unilora
+    return dict(unilora_rank=r, unilora_theta_length=length, unilora_targets=targets)
+
+
 def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
     """The settings of peft's adapters other than LoRA's and IA³'s as the estimate used
     them, with the adapter dtype and the linears adapted (empty for the other methods)."""
@@ -986,6 +1000,8 @@ def _peft_other_settings(
         settings = dict(vblora_rank=r, vblora_vectors=n, vblora_vector_length=length)
         settings.update(vblora_topk=k, vblora_targets=targets)
         adapted = plan.banked
+    elif run.method in ("tinylora", "unilora", "lily"):
+        settings, adapted = _tiny_vector_resolved(run), plan.banked
     elif run.method == "fourierft":
         n, targets = run.fourierft
         settings = dict(fourierft_frequencies=n, fourierft_targets=targets)

@@ -233,6 +233,25 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "linear, applied to the fp32 input through FFTs (--c3a-block-size, --c3a-targets)",
         "Chen et al. 2025 (C3A), arXiv:2407.19342; peft tuners/c3a",
     ),
+    "tinylora": (
+        "peft's TinyLoRA: frozen rank-r SVD factors of each adapted weight, and a trained "
+        "vector of u numbers per group of linears mixed through fixed random r × r "
+        "projections (--tinylora-rank, --tinylora-u, --tinylora-weight-tying, "
+        "--tinylora-targets)",
+        "Learning to Reason in 13 Parameters, arXiv:2602.04118; peft tuners/tinylora",
+    ),
+    "unilora": (
+        "peft's UniLoRA: one trained vector theta_d for the whole model; each adapted "
+        "linear's A and B are rebuilt every forward by indexing it (int64 index and scale "
+        "buffers per linear) (--unilora-rank, --unilora-theta-length, --unilora-targets)",
+        "Uni-LoRA: One Vector Is All You Need, arXiv:2506.00799; peft tuners/unilora",
+    ),
+    "lily": (
+        "peft's Lily: a low-rank A shared by --lily-stride-a neighbouring layers, --lily-num-b "
+        "Bs shared by all layers of a target and mixed by a router per linear "
+        "(--lily-rank, --lily-targets)",
+        "Zhong et al. 2024 (Lily), arXiv:2407.09946; peft tuners/lily",
+    ),
     "prompt-tuning": (
         "n virtual token embeddings in front of the input; every layer sees s + n tokens",
         "Lester et al. 2021, arXiv:2104.08691",
@@ -942,6 +961,12 @@ def banked_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     raises otherwise)."""
     if run.method == "randlora":
         return _lycoris_linears(arch, run.randlora[1], "RandLoRA", wraps_conv1d=True)
+    if run.method == "tinylora":
+        return _lycoris_linears(arch, run.tinylora[3], "TinyLoRA", wraps_conv1d=True)
+    if run.method == "unilora":
+        return _lycoris_linears(arch, run.unilora[2], "UniLoRA", wraps_conv1d=True)
+    if run.method == "lily":
+        return _lycoris_linears(arch, run.lily[3], "Lily")
     if run.method != "vblora":
         return ()
     _, _, length, _, targets = run.vblora
@@ -1849,6 +1874,14 @@ def _banked_groups(
             groups.append(_adapter(f"{lin.module}.randlora_lambda", (r, n), arch, dtypes, lin))
             groups.append(_adapter(f"{lin.module}.randlora_gamma", (n, low), arch, dtypes, lin))
         return groups
+    if run.method == "tinylora":
+        return _tinylora_groups(banked, arch, run, dtypes)
+    if run.method == "lily":
+        return _lily_groups(banked, arch, run, dtypes)
+    if run.method == "unilora":  # theta_d once, held by the model (model.py
+        # _init_unilora_theta_d); its indices and scales are buffers (adapters.unilora)
+        theta = TensorGroup("unilora_theta_d", (run.unilora[1],), 1, dtypes.adapter, True, True)
+        return [replace(theta, in_block=False)] if banked else []
     r, vectors, length, _, _ = run.vblora
     for lin in banked:
         a = (r, lin.in_features // length, vectors)
@@ -1860,6 +1893,57 @@ def _banked_groups(
         bank = TensorGroup("vblora_vector_bank", shape, 1, dtypes.adapter, True, True)
         groups.append(replace(bank, in_block=False))
     return groups
+
+
+def tinylora_vectors(banked: tuple[Linear, ...], arch: Architecture, run: RunConfig) -> int:
+    """TinyLoRA's trained vectors: the n adapted linears (every block's) fall into
+    max(1, round(n · (1 - weight_tying))) groups, one vector each (peft 0.21.2
+    tuners/tinylora/model.py _create_and_replace: num_groups, group_idx; every group gets
+    a linear since num_groups <= n)."""
+    n = sum(
+        arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0] for lin in banked
+    )
+    return max(1, round(n * (1.0 - run.tinylora[2]))) if n else 0
+
+
+def _lily_groups(
+    banked: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """Lily's per adapted target (peft 0.21.2 tuners/lily/layer.py update_layer, model.py
+    _post_injection_hook): lily_A (r × in), one per stride_A consecutive layers; one lily_B
+    (num_B · r × out) for all layers; lily_router (num_B × r) in every layer. Shared tensors
+    sit outside the blocks (their gradient gathers every sharing layer's)."""
+    r, stride, num_b, _ = run.lily
+    groups: list[TensorGroup] = []
+    for lin in banked:
+        blocks = arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        a = (r, lin.in_features)
+        if stride == 1:
+            groups.append(_adapter(f"{lin.module}.lily_A", a, arch, dtypes, lin))
+        else:
+            shared_a = TensorGroup(
+                f"{lin.module}.lily_A", a, -(-blocks // stride), dtypes.adapter, True, True
+            )
+            groups.append(replace(shared_a, in_block=False))
+        shared_b = TensorGroup(
+            f"{lin.module}.lily_B", (num_b * r, lin.out_features), 1, dtypes.adapter, True, True
+        )
+        groups.append(replace(shared_b, in_block=False))
+        groups.append(_adapter(f"{lin.module}.lily_router", (num_b, r), arch, dtypes, lin))
+    return groups
+
+
+def _tinylora_groups(
+    banked: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """TinyLoRA's tinylora_v (u,) per group, held by the model (model.py
+    _create_and_replace; its SVD factors and projections are buffers:
+    adapters.tinylora.buffer_bytes)."""
+    count = tinylora_vectors(banked, arch, run)
+    if not count:
+        return []
+    v = TensorGroup("tinylora_v", (run.tinylora[1],), count, dtypes.adapter, True, True)
+    return [replace(v, in_block=False)]
 
 
 def _fourierft_groups(

@@ -26,6 +26,8 @@ from ftmem.adapters.oft import buffer_bytes as oft_buffer_bytes
 from ftmem.adapters.psoft import buffer_bytes as psoft_buffer_bytes
 from ftmem.adapters.randlora import basis_bytes
 from ftmem.adapters.shira import index_bytes as shira_index_bytes
+from ftmem.adapters.tinylora import buffer_bytes as tinylora_buffer_bytes
+from ftmem.adapters.unilora import buffer_bytes as unilora_buffer_bytes
 from ftmem.adapters.vera import projection_bytes
 from ftmem.arch import Architecture
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -122,7 +124,8 @@ def adapter_buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     host), OFT's int64 block indices, PSOFT's frozen A and B and indices, DeLoRA's w_norm
     (``layers``: the model's)."""
     total = boft_buffer_bytes(plan, run, layers) + oft_buffer_bytes(plan, run, layers)
-    total += psoft_buffer_bytes(plan, run, layers)
+    total += psoft_buffer_bytes(plan, run, layers) + tinylora_buffer_bytes(plan, run, layers)
+    total += unilora_buffer_bytes(plan, run, layers)
     return total + delora_buffer_bytes(plan, run, layers)
 
 

@@ -54,6 +54,9 @@ Method = Literal[
     "shira",
     "waveft",
     "c3a",
+    "tinylora",
+    "unilora",
+    "lily",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -179,6 +182,17 @@ DEFAULT_WAVE_FREQUENCIES = 2592
 # peft's C3AConfig default (peft 0.21.2 tuners/c3a/config.py: block_size=256; the same at
 # 5d602fdbff04); target_modules from the LoRA mapping (q_proj, v_proj for Llama)
 DEFAULT_C3A_BLOCK = 256
+# peft's TinyLoraConfig defaults (peft 0.21.2 tuners/tinylora/config.py: r=2, u=64,
+# weight_tying=0.0; target_modules from the TinyLoRA mapping, a copy of LoRA's: q_proj and
+# v_proj for Llama, utils/constants.py); the MetaMathQA release's
+# tinylora--llama-3.2-3B-default config
+DEFAULT_TINYLORA = (2, 64, 0.0)  # rank, u, weight_tying
+# peft's UniLoraConfig defaults (peft 0.21.2 tuners/unilora/config.py: r=4,
+# theta_d_length=256; target_modules from the UniLoRA mapping, a copy of LoRA's)
+DEFAULT_UNILORA = (4, 256)  # rank, theta_d_length
+# peft's LilyConfig defaults (peft 0.21.2 tuners/lily/config.py: r=32, stride_A=1, num_B=2;
+# target_modules from the Lily mapping, a copy of LoRA's)
+DEFAULT_LILY = (32, 1, 2)  # rank, stride_A, num_B
 
 
 # Settings that only some methods take (the rest refuse them): what compare-methods
@@ -224,6 +238,17 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
         for k in ("vblora_rank", "vblora_vectors", "vblora_vector_length", "vblora_topk")
     },
     "vblora_targets": frozenset({"vblora"}),
+    **{
+        k: frozenset({"tinylora"})
+        for k in ("tinylora_rank", "tinylora_u", "tinylora_weight_tying", "tinylora_targets")
+    },
+    **{
+        k: frozenset({"unilora"})
+        for k in ("unilora_rank", "unilora_theta_length", "unilora_targets")
+    },
+    **{
+        k: frozenset({"lily"}) for k in ("lily_rank", "lily_stride_a", "lily_num_b", "lily_targets")
+    },
     **{k: frozenset({"fourierft"}) for k in ("fourierft_frequencies", "fourierft_targets")},
     **{k: frozenset({"hira"}) for k in ("hira_rank", "hira_targets")},
     **{k: frozenset({"psoft"}) for k in ("psoft_rank", "psoft_targets", "psoft_neumann_terms")},
@@ -302,6 +327,13 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "vblora_vectors": limits.WIDTH,
     "vblora_vector_length": limits.WIDTH,
     "vblora_topk": limits.WIDTH,
+    "tinylora_rank": limits.WIDTH,
+    "tinylora_u": limits.WIDTH,
+    "unilora_rank": limits.WIDTH,
+    "unilora_theta_length": limits.WIDTH,
+    "lily_rank": limits.WIDTH,
+    "lily_stride_a": limits.WIDTH,
+    "lily_num_b": limits.WIDTH,
     "fourierft_frequencies": limits.WIDTH,
     "hira_rank": limits.WIDTH,
     "psoft_rank": limits.WIDTH,
@@ -402,6 +434,9 @@ PEFT_MODEL_METHODS = {
     "shira": "SHiRA",
     "waveft": "WaveFT",
     "c3a": "C3A",
+    "tinylora": "TinyLoRA",
+    "unilora": "UniLoRA",
+    "lily": "Lily",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -423,6 +458,9 @@ NO_AUTOCAST = {
     "pvera": "",
     "randlora": "",
     "vblora": "",
+    "tinylora": "",
+    "unilora": "",
+    "lily": "",
 }
 
 
@@ -1003,6 +1041,46 @@ class RunConfig(limits.BoundedSettings):
     c3a_targets: str | None = Field(
         None, exclude_if=_unset, description="C3A: adapted linears, roles or names (q,v)."
     )
+    # TinyLoRA (peft's frozen SVD factors, a tiny trained vector through fixed projections)
+    tinylora_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="TinyLoRA: rank r of the frozen SVD factors (2)."
+    )
+    tinylora_u: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="TinyLoRA: length u of each trained vector (64)."
+    )
+    tinylora_weight_tying: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        exclude_if=_unset,
+        description="TinyLoRA: share of adapted linears tied to one vector (0: none, 1: all).",
+    )
+    tinylora_targets: str | None = Field(
+        None, exclude_if=_unset, description="TinyLoRA: adapted linears, roles or names (q,v)."
+    )
+    # UniLoRA (peft's one trained vector theta_d every adapted factor indexes into)
+    unilora_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="UniLoRA: rank r of A and B (4)."
+    )
+    unilora_theta_length: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="UniLoRA: length of the trained theta_d (256)."
+    )
+    unilora_targets: str | None = Field(
+        None, exclude_if=_unset, description="UniLoRA: adapted linears, roles or names (q,v)."
+    )
+    # Lily (peft's A shared by stride_A neighbouring layers, num_B Bs shared by all, routed)
+    lily_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="Lily: rank r of A and each B (32)."
+    )
+    lily_stride_a: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="Lily: neighbouring layers sharing one A (1)."
+    )
+    lily_num_b: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="Lily: Bs every layer's router mixes (2)."
+    )
+    lily_targets: str | None = Field(
+        None, exclude_if=_unset, description="Lily: adapted linears, roles or names (q,v)."
+    )
     # prompt / prefix / P-tuning
     virtual_tokens: PositiveInt | None = None  # (within the token bound: BOUNDS above)
     prefix_projection: bool | None = Field(
@@ -1394,6 +1472,9 @@ class RunConfig(limits.BoundedSettings):
             "shira_targets",
             "waveft_targets",
             "c3a_targets",
+            "tinylora_targets",
+            "unilora_targets",
+            "lily_targets",
         ):
             value = getattr(self, name)
             if value is not None and not value.strip(" ,"):
@@ -1428,6 +1509,9 @@ class RunConfig(limits.BoundedSettings):
                 "(peft builds its bases in fp32 on the CPU, where ftmem measures); use "
                 "--adapter-dtype fp32"
             )
+        if self.method == "lily" and self.lily[2] < 2:
+            # peft 0.21.2 tuners/lily/config.py __post_init__ raises below 2
+            raise ValueError("--lily-num-b must be at least 2 (peft's router needs two Bs)")
         _, n, _, k, _ = self.vblora
         if self.method == "vblora" and k > n:
             raise ValueError(f"--vblora-topk {k} exceeds the bank's {n} vectors (--vblora-vectors)")
@@ -1652,6 +1736,38 @@ class RunConfig(limits.BoundedSettings):
             self.vblora_vector_length or length,
             self.vblora_topk or k,
             self.vblora_targets or "q,v",
+        )
+
+    @property
+    def tinylora(self) -> tuple[int, int, float, str]:
+        """TinyLoRA's (rank, u, weight_tying, targets), peft's defaults where not given."""
+        r, u, tying = DEFAULT_TINYLORA
+        return (
+            self.tinylora_rank or r,
+            self.tinylora_u or u,
+            tying if self.tinylora_weight_tying is None else self.tinylora_weight_tying,
+            self.tinylora_targets or "q,v",
+        )
+
+    @property
+    def unilora(self) -> tuple[int, int, str]:
+        """UniLoRA's (rank, theta_d_length, targets), peft's defaults where not given."""
+        r, length = DEFAULT_UNILORA
+        return (
+            self.unilora_rank or r,
+            self.unilora_theta_length or length,
+            self.unilora_targets or "q,v",
+        )
+
+    @property
+    def lily(self) -> tuple[int, int, int, str]:
+        """Lily's (rank, stride_A, num_B, targets), peft's defaults where not given."""
+        r, stride, num_b = DEFAULT_LILY
+        return (
+            self.lily_rank or r,
+            self.lily_stride_a or stride,
+            self.lily_num_b or num_b,
+            self.lily_targets or "q,v",
         )
 
     @property

@@ -113,6 +113,9 @@ EVERY_BLOCK_TRAINS = frozenset(
         "shira",
         "waveft",
         "c3a",
+        "tinylora",
+        "unilora",
+        "lily",
     }
 )
 

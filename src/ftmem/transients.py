@@ -520,7 +520,7 @@ def _peft_other_moment(
         return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
         return _miss_moment(arch, run, plan, block, e, T)
-    if run.method in ("vera", "pvera", "randlora", "vblora"):
+    if run.method in ("vera", "pvera", "randlora", "vblora", "tinylora", "unilora", "lily"):
         return shared_moment(arch, run, plan, block, e, T)
     if run.method in ("shira", "c3a"):
         moment_of = {"shira": shira_moment, "c3a": c3a_moment}[run.method]

@@ -1302,6 +1302,59 @@ def _shared_bank() -> list[Case]:
         {"precision": "bf16", "vblora_targets": "all-linear", "vblora_topk": 3},
     ):
         cases.append(Case("llama", {**bank, **extra}))
+    return cases + _tinylora()
+
+
+def _tinylora() -> list[Case]:
+    """peft's TinyLoRA: frozen SVD factors, one trained vector per linear or per group
+    (weight tying); its linears keep h and R only, never their input."""
+    cases = [
+        Case(family, {"method": "tinylora", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "tinylora_weight_tying": 1.0, "tinylora_rank": 8},
+        {"precision": "bf16", "tinylora_targets": "all-linear", "tinylora_u": 16},
+        {"precision": "fp32", "tinylora_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+    ):
+        cases.append(Case("llama", {"method": "tinylora", **extra}))
+    return cases + _unilora() + _lily()
+
+
+def _lily() -> list[Case]:
+    """peft's Lily: A shared by stride_A neighbouring layers, num_B Bs shared by all and
+    mixed per linear every forward; its linears keep LoRA's input cast and hidden, the
+    router's softmax and the combined B."""
+    cases = [
+        Case(family, {"method": "lily", "precision": "bf16", "lily_rank": 8})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32", "lily_stride_a": 2},
+        {"precision": "bf16", "grad_ckpt": True, "lily_stride_a": 2},
+        {"precision": "bf16", "lily_targets": "gate,up,down", "lily_num_b": 3},
+        {"precision": "fp32", "lily_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+    ):
+        cases.append(Case("llama", {"method": "lily", "lily_rank": 8, **extra}))
+    return cases
+
+
+def _unilora() -> list[Case]:
+    """peft's UniLoRA: A and B gathered from the one trained theta_d every forward; its
+    linears keep LoRA's input cast and h, plus A and B."""
+    cases = [
+        Case(family, {"method": "unilora", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "unilora_targets": "all-linear", "unilora_rank": 16},
+        {"precision": "fp32", "unilora_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+    ):
+        cases.append(Case("llama", {"method": "unilora", "unilora_theta_length": 32, **extra}))
     return cases
 
 

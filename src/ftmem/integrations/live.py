@@ -245,10 +245,8 @@ def _read_method(model: Any, live: LiveRun) -> None:
             live.set("prefix_projection", True, said)
     else:
         raise InvalidInputError(
-            f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
-            "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, PVeRA, RandLoRA, VB-LoRA, "
-            "HiRA, PSOFT, HRA, GraLoRA, DeLoRA, SHiRA, WaveFT, C3A, LN tuning, prompt, prefix and "
-            "P-tuning)."
+            f"peft {kind} is not a method ftmem models (`ftmem estimate --help` lists the "
+            "methods under --method)."
         )
 
 
@@ -485,6 +483,9 @@ SHARED_BANK = {
     "PVERA": ("pvera", "pvera_lambda_b", "pvera_dropout"),
     "RANDLORA": ("randlora", "randlora_lambda", "randlora_dropout"),
     "VBLORA": ("vblora", "vblora_logits_A", "vblora_dropout"),
+    "TINYLORA": ("tinylora", "tinylora_A", "tinylora_dropout"),
+    "UNILORA": ("unilora", "unilora_indices_A", "unilora_dropout"),
+    "LILY": ("lily", "lily_router", "lily_dropout"),
 }
 
 
@@ -498,6 +499,14 @@ def _shared_bank(model: Any, pc: Any, live: LiveRun, said: str, kind: str) -> No
         live.set("vblora_vectors", int(pc.num_vectors), said)
         live.set("vblora_vector_length", int(pc.vector_length), said)
         live.set("vblora_topk", int(pc.topk), said)
+    if kind == "TINYLORA":
+        live.set("tinylora_u", int(pc.u), said)
+        live.set("tinylora_weight_tying", float(pc.weight_tying), said)
+    if kind == "UNILORA":
+        live.set("unilora_theta_length", int(pc.theta_d_length), said)
+    if kind == "LILY":
+        live.set("lily_stride_a", int(pc.stride_A), said)
+        live.set("lily_num_b", int(pc.num_B), said)
     _wrapped(model, live, method, marker)
     if getattr(pc, dropout, 0):
         live.notes.append(f"{dropout}: not modelled (its mask, T × in per adapted linear).")

@@ -74,6 +74,15 @@ ESTIMATED_BUFFERS = (
     "psoft_R.default.cols",
     *VERA_PROJECTIONS,
     "delora_w_norm.default",  # (peft 0.21.2 tuners/delora/layer.py:152)
+    # TinyLoRA's frozen SVD factors and projections (tuners/tinylora/layer.py BufferDicts)
+    "tinylora_A.default",
+    "tinylora_B.default",
+    "tinylora_P.default",
+    # UniLoRA's int64 indices and scales (tuners/unilora/layer.py BufferDicts)
+    "unilora_indices_A.default",
+    "unilora_indices_B.default",
+    "unilora_scales_A.default",
+    "unilora_scales_B.default",
     *SHARED_BASES,
 )
 

@@ -1,6 +1,7 @@
 """peft's shared-bank adapters built on a measured model: PVeRA (VeRA's shared projections
 with a sampled code), RandLoRA (shared random bases), VB-LoRA (a shared trained vector
-bank), in the dtype asked for. Imports peft; import it lazily."""
+bank), TinyLoRA, UniLoRA and Lily (one trained vector or shared factors), in the dtype
+asked for. Imports peft; import it lazily."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ from ftmem.run import RunConfig
 
 
 def peft_shared_bank(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
-    """peft's PVeRA, RandLoRA or VB-LoRA on the linears the estimate names."""
+    """peft's PVeRA, RandLoRA, VB-LoRA, TinyLoRA, UniLoRA or Lily on the linears the
+    estimate names."""
     if run.method == "pvera":
         return _pvera(model, arch, run)
+    if run.method == "tinylora":
+        return _tinylora(model, arch, run)
+    if run.method in ("lily", "unilora"):
+        return _lily_unilora(model, arch, run)
     from peft import PeftConfig, RandLoraConfig, VBLoRAConfig
 
     targets = [lin.module for lin in banked_linears(arch, run)]
@@ -31,6 +37,35 @@ def peft_shared_bank(model: nn.Module, arch: Architecture, run: RunConfig) -> nn
         r=r, num_vectors=vectors, vector_length=length, topk=k, target_modules=targets
     )
     return _peft_in_dtype(model, cfg, run, "vblora_")
+
+
+def _lily_unilora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """Lily or UniLoRA with peft's autocast (--adapter-dtype is refused for both)."""
+    from peft import LilyConfig, PeftConfig, UniLoraConfig
+
+    targets = [lin.module for lin in banked_linears(arch, run)]
+    cfg: PeftConfig
+    if run.method == "lily":
+        r, stride, num_b, _ = run.lily
+        cfg = LilyConfig(r=r, stride_A=stride, num_B=num_b, target_modules=targets)
+        return _peft_in_dtype(model, cfg, run, "lily_")
+    r, length, _ = run.unilora
+    cfg = UniLoraConfig(r=r, theta_d_length=length, target_modules=targets)
+    return _peft_in_dtype(model, cfg, run, "unilora_theta_d")
+
+
+def _tinylora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """TinyLoRA with its vectors drawn uniformly (peft's zeros would train nothing but
+    change no memory); the adapter dtype follows peft's autocast (--adapter-dtype is
+    refused: its buffers and vectors must share one dtype)."""
+    from peft import TinyLoraConfig
+
+    r, u, tying, _ = run.tinylora
+    targets = [lin.module for lin in banked_linears(arch, run)]
+    cfg = TinyLoraConfig(
+        r=r, u=u, weight_tying=tying, target_modules=targets, init_weights="uniform"
+    )
+    return _peft_in_dtype(model, cfg, run, "tinylora_v")
 
 
 def _pvera(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
