@@ -40,6 +40,7 @@ EXPECTED = {
     "hira",
     "psoft",
     "hra",
+    "beft",
     "lora",
     "head_lora",
     "prefix_tuning",

@@ -1,5 +1,5 @@
 """One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
-FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA): where they are modelled, and the sentence
+FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA, BEFT): where they are modelled, and the sentence
 each refusal gives."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ NEW_METHODS = {
     "pvera": "PVeRA",
     "randlora": "RandLoRA",
     "vblora": "VB-LoRA",
+    "beft": "BEFT",
 }
 
 

@@ -250,6 +250,12 @@ RUNS: list[Run] = [
         # adapter_config.json: r 32, delora_lambda 15, module_dropout 0, default q,v
         {"method": "delora", "lora_r": 32, "lora_alpha": DROP},
     ),
+    peft(
+        "beft--llama-3.2-3B-target-v_proj",
+        20172505088,
+        # adapter_config.json: target_modules [v_proj], init_weights true
+        {"method": "beft", "beft_targets": "v", **LORA_KEYS},
+    ),
     # ---- fms-acceleration benchmark CSV (A100-80GB, seq 4096 padded batches of alpaca; the
     # calibrated rows' fms-hf-tuning path); columns: peak alloc bytes, nvidia MiB in the row
     fms(5, "fms-gpt_bigcode-santacoder-full-2gpu-bs2", 7819433984, {"batch_size": 4}),

@@ -985,6 +985,8 @@ def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
     elif run.method == "hra":
         r, targets = run.hra
         settings, adapted = dict(hra_rank=r, hra_targets=targets), plan.householder
+    elif run.method == "beft":
+        settings, adapted = dict(beft_targets=run.beft), plan.beft
     else:
         return {}
     settings.update(

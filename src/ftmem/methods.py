@@ -197,6 +197,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "into each adapted linear's weight in every forward (--hra-rank, --hra-targets)",
         "Yuan et al. 2024 (HRA), arXiv:2405.17484; peft tuners/hra",
     ),
+    "beft": (
+        "peft's BEFT: a trained bias vector (1 × out) added to each adapted linear's "
+        "output (--beft-targets; default v)",
+        "BEFT, arXiv:2509.15974; peft tuners/beft",
+    ),
     "pvera": (
         "peft's PVeRA: VeRA's shared frozen projections with a sampled rank-r code between "
         "them (mean and log-variance, 2r trained λ_d), trained vectors per linear "
@@ -365,6 +370,8 @@ class MethodPlan:
     psoft: tuple[Linear, ...] = ()
     # HRA: the linears whose weight a chain of Householder reflections turns
     householder: tuple[Linear, ...] = ()
+    # BEFT: the linears whose output a trained bias vector shifts
+    beft: tuple[Linear, ...] = ()
     # RandLoRA, VB-LoRA: the linears whose adapter is built from a bank shared by all
     # layers in every forward (adapters.randlora, adapters.vblora)
     banked: tuple[Linear, ...] = ()
@@ -940,6 +947,14 @@ def hra_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.hra[1], "HRA")
 
 
+def beft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a BEFT bias (none for the other methods); peft wraps
+    torch.nn.Linear only (peft 0.21.2 tuners/beft/model.py _create_new_module)."""
+    if run.method != "beft":
+        return ()
+    return _lycoris_linears(arch, run.beft, "BEFT")
+
+
 def randlora_bases(lin: Linear, r: int) -> int:
     """RandLoRA's number of bases for a linear: min(in, out) / r rounded up, so that the
     r-rank bases together reach full rank (peft 0.21.2 tuners/randlora/layer.py
@@ -1236,6 +1251,7 @@ class _PeftOther(NamedTuple):
     psoft: tuple[Linear, ...]
     householder: tuple[Linear, ...]
     banked: tuple[Linear, ...]
+    beft: tuple[Linear, ...]
 
 
 def _peft_other(
@@ -1257,6 +1273,7 @@ def _peft_other(
         psoft_linears(arch, run),
         hra_linears(arch, run),
         banked_linears(arch, run),
+        beft_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _banked_groups(other.banked, arch, run, dtypes)
@@ -1269,6 +1286,11 @@ def _peft_other(
     groups += [
         _adapter(f"{lin.module}.hra_u", (lin.in_features, r), arch, dtypes, lin)
         for lin in other.householder
+    ]
+    # BEFT's beft_bias (1 × out) per linear (peft 0.21.2 tuners/beft/layer.py update_layer)
+    groups += [
+        _adapter(f"{lin.module}.beft_bias", (1, lin.out_features), arch, dtypes, lin)
+        for lin in other.beft
     ]
     groups += _miss_road_groups(other.miss + other.road, arch, run, dtypes)
     groups += _boft_groups(other.rotated, arch, run, dtypes)

@@ -51,6 +51,7 @@ Method = Literal[
     "pvera",
     "randlora",
     "vblora",
+    "beft",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -184,7 +185,8 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     },
     "adapter_dtype": ADAPTER_METHODS
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
-    | {"hira", "psoft", "hra", "pvera", "randlora", "vblora"},
+    | {"hira", "psoft", "hra", "pvera", "randlora", "vblora"}
+    | {"beft"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "lora_bd_blocks": frozenset({"lora", "rslora"}),
     "lora_mica": frozenset({"lora", "rslora"}),
@@ -216,6 +218,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{k: frozenset({"hira"}) for k in ("hira_rank", "hira_targets")},
     **{k: frozenset({"psoft"}) for k in ("psoft_rank", "psoft_targets", "psoft_neumann_terms")},
     **{k: frozenset({"hra"}) for k in ("hra_rank", "hra_targets")},
+    "beft_targets": frozenset({"beft"}),
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -381,6 +384,7 @@ PEFT_MODEL_METHODS = {
     "pvera": "PVeRA",
     "randlora": "RandLoRA",
     "vblora": "VB-LoRA",
+    "beft": "BEFT",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -392,6 +396,7 @@ NO_AUTOCAST = {
     "hira": "",
     "psoft": "",
     "hra": "",
+    "beft": "",
     "miss": "",
     "road": "",
     "boft": "",
@@ -928,6 +933,10 @@ class RunConfig(limits.BoundedSettings):
     hra_targets: str | None = Field(
         None, exclude_if=_unset, description="HRA: adapted linears, roles or names (q,v)."
     )
+    # BEFT (peft's trained bias vector added to each adapted linear's output)
+    beft_targets: str | None = Field(
+        None, exclude_if=_unset, description="BEFT: biased linears, roles or names (v)."
+    )
     # PVeRA (peft's probabilistic VeRA: a sampled rank-r code between the shared projections)
     pvera_rank: PositiveInt | None = Field(
         None, exclude_if=_unset, description="PVeRA: rank r of the sampled code (256)."
@@ -1343,6 +1352,7 @@ class RunConfig(limits.BoundedSettings):
             "hira_targets",
             "psoft_targets",
             "hra_targets",
+            "beft_targets",
             "pvera_targets",
             "randlora_targets",
             "vblora_targets",
@@ -1628,6 +1638,12 @@ class RunConfig(limits.BoundedSettings):
     def hra(self) -> tuple[int, str]:
         """HRA's (r, targets), peft's defaults where not given."""
         return self.hra_rank or DEFAULT_HRA_RANK, self.hra_targets or "q,v"
+
+    @property
+    def beft(self) -> str:
+        """BEFT's targets: peft's BEFT mapping gives llama v_proj (peft 0.21.2
+        utils/constants.py TRANSFORMERS_MODELS_TO_BEFT_TARGET_MODULES_MAPPING)."""
+        return self.beft_targets or "v"
 
     @property
     def n_virtual(self) -> int:

@@ -104,6 +104,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "pvera",
         "randlora",
         "vblora",
+        "beft",
     }
 )
 
@@ -141,6 +142,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         psoft = frozenset(lin.module for lin in plan.psoft)
         householder = frozenset(lin.module for lin in plan.householder)
         banked = frozenset(lin.module for lin in plan.banked)
+        beft = frozenset(lin.module for lin in plan.beft)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -164,6 +166,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 psoft=psoft,
                 householder=householder,
                 banked=banked,
+                beft=beft,
             )
 
         # one object per distinct state: step_parts derives each once

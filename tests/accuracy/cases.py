@@ -1309,6 +1309,28 @@ def _hra() -> list[Case]:
     return cases
 
 
+def _beft() -> list[Case]:
+    """peft's BEFT (a trained 1 × out bias on each adapted linear's output; it keeps
+    nothing, its forward holds the base output, the promoted sum and its cast):
+    precisions, 16-bit biases, checkpointing, all linears; on a wider model at few tokens
+    with every linear biased."""
+    cases = [
+        Case(family, {"method": "beft", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "beft_targets": "all-linear"},
+    ):
+        cases.append(Case("llama", {"method": "beft", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "beft_targets": "all-linear"}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "beft", **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _miss_road() -> list[Case]:
     """peft's MiSS (default, bat, mini) and RoAd (road_1, 2, 4); on a wider model at few
     tokens MiSS bat's weight rebuild and its backward are the peak."""
@@ -1447,6 +1469,7 @@ def _peft_methods() -> list[Case]:
     cases += _hira()
     cases += _psoft()
     cases += _hra()
+    cases += _beft()
     cases += _shared_bank()
     cases += _ln_tuning_lorafa()
     cases += _bdlora_mica()

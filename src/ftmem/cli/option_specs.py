@@ -561,6 +561,7 @@ RUN = [
     ),
     _opt("hra_rank", OptInt, None, "HRA: r, Householder reflections per linear (default 8)."),
     _opt("hra_targets", OptStr, None, "HRA: adapted linears, as --lora-targets (q,v)."),
+    _opt("beft_targets", OptStr, None, "BEFT: biased linears, as --lora-targets (v)."),
     _opt(
         "adalora_target_r",
         OptInt,

@@ -247,7 +247,7 @@ def _read_method(model: Any, live: LiveRun) -> None:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
             "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, PVeRA, RandLoRA, VB-LoRA, "
-            "HiRA, PSOFT, HRA, GraLoRA, DeLoRA, LN tuning, prompt, prefix and P-tuning)."
+            "HiRA, PSOFT, HRA, GraLoRA, DeLoRA, BEFT, LN tuning, prompt, prefix and P-tuning)."
         )
 
 
@@ -285,6 +285,12 @@ def _wrapped(model: Any, live: LiveRun, method: str, marker: str) -> None:
     wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, marker)})
     if wrapped:
         live.set(f"{method}_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
+
+
+def _beft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's BeftConfig: the modules it wrapped (beft_bias)."""
+    live.set("method", "beft", said)
+    _wrapped(model, live, "beft", "beft_bias")
 
 
 def _lycoris(model: Any, pc: Any, live: LiveRun, said: str, method: str) -> None:
@@ -1013,4 +1019,5 @@ _PEFT_READERS = {
     "HIRA": _hira,
     "PSOFT": _psoft,
     "HRA": _hra,
+    "BEFT": _beft,
 }

@@ -770,8 +770,20 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "ln-tuning": _peft_ln_tuning,
         "gralora": _peft_gralora,
         "delora": _peft_delora,
+        "beft": _peft_beft,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
+
+
+def _peft_beft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's BEFT on the linears the estimate names, its beft_bias in the dtype asked for."""
+    from peft import BeftConfig
+
+    from ftmem.methods import beft_linears
+
+    targets = [lin.module for lin in beft_linears(arch, run)]
+    cfg = BeftConfig(target_modules=targets, task_type="CAUSAL_LM")
+    return _peft_in_dtype(model, cfg, run, "beft_bias")
 
 
 def _peft_ln_tuning(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

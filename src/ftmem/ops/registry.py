@@ -54,6 +54,7 @@ MODULES = (
     "ftmem.adapters.hira",
     "ftmem.adapters.psoft",
     "ftmem.adapters.hra",
+    "ftmem.adapters.beft",
     "ftmem.adapters.randlora",
     "ftmem.adapters.vblora",
     "ftmem.adapters.miss",
