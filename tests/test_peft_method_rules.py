@@ -1,5 +1,5 @@
 """One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
-FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA, BEFT): where they are modelled, and the sentence
+FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA, BEFT, DeFT): where they are modelled, and the sentence
 each refusal gives."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ NEW_METHODS = {
     "randlora": "RandLoRA",
     "vblora": "VB-LoRA",
     "beft": "BEFT",
+    "deft": "DeFT",
 }
 
 
@@ -68,7 +69,7 @@ def test_conv1d_is_refused_with_the_right_reason(
     # peft wraps Conv1D for VeRA and FourierFT (not modelled), not for the other four
     err = _refusal(["gpt2", "--method", method], capsys)
     name = NEW_METHODS[method]
-    if method in ("vera", "fourierft", "hira", "gralora", "pvera", "randlora", "vblora"):
+    if method in ("vera", "fourierft", "hira", "gralora", "pvera", "randlora", "vblora", "deft"):
         assert f"{name} on gpt2's transformers Conv1D layers is not modelled" in err
     else:
         assert f"peft's {name} does not wrap gpt2's transformers Conv1D layers" in err

@@ -256,6 +256,18 @@ RUNS: list[Run] = [
         # adapter_config.json: target_modules [v_proj], init_weights true
         {"method": "beft", "beft_targets": "v", **LORA_KEYS},
     ),
+    peft(
+        "deft--llama-3.2-3B-rank32",
+        23620222976,
+        # adapter_config.json: r 32, alpha 128, relu, para false, dropout 0, default q,v
+        {"method": "deft", "lora_r": 32, "lora_alpha": 128},
+    ),
+    peft(
+        "deft--llama-3.2-3B-rank32-para",
+        21514682368,
+        # adapter_config.json: r 32, alpha null, qr, para true, dropout 0, default q,v
+        {"method": "deft", "lora_r": 32, "lora_alpha": DROP, "deft_para": True, "deft_qr": True},
+    ),
     # ---- fms-acceleration benchmark CSV (A100-80GB, seq 4096 padded batches of alpaca; the
     # calibrated rows' fms-hf-tuning path); columns: peak alloc bytes, nvidia MiB in the row
     fms(5, "fms-gpt_bigcode-santacoder-full-2gpu-bs2", 7819433984, {"batch_size": 4}),

@@ -15,7 +15,7 @@ from math import prod
 from typing import NamedTuple
 
 from ftmem import vision_lora, vision_step
-from ftmem.adapters import bdlora, gralora, mica
+from ftmem.adapters import bdlora, deft, gralora, mica
 from ftmem.arch import (
     ATTENTION_ROLES,
     MLP_ROLES,
@@ -196,6 +196,12 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "peft's HRA: a chain of r Householder reflections (in × in) rebuilt and multiplied "
         "into each adapted linear's weight in every forward (--hra-rank, --hra-targets)",
         "Yuan et al. 2024 (HRA), arXiv:2405.17484; peft tuners/hra",
+    ),
+    "deft": (
+        "peft's DeFT: a rank-r projector P removes part of each adapted linear's output and "
+        "R re-injects it (ΔW = Q_P (R − relu(P)ᵀ W)); --lora-r 8, --lora-targets q,v, "
+        "--deft-para (P only), --deft-qr",
+        "DeFT, peft tuners/deft (DeftConfig)",
     ),
     "beft": (
         "peft's BEFT: a trained bias vector (1 × out) added to each adapted linear's "
@@ -1527,9 +1533,11 @@ def _check_lora_variant(arch: Architecture, run: RunConfig, experts: bool) -> No
     gives neither to LoRA on parameters (the routed experts), and their image-text,
     encoder-decoder and LM-head runs were not measured."""
     what = "--lora-bd-blocks" if run.lora_bd_blocks else "--lora-mica" if run.lora_mica else ""
-    what = f"--method {run.method}" if run.method in ("gralora", "delora") else what
+    what = f"--method {run.method}" if run.method in ("gralora", "delora", "deft") else what
     if not what:
         return
+    if run.method == "deft":
+        deft.check(arch, run)
     if run.method == "delora" and run.dropout:
         # module_dropout drops the input before its w_norm scaling, uncast (not measured)
         raise InvalidInputError(
@@ -1576,6 +1584,12 @@ def _lora_groups(
     for lin in adapted:
         a_shape: tuple[int, ...] = (r, lin.in_features)
         b_shape: tuple[int, ...] = (lin.out_features, r)
+        if run.method == "deft":  # deft_R (r × in) unless PaRa, deft_P (out × r); r ≤ out
+            rank, at = deft.rank(lin, r), (arch, dtypes, lin)
+            if not run.deft_para:
+                groups.append(_adapter(f"{lin.module}.deft_R", (rank, lin.in_features), *at))
+            groups.append(_adapter(f"{lin.module}.deft_P", (lin.out_features, rank), *at))
+            continue
         if run.lora_bd_blocks:
             a_shape, b_shape = bdlora.shapes(lin, r, run.lora_bd_blocks)
         elif run.method == "gralora":  # (named lora_A/B here: ftmem's LoRA path)

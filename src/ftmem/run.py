@@ -52,6 +52,7 @@ Method = Literal[
     "randlora",
     "vblora",
     "beft",
+    "deft",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -109,6 +110,7 @@ OptimizerImpl = Literal["foreach", "for-loop", "fused"]
 # LoRA-style adapters beside the frozen linears (the --lora-* options apply)
 ADAPTER_METHODS: frozenset[str] = frozenset(
     {"lora", "rslora", "longlora", "relora", "qlora", "dora", "adalora", "gralora", "delora"}
+    | {"deft"}
 )
 # virtual tokens learned in front of the input (prompt, P-tuning) or of every layer's
 # keys and values (prefix)
@@ -219,6 +221,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{k: frozenset({"psoft"}) for k in ("psoft_rank", "psoft_targets", "psoft_neumann_terms")},
     **{k: frozenset({"hra"}) for k in ("hra_rank", "hra_targets")},
     "beft_targets": frozenset({"beft"}),
+    **{k: frozenset({"deft"}) for k in ("deft_para", "deft_qr")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -385,6 +388,7 @@ PEFT_MODEL_METHODS = {
     "randlora": "RandLoRA",
     "vblora": "VB-LoRA",
     "beft": "BEFT",
+    "deft": "DeFT",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -397,6 +401,7 @@ NO_AUTOCAST = {
     "psoft": "",
     "hra": "",
     "beft": "",
+    "deft": "",
     "miss": "",
     "road": "",
     "boft": "",
@@ -775,6 +780,13 @@ class RunConfig(limits.BoundedSettings):
         exclude_if=lambda value: value is None,
         description="MiCA (peft's init_lora_weights='mica'): lora_B set to the weight's minor "
         "singular vectors and frozen; lora_A trains.",
+    )
+    # DeFT (peft's DeftConfig: para drops deft_R; decomposition_method relu or qr)
+    deft_para: bool | None = Field(
+        None, exclude_if=_unset, description="DeFT: PaRa, deft_P only (peft's para)."
+    )
+    deft_qr: bool | None = Field(
+        None, exclude_if=_unset, description="DeFT: QR projector (peft's 'qr'; default relu)."
     )
     adapter_dtype: AdapterDtype = "auto"
     # AdaLoRA (peft AdaLoraConfig: --lora-r is its init_r)

@@ -1309,6 +1309,28 @@ def _hra() -> list[Case]:
     return cases
 
 
+def _deft() -> list[Case]:
+    """peft's DeFT (fp32 on the activations: the base output's fp32 copy, the input's cast,
+    the rank-r products kept): precisions, relu and qr, PaRa, checkpointing, all linears;
+    on a wider model at few tokens its forward's fp32 products near the peak."""
+    cases = [
+        Case(family, {"method": "deft", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "deft_para": True, "deft_qr": True},
+        {"precision": "fp32", "deft_para": True},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "lora_targets": "all-linear", "lora_r": 4},
+    ):
+        cases.append(Case("llama", {"method": "deft", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "lora_targets": "all-linear"}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "deft", **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _beft() -> list[Case]:
     """peft's BEFT (a trained 1 × out bias on each adapted linear's output; it keeps
     nothing, its forward holds the base output, the promoted sum and its cast):
@@ -1470,6 +1492,7 @@ def _peft_methods() -> list[Case]:
     cases += _psoft()
     cases += _hra()
     cases += _beft()
+    cases += _deft()
     cases += _shared_bank()
     cases += _ln_tuning_lorafa()
     cases += _bdlora_mica()

@@ -438,6 +438,8 @@ RUN = [
         "MiCA (peft's init_lora_weights='mica'): lora_B frozen on minor singular vectors.",
         "--lora-mica",
     ),
+    _opt("deft_para", OptBool, None, "DeFT: PaRa, deft_P only (peft's para).", "--deft-para"),
+    _opt("deft_qr", OptBool, None, "DeFT: QR projector (peft's 'qr'; default relu).", "--deft-qr"),
     _opt("adapter_dtype", AdapterDtype, "auto", "Adapter weights' dtype (auto: peft's fp32)."),
     _opt("adapter_size", OptInt, None, "adapter: bottleneck width (default 64)."),
     _opt(

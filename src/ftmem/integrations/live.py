@@ -247,7 +247,7 @@ def _read_method(model: Any, live: LiveRun) -> None:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
             "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, PVeRA, RandLoRA, VB-LoRA, "
-            "HiRA, PSOFT, HRA, GraLoRA, DeLoRA, BEFT, LN tuning, prompt, prefix and P-tuning)."
+            "HiRA, PSOFT, HRA, GraLoRA, DeLoRA, BEFT, DeFT, LN tuning, prompt, prefix and P-tuning)."
         )
 
 
@@ -408,6 +408,27 @@ def _delora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     )
     if wrapped:
         live.set("lora_targets", ",".join(wrapped), "the modules peft wrapped (delora_A)")
+
+
+def _deft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's DeftConfig: rank, PaRa, decomposition and the modules it wrapped (deft_P);
+    deft_dropout is not modelled."""
+    if pc.deft_dropout:
+        raise InvalidInputError(
+            f"peft's DeFT deft_dropout {pc.deft_dropout} is not modelled; ftmem models DeFT "
+            "without dropout."
+        )
+    live.set("method", "deft", said)
+    live.set("lora_r", int(pc.r), said)
+    if pc.para:
+        live.set("deft_para", True, said)
+    if pc.decomposition_method == "qr":
+        live.set("deft_qr", True, said)
+    wrapped = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "deft_P")}
+    )
+    if wrapped:
+        live.set("lora_targets", ",".join(wrapped), "the modules peft wrapped (deft_P)")
 
 
 def _vera(model: Any, pc: Any, live: LiveRun, said: str) -> None:
@@ -1020,4 +1041,5 @@ _PEFT_READERS = {
     "PSOFT": _psoft,
     "HRA": _hra,
     "BEFT": _beft,
+    "DEFT": _deft,
 }

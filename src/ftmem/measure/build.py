@@ -771,6 +771,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "gralora": _peft_gralora,
         "delora": _peft_delora,
         "beft": _peft_beft,
+        "deft": _peft_deft,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
 
@@ -784,6 +785,22 @@ def _peft_beft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
     targets = [lin.module for lin in beft_linears(arch, run)]
     cfg = BeftConfig(target_modules=targets, task_type="CAUSAL_LM")
     return _peft_in_dtype(model, cfg, run, "beft_bias")
+
+
+def _peft_deft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's DeFT on the linears the estimate names (relu or qr, PaRa or not; alpha only
+    scales R's values)."""
+    from peft import DeftConfig
+
+    cfg = DeftConfig(
+        r=run.r,
+        alpha=run.alpha,
+        target_modules=_lora_target_modules(arch, run),
+        para=bool(run.deft_para),
+        decomposition_method="qr" if run.deft_qr else "relu",
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "deft_")
 
 
 def _peft_ln_tuning(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

@@ -389,6 +389,7 @@ class LinearOp:
         a_frozen = run.lora_fa and not profile_of(run).lora_fa_a_regains_grad
         adapter_keeps_it = adapter_keeps_it and not run.dropout and not a_frozen
         adapter_keeps_it = adapter_keeps_it and run.method != "delora"  # (its scaled copy)
+        adapter_keeps_it = adapter_keeps_it and not run.deft_para  # (PaRa: no deft_R reads it)
         own = ("o" in lin.roles or adapter_keeps_it) and beside_saved
         held = 0 if own else T * lin.in_features * in_bytes
         # the residual stream, unless the MLP's norm keeps that very tensor (a LayerNorm's
