@@ -794,7 +794,7 @@ def _peft_deft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
 
     cfg = DeftConfig(
         r=run.r,
-        alpha=run.alpha,
+        alpha=round(run.alpha),  # (only R's values scale by it; peft types it int)
         target_modules=_lora_target_modules(arch, run),
         para=bool(run.deft_para),
         decomposition_method="qr" if run.deft_qr else "relu",
