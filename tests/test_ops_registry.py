@@ -41,6 +41,7 @@ EXPECTED = {
     "psoft",
     "hra",
     "beft",
+    "glora",
     "lora",
     "head_lora",
     "prefix_tuning",

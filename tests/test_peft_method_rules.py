@@ -1,5 +1,5 @@
 """One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
-FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA, BEFT, DeFT): where they are modelled, and the sentence
+FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA, BEFT, DeFT, GLoRA): where they are modelled, and the sentence
 each refusal gives."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ NEW_METHODS = {
     "vblora": "VB-LoRA",
     "beft": "BEFT",
     "deft": "DeFT",
+    "glora": "GLoRA",
 }
 
 

@@ -350,7 +350,7 @@ new_methods = st.sampled_from(
     ["ia3", "prompt-tuning", "prefix-tuning", "p-tuning", "rslora", "longlora", "relora",
      "adapter", "galore", "bitfit", "partial", "llama-adapter", "llama-adapter-v2",
      "adalora", "loha", "lokr", "oft", "boft", "miss", "road", "vera", "fourierft",
-     "hira", "psoft", "hra", "gralora", "delora", "pvera", "randlora", "vblora", "beft", "deft"]
+     "hira", "psoft", "hra", "gralora", "delora", "pvera", "randlora", "vblora", "beft", "deft", "glora"]
 )  # fmt: skip
 features = st.fixed_dictionaries(
     {

@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ftmem import deepspeed_zero2, deepspeed_zero3
-from ftmem.arch import Architecture, count_params
+from ftmem.arch import Architecture, Linear, count_params
 from ftmem.colossalai import COLOSSALAI
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.errors import InvalidInputError
@@ -930,6 +930,17 @@ def _settings(run: RunConfig) -> dict[str, object]:
     return run.model_dump()
 
 
+def _beft_glora_resolved(
+    run: RunConfig, plan: MethodPlan
+) -> tuple[dict[str, object], tuple[Linear, ...]]:
+    """BEFT's and GLoRA's settings as the estimate used them, and the linears adapted."""
+    if run.method == "beft":
+        return dict(beft_targets=run.beft), plan.beft
+    r, targets = run.glora
+    vector = bool(run.glora_vector)
+    return dict(glora_rank=r, glora_targets=targets, glora_vector=vector), plan.glora
+
+
 def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
     """The settings of peft's adapters other than LoRA's and IA³'s as the estimate used
     them, with the adapter dtype and the linears adapted (empty for the other methods)."""
@@ -985,8 +996,8 @@ def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
     elif run.method == "hra":
         r, targets = run.hra
         settings, adapted = dict(hra_rank=r, hra_targets=targets), plan.householder
-    elif run.method == "beft":
-        settings, adapted = dict(beft_targets=run.beft), plan.beft
+    elif run.method in ("beft", "glora"):
+        settings, adapted = _beft_glora_resolved(run, plan)
     else:
         return {}
     settings.update(

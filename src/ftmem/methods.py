@@ -15,7 +15,7 @@ from math import prod
 from typing import NamedTuple
 
 from ftmem import vision_lora, vision_step
-from ftmem.adapters import bdlora, deft, gralora, mica
+from ftmem.adapters import bdlora, deft, glora, gralora, mica
 from ftmem.arch import (
     ATTENTION_ROLES,
     MLP_ROLES,
@@ -203,6 +203,12 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "--deft-para (P only), --deft-qr",
         "DeFT, peft tuners/deft (DeftConfig)",
     ),
+    "glora": (
+        "peft's GLoRA: each adapted linear's weight rebuilt every forward as W + W ⊙ A + B "
+        "(A, B rank-r products or vectors) and run beside the frozen linear (--glora-rank, "
+        "--glora-targets, --glora-vector)",
+        "Chavan et al. 2023 (GLoRA), arXiv:2306.07967; peft tuners/glora",
+    ),
     "beft": (
         "peft's BEFT: a trained bias vector (1 × out) added to each adapted linear's "
         "output (--beft-targets; default v)",
@@ -378,6 +384,8 @@ class MethodPlan:
     householder: tuple[Linear, ...] = ()
     # BEFT: the linears whose output a trained bias vector shifts
     beft: tuple[Linear, ...] = ()
+    # GLoRA: the linears whose weight W + W ⊙ A + B is rebuilt every forward
+    glora: tuple[Linear, ...] = ()
     # RandLoRA, VB-LoRA: the linears whose adapter is built from a bank shared by all
     # layers in every forward (adapters.randlora, adapters.vblora)
     banked: tuple[Linear, ...] = ()
@@ -961,6 +969,14 @@ def beft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.beft, "BEFT")
 
 
+def glora_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a GLoRA adapter (none for the other methods); peft wraps
+    plain torch.nn.Linear only (peft 0.21.2 tuners/glora/model.py _create_new_module)."""
+    if run.method != "glora":
+        return ()
+    return glora.check(arch, _lycoris_linears(arch, run.glora[1], "GLoRA"))
+
+
 def randlora_bases(lin: Linear, r: int) -> int:
     """RandLoRA's number of bases for a linear: min(in, out) / r rounded up, so that the
     r-rank bases together reach full rank (peft 0.21.2 tuners/randlora/layer.py
@@ -1258,6 +1274,7 @@ class _PeftOther(NamedTuple):
     householder: tuple[Linear, ...]
     banked: tuple[Linear, ...]
     beft: tuple[Linear, ...]
+    glora: tuple[Linear, ...]
 
 
 def _peft_other(
@@ -1280,6 +1297,7 @@ def _peft_other(
         hra_linears(arch, run),
         banked_linears(arch, run),
         beft_linears(arch, run),
+        glora_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _banked_groups(other.banked, arch, run, dtypes)
@@ -1298,6 +1316,7 @@ def _peft_other(
         _adapter(f"{lin.module}.beft_bias", (1, lin.out_features), arch, dtypes, lin)
         for lin in other.beft
     ]
+    groups += glora.groups(other.glora, run, lambda n, s, lin: _adapter(n, s, arch, dtypes, lin))
     groups += _miss_road_groups(other.miss + other.road, arch, run, dtypes)
     groups += _boft_groups(other.rotated, arch, run, dtypes)
     groups += _oft_groups(other.block_rotated, arch, run, dtypes)

@@ -53,6 +53,7 @@ Method = Literal[
     "vblora",
     "beft",
     "deft",
+    "glora",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -188,7 +189,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "adapter_dtype": ADAPTER_METHODS
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
     | {"hira", "psoft", "hra", "pvera", "randlora", "vblora"}
-    | {"beft"},
+    | {"beft", "glora"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "lora_bd_blocks": frozenset({"lora", "rslora"}),
     "lora_mica": frozenset({"lora", "rslora"}),
@@ -222,6 +223,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{k: frozenset({"hra"}) for k in ("hra_rank", "hra_targets")},
     "beft_targets": frozenset({"beft"}),
     **{k: frozenset({"deft"}) for k in ("deft_para", "deft_qr")},
+    **{k: frozenset({"glora"}) for k in ("glora_rank", "glora_targets", "glora_vector")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -298,6 +300,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "psoft_rank": limits.WIDTH,
     "psoft_neumann_terms": limits.WIDTH,
     "hra_rank": limits.WIDTH,
+    "glora_rank": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -389,6 +392,7 @@ PEFT_MODEL_METHODS = {
     "vblora": "VB-LoRA",
     "beft": "BEFT",
     "deft": "DeFT",
+    "glora": "GLoRA",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -402,6 +406,7 @@ NO_AUTOCAST = {
     "hra": "",
     "beft": "",
     "deft": "",
+    "glora": "",
     "miss": "",
     "road": "",
     "boft": "",
@@ -945,6 +950,16 @@ class RunConfig(limits.BoundedSettings):
     hra_targets: str | None = Field(
         None, exclude_if=_unset, description="HRA: adapted linears, roles or names (q,v)."
     )
+    # GLoRA (peft's W + W ⊙ A + B rebuilt each forward; A and B rank-r products or vectors)
+    glora_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="GLoRA: r of its A and B paths (8)."
+    )
+    glora_targets: str | None = Field(
+        None, exclude_if=_unset, description="GLoRA: adapted linears, roles or names (q,v)."
+    )
+    glora_vector: bool | None = Field(
+        None, exclude_if=_unset, description="GLoRA: A and B as out-wide vectors (config 'vector')."
+    )
     # BEFT (peft's trained bias vector added to each adapted linear's output)
     beft_targets: str | None = Field(
         None, exclude_if=_unset, description="BEFT: biased linears, roles or names (v)."
@@ -1365,6 +1380,7 @@ class RunConfig(limits.BoundedSettings):
             "psoft_targets",
             "hra_targets",
             "beft_targets",
+            "glora_targets",
             "pvera_targets",
             "randlora_targets",
             "vblora_targets",
@@ -1650,6 +1666,12 @@ class RunConfig(limits.BoundedSettings):
     def hra(self) -> tuple[int, str]:
         """HRA's (r, targets), peft's defaults where not given."""
         return self.hra_rank or DEFAULT_HRA_RANK, self.hra_targets or "q,v"
+
+    @property
+    def glora(self) -> tuple[int, str]:
+        """GLoRA's (r, targets), peft's defaults where not given (peft 0.21.2
+        tuners/glora/config.py r=8; targets from the GLoRA mapping, a copy of LoRA's)."""
+        return self.glora_rank or 8, self.glora_targets or "q,v"
 
     @property
     def beft(self) -> str:

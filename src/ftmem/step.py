@@ -105,6 +105,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "randlora",
         "vblora",
         "beft",
+        "glora",
     }
 )
 
@@ -142,7 +143,6 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         psoft = frozenset(lin.module for lin in plan.psoft)
         householder = frozenset(lin.module for lin in plan.householder)
         banked = frozenset(lin.module for lin in plan.banked)
-        beft = frozenset(lin.module for lin in plan.beft)
 
         def state(x_grad: bool) -> BlockState:
             return BlockState(
@@ -166,7 +166,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
                 psoft=psoft,
                 householder=householder,
                 banked=banked,
-                beft=beft,
+                beft=frozenset(lin.module for lin in plan.beft),
+                glora=frozenset(lin.module for lin in plan.glora),
             )
 
         # one object per distinct state: step_parts derives each once

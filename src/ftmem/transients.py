@@ -15,6 +15,7 @@ from ftmem.adapters.beft import BEFT
 from ftmem.adapters.boft import BOFT
 from ftmem.adapters.boft import element_bytes as rotated_input_bytes
 from ftmem.adapters.dora import DoRA
+from ftmem.adapters.glora import GLoRA
 from ftmem.adapters.hira import HiRA
 from ftmem.adapters.hra import HRA
 from ftmem.adapters.lora import LoRA
@@ -418,6 +419,8 @@ def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keep
         kept = keeps and not run.grad_ckpt
         return BOFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
+    if run.method == "glora":  # GLoRA's weight rebuild and its output's sums
+        return GLoRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
     if run.method == "beft":  # BEFT's base output, promoted sum and cast
         return BEFT.forward_build(plan, T, e, keeps and not run.grad_ckpt)
     if run.method == "hra":  # HRA's reflection chain, the same way
@@ -461,7 +464,7 @@ def adapter_moment(
         # checkpointing reruns each BOFT forward, with its graph, inside the backward
         rerun = BOFT.forward_build(plan, run, T, xb, True) if run.grad_ckpt else 0
         return max(BOFT.backward_moment(plan, T, xb), rerun)
-    if run.method in ("loha", "lokr", "fourierft", "hira", "psoft", "hra", "beft"):
+    if run.method in ("loha", "lokr", "fourierft", "hira", "psoft", "hra", "beft", "glora"):
         return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
         return _miss_moment(arch, run, plan, block, e, T)
@@ -521,6 +524,11 @@ def _delta_moment(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, 
         return PSOFT.backward_moment(plan, run, T, e)
     if run.method == "hra":
         return hra_moment(arch, run, plan, e, T)
+    if run.method == "glora":  # its dense gradients, beside the block (and its recompute)
+        incoming = incoming_gradient(arch, run, plan, e, T)
+        moment = GLoRA.backward_moment(plan, run, e, True) + incoming
+        rerun = GLoRA.forward_build(plan, run, T, e, True) + incoming if run.grad_ckpt else 0
+        return max(moment, rerun)
     if run.method == "beft":  # its output gradient's fp32 copy and cast, beside the block
         return BEFT.backward_moment(plan, T, e) + incoming_gradient(arch, run, plan, e, T)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)

@@ -1331,6 +1331,33 @@ def _deft() -> list[Case]:
     return cases
 
 
+def _glora() -> list[Case]:
+    """peft's GLoRA (weight_eff = W + W ⊙ A + B rebuilt every forward and kept, the input
+    kept, zero C/D/E buffers): precisions, the vector path, 16-bit parameters,
+    checkpointing, all linears; on a wider model at few tokens its out × in forward and
+    backward are the peak."""
+    cases = [
+        Case(family, {"method": "glora", "precision": "bf16"})
+        for family in ("llama", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "glora_vector": True},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "glora_targets": "all-linear", "glora_rank": 4},
+    ):
+        cases.append(Case("llama", {"method": "glora", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "glora_targets": "all-linear"}
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "bf16", "glora_vector": True},
+        {"precision": "fp32", "grad_ckpt": True},
+    ):
+        cases.append(Case("llama", {"method": "glora", **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _beft() -> list[Case]:
     """peft's BEFT (a trained 1 × out bias on each adapted linear's output; it keeps
     nothing, its forward holds the base output, the promoted sum and its cast):
@@ -1493,6 +1520,7 @@ def _peft_methods() -> list[Case]:
     cases += _hra()
     cases += _beft()
     cases += _deft()
+    cases += _glora()
     cases += _shared_bank()
     cases += _ln_tuning_lorafa()
     cases += _bdlora_mica()

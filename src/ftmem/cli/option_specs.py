@@ -564,6 +564,9 @@ RUN = [
     _opt("hra_rank", OptInt, None, "HRA: r, Householder reflections per linear (default 8)."),
     _opt("hra_targets", OptStr, None, "HRA: adapted linears, as --lora-targets (q,v)."),
     _opt("beft_targets", OptStr, None, "BEFT: biased linears, as --lora-targets (v)."),
+    _opt("glora_rank", OptInt, None, "GLoRA: r of its A and B paths (default 8)."),
+    _opt("glora_targets", OptStr, None, "GLoRA: adapted linears, as --lora-targets (q,v)."),
+    _opt("glora_vector", OptBool, None, "GLoRA: A and B as vectors.", "--glora-vector"),
     _opt(
         "adalora_target_r",
         OptInt,

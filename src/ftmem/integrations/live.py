@@ -247,7 +247,7 @@ def _read_method(model: Any, live: LiveRun) -> None:
         raise InvalidInputError(
             f"peft {kind} is not a method ftmem models (it models LoRA, DoRA, rsLoRA, AdaLoRA, "
             "IA3, LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT, PVeRA, RandLoRA, VB-LoRA, "
-            "HiRA, PSOFT, HRA, GraLoRA, DeLoRA, BEFT, DeFT, LN tuning, prompt, prefix and P-tuning)."
+            "HiRA, PSOFT, HRA, GraLoRA, DeLoRA, BEFT, DeFT, GLoRA, LN tuning, prompt, prefix and P-tuning)."
         )
 
 
@@ -408,6 +408,20 @@ def _delora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     )
     if wrapped:
         live.set("lora_targets", ",".join(wrapped), "the modules peft wrapped (delora_A)")
+
+
+def _glora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's GloraConfig: rank, the A/B path (lora or vector) and the modules it wrapped."""
+    if pc.config_A_B not in ("lora", "vector"):
+        raise InvalidInputError(
+            f"peft's GLoRA config_A_B {pc.config_A_B!r} is not modelled; ftmem models its "
+            "'lora' and 'vector' paths."
+        )
+    live.set("method", "glora", said)
+    live.set("glora_rank", int(pc.r), said)
+    if pc.config_A_B == "vector":
+        live.set("glora_vector", True, said)
+    _wrapped(model, live, "glora", "glora_A")
 
 
 def _deft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
@@ -1042,4 +1056,5 @@ _PEFT_READERS = {
     "HRA": _hra,
     "BEFT": _beft,
     "DEFT": _deft,
+    "GLORA": _glora,
 }

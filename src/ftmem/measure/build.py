@@ -11,7 +11,7 @@ import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import torch
 from torch import nn
@@ -772,6 +772,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "delora": _peft_delora,
         "beft": _peft_beft,
         "deft": _peft_deft,
+        "glora": _peft_glora,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
 
@@ -785,6 +786,24 @@ def _peft_beft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modul
     targets = [lin.module for lin in beft_linears(arch, run)]
     cfg = BeftConfig(target_modules=targets, task_type="CAUSAL_LM")
     return _peft_in_dtype(model, cfg, run, "beft_bias")
+
+
+def _peft_glora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's GLoRA on the linears the estimate names (lora or vector A/B paths), its
+    parameters in the dtype asked for."""
+    from peft import GloraConfig
+
+    from ftmem.methods import glora_linears
+
+    path: Literal["lora", "vector"] = "vector" if run.glora_vector else "lora"
+    cfg = GloraConfig(
+        r=run.glora[0],
+        target_modules=[lin.module for lin in glora_linears(arch, run)],
+        config_A_B=path,
+        config_C=path,
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "glora_")
 
 
 def _peft_deft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

@@ -52,6 +52,7 @@ class BlockState:
     householder: frozenset[str] = frozenset()  # HRA's
     banked: frozenset[str] = frozenset()  # RandLoRA's and VB-LoRA's
     beft: frozenset[str] = frozenset()  # BEFT's (a bias on the output: keeps nothing)
+    glora: frozenset[str] = frozenset()  # GLoRA's
 
     @property
     def output_grad(self) -> frozenset[str]:
@@ -66,7 +67,7 @@ class BlockState:
         RandLoRA or VB-LoRA adapter."""
         own = self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
         own |= self.miss | self.road | self.vectored | self.spectral | self.hira | self.psoft
-        own |= self.householder | self.banked | self.beft
+        own |= self.householder | self.banked | self.beft | self.glora
         return own | self.hadamard | self.kronecker | self.rotated | self.block_rotated
 
     def weight_trains(self, lin: Linear) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ftmem.adapters.boft import BOFT
 from ftmem.adapters.bottleneck import Bottleneck
+from ftmem.adapters.glora import GLoRA
 from ftmem.adapters.hira import HiRA
 from ftmem.adapters.hra import HRA
 from ftmem.adapters.ia3 import IA3
@@ -187,6 +188,7 @@ class LinearOp:
             (state.hira, HiRA),
             (state.psoft, PSOFT),
             (state.householder, HRA),
+            (state.glora, GLoRA),
         ):
             if present:
                 items, op_reads = op.saved(ctx, linears, state, side, in_grad, in_bytes)

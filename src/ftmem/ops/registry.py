@@ -55,6 +55,7 @@ MODULES = (
     "ftmem.adapters.psoft",
     "ftmem.adapters.hra",
     "ftmem.adapters.beft",
+    "ftmem.adapters.glora",
     "ftmem.adapters.randlora",
     "ftmem.adapters.vblora",
     "ftmem.adapters.miss",
