@@ -42,6 +42,8 @@ EXPECTED = {
     "hira",
     "psoft",
     "hra",
+    "beft",
+    "glora",
     "lora",
     "head_lora",
     "prefix_tuning",

@@ -1,6 +1,7 @@
 """One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
 FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA, PVeRA, RandLoRA, VB-LoRA, SHiRA, WaveFT,
-C3A): where they are modelled, and the sentence each refusal gives."""
+C3A, TinyLoRA, UniLoRA, Lily, BEFT, DeFT, GLoRA): where they are modelled, and the sentence
+each refusal gives."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ NEW_METHODS = {
     "tinylora": "TinyLoRA",
     "unilora": "UniLoRA",
     "lily": "Lily",
+    "beft": "BEFT",
+    "deft": "DeFT",
+    "glora": "GLoRA",
 }
 
 
@@ -79,7 +83,7 @@ def test_conv1d_is_refused_with_the_right_reason(
     err = _refusal(["gpt2", "--method", method], capsys)
     name = NEW_METHODS[method]
     conv1d_not_modelled = ("vera", "fourierft", "hira", "gralora", "pvera", "randlora", "vblora")
-    if method in (*conv1d_not_modelled, "waveft", "tinylora", "unilora"):
+    if method in (*conv1d_not_modelled, "waveft", "tinylora", "unilora", "deft"):
         assert f"{name} on gpt2's transformers Conv1D layers is not modelled" in err
     else:
         assert f"peft's {name} does not wrap gpt2's transformers Conv1D layers" in err

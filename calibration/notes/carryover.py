@@ -347,6 +347,36 @@ RUNS: list[Run] = [
         # adapter_config.json: r 32, delora_lambda 15, module_dropout 0, default q,v
         {"method": "delora", "lora_r": 32, "lora_alpha": DROP},
     ),
+    peft(
+        "beft--llama-3.2-3B-target-v_proj",
+        20172505088,
+        # adapter_config.json: target_modules [v_proj], init_weights true
+        {"method": "beft", "beft_targets": "v", **LORA_KEYS},
+    ),
+    peft(
+        "deft--llama-3.2-3B-rank32",
+        23620222976,
+        # adapter_config.json: r 32, alpha 128, relu, para false, dropout 0, default q,v
+        {"method": "deft", "lora_r": 32, "lora_alpha": 128},
+    ),
+    peft(
+        "deft--llama-3.2-3B-rank32-para",
+        21514682368,
+        # adapter_config.json: r 32, alpha null, qr, para true, dropout 0, default q,v
+        {"method": "deft", "lora_r": 32, "lora_alpha": DROP, "deft_para": True, "deft_qr": True},
+    ),
+    peft(
+        "glora--llama-3.2-3B-default",
+        21533556736,
+        # adapter_config.json: r 8, config_A_B lora, config_C lora, config_D_E constant, q,v
+        {"method": "glora", "glora_rank": 8, "glora_targets": "q,v", **LORA_KEYS},
+    ),
+    peft(
+        "glora--llama-3.2-3B-vector-paths",
+        21451767808,
+        # adapter_config.json: r 8, config_A_B vector, config_C vector, D_E constant, q,v
+        {"method": "glora", "glora_vector": True, "glora_targets": "q,v", **LORA_KEYS},
+    ),
     # ---- fms-acceleration benchmark CSV (A100-80GB, seq 4096 padded batches of alpaca; the
     # calibrated rows' fms-hf-tuning path); columns: peak alloc bytes, nvidia MiB in the row
     fms(5, "fms-gpt_bigcode-santacoder-full-2gpu-bs2", 7819433984, {"batch_size": 4}),

@@ -944,6 +944,17 @@ def _tiny_vector_resolved(run: RunConfig) -> dict[str, object]:
     return dict(unilora_rank=r, unilora_theta_length=length, unilora_targets=targets)
 
 
+def _beft_glora_resolved(
+    run: RunConfig, plan: MethodPlan
+) -> tuple[dict[str, object], tuple[Linear, ...]]:
+    """BEFT's and GLoRA's settings as the estimate used them, and the linears adapted."""
+    if run.method == "beft":
+        return dict(beft_targets=run.beft), plan.beft
+    r, targets = run.glora
+    vector = bool(run.glora_vector)
+    return dict(glora_rank=r, glora_targets=targets, glora_vector=vector), plan.glora
+
+
 def _peft_other_resolved(run: RunConfig, plan: MethodPlan) -> dict[str, object]:
     """The settings of peft's adapters other than LoRA's and IA³'s as the estimate used
     them, with the adapter dtype and the linears adapted (empty for the other methods)."""
@@ -1036,6 +1047,8 @@ def _peft_newer_settings(
     elif run.method == "c3a":
         b, targets = run.c3a
         settings, adapted = dict(c3a_block_size=b, c3a_targets=targets), plan.circulant
+    elif run.method in ("beft", "glora"):
+        settings, adapted = _beft_glora_resolved(run, plan)
     else:
         return None
     return settings, adapted

@@ -15,7 +15,7 @@ from math import prod
 from typing import NamedTuple
 
 from ftmem import vision_lora, vision_step
-from ftmem.adapters import bdlora, gralora, mica
+from ftmem.adapters import bdlora, deft, glora, gralora, mica
 from ftmem.arch import (
     ATTENTION_ROLES,
     MLP_ROLES,
@@ -196,6 +196,23 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "peft's HRA: a chain of r Householder reflections (in × in) rebuilt and multiplied "
         "into each adapted linear's weight in every forward (--hra-rank, --hra-targets)",
         "Yuan et al. 2024 (HRA), arXiv:2405.17484; peft tuners/hra",
+    ),
+    "deft": (
+        "peft's DeFT: a rank-r projector P removes part of each adapted linear's output and "
+        "R re-injects it (ΔW = Q_P (R − relu(P)ᵀ W)); --lora-r 8, --lora-targets q,v, "
+        "--deft-para (P only), --deft-qr",
+        "DeFT, peft tuners/deft (DeftConfig)",
+    ),
+    "glora": (
+        "peft's GLoRA: each adapted linear's weight rebuilt every forward as W + W ⊙ A + B "
+        "(A, B rank-r products or vectors) and run beside the frozen linear (--glora-rank, "
+        "--glora-targets, --glora-vector)",
+        "Chavan et al. 2023 (GLoRA), arXiv:2306.07967; peft tuners/glora",
+    ),
+    "beft": (
+        "peft's BEFT: a trained bias vector (1 × out) added to each adapted linear's "
+        "output (--beft-targets; default v)",
+        "BEFT, arXiv:2509.15974; peft tuners/beft",
     ),
     "pvera": (
         "peft's PVeRA: VeRA's shared frozen projections with a sampled rank-r code between "
@@ -401,6 +418,10 @@ class MethodPlan:
     psoft: tuple[Linear, ...] = ()
     # HRA: the linears whose weight a chain of Householder reflections turns
     householder: tuple[Linear, ...] = ()
+    # BEFT: the linears whose output a trained bias vector shifts
+    beft: tuple[Linear, ...] = ()
+    # GLoRA: the linears whose weight W + W ⊙ A + B is rebuilt every forward
+    glora: tuple[Linear, ...] = ()
     # RandLoRA, VB-LoRA: the linears whose adapter is built from a bank shared by all
     # layers in every forward (adapters.randlora, adapters.vblora)
     banked: tuple[Linear, ...] = ()
@@ -988,6 +1009,22 @@ def hra_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.hra[1], "HRA")
 
 
+def beft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a BEFT bias (none for the other methods); peft wraps
+    torch.nn.Linear only (peft 0.21.2 tuners/beft/model.py _create_new_module)."""
+    if run.method != "beft":
+        return ()
+    return _lycoris_linears(arch, run.beft, "BEFT")
+
+
+def glora_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a GLoRA adapter (none for the other methods); peft wraps
+    plain torch.nn.Linear only (peft 0.21.2 tuners/glora/model.py _create_new_module)."""
+    if run.method != "glora":
+        return ()
+    return glora.check(arch, _lycoris_linears(arch, run.glora[1], "GLoRA"))
+
+
 def randlora_bases(lin: Linear, r: int) -> int:
     """RandLoRA's number of bases for a linear: min(in, out) / r rounded up, so that the
     r-rank bases together reach full rank (peft 0.21.2 tuners/randlora/layer.py
@@ -1345,6 +1382,8 @@ class _PeftOther(NamedTuple):
     shira: tuple[Linear, ...]
     wavelet: tuple[Linear, ...]
     circulant: tuple[Linear, ...]
+    beft: tuple[Linear, ...]
+    glora: tuple[Linear, ...]
 
 
 # the fields of MethodPlan (and ops.context.BlockState) holding peft's other adapters' linears
@@ -1372,6 +1411,8 @@ def _peft_other(
         shira_linears(arch, run),
         waveft_linears(arch, run),
         c3a_linears(arch, run),
+        beft_linears(arch, run),
+        glora_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _banked_groups(other.banked, arch, run, dtypes)
@@ -1406,6 +1447,12 @@ def _peft_other(
         )
         for lin in other.circulant
     ]
+    # BEFT's beft_bias (1 × out) per linear (peft 0.21.2 tuners/beft/layer.py update_layer)
+    groups += [
+        _adapter(f"{lin.module}.beft_bias", (1, lin.out_features), arch, dtypes, lin)
+        for lin in other.beft
+    ]
+    groups += glora.groups(other.glora, run, lambda n, s, lin: _adapter(n, s, arch, dtypes, lin))
     groups += _miss_road_groups(other.miss + other.road, arch, run, dtypes)
     groups += _boft_groups(other.rotated, arch, run, dtypes)
     groups += _oft_groups(other.block_rotated, arch, run, dtypes)
@@ -1641,9 +1688,11 @@ def _check_lora_variant(arch: Architecture, run: RunConfig, experts: bool) -> No
     gives neither to LoRA on parameters (the routed experts), and their image-text,
     encoder-decoder and LM-head runs were not measured."""
     what = "--lora-bd-blocks" if run.lora_bd_blocks else "--lora-mica" if run.lora_mica else ""
-    what = f"--method {run.method}" if run.method in ("gralora", "delora") else what
+    what = f"--method {run.method}" if run.method in ("gralora", "delora", "deft") else what
     if not what:
         return
+    if run.method == "deft":
+        deft.check(arch, run)
     if run.method == "delora" and run.dropout:
         # module_dropout drops the input before its w_norm scaling, uncast (not measured)
         raise InvalidInputError(
@@ -1690,6 +1739,12 @@ def _lora_groups(
     for lin in adapted:
         a_shape: tuple[int, ...] = (r, lin.in_features)
         b_shape: tuple[int, ...] = (lin.out_features, r)
+        if run.method == "deft":  # deft_R (r × in) unless PaRa, deft_P (out × r); r ≤ out
+            rank, at = deft.rank(lin, r), (arch, dtypes, lin)
+            if not run.deft_para:
+                groups.append(_adapter(f"{lin.module}.deft_R", (rank, lin.in_features), *at))
+            groups.append(_adapter(f"{lin.module}.deft_P", (lin.out_features, rank), *at))
+            continue
         if run.lora_bd_blocks:
             a_shape, b_shape = bdlora.shapes(lin, r, run.lora_bd_blocks)
         elif run.method == "gralora":  # (named lora_A/B here: ftmem's LoRA path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from ftmem.adapters.boft import buffer_bytes as boft_buffer_bytes
 from ftmem.adapters.delora import buffer_bytes as delora_buffer_bytes
+from ftmem.adapters.glora import buffer_bytes as glora_buffer_bytes
 from ftmem.adapters.llama_adapter import prompt_kv_cache_bytes
 from ftmem.adapters.lycoris import fourier_index_bytes
 from ftmem.adapters.oft import buffer_bytes as oft_buffer_bytes
@@ -126,6 +127,7 @@ def adapter_buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     total = boft_buffer_bytes(plan, run, layers) + oft_buffer_bytes(plan, run, layers)
     total += psoft_buffer_bytes(plan, run, layers) + tinylora_buffer_bytes(plan, run, layers)
     total += unilora_buffer_bytes(plan, run, layers)
+    total += glora_buffer_bytes(plan, run, layers)  # (GLoRA's zero C, D, E)
     return total + delora_buffer_bytes(plan, run, layers)
 
 

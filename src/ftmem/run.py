@@ -57,6 +57,9 @@ Method = Literal[
     "tinylora",
     "unilora",
     "lily",
+    "beft",
+    "deft",
+    "glora",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -114,6 +117,7 @@ OptimizerImpl = Literal["foreach", "for-loop", "fused"]
 # LoRA-style adapters beside the frozen linears (the --lora-* options apply)
 ADAPTER_METHODS: frozenset[str] = frozenset(
     {"lora", "rslora", "longlora", "relora", "qlora", "dora", "adalora", "gralora", "delora"}
+    | {"deft"}
 )
 # virtual tokens learned in front of the input (prompt, P-tuning) or of every layer's
 # keys and values (prefix)
@@ -210,7 +214,8 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     },
     "adapter_dtype": ADAPTER_METHODS
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
-    | {"hira", "psoft", "hra", "pvera", "randlora", "vblora", "shira", "waveft"},
+    | {"hira", "psoft", "hra", "pvera", "randlora", "vblora", "shira", "waveft"}
+    | {"beft", "glora"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "lora_bd_blocks": frozenset({"lora", "rslora"}),
     "lora_mica": frozenset({"lora", "rslora"}),
@@ -256,6 +261,9 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{k: frozenset({"shira"}) for k in ("shira_rank", "shira_targets")},
     **{k: frozenset({"waveft"}) for k in ("waveft_frequencies", "waveft_targets")},
     **{k: frozenset({"c3a"}) for k in ("c3a_block_size", "c3a_targets")},
+    "beft_targets": frozenset({"beft"}),
+    **{k: frozenset({"deft"}) for k in ("deft_para", "deft_qr")},
+    **{k: frozenset({"glora"}) for k in ("glora_rank", "glora_targets", "glora_vector")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -342,6 +350,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "shira_rank": limits.WIDTH,
     "waveft_frequencies": limits.WIDTH,
     "c3a_block_size": limits.WIDTH,
+    "glora_rank": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -437,6 +446,9 @@ PEFT_MODEL_METHODS = {
     "tinylora": "TinyLoRA",
     "unilora": "UniLoRA",
     "lily": "Lily",
+    "beft": "BEFT",
+    "deft": "DeFT",
+    "glora": "GLoRA",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -451,6 +463,9 @@ NO_AUTOCAST = {
     "shira": "",
     "waveft": "autocast casts its fp32 ΔW",
     "c3a": "",
+    "beft": "",
+    "deft": "",
+    "glora": "",
     "miss": "",
     "road": "",
     "boft": "",
@@ -833,6 +848,13 @@ class RunConfig(limits.BoundedSettings):
         description="MiCA (peft's init_lora_weights='mica'): lora_B set to the weight's minor "
         "singular vectors and frozen; lora_A trains.",
     )
+    # DeFT (peft's DeftConfig: para drops deft_R; decomposition_method relu or qr)
+    deft_para: bool | None = Field(
+        None, exclude_if=_unset, description="DeFT: PaRa, deft_P only (peft's para)."
+    )
+    deft_qr: bool | None = Field(
+        None, exclude_if=_unset, description="DeFT: QR projector (peft's 'qr'; default relu)."
+    )
     adapter_dtype: AdapterDtype = "auto"
     # AdaLoRA (peft AdaLoraConfig: --lora-r is its init_r)
     adalora_target_r: PositiveInt | None = Field(
@@ -989,6 +1011,20 @@ class RunConfig(limits.BoundedSettings):
     )
     hra_targets: str | None = Field(
         None, exclude_if=_unset, description="HRA: adapted linears, roles or names (q,v)."
+    )
+    # GLoRA (peft's W + W ⊙ A + B rebuilt each forward; A and B rank-r products or vectors)
+    glora_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="GLoRA: r of its A and B paths (8)."
+    )
+    glora_targets: str | None = Field(
+        None, exclude_if=_unset, description="GLoRA: adapted linears, roles or names (q,v)."
+    )
+    glora_vector: bool | None = Field(
+        None, exclude_if=_unset, description="GLoRA: A and B as out-wide vectors (config 'vector')."
+    )
+    # BEFT (peft's trained bias vector added to each adapted linear's output)
+    beft_targets: str | None = Field(
+        None, exclude_if=_unset, description="BEFT: biased linears, roles or names (v)."
     )
     # PVeRA (peft's probabilistic VeRA: a sampled rank-r code between the shared projections)
     pvera_rank: PositiveInt | None = Field(
@@ -1466,6 +1502,8 @@ class RunConfig(limits.BoundedSettings):
             "hira_targets",
             "psoft_targets",
             "hra_targets",
+            "beft_targets",
+            "glora_targets",
             "pvera_targets",
             "randlora_targets",
             "vblora_targets",
@@ -1808,6 +1846,18 @@ class RunConfig(limits.BoundedSettings):
     def c3a(self) -> tuple[int, str]:
         """C3A's (block_size, targets), peft's defaults where not given."""
         return self.c3a_block_size or DEFAULT_C3A_BLOCK, self.c3a_targets or "q,v"
+
+    @property
+    def glora(self) -> tuple[int, str]:
+        """GLoRA's (r, targets), peft's defaults where not given (peft 0.21.2
+        tuners/glora/config.py r=8; targets from the GLoRA mapping, a copy of LoRA's)."""
+        return self.glora_rank or 8, self.glora_targets or "q,v"
+
+    @property
+    def beft(self) -> str:
+        """BEFT's targets: peft's BEFT mapping gives llama v_proj (peft 0.21.2
+        utils/constants.py TRANSFORMERS_MODELS_TO_BEFT_TARGET_MODULES_MAPPING)."""
+        return self.beft_targets or "v"
 
     @property
     def n_virtual(self) -> int:

@@ -116,6 +116,8 @@ EVERY_BLOCK_TRAINS = frozenset(
         "tinylora",
         "unilora",
         "lily",
+        "beft",
+        "glora",
     }
 )
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from functools import partial
 
+from ftmem.adapters.beft import BEFT
 from ftmem.adapters.boft import BOFT
 from ftmem.adapters.boft import element_bytes as rotated_input_bytes
 from ftmem.adapters.c3a import C3A
 from ftmem.adapters.dora import DoRA
+from ftmem.adapters.glora import GLoRA
 from ftmem.adapters.hira import HiRA
 from ftmem.adapters.hra import HRA
 from ftmem.adapters.lora import LoRA
@@ -419,6 +421,10 @@ def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keep
         kept = keeps and not run.grad_ckpt
         return BOFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
+    if run.method == "glora":  # GLoRA's weight rebuild and its output's sums
+        return GLoRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
+    if run.method == "beft":  # BEFT's base output, promoted sum and cast
+        return BEFT.forward_build(plan, T, e, keeps and not run.grad_ckpt)
     if run.method == "hra":  # HRA's reflection chain, the same way
         return HRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
     if run.method == "psoft":  # PSOFT's x_cast, xr and fp32 output-wide products
@@ -516,7 +522,17 @@ def _peft_other_moment(
         # checkpointing reruns each BOFT forward, with its graph, inside the backward
         rerun = BOFT.forward_build(plan, run, T, xb, True) if run.grad_ckpt else 0
         return max(BOFT.backward_moment(plan, T, xb), rerun)
-    if run.method in ("loha", "lokr", "fourierft", "waveft", "hira", "psoft", "hra"):
+    if run.method in (
+        "loha",
+        "lokr",
+        "fourierft",
+        "waveft",
+        "hira",
+        "psoft",
+        "hra",
+        "beft",
+        "glora",
+    ):
         return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
         return _miss_moment(arch, run, plan, block, e, T)
@@ -532,13 +548,21 @@ def _delta_moment(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, 
     """LoHa's, LoKr's, FourierFT's or WaveFT's ΔW backward at its largest linear
     (LoHa.backward_moment) and, for FourierFT and WaveFT with checkpointing, the
     recompute's ΔW build; HiRA's (hira_moment), PSOFT's (PSOFT.backward_moment), HRA's
-    (HRA.backward_moment)."""
+    (HRA.backward_moment), BEFT's (BEFT.backward_moment: no ΔW, its bias's backward beside
+    the block)."""
     if run.method == "hira":
         return hira_moment(plan, e, T)
     if run.method == "psoft":
         return PSOFT.backward_moment(plan, run, T, e)
     if run.method == "hra":
         return hra_moment(arch, run, plan, e, T)
+    if run.method == "glora":  # its dense gradients, beside the block (and its recompute)
+        incoming = incoming_gradient(arch, run, plan, e, T)
+        moment = GLoRA.backward_moment(plan, run, e, True) + incoming
+        rerun = GLoRA.forward_build(plan, run, T, e, True) + incoming if run.grad_ckpt else 0
+        return max(moment, rerun)
+    if run.method == "beft":  # its output gradient's fp32 copy and cast, beside the block
+        return BEFT.backward_moment(plan, T, e) + incoming_gradient(arch, run, plan, e, T)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
     delta = LoHa.backward_moment(plan, T, in_bytes)
     if run.grad_ckpt and run.method in ("fourierft", "waveft"):

@@ -1425,6 +1425,77 @@ def _hra() -> list[Case]:
     return cases
 
 
+def _deft() -> list[Case]:
+    """peft's DeFT (fp32 on the activations: the base output's fp32 copy, the input's cast,
+    the rank-r products kept): precisions, relu and qr, PaRa, checkpointing, all linears;
+    on a wider model at few tokens its forward's fp32 products near the peak."""
+    cases = [
+        Case(family, {"method": "deft", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "deft_para": True, "deft_qr": True},
+        {"precision": "fp32", "deft_para": True},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "lora_targets": "all-linear", "lora_r": 4},
+    ):
+        cases.append(Case("llama", {"method": "deft", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "lora_targets": "all-linear"}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "deft", **few, **extra}, WIDER_STILL))
+    return cases
+
+
+def _glora() -> list[Case]:
+    """peft's GLoRA (weight_eff = W + W ⊙ A + B rebuilt every forward and kept, the input
+    kept, zero C/D/E buffers): precisions, the vector path, 16-bit parameters,
+    checkpointing, all linears; on a wider model at few tokens its out × in forward and
+    backward are the peak."""
+    cases = [
+        Case(family, {"method": "glora", "precision": "bf16"})
+        for family in ("llama", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "glora_vector": True},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "glora_targets": "all-linear", "glora_rank": 4},
+    ):
+        cases.append(Case("llama", {"method": "glora", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "glora_targets": "all-linear"}
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "bf16", "glora_vector": True},
+        {"precision": "fp32", "grad_ckpt": True},
+    ):
+        cases.append(Case("llama", {"method": "glora", **few, **extra}, WIDER_STILL))
+    return cases
+
+
+def _beft() -> list[Case]:
+    """peft's BEFT (a trained 1 × out bias on each adapted linear's output; it keeps
+    nothing, its forward holds the base output, the promoted sum and its cast):
+    precisions, 16-bit biases, checkpointing, all linears; on a wider model at few tokens
+    with every linear biased."""
+    cases = [
+        Case(family, {"method": "beft", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "beft_targets": "all-linear"},
+    ):
+        cases.append(Case("llama", {"method": "beft", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "beft_targets": "all-linear"}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "beft", **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _miss_road() -> list[Case]:
     """peft's MiSS (default, bat, mini) and RoAd (road_1, 2, 4); on a wider model at few
     tokens MiSS bat's weight rebuild and its backward are the peak."""
@@ -1563,6 +1634,9 @@ def _peft_methods() -> list[Case]:
     cases += _hira()
     cases += _psoft()
     cases += _hra()
+    cases += _beft()
+    cases += _deft()
+    cases += _glora()
     cases += _shared_bank()
     cases += _shira()
     cases += _waveft()

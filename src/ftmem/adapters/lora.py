@@ -5,7 +5,7 @@ what LitGPT's LoRA on its fused qkv keeps besides (its zero-padded lora_B output
 
 from __future__ import annotations
 
-from ftmem.adapters import delora, gralora, mica
+from ftmem.adapters import deft, delora, gralora, mica
 from ftmem.adapters.adalora import AdaLoRA
 from ftmem.adapters.dora import DoRA
 from ftmem.arch import Architecture, Linear
@@ -48,6 +48,8 @@ class LoRA:
         reads_input = False
         if ctx.run.method == "delora":
             return delora.saved(lin, side, T, in_features, r, ae), False
+        if ctx.run.method == "deft":
+            return deft.saved(ctx.run, lin, side, T, in_features, in_bytes, in_grad)
         if ctx.run.lora_fa and not profile_of(ctx.run).lora_fa_a_regains_grad:
             # LoRA-FA: lora_A's weight is frozen, so its matmul keeps A, not its input
             # (measured on a peft Linear: the fp32 input cast is not saved); a dropout's
@@ -138,6 +140,8 @@ class LoRA:
             return AdaLoRA.forward_transient(plan, lin, base_e, lora_e, T)
         if run.method == "delora":
             return delora.forward_transient(lin, T, base_e, lora_e)
+        if run.method == "deft":
+            return deft.forward_transient(run, lin, T, e, True)
         if peft_gptq_adds_in_place(run) and lin.quantizable and lin.is_module:
             return T * lin.out_features * LoRA.in_place_sum_bytes(plan, base_e, lora_e)
         sum_e = max(base_e, lora_e)

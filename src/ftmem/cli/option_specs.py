@@ -438,6 +438,8 @@ RUN = [
         "MiCA (peft's init_lora_weights='mica'): lora_B frozen on minor singular vectors.",
         "--lora-mica",
     ),
+    _opt("deft_para", OptBool, None, "DeFT: PaRa, deft_P only (peft's para).", "--deft-para"),
+    _opt("deft_qr", OptBool, None, "DeFT: QR projector (peft's 'qr'; default relu).", "--deft-qr"),
     _opt("adapter_dtype", AdapterDtype, "auto", "Adapter weights' dtype (auto: peft's fp32)."),
     _opt("adapter_size", OptInt, None, "adapter: bottleneck width (default 64)."),
     _opt(
@@ -577,6 +579,10 @@ RUN = [
     ),
     _opt("hra_rank", OptInt, None, "HRA: r, Householder reflections per linear (default 8)."),
     _opt("hra_targets", OptStr, None, "HRA: adapted linears, as --lora-targets (q,v)."),
+    _opt("beft_targets", OptStr, None, "BEFT: biased linears, as --lora-targets (v)."),
+    _opt("glora_rank", OptInt, None, "GLoRA: r of its A and B paths (default 8)."),
+    _opt("glora_targets", OptStr, None, "GLoRA: adapted linears, as --lora-targets (q,v)."),
+    _opt("glora_vector", OptBool, None, "GLoRA: A and B as vectors.", "--glora-vector"),
     _opt(
         "shira_rank",
         OptInt,

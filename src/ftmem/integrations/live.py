@@ -286,6 +286,12 @@ def _wrapped(model: Any, live: LiveRun, method: str, marker: str) -> None:
         live.set(f"{method}_targets", ",".join(wrapped), f"the modules peft wrapped ({marker})")
 
 
+def _beft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's BeftConfig: the modules it wrapped (beft_bias)."""
+    live.set("method", "beft", said)
+    _wrapped(model, live, "beft", "beft_bias")
+
+
 def _lycoris(model: Any, pc: Any, live: LiveRun, said: str, method: str) -> None:
     """peft's LoHaConfig or LoKrConfig: its rank and alpha (LoKr: its decomposition), and
     the modules it wrapped (hada_w1_a, lokr_w1)."""
@@ -401,6 +407,41 @@ def _delora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     )
     if wrapped:
         live.set("lora_targets", ",".join(wrapped), "the modules peft wrapped (delora_A)")
+
+
+def _glora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's GloraConfig: rank, the A/B path (lora or vector) and the modules it wrapped."""
+    if pc.config_A_B not in ("lora", "vector"):
+        raise InvalidInputError(
+            f"peft's GLoRA config_A_B {pc.config_A_B!r} is not modelled; ftmem models its "
+            "'lora' and 'vector' paths."
+        )
+    live.set("method", "glora", said)
+    live.set("glora_rank", int(pc.r), said)
+    if pc.config_A_B == "vector":
+        live.set("glora_vector", True, said)
+    _wrapped(model, live, "glora", "glora_A")
+
+
+def _deft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's DeftConfig: rank, PaRa, decomposition and the modules it wrapped (deft_P);
+    deft_dropout is not modelled."""
+    if pc.deft_dropout:
+        raise InvalidInputError(
+            f"peft's DeFT deft_dropout {pc.deft_dropout} is not modelled; ftmem models DeFT "
+            "without dropout."
+        )
+    live.set("method", "deft", said)
+    live.set("lora_r", int(pc.r), said)
+    if pc.para:
+        live.set("deft_para", True, said)
+    if pc.decomposition_method == "qr":
+        live.set("deft_qr", True, said)
+    wrapped = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "deft_P")}
+    )
+    if wrapped:
+        live.set("lora_targets", ",".join(wrapped), "the modules peft wrapped (deft_P)")
 
 
 def _vera(model: Any, pc: Any, live: LiveRun, said: str) -> None:
@@ -1061,4 +1102,7 @@ _PEFT_READERS = {
     "SHIRA": _shira,
     "WAVEFT": _waveft,
     "C3A": _c3a,
+    "BEFT": _beft,
+    "DEFT": _deft,
+    "GLORA": _glora,
 }

@@ -11,7 +11,7 @@ import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import torch
 from torch import nn
@@ -777,8 +777,56 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "ln-tuning": _peft_ln_tuning,
         "gralora": _peft_gralora,
         "delora": _peft_delora,
+        "beft": _peft_beft,
+        "deft": _peft_deft,
+        "glora": _peft_glora,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
+
+
+def _peft_beft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's BEFT on the linears the estimate names, its beft_bias in the dtype asked for."""
+    from peft import BeftConfig
+
+    from ftmem.methods import beft_linears
+
+    targets = [lin.module for lin in beft_linears(arch, run)]
+    cfg = BeftConfig(target_modules=targets, task_type="CAUSAL_LM")
+    return _peft_in_dtype(model, cfg, run, "beft_bias")
+
+
+def _peft_glora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's GLoRA on the linears the estimate names (lora or vector A/B paths), its
+    parameters in the dtype asked for."""
+    from peft import GloraConfig
+
+    from ftmem.methods import glora_linears
+
+    path: Literal["lora", "vector"] = "vector" if run.glora_vector else "lora"
+    cfg = GloraConfig(
+        r=run.glora[0],
+        target_modules=[lin.module for lin in glora_linears(arch, run)],
+        config_A_B=path,
+        config_C=path,
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "glora_")
+
+
+def _peft_deft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's DeFT on the linears the estimate names (relu or qr, PaRa or not; alpha only
+    scales R's values)."""
+    from peft import DeftConfig
+
+    cfg = DeftConfig(
+        r=run.r,
+        alpha=round(run.alpha),  # (only R's values scale by it; peft types it int)
+        target_modules=_lora_target_modules(arch, run),
+        para=bool(run.deft_para),
+        decomposition_method="qr" if run.deft_qr else "relu",
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "deft_")
 
 
 def _peft_ln_tuning(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

@@ -68,6 +68,10 @@ ESTIMATED_BUFFERS = (
     "oft_R.default.cols",
     # PSOFT's frozen fp32 A and B (tuners/psoft/layer.py BufferDicts ``_psoft_A_cache``,
     # ``_psoft_B_cache``) and OrthLayer's int64 ``rows``, ``cols``
+    # GLoRA's zero C, D and E on a bias-free linear (tuners/glora/layer.py GloraEmptyPath)
+    "glora_C.default.zeros",
+    "glora_D.default.zeros",
+    "glora_E.default.zeros",
     "_psoft_A_cache.default",
     "_psoft_B_cache.default",
     "psoft_R.default.rows",

@@ -54,6 +54,8 @@ class BlockState:
     shira: frozenset[str] = frozenset()  # SHiRA's (its rebuilt weight's mm)
     wavelet: frozenset[str] = frozenset()  # WaveFT's
     circulant: frozenset[str] = frozenset()  # C3A's
+    beft: frozenset[str] = frozenset()  # BEFT's (a bias on the output: keeps nothing)
+    glora: frozenset[str] = frozenset()  # GLoRA's
 
     @property
     def output_grad(self) -> frozenset[str]:
@@ -69,6 +71,7 @@ class BlockState:
         own = self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
         own |= self.miss | self.road | self.vectored | self.spectral | self.hira | self.psoft
         own |= self.householder | self.banked | self.shira | self.wavelet | self.circulant
+        own |= self.beft | self.glora
         return own | self.hadamard | self.kronecker | self.rotated | self.block_rotated
 
     def weight_trains(self, lin: Linear) -> bool:

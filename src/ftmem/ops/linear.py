@@ -7,6 +7,7 @@ from __future__ import annotations
 from ftmem.adapters.boft import BOFT
 from ftmem.adapters.bottleneck import Bottleneck
 from ftmem.adapters.c3a import C3A
+from ftmem.adapters.glora import GLoRA
 from ftmem.adapters.hira import HiRA
 from ftmem.adapters.hra import HRA
 from ftmem.adapters.ia3 import IA3
@@ -192,6 +193,7 @@ class LinearOp:
             (state.householder, HRA),
             (state.shira, Shira),
             (state.circulant, C3A),
+            (state.glora, GLoRA),
         ):
             if present:
                 items, op_reads = op.saved(ctx, linears, state, side, in_grad, in_bytes)
@@ -394,6 +396,7 @@ class LinearOp:
         a_frozen = run.lora_fa and not profile_of(run).lora_fa_a_regains_grad
         adapter_keeps_it = adapter_keeps_it and not run.dropout and not a_frozen
         adapter_keeps_it = adapter_keeps_it and run.method != "delora"  # (its scaled copy)
+        adapter_keeps_it = adapter_keeps_it and not run.deft_para  # (PaRa: no deft_R reads it)
         own = ("o" in lin.roles or adapter_keeps_it) and beside_saved
         held = 0 if own else T * lin.in_features * in_bytes
         # the residual stream, unless the MLP's norm keeps that very tensor (a LayerNorm's

@@ -54,6 +54,8 @@ MODULES = (
     "ftmem.adapters.hira",
     "ftmem.adapters.psoft",
     "ftmem.adapters.hra",
+    "ftmem.adapters.beft",
+    "ftmem.adapters.glora",
     "ftmem.adapters.randlora",
     "ftmem.adapters.vblora",
     "ftmem.adapters.tinylora",

@@ -36,6 +36,7 @@ class Kind(Enum):
     LOHA = "loha"  # LoHa's input cast and its delta weight
     HIRA = "hira"  # HiRA's input cast and its ΔW = W0 ⊙ (B A)
     PSOFT = "psoft"  # PSOFT's x·Aᵀ and its rotation's matrices
+    GLORA = "glora"  # GLoRA's rebuilt weight_eff
     HRA = "hra"  # HRA's reflection chain, weight copies and input cast
     VERA = "vera"  # VeRA's rank-r and output-wide products, its buffer slices' casts
     BANK = "bank"  # RandLoRA's and VB-LoRA's input casts, products and rebuilt factors
