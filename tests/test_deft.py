@@ -106,6 +106,18 @@ def test_bad_input_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
     assert "DeFT on gpt2's transformers Conv1D layers is not modelled" in err
 
 
+@pytest.mark.parametrize("strategy", ["zero2", "colossalai-zero2"])
+def test_engines_that_cast_the_adapters_say_so(
+    strategy: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DeepSpeed's and ColossalAI's 16-bit modes cast DeFT's adapters to 16-bit: the
+    sentence names the engine, where it told a user who gave fp32 adapters to give them."""
+    args = ["llama2-7b", "--method", "deft", "--adapter-dtype", "fp32", "--precision", "bf16"]
+    err = one_sentence(["estimate", *args, "--strategy", strategy, "--gpus", "2"], capsys)
+    assert f"--strategy {strategy} casts the whole model, DeFT's adapters too, to 16-bit" in err
+    assert "use --adapter-dtype fp32" not in err
+
+
 def test_live_peft_deft_model_is_read() -> None:
     """A peft DeFT model handed to the live integration reads as --method deft with its
     rank, PaRa, decomposition and the modules peft wrapped; deft_dropout is refused."""

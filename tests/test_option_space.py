@@ -60,18 +60,19 @@ PROMPT = {"prompt-tuning", "prefix-tuning", "p-tuning"}
 # peft's other adapter methods (each refuses the rest's options)
 PEFT_OTHER = {
     "adalora", "loha", "lokr", "oft", "boft", "miss", "road", "vera", "fourierft", "hira",
-    "psoft", "hra", "pvera", "randlora", "vblora", "shira", "waveft", "c3a",
+    "psoft", "hra", "pvera", "randlora", "vblora", "shira", "waveft", "c3a", "tinylora",
+    "unilora", "lily", "beft", "glora",
 }  # fmt: skip
 # peft's LoRA variants with LoRA's options (--lora-r, --lora-targets, ...)
-LORA_VARIANTS = {"adalora", "gralora", "delora"}
+LORA_VARIANTS = {"adalora", "gralora", "delora", "deft"}
 # not modelled under autocast (ftmem.run.NO_AUTOCAST: measured on the CPU without it only)
-NO_AUTOCAST = PEFT_OTHER - {"adalora", "loha", "vera"} | {"gralora", "delora"}
+NO_AUTOCAST = PEFT_OTHER - {"adalora", "loha", "vera"} | LORA_VARIANTS - {"adalora"}
 # peft wraps no transformers Conv1D (GPT-2's) for these, or ftmem does not model it
-NO_CONV1D = PEFT_OTHER - {"adalora"} | {"gralora", "delora"}
+NO_CONV1D = PEFT_OTHER - {"adalora"} | LORA_VARIANTS - {"adalora"}
 # measured on decoder-only language models only (refused on image-text ones)
-TEXT_ONLY = PEFT_OTHER - {"adalora"} | {"gralora", "delora", "ln-tuning"}
+TEXT_ONLY = PEFT_OTHER - {"adalora"} | LORA_VARIANTS - {"adalora"} | {"ln-tuning"}
 # their parameters stay fp32 (BOFT's solve, PSOFT's frozen factors, RandLoRA's bases)
-FP32_ONLY = {"boft", "psoft", "randlora"}
+FP32_ONLY = {"boft", "psoft", "randlora", "deft"}
 METHODS = sorted(
     {"full", "freeze", "partial", "galore", "bitfit", "adapter", "ia3", "ln-tuning"}
     | LORA
@@ -169,7 +170,10 @@ ONLY_FOR: dict[str, set[str]] = {
     "--oft-block-share": {"oft"},
     "--lokr-decompose-both": {"lokr"},
     # (auto, the default, goes with any)
-    "--adapter-dtype": LORA | LORA_VARIANTS | PEFT_OTHER - {"c3a"} | {"adapter", "ia3"},
+    "--adapter-dtype": LORA
+    | LORA_VARIANTS
+    | PEFT_OTHER - {"c3a", "tinylora", "unilora", "lily"}
+    | {"adapter", "ia3"},
     "--adapter-placement": {"adapter"},
     "--ia3-targets": {"ia3"},
     "--prompt-encoder": {"p-tuning"},
@@ -595,6 +599,8 @@ def _method_model_ok(arch, method: str) -> bool:
         return False  # peft has no default LN-tuning targets for the model type
     if method in TEXT_ONLY and arch.vision is not None:
         return False
+    if method == "glora" and arch.attention_qkv_bias:
+        return False  # (its linears with a bias are not modelled: Qwen2's q and v)
     # peft's 256-wide vectors (blocks) must tile q and v (peft refuses; DeepSeek's latent
     # projections are 576 wide)
     return method not in ("vblora", "c3a") or (_tiles(arch, 256) and not arch.kv_lora_rank)
@@ -674,9 +680,12 @@ def _shardformer_ok(g: dict[str, str], strategy: str, model_parallel: int) -> bo
     return not (mode is not None and family == "mixtral" and g["--pp"] == "2")
 
 
-def _tp_shards_ok(g: dict[str, str], tp: int) -> bool:
+def _adapter_row_ok(g: dict[str, str], tp: int, strategy: str) -> bool:
     """Each tensor-parallel rank's shard of q and v tiled by VB-LoRA's vectors or C3A's
-    blocks (256 wide)."""
+    blocks (256 wide); DeFT's adapters kept fp32, which DeepSpeed's and ColossalAI's
+    16-bit modes do not."""
+    if g["--method"] == "deft" and strategy in DEEPSPEED | COLOSSALAI:
+        return g["--precision"] == "fp32"
     return g["--method"] not in ("vblora", "c3a") or _tiles(model_presets()[g["model"]], 256 * tp)
 
 
@@ -716,7 +725,7 @@ def _row_ok(row: dict[str, str]) -> bool:
         return False  # Accelerate composes tensor/context parallel with FSDP only
     if not _colossalai_row_ok(g, strategy, max(tp, pp, cp)):
         return False
-    if not _tp_shards_ok(g, tp):
+    if not _adapter_row_ok(g, tp, strategy):
         return False
     # T5 in pure fp16: transformers keeps its wo in fp32 (_keep_in_fp32_modules), which
     # ftmem does not model
@@ -951,7 +960,7 @@ def check_all(argvs: Iterable[list[str]]) -> tuple[list[str], list[tuple[list[st
 @pytest.fixture(scope="module")
 def accepted_rows():
     return all_pairs(
-        ESTIMATE, _pair_ok, _row_ok, SPREAD, FIRST, seed=0
+        ESTIMATE, _pair_ok, _row_ok, SPREAD, FIRST, seed=4
     )  # a seed whose greedy rows hold every allowed pair
 
 

@@ -637,6 +637,13 @@ def engine_run(run: RunConfig, par: ParallelConfig) -> RunConfig:
         update["seq_len"] = run.seq_len // par.cp
     if par.resolved_strategy in SIXTEEN_BIT_ENGINES:
         update.update(_sixteen_bit(run))
+        if run.method == "deft" and update.get("adapter_dtype") in ("bf16", "fp16"):
+            # (adapters.deft refuses 16-bit adapters; asking for fp32 ones cannot help here)
+            raise InvalidInputError(
+                f"--strategy {par.resolved_strategy} casts the whole model, DeFT's adapters "
+                "too, to 16-bit, and DeFT with 16-bit adapters is not modelled (peft computes "
+                "it in fp32 whatever their dtype): use DDP or FSDP, or --precision fp32."
+            )
     return run.model_copy(update=update) if update else run
 
 
