@@ -599,6 +599,8 @@ def _method_model_ok(arch, method: str) -> bool:
         return False  # peft has no default LN-tuning targets for the model type
     if method in TEXT_ONLY and arch.vision is not None:
         return False
+    if method == "relora" and arch.family.startswith("deepseek"):
+        return False  # (ReLoRA's all-linear default: DeepSeek's router and 3-D experts)
     if method == "glora" and arch.attention_qkv_bias:
         return False  # (its linears with a bias are not modelled: Qwen2's q and v)
     # peft's 256-wide vectors (blocks) must tile q and v (peft refuses; DeepSeek's latent
