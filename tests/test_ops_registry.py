@@ -44,6 +44,7 @@ EXPECTED = {
     "hra",
     "beft",
     "glora",
+    "peanut",
     "lora",
     "head_lora",
     "prefix_tuning",

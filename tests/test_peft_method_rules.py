@@ -1,6 +1,6 @@
 """One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
 FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA, PVeRA, RandLoRA, VB-LoRA, SHiRA, WaveFT,
-C3A, TinyLoRA, UniLoRA, Lily, BEFT, DeFT, GLoRA): where they are modelled, and the sentence
+C3A, TinyLoRA, UniLoRA, Lily, BEFT, DeFT, GLoRA, Peanut): where they are modelled, and the sentence
 each refusal gives."""
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ NEW_METHODS = {
     "beft": "BEFT",
     "deft": "DeFT",
     "glora": "GLoRA",
+    "peanut": "Peanut",
 }
 
 

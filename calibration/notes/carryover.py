@@ -199,6 +199,17 @@ RUNS: list[Run] = [
         23597154304,
         {"method": "hira", "hira_rank": 32, "hira_targets": "q,v", **LORA_KEYS},
     ),
+    # Peanut on q,v, relu, depth 0 (its adapter_config.json; scaling 32 / 2: no memory)
+    peft(
+        "peanut--llama-3.2-3B-rank1-relu-depth0-s32.0",
+        25134366720,
+        {"method": "peanut", "peanut_rank": 1, "peanut_targets": "q,v", **LORA_KEYS},
+    ),
+    peft(
+        "peanut--llama-3.2-3B-rank32-relu-depth0-s2.0",
+        25214058496,
+        {"method": "peanut", "peanut_rank": 32, "peanut_targets": "q,v", **LORA_KEYS},
+    ),
     peft(
         "psoft--llama-3.2-3B-default",
         22001221632,

@@ -947,7 +947,11 @@ def _tiny_vector_resolved(run: RunConfig) -> dict[str, object]:
 def _beft_glora_resolved(
     run: RunConfig, plan: MethodPlan
 ) -> tuple[dict[str, object], tuple[Linear, ...]]:
-    """BEFT's and GLoRA's settings as the estimate used them, and the linears adapted."""
+    """BEFT's, GLoRA's and Peanut's settings as the estimate used them, and the linears
+    adapted."""
+    if run.method == "peanut":
+        r, targets, depth = run.peanut
+        return dict(peanut_rank=r, peanut_targets=targets, peanut_depth=depth), plan.peanut
     if run.method == "beft":
         return dict(beft_targets=run.beft), plan.beft
     r, targets = run.glora
@@ -1047,7 +1051,7 @@ def _peft_newer_settings(
     elif run.method == "c3a":
         b, targets = run.c3a
         settings, adapted = dict(c3a_block_size=b, c3a_targets=targets), plan.circulant
-    elif run.method in ("beft", "glora"):
+    elif run.method in ("beft", "glora", "peanut"):
         settings, adapted = _beft_glora_resolved(run, plan)
     else:
         return None

@@ -209,6 +209,12 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "--glora-targets, --glora-vector)",
         "Chavan et al. 2023 (GLoRA), arXiv:2306.07967; peft tuners/glora",
     ),
+    "peanut": (
+        "peft's Peanut: ΔW = B(relu(Wᵀ Aᵀ))·scaling, a small network of the frozen weight, "
+        "rebuilt whole (in × out) in every forward (--peanut-rank, --peanut-targets, "
+        "--peanut-depth)",
+        "Zhong et al. 2024 (PEANuT), arXiv:2410.01870; peft tuners/peanut",
+    ),
     "beft": (
         "peft's BEFT: a trained bias vector (1 × out) added to each adapted linear's "
         "output (--beft-targets; default v)",
@@ -422,6 +428,8 @@ class MethodPlan:
     beft: tuple[Linear, ...] = ()
     # GLoRA: the linears whose weight W + W ⊙ A + B is rebuilt every forward
     glora: tuple[Linear, ...] = ()
+    # Peanut: the linears whose ΔW is rebuilt from their frozen weight every forward
+    peanut: tuple[Linear, ...] = ()
     # RandLoRA, VB-LoRA: the linears whose adapter is built from a bank shared by all
     # layers in every forward (adapters.randlora, adapters.vblora)
     banked: tuple[Linear, ...] = ()
@@ -1025,6 +1033,14 @@ def glora_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return glora.check(arch, _lycoris_linears(arch, run.glora[1], "GLoRA"))
 
 
+def peanut_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a Peanut adapter (none for the other methods); peft wraps
+    torch.nn.Linear only (peft 0.21.2 tuners/peanut/model.py _create_new_module)."""
+    if run.method != "peanut":
+        return ()
+    return _lycoris_linears(arch, run.peanut[1], "Peanut")
+
+
 def randlora_bases(lin: Linear, r: int) -> int:
     """RandLoRA's number of bases for a linear: min(in, out) / r rounded up, so that the
     r-rank bases together reach full rank (peft 0.21.2 tuners/randlora/layer.py
@@ -1384,6 +1400,7 @@ class _PeftOther(NamedTuple):
     circulant: tuple[Linear, ...]
     beft: tuple[Linear, ...]
     glora: tuple[Linear, ...]
+    peanut: tuple[Linear, ...]
 
 
 # the fields of MethodPlan (and ops.context.BlockState) holding peft's other adapters' linears
@@ -1413,6 +1430,7 @@ def _peft_other(
         c3a_linears(arch, run),
         beft_linears(arch, run),
         glora_linears(arch, run),
+        peanut_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _banked_groups(other.banked, arch, run, dtypes)
@@ -1420,6 +1438,7 @@ def _peft_other(
     groups += _vera_groups(other.vectored, arch, run, dtypes)
     groups += _fourierft_groups(other.spectral, arch, run, dtypes)
     groups += _hira_groups(other.hira, arch, run, dtypes)
+    groups += _peanut_groups(other.peanut, arch, run, dtypes)
     groups += _psoft_groups(other.psoft, arch, run, dtypes)
     r = run.hra[0]  # HRA's hra_u (in × r) per linear (peft tuners/hra/layer.py update_layer)
     groups += [
@@ -2011,6 +2030,28 @@ def _fourierft_groups(
     return [
         _adapter(f"{lin.module}.fourierft_spectrum", (n,), arch, dtypes, lin) for lin in spectral
     ]
+
+
+def _peanut_groups(
+    peanut: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """Peanut's peanut_A (r × out), peanut_B (out × r) and depth encoder and decoder weights
+    (r × r each) per adapted linear, bias-free, in the adapter dtype (peft 0.21.2
+    tuners/peanut/layer.py PeanutLayer.update_layer: ``nn.Linear(out_features, r)``,
+    ``nn.Linear(r, out_features)``, ``nn.Linear(r, r)`` per depth step; the same at
+    5d602fdbff04)."""
+    r, _, depth = run.peanut
+    groups = []
+    for lin in peanut:
+        name, out = lin.module, lin.out_features
+        groups.append(_adapter(f"{name}.peanut_A.weight", (r, out), arch, dtypes, lin))
+        groups.append(_adapter(f"{name}.peanut_B.weight", (out, r), arch, dtypes, lin))
+        for i in range(depth):
+            for side in ("encoders", "decoders"):
+                groups.append(
+                    _adapter(f"{name}.peanut_{side}.{i}.weight", (r, r), arch, dtypes, lin)
+                )
+    return groups
 
 
 def _hira_groups(

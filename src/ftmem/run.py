@@ -60,6 +60,7 @@ Method = Literal[
     "beft",
     "deft",
     "glora",
+    "peanut",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -215,7 +216,8 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "adapter_dtype": ADAPTER_METHODS
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
     | {"hira", "psoft", "hra", "pvera", "randlora", "vblora", "shira", "waveft"}
-    | {"beft", "glora"},
+    | {"beft", "glora"}
+    | {"peanut"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "lora_bd_blocks": frozenset({"lora", "rslora"}),
     "lora_mica": frozenset({"lora", "rslora"}),
@@ -264,6 +266,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "beft_targets": frozenset({"beft"}),
     **{k: frozenset({"deft"}) for k in ("deft_para", "deft_qr")},
     **{k: frozenset({"glora"}) for k in ("glora_rank", "glora_targets", "glora_vector")},
+    **{k: frozenset({"peanut"}) for k in ("peanut_rank", "peanut_targets", "peanut_depth")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -351,6 +354,8 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "waveft_frequencies": limits.WIDTH,
     "c3a_block_size": limits.WIDTH,
     "glora_rank": limits.WIDTH,
+    "peanut_rank": limits.WIDTH,
+    "peanut_depth": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -449,6 +454,7 @@ PEFT_MODEL_METHODS = {
     "beft": "BEFT",
     "deft": "DeFT",
     "glora": "GLoRA",
+    "peanut": "Peanut",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -466,6 +472,7 @@ NO_AUTOCAST = {
     "beft": "",
     "deft": "",
     "glora": "",
+    "peanut": "",
     "miss": "",
     "road": "",
     "boft": "",
@@ -1022,6 +1029,16 @@ class RunConfig(limits.BoundedSettings):
     glora_vector: bool | None = Field(
         None, exclude_if=_unset, description="GLoRA: A and B as out-wide vectors (config 'vector')."
     )
+    # Peanut (peft's ΔW = B(relu(Wᵀ Aᵀ))·scaling, rebuilt whole from W every forward)
+    peanut_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="Peanut: r, the width of A and B (32)."
+    )
+    peanut_targets: str | None = Field(
+        None, exclude_if=_unset, description="Peanut: adapted linears, roles or names (q,v)."
+    )
+    peanut_depth: NonNegativeInt | None = Field(
+        None, exclude_if=_unset, description="Peanut: encoder/decoder r × r pairs (0)."
+    )
     # BEFT (peft's trained bias vector added to each adapted linear's output)
     beft_targets: str | None = Field(
         None, exclude_if=_unset, description="BEFT: biased linears, roles or names (v)."
@@ -1504,6 +1521,7 @@ class RunConfig(limits.BoundedSettings):
             "hra_targets",
             "beft_targets",
             "glora_targets",
+            "peanut_targets",
             "pvera_targets",
             "randlora_targets",
             "vblora_targets",
@@ -1852,6 +1870,13 @@ class RunConfig(limits.BoundedSettings):
         """GLoRA's (r, targets), peft's defaults where not given (peft 0.21.2
         tuners/glora/config.py r=8; targets from the GLoRA mapping, a copy of LoRA's)."""
         return self.glora_rank or 8, self.glora_targets or "q,v"
+
+    @property
+    def peanut(self) -> tuple[int, str, int]:
+        """Peanut's (r, targets, depth), peft's defaults where not given (peft 0.21.2
+        tuners/peanut/config.py r=32, depth=0; targets from the Peanut mapping, a copy of
+        LoRA's)."""
+        return self.peanut_rank or 32, self.peanut_targets or "q,v", self.peanut_depth or 0
 
     @property
     def beft(self) -> str:

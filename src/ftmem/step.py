@@ -105,6 +105,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "vera",
         "fourierft",
         "hira",
+        "peanut",
         "psoft",
         "hra",
         "pvera",

@@ -1380,6 +1380,30 @@ def _hira() -> list[Case]:
     return cases
 
 
+def _peanut() -> list[Case]:
+    """peft's Peanut (ΔW = B(relu(Wᵀ Aᵀ))·scaling rebuilt whole every forward; Wᵀ's cast,
+    the relu outputs, the input cast and ΔW kept): precisions, depth, 16-bit weights,
+    checkpointing, all linears; on a wider model at few tokens its in × out build and
+    backward are the peak."""
+    cases = [
+        Case(family, {"method": "peanut", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "peanut_depth": 2},
+        {"precision": "bf16", "peanut_targets": "all-linear", "peanut_rank": 4},
+        {"precision": "bf16", "peanut_targets": "k,o,down"},
+    ):
+        cases.append(Case("llama", {"method": "peanut", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "peanut_targets": "all-linear"}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "peanut", **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _psoft() -> list[Case]:
     """peft's PSOFT (x's fp32 cast, x·Aᵀ and the r × r rotation kept, the fp32 output-wide
     products in forward): the exact solve and the Cayley-Neumann series, fp32, checkpointed,
@@ -1632,6 +1656,7 @@ def _peft_methods() -> list[Case]:
     cases += _oft()
     cases += _vera()
     cases += _hira()
+    cases += _peanut()
     cases += _psoft()
     cases += _hra()
     cases += _beft()

@@ -583,6 +583,9 @@ RUN = [
     _opt("glora_rank", OptInt, None, "GLoRA: r of its A and B paths (default 8)."),
     _opt("glora_targets", OptStr, None, "GLoRA: adapted linears, as --lora-targets (q,v)."),
     _opt("glora_vector", OptBool, None, "GLoRA: A and B as vectors.", "--glora-vector"),
+    _opt("peanut_rank", OptInt, None, "Peanut: r, the width of A and B (default 32, peft's)."),
+    _opt("peanut_targets", OptStr, None, "Peanut: adapted linears, as --lora-targets (q,v)."),
+    _opt("peanut_depth", OptInt, None, "Peanut: encoder/decoder pairs (default 0, peft's)."),
     _opt(
         "shira_rank",
         OptInt,

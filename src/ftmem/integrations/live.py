@@ -484,6 +484,28 @@ def _hira(model: Any, pc: Any, live: LiveRun, said: str) -> None:
         )
 
 
+def _peanut(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's PeanutConfig: rank, depth and the modules it wrapped (peanut_A); an act_fn
+    other than relu (the others keep their input, not their output: not measured) and a
+    bitsandbytes base (Wᵀ cast from its packed storage) are refused."""
+    if pc.act_fn != "relu":
+        raise InvalidInputError(
+            f"peft Peanut with act_fn {pc.act_fn!r} is not modelled; ftmem models its "
+            "default, relu."
+        )
+    for _, m in model.named_modules():
+        base = m.get_base_layer() if hasattr(m, "peanut_A") else None
+        if base is not None and type(base).__module__.startswith("bitsandbytes"):
+            raise InvalidInputError(
+                "peft Peanut on a bitsandbytes-quantised base is not modelled (its forward "
+                "casts each weight); use a 16-bit or fp32 base."
+            )
+    live.set("method", "peanut", said)
+    live.set("peanut_rank", int(pc.r), said)
+    live.set("peanut_depth", int(pc.depth), said)
+    _wrapped(model, live, "peanut", "peanut_A")
+
+
 def _psoft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     """peft's PsoftConfig: its rank, Cayley solve or series and the modules it wrapped
     (psoft_R); R without its orthogonality or scale vectors is refused (not modelled)."""
@@ -1105,4 +1127,5 @@ _PEFT_READERS = {
     "BEFT": _beft,
     "DEFT": _deft,
     "GLORA": _glora,
+    "PEANUT": _peanut,
 }

@@ -780,6 +780,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "beft": _peft_beft,
         "deft": _peft_deft,
         "glora": _peft_glora,
+        "peanut": _peft_peanut,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
 
@@ -1301,6 +1302,23 @@ def _peft_fourierft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.
         task_type="CAUSAL_LM",
     )
     return _peft_in_dtype(model, cfg, run, "fourierft_spectrum")
+
+
+def _peft_peanut(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's Peanut (relu, its default scaling: memory does not depend on it) on the
+    linears the estimate names, its weights in the dtype asked for."""
+    from peft import PeanutConfig
+
+    from ftmem.methods import peanut_linears
+
+    r, _, depth = run.peanut
+    cfg = PeanutConfig(
+        r=r,
+        depth=depth,
+        target_modules=[lin.module for lin in peanut_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "peanut_")
 
 
 def _peft_hira(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

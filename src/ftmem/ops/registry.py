@@ -52,6 +52,7 @@ MODULES = (
     "ftmem.adapters.lycoris",
     "ftmem.adapters.vera",
     "ftmem.adapters.hira",
+    "ftmem.adapters.peanut",
     "ftmem.adapters.psoft",
     "ftmem.adapters.hra",
     "ftmem.adapters.beft",

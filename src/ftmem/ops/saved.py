@@ -35,6 +35,7 @@ class Kind(Enum):
     IA3 = "ia3"
     LOHA = "loha"  # LoHa's input cast and its delta weight
     HIRA = "hira"  # HiRA's input cast and its ΔW = W0 ⊙ (B A)
+    PEANUT = "peanut"  # Peanut's W cast, relu outputs, input cast and ΔW
     PSOFT = "psoft"  # PSOFT's x·Aᵀ and its rotation's matrices
     GLORA = "glora"  # GLoRA's rebuilt weight_eff
     HRA = "hra"  # HRA's reflection chain, weight copies and input cast
