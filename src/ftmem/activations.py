@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from ftmem.adapters import trainable_tokens
 from ftmem.adapters.adalora import AdaLoRA
 from ftmem.adapters.head_lora import HeadLoRA
 from ftmem.adapters.llama_adapter import LlamaAdapter
@@ -192,6 +193,7 @@ def outer_saved(
     ctx = LayerContext(arch, run, plan, tokens)
     T = tokens
     train = plan.outer_trainable
+    tokens_trained = run.method == "trainable-tokens"  # (new rows of the embedding)
     # does anything below the final norm train? (else the blocks keep nothing and the
     # final norm's input needs no gradient: only the LM head or the final norm trains)
     blocks_grad = (
@@ -199,12 +201,14 @@ def outer_saved(
         or plan.trainable_blocks > 0
         or plan.embed_trainable
         or run.n_virtual > 0
+        or tokens_trained
         or run.grad_ckpt  # transformers then makes the embedding output require grad
     )
     below: list[Saved] = []
-    if train or plan.embed_trainable:
+    if train or plan.embed_trainable or tokens_trained:
         below += Embedding.saved(arch, run, T, train)
-    if train or plan.embed_trainable or run.n_virtual > 0 or run.grad_ckpt:
+    below += trainable_tokens.saved(arch, run, plan)
+    if train or plan.embed_trainable or run.n_virtual > 0 or run.grad_ckpt or tokens_trained:
         # the embeddings' dropout keeps its mask where its input needs a gradient
         elements = T * arch.hidden_size
         # (the embedding output's dtype, the residual's unless TRL cast the embedding)

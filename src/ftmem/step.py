@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftmem import returned_cache, seq2seq, vision_lora, vision_step
 from ftmem.activations import block_saved, outer_saved
+from ftmem.adapters import trainable_tokens
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.head_lora import HeadLoRA, chunked_head_lora
 from ftmem.adapters.lora import LoRA, output_bytes
@@ -168,8 +169,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         return _llama_adapter_states(arch, plan, inputs_grad)
     if run.method in NAMED_TRAINING_METHODS:
         return _partial_states(arch, plan, inputs_grad)
-    if run.method in ("prompt-tuning", "p-tuning"):
-        # the trainable prompt is part of the blocks' input
+    if run.method in ("prompt-tuning", "p-tuning", "trainable-tokens"):
+        # the trainable prompt (the trained token rows) is part of the blocks' input
         return [BlockState(True, False, frozenset())] * L
     weights = run.method in ("full", "freeze", "galore")
     norms = run.method == "longlora"  # LongLoRA also trains every norm
@@ -730,9 +731,10 @@ def _decoder_sizes(
         previous_graph=_previous_graph(run, blocks),
         # a frozen vision tower's forward, before the language model's (ftmem.vision_step)
         teacher_forward=vision_step.forward_transient(arch, run, plan.dtypes),
-        vision_backward=vision_step.backward_transient(
-            arch, run, plan.dtypes, plan.embed_trainable
-        ),
+        vision_backward=vision_step.backward_transient(arch, run, plan.dtypes, plan.embed_trainable)
+        # (trainable tokens on a text-only model: the embedding's dense gradient, last)
+        + trainable_tokens.backward_moment(arch, run, plan, T),
+        forward_start=trainable_tokens.forward_moment(arch, run, plan, T),
         output_held=output_held,
     )
 
