@@ -192,8 +192,7 @@ def outer_saved(
     """
     ctx = LayerContext(arch, run, plan, tokens)
     T = tokens
-    train = plan.outer_trainable
-    tokens_trained = run.method == "trainable-tokens"  # (new rows of the embedding)
+    train, tokens_trained = plan.outer_trainable, run.method == "trainable-tokens"  # (its rows)
     # does anything below the final norm train? (else the blocks keep nothing and the
     # final norm's input needs no gradient: only the LM head or the final norm trains)
     blocks_grad = (
@@ -207,7 +206,6 @@ def outer_saved(
     below: list[Saved] = []
     if train or plan.embed_trainable or tokens_trained:
         below += Embedding.saved(arch, run, T, train)
-    below += trainable_tokens.saved(arch, run, plan)
     if train or plan.embed_trainable or run.n_virtual > 0 or run.grad_ckpt or tokens_trained:
         # the embeddings' dropout keeps its mask where its input needs a gradient
         elements = T * arch.hidden_size
@@ -217,6 +215,7 @@ def outer_saved(
             ctx, "embeddings", elements, e_in, Side.OUTER, arch.embedding_dropout
         )
     below += PromptEncoder.saved(arch, run, plan.dtypes.autocast)
+    below += trainable_tokens.saved(arch, run, plan)
     if blocks_grad:
         below += Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
     above = Norm.saved(

@@ -732,8 +732,7 @@ def _decoder_sizes(
         # a frozen vision tower's forward, before the language model's (ftmem.vision_step)
         teacher_forward=vision_step.forward_transient(arch, run, plan.dtypes),
         vision_backward=vision_step.backward_transient(arch, run, plan.dtypes, plan.embed_trainable)
-        # (trainable tokens on a text-only model: the embedding's dense gradient, last)
-        + trainable_tokens.backward_moment(arch, run, plan, T),
+        + trainable_tokens.backward_moment(arch, run, plan, T),  # (text-only: never both)
         forward_start=trainable_tokens.forward_moment(arch, run, plan, T),
         output_held=output_held,
     )
