@@ -261,4 +261,4 @@ def outer_saved(
         ids_kept = train or plan.embed_trainable  # the embedding's backward keeps them
         saved += PreferenceLoss.saved(arch, run, e, T, ids_kept)
     saved += AdaLoRA.orth_saved(plan, run)  # added to the loss after the model's forward
-    return below, above + saved
+    return below, above + saved + trainable_tokens.head_saved(arch, run, plan, T)

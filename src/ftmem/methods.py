@@ -2216,7 +2216,8 @@ def trainable_tokens_groups(
     """peft's trainable tokens (peft 0.21.2 tuners/trainable_tokens/layer.py update_layer
     :157): ``trainable_tokens_delta`` (n × h), the rows cloned in the weight's dtype and
     cast to the adapter dtype (autocast_adapter_dtype: fp32 on a 16-bit base).
-    Only an untied decoder-only language model's embedding is modelled."""
+    Modelled on decoder-only language models; a tied head is wrapped too, sharing delta
+    (adapters.trainable_tokens.head_saved)."""
     if run.method != "trainable-tokens":
         return []
     if arch.encoder_decoder or arch.vision is not None:
@@ -2224,12 +2225,11 @@ def trainable_tokens_groups(
             f"trainable tokens on {arch.name} (an encoder-decoder or image-text model) is not "
             "modelled; ftmem models it on decoder-only language models."
         )
-    if arch.tie_embeddings:
-        # peft wraps the tied LM head too (tied_adapter): a second V × h copy kept to the
-        # backward and a dense V × h head gradient, not measured yet (calibration/notes/peft.md)
+    if arch.tie_embeddings and run.loss in ("fused", "logprob-tiles"):
+        # peft's wrapped head is an F.linear of its own copy: a fused loss never calls it
         raise InvalidInputError(
-            f"trainable tokens on {arch.name}, whose LM head is tied to its embedding, is not "
-            "modelled yet (peft wraps the head too); use a model with an untied head."
+            f"trainable tokens on {arch.name}'s tied head with --loss {run.loss} is not "
+            "modelled; use the standard loss."
         )
     ids = run.trainable_tokens
     if max(ids) >= arch.vocab_size:

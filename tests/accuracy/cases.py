@@ -1497,10 +1497,10 @@ def _beft() -> list[Case]:
 
 
 def _trainable_tokens() -> list[Case]:
-    """peft's trainable tokens on an untied embedding (its V × h copy each forward, the
-    dense V × h gradient at the end of backward, every block passing a gradient):
-    precisions, 16-bit rows, checkpointing, more ids; on a wider model at few tokens, where
-    the embedding's moments weigh most."""
+    """peft's trainable tokens (its V × h copy each forward, the dense V × h gradient at
+    the end of backward, every block passing a gradient): precisions, 16-bit rows,
+    checkpointing, more ids; on a wider model at few tokens, where the embedding's moments
+    weigh most; tied heads (Qwen2, a tied Llama), which peft wraps too."""
     cases = [
         Case(family, {"method": "trainable-tokens", "precision": "bf16"})
         for family in ("llama", "mistral")
@@ -1515,6 +1515,12 @@ def _trainable_tokens() -> list[Case]:
     few = {"batch_size": 1, "seq_len": 8, "trainable_token_ids": "16"}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "trainable-tokens", **few, **extra}, WIDER_STILL))
+    # a tied head, wrapped too: its own copy and input kept, its dense gradient
+    for extra in ({"precision": "bf16"}, {"precision": "fp32"}, {"grad_ckpt": True}):
+        cases.append(Case("qwen2", {"method": "trainable-tokens", "precision": "bf16", **extra}))
+    tied = {**WIDER_STILL, "tie_embeddings": True}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "trainable-tokens", **few, **extra}, tied))
     return cases
 
 

@@ -18,8 +18,11 @@ copy (V × h, W's dtype) beside the gradient of its output (T × h), then index_
 rows of it (n × h) for delta, cast to delta's dtype. The embedding output needs a gradient,
 so every block keeps what a block whose input needs one keeps (step._block_states).
 
-Tied embeddings (peft wraps the head too: calibration/notes/peft.md) are refused
-(methods.trainable_tokens_groups).
+A tied head is wrapped too (peft's tied_adapter, sharing delta): its
+``F.linear(x, W_copy)`` keeps its own V × h copy and its input to the head's backward
+(head_saved), which makes the dense V × h gradient of the copy beside the logits' gradient
+(head_backward). Not modelled (refused): autocast, a fused loss on a tied head,
+encoder-decoder and image-text models.
 """
 
 from __future__ import annotations
@@ -47,6 +50,29 @@ def saved(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[Saved]:
     n, we, cast = _sizes(run, plan)
     size = n * INDEX_BYTES + cast * n * arch.hidden_size * we
     return [Saved("trainable tokens' index and cast rows", size)]
+
+
+def head_saved(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int) -> list[Saved]:
+    """A tied head, which peft wraps too (tied_adapter): its F.linear(x, W_copy) keeps
+    its own V × h copy and its input (T × h), and its IndexCopyBackward the index and the
+    cast rows, until the head's backward (measured: MmBackward0, IndexCopyBackward0)."""
+    if run.method != "trainable-tokens" or not arch.tie_embeddings:
+        return []
+    we = BYTES_PER_ELEMENT[plan.dtypes.head]
+    copy = (arch.vocab_size + T) * arch.hidden_size * we
+    return [Saved("trainable tokens' head copy and input", copy), *saved(arch, run, plan)]
+
+
+def head_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int) -> int:
+    """A tied head's backward (MmBackward0, then IndexCopyBackward0): the logits' gradient
+    (T × V, compute dtype), the copy's dense gradient (V × h), the input's gradient (T × h)
+    and the n rows taken of it; 0 but for trainable tokens on a tied head."""
+    if run.method != "trainable-tokens" or not arch.tie_embeddings:
+        return 0
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    n, we, _ = _sizes(run, plan)
+    V, h = arch.vocab_size, arch.hidden_size
+    return T * V * e + V * h * we + T * h * e + n * h * we
 
 
 def buffer_bytes(plan: MethodPlan, run: RunConfig) -> int:
