@@ -651,8 +651,8 @@ def _head_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int,
     if run.loss == "chunked":  # the head's pieces after the loss's saved tensors are freed
         pieces = Loss.chunked_head_backward(arch, plan, T)
         loss = max(loss, pieces - Loss.chunked_saved(run, arch.vocab_size, e, T))
-    tied_tokens = trainable_tokens.head_backward(arch, run, plan, T)  # (0 but on a tied head)
-    loss = max(loss, tied_tokens - _head_lora_loss_saved(arch, run, T))
+    if tied_tokens := trainable_tokens.head_backward(arch, run, plan, T):  # (a tied head)
+        loss = max(loss, tied_tokens - _head_lora_loss_saved(arch, run, T))
     if not plan.head_lora:
         return loss
     return max(loss, HeadLoRA.backward(arch, plan, T) - _head_lora_loss_saved(arch, run, T))
