@@ -351,7 +351,8 @@ new_methods = st.sampled_from(
      "adapter", "galore", "bitfit", "partial", "llama-adapter", "llama-adapter-v2",
      "adalora", "loha", "lokr", "oft", "boft", "miss", "road", "vera", "fourierft",
      "hira", "psoft", "hra", "gralora", "delora", "pvera", "randlora", "vblora", "shira",
-     "waveft", "c3a", "tinylora", "unilora", "lily", "beft", "deft", "glora"]
+     "waveft", "c3a", "tinylora", "unilora", "lily", "beft", "deft", "glora",
+     "trainable-tokens"]
 )  # fmt: skip
 features = st.fixed_dictionaries(
     {

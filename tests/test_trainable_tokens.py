@@ -144,6 +144,9 @@ def test_bad_input_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
         assert expected in one_sentence(["estimate", "llama2-7b", *args], capsys)
     err = one_sentence(["estimate", "llama-3.2-3b", *tt, "--loss", "fused"], capsys)
     assert "tied head with --loss fused is not modelled" in err
+    for model in ("deepseek-v3", "gpt-oss-20b", "gemma-2-9b", "gpt2"):
+        err = one_sentence(["estimate", model, *tt], capsys)
+        assert "is not modelled; use a Llama-, Mistral- or Qwen-like model" in err
     err = one_sentence(["estimate", "flan-t5-base", *tt], capsys)
     assert "is an encoder-decoder" in err
 
