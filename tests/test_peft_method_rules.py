@@ -34,6 +34,7 @@ NEW_METHODS = {
     "deft": "DeFT",
     "glora": "GLoRA",
     "peanut": "Peanut",
+    "trainable-tokens": "Trainable tokens",
 }
 
 
@@ -83,6 +84,9 @@ def test_conv1d_is_refused_with_the_right_reason(
     # peft wraps Conv1D for VeRA and FourierFT (not modelled), not for the other four
     err = _refusal(["gpt2", "--method", method], capsys)
     name = NEW_METHODS[method]
+    if method == "trainable-tokens":  # (an embedding, no Conv1D: not measured on GPT-2)
+        assert "trainable tokens on GPT-2 (124M), with learned positions" in err
+        return
     conv1d_not_modelled = ("vera", "fourierft", "hira", "gralora", "pvera", "randlora", "vblora")
     if method in (*conv1d_not_modelled, "waveft", "tinylora", "unilora", "deft"):
         assert f"{name} on gpt2's transformers Conv1D layers is not modelled" in err

@@ -365,6 +365,12 @@ RUNS: list[Run] = [
         {"method": "beft", "beft_targets": "v", **LORA_KEYS},
     ),
     peft(
+        "trainable_tokens--llama-3.2-3B-sos+eos",
+        20937965568,
+        # adapter_config.json: token_indices [128000, 128001] (bos, eos), embed_tokens
+        {"method": "trainable-tokens", "trainable_token_ids": "128000,128001", **LORA_KEYS},
+    ),
+    peft(
         "deft--llama-3.2-3B-rank32",
         23620222976,
         # adapter_config.json: r 32, alpha 128, relu, para false, dropout 0, default q,v

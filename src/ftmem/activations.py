@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from ftmem.adapters import trainable_tokens
 from ftmem.adapters.adalora import AdaLoRA
 from ftmem.adapters.head_lora import HeadLoRA
 from ftmem.adapters.llama_adapter import LlamaAdapter
@@ -191,7 +192,7 @@ def outer_saved(
     """
     ctx = LayerContext(arch, run, plan, tokens)
     T = tokens
-    train = plan.outer_trainable
+    train, tokens_trained = plan.outer_trainable, run.method == "trainable-tokens"  # (its rows)
     # does anything below the final norm train? (else the blocks keep nothing and the
     # final norm's input needs no gradient: only the LM head or the final norm trains)
     blocks_grad = (
@@ -199,12 +200,13 @@ def outer_saved(
         or plan.trainable_blocks > 0
         or plan.embed_trainable
         or run.n_virtual > 0
+        or tokens_trained
         or run.grad_ckpt  # transformers then makes the embedding output require grad
     )
     below: list[Saved] = []
-    if train or plan.embed_trainable:
+    if train or plan.embed_trainable or tokens_trained:
         below += Embedding.saved(arch, run, T, train)
-    if train or plan.embed_trainable or run.n_virtual > 0 or run.grad_ckpt:
+    if train or plan.embed_trainable or run.n_virtual > 0 or run.grad_ckpt or tokens_trained:
         # the embeddings' dropout keeps its mask where its input needs a gradient
         elements = T * arch.hidden_size
         # (the embedding output's dtype, the residual's unless TRL cast the embedding)
@@ -213,6 +215,7 @@ def outer_saved(
             ctx, "embeddings", elements, e_in, Side.OUTER, arch.embedding_dropout
         )
     below += PromptEncoder.saved(arch, run, plan.dtypes.autocast)
+    below += trainable_tokens.saved(arch, run, plan)
     if blocks_grad:
         below += Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
     above = Norm.saved(
@@ -258,4 +261,4 @@ def outer_saved(
         ids_kept = train or plan.embed_trainable  # the embedding's backward keeps them
         saved += PreferenceLoss.saved(arch, run, e, T, ids_kept)
     saved += AdaLoRA.orth_saved(plan, run)  # added to the loss after the model's forward
-    return below, above + saved
+    return below, above + saved + trainable_tokens.head_saved(arch, run, plan, T)

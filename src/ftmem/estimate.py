@@ -1089,6 +1089,11 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
     resolved.update(_peft_other_resolved(run, plan))
     if run.method in PROMPT_METHODS:
         resolved["virtual_tokens"] = run.n_virtual
+    if run.method == "trainable-tokens":  # (the count, or the ids given)
+        ids = run.trainable_tokens
+        given = run.trainable_token_ids is not None and "," in run.trainable_token_ids
+        resolved["trainable_token_ids"] = ",".join(map(str, ids)) if given else str(len(ids))
+        resolved["adapter_dtype"] = plan.dtypes.adapter
     if run.method == "p-tuning":
         resolved.update(prompt_encoder=run.encoder, encoder_hidden=run.encoder_hidden)
     if run.method == "prefix-tuning":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from math import prod
@@ -214,6 +215,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "rebuilt whole (in × out) in every forward (--peanut-rank, --peanut-targets, "
         "--peanut-depth)",
         "Zhong et al. 2024 (PEANuT), arXiv:2410.01870; peft tuners/peanut",
+    ),
+    "trainable-tokens": (
+        "peft's trainable tokens: new trained rows for chosen token ids of the token "
+        "embedding, the rest frozen (--trainable-token-ids; default 2, bos and eos)",
+        "peft tuners/trainable_tokens (TrainableTokensConfig)",
     ),
     "beft": (
         "peft's BEFT: a trained bias vector (1 × out) added to each adapted linear's "
@@ -461,6 +467,8 @@ class MethodPlan:
         base = g.name.split(".modules_to_save")[0]
         if vision_step.is_vision(base):
             return True  # the vision tower runs before the language model: its gradients come last
+        if base.endswith(TRAINABLE_TOKENS_DELTA):
+            return True  # the embedding's own backward, last (untied only: RunConfig)
         if base.startswith("prompt_encoder.") or base.endswith("wpe.weight"):
             # peft's prompt encoders run first in forward, so their gradients come last
             return True
@@ -1319,6 +1327,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     groups += vision_step.groups(arch, run, dtypes, _base_format)
     groups += _block_groups(arch, run, dtypes, trained_by_block, trainable_blocks, galore_ranks)
     groups += ln_tuning_originals(groups) if run.method == "ln-tuning" else []
+    groups += trainable_tokens_groups(arch, run, dtypes)
     adapted, experts = lora_targets(arch, run) if run.method in ADAPTER_METHODS else ((), ())
     if experts and not adapted:
         # LoRA on the experts alone: the dense blocks below them (DeepSeek's first ones)
@@ -1517,8 +1526,8 @@ def _trainable_blocks(
         trainable_blocks = L - first
     elif run.method == "llama-adapter":
         trainable_blocks = gated_blocks(arch, run)
-    elif run.method in PROMPT_METHODS:
-        trainable_blocks = 0  # only the prompt encoder trains, outside the blocks
+    elif run.method in PROMPT_METHODS or run.method == "trainable-tokens":
+        trainable_blocks = 0  # only the prompt encoder (the new rows) trains, outside the blocks
         if run.method == "prefix-tuning" and not arch.traits.prefix_tuning:
             raise InvalidInputError(
                 f"prefix-tuning does not run on {arch.family} models (peft 0.21 sizes the prefix "
@@ -2238,6 +2247,56 @@ def trainable_spec(arch: Architecture, run: RunConfig) -> str:
         )
     # one expression: peft refuses only when no target matches at all
     return rf"(^|\.)({'|'.join(targets)})\.(weight|bias)$"
+
+
+TRAINABLE_TOKENS_DELTA = "embed_tokens.trainable_tokens_delta"
+# what trainable tokens is not modelled on, each measured off on its tiny model with real
+# peft (bf16, stop 46; not traced): (the model's trait, what to say)
+TRAINABLE_TOKENS_OFF: tuple[tuple[Callable[[Architecture], bool], str], ...] = (
+    (lambda a: a.latent_attention, "latent attention (DeepSeek's: peak -21 %)"),
+    (lambda a: a.traits.attention_sinks, "attention sinks (gpt-oss's: peak -3.6 %)"),
+    (lambda a: a.final_logit_softcapping is not None, "a soft-capped head (Gemma 2's: +11 %)"),
+    (lambda a: a.position_embedding == "learned", "learned positions (peft's run failed)"),
+)
+
+
+def trainable_tokens_groups(
+    arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """peft's trainable tokens (peft 0.21.2 tuners/trainable_tokens/layer.py update_layer
+    :157): ``trainable_tokens_delta`` (n × h), the rows cloned in the weight's dtype and
+    cast to the adapter dtype (autocast_adapter_dtype: fp32 on a 16-bit base).
+    Modelled on decoder-only language models; a tied head is wrapped too, sharing delta
+    (adapters.trainable_tokens.head_saved)."""
+    if run.method != "trainable-tokens":
+        return []
+    if arch.encoder_decoder or arch.vision is not None:
+        raise InvalidInputError(
+            f"trainable tokens on {arch.name} (an encoder-decoder or image-text model) is not "
+            "modelled; ftmem models it on decoder-only language models."
+        )
+    for off, what in TRAINABLE_TOKENS_OFF:
+        if off(arch):
+            raise InvalidInputError(
+                f"trainable tokens on {arch.name}, with {what}, is not modelled; "
+                "use a Llama-, Mistral- or Qwen-like model."
+            )
+    if arch.tie_embeddings and run.loss in ("fused", "logprob-tiles"):
+        # peft's wrapped head is an F.linear of its own copy: a fused loss never calls it
+        raise InvalidInputError(
+            f"trainable tokens on {arch.name}'s tied head with --loss {run.loss} is not "
+            "modelled; use the standard loss."
+        )
+    ids = run.trainable_tokens
+    if max(ids) >= arch.vocab_size:
+        raise InvalidInputError(
+            f"--trainable-token-ids reaches token {max(ids)}; {arch.name} has "
+            f"{arch.vocab_size:,} tokens (ids 0 to {arch.vocab_size - 1:,})."
+        )
+    shape = (len(ids), arch.hidden_size)
+    name = f"model.{TRAINABLE_TOKENS_DELTA}"
+    # (the original rows are a buffer: adapters.trainable_tokens.buffer_bytes)
+    return [TensorGroup(name, shape, 1, dtypes.adapter, True, adapter=True, in_block=False)]
 
 
 def ln_tuning_originals(groups: list[TensorGroup]) -> list[TensorGroup]:

@@ -61,6 +61,7 @@ Method = Literal[
     "deft",
     "glora",
     "peanut",
+    "trainable-tokens",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -217,7 +218,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
     | {"hira", "psoft", "hra", "pvera", "randlora", "vblora", "shira", "waveft"}
     | {"beft", "glora"}
-    | {"peanut"},
+    | {"peanut", "trainable-tokens"},
     "lora_fa": frozenset({"lora", "rslora"}),
     "lora_bd_blocks": frozenset({"lora", "rslora"}),
     "lora_mica": frozenset({"lora", "rslora"}),
@@ -267,6 +268,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{k: frozenset({"deft"}) for k in ("deft_para", "deft_qr")},
     **{k: frozenset({"glora"}) for k in ("glora_rank", "glora_targets", "glora_vector")},
     **{k: frozenset({"peanut"}) for k in ("peanut_rank", "peanut_targets", "peanut_depth")},
+    "trainable_token_ids": frozenset({"trainable-tokens"}),
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -455,6 +457,7 @@ PEFT_MODEL_METHODS = {
     "deft": "DeFT",
     "glora": "GLoRA",
     "peanut": "Peanut",
+    "trainable-tokens": "trainable tokens",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -473,6 +476,7 @@ NO_AUTOCAST = {
     "deft": "",
     "glora": "",
     "peanut": "",
+    "trainable-tokens": "",
     "miss": "",
     "road": "",
     "boft": "",
@@ -1039,6 +1043,12 @@ class RunConfig(limits.BoundedSettings):
     peanut_depth: NonNegativeInt | None = Field(
         None, exclude_if=_unset, description="Peanut: encoder/decoder r × r pairs (0)."
     )
+    # peft's trainable tokens (new rows of chosen token ids in the token embedding)
+    trainable_token_ids: str | None = Field(
+        None,
+        exclude_if=_unset,
+        description="Trainable tokens: how many token ids, or the ids (2: bos and eos).",
+    )
     # BEFT (peft's trained bias vector added to each adapted linear's output)
     beft_targets: str | None = Field(
         None, exclude_if=_unset, description="BEFT: biased linears, roles or names (v)."
@@ -1506,6 +1516,24 @@ class RunConfig(limits.BoundedSettings):
         return self
 
     @model_validator(mode="after")
+    def _trainable_token_ids_given(self) -> RunConfig:
+        """--trainable-token-ids: a count (at most 2^20) or distinct ids."""
+        spec = self.trainable_token_ids
+        if spec is None:
+            return self
+        items = [x.strip() for x in spec.split(",") if x.strip()]
+        if not items or not all(x.isdigit() and len(x) < 10 for x in items):
+            raise ValueError(
+                f"--trainable-token-ids {spec!r} is neither a count nor a list of token ids; "
+                "give e.g. 2 or 128000,128001"
+            )
+        if "," not in spec and not 0 < int(items[0]) <= 2**20:
+            raise ValueError("--trainable-token-ids takes a count from 1 to 1,048,576")
+        if len(set(map(int, items))) != len(items):
+            raise ValueError("--trainable-token-ids names a token id twice")
+        return self
+
+    @model_validator(mode="after")
     def _lycoris_targets_given(self) -> RunConfig:
         for name in (
             "loha_targets",
@@ -1883,6 +1911,16 @@ class RunConfig(limits.BoundedSettings):
         """BEFT's targets: peft's BEFT mapping gives llama v_proj (peft 0.21.2
         utils/constants.py TRANSFORMERS_MODELS_TO_BEFT_TARGET_MODULES_MAPPING)."""
         return self.beft_targets or "v"
+
+    @property
+    def trainable_tokens(self) -> tuple[int, ...]:
+        """peft's token_indices for --method trainable-tokens: the ids given, or ids 0 to
+        N − 1 for a count N (which ids does not change the memory); 2 where not given, as
+        PEFT's MetaMathQA run (bos and eos: trainable_tokens--llama-3.2-3B-sos+eos).
+        Checked by _trainable_token_ids_given."""
+        spec = self.trainable_token_ids or "2"
+        items = [int(x) for x in spec.split(",") if x.strip()]
+        return tuple(range(items[0])) if "," not in spec else tuple(items)
 
     @property
     def n_virtual(self) -> int:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftmem import returned_cache, seq2seq, vision_lora, vision_step
 from ftmem.activations import block_saved, outer_saved
+from ftmem.adapters import trainable_tokens
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.head_lora import HeadLoRA, chunked_head_lora
 from ftmem.adapters.lora import LoRA, output_bytes
@@ -169,8 +170,8 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
         return _llama_adapter_states(arch, plan, inputs_grad)
     if run.method in NAMED_TRAINING_METHODS:
         return _partial_states(arch, plan, inputs_grad)
-    if run.method in ("prompt-tuning", "p-tuning"):
-        # the trainable prompt is part of the blocks' input
+    if run.method in ("prompt-tuning", "p-tuning", "trainable-tokens"):
+        # the trainable prompt (the trained token rows) is part of the blocks' input
         return [BlockState(True, False, frozenset())] * L
     weights = run.method in ("full", "freeze", "galore")
     norms = run.method == "longlora"  # LongLoRA also trains every norm
@@ -651,6 +652,8 @@ def _head_backward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int,
     if run.loss == "chunked":  # the head's pieces after the loss's saved tensors are freed
         pieces = Loss.chunked_head_backward(arch, plan, T)
         loss = max(loss, pieces - Loss.chunked_saved(run, arch.vocab_size, e, T))
+    if tied_tokens := trainable_tokens.head_backward(arch, run, plan, T):  # (a tied head)
+        loss = max(loss, tied_tokens - _head_lora_loss_saved(arch, run, T))
     if not plan.head_lora:
         return loss
     return max(loss, HeadLoRA.backward(arch, plan, T) - _head_lora_loss_saved(arch, run, T))
@@ -731,9 +734,9 @@ def _decoder_sizes(
         previous_graph=_previous_graph(run, blocks),
         # a frozen vision tower's forward, before the language model's (ftmem.vision_step)
         teacher_forward=vision_step.forward_transient(arch, run, plan.dtypes),
-        vision_backward=vision_step.backward_transient(
-            arch, run, plan.dtypes, plan.embed_trainable
-        ),
+        vision_backward=vision_step.backward_transient(arch, run, plan.dtypes, plan.embed_trainable)
+        + trainable_tokens.backward_moment(arch, run, plan, T),  # (text-only: never both)
+        forward_start=trainable_tokens.forward_moment(arch, run, plan, T),
         output_held=output_held,
     )
 

@@ -1520,6 +1520,34 @@ def _beft() -> list[Case]:
     return cases
 
 
+def _trainable_tokens() -> list[Case]:
+    """peft's trainable tokens (its V × h copy each forward, the dense V × h gradient at
+    the end of backward, every block passing a gradient): precisions, 16-bit rows,
+    checkpointing, more ids; on a wider model at few tokens, where the embedding's moments
+    weigh most; tied heads (Qwen2, a tied Llama), which peft wraps too."""
+    cases = [
+        Case(family, {"method": "trainable-tokens", "precision": "bf16"})
+        for family in ("llama", "mistral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "trainable_token_ids": "7,3,250"},
+    ):
+        cases.append(Case("llama", {"method": "trainable-tokens", **extra}))
+    few = {"batch_size": 1, "seq_len": 8, "trainable_token_ids": "16"}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "trainable-tokens", **few, **extra}, WIDER_STILL))
+    # a tied head, wrapped too: its own copy and input kept, its dense gradient
+    for extra in ({"precision": "bf16"}, {"precision": "fp32"}, {"grad_ckpt": True}):
+        cases.append(Case("qwen2", {"method": "trainable-tokens", "precision": "bf16", **extra}))
+    tied = {**WIDER_STILL, "tie_embeddings": True}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "trainable-tokens", **few, **extra}, tied))
+    return cases
+
+
 def _miss_road() -> list[Case]:
     """peft's MiSS (default, bat, mini) and RoAd (road_1, 2, 4); on a wider model at few
     tokens MiSS bat's weight rebuild and its backward are the peak."""
@@ -1660,6 +1688,7 @@ def _peft_methods() -> list[Case]:
     cases += _psoft()
     cases += _hra()
     cases += _beft()
+    cases += _trainable_tokens()
     cases += _deft()
     cases += _glora()
     cases += _shared_bank()

@@ -580,6 +580,12 @@ RUN = [
     _opt("hra_rank", OptInt, None, "HRA: r, Householder reflections per linear (default 8)."),
     _opt("hra_targets", OptStr, None, "HRA: adapted linears, as --lora-targets (q,v)."),
     _opt("beft_targets", OptStr, None, "BEFT: biased linears, as --lora-targets (v)."),
+    _opt(
+        "trainable_token_ids",
+        OptStr,
+        None,
+        "Trainable tokens: a count of token ids, or the ids (default 2: bos and eos).",
+    ),
     _opt("glora_rank", OptInt, None, "GLoRA: r of its A and B paths (default 8)."),
     _opt("glora_targets", OptStr, None, "GLoRA: adapted linears, as --lora-targets (q,v)."),
     _opt("glora_vector", OptBool, None, "GLoRA: A and B as vectors.", "--glora-vector"),

@@ -409,6 +409,20 @@ def _delora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
         live.set("lora_targets", ",".join(wrapped), "the modules peft wrapped (delora_A)")
 
 
+def _trainable_tokens(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's TrainableTokensConfig: its token ids, on the token embedding only (other
+    targets, e.g. an LM head of its own, are not modelled)."""
+    targets = _names(pc.target_modules)  # (None: the input embedding)
+    if len(targets) > 1 or not all(t.split(".")[-1] == "embed_tokens" for t in targets):
+        raise InvalidInputError(
+            f"peft's trainable tokens on {', '.join(targets) or 'no module'} is not modelled; "
+            "ftmem models it on the token embedding (target_modules embed_tokens)."
+        )
+    live.set("method", "trainable-tokens", said)
+    ids = [int(i) for i in pc.token_indices]
+    live.set("trainable_token_ids", ",".join(map(str, ids)) if len(ids) > 1 else f"{ids[0]},", said)
+
+
 def _glora(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     """peft's GloraConfig: rank, the A/B path (lora or vector) and the modules it wrapped."""
     if pc.config_A_B not in ("lora", "vector"):
@@ -1128,4 +1142,5 @@ _PEFT_READERS = {
     "DEFT": _deft,
     "GLORA": _glora,
     "PEANUT": _peanut,
+    "TRAINABLE_TOKENS": _trainable_tokens,
 }

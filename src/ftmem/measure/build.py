@@ -781,8 +781,18 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "deft": _peft_deft,
         "glora": _peft_glora,
         "peanut": _peft_peanut,
+        "trainable-tokens": _peft_trainable_tokens,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
+
+
+def _peft_trainable_tokens(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's trainable tokens on the token embedding (its default target, embed_tokens),
+    the ids the estimate names, its delta in the dtype asked for."""
+    from peft import TrainableTokensConfig
+
+    cfg = TrainableTokensConfig(token_indices=list(run.trainable_tokens), task_type="CAUSAL_LM")
+    return _peft_in_dtype(model, cfg, run, "trainable_tokens_delta")
 
 
 def _peft_beft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

@@ -69,6 +69,8 @@ ESTIMATED_BUFFERS = (
     # PSOFT's frozen fp32 A and B (tuners/psoft/layer.py BufferDicts ``_psoft_A_cache``,
     # ``_psoft_B_cache``) and OrthLayer's int64 ``rows``, ``cols``
     # GLoRA's zero C, D and E on a bias-free linear (tuners/glora/layer.py GloraEmptyPath)
+    # trainable tokens' original rows (tuners/trainable_tokens/layer.py BufferDict)
+    "trainable_tokens_original.default",
     "glora_C.default.zeros",
     "glora_D.default.zeros",
     "glora_E.default.zeros",
