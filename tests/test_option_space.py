@@ -61,7 +61,7 @@ PROMPT = {"prompt-tuning", "prefix-tuning", "p-tuning"}
 PEFT_OTHER = {
     "adalora", "loha", "lokr", "oft", "boft", "miss", "road", "vera", "fourierft", "hira",
     "psoft", "hra", "pvera", "randlora", "vblora", "shira", "waveft", "c3a", "tinylora",
-    "unilora", "lily", "beft", "glora",
+    "unilora", "lily", "beft", "glora", "peanut", "trainable-tokens",
 }  # fmt: skip
 # peft's LoRA variants with LoRA's options (--lora-r, --lora-targets, ...)
 LORA_VARIANTS = {"adalora", "gralora", "delora", "deft"}
@@ -496,6 +496,8 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     lambda v: (
         _is(v, "--optimizer-in-backward", "--optimizer-in-backward") and _is(v, "--grad-accum", "2")
     ),
+    # (LoRA on the routed experts, which all-linear reaches, is modelled data parallel only)
+    lambda v: _is(v, "--ep", "2") and _is(v, "--lora-targets", "all-linear"),
     # expert parallel: ColossalAI's MoeHybridParallelPlugin, with ZeRO
     lambda v: _is(v, "--ep", "2") and "--strategy" in v and not _is(v, "--strategy", *CAI_ZERO),
     # FSDP offloads to the CPU only, weights and optimizer together (CPUOffload)
@@ -585,6 +587,13 @@ def _tiles(arch, width: int) -> bool:
     return all(n % width == 0 for n in (arch.hidden_size, head * arch.kv_heads))
 
 
+def _odd_embedding_path(arch) -> bool:
+    """Where ftmem refuses trainable tokens (its tiny models measured off): latent
+    attention, attention sinks, a soft-capped head, learned positions."""
+    odd = arch.kv_lora_rank or arch.family == "gpt_oss" or arch.final_logit_softcapping
+    return bool(odd) or arch.position_embedding == "learned"
+
+
 def _method_model_ok(arch, method: str) -> bool:
     """Rules between one model and one method."""
     if method == "bitfit":
@@ -598,6 +607,8 @@ def _method_model_ok(arch, method: str) -> bool:
     if method == "ln-tuning" and arch.family not in _ln_tuning_types():
         return False  # peft has no default LN-tuning targets for the model type
     if method in TEXT_ONLY and arch.vision is not None:
+        return False
+    if method == "trainable-tokens" and _odd_embedding_path(arch):
         return False
     if method == "relora" and arch.family.startswith("deepseek"):
         return False  # (ReLoRA's all-linear default: DeepSeek's router and 3-D experts)
@@ -688,6 +699,8 @@ def _adapter_row_ok(g: dict[str, str], tp: int, strategy: str) -> bool:
     16-bit modes do not."""
     if g["--method"] == "deft" and strategy in DEEPSPEED | COLOSSALAI:
         return g["--precision"] == "fp32"
+    if g["--method"] == "trainable-tokens" and g["--loss"] == "fused":
+        return not model_presets()[g["model"]].tie_embeddings  # (a tied head's: refused)
     return g["--method"] not in ("vblora", "c3a") or _tiles(model_presets()[g["model"]], 256 * tp)
 
 
@@ -962,7 +975,7 @@ def check_all(argvs: Iterable[list[str]]) -> tuple[list[str], list[tuple[list[st
 @pytest.fixture(scope="module")
 def accepted_rows():
     return all_pairs(
-        ESTIMATE, _pair_ok, _row_ok, SPREAD, FIRST, seed=4
+        ESTIMATE, _pair_ok, _row_ok, SPREAD, FIRST, seed=15
     )  # a seed whose greedy rows hold every allowed pair
 
 
