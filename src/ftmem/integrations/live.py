@@ -565,25 +565,27 @@ SHARED_BANK = {
     "LILY": ("lily", "lily_router", "lily_dropout"),
 }
 
+# their settings beyond the rank: (ftmem's setting, the config's field, its type)
+SHARED_BANK_EXTRAS: dict[str, tuple[tuple[str, str, type], ...]] = {
+    "VBLORA": (
+        ("vblora_vectors", "num_vectors", int),
+        ("vblora_vector_length", "vector_length", int),
+        ("vblora_topk", "topk", int),
+    ),
+    "TINYLORA": (("tinylora_u", "u", int), ("tinylora_weight_tying", "weight_tying", float)),
+    "UNILORA": (("unilora_theta_length", "theta_d_length", int),),
+    "LILY": (("lily_stride_a", "stride_A", int), ("lily_num_b", "num_B", int)),
+}
+
 
 def _shared_bank(model: Any, pc: Any, live: LiveRun, said: str, kind: str) -> None:
-    """peft's PveraConfig, RandLoraConfig or VBLoRAConfig: its rank (VB-LoRA's bank
-    too) and the modules it wrapped."""
+    """peft's PVeRA, RandLoRA, VB-LoRA, TinyLoRA, UniLoRA or Lily config: its rank, its
+    other settings (SHARED_BANK_EXTRAS) and the modules it wrapped."""
     method, marker, dropout = SHARED_BANK[kind]
     live.set("method", method, said)
     live.set(f"{method}_rank", int(pc.r), said)
-    if kind == "VBLORA":
-        live.set("vblora_vectors", int(pc.num_vectors), said)
-        live.set("vblora_vector_length", int(pc.vector_length), said)
-        live.set("vblora_topk", int(pc.topk), said)
-    if kind == "TINYLORA":
-        live.set("tinylora_u", int(pc.u), said)
-        live.set("tinylora_weight_tying", float(pc.weight_tying), said)
-    if kind == "UNILORA":
-        live.set("unilora_theta_length", int(pc.theta_d_length), said)
-    if kind == "LILY":
-        live.set("lily_stride_a", int(pc.stride_A), said)
-        live.set("lily_num_b", int(pc.num_B), said)
+    for setting, attribute, kind_of in SHARED_BANK_EXTRAS.get(kind, ()):
+        live.set(setting, kind_of(getattr(pc, attribute)), said)
     _wrapped(model, live, method, marker)
     if getattr(pc, dropout, 0):
         live.notes.append(f"{dropout}: not modelled (its mask, T × in per adapted linear).")
