@@ -16,7 +16,7 @@ from math import prod
 from typing import NamedTuple
 
 from ftmem import vision_lora, vision_step
-from ftmem.adapters import bdlora, deft, glora, gralora, mica
+from ftmem.adapters import bdlora, deft, glora, gralora, mica, osf
 from ftmem.arch import (
     ATTENTION_ROLES,
     MLP_ROLES,
@@ -220,6 +220,12 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "peft's trainable tokens: new trained rows for chosen token ids of the token "
         "embedding, the rest frozen (--trainable-token-ids; default 2, bos and eos)",
         "peft tuners/trainable_tokens (TrainableTokensConfig)",
+    ),
+    "osf": (
+        "peft's OSF: each adapted weight split by an SVD at wrap time, its t lowest singular "
+        "directions trained beside frozen copies and run as two rank-2t linears every "
+        "forward (--osf-rank, --osf-targets)",
+        "Orthogonal Subspace Fine-tuning (adaptive SVD, continual learning); peft tuners/osf",
     ),
     "beft": (
         "peft's BEFT: a trained bias vector (1 × out) added to each adapted linear's "
@@ -436,6 +442,8 @@ class MethodPlan:
     glora: tuple[Linear, ...] = ()
     # Peanut: the linears whose ΔW is rebuilt from their frozen weight every forward
     peanut: tuple[Linear, ...] = ()
+    # OSF: the linears whose low singular directions train (factors run beside the weight)
+    osf: tuple[Linear, ...] = ()
     # RandLoRA, VB-LoRA: the linears whose adapter is built from a bank shared by all
     # layers in every forward (adapters.randlora, adapters.vblora)
     banked: tuple[Linear, ...] = ()
@@ -1049,6 +1057,24 @@ def peanut_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.peanut[1], "Peanut")
 
 
+def osf_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with an OSF adapter (none for the other methods); peft wraps
+    torch.nn.Linear only (peft 0.21.2 tuners/osf/layer.py dispatch_default)."""
+    if run.method != "osf":
+        return ()
+    chosen = _lycoris_linears(arch, run.osf, "OSF")
+    for lin in chosen:
+        side = min(lin.in_features, lin.out_features)
+        if run.osf_rank is not None and run.osf_rank >= side:
+            # peft keeps at least one direction frozen (tuners/osf/layer.py update_layer
+            # refuses an effective_rank of 0)
+            raise InvalidInputError(
+                f"--osf-rank {run.osf_rank} leaves {lin.module} no frozen direction (its "
+                f"smaller side is {side}); choose an --osf-rank below {side}."
+            )
+    return chosen
+
+
 def randlora_bases(lin: Linear, r: int) -> int:
     """RandLoRA's number of bases for a linear: min(in, out) / r rounded up, so that the
     r-rank bases together reach full rank (peft 0.21.2 tuners/randlora/layer.py
@@ -1410,6 +1436,7 @@ class _PeftOther(NamedTuple):
     beft: tuple[Linear, ...]
     glora: tuple[Linear, ...]
     peanut: tuple[Linear, ...]
+    osf: tuple[Linear, ...]
 
 
 # the fields of MethodPlan (and ops.context.BlockState) holding peft's other adapters' linears
@@ -1440,6 +1467,7 @@ def _peft_other(
         beft_linears(arch, run),
         glora_linears(arch, run),
         peanut_linears(arch, run),
+        osf_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _banked_groups(other.banked, arch, run, dtypes)
@@ -1448,6 +1476,11 @@ def _peft_other(
     groups += _fourierft_groups(other.spectral, arch, run, dtypes)
     groups += _hira_groups(other.hira, arch, run, dtypes)
     groups += _peanut_groups(other.peanut, arch, run, dtypes)
+    groups += [  # OSF's U_low, S_low, V_low (adapters.osf.shapes)
+        _adapter(f"{lin.module}.osf_svd_params.{name}", shape, arch, dtypes, lin)
+        for lin in other.osf
+        for name, shape in osf.shapes(lin, run.osf_rank).items()
+    ]
     groups += _psoft_groups(other.psoft, arch, run, dtypes)
     r = run.hra[0]  # HRA's hra_u (in × r) per linear (peft tuners/hra/layer.py update_layer)
     groups += [

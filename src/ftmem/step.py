@@ -107,6 +107,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "fourierft",
         "hira",
         "peanut",
+        "osf",
         "psoft",
         "hra",
         "pvera",

@@ -23,6 +23,7 @@ from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
+from ftmem.adapters.osf import OSF
 from ftmem.adapters.peanut import Peanut
 from ftmem.adapters.psoft import PSOFT
 from ftmem.adapters.shared_bank import banked_backward
@@ -430,6 +431,8 @@ def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keep
         return HRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
     if run.method == "psoft":  # PSOFT's x_cast, xr and fp32 output-wide products
         return PSOFT.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
+    if run.method == "osf":  # OSF's concatenated factors and its output's sum
+        return OSF.forward_build(plan, run, T, in_bytes, e, keeps and not run.grad_ckpt)
     if run.method == "peanut":  # Peanut's ΔW = B(relu(Wᵀ Aᵀ))·scaling, the same way
         return Peanut.forward_build(plan, run, T, in_bytes, e, keeps and not run.grad_ckpt)
     if run.method == "hira":  # HiRA's ΔW = W0 ⊙ (B A), the same way
@@ -536,6 +539,7 @@ def _peft_other_moment(
         "beft",
         "glora",
         "peanut",
+        "osf",
     ):
         return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
@@ -556,6 +560,8 @@ def _delta_moment(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, 
     the block)."""
     if run.method == "hira":
         return hira_moment(plan, e, T)
+    if run.method == "osf":  # its two linears' nodes
+        return OSF.backward_moment(plan, run, T, partial(LinearOp.input_bytes, plan, e=e), e)
     if run.method == "peanut":  # as HiRA's: the mm's node, then ΔW's scaled gradient
         return Peanut.backward_moment(plan, T, partial(LinearOp.input_bytes, plan, e=e), e)
     if run.method == "psoft":
