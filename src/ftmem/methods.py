@@ -326,6 +326,10 @@ class TensorGroup:
     # a gradient but no optimizer state: LoRA-FA's lora_A where the loop re-enabled its
     # requires_grad (profiles.Profile.lora_fa_a_regains_grad); its optimizer only reads it
     stateless: bool = False
+    # elements of the storage its gradient holds, where that is larger than the tensor
+    # (0: the tensor's own): a gradient that autograd hands over as a view into a larger
+    # gradient keeps all of it (OSF's V_low on a cast base: adapters.osf.gradient_storage)
+    grad_numel: int = 0
     # Derived once here (an estimate reads them hundreds of times; plans are shared):
     numel: int = field(init=False, repr=False, compare=False)
     total_numel: int = field(init=False, repr=False, compare=False)
@@ -344,7 +348,7 @@ class TensorGroup:
         object.__setattr__(self, "nbytes", nbytes)
         key = (self.name, self.shape, self.count, self.fmt, self.trainable, self.adapter)
         extra = (self.double_quant, self.in_block, self.galore_rank, self.layout, self.per_block)
-        object.__setattr__(self, "_hash", hash((*key, *extra, self.idle)))
+        object.__setattr__(self, "_hash", hash((*key, *extra, self.idle, self.grad_numel)))
 
     def __hash__(self) -> int:
         """The hash of the compared fields, taken once: the multi-GPU caches key on
@@ -369,6 +373,7 @@ class TensorGroup:
             layout=self.layout,
             per_block=self.per_block,
             idle=self.idle,
+            grad_numel=self.grad_numel,
         )
 
     @property
@@ -379,6 +384,12 @@ class TensorGroup:
         if is_quantized(self.fmt):
             raise TypeError(f"{self.name} is stored as {self.fmt}: no size per element")
         return BYTES_PER_ELEMENT[self.fmt]
+
+    @property
+    def grad_bytes(self) -> int:
+        """Bytes one tensor's gradient holds: its storage, the tensor's own size unless the
+        gradient is a view into a larger one (``grad_numel``)."""
+        return max(self.numel, self.grad_numel) * self.element_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -1476,8 +1487,11 @@ def _peft_other(
     groups += _fourierft_groups(other.spectral, arch, run, dtypes)
     groups += _hira_groups(other.hira, arch, run, dtypes)
     groups += _peanut_groups(other.peanut, arch, run, dtypes)
-    groups += [  # OSF's U_low, S_low, V_low (adapters.osf.shapes)
-        _adapter(f"{lin.module}.osf_svd_params.{name}", shape, arch, dtypes, lin)
+    groups += [  # OSF's U_low, S_low, V_low (adapters.osf.shapes), V_low's gradient storage
+        replace(
+            _adapter(f"{lin.module}.osf_svd_params.{name}", shape, arch, dtypes, lin),
+            grad_numel=osf.gradient_storage(lin, run.osf_rank, name, dtypes),
+        )
         for lin in other.osf
         for name, shape in osf.shapes(lin, run.osf_rank).items()
     ]

@@ -59,7 +59,7 @@ def step_in_backward(grad_groups: list[TensorGroup], run: RunConfig) -> int:
         return 0
     return max(
         (
-            g.numel * g.element_bytes + optimizer_step_temporary_bytes([g.counted(1)], run)
+            g.grad_bytes + optimizer_step_temporary_bytes([g.counted(1)], run)
             for g in grad_groups
         ),
         default=0,
@@ -76,7 +76,7 @@ def step_in_backward_tensors(grad_groups: list[TensorGroup], run: RunConfig) -> 
     best = 0
     tensors: tuple[int, ...] = ()
     for g in grad_groups:
-        grad = g.numel * g.element_bytes
+        grad = g.grad_bytes
         total = grad + optimizer_step_temporary_bytes([g.counted(1)], run)
         if total <= best:
             continue
@@ -139,7 +139,7 @@ def _block_gradients(arch: Architecture, plan: MethodPlan, roles: set[str]) -> i
         if p.kind == "linear" and roles & set(p.roles)
     )
     return sum(
-        g.numel * g.element_bytes
+        g.grad_bytes
         for g in plan.groups
         if g.trainable and g.in_block and g.name.startswith(modules)
     )
@@ -315,7 +315,7 @@ def attention_gradients_made(arch: Architecture, run: RunConfig, plan: MethodPla
     }
     prefixes = tuple(m + "." for m in before)
     return sum(
-        g.numel * g.element_bytes
+        g.grad_bytes
         for g in plan.groups
         if g.trainable and g.in_block and not g.name.startswith(prefixes)
     )
@@ -353,7 +353,7 @@ def down_gradients_made(arch: Architecture, run: RunConfig, plan: MethodPlan, e:
     made = 0
     for g in _trained_down_groups(arch, plan):
         as_made = single and _is_down_weight(g)
-        made += g.numel * (e if as_made else g.element_bytes)
+        made += g.numel * e if as_made else g.grad_bytes
     return made
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ftmem.methods import MethodPlan
+    from ftmem.precision import Dtypes
     from ftmem.ops.context import BlockState, LayerContext
     from ftmem.run import RunConfig
 
@@ -57,11 +58,30 @@ def shapes(lin: Linear, rank: int | None) -> dict[str, tuple[int, ...]]:
     return {"U_low": (lin.out_features, t), "S_low": (t,), "V_low": (t, lin.in_features)}
 
 
+def gradient_storage(lin: Linear, rank: int | None, name: str, dtypes: Dtypes) -> int:
+    """Elements of the storage V_low's gradient holds where peft's adapter-dtype cast ran
+    (a 16-bit base, fp32 adapters), 0 elsewhere (its own size).
+
+    The cast replaces U_low and V_low with new Parameters (peft 0.21.2
+    tuners/tuners_utils.py ``cast_adapter_dtype``, the ``submodule[adapter_name] =
+    ....to(torch.float32)`` branch), so the projection hooks update_layer registered on
+    the old ones never run. V_low's gradient is then the slice CatBackward hands it of B's
+    (2t × in) gradient: rows 0..t, contiguous at offset 0, so AccumulateGrad keeps that
+    view as ``.grad`` (torch/csrc/autograd/functions/accumulate_grad.h: a gradient obeying
+    the parameter's layout is stolen, not copied), and with it the whole 2t × in storage,
+    V_low_init's half included. Where the hooks run (no cast) the projection returns a new
+    t × in tensor. Measured: tests/test_osf.py."""
+    if name != "V_low" or dtypes.adapter == dtypes.base:
+        return 0
+    return 2 * trained_rank(lin, rank) * lin.in_features
+
+
 def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     """Per linear the frozen copies U_low_init, S_low_init, V_low_init and the high factor
     on the longer side (U_high, out × k, where out > in; V_high, k × in, where out < in;
     neither on a square weight), in the adapter dtype (measured: peft's adapter-dtype cast
-    takes the BufferDicts too), in each block holding it."""
+    takes the BufferDicts too), and the SVD's storage its trained factors keep
+    (:func:`kept_svd_storage`), in each block holding it."""
     if run.method != "osf":
         return 0
     de = BYTES_PER_ELEMENT[plan.dtypes.adapter]
@@ -72,9 +92,29 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
         high = (
             k * max(lin.in_features, lin.out_features) if lin.in_features != lin.out_features else 0
         )
+        kept = kept_svd_storage(lin, k, plan.dtypes, run.device)
         blocks = layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
-        total += blocks * (t * (lin.in_features + lin.out_features + 1) + high) * de
+        total += blocks * (t * (lin.in_features + lin.out_features + 1) + high + kept) * de
     return total
+
+
+def kept_svd_storage(lin: Linear, k: int, dtypes: Dtypes, device: str) -> int:
+    """Elements of the SVD's outputs that S_low and V_low keep beyond their own on an fp32
+    base (k the frozen rank).
+
+    peft builds them as ``S[k:].contiguous().detach().to(device, dtype=orig_dtype)`` and
+    ``Vt[k:, :]...`` (peft 0.21.2 tuners/osf/utils.py decompose_weight_matrix): where the
+    slice is already contiguous and the dtype is the weight's, every call returns the view,
+    so the Parameter keeps the whole output. S (min(out, in)) is always contiguous: its k
+    high values stay. Vh is F-contiguous from LAPACK (the CPU) but C-contiguous from
+    cuSOLVER (pytorch aten/src/ATen/native/BatchLinearAlgebra.cpp TORCH_META_FUNC
+    (_linalg_svd): Vh's strides f-contig = !use_cusolver, at 2d3a1eca8837), so on CUDA
+    V_low keeps Vh's k high rows too; where out < in those rows are V_high's own buffer,
+    the same storage, already counted. A 16-bit base copies in ``.to(orig_dtype)``: none."""
+    if dtypes.base != "fp32":
+        return 0
+    rows = k * lin.in_features if device == "cuda" and lin.out_features >= lin.in_features else 0
+    return k + rows
 
 
 def _sizes(
