@@ -165,15 +165,22 @@ class OSF:
         """The largest OSF forward, whole or beyond the block's kept tensors when it keeps
         them (``kept``: A, B, h and the cast are counted there): A's cat (its two halves
         and A beside the base output) or the output's sum (A, B, the cast, h, the base
-        output, the product, its cast back and the sum)."""
+        output, the product, its cast back and the sum).
+
+        A's cat runs before this linear's kept tensors exist and before those of the OSF
+        linears after it in the block (plan.osf is in forward order): beyond the whole
+        block's kept tensors it is less their A, h and cast (B is kept only where the
+        input needs a gradient: not subtracted)."""
         de = BYTES_PER_ELEMENT[plan.dtypes.adapter]
+        sizes = [_sizes(plan, run, lin, T, in_bytes(lin)) for lin in plan.osf]
+        later = 0  # the A, h and cast of this linear and those after it, when kept
         held = [0]
-        for lin in plan.osf:
-            a, b, h, cast = _sizes(plan, run, lin, T, in_bytes(lin))
+        for lin, (a, b, h, cast) in reversed(list(zip(plan.osf, sizes, strict=True))):
+            later += a + h + cast if kept else 0
             t = T * lin.out_features
             back = t * e if e != de else 0
             less = a + b + h + cast if kept else 0
-            held += [t * e + 2 * a, a + b + h + cast + t * (2 * e + de) + back - less]
+            held += [t * e + 2 * a - later, a + b + h + cast + t * (2 * e + de) + back - less]
         return max(held)
 
     @staticmethod
