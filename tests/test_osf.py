@@ -131,3 +131,83 @@ def test_live_peft_osf_model_is_read() -> None:
         s["osf_rank"]
         == min(model.base_model.model.model.layers[0].self_attn.q_proj.weight.shape) - 2
     )
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(("n", "o"), [(96, 160), (160, 96), (128, 128)])
+def test_storages_the_trained_factors_keep(n: int, o: int, bf16: bool) -> None:
+    """The storages behind V_low's gradient and S_low, measured on one peft OSF linear
+    (32 directions frozen) after two backward passes (the second accumulates in place).
+
+    V_low's gradient, derived: on a bf16 base peft's fp32 cast drops the projection hooks
+    and V_low's gradient is rows 0..t of B's (2t × in) gradient, kept whole (2t × in); on
+    fp32 the hook's projection returns a new t × in tensor. S_low, derived: on fp32 it is
+    a view of the SVD's S (min(out, in) values); on bf16 a copy (t). U_low and V_low on
+    the CPU: copies (LAPACK's U and Vh are F-contiguous)."""
+    import peft
+    import torch
+
+    from ftmem.adapters.osf import gradient_storage, kept_svd_storage
+    from ftmem.arch import Linear
+    from ftmem.precision import Dtypes
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    base = torch.nn.Sequential()
+    base.add_module("lin", torch.nn.Linear(n, o, bias=False))
+    cfg = peft.OSFConfig(effective_rank=32, target_modules=["lin"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = peft.get_peft_model(base.to(dtype), cfg, autocast_adapter_dtype=True)
+    x = torch.randn(2, 8, n, dtype=dtype)
+    for _ in range(2):
+        model(x).float().sum().backward()
+    params = {k.rsplit(".", 1)[-1]: p for k, p in model.named_parameters() if p.requires_grad}
+    m, k = min(n, o), 32
+    t = m - k
+    v_grad = params["V_low"].grad.untyped_storage().nbytes()
+    assert v_grad == (2 * t * n if bf16 else t * n) * 4
+    s_low = params["S_low"].untyped_storage().nbytes()
+    assert s_low == (t if bf16 else m) * 4
+    for name in ("U_low", "V_low"):
+        assert params[name].untyped_storage().nbytes() == params[name].numel() * 4
+    # ftmem's terms give the same sizes
+    half = "bf16" if bf16 else "fp32"
+    dtypes = Dtypes(base=half, quantized=None, compute=half, adapter="fp32", autocast=False)
+    one = Linear("lin", ("q",), n, o, False)
+    assert max(t * n, gradient_storage(one, t, "V_low", dtypes)) * 4 == v_grad
+    assert gradient_storage(one, t, "U_low", dtypes) == 0
+    assert (t + kept_svd_storage(one, k, dtypes, "cpu")) * 4 == s_low
+
+
+def test_storage_terms_in_the_published_model() -> None:
+    """Llama-3.2-3B, t = 128 on all seven linears (q, o 3072 → 3072; k, v 3072 → 1024;
+    gate, up 3072 → 8192; down 8192 → 3072), 28 blocks, fp32 adapters.
+
+    bf16 base: each linear's gradients are U_low's out · t, S_low's t and V_low's 2t · in
+    (B's whole gradient, test_storages_the_trained_factors_keep), against the fp32 base's
+    own sizes (4 B for each of the 194,535,936 trainable). fp32 base on CUDA: V_low keeps
+    cuSOLVER's whole Vh where out ≥ in (q, o, gate, up: k = 3072 − 128 = 2944 rows of
+    3072 more than on the CPU; k and down keep them as V_high anyway)."""
+    bf16 = estimate("llama-3.2-3b", method="osf", osf_rank=128).memory
+    per_linear = [(3072, 3072), (3072, 1024), (3072, 1024), (3072, 3072)]
+    per_linear += [(3072, 8192), (3072, 8192), (8192, 3072)]
+    t = 128
+    assert bf16.gradients_bytes == 28 * 4 * sum(o * t + t + 2 * t * n for n, o in per_linear)
+    fp32 = {
+        device: estimate(
+            "llama-3.2-3b", method="osf", osf_rank=128, precision="fp32", device=device
+        ).memory
+        for device in ("cpu", "cuda")
+    }
+    assert fp32["cpu"].gradients_bytes == 4 * 194_535_936
+    extra = fp32["cuda"].weights_bytes - fp32["cpu"].weights_bytes
+    assert extra == 28 * 4 * (4 * 2944 * 3072)
+
+
+def test_ddp_keeps_the_gradient_storage() -> None:
+    """torch DDP (no gradient_as_bucket_view) copies each .grad into its buckets and back
+    into the same tensor: every rank keeps the gradients as one GPU does, V_low's 2t × in
+    storage included."""
+    one = estimate("llama-3.2-3b", method="osf", osf_rank=128).memory
+    ddp = estimate("llama-3.2-3b", method="osf", osf_rank=128, gpus=2, strategy="ddp").memory
+    assert ddp.gradients_bytes == one.gradients_bytes
