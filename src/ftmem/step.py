@@ -991,9 +991,7 @@ def _decoder_gradients(
         tied_backward=fixed.tied_embedding_backward,
         # (Embedding.backward_workspace: two of the tied weight's gradients)
         tied_held=fixed.tied_embedding_backward // 2 * (1 - held),
-        before_loss=sum(
-            g.count * g.grad_bytes for g in plan.groups if plan.gradient_at_head(g)
-        )
+        before_loss=sum(g.count * g.grad_bytes for g in plan.groups if plan.gradient_at_head(g))
         * held,
     )
 
@@ -1328,9 +1326,7 @@ def _gradient_sizes(plan: MethodPlan) -> tuple[int, int, int, int]:
             )
             // plan.trainable_blocks
         )
-    embedding = sum(
-        g.count * g.grad_bytes for g in grad_groups if plan.gradient_after_blocks(g)
-    )
+    embedding = sum(g.count * g.grad_bytes for g in grad_groups if plan.gradient_after_blocks(g))
     return grads, block, grads - block * plan.trainable_blocks, embedding
 
 

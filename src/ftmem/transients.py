@@ -58,10 +58,7 @@ def step_in_backward(grad_groups: list[TensorGroup], run: RunConfig) -> int:
     if not run.optimizer_in_backward:
         return 0
     return max(
-        (
-            g.grad_bytes + optimizer_step_temporary_bytes([g.counted(1)], run)
-            for g in grad_groups
-        ),
+        (g.grad_bytes + optimizer_step_temporary_bytes([g.counted(1)], run) for g in grad_groups),
         default=0,
     )
 

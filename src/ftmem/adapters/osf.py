@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ftmem.methods import MethodPlan
-    from ftmem.precision import Dtypes
     from ftmem.ops.context import BlockState, LayerContext
+    from ftmem.precision import Dtypes
     from ftmem.run import RunConfig
 
 

@@ -525,7 +525,7 @@ def _osf(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     read off U_low: peft's default (half of each smaller side) or one rank for all; other
     mixes are refused (ftmem takes one --osf-rank)."""
     shapes = [
-        tuple(m.osf_svd_params[k]["U_low"].shape) + (min(m.in_features, m.out_features),)
+        (*m.osf_svd_params[k]["U_low"].shape, min(m.in_features, m.out_features))
         for _, m in model.named_modules()
         if hasattr(m, "osf_svd_params")
         for k in m.osf_svd_params
