@@ -1342,7 +1342,7 @@ def _peft_osf(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module
     from ftmem.methods import osf_linears
 
     linears = osf_linears(arch, run)
-    frozen = {
+    frozen: dict[str, int | float] = {
         re.escape(lin.module) + "$": min(lin.in_features, lin.out_features)
         - trained_rank(lin, run.osf_rank)
         for lin in linears
