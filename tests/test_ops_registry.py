@@ -45,6 +45,7 @@ EXPECTED = {
     "beft",
     "glora",
     "peanut",
+    "osf",
     "lora",
     "head_lora",
     "prefix_tuning",

@@ -949,6 +949,8 @@ def _beft_glora_resolved(
 ) -> tuple[dict[str, object], tuple[Linear, ...]]:
     """BEFT's, GLoRA's and Peanut's settings as the estimate used them, and the linears
     adapted."""
+    if run.method == "osf":
+        return dict(osf_rank=run.osf_rank, osf_targets=run.osf), plan.osf
     if run.method == "peanut":
         r, targets, depth = run.peanut
         return dict(peanut_rank=r, peanut_targets=targets, peanut_depth=depth), plan.peanut
@@ -1051,7 +1053,7 @@ def _peft_newer_settings(
     elif run.method == "c3a":
         b, targets = run.c3a
         settings, adapted = dict(c3a_block_size=b, c3a_targets=targets), plan.circulant
-    elif run.method in ("beft", "glora", "peanut"):
+    elif run.method in ("beft", "glora", "peanut", "osf"):
         settings, adapted = _beft_glora_resolved(run, plan)
     else:
         return None

@@ -16,7 +16,7 @@ from math import prod
 from typing import NamedTuple
 
 from ftmem import vision_lora, vision_step
-from ftmem.adapters import bdlora, deft, glora, gralora, mica
+from ftmem.adapters import bdlora, deft, glora, gralora, mica, osf
 from ftmem.arch import (
     ATTENTION_ROLES,
     MLP_ROLES,
@@ -221,6 +221,12 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "embedding, the rest frozen (--trainable-token-ids; default 2, bos and eos)",
         "peft tuners/trainable_tokens (TrainableTokensConfig)",
     ),
+    "osf": (
+        "peft's OSF: each adapted weight split by an SVD at wrap time, its t lowest singular "
+        "directions trained beside frozen copies and run as two rank-2t linears every "
+        "forward (--osf-rank, --osf-targets)",
+        "Orthogonal Subspace Fine-tuning (adaptive SVD, continual learning); peft tuners/osf",
+    ),
     "beft": (
         "peft's BEFT: a trained bias vector (1 × out) added to each adapted linear's "
         "output (--beft-targets; default v)",
@@ -320,6 +326,10 @@ class TensorGroup:
     # a gradient but no optimizer state: LoRA-FA's lora_A where the loop re-enabled its
     # requires_grad (profiles.Profile.lora_fa_a_regains_grad); its optimizer only reads it
     stateless: bool = False
+    # elements of the storage its gradient holds, where that is larger than the tensor
+    # (0: the tensor's own): a gradient that autograd hands over as a view into a larger
+    # gradient keeps all of it (OSF's V_low on a cast base: adapters.osf.gradient_storage)
+    grad_numel: int = 0
     # Derived once here (an estimate reads them hundreds of times; plans are shared):
     numel: int = field(init=False, repr=False, compare=False)
     total_numel: int = field(init=False, repr=False, compare=False)
@@ -338,7 +348,7 @@ class TensorGroup:
         object.__setattr__(self, "nbytes", nbytes)
         key = (self.name, self.shape, self.count, self.fmt, self.trainable, self.adapter)
         extra = (self.double_quant, self.in_block, self.galore_rank, self.layout, self.per_block)
-        object.__setattr__(self, "_hash", hash((*key, *extra, self.idle)))
+        object.__setattr__(self, "_hash", hash((*key, *extra, self.idle, self.grad_numel)))
 
     def __hash__(self) -> int:
         """The hash of the compared fields, taken once: the multi-GPU caches key on
@@ -363,6 +373,7 @@ class TensorGroup:
             layout=self.layout,
             per_block=self.per_block,
             idle=self.idle,
+            grad_numel=self.grad_numel,
         )
 
     @property
@@ -373,6 +384,12 @@ class TensorGroup:
         if is_quantized(self.fmt):
             raise TypeError(f"{self.name} is stored as {self.fmt}: no size per element")
         return BYTES_PER_ELEMENT[self.fmt]
+
+    @property
+    def grad_bytes(self) -> int:
+        """Bytes one tensor's gradient holds: its storage, the tensor's own size unless the
+        gradient is a view into a larger one (``grad_numel``)."""
+        return max(self.numel, self.grad_numel) * self.element_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +453,8 @@ class MethodPlan:
     glora: tuple[Linear, ...] = ()
     # Peanut: the linears whose ΔW is rebuilt from their frozen weight every forward
     peanut: tuple[Linear, ...] = ()
+    # OSF: the linears whose low singular directions train (factors run beside the weight)
+    osf: tuple[Linear, ...] = ()
     # RandLoRA, VB-LoRA: the linears whose adapter is built from a bank shared by all
     # layers in every forward (adapters.randlora, adapters.vblora)
     banked: tuple[Linear, ...] = ()
@@ -1049,6 +1068,24 @@ def peanut_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return _lycoris_linears(arch, run.peanut[1], "Peanut")
 
 
+def osf_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with an OSF adapter (none for the other methods); peft wraps
+    torch.nn.Linear only (peft 0.21.2 tuners/osf/layer.py dispatch_default)."""
+    if run.method != "osf":
+        return ()
+    chosen = _lycoris_linears(arch, run.osf, "OSF")
+    for lin in chosen:
+        side = min(lin.in_features, lin.out_features)
+        if run.osf_rank is not None and run.osf_rank >= side:
+            # peft keeps at least one direction frozen (tuners/osf/layer.py update_layer
+            # refuses an effective_rank of 0)
+            raise InvalidInputError(
+                f"--osf-rank {run.osf_rank} leaves {lin.module} no frozen direction (its "
+                f"smaller side is {side}); choose an --osf-rank below {side}."
+            )
+    return chosen
+
+
 def randlora_bases(lin: Linear, r: int) -> int:
     """RandLoRA's number of bases for a linear: min(in, out) / r rounded up, so that the
     r-rank bases together reach full rank (peft 0.21.2 tuners/randlora/layer.py
@@ -1410,6 +1447,7 @@ class _PeftOther(NamedTuple):
     beft: tuple[Linear, ...]
     glora: tuple[Linear, ...]
     peanut: tuple[Linear, ...]
+    osf: tuple[Linear, ...]
 
 
 # the fields of MethodPlan (and ops.context.BlockState) holding peft's other adapters' linears
@@ -1440,6 +1478,7 @@ def _peft_other(
         beft_linears(arch, run),
         glora_linears(arch, run),
         peanut_linears(arch, run),
+        osf_linears(arch, run),
     )
     groups = _loha_groups(other.hadamard, arch, run, dtypes)
     groups += _banked_groups(other.banked, arch, run, dtypes)
@@ -1448,6 +1487,14 @@ def _peft_other(
     groups += _fourierft_groups(other.spectral, arch, run, dtypes)
     groups += _hira_groups(other.hira, arch, run, dtypes)
     groups += _peanut_groups(other.peanut, arch, run, dtypes)
+    groups += [  # OSF's U_low, S_low, V_low (adapters.osf.shapes), V_low's gradient storage
+        replace(
+            _adapter(f"{lin.module}.osf_svd_params.{name}", shape, arch, dtypes, lin),
+            grad_numel=osf.gradient_storage(lin, run.osf_rank, name, dtypes),
+        )
+        for lin in other.osf
+        for name, shape in osf.shapes(lin, run.osf_rank).items()
+    ]
     groups += _psoft_groups(other.psoft, arch, run, dtypes)
     r = run.hra[0]  # HRA's hra_u (in × r) per linear (peft tuners/hra/layer.py update_layer)
     groups += [

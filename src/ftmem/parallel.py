@@ -772,6 +772,9 @@ class _StageTotals:
     states: int  # optimizer states (DeepSpeed: fp32 copies, its master weights)
     step_temp: int  # the optimizer step's temporaries
     steps: int  # Adam's step tensors (one per tensor on every rank: not sharded)
+    # gradients' storage beyond their own size (TensorGroup.grad_numel: a view into a
+    # larger gradient), where a rank keeps each parameter's .grad as autograd leaves it
+    views: int = 0
 
 
 _STAGE_TOTALS: dict[tuple[object, ...], _StageTotals] = {}
@@ -822,6 +825,8 @@ def _stage_totals(
         states=states,
         step_temp=step_temp,
         steps=step_tensor_bytes(groups, run),
+        views=sum(g.count * g.grad_bytes for g in trainable)
+        - sum(g.total_numel * g.element_bytes for g in trainable),
     )
     return totals
 
@@ -895,6 +900,10 @@ def _sharded(
             persistent = bnb_quant_state_bytes(groups)
         replicated, sharded = persistent, ceil_div(weights - persistent, N)
     grads_block = grads_per_block
+    if s == "ddp":
+        # torch DDP copies each .grad into its buckets and back, keeping the tensor
+        # autograd left (without gradient_as_bucket_view): its whole storage stays
+        grads += totals.views
     if s in SHARDS_GRADS:
         grads, grads_block = ceil_div(grads, N), ceil_div(grads_per_block, N)
     if s in SHARDS_STATES:

@@ -24,6 +24,7 @@ from ftmem.adapters.glora import buffer_bytes as glora_buffer_bytes
 from ftmem.adapters.llama_adapter import prompt_kv_cache_bytes
 from ftmem.adapters.lycoris import fourier_index_bytes
 from ftmem.adapters.oft import buffer_bytes as oft_buffer_bytes
+from ftmem.adapters.osf import buffer_bytes as osf_buffer_bytes
 from ftmem.adapters.psoft import buffer_bytes as psoft_buffer_bytes
 from ftmem.adapters.randlora import basis_bytes
 from ftmem.adapters.shira import index_bytes as shira_index_bytes
@@ -130,6 +131,7 @@ def adapter_buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     total += unilora_buffer_bytes(plan, run, layers)
     total += glora_buffer_bytes(plan, run, layers)  # (GLoRA's zero C, D, E)
     total += trainable_tokens_buffer_bytes(plan, run)  # (the original rows)
+    total += osf_buffer_bytes(plan, run, layers)  # (OSF's frozen SVD factors)
     return total + delora_buffer_bytes(plan, run, layers)
 
 

@@ -62,6 +62,7 @@ Method = Literal[
     "glora",
     "peanut",
     "trainable-tokens",
+    "osf",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -269,6 +270,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{k: frozenset({"glora"}) for k in ("glora_rank", "glora_targets", "glora_vector")},
     **{k: frozenset({"peanut"}) for k in ("peanut_rank", "peanut_targets", "peanut_depth")},
     "trainable_token_ids": frozenset({"trainable-tokens"}),
+    **{k: frozenset({"osf"}) for k in ("osf_rank", "osf_targets")},
     "adalora_target_r": frozenset({"adalora"}),
     "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
@@ -358,6 +360,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "glora_rank": limits.WIDTH,
     "peanut_rank": limits.WIDTH,
     "peanut_depth": limits.WIDTH,
+    "osf_rank": limits.WIDTH,
     "adalora_target_r": limits.WIDTH,
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
@@ -458,6 +461,7 @@ PEFT_MODEL_METHODS = {
     "glora": "GLoRA",
     "peanut": "Peanut",
     "trainable-tokens": "trainable tokens",
+    "osf": "OSF",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
@@ -477,6 +481,7 @@ NO_AUTOCAST = {
     "glora": "",
     "peanut": "",
     "trainable-tokens": "",
+    "osf": "",
     "miss": "",
     "road": "",
     "boft": "",
@@ -1049,6 +1054,13 @@ class RunConfig(limits.BoundedSettings):
         exclude_if=_unset,
         description="Trainable tokens: how many token ids, or the ids (2: bos and eos).",
     )
+    # OSF (peft's orthogonal subspace fine-tuning: the weight's low singular directions trained)
+    osf_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="OSF: t, trained singular directions per linear."
+    )
+    osf_targets: str | None = Field(
+        None, exclude_if=_unset, description="OSF: adapted linears, roles or names (all-linear)."
+    )
     # BEFT (peft's trained bias vector added to each adapted linear's output)
     beft_targets: str | None = Field(
         None, exclude_if=_unset, description="BEFT: biased linears, roles or names (v)."
@@ -1550,6 +1562,7 @@ class RunConfig(limits.BoundedSettings):
             "beft_targets",
             "glora_targets",
             "peanut_targets",
+            "osf_targets",
             "pvera_targets",
             "randlora_targets",
             "vblora_targets",
@@ -1905,6 +1918,12 @@ class RunConfig(limits.BoundedSettings):
         tuners/peanut/config.py r=32, depth=0; targets from the Peanut mapping, a copy of
         LoRA's)."""
         return self.peanut_rank or 32, self.peanut_targets or "q,v", self.peanut_depth or 0
+
+    @property
+    def osf(self) -> str:
+        """OSF's targets: peft's OSF mapping names all seven of Llama's linears and falls
+        back to all linears (peft 0.21.2 tuners/osf/model.py _prepare_adapter_config)."""
+        return self.osf_targets or "all-linear"
 
     @property
     def beft(self) -> str:

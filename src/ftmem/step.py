@@ -107,6 +107,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "fourierft",
         "hira",
         "peanut",
+        "osf",
         "psoft",
         "hra",
         "pvera",
@@ -990,9 +991,7 @@ def _decoder_gradients(
         tied_backward=fixed.tied_embedding_backward,
         # (Embedding.backward_workspace: two of the tied weight's gradients)
         tied_held=fixed.tied_embedding_backward // 2 * (1 - held),
-        before_loss=sum(
-            g.total_numel * g.element_bytes for g in plan.groups if plan.gradient_at_head(g)
-        )
+        before_loss=sum(g.count * g.grad_bytes for g in plan.groups if plan.gradient_at_head(g))
         * held,
     )
 
@@ -1020,7 +1019,7 @@ def block_gradients(arch: Architecture, plan: MethodPlan) -> tuple[int, ...]:
         if not holders or g.count % len(holders):
             return ()  # not laid out as the spans say: the average stands
         for i in holders:
-            by_block[i] += g.count // len(holders) * g.numel * g.element_bytes
+            by_block[i] += g.count // len(holders) * g.grad_bytes
     return tuple(by_block) if len(set(by_block[trained.start :])) > 1 else ()
 
 
@@ -1316,20 +1315,18 @@ def _per_block(states: list[BlockState], saved: dict[BlockState, list[Saved]]) -
 def _gradient_sizes(plan: MethodPlan) -> tuple[int, int, int, int]:
     """(all gradients, one trainable block's, outside the blocks, the token embedding's)."""
     grad_groups = [g for g in plan.groups if g.trainable]
-    grads = sum(g.total_numel * g.element_bytes for g in grad_groups)
+    grads = sum(g.count * g.grad_bytes for g in grad_groups)
     block = 0
     if plan.trainable_blocks:
         block = (
             sum(
-                g.total_numel * g.element_bytes
+                g.count * g.grad_bytes
                 for g in grad_groups
                 if g.in_block and not plan.gradient_at_head(g)
             )
             // plan.trainable_blocks
         )
-    embedding = sum(
-        g.total_numel * g.element_bytes for g in grad_groups if plan.gradient_after_blocks(g)
-    )
+    embedding = sum(g.count * g.grad_bytes for g in grad_groups if plan.gradient_after_blocks(g))
     return grads, block, grads - block * plan.trainable_blocks, embedding
 
 
@@ -1461,7 +1458,7 @@ def _stack_gradients(plan: MethodPlan, L: int) -> tuple[int, ...]:
     by_block: list[int] = []
     for stack_name in ("encoder.", "decoder."):
         stack_bytes = sum(
-            g.total_numel * g.element_bytes
+            g.count * g.grad_bytes
             for g in plan.groups
             if g.trainable and g.in_block and g.name.startswith(stack_name)
         )

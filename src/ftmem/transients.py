@@ -23,6 +23,7 @@ from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
+from ftmem.adapters.osf import OSF
 from ftmem.adapters.peanut import Peanut
 from ftmem.adapters.psoft import PSOFT
 from ftmem.adapters.shared_bank import banked_backward
@@ -57,10 +58,7 @@ def step_in_backward(grad_groups: list[TensorGroup], run: RunConfig) -> int:
     if not run.optimizer_in_backward:
         return 0
     return max(
-        (
-            g.numel * g.element_bytes + optimizer_step_temporary_bytes([g.counted(1)], run)
-            for g in grad_groups
-        ),
+        (g.grad_bytes + optimizer_step_temporary_bytes([g.counted(1)], run) for g in grad_groups),
         default=0,
     )
 
@@ -75,7 +73,7 @@ def step_in_backward_tensors(grad_groups: list[TensorGroup], run: RunConfig) -> 
     best = 0
     tensors: tuple[int, ...] = ()
     for g in grad_groups:
-        grad = g.numel * g.element_bytes
+        grad = g.grad_bytes
         total = grad + optimizer_step_temporary_bytes([g.counted(1)], run)
         if total <= best:
             continue
@@ -138,7 +136,7 @@ def _block_gradients(arch: Architecture, plan: MethodPlan, roles: set[str]) -> i
         if p.kind == "linear" and roles & set(p.roles)
     )
     return sum(
-        g.numel * g.element_bytes
+        g.grad_bytes
         for g in plan.groups
         if g.trainable and g.in_block and g.name.startswith(modules)
     )
@@ -314,7 +312,7 @@ def attention_gradients_made(arch: Architecture, run: RunConfig, plan: MethodPla
     }
     prefixes = tuple(m + "." for m in before)
     return sum(
-        g.numel * g.element_bytes
+        g.grad_bytes
         for g in plan.groups
         if g.trainable and g.in_block and not g.name.startswith(prefixes)
     )
@@ -352,7 +350,7 @@ def down_gradients_made(arch: Architecture, run: RunConfig, plan: MethodPlan, e:
     made = 0
     for g in _trained_down_groups(arch, plan):
         as_made = single and _is_down_weight(g)
-        made += g.numel * (e if as_made else g.element_bytes)
+        made += g.numel * e if as_made else g.grad_bytes
     return made
 
 
@@ -430,6 +428,8 @@ def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keep
         return HRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
     if run.method == "psoft":  # PSOFT's x_cast, xr and fp32 output-wide products
         return PSOFT.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
+    if run.method == "osf":  # OSF's concatenated factors and its output's sum
+        return OSF.forward_build(plan, run, T, in_bytes, e, keeps and not run.grad_ckpt)
     if run.method == "peanut":  # Peanut's ΔW = B(relu(Wᵀ Aᵀ))·scaling, the same way
         return Peanut.forward_build(plan, run, T, in_bytes, e, keeps and not run.grad_ckpt)
     if run.method == "hira":  # HiRA's ΔW = W0 ⊙ (B A), the same way
@@ -536,6 +536,7 @@ def _peft_other_moment(
         "beft",
         "glora",
         "peanut",
+        "osf",
     ):
         return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
@@ -556,6 +557,8 @@ def _delta_moment(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, 
     the block)."""
     if run.method == "hira":
         return hira_moment(plan, e, T)
+    if run.method == "osf":  # its two linears' nodes
+        return OSF.backward_moment(plan, run, T, partial(LinearOp.input_bytes, plan, e=e), e)
     if run.method == "peanut":  # as HiRA's: the mm's node, then ΔW's scaled gradient
         return Peanut.backward_moment(plan, T, partial(LinearOp.input_bytes, plan, e=e), e)
     if run.method == "psoft":

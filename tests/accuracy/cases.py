@@ -1404,6 +1404,27 @@ def _peanut() -> list[Case]:
     return cases
 
 
+def _osf() -> list[Case]:
+    """peft's OSF (the weight's SVD split at wrap time, frozen fp32 factors as buffers, A,
+    B, h and the input cast kept): precisions, ranks, checkpointing, targets; on a wider
+    model at few tokens its factors' moments are the peak."""
+    cases = [
+        Case(family, {"method": "osf", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "bf16", "osf_rank": 8},
+        {"precision": "bf16", "osf_targets": "q,v", "osf_rank": 16},
+    ):
+        cases.append(Case("llama", {"method": "osf", **extra}))
+    few = {"batch_size": 1, "seq_len": 8}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "osf", **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _psoft() -> list[Case]:
     """peft's PSOFT (x's fp32 cast, x·Aᵀ and the r × r rotation kept, the fp32 output-wide
     products in forward): the exact solve and the Cayley-Neumann series, fp32, checkpointed,
@@ -1685,6 +1706,7 @@ def _peft_methods() -> list[Case]:
     cases += _vera()
     cases += _hira()
     cases += _peanut()
+    cases += _osf()
     cases += _psoft()
     cases += _hra()
     cases += _beft()

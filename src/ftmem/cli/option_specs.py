@@ -593,6 +593,10 @@ RUN = [
     _opt("peanut_targets", OptStr, None, "Peanut: adapted linears, as --lora-targets (q,v)."),
     _opt("peanut_depth", OptInt, None, "Peanut: encoder/decoder pairs (default 0, peft's)."),
     _opt(
+        "osf_rank", OptInt, None, "OSF: trained rank t per linear (default half its smaller side)."
+    ),
+    _opt("osf_targets", OptStr, None, "OSF: adapted linears, as --lora-targets (all-linear)."),
+    _opt(
         "shira_rank",
         OptInt,
         None,

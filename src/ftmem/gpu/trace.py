@@ -153,7 +153,7 @@ def _plan_lists(
         weights += [g.nbytes // g.count] * g.count
         if not g.trainable:
             continue
-        grad = g.numel * g.element_bytes
+        grad = g.grad_bytes
         trainable_numel += [g.numel] * g.count
         if g.in_block and not plan.gradient_at_head(g):
             block_grads += [grad] * max(g.count // blocks, 1)

@@ -520,6 +520,29 @@ def _peanut(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     _wrapped(model, live, "peanut", "peanut_A")
 
 
+def _osf(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's OSFConfig: the modules it wrapped (osf_svd_params) and their trained rank
+    read off U_low: peft's default (half of each smaller side) or one rank for all; other
+    mixes are refused (ftmem takes one --osf-rank)."""
+    shapes = [
+        (*m.osf_svd_params[k]["U_low"].shape, min(m.in_features, m.out_features))
+        for _, m in model.named_modules()
+        if hasattr(m, "osf_svd_params")
+        for k in m.osf_svd_params
+    ]
+    ranks = {t for _, t, _ in shapes}
+    default = all(t == side - side // 2 for _, t, side in shapes)
+    if len(ranks) > 1 and not default:
+        raise InvalidInputError(
+            f"peft OSF with trained ranks {sorted(ranks)} on different linears is not "
+            "modelled; ftmem takes one --osf-rank for all."
+        )
+    live.set("method", "osf", said)
+    if ranks and not default:
+        live.set("osf_rank", ranks.pop(), "the trained rank of U_low")
+    _wrapped(model, live, "osf", "osf_svd_params")
+
+
 def _psoft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     """peft's PsoftConfig: its rank, Cayley solve or series and the modules it wrapped
     (psoft_R); R without its orthogonality or scale vectors is refused (not modelled)."""
@@ -1145,4 +1168,5 @@ _PEFT_READERS = {
     "GLORA": _glora,
     "PEANUT": _peanut,
     "TRAINABLE_TOKENS": _trainable_tokens,
+    "OSF": _osf,
 }

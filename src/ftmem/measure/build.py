@@ -782,6 +782,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "glora": _peft_glora,
         "peanut": _peft_peanut,
         "trainable-tokens": _peft_trainable_tokens,
+        "osf": _peft_osf,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
 
@@ -1329,6 +1330,29 @@ def _peft_peanut(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mod
         task_type="CAUSAL_LM",
     )
     return _peft_in_dtype(model, cfg, run, "peanut_")
+
+
+def _peft_osf(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's OSF on the linears the estimate names, each keeping min(out, in) − t
+    directions frozen (rank_pattern by module name; peft's default half where no
+    --osf-rank)."""
+    from peft import OSFConfig
+
+    from ftmem.adapters.osf import trained_rank
+    from ftmem.methods import osf_linears
+
+    linears = osf_linears(arch, run)
+    frozen: dict[str, int | float] = {
+        re.escape(lin.module) + "$": min(lin.in_features, lin.out_features)
+        - trained_rank(lin, run.osf_rank)
+        for lin in linears
+    }
+    cfg = OSFConfig(
+        target_modules=[lin.module for lin in linears],
+        rank_pattern=frozen,
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "osf_")
 
 
 def _peft_hira(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

@@ -74,6 +74,12 @@ ESTIMATED_BUFFERS = (
     "glora_C.default.zeros",
     "glora_D.default.zeros",
     "glora_E.default.zeros",
+    # OSF's frozen SVD factors (tuners/osf/layer.py BufferDicts ``_osf_*``)
+    "_osf_U_low_init.default",
+    "_osf_S_low_init.default",
+    "_osf_V_low_init.default",
+    "_osf_U_high.default",
+    "_osf_V_high.default",
     "_psoft_A_cache.default",
     "_psoft_B_cache.default",
     "psoft_R.default.rows",

@@ -57,6 +57,7 @@ class BlockState:
     beft: frozenset[str] = frozenset()  # BEFT's (a bias on the output: keeps nothing)
     glora: frozenset[str] = frozenset()  # GLoRA's
     peanut: frozenset[str] = frozenset()  # Peanut's
+    osf: frozenset[str] = frozenset()  # OSF's
 
     @property
     def output_grad(self) -> frozenset[str]:
@@ -73,7 +74,7 @@ class BlockState:
         own |= self.miss | self.road | self.vectored | self.spectral | self.hira | self.psoft
         own |= self.householder | self.banked | self.shira | self.wavelet | self.circulant
         own |= self.beft | self.glora
-        own |= self.peanut
+        own |= self.peanut | self.osf
         return own | self.hadamard | self.kronecker | self.rotated | self.block_rotated
 
     def weight_trains(self, lin: Linear) -> bool:

@@ -16,6 +16,7 @@ from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
+from ftmem.adapters.osf import OSF
 from ftmem.adapters.peanut import Peanut
 from ftmem.adapters.psoft import PSOFT
 from ftmem.adapters.road import RoAd
@@ -196,6 +197,7 @@ class LinearOp:
             (state.circulant, C3A),
             (state.glora, GLoRA),
             (state.peanut, Peanut),
+            (state.osf, OSF),
         ):
             if present:
                 items, op_reads = op.saved(ctx, linears, state, side, in_grad, in_bytes)

@@ -53,6 +53,7 @@ MODULES = (
     "ftmem.adapters.vera",
     "ftmem.adapters.hira",
     "ftmem.adapters.peanut",
+    "ftmem.adapters.osf",
     "ftmem.adapters.psoft",
     "ftmem.adapters.hra",
     "ftmem.adapters.beft",

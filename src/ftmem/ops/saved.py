@@ -36,6 +36,7 @@ class Kind(Enum):
     LOHA = "loha"  # LoHa's input cast and its delta weight
     HIRA = "hira"  # HiRA's input cast and its ΔW = W0 ⊙ (B A)
     PEANUT = "peanut"  # Peanut's W cast, relu outputs, input cast and ΔW
+    OSF = "osf"  # OSF's concatenated factors A and B, h and the input cast
     PSOFT = "psoft"  # PSOFT's x·Aᵀ and its rotation's matrices
     GLORA = "glora"  # GLoRA's rebuilt weight_eff
     HRA = "hra"  # HRA's reflection chain, weight copies and input cast
