@@ -688,12 +688,60 @@ def checkpointed_forward_adapter(
     """A checkpointed block's forward keeps nothing, but each adapted linear still runs
     with its inputs held: the largest such moment (peft's promoted sum, DoRA's rebuild
     and rescale; measured on Phi-3 and Llama, forward phase -15 to -38 % without)."""
+    if run.grad_ckpt and run.method in ("vera", "pvera", "c3a"):
+        return _graphless_forward(arch, run, plan, e, T)
     if not run.grad_ckpt or run.method not in ADAPTER_METHODS:
         return 0
     return max(
         (_adapted_linear_forward(arch, run, plan, lin, e, T) for lin in _forward_adapted(plan)),
         default=0,
     )
+
+
+def _graphless_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
+    """VeRA's, PVeRA's or C3A's linears in a checkpointed block's first forward (no
+    graph): at the largest, what the layer holds (the linear's input, the MLP's residual
+    stream, the outputs made before it: _layer_locals) beside the adapter's own forward
+    (VeRA.nograd_forward, C3A.nograd_forward). Measured on Llama with checkpointing:
+    forward -15 % (VeRA fp32, all linears), -29 % and -46 % (PVeRA bf16, fp32), -18 %
+    (C3A fp32, all linears) without."""
+    moments = []
+    for lin in plan.circulant if run.method == "c3a" else plan.vectored:
+        if lin.copies > 1 or not lin.is_module:
+            continue
+        in_bytes = LinearOp.input_bytes(plan, lin, e)
+        if run.method == "c3a":
+            own = C3A.nograd_forward(run, lin, T, in_bytes, e)
+        else:
+            own = VeRA.nograd_forward(plan, run, lin, T, in_bytes)
+        held = LinearOp.held_inputs(arch, run, plan, lin, e, T, beside_saved=False)
+        moments.append(held + _layer_locals(arch, plan, lin, e, T) + own)
+    return max(moments, default=0)
+
+
+def _layer_locals(arch: Architecture, plan: MethodPlan, lin: Linear, e: int, T: int) -> int:
+    """What a sequential block with separate projections holds in locals while one of its
+    linears runs without a graph, beyond that linear's input and the MLP's residual stream
+    (transformers 5 LlamaAttention.forward, LlamaMLP.forward, LlamaDecoderLayer.forward):
+    k's and v's callers hold the outputs of q (and k); o's the rotated q and k, v and
+    the attention norm's output; up's the gate's activation; down's the MLP norm's
+    output. An adapted linear's output is in its input's dtype under autocast (peft's
+    cast back), else in the compute dtype. 0 for fused projections, parallel blocks,
+    latent attention and experts (not traced)."""
+    if len(lin.roles) != 1 or arch.parallel_attn_mlp or arch.latent_attention or arch.is_moe:
+        return 0
+    dt = plan.dtypes
+    adapted = {r for a in (*plan.vectored, *plan.circulant) for r in a.roles}
+
+    def out(role: str, width: int) -> int:
+        return T * width * (dt.residual_bytes if role in adapted and dt.autocast else e)
+
+    q, k, v = out("q", arch.q_size), out("k", arch.kv_size), out("v", arch.kv_size)
+    norm = T * arch.hidden_size * dt.residual_bytes
+    role = lin.roles[0]
+    if role == "up" and arch.mlp == "gated":
+        return T * arch.intermediate_size * e
+    return {"k": q, "v": q + k, "o": q + k + v + norm, "down": norm}.get(role, 0)
 
 
 def recompute_end_moment(

@@ -94,6 +94,21 @@ class C3A:
         return max(held, default=0)
 
     @staticmethod
+    def nograd_forward(run: RunConfig, lin: Linear, T: int, in_bytes: int, e: int) -> int:
+        """One C3A linear's forward without a graph (a checkpointed block's first forward)
+        at its largest, beyond its input (held by the caller): the base output, the fp32
+        copy of x (``x.to(torch.float32)``, a copy unless x is fp32; freed only when ``x``
+        is rebound to the convolution's output) and the FFTs' complex outputs
+        (forward_transient's moments, one linear). Measured with a tracker, the top block's
+        largest moment of a checkpointed forward: tests/test_vera_nograd.py."""
+        held = T * lin.out_features * e + T * lin.in_features * FP32 * (in_bytes != FP32)
+        ffts = max(
+            COMPLEX * (T * lin.in_features + _kernel(lin, run) + T * lin.out_features),
+            2 * COMPLEX * T * lin.out_features,
+        )
+        return held + ffts
+
+    @staticmethod
     def backward_own(run: RunConfig, lin: Linear, T: int) -> int:
         """One C3A linear's backward at its largest, beyond what its forward kept and the
         output gradient it is handed: the gradient divided by in (fp32, T × out) and its
