@@ -8,7 +8,7 @@ bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
 from ftmem.adapters.beft import BEFT
@@ -410,7 +410,14 @@ def _down_backward_cast(
     return T * arch.hidden_size * e
 
 
-def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keeps: bool) -> int:
+def adapter_forward_build(
+    run: RunConfig,
+    plan: MethodPlan,
+    e: int,
+    T: int,
+    keeps: bool,
+    placed: Callable[[Linear], int] | None = None,
+) -> int:
     """The adapter build in the top block's forward, beyond that block's kept tensors unless
     it keeps none (frozen, or checkpointed: its forward runs without a graph): OFT's and
     BOFT's rotations (OFT.forward_build, BOFT.forward_build), MiSS bat's weight rebuild
@@ -422,6 +429,7 @@ def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keep
         kept = keeps and not run.grad_ckpt
         return BOFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
+    at = placed or (lambda lin: 0)
     if run.method == "glora":  # GLoRA's weight rebuild and its output's sums
         return GLoRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
     if run.method == "beft":  # BEFT's base output, promoted sum and cast
@@ -429,18 +437,55 @@ def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keep
     if run.method == "hra":  # HRA's reflection chain, the same way
         return HRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
     if run.method == "psoft":  # PSOFT's x_cast, xr and fp32 output-wide products
-        return PSOFT.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
+        kept = keeps and not run.grad_ckpt
+        return max(
+            (PSOFT.linear_build(run, lin, T, e, kept) + at(lin) for lin in plan.psoft), default=0
+        )
     if run.method == "peanut":  # Peanut's ΔW = B(relu(Wᵀ Aᵀ))·scaling, the same way
         return Peanut.forward_build(plan, run, T, in_bytes, e, keeps and not run.grad_ckpt)
     if run.method == "hira":  # HiRA's ΔW = W0 ⊙ (B A), the same way
         return HiRA.forward_build(plan, T, in_bytes, e, keeps and not run.grad_ckpt)
     if run.method == "c3a":  # its FFTs' complex outputs, kept or not
-        return C3A.forward_transient(plan, run, T)
+        return max((C3A.linear_forward(run, lin, T) + at(lin) for lin in plan.circulant), default=0)
     if run.method == "shira":  # SHiRA's weight rebuild, kept but in a graph-less forward
         return Shira.build(run, plan, keeps and not run.grad_ckpt)
     if run.method == "miss":  # MiSS bat's weight rebuild, the same way
         return MiSS.bat_build(run, plan, T, in_bytes, keeps and not run.grad_ckpt)
     return LoHa.forward_build(plan, T, in_bytes, keeps and not run.grad_ckpt)
+
+
+def placed_in_block(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    e: int,
+    T: int,
+    block: Sequence[Saved],
+    lin: Linear,
+) -> int:
+    """Where one linear's forward runs in a top block that keeps its tensors (``block``, in
+    forward order), relative to the whole block's saved tensors (which the forward moment
+    counts): less what its later ops save after ``lin``'s own items (not made yet; 0 where
+    ``lin`` has no item to place it by), plus what the layer holds then that nothing saves
+    (LinearOp.held_inputs beside the saved; at down, the MLP norm's output, unless C3A on
+    an fp32 input keeps it). For C3A's FFTs and PSOFT's products (adapter_forward_build).
+    Traced: Phi-3, C3A and PSOFT on the fused qkv, bf16: the attention's and the MLP's
+    saved tensors are not live at qkv's moment (forward +7.5 % and +6.9 % with them);
+    Llama, PSOFT on all linears at 8 tokens: the top block's largest is at down, beside
+    its input, the residual stream and the MLP norm's output."""
+    mine = [i for i, x in enumerate(block) if any(o.module == lin.module for o in x.linears)]
+    if not mine:
+        return 0
+    after = sum(x.nbytes for x in block[mine[-1] + 1 :])
+    held = LinearOp.held_inputs(arch, run, plan, lin, e, T, beside_saved=True)
+    r, h = plan.dtypes.residual_bytes, arch.hidden_size
+    if "down" in lin.roles and not (run.method == "c3a" and r == FP32):
+        held += T * h * r
+    if arch.norm != "layernorm" and r != FP32:
+        # the block's input (held by the model's loop) and the embedding output (the
+        # model's ``inputs_embeds``): an RMSNorm keeps only its fp32 copy of them
+        held += T * h * r * min(2, arch.num_layers)
+    return held - after
 
 
 def adapter_moment(
