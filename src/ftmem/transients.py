@@ -19,6 +19,7 @@ from ftmem.adapters.dora import DoRA
 from ftmem.adapters.glora import GLoRA
 from ftmem.adapters.hira import HiRA
 from ftmem.adapters.hra import HRA
+from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
@@ -912,12 +913,16 @@ def offloaded_forward_adapter(
     evaluated left to right). Measured: Llama DoRA on all linears, eager, bf16 (the peak
     at up_proj's rescaled sum). The attention side's own locals at o_proj (q, k and v,
     bound until the attention returns) are not counted."""
-    if not run.activation_offload or run.method not in ADAPTER_METHODS:
+    if not run.activation_offload:
         return 0
     r = plan.dtypes.residual_bytes
     outside = 2 * T * arch.hidden_size * r + sum(
         x.nbytes for x in Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
     )
+    if run.method == "ia3":
+        return outside + _offloaded_ia3(arch, plan, e, T)
+    if run.method not in ADAPTER_METHODS:
+        return 0
     probs = run.batch_size * arch.num_heads * run.positions**2 * e if runs_eager(arch, run) else 0
     moments = []
     for lin in _forward_adapted(plan):
@@ -928,6 +933,30 @@ def offloaded_forward_adapter(
             held += T * arch.intermediate_size * e
         moments.append(held)
     return outside + max(moments, default=0)
+
+
+def _offloaded_ia3(arch: Architecture, plan: MethodPlan, e: int, T: int) -> int:
+    """offloaded_forward_adapter's IA³ moments, beyond the model's own locals: at each
+    scaled linear its input, what its block holds then (in the MLP a sequential block's
+    residual stream, a parallel block's attention output, awaiting ``mlp_output +
+    attention_output + residual``, and at down the MLP norm's output: transformers 5.25
+    FalconDecoderLayer.forward; _layer_locals) and the scaling's own (IA3.graphless_forward).
+    Traced: Falcon, bf16 (the forward's largest at dense_4h_to_h's scaling)."""
+    h, r = arch.hidden_size, plan.dtypes.residual_bytes
+    moments = []
+    for lin, feedforward in plan.scaled:
+        if lin.copies > 1 or not lin.is_module:
+            continue
+        x = LinearOp.input_bytes(plan, lin, e)
+        held = T * lin.in_features * x
+        if set(lin.roles) & set(MLP_ROLES) and arch.parallel_attn_mlp:
+            held += T * h * e * (2 if "down" in lin.roles else 1)
+        elif set(lin.roles) & set(MLP_ROLES):
+            held += T * h * r + _layer_locals(arch, plan, lin, e, T)
+        else:
+            held += _layer_locals(arch, plan, lin, e, T)
+        moments.append(held + IA3.graphless_forward(plan, lin, feedforward, T, x))
+    return max(moments, default=0)
 
 
 # the attention kernel's inputs as a block saves them: q, k and v (rotary outputs, a fused
