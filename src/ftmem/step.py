@@ -628,7 +628,10 @@ def _logits_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int
     """At the loss in forward; with LoRA on the head, the larger of its sum's moment and
     the loss's: the sum's operands are freed before the loss runs, and at the sum the
     loss's saved tensors (counted with every activation) do not exist yet: subtracted."""
-    loss = Loss.forward_transient(arch, run, e, T)
+    if run.loss == "fused" and profile_of(run).fused_loss_chunk_bytes is None:
+        loss = Loss.liger_forward(arch, run, plan, e, T)
+    else:
+        loss = Loss.forward_transient(arch, run, e, T)
     if not plan.head_lora:
         return loss
     return max(
