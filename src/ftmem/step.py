@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ftmem import returned_cache, seq2seq, vision_lora, vision_step
@@ -79,7 +78,6 @@ from ftmem.transients import (
     offloaded_attention_forward,
     offloaded_forward_adapter,
     offloaded_own_gradients,
-    placed_in_block,
     recompute_end_moment,
     step_in_backward,
     step_in_backward_tensors,
@@ -1085,17 +1083,7 @@ def _decoder_block(
             # (Unsloth's forward dequantises into its kept buffer: LinearOp.dequant_buffer)
             0 if profile_of(run).dequant_buffer else dequant,
             DoRA.forward_rebuild(plan, run),
-            adapter_forward_build(
-                run,
-                plan,
-                e,
-                T,
-                bool(last_keeps),
-                # where in the top block each linear runs, when it keeps its tensors
-                None
-                if run.grad_ckpt or offloaded or not last_keeps
-                else partial(placed_in_block, arch, run, plan, e, T, last_block),
-            ),
+            adapter_forward_build(arch, run, plan, e, T, bool(last_keeps), last_block),
             # (a fused LoRA Function adds its adapter into its output in place)
             0 if fused else checkpointed_forward_adapter(arch, run, plan, e, T),
             0 if fused else offloaded_forward_adapter(arch, run, plan, e, T),

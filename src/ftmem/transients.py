@@ -8,7 +8,7 @@ bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 
 from ftmem.adapters.beft import BEFT
@@ -412,17 +412,20 @@ def _down_backward_cast(
 
 
 def adapter_forward_build(
+    arch: Architecture,
     run: RunConfig,
     plan: MethodPlan,
     e: int,
     T: int,
     keeps: bool,
-    placed: Callable[[Linear], int] | None = None,
+    block: Sequence[Saved] = (),
 ) -> int:
     """The adapter build in the top block's forward, beyond that block's kept tensors unless
     it keeps none (frozen, or checkpointed: its forward runs without a graph): OFT's and
     BOFT's rotations (OFT.forward_build, BOFT.forward_build), MiSS bat's weight rebuild
-    (MiSS.bat_build), else LoHa's, LoKr's or FourierFT's ΔW (LoHa.forward_build)."""
+    (MiSS.bat_build), else LoHa's, LoKr's or FourierFT's ΔW (LoHa.forward_build). C3A's and
+    PSOFT's placed at their linear in ``block``, the top block's saved tensors in order
+    (placed_in_block)."""
     if run.method == "oft":
         kept = keeps and not run.grad_ckpt
         return OFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
@@ -430,7 +433,10 @@ def adapter_forward_build(
         kept = keeps and not run.grad_ckpt
         return BOFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
-    at = placed or (lambda lin: 0)
+    # where each linear runs in the top block (``block``: its saved tensors, in order),
+    # when that block keeps them
+    kept_block = keeps and not run.grad_ckpt and not run.activation_offload
+    at = partial(placed_in_block, arch, run, plan, e, T, block if kept_block else ())
     if run.method == "glora":  # GLoRA's weight rebuild and its output's sums
         return GLoRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
     if run.method == "beft":  # BEFT's base output, promoted sum and cast
