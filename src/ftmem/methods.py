@@ -348,7 +348,9 @@ class TensorGroup:
         object.__setattr__(self, "nbytes", nbytes)
         key = (self.name, self.shape, self.count, self.fmt, self.trainable, self.adapter)
         extra = (self.double_quant, self.in_block, self.galore_rank, self.layout, self.per_block)
-        object.__setattr__(self, "_hash", hash((*key, *extra, self.idle, self.stateless, self.grad_numel)))
+        object.__setattr__(
+            self, "_hash", hash((*key, *extra, self.idle, self.stateless, self.grad_numel))
+        )
 
     def __hash__(self) -> int:
         """The hash of the compared fields, taken once: the multi-GPU caches key on

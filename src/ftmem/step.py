@@ -627,7 +627,10 @@ def _logits_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int
     """At the loss in forward; with LoRA on the head, the larger of its sum's moment and
     the loss's: the sum's operands are freed before the loss runs, and at the sum the
     loss's saved tensors (counted with every activation) do not exist yet: subtracted."""
-    loss = Loss.forward_transient(arch, run, e, T)
+    if run.loss == "fused" and profile_of(run).fused_loss_chunk_bytes is None:
+        loss = Loss.liger_forward(arch, run, plan, e, T)
+    else:
+        loss = Loss.forward_transient(arch, run, e, T)
     if not plan.head_lora:
         return loss
     return max(
@@ -1079,7 +1082,7 @@ def _decoder_block(
             # (Unsloth's forward dequantises into its kept buffer: LinearOp.dequant_buffer)
             0 if profile_of(run).dequant_buffer else dequant,
             DoRA.forward_rebuild(plan, run),
-            adapter_forward_build(run, plan, e, T, bool(last_keeps)),
+            adapter_forward_build(arch, run, plan, e, T, bool(last_keeps), last_block),
             # (a fused LoRA Function adds its adapter into its output in place)
             0 if fused else checkpointed_forward_adapter(arch, run, plan, e, T),
             0 if fused else offloaded_forward_adapter(arch, run, plan, e, T),

@@ -19,6 +19,7 @@ from ftmem.adapters.dora import DoRA
 from ftmem.adapters.glora import GLoRA
 from ftmem.adapters.hira import HiRA
 from ftmem.adapters.hra import HRA
+from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
@@ -408,11 +409,21 @@ def _down_backward_cast(
     return T * arch.hidden_size * e
 
 
-def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keeps: bool) -> int:
+def adapter_forward_build(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    e: int,
+    T: int,
+    keeps: bool,
+    block: Sequence[Saved] = (),
+) -> int:
     """The adapter build in the top block's forward, beyond that block's kept tensors unless
     it keeps none (frozen, or checkpointed: its forward runs without a graph): OFT's and
     BOFT's rotations (OFT.forward_build, BOFT.forward_build), MiSS bat's weight rebuild
-    (MiSS.bat_build), else LoHa's, LoKr's or FourierFT's ΔW (LoHa.forward_build)."""
+    (MiSS.bat_build), else LoHa's, LoKr's or FourierFT's ΔW (LoHa.forward_build). C3A's and
+    PSOFT's placed at their linear in ``block``, the top block's saved tensors in order
+    (placed_in_block)."""
     if run.method == "oft":
         kept = keeps and not run.grad_ckpt
         return OFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
@@ -420,6 +431,10 @@ def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keep
         kept = keeps and not run.grad_ckpt
         return BOFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
+    # where each linear runs in the top block (``block``: its saved tensors, in order),
+    # when that block keeps them
+    kept_block = keeps and not run.grad_ckpt and not run.activation_offload
+    at = partial(placed_in_block, arch, run, plan, e, T, block if kept_block else ())
     if run.method == "glora":  # GLoRA's weight rebuild and its output's sums
         return GLoRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
     if run.method == "beft":  # BEFT's base output, promoted sum and cast
@@ -427,7 +442,10 @@ def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keep
     if run.method == "hra":  # HRA's reflection chain, the same way
         return HRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
     if run.method == "psoft":  # PSOFT's x_cast, xr and fp32 output-wide products
-        return PSOFT.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
+        kept = keeps and not run.grad_ckpt
+        return max(
+            (PSOFT.linear_build(run, lin, T, e, kept) + at(lin) for lin in plan.psoft), default=0
+        )
     if run.method == "osf":  # OSF's concatenated factors and its output's sum
         return OSF.forward_build(plan, run, T, in_bytes, e, keeps and not run.grad_ckpt)
     if run.method == "peanut":  # Peanut's ΔW = B(relu(Wᵀ Aᵀ))·scaling, the same way
@@ -435,12 +453,46 @@ def adapter_forward_build(run: RunConfig, plan: MethodPlan, e: int, T: int, keep
     if run.method == "hira":  # HiRA's ΔW = W0 ⊙ (B A), the same way
         return HiRA.forward_build(plan, T, in_bytes, e, keeps and not run.grad_ckpt)
     if run.method == "c3a":  # its FFTs' complex outputs, kept or not
-        return C3A.forward_transient(plan, run, T)
+        return max((C3A.linear_forward(run, lin, T) + at(lin) for lin in plan.circulant), default=0)
     if run.method == "shira":  # SHiRA's weight rebuild, kept but in a graph-less forward
         return Shira.build(run, plan, keeps and not run.grad_ckpt)
     if run.method == "miss":  # MiSS bat's weight rebuild, the same way
         return MiSS.bat_build(run, plan, T, in_bytes, keeps and not run.grad_ckpt)
     return LoHa.forward_build(plan, T, in_bytes, keeps and not run.grad_ckpt)
+
+
+def placed_in_block(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    e: int,
+    T: int,
+    block: Sequence[Saved],
+    lin: Linear,
+) -> int:
+    """Where one linear's forward runs in a top block that keeps its tensors (``block``, in
+    forward order), relative to the whole block's saved tensors (which the forward moment
+    counts): less what its later ops save after ``lin``'s own items (not made yet; 0 where
+    ``lin`` has no item to place it by), plus what the layer holds then that nothing saves
+    (LinearOp.held_inputs beside the saved; at down, the MLP norm's output, unless C3A on
+    an fp32 input keeps it). For C3A's FFTs and PSOFT's products (adapter_forward_build).
+    Traced: Phi-3, C3A and PSOFT on the fused qkv, bf16: the attention's and the MLP's
+    saved tensors are not live at qkv's moment (forward +7.5 % and +6.9 % with them);
+    Llama, PSOFT on all linears at 8 tokens: the top block's largest is at down, beside
+    its input, the residual stream and the MLP norm's output."""
+    mine = [i for i, x in enumerate(block) if any(o.module == lin.module for o in x.linears)]
+    if not mine:
+        return 0
+    after = sum(x.nbytes for x in block[mine[-1] + 1 :])
+    held = LinearOp.held_inputs(arch, run, plan, lin, e, T, beside_saved=True)
+    r, h = plan.dtypes.residual_bytes, arch.hidden_size
+    if "down" in lin.roles and not (run.method == "c3a" and r == FP32):
+        held += T * h * r
+    if arch.norm != "layernorm" and r != FP32:
+        # the block's input (held by the model's loop) and the embedding output (the
+        # model's ``inputs_embeds``): an RMSNorm keeps only its fp32 copy of them
+        held += T * h * r * min(2, arch.num_layers)
+    return held - after
 
 
 def adapter_moment(
@@ -691,12 +743,60 @@ def checkpointed_forward_adapter(
     """A checkpointed block's forward keeps nothing, but each adapted linear still runs
     with its inputs held: the largest such moment (peft's promoted sum, DoRA's rebuild
     and rescale; measured on Phi-3 and Llama, forward phase -15 to -38 % without)."""
+    if run.grad_ckpt and run.method in ("vera", "pvera", "c3a"):
+        return _graphless_forward(arch, run, plan, e, T)
     if not run.grad_ckpt or run.method not in ADAPTER_METHODS:
         return 0
     return max(
         (_adapted_linear_forward(arch, run, plan, lin, e, T) for lin in _forward_adapted(plan)),
         default=0,
     )
+
+
+def _graphless_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
+    """VeRA's, PVeRA's or C3A's linears in a checkpointed block's first forward (no
+    graph): at the largest, what the layer holds (the linear's input, the MLP's residual
+    stream, the outputs made before it: _layer_locals) beside the adapter's own forward
+    (VeRA.nograd_forward, C3A.nograd_forward). Measured on Llama with checkpointing:
+    forward -15 % (VeRA fp32, all linears), -29 % and -46 % (PVeRA bf16, fp32), -18 %
+    (C3A fp32, all linears) without."""
+    moments = []
+    for lin in plan.circulant if run.method == "c3a" else plan.vectored:
+        if lin.copies > 1 or not lin.is_module:
+            continue
+        in_bytes = LinearOp.input_bytes(plan, lin, e)
+        if run.method == "c3a":
+            own = C3A.nograd_forward(run, lin, T, in_bytes, e)
+        else:
+            own = VeRA.nograd_forward(plan, run, lin, T, in_bytes)
+        held = LinearOp.held_inputs(arch, run, plan, lin, e, T, beside_saved=False)
+        moments.append(held + _layer_locals(arch, plan, lin, e, T) + own)
+    return max(moments, default=0)
+
+
+def _layer_locals(arch: Architecture, plan: MethodPlan, lin: Linear, e: int, T: int) -> int:
+    """What a sequential block with separate projections holds in locals while one of its
+    linears runs without a graph, beyond that linear's input and the MLP's residual stream
+    (transformers 5 LlamaAttention.forward, LlamaMLP.forward, LlamaDecoderLayer.forward):
+    k's and v's callers hold the outputs of q (and k); o's the rotated q and k, v and
+    the attention norm's output; up's the gate's activation; down's the MLP norm's
+    output. An adapted linear's output is in its input's dtype under autocast (peft's
+    cast back), else in the compute dtype. 0 for fused projections, parallel blocks,
+    latent attention and experts (not traced)."""
+    if len(lin.roles) != 1 or arch.parallel_attn_mlp or arch.latent_attention or arch.is_moe:
+        return 0
+    dt = plan.dtypes
+    adapted = {r for a in (*plan.vectored, *plan.circulant) for r in a.roles}
+
+    def out(role: str, width: int) -> int:
+        return T * width * (dt.residual_bytes if role in adapted and dt.autocast else e)
+
+    q, k, v = out("q", arch.q_size), out("k", arch.kv_size), out("v", arch.kv_size)
+    norm = T * arch.hidden_size * dt.residual_bytes
+    role = lin.roles[0]
+    if role == "up" and arch.mlp == "gated":
+        return T * arch.intermediate_size * e
+    return {"k": q, "v": q + k, "o": q + k + v + norm, "down": norm}.get(role, 0)
 
 
 def recompute_end_moment(
@@ -822,12 +922,16 @@ def offloaded_forward_adapter(
     evaluated left to right). Measured: Llama DoRA on all linears, eager, bf16 (the peak
     at up_proj's rescaled sum). The attention side's own locals at o_proj (q, k and v,
     bound until the attention returns) are not counted."""
-    if not run.activation_offload or run.method not in ADAPTER_METHODS:
+    if not run.activation_offload:
         return 0
     r = plan.dtypes.residual_bytes
     outside = 2 * T * arch.hidden_size * r + sum(
         x.nbytes for x in Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
     )
+    if run.method == "ia3":
+        return outside + _offloaded_ia3(arch, plan, e, T)
+    if run.method not in ADAPTER_METHODS:
+        return 0
     probs = run.batch_size * arch.num_heads * run.positions**2 * e if runs_eager(arch, run) else 0
     moments = []
     for lin in _forward_adapted(plan):
@@ -838,6 +942,30 @@ def offloaded_forward_adapter(
             held += T * arch.intermediate_size * e
         moments.append(held)
     return outside + max(moments, default=0)
+
+
+def _offloaded_ia3(arch: Architecture, plan: MethodPlan, e: int, T: int) -> int:
+    """offloaded_forward_adapter's IA³ moments, beyond the model's own locals: at each
+    scaled linear its input, what its block holds then (in the MLP a sequential block's
+    residual stream, a parallel block's attention output, awaiting ``mlp_output +
+    attention_output + residual``, and at down the MLP norm's output: transformers 5.25
+    FalconDecoderLayer.forward; _layer_locals) and the scaling's own (IA3.graphless_forward).
+    Traced: Falcon, bf16 (the forward's largest at dense_4h_to_h's scaling)."""
+    h, r = arch.hidden_size, plan.dtypes.residual_bytes
+    moments = []
+    for lin, feedforward in plan.scaled:
+        if lin.copies > 1 or not lin.is_module:
+            continue
+        x = LinearOp.input_bytes(plan, lin, e)
+        held = T * lin.in_features * x
+        if set(lin.roles) & set(MLP_ROLES) and arch.parallel_attn_mlp:
+            held += T * h * e * (2 if "down" in lin.roles else 1)
+        elif set(lin.roles) & set(MLP_ROLES):
+            held += T * h * r + _layer_locals(arch, plan, lin, e, T)
+        else:
+            held += _layer_locals(arch, plan, lin, e, T)
+        moments.append(held + IA3.graphless_forward(plan, lin, feedforward, T, x))
+    return max(moments, default=0)
 
 
 # the attention kernel's inputs as a block saves them: q, k and v (rotary outputs, a fused

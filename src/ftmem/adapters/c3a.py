@@ -84,14 +84,26 @@ class C3A:
     def forward_transient(plan: MethodPlan, run: RunConfig, T: int) -> int:
         """The largest forward beyond what the linear keeps: ifft(x), fft(w) and the
         einsum's output (T × out), then that output and its fft."""
-        held = [
-            max(
-                COMPLEX * (T * lin.in_features + _kernel(lin, run) + T * lin.out_features),
-                2 * COMPLEX * T * lin.out_features,
-            )
-            for lin in plan.circulant
-        ]
-        return max(held, default=0)
+        return max((C3A.linear_forward(run, lin, T) for lin in plan.circulant), default=0)
+
+    @staticmethod
+    def linear_forward(run: RunConfig, lin: Linear, T: int) -> int:
+        """forward_transient at one linear."""
+        return max(
+            COMPLEX * (T * lin.in_features + _kernel(lin, run) + T * lin.out_features),
+            2 * COMPLEX * T * lin.out_features,
+        )
+
+    @staticmethod
+    def nograd_forward(run: RunConfig, lin: Linear, T: int, in_bytes: int, e: int) -> int:
+        """One C3A linear's forward without a graph (a checkpointed block's first forward)
+        at its largest, beyond its input (held by the caller): the base output, the fp32
+        copy of x (``x.to(torch.float32)``, a copy unless x is fp32; freed only when ``x``
+        is rebound to the convolution's output) and the FFTs' complex outputs
+        (forward_transient's moments, one linear). Measured with a tracker, the top block's
+        largest moment of a checkpointed forward: tests/test_vera_nograd.py."""
+        held = T * lin.out_features * e + T * lin.in_features * FP32 * (in_bytes != FP32)
+        return held + C3A.linear_forward(run, lin, T)
 
     @staticmethod
     def backward_own(run: RunConfig, lin: Linear, T: int) -> int:

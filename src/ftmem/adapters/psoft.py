@@ -92,13 +92,14 @@ class PSOFT:
         output (x's dtype, ``e``), x's fp32 cast (none on an fp32 x), xr, ``delta_y``, its
         scaled copy and the promoted sum (T × out fp32 each); xa too when the block keeps
         nothing (``kept`` False)."""
-        r = run.psoft[0]
-        held = [0]
-        for lin in plan.psoft:
-            n, o = lin.in_features, lin.out_features
-            cast = T * n * FP32 if e != FP32 else 0
-            held.append(T * o * (e + 3 * FP32) + cast + T * r * FP32 * (1 if kept else 2))
-        return max(held)
+        return max((PSOFT.linear_build(run, lin, T, e, kept) for lin in plan.psoft), default=0)
+
+    @staticmethod
+    def linear_build(run: RunConfig, lin: Linear, T: int, e: int, kept: bool) -> int:
+        """forward_build at one linear."""
+        n, o, r = lin.in_features, lin.out_features, run.psoft[0]
+        cast = T * n * FP32 if e != FP32 else 0
+        return T * o * (e + 3 * FP32) + cast + T * r * FP32 * (1 if kept else 2)
 
     @staticmethod
     def backward_moment(plan: MethodPlan, run: RunConfig, T: int, e: int) -> int:

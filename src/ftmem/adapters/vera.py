@@ -143,3 +143,41 @@ class VeRA:
         at_x = max(T * in_ * (ae + xe) + waiting, 3 * T * in_ * xe)
         at_x -= T * (out + w) * pe + code + b_cast + (r * in_ * e if dt.autocast else 0)
         return max(at_b, at_d, at_x)
+
+    @staticmethod
+    def nograd_forward(plan: MethodPlan, run: RunConfig, lin: Linear, T: int, in_bytes: int) -> int:
+        """One VeRA or PVeRA linear's forward without a graph (a checkpointed block's first
+        forward) at its largest, beyond its input (held by the caller): peft's cast of x to
+        λ_d's dtype (held to the return), the base output, then each temporary freed once
+        read (peft 0.21.2 tuners/vera/layer.py ``Linear.forward`` l.284-285, tuners/pvera/
+        layer.py l.315-317 and ``_reparametrize`` l.163-170):
+
+        - h = x·sliced_Aᵀ (T × w; under autocast beside its 16-bit casts of x and sliced_A),
+          then λ_d·h beside it;
+        - PVeRA: mu and logvar are views of λ_d·h (locals to the return); ``0.5 * logvar``,
+          std = its exp, eps, eps·std and z (T × r each) with std, eps and eps·std alive;
+        - y = code·sliced_Bᵀ (T × out) beside its input (VeRA's λ_d·h, PVeRA's z), then
+          λ_b·y beside y, then the sum beside λ_b·y.
+
+        Each product in the adapter dtype, h and y in the compute dtype under autocast;
+        there, with a wide input, the base layer's call is the largest (its 16-bit casts of
+        x and of its weight beside its output).
+        Measured with a tracker, the top block's largest moment of a checkpointed forward:
+        tests/test_vera_nograd.py."""
+        dt = plan.dtypes
+        ae, e, ac = BYTES_PER_ELEMENT[dt.adapter], BYTES_PER_ELEMENT[dt.compute], dt.autocast
+        r, w, out, in_ = run.vera[0], vera_code_width(run), lin.out_features, lin.in_features
+        he = e if ac else ae  # F.linear's output
+        held = T * in_ * ae * (in_bytes != ae) + T * out * e  # x's cast, the base output
+        keep = T * w * ae if w != r else 0  # PVeRA's mu and logvar, to the return
+        code = T * r * ae if w != r else T * w * ae  # sliced_B's input: z, or λ_d·h
+        first = T * w * he + ((T * in_ + r * in_) * e if ac else 0)
+        product = T * w * (he + ae)
+        sample = keep + 4 * T * r * ae if w != r else 0  # std, eps, eps·std, z
+        second = keep + code + T * out * he + ((T * r + out * r) * e if ac else 0)
+        scaled = keep + T * out * (he + ae)  # y and λ_b·y
+        summed = keep + T * out * (ae + max(ae, e))  # λ_b·y and the sum
+        # before the adapter: the base layer's call, under autocast with its casts of x and
+        # of its weight (a frozen one: not cached)
+        base = T * out * e + ((T * in_ + out * in_) * e if ac else 0)
+        return max(base, held + max(first, product, sample, second, scaled, summed))
