@@ -769,6 +769,7 @@ SPREAD = (
     "--strategy", "--offload-optimizer", "--offload-params", "--emit", "--sp-mode",
     "--pp-chunks", "--grad-accum",
     "--gemini-offload-optim-frac", "--gemini-shard-param-frac", "--gemini-placement",
+    "--adapter-dtype",
 )  # fmt: skip
 
 
@@ -843,7 +844,9 @@ def all_pairs(  # noqa: C901 (debt: a seeded search; splitting it must keep its 
             row[n] = best
         complete = len(row) == len(names)
         walk = [n for n in repairable if n not in (items[p][0], items[q][0])]
-        for _ in range(40 if complete and walk else 0):
+        # (200 steps, 16 tries a seed pair: the engines' rules over method, strategy,
+        # precision and adapter dtype, ftmem.engine_cast, need the longer walk)
+        for _ in range(200 if complete and walk else 0):
             if row_ok(named(row)):
                 break
             n = rng.choice(walk)
@@ -856,7 +859,7 @@ def all_pairs(  # noqa: C901 (debt: a seeded search; splitting it must keep its 
             rows.append(named(row))
             continue
         tries[seed_pair] = tries.get(seed_pair, 0) + 1
-        if tries[seed_pair] >= 8:
+        if tries[seed_pair] >= 16:
             uncovered.discard(seed_pair)
             infeasible.add(seed_pair)
     return rows, {(*items[k // size], *items[k % size]) for k in infeasible}
@@ -984,7 +987,7 @@ def check_all(argvs: Iterable[list[str]]) -> tuple[list[str], list[tuple[list[st
 @pytest.fixture(scope="module")
 def accepted_rows():
     return all_pairs(
-        ESTIMATE, _pair_ok, _row_ok, SPREAD, FIRST, seed=15
+        ESTIMATE, _pair_ok, _row_ok, SPREAD, FIRST, seed=16
     )  # a seed whose greedy rows hold every allowed pair
 
 
