@@ -133,6 +133,7 @@ def test_permutation_buffers_stay_whole_on_every_rank() -> None:
     one = estimate("mistral-7b", method="boft").memory
     ddp = estimate("mistral-7b", method="boft", gpus=2, strategy="ddp").memory
     assert ddp.weights_bytes == one.weights_bytes
-    zero3 = estimate("mistral-7b", method="boft", gpus=2, strategy="zero3")
+    # (in fp32: DeepSpeed's 16-bit modes cast BOFT's adapters, which is refused: engine_cast)
+    zero3 = estimate("mistral-7b", method="boft", gpus=2, strategy="zero3", precision="fp32")
     assert zero3.parallel is not None
     assert zero3.parallel.weights_replicated_bytes >= 4096**2 * 4 * 2 * 32

@@ -214,7 +214,7 @@ def outer_saved(
         below += Dropout.saved(
             ctx, "embeddings", elements, e_in, Side.OUTER, arch.embedding_dropout
         )
-    below += PromptEncoder.saved(arch, run, plan.dtypes.autocast)
+    below += PromptEncoder.saved(arch, run, plan.dtypes)
     below += trainable_tokens.saved(arch, run, plan)
     if blocks_grad:
         below += Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)

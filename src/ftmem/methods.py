@@ -1389,8 +1389,12 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     v2_scaled = v2_scaled_linears(arch, run)
     groups += llama_adapter_groups(arch, run, dtypes, v2_scaled)
     for name, shape in prompt_encoder_shapes(arch, run):
-        # peft builds the prompt encoder in torch's default dtype, fp32, whatever the base
-        groups.append(TensorGroup(name, shape, 1, "fp32", True, adapter=True, in_block=False))
+        # peft builds the prompt encoder in torch's default dtype, fp32, whatever the base:
+        # the adapter dtype (prompt methods take no --adapter-dtype; engine_cast's engines
+        # cast it to 16-bit)
+        groups.append(
+            TensorGroup(name, shape, 1, dtypes.adapter, True, adapter=True, in_block=False)
+        )
     notes += _adapter_notes(arch, run)
     notes += vision_step.notes(arch, run)
     saved = run.modules_to_save if run.method in ADAPTER_METHODS else frozenset()

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
-from ftmem import colossalai, deepspeed_zero2, deepspeed_zero3, grpo, mllama_step
+from ftmem import colossalai, deepspeed_zero2, deepspeed_zero3, engine_cast, grpo, mllama_step
 from ftmem.arch import HEAD, Architecture
 from ftmem.block_policies import Checkpointed
 from ftmem.colossalai import COLOSSALAI, LOW_LEVEL_ZERO
@@ -609,22 +609,12 @@ def local_arch(arch: Architecture, tp: int, vocab_pad: int = VOCAB_PAD) -> Archi
     )
 
 
-def _sixteen_bit(run: RunConfig) -> dict[str, object]:
-    """The settings that turn a ``*-mixed`` run into the pure 16-bit one with the same
-    compute dtype (adapters in 16-bit too)."""
-    half = run.precision.removesuffix("-mixed")
-    update: dict[str, object] = {"precision": half, "autocast": None}
-    if run.method in ADAPTER_METHODS and half != "fp32":
-        update["adapter_dtype"] = half
-    return update
-
-
 def engine_run(run: RunConfig, par: ParallelConfig) -> RunConfig:
     """The run as the engine executes it.
 
-    DeepSpeed's bf16/fp16 modes and ColossalAI's plugins cast the whole model (adapters
-    too) to 16-bit and keep the fp32 master weights inside the optimizer, so
-    ``bf16-mixed`` and ``bf16`` are the same run there. Context parallel leaves each rank ``seq_len / cp`` tokens.
+    DeepSpeed's bf16/fp16 modes and ColossalAI's plugins cast the whole model (every peft
+    method's adapters too: engine_cast) to 16-bit and keep the fp32 master weights inside
+    the optimizer, so ``bf16-mixed`` and ``bf16`` are the same run there. Context parallel leaves each rank ``seq_len / cp`` tokens.
     Under ZeRO-Offload, Accelerate steps DeepSpeed's CPU optimizer in place of a
     bitsandbytes or torchao one (paged_ranks.accelerate_cpu_optimizer).
     """
@@ -635,16 +625,20 @@ def engine_run(run: RunConfig, par: ParallelConfig) -> RunConfig:
             update.update(optimizer=mapped, optimizer_block_size=None)
     if par.cp > 1:
         update["seq_len"] = run.seq_len // par.cp
-    if par.resolved_strategy in SIXTEEN_BIT_ENGINES:
-        update.update(_sixteen_bit(run))
-        if run.method == "deft" and update.get("adapter_dtype") in ("bf16", "fp16"):
-            # (adapters.deft refuses 16-bit adapters; asking for fp32 ones cannot help here)
-            raise InvalidInputError(
-                f"--strategy {par.resolved_strategy} casts the whole model, DeFT's adapters "
-                "too, to 16-bit, and DeFT with 16-bit adapters is not modelled (peft computes "
-                "it in fp32 whatever their dtype): use DDP or FSDP, or --precision fp32."
-            )
+    s = par.resolved_strategy
+    if s in SIXTEEN_BIT_ENGINES:
+        engine_cast.check_cast(run, s, _casting_engine(s))
+        if s in DEEPSPEED:
+            engine_cast.check_kept_buffers(run, s)
+        update.update(engine_cast.sixteen_bit(run))
+    # (FSDP's MixedPrecision casts them for compute only, under a *-mixed precision, which
+    # the methods of engine_cast.UNMODELLED refuse: _fsdp_mixed)
     return run.model_copy(update=update) if update else run
+
+
+def _casting_engine(s: str) -> str:
+    """What casts the adapters under strategy ``s``, for a sentence."""
+    return "DeepSpeed's 16-bit mode" if s in DEEPSPEED else "ColossalAI's precision"
 
 
 def _head_side(arch: Architecture) -> tuple[str, ...]:
@@ -2154,11 +2148,12 @@ def shared_step_parts(
 def _fsdp_mixed(arch: Architecture, run: RunConfig, stored: StepParts) -> StepParts:
     """FSDP's MixedPrecision: fp32 shards, 16-bit gathered weights for compute.
 
-    The blocks compute on 16-bit weights (autocast has nothing left to cast), so the
-    activations are those of the 16-bit run; weights, gradients and optimizer states
-    keep the fp32 sizes of the stored shards.
+    The blocks compute on 16-bit weights (autocast has nothing left to cast), every peft
+    method's adapters too (``param_dtype`` is every flat parameter's compute dtype), so the
+    activations are those of the 16-bit run with 16-bit adapters (engine_cast.sixteen_bit);
+    weights, gradients and optimizer states keep the fp32 sizes of the stored shards.
     """
-    compute = shared_step_parts(arch, run.model_copy(update=_sixteen_bit(run)))
+    compute = shared_step_parts(arch, run.model_copy(update=engine_cast.sixteen_bit(run)))
     s, c = stored.sizes, compute.sizes
     sizes = dataclasses.replace(
         c,

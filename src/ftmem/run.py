@@ -586,7 +586,8 @@ class RunConfig(limits.BoundedSettings):
         exclude_if=lambda value: value is None,
         description="DeepSpeed's version: before 0.11.2 ZeRO-3 checks a bf16 model's "
         "gradients for inf/nan at each step as it does an fp16 one's, with temporaries "
-        "on its reduce stream (default: the current release).",
+        "on its reduce stream; before 0.19.2 its 16-bit modes cast the buffers with the "
+        "parameters (default: the current release).",
     )
     # the run beyond the step (ftmem.run_phases)
     peak_of: Literal["step", "run"] | None = Field(

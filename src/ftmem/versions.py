@@ -52,6 +52,14 @@ TORCH_INDUCTOR_ADAM_UPDATE_IN_REGISTERS = (2, 6)
 # v0.11.2 (@f0604078 l.1844-1848).
 DEEPSPEED_ZERO3_BF16_SKIPS_OVERFLOW_CHECK = (0, 11, 2)
 
+# DeepSpeed's bf16/fp16 modes cast the whole module, buffers too (``self.module.bfloat16()``,
+# deepspeedai/DeepSpeed@7ad41089 deepspeed/runtime/engine.py l.1516-1523); commit b919284a
+# "Mixed-precision: per-policy param/buffer dtype cast (preserve fp32 buffers) (#8066)" casts
+# the floating parameters only and the buffers only where ``data_types.buffer_dtype`` is
+# set (@edaa7221 engine.py _cast_module_mixed_precision l.1537-1550), first released in
+# v0.19.2 (``git tag --contains b919284a``).
+DEEPSPEED_KEEPS_BUFFER_DTYPE = (0, 19, 2)
+
 # torchao NF4Tensor.double_quantize_scalers: `quantization_factor = 256 / (2 *
 # scaler_absmax)` on a scaler_absmax expanded to (n_scaler_blocks, 256) is computed dense,
 # one bf16 per block, and `quantization_factor[:, 0]` kept a view of that whole storage
@@ -436,6 +444,12 @@ def zero3_checks_overflow(run: RunConfig, model_dtype: str) -> bool:
     return model_dtype == "fp16" or older_than(
         run.deepspeed_version, DEEPSPEED_ZERO3_BF16_SKIPS_OVERFLOW_CHECK
     )
+
+
+def deepspeed_keeps_buffer_dtype(run: RunConfig) -> bool:
+    """DeepSpeed's 16-bit modes cast the parameters and keep the buffers' dtype (0.19.2 on;
+    earlier releases cast both)."""
+    return not older_than(run.deepspeed_version, DEEPSPEED_KEEPS_BUFFER_DTYPE)
 
 
 def per_expert_linears(run: RunConfig) -> bool:

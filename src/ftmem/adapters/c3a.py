@@ -30,8 +30,11 @@ the einsum's output, then that output beside its fft; the backward the output gr
 fp32 copy (``/ x.size(-1)``'s) and its fft, x's complex gradient, ifft(x) and the kernel's
 einsum. The Function computes x's gradient whether it is needed or not.
 
-Not modelled: autocast (refused: RunConfig), a 16-bit kernel (refused: C3A takes no
---adapter-dtype; peft's comment: only fp32 is widely supported for FFT), Conv1D (peft takes
+A 16-bit kernel only where an engine casts the whole model (engine_cast; C3A takes no
+--adapter-dtype, peft's comment: only fp32 is widely supported for FFT): the Function then
+also saves the kernel's fp32 copy (measured, tests/test_engine_cast.py).
+
+Not modelled: autocast (refused: RunConfig), Conv1D (peft takes
 nn.Linear only: refused), block_size_pattern (one block size for every linear); cuFFT's
 plan cache and work area on CUDA.
 """
@@ -39,6 +42,7 @@ plan cache and work area on CUDA.
 from __future__ import annotations
 
 from ftmem.arch import Linear
+from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
@@ -68,10 +72,16 @@ class C3A:
         in_bytes: int,
     ) -> tuple[list[Saved], bool]:
         """Per C3A linear: its fp32 copy of the input (T × in), or, when the input is fp32
-        already, the shared input itself (returned True)."""
+        already, the shared input itself (returned True); and the kernel's fp32 copy where
+        an engine cast the kernel to 16-bit (engine_cast: ``kernel.to(torch.float32)`` is
+        what the Function saves)."""
         out: list[Saved] = []
         reads = False
+        cast_kernel = BYTES_PER_ELEMENT[ctx.plan.dtypes.adapter] != FP32
         for lin in (lin for lin in linears if lin.module in state.circulant):
+            if cast_kernel:
+                what = f"{lin.label} C3A kernel cast to fp32"
+                out.append(Saved(what, _kernel(lin, ctx.run) * FP32, Kind.C3A, side, (lin,)))
             if in_bytes == FP32:
                 reads = True
                 continue

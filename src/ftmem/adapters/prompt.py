@@ -7,7 +7,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 from ftmem.arch import Architecture
-from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
+from ftmem.dtypes import BYTES_PER_ELEMENT, INDEX_BYTES
 from ftmem.methods import prefix_token_dim
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Saved
@@ -20,15 +20,18 @@ class PromptEncoder:
     """The virtual tokens' encoder, run once per forward before the blocks."""
 
     @staticmethod
-    def saved(arch: Architecture, run: RunConfig, autocast: bool) -> list[Saved]:
+    def saved(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[Saved]:
         """What peft's prompt encoders keep. peft runs the encoder on one copy of the virtual
-        tokens and repeats its output over the batch (peft#2043). The encoder is fp32; under
-        autocast its Linears keep 16-bit copies of their inputs and weights instead."""
+        tokens and repeats its output over the batch (peft#2043). The encoder is in the
+        adapter dtype (fp32 as peft builds it; 16-bit where an engine casts the whole
+        model, engine_cast); under autocast its Linears keep 16-bit copies of their inputs
+        and weights instead."""
         n, h = run.n_virtual, arch.hidden_size
         if not n:
             return []
         out = [Saved("virtual token ids", n * INDEX_BYTES)]
-        act = 2 if autocast else FP32
+        autocast = dtypes.autocast
+        act = 2 if autocast else BYTES_PER_ELEMENT[dtypes.adapter]
 
         def mlp(label: str, widths: list[int], rows: int = n) -> Saved:
             # (in, hidden, ..., out): each Linear keeps its input (the embedding output or
@@ -43,7 +46,7 @@ class PromptEncoder:
             if run.encoder == "mlp":
                 out.append(mlp("prompt MLP: Linear inputs (ReLU outputs)", [h, H, H, h]))
             else:
-                out.append(Saved("prompt LSTM", _lstm_saved(n, h, H)))
+                out.append(Saved("prompt LSTM", _lstm_saved(n, h, H, act)))
                 out.append(mlp("prompt LSTM head: Linear inputs", [2 * H, 2 * H, h]))
         if run.method == "prefix-tuning" and run.prefix_projection:
             td = prefix_token_dim(arch)
@@ -75,14 +78,15 @@ class PrefixTuning:
         return arch.num_layers * 2 * run.batch_size * (run.seq_len + P) * arch.kv_size * nbytes
 
 
-def _lstm_saved(n: int, h: int, H: int, layers: int = 2) -> int:
-    """A bidirectional LSTM over n steps: each layer keeps its input; each direction its
-    outputs, final states and the four gate activations of every step (what cuDNN's
-    reserve space holds; the CPU's oneDNN keeps a larger workspace, see docs/accuracy.md)."""
-    total = 2 * H * FP32  # initial hidden and cell states (zeros, shared)
+def _lstm_saved(n: int, h: int, H: int, e: int, layers: int = 2) -> int:
+    """A bidirectional LSTM over n steps, ``e`` bytes an element: each layer keeps its
+    input; each direction its outputs, final states and the four gate activations of every
+    step (what cuDNN's reserve space holds; the CPU's oneDNN keeps a larger workspace, see
+    docs/accuracy.md)."""
+    total = 2 * H * e  # initial hidden and cell states (zeros, shared)
     width = h
     for _ in range(layers):
-        total += n * width * FP32
-        total += 2 * (n * H * FP32 + 2 * H * FP32 + n * 4 * H * FP32)
+        total += n * width * e
+        total += 2 * (n * H * e + 2 * H * e + n * 4 * H * e)
         width = 2 * H
     return total

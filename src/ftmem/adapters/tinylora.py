@@ -17,13 +17,15 @@ Linear: tests/test_tinylora.py.
 
 Buffers per adapted linear (layer.py ``_init_svd``, ``_init_projection``): A (r × in) and
 B (out × r) in the adapter dtype (peft's autocast_adapter_dtype casts them to fp32 on a
-16-bit base), P (u × r × r) fp32; r is capped at min(in, out).
+16-bit base), P (u × r × r) fp32, which an engine that casts the whole model casts with
+them (engine_cast): P follows the adapter dtype, fp32 in every other run (TinyLoRA takes no
+--adapter-dtype); r is capped at min(in, out).
 """
 
 from __future__ import annotations
 
 from ftmem.arch import Linear
-from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
+from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import LayerContext
 from ftmem.ops.registry import register
@@ -37,8 +39,8 @@ def _rank(run: RunConfig, lin: Linear) -> int:
 
 
 def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
-    """tinylora_A, tinylora_B (adapter dtype) and tinylora_P (fp32) per adapted linear, in
-    each block holding it (``layers``: the model's)."""
+    """tinylora_A, tinylora_B and tinylora_P (adapter dtype) per adapted linear, in each
+    block holding it (``layers``: the model's)."""
     if run.method != "tinylora":
         return 0
     ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
@@ -47,7 +49,7 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     for lin in plan.banked:
         blocks = layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
         r = _rank(run, lin)
-        total += blocks * (r * (lin.in_features + lin.out_features) * ae + u * r * r * FP32)
+        total += blocks * (r * (lin.in_features + lin.out_features) + u * r * r) * ae
     return total
 
 
