@@ -116,6 +116,7 @@ def test_fsdp_mixed_computes_with_16_bit_adapters() -> None:
         ("psoft", "PSOFT", []),
         ("randlora", "RandLoRA", []),
         ("deft", "DeFT", []),
+        ("osf", "OSF", []),
     ],
 )
 @pytest.mark.parametrize("strategy", ["zero3", "colossalai-zero2"])

@@ -52,6 +52,10 @@ UNMODELLED: dict[str, str] = {
     "psoft": "its frozen A and B are modelled in fp32 only",
     "randlora": "peft builds its bases in fp32 on the CPU, where ftmem measures",
     "deft": "peft computes it in fp32 whatever their dtype",
+    # the engine casts OSF's parameters in place (nn.Module._apply keeps the Parameter
+    # objects, so its gradient-projection hooks stay, unlike peft's own fp32 cast that
+    # adapters.osf models) and its fp32 buffers with them: neither measured
+    "osf": "its gradient hooks and fp32 buffers under the engine's cast are not measured",
 }
 
 # methods whose fp32 buffers meet the 16-bit input in a matmul: with parameters cast and
