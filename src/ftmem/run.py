@@ -465,7 +465,6 @@ NO_AUTOCAST = {
     "gralora": "",
     "delora": "",
     "lokr": "its Kronecker product promotes to fp32 there",
-    "fourierft": "autocast casts its fp32 ΔW",
     "hira": "",
     "psoft": "",
     "hra": "",

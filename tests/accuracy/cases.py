@@ -1196,6 +1196,13 @@ def _vera() -> list[Case]:
     few = {"batch_size": 1, "seq_len": 8, "fourierft_targets": "all-linear"}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "fourierft", **few, **extra}, WIDER_STILL))
+    # under autocast (stop 47): F.linear's 16-bit casts of the fp32 ΔW and of the input
+    # peft casts to fp32 first (a copy even on a bf16 stream); fp32 gate/up outputs
+    autocast = {"precision": "bf16", "autocast": True}
+    for extra in ({"precision": "bf16-mixed"}, autocast):
+        cases.append(Case("llama", {"method": "fourierft", **extra}))
+    for extra in ({"precision": "bf16-mixed"}, {**autocast, "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "fourierft", **few, **extra}, WIDER_STILL))
     return cases
 
 
