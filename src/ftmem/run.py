@@ -469,7 +469,6 @@ NO_AUTOCAST = {
     "psoft": "",
     "hra": "",
     "shira": "",
-    "waveft": "autocast casts its fp32 ΔW",
     "c3a": "",
     "beft": "",
     "deft": "",

@@ -1247,6 +1247,12 @@ def _waveft() -> list[Case]:
     few = {"batch_size": 1, "seq_len": 8, "waveft_targets": "all-linear", **n}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "waveft", **few, **extra}, WIDER_STILL))
+    # under autocast (stop 47): conv_transpose2d's 16-bit quarters and ΔW, the fp32 build
+    autocast = {"precision": "bf16", "autocast": True}
+    for extra in ({"precision": "bf16-mixed"}, autocast):
+        cases.append(Case("llama", {"method": "waveft", **n, **extra}))
+    for extra in ({"precision": "bf16-mixed"}, {**autocast, "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "waveft", **few, **extra}, WIDER_STILL))
     return cases
 
 

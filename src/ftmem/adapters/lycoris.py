@@ -189,7 +189,7 @@ class LoHa:
             FOURIER_BUILD * (w // de) - (w + cast if kept else 0)
             for w, cast in _sizes(plan.spectral, de, T, in_bytes, fourier_built_in(plan))
         ]
-        held += waveft.build_held(_sizes(plan.wavelet, de, T, in_bytes), kept)
+        held += waveft.build_held(_sizes(plan.wavelet, de, T, in_bytes), kept, plan)
         return max(held, default=0)
 
     @staticmethod
@@ -211,7 +211,7 @@ class LoHa:
             FOURIER_BACKWARD * (w // de) - w - cast
             for w, cast in _sizes(plan.spectral, de, T, in_bytes, fourier_built_in(plan))
         ]
-        held += waveft.backward_held(_sizes(plan.wavelet, de, T, in_bytes))
+        held += waveft.backward_held(_sizes(plan.wavelet, de, T, in_bytes), plan)
         return max(held, default=0)
 
 

@@ -76,8 +76,9 @@ class VeRA:
         its input's dtype (``result.to(previous_dtype)``), the residual stream's for a
         feed-forward linear reading a norm's output (fp32 over fp32 weights: measured,
         VeRA on gate and up of a tiny Llama, bf16-mixed; FourierFT's forward ends the
-        same way, tests/accuracy cases method=fourierft); ``base`` otherwise."""
-        returns_input_dtype = lin.module in state.vectored or lin.module in state.spectral
+        same way, and WaveFT's, tests/accuracy cases method=fourierft and method=waveft);
+        ``base`` otherwise."""
+        returns_input_dtype = lin.module in state.vectored | state.spectral | state.wavelet
         if returns_input_dtype and ctx.plan.dtypes.autocast:
             return ctx.residual
         return base
