@@ -468,7 +468,6 @@ NO_AUTOCAST = {
     "hira": "",
     "psoft": "",
     "hra": "",
-    "shira": "",
     "c3a": "",
     "beft": "",
     "deft": "",

@@ -1224,6 +1224,14 @@ def _shira() -> list[Case]:
     few = {"batch_size": 1, "seq_len": 8, "shira_targets": "all-linear", "shira_rank": 8}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "shira", **few, **extra}, WIDER_STILL))
+    # under autocast (stop 47): W's and an fp32 input's 16-bit casts kept (bf16-mixed);
+    # a bf16 base runs as without autocast
+    autocast = {"precision": "bf16", "autocast": True}
+    for extra in ({"precision": "bf16-mixed"}, autocast):
+        cases.append(Case("llama", {"method": "shira", **extra}))
+    cases.append(Case("qwen2", {"method": "shira", "precision": "bf16-mixed"}))
+    for extra in ({"precision": "bf16-mixed"}, {"precision": "bf16-mixed", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "shira", **few, **extra}, WIDER_STILL))
     return cases
 
 
