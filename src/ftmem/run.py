@@ -468,7 +468,6 @@ NO_AUTOCAST = {
     "hira": "",
     "psoft": "",
     "hra": "",
-    "c3a": "",
     "beft": "",
     "deft": "",
     "glora": "",

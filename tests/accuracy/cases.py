@@ -1280,6 +1280,16 @@ def _c3a() -> list[Case]:
         {"precision": "fp32", "c3a_targets": "all-linear", "grad_ckpt": True, "seq_len": 400},
     ):
         cases.append(Case("llama", {"method": "c3a", **b, **extra}))
+    # under autocast (stop 47): the FFTs and complex einsums run as without it (fp32 and
+    # complex inputs); the output returns in the input's dtype
+    autocast = {"precision": "bf16", "autocast": True}
+    for extra in (
+        {"precision": "bf16-mixed"},
+        autocast,
+        {"precision": "bf16-mixed", "c3a_targets": "all-linear", "batch_size": 4, "seq_len": 400},
+        {**autocast, "c3a_targets": "all-linear", "grad_ckpt": True, "seq_len": 400},
+    ):
+        cases.append(Case("llama", {"method": "c3a", **b, **extra}))
     return cases
 
 
