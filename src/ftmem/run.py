@@ -465,7 +465,6 @@ NO_AUTOCAST = {
     "gralora": "",
     "delora": "",
     "lokr": "its Kronecker product promotes to fp32 there",
-    "hira": "",
     "psoft": "",
     "hra": "",
     "beft": "",

@@ -1408,6 +1408,13 @@ def _hira() -> list[Case]:
     few = {"batch_size": 1, "seq_len": 8, "hira_targets": "all-linear"}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "hira", **few, **extra}, WIDER_STILL))
+    # under autocast (stop 47): F.linear's 16-bit casts of ΔW and of the fp32 input cast,
+    # the mm's casts of A.T and B.T
+    autocast = {"precision": "bf16", "autocast": True}
+    for extra in ({"precision": "bf16-mixed"}, autocast):
+        cases.append(Case("llama", {"method": "hira", **extra}))
+    for extra in ({"precision": "bf16-mixed"}, {**autocast, "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "hira", **few, **extra}, WIDER_STILL))
     return cases
 
 
