@@ -1461,6 +1461,18 @@ def _psoft() -> list[Case]:
     few = {"batch_size": 1, "seq_len": 8, "psoft_targets": "all-linear", "psoft_rank": 32}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "psoft", **few, **extra}, WIDER_STILL))
+    # under autocast (stop 47): 16-bit matmuls (x·Aᵀ, its rotation, its Bᵀ product) and
+    # their casts of Aᵀ, R and Bᵀ kept; the exact solve stays fp32
+    autocast = {"precision": "bf16", "autocast": True}
+    for extra in (
+        {"precision": "bf16-mixed"},
+        autocast,
+        {**autocast, "psoft_neumann_terms": 2},
+        {"precision": "bf16-mixed", "psoft_targets": "all-linear", "batch_size": 4, "seq_len": 400},
+    ):
+        cases.append(Case("llama", {"method": "psoft", "psoft_rank": 16, **extra}))
+    for extra in ({"precision": "bf16-mixed"}, {**autocast, "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "psoft", **few, **extra}, WIDER_STILL))
     return cases
 
 
