@@ -46,10 +46,12 @@ def test_published_metamathqa_count() -> None:
     assert est.model.n_params + n == 3_218_254_848
 
 
-def _one_linear(torch, base, shape: tuple[int, int, int], T: int, in_grad: bool):
-    """One peft C3A Linear on the CPU: what the forward kept and its peak beyond that and
-    the output, and the backward's peak above what it kept and the output gradient, less
-    the kernel's gradient."""
+def _one_linear(
+    torch, base, shape: tuple[int, int, int], T: int, in_grad: bool, autocast: bool = False
+):
+    """One peft C3A Linear on the CPU (under its bf16 autocast with ``autocast``): what the
+    forward kept and its peak beyond that and the output, and the backward's peak above
+    what it kept and the output gradient, less the kernel's gradient."""
     from peft import C3AConfig, get_peft_model
 
     from ftmem.measure.tracker import LiveBytesTracker
@@ -66,7 +68,8 @@ def _one_linear(torch, base, shape: tuple[int, int, int], T: int, in_grad: bool)
     with LiveBytesTracker() as tracker:
         tracker.track(x, *model.parameters())
         start = tracker.current
-        y = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = model(x)
         out = y.numel() * y.element_size()
         kept = tracker.current - start - out
         forward = tracker.peak - start - out - kept
@@ -99,6 +102,34 @@ def test_kept_forward_and_backward_match_one_peft_linear(
     assert backward == C3A.backward_own(run, lin, T) - in_f * out_f // b * 4
 
 
+@pytest.mark.parametrize("mode", ["bf16-mixed", "bf16-autocast"])
+@pytest.mark.parametrize("shape", [(96, 160, 16), (512, 64, 32)], ids=str)
+@pytest.mark.parametrize("in_grad", [True, False])
+def test_under_autocast_one_peft_linear(mode: str, shape: tuple[int, int, int], in_grad: bool):
+    """Under the CPU's bf16 autocast: on a bf16 base exactly as without it; on an fp32
+    base (bf16-mixed) the input itself kept (beside the base layer's own 16-bit weight
+    cast, counted by the linear), the same FFT transients (the output, returned fp32, is
+    what the tracker's forward less: T × out × 2 more than the base's bf16 output during
+    the forward), and the backward holding the output gradient's bf16 cast beside the
+    base branch when the input needs a gradient."""
+    torch = pytest.importorskip("torch")
+    from ftmem.adapters.c3a import C3A
+
+    in_f, out_f, b = shape
+    T, mixed = 200, mode == "bf16-mixed"
+    precision = {"precision": "bf16-mixed"} if mixed else {"precision": "bf16", "autocast": True}
+    run = RunConfig(**precision, method="c3a", c3a_targets="up", c3a_block_size=b, device="cpu")
+    plan = plan_method(tiny("llama", hidden_size=in_f, intermediate_size=out_f), run)
+    (lin,) = plan.circulant
+    dtype = torch.float32 if mixed else torch.bfloat16
+    kept, forward, backward = _one_linear(torch, dtype, shape, T, in_grad, autocast=True)
+    base_cast = in_f * out_f * 2 if mixed and in_grad else 0
+    assert kept == (0 if mixed else T * in_f * 4) + base_cast
+    assert forward + (T * out_f * 2 if mixed else 0) == C3A.forward_transient(plan, run, T)
+    want = C3A.backward_own(run, lin, T, plan, in_grad) - in_f * out_f // b * 4
+    assert backward == want
+
+
 def test_c3a_keeps_an_fp32_input_per_linear() -> None:
     """At real size (bf16 base, 512 tokens, q,v): one fp32 copy of the input per adapted
     linear, as LoRA's cast, without lora_A's T × r output."""
@@ -113,7 +144,6 @@ def test_c3a_keeps_an_fp32_input_per_linear() -> None:
     [
         (["--method", "c3a", "--c3a-block-size", "0"], "greater than 0"),
         (["--method", "vera", "--c3a-block-size", "8"], "only applies to c3a"),
-        (["--method", "c3a", "--precision", "bf16-mixed"], "C3A under autocast"),
         (["--method", "c3a", "--framework", "unsloth"], "--framework unsloth has no"),
         (["--method", "c3a", "--c3a-targets", ","], "--c3a-targets is empty"),
         (["--method", "c3a", "--c3a-block-size", "96"], "--c3a-block-size 96 does not divide"),

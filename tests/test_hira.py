@@ -15,6 +15,9 @@ import pytest
 
 from ftmem import estimate
 from ftmem.errors import InvalidInputError
+from ftmem.methods import plan_method
+from ftmem.run import RunConfig
+from tests.conftest import tiny
 from tests.test_peft_methods import assert_counts_match_peft, one_sentence
 
 SETTINGS = [
@@ -89,13 +92,62 @@ def test_one_hira_linear_matches_its_measurement() -> None:
     assert backward_peak == T * o * (4 + 2) + cast + w + 4
 
 
+@pytest.mark.parametrize("mode", ["bf16-mixed", "bf16-autocast"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_one_hira_linear_under_autocast(mode: str, grad: bool) -> None:
+    """The same linear under the CPU's bf16 autocast (an fp32 base: bf16-mixed; a bf16
+    base: --autocast): it keeps ΔW's bf16 cast, the input's bf16 cast (made from peft's
+    fp32 cast on a bf16 base) and the mm's casts of A.T and B.T (HiRA.saved), besides an
+    fp32 base's own 16-bit weight cast (the base layer's); its forward peaks as
+    hira._autocast_forward says (graph-less too: checkpointing's), its backward as
+    hira._autocast_backward, exactly."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from ftmem.adapters.hira import _autocast_backward, _autocast_forward
+    from ftmem.measure.tracker import LiveBytesTracker
+
+    n, o, T, r = 512, 256, 128, 8
+    el, mixed = n * o, mode == "bf16-mixed"
+    precision = {"precision": "bf16-mixed"} if mixed else {"precision": "bf16", "autocast": True}
+    run = RunConfig(**precision, method="hira", hira_targets="up", hira_rank=r)
+    plan = plan_method(tiny("llama", hidden_size=n, intermediate_size=o), run)
+    (lin,) = plan.hira
+    dtype = torch.float32 if mixed else torch.bfloat16
+    base = torch.nn.Sequential()
+    base.add_module("lin", torch.nn.Linear(n, o, bias=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = peft.HiraConfig(r=r, target_modules=["lin"])
+        model = peft.get_peft_model(base.to(dtype), config, autocast_adapter_dtype=True)
+    x = torch.randn(2, T // 2, n, dtype=dtype, requires_grad=grad)
+    in_bytes = 4 if mixed else 2
+    with LiveBytesTracker() as tracker:
+        tracker.track(x, *model.parameters(), *model.buffers())
+        start = tracker.current
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(x)
+        forward_peak = tracker.peak - start
+        if not grad:
+            assert forward_peak == _autocast_forward(plan, lin, T, lambda _: in_bytes, False)
+            return
+        base_cast = el * 2 if mixed else 0
+        kept = tracker.current - start - T * o * 2 - base_cast
+        tracker.peak = before = tracker.current
+        y.sum().backward()
+        backward_peak = tracker.peak - before
+    assert kept == 2 * el + T * n * 2 + r * (n + o) * 2
+    assert forward_peak == base_cast + kept + _autocast_forward(
+        plan, lin, T, lambda _: in_bytes, True
+    )
+    assert backward_peak == _autocast_backward(plan, lin, T) + 4  # (the sum's gradient)
+
+
 def test_bad_input_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
     cases = [
         (["--method", "hira", "--hira-rank", "0"], "--hira-rank: Input should be"),
         (["--method", "lora", "--hira-rank", "4"], "--hira-rank only applies to hira"),
         (["--method", "hira", "--hira-targets", " , "], "--hira-targets is empty"),
         (["--method", "hira", "--hira-targets", "zz"], "HiRA target 'zz' matches no linear"),
-        (["--method", "hira", "--precision", "bf16-mixed"], "HiRA under autocast"),
         (["--method", "hira", "--quant", "nf4"], "--quant only applies to qlora"),
         (["--method", "hira", "--framework", "torchtune"], "has no --method hira"),
     ]

@@ -105,6 +105,46 @@ def test_one_psoft_linear_matches_its_measurement(terms: int) -> None:
     assert modelled < backward_peak < modelled + 4 * r * r * 4
 
 
+@pytest.mark.parametrize("mode", ["bf16-mixed", "bf16-autocast"])
+@pytest.mark.parametrize("terms", [0, 2])
+def test_one_psoft_linear_under_autocast_keeps_16_bit_casts(mode: str, terms: int) -> None:
+    """The same linear under the CPU's bf16 autocast (fp32 base: bf16-mixed; bf16 base:
+    --autocast): the exact solve (or R = I + 2Q) stays fp32, but its three matmuls run in
+    bf16 and keep their casts: xa (T × r) is bf16, the a-scaled R is kept as its bf16 cast,
+    and Aᵀ's and Bᵀ's bf16 casts are kept (PSOFT.saved), besides an fp32 base's own
+    16-bit weight cast (the base layer's)."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from ftmem.adapters.psoft import rotation_bytes
+    from ftmem.measure.tracker import LiveBytesTracker
+    from ftmem.run import RunConfig
+
+    n, o, T, r = 512, 256, 128, 32
+    mixed = mode == "bf16-mixed"
+    dtype = torch.float32 if mixed else torch.bfloat16
+    base = torch.nn.Sequential()
+    base.add_module("lin", torch.nn.Linear(n, o, bias=False))
+    config = peft.PsoftConfig(
+        r=r,
+        target_modules=["lin"],
+        use_cayley_neumann=terms > 0,
+        **({"num_cayley_neumann_terms": terms} if terms else {}),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = peft.get_peft_model(base.to(dtype), config)
+    x = torch.randn(2, T // 2, n, dtype=dtype, requires_grad=True)
+    with LiveBytesTracker() as tracker:
+        tracker.track(x, *model.parameters(), *model.buffers())
+        start = tracker.current
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(x)
+        out = y.numel() * y.element_size()  # (bf16: peft casts back to the base's dtype)
+        kept = tracker.current - start - out - (n * o * 2 if mixed else 0)
+    run = RunConfig(method="psoft", psoft_rank=r, psoft_neumann_terms=terms)
+    assert kept == T * r * 2 + rotation_bytes(run, True, 2) + r * (n + o) * 2
+
+
 def test_bad_input_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
     cases = [
         (["--method", "psoft", "--psoft-rank", "0"], "--psoft-rank: Input should be"),
@@ -113,7 +153,10 @@ def test_bad_input_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
         (["--method", "psoft", "--psoft-neumann-terms", "1"], "leaves every rotation"),
         (["--method", "psoft", "--psoft-rank", "5000"], "exceeds self_attn.q_proj's smaller"),
         (["--method", "psoft", "--adapter-dtype", "bf16"], "PSOFT with 16-bit parameters"),
-        (["--method", "psoft", "--precision", "bf16-mixed"], "PSOFT under autocast"),
+        (
+            ["--method", "psoft", "--psoft-neumann-terms", "5", "--precision", "bf16-mixed"],
+            "PSOFT's Cayley-Neumann series above 2 terms under autocast is not modelled",
+        ),
         (["--method", "psoft", "--framework", "unsloth"], "has no --method psoft"),
     ]
     for args, expected in cases:

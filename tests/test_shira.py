@@ -73,10 +73,19 @@ def test_indices_match_peft_s() -> None:
     assert index_bytes(arch, run) == sum(held)
 
 
-def _one_linear(torch, base, shape: tuple[int, int, int], T: int, in_grad: bool, bf16_values):
+def _one_linear(
+    torch,
+    base,
+    shape: tuple[int, int, int],
+    T: int,
+    in_grad: bool,
+    bf16_values: bool,
+    autocast: bool = False,
+):
     """What one peft SHiRA Linear keeps (its forward's growth less its output) and the
     peak of its backward above what it kept and its output gradient, less the values'
-    gradient, on the CPU (ftmem's live-storage tracker)."""
+    gradient, on the CPU (ftmem's live-storage tracker), under its bf16 autocast with
+    ``autocast``."""
     from peft import ShiraConfig, get_peft_model
 
     from ftmem.measure.tracker import LiveBytesTracker
@@ -99,7 +108,8 @@ def _one_linear(torch, base, shape: tuple[int, int, int], T: int, in_grad: bool,
         with LiveBytesTracker() as tracker:
             tracker.track(x, *model.parameters(), *indices)
             start = tracker.current
-            y = model(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                y = model(x)
             kept = tracker.current - start - y.numel() * y.element_size()
             g = torch.ones_like(y)
             tracker.peak = before = tracker.current
@@ -112,7 +122,7 @@ def _one_linear(torch, base, shape: tuple[int, int, int], T: int, in_grad: bool,
             return kept, tracker.peak - before - grads
 
 
-@pytest.mark.parametrize("mode", ["fp32", "bf16", "bf16-bf16"])
+@pytest.mark.parametrize("mode", ["fp32", "bf16", "bf16-bf16", "bf16-mixed", "bf16-autocast"])
 @pytest.mark.parametrize("shape", [(96, 160, 4), (512, 64, 8), (256, 512, 16)], ids=str)
 @pytest.mark.parametrize("in_grad", [True, False])
 def test_kept_and_backward_match_one_peft_linear(
@@ -120,13 +130,17 @@ def test_kept_and_backward_match_one_peft_linear(
 ) -> None:
     """Shira.saved (the sparse delta, W' when the input needs a gradient; the input itself
     is the caller's) and Shira.backward_own against one peft SHiRA Linear: exact, up to
-    the values' gradient made by the last moment (4 · n bytes)."""
+    the values' gradient made by the last moment (4 · n bytes). Under autocast
+    (bf16-mixed: an fp32 base; bf16-autocast: HF Trainer's bf16=True on a bf16 base)
+    W' is kept as its bf16 cast, and an fp32 input as its own bf16 cast."""
     torch = pytest.importorskip("torch")
     from ftmem.adapters.shira import Shira, sparse_bytes
 
     in_f, out_f, r = shape
+    precision = {"fp32": "fp32", "bf16-mixed": "bf16-mixed"}.get(mode, "bf16")
     run = RunConfig(
-        precision="fp32" if mode == "fp32" else "bf16",
+        precision=precision,
+        **({"autocast": True} if mode == "bf16-autocast" else {}),
         method="shira",
         shira_targets="up",
         shira_rank=r,
@@ -135,11 +149,12 @@ def test_kept_and_backward_match_one_peft_linear(
     arch = tiny("llama", hidden_size=in_f, intermediate_size=out_f)
     plan = plan_method(arch, run)
     (lin,) = plan.shira
-    base = torch.float32 if mode == "fp32" else torch.bfloat16
-    T = 37
-    kept, backward = _one_linear(torch, base, shape, T, in_grad, mode == "bf16-bf16")
+    base = torch.float32 if mode in ("fp32", "bf16-mixed") else torch.bfloat16
+    T, autocast = 37, mode in ("bf16-mixed", "bf16-autocast")
+    kept, backward = _one_linear(torch, base, shape, T, in_grad, mode == "bf16-bf16", autocast)
     we = 4 if mode == "fp32" else 2
-    assert kept == sparse_bytes(plan, run, lin) + (in_f * out_f * we if in_grad else 0)
+    cast = T * in_f * 2 if mode == "bf16-mixed" else 0
+    assert kept == sparse_bytes(plan, run, lin) + (in_f * out_f * we if in_grad else 0) + cast
     want = Shira.backward_own(plan, run, lin, T, in_grad)
     assert abs(backward - want) <= 4 * r * (in_f + out_f)
 
@@ -169,7 +184,6 @@ def test_shira_keeps_each_rebuilt_weight() -> None:
         (["--method", "shira", "--shira-targets", " , "], "--shira-targets is empty"),
         (["--method", "shira", "--shira-targets", "zz"], "SHiRA target 'zz' matches no linear"),
         (["--method", "shira", "--shira-rank", "3000"], "--shira-rank 3000 gives"),
-        (["--method", "shira", "--precision", "bf16-mixed"], "SHiRA under autocast"),
         (["--method", "shira", "--framework", "litgpt"], "--framework litgpt has no"),
         (["--method", "shira", "--quant", "nf4"], "--quant only applies to"),
     ],

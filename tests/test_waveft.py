@@ -47,10 +47,13 @@ def test_published_metamathqa_count() -> None:
     assert est.model.n_params + 280_000 == 3_213_029_824
 
 
-def _one_linear(torch, base, shape: tuple[int, int, int], T: int, in_grad: bool):
-    """One peft WaveFT Linear on the CPU: the build's peak and what the forward kept (both
-    less the base output and the result), and the backward's peak above what it kept and
-    the output gradient, less the coefficients' gradient."""
+def _one_linear(
+    torch, base, shape: tuple[int, int, int], T: int, in_grad: bool, autocast: bool = False
+):
+    """One peft WaveFT Linear on the CPU (under its bf16 autocast with ``autocast``): the
+    build's peak and what the forward kept (both less the base output, the result and,
+    under autocast, an fp32 base's kept bf16 weight cast), and the backward's peak above
+    what it kept and the output gradient, less the coefficients' gradient."""
     from peft import WaveFTConfig, get_peft_model
 
     from ftmem.measure.tracker import LiveBytesTracker
@@ -67,9 +70,13 @@ def _one_linear(torch, base, shape: tuple[int, int, int], T: int, in_grad: bool)
     with LiveBytesTracker() as tracker:
         tracker.track(x, *model.parameters())
         start = tracker.current
-        y = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = model(x)
         out = y.numel() * y.element_size()
-        build, kept = tracker.peak - start - out, tracker.current - start - out
+        base_out = T * out_f * 2 if autocast else out  # (the base's output during the build)
+        base_cast = in_f * out_f * 2 if autocast and base == torch.float32 and in_grad else 0
+        build = tracker.peak - start - base_out - base_cast
+        kept = tracker.current - start - out - base_cast
         tracker.peak = before = tracker.current
         y.backward(torch.ones_like(y))
         grad = n * 4
@@ -103,6 +110,33 @@ def test_kept_build_and_backward_match_one_peft_linear(
     assert 0 <= backward - (WAVE_BACKWARD * w - freed) <= T * (in_f + out_f) * 4
 
 
+@pytest.mark.parametrize("base", ["fp32", "bf16"])
+@pytest.mark.parametrize("in_grad", [True, False])
+def test_under_autocast_the_conv_keeps_16_bit_quarters(base: str, in_grad: bool) -> None:
+    """Under autocast conv_transpose2d (lower precision on CUDA and on the CPU) casts the
+    fp32 quarters and filter to bf16 and keeps the casts; ΔW is bf16, so the input is
+    kept as it is on a bf16 base and as one bf16 cast on an fp32 one, and F.linear casts
+    nothing more: what LoHa.saved and waveft.kept list, exactly. The build peaks at the
+    conv (fp32 zero matrix and quarters, the quarters' cast, the output: 12 bytes an
+    element, waveft.build_held), the backward at the four fp32 quarter gradients less the
+    freed 16-bit ΔW and quarters (waveft.backward_held), up to the build's index tensors
+    and the few-token gradients."""
+    torch = pytest.importorskip("torch")
+    from ftmem.adapters.waveft import FILTER_ELEMENTS, WAVE_BACKWARD
+
+    in_f, out_f, n = shape = (256, 512, 1000)
+    dtype = torch.float32 if base == "fp32" else torch.bfloat16
+    T, el = 37, in_f * out_f
+    cast = T * in_f * 2 if base == "fp32" else 0
+    build, kept, backward = _one_linear(torch, dtype, shape, T, in_grad, autocast=True)
+    own = (el + FILTER_ELEMENTS) * 2 + n * 17
+    assert kept == own + (2 * el if in_grad else 0) + cast
+    assert 0 <= build - (2 * 4 + 2 * 2) * el <= n * 37 + 128  # (the filter's two copies)
+    if in_grad:
+        expected = WAVE_BACKWARD * 4 * el - 2 * 2 * el - cast
+        assert 0 <= backward - expected <= T * (in_f + 2 * out_f) * 4  # (and ones_like(y))
+
+
 def test_saved_items_at_real_size() -> None:
     """Llama-3.2-3B, n 5000 on q,v, bf16 base and fp32 coefficients, 512 tokens: per block
     q's and v's ΔW (fp32, above the first block), their input casts (T × 3072 fp32) and
@@ -120,7 +154,6 @@ def test_saved_items_at_real_size() -> None:
     [
         (["--method", "waveft", "--waveft-frequencies", "0"], "greater than 0"),
         (["--method", "vera", "--waveft-frequencies", "9"], "only applies to waveft"),
-        (["--method", "waveft", "--precision", "bf16-mixed"], "WaveFT under autocast"),
         (["--method", "waveft", "--framework", "torchtune"], "--framework torchtune has no"),
         (["--method", "waveft", "--waveft-targets", ","], "--waveft-targets is empty"),
     ],

@@ -711,7 +711,7 @@ def c3a_moment(
     gradient, as VeRA's and SHiRA's."""
     mlp_side = freed_before_attention(arch, block)
     moments = [
-        C3A.backward_own(run, lin, T) - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
+        C3A.backward_own(run, lin, T, plan) - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
         for lin in plan.circulant
     ]
     return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)

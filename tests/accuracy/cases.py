@@ -1196,6 +1196,13 @@ def _vera() -> list[Case]:
     few = {"batch_size": 1, "seq_len": 8, "fourierft_targets": "all-linear"}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "fourierft", **few, **extra}, WIDER_STILL))
+    # under autocast (stop 47): F.linear's 16-bit casts of the fp32 ΔW and of the input
+    # peft casts to fp32 first (a copy even on a bf16 stream); fp32 gate/up outputs
+    autocast = {"precision": "bf16", "autocast": True}
+    for extra in ({"precision": "bf16-mixed"}, autocast):
+        cases.append(Case("llama", {"method": "fourierft", **extra}))
+    for extra in ({"precision": "bf16-mixed"}, {**autocast, "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "fourierft", **few, **extra}, WIDER_STILL))
     return cases
 
 
@@ -1216,6 +1223,14 @@ def _shira() -> list[Case]:
         cases.append(Case("llama", {"method": "shira", **extra}))
     few = {"batch_size": 1, "seq_len": 8, "shira_targets": "all-linear", "shira_rank": 8}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "shira", **few, **extra}, WIDER_STILL))
+    # under autocast (stop 47): W's and an fp32 input's 16-bit casts kept (bf16-mixed);
+    # a bf16 base runs as without autocast
+    autocast = {"precision": "bf16", "autocast": True}
+    for extra in ({"precision": "bf16-mixed"}, autocast):
+        cases.append(Case("llama", {"method": "shira", **extra}))
+    cases.append(Case("qwen2", {"method": "shira", "precision": "bf16-mixed"}))
+    for extra in ({"precision": "bf16-mixed"}, {"precision": "bf16-mixed", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "shira", **few, **extra}, WIDER_STILL))
     return cases
 
@@ -1240,6 +1255,12 @@ def _waveft() -> list[Case]:
     few = {"batch_size": 1, "seq_len": 8, "waveft_targets": "all-linear", **n}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "waveft", **few, **extra}, WIDER_STILL))
+    # under autocast (stop 47): conv_transpose2d's 16-bit quarters and ΔW, the fp32 build
+    autocast = {"precision": "bf16", "autocast": True}
+    for extra in ({"precision": "bf16-mixed"}, autocast):
+        cases.append(Case("llama", {"method": "waveft", **n, **extra}))
+    for extra in ({"precision": "bf16-mixed"}, {**autocast, "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "waveft", **few, **extra}, WIDER_STILL))
     return cases
 
 
@@ -1257,6 +1278,16 @@ def _c3a() -> list[Case]:
         {"precision": "bf16", "c3a_targets": "all-linear", "c3a_block_size": 16},
         {"precision": "bf16", "c3a_targets": "all-linear", "batch_size": 4, "seq_len": 400},
         {"precision": "fp32", "c3a_targets": "all-linear", "grad_ckpt": True, "seq_len": 400},
+    ):
+        cases.append(Case("llama", {"method": "c3a", **b, **extra}))
+    # under autocast (stop 47): the FFTs and complex einsums run as without it (fp32 and
+    # complex inputs); the output returns in the input's dtype
+    autocast = {"precision": "bf16", "autocast": True}
+    for extra in (
+        {"precision": "bf16-mixed"},
+        autocast,
+        {"precision": "bf16-mixed", "c3a_targets": "all-linear", "batch_size": 4, "seq_len": 400},
+        {**autocast, "c3a_targets": "all-linear", "grad_ckpt": True, "seq_len": 400},
     ):
         cases.append(Case("llama", {"method": "c3a", **b, **extra}))
     return cases
@@ -1377,6 +1408,13 @@ def _hira() -> list[Case]:
     few = {"batch_size": 1, "seq_len": 8, "hira_targets": "all-linear"}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "hira", **few, **extra}, WIDER_STILL))
+    # under autocast (stop 47): F.linear's 16-bit casts of ΔW and of the fp32 input cast,
+    # the mm's casts of A.T and B.T
+    autocast = {"precision": "bf16", "autocast": True}
+    for extra in ({"precision": "bf16-mixed"}, autocast):
+        cases.append(Case("llama", {"method": "hira", **extra}))
+    for extra in ({"precision": "bf16-mixed"}, {**autocast, "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "hira", **few, **extra}, WIDER_STILL))
     return cases
 
 
@@ -1443,6 +1481,18 @@ def _psoft() -> list[Case]:
         cases.append(Case("llama", {"method": "psoft", "psoft_rank": 16, **extra}))
     few = {"batch_size": 1, "seq_len": 8, "psoft_targets": "all-linear", "psoft_rank": 32}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "psoft", **few, **extra}, WIDER_STILL))
+    # under autocast (stop 47): 16-bit matmuls (x·Aᵀ, its rotation, its Bᵀ product) and
+    # their casts of Aᵀ, R and Bᵀ kept; the exact solve stays fp32
+    autocast = {"precision": "bf16", "autocast": True}
+    for extra in (
+        {"precision": "bf16-mixed"},
+        autocast,
+        {**autocast, "psoft_neumann_terms": 2},
+        {"precision": "bf16-mixed", "psoft_targets": "all-linear", "batch_size": 4, "seq_len": 400},
+    ):
+        cases.append(Case("llama", {"method": "psoft", "psoft_rank": 16, **extra}))
+    for extra in ({"precision": "bf16-mixed"}, {**autocast, "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "psoft", **few, **extra}, WIDER_STILL))
     return cases
 

@@ -34,7 +34,13 @@ A 16-bit kernel only where an engine casts the whole model (engine_cast; C3A tak
 --adapter-dtype, peft's comment: only fp32 is widely supported for FFT): the Function then
 also saves the kernel's fp32 copy (measured, tests/test_engine_cast.py).
 
-Not modelled: autocast (refused: RunConfig), Conv1D (peft takes
+Under autocast (stop 47) the same: fft and ifft run on the fp32 input and kernel on both
+devices (no CUDA autocast kernel; the CPU's fp32 list), and the einsums' operands are
+complex, which autocast never casts (only floating-point tensors are eligible); the
+output returns in the input's dtype (adapters.vera.VeRA.output_bytes) and, from an fp32
+stream, the backward holds its gradient's 16-bit cast (backward_own).
+
+Not modelled: Conv1D (peft takes
 nn.Linear only: refused), block_size_pattern (one block size for every linear); cuFFT's
 plan cache and work area on CUDA.
 """
@@ -116,12 +122,25 @@ class C3A:
         return held + C3A.linear_forward(run, lin, T)
 
     @staticmethod
-    def backward_own(run: RunConfig, lin: Linear, T: int) -> int:
+    def backward_own(
+        run: RunConfig, lin: Linear, T: int, plan: MethodPlan | None = None, in_grad: bool = True
+    ) -> int:
         """One C3A linear's backward at its largest, beyond what its forward kept and the
         output gradient it is handed: the gradient divided by in (fp32, T × out) and its
-        fft, x's complex gradient (T × in), ifft(x) and the kernel's einsum (m × n × b)."""
+        fft, x's complex gradient (T × in), ifft(x) and the kernel's einsum (m × n × b).
+        Under autocast, where peft returns the output in an fp32 input's dtype (``plan``),
+        the handed gradient's 16-bit cast (T × out), which the base layer's branch of the
+        in-place sum still holds when the input needs a gradient (measured: one peft C3A
+        Linear under CPU autocast, tests/test_c3a.py)."""
+        cast_back = 0
+        if plan is not None and plan.dtypes.autocast and in_grad:
+            e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+            # the input's dtype (LinearOp.input_bytes: a norm's output, else the compute's)
+            xe = e if set(lin.roles) & {"o", "down"} else plan.dtypes.residual_bytes
+            cast_back = T * lin.out_features * e if xe != e else 0
         return (
             T * lin.out_features * (FP32 + COMPLEX)
             + 2 * COMPLEX * T * lin.in_features
             + COMPLEX * _kernel(lin, run)
+            + cast_back
         )

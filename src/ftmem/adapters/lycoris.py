@@ -20,12 +20,19 @@ builds ΔW (out × in) from the adapter's factors, casts the input to ΔW's dtyp
   the ΔW and input cast above. Its build and backward run on fp32 and complex64 copies of
   the whole spectrum whatever the adapter dtype: FOURIER_BUILD and FOURIER_BACKWARD bytes
   per element of ΔW (measured on the CPU; cuFFT's plan work area on CUDA is not counted).
+  Under autocast the build is the same fp32/complex64 one (ifft2 has no CUDA autocast
+  kernel and is in the CPU's fp32 list; its input is fp32 either way; index_put, CUDA's
+  promote list, sees fp32 only), and F.linear casts the fp32 ΔW (no leaf: not cached)
+  and the input peft cast to fp32 to the compute dtype, and keeps those casts: the input
+  copy even on a 16-bit stream (``fourier_built_in``); the result returns in the input's
+  dtype (adapters.vera.VeRA.output_bytes).
 - WaveFT: FourierFT's path with an inverse wavelet transform (adapters.waveft: what the
   transform keeps besides, its build and backward).
 
-Not modelled: under autocast peft returns an adapted linear's output in its input's dtype
-(``result.to(previous_dtype)``: fp32 from an fp32 residual stream), which ftmem keeps
-16-bit (measured, LoHa on all linears of a tiny Llama, bf16-mixed: activations −1.0 %).
+Not modelled: under autocast peft returns a LoHa or LoKr linear's output in its input's
+dtype (``result.to(previous_dtype)``: fp32 from an fp32 residual stream), which ftmem
+keeps 16-bit (measured, LoHa on all linears of a tiny Llama, bf16-mixed: activations
+−1.0 %; FourierFT's is modelled).
 """
 
 from __future__ import annotations
@@ -72,14 +79,24 @@ def delta_bytes(plan: MethodPlan) -> int:
 
 
 def _delta_saved(
-    ctx: LayerContext, lin: Linear, side: Side, in_grad: bool, in_bytes: int, name: str
+    ctx: LayerContext,
+    lin: Linear,
+    side: Side,
+    in_grad: bool,
+    in_bytes: int,
+    name: str,
+    built_in: int = 0,
 ) -> tuple[list[Saved], bool]:
     """What F.linear(input.to(ΔW's dtype), ΔW) keeps: the cast input (one copy per
     adapter; the input itself, shared, when no cast is needed) and ΔW when the input
-    needs a gradient. Returns the items and whether the shared input is kept."""
+    needs a gradient. Returns the items and whether the shared input is kept.
+    ``built_in``: the element size ΔW is built in when autocast may not have made it
+    (FourierFT's, in the adapter dtype): the input goes to that dtype first, then
+    F.linear's autocast casts both to the compute dtype, so the kept input is a new
+    tensor unless neither cast changes it."""
     de, own = delta_bytes(ctx.plan), (lin,)
     out: list[Saved] = []
-    if in_bytes != de:
+    if copies_input(in_bytes, de, built_in):
         size = ctx.tokens * lin.in_features * de
         out.append(
             Saved(f"{lin.label} {name} input cast to {de * 8}-bit", size, Kind.LOHA, side, own)
@@ -87,20 +104,37 @@ def _delta_saved(
     if in_grad:
         size = lin.in_features * lin.out_features * de
         out.append(Saved(f"{lin.label} {name} ΔW (out × in)", size, Kind.LOHA, side, own))
-    return out, in_bytes == de
+    return out, not copies_input(in_bytes, de, built_in)
+
+
+def copies_input(in_bytes: int, de: int, built_in: int = 0) -> bool:
+    """Whether the input F.linear keeps is a copy: its cast to ΔW's dtype (``de``), or,
+    where ΔW is built in another dtype (``built_in``), a cast to that one first."""
+    return in_bytes != de or built_in not in (0, de)
 
 
 def _sizes(
-    linears: tuple[Linear, ...], de: int, T: int, in_bytes: Callable[[Linear], int]
+    linears: tuple[Linear, ...],
+    de: int,
+    T: int,
+    in_bytes: Callable[[Linear], int],
+    built_in: int = 0,
 ) -> list[tuple[int, int]]:
     """Each adapted linear's ΔW bytes and its input cast's (0 without a cast)."""
     return [
         (
             lin.in_features * lin.out_features * de,
-            T * lin.in_features * de if in_bytes(lin) != de else 0,
+            T * lin.in_features * de if copies_input(in_bytes(lin), de, built_in) else 0,
         )
         for lin in linears
     ]
+
+
+def fourier_built_in(plan: MethodPlan) -> int:
+    """FourierFT's ΔW element size before F.linear: the adapter dtype (its ifft2 runs on
+    an fp32 spectrum and ``get_delta_weight`` casts the result to the spectrum's dtype),
+    which autocast then casts to the compute dtype."""
+    return BYTES_PER_ELEMENT[plan.dtypes.adapter]
 
 
 @register("loha")
@@ -128,7 +162,8 @@ class LoHa:
                 name = "WaveFT"
             elif name == "LoKr" and lin.module not in state.kronecker:
                 continue
-            items, reads = _delta_saved(ctx, lin, side, in_grad, in_bytes, name)
+            built = fourier_built_in(ctx.plan) if name == "FourierFT" else 0
+            items, reads = _delta_saved(ctx, lin, side, in_grad, in_bytes, name, built)
             out += items + (LoKr.kept(ctx, lin, side) if name == "LoKr" else [])
             out += waveft.kept(ctx, lin, side) if name == "WaveFT" else []
             reads_input = reads_input or reads
@@ -152,9 +187,9 @@ class LoHa:
         ]
         held += [
             FOURIER_BUILD * (w // de) - (w + cast if kept else 0)
-            for w, cast in _sizes(plan.spectral, de, T, in_bytes)
+            for w, cast in _sizes(plan.spectral, de, T, in_bytes, fourier_built_in(plan))
         ]
-        held += waveft.build_held(_sizes(plan.wavelet, de, T, in_bytes), kept)
+        held += waveft.build_held(_sizes(plan.wavelet, de, T, in_bytes), kept, plan)
         return max(held, default=0)
 
     @staticmethod
@@ -174,9 +209,9 @@ class LoHa:
         ]
         held += [
             FOURIER_BACKWARD * (w // de) - w - cast
-            for w, cast in _sizes(plan.spectral, de, T, in_bytes)
+            for w, cast in _sizes(plan.spectral, de, T, in_bytes, fourier_built_in(plan))
         ]
-        held += waveft.backward_held(_sizes(plan.wavelet, de, T, in_bytes))
+        held += waveft.backward_held(_sizes(plan.wavelet, de, T, in_bytes), plan)
         return max(held, default=0)
 
 

@@ -4,7 +4,7 @@ every forward, between frozen SVD factors A (r × in) and B (out × r): ΔW = B 
 What runs (huggingface/peft src/peft/tuners/psoft/layer.py ``Linear.forward`` and
 ``OrthLayer``, the same in memory at 0.21.2 and at 5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40,
 the MetaMathQA release, and in July 2026, when its result files were made), x in the base
-dtype (no autocast: RunConfig refuses it), R's parameters fp32 (RunConfig refuses 16-bit):
+dtype (without autocast), R's parameters fp32 (RunConfig refuses 16-bit):
 
 - ``x_cast = x.to(A.dtype)``: A and B are fp32 buffers (the SVD runs on ``W.to(float32)``),
   so a 16-bit x is copied (T × in fp32); ``xa = x_cast @ A.T`` keeps nothing of x_cast (A
@@ -21,8 +21,17 @@ dtype (no autocast: RunConfig refuses it), R's parameters fp32 (RunConfig refuse
 The locals x_cast, xa, xr and ``delta_y`` live until the forward returns.
 Measured alone (one peft PSOFT Linear, 512 × 256, r 32, 128 tokens, tests/test_psoft.py).
 
-Not modelled (refused): 16-bit R (peft keeps A and B fp32; not measured), autocast, GPT-2's
-Conv1D (peft wraps only nn.Linear), ``psoft_orth``, ``psoft_mag_a`` or ``psoft_mag_b``
+Under autocast (stop 47): the exact solve stays fp32 on both devices (linalg_solve: the
+CPU's fp32 list, no CUDA autocast kernel; Q and the identity are fp32), and so do the
+scalings (mul); the three matmuls (x·Aᵀ, xa·Rᵀ, (xr − xa)·Bᵀ; lower precision on both) run
+in 16 bits and keep their casts: xa is 16-bit, R is kept as its 16-bit cast, and Aᵀ's
+(for x's gradient) and Bᵀ's casts are kept (views of buffers: autocast caches neither).
+The output is the base's dtype (autocast's). The forward and backward moments above are
+not re-derived for it (the accuracy cases under autocast match within 0.1 %).
+
+Not modelled (refused): 16-bit R (peft keeps A and B fp32; not measured), the
+Cayley-Neumann series above 2 terms under autocast (its Q powers are 16-bit matmuls
+there), GPT-2's Conv1D (peft wraps only nn.Linear), ``psoft_orth``, ``psoft_mag_a`` or ``psoft_mag_b``
 off (a live model's are refused), ``psoft_dropout`` (noted).
 """
 
@@ -51,13 +60,15 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     return total
 
 
-def rotation_bytes(run: RunConfig, in_grad: bool) -> int:
+def rotation_bytes(run: RunConfig, in_grad: bool, e16: int = 0) -> int:
     """The r × r matrices one PSOFT linear keeps: the Cayley build's (oft.cayley_bytes), R
     (under the series: the solve's result is counted there), its b-scaled copy and, when
-    x needs a gradient, the a-scaled R the matmul keeps."""
+    x needs a gradient, the a-scaled R the matmul keeps: under autocast (``e16``, the
+    compute dtype's size) the matmul's 16-bit cast of it instead."""
     r, _, terms = run.psoft
     square = r * r * FP32
-    return cayley_bytes(terms, 1, r, FP32) + square * ((terms > 0) + 1 + in_grad)
+    kept_r = r * r * (e16 or FP32) if in_grad else 0
+    return cayley_bytes(terms, 1, r, FP32) + square * ((terms > 0) + 1) + kept_r
 
 
 @register("psoft")
@@ -76,14 +87,18 @@ class PSOFT:
         """What each PSOFT linear keeps: xa (T × r, fp32) and its rotation's matrices; never
         the shared input (``in_bytes`` unused, the shared signature)."""
         out: list[Saved] = []
+        e16 = ctx.e if ctx.plan.dtypes.autocast else 0
         for lin in (lin for lin in linears if lin.module in state.psoft):
             own = (lin,)
             r = ctx.run.psoft[0]
-            out.append(
-                Saved(f"{lin.label} PSOFT x·Aᵀ", ctx.tokens * r * FP32, Kind.PSOFT, side, own)
-            )
-            size = rotation_bytes(ctx.run, in_grad)
+            size = ctx.tokens * r * (e16 or FP32)
+            out.append(Saved(f"{lin.label} PSOFT x·Aᵀ", size, Kind.PSOFT, side, own))
+            size = rotation_bytes(ctx.run, in_grad, e16)
             out.append(Saved(f"{lin.label} PSOFT rotation (r × r)", size, Kind.PSOFT, side, own))
+            if e16:  # the matmuls' casts of the frozen Aᵀ (for x's gradient) and Bᵀ
+                size = r * (lin.in_features * in_grad + lin.out_features) * e16
+                what = f"{lin.label} PSOFT A and B cast to {e16 * 8}-bit"
+                out.append(Saved(what, size, Kind.PSOFT, side, own))
         return out, False
 
     @staticmethod

@@ -75,8 +75,13 @@ class VeRA:
         """Element size of an adapted linear's output: under autocast peft returns it in
         its input's dtype (``result.to(previous_dtype)``), the residual stream's for a
         feed-forward linear reading a norm's output (fp32 over fp32 weights: measured,
-        VeRA on gate and up of a tiny Llama, bf16-mixed); ``base`` otherwise."""
-        if lin.module in state.vectored and ctx.plan.dtypes.autocast:
+        VeRA on gate and up of a tiny Llama, bf16-mixed; FourierFT's forward ends the
+        same way, and WaveFT's and C3A's, tests/accuracy cases method=fourierft,
+        method=waveft and method=c3a); ``base`` otherwise."""
+        returns_input_dtype = lin.module in (
+            state.vectored | state.spectral | state.wavelet | state.circulant
+        )
+        if returns_input_dtype and ctx.plan.dtypes.autocast:
             return ctx.residual
         return base
 

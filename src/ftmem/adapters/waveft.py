@@ -26,21 +26,29 @@ the host, and each forward copies them to the device (16 · n, held through the 
 
 Not modelled: wavelet families other than db1 (they pad the coefficient matrix; refused by
 having no setting), ``use_idwt=False``, an odd dimension (db1 pads it by one row or column),
-autocast (refused: RunConfig), Conv1D (refused).
+Conv1D (refused).
+
+Under autocast (stop 47): the zero matrix, index_put (CUDA's promote list: fp32 only) and
+the stack (the CPU's promote list: fp32 only) stay fp32; conv_transpose2d (lower precision
+on both devices) casts the quarters and the filter to 16-bit and keeps the casts, so ΔW
+is 16-bit, the input goes to it (a copy only from an fp32 stream, as LoHa's) and F.linear
+casts nothing more. The CPU measures CUDA's graph.
 """
 
 from __future__ import annotations
 
 from ftmem.arch import Linear
 from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.methods import MethodPlan
 from ftmem.ops.context import LayerContext
 from ftmem.ops.saved import Kind, Saved, Side
 
-# ΔW-sized tensors (in ΔW's dtype) at the largest moments, measured with one peft WaveFT
-# Linear on the CPU (tests/test_waveft.py): the build holds the zero matrix, its stacked
-# quarters, conv_transpose2d's output and the scaled ΔW; the backward, after the nodes
-# have freed ΔW, its input cast and the stacked quarters, the four quarters' gradients
-# (each slice's backward makes a whole zero matrix before they are summed)
+# ΔW-sized tensors at the largest moments, measured with one peft WaveFT Linear on the CPU
+# (tests/test_waveft.py): the build holds the zero matrix, its stacked quarters,
+# conv_transpose2d's output and the scaled ΔW (each in ΔW's dtype without autocast); the
+# backward, after the nodes have freed ΔW, its input cast and the stacked quarters, the
+# four quarters' gradients (each slice's backward makes a whole zero matrix in the
+# spectrum's dtype before they are summed)
 WAVE_BUILD = 4
 WAVE_BACKWARD = 4
 FILTER_ELEMENTS = 16  # db1's 2-D reconstruction filter: 4 × 1 × 2 × 2
@@ -48,8 +56,9 @@ FILTER_ELEMENTS = 16  # db1's 2-D reconstruction filter: 4 × 1 × 2 × 2
 
 def kept(ctx: LayerContext, lin: Linear, side: Side) -> list[Saved]:
     """The transform's own kept tensors (besides ΔW and the input cast): the stacked
-    quarters and the filter (conv_transpose2d's inputs), the masked indices and mask."""
-    de = BYTES_PER_ELEMENT[ctx.plan.dtypes.adapter]
+    quarters and the filter (conv_transpose2d's inputs, in ΔW's dtype: under autocast
+    its 16-bit casts), the masked indices and mask."""
+    de = delta_bytes(ctx.plan)
     n, own = ctx.run.waveft[0], (lin,)
     size = (lin.in_features * lin.out_features + FILTER_ELEMENTS) * de
     return [
@@ -58,15 +67,35 @@ def kept(ctx: LayerContext, lin: Linear, side: Side) -> list[Saved]:
     ]
 
 
-def build_held(sizes: list[tuple[int, int]], kept: bool) -> list[int]:
+def delta_bytes(plan: MethodPlan) -> int:
+    """Element size of ΔW and of the kept quarters: the adapter dtype, or under autocast
+    the compute dtype (conv_transpose2d is in CUDA's and the CPU's lower-precision lists:
+    it casts the fp32 quarters and filter, and its output is 16-bit)."""
+    dt = plan.dtypes
+    return BYTES_PER_ELEMENT[dt.compute if dt.autocast else dt.adapter]
+
+
+def build_held(sizes: list[tuple[int, int]], kept: bool, plan: MethodPlan) -> list[int]:
     """Each linear's build peak (``sizes``: its ΔW bytes and input cast's), beyond the
-    block's kept tensors of it (ΔW, the cast and the stacked quarters) when ``kept``. Left
+    block's kept tensors of it (ΔW, the cast and the stacked quarters) when ``kept``.
+    Without autocast WAVE_BUILD ΔW-sized tensors at the scaling; under autocast the
+    conv's moment is larger: the fp32 zero matrix and quarters beside the quarters'
+    16-bit cast and the 16-bit output (2 · 4 + 2 · 2 bytes an element, measured). Left
     out: the index tensors of the build (the device copy of the host indices, its clone,
     the masked coefficients: n · 36 bytes, under 1 % of ΔW at peft's sizes)."""
-    return [WAVE_BUILD * w - (2 * w + cast if kept else 0) for w, cast in sizes]
+    ae, de = BYTES_PER_ELEMENT[plan.dtypes.adapter], delta_bytes(plan)
+    held = []
+    for w, cast in sizes:
+        el = w // de
+        at_conv = el * (2 * ae + (de if de != ae else 0) + de)
+        at_scale = el * (ae + (WAVE_BUILD - 1) * de)
+        held.append(max(at_conv, at_scale) - (2 * w + cast if kept else 0))
+    return held
 
 
-def backward_held(sizes: list[tuple[int, int]]) -> list[int]:
+def backward_held(sizes: list[tuple[int, int]], plan: MethodPlan) -> list[int]:
     """Each linear's backward peak beyond the block's kept tensors, which the nodes have
-    freed of ΔW, the cast and the stacked quarters by then."""
-    return [WAVE_BACKWARD * w - 2 * w - cast for w, cast in sizes]
+    freed of ΔW, the cast and the stacked quarters by then: WAVE_BACKWARD quarter
+    gradients, whole matrices in the adapter dtype (the spectrum's) under autocast too."""
+    ae, de = BYTES_PER_ELEMENT[plan.dtypes.adapter], delta_bytes(plan)
+    return [WAVE_BACKWARD * (w // de) * ae - 2 * w - cast for w, cast in sizes]

@@ -164,7 +164,9 @@ class LinearOp:
         if state.v2_scaled:
             out += LlamaAdapter.scale_saved(ctx, linears, state, side)
         if ctx.plan.dtypes.casts_weights and in_grad:
-            out += LinearOp.weight_copies(ctx, linears, side)
+            # (a SHiRA linear never calls its base: Shira.saved keeps the rebuilt W's cast)
+            called = [lin for lin in linears if lin.module not in state.shira]
+            out += LinearOp.weight_copies(ctx, called, side)
         if in_grad and LinearOp.gptq_dequantises(ctx.run, ctx.tokens):
             out += LinearOp.dequantised_weights(linears, side)
         return out
