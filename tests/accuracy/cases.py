@@ -1170,6 +1170,7 @@ def _vera() -> list[Case]:
         {"precision": "bf16", "adapter_dtype": "bf16"},
         {"precision": "bf16", "vera_targets": "all-linear", "vera_rank": 4},
         {"precision": "bf16-mixed", "vera_targets": "all-linear", "vera_rank": 16},
+        {"precision": "bf16", "autocast": True, "adapter_dtype": "bf16"},
     ):
         cases.append(Case("llama", {"method": "vera", **extra}))
     many = {"batch_size": 4, "seq_len": 400, "grad_ckpt": True, "vera_targets": "all-linear"}
@@ -1276,6 +1277,19 @@ def _shared_bank() -> list[Case]:
         {"precision": "bf16", "adapter_dtype": "bf16"},
         {"precision": "bf16", "pvera_targets": "all-linear", "pvera_rank": 4},
         {"precision": "fp32", "batch_size": 4, "seq_len": 400, "grad_ckpt": True},
+        # under autocast: the slices' casts (none for bf16 vectors), an fp32 code
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16", "autocast": True, "adapter_dtype": "bf16"},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {
+            "precision": "bf16-mixed",
+            "batch_size": 4,
+            "seq_len": 400,
+            "grad_ckpt": True,
+            "pvera_targets": "all-linear",
+            "pvera_rank": 16,
+        },
     ):
         cases.append(Case("llama", {"method": "pvera", **extra}))
     # RandLoRA: the scaled base (about min(in, out)² per linear) built every forward, kept
