@@ -481,7 +481,6 @@ NO_AUTOCAST = {
     "road": "",
     "boft": "",
     "oft": "",
-    "randlora": "",
     "vblora": "",
     "tinylora": "",
     "unilora": "",

@@ -1303,6 +1303,19 @@ def _shared_bank() -> list[Case]:
         {"precision": "bf16", "grad_ckpt": True},
         {"precision": "bf16", "randlora_targets": "all-linear"},
         {"precision": "fp32", "randlora_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+        # under autocast: the 16-bit casts of the input and both bases, gate and up
+        # answering in their input's dtype
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16-mixed", "randlora_targets": "all-linear"},
+        {
+            "precision": "bf16",
+            "autocast": True,
+            "randlora_targets": "all-linear",
+            "batch_size": 1,
+            "seq_len": 8,
+        },
     ):
         cases.append(Case("llama", {"method": "randlora", "randlora_rank": 8, **extra}))
     # VB-LoRA: A and B mixed from the shared bank every forward (16-long vectors tile the
