@@ -1327,6 +1327,12 @@ def _shared_bank() -> list[Case]:
         {"precision": "bf16", "grad_ckpt": True},
         {"precision": "bf16", "adapter_dtype": "bf16"},
         {"precision": "bf16", "vblora_targets": "all-linear", "vblora_topk": 3},
+        # under autocast: 16-bit casts of the input, A and B (none with a bf16 bank)
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16", "autocast": True, "adapter_dtype": "bf16"},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16-mixed", "vblora_targets": "all-linear", "vblora_topk": 3},
     ):
         cases.append(Case("llama", {**bank, **extra}))
     return cases + _tinylora()
