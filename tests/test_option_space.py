@@ -66,7 +66,9 @@ PEFT_OTHER = {
 # peft's LoRA variants with LoRA's options (--lora-r, --lora-targets, ...)
 LORA_VARIANTS = {"adalora", "gralora", "delora", "deft"}
 # not modelled under autocast (ftmem.run.NO_AUTOCAST: measured on the CPU without it only)
-AUTOCAST_MODELLED = {"adalora", "loha", "vera", "pvera", "randlora", "vblora"}
+AUTOCAST_MODELLED = {
+    "adalora", "loha", "vera", "pvera", "randlora", "vblora", "tinylora",
+}  # fmt: skip
 NO_AUTOCAST = PEFT_OTHER - AUTOCAST_MODELLED | LORA_VARIANTS - {"adalora"}
 # peft wraps no transformers Conv1D (GPT-2's) for these, or ftmem does not model it
 NO_CONV1D = PEFT_OTHER - {"adalora"} | LORA_VARIANTS - {"adalora"}

@@ -1351,6 +1351,12 @@ def _tinylora() -> list[Case]:
         {"precision": "bf16", "tinylora_weight_tying": 1.0, "tinylora_rank": 8},
         {"precision": "bf16", "tinylora_targets": "all-linear", "tinylora_u": 16},
         {"precision": "fp32", "tinylora_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+        # under autocast: 16-bit h and R, the casts of P, B and A
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16-mixed", "tinylora_targets": "all-linear", "tinylora_u": 16},
+        {"precision": "bf16", "autocast": True, "tinylora_weight_tying": 1.0, "tinylora_rank": 8},
     ):
         cases.append(Case("llama", {"method": "tinylora", **extra}))
     return cases + _unilora() + _lily()
