@@ -67,7 +67,7 @@ PEFT_OTHER = {
 LORA_VARIANTS = {"adalora", "gralora", "delora", "deft"}
 # not modelled under autocast (ftmem.run.NO_AUTOCAST: measured on the CPU without it only)
 AUTOCAST_MODELLED = {
-    "adalora", "loha", "vera", "pvera", "randlora", "vblora", "tinylora",
+    "adalora", "loha", "vera", "pvera", "randlora", "vblora", "tinylora", "unilora",
 }  # fmt: skip
 NO_AUTOCAST = PEFT_OTHER - AUTOCAST_MODELLED | LORA_VARIANTS - {"adalora"}
 # peft wraps no transformers Conv1D (GPT-2's) for these, or ftmem does not model it

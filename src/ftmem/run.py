@@ -481,7 +481,6 @@ NO_AUTOCAST = {
     "road": "",
     "boft": "",
     "oft": "",
-    "unilora": "",
     "lily": "",
 }
 

@@ -1392,6 +1392,11 @@ def _unilora() -> list[Case]:
         {"precision": "bf16", "grad_ckpt": True},
         {"precision": "bf16", "unilora_targets": "all-linear", "unilora_rank": 16},
         {"precision": "fp32", "unilora_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+        # under autocast: 16-bit casts of the input, A and B
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16-mixed", "unilora_targets": "all-linear", "unilora_rank": 16},
     ):
         cases.append(Case("llama", {"method": "unilora", "unilora_theta_length": 32, **extra}))
     return cases

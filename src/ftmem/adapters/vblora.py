@@ -120,8 +120,8 @@ def _autocast_backward(plan: MethodPlan, run: RunConfig, lin: Linear, T: int) ->
     one: 16-bit products, the output gradient cast to 16 bits where the input is wider
     (bf16-mixed: ``gc``, waiting for the base layer). Moments: the second matmul's (h's
     and B's 16-bit gradients), the first's (the input's and A's), the input's casts back
-    through peft's fp32 cast (16 and 32 bits at once) with A's gradient (16 and 32 bits)
-    and B's (16) pending, and the sum of the input's two gradients. Measured on one peft
+    through peft's fp32 cast (16 and 32 bits at once) with A's and B's gradients cast
+    back to fp32 pending, and the sum of the input's two gradients. Measured on one peft
     VB-LoRA Linear (bf16-mixed, bf16 + autocast, three shapes): within the trained
     tensors' gradients (made by the moment or not), tests/test_vblora.py."""
     dt = plan.dtypes
@@ -132,6 +132,6 @@ def _autocast_backward(plan: MethodPlan, run: RunConfig, lin: Linear, T: int) ->
     return max(
         waiting + T * r * e + out * r * e,
         waiting + T * in_ * e + r * in_ * e,
-        waiting + T * in_ * (e + ae) + r * in_ * (e + ae) + out * r * e - kept,
+        waiting + T * in_ * (e + ae) + r * (in_ + out) * ae - kept,
         3 * T * in_ * xe - kept,
     )
