@@ -978,7 +978,7 @@ def check_all(argvs: Iterable[list[str]]) -> tuple[list[str], list[tuple[list[st
 @pytest.fixture(scope="module")
 def accepted_rows():
     return all_pairs(
-        ESTIMATE, _pair_ok, _row_ok, SPREAD, FIRST, seed=15
+        ESTIMATE, _pair_ok, _row_ok, SPREAD, FIRST, seed=31
     )  # a seed whose greedy rows hold every allowed pair
 
 
