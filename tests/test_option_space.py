@@ -68,16 +68,9 @@ PEFT_OTHER = {
 LORA_VARIANTS = {"adalora", "gralora", "delora", "deft"}
 # not modelled under autocast (ftmem.run.NO_AUTOCAST: measured on the CPU without it only)
 AUTOCAST_MODELLED = {
-    "adalora",
-    "loha",
-    "vera",
-    "fourierft",
-    "waveft",
-    "shira",
-    "c3a",
-    "hira",
-    "psoft",
-}
+    "adalora", "loha", "vera", "fourierft", "waveft", "shira", "c3a", "hira", "psoft",
+    "pvera", "randlora", "vblora", "tinylora", "unilora",
+}  # fmt: skip
 NO_AUTOCAST = PEFT_OTHER - AUTOCAST_MODELLED | LORA_VARIANTS - {"adalora"}
 # peft wraps no transformers Conv1D (GPT-2's) for these, or ftmem does not model it
 NO_CONV1D = PEFT_OTHER - {"adalora"} | LORA_VARIANTS - {"adalora"}
@@ -998,7 +991,7 @@ def check_all(argvs: Iterable[list[str]]) -> tuple[list[str], list[tuple[list[st
 @pytest.fixture(scope="module")
 def accepted_rows():
     return all_pairs(
-        ESTIMATE, _pair_ok, _row_ok, SPREAD, FIRST, seed=16
+        ESTIMATE, _pair_ok, _row_ok, SPREAD, FIRST, seed=31
     )  # a seed whose greedy rows hold every allowed pair
 
 

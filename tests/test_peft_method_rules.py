@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from ftmem.run import NO_AUTOCAST
 from tests.test_peft_methods import one_sentence
 
 NEW_METHODS = {
@@ -66,10 +67,7 @@ def test_frameworks_of_their_own_say_why(
     assert "so no such run exists" in err and "not modelled" not in err
 
 
-@pytest.mark.parametrize(
-    "method",
-    sorted(set(NEW_METHODS) - {"vera", "fourierft", "waveft", "shira", "c3a", "hira", "psoft"}),
-)
+@pytest.mark.parametrize("method", sorted(set(NEW_METHODS) & set(NO_AUTOCAST)))
 @pytest.mark.parametrize("precision", [["fp16-mixed"], ["bf16", "--autocast"]])
 def test_autocast_is_refused_alike(
     method: str, precision: list[str], capsys: pytest.CaptureFixture[str]

@@ -103,22 +103,24 @@ def _one_linear(torch, mode: str, shape: tuple[int, int, int], T: int) -> tuple[
     in_f, out_f, r = shape
     model = torch.nn.Sequential()
     model.add_module("up", torch.nn.Linear(in_f, out_f, bias=False))
-    base = torch.float32 if mode == "fp32" else torch.bfloat16
+    base = torch.float32 if mode in ("fp32", "bf16-mixed") else torch.bfloat16
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = get_peft_model(
             model.to(base), PveraConfig(r=r, target_modules=["up"]), autocast_adapter_dtype=True
         )
-    if mode == "bf16-bf16":
+    if mode in ("bf16-bf16", "bf16-bf16-autocast"):
         for p in model.parameters():
             p.data = p.data.to(torch.bfloat16)
         for d in (model.base_model.pvera_A, model.base_model.pvera_B):
             d["default"] = d["default"].to(torch.bfloat16)
     x = torch.randn(T, in_f, dtype=base, requires_grad=True) * 1  # (not a leaf)
+    on = mode in ("bf16-mixed", "bf16-autocast", "bf16-bf16-autocast")
     with LiveBytesTracker() as tracker:
         tracker.track(x, *model.parameters(), *model.buffers())
         start = tracker.current
-        y = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
+            y = model(x)
         kept = tracker.current - start - y.numel() * y.element_size()
         g = torch.ones_like(y)
         tracker.peak = before = tracker.current
@@ -127,31 +129,58 @@ def _one_linear(torch, mode: str, shape: tuple[int, int, int], T: int) -> tuple[
         return kept, tracker.peak - before - grads
 
 
-@pytest.mark.parametrize("mode", ["fp32", "bf16", "bf16-bf16"])
+MODES = ["fp32", "bf16", "bf16-bf16", "bf16-mixed", "bf16-autocast", "bf16-bf16-autocast"]
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", [(96, 160, 16), (96, 96, 256), (512, 64, 16)], ids=str)
 def test_one_peft_linear(mode: str, shape: tuple[int, int, int]) -> None:
     """VeRA.saved and VeRA.backward_own for PVeRA against one peft PVeRA Linear (the three
-    shapes put the peak at λ_b, λ_d and the input): what it keeps exact (h T × 2r, std
-    and eps T × r, y T × out, in the adapter dtype); its backward exact up to the vectors'
-    gradients made by then (4 · out bytes for λ_b, 8 · r for λ_d)."""
+    shapes put the peak at λ_b, λ_d and the input): what it keeps exact (h T × 2r, y
+    T × out in the products' dtype, std and eps T × r each in the code's; under autocast
+    the 16-bit casts of sliced_B (out × r) and sliced_A (2r × in) unless the projections
+    are 16-bit already, and bf16-mixed's copy of the fp32 base weight); its backward
+    exact up to the vectors' gradients made by then (4 · out bytes for λ_b, 8 · r for
+    λ_d), but bf16-mixed's input moment, where the base weight's copy (out × in × 2) is
+    freed already (counted among the linear's saved tensors, not the adapter's)."""
     torch = pytest.importorskip("torch")
-    from ftmem.adapters.vera import VeRA, product_bytes, sampled_code
+    from ftmem.adapters.vera import VeRA, casts_slices, code_bytes, product_bytes, sampled_code
 
     in_f, out_f, r = shape
     run = RunConfig(
-        precision="fp32" if mode == "fp32" else "bf16",
+        precision={"fp32": "fp32", "bf16-mixed": "bf16-mixed"}.get(mode, "bf16"),
+        autocast=True if mode.endswith("-autocast") else None,
+        device="cpu",
         method="pvera",
         pvera_targets="up",
         pvera_rank=r,
-        adapter_dtype="bf16" if mode == "bf16-bf16" else "auto",
+        adapter_dtype="bf16" if mode.startswith("bf16-bf16") else "auto",
     )
     plan = plan_method(tiny("llama", hidden_size=in_f, intermediate_size=out_f), run)
     (lin,) = plan.vectored
     T = 600
     kept, backward = _one_linear(torch, mode, shape, T)
-    pe = product_bytes(plan)
-    assert kept == T * (2 * r + out_f) * pe + sampled_code(run, T, pe) == T * (4 * r + out_f) * pe
-    assert abs(backward - VeRA.backward_own(plan, run, lin, T)) <= 4 * (out_f + 2 * r)
+    pe, ce = product_bytes(plan), code_bytes(plan, run)
+    casts = (out_f * r + 2 * r * in_f) * 2 if casts_slices(plan) else 0
+    casts += out_f * in_f * 2 if mode == "bf16-mixed" else 0
+    assert kept == T * (2 * r + out_f) * pe + sampled_code(run, T, ce) + casts
+    assert sampled_code(run, T, ce) == 2 * T * r * (2 if mode.startswith("bf16-bf16") else 4)
+    slack = 4 * (out_f + 2 * r) + (out_f * in_f * 2 if mode == "bf16-mixed" else 0)
+    assert abs(backward - VeRA.backward_own(plan, run, lin, T)) <= slack
+
+
+def test_cuda_autocast_keeps_an_fp32_code() -> None:
+    """CUDA's autocast runs exp in fp32 (the CPU's does not): with 16-bit vectors under
+    autocast std and eps are fp32 there, 2 · T · r · 4 bytes per adapted linear, and
+    16-bit on the CPU (measured in test_one_peft_linear)."""
+    from ftmem.adapters.vera import code_bytes
+
+    arch = tiny("llama")
+    for device, want in (("cuda", 4), ("cpu", 2)):
+        run = RunConfig(
+            precision="bf16", autocast=True, adapter_dtype="bf16", method="pvera", device=device
+        )
+        assert code_bytes(plan_method(arch, run), run) == want
 
 
 def test_pvera_keeps_more_than_vera_by_its_code() -> None:
@@ -178,10 +207,6 @@ def test_pvera_keeps_more_than_vera_by_its_code() -> None:
         (
             ["--method", "pvera", "--framework", "litgpt"],
             "--framework litgpt has no --method pvera",
-        ),
-        (
-            ["--method", "pvera", "--precision", "bf16-mixed"],
-            "PVeRA under autocast (--precision bf16-mixed / fp16-mixed or --autocast) is not modelled",
         ),
     ],
 )
@@ -217,3 +242,15 @@ def test_live_peft_pvera_model_is_read() -> None:
     s = read_run(model, args, given={"seq_len": 16}).settings
     assert (s["method"], s["pvera_rank"], s["pvera_targets"]) == ("pvera", 4, "o_proj,q_proj")
     assert s["adapter_dtype"] == "fp32"
+
+
+@pytest.mark.parametrize("precision", [["bf16-mixed"], ["fp16-mixed"], ["bf16", "--autocast"]])
+def test_autocast_is_estimated(precision: list[str], capsys) -> None:
+    """PVeRA under autocast was refused (not modelled); its casts, its fp32 code and its
+    output in the input's dtype are modelled now (tests/accuracy cases method=pvera)."""
+    from ftmem.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["estimate", "llama-3.2-3b", "--method", "pvera", "--precision", *precision])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0 and err == "" and "GiB" in out

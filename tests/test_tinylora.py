@@ -68,6 +68,9 @@ def test_buffers_are_the_ones_peft_registers() -> None:
     assert adapter_buffer_bytes(plan, run, arch.num_layers) == got
 
 
+AUTOCAST = ("bf16-mixed", "bf16-autocast")
+
+
 def _one_linear(torch, mode: str, shape: tuple[int, int], T: int) -> tuple:
     """What one peft TinyLoRA Linear (r 8, u 16) keeps after its forward beside its
     output, and the bytes above that and its output gradient at the peak of its backward
@@ -78,7 +81,7 @@ def _one_linear(torch, mode: str, shape: tuple[int, int], T: int) -> tuple:
 
     model = torch.nn.Sequential()
     model.add_module("up", torch.nn.Linear(*shape, bias=False))
-    base = torch.float32 if mode == "fp32" else torch.bfloat16
+    base = torch.float32 if mode in ("fp32", "bf16-mixed") else torch.bfloat16
     cfg = TinyLoraConfig(r=8, u=16, target_modules=["up"], init_weights="uniform")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -87,7 +90,8 @@ def _one_linear(torch, mode: str, shape: tuple[int, int], T: int) -> tuple:
     with LiveBytesTracker() as tracker:
         tracker.track(x, *model.parameters(), *model.buffers())
         start = tracker.current
-        y = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode in AUTOCAST):
+            y = model(x)
         kept = tracker.current - start - y.nbytes
         g = torch.ones_like(y)  # (held by the caller)
         tracker.peak = before = tracker.current
@@ -96,19 +100,24 @@ def _one_linear(torch, mode: str, shape: tuple[int, int], T: int) -> tuple:
         return kept, tracker.peak - before - grads, grads
 
 
-@pytest.mark.parametrize("mode", ["fp32", "bf16"])
+@pytest.mark.parametrize("mode", ["fp32", "bf16", *AUTOCAST])
 @pytest.mark.parametrize("shape", [(96, 160), (160, 96), (64, 64)], ids=str)
 def test_one_peft_linear(mode: str, shape: tuple[int, int]) -> None:
     """TinyLoRA.saved and backward_own against one peft TinyLoRA Linear: what it keeps
-    exact (h and R, never its input); its backward within v's gradient (on a bf16 base the
-    last matmul's casts, or the first's with the input gradient's cast back, lead)."""
+    exact (h and R, never its input; under autocast 16-bit h and R and the 16-bit casts
+    of P, B and A); its backward within v's gradient (on a bf16 base the last matmul's
+    casts, or the first's with the input gradient's cast back, lead). Under bf16-mixed
+    the fp32 base weight's 16-bit copy (out × in × 2, a linear's saved tensor, not the
+    adapter's) is kept too, and freed before the input's gradients are summed."""
     torch = pytest.importorskip("torch")
     from ftmem.adapters.tinylora import TinyLoRA
     from ftmem.ops.context import LayerContext
     from ftmem.ops.saved import Side
 
     run = RunConfig(
-        precision="fp32" if mode == "fp32" else "bf16",
+        precision={"fp32": "fp32", "bf16-mixed": "bf16-mixed"}.get(mode, "bf16"),
+        autocast=True if mode == "bf16-autocast" else None,
+        device="cpu",
         method="tinylora",
         tinylora_rank=8,
         tinylora_u=16,
@@ -117,12 +126,14 @@ def test_one_peft_linear(mode: str, shape: tuple[int, int]) -> None:
     arch = tiny("llama", hidden_size=shape[0], intermediate_size=shape[1])
     plan = plan_method(arch, run)
     (lin,) = plan.banked
-    T, e = 600, 4 if mode == "fp32" else 2
+    T, e = 600, 4 if mode in ("fp32", "bf16-mixed") else 2  # the input's
     kept, backward, grads = _one_linear(torch, mode, shape, T)
     items, keeps_input = TinyLoRA.saved(LayerContext(arch, run, plan, T), lin, Side.MLP, True, e)
     assert not keeps_input
-    assert kept == sum(item.nbytes for item in items)
-    assert abs(backward - TinyLoRA.backward_own(plan, run, lin, T, e)) <= grads
+    weight_copy = shape[0] * shape[1] * 2 if mode == "bf16-mixed" else 0
+    assert kept == sum(item.nbytes for item in items) + weight_copy
+    ce = 4 if mode == "fp32" else 2  # the base output's
+    assert abs(backward - TinyLoRA.backward_own(plan, run, lin, T, ce)) <= grads + weight_copy
 
 
 @pytest.mark.parametrize(
@@ -135,7 +146,6 @@ def test_one_peft_linear(mode: str, shape: tuple[int, int]) -> None:
         (["--method", "tinylora", "--tinylora-weight-tying", "1.5"], "--tinylora-weight-tying"),
         (["--method", "tinylora", "--adapter-dtype", "bf16"], "--adapter-dtype only applies"),
         (["--method", "tinylora", "--framework", "torchtune"], "has no --method tinylora"),
-        (["--method", "tinylora", "--precision", "bf16-mixed"], "TinyLoRA under autocast"),
     ],
 )
 def test_bad_input_is_one_sentence(args: list[str], expected: str, capsys) -> None:
@@ -169,3 +179,17 @@ def test_live_peft_tinylora_model_is_read() -> None:
         "o_proj,q_proj",
     )
     assert (s["tinylora_u"], s["tinylora_weight_tying"]) == (8, 0.5)
+
+
+@pytest.mark.parametrize("precision", [["bf16-mixed"], ["fp16-mixed"], ["bf16", "--autocast"]])
+def test_autocast_is_estimated(precision: list[str], capsys) -> None:
+    """TinyLoRA under autocast was refused (not modelled); its 16-bit products and buffer
+    casts, its output in the input's dtype and its backward are modelled now (accuracy
+    cases method=tinylora)."""
+    from ftmem.cli import main
+
+    args = ["estimate", "llama-3.2-3b", "--method", "tinylora", "--precision", *precision]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0 and err == "" and "GiB" in out

@@ -61,6 +61,9 @@ def test_buffers_are_the_ones_peft_registers() -> None:
     assert adapter_buffer_bytes(plan, run, arch.num_layers) == got
 
 
+AUTOCAST = ("bf16-mixed", "bf16-autocast")
+
+
 def _one_linear(torch, mode: str, shape: tuple[int, int], T: int) -> tuple:
     """What one peft UniLoRA Linear (r 8, theta_d 32) keeps after its forward beside its
     output, and the bytes above that and its output gradient at the peak of its backward
@@ -71,7 +74,7 @@ def _one_linear(torch, mode: str, shape: tuple[int, int], T: int) -> tuple:
 
     model = torch.nn.Sequential()
     model.add_module("up", torch.nn.Linear(*shape, bias=False))
-    base = torch.float32 if mode == "fp32" else torch.bfloat16
+    base = torch.float32 if mode in ("fp32", "bf16-mixed") else torch.bfloat16
     cfg = UniLoraConfig(r=8, theta_d_length=32, target_modules=["up"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -80,7 +83,8 @@ def _one_linear(torch, mode: str, shape: tuple[int, int], T: int) -> tuple:
     with LiveBytesTracker() as tracker:
         tracker.track(x, *model.parameters(), *model.buffers())
         start = tracker.current
-        y = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode in AUTOCAST):
+            y = model(x)
         kept = tracker.current - start - y.nbytes
         g = torch.ones_like(y)  # (held by the caller)
         tracker.peak = before = tracker.current
@@ -89,19 +93,23 @@ def _one_linear(torch, mode: str, shape: tuple[int, int], T: int) -> tuple:
         return kept, tracker.peak - before - grads, grads
 
 
-@pytest.mark.parametrize("mode", ["fp32", "bf16"])
+@pytest.mark.parametrize("mode", ["fp32", "bf16", *AUTOCAST])
 @pytest.mark.parametrize("shape", [(96, 160), (160, 96), (64, 64)], ids=str)
 def test_one_peft_linear(mode: str, shape: tuple[int, int]) -> None:
     """UniLoRA.saved and backward_own against one peft UniLoRA Linear: what it keeps
-    exact (the input's cast where the dtypes differ, A, h, B); its backward within
-    theta_d's gradient."""
+    exact (the input's cast where the dtypes differ, A, h, B; under autocast 16-bit casts
+    of the input, A and B and a 16-bit h); its backward within theta_d's gradient. Under
+    bf16-mixed the fp32 base weight's 16-bit copy (out × in × 2, a linear's saved tensor,
+    not the adapter's) is kept too, and freed before the input's gradients are summed."""
     torch = pytest.importorskip("torch")
     from ftmem.adapters.unilora import UniLoRA
     from ftmem.ops.context import LayerContext
     from ftmem.ops.saved import Side
 
     run = RunConfig(
-        precision="fp32" if mode == "fp32" else "bf16",
+        precision={"fp32": "fp32", "bf16-mixed": "bf16-mixed"}.get(mode, "bf16"),
+        autocast=True if mode == "bf16-autocast" else None,
+        device="cpu",
         method="unilora",
         unilora_rank=8,
         unilora_theta_length=32,
@@ -110,12 +118,14 @@ def test_one_peft_linear(mode: str, shape: tuple[int, int]) -> None:
     arch = tiny("llama", hidden_size=shape[0], intermediate_size=shape[1])
     plan = plan_method(arch, run)
     (lin,) = plan.banked
-    T, e = 600, 4 if mode == "fp32" else 2
+    T, e = 600, 4 if mode in ("fp32", "bf16-mixed") else 2  # the input's
     kept, backward, grads = _one_linear(torch, mode, shape, T)
     items, keeps_input = UniLoRA.saved(LayerContext(arch, run, plan, T), lin, Side.MLP, True, e)
     assert keeps_input == (mode == "fp32")  # (fp32: the input is theta_d's dtype, no cast)
-    assert kept == sum(item.nbytes for item in items)
-    assert abs(backward - UniLoRA.backward_own(plan, run, lin, T, e)) <= grads
+    weight_copy = shape[0] * shape[1] * 2 if mode == "bf16-mixed" else 0
+    assert kept == sum(item.nbytes for item in items) + weight_copy
+    ce = 4 if mode == "fp32" else 2  # the base output's
+    assert abs(backward - UniLoRA.backward_own(plan, run, lin, T, ce)) <= grads + weight_copy
 
 
 @pytest.mark.parametrize(
@@ -127,7 +137,6 @@ def test_one_peft_linear(mode: str, shape: tuple[int, int]) -> None:
         (["--method", "unilora", "--unilora-targets", "zz"], "UniLoRA target 'zz' matches no"),
         (["--method", "unilora", "--adapter-dtype", "bf16"], "--adapter-dtype only applies"),
         (["--method", "unilora", "--framework", "torchtune"], "has no --method unilora"),
-        (["--method", "unilora", "--precision", "bf16-mixed"], "UniLoRA under autocast"),
     ],
 )
 def test_bad_input_is_one_sentence(args: list[str], expected: str, capsys) -> None:
@@ -157,3 +166,17 @@ def test_live_peft_unilora_model_is_read() -> None:
     s = read_run(model, args, given={"seq_len": 16}).settings
     assert (s["method"], s["unilora_rank"], s["unilora_targets"]) == ("unilora", 3, "o_proj,q_proj")
     assert s["unilora_theta_length"] == 24
+
+
+@pytest.mark.parametrize("precision", [["bf16-mixed"], ["fp16-mixed"], ["bf16", "--autocast"]])
+def test_autocast_is_estimated(precision: list[str], capsys) -> None:
+    """UniLoRA under autocast was refused (not modelled); its 16-bit casts of the input, A
+    and B, its output in the input's dtype and its backward are modelled now (accuracy
+    cases method=unilora)."""
+    from ftmem.cli import main
+
+    args = ["estimate", "llama-3.2-3b", "--method", "unilora", "--precision", *precision]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0 and err == "" and "GiB" in out

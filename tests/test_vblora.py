@@ -46,6 +46,9 @@ def test_published_metamathqa_count() -> None:
     assert est.model.n_params + est.model.n_trainable_params == 3_213_962_240
 
 
+AUTOCAST = ("bf16-mixed", "bf16-autocast", "bf16-bf16-autocast")
+
+
 def _one_linear(torch, mode: str, shape: tuple[int, int], T: int, x_grad: bool) -> tuple:
     """What one peft VB-LoRA Linear (r 8, 32 vectors of 16, top-2) keeps after its
     forward beside its output, and the bytes above that and its output gradient at the
@@ -56,19 +59,20 @@ def _one_linear(torch, mode: str, shape: tuple[int, int], T: int, x_grad: bool) 
 
     model = torch.nn.Sequential()
     model.add_module("up", torch.nn.Linear(*shape, bias=False))
-    base = torch.float32 if mode == "fp32" else torch.bfloat16
+    base = torch.float32 if mode in ("fp32", "bf16-mixed") else torch.bfloat16
     cfg = VBLoRAConfig(r=8, target_modules=["up"], vector_length=16, num_vectors=32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = get_peft_model(model.to(base), cfg, autocast_adapter_dtype=True)
-    if mode == "bf16-bf16":
+    if mode.startswith("bf16-bf16"):
         for p in model.parameters():
             p.data = p.data.to(torch.bfloat16)
     x = torch.randn(T, shape[0], dtype=base, requires_grad=x_grad) * 1  # (not a leaf)
     with LiveBytesTracker() as tracker:
         tracker.track(x, *model.parameters(), *model.buffers())
         start = tracker.current
-        y = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode in AUTOCAST):
+            y = model(x)
         kept = tracker.current - start - y.nbytes
         g = torch.ones_like(y)  # (held by the caller)
         tracker.peak = before = tracker.current
@@ -77,31 +81,50 @@ def _one_linear(torch, mode: str, shape: tuple[int, int], T: int, x_grad: bool) 
         return kept, tracker.peak - before - grads, grads
 
 
-@pytest.mark.parametrize("mode", ["fp32", "bf16", "bf16-bf16"])
+@pytest.mark.parametrize("mode", ["fp32", "bf16", "bf16-bf16", *AUTOCAST])
 @pytest.mark.parametrize("shape", [(96, 160), (160, 96), (64, 64)], ids=str)
 def test_one_peft_linear(mode: str, shape: tuple[int, int]) -> None:
     """VBLoRA.saved and backward_own against one peft VB-LoRA Linear whose input needs a
     gradient: what it keeps exact (the input's cast where the dtypes differ, A, h, B, the
-    gathered vectors, the top-k softmax and indices); its backward within the trained
-    tensors' gradients (made by the moment or not)."""
+    gathered vectors, the top-k softmax and indices; under autocast with the fp32 bank
+    16-bit casts of the input, A and B and a 16-bit h); its backward within the trained
+    tensors' gradients (made by the moment or not). Under bf16-mixed the fp32 base
+    weight's 16-bit copy (out × in × 2, a linear's saved tensor, not the adapter's) is
+    kept too, and freed before the input's gradients are summed."""
     torch = pytest.importorskip("torch")
     from ftmem.adapters.vblora import VBLoRA
     from ftmem.ops.context import LayerContext
     from ftmem.ops.saved import Side
 
     run = RunConfig(
-        precision="fp32" if mode == "fp32" else "bf16",
+        precision={"fp32": "fp32", "bf16-mixed": "bf16-mixed"}.get(mode, "bf16"),
+        autocast=True if mode.endswith("-autocast") else None,
+        device="cpu",
         **{**BANK, "vblora_rank": 8, "vblora_targets": "up"},
-        adapter_dtype="bf16" if mode == "bf16-bf16" else "auto",
+        adapter_dtype="bf16" if mode.startswith("bf16-bf16") else "auto",
     )
     arch = tiny("llama", hidden_size=shape[0], intermediate_size=shape[1])
     plan = plan_method(arch, run)
     (lin,) = plan.banked
-    T, e = 600, 4 if mode == "fp32" else 2
+    T, e = 600, 4 if mode in ("fp32", "bf16-mixed") else 2  # the input's
     kept, backward, grads = _one_linear(torch, mode, shape, T, True)
     items, _ = VBLoRA.saved(LayerContext(arch, run, plan, T), lin, Side.MLP, True, e)
-    assert kept == sum(item.nbytes for item in items)
-    assert abs(backward - VBLoRA.backward_own(plan, run, lin, T, e)) <= grads
+    weight_copy = shape[0] * shape[1] * 2 if mode == "bf16-mixed" else 0
+    assert kept == sum(item.nbytes for item in items) + weight_copy
+    ce = 4 if mode == "fp32" else 2  # the base output's
+    assert abs(backward - VBLoRA.backward_own(plan, run, lin, T, ce)) <= grads + weight_copy
+
+
+def test_cuda_autocast_keeps_an_fp32_softmax() -> None:
+    """CUDA's autocast runs softmax in fp32 (the CPU's does not): with 16-bit logits under
+    autocast the top-k softmax each adapted linear keeps is fp32 there."""
+    from ftmem.adapters.vblora import softmax_bytes
+
+    for device, want in (("cuda", 4), ("cpu", 2)):
+        run = RunConfig(
+            precision="bf16", autocast=True, adapter_dtype="bf16", device=device, **BANK
+        )
+        assert softmax_bytes(run, 2) == want
 
 
 def test_bank_is_one_tensor_outside_the_blocks() -> None:
@@ -127,7 +150,6 @@ def test_bank_is_one_tensor_outside_the_blocks() -> None:
             "VB-LoRA's vectors (96 long) do not tile self_attn.q_proj",
         ),
         (["--method", "vblora", "--framework", "torchtune"], "has no --method vblora"),
-        (["--method", "vblora", "--precision", "bf16-mixed"], "VB-LoRA under autocast"),
     ],
 )
 def test_bad_input_is_one_sentence(args: list[str], expected: str, capsys) -> None:
@@ -159,3 +181,17 @@ def test_live_peft_vblora_model_is_read() -> None:
     s = read_run(model, args, given={"seq_len": 16}).settings
     assert (s["method"], s["vblora_rank"], s["vblora_targets"]) == ("vblora", 2, "o_proj,q_proj")
     assert (s["vblora_vectors"], s["vblora_vector_length"], s["vblora_topk"]) == (16, 8, 3)
+
+
+@pytest.mark.parametrize("precision", [["bf16-mixed"], ["fp16-mixed"], ["bf16", "--autocast"]])
+def test_autocast_is_estimated(precision: list[str], capsys) -> None:
+    """VB-LoRA under autocast was refused (not modelled); its 16-bit casts of the input, A
+    and B, CUDA's fp32 softmax, its output in the input's dtype and its backward are
+    modelled now (accuracy cases method=vblora)."""
+    from ftmem.cli import main
+
+    args = ["estimate", "llama-3.2-3b", "--method", "vblora", "--precision", *precision]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0 and err == "" and "GiB" in out

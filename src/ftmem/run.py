@@ -480,11 +480,6 @@ NO_AUTOCAST = {
     "road": "",
     "boft": "",
     "oft": "",
-    "pvera": "",
-    "randlora": "",
-    "vblora": "",
-    "tinylora": "",
-    "unilora": "",
     "lily": "",
 }
 

@@ -1170,6 +1170,7 @@ def _vera() -> list[Case]:
         {"precision": "bf16", "adapter_dtype": "bf16"},
         {"precision": "bf16", "vera_targets": "all-linear", "vera_rank": 4},
         {"precision": "bf16-mixed", "vera_targets": "all-linear", "vera_rank": 16},
+        {"precision": "bf16", "autocast": True, "adapter_dtype": "bf16"},
     ):
         cases.append(Case("llama", {"method": "vera", **extra}))
     many = {"batch_size": 4, "seq_len": 400, "grad_ckpt": True, "vera_targets": "all-linear"}
@@ -1307,6 +1308,19 @@ def _shared_bank() -> list[Case]:
         {"precision": "bf16", "adapter_dtype": "bf16"},
         {"precision": "bf16", "pvera_targets": "all-linear", "pvera_rank": 4},
         {"precision": "fp32", "batch_size": 4, "seq_len": 400, "grad_ckpt": True},
+        # under autocast: the slices' casts (none for bf16 vectors), an fp32 code
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16", "autocast": True, "adapter_dtype": "bf16"},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {
+            "precision": "bf16-mixed",
+            "batch_size": 4,
+            "seq_len": 400,
+            "grad_ckpt": True,
+            "pvera_targets": "all-linear",
+            "pvera_rank": 16,
+        },
     ):
         cases.append(Case("llama", {"method": "pvera", **extra}))
     # RandLoRA: the scaled base (about min(in, out)² per linear) built every forward, kept
@@ -1320,6 +1334,19 @@ def _shared_bank() -> list[Case]:
         {"precision": "bf16", "grad_ckpt": True},
         {"precision": "bf16", "randlora_targets": "all-linear"},
         {"precision": "fp32", "randlora_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+        # under autocast: the 16-bit casts of the input and both bases, gate and up
+        # answering in their input's dtype
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16-mixed", "randlora_targets": "all-linear"},
+        {
+            "precision": "bf16",
+            "autocast": True,
+            "randlora_targets": "all-linear",
+            "batch_size": 1,
+            "seq_len": 8,
+        },
     ):
         cases.append(Case("llama", {"method": "randlora", "randlora_rank": 8, **extra}))
     # VB-LoRA: A and B mixed from the shared bank every forward (16-long vectors tile the
@@ -1331,6 +1358,12 @@ def _shared_bank() -> list[Case]:
         {"precision": "bf16", "grad_ckpt": True},
         {"precision": "bf16", "adapter_dtype": "bf16"},
         {"precision": "bf16", "vblora_targets": "all-linear", "vblora_topk": 3},
+        # under autocast: 16-bit casts of the input, A and B (none with a bf16 bank)
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16", "autocast": True, "adapter_dtype": "bf16"},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16-mixed", "vblora_targets": "all-linear", "vblora_topk": 3},
     ):
         cases.append(Case("llama", {**bank, **extra}))
     return cases + _tinylora()
@@ -1349,6 +1382,12 @@ def _tinylora() -> list[Case]:
         {"precision": "bf16", "tinylora_weight_tying": 1.0, "tinylora_rank": 8},
         {"precision": "bf16", "tinylora_targets": "all-linear", "tinylora_u": 16},
         {"precision": "fp32", "tinylora_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+        # under autocast: 16-bit h and R, the casts of P, B and A
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16-mixed", "tinylora_targets": "all-linear", "tinylora_u": 16},
+        {"precision": "bf16", "autocast": True, "tinylora_weight_tying": 1.0, "tinylora_rank": 8},
     ):
         cases.append(Case("llama", {"method": "tinylora", **extra}))
     return cases + _unilora() + _lily()
@@ -1384,6 +1423,11 @@ def _unilora() -> list[Case]:
         {"precision": "bf16", "grad_ckpt": True},
         {"precision": "bf16", "unilora_targets": "all-linear", "unilora_rank": 16},
         {"precision": "fp32", "unilora_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+        # under autocast: 16-bit casts of the input, A and B
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16-mixed", "unilora_targets": "all-linear", "unilora_rank": 16},
     ):
         cases.append(Case("llama", {"method": "unilora", "unilora_theta_length": 32, **extra}))
     return cases

@@ -9,11 +9,28 @@ from ftmem.adapters.randlora import RandLoRA
 from ftmem.adapters.tinylora import TinyLoRA
 from ftmem.adapters.unilora import UniLoRA
 from ftmem.adapters.vblora import VBLoRA
+from ftmem.adapters.vera import VeRA
 from ftmem.arch import Linear
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.saved import Saved, Side
 from ftmem.run import RunConfig
+
+# modelled under autocast (the rest is refused: run.NO_AUTOCAST)
+AUTOCAST_OUTPUT_IN_INPUT_DTYPE = ("randlora", "vblora", "tinylora", "unilora")
+
+
+def output_bytes(ctx: LayerContext, state: BlockState, lin: Linear, base: int) -> int:
+    """Element size of an adapted linear's output (``base``: the base layer's): under
+    autocast peft's RandLoRA, VB-LoRA, TinyLoRA and UniLoRA return it in their input's
+    dtype (``result.to(previous_dtype)``, peft 0.21.2 tuners/randlora, vblora, tinylora
+    and unilora layer.py ``Linear.forward``), the residual stream's for
+    gate and up reading a norm's output (fp32 over fp32 weights: measured, bf16-mixed, the
+    activation and product keep fp32 T × ffn tensors); VeRA's the same way."""
+    banked = lin.module in state.banked and ctx.run.method in AUTOCAST_OUTPUT_IN_INPUT_DTYPE
+    if banked and ctx.plan.dtypes.autocast:
+        return ctx.residual
+    return VeRA.output_bytes(ctx, state, lin, base)
 
 
 def banked_saved(

@@ -53,11 +53,30 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     return total
 
 
-def _kept(run: RunConfig, lin: Linear, T: int, ae: int, in_grad: bool) -> dict[str, int]:
-    """What one adapted linear keeps, by name: bytes."""
+def _kept(
+    run: RunConfig, lin: Linear, T: int, ae: int, in_grad: bool, ac: int = 0
+) -> dict[str, int]:
+    """What one adapted linear keeps, by name: bytes. ``ac``: autocast's element size (0
+    without): R's einsum and the three F.linear then run in 16 bits (einsum on CUDA's
+    lower-precision list, its bmm on the CPU's; linear on both), so h and R are 16-bit
+    and each buffer is cast per call (never cached: no gradient) and its cast kept where
+    the other operand needs a gradient: P's (u × r × r, for v's gradient), B's (out × r,
+    h always needs one) and A's (r × in, where the input needs one). Measured on one peft
+    TinyLoRA Linear (bf16-mixed, bf16 + autocast, three shapes): exact."""
     r = _rank(run, lin)
-    kept = {"h (T × r)": T * r * ae, "R (r × r)": r * r * ae if in_grad else 0}
+    me = ac or ae
+    kept = {"h (T × r)": T * r * me, "R (r × r)": r * r * me if in_grad else 0}
+    if ac:
+        kept["P cast (autocast)"] = run.tinylora[1] * r * r * ac
+        kept["B cast (autocast)"] = lin.out_features * r * ac
+        kept["A cast (autocast)"] = r * lin.in_features * ac if in_grad else 0
     return {name: size for name, size in kept.items() if size}
+
+
+def _autocast_bytes(plan: MethodPlan) -> int:
+    """``_kept``'s ``ac``: the compute dtype's element size under autocast (the adapter
+    dtype is peft's fp32 then: --adapter-dtype is refused), else 0."""
+    return BYTES_PER_ELEMENT[plan.dtypes.compute] if plan.dtypes.autocast else 0
 
 
 @register("tinylora")
@@ -70,7 +89,7 @@ class TinyLoRA:
     ) -> tuple[list[Saved], bool]:
         """One adapted linear's kept tensors (_kept); it never keeps the shared input."""
         ae = BYTES_PER_ELEMENT[ctx.plan.dtypes.adapter]
-        kept = _kept(ctx.run, lin, ctx.tokens, ae, in_grad)
+        kept = _kept(ctx.run, lin, ctx.tokens, ae, in_grad, _autocast_bytes(ctx.plan))
         items = [
             Saved(f"{lin.label} TinyLoRA {name}", size, Kind.BANK, side, (lin,))
             for name, size in kept.items()
@@ -95,9 +114,31 @@ class TinyLoRA:
         tests/test_tinylora.py."""
         ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
         r, in_, out = _rank(run, lin), lin.in_features, lin.out_features
+        if plan.dtypes.autocast:
+            return _autocast_backward(plan, run, lin, T)
         c = ae != e
         waiting = T * out * e if c else 0
         at_out = (T * out * ae if c else 0) + waiting + T * r * ae
         at_a = T * in_ * ae + (T * in_ * e if c else 0) + waiting - T * r * ae
         kept = sum(_kept(run, lin, T, ae, True).values())
         return max(at_out, at_a, 3 * T * in_ * e - kept)
+
+
+def _autocast_backward(plan: MethodPlan, run: RunConfig, lin: Linear, T: int) -> int:
+    """TinyLoRA.backward_own under autocast: 16-bit products; the output gradient cast to
+    16 bits where the input is wider (bf16-mixed: waiting for the base layer); the
+    input's gradient cast back through peft's fp32 cast (16 and 32 bits at once) before
+    R's einsum's backward (P's cast still kept); the sum of the input's two gradients.
+    Measured on one peft TinyLoRA Linear (bf16-mixed, bf16 + autocast, three shapes):
+    within v's gradient, tests/test_tinylora.py."""
+    dt = plan.dtypes
+    e, ae, xe = BYTES_PER_ELEMENT[dt.compute], BYTES_PER_ELEMENT[dt.adapter], dt.residual_bytes
+    r, in_, out = _rank(run, lin), lin.in_features, lin.out_features
+    waiting = T * out * e if xe != e else 0
+    kept = _kept(run, lin, T, ae, True, e)
+    total = sum(kept.values())
+    return max(
+        waiting + T * in_ * e + T * r * e,
+        waiting + T * in_ * (e + ae) - total + kept["P cast (autocast)"],
+        3 * T * in_ * xe - total,
+    )

@@ -49,17 +49,27 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
 
 
 def _kept(
-    run: RunConfig, lin: Linear, T: int, ae: int, cast: bool, in_grad: bool
+    run: RunConfig, lin: Linear, T: int, ae: int, cast: bool, in_grad: bool, ac: int = 0
 ) -> dict[str, int]:
-    """What one adapted linear keeps, by name: bytes."""
+    """What one adapted linear keeps, by name: bytes. ``ac``: autocast's element size (0
+    without; theta_d is peft's fp32 then: --adapter-dtype is refused): both F.linear cast
+    the input, A and B (non-leaves: never in autocast's cache) to 16 bits and keep the
+    casts and a 16-bit h; the gather and the scales' product are on no autocast list (the
+    fp32 A and B are transients). Measured, tests/test_unilora.py."""
     r, in_, out = run.unilora[0], lin.in_features, lin.out_features
+    me = ac or ae  # the matmuls' operands
     kept = {
-        "input cast": T * in_ * ae if cast else 0,
-        "A (r × in)": r * in_ * ae if in_grad else 0,
-        "h (T × r)": T * r * ae,
-        "B (out × r)": out * r * ae,
+        "input cast": T * in_ * me if cast or ac else 0,
+        "A (r × in)": r * in_ * me if in_grad else 0,
+        "h (T × r)": T * r * me,
+        "B (out × r)": out * r * me,
     }
     return {name: size for name, size in kept.items() if size}
+
+
+def _autocast_bytes(plan: MethodPlan) -> int:
+    """``_kept``'s ``ac``: the compute dtype's element size under autocast, else 0."""
+    return BYTES_PER_ELEMENT[plan.dtypes.compute] if plan.dtypes.autocast else 0
 
 
 @register("unilora")
@@ -72,13 +82,13 @@ class UniLoRA:
     ) -> tuple[list[Saved], bool]:
         """One adapted linear's kept tensors (_kept), and whether it keeps the shared
         input itself (no cast: the input already has theta_d's dtype)."""
-        ae = BYTES_PER_ELEMENT[ctx.plan.dtypes.adapter]
-        kept = _kept(ctx.run, lin, ctx.tokens, ae, in_bytes != ae, in_grad)
+        ae, ac = BYTES_PER_ELEMENT[ctx.plan.dtypes.adapter], _autocast_bytes(ctx.plan)
+        kept = _kept(ctx.run, lin, ctx.tokens, ae, in_bytes != ae, in_grad, ac)
         items = [
             Saved(f"{lin.label} UniLoRA {name}", size, Kind.BANK, side, (lin,))
             for name, size in kept.items()
         ]
-        return items, in_bytes == ae
+        return items, in_bytes == ae and not ac
 
     @staticmethod
     def backward_own(plan: MethodPlan, run: RunConfig, lin: Linear, T: int, e: int) -> int:
@@ -98,9 +108,32 @@ class UniLoRA:
         tests/test_unilora.py."""
         ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
         r, in_, out = run.unilora[0], lin.in_features, lin.out_features
+        if plan.dtypes.autocast:
+            return _autocast_backward(plan, run, lin, T)
         c = ae != e
         waiting = T * out * e if c else 0
         at_out = (T * out * ae if c else 0) + waiting + T * r * ae + out * r * ae
         at_a = T * in_ * ae + waiting + r * in_ * ae
         kept = sum(_kept(run, lin, T, ae, c, True).values())
         return max(at_out, at_a, 3 * T * in_ * e - kept)
+
+
+def _autocast_backward(plan: MethodPlan, run: RunConfig, lin: Linear, T: int) -> int:
+    """UniLoRA.backward_own under autocast (VB-LoRA's moments: adapters.vblora): 16-bit
+    products, the output gradient cast to 16 bits where the input is wider (bf16-mixed:
+    waiting for the base layer); the second matmul's and the first's products; the
+    input's gradient cast back through peft's fp32 cast (16 and 32 bits at once) with
+    A's and B's gradients cast back to fp32 pending; the sum of the input's two
+    gradients. Measured on one peft UniLoRA Linear (bf16-mixed, bf16 + autocast, three
+    shapes): within theta_d's gradient, tests/test_unilora.py."""
+    dt = plan.dtypes
+    e, ae, xe = BYTES_PER_ELEMENT[dt.compute], BYTES_PER_ELEMENT[dt.adapter], dt.residual_bytes
+    r, in_, out = run.unilora[0], lin.in_features, lin.out_features
+    waiting = T * out * e if xe != e else 0
+    kept = sum(_kept(run, lin, T, ae, True, True, e).values())
+    return max(
+        waiting + T * r * e + out * r * e,
+        waiting + T * in_ * e + r * in_ * e,
+        waiting + T * in_ * (e + ae) + r * (in_ + out) * ae - kept,
+        3 * T * in_ * xe - kept,
+    )

@@ -19,7 +19,9 @@ fp32 vectors promote the products.
 
 PVeRA (peft tuners/pvera) runs the same with a sampled code between the two matmuls: A
 has 2r rows, λ_d is 2r wide (the code's mean and log-variance), and the sample keeps std
-and eps (``sampled_code``).
+and eps (``sampled_code``). Under autocast PVeRA's code is fp32 (``code_bytes``), and its
+output is cast once, to the input's dtype (VeRA's first to the base output's): no cast of
+the output gradient where the input is fp32 (bf16-mixed).
 
 The projections' dtype (model.py ``_init_vera_A_vera_B`` makes them fp32; each layer's
 ``update_layer`` moves them to the base layer's dtype, ``cast_adapter_dtype`` upcasts
@@ -29,7 +31,7 @@ the BufferDict's 16-bit tensors to fp32 again, tuners_utils.py): the adapter dty
 from __future__ import annotations
 
 from ftmem.arch import Architecture, Linear
-from ftmem.dtypes import BYTES_PER_ELEMENT
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan, vera_code_width, vera_linears, vera_projection_shapes
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
@@ -66,6 +68,29 @@ def product_bytes(plan: MethodPlan) -> int:
     return BYTES_PER_ELEMENT[dt.compute if dt.autocast else dt.adapter]
 
 
+def code_bytes(plan: MethodPlan, run: RunConfig) -> int:
+    """Element size of PVeRA's code (mean, log-variance, std, eps). λ_d · h promotes the
+    adapter dtype with h's: under autocast fp32 vectors make an fp32 code (measured on
+    the CPU, bf16-mixed: exp and eps · std keep fp32 T × r tensors). 16-bit vectors in
+    the compute dtype keep a 16-bit log-variance, but CUDA's autocast runs exp in fp32
+    (pytorch/pytorch@008ec6b1 aten/src/ATen/autocast_mode.h AT_FORALL_FP32 ``_(exp)``,
+    registered for CUDA in autocast_mode.cpp; the CPU's fp32 list has no exp), so std,
+    eps (randn_like std) and eps · std are fp32 there; 16-bit on the CPU (measured)."""
+    dt = plan.dtypes
+    if not dt.autocast:
+        return BYTES_PER_ELEMENT[dt.adapter]
+    cpu_same = run.device == "cpu" and dt.adapter == dt.compute
+    return BYTES_PER_ELEMENT[dt.adapter] if cpu_same else FP32
+
+
+def casts_slices(plan: MethodPlan) -> bool:
+    """Whether autocast casts the buffer slices for the matmuls (kept by them): not where
+    the projections are in the compute dtype already (measured: bf16 adapters under bf16
+    autocast keep the slices' views, no copy)."""
+    dt = plan.dtypes
+    return dt.autocast and dt.adapter != dt.compute
+
+
 @register("vera")
 class VeRA:
     """The VeRA adapters on a group of linears reading one tensor."""
@@ -92,11 +117,12 @@ class VeRA:
         """Per adapted linear: h (T × r) and y (T × out), kept by the λ_d and λ_b
         products whether or not the input needs a gradient; under autocast the 16-bit
         casts of sliced_B (the second mm's input needs a gradient: λ_d trains) and of
-        sliced_A when the input needs one. PVeRA's h is 2r wide and its sampling keeps
-        std and eps (sampled_code)."""
+        sliced_A (2r × in for PVeRA) when the input needs one, unless the projections
+        are in the compute dtype already (casts_slices). PVeRA's h is 2r wide and its
+        sampling keeps std and eps (sampled_code, in code_bytes' dtype)."""
         T, r = ctx.tokens, ctx.run.vera[0]
         w = vera_code_width(ctx.run)
-        pe, dt = product_bytes(ctx.plan), ctx.plan.dtypes
+        pe = product_bytes(ctx.plan)
         out: list[Saved] = []
         for lin in linears:
             if lin.module not in state.vectored:
@@ -105,16 +131,17 @@ class VeRA:
             out.append(Saved(f"{lin.label} VeRA h (T × {w})", T * w * pe, Kind.VERA, side, own))
             if w != r:
                 what = f"{lin.label} PVeRA std and eps (T × r each)"
-                out.append(Saved(what, sampled_code(ctx.run, T, pe), Kind.VERA, side, own))
+                code = sampled_code(ctx.run, T, code_bytes(ctx.plan, ctx.run))
+                out.append(Saved(what, code, Kind.VERA, side, own))
             size = T * lin.out_features * pe
             out.append(Saved(f"{lin.label} VeRA y (T × out)", size, Kind.VERA, side, own))
-            if dt.autocast:
+            if casts_slices(ctx.plan):
                 e = ctx.e
                 what = f"{lin.label} VeRA sliced_B cast to {e * 8}-bit"
                 out.append(Saved(what, lin.out_features * r * e, Kind.VERA, side, own))
                 if in_grad:
                     what = f"{lin.label} VeRA sliced_A cast to {e * 8}-bit"
-                    out.append(Saved(what, r * lin.in_features * e, Kind.VERA, side, own))
+                    out.append(Saved(what, w * lin.in_features * e, Kind.VERA, side, own))
         return out
 
     @staticmethod
@@ -139,14 +166,17 @@ class VeRA:
         dt = plan.dtypes
         ae, e = BYTES_PER_ELEMENT[dt.adapter], BYTES_PER_ELEMENT[dt.compute]
         pe, r, out, in_ = product_bytes(plan), run.vera[0], lin.out_features, lin.in_features
-        c, w, code = ae != e, vera_code_width(run), sampled_code(run, T, pe)
+        c, w, code = ae != e, vera_code_width(run), sampled_code(run, T, code_bytes(plan, run))
         waiting = T * out * e if c else 0  # the base layer's gradient, cast
-        b_cast = out * r * e if dt.autocast else 0
-        at_b = T * out * (2 * ae + (ae + e if c else 0))
-        at_d = 3 * T * w * ae + waiting - T * out * pe - b_cast - code
+        b_cast = out * r * e if casts_slices(plan) else 0
         xe = dt.residual_bytes if dt.autocast else e  # the input's
+        # G, the promoted sum's gradient: a cast of g (VeRA's result.to(orig_dtype) first;
+        # PVeRA casts to the input's dtype only, none where that is the sum's)
+        g_cast = ae if c and (run.method == "vera" or xe != ae) else 0
+        at_b = T * out * (2 * ae + (g_cast + e if c else 0))
+        at_d = 3 * T * w * ae + waiting - T * out * pe - b_cast - code
         at_x = max(T * in_ * (ae + xe) + waiting, 3 * T * in_ * xe)
-        at_x -= T * (out + w) * pe + code + b_cast + (r * in_ * e if dt.autocast else 0)
+        at_x -= T * (out + w) * pe + code + b_cast + (w * in_ * e if b_cast else 0)
         return max(at_b, at_d, at_x)
 
     @staticmethod
@@ -176,7 +206,7 @@ class VeRA:
         held = T * in_ * ae * (in_bytes != ae) + T * out * e  # x's cast, the base output
         keep = T * w * ae if w != r else 0  # PVeRA's mu and logvar, to the return
         code = T * r * ae if w != r else T * w * ae  # sliced_B's input: z, or λ_d·h
-        first = T * w * he + ((T * in_ + r * in_) * e if ac else 0)
+        first = T * w * he + ((T * in_ + w * in_) * e if ac else 0)  # sliced_A: w × in
         product = T * w * (he + ae)
         sample = keep + 4 * T * r * ae if w != r else 0  # std, eps, eps·std, z
         second = keep + code + T * out * he + ((T * r + out * r) * e if ac else 0)

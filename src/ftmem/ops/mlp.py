@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ftmem.adapters.ia3 import IA3
-from ftmem.adapters.vera import VeRA
+from ftmem.adapters.shared_bank import output_bytes as adapted_output_bytes
 from ftmem.arch import Architecture, Linear, layout
 from ftmem.dtypes import FP32
 from ftmem.methods import MethodPlan
@@ -102,7 +102,7 @@ class MLP:
             elif arch.mlp == "gated":
                 oe = ctx.projection_out_bytes
                 gate_e, up_e = (
-                    VeRA.output_bytes(ctx, state, lin, oe) for lin in ups[:1] + ups[-1:]
+                    adapted_output_bytes(ctx, state, lin, oe) for lin in ups[:1] + ups[-1:]
                 )
                 what = "gate, up and activation outputs"
                 size = T * f * (2 * gate_e + up_e) if ups else 3 * T * f * oe
@@ -113,7 +113,7 @@ class MLP:
                 what, size = "up output + tanh-GELU intermediates", 4 * T * f * oe
             else:  # (fp32 from a 4-bit up projection under autocast)
                 oe = ctx.projection_out_bytes
-                oe = max((VeRA.output_bytes(ctx, state, lin, oe) for lin in ups), default=oe)
+                oe = max((adapted_output_bytes(ctx, state, lin, oe) for lin in ups), default=oe)
                 what, size = "up output (activation input)", T * f * oe
             out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
         out += LinearOp.saved(ctx, downs, state, any_grad, "down_proj", f, e)
