@@ -1141,6 +1141,17 @@ def _bdlora_mica() -> list[Case]:
     ):
         cases.append(Case("llama", {"method": "gralora", **extra}))
     cases.append(Case("qwen2", {"method": "gralora", "precision": "bf16", "lora_r": 8}))
+    # under autocast GraLoRA answers in its input's dtype (fp32 over fp32 weights): the
+    # MLP's gate and up outputs, and Phi-3's fused qkv output, which sdpa's cast copies v out of
+    wide = {"lora_targets": "all-linear", "lora_r": 8}
+    for extra in (
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16-mixed", **wide},
+        {"precision": "bf16", "autocast": True, **wide},
+        {"precision": "bf16-mixed", "grad_ckpt": True, **wide},
+    ):
+        cases.append(Case("llama", {"method": "gralora", **extra}))
+    cases.append(Case("phi3", {"method": "gralora", "precision": "bf16-mixed", **wide}))
     for extra in (
         {"precision": "bf16"},
         {"precision": "fp32", "lora_targets": "all-linear", "lora_r": 4},
