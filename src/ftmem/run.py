@@ -462,7 +462,6 @@ PEFT_MODEL_METHODS = {
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
 NO_AUTOCAST = {
-    "delora": "",
     "lokr": "its Kronecker product promotes to fp32 there",
     "fourierft": "autocast casts its fp32 ΔW",
     "hira": "",

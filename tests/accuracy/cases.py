@@ -1159,6 +1159,16 @@ def _bdlora_mica() -> list[Case]:
     ):
         cases.append(Case("llama", {"method": "delora", **extra}))
     cases.append(Case("qwen2", {"method": "delora", "precision": "bf16", "lora_r": 16}))
+    # under autocast: 16-bit casts of the scaled input and of the scaled A output, and the
+    # adapted linears answer in their input's dtype (adapters/answer_dtype.py)
+    for extra in (
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16-mixed", **wide},
+        {"precision": "bf16", "autocast": True, **wide},
+        {"precision": "bf16-mixed", "grad_ckpt": True, "lora_targets": "all-linear"},
+    ):
+        cases.append(Case("llama", {"method": "delora", **extra}))
+    cases.append(Case("qwen2", {"method": "delora", "precision": "bf16-mixed", "lora_r": 16}))
     for method in ("gralora", "delora"):
         bf16_adapters = {"precision": "bf16", "adapter_dtype": "bf16", "lora_r": 8}
         cases.append(Case("llama", {"method": method, **bf16_adapters}))

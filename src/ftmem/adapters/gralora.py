@@ -16,45 +16,20 @@ Under autocast (measured on the CPU, modelled for CUDA; calibration/notes/peft.m
 "Autocast, stop 47"): the einsums keep what LoRA's matmuls keep (a 16-bit copy of the
 input and of each factor, the 16-bit A output), and Linear.forward ends with
 ``result.to(previous_dtype)`` (l.386), so an adapted linear answers in its input's dtype
-(fp32 over fp32 weights), where LoRA's answers in the base output's (``output_bytes``).
+(fp32 over fp32 weights), where LoRA's answers in the base output's
+(adapters/answer_dtype.py).
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from ftmem.arch import Linear
 from ftmem.errors import InvalidInputError
 from ftmem.run import RunConfig
 
-if TYPE_CHECKING:
-    from ftmem.ops.context import BlockState, LayerContext
-
 
 def a_output_width(run: RunConfig) -> int:
     """Width of what the adapter's second product keeps per token: LoRA's r, GraLoRA's k · r."""
     return run.r * run.gralora_blocks if run.method == "gralora" else run.r
-
-
-def output_bytes(ctx: LayerContext, state: BlockState, lin: Linear, base: int) -> int:
-    """Element size of an adapted linear's output: under autocast GraLoRA casts the sum
-    back to its input's dtype (``result.to(previous_dtype)``), the residual stream's for a
-    feed-forward linear reading a norm's output (fp32 over fp32 weights: measured, Llama
-    all-linear under bf16-mixed: gate and up outputs fp32, activations -13.6 % when taken
-    as 16-bit); ``base`` otherwise."""
-    adapted = ctx.run.method == "gralora" and lin.module in state.adapted
-    return ctx.residual if adapted and ctx.plan.dtypes.autocast else base
-
-
-def values_in_input_dtype(ctx: LayerContext) -> bool:
-    """A GraLoRA adapter on the value projection answers in the residual's dtype, wider
-    than the compute dtype (autocast over fp32 weights): sdpa's cast then copies the
-    values out of a fused q/k/v projection's output instead of keeping that whole output
-    through a view (measured: Phi-3's qkv_proj under bf16-mixed, activations +6 % when
-    taken as the view)."""
-    if ctx.run.method != "gralora" or not ctx.plan.dtypes.autocast or ctx.residual == ctx.e:
-        return False
-    return any("v" in lin.roles for lin in ctx.plan.adapted)
 
 
 def shapes(lin: Linear, r: int, k: int) -> tuple[tuple[int, ...], tuple[int, ...]]:

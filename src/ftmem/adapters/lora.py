@@ -47,7 +47,7 @@ class LoRA:
         peft_casts = not dt.autocast and ae != in_bytes
         reads_input = False
         if ctx.run.method == "delora":
-            return delora.saved(lin, side, T, in_features, r, ae), False
+            return delora.saved(ctx, lin, side, in_features, in_grad), False
         if ctx.run.method == "deft":
             return deft.saved(ctx.run, lin, side, T, in_features, in_bytes, in_grad)
         if ctx.run.lora_fa and not profile_of(ctx.run).lora_fa_a_regains_grad:

@@ -3,7 +3,7 @@ GQA and prefix keys, as transformers 5 runs them."""
 
 from __future__ import annotations
 
-from ftmem.adapters import gralora
+from ftmem.adapters import answer_dtype
 from ftmem.arch import Architecture, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES, eager_score_bytes
 from ftmem.ops.context import LayerContext
@@ -658,7 +658,7 @@ class Attention:
         projection's output keeps that whole output (rotary made new q and k), unless
         the values are fp32 under autocast (sdpa's cast copies them)."""
         arch, T, e = ctx.arch, ctx.tokens, ctx.e
-        cast = ctx.quantized_outputs_in_input_dtype or gralora.values_in_input_dtype(ctx)
+        cast = ctx.quantized_outputs_in_input_dtype or answer_dtype.values_in_input_dtype(ctx)
         if arch.traits.fused_qkv and not cast:
             size = T * (arch.q_size + 2 * arch.kv_size) * e
             return ("qkv_proj output (v is a view)", size, Kind.ATTN_QKV)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ftmem.adapters import gralora
+from ftmem.adapters import answer_dtype
 from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import Architecture, Linear, layout
@@ -342,5 +342,5 @@ class T5FeedForward:
 
 def answer_bytes(ctx: LayerContext, state: BlockState, lin: Linear, oe: int) -> int:
     """Element size of a feed-forward linear's output: ``oe``, or its input's dtype where
-    the method's adapter casts the sum back to it under autocast (VeRA's, GraLoRA's)."""
-    return VeRA.output_bytes(ctx, state, lin, gralora.output_bytes(ctx, state, lin, oe))
+    the method's adapter casts the sum back to it under autocast (VeRA's, answer_dtype.CASTS_BACK)."""
+    return VeRA.output_bytes(ctx, state, lin, answer_dtype.output_bytes(ctx, state, lin, oe))
