@@ -1538,6 +1538,19 @@ def _beft() -> list[Case]:
     few = {"batch_size": 1, "seq_len": 8, "beft_targets": "all-linear"}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "beft", **few, **extra}, WIDER_STILL))
+    # under autocast: the sum of the 16-bit base output and the fp32 bias promotes, as
+    # over a bf16 base (nothing BEFT-specific: the moments above, in the compute dtype)
+    for extra in (
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16", "autocast": True, **few},
+    ):
+        cases.append(
+            Case("llama", {"method": "beft", **extra}, WIDER_STILL if "seq_len" in extra else {})
+        )
+    cases.append(
+        Case("phi3", {"method": "beft", "precision": "bf16-mixed", "beft_targets": "all-linear"})
+    )
     return cases
 
 
