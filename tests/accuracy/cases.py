@@ -1514,8 +1514,20 @@ def _glora() -> list[Case]:
         {"precision": "bf16"},
         {"precision": "bf16", "glora_vector": True},
         {"precision": "fp32", "grad_ckpt": True},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
     ):
         cases.append(Case("llama", {"method": "glora", **few, **extra}, WIDER_STILL))
+    # under autocast: F.linear's 16-bit casts of the input (one per linear) and weight_eff,
+    # the cached casts of Xd and Xu; at few tokens the build with weight_eff in W's dtype
+    for extra in (
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16-mixed", "glora_targets": "q_proj,k_proj,v_proj", "glora_rank": 4},
+        {"precision": "bf16-mixed", "glora_vector": True, "glora_targets": "all-linear"},
+    ):
+        cases.append(Case("llama", {"method": "glora", **extra}))
+    cases.append(Case("phi3", {"method": "glora", "precision": "bf16-mixed"}))
     return cases
 
 
