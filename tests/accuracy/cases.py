@@ -1420,8 +1420,18 @@ def _peanut() -> list[Case]:
     ):
         cases.append(Case("llama", {"method": "peanut", **extra}))
     few = {"batch_size": 1, "seq_len": 8, "peanut_targets": "all-linear"}
-    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32", "grad_ckpt": True},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+    ):
         cases.append(Case("llama", {"method": "peanut", **few, **extra}, WIDER_STILL))
+    # under autocast: the 16-bit casts of Wᵀ and of B's and the depth linears' weights
+    for extra in ({"precision": "bf16-mixed"}, {"precision": "bf16-mixed", "peanut_depth": 2}):
+        cases.append(Case("llama", {"method": "peanut", **extra}))
+    cases.append(Case("qwen2", {"method": "peanut", "precision": "bf16-mixed"}))
     return cases
 
 
