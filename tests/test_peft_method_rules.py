@@ -66,7 +66,11 @@ def test_frameworks_of_their_own_say_why(
 
 
 @pytest.mark.parametrize(
-    "method", sorted(set(NEW_METHODS) - {"vera", "gralora", "delora", "beft", "glora", "peanut"})
+    "method",
+    sorted(
+        set(NEW_METHODS)
+        - {"vera", "gralora", "delora", "beft", "glora", "peanut", "trainable-tokens"}
+    ),
 )
 @pytest.mark.parametrize("precision", [["fp16-mixed"], ["bf16", "--autocast"]])
 def test_autocast_is_refused_alike(

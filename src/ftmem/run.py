@@ -471,7 +471,6 @@ NO_AUTOCAST = {
     "waveft": "autocast casts its fp32 ΔW",
     "c3a": "",
     "deft": "",
-    "trainable-tokens": "",
     "miss": "",
     "road": "",
     "boft": "",

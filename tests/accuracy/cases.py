@@ -1601,6 +1601,14 @@ def _trainable_tokens() -> list[Case]:
     tied = {**WIDER_STILL, "tie_embeddings": True}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "trainable-tokens", **few, **extra}, tied))
+    # under autocast: the embedding lookup is on neither list (the copy stays in W's dtype);
+    # a tied head's F.linear keeps its 16-bit casts of the copy and of its input
+    tt = {"method": "trainable-tokens"}
+    for extra in ({"precision": "bf16-mixed"}, {"precision": "bf16", "autocast": True}):
+        cases.append(Case("llama", {**tt, **extra}))
+        cases.append(Case("qwen2", {**tt, **extra}))
+    cases.append(Case("qwen2", {**tt, "precision": "bf16-mixed", "grad_ckpt": True}))
+    cases.append(Case("llama", {**tt, **few, "precision": "bf16-mixed"}, tied))
     return cases
 
 
