@@ -97,7 +97,6 @@ def test_bad_input_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
         (["--method", "lora", "--deft-para"], "--deft-para only applies to deft"),
         (["--method", "deft", "--lora-dropout", "0.1"], "--lora-dropout with --method deft"),
         (["--method", "deft", "--adapter-dtype", "bf16"], "deft with 16-bit adapters"),
-        (["--method", "deft", "--precision", "bf16-mixed"], "DeFT under autocast"),
         (["--method", "deft", "--framework", "litgpt"], "has no --method deft"),
     ]
     for args, expected in cases:

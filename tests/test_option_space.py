@@ -68,7 +68,7 @@ LORA_VARIANTS = {"adalora", "gralora", "delora", "deft"}
 # not modelled under autocast (ftmem.run.NO_AUTOCAST: measured on the CPU without it only)
 NO_AUTOCAST = PEFT_OTHER - {"adalora", "loha", "vera"} | LORA_VARIANTS - {"adalora"}
 # modelled under autocast at stop 47
-NO_AUTOCAST -= {"gralora", "delora", "beft", "glora", "peanut", "trainable-tokens"}
+NO_AUTOCAST -= {"gralora", "delora", "beft", "glora", "peanut", "trainable-tokens", "deft"}
 # peft wraps no transformers Conv1D (GPT-2's) for these, or ftmem does not model it
 NO_CONV1D = PEFT_OTHER - {"adalora"} | LORA_VARIANTS - {"adalora"}
 # measured on decoder-only language models only (refused on image-text ones)

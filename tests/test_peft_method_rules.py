@@ -69,7 +69,7 @@ def test_frameworks_of_their_own_say_why(
     "method",
     sorted(
         set(NEW_METHODS)
-        - {"vera", "gralora", "delora", "beft", "glora", "peanut", "trainable-tokens"}
+        - {"vera", "gralora", "delora", "beft", "glora", "peanut", "trainable-tokens", "deft"}
     ),
 )
 @pytest.mark.parametrize("precision", [["fp16-mixed"], ["bf16", "--autocast"]])

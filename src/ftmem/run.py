@@ -470,7 +470,6 @@ NO_AUTOCAST = {
     "shira": "",
     "waveft": "autocast casts its fp32 ΔW",
     "c3a": "",
-    "deft": "",
     "miss": "",
     "road": "",
     "boft": "",

@@ -1497,8 +1497,24 @@ def _deft() -> list[Case]:
     ):
         cases.append(Case("llama", {"method": "deft", **extra}))
     few = {"batch_size": 1, "seq_len": 8, "lora_targets": "all-linear"}
-    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32", "grad_ckpt": True},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+    ):
         cases.append(Case("llama", {"method": "deft", **few, **extra}, WIDER_STILL))
+    # under autocast: 16-bit casts of the base product, the input, R and the projector, and
+    # the output in the input's dtype (adapters/answer_dtype.py)
+    for extra in (
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "deft_qr": True, "lora_targets": "all-linear", "lora_r": 4},
+        {"precision": "bf16-mixed", "deft_para": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True, "lora_targets": "all-linear"},
+    ):
+        cases.append(Case("llama", {"method": "deft", **extra}))
+    cases.append(Case("phi3", {"method": "deft", "precision": "bf16-mixed"}))
     return cases
 
 

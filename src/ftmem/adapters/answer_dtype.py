@@ -5,7 +5,7 @@ output keeps it wider (an MLP's gate and up outputs), or casts it (sdpa's values
 
 peft 0.21.2 (the same at huggingface/peft@5d602fdbff04, the MetaMathQA release):
 tuners/gralora/layer.py Linear.forward l.386, tuners/delora/layer.py
-DeloraLinear.forward l.265. (VeRA's own rule: adapters/vera.py ``VeRA.output_bytes``.)
+DeloraLinear.forward l.266, tuners/deft/layer.py DeftLinear.forward l.352. (VeRA's own rule: adapters/vera.py ``VeRA.output_bytes``.)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ftmem.arch import Linear
 from ftmem.ops.context import BlockState, LayerContext
 
 # methods (run.method) whose adapted linears answer in their input's dtype under autocast
-CASTS_BACK = frozenset({"gralora", "delora"})
+CASTS_BACK = frozenset({"gralora", "delora", "deft"})
 
 
 def output_bytes(ctx: LayerContext, state: BlockState, lin: Linear, base: int) -> int:
