@@ -698,9 +698,11 @@ def _shardformer_ok(g: dict[str, str], strategy: str, model_parallel: int) -> bo
 def _adapter_row_ok(g: dict[str, str], tp: int, strategy: str) -> bool:
     """Each tensor-parallel rank's shard of q and v tiled by VB-LoRA's vectors or C3A's
     blocks (256 wide); DeFT's adapters kept fp32, which DeepSpeed's and ColossalAI's
-    16-bit modes do not."""
+    16-bit modes do not, nor FSDP's mixed precision (it gathers them in 16-bit)."""
     if g["--method"] == "deft" and strategy in DEEPSPEED | COLOSSALAI:
         return g["--precision"] == "fp32"
+    if g["--method"] == "deft" and strategy in FSDP:
+        return not g["--precision"].endswith("-mixed")
     if g["--method"] == "trainable-tokens" and g["--loss"] == "fused":
         return not model_presets()[g["model"]].tie_embeddings  # (a tied head's: refused)
     return g["--method"] not in ("vblora", "c3a") or _tiles(model_presets()[g["model"]], 256 * tp)

@@ -2149,6 +2149,12 @@ def _fsdp_mixed(arch: Architecture, run: RunConfig, stored: StepParts) -> StepPa
     activations are those of the 16-bit run; weights, gradients and optimizer states
     keep the fp32 sizes of the stored shards.
     """
+    if run.method == "deft":  # (adapters.deft refuses 16-bit adapters: say why here)
+        raise InvalidInputError(
+            "FSDP's mixed precision (--precision bf16-mixed / fp16-mixed) gathers DeFT's "
+            "adapters in 16-bit, and DeFT with 16-bit adapters is not modelled (peft computes "
+            "it in fp32 whatever their dtype): use --precision bf16 --autocast, DDP or fp32."
+        )
     compute = shared_step_parts(arch, run.model_copy(update=_sixteen_bit(run)))
     s, c = stored.sizes, compute.sizes
     sizes = dataclasses.replace(
