@@ -97,8 +97,11 @@ def test_bad_input_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
         (["--method", "lora", "--deft-para"], "--deft-para only applies to deft"),
         (["--method", "deft", "--lora-dropout", "0.1"], "--lora-dropout with --method deft"),
         (["--method", "deft", "--adapter-dtype", "bf16"], "deft with 16-bit adapters"),
-        (["--method", "deft", "--precision", "bf16-mixed"], "DeFT under autocast"),
         (["--method", "deft", "--framework", "litgpt"], "has no --method deft"),
+        (
+            ["--method", "deft", "--precision", "bf16-mixed", "--strategy", "fsdp", "--gpus", "2"],
+            "FSDP's mixed precision (--precision bf16-mixed) gathers DeFT's adapters in 16-bit",
+        ),
     ]
     for args, expected in cases:
         assert expected in one_sentence(["estimate", "llama2-7b", *args], capsys)

@@ -49,6 +49,45 @@ def test_delora_keeps_its_scaled_input_and_two_products() -> None:
     assert saved == expected
 
 
+def test_delora_under_autocast_keeps_16_bit_casts() -> None:
+    """Measured on a peft up/down pair (fp32 base, fp32 input requiring grad, CPU autocast
+    to bf16, 10 tokens, r 4): per linear the bf16 cast of the scaled input (10 · in · 2),
+    A's bf16 output and the bf16 cast of its fp32 scaled copy (80 bytes each), the norms
+    (fp32, as without autocast), the bf16 casts of A (r · in · 2) and B (out · r · 2) (and
+    the frozen base weights' casts, ftmem's base linears' items); and
+    the output in the input's dtype (fp32). linear is lower precision on CUDA's list as on
+    the CPU's; mul, clamp and the fp32 norms are on neither."""
+    torch = pytest.importorskip("torch")
+    from peft import DeloraConfig, get_peft_model
+
+    model = get_peft_model(
+        torch.nn.Sequential(torch.nn.Linear(64, 48, bias=False), torch.nn.Linear(48, 64)),
+        DeloraConfig(r=4, target_modules=["0", "1"]),
+    )
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    params |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+    x = torch.randn(2, 5, 64, requires_grad=True)
+    saved: dict[int, tuple[int, str]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params and ptr != x.untyped_storage().data_ptr():
+            saved[ptr] = (t.untyped_storage().nbytes(), str(t.dtype))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu"):
+        y = model(x)
+    bf, f32 = "torch.bfloat16", "torch.float32"
+    casts = [(10 * 64 * 2, bf), (10 * 48 * 2, bf), (4 * 64 * 2, bf), (4 * 48 * 2, bf)]
+    casts += [(48 * 4 * 2, bf), (64 * 4 * 2, bf)]  # B's casts
+    casts += [(80, bf)] * 4  # A's output and the scaled copy's cast, per linear
+    casts += [(64 * 48 * 2, bf)] * 2  # the frozen base weights' casts (ftmem's base linears')
+    norms = [(4, f32)] * 2 + [(16, f32)] * 12
+    assert y.dtype == torch.float32
+    assert sorted(v for v in saved.values() if v[1] == bf) == sorted(casts)
+    assert sorted(v for v in saved.values() if v[1] == f32 and v[0] <= 16) == sorted(norms)
+
+
 def test_delora_w_norm_and_activations_by_hand() -> None:
     """Llama-3.2-3B r32 on q,v, bf16, 200 tokens: w_norm adds 56 · 3072 fp32 values to the
     weights (688,128 bytes beside LoRA's); per adapted linear the scaled input (200 · 3072 · 4,
@@ -64,7 +103,6 @@ def test_delora_w_norm_and_activations_by_hand() -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--precision", "bf16-mixed"], "DeLoRA under autocast"),
         (["--framework", "unsloth"], "unsloth"),
         (["--lora-dropout", "0.1"], "module_dropout"),
         (["--lora-targets", "q,v,lm_head"], "the delora adapter on the head"),

@@ -185,3 +185,17 @@ def test_cli_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["memory"]["weights_bytes"] == weights
     err = one_sentence(args, capsys)
     assert "keeps VeRA's fp32 projections vera_A and vera_B" in err
+
+
+@pytest.mark.parametrize("method", ["psoft", "randlora", "deft", "boft"])
+def test_fsdp_mixed_precision_refuses_what_it_would_gather_in_16_bit(
+    method: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """FSDP's MixedPrecision gathers every flat parameter in 16-bit: a method whose 16-bit
+    adapters are not modelled is refused there (naming the way out), and estimated with
+    autocast over fp32 adapters (--precision bf16 --autocast) where it is modelled."""
+    base = ["estimate", "llama2-7b", "--method", method, "--gpus", "2", "--strategy", "fsdp"]
+    err = one_sentence([*base, "--precision", "bf16-mixed"], capsys)
+    assert "FSDP's mixed precision (--precision bf16-mixed) gathers" in err
+    assert "use --precision bf16 --autocast" in err
+    estimate("llama2-7b", method=method, gpus=2, strategy="fsdp", precision="fp32")

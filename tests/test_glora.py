@@ -94,10 +94,59 @@ def test_one_glora_linear_matches_its_measurement(bf16: bool, vector: bool, x_gr
     lin = Linear("lin", ("q",), n, o, bias=False)
     plan = dataclasses.replace(plan_method(tiny("llama"), run), glora=(lin,))
     assert kept == T * o * e + (o * n * e if x_grad else 0)
-    assert forward_peak == GLoRA.forward_moment(plan, run, lin, T, e)
+    assert forward_peak == GLoRA.forward_moment(plan, run, lin, T, e, 0, 0)
     if not x_grad:
         small = 2 * o * e if vector else (0 if bf16 else r * (o + n) * 4)
         assert backward_peak == GLoRA.backward_moment(plan, run, e, False) + small
+
+
+@pytest.mark.parametrize("vector", [False, True])
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_one_glora_linear_under_autocast(vector: bool, x_grad: bool) -> None:
+    """One peft GloraLinear over an fp32 base under CPU autocast to bf16 (linear and matmul
+    are lower precision on CUDA's list as on the CPU's; mul and add on neither), on the
+    live-storage tracker. Kept: the bf16 output, F.linear's bf16 casts of the input and
+    (x needing a gradient) of weight_eff, the lora path's cached casts of Xd and Xu (A's
+    and B's), and the frozen base weight's cast (x needing a gradient: a base linear's
+    item). Forward peak: GLoRA.forward_moment with the two casts, beside those kept."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from ftmem.adapters.glora import GLoRA
+    from ftmem.arch import Linear
+    from ftmem.measure.tracker import LiveBytesTracker
+    from ftmem.methods import plan_method
+    from ftmem.run import RunConfig
+    from tests.test_peft_methods import tiny
+
+    n, o, T, r, e = 64, 48, 32, 4, 2
+    path = "vector" if vector else "lora"
+    base = torch.nn.Sequential()
+    base.add_module("lin", torch.nn.Linear(n, o, bias=False))
+    cfg = peft.GloraConfig(r=r, target_modules=["lin"], config_A_B=path, config_C=path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = peft.get_peft_model(base, cfg, autocast_adapter_dtype=True)
+    x = torch.randn(2, T // 2, n, requires_grad=x_grad)
+    x_in = x * 1 if x_grad else x  # (not a leaf, as in a model: autocast caches leaves' casts)
+    with LiveBytesTracker() as tracker:
+        tracker.track(x, x_in, *model.parameters(), *model.buffers())
+        start = tracker.current
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(x_in)
+        forward_peak, kept = tracker.peak - start, tracker.current - start
+    run = RunConfig(
+        precision="bf16-mixed", method="glora", glora_rank=r, glora_vector=vector or None
+    )
+    lin = Linear("lin", ("q",), n, o, bias=False)
+    plan = dataclasses.replace(plan_method(tiny("llama"), run), glora=(lin,))
+    x_cast, w_cast = T * n * e, o * n * e
+    factors = 0 if vector else 2 * r * (o + n) * e
+    others = factors + (w_cast if x_grad else 0)  # the base weight's cast
+    assert y.dtype == torch.bfloat16
+    assert kept == T * o * e + x_cast + (w_cast if x_grad else 0) + others
+    casts, kept_casts = x_cast + w_cast, x_cast + (w_cast if x_grad else 0)
+    moment = GLoRA.forward_moment(plan, run, lin, T, e, casts, kept_casts)
+    assert forward_peak == moment + others
 
 
 def test_bad_input_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,7 +157,6 @@ def test_bad_input_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
         ),
         (["llama2-7b", "--method", "glora", "--glora-rank", "0"], "--glora-rank: Input should be"),
         (["llama2-7b", "--method", "glora", "--glora-targets", "zz"], "GLoRA target 'zz' matches"),
-        (["llama2-7b", "--method", "glora", "--precision", "bf16-mixed"], "GLoRA under autocast"),
         (["llama2-7b", "--method", "glora", "--framework", "litgpt"], "has no --method glora"),
         (["qwen2.5-7b", "--method", "glora"], "GLoRA on linears with a bias (q_proj, v_proj"),
     ]

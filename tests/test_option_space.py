@@ -70,6 +70,7 @@ LORA_VARIANTS = {"adalora", "gralora", "delora", "deft"}
 AUTOCAST_MODELLED = {
     "adalora", "loha", "vera", "fourierft", "waveft", "shira", "c3a", "hira", "psoft",
     "pvera", "randlora", "vblora", "tinylora", "unilora",
+    "gralora", "delora", "beft", "glora", "peanut", "trainable-tokens", "deft",
 }  # fmt: skip
 NO_AUTOCAST = PEFT_OTHER - AUTOCAST_MODELLED | LORA_VARIANTS - {"adalora"}
 # peft wraps no transformers Conv1D (GPT-2's) for these, or ftmem does not model it
@@ -706,12 +707,14 @@ def _adapter_row_ok(g: dict[str, str], tp: int, strategy: str) -> bool:
     which DeepSpeed's and ColossalAI's 16-bit modes do not (OFT's only with the exact
     solve, not in the grid); the methods whose fp32 buffers DeepSpeed >= 0.19.2 keeps
     beside 16-bit parameters, unless the adapters (buffers too) are 16-bit already
-    (ftmem.engine_cast)."""
+    (ftmem.engine_cast); nor FSDP's mixed precision (it gathers them in 16-bit)."""
     cast = strategy in DEEPSPEED | COLOSSALAI and g["--precision"] != "fp32"
     if cast and g["--method"] in set(UNMODELLED) - {"oft"}:
         return False
     if cast and strategy in DEEPSPEED and g["--method"] in FP32_BUFFERS:
         return g["--adapter-dtype"] in ("bf16", "fp16")
+    if g["--method"] in set(UNMODELLED) - {"oft"} and strategy in FSDP:
+        return not g["--precision"].endswith("-mixed")
     if g["--method"] == "trainable-tokens" and g["--loss"] == "fused":
         return not model_presets()[g["model"]].tie_embeddings  # (a tied head's: refused)
     return g["--method"] not in ("vblora", "c3a") or _tiles(model_presets()[g["model"]], 256 * tp)

@@ -137,7 +137,6 @@ def test_bad_input_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
         (["--method", "lora", "--peanut-rank", "4"], "--peanut-rank only applies to peanut"),
         (["--method", "peanut", "--peanut-targets", " , "], "--peanut-targets is empty"),
         (["--method", "peanut", "--peanut-targets", "zz"], "Peanut target 'zz' matches no"),
-        (["--method", "peanut", "--precision", "bf16-mixed"], "Peanut under autocast"),
         (["--method", "peanut", "--quant", "nf4"], "--quant only applies to qlora"),
         (["--method", "peanut", "--framework", "torchtune"], "has no --method peanut"),
     ]

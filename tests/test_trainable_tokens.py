@@ -137,7 +137,6 @@ def test_bad_input_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
         ([*tt, "--trainable-token-ids", "x"], "neither a count nor a list"),
         ([*tt, "--trainable-token-ids", "5,5"], "names a token id twice"),
         ([*tt, "--trainable-token-ids", "128000"], "has 32,000 tokens"),
-        ([*tt, "--precision", "bf16-mixed"], "Trainable tokens under autocast"),
         ([*tt, "--framework", "litgpt"], "has no --method trainable-tokens"),
     ]
     for args, expected in cases:

@@ -95,6 +95,19 @@ def check_cast(run: RunConfig, strategy: str, engine: str) -> None:
     )
 
 
+def check_fsdp_mixed(run: RunConfig) -> None:
+    """Refuse a method whose 16-bit adapters ftmem does not model under FSDP's mixed
+    precision, which gathers every flat parameter, the adapters too, in 16-bit."""
+    if run.method not in UNMODELLED or (run.method == "oft" and run.oft_neumann_terms != 0):
+        return
+    name = PEFT_MODEL_METHODS[run.method]
+    raise InvalidInputError(
+        f"FSDP's mixed precision (--precision {run.precision}) gathers {name}'s adapters in "
+        f"16-bit, and {name} with 16-bit adapters is not modelled ({UNMODELLED[run.method]}): "
+        "use --precision bf16 --autocast (FSDP then keeps them fp32), DDP or fp32."
+    )
+
+
 def check_kept_buffers(run: RunConfig, strategy: str) -> None:
     """DeepSpeed >= 0.19.2 casts parameters and keeps buffers: a method whose fp32 buffers
     meet the 16-bit input fails there."""

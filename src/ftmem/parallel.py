@@ -2153,6 +2153,7 @@ def _fsdp_mixed(arch: Architecture, run: RunConfig, stored: StepParts) -> StepPa
     activations are those of the 16-bit run with 16-bit adapters (engine_cast.sixteen_bit);
     weights, gradients and optimizer states keep the fp32 sizes of the stored shards.
     """
+    engine_cast.check_fsdp_mixed(run)
     compute = shared_step_parts(arch, run.model_copy(update=engine_cast.sixteen_bit(run)))
     s, c = stored.sizes, compute.sizes
     sizes = dataclasses.replace(

@@ -466,15 +466,8 @@ PEFT_MODEL_METHODS = {
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
 NO_AUTOCAST = {
-    "gralora": "",
-    "delora": "",
     "lokr": "its Kronecker product promotes to fp32 there",
     "hra": "",
-    "beft": "",
-    "deft": "",
-    "glora": "",
-    "peanut": "",
-    "trainable-tokens": "",
     "osf": "",
     "miss": "",
     "road": "",

@@ -436,7 +436,7 @@ def adapter_forward_build(
     kept_block = keeps and not run.grad_ckpt and not run.activation_offload
     at = partial(placed_in_block, arch, run, plan, e, T, block if kept_block else ())
     if run.method == "glora":  # GLoRA's weight rebuild and its output's sums
-        return GLoRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
+        return GLoRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt, in_bytes)
     if run.method == "beft":  # BEFT's base output, promoted sum and cast
         return BEFT.forward_build(plan, T, e, keeps and not run.grad_ckpt)
     if run.method == "hra":  # HRA's reflection chain, the same way
@@ -620,7 +620,9 @@ def _delta_moment(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, 
     if run.method == "glora":  # its dense gradients, beside the block (and its recompute)
         incoming = incoming_gradient(arch, run, plan, e, T)
         moment = GLoRA.backward_moment(plan, run, e, True) + incoming
-        rerun = GLoRA.forward_build(plan, run, T, e, True) + incoming if run.grad_ckpt else 0
+        in_bytes = partial(LinearOp.input_bytes, plan, e=e)
+        rerun = GLoRA.forward_build(plan, run, T, e, True, in_bytes) + incoming
+        rerun = rerun if run.grad_ckpt else 0
         return max(moment, rerun)
     if run.method == "beft":  # its output gradient's fp32 copy and cast, beside the block
         return BEFT.backward_moment(plan, T, e) + incoming_gradient(arch, run, plan, e, T)

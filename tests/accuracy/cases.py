@@ -1141,6 +1141,17 @@ def _bdlora_mica() -> list[Case]:
     ):
         cases.append(Case("llama", {"method": "gralora", **extra}))
     cases.append(Case("qwen2", {"method": "gralora", "precision": "bf16", "lora_r": 8}))
+    # under autocast GraLoRA answers in its input's dtype (fp32 over fp32 weights): the
+    # MLP's gate and up outputs, and Phi-3's fused qkv output, which sdpa's cast copies v out of
+    wide = {"lora_targets": "all-linear", "lora_r": 8}
+    for extra in (
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16-mixed", **wide},
+        {"precision": "bf16", "autocast": True, **wide},
+        {"precision": "bf16-mixed", "grad_ckpt": True, **wide},
+    ):
+        cases.append(Case("llama", {"method": "gralora", **extra}))
+    cases.append(Case("phi3", {"method": "gralora", "precision": "bf16-mixed", **wide}))
     for extra in (
         {"precision": "bf16"},
         {"precision": "fp32", "lora_targets": "all-linear", "lora_r": 4},
@@ -1148,6 +1159,16 @@ def _bdlora_mica() -> list[Case]:
     ):
         cases.append(Case("llama", {"method": "delora", **extra}))
     cases.append(Case("qwen2", {"method": "delora", "precision": "bf16", "lora_r": 16}))
+    # under autocast: 16-bit casts of the scaled input and of the scaled A output, and the
+    # adapted linears answer in their input's dtype (adapters/answer_dtype.py)
+    for extra in (
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16-mixed", **wide},
+        {"precision": "bf16", "autocast": True, **wide},
+        {"precision": "bf16-mixed", "grad_ckpt": True, "lora_targets": "all-linear"},
+    ):
+        cases.append(Case("llama", {"method": "delora", **extra}))
+    cases.append(Case("qwen2", {"method": "delora", "precision": "bf16-mixed", "lora_r": 16}))
     for method in ("gralora", "delora"):
         bf16_adapters = {"precision": "bf16", "adapter_dtype": "bf16", "lora_r": 8}
         cases.append(Case("llama", {"method": method, **bf16_adapters}))
@@ -1481,8 +1502,18 @@ def _peanut() -> list[Case]:
     ):
         cases.append(Case("llama", {"method": "peanut", **extra}))
     few = {"batch_size": 1, "seq_len": 8, "peanut_targets": "all-linear"}
-    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32", "grad_ckpt": True},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+    ):
         cases.append(Case("llama", {"method": "peanut", **few, **extra}, WIDER_STILL))
+    # under autocast: the 16-bit casts of Wᵀ and of B's and the depth linears' weights
+    for extra in ({"precision": "bf16-mixed"}, {"precision": "bf16-mixed", "peanut_depth": 2}):
+        cases.append(Case("llama", {"method": "peanut", **extra}))
+    cases.append(Case("qwen2", {"method": "peanut", "precision": "bf16-mixed"}))
     return cases
 
 
@@ -1581,8 +1612,24 @@ def _deft() -> list[Case]:
     ):
         cases.append(Case("llama", {"method": "deft", **extra}))
     few = {"batch_size": 1, "seq_len": 8, "lora_targets": "all-linear"}
-    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32", "grad_ckpt": True},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+    ):
         cases.append(Case("llama", {"method": "deft", **few, **extra}, WIDER_STILL))
+    # under autocast: 16-bit casts of the base product, the input, R and the projector, and
+    # the output in the input's dtype (adapters/answer_dtype.py)
+    for extra in (
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "deft_qr": True, "lora_targets": "all-linear", "lora_r": 4},
+        {"precision": "bf16-mixed", "deft_para": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True, "lora_targets": "all-linear"},
+    ):
+        cases.append(Case("llama", {"method": "deft", **extra}))
+    cases.append(Case("phi3", {"method": "deft", "precision": "bf16-mixed"}))
     return cases
 
 
@@ -1608,8 +1655,20 @@ def _glora() -> list[Case]:
         {"precision": "bf16"},
         {"precision": "bf16", "glora_vector": True},
         {"precision": "fp32", "grad_ckpt": True},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
     ):
         cases.append(Case("llama", {"method": "glora", **few, **extra}, WIDER_STILL))
+    # under autocast: F.linear's 16-bit casts of the input (one per linear) and weight_eff,
+    # the cached casts of Xd and Xu; at few tokens the build with weight_eff in W's dtype
+    for extra in (
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16-mixed", "glora_targets": "q_proj,k_proj,v_proj", "glora_rank": 4},
+        {"precision": "bf16-mixed", "glora_vector": True, "glora_targets": "all-linear"},
+    ):
+        cases.append(Case("llama", {"method": "glora", **extra}))
+    cases.append(Case("phi3", {"method": "glora", "precision": "bf16-mixed"}))
     return cases
 
 
@@ -1632,6 +1691,19 @@ def _beft() -> list[Case]:
     few = {"batch_size": 1, "seq_len": 8, "beft_targets": "all-linear"}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "beft", **few, **extra}, WIDER_STILL))
+    # under autocast: the sum of the 16-bit base output and the fp32 bias promotes, as
+    # over a bf16 base (nothing BEFT-specific: the moments above, in the compute dtype)
+    for extra in (
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16", "autocast": True, **few},
+    ):
+        cases.append(
+            Case("llama", {"method": "beft", **extra}, WIDER_STILL if "seq_len" in extra else {})
+        )
+    cases.append(
+        Case("phi3", {"method": "beft", "precision": "bf16-mixed", "beft_targets": "all-linear"})
+    )
     return cases
 
 
@@ -1660,6 +1732,14 @@ def _trainable_tokens() -> list[Case]:
     tied = {**WIDER_STILL, "tie_embeddings": True}
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "trainable-tokens", **few, **extra}, tied))
+    # under autocast: the embedding lookup is on neither list (the copy stays in W's dtype);
+    # a tied head's F.linear keeps its 16-bit casts of the copy and of its input
+    tt = {"method": "trainable-tokens"}
+    for extra in ({"precision": "bf16-mixed"}, {"precision": "bf16", "autocast": True}):
+        cases.append(Case("llama", {**tt, **extra}))
+        cases.append(Case("qwen2", {**tt, **extra}))
+    cases.append(Case("qwen2", {**tt, "precision": "bf16-mixed", "grad_ckpt": True}))
+    cases.append(Case("llama", {**tt, **few, "precision": "bf16-mixed"}, tied))
     return cases
 
 

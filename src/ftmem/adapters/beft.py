@@ -1,8 +1,9 @@
 """peft's BEFT on a linear: a trained bias vector added to the frozen linear's output.
 
 What runs (huggingface/peft src/peft/tuners/beft/layer.py ``Linear.forward``, the same in
-0.21.2 and at 5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40), x in the base dtype (no autocast:
-RunConfig refuses it), beft_bias (1 × out) in the adapter dtype:
+0.21.2 and at 5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40), beft_bias (1 × out) in the
+adapter dtype; the base output in the compute dtype (16-bit under autocast: linear is
+lower precision on CUDA's list as on the CPU's; the add and the cast are on neither):
 
 - ``result = self.base_layer(x)``: the base output (T × out, compute dtype);
 - ``result = (result + beft_bias).to(orig_dtype)``: the sum is a new tensor in the
@@ -18,8 +19,8 @@ gradient into fp32 (T × out × 4), the add's backward sums it into the bias gra
 (1 × out) and, where the input needs a gradient, casts it back (T × out × e).
 
 Measured alone (one peft BEFT Linear, bf16 and fp32 bases, fp32 and bf16 biases, the input
-with and without a gradient; tests/test_beft.py): exactly these. Not modelled (refused):
-autocast, GPT-2's Conv1D (peft wraps only nn.Linear).
+with and without a gradient, and an fp32 base under autocast; tests/test_beft.py): exactly
+these. Not modelled (refused): GPT-2's Conv1D (peft wraps only nn.Linear).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ and a trained R re-injects it, computed in fp32 on the activations.
 
 What runs (huggingface/peft src/peft/tuners/deft/layer.py ``DeftLinear.forward`` and
 ``_project``, the same in 0.21.2 and at 5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40), x in the
-base dtype (no autocast: refused), deft_P (out × r) and deft_R (r × in, absent with PaRa)
-in fp32:
+base dtype (under autocast: ``autocast_saved``), deft_P (out × r) and deft_R (r × in,
+absent with PaRa) in fp32:
 
 - ``result = base_out.to(fp32)``: a copy on a 16-bit base; ``base_product`` is it (less
   the bias, a new tensor, where the linear has one); x is cast to fp32 (a copy on a 16-bit
@@ -21,7 +21,7 @@ in fp32:
 
 Measured alone (one peft DeftLinear, bf16 and fp32 bases, relu and qr, PaRa or not, the
 input with and without a gradient; tests/test_deft.py): exactly these. Not modelled
-(refused): autocast, deft_dropout, adapters in a 16-bit dtype (peft computes in fp32
+(refused): deft_dropout, adapters in a 16-bit dtype (peft computes in fp32
 whatever their dtype: not measured), GPT-2's Conv1D.
 """
 
@@ -60,12 +60,21 @@ def check(arch: Architecture, run: RunConfig) -> None:
 
 
 def saved(
-    run: RunConfig, lin: Linear, side: Side, T: int, in_features: int, in_bytes: int, in_grad: bool
+    run: RunConfig,
+    lin: Linear,
+    side: Side,
+    T: int,
+    in_features: int,
+    in_bytes: int,
+    in_grad: bool,
+    autocast: bool = False,
 ) -> tuple[list[Saved], bool]:
     """What one DeFT adapter keeps, and whether it keeps the linear's input itself (an fp32
     input read by F.linear without a cast)."""
     r, o, own = rank(lin, run.r), lin.out_features, (lin,)
     para = bool(run.deft_para)
+    if autocast:
+        return autocast_saved(run, lin, side, T, in_features, in_grad), False
     out = [Saved(f"{lin.label} deft fp32 base output", T * o * FP32, Kind.LORA, side, own)]
     reads_input = not para and in_bytes == FP32
     if not para and not reads_input:
@@ -76,6 +85,34 @@ def saved(
     small = o * r + (r * r if run.deft_qr else 0) + (r * in_features if in_grad and not para else 0)
     out.append(Saved(f"{lin.label} deft projector", small * FP32, Kind.LORA, side, own))
     return out, reads_input
+
+
+def autocast_saved(
+    run: RunConfig, lin: Linear, side: Side, T: int, in_features: int, in_grad: bool
+) -> list[Saved]:
+    """Under autocast (matmul and linear: lower precision on CUDA's list as on the CPU's;
+    relu, sub, add on neither; qr on the CPU's fp32 list, on none of CUDA's, of an fp32 P
+    either way): ``base_product @ right`` keeps its 16-bit casts of the fp32 base product
+    and (the input needing a gradient) of right; each ``@ Q_Pᵀ`` its 16-bit rank-r input
+    and a cast of Q_Pᵀ (a view: not cached); F.linear its 16-bit cast of the input (one
+    per adapted linear) and of R · scaling (the input needing a gradient); relu its fp32
+    output (qr its Q and R). Measured on tiny Llama (tests/accuracy, DeFT's autocast
+    cases)."""
+    r, o, own, e = rank(lin, run.r), lin.out_features, (lin,), 2
+    para = bool(run.deft_para)
+    out = [Saved(f"{lin.label} deft base product, 16-bit cast", T * o * e, Kind.LORA, side, own)]
+    if not para:
+        what = f"{lin.label} deft input, 16-bit cast"
+        out.append(Saved(what, T * in_features * e, Kind.LORA, side, own))
+    paths = 1 if para else 2
+    out.append(Saved(f"{lin.label} deft rank-r products", paths * T * r * e, Kind.LORA, side, own))
+    fp32 = o * r + (r * r if run.deft_qr else 0)
+    casts = o * r * (paths + (1 if in_grad else 0)) + (
+        r * in_features if in_grad and not para else 0
+    )
+    size = fp32 * FP32 + casts * e
+    out.append(Saved(f"{lin.label} deft projector and its casts", size, Kind.LORA, side, own))
+    return out
 
 
 def forward_transient(run: RunConfig, lin: Linear, T: int, e: int, in_grad: bool) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from ftmem.arch import Linear
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan
+from ftmem.ops.context import LayerContext
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.run import RunConfig
 
@@ -28,8 +29,14 @@ from ftmem.run import RunConfig
 NORM_VECTORS = 6
 
 
-def saved(lin: Linear, side: Side, T: int, in_features: int, r: int, ae: int) -> list[Saved]:
-    """What one DeLoRA adapter keeps (no autocast: refused)."""
+def saved(
+    ctx: LayerContext, lin: Linear, side: Side, in_features: int, in_grad: bool
+) -> list[Saved]:
+    """What one DeLoRA adapter keeps: the scaled input, A's output and its scaled copy in
+    the adapter dtype, and the norms; under autocast ``autocast_saved``."""
+    T, r, ae = ctx.tokens, ctx.run.r, BYTES_PER_ELEMENT[ctx.plan.dtypes.adapter]
+    if ctx.plan.dtypes.autocast:
+        return autocast_saved(ctx, lin, side, in_features, in_grad)
     own = (lin,)
     return [
         Saved(f"{lin.label} delora input × w_norm", T * in_features * ae, Kind.LORA, side, own),
@@ -38,6 +45,30 @@ def saved(lin: Linear, side: Side, T: int, in_features: int, r: int, ae: int) ->
         ),
         Saved(f"{lin.label} delora norms", (NORM_VECTORS * r + 1) * ae, Kind.LORA, side, own),
     ]
+
+
+def autocast_saved(
+    ctx: LayerContext, lin: Linear, side: Side, in_features: int, in_grad: bool
+) -> list[Saved]:
+    """Under autocast (linear and mm are lower precision on CUDA and on the CPU; mul, clamp
+    and norm of fp32 tensors stay fp32 on both): A's F.linear keeps its 16-bit cast of the
+    scaled input (fp32: w_norm promotes it) in place of that input, and the cast of A
+    (cached: a leaf that requires grad) when the input needs a gradient; A's output is
+    16-bit, kept by its product with the fp32 scaling, which promotes the copy to fp32; B's
+    F.linear keeps its 16-bit cast of that copy and the cast of B. Measured on tiny Llama
+    (tests/accuracy, _bdlora_mica's DeLoRA autocast cases)."""
+    T, r, e = ctx.tokens, ctx.run.r, ctx.e
+    ae = BYTES_PER_ELEMENT[ctx.plan.dtypes.adapter]
+    own, kind = (lin,), Kind.LORA
+    copies = r * lin.out_features + (r * in_features if in_grad else 0)
+    return [
+        Saved(f"{lin.label} delora input × w_norm, {e * 8}-bit cast", T * in_features * e, kind,
+              side, own),
+        Saved(f"{lin.label} delora_A output and its scaled copy's cast", 2 * T * r * e, kind,
+              side, own),
+        Saved(f"{lin.label} delora norms", (NORM_VECTORS * r + 1) * ae, kind, side, own),
+        Saved(f"{lin.label} delora 16-bit weight copies", copies * e, kind, side, own),
+    ]  # fmt: skip
 
 
 def forward_transient(lin: Linear, T: int, base_e: int, lora_e: int) -> int:

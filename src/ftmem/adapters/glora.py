@@ -2,8 +2,9 @@
 beside the frozen linear.
 
 What runs (huggingface/peft src/peft/tuners/glora/layer.py ``GloraLinear.forward``, the
-same in 0.21.2 and at 5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40), x in the base dtype (no
-autocast: refused), on a linear without a bias (one with a bias is refused):
+same in 0.21.2 and at 5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40), on a linear without a
+bias (one with a bias is refused); under autocast see ``GLoRA.saved`` and
+``GLoRA.forward_moment`` (calibration/notes/peft.md, "Autocast, stop 47"):
 
 - ``base_result = base_layer(x)`` (T × out).
 - A and B: config "lora": ``Xd @ Xu`` (out × in, the adapter dtype, fp32) cast to W's dtype
@@ -87,11 +88,15 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
 
 
 def _paths(plan: MethodPlan, run: RunConfig, lin: Linear, e: int) -> tuple[int, int]:
-    """A's (or B's) bytes as the forward holds it, and its fp32 product's when cast."""
-    ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
+    """A's (or B's) bytes as the forward holds it (W's dtype), and its product's when
+    cast: the lora path's ``Xd @ Xu`` is in the adapter dtype, in the compute dtype under
+    autocast (a matmul); the vector path's X in the adapter dtype."""
+    dt = plan.dtypes
+    be = BYTES_PER_ELEMENT[dt.base]  # W's (e without autocast)
+    pe = e if dt.autocast and not run.glora_vector else BYTES_PER_ELEMENT[dt.adapter]
     width = lin.out_features if run.glora_vector else lin.out_features * lin.in_features
-    cast = ae != e
-    return width * e if cast or not run.glora_vector else 0, width * ae if cast else 0
+    cast = pe != be
+    return width * be if cast or not run.glora_vector else 0, width * pe if cast else 0
 
 
 @register("glora")
@@ -108,31 +113,70 @@ class GLoRA:
         in_bytes: int,
     ) -> tuple[list[Saved], bool]:
         """F.linear keeps the input itself (always) and weight_eff when the input needs a
-        gradient."""
+        gradient. Under autocast (linear and matmul: lower precision on CUDA's list as on
+        the CPU's) F.linear keeps its 16-bit casts of them: of an fp32 input one copy per
+        adapted linear (measured: Llama q,k,v under bf16-mixed, activations -3.8 % when
+        taken as one shared input); and the lora path's ``Xd @ Xu`` keeps autocast's cached
+        16-bit casts of Xd and Xu, for A and for B (q,v: -1.7 % without them)."""
         out: list[Saved] = []
         mine = [lin for lin in linears if lin.module in state.glora]
         for lin in mine if in_grad else []:
             size = lin.out_features * lin.in_features * ctx.e
             out.append(Saved(f"{lin.label} GLoRA weight_eff", size, Kind.GLORA, side, (lin,)))
-        return out, bool(mine)
+        if not ctx.plan.dtypes.autocast:
+            return out, bool(mine)
+        r, e = ctx.run.glora[0], ctx.e
+        for lin in mine if not ctx.run.glora_vector else []:
+            size = 2 * r * (lin.out_features + lin.in_features) * e
+            what = f"{lin.label} GLoRA Xd, Xu 16-bit casts (A and B)"
+            out.append(Saved(what, size, Kind.GLORA, side, (lin,)))
+        if in_bytes == e:  # nothing to cast: the input itself, shared
+            return out, bool(mine)
+        for lin in mine:
+            size = ctx.tokens * lin.in_features * e
+            out.append(Saved(f"{lin.label} GLoRA input cast", size, Kind.GLORA, side, (lin,)))
+        return out, False
 
     @staticmethod
-    def forward_moment(plan: MethodPlan, run: RunConfig, lin: Linear, T: int, e: int) -> int:
-        """A GLoRA linear's largest forward moment, whole: building B (A, B's fp32 product
-        and its cast) or W + W ⊙ A (A, B and two out × in temporaries), beside the base
-        output; or the output's (five T × out tensors, A, B, weight_eff)."""
+    def forward_moment(
+        plan: MethodPlan, run: RunConfig, lin: Linear, T: int, e: int, casts: int, kept: int
+    ) -> int:
+        """A GLoRA linear's largest forward moment, whole: building B (A, B's product and
+        its cast to W's dtype) or W + W ⊙ A (A, B and two out × in temporaries, W's
+        dtype), beside the base output; or the output's (five T × out tensors, A, B,
+        weight_eff). ``casts``: autocast's 16-bit casts of weight_eff and of the input for
+        F.linear (measured: Llama all-linear, bf16-mixed, 8 tokens: forward -7.4 %
+        without them), alive at F.linear's output; ``kept``: those of them the graph keeps,
+        alive at the sums (the input's always, weight_eff's for the input's gradient)."""
         a, product = _paths(plan, run, lin, e)
-        w, t = lin.out_features * lin.in_features * e, T * lin.out_features * e
-        return max(t + 2 * a + product, t + 2 * a + 2 * w, 5 * t + 2 * a + w)
+        w = lin.out_features * lin.in_features * BYTES_PER_ELEMENT[plan.dtypes.base]
+        t = T * lin.out_features * e
+        at_linear = 2 * t + 2 * a + w + casts
+        at_sums = 5 * t + 2 * a + w + kept
+        return max(t + 2 * a + product, t + 2 * a + 2 * w, at_linear, at_sums)
 
     @staticmethod
-    def forward_build(plan: MethodPlan, run: RunConfig, T: int, e: int, kept: bool) -> int:
+    def forward_build(
+        plan: MethodPlan,
+        run: RunConfig,
+        T: int,
+        e: int,
+        kept: bool,
+        in_bytes: Callable[[Linear], int],
+    ) -> int:
         """The largest GLoRA forward beyond the block's kept tensors when it keeps them
-        (weight_eff and the output are counted there), else whole."""
+        (weight_eff, or under autocast its cast and the input's, and the output are
+        counted there), else whole. ``in_bytes``: a linear's input element size."""
         held = [0]
+        dt = plan.dtypes
         for lin in plan.glora:
-            own = (lin.out_features * lin.in_features + T * lin.out_features) * e
-            held.append(GLoRA.forward_moment(plan, run, lin, T, e) - (own if kept else 0))
+            x_cast = T * lin.in_features * e if dt.autocast and in_bytes(lin) != e else 0
+            w_cast = lin.out_features * lin.in_features * e
+            w_cast = w_cast if dt.autocast and BYTES_PER_ELEMENT[dt.base] != e else 0
+            own = (lin.out_features * lin.in_features + T * lin.out_features) * e + x_cast
+            casts = x_cast + w_cast
+            moment = GLoRA.forward_moment(plan, run, lin, T, e, casts, casts if kept else 0)
+            held.append(moment - (own if kept else 0))
         return max(held)
 
     @staticmethod

@@ -11,6 +11,13 @@ output by output block (view, permute, reshape: a copy) and multiplies it by B. 
 a peft up/down pair (tests/test_gralora.py): autograd keeps LoRA's input cast (a view) and
 the regrouped A output, T · k · r wide where LoRA's is T · r; the sum (the adapter's fp32
 output, its cast, the scaled copy added in place) holds what LoRA's does.
+
+Under autocast (measured on the CPU, modelled for CUDA; calibration/notes/peft.md,
+"Autocast, stop 47"): the einsums keep what LoRA's matmuls keep (a 16-bit copy of the
+input and of each factor, the 16-bit A output), and Linear.forward ends with
+``result.to(previous_dtype)`` (l.386), so an adapted linear answers in its input's dtype
+(fp32 over fp32 weights), where LoRA's answers in the base output's
+(adapters/answer_dtype.py).
 """
 
 from __future__ import annotations

@@ -47,9 +47,9 @@ class LoRA:
         peft_casts = not dt.autocast and ae != in_bytes
         reads_input = False
         if ctx.run.method == "delora":
-            return delora.saved(lin, side, T, in_features, r, ae), False
+            return delora.saved(ctx, lin, side, in_features, in_grad), False
         if ctx.run.method == "deft":
-            return deft.saved(ctx.run, lin, side, T, in_features, in_bytes, in_grad)
+            return deft.saved(ctx.run, lin, side, T, in_features, in_bytes, in_grad, dt.autocast)
         if ctx.run.lora_fa and not profile_of(ctx.run).lora_fa_a_regains_grad:
             # LoRA-FA: lora_A's weight is frozen, so its matmul keeps A, not its input
             # (measured on a peft Linear: the fp32 input cast is not saved); a dropout's

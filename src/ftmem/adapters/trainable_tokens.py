@@ -21,8 +21,9 @@ so every block keeps what a block whose input needs one keeps (step._block_state
 A tied head is wrapped too (peft's tied_adapter, sharing delta): its
 ``F.linear(x, W_copy)`` keeps its own V × h copy and its input to the head's backward
 (head_saved), which makes the dense V × h gradient of the copy beside the logits' gradient
-(head_backward). Not modelled (refused): autocast, a fused loss on a tied head,
-encoder-decoder and image-text models.
+(head_backward). Under autocast the lookup is on neither autocast list (the copy stays in
+W's dtype); a tied head's F.linear casts (head_saved). Not modelled (refused): a fused loss
+on a tied head, encoder-decoder and image-text models.
 """
 
 from __future__ import annotations
@@ -55,10 +56,20 @@ def saved(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[Saved]:
 def head_saved(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int) -> list[Saved]:
     """A tied head, which peft wraps too (tied_adapter): its F.linear(x, W_copy) keeps
     its own V × h copy and its input (T × h), and its IndexCopyBackward the index and the
-    cast rows, until the head's backward (measured: MmBackward0, IndexCopyBackward0)."""
+    cast rows, until the head's backward (measured: MmBackward0, IndexCopyBackward0).
+    Under autocast over an fp32 head (linear: lower precision on CUDA's list as on the
+    CPU's) F.linear keeps its 16-bit casts of both instead (W_copy is no leaf: not
+    cached), and the copy's cast is the one the head's ``LM head 16-bit weight copy`` item
+    (Loss.saved, ``casts_head``) counts: the input's cast is what this adds (measured,
+    Qwen2 under bf16-mixed: activations +10.8 % when taken as an fp32 copy and input,
+    +4.3 % with the weight's cast twice). Over a 16-bit head nothing is cast."""
     if run.method != "trainable-tokens" or not arch.tie_embeddings:
         return []
-    we = BYTES_PER_ELEMENT[plan.dtypes.head]
+    dt = plan.dtypes
+    if dt.casts_head:
+        copy = T * arch.hidden_size * BYTES_PER_ELEMENT[dt.compute]
+        return [Saved("trainable tokens' head input cast", copy), *saved(arch, run, plan)]
+    we = BYTES_PER_ELEMENT[dt.head]
     copy = (arch.vocab_size + T) * arch.hidden_size * we
     return [Saved("trainable tokens' head copy and input", copy), *saved(arch, run, plan)]
 

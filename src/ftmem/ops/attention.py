@@ -3,6 +3,7 @@ GQA and prefix keys, as transformers 5 runs them."""
 
 from __future__ import annotations
 
+from ftmem.adapters import answer_dtype
 from ftmem.arch import Architecture, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES, eager_score_bytes
 from ftmem.ops.context import LayerContext
@@ -654,9 +655,11 @@ class Attention:
     @staticmethod
     def v_kept(ctx: LayerContext) -> tuple[str, int, Kind]:
         """The values sdpa keeps when they are not repeated per head: a view of a fused
-        projection's output keeps that whole output (rotary made new q and k)."""
+        projection's output keeps that whole output (rotary made new q and k), unless
+        the values are fp32 under autocast (sdpa's cast copies them)."""
         arch, T, e = ctx.arch, ctx.tokens, ctx.e
-        if arch.traits.fused_qkv and not ctx.quantized_outputs_in_input_dtype:
+        cast = ctx.quantized_outputs_in_input_dtype or answer_dtype.values_in_input_dtype(ctx)
+        if arch.traits.fused_qkv and not cast:
             size = T * (arch.q_size + 2 * arch.kv_size) * e
             return ("qkv_proj output (v is a view)", size, Kind.ATTN_QKV)
         return ("v", T * arch.kv_size * e, Kind.ATTN_V)

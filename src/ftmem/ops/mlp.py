@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ftmem.adapters import answer_dtype
 from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.shared_bank import output_bytes as adapted_output_bytes
 from ftmem.arch import Architecture, Linear, layout
@@ -101,9 +102,7 @@ class MLP:
                 what, size = "gate and up outputs (activation recomputed)", 2 * T * f * oe
             elif arch.mlp == "gated":
                 oe = ctx.projection_out_bytes
-                gate_e, up_e = (
-                    adapted_output_bytes(ctx, state, lin, oe) for lin in ups[:1] + ups[-1:]
-                )
+                gate_e, up_e = (answer_bytes(ctx, state, lin, oe) for lin in ups[:1] + ups[-1:])
                 what = "gate, up and activation outputs"
                 size = T * f * (2 * gate_e + up_e) if ups else 3 * T * f * oe
             elif written_out_gelu(arch, ctx.run):
@@ -113,7 +112,7 @@ class MLP:
                 what, size = "up output + tanh-GELU intermediates", 4 * T * f * oe
             else:  # (fp32 from a 4-bit up projection under autocast)
                 oe = ctx.projection_out_bytes
-                oe = max((adapted_output_bytes(ctx, state, lin, oe) for lin in ups), default=oe)
+                oe = max((answer_bytes(ctx, state, lin, oe) for lin in ups), default=oe)
                 what, size = "up output (activation input)", T * f * oe
             out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
         out += LinearOp.saved(ctx, downs, state, any_grad, "down_proj", f, e)
@@ -339,3 +338,10 @@ class T5FeedForward:
         # (shares_relu: wo reads the ReLU's output itself, already kept)
         wo = LinearOp.saved(ctx, down, state, any_grad, "wo", f, e, shares_relu)
         return out + wo, any_grad or any(lin.module in state.output_grad for lin in down)
+
+
+def answer_bytes(ctx: LayerContext, state: BlockState, lin: Linear, oe: int) -> int:
+    """Element size of a feed-forward linear's output: ``oe``, or its input's dtype where
+    the method's adapter casts the sum back to it under autocast (answer_dtype.CASTS_BACK,
+    the shared banks' and VeRA's: shared_bank.output_bytes)."""
+    return adapted_output_bytes(ctx, state, lin, answer_dtype.output_bytes(ctx, state, lin, oe))
