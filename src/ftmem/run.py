@@ -480,7 +480,6 @@ NO_AUTOCAST = {
     "miss": "",
     "road": "",
     "boft": "",
-    "oft": "",
     "pvera": "",
     "randlora": "",
     "vblora": "",

@@ -1628,10 +1628,23 @@ def _oft() -> list[Case]:
         {"precision": "bf16", "oft_block_share": True, "oft_block_size": 16},
         {"precision": "bf16", "oft_r": 4, "oft_targets": "all-linear"},
         {"precision": "bf16", "adapter_dtype": "bf16"},
+        # autocast: the rotation's bmm's on 16-bit casts, gate and up answering in fp32
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16-mixed", "oft_neumann_terms": 0},
+        {"precision": "bf16-mixed", "oft_block_share": True, "oft_block_size": 16},
     ):
         cases.append(Case("llama", {"method": "oft", **extra}))
     mid = {"batch_size": 2, "seq_len": 64, "oft_targets": "all-linear"}
-    for extra in ({"precision": "bf16"}, {"precision": "fp32"}, {"grad_ckpt": True}):
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32"},
+        {"grad_ckpt": True},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+    ):
         cases.append(Case("llama", {"method": "oft", **mid, **extra}, WIDER_STILL))
     return cases
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ftmem.adapters.ia3 import IA3
+from ftmem.adapters.oft import OFT
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import Architecture, Linear, layout
 from ftmem.dtypes import FP32
@@ -102,7 +103,8 @@ class MLP:
             elif arch.mlp == "gated":
                 oe = ctx.projection_out_bytes
                 gate_e, up_e = (
-                    VeRA.output_bytes(ctx, state, lin, oe) for lin in ups[:1] + ups[-1:]
+                    OFT.output_bytes(ctx, state, lin, VeRA.output_bytes(ctx, state, lin, oe))
+                    for lin in ups[:1] + ups[-1:]
                 )
                 what = "gate, up and activation outputs"
                 size = T * f * (2 * gate_e + up_e) if ups else 3 * T * f * oe
