@@ -479,7 +479,6 @@ NO_AUTOCAST = {
     "trainable-tokens": "",
     "miss": "",
     "road": "",
-    "boft": "",
     "pvera": "",
     "randlora": "",
     "vblora": "",

@@ -1605,10 +1605,21 @@ def _boft() -> list[Case]:
         {"precision": "bf16", "grad_ckpt": True},
         {"precision": "bf16", "boft_targets": "all-linear", "boft_block_size": 8},
         {"precision": "bf16", "boft_block_num": 4},
+        # autocast: 16-bit casts of the permutation, identity, R and x over fp32 weights
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
     ):
         cases.append(Case("llama", {"method": "boft", **extra}))
     few = {"batch_size": 1, "seq_len": 8, "boft_targets": "all-linear"}
-    for extra in ({"precision": "bf16"}, {"precision": "fp32"}, {"grad_ckpt": True}):
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32"},
+        {"grad_ckpt": True},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+    ):
         cases.append(Case("llama", {"method": "boft", **few, **extra}, WIDER_STILL))
     return cases
 

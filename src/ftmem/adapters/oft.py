@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+from ftmem.adapters.boft import x_bytes
 from ftmem.arch import Linear
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan, oft_blocks
@@ -161,7 +162,7 @@ class OFT:
         adapters, bf16 and fp32 bases."""
         ab = BYTES_PER_ELEMENT[plan.dtypes.adapter]
         if autocast_cast(plan):
-            return _autocast_forward(plan, run, T, xb, kept)
+            return _autocast_forward(plan, run, T, kept)
         held = [0]
         for lin in plan.block_rotated:
             n, o = lin.in_features, lin.out_features
@@ -182,7 +183,7 @@ class OFT:
         bases, in 256 and 512): exact."""
         ab = BYTES_PER_ELEMENT[plan.dtypes.adapter]
         if autocast_cast(plan):
-            return _autocast_backward(plan, run, T, xb)
+            return _autocast_backward(plan, run, T)
         held = [0]
         for lin in plan.block_rotated:
             n, o = lin.in_features, lin.out_features
@@ -196,7 +197,7 @@ def _weight_cast(plan: MethodPlan, lin: Linear) -> int:
     return lin.in_features * lin.out_features * 2 if plan.dtypes.casts_weights else 0
 
 
-def _autocast_forward(plan: MethodPlan, run: RunConfig, T: int, xb: int, kept: bool) -> int:
+def _autocast_forward(plan: MethodPlan, run: RunConfig, T: int, kept: bool) -> int:
     """OFT.forward_build under autocast: at ``x_rotated.to(required_dtype)`` peft's cast of
     x to the adapter dtype, R in it (rotation_local), the einsum's 16-bit output, its
     reshaped copy and their adapter-dtype copy (the frozen weight's cast, kept, not made
@@ -207,7 +208,7 @@ def _autocast_forward(plan: MethodPlan, run: RunConfig, T: int, xb: int, kept: b
     ab, e = BYTES_PER_ELEMENT[plan.dtypes.adapter], autocast_cast(plan)
     held = [0]
     for lin in plan.block_rotated:
-        n, o = lin.in_features, lin.out_features
+        n, o, xb = lin.in_features, lin.out_features, x_bytes(plan, lin)
         local = (T * n * ab if xb != ab else 0) + rotation_local(run, lin, ab)
         caller = T * n * xb if not kept and "o" not in lin.roles else 0
         before = 0 if not kept else _weight_cast(plan, lin)
@@ -221,7 +222,7 @@ def _autocast_forward(plan: MethodPlan, run: RunConfig, T: int, xb: int, kept: b
     return max(held)
 
 
-def _autocast_backward(plan: MethodPlan, run: RunConfig, T: int, xb: int) -> int:
+def _autocast_backward(plan: MethodPlan, run: RunConfig, T: int) -> int:
     """OFT.backward_moment under autocast, beside the output's gradient: the rotated
     input's gradient as each cast of the forward hands it on (16-bit from the frozen
     matmul, x's dtype, the adapter dtype, 16-bit for the einsum; two at a time), then at
@@ -231,7 +232,7 @@ def _autocast_backward(plan: MethodPlan, run: RunConfig, T: int, xb: int) -> int
     ab, e = BYTES_PER_ELEMENT[plan.dtypes.adapter], autocast_cast(plan)
     held = [0]
     for lin in plan.block_rotated:
-        n, o = lin.in_features, lin.out_features
+        n, o, xb = lin.in_features, lin.out_features, x_bytes(plan, lin)
         blocks, side = oft_blocks(lin, run)
         square = blocks * side * side
         chain = [e] + ([xb] if xb != e else []) + ([ab] if xb != ab else []) + [e]

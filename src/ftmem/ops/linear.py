@@ -162,8 +162,9 @@ class LinearOp:
             out += Bottleneck.saved(ctx, linears, state, in_grad, side)
         if state.v2_scaled:
             out += LlamaAdapter.scale_saved(ctx, linears, state, side)
-        # an OFT linear's frozen matmul reads the rotated input, which needs a gradient
-        copied = [lin for lin in linears if in_grad or lin.module in state.block_rotated]
+        # an OFT or BOFT linear's frozen matmul reads the rotated input, which needs a gradient
+        rotated = state.block_rotated | state.rotated
+        copied = [lin for lin in linears if in_grad or lin.module in rotated]
         if ctx.plan.dtypes.casts_weights and copied:
             out += LinearOp.weight_copies(ctx, copied, side)
         if in_grad and LinearOp.gptq_dequantises(ctx.run, ctx.tokens):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ftmem.adapters.boft import BOFT
 from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.oft import OFT
 from ftmem.adapters.vera import VeRA
@@ -103,7 +104,12 @@ class MLP:
             elif arch.mlp == "gated":
                 oe = ctx.projection_out_bytes
                 gate_e, up_e = (
-                    OFT.output_bytes(ctx, state, lin, VeRA.output_bytes(ctx, state, lin, oe))
+                    BOFT.output_bytes(
+                        ctx,
+                        state,
+                        lin,
+                        OFT.output_bytes(ctx, state, lin, VeRA.output_bytes(ctx, state, lin, oe)),
+                    )
                     for lin in ups[:1] + ups[-1:]
                 )
                 what = "gate, up and activation outputs"
@@ -118,7 +124,13 @@ class MLP:
                 oe = max((VeRA.output_bytes(ctx, state, lin, oe) for lin in ups), default=oe)
                 what, size = "up output (activation input)", T * f * oe
             out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
-        out += LinearOp.saved(ctx, downs, state, any_grad, "down_proj", f, e)
+        # under autocast a rotated gate and up answer in the residual's dtype: so does
+        # their product, down's input (adapters.boft.x_bytes)
+        rotated = state.rotated | state.block_rotated
+        down_in = (
+            ctx.residual if ctx.plan.dtypes.autocast and ({u.module for u in ups} & rotated) else e
+        )
+        out += LinearOp.saved(ctx, downs, state, any_grad, "down_proj", f, down_in)
         return out
 
     @staticmethod
