@@ -66,7 +66,9 @@ PEFT_OTHER = {
 # peft's LoRA variants with LoRA's options (--lora-r, --lora-targets, ...)
 LORA_VARIANTS = {"adalora", "gralora", "delora", "deft"}
 # not modelled under autocast (ftmem.run.NO_AUTOCAST: measured on the CPU without it only)
-NO_AUTOCAST = PEFT_OTHER - {"adalora", "loha", "vera", "oft", "boft"} | LORA_VARIANTS - {"adalora"}
+NO_AUTOCAST = PEFT_OTHER - {"adalora", "loha", "vera", "oft", "boft", "hra"} | LORA_VARIANTS - {
+    "adalora"
+}
 # peft wraps no transformers Conv1D (GPT-2's) for these, or ftmem does not model it
 NO_CONV1D = PEFT_OTHER - {"adalora"} | LORA_VARIANTS - {"adalora"}
 # measured on decoder-only language models only (refused on image-text ones)
@@ -294,6 +296,14 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     ),
     lambda v: (
         _is(v, "--method", *NO_AUTOCAST)
+        and (
+            _is(v, "--precision", "bf16-mixed", "fp16-mixed") or _is(v, "--autocast", "--autocast")
+        )
+    ),
+    # HRA under autocast is modelled with fp32 hra_u only
+    lambda v: (
+        _is(v, "--method", "hra")
+        and _is(v, "--adapter-dtype", "bf16", "fp16")
         and (
             _is(v, "--precision", "bf16-mixed", "fp16-mixed") or _is(v, "--autocast", "--autocast")
         )

@@ -468,7 +468,6 @@ NO_AUTOCAST = {
     "fourierft": "autocast casts its fp32 ΔW",
     "hira": "",
     "psoft": "",
-    "hra": "",
     "shira": "",
     "waveft": "autocast casts its fp32 ΔW",
     "c3a": "",
@@ -1504,6 +1503,14 @@ class RunConfig(limits.BoundedSettings):
         # LitGPT, torchtune, fsdp_qlora and Unsloth implement none of them: their own
         # sentence says so, before any setting of a run that does not exist
         check_framework_support(self.framework, self.method, self.quant, self.objective)
+        if (
+            self.method == "hra"
+            and self.uses_autocast
+            and self.adapter_dtype not in ("auto", "fp32")
+        ):
+            raise ValueError(
+                "HRA with 16-bit hra_u under autocast is not modelled; drop --adapter-dtype"
+            )
         if self.method in NO_AUTOCAST and self.uses_autocast:
             why = NO_AUTOCAST[self.method]
             raise ValueError(

@@ -1443,8 +1443,21 @@ def _hra() -> list[Case]:
         {"precision": "bf16", "hra_targets": "k,o,down"},
     ):
         cases.append(Case("llama", {"method": "hra", **extra}))
+    # autocast: the chain between 16-bit matmuls, W', the weight and x cast to 16-bit
+    for extra in (
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+    ):
+        cases.append(Case("llama", {"method": "hra", **extra}))
     few = {"batch_size": 1, "seq_len": 8, "hra_targets": "all-linear"}
-    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32", "grad_ckpt": True},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+    ):
         cases.append(Case("llama", {"method": "hra", **few, **extra}, WIDER_STILL))
     return cases
 

@@ -91,15 +91,6 @@ class BOFT:
     """The BOFT adapters on a group of linears reading one tensor."""
 
     @staticmethod
-    def output_bytes(ctx: LayerContext, state: BlockState, lin: Linear, base: int) -> int:
-        """Element size of a BOFT linear's output: under autocast peft returns it in its
-        input's dtype (``result.to(previous_dtype)``), the residual stream's for gate and
-        up; ``base`` otherwise."""
-        if lin.module in state.rotated and ctx.plan.dtypes.autocast:
-            return ctx.residual
-        return base
-
-    @staticmethod
     def saved(
         ctx: LayerContext,
         linears: list[Linear],
@@ -219,13 +210,14 @@ def element_bytes(plan: MethodPlan) -> int:
 def x_bytes(plan: MethodPlan, lin: Linear) -> int:
     """x's element size at an OFT or BOFT linear under autocast: the residual stream's for
     a norm's output (fp32 over fp32 weights), the compute dtype for o's input, and for
-    down's the product's: the residual's when gate and up are rotated too (peft answers
-    in their input's dtype), else the compute dtype."""
+    down's the product's: the residual's when gate and up are rotated too (OFT, BOFT and
+    HRA answer in their input's dtype), else the compute dtype."""
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     if "o" in lin.roles:
         return e
     if "down" in lin.roles:
         ups = {"gate", "up"}
-        rotated = any(ups & set(u.roles) for u in (*plan.rotated, *plan.block_rotated))
+        adapted = (*plan.rotated, *plan.block_rotated, *plan.householder)
+        rotated = any(ups & set(u.roles) for u in adapted)
         return plan.dtypes.residual_bytes if rotated else e
     return plan.dtypes.residual_bytes

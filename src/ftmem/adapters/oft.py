@@ -112,15 +112,6 @@ class OFT:
     """The OFT adapters on a group of linears reading one tensor."""
 
     @staticmethod
-    def output_bytes(ctx: LayerContext, state: BlockState, lin: Linear, base: int) -> int:
-        """Element size of an OFT linear's output: under autocast peft returns it in its
-        input's dtype (``result.to(previous_dtype)``), the residual stream's for gate and
-        up (fp32 over fp32 weights: measured, bf16-mixed); ``base`` otherwise."""
-        if lin.module in state.block_rotated and ctx.plan.dtypes.autocast:
-            return ctx.residual
-        return base
-
-    @staticmethod
     def saved(
         ctx: LayerContext,
         linears: list[Linear],

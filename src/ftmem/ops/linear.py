@@ -162,9 +162,14 @@ class LinearOp:
             out += Bottleneck.saved(ctx, linears, state, in_grad, side)
         if state.v2_scaled:
             out += LlamaAdapter.scale_saved(ctx, linears, state, side)
-        # an OFT or BOFT linear's frozen matmul reads the rotated input, which needs a gradient
+        # an OFT or BOFT linear's frozen matmul reads the rotated input, which needs a
+        # gradient; HRA's F.linear takes W' (its weight's cast is HRA.saved's)
         rotated = state.block_rotated | state.rotated
-        copied = [lin for lin in linears if in_grad or lin.module in rotated]
+        copied = [
+            lin
+            for lin in linears
+            if (in_grad or lin.module in rotated) and lin.module not in state.householder
+        ]
         if ctx.plan.dtypes.casts_weights and copied:
             out += LinearOp.weight_copies(ctx, copied, side)
         if in_grad and LinearOp.gptq_dequantises(ctx.run, ctx.tokens):

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ftmem.adapters.boft import BOFT
 from ftmem.adapters.ia3 import IA3
-from ftmem.adapters.oft import OFT
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import Architecture, Linear, layout
 from ftmem.dtypes import FP32
@@ -103,15 +101,7 @@ class MLP:
                 what, size = "gate and up outputs (activation recomputed)", 2 * T * f * oe
             elif arch.mlp == "gated":
                 oe = ctx.projection_out_bytes
-                gate_e, up_e = (
-                    BOFT.output_bytes(
-                        ctx,
-                        state,
-                        lin,
-                        OFT.output_bytes(ctx, state, lin, VeRA.output_bytes(ctx, state, lin, oe)),
-                    )
-                    for lin in ups[:1] + ups[-1:]
-                )
+                gate_e, up_e = (_output_bytes(ctx, state, lin, oe) for lin in ups[:1] + ups[-1:])
                 what = "gate, up and activation outputs"
                 size = T * f * (2 * gate_e + up_e) if ups else 3 * T * f * oe
             elif written_out_gelu(arch, ctx.run):
@@ -124,12 +114,9 @@ class MLP:
                 oe = max((VeRA.output_bytes(ctx, state, lin, oe) for lin in ups), default=oe)
                 what, size = "up output (activation input)", T * f * oe
             out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
-        # under autocast a rotated gate and up answer in the residual's dtype: so does
-        # their product, down's input (adapters.boft.x_bytes)
-        rotated = state.rotated | state.block_rotated
-        down_in = (
-            ctx.residual if ctx.plan.dtypes.autocast and ({u.module for u in ups} & rotated) else e
-        )
+        # under autocast an OFT, BOFT or HRA gate and up answer in the residual's dtype: so
+        # does their product, down's input (adapters.boft.x_bytes)
+        down_in = max((_output_bytes(ctx, state, u, e, vera=False) for u in ups), default=e)
         out += LinearOp.saved(ctx, downs, state, any_grad, "down_proj", f, down_in)
         return out
 
@@ -353,3 +340,17 @@ class T5FeedForward:
         # (shares_relu: wo reads the ReLU's output itself, already kept)
         wo = LinearOp.saved(ctx, down, state, any_grad, "wo", f, e, shares_relu)
         return out + wo, any_grad or any(lin.module in state.output_grad for lin in down)
+
+
+def _output_bytes(
+    ctx: LayerContext, state: BlockState, lin: Linear, base: int, vera: bool = True
+) -> int:
+    """Element size of a gate or up linear's output: under autocast peft's OFT, BOFT and
+    HRA return it in their input's dtype (``result.to(previous_dtype)``), the residual
+    stream's (fp32 over fp32 weights: measured, bf16-mixed), as VeRA does
+    (VeRA.output_bytes; ``vera`` False leaves it out: its product into down was
+    measured as modelled); ``base`` otherwise."""
+    returning = state.rotated | state.block_rotated | state.householder
+    if ctx.plan.dtypes.autocast and lin.module in returning:
+        return ctx.residual
+    return VeRA.output_bytes(ctx, state, lin, base) if vera else base
