@@ -66,9 +66,15 @@ PEFT_OTHER = {
 # peft's LoRA variants with LoRA's options (--lora-r, --lora-targets, ...)
 LORA_VARIANTS = {"adalora", "gralora", "delora", "deft"}
 # not modelled under autocast (ftmem.run.NO_AUTOCAST: measured on the CPU without it only)
-NO_AUTOCAST = PEFT_OTHER - {"adalora", "loha", "vera", "oft", "boft", "hra"} | LORA_VARIANTS - {
-    "adalora"
-}
+NO_AUTOCAST = PEFT_OTHER - {
+    "adalora",
+    "loha",
+    "vera",
+    "oft",
+    "boft",
+    "hra",
+    "road",
+} | LORA_VARIANTS - {"adalora"}
 # peft wraps no transformers Conv1D (GPT-2's) for these, or ftmem does not model it
 NO_CONV1D = PEFT_OTHER - {"adalora"} | LORA_VARIANTS - {"adalora"}
 # measured on decoder-only language models only (refused on image-text ones)

@@ -477,7 +477,6 @@ NO_AUTOCAST = {
     "peanut": "",
     "trainable-tokens": "",
     "miss": "",
-    "road": "",
     "pvera": "",
     "randlora": "",
     "vblora": "",

@@ -1596,6 +1596,11 @@ def _miss_road() -> list[Case]:
         {"precision": "bf16", "road_variant": "road_4", "road_targets": "all-linear"},
         {"precision": "bf16", "grad_ckpt": True},
         {"precision": "bf16", "adapter_dtype": "bf16", "road_variant": "road_2"},
+        # autocast: the rotation runs in fp32 on the frozen output's cast, as without
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16-mixed", "road_variant": "road_4", "road_targets": "all-linear"},
     ):
         cases.append(Case("llama", {"method": "road", "road_group_size": 16, **extra}))
     return cases
