@@ -74,6 +74,7 @@ NO_AUTOCAST = PEFT_OTHER - {
     "boft",
     "hra",
     "road",
+    "miss",
 } | LORA_VARIANTS - {"adalora"}
 # peft wraps no transformers Conv1D (GPT-2's) for these, or ftmem does not model it
 NO_CONV1D = PEFT_OTHER - {"adalora"} | LORA_VARIANTS - {"adalora"}
@@ -302,6 +303,14 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     ),
     lambda v: (
         _is(v, "--method", *NO_AUTOCAST)
+        and (
+            _is(v, "--precision", "bf16-mixed", "fp16-mixed") or _is(v, "--autocast", "--autocast")
+        )
+    ),
+    # MiSS bat under autocast is not modelled
+    lambda v: (
+        _is(v, "--method", "miss")
+        and _is(v, "--miss-init", "bat")
         and (
             _is(v, "--precision", "bf16-mixed", "fp16-mixed") or _is(v, "--autocast", "--autocast")
         )

@@ -476,7 +476,6 @@ NO_AUTOCAST = {
     "glora": "",
     "peanut": "",
     "trainable-tokens": "",
-    "miss": "",
     "pvera": "",
     "randlora": "",
     "vblora": "",
@@ -1509,6 +1508,11 @@ class RunConfig(limits.BoundedSettings):
         ):
             raise ValueError(
                 "HRA with 16-bit hra_u under autocast is not modelled; drop --adapter-dtype"
+            )
+        if self.method == "miss" and self.uses_autocast and self.miss_init == "bat":
+            raise ValueError(
+                "MiSS bat under autocast is not modelled (its weight rebuild's casts were not "
+                "measured); use --miss-init default or mini, or drop autocast"
             )
         if self.method in NO_AUTOCAST and self.uses_autocast:
             why = NO_AUTOCAST[self.method]

@@ -1574,6 +1574,11 @@ def _miss_road() -> list[Case]:
         {"precision": "bf16", "miss_init": "mini", "miss_mini_r": 16},
         {"precision": "bf16", "grad_ckpt": True},
         {"precision": "bf16", "grad_ckpt": True, "miss_init": "bat"},
+        # autocast (default and mini): the matmul's 16-bit casts
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16-mixed", "miss_init": "mini", "miss_mini_r": 16},
         {
             "precision": "bf16",
             "adapter_dtype": "bf16",

@@ -345,12 +345,12 @@ class T5FeedForward:
 def _output_bytes(
     ctx: LayerContext, state: BlockState, lin: Linear, base: int, vera: bool = True
 ) -> int:
-    """Element size of a gate or up linear's output: under autocast peft's OFT, BOFT and
-    HRA return it in their input's dtype (``result.to(previous_dtype)``), the residual
+    """Element size of a gate or up linear's output: under autocast peft's OFT, BOFT, HRA
+    and MiSS return it in their input's dtype (``result.to(previous_dtype)``), the residual
     stream's (fp32 over fp32 weights: measured, bf16-mixed), as VeRA does
     (VeRA.output_bytes; ``vera`` False leaves it out: its product into down was
     measured as modelled); ``base`` otherwise."""
-    returning = state.rotated | state.block_rotated | state.householder
+    returning = state.rotated | state.block_rotated | state.householder | state.miss
     if ctx.plan.dtypes.autocast and lin.module in returning:
         return ctx.residual
     return VeRA.output_bytes(ctx, state, lin, base) if vera else base
