@@ -307,22 +307,6 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
             _is(v, "--precision", "bf16-mixed", "fp16-mixed") or _is(v, "--autocast", "--autocast")
         )
     ),
-    # MiSS bat under autocast is not modelled
-    lambda v: (
-        _is(v, "--method", "miss")
-        and _is(v, "--miss-init", "bat")
-        and (
-            _is(v, "--precision", "bf16-mixed", "fp16-mixed") or _is(v, "--autocast", "--autocast")
-        )
-    ),
-    # HRA under autocast is modelled with fp32 hra_u only
-    lambda v: (
-        _is(v, "--method", "hra")
-        and _is(v, "--adapter-dtype", "bf16", "fp16")
-        and (
-            _is(v, "--precision", "bf16-mixed", "fp16-mixed") or _is(v, "--autocast", "--autocast")
-        )
-    ),
     # peft's LoRA-FA steps with its own AdamW loop (LoraFAOptimizer)
     lambda v: (
         _is(v, "--lora-fa", "--lora-fa")
@@ -718,6 +702,15 @@ def _shardformer_ok(g: dict[str, str], strategy: str, model_parallel: int) -> bo
     return not (mode is not None and family == "mixtral" and g["--pp"] == "2")
 
 
+def _autocast_row_ok(g: dict[str, str]) -> bool:
+    """Under autocast MiSS bat and HRA with 16-bit hra_u are not modelled (refused)."""
+    if not (g["--precision"].endswith("-mixed") or g["--autocast"] == "--autocast"):
+        return True
+    if g["--method"] == "miss":
+        return g["--miss-init"] != "bat"
+    return g["--method"] != "hra" or g["--adapter-dtype"] not in ("bf16", "fp16")
+
+
 def _adapter_row_ok(g: dict[str, str], tp: int, strategy: str) -> bool:
     """Each tensor-parallel rank's shard of q and v tiled by VB-LoRA's vectors or C3A's
     blocks (256 wide); DeFT's adapters kept fp32, which DeepSpeed's and ColossalAI's
@@ -726,6 +719,8 @@ def _adapter_row_ok(g: dict[str, str], tp: int, strategy: str) -> bool:
         return g["--precision"] == "fp32"
     if g["--method"] == "trainable-tokens" and g["--loss"] == "fused":
         return not model_presets()[g["model"]].tie_embeddings  # (a tied head's: refused)
+    if not _autocast_row_ok(g):
+        return False
     return g["--method"] not in ("vblora", "c3a") or _tiles(model_presets()[g["model"]], 256 * tp)
 
 
