@@ -108,13 +108,74 @@ def test_one_hra_linear_matches_its_measurement(
     assert backward_peak == max(at_linear, w + sq - freed + leaf, 2 * sq - late + leaf)
 
 
+@pytest.mark.parametrize(("n", "o", "T", "r"), [(256, 128, 64, 4), (128, 256, 64, 2)])
+@pytest.mark.parametrize("bf16", [True, False])
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_one_hra_linear_under_autocast_matches_its_measurement(
+    n: int, o: int, T: int, r: int, bf16: bool, x_grad: bool
+) -> None:
+    """One peft HRALinear under CPU bf16 autocast (fp32 hra_u; a bf16 base is HF Trainer's
+    bf16=True on a bf16 model, an fp32 one bf16-mixed). Kept: each step's 16-bit cast of
+    2·W (in² · 2; the chain itself stays fp32), the steps' 16-bit u_i, u_iᵀ and in × 1
+    products (the first step's 2·I needs no gradient: its u_i cast is not kept) and the
+    fp32 norms, the identity's 16-bit cast; then, delta·I being 16-bit, the weight's and
+    x's 16-bit casts where they are not 16-bit already and W' (x needing a gradient).
+    Forward: the chain's last step (the fp32 identity, the old and new weight, the 16-bit
+    outer product, the fp32 normalised u), ``torch.mm(I, delta)`` (the identity, delta and
+    their 16-bit casts and product) or the end (delta, the casts, W', the output and its
+    cast back); backward: at F.linear's node, or in the chain (W's fp32 gradient, its
+    negation and the 16-bit cast of that, beside x's gradient, F.linear's kept, the
+    weight's and the identity's casts freed) (adapters/hra.py's autocast moments)."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from ftmem.measure.tracker import LiveBytesTracker
+
+    dtype, xb = (torch.bfloat16, 2) if bf16 else (torch.float32, 4)
+    base = torch.nn.Sequential()
+    base.add_module("lin", torch.nn.Linear(n, o, bias=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = peft.get_peft_model(
+            base.to(dtype), peft.HRAConfig(r=r, target_modules=["lin"]), autocast_adapter_dtype=True
+        )
+    x = torch.randn(2, T // 2, n, dtype=dtype, requires_grad=x_grad)
+    with LiveBytesTracker() as tracker:
+        tracker.track(x, *model.parameters(), *model.buffers())
+        start = tracker.current
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(x)
+        forward_peak, kept = tracker.peak - start, tracker.current - start - T * o * xb
+        tracker.peak = before = tracker.current
+        y.sum().backward()  # (sum's gradient: an expanded scalar, 4 or 8 bytes)
+        backward_peak = tracker.peak - before - (4 if bf16 else 8)
+    sq, w = n * n * 2, n * o * 2  # 16-bit in × in and out × in
+    cast_w, cast_x = (0, 0) if bf16 else (w, T * n * 2)
+    chain = r * sq + (3 * r - 1) * n * 2 + r * 4 + sq
+    late = cast_w + cast_x + (w if x_grad else 0)
+    assert kept == chain + late
+    end = n * n * 4 + cast_w + w + cast_x + T * o * 2 + (T * o * 4 if not bf16 else 0)
+    moments = (
+        chain - sq + 3 * n * n * 4 + sq + n * r * 4,
+        chain + 2 * n * n * 4 + 2 * sq,
+        chain + end,
+    )
+    assert forward_peak == max(moments)
+    grad_x = T * n * xb if x_grad else 0
+    at_linear = (T * o * 2 if not bf16 else 0) + w + (T * n * 2 if x_grad else 0)
+    in_chain = n * n * 4 * 2 + sq + grad_x - late - sq
+    assert backward_peak == max(at_linear, in_chain)
+
+
 def test_bad_input_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
     cases = [
         (["--method", "hra", "--hra-rank", "0"], "--hra-rank: Input should be"),
         (["--method", "lora", "--hra-rank", "4"], "--hra-rank only applies to hra"),
         (["--method", "hra", "--hra-targets", " , "], "--hra-targets is empty"),
         (["--method", "hra", "--hra-targets", "zz"], "HRA target 'zz' matches no linear"),
-        (["--method", "hra", "--precision", "bf16-mixed"], "HRA under autocast"),
+        (
+            ["--method", "hra", "--precision", "bf16-mixed", "--adapter-dtype", "bf16"],
+            "HRA with 16-bit hra_u under autocast is not modelled",
+        ),
         (["--method", "hra", "--framework", "litgpt"], "has no --method hra"),
     ]
     for args, expected in cases:

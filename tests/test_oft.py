@@ -106,6 +106,103 @@ def test_one_oft_linear_matches_its_measurement() -> None:
     assert backward_peak == 2 * T * n * 4 + 16 * 32 * 32 * 4 + 4
 
 
+def test_autocast_lists_the_rotation_s_ops_as_modelled() -> None:
+    """The ops OFT runs under autocast, per device, as torch 2.13's dispatcher registers
+    them (aten/src/ATen/autocast_mode.cpp): bmm in both lower-precision lists, einsum in
+    CUDA's only (the CPU decomposes it into a bmm, which casts the same operands),
+    linalg.solve in the CPU's fp32 list only (its inputs are fp32 on both), kron in none
+    (LoKr's product runs in its factors' dtype)."""
+    torch = pytest.importorskip("torch")
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    lists = {
+        op: {k for k in ("AutocastCUDA", "AutocastCPU") if has(f"aten::{op}", k)}
+        for op in ("bmm", "einsum", "linalg_solve", "kron")
+    }
+    assert lists == {
+        "bmm": {"AutocastCUDA", "AutocastCPU"},
+        "einsum": {"AutocastCUDA"},
+        "linalg_solve": {"AutocastCPU"},
+        "kron": set(),
+    }
+
+
+def _one_linear_under_autocast(torch, peft, base_dtype, terms: int) -> tuple[int, int, int]:
+    """One peft OFT linear (in 512, out 256, 16 blocks of 32, fp32 adapters, T = 128)
+    under CPU bf16 autocast on the live-storage tracker: (kept, forward peak beyond the
+    kept, backward peak beyond what was live), the output excluded from the kept."""
+    from ftmem.measure.tracker import LiveBytesTracker
+
+    n, o, T = 512, 256, 128
+    base = torch.nn.Sequential()
+    base.add_module("lin", torch.nn.Linear(n, o, bias=False))
+    config = peft.OFTConfig(
+        oft_block_size=32,
+        target_modules=["lin"],
+        use_cayley_neumann=terms > 0,
+        num_cayley_neumann_terms=terms,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = peft.get_peft_model(base.to(base_dtype), config, autocast_adapter_dtype=True)
+    x = torch.randn(2, T // 2, n, dtype=base_dtype, requires_grad=True)
+    with LiveBytesTracker() as tracker:
+        tracker.track(x, *model.parameters(), *model.buffers())
+        start = tracker.current
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(x)
+        kept = tracker.current - start - y.numel() * y.element_size()
+        forward = tracker.peak - start - kept
+        tracker.peak = before = tracker.current
+        y.sum().backward()
+    return kept, forward, tracker.peak - before
+
+
+def test_one_oft_linear_under_autocast_matches_its_measurement() -> None:
+    """Under bf16 autocast on a bf16 base (HF Trainer's bf16=True on a bf16 model), with
+    Tn = T·in bytes: the kept are the einsum's 16-bit x (2 Tn) and R (16 · 32² · 2 =
+    Tn/2) and each series bmm's two 16-bit operands (5 terms: 3 bmm's, 6 · 16 · 32² · 2
+    = 3 Tn; 3 terms: 2 bmm's) or the exact solve's fp32 LU, pivots and result; the
+    forward peaks beyond them at peft's fp32 copy of x (4 Tn), the fp32 R (1 Tn), the
+    einsum's output and its reshaped copy (2 + 2) and their fp32 copy (4): 13 Tn
+    (OFT.forward_build); the backward at peft's reshape: x's fp32 gradient and its copy
+    and R's fp32 gradient, less the einsum's casts it freed: 8 + 1 − 2.5 = 6.5 Tn
+    (OFT.backward_moment, the output's gradient aside: y.sum()'s is a scalar). An fp32
+    base (bf16-mixed) keeps the frozen weight's 16-bit copy besides (4 Tn)."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    Tn, square = 128 * 512, 16 * 32 * 32
+    for terms, cayley in (
+        (5, 6 * square * 2),
+        (3, 4 * square * 2),
+        (0, 3 * square * 4 + 16 * 32 * 4),
+    ):
+        kept, forward, backward = _one_linear_under_autocast(torch, peft, torch.bfloat16, terms)
+        assert kept == 2 * Tn + square * 2 + cayley
+        assert forward == (13 if terms else 12) * Tn  # (the solve's R is kept)
+        assert backward == 6.5 * Tn + 4  # (+ the fp32 gradient of the sum)
+    kept, _, _ = _one_linear_under_autocast(torch, peft, torch.float32, 5)
+    assert kept == 2 * Tn + square * 2 + 6 * square * 2 + 256 * 512 * 2
+
+
+@pytest.mark.parametrize(
+    "precision", [{"precision": "bf16-mixed"}, {"precision": "fp16-mixed"}, {"autocast": True}]
+)
+def test_autocast_is_estimated(precision: dict) -> None:
+    """OFT under autocast was refused (RunConfig's NO_AUTOCAST); it is estimated, keeping
+    16-bit casts where it kept adapter-dtype tensors: fewer bytes than without autocast
+    on a bf16 model (Llama-3.2-3B, q and v, r 32: each series bmm's two 16-bit operands,
+    3 · 2 squares, for Q, Q², Q³ in fp32; x and R at 2 bytes for 4)."""
+    est = estimate("llama-3.2-3b", method="oft", oft_r=32, **precision).memory
+    assert est.activations_bytes > 0
+    if precision == {"autocast": True}:
+        plain = estimate("llama-3.2-3b", method="oft", oft_r=32).memory
+        T, L, square = 512, 28, 32 * 96 * 96
+        # per adapted linear: Cayley 3 · 4 → 6 · 2 bytes a square (no change); R 4 → 2
+        # bytes (blocks above the first); x's cast 4 → 2 bytes
+        saved = (L - 1) * 2 * square * 2 + L * 2 * T * 3072 * 2
+        assert plain.activations_bytes - est.activations_bytes == saved
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -113,7 +210,6 @@ def test_one_oft_linear_matches_its_measurement() -> None:
         (["--method", "lora", "--oft-r", "4"], "--oft-r only applies to oft"),
         (["--method", "oft", "--oft-targets", " , "], "--oft-targets is empty"),
         (["--method", "oft", "--oft-targets", "zz"], "OFT target 'zz' matches no linear"),
-        (["--method", "oft", "--precision", "bf16-mixed"], "OFT under autocast"),
         (["--method", "oft", "--oft-r", "4", "--oft-block-size", "8"], "not both"),
         (["--method", "oft", "--oft-neumann-terms", "1"], "leaves every rotation the identity"),
         (

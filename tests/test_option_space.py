@@ -71,6 +71,7 @@ AUTOCAST_MODELLED = {
     "adalora", "loha", "vera", "fourierft", "waveft", "shira", "c3a", "hira", "psoft",
     "pvera", "randlora", "vblora", "tinylora", "unilora",
     "gralora", "delora", "beft", "glora", "peanut", "trainable-tokens", "deft",
+    "oft", "boft", "hra", "road", "miss",
 }  # fmt: skip
 NO_AUTOCAST = PEFT_OTHER - AUTOCAST_MODELLED | LORA_VARIANTS - {"adalora"}
 # peft wraps no transformers Conv1D (GPT-2's) for these, or ftmem does not model it
@@ -701,6 +702,15 @@ def _shardformer_ok(g: dict[str, str], strategy: str, model_parallel: int) -> bo
     return not (mode is not None and family == "mixtral" and g["--pp"] == "2")
 
 
+def _autocast_row_ok(g: dict[str, str]) -> bool:
+    """Under autocast MiSS bat and HRA with 16-bit hra_u are not modelled (refused)."""
+    if not (g["--precision"].endswith("-mixed") or g["--autocast"] == "--autocast"):
+        return True
+    if g["--method"] == "miss":
+        return g["--miss-init"] != "bat"
+    return g["--method"] != "hra" or g["--adapter-dtype"] not in ("bf16", "fp16")
+
+
 def _adapter_row_ok(g: dict[str, str], tp: int, strategy: str) -> bool:
     """Each tensor-parallel rank's shard of q and v tiled by VB-LoRA's vectors or C3A's
     blocks (256 wide); the methods whose 16-bit adapters ftmem does not model kept fp32,
@@ -717,6 +727,8 @@ def _adapter_row_ok(g: dict[str, str], tp: int, strategy: str) -> bool:
         return not g["--precision"].endswith("-mixed")
     if g["--method"] == "trainable-tokens" and g["--loss"] == "fused":
         return not model_presets()[g["model"]].tie_embeddings  # (a tied head's: refused)
+    if not _autocast_row_ok(g):
+        return False
     return g["--method"] not in ("vblora", "c3a") or _tiles(model_presets()[g["model"]], 256 * tp)
 
 

@@ -467,12 +467,7 @@ PEFT_MODEL_METHODS = {
 # are modelled)
 NO_AUTOCAST = {
     "lokr": "its Kronecker product promotes to fp32 there",
-    "hra": "",
     "osf": "",
-    "miss": "",
-    "road": "",
-    "boft": "",
-    "oft": "",
     "lily": "",
 }
 
@@ -1501,6 +1496,19 @@ class RunConfig(limits.BoundedSettings):
         # LitGPT, torchtune, fsdp_qlora and Unsloth implement none of them: their own
         # sentence says so, before any setting of a run that does not exist
         check_framework_support(self.framework, self.method, self.quant, self.objective)
+        if (
+            self.method == "hra"
+            and self.uses_autocast
+            and self.adapter_dtype not in ("auto", "fp32")
+        ):
+            raise ValueError(
+                "HRA with 16-bit hra_u under autocast is not modelled; drop --adapter-dtype"
+            )
+        if self.method == "miss" and self.uses_autocast and self.miss_init == "bat":
+            raise ValueError(
+                "MiSS bat under autocast is not modelled (its weight rebuild's casts were not "
+                "measured); use --miss-init default or mini, or drop autocast"
+            )
         if self.method in NO_AUTOCAST and self.uses_autocast:
             why = NO_AUTOCAST[self.method]
             raise ValueError(

@@ -1589,8 +1589,21 @@ def _hra() -> list[Case]:
         {"precision": "bf16", "hra_targets": "k,o,down"},
     ):
         cases.append(Case("llama", {"method": "hra", **extra}))
+    # autocast: the chain between 16-bit matmuls, W', the weight and x cast to 16-bit
+    for extra in (
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+    ):
+        cases.append(Case("llama", {"method": "hra", **extra}))
     few = {"batch_size": 1, "seq_len": 8, "hra_targets": "all-linear"}
-    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32", "grad_ckpt": True},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+    ):
         cases.append(Case("llama", {"method": "hra", **few, **extra}, WIDER_STILL))
     return cases
 
@@ -1756,6 +1769,11 @@ def _miss_road() -> list[Case]:
         {"precision": "bf16", "miss_init": "mini", "miss_mini_r": 16},
         {"precision": "bf16", "grad_ckpt": True},
         {"precision": "bf16", "grad_ckpt": True, "miss_init": "bat"},
+        # autocast (default and mini): the matmul's 16-bit casts
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16-mixed", "miss_init": "mini", "miss_mini_r": 16},
         {
             "precision": "bf16",
             "adapter_dtype": "bf16",
@@ -1778,6 +1796,11 @@ def _miss_road() -> list[Case]:
         {"precision": "bf16", "road_variant": "road_4", "road_targets": "all-linear"},
         {"precision": "bf16", "grad_ckpt": True},
         {"precision": "bf16", "adapter_dtype": "bf16", "road_variant": "road_2"},
+        # autocast: the rotation runs in fp32 on the frozen output's cast, as without
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16-mixed", "road_variant": "road_4", "road_targets": "all-linear"},
     ):
         cases.append(Case("llama", {"method": "road", "road_group_size": 16, **extra}))
     return cases
@@ -1800,10 +1823,21 @@ def _boft() -> list[Case]:
         {"precision": "bf16", "grad_ckpt": True},
         {"precision": "bf16", "boft_targets": "all-linear", "boft_block_size": 8},
         {"precision": "bf16", "boft_block_num": 4},
+        # autocast: 16-bit casts of the permutation, identity, R and x over fp32 weights
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
     ):
         cases.append(Case("llama", {"method": "boft", **extra}))
     few = {"batch_size": 1, "seq_len": 8, "boft_targets": "all-linear"}
-    for extra in ({"precision": "bf16"}, {"precision": "fp32"}, {"grad_ckpt": True}):
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32"},
+        {"grad_ckpt": True},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+    ):
         cases.append(Case("llama", {"method": "boft", **few, **extra}, WIDER_STILL))
     return cases
 
@@ -1823,10 +1857,23 @@ def _oft() -> list[Case]:
         {"precision": "bf16", "oft_block_share": True, "oft_block_size": 16},
         {"precision": "bf16", "oft_r": 4, "oft_targets": "all-linear"},
         {"precision": "bf16", "adapter_dtype": "bf16"},
+        # autocast: the rotation's bmm's on 16-bit casts, gate and up answering in fp32
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+        {"precision": "bf16-mixed", "oft_neumann_terms": 0},
+        {"precision": "bf16-mixed", "oft_block_share": True, "oft_block_size": 16},
     ):
         cases.append(Case("llama", {"method": "oft", **extra}))
     mid = {"batch_size": 2, "seq_len": 64, "oft_targets": "all-linear"}
-    for extra in ({"precision": "bf16"}, {"precision": "fp32"}, {"grad_ckpt": True}):
+    for extra in (
+        {"precision": "bf16"},
+        {"precision": "fp32"},
+        {"grad_ckpt": True},
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True},
+        {"precision": "bf16-mixed", "grad_ckpt": True},
+    ):
         cases.append(Case("llama", {"method": "oft", **mid, **extra}, WIDER_STILL))
     return cases
 

@@ -13,7 +13,11 @@ memory at 0.21.2 and at 5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40, the MetaMathQA
   cast input and, when the input needs a gradient, the rebuilt weight (out × in).
 
 Measured alone (saved-tensor hooks on one MissLinear of a tiny bf16 Llama, fp32 block):
-exactly these tensors. Autocast is refused (RunConfig): its casts are not modelled. A 16-bit
+exactly these tensors. Under autocast (default and mini; bat is refused: not measured) the
+``@ miss`` matmul (in both devices' lower-precision lists; ``sum`` is in CUDA's
+fp32_set_opt_dtype list, a no-op on the fp32 cast) keeps the summed input's 16-bit cast and
+the block's (autocast's cached cast of the parameter, a fresh cast of mini's repeat); peft
+returns the output in x's dtype (``result.to(previous_dtype)``). A 16-bit
 block under bat is modelled as the same ops in its dtype (derived, not measured: on the CPU
 ``get_delta_weight`` computes a 16-bit block's rebuild in fp32, ``cast_to_fp32``, so the
 CPU cannot check it; RunConfig refuses that pair on --device cpu).
@@ -58,6 +62,16 @@ class MiSS:
         for lin in (lin for lin in linears if lin.module in state.miss):
             own, T = (lin,), ctx.tokens
             w = lin.in_features * lin.out_features * de
+            if init != "bat" and ctx.plan.dtypes.autocast:
+                # the matmul keeps 16-bit casts: of the summed input, and of the block (a
+                # cached cast of the parameter; a fresh one of mini's repeat)
+                e = ctx.e
+                what = f"{lin.label} MiSS summed input, cast to {e * 8}-bit"
+                out.append(Saved(what, T * r * e, Kind.MISS, side, own))
+                if in_grad:
+                    what = f"{lin.label} MiSS block cast to {e * 8}-bit"
+                    out.append(Saved(what, r * lin.out_features * e, Kind.MISS, side, own))
+                continue
             if init != "bat":
                 out.append(
                     Saved(f"{lin.label} MiSS summed input", T * r * de, Kind.MISS, side, own)

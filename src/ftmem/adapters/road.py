@@ -12,6 +12,11 @@ when the output needs a gradient for the input's sake (the linear's input needs 
 
 Measured alone (saved-tensor hooks on one RoAd Linear of a tiny bf16 Llama, fp32
 parameters, group 16): exactly these, beside the parameters themselves.
+
+Under autocast the same: the frozen output is 16-bit, and the rotation's ops (cos, sin,
+neg, stack, mul, add) are in no CUDA autocast list, so they run on its cast to the adapter
+dtype as without, and peft casts the result back to the frozen output's dtype
+(tests/test_miss_road.py; accuracy cases under autocast, activations exact).
 """
 
 from __future__ import annotations

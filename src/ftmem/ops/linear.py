@@ -163,10 +163,18 @@ class LinearOp:
             out += Bottleneck.saved(ctx, linears, state, in_grad, side)
         if state.v2_scaled:
             out += LlamaAdapter.scale_saved(ctx, linears, state, side)
-        if ctx.plan.dtypes.casts_weights and in_grad:
-            # (a SHiRA linear never calls its base: Shira.saved keeps the rebuilt W's cast)
-            called = [lin for lin in linears if lin.module not in state.shira]
-            out += LinearOp.weight_copies(ctx, called, side)
+        # an OFT or BOFT linear's frozen matmul reads the rotated input, which needs a
+        # gradient; HRA's F.linear takes W' (its weight's cast is HRA.saved's); a SHiRA
+        # linear never calls its base (Shira.saved keeps the rebuilt W's cast)
+        rotated = state.block_rotated | state.rotated
+        skipped = state.householder | state.shira
+        copied = [
+            lin
+            for lin in linears
+            if (in_grad or lin.module in rotated) and lin.module not in skipped
+        ]
+        if ctx.plan.dtypes.casts_weights and copied:
+            out += LinearOp.weight_copies(ctx, copied, side)
         if in_grad and LinearOp.gptq_dequantises(ctx.run, ctx.tokens):
             out += LinearOp.dequantised_weights(linears, side)
         return out

@@ -115,7 +115,11 @@ class MLP:
                 oe = max((answer_bytes(ctx, state, lin, oe) for lin in ups), default=oe)
                 what, size = "up output (activation input)", T * f * oe
             out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
-        out += LinearOp.saved(ctx, downs, state, any_grad, "down_proj", f, e)
+        # (VeRA's and the other answering adapters' product into down: measured as modelled)
+        down_in = max(
+            (ctx.residual if _rotation_answers(ctx, state, u) else e for u in ups), default=e
+        )
+        out += LinearOp.saved(ctx, downs, state, any_grad, "down_proj", f, down_in)
         return out
 
     @staticmethod
@@ -340,8 +344,19 @@ class T5FeedForward:
         return out + wo, any_grad or any(lin.module in state.output_grad for lin in down)
 
 
+def _rotation_answers(ctx: LayerContext, state: BlockState, lin: Linear) -> bool:
+    """Under autocast peft's OFT, BOFT, HRA and MiSS return a linear's output in its input's
+    dtype (``result.to(previous_dtype)``), the residual stream's (fp32 over fp32 weights:
+    measured, bf16-mixed); so does their gate and up product, down's input
+    (adapters.boft.x_bytes)."""
+    returning = state.rotated | state.block_rotated | state.householder | state.miss
+    return ctx.plan.dtypes.autocast and lin.module in returning
+
+
 def answer_bytes(ctx: LayerContext, state: BlockState, lin: Linear, oe: int) -> int:
     """Element size of a feed-forward linear's output: ``oe``, or its input's dtype where
-    the method's adapter casts the sum back to it under autocast (answer_dtype.CASTS_BACK,
-    the shared banks' and VeRA's: shared_bank.output_bytes)."""
+    the method's adapter casts the sum back to it under autocast (_rotation_answers,
+    answer_dtype.CASTS_BACK, the shared banks' and VeRA's: shared_bank.output_bytes)."""
+    if _rotation_answers(ctx, state, lin):
+        return ctx.residual
     return adapted_output_bytes(ctx, state, lin, answer_dtype.output_bytes(ctx, state, lin, oe))
