@@ -73,7 +73,7 @@ AUTOCAST_MODELLED = {
     "gralora", "delora", "beft", "glora", "peanut", "trainable-tokens", "deft",
     "oft", "boft", "hra", "road", "miss",
 }  # fmt: skip
-NO_AUTOCAST = PEFT_OTHER - AUTOCAST_MODELLED | LORA_VARIANTS - {"adalora"}
+NO_AUTOCAST = (PEFT_OTHER | LORA_VARIANTS) - AUTOCAST_MODELLED
 # peft wraps no transformers Conv1D (GPT-2's) for these, or ftmem does not model it
 NO_CONV1D = PEFT_OTHER - {"adalora"} | LORA_VARIANTS - {"adalora"}
 # measured on decoder-only language models only (refused on image-text ones)
@@ -301,6 +301,13 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     ),
     lambda v: (
         _is(v, "--method", *NO_AUTOCAST)
+        and (
+            _is(v, "--precision", "bf16-mixed", "fp16-mixed") or _is(v, "--autocast", "--autocast")
+        )
+    ),
+    # MiSS's bat init under autocast is not modelled (refused)
+    lambda v: (
+        _is(v, "--miss-init", "bat")
         and (
             _is(v, "--precision", "bf16-mixed", "fp16-mixed") or _is(v, "--autocast", "--autocast")
         )
