@@ -23,6 +23,7 @@ to fp32 on a 16-bit base).
 
 from __future__ import annotations
 
+from ftmem.adapters.vblora import autocast_backward_moments
 from ftmem.arch import Linear
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.methods import MethodPlan
@@ -126,14 +127,6 @@ def _autocast_backward(plan: MethodPlan, run: RunConfig, lin: Linear, T: int) ->
     A's and B's gradients cast back to fp32 pending; the sum of the input's two
     gradients. Measured on one peft UniLoRA Linear (bf16-mixed, bf16 + autocast, three
     shapes): within theta_d's gradient, tests/test_unilora.py."""
-    dt = plan.dtypes
-    e, ae, xe = BYTES_PER_ELEMENT[dt.compute], BYTES_PER_ELEMENT[dt.adapter], dt.residual_bytes
-    r, in_, out = run.unilora[0], lin.in_features, lin.out_features
-    waiting = T * out * e if xe != e else 0
-    kept = sum(_kept(run, lin, T, ae, True, True, e).values())
-    return max(
-        waiting + T * r * e + out * r * e,
-        waiting + T * in_ * e + r * in_ * e,
-        waiting + T * in_ * (e + ae) + r * (in_ + out) * ae - kept,
-        3 * T * in_ * xe - kept,
-    )
+    ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
+    kept = sum(_kept(run, lin, T, ae, True, True, BYTES_PER_ELEMENT[plan.dtypes.compute]).values())
+    return autocast_backward_moments(plan, lin, T, run.unilora[0], kept)

@@ -124,11 +124,18 @@ def _autocast_backward(plan: MethodPlan, run: RunConfig, lin: Linear, T: int) ->
     back to fp32 pending, and the sum of the input's two gradients. Measured on one peft
     VB-LoRA Linear (bf16-mixed, bf16 + autocast, three shapes): within the trained
     tensors' gradients (made by the moment or not), tests/test_vblora.py."""
+    ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
+    kept = sum(_kept(run, lin, T, ae, True, True, BYTES_PER_ELEMENT[plan.dtypes.compute]).values())
+    return autocast_backward_moments(plan, lin, T, run.vblora[0], kept)
+
+
+def autocast_backward_moments(plan: MethodPlan, lin: Linear, T: int, r: int, kept: int) -> int:
+    """The autocast backward's moments of a rank-``r`` pair of gathered factors (VB-LoRA's,
+    UniLoRA's: _autocast_backward's), ``kept``: what its forward kept."""
     dt = plan.dtypes
     e, ae, xe = BYTES_PER_ELEMENT[dt.compute], BYTES_PER_ELEMENT[dt.adapter], dt.residual_bytes
-    r, in_, out = run.vblora[0], lin.in_features, lin.out_features
+    in_, out = lin.in_features, lin.out_features
     waiting = T * out * e if xe != e else 0
-    kept = sum(_kept(run, lin, T, ae, True, True, e).values())
     return max(
         waiting + T * r * e + out * r * e,
         waiting + T * in_ * e + r * in_ * e,
