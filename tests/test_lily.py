@@ -54,6 +54,9 @@ def test_published_metamathqa_counts(targets: str, r: int, expected: int, total:
     assert est.model.n_params + est.model.n_trainable_params == total
 
 
+AUTOCAST = ("bf16-mixed", "bf16-autocast")
+
+
 def _one_linear(torch, mode: str, shape: tuple[int, int], T: int) -> tuple:
     """What one peft Lily Linear (r 8, 3 Bs) keeps after its forward beside its output,
     and the bytes above that and its output gradient at the peak of its backward less the
@@ -64,7 +67,7 @@ def _one_linear(torch, mode: str, shape: tuple[int, int], T: int) -> tuple:
 
     model = torch.nn.Sequential()
     model.add_module("up", torch.nn.Linear(*shape, bias=False))
-    base = torch.float32 if mode == "fp32" else torch.bfloat16
+    base = torch.float32 if mode in ("fp32", "bf16-mixed") else torch.bfloat16
     cfg = LilyConfig(r=8, num_B=3, target_modules=["up"], init_weights=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -73,7 +76,8 @@ def _one_linear(torch, mode: str, shape: tuple[int, int], T: int) -> tuple:
     with LiveBytesTracker() as tracker:
         tracker.track(x, *model.parameters(), *model.buffers())
         start = tracker.current
-        y = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode in AUTOCAST):
+            y = model(x)
         kept = tracker.current - start - y.nbytes
         g = torch.ones_like(y)  # (held by the caller)
         tracker.peak = before = tracker.current
@@ -82,19 +86,25 @@ def _one_linear(torch, mode: str, shape: tuple[int, int], T: int) -> tuple:
         return kept, tracker.peak - before - grads, grads
 
 
-@pytest.mark.parametrize("mode", ["fp32", "bf16"])
-@pytest.mark.parametrize("shape", [(96, 160), (160, 96), (64, 64)], ids=str)
+@pytest.mark.parametrize("mode", ["fp32", "bf16", *AUTOCAST])
+@pytest.mark.parametrize("shape", [(96, 160), (160, 96), (64, 64), (16, 512)], ids=str)
 def test_one_peft_linear(mode: str, shape: tuple[int, int]) -> None:
     """Lily.saved and backward_own against one peft Lily Linear: what it keeps exact (the
     input's cast where the dtypes differ, hidden, the softmax, the mixing weights, the
-    combined B); its backward within the trained tensors' gradients."""
+    combined B; under CPU autocast all 16-bit, with the 16-bit copies of the input, A, the
+    router weight and the Bs); its backward within the trained tensors' gradients. Under
+    bf16-mixed the fp32 base weight's 16-bit copy (out × in × 2, the frozen linear's saved
+    tensor, not the adapter's) is kept too, and freed before the input's gradients are
+    summed. (16, 512) at 8 tokens: the einsum's moment is the largest."""
     torch = pytest.importorskip("torch")
     from ftmem.adapters.lily import Lily
     from ftmem.ops.context import LayerContext
     from ftmem.ops.saved import Side
 
     run = RunConfig(
-        precision="fp32" if mode == "fp32" else "bf16",
+        precision={"fp32": "fp32", "bf16-mixed": "bf16-mixed"}.get(mode, "bf16"),
+        autocast=True if mode.endswith("-autocast") else None,
+        device="cpu",
         method="lily",
         lily_rank=8,
         lily_num_b=3,
@@ -103,12 +113,15 @@ def test_one_peft_linear(mode: str, shape: tuple[int, int]) -> None:
     arch = tiny("llama", hidden_size=shape[0], intermediate_size=shape[1])
     plan = plan_method(arch, run)
     (lin,) = plan.banked
-    T, e = 600, 4 if mode == "fp32" else 2
+    T = 8 if shape == (16, 512) else 600
+    e = 4 if mode in ("fp32", "bf16-mixed") else 2  # the input's
     kept, backward, grads = _one_linear(torch, mode, shape, T)
     items, keeps_input = Lily.saved(LayerContext(arch, run, plan, T), lin, Side.MLP, True, e)
     assert keeps_input == (mode == "fp32")
-    assert kept == sum(item.nbytes for item in items)
-    assert abs(backward - Lily.backward_own(plan, run, lin, T, e)) <= grads
+    weight_copy = shape[0] * shape[1] * 2 if mode == "bf16-mixed" else 0
+    assert kept == sum(item.nbytes for item in items) + weight_copy
+    ce = 4 if mode == "fp32" else 2  # the base output's
+    assert abs(backward - Lily.backward_own(plan, run, lin, T, ce)) <= grads + weight_copy
 
 
 @pytest.mark.parametrize(
@@ -121,7 +134,6 @@ def test_one_peft_linear(mode: str, shape: tuple[int, int]) -> None:
         (["--method", "lily", "--lily-num-b", "1"], "--lily-num-b must be at least 2"),
         (["--method", "lily", "--adapter-dtype", "bf16"], "--adapter-dtype only applies"),
         (["--method", "lily", "--framework", "torchtune"], "has no --method lily"),
-        (["--method", "lily", "--precision", "bf16-mixed"], "Lily under autocast"),
     ],
 )
 def test_bad_input_is_one_sentence(args: list[str], expected: str, capsys) -> None:
@@ -151,3 +163,59 @@ def test_live_peft_lily_model_is_read() -> None:
     s = read_run(model, args, given={"seq_len": 16}).settings
     assert (s["method"], s["lily_rank"], s["lily_targets"]) == ("lily", 3, "o_proj,q_proj")
     assert (s["lily_stride_a"], s["lily_num_b"]) == (2, 3)
+
+
+@pytest.mark.parametrize("precision", [["bf16-mixed"], ["fp16-mixed"], ["bf16", "--autocast"]])
+def test_autocast_is_estimated(precision: list[str], capsys) -> None:
+    """Lily under autocast was refused (not modelled); its 16-bit casts of the input, A,
+    the router and the Bs, CUDA's fp32 softmax and its backward are modelled now (accuracy
+    cases method=lily)."""
+    from ftmem.cli import main
+
+    args = ["estimate", "llama-3.2-3b", "--method", "lily", "--precision", *precision]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0 and err == "" and "GiB" in out
+
+
+def test_cuda_autocast_keeps_an_fp32_softmax() -> None:
+    """CUDA's autocast runs softmax in fp32 (its fp32_set_opt_dtype list; the CPU's lists
+    have no softmax): the router's softmax each adapted linear keeps is T × num_B × 4 there,
+    × 2 on the CPU (measured in test_one_peft_linear); nothing else differs."""
+    from ftmem.adapters.lily import Lily
+    from ftmem.ops.context import LayerContext
+    from ftmem.ops.saved import Side
+
+    arch, T, kept = tiny("llama"), 512, {}
+    for device in ("cuda", "cpu"):
+        run = RunConfig(precision="bf16-mixed", method="lily", lily_num_b=3, device=device)
+        plan = plan_method(arch, run)
+        ctx = LayerContext(arch, run, plan, T)
+        items, _ = Lily.saved(ctx, plan.banked[0], Side.ATTENTION, True, 4)
+        kept[device] = {item.what: item.nbytes for item in items}
+    assert {n: kept["cuda"][n] - kept["cpu"][n] for n in kept["cpu"]} == {
+        n: T * 3 * 2 if "softmax" in n else 0 for n in kept["cpu"]
+    }
+
+
+def test_autocast_lists_lily_runs_under() -> None:
+    """The lists modelled (torch 2.13's dispatcher): linear, matmul and bmm lower precision
+    on both devices; einsum CUDA's only (the CPU's decomposes to a bmm, which casts the same
+    operands); softmax CUDA's fp32 list only; mean, mul, add and reshape on neither."""
+    torch = pytest.importorskip("torch")
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    want = {
+        "linear": (True, True),
+        "matmul": (True, True),
+        "bmm": (True, True),
+        "einsum": (True, False),
+        "softmax.int": (True, False),
+        "mean.dim": (False, False),
+        "mul.Tensor": (False, False),
+        "add.Tensor": (False, False),
+        "reshape": (False, False),
+    }
+    for op, (cuda, cpu) in want.items():
+        got = (has(f"aten::{op}", "AutocastCUDA"), has(f"aten::{op}", "AutocastCPU"))
+        assert got == (cuda, cpu), op

@@ -69,7 +69,7 @@ LORA_VARIANTS = {"adalora", "gralora", "delora", "deft"}
 # not modelled under autocast (ftmem.run.NO_AUTOCAST: measured on the CPU without it only)
 AUTOCAST_MODELLED = {
     "adalora", "loha", "vera", "fourierft", "waveft", "shira", "c3a", "hira", "psoft",
-    "pvera", "randlora", "vblora", "tinylora", "unilora",
+    "pvera", "randlora", "vblora", "tinylora", "unilora", "lily",
     "gralora", "delora", "beft", "glora", "peanut", "trainable-tokens", "deft",
     "oft", "boft", "hra", "road", "miss",
 }  # fmt: skip

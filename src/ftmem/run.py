@@ -468,7 +468,6 @@ PEFT_MODEL_METHODS = {
 NO_AUTOCAST = {
     "lokr": "its Kronecker product promotes to fp32 there",
     "osf": "",
-    "lily": "",
 }
 
 

@@ -1427,6 +1427,19 @@ def _lily() -> list[Case]:
         {"precision": "bf16", "grad_ckpt": True, "lily_stride_a": 2},
         {"precision": "bf16", "lily_targets": "gate,up,down", "lily_num_b": 3},
         {"precision": "fp32", "lily_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+        # under autocast: the 16-bit casts of the input, A (autocast's cache: once per
+        # stride_A layers), the router and the Bs (a copy per layer)
+        {"precision": "bf16-mixed"},
+        {"precision": "bf16", "autocast": True, "lily_stride_a": 2},
+        {"precision": "bf16-mixed", "grad_ckpt": True, "lily_stride_a": 2},
+        {"precision": "bf16-mixed", "lily_targets": "gate,up,down", "lily_num_b": 3},
+        {
+            "precision": "bf16",
+            "autocast": True,
+            "lily_targets": "all-linear",
+            "batch_size": 1,
+            "seq_len": 8,
+        },
     ):
         cases.append(Case("llama", {"method": "lily", "lily_rank": 8, **extra}))
     return cases
