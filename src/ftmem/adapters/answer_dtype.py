@@ -14,7 +14,7 @@ from ftmem.arch import Linear
 from ftmem.ops.context import BlockState, LayerContext
 
 # methods (run.method) whose adapted linears answer in their input's dtype under autocast
-CASTS_BACK = frozenset({"gralora", "delora", "deft"})
+CASTS_BACK = frozenset({"gralora", "delora", "deft", "lokr"})
 
 
 def output_bytes(ctx: LayerContext, state: BlockState, lin: Linear, base: int) -> int:
@@ -22,7 +22,7 @@ def output_bytes(ctx: LayerContext, state: BlockState, lin: Linear, base: int) -
     norm output a feed-forward linear reads: fp32 over fp32 weights) under autocast for
     the CASTS_BACK methods (measured: GraLoRA on Llama's all-linear under bf16-mixed, gate
     and up outputs fp32, activations -13.6 % when taken as 16-bit); ``base`` otherwise."""
-    adapted = ctx.run.method in CASTS_BACK and lin.module in state.adapted
+    adapted = ctx.run.method in CASTS_BACK and lin.module in state.adapted | state.kronecker
     return ctx.residual if adapted and ctx.plan.dtypes.autocast else base
 
 
@@ -33,4 +33,5 @@ def values_in_input_dtype(ctx: LayerContext) -> bool:
     GraLoRA on Phi-3's qkv_proj under bf16-mixed, activations +6 % when taken as the view)."""
     if ctx.run.method not in CASTS_BACK or not ctx.plan.dtypes.autocast:
         return False
-    return ctx.residual != ctx.e and any("v" in lin.roles for lin in ctx.plan.adapted)
+    adapted = (*ctx.plan.adapted, *ctx.plan.kronecker)
+    return ctx.residual != ctx.e and any("v" in lin.roles for lin in adapted)
