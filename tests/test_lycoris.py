@@ -180,6 +180,24 @@ def test_kronecker_temporaries_match_make_kron() -> None:
     assert 2 * w <= backward_peak < 2 * w + w // 8
 
 
+def test_autocast_lists_lokr_s_ops() -> None:
+    """The ops a LoKr linear runs under autocast, per device, as torch 2.13's dispatcher
+    registers them (aten/src/ATen/autocast_mode.cpp): mm (w2_a @ w2_b) and linear in
+    both lower-precision lists, kron, mul and the casts in none, so the CPU measurement
+    runs CUDA's dtypes."""
+    torch = pytest.importorskip("torch")
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    ops = ("mm", "matmul", "linear", "kron", "mul.Tensor", "mul.Scalar", "_to_copy")
+    lists = {
+        op: {k for k in ("AutocastCUDA", "AutocastCPU") if has(f"aten::{op}", k)} for op in ops
+    }
+    both = {"AutocastCUDA", "AutocastCPU"}
+    assert lists == {
+        **{op: both for op in ("mm", "matmul", "linear")},
+        **{op: set() for op in ("kron", "mul.Tensor", "mul.Scalar", "_to_copy")},
+    }
+
+
 @pytest.mark.parametrize("x_dtype", ["float32", "bfloat16"])
 def test_kronecker_under_autocast_matches_make_kron(x_dtype: str) -> None:
     """make_kron and F.linear under (CPU) autocast, as peft's LoKr Linear runs them: the

@@ -5,7 +5,8 @@ output keeps it wider (an MLP's gate and up outputs), or casts it (sdpa's values
 
 peft 0.21.2 (the same at huggingface/peft@5d602fdbff04, the MetaMathQA release):
 tuners/gralora/layer.py Linear.forward l.386, tuners/delora/layer.py
-DeloraLinear.forward l.266, tuners/deft/layer.py DeftLinear.forward l.352. (VeRA's own rule: adapters/vera.py ``VeRA.output_bytes``.)
+DeloraLinear.forward l.266, tuners/deft/layer.py DeftLinear.forward l.352,
+tuners/lokr/layer.py LoKrLayer.forward l.312 (LoKr's adapted linears: state.kronecker). (VeRA's own rule: adapters/vera.py ``VeRA.output_bytes``.)
 """
 
 from __future__ import annotations

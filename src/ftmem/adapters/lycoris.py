@@ -29,10 +29,16 @@ builds ΔW (out × in) from the adapter's factors, casts the input to ΔW's dtyp
 - WaveFT: FourierFT's path with an inverse wavelet transform (adapters.waveft: what the
   transform keeps besides, its build and backward).
 
-Not modelled: under autocast peft returns a LoHa or LoKr linear's output in its input's
-dtype (``result.to(previous_dtype)``: fp32 from an fp32 residual stream), which ftmem
-keeps 16-bit (measured, LoHa on all linears of a tiny Llama, bf16-mixed: activations
-−1.0 %; FourierFT's is modelled).
+Under autocast LoKr's w2 (or w1) built from a pair is the 16-bit output of a matmul, and
+kron (in no autocast list) promotes it with a whole fp32 factor: ΔW is built in fp32
+(``LoKr.built_in``), peft casts the input up to it and F.linear's autocast casts both back
+to 16-bit (an own input copy per adapter). Its output returns in the input's dtype
+(answer_dtype.CASTS_BACK).
+
+Not modelled: under autocast peft returns a LoHa linear's output in its input's dtype
+(``result.to(previous_dtype)``: fp32 from an fp32 residual stream), which ftmem keeps
+16-bit (measured, LoHa on all linears of a tiny Llama, bf16-mixed: activations −1.0 %;
+FourierFT's and LoKr's are modelled).
 """
 
 from __future__ import annotations
