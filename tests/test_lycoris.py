@@ -139,8 +139,8 @@ def test_hadamard_temporaries_match_the_autograd_function() -> None:
     def in_bytes(lin: object) -> int:
         return 4
 
-    assert LoHa.forward_build(plan, T, in_bytes, kept=False) == forward_peak == 3 * w
-    assert LoHa.backward_moment(plan, T, in_bytes) == 4 * w
+    assert LoHa.forward_build(plan, run, T, in_bytes, kept=False) == forward_peak == 3 * w
+    assert LoHa.backward_moment(plan, run, T, in_bytes) == 4 * w
     # (beyond: the factors' small gradients and x's)
     assert 4 * w <= backward_peak < 4 * w + w // 8
 
@@ -171,11 +171,107 @@ def test_kronecker_temporaries_match_make_kron() -> None:
         return 4
 
     assert (
-        LoHa.forward_build(plan, 6, in_bytes, kept=False) + built == forward_peak == 2 * w + built
+        LoHa.forward_build(plan, run, 6, in_bytes, kept=False) + built
+        == forward_peak
+        == 2 * w + built
     )
     assert forward_kept == w + built
-    assert LoHa.backward_moment(plan, 6, in_bytes) == 2 * w
+    assert LoHa.backward_moment(plan, run, 6, in_bytes) == 2 * w
     assert 2 * w <= backward_peak < 2 * w + w // 8
+
+
+def test_autocast_lists_lokr_s_ops() -> None:
+    """The ops a LoKr linear runs under autocast, per device, as torch 2.13's dispatcher
+    registers them (aten/src/ATen/autocast_mode.cpp): mm (w2_a @ w2_b) and linear in
+    both lower-precision lists, kron, mul and the casts in none, so the CPU measurement
+    runs CUDA's dtypes."""
+    torch = pytest.importorskip("torch")
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    ops = ("mm", "matmul", "linear", "kron", "mul.Tensor", "mul.Scalar", "_to_copy")
+    lists = {
+        op: {k for k in ("AutocastCUDA", "AutocastCPU") if has(f"aten::{op}", k)} for op in ops
+    }
+    both = {"AutocastCUDA", "AutocastCPU"}
+    assert lists == {
+        **{op: both for op in ("mm", "matmul", "linear")},
+        **{op: set() for op in ("kron", "mul.Tensor", "mul.Scalar", "_to_copy")},
+    }
+
+
+@pytest.mark.parametrize("x_dtype", ["float32", "bfloat16"])
+def test_kronecker_under_autocast_matches_make_kron(x_dtype: str) -> None:
+    """make_kron and F.linear under (CPU) autocast, as peft's LoKr Linear runs them: the
+    built w2 = w2_a @ w2_b is a 16-bit matmul output, kron (in no autocast list on CUDA
+    or the CPU: tests/test_oft.py) promotes it with the fp32 w1, so ΔW is fp32; peft
+    casts the input to it, and F.linear's autocast casts both back to 16-bit and keeps
+    those. The build peaks at two fp32 out × in (kron's result and its scaled copy) and
+    keeps the 16-bit w2, the pair's cached 16-bit casts, ΔW's and the input's 16-bit
+    casts (LoKr.kept, LoHa.saved); the backward at the 16-bit ΔW gradient and two fp32
+    out × in beyond what the forward kept (LoKr.backward_held)."""
+    torch = pytest.importorskip("torch")
+    from peft.tuners.lokr.layer import make_kron
+
+    from ftmem.adapters.lycoris import LoKr
+    from ftmem.measure.tracker import LiveBytesTracker
+
+    arch = tiny("llama", hidden_size=192, intermediate_size=256)
+    run = RunConfig(precision="bf16-mixed", method="lokr", lokr_targets="up", lokr_rank=4)
+    plan = plan_method(arch, run)
+    (lin,) = plan.kronecker
+    (a, b), (c, d) = factorization_of(256), factorization_of(192)
+    n, T, xe = 256 * 192, 6, 4 if x_dtype == "float32" else 2
+    w1 = torch.randn(a, c, requires_grad=True)
+    w2a, w2b = torch.randn(b, 4, requires_grad=True), torch.randn(4, d, requires_grad=True)
+    x = torch.randn(T, 192, dtype=getattr(torch, x_dtype), requires_grad=True)
+    with LiveBytesTracker() as tracker:
+        tracker.track(w1, w2a, w2b, x)
+        start = tracker.current
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            delta = make_kron(w1, w2a @ w2b, 2.0)
+            build_peak = tracker.peak - start
+            y = torch.nn.functional.linear(x.to(delta.dtype), delta)
+            assert delta.dtype == torch.float32
+            del delta
+        kept = tracker.current - start
+        tracker.peak = tracker.current
+        y.float().sum().backward()
+        backward_peak = tracker.peak - kept - start
+    assert LoKr.built_in(plan, lin, run) == 4
+    pair = b * d * 2 + 4 * (b + d) * 2  # the built w2 and the pair's casts, 16-bit
+    assert build_peak == max(LoKr.build_held(plan, run, lin, T, xe)) + pair == 8 * n + pair
+    assert kept == pair + 2 * n + T * 192 * 2 + T * 256 * 2  # ΔW's, x's casts; y
+    held = LoKr.backward_held(plan, run, lin, T, xe)
+    assert held == 10 * n
+    # (beyond: the factors' small gradients, the input's gradient and its fp32 cast)
+    assert held <= backward_peak < held + n // 8
+
+
+@pytest.mark.parametrize(
+    "precision", [{"precision": "bf16-mixed"}, {"precision": "fp16-mixed"}, {"autocast": True}]
+)
+def test_lokr_under_autocast_is_estimated(precision: dict) -> None:
+    """LoKr under autocast was refused (RunConfig's NO_AUTOCAST); it is estimated. On a
+    bf16 model (Llama-3.2-3B, q and v, peft's defaults) autocast turns what each LoKr
+    keeps from the adapter dtype to 16-bit: the input's cast (fp32 → 16-bit, every
+    block), ΔW (blocks above the first: the first's input needs no gradient) and the
+    built w2, beside which the pair's cached 16-bit casts are kept."""
+    from ftmem.methods import lokr_shapes
+    from ftmem.presets import get_model
+
+    est = estimate("llama-3.2-3b", method="lokr", **precision).memory
+    assert est.activations_bytes > 0
+    if precision != {"autocast": True}:
+        return
+    plain = estimate("llama-3.2-3b", method="lokr")
+    run, L, T = plain.run, 28, 512
+    plan = plan_method(get_model("llama-3.2-3b"), run)
+    saved = 0
+    for lin in plan.kronecker:
+        n = lin.in_features * lin.out_features
+        built = lokr_shapes(lin, run).built
+        pair = sum(rows * cols * 2 - 8 * (rows + cols) * 2 for rows, cols in built)
+        saved += L * T * lin.in_features * 2 + (L - 1) * n * 2 + L * pair
+    assert plain.memory.activations_bytes - est.activations_bytes == saved
 
 
 def factorization_of(dimension: int) -> tuple[int, int]:
@@ -199,7 +295,6 @@ def factorization_of(dimension: int) -> tuple[int, int]:
         (["--method", "loha", "--lokr-factor", "4"], "--lokr-factor only applies to lokr"),
         (["--method", "lora", "--lokr-decompose-both"], "only applies to lokr"),
         (["--method", "lokr", "--lokr-targets", ","], "--lokr-targets is empty"),
-        (["--method", "lokr", "--precision", "bf16-mixed"], "LoKr under autocast"),
     ],
 )
 def test_bad_input_is_one_sentence(args: list[str], expected: str, capsys) -> None:

@@ -71,7 +71,7 @@ AUTOCAST_MODELLED = {
     "adalora", "loha", "vera", "fourierft", "waveft", "shira", "c3a", "hira", "psoft",
     "pvera", "randlora", "vblora", "tinylora", "unilora", "lily",
     "gralora", "delora", "beft", "glora", "peanut", "trainable-tokens", "deft",
-    "oft", "boft", "hra", "road", "miss",
+    "oft", "boft", "hra", "road", "miss", "lokr",
 }  # fmt: skip
 NO_AUTOCAST = (PEFT_OTHER | LORA_VARIANTS) - AUTOCAST_MODELLED
 # peft wraps no transformers Conv1D (GPT-2's) for these, or ftmem does not model it

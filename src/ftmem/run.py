@@ -466,7 +466,6 @@ PEFT_MODEL_METHODS = {
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
 NO_AUTOCAST = {
-    "lokr": "its Kronecker product promotes to fp32 there",
     "osf": "",
 }
 

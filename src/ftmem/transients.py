@@ -458,7 +458,7 @@ def adapter_forward_build(
         return Shira.build(run, plan, keeps and not run.grad_ckpt)
     if run.method == "miss":  # MiSS bat's weight rebuild, the same way
         return MiSS.bat_build(run, plan, T, in_bytes, keeps and not run.grad_ckpt)
-    return LoHa.forward_build(plan, T, in_bytes, keeps and not run.grad_ckpt)
+    return LoHa.forward_build(plan, run, T, in_bytes, keeps and not run.grad_ckpt)
 
 
 def placed_in_block(
@@ -627,13 +627,13 @@ def _delta_moment(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, 
     if run.method == "beft":  # its output gradient's fp32 copy and cast, beside the block
         return BEFT.backward_moment(plan, T, e) + incoming_gradient(arch, run, plan, e, T)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
-    delta = LoHa.backward_moment(plan, T, in_bytes)
+    delta = LoHa.backward_moment(plan, run, T, in_bytes)
     if run.grad_ckpt and run.method in ("fourierft", "waveft"):
         # the recompute's ΔW build (20 bytes an element, above its backward's 16) at
         # its largest linear, with the block rebuilt up to it (taken as all of it:
         # exact at the last, the down projection) and the incoming gradient (measured:
         # tiny Llama, all linears, 8 tokens, −6.7 % without)
-        rebuild = LoHa.forward_build(plan, T, in_bytes, True)
+        rebuild = LoHa.forward_build(plan, run, T, in_bytes, True)
         delta = max(delta, rebuild + incoming_gradient(arch, run, plan, e, T))
     return delta
 

@@ -1083,6 +1083,26 @@ def _lycoris() -> list[Case]:
     few = {"batch_size": 1, "seq_len": 8, "lokr_targets": "all-linear", "lokr_rank": 4}
     for extra in ({"precision": "bf16"}, {"grad_ckpt": True}):
         cases.append(Case("llama", {"method": "lokr", **few, **extra}, WIDER_STILL))
+    cases += _lokr_autocast(few)
+    return cases
+
+
+def _lokr_autocast(few: dict) -> list[Case]:
+    """LoKr under autocast (stop 47): its fp32 kron build (a 16-bit built factor beside
+    the fp32 whole one), the input's own 16-bit cast, gate and up answering in the
+    residual's dtype (answer_dtype.CASTS_BACK), Phi-3's fused qkv (the values' cast)."""
+    mixed, ac = {"precision": "bf16-mixed"}, {"precision": "bf16", "autocast": True}
+    cases = [Case(f, {"method": "lokr", **mixed}) for f in ("llama", "phi3")]
+    for extra in (
+        ac,
+        {**ac, "grad_ckpt": True},
+        {"precision": "fp16-mixed"},
+        {**mixed, "lokr_targets": "all-linear", "lokr_rank": 2},
+        {**mixed, "lokr_decompose_both": True, "lokr_rank": 2},
+    ):
+        cases.append(Case("llama", {"method": "lokr", **extra}))
+    for extra in (mixed, ac, {**ac, "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "lokr", **few, **extra}, WIDER_STILL))
     return cases
 
 

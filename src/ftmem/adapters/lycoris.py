@@ -29,10 +29,16 @@ builds ΔW (out × in) from the adapter's factors, casts the input to ΔW's dtyp
 - WaveFT: FourierFT's path with an inverse wavelet transform (adapters.waveft: what the
   transform keeps besides, its build and backward).
 
-Not modelled: under autocast peft returns a LoHa or LoKr linear's output in its input's
-dtype (``result.to(previous_dtype)``: fp32 from an fp32 residual stream), which ftmem
-keeps 16-bit (measured, LoHa on all linears of a tiny Llama, bf16-mixed: activations
-−1.0 %; FourierFT's is modelled).
+Under autocast LoKr's w2 (or w1) built from a pair is the 16-bit output of a matmul, and
+kron (in no autocast list) promotes it with a whole fp32 factor: ΔW is built in fp32
+(``LoKr.built_in``), peft casts the input up to it and F.linear's autocast casts both back
+to 16-bit (an own input copy per adapter). Its output returns in the input's dtype
+(answer_dtype.CASTS_BACK).
+
+Not modelled: under autocast peft returns a LoHa linear's output in its input's dtype
+(``result.to(previous_dtype)``: fp32 from an fp32 residual stream), which ftmem keeps
+16-bit (measured, LoHa on all linears of a tiny Llama, bf16-mixed: activations −1.0 %;
+FourierFT's and LoKr's are modelled).
 """
 
 from __future__ import annotations
@@ -163,6 +169,7 @@ class LoHa:
             elif name == "LoKr" and lin.module not in state.kronecker:
                 continue
             built = fourier_built_in(ctx.plan) if name == "FourierFT" else 0
+            built = LoKr.built_in(ctx.plan, lin, ctx.run) if name == "LoKr" else built
             items, reads = _delta_saved(ctx, lin, side, in_grad, in_bytes, name, built)
             out += items + (LoKr.kept(ctx, lin, side) if name == "LoKr" else [])
             out += waveft.kept(ctx, lin, side) if name == "WaveFT" else []
@@ -171,7 +178,7 @@ class LoHa:
 
     @staticmethod
     def forward_build(
-        plan: MethodPlan, T: int, in_bytes: Callable[[Linear], int], kept: bool
+        plan: MethodPlan, run: RunConfig, T: int, in_bytes: Callable[[Linear], int], kept: bool
     ) -> int:
         """The largest ΔW build: HadaWeight.forward's ``((w1a @ w1b) * (w2a @ w2b)) *
         scale`` holds both products and their Hadamard product (three out × in) before
@@ -181,10 +188,12 @@ class LoHa:
         ``in_bytes``: a linear's input element size (LinearOp.input_bytes)."""
         de = delta_bytes(plan)
         held = [
-            (n * w - (w + cast if kept else 0))
-            for n, group in ((3, plan.hadamard), (2, plan.kronecker))
-            for w, cast in _sizes(group, de, T, in_bytes)
+            (3 * w - (w + cast if kept else 0))
+            for w, cast in _sizes(plan.hadamard, de, T, in_bytes)
         ]
+        for lin in plan.kronecker:
+            w, cast = _sizes((lin,), de, T, in_bytes, LoKr.built_in(plan, lin, run))[0]
+            held.append(max(LoKr.build_held(plan, run, lin, T, in_bytes(lin))) - kept * (w + cast))
         held += [
             FOURIER_BUILD * (w // de) - (w + cast if kept else 0)
             for w, cast in _sizes(plan.spectral, de, T, in_bytes, fourier_built_in(plan))
@@ -193,7 +202,9 @@ class LoHa:
         return max(held, default=0)
 
     @staticmethod
-    def backward_moment(plan: MethodPlan, T: int, in_bytes: Callable[[Linear], int]) -> int:
+    def backward_moment(
+        plan: MethodPlan, run: RunConfig, T: int, in_bytes: Callable[[Linear], int]
+    ) -> int:
         """The largest ΔW backward, after the mm's node has freed ΔW and the input cast
         it kept: the ΔW gradient it hands on (held by the next call's arguments) and its
         scaled copy, in ΔW's dtype, then HadaWeight.backward's other pair's product,
@@ -203,10 +214,10 @@ class LoHa:
         HadaWeight and make_kron on the CPU): 5 and 3 out × in."""
         ae, de = BYTES_PER_ELEMENT[plan.dtypes.adapter], delta_bytes(plan)
         held = [
-            (2 * w + n * (w // de) * ae - w - cast)
-            for n, group in ((3, plan.hadamard), (1, plan.kronecker))
-            for w, cast in _sizes(group, de, T, in_bytes)
+            (2 * w + 3 * (w // de) * ae - w - cast)
+            for w, cast in _sizes(plan.hadamard, de, T, in_bytes)
         ]
+        held += [LoKr.backward_held(plan, run, lin, T, in_bytes(lin)) for lin in plan.kronecker]
         held += [
             FOURIER_BACKWARD * (w // de) - w - cast
             for w, cast in _sizes(plan.spectral, de, T, in_bytes, fourier_built_in(plan))
@@ -220,17 +231,60 @@ class LoKr:
     """LoKr's own part of an adapted linear (its ΔW and input cast are LoHa.saved's)."""
 
     @staticmethod
+    def built_in(plan: MethodPlan, lin: Linear, run: RunConfig) -> int:
+        """Element size ΔW = kron(w1, w2) · scale is built in under autocast (0 without):
+        a factor built from a pair is a matmul's 16-bit output, a whole factor the fp32
+        parameter, and kron (in no autocast list on CUDA or the CPU) promotes the two, so
+        ΔW is fp32 unless both factors are built (decompose_both)."""
+        dt = plan.dtypes
+        if not dt.autocast:
+            return 0
+        shapes = lokr_shapes(lin, run)
+        factors = {dt.compute} if shapes.built else set()
+        factors |= {dt.adapter} if len(shapes.built) < 2 else set()
+        return BYTES_PER_ELEMENT[dt.compute] if factors == {dt.compute} else 4
+
+    @staticmethod
+    def build_held(plan: MethodPlan, run: RunConfig, lin: Linear, T: int, in_b: int) -> list[int]:
+        """The build's moments (before the kept ΔW cast and input cast are subtracted): its
+        kron result and scaled copy; under an fp32 build besides the scaled copy beside
+        peft's input cast to fp32 and F.linear's autocast casts of both (kept)."""
+        de = delta_bytes(plan)
+        be = LoKr.built_in(plan, lin, run) or de
+        n = lin.in_features * lin.out_features
+        w, cast = _sizes((lin,), de, T, lambda _: in_b, be)[0]
+        if be == de:
+            return [2 * w]
+        peft_cast = T * lin.in_features * be if in_b != be else 0
+        return [2 * n * be, n * be + peft_cast + w + cast]
+
+    @staticmethod
+    def backward_held(plan: MethodPlan, run: RunConfig, lin: Linear, T: int, in_b: int) -> int:
+        """The ΔW backward after the mm's node freed the kept ΔW and input cast: the ΔW
+        gradient handed on and its scaled copy, then kron's one broadcast product (in the
+        adapter dtype); under an fp32 build the 16-bit gradient's fp32 cast besides."""
+        de, ae = delta_bytes(plan), BYTES_PER_ELEMENT[plan.dtypes.adapter]
+        be = LoKr.built_in(plan, lin, run) or de
+        n = lin.in_features * lin.out_features
+        w, cast = _sizes((lin,), de, T, lambda _: in_b, be)[0]
+        if be == de:
+            return 2 * w + n * ae - w - cast
+        return w + 2 * n * be
+
+    @staticmethod
     def kept(ctx: LayerContext, lin: Linear, side: Side) -> list[Saved]:
         """The factors built from a low-rank pair, which kron's multiply keeps (in the
-        adapter dtype) whether or not the input needs a gradient."""
-        ae = BYTES_PER_ELEMENT[ctx.plan.dtypes.adapter]
-        return [
-            Saved(
-                f"{lin.label} LoKr factor {rows} × {cols}",
-                rows * cols * ae,
-                Kind.LOHA,
-                side,
-                (lin,),
-            )
-            for rows, cols in lokr_shapes(lin, ctx.run).built
-        ]
+        adapter dtype; under autocast the 16-bit matmul output, and the pair's cached
+        16-bit casts, both kept by that matmul) whether or not the input needs a gradient."""
+        dt = ctx.plan.dtypes
+        fe = BYTES_PER_ELEMENT[dt.compute if dt.autocast else dt.adapter]
+        casts = dt.autocast and dt.adapter != dt.compute
+        r = ctx.run.lokr[0]
+        out = []
+        for rows, cols in lokr_shapes(lin, ctx.run).built:
+            what = f"{lin.label} LoKr factor {rows} × {cols}"
+            out.append(Saved(what, rows * cols * fe, Kind.LOHA, side, (lin,)))
+            if casts:
+                what = f"{lin.label} LoKr pair's 16-bit casts"
+                out.append(Saved(what, r * (rows + cols) * fe, Kind.LOHA, side, (lin,)))
+        return out
