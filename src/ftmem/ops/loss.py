@@ -642,7 +642,8 @@ class Loss:
         V, h, rows = arch.vocab_size, arch.hidden_size, Loss.rows(run)
         dt = plan.dtypes
         chunk = min(Loss.liger_chunk_rows(rows, h, V), rows)
-        logits = min(2, -(-rows // chunk)) * chunk * V * e
+        # (one token a sample leaves no shifted row: no chunk, no logits)
+        logits = min(2, -(-rows // chunk)) * chunk * V * e if chunk else 0
         casts = 0
         if dt.autocast:
             casts = chunk * h * e + (0 if plan.head_trainable else V * h * e)
