@@ -211,6 +211,8 @@ def test_what_the_new_families_refuse(tmp_path, changes, message):
         ("stablelm", "qk_layernorm", (4 + 2) * 16),
         # one nn.LayerNorm(head_dim) with its bias for the queries, one for the keys
         ("phi", "qk_layernorm", 2 * 2 * 16),
+        # GLM-4.5's use_qk_norm: Qwen3's RMSNorm(head_dim) for the queries and the keys
+        ("glm4_moe", "use_qk_norm", 2 * 16),
     ],
 )
 def test_switched_q_k_norms_are_read_and_counted(tmp_path, model_type, key, norm_params):
@@ -369,3 +371,71 @@ def test_routing_weights_dtype_is_the_router_s(family):
     _, weights, _ = router(torch.randn(5, arch.hidden_size, dtype=torch.bfloat16))
     bf16 = 2
     assert MoE.product_bytes(arch, bf16) == max(bf16, weights.element_size())
+
+
+# zai-org/GLM-4.5-Air's config.json (as ms-swift printed it: presets/models/glm-4.5-air.yaml)
+GLM45_AIR = {
+    "model_type": "glm4_moe",
+    "attention_bias": True,
+    "first_k_dense_replace": 1,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "intermediate_size": 10944,
+    "max_position_embeddings": 131072,
+    "moe_intermediate_size": 1408,
+    "n_group": 1,
+    "n_routed_experts": 128,
+    "n_shared_experts": 1,
+    "norm_topk_prob": True,
+    "num_attention_heads": 96,
+    "num_experts_per_tok": 8,
+    "num_hidden_layers": 46,
+    "num_key_value_heads": 8,
+    "num_nextn_predict_layers": 1,
+    "partial_rotary_factor": 0.5,
+    "rope_theta": 1000000,
+    "routed_scaling_factor": 1.0,
+    "tie_word_embeddings": False,
+    "topk_group": 1,
+    "use_qk_norm": False,
+    "vocab_size": 151552,
+}
+
+
+def test_glm45_air_counts_as_transformers_builds_it(tmp_path):
+    """GLM-4.5-Air: DeepSeek's experts (the first block dense, one shared expert) under a
+    biased GQA attention with half-head rotary; 106,852,245,504 (the model card's "106B
+    total"; derived by hand in the preset) on the meta device, and the preset the same."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text(json.dumps(GLM45_AIR))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.rotary_size, arch.dense_layers, arch.shared_experts_size) == (64, 1, 1408)
+    assert (arch.attention_qkv_bias, arch.attention_out_bias, arch.qk_norm) == (True, False, False)
+    config = transformers.AutoConfig.for_model(**GLM45_AIR)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert count_params(arch) == sum(p.numel() for p in model.parameters()) == 106_852_245_504
+    assert count_params(resolve_model("glm-4.5-air")) == count_params(arch)
+
+
+def test_glm4_moe_takes_its_config_class_defaults(tmp_path):
+    """A config.json that leaves the experts' keys and the rotary's share out gets
+    Glm4MoeConfig's defaults (half-head rotary from its __post_init__), as transformers
+    builds it."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from ftmem.families.glm4_moe import DEFAULTS
+
+    bare = {k: v for k, v in GLM45_AIR.items() if k not in DEFAULTS and k != "partial_rotary_factor"}
+    bare.update(num_hidden_layers=2, hidden_size=256, num_attention_heads=8, head_dim=64)
+    (tmp_path / "config.json").write_text(json.dumps(bare))
+    arch = resolve_model(str(tmp_path))
+    config = transformers.AutoConfig.for_model(**bare)
+    for key, value in DEFAULTS.items():
+        assert getattr(config, key) == value, key
+    assert arch.rotary_size == 32  # int(64 x 0.5)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert count_params(arch) == sum(p.numel() for p in model.parameters())

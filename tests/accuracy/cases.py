@@ -59,7 +59,7 @@ MATRIX_METHODS = [
 
 # families whose LoRA on MLP linears ftmem refuses (peft turns gate/up/down targets of a
 # transformers-5 MoE model into LoRA on its 3-D experts): their matrix adapts attention
-MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3")
+MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3", "glm4_moe")
 
 # a wider tiny model, where the quantised weights outweigh the per-block constants
 WIDER = {"hidden_size": 128, "intermediate_size": 256}
@@ -780,6 +780,7 @@ NEW_WIRING = (
     "glm",
     "glm4",
     "exaone4",
+    "glm4_moe",
 )
 
 
