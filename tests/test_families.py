@@ -428,7 +428,9 @@ def test_glm4_moe_takes_its_config_class_defaults(tmp_path):
     transformers = pytest.importorskip("transformers")
     from ftmem.families.glm4_moe import DEFAULTS
 
-    bare = {k: v for k, v in GLM45_AIR.items() if k not in DEFAULTS and k != "partial_rotary_factor"}
+    bare = {
+        k: v for k, v in GLM45_AIR.items() if k not in DEFAULTS and k != "partial_rotary_factor"
+    }
     bare.update(num_hidden_layers=2, hidden_size=256, num_attention_heads=8, head_dim=64)
     (tmp_path / "config.json").write_text(json.dumps(bare))
     arch = resolve_model(str(tmp_path))
