@@ -209,6 +209,14 @@ TINY: dict[str, dict] = {
         attention_out_bias=False,
         qk_norm=True,
     ),
+    # dots.llm1: Qwen3's attention (per-head q/k RMSNorms), DeepSeek-V3's experts
+    "dots1": dict(
+        family="dots1",
+        **{k: v for k, v in _DEEPSEEK.items() if k not in _LATENT_KEYS},
+        num_kv_heads=2,
+        qk_norm=True,
+        router_renormalises=False,  # (Dots1Config's norm_topk_prob default)
+    ),
     # DeepSeek-V2: V3's tensors, its softmax router and complex fp32 rotary
     "deepseek_v2": dict(family="deepseek_v2", **_DEEPSEEK),
     # Granite: Llama with scalar multipliers (the logits divided by logits_scaling)

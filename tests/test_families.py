@@ -441,3 +441,53 @@ def test_glm4_moe_takes_its_config_class_defaults(tmp_path):
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
     assert count_params(arch) == sum(p.numel() for p in model.parameters())
+
+
+# dots.llm1.inst's config.json fields (presets/models/dots.llm1.inst.yaml says where from)
+DOTS_LLM1 = {
+    "model_type": "dots1",
+    "hidden_size": 4096,
+    "num_hidden_layers": 62,
+    "intermediate_size": 10944,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 152064,
+    "first_k_dense_replace": 1,
+    "moe_intermediate_size": 1408,
+    "n_routed_experts": 128,
+    "n_shared_experts": 2,
+    "num_experts_per_tok": 6,
+    "norm_topk_prob": True,
+    "routed_scaling_factor": 2.5,
+    "max_position_embeddings": 32768,
+    "rope_theta": 10000000,
+    "attention_bias": False,
+    "tie_word_embeddings": False,
+}
+
+
+def test_dots_llm1_counts_as_transformers_builds_it(tmp_path):
+    """dots.llm1: Qwen3's attention over DeepSeek's experts (two shared, the first block
+    dense): 142,774,373,888 on the meta device (the card's "142B total"; derived by hand
+    in the preset), the preset the same; Dots1Config's window slides on no layer of 62."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text(json.dumps(DOTS_LLM1))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.qk_norm, arch.sliding_window, arch.router_renormalises) == (True, None, True)
+    assert (arch.shared_experts_size, arch.dense_layers) == (2816, 1)
+    config = transformers.AutoConfig.for_model(**DOTS_LLM1)
+    assert set(config.layer_types) == {"full_attention"}
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert count_params(arch) == sum(p.numel() for p in model.parameters()) == 142_774_373_888
+    assert count_params(resolve_model("dots.llm1.inst")) == count_params(arch)
+
+
+def test_dots1_needs_its_expert_counts(tmp_path):
+    """Dots1Config has no default for the shared experts' count: a config.json without it
+    is refused in one sentence (transformers could not build the model either)."""
+    cfg = {k: v for k, v in DOTS_LLM1.items() if k != "n_shared_experts"}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="n_shared_experts"):
+        resolve_model(str(tmp_path))

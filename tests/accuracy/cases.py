@@ -59,7 +59,7 @@ MATRIX_METHODS = [
 
 # families whose LoRA on MLP linears ftmem refuses (peft turns gate/up/down targets of a
 # transformers-5 MoE model into LoRA on its 3-D experts): their matrix adapts attention
-MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3", "glm4_moe")
+MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3", "glm4_moe", "dots1")
 
 # a wider tiny model, where the quantised weights outweigh the per-block constants
 WIDER = {"hidden_size": 128, "intermediate_size": 256}
@@ -781,6 +781,7 @@ NEW_WIRING = (
     "glm4",
     "exaone4",
     "glm4_moe",
+    "dots1",
 )
 
 

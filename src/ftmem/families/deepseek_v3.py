@@ -62,11 +62,12 @@ def read_deepseek_experts(cfg: Config, out: Config, defaults: Config) -> None:
     count = _counter(cfg, defaults)
     routed = count("n_routed_experts", limits.EXPERTS)
     k = count("num_experts_per_tok", limits.EXPERTS)
-    shared = (
-        opt(cfg, "n_shared_experts", limits.EXPERTS) or 0
-        if "n_shared_experts" in cfg
-        else defaults["n_shared_experts"]
-    )
+    if "n_shared_experts" in cfg:
+        shared = opt(cfg, "n_shared_experts", limits.EXPERTS) or 0
+    elif defaults["n_shared_experts"] is None:  # (dots.llm1's class has no default)
+        shared = need(cfg, "n_shared_experts", bound=limits.EXPERTS)
+    else:
+        shared = defaults["n_shared_experts"]
     first_dense = cfg.get("first_k_dense_replace", defaults["first_k_dense_replace"])
     if isinstance(first_dense, bool) or not isinstance(first_dense, int) or first_dense < 0:
         raise ConfigError(

@@ -53,11 +53,14 @@ def _read(cfg: Config, out: Config) -> None:
     read_glm_keys(cfg, out)
     out["qk_norm"] = flag(cfg, QK_NORM_KEY, False)
     read_deepseek_experts(cfg, out, DEFAULTS)
+    # (the router divides its top-k weights by their sum only when norm_topk_prob says so)
+    out["router_renormalises"] = flag(cfg, "norm_topk_prob", True)
 
 
 def _build(arch: Architecture, kw: Config) -> None:
     build_glm_keys(arch, kw)
     build_deepseek_experts(arch, kw)
+    kw["norm_topk_prob"] = arch.router_renormalises
 
 
 FAMILY = Family(
@@ -69,6 +72,7 @@ FAMILY = Family(
     qk_norm_switch=QK_NORM_KEY,
     o_proj_reads_kernel_output=False,
     router_fp32=True,
+    router_renormalisation_optional=True,
     peft_converts_expert_targets=True,
     sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )
