@@ -34,6 +34,7 @@ from ftmem.profiles import profile_of
 from ftmem.regexes import compile_bounded
 from ftmem.run import (
     ADAPTER_METHODS,
+    GATED_PROMPT_METHODS,
     LLAMA_ADAPTER_METHODS,
     PROMPT_METHODS,
     QUANTIZED_BASE_METHODS,
@@ -220,6 +221,13 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "peft's trainable tokens: new trained rows for chosen token ids of the token "
         "embedding, the rest frozen (--trainable-token-ids; default 2, bos and eos)",
         "peft tuners/trainable_tokens (TrainableTokensConfig)",
+    ),
+    "adaption-prompt": (
+        "peft's adaption prompt (LLaMA-Adapter): a learned prompt of n tokens and a "
+        "zero-init gate in each of the top --adapter-layers blocks (default all), its keys "
+        "and values run through the frozen k_proj/v_proj every forward "
+        "(--adapter-prompt-length, 10); Llama, Mistral and GPT-2 models",
+        "Zhang et al. 2023, arXiv:2303.16199; peft tuners/adaption_prompt",
     ),
     "osf": (
         "peft's OSF: each adapted weight split by an SVD at wrap time, its t lowest singular "
@@ -1578,7 +1586,7 @@ def _trainable_blocks(
     elif run.method in NAMED_TRAINING_METHODS:
         first = next((i for i, names in enumerate(trained_by_block) if names), L)
         trainable_blocks = L - first
-    elif run.method == "llama-adapter":
+    elif run.method in ("llama-adapter", "adaption-prompt"):
         trainable_blocks = gated_blocks(arch, run)
     elif run.method in PROMPT_METHODS or run.method == "trainable-tokens":
         trainable_blocks = 0  # only the prompt encoder (the new rows) trains, outside the blocks
@@ -2460,7 +2468,11 @@ def prompt_encoder_shapes(arch: Architecture, run: RunConfig) -> list[tuple[str,
 
 def gated_blocks(arch: Architecture, run: RunConfig) -> int:
     """LLaMA-Adapter: how many blocks, counted from the top, hold an adaption prompt and
-    its gate (litgpt/adapter.py CausalSelfAttention: ``block_idx >= adapter_start_layer``)."""
+    its gate (litgpt/adapter.py CausalSelfAttention: ``block_idx >= adapter_start_layer``;
+    peft: the last ``adapter_layers`` attentions, tuners/adaption_prompt/model.py
+    add_adapter)."""
+    if run.method == "adaption-prompt":
+        return _adaption_prompt_blocks(arch, run)
     if run.method not in LLAMA_ADAPTER_METHODS:
         return 0
     start = run.adaption_prompt[1]
@@ -2477,6 +2489,37 @@ def gated_blocks(arch: Architecture, run: RunConfig) -> int:
             f"multi-head attention; {arch.name} is not one."
         )
     return arch.num_layers - start
+
+
+# the model types peft's adaption prompt wraps (peft 0.21.2 tuners/adaption_prompt/config.py
+# TRANSFORMERS_MODEL_CONFIG; prepare_config refuses the others)
+ADAPTION_PROMPT_MODEL_TYPES = ("llama", "mistral", "gpt2")
+
+
+def _adaption_prompt_blocks(arch: Architecture, run: RunConfig) -> int:
+    """peft's adaption prompt: --adapter-layers (default every block), on the model types
+    peft knows, where its key/value heads come out as the model's (it takes
+    ``factor = k_proj.in_features // k_proj.out_features`` as queries per key/value head,
+    layer.py AdaptedAttention.forward, which holds only where hidden = heads × head_dim)."""
+    model_type = arch.traits.model_types[0]
+    if model_type not in ADAPTION_PROMPT_MODEL_TYPES or arch.vision is not None:
+        raise InvalidInputError(
+            f"peft's adaption prompt runs on Llama, Mistral and GPT-2 models only (its "
+            f"TRANSFORMERS_MODEL_CONFIG); {arch.name} is a {model_type} model."
+        )
+    if arch.hidden_size != arch.num_heads * arch.head_size:
+        raise InvalidInputError(
+            f"peft's adaption prompt derives the key/value heads from k_proj's in/out "
+            f"features, which breaks where hidden size ({arch.hidden_size}) is not heads × "
+            f"head_dim ({arch.num_heads} × {arch.head_size}), as in {arch.name}."
+        )
+    n_blocks = run.adapter_layers or arch.num_layers
+    if n_blocks > arch.num_layers:
+        raise InvalidInputError(
+            f"--adapter-layers {n_blocks} is more than {arch.name}'s {arch.num_layers} "
+            "blocks (peft refuses it); give at most that."
+        )
+    return n_blocks
 
 
 def v2_scaled_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
@@ -2502,6 +2545,14 @@ def llama_adapter_groups(
         return []
     length = run.adaption_prompt[0]
     dt = dtypes.adapter
+    if run.method == "adaption-prompt":
+        # peft's: adaption_prompt (1, n, h) and adaption_gate (1,), both trained (their
+        # keys and values recomputed with grad every forward: adapters.adaption_prompt)
+        return [
+            TensorGroup("self_attn.adaption_prompt", (1, length, arch.hidden_size), n_gated,
+                        dt, True, True),
+            TensorGroup("self_attn.adaption_gate", (1,), n_gated, dt, True, True),
+        ]  # fmt: skip
     groups = [
         TensorGroup(
             "attn.adapter_wte.weight",

@@ -63,6 +63,7 @@ Method = Literal[
     "peanut",
     "trainable-tokens",
     "osf",
+    "adaption-prompt",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
@@ -133,6 +134,10 @@ LLAMA_ADAPTER_METHODS: frozenset[str] = frozenset({"llama-adapter", "llama-adapt
 # lit_gpt/adapter.py@8641822b): adapter_prompt_length = 10, adapter_start_layer = 2
 DEFAULT_ADAPTER_PROMPT_LENGTH = 10
 DEFAULT_ADAPTER_START_LAYER = 2
+# peft's adaption prompt (peft 0.21.2 tuners/adaption_prompt/: AdaptionPromptConfig's
+# adapter_len and adapter_layers, the top blocks' attentions wrapped): the same gated prompt
+# as LitGPT's LLaMA-Adapter, run another way (adapters.adaption_prompt)
+GATED_PROMPT_METHODS: frozenset[str] = LLAMA_ADAPTER_METHODS | {"adaption-prompt"}
 # the methods that take a quantised base (--quant): QLoRA, and LitGPT's adapters under
 # Lightning's bitsandbytes plugin (litgpt@0f021f3a finetune/adapter.py --quantize)
 QUANTIZED_BASE_METHODS: frozenset[str] = frozenset({"qlora"}) | LLAMA_ADAPTER_METHODS
@@ -272,7 +277,8 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "trainable_token_ids": frozenset({"trainable-tokens"}),
     **{k: frozenset({"osf"}) for k in ("osf_rank", "osf_targets")},
     "adalora_target_r": frozenset({"adalora"}),
-    "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
+    "adapter_prompt_length": GATED_PROMPT_METHODS,
+    "adapter_layers": frozenset({"adaption-prompt"}),
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
     "virtual_tokens": PROMPT_METHODS,
     "prefix_projection": frozenset({"prefix-tuning"}),
@@ -365,6 +371,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
     "adapter_start_layer": limits.LAYERS,
+    "adapter_layers": limits.LAYERS,
     "virtual_tokens": limits.TOKENS,
     "encoder_hidden": limits.WIDTH,
     "eval_batch_size": limits.SEQUENCES,
@@ -462,11 +469,13 @@ PEFT_MODEL_METHODS = {
     "peanut": "Peanut",
     "trainable-tokens": "trainable tokens",
     "osf": "OSF",
+    "adaption-prompt": "adaption prompt",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
 NO_AUTOCAST = {
     "osf": "",
+    "adaption-prompt": "",
 }
 
 
@@ -862,11 +871,19 @@ class RunConfig(limits.BoundedSettings):
     )
     # LLaMA-Adapter (LitGPT)
     adapter_prompt_length: PositiveInt | None = Field(
-        None, description="llama-adapter: tokens of the adaption prompt (LitGPT's default 10)."
+        None,
+        description="llama-adapter, adaption-prompt: tokens of the adaption prompt (10: "
+        "LitGPT's default, peft's adapter_len in its examples).",
     )
     adapter_start_layer: NonNegativeInt | None = Field(
         None,
         description="llama-adapter: the first block with an adaption prompt (LitGPT's default 2).",
+    )
+    adapter_layers: PositiveInt | None = Field(
+        None,
+        exclude_if=_unset,
+        description="adaption-prompt: blocks, from the top, with an adaption prompt (peft's "
+        "adapter_layers; default every block).",
     )
     # IA³
     ia3_targets: str | None = Field(
@@ -1300,15 +1317,16 @@ class RunConfig(limits.BoundedSettings):
         parameter per block that trains through k_proj and v_proj every forward, recomputed
         query states, an fp32 softmax over the prompt: peft 0.21.2
         src/peft/tuners/adaption_prompt/layer.py AdaptedAttention.forward), for Llama,
-        Mistral and GPT-2 only (config.py TRANSFORMERS_MODEL_CONFIG): not modelled."""
+        Mistral and GPT-2 only (config.py TRANSFORMERS_MODEL_CONFIG): that one is
+        --method adaption-prompt (adapters.adaption_prompt); peft has no v2."""
         if self.method not in LLAMA_ADAPTER_METHODS or self.framework == "litgpt":
             return
         script = "finetune_adapter_v2" if self.method == "llama-adapter-v2" else "finetune_adapter"
         other = (
             "torchtune has no LLaMA-Adapter recipe"
             if self.framework == "torchtune"
-            else f"under --framework {self.framework} it would be peft's adaption_prompt, "
-            "which keeps other tensors and is not modelled"
+            else f"under --framework {self.framework} use --method adaption-prompt, peft's "
+            "adaption_prompt (peft has no v2)"
         )
         raise ValueError(
             f"--method {self.method} is LitGPT's (litgpt {script}): give --framework "
@@ -1747,7 +1765,9 @@ class RunConfig(limits.BoundedSettings):
 
     @property
     def adaption_prompt(self) -> tuple[int, int]:
-        """(prompt length, start layer) of LLaMA-Adapter's gated adaption prompts."""
+        """(prompt length, start layer) of LLaMA-Adapter's gated adaption prompts (the
+        start layer is LitGPT's; peft's adaption-prompt counts --adapter-layers from the
+        top: methods.gated_blocks)."""
         length = self.adapter_prompt_length or DEFAULT_ADAPTER_PROMPT_LENGTH
         start = self.adapter_start_layer
         return length, DEFAULT_ADAPTER_START_LAYER if start is None else start
