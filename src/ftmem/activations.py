@@ -222,7 +222,10 @@ def outer_saved(
         )
     below += PromptEncoder.saved(arch, run, plan.dtypes)
     below += trainable_tokens.saved(arch, run, plan)
-    if blocks_grad:
+    # peft's adaption prompt in the top block alone: the rotary runs only on a q that needs
+    # no gradient there (its input needs none), so no block keeps the tables (measured)
+    lone_prompt = run.method == "adaption-prompt" and plan.trainable_blocks == 1
+    if blocks_grad and not (lone_prompt and not run.grad_ckpt):
         below += Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
     above = Norm.saved(
         ctx,

@@ -452,13 +452,21 @@ RUN = [
         "adapter_prompt_length",
         OptInt,
         None,
-        "llama-adapter(-v2): adaption prompt tokens (default 10, LitGPT's).",
+        "llama-adapter(-v2), adaption-prompt: adaption prompt tokens (default 10, LitGPT's; "
+        "peft's adapter_len).",
     ),
     _opt(
         "adapter_start_layer",
         OptInt,
         None,
         "llama-adapter(-v2): first block with an adaption prompt (default 2, LitGPT's).",
+    ),
+    _opt(
+        "adapter_layers",
+        OptInt,
+        None,
+        "adaption-prompt: blocks with an adaption prompt, from the top (peft's "
+        "adapter_layers; default all).",
     ),
     _opt("ia3_targets", OptStr, None, "IA³: scaled linears, roles or names (default k,v,down)."),
     _opt("loha_rank", OptInt, None, "LoHa: rank r of each low-rank pair (default 8, peft's)."),
