@@ -2502,7 +2502,12 @@ def _adaption_prompt_blocks(arch: Architecture, run: RunConfig) -> int:
     ``factor = k_proj.in_features // k_proj.out_features`` as queries per key/value head,
     layer.py AdaptedAttention.forward, which holds only where hidden = heads × head_dim)."""
     model_type = arch.traits.model_types[0]
-    if model_type not in ADAPTION_PROMPT_MODEL_TYPES or arch.vision is not None:
+    if arch.vision is not None:
+        raise InvalidInputError(
+            f"peft's adaption prompt is modelled on text-only models; {arch.name} is an "
+            "image-text model."
+        )
+    if model_type not in ADAPTION_PROMPT_MODEL_TYPES:
         raise InvalidInputError(
             f"peft's adaption prompt runs on Llama, Mistral and GPT-2 models only (its "
             f"TRANSFORMERS_MODEL_CONFIG); {arch.name} is a {model_type} model."
