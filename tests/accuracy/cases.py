@@ -1571,6 +1571,33 @@ def _osf() -> list[Case]:
     return cases
 
 
+def _adaption_prompt() -> list[Case]:
+    """peft's adaption prompt (the prompt's keys and values through the frozen k_proj and
+    v_proj every forward, q recomputed, an fp32 softmax, the gate): the three model types
+    peft wraps, both precisions, checkpointing, one gated block (its q needs no gradient:
+    no keys, no rotary tables kept), GPT-2 at one sample (q a view of c_attn's output);
+    on a wider model at few tokens the prompt's moments count."""
+    ap = {"method": "adaption-prompt"}
+    cases = [Case(family, {**ap, "precision": "bf16"}) for family in ("llama", "mistral", "gpt2")]
+    for family, extra in (
+        ("llama", {"precision": "fp32"}),
+        ("gpt2", {"precision": "fp32"}),
+        ("llama", {"precision": "bf16", "grad_ckpt": True}),
+        ("mistral", {"precision": "bf16", "grad_ckpt": True}),
+        ("gpt2", {"precision": "fp32", "grad_ckpt": True}),
+        ("llama", {"precision": "bf16", "adapter_layers": 1, "adapter_prompt_length": 4}),
+        ("mistral", {"precision": "fp32", "adapter_layers": 1}),
+        ("llama", {"precision": "bf16", "adapter_layers": 1, "grad_ckpt": True}),
+        ("gpt2", {"precision": "bf16", "batch_size": 1}),
+        ("gpt2", {"precision": "bf16", "seq_len": 120, "adapter_prompt_length": 32}),
+    ):
+        cases.append(Case(family, {**ap, **extra}))
+    few = {"batch_size": 1, "seq_len": 8}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {**ap, **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _psoft() -> list[Case]:
     """peft's PSOFT (x's fp32 cast, x·Aᵀ and the r × r rotation kept, the fp32 output-wide
     products in forward): the exact solve and the Cayley-Neumann series, fp32, checkpointed,
@@ -1961,6 +1988,7 @@ def _peft_methods() -> list[Case]:
     cases += _hira()
     cases += _peanut()
     cases += _osf()
+    cases += _adaption_prompt()
     cases += _psoft()
     cases += _hra()
     cases += _beft()
