@@ -1102,5 +1102,7 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
         resolved.update(prompt_encoder=run.encoder, encoder_hidden=run.encoder_hidden)
     if run.method == "prefix-tuning":
         resolved["prefix_projection"] = bool(run.prefix_projection)
+    if run.method == "cartridge":
+        resolved["cartridge_frozen_tokens"] = run.cartridge_frozen
     # the values are the validated run's or the plan's own: no second validation
     return ResolvedRun.model_construct(**resolved)

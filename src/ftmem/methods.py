@@ -36,6 +36,7 @@ from ftmem.run import (
     ADAPTER_METHODS,
     GATED_PROMPT_METHODS,
     LLAMA_ADAPTER_METHODS,
+    KV_PREFIX_METHODS,
     PROMPT_METHODS,
     QUANTIZED_BASE_METHODS,
     RunConfig,
@@ -306,6 +307,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
     "prefix-tuning": (
         "per-layer key/value prefixes of n tokens (optionally through an MLP)",
         "Li & Liang 2021, arXiv:2101.00190",
+    ),
+    "cartridge": (
+        "peft's Cartridge: a trained key/value cache of n tokens served to every layer as "
+        "its prefix, the first --cartridge-frozen-tokens (1) frozen (--virtual-tokens)",
+        "Eyuboglu et al. 2025 (Cartridges), arXiv:2506.06266; peft tuners/cartridge",
     ),
 }
 
@@ -1401,8 +1407,15 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         # the adapter dtype (prompt methods take no --adapter-dtype; engine_cast's engines
         # cast it to 16-bit)
         groups.append(
-            TensorGroup(name, shape, 1, dtypes.adapter, True, adapter=True, in_block=False)
-        )
+            TensorGroup(
+                name, shape, 1, dtypes.adapter, True, adapter=True, in_block=False,
+                grad_numel=_cartridge_grad_numel(arch, run),
+            )
+        )  # fmt: skip
+    if run.cartridge_frozen:  # Cartridge's frozen leading tokens (requires_grad=False)
+        shape = (run.cartridge_frozen, 2 * arch.num_layers * prefix_token_dim(arch))
+        name = "prompt_encoder.frozen_embedding"
+        groups.append(TensorGroup(name, shape, 1, dtypes.adapter, False, True, in_block=False))
     notes += _adapter_notes(arch, run)
     notes += vision_step.notes(arch, run)
     saved = run.modules_to_save if run.method in ADAPTER_METHODS else frozenset()
@@ -1590,9 +1603,9 @@ def _trainable_blocks(
         trainable_blocks = gated_blocks(arch, run)
     elif run.method in PROMPT_METHODS or run.method == "trainable-tokens":
         trainable_blocks = 0  # only the prompt encoder (the new rows) trains, outside the blocks
-        if run.method == "prefix-tuning" and not arch.traits.prefix_tuning:
+        if run.method in KV_PREFIX_METHODS and not arch.traits.prefix_tuning:
             raise InvalidInputError(
-                f"prefix-tuning does not run on {arch.family} models (peft 0.21 sizes the prefix "
+                f"{run.method} does not run on {arch.family} models (peft 0.21 sizes the prefix "
                 "for every query head, which their attention cache rejects); use prompt-tuning "
                 "or p-tuning instead."
             )
@@ -2450,6 +2463,11 @@ def prompt_encoder_shapes(arch: Architecture, run: RunConfig) -> list[tuple[str,
                 (f"{pe}.mlp_head.{i}.bias", (fan_out,)),
             ]
         return out
+    if run.method == "cartridge":
+        # CartridgeEncoder: the cache itself, its trained tokens (the frozen leading ones
+        # are cartridge_frozen_group's; peft 0.21.2 tuners/cartridge/model.py __init__)
+        kv_all = L * 2 * prefix_token_dim(arch)
+        return [(f"{pe}.trainable_embedding", (n - run.cartridge_frozen, kv_all))]
     if run.method == "prefix-tuning":
         td = prefix_token_dim(arch)
         kv_all = L * 2 * td  # keys and values of every layer
@@ -2464,6 +2482,17 @@ def prompt_encoder_shapes(arch: Architecture, run: RunConfig) -> list[tuple[str,
             (f"{pe}.transform.2.bias", (kv_all,)),
         ]
     return []
+
+
+def _cartridge_grad_numel(arch: Architecture, run: RunConfig) -> int:
+    """Cartridge with frozen tokens: peft's ``weight`` is ``cat([frozen, trainable])`` every
+    forward (tuners/cartridge/model.py CartridgeEncoder.weight), so the trained tokens'
+    gradient is cat's backward's narrow of the whole n × 2·L·token_dim gradient, a
+    contiguous view AccumulateGrad keeps as ``.grad``: its storage is the whole cache's
+    (measured: 20 tokens, 1 frozen, tiny Llama: 30,720 B, not 29,184). 0 otherwise."""
+    if not run.cartridge_frozen:
+        return 0
+    return run.n_virtual * 2 * arch.num_layers * prefix_token_dim(arch)
 
 
 def gated_blocks(arch: Architecture, run: RunConfig) -> int:

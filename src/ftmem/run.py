@@ -68,6 +68,7 @@ Method = Literal[
     "prompt-tuning",
     "prefix-tuning",
     "p-tuning",
+    "cartridge",
 ]
 Precision = Literal["fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed"]
 AdapterDtype = Literal["auto", "fp32", "bf16", "fp16"]
@@ -125,7 +126,12 @@ ADAPTER_METHODS: frozenset[str] = frozenset(
 )
 # virtual tokens learned in front of the input (prompt, P-tuning) or of every layer's
 # keys and values (prefix)
-PROMPT_METHODS: frozenset[str] = frozenset({"prompt-tuning", "prefix-tuning", "p-tuning"})
+PROMPT_METHODS: frozenset[str] = frozenset(
+    {"prompt-tuning", "prefix-tuning", "p-tuning", "cartridge"}
+)
+# the prompt methods served as every layer's key/value prefix (peft's past_key_values):
+# prefix tuning, and Cartridge (peft 0.21.2 tuners/cartridge: the prefix itself trained)
+KV_PREFIX_METHODS: frozenset[str] = frozenset({"prefix-tuning", "cartridge"})
 DEFAULT_VIRTUAL_TOKENS = 20
 # LLaMA-Adapter as LitGPT implements it (litgpt/adapter.py, adapter_v2.py): a gated adaption
 # prompt in the top blocks; v2 adds a bias and scale to every linear and trains the norms
@@ -282,6 +288,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
     "virtual_tokens": PROMPT_METHODS,
     "prefix_projection": frozenset({"prefix-tuning"}),
+    "cartridge_frozen_tokens": frozenset({"cartridge"}),
     "encoder_hidden": frozenset({"p-tuning", "prefix-tuning"}),
     "prompt_encoder": frozenset({"p-tuning"}),
     "quant": QUANTIZED_BASE_METHODS,
@@ -373,6 +380,7 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "adapter_start_layer": limits.LAYERS,
     "adapter_layers": limits.LAYERS,
     "virtual_tokens": limits.TOKENS,
+    "cartridge_frozen_tokens": limits.TOKENS,
     "encoder_hidden": limits.WIDTH,
     "eval_batch_size": limits.SEQUENCES,
     "generate_batch_size": limits.SEQUENCES,
@@ -476,6 +484,7 @@ PEFT_MODEL_METHODS = {
 NO_AUTOCAST = {
     "osf": "",
     "adaption-prompt": "",
+    "cartridge": "",
 }
 
 
@@ -1157,6 +1166,12 @@ class RunConfig(limits.BoundedSettings):
     encoder_hidden: PositiveInt | None = Field(
         None, description="Hidden width of the prefix MLP or P-tuning encoder (default: hidden)."
     )
+    cartridge_frozen_tokens: NonNegativeInt | None = Field(
+        None,
+        exclude_if=_unset,
+        description="cartridge: leading virtual tokens kept frozen (peft's num_frozen_tokens, "
+        "default 1).",
+    )
     prompt_encoder: Literal["mlp", "lstm"] | None = Field(
         None, description="p-tuning: the prompt encoder (peft's MLP or bidirectional LSTM)."
     )
@@ -1389,10 +1404,15 @@ class RunConfig(limits.BoundedSettings):
                 "--encoder-hidden applies to p-tuning and to prefix-tuning with "
                 "--prefix-projection only"
             )
-        if self.method == "prefix-tuning" and self.grad_ckpt:
+        if self.method in KV_PREFIX_METHODS and self.grad_ckpt:
             raise ValueError(
-                "prefix-tuning does not work with gradient checkpointing (peft refuses it: "
+                f"{self.method} does not work with gradient checkpointing (peft refuses it: "
                 "the prefix lives in the KV cache); drop --grad-ckpt"
+            )
+        if self.method == "cartridge" and self.cartridge_frozen > self.n_virtual:
+            raise ValueError(
+                f"--cartridge-frozen-tokens {self.cartridge_frozen} is more than the "
+                f"{self.n_virtual} virtual tokens (peft refuses it); give at most that"
             )
         if self.quant == "int4" and self.double_quant is not None:
             raise ValueError("--double-quant applies to bitsandbytes' nf4/fp4, not --quant int4")
@@ -2049,7 +2069,16 @@ class RunConfig(limits.BoundedSettings):
     @property
     def prefix_len(self) -> int:
         """Extra key/value positions every attention sees (prefix tuning's prefix)."""
-        return self.n_virtual if self.method == "prefix-tuning" else 0
+        return self.n_virtual if self.method in KV_PREFIX_METHODS else 0
+
+    @property
+    def cartridge_frozen(self) -> int:
+        """Cartridge's frozen leading tokens (peft 0.21.2 tuners/cartridge/config.py
+        num_frozen_tokens: 1, the paper's attention sink)."""
+        if self.method != "cartridge":
+            return 0
+        frozen = self.cartridge_frozen_tokens
+        return 1 if frozen is None else frozen
 
     @property
     def encoder(self) -> str:

@@ -96,6 +96,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "bitfit",
         "ia3",
         "prefix-tuning",
+        "cartridge",
         "adapter",
         "loha",
         "lokr",

@@ -1093,6 +1093,14 @@ def _peft_other(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modu
             feedforward_modules=[lin.module for lin, ff in scaled if ff],
             task_type="CAUSAL_LM",
         )
+    elif run.method == "cartridge":
+        from peft import CartridgeConfig
+
+        cfg = CartridgeConfig(
+            num_virtual_tokens=run.n_virtual,
+            num_frozen_tokens=run.cartridge_frozen,
+            task_type="CAUSAL_LM",
+        )
     elif run.method == "prompt-tuning":
         cfg = PromptTuningConfig(num_virtual_tokens=run.n_virtual, task_type="CAUSAL_LM")
     elif run.method == "p-tuning":
