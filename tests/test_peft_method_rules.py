@@ -1,7 +1,7 @@
 """One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
 FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA, PVeRA, RandLoRA, VB-LoRA, SHiRA, WaveFT,
 C3A, TinyLoRA, UniLoRA, Lily, BEFT, DeFT, GLoRA, Peanut, trainable tokens, OSF, the
-adaption prompt): where they are
+adaption prompt, Cartridge): where they are
 modelled, and the sentence each refusal gives."""
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ NEW_METHODS = {
     "trainable-tokens": "Trainable tokens",
     "osf": "OSF",
     "adaption-prompt": "Adaption prompt",
+    "cartridge": "Cartridge",
 }
 
 
@@ -89,6 +90,10 @@ def test_conv1d_is_refused_with_the_right_reason(
     # peft wraps Conv1D for VeRA and FourierFT (not modelled), not for the other four
     if method == "adaption-prompt":  # (it wraps GPT-2's attention, no linear: measured)
         assert estimate("gpt2", method=method).model.n_trainable_params == 12 * (10 * 768 + 1)
+        return
+    if method == "cartridge":  # (a key/value prefix, no linear: measured on GPT-2)
+        kv_all = 12 * 2 * 768  # 12 layers' keys and values
+        assert estimate("gpt2", method=method).model.n_trainable_params == 19 * kv_all
         return
     err = _refusal(["gpt2", "--method", method], capsys)
     name = NEW_METHODS[method]

@@ -478,6 +478,7 @@ PEFT_MODEL_METHODS = {
     "trainable-tokens": "trainable tokens",
     "osf": "OSF",
     "adaption-prompt": "adaption prompt",
+    "cartridge": "Cartridge",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)

@@ -1598,6 +1598,28 @@ def _adaption_prompt() -> list[Case]:
     return cases
 
 
+def _cartridge() -> list[Case]:
+    """peft's Cartridge (prefix tuning's key/value path, the cache itself trained, its
+    first tokens frozen: the trained rows' gradient keeps the whole cache's storage):
+    families, both precisions, eager attention, no frozen token, more tokens; on a wider
+    model at few tokens the cache's gradient and moments count."""
+    ca = {"method": "cartridge"}
+    cases = [
+        Case(family, {**ca, "precision": "bf16"}) for family in ("llama", "mistral", "gpt2", "qwen2")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "cartridge_frozen_tokens": 0},
+        {"precision": "fp32", "virtual_tokens": 40, "cartridge_frozen_tokens": 4},
+        {"precision": "bf16", "attn": "eager"},
+    ):
+        cases.append(Case("llama", {**ca, **extra}))
+    few = {"batch_size": 1, "seq_len": 8}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "virtual_tokens": 64}):
+        cases.append(Case("llama", {**ca, **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _psoft() -> list[Case]:
     """peft's PSOFT (x's fp32 cast, x·Aᵀ and the r × r rotation kept, the fp32 output-wide
     products in forward): the exact solve and the Cayley-Neumann series, fp32, checkpointed,
@@ -1989,6 +2011,7 @@ def _peft_methods() -> list[Case]:
     cases += _peanut()
     cases += _osf()
     cases += _adaption_prompt()
+    cases += _cartridge()
     cases += _psoft()
     cases += _hra()
     cases += _beft()

@@ -632,7 +632,16 @@ RUN = [
         "adalora: average rank the allocator prunes to (default 8; --lora-r is init_r).",
     ),
     _opt(
-        "virtual_tokens", OptInt, None, "prompt / prefix / P-tuning: virtual tokens (default 20)."
+        "virtual_tokens",
+        OptInt,
+        None,
+        "prompt / prefix / P-tuning, cartridge: virtual tokens (default 20).",
+    ),
+    _opt(
+        "cartridge_frozen_tokens",
+        OptInt,
+        None,
+        "cartridge: leading virtual tokens kept frozen (default 1, peft's num_frozen_tokens).",
     ),
     _opt(
         "prefix_projection",

@@ -238,6 +238,10 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _shared_bank(model, pc, live, said, kind)
     elif kind == "LN_TUNING":
         _ln_tuning(pc, live, said)
+    elif kind == "CARTRIDGE":  # (peft 0.21.2 tuners/cartridge/config.py CartridgeConfig)
+        live.set("method", "cartridge", said)
+        live.set("virtual_tokens", int(pc.num_virtual_tokens), said)
+        live.set("cartridge_frozen_tokens", int(pc.num_frozen_tokens), said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
         live.set("method", PROMPT_PEFT.get(kind, "prefix-tuning"), said)
         live.set("virtual_tokens", int(pc.num_virtual_tokens), said)
