@@ -15,8 +15,8 @@ from functools import lru_cache
 
 from ftmem.adapters import trainable_tokens
 from ftmem.adapters.adalora import AdaLoRA
-from ftmem.adapters.head_lora import HeadLoRA
 from ftmem.adapters.adaption_prompt import AdaptionPrompt
+from ftmem.adapters.head_lora import HeadLoRA
 from ftmem.adapters.llama_adapter import LlamaAdapter
 from ftmem.adapters.prompt import PromptEncoder
 from ftmem.arch import Architecture, Linear, layout

@@ -1097,7 +1097,9 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
         resolved["trainable_token_ids"] = ",".join(map(str, ids)) if given else str(len(ids))
         resolved["adapter_dtype"] = plan.dtypes.adapter
     if run.method == "adaption-prompt":  # (peft has no defaults: ftmem's, made concrete)
-        resolved.update(adapter_prompt_length=run.adaption_prompt[0], adapter_layers=plan.gated_blocks)
+        resolved.update(
+            adapter_prompt_length=run.adaption_prompt[0], adapter_layers=plan.gated_blocks
+        )
     if run.method == "p-tuning":
         resolved.update(prompt_encoder=run.encoder, encoder_hidden=run.encoder_hidden)
     if run.method == "prefix-tuning":

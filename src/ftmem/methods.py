@@ -34,9 +34,8 @@ from ftmem.profiles import profile_of
 from ftmem.regexes import compile_bounded
 from ftmem.run import (
     ADAPTER_METHODS,
-    GATED_PROMPT_METHODS,
-    LLAMA_ADAPTER_METHODS,
     KV_PREFIX_METHODS,
+    LLAMA_ADAPTER_METHODS,
     PROMPT_METHODS,
     QUANTIZED_BASE_METHODS,
     RunConfig,

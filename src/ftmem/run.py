@@ -1410,11 +1410,6 @@ class RunConfig(limits.BoundedSettings):
                 f"{self.method} does not work with gradient checkpointing (peft refuses it: "
                 "the prefix lives in the KV cache); drop --grad-ckpt"
             )
-        if self.method == "cartridge" and self.cartridge_frozen > self.n_virtual:
-            raise ValueError(
-                f"--cartridge-frozen-tokens {self.cartridge_frozen} is more than the "
-                f"{self.n_virtual} virtual tokens (peft refuses it); give at most that"
-            )
         if self.quant == "int4" and self.double_quant is not None:
             raise ValueError("--double-quant applies to bitsandbytes' nf4/fp4, not --quant int4")
         if self.lora_modules_to_save is not None:
@@ -1552,6 +1547,17 @@ class RunConfig(limits.BoundedSettings):
                 f"{PEFT_MODEL_METHODS.get(self.method, 'LoKr')} under autocast (--precision "
                 f"bf16-mixed / fp16-mixed or --autocast) is not modelled"
                 f"{f' ({why})' if why else ''}; use --precision bf16 or fp32 without --autocast"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cartridge_tokens_fit(self) -> RunConfig:
+        """Cartridge freezes at most its virtual tokens (peft 0.21.2 tuners/cartridge/
+        config.py __post_init__ refuses more)."""
+        if self.method == "cartridge" and self.cartridge_frozen > self.n_virtual:
+            raise ValueError(
+                f"--cartridge-frozen-tokens {self.cartridge_frozen} is more than the "
+                f"{self.n_virtual} virtual tokens (peft refuses it); give at most that"
             )
         return self
 

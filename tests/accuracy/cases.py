@@ -1605,7 +1605,8 @@ def _cartridge() -> list[Case]:
     model at few tokens the cache's gradient and moments count."""
     ca = {"method": "cartridge"}
     cases = [
-        Case(family, {**ca, "precision": "bf16"}) for family in ("llama", "mistral", "gpt2", "qwen2")
+        Case(family, {**ca, "precision": "bf16"})
+        for family in ("llama", "mistral", "gpt2", "qwen2")
     ]
     for extra in (
         {"precision": "fp32"},

@@ -52,20 +52,17 @@ class AdaptionPrompt:
         query = ctx.tokens * H * d * e
         if b == 1 and arch.traits.model_types[0] == "gpt2":
             query = ctx.tokens * (arch.q_size + 2 * arch.kv_size) * e
-        probs = b * H * s * n
-        out = [
-            Saved("adaption prompt: query", query, Kind.LLAMA_ADAPTER, Side.ATTENTION),
-            Saved("adaption prompt: softmax (fp32)", probs * FP32, Kind.LLAMA_ADAPTER,
-                  Side.ATTENTION),
-            Saved("adaption prompt: gated scores, values", probs * e + b * H * n * d * e,
-                  Kind.LLAMA_ADAPTER, Side.ATTENTION),
-        ]  # fmt: skip
-        if e != FP32:
-            out.append(
-                Saved("adaption prompt: softmax cast", probs * e, Kind.LLAMA_ADAPTER, Side.ATTENTION)
-            )
-        if q_grad:
-            out.append(
-                Saved("adaption prompt: keys", b * H * n * d * e, Kind.LLAMA_ADAPTER, Side.ATTENTION)
-            )
-        return out
+        probs = b * H * s * n  # elements of the scores over the prompt
+        prompt = b * H * n * d  # elements of the repeated keys (values)
+        kept = [
+            ("query", query),
+            ("softmax (fp32)", probs * FP32),
+            ("softmax cast", probs * e if e != FP32 else 0),
+            ("gated scores, values", (probs + prompt) * e),
+            ("keys", prompt * e if q_grad else 0),
+        ]
+        return [
+            Saved(f"adaption prompt: {what}", size, Kind.LLAMA_ADAPTER, Side.ATTENTION)
+            for what, size in kept
+            if size
+        ]
