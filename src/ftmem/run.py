@@ -1338,12 +1338,18 @@ class RunConfig(limits.BoundedSettings):
         if self.method not in LLAMA_ADAPTER_METHODS or self.framework == "litgpt":
             return
         script = "finetune_adapter_v2" if self.method == "llama-adapter-v2" else "finetune_adapter"
-        other = (
-            "torchtune has no LLaMA-Adapter recipe"
-            if self.framework == "torchtune"
-            else f"under --framework {self.framework} use --method adaption-prompt, peft's "
-            "adaption_prompt (peft has no v2)"
-        )
+        if self.framework == "torchtune":
+            other = "torchtune has no LLaMA-Adapter recipe"
+        elif self.framework in ADALORA_FRAMEWORKS:  # (those that take any peft model)
+            other = (
+                f"under --framework {self.framework} use --method adaption-prompt, peft's "
+                "adaption_prompt (peft has no v2)"
+            )
+        else:
+            other = (
+                f"under --framework {self.framework} it would be peft's adaption_prompt, "
+                "modelled as --method adaption-prompt under --framework hf"
+            )
         raise ValueError(
             f"--method {self.method} is LitGPT's (litgpt {script}): give --framework "
             f"litgpt; {other}"
