@@ -1575,8 +1575,8 @@ def _adaption_prompt() -> list[Case]:
     """peft's adaption prompt (the prompt's keys and values through the frozen k_proj and
     v_proj every forward, q recomputed, an fp32 softmax, the gate): the three model types
     peft wraps, both precisions, checkpointing, one gated block (its q needs no gradient:
-    no keys, no rotary tables kept), GPT-2 at one sample (q a view of c_attn's output);
-    on a wider model at few tokens the prompt's moments count."""
+    no keys, no rotary tables kept), GPT-2 at one sample (q a view of c_attn's output),
+    eager attention; on a wider model at few tokens the prompt's moments count."""
     ap = {"method": "adaption-prompt"}
     cases = [Case(family, {**ap, "precision": "bf16"}) for family in ("llama", "mistral", "gpt2")]
     for family, extra in (
@@ -1590,6 +1590,7 @@ def _adaption_prompt() -> list[Case]:
         ("llama", {"precision": "bf16", "adapter_layers": 1, "grad_ckpt": True}),
         ("gpt2", {"precision": "bf16", "batch_size": 1}),
         ("gpt2", {"precision": "bf16", "seq_len": 120, "adapter_prompt_length": 32}),
+        ("llama", {"precision": "bf16", "attn": "eager"}),
     ):
         cases.append(Case(family, {**ap, **extra}))
     few = {"batch_size": 1, "seq_len": 8}
