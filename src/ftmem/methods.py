@@ -2464,7 +2464,8 @@ def prompt_encoder_shapes(arch: Architecture, run: RunConfig) -> list[tuple[str,
         return out
     if run.method == "cartridge":
         # CartridgeEncoder: the cache itself, its trained tokens (the frozen leading ones
-        # are cartridge_frozen_group's; peft 0.21.2 tuners/cartridge/model.py __init__)
+        # are a group of their own, _plan_method; peft 0.21.2 tuners/cartridge/model.py
+        # CartridgeEncoder.__init__)
         kv_all = L * 2 * prefix_token_dim(arch)
         return [(f"{pe}.trainable_embedding", (n - run.cartridge_frozen, kv_all))]
     if run.method == "prefix-tuning":
