@@ -218,7 +218,7 @@ TINY: dict[str, dict] = {
         router_renormalises=False,  # (Dots1Config's norm_topk_prob default)
     ),
     # DeepSeek-V2: V3's tensors, its softmax router and complex fp32 rotary
-    "deepseek_v2": dict(family="deepseek_v2", **_DEEPSEEK),
+    "deepseek_v2": dict(family="deepseek_v2", **_DEEPSEEK, router_renormalises=False),
     # Granite: Llama with scalar multipliers (the logits divided by logits_scaling)
     "granite": dict(
         family="granite",

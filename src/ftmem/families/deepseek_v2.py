@@ -31,6 +31,9 @@ V2_DEFAULTS: Config = {
 
 def _read(cfg: Config, out: Config) -> None:
     read_deepseek(cfg, out, V2_DEFAULTS)
+    # its router scales the top-k softmax weights and never divides them by their sum,
+    # whatever norm_topk_prob says (modeling_deepseek_v2.py DeepseekV2TopkRouter.forward)
+    out["router_renormalises"] = False
 
 
 FAMILY = replace(
@@ -41,4 +44,5 @@ FAMILY = replace(
     config=llama_map(
         "deepseek_v2", LlamaKeys(optional=("attention_bias", "mlp_bias")), _read, build_deepseek
     ),
+    router_renormalisation_optional=True,
 )
