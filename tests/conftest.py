@@ -391,6 +391,20 @@ TINY: dict[str, dict] = {
         intermediate_size=160,
         qk_norm=True,
     ),
+    # OLMo 3: OLMo 2's block with three sliding layers of 16 and a full one (Olmo3Config's
+    # default layer_types for four layers), one fp32 rotary pair per layer type
+    "olmo3": dict(
+        family="olmo3",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        qk_norm=True,
+        sliding_window=16,
+        sliding_layers=3,
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

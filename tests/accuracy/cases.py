@@ -780,6 +780,7 @@ NEW_WIRING = (
     "glm",
     "glm4",
     "exaone4",
+    "olmo3",
 )
 
 

@@ -1,0 +1,113 @@
+"""The Llama-like families of stop 48 (OLMo 3, Ministral, Ministral 3, Seed-OSS) read
+from config.json files that leave keys to their config classes' defaults, as published
+configs do: what ftmem reads equals what transformers' own config class fills in, and
+the parameter count equals the model transformers builds on the meta device."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ftmem.arch import count_params
+from ftmem.errors import ConfigError
+from ftmem.sources import resolve_model
+
+# a small Llama-style shape each case starts from (4 heads of 24, 2 KV heads)
+BASE = {
+    "vocab_size": 300,
+    "hidden_size": 96,
+    "intermediate_size": 160,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+CASES = {
+    # layer_types and sliding_window left to Olmo3Config: 4096, every fourth layer full
+    "olmo3-defaults": {"model_type": "olmo3"},
+    "olmo3-layer-types": {
+        "model_type": "olmo3",
+        "sliding_window": 16,
+        "layer_types": ["sliding_attention", "full_attention"] * 4,
+    },
+}
+
+
+def _transformers_view(cfg: dict) -> dict:
+    """What transformers' config class makes of ``cfg``: the window the sliding layers
+    use (None where none slides), how many slide, head_dim, the four bias switches and
+    tying, and the parameter count of the model it builds on the meta device."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.AutoConfig.for_model(**cfg)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    sliding = sum(t == "sliding_attention" for t in types) if config.sliding_window else 0
+    attn = model.model.layers[0].self_attn
+    return {
+        "sliding_window": config.sliding_window if sliding else None,
+        "sliding_layers": sliding,
+        "head_dim": attn.q_proj.out_features // config.num_attention_heads,
+        "qkv_bias": attn.q_proj.bias is not None,
+        "out_bias": attn.o_proj.bias is not None,
+        "mlp_bias": model.model.layers[0].mlp.up_proj.bias is not None,
+        "tied": model.lm_head.weight is model.model.embed_tokens.weight,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_read_as_transformers_fills_it(case, tmp_path):
+    cfg = {**BASE, **CASES[case]}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    arch = resolve_model(str(tmp_path))
+    ours = {
+        "sliding_window": arch.sliding_window,
+        "sliding_layers": arch.sliding_layers,
+        "head_dim": arch.head_size,
+        "qkv_bias": arch.attention_qkv_bias,
+        "out_bias": arch.attention_out_bias,
+        "mlp_bias": arch.mlp_bias,
+        "tied": arch.tie_embeddings,
+        "params": count_params(arch),
+    }
+    assert ours == _transformers_view(cfg)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        # Olmo3Model.forward builds the sliding mask for every stack (transformers 5.25
+        # modeling_olmo3.py l.405-419): without a window it raises, with one but no
+        # sliding layer it is a mask no layer reads
+        ({"model_type": "olmo3", "sliding_window": None}, "without sliding layers"),
+        (
+            {"model_type": "olmo3", "layer_types": ["full_attention"] * 8},
+            "without sliding layers",
+        ),
+    ],
+)
+def test_what_is_refused(changes, message, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**BASE, **changes}))
+    with pytest.raises(ConfigError, match=message):
+        resolve_model(str(tmp_path))
+
+
+def test_olmo3_without_a_window_does_not_run_in_transformers():
+    """The refusal's reason, checked: transformers 5.25 cannot run that stack."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.AutoConfig.for_model(
+        **{
+            **BASE,
+            "model_type": "olmo3",
+            "sliding_window": None,
+            "num_hidden_layers": 1,
+            "use_cache": False,
+        }
+    )
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with pytest.raises(ValueError, match="sliding_window"):
+        model(torch.zeros(1, 4, dtype=torch.long))
