@@ -405,6 +405,19 @@ TINY: dict[str, dict] = {
         sliding_window=16,
         sliding_layers=3,
     ),
+    # Ministral: Mistral's block, one sliding layer (window 16) under a full one
+    "ministral": dict(
+        family="ministral",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=24,
+        intermediate_size=160,
+        sliding_window=16,
+        sliding_layers=1,
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

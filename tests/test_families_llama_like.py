@@ -31,6 +31,17 @@ CASES = {
         "sliding_window": 16,
         "layer_types": ["sliding_attention", "full_attention"] * 4,
     },
+    # every layer slides at MinistralConfig's window (4096)
+    "ministral-defaults": {"model_type": "ministral", "head_dim": 24},
+    "ministral-layer-types": {
+        "model_type": "ministral",
+        "head_dim": 32,
+        "sliding_window": 16,
+        "layer_types": ["full_attention"] + ["sliding_attention"] * 7,
+        # (keys its attention and MLP do not read)
+        "attention_bias": True,
+        "mlp_bias": True,
+    },
 }
 
 
@@ -87,6 +98,9 @@ def test_read_as_transformers_fills_it(case, tmp_path):
             {"model_type": "olmo3", "layer_types": ["full_attention"] * 8},
             "without sliding layers",
         ),
+        ({"model_type": "ministral", "head_dim": 24, "sliding_window": None}, "sliding"),
+        # MinistralAttention reads head_dim as given: None fails at head_dim ** -0.5
+        ({"model_type": "ministral"}, "lacks 'head_dim'"),
     ],
 )
 def test_what_is_refused(changes, message, tmp_path):

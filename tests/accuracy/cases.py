@@ -96,6 +96,18 @@ def _matrix() -> list[Case]:
         *_sliding_window_masks(),
         *_falcon_alibi(),
         *_granite_embedding_multiplier(),
+        *_llama_like_families_of_stop_48(),
+    ]
+
+
+def _llama_like_families_of_stop_48() -> list[Case]:
+    """Ministral's mixed stack (one sliding layer under a full one, 50 tokens past the
+    window of 16): the sliding layer's (b, 1, s, s) mask, which checkpointing holds as a
+    block input; QLoRA in pure bf16 at the wider size."""
+    return [
+        Case("ministral", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("ministral", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("ministral", {"method": "qlora", "precision": "bf16"}, WIDER),
     ]
 
 

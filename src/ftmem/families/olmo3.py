@@ -20,10 +20,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ftmem.errors import ConfigError
 from ftmem.families import Family
-from ftmem.families._config import Config, LlamaKeys, sliding_layer_count
-from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.families._config import Config, LlamaKeys
+from ftmem.families._llama import LLAMA_NAMES, llama_map, sliding_mask_always
 from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
 
 if TYPE_CHECKING:
@@ -42,18 +41,7 @@ def every_fourth_full(cfg: Config, layers: int) -> int:
 
 def _read(cfg: Config, out: Config) -> None:
     out["qk_norm"] = True
-    if "sliding_window" not in cfg:  # the config class's default, not "no window"
-        out["sliding_window"] = DEFAULT_WINDOW
-    if not out.get("sliding_window") or not sliding_layer_count(
-        cfg, out["num_layers"], every_fourth_full
-    ):
-        # Olmo3Model.forward builds the sliding-window mask whatever the layer types
-        # (l.405-419), which raises without a window and, with one, is a (b, 1, s, s)
-        # mask no layer reads once s passes the window
-        raise ConfigError(
-            "An OLMo 3 config without sliding layers (sliding_window null, or no "
-            "'sliding_attention' in layer_types) is not modelled."
-        )
+    sliding_mask_always(cfg, out, DEFAULT_WINDOW, every_fourth_full, "OLMo 3")
 
 
 def _build(arch: Architecture, kw: Config) -> None:
