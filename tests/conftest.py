@@ -418,6 +418,18 @@ TINY: dict[str, dict] = {
         sliding_window=16,
         sliding_layers=1,
     ),
+    # Ministral 3: Mistral's block with the rotated queries scaled by position (Llama 4's
+    # attention scaling), no window (Ministral3Config's default)
+    "ministral3": dict(
+        family="ministral3",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=160,
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

@@ -42,6 +42,9 @@ CASES = {
         "attention_bias": True,
         "mlp_bias": True,
     },
+    # Ministral3Config: head_dim 128 when the key is left out
+    "ministral3-defaults": {"model_type": "ministral3"},
+    "ministral3-window": {"model_type": "ministral3", "head_dim": 24, "sliding_window": 16},
 }
 
 
@@ -54,7 +57,10 @@ def _transformers_view(cfg: dict) -> dict:
     config = transformers.AutoConfig.for_model(**cfg)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
-    types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    # a config class without layer_types (Ministral 3's) gives every layer its window
+    # (Ministral3Attention: ``sliding_window=getattr(self.config, "sliding_window", None)``)
+    default = "sliding_attention" if config.sliding_window else "full_attention"
+    types = getattr(config, "layer_types", None) or [default] * config.num_hidden_layers
     sliding = sum(t == "sliding_attention" for t in types) if config.sliding_window else 0
     attn = model.model.layers[0].self_attn
     return {
@@ -101,6 +107,8 @@ def test_read_as_transformers_fills_it(case, tmp_path):
         ({"model_type": "ministral", "head_dim": 24, "sliding_window": None}, "sliding"),
         # MinistralAttention reads head_dim as given: None fails at head_dim ** -0.5
         ({"model_type": "ministral"}, "lacks 'head_dim'"),
+        # Ministral3Config's head_dim is a strict int field: null is refused there too
+        ({"model_type": "ministral3", "head_dim": None}, "head_dim must be an integer"),
     ],
 )
 def test_what_is_refused(changes, message, tmp_path):

@@ -100,6 +100,10 @@ def _matrix() -> list[Case]:
     ]
 
 
+# a window of 16 on both tiny layers, which the 50 tokens pass
+WINDOWED = {"sliding_window": 16, "sliding_layers": 2}
+
+
 def _llama_like_families_of_stop_48() -> list[Case]:
     """Ministral's mixed stack (one sliding layer under a full one, 50 tokens past the
     window of 16): the sliding layer's (b, 1, s, s) mask, which checkpointing holds as a
@@ -108,6 +112,16 @@ def _llama_like_families_of_stop_48() -> list[Case]:
         Case("ministral", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
         Case("ministral", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
         Case("ministral", {"method": "qlora", "precision": "bf16"}, WIDER),
+        # Ministral 3's query scale kept per layer (Family.query_position_scale): without
+        # it -200 B (bf16) to -400 B (fp32, bf16-mixed) of the matrix's activations;
+        # checkpointed, and with a window sliding on every layer
+        Case("ministral3", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("ministral3", {"method": "full", "precision": "bf16"}, WINDOWED),
+        Case("ministral3", {"method": "lora", "precision": "bf16-mixed"}, WINDOWED),
+        # the language model of Ministral 3's image-text checkpoints (Mistral 3's tower)
+        ImageTextCase("ministral3", {"method": "full"}, tower="mistral3"),
+        ImageTextCase("ministral3", {"method": "lora"}, tower="mistral3"),
+        ImageTextCase("ministral3", {"method": "lora", "grad_ckpt": True}, tower="mistral3"),
     ]
 
 

@@ -1,0 +1,50 @@
+"""Ministral 3 (Ministral3ForCausalLM; the language model of the Ministral 3 and
+Devstral 2 image-text checkpoints): Mistral's bias-free block, with each query scaled
+after the rotary by a factor that grows with its position (Llama 4's attention scaling).
+
+What transformers 5.25 does (models/ministral3/modeling_ministral3.py), against
+modeling_mistral.py: Ministral3Attention multiplies the rotated queries by
+``get_llama_4_attn_scale(position_ids, beta, original_max_position_embeddings)`` cast to
+their dtype (l.104-107, l.146-150): a (1, 1, s, 1) tensor, which the multiply keeps for
+the queries' gradient (s elements per layer in the rotated queries' dtype:
+Family.query_position_scale); its product replaces the rotated queries as the tensor
+sdpa keeps, so the saved tensors are otherwise Mistral's. The window, when set, slides on
+every layer as Mistral's (l.367, ``sliding_window=getattr(self.config, ...)``).
+Ministral3Config (configuration_ministral3.py): head_dim 128 when config.json leaves the
+key out (a strict int field: null is refused), YaRN rotary by default, no window,
+untied embeddings."""
+
+from __future__ import annotations
+
+from ftmem.families import Family
+from ftmem.families._config import Config, LlamaKeys, every_layer, wrong
+from ftmem.families._llama import LLAMA_NAMES, llama_map
+from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
+
+# Ministral3Config's head_dim default (configuration_ministral3.py), used where
+# config.json leaves the key out
+DEFAULT_HEAD_DIM = 128
+
+
+def _read(cfg: Config, out: Config) -> None:
+    if "head_dim" not in cfg:
+        out["head_dim"] = DEFAULT_HEAD_DIM
+    elif cfg["head_dim"] is None:  # (a strict int field: transformers refuses null too)
+        raise wrong("head_dim", "an integer", None)
+    out["mlp_bias"] = False  # (its MLP and attention take no bias switch)
+
+
+FAMILY = Family(
+    # (peft 0.21.2 utils/constants.py has no ministral3 entries: no LN-tuning defaults)
+    name="ministral3",
+    model_types=("ministral3",),
+    decoder_layer="Ministral3DecoderLayer",
+    config=llama_map(
+        "ministral3",
+        LlamaKeys(fixed_bias=(False, False), window="always", sliding=every_layer),
+        _read,
+    ),
+    names=LLAMA_NAMES,
+    query_position_scale=True,
+    sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
+)
