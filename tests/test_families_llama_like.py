@@ -45,6 +45,16 @@ CASES = {
     # Ministral3Config: head_dim 128 when the key is left out
     "ministral3-defaults": {"model_type": "ministral3"},
     "ministral3-window": {"model_type": "ministral3", "head_dim": 24, "sliding_window": 16},
+    "ministral3-rope-parameters": {
+        "model_type": "ministral3",
+        "rope_parameters": {
+            "rope_type": "yarn",
+            "rope_theta": 1e6,
+            "factor": 16.0,
+            "original_max_position_embeddings": 16384,
+            "llama_4_scaling_beta": 0.1,
+        },
+    },
 }
 
 
@@ -109,6 +119,11 @@ def test_read_as_transformers_fills_it(case, tmp_path):
         ({"model_type": "ministral"}, "lacks 'head_dim'"),
         # Ministral3Config's head_dim is a strict int field: null is refused there too
         ({"model_type": "ministral3", "head_dim": None}, "head_dim must be an integer"),
+        # get_llama_4_attn_scale(position_ids, None, None) raises in the forward
+        (
+            {"model_type": "ministral3", "rope_parameters": {"rope_type": "default"}},
+            "llama_4_scaling_beta",
+        ),
     ],
 )
 def test_what_is_refused(changes, message, tmp_path):

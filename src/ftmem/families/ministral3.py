@@ -16,6 +16,7 @@ untied embeddings."""
 
 from __future__ import annotations
 
+from ftmem.errors import ConfigError
 from ftmem.families import Family
 from ftmem.families._config import Config, LlamaKeys, every_layer, wrong
 from ftmem.families._llama import LLAMA_NAMES, llama_map
@@ -32,6 +33,16 @@ def _read(cfg: Config, out: Config) -> None:
     elif cfg["head_dim"] is None:  # (a strict int field: transformers refuses null too)
         raise wrong("head_dim", "an integer", None)
     out["mlp_bias"] = False  # (its MLP and attention take no bias switch)
+    # the query scale reads two rope parameters, which a given rope dict replaces
+    # (Ministral3Config.__post_init__ fills its default only when none is given; a
+    # legacy rope_scaling becomes rope_parameters): without them the forward raises
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling")
+    needed = ("llama_4_scaling_beta", "original_max_position_embeddings")
+    if isinstance(rope, dict) and any(rope.get(key) is None for key in needed):
+        raise ConfigError(
+            "config.json: Ministral 3's rope_parameters need llama_4_scaling_beta and "
+            "original_max_position_embeddings (its query scaling reads them)."
+        )
 
 
 FAMILY = Family(
