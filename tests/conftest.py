@@ -430,6 +430,19 @@ TINY: dict[str, dict] = {
         head_dim=32,
         intermediate_size=160,
     ),
+    # Seed-OSS: biases on q, k, v but not o (SeedOssConfig's defaults), head_dim 32 apart
+    # from hidden / heads (24)
+    "seed_oss": dict(
+        family="seed_oss",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=160,
+        attention_qkv_bias=True,
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

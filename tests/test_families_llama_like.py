@@ -1,7 +1,9 @@
 """The Llama-like families of stop 48 (OLMo 3, Ministral, Ministral 3, Seed-OSS) read
 from config.json files that leave keys to their config classes' defaults, as published
-configs do: what ftmem reads equals what transformers' own config class fills in, and
-the parameter count equals the model transformers builds on the meta device."""
+configs do: what ftmem reads equals what transformers' own config class fills in and
+the model it builds on the meta device (window, sliding layers, head_dim, biases, tying,
+Seed-OSS's residual dropout, parameter count); and what transformers cannot run is
+refused."""
 
 from __future__ import annotations
 
@@ -55,6 +57,18 @@ CASES = {
             "llama_4_scaling_beta": 0.1,
         },
     },
+    # SeedOssConfig: q/k/v biases, none on o, head_dim 128 when left out
+    "seed_oss-defaults": {"model_type": "seed_oss"},
+    "seed_oss-null-head-dim": {"model_type": "seed_oss", "head_dim": None},
+    "seed_oss-switches": {
+        "model_type": "seed_oss",
+        "head_dim": 16,
+        "attention_bias": False,
+        "attention_out_bias": True,
+        "mlp_bias": True,
+        "tie_word_embeddings": True,
+        "residual_dropout": 0.0,
+    },
 }
 
 
@@ -69,18 +83,21 @@ def _transformers_view(cfg: dict) -> dict:
         model = transformers.AutoModelForCausalLM.from_config(config)
     # a config class without layer_types (Ministral 3's) gives every layer its window
     # (Ministral3Attention: ``sliding_window=getattr(self.config, "sliding_window", None)``)
-    default = "sliding_attention" if config.sliding_window else "full_attention"
+    window = getattr(config, "sliding_window", None)
+    default = "sliding_attention" if window else "full_attention"
     types = getattr(config, "layer_types", None) or [default] * config.num_hidden_layers
-    sliding = sum(t == "sliding_attention" for t in types) if config.sliding_window else 0
+    sliding = sum(t == "sliding_attention" for t in types) if window else 0
     attn = model.model.layers[0].self_attn
     return {
-        "sliding_window": config.sliding_window if sliding else None,
+        "sliding_window": window if sliding else None,
         "sliding_layers": sliding,
         "head_dim": attn.q_proj.out_features // config.num_attention_heads,
         "qkv_bias": attn.q_proj.bias is not None,
         "out_bias": attn.o_proj.bias is not None,
         "mlp_bias": model.model.layers[0].mlp.up_proj.bias is not None,
         "tied": model.lm_head.weight is model.model.embed_tokens.weight,
+        # the dropout on attention's and the MLP's outputs (Seed-OSS's)
+        "residual_dropout": getattr(config, "residual_dropout", 0.0),
         "params": sum(p.numel() for p in model.parameters()),
     }
 
@@ -98,6 +115,7 @@ def test_read_as_transformers_fills_it(case, tmp_path):
         "out_bias": arch.attention_out_bias,
         "mlp_bias": arch.mlp_bias,
         "tied": arch.tie_embeddings,
+        "residual_dropout": arch.residual_dropout,
         "params": count_params(arch),
     }
     assert ours == _transformers_view(cfg)
@@ -148,3 +166,23 @@ def test_olmo3_without_a_window_does_not_run_in_transformers():
     model = transformers.AutoModelForCausalLM.from_config(config)
     with pytest.raises(ValueError, match="sliding_window"):
         model(torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_seed_oss_trains_with_its_config_class_dropouts(tmp_path):
+    """A Seed-OSS config.json that leaves the dropouts out trains with SeedOssConfig's
+    0.1 on both: the residual dropout is read (its masks counted, tests/accuracy), the
+    attention's own is said in the note; given as 0, neither."""
+    transformers = pytest.importorskip("transformers")
+    from ftmem.sources import source_notes
+
+    config = transformers.AutoConfig.for_model(model_type="seed_oss")
+    assert (config.residual_dropout, config.attention_dropout) == (0.1, 0.1)
+    cfg = {**BASE, "model_type": "seed_oss"}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert resolve_model(str(tmp_path)).residual_dropout == 0.1
+    (note,) = [n for n in source_notes(str(tmp_path)) if "dropout" in n]
+    assert "(attention_dropout 0.1)" in note
+    cfg.update(residual_dropout=0.0, attention_dropout=0.0)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert resolve_model(str(tmp_path)).residual_dropout == 0.0
+    assert not [n for n in source_notes(str(tmp_path)) if "dropout" in n]

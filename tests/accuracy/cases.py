@@ -122,6 +122,22 @@ def _llama_like_families_of_stop_48() -> list[Case]:
         ImageTextCase("ministral3", {"method": "full"}, tower="mistral3"),
         ImageTextCase("ministral3", {"method": "lora"}, tower="mistral3"),
         ImageTextCase("ministral3", {"method": "lora", "grad_ckpt": True}, tower="mistral3"),
+        # Seed-OSS trained with SeedOssConfig's residual_dropout (0.1): masks after o_proj
+        # and down_proj; checkpointed; QLoRA with the q/k/v biases
+        *(
+            Case("seed_oss", {"method": m, "precision": p}, {"residual_dropout": 0.1})
+            for m in ("full", "lora")
+            for p in ("fp32", "bf16", "bf16-mixed")
+        ),
+        Case(
+            "seed_oss",
+            {"method": "lora", "precision": "bf16", "grad_ckpt": True},
+            {"residual_dropout": 0.1},
+        ),
+        Case("seed_oss", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("seed_oss", {"method": "qlora", "precision": "bf16"}, WIDER),
+        Case("seed_oss", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
+        Case("seed_oss", {"method": "bitfit", "precision": "bf16"}),
     ]
 
 

@@ -326,6 +326,10 @@ class Family:
     # The dropouts its transformers model applies in training, as Architecture fields
     # (residual_dropout, embedding_dropout) -> the config.json key that sets each.
     dropout_keys: Mapping[str, str] = field(default_factory=dict)
+    # The dropouts its config class trains with where config.json leaves the key out
+    # (Seed-OSS: SeedOssConfig's attention_dropout and residual_dropout 0.1), by key:
+    # read as if given (dropout_keys) and said in the dropout note (the rest).
+    dropout_defaults: Mapping[str, float] = field(default_factory=dict)
     notes: Mapping[NoteKey, str] = field(default_factory=dict)
 
     def notes_for(self, key: NoteKey) -> list[str]:
