@@ -217,7 +217,11 @@ def outer_saved(
     below += PromptEncoder.saved(arch, run, plan.dtypes)
     below += trainable_tokens.saved(arch, run, plan)
     if blocks_grad:
-        below += Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
+        # (frozen blocks below the lowest trained one need no gradient: their types'
+        # rotary pairs are kept by no multiply)
+        every = train or plan.embed_trainable or run.n_virtual > 0 or tokens_trained
+        grad_blocks = None if every else plan.trainable_blocks
+        below += Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes, grad_blocks)
     above = Norm.saved(
         ctx,
         "final norm",

@@ -105,10 +105,14 @@ WINDOWED = {"sliding_window": 16, "sliding_layers": 2}
 
 
 def _llama_like_families_of_stop_48() -> list[Case]:
-    """Ministral's mixed stack (one sliding layer under a full one, 50 tokens past the
+    """OLMo 3 partly frozen. Ministral's mixed stack (one sliding layer under a full one, 50 tokens past the
     window of 16): the sliding layer's (b, 1, s, s) mask, which checkpointing holds as a
     block input; QLoRA in pure bf16 at the wider size."""
     return [
+        # OLMo 3 frozen below its top layers: one fp32 rotary pair per layer type among
+        # the trained layers (the top one full; two trained reach a sliding one)
+        Case("olmo3", {"method": "freeze", "trainable_layers": 2, "precision": "fp32"}),
+        Case("olmo3", {"method": "freeze", "trainable_layers": 1, "precision": "bf16"}),
         Case("ministral", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
         Case("ministral", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
         Case("ministral", {"method": "qlora", "precision": "bf16"}, WIDER),
