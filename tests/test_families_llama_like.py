@@ -98,6 +98,7 @@ def _transformers_view(cfg: dict) -> dict:
         "tied": model.lm_head.weight is model.model.embed_tokens.weight,
         # the dropout on attention's and the MLP's outputs (Seed-OSS's)
         "residual_dropout": getattr(config, "residual_dropout", 0.0),
+        "max_position_embeddings": config.max_position_embeddings,
         "params": sum(p.numel() for p in model.parameters()),
     }
 
@@ -116,6 +117,7 @@ def test_read_as_transformers_fills_it(case, tmp_path):
         "mlp_bias": arch.mlp_bias,
         "tied": arch.tie_embeddings,
         "residual_dropout": arch.residual_dropout,
+        "max_position_embeddings": arch.max_position_embeddings,
         "params": count_params(arch),
     }
     assert ours == _transformers_view(cfg)
@@ -127,10 +129,10 @@ def test_read_as_transformers_fills_it(case, tmp_path):
         # Olmo3Model.forward builds the sliding mask for every stack (transformers 5.25
         # modeling_olmo3.py l.405-419): without a window it raises, with one but no
         # sliding layer it is a mask no layer reads
-        ({"model_type": "olmo3", "sliding_window": None}, "without sliding layers"),
+        ({"model_type": "olmo3", "sliding_window": None}, "configs without sliding layers"),
         (
             {"model_type": "olmo3", "layer_types": ["full_attention"] * 8},
-            "without sliding layers",
+            "configs without sliding layers",
         ),
         ({"model_type": "ministral", "head_dim": 24, "sliding_window": None}, "sliding"),
         # MinistralAttention reads head_dim as given: None fails at head_dim ** -0.5

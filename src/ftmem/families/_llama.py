@@ -81,6 +81,6 @@ def sliding_mask_always(
         out["sliding_window"] = default_window
     if not out.get("sliding_window") or not sliding_layer_count(cfg, out["num_layers"], pattern):
         raise ConfigError(
-            f"A {model} config without sliding layers (sliding_window null, or no "
-            "'sliding_attention' in layer_types) is not modelled."
+            f"{model} configs without sliding layers (sliding_window null, or no "
+            "'sliding_attention' in layer_types) are not modelled."
         )

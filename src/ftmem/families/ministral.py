@@ -26,11 +26,14 @@ if TYPE_CHECKING:
 
 # MinistralConfig's default window (configuration_ministral.py)
 DEFAULT_WINDOW = 4096
+DEFAULT_POSITIONS = 4096 * 32
 
 
 def _read(cfg: Config, out: Config) -> None:
     out["head_dim"] = need(cfg, "head_dim")
     out["mlp_bias"] = False  # (its MLP and attention take no bias switch)
+    if "max_position_embeddings" not in cfg:  # (MinistralConfig's default)
+        out["max_position_embeddings"] = DEFAULT_POSITIONS
     sliding_mask_always(cfg, out, DEFAULT_WINDOW, every_layer, "Ministral")
 
 

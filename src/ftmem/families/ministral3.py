@@ -25,6 +25,7 @@ from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
 # Ministral3Config's head_dim default (configuration_ministral3.py), used where
 # config.json leaves the key out
 DEFAULT_HEAD_DIM = 128
+DEFAULT_POSITIONS = 262_144
 
 
 def _read(cfg: Config, out: Config) -> None:
@@ -33,6 +34,8 @@ def _read(cfg: Config, out: Config) -> None:
     elif cfg["head_dim"] is None:  # (a strict int field: transformers refuses null too)
         raise wrong("head_dim", "an integer", None)
     out["mlp_bias"] = False  # (its MLP and attention take no bias switch)
+    if "max_position_embeddings" not in cfg:  # (Ministral3Config's default)
+        out["max_position_embeddings"] = DEFAULT_POSITIONS
     # the query scale reads two rope parameters, which a given rope dict replaces
     # (Ministral3Config.__post_init__ fills its default only when none is given; a
     # legacy rope_scaling becomes rope_parameters): without them the forward raises

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 # Olmo3Config's default window (configuration_olmo3.py), used where config.json leaves
 # the key out
 DEFAULT_WINDOW = 4096
+DEFAULT_POSITIONS = 2048
 
 
 def every_fourth_full(cfg: Config, layers: int) -> int:
@@ -41,6 +42,8 @@ def every_fourth_full(cfg: Config, layers: int) -> int:
 
 def _read(cfg: Config, out: Config) -> None:
     out["qk_norm"] = True
+    if "max_position_embeddings" not in cfg:  # (Olmo3Config's default)
+        out["max_position_embeddings"] = DEFAULT_POSITIONS
     sliding_mask_always(cfg, out, DEFAULT_WINDOW, every_fourth_full, "OLMo 3")
 
 

@@ -29,11 +29,14 @@ if TYPE_CHECKING:
 
 # SeedOssConfig's defaults for the keys a config.json may leave out
 DEFAULT_HEAD_DIM = 128
+DEFAULT_POSITIONS = 524_288
 
 
 def _read(cfg: Config, out: Config) -> None:
     out["attention_qkv_bias"] = flag(cfg, "attention_bias", True)
     out["attention_out_bias"] = flag(cfg, "attention_out_bias", False)
+    if "max_position_embeddings" not in cfg:  # (SeedOssConfig's default)
+        out["max_position_embeddings"] = DEFAULT_POSITIONS
     if "head_dim" not in cfg:
         out["head_dim"] = DEFAULT_HEAD_DIM
 
