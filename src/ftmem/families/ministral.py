@@ -10,7 +10,12 @@ everything else is Mistral's. MinistralConfig (configuration_ministral.py): wind
 every layer "sliding_attention" when layer_types is absent and a window is set, untied
 embeddings; ``head_dim`` defaults to None and the attention reads it as given
 (``getattr(config, "head_dim", ...)``, l.145: None fails at ``head_dim ** -0.5``), so a
-config.json must give it."""
+config.json must give it.
+
+Measured (tests/accuracy, CPU: one sliding layer of 16 under a full one, 3 × 50 tokens):
+the matrix's 17 cases, checkpointed LoRA and full finetuning (the checkpoints hold the
+sliding layer's mask), QLoRA: activations exact to the byte (IA³ +384 B, as in the older
+families' IA³ cases, e.g. Mistral's +384 B), peaks within 0.3 %."""
 
 from __future__ import annotations
 

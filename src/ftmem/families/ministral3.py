@@ -12,7 +12,13 @@ sdpa keeps, so the saved tensors are otherwise Mistral's. The window, when set, 
 every layer as Mistral's (l.367, ``sliding_window=getattr(self.config, ...)``).
 Ministral3Config (configuration_ministral3.py): head_dim 128 when config.json leaves the
 key out (a strict int field: null is refused), YaRN rotary by default, no window,
-untied embeddings."""
+untied embeddings.
+
+Measured (tests/accuracy, CPU): the matrix's 17 cases were under by exactly the factor,
+s × 2 B a layer in bf16 and s × 4 B in fp32 and bf16-mixed (-200 B and -400 B of about
+1.2-2.3 MB); counted, they are exact (IA³ +512 B, as in the older families' IA³ cases,
+e.g. Qwen3's +512 B), as are a window on both layers, checkpointed LoRA and three cases
+under Mistral 3's vision tower; peaks within 0.1 %."""
 
 from __future__ import annotations
 

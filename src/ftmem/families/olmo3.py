@@ -13,7 +13,15 @@ sliding-window mask (l.405-419) and calls the rotary once per type in
 norms over heads × head_dim (l.157-158), the post-norm block (l.222-265) and the MLP are
 OLMo 2's. Olmo3Config (configuration_olmo3.py): sliding_window 4096,
 ``"sliding_attention" if (i + 1) % 4 != 0`` when layer_types is absent, no
-attention_bias by default, untied embeddings."""
+attention_bias by default, untied embeddings.
+
+Measured (tests/accuracy, CPU, peft 0.21.2, transformers 5.25: a tiny stack of three
+sliding layers of 16 under a full one, 3 × 50 tokens): the matrix's 17 cases, QLoRA in
+two regimes, checkpointed LoRA and partial freezing: weights, gradients, states and
+activations exact to the byte (IA³ +384 B, as in the older families' IA³ cases, e.g.
+Mistral's +384 B), peaks within 0.7 % (checkpointed LoRA +0.7 %). Frozen below its top
+full layer it keeps no sliding pair: +9,600 B (one fp32 pair, 50 × 24 × 4 × 2) before
+``grad_blocks``."""
 
 from __future__ import annotations
 

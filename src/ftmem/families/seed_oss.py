@@ -13,7 +13,12 @@ the kernel) is said in a note, not counted. Norms, rotary (tables in the hidden 
 dtype), causal mask and loss are Llama's. SeedOssConfig (configuration_seed_oss.py):
 attention_bias true, attention_out_bias false, mlp_bias false, head_dim 128 (hidden /
 heads when null), attention_dropout and residual_dropout 0.1, untied embeddings, no
-sliding window."""
+sliding window.
+
+Measured (tests/accuracy, CPU): the matrix's 17 cases, SeedOssConfig's residual dropout
+0.1 in three precision regimes under full finetuning and LoRA and checkpointed, QLoRA in
+two regimes and BitFit (the q/k/v biases): activations exact to the byte (IA³ +512 B, as
+in the older families' IA³ cases, e.g. Qwen3's +512 B), peaks within 0.1 %."""
 
 from __future__ import annotations
 
