@@ -413,6 +413,58 @@ TINY: dict[str, dict] = {
         intermediate_size=160,
         qk_norm=True,
     ),
+    # OLMo 3: OLMo 2's block with three sliding layers of 16 and a full one (Olmo3Config's
+    # default layer_types for four layers), one fp32 rotary pair per layer type
+    "olmo3": dict(
+        family="olmo3",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        qk_norm=True,
+        sliding_window=16,
+        sliding_layers=3,
+    ),
+    # Ministral: Mistral's block, one sliding layer (window 16) under a full one
+    "ministral": dict(
+        family="ministral",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=24,
+        intermediate_size=160,
+        sliding_window=16,
+        sliding_layers=1,
+    ),
+    # Ministral 3: Mistral's block with the rotated queries scaled by position (Llama 4's
+    # attention scaling), no window (Ministral3Config's default)
+    "ministral3": dict(
+        family="ministral3",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=160,
+    ),
+    # Seed-OSS: biases on q, k, v but not o (SeedOssConfig's defaults), head_dim 32 apart
+    # from hidden / heads (24)
+    "seed_oss": dict(
+        family="seed_oss",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=160,
+        attention_qkv_bias=True,
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

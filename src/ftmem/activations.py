@@ -188,6 +188,22 @@ def _mlp_side(
     return out
 
 
+def _shared_rotary_saved(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, T: int
+) -> list[Saved]:
+    """The model's shared rotary tables as the blocks' rotary multiplies keep them: where
+    only the top blocks train (nothing below them needs a gradient), a stack with one pair
+    per layer type keeps only the pairs of those blocks' types."""
+    every = (
+        plan.outer_trainable
+        or plan.embed_trainable
+        or run.n_virtual > 0
+        or run.method == "trainable-tokens"
+    )
+    grad_blocks = None if every else plan.trainable_blocks
+    return Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes, grad_blocks)
+
+
 def outer_saved(
     arch: Architecture, run: RunConfig, plan: MethodPlan, tokens: int
 ) -> tuple[list[Saved], list[Saved]]:
@@ -226,7 +242,7 @@ def outer_saved(
     # no gradient there (its input needs none), so no block keeps the tables (measured)
     lone_prompt = run.method == "adaption-prompt" and plan.trainable_blocks == 1
     if blocks_grad and not (lone_prompt and not run.grad_ckpt):
-        below += Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
+        below += _shared_rotary_saved(arch, run, plan, T)
     above = Norm.saved(
         ctx,
         "final norm",

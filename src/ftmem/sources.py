@@ -113,7 +113,8 @@ def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architectu
         family = readers[model_type]
         fields = family.config.read(cfg)
         for site, key in family.dropout_keys.items():
-            fields[site] = number(cfg, key) or 0.0
+            given = number(cfg, key)  # (else its config class's default: Seed-OSS's 0.1)
+            fields[site] = given if given is not None else family.dropout_defaults.get(key, 0.0)
         if family.router_aux_loss:  # (its config class's default: false)
             fields["router_aux_loss"] = flag(cfg, "output_router_logits", False)
         return Architecture(name=name, source=source, vision=vision, **fields)
@@ -387,6 +388,7 @@ def dropout_note(cfg: Mapping) -> str | None:
     if family is None or family.encoder_decoder:
         return None
     modelled = set(family.dropout_keys.values())
+    cfg = {**family.dropout_defaults, **{k: v for k, v in cfg.items() if v is not None}}
     given = [
         f"{k} {cfg[k]}"
         for k in _DROPOUT_KEYS

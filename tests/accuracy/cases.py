@@ -96,6 +96,52 @@ def _matrix() -> list[Case]:
         *_sliding_window_masks(),
         *_falcon_alibi(),
         *_granite_embedding_multiplier(),
+        *_llama_like_families_of_stop_48(),
+    ]
+
+
+# a window of 16 on both tiny layers, which the 50 tokens pass
+WINDOWED = {"sliding_window": 16, "sliding_layers": 2}
+
+
+def _llama_like_families_of_stop_48() -> list[Case]:
+    """OLMo 3 partly frozen. Ministral's mixed stack (one sliding layer under a full one, 50 tokens past the
+    window of 16): the sliding layer's (b, 1, s, s) mask, which checkpointing holds as a
+    block input; QLoRA in pure bf16 at the wider size."""
+    return [
+        # OLMo 3 frozen below its top layers: one fp32 rotary pair per layer type among
+        # the trained layers (the top one full; two trained reach a sliding one)
+        Case("olmo3", {"method": "freeze", "trainable_layers": 2, "precision": "fp32"}),
+        Case("olmo3", {"method": "freeze", "trainable_layers": 1, "precision": "bf16"}),
+        Case("ministral", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("ministral", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("ministral", {"method": "qlora", "precision": "bf16"}, WIDER),
+        # Ministral 3's query scale kept per layer (Family.query_position_scale): without
+        # it -200 B (bf16) to -400 B (fp32, bf16-mixed) of the matrix's activations;
+        # checkpointed, and with a window sliding on every layer
+        Case("ministral3", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("ministral3", {"method": "full", "precision": "bf16"}, WINDOWED),
+        Case("ministral3", {"method": "lora", "precision": "bf16-mixed"}, WINDOWED),
+        # the language model of Ministral 3's image-text checkpoints (Mistral 3's tower)
+        ImageTextCase("ministral3", {"method": "full"}, tower="mistral3"),
+        ImageTextCase("ministral3", {"method": "lora"}, tower="mistral3"),
+        ImageTextCase("ministral3", {"method": "lora", "grad_ckpt": True}, tower="mistral3"),
+        # Seed-OSS trained with SeedOssConfig's residual_dropout (0.1): masks after o_proj
+        # and down_proj; checkpointed; QLoRA with the q/k/v biases
+        *(
+            Case("seed_oss", {"method": m, "precision": p}, {"residual_dropout": 0.1})
+            for m in ("full", "lora")
+            for p in ("fp32", "bf16", "bf16-mixed")
+        ),
+        Case(
+            "seed_oss",
+            {"method": "lora", "precision": "bf16", "grad_ckpt": True},
+            {"residual_dropout": 0.1},
+        ),
+        Case("seed_oss", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("seed_oss", {"method": "qlora", "precision": "bf16"}, WIDER),
+        Case("seed_oss", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
+        Case("seed_oss", {"method": "bitfit", "precision": "bf16"}),
     ]
 
 
@@ -782,6 +828,7 @@ NEW_WIRING = (
     "exaone4",
     "glm4_moe",
     "dots1",
+    "olmo3",
 )
 
 

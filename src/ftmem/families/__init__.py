@@ -123,6 +123,12 @@ class Family:
     # by another base; transformers 5.25 modeling_gemma3.py l.532-534 builds a pair for
     # each type in ``set(config.layer_types)``).
     rotary_tables_per_layer_type: bool = False
+    # The rotated queries are multiplied by a per-position factor before the kernel
+    # (Ministral 3's Llama-4 attention scaling, transformers 5.25 modeling_ministral3.py
+    # l.104-107, l.146-150: ``query_states * get_llama_4_attn_scale(position_ids, ...)``,
+    # a (1, 1, s, 1) tensor in the queries' dtype), which the multiply keeps for the
+    # queries' gradient; its product is what the kernel keeps instead of the rotary's.
+    query_position_scale: bool = False
     # Without FlashAttention the attention passes sdpa an explicit (1, 1, s, s) bool causal
     # mask (Qwen-1's QWenAttention.forward), which sdpa turns into a float mask in the
     # compute dtype per call and keeps for backward; transformers 5 passes is_causal.
@@ -320,6 +326,10 @@ class Family:
     # The dropouts its transformers model applies in training, as Architecture fields
     # (residual_dropout, embedding_dropout) -> the config.json key that sets each.
     dropout_keys: Mapping[str, str] = field(default_factory=dict)
+    # The dropouts its config class trains with where config.json leaves the key out
+    # (Seed-OSS: SeedOssConfig's attention_dropout and residual_dropout 0.1), by key:
+    # read as if given (dropout_keys) and said in the dropout note (the rest).
+    dropout_defaults: Mapping[str, float] = field(default_factory=dict)
     notes: Mapping[NoteKey, str] = field(default_factory=dict)
 
     def notes_for(self, key: NoteKey) -> list[str]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ftmem.errors import ConfigError
 from ftmem.families import ConfigMap, ModuleNames
 from ftmem.families._config import (
     Config,
     LlamaKeys,
+    SlidingPattern,
     build_llama_like,
     flag,
     read_llama_like,
@@ -65,3 +67,20 @@ def window_off_by_default(cfg: Config, out: Config) -> None:
     SmolLM3), unlike Qwen2's: a window given without the flag is not used."""
     if not flag(cfg, "use_sliding_window", False):
         out.pop("sliding_window", None)
+
+
+def sliding_mask_always(
+    cfg: Config, out: Config, default_window: int, pattern: SlidingPattern, model: str
+) -> None:
+    """For models whose forward builds the sliding-window mask whatever the layer types
+    (transformers 5.25 Olmo3Model.forward l.405-419, MinistralModel.forward l.375-389:
+    ``create_sliding_window_causal_mask`` beside the causal one): the config class's
+    window where config.json leaves the key out, and a refusal of stacks without sliding
+    layers, where that mask raises (no window) or is built for no layer to read."""
+    if "sliding_window" not in cfg:  # the config class's default, not "no window"
+        out["sliding_window"] = default_window
+    if not out.get("sliding_window") or not sliding_layer_count(cfg, out["num_layers"], pattern):
+        raise ConfigError(
+            f"{model} configs without sliding layers (sliding_window null, or no "
+            "'sliding_attention' in layer_types) are not modelled."
+        )

@@ -400,6 +400,7 @@ class Attention:
         nh, q, kv = arch.num_heads, arch.q_size, arch.kv_size
         out: list[Saved] = Attention.layer_rotary_tables(ctx)
         out += Attention.indexed_rotary_saved(ctx, needs_grad)
+        out += Attention.query_scale_saved(ctx, needs_grad)
 
         def keep(what: str, size: int, kind: Kind) -> None:
             out.append(Saved(what, size, kind, Side.ATTENTION))
@@ -446,6 +447,19 @@ class Attention:
             keep("attention output + logsumexp", T * q * e + b * nh * s * FP32, Kind.ATTN_OUTPUT)
             return out
         return out + Attention.eager_scores_saved(ctx, b * nh * s, s + P, needs_grad)
+
+    @staticmethod
+    def query_scale_saved(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
+        """Ministral 3's per-position query factor (Family.query_position_scale): one
+        sequence's s factors, (1, 1, s, 1), cast to the rotated queries' dtype (the
+        promotion of the projection's output and the rotary tables': fp32 under autocast
+        with fp32 tables), kept by the multiply for the queries' gradient."""
+        if not (ctx.arch.traits.query_position_scale and "q" in needs_grad):
+            return []
+        tables = FP32 if ctx.arch.traits.rotary_tables_fp32 else ctx.residual
+        s = ctx.tokens // ctx.run.batch_size
+        size = s * max(ctx.projection_out_bytes, tables)
+        return [Saved("query position scale (Llama 4 scaling)", size, Kind.ATTN_QK, Side.ATTENTION)]
 
     @staticmethod
     def clamp_saved(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
