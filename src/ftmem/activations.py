@@ -225,24 +225,7 @@ def outer_saved(
         or tokens_trained
         or run.grad_ckpt  # transformers then makes the embedding output require grad
     )
-    below: list[Saved] = []
-    if train or plan.embed_trainable or tokens_trained:
-        below += Embedding.saved(arch, run, T, train)
-    if train or plan.embed_trainable or run.n_virtual > 0 or run.grad_ckpt or tokens_trained:
-        # the embeddings' dropout keeps its mask where its input needs a gradient
-        elements = T * arch.hidden_size
-        # (the embedding output's dtype, the residual's unless TRL cast the embedding)
-        e_in = plan.dtypes.first_input_bytes
-        below += Dropout.saved(
-            ctx, "embeddings", elements, e_in, Side.OUTER, arch.embedding_dropout
-        )
-    below += PromptEncoder.saved(arch, run, plan.dtypes)
-    below += trainable_tokens.saved(arch, run, plan)
-    # peft's adaption prompt in the top block alone: the rotary runs only on a q that needs
-    # no gradient there (its input needs none), so no block keeps the tables (measured)
-    lone_prompt = run.method == "adaption-prompt" and plan.trainable_blocks == 1
-    if blocks_grad and not (lone_prompt and not run.grad_ckpt):
-        below += _shared_rotary_saved(arch, run, plan, T)
+    below = _embedding_side(ctx, plan, blocks_grad)
     above = Norm.saved(
         ctx,
         "final norm",
@@ -287,3 +270,30 @@ def outer_saved(
         saved += PreferenceLoss.saved(arch, run, e, T, ids_kept)
     saved += AdaLoRA.orth_saved(plan, run)  # added to the loss after the model's forward
     return below, above + saved + trainable_tokens.head_saved(arch, run, plan, T)
+
+
+def _embedding_side(ctx: LayerContext, plan: MethodPlan, blocks_grad: bool) -> list[Saved]:
+    """What :func:`outer_saved` counts below the blocks: the embedding's and its
+    dropout's tensors, the prompt encoders', the trainable tokens', and the shared
+    rotary tables where a block needs them."""
+    arch, run, T = ctx.arch, ctx.run, ctx.tokens
+    train, tokens_trained = plan.outer_trainable, run.method == "trainable-tokens"
+    below: list[Saved] = []
+    if train or plan.embed_trainable or tokens_trained:
+        below += Embedding.saved(arch, run, T, train)
+    if train or plan.embed_trainable or run.n_virtual > 0 or run.grad_ckpt or tokens_trained:
+        # the embeddings' dropout keeps its mask where its input needs a gradient
+        elements = T * arch.hidden_size
+        # (the embedding output's dtype, the residual's unless TRL cast the embedding)
+        e_in = plan.dtypes.first_input_bytes
+        below += Dropout.saved(
+            ctx, "embeddings", elements, e_in, Side.OUTER, arch.embedding_dropout
+        )
+    below += PromptEncoder.saved(arch, run, plan.dtypes)
+    below += trainable_tokens.saved(arch, run, plan)
+    # peft's adaption prompt in the top block alone: the rotary runs only on a q that needs
+    # no gradient there (its input needs none), so no block keeps the tables (measured)
+    lone_prompt = run.method == "adaption-prompt" and plan.trainable_blocks == 1
+    if blocks_grad and not (lone_prompt and not run.grad_ckpt):
+        below += _shared_rotary_saved(arch, run, plan, T)
+    return below

@@ -1401,20 +1401,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     groups += _bottleneck_groups(bottlenecked, arch, run, dtypes)
     v2_scaled = v2_scaled_linears(arch, run)
     groups += llama_adapter_groups(arch, run, dtypes, v2_scaled)
-    for name, shape in prompt_encoder_shapes(arch, run):
-        # peft builds the prompt encoder in torch's default dtype, fp32, whatever the base:
-        # the adapter dtype (prompt methods take no --adapter-dtype; engine_cast's engines
-        # cast it to 16-bit)
-        groups.append(
-            TensorGroup(
-                name, shape, 1, dtypes.adapter, True, adapter=True, in_block=False,
-                grad_numel=_cartridge_grad_numel(arch, run),
-            )
-        )  # fmt: skip
-    if run.cartridge_frozen:  # Cartridge's frozen leading tokens (requires_grad=False)
-        shape = (run.cartridge_frozen, 2 * arch.num_layers * prefix_token_dim(arch))
-        name = "prompt_encoder.frozen_embedding"
-        groups.append(TensorGroup(name, shape, 1, dtypes.adapter, False, True, in_block=False))
+    groups += _prompt_groups(arch, run, dtypes)
     notes += _adapter_notes(arch, run)
     notes += vision_step.notes(arch, run)
     saved = run.modules_to_save if run.method in ADAPTER_METHODS else frozenset()
@@ -1449,6 +1436,27 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         **other._asdict(),  # (_PeftOther's fields are MethodPlan's)
         orth_regularised=adalora_regularised(run),
     )
+
+
+def _prompt_groups(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[TensorGroup]:
+    """The prompt methods' own tensors: peft's prompt encoder (or Cartridge's trained
+    cache) and Cartridge's frozen leading tokens."""
+    groups: list[TensorGroup] = []
+    for name, shape in prompt_encoder_shapes(arch, run):
+        # peft builds the prompt encoder in torch's default dtype, fp32, whatever the base:
+        # the adapter dtype (prompt methods take no --adapter-dtype; engine_cast's engines
+        # cast it to 16-bit)
+        groups.append(
+            TensorGroup(
+                name, shape, 1, dtypes.adapter, True, adapter=True, in_block=False,
+                grad_numel=_cartridge_grad_numel(arch, run),
+            )
+        )  # fmt: skip
+    if run.cartridge_frozen:  # Cartridge's frozen leading tokens (requires_grad=False)
+        shape = (run.cartridge_frozen, 2 * arch.num_layers * prefix_token_dim(arch))
+        name = "prompt_encoder.frozen_embedding"
+        groups.append(TensorGroup(name, shape, 1, dtypes.adapter, False, True, in_block=False))
+    return groups
 
 
 class _PeftOther(NamedTuple):
@@ -2520,11 +2528,6 @@ def gated_blocks(arch: Architecture, run: RunConfig) -> int:
     return arch.num_layers - start
 
 
-# the model types peft's adaption prompt wraps (peft 0.21.2 tuners/adaption_prompt/config.py
-# TRANSFORMERS_MODEL_CONFIG; prepare_config refuses the others)
-ADAPTION_PROMPT_MODEL_TYPES = ("llama", "mistral", "gpt2")
-
-
 def _adaption_prompt_blocks(arch: Architecture, run: RunConfig) -> int:
     """peft's adaption prompt: --adapter-layers (default every block), on the model types
     peft knows, where its key/value heads come out as the model's (it takes
@@ -2536,7 +2539,7 @@ def _adaption_prompt_blocks(arch: Architecture, run: RunConfig) -> int:
             f"peft's adaption prompt is modelled on text-only models; {arch.name} is an "
             "image-text model."
         )
-    if model_type not in ADAPTION_PROMPT_MODEL_TYPES:
+    if not arch.traits.adaption_prompt_target:  # (Family.adaption_prompt_target)
         raise InvalidInputError(
             f"peft's adaption prompt runs on Llama, Mistral and GPT-2 models only (its "
             f"TRANSFORMERS_MODEL_CONFIG); {arch.name} is a {model_type} model."

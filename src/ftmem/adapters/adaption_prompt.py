@@ -50,7 +50,7 @@ class AdaptionPrompt:
         s = ctx.tokens // b
         H, d, n, e = arch.num_heads, arch.head_size, run.adaption_prompt[0], ctx.e
         query = ctx.tokens * H * d * e
-        if b == 1 and arch.traits.model_types[0] == "gpt2":
+        if b == 1 and arch.traits.fused_qkv:  # (GPT-2's c_attn: q a view of all three)
             query = ctx.tokens * (arch.q_size + 2 * arch.kv_size) * e
         probs = b * H * s * n  # elements of the scores over the prompt
         prompt = b * H * n * d  # elements of the repeated keys (values)

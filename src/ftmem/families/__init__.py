@@ -290,6 +290,10 @@ class Family:
     # target_parameters on the 3-D experts, gate_up at twice the rank, and no longer
     # adapt the dense or shared MLPs' linears of those names. gpt-oss has no mapping.
     peft_converts_expert_targets: bool = False
+    # The attention module peft's adaption prompt wraps in this model type (peft 0.21.2
+    # tuners/adaption_prompt/config.py TRANSFORMERS_MODEL_CONFIG: Llama's and Mistral's
+    # self_attn, GPT-2's attn); empty where peft's prepare_config refuses the model type.
+    adaption_prompt_target: str = ""
     # peft's default LN-tuning targets for the model type (peft 0.21.2 utils/constants.py
     # l.155-192 TRANSFORMERS_MODELS_TO_LNTUNING_TARGET_MODULES_MAPPING, the same at
     # huggingface/peft@5d602fdbff04); () where peft has none

@@ -87,6 +87,7 @@ FAMILY = Family(
     # ColossalAI shardformer: policies/gpt2.py:56 refuses all_to_all, :57-61 runs ring as split_gather
     colossalai_policy=SP_MODES - {"all_to_all"},
     model_types=("gpt2",),
+    adaption_prompt_target="attn",
     decoder_layer="GPT2Block",
     config=ConfigMap(_read, _build),
     names=GPT2_NAMES,

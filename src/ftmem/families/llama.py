@@ -32,6 +32,7 @@ FAMILY = Family(
     # without flash attention the replaced forward takes eager matmuls (modeling/llama.py:568-585)
     colossalai_sp_eager=True,
     model_types=("llama",),
+    adaption_prompt_target="self_attn",
     decoder_layer="LlamaDecoderLayer",
     config=llama_map("llama", LlamaKeys(optional=("attention_bias", "mlp_bias"))),
     names=LLAMA_NAMES,

@@ -25,6 +25,7 @@ FAMILY = Family(
     # 431-439; policies/mistral.py:249-253)
     colossalai_builds_mask=frozenset({"flash"}),
     model_types=("mistral",),
+    adaption_prompt_target="self_attn",
     decoder_layer="MistralDecoderLayer",
     config=llama_map("mistral", LlamaKeys(window="always", sliding=every_layer)),
     names=LLAMA_NAMES,

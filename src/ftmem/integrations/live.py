@@ -1154,11 +1154,12 @@ def _adaption_prompt(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     """peft's AdaptionPromptConfig: adapter_len and adapter_layers (tuners/adaption_prompt/
     config.py), on the attentions peft's own mapping names (another target_modules is
     not modelled)."""
-    from ftmem.methods import ADAPTION_PROMPT_MODEL_TYPES
+    from ftmem.families import by_model_type
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    default = {"gpt2": "attn"}.get(str(model_type), "self_attn")
-    if model_type in ADAPTION_PROMPT_MODEL_TYPES and pc.target_modules not in (None, default):
+    family = by_model_type().get(str(model_type))
+    default = family.adaption_prompt_target if family else ""
+    if default and pc.target_modules not in (None, default):
         raise InvalidInputError(
             f"peft's adaption prompt on {pc.target_modules!r} is not modelled; ftmem models "
             f"it on peft's own target ({default!r})."
