@@ -29,6 +29,7 @@ from ftmem.adapters.peanut import Peanut
 from ftmem.adapters.psoft import PSOFT
 from ftmem.adapters.shared_bank import banked_backward
 from ftmem.adapters.shira import Shira
+from ftmem.adapters.supertuning import Supertuning
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -456,6 +457,8 @@ def adapter_forward_build(
         return max((C3A.linear_forward(run, lin, T) + at(lin) for lin in plan.circulant), default=0)
     if run.method == "shira":  # SHiRA's weight rebuild, kept but in a graph-less forward
         return Shira.build(run, plan, keeps and not run.grad_ckpt)
+    if run.method == "supertuning":  # Super-Tuning's scatter_add into W', the same way
+        return Supertuning.build(run, plan, keeps and not run.grad_ckpt)
     if run.method == "miss":  # MiSS bat's weight rebuild, the same way
         return MiSS.bat_build(run, plan, T, in_bytes, keeps and not run.grad_ckpt)
     return LoHa.forward_build(plan, run, T, in_bytes, keeps and not run.grad_ckpt)
@@ -512,7 +515,8 @@ def adapter_moment(
       gradients of its rescaled sum (Phi-3 DoRA on qkv, bf16-mixed: -6 % without).
     - LoHa's Hadamard (LoKr's Kronecker, FourierFT's inverse FFT) backward at its largest
       linear (LoHa.backward_moment), MiSS bat's (MiSS.bat_backward), VeRA's
-      (VeRA.backward_own), SHiRA's (Shira.backward_own), C3A's (C3A.backward_own);
+      (VeRA.backward_own), SHiRA's (Shira.backward_own), Super-Tuning's
+      (Supertuning.backward_own), C3A's (C3A.backward_own);
       FourierFT's recomputed ΔW
       build with checkpointing.
 
@@ -595,8 +599,12 @@ def _peft_other_moment(
         return _miss_moment(arch, run, plan, block, e, T)
     if run.method in ("vera", "pvera", "randlora", "vblora", "tinylora", "unilora", "lily"):
         return shared_moment(arch, run, plan, block, e, T)
-    if run.method in ("shira", "c3a"):
-        moment_of = {"shira": shira_moment, "c3a": c3a_moment}[run.method]
+    if run.method in ("shira", "supertuning", "c3a"):
+        moment_of = {
+            "shira": shira_moment,
+            "supertuning": supertuning_moment,
+            "c3a": c3a_moment,
+        }[run.method]
         return moment_of(arch, run, plan, block, e, T)
     return None
 
@@ -702,6 +710,20 @@ def shira_moment(
         Shira.backward_own(plan, run, lin, T, True)
         - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
         for lin in plan.shira
+    ]
+    return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
+
+
+def supertuning_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int:
+    """Super-Tuning's backward at its largest linear (Supertuning.backward_own) beside the
+    block's incoming gradient, relative to the block's saved activations, as SHiRA's."""
+    mlp_side = freed_before_attention(arch, block)
+    moments = [
+        Supertuning.backward_own(plan, run, lin, T, True)
+        - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
+        for lin in plan.supertuning
     ]
     return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
 

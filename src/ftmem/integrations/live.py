@@ -622,6 +622,17 @@ def _shira(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     _wrapped(model, live, "shira", "shira_weight")
 
 
+def _supertuning(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's SupertuningConfig: its sparsity and the modules it wrapped
+    (supertuning_values); select_top picks which entries, not how many. A Supra r is read
+    too, for the run's refusal to name it."""
+    live.set("method", "supertuning", said)
+    live.set("supertuning_sparsity", float(pc.sparsity), said)
+    if pc.r is not None:
+        live.set("supertuning_r", int(pc.r), said)
+    _wrapped(model, live, "supertuning", "supertuning_values")
+
+
 def _waveft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     """peft's WaveFTConfig: its n_frequency and the modules it wrapped (waveft_spectrum);
     ftmem models the default db1 inverse transform only."""
@@ -1161,6 +1172,7 @@ _PEFT_READERS = {
     "PSOFT": _psoft,
     "HRA": _hra,
     "SHIRA": _shira,
+    "SUPERTUNING": _supertuning,
     "WAVEFT": _waveft,
     "C3A": _c3a,
     "BEFT": _beft,
