@@ -46,6 +46,7 @@ EXPECTED = {
     "glora",
     "peanut",
     "osf",
+    "supertuning",
     "lora",
     "head_lora",
     "prefix_tuning",

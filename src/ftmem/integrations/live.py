@@ -624,12 +624,15 @@ def _shira(model: Any, pc: Any, live: LiveRun, said: str) -> None:
 
 def _supertuning(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     """peft's SupertuningConfig: its sparsity and the modules it wrapped
-    (supertuning_values); select_top picks which entries, not how many. A Supra r is read
-    too, for the run's refusal to name it."""
+    (supertuning_values); select_top picks which entries, not how many. The Supra hybrid
+    (r set) is refused, as --supertuning-r is."""
+    if pc.r is not None:
+        raise InvalidInputError(
+            f"peft's Super-Tuning with r={pc.r} (the Supra hybrid: fp32 LoRA factors beside "
+            "the sparse entries) is not modelled; ftmem models Super-Tuning with r=None."
+        )
     live.set("method", "supertuning", said)
     live.set("supertuning_sparsity", float(pc.sparsity), said)
-    if pc.r is not None:
-        live.set("supertuning_r", int(pc.r), said)
     _wrapped(model, live, "supertuning", "supertuning_values")
 
 
