@@ -31,6 +31,7 @@ SETTINGS = [
         "adapter_dtype": "bf16",
     },
     {"method": "supertuning", "supertuning_targets": "k,o", "supertuning_sparsity": 0.0},
+    {"method": "supertuning", "supertuning_targets": "all-linear", "supertuning_r": 4},
 ]
 
 
@@ -54,6 +55,16 @@ def test_llama_3_2_3b_by_hand() -> None:
     lora = estimate("llama-3.2-3b", method="lora", lora_r=8)  # the same base weights
     lora_adapters = 28 * 8 * ((3072 + 3072) + (3072 + 1024)) * 4  # fp32 A and B
     assert est.memory.weights_bytes - lora.memory.weights_bytes == 8 * n - lora_adapters
+
+
+def test_supra_llama_3_2_3b_by_hand() -> None:
+    """Supra r 8 adds LoRA A (8 × in) and B (out × 8) per adapted linear, fp32:
+    28 · 8 · ((3072 + 3072) + (3072 + 1024)) = 2,293,760 beside the 3,523,184 values."""
+    est = estimate("llama-3.2-3b", method="supertuning", supertuning_r=8)
+    n = 28 * (int(3072 * 3072 * (1 - 0.99)) + int(1024 * 3072 * (1 - 0.99)))
+    lora = 28 * 8 * ((3072 + 3072) + (3072 + 1024))
+    assert est.model.n_trainable_params == n + lora == 5_816_944
+    assert est.memory.gradients_bytes == 4 * (n + lora)
 
 
 def test_counts_round_down_as_peft_does() -> None:
@@ -102,7 +113,14 @@ def test_index_buffers_match_peft_s() -> None:
 
 
 def _one_linear(
-    torch, base, shape: tuple[int, int], sparsity: float, T: int, in_grad: bool, bf16_values: bool
+    torch,
+    base,
+    shape: tuple[int, int],
+    sparsity: float,
+    T: int,
+    in_grad: bool,
+    bf16_values: bool,
+    r: int | None = None,
 ):
     """One peft Super-Tuning Linear on the CPU (ftmem's live-storage tracker): what its
     forward keeps (its growth less its output), the forward's peak beyond what it keeps
@@ -118,7 +136,7 @@ def _one_linear(
     model.add_module("up", torch.nn.Linear(in_f, out_f, bias=False))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        config = SupertuningConfig(sparsity=sparsity, target_modules=["up"])
+        config = SupertuningConfig(sparsity=sparsity, target_modules=["up"], r=r)
         model = get_peft_model(model.to(base), config, autocast_adapter_dtype=True)
         if bf16_values:
             for p in model.parameters():
@@ -148,12 +166,14 @@ def _one_linear(
 @pytest.mark.parametrize("shape", [(96, 160), (512, 64), (256, 512)], ids=str)
 @pytest.mark.parametrize("sparsity", [0.9, 0.5])
 @pytest.mark.parametrize("in_grad", [True, False])
+@pytest.mark.parametrize("r", [None, 4, 24])
 def test_kept_build_and_backward_match_one_peft_linear(
-    mode: str, shape: tuple[int, int], sparsity: float, in_grad: bool
+    mode: str, shape: tuple[int, int], sparsity: float, in_grad: bool, r: int | None
 ) -> None:
     """Supertuning.saved (scatter_add's int64 index; W' when the input needs a gradient;
-    the input itself is the caller's), Supertuning.build (kept and graph-less) and
-    Supertuning.backward_own against one peft Super-Tuning Linear: all exact."""
+    Supra's lora_A output and input cast; the input itself is the caller's),
+    Supertuning.build (kept and graph-less) and Supertuning.backward_own against one peft
+    Super-Tuning (Supra with ``r``) Linear: all exact."""
     torch = pytest.importorskip("torch")
     from ftmem.adapters.supertuning import Supertuning
     from ftmem.methods import supertuning_values
@@ -164,6 +184,7 @@ def test_kept_build_and_backward_match_one_peft_linear(
         method="supertuning",
         supertuning_targets="up",
         supertuning_sparsity=sparsity,
+        supertuning_r=r,
         adapter_dtype="bf16" if mode == "bf16-bf16" else "auto",
     )
     arch = tiny("llama", hidden_size=in_f, intermediate_size=out_f)
@@ -172,16 +193,19 @@ def test_kept_build_and_backward_match_one_peft_linear(
     base = torch.float32 if mode == "fp32" else torch.bfloat16
     T = 37
     kept, forward, graphless, backward = _one_linear(
-        torch, base, shape, sparsity, T, in_grad, mode == "bf16-bf16"
+        torch, base, shape, sparsity, T, in_grad, mode == "bf16-bf16", r
     )
     n, we = supertuning_values(lin, sparsity), (4 if mode == "fp32" else 2)
-    # derived by hand: the int64 index (8 B an entry), W' (out × in, base dtype)
-    assert kept == n * 8 + (in_f * out_f * we if in_grad else 0)
+    ae = 2 if mode == "bf16-bf16" else 4
+    # derived by hand: the int64 index (8 B an entry), W' (out × in, base dtype); Supra's
+    # lora_A output (T × r) and, where the dtypes differ, the input's cast
+    supra = T * r * ae + (T * in_f * ae if ae != we else 0) if r else 0
+    assert kept == n * 8 + (in_f * out_f * we if in_grad else 0) + supra
     if in_grad:
-        assert forward == Supertuning.build(run, plan, True)
-    else:  # (a graph keeps the index even where x needs no gradient: W' alone is freed)
+        assert forward == Supertuning.build(run, plan, T, True)
+    elif not r:  # (a graph keeps the index even where x needs no gradient: W' alone is freed)
         assert forward + n * 8 == graphless
-    assert graphless == Supertuning.build(run, plan, False)
+    assert graphless == Supertuning.build(run, plan, T, False)
     assert backward == Supertuning.backward_own(plan, run, lin, T, in_grad)
 
 
@@ -222,9 +246,10 @@ def test_supertuning_keeps_each_rebuilt_weight() -> None:
             "--supertuning-sparsity 0.9999999999 leaves",
         ),
         (
-            ["--method", "supertuning", "--supertuning-r", "8"],
-            "Supra hybrid (--supertuning-r",
+            ["--method", "supertuning", "--supertuning-r", "0"],
+            "--supertuning-r: Input should be greater than 0",
         ),
+        (["--method", "lora", "--supertuning-r", "8"], "--supertuning-r only applies to"),
         (["--method", "supertuning", "--autocast"], "Super-Tuning under autocast"),
         (["--method", "supertuning", "--precision", "bf16-mixed"], "Super-Tuning under autocast"),
         (
@@ -251,7 +276,8 @@ def test_models_not_modelled_are_refused(capsys) -> None:
 
 def test_live_peft_model_is_read() -> None:
     """A peft Super-Tuning model handed to ftmem's callback: its method, sparsity, wrapped
-    modules and the values' dtype; a Supra one is refused in one sentence."""
+    modules and the values' dtype; a Supra one's r; Supra with dropout is refused in one
+    sentence."""
     peft = pytest.importorskip("peft")
     pytest.importorskip("transformers")
     from ftmem.errors import InvalidInputError
@@ -269,6 +295,9 @@ def test_live_peft_model_is_read() -> None:
     )
     assert s["adapter_dtype"] == "fp32"
     supra = peft.SupertuningConfig(target_modules=["q_proj"], r=4)
-    model = peft.get_peft_model(tiny_llama(), supra)
-    with pytest.raises(InvalidInputError, match="the Supra hybrid"):
+    s = read_run(peft.get_peft_model(tiny_llama(), supra), args, given={"seq_len": 16}).settings
+    assert (s["supertuning_r"], s["supertuning_sparsity"]) == (4, 0.99)
+    dropped = peft.SupertuningConfig(target_modules=["q_proj"], r=4, lora_dropout=0.1)
+    model = peft.get_peft_model(tiny_llama(), dropped)
+    with pytest.raises(InvalidInputError, match=r"lora_dropout=0\.1 is not modelled"):
         read_run(model, args, given={"seq_len": 16})

@@ -1050,6 +1050,8 @@ def _peft_newer_settings(
     elif run.method == "supertuning":
         sparsity, targets = run.supertuning
         settings = dict(supertuning_sparsity=sparsity, supertuning_targets=targets)
+        if run.supertuning_r:
+            settings["supertuning_r"] = run.supertuning_r
         adapted = plan.supertuning
     elif run.method == "waveft":
         n, targets = run.waveft

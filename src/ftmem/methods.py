@@ -259,8 +259,9 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
     ),
     "supertuning": (
         "peft's Super-Tuning: the (1 − sparsity) largest-magnitude entries of each frozen "
-        "linear's weight trained, scatter-added onto it into a new weight in every forward "
-        "(--supertuning-sparsity, --supertuning-targets)",
+        "linear's weight trained, scatter-added onto it into a new weight in every forward; "
+        "with --supertuning-r (Supra) a LoRA A and B beside them (--supertuning-sparsity, "
+        "--supertuning-targets)",
         "Super-Tuning, arXiv:2607.09287; peft tuners/supertuning",
     ),
     "waveft": (
@@ -1559,6 +1560,12 @@ def _peft_other(
             lin,
         )
         for lin in other.supertuning
+    ]
+    supra = run.supertuning_r or 0  # Supra: LoRA A (r × in) and B (out × r) beside the values
+    groups += [
+        _adapter(f"{lin.module}.supertuning_lora_{name}.weight", shape, arch, dtypes, lin)
+        for lin in (other.supertuning if supra else ())
+        for name, shape in (("A", (supra, lin.in_features)), ("B", (lin.out_features, supra)))
     ]
     n = run.waveft[0]
     groups += [

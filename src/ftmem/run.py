@@ -1106,7 +1106,7 @@ class RunConfig(limits.BoundedSettings):
     supertuning_r: PositiveInt | None = Field(
         None,
         exclude_if=_unset,
-        description="Super-Tuning: the Supra hybrid's LoRA rank (not modelled: refused).",
+        description="Super-Tuning: the Supra hybrid's LoRA rank r (none: Super alone).",
     )
     # WaveFT (peft's n wavelet coefficients per linear, ΔW by an inverse 2-D wavelet transform)
     waveft_frequencies: PositiveInt | None = Field(
@@ -1536,11 +1536,6 @@ class RunConfig(limits.BoundedSettings):
             raise ValueError(
                 "MiSS bat under autocast is not modelled (its weight rebuild's casts were not "
                 "measured); use --miss-init default or mini, or drop autocast"
-            )
-        if self.method == "supertuning" and self.supertuning_r is not None:
-            raise ValueError(
-                "Super-Tuning's Supra hybrid (--supertuning-r: fp32 LoRA factors beside the "
-                "sparse entries) is not modelled; drop --supertuning-r"
             )
         if self.method in NO_AUTOCAST and self.uses_autocast:
             why = NO_AUTOCAST[self.method]

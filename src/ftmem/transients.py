@@ -458,7 +458,7 @@ def adapter_forward_build(
     if run.method == "shira":  # SHiRA's weight rebuild, kept but in a graph-less forward
         return Shira.build(run, plan, keeps and not run.grad_ckpt)
     if run.method == "supertuning":  # Super-Tuning's scatter_add into W', the same way
-        return Supertuning.build(run, plan, keeps and not run.grad_ckpt)
+        return Supertuning.build(run, plan, T, keeps and not run.grad_ckpt)
     if run.method == "miss":  # MiSS bat's weight rebuild, the same way
         return MiSS.bat_build(run, plan, T, in_bytes, keeps and not run.grad_ckpt)
     return LoHa.forward_build(plan, run, T, in_bytes, keeps and not run.grad_ckpt)

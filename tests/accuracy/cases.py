@@ -1302,6 +1302,19 @@ def _supertuning() -> list[Case]:
     }
     for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
         cases.append(Case("llama", {"method": "supertuning", **few, **extra}, WIDER_STILL))
+    # Supra (r): fp32 LoRA A and B beside the entries, the input's fp32 cast per linear
+    supra = {"method": "supertuning", "supertuning_r": 8}
+    for family, extra in (
+        ("llama", {"precision": "bf16"}),
+        ("llama", {"precision": "fp32"}),
+        ("llama", {"precision": "bf16", "grad_ckpt": True}),
+        ("llama", {"precision": "bf16", "adapter_dtype": "bf16"}),
+        ("qwen2", {"precision": "bf16"}),
+        ("phi3", {"precision": "fp32", "grad_ckpt": True}),
+    ):
+        cases.append(Case(family, {**supra, **extra}))
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {**supra, **few, **extra}, WIDER_STILL))
     return cases
 
 

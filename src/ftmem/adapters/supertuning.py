@@ -27,8 +27,20 @@ the mm makes W's gradient (out × in, base dtype) and x's beside W'; then W' fre
 gather's n values (base dtype) beside W's gradient; then that freed, their cast to the
 values' dtype where it differs, which becomes the values' gradient.
 
-Not modelled (refused): the Supra hybrid (``r`` set: fp32 LoRA A and B and the input's
-fp32 cast per linear), autocast, DeepSpeed's and FSDP's 16-bit casts, and Conv1D models.
+Supra (``r`` set: ``--supertuning-r``), the same forward then, per linear::
+
+    x_dropped = dropout(x).to(lora_A.weight.dtype)    # the input's cast (adapter dtype)
+    lora_out = lora_B(lora_A(x_dropped))              # T × r kept; T × out, adapter dtype
+    result = result + ((alpha / r) * lora_out).to(result.dtype)
+
+lora_A keeps the input's cast (the input itself where the dtypes agree) and lora_B its
+T × r input. Every local of the forward lives until it returns (``lora_out``, the values'
+cast; in a graph-less forward W', the int64 index and the input's cast too). Its backward
+runs the LoRA branch first (the later nodes), then the sparse branch beside A's and B's
+gradients and the LoRA branch's input gradient (supra_backward).
+
+Not modelled (refused): Supra's dropout, autocast, DeepSpeed's and FSDP's 16-bit casts,
+and Conv1D models.
 """
 
 from __future__ import annotations
@@ -75,50 +87,65 @@ class Supertuning:
         in_bytes: int,
     ) -> tuple[list[Saved], bool]:
         """Per Super-Tuning linear: scatter_add's int64 index and, when the input needs a
-        gradient, W' (base dtype); every one keeps the shared input itself (returned
-        True when one is present)."""
+        gradient, W' (base dtype); Supra's lora_A output (T × r) and the input's cast to
+        the adapter dtype where it differs. Every one keeps the shared input itself
+        (returned True when one is present)."""
         we = BYTES_PER_ELEMENT[ctx.plan.dtypes.base]
+        ae = BYTES_PER_ELEMENT[ctx.plan.dtypes.adapter]
+        r = ctx.run.supertuning_r
         out: list[Saved] = []
         for lin in (lin for lin in linears if lin.module in state.supertuning):
-            own = (lin,)
-            size = _entries(ctx.run, lin) * INDEX_BYTES
-            out.append(
-                Saved(f"{lin.label} Super-Tuning int64 index", size, Kind.SUPERTUNING, side, own)
-            )
+            items = [("int64 index", _entries(ctx.run, lin) * INDEX_BYTES)]
             if in_grad:
-                size = lin.in_features * lin.out_features * we
-                out.append(
-                    Saved(
-                        f"{lin.label} Super-Tuning rebuilt weight",
-                        size,
-                        Kind.SUPERTUNING,
-                        side,
-                        own,
-                    )
-                )
+                items.append(("rebuilt weight", lin.in_features * lin.out_features * we))
+            if r:
+                items.append(("Supra lora_A output", ctx.tokens * r * ae))
+            if r and in_bytes != ae:
+                items.append(("Supra input cast", ctx.tokens * lin.in_features * ae))
+            out += [
+                Saved(f"{lin.label} Super-Tuning {what}", size, Kind.SUPERTUNING, side, (lin,))
+                for what, size in items
+            ]
         return out, bool(out)
 
     @staticmethod
-    def build(run: RunConfig, plan: MethodPlan, kept: bool) -> int:
-        """The largest rebuild in a forward, beyond what the block keeps of it (``kept``:
-        the top block's, its input needing a gradient; not a checkpointed or frozen
-        block). At scatter_add: the int64 index, the values' cast to the base dtype
-        (where it differs) and W'. Measured alone: exactly these."""
+    def build(run: RunConfig, plan: MethodPlan, T: int, kept: bool) -> int:
+        """The largest rebuild in a forward, beyond what the block keeps of it and the
+        linear's output (``kept``: the top block's, its input needing a gradient; not a
+        checkpointed or frozen block). At scatter_add: the int64 index, the values' cast
+        to the base dtype (where it differs) and W'; with Supra, its input cast and
+        output-wide tensors after (supra_build), the values' cast and, graph-less, W' and
+        the index still live (the forward's locals). Measured alone: exactly these."""
         dt = plan.dtypes
         we, ae = BYTES_PER_ELEMENT[dt.base], BYTES_PER_ELEMENT[dt.adapter]
         held = []
         for lin in plan.supertuning:
             n, w = _entries(run, lin), lin.in_features * lin.out_features
-            cast = n * we if ae != we else 0
-            made = n * INDEX_BYTES + cast + w * we
-            held.append(made - (n * INDEX_BYTES + w * we if kept else 0))
+            made = n * INDEX_BYTES + w * we
+            if run.supertuning_r:
+                made += T * lin.in_features * ae if ae != we else 0  # (the input's cast)
+            own = made if kept else 0  # what the block keeps of them
+            if run.supertuning_r:
+                made += Supertuning.supra_build(lin, T, we, ae)
+            held.append(made + (n * we if ae != we else 0) - own)
         return max(held, default=0)
+
+    @staticmethod
+    def supra_build(lin: Linear, T: int, we: int, ae: int) -> int:
+        """Supra's output-wide tensors beyond the linear's output (T × out, base dtype):
+        at the cast, the sparse result, lora_out, its scaled copy and their cast (where
+        the dtypes differ), less the output not yet made; at the sum, the result,
+        lora_out and the cast (else the scaled copy) beside the output."""
+        out = T * lin.out_features
+        cast = out * we if ae != we else 0
+        return max(2 * out * ae + cast, out * we + out * ae + (cast or out * ae))
 
     @staticmethod
     def backward_own(plan: MethodPlan, run: RunConfig, lin: Linear, T: int, in_grad: bool) -> int:
         """One Super-Tuning linear's backward at its largest, beyond what its forward kept
-        and the output gradient it is handed, the values' gradient included. Three
-        moments:
+        and the output gradient it is handed, the adapter's gradients included. Supra's
+        LoRA branch first (supra_backward); then three moments, beside what that branch
+        left:
 
         - the mm's node: W's gradient (out × in, base dtype) and x's (T × in) beside W';
         - W' freed, scatter_add's: the gather of n values (base dtype) beside W's
@@ -136,4 +163,33 @@ class Supertuning:
         at_mm = w * we + gx
         at_gather = w * we + gx + n * we - kept_w
         at_cast = gx + n * (we + ae) - kept_w if ae != we else 0
-        return max(at_mm, at_gather, at_cast)
+        lora, left = Supertuning.supra_backward(run, lin, T, in_grad, we, ae, e)
+        return max(lora, left + max(at_mm, at_gather, at_cast))
+
+    @staticmethod
+    def supra_backward(
+        run: RunConfig, lin: Linear, T: int, in_grad: bool, we: int, ae: int, e: int
+    ) -> tuple[int, int]:
+        """Supra's LoRA branch, run first: its largest moment, and what it leaves for the
+        sparse branch (A's and B's gradients and the input's, less the input cast and
+        lora_A output it frees). Moments: the output gradient's cast to the adapter dtype
+        (where it differs) beside the scaled gradient; B's mm (that gradient, B's and
+        lora_A output's gradients); A's mm, lora_A's output freed (B's, A's and the cast
+        input's gradients); the input's cast freed, its gradient cast back (where the
+        dtypes differ).
+        Measured (one peft Supra Linear on the CPU): exact, tests/test_supertuning.py."""
+        r = run.supertuning_r
+        if not r:
+            return 0, 0
+        i, o = lin.in_features, lin.out_features
+        c = ae != we
+        grads = (o * r + r * i) * ae  # B's and A's gradients
+        gx_lora = T * i * ae if in_grad else 0
+        moments = (
+            (T * o * ae if c else 0) + T * o * ae,
+            T * o * ae + o * r * ae + T * r * ae,
+            grads + gx_lora,  # (lora_A output freed, its gradient in its place)
+            grads + gx_lora + T * i * (e - ae) - T * r * ae if in_grad and c else 0,
+        )
+        left = grads + (T * i * e if in_grad else 0) - T * r * ae - (T * i * ae if c else 0)
+        return max(moments), left

@@ -620,7 +620,8 @@ RUN = [
         "supertuning_r",
         OptInt,
         None,
-        "Super-Tuning: the Supra hybrid's LoRA rank (peft's r; not modelled: refused).",
+        "Super-Tuning: Supra, a LoRA A (r × in) and B (out × r) beside the trained entries "
+        "(peft's r; default none).",
     ),
     _opt(
         "waveft_frequencies",

@@ -624,15 +624,17 @@ def _shira(model: Any, pc: Any, live: LiveRun, said: str) -> None:
 
 def _supertuning(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     """peft's SupertuningConfig: its sparsity and the modules it wrapped
-    (supertuning_values); select_top picks which entries, not how many. The Supra hybrid
-    (r set) is refused, as --supertuning-r is."""
-    if pc.r is not None:
+    (supertuning_values), and Supra's r; select_top picks which entries, not how many.
+    Supra's LoRA dropout (its mask, T × in per linear) is not measured: refused."""
+    if pc.r is not None and pc.lora_dropout:
         raise InvalidInputError(
-            f"peft's Super-Tuning with r={pc.r} (the Supra hybrid: fp32 LoRA factors beside "
-            "the sparse entries) is not modelled; ftmem models Super-Tuning with r=None."
+            f"peft's Super-Tuning Supra with lora_dropout={pc.lora_dropout} is not modelled "
+            "(its dropout mask and dropped input were not measured); use lora_dropout=0."
         )
     live.set("method", "supertuning", said)
     live.set("supertuning_sparsity", float(pc.sparsity), said)
+    if pc.r is not None:
+        live.set("supertuning_r", int(pc.r), said)
     _wrapped(model, live, "supertuning", "supertuning_values")
 
 

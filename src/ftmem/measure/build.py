@@ -1152,18 +1152,19 @@ def _peft_shira(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modu
 
 
 def _peft_supertuning(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
-    """peft's Super-Tuning (Super mode: no LoRA factors) on the linears the estimate names,
-    its values in the dtype asked for."""
+    """peft's Super-Tuning (Supra with --supertuning-r) on the linears the estimate names,
+    its values and LoRA factors in the dtype asked for."""
     from peft import SupertuningConfig
 
     from ftmem.methods import supertuning_linears
 
     cfg = SupertuningConfig(
         sparsity=run.supertuning[0],
+        r=run.supertuning_r,
         target_modules=[lin.module for lin in supertuning_linears(arch, run)],
         task_type="CAUSAL_LM",
     )
-    return _peft_in_dtype(model, cfg, run, "supertuning_values")
+    return _peft_in_dtype(model, cfg, run, "supertuning_values", "supertuning_lora_")
 
 
 def _peft_waveft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
