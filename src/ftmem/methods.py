@@ -1550,23 +1550,7 @@ def _peft_other(
         )
         for lin in other.shira
     ]
-    sparsity = run.supertuning[0]
-    groups += [  # one 1-D values parameter per linear (peft's supertuning_values)
-        _adapter(
-            f"{lin.module}.supertuning_values",
-            (supertuning_values(lin, sparsity),),
-            arch,
-            dtypes,
-            lin,
-        )
-        for lin in other.supertuning
-    ]
-    supra = run.supertuning_r or 0  # Supra: LoRA A (r × in) and B (out × r) beside the values
-    groups += [
-        _adapter(f"{lin.module}.supertuning_lora_{name}.weight", shape, arch, dtypes, lin)
-        for lin in (other.supertuning if supra else ())
-        for name, shape in (("A", (supra, lin.in_features)), ("B", (lin.out_features, supra)))
-    ]
+    groups += _supertuning_groups(other.supertuning, arch, run, dtypes)
     n = run.waveft[0]
     groups += [
         _adapter(f"{lin.module}.waveft_spectrum", (n,), arch, dtypes, lin) for lin in other.wavelet
@@ -1808,6 +1792,30 @@ def _stored_params(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[t
         else:
             out.append((p, 0))
     return out
+
+
+def _supertuning_groups(
+    linears: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """Super-Tuning's one 1-D values parameter per linear (peft's supertuning_values) and,
+    with Supra (--supertuning-r), its LoRA A (r × in) and B (out × r) beside it."""
+    sparsity, r = run.supertuning[0], run.supertuning_r or 0
+    groups = [
+        _adapter(
+            f"{lin.module}.supertuning_values",
+            (supertuning_values(lin, sparsity),),
+            arch,
+            dtypes,
+            lin,
+        )
+        for lin in linears
+    ]
+    groups += [
+        _adapter(f"{lin.module}.supertuning_lora_{name}.weight", shape, arch, dtypes, lin)
+        for lin in (linears if r else ())
+        for name, shape in (("A", (r, lin.in_features)), ("B", (lin.out_features, r)))
+    ]
+    return groups
 
 
 def _adapter(
