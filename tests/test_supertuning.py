@@ -206,6 +206,8 @@ def test_kept_build_and_backward_match_one_peft_linear(
     elif not r:  # (a graph keeps the index even where x needs no gradient: W' alone is freed)
         assert forward + n * 8 == graphless
     assert graphless == Supertuning.build(run, plan, T, False)
+    # (a checkpointed block's first forward: the same, with the linear's output)
+    assert Supertuning.nograd_forward(run, plan, lin, T) == graphless + T * out_f * we
     assert backward == Supertuning.backward_own(plan, run, lin, T, in_grad)
 
 

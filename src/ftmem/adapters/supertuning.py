@@ -116,19 +116,32 @@ class Supertuning:
         to the base dtype (where it differs) and W'; with Supra, its input cast and
         output-wide tensors after (supra_build), the values' cast and, graph-less, W' and
         the index still live (the forward's locals). Measured alone: exactly these."""
+        return max(
+            (Supertuning.linear_build(run, plan, lin, T, kept) for lin in plan.supertuning),
+            default=0,
+        )
+
+    @staticmethod
+    def linear_build(run: RunConfig, plan: MethodPlan, lin: Linear, T: int, kept: bool) -> int:
+        """One linear's build (build)."""
         dt = plan.dtypes
         we, ae = BYTES_PER_ELEMENT[dt.base], BYTES_PER_ELEMENT[dt.adapter]
-        held = []
-        for lin in plan.supertuning:
-            n, w = _entries(run, lin), lin.in_features * lin.out_features
-            made = n * INDEX_BYTES + w * we
-            if run.supertuning_r:
-                made += T * lin.in_features * ae if ae != we else 0  # (the input's cast)
-            own = made if kept else 0  # what the block keeps of them
-            if run.supertuning_r:
-                made += Supertuning.supra_build(lin, T, we, ae)
-            held.append(made + (n * we if ae != we else 0) - own)
-        return max(held, default=0)
+        n, w = _entries(run, lin), lin.in_features * lin.out_features
+        made = n * INDEX_BYTES + w * we
+        if run.supertuning_r:
+            made += T * lin.in_features * ae if ae != we else 0  # (the input's cast)
+        own = made if kept else 0  # what the block keeps of them
+        if run.supertuning_r:
+            made += Supertuning.supra_build(lin, T, we, ae)
+        return made + (n * we if ae != we else 0) - own
+
+    @staticmethod
+    def nograd_forward(run: RunConfig, plan: MethodPlan, lin: Linear, T: int) -> int:
+        """One linear's forward without a graph (a checkpointed block's first forward) at
+        its largest, beyond its input (held by the caller): the graph-less build with the
+        linear's output (T × out, base dtype)."""
+        out = T * lin.out_features * BYTES_PER_ELEMENT[plan.dtypes.base]
+        return Supertuning.linear_build(run, plan, lin, T, False) + out
 
     @staticmethod
     def supra_build(lin: Linear, T: int, we: int, ae: int) -> int:
