@@ -47,6 +47,7 @@ EXPECTED = {
     "glora",
     "peanut",
     "osf",
+    "supertuning",
     "lora",
     "head_lora",
     "prefix_tuning",

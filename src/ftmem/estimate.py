@@ -1031,8 +1031,8 @@ def _peft_other_settings(
 def _peft_newer_settings(
     run: RunConfig, plan: MethodPlan
 ) -> tuple[dict[str, object], tuple[Linear, ...]] | None:
-    """HiRA's, PSOFT's, HRA's, SHiRA's, WaveFT's and C3A's settings and linears (None for
-    the other methods)."""
+    """HiRA's, PSOFT's, HRA's, SHiRA's, Super-Tuning's, WaveFT's and C3A's settings and
+    linears (None for the other methods)."""
     settings: dict[str, object]
     if run.method == "hira":
         r, targets = run.hira
@@ -1047,6 +1047,12 @@ def _peft_newer_settings(
     elif run.method == "shira":
         r, targets = run.shira
         settings, adapted = dict(shira_rank=r, shira_targets=targets), plan.shira
+    elif run.method == "supertuning":
+        sparsity, targets = run.supertuning
+        settings = dict(supertuning_sparsity=sparsity, supertuning_targets=targets)
+        if run.supertuning_r:
+            settings["supertuning_r"] = run.supertuning_r
+        adapted = plan.supertuning
     elif run.method == "waveft":
         n, targets = run.waveft
         settings, adapted = dict(waveft_frequencies=n, waveft_targets=targets), plan.wavelet

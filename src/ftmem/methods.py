@@ -265,6 +265,13 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "(--shira-rank, --shira-targets)",
         "Bhardwaj et al. 2024 (SHiRA), arXiv:2406.13175; peft tuners/shira",
     ),
+    "supertuning": (
+        "peft's Super-Tuning: the (1 − sparsity) largest-magnitude entries of each frozen "
+        "linear's weight trained, scatter-added onto it into a new weight in every forward; "
+        "with --supertuning-r (Supra) a LoRA A and B beside them (--supertuning-sparsity, "
+        "--supertuning-targets)",
+        "Super-Tuning, arXiv:2607.09287; peft tuners/supertuning",
+    ),
     "waveft": (
         "peft's WaveFT: n trained wavelet coefficients per linear, ΔW = the inverse 2-D "
         "wavelet transform (db1) of their sparse matrix, built whole (out × in) in every "
@@ -476,6 +483,8 @@ class MethodPlan:
     banked: tuple[Linear, ...] = ()
     # SHiRA: the linears whose weight is cloned with its sparse trained values added
     shira: tuple[Linear, ...] = ()
+    # Super-Tuning: the linears whose weight is scatter-added with its trained entries
+    supertuning: tuple[Linear, ...] = ()
     # WaveFT: the linears whose ΔW is an inverse wavelet transform of sparse coefficients
     wavelet: tuple[Linear, ...] = ()
     # C3A: the linears with a block circular convolution of their input beside them
@@ -1127,6 +1136,31 @@ def shira_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     return chosen
 
 
+def supertuning_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """The block linears with a Super-Tuning adapter (none for the other methods); peft
+    0.21.2 tuners/supertuning/layer.py update_layer refuses a sparsity that leaves no entry
+    (and tuners/supertuning/model.py _create_new_module takes torch.nn.Linear only)."""
+    if run.method != "supertuning":
+        return ()
+    sparsity, spec = run.supertuning
+    chosen = _lycoris_linears(arch, spec, "Super-Tuning")
+    for lin in chosen:
+        if supertuning_values(lin, sparsity) < 1:
+            raise InvalidInputError(
+                f"--supertuning-sparsity {sparsity} leaves {lin.module}'s {lin.out_features} × "
+                f"{lin.in_features} weight no trained entry (peft refuses it); lower it."
+            )
+    return chosen
+
+
+def supertuning_values(lin: Linear, sparsity: float) -> int:
+    """Super-Tuning's trained entries of one linear's weight: ``int(numel · (1 −
+    sparsity))`` in Python floats, as peft counts them (peft 0.21.2
+    tuners/supertuning/layer.py SupertuningLayer._num_trainable: 0.9 of a 160 × 96 weight
+    keeps 1,535, not 1,536)."""
+    return int(lin.in_features * lin.out_features * (1 - sparsity))
+
+
 def waveft_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     """The block linears with a WaveFT adapter (none for the other methods); peft 0.21.2
     tuners/waveft/layer.py update_layer refuses more coefficients than the weight has."""
@@ -1477,6 +1511,7 @@ class _PeftOther(NamedTuple):
     householder: tuple[Linear, ...]
     banked: tuple[Linear, ...]
     shira: tuple[Linear, ...]
+    supertuning: tuple[Linear, ...]
     wavelet: tuple[Linear, ...]
     circulant: tuple[Linear, ...]
     beft: tuple[Linear, ...]
@@ -1508,6 +1543,7 @@ def _peft_other(
         hra_linears(arch, run),
         banked_linears(arch, run),
         shira_linears(arch, run),
+        supertuning_linears(arch, run),
         waveft_linears(arch, run),
         c3a_linears(arch, run),
         beft_linears(arch, run),
@@ -1542,6 +1578,7 @@ def _peft_other(
         )
         for lin in other.shira
     ]
+    groups += _supertuning_groups(other.supertuning, arch, run, dtypes)
     n = run.waveft[0]
     groups += [
         _adapter(f"{lin.module}.waveft_spectrum", (n,), arch, dtypes, lin) for lin in other.wavelet
@@ -1783,6 +1820,30 @@ def _stored_params(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> list[t
         else:
             out.append((p, 0))
     return out
+
+
+def _supertuning_groups(
+    linears: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """Super-Tuning's one 1-D values parameter per linear (peft's supertuning_values) and,
+    with Supra (--supertuning-r), its LoRA A (r × in) and B (out × r) beside it."""
+    sparsity, r = run.supertuning[0], run.supertuning_r or 0
+    groups = [
+        _adapter(
+            f"{lin.module}.supertuning_values",
+            (supertuning_values(lin, sparsity),),
+            arch,
+            dtypes,
+            lin,
+        )
+        for lin in linears
+    ]
+    groups += [
+        _adapter(f"{lin.module}.supertuning_lora_{name}.weight", shape, arch, dtypes, lin)
+        for lin in (linears if r else ())
+        for name, shape in (("A", (r, lin.in_features)), ("B", (lin.out_features, r)))
+    ]
+    return groups
 
 
 def _adapter(

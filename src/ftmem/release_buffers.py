@@ -28,6 +28,7 @@ from ftmem.adapters.osf import buffer_bytes as osf_buffer_bytes
 from ftmem.adapters.psoft import buffer_bytes as psoft_buffer_bytes
 from ftmem.adapters.randlora import basis_bytes
 from ftmem.adapters.shira import index_bytes as shira_index_bytes
+from ftmem.adapters.supertuning import buffer_bytes as supertuning_buffer_bytes
 from ftmem.adapters.tinylora import buffer_bytes as tinylora_buffer_bytes
 from ftmem.adapters.trainable_tokens import buffer_bytes as trainable_tokens_buffer_bytes
 from ftmem.adapters.unilora import buffer_bytes as unilora_buffer_bytes
@@ -132,6 +133,7 @@ def adapter_buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     total += glora_buffer_bytes(plan, run, layers)  # (GLoRA's zero C, D, E)
     total += trainable_tokens_buffer_bytes(plan, run)  # (the original rows)
     total += osf_buffer_bytes(plan, run, layers)  # (OSF's frozen SVD factors)
+    total += supertuning_buffer_bytes(plan, run, layers)  # (Super-Tuning's int32 indices)
     return total + delora_buffer_bytes(plan, run, layers)
 
 

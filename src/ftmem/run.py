@@ -52,6 +52,7 @@ Method = Literal[
     "randlora",
     "vblora",
     "shira",
+    "supertuning",
     "waveft",
     "c3a",
     "tinylora",
@@ -194,6 +195,10 @@ DEFAULT_VBLORA = (4, 256, 256, 2)  # rank, num_vectors, vector_length, topk
 # peft's ShiraConfig default (peft 0.21.2 tuners/shira/config.py: r=32, mask_type random;
 # the same at 5d602fdbff04); target_modules from the LoRA mapping (q_proj, v_proj for Llama)
 DEFAULT_SHIRA_RANK = 32
+# peft's SupertuningConfig defaults (peft 0.21.2 tuners/supertuning/config.py: sparsity=0.99,
+# select_top=True, r=None); target_modules from its mapping, a copy of LoRA's (q_proj,
+# v_proj for Llama: utils/constants.py TRANSFORMERS_MODELS_TO_SUPERTUNING_TARGET_MODULES_MAPPING)
+DEFAULT_SUPERTUNING_SPARSITY = 0.99
 # peft's WaveFTConfig default (peft 0.21.2 tuners/waveft/config.py: n_frequency=2592,
 # wavelet_family db1, use_idwt True); target_modules from its mapping (q_proj, v_proj)
 DEFAULT_WAVE_FREQUENCIES = 2592
@@ -229,6 +234,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "adapter_dtype": ADAPTER_METHODS
     | {"ia3", "adapter", "loha", "lokr", "boft", "oft", "miss", "road", "vera", "fourierft"}
     | {"hira", "psoft", "hra", "pvera", "randlora", "vblora", "shira", "waveft"}
+    | {"supertuning"}
     | {"beft", "glora"}
     | {"peanut", "trainable-tokens"},
     "lora_fa": frozenset({"lora", "rslora"}),
@@ -274,6 +280,10 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{k: frozenset({"psoft"}) for k in ("psoft_rank", "psoft_targets", "psoft_neumann_terms")},
     **{k: frozenset({"hra"}) for k in ("hra_rank", "hra_targets")},
     **{k: frozenset({"shira"}) for k in ("shira_rank", "shira_targets")},
+    **{
+        k: frozenset({"supertuning"})
+        for k in ("supertuning_sparsity", "supertuning_targets", "supertuning_r")
+    },
     **{k: frozenset({"waveft"}) for k in ("waveft_frequencies", "waveft_targets")},
     **{k: frozenset({"c3a"}) for k in ("c3a_block_size", "c3a_targets")},
     "beft_targets": frozenset({"beft"}),
@@ -466,6 +476,7 @@ PEFT_MODEL_METHODS = {
     "randlora": "RandLoRA",
     "vblora": "VB-LoRA",
     "shira": "SHiRA",
+    "supertuning": "Super-Tuning",
     "waveft": "WaveFT",
     "c3a": "C3A",
     "tinylora": "TinyLoRA",
@@ -484,6 +495,7 @@ PEFT_MODEL_METHODS = {
 # are modelled)
 NO_AUTOCAST = {
     "osf": "",
+    "supertuning": "",
     "adaption-prompt": "",
     "cartridge": "",
 }
@@ -1105,6 +1117,24 @@ class RunConfig(limits.BoundedSettings):
     shira_targets: str | None = Field(
         None, exclude_if=_unset, description="SHiRA: adapted linears, roles or names (q,v)."
     )
+    # Super-Tuning (peft's trained largest-magnitude entries of each frozen weight)
+    supertuning_sparsity: FiniteFloat | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        exclude_if=_unset,
+        description="Super-Tuning: the share of each weight frozen; 1 − it trains (0.99).",
+    )
+    supertuning_targets: str | None = Field(
+        None,
+        exclude_if=_unset,
+        description="Super-Tuning: adapted linears, roles or names (q,v).",
+    )
+    supertuning_r: PositiveInt | None = Field(
+        None,
+        exclude_if=_unset,
+        description="Super-Tuning: the Supra hybrid's LoRA rank r (none: Super alone).",
+    )
     # WaveFT (peft's n wavelet coefficients per linear, ΔW by an inverse 2-D wavelet transform)
     waveft_frequencies: PositiveInt | None = Field(
         None, exclude_if=_unset, description="WaveFT: n_frequency per adapted linear (2592)."
@@ -1607,6 +1637,7 @@ class RunConfig(limits.BoundedSettings):
             "randlora_targets",
             "vblora_targets",
             "shira_targets",
+            "supertuning_targets",
             "waveft_targets",
             "c3a_targets",
             "tinylora_targets",
@@ -1937,6 +1968,13 @@ class RunConfig(limits.BoundedSettings):
     def hra(self) -> tuple[int, str]:
         """HRA's (r, targets), peft's defaults where not given."""
         return self.hra_rank or DEFAULT_HRA_RANK, self.hra_targets or "q,v"
+
+    @property
+    def supertuning(self) -> tuple[float, str]:
+        """Super-Tuning's (sparsity, targets), peft's defaults where not given."""
+        sparsity = self.supertuning_sparsity
+        sparsity = DEFAULT_SUPERTUNING_SPARSITY if sparsity is None else sparsity
+        return sparsity, self.supertuning_targets or "q,v"
 
     @property
     def shira(self) -> tuple[int, str]:

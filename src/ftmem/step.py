@@ -115,6 +115,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "randlora",
         "vblora",
         "shira",
+        "supertuning",
         "waveft",
         "c3a",
         "tinylora",

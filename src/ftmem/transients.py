@@ -29,6 +29,7 @@ from ftmem.adapters.peanut import Peanut
 from ftmem.adapters.psoft import PSOFT
 from ftmem.adapters.shared_bank import banked_backward
 from ftmem.adapters.shira import Shira
+from ftmem.adapters.supertuning import Supertuning
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -456,6 +457,8 @@ def adapter_forward_build(
         return max((C3A.linear_forward(run, lin, T) + at(lin) for lin in plan.circulant), default=0)
     if run.method == "shira":  # SHiRA's weight rebuild, kept but in a graph-less forward
         return Shira.build(run, plan, keeps and not run.grad_ckpt)
+    if run.method == "supertuning":  # Super-Tuning's scatter_add into W', the same way
+        return Supertuning.build(run, plan, T, keeps and not run.grad_ckpt)
     if run.method == "miss":  # MiSS bat's weight rebuild, the same way
         return MiSS.bat_build(run, plan, T, in_bytes, keeps and not run.grad_ckpt)
     return LoHa.forward_build(plan, run, T, in_bytes, keeps and not run.grad_ckpt)
@@ -512,7 +515,8 @@ def adapter_moment(
       gradients of its rescaled sum (Phi-3 DoRA on qkv, bf16-mixed: -6 % without).
     - LoHa's Hadamard (LoKr's Kronecker, FourierFT's inverse FFT) backward at its largest
       linear (LoHa.backward_moment), MiSS bat's (MiSS.bat_backward), VeRA's
-      (VeRA.backward_own), SHiRA's (Shira.backward_own), C3A's (C3A.backward_own);
+      (VeRA.backward_own), SHiRA's (Shira.backward_own), Super-Tuning's
+      (Supertuning.backward_own), C3A's (C3A.backward_own);
       FourierFT's recomputed ΔW
       build with checkpointing.
 
@@ -595,8 +599,12 @@ def _peft_other_moment(
         return _miss_moment(arch, run, plan, block, e, T)
     if run.method in ("vera", "pvera", "randlora", "vblora", "tinylora", "unilora", "lily"):
         return shared_moment(arch, run, plan, block, e, T)
-    if run.method in ("shira", "c3a"):
-        moment_of = {"shira": shira_moment, "c3a": c3a_moment}[run.method]
+    if run.method in ("shira", "supertuning", "c3a"):
+        moment_of = {
+            "shira": shira_moment,
+            "supertuning": supertuning_moment,
+            "c3a": c3a_moment,
+        }[run.method]
         return moment_of(arch, run, plan, block, e, T)
     return None
 
@@ -706,6 +714,20 @@ def shira_moment(
     return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
 
 
+def supertuning_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int:
+    """Super-Tuning's backward at its largest linear (Supertuning.backward_own) beside the
+    block's incoming gradient, relative to the block's saved activations, as SHiRA's."""
+    mlp_side = freed_before_attention(arch, block)
+    moments = [
+        Supertuning.backward_own(plan, run, lin, T, True)
+        - (0 if set(lin.roles) & set(MLP_ROLES) else mlp_side)
+        for lin in plan.supertuning
+    ]
+    return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
+
+
 def c3a_moment(
     arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
 ) -> int:
@@ -745,7 +767,7 @@ def checkpointed_forward_adapter(
     """A checkpointed block's forward keeps nothing, but each adapted linear still runs
     with its inputs held: the largest such moment (peft's promoted sum, DoRA's rebuild
     and rescale; measured on Phi-3 and Llama, forward phase -15 to -38 % without)."""
-    if run.grad_ckpt and run.method in ("vera", "pvera", "c3a"):
+    if run.grad_ckpt and run.method in ("vera", "pvera", "c3a", "supertuning"):
         return _graphless_forward(arch, run, plan, e, T)
     if not run.grad_ckpt or run.method not in ADAPTER_METHODS:
         return 0
@@ -756,19 +778,23 @@ def checkpointed_forward_adapter(
 
 
 def _graphless_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int) -> int:
-    """VeRA's, PVeRA's or C3A's linears in a checkpointed block's first forward (no
-    graph): at the largest, what the layer holds (the linear's input, the MLP's residual
-    stream, the outputs made before it: _layer_locals) beside the adapter's own forward
-    (VeRA.nograd_forward, C3A.nograd_forward). Measured on Llama with checkpointing:
+    """VeRA's, PVeRA's, C3A's or Super-Tuning's linears in a checkpointed block's first
+    forward (no graph): at the largest, what the layer holds (the linear's input, the
+    MLP's residual stream, the outputs made before it: _layer_locals) beside the adapter's
+    own forward (VeRA.nograd_forward, C3A.nograd_forward, Supertuning.nograd_forward;
+    Phi-3 checkpointed Supra fp32: forward -11.8 % without). Measured on Llama with checkpointing:
     forward -15 % (VeRA fp32, all linears), -29 % and -46 % (PVeRA bf16, fp32), -18 %
     (C3A fp32, all linears) without."""
     moments = []
-    for lin in plan.circulant if run.method == "c3a" else plan.vectored:
+    linears = {"c3a": plan.circulant, "supertuning": plan.supertuning}.get(run.method)
+    for lin in plan.vectored if linears is None else linears:
         if lin.copies > 1 or not lin.is_module:
             continue
         in_bytes = LinearOp.input_bytes(plan, lin, e)
         if run.method == "c3a":
             own = C3A.nograd_forward(run, lin, T, in_bytes, e)
+        elif run.method == "supertuning":
+            own = Supertuning.nograd_forward(run, plan, lin, T)
         else:
             own = VeRA.nograd_forward(plan, run, lin, T, in_bytes)
         held = LinearOp.held_inputs(arch, run, plan, lin, e, T, beside_saved=False)

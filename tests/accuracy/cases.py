@@ -1326,6 +1326,47 @@ def _shira() -> list[Case]:
     return cases
 
 
+def _supertuning() -> list[Case]:
+    """peft's Super-Tuning (its trained entries scatter-added onto the frozen weight into
+    W' every forward; W', scatter_add's int64 index and the input kept); on a wider model
+    at few tokens its weight gradient and rebuild are the peak."""
+    cases = [
+        Case(family, {"method": "supertuning", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3", "mixtral")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "grad_ckpt": True},
+        {"precision": "fp32", "grad_ckpt": True},
+        {"precision": "bf16", "adapter_dtype": "bf16"},
+        {"precision": "bf16", "supertuning_targets": "all-linear", "supertuning_sparsity": 0.9},
+    ):
+        cases.append(Case("llama", {"method": "supertuning", **extra}))
+    cases.append(Case("qwen2", {"method": "supertuning", "precision": "fp32", "grad_ckpt": True}))
+    few = {
+        "batch_size": 1,
+        "seq_len": 8,
+        "supertuning_targets": "all-linear",
+        "supertuning_sparsity": 0.5,
+    }
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {"method": "supertuning", **few, **extra}, WIDER_STILL))
+    # Supra (r): fp32 LoRA A and B beside the entries, the input's fp32 cast per linear
+    supra = {"method": "supertuning", "supertuning_r": 8}
+    for family, extra in (
+        ("llama", {"precision": "bf16"}),
+        ("llama", {"precision": "fp32"}),
+        ("llama", {"precision": "bf16", "grad_ckpt": True}),
+        ("llama", {"precision": "bf16", "adapter_dtype": "bf16"}),
+        ("qwen2", {"precision": "bf16"}),
+        ("phi3", {"precision": "fp32", "grad_ckpt": True}),
+    ):
+        cases.append(Case(family, {**supra, **extra}))
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {**supra, **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _waveft() -> list[Case]:
     """peft's WaveFT (FourierFT's ΔW path with an inverse wavelet transform, its stacked
     quarters kept besides); on a wider model at few tokens the build (and with
@@ -2071,6 +2112,7 @@ def _peft_methods() -> list[Case]:
     cases += _glora()
     cases += _shared_bank()
     cases += _shira()
+    cases += _supertuning()
     cases += _waveft()
     cases += _c3a()
     cases += _ln_tuning_lorafa()

@@ -612,6 +612,26 @@ RUN = [
     ),
     _opt("shira_targets", OptStr, None, "SHiRA: adapted linears, as --lora-targets (q,v)."),
     _opt(
+        "supertuning_sparsity",
+        OptFloat,
+        None,
+        "Super-Tuning: share of each adapted weight frozen, 0 to <1; the rest trains "
+        "(peft's sparsity, default 0.99).",
+    ),
+    _opt(
+        "supertuning_targets",
+        OptStr,
+        None,
+        "Super-Tuning: adapted linears, as --lora-targets (q,v).",
+    ),
+    _opt(
+        "supertuning_r",
+        OptInt,
+        None,
+        "Super-Tuning: Supra, a LoRA A (r × in) and B (out × r) beside the trained entries "
+        "(peft's r; default none).",
+    ),
+    _opt(
         "waveft_frequencies",
         OptInt,
         None,

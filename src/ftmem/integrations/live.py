@@ -626,6 +626,22 @@ def _shira(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     _wrapped(model, live, "shira", "shira_weight")
 
 
+def _supertuning(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's SupertuningConfig: its sparsity and the modules it wrapped
+    (supertuning_values), and Supra's r; select_top picks which entries, not how many.
+    Supra's LoRA dropout (its mask, T × in per linear) is not measured: refused."""
+    if pc.r is not None and pc.lora_dropout:
+        raise InvalidInputError(
+            f"peft's Super-Tuning Supra with lora_dropout={pc.lora_dropout} is not modelled "
+            "(its dropout mask and dropped input were not measured); use lora_dropout=0."
+        )
+    live.set("method", "supertuning", said)
+    live.set("supertuning_sparsity", float(pc.sparsity), said)
+    if pc.r is not None:
+        live.set("supertuning_r", int(pc.r), said)
+    _wrapped(model, live, "supertuning", "supertuning_values")
+
+
 def _waveft(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     """peft's WaveFTConfig: its n_frequency and the modules it wrapped (waveft_spectrum);
     ftmem models the default db1 inverse transform only."""
@@ -1184,6 +1200,7 @@ _PEFT_READERS = {
     "PSOFT": _psoft,
     "HRA": _hra,
     "SHIRA": _shira,
+    "SUPERTUNING": _supertuning,
     "WAVEFT": _waveft,
     "C3A": _c3a,
     "BEFT": _beft,

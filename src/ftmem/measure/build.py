@@ -749,8 +749,8 @@ def _with_trainable_set(
 
 def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """peft's wrapper of the method: IA³ and the prompt methods, LoHa and LoKr, MiSS and
-    RoAd, BOFT, OFT, VeRA, FourierFT, HiRA, PSOFT, HRA, SHiRA, WaveFT, C3A, else the LoRA
-    family (ADAPTER_METHODS)."""
+    RoAd, BOFT, OFT, VeRA, FourierFT, HiRA, PSOFT, HRA, SHiRA, Super-Tuning, WaveFT, C3A,
+    else the LoRA family (ADAPTER_METHODS)."""
     if run.method in PROMPT_METHODS or run.method == "ia3":
         return _peft_other(model, arch, run)
     wrappers = {
@@ -772,6 +772,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "psoft": _peft_psoft,
         "hra": _peft_hra,
         "shira": _peft_shira,
+        "supertuning": _peft_supertuning,
         "waveft": _peft_waveft,
         "c3a": _peft_c3a,
         "ln-tuning": _peft_ln_tuning,
@@ -1157,6 +1158,22 @@ def _peft_shira(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modu
         task_type="CAUSAL_LM",
     )
     return _peft_in_dtype(model, cfg, run, "shira_weight")
+
+
+def _peft_supertuning(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's Super-Tuning (Supra with --supertuning-r) on the linears the estimate names,
+    its values and LoRA factors in the dtype asked for."""
+    from peft import SupertuningConfig
+
+    from ftmem.methods import supertuning_linears
+
+    cfg = SupertuningConfig(
+        sparsity=run.supertuning[0],
+        r=run.supertuning_r,
+        target_modules=[lin.module for lin in supertuning_linears(arch, run)],
+        task_type="CAUSAL_LM",
+    )
+    return _peft_in_dtype(model, cfg, run, "supertuning_values", "supertuning_lora_")
 
 
 def _peft_waveft(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

@@ -80,6 +80,9 @@ ESTIMATED_BUFFERS = (
     "_osf_V_low_init.default",
     "_osf_U_high.default",
     "_osf_V_high.default",
+    # Super-Tuning's int32 entry indices (tuners/supertuning/layer.py BufferDict
+    # ``supertuning_indices``)
+    "supertuning_indices.default",
     "_psoft_A_cache.default",
     "_psoft_B_cache.default",
     "psoft_R.default.rows",

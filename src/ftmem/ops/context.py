@@ -52,6 +52,7 @@ class BlockState:
     householder: frozenset[str] = frozenset()  # HRA's
     banked: frozenset[str] = frozenset()  # RandLoRA's and VB-LoRA's
     shira: frozenset[str] = frozenset()  # SHiRA's (its rebuilt weight's mm)
+    supertuning: frozenset[str] = frozenset()  # Super-Tuning's (its rebuilt weight's mm)
     wavelet: frozenset[str] = frozenset()  # WaveFT's
     circulant: frozenset[str] = frozenset()  # C3A's
     beft: frozenset[str] = frozenset()  # BEFT's (a bias on the output: keeps nothing)
@@ -69,12 +70,12 @@ class BlockState:
         """Linears whose output needs a gradient for a parameter other than LoRA's: a
         trained bias (BitFit), an IA³ vector, a trained weight, a bottleneck adapter,
         adapter v2's bias and scale, a LoHa, LoKr, BOFT, OFT, MiSS, RoAd, VeRA, FourierFT,
-        HiRA, PSOFT, HRA, RandLoRA, VB-LoRA, SHiRA, WaveFT or C3A adapter."""
+        HiRA, PSOFT, HRA, RandLoRA, VB-LoRA, SHiRA, Super-Tuning, WaveFT or C3A adapter."""
         own = self.biased | self.scaled | self.trained | self.bottleneck | self.v2_scaled
         own |= self.miss | self.road | self.vectored | self.spectral | self.hira | self.psoft
         own |= self.householder | self.banked | self.shira | self.wavelet | self.circulant
         own |= self.beft | self.glora
-        own |= self.peanut | self.osf
+        own |= self.peanut | self.osf | self.supertuning
         return own | self.hadamard | self.kronecker | self.rotated | self.block_rotated
 
     def weight_trains(self, lin: Linear) -> bool:

@@ -22,6 +22,7 @@ from ftmem.adapters.psoft import PSOFT
 from ftmem.adapters.road import RoAd
 from ftmem.adapters.shared_bank import banked_saved
 from ftmem.adapters.shira import Shira
+from ftmem.adapters.supertuning import Supertuning
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
@@ -165,9 +166,10 @@ class LinearOp:
             out += LlamaAdapter.scale_saved(ctx, linears, state, side)
         # an OFT or BOFT linear's frozen matmul reads the rotated input, which needs a
         # gradient; HRA's F.linear takes W' (its weight's cast is HRA.saved's); a SHiRA
-        # linear never calls its base (Shira.saved keeps the rebuilt W's cast)
+        # linear never calls its base (Shira.saved keeps the rebuilt W's cast), nor does a
+        # Super-Tuning one (Supertuning.saved keeps its W')
         rotated = state.block_rotated | state.rotated
-        skipped = state.householder | state.shira
+        skipped = state.householder | state.shira | state.supertuning
         copied = [
             lin
             for lin in linears
@@ -204,6 +206,7 @@ class LinearOp:
             (state.psoft, PSOFT),
             (state.householder, HRA),
             (state.shira, Shira),
+            (state.supertuning, Supertuning),
             (state.circulant, C3A),
             (state.glora, GLoRA),
             (state.peanut, Peanut),

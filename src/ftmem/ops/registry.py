@@ -66,6 +66,7 @@ MODULES = (
     "ftmem.adapters.lily",
     "ftmem.adapters.miss",
     "ftmem.adapters.shira",
+    "ftmem.adapters.supertuning",
     "ftmem.adapters.c3a",
     "ftmem.adapters.road",
     "ftmem.adapters.boft",

@@ -44,6 +44,7 @@ class Kind(Enum):
     BANK = "bank"  # RandLoRA's and VB-LoRA's input casts, products and rebuilt factors
     MISS = "miss"  # MiSS's summed input, bat's weight copies
     SHIRA = "shira"  # SHiRA's rebuilt weight and sparse delta
+    SUPERTUNING = "supertuning"  # Super-Tuning's rebuilt weight and int64 index
     C3A = "c3a"  # C3A's fp32 input copies
     ROAD = "road"  # RoAd's cast and rotated outputs
     BOFT = "boft"  # BOFT's rotation matrices and scaled output
