@@ -38,7 +38,7 @@ from ftmem.versions import deepspeed_keeps_buffer_dtype
 CAST_ADAPTER_METHODS: frozenset[str] = (
     ADAPTER_METHODS
     | METHOD_SETTINGS["adapter_dtype"]
-    | {"tinylora", "unilora", "lily", "c3a"}
+    | {"tinylora", "adamss", "unilora", "lily", "c3a"}
     | PROMPT_METHODS
 )
 
@@ -56,6 +56,9 @@ UNMODELLED: dict[str, str] = {
     # objects, so its gradient-projection hooks stay, unlike peft's own fp32 cast that
     # adapters.osf models) and its fp32 buffers with them: neither measured
     "osf": "its gradient hooks and fp32 buffers under the engine's cast are not measured",
+    # peft's forward casts A_i, B_i and newB to the base weight's dtype per call, a no-op
+    # once the engine made them 16-bit: not measured
+    "adamss": "its factors and projection are measured in fp32 only",
 }
 
 # methods whose fp32 buffers meet the 16-bit input in a matmul: with parameters cast and

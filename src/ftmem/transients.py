@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from functools import partial
 
+from ftmem.adapters.adamss import AdaMSS
 from ftmem.adapters.beft import BEFT
 from ftmem.adapters.boft import BOFT
 from ftmem.adapters.boft import element_bytes as rotated_input_bytes
@@ -454,6 +455,16 @@ def adapter_forward_build(
         return HiRA.forward_build(plan, T, in_bytes, e, keeps and not run.grad_ckpt)
     if run.method == "c3a":  # its FFTs' complex outputs, kept or not
         return max((C3A.linear_forward(run, lin, T) + at(lin) for lin in plan.circulant), default=0)
+    if run.method == "adamss":  # its scatter's T × out copies (adapters.adamss)
+        if not kept_block:
+            return 0
+        return max(
+            (
+                AdaMSS.linear_forward(plan, run, lin, T) + T * lin.out_features * e + at(lin)
+                for lin in plan.banked
+            ),
+            default=0,
+        )
     if run.method == "shira":  # SHiRA's weight rebuild, kept but in a graph-less forward
         return Shira.build(run, plan, keeps and not run.grad_ckpt)
     if run.method == "miss":  # MiSS bat's weight rebuild, the same way
@@ -593,7 +604,16 @@ def _peft_other_moment(
         return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
         return _miss_moment(arch, run, plan, block, e, T)
-    if run.method in ("vera", "pvera", "randlora", "vblora", "tinylora", "unilora", "lily"):
+    if run.method in (
+        "vera",
+        "pvera",
+        "randlora",
+        "vblora",
+        "tinylora",
+        "adamss",
+        "unilora",
+        "lily",
+    ):
         return shared_moment(arch, run, plan, block, e, T)
     if run.method in ("shira", "c3a"):
         moment_of = {"shira": shira_moment, "c3a": c3a_moment}[run.method]
@@ -745,7 +765,7 @@ def checkpointed_forward_adapter(
     """A checkpointed block's forward keeps nothing, but each adapted linear still runs
     with its inputs held: the largest such moment (peft's promoted sum, DoRA's rebuild
     and rescale; measured on Phi-3 and Llama, forward phase -15 to -38 % without)."""
-    if run.grad_ckpt and run.method in ("vera", "pvera", "c3a"):
+    if run.grad_ckpt and run.method in ("vera", "pvera", "c3a", "adamss"):
         return _graphless_forward(arch, run, plan, e, T)
     if not run.grad_ckpt or run.method not in ADAPTER_METHODS:
         return 0
@@ -763,11 +783,14 @@ def _graphless_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: 
     forward -15 % (VeRA fp32, all linears), -29 % and -46 % (PVeRA bf16, fp32), -18 %
     (C3A fp32, all linears) without."""
     moments = []
-    for lin in plan.circulant if run.method == "c3a" else plan.vectored:
+    linears = {"c3a": plan.circulant, "adamss": plan.banked}.get(run.method, plan.vectored)
+    for lin in linears:
         if lin.copies > 1 or not lin.is_module:
             continue
         in_bytes = LinearOp.input_bytes(plan, lin, e)
-        if run.method == "c3a":
+        if run.method == "adamss":
+            own = AdaMSS.nograd_forward(plan, run, lin, T)
+        elif run.method == "c3a":
             own = C3A.nograd_forward(run, lin, T, in_bytes, e)
         else:
             own = VeRA.nograd_forward(plan, run, lin, T, in_bytes)
