@@ -604,6 +604,11 @@ def _peft_other_moment(
         return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
         return _miss_moment(arch, run, plan, block, e, T)
+    if run.method == "adamss" and run.grad_ckpt:
+        return max(
+            shared_moment(arch, run, plan, block, e, T),
+            _adamss_recompute(arch, run, plan, block, e, T),
+        )
     if run.method in (
         "vera",
         "pvera",
@@ -708,6 +713,29 @@ def shared_moment(
         for lin in plan.banked
     ]
     return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
+
+
+def _adamss_recompute(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int:
+    """A checkpointed block's recompute at its largest AdaMSS linear, relative to the
+    block's saved tensors: what the block has rebuilt up to and with that linear's own
+    items, the input its caller holds (an AdaMSS linear never keeps it) and the base
+    output beside the scatter's copies (AdaMSS.linear_forward)."""
+    moments = []
+    for lin in plan.banked:
+        own = [i for i, x in enumerate(block) if x.kind is Kind.BANK and x.linears == (lin,)]
+        if not own:
+            continue
+        held = LinearOp.held_inputs(arch, run, plan, lin, e, T, beside_saved=False)
+        if "o" in lin.roles:  # (the attention output: the attention keeps it)
+            held -= T * lin.in_features * LinearOp.input_bytes(plan, lin, e)
+        rebuilt = sum(x.nbytes for x in block[: own[-1] + 1])
+        forward = AdaMSS.linear_forward(plan, run, lin, T) + T * lin.out_features * e
+        moments.append(rebuilt + held + forward)
+    if not moments:
+        return 0
+    return max(moments) + incoming_gradient(arch, run, plan, e, T) - sum(x.nbytes for x in block)
 
 
 def shira_moment(
