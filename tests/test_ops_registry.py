@@ -54,6 +54,7 @@ EXPECTED = {
     "randlora",
     "vblora",
     "tinylora",
+    "adamss",
     "unilora",
     "lily",
 }

@@ -1,7 +1,7 @@
 """One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
 FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA, PVeRA, RandLoRA, VB-LoRA, SHiRA, WaveFT,
-C3A, TinyLoRA, UniLoRA, Lily, BEFT, DeFT, GLoRA, Peanut, trainable tokens, OSF): where they are
-modelled, and the sentence each refusal gives."""
+C3A, TinyLoRA, UniLoRA, Lily, BEFT, DeFT, GLoRA, Peanut, trainable tokens, OSF, AdaMSS):
+where they are modelled, and the sentence each refusal gives."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ NEW_METHODS = {
     "peanut": "Peanut",
     "trainable-tokens": "Trainable tokens",
     "osf": "OSF",
+    "adamss": "AdaMSS",
 }
 
 
