@@ -5,6 +5,7 @@ asked for. Imports peft; import it lazily."""
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from typing import Any
 
 from torch import nn
@@ -73,7 +74,9 @@ def _tinylora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module
 def _adamss(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
     """AdaMSS with peft's autocast (fp32 factors and projection on a 16-bit base; no
     --adapter-dtype). Its B_i start at zero (init_weights "orthogonal"), which changes no
-    memory. Needs scikit-learn (peft's KMeans)."""
+    memory. Needs scikit-learn (peft's KMeans: tuners/adamss/utils.py clustering_Z)."""
+    if find_spec("sklearn") is None:
+        raise RuntimeError("AdaMSS measurement needs scikit-learn (pip install scikit-learn).")
     from peft import AdamssConfig
 
     r, k, rank, _ = run.adamss
