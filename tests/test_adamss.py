@@ -180,6 +180,7 @@ def test_one_peft_linear(precision: str, bias: bool, shape: tuple, settings: dic
         (["--method", "adamss", "--precision", "bf16-mixed"], "AdaMSS under autocast"),
         (["--method", "adamss", "--framework", "torchtune"], "has no --method adamss"),
         (["--method", "adamss", "--strategy", "zero2"], "AdaMSS with 16-bit adapters"),
+        (["--method", "lora", "--adamss-asa"], "--adamss-asa only applies to adamss"),
     ],
 )
 def test_bad_input_is_one_sentence(args: list[str], expected: str, capsys) -> None:
@@ -195,7 +196,8 @@ def test_resolved_run_reports_the_adamss_settings() -> None:
 
 def test_live_peft_adamss_model_is_read() -> None:
     """A peft AdaMSS model handed to the live integration reads as --method adamss with
-    its r, subspaces, subspace rank and the modules peft wrapped; ASA is refused."""
+    its r, subspaces, subspace rank, ASA and the modules peft wrapped; dynamic ranks are
+    refused."""
     peft = pytest.importorskip("peft")
     pytest.importorskip("transformers")
     pytest.importorskip("sklearn")
@@ -217,5 +219,22 @@ def test_live_peft_adamss_model_is_read() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = peft.get_peft_model(tiny_llama(), config)
-    with pytest.raises(InvalidInputError, match="use_asa True"):
+    assert read_run(model, args, given={"seq_len": 16}).settings["adamss_asa"] is True
+    config = peft.AdamssConfig(r=12, target_modules=["q_proj"], use_dynamic_rank=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = peft.get_peft_model(tiny_llama(), config)
+    with pytest.raises(InvalidInputError, match="use_dynamic_rank is not modelled"):
         read_run(model, args, given={"seq_len": 16})
+
+
+def test_asa_keeps_two_importance_tensors_per_factor() -> None:
+    """ASA's exp_avg_ipt and exp_avg_unc, zeros_like every adamss_A and adamss_B (fp32 on
+    a bf16 base), are optimizer-step state beside AdamW's two moments: four factor-sized
+    tensors in all (peft 0.21.2 tuners/adamss/layer.py update_importance; measured in the
+    accuracy cases method=adamss with adamss_asa)."""
+    plain = estimate("llama-3.2-3b", method="adamss")
+    asa = estimate("llama-3.2-3b", method="adamss", adamss_asa=True)
+    trained = plain.model.n_trainable_params * 4  # (fp32)
+    got = asa.memory.optimizer_states_bytes - plain.memory.optimizer_states_bytes
+    assert got == 2 * trained

@@ -940,7 +940,11 @@ def _tiny_vector_resolved(run: RunConfig) -> dict[str, object]:
     if run.method == "adamss":
         r, k, rank, targets = run.adamss
         return dict(
-            adamss_rank=r, adamss_subspaces=k, adamss_subspace_rank=rank, adamss_targets=targets
+            adamss_rank=r,
+            adamss_subspaces=k,
+            adamss_subspace_rank=rank,
+            adamss_targets=targets,
+            adamss_asa=bool(run.adamss_asa),
         )
     if run.method == "lily":
         r, stride, num_b, targets = run.lily

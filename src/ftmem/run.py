@@ -258,7 +258,13 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     },
     **{
         k: frozenset({"adamss"})
-        for k in ("adamss_rank", "adamss_subspaces", "adamss_subspace_rank", "adamss_targets")
+        for k in (
+            "adamss_rank",
+            "adamss_subspaces",
+            "adamss_subspace_rank",
+            "adamss_targets",
+            "adamss_asa",
+        )
     },
     **{
         k: frozenset({"unilora"})
@@ -1137,6 +1143,11 @@ class RunConfig(limits.BoundedSettings):
     )
     adamss_targets: str | None = Field(
         None, exclude_if=_unset, description="AdaMSS: adapted linears, roles or names (q,v)."
+    )
+    adamss_asa: bool | None = Field(
+        None,
+        exclude_if=_unset,
+        description="AdaMSS: ASA (use_asa), its importance state during the pruning warm-up.",
     )
     # UniLoRA (peft's one trained vector theta_d every adapted factor indexes into)
     unilora_rank: PositiveInt | None = Field(

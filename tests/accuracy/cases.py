@@ -1459,6 +1459,9 @@ def _adamss() -> list[Case]:
             "llama",
             {"precision": "bf16", "adamss_targets": "all-linear", "batch_size": 1, "seq_len": 8},
         ),
+        # ASA's two importance tensors per factor and its update's temporaries
+        ("llama", {"precision": "bf16", "adamss_asa": True}),
+        ("qwen2", {"precision": "fp32", "adamss_asa": True, "adamss_targets": "all-linear"}),
     ):
         cases.append(Case(family, {"method": "adamss", **extra}))
     return cases

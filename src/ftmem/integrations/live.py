@@ -616,18 +616,19 @@ def _shared_bank(model: Any, pc: Any, live: LiveRun, said: str, kind: str) -> No
 
 def _adamss(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     """peft's AdamssConfig: r, num_subspaces, subspace_rank and the modules it wrapped
-    (adamss_A). ASA's importance state and ranks read off the singular values are not
-    modelled (peft 0.21.2 tuners/adamss/layer.py update_importance, update_layer)."""
-    if pc.use_asa or pc.use_dynamic_rank:
+    (adamss_A), ASA; ranks read off the singular values are not modelled (peft 0.21.2
+    tuners/adamss/layer.py update_layer use_dynamic_rank)."""
+    if pc.use_dynamic_rank:
         raise InvalidInputError(
-            f"peft AdaMSS with use_asa {pc.use_asa} and use_dynamic_rank "
-            f"{pc.use_dynamic_rank} is not modelled (ftmem models fixed subspace ranks "
-            "without ASA's importance state)."
+            "peft AdaMSS with use_dynamic_rank is not modelled (its ranks follow the "
+            "weights' singular values); ftmem models fixed subspace ranks."
         )
     live.set("method", "adamss", said)
     live.set("adamss_rank", int(pc.r), said)
     live.set("adamss_subspaces", int(pc.num_subspaces), said)
     live.set("adamss_subspace_rank", int(pc.subspace_rank), said)
+    if pc.use_asa:
+        live.set("adamss_asa", True, said)
     _wrapped(model, live, "adamss", "adamss_A")
 
 
