@@ -81,16 +81,20 @@ def _adamss(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
 
     r, k, rank, _ = run.adamss
     targets = [lin.module for lin in banked_linears(arch, run)]
-    # ASA from the first step (init_warmup 1) and no pruning in the steps measured
-    # (mask_interval above them): its importance state at its largest
-    asa = dict(use_asa=True, init_warmup=1, final_warmup=1000, mask_interval=100)
-    cfg = AdamssConfig(
-        r=r,
-        num_subspaces=k,
-        subspace_rank=rank,
-        target_modules=targets,
-        **(asa if run.adamss_asa else {}),
-    )
+    cfg = AdamssConfig(r=r, num_subspaces=k, subspace_rank=rank, target_modules=targets)
+    if run.adamss_asa:
+        # ASA from the first step (init_warmup 1) and no pruning in the steps measured
+        # (mask_interval above them): its importance state at its largest
+        cfg = AdamssConfig(
+            r=r,
+            num_subspaces=k,
+            subspace_rank=rank,
+            target_modules=targets,
+            use_asa=True,
+            init_warmup=1,
+            final_warmup=1000,
+            mask_interval=100,
+        )
     return _peft_in_dtype(model, cfg, run, "adamss_")
 
 
