@@ -2272,8 +2272,8 @@ def _adapter_notes(arch: Architecture, run: RunConfig) -> list[str]:
     if run.method == "adamss" and run.adamss[2] > 1:
         notes.append(
             f"AdaMSS: every subspace counted at rank {run.adamss[2]}, an upper bound: peft "
-            "gives a cluster with fewer output rows that many (KMeans decides the clusters "
-            "when peft wraps the model)."
+            "gives a cluster of fewer output rows a rank of its row count (KMeans decides "
+            "the clusters when peft wraps the model)."
         )
     return notes
 
