@@ -37,6 +37,9 @@ _DEEPSEEK = dict(
     dense_intermediate_size=160,
 )
 
+# the latent attention's own fields (a GQA family with DeepSeek's experts drops them)
+_LATENT_KEYS = ("v_head_dim", "q_lora_rank", "kv_lora_rank", "rotary_dim")
+
 # Qwen3-MoE's and gpt-oss's shape: GQA with head_dim (32) apart from hidden / heads (24),
 # 8 small experts (48 wide), top-2
 _SMALL_EXPERTS = dict(
@@ -195,6 +198,25 @@ TINY: dict[str, dict] = {
     ),
     # DeepSeek-V3 (_DEEPSEEK)
     "deepseek_v3": dict(family="deepseek_v3", **_DEEPSEEK),
+    # GLM-4.5: biased GQA attention with the rotary on half of each head and per-head q/k
+    # RMSNorms (use_qk_norm), DeepSeek-V3's experts (_DEEPSEEK's shape)
+    "glm4_moe": dict(
+        family="glm4_moe",
+        **{k: v for k, v in _DEEPSEEK.items() if k not in _LATENT_KEYS},
+        rotary_dim=12,
+        num_kv_heads=2,
+        attention_qkv_bias=True,
+        attention_out_bias=False,
+        qk_norm=True,
+    ),
+    # dots.llm1: Qwen3's attention (per-head q/k RMSNorms), DeepSeek-V3's experts
+    "dots1": dict(
+        family="dots1",
+        **{k: v for k, v in _DEEPSEEK.items() if k not in _LATENT_KEYS},
+        num_kv_heads=2,
+        qk_norm=True,
+        router_renormalises=False,  # (Dots1Config's norm_topk_prob default)
+    ),
     # DeepSeek-V2: V3's tensors, its softmax router and complex fp32 rotary
     "deepseek_v2": dict(family="deepseek_v2", **_DEEPSEEK),
     # Granite: Llama with scalar multipliers (the logits divided by logits_scaling)

@@ -211,6 +211,8 @@ def test_what_the_new_families_refuse(tmp_path, changes, message):
         ("stablelm", "qk_layernorm", (4 + 2) * 16),
         # one nn.LayerNorm(head_dim) with its bias for the queries, one for the keys
         ("phi", "qk_layernorm", 2 * 2 * 16),
+        # GLM-4.5's use_qk_norm: Qwen3's RMSNorm(head_dim) for the queries and the keys
+        ("glm4_moe", "use_qk_norm", 2 * 16),
     ],
 )
 def test_switched_q_k_norms_are_read_and_counted(tmp_path, model_type, key, norm_params):
@@ -369,3 +371,123 @@ def test_routing_weights_dtype_is_the_router_s(family):
     _, weights, _ = router(torch.randn(5, arch.hidden_size, dtype=torch.bfloat16))
     bf16 = 2
     assert MoE.product_bytes(arch, bf16) == max(bf16, weights.element_size())
+
+
+# zai-org/GLM-4.5-Air's config.json (as ms-swift printed it: presets/models/glm-4.5-air.yaml)
+GLM45_AIR = {
+    "model_type": "glm4_moe",
+    "attention_bias": True,
+    "first_k_dense_replace": 1,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "intermediate_size": 10944,
+    "max_position_embeddings": 131072,
+    "moe_intermediate_size": 1408,
+    "n_group": 1,
+    "n_routed_experts": 128,
+    "n_shared_experts": 1,
+    "norm_topk_prob": True,
+    "num_attention_heads": 96,
+    "num_experts_per_tok": 8,
+    "num_hidden_layers": 46,
+    "num_key_value_heads": 8,
+    "num_nextn_predict_layers": 1,
+    "partial_rotary_factor": 0.5,
+    "rope_theta": 1000000,
+    "routed_scaling_factor": 1.0,
+    "tie_word_embeddings": False,
+    "topk_group": 1,
+    "use_qk_norm": False,
+    "vocab_size": 151552,
+}
+
+
+def test_glm45_air_counts_as_transformers_builds_it(tmp_path):
+    """GLM-4.5-Air: DeepSeek's experts (the first block dense, one shared expert) under a
+    biased GQA attention with half-head rotary; 106,852,245,504 (the model card's "106B
+    total"; derived by hand in the preset) on the meta device, and the preset the same."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text(json.dumps(GLM45_AIR))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.rotary_size, arch.dense_layers, arch.shared_experts_size) == (64, 1, 1408)
+    assert (arch.attention_qkv_bias, arch.attention_out_bias, arch.qk_norm) == (True, False, False)
+    config = transformers.AutoConfig.for_model(**GLM45_AIR)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert count_params(arch) == sum(p.numel() for p in model.parameters()) == 106_852_245_504
+    assert count_params(resolve_model("glm-4.5-air")) == count_params(arch)
+
+
+def test_glm4_moe_takes_its_config_class_defaults(tmp_path):
+    """A config.json that leaves the experts' keys and the rotary's share out gets
+    Glm4MoeConfig's defaults (half-head rotary from its __post_init__), as transformers
+    builds it."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from ftmem.families.glm4_moe import DEFAULTS
+
+    bare = {
+        k: v for k, v in GLM45_AIR.items() if k not in DEFAULTS and k != "partial_rotary_factor"
+    }
+    bare.update(num_hidden_layers=2, hidden_size=256, num_attention_heads=8, head_dim=64)
+    (tmp_path / "config.json").write_text(json.dumps(bare))
+    arch = resolve_model(str(tmp_path))
+    config = transformers.AutoConfig.for_model(**bare)
+    for key, value in DEFAULTS.items():
+        assert getattr(config, key) == value, key
+    assert arch.rotary_size == 32  # int(64 x 0.5)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert count_params(arch) == sum(p.numel() for p in model.parameters())
+
+
+# dots.llm1.inst's config.json fields (presets/models/dots.llm1.inst.yaml says where from)
+DOTS_LLM1 = {
+    "model_type": "dots1",
+    "hidden_size": 4096,
+    "num_hidden_layers": 62,
+    "intermediate_size": 10944,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 152064,
+    "first_k_dense_replace": 1,
+    "moe_intermediate_size": 1408,
+    "n_routed_experts": 128,
+    "n_shared_experts": 2,
+    "num_experts_per_tok": 6,
+    "norm_topk_prob": True,
+    "routed_scaling_factor": 2.5,
+    "max_position_embeddings": 32768,
+    "rope_theta": 10000000,
+    "attention_bias": False,
+    "tie_word_embeddings": False,
+}
+
+
+def test_dots_llm1_counts_as_transformers_builds_it(tmp_path):
+    """dots.llm1: Qwen3's attention over DeepSeek's experts (two shared, the first block
+    dense): 142,774,373,888 on the meta device (the card's "142B total"; derived by hand
+    in the preset), the preset the same; Dots1Config's window slides on no layer of 62."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text(json.dumps(DOTS_LLM1))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.qk_norm, arch.sliding_window, arch.router_renormalises) == (True, None, True)
+    assert (arch.shared_experts_size, arch.dense_layers) == (2816, 1)
+    config = transformers.AutoConfig.for_model(**DOTS_LLM1)
+    assert set(config.layer_types) == {"full_attention"}
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert count_params(arch) == sum(p.numel() for p in model.parameters()) == 142_774_373_888
+    assert count_params(resolve_model("dots.llm1.inst")) == count_params(arch)
+
+
+def test_dots1_needs_its_expert_counts(tmp_path):
+    """Dots1Config has no default for the shared experts' count: a config.json without it
+    is refused in one sentence (transformers could not build the model either)."""
+    cfg = {k: v for k, v in DOTS_LLM1.items() if k != "n_shared_experts"}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="n_shared_experts"):
+        resolve_model(str(tmp_path))

@@ -117,13 +117,14 @@ def test_refusals_are_one_sentence() -> None:
 # parameter per wrapped attention that trains (k_proj and v_proj run on it every forward,
 # their outputs repeated over the batch), the query states recomputed (q_proj and the
 # rotary again), eager fp32 softmax scores over the prompt, and o_proj run a second time;
-# LitGPT caches its prompt keys and values without a graph and runs the gate over sdpa.
+# LitGPT caches its prompt keys and values without a graph and runs the gate over sdpa
+# (that one is --method adaption-prompt: tests/test_adaption_prompt.py).
 @pytest.mark.parametrize(
     ("framework", "what"),
     [
-        ("hf", "under --framework hf it would be peft's adaption_prompt"),
-        ("axolotl", "under --framework axolotl it would be peft's adaption_prompt"),
-        ("unsloth", "under --framework unsloth it would be peft's adaption_prompt"),
+        ("hf", "under --framework hf use --method adaption-prompt, peft's adaption_prompt"),
+        ("axolotl", "under --framework axolotl it would be peft's adaption_prompt, modelled as"),
+        ("unsloth", "under --framework unsloth it would be peft's adaption_prompt, modelled as"),
         ("torchtune", "torchtune has no LLaMA-Adapter recipe"),
     ],
 )

@@ -31,6 +31,7 @@ EXPECTED = {
     "dora",
     "ia3",
     "llama_adapter",
+    "adaption_prompt",
     "loha",
     "lokr",
     "miss",

@@ -1,12 +1,14 @@
 """One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
 FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA, PVeRA, RandLoRA, VB-LoRA, SHiRA, WaveFT,
-C3A, TinyLoRA, UniLoRA, Lily, BEFT, DeFT, GLoRA, Peanut, trainable tokens, OSF, AdaMSS):
-where they are modelled, and the sentence each refusal gives."""
+C3A, TinyLoRA, UniLoRA, Lily, BEFT, DeFT, GLoRA, Peanut, trainable tokens, OSF, the
+adaption prompt, Cartridge, AdaMSS): where they are modelled, and the sentence each refusal
+gives."""
 
 from __future__ import annotations
 
 import pytest
 
+from ftmem import estimate
 from ftmem.run import NO_AUTOCAST
 from tests.test_peft_methods import one_sentence
 
@@ -37,6 +39,8 @@ NEW_METHODS = {
     "peanut": "Peanut",
     "trainable-tokens": "Trainable tokens",
     "osf": "OSF",
+    "adaption-prompt": "Adaption prompt",
+    "cartridge": "Cartridge",
     "adamss": "AdaMSS",
 }
 
@@ -85,6 +89,13 @@ def test_conv1d_is_refused_with_the_right_reason(
     method: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # peft wraps Conv1D for VeRA and FourierFT (not modelled), not for the other four
+    if method == "adaption-prompt":  # (it wraps GPT-2's attention, no linear: measured)
+        assert estimate("gpt2", method=method).model.n_trainable_params == 12 * (10 * 768 + 1)
+        return
+    if method == "cartridge":  # (a key/value prefix, no linear: measured on GPT-2)
+        kv_all = 12 * 2 * 768  # 12 layers' keys and values
+        assert estimate("gpt2", method=method).model.n_trainable_params == 19 * kv_all
+        return
     err = _refusal(["gpt2", "--method", method], capsys)
     name = NEW_METHODS[method]
     if method == "trainable-tokens":  # (an embedding, no Conv1D: not measured on GPT-2)

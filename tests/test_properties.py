@@ -352,7 +352,8 @@ new_methods = st.sampled_from(
      "adalora", "loha", "lokr", "oft", "boft", "miss", "road", "vera", "fourierft",
      "hira", "psoft", "hra", "gralora", "delora", "pvera", "randlora", "vblora", "shira",
      "waveft", "c3a", "tinylora", "unilora", "lily", "beft", "deft", "glora",
-     "peanut", "trainable-tokens", "osf", "adamss"]
+     "peanut", "trainable-tokens", "osf", "adaption-prompt", "cartridge",
+     "adamss"]
 )  # fmt: skip
 features = st.fixed_dictionaries(
     {

@@ -15,6 +15,7 @@ from functools import lru_cache
 
 from ftmem.adapters import trainable_tokens
 from ftmem.adapters.adalora import AdaLoRA
+from ftmem.adapters.adaption_prompt import AdaptionPrompt
 from ftmem.adapters.head_lora import HeadLoRA
 from ftmem.adapters.llama_adapter import LlamaAdapter
 from ftmem.adapters.prompt import PromptEncoder
@@ -83,7 +84,10 @@ def block_saved(
     qkv_in_grad = x if post_norms else x or wn
     prefix = run.prefix_len > 0  # the layer's key/value prefix trains
     gate = state.gated_prompt  # LLaMA-Adapter's gate: the attention output needs a gradient
-    q_grad = x or w or adapted_attn or bias_attn or wn or prefix or gate
+    # (LitGPT's gate sits before the output projection, peft's adds after it: o_proj's
+    # input needs no gradient for peft's)
+    litgpt_gate = gate and run.method != "adaption-prompt"
+    q_grad = x or w or adapted_attn or bias_attn or wn or prefix or litgpt_gate
     # the attention output is the o_proj input: one storage, kept by the fused kernels
     # (unless transformers 4.48-4.55 copies the kernel's output first)
     kernel_keeps_o_input = (
@@ -143,7 +147,9 @@ def _attention(
     out += QKNorm.saved(ctx, state, qkv, x or w or wn, wn or state.qk_norms_trained)
     out += Attention.clamp_saved(ctx, attn_grads)
     out += Attention.saved(ctx, attn_grads)
-    if state.gated_prompt:
+    if state.gated_prompt and ctx.run.method == "adaption-prompt":
+        out += AdaptionPrompt.saved(ctx, "q" in attn_grads)
+    elif state.gated_prompt:
         out += LlamaAdapter.gate_saved(ctx, "q" in attn_grads)
     return out
 
@@ -216,7 +222,10 @@ def outer_saved(
         )
     below += PromptEncoder.saved(arch, run, plan.dtypes)
     below += trainable_tokens.saved(arch, run, plan)
-    if blocks_grad:
+    # peft's adaption prompt in the top block alone: the rotary runs only on a q that needs
+    # no gradient there (its input needs none), so no block keeps the tables (measured)
+    lone_prompt = run.method == "adaption-prompt" and plan.trainable_blocks == 1
+    if blocks_grad and not (lone_prompt and not run.grad_ckpt):
         below += Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
     above = Norm.saved(
         ctx,

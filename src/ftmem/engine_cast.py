@@ -56,6 +56,9 @@ UNMODELLED: dict[str, str] = {
     # objects, so its gradient-projection hooks stay, unlike peft's own fp32 cast that
     # adapters.osf models) and its fp32 buffers with them: neither measured
     "osf": "its gradient hooks and fp32 buffers under the engine's cast are not measured",
+    # (prefix tuning's encoder was measured cast; Cartridge's cat of its frozen and trained
+    # halves and their gradient storage were not)
+    "cartridge": "its cache halves and their gradient storage under the cast are not measured",
     # peft's forward casts A_i, B_i and newB to the base weight's dtype per call, a no-op
     # once the engine made them 16-bit: not measured
     "adamss": "its factors and projection are measured in fp32 only",

@@ -1105,9 +1105,15 @@ def _resolved_run(run: RunConfig, plan: MethodPlan, arch: Architecture) -> Resol
         given = run.trainable_token_ids is not None and "," in run.trainable_token_ids
         resolved["trainable_token_ids"] = ",".join(map(str, ids)) if given else str(len(ids))
         resolved["adapter_dtype"] = plan.dtypes.adapter
+    if run.method == "adaption-prompt":  # (peft has no defaults: ftmem's, made concrete)
+        resolved.update(
+            adapter_prompt_length=run.adaption_prompt[0], adapter_layers=plan.gated_blocks
+        )
     if run.method == "p-tuning":
         resolved.update(prompt_encoder=run.encoder, encoder_hidden=run.encoder_hidden)
     if run.method == "prefix-tuning":
         resolved["prefix_projection"] = bool(run.prefix_projection)
+    if run.method == "cartridge":
+        resolved["cartridge_frozen_tokens"] = run.cartridge_frozen
     # the values are the validated run's or the plan's own: no second validation
     return ResolvedRun.model_construct(**resolved)

@@ -34,6 +34,7 @@ from ftmem.profiles import profile_of
 from ftmem.regexes import compile_bounded
 from ftmem.run import (
     ADAPTER_METHODS,
+    KV_PREFIX_METHODS,
     LLAMA_ADAPTER_METHODS,
     PROMPT_METHODS,
     QUANTIZED_BASE_METHODS,
@@ -221,6 +222,13 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "embedding, the rest frozen (--trainable-token-ids; default 2, bos and eos)",
         "peft tuners/trainable_tokens (TrainableTokensConfig)",
     ),
+    "adaption-prompt": (
+        "peft's adaption prompt (LLaMA-Adapter): a learned prompt of n tokens and a "
+        "zero-init gate in each of the top --adapter-layers blocks (default all), its keys "
+        "and values run through the frozen k_proj/v_proj every forward "
+        "(--adapter-prompt-length, 10); Llama, Mistral and GPT-2 models",
+        "Zhang et al. 2023, arXiv:2303.16199; peft tuners/adaption_prompt",
+    ),
     "osf": (
         "peft's OSF: each adapted weight split by an SVD at wrap time, its t lowest singular "
         "directions trained beside frozen copies and run as two rank-2t linears every "
@@ -305,6 +313,11 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
     "prefix-tuning": (
         "per-layer key/value prefixes of n tokens (optionally through an MLP)",
         "Li & Liang 2021, arXiv:2101.00190",
+    ),
+    "cartridge": (
+        "peft's Cartridge: a trained key/value cache of n tokens served to every layer as "
+        "its prefix, the first --cartridge-frozen-tokens (1) frozen (--virtual-tokens)",
+        "Eyuboglu et al. 2025 (Cartridges), arXiv:2506.06266; peft tuners/cartridge",
     ),
 }
 
@@ -1431,8 +1444,15 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         # the adapter dtype (prompt methods take no --adapter-dtype; engine_cast's engines
         # cast it to 16-bit)
         groups.append(
-            TensorGroup(name, shape, 1, dtypes.adapter, True, adapter=True, in_block=False)
-        )
+            TensorGroup(
+                name, shape, 1, dtypes.adapter, True, adapter=True, in_block=False,
+                grad_numel=_cartridge_grad_numel(arch, run),
+            )
+        )  # fmt: skip
+    if run.cartridge_frozen:  # Cartridge's frozen leading tokens (requires_grad=False)
+        shape = (run.cartridge_frozen, 2 * arch.num_layers * prefix_token_dim(arch))
+        name = "prompt_encoder.frozen_embedding"
+        groups.append(TensorGroup(name, shape, 1, dtypes.adapter, False, True, in_block=False))
     notes += _adapter_notes(arch, run)
     notes += vision_step.notes(arch, run)
     saved = run.modules_to_save if run.method in ADAPTER_METHODS else frozenset()
@@ -1616,13 +1636,13 @@ def _trainable_blocks(
     elif run.method in NAMED_TRAINING_METHODS:
         first = next((i for i, names in enumerate(trained_by_block) if names), L)
         trainable_blocks = L - first
-    elif run.method == "llama-adapter":
+    elif run.method in ("llama-adapter", "adaption-prompt"):
         trainable_blocks = gated_blocks(arch, run)
     elif run.method in PROMPT_METHODS or run.method == "trainable-tokens":
         trainable_blocks = 0  # only the prompt encoder (the new rows) trains, outside the blocks
-        if run.method == "prefix-tuning" and not arch.traits.prefix_tuning:
+        if run.method in KV_PREFIX_METHODS and not arch.traits.prefix_tuning:
             raise InvalidInputError(
-                f"prefix-tuning does not run on {arch.family} models (peft 0.21 sizes the prefix "
+                f"{run.method} does not run on {arch.family} models (peft 0.21 sizes the prefix "
                 "for every query head, which their attention cache rejects); use prompt-tuning "
                 "or p-tuning instead."
             )
@@ -2512,6 +2532,12 @@ def prompt_encoder_shapes(arch: Architecture, run: RunConfig) -> list[tuple[str,
                 (f"{pe}.mlp_head.{i}.bias", (fan_out,)),
             ]
         return out
+    if run.method == "cartridge":
+        # CartridgeEncoder: the cache itself, its trained tokens (the frozen leading ones
+        # are a group of their own, _plan_method; peft 0.21.2 tuners/cartridge/model.py
+        # CartridgeEncoder.__init__)
+        kv_all = L * 2 * prefix_token_dim(arch)
+        return [(f"{pe}.trainable_embedding", (n - run.cartridge_frozen, kv_all))]
     if run.method == "prefix-tuning":
         td = prefix_token_dim(arch)
         kv_all = L * 2 * td  # keys and values of every layer
@@ -2528,9 +2554,24 @@ def prompt_encoder_shapes(arch: Architecture, run: RunConfig) -> list[tuple[str,
     return []
 
 
+def _cartridge_grad_numel(arch: Architecture, run: RunConfig) -> int:
+    """Cartridge with frozen tokens: peft's ``weight`` is ``cat([frozen, trainable])`` every
+    forward (tuners/cartridge/model.py CartridgeEncoder.weight), so the trained tokens'
+    gradient is cat's backward's narrow of the whole n × 2·L·token_dim gradient, a
+    contiguous view AccumulateGrad keeps as ``.grad``: its storage is the whole cache's
+    (measured: 20 tokens, 1 frozen, tiny Llama: 30,720 B, not 29,184). 0 otherwise."""
+    if not run.cartridge_frozen:
+        return 0
+    return run.n_virtual * 2 * arch.num_layers * prefix_token_dim(arch)
+
+
 def gated_blocks(arch: Architecture, run: RunConfig) -> int:
     """LLaMA-Adapter: how many blocks, counted from the top, hold an adaption prompt and
-    its gate (litgpt/adapter.py CausalSelfAttention: ``block_idx >= adapter_start_layer``)."""
+    its gate (litgpt/adapter.py CausalSelfAttention: ``block_idx >= adapter_start_layer``;
+    peft: the last ``adapter_layers`` attentions, tuners/adaption_prompt/model.py
+    add_adapter)."""
+    if run.method == "adaption-prompt":
+        return _adaption_prompt_blocks(arch, run)
     if run.method not in LLAMA_ADAPTER_METHODS:
         return 0
     start = run.adaption_prompt[1]
@@ -2547,6 +2588,42 @@ def gated_blocks(arch: Architecture, run: RunConfig) -> int:
             f"multi-head attention; {arch.name} is not one."
         )
     return arch.num_layers - start
+
+
+# the model types peft's adaption prompt wraps (peft 0.21.2 tuners/adaption_prompt/config.py
+# TRANSFORMERS_MODEL_CONFIG; prepare_config refuses the others)
+ADAPTION_PROMPT_MODEL_TYPES = ("llama", "mistral", "gpt2")
+
+
+def _adaption_prompt_blocks(arch: Architecture, run: RunConfig) -> int:
+    """peft's adaption prompt: --adapter-layers (default every block), on the model types
+    peft knows, where its key/value heads come out as the model's (it takes
+    ``factor = k_proj.in_features // k_proj.out_features`` as queries per key/value head,
+    layer.py AdaptedAttention.forward, which holds only where hidden = heads × head_dim)."""
+    model_type = arch.traits.model_types[0]
+    if arch.vision is not None:
+        raise InvalidInputError(
+            f"peft's adaption prompt is modelled on text-only models; {arch.name} is an "
+            "image-text model."
+        )
+    if model_type not in ADAPTION_PROMPT_MODEL_TYPES:
+        raise InvalidInputError(
+            f"peft's adaption prompt runs on Llama, Mistral and GPT-2 models only (its "
+            f"TRANSFORMERS_MODEL_CONFIG); {arch.name} is a {model_type} model."
+        )
+    if arch.hidden_size != arch.num_heads * arch.head_size:
+        raise InvalidInputError(
+            f"peft's adaption prompt derives the key/value heads from k_proj's in/out "
+            f"features, which breaks where hidden size ({arch.hidden_size}) is not heads × "
+            f"head_dim ({arch.num_heads} × {arch.head_size}), as in {arch.name}."
+        )
+    n_blocks = run.adapter_layers or arch.num_layers
+    if n_blocks > arch.num_layers:
+        raise InvalidInputError(
+            f"--adapter-layers {n_blocks} is more than {arch.name}'s {arch.num_layers} "
+            "blocks (peft refuses it); give at most that."
+        )
+    return n_blocks
 
 
 def v2_scaled_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
@@ -2572,6 +2649,14 @@ def llama_adapter_groups(
         return []
     length = run.adaption_prompt[0]
     dt = dtypes.adapter
+    if run.method == "adaption-prompt":
+        # peft's: adaption_prompt (1, n, h) and adaption_gate (1,), both trained (their
+        # keys and values recomputed with grad every forward: adapters.adaption_prompt)
+        return [
+            TensorGroup("self_attn.adaption_prompt", (1, length, arch.hidden_size), n_gated,
+                        dt, True, True),
+            TensorGroup("self_attn.adaption_gate", (1,), n_gated, dt, True, True),
+        ]  # fmt: skip
     groups = [
         TensorGroup(
             "attn.adapter_wte.weight",

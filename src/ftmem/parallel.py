@@ -517,6 +517,13 @@ def check_layout(arch: Architecture, run: RunConfig, par: ParallelConfig) -> Non
                     f"--tp {tp} must divide {arch.name}'s {n} {what}; "
                     f"try --tp {_largest_divisor(n, tp)}."
                 )
+    if run.method == "adaption-prompt" and max(tp, pp, cp) > 1:
+        # (peft's AdaptedAttention reads the heads from the config and k_proj's shape, so a
+        # head-split attention breaks it; no transformers trainer pipelines a peft model)
+        raise InvalidInputError(
+            "peft's adaption prompt is modelled on data-parallel ranks (DDP, ZeRO, FSDP) "
+            "only: drop --tp, --pp and --cp."
+        )
     _check_uneven_stack(arch, par)
     profile = profile_of(run)
     if par.fsdp_version and profile.fsdp_version and par.fsdp_version != profile.fsdp_version:

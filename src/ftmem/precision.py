@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftmem.dtypes import BYTES_PER_ELEMENT, Dtype, StorageFormat
-from ftmem.run import LLAMA_ADAPTER_METHODS, RunConfig
+from ftmem.run import GATED_PROMPT_METHODS, RunConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +84,12 @@ def resolve_dtypes(run: RunConfig) -> Dtypes:
     autocast = run.uses_autocast
     compute: Dtype = half if (autocast or base != "fp32") else "fp32"
     adapter: Dtype
-    if run.method in LLAMA_ADAPTER_METHODS:
-        adapter = base  # LitGPT builds the adapter with the model, in Fabric's precision
+    if run.method in GATED_PROMPT_METHODS:
+        # LitGPT builds the adapter with the model, in Fabric's precision; peft's adaption
+        # prompt takes q_proj's (GPT-2: c_proj's) weight dtype, and is no BaseTuner, so
+        # autocast_adapter_dtype never upcasts it (peft 0.21.2 tuners/adaption_prompt/
+        # layer.py AdaptedAttention.__init__, model.py AdaptionPromptModel)
+        adapter = base
     elif run.adapter_dtype == "auto":
         adapter = "fp32"
     else:

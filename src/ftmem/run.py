@@ -64,10 +64,12 @@ Method = Literal[
     "peanut",
     "trainable-tokens",
     "osf",
+    "adaption-prompt",
     "ln-tuning",
     "prompt-tuning",
     "prefix-tuning",
     "p-tuning",
+    "cartridge",
 ]
 Precision = Literal["fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed"]
 AdapterDtype = Literal["auto", "fp32", "bf16", "fp16"]
@@ -125,7 +127,12 @@ ADAPTER_METHODS: frozenset[str] = frozenset(
 )
 # virtual tokens learned in front of the input (prompt, P-tuning) or of every layer's
 # keys and values (prefix)
-PROMPT_METHODS: frozenset[str] = frozenset({"prompt-tuning", "prefix-tuning", "p-tuning"})
+PROMPT_METHODS: frozenset[str] = frozenset(
+    {"prompt-tuning", "prefix-tuning", "p-tuning", "cartridge"}
+)
+# the prompt methods served as every layer's key/value prefix (peft's past_key_values):
+# prefix tuning, and Cartridge (peft 0.21.2 tuners/cartridge: the prefix itself trained)
+KV_PREFIX_METHODS: frozenset[str] = frozenset({"prefix-tuning", "cartridge"})
 DEFAULT_VIRTUAL_TOKENS = 20
 # LLaMA-Adapter as LitGPT implements it (litgpt/adapter.py, adapter_v2.py): a gated adaption
 # prompt in the top blocks; v2 adds a bias and scale to every linear and trains the norms
@@ -134,6 +141,10 @@ LLAMA_ADAPTER_METHODS: frozenset[str] = frozenset({"llama-adapter", "llama-adapt
 # lit_gpt/adapter.py@8641822b): adapter_prompt_length = 10, adapter_start_layer = 2
 DEFAULT_ADAPTER_PROMPT_LENGTH = 10
 DEFAULT_ADAPTER_START_LAYER = 2
+# peft's adaption prompt (peft 0.21.2 tuners/adaption_prompt/: AdaptionPromptConfig's
+# adapter_len and adapter_layers, the top blocks' attentions wrapped): the same gated prompt
+# as LitGPT's LLaMA-Adapter, run another way (adapters.adaption_prompt)
+GATED_PROMPT_METHODS: frozenset[str] = LLAMA_ADAPTER_METHODS | {"adaption-prompt"}
 # the methods that take a quantised base (--quant): QLoRA, and LitGPT's adapters under
 # Lightning's bitsandbytes plugin (litgpt@0f021f3a finetune/adapter.py --quantize)
 QUANTIZED_BASE_METHODS: frozenset[str] = frozenset({"qlora"}) | LLAMA_ADAPTER_METHODS
@@ -287,10 +298,12 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "trainable_token_ids": frozenset({"trainable-tokens"}),
     **{k: frozenset({"osf"}) for k in ("osf_rank", "osf_targets")},
     "adalora_target_r": frozenset({"adalora"}),
-    "adapter_prompt_length": LLAMA_ADAPTER_METHODS,
+    "adapter_prompt_length": GATED_PROMPT_METHODS,
+    "adapter_layers": frozenset({"adaption-prompt"}),
     "adapter_start_layer": LLAMA_ADAPTER_METHODS,
     "virtual_tokens": PROMPT_METHODS,
     "prefix_projection": frozenset({"prefix-tuning"}),
+    "cartridge_frozen_tokens": frozenset({"cartridge"}),
     "encoder_hidden": frozenset({"p-tuning", "prefix-tuning"}),
     "prompt_encoder": frozenset({"p-tuning"}),
     "quant": QUANTIZED_BASE_METHODS,
@@ -383,7 +396,9 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "adapter_size": limits.WIDTH,
     "adapter_prompt_length": limits.TOKENS,
     "adapter_start_layer": limits.LAYERS,
+    "adapter_layers": limits.LAYERS,
     "virtual_tokens": limits.TOKENS,
+    "cartridge_frozen_tokens": limits.TOKENS,
     "encoder_hidden": limits.WIDTH,
     "eval_batch_size": limits.SEQUENCES,
     "generate_batch_size": limits.SEQUENCES,
@@ -481,11 +496,15 @@ PEFT_MODEL_METHODS = {
     "peanut": "Peanut",
     "trainable-tokens": "trainable tokens",
     "osf": "OSF",
+    "adaption-prompt": "adaption prompt",
+    "cartridge": "Cartridge",
 }
 # methods not modelled under autocast, with the reason where one is known (VeRA's casts
 # are modelled)
 NO_AUTOCAST = {
     "osf": "",
+    "adaption-prompt": "",
+    "cartridge": "",
     "adamss": "its casts of the fp32 factors were not measured",
 }
 
@@ -882,11 +901,19 @@ class RunConfig(limits.BoundedSettings):
     )
     # LLaMA-Adapter (LitGPT)
     adapter_prompt_length: PositiveInt | None = Field(
-        None, description="llama-adapter: tokens of the adaption prompt (LitGPT's default 10)."
+        None,
+        description="llama-adapter, adaption-prompt: tokens of the adaption prompt (10: "
+        "LitGPT's default, peft's adapter_len in its examples).",
     )
     adapter_start_layer: NonNegativeInt | None = Field(
         None,
         description="llama-adapter: the first block with an adaption prompt (LitGPT's default 2).",
+    )
+    adapter_layers: PositiveInt | None = Field(
+        None,
+        exclude_if=_unset,
+        description="adaption-prompt: blocks, from the top, with an adaption prompt (peft's "
+        "adapter_layers; default every block).",
     )
     # IA³
     ia3_targets: str | None = Field(
@@ -1180,6 +1207,12 @@ class RunConfig(limits.BoundedSettings):
     encoder_hidden: PositiveInt | None = Field(
         None, description="Hidden width of the prefix MLP or P-tuning encoder (default: hidden)."
     )
+    cartridge_frozen_tokens: NonNegativeInt | None = Field(
+        None,
+        exclude_if=_unset,
+        description="cartridge: leading virtual tokens kept frozen (peft's num_frozen_tokens, "
+        "default 1).",
+    )
     prompt_encoder: Literal["mlp", "lstm"] | None = Field(
         None, description="p-tuning: the prompt encoder (peft's MLP or bidirectional LSTM)."
     )
@@ -1340,16 +1373,23 @@ class RunConfig(limits.BoundedSettings):
         parameter per block that trains through k_proj and v_proj every forward, recomputed
         query states, an fp32 softmax over the prompt: peft 0.21.2
         src/peft/tuners/adaption_prompt/layer.py AdaptedAttention.forward), for Llama,
-        Mistral and GPT-2 only (config.py TRANSFORMERS_MODEL_CONFIG): not modelled."""
+        Mistral and GPT-2 only (config.py TRANSFORMERS_MODEL_CONFIG): that one is
+        --method adaption-prompt (adapters.adaption_prompt); peft has no v2."""
         if self.method not in LLAMA_ADAPTER_METHODS or self.framework == "litgpt":
             return
         script = "finetune_adapter_v2" if self.method == "llama-adapter-v2" else "finetune_adapter"
-        other = (
-            "torchtune has no LLaMA-Adapter recipe"
-            if self.framework == "torchtune"
-            else f"under --framework {self.framework} it would be peft's adaption_prompt, "
-            "which keeps other tensors and is not modelled"
-        )
+        if self.framework == "torchtune":
+            other = "torchtune has no LLaMA-Adapter recipe"
+        elif self.framework in ADALORA_FRAMEWORKS:  # (those that take any peft model)
+            other = (
+                f"under --framework {self.framework} use --method adaption-prompt, peft's "
+                "adaption_prompt (peft has no v2)"
+            )
+        else:
+            other = (
+                f"under --framework {self.framework} it would be peft's adaption_prompt, "
+                "modelled as --method adaption-prompt under --framework hf"
+            )
         raise ValueError(
             f"--method {self.method} is LitGPT's (litgpt {script}): give --framework "
             f"litgpt; {other}"
@@ -1411,9 +1451,9 @@ class RunConfig(limits.BoundedSettings):
                 "--encoder-hidden applies to p-tuning and to prefix-tuning with "
                 "--prefix-projection only"
             )
-        if self.method == "prefix-tuning" and self.grad_ckpt:
+        if self.method in KV_PREFIX_METHODS and self.grad_ckpt:
             raise ValueError(
-                "prefix-tuning does not work with gradient checkpointing (peft refuses it: "
+                f"{self.method} does not work with gradient checkpointing (peft refuses it: "
                 "the prefix lives in the KV cache); drop --grad-ckpt"
             )
         if self.quant == "int4" and self.double_quant is not None:
@@ -1553,6 +1593,17 @@ class RunConfig(limits.BoundedSettings):
                 f"{PEFT_MODEL_METHODS.get(self.method, 'LoKr')} under autocast (--precision "
                 f"bf16-mixed / fp16-mixed or --autocast) is not modelled"
                 f"{f' ({why})' if why else ''}; use --precision bf16 or fp32 without --autocast"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cartridge_tokens_fit(self) -> RunConfig:
+        """Cartridge freezes at most its virtual tokens (peft 0.21.2 tuners/cartridge/
+        config.py __post_init__ refuses more)."""
+        if self.method == "cartridge" and self.cartridge_frozen > self.n_virtual:
+            raise ValueError(
+                f"--cartridge-frozen-tokens {self.cartridge_frozen} is more than the "
+                f"{self.n_virtual} virtual tokens (peft refuses it); give at most that"
             )
         return self
 
@@ -1788,7 +1839,9 @@ class RunConfig(limits.BoundedSettings):
 
     @property
     def adaption_prompt(self) -> tuple[int, int]:
-        """(prompt length, start layer) of LLaMA-Adapter's gated adaption prompts."""
+        """(prompt length, start layer) of LLaMA-Adapter's gated adaption prompts (the
+        start layer is LitGPT's; peft's adaption-prompt counts --adapter-layers from the
+        top: methods.gated_blocks)."""
         length = self.adapter_prompt_length or DEFAULT_ADAPTER_PROMPT_LENGTH
         start = self.adapter_start_layer
         return length, DEFAULT_ADAPTER_START_LAYER if start is None else start
@@ -2082,7 +2135,16 @@ class RunConfig(limits.BoundedSettings):
     @property
     def prefix_len(self) -> int:
         """Extra key/value positions every attention sees (prefix tuning's prefix)."""
-        return self.n_virtual if self.method == "prefix-tuning" else 0
+        return self.n_virtual if self.method in KV_PREFIX_METHODS else 0
+
+    @property
+    def cartridge_frozen(self) -> int:
+        """Cartridge's frozen leading tokens (peft 0.21.2 tuners/cartridge/config.py
+        num_frozen_tokens: 1, the paper's attention sink)."""
+        if self.method != "cartridge":
+            return 0
+        frozen = self.cartridge_frozen_tokens
+        return 1 if frozen is None else frozen
 
     @property
     def encoder(self) -> str:

@@ -61,7 +61,7 @@ from ftmem.profiles import (
     profile_of,
 )
 from ftmem.release_buffers import adapter_buffer_bytes, release_buffer_bytes
-from ftmem.run import LLAMA_ADAPTER_METHODS, UNPAIRED_OBJECTIVES, RunConfig
+from ftmem.run import GATED_PROMPT_METHODS, UNPAIRED_OBJECTIVES, RunConfig
 from ftmem.sequence_parallel import coloattention_mask_bytes
 from ftmem.transients import (
     adapter_forward_build,
@@ -96,6 +96,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "bitfit",
         "ia3",
         "prefix-tuning",
+        "cartridge",
         "adapter",
         "loha",
         "lokr",
@@ -168,7 +169,7 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
 
         # one object per distinct state: step_parts derives each once
         return [state(inputs_grad)] + [state(True)] * (L - 1)
-    if run.method in LLAMA_ADAPTER_METHODS:
+    if run.method in GATED_PROMPT_METHODS:
         return _llama_adapter_states(arch, plan, inputs_grad)
     if run.method in NAMED_TRAINING_METHODS:
         return _partial_states(arch, plan, inputs_grad)
@@ -190,9 +191,9 @@ def _block_states(arch: Architecture, run: RunConfig, plan: MethodPlan) -> list[
 def _llama_adapter_states(
     arch: Architecture, plan: MethodPlan, inputs_grad: bool
 ) -> list[BlockState]:
-    """LLaMA-Adapter: the blocks below the first gated one keep nothing (frozen, their
-    input needs no gradient); the first gated block's gate needs its attention output's
-    gradient, and every block above needs its input's. v2: every block trains its norms
+    """LLaMA-Adapter (LitGPT's and peft's): the blocks below the first gated one keep
+    nothing (frozen, their input needs no gradient); the first gated block's gate needs
+    its attention output's gradient, and every block above needs its input's. v2: every block trains its norms
     and its linears' bias and scale, so every block's input but the first needs a
     gradient."""
     L = arch.num_layers

@@ -59,7 +59,7 @@ MATRIX_METHODS = [
 
 # families whose LoRA on MLP linears ftmem refuses (peft turns gate/up/down targets of a
 # transformers-5 MoE model into LoRA on its 3-D experts): their matrix adapts attention
-MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3")
+MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3", "glm4_moe", "dots1")
 
 # a wider tiny model, where the quantised weights outweigh the per-block constants
 WIDER = {"hidden_size": 128, "intermediate_size": 256}
@@ -780,6 +780,8 @@ NEW_WIRING = (
     "glm",
     "glm4",
     "exaone4",
+    "glm4_moe",
+    "dots1",
 )
 
 
@@ -1604,6 +1606,57 @@ def _osf() -> list[Case]:
     return cases
 
 
+def _adaption_prompt() -> list[Case]:
+    """peft's adaption prompt (the prompt's keys and values through the frozen k_proj and
+    v_proj every forward, q recomputed, an fp32 softmax, the gate): the three model types
+    peft wraps, both precisions, checkpointing, one gated block (its q needs no gradient:
+    no keys, no rotary tables kept), GPT-2 at one sample (q a view of c_attn's output),
+    eager attention; on a wider model at few tokens the prompt's moments count."""
+    ap = {"method": "adaption-prompt"}
+    cases = [Case(family, {**ap, "precision": "bf16"}) for family in ("llama", "mistral", "gpt2")]
+    for family, extra in (
+        ("llama", {"precision": "fp32"}),
+        ("gpt2", {"precision": "fp32"}),
+        ("llama", {"precision": "bf16", "grad_ckpt": True}),
+        ("mistral", {"precision": "bf16", "grad_ckpt": True}),
+        ("gpt2", {"precision": "fp32", "grad_ckpt": True}),
+        ("llama", {"precision": "bf16", "adapter_layers": 1, "adapter_prompt_length": 4}),
+        ("mistral", {"precision": "fp32", "adapter_layers": 1}),
+        ("llama", {"precision": "bf16", "adapter_layers": 1, "grad_ckpt": True}),
+        ("gpt2", {"precision": "bf16", "batch_size": 1}),
+        ("gpt2", {"precision": "bf16", "seq_len": 120, "adapter_prompt_length": 32}),
+        ("llama", {"precision": "bf16", "attn": "eager"}),
+    ):
+        cases.append(Case(family, {**ap, **extra}))
+    few = {"batch_size": 1, "seq_len": 8}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "grad_ckpt": True}):
+        cases.append(Case("llama", {**ap, **few, **extra}, WIDER_STILL))
+    return cases
+
+
+def _cartridge() -> list[Case]:
+    """peft's Cartridge (prefix tuning's key/value path, the cache itself trained, its
+    first tokens frozen: the trained rows' gradient keeps the whole cache's storage):
+    families, both precisions, eager attention, no frozen token, more tokens; on a wider
+    model at few tokens the cache's gradient and moments count."""
+    ca = {"method": "cartridge"}
+    cases = [
+        Case(family, {**ca, "precision": "bf16"})
+        for family in ("llama", "mistral", "gpt2", "qwen2")
+    ]
+    for extra in (
+        {"precision": "fp32"},
+        {"precision": "bf16", "cartridge_frozen_tokens": 0},
+        {"precision": "fp32", "virtual_tokens": 40, "cartridge_frozen_tokens": 4},
+        {"precision": "bf16", "attn": "eager"},
+    ):
+        cases.append(Case("llama", {**ca, **extra}))
+    few = {"batch_size": 1, "seq_len": 8}
+    for extra in ({"precision": "bf16"}, {"precision": "fp32", "virtual_tokens": 64}):
+        cases.append(Case("llama", {**ca, **few, **extra}, WIDER_STILL))
+    return cases
+
+
 def _psoft() -> list[Case]:
     """peft's PSOFT (x's fp32 cast, x·Aᵀ and the r × r rotation kept, the fp32 output-wide
     products in forward): the exact solve and the Cayley-Neumann series, fp32, checkpointed,
@@ -1994,6 +2047,8 @@ def _peft_methods() -> list[Case]:
     cases += _hira()
     cases += _peanut()
     cases += _osf()
+    cases += _adaption_prompt()
+    cases += _cartridge()
     cases += _psoft()
     cases += _hra()
     cases += _beft()

@@ -29,7 +29,9 @@ class PromptEncoder:
         n, h = run.n_virtual, arch.hidden_size
         if not n:
             return []
-        out = [Saved("virtual token ids", n * INDEX_BYTES)]
+        # (Cartridge ignores the ids: its cache is the parameter itself, expanded over the
+        # batch; peft 0.21.2 tuners/cartridge/model.py CartridgeEncoder.forward)
+        out = [] if run.method == "cartridge" else [Saved("virtual token ids", n * INDEX_BYTES)]
         autocast = dtypes.autocast
         act = 2 if autocast else BYTES_PER_ELEMENT[dtypes.adapter]
 

@@ -452,13 +452,21 @@ RUN = [
         "adapter_prompt_length",
         OptInt,
         None,
-        "llama-adapter(-v2): adaption prompt tokens (default 10, LitGPT's).",
+        "llama-adapter(-v2), adaption-prompt: adaption prompt tokens (default 10, LitGPT's; "
+        "peft's adapter_len).",
     ),
     _opt(
         "adapter_start_layer",
         OptInt,
         None,
         "llama-adapter(-v2): first block with an adaption prompt (default 2, LitGPT's).",
+    ),
+    _opt(
+        "adapter_layers",
+        OptInt,
+        None,
+        "adaption-prompt: blocks with an adaption prompt, from the top (peft's "
+        "adapter_layers; default all).",
     ),
     _opt("ia3_targets", OptStr, None, "IA³: scaled linears, roles or names (default k,v,down)."),
     _opt("loha_rank", OptInt, None, "LoHa: rank r of each low-rank pair (default 8, peft's)."),
@@ -642,7 +650,16 @@ RUN = [
         "adalora: average rank the allocator prunes to (default 8; --lora-r is init_r).",
     ),
     _opt(
-        "virtual_tokens", OptInt, None, "prompt / prefix / P-tuning: virtual tokens (default 20)."
+        "virtual_tokens",
+        OptInt,
+        None,
+        "prompt / prefix / P-tuning, cartridge: virtual tokens (default 20).",
+    ),
+    _opt(
+        "cartridge_frozen_tokens",
+        OptInt,
+        None,
+        "cartridge: leading virtual tokens kept frozen (default 1, peft's num_frozen_tokens).",
     ),
     _opt(
         "prefix_projection",

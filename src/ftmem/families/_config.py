@@ -205,14 +205,22 @@ def every_nth_full(key: str, default: int) -> SlidingPattern:
     return count
 
 
-def above_max_window_layers(cfg: Config, layers: int) -> int:
-    """Qwen2Config and Qwen3Config: ``"sliding_attention" if ... i >= max_window_layers``
-    (transformers 5.24 configuration_qwen2.py, configuration_qwen3.py __post_init__;
-    max_window_layers defaults to 28): the layers from max_window_layers on slide."""
-    first = cfg.get("max_window_layers", 28)
-    if isinstance(first, bool) or not isinstance(first, int) or first < 0:
-        raise wrong("max_window_layers", "a non-negative integer", first)
-    return max(0, layers - first)
+def from_max_window_layers(default: int) -> SlidingPattern:
+    """Config classes that slide ``"sliding_attention" if ... i >= max_window_layers``: the
+    layers from max_window_layers on slide, ``default`` where config.json does not say."""
+
+    def count(cfg: Config, layers: int) -> int:
+        first = cfg.get("max_window_layers", default)
+        if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+            raise wrong("max_window_layers", "a non-negative integer", first)
+        return max(0, layers - first)
+
+    return count
+
+
+# Qwen2Config and Qwen3Config (transformers 5.24 configuration_qwen2.py,
+# configuration_qwen3.py __post_init__; max_window_layers defaults to 28)
+above_max_window_layers = from_max_window_layers(28)
 
 
 def on_nope_layers(cfg: Config, layers: int) -> int:

@@ -11,6 +11,7 @@ built by transformers (``_keys_to_ignore_on_load_unexpected``) and is not counte
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -42,16 +43,57 @@ NAMES = replace(
 )
 
 
-def read_deepseek(cfg: Config, out: Config, defaults: Config) -> None:
-    """The latent attention's and the experts' keys, with the config class's defaults
-    for those a config.json leaves out (``defaults``)."""
+def _counter(cfg: Config, defaults: Config) -> Callable[..., int]:
+    """A count from config.json, else the config class's default (``defaults``; None:
+    the class has none to fall back on)."""
 
     def count(key: str, bound: limits.Bound = limits.WIDTH) -> int:
-        if defaults[key] is None:  # the config class has no default to fall back on
+        if defaults[key] is None:
             return need(cfg, key, bound=bound)
         value = opt(cfg, key, bound)
         return value if value is not None else defaults[key]
 
+    return count
+
+
+def read_deepseek_experts(cfg: Config, out: Config, defaults: Config) -> None:
+    """DeepSeek's experts (routed, shared, the dense first blocks), the keys GLM-4.5's
+    MoE copies too, with the config class's defaults for those a config.json leaves out."""
+    count = _counter(cfg, defaults)
+    routed = count("n_routed_experts", limits.EXPERTS)
+    k = count("num_experts_per_tok", limits.EXPERTS)
+    if "n_shared_experts" in cfg:
+        shared = opt(cfg, "n_shared_experts", limits.EXPERTS) or 0
+    elif defaults["n_shared_experts"] is None:  # (dots.llm1's class has no default)
+        shared = need(cfg, "n_shared_experts", bound=limits.EXPERTS)
+    else:
+        shared = defaults["n_shared_experts"]
+    first_dense = cfg.get("first_k_dense_replace", defaults["first_k_dense_replace"])
+    if isinstance(first_dense, bool) or not isinstance(first_dense, int) or first_dense < 0:
+        raise ConfigError(
+            f"config.json: first_k_dense_replace must be a count, not {shown(first_dense)}."
+        )
+    moe_width = count("moe_intermediate_size")
+    dense_width = out["intermediate_size"]
+    out.update(
+        num_experts=routed,
+        experts_per_token=k,
+        intermediate_size=moe_width,
+        shared_experts_size=moe_width * shared,
+    )
+    if first_dense >= out["num_layers"]:
+        raise ConfigError(
+            f"config.json: first_k_dense_replace {shown(first_dense)} leaves no block with "
+            "experts; ftmem models stacks with sparse blocks."
+        )
+    if first_dense:
+        out.update(dense_layers=first_dense, dense_intermediate_size=dense_width)
+
+
+def read_deepseek(cfg: Config, out: Config, defaults: Config) -> None:
+    """The latent attention's and the experts' keys, with the config class's defaults
+    for those a config.json leaves out (``defaults``)."""
+    count = _counter(cfg, defaults)
     nope, rope = count("qk_nope_head_dim"), count("qk_rope_head_dim")
     heads = out["num_heads"]
     if out["num_kv_heads"] != heads:
@@ -62,38 +104,14 @@ def read_deepseek(cfg: Config, out: Config, defaults: Config) -> None:
         )
     # null: one q_proj, no query bottleneck (DeepSeek-V2-Lite)
     q_rank = opt(cfg, "q_lora_rank") if "q_lora_rank" in cfg else defaults["q_lora_rank"]
-    routed = count("n_routed_experts", limits.EXPERTS)
-    k = count("num_experts_per_tok", limits.EXPERTS)
-    shared = (
-        opt(cfg, "n_shared_experts", limits.EXPERTS) or 0
-        if "n_shared_experts" in cfg
-        else defaults["n_shared_experts"]
-    )
-    first_dense = cfg.get("first_k_dense_replace", defaults["first_k_dense_replace"])
-    if isinstance(first_dense, bool) or not isinstance(first_dense, int) or first_dense < 0:
-        raise ConfigError(
-            f"config.json: first_k_dense_replace must be a count, not {shown(first_dense)}."
-        )
-    moe_width = count("moe_intermediate_size")
-    dense_width = out["intermediate_size"]
     out.update(
         head_dim=nope + rope,
         rotary_dim=rope,
         v_head_dim=count("v_head_dim"),
         kv_lora_rank=count("kv_lora_rank"),
         q_lora_rank=q_rank,
-        num_experts=routed,
-        experts_per_token=k,
-        intermediate_size=moe_width,
-        shared_experts_size=moe_width * shared,
     )
-    if first_dense >= out["num_layers"]:
-        raise ConfigError(
-            f"config.json: first_k_dense_replace {shown(first_dense)} leaves no block with "
-            "experts; ftmem models DeepSeek stacks with sparse blocks."
-        )
-    if first_dense:
-        out.update(dense_layers=first_dense, dense_intermediate_size=dense_width)
+    read_deepseek_experts(cfg, out, defaults)
 
 
 # transformers 5.24 models/deepseek_v3/configuration_deepseek_v3.py, DeepseekV3Config
@@ -115,9 +133,9 @@ def _read(cfg: Config, out: Config) -> None:
     read_deepseek(cfg, out, V3_DEFAULTS)
 
 
-def build_deepseek(arch: Architecture, kw: Config) -> None:
-    """The transformers config of ``arch`` (the reverse of :func:`read_deepseek`)."""
-    rope = arch.rotary_size
+def build_deepseek_experts(arch: Architecture, kw: Config) -> None:
+    """The transformers config keys of ``arch``'s experts (the reverse of
+    :func:`read_deepseek_experts`)."""
     moe = arch.intermediate_size
     if arch.shared_experts_size % moe:
         raise ValueError(
@@ -125,15 +143,9 @@ def build_deepseek(arch: Architecture, kw: Config) -> None:
             f"of experts {moe} wide (transformers builds n_shared_experts x "
             "moe_intermediate_size)"
         )
-    kw.pop("head_dim", None)
     kw.update(
         intermediate_size=arch.dense_intermediate_size or moe,
         moe_intermediate_size=moe,
-        qk_nope_head_dim=arch.head_size - rope,
-        qk_rope_head_dim=rope,
-        v_head_dim=arch.v_size // arch.num_heads,
-        kv_lora_rank=arch.kv_lora_rank,
-        q_lora_rank=arch.q_lora_rank,
         n_routed_experts=arch.num_experts,
         num_experts_per_tok=arch.experts_per_token,
         n_shared_experts=arch.shared_experts_size // moe,
@@ -142,6 +154,20 @@ def build_deepseek(arch: Architecture, kw: Config) -> None:
         n_group=1,
         topk_group=1,
     )
+
+
+def build_deepseek(arch: Architecture, kw: Config) -> None:
+    """The transformers config of ``arch`` (the reverse of :func:`read_deepseek`)."""
+    rope = arch.rotary_size
+    kw.pop("head_dim", None)
+    kw.update(
+        qk_nope_head_dim=arch.head_size - rope,
+        qk_rope_head_dim=rope,
+        v_head_dim=arch.v_size // arch.num_heads,
+        kv_lora_rank=arch.kv_lora_rank,
+        q_lora_rank=arch.q_lora_rank,
+    )
+    build_deepseek_experts(arch, kw)
 
 
 FAMILY = Family(

@@ -238,6 +238,10 @@ def _read_method(model: Any, live: LiveRun) -> None:
         _shared_bank(model, pc, live, said, kind)
     elif kind == "LN_TUNING":
         _ln_tuning(pc, live, said)
+    elif kind == "CARTRIDGE":  # (peft 0.21.2 tuners/cartridge/config.py CartridgeConfig)
+        live.set("method", "cartridge", said)
+        live.set("virtual_tokens", int(pc.num_virtual_tokens), said)
+        live.set("cartridge_frozen_tokens", int(pc.num_frozen_tokens), said)
     elif kind in PROMPT_PEFT or kind == "PREFIX_TUNING":
         live.set("method", PROMPT_PEFT.get(kind, "prefix-tuning"), said)
         live.set("virtual_tokens", int(pc.num_virtual_tokens), said)
@@ -1164,6 +1168,24 @@ def _read_parallel(args: Any, live: LiveRun) -> None:
     live.notes += [n for n in cfg.notes if n != LAUNCHER_NOTE]
 
 
+def _adaption_prompt(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's AdaptionPromptConfig: adapter_len and adapter_layers (tuners/adaption_prompt/
+    config.py), on the attentions peft's own mapping names (another target_modules is
+    not modelled)."""
+    from ftmem.methods import ADAPTION_PROMPT_MODEL_TYPES
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    default = {"gpt2": "attn"}.get(str(model_type), "self_attn")
+    if model_type in ADAPTION_PROMPT_MODEL_TYPES and pc.target_modules not in (None, default):
+        raise InvalidInputError(
+            f"peft's adaption prompt on {pc.target_modules!r} is not modelled; ftmem models "
+            f"it on peft's own target ({default!r})."
+        )
+    live.set("method", "adaption-prompt", said)
+    live.set("adapter_prompt_length", int(pc.adapter_len), said)
+    live.set("adapter_layers", int(pc.adapter_layers), said)
+
+
 # peft's adapter types whose readers take (model, config, live, said);
 # at the end: the readers are defined above
 _PEFT_READERS = {
@@ -1187,5 +1209,6 @@ _PEFT_READERS = {
     "PEANUT": _peanut,
     "TRAINABLE_TOKENS": _trainable_tokens,
     "OSF": _osf,
+    "ADAPTION_PROMPT": _adaption_prompt,
     "ADAMSS": _adamss,
 }

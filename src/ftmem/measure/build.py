@@ -784,6 +784,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "peanut": _peft_peanut,
         "trainable-tokens": _peft_trainable_tokens,
         "osf": _peft_osf,
+        "adaption-prompt": _peft_adaption_prompt,
     }
     return wrappers.get(run.method, _peft_lora)(model, arch, run)
 
@@ -1093,6 +1094,14 @@ def _peft_other(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Modu
             feedforward_modules=[lin.module for lin, ff in scaled if ff],
             task_type="CAUSAL_LM",
         )
+    elif run.method == "cartridge":
+        from peft import CartridgeConfig
+
+        cfg = CartridgeConfig(
+            num_virtual_tokens=run.n_virtual,
+            num_frozen_tokens=run.cartridge_frozen,
+            task_type="CAUSAL_LM",
+        )
     elif run.method == "prompt-tuning":
         cfg = PromptTuningConfig(num_virtual_tokens=run.n_virtual, task_type="CAUSAL_LM")
     elif run.method == "p-tuning":
@@ -1354,6 +1363,23 @@ def _peft_osf(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module
         task_type="CAUSAL_LM",
     )
     return _peft_in_dtype(model, cfg, run, "osf_")
+
+
+def _peft_adaption_prompt(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """peft's adaption prompt on the top blocks the estimate names (methods.gated_blocks),
+    its prompt and gate in the base's dtype as peft builds them (no --adapter-dtype)."""
+    from peft import AdaptionPromptConfig, get_peft_model
+
+    from ftmem.methods import gated_blocks
+
+    cfg = AdaptionPromptConfig(
+        adapter_len=run.adaption_prompt[0],
+        adapter_layers=gated_blocks(arch, run),
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(model, cfg)
 
 
 def _peft_hira(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

@@ -49,6 +49,7 @@ MODULES = (
     "ftmem.adapters.dora",
     "ftmem.adapters.ia3",
     "ftmem.adapters.llama_adapter",
+    "ftmem.adapters.adaption_prompt",
     "ftmem.adapters.lycoris",
     "ftmem.adapters.vera",
     "ftmem.adapters.hira",
