@@ -56,6 +56,7 @@ EXPECTED = {
     "randlora",
     "vblora",
     "tinylora",
+    "adamss",
     "unilora",
     "lily",
 }

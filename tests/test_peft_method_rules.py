@@ -1,8 +1,8 @@
 """One rule for peft's adapters other than LoRA's (BOFT, OFT, MiSS, RoAd, VeRA,
 FourierFT, HiRA, PSOFT, HRA, GraLoRA, DeLoRA, PVeRA, RandLoRA, VB-LoRA, SHiRA, WaveFT,
 C3A, TinyLoRA, UniLoRA, Lily, BEFT, DeFT, GLoRA, Peanut, trainable tokens, OSF, the
-adaption prompt, Cartridge, Super-Tuning): where they are modelled, and the sentence each
-refusal gives."""
+adaption prompt, Cartridge, Super-Tuning, AdaMSS): where they are modelled, and the sentence
+each refusal gives."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ NEW_METHODS = {
     "adaption-prompt": "Adaption prompt",
     "cartridge": "Cartridge",
     "supertuning": "Super-Tuning",
+    "adamss": "AdaMSS",
 }
 
 

@@ -353,7 +353,7 @@ new_methods = st.sampled_from(
      "hira", "psoft", "hra", "gralora", "delora", "pvera", "randlora", "vblora", "shira",
      "waveft", "c3a", "tinylora", "unilora", "lily", "beft", "deft", "glora",
      "peanut", "trainable-tokens", "osf", "adaption-prompt", "cartridge",
-     "supertuning"]
+     "supertuning", "adamss"]
 )  # fmt: skip
 features = st.fixed_dictionaries(
     {

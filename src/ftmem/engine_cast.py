@@ -38,7 +38,7 @@ from ftmem.versions import deepspeed_keeps_buffer_dtype
 CAST_ADAPTER_METHODS: frozenset[str] = (
     ADAPTER_METHODS
     | METHOD_SETTINGS["adapter_dtype"]
-    | {"tinylora", "unilora", "lily", "c3a"}
+    | {"tinylora", "adamss", "unilora", "lily", "c3a"}
     | PROMPT_METHODS
 )
 
@@ -60,6 +60,9 @@ UNMODELLED: dict[str, str] = {
     # (prefix tuning's encoder was measured cast; Cartridge's cat of its frozen and trained
     # halves and their gradient storage were not)
     "cartridge": "its cache halves and their gradient storage under the cast are not measured",
+    # peft's forward casts A_i, B_i and newB to the base weight's dtype per call, a no-op
+    # once the engine made them 16-bit: not measured
+    "adamss": "its factors and projection are measured in fp32 only",
 }
 
 # methods whose fp32 buffers meet the 16-bit input in a matmul: with parameters cast and

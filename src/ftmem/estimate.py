@@ -931,11 +931,20 @@ def _settings(run: RunConfig) -> dict[str, object]:
 
 
 def _tiny_vector_resolved(run: RunConfig) -> dict[str, object]:
-    """TinyLoRA's, UniLoRA's and Lily's settings as the estimate used them."""
+    """TinyLoRA's, AdaMSS's, UniLoRA's and Lily's settings as the estimate used them."""
     if run.method == "tinylora":
         r, u, tying, targets = run.tinylora
         return dict(
             tinylora_rank=r, tinylora_u=u, tinylora_weight_tying=tying, tinylora_targets=targets
+        )
+    if run.method == "adamss":
+        r, k, rank, targets = run.adamss
+        return dict(
+            adamss_rank=r,
+            adamss_subspaces=k,
+            adamss_subspace_rank=rank,
+            adamss_targets=targets,
+            adamss_asa=bool(run.adamss_asa),
         )
     if run.method == "lily":
         r, stride, num_b, targets = run.lily
@@ -1017,7 +1026,7 @@ def _peft_other_settings(
         settings = dict(vblora_rank=r, vblora_vectors=n, vblora_vector_length=length)
         settings.update(vblora_topk=k, vblora_targets=targets)
         adapted = plan.banked
-    elif run.method in ("tinylora", "unilora", "lily"):
+    elif run.method in ("tinylora", "adamss", "unilora", "lily"):
         settings, adapted = _tiny_vector_resolved(run), plan.banked
     elif run.method == "fourierft":
         n, targets = run.fourierft

@@ -290,6 +290,13 @@ METHOD_CATALOG: dict[str, tuple[str, str]] = {
         "--tinylora-targets)",
         "Learning to Reason in 13 Parameters, arXiv:2602.04118; peft tuners/tinylora",
     ),
+    "adamss": (
+        "peft's AdaMSS: a frozen rank-r SVD projection of each adapted weight (a buffer), "
+        "its output rows clustered into K subspaces, each with trained factors A (rank × r) "
+        "and B (rows × rank) (--adamss-rank, --adamss-subspaces, --adamss-subspace-rank, "
+        "--adamss-targets)",
+        "Adaptive Multi-Subspaces; peft tuners/adamss",
+    ),
     "unilora": (
         "peft's UniLoRA: one trained vector theta_d for the whole model; each adapted "
         "linear's A and B are rebuilt every forward by indexing it (int64 index and scale "
@@ -1046,6 +1053,8 @@ def banked_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
         return _lycoris_linears(arch, run.tinylora[3], "TinyLoRA", wraps_conv1d=True)
     if run.method == "unilora":
         return _lycoris_linears(arch, run.unilora[2], "UniLoRA", wraps_conv1d=True)
+    if run.method == "adamss":
+        return _adamss_linears(arch, run)
     if run.method == "lily":
         return _lycoris_linears(arch, run.lily[3], "Lily")
     if run.method != "vblora":
@@ -1058,6 +1067,35 @@ def banked_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
                 f"VB-LoRA's vectors ({length} long) do not tile {lin.module} "
                 f"({lin.in_features} → {lin.out_features}); give a --vblora-vector-length "
                 "that divides both"
+            )
+    return linears
+
+
+def adamss_shape(run: RunConfig, lin: Linear) -> tuple[int, int, int]:
+    """One AdaMSS linear's (R, K, rank): the SVD rank r capped at the sides of the weight
+    with its bias as one more column (peft 0.21.2 tuners/adamss/utils.py slice_pca
+    ``effective_r = min(r, H, W)``, layer.py update_layer ``in_features += 1``), the
+    subspaces capped at the output rows KMeans clusters (utils.py clustering_Z), and each
+    subspace's rank, ``min(len(rows), subspace_rank)`` (update_layer), taken as
+    subspace_rank: exact while every cluster holds that many rows (always at the default
+    1; _adamss_linears refuses K · rank above the rows)."""
+    r, k, rank, _ = run.adamss
+    width = lin.in_features + lin.bias
+    return min(r, lin.out_features, width), min(k, lin.out_features), rank
+
+
+def _adamss_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
+    """AdaMSS's targets: peft wraps torch.nn.Linear only (peft 0.21.2 tuners/adamss/model.py
+    _create_new_module raises on the rest); a subspace rank above R gives factors that do
+    not chain, and K subspaces of that rank need K · rank output rows."""
+    linears = _lycoris_linears(arch, run.adamss[3], "AdaMSS")
+    for lin in linears:
+        R, k, rank = adamss_shape(run, lin)
+        if rank > R or k * rank > lin.out_features:
+            raise InvalidInputError(
+                f"AdaMSS: {k} subspaces of rank {rank} do not fit {lin.module} (SVD rank "
+                f"{R}, {lin.out_features} rows; peft's ranks then follow its clustering): "
+                "give a smaller --adamss-subspace-rank or --adamss-subspaces."
             )
     return linears
 
@@ -2102,6 +2140,8 @@ def _banked_groups(
         return groups
     if run.method == "tinylora":
         return _tinylora_groups(banked, arch, run, dtypes)
+    if run.method == "adamss":
+        return _adamss_groups(banked, arch, run, dtypes)
     if run.method == "lily":
         return _lily_groups(banked, arch, run, dtypes)
     if run.method == "unilora":  # theta_d once, held by the model (model.py
@@ -2130,6 +2170,30 @@ def tinylora_vectors(banked: tuple[Linear, ...], arch: Architecture, run: RunCon
         arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0] for lin in banked
     )
     return max(1, round(n * (1.0 - run.tinylora[2]))) if n else 0
+
+
+def _adamss_groups(
+    banked: tuple[Linear, ...], arch: Architecture, run: RunConfig, dtypes: Dtypes
+) -> list[TensorGroup]:
+    """AdaMSS's trained factors per adapted linear (peft 0.21.2 tuners/adamss/layer.py
+    update_layer, ParameterLists adamss_A and adamss_B): per subspace i, A_i (rank × R)
+    and B_i (rows_i × rank), the rows_i summing to the linear's out_features. KMeans sets
+    the rows per subspace; they are laid out here as even as they go (the count is exact,
+    only a B_i's own size, for allocator rounding, follows the clustering). Its projection
+    adamss_newB is a buffer (adapters.adamss.buffer_bytes)."""
+    groups: list[TensorGroup] = []
+    for lin in banked:
+        blocks = arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        R, k, rank = adamss_shape(run, lin)
+        rows, wide = divmod(lin.out_features, k)
+        parts = [(f"{lin.module}.adamss_A", (rank, R), k)]
+        parts += [(f"{lin.module}.adamss_B (one row more)", (rows + 1, rank), wide)]
+        parts += [(f"{lin.module}.adamss_B", (rows, rank), k - wide)]
+        for name, shape, n in parts:
+            if n:
+                group = TensorGroup(name, shape, blocks * n, dtypes.adapter, True, adapter=True)
+                groups.append(replace(group, per_block=n))
+    return groups
 
 
 def _lily_groups(
@@ -2293,6 +2357,12 @@ def _adapter_notes(arch: Architecture, run: RunConfig) -> list[str]:
         notes.append(
             "bitsandbytes quantises nn.Linear layers only: transformers 5 stores MoE experts "
             "as 3-D parameters, so they stay 16-bit under QLoRA."
+        )
+    if run.method == "adamss" and run.adamss[2] > 1:
+        notes.append(
+            f"AdaMSS: every subspace counted at rank {run.adamss[2]}, an upper bound: peft "
+            "gives a cluster of fewer output rows a rank of its row count (KMeans decides "
+            "the clusters when peft wraps the model)."
         )
     return notes
 

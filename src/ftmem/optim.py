@@ -239,18 +239,37 @@ def _adalora_scored(g: TensorGroup, run: RunConfig) -> bool:
     )
 
 
+# AdaMSS's ASA (peft 0.21.2 tuners/adamss/layer.py update_importance, called by
+# model.py update_and_allocate after optimizer.step() on every step of its warm-up):
+# exp_avg_ipt and exp_avg_unc = zeros_like(p) for every adamss_A and adamss_B, reset to
+# None only after a mask interval's pruning; each update holds |p · g|, the difference and
+# its absolute value of one parameter at a time
+ASA_STATES = 2
+ASA_TEMPORARIES = 3
+
+
+def _asa_scored(g: TensorGroup, run: RunConfig) -> bool:
+    return run.method == "adamss" and bool(run.adamss_asa) and g.trainable and g.adapter
+
+
 def adalora_state_bytes(g: TensorGroup, run: RunConfig) -> int:
-    """One tensor's rank-allocator state (AdaLoRA): three tensors like the parameter."""
+    """One tensor's rank-allocator state: AdaLoRA's three tensors like the parameter,
+    AdaMSS's ASA two."""
+    if _asa_scored(g, run):
+        return ASA_STATES * g.numel * g.element_bytes
     return ADALORA_ALLOCATOR_STATES * g.numel * g.element_bytes if _adalora_scored(g, run) else 0
 
 
 def adalora_step_temporary_bytes(groups: Iterable[TensorGroup], run: RunConfig) -> int:
-    """update_ipt's temporaries after the optimizer step, one parameter at a time."""
+    """update_ipt's (AdaLoRA) or update_importance's (AdaMSS's ASA) temporaries after the
+    optimizer step, one parameter at a time."""
     return max(
         (
-            ADALORA_ALLOCATOR_TEMPORARIES * g.numel * g.element_bytes
+            (ADALORA_ALLOCATOR_TEMPORARIES if _adalora_scored(g, run) else ASA_TEMPORARIES)
+            * g.numel
+            * g.element_bytes
             for g in groups
-            if _adalora_scored(g, run)
+            if _adalora_scored(g, run) or _asa_scored(g, run)
         ),
         default=0,
     )

@@ -18,6 +18,7 @@ theirs on every adapted linear (adapter_buffer_bytes).
 
 from __future__ import annotations
 
+from ftmem.adapters.adamss import buffer_bytes as adamss_buffer_bytes
 from ftmem.adapters.boft import buffer_bytes as boft_buffer_bytes
 from ftmem.adapters.delora import buffer_bytes as delora_buffer_bytes
 from ftmem.adapters.glora import buffer_bytes as glora_buffer_bytes
@@ -134,6 +135,7 @@ def adapter_buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     total += trainable_tokens_buffer_bytes(plan, run)  # (the original rows)
     total += osf_buffer_bytes(plan, run, layers)  # (OSF's frozen SVD factors)
     total += supertuning_buffer_bytes(plan, run, layers)  # (Super-Tuning's int32 indices)
+    total += adamss_buffer_bytes(plan, run, layers)  # (AdaMSS's SVD projection)
     return total + delora_buffer_bytes(plan, run, layers)
 
 

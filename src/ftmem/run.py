@@ -56,6 +56,7 @@ Method = Literal[
     "waveft",
     "c3a",
     "tinylora",
+    "adamss",
     "unilora",
     "lily",
     "beft",
@@ -210,6 +211,10 @@ DEFAULT_C3A_BLOCK = 256
 # v_proj for Llama, utils/constants.py); the MetaMathQA release's
 # tinylora--llama-3.2-3B-default config
 DEFAULT_TINYLORA = (2, 64, 0.0)  # rank, u, weight_tying
+# peft's AdamssConfig defaults (peft 0.21.2 tuners/adamss/config.py: r=100, num_subspaces=5,
+# subspace_rank=1; target_modules from the AdaMSS mapping, a copy of LoRA's: q_proj and
+# v_proj for Llama, utils/constants.py)
+DEFAULT_ADAMSS = (100, 5, 1)  # r, num_subspaces, subspace_rank
 # peft's UniLoraConfig defaults (peft 0.21.2 tuners/unilora/config.py: r=4,
 # theta_d_length=256; target_modules from the UniLoRA mapping, a copy of LoRA's)
 DEFAULT_UNILORA = (4, 256)  # rank, theta_d_length
@@ -267,6 +272,16 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     **{
         k: frozenset({"tinylora"})
         for k in ("tinylora_rank", "tinylora_u", "tinylora_weight_tying", "tinylora_targets")
+    },
+    **{
+        k: frozenset({"adamss"})
+        for k in (
+            "adamss_rank",
+            "adamss_subspaces",
+            "adamss_subspace_rank",
+            "adamss_targets",
+            "adamss_asa",
+        )
     },
     **{
         k: frozenset({"unilora"})
@@ -367,6 +382,9 @@ RUN_BOUNDS: dict[str, limits.Bound] = {
     "vblora_topk": limits.WIDTH,
     "tinylora_rank": limits.WIDTH,
     "tinylora_u": limits.WIDTH,
+    "adamss_rank": limits.WIDTH,
+    "adamss_subspaces": limits.WIDTH,
+    "adamss_subspace_rank": limits.WIDTH,
     "unilora_rank": limits.WIDTH,
     "unilora_theta_length": limits.WIDTH,
     "lily_rank": limits.WIDTH,
@@ -480,6 +498,7 @@ PEFT_MODEL_METHODS = {
     "waveft": "WaveFT",
     "c3a": "C3A",
     "tinylora": "TinyLoRA",
+    "adamss": "AdaMSS",
     "unilora": "UniLoRA",
     "lily": "Lily",
     "beft": "BEFT",
@@ -498,6 +517,7 @@ NO_AUTOCAST = {
     "supertuning": "",
     "adaption-prompt": "",
     "cartridge": "",
+    "adamss": "its casts of the fp32 factors were not measured",
 }
 
 
@@ -1166,6 +1186,26 @@ class RunConfig(limits.BoundedSettings):
     tinylora_targets: str | None = Field(
         None, exclude_if=_unset, description="TinyLoRA: adapted linears, roles or names (q,v)."
     )
+    # AdaMSS (peft's SVD of each weight, its output rows clustered into trained subspaces)
+    adamss_rank: PositiveInt | None = Field(
+        None,
+        exclude_if=_unset,
+        description="AdaMSS: SVD rank r, capped at the weight's sides (100).",
+    )
+    adamss_subspaces: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="AdaMSS: subspaces K the output rows cluster into (5)."
+    )
+    adamss_subspace_rank: PositiveInt | None = Field(
+        None, exclude_if=_unset, description="AdaMSS: rank of each trained subspace (1)."
+    )
+    adamss_targets: str | None = Field(
+        None, exclude_if=_unset, description="AdaMSS: adapted linears, roles or names (q,v)."
+    )
+    adamss_asa: bool | None = Field(
+        None,
+        exclude_if=_unset,
+        description="AdaMSS: ASA (use_asa), its importance state during the pruning warm-up.",
+    )
     # UniLoRA (peft's one trained vector theta_d every adapted factor indexes into)
     unilora_rank: PositiveInt | None = Field(
         None, exclude_if=_unset, description="UniLoRA: rank r of A and B (4)."
@@ -1641,6 +1681,7 @@ class RunConfig(limits.BoundedSettings):
             "waveft_targets",
             "c3a_targets",
             "tinylora_targets",
+            "adamss_targets",
             "unilora_targets",
             "lily_targets",
         ):
@@ -1923,6 +1964,18 @@ class RunConfig(limits.BoundedSettings):
             self.tinylora_u or u,
             tying if self.tinylora_weight_tying is None else self.tinylora_weight_tying,
             self.tinylora_targets or "q,v",
+        )
+
+    @property
+    def adamss(self) -> tuple[int, int, int, str]:
+        """AdaMSS's (r, num_subspaces, subspace_rank, targets), peft's defaults where not
+        given."""
+        r, k, sr = DEFAULT_ADAMSS
+        return (
+            self.adamss_rank or r,
+            self.adamss_subspaces or k,
+            self.adamss_subspace_rank or sr,
+            self.adamss_targets or "q,v",
         )
 
     @property

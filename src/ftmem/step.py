@@ -119,6 +119,7 @@ EVERY_BLOCK_TRAINS = frozenset(
         "waveft",
         "c3a",
         "tinylora",
+        "adamss",
         "unilora",
         "lily",
         "beft",

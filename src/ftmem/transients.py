@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from functools import partial
 
+from ftmem.adapters.adamss import AdaMSS
 from ftmem.adapters.beft import BEFT
 from ftmem.adapters.boft import BOFT
 from ftmem.adapters.boft import element_bytes as rotated_input_bytes
@@ -455,6 +456,16 @@ def adapter_forward_build(
         return HiRA.forward_build(plan, T, in_bytes, e, keeps and not run.grad_ckpt)
     if run.method == "c3a":  # its FFTs' complex outputs, kept or not
         return max((C3A.linear_forward(run, lin, T) + at(lin) for lin in plan.circulant), default=0)
+    if run.method == "adamss":  # its scatter's T × out copies (adapters.adamss)
+        if not kept_block:
+            return 0
+        return max(
+            (
+                AdaMSS.linear_forward(plan, run, lin, T) + T * lin.out_features * e + at(lin)
+                for lin in plan.banked
+            ),
+            default=0,
+        )
     if run.method == "shira":  # SHiRA's weight rebuild, kept but in a graph-less forward
         return Shira.build(run, plan, keeps and not run.grad_ckpt)
     if run.method == "supertuning":  # Super-Tuning's scatter_add into W', the same way
@@ -597,7 +608,21 @@ def _peft_other_moment(
         return _delta_moment(arch, run, plan, e, T)
     if run.method == "miss":
         return _miss_moment(arch, run, plan, block, e, T)
-    if run.method in ("vera", "pvera", "randlora", "vblora", "tinylora", "unilora", "lily"):
+    if run.method == "adamss" and run.grad_ckpt:
+        return max(
+            shared_moment(arch, run, plan, block, e, T),
+            _adamss_recompute(arch, run, plan, block, e, T),
+        )
+    if run.method in (
+        "vera",
+        "pvera",
+        "randlora",
+        "vblora",
+        "tinylora",
+        "adamss",
+        "unilora",
+        "lily",
+    ):
         return shared_moment(arch, run, plan, block, e, T)
     if run.method in ("shira", "supertuning", "c3a"):
         moment_of = {
@@ -698,6 +723,29 @@ def shared_moment(
     return max(moments, default=0) + incoming_gradient(arch, run, plan, e, T)
 
 
+def _adamss_recompute(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int:
+    """A checkpointed block's recompute at its largest AdaMSS linear, relative to the
+    block's saved tensors: what the block has rebuilt up to and with that linear's own
+    items, the input its caller holds (an AdaMSS linear never keeps it) and the base
+    output beside the scatter's copies (AdaMSS.linear_forward)."""
+    moments = []
+    for lin in plan.banked:
+        own = [i for i, x in enumerate(block) if x.kind is Kind.BANK and x.linears == (lin,)]
+        if not own:
+            continue
+        held = LinearOp.held_inputs(arch, run, plan, lin, e, T, beside_saved=False)
+        if "o" in lin.roles:  # (the attention output: the attention keeps it)
+            held -= T * lin.in_features * LinearOp.input_bytes(plan, lin, e)
+        rebuilt = sum(x.nbytes for x in block[: own[-1] + 1])
+        forward = AdaMSS.linear_forward(plan, run, lin, T) + T * lin.out_features * e
+        moments.append(rebuilt + held + forward)
+    if not moments:
+        return 0
+    return max(moments) + incoming_gradient(arch, run, plan, e, T) - sum(x.nbytes for x in block)
+
+
 def shira_moment(
     arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
 ) -> int:
@@ -767,7 +815,7 @@ def checkpointed_forward_adapter(
     """A checkpointed block's forward keeps nothing, but each adapted linear still runs
     with its inputs held: the largest such moment (peft's promoted sum, DoRA's rebuild
     and rescale; measured on Phi-3 and Llama, forward phase -15 to -38 % without)."""
-    if run.grad_ckpt and run.method in ("vera", "pvera", "c3a", "supertuning"):
+    if run.grad_ckpt and run.method in ("vera", "pvera", "c3a", "supertuning", "adamss"):
         return _graphless_forward(arch, run, plan, e, T)
     if not run.grad_ckpt or run.method not in ADAPTER_METHODS:
         return 0
@@ -786,12 +834,16 @@ def _graphless_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, e: 
     forward -15 % (VeRA fp32, all linears), -29 % and -46 % (PVeRA bf16, fp32), -18 %
     (C3A fp32, all linears) without."""
     moments = []
-    linears = {"c3a": plan.circulant, "supertuning": plan.supertuning}.get(run.method)
-    for lin in plan.vectored if linears is None else linears:
+    linears = {"c3a": plan.circulant, "supertuning": plan.supertuning, "adamss": plan.banked}.get(
+        run.method, plan.vectored
+    )
+    for lin in linears:
         if lin.copies > 1 or not lin.is_module:
             continue
         in_bytes = LinearOp.input_bytes(plan, lin, e)
-        if run.method == "c3a":
+        if run.method == "adamss":
+            own = AdaMSS.nograd_forward(plan, run, lin, T)
+        elif run.method == "c3a":
             own = C3A.nograd_forward(run, lin, T, in_bytes, e)
         elif run.method == "supertuning":
             own = Supertuning.nograd_forward(run, plan, lin, T)

@@ -1521,7 +1521,40 @@ def _tinylora() -> list[Case]:
         {"precision": "bf16", "autocast": True, "tinylora_weight_tying": 1.0, "tinylora_rank": 8},
     ):
         cases.append(Case("llama", {"method": "tinylora", **extra}))
-    return cases + _unilora() + _lily()
+    return cases + _unilora() + _lily() + _adamss()
+
+
+def _adamss() -> list[Case]:
+    """peft's AdaMSS: a frozen SVD projection per adapted linear (fp32 on a bf16 base),
+    the output rows clustered into subspaces with trained A_i and B_i; its linears keep h,
+    the subspace outputs and the scatter's index (on a bf16 base the bf16 casts of the
+    factors and the projection), never their input; the scatter makes four T × out
+    copies. Qwen2's q, k and v carry a bias (one more column)."""
+    cases = [
+        Case(family, {"method": "adamss", "precision": "bf16"})
+        for family in ("llama", "qwen2", "phi3")
+    ]
+    for family, extra in (
+        ("llama", {"precision": "fp32"}),
+        ("llama", {"precision": "bf16", "grad_ckpt": True}),
+        ("llama", {"precision": "fp32", "grad_ckpt": True}),
+        ("qwen2", {"precision": "fp32", "adamss_targets": "all-linear"}),
+        ("qwen2", {"precision": "bf16", "grad_ckpt": True, "adamss_targets": "all-linear"}),
+        ("llama", {"precision": "bf16", "adamss_targets": "all-linear", "adamss_rank": 24}),
+        (
+            "llama",
+            {"precision": "fp32", "adamss_subspaces": 4, "adamss_subspace_rank": 2},
+        ),
+        (
+            "llama",
+            {"precision": "bf16", "adamss_targets": "all-linear", "batch_size": 1, "seq_len": 8},
+        ),
+        # ASA's two importance tensors per factor and its update's temporaries
+        ("llama", {"precision": "bf16", "adamss_asa": True}),
+        ("qwen2", {"precision": "fp32", "adamss_asa": True, "adamss_targets": "all-linear"}),
+    ):
+        cases.append(Case(family, {"method": "adamss", **extra}))
+    return cases
 
 
 def _lily() -> list[Case]:

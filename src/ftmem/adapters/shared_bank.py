@@ -4,6 +4,7 @@ moments. The mechanisms are in adapters.randlora and adapters.vblora."""
 
 from __future__ import annotations
 
+from ftmem.adapters.adamss import AdaMSS
 from ftmem.adapters.lily import Lily
 from ftmem.adapters.randlora import RandLoRA
 from ftmem.adapters.tinylora import TinyLoRA
@@ -41,11 +42,12 @@ def banked_saved(
     in_grad: bool,
     in_bytes: int,
 ) -> tuple[list[Saved], bool]:
-    """What the RandLoRA, VB-LoRA, TinyLoRA, UniLoRA or Lily adapters of linears reading
+    """What the RandLoRA, VB-LoRA, TinyLoRA, AdaMSS, UniLoRA or Lily adapters of linears reading
     one tensor keep, and whether one of them keeps that tensor itself."""
     savers = {
         "randlora": RandLoRA.saved,
         "tinylora": TinyLoRA.saved,
+        "adamss": AdaMSS.saved,
         "unilora": UniLoRA.saved,
         "lily": Lily.saved,
     }
@@ -67,6 +69,8 @@ def banked_backward(plan: MethodPlan, run: RunConfig, lin: Linear, T: int, e: in
         return RandLoRA.backward_own(plan, run, lin, T, e, True)
     if run.method == "tinylora":
         return TinyLoRA.backward_own(plan, run, lin, T, e)
+    if run.method == "adamss":
+        return AdaMSS.backward_own(plan, run, lin, T, e)
     if run.method == "unilora":
         return UniLoRA.backward_own(plan, run, lin, T, e)
     if run.method == "lily":

@@ -561,6 +561,24 @@ RUN = [
         "TinyLoRA: share of adapted linears tied to one vector, 0 to 1 (default 0).",
     ),
     _opt("tinylora_targets", OptStr, None, "TinyLoRA: adapted linears, as --lora-targets (q,v)."),
+    _opt(
+        "adamss_rank",
+        OptInt,
+        None,
+        "AdaMSS: SVD rank r, capped at each weight's smaller side (default 100).",
+    ),
+    _opt(
+        "adamss_subspaces", OptInt, None, "AdaMSS: subspaces K the rows cluster into (default 5)."
+    ),
+    _opt("adamss_subspace_rank", OptInt, None, "AdaMSS: rank of each subspace (default 1)."),
+    _opt("adamss_targets", OptStr, None, "AdaMSS: adapted linears, as --lora-targets (q,v)."),
+    _opt(
+        "adamss_asa",
+        OptBool,
+        None,
+        "AdaMSS: ASA (use_asa): two importance tensors per factor while it prunes.",
+        "--adamss-asa",
+    ),
     _opt("unilora_rank", OptInt, None, "UniLoRA: rank r of A and B (default 4)."),
     _opt("unilora_theta_length", OptInt, None, "UniLoRA: length of theta_d (default 256)."),
     _opt("unilora_targets", OptStr, None, "UniLoRA: adapted linears, as --lora-targets (q,v)."),

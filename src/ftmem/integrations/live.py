@@ -618,6 +618,24 @@ def _shared_bank(model: Any, pc: Any, live: LiveRun, said: str, kind: str) -> No
         live.notes.append(f"{dropout}: not modelled (its mask, T × in per adapted linear).")
 
 
+def _adamss(model: Any, pc: Any, live: LiveRun, said: str) -> None:
+    """peft's AdamssConfig: r, num_subspaces, subspace_rank and the modules it wrapped
+    (adamss_A), ASA; ranks read off the singular values are not modelled (peft 0.21.2
+    tuners/adamss/layer.py update_layer use_dynamic_rank)."""
+    if pc.use_dynamic_rank:
+        raise InvalidInputError(
+            "peft AdaMSS with use_dynamic_rank is not modelled (its ranks follow the "
+            "weights' singular values); ftmem models fixed subspace ranks."
+        )
+    live.set("method", "adamss", said)
+    live.set("adamss_rank", int(pc.r), said)
+    live.set("adamss_subspaces", int(pc.num_subspaces), said)
+    live.set("adamss_subspace_rank", int(pc.subspace_rank), said)
+    if pc.use_asa:
+        live.set("adamss_asa", True, said)
+    _wrapped(model, live, "adamss", "adamss_A")
+
+
 def _shira(model: Any, pc: Any, live: LiveRun, said: str) -> None:
     """peft's ShiraConfig: its r and the modules it wrapped (shira_weight); a mask function
     of the user's own keeps r·(in + out) values as the random one does."""
@@ -1210,4 +1228,5 @@ _PEFT_READERS = {
     "TRAINABLE_TOKENS": _trainable_tokens,
     "OSF": _osf,
     "ADAPTION_PROMPT": _adaption_prompt,
+    "ADAMSS": _adamss,
 }

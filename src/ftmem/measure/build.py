@@ -765,6 +765,7 @@ def _peft_wrapped(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Mo
         "randlora": _peft_shared_bank,
         "vblora": _peft_shared_bank,
         "tinylora": _peft_shared_bank,
+        "adamss": _peft_shared_bank,
         "unilora": _peft_shared_bank,
         "lily": _peft_shared_bank,
         "fourierft": _peft_fourierft,

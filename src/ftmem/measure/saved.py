@@ -93,6 +93,8 @@ ESTIMATED_BUFFERS = (
     "tinylora_A.default",
     "tinylora_B.default",
     "tinylora_P.default",
+    # AdaMSS's SVD projection (tuners/adamss/layer.py, a BufferDict)
+    "adamss_newB.default",
     # UniLoRA's int64 indices and scales (tuners/unilora/layer.py BufferDicts)
     "unilora_indices_A.default",
     "unilora_indices_B.default",

@@ -5,6 +5,7 @@ asked for. Imports peft; import it lazily."""
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from typing import Any
 
 from torch import nn
@@ -22,6 +23,8 @@ def peft_shared_bank(model: nn.Module, arch: Architecture, run: RunConfig) -> nn
         return _pvera(model, arch, run)
     if run.method == "tinylora":
         return _tinylora(model, arch, run)
+    if run.method == "adamss":
+        return _adamss(model, arch, run)
     if run.method in ("lily", "unilora"):
         return _lily_unilora(model, arch, run)
     from peft import PeftConfig, RandLoraConfig, VBLoRAConfig
@@ -66,6 +69,33 @@ def _tinylora(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module
         r=r, u=u, weight_tying=tying, target_modules=targets, init_weights="uniform"
     )
     return _peft_in_dtype(model, cfg, run, "tinylora_v")
+
+
+def _adamss(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:
+    """AdaMSS with peft's autocast (fp32 factors and projection on a 16-bit base; no
+    --adapter-dtype). Its B_i start at zero (init_weights "orthogonal"), which changes no
+    memory. Needs scikit-learn (peft's KMeans: tuners/adamss/utils.py clustering_Z)."""
+    if find_spec("sklearn") is None:
+        raise RuntimeError("AdaMSS measurement needs scikit-learn (pip install scikit-learn).")
+    from peft import AdamssConfig
+
+    r, k, rank, _ = run.adamss
+    targets = [lin.module for lin in banked_linears(arch, run)]
+    cfg = AdamssConfig(r=r, num_subspaces=k, subspace_rank=rank, target_modules=targets)
+    if run.adamss_asa:
+        # ASA from the first step (init_warmup 1) and no pruning in the steps measured
+        # (mask_interval above them): its importance state at its largest
+        cfg = AdamssConfig(
+            r=r,
+            num_subspaces=k,
+            subspace_rank=rank,
+            target_modules=targets,
+            use_asa=True,
+            init_warmup=1,
+            final_warmup=1000,
+            mask_interval=100,
+        )
+    return _peft_in_dtype(model, cfg, run, "adamss_")
 
 
 def _pvera(model: nn.Module, arch: Architecture, run: RunConfig) -> nn.Module:

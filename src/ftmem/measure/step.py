@@ -1132,7 +1132,37 @@ class _AdaLoraStep:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
 
-Stepper = torch.optim.Optimizer | _StepInBackward | _AdaLoraStep
+class _AsaStep:
+    """The optimizer, then AdaMSS's ASA as its callback calls it after ``optimizer.step()``
+    (peft 0.21.2 tuners/adamss/asa_callback.py ``on_optimizer_step``): on a warm-up step
+    that is no mask interval (measure.shared_bank builds it with init_warmup 1), the
+    importance EMAs of every factor, kept as state beside the optimizer's."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
+        self.optimizer = optimizer
+        self.model: Any = model  # a peft PeftModel over an AdamssModel
+        self.steps = 0
+
+    @property
+    def state(self) -> dict:
+        kept: dict = {}
+        for name, module in self.model.named_modules():
+            for kind in ("exp_avg_ipt_A", "exp_avg_ipt_B", "exp_avg_unc_A", "exp_avg_unc_B"):
+                for i, t in enumerate(getattr(module, kind, {}).get("default", [])):
+                    if t is not None:
+                        kept[f"{name} {kind} {i}"] = {kind: t}
+        return {**self.optimizer.state, **kept}
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.steps += 1
+        self.model.base_model.update_and_allocate(self.steps)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+
+Stepper = torch.optim.Optimizer | _StepInBackward | _AdaLoraStep | _AsaStep
 
 
 def _stepper(model: torch.nn.Module, run: RunConfig, arch: Architecture | None) -> Stepper:
@@ -1140,6 +1170,8 @@ def _stepper(model: torch.nn.Module, run: RunConfig, arch: Architecture | None) 
     if run.optimizer_in_backward:
         return _StepInBackward(model, run, arch)
     optimizer = build_optimizer(model, run, arch)
+    if run.method == "adamss" and run.adamss_asa:
+        return _AsaStep(optimizer, model)
     return _AdaLoraStep(optimizer, model) if run.method == "adalora" else optimizer
 
 

@@ -62,6 +62,7 @@ MODULES = (
     "ftmem.adapters.randlora",
     "ftmem.adapters.vblora",
     "ftmem.adapters.tinylora",
+    "ftmem.adapters.adamss",
     "ftmem.adapters.unilora",
     "ftmem.adapters.lily",
     "ftmem.adapters.miss",
