@@ -8,7 +8,7 @@ bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
 from ftmem.adapters.adamss import AdaMSS
@@ -443,29 +443,14 @@ def adapter_forward_build(
         return BEFT.forward_build(plan, T, e, keeps and not run.grad_ckpt)
     if run.method == "hra":  # HRA's reflection chain, the same way
         return HRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
-    if run.method == "psoft":  # PSOFT's x_cast, xr and fp32 output-wide products
-        kept = keeps and not run.grad_ckpt
-        return max(
-            (PSOFT.linear_build(run, lin, T, e, kept) + at(lin) for lin in plan.psoft), default=0
-        )
+    if run.method in ("psoft", "c3a", "adamss"):  # each placed at its linear
+        return _placed_build(run, plan, T, e, at, keeps and not run.grad_ckpt, kept_block)
     if run.method == "osf":  # OSF's concatenated factors and its output's sum
         return OSF.forward_build(plan, run, T, in_bytes, e, keeps and not run.grad_ckpt)
     if run.method == "peanut":  # Peanut's ΔW = B(relu(Wᵀ Aᵀ))·scaling, the same way
         return Peanut.forward_build(plan, run, T, in_bytes, e, keeps and not run.grad_ckpt)
     if run.method == "hira":  # HiRA's ΔW = W0 ⊙ (B A), the same way
         return HiRA.forward_build(plan, T, in_bytes, e, keeps and not run.grad_ckpt)
-    if run.method == "c3a":  # its FFTs' complex outputs, kept or not
-        return max((C3A.linear_forward(run, lin, T) + at(lin) for lin in plan.circulant), default=0)
-    if run.method == "adamss":  # its scatter's T × out copies (adapters.adamss)
-        if not kept_block:
-            return 0
-        return max(
-            (
-                AdaMSS.linear_forward(plan, run, lin, T) + T * lin.out_features * e + at(lin)
-                for lin in plan.banked
-            ),
-            default=0,
-        )
     if run.method == "shira":  # SHiRA's weight rebuild, kept but in a graph-less forward
         return Shira.build(run, plan, keeps and not run.grad_ckpt)
     if run.method == "supertuning":  # Super-Tuning's scatter_add into W', the same way
@@ -473,6 +458,35 @@ def adapter_forward_build(
     if run.method == "miss":  # MiSS bat's weight rebuild, the same way
         return MiSS.bat_build(run, plan, T, in_bytes, keeps and not run.grad_ckpt)
     return LoHa.forward_build(plan, run, T, in_bytes, keeps and not run.grad_ckpt)
+
+
+def _placed_build(
+    run: RunConfig,
+    plan: MethodPlan,
+    T: int,
+    e: int,
+    at: Callable[[Linear], int],
+    kept: bool,
+    kept_block: bool,
+) -> int:
+    """:func:`adapter_forward_build` for the methods placed at their linear in the top
+    block (``at``): PSOFT's x_cast, xr and fp32 output-wide products, C3A's FFTs' complex
+    outputs (kept or not), AdaMSS's scatter's T × out copies (adapters.adamss)."""
+    if run.method == "psoft":
+        return max(
+            (PSOFT.linear_build(run, lin, T, e, kept) + at(lin) for lin in plan.psoft), default=0
+        )
+    if run.method == "c3a":
+        return max((C3A.linear_forward(run, lin, T) + at(lin) for lin in plan.circulant), default=0)
+    if not kept_block:
+        return 0
+    return max(
+        (
+            AdaMSS.linear_forward(plan, run, lin, T) + T * lin.out_features * e + at(lin)
+            for lin in plan.banked
+        ),
+        default=0,
+    )
 
 
 def placed_in_block(
