@@ -176,6 +176,14 @@ TINY: dict[str, dict] = {
         num_experts=4,
         experts_per_token=2,
     ),
+    # Qwen2-MoE: Qwen2's biased q/k/v, Qwen3-MoE's router and small experts, a shared
+    # expert of its own width (64) scaled by its sigmoid gate
+    "qwen2_moe": dict(
+        family="qwen2_moe",
+        **{**_SMALL_EXPERTS, "head_dim": None},
+        attention_qkv_bias=True,
+        shared_experts_size=64,
+    ),
     # Qwen3-MoE: Qwen3's attention, many small experts (moe_intermediate_size)
     "qwen3_moe": dict(family="qwen3_moe", **_SMALL_EXPERTS, qk_norm=True),
     # OLMoE: q/k RMSNorms across the whole projection (head_dim is hidden / heads), 8 small

@@ -1368,6 +1368,14 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     """Every parameter tensor of the model as the method adapts it, and which train."""
     lay = layout(arch)
     dtypes = resolve_dtypes(run)
+    if dtypes.quantized and arch.traits.shared_expert_gate:
+        # (bitsandbytes quantises the gate's nn.Linear(hidden, 1) too: measured on tiny
+        # Qwen2-MoE, a (64, 1) uint8 weight with its own quantisation state)
+        raise InvalidInputError(
+            f"Quantised weights of {arch.family} models are not modelled yet (bitsandbytes "
+            "quantises their one-output shared_expert_gate too); use LoRA without "
+            "quantisation."
+        )
     notes: list[str] = []
     outer_names: frozenset[str] = frozenset()  # partial: outer parameters that train
     trained_by_block: tuple[frozenset[str], ...] = ()

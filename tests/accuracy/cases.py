@@ -59,7 +59,11 @@ MATRIX_METHODS = [
 
 # families whose LoRA on MLP linears ftmem refuses (peft turns gate/up/down targets of a
 # transformers-5 MoE model into LoRA on its 3-D experts): their matrix adapts attention
-MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3", "glm4_moe", "dots1")
+MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3", "glm4_moe", "dots1", "qwen2_moe")
+
+# families whose quantised weights ftmem refuses (bitsandbytes quantises Qwen2-MoE's
+# one-output shared_expert_gate as well, not modelled)
+QUANTISATION_REFUSED = ("qwen2_moe",)
 
 # a wider tiny model, where the quantised weights outweigh the per-block constants
 WIDER = {"hidden_size": 128, "intermediate_size": 256}
@@ -782,6 +786,7 @@ NEW_WIRING = (
     "exaone4",
     "glm4_moe",
     "dots1",
+    "qwen2_moe",
 )
 
 
@@ -791,6 +796,8 @@ def _families_of_issue_17() -> list[Case]:
     cases: list[Case] = []
     # EXAONE 3.x (issue 17): Llama's model read from its own config keys
     for family in (*NEW_WIRING, "starcoder2", "gpt_bigcode", "exaone"):
+        if family in QUANTISATION_REFUSED:
+            continue
         # (DeepSeek's shared experts are a whole number of experts wide)
         shared = {"shared_experts_size": WIDER["intermediate_size"]}
         wider = {**WIDER, **shared} if tiny(family).shared_experts_size else WIDER
