@@ -491,3 +491,95 @@ def test_dots1_needs_its_expert_counts(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="n_shared_experts"):
         resolve_model(str(tmp_path))
+
+
+# Qwen1.5-MoE-A2.7B-Chat's config.json fields (presets/models/qwen1.5-moe-a2.7b.yaml says where from)
+QWEN15_MOE = {
+    "model_type": "qwen2_moe",
+    "decoder_sparse_step": 1,
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 21,
+    "moe_intermediate_size": 1408,
+    "num_attention_heads": 16,
+    "num_experts": 60,
+    "num_experts_per_tok": 4,
+    "num_hidden_layers": 24,
+    "num_key_value_heads": 16,
+    "shared_expert_intermediate_size": 5632,
+    "sliding_window": 32768,
+    "tie_word_embeddings": False,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+
+
+def test_qwen15_moe_counts_as_transformers_builds_it(tmp_path):
+    """Qwen1.5-MoE-A2.7B: Qwen2's biased attention, 60 routed experts and a shared expert
+    with its one-output sigmoid gate in every layer: 14,315,784,192 on the meta device (the
+    card's "14.3B"; derived by hand in the preset), the preset the same; no window."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text(json.dumps(QWEN15_MOE))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.attention_qkv_bias, arch.attention_out_bias, arch.sliding_window) == (
+        True,
+        False,
+        None,
+    )
+    assert (arch.shared_experts_size, arch.dense_layers, arch.router_renormalises) == (
+        5632,
+        0,
+        False,
+    )
+    config = transformers.AutoConfig.for_model(**QWEN15_MOE)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert count_params(arch) == sum(p.numel() for p in model.parameters()) == 14_315_784_192
+    assert count_params(resolve_model("qwen1.5-moe-a2.7b")) == count_params(arch)
+
+
+def test_qwen2_moe_takes_its_config_class_defaults(tmp_path):
+    """A config.json without the experts' keys or qkv_bias gets Qwen2MoeConfig's defaults
+    (60 experts of 1408, top-4, a 5632-wide shared expert, q/k/v biases), as transformers
+    builds it; qkv_bias false drops the three biases."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from ftmem.families.qwen2_moe import DEFAULTS
+
+    bare = {k: v for k, v in QWEN15_MOE.items() if k not in DEFAULTS}
+    bare.update(num_hidden_layers=2, hidden_size=256, num_attention_heads=4, num_key_value_heads=4)
+    for qkv_bias in (None, False):
+        cfg = bare if qkv_bias is None else {**bare, "qkv_bias": qkv_bias}
+        (tmp_path / "config.json").write_text(json.dumps(cfg))
+        arch = resolve_model(str(tmp_path))
+        assert arch.attention_qkv_bias is (qkv_bias is None)
+        config = transformers.AutoConfig.for_model(**cfg)
+        for key, value in DEFAULTS.items():
+            assert getattr(config, key) == value, key
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config)
+        assert count_params(arch) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"use_sliding_window": True}, {"mlp_only_layers": [0]}, {"decoder_sparse_step": 2}],
+)
+def test_qwen2_moe_refuses_what_it_does_not_model(tmp_path, change):
+    """Qwen2MoeConfig's alternating window and dense layers are refused in one sentence."""
+    (tmp_path / "config.json").write_text(json.dumps({**QWEN15_MOE, **change}))
+    with pytest.raises(ConfigError, match=next(iter(change))):
+        resolve_model(str(tmp_path))
+
+
+def test_qwen2_moe_refuses_quantised_weights():
+    """bitsandbytes quantises Qwen2-MoE's one-output shared_expert_gate too (measured: a
+    (64, 1) uint8 weight with its own state on the tiny model): refused, not mis-counted."""
+    from ftmem.errors import InvalidInputError
+    from ftmem.estimate import estimate_step
+    from ftmem.run import RunConfig
+
+    with pytest.raises(InvalidInputError, match="shared_expert_gate"):
+        estimate_step(tiny("qwen2_moe"), RunConfig(method="qlora", precision="bf16"))
