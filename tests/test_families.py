@@ -583,3 +583,79 @@ def test_qwen2_moe_refuses_quantised_weights():
 
     with pytest.raises(InvalidInputError, match="shared_expert_gate"):
         estimate_step(tiny("qwen2_moe"), RunConfig(method="qlora", precision="bf16"))
+
+
+# MiniMax-M2's config.json fields (presets/models/minimax-m2.yaml says where from)
+MINIMAX_M2 = {
+    "model_type": "minimax_m2",
+    "vocab_size": 200064,
+    "hidden_size": 3072,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 62,
+    "num_attention_heads": 48,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 196608,
+    "num_local_experts": 256,
+    "num_experts_per_tok": 8,
+    "scoring_func": "sigmoid",
+    "use_routing_bias": True,
+    "use_mtp": True,
+    "num_mtp_modules": 3,
+    "use_qk_norm": True,
+    "rotary_dim": 64,
+    "rope_theta": 5000000,
+    "tie_word_embeddings": False,
+}
+
+
+def test_minimax_m2_counts_as_transformers_builds_it(tmp_path):
+    """MiniMax-M2: q/k norms across the projection, 256 routed experts, no shared or dense
+    MLP: 228,689,748,992 on the meta device (the card's "230B total" counts the MTP
+    modules transformers does not build; derived by hand in the preset), the preset the
+    same; the legacy rotary_dim 64 of 128 is what transformers turns."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text(json.dumps(MINIMAX_M2))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.rotary_size, arch.head_size, arch.qk_norm, arch.sliding_window) == (
+        64,
+        128,
+        True,
+        None,
+    )
+    config = transformers.AutoConfig.for_model(**MINIMAX_M2)
+    assert config.rope_parameters["partial_rotary_factor"] == 0.5
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert count_params(arch) == sum(p.numel() for p in model.parameters()) == 228_689_748_992
+    assert count_params(resolve_model("minimax-m2")) == count_params(arch)
+
+
+@pytest.mark.parametrize(
+    ("change", "turned"),
+    [
+        ({"rotary_dim": None}, 128),  # MiniMaxM2Config: the whole head without either key
+        ({"partial_rotary_factor": 0.25}, 32),  # an explicit factor over rotary_dim
+        ({"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.25}}, 32),
+        ({"head_dim": None}, 64),  # (MiniMaxM2Config's head_dim default: 128)
+    ],
+)
+def test_minimax_m2_rotary_share_as_transformers_reads_it(tmp_path, change, turned):
+    """The rotary's share and head_dim as MiniMaxM2Config resolves them (legacy rotary_dim,
+    partial_rotary_factor at the top or in rope_parameters, its defaults)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = {k: v for k, v in {**MINIMAX_M2, **change}.items() if v is not None}
+    cfg.update(num_hidden_layers=1, num_local_experts=4, num_experts_per_tok=2)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    arch = resolve_model(str(tmp_path))
+    config = transformers.AutoConfig.for_model(**cfg)
+    factor = config.rope_parameters.get("partial_rotary_factor", 1.0)
+    assert arch.rotary_size == int(config.head_dim * factor) == turned
+
+
+def test_minimax_m2_refuses_router_jitter(tmp_path):
+    """router_jitter_noise rescales the MLP input in place in training: refused."""
+    (tmp_path / "config.json").write_text(json.dumps({**MINIMAX_M2, "router_jitter_noise": 0.1}))
+    with pytest.raises(ConfigError, match="router_jitter_noise"):
+        resolve_model(str(tmp_path))

@@ -787,6 +787,7 @@ NEW_WIRING = (
     "glm4_moe",
     "dots1",
     "qwen2_moe",
+    "minimax_m2",
 )
 
 
