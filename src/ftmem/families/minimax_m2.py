@@ -1,4 +1,4 @@
-"""X: a GQA attention without
+"""MiniMax-M2 (MiniMaxM2ForCausalLM: MiniMaxAI's MiniMax-M2): a GQA attention without
 biases whose queries and keys pass RMSNorms across the whole projection (``q_norm`` of
 heads × head_dim, ``k_norm`` of kv_heads × head_dim, before the view into heads: OLMoE's
 and OLMo 2's layout), the rotary on the first ``rotary_dim`` dims of each head, and routed
