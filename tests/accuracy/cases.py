@@ -872,11 +872,11 @@ def _expert_lora() -> list[Case]:
 
 def _router_aux_loss_and_clip() -> list[Case]:
     """The router's load-balancing loss (config.json's output_router_logits, or the run's
-    --router-aux-loss) on the four families whose causal LM adds it, in each precision
+    --router-aux-loss) on the families whose causal LM adds it, in each precision
     regime and checkpointed; OLMoE's clip_qkv (q, k, v clamped in place)."""
     aux = {"router_aux_loss": True}
     cases: list[Case] = []
-    for family in ("mixtral", "qwen3_moe", "olmoe", "gpt_oss"):
+    for family in ("mixtral", "qwen3_moe", "olmoe", "gpt_oss", "qwen2_moe", "minimax_m2"):
         cases += [
             Case(family, {"method": "lora", "precision": "bf16"}, aux),
             Case(family, {"method": "full", "precision": "fp32"}, aux),
