@@ -176,6 +176,17 @@ TINY: dict[str, dict] = {
         num_experts=4,
         experts_per_token=2,
     ),
+    # Qwen2-MoE: Qwen2's biased q/k/v, Qwen3-MoE's router and small experts, a shared
+    # expert of its own width (64) scaled by its sigmoid gate
+    "qwen2_moe": dict(
+        family="qwen2_moe",
+        **{**_SMALL_EXPERTS, "head_dim": None},
+        attention_qkv_bias=True,
+        shared_experts_size=64,
+    ),
+    # MiniMax-M2: q/k RMSNorms across the whole projection, the rotary on half of each
+    # head (rotary_dim 16 of 32), a sigmoid router over small experts, no shared expert
+    "minimax_m2": dict(family="minimax_m2", **_SMALL_EXPERTS, qk_norm=True, rotary_dim=16),
     # Qwen3-MoE: Qwen3's attention, many small experts (moe_intermediate_size)
     "qwen3_moe": dict(family="qwen3_moe", **_SMALL_EXPERTS, qk_norm=True),
     # OLMoE: q/k RMSNorms across the whole projection (head_dim is hidden / heads), 8 small

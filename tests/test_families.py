@@ -491,3 +491,171 @@ def test_dots1_needs_its_expert_counts(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="n_shared_experts"):
         resolve_model(str(tmp_path))
+
+
+# Qwen1.5-MoE-A2.7B-Chat's config.json fields (presets/models/qwen1.5-moe-a2.7b.yaml says where from)
+QWEN15_MOE = {
+    "model_type": "qwen2_moe",
+    "decoder_sparse_step": 1,
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 21,
+    "moe_intermediate_size": 1408,
+    "num_attention_heads": 16,
+    "num_experts": 60,
+    "num_experts_per_tok": 4,
+    "num_hidden_layers": 24,
+    "num_key_value_heads": 16,
+    "shared_expert_intermediate_size": 5632,
+    "sliding_window": 32768,
+    "tie_word_embeddings": False,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+
+
+def test_qwen15_moe_counts_as_transformers_builds_it(tmp_path):
+    """Qwen1.5-MoE-A2.7B: Qwen2's biased attention, 60 routed experts and a shared expert
+    with its one-output sigmoid gate in every layer: 14,315,784,192 on the meta device (the
+    card's "14.3B"; derived by hand in the preset), the preset the same; no window."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text(json.dumps(QWEN15_MOE))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.attention_qkv_bias, arch.attention_out_bias, arch.sliding_window) == (
+        True,
+        False,
+        None,
+    )
+    assert (arch.shared_experts_size, arch.dense_layers, arch.router_renormalises) == (
+        5632,
+        0,
+        False,
+    )
+    config = transformers.AutoConfig.for_model(**QWEN15_MOE)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert count_params(arch) == sum(p.numel() for p in model.parameters()) == 14_315_784_192
+    assert count_params(resolve_model("qwen1.5-moe-a2.7b")) == count_params(arch)
+
+
+def test_qwen2_moe_takes_its_config_class_defaults(tmp_path):
+    """A config.json without the experts' keys or qkv_bias gets Qwen2MoeConfig's defaults
+    (60 experts of 1408, top-4, a 5632-wide shared expert, q/k/v biases), as transformers
+    builds it; qkv_bias false drops the three biases."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from ftmem.families.qwen2_moe import DEFAULTS
+
+    bare = {k: v for k, v in QWEN15_MOE.items() if k not in DEFAULTS}
+    bare.update(num_hidden_layers=2, hidden_size=256, num_attention_heads=4, num_key_value_heads=4)
+    for qkv_bias in (None, False):
+        cfg = bare if qkv_bias is None else {**bare, "qkv_bias": qkv_bias}
+        (tmp_path / "config.json").write_text(json.dumps(cfg))
+        arch = resolve_model(str(tmp_path))
+        assert arch.attention_qkv_bias is (qkv_bias is None)
+        config = transformers.AutoConfig.for_model(**cfg)
+        for key, value in DEFAULTS.items():
+            assert getattr(config, key) == value, key
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config)
+        assert count_params(arch) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"use_sliding_window": True}, {"mlp_only_layers": [0]}, {"decoder_sparse_step": 2}],
+)
+def test_qwen2_moe_refuses_what_it_does_not_model(tmp_path, change):
+    """Qwen2MoeConfig's alternating window and dense layers are refused in one sentence."""
+    (tmp_path / "config.json").write_text(json.dumps({**QWEN15_MOE, **change}))
+    with pytest.raises(ConfigError, match=next(iter(change))):
+        resolve_model(str(tmp_path))
+
+
+def test_qwen2_moe_refuses_quantised_weights():
+    """bitsandbytes quantises Qwen2-MoE's one-output shared_expert_gate too (measured: a
+    (64, 1) uint8 weight with its own state on the tiny model): refused, not mis-counted."""
+    from ftmem.errors import InvalidInputError
+    from ftmem.estimate import estimate_step
+    from ftmem.run import RunConfig
+
+    with pytest.raises(InvalidInputError, match="shared_expert_gate"):
+        estimate_step(tiny("qwen2_moe"), RunConfig(method="qlora", precision="bf16"))
+
+
+# MiniMax-M2's config.json fields (presets/models/minimax-m2.yaml says where from)
+MINIMAX_M2 = {
+    "model_type": "minimax_m2",
+    "vocab_size": 200064,
+    "hidden_size": 3072,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 62,
+    "num_attention_heads": 48,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 196608,
+    "num_local_experts": 256,
+    "num_experts_per_tok": 8,
+    "scoring_func": "sigmoid",
+    "use_routing_bias": True,
+    "use_mtp": True,
+    "num_mtp_modules": 3,
+    "use_qk_norm": True,
+    "rotary_dim": 64,
+    "rope_theta": 5000000,
+    "tie_word_embeddings": False,
+}
+
+
+def test_minimax_m2_counts_as_transformers_builds_it(tmp_path):
+    """MiniMax-M2: q/k norms across the projection, 256 routed experts, no shared or dense
+    MLP: 228,689,748,992 on the meta device (the card's "230B total" counts the MTP
+    modules transformers does not build; derived by hand in the preset), the preset the
+    same; the legacy rotary_dim 64 of 128 is what transformers turns."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text(json.dumps(MINIMAX_M2))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.rotary_size, arch.head_size, arch.qk_norm, arch.sliding_window) == (
+        64,
+        128,
+        True,
+        None,
+    )
+    config = transformers.AutoConfig.for_model(**MINIMAX_M2)
+    assert config.rope_parameters["partial_rotary_factor"] == 0.5
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert count_params(arch) == sum(p.numel() for p in model.parameters()) == 228_689_748_992
+    assert count_params(resolve_model("minimax-m2")) == count_params(arch)
+
+
+@pytest.mark.parametrize(
+    ("change", "turned"),
+    [
+        ({"rotary_dim": None}, 128),  # MiniMaxM2Config: the whole head without either key
+        ({"partial_rotary_factor": 0.25}, 32),  # an explicit factor over rotary_dim
+        ({"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.25}}, 32),
+        ({"head_dim": None}, 64),  # (MiniMaxM2Config's head_dim default: 128)
+    ],
+)
+def test_minimax_m2_rotary_share_as_transformers_reads_it(tmp_path, change, turned):
+    """The rotary's share and head_dim as MiniMaxM2Config resolves them (legacy rotary_dim,
+    partial_rotary_factor at the top or in rope_parameters, its defaults)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = {k: v for k, v in {**MINIMAX_M2, **change}.items() if v is not None}
+    cfg.update(num_hidden_layers=1, num_local_experts=4, num_experts_per_tok=2)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    arch = resolve_model(str(tmp_path))
+    config = transformers.AutoConfig.for_model(**cfg)
+    factor = config.rope_parameters.get("partial_rotary_factor", 1.0)
+    assert arch.rotary_size == int(config.head_dim * factor) == turned
+
+
+def test_minimax_m2_refuses_router_jitter(tmp_path):
+    """router_jitter_noise rescales the MLP input in place in training: refused."""
+    (tmp_path / "config.json").write_text(json.dumps({**MINIMAX_M2, "router_jitter_noise": 0.1}))
+    with pytest.raises(ConfigError, match="router_jitter_noise"):
+        resolve_model(str(tmp_path))

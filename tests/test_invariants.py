@@ -24,7 +24,11 @@ def test_invariants(preset, precision):
     mlp_modules = any(
         lin.is_module and set(lin.roles) & set(MLP_ROLES) for lin in layout(arch).linears
     )
+    # quantised Qwen2-MoE is refused (bitsandbytes quantises its shared expert's gate too)
+    quantisable = not arch.traits.shared_expert_gate
     for settings in METHODS:
+        if settings["method"] == "qlora" and not quantisable:
+            continue
         if arch.is_moe and mlp_modules and settings.get("lora_targets") == "all-linear":
             settings = {**settings, "lora_targets": "attention"}
         for ckpt in (False, True):
@@ -45,6 +49,6 @@ def test_invariants(preset, precision):
             # block whose unsplit rest a smaller one was counted with)
             peaks[(settings["method"], ckpt)] = m.peak_allocated_bytes - m.at_peak.block_rounding
     # checkpointing never costs memory; QLoRA never exceeds LoRA; LoRA never exceeds full
-    for method in ("full", "lora", "qlora"):
+    for method in ("full", "lora", "qlora") if quantisable else ("full", "lora"):
         assert peaks[(method, True)] <= peaks[(method, False)] * 1.0001
-    assert peaks[("qlora", False)] <= peaks[("lora", False)] <= peaks[("full", False)]
+    assert peaks.get(("qlora", False), 0) <= peaks[("lora", False)] <= peaks[("full", False)]

@@ -723,6 +723,16 @@ def sink_params(arch: Architecture) -> list[Param]:
     return [Param(f"{attention}.sinks", (arch.num_heads,), "sink")]
 
 
+def shared_expert_gate_params(arch: Architecture) -> list[Param]:
+    """Qwen2-MoE's shared_expert_gate, an nn.Linear(hidden, 1) without bias in every sparse
+    block (Family.shared_expert_gate): a (1, hidden) weight."""
+    if not (arch.traits.shared_expert_gate and arch.shared_experts_size):
+        return []
+    sparse = arch.sparse_blocks if arch.dense_layers else None
+    name = f"{arch.traits.names.shared_experts['scale']}.weight"
+    return [Param(name, (1, arch.hidden_size), "linear", blocks=sparse)]
+
+
 def _norm_params(prefix: str, arch: Architecture) -> list[Param]:
     params = [Param(f"{prefix}.weight", (arch.hidden_size,), "norm")]
     if arch.norm == "layernorm":
@@ -794,6 +804,7 @@ def layout(arch: Architecture) -> Layout:
         norm_names = names.sequential_norms
     else:
         norm_names = names.norms[arch.norms_per_block]
+    block += shared_expert_gate_params(arch)
     block += qk_norm_params(arch)
     block += sink_params(arch)
     block += latent_norm_params(arch)

@@ -59,7 +59,11 @@ MATRIX_METHODS = [
 
 # families whose LoRA on MLP linears ftmem refuses (peft turns gate/up/down targets of a
 # transformers-5 MoE model into LoRA on its 3-D experts): their matrix adapts attention
-MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3", "glm4_moe", "dots1")
+MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3", "glm4_moe", "dots1", "qwen2_moe")
+
+# families whose quantised weights ftmem refuses (bitsandbytes quantises Qwen2-MoE's
+# one-output shared_expert_gate as well, not modelled)
+QUANTISATION_REFUSED = ("qwen2_moe",)
 
 # a wider tiny model, where the quantised weights outweigh the per-block constants
 WIDER = {"hidden_size": 128, "intermediate_size": 256}
@@ -829,6 +833,8 @@ NEW_WIRING = (
     "glm4_moe",
     "dots1",
     "olmo3",
+    "qwen2_moe",
+    "minimax_m2",
 )
 
 
@@ -838,6 +844,8 @@ def _families_of_issue_17() -> list[Case]:
     cases: list[Case] = []
     # EXAONE 3.x (issue 17): Llama's model read from its own config keys
     for family in (*NEW_WIRING, "starcoder2", "gpt_bigcode", "exaone"):
+        if family in QUANTISATION_REFUSED:
+            continue
         # (DeepSeek's shared experts are a whole number of experts wide)
         shared = {"shared_experts_size": WIDER["intermediate_size"]}
         wider = {**WIDER, **shared} if tiny(family).shared_experts_size else WIDER
@@ -911,11 +919,11 @@ def _expert_lora() -> list[Case]:
 
 def _router_aux_loss_and_clip() -> list[Case]:
     """The router's load-balancing loss (config.json's output_router_logits, or the run's
-    --router-aux-loss) on the four families whose causal LM adds it, in each precision
+    --router-aux-loss) on the families whose causal LM adds it, in each precision
     regime and checkpointed; OLMoE's clip_qkv (q, k, v clamped in place)."""
     aux = {"router_aux_loss": True}
     cases: list[Case] = []
-    for family in ("mixtral", "qwen3_moe", "olmoe", "gpt_oss"):
+    for family in ("mixtral", "qwen3_moe", "olmoe", "gpt_oss", "qwen2_moe", "minimax_m2"):
         cases += [
             Case(family, {"method": "lora", "precision": "bf16"}, aux),
             Case(family, {"method": "full", "precision": "fp32"}, aux),

@@ -257,6 +257,12 @@ class Family:
     # fp32 whatever the model's dtype (DeepSeek: F.linear(h.type(float32), w.type(float32)),
     # _keep_in_fp32_modules_strict ["gate.weight"]).
     router_fp32: bool = False
+    # The shared experts' output is scaled per token by sigmoid(shared_expert_gate(x)), a
+    # bias-free nn.Linear(hidden, 1) beside them (Qwen2-MoE: transformers 5.25
+    # modeling_qwen2_moe.py Qwen2MoeSparseMoeBlock.forward); ModuleNames.shared_experts
+    # names it "scale". Not a Linear of the layout: no adapter or quantisation reaches it
+    # in what ftmem models (ops.mlp.shared_expert_gate_saved).
+    shared_expert_gate: bool = False
     # The router is a linear with a bias and takes its softmax over the top-k logits it
     # selected, not over every expert's (gpt-oss: GptOssTopKRouter, transformers 5.24
     # models/gpt_oss/modeling_gpt_oss.py).

@@ -34,6 +34,45 @@ def written_out_gelu(arch: Architecture, run: RunConfig) -> bool:
     )
 
 
+def shared_expert_gate_saved(
+    ctx: LayerContext, state: BlockState, x_grad: bool, shared: list[Linear]
+) -> list[Saved]:
+    """Qwen2-MoE's gate on its shared expert (Family.shared_expert_gate; transformers 5.25
+    modeling_qwen2_moe.py Qwen2MoeSparseMoeBlock.forward:
+    ``F.sigmoid(self.shared_expert_gate(x)) * shared_expert_output``). The sigmoid keeps
+    its output s (T × 1) for its gradient, which the multiply keeps too (one storage) for
+    the shared expert's gradient; the multiply keeps the shared expert's output (T × h)
+    for s's gradient, where s needs one (the MLP's input does, or the gate's weight
+    trains). Both are in the shared expert's output dtype (the 16-bit projections' under
+    autocast; nothing upcasts the gate). The gate's linear keeps, for its weight's
+    gradient, its input: the MLP's input the shared expert's linears keep already, or
+    under autocast its own 16-bit copy (T × h); and under autocast, for its input's
+    gradient, the 16-bit copy of its weight (h). Measured on tiny Qwen2-MoE (CPU, torch
+    2.13): per block 300 + 28,800 B and the 192 B weight copy under bf16-mixed LoRA,
+    600 + 57,600 B in fp32, + the 28,800 B input copy under bf16-mixed full finetuning."""
+    T, h, oe = ctx.tokens, ctx.arch.hidden_size, ctx.projection_out_bytes
+    # (the gate is no Linear of the layout: only the block's own training reaches it)
+    gate_trains = state.weights_trainable
+    s_grad = x_grad or gate_trains
+    shared_grad = x_grad or gate_trains or any(lin.module in state.output_grad for lin in shared)
+    out = []
+    if s_grad or shared_grad:
+        out.append(Saved("shared expert gate sigmoid (T × 1)", T * oe, Kind.MLP_HIDDEN, Side.MLP))
+    if s_grad:
+        what = "shared expert output (its gate's multiply)"
+        out.append(Saved(what, T * h * oe, Kind.MLP_HIDDEN, Side.MLP))
+    autocast = ctx.plan.dtypes.autocast
+    if gate_trains and autocast and ctx.residual > 2:
+        out.append(
+            Saved("shared expert gate input (16-bit)", T * h * 2, Kind.LINEAR_INPUT, Side.MLP)
+        )
+    if x_grad and ctx.plan.dtypes.casts_weights:
+        out.append(
+            Saved("shared expert gate 16-bit weight copy", h * 2, Kind.WEIGHT_COPY, Side.MLP)
+        )
+    return out
+
+
 def routed_width(arch: Architecture) -> int:
     """The width of the MLP's intermediates per token: f, or k·f over the routed experts."""
     return arch.intermediate_size * (arch.experts_per_token if arch.is_moe else 1)
@@ -61,6 +100,8 @@ class MLP:
                 width = ctx.arch.shared_experts_size
                 kept = shared_input or MoE.router_keeps_input(ctx, state)
                 out += MLP.dense_saved(ctx, state, x_grad, shared, kept, width)
+                if ctx.arch.traits.shared_expert_gate:
+                    out += shared_expert_gate_saved(ctx, state, x_grad, shared)
             return out
         # (the down projection reads the MLP's width: a dense block of a DeepSeek stack has
         # its own, dense_intermediate_size)
