@@ -68,7 +68,7 @@ def shared_expert_gate_saved(
         )
     if x_grad and ctx.plan.dtypes.casts_weights:
         out.append(
-            Saved("shared expert gate 16-bit weight copy", h * 2, Kind.WEIGHT_COPY, Side.MLP)
+            Saved("shared expert gate 16-bit weight copy", h * 2, Kind.MOE, Side.MLP)
         )
     return out
 
