@@ -573,13 +573,16 @@ class Attention:
     def layer_rotary_tables(ctx: LayerContext) -> list[Saved]:
         """The layer's own cos and sin (one sequence's positions, whatever the batch),
         which its rotary multiplies keep: GLM-4's interleaved ones in the residual dtype
-        (Family.rotary_tables_per_layer), or a transformers 4 layer's in its value states'
-        dtype (versions.LLAMA_ROTARY_PER_LAYER: ``.to(dtype=x.dtype)``, x = value_states)."""
+        (Family.rotary_tables_per_layer), ERNIE 4.5's in fp32 (rotary_tables_fp32: the
+        model's tables are fp32, interleaved per layer), or a transformers 4 layer's in
+        its value states' dtype (versions.LLAMA_ROTARY_PER_LAYER: ``.to(dtype=x.dtype)``,
+        x = value_states)."""
         if not rotary_tables_per_layer(ctx.arch, ctx.run):
             return []
         s = ctx.tokens // ctx.run.batch_size
         glm = ctx.arch.traits.rotary_tables_per_layer
-        size = 2 * s * ctx.arch.rotary_size * (ctx.residual if glm else ctx.e)
+        table = FP32 if ctx.arch.traits.rotary_tables_fp32 else ctx.residual
+        size = 2 * s * ctx.arch.rotary_size * (table if glm else ctx.e)
         what = "this layer's interleaved cos/sin" if glm else "this layer's cos/sin"
         return [Saved(what, size, Kind.ATTN_QK, Side.ATTENTION)]
 
