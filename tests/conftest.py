@@ -476,6 +476,14 @@ TINY: dict[str, dict] = {
         intermediate_size=160,
         tie_embeddings=True,
     ),
+    # ERNIE 4.5 MoE: ERNIE 4.5's attention over DeepSeek-shaped experts (two shared, the
+    # first block dense), its fp32 softmax router with autocast off
+    "ernie4_5_moe": dict(
+        family="ernie4_5_moe",
+        **{k: v for k, v in _DEEPSEEK.items() if k not in _LATENT_KEYS},
+        num_kv_heads=2,
+        tie_embeddings=True,
+    ),
     # Seed-OSS: biases on q, k, v but not o (SeedOssConfig's defaults), head_dim 32 apart
     # from hidden / heads (24)
     "seed_oss": dict(

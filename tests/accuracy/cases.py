@@ -59,7 +59,7 @@ MATRIX_METHODS = [
 
 # families whose LoRA on MLP linears ftmem refuses (peft turns gate/up/down targets of a
 # transformers-5 MoE model into LoRA on its 3-D experts): their matrix adapts attention
-MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3", "glm4_moe", "dots1", "qwen2_moe")
+MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3", "glm4_moe", "dots1", "ernie4_5_moe", "qwen2_moe")
 
 # families whose quantised weights ftmem refuses (bitsandbytes quantises Qwen2-MoE's
 # one-output shared_expert_gate as well, not modelled)
@@ -850,6 +850,7 @@ NEW_WIRING = (
     "qwen2_moe",
     "minimax_m2",
     "ernie4_5",
+    "ernie4_5_moe",
 )
 
 
