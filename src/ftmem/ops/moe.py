@@ -17,7 +17,9 @@ class MoE:
 
     @staticmethod
     def parameters(arch: Architecture) -> tuple[Param, ...]:
-        return tuple(p for p in layout(arch).block if p.kind in ("router", "expert"))
+        # (the router's frozen fp32 correction bias, ERNIE 4.5 MoE's "statistic", too)
+        kinds = ("router", "expert", "statistic")
+        return tuple(p for p in layout(arch).block if p.kind in kinds)
 
     @staticmethod
     def saved(ctx: LayerContext, state: BlockState, x_grad: bool) -> list[Saved]:
