@@ -18,10 +18,10 @@ null), max_position_embeddings 131072, tied embeddings.
 Measured (tests/accuracy, CPU, peft 0.21.2, transformers 5.25, tiny model of 2 layers,
 3 × 50 tokens): the matrix's 17 cases, QLoRA in two regimes, checkpointed LoRA, and
 use_bias under BitFit, autocast and checkpointing: weights, gradients, states and
-activations exact to the byte (IA³ +512 B as the older families'; prefix tuning +12,800
-B, the first layer's fp32 tables, which its rotary keeps for no gradient: the prefix
-alone needs one there, as GLM-4's +2,400 B), peaks within 0.1 % but checkpointed LoRA's
--1.2 % (the recompute's fp32 copies of q and k, not modelled). Without the fp32 tables
+activations exact to the byte (IA³ +512 B as the older families'; prefix tuning's
++12,800 B before the first layer's tables were left out, which no multiply keeps: only
+the prefix's keys need a gradient there; GLM-4's +2,400 B alike), peaks within 0.2 % but
+checkpointed LoRA's -1.2 % (the recompute's fp32 copies of q and k, not modelled). Without the fp32 tables
 the bf16 cases would miss 12,800 B (two layers × 2 × 50 × 32 × 2 B)."""
 
 from __future__ import annotations

@@ -38,9 +38,8 @@ clamp's 400 B among them; no 16-bit weight copy under autocast, where the 16-bit
 families keep one: +1,536 B per sparse block before); tests/accuracy's 22 cases
 (the matrix with LoRA on attention, QLoRA in two regimes, checkpointed LoRA): weights
 (the fp32 correction biases included), gradients and states exact, activations within
-the MoE families' 64 B (IA³ +320 B; prefix tuning +9,536 B, the first layer's fp32
-rotary tables, as ERNIE 4.5's), peaks within 0.3 % but QLoRA under autocast -1.2 % and
-checkpointed LoRA -2.8 %."""
+the MoE families' 64 B (IA³ +320 B), peaks within 0.3 % but QLoRA under autocast
+-1.2 % and checkpointed LoRA -2.8 %."""
 
 from __future__ import annotations
 

@@ -385,12 +385,16 @@ class Attention:
         return tuple(p for p in layout(arch).block if p.kind == "sink")
 
     @staticmethod
-    def saved(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
+    def saved(
+        ctx: LayerContext, needs_grad: frozenset[str], rotary_grad: bool = True
+    ) -> list[Saved]:
         """Attention core: rotary outputs, the kernel's saved inputs/outputs.
 
         ``needs_grad`` holds which of q, k, v need a gradient. The fused kernels save all
         their inputs as soon as one does; eager matmuls save an operand only when the
-        other one needs a gradient (q for k's gradient, k for q's).
+        other one needs a gradient (q for k's gradient, k for q's). ``rotary_grad``: the
+        q or k the rotary turns needs one (not where only a prefix's keys do, which join
+        after it: a layer's own tables are then kept by no multiply).
         """
         if not needs_grad:
             return []
@@ -398,7 +402,7 @@ class Attention:
         T, e = ctx.tokens, ctx.e
         b, s = run.batch_size, ctx.tokens // run.batch_size
         nh, q, kv = arch.num_heads, arch.q_size, arch.kv_size
-        out: list[Saved] = Attention.layer_rotary_tables(ctx)
+        out: list[Saved] = Attention.layer_rotary_tables(ctx) if rotary_grad else []
         out += Attention.indexed_rotary_saved(ctx, needs_grad)
         out += Attention.query_scale_saved(ctx, needs_grad)
 
