@@ -710,6 +710,7 @@ def test_ernie_45_moe_counts_as_transformers_builds_it(tmp_path):
     assert count_params(arch) == _meta_count(ERNIE_45_21B_A3B) == 21_825_437_888
     (stat,) = [p for p in layout(arch).block if p.kind == "statistic"]
     assert (stat.shape, stat.count(arch.num_layers)) == ((1, 64), 27)
+    assert count_params(resolve_model("ernie-4.5-21b-a3b")) == count_params(arch)
 
 
 def test_ernie_45_moe_takes_its_config_class_defaults(tmp_path):
