@@ -39,7 +39,7 @@ families keep one: +1,536 B per sparse block before); tests/accuracy's 22 cases
 (the matrix with LoRA on attention, QLoRA in two regimes, checkpointed LoRA): weights
 (the fp32 correction biases included), gradients and states exact, activations within
 the MoE families' 64 B (IA³ +320 B), peaks within 0.3 % but QLoRA under autocast
--1.2 % and checkpointed LoRA -2.8 %."""
+-1.2 % and checkpointed LoRA -2.3 % (-2.8 % before the held fp32 rotary pair)."""
 
 from __future__ import annotations
 
