@@ -35,7 +35,7 @@ Measured (CPU, peft 0.21.2, transformers 5.25; tiny model: 3 layers, the first d
 experts of 48, top 2, one shared, 3 × 50 tokens): the router alone against torch's saved
 tensors in six regimes (tests/test_ernie_router.py: 6,400 B of routing tensors, the
 clamp's 400 B among them; no 16-bit weight copy under autocast, where the 16-bit router
-families keep one: +1,536 B per sparse block before); tests/accuracy's 22 cases
+families keep one: +1,536 B per sparse block before); tests/accuracy's 20 cases
 (the matrix with LoRA on attention, QLoRA in two regimes, checkpointed LoRA): weights
 (the fp32 correction biases included), gradients and states exact, activations within
 the MoE families' 64 B (IA³ +320 B), peaks within 0.3 % but QLoRA under autocast
