@@ -463,6 +463,27 @@ TINY: dict[str, dict] = {
         head_dim=32,
         intermediate_size=160,
     ),
+    # ERNIE 4.5: Llama's block, the interleaved rotary in fp32 rebuilt per layer; tied
+    # embeddings and head_dim 32 apart from hidden / heads (24)
+    "ernie4_5": dict(
+        family="ernie4_5",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=160,
+        tie_embeddings=True,
+    ),
+    # ERNIE 4.5 MoE: ERNIE 4.5's attention over DeepSeek-shaped experts (two shared, the
+    # first block dense), its fp32 softmax router with autocast off
+    "ernie4_5_moe": dict(
+        family="ernie4_5_moe",
+        **{k: v for k, v in _DEEPSEEK.items() if k not in _LATENT_KEYS},
+        num_kv_heads=2,
+        tie_embeddings=True,
+    ),
     # Seed-OSS: biases on q, k, v but not o (SeedOssConfig's defaults), head_dim 32 apart
     # from hidden / heads (24)
     "seed_oss": dict(

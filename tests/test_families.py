@@ -659,3 +659,93 @@ def test_minimax_m2_refuses_router_jitter(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**MINIMAX_M2, "router_jitter_noise": 0.1}))
     with pytest.raises(ConfigError, match="router_jitter_noise"):
         resolve_model(str(tmp_path))
+
+
+# ERNIE-4.5-21B-A3B's config.json fields as a public test fixture copies them (search
+# index file id 70957858900: "21.8B in all"; the same values in id 20156564511)
+ERNIE_45_21B_A3B = {
+    "model_type": "ernie4_5_moe",
+    "hidden_size": 2560,
+    "intermediate_size": 12288,
+    "moe_intermediate_size": 1536,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 20,
+    "num_key_value_heads": 4,
+    "head_dim": 128,
+    "moe_num_experts": 64,
+    "moe_num_shared_experts": 2,
+    "moe_k": 6,
+    "moe_layer_start_index": 1,
+    "moe_layer_end_index": 27,
+    "moe_layer_interval": 1,
+    "vocab_size": 103424,
+    "tie_word_embeddings": True,
+    "hidden_act": "silu",
+}
+
+
+def _meta_count(cfg: dict) -> int:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.AutoConfig.for_model(**cfg)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_ernie_45_moe_counts_as_transformers_builds_it(tmp_path):
+    """ERNIE 4.5 21B-A3B: the first block dense, 64 experts and two shared in the 27
+    others, each router's frozen fp32 correction bias a parameter (1 × 64 per sparse
+    block), tied embeddings: the count equals the meta model's (21,825,437,888, the
+    fixture's "21.8B in all"), and the correction biases are stored in fp32 and never
+    trained. By hand: embeddings 264,765,440 + final norm 2,560 + 28 × (attention
+    15,728,640 + norms 5,120) + the dense MLP 94,371,840 + 27 × (experts 754,974,720 +
+    shared 23,592,960 + router 163,840 + correction bias 64)."""
+    from ftmem.arch import layout
+
+    (tmp_path / "config.json").write_text(json.dumps(ERNIE_45_21B_A3B))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.dense_layers, arch.dense_intermediate_size) == (1, 12288)
+    assert (arch.num_experts, arch.experts_per_token, arch.shared_experts_size) == (64, 6, 3072)
+    assert count_params(arch) == _meta_count(ERNIE_45_21B_A3B) == 21_825_437_888
+    (stat,) = [p for p in layout(arch).block if p.kind == "statistic"]
+    assert (stat.shape, stat.count(arch.num_layers)) == ((1, 64), 27)
+    assert count_params(resolve_model("ernie-4.5-21b-a3b")) == count_params(arch)
+
+
+def test_ernie_45_moe_takes_its_config_class_defaults(tmp_path):
+    """Ernie4_5_MoeConfig's defaults where config.json leaves the MoE keys and the kv
+    heads out (64 experts of 1536, top 6, two shared, sparse from block 1, 4 kv heads):
+    counted as transformers builds them; a start past the stack's end is refused."""
+    cfg = {
+        "model_type": "ernie4_5_moe",
+        "vocab_size": 300,
+        "hidden_size": 96,
+        "intermediate_size": 160,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 8,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.kv_heads, arch.dense_layers, arch.num_experts) == (4, 1, 64)
+    assert count_params(arch) == _meta_count(cfg)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "moe_layer_start_index": 3}))
+    with pytest.raises(ConfigError, match="moe_layer_start_index"):
+        resolve_model(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"moe_layer_interval": 2}, "interval"),
+        ({"moe_layer_end_index": 20}, "moe_layer_start_index"),
+        ({"use_bias": True}, "use_bias"),
+        ({"output_router_logits": True}, "output_router_logits"),
+    ],
+)
+def test_ernie_45_moe_refuses_what_is_not_modelled(changes, message, tmp_path):
+    """Sparse patterns other than "every block from the start on", use_bias (it biases
+    the LM head too) and the load-balancing loss over fp32 router logits: one sentence."""
+    (tmp_path / "config.json").write_text(json.dumps({**ERNIE_45_21B_A3B, **changes}))
+    with pytest.raises(ConfigError, match=message):
+        resolve_model(str(tmp_path))

@@ -1,4 +1,4 @@
-"""The Llama-like families of stop 48 (OLMo 3, Ministral, Ministral 3, Seed-OSS) read
+"""The Llama-like families of stop 48 (OLMo 3, Ministral, Ministral 3, Seed-OSS, ERNIE 4.5) read
 from config.json files that leave keys to their config classes' defaults, as published
 configs do: what ftmem reads equals what transformers' own config class fills in and
 the model it builds on the meta device (window, sliding layers, head_dim, biases, tying,
@@ -68,6 +68,17 @@ CASES = {
         "mlp_bias": True,
         "tie_word_embeddings": True,
         "residual_dropout": 0.0,
+    },
+    # Ernie4_5Config: head_dim 128, every linear unbiased, tied embeddings
+    "ernie4_5-defaults": {"model_type": "ernie4_5"},
+    # use_bias biases q, k, v, o and the MLP's three; null head_dim and kv heads
+    "ernie4_5-switches": {
+        "model_type": "ernie4_5",
+        "head_dim": None,
+        "num_key_value_heads": None,
+        "use_bias": True,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 4096,
     },
 }
 
@@ -188,3 +199,21 @@ def test_seed_oss_trains_with_its_config_class_dropouts(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert resolve_model(str(tmp_path)).residual_dropout == 0.0
     assert not [n for n in source_notes(str(tmp_path)) if "dropout" in n]
+
+
+def test_ernie4_5_takes_two_kv_heads_when_the_key_is_left_out(tmp_path):
+    """Ernie4_5Config's num_key_value_heads defaults to 2, not to the heads' count (null
+    means as many as heads): 8 heads, the key left out, the meta model's k_proj 2 heads
+    wide and the counts equal."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = {k: v for k, v in BASE.items() if k != "num_key_value_heads"}
+    cfg.update(model_type="ernie4_5", num_attention_heads=8, head_dim=12)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    arch = resolve_model(str(tmp_path))
+    config = transformers.AutoConfig.for_model(**cfg)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    k_proj = model.model.layers[0].self_attn.k_proj
+    assert arch.kv_heads == k_proj.out_features // 12 == 2
+    assert count_params(arch) == sum(p.numel() for p in model.parameters())

@@ -139,14 +139,16 @@ def _attention(
     out = LinearOp.saved(ctx, qkv, state, in_grad, "q/k/v projections", h, ctx.residual)
     if x or w or wn:
         attn_grads = frozenset({"q", "k", "v"})
+        own = attn_grads
     else:
-        attn_grads = frozenset(
-            r for lin in qkv if lin.module in state.adapted | biased for r in lin.roles
-        ) | (frozenset({"k", "v"}) if prefix else frozenset())
-        attn_grads |= frozenset({"q", "k"}) if state.qk_norms_trained else frozenset()
+        own = frozenset(r for lin in qkv if lin.module in state.adapted | biased for r in lin.roles)
+        own |= frozenset({"q", "k"}) if state.qk_norms_trained else frozenset()
+        attn_grads = own | (frozenset({"k", "v"}) if prefix else frozenset())
     out += QKNorm.saved(ctx, state, qkv, x or w or wn, wn or state.qk_norms_trained)
     out += Attention.clamp_saved(ctx, attn_grads)
-    out += Attention.saved(ctx, attn_grads)
+    # (a prefix's keys need a gradient after the rotary: the layer's own q and k, which
+    # the rotary turns, need none in a block whose input and projections need none)
+    out += Attention.saved(ctx, attn_grads, rotary_grad=bool(own & {"q", "k"}))
     if state.gated_prompt and ctx.run.method == "adaption-prompt":
         out += AdaptionPrompt.saved(ctx, "q" in attn_grads)
     elif state.gated_prompt:

@@ -29,8 +29,18 @@ from ftmem.validation import (
 )
 from ftmem.vision import VisionTower, projector_count, text_extras_count, tower_count
 
+# "statistic": a parameter that never trains, stored in fp32 whatever the model's dtype
+# (ERNIE 4.5 MoE's e_score_correction_bias)
 ParamKind = Literal[
-    "linear", "linear_bias", "expert", "embedding", "norm", "router", "position", "sink"
+    "linear",
+    "linear_bias",
+    "expert",
+    "embedding",
+    "norm",
+    "router",
+    "position",
+    "sink",
+    "statistic",
 ]
 # Roles a linear layer can play; LoRA targets are chosen by role or by module name.
 Role = Literal["q", "k", "v", "o", "gate", "up", "down", "router"]
@@ -714,6 +724,18 @@ def latent_norm_params(arch: Architecture) -> list[Param]:
     return [Param(f"{attention}.{n}.weight", (w,), "norm") for n, w in widths.items() if w]
 
 
+def router_statistic_params(arch: Architecture) -> list[Param]:
+    """ERNIE 4.5 MoE's router correction bias (Family.router_statistics): an fp32
+    ``nn.Parameter(torch.zeros(1, E), requires_grad=False)`` in every sparse block
+    (transformers 5.25 modeling_ernie4_5_moe.py Ernie4_5_MoeStatics, l.276-285)."""
+    if not (arch.is_moe and arch.traits.router_statistics):
+        return []
+    module = f"{arch.traits.names.experts['router']}.moe_statics"
+    sparse = arch.sparse_blocks if arch.dense_layers else None
+    shape = (1, arch.num_experts)
+    return [Param(f"{module}.e_score_correction_bias", shape, "statistic", blocks=sparse)]
+
+
 def sink_params(arch: Architecture) -> list[Param]:
     """gpt-oss's attention sinks: one learned logit per query head, kept by the attention
     module (GptOssAttention.sinks)."""
@@ -805,6 +827,7 @@ def layout(arch: Architecture) -> Layout:
     else:
         norm_names = names.norms[arch.norms_per_block]
     block += shared_expert_gate_params(arch)
+    block += router_statistic_params(arch)
     block += qk_norm_params(arch)
     block += sink_params(arch)
     block += latent_norm_params(arch)

@@ -1788,6 +1788,9 @@ def _block_groups(
         fmt = _base_format(p, dtypes, keep_unquantized)
         if p.kind == "router" and arch.traits.router_fp32:
             fmt = "fp32"  # (its _keep_in_fp32_modules_strict)
+        if p.kind == "statistic":  # (fp32, requires_grad False: no method trains it)
+            groups.append(TensorGroup(p.name, p.shape, p.count(L), "fp32", False))
+            continue
         if copies and dtypes.quantized is not None:
             fmt = dtypes.quantized  # (an expert's or the router's nn.Linear, transformers 4)
         # a dense or sparse block's own tensors are in fewer; per-expert linears E each

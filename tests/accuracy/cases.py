@@ -59,7 +59,7 @@ MATRIX_METHODS = [
 
 # families whose LoRA on MLP linears ftmem refuses (peft turns gate/up/down targets of a
 # transformers-5 MoE model into LoRA on its 3-D experts): their matrix adapts attention
-MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3", "glm4_moe", "dots1", "qwen2_moe")
+MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3", "glm4_moe", "dots1", "ernie4_5_moe", "qwen2_moe")
 
 # families whose quantised weights ftmem refuses (bitsandbytes quantises Qwen2-MoE's
 # one-output shared_expert_gate as well, not modelled)
@@ -146,7 +146,21 @@ def _llama_like_families_of_stop_48() -> list[Case]:
         Case("seed_oss", {"method": "qlora", "precision": "bf16"}, WIDER),
         Case("seed_oss", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
         Case("seed_oss", {"method": "bitfit", "precision": "bf16"}),
+        # ERNIE 4.5 with use_bias (every linear biased): BitFit, full finetuning under
+        # autocast, LoRA checkpointed
+        *(
+            Case("ernie4_5", settings, ERNIE_BIASES)
+            for settings in (
+                {"method": "bitfit", "precision": "bf16"},
+                {"method": "full", "precision": "bf16-mixed"},
+                {"method": "lora", "precision": "bf16", "grad_ckpt": True},
+            )
+        ),
     ]
+
+
+# ERNIE 4.5's use_bias: q, k, v, o, gate, up and down biased
+ERNIE_BIASES = {"attention_qkv_bias": True, "attention_out_bias": True, "mlp_bias": True}
 
 
 def _granite_embedding_multiplier() -> list[Case]:
@@ -835,6 +849,8 @@ NEW_WIRING = (
     "olmo3",
     "qwen2_moe",
     "minimax_m2",
+    "ernie4_5",
+    "ernie4_5_moe",
 )
 
 

@@ -257,6 +257,20 @@ class Family:
     # fp32 whatever the model's dtype (DeepSeek: F.linear(h.type(float32), w.type(float32)),
     # _keep_in_fp32_modules_strict ["gate.weight"]).
     router_fp32: bool = False
+    # The router runs with autocast disabled (ERNIE 4.5 MoE: ``maybe_autocast(enabled=
+    # False)`` around F.linear(h.float(), w.float())): its fp32 input stays fp32 under
+    # autocast, and on an fp32 residual it is the MLP input itself.
+    router_autocast_off: bool = False
+    # The router keeps a frozen fp32 correction bias per sparse block as a parameter
+    # (ERNIE 4.5 MoE's moe_statics.e_score_correction_bias; DeepSeek's is a buffer).
+    router_statistics: bool = False
+    # The router divides its top-k by ``clamp(sum, min=...)`` out of place (ERNIE 4.5
+    # MoE): the clamp keeps its input (T fp32) beside the division's operands.
+    router_renormalises_clamped: bool = False
+    # The routing weights are cast to the MoE block's input dtype (the residual's: fp32
+    # under autocast over fp32 weights), not the router's output dtype (ERNIE 4.5 MoE:
+    # ``routing_weights.to(hidden_states.dtype)``).
+    routing_weights_in_hidden_dtype: bool = False
     # The shared experts' output is scaled per token by sigmoid(shared_expert_gate(x)), a
     # bias-free nn.Linear(hidden, 1) beside them (Qwen2-MoE: transformers 5.25
     # modeling_qwen2_moe.py Qwen2MoeSparseMoeBlock.forward); ModuleNames.shared_experts

@@ -385,12 +385,16 @@ class Attention:
         return tuple(p for p in layout(arch).block if p.kind == "sink")
 
     @staticmethod
-    def saved(ctx: LayerContext, needs_grad: frozenset[str]) -> list[Saved]:
+    def saved(
+        ctx: LayerContext, needs_grad: frozenset[str], rotary_grad: bool = True
+    ) -> list[Saved]:
         """Attention core: rotary outputs, the kernel's saved inputs/outputs.
 
         ``needs_grad`` holds which of q, k, v need a gradient. The fused kernels save all
         their inputs as soon as one does; eager matmuls save an operand only when the
-        other one needs a gradient (q for k's gradient, k for q's).
+        other one needs a gradient (q for k's gradient, k for q's). ``rotary_grad``: the
+        q or k the rotary turns needs one (not where only a prefix's keys do, which join
+        after it: a layer's own tables are then kept by no multiply).
         """
         if not needs_grad:
             return []
@@ -398,7 +402,7 @@ class Attention:
         T, e = ctx.tokens, ctx.e
         b, s = run.batch_size, ctx.tokens // run.batch_size
         nh, q, kv = arch.num_heads, arch.q_size, arch.kv_size
-        out: list[Saved] = Attention.layer_rotary_tables(ctx)
+        out: list[Saved] = Attention.layer_rotary_tables(ctx) if rotary_grad else []
         out += Attention.indexed_rotary_saved(ctx, needs_grad)
         out += Attention.query_scale_saved(ctx, needs_grad)
 
@@ -573,13 +577,16 @@ class Attention:
     def layer_rotary_tables(ctx: LayerContext) -> list[Saved]:
         """The layer's own cos and sin (one sequence's positions, whatever the batch),
         which its rotary multiplies keep: GLM-4's interleaved ones in the residual dtype
-        (Family.rotary_tables_per_layer), or a transformers 4 layer's in its value states'
-        dtype (versions.LLAMA_ROTARY_PER_LAYER: ``.to(dtype=x.dtype)``, x = value_states)."""
+        (Family.rotary_tables_per_layer), ERNIE 4.5's in fp32 (rotary_tables_fp32: the
+        model's tables are fp32, interleaved per layer), or a transformers 4 layer's in
+        its value states' dtype (versions.LLAMA_ROTARY_PER_LAYER: ``.to(dtype=x.dtype)``,
+        x = value_states)."""
         if not rotary_tables_per_layer(ctx.arch, ctx.run):
             return []
         s = ctx.tokens // ctx.run.batch_size
         glm = ctx.arch.traits.rotary_tables_per_layer
-        size = 2 * s * ctx.arch.rotary_size * (ctx.residual if glm else ctx.e)
+        table = FP32 if ctx.arch.traits.rotary_tables_fp32 else ctx.residual
+        size = 2 * s * ctx.arch.rotary_size * (table if glm else ctx.e)
         what = "this layer's interleaved cos/sin" if glm else "this layer's cos/sin"
         return [Saved(what, size, Kind.ATTN_QK, Side.ATTENTION)]
 

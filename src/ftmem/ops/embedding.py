@@ -86,9 +86,15 @@ class Embedding:
         releases before GradientCheckpointingLayer, 4.52, passed the tuple positionally:
         no tensor either, saved by neither checkpoint variant.) Qwen-1's
         cached tables (rotary_tables_cached) are slices the recompute takes again: none
-        held. One tensor each."""
+        held. One tensor each. A family whose layers rebuild their own tables from the
+        model's pair (Family.rotary_tables_per_layer: GLM's and GLM-4's in the embeddings'
+        dtype, transformers 5.25 modeling_glm4.py l.309; ERNIE 4.5's in fp32,
+        modeling_ernie4_5.py l.85-91) holds that pair all the same."""
         if not run.grad_ckpt or arch.traits.rotary_tables_cached:
             return ()
+        if arch.traits.rotary_tables_per_layer and arch.position_embedding == "rotary":
+            e = FP32 if arch.traits.rotary_tables_fp32 else residual
+            return (T // run.batch_size * arch.rotary_size * e,) * 2
         return Embedding.rotary_tables(arch, run, T, residual)
 
     @staticmethod

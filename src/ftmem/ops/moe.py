@@ -17,7 +17,9 @@ class MoE:
 
     @staticmethod
     def parameters(arch: Architecture) -> tuple[Param, ...]:
-        return tuple(p for p in layout(arch).block if p.kind in ("router", "expert"))
+        # (the router's frozen fp32 correction bias, ERNIE 4.5 MoE's "statistic", too)
+        kinds = ("router", "expert", "statistic")
+        return tuple(p for p in layout(arch).block if p.kind in kinds)
 
     @staticmethod
     def saved(ctx: LayerContext, state: BlockState, x_grad: bool) -> list[Saved]:
@@ -66,7 +68,9 @@ class MoE:
                 ("expert outputs (for routing-weight grad)", Tk * h * ee),
             ]
             quantised_router = looped and ctx.plan.dtypes.quantized and router_is_linear_in_4x(arch)
-            if ctx.plan.dtypes.casts_weights and not quantised_router:
+            # (no copy where the router turns autocast off: ERNIE 4.5 MoE's)
+            own_dtype = traits.router_autocast_off
+            if ctx.plan.dtypes.casts_weights and not (quantised_router or own_dtype):
                 bias = E if traits.router_topk_softmax else 0
                 sizes.append(("router 16-bit weight copy", (h * E + bias) * 2))
         else:
@@ -92,7 +96,9 @@ class MoE:
             sizes.append(("sorted expert ids (bias gathers)", Tk * INDEX_BYTES))
         if router_trains:
             # (DeepSeek's fp32 copy, unless autocast casts it to 16 bits again)
-            fp32 = traits.router_fp32 and not ctx.plan.dtypes.autocast
+            # (ERNIE 4.5 MoE's router turns autocast off: fp32 all the same)
+            autocast = ctx.plan.dtypes.autocast and not traits.router_autocast_off
+            fp32 = traits.router_fp32 and not autocast
             sizes.append(("router input", T * h * (FP32 if fp32 else ctx.e)))
         return [Saved(what, size, Kind.MOE, Side.MLP) for what, size in sizes]
 
@@ -102,8 +108,8 @@ class MoE:
         the router's output dtype (gpt-oss: softmax(dtype=router_top_value.dtype);
         Qwen3-MoE, OLMoE: the fp32 top-k cast back, Family.routing_weights_in_router_dtype);
         transformers 4 casts them to the hidden states' (routing_weights.to(...))."""
-        if looped:
-            return ctx.residual
+        if looped or ctx.arch.traits.routing_weights_in_hidden_dtype:
+            return ctx.residual  # (ERNIE 4.5 MoE: ``.to(hidden_states.dtype)``)
         return ctx.e if MoE.weights_in_router_dtype(ctx.arch) else FP32
 
     @staticmethod
@@ -116,6 +122,8 @@ class MoE:
         # (router_top_value /= its sum, in place) keeps the quotient and the sum
         # (measured on OlmoeTopKRouter: +Tk·4 + T·4 bytes with norm_topk_prob)
         norm = Tk * FP32 + T * FP32 if arch.router_renormalises else 0
+        if arch.traits.router_renormalises_clamped:
+            norm += T * FP32  # (clamp(sum, min=...) keeps the sum for its mask)
         return (
             "router softmax (fp32) + top-k",
             T * arch.num_experts * FP32 + Tk * INDEX_BYTES + norm,
@@ -232,6 +240,8 @@ class MoE:
         router_trains = state.weights_trainable or MoE.router(ctx.arch) in state.trained
         if not router_trains:
             return False
+        if ctx.arch.traits.router_fp32 and ctx.arch.traits.router_autocast_off:
+            return ctx.residual == FP32  # (``.float()`` of an fp32 input is the input)
         if ctx.arch.traits.router_fp32:
             return ctx.e == FP32 and not ctx.plan.dtypes.autocast
         return not ctx.plan.dtypes.autocast
