@@ -476,6 +476,19 @@ TINY: dict[str, dict] = {
         intermediate_size=160,
         attention_qkv_bias=True,
     ),
+    # Hunyuan-V1-Dense: Qwen3's per-head q/k RMSNorms, after the rotary; head_dim 32 apart
+    # from hidden / heads (24)
+    "hunyuan_v1_dense": dict(
+        family="hunyuan_v1_dense",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=160,
+        qk_norm=True,
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

@@ -146,6 +146,18 @@ def _llama_like_families_of_stop_48() -> list[Case]:
         Case("seed_oss", {"method": "qlora", "precision": "bf16"}, WIDER),
         Case("seed_oss", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
         Case("seed_oss", {"method": "bitfit", "precision": "bf16"}),
+        # Hunyuan-V1-Dense's q/k norms after the rotary (Family.qk_norm_after_rotary):
+        # under autocast the rotated q and k are fp32, and so is the normalised tensor a
+        # trained norm weight keeps (-57,600 B a layer without it); checkpointed, eager,
+        # offloaded, autocast over bf16 weights
+        Case("hunyuan_v1_dense", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("hunyuan_v1_dense", {"method": "full", "precision": "bf16-mixed", "attn": "eager"}),
+        Case("hunyuan_v1_dense", {"method": "full", "precision": "bf16", "autocast": True}),
+        Case(
+            "hunyuan_v1_dense",
+            {"method": "full", "precision": "bf16-mixed", "activation_offload": True},
+        ),
+        Case("hunyuan_v1_dense", {"method": "lora", "precision": "fp32", "attn": "eager"}),
     ]
 
 
@@ -835,6 +847,7 @@ NEW_WIRING = (
     "olmo3",
     "qwen2_moe",
     "minimax_m2",
+    "hunyuan_v1_dense",
 )
 
 

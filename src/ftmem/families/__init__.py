@@ -238,6 +238,12 @@ class Family:
     # nn.LayerNorm default; StableLM's per-head LayerNorms are built with bias=False).
     qk_norm_names: tuple[str, str] = ("q_norm", "k_norm")
     qk_norm_bias: bool = False
+    # The per-head q/k norms act on the rotated q and k (Hunyuan-V1-Dense, transformers
+    # 5.25 modeling_hunyuan_v1_dense.py l.196-198), not on the projection's output: their
+    # input is in the rotary's dtype (the promotion of the projection's output and the
+    # cos/sin tables': fp32 under autocast), and so is the normalised tensor they keep
+    # for a trained weight (``hidden_states.to(input_dtype)``).
+    qk_norm_after_rotary: bool = False
     # The block's two norms act on each sublayer's output before the residual add, and
     # nothing normalises its input (OLMo 2): attention and MLP read the residual stream.
     norms_after_sublayers: bool = False

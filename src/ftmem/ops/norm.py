@@ -184,6 +184,8 @@ class QKNorm:
         # the projections' output dtype (fp32 from 4-bit linears under autocast); OLMo 2
         # scales in fp32 and keeps the fp32 normalised tensor for the weight
         oe = ctx.projection_out_bytes
+        if arch.traits.qk_norm_after_rotary:  # the rotated q and k's dtype (Hunyuan)
+            oe = max(oe, FP32 if arch.traits.rotary_tables_fp32 else ctx.residual)
         normed_bytes = FP32 if arch.traits.norm_scale_in_fp32 else oe
         copies = 2 if arch.traits.norm_centres_twice else 1
         own = state.output_grad
