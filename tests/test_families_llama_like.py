@@ -1,4 +1,5 @@
-"""The Llama-like families of stop 48 (OLMo 3, Ministral, Ministral 3, Seed-OSS) read
+"""The Llama-like families of stop 48 (OLMo 3, Ministral, Ministral 3, Seed-OSS,
+Hunyuan-V1-Dense) read
 from config.json files that leave keys to their config classes' defaults, as published
 configs do: what ftmem reads equals what transformers' own config class fills in and
 the model it builds on the meta device (window, sliding layers, head_dim, biases, tying,
@@ -69,6 +70,22 @@ CASES = {
         "tie_word_embeddings": True,
         "residual_dropout": 0.0,
     },
+    # HunYuanDenseV1Config: no biases, 2048 positions, untied; the q/k norms always
+    # there (their weights in the count)
+    "hunyuan_v1_dense-defaults": {"model_type": "hunyuan_v1_dense", "head_dim": 24},
+    "hunyuan_v1_dense-switches": {
+        "model_type": "hunyuan_v1_dense",
+        "head_dim": 32,
+        "attention_bias": True,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 262144,
+        # (keys of the remote code that transformers' port does not read: no
+        # cross-layer attention, no switch for the q/k norms)
+        "use_cla": True,
+        "cla_share_factor": 2,
+        "use_qk_norm": False,
+        "rope_scaling": {"type": "dynamic", "alpha": 1000.0, "factor": 1.0},
+    },
 }
 
 
@@ -135,6 +152,8 @@ def test_read_as_transformers_fills_it(case, tmp_path):
             "configs without sliding layers",
         ),
         ({"model_type": "ministral", "head_dim": 24, "sliding_window": None}, "sliding"),
+        # HunYuanDenseV1Attention reads head_dim as given, as Ministral's (l.161)
+        ({"model_type": "hunyuan_v1_dense"}, "lacks 'head_dim'"),
         # MinistralAttention reads head_dim as given: None fails at head_dim ** -0.5
         ({"model_type": "ministral"}, "lacks 'head_dim'"),
         # Ministral3Config's head_dim is a strict int field: null is refused there too

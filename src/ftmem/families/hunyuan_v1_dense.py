@@ -12,8 +12,10 @@ shared cos and sin (they need no gradient). Norms (fp32 statistics, the weight t
 input-dtype result), rotary tables cast to the hidden states' dtype, the MLP and the
 loss are Llama's; HunYuanDenseV1RotaryEmbedding's fixed-``alpha`` NTK type changes the
 frequencies only. HunYuanDenseV1Config (configuration_hunyuan_v1_dense.py):
-attention_bias false (biases q, k, v and o alike), head_dim hidden / heads when null,
-max_position_embeddings 2048, untied embeddings, no sliding window.
+attention_bias false (biases q, k, v and o alike), max_position_embeddings 2048,
+untied embeddings, no sliding window; its ``head_dim`` defaults to None, which the
+attention reads as given (``getattr(config, "head_dim", ...)``, l.161: None fails at
+``head_dim ** -0.5``), so a config without it is refused.
 
 Not in transformers' port, so not here: the remote code's cross-layer attention
 (``use_cla``); the norms are always there (no ``use_qk_norm`` switch is read)."""
@@ -21,7 +23,7 @@ Not in transformers' port, so not here: the remote code's cross-layer attention
 from __future__ import annotations
 
 from ftmem.families import Family
-from ftmem.families._config import Config, LlamaKeys
+from ftmem.families._config import Config, LlamaKeys, need
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
 
@@ -31,6 +33,7 @@ DEFAULT_POSITIONS = 2048
 
 def _read(cfg: Config, out: Config) -> None:
     out["qk_norm"] = True
+    out["head_dim"] = need(cfg, "head_dim")
     out.pop("sliding_window", None)  # (HunYuanDenseV1Config has no window)
     if "max_position_embeddings" not in cfg:
         out["max_position_embeddings"] = DEFAULT_POSITIONS
