@@ -489,6 +489,14 @@ TINY: dict[str, dict] = {
         intermediate_size=160,
         qk_norm=True,
     ),
+    # Hunyuan-V1-MoE: the dense model's attention over an fp32 softmax router, 8 experts
+    # (top-2) and a shared MLP, both 48 wide
+    "hunyuan_v1_moe": dict(
+        family="hunyuan_v1_moe",
+        **_SMALL_EXPERTS,
+        qk_norm=True,
+        shared_experts_size=48,
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

@@ -263,6 +263,10 @@ class Family:
     # fp32 whatever the model's dtype (DeepSeek: F.linear(h.type(float32), w.type(float32)),
     # _keep_in_fp32_modules_strict ["gate.weight"]).
     router_fp32: bool = False
+    # Why bitsandbytes' quantised model of this family is not modelled (refused), where
+    # it quantises a module the layout keeps in full precision (Hunyuan-V1-MoE's fp32
+    # router wg is an nn.Linear: a Linear4bit under QLoRA); empty where it is modelled.
+    quantisation_unmodelled: str = ""
     # The shared experts' output is scaled per token by sigmoid(shared_expert_gate(x)), a
     # bias-free nn.Linear(hidden, 1) beside them (Qwen2-MoE: transformers 5.25
     # modeling_qwen2_moe.py Qwen2MoeSparseMoeBlock.forward); ModuleNames.shared_experts
