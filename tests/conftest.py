@@ -497,6 +497,18 @@ TINY: dict[str, dict] = {
         qk_norm=True,
         shared_experts_size=48,
     ),
+    # Helium: Llama's block with fp32-scaling norms (an fp32 copy of each weight) and
+    # per-layer interleaved rotary tables; heads × head_dim = hidden (its o_proj's width,
+    # so no head_dim of its own: the wider variant's heads widen with it)
+    "helium": dict(
+        family="helium",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

@@ -1,5 +1,5 @@
 """The Llama-like families of stop 48 (OLMo 3, Ministral, Ministral 3, Seed-OSS,
-Hunyuan-V1-Dense) read
+Hunyuan-V1-Dense, Helium) read
 from config.json files that leave keys to their config classes' defaults, as published
 configs do: what ftmem reads equals what transformers' own config class fills in and
 the model it builds on the meta device (window, sliding layers, head_dim, biases, tying,
@@ -86,6 +86,17 @@ CASES = {
         "use_qk_norm": False,
         "rope_scaling": {"type": "dynamic", "alpha": 1000.0, "factor": 1.0},
     },
+    # HeliumConfig: head_dim 128 (here 4 × 128 wide, o_proj 96 → 96 would not run: refused
+    # below), no biases, untied, 4096 positions
+    "helium-defaults": {"model_type": "helium", "head_dim": 24},
+    "helium-switches": {
+        "model_type": "helium",
+        "head_dim": 24,
+        "attention_bias": True,
+        "mlp_bias": True,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 8192,
+    },
 }
 
 
@@ -154,6 +165,10 @@ def test_read_as_transformers_fills_it(case, tmp_path):
         ({"model_type": "ministral", "head_dim": 24, "sliding_window": None}, "sliding"),
         # HunYuanDenseV1Attention reads head_dim as given, as Ministral's (l.161)
         ({"model_type": "hunyuan_v1_dense"}, "lacks 'head_dim'"),
+        # HeliumAttention's o_proj is hidden → hidden: heads × head_dim (4 × 128 by
+        # HeliumConfig's default) must be the hidden size (96)
+        ({"model_type": "helium"}, "o_proj is hidden_size wide"),
+        ({"model_type": "helium", "head_dim": 32}, "o_proj is hidden_size wide"),
         # MinistralAttention reads head_dim as given: None fails at head_dim ** -0.5
         ({"model_type": "ministral"}, "lacks 'head_dim'"),
         # Ministral3Config's head_dim is a strict int field: null is refused there too
@@ -207,3 +222,15 @@ def test_seed_oss_trains_with_its_config_class_dropouts(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     assert resolve_model(str(tmp_path)).residual_dropout == 0.0
     assert not [n for n in source_notes(str(tmp_path)) if "dropout" in n]
+
+
+def test_helium_with_heads_wider_than_hidden_does_not_run_in_transformers():
+    """HeliumAttention feeds its heads × head_dim output to an o_proj built hidden →
+    hidden (transformers 5.25 modeling_helium.py): where the two differ the forward
+    fails, which is why ftmem refuses such a config."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.AutoConfig.for_model(model_type="helium", **{**BASE, "head_dim": 32})
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with pytest.raises(RuntimeError):
+        model(torch.zeros(1, 4, dtype=torch.long))

@@ -66,6 +66,7 @@ MLP_LORA_REFUSED = (
     "dots1",
     "qwen2_moe",
     "hunyuan_v1_moe",
+    "helium",
 )
 
 # families whose quantised weights ftmem refuses (bitsandbytes quantises Qwen2-MoE's
@@ -175,6 +176,12 @@ def _llama_like_families_of_stop_48() -> list[Case]:
             {"method": "lora", "lora_targets": "q,v,gate,up,down", "precision": "bf16-mixed"},
         ),
         Case("hunyuan_v1_moe", {"method": "lora", "lora_targets": "experts", "precision": "fp32"}),
+        # Helium's norms (an fp32 copy of each 16-bit weight, the fp32 normalised tensor)
+        # and per-layer interleaved tables: checkpointed full finetuning, autocast over
+        # bf16 weights, eager attention
+        Case("helium", {"method": "full", "precision": "bf16", "grad_ckpt": True}),
+        Case("helium", {"method": "full", "precision": "bf16", "autocast": True}),
+        Case("helium", {"method": "lora", "precision": "bf16", "attn": "eager"}),
     ]
 
 
@@ -866,6 +873,7 @@ NEW_WIRING = (
     "minimax_m2",
     "hunyuan_v1_dense",
     "hunyuan_v1_moe",
+    "helium",
 )
 
 

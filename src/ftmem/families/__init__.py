@@ -257,6 +257,12 @@ class Family:
     # with arch.norm "rmsnorm" (one weight): they keep the centred fp32 input twice (two
     # subtractions of the mean) beside the rstd.
     norm_centres_twice: bool = False
+    # The RMSNorms scale by an fp32 copy of their weight, in fp32, before casting back
+    # (Helium: ``(self.weight.to(torch.float32) * hidden_states).to(input_dtype)``,
+    # transformers 5.25 modeling_helium.py HeliumRMSNorm): the product keeps that copy
+    # for its input's gradient (16-bit weights only; an fp32 weight is not copied) and
+    # the fp32 normalised tensor for the weight's.
+    norm_weight_cast_fp32: bool = False
     # o_proj reads the attention kernel's output storage itself (no copy in between).
     o_proj_reads_kernel_output: bool = True
     # The MoE router's linear runs on an fp32 copy of its input, with its weight kept in
