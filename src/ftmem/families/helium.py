@@ -14,7 +14,15 @@ heads × head_dim is, and the attention's output (heads × head_dim wide) is fed
 config where the two differ cannot run, and is refused. HeliumConfig
 (configuration_helium.py): head_dim 128, 20 heads of a 2,560 hidden size, no biases
 (``attention_bias`` on q/k/v only, o_proj never; ``mlp_bias``), untied embeddings,
-max_position_embeddings 4096, no sliding window."""
+max_position_embeddings 4096, no sliding window.
+
+Measured (tests/accuracy, CPU, peft 0.21.2: two layers, 4 heads of 24 over 2 KV heads,
+3 × 50 tokens; 23 cases: the matrix, QLoRA in two regimes, checkpointing, eager
+attention, autocast over bf16 weights): weights, gradients, states and activations
+exact but IA³'s +384 B (as the older families') and prefix tuning's +4,800 B (the
+per-layer tables counted where no rotated tensor needs a gradient: GLM's +2,400 B, half
+heads); peaks within 0.6 %. Modelled as Llama's norms, full bf16 finetuning was
+145,920 B under and LoRA in bf16 1,536 B under (the weight copies)."""
 
 from __future__ import annotations
 

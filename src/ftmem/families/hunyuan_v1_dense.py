@@ -17,6 +17,16 @@ untied embeddings, no sliding window; its ``head_dim`` defaults to None, which t
 attention reads as given (``getattr(config, "head_dim", ...)``, l.161: None fails at
 ``head_dim ** -0.5``), so a config without it is refused.
 
+Where the norms come after the rotary the normalised tensor a trained weight keeps is
+in the rotated q/k's dtype (Family.qk_norm_after_rotary): under autocast the fp32
+tables make it fp32, where Qwen3's is the projection's 16-bit dtype. Measured (tests/
+accuracy, CPU, peft 0.21.2, transformers 5.25: two layers, 4 heads of 32 over 2 KV
+heads, 3 × 50 tokens; 25 cases: the matrix, QLoRA in two regimes, checkpointing, eager
+attention, offloading, autocast over bf16 weights): weights, gradients, states and
+activations exact (IA³ +512 B, as Qwen3's); modelled as Qwen3's the bf16-mixed full
+finetuning case was 57,600 B a layer under (T × (q + kv) × 2). Peaks within 1.0 %
+(offloaded full finetuning).
+
 Not in transformers' port, so not here: the remote code's cross-layer attention
 (``use_cla``); the norms are always there (no ``use_qk_norm`` switch is read)."""
 

@@ -32,8 +32,10 @@ nn.Linear too (a Linear4bit under QLoRA, measured): quantised weights are refuse
 Measured (tests/accuracy, CPU, peft 0.21.2: two layers of 8 experts, top-2, 48 wide,
 3 × 50 tokens): weights, gradients and states exact; activations -64 B in fp32 and bf16
 (the MoE families' 64 B, e.g. Qwen3-MoE's), +568 B a layer under autocast (bf16-mixed:
-+0.04 %, where DeepSeek-V3's and dots.llm1's fp32 routers are +0.2 %); peaks within
-0.8 % (checkpointed LoRA)."""
++0.04 %, where DeepSeek-V3's and dots.llm1's fp32 routers are +0.2 %), IA³ +448 B (as
+Qwen3-MoE's); peaks within 1.5 % (checkpointed full bf16 +1.4 %): 23 cases, the matrix
+(attention-only LoRA), checkpointing, LoRA on the 3-D experts and on the names peft
+rewrites into them."""
 
 from __future__ import annotations
 
