@@ -11,7 +11,8 @@ dtype the checkpoint stores it in (checked, transformers 5.25 on the CPU: only a
 ``model.to(bf16)`` casts it); as DeepSeek's router (Family.router_fp32) the linear then
 runs on ``hidden_states.float()``, an fp32 copy of its input. Then an fp32 softmax over
 every expert, top-k, the top-k always divided by their sum, cast to the logits' dtype
-(fp32): fp32 routing weights, as Mixtral's. HunYuanMoEV1Experts (l.245-282) is
+(Family.routing_weights_in_router_dtype): fp32 routing weights, as Mixtral's, but
+16-bit under autocast, which casts the router's linear. HunYuanMoEV1Experts (l.245-282) is
 Mixtral's 3-D ``gate_up_proj``/``down_proj`` pair; HunYuanMoEV1Moe (l.285-301) adds
 ``shared_mlp(x)`` (HunYuanMoEV1MLP, ``intermediate_size`` wide) on the same input, as
 DeepSeek's shared experts; no gate on it, no dense layers. HunYuanMoEV1ForCausalLM adds
@@ -30,10 +31,9 @@ of another width, not exactly one shared MLP). bitsandbytes quantises the router
 nn.Linear too (a Linear4bit under QLoRA, measured): quantised weights are refused.
 
 Measured (tests/accuracy, CPU, peft 0.21.2: two layers of 8 experts, top-2, 48 wide,
-3 × 50 tokens): weights, gradients and states exact; activations -64 B in fp32 and bf16
-(the MoE families' 64 B, e.g. Qwen3-MoE's), +568 B a layer under autocast (bf16-mixed:
-+0.04 %, where DeepSeek-V3's and dots.llm1's fp32 routers are +0.2 %), IA³ +448 B (as
-Qwen3-MoE's); peaks within 1.5 % (checkpointed full bf16 +1.4 %): 23 cases, the matrix
+3 × 50 tokens): weights, gradients and states exact; activations within 64 B
+(the MoE families' 64 B, e.g. Qwen3-MoE's; under autocast +568 B a layer with the
+routing weights counted fp32), IA³ +448 B (as Qwen3-MoE's); peaks within 1.5 % (checkpointed full bf16 +1.4 %): 23 cases, the matrix
 (attention-only LoRA), checkpointing, LoRA on the 3-D experts and on the names peft
 rewrites into them."""
 
@@ -136,6 +136,7 @@ FAMILY = Family(
     qk_norm_names=("query_layernorm", "key_layernorm"),
     qk_norm_after_rotary=True,
     router_fp32=True,
+    routing_weights_in_router_dtype=True,
     # (measured on the tiny model under QLoRA: wg a Linear4bit, (512, 1) uint8 with its
     # quantisation state; weights -2,472 B a layer against an fp32 router)
     quantisation_unmodelled="bitsandbytes quantises their fp32 router wg too",
