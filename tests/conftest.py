@@ -497,6 +497,39 @@ TINY: dict[str, dict] = {
         intermediate_size=160,
         attention_qkv_bias=True,
     ),
+    # Hunyuan-V1-Dense: Qwen3's per-head q/k RMSNorms, after the rotary; head_dim 32 apart
+    # from hidden / heads (24)
+    "hunyuan_v1_dense": dict(
+        family="hunyuan_v1_dense",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=160,
+        qk_norm=True,
+    ),
+    # Hunyuan-V1-MoE: the dense model's attention over an fp32 softmax router, 8 experts
+    # (top-2) and a shared MLP, both 48 wide
+    "hunyuan_v1_moe": dict(
+        family="hunyuan_v1_moe",
+        **_SMALL_EXPERTS,
+        qk_norm=True,
+        shared_experts_size=48,
+    ),
+    # Helium: Llama's block with fp32-scaling norms (an fp32 copy of each weight) and
+    # per-layer interleaved rotary tables; heads × head_dim = hidden (its o_proj's width,
+    # so no head_dim of its own: the wider variant's heads widen with it)
+    "helium": dict(
+        family="helium",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

@@ -749,3 +749,100 @@ def test_ernie_45_moe_refuses_what_is_not_modelled(changes, message, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**ERNIE_45_21B_A3B, **changes}))
     with pytest.raises(ConfigError, match=message):
         resolve_model(str(tmp_path))
+
+
+# a Hunyuan-A13B-sized stack (hidden 4096, 32 layers, GQA 32/8 of 128, 64 experts of
+# 3,072, top-8 given per layer as the remote code's configs write it, a tied head): the
+# count is transformers' on the meta device, not a published figure
+HUNYUAN_MOE = {
+    "model_type": "hunyuan_v1_moe",
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "intermediate_size": 3072,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "vocab_size": 128167,
+    "num_experts": 64,
+    "moe_topk": [8] * 32,
+    "moe_intermediate_size": [3072] * 32,
+    "num_shared_expert": [1] * 32,
+    "use_mixed_mlp_moe": True,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 32768,
+}
+
+
+def test_hunyuan_moe_counts_as_transformers_builds_it(tmp_path):
+    """Hunyuan-V1-MoE: the routed experts and the one shared MLP both intermediate_size
+    wide, the fp32 router, the q/k norms; a top-k list that does not vary is its value."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text(json.dumps(HUNYUAN_MOE))
+    arch = resolve_model(str(tmp_path))
+    assert (arch.num_experts, arch.experts_per_token, arch.shared_experts_size) == (64, 8, 3072)
+    assert (arch.qk_norm, arch.sliding_window, arch.router_renormalises) == (True, None, True)
+    cfg = {k: v for k, v in HUNYUAN_MOE.items() if k not in ("moe_intermediate_size",)}
+    config = transformers.AutoConfig.for_model(**cfg)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert count_params(arch) == sum(p.numel() for p in model.parameters())
+
+
+def test_hunyuan_moe_router_stays_fp32_as_loaded():
+    """wg is built with dtype=torch.float32 (not _keep_in_fp32_modules): transformers'
+    from_config in bf16 leaves it fp32 beside bf16 experts (Family.router_fp32)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    kw = {k: HUNYUAN_MOE[k] for k in ("model_type", "num_experts", "moe_topk")}
+    config = transformers.AutoConfig.for_model(
+        **{**kw, "moe_topk": 2, "num_experts": 4},
+        vocab_size=64, hidden_size=32, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+    )  # fmt: skip
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    mlp = model.model.layers[0].mlp
+    assert (mlp.gate.wg.weight.dtype, mlp.experts.gate_up_proj.dtype) == (
+        torch.float32,
+        torch.bfloat16,
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"moe_topk": [8] * 31 + [4]}, "moe_topk .* varies by layer"),
+        ({"num_experts": [64] * 32}, "num_experts .* is a list"),
+        ({"num_experts": 1, "moe_topk": 1}, "two or more routed experts"),
+        ({"moe_intermediate_size": 1536}, "moe_intermediate_size differs"),
+        ({"num_shared_expert": [2] * 32}, "exactly one shared MLP"),
+        ({"head_dim": None}, "head_dim"),
+    ],
+)
+def test_hunyuan_moe_refuses_what_transformers_does_not_build(changes, message, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**HUNYUAN_MOE, **changes}))
+    with pytest.raises(ConfigError, match=message):
+        resolve_model(str(tmp_path))
+
+
+def test_hunyuan_moe_expert_lists_fail_in_transformers():
+    """HunYuanMoEV1Config's num_experts is a strict int field (a list fails there, and
+    HunYuanMoEV1Experts reads it as one count): why the list is refused, not read per
+    layer."""
+    transformers = pytest.importorskip("transformers")
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+
+    with pytest.raises(StrictDataclassFieldValidationError, match="num_experts"):
+        transformers.AutoConfig.for_model(model_type="hunyuan_v1_moe", num_experts=[4, 4])
+
+
+def test_hunyuan_moe_quantised_is_refused():
+    """bitsandbytes quantises the fp32 router's nn.Linear too (measured: a Linear4bit):
+    QLoRA is refused in one sentence, not estimated."""
+    from ftmem.errors import InvalidInputError
+    from ftmem.estimate import estimate_step
+    from ftmem.run import RunConfig
+
+    run = RunConfig(batch_size=1, seq_len=16, method="qlora", precision="bf16")
+    with pytest.raises(InvalidInputError, match="fp32 router wg"):
+        estimate_step(tiny("hunyuan_v1_moe"), run)

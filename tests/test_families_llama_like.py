@@ -1,4 +1,5 @@
-"""The Llama-like families of stop 48 (OLMo 3, Ministral, Ministral 3, Seed-OSS, ERNIE 4.5) read
+"""The Llama-like families of stop 48 (OLMo 3, Ministral, Ministral 3, Seed-OSS, ERNIE 4.5,
+Hunyuan-V1-Dense, Helium) read
 from config.json files that leave keys to their config classes' defaults, as published
 configs do: what ftmem reads equals what transformers' own config class fills in and
 the model it builds on the meta device (window, sliding layers, head_dim, biases, tying,
@@ -80,6 +81,33 @@ CASES = {
         "tie_word_embeddings": False,
         "max_position_embeddings": 4096,
     },
+    # HunYuanDenseV1Config: no biases, 2048 positions, untied; the q/k norms always
+    # there (their weights in the count)
+    "hunyuan_v1_dense-defaults": {"model_type": "hunyuan_v1_dense", "head_dim": 24},
+    "hunyuan_v1_dense-switches": {
+        "model_type": "hunyuan_v1_dense",
+        "head_dim": 32,
+        "attention_bias": True,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 262144,
+        # (keys of the remote code that transformers' port does not read: no
+        # cross-layer attention, no switch for the q/k norms)
+        "use_cla": True,
+        "cla_share_factor": 2,
+        "use_qk_norm": False,
+        "rope_scaling": {"type": "dynamic", "alpha": 1000.0, "factor": 1.0},
+    },
+    # HeliumConfig: head_dim 128 (here 4 × 128 wide, o_proj 96 → 96 would not run: refused
+    # below), no biases, untied, 4096 positions
+    "helium-defaults": {"model_type": "helium", "head_dim": 24},
+    "helium-switches": {
+        "model_type": "helium",
+        "head_dim": 24,
+        "attention_bias": True,
+        "mlp_bias": True,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 8192,
+    },
 }
 
 
@@ -146,6 +174,12 @@ def test_read_as_transformers_fills_it(case, tmp_path):
             "configs without sliding layers",
         ),
         ({"model_type": "ministral", "head_dim": 24, "sliding_window": None}, "sliding"),
+        # HunYuanDenseV1Attention reads head_dim as given, as Ministral's (l.161)
+        ({"model_type": "hunyuan_v1_dense"}, "lacks 'head_dim'"),
+        # HeliumAttention's o_proj is hidden → hidden: heads × head_dim (4 × 128 by
+        # HeliumConfig's default) must be the hidden size (96)
+        ({"model_type": "helium"}, "o_proj is hidden_size wide"),
+        ({"model_type": "helium", "head_dim": 32}, "o_proj is hidden_size wide"),
         # MinistralAttention reads head_dim as given: None fails at head_dim ** -0.5
         ({"model_type": "ministral"}, "lacks 'head_dim'"),
         # Ministral3Config's head_dim is a strict int field: null is refused there too
@@ -217,3 +251,15 @@ def test_ernie4_5_takes_two_kv_heads_when_the_key_is_left_out(tmp_path):
     k_proj = model.model.layers[0].self_attn.k_proj
     assert arch.kv_heads == k_proj.out_features // 12 == 2
     assert count_params(arch) == sum(p.numel() for p in model.parameters())
+
+
+def test_helium_with_heads_wider_than_hidden_does_not_run_in_transformers():
+    """HeliumAttention feeds its heads × head_dim output to an o_proj built hidden →
+    hidden (transformers 5.25 modeling_helium.py): where the two differ the forward
+    fails, which is why ftmem refuses such a config."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.AutoConfig.for_model(model_type="helium", **{**BASE, "head_dim": 32})
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with pytest.raises(RuntimeError):
+        model(torch.zeros(1, 4, dtype=torch.long))

@@ -24,8 +24,9 @@ def test_invariants(preset, precision):
     mlp_modules = any(
         lin.is_module and set(lin.roles) & set(MLP_ROLES) for lin in layout(arch).linears
     )
-    # quantised Qwen2-MoE is refused (bitsandbytes quantises its shared expert's gate too)
-    quantisable = not arch.traits.shared_expert_gate
+    # quantised Qwen2-MoE and Hunyuan-V1-MoE are refused (bitsandbytes quantises the
+    # shared expert's gate, the fp32 router too)
+    quantisable = not (arch.traits.shared_expert_gate or arch.traits.quantisation_unmodelled)
     for settings in METHODS:
         if settings["method"] == "qlora" and not quantisable:
             continue

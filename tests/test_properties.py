@@ -59,15 +59,17 @@ def _settings(run: dict) -> dict:
 def _fits_learned_positions(model: str, run: dict) -> bool:
     """The run is one the model takes: within learned positions; not pure fp16 on T5,
     which ftmem refuses (its wo stays fp32 and turns the residual stream fp32); not
-    quantised Qwen2-MoE."""
+    quantised Qwen2-MoE or Hunyuan-V1-MoE."""
     arch = model_presets()[model]
     if arch.encoder_decoder and run["precision"] == "fp16":
         return False
     if arch.encoder_decoder and run.get("method") == "qlora" and run.get("quant") == "int4":
         return False  # ftmem's T5 path does not model a GPTQ/AWQ base
-    # (quantised Qwen2-MoE is refused: bitsandbytes quantises its shared expert's gate; a
-    # run without a method is test_qlora_le_lora_le_full's, which estimates QLoRA)
-    if arch.traits.shared_expert_gate and run.get("method", "qlora") == "qlora":
+    # (quantised Qwen2-MoE and Hunyuan-V1-MoE are refused: bitsandbytes quantises the
+    # shared expert's gate, the fp32 router; a run without a method is
+    # test_qlora_le_lora_le_full's, which estimates QLoRA)
+    quantisable = not (arch.traits.shared_expert_gate or arch.traits.quantisation_unmodelled)
+    if not quantisable and run.get("method", "qlora") == "qlora":
         return False
     return run["seq_len"] <= arch.max_position_embeddings
 

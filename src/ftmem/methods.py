@@ -1440,12 +1440,18 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
 def _check_quantisable(arch: Architecture, dtypes: Dtypes) -> None:
     """bitsandbytes quantises a shared expert's one-output gate too (Family
     .shared_expert_gate; measured on tiny Qwen2-MoE: a (64, 1) uint8 weight with its own
-    quantisation state), which the layout does not hold as a linear: refused."""
+    quantisation state), which the layout does not hold as a linear: refused, as are the
+    families that say why theirs is not modelled (Family.quantisation_unmodelled)."""
     if dtypes.quantized and arch.traits.shared_expert_gate:
         raise InvalidInputError(
             f"Quantised weights of {arch.family} models are not modelled yet (bitsandbytes "
             "quantises their one-output shared_expert_gate too); use LoRA without "
             "quantisation."
+        )
+    if dtypes.quantized and arch.traits.quantisation_unmodelled:
+        raise InvalidInputError(
+            f"Quantised weights of {arch.family} models are not modelled yet "
+            f"({arch.traits.quantisation_unmodelled}); use LoRA without quantisation."
         )
 
 

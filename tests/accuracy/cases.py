@@ -59,11 +59,20 @@ MATRIX_METHODS = [
 
 # families whose LoRA on MLP linears ftmem refuses (peft turns gate/up/down targets of a
 # transformers-5 MoE model into LoRA on its 3-D experts): their matrix adapts attention
-MLP_LORA_REFUSED = ("deepseek_v2", "deepseek_v3", "glm4_moe", "dots1", "ernie4_5_moe", "qwen2_moe")
+MLP_LORA_REFUSED = (
+    "deepseek_v2",
+    "deepseek_v3",
+    "glm4_moe",
+    "dots1",
+    "qwen2_moe",
+    "ernie4_5_moe",
+    "hunyuan_v1_moe",
+    "helium",
+)
 
 # families whose quantised weights ftmem refuses (bitsandbytes quantises Qwen2-MoE's
-# one-output shared_expert_gate as well, not modelled)
-QUANTISATION_REFUSED = ("qwen2_moe",)
+# one-output shared_expert_gate and Hunyuan-V1-MoE's fp32 router as well, not modelled)
+QUANTISATION_REFUSED = ("qwen2_moe", "hunyuan_v1_moe")
 
 # a wider tiny model, where the quantised weights outweigh the per-block constants
 WIDER = {"hidden_size": 128, "intermediate_size": 256}
@@ -156,6 +165,34 @@ def _llama_like_families_of_stop_48() -> list[Case]:
                 {"method": "lora", "precision": "bf16", "grad_ckpt": True},
             )
         ),
+        # Hunyuan-V1-Dense's q/k norms after the rotary (Family.qk_norm_after_rotary):
+        # under autocast the rotated q and k are fp32, and so is the normalised tensor a
+        # trained norm weight keeps (-57,600 B a layer without it); checkpointed, eager,
+        # offloaded, autocast over bf16 weights
+        Case("hunyuan_v1_dense", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("hunyuan_v1_dense", {"method": "full", "precision": "bf16-mixed", "attn": "eager"}),
+        Case("hunyuan_v1_dense", {"method": "full", "precision": "bf16", "autocast": True}),
+        Case(
+            "hunyuan_v1_dense",
+            {"method": "full", "precision": "bf16-mixed", "activation_offload": True},
+        ),
+        Case("hunyuan_v1_dense", {"method": "lora", "precision": "fp32", "attn": "eager"}),
+        # Hunyuan-V1-MoE's fp32 router (wg built in fp32) and shared MLP: checkpointed
+        # full finetuning, LoRA on the 3-D experts and on the names peft rewrites into them
+        Case("hunyuan_v1_moe", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("hunyuan_v1_moe", {"method": "full", "precision": "bf16", "grad_ckpt": True}),
+        Case("hunyuan_v1_moe", {"method": "lora", "lora_targets": "experts", "precision": "bf16"}),
+        Case(
+            "hunyuan_v1_moe",
+            {"method": "lora", "lora_targets": "q,v,gate,up,down", "precision": "bf16-mixed"},
+        ),
+        Case("hunyuan_v1_moe", {"method": "lora", "lora_targets": "experts", "precision": "fp32"}),
+        # Helium's norms (an fp32 copy of each 16-bit weight, the fp32 normalised tensor)
+        # and per-layer interleaved tables: checkpointed full finetuning, autocast over
+        # bf16 weights, eager attention
+        Case("helium", {"method": "full", "precision": "bf16", "grad_ckpt": True}),
+        Case("helium", {"method": "full", "precision": "bf16", "autocast": True}),
+        Case("helium", {"method": "lora", "precision": "bf16", "attn": "eager"}),
     ]
 
 
@@ -851,6 +888,9 @@ NEW_WIRING = (
     "minimax_m2",
     "ernie4_5",
     "ernie4_5_moe",
+    "hunyuan_v1_dense",
+    "hunyuan_v1_moe",
+    "helium",
 )
 
 

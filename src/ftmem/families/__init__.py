@@ -238,6 +238,12 @@ class Family:
     # nn.LayerNorm default; StableLM's per-head LayerNorms are built with bias=False).
     qk_norm_names: tuple[str, str] = ("q_norm", "k_norm")
     qk_norm_bias: bool = False
+    # The per-head q/k norms act on the rotated q and k (Hunyuan-V1-Dense, transformers
+    # 5.25 modeling_hunyuan_v1_dense.py l.196-198), not on the projection's output: their
+    # input is in the rotary's dtype (the promotion of the projection's output and the
+    # cos/sin tables': fp32 under autocast), and so is the normalised tensor they keep
+    # for a trained weight (``hidden_states.to(input_dtype)``).
+    qk_norm_after_rotary: bool = False
     # The block's two norms act on each sublayer's output before the residual add, and
     # nothing normalises its input (OLMo 2): attention and MLP read the residual stream.
     norms_after_sublayers: bool = False
@@ -251,6 +257,12 @@ class Family:
     # with arch.norm "rmsnorm" (one weight): they keep the centred fp32 input twice (two
     # subtractions of the mean) beside the rstd.
     norm_centres_twice: bool = False
+    # The RMSNorms scale by an fp32 copy of their weight, in fp32, before casting back
+    # (Helium: ``(self.weight.to(torch.float32) * hidden_states).to(input_dtype)``,
+    # transformers 5.25 modeling_helium.py HeliumRMSNorm): the product keeps that copy
+    # for its input's gradient (16-bit weights only; an fp32 weight is not copied) and
+    # the fp32 normalised tensor for the weight's.
+    norm_weight_cast_fp32: bool = False
     # o_proj reads the attention kernel's output storage itself (no copy in between).
     o_proj_reads_kernel_output: bool = True
     # The MoE router's linear runs on an fp32 copy of its input, with its weight kept in
@@ -271,6 +283,10 @@ class Family:
     # under autocast over fp32 weights), not the router's output dtype (ERNIE 4.5 MoE:
     # ``routing_weights.to(hidden_states.dtype)``).
     routing_weights_in_hidden_dtype: bool = False
+    # Why bitsandbytes' quantised model of this family is not modelled (refused), where
+    # it quantises a module the layout keeps in full precision (Hunyuan-V1-MoE's fp32
+    # router wg is an nn.Linear: a Linear4bit under QLoRA); empty where it is modelled.
+    quantisation_unmodelled: str = ""
     # The shared experts' output is scaled per token by sigmoid(shared_expert_gate(x)), a
     # bias-free nn.Linear(hidden, 1) beside them (Qwen2-MoE: transformers 5.25
     # modeling_qwen2_moe.py Qwen2MoeSparseMoeBlock.forward); ModuleNames.shared_experts

@@ -67,9 +67,7 @@ def shared_expert_gate_saved(
             Saved("shared expert gate input (16-bit)", T * h * 2, Kind.LINEAR_INPUT, Side.MLP)
         )
     if x_grad and ctx.plan.dtypes.casts_weights:
-        out.append(
-            Saved("shared expert gate 16-bit weight copy", h * 2, Kind.MOE, Side.MLP)
-        )
+        out.append(Saved("shared expert gate 16-bit weight copy", h * 2, Kind.MOE, Side.MLP))
     return out
 
 

@@ -106,10 +106,16 @@ class MoE:
     def routing_weight_bytes(ctx: LayerContext, looped: bool) -> int:
         """The routing weights' element size: fp32 (Mixtral's softmax(dtype=float)) or
         the router's output dtype (gpt-oss: softmax(dtype=router_top_value.dtype);
-        Qwen3-MoE, OLMoE: the fp32 top-k cast back, Family.routing_weights_in_router_dtype);
-        transformers 4 casts them to the hidden states' (routing_weights.to(...))."""
+        Qwen3-MoE, OLMoE: the fp32 top-k cast back, Family.routing_weights_in_router_dtype,
+        which for an fp32 router is fp32 outside autocast); transformers 4 casts them to the
+        hidden states' (routing_weights.to(...))."""
         if looped or ctx.arch.traits.routing_weights_in_hidden_dtype:
             return ctx.residual  # (ERNIE 4.5 MoE: ``.to(hidden_states.dtype)``)
+        if ctx.arch.traits.router_fp32 and ctx.arch.traits.routing_weights_in_router_dtype:
+            # Hunyuan-V1-MoE's fp32 nn.Linear router: its logits are fp32, or 16-bit
+            # where autocast casts the linear (measured on the tiny model, bf16-mixed:
+            # +568 B a layer with fp32 weights counted, -64 B as the others now)
+            return ctx.e if ctx.plan.dtypes.autocast else FP32
         return ctx.e if MoE.weights_in_router_dtype(ctx.arch) else FP32
 
     @staticmethod
@@ -259,6 +265,8 @@ class MoE:
         (Mixtral's fp32 routing weights), or the experts' dtype where the routing weights
         are in the router's (gpt-oss: bf16 in a bf16 model, measured; Qwen3-MoE and OLMoE
         alike, whose router output is never wider than the experts')."""
+        if arch.traits.router_fp32:  # (fp32 outside autocast; 16-bit under it, not
+            return FP32  # told apart here: an upper bound there)
         return residual if MoE.weights_in_router_dtype(arch) else FP32
 
     @staticmethod

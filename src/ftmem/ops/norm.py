@@ -80,6 +80,7 @@ class Norm:
             # LitGPT's own RMSNorm: (x_normed * weight.float()).to(dtype), in fp32 for all
             in_bytes = ctx.projection_out_bytes if of_sublayer else ctx.residual
             fp32 = gemma or profile_of(ctx.run).rms_norm_scales_in_fp32
+            fp32 = fp32 or ctx.arch.traits.norm_weight_cast_fp32  # (Helium's)
             normed_bytes = FP32 if fp32 else in_bytes
             out.append(Saved(f"{label}: normalised", T * h * normed_bytes, Kind.NORM_OUTPUT, side))
         return out
@@ -184,6 +185,8 @@ class QKNorm:
         # the projections' output dtype (fp32 from 4-bit linears under autocast); OLMo 2
         # scales in fp32 and keeps the fp32 normalised tensor for the weight
         oe = ctx.projection_out_bytes
+        if arch.traits.qk_norm_after_rotary:  # the rotated q and k's dtype (Hunyuan)
+            oe = max(oe, FP32 if arch.traits.rotary_tables_fp32 else ctx.residual)
         normed_bytes = FP32 if arch.traits.norm_scale_in_fp32 else oe
         copies = 2 if arch.traits.norm_centres_twice else 1
         own = state.output_grad
@@ -298,9 +301,11 @@ def _weight_cast(ctx: LayerContext, n: int) -> tuple[int, ...]:
     """CohereLayerNorm's ``self.weight.to(torch.float32) * hidden_states`` (transformers
     5.25.0 models/cohere/modeling_cohere.py; the family's norm_centres_twice): the
     product keeps the fp32 copy of the ``n`` 16-bit weights for its input's gradient, a
-    tensor made per call (measured on the CPU: tests/test_norm_requests.py). fp32
-    weights (the residual stream's dtype) are not copied; other norms keep none."""
-    if ctx.arch.traits.norm_centres_twice and ctx.residual != FP32:
+    tensor made per call (measured on the CPU: tests/test_norm_requests.py); Helium's
+    RMSNorm the same (Family.norm_weight_cast_fp32). fp32 weights (the residual stream's
+    dtype) are not copied; other norms keep none."""
+    traits = ctx.arch.traits
+    if (traits.norm_centres_twice or traits.norm_weight_cast_fp32) and ctx.residual != FP32:
         return (n * FP32,)
     return ()
 
