@@ -265,6 +265,8 @@ class MoE:
         (Mixtral's fp32 routing weights), or the experts' dtype where the routing weights
         are in the router's (gpt-oss: bf16 in a bf16 model, measured; Qwen3-MoE and OLMoE
         alike, whose router output is never wider than the experts')."""
+        if arch.traits.routing_weights_in_hidden_dtype:  # (ERNIE 4.5 MoE's cast)
+            return residual
         if arch.traits.router_fp32:  # (fp32 outside autocast; 16-bit under it, not
             return FP32  # told apart here: an upper bound there)
         return residual if MoE.weights_in_router_dtype(arch) else FP32
