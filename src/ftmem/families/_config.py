@@ -91,6 +91,12 @@ def opt(cfg: Config, key: str, bound: limits.Bound = limits.WIDTH) -> int | None
     return None if found is None else _count(*found, bound)
 
 
+def opt_or(cfg: Config, key: str, defaults: Config, bound: limits.Bound = limits.WIDTH) -> int:
+    """A count config.json may leave out, else its config class's default (``defaults``)."""
+    value = opt(cfg, key, bound)
+    return defaults[key] if value is None else value
+
+
 def flag(cfg: Config, key: str, default: bool) -> bool:
     value = cfg.get(key, default)
     if not isinstance(value, bool):

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 from ftmem import limits
 from ftmem.errors import ConfigError
 from ftmem.families import Family
-from ftmem.families._config import Config, LlamaKeys, flag, opt, shown
+from ftmem.families._config import Config, LlamaKeys, flag, opt, opt_or, shown
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 from ftmem.families.deepseek_v3 import SHARED_EXPERTS
 from ftmem.families.mixtral import EXPERT_NAMES
@@ -69,11 +69,6 @@ DEFAULTS: Config = {
     "moe_layer_start_index": 1,
     "moe_layer_interval": 1,
 }
-
-
-def _count(cfg: Config, key: str, bound: limits.Bound = limits.WIDTH) -> int:
-    value = opt(cfg, key, bound)
-    return DEFAULTS[key] if value is None else value
 
 
 def _index(cfg: Config, key: str, default: int) -> int:
@@ -114,7 +109,7 @@ def _read(cfg: Config, out: Config) -> None:
         out["num_kv_heads"] = DEFAULTS["num_key_value_heads"]
     if "max_position_embeddings" not in cfg:
         out["max_position_embeddings"] = DEFAULTS["max_position_embeddings"]
-    moe = _count(cfg, "moe_intermediate_size")
+    moe = opt_or(cfg, "moe_intermediate_size", DEFAULTS)
     first_sparse = _sparse_from(cfg, out["num_layers"])
     if first_sparse:
         out.update(dense_layers=first_sparse, dense_intermediate_size=out["intermediate_size"])
@@ -123,8 +118,8 @@ def _read(cfg: Config, out: Config) -> None:
         shared = DEFAULTS["moe_num_shared_experts"]
     out.update(
         intermediate_size=moe,
-        num_experts=_count(cfg, "moe_num_experts", limits.EXPERTS),
-        experts_per_token=_count(cfg, "moe_k", limits.EXPERTS),
+        num_experts=opt_or(cfg, "moe_num_experts", DEFAULTS, limits.EXPERTS),
+        experts_per_token=opt_or(cfg, "moe_k", DEFAULTS, limits.EXPERTS),
         shared_experts_size=moe * (shared or 0),
     )
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from ftmem import limits
 from ftmem.errors import ConfigError
 from ftmem.families import Family
-from ftmem.families._config import Config, LlamaKeys, flag, opt, shown
+from ftmem.families._config import Config, LlamaKeys, flag, opt, opt_or, shown
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 from ftmem.families.mixtral import EXPERT_NAMES
 from ftmem.versions import TRANSFORMERS_SDPA_CONTIGUOUS
@@ -53,11 +53,6 @@ DEFAULTS: Config = {
 }
 
 
-def _count(cfg: Config, key: str, bound: limits.Bound = limits.WIDTH) -> int:
-    value = opt(cfg, key, bound)
-    return DEFAULTS[key] if value is None else value
-
-
 def _read(cfg: Config, out: Config) -> None:
     if flag(cfg, "use_sliding_window", False):
         raise ConfigError(
@@ -73,7 +68,7 @@ def _read(cfg: Config, out: Config) -> None:
             f"{shown(dense_layers)}, decoder_sparse_step {step}) is not supported yet; "
             "ftmem models stacks whose every layer has the same experts."
         )
-    shared = _count(cfg, "shared_expert_intermediate_size")
+    shared = opt_or(cfg, "shared_expert_intermediate_size", DEFAULTS)
     if not shared:
         raise ConfigError(
             "config.json: shared_expert_intermediate_size must be positive for qwen2_moe "
@@ -82,13 +77,13 @@ def _read(cfg: Config, out: Config) -> None:
     out.update(
         attention_qkv_bias=flag(cfg, "qkv_bias", True),
         attention_out_bias=False,
-        intermediate_size=_count(cfg, "moe_intermediate_size"),
+        intermediate_size=opt_or(cfg, "moe_intermediate_size", DEFAULTS),
         shared_experts_size=shared,
         # (transformers 5 writes num_experts back as num_local_experts, its attribute_map)
         num_experts=opt(cfg, "num_experts", limits.EXPERTS)
         or opt(cfg, "num_local_experts", limits.EXPERTS)
         or DEFAULTS["num_experts"],
-        experts_per_token=_count(cfg, "num_experts_per_tok", limits.EXPERTS),
+        experts_per_token=opt_or(cfg, "num_experts_per_tok", DEFAULTS, limits.EXPERTS),
         router_renormalises=flag(cfg, "norm_topk_prob", False),
     )
 
