@@ -411,8 +411,9 @@ def test_adapters_as_axolotl_loads_them(tmp_path):
         ("bnb_config_kwargs: {bnb_4bit_quant_type: nf3}\nadapter: qlora\n",
          "bnb_config_kwargs.bnb_4bit_quant_type must be one of nf4 or fp4"),
         ("bf16: full\n", "bf16 must be true, false or one of auto"),
-        # estimated as full finetuning before: an adapter run read as a 100x larger one
-        ("adapter: llama-adapter\n", "adapter: llama-adapter is not modelled"),
+        # peft's AdaptionPromptConfig has no defaults for either key
+        ("adapter: llama-adapter\n", "adapter: llama-adapter needs peft_adapter.layers"),
+        ("adapter: llama-adapter\npeft_adapter: {layers: 30}\n", "and peft_adapter.len"),
         ("adapter: mora\n", "adapter: mora is not modelled"),
     ],
 )  # fmt: skip
@@ -478,3 +479,15 @@ def test_output_router_logits_moves_the_estimate_by_the_router_logits(tmp_path):
     model = "mistralai/Mixtral-8x7B-v0.1"
     with_file = estimate(model, **read).memory.activations_bytes
     assert with_file - estimate(model, **plain).memory.activations_bytes == 32 * 512 * 8 * 4
+
+
+def test_llama_adapter_is_peft_s_adaption_prompt(tmp_path):
+    """axolotl's adapter: llama-adapter builds peft's AdaptionPromptConfig from
+    peft_adapter.layers and .len (loaders/adapter.py load_llama_adapter): --method
+    adaption-prompt with those two settings, and nothing of LoRA's."""
+    settings, _ = _read(
+        tmp_path, "adapter: llama-adapter\npeft_adapter:\n  layers: 30\n  len: 10\n"
+    )
+    assert settings["method"] == "adaption-prompt"
+    assert (settings["adapter_layers"], settings["adapter_prompt_length"]) == (30, 10)
+    assert not {"lora_r", "lora_alpha", "lora_targets"} & set(settings)

@@ -25,8 +25,8 @@ from __future__ import annotations
 # relora (peft.py ReLoRAConfig); optimizer galore_adamw* (transformers', docs/optimizers.qmd);
 # unfrozen_parameters, regexes over parameter names (utils/schemas/config.py): full, freeze
 # (the last blocks' names), partial and bitfit (".*bias"). Its s2_attention is refused
-# since afd74aed71da (schemas/deprecated.py): no longlora. (llama-adapter is peft's
-# adaption_prompt, refused with its own sentence: run._llama_adapter_fits_framework.)
+# since afd74aed71da (schemas/deprecated.py): no longlora. Its llama-adapter is peft's
+# adaption_prompt (loaders/adapter.py load_llama_adapter): --method adaption-prompt.
 # LLaMA-Factory (hiyouga/LLaMA-Factory@ff6d4d12eeb0 src/llamafactory/hparams/
 # finetuning_args.py): finetuning_type lora | oft | freeze | full, use_dora, use_rslora,
 # quantization_bit (qlora), use_galore on full or freeze; freeze_trainable_modules and
@@ -51,6 +51,7 @@ METHODS: dict[str, tuple[str, ...]] = {
         "dora",
         "relora",
         "qlora",
+        "adaption-prompt",
     ),
     "llama-factory": ("full", "freeze", "partial", "galore", "lora", "rslora", "dora", "qlora"),
 }
@@ -99,7 +100,10 @@ _WHY = {
         )
     },
     "unsloth": "Unsloth's FastLanguageModel.get_peft_model builds LoRA adapters only",
-    "axolotl": "axolotl's config reaches peft's LoRA, TRL's trainers and its rl: types only",
+    "axolotl": (
+        "axolotl's config reaches peft's LoRA and adaption prompt, TRL's trainers and its rl: "
+        "types only"
+    ),
     "llama-factory": (
         "LLaMA-Factory's config offers finetuning_type lora, oft, freeze or full and its "
         "stages only"

@@ -312,13 +312,14 @@ def _method(k: Keys, cfg: FrameworkConfig) -> None:
             s.update(method="qlora", quant="int4")
         if k.flag("peft_use_dora"):
             s["method"] = "dora"
+    elif adapter == "llama-adapter":
+        _llama_adapter(k, s)
     elif adapter:
-        # axolotl builds lora and qlora itself; llama-adapter and plugin adapters (MoRA)
-        # train other tensors, which full finetuning would overstate many times over
-        # (utils/schemas/peft.py@067b021c8b87 validate_adapter)
+        # plugin adapters (MoRA) train other tensors, which full finetuning would overstate
+        # many times over (utils/schemas/peft.py@067b021c8b87 validate_adapter)
         raise ConfigError(
-            f"{k.file}: adapter: {adapter} is not modelled (ftmem models axolotl's lora and "
-            "qlora adapters, with peft_use_dora / peft_use_rslora / relora)."
+            f"{k.file}: adapter: {adapter} is not modelled (ftmem models axolotl's lora, "
+            "qlora and llama-adapter adapters, with peft_use_dora / peft_use_rslora / relora)."
         )
     elif patterns := k.patterns("unfrozen_parameters"):
         # full finetuning restricted to the parameters matching these regular expressions
@@ -343,6 +344,21 @@ def _method(k: Keys, cfg: FrameworkConfig) -> None:
     # ReLoRA: relora (utils/schemas/peft.py) or its older relora_steps
     if (k.flag("relora") or k.integer("relora_steps")) and s.get("method") == "lora":
         s["method"] = "relora"
+
+
+def _llama_adapter(k: Keys, s: dict[str, Any]) -> None:
+    """``adapter: llama-adapter``: peft's adaption prompt, built as
+    ``AdaptionPromptConfig(adapter_layers=cfg.peft_adapter.layers,
+    adapter_len=cfg.peft_adapter.len)`` (loaders/adapter.py load_llama_adapter); peft has no
+    defaults for either, so a config without them does not run in axolotl."""
+    section = k.section("peft_adapter")
+    layers, length = section.integer("layers"), section.integer("len")
+    if layers is None or length is None:
+        raise ConfigError(
+            f"{k.file}: adapter: llama-adapter needs peft_adapter.layers and peft_adapter.len "
+            "(axolotl hands them to peft's AdaptionPromptConfig, which has no defaults)."
+        )
+    s.update(method="adaption-prompt", adapter_layers=layers, adapter_prompt_length=length)
 
 
 def _quant_options(k: Keys, cfg: FrameworkConfig) -> None:
@@ -835,6 +851,7 @@ AXOLOTL_KEYS = frozenset(
         "base_model",
         "base_model_config",
         "adapter",
+        "peft_adapter",
         "load_in_4bit",
         "load_in_8bit",
         "gptq",
