@@ -6,6 +6,8 @@ each refusal gives."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ftmem import estimate
@@ -50,8 +52,19 @@ def _refusal(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return one_sentence(["estimate", *args], capsys)
 
 
-@pytest.mark.parametrize("framework", ["axolotl", "llama-factory"])
-@pytest.mark.parametrize("method", sorted(NEW_METHODS))
+# axolotl runs peft's adaption prompt as its own adapter: llama-adapter (frameworks.axolotl)
+OFFERED = {("adaption-prompt", "axolotl")}
+
+
+@pytest.mark.parametrize(
+    ("method", "framework"),
+    [
+        (method, framework)
+        for method in sorted(NEW_METHODS)
+        for framework in ("axolotl", "llama-factory")
+        if (method, framework) not in OFFERED
+    ],
+)
 def test_hf_front_ends_are_refused_alike(
     method: str, framework: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -60,6 +73,20 @@ def test_hf_front_ends_are_refused_alike(
     err = _refusal(["llama-3.2-3b", "--method", method, "--framework", framework], capsys)
     assert f"--framework {framework} has no --method {method}" in err
     assert "or --framework hf" in err
+
+
+def test_axolotl_offers_the_adaption_prompt(capsys: pytest.CaptureFixture[str]) -> None:
+    """The one new method axolotl's config reaches (its adapter: llama-adapter): estimated,
+    with peft's prompt of 10 tokens on each of Llama-3.2-3B's 28 blocks as what trains
+    (28 × (10 × 3072 + 1) = 860,188: a prompt and a gate per block)."""
+    from ftmem.cli import main
+
+    argv = ["estimate", "llama-3.2-3b", "--method", "adaption-prompt", "--framework", "axolotl"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--format", "json"])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code in (0, None) and err == ""
+    assert json.loads(out)["model"]["n_trainable_params"] == 28 * (10 * 3072 + 1)
 
 
 @pytest.mark.parametrize("framework", ["litgpt", "torchtune", "fsdp_qlora", "unsloth"])
