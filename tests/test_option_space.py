@@ -82,6 +82,18 @@ AUTOCAST_MODELLED = {
 NO_AUTOCAST = (PEFT_OTHER | LORA_VARIANTS | PROMPT_OTHER) - AUTOCAST_MODELLED
 # peft wraps no transformers Conv1D (GPT-2's) for these, or ftmem does not model it
 NO_CONV1D = PEFT_OTHER - {"adalora"} | LORA_VARIANTS - {"adalora"}
+# MoE families with dense or shared MLPs that peft's all-linear turns into LoRA on the router
+# and the routed experts' 3-D weights: refused (ftmem.methods._check_all_linear)
+ALL_LINEAR_REFUSED = {
+    "deepseek_v2",
+    "deepseek_v3",
+    "dots1",
+    "ernie4_5_moe",
+    "glm4_moe",
+    "qwen2_moe",
+}
+# families whose quantised form bitsandbytes makes differently (Family.quantisation_unmodelled)
+QUANT_REFUSED = {"qwen2_moe", "hunyuan_v1_moe"}
 # measured on decoder-only language models only (refused on image-text ones)
 TEXT_ONLY = PEFT_OTHER - {"adalora"} | LORA_VARIANTS - {"adalora"} | {"ln-tuning"} | PROMPT_OTHER
 # their parameters stay fp32 (BOFT's solve, PSOFT's frozen factors, RandLoRA's bases)
@@ -633,8 +645,10 @@ def _method_model_ok(arch, method: str) -> bool:
         return arch.has_biases
     if method in ("prefix-tuning", "cartridge"):  # peft 0.21's prefix cache must fit
         return arch.family in PREFIX_FAMILIES
-    if method == "adaption-prompt":  # peft's TRANSFORMERS_MODEL_CONFIG
-        return arch.family in ("llama", "mistral", "gpt2")
+    if method == "adaption-prompt":  # peft's TRANSFORMERS_MODEL_CONFIG, text only, and
+        # k_proj's features read as heads x head_dim (peft's own arithmetic)
+        whole = arch.hidden_size == arch.num_heads * arch.head_size
+        return arch.family in ("llama", "mistral", "gpt2") and arch.vision is None and whole
     if method == "adapter":  # no MLP output linear after the experts
         return not arch.is_moe
     if method in NO_CONV1D and arch.family == "gpt2":
@@ -645,8 +659,10 @@ def _method_model_ok(arch, method: str) -> bool:
         return False
     if method == "trainable-tokens" and _odd_embedding_path(arch):
         return False
-    if method == "relora" and arch.family.startswith("deepseek"):
-        return False  # (ReLoRA's all-linear default: DeepSeek's router and 3-D experts)
+    if method == "relora" and arch.family in ALL_LINEAR_REFUSED:
+        return False  # (ReLoRA's all-linear default: the router and 3-D experts)
+    if method == "qlora" and arch.family in QUANT_REFUSED:
+        return False
     if method == "glora" and arch.attention_qkv_bias:
         return False  # (its linears with a bias are not modelled: Qwen2's q and v)
     # peft's 256-wide vectors (blocks) must tile q and v (peft refuses; DeepSeek's latent
@@ -685,8 +701,8 @@ def _model_ok(model: str, option: str, value: str) -> bool:
         return False
     if option == "--method" and not _method_model_ok(arch, value):
         return False
-    if option == "--lora-targets" and value == "all-linear" and arch.family.startswith("deepseek"):
-        return False  # peft's all-linear reaches DeepSeek's router and 3-D expert weights
+    if option == "--lora-targets" and value == "all-linear" and arch.family in ALL_LINEAR_REFUSED:
+        return False  # peft's all-linear reaches the router and 3-D expert weights
     if option == "--lora-modules-to-save" and value != OMIT and arch.tie_embeddings:
         return False
     if option == "--teacher" and value != OMIT:  # logit distillation needs one tokenizer
