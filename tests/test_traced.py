@@ -275,3 +275,25 @@ def test_all_linear_leaves_the_experts_and_says_how_to_adapt_them():
     t = trace(dict(UNMODELLED["gpt_oss"]), "gpt-oss", run, None)
     assert t.adapted == ("q_proj",)
     assert any("--lora-targets experts" in n for n in t.notes)
+
+
+def test_a_convolution_kernel_is_no_expert():
+    """Qwen3.5's Gated DeltaNet layers hold a 3-D conv1d kernel: no MoE note for them."""
+    config = dict(
+        model_type="qwen3_5_text",
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+    )
+    run = run_config(method="lora", precision="bf16", batch_size=1, seq_len=16)
+    t = trace(config, "qwen3.5-tiny", run, None)
+    assert t.adapted == ("q_proj", "v_proj")
+    assert not any("experts" in n for n in t.notes)

@@ -343,6 +343,8 @@ def _with_lora(
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and not name.endswith("lm_head"):
             leaves.add(name.rsplit(".", 1)[-1])
+        if isinstance(module, nn.modules.conv._ConvNd):
+            continue  # a convolution's 3-D kernel (Gated DeltaNet's conv1d) is no expert
         for pname, param in module.named_parameters(recurse=False):
             if param.dim() == 3:
                 experts.add(f"{name.rsplit('.', 1)[-1]}.{pname}")
