@@ -530,6 +530,18 @@ TINY: dict[str, dict] = {
         num_kv_heads=2,
         intermediate_size=160,
     ),
+    # Arcee AFM: Llama's attention with a plain up/down MLP through ReLU²
+    "arcee": dict(
+        family="arcee",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        mlp="plain",
+        activation="relu2",
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

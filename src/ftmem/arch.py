@@ -87,7 +87,7 @@ class Architecture(Model, strict=True):
     )
     intermediate_size: PositiveInt
     mlp: Literal["gated", "plain"] = "gated"
-    activation: Literal["silu", "gelu", "gelu_tanh", "relu"] = "silu"
+    activation: Literal["silu", "gelu", "gelu_tanh", "relu", "relu2"] = "silu"
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     norms_per_block: Literal[1, 2, 4] = Field(
         2, description="1: one shared input norm (Falcon-7B); 4: pre+post norms (Gemma-2)."
@@ -243,6 +243,8 @@ class Architecture(Model, strict=True):
                 "when head_dim is not given"
             )
         self._fits_family()
+        if self.activation == "relu2" and self.mlp != "plain":
+            raise ValueError("activation relu2 (ReLU²) is modelled on plain MLPs only")
         if self.rotary_dim is not None and (
             self.rotary_dim > self.head_size or self.position_embedding != "rotary"
         ):

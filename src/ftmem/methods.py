@@ -1431,6 +1431,7 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     plan = _PLANS.get(key)
     if plan is None:
         _check_quantisable(arch, resolve_dtypes(run))
+        _check_activation(arch, run, resolve_dtypes(run))
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
         plan = _PLANS[key] = _plan_method(arch, run)
@@ -1452,6 +1453,18 @@ def _check_quantisable(arch: Architecture, dtypes: Dtypes) -> None:
         raise InvalidInputError(
             f"Quantised weights of {arch.family} models are not modelled yet "
             f"({arch.traits.quantisation_unmodelled}); use LoRA without quantisation."
+        )
+
+
+def _check_activation(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> None:
+    """ReLU² (transformers 5.25 activations.py ReLUSquaredActivation) squares with
+    ``torch.square``, which is ``pow(self, 2)``: on the CPU autocast leaves it in the
+    16-bit dtype (measured, tests/test_relu2.py), but CUDA's autocast runs pow in fp32
+    (torch's autocast fp32 op list), an fp32 copy and an fp32 output not measured."""
+    if arch.activation == "relu2" and dtypes.autocast and run.device == "cuda":
+        raise InvalidInputError(
+            f"{arch.family} models' ReLU² under autocast on CUDA (its square runs in fp32 "
+            "there) is not modelled yet; use a pure bf16 or fp32 precision."
         )
 
 

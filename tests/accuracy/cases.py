@@ -110,6 +110,22 @@ def _matrix() -> list[Case]:
         *_falcon_alibi(),
         *_granite_embedding_multiplier(),
         *_llama_like_families_of_stop_48(),
+        *_dense_families_of_stop_49(),
+    ]
+
+
+def _dense_families_of_stop_49() -> list[Case]:
+    """Arcee's plain ReLU² MLP (relu's output kept once, the up projection's output not):
+    QLoRA in pure bf16 and under autocast (the 4-bit up projection answers in fp32 there),
+    checkpointing (the block recomputed in backward), activations offloaded, eager
+    attention."""
+    return [
+        Case("arcee", {"method": "qlora", "precision": "bf16"}, WIDER),
+        Case("arcee", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
+        Case("arcee", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("arcee", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("arcee", {"method": "full", "precision": "bf16", "activation_offload": True}),
+        Case("arcee", {"method": "full", "precision": "fp32", "attn": "eager"}),
     ]
 
 

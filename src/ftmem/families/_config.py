@@ -40,7 +40,13 @@ MULTIMODAL_TIE_DEFAULT = {
 }
 
 # Architecture.activation -> transformers' ACT2FN names
-HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+HF_ACTIVATIONS = {
+    "silu": "silu",
+    "gelu": "gelu",
+    "gelu_tanh": "gelu_pytorch_tanh",
+    "relu": "relu",
+    "relu2": "relu2",
+}
 
 
 def shown(value: Any) -> str:
@@ -157,6 +163,8 @@ def activation(name: str | None) -> str:
         return "gelu"
     if name == "relu":
         return "relu"
+    if name == "relu2":  # transformers 5.25 activations.py ReLUSquaredActivation
+        return "relu2"
     raise ConfigError(f"Unsupported activation {shown(name)} in config.json.")
 
 

@@ -213,6 +213,8 @@ class MLP:
             return 2
         if written_out_gelu(arch, run):
             return 3
+        if arch.activation == "relu2":
+            return 4
         return 1
 
     @staticmethod
