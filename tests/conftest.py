@@ -542,6 +542,21 @@ TINY: dict[str, dict] = {
         mlp="plain",
         activation="relu2",
     ),
+    # Nemotron: LayerNorm1P (w + 1, with biases), the rotary on half of each head, a
+    # plain ReLU² MLP
+    "nemotron": dict(
+        family="nemotron",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        mlp="plain",
+        activation="relu2",
+        norm="layernorm",
+        rotary_dim=12,
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

@@ -86,3 +86,77 @@ def test_relu2_under_cuda_autocast_is_refused(tmp_path, capsys):
     )
     assert (code, out) == (2, "")
     assert "ReLU²" in one_sentence(err)
+
+
+# -- nemotron ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "rotary"),
+    [
+        ({}, 8),  # NemotronConfig's defaults: relu2, half of each 16-wide head turned
+        ({"partial_rotary_factor": 0.25, "head_dim": 32}, 8),
+        ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                              "partial_rotary_factor": 1.0}}, None),  # fmt: skip
+        ({"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}, 8),
+    ],
+)
+def test_nemotron_counts_as_transformers_builds_it(tmp_path, changes, rotary):
+    cfg = {"model_type": "nemotron", **BASE, **changes}
+    arch = read(tmp_path, cfg)
+    assert (arch.mlp, arch.activation, arch.norm) == ("plain", "relu2", "layernorm")
+    assert arch.rotary_dim == rotary
+    assert count_params(arch) == transformers_count(cfg)
+
+
+def test_nemotron_layer_norms_by_hand(tmp_path):
+    """Arcee's count but LayerNorms with biases: 2 · 64 more per layer, 64 at the top."""
+    nemotron = read(tmp_path, {"model_type": "nemotron", **BASE})
+    arcee = read(tmp_path, {"model_type": "arcee", **BASE})
+    assert count_params(nemotron) - count_params(arcee) == 2 * 2 * 64 + 64
+
+
+T, H = 100, 96
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-mixed"])
+@pytest.mark.parametrize(("x_grad", "w_grad"), [(True, False), (True, True), (False, True)])
+def test_layer_norm_1p_keeps_what_the_estimate_counts(precision, x_grad, w_grad):
+    """NemotronLayerNorm1P (the real module, CPU): native_layer_norm keeps the input, the
+    rows' mean and rstd (in the input's dtype on the CPU) and the new w + 1 (h in the
+    weight's dtype), whichever needs the gradient; the CPU's autocast leaves it fp32."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers.models.nemotron.modeling_nemotron import NemotronLayerNorm1P
+
+    from ftmem.methods import plan_method
+    from ftmem.ops.context import LayerContext
+    from ftmem.ops.norm import Norm
+    from tests.conftest import tiny
+    from tests.saved_storages import saved_storages
+
+    autocast = precision == "bf16-mixed"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    norm = NemotronLayerNorm1P(H).to(dtype).requires_grad_(w_grad)
+    x = torch.randn(2, T // 2, H, dtype=dtype, requires_grad=x_grad)
+
+    def forward():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return norm(x)
+
+    measured = saved_storages(forward, list(norm.parameters()))
+    r = 2 if precision == "bf16" else 4
+    assert measured == sorted([T * H * r, T * r, T * r, H * r])  # the derivation
+
+    arch = tiny("nemotron")
+    run = RunConfig(method="full", precision=precision, batch_size=2, seq_len=T // 2, device="cpu")
+    items = Norm.saved(LayerContext(arch, run, plan_method(arch, run), T), "norm", x_grad, w_grad)
+    assert sorted(p for item in items for p in (item.parts or (item.nbytes,))) == measured
+
+
+def test_nemotron_under_cuda_autocast_is_refused(tmp_path):
+    """Whatever its activation: LayerNorm1P casts to 16-bit under CUDA's autocast only."""
+    arch = read(tmp_path, {"model_type": "nemotron", **BASE, "hidden_act": "gelu"})
+    estimate_step(arch, RunConfig(method="lora", precision="bf16", device="cuda"))
+    with pytest.raises(InvalidInputError, match="LayerNorm1P under autocast on CUDA"):
+        estimate_step(arch, RunConfig(method="lora", precision="bf16-mixed", device="cuda"))

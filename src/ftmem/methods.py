@@ -1431,7 +1431,7 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     plan = _PLANS.get(key)
     if plan is None:
         _check_quantisable(arch, resolve_dtypes(run))
-        _check_activation(arch, run, resolve_dtypes(run))
+        _check_cuda_autocast(arch, run, resolve_dtypes(run))
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
         plan = _PLANS[key] = _plan_method(arch, run)
@@ -1456,15 +1456,24 @@ def _check_quantisable(arch: Architecture, dtypes: Dtypes) -> None:
         )
 
 
-def _check_activation(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> None:
-    """ReLU² (transformers 5.25 activations.py ReLUSquaredActivation) squares with
-    ``torch.square``, which is ``pow(self, 2)``: on the CPU autocast leaves it in the
-    16-bit dtype (measured, tests/test_relu2.py), but CUDA's autocast runs pow in fp32
-    (torch's autocast fp32 op list), an fp32 copy and an fp32 output not measured."""
-    if arch.activation == "relu2" and dtypes.autocast and run.device == "cuda":
+def _check_cuda_autocast(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> None:
+    """Ops whose dtypes CUDA's autocast changes where the CPU's does not, not measured:
+    ReLU² (transformers 5.25 activations.py ReLUSquaredActivation) squares with
+    ``torch.square``, ``pow(self, 2)``, which CUDA's autocast runs in fp32 (torch's
+    autocast fp32 op list; the CPU's leaves it 16-bit: tests/test_relu2.py); Nemotron's
+    LayerNorm1P casts its arguments to 16-bit under CUDA's autocast only
+    (Family.layer_norm_plus_one)."""
+    if not (dtypes.autocast and run.device == "cuda"):
+        return
+    if arch.activation == "relu2":
         raise InvalidInputError(
             f"{arch.family} models' ReLU² under autocast on CUDA (its square runs in fp32 "
             "there) is not modelled yet; use a pure bf16 or fp32 precision."
+        )
+    if arch.traits.layer_norm_plus_one:
+        raise InvalidInputError(
+            f"{arch.family} models' LayerNorm1P under autocast on CUDA (it casts its input "
+            "to 16-bit there) is not modelled yet; use a pure bf16 or fp32 precision."
         )
 
 

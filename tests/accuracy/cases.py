@@ -115,7 +115,7 @@ def _matrix() -> list[Case]:
 
 
 def _dense_families_of_stop_49() -> list[Case]:
-    """Arcee's plain ReLU² MLP (relu's output kept once, the up projection's output not):
+    """Arcee's and Nemotron's plain ReLU² MLP (relu's output kept once, the up projection's output not):
     QLoRA in pure bf16 and under autocast (the 4-bit up projection answers in fp32 there),
     checkpointing (the block recomputed in backward), activations offloaded, eager
     attention."""
@@ -126,7 +126,21 @@ def _dense_families_of_stop_49() -> list[Case]:
         Case("arcee", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
         Case("arcee", {"method": "full", "precision": "bf16", "activation_offload": True}),
         Case("arcee", {"method": "full", "precision": "fp32", "attn": "eager"}),
+        # Nemotron's LayerNorm1P (w + 1 kept per call, biases), half-head rotary, ReLU²:
+        # the same, and BitFit on the norms' biases
+        Case("nemotron", {"method": "qlora", "precision": "bf16"}, WIDER),
+        Case("nemotron", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
+        Case("nemotron", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("nemotron", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("nemotron", {"method": "full", "precision": "bf16", "activation_offload": True}),
+        Case("nemotron", {"method": "full", "precision": "fp32", "attn": "eager"}),
+        Case("nemotron", {"method": "bitfit", "precision": "bf16"}),
+        Case("nemotron", {"method": "bitfit", "precision": "bf16"}, NEMOTRON_BIASES),
     ]
+
+
+# Nemotron's attention_bias and mlp_bias: q, k, v, o, up and down biased
+NEMOTRON_BIASES = {"attention_qkv_bias": True, "attention_out_bias": True, "mlp_bias": True}
 
 
 # a window of 16 on both tiny layers, which the 50 tokens pass

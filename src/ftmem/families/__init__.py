@@ -253,6 +253,14 @@ class Family:
     # multiply keeps when the norm's input needs a gradient (Gemma's RMSNorms: transformers
     # 5.25 modeling_gemma.py l.77, modeling_gemma2.py l.62, modeling_gemma3.py l.132).
     norm_scale_plus_one: bool = False
+    # The residual LayerNorms scale by ``weight + 1.0``, a new tensor in the weight's dtype
+    # per call, which native_layer_norm keeps beside its input whether the input or the
+    # weight needs the gradient (Nemotron's NemotronLayerNorm1P, transformers 5.25
+    # modeling_nemotron.py l.60-80: ``F.layer_norm(input, shape, self.weight + 1.0,
+    # self.bias, eps)``). Under CUDA's autocast it casts its arguments to 16-bit first
+    # (``_cast_if_autocast_enabled`` asks torch.is_autocast_enabled(), CUDA's state: the
+    # CPU's autocast leaves it in fp32, measured), which is not measured: refused there.
+    layer_norm_plus_one: bool = False
     # The residual norms are bias-free LayerNorms written out in fp32 (Cohere), modelled
     # with arch.norm "rmsnorm" (one weight): they keep the centred fp32 input twice (two
     # subtractions of the mean) beside the rstd.

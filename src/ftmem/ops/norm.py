@@ -45,6 +45,9 @@ class Norm:
                 kept = () if input_kept else (T * h * ctx.residual,)
                 parts = (*kept, T * stats, T * stats)
                 what = "mean, rstd" if input_kept else "input, mean, rstd"
+                if ctx.arch.traits.layer_norm_plus_one:
+                    # Nemotron's w + 1, in the weight's (the residual stream's) dtype
+                    parts, what = (*parts, h * ctx.residual), f"{what}, w + 1"
                 item = Saved(f"{label}: {what}", sum(parts), Kind.NORM_INPUT, side, parts=parts)
                 out.append(item)
             return out
