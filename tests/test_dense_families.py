@@ -90,14 +90,15 @@ def test_relu2_under_cuda_autocast_is_refused(tmp_path, capsys):
 
 # -- nemotron ---------------------------------------------------------------------------
 
+WHOLE_HEAD_ROTARY = {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 1.0}
+
 
 @pytest.mark.parametrize(
     ("changes", "rotary"),
     [
         ({}, 8),  # NemotronConfig's defaults: relu2, half of each 16-wide head turned
         ({"partial_rotary_factor": 0.25, "head_dim": 32}, 8),
-        ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
-                              "partial_rotary_factor": 1.0}}, None),  # fmt: skip
+        ({"rope_parameters": WHOLE_HEAD_ROTARY}, None),
         ({"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}, 8),
     ],
 )
