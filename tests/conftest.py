@@ -557,6 +557,17 @@ TINY: dict[str, dict] = {
         norm="layernorm",
         rotary_dim=12,
     ),
+    # OLMo 1: LayerNorms without parameters on an fp32 copy, fp32 rotary tables
+    "olmo": dict(
+        family="olmo",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        norm="layernorm",
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

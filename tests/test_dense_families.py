@@ -161,3 +161,63 @@ def test_nemotron_under_cuda_autocast_is_refused(tmp_path):
     estimate_step(arch, RunConfig(method="lora", precision="bf16", device="cuda"))
     with pytest.raises(InvalidInputError, match="LayerNorm1P under autocast on CUDA"):
         estimate_step(arch, RunConfig(method="lora", precision="bf16-mixed", device="cuda"))
+
+
+# -- olmo -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},  # OlmoConfig's defaults: silu, no biases, no clamp, untied
+        {"attention_bias": True, "clip_qkv": 8.0, "tie_word_embeddings": True},
+    ],
+)
+def test_olmo_counts_as_transformers_builds_it(tmp_path, changes):
+    cfg = {"model_type": "olmo", **BASE, **changes}
+    arch = read(tmp_path, cfg)
+    assert (arch.family, arch.norm, arch.qkv_clip) == ("olmo", "layernorm", changes.get("clip_qkv"))
+    assert arch.max_position_embeddings == 2048
+    assert count_params(arch) == transformers_count(cfg)
+
+
+def test_olmo_norms_have_no_parameters(tmp_path):
+    """Per layer q, k, v, o and the gated MLP, nothing else: 64·64 + 2·64·32 + 64·64 +
+    3·64·160; the embedding and the untied head 2·320·64."""
+    arch = read(tmp_path, {"model_type": "olmo", **BASE})
+    layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 160
+    assert count_params(arch) == 2 * layer + 2 * 320 * 64
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-mixed"])
+def test_olmo_layer_norm_keeps_what_the_estimate_counts(precision):
+    """OlmoLayerNorm (the real module, CPU): native_layer_norm keeps the fp32 copy of a
+    bf16 input (the fp32 input itself) and fp32 mean and rstd; nothing where the input
+    needs no gradient (it has no parameters)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers.models.olmo.modeling_olmo import OlmoLayerNorm
+
+    from ftmem.methods import plan_method
+    from ftmem.ops.context import LayerContext
+    from ftmem.ops.norm import Norm
+    from tests.conftest import tiny
+    from tests.saved_storages import saved_storages
+
+    norm = OlmoLayerNorm(H)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    x = torch.randn(2, T // 2, H, dtype=dtype, requires_grad=True)
+
+    def forward():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            return norm(x)
+
+    measured = saved_storages(forward, [])
+    assert measured == sorted([T * H * 4, T * 4, T * 4])  # the derivation
+
+    arch = tiny("olmo")
+    run = RunConfig(method="full", precision=precision, batch_size=2, seq_len=T // 2, device="cpu")
+    ctx = LayerContext(arch, run, plan_method(arch, run), T)
+    items = Norm.saved(ctx, "norm", True, True)
+    assert sorted(p for item in items for p in (item.parts or (item.nbytes,))) == measured
+    assert Norm.saved(ctx, "norm", False, True) == []

@@ -758,6 +758,8 @@ def shared_expert_gate_params(arch: Architecture) -> list[Param]:
 
 
 def _norm_params(prefix: str, arch: Architecture) -> list[Param]:
+    if arch.traits.norms_without_parameters:  # (OLMo 1's OlmoLayerNorm)
+        return []
     params = [Param(f"{prefix}.weight", (arch.hidden_size,), "norm")]
     if arch.norm == "layernorm":
         params.append(Param(f"{prefix}.bias", (arch.hidden_size,), "norm"))

@@ -115,7 +115,7 @@ def _matrix() -> list[Case]:
 
 
 def _dense_families_of_stop_49() -> list[Case]:
-    """Arcee's and Nemotron's plain ReLU² MLP (relu's output kept once, the up projection's output not):
+    """OLMo 1's norms and clamps. Arcee's and Nemotron's plain ReLU² MLP (relu's output kept once, the up projection's output not):
     QLoRA in pure bf16 and under autocast (the 4-bit up projection answers in fp32 there),
     checkpointing (the block recomputed in backward), activations offloaded, eager
     attention."""
@@ -136,6 +136,21 @@ def _dense_families_of_stop_49() -> list[Case]:
         Case("nemotron", {"method": "full", "precision": "fp32", "attn": "eager"}),
         Case("nemotron", {"method": "bitfit", "precision": "bf16"}),
         Case("nemotron", {"method": "bitfit", "precision": "bf16"}, NEMOTRON_BIASES),
+        # OLMo 1's parameter-free fp32 LayerNorms (an fp32 copy of a 16-bit input kept),
+        # fp32 rotary tables; clip_qkv's in-place clamps (a copy kept per clamped tensor)
+        Case("olmo", {"method": "qlora", "precision": "bf16"}, WIDER),
+        Case("olmo", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
+        Case("olmo", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("olmo", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("olmo", {"method": "full", "precision": "bf16", "grad_ckpt": True}),
+        Case("olmo", {"method": "full", "precision": "bf16", "activation_offload": True}),
+        Case("olmo", {"method": "full", "precision": "fp32", "attn": "eager"}),
+        *(
+            Case("olmo", {"method": m, "precision": p}, {"qkv_clip": 8.0})
+            for m in ("full", "lora")
+            for p in ("bf16", "bf16-mixed")
+        ),
+        Case("olmo", {"method": "freeze", "trainable_layers": 1, "precision": "bf16"}),
     ]
 
 

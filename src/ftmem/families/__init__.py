@@ -261,6 +261,12 @@ class Family:
     # (``_cast_if_autocast_enabled`` asks torch.is_autocast_enabled(), CUDA's state: the
     # CPU's autocast leaves it in fp32, measured), which is not measured: refused there.
     layer_norm_plus_one: bool = False
+    # The residual norms are LayerNorms without weight or bias run on an fp32 copy of
+    # their input (OLMo 1's OlmoLayerNorm, transformers 5.25 modeling_olmo.py l.48-60:
+    # ``F.layer_norm(x.to(torch.float32), shape, None, None, eps=1e-5).to(orig_dtype)``):
+    # no parameters, and native_layer_norm keeps that fp32 copy (the input itself when it
+    # is fp32) with fp32 mean and rstd, only where the input needs a gradient.
+    norms_without_parameters: bool = False
     # The residual norms are bias-free LayerNorms written out in fp32 (Cohere), modelled
     # with arch.norm "rmsnorm" (one weight): they keep the centred fp32 input twice (two
     # subtractions of the mean) beside the rstd.
