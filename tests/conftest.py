@@ -557,6 +557,19 @@ TINY: dict[str, dict] = {
         norm="layernorm",
         rotary_dim=12,
     ),
+    # Apertus: Qwen3's q/k norms, a plain MLP through xIELU (two trained scalars a layer)
+    "apertus": dict(
+        family="apertus",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        mlp="plain",
+        activation="xielu",
+        qk_norm=True,
+    ),
     # OLMo 1: LayerNorms without parameters on an fp32 copy, fp32 rotary tables
     "olmo": dict(
         family="olmo",

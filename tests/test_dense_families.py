@@ -221,3 +221,43 @@ def test_olmo_layer_norm_keeps_what_the_estimate_counts(precision):
     items = Norm.saved(ctx, "norm", True, True)
     assert sorted(p for item in items for p in (item.parts or (item.nbytes,))) == measured
     assert Norm.saved(ctx, "norm", False, True) == []
+
+
+# -- apertus ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},  # ApertusConfig's defaults: xielu, no biases, untied, 65,536 positions
+        {"attention_bias": True, "head_dim": 32, "tie_word_embeddings": True},
+    ],
+)
+def test_apertus_counts_as_transformers_builds_it(tmp_path, changes):
+    cfg = {"model_type": "apertus", **BASE, **changes}
+    arch = read(tmp_path, cfg)
+    assert (arch.mlp, arch.activation, arch.qk_norm) == ("plain", "xielu", True)
+    assert count_params(arch) == transformers_count(cfg)
+
+
+def test_apertus_by_hand(tmp_path):
+    """Per layer q, k, v, o, up and down (64·64 + 2·64·32 + 64·64 + 2·64·160), the q and
+    k norms (2·16), the two norms (2·64) and xIELU's alpha_p and alpha_n (2); the
+    embedding and the untied head 2·320·64, the final norm 64."""
+    arch = read(tmp_path, {"model_type": "apertus", **BASE})
+    assert arch.max_position_embeddings == 65536
+    layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 2 * 64 * 160 + 2 * 16 + 2 * 64 + 2
+    assert count_params(arch) == 2 * layer + 2 * 320 * 64 + 64
+
+
+def test_xielu_is_apertus_only(tmp_path):
+    with pytest.raises(ValueError, match="no xIELU module"):
+        read(tmp_path, {"model_type": "arcee", **BASE, "hidden_act": "xielu"})
+
+
+def test_apertus_under_cuda_autocast_is_refused_and_the_kernel_said(tmp_path):
+    arch = read(tmp_path, {"model_type": "apertus", **BASE})
+    est = estimate_step(arch, RunConfig(method="lora", precision="bf16", device="cuda"))
+    assert any("nickjbrowning/XIELU" in note for note in est.notes)
+    with pytest.raises(InvalidInputError, match="xIELU under autocast on CUDA"):
+        estimate_step(arch, RunConfig(method="lora", precision="bf16-mixed", device="cuda"))

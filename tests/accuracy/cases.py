@@ -115,7 +115,7 @@ def _matrix() -> list[Case]:
 
 
 def _dense_families_of_stop_49() -> list[Case]:
-    """OLMo 1's norms and clamps. Arcee's and Nemotron's plain ReLU² MLP (relu's output kept once, the up projection's output not):
+    """Apertus's xIELU, OLMo 1's norms and clamps. Arcee's and Nemotron's plain ReLU² MLP (relu's output kept once, the up projection's output not):
     QLoRA in pure bf16 and under autocast (the 4-bit up projection answers in fp32 there),
     checkpointing (the block recomputed in backward), activations offloaded, eager
     attention."""
@@ -151,6 +151,17 @@ def _dense_families_of_stop_49() -> list[Case]:
             for p in ("bf16", "bf16-mixed")
         ),
         Case("olmo", {"method": "freeze", "trainable_layers": 1, "precision": "bf16"}),
+        # Apertus's xIELU (its products promoted to the alphas' fp32 under autocast) and
+        # Qwen3's q/k norms
+        Case("apertus", {"method": "qlora", "precision": "bf16"}, WIDER),
+        Case("apertus", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
+        Case("apertus", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("apertus", {"method": "lora", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("apertus", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("apertus", {"method": "full", "precision": "bf16", "grad_ckpt": True}),
+        Case("apertus", {"method": "full", "precision": "bf16", "activation_offload": True}),
+        Case("apertus", {"method": "full", "precision": "fp32", "attn": "eager"}),
+        Case("apertus", {"method": "freeze", "trainable_layers": 1, "precision": "bf16"}),
     ]
 
 

@@ -63,6 +63,8 @@ class ModuleNames:
     # block's (Falcon: falcon-rw's input_layernorm and post_attention_layernorm, 40B's
     # ln_attn and ln_mlp); empty: ``norms`` serves both
     sequential_norms: tuple[str, ...] = ()
+    # the MLP's activation module where it has parameters (Apertus's xIELU: mlp.act_fn)
+    activation: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ HF_ACTIVATIONS = {
     "gelu_tanh": "gelu_pytorch_tanh",
     "relu": "relu",
     "relu2": "relu2",
+    "xielu": "xielu",
 }
 
 
@@ -165,6 +166,8 @@ def activation(name: str | None) -> str:
         return "relu"
     if name == "relu2":  # transformers 5.25 activations.py ReLUSquaredActivation
         return "relu2"
+    if name == "xielu":  # XIELUActivation (Apertus)
+        return "xielu"
     raise ConfigError(f"Unsupported activation {shown(name)} in config.json.")
 
 
