@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from ftmem.adapters import answer_dtype
 from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.shared_bank import output_bytes as adapted_output_bytes
-from ftmem.arch import Architecture, Linear, layout
+from ftmem.arch import Architecture, Linear, Param, activation_params, layout
 from ftmem.dtypes import FP32
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
@@ -99,6 +99,11 @@ def routed_width(arch: Architecture) -> int:
 @register("mlp")
 class MLP:
     """The MLP's linears are the linear op's; this is what lies between them."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        """The activation's own parameters (xIELU's alpha_p and alpha_n)."""
+        return tuple(activation_params(arch))
 
     @staticmethod
     def saved(
