@@ -557,6 +557,22 @@ TINY: dict[str, dict] = {
         norm="layernorm",
         rotary_dim=12,
     ),
+    # Command R7B: Command R's parallel block with one sliding layer (window 16, under
+    # 50 tokens) under a global one without the rotary
+    "cohere2": dict(
+        family="cohere2",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        norms_per_block=1,
+        parallel_attn_mlp=True,
+        tie_embeddings=True,
+        sliding_window=16,
+        sliding_layers=1,
+    ),
     # Apertus: Qwen3's q/k norms, a plain MLP through xIELU (two trained scalars a layer)
     "apertus": dict(
         family="apertus",

@@ -261,3 +261,33 @@ def test_apertus_under_cuda_autocast_is_refused_and_the_kernel_said(tmp_path):
     assert any("nickjbrowning/XIELU" in note for note in est.notes)
     with pytest.raises(InvalidInputError, match="xIELU under autocast on CUDA"):
         estimate_step(arch, RunConfig(method="lora", precision="bf16-mixed", device="cuda"))
+
+
+# -- cohere2 ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "sliding"),
+    [
+        # Cohere2Config's defaults: window 4096, every fourth layer global, tied
+        ({"num_hidden_layers": 4}, 3),
+        ({"head_dim": 32}, 2),  # (given, it stands: 2 layers, both sliding)
+        ({"sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]}, 1),
+        ({"sliding_window_pattern": 2, "attention_bias": True, "tie_word_embeddings": False}, 1),
+    ],
+)
+def test_cohere2_counts_as_transformers_builds_it(tmp_path, changes, sliding):
+    cfg = {"model_type": "cohere2", **BASE, **changes}
+    arch = read(tmp_path, cfg)
+    head_dim = cfg.get("head_dim", 16)
+    assert (arch.head_size, arch.sliding_layers, arch.norms_per_block) == (head_dim, sliding, 1)
+    assert arch.sliding_window == cfg.get("sliding_window", 4096)
+    assert count_params(arch) == transformers_count(cfg)
+
+
+def test_cohere2_without_sliding_layers_is_refused(tmp_path):
+    """Its forward builds the sliding-window mask whatever the layer types."""
+    from ftmem.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="without sliding layers"):
+        read(tmp_path, {"model_type": "cohere2", **BASE, "sliding_window": None})

@@ -115,7 +115,7 @@ def _matrix() -> list[Case]:
 
 
 def _dense_families_of_stop_49() -> list[Case]:
-    """Apertus's xIELU, OLMo 1's norms and clamps. Arcee's and Nemotron's plain ReLU² MLP (relu's output kept once, the up projection's output not):
+    """Command R7B's sliding and rotary-free global layers, Apertus's xIELU, OLMo 1's norms and clamps. Arcee's and Nemotron's plain ReLU² MLP (relu's output kept once, the up projection's output not):
     QLoRA in pure bf16 and under autocast (the 4-bit up projection answers in fp32 there),
     checkpointing (the block recomputed in backward), activations offloaded, eager
     attention."""
@@ -162,6 +162,15 @@ def _dense_families_of_stop_49() -> list[Case]:
         Case("apertus", {"method": "full", "precision": "bf16", "activation_offload": True}),
         Case("apertus", {"method": "full", "precision": "fp32", "attn": "eager"}),
         Case("apertus", {"method": "freeze", "trainable_layers": 1, "precision": "bf16"}),
+        # Command R7B's sliding layer (rotary, its own mask) under a global one without the
+        # rotary: checkpointed, QLoRA, eager, every layer sliding, the top one trained
+        Case("cohere2", {"method": "qlora", "precision": "bf16"}, WIDER),
+        Case("cohere2", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
+        Case("cohere2", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("cohere2", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("cohere2", {"method": "full", "precision": "bf16", "attn": "eager"}),
+        Case("cohere2", {"method": "lora", "precision": "bf16"}, WINDOWED),
+        Case("cohere2", {"method": "freeze", "trainable_layers": 1, "precision": "bf16"}),
     ]
 
 

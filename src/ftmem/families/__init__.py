@@ -125,6 +125,11 @@ class Family:
     # by another base; transformers 5.25 modeling_gemma3.py l.532-534 builds a pair for
     # each type in ``set(config.layer_types)``).
     rotary_tables_per_layer_type: bool = False
+    # Only the sliding layers apply the rotary; the global ones hand q and k to the kernel
+    # as projected (Cohere2Attention: ``if self.sliding_window is not None:
+    # apply_rotary_pos_emb``, transformers 5.25 modeling_cohere2.py l.222-223): where only
+    # the top (global) blocks need gradients, no multiply keeps the tables.
+    rotary_on_sliding_layers_only: bool = False
     # The rotated queries are multiplied by a per-position factor before the kernel
     # (Ministral 3's Llama-4 attention scaling, transformers 5.25 modeling_ministral3.py
     # l.104-107, l.146-150: ``query_states * get_llama_4_attn_scale(position_ids, ...)``,
