@@ -573,6 +573,21 @@ TINY: dict[str, dict] = {
         sliding_window=16,
         sliding_layers=1,
     ),
+    # VaultGemma: Gemma 2 without the post-norms (input and pre-feedforward norms only)
+    "vaultgemma": dict(
+        family="vaultgemma",
+        vocab_size=300,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=128,
+        activation="gelu_tanh",
+        tie_embeddings=True,
+        final_logit_softcapping=30.0,
+        attn_logit_softcapping=50.0,
+    ),
     # Apertus: Qwen3's q/k norms, a plain MLP through xIELU (two trained scalars a layer)
     "apertus": dict(
         family="apertus",

@@ -291,3 +291,28 @@ def test_cohere2_without_sliding_layers_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="without sliding layers"):
         read(tmp_path, {"model_type": "cohere2", **BASE, "sliding_window": None})
+
+
+# -- vaultgemma -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},  # VaultGemmaConfig's defaults: head_dim 256, tied, soft-caps 30 and 50
+        {"head_dim": 16, "sliding_window": 16, "final_logit_softcapping": None},
+    ],
+)
+def test_vaultgemma_counts_as_transformers_builds_it(tmp_path, changes):
+    cfg = {"model_type": "vaultgemma", **BASE, **changes}
+    arch = read(tmp_path, cfg)
+    assert (arch.norms_per_block, arch.head_size) == (2, cfg.get("head_dim", 256))
+    assert count_params(arch) == transformers_count(cfg)
+
+
+def test_vaultgemma_is_gemma2_without_its_post_norms(tmp_path):
+    """Two norms of 64 fewer per layer than Gemma 2's four."""
+    cfg = {**BASE, "head_dim": 16}
+    vault = read(tmp_path, {"model_type": "vaultgemma", **cfg})
+    gemma2 = read(tmp_path, {"model_type": "gemma2", **cfg})
+    assert count_params(gemma2) - count_params(vault) == 2 * 2 * 64

@@ -115,7 +115,7 @@ def _matrix() -> list[Case]:
 
 
 def _dense_families_of_stop_49() -> list[Case]:
-    """Command R7B's sliding and rotary-free global layers, Apertus's xIELU, OLMo 1's norms and clamps. Arcee's and Nemotron's plain ReLU² MLP (relu's output kept once, the up projection's output not):
+    """VaultGemma's two-norm Gemma 2 block, Command R7B's sliding and rotary-free global layers, Apertus's xIELU, OLMo 1's norms and clamps. Arcee's and Nemotron's plain ReLU² MLP (relu's output kept once, the up projection's output not):
     QLoRA in pure bf16 and under autocast (the 4-bit up projection answers in fp32 there),
     checkpointing (the block recomputed in backward), activations offloaded, eager
     attention."""
@@ -171,6 +171,13 @@ def _dense_families_of_stop_49() -> list[Case]:
         Case("cohere2", {"method": "full", "precision": "bf16", "attn": "eager"}),
         Case("cohere2", {"method": "lora", "precision": "bf16"}, WINDOWED),
         Case("cohere2", {"method": "freeze", "trainable_layers": 1, "precision": "bf16"}),
+        # VaultGemma: Gemma 2's eager soft-capped attention under two norms a block;
+        # checkpointed, QLoRA, a window on both layers
+        Case("vaultgemma", {"method": "qlora", "precision": "bf16"}, WIDER),
+        Case("vaultgemma", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
+        Case("vaultgemma", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("vaultgemma", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("vaultgemma", {"method": "lora", "precision": "bf16"}, WINDOWED),
     ]
 
 
