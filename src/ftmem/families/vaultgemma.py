@@ -35,7 +35,7 @@ def _read(cfg: Config, out: Config) -> None:
         out["max_position_embeddings"] = DEFAULT_POSITIONS
 
 
-FAMILY = replace(
+FAMILY: Family = replace(
     GEMMA2,
     name="vaultgemma",
     model_types=("vaultgemma",),
