@@ -13,7 +13,14 @@ type's (Ministral's: a stack without sliding layers is refused,
 _llama.sliding_mask_always). Cohere2Config (configuration_cohere2.py): head_dim
 hidden / heads unless config.json gives one (``__post_init__`` sets it before the
 given keys are applied), window 4096, every fourth layer global (``sliding_window_pattern``), tied embeddings, ``attention_bias`` on q, k,
-v and o."""
+v and o.
+
+Measured (stop 49; tests/accuracy, CPU: Command R's tiny shape, one sliding layer of 16
+under a global one, 3 × 50 tokens; 24 cases: the matrix, QLoRA, checkpointing, eager
+attention, a window on both layers, freeze): weights, gradients, states and activations
+exact but IA³'s +1,024 B and prefix tuning's +4,800 B (one bf16 table pair counted that
+nothing keeps there, not traced); peaks within 0.7 %. Training only the top (global)
+block was +9,600 B (the fp32 tables) before Family.rotary_on_sliding_layers_only."""
 
 from __future__ import annotations
 

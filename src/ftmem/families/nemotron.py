@@ -18,7 +18,14 @@ modeling_llama.py:
 - NemotronMLP is ``down_proj(act_fn(up_proj(x)))`` with hidden_act "relu2" by default
   (Arcee's MLP: ops.mlp, activation relu2); ``attention_bias`` on q, k, v and o,
   ``mlp_bias`` on up and down; head_dim from config.json or hidden / heads; untied
-  embeddings by default; no sliding window."""
+  embeddings by default; no sliding window.
+
+Measured (stop 49; tests/accuracy, CPU: the tiny Llama shape with LayerNorms, the
+rotary on 12 of 24 dimensions; 25 cases: the matrix, QLoRA, checkpointing, offloading,
+eager attention, BitFit with and without the linears' biases): weights, gradients,
+states and activations exact but IA³'s +384 B; peaks within 0.2 %. Without the w + 1
+tensor the activations were 384 B a norm call under (full fp32 -1,920 B). Left:
+LayerNorm1P under CUDA's autocast (refused), which casts input, w + 1 and bias to 16-bit."""
 
 from __future__ import annotations
 

@@ -16,7 +16,14 @@ What transformers 5.25 does (models/olmo/modeling_olmo.py), against modeling_lla
   rotated q and k back to their dtype (OLMo 2's rotary, Family.rotary_tables_fp32).
 - OlmoMLP is Llama's gated MLP without biases (``bias=False`` whatever the config says);
   ``attention_bias`` on q, k, v and o; untied embeddings and 2,048 positions by default;
-  no sliding window."""
+  no sliding window.
+
+Measured (stop 49; tests/accuracy, CPU: the tiny Llama shape; 29 cases: the matrix,
+QLoRA, checkpointing in two regimes, offloading, eager attention, clip_qkv 8 in four,
+freeze in bf16): weights, gradients, states and activations exact but IA³'s +384 B;
+peaks within 1.0 % (offloaded -1.0 %). Before no norm was said to train, the
+freeze-finetuned bf16-mixed case was +4.1 % (q/k/v's 16-bit weight copies for an input
+gradient nothing needs)."""
 
 from __future__ import annotations
 

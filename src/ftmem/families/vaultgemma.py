@@ -9,7 +9,12 @@ else is Gemma 2's: RMSNorms scaling by (1 + w) in fp32, the scaled embedding, th
 attention with soft-capped scores (``_supports_sdpa = False``), query_pre_attn_scalar,
 the tanh-GELU gated MLP, the final logits soft-capped, sliding and global layers
 alternating (VaultGemmaConfig: layer 0, 2, ... slide; window 4096), tied embeddings,
-head_dim 256 by default."""
+head_dim 256 by default.
+
+Measured (stop 49; tests/accuracy, CPU: Gemma 2's tiny shape, two norms a block; 22
+cases: the matrix, QLoRA, checkpointing, a window on both layers): weights, gradients,
+states and activations exact but IA³'s +512 B; peaks within 1.5 % (checkpointed LoRA
+-1.5 %, full bf16-mixed -1.1 %)."""
 
 from __future__ import annotations
 
