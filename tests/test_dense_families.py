@@ -316,3 +316,32 @@ def test_vaultgemma_is_gemma2_without_its_post_norms(tmp_path):
     vault = read(tmp_path, {"model_type": "vaultgemma", **cfg})
     gemma2 = read(tmp_path, {"model_type": "gemma2", **cfg})
     assert count_params(gemma2) - count_params(vault) == 2 * 2 * 64
+
+
+# -- presets ----------------------------------------------------------------------------
+
+# allenai/OLMo-1B-hf's architecture keys, as the preset's comment cites them
+OLMO_1B = {
+    "model_type": "olmo",
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "vocab_size": 50304,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": True,
+    "clip_qkv": None,
+    "hidden_act": "silu",
+    "attention_bias": False,
+}
+
+
+def test_olmo_1b_preset_counts_as_transformers_builds_it():
+    from ftmem.presets import get_model
+    from tests.conftest import assert_transformers_count
+
+    assert_transformers_count(OLMO_1B, "olmo-1b")
+    # by hand: the tied embedding and 16 layers of attention and gated MLP, no norms
+    assert count_params(get_model("olmo-1b")) == 50304 * 2048 + 16 * (4 * 2048**2 + 3 * 2048 * 8192)
+    assert count_params(get_model("olmo-1b")) == 1_176_764_416
