@@ -530,6 +530,88 @@ TINY: dict[str, dict] = {
         num_kv_heads=2,
         intermediate_size=160,
     ),
+    # Arcee AFM: Llama's attention with a plain up/down MLP through ReLU²
+    "arcee": dict(
+        family="arcee",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        mlp="plain",
+        activation="relu2",
+    ),
+    # Nemotron: LayerNorm1P (w + 1, with biases), the rotary on half of each head, a
+    # plain ReLU² MLP
+    "nemotron": dict(
+        family="nemotron",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        mlp="plain",
+        activation="relu2",
+        norm="layernorm",
+        rotary_dim=12,
+    ),
+    # Command R7B: Command R's parallel block with one sliding layer (window 16, under
+    # 50 tokens) under a global one without the rotary
+    "cohere2": dict(
+        family="cohere2",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        norms_per_block=1,
+        parallel_attn_mlp=True,
+        tie_embeddings=True,
+        sliding_window=16,
+        sliding_layers=1,
+    ),
+    # VaultGemma: Gemma 2 without the post-norms (input and pre-feedforward norms only)
+    "vaultgemma": dict(
+        family="vaultgemma",
+        vocab_size=300,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=128,
+        activation="gelu_tanh",
+        tie_embeddings=True,
+        final_logit_softcapping=30.0,
+        attn_logit_softcapping=50.0,
+    ),
+    # Apertus: Qwen3's q/k norms, a plain MLP through xIELU (two trained scalars a layer)
+    "apertus": dict(
+        family="apertus",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        mlp="plain",
+        activation="xielu",
+        qk_norm=True,
+    ),
+    # OLMo 1: LayerNorms without parameters on an fp32 copy, fp32 rotary tables
+    "olmo": dict(
+        family="olmo",
+        vocab_size=300,
+        hidden_size=96,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=160,
+        norm="layernorm",
+    ),
 }
 
 # Encoder-decoders, kept apart: they support a subset of the methods and features.

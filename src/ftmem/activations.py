@@ -68,7 +68,7 @@ def block_saved(
     qkv, o, mlp = (list(group) for group in _block_linears(arch, i))
     x = state.input_requires_grad
     w = state.weights_trainable
-    wn = attention_side_norms_train(state)  # a norm's own parameters train
+    wn = attention_side_norms_train(arch, state)  # a norm's own parameters train
     # outputs that need a gradient for something other than an adapter
     biased = state.own_output_grad
     adapted_attn = any(lin.module in state.adapted for lin in qkv)
@@ -115,10 +115,12 @@ def block_saved(
     return [s for s in out if s.nbytes or s.graph_held]
 
 
-def attention_side_norms_train(state: BlockState) -> bool:
+def attention_side_norms_train(arch: Architecture, state: BlockState) -> bool:
     """Whether a norm at or below the attention trains (its weight or bias), so that the
     attention side needs a gradient: not when every trained norm comes after it."""
     norms = state.norms_trained and not state.after_attention_norms_only
+    if arch.traits.norms_without_parameters:  # (OLMo 1's: nothing of theirs trains)
+        return False
     return state.weights_trainable or state.norm_bias or norms
 
 
@@ -133,7 +135,7 @@ def _attention(
 ) -> list[Saved]:
     """Multi-head attention from its q/k/v projections to the kernel's saved tensors."""
     x, w = state.input_requires_grad, state.weights_trainable
-    wn = attention_side_norms_train(state)
+    wn = attention_side_norms_train(ctx.arch, state)
     biased = state.own_output_grad
     h = ctx.arch.hidden_size
     out = LinearOp.saved(ctx, qkv, state, in_grad, "q/k/v projections", h, ctx.residual)
@@ -163,6 +165,7 @@ def _mlp_side(
     ``after_attn``: the attention output needs a gradient."""
     arch = ctx.arch
     wn = state.weights_trainable or state.norm_bias or state.norms_trained
+    wn = wn and not arch.traits.norms_without_parameters  # (OLMo 1's have none)
     out: list[Saved] = []
     post_norms = arch.traits.norms_after_sublayers  # (OLMo 2's acts on attention's output)
     if arch.norms_per_block == 4:

@@ -41,6 +41,7 @@ ParamKind = Literal[
     "position",
     "sink",
     "statistic",
+    "activation",
 ]
 # Roles a linear layer can play; LoRA targets are chosen by role or by module name.
 Role = Literal["q", "k", "v", "o", "gate", "up", "down", "router"]
@@ -87,7 +88,7 @@ class Architecture(Model, strict=True):
     )
     intermediate_size: PositiveInt
     mlp: Literal["gated", "plain"] = "gated"
-    activation: Literal["silu", "gelu", "gelu_tanh", "relu"] = "silu"
+    activation: Literal["silu", "gelu", "gelu_tanh", "relu", "relu2", "xielu"] = "silu"
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     norms_per_block: Literal[1, 2, 4] = Field(
         2, description="1: one shared input norm (Falcon-7B); 4: pre+post norms (Gemma-2)."
@@ -243,6 +244,10 @@ class Architecture(Model, strict=True):
                 "when head_dim is not given"
             )
         self._fits_family()
+        if self.activation in ("relu2", "xielu") and self.mlp != "plain":
+            raise ValueError(f"activation {self.activation} is modelled on plain MLPs only")
+        if self.activation == "xielu" and not self.traits.names.activation:
+            raise ValueError(f"activation xielu: the {self.family} family has no xIELU module")
         if self.rotary_dim is not None and (
             self.rotary_dim > self.head_size or self.position_embedding != "rotary"
         ):
@@ -755,7 +760,19 @@ def shared_expert_gate_params(arch: Architecture) -> list[Param]:
     return [Param(name, (1, arch.hidden_size), "linear", blocks=sparse)]
 
 
+def activation_params(arch: Architecture) -> list[Param]:
+    """xIELU's two trainable scalars per MLP (transformers 5.25 activations.py
+    XIELUActivation: ``alpha_p`` and ``alpha_n``, each ``unsqueeze(0)``: shape (1,)); its
+    0-dim ``beta`` and ``eps`` are buffers."""
+    if arch.activation != "xielu":
+        return []
+    act = arch.traits.names.activation
+    return [Param(f"{act}.{name}", (1,), "activation") for name in ("alpha_p", "alpha_n")]
+
+
 def _norm_params(prefix: str, arch: Architecture) -> list[Param]:
+    if arch.traits.norms_without_parameters:  # (OLMo 1's OlmoLayerNorm)
+        return []
     params = [Param(f"{prefix}.weight", (arch.hidden_size,), "norm")]
     if arch.norm == "layernorm":
         params.append(Param(f"{prefix}.bias", (arch.hidden_size,), "norm"))
@@ -830,6 +847,7 @@ def layout(arch: Architecture) -> Layout:
     block += router_statistic_params(arch)
     block += qk_norm_params(arch)
     block += sink_params(arch)
+    block += activation_params(arch)
     block += latent_norm_params(arch)
     for norm_name in norm_names:
         block += _norm_params(norm_name, arch)

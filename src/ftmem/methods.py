@@ -1431,6 +1431,7 @@ def plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
     plan = _PLANS.get(key)
     if plan is None:
         _check_quantisable(arch, resolve_dtypes(run))
+        _check_cuda_autocast(arch, run, resolve_dtypes(run))
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
         plan = _PLANS[key] = _plan_method(arch, run)
@@ -1452,6 +1453,33 @@ def _check_quantisable(arch: Architecture, dtypes: Dtypes) -> None:
         raise InvalidInputError(
             f"Quantised weights of {arch.family} models are not modelled yet "
             f"({arch.traits.quantisation_unmodelled}); use LoRA without quantisation."
+        )
+
+
+def _check_cuda_autocast(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> None:
+    """Ops whose dtypes CUDA's autocast changes where the CPU's does not, not measured:
+    ReLU² (transformers 5.25 activations.py ReLUSquaredActivation) squares with
+    ``torch.square``, ``pow(self, 2)``, which CUDA's autocast runs in fp32 (torch's
+    autocast fp32 op list; the CPU's leaves it 16-bit: tests/test_relu2.py); Nemotron's
+    LayerNorm1P casts its arguments to 16-bit under CUDA's autocast only
+    (Family.layer_norm_plus_one); xIELU's expm1 and softplus are on CUDA's fp32 list
+    (the CPU's leaves them: tests/test_xielu.py)."""
+    if not (dtypes.autocast and run.device == "cuda"):
+        return
+    if arch.activation == "relu2":
+        raise InvalidInputError(
+            f"{arch.family} models' ReLU² under autocast on CUDA (its square runs in fp32 "
+            "there) is not modelled yet; use a pure bf16 or fp32 precision."
+        )
+    if arch.activation == "xielu":
+        raise InvalidInputError(
+            f"{arch.family} models' xIELU under autocast on CUDA (its expm1 and softplus "
+            "run in fp32 there) is not modelled yet; use a pure bf16 or fp32 precision."
+        )
+    if arch.traits.layer_norm_plus_one:
+        raise InvalidInputError(
+            f"{arch.family} models' LayerNorm1P under autocast on CUDA (it casts its input "
+            "to 16-bit there) is not modelled yet; use a pure bf16 or fp32 precision."
         )
 
 

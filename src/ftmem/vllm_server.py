@@ -45,7 +45,12 @@ GIB = 2**30
 LARGE_GPU = 70 * GIB
 BATCHED_TOKENS = {True: 8192, False: 2048}  # max_num_batched_tokens: large GPU or not
 MAX_SEQS = {True: 1024, False: 256}  # max_num_seqs
-REPLICATED = ("norm", "router", "sink")  # vLLM's RMSNorm, ReplicatedLinear gate, sinks
+REPLICATED = (
+    "norm",
+    "router",
+    "sink",
+    "activation",
+)  # vLLM's RMSNorm, ReplicatedLinear gate, sinks, xIELU
 
 
 def large_gpu(gpu: Gpu | None) -> bool:

@@ -110,7 +110,79 @@ def _matrix() -> list[Case]:
         *_falcon_alibi(),
         *_granite_embedding_multiplier(),
         *_llama_like_families_of_stop_48(),
+        *_dense_families_of_stop_49(),
     ]
+
+
+def _dense_families_of_stop_49() -> list[Case]:
+    """VaultGemma's two-norm Gemma 2 block, Command R7B's sliding and rotary-free global layers, Apertus's xIELU, OLMo 1's norms and clamps. Arcee's and Nemotron's plain ReLU² MLP (relu's output kept once, the up projection's output not):
+    QLoRA in pure bf16 and under autocast (the 4-bit up projection answers in fp32 there),
+    checkpointing (the block recomputed in backward), activations offloaded, eager
+    attention."""
+    return [
+        Case("arcee", {"method": "qlora", "precision": "bf16"}, WIDER),
+        Case("arcee", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
+        Case("arcee", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("arcee", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("arcee", {"method": "full", "precision": "bf16", "activation_offload": True}),
+        Case("arcee", {"method": "full", "precision": "fp32", "attn": "eager"}),
+        # Nemotron's LayerNorm1P (w + 1 kept per call, biases), half-head rotary, ReLU²:
+        # the same, and BitFit on the norms' biases
+        Case("nemotron", {"method": "qlora", "precision": "bf16"}, WIDER),
+        Case("nemotron", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
+        Case("nemotron", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("nemotron", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("nemotron", {"method": "full", "precision": "bf16", "activation_offload": True}),
+        Case("nemotron", {"method": "full", "precision": "fp32", "attn": "eager"}),
+        Case("nemotron", {"method": "bitfit", "precision": "bf16"}),
+        Case("nemotron", {"method": "bitfit", "precision": "bf16"}, NEMOTRON_BIASES),
+        # OLMo 1's parameter-free fp32 LayerNorms (an fp32 copy of a 16-bit input kept),
+        # fp32 rotary tables; clip_qkv's in-place clamps (a copy kept per clamped tensor)
+        Case("olmo", {"method": "qlora", "precision": "bf16"}, WIDER),
+        Case("olmo", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
+        Case("olmo", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("olmo", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("olmo", {"method": "full", "precision": "bf16", "grad_ckpt": True}),
+        Case("olmo", {"method": "full", "precision": "bf16", "activation_offload": True}),
+        Case("olmo", {"method": "full", "precision": "fp32", "attn": "eager"}),
+        *(
+            Case("olmo", {"method": m, "precision": p}, {"qkv_clip": 8.0})
+            for m in ("full", "lora")
+            for p in ("bf16", "bf16-mixed")
+        ),
+        Case("olmo", {"method": "freeze", "trainable_layers": 1, "precision": "bf16"}),
+        # Apertus's xIELU (its products promoted to the alphas' fp32 under autocast) and
+        # Qwen3's q/k norms
+        Case("apertus", {"method": "qlora", "precision": "bf16"}, WIDER),
+        Case("apertus", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
+        Case("apertus", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("apertus", {"method": "lora", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("apertus", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("apertus", {"method": "full", "precision": "bf16", "grad_ckpt": True}),
+        Case("apertus", {"method": "full", "precision": "bf16", "activation_offload": True}),
+        Case("apertus", {"method": "full", "precision": "fp32", "attn": "eager"}),
+        Case("apertus", {"method": "freeze", "trainable_layers": 1, "precision": "bf16"}),
+        # Command R7B's sliding layer (rotary, its own mask) under a global one without the
+        # rotary: checkpointed, QLoRA, eager, every layer sliding, the top one trained
+        Case("cohere2", {"method": "qlora", "precision": "bf16"}, WIDER),
+        Case("cohere2", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
+        Case("cohere2", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("cohere2", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("cohere2", {"method": "full", "precision": "bf16", "attn": "eager"}),
+        Case("cohere2", {"method": "lora", "precision": "bf16"}, WINDOWED),
+        Case("cohere2", {"method": "freeze", "trainable_layers": 1, "precision": "bf16"}),
+        # VaultGemma: Gemma 2's eager soft-capped attention under two norms a block;
+        # checkpointed, QLoRA, a window on both layers
+        Case("vaultgemma", {"method": "qlora", "precision": "bf16"}, WIDER),
+        Case("vaultgemma", {"method": "qlora", "precision": "bf16-mixed"}, WIDER),
+        Case("vaultgemma", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        Case("vaultgemma", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}),
+        Case("vaultgemma", {"method": "lora", "precision": "bf16"}, WINDOWED),
+    ]
+
+
+# Nemotron's attention_bias and mlp_bias: q, k, v, o, up and down biased
+NEMOTRON_BIASES = {"attention_qkv_bias": True, "attention_out_bias": True, "mlp_bias": True}
 
 
 # a window of 16 on both tiny layers, which the 50 tokens pass

@@ -63,6 +63,8 @@ class ModuleNames:
     # block's (Falcon: falcon-rw's input_layernorm and post_attention_layernorm, 40B's
     # ln_attn and ln_mlp); empty: ``norms`` serves both
     sequential_norms: tuple[str, ...] = ()
+    # the MLP's activation module where it has parameters (Apertus's xIELU: mlp.act_fn)
+    activation: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,11 @@ class Family:
     # by another base; transformers 5.25 modeling_gemma3.py l.532-534 builds a pair for
     # each type in ``set(config.layer_types)``).
     rotary_tables_per_layer_type: bool = False
+    # Only the sliding layers apply the rotary; the global ones hand q and k to the kernel
+    # as projected (Cohere2Attention: ``if self.sliding_window is not None:
+    # apply_rotary_pos_emb``, transformers 5.25 modeling_cohere2.py l.222-223): where only
+    # the top (global) blocks need gradients, no multiply keeps the tables.
+    rotary_on_sliding_layers_only: bool = False
     # The rotated queries are multiplied by a per-position factor before the kernel
     # (Ministral 3's Llama-4 attention scaling, transformers 5.25 modeling_ministral3.py
     # l.104-107, l.146-150: ``query_states * get_llama_4_attn_scale(position_ids, ...)``,
@@ -253,6 +260,20 @@ class Family:
     # multiply keeps when the norm's input needs a gradient (Gemma's RMSNorms: transformers
     # 5.25 modeling_gemma.py l.77, modeling_gemma2.py l.62, modeling_gemma3.py l.132).
     norm_scale_plus_one: bool = False
+    # The residual LayerNorms scale by ``weight + 1.0``, a new tensor in the weight's dtype
+    # per call, which native_layer_norm keeps beside its input whether the input or the
+    # weight needs the gradient (Nemotron's NemotronLayerNorm1P, transformers 5.25
+    # modeling_nemotron.py l.60-80: ``F.layer_norm(input, shape, self.weight + 1.0,
+    # self.bias, eps)``). Under CUDA's autocast it casts its arguments to 16-bit first
+    # (``_cast_if_autocast_enabled`` asks torch.is_autocast_enabled(), CUDA's state: the
+    # CPU's autocast leaves it in fp32, measured), which is not measured: refused there.
+    layer_norm_plus_one: bool = False
+    # The residual norms are LayerNorms without weight or bias run on an fp32 copy of
+    # their input (OLMo 1's OlmoLayerNorm, transformers 5.25 modeling_olmo.py l.48-60:
+    # ``F.layer_norm(x.to(torch.float32), shape, None, None, eps=1e-5).to(orig_dtype)``):
+    # no parameters, and native_layer_norm keeps that fp32 copy (the input itself when it
+    # is fp32) with fp32 mean and rstd, only where the input needs a gradient.
+    norms_without_parameters: bool = False
     # The residual norms are bias-free LayerNorms written out in fp32 (Cohere), modelled
     # with arch.norm "rmsnorm" (one weight): they keep the centred fp32 input twice (two
     # subtractions of the mean) beside the rstd.

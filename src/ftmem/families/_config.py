@@ -40,7 +40,14 @@ MULTIMODAL_TIE_DEFAULT = {
 }
 
 # Architecture.activation -> transformers' ACT2FN names
-HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+HF_ACTIVATIONS = {
+    "silu": "silu",
+    "gelu": "gelu",
+    "gelu_tanh": "gelu_pytorch_tanh",
+    "relu": "relu",
+    "relu2": "relu2",
+    "xielu": "xielu",
+}
 
 
 def shown(value: Any) -> str:
@@ -157,6 +164,10 @@ def activation(name: str | None) -> str:
         return "gelu"
     if name == "relu":
         return "relu"
+    if name == "relu2":  # transformers 5.25 activations.py ReLUSquaredActivation
+        return "relu2"
+    if name == "xielu":  # XIELUActivation (Apertus)
+        return "xielu"
     raise ConfigError(f"Unsupported activation {shown(name)} in config.json.")
 
 

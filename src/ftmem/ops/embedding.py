@@ -53,10 +53,12 @@ class Embedding:
         if arch.traits.rotary_tables_cached:
             positions = max(2 * positions, 16)  # slices keep the whole cache's storage
         pairs = 1
-        if arch.traits.rotary_tables_per_layer_type:
+        if arch.traits.rotary_tables_per_layer_type or arch.traits.rotary_on_sliding_layers_only:
             top = arch.num_layers if grad_blocks is None else min(grad_blocks, arch.num_layers)
             full = min(top, arch.full_layers)
             pairs = (1 if full else 0) + (1 if top - full > 0 and arch.sliding_layers else 0)
+            if arch.traits.rotary_on_sliding_layers_only:  # (one pair, read where it slides)
+                pairs = 1 if top - full > 0 and arch.sliding_layers else 0
         return (positions * width * e,) * 2 * pairs
 
     @staticmethod

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from ftmem.adapters import answer_dtype
 from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.shared_bank import output_bytes as adapted_output_bytes
-from ftmem.arch import Architecture, Linear, layout
+from ftmem.arch import Architecture, Linear, Param, activation_params, layout
 from ftmem.dtypes import FP32
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
@@ -71,6 +71,26 @@ def shared_expert_gate_saved(
     return out
 
 
+def xielu_saved(ctx: LayerContext, state: BlockState, n: int, xe: int) -> list[Saved]:
+    """What xIELU's Python path keeps beyond its input x (the up projection's output, ``n``
+    elements of ``xe`` bytes, counted by the caller) where x needs a gradient
+    (transformers 5.25 activations.py XIELUActivation._xielu_python: ``where(x > 0,
+    alpha_p * x * x + beta * x, (expm1(min(x, eps)) - x) * alpha_n + beta * x)``, the
+    alphas ``softplus`` of (1,)-shaped parameters): the product alpha_p·x (its second
+    multiply's operand), in the promotion of x's and the alphas' dtypes (fp32 over a 16-bit
+    x where the parameters are fp32, as under autocast: the alphas are 1-D, not 0-dim);
+    expm1's result (its backward reads it), in x's dtype; the bool mask x > 0 (where's
+    condition); the two softplus outputs (1,) the multiplies keep for x's gradient; and,
+    where the alphas train, the difference expm1(...) − x, which alpha_n's multiply keeps
+    for alpha_n's gradient. Measured on the CPU (tests/test_xielu.py): fp32, bf16 and
+    bf16-mixed, the alphas trained or frozen."""
+    pb = ctx.residual  # (the alphas are in the non-linear parameters' dtype)
+    alphas = state.weights_trainable
+    parts = (n * max(xe, pb), n * xe, *((n * xe,) if alphas else ()), n, pb, pb)
+    what = "xIELU: alpha_p·x, expm1, x > 0" + (", expm1 − x" if alphas else "")
+    return [Saved(what, sum(parts), Kind.MLP_HIDDEN, Side.MLP, parts=parts)]
+
+
 def routed_width(arch: Architecture) -> int:
     """The width of the MLP's intermediates per token: f, or k·f over the routed experts."""
     return arch.intermediate_size * (arch.experts_per_token if arch.is_moe else 1)
@@ -79,6 +99,11 @@ def routed_width(arch: Architecture) -> int:
 @register("mlp")
 class MLP:
     """The MLP's linears are the linear op's; this is what lies between them."""
+
+    @staticmethod
+    def parameters(arch: Architecture) -> tuple[Param, ...]:
+        """The activation's own parameters (xIELU's alpha_p and alpha_n)."""
+        return tuple(activation_params(arch))
 
     @staticmethod
     def saved(
@@ -154,10 +179,14 @@ class MLP:
                 oe = max((answer_bytes(ctx, state, lin, oe) for lin in ups), default=oe)
                 what, size = "up output (activation input)", T * f * oe
             out.append(Saved(what, size, Kind.MLP_HIDDEN, Side.MLP))
+            if arch.activation == "xielu":
+                out += xielu_saved(ctx, state, T * f, oe)
         # (VeRA's and the other answering adapters' product into down: measured as modelled)
         down_in = max(
             (ctx.residual if _rotation_answers(ctx, state, u) else e for u in ups), default=e
         )
+        if arch.activation == "xielu":  # (its output is promoted to its alphas' dtype)
+            down_in = max(down_in, ctx.residual)
         out += LinearOp.saved(ctx, downs, state, any_grad, "down_proj", f, down_in)
         return out
 
@@ -213,6 +242,10 @@ class MLP:
             return 2
         if written_out_gelu(arch, run):
             return 3
+        if arch.activation == "relu2":
+            return 4
+        if arch.activation == "xielu":
+            return 5
         return 1
 
     @staticmethod
@@ -224,6 +257,8 @@ class MLP:
         f = routed_width(arch)
         width = MLP.gradients(arch, run) * f
         r = plan.dtypes.residual_bytes
+        if arch.activation == "xielu":  # (in its output's dtype: the alphas' promotion)
+            e = max(e, r)
         return max(T * width * e + T * arch.hidden_size * r, IA3.backward_workspace(plan, e, T))
 
     @staticmethod

@@ -37,6 +37,14 @@ class Norm:
         dtype rather than the residual stream's."""
         T, h = ctx.tokens, ctx.arch.hidden_size
         out: list[Saved] = []
+        if ctx.arch.traits.norms_without_parameters:
+            # OLMo 1: an fp32 copy of the input (the input itself when fp32), fp32 stats
+            if not x_grad:
+                return out
+            kept = () if input_kept and ctx.residual == FP32 else (T * h * FP32,)
+            parts = (*kept, T * FP32, T * FP32)
+            what = f"{label}: fp32 input, mean, rstd"
+            return [Saved(what, sum(parts), Kind.NORM_INPUT, side, parts=parts)]
         if ctx.arch.norm == "layernorm":
             # native_layer_norm saves its input and per-token mean and rstd (fp32 on CUDA)
             if x_grad or w_grad:
@@ -45,6 +53,9 @@ class Norm:
                 kept = () if input_kept else (T * h * ctx.residual,)
                 parts = (*kept, T * stats, T * stats)
                 what = "mean, rstd" if input_kept else "input, mean, rstd"
+                if ctx.arch.traits.layer_norm_plus_one:
+                    # Nemotron's w + 1, in the weight's (the residual stream's) dtype
+                    parts, what = (*parts, h * ctx.residual), f"{what}, w + 1"
                 item = Saved(f"{label}: {what}", sum(parts), Kind.NORM_INPUT, side, parts=parts)
                 out.append(item)
             return out
@@ -145,7 +156,9 @@ class Norm:
         saves_input = bool(items) and items[0].kind is Kind.NORM_INPUT
         if arch.traits.norm_centres_twice:  # it keeps centred copies, not its input
             return 0
-        if saves_input and (arch.norm == "layernorm" or r == FP32 or compiled):
+        # (OLMo 1's keeps an fp32 copy of a 16-bit input)
+        copies = arch.traits.norms_without_parameters and r != FP32
+        if saves_input and not copies and (arch.norm == "layernorm" or r == FP32 or compiled):
             return T * arch.hidden_size * r
         return 0
 
