@@ -228,6 +228,8 @@ TINY: dict[str, dict] = {
         qk_norm=True,
         router_renormalises=False,  # (Dots1Config's norm_topk_prob default)
     ),
+    # GLM-4.7-Flash: DeepSeek-V3's model, its dense blocks from mlp_layer_types
+    "glm4_moe_lite": dict(family="glm4_moe_lite", **_DEEPSEEK),
     # DeepSeek-V2: V3's tensors, its softmax router and complex fp32 rotary
     "deepseek_v2": dict(family="deepseek_v2", **_DEEPSEEK, router_renormalises=False),
     # Granite: Llama with scalar multipliers (the logits divided by logits_scaling)

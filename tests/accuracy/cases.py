@@ -68,6 +68,7 @@ MLP_LORA_REFUSED = (
     "ernie4_5_moe",
     "hunyuan_v1_moe",
     "helium",
+    "glm4_moe_lite",
 )
 
 # families whose quantised weights ftmem refuses (bitsandbytes quantises Qwen2-MoE's
@@ -891,6 +892,7 @@ NEW_WIRING = (
     "hunyuan_v1_dense",
     "hunyuan_v1_moe",
     "helium",
+    "glm4_moe_lite",
 )
 
 

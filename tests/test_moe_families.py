@@ -1,0 +1,142 @@
+"""The MoE families of stop 49 (GLM-4.7-Flash, ...): their config.json read as
+transformers 5.25 builds the model (parameter counts on the meta device), and what
+they refuse rather than mis-read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ftmem.arch import count_params
+from ftmem.errors import ConfigError
+from ftmem.sources import resolve_model
+
+# zai-org/GLM-4.7-Flash's config.json fields (presets/models/glm-4.7-flash.yaml says where from)
+GLM47_FLASH = {
+    "model_type": "glm4_moe_lite",
+    "vocab_size": 154880,
+    "hidden_size": 2048,
+    "intermediate_size": 10240,
+    "moe_intermediate_size": 1536,
+    "num_hidden_layers": 47,
+    "num_attention_heads": 20,
+    "num_key_value_heads": 20,
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-5,
+    "attention_bias": False,
+    "max_position_embeddings": 202752,
+    "rope_theta": 1000000.0,
+    "partial_rotary_factor": 1.0,
+    "q_lora_rank": 768,
+    "kv_lora_rank": 512,
+    "qk_nope_head_dim": 192,
+    "qk_rope_head_dim": 64,
+    "v_head_dim": 256,
+    "n_routed_experts": 64,
+    "n_shared_experts": 1,
+    "num_experts_per_tok": 4,
+    "norm_topk_prob": True,
+    "routed_scaling_factor": 1.8,
+    "n_group": 1,
+    "topk_group": 1,
+    "first_k_dense_replace": 1,
+    "tie_word_embeddings": False,
+}
+
+
+def _meta_count(cfg: dict) -> int:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.AutoConfig.for_model(**cfg)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _read(tmp_path, cfg: dict):
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return resolve_model(str(tmp_path))
+
+
+def test_glm47_flash_counts_as_transformers_builds_it(tmp_path):
+    """GLM-4.7-Flash: DeepSeek-V3's latent attention and experts (one shared, the first
+    block dense): 29,943,390,976 on the meta device (the card's "30B"; derived by hand in
+    the preset), and the preset the same."""
+    arch = _read(tmp_path, GLM47_FLASH)
+    assert (arch.head_dim, arch.rotary_dim, arch.v_head_dim) == (256, 64, 256)
+    assert (arch.dense_layers, arch.shared_experts_size, arch.router_renormalises) == (
+        1,
+        1536,
+        True,
+    )
+    assert count_params(arch) == _meta_count(GLM47_FLASH) == 29_943_390_976
+    assert count_params(resolve_model("glm-4.7-flash")) == count_params(arch)
+
+
+def test_glm4_moe_lite_dense_blocks_are_mlp_layer_types(tmp_path):
+    """Glm4MoeLiteDecoderLayer builds its MLP from mlp_layer_types and reads no
+    first_k_dense_replace: two dense blocks listed are two blocks counted, whatever
+    first_k_dense_replace says; without the list, the class's one dense block."""
+    small = {**GLM47_FLASH, "num_hidden_layers": 4, "hidden_size": 256, "vocab_size": 1000}
+    listed = {**small, "mlp_layer_types": ["dense", "dense", "sparse", "sparse"]}
+    arch = _read(tmp_path, listed)
+    assert arch.dense_layers == 2
+    assert count_params(arch) == _meta_count(listed)
+    bare = {**small, "first_k_dense_replace": 3}
+    arch = _read(tmp_path, bare)
+    assert arch.dense_layers == 1
+    assert count_params(arch) == _meta_count(bare)
+
+
+def test_glm4_moe_lite_takes_its_config_class_defaults(tmp_path):
+    """A config.json that leaves the latent attention's and the experts' keys out gets
+    Glm4MoeLiteConfig's defaults, as transformers builds it."""
+    transformers = pytest.importorskip("transformers")
+    from ftmem.families.glm4_moe_lite import DEFAULTS
+
+    bare = {k: v for k, v in GLM47_FLASH.items() if k not in DEFAULTS}
+    bare.update(num_hidden_layers=3, hidden_size=256, vocab_size=1000)
+    config = transformers.AutoConfig.for_model(**bare)
+    for key, value in DEFAULTS.items():
+        if key != "first_k_dense_replace":  # (read by nothing: mlp_layer_types's default)
+            assert getattr(config, key) == value, key
+    assert config.mlp_layer_types == ["dense", "sparse", "sparse"]
+    assert count_params(_read(tmp_path, bare)) == _meta_count(bare)
+
+
+def test_glm4_moe_lite_refuses_dense_blocks_after_sparse_ones(tmp_path):
+    """ftmem models a stack whose dense blocks come first."""
+    cfg = {**GLM47_FLASH, "num_hidden_layers": 3, "mlp_layer_types": ["sparse", "dense", "sparse"]}
+    with pytest.raises(ConfigError, match="dense block after a sparse one"):
+        _read(tmp_path, cfg)
+
+
+def test_glm4_moe_lite_refuses_a_partial_rotary_transformers_cannot_run(tmp_path):
+    """partial_rotary_factor 0.5 narrows the cos/sin table (head_dim is qk_rope_head_dim
+    there) below the rotated slice: transformers' forward fails, and ftmem refuses."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    tiny = dict(
+        model_type="glm4_moe_lite",
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        moe_intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        q_lora_rank=16,
+        kv_lora_rank=16,
+        qk_nope_head_dim=8,
+        qk_rope_head_dim=8,
+        v_head_dim=8,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        partial_rotary_factor=0.5,
+    )
+    model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**tiny))
+    with pytest.raises(RuntimeError, match="size of tensor"):
+        model(torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ConfigError, match=r"partial_rotary_factor 0\.5"):
+        _read(tmp_path, tiny)
