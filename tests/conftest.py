@@ -243,6 +243,18 @@ TINY: dict[str, dict] = {
         intermediate_size=160,
         tie_embeddings=True,
     ),
+    # GraniteMoE: Granite's multipliers over 8 small experts (48 wide), top-2, whose router
+    # takes an fp32 softmax over the top-k logits only
+    "granitemoe": dict(
+        family="granitemoe", **{**_SMALL_EXPERTS, "head_dim": None}, tie_embeddings=True
+    ),
+    # GraniteMoE-Shared: GraniteMoE with a shared gated MLP (fused input_linear, 64 wide)
+    "granitemoeshared": dict(
+        family="granitemoeshared",
+        **{**_SMALL_EXPERTS, "head_dim": None},
+        shared_experts_size=64,
+        tie_embeddings=True,
+    ),
     # SmolLM3: Llama with NoPE layers (every fourth; both tiny layers keep the rotary)
     "smollm3": dict(
         family="smollm3",

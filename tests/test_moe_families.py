@@ -140,3 +140,85 @@ def test_glm4_moe_lite_refuses_a_partial_rotary_transformers_cannot_run(tmp_path
         model(torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(ConfigError, match=r"partial_rotary_factor 0\.5"):
         _read(tmp_path, tiny)
+
+
+# ibm-granite/granite-3.1-3b-a800m-instruct's config.json fields
+# (presets/models/granite-3.1-3b-a800m.yaml says where from)
+GRANITE31_3B_A800M = {
+    "model_type": "granitemoe",
+    "hidden_act": "silu",
+    "hidden_size": 1536,
+    "intermediate_size": 512,
+    "max_position_embeddings": 131072,
+    "num_attention_heads": 24,
+    "num_experts_per_tok": 8,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "num_local_experts": 40,
+    "rope_theta": 10000000.0,
+    "tie_word_embeddings": True,
+    "vocab_size": 49155,
+}
+
+
+def test_granite31_moe_counts_as_transformers_builds_it(tmp_path):
+    """Granite-3.1-3B-A800M: 40 experts under a bare (E, h) router, embeddings tied:
+    3,298,793,472 on the meta device (the card's "3.3B"; derived by hand in the preset),
+    the preset the same."""
+    arch = _read(tmp_path, GRANITE31_3B_A800M)
+    assert (arch.num_experts, arch.experts_per_token, arch.shared_experts_size) == (40, 8, 0)
+    assert count_params(arch) == _meta_count(GRANITE31_3B_A800M) == 3_298_793_472
+    assert count_params(resolve_model("granite-3.1-3b-a800m")) == count_params(arch)
+
+
+@pytest.mark.parametrize("width", [0, 256])
+def test_granitemoeshared_counts_its_shared_mlp(tmp_path, width):
+    """GraniteMoE-Shared: a gated MLP (fused input_linear, output_linear) beside the
+    experts, none where shared_intermediate_size is 0 (its config class's default)."""
+    cfg = {
+        **GRANITE31_3B_A800M,
+        "model_type": "granitemoeshared",
+        "num_hidden_layers": 2,
+        "vocab_size": 1000,
+    }
+    if width:
+        cfg["shared_intermediate_size"] = width
+    arch = _read(tmp_path, cfg)
+    assert arch.shared_experts_size == width
+    assert count_params(arch) == _meta_count(cfg)
+
+
+@pytest.mark.parametrize("model_type", ["granitemoe", "granitemoeshared"])
+def test_granite_moe_refuses_its_load_balancing_loss(tmp_path, model_type):
+    """The load-balancing loss over GraniteMoE's fp32 router logits is not measured."""
+    cfg = {**GRANITE31_3B_A800M, "model_type": model_type, "output_router_logits": True}
+    with pytest.raises(ConfigError, match="output_router_logits"):
+        _read(tmp_path, cfg)
+
+
+def test_granite_moe_router_keeps_an_fp32_top_k_softmax():
+    """GraniteMoeTopKRouter on bf16 weights: the softmax over the top-k logits keeps its
+    fp32 output (what Family.router_topk_softmax_fp32 counts), the routing weights come
+    out in bf16; measured on the module's autograd graph."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers.models.granitemoe.configuration_granitemoe import GraniteMoeConfig
+    from transformers.models.granitemoe.modeling_granitemoe import GraniteMoeTopKRouter
+
+    config = GraniteMoeConfig(hidden_size=16, num_local_experts=8, num_experts_per_tok=2)
+    router = GraniteMoeTopKRouter(config).to(torch.bfloat16)
+    torch.nn.init.normal_(router.weight)
+    x = torch.randn(5, 16, dtype=torch.bfloat16, requires_grad=True)
+    _, weights, _ = router(x)
+    assert weights.dtype == torch.bfloat16
+    kept = []
+    node = weights.grad_fn
+    while node is not None:
+        kept += [
+            getattr(node, name)
+            for name in dir(node)
+            if name.startswith("_saved_") and isinstance(getattr(node, name), torch.Tensor)
+        ]
+        node = node.next_functions[0][0] if node.next_functions else None
+    softmax_out = [t for t in kept if t.shape == (5, 2) and t.is_floating_point()]
+    assert [t.dtype for t in softmax_out] == [torch.float32]

@@ -893,6 +893,8 @@ NEW_WIRING = (
     "hunyuan_v1_moe",
     "helium",
     "glm4_moe_lite",
+    "granitemoe",
+    "granitemoeshared",
 )
 
 

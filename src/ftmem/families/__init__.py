@@ -297,6 +297,11 @@ class Family:
     # selected, not over every expert's (gpt-oss: GptOssTopKRouter, transformers 5.24
     # models/gpt_oss/modeling_gpt_oss.py).
     router_topk_softmax: bool = False
+    # That top-k softmax runs on the router's logits cast to fp32 (GraniteMoE: transformers
+    # 5.25 modeling_granitemoe.py GraniteMoeTopKRouter.forward, ``F.linear(h, w).float()``,
+    # topk, softmax, ``.type_as(h)``): it keeps its fp32 output whatever dtype the routing
+    # weights are cast to after it (routing_weights_in_hidden_dtype).
+    router_topk_softmax_fp32: bool = False
     # Whether the router divides its top-k softmax weights by their sum is config.json's
     # norm_topk_prob (Qwen3-MoE, OLMoE: ``if self.norm_topk_prob: router_top_value /=
     # router_top_value.sum(...)``), read into Architecture.router_renormalises; Mixtral's

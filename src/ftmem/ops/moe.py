@@ -46,9 +46,8 @@ class MoE:
         ee = ctx.projection_out_bytes if looped else ctx.residual
         k, E = arch.experts_per_token, arch.num_experts
         Tk = T * k
-        experts_train = state.weights_trainable or any(
-            m.startswith("mlp.experts") for m in state.trained
-        )
+        experts = traits.names.experts["gate_up"].rsplit(".", 1)[0]  # (GraniteMoE's apart)
+        experts_train = state.weights_trainable or any(m.startswith(experts) for m in state.trained)
         lora = MoE.adapted(ctx, state)
         # (a router with LoRA keeps what a trained one does: its input, the routing grads)
         router_lora = any(ex.is_router for ex in lora)
@@ -71,7 +70,7 @@ class MoE:
             # (no copy where the router turns autocast off: ERNIE 4.5 MoE's)
             own_dtype = traits.router_autocast_off
             if ctx.plan.dtypes.casts_weights and not (quantised_router or own_dtype):
-                bias = E if traits.router_topk_softmax else 0
+                bias = E if traits.experts_transposed_with_bias else 0  # (gpt-oss's router)
                 sizes.append(("router 16-bit weight copy", (h * E + bias) * 2))
         else:
             # only the experts train: the token order and the (constant) routing weights
@@ -123,7 +122,9 @@ class MoE:
         """What the router keeps for the routing weights' gradient."""
         Tk = T * arch.experts_per_token
         if arch.traits.router_topk_softmax:
-            return ("router top-k indices + softmax of the top-k", Tk * (INDEX_BYTES + rw))
+            # (GraniteMoE's softmax of fp32 logits keeps fp32, its weights cast after it)
+            kept = FP32 if arch.traits.router_topk_softmax_fp32 else rw
+            return ("router top-k indices + softmax of the top-k", Tk * (INDEX_BYTES + kept))
         # the fp32 softmax (T·E) and top-k's indices; renormalising the top-k
         # (router_top_value /= its sum, in place) keeps the quotient and the sum
         # (measured on OlmoeTopKRouter: +Tk·4 + T·4 bytes with norm_topk_prob)
