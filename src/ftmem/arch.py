@@ -864,6 +864,8 @@ def as_trained(
     if not model_dropout and (arch.dropout_rate or arch.residual_dropout or arch.embedding_dropout):
         changes.update(dropout_rate=0.0, residual_dropout=0.0, embedding_dropout=0.0)
     if router_aux_loss is not None and router_aux_loss != arch.router_aux_loss:
+        if router_aux_loss and arch.traits.router_aux_loss_unmodelled:
+            raise InvalidInputError(f"--router-aux-loss: {arch.traits.router_aux_loss_unmodelled}")
         if router_aux_loss and not (arch.is_moe and arch.traits.router_aux_loss):
             raise InvalidInputError(
                 f"--router-aux-loss: transformers' {arch.traits.name} model computes no "

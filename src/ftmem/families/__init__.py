@@ -317,6 +317,10 @@ class Family:
     # copies in Qwen3-MoE, OLMoE, gpt-oss: load_balancing_loss_func over every layer's
     # router logits), read into Architecture.router_aux_loss; DeepSeek-V2/V3 have none.
     router_aux_loss: bool = False
+    # Why the load-balancing loss its causal LM does add is not modelled (GraniteMoE's over
+    # fp32 router logits, unmeasured): the refusal of --router-aux-loss says so; empty
+    # where the model computes none or ftmem models it.
+    router_aux_loss_unmodelled: str = ""
     # config.json's clip_qkv (Architecture.qkv_clip) clamps the query (after its norm),
     # key and value projections in place (OLMoE: transformers 5.24 OlmoeAttention.forward,
     # ``query_states.clamp_(min=-clip_qkv, max=clip_qkv)``).

@@ -51,13 +51,17 @@ GRANITE_EXPERTS = {
 DEFAULTS: Config = {"num_local_experts": 8, "num_experts_per_tok": 2}
 
 
+AUX_LOSS_UNMODELLED = (
+    "the load-balancing loss GraniteMoE adds over fp32 router logits is not modelled."
+)
+
+
 def read_granite_experts(cfg: Config, out: Config) -> None:
     """The experts' counts, and the refusal of the load-balancing loss."""
     if flag(cfg, "output_router_logits", False):
         raise ConfigError(
-            f"config.json: output_router_logits true adds {cfg.get('model_type')}'s "
-            "load-balancing loss over fp32 router logits, which ftmem does not model; "
-            "set it false."
+            "config.json: output_router_logits true adds the load-balancing loss GraniteMoE "
+            "takes over fp32 router logits, which ftmem does not model; set it false."
         )
     out.update(
         num_experts=opt_or(cfg, "num_local_experts", DEFAULTS, limits.EXPERTS),
@@ -89,5 +93,6 @@ FAMILY = Family(
     router_topk_softmax=True,
     router_topk_softmax_fp32=True,
     routing_weights_in_hidden_dtype=True,
+    router_aux_loss_unmodelled=AUX_LOSS_UNMODELLED,
     sdpa_contiguous_releases=TRANSFORMERS_SDPA_CONTIGUOUS,
 )
