@@ -255,6 +255,17 @@ TINY: dict[str, dict] = {
         shared_experts_size=64,
         tie_embeddings=True,
     ),
+    # PhiMoE: Mixtral's block with biased attention and LayerNorms, the sparsemixer router
+    # (2 experts a token), a biased LM head and the input jitter (Phi-3.5-MoE's)
+    "phimoe": dict(
+        family="phimoe",
+        **{**_SMALL_EXPERTS, "head_dim": None},
+        norm="layernorm",
+        attention_qkv_bias=True,
+        attention_out_bias=True,
+        head_bias=True,
+        input_jitter=True,
+    ),
     # SmolLM3: Llama with NoPE layers (every fourth; both tiny layers keep the rotary)
     "smollm3": dict(
         family="smollm3",

@@ -222,3 +222,143 @@ def test_granite_moe_router_keeps_an_fp32_top_k_softmax():
         node = node.next_functions[0][0] if node.next_functions else None
     softmax_out = [t for t in kept if t.shape == (5, 2) and t.is_floating_point()]
     assert [t.dtype for t in softmax_out] == [torch.float32]
+
+
+def _live_saved_bytes(out, exclude: set[int]) -> int:
+    """Bytes of the distinct storages the autograd graph behind ``out`` keeps (its nodes'
+    saved tensors, a custom Function's too), but ``exclude``'s (parameters, the input)."""
+    torch = pytest.importorskip("torch")
+    seen: dict[int, int] = {}
+    stack, visited = [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in visited:
+            continue
+        visited.add(node)
+        kept = []
+        for name in dir(node):
+            if name.startswith("_saved_"):
+                value = getattr(node, name)
+                kept += value if isinstance(value, tuple) else [value]
+        if hasattr(node, "saved_tensors"):  # (a custom autograd Function's)
+            kept += list(node.saved_tensors)
+        for t in kept:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in exclude:
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        stack += [fn for fn, _ in node.next_functions]
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("jitter", [0.0, 0.01])
+def test_phimoe_sparsemixer_keeps_what_the_router_model_counts(dtype, jitter):
+    """PhimoeTopKRouter in training (the sparsemixer, T = 150 tokens, E = 8 experts): what
+    its graph keeps is MoE.router_saved's count in the logits' dtype (two masks, two
+    softmaxes, two picks, two multipliers), plus with input jitter the router's own
+    (T, h) noise (the block's is the other half of MoE.jitter_saved's)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.phimoe.modeling_phimoe import PhimoeTopKRouter
+
+    from ftmem.ops.moe import MoE
+    from tests.conftest import tiny
+
+    arch = tiny("phimoe")
+    torch_dtype, e = {"fp32": (torch.float32, 4), "bf16": (torch.bfloat16, 2)}[dtype]
+    T, h = 150, arch.hidden_size
+    config = transformers.AutoConfig.for_model(
+        "phimoe",
+        hidden_size=h,
+        num_local_experts=arch.num_experts,
+        num_experts_per_tok=2,
+        input_jitter_noise=jitter,
+    )
+    torch.manual_seed(0)
+    router = PhimoeTopKRouter(config).to(torch_dtype).train()
+    router.weight.requires_grad_(False)
+    x = torch.randn(T, h, dtype=torch_dtype, requires_grad=True)
+    hidden = x.clone()  # (a non-leaf input, as the norm's output; clone keeps nothing)
+    _, weights, picks = router(hidden)
+    assert weights.dtype == torch_dtype and tuple(picks.shape) == (T, 2)
+    exclude = {t.untyped_storage().data_ptr() for t in (x, hidden, router.weight)}
+    kept = _live_saved_bytes(weights, exclude)
+    _, counted = MoE.router_saved(arch, T, e)
+    assert kept == counted + (T * h * e if jitter else 0)
+
+
+# Phi-3.5-MoE's shapes: the config.json fields a public script builds PhiMoEConfig from
+# (code index file 7043489506: hidden 4096, intermediate 6400, 32 layers, 32 heads, 8 KV
+# heads, 16 experts, top-2, input_jitter_noise 0.01) and mlx-community's trimmed copy
+# (54525692000: vocabulary 32064); biases on as in a Phi-3.5-MoE test config (70217094165)
+PHI35_MOE = {
+    "model_type": "phimoe",
+    "vocab_size": 32064,
+    "hidden_size": 4096,
+    "intermediate_size": 6400,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "num_local_experts": 16,
+    "num_experts_per_tok": 2,
+    "max_position_embeddings": 131072,
+    "input_jitter_noise": 0.01,
+    "attention_bias": True,
+    "lm_head_bias": True,
+    "tie_word_embeddings": False,
+}
+
+
+def test_phi35_moe_counts_as_transformers_builds_it(tmp_path):
+    """Phi-3.5-MoE: LayerNorms with biases, biased attention and LM head, 16 experts:
+    41,873,153,344 on the meta device (the card's "41.9B")."""
+    arch = _read(tmp_path, PHI35_MOE)
+    assert (arch.norm, arch.head_bias, arch.input_jitter, arch.attention_out_bias) == (
+        "layernorm",
+        True,
+        True,
+        True,
+    )
+    assert count_params(arch) == _meta_count(PHI35_MOE) == 41_873_153_344
+
+
+def test_phimoe_defaults_have_no_head_bias_nor_jitter(tmp_path):
+    """PhimoeConfig's defaults: no LM head bias, no input jitter, no attention biases."""
+    cfg = {
+        k: v
+        for k, v in PHI35_MOE.items()
+        if k not in ("input_jitter_noise", "attention_bias", "lm_head_bias")
+    }
+    cfg.update(num_hidden_layers=2, vocab_size=1000)
+    arch = _read(tmp_path, cfg)
+    assert (arch.head_bias, arch.input_jitter, arch.attention_qkv_bias) == (False, False, False)
+    assert count_params(arch) == _meta_count(cfg)
+
+
+def test_phimoe_routes_two_experts_whatever_top_k_says(tmp_path):
+    """sparsemixer takes top_k and never reads it: two experts a token; another
+    num_experts_per_tok is refused rather than counted."""
+    with pytest.raises(ConfigError, match="num_experts_per_tok 4"):
+        _read(tmp_path, {**PHI35_MOE, "num_experts_per_tok": 4})
+
+
+def test_peft_all_linear_fails_on_phimoe_and_ftmem_refuses_it():
+    """peft 0.21.2 wraps PhimoeTopKRouter (an nn.Linear) in a LoRA layer, whose forward
+    then fails on the routing tuple; ftmem refuses all-linear for it in one sentence."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from ftmem.errors import InvalidInputError
+    from ftmem.estimate import estimate_step
+    from ftmem.run import RunConfig
+    from tests.conftest import tiny
+
+    arch = tiny("phimoe")
+    from ftmem.measure.build import hf_config
+
+    model = transformers.AutoModelForCausalLM.from_config(hf_config(arch))
+    model = peft.get_peft_model(model, peft.LoraConfig(target_modules="all-linear"))
+    with pytest.raises(AttributeError, match="tuple"):
+        model(torch.zeros(1, 4, dtype=torch.long))
+    run = RunConfig(batch_size=1, seq_len=16, method="lora", lora_targets="all-linear")
+    with pytest.raises(InvalidInputError, match="LoRA on all-linear of tiny-phimoe"):
+        estimate_step(arch, run)

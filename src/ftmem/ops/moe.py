@@ -56,10 +56,11 @@ class MoE:
         if not (routing_grad or experts_train or lora):
             return []
         rw = MoE.routing_weight_bytes(ctx, looped)
+        sizes = MoE.jitter_saved(ctx, x_grad)
         if traits.clamped_swiglu:
-            sizes = [("expert gate_up output and clamped SwiGLU", Tk * 6 * f * ee)]
+            sizes += [("expert gate_up output and clamped SwiGLU", Tk * 6 * f * ee)]
         else:
-            sizes = [("expert gate_up output and activation", Tk * 3 * f * ee)]
+            sizes += [("expert gate_up output and activation", Tk * 3 * f * ee)]
         if routing_grad:
             sizes += [
                 MoE.router_saved(arch, T, rw),
@@ -108,6 +109,11 @@ class MoE:
         Qwen3-MoE, OLMoE: the fp32 top-k cast back, Family.routing_weights_in_router_dtype,
         which for an fp32 router is fp32 outside autocast); transformers 4 casts them to the
         hidden states' (routing_weights.to(...))."""
+        if ctx.arch.traits.router_sparsemixer and ctx.plan.dtypes.autocast:
+            # PhiMoE's softmaxes take no dtype: 16-bit under the CPU's autocast (measured),
+            # fp32 under CUDA's (pytorch aten/src/ATen/autocast_mode.cpp KERNEL_CUDA2(softmax,
+            # int, fp32_set_opt_dtype); derived, not measured), and the multipliers with them
+            return FP32 if ctx.run.device != "cpu" else ctx.e
         if looped or ctx.arch.traits.routing_weights_in_hidden_dtype:
             return ctx.residual  # (ERNIE 4.5 MoE: ``.to(hidden_states.dtype)``)
         if ctx.arch.traits.router_fp32 and ctx.arch.traits.routing_weights_in_router_dtype:
@@ -118,9 +124,30 @@ class MoE:
         return ctx.e if MoE.weights_in_router_dtype(ctx.arch) else FP32
 
     @staticmethod
+    def jitter_saved(ctx: LayerContext, x_grad: bool) -> list[tuple[str, int]]:
+        """PhiMoE's input jitter (Architecture.input_jitter): the block's and the router's
+        in-place ``*=`` of the MoE input by uniform noise (empty_like: the input's dtype)
+        each keep the (T, h) noise, where that input needs a gradient."""
+        if not (ctx.arch.input_jitter and x_grad):
+            return []
+        return [
+            (
+                "input jitter noise (block's and router's)",
+                2 * ctx.tokens * ctx.arch.hidden_size * ctx.residual,
+            )
+        ]
+
+    @staticmethod
     def router_saved(arch: Architecture, T: int, rw: int) -> tuple[str, int]:
         """What the router keeps for the routing weights' gradient."""
         Tk = T * arch.experts_per_token
+        if arch.traits.router_sparsemixer:
+            # two picks (k is 2), each: bool mask + softmax (T·E), int64 pick + multiplier;
+            # rw is the logits' dtype (measured on PhimoeTopKRouter, fp32 and bf16)
+            return (
+                "sparsemixer masks, softmaxes, picks and multipliers",
+                T * arch.num_experts * (2 * rw + 2) + Tk * (INDEX_BYTES + rw),
+            )
         if arch.traits.router_topk_softmax:
             # (GraniteMoE's softmax of fp32 logits keeps fp32, its weights cast after it)
             kept = FP32 if arch.traits.router_topk_softmax_fp32 else rw
@@ -258,7 +285,11 @@ class MoE:
         """The routing weights are in the router's output dtype, not fp32 (gpt-oss;
         Qwen3-MoE and OLMoE cast their fp32 top-k back)."""
         traits = arch.traits
-        return traits.router_topk_softmax or traits.routing_weights_in_router_dtype
+        return (
+            traits.router_topk_softmax
+            or traits.routing_weights_in_router_dtype
+            or traits.router_sparsemixer
+        )
 
     @staticmethod
     def product_bytes(arch: Architecture, residual: int) -> int:
