@@ -266,6 +266,20 @@ TINY: dict[str, dict] = {
         head_bias=True,
         input_jitter=True,
     ),
+    # Cohere2-MoE: Command R's parallel block and LayerNorm over 8 small experts (48 wide)
+    # with a shared one, the first block dense (160 wide); the two sparse blocks slide
+    "cohere2_moe": dict(
+        family="cohere2_moe",
+        **{**_SMALL_EXPERTS, "head_dim": None, "num_layers": 3},
+        norms_per_block=1,
+        parallel_attn_mlp=True,
+        tie_embeddings=True,
+        shared_experts_size=48,
+        dense_layers=1,
+        dense_intermediate_size=160,
+        sliding_window=4096,
+        sliding_layers=2,
+    ),
     # SmolLM3: Llama with NoPE layers (every fourth; both tiny layers keep the rotary)
     "smollm3": dict(
         family="smollm3",

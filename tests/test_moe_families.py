@@ -362,3 +362,50 @@ def test_peft_all_linear_fails_on_phimoe_and_ftmem_refuses_it():
     run = RunConfig(batch_size=1, seq_len=16, method="lora", lora_targets="all-linear")
     with pytest.raises(InvalidInputError, match="LoRA on all-linear of tiny-phimoe"):
         estimate_step(arch, run)
+
+
+# Cohere2-MoE's shapes as a public loader pins North's config.json (code index file
+# 70142688610), with the config class's LayerNorm and softmax router (North's own
+# rms_norm_eps and sigmoid router are refused below)
+COHERE2_MOE = {
+    "model_type": "cohere2_moe",
+    "hidden_size": 2048,
+    "head_dim": 128,
+    "num_hidden_layers": 49,
+    "intermediate_size": 768,
+    "prefix_dense_intermediate_size": 3072,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "vocab_size": 262144,
+    "num_experts": 128,
+    "num_experts_per_tok": 8,
+    "num_shared_experts": 0,
+    "first_k_dense_replace": 1,
+    "sliding_window": 4096,
+    "max_position_embeddings": 500000,
+}
+
+
+@pytest.mark.parametrize("changes", [{}, {"num_shared_experts": 1, "first_k_dense_replace": 3}])
+def test_cohere2_moe_counts_and_slides_as_transformers_builds_it(tmp_path, changes):
+    """The dense prefix (first_k_dense_replace, prefix_dense_intermediate_size), the
+    shared experts and the sliding layers of Cohere2MoeConfig.__post_init__'s layer_types,
+    read as transformers builds them (meta device)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = {**COHERE2_MOE, "num_hidden_layers": 9, "vocab_size": 1000, **changes}
+    arch = _read(tmp_path, cfg)
+    config = transformers.AutoConfig.for_model(**cfg)
+    assert arch.dense_layers == config.mlp_layer_types.count("dense")
+    assert arch.sliding_layers == config.layer_types.count("sliding_attention")
+    assert (arch.norms_per_block, arch.parallel_attn_mlp) == (1, True)
+    assert count_params(arch) == _meta_count(cfg)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"rms_norm_eps": 1e-5}, "rms_norm_eps"), ({"expert_selection_fn": "sigmoid"}, "sigmoid")],
+)
+def test_cohere2_moe_refuses_what_is_not_measured(tmp_path, changes, message):
+    """North's RMSNorms and sigmoid router are not measured: refused in one sentence."""
+    with pytest.raises(ConfigError, match=message):
+        _read(tmp_path, {**COHERE2_MOE, **changes})

@@ -71,6 +71,7 @@ MLP_LORA_REFUSED = (
     "helium",
     "glm4_moe_lite",
     "phimoe",
+    "cohere2_moe",
 )
 
 # families whose quantised weights ftmem refuses (bitsandbytes quantises Qwen2-MoE's
@@ -898,6 +899,7 @@ NEW_WIRING = (
     "granitemoe",
     "granitemoeshared",
     "phimoe",
+    "cohere2_moe",
 )
 
 

@@ -49,12 +49,12 @@ DEFAULTS: Config = {
 }
 
 
-def _dense_prefix(cfg: Config, layers: int) -> int:
-    """How many first blocks are dense, from ``mlp_layer_types``; ftmem models a stack
-    whose dense blocks all come first."""
+def dense_prefix(cfg: Config, layers: int, default: int) -> int:
+    """How many first blocks are dense, from ``mlp_layer_types`` (``default`` without
+    it); ftmem models a stack whose dense blocks all come first."""
     types = cfg.get("mlp_layer_types")
     if types is None:
-        return DEFAULTS["first_k_dense_replace"]
+        return default
     if (
         not isinstance(types, list)
         or len(types) != layers
@@ -84,7 +84,7 @@ def _read(cfg: Config, out: Config) -> None:
                 "Glm4MoeLite cannot run; only 1.0 is modelled."
             )
     given = {k: v for k, v in cfg.items() if k != "first_k_dense_replace"}
-    defaults = {**DEFAULTS, "first_k_dense_replace": _dense_prefix(cfg, out["num_layers"])}
+    defaults = {**DEFAULTS, "first_k_dense_replace": dense_prefix(cfg, out["num_layers"], 1)}
     read_deepseek(given, out, defaults)
     # (the router divides its top-k weights by their sum only when norm_topk_prob says so)
     out["router_renormalises"] = flag(cfg, "norm_topk_prob", True)

@@ -22,7 +22,9 @@ class MoE:
         return tuple(p for p in layout(arch).block if p.kind in kinds)
 
     @staticmethod
-    def saved(ctx: LayerContext, state: BlockState, x_grad: bool) -> list[Saved]:
+    def saved(
+        ctx: LayerContext, state: BlockState, x_grad: bool, shared_input: bool = False
+    ) -> list[Saved]:
         """transformers 5 Mixtral: router softmax/top-k, grouped matmuls over routed tokens.
 
         Autocast does not cover grouped matmuls: the experts compute in their parameters'
@@ -95,12 +97,23 @@ class MoE:
             # gate_up_proj_bias[expert_ids_g], down_proj_bias[expert_ids_g]: one index
             sizes.append(("sorted expert ids (bias gathers)", Tk * INDEX_BYTES))
         if router_trains:
-            # (DeepSeek's fp32 copy, unless autocast casts it to 16 bits again)
-            # (ERNIE 4.5 MoE's router turns autocast off: fp32 all the same)
-            autocast = ctx.plan.dtypes.autocast and not traits.router_autocast_off
-            fp32 = traits.router_fp32 and not autocast
-            sizes.append(("router input", T * h * (FP32 if fp32 else ctx.e)))
+            sizes += MoE.router_input_saved(ctx, state, shared_input)
         return [Saved(what, size, Kind.MOE, Side.MLP) for what, size in sizes]
+
+    @staticmethod
+    def router_input_saved(
+        ctx: LayerContext, state: BlockState, shared_input: bool
+    ) -> list[tuple[str, int]]:
+        """A trained router's input: DeepSeek's fp32 copy, unless autocast casts it to 16
+        bits again (ERNIE 4.5 MoE's router turns autocast off: fp32 all the same); none of
+        its own where it is the norm output q/k/v keep already (``shared_input``: a parallel
+        block's, Cohere2-MoE's, measured) and the router makes no copy of it."""
+        if shared_input and MoE.router_keeps_input(ctx, state):
+            return []
+        traits = ctx.arch.traits
+        autocast = ctx.plan.dtypes.autocast and not traits.router_autocast_off
+        fp32 = traits.router_fp32 and not autocast
+        return [("router input", ctx.tokens * ctx.arch.hidden_size * (FP32 if fp32 else ctx.e))]
 
     @staticmethod
     def routing_weight_bytes(ctx: LayerContext, looped: bool) -> int:
