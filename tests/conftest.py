@@ -228,6 +228,8 @@ TINY: dict[str, dict] = {
         qk_norm=True,
         router_renormalises=False,  # (Dots1Config's norm_topk_prob default)
     ),
+    # GLM-4.7-Flash: DeepSeek-V3's model, its dense blocks from mlp_layer_types
+    "glm4_moe_lite": dict(family="glm4_moe_lite", **_DEEPSEEK),
     # DeepSeek-V2: V3's tensors, its softmax router and complex fp32 rotary
     "deepseek_v2": dict(family="deepseek_v2", **_DEEPSEEK, router_renormalises=False),
     # Granite: Llama with scalar multipliers (the logits divided by logits_scaling)
@@ -240,6 +242,43 @@ TINY: dict[str, dict] = {
         num_kv_heads=2,
         intermediate_size=160,
         tie_embeddings=True,
+    ),
+    # GraniteMoE: Granite's multipliers over 8 small experts (48 wide), top-2, whose router
+    # takes an fp32 softmax over the top-k logits only
+    "granitemoe": dict(
+        family="granitemoe", **{**_SMALL_EXPERTS, "head_dim": None}, tie_embeddings=True
+    ),
+    # GraniteMoE-Shared: GraniteMoE with a shared gated MLP (fused input_linear, 64 wide)
+    "granitemoeshared": dict(
+        family="granitemoeshared",
+        **{**_SMALL_EXPERTS, "head_dim": None},
+        shared_experts_size=64,
+        tie_embeddings=True,
+    ),
+    # PhiMoE: Mixtral's block with biased attention and LayerNorms, the sparsemixer router
+    # (2 experts a token), a biased LM head and the input jitter (Phi-3.5-MoE's)
+    "phimoe": dict(
+        family="phimoe",
+        **{**_SMALL_EXPERTS, "head_dim": None},
+        norm="layernorm",
+        attention_qkv_bias=True,
+        attention_out_bias=True,
+        head_bias=True,
+        input_jitter=True,
+    ),
+    # Cohere2-MoE: Command R's parallel block and LayerNorm over 8 small experts (48 wide)
+    # with a shared one, the first block dense (160 wide); the two sparse blocks slide
+    "cohere2_moe": dict(
+        family="cohere2_moe",
+        **{**_SMALL_EXPERTS, "head_dim": None, "num_layers": 3},
+        norms_per_block=1,
+        parallel_attn_mlp=True,
+        tie_embeddings=True,
+        shared_experts_size=48,
+        dense_layers=1,
+        dense_intermediate_size=160,
+        sliding_window=4096,
+        sliding_layers=2,
     ),
     # SmolLM3: Llama with NoPE layers (every fourth; both tiny layers keep the rotary)
     "smollm3": dict(

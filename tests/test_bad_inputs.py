@@ -674,6 +674,51 @@ CORPUS: list[tuple[str, list[str], dict[str, str | bytes], str]] = [
         {},
         "computes no router load-balancing loss",
     ),
+    # GraniteMoE computes one, over fp32 router logits: not modelled
+    (
+        "router-aux-loss-granitemoe",
+        ["estimate", "granite-3.1-3b-a800m", "--router-aux-loss"],
+        {},
+        "GraniteMoE adds over fp32 router logits is not modelled",
+    ),
+    (
+        "output-router-logits-granitemoe",
+        ["estimate", "{tmp}/config.json"],
+        {
+            "config.json": json.dumps(
+                {
+                    "model_type": "granitemoe",
+                    "vocab_size": 1000,
+                    "hidden_size": 64,
+                    "intermediate_size": 32,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 4,
+                    "output_router_logits": True,
+                }
+            )
+        },
+        "output_router_logits true adds the load-balancing loss",
+    ),
+    # GLM-4.7-Flash: a dense block after a sparse one (mlp_layer_types)
+    (
+        "glm4-moe-lite-mlp-layer-types",
+        ["estimate", "{tmp}/config.json"],
+        {
+            "config.json": json.dumps(
+                {
+                    "model_type": "glm4_moe_lite",
+                    "vocab_size": 1000,
+                    "hidden_size": 64,
+                    "intermediate_size": 32,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 4,
+                    "num_key_value_heads": 4,
+                    "mlp_layer_types": ["sparse", "dense"],
+                }
+            )
+        },
+        "dense block after a sparse one",
+    ),
     (
         "output-router-logits-type",
         ["estimate", "{tmp}/config.json"],

@@ -118,6 +118,17 @@ class Architecture(Model, strict=True):
         description="MoE: the causal LM adds the router's load-balancing loss "
         "(config.json's output_router_logits, where the family's model computes one).",
     )
+    input_jitter: bool = Field(
+        False,
+        exclude_if=lambda value: not value,
+        description="MoE: the block and its router multiply their input by uniform noise "
+        "in training (config.json's input_jitter_noise > 0, PhiMoE).",
+    )
+    head_bias: bool = Field(
+        False,
+        exclude_if=lambda value: not value,
+        description="The LM head has a bias (config.json's lm_head_bias, PhiMoE).",
+    )
     qkv_clip: FiniteFloat | None = Field(
         None,
         gt=0,
@@ -303,6 +314,14 @@ class Architecture(Model, strict=True):
         if bool(self.dense_layers) != (self.dense_intermediate_size is not None):
             raise ValueError("dense_layers and dense_intermediate_size go together")
 
+    def _fits_family_switches(self) -> None:
+        """The switches only some families' config classes have (PhiMoE's)."""
+        fam = self.traits
+        if self.input_jitter and not (self.is_moe and fam.moe_input_jitter):
+            raise ValueError(f"input_jitter: transformers' {fam.name} model adds no input noise")
+        if self.head_bias and not fam.head_bias_switch:
+            raise ValueError(f"head_bias: the {fam.name} family's LM head has no bias switch")
+
     def _fits_family(self) -> None:
         """The layout asked for is one transformers builds for the family."""
         fam, names = self.traits, self.traits.names
@@ -344,6 +363,7 @@ class Architecture(Model, strict=True):
                 raise ValueError(f"{site}: transformers' {fam.name} model has no such dropout")
         if self.is_moe and not fam.moe:
             raise ValueError(f"num_experts > 1: the {fam.name} family has no experts")
+        self._fits_family_switches()
         if self.qkv_clip is not None and not fam.qkv_clip:
             raise ValueError(f"qkv_clip: transformers' {fam.name} model does not clamp q, k, v")
         if self.router_aux_loss and not (self.is_moe and fam.router_aux_loss):
@@ -867,7 +887,7 @@ def layout(arch: Architecture) -> Layout:
     outer += _norm_params(names.final_norm, arch)
     if not arch.tie_embeddings:
         outer.append(Param(f"{HEAD}.weight", (arch.vocab_size, arch.hidden_size), "linear"))
-    if arch.traits.head_bias:
+    if arch.traits.head_bias or arch.head_bias:
         outer.append(Param(f"{HEAD}.bias", (arch.vocab_size,), "linear_bias"))
     return Layout(tuple(outer), tuple(block), tuple(linears), arch.num_layers)
 
@@ -882,6 +902,8 @@ def as_trained(
     if not model_dropout and (arch.dropout_rate or arch.residual_dropout or arch.embedding_dropout):
         changes.update(dropout_rate=0.0, residual_dropout=0.0, embedding_dropout=0.0)
     if router_aux_loss is not None and router_aux_loss != arch.router_aux_loss:
+        if router_aux_loss and arch.traits.router_aux_loss_unmodelled:
+            raise InvalidInputError(f"--router-aux-loss: {arch.traits.router_aux_loss_unmodelled}")
         if router_aux_loss and not (arch.is_moe and arch.traits.router_aux_loss):
             raise InvalidInputError(
                 f"--router-aux-loss: transformers' {arch.traits.name} model computes no "

@@ -756,7 +756,13 @@ def _all_linear_adapts_experts(arch: Architecture, run: RunConfig) -> bool:
 
 def _check_all_linear(arch: Architecture) -> None:
     """all-linear where peft rewrites MLP names onto the experts and the router (DeepSeek's
-    dense and shared MLPs): refused, not mis-estimated."""
+    dense and shared MLPs), or where peft's LoRA on every linear fails
+    (Family.peft_all_linear_fails): refused, not mis-estimated."""
+    if arch.traits.peft_all_linear_fails:
+        raise InvalidInputError(
+            f"LoRA on all-linear of {arch.name}: {arch.traits.peft_all_linear_fails}; "
+            "use --lora-targets attention (or name the linears)."
+        )
     if not (arch.is_moe and arch.traits.peft_converts_expert_targets):
         return
     chosen = select_linears(arch, "all-linear", "LoRA target")

@@ -58,7 +58,8 @@ MATRIX_METHODS = [
 
 
 # families whose LoRA on MLP linears ftmem refuses (peft turns gate/up/down targets of a
-# transformers-5 MoE model into LoRA on its 3-D experts): their matrix adapts attention
+# transformers-5 MoE model into LoRA on its 3-D experts; PhiMoE: peft's all-linear fails on
+# its router): their matrix adapts attention
 MLP_LORA_REFUSED = (
     "deepseek_v2",
     "deepseek_v3",
@@ -68,6 +69,9 @@ MLP_LORA_REFUSED = (
     "ernie4_5_moe",
     "hunyuan_v1_moe",
     "helium",
+    "glm4_moe_lite",
+    "phimoe",
+    "cohere2_moe",
 )
 
 # families whose quantised weights ftmem refuses (bitsandbytes quantises Qwen2-MoE's
@@ -963,6 +967,11 @@ NEW_WIRING = (
     "hunyuan_v1_dense",
     "hunyuan_v1_moe",
     "helium",
+    "glm4_moe_lite",
+    "granitemoe",
+    "granitemoeshared",
+    "phimoe",
+    "cohere2_moe",
 )
 
 
@@ -1051,7 +1060,7 @@ def _router_aux_loss_and_clip() -> list[Case]:
     regime and checkpointed; OLMoE's clip_qkv (q, k, v clamped in place)."""
     aux = {"router_aux_loss": True}
     cases: list[Case] = []
-    for family in ("mixtral", "qwen3_moe", "olmoe", "gpt_oss", "qwen2_moe", "minimax_m2"):
+    for family in ("mixtral", "qwen3_moe", "olmoe", "gpt_oss", "qwen2_moe", "minimax_m2", "phimoe"):
         cases += [
             Case(family, {"method": "lora", "precision": "bf16"}, aux),
             Case(family, {"method": "full", "precision": "fp32"}, aux),
@@ -1060,6 +1069,15 @@ def _router_aux_loss_and_clip() -> list[Case]:
         ]
     # the run's setting over a config without it
     cases.append(Case("qwen3_moe", {"method": "full", "precision": "bf16", **aux}))
+    # PhiMoE without its input jitter and LM head bias (PhimoeConfig's defaults), and LoRA
+    # on its 3-D experts through peft's target_parameters
+    plain = {"input_jitter": False, "head_bias": False}
+    for settings in (
+        {"method": "lora", "precision": "bf16"},
+        {"method": "full", "precision": "bf16-mixed"},
+    ):
+        cases.append(Case("phimoe", settings, plain))
+    cases.append(Case("phimoe", {"method": "lora", "precision": "bf16", "lora_targets": "experts"}))
     clip = {"qkv_clip": 8.0}
     for settings in (
         {"method": "lora", "precision": "bf16"},

@@ -318,6 +318,22 @@ class Family:
     # selected, not over every expert's (gpt-oss: GptOssTopKRouter, transformers 5.24
     # models/gpt_oss/modeling_gpt_oss.py).
     router_topk_softmax: bool = False
+    # That top-k softmax runs on the router's logits cast to fp32 (GraniteMoE: transformers
+    # 5.25 modeling_granitemoe.py GraniteMoeTopKRouter.forward, ``F.linear(h, w).float()``,
+    # topk, softmax, ``.type_as(h)``): it keeps its fp32 output whatever dtype the routing
+    # weights are cast to after it (routing_weights_in_hidden_dtype).
+    router_topk_softmax_fp32: bool = False
+    # The router is PhiMoE's sparsemixer in training (transformers 5.25 modeling_phimoe.py
+    # sparsemixer, PhimoeMultiplier): two experts a token, each picked by Gumbel sampling
+    # over a masked softmax of the logits; per pick it keeps the (T, E) bool mask of
+    # masked_fill, the (T, E) softmax in the logits' dtype, the (T, 1) int64 pick and the
+    # (T, 1) multiplier (MoE.router_saved).
+    router_sparsemixer: bool = False
+    # The MoE block multiplies its input in place by uniform noise in training, then its
+    # router does again (PhiMoE's input_jitter_noise > 0: PhimoeSparseMoeBlock.forward,
+    # PhimoeTopKRouter.forward ``hidden_states *= torch.empty_like(...).uniform_(...)``):
+    # each multiply keeps its (T, h) noise (Architecture.input_jitter).
+    moe_input_jitter: bool = False
     # Whether the router divides its top-k softmax weights by their sum is config.json's
     # norm_topk_prob (Qwen3-MoE, OLMoE: ``if self.norm_topk_prob: router_top_value /=
     # router_top_value.sum(...)``), read into Architecture.router_renormalises; Mixtral's
@@ -333,6 +349,10 @@ class Family:
     # copies in Qwen3-MoE, OLMoE, gpt-oss: load_balancing_loss_func over every layer's
     # router logits), read into Architecture.router_aux_loss; DeepSeek-V2/V3 have none.
     router_aux_loss: bool = False
+    # Why the load-balancing loss its causal LM does add is not modelled (GraniteMoE's over
+    # fp32 router logits, unmeasured): the refusal of --router-aux-loss says so; empty
+    # where the model computes none or ftmem models it.
+    router_aux_loss_unmodelled: str = ""
     # config.json's clip_qkv (Architecture.qkv_clip) clamps the query (after its norm),
     # key and value projections in place (OLMoE: transformers 5.24 OlmoeAttention.forward,
     # ``query_states.clamp_(min=-clip_qkv, max=clip_qkv)``).
@@ -347,6 +367,10 @@ class Family:
     # target_parameters on the 3-D experts, gate_up at twice the rank, and no longer
     # adapt the dense or shared MLPs' linears of those names. gpt-oss has no mapping.
     peft_converts_expert_targets: bool = False
+    # Why peft's LoRA on all-linear fails for this model type (PhiMoE: its router is an
+    # nn.Linear subclass whose forward returns the routing, which peft wraps like any
+    # linear and whose tuple its LoRA layer then cannot add to); empty where it runs.
+    peft_all_linear_fails: str = ""
     # The attention module peft's adaption prompt wraps in this model type (peft 0.21.2
     # tuners/adaption_prompt/config.py TRANSFORMERS_MODEL_CONFIG: Llama's and Mistral's
     # self_attn, GPT-2's attn); empty where peft's prepare_config refuses the model type.
@@ -364,6 +388,9 @@ class Family:
     attention_sinks: bool = False
     # The LM head has a bias (Phi-1.5/2).
     head_bias: bool = False
+    # The config.json key that gives the LM head a bias (PhiMoE's lm_head_bias, read into
+    # Architecture.head_bias); None: the family decides (head_bias above).
+    head_bias_switch: str | None = None
     # peft's prefix tuning runs (peft 0.21 sizes the prefix per query head, which a
     # multi-query cache rejects: Falcon).
     prefix_tuning: bool = True

@@ -104,6 +104,8 @@ def hf_config_kwargs(arch: Architecture, attn_impl: str = "sdpa") -> tuple[str, 
     dropouts = {key: getattr(arch, site) for site, key in family.dropout_keys.items()}
     if family.router_aux_loss:
         common["output_router_logits"] = arch.router_aux_loss
+    if family.head_bias_switch:  # (PhiMoE's lm_head_bias)
+        common[family.head_bias_switch] = arch.head_bias
     if family.qk_norm_switch:  # (Cohere's use_qk_norm, StableLM's and Phi's qk_layernorm)
         common[family.qk_norm_switch] = arch.qk_norm
     return family.model_types[0], {**common, **family.config.build(arch), **dropouts}

@@ -118,7 +118,7 @@ class MLP:
         if any(lin.roles == ("router",) for lin in linears):
             # DeepSeek's shared experts: a dense MLP beside the routed ones, on the same input
             shared = [lin for lin in linears if lin.is_module and lin.roles != ("router",)]
-            out = MoE.saved(ctx, state, x_grad)
+            out = MoE.saved(ctx, state, x_grad, shared_input)
             if shared:
                 width = ctx.arch.shared_experts_size
                 kept = shared_input or MoE.router_keeps_input(ctx, state)

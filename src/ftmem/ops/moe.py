@@ -22,7 +22,9 @@ class MoE:
         return tuple(p for p in layout(arch).block if p.kind in kinds)
 
     @staticmethod
-    def saved(ctx: LayerContext, state: BlockState, x_grad: bool) -> list[Saved]:
+    def saved(
+        ctx: LayerContext, state: BlockState, x_grad: bool, shared_input: bool = False
+    ) -> list[Saved]:
         """transformers 5 Mixtral: router softmax/top-k, grouped matmuls over routed tokens.
 
         Autocast does not cover grouped matmuls: the experts compute in their parameters'
@@ -46,9 +48,8 @@ class MoE:
         ee = ctx.projection_out_bytes if looped else ctx.residual
         k, E = arch.experts_per_token, arch.num_experts
         Tk = T * k
-        experts_train = state.weights_trainable or any(
-            m.startswith("mlp.experts") for m in state.trained
-        )
+        experts = traits.names.experts["gate_up"].rsplit(".", 1)[0]  # (GraniteMoE's apart)
+        experts_train = state.weights_trainable or any(m.startswith(experts) for m in state.trained)
         lora = MoE.adapted(ctx, state)
         # (a router with LoRA keeps what a trained one does: its input, the routing grads)
         router_lora = any(ex.is_router for ex in lora)
@@ -57,10 +58,11 @@ class MoE:
         if not (routing_grad or experts_train or lora):
             return []
         rw = MoE.routing_weight_bytes(ctx, looped)
+        sizes = MoE.jitter_saved(ctx, x_grad)
         if traits.clamped_swiglu:
-            sizes = [("expert gate_up output and clamped SwiGLU", Tk * 6 * f * ee)]
+            sizes += [("expert gate_up output and clamped SwiGLU", Tk * 6 * f * ee)]
         else:
-            sizes = [("expert gate_up output and activation", Tk * 3 * f * ee)]
+            sizes += [("expert gate_up output and activation", Tk * 3 * f * ee)]
         if routing_grad:
             sizes += [
                 MoE.router_saved(arch, T, rw),
@@ -71,7 +73,7 @@ class MoE:
             # (no copy where the router turns autocast off: ERNIE 4.5 MoE's)
             own_dtype = traits.router_autocast_off
             if ctx.plan.dtypes.casts_weights and not (quantised_router or own_dtype):
-                bias = E if traits.router_topk_softmax else 0
+                bias = E if traits.experts_transposed_with_bias else 0  # (gpt-oss's router)
                 sizes.append(("router 16-bit weight copy", (h * E + bias) * 2))
         else:
             # only the experts train: the token order and the (constant) routing weights
@@ -95,12 +97,23 @@ class MoE:
             # gate_up_proj_bias[expert_ids_g], down_proj_bias[expert_ids_g]: one index
             sizes.append(("sorted expert ids (bias gathers)", Tk * INDEX_BYTES))
         if router_trains:
-            # (DeepSeek's fp32 copy, unless autocast casts it to 16 bits again)
-            # (ERNIE 4.5 MoE's router turns autocast off: fp32 all the same)
-            autocast = ctx.plan.dtypes.autocast and not traits.router_autocast_off
-            fp32 = traits.router_fp32 and not autocast
-            sizes.append(("router input", T * h * (FP32 if fp32 else ctx.e)))
+            sizes += MoE.router_input_saved(ctx, state, shared_input)
         return [Saved(what, size, Kind.MOE, Side.MLP) for what, size in sizes]
+
+    @staticmethod
+    def router_input_saved(
+        ctx: LayerContext, state: BlockState, shared_input: bool
+    ) -> list[tuple[str, int]]:
+        """A trained router's input: DeepSeek's fp32 copy, unless autocast casts it to 16
+        bits again (ERNIE 4.5 MoE's router turns autocast off: fp32 all the same); none of
+        its own where it is the norm output q/k/v keep already (``shared_input``: a parallel
+        block's, Cohere2-MoE's, measured) and the router makes no copy of it."""
+        if shared_input and MoE.router_keeps_input(ctx, state):
+            return []
+        traits = ctx.arch.traits
+        autocast = ctx.plan.dtypes.autocast and not traits.router_autocast_off
+        fp32 = traits.router_fp32 and not autocast
+        return [("router input", ctx.tokens * ctx.arch.hidden_size * (FP32 if fp32 else ctx.e))]
 
     @staticmethod
     def routing_weight_bytes(ctx: LayerContext, looped: bool) -> int:
@@ -109,6 +122,11 @@ class MoE:
         Qwen3-MoE, OLMoE: the fp32 top-k cast back, Family.routing_weights_in_router_dtype,
         which for an fp32 router is fp32 outside autocast); transformers 4 casts them to the
         hidden states' (routing_weights.to(...))."""
+        if ctx.arch.traits.router_sparsemixer and ctx.plan.dtypes.autocast:
+            # PhiMoE's softmaxes take no dtype: 16-bit under the CPU's autocast (measured),
+            # fp32 under CUDA's (pytorch aten/src/ATen/autocast_mode.cpp KERNEL_CUDA2(softmax,
+            # int, fp32_set_opt_dtype); derived, not measured), and the multipliers with them
+            return FP32 if ctx.run.device != "cpu" else ctx.e
         if looped or ctx.arch.traits.routing_weights_in_hidden_dtype:
             return ctx.residual  # (ERNIE 4.5 MoE: ``.to(hidden_states.dtype)``)
         if ctx.arch.traits.router_fp32 and ctx.arch.traits.routing_weights_in_router_dtype:
@@ -119,11 +137,34 @@ class MoE:
         return ctx.e if MoE.weights_in_router_dtype(ctx.arch) else FP32
 
     @staticmethod
+    def jitter_saved(ctx: LayerContext, x_grad: bool) -> list[tuple[str, int]]:
+        """PhiMoE's input jitter (Architecture.input_jitter): the block's and the router's
+        in-place ``*=`` of the MoE input by uniform noise (empty_like: the input's dtype)
+        each keep the (T, h) noise, where that input needs a gradient."""
+        if not (ctx.arch.input_jitter and x_grad):
+            return []
+        return [
+            (
+                "input jitter noise (block's and router's)",
+                2 * ctx.tokens * ctx.arch.hidden_size * ctx.residual,
+            )
+        ]
+
+    @staticmethod
     def router_saved(arch: Architecture, T: int, rw: int) -> tuple[str, int]:
         """What the router keeps for the routing weights' gradient."""
         Tk = T * arch.experts_per_token
+        if arch.traits.router_sparsemixer:
+            # two picks (k is 2), each: bool mask + softmax (T·E), int64 pick + multiplier;
+            # rw is the logits' dtype (measured on PhimoeTopKRouter, fp32 and bf16)
+            return (
+                "sparsemixer masks, softmaxes, picks and multipliers",
+                T * arch.num_experts * (2 * rw + 2) + Tk * (INDEX_BYTES + rw),
+            )
         if arch.traits.router_topk_softmax:
-            return ("router top-k indices + softmax of the top-k", Tk * (INDEX_BYTES + rw))
+            # (GraniteMoE's softmax of fp32 logits keeps fp32, its weights cast after it)
+            kept = FP32 if arch.traits.router_topk_softmax_fp32 else rw
+            return ("router top-k indices + softmax of the top-k", Tk * (INDEX_BYTES + kept))
         # the fp32 softmax (T·E) and top-k's indices; renormalising the top-k
         # (router_top_value /= its sum, in place) keeps the quotient and the sum
         # (measured on OlmoeTopKRouter: +Tk·4 + T·4 bytes with norm_topk_prob)
@@ -257,7 +298,11 @@ class MoE:
         """The routing weights are in the router's output dtype, not fp32 (gpt-oss;
         Qwen3-MoE and OLMoE cast their fp32 top-k back)."""
         traits = arch.traits
-        return traits.router_topk_softmax or traits.routing_weights_in_router_dtype
+        return (
+            traits.router_topk_softmax
+            or traits.routing_weights_in_router_dtype
+            or traits.router_sparsemixer
+        )
 
     @staticmethod
     def product_bytes(arch: Architecture, residual: int) -> int:
