@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ftmem import returned_cache, seq2seq, vision_lora, vision_step
-from ftmem.activations import block_saved, outer_saved
+from ftmem.activations import block_saved, outer_saved, stored_kv_held
 from ftmem.adapters import trainable_tokens
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.head_lora import HeadLoRA, chunked_head_lora
@@ -428,7 +428,13 @@ def _decoder_parts(
         e = BYTES_PER_ELEMENT[plan.dtypes.compute]
         last = list(blocks.last)
         own_grads = offloaded_own_gradients(arch, run, plan, last, e, T, grads.per_block)
-    policy = _block_policy(run, blocks.rebuilt, own_grads, blocks.per_block)
+    # Gemma 4's stored keys and values, held by the checkpoints (their history: at the
+    # backward of the blocks below the storing ones)
+    stored = stored_kv_held(arch, run, plan, _block_states(arch, run, plan), T)
+    rebuilt = blocks.rebuilt
+    if stored.during:
+        rebuilt = tuple(r + d for r, d in zip(rebuilt, stored.during, strict=True))
+    policy = _block_policy(run, rebuilt, own_grads, blocks.per_block)
     # a checkpointed block's input, the one tensor it keeps
     block_input = T * arch.hidden_size * plan.dtypes.residual_bytes
     first_input = T * arch.hidden_size * plan.dtypes.first_input_bytes
@@ -468,6 +474,8 @@ def _decoder_parts(
     leaves = (*leaves, apart) if apart else leaves
     masks = Attention.held_layer_masks(arch, run)  # (the checkpoints' inputs, too)
     leaves = (*leaves, masks) if masks else leaves
+    # (Gemma 4's stored keys and values: a checkpoint's keyword argument, too)
+    leaves = (*leaves, stored.held) if stored.held else leaves
     # (cos and sin come in the embedding output's dtype: the first block's input's)
     rotary = Embedding.unread_rotary_held(arch, run, plan.dtypes.first_input_bytes)
     leaves = (*leaves, rotary) if rotary and any(blocks.per_block) else leaves

@@ -253,6 +253,24 @@ class Family:
     # multiply keeps when the norm's input needs a gradient (Gemma's RMSNorms: transformers
     # 5.25 modeling_gemma.py l.77, modeling_gemma2.py l.62, modeling_gemma3.py l.132).
     norm_scale_plus_one: bool = False
+    # The RMSNorms take their statistic as ``torch.pow(mean_squared, -0.5)`` (Gemma 4:
+    # transformers 5.25 modeling_gemma4.py Gemma4RMSNorm._norm l.205-208), whose backward
+    # reads its input: the fp32 mean square is kept beside its power, two fp32 values a
+    # row where rsqrt's backward keeps one (its result).
+    norm_rstd_by_pow: bool = False
+    # The values pass a weightless per-head RMSNorm before the kernel (Gemma 4's v_norm,
+    # Gemma4RMSNorm(head_dim, with_scale=False), modeling_gemma4.py l.1173 and l.1222):
+    # where v needs a gradient it keeps its fp32 input and statistics, and the kernel
+    # keeps its output, a new tensor in the projection's dtype (``type_as``).
+    values_normed: bool = False
+    # The last layer of each layer type puts its keys and values into the model's
+    # KVSharingDict whether or not a later layer reuses them (Gemma 4:
+    # configuration_gemma4.py kv_sharing_modes l.243-246, modeling_gemma4.py l.1228-1229
+    # ``shared_kv_states[self.layer_type] = key_states, value_states``). The dict is a
+    # keyword argument of every decoder layer: checkpointed, the checkpoints hold it, and
+    # those keys and values, from that layer's forward until the backward has passed the
+    # layers (activations.stored_kv_held).
+    stores_last_kv_per_layer_type: bool = False
     # The residual norms are bias-free LayerNorms written out in fp32 (Cohere), modelled
     # with arch.norm "rmsnorm" (one weight): they keep the centred fp32 input twice (two
     # subtractions of the mean) beside the rstd.
