@@ -258,6 +258,11 @@ class Architecture(Model, strict=True):
                 f"sliding_layers ({self.sliding_layers}) must be at most num_layers "
                 f"({self.num_layers}), and needs a sliding_window"
             )
+        if self.traits.top_layer_global and self.sliding_layers >= self.num_layers:
+            raise ValueError(
+                f"sliding_layers ({self.sliding_layers}): the {self.family} family's last "
+                "layer attends globally, so at most num_layers - 1 slide"
+            )
         if self.experts_per_token > self.num_experts:
             raise ValueError(
                 f"experts_per_token ({self.experts_per_token}) exceeds num_experts "

@@ -271,6 +271,9 @@ class Family:
     # those keys and values, from that layer's forward until the backward has passed the
     # layers (activations.stored_kv_held).
     stores_last_kv_per_layer_type: bool = False
+    # The config class makes the last layer attend globally whatever layer_types says
+    # (Gemma 4: configuration_gemma4.py l.172-176): at most num_layers - 1 layers slide.
+    top_layer_global: bool = False
     # The residual norms are bias-free LayerNorms written out in fp32 (Cohere), modelled
     # with arch.norm "rmsnorm" (one weight): they keep the centred fp32 input twice (two
     # subtractions of the mean) beside the rstd.

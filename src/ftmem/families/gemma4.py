@@ -82,10 +82,10 @@ def _sliding_count(cfg: Config, layers: int) -> int:
 
 
 def _size_or_off(cfg: Config, key: str) -> int:
-    """A count where 0 (or null: Gemma4TextModel's ``if self.hidden_size_per_layer_input``)
-    switches the mechanism off."""
+    """A count where 0 switches the mechanism off (Gemma4TextModel's ``if
+    self.hidden_size_per_layer_input``)."""
     value = cfg.get(key)
-    if value is None or (type(value) is int and value == 0):
+    if type(value) is int and value == 0:
         return 0
     return opt(cfg, key, limits.LAYERS if key == "num_kv_shared_layers" else limits.WIDTH) or 0
 
@@ -141,7 +141,7 @@ def _read_extra(cfg: Config, out: Config) -> None:
 def _build(arch: Architecture, kw: Config) -> None:
     # the layers' types as the Architecture counts them: the sliding ones first, the last
     # layer global (Gemma4TextConfig forces it); no sharing, no per-layer inputs, no MoE
-    sliding = min(arch.sliding_layers, arch.num_layers - 1) if arch.sliding_window else 0
+    sliding = arch.sliding_layers if arch.sliding_window else 0
     full = arch.num_layers - sliding
     kw.update(
         layer_types=["sliding_attention"] * sliding + ["full_attention"] * full,
@@ -172,10 +172,16 @@ _LLAMA_MAP = llama_map(
 
 
 def _read(cfg: Config) -> Config:
+    for key in ("hidden_size_per_layer_input", "num_kv_shared_layers", "global_head_dim"):
+        if key in cfg and cfg[key] is None:  # (Gemma4TextConfig's strict int fields)
+            raise wrong(key, "an integer", None)
     given = {k: v for k, v in cfg.items() if v is not None}
     full = {**TEXT_DEFAULTS, **given}
     _refuse_unmodelled(full)
-    return _LLAMA_MAP.read(full)
+    out = _LLAMA_MAP.read(full)
+    if out.get("sliding_layers"):  # (a given last sliding layer is made global)
+        out["sliding_layers"] = _sliding_count(full, out["num_layers"])
+    return out
 
 
 FAMILY = Family(
@@ -191,4 +197,5 @@ FAMILY = Family(
     values_normed=True,
     rotary_tables_per_layer_type=True,
     stores_last_kv_per_layer_type=True,
+    top_layer_global=True,
 )
