@@ -101,6 +101,10 @@ REFUSED = [
     ({"attention_k_eq_v": True}, "attention_k_eq_v"),
     ({"enable_moe_block": True}, "enable_moe_block"),
     ({"global_head_dim": 512}, "global_head_dim 512, head_dim 256"),
+    # as transformers writes config.json: the global layers' overrides, which it applies
+    # over global_head_dim
+    ({"per_layer_config": {"59": {"head_dim": 512}}}, 'layer "59"'),
+    ({"per_layer_config": {"59": {"head_dim": 256}}, "global_head_dim": 512}, None),
     ({"use_bidirectional_attention": "all"}, "bidirectional"),
     (
         {"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0}}},

@@ -90,6 +90,38 @@ def _size_or_off(cfg: Config, key: str) -> int:
     return opt(cfg, key, limits.LAYERS if key == "num_kv_shared_layers" else limits.WIDTH) or 0
 
 
+def _one_attention_shape(cfg: Config) -> None:
+    """Every layer's attention is head_dim wide with num_key_value_heads: the
+    per_layer_config transformers writes into config.json (its overrides of the global
+    layers; PreTrainedConfig.__init__ applies them last, configuration_utils.py l.496-517),
+    else Gemma4TextConfig's global_head_dim (512 by default) on the global layers
+    (configuration_gemma4.py l.183-196)."""
+    overrides = cfg.get("per_layer_config")
+    if overrides is None:
+        head_dim = opt_or(cfg, "head_dim", TEXT_DEFAULTS)
+        global_head_dim = opt_or(cfg, "global_head_dim", TEXT_DEFAULTS)
+        if global_head_dim != head_dim:
+            raise ConfigError(
+                f"Gemma 4's global layers with another head size (global_head_dim "
+                f"{global_head_dim}, head_dim {head_dim}) are not modelled yet: ftmem's "
+                "layers share one attention shape."
+            )
+        return
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise wrong("per_layer_config", "an object of per-layer objects", overrides)
+    for layer, values in overrides.items():
+        for key, value in values.items():
+            if key in ("head_dim", "num_key_value_heads") and value == opt_or(
+                cfg, key, TEXT_DEFAULTS
+            ):
+                continue
+            raise ConfigError(
+                f"Gemma 4's per-layer overrides (per_layer_config: layer {shown(layer)}'s "
+                f"{shown(key)} {shown(value)}) are not modelled yet: ftmem's layers share one "
+                "attention shape."
+            )
+
+
 def _refuse_unmodelled(cfg: Config) -> None:
     """What the family leaves out, refused before anything is estimated."""
     per_layer = _size_or_off(cfg, "hidden_size_per_layer_input")
@@ -111,14 +143,7 @@ def _refuse_unmodelled(cfg: Config) -> None:
     ):
         if flag(cfg, key, False):
             raise ConfigError(f"Gemma 4's {key} ({what}) is not modelled yet.")
-    head_dim = opt_or(cfg, "head_dim", TEXT_DEFAULTS)
-    global_head_dim = opt_or(cfg, "global_head_dim", TEXT_DEFAULTS)
-    if global_head_dim != head_dim:
-        raise ConfigError(
-            f"Gemma 4's global layers with another head size (global_head_dim "
-            f"{global_head_dim}, head_dim {head_dim}) are not modelled yet: ftmem's layers "
-            "share one attention shape."
-        )
+    _one_attention_shape(cfg)
     if cfg.get("use_bidirectional_attention") == "all":
         raise ConfigError(
             "Gemma 4 with use_bidirectional_attention 'all' (no causal mask) is not modelled."
