@@ -60,7 +60,7 @@ def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
         return qwen, None
     text = cfg.get("text_config")
     outer = cfg.get("model_type", "multimodal")
-    if outer in UNMODELLED_ENCODERS:
+    if isinstance(outer, str) and outer in UNMODELLED_ENCODERS:
         raise ConfigError(f"config.json ({outer}): {UNMODELLED_ENCODERS[outer]}")
     if not isinstance(text, dict):
         if isinstance(outer, str) and outer in TEXT_MODEL_TYPE:
