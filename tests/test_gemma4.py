@@ -147,3 +147,24 @@ def test_cli_refuses_in_one_line(tmp_path, capsys):
         assert exit_info.value.code == 2
         assert out == ""
         assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"transformers_version": "4.57.0"}, "as of 5.25.0"),
+        ({"grad_ckpt": True, "activation_offload": True}, "with offloaded activations"),
+        ({"grad_ckpt": True, "framework": "torchtune"}, "torchtune's gradient checkpointing"),
+        ({"grad_ckpt": True, "framework": "unsloth", "method": "lora"}, "unsloth's"),
+    ],
+)
+def test_unmeasured_releases_and_checkpointing_are_refused(settings, words):
+    """Gemma 4's code was read at transformers 5.25, and its stored keys and values
+    measured under transformers' own non-reentrant checkpoint: an earlier release, a
+    framework's own checkpointing and offloaded checkpointed activations are refused."""
+    from ftmem.errors import InvalidInputError
+    from ftmem.estimate import estimate_step
+    from ftmem.run import RunConfig
+
+    with pytest.raises(InvalidInputError, match=words):
+        estimate_step(tiny("gemma4"), RunConfig(batch_size=1, seq_len=64, **settings))

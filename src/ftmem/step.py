@@ -83,7 +83,12 @@ from ftmem.transients import (
     step_in_backward_tensors,
     top_block_trains,
 )
-from ftmem.versions import head_upcasts, masked_shift
+from ftmem.versions import (
+    checkpoint_wraps_decoder_unit,
+    head_upcasts,
+    masked_shift,
+    older_than,
+)
 
 if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
     from ftmem.distill import Teacher
@@ -378,6 +383,7 @@ def step_parts(
     rank under sequence parallelism (ftmem.sequence_parallel)."""
     run = framework_run(arch, run)  # e.g. Unsloth's causal-LM forward fuses the loss
     seq2seq.check_supported(arch, run)
+    _check_family_release(arch, run)
     if arch.encoder_decoder and run.objective != "sft":
         raise InvalidInputError(
             f"{arch.name} is an encoder-decoder: --objective {run.objective} is modelled "
@@ -497,6 +503,37 @@ def _decoder_parts(
         offloaded=offloaded,
         graph_leaves=leaves,
     )
+
+
+def _check_family_release(arch: Architecture, run: RunConfig) -> None:
+    """The family's transformers code as ftmem read it (Family.since_transformers), and
+    Gemma 4's stored keys and values under the checkpointing they were measured with:
+    transformers' own non-reentrant checkpoint inside the layer (activations
+    .stored_kv_held), not a framework's own wrapper, the reentrant one around the layer's
+    call (versions.checkpoint_wraps_decoder_unit), Unsloth's or offloaded activations."""
+    since = arch.traits.since_transformers
+    if since is not None and older_than(run.transformers_version, since):
+        first = ".".join(map(str, since))
+        raise InvalidInputError(
+            f"{arch.name}: ftmem models its transformers code as of {first}; an earlier "
+            "transformers_version is not modelled for it."
+        )
+    if not (run.grad_ckpt and arch.traits.stores_last_kv_per_layer_type):
+        return
+    profile = profile_of(run)
+    unmeasured = (
+        not profile.checkpoints_in_transformers_loop
+        or offloads_checkpoint_inputs(run)
+        or run.activation_offload
+        or checkpoint_wraps_decoder_unit(run)
+    )
+    if unmeasured:
+        raise InvalidInputError(
+            f"{arch.name} under {profile.name}'s gradient checkpointing"
+            f"{' with offloaded activations' if run.activation_offload else ''} is not "
+            "modelled: the keys and values its storing layers keep were measured under "
+            "transformers' own non-reentrant checkpoint."
+        )
 
 
 def embedding_leaf_apart(arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:

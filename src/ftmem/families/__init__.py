@@ -274,6 +274,10 @@ class Family:
     # The config class makes the last layer attend globally whatever layer_types says
     # (Gemma 4: configuration_gemma4.py l.172-176): at most num_layers - 1 layers slide.
     top_layer_global: bool = False
+    # The first transformers release whose code for the family ftmem read (Gemma 4: 5.25,
+    # the release installed when it was added); an older transformers_version is refused,
+    # not estimated with another release's mechanisms. None: every release it models.
+    since_transformers: tuple[int, int, int] | None = None
     # The residual norms are bias-free LayerNorms written out in fp32 (Cohere), modelled
     # with arch.norm "rmsnorm" (one weight): they keep the centred fp32 input twice (two
     # subtractions of the mean) beside the rstd.

@@ -245,4 +245,5 @@ FAMILY = Family(
     rotary_tables_per_layer_type=True,
     stores_last_kv_per_layer_type=True,
     top_layer_global=True,
+    since_transformers=(5, 25, 0),
 )
