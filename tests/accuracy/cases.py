@@ -225,9 +225,20 @@ def _gemma4_text() -> list[Case]:
         {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True},
         {"method": "freeze", "trainable_layers": 1, "precision": "bf16", "grad_ckpt": True},
     ]
+    # three layers, two sliding: the storing sliding layer is block 1, whose recomputed
+    # history the block below holds at its backward; four layers, the top two trained:
+    # that storing layer frozen (its key and value alone held)
+    deeper = {**GEMMA4_SLIDING, "num_layers": 3, "sliding_layers": 2}
     return [
         *(Case("gemma4", settings) for settings in ckpt),
         *(Case("gemma4", settings, GEMMA4_SLIDING) for settings in sliding),
+        Case("gemma4", {"method": "lora", "precision": "bf16", "grad_ckpt": True}, deeper),
+        Case("gemma4", {"method": "full", "precision": "fp32", "grad_ckpt": True}, deeper),
+        Case(
+            "gemma4",
+            {"method": "freeze", "trainable_layers": 2, "precision": "bf16", "grad_ckpt": True},
+            {**deeper, "num_layers": 4},
+        ),
         Case("gemma4", {"method": "lora", "precision": "bf16", "attn": "eager"}),
         Case("gemma4", {"method": "full", "precision": "bf16", "attn": "eager", "grad_ckpt": True}),
         Case("gemma4", {"method": "lora", "precision": "bf16"}, {"final_logit_softcapping": 30.0}),

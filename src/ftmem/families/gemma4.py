@@ -34,7 +34,7 @@ proportional ones (both make cos and sin tables head_dim wide: modeling_rope_uti
 _compute_proportional_rope_parameters pads the unrotated angles with zeros).
 
 Measured (stop 49, helper gemma4; transformers 5.25, peft 0.21.2, torch 2.13 CPU, the tiny
-gemma4 of tests/conftest.py at 3 × 50 tokens): 33 accuracy cases (ids ``^gemma4-``):
+gemma4 of tests/conftest.py at 3 × 50 tokens): 36 accuracy cases (ids ``^gemma4-``):
 weights, gradients, optimizer states and activations exact in all but IA³ (+512 B, as on
 Gemma 3); peaks within Gemma 3's own offsets for the same case (the 15-case matrix within
 8 B of them, checkpointed ones within 600 B), the largest -3.4 % (checkpointed LoRA
@@ -46,7 +46,8 @@ layer's backward on (the recompute's kernel keeps the same key and value until t
 Counts equal transformers' on the meta device (tests/test_gemma4.py).
 
 Left, doubtful: with a sliding layer under checkpointing the peaks read 4,872 B (0.2 %) over
-the same runs without one, not located; Architecture keeps only how many layers slide, so
+the same runs without one, as Mistral's and Ministral's checkpointed sliding cases read
+about 5,000 B over theirs (generic, not located); Architecture keeps only how many layers slide, so
 the storing sliding layer is taken as the highest of the lowest ones (step._sliding_blocks):
 with freeze on a published pattern (every sixth layer global) the real one is the
 second-highest layer, trained where two or more layers train, frozen in the estimate below
