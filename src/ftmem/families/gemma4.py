@@ -36,8 +36,9 @@ _compute_proportional_rope_parameters pads the unrotated angles with zeros).
 Measured (stop 49, helper gemma4; transformers 5.25, peft 0.21.2, torch 2.13 CPU, the tiny
 gemma4 of tests/conftest.py at 3 × 50 tokens): 36 accuracy cases (ids ``^gemma4-``):
 weights, gradients, optimizer states and activations exact in all but IA³ (+512 B, as on
-Gemma 3); peaks within Gemma 3's own offsets for the same case (the 15-case matrix within
-8 B of them, checkpointed ones within 600 B), the largest -3.4 % (checkpointed LoRA
+Gemma 3); peaks within Gemma 3's own offsets for the same case (full, freeze, LoRA, DoRA,
+IA³ within 8 B of them, checkpointed ones within 600 B; offloaded activations 2,812 B, 0.2 %,
+over, not located), the largest -3.4 % (checkpointed LoRA
 bf16-mixed; Gemma 3 -4.0 %) and +3.3 % (checkpointed QLoRA bf16-mixed; Gemma 3 +3.7 %).
 Without the stored keys' hold the checkpointed peaks were -9.8 % (full bf16: 1,986,112 /
 2,202,910 B) and -11.2 % (LoRA bf16: 1,234,368 / 1,390,478 B); holding the whole recomputed
