@@ -163,14 +163,17 @@ def stored_kv_held(
     stores = [arch.num_layers - 1] if arch.full_layers else []
     stores += [arch.sliding_layers - 1] if arch.sliding_layers else []
     top = arch.num_layers - 1
-    qkv = [lin for lin in _block_linears(arch, top)[0] if {"k", "v"} & set(lin.roles)]
     held, during = 0, [0] * arch.num_layers
     for j in stores:
         state = states[j]
-        ctx = LayerContext(arch, run, plan, tokens, sliding=j != top)
+        # (each type with its own attention shape: Architecture.of_layer_type)
+        shape = arch.of_layer_type(full=j == top)
+        qkv = [lin for lin in _block_linears(shape, j)[0] if {"k", "v"} & set(lin.roles)]
+        ctx = LayerContext(shape, run, plan, tokens, sliding=j != top)
         oe = ctx.projection_out_bytes
-        key = tokens * arch.kv_size * max(oe, plan.dtypes.first_input_bytes)  # (the tables')
-        value = tokens * arch.kv_size * oe
+        kv_size = shape.kv_size
+        key = tokens * kv_size * max(oe, plan.dtypes.first_input_bytes)  # (the tables')
+        value = tokens * kv_size * oe
         held += key + value
         x, w = state.input_requires_grad, state.weights_trainable
         wn = attention_side_norms_train(state)
@@ -184,7 +187,7 @@ def stored_kv_held(
         for i in range(j):
             during[i] += history
         if not _kv_copied(ctx):
-            during[j] -= value + (key if key == tokens * arch.kv_size * ctx.e else 0)
+            during[j] -= value + (key if key == tokens * kv_size * ctx.e else 0)
     return StoredKV(held, tuple(during))
 
 

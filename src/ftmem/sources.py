@@ -40,15 +40,6 @@ if TYPE_CHECKING:  # imported where used: a preset needs neither (CLI start-up)
 
 Mapping = dict[str, Any]
 MAX_CONFIG_BYTES = 16 * 2**20  # real config.json files are a few KiB
-# Whole-model configs whose encoders ftmem does not model, where a text-only estimate
-# would leave out what the model builds (Gemma 3's image-text configs are estimated with
-# their tower: ftmem.vision); what to do instead.
-UNMODELLED_ENCODERS = {
-    "gemma4": (
-        "Gemma 4's image and audio encoders are not modelled; estimate its language model "
-        "from its text_config as a config.json of model_type gemma4_text."
-    ),
-}
 
 
 def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
@@ -60,8 +51,9 @@ def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
         return qwen, None
     text = cfg.get("text_config")
     outer = cfg.get("model_type", "multimodal")
-    if isinstance(outer, str) and outer in UNMODELLED_ENCODERS:
-        raise ConfigError(f"config.json ({outer}): {UNMODELLED_ENCODERS[outer]}")
+    refused = families.unmodelled_wrappers()
+    if isinstance(outer, str) and outer in refused:
+        raise ConfigError(f"config.json ({outer}): {refused[outer]}")
     if not isinstance(text, dict):
         if isinstance(outer, str) and outer in TEXT_MODEL_TYPE:
             raise ConfigError(

@@ -61,7 +61,7 @@ from ftmem.profiles import (
     profile_of,
 )
 from ftmem.release_buffers import adapter_buffer_bytes, release_buffer_bytes
-from ftmem.run import GATED_PROMPT_METHODS, UNPAIRED_OBJECTIVES, RunConfig
+from ftmem.run import GATED_PROMPT_METHODS, PROMPT_METHODS, UNPAIRED_OBJECTIVES, RunConfig
 from ftmem.sequence_parallel import coloattention_mask_bytes
 from ftmem.transients import (
     adapter_forward_build,
@@ -472,21 +472,7 @@ def _decoder_parts(
         offloaded = activations - _sum(stays) + policy.on_host(blocks.per_block, inputs)
         activations = _sum(stays)
         outer_below, outer_above = [], stays
-    # the input-gradient hook's leaves: held by the graph, saved by no node
-    # (a trained token embedding's output is no leaf: full finetuning's, modules_to_save's)
-    embed_trains = plan.embed_trainable or plan.outer_trainable
-    leaves = vision_step.graph_leaves(arch, run, plan.dtypes, embed_trains)
-    apart = embedding_leaf_apart(arch, run, plan)
-    leaves = (*leaves, apart) if apart else leaves
-    masks = Attention.held_layer_masks(arch, run)  # (the checkpoints' inputs, too)
-    leaves = (*leaves, masks) if masks else leaves
-    # (Gemma 4's stored keys and values: a checkpoint's keyword argument, too)
-    leaves = (*leaves, stored.held) if stored.held else leaves
-    # (cos and sin come in the embedding output's dtype: the first block's input's)
-    rotary = Embedding.unread_rotary_held(arch, run, plan.dtypes.first_input_bytes)
-    leaves = (*leaves, rotary) if rotary and any(blocks.per_block) else leaves
-    # the rotary's cos and sin, held as the checkpoints' keyword argument
-    leaves += Embedding.rotary_held(arch, run, T, plan.dtypes.first_input_bytes)
+    leaves = _graph_leaves(arch, run, plan, T, blocks, stored.held)
     below = _sum(outer_below) + sum(leaves)
     kept = Activations(per_block_kept, below=below, above=_sum(outer_above))
     sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)
@@ -505,6 +491,52 @@ def _decoder_parts(
     )
 
 
+def _graph_leaves(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    T: int,
+    blocks: _BlockActivations,
+    stored_held: int,
+) -> tuple[int, ...]:
+    """What the graph and the checkpoints hold that no node saves."""
+    # the input-gradient hook's leaves: held by the graph, saved by no node
+    # (a trained token embedding's output is no leaf: full finetuning's, modules_to_save's)
+    embed_trains = plan.embed_trainable or plan.outer_trainable
+    leaves = vision_step.graph_leaves(arch, run, plan.dtypes, embed_trains)
+    apart = embedding_leaf_apart(arch, run, plan)
+    leaves = (*leaves, apart) if apart else leaves
+    masks = Attention.held_layer_masks(arch, run)  # (the checkpoints' inputs, too)
+    leaves = (*leaves, masks) if masks else leaves
+    # (Gemma 4's stored keys and values: a checkpoint's keyword argument, too)
+    leaves = (*leaves, stored_held) if stored_held else leaves
+    # (cos and sin come in the embedding output's dtype: the first block's input's)
+    rotary = Embedding.unread_rotary_held(arch, run, plan.dtypes.first_input_bytes)
+    leaves = (*leaves, rotary) if rotary and any(blocks.per_block) else leaves
+    # the rotary's cos and sin, held as the checkpoints' keyword argument
+    leaves += Embedding.rotary_held(arch, run, T, plan.dtypes.first_input_bytes)
+    return leaves
+
+
+def _check_attention_per_layer_type(arch: Architecture, run: RunConfig) -> None:
+    """Full-attention layers of their own shape (Architecture.of_layer_type) are modelled
+    in the decoder blocks' walk, their parameters and rotary tables: what reads one
+    attention width for every layer beside them (a generation's KV cache, prompts and
+    prefixes in front of every layer's keys and values, the gated prompts) is refused."""
+    if not arch.attention_per_layer_type:
+        return
+    what = None
+    if run.objective == "grpo":
+        what = "GRPO's generation (its KV cache)"
+    elif run.method in PROMPT_METHODS | GATED_PROMPT_METHODS:
+        what = f"--method {run.method}"
+    if what is not None:
+        raise InvalidInputError(
+            f"{arch.name}: {what} with full-attention layers of their own attention shape "
+            "(full_head_dim, full_kv_heads, full_values_are_keys) is not modelled."
+        )
+
+
 def _check_family_release(arch: Architecture, run: RunConfig) -> None:
     """The family's transformers code as ftmem read it (Family.since_transformers), and
     Gemma 4's stored keys and values under the checkpointing they were measured with:
@@ -518,6 +550,7 @@ def _check_family_release(arch: Architecture, run: RunConfig) -> None:
             f"{arch.name}: ftmem models its transformers code as of {first}; an earlier "
             "transformers_version is not modelled for it."
         )
+    _check_attention_per_layer_type(arch, run)
     if not (run.grad_ckpt and arch.traits.stores_last_kv_per_layer_type):
         return
     profile = profile_of(run)
@@ -585,28 +618,32 @@ def _block_activations(
 ) -> _BlockActivations:
     """Activations per block, derived once per distinct block state."""
     block_states = _block_states(arch, run, plan)
-    cache: dict[tuple[BlockState, bool, bool], list[Saved]] = {}
+    cache: dict[tuple[BlockState, bool, bool, bool], list[Saved]] = {}
     per_block: list[int] = []
     rebuilt: list[int] = []  # checkpointing: what each block's recompute adds
-    previous: tuple[BlockState, bool, bool] | None = None
+    previous: tuple[BlockState, bool, bool, bool] | None = None
     previous_sum, previous_rebuilt, previous_held, graph_held = 0, 0, 0, 0
     sliding = _sliding_blocks(arch, run)
+    per_type = arch.attention_per_layer_type
     for i, st in enumerate(block_states):
-        # (DeepSeek's first blocks are dense; a sliding layer's sdpa may take a mask)
-        key = (st, i < arch.dense_layers, i in sliding)
+        # (DeepSeek's first blocks are dense; a sliding layer's sdpa may take a mask; the
+        # full-attention layers may have their own attention shape, the blocks past the
+        # sliding ones as _sliding_blocks takes them)
+        key = (st, i < arch.dense_layers, i in sliding, not per_type or i >= arch.sliding_layers)
         if key != previous:  # consecutive blocks usually share one state object
+            shape = arch.of_layer_type(full=key[3])
             if key not in cache:
-                saved = block_saved(arch, run, plan, st, T, dense=key[1], sliding=key[2])
+                saved = block_saved(shape, run, plan, st, T, dense=key[1], sliding=key[2])
                 cache[key] = saved if split is None else split.block(saved)
             previous, previous_sum = key, _sum(cache[key])
             previous_held = sum(x.graph_held for x in cache[key])
             own_input = compiled_layers(run) or profile_of(run).kernel_rms_norm
-            reused = Norm.recompute_reuses_input(arch, plan, cache[key], T, own_input)
+            reused = Norm.recompute_reuses_input(shape, plan, cache[key], T, own_input)
             previous_rebuilt = previous_sum - reused
         per_block.append(previous_sum)
         rebuilt.append(previous_rebuilt)
         graph_held += previous_held
-    last = cache[(block_states[-1], False, arch.num_layers - 1 in sliding)]
+    last = cache[(block_states[-1], False, arch.num_layers - 1 in sliding, True)]
     return _BlockActivations(tuple(per_block), tuple(rebuilt), tuple(last), graph_held)
 
 
@@ -1053,7 +1090,11 @@ def block_gradients(arch: Architecture, plan: MethodPlan) -> tuple[int, ...]:
     first_k_dense_replace blocks, its router and experts in the others) trains in those
     of them that train; an adapter's group is named after the module it adapts. () where
     every block holds every tensor (the average, Gradients.per_block, is then exact) or
-    where partial training picks modules per block (its groups do not say which)."""
+    where partial training picks modules per block (its groups do not say which), or
+    where one module has a shape per layer type (Architecture.of_layer_type: its groups
+    share a name, the average stands)."""
+    if arch.attention_per_layer_type:
+        return ()
     spans: dict[str, tuple[int, int]] = {
         p.module: p.blocks for p in layout(arch).block if p.blocks is not None
     }
@@ -1087,7 +1128,7 @@ def _decoder_block(
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     T = run.batch_size * run.positions
     last_block = list(blocks.last)
-    offloaded = run.activation_offload
+    offloaded, top = run.activation_offload, arch.of_layer_type(full=True)
     last_keeps = blocks.per_block[-1]
     dequant = LinearOp.dequant_moment(arch, run, plan, e, T)  # 4-bit matmuls
     fused = all_adapters_fused(arch, run, plan)  # Unsloth's LoRA Functions
@@ -1104,7 +1145,7 @@ def _decoder_block(
         dequant,
         0 if fused else adapter_moment(arch, run, plan, last_block, e, T),
         0 if fused else recompute_end_moment(arch, run, plan, e, T),
-        checkpointed_attention_moment(arch, run, plan, last_block, e),
+        checkpointed_attention_moment(top, run, plan, last_block, e),
         checkpointed_moe_moment(arch, run, plan, e, T),
         cross_backward,
     )
@@ -1113,7 +1154,7 @@ def _decoder_block(
         offload_moment(arch, run, plan, last_block, e, T) if offloaded else max(with_own, *others)
     )
     # the attention kernel's moment counts the gradients its block has made by then
-    kernel = 0 if offloaded else attention_kernel_moment(arch, run, plan, last_block, e, T)
+    kernel = 0 if offloaded else attention_kernel_moment(top, run, plan, last_block, e, T)
     made = attention_gradients_made(arch, run, plan) if kernel else 0
     # the largest moment without the gradients the moments count as made (the MLP's
     # down projection's, the kernel's): the allocator replay's transient

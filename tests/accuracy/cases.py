@@ -245,6 +245,40 @@ def _gemma4_text() -> list[Case]:
         Case("gemma4", {"method": "qlora", "precision": "bf16"}, WIDER),
         Case("gemma4", {"method": "qlora", "precision": "bf16-mixed", "grad_ckpt": True}, WIDER),
         Case("gemma4", {"method": "full", "precision": "bf16", "activation_offload": True}),
+        *_gemma4_global_shapes(),
+    ]
+
+
+# Gemma 4 31B's global layers in small: heads twice as wide, fewer key/value heads, their
+# values their keys (no v_proj); and wider with more key/value heads, values their own
+GEMMA4_GLOBAL_KEQV = {
+    **GEMMA4_SLIDING,
+    "full_head_dim": 64,
+    "full_kv_heads": 1,
+    "full_values_are_keys": True,
+}
+GEMMA4_GLOBAL_WIDE = {**GEMMA4_SLIDING, "full_head_dim": 64, "full_kv_heads": 4}
+
+
+def _gemma4_global_shapes() -> list[Case]:
+    """Gemma 4's global layers with their own attention shape (stop 49, second helper):
+    the 31B's (global_head_dim 512 against 256, 4 key/value heads against 16, k = v) in
+    small, and one with more key/value heads and a v projection."""
+    settings = [
+        {"method": "full", "precision": "bf16"},
+        {"method": "full", "precision": "fp32"},
+        {"method": "lora", "precision": "bf16"},
+        {"method": "lora", "precision": "bf16-mixed"},
+        {"method": "full", "precision": "bf16", "grad_ckpt": True},
+        {"method": "lora", "precision": "fp32", "grad_ckpt": True},
+        {"method": "qlora", "precision": "bf16"},
+    ]
+    return [
+        *(Case("gemma4", s, GEMMA4_GLOBAL_KEQV) for s in settings),
+        Case("gemma4", {"method": "full", "precision": "bf16"}, GEMMA4_GLOBAL_WIDE),
+        Case(
+            "gemma4", {"method": "lora", "precision": "fp32", "grad_ckpt": True}, GEMMA4_GLOBAL_WIDE
+        ),
     ]
 
 

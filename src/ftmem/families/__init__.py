@@ -123,6 +123,10 @@ class Family:
     # by another base; transformers 5.25 modeling_gemma3.py l.532-534 builds a pair for
     # each type in ``set(config.layer_types)``).
     rotary_tables_per_layer_type: bool = False
+    # The full-attention layers may have an attention shape of their own (Architecture
+    # full_head_dim, full_kv_heads, full_values_are_keys: Gemma 4's global layers,
+    # transformers 5.25 modeling_gemma4.py l.1152-1185 reading ``per_layer_config``).
+    attention_shape_per_layer_type: bool = False
     # The rotated queries are multiplied by a per-position factor before the kernel
     # (Ministral 3's Llama-4 attention scaling, transformers 5.25 modeling_ministral3.py
     # l.104-107, l.146-150: ``query_states * get_llama_4_attn_scale(position_ids, ...)``,
@@ -278,6 +282,10 @@ class Family:
     # the release installed when it was added); an older transformers_version is refused,
     # not estimated with another release's mechanisms. None: every release it models.
     since_transformers: tuple[int, int, int] | None = None
+    # Whole-model configs (their model_type) whose encoders ftmem does not model, where a
+    # text-only estimate would leave out what the model builds, each with what to do
+    # instead (Gemma 4's image and audio encoders: its text_config is this family's)
+    unmodelled_wrappers: tuple[tuple[str, str], ...] = ()
     # The residual norms are bias-free LayerNorms written out in fp32 (Cohere), modelled
     # with arch.norm "rmsnorm" (one weight): they keep the centred fp32 input twice (two
     # subtractions of the mean) beside the rstd.
@@ -442,3 +450,9 @@ def by_model_type() -> dict[str, Family]:
                 )
             out[model_type] = family
     return out
+
+
+@cache
+def unmodelled_wrappers() -> dict[str, str]:
+    """Whole-model ``model_type`` -> why it is refused (Family.unmodelled_wrappers)."""
+    return {kind: why for name in names() for kind, why in get(name).unmodelled_wrappers}

@@ -23,15 +23,26 @@ each read from modeling_gemma4.py:
   layer, so under checkpointing it holds those keys and values until the backward has
   passed the layers (activations.stored_kv_held).
 
+The global (full-attention) layers may have an attention shape of their own
+(Family.attention_shape_per_layer_type; Architecture full_head_dim, full_kv_heads,
+full_values_are_keys): Gemma4TextConfig.__post_init__ (configuration_gemma4.py l.205-217)
+gives them global_head_dim (512 by default) and, with attention_k_eq_v,
+num_global_key_value_heads key/value heads; Gemma4TextAttention (modeling l.1152-1185)
+then builds no v_proj on them and takes the k projection's output as the values (l.1217),
+which the weightless v norm normalises beside the k norm: in fp32 ``x.float()`` returns
+that output itself, one tensor kept for both norms (QKNorm.value_norm_saved).
+
 What this family does not model, refused in one sentence each (_refuse_unmodelled): the
 per-layer inputs (E2B/E4B: hidden_size_per_layer_input, the per-layer embedding table and
 its projection), key/value sharing across layers (num_kv_shared_layers, and the
-double-wide MLP of the sharing layers), global layers whose values are their keys
-(attention_k_eq_v), a global head_dim other than head_dim (global_head_dim: the 31B's
-global layers are 512 wide where its sliding ones are 256), the MoE block beside the MLP
+double-wide MLP of the sharing layers), per_layer_config overrides of a sliding layer's
+shape or that give the global layers two shapes, the MoE block beside the MLP
 (enable_moe_block), bidirectional attention, and rotary types other than the default and
-proportional ones (both make cos and sin tables head_dim wide: modeling_rope_utils.py
-_compute_proportional_rope_parameters pads the unrotated angles with zeros).
+proportional ones (both make cos and sin tables as wide as the layer type's heads:
+modeling_rope_utils.py _compute_proportional_rope_parameters pads the unrotated angles with
+zeros). With global layers of their own shape, what reads one attention width for every
+layer beside the blocks is refused (step._check_attention_per_layer_type, serving,
+tensor and context parallelism).
 
 Measured (stop 49, helper gemma4; transformers 5.25, peft 0.21.2, torch 2.13 CPU, the tiny
 gemma4 of tests/conftest.py at 3 × 50 tokens): 36 accuracy cases (ids ``^gemma4-``):
@@ -45,6 +56,25 @@ Without the stored keys' hold the checkpointed peaks were -9.8 % (full bf16: 1,9
 history from the forward on overshot LoRA fp32 by +3.5 %: it is held from the storing
 layer's backward on (the recompute's kernel keeps the same key and value until then).
 Counts equal transformers' on the meta device (tests/test_gemma4.py).
+
+Global layers of their own shape (stop 49, second helper gemma4; same versions, the tiny
+gemma4 with one sliding layer of 2 × 32 key/value heads under a global one): 9 accuracy
+cases (ids ``^gemma4-.*fullheaddim=``), weights, gradients, optimizer states and
+activations exact. k = v with one key/value head of 64 (the 31B in small): full bf16
+3,526,744 / 3,525,938 B, full fp32 5,051,632 / 5,050,832 (without the one tensor kept
+for both norms the activations were 38,400 B = 150 × 64 × 4 over), LoRA bf16 2,287,876 /
+2,288,270, LoRA bf16-mixed 2,735,716 / 2,736,116, QLoRA bf16 2,137,964 / 2,138,358;
+checkpointed full bf16 2,399,984 / 2,406,806 (-0.3 %) and LoRA fp32 2,117,044 /
+2,039,648 (+3.8 %). Four key/value heads of 64 with a v projection: full bf16
+4,166,780 / 4,165,974, checkpointed LoRA fp32 2,817,180 / 2,870,824 (-1.9 %). The
+same checkpointed LoRA fp32 case with one attention shape reads +2.1 % (2,104,044 /
+2,061,320), so part of the checkpointed offsets is not the per-type shape's. The top
+block's transients (the kernel's backward) take the global shape, the top block being
+a global one; each block's own gradients are averaged over the blocks
+(step.block_gradients: o_proj's groups of both types share a name), and
+attention_gradients_made counts both types' o_proj and q/k norm gradients as made (full
+finetuning; small). The LoRA fp32 checkpointed +3.8 % is not located.
+No 31B preset: its config.json was read only in third-party copies.
 
 Left, doubtful: with a sliding layer under checkpointing the peaks read 4,872 B (0.2 %) over
 the same runs without one, as Mistral's and Ministral's checkpointed sliding cases read
@@ -112,36 +142,55 @@ def _size_or_off(cfg: Config, key: str) -> int:
     return opt(cfg, key, limits.LAYERS if key == "num_kv_shared_layers" else limits.WIDTH) or 0
 
 
-def _one_attention_shape(cfg: Config) -> None:
-    """Every layer's attention is head_dim wide with num_key_value_heads: the
-    per_layer_config transformers writes into config.json (its overrides of the global
-    layers; PreTrainedConfig.__init__ applies them last, configuration_utils.py l.496-517),
-    else Gemma4TextConfig's global_head_dim (512 by default) on the global layers
-    (configuration_gemma4.py l.183-196)."""
+def _global_attention(cfg: Config) -> tuple[int, int]:
+    """The global layers' head size and key/value heads: Gemma4TextConfig.__post_init__
+    (configuration_gemma4.py l.205-217) overrides the global layers' head_dim with
+    global_head_dim (512 by default), and their num_key_value_heads with
+    num_global_key_value_heads where attention_k_eq_v is set (ignored otherwise); a
+    config.json that transformers wrote carries these overrides as per_layer_config
+    (PreTrainedConfig.__init__ applies it last, configuration_utils.py l.496-517), which
+    is read where it gives every global layer, and only them, one shape."""
+    head_dim = opt_or(cfg, "head_dim", TEXT_DEFAULTS)
+    kv = opt_or(cfg, "num_key_value_heads", TEXT_DEFAULTS)
     overrides = cfg.get("per_layer_config")
     if overrides is None:
-        head_dim = opt_or(cfg, "head_dim", TEXT_DEFAULTS)
-        global_head_dim = opt_or(cfg, "global_head_dim", TEXT_DEFAULTS)
-        if global_head_dim != head_dim:
-            raise ConfigError(
-                f"Gemma 4's global layers with another head size (global_head_dim "
-                f"{global_head_dim}, head_dim {head_dim}) are not modelled yet: ftmem's "
-                "layers share one attention shape."
-            )
-        return
+        global_kv = opt(cfg, "num_global_key_value_heads", limits.WIDTH)
+        k_eq_v = flag(cfg, "attention_k_eq_v", False)
+        return opt_or(cfg, "global_head_dim", TEXT_DEFAULTS), (
+            global_kv if k_eq_v and global_kv else kv
+        )
     if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
         raise wrong("per_layer_config", "an object of per-layer objects", overrides)
-    for layer, values in overrides.items():
-        for key, value in values.items():
-            if key in ("head_dim", "num_key_value_heads") and value == opt_or(
-                cfg, key, TEXT_DEFAULTS
-            ):
-                continue
+    layers = opt_or(cfg, "num_hidden_layers", TEXT_DEFAULTS)
+    types = cfg.get("layer_types") or [
+        "sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(layers)
+    ]
+    full = {str(i) for i, kind in enumerate(types) if kind == "full_attention" or i == layers - 1}
+    base = {"head_dim": head_dim, "num_key_value_heads": kv}
+    # (to_dict writes the layers' indices zero-padded: "05")
+    given = {
+        str(int(layer)) if str(layer).isdigit() else str(layer): values
+        for layer, values in overrides.items()
+    }
+    for layer, values in given.items():
+        if any(type(v) is not int or v < 1 for v in values.values()):
+            raise wrong("per_layer_config", "positive integers per layer", values)
+        own = not set(values) <= set(base) or layer not in full
+        if own and any(base.get(k) != v for k, v in values.items()):
             raise ConfigError(
                 f"Gemma 4's per-layer overrides (per_layer_config: layer {shown(layer)}'s "
-                f"{shown(key)} {shown(value)}) are not modelled yet: ftmem's layers share one "
-                "attention shape."
+                f"{shown(values)}) are not modelled: ftmem gives the sliding layers one "
+                "attention shape and the global ones another."
             )
+    # (a layer the overrides leave out keeps the base shape)
+    shapes = {tuple({**base, **given.get(layer, {})}.values()) for layer in full}
+    if len(shapes) > 1:
+        raise ConfigError(
+            "Gemma 4's per-layer overrides (per_layer_config) give the global layers more "
+            "than one attention shape, which is not modelled."
+        )
+    head, heads = shapes.pop()
+    return head, heads
 
 
 def _refuse_unmodelled(cfg: Config) -> None:
@@ -159,13 +208,11 @@ def _refuse_unmodelled(cfg: Config) -> None:
             f"Gemma 4's key/value sharing (num_kv_shared_layers {shared}: layers that reuse an "
             "earlier layer's keys and values) is not modelled yet."
         )
-    for key, what in (
-        ("attention_k_eq_v", "global layers whose values are their keys"),
-        ("enable_moe_block", "the mixture-of-experts block beside the MLP"),
-    ):
-        if flag(cfg, key, False):
-            raise ConfigError(f"Gemma 4's {key} ({what}) is not modelled yet.")
-    _one_attention_shape(cfg)
+    if flag(cfg, "enable_moe_block", False):
+        raise ConfigError(
+            "Gemma 4's enable_moe_block (the mixture-of-experts block beside the MLP) is not "
+            "modelled yet."
+        )
     if cfg.get("use_bidirectional_attention") == "all":
         raise ConfigError(
             "Gemma 4 with use_bidirectional_attention 'all' (no causal mask) is not modelled."
@@ -184,6 +231,11 @@ def _refuse_unmodelled(cfg: Config) -> None:
 
 def _read_extra(cfg: Config, out: Config) -> None:
     out["qk_norm"] = True
+    head_dim, kv = _global_attention(cfg)
+    if head_dim != out.get("head_dim") or kv != (out.get("num_kv_heads") or out["num_heads"]):
+        out.update(full_head_dim=head_dim, full_kv_heads=kv)
+    if flag(cfg, "attention_k_eq_v", False):
+        out["full_values_are_keys"] = True
     read_softcaps({k: cfg.get(k) for k in ("final_logit_softcapping",)}, out)
 
 
@@ -197,11 +249,17 @@ def _build(arch: Architecture, kw: Config) -> None:
         final_logit_softcapping=arch.final_logit_softcapping,
         hidden_size_per_layer_input=0,
         num_kv_shared_layers=0,
-        global_head_dim=arch.head_size,
-        attention_k_eq_v=False,
+        global_head_dim=arch.of_layer_type(full=True).head_size,
+        num_global_key_value_heads=arch.of_layer_type(full=True).kv_heads,
+        attention_k_eq_v=arch.full_values_are_keys,
         enable_moe_block=False,
         vocab_size_per_layer_input=arch.vocab_size,
     )
+    shape = arch.of_layer_type(full=True)
+    if shape.kv_heads != arch.kv_heads and not arch.full_values_are_keys:
+        # (num_global_key_value_heads is read only with attention_k_eq_v: the overrides)
+        own = {"head_dim": shape.head_size, "num_key_value_heads": shape.kv_heads}
+        kw["per_layer_config"] = {i: dict(own) for i in range(sliding, arch.num_layers)}
     if not arch.sliding_window:  # (the class's default window, read by no layer)
         kw.pop("sliding_window", None)
 
@@ -247,5 +305,13 @@ FAMILY = Family(
     rotary_tables_per_layer_type=True,
     stores_last_kv_per_layer_type=True,
     top_layer_global=True,
+    attention_shape_per_layer_type=True,
     since_transformers=(5, 25, 0),
+    unmodelled_wrappers=(
+        (
+            "gemma4",
+            "Gemma 4's image and audio encoders are not modelled; estimate its language "
+            "model from its text_config as a config.json of model_type gemma4_text.",
+        ),
+    ),
 )

@@ -230,15 +230,28 @@ class QKNorm:
         per head): where v needs a gradient, ``x.float()`` and the statistics of
         Gemma4RMSNorm._norm, kept by its pow and multiply (transformers 5.25
         modeling_gemma4.py l.205-214); no weight, so nothing for a weight's gradient. The
-        kernel keeps its output in the v projection's place (Attention.v_kept)."""
+        kernel keeps its output in the v projection's place (Attention.v_kept).
+
+        A layer whose values are its keys (Architecture.full_values_are_keys: Gemma 4's
+        global layers with attention_k_eq_v, modeling_gemma4.py l.1217, ``value_states =
+        ... else key_states``) normalises the k projection's output twice: its gradient
+        decides, and where that output is fp32 already ``x.float()`` returns it, the
+        tensor the k norm keeps (measured on the tiny gemma4, full fp32: 38,400 B = 150
+        tokens × 64 × 4 B over without this)."""
         arch = ctx.arch
         if not arch.traits.values_normed:
             return []
         of = tuple(lin for lin in qkv if "v" in lin.roles)
+        keys = arch.full_values_are_keys and not of
+        if keys:
+            of = tuple(lin for lin in qkv if "k" in lin.roles)
         if not (all_grad or any(lin.module in own for lin in of)):
             return []
         rows = ctx.tokens * arch.kv_heads
-        parts = (rows * arch.head_size * FP32, *_statistics(arch, rows))
+        fp32_input = rows * arch.head_size * FP32
+        if keys and ctx.projection_out_bytes == FP32:
+            fp32_input = 0  # (the k norm's)
+        parts = (fp32_input, *_statistics(arch, rows))
         return [
             Saved("v norm: fp32 input + rstd", sum(parts), Kind.NORM_INPUT, Side.ATTENTION, of, 0,
                   parts)
