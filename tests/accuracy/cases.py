@@ -272,6 +272,12 @@ def _gemma4_global_shapes() -> list[Case]:
         {"method": "full", "precision": "bf16", "grad_ckpt": True},
         {"method": "lora", "precision": "fp32", "grad_ckpt": True},
         {"method": "qlora", "precision": "bf16"},
+        # methods whose adapters follow each linear's widths, and one frozen type
+        {"method": "dora", "precision": "bf16"},
+        {"method": "lora", "lora_targets": "all-linear", "lora_r": 4, "precision": "bf16"},
+        {"method": "vera", "precision": "bf16"},
+        {"method": "adalora", "precision": "bf16"},
+        {"method": "freeze", "trainable_layers": 1, "precision": "bf16"},
     ]
     return [
         *(Case("gemma4", s, GEMMA4_GLOBAL_KEQV) for s in settings),

@@ -58,12 +58,16 @@ layer's backward on (the recompute's kernel keeps the same key and value until t
 Counts equal transformers' on the meta device (tests/test_gemma4.py).
 
 Global layers of their own shape (stop 49, second helper gemma4; same versions, the tiny
-gemma4 with one sliding layer of 2 × 32 key/value heads under a global one): 9 accuracy
+gemma4 with one sliding layer of 2 × 32 key/value heads under a global one): 14 accuracy
 cases (ids ``^gemma4-.*fullheaddim=``), weights, gradients, optimizer states and
 activations exact. k = v with one key/value head of 64 (the 31B in small): full bf16
 3,526,744 / 3,525,938 B, full fp32 5,051,632 / 5,050,832 (without the one tensor kept
 for both norms the activations were 38,400 B = 150 × 64 × 4 over), LoRA bf16 2,287,876 /
-2,288,270, LoRA bf16-mixed 2,735,716 / 2,736,116, QLoRA bf16 2,137,964 / 2,138,358;
+2,288,270, LoRA bf16-mixed 2,735,716 / 2,736,116, QLoRA bf16 2,137,964 / 2,138,358,
+DoRA 2,701,072 / 2,701,466, all-linear LoRA 3,021,524 / 3,021,918, VeRA 3,168,708 /
+3,169,102, AdaLoRA 2,642,852 / 2,641,686, freeze (the global layer trained) 2,192,004 /
+2,192,398 (IA³ 2,274,400 / 2,274,282, its activations +512 B as on Gemma 3; OFT and LoHa
+within 406 B, not kept as cases);
 checkpointed full bf16 2,399,984 / 2,406,806 (-0.3 %) and LoRA fp32 2,117,044 /
 2,039,648 (+3.8 %). Four key/value heads of 64 with a v projection: full bf16
 4,166,780 / 4,165,974, checkpointed LoRA fp32 2,817,180 / 2,870,824 (-1.9 %). The
