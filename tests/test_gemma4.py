@@ -211,17 +211,22 @@ def test_tiny_global_shapes_build_the_model_measured(changes):
         ({"objective": "grpo", "method": "lora", "seq_len": 1024}, "GRPO"),
         ({"method": "prefix-tuning"}, "--method prefix-tuning"),
         ({"method": "adaption-prompt"}, "--method adaption-prompt"),
+        ({"method": "partial", "trainable_modules": "layers.1.mlp"}, "--method partial"),
+        ({"method": "freeze", "trainable_layers": 2}, "all but the top 2 layers"),
+        ({"method": "freeze"}, "all but the top 2 layers"),
     ],
 )
 def test_what_reads_one_attention_width_is_refused(settings, words):
     """Beside the blocks' walk, what takes one attention width for every layer (a
     generation's KV cache, prefixes, gated prompts) is refused with global layers of
-    their own shape, as are serving and tensor or context parallelism."""
+    their own shape, as are serving and tensor or context parallelism; so is training
+    layers picked below the top one (the model interleaves the types, ftmem keeps their
+    counts)."""
     from ftmem.errors import InvalidInputError
     from ftmem.estimate import estimate_step
     from ftmem.run import RunConfig
 
-    arch = tiny("gemma4", sliding_window=16, sliding_layers=1, full_head_dim=64)
+    arch = tiny("gemma4", num_layers=3, sliding_window=16, sliding_layers=2, full_head_dim=64)
     with pytest.raises(InvalidInputError, match=words):
         estimate_step(arch, RunConfig(**{"batch_size": 1, "seq_len": 64, **settings}))
 

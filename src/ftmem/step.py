@@ -24,6 +24,7 @@ from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
 from ftmem.methods import (
+    DEFAULT_FREEZE_TRAINABLE_LAYERS,
     NAMED_TRAINING_METHODS,
     PEFT_OTHER_FIELDS,
     MethodPlan,
@@ -530,11 +531,23 @@ def _check_attention_per_layer_type(arch: Architecture, run: RunConfig) -> None:
         what = "GRPO's generation (its KV cache)"
     elif run.method in PROMPT_METHODS | GATED_PROMPT_METHODS:
         what = f"--method {run.method}"
+    elif run.method == "partial":  # (its names pick layers by index)
+        what = "--method partial"
+    elif run.method == "freeze" and 1 < (top := _freeze_top(run)) < arch.num_layers:
+        # the model interleaves its layer types, the Architecture keeps their counts:
+        # which types the top layers are is not known beyond the top one (global)
+        what = f"freezing all but the top {top} layers (their types)"
     if what is not None:
         raise InvalidInputError(
             f"{arch.name}: {what} with full-attention layers of their own attention shape "
             "(full_head_dim, full_kv_heads, full_values_are_keys) is not modelled."
         )
+
+
+def _freeze_top(run: RunConfig) -> int:
+    if run.trainable_layers is None:
+        return DEFAULT_FREEZE_TRAINABLE_LAYERS
+    return run.trainable_layers
 
 
 def _check_family_release(arch: Architecture, run: RunConfig) -> None:
