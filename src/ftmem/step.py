@@ -523,12 +523,18 @@ def _check_attention_per_layer_type(arch: Architecture, run: RunConfig) -> None:
     """Full-attention layers of their own shape (Architecture.of_layer_type) are modelled
     in the decoder blocks' walk, their parameters and rotary tables: what reads one
     attention width for every layer beside them (a generation's KV cache, prompts and
-    prefixes in front of every layer's keys and values, the gated prompts) is refused."""
+    prefixes in front of every layer's keys and values, the gated prompts), frameworks
+    with their own layers or kernels (not measured), and training layers picked by
+    position below the top one are refused."""
     if not arch.attention_per_layer_type:
         return
     what = None
     if run.objective == "grpo":
         what = "GRPO's generation (its KV cache)"
+    elif run.framework in ("torchtune", "litgpt", "unsloth"):  # (their own layers, kernels)
+        what = f"--framework {run.framework}"
+    elif run.generate_batch_size or run.generate_len or profile_of(run).generates:
+        what = "generation after the step (its KV cache)"
     elif run.method in PROMPT_METHODS | GATED_PROMPT_METHODS:
         what = f"--method {run.method}"
     elif run.method == "partial":  # (its names pick layers by index)
