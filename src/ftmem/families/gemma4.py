@@ -42,7 +42,8 @@ proportional ones (both make cos and sin tables as wide as the layer type's head
 modeling_rope_utils.py _compute_proportional_rope_parameters pads the unrotated angles with
 zeros). With global layers of their own shape, what reads one attention width for every
 layer beside the blocks is refused (step._check_attention_per_layer_type, serving,
-tensor and context parallelism), and so is training layers below the top one picked by
+tensor and context parallelism, generation after the step, the torchtune, litgpt and
+unsloth frameworks), and so is training layers below the top one picked by
 position (freeze with 2 or more layers, partial): the model interleaves its layer types
 (every sixth global), the Architecture keeps their counts.
 
