@@ -403,6 +403,22 @@ TINY: dict[str, dict] = {
         qk_norm=True,
         tie_embeddings=True,
     ),
+    # Gemma 4's text model: Gemma 3's block with weight-scaled norms, a weightless v norm,
+    # the last layer of each type storing its keys and values (src/ftmem/families/gemma4.py)
+    "gemma4": dict(
+        family="gemma4",
+        vocab_size=300,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        intermediate_size=128,
+        activation="gelu_tanh",
+        norms_per_block=4,
+        qk_norm=True,
+        tie_embeddings=True,
+    ),
     # Command R: parallel block under one bias-free fp32 LayerNorm, tied, logit_scale
     "cohere": dict(
         family="cohere",

@@ -11,6 +11,7 @@ saved-tensor hooks in ``tests/accuracy``. Korthikanti et al. 2022 (arXiv:2205.05
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 from ftmem.adapters import trainable_tokens
@@ -22,7 +23,7 @@ from ftmem.adapters.prompt import PromptEncoder
 from ftmem.arch import Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.methods import MethodPlan
-from ftmem.ops.attention import Attention, runs_eager, sdpa_output_copied
+from ftmem.ops.attention import Attention, layer_mask, runs_eager, sdpa_output_copied
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.dropout import Dropout
 from ftmem.ops.embedding import Embedding
@@ -34,6 +35,7 @@ from ftmem.ops.norm import Norm, QKNorm
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.profiles import compiled_chunked_loss, head_chunk_tokens
 from ftmem.run import RunConfig
+from ftmem.versions import sdpa_repeats_kv
 
 
 @lru_cache(maxsize=512)  # the same for every estimate of the model
@@ -122,6 +124,82 @@ def attention_side_norms_train(arch: Architecture, state: BlockState) -> bool:
     if arch.traits.norms_without_parameters:  # (OLMo 1's: nothing of theirs trains)
         return False
     return state.weights_trainable or state.norm_bias or norms
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKV:
+    """What Gemma 4's stored keys and values hold under checkpointing (stored_kv_held):
+    ``held`` from the storing layers' forward to the end of the blocks' backward, and
+    ``during``, per block (bottom to top), what their recomputed history adds to that
+    block's backward (negative at a storing block, whose recompute keeps the same key and
+    value for its kernel)."""
+
+    held: int = 0
+    during: tuple[int, ...] = ()
+
+
+def stored_kv_held(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, states: list[BlockState], tokens: int
+) -> StoredKV:
+    """What the checkpoints hold of the keys and values Gemma 4's last layer of each
+    layer type stores in the model's KVSharingDict (Family.stores_last_kv_per_layer_type;
+    configuration_gemma4.py kv_sharing_modes l.243-246, modeling_gemma4.py l.1228-1229).
+
+    The dict is a keyword argument of every decoder layer, which torch.utils.checkpoint's
+    non-reentrant frame keeps with the layer's function until that layer's backward is
+    done: from the storing layer's forward to the end of the blocks' backward it holds a
+    key (the rotary's product) and a value (the v norm's output). The storing layer's
+    recompute stores its own over them, and those carry their autograd history: the nodes
+    that made them keep what they saved, and no backward runs through them (the recompute
+    hands its saved tensors to the first graph's nodes). Once that layer's backward is
+    done, they hold what the input norm, the k and v projections (their input, adapters,
+    autocast's copies) and the k and v norms saved. At the storing layer's own backward the
+    recompute's kernel keeps the same key and value, unless it keeps copies (keys and
+    values repeated per head, an fp32 key cast under autocast). A storing layer with
+    nothing to recompute (frozen, its input needing no gradient) holds its key and value.
+    ``states``: every block's; the storing layers are the top one (full attention) and
+    the highest sliding one, the lowest blocks being the sliding ones as
+    step._sliding_blocks takes them."""
+    if not (run.grad_ckpt and arch.traits.stores_last_kv_per_layer_type):
+        return StoredKV()
+    stores = [arch.num_layers - 1] if arch.full_layers else []
+    stores += [arch.sliding_layers - 1] if arch.sliding_layers else []
+    top = arch.num_layers - 1
+    held, during = 0, [0] * arch.num_layers
+    for j in stores:
+        state = states[j]
+        # (each type with its own attention shape: Architecture.of_layer_type)
+        shape = arch.of_layer_type(full=j == top)
+        qkv = [lin for lin in _block_linears(shape, j)[0] if {"k", "v"} & set(lin.roles)]
+        ctx = LayerContext(shape, run, plan, tokens, sliding=j != top)
+        oe = ctx.projection_out_bytes
+        kv_size = shape.kv_size
+        key = tokens * kv_size * max(oe, plan.dtypes.first_input_bytes)  # (the tables')
+        value = tokens * kv_size * oe
+        held += key + value
+        x, w = state.input_requires_grad, state.weights_trainable
+        wn = attention_side_norms_train(arch, state)
+        items = Norm.saved(ctx, "input norm", x, wn)
+        items += LinearOp.saved(ctx, qkv, state, x or wn, "k/v", arch.hidden_size, ctx.residual)
+        qk = QKNorm.saved(ctx, state, qkv, x or w or wn, wn or state.qk_norms_trained)
+        items += [item for item in qk if item.linears]  # (the q norm's is no ancestor)
+        history = sum(item.nbytes for item in items)
+        if not history:  # (no recompute: the forward's key and value stay)
+            continue
+        for i in range(j):
+            during[i] += history
+        if not _kv_copied(ctx):
+            during[j] -= value + (key if key == tokens * kv_size * ctx.e else 0)
+    return StoredKV(held, tuple(during))
+
+
+def _kv_copied(ctx: LayerContext) -> bool:
+    """The kernel keeps copies of the layer's keys and values, not them: repeated per head
+    for eager matmuls or a masked sdpa call (Attention.saved, masked_sdpa_saved)."""
+    arch = ctx.arch
+    if not 1 < arch.kv_heads < arch.num_heads:
+        return runs_eager(arch, ctx.run) and arch.kv_heads < arch.num_heads
+    return runs_eager(arch, ctx.run) or layer_mask(ctx) or sdpa_repeats_kv(arch, ctx.run)
 
 
 def _attention(

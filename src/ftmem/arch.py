@@ -166,6 +166,23 @@ class Architecture(Model, strict=True):
         description="Layers whose KV cache keeps only the sliding window (transformers 5's "
         "DynamicSlidingWindowLayer); 0 counts every layer's cache in full, the safe side.",
     )
+    full_head_dim: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="The full-attention (non-sliding) layers' head size where it is not "
+        "head_dim (Family.attention_shape_per_layer_type; None: head_dim).",
+    )
+    full_kv_heads: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="The full-attention layers' key/value heads where not num_kv_heads.",
+    )
+    full_values_are_keys: bool = Field(
+        False,
+        exclude_if=lambda value: not value,
+        description="The full-attention layers have no v projection: their values are "
+        "their k projection's output (Family.attention_shape_per_layer_type).",
+    )
     final_logit_softcapping: FiniteFloat | None = None
     attn_logit_softcapping: FiniteFloat | None = Field(
         None, description="Gemma-2: tanh soft-capping of the attention scores."
@@ -267,12 +284,18 @@ class Architecture(Model, strict=True):
                 f"({self.head_size})"
             )
         self._fits_latent_and_stack()
+        self._fits_layer_types()
         if self.sliding_layers > self.num_layers or (
             self.sliding_layers and self.sliding_window is None
         ):
             raise ValueError(
                 f"sliding_layers ({self.sliding_layers}) must be at most num_layers "
                 f"({self.num_layers}), and needs a sliding_window"
+            )
+        if self.traits.top_layer_global and self.sliding_layers >= self.num_layers:
+            raise ValueError(
+                f"sliding_layers ({self.sliding_layers}): the {self.family} family's last "
+                "layer attends globally, so at most num_layers - 1 slide"
             )
         if self.experts_per_token > self.num_experts:
             raise ValueError(
@@ -321,6 +344,19 @@ class Architecture(Model, strict=True):
             raise ValueError(f"input_jitter: transformers' {fam.name} model adds no input noise")
         if self.head_bias and not fam.head_bias_switch:
             raise ValueError(f"head_bias: the {fam.name} family's LM head has no bias switch")
+
+    def _fits_layer_types(self) -> None:
+        """Full-attention layers of their own shape are the family's (Gemma 4's)."""
+        own = self.full_head_dim or self.full_kv_heads or self.full_values_are_keys
+        if own and not self.traits.attention_shape_per_layer_type:
+            raise ValueError(
+                "full_head_dim, full_kv_heads and full_values_are_keys are for families whose "
+                f"full-attention layers have their own shape, not {self.family}"
+            )
+        if self.full_kv_heads and self.num_heads % self.full_kv_heads:
+            raise ValueError(
+                f"full_kv_heads ({self.full_kv_heads}) must divide num_heads ({self.num_heads})"
+            )
 
     def _fits_family(self) -> None:
         """The layout asked for is one transformers builds for the family."""
@@ -433,6 +469,26 @@ class Architecture(Model, strict=True):
         return self.kv_heads * self.head_size
 
     @property
+    def attention_per_layer_type(self) -> bool:
+        """The full-attention layers' attention differs from the sliding ones' (their
+        own head size, key/value heads, or values that are their keys)."""
+        return self.of_layer_type(full=True) is not self
+
+    def of_layer_type(self, full: bool) -> Architecture:
+        """The architecture whose attention shape is that of the full-attention layers
+        (``full``) or of the sliding ones: head_dim and num_kv_heads of that type, the
+        per-type fields cleared (a full-attention copy keeps full_values_are_keys, whose
+        blocks are those past sliding_layers). Itself where the types share one shape."""
+        full_head = self.full_head_dim or self.head_size
+        full_kv = self.full_kv_heads or self.kv_heads
+        if (full_head, full_kv) == (self.head_size, self.kv_heads) and not (
+            self.full_values_are_keys
+        ):
+            return self
+        head, kv = (full_head, full_kv) if full else (self.head_size, self.kv_heads)
+        return _layer_type_copy(self, head, kv, full and self.full_values_are_keys)
+
+    @property
     def is_moe(self) -> bool:
         return self.num_experts > 1
 
@@ -468,12 +524,26 @@ BOUNDS: dict[str, limits.Bound] = {
     "kv_lora_rank": limits.WIDTH,
     "q_lora_rank": limits.WIDTH,
     "v_head_dim": limits.WIDTH,
+    "full_head_dim": limits.WIDTH,
+    "full_kv_heads": limits.WIDTH,
     "experts_per_token": limits.EXPERTS,
     "sliding_window": limits.TOKENS,
     "sliding_layers": limits.LAYERS,
     "relative_attention_num_buckets": limits.WIDTH,
     "published_params": limits.PARAMETERS,
 }
+
+
+@lru_cache(maxsize=512)
+def _layer_type_copy(arch: Architecture, head: int, kv: int, values_are_keys: bool) -> Architecture:
+    update: dict[str, object] = {
+        "head_dim": head,
+        "num_kv_heads": kv,
+        "full_head_dim": None,
+        "full_kv_heads": None,
+        "full_values_are_keys": values_are_keys,
+    }
+    return arch.model_copy(update=update)
 
 
 @dataclass(frozen=True, slots=True)
@@ -637,7 +707,9 @@ def _linears(arch: Architecture) -> list[Linear]:
     names = arch.traits.names
     attn = names.attention
     out: list[Linear] = []
-    if arch.latent_attention:
+    if arch.attention_per_layer_type:
+        out += _attention_per_layer_type(arch)
+    elif arch.latent_attention:
         out += _latent_attention(arch)
     elif "qkv" in attn:
         out.append(Linear(attn["qkv"], ("q", "k", "v"), h, q + 2 * kv, qkv_b))
@@ -647,7 +719,8 @@ def _linears(arch: Architecture) -> list[Linear]:
             Linear(attn["k"], ("k",), h, kv, qkv_b),
             Linear(attn["v"], ("v",), h, kv, qkv_b),
         ]
-    out.append(Linear(attn["o"], ("o",), arch.v_size, h, out_b))
+    if not arch.attention_per_layer_type:
+        out.append(Linear(attn["o"], ("o",), arch.v_size, h, out_b))
 
     if arch.is_moe:
         experts = names.experts
@@ -690,6 +763,35 @@ def _linears(arch: Architecture) -> list[Linear]:
             out += [replace(lin, blocks=sparse) for lin in shared]
         return out
     return out + _dense_mlp(arch, names.mlp, ffn, mlp_b)
+
+
+def _attention_per_layer_type(arch: Architecture) -> list[Linear]:
+    """q, k, v and o of the sliding layers (the lowest sliding_layers blocks, as
+    step._sliding_blocks takes them) and of the full-attention ones (the others), each
+    type with its own widths; the full ones without v where their values are their keys
+    (Gemma 4: transformers 5.25 modeling_gemma4.py Gemma4TextAttention.__init__,
+    l.1152-1185, reads head_dim and num_key_value_heads from ``per_layer_config``, and
+    builds no v_proj where ``attention_k_eq_v`` and the layer does not slide)."""
+    attn, h, bias = arch.traits.names.attention, arch.hidden_size, arch.attention_qkv_bias
+    out: list[Linear] = []
+    for full, blocks in (
+        (False, (0, arch.sliding_layers)),
+        (True, (arch.sliding_layers, arch.num_layers)),
+    ):
+        if blocks[0] == blocks[1]:
+            continue
+        shape = arch.of_layer_type(full)
+        q, kv = shape.q_size, shape.kv_size
+        out += [
+            Linear(attn["q"], ("q",), h, q, bias, blocks=blocks),
+            Linear(attn["k"], ("k",), h, kv, bias, blocks=blocks),
+        ]
+        if not (full and arch.full_values_are_keys):
+            out.append(Linear(attn["v"], ("v",), h, kv, bias, blocks=blocks))
+        out.append(
+            Linear(attn["o"], ("o",), shape.v_size, h, arch.attention_out_bias, blocks=blocks)
+        )
+    return out
 
 
 def _dense_mlp(arch: Architecture, mlp: Mapping[str, str], ffn: int, bias: bool) -> list[Linear]:
@@ -806,24 +908,40 @@ def qk_norm_params(arch: Architecture) -> list[Param]:
     per head), or across the projection (OLMo 2)."""
     if not arch.qk_norm:
         return []
+    if not arch.attention_per_layer_type:
+        return _qk_norm_params(arch, arch.kv_heads, arch.head_size, None)
+    out: list[Param] = []
+    for full, blocks in (
+        (False, (0, arch.sliding_layers)),
+        (True, (arch.sliding_layers, arch.num_layers)),
+    ):
+        if blocks[0] < blocks[1]:
+            shape = arch.of_layer_type(full)  # (Gemma 4: q_norm and k_norm head_dim wide)
+            out += _qk_norm_params(arch, shape.kv_heads, shape.head_size, blocks)
+    return out
+
+
+def _qk_norm_params(
+    arch: Architecture, kv_heads: int, head_size: int, blocks: tuple[int, int] | None
+) -> list[Param]:
     fam = arch.traits
     attention = fam.names.attention["o"].rsplit(".", 1)[0]
     out: list[Param] = []
-    for name, heads in zip(fam.qk_norm_names, (arch.num_heads, arch.kv_heads), strict=True):
+    for name, heads in zip(fam.qk_norm_names, (arch.num_heads, kv_heads), strict=True):
         prefix = f"{attention}.{name}"
         shapes: dict[str, tuple[int, ...]]
         if not fam.qk_norm_per_head:  # OLMo 2: one weight across the whole projection
-            shapes = {prefix: (heads * arch.head_size,)}
+            shapes = {prefix: (heads * head_size,)}
         elif fam.qk_norm_weights == "per_head":
-            shapes = {prefix: (heads, arch.head_size)}
+            shapes = {prefix: (heads, head_size)}
         elif fam.qk_norm_weights == "modules":
-            shapes = {f"{prefix}.norms.{i}": (arch.head_size,) for i in range(heads)}
+            shapes = {f"{prefix}.norms.{i}": (head_size,) for i in range(heads)}
         else:
-            shapes = {prefix: (arch.head_size,)}
+            shapes = {prefix: (head_size,)}
         for module, shape in shapes.items():
-            out.append(Param(f"{module}.weight", shape, "norm"))
+            out.append(Param(f"{module}.weight", shape, "norm", blocks=blocks))
             if fam.qk_norm_bias:
-                out.append(Param(f"{module}.bias", shape, "norm"))
+                out.append(Param(f"{module}.bias", shape, "norm", blocks=blocks))
     return out
 
 

@@ -680,6 +680,12 @@ def _estimate_parallel(
 ) -> Estimate:
     """The estimate of the rank with the most memory, and the layout of the job."""
     _check_parallel_run(run)
+    if arch.attention_per_layer_type and (par.tp > 1 or par.cp > 1):
+        raise InvalidInputError(
+            f"{arch.name}: tensor or context parallelism with full-attention layers of their "
+            "own attention shape (full_head_dim, full_kv_heads, full_values_are_keys) is not "
+            "modelled."
+        )
     cap = gpu.memory_bytes if gpu is not None else None
     step = parallel_step(arch, run, par, cap)
     sz = step.ranks[step.worst].sizes

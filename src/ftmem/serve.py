@@ -275,6 +275,12 @@ def estimate_serving(
             f"{arch.name} is an encoder-decoder: `ftmem serve` models decoder-only generation "
             "(one KV cache); estimate its training instead."
         )
+    if arch.attention_per_layer_type:
+        raise InvalidInputError(
+            f"{arch.name}: `ftmem serve` with full-attention layers of their own attention "
+            "shape (full_head_dim, full_kv_heads, full_values_are_keys: one KV cache width "
+            "a layer type) is not modelled yet."
+        )
     beyond = position_note(arch, cfg.context, f"--context {cfg.context}")
     weights = weight_bytes(arch, cfg.weights)
     per_token = kv_bytes_per_token(arch, cfg.kv_dtype)

@@ -51,6 +51,9 @@ def language_part(cfg: Mapping) -> tuple[Mapping, str | None]:
         return qwen, None
     text = cfg.get("text_config")
     outer = cfg.get("model_type", "multimodal")
+    refused = families.unmodelled_wrappers()
+    if isinstance(outer, str) and outer in refused:
+        raise ConfigError(f"config.json ({outer}): {refused[outer]}")
     if not isinstance(text, dict):
         if isinstance(outer, str) and outer in TEXT_MODEL_TYPE:
             raise ConfigError(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ftmem import returned_cache, seq2seq, vision_lora, vision_step
-from ftmem.activations import block_saved, outer_saved
+from ftmem.activations import block_saved, outer_saved, stored_kv_held
 from ftmem.adapters import trainable_tokens
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.head_lora import HeadLoRA, chunked_head_lora
@@ -24,6 +24,7 @@ from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
 from ftmem.methods import (
+    DEFAULT_FREEZE_TRAINABLE_LAYERS,
     NAMED_TRAINING_METHODS,
     PEFT_OTHER_FIELDS,
     MethodPlan,
@@ -61,7 +62,7 @@ from ftmem.profiles import (
     profile_of,
 )
 from ftmem.release_buffers import adapter_buffer_bytes, release_buffer_bytes
-from ftmem.run import GATED_PROMPT_METHODS, UNPAIRED_OBJECTIVES, RunConfig
+from ftmem.run import GATED_PROMPT_METHODS, PROMPT_METHODS, UNPAIRED_OBJECTIVES, RunConfig
 from ftmem.sequence_parallel import coloattention_mask_bytes
 from ftmem.transients import (
     adapter_forward_build,
@@ -83,7 +84,12 @@ from ftmem.transients import (
     step_in_backward_tensors,
     top_block_trains,
 )
-from ftmem.versions import head_upcasts, masked_shift
+from ftmem.versions import (
+    checkpoint_wraps_decoder_unit,
+    head_upcasts,
+    masked_shift,
+    older_than,
+)
 
 if TYPE_CHECKING:  # distillation's module loads only for a teacher (CLI start-up)
     from ftmem.distill import Teacher
@@ -378,6 +384,7 @@ def step_parts(
     rank under sequence parallelism (ftmem.sequence_parallel)."""
     run = framework_run(arch, run)  # e.g. Unsloth's causal-LM forward fuses the loss
     seq2seq.check_supported(arch, run)
+    _check_family_release(arch, run)
     if arch.encoder_decoder and run.objective != "sft":
         raise InvalidInputError(
             f"{arch.name} is an encoder-decoder: --objective {run.objective} is modelled "
@@ -428,7 +435,13 @@ def _decoder_parts(
         e = BYTES_PER_ELEMENT[plan.dtypes.compute]
         last = list(blocks.last)
         own_grads = offloaded_own_gradients(arch, run, plan, last, e, T, grads.per_block)
-    policy = _block_policy(run, blocks.rebuilt, own_grads, blocks.per_block)
+    # Gemma 4's stored keys and values, held by the checkpoints (their history: at the
+    # backward of the blocks below the storing ones)
+    stored = stored_kv_held(arch, run, plan, _block_states(arch, run, plan), T)
+    rebuilt = blocks.rebuilt
+    if stored.during:
+        rebuilt = tuple(r + d for r, d in zip(rebuilt, stored.during, strict=True))
+    policy = _block_policy(run, rebuilt, own_grads, blocks.per_block)
     # a checkpointed block's input, the one tensor it keeps
     block_input = T * arch.hidden_size * plan.dtypes.residual_bytes
     first_input = T * arch.hidden_size * plan.dtypes.first_input_bytes
@@ -460,19 +473,7 @@ def _decoder_parts(
         offloaded = activations - _sum(stays) + policy.on_host(blocks.per_block, inputs)
         activations = _sum(stays)
         outer_below, outer_above = [], stays
-    # the input-gradient hook's leaves: held by the graph, saved by no node
-    # (a trained token embedding's output is no leaf: full finetuning's, modules_to_save's)
-    embed_trains = plan.embed_trainable or plan.outer_trainable
-    leaves = vision_step.graph_leaves(arch, run, plan.dtypes, embed_trains)
-    apart = embedding_leaf_apart(arch, run, plan)
-    leaves = (*leaves, apart) if apart else leaves
-    masks = Attention.held_layer_masks(arch, run)  # (the checkpoints' inputs, too)
-    leaves = (*leaves, masks) if masks else leaves
-    # (cos and sin come in the embedding output's dtype: the first block's input's)
-    rotary = Embedding.unread_rotary_held(arch, run, plan.dtypes.first_input_bytes)
-    leaves = (*leaves, rotary) if rotary and any(blocks.per_block) else leaves
-    # the rotary's cos and sin, held as the checkpoints' keyword argument
-    leaves += Embedding.rotary_held(arch, run, T, plan.dtypes.first_input_bytes)
+    leaves = _graph_leaves(arch, run, plan, T, blocks, stored.held)
     below = _sum(outer_below) + sum(leaves)
     kept = Activations(per_block_kept, below=below, above=_sum(outer_above))
     sizes = _decoder_sizes(arch, run, plan, fixed, blocks, kept, grads, policy)
@@ -489,6 +490,102 @@ def _decoder_parts(
         offloaded=offloaded,
         graph_leaves=leaves,
     )
+
+
+def _graph_leaves(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    T: int,
+    blocks: _BlockActivations,
+    stored_held: int,
+) -> tuple[int, ...]:
+    """What the graph and the checkpoints hold that no node saves."""
+    # the input-gradient hook's leaves: held by the graph, saved by no node
+    # (a trained token embedding's output is no leaf: full finetuning's, modules_to_save's)
+    embed_trains = plan.embed_trainable or plan.outer_trainable
+    leaves = vision_step.graph_leaves(arch, run, plan.dtypes, embed_trains)
+    apart = embedding_leaf_apart(arch, run, plan)
+    leaves = (*leaves, apart) if apart else leaves
+    masks = Attention.held_layer_masks(arch, run)  # (the checkpoints' inputs, too)
+    leaves = (*leaves, masks) if masks else leaves
+    # (Gemma 4's stored keys and values: a checkpoint's keyword argument, too)
+    leaves = (*leaves, stored_held) if stored_held else leaves
+    # (cos and sin come in the embedding output's dtype: the first block's input's)
+    rotary = Embedding.unread_rotary_held(arch, run, plan.dtypes.first_input_bytes)
+    leaves = (*leaves, rotary) if rotary and any(blocks.per_block) else leaves
+    # the rotary's cos and sin, held as the checkpoints' keyword argument
+    leaves += Embedding.rotary_held(arch, run, T, plan.dtypes.first_input_bytes)
+    return leaves
+
+
+def _check_attention_per_layer_type(arch: Architecture, run: RunConfig) -> None:
+    """Full-attention layers of their own shape (Architecture.of_layer_type) are modelled
+    in the decoder blocks' walk, their parameters and rotary tables: what reads one
+    attention width for every layer beside them (a generation's KV cache, prompts and
+    prefixes in front of every layer's keys and values, the gated prompts), frameworks
+    with their own layers or kernels (not measured), and training layers picked by
+    position below the top one are refused."""
+    if not arch.attention_per_layer_type:
+        return
+    what = None
+    if run.objective == "grpo":
+        what = "GRPO's generation (its KV cache)"
+    elif run.framework in ("torchtune", "litgpt", "unsloth"):  # (their own layers, kernels)
+        what = f"--framework {run.framework}"
+    elif run.generate_batch_size or run.generate_len or profile_of(run).generates:
+        what = "generation after the step (its KV cache)"
+    elif run.method in PROMPT_METHODS | GATED_PROMPT_METHODS:
+        what = f"--method {run.method}"
+    elif run.method == "partial":  # (its names pick layers by index)
+        what = "--method partial"
+    elif run.method == "freeze" and 1 < (top := _freeze_top(run)) < arch.num_layers:
+        # the model interleaves its layer types, the Architecture keeps their counts:
+        # which types the top layers are is not known beyond the top one (global)
+        what = f"freezing all but the top {top} layers (their types)"
+    if what is not None:
+        raise InvalidInputError(
+            f"{arch.name}: {what} with full-attention layers of their own attention shape "
+            "(full_head_dim, full_kv_heads, full_values_are_keys) is not modelled."
+        )
+
+
+def _freeze_top(run: RunConfig) -> int:
+    if run.trainable_layers is None:
+        return DEFAULT_FREEZE_TRAINABLE_LAYERS
+    return run.trainable_layers
+
+
+def _check_family_release(arch: Architecture, run: RunConfig) -> None:
+    """The family's transformers code as ftmem read it (Family.since_transformers), and
+    Gemma 4's stored keys and values under the checkpointing they were measured with:
+    transformers' own non-reentrant checkpoint inside the layer (activations
+    .stored_kv_held), not a framework's own wrapper, the reentrant one around the layer's
+    call (versions.checkpoint_wraps_decoder_unit), Unsloth's or offloaded activations."""
+    since = arch.traits.since_transformers
+    if since is not None and older_than(run.transformers_version, since):
+        first = ".".join(map(str, since))
+        raise InvalidInputError(
+            f"{arch.name}: ftmem models its transformers code as of {first}; an earlier "
+            "transformers_version is not modelled for it."
+        )
+    _check_attention_per_layer_type(arch, run)
+    if not (run.grad_ckpt and arch.traits.stores_last_kv_per_layer_type):
+        return
+    profile = profile_of(run)
+    unmeasured = (
+        not profile.checkpoints_in_transformers_loop
+        or offloads_checkpoint_inputs(run)
+        or run.activation_offload
+        or checkpoint_wraps_decoder_unit(run)
+    )
+    if unmeasured:
+        raise InvalidInputError(
+            f"{arch.name} under {profile.name}'s gradient checkpointing"
+            f"{' with offloaded activations' if run.activation_offload else ''} is not "
+            "modelled: the keys and values its storing layers keep were measured under "
+            "transformers' own non-reentrant checkpoint."
+        )
 
 
 def embedding_leaf_apart(arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:
@@ -540,28 +637,32 @@ def _block_activations(
 ) -> _BlockActivations:
     """Activations per block, derived once per distinct block state."""
     block_states = _block_states(arch, run, plan)
-    cache: dict[tuple[BlockState, bool, bool], list[Saved]] = {}
+    cache: dict[tuple[BlockState, bool, bool, bool], list[Saved]] = {}
     per_block: list[int] = []
     rebuilt: list[int] = []  # checkpointing: what each block's recompute adds
-    previous: tuple[BlockState, bool, bool] | None = None
+    previous: tuple[BlockState, bool, bool, bool] | None = None
     previous_sum, previous_rebuilt, previous_held, graph_held = 0, 0, 0, 0
     sliding = _sliding_blocks(arch, run)
+    per_type = arch.attention_per_layer_type
     for i, st in enumerate(block_states):
-        # (DeepSeek's first blocks are dense; a sliding layer's sdpa may take a mask)
-        key = (st, i < arch.dense_layers, i in sliding)
+        # (DeepSeek's first blocks are dense; a sliding layer's sdpa may take a mask; the
+        # full-attention layers may have their own attention shape, the blocks past the
+        # sliding ones as _sliding_blocks takes them)
+        key = (st, i < arch.dense_layers, i in sliding, not per_type or i >= arch.sliding_layers)
         if key != previous:  # consecutive blocks usually share one state object
+            shape = arch.of_layer_type(full=key[3])
             if key not in cache:
-                saved = block_saved(arch, run, plan, st, T, dense=key[1], sliding=key[2])
+                saved = block_saved(shape, run, plan, st, T, dense=key[1], sliding=key[2])
                 cache[key] = saved if split is None else split.block(saved)
             previous, previous_sum = key, _sum(cache[key])
             previous_held = sum(x.graph_held for x in cache[key])
             own_input = compiled_layers(run) or profile_of(run).kernel_rms_norm
-            reused = Norm.recompute_reuses_input(arch, plan, cache[key], T, own_input)
+            reused = Norm.recompute_reuses_input(shape, plan, cache[key], T, own_input)
             previous_rebuilt = previous_sum - reused
         per_block.append(previous_sum)
         rebuilt.append(previous_rebuilt)
         graph_held += previous_held
-    last = cache[(block_states[-1], False, arch.num_layers - 1 in sliding)]
+    last = cache[(block_states[-1], False, arch.num_layers - 1 in sliding, True)]
     return _BlockActivations(tuple(per_block), tuple(rebuilt), tuple(last), graph_held)
 
 
@@ -1008,7 +1109,11 @@ def block_gradients(arch: Architecture, plan: MethodPlan) -> tuple[int, ...]:
     first_k_dense_replace blocks, its router and experts in the others) trains in those
     of them that train; an adapter's group is named after the module it adapts. () where
     every block holds every tensor (the average, Gradients.per_block, is then exact) or
-    where partial training picks modules per block (its groups do not say which)."""
+    where partial training picks modules per block (its groups do not say which), or
+    where one module has a shape per layer type (Architecture.of_layer_type: its groups
+    share a name, the average stands)."""
+    if arch.attention_per_layer_type:
+        return ()
     spans: dict[str, tuple[int, int]] = {
         p.module: p.blocks for p in layout(arch).block if p.blocks is not None
     }
@@ -1042,7 +1147,7 @@ def _decoder_block(
     e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     T = run.batch_size * run.positions
     last_block = list(blocks.last)
-    offloaded = run.activation_offload
+    offloaded, top = run.activation_offload, arch.of_layer_type(full=True)
     last_keeps = blocks.per_block[-1]
     dequant = LinearOp.dequant_moment(arch, run, plan, e, T)  # 4-bit matmuls
     fused = all_adapters_fused(arch, run, plan)  # Unsloth's LoRA Functions
@@ -1059,7 +1164,7 @@ def _decoder_block(
         dequant,
         0 if fused else adapter_moment(arch, run, plan, last_block, e, T),
         0 if fused else recompute_end_moment(arch, run, plan, e, T),
-        checkpointed_attention_moment(arch, run, plan, last_block, e),
+        checkpointed_attention_moment(top, run, plan, last_block, e),
         checkpointed_moe_moment(arch, run, plan, e, T),
         cross_backward,
     )
@@ -1068,7 +1173,7 @@ def _decoder_block(
         offload_moment(arch, run, plan, last_block, e, T) if offloaded else max(with_own, *others)
     )
     # the attention kernel's moment counts the gradients its block has made by then
-    kernel = 0 if offloaded else attention_kernel_moment(arch, run, plan, last_block, e, T)
+    kernel = 0 if offloaded else attention_kernel_moment(top, run, plan, last_block, e, T)
     made = attention_gradients_made(arch, run, plan) if kernel else 0
     # the largest moment without the gradients the moments count as made (the MLP's
     # down projection's, the kernel's): the allocator replay's transient

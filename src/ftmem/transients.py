@@ -262,7 +262,8 @@ def attention_backward_beside(
     with one norm (Phi, Falcon-7B) also holds the MLP branch's gradient of that norm's
     output, waiting for the attention branch's (T·h)."""
     h, r = arch.hidden_size, plan.dtypes.residual_bytes
-    arriving = T * arch.q_size * e + T * h * r
+    # (the top block's: a full-attention one, Architecture.of_layer_type)
+    arriving = T * arch.of_layer_type(full=True).q_size * e + T * h * r
     if arch.parallel_attn_mlp and arch.norms_per_block == 1:
         arriving += T * h * e
     freed = freed_before_attention(arch, block) + sum(

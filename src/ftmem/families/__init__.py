@@ -130,6 +130,10 @@ class Family:
     # apply_rotary_pos_emb``, transformers 5.25 modeling_cohere2.py l.222-223): where only
     # the top (global) blocks need gradients, no multiply keeps the tables.
     rotary_on_sliding_layers_only: bool = False
+    # The full-attention layers may have an attention shape of their own (Architecture
+    # full_head_dim, full_kv_heads, full_values_are_keys: Gemma 4's global layers,
+    # transformers 5.25 modeling_gemma4.py l.1152-1185 reading ``per_layer_config``).
+    attention_shape_per_layer_type: bool = False
     # The rotated queries are multiplied by a per-position factor before the kernel
     # (Ministral 3's Llama-4 attention scaling, transformers 5.25 modeling_ministral3.py
     # l.104-107, l.146-150: ``query_states * get_llama_4_attn_scale(position_ids, ...)``,
@@ -274,6 +278,35 @@ class Family:
     # no parameters, and native_layer_norm keeps that fp32 copy (the input itself when it
     # is fp32) with fp32 mean and rstd, only where the input needs a gradient.
     norms_without_parameters: bool = False
+    # The RMSNorms take their statistic as ``torch.pow(mean_squared, -0.5)`` (Gemma 4:
+    # transformers 5.25 modeling_gemma4.py Gemma4RMSNorm._norm l.205-208), whose backward
+    # reads its input: the fp32 mean square is kept beside its power, two fp32 values a
+    # row where rsqrt's backward keeps one (its result).
+    norm_rstd_by_pow: bool = False
+    # The values pass a weightless per-head RMSNorm before the kernel (Gemma 4's v_norm,
+    # Gemma4RMSNorm(head_dim, with_scale=False), modeling_gemma4.py l.1173 and l.1222):
+    # where v needs a gradient it keeps its fp32 input and statistics, and the kernel
+    # keeps its output, a new tensor in the projection's dtype (``type_as``).
+    values_normed: bool = False
+    # The last layer of each layer type puts its keys and values into the model's
+    # KVSharingDict whether or not a later layer reuses them (Gemma 4:
+    # configuration_gemma4.py kv_sharing_modes l.243-246, modeling_gemma4.py l.1228-1229
+    # ``shared_kv_states[self.layer_type] = key_states, value_states``). The dict is a
+    # keyword argument of every decoder layer: checkpointed, the checkpoints hold it, and
+    # those keys and values, from that layer's forward until the backward has passed the
+    # layers (activations.stored_kv_held).
+    stores_last_kv_per_layer_type: bool = False
+    # The config class makes the last layer attend globally whatever layer_types says
+    # (Gemma 4: configuration_gemma4.py l.172-176): at most num_layers - 1 layers slide.
+    top_layer_global: bool = False
+    # The first transformers release whose code for the family ftmem read (Gemma 4: 5.25,
+    # the release installed when it was added); an older transformers_version is refused,
+    # not estimated with another release's mechanisms. None: every release it models.
+    since_transformers: tuple[int, int, int] | None = None
+    # Whole-model configs (their model_type) whose encoders ftmem does not model, where a
+    # text-only estimate would leave out what the model builds, each with what to do
+    # instead (Gemma 4's image and audio encoders: its text_config is this family's)
+    unmodelled_wrappers: tuple[tuple[str, str], ...] = ()
     # The residual norms are bias-free LayerNorms written out in fp32 (Cohere), modelled
     # with arch.norm "rmsnorm" (one weight): they keep the centred fp32 input twice (two
     # subtractions of the mean) beside the rstd.
@@ -465,3 +498,9 @@ def by_model_type() -> dict[str, Family]:
                 )
             out[model_type] = family
     return out
+
+
+@cache
+def unmodelled_wrappers() -> dict[str, str]:
+    """Whole-model ``model_type`` -> why it is refused (Family.unmodelled_wrappers)."""
+    return {kind: why for name in names() for kind, why in get(name).unmodelled_wrappers}

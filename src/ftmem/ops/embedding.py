@@ -52,14 +52,22 @@ class Embedding:
         positions = T if arch.vision is not None and arch.vision.qwen else T // run.batch_size
         if arch.traits.rotary_tables_cached:
             positions = max(2 * positions, 16)  # slices keep the whole cache's storage
-        pairs = 1
-        if arch.traits.rotary_tables_per_layer_type or arch.traits.rotary_on_sliding_layers_only:
+        if arch.traits.rotary_on_sliding_layers_only:  # (one pair, read where it slides)
+            top = arch.num_layers if grad_blocks is None else min(grad_blocks, arch.num_layers)
+            slides = top - min(top, arch.full_layers) > 0 and arch.sliding_layers
+            return (positions * width * e,) * (2 if slides else 0)
+        if arch.traits.rotary_tables_per_layer_type:
             top = arch.num_layers if grad_blocks is None else min(grad_blocks, arch.num_layers)
             full = min(top, arch.full_layers)
-            pairs = (1 if full else 0) + (1 if top - full > 0 and arch.sliding_layers else 0)
-            if arch.traits.rotary_on_sliding_layers_only:  # (one pair, read where it slides)
-                pairs = 1 if top - full > 0 and arch.sliding_layers else 0
-        return (positions * width * e,) * 2 * pairs
+            # (each type's pair as wide as its heads: Gemma 4's global layers' tables are
+            # global_head_dim wide, modeling_gemma4.py l.1093-1099 builds each type's
+            # inv_freq from per_layer_config[layer_type])
+            full_rotary = arch.of_layer_type(full=True).rotary_size
+            full_width = full_rotary // 2 if arch.traits.rotary_tables_half else full_rotary
+            widths = [full_width] if full else []
+            widths += [width] if top - full > 0 and arch.sliding_layers else []
+            return tuple(positions * w * e for w in widths for _ in (0, 1))
+        return (positions * width * e,) * 2
 
     @staticmethod
     def rotary_saved(

@@ -79,7 +79,7 @@ class Norm:
             copies = 2 if ctx.arch.traits.norm_centres_twice else 0 if shared else 1
             # separate tensors: the rstd (T·4) asks the small pool where the input asks the
             # large one, so one request of the sum would take a block neither fits
-            parts = (*(T * h * FP32,) * copies, T * FP32)
+            parts = (*(T * h * FP32,) * copies, *_statistics(ctx.arch, T))
             what = "fp32 input + rstd"
             if ctx.arch.traits.norm_scale_plus_one:  # Gemma's fp32 (1 + w), made per call
                 parts, what = (*parts, h * FP32), "fp32 input + rstd + (1 + w)"
@@ -223,7 +223,7 @@ class QKNorm:
             if x_grad:
                 # separate tensors, as the residual norm's: the fp32 copy (Cohere's two
                 # centred copies) and the rstd, one fp32 value a row
-                parts = (*(rows * width * FP32,) * copies, rows * FP32)
+                parts = (*(rows * width * FP32,) * copies, *_statistics(arch, rows))
                 what = f"{role} norm: fp32 input + rstd"
                 if arch.traits.norm_scale_plus_one:  # Gemma 3's fp32 (1 + w), per call
                     parts, what = (*parts, width * FP32), f"{what} + (1 + w)"
@@ -233,7 +233,42 @@ class QKNorm:
             if w_grad:
                 what, size = f"{role} norm: normalised", rows * width * normed_bytes
                 out.append(Saved(what, size, Kind.NORM_OUTPUT, Side.ATTENTION, of))
-        return out
+        return out + QKNorm.value_norm_saved(ctx, qkv, all_grad, own)
+
+    @staticmethod
+    def value_norm_saved(
+        ctx: LayerContext, qkv: list[Linear], all_grad: bool, own: frozenset[str]
+    ) -> list[Saved]:
+        """The values' weightless RMSNorm (Family.values_normed: Gemma 4's v_norm, one
+        per head): where v needs a gradient, ``x.float()`` and the statistics of
+        Gemma4RMSNorm._norm, kept by its pow and multiply (transformers 5.25
+        modeling_gemma4.py l.205-214); no weight, so nothing for a weight's gradient. The
+        kernel keeps its output in the v projection's place (Attention.v_kept).
+
+        A layer whose values are its keys (Architecture.full_values_are_keys: Gemma 4's
+        global layers with attention_k_eq_v, modeling_gemma4.py l.1217, ``value_states =
+        ... else key_states``) normalises the k projection's output twice: its gradient
+        decides, and where that output is fp32 already ``x.float()`` returns it, the
+        tensor the k norm keeps (measured on the tiny gemma4, full fp32: 38,400 B = 150
+        tokens × 64 × 4 B over without this)."""
+        arch = ctx.arch
+        if not arch.traits.values_normed:
+            return []
+        of = tuple(lin for lin in qkv if "v" in lin.roles)
+        keys = arch.full_values_are_keys and not of
+        if keys:
+            of = tuple(lin for lin in qkv if "k" in lin.roles)
+        if not (all_grad or any(lin.module in own for lin in of)):
+            return []
+        rows = ctx.tokens * arch.kv_heads
+        fp32_input = rows * arch.head_size * FP32
+        if keys and ctx.projection_out_bytes == FP32:
+            fp32_input = 0  # (the k norm's)
+        parts = (fp32_input, *_statistics(arch, rows))
+        return [
+            Saved("v norm: fp32 input + rstd", sum(parts), Kind.NORM_INPUT, Side.ATTENTION, of, 0,
+                  parts)
+        ]  # fmt: skip
 
     @staticmethod
     def _layer_norm_parts(ctx: LayerContext, oe: int, rows: int, width: int) -> tuple[int, ...]:
@@ -308,6 +343,13 @@ class T5Norm:
         (it keeps its input in that dtype, not upcast)."""
         h = arch.hidden_size
         return 2 * T * h * FP32 + T * h * e
+
+
+def _statistics(arch: Architecture, rows: int) -> tuple[int, ...]:
+    """What an RMSNorm keeps of its statistics, fp32 per row: rsqrt's result, or with
+    ``torch.pow(mean_squared, -0.5)`` (Family.norm_rstd_by_pow, Gemma 4) the mean square
+    pow reads in backward beside its result, one tensor each."""
+    return (rows * FP32,) * (2 if arch.traits.norm_rstd_by_pow else 1)
 
 
 def _weight_cast(ctx: LayerContext, n: int) -> tuple[int, ...]:

@@ -1,0 +1,324 @@
+"""Gemma 4's language model (Gemma4ForCausalLM, model_type gemma4_text; transformers 5.25
+models/gemma4/modeling_gemma4.py Gemma4Text*, configuration_gemma4.py Gemma4TextConfig).
+
+Gemma 3's block (four sandwich norms, per-head q/k norms, the scaled embedding inside its
+module, one cos/sin pair per layer type, the soft-capped head) with these differences,
+each read from modeling_gemma4.py:
+
+- Gemma4RMSNorm (l.196-214) scales by its weight, not ``1 + w``: ``normed *
+  self.weight.float()``, an fp32 copy of a 16-bit weight kept by the multiply
+  (Family.norm_weight_cast_fp32, as Helium's), and the fp32 normalised tensor for the
+  weight's gradient. Its statistic is ``torch.pow(mean_squared, -0.5)``, whose backward
+  reads its input: two fp32 values a row kept, not rsqrt's one (Family.norm_rstd_by_pow).
+- The values pass a weightless RMSNorm (``v_norm``, with_scale=False, l.1173): its fp32
+  input and statistics are kept where v needs a gradient (Family.values_normed).
+- ``scaling = 1.0`` (l.1160): the kernel's scale, no tensor.
+- Each decoder layer multiplies its output in place by ``layer_scalar``, a one-element
+  buffer in the model's dtype (l.1348, l.1418): the multiply keeps nothing (the buffer
+  needs no gradient), and the buffer is left out of the weights as Gemma 3's embed_scale
+  and every rotary inv_freq are (measure.saved counts parameters).
+- The last layer of each layer type "stores" its keys and values in the model's
+  KVSharingDict even when no layer reuses them (configuration_gemma4.py kv_sharing_modes,
+  l.243-246; modeling l.1228-1229): that dict is a keyword argument of every checkpointed
+  layer, so under checkpointing it holds those keys and values until the backward has
+  passed the layers (activations.stored_kv_held).
+
+The global (full-attention) layers may have an attention shape of their own
+(Family.attention_shape_per_layer_type; Architecture full_head_dim, full_kv_heads,
+full_values_are_keys): Gemma4TextConfig.__post_init__ (configuration_gemma4.py l.205-217)
+gives them global_head_dim (512 by default) and, with attention_k_eq_v,
+num_global_key_value_heads key/value heads; Gemma4TextAttention (modeling l.1152-1185)
+then builds no v_proj on them and takes the k projection's output as the values (l.1217),
+which the weightless v norm normalises beside the k norm: in fp32 ``x.float()`` returns
+that output itself, one tensor kept for both norms (QKNorm.value_norm_saved).
+
+What this family does not model, refused in one sentence each (_refuse_unmodelled): the
+per-layer inputs (E2B/E4B: hidden_size_per_layer_input, the per-layer embedding table and
+its projection), key/value sharing across layers (num_kv_shared_layers, and the
+double-wide MLP of the sharing layers), per_layer_config overrides of a sliding layer's
+shape or that give the global layers two shapes, the MoE block beside the MLP
+(enable_moe_block), bidirectional attention, and rotary types other than the default and
+proportional ones (both make cos and sin tables as wide as the layer type's heads:
+modeling_rope_utils.py _compute_proportional_rope_parameters pads the unrotated angles with
+zeros). With global layers of their own shape, what reads one attention width for every
+layer beside the blocks is refused (step._check_attention_per_layer_type, serving,
+tensor and context parallelism, generation after the step, the torchtune, litgpt and
+unsloth frameworks), and so is training layers below the top one picked by
+position (freeze with 2 or more layers, partial): the model interleaves its layer types
+(every sixth global), the Architecture keeps their counts.
+
+Measured (stop 49, helper gemma4; transformers 5.25, peft 0.21.2, torch 2.13 CPU, the tiny
+gemma4 of tests/conftest.py at 3 × 50 tokens): 36 accuracy cases (ids ``^gemma4-``):
+weights, gradients, optimizer states and activations exact in all but IA³ (+512 B, as on
+Gemma 3); peaks within Gemma 3's own offsets for the same case (full, freeze, LoRA, DoRA,
+IA³ within 8 B of them, checkpointed ones within 600 B; offloaded activations 2,812 B, 0.2 %,
+over, not located), the largest -3.4 % (checkpointed LoRA
+bf16-mixed; Gemma 3 -4.0 %) and +3.3 % (checkpointed QLoRA bf16-mixed; Gemma 3 +3.7 %).
+Without the stored keys' hold the checkpointed peaks were -9.8 % (full bf16: 1,986,112 /
+2,202,910 B) and -11.2 % (LoRA bf16: 1,234,368 / 1,390,478 B); holding the whole recomputed
+history from the forward on overshot LoRA fp32 by +3.5 %: it is held from the storing
+layer's backward on (the recompute's kernel keeps the same key and value until then).
+Counts equal transformers' on the meta device (tests/test_gemma4.py).
+
+Global layers of their own shape (stop 49, second helper gemma4; same versions, the tiny
+gemma4 with one sliding layer of 2 × 32 key/value heads under a global one): 14 accuracy
+cases (ids ``^gemma4-.*fullheaddim=``), weights, gradients, optimizer states and
+activations exact. k = v with one key/value head of 64 (the 31B in small): full bf16
+3,526,744 / 3,525,938 B, full fp32 5,051,632 / 5,050,832 (without the one tensor kept
+for both norms the activations were 38,400 B = 150 × 64 × 4 over), LoRA bf16 2,287,876 /
+2,288,270, LoRA bf16-mixed 2,735,716 / 2,736,116, QLoRA bf16 2,137,964 / 2,138,358,
+DoRA 2,701,072 / 2,701,466, all-linear LoRA 3,021,524 / 3,021,918, VeRA 3,168,708 /
+3,169,102, AdaLoRA 2,642,852 / 2,641,686, freeze (the global layer trained) 2,192,004 /
+2,192,398 (IA³ 2,274,400 / 2,274,282, its activations +512 B as on Gemma 3; OFT and LoHa
+within 406 B, not kept as cases);
+checkpointed full bf16 2,399,984 / 2,406,806 (-0.3 %) and LoRA fp32 2,117,044 /
+2,039,648 (+3.8 %). Four key/value heads of 64 with a v projection: full bf16
+4,166,780 / 4,165,974, checkpointed LoRA fp32 2,817,180 / 2,870,824 (-1.9 %). The
+same checkpointed LoRA fp32 case with one attention shape reads +2.1 % (2,104,044 /
+2,061,320), so part of the checkpointed offsets is not the per-type shape's. The top
+block's transients (the kernel's backward) take the global shape, the top block being
+a global one; each block's own gradients are averaged over the blocks
+(step.block_gradients: o_proj's groups of both types share a name), and
+attention_gradients_made counts both types' o_proj and q/k norm gradients as made (full
+finetuning; small). The LoRA fp32 checkpointed +3.8 % is not located.
+No 31B preset: its config.json was read only in third-party copies.
+
+Left, doubtful: with a sliding layer under checkpointing the peaks read 4,872 B (0.2 %) over
+the same runs without one, as Mistral's and Ministral's checkpointed sliding cases read
+about 5,000 B over theirs (generic, not located); Architecture keeps only how many layers slide, so
+the storing sliding layer is taken as the highest of the lowest ones (step._sliding_blocks):
+with freeze on a published pattern (every sixth layer global) the real one is the
+second-highest layer, trained where two or more layers train, frozen in the estimate below
+that; without checkpointing a frozen storing layer's key and value live to the end of the
+model's forward (not counted: never the peak measured). Not measured on a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ftmem import limits
+from ftmem.errors import ConfigError
+from ftmem.families import ConfigMap, Family
+from ftmem.families._config import Config, LlamaKeys, flag, opt, opt_or, shown, wrong
+from ftmem.families._llama import llama_map
+from ftmem.families.gemma2 import GEMMA2_NAMES, read_softcaps
+
+if TYPE_CHECKING:
+    from ftmem.arch import Architecture
+
+# Gemma4TextConfig's defaults (transformers 5.25 configuration_gemma4.py l.130-161, and
+# __post_init__'s global_head_dim 512 l.183)
+TEXT_DEFAULTS: Config = {
+    "vocab_size": 262_144,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 131_072,
+    "sliding_window": 512,
+    "hidden_size_per_layer_input": 256,
+    "num_kv_shared_layers": 0,
+    "global_head_dim": 512,
+}
+# the rotary types whose tables are head_dim wide without a scaling factor
+# (modeling_rope_utils.py: "default", and "proportional" with its zero-padded angles)
+ROTARY_TYPES = ("default", "proportional")
+
+
+def _sliding_count(cfg: Config, layers: int) -> int:
+    """Gemma4TextConfig.__post_init__ (l.166-176): layer_types, else every sixth layer
+    global (``bool((i + 1) % 6)``), and the last layer forced global whatever was given."""
+    types = cfg.get("layer_types")
+    if types is None:
+        types = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(layers)]
+    elif not isinstance(types, list) or len(types) != layers:
+        raise wrong("layer_types", f"a list of the {layers} layers' types", types)
+    return sum(1 for kind in types[:-1] if kind == "sliding_attention")
+
+
+def _size_or_off(cfg: Config, key: str) -> int:
+    """A count where 0 switches the mechanism off (Gemma4TextModel's ``if
+    self.hidden_size_per_layer_input``)."""
+    value = cfg.get(key)
+    if type(value) is int and value == 0:
+        return 0
+    return opt(cfg, key, limits.LAYERS if key == "num_kv_shared_layers" else limits.WIDTH) or 0
+
+
+def _global_attention(cfg: Config) -> tuple[int, int]:
+    """The global layers' head size and key/value heads: Gemma4TextConfig.__post_init__
+    (configuration_gemma4.py l.205-217) overrides the global layers' head_dim with
+    global_head_dim (512 by default), and their num_key_value_heads with
+    num_global_key_value_heads where attention_k_eq_v is set (ignored otherwise); a
+    config.json that transformers wrote carries these overrides as per_layer_config
+    (PreTrainedConfig.__init__ applies it last, configuration_utils.py l.496-517), which
+    is read where it gives every global layer, and only them, one shape."""
+    head_dim = opt_or(cfg, "head_dim", TEXT_DEFAULTS)
+    kv = opt_or(cfg, "num_key_value_heads", TEXT_DEFAULTS)
+    overrides = cfg.get("per_layer_config")
+    if overrides is None:
+        global_kv = opt(cfg, "num_global_key_value_heads", limits.WIDTH)
+        k_eq_v = flag(cfg, "attention_k_eq_v", False)
+        return opt_or(cfg, "global_head_dim", TEXT_DEFAULTS), (
+            global_kv if k_eq_v and global_kv else kv
+        )
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise wrong("per_layer_config", "an object of per-layer objects", overrides)
+    layers = opt_or(cfg, "num_hidden_layers", TEXT_DEFAULTS)
+    types = cfg.get("layer_types") or [
+        "sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(layers)
+    ]
+    full = {str(i) for i, kind in enumerate(types) if kind == "full_attention" or i == layers - 1}
+    base = {"head_dim": head_dim, "num_key_value_heads": kv}
+    # (to_dict writes the layers' indices zero-padded: "05")
+    given = {
+        str(int(layer)) if str(layer).isdigit() else str(layer): values
+        for layer, values in overrides.items()
+    }
+    for layer, values in given.items():
+        if any(type(v) is not int or v < 1 for v in values.values()):
+            raise wrong("per_layer_config", "positive integers per layer", values)
+        own = not set(values) <= set(base) or layer not in full
+        if own and any(base.get(k) != v for k, v in values.items()):
+            raise ConfigError(
+                f"Gemma 4's per-layer overrides (per_layer_config: layer {shown(layer)}'s "
+                f"{shown(values)}) are not modelled: ftmem gives the sliding layers one "
+                "attention shape and the global ones another."
+            )
+    # (a layer the overrides leave out keeps the base shape)
+    shapes = {tuple({**base, **given.get(layer, {})}.values()) for layer in full}
+    if len(shapes) > 1:
+        raise ConfigError(
+            "Gemma 4's per-layer overrides (per_layer_config) give the global layers more "
+            "than one attention shape, which is not modelled."
+        )
+    head, heads = shapes.pop()
+    return head, heads
+
+
+def _refuse_unmodelled(cfg: Config) -> None:
+    """What the family leaves out, refused before anything is estimated."""
+    per_layer = _size_or_off(cfg, "hidden_size_per_layer_input")
+    if per_layer:
+        raise ConfigError(
+            f"Gemma 4's per-layer inputs (hidden_size_per_layer_input {per_layer}: the "
+            "E2B/E4B per-layer embedding table and its projection) are not modelled yet; "
+            "ftmem models Gemma 4 text configs with hidden_size_per_layer_input 0."
+        )
+    shared = _size_or_off(cfg, "num_kv_shared_layers")
+    if shared:
+        raise ConfigError(
+            f"Gemma 4's key/value sharing (num_kv_shared_layers {shared}: layers that reuse an "
+            "earlier layer's keys and values) is not modelled yet."
+        )
+    if flag(cfg, "enable_moe_block", False):
+        raise ConfigError(
+            "Gemma 4's enable_moe_block (the mixture-of-experts block beside the MLP) is not "
+            "modelled yet."
+        )
+    if cfg.get("use_bidirectional_attention") == "all":
+        raise ConfigError(
+            "Gemma 4 with use_bidirectional_attention 'all' (no causal mask) is not modelled."
+        )
+    rope = cfg.get("rope_parameters")
+    for kind, params in rope.items() if isinstance(rope, dict) else ():
+        if not isinstance(params, dict):  # (Gemma4TextRotaryEmbedding reads one per type)
+            raise wrong("rope_parameters", "an object per layer type", rope)
+        rope_type = params.get("rope_type", "default")
+        if rope_type not in ROTARY_TYPES:
+            raise ConfigError(
+                f"config.json: rope_parameters' {kind} rotary type {shown(rope_type)} is not "
+                "modelled for Gemma 4 (default and proportional are)."
+            )
+
+
+def _read_extra(cfg: Config, out: Config) -> None:
+    out["qk_norm"] = True
+    head_dim, kv = _global_attention(cfg)
+    if head_dim != out.get("head_dim") or kv != (out.get("num_kv_heads") or out["num_heads"]):
+        out.update(full_head_dim=head_dim, full_kv_heads=kv)
+    if flag(cfg, "attention_k_eq_v", False):
+        out["full_values_are_keys"] = True
+    read_softcaps({k: cfg.get(k) for k in ("final_logit_softcapping",)}, out)
+
+
+def _build(arch: Architecture, kw: Config) -> None:
+    # the layers' types as the Architecture counts them: the sliding ones first, the last
+    # layer global (Gemma4TextConfig forces it); no sharing, no per-layer inputs, no MoE
+    sliding = arch.sliding_layers if arch.sliding_window else 0
+    full = arch.num_layers - sliding
+    kw.update(
+        layer_types=["sliding_attention"] * sliding + ["full_attention"] * full,
+        final_logit_softcapping=arch.final_logit_softcapping,
+        hidden_size_per_layer_input=0,
+        num_kv_shared_layers=0,
+        global_head_dim=arch.of_layer_type(full=True).head_size,
+        num_global_key_value_heads=arch.of_layer_type(full=True).kv_heads,
+        attention_k_eq_v=arch.full_values_are_keys,
+        enable_moe_block=False,
+        vocab_size_per_layer_input=arch.vocab_size,
+    )
+    shape = arch.of_layer_type(full=True)
+    if shape.kv_heads != arch.kv_heads and not arch.full_values_are_keys:
+        # (num_global_key_value_heads is read only with attention_k_eq_v: the overrides)
+        own = {"head_dim": shape.head_size, "num_key_value_heads": shape.kv_heads}
+        kw["per_layer_config"] = {i: dict(own) for i in range(sliding, arch.num_layers)}
+    if not arch.sliding_window:  # (the class's default window, read by no layer)
+        kw.pop("sliding_window", None)
+
+
+_LLAMA_MAP = llama_map(
+    "gemma4",
+    LlamaKeys(
+        optional=("attention_bias",),
+        activation="hidden_activation",
+        window="when-set",
+        sliding=_sliding_count,
+        tie=True,
+    ),
+    _read_extra,
+    _build,
+)
+
+
+def _read(cfg: Config) -> Config:
+    for key in ("hidden_size_per_layer_input", "num_kv_shared_layers", "global_head_dim"):
+        if key in cfg and cfg[key] is None:  # (Gemma4TextConfig's strict int fields)
+            raise wrong(key, "an integer", None)
+    given = {k: v for k, v in cfg.items() if v is not None}
+    full = {**TEXT_DEFAULTS, **given}
+    _refuse_unmodelled(full)
+    out = _LLAMA_MAP.read(full)
+    if out.get("sliding_layers"):  # (a given last sliding layer is made global)
+        out["sliding_layers"] = _sliding_count(full, out["num_layers"])
+    return out
+
+
+FAMILY = Family(
+    name="gemma4",
+    model_types=("gemma4_text",),
+    decoder_layer="Gemma4TextDecoderLayer",
+    config=ConfigMap(_read, _LLAMA_MAP.build),
+    names=GEMMA2_NAMES,
+    qk_norm=True,
+    norm_scale_in_fp32=True,
+    norm_weight_cast_fp32=True,
+    norm_rstd_by_pow=True,
+    values_normed=True,
+    rotary_tables_per_layer_type=True,
+    stores_last_kv_per_layer_type=True,
+    top_layer_global=True,
+    attention_shape_per_layer_type=True,
+    since_transformers=(5, 25, 0),
+    unmodelled_wrappers=(
+        (
+            "gemma4",
+            "Gemma 4's image and audio encoders are not modelled; estimate its language "
+            "model from its text_config as a config.json of model_type gemma4_text.",
+        ),
+    ),
+)
