@@ -427,38 +427,38 @@ def adapter_forward_build(
     (MiSS.bat_build), else LoHa's, LoKr's or FourierFT's ΔW (LoHa.forward_build). C3A's and
     PSOFT's placed at their linear in ``block``, the top block's saved tensors in order
     (placed_in_block)."""
+    # the block's kept tensors are on the GPU beside the build unless checkpointing drops
+    # them or offload moves them to the host as they are saved: then the build counts whole
+    kept = keeps and not run.grad_ckpt and not run.activation_offload
     if run.method == "oft":
-        kept = keeps and not run.grad_ckpt
         return OFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
     if run.method == "boft":
-        kept = keeps and not run.grad_ckpt
         return BOFT.forward_build(plan, run, T, rotated_input_bytes(plan), kept)
     in_bytes = partial(LinearOp.input_bytes, plan, e=e)
     # where each linear runs in the top block (``block``: its saved tensors, in order),
     # when that block keeps them
-    kept_block = keeps and not run.grad_ckpt and not run.activation_offload
-    at = partial(placed_in_block, arch, run, plan, e, T, block if kept_block else ())
+    at = partial(placed_in_block, arch, run, plan, e, T, block if kept else ())
     if run.method == "glora":  # GLoRA's weight rebuild and its output's sums
-        return GLoRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt, in_bytes)
+        return GLoRA.forward_build(plan, run, T, e, kept, in_bytes)
     if run.method == "beft":  # BEFT's base output, promoted sum and cast
-        return BEFT.forward_build(plan, T, e, keeps and not run.grad_ckpt)
+        return BEFT.forward_build(plan, T, e, kept)
     if run.method == "hra":  # HRA's reflection chain, the same way
-        return HRA.forward_build(plan, run, T, e, keeps and not run.grad_ckpt)
+        return HRA.forward_build(plan, run, T, e, kept)
     if run.method in ("psoft", "c3a", "adamss"):  # each placed at its linear
-        return _placed_build(run, plan, T, e, at, keeps and not run.grad_ckpt, kept_block)
+        return _placed_build(run, plan, T, e, at, kept)
     if run.method == "osf":  # OSF's concatenated factors and its output's sum
-        return OSF.forward_build(plan, run, T, in_bytes, e, keeps and not run.grad_ckpt)
+        return OSF.forward_build(plan, run, T, in_bytes, e, kept)
     if run.method == "peanut":  # Peanut's ΔW = B(relu(Wᵀ Aᵀ))·scaling, the same way
-        return Peanut.forward_build(plan, run, T, in_bytes, e, keeps and not run.grad_ckpt)
+        return Peanut.forward_build(plan, run, T, in_bytes, e, kept)
     if run.method == "hira":  # HiRA's ΔW = W0 ⊙ (B A), the same way
-        return HiRA.forward_build(plan, T, in_bytes, e, keeps and not run.grad_ckpt)
+        return HiRA.forward_build(plan, T, in_bytes, e, kept)
     if run.method == "shira":  # SHiRA's weight rebuild, kept but in a graph-less forward
-        return Shira.build(run, plan, keeps and not run.grad_ckpt)
+        return Shira.build(run, plan, kept)
     if run.method == "supertuning":  # Super-Tuning's scatter_add into W', the same way
-        return Supertuning.build(run, plan, T, keeps and not run.grad_ckpt)
+        return Supertuning.build(run, plan, T, kept)
     if run.method == "miss":  # MiSS bat's weight rebuild, the same way
-        return MiSS.bat_build(run, plan, T, in_bytes, keeps and not run.grad_ckpt)
-    return LoHa.forward_build(plan, run, T, in_bytes, keeps and not run.grad_ckpt)
+        return MiSS.bat_build(run, plan, T, in_bytes, kept)
+    return LoHa.forward_build(plan, run, T, in_bytes, kept)
 
 
 def _placed_build(
@@ -468,7 +468,6 @@ def _placed_build(
     e: int,
     at: Callable[[Linear], int],
     kept: bool,
-    kept_block: bool,
 ) -> int:
     """:func:`adapter_forward_build` for the methods placed at their linear in the top
     block (``at``): PSOFT's x_cast, xr and fp32 output-wide products, C3A's FFTs' complex
@@ -479,7 +478,7 @@ def _placed_build(
         )
     if run.method == "c3a":
         return max((C3A.linear_forward(run, lin, T) + at(lin) for lin in plan.circulant), default=0)
-    if not kept_block:
+    if not kept:
         return 0
     return max(
         (

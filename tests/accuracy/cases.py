@@ -116,6 +116,7 @@ def _matrix() -> list[Case]:
         *_llama_like_families_of_stop_48(),
         *_dense_families_of_stop_49(),
         *_gemma4_text(),
+        *_peft_rebuilds_offloaded(),
     ]
 
 
@@ -366,6 +367,18 @@ def _gemma4_global_shapes() -> list[Case]:
 
 # ERNIE 4.5's use_bias: q, k, v, o, gate, up and down biased
 ERNIE_BIASES = {"attention_qkv_bias": True, "attention_out_bias": True, "mlp_bias": True}
+
+
+def _peft_rebuilds_offloaded() -> list[Case]:
+    """peft's methods that rebuild a weight or rotate in forward, with activations offloaded:
+    the top block's build counts whole (its kept tensors are on the host, not beside it)."""
+    bf16 = ("glora", "loha", "hira", "hra", "oft", "supertuning", "psoft", "peanut", "osf")
+    mixed = ("glora", "loha", "hira", "hra", "oft")
+    return [
+        Case("llama", {"method": m, "precision": p, "activation_offload": True})
+        for p, methods in (("bf16", bf16), ("bf16-mixed", mixed))
+        for m in methods
+    ]
 
 
 def _granite_embedding_multiplier() -> list[Case]:
