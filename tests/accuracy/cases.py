@@ -68,6 +68,7 @@ MLP_LORA_REFUSED = (
     "ernie4_5_moe",
     "hunyuan_v1_moe",
     "helium",
+    "exaone_moe",
 )
 
 # families whose quantised weights ftmem refuses (bitsandbytes quantises Qwen2-MoE's
@@ -110,6 +111,7 @@ def _matrix() -> list[Case]:
         *_falcon_alibi(),
         *_granite_embedding_multiplier(),
         *_llama_like_families_of_stop_48(),
+        *_moe_families_of_stop_49(),
     ]
 
 
@@ -193,6 +195,43 @@ def _llama_like_families_of_stop_48() -> list[Case]:
         Case("helium", {"method": "full", "precision": "bf16", "grad_ckpt": True}),
         Case("helium", {"method": "full", "precision": "bf16", "autocast": True}),
         Case("helium", {"method": "lora", "precision": "bf16", "attn": "eager"}),
+    ]
+
+
+def _moe_families_of_stop_49() -> list[Case]:
+    """K-EXAONE in a hybrid stack (two sliding layers of 16 under a full one, 50 tokens
+    past the window): only the sliding layers turn q and k (the full one is NoPE), so the
+    shared rotary tables are kept where a sliding block trains and not where only the top
+    full block does (Family.rotary_on_sliding_layers_only); full, LoRA under autocast and
+    checkpointed, frozen below one and two trained blocks; LoRA on its 3-D experts and on
+    the MLP names peft rewrites into them. FlexOlmo (OLMo 2's block over OLMoE's experts):
+    the load-balancing loss in each precision regime and checkpointed, LoRA on its 3-D
+    experts and on the names peft rewrites into them, the renormalised top-k."""
+    hybrid = {"sliding_window": 16, "sliding_layers": 2}
+    aux = {"router_aux_loss": True}
+    flex = [
+        Case("flex_olmo", {"method": "lora", "precision": "bf16"}, aux),
+        Case("flex_olmo", {"method": "full", "precision": "fp32"}, aux),
+        Case("flex_olmo", {"method": "lora", "precision": "bf16-mixed"}, aux),
+        Case("flex_olmo", {"method": "lora", "precision": "bf16", "grad_ckpt": True}, aux),
+        Case("flex_olmo", {"method": "lora", "lora_targets": "experts", "precision": "bf16"}),
+        Case(
+            "flex_olmo",
+            {"method": "lora", "lora_targets": "q,v,gate,up,down", "precision": "bf16-mixed"},
+        ),
+        Case("flex_olmo", {"method": "full", "precision": "bf16"}, {"router_renormalises": True}),
+    ]
+    return flex + [
+        Case("exaone_moe", {"method": "full", "precision": "bf16"}, hybrid),
+        Case("exaone_moe", {"method": "lora", "precision": "bf16-mixed"}, hybrid),
+        Case("exaone_moe", {"method": "lora", "precision": "bf16", "grad_ckpt": True}, hybrid),
+        Case("exaone_moe", {"method": "freeze", "trainable_layers": 1, "precision": "fp32"}, hybrid),
+        Case("exaone_moe", {"method": "freeze", "trainable_layers": 2, "precision": "fp32"}, hybrid),
+        Case("exaone_moe", {"method": "lora", "lora_targets": "experts", "precision": "bf16"}),
+        Case(
+            "exaone_moe",
+            {"method": "lora", "lora_targets": "q,v,gate,up,down", "precision": "bf16-mixed"},
+        ),
     ]
 
 
@@ -891,6 +930,8 @@ NEW_WIRING = (
     "hunyuan_v1_dense",
     "hunyuan_v1_moe",
     "helium",
+    "exaone_moe",
+    "flex_olmo",
 )
 
 

@@ -123,6 +123,12 @@ class Family:
     # by another base; transformers 5.25 modeling_gemma3.py l.532-534 builds a pair for
     # each type in ``set(config.layer_types)``).
     rotary_tables_per_layer_type: bool = False
+    # Only the sliding layers turn q and k; the full-attention ones take no rotary (NoPE)
+    # whatever the stack (K-EXAONE: transformers 5.25 modeling_exaone_moe.py
+    # ExaoneMoeAttention.forward ``if self.sliding_window is None or self.is_sliding``,
+    # with a config whose window is an int, never None): the shared tables are kept by
+    # the sliding layers' multiplies only, none where no sliding block needs a gradient.
+    rotary_on_sliding_layers_only: bool = False
     # The rotated queries are multiplied by a per-position factor before the kernel
     # (Ministral 3's Llama-4 attention scaling, transformers 5.25 modeling_ministral3.py
     # l.104-107, l.146-150: ``query_states * get_llama_4_attn_scale(position_ids, ...)``,

@@ -66,10 +66,16 @@ class Embedding:
         """The rotary tables, shared by every layer's rotary multiply, which keeps them
         when the blocks need gradients (the top ``grad_blocks``, None: all; OLMo 3 frozen
         below its top full layer keeps no sliding pair: 9,600 B over 1,329,004 measured
-        before, tests/accuracy). Checkpointed blocks hold them instead, saved by no node
-        (rotary_held)."""
+        before, tests/accuracy); a stack whose full layers take no rotary
+        (Family.rotary_on_sliding_layers_only) keeps them only where a sliding block needs
+        a gradient. Checkpointed blocks hold them instead, saved by no node (rotary_held)."""
         if run.grad_ckpt:
             return []
+        if arch.traits.rotary_on_sliding_layers_only:
+            # the sliding layers are the lowest ones (step._sliding_blocks)
+            top = arch.num_layers if grad_blocks is None else min(grad_blocks, arch.num_layers)
+            if not (arch.sliding_window and top > arch.full_layers):
+                return []
         tables = Embedding.rotary_tables(arch, run, T, residual, grad_blocks)
         return [Saved("rotary cos/sin", sum(tables))] if tables else []
 
