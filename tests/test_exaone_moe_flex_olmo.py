@@ -64,7 +64,7 @@ def test_k_exaone_counts_as_transformers_builds_it(tmp_path):
     dense (768 wide), the experts 64 wide with one shared expert of that width; the count
     is transformers' on the meta device (the fp32 router weight counted, its correction
     bias a buffer)."""
-    arch = _read(tmp_path, K_EXAONE_SMALL)
+    arch = _read(tmp_path, {**K_EXAONE_SMALL, "is_moe_layer": [False] + [True] * 15})
     assert (arch.sliding_window, arch.sliding_layers, arch.qk_norm) == (128, 12, True)
     assert (arch.dense_layers, arch.dense_intermediate_size) == (1, 768)
     assert (arch.num_experts, arch.experts_per_token, arch.intermediate_size) == (16, 4, 64)
@@ -101,6 +101,8 @@ def test_k_exaone_takes_its_config_class_defaults(tmp_path):
         ({"mlp_layer_types": None, "first_k_dense_replace": 16}, "leave no block"),
         ({"num_shared_experts": 0}, "num_shared_experts must be positive"),
         ({"layer_types": None, "sliding_window_pattern": "LLLG"}, "sliding_window_pattern"),
+        # another runtime's key naming the last block dense too (first_last_k_dense_replace)
+        ({"is_moe_layer": [False] + [True] * 14 + [False]}, "is_moe_layer"),
     ],
 )
 def test_what_k_exaone_refuses(tmp_path, changes, message):
@@ -148,3 +150,10 @@ def test_flex_olmo_counts_as_transformers_builds_it(tmp_path):
     assert (arch.router_renormalises, arch.sliding_window, arch.qk_norm) == (False, None, True)
     assert (arch.shared_experts_size, arch.dense_layers) == (0, 0)
     assert count_params(arch) == _meta_count(FLEX_OLMO)
+
+
+def test_granitemoe_swa_is_refused_with_its_reason(tmp_path):
+    """GraniteMoE-SWA's attention sink (an LSE scaling of each head's output, eager only)
+    is an op ftmem has not measured: refused in one sentence that says why."""
+    with pytest.raises(ConfigError, match=r"logsumexp minus a learned sink.*--traced"):
+        _read(tmp_path, {"model_type": "granitemoe_swa", "hidden_size": 64})

@@ -221,18 +221,23 @@ def _moe_families_of_stop_49() -> list[Case]:
         ),
         Case("flex_olmo", {"method": "full", "precision": "bf16"}, {"router_renormalises": True}),
     ]
-    return flex + [
+    exaone = [
         Case("exaone_moe", {"method": "full", "precision": "bf16"}, hybrid),
         Case("exaone_moe", {"method": "lora", "precision": "bf16-mixed"}, hybrid),
         Case("exaone_moe", {"method": "lora", "precision": "bf16", "grad_ckpt": True}, hybrid),
-        Case("exaone_moe", {"method": "freeze", "trainable_layers": 1, "precision": "fp32"}, hybrid),
-        Case("exaone_moe", {"method": "freeze", "trainable_layers": 2, "precision": "fp32"}, hybrid),
+        Case(
+            "exaone_moe", {"method": "freeze", "trainable_layers": 1, "precision": "fp32"}, hybrid
+        ),
+        Case(
+            "exaone_moe", {"method": "freeze", "trainable_layers": 2, "precision": "fp32"}, hybrid
+        ),
         Case("exaone_moe", {"method": "lora", "lora_targets": "experts", "precision": "bf16"}),
         Case(
             "exaone_moe",
             {"method": "lora", "lora_targets": "q,v,gate,up,down", "precision": "bf16-mixed"},
         ),
     ]
+    return [*flex, *exaone]
 
 
 # ERNIE 4.5's use_bias: q, k, v, o, gate, up and down biased

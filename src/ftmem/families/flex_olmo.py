@@ -13,7 +13,13 @@ its top-k weights renormalised only where ``norm_topk_prob`` says (false by defa
 cast back to the logits' dtype, ``num_experts`` routed experts of width
 ``intermediate_size`` as 3-D parameters, no shared expert, no dense block, and the
 load-balancing loss where ``output_router_logits`` is true. FlexOlmoConfig has no
-sliding window (FlexOlmoModel builds the full causal mask only)."""
+sliding window (FlexOlmoModel builds the full causal mask only).
+
+Measured (stop 49, tests/accuracy ``^flexolmo-``: 27 tiny cases, peft 0.21.2, torch 2.13
+CPU): weights, gradients and optimizer states exact; activations within 96 B but LoRA on
+all linears under autocast (+4,416 B, +0.14 %, as OLMoE's); peaks within 0.2 % but QLoRA
+under autocast (-0.67 %; OLMoE's -1.4 %) and, in the frozen autocast case, the forward's
+peak (-0.17 %, as EXAONE 4's). No preset (no sourced config.json)."""
 
 from __future__ import annotations
 
