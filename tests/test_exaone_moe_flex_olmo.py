@@ -157,3 +157,28 @@ def test_granitemoe_swa_is_refused_with_its_reason(tmp_path):
     is an op ftmem has not measured: refused in one sentence that says why."""
     with pytest.raises(ConfigError, match=r"logsumexp minus a learned sink.*--traced"):
         _read(tmp_path, {"model_type": "granitemoe_swa", "hidden_size": 64})
+
+
+@pytest.mark.parametrize(
+    ("changes", "grad_blocks", "kept"),
+    [
+        # every layer global: none turns q and k (NoPE), whatever trains
+        ({}, None, 0),
+        # two sliding layers under a full one: the shared cos and sin (50 positions x 24
+        # dims x 4 B each) are kept where a sliding block trains
+        ({"sliding_window": 16, "sliding_layers": 2}, None, 2 * 50 * 24 * 4),
+        ({"sliding_window": 16, "sliding_layers": 2}, 2, 2 * 50 * 24 * 4),
+        # only the top block, a full one, trains: nothing keeps them
+        ({"sliding_window": 16, "sliding_layers": 2}, 1, 0),
+    ],
+)
+def test_k_exaone_keeps_the_rotary_tables_only_for_its_sliding_layers(changes, grad_blocks, kept):
+    """ExaoneMoeAttention turns q and k on the sliding layers only (``if
+    self.sliding_window is None or self.is_sliding``, with a window never None): measured
+    in tests/accuracy's hybrid cases (frozen below one and two blocks, fp32)."""
+    from ftmem.ops.embedding import Embedding
+
+    arch = tiny("exaone_moe", **changes)
+    run = RunConfig(method="full", precision="fp32", batch_size=3, seq_len=50)
+    saved = Embedding.rotary_saved(arch, run, 150, 4, grad_blocks)
+    assert sum(x.nbytes for x in saved) == kept

@@ -72,9 +72,13 @@ class Embedding:
         if run.grad_ckpt:
             return []
         if arch.traits.rotary_on_sliding_layers_only:
-            # the sliding layers are the lowest ones (step._sliding_blocks)
+            # the top block is a full one where the stack has one (step._sliding_blocks);
+            # any deeper reach meets a sliding one (the published "LLLG" stacks interleave
+            # them, ftmem's measured ones put them lowest)
             top = arch.num_layers if grad_blocks is None else min(grad_blocks, arch.num_layers)
-            if not (arch.sliding_window and top > arch.full_layers):
+            if not (arch.sliding_window and arch.sliding_layers):
+                return []
+            if top <= 1 and arch.full_layers:
                 return []
         tables = Embedding.rotary_tables(arch, run, T, residual, grad_blocks)
         return [Saved("rotary cos/sin", sum(tables))] if tables else []
