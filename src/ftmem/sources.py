@@ -113,7 +113,7 @@ def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architectu
     cfg, _ = language_part(cfg)
     model_type = cfg.get("model_type")
     readers = families.by_model_type()
-    if model_type in NOT_MODELLED:
+    if isinstance(model_type, str) and model_type in NOT_MODELLED:
         raise ConfigError(
             f"config.json has model_type {model_type}: {NOT_MODELLED[model_type]}; for a "
             "traced answer (transformers builds the model, one step runs on fake tensors) "
