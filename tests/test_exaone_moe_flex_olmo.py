@@ -64,12 +64,14 @@ def test_k_exaone_counts_as_transformers_builds_it(tmp_path):
     dense (768 wide), the experts 64 wide with one shared expert of that width; the count
     is transformers' on the meta device (the fp32 router weight counted, its correction
     bias a buffer)."""
-    arch = _read(tmp_path, {**K_EXAONE_SMALL, "is_moe_layer": [False] + [True] * 15})
+    # (a stray attention_bias: ExaoneMoeAttention's projections have no bias whatever it says)
+    cfg = {**K_EXAONE_SMALL, "is_moe_layer": [False] + [True] * 15, "attention_bias": True}
+    arch = _read(tmp_path, cfg)
     assert (arch.sliding_window, arch.sliding_layers, arch.qk_norm) == (128, 12, True)
     assert (arch.dense_layers, arch.dense_intermediate_size) == (1, 768)
     assert (arch.num_experts, arch.experts_per_token, arch.intermediate_size) == (16, 4, 64)
     assert (arch.shared_experts_size, arch.router_renormalises) == (64, True)
-    assert count_params(arch) == _meta_count(K_EXAONE_SMALL)
+    assert count_params(arch) == _meta_count(cfg)
 
 
 def test_k_exaone_takes_its_config_class_defaults(tmp_path):

@@ -176,7 +176,12 @@ FAMILY = Family(
     decoder_layer="ExaoneMoeDecoderLayer",
     config=llama_map(
         "exaone_moe",
-        LlamaKeys(window="when-set", sliding=every_nth_full("sliding_window_pattern", 4)),
+        LlamaKeys(
+            # (ExaoneMoeAttention's projections are built bias=False: no attention_bias)
+            fixed_bias=(False, False),
+            window="when-set",
+            sliding=every_nth_full("sliding_window_pattern", 4),
+        ),
         _read,
         _build,
     ),
