@@ -230,6 +230,22 @@ TINY: dict[str, dict] = {
     ),
     # GLM-4.7-Flash: DeepSeek-V3's model, its dense blocks from mlp_layer_types
     "glm4_moe_lite": dict(family="glm4_moe_lite", **_DEEPSEEK),
+    # FlexOlmo: OLMo 2's block (norms after the sublayers, q/k RMSNorms across the whole
+    # projection, fp32 rotary tables), OLMoE's router and 8 small experts, top-2
+    "flex_olmo": dict(
+        family="flex_olmo",
+        **{**_SMALL_EXPERTS, "head_dim": None},
+        qk_norm=True,
+        router_renormalises=False,
+    ),
+    # K-EXAONE: EXAONE 4's attention (per-head q/k RMSNorms) in Llama's pre-norm block,
+    # DeepSeek-V3's experts (_DEEPSEEK's shape)
+    "exaone_moe": dict(
+        family="exaone_moe",
+        **{k: v for k, v in _DEEPSEEK.items() if k not in _LATENT_KEYS},
+        num_kv_heads=2,
+        qk_norm=True,
+    ),
     # DeepSeek-V2: V3's tensors, its softmax router and complex fp32 rotary
     "deepseek_v2": dict(family="deepseek_v2", **_DEEPSEEK, router_renormalises=False),
     # Granite: Llama with scalar multipliers (the logits divided by logits_scaling)

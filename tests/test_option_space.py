@@ -89,6 +89,7 @@ ALL_LINEAR_REFUSED = {
     "deepseek_v3",
     "dots1",
     "ernie4_5_moe",
+    "exaone_moe",
     "glm4_moe",
     "qwen2_moe",
 }

@@ -64,6 +64,12 @@ CONFIGS = {
     "smollm3": ("smollm3", dict(use_sliding_window=True, sliding_window=8), 1),
     # (i + 1) % 4 != 0: all but layer 3
     "exaone4": ("exaone4", dict(sliding_window=8), 6),
+    # ExaoneMoeConfig's same pattern (its first block dense by default)
+    "exaone_moe": (
+        "exaone_moe",
+        dict(sliding_window=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
+        6,
+    ),
 }
 
 

@@ -72,6 +72,7 @@ MLP_LORA_REFUSED = (
     "glm4_moe_lite",
     "phimoe",
     "cohere2_moe",
+    "exaone_moe",
 )
 
 # families whose quantised weights ftmem refuses (bitsandbytes quantises Qwen2-MoE's
@@ -117,6 +118,7 @@ def _matrix() -> list[Case]:
         *_dense_families_of_stop_49(),
         *_gemma4_text(),
         *_peft_rebuilds_offloaded(),
+        *_moe_families_of_stop_49(),
     ]
 
 
@@ -363,6 +365,48 @@ def _gemma4_global_shapes() -> list[Case]:
             "gemma4", {"method": "lora", "precision": "fp32", "grad_ckpt": True}, GEMMA4_GLOBAL_WIDE
         ),
     ]
+
+
+def _moe_families_of_stop_49() -> list[Case]:
+    """K-EXAONE in a hybrid stack (two sliding layers of 16 under a full one, 50 tokens
+    past the window): only the sliding layers turn q and k (the full one is NoPE), so the
+    shared rotary tables are kept where a sliding block trains and not where only the top
+    full block does (Family.rotary_on_sliding_layers_only); full, LoRA under autocast and
+    checkpointed, frozen below one and two trained blocks; LoRA on its 3-D experts and on
+    the MLP names peft rewrites into them. FlexOlmo (OLMo 2's block over OLMoE's experts):
+    the load-balancing loss in each precision regime and checkpointed, LoRA on its 3-D
+    experts and on the names peft rewrites into them, the renormalised top-k."""
+    hybrid = {"sliding_window": 16, "sliding_layers": 2}
+    aux = {"router_aux_loss": True}
+    flex = [
+        Case("flex_olmo", {"method": "lora", "precision": "bf16"}, aux),
+        Case("flex_olmo", {"method": "full", "precision": "fp32"}, aux),
+        Case("flex_olmo", {"method": "lora", "precision": "bf16-mixed"}, aux),
+        Case("flex_olmo", {"method": "lora", "precision": "bf16", "grad_ckpt": True}, aux),
+        Case("flex_olmo", {"method": "lora", "lora_targets": "experts", "precision": "bf16"}),
+        Case(
+            "flex_olmo",
+            {"method": "lora", "lora_targets": "q,v,gate,up,down", "precision": "bf16-mixed"},
+        ),
+        Case("flex_olmo", {"method": "full", "precision": "bf16"}, {"router_renormalises": True}),
+    ]
+    exaone = [
+        Case("exaone_moe", {"method": "full", "precision": "bf16"}, hybrid),
+        Case("exaone_moe", {"method": "lora", "precision": "bf16-mixed"}, hybrid),
+        Case("exaone_moe", {"method": "lora", "precision": "bf16", "grad_ckpt": True}, hybrid),
+        Case(
+            "exaone_moe", {"method": "freeze", "trainable_layers": 1, "precision": "fp32"}, hybrid
+        ),
+        Case(
+            "exaone_moe", {"method": "freeze", "trainable_layers": 2, "precision": "fp32"}, hybrid
+        ),
+        Case("exaone_moe", {"method": "lora", "lora_targets": "experts", "precision": "bf16"}),
+        Case(
+            "exaone_moe",
+            {"method": "lora", "lora_targets": "q,v,gate,up,down", "precision": "bf16-mixed"},
+        ),
+    ]
+    return [*flex, *exaone]
 
 
 # ERNIE 4.5's use_bias: q, k, v, o, gate, up and down biased
@@ -1077,6 +1121,8 @@ NEW_WIRING = (
     "granitemoeshared",
     "phimoe",
     "cohere2_moe",
+    "exaone_moe",
+    "flex_olmo",
 )
 
 

@@ -128,7 +128,9 @@ class Family:
     # Only the sliding layers apply the rotary; the global ones hand q and k to the kernel
     # as projected (Cohere2Attention: ``if self.sliding_window is not None:
     # apply_rotary_pos_emb``, transformers 5.25 modeling_cohere2.py l.222-223): where only
-    # the top (global) blocks need gradients, no multiply keeps the tables.
+    # the top (global) blocks need gradients, no multiply keeps the tables. K-EXAONE's
+    # full-attention layers likewise (modeling_exaone_moe.py ExaoneMoeAttention.forward
+    # ``if self.sliding_window is None or self.is_sliding``, its config's window never None).
     rotary_on_sliding_layers_only: bool = False
     # The full-attention layers may have an attention shape of their own (Architecture
     # full_head_dim, full_kv_heads, full_values_are_keys: Gemma 4's global layers,

@@ -76,8 +76,9 @@ class Embedding:
         """The rotary tables, shared by every layer's rotary multiply, which keeps them
         when the blocks need gradients (the top ``grad_blocks``, None: all; OLMo 3 frozen
         below its top full layer keeps no sliding pair: 9,600 B over 1,329,004 measured
-        before, tests/accuracy). Checkpointed blocks hold them instead, saved by no node
-        (rotary_held)."""
+        before, tests/accuracy); a stack whose full layers take no rotary
+        (Family.rotary_on_sliding_layers_only) keeps them only where a sliding block needs
+        a gradient (rotary_tables). Checkpointed blocks hold them instead, saved by no node (rotary_held)."""
         if run.grad_ckpt:
             return []
         tables = Embedding.rotary_tables(arch, run, T, residual, grad_blocks)
