@@ -16,6 +16,7 @@ EXPECTED = {
     "biased_attention",
     "dropout",
     "embedding",
+    "gated_deltanet",
     "linear",
     "latent_attention",
     "loss",

@@ -37,6 +37,7 @@ MODULES = (
     "ftmem.ops.biased_attention",
     "ftmem.ops.dropout",
     "ftmem.ops.embedding",
+    "ftmem.ops.gated_deltanet",
     "ftmem.ops.latent_attention",
     "ftmem.ops.linear",
     "ftmem.ops.loss",

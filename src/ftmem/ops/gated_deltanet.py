@@ -1,0 +1,205 @@
+"""Gated DeltaNet linear attention (Qwen3.5, Qwen3-Next), as transformers 5.25 runs it
+without the hub kernels: models/qwen3_5/modeling_qwen3_5.py ``Qwen3_5GatedDeltaNet``
+(l.555-738), ``causal_conv1d_fn``'s torch path (l.251-271), ``torch_chunk_gated_delta_rule``
+(l.336-475) and ``Qwen3_5RMSNormGated`` (l.199-215). Not yet walked by the block walk: the
+families that use it (qwen3_5, qwen3_5_moe, qwen3_next) stay refused until their blocks of
+two kinds are (see calibration/notes/peft.md, "Gated DeltaNet (stop 49, helper qwen35)").
+
+The op runs from the outputs of in_proj_qkv, in_proj_z, in_proj_b and in_proj_a to the
+input of out_proj (those five are linears: ops.linear answers for what they keep). Symbols:
+b batch, s tokens a row, T = b·s, h_k/h_v the key and value heads (q and k are repeated to
+h_v heads), d_k/d_v their widths, D = 2·h_k·d_k + h_v·d_v the conv channels, K the conv
+kernel, C = 64 the chunk, n = ⌈s / C⌉ the chunks and P = n·C the padded length, e the
+compute dtype's bytes; every tensor of the delta rule is fp32 (4 bytes) whatever e is.
+
+What autograd keeps when every input stream needs a gradient (the block's input does, or
+every in_proj is adapted), traced with saved_tensors_hooks on the CPU (torch 2.13, fp32 and
+bf16 weights; tests/test_gated_deltanet.py measures the real module):
+
+* the depthwise conv keeps its input (in_proj_qkv's output, T·D·e: ConvolutionBackward
+  keeps it even for a frozen weight) and silu its input, the conv's padded output
+  (b·D·(s + K - 1)·e, sliced to s after);
+* beta = sigmoid(b) keeps its output (T·h_v·e); g = -exp(A_log.float())·softplus(a.float()
+  + dt_bias) keeps softplus's fp32 input (T·h_v·4) and the fp32 -exp(A_log) (h_v·4); where
+  A_log trains also exp's output (h_v·4) and softplus's output (T·h_v·4);
+* the l2-normalised q and k: each its fp32 contiguous copy (b·h_v·s·d_k·4) and its fp32
+  rstd (b·h_v·s·4);
+* padded to P: beta (b·h_v·P·4), v (b·h_v·P·d_v·4), k (b·h_v·P·d_k·4), the scaled q
+  (b·h_v·P·d_k·4), and k·beta (b·h_v·P·d_k·4); the chunk mask (C·C bool);
+* five C-wide fp32 tensors of b·h_v·P·C·4 each: the pairwise decay's exp, k_beta·kᵀ, q·kᵀ,
+  the UT system (solve_triangular's matrix) and the intra-chunk attention;
+* the UT solves' outputs (new values b·h_v·P·d_v·4, k_cumdecay b·h_v·P·d_k·4), three
+  b·h_v·P·4 exps of the cumulative decay and the chunks' decays (b·h_v·n·4);
+* the decayed key (b·h_v·P·d_k·4), the decayed query where a later chunk reads a state
+  that needs a gradient (n ≥ 2), and per chunk its state (b·h_v·d_k·d_v·4, the zero first
+  one included) and its v_new (b·h_v·C·d_v·4);
+* the gated RMSNorm: its input as fp32 (T·h_v·d_v·4: a copy in 16 bits, the kernel's
+  output itself in fp32), the rstd (T·h_v·4), the gate as fp32 (likewise), silu's output
+  (T·h_v·d_v·4), the weighted normalised tensor (T·h_v·d_v·e, saved by the product with
+  silu's fp32 output) and, where the norm's weight trains, the normalised tensor cast
+  back (T·h_v·d_v·e).
+
+Gradient checkpointing keeps only the block's input in forward; the recompute keeps the
+same tensors again (measured). Autocast is not modelled: its matmuls inside the fp32 delta
+rule keep 16-bit copies of most of the above (traced, not yet written down), so an
+estimate under autocast refuses these layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ftmem.dtypes import FP32
+from ftmem.ops.registry import register
+from ftmem.ops.saved import Kind, Saved, Side
+
+# torch_chunk_gated_delta_rule's default, the one Qwen3_5GatedDeltaNet.forward uses
+CHUNK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaNetShape:
+    """A Gated DeltaNet layer's widths, as config.json names them: hidden_size,
+    linear_num_key_heads, linear_num_value_heads, linear_key_head_dim,
+    linear_value_head_dim, linear_conv_kernel_dim."""
+
+    hidden: int
+    k_heads: int
+    v_heads: int
+    k_dim: int
+    v_dim: int
+    conv_kernel: int
+
+    @property
+    def key_dim(self) -> int:
+        return self.k_heads * self.k_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.v_heads * self.v_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """The conv's channels: q, k and v side by side (in_proj_qkv's output)."""
+        return 2 * self.key_dim + self.value_dim
+
+
+@register("gated_deltanet")
+class GatedDeltaNet:
+    """Between the input projections and out_proj of a linear-attention layer."""
+
+    @staticmethod
+    def parameters(shape: DeltaNetShape) -> dict[str, int]:
+        """Elements of each of the layer's parameters (Qwen3_5GatedDeltaNet.__init__:
+        bias-free projections, a bias-free depthwise conv of conv_dim × 1 × K, dt_bias and
+        A_log per value head, the gated norm's weight over one value head)."""
+        h, v = shape.hidden, shape.v_heads
+        return {
+            "in_proj_qkv": h * shape.conv_dim,
+            "in_proj_z": h * shape.value_dim,
+            "in_proj_b": h * v,
+            "in_proj_a": h * v,
+            "conv1d": shape.conv_dim * shape.conv_kernel,
+            "dt_bias": v,
+            "A_log": v,
+            "norm": shape.v_dim,
+            "out_proj": shape.value_dim * h,
+        }
+
+    @staticmethod
+    def saved(
+        shape: DeltaNetShape, batch: int, seq: int, e: int, weights_train: bool
+    ) -> list[Saved]:
+        """What the op keeps when its input streams need a gradient (see the module's
+        docstring for each term); ``e``: the compute dtype's bytes; ``weights_train``: the
+        conv, A_log, dt_bias and the norm's weight train (full finetuning)."""
+        b, s, f = batch, seq, FP32
+        T = b * s
+        hv, dk, dv = shape.v_heads, shape.k_dim, shape.v_dim
+        n = math.ceil(s / CHUNK)
+        P = n * CHUNK
+        vd = shape.value_dim
+        rows = b * hv * P  # the padded rows of every head
+        items: list[tuple[str, int]] = [
+            ("conv input (in_proj_qkv's output)", T * shape.conv_dim * e),
+            (
+                "silu input (the conv's padded output)",
+                b * shape.conv_dim * (s + shape.conv_kernel - 1) * e,
+            ),
+            ("beta (sigmoid output)", T * hv * e),
+            ("softplus input (fp32)", T * hv * f),
+            ("-exp(A_log) (fp32)", hv * f),
+        ]
+        if weights_train:
+            items += [("exp(A_log) (fp32)", hv * f), ("softplus output (fp32)", T * hv * f)]
+        if shape.k_heads == shape.v_heads and e == f:
+            # ``.to(float32, memory_format=contiguous_format)`` of an fp32 transposed view
+            # is no copy: l2norm keeps the views of silu's output, q, k and v in one storage
+            items.append(
+                ("silu output (l2norm's q and k read views of it)", T * shape.conv_dim * f)
+            )
+        for name in ("q", "k"):
+            if shape.k_heads != shape.v_heads or e != f:  # repeat_interleave's, or the cast
+                items.append((f"{name}: fp32 (l2norm input)", b * hv * s * dk * f))
+            items.append((f"{name}: l2norm rstd", b * hv * s * f))
+        items += [
+            ("beta padded", rows * f),
+            ("v padded", rows * dv * f),
+            ("k padded", rows * dk * f),
+            ("q padded (scaled)", rows * dk * f),
+            ("k·beta", rows * dk * f),
+            ("chunk mask (bool)", CHUNK * CHUNK),
+        ]
+        # In fp32 with nothing to pad, q and k keep a layout that is not (b, h_v, s, d_k)
+        # contiguous: the fp32 ``.to`` copies nothing, F.pad's zero padding clones with the
+        # strides kept, and the elementwise ops between keep them too. Grouped heads keep
+        # repeat_interleave's (b, s, h_v, d_k); equal heads keep the conv output's
+        # channel-major (b, h, d_k, s). The q·kᵀ and k_beta·kᵀ matmuls then fold (b, h_v, n)
+        # into one batch dim by copying their operands (measured: none with equal heads
+        # and one chunk, where kᵀ's chunk is contiguous), and with grouped heads the
+        # state loop copies each chunk's decayed kᵀ and query. In 16 bits ``.to(float32,
+        # memory_format=contiguous_format)`` copies, and F.pad's padding writes a new
+        # contiguous tensor: none of this.
+        unpadded_fp32 = e == f and s == P
+        strided = unpadded_fp32 and shape.k_heads != shape.v_heads
+        if strided or (unpadded_fp32 and n >= 2):
+            items += [(f"q/k matmul operand copy {i}", rows * dk * f) for i in range(4)]
+        for name in ("pairwise decay", "k_beta·kᵀ", "q·kᵀ", "UT system", "intra-chunk attention"):
+            items.append((f"{name} (C-wide)", rows * CHUNK * f))
+        items += [
+            ("new values (UT solve)", rows * dv * f),
+            ("k_cumdecay (UT solve)", rows * dk * f),
+            ("exp(cumulative decay), k_beta's", rows * f),
+            ("exp(cumulative decay), q's", rows * f),
+        ]
+        # The last chunk's state update makes a state nothing reads: its graph is dropped
+        # in forward with what it alone kept (the decayed key, its decay and the chunks'
+        # decays where there is one chunk; its kᵀ copy)
+        if n >= 2:
+            items += [
+                ("exp(decay to the chunk's end)", rows * f),
+                ("chunk decays", b * hv * n * f),
+            ]
+        if strided:  # each chunk's decayed kᵀ copied, and its query from the second on
+            part = b * hv * CHUNK * dk * f
+            items += [(f"chunk {i}: decayed kᵀ copy", part) for i in range(n - 1)]
+            items += [(f"chunk {i}: decayed query copy", part) for i in range(1, n)]
+        elif n >= 2:  # (chunk i >= 1 reads a state that needs a gradient)
+            items += [("decayed key", rows * dk * f), ("decayed query", rows * dk * f)]
+        state, v_new = b * hv * dk * dv * f, b * hv * CHUNK * dv * f
+        items += [(f"chunk {i}: state", state) for i in range(n)]
+        items += [(f"chunk {i}: v_new", v_new) for i in range(n)]
+        items += [
+            ("gated norm: fp32 input", T * vd * f),
+            ("gated norm: rstd", T * hv * f),
+            ("gated norm: fp32 gate (silu input)", T * vd * f),
+            ("gated norm: silu output", T * vd * f),
+            ("gated norm: weighted normalised", T * vd * e),
+        ]
+        if weights_train:
+            items.append(("gated norm: normalised (for its weight)", T * vd * e))
+        return [
+            Saved(f"gated deltanet: {what}", size, Kind.LINEAR_ATTENTION, Side.ATTENTION)
+            for what, size in items
+        ]
