@@ -126,6 +126,31 @@ def test_the_module_keeps_what_the_op_counts(shape_name, precision, x_grad, weig
     assert measured == _expected(shape, 2, seq, e, weights_train)
 
 
+@pytest.mark.parametrize("shape_name", sorted(SHAPES))
+@pytest.mark.parametrize("weights_train", [False, True])
+@pytest.mark.parametrize("seq", [50, CHUNK, 2 * CHUNK + 1])
+def test_under_autocast_the_module_keeps_what_the_op_counts(shape_name, weights_train, seq):
+    """fp32 weights under a bf16 autocast: the matmuls keep their operands' casts, the
+    linears and the conv their weights' casts (frozen or not: ops.linear's, added here)."""
+    shape = SHAPES[shape_name]
+    module = _module(shape, torch.float32, weights_train)
+    x = torch.randn(2, seq, shape.hidden, requires_grad=True)
+
+    with Kept(module.parameters()) as kept:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = module(x)
+        measured = kept.alive()
+    del y
+
+    items = GatedDeltaNet.saved(shape, 2, seq, 2, weights_train, autocast=True)
+    params = GatedDeltaNet.parameters(shape)
+    linears = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")
+    expected = [item.nbytes for item in items] + [2 * params[name] for name in linears]
+    if weights_train:  # the linears' 16-bit inputs
+        expected += [2 * seq * shape.hidden * 2, 2 * seq * shape.value_dim * 2]
+    assert measured == sorted(expected)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_checkpointed_layer_keeps_its_input_and_its_recompute_keeps_the_same(precision):
     """Reentrant checkpointing runs the forward without a graph (the input kept by the

@@ -39,10 +39,26 @@ bf16 weights; tests/test_gated_deltanet.py measures the real module):
   silu's fp32 output) and, where the norm's weight trains, the normalised tensor cast
   back (T·h_v·d_v·e).
 
+Under a 16-bit autocast over fp32 weights (measured too) the conv keeps its input's and
+its weight's casts, the two q/k matmuls keep their operands' casts and 16-bit outputs, and
+the chunk loop keeps, per chunk, the casts its matmuls read (the state twice, the
+k_cumdecay and query chunks from the second chunk on, the intra-chunk attention and v_new;
+for all but the last chunk also the fp32 state, kᵀ's and v_new's casts) instead of the
+whole decayed q and k, states and v_new; the gated norm's weighted product is fp32.
+
+In fp32 without padding (s a multiple of C) q and k keep a strided layout and the matmuls
+copy their operands (see ``saved``). Only the state update of the last chunk makes a
+state that nothing reads: autograd drops its graph in forward, with what only it kept.
+
 Gradient checkpointing keeps only the block's input in forward; the recompute keeps the
-same tensors again (measured). Autocast is not modelled: its matmuls inside the fp32 delta
-rule keep 16-bit copies of most of the above (traced, not yet written down), so an
-estimate under autocast refuses these layers.
+same tensors again (measured with reentrant checkpointing).
+
+What is not here: the forward's transient peak and the backward's workspace (not yet
+measured), inputs whose streams need no gradient (the lowest trained block of a method
+that adapts only some of the input projections), and the kernels CUDA users get when the
+``kernels`` hub or flash-linear-attention and causal-conv1d are installed
+(``use_kernel_func_from_hub_with_fallback``): fla's ChunkGatedDeltaRuleFunction keeps a
+different, smaller set (calibration/notes/peft.md).
 """
 
 from __future__ import annotations
@@ -109,11 +125,17 @@ class GatedDeltaNet:
 
     @staticmethod
     def saved(
-        shape: DeltaNetShape, batch: int, seq: int, e: int, weights_train: bool
+        shape: DeltaNetShape,
+        batch: int,
+        seq: int,
+        e: int,
+        weights_train: bool,
+        autocast: bool = False,
     ) -> list[Saved]:
         """What the op keeps when its input streams need a gradient (see the module's
         docstring for each term); ``e``: the compute dtype's bytes; ``weights_train``: the
-        conv, A_log, dt_bias and the norm's weight train (full finetuning)."""
+        conv, A_log, dt_bias and the norm's weight train (full finetuning); ``autocast``:
+        fp32 weights under a 16-bit autocast (``e`` is then the autocast dtype's bytes)."""
         b, s, f = batch, seq, FP32
         T = b * s
         hv, dk, dv = shape.v_heads, shape.k_dim, shape.v_dim
@@ -121,8 +143,10 @@ class GatedDeltaNet:
         P = n * CHUNK
         vd = shape.value_dim
         rows = b * hv * P  # the padded rows of every head
+        # the matmuls' dtype (autocast casts both operands, then saves the casts)
+        me = e if autocast else f
         items: list[tuple[str, int]] = [
-            ("conv input (in_proj_qkv's output)", T * shape.conv_dim * e),
+            ("conv input (in_proj_qkv's output; autocast: its cast)", T * shape.conv_dim * e),
             (
                 "silu input (the conv's padded output)",
                 b * shape.conv_dim * (s + shape.conv_kernel - 1) * e,
@@ -131,6 +155,8 @@ class GatedDeltaNet:
             ("softplus input (fp32)", T * hv * f),
             ("-exp(A_log) (fp32)", hv * f),
         ]
+        if autocast:  # F.conv1d's 16-bit copy of the fp32 weight, kept frozen or not
+            items.append(("conv weight cast", shape.conv_dim * shape.conv_kernel * e))
         if weights_train:
             items += [("exp(A_log) (fp32)", hv * f), ("softplus output (fp32)", T * hv * f)]
         if shape.k_heads == shape.v_heads and e == f:
@@ -160,13 +186,19 @@ class GatedDeltaNet:
         # and one chunk, where kᵀ's chunk is contiguous), and with grouped heads the
         # state loop copies each chunk's decayed kᵀ and query. In 16 bits ``.to(float32,
         # memory_format=contiguous_format)`` copies, and F.pad's padding writes a new
-        # contiguous tensor: none of this.
+        # contiguous tensor: none of this. Autocast's matmuls keep their own casts.
         unpadded_fp32 = e == f and s == P
         strided = unpadded_fp32 and shape.k_heads != shape.v_heads
-        if strided or (unpadded_fp32 and n >= 2):
-            items += [(f"q/k matmul operand copy {i}", rows * dk * f) for i in range(4)]
-        for name in ("pairwise decay", "k_beta·kᵀ", "q·kᵀ", "UT system", "intra-chunk attention"):
-            items.append((f"{name} (C-wide)", rows * CHUNK * f))
+        if autocast or strided or (unpadded_fp32 and n >= 2):
+            items += [(f"q/k matmul operand copy {i}", rows * dk * me) for i in range(4)]
+        items += [
+            ("pairwise decay (C-wide)", rows * CHUNK * f),
+            ("k_beta·kᵀ (C-wide)", rows * CHUNK * me),
+            ("q·kᵀ (C-wide)", rows * CHUNK * me),
+            ("UT system (C-wide)", rows * CHUNK * f),
+        ]
+        if not autocast:  # (autocast's matmuls keep each chunk's cast instead)
+            items.append(("intra-chunk attention (C-wide)", rows * CHUNK * f))
         items += [
             ("new values (UT solve)", rows * dv * f),
             ("k_cumdecay (UT solve)", rows * dk * f),
@@ -181,21 +213,17 @@ class GatedDeltaNet:
                 ("exp(decay to the chunk's end)", rows * f),
                 ("chunk decays", b * hv * n * f),
             ]
-        if strided:  # each chunk's decayed kᵀ copied, and its query from the second on
-            part = b * hv * CHUNK * dk * f
-            items += [(f"chunk {i}: decayed kᵀ copy", part) for i in range(n - 1)]
-            items += [(f"chunk {i}: decayed query copy", part) for i in range(1, n)]
-        elif n >= 2:  # (chunk i >= 1 reads a state that needs a gradient)
-            items += [("decayed key", rows * dk * f), ("decayed query", rows * dk * f)]
-        state, v_new = b * hv * dk * dv * f, b * hv * CHUNK * dv * f
-        items += [(f"chunk {i}: state", state) for i in range(n)]
-        items += [(f"chunk {i}: v_new", v_new) for i in range(n)]
+        rows_dk = rows * dk
+        items += _chunk_loop(shape, b, n, e, autocast, strided, rows_dk)
+        # weight · normalised is in the weight's dtype where that is wider (fp32 weights
+        # under autocast), and saved by the product with silu's fp32 output
+        product = f if autocast else e
         items += [
             ("gated norm: fp32 input", T * vd * f),
             ("gated norm: rstd", T * hv * f),
             ("gated norm: fp32 gate (silu input)", T * vd * f),
             ("gated norm: silu output", T * vd * f),
-            ("gated norm: weighted normalised", T * vd * e),
+            ("gated norm: weighted normalised", T * vd * product),
         ]
         if weights_train:
             items.append(("gated norm: normalised (for its weight)", T * vd * e))
@@ -203,3 +231,39 @@ class GatedDeltaNet:
             Saved(f"gated deltanet: {what}", size, Kind.LINEAR_ATTENTION, Side.ATTENTION)
             for what, size in items
         ]
+
+
+def _chunk_loop(
+    shape: DeltaNetShape, b: int, n: int, e: int, autocast: bool, strided: bool, rows_dk: int
+) -> list[tuple[str, int]]:
+    """What the scan over the n chunks keeps (torch_chunk_gated_delta_rule's second phase);
+    ``rows_dk``: the elements of the whole padded q or k."""
+    f, hv, dk, dv = FP32, shape.v_heads, shape.k_dim, shape.v_dim
+    items: list[tuple[str, int]] = []
+    state, v_new = b * hv * dk * dv, b * hv * CHUNK * dv
+    part = b * hv * CHUNK * dk  # one chunk of q or k
+    if autocast:
+        # per chunk: S_i's cast twice (for k_cumdecay's and q's gradients), the casts
+        # of k_cumdecay's and q's chunks where S_i needs a gradient (i >= 1), of the
+        # intra-chunk attention and v_new; and, but for the last (dropped) update,
+        # S_i in fp32 (for the chunk decay's gradient), kᵀ's and v_new's casts
+        for i in range(n):
+            items += [(f"chunk {i}: state cast", state * e)] * 2
+            if i >= 1:
+                items += [(f"chunk {i}: k_cumdecay cast", part * e)]
+                items += [(f"chunk {i}: query cast", part * e)]
+            items += [(f"chunk {i}: intra-chunk attention cast", b * hv * CHUNK**2 * e)]
+            items += [(f"chunk {i}: v_new cast", v_new * e)]
+            if i < n - 1:
+                items += [(f"chunk {i}: state (fp32)", state * f)]
+                items += [(f"chunk {i}: decayed kᵀ cast", part * e)]
+                items += [(f"chunk {i}: v_new cast for the state", v_new * e)]
+    else:
+        if strided:  # each chunk's decayed kᵀ copied, and its query from the second on
+            items += [(f"chunk {i}: decayed kᵀ copy", part * f) for i in range(n - 1)]
+            items += [(f"chunk {i}: decayed query copy", part * f) for i in range(1, n)]
+        elif n >= 2:  # (chunk i >= 1 reads a state that needs a gradient)
+            items += [("decayed key", rows_dk * f), ("decayed query", rows_dk * f)]
+        items += [(f"chunk {i}: state", state * f) for i in range(n)]
+        items += [(f"chunk {i}: v_new", v_new * f) for i in range(n)]
+    return items
