@@ -143,7 +143,7 @@ def test_under_autocast_the_module_keeps_what_the_op_counts(shape_name, weights_
     del y
 
     items = GatedDeltaNet.saved(shape, 2, seq, 2, weights_train, autocast=True)
-    params = GatedDeltaNet.parameters(shape)
+    params = GatedDeltaNet.layer_parameters(shape)
     linears = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a", "out_proj")
     expected = [item.nbytes for item in items] + [2 * params[name] for name in linears]
     if weights_train:  # the linears' 16-bit inputs
@@ -184,7 +184,7 @@ def test_parameters_match_the_module(shape_name):
     shape = SHAPES[shape_name]
     with torch.device("meta"):
         module = _module(shape, torch.float32, True)
-    counted = GatedDeltaNet.parameters(shape)
+    counted = GatedDeltaNet.layer_parameters(shape)
     real = {name.split(".")[0]: p.numel() for name, p in module.named_parameters()}
     assert counted == real
     assert sum(counted.values()) == sum(p.numel() for p in module.parameters())

@@ -106,10 +106,11 @@ class GatedDeltaNet:
     """Between the input projections and out_proj of a linear-attention layer."""
 
     @staticmethod
-    def parameters(shape: DeltaNetShape) -> dict[str, int]:
-        """Elements of each of the layer's parameters (Qwen3_5GatedDeltaNet.__init__:
+    def layer_parameters(shape: DeltaNetShape) -> dict[str, int]:
+        """Elements of each of the layer's parameters, by module (Qwen3_5GatedDeltaNet.__init__:
         bias-free projections, a bias-free depthwise conv of conv_dim × 1 × K, dt_bias and
-        A_log per value head, the gated norm's weight over one value head)."""
+        A_log per value head, the gated norm's weight over one value head). Not the op
+        protocol's ``parameters(arch)``: no Architecture has these layers yet."""
         h, v = shape.hidden, shape.v_heads
         return {
             "in_proj_qkv": h * shape.conv_dim,
