@@ -1,7 +1,9 @@
 """Gated DeltaNet linear attention (Qwen3.5, Qwen3-Next), as transformers 5.25 runs it
 without the hub kernels: models/qwen3_5/modeling_qwen3_5.py ``Qwen3_5GatedDeltaNet``
 (l.555-738), ``causal_conv1d_fn``'s torch path (l.251-271), ``torch_chunk_gated_delta_rule``
-(l.336-475) and ``Qwen3_5RMSNormGated`` (l.199-215). Not yet walked by the block walk: the
+(l.336-475) and ``Qwen3_5RMSNormGated`` (l.199-215); Qwen3-Next's layer
+(models/qwen3_next/modeling_qwen3_next.py ``Qwen3NextGatedDeltaNet``) is the same but for
+its two fused input projections (``DeltaNetShape.fused``). Not yet walked by the block walk: the
 families that use it (qwen3_5, qwen3_5_moe, qwen3_next) stay refused until their blocks of
 two kinds are (see calibration/notes/peft.md, "Gated DeltaNet (stop 49, helper qwen35)").
 
@@ -86,6 +88,11 @@ class DeltaNetShape:
     k_dim: int
     v_dim: int
     conv_kernel: int
+    # Qwen3-Next's two fused input projections (in_proj_qkvz, in_proj_ba: transformers
+    # 5.25 models/qwen3_next/modeling_qwen3_next.py Qwen3NextGatedDeltaNet, split per key
+    # head by fix_query_key_value_ordering, q/k/v concatenated for the conv) in place of
+    # Qwen3.5's four (in_proj_qkv, in_proj_z, in_proj_b, in_proj_a)
+    fused: bool = False
 
     @property
     def key_dim(self) -> int:
@@ -112,6 +119,16 @@ class GatedDeltaNet:
         A_log per value head, the gated norm's weight over one value head). Not the op
         protocol's ``parameters(arch)``: no Architecture has these layers yet."""
         h, v = shape.hidden, shape.v_heads
+        if shape.fused:
+            return {
+                "in_proj_qkvz": h * (shape.conv_dim + shape.value_dim),
+                "in_proj_ba": h * 2 * v,
+                "conv1d": shape.conv_dim * shape.conv_kernel,
+                "dt_bias": v,
+                "A_log": v,
+                "norm": shape.v_dim,
+                "out_proj": shape.value_dim * h,
+            }
         return {
             "in_proj_qkv": h * shape.conv_dim,
             "in_proj_z": h * shape.value_dim,
@@ -147,6 +164,7 @@ class GatedDeltaNet:
         # the matmuls' dtype (autocast casts both operands, then saves the casts)
         me = e if autocast else f
         items: list[tuple[str, int]] = [
+            # (Qwen3-Next's: the concatenation of q, k and v)
             ("conv input (in_proj_qkv's output; autocast: its cast)", T * shape.conv_dim * e),
             (
                 "silu input (the conv's padded output)",
@@ -219,10 +237,18 @@ class GatedDeltaNet:
         # weight · normalised is in the weight's dtype where that is wider (fp32 weights
         # under autocast), and saved by the product with silu's fp32 output
         product = f if autocast else e
+        gate = ("gated norm: fp32 gate (silu input)", T * vd * f)
+        if shape.fused and e == f and shape.k_heads == shape.v_heads:
+            # z is a view of in_proj_qkvz's output (one value head per key head: its
+            # reshapes need no copy) and the fp32 ``.to`` none: silu keeps that output
+            gate = (
+                "gated norm: gate, a view of in_proj_qkvz's output",
+                T * (vd + shape.conv_dim) * f,
+            )
         items += [
             ("gated norm: fp32 input", T * vd * f),
             ("gated norm: rstd", T * hv * f),
-            ("gated norm: fp32 gate (silu input)", T * vd * f),
+            gate,
             ("gated norm: silu output", T * vd * f),
             ("gated norm: weighted normalised", T * vd * product),
         ]
