@@ -159,35 +159,10 @@ class GatedDeltaNet:
         hv, dk, dv = shape.v_heads, shape.k_dim, shape.v_dim
         n = math.ceil(s / CHUNK)
         P = n * CHUNK
-        vd = shape.value_dim
         rows = b * hv * P  # the padded rows of every head
         # the matmuls' dtype (autocast casts both operands, then saves the casts)
         me = e if autocast else f
-        items: list[tuple[str, int]] = [
-            # (Qwen3-Next's: the concatenation of q, k and v)
-            ("conv input (in_proj_qkv's output; autocast: its cast)", T * shape.conv_dim * e),
-            (
-                "silu input (the conv's padded output)",
-                b * shape.conv_dim * (s + shape.conv_kernel - 1) * e,
-            ),
-            ("beta (sigmoid output)", T * hv * e),
-            ("softplus input (fp32)", T * hv * f),
-            ("-exp(A_log) (fp32)", hv * f),
-        ]
-        if autocast:  # F.conv1d's 16-bit copy of the fp32 weight, kept frozen or not
-            items.append(("conv weight cast", shape.conv_dim * shape.conv_kernel * e))
-        if weights_train:
-            items += [("exp(A_log) (fp32)", hv * f), ("softplus output (fp32)", T * hv * f)]
-        if shape.k_heads == shape.v_heads and e == f:
-            # ``.to(float32, memory_format=contiguous_format)`` of an fp32 transposed view
-            # is no copy: l2norm keeps the views of silu's output, q, k and v in one storage
-            items.append(
-                ("silu output (l2norm's q and k read views of it)", T * shape.conv_dim * f)
-            )
-        for name in ("q", "k"):
-            if shape.k_heads != shape.v_heads or e != f:  # repeat_interleave's, or the cast
-                items.append((f"{name}: fp32 (l2norm input)", b * hv * s * dk * f))
-            items.append((f"{name}: l2norm rstd", b * hv * s * f))
+        items = _inputs(shape, b, s, e, weights_train, autocast)
         items += [
             ("beta padded", rows * f),
             ("v padded", rows * dv * f),
@@ -234,26 +209,7 @@ class GatedDeltaNet:
             ]
         rows_dk = rows * dk
         items += _chunk_loop(shape, b, n, e, autocast, strided, rows_dk)
-        # weight · normalised is in the weight's dtype where that is wider (fp32 weights
-        # under autocast), and saved by the product with silu's fp32 output
-        product = f if autocast else e
-        gate = ("gated norm: fp32 gate (silu input)", T * vd * f)
-        if shape.fused and e == f and shape.k_heads == shape.v_heads:
-            # z is a view of in_proj_qkvz's output (one value head per key head: its
-            # reshapes need no copy) and the fp32 ``.to`` none: silu keeps that output
-            gate = (
-                "gated norm: gate, a view of in_proj_qkvz's output",
-                T * (vd + shape.conv_dim) * f,
-            )
-        items += [
-            ("gated norm: fp32 input", T * vd * f),
-            ("gated norm: rstd", T * hv * f),
-            gate,
-            ("gated norm: silu output", T * vd * f),
-            ("gated norm: weighted normalised", T * vd * product),
-        ]
-        if weights_train:
-            items.append(("gated norm: normalised (for its weight)", T * vd * e))
+        items += _gated_norm(shape, T, e, weights_train, autocast)
         return [
             Saved(f"gated deltanet: {what}", size, Kind.LINEAR_ATTENTION, Side.ATTENTION)
             for what, size in items
@@ -293,4 +249,65 @@ def _chunk_loop(
             items += [("decayed key", rows_dk * f), ("decayed query", rows_dk * f)]
         items += [(f"chunk {i}: state", state * f) for i in range(n)]
         items += [(f"chunk {i}: v_new", v_new * f) for i in range(n)]
+    return items
+
+
+def _inputs(
+    shape: DeltaNetShape, b: int, s: int, e: int, weights_train: bool, autocast: bool
+) -> list[tuple[str, int]]:
+    """The conv, beta, g, and l2norm's q and k (Qwen3_5GatedDeltaNet.forward up to the
+    delta rule, and the rule's first lines)."""
+    f, hv, dk, T = FP32, shape.v_heads, shape.k_dim, b * s
+    items: list[tuple[str, int]] = [
+        # (Qwen3-Next's: the concatenation of q, k and v)
+        ("conv input (in_proj_qkv's output; autocast: its cast)", T * shape.conv_dim * e),
+        (
+            "silu input (the conv's padded output)",
+            b * shape.conv_dim * (s + shape.conv_kernel - 1) * e,
+        ),
+        ("beta (sigmoid output)", T * hv * e),
+        ("softplus input (fp32)", T * hv * f),
+        ("-exp(A_log) (fp32)", hv * f),
+    ]
+    if autocast:  # F.conv1d's 16-bit copy of the fp32 weight, kept frozen or not
+        items.append(("conv weight cast", shape.conv_dim * shape.conv_kernel * e))
+    if weights_train:
+        items += [("exp(A_log) (fp32)", hv * f), ("softplus output (fp32)", T * hv * f)]
+    if shape.k_heads == shape.v_heads and e == f:
+        # ``.to(float32, memory_format=contiguous_format)`` of an fp32 transposed view
+        # is no copy: l2norm keeps the views of silu's output, q, k and v in one storage
+        items.append(("silu output (l2norm's q and k read views of it)", T * shape.conv_dim * f))
+    for name in ("q", "k"):
+        if shape.k_heads != shape.v_heads or e != f:  # repeat_interleave's, or the cast
+            items.append((f"{name}: fp32 (l2norm input)", b * hv * s * dk * f))
+        items.append((f"{name}: l2norm rstd", b * hv * s * f))
+    return items
+
+
+def _gated_norm(
+    shape: DeltaNetShape, T: int, e: int, weights_train: bool, autocast: bool
+) -> list[tuple[str, int]]:
+    """Qwen3_5RMSNormGated over the delta rule's output, gated by silu(z)."""
+    f, hv, vd = FP32, shape.v_heads, shape.value_dim
+    items: list[tuple[str, int]] = []
+    # weight · normalised is in the weight's dtype where that is wider (fp32 weights
+    # under autocast), and saved by the product with silu's fp32 output
+    product = f if autocast else e
+    gate = ("gated norm: fp32 gate (silu input)", T * vd * f)
+    if shape.fused and e == f and shape.k_heads == shape.v_heads:
+        # z is a view of in_proj_qkvz's output (one value head per key head: its
+        # reshapes need no copy) and the fp32 ``.to`` none: silu keeps that output
+        gate = (
+            "gated norm: gate, a view of in_proj_qkvz's output",
+            T * (vd + shape.conv_dim) * f,
+        )
+    items += [
+        ("gated norm: fp32 input", T * vd * f),
+        ("gated norm: rstd", T * hv * f),
+        gate,
+        ("gated norm: silu output", T * vd * f),
+        ("gated norm: weighted normalised", T * vd * product),
+    ]
+    if weights_train:
+        items.append(("gated norm: normalised (for its weight)", T * vd * e))
     return items
