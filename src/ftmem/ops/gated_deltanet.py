@@ -25,16 +25,18 @@ bf16 weights; tests/test_gated_deltanet.py measures the real module):
   + dt_bias) keeps softplus's fp32 input (T·h_v·4) and the fp32 -exp(A_log) (h_v·4); where
   A_log trains also exp's output (h_v·4) and softplus's output (T·h_v·4);
 * the l2-normalised q and k: each its fp32 contiguous copy (b·h_v·s·d_k·4) and its fp32
-  rstd (b·h_v·s·4);
+  rstd (b·h_v·s·4) (fp32 with equal key and value heads: no copy, silu's whole output);
 * padded to P: beta (b·h_v·P·4), v (b·h_v·P·d_v·4), k (b·h_v·P·d_k·4), the scaled q
   (b·h_v·P·d_k·4), and k·beta (b·h_v·P·d_k·4); the chunk mask (C·C bool);
 * five C-wide fp32 tensors of b·h_v·P·C·4 each: the pairwise decay's exp, k_beta·kᵀ, q·kᵀ,
   the UT system (solve_triangular's matrix) and the intra-chunk attention;
-* the UT solves' outputs (new values b·h_v·P·d_v·4, k_cumdecay b·h_v·P·d_k·4), three
-  b·h_v·P·4 exps of the cumulative decay and the chunks' decays (b·h_v·n·4);
-* the decayed key (b·h_v·P·d_k·4), the decayed query where a later chunk reads a state
-  that needs a gradient (n ≥ 2), and per chunk its state (b·h_v·d_k·d_v·4, the zero first
-  one included) and its v_new (b·h_v·C·d_v·4);
+* the UT solves' outputs (new values b·h_v·P·d_v·4, k_cumdecay b·h_v·P·d_k·4) and two
+  b·h_v·P·4 exps of the cumulative decay;
+* with two chunks or more: a third exp (the decay to each chunk's end), the chunks'
+  decays (b·h_v·n·4), the decayed key and query (b·h_v·P·d_k·4 each); with one, the
+  graph of the only state update is dropped with them;
+* per chunk its state (b·h_v·d_k·d_v·4, the zero first one included) and its v_new
+  (b·h_v·C·d_v·4);
 * the gated RMSNorm: its input as fp32 (T·h_v·d_v·4: a copy in 16 bits, the kernel's
   output itself in fp32), the rstd (T·h_v·4), the gate as fp32 (likewise), silu's output
   (T·h_v·d_v·4), the weighted normalised tensor (T·h_v·d_v·e, saved by the product with
@@ -55,8 +57,8 @@ state that nothing reads: autograd drops its graph in forward, with what only it
 Gradient checkpointing keeps only the block's input in forward; the recompute keeps the
 same tensors again (measured with reentrant checkpointing).
 
-What is not here: the forward's transient peak and the backward's workspace (not yet
-measured), inputs whose streams need no gradient (the lowest trained block of a method
+What is not here: the forward's transient peak and the backward's workspace (measured on
+the tiny layers, not modelled: calibration/notes/peft.md), inputs whose streams need no gradient (the lowest trained block of a method
 that adapts only some of the input projections), and the kernels CUDA users get when the
 ``kernels`` hub or flash-linear-attention and causal-conv1d are installed
 (``use_kernel_func_from_hub_with_fallback``): fla's ChunkGatedDeltaRuleFunction keeps a
