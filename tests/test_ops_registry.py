@@ -24,6 +24,7 @@ EXPECTED = {
     "moe",
     "router_aux_loss",
     "norm",
+    "output_gate",
     "qk_norm",
     "t5_feed_forward",
     "t5_norm",

@@ -44,6 +44,7 @@ MODULES = (
     "ftmem.ops.mlp",
     "ftmem.ops.moe",
     "ftmem.ops.norm",
+    "ftmem.ops.output_gate",
     "ftmem.ops.router_aux",
     "ftmem.adapters.adalora",
     "ftmem.adapters.bottleneck",
