@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import get_args
 from unittest import mock
 
 import pytest
@@ -45,6 +46,7 @@ from ftmem import cli
 from ftmem.cli import root as cli_root  # loaded lazily by ftmem.cli: patched below
 from ftmem.engine_cast import FP32_BUFFERS, UNMODELLED
 from ftmem.presets import model_presets
+from ftmem.run import Method
 
 OMIT = "(default)"  # the option is not given
 MAX_SECONDS = 10.0  # per run, on a slow CI core (a run takes 0.01 to 0.1 s here)
@@ -62,8 +64,12 @@ PROMPT = {"prompt-tuning", "prefix-tuning", "p-tuning"}
 PEFT_OTHER = {
     "adalora", "loha", "lokr", "oft", "boft", "miss", "road", "vera", "fourierft", "hira",
     "psoft", "hra", "pvera", "randlora", "vblora", "shira", "waveft", "c3a", "tinylora",
-    "unilora", "lily", "beft", "glora", "peanut", "trainable-tokens",
+    "unilora", "lily", "beft", "glora", "peanut", "trainable-tokens", "osf", "supertuning",
+    "adamss",
 }  # fmt: skip
+# peft's prompt-side methods beyond PROMPT: the adaption prompt (LLaMA-Adapter's gated
+# prompts on Llama, Mistral and GPT-2) and Cartridge (a trained KV cache, prefix tuning's path)
+PROMPT_OTHER = {"adaption-prompt", "cartridge"}
 # peft's LoRA variants with LoRA's options (--lora-r, --lora-targets, ...)
 LORA_VARIANTS = {"adalora", "gralora", "delora", "deft"}
 # not modelled under autocast (ftmem.run.NO_AUTOCAST: measured on the CPU without it only)
@@ -73,17 +79,21 @@ AUTOCAST_MODELLED = {
     "gralora", "delora", "beft", "glora", "peanut", "trainable-tokens", "deft",
     "oft", "boft", "hra", "road", "miss", "lokr",
 }  # fmt: skip
-NO_AUTOCAST = (PEFT_OTHER | LORA_VARIANTS) - AUTOCAST_MODELLED
+NO_AUTOCAST = (PEFT_OTHER | LORA_VARIANTS | PROMPT_OTHER) - AUTOCAST_MODELLED
 # peft wraps no transformers Conv1D (GPT-2's) for these, or ftmem does not model it
 NO_CONV1D = PEFT_OTHER - {"adalora"} | LORA_VARIANTS - {"adalora"}
 # measured on decoder-only language models only (refused on image-text ones)
-TEXT_ONLY = PEFT_OTHER - {"adalora"} | LORA_VARIANTS - {"adalora"} | {"ln-tuning"}
+TEXT_ONLY = PEFT_OTHER - {"adalora"} | LORA_VARIANTS - {"adalora"} | {"ln-tuning"} | PROMPT_OTHER
 # their parameters stay fp32 (BOFT's solve, PSOFT's frozen factors, RandLoRA's bases)
 FP32_ONLY = {"boft", "psoft", "randlora", "deft"}
+# kept fp32 by peft and not measured under the engines' 16-bit casts, which Gemini always
+# applies (OFT only with the exact solve, not in the grid: ftmem.engine_cast)
+CAST_UNMODELLED = set(UNMODELLED) - {"oft"}
 METHODS = sorted(
     {"full", "freeze", "partial", "galore", "bitfit", "adapter", "ia3", "ln-tuning"}
     | LORA
     | PROMPT
+    | PROMPT_OTHER
     | PEFT_OTHER
     | LORA_VARIANTS
 )
@@ -129,6 +139,7 @@ ESTIMATE: dict[str, list[str]] = {
     "--road-variant": [OMIT, "road_2", "road_4"],
     "--oft-block-share": [OMIT, "--oft-block-share"],
     "--lokr-decompose-both": [OMIT, "--lokr-decompose-both"],
+    "--adamss-asa": [OMIT, "--adamss-asa"],
     "--prompt-encoder": [OMIT, "mlp", "lstm"],
     "--prefix-projection": [OMIT, "--prefix-projection", "--no-prefix-projection"],
     "--trainable-layers": [OMIT, "1", "3"],
@@ -176,10 +187,11 @@ ONLY_FOR: dict[str, set[str]] = {
     "--road-variant": {"road"},
     "--oft-block-share": {"oft"},
     "--lokr-decompose-both": {"lokr"},
+    "--adamss-asa": {"adamss"},
     # (auto, the default, goes with any)
     "--adapter-dtype": LORA
     | LORA_VARIANTS
-    | PEFT_OTHER - {"c3a", "tinylora", "unilora", "lily"}
+    | PEFT_OTHER - {"c3a", "tinylora", "unilora", "lily", "osf", "adamss"}
     | {"adapter", "ia3"},
     "--adapter-placement": {"adapter"},
     "--ia3-targets": {"ia3"},
@@ -287,7 +299,12 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     # peft refuses gradient checkpointing with a prefix in the KV cache
     lambda v: (
         _is(v, "--grad-ckpt", "--grad-ckpt")
-        and (_is(v, "--method", "prefix-tuning") or _given(v, "--prefix-projection"))
+        and (_is(v, "--method", "prefix-tuning", "cartridge") or _given(v, "--prefix-projection"))
+    ),
+    # (ftmem models the adaption prompt's gated attention on data-parallel ranks only)
+    lambda v: (
+        _is(v, "--method", "adaption-prompt")
+        and (any(_is(v, o, "2") for o in MODEL_PARALLEL) or _given(v, "--sp-mode"))
     ),
     # torch's fused kernels are AdamW's and SGD's (not bitsandbytes', torchao's,
     # Adafactor's, Lion's, nor galore_torch's)
@@ -397,7 +414,7 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     lambda v: _is(v, "--strategy", "colossalai-gemini") and _is(v, "--cp", "2"),
     lambda v: (
         _is(v, "--strategy", "colossalai-gemini")
-        and _is(v, "--method", *BOOSTER_LORA, *FP32_ONLY, "galore")
+        and _is(v, "--method", *BOOSTER_LORA, *FP32_ONLY, *CAST_UNMODELLED, "galore")
     ),
     lambda v: _is(v, "--strategy", "colossalai-gemini") and _is(v, "--precision", "fp32"),
     lambda v: (
@@ -423,7 +440,7 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
     lambda v: (
         (any(_given(v, o) for o in GEMINI_IMPLIED) or _is(v, "--gemini-placement", "auto"))
         and (
-            _is(v, "--method", *BOOSTER_LORA, *FP32_ONLY, "galore")
+            _is(v, "--method", *BOOSTER_LORA, *FP32_ONLY, *CAST_UNMODELLED, "galore")
             or _is(v, "--precision", "fp32")
             or _is(v, "--pp", "2")
             or _is(v, "--cp", "2")
@@ -614,8 +631,10 @@ def _method_model_ok(arch, method: str) -> bool:
     """Rules between one model and one method."""
     if method == "bitfit":
         return arch.has_biases
-    if method == "prefix-tuning":  # peft 0.21's prefix cache does not fit their attention
+    if method in ("prefix-tuning", "cartridge"):  # peft 0.21's prefix cache must fit
         return arch.family in PREFIX_FAMILIES
+    if method == "adaption-prompt":  # peft's TRANSFORMERS_MODEL_CONFIG
+        return arch.family in ("llama", "mistral", "gpt2")
     if method == "adapter":  # no MLP output linear after the experts
         return not arch.is_moe
     if method in NO_CONV1D and arch.family == "gpt2":
@@ -726,11 +745,11 @@ def _adapter_row_ok(g: dict[str, str], tp: int, strategy: str) -> bool:
     beside 16-bit parameters, unless the adapters (buffers too) are 16-bit already
     (ftmem.engine_cast); nor FSDP's mixed precision (it gathers them in 16-bit)."""
     cast = strategy in DEEPSPEED | COLOSSALAI and g["--precision"] != "fp32"
-    if cast and g["--method"] in set(UNMODELLED) - {"oft"}:
+    if cast and g["--method"] in CAST_UNMODELLED:
         return False
     if cast and strategy in DEEPSPEED and g["--method"] in FP32_BUFFERS:
         return g["--adapter-dtype"] in ("bf16", "fp16")
-    if g["--method"] in set(UNMODELLED) - {"oft"} and strategy in FSDP:
+    if g["--method"] in CAST_UNMODELLED and strategy in FSDP:
         return not g["--precision"].endswith("-mixed")
     if g["--method"] == "trainable-tokens" and g["--loss"] == "fused":
         return not model_presets()[g["model"]].tie_embeddings  # (a tied head's: refused)
@@ -1015,6 +1034,13 @@ def accepted_rows():
     return all_pairs(
         ESTIMATE, _pair_ok, _row_ok, SPREAD, FIRST, seed=31
     )  # a seed whose greedy rows hold every allowed pair
+
+
+def test_the_grid_holds_every_method():
+    """A method added to ftmem joins the grid (and its rules) here; LitGPT's adapters are
+    refused without --framework litgpt, which this grid does not vary."""
+    litgpt_only = {"llama-adapter", "llama-adapter-v2"}
+    assert set(get_args(Method)) - litgpt_only == set(METHODS)
 
 
 def test_the_generator_covers_every_allowed_pair(accepted_rows):
