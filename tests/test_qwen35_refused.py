@@ -1,6 +1,7 @@
-"""Qwen3.5 and Qwen3-Next configs (Gated DeltaNet layers between gated full-attention
-ones) are refused in one sentence that offers the traced answer: ops.gated_deltanet models
-the linear-attention op, but the block walk does not walk stacks of two block kinds yet."""
+"""Qwen3.5's MoE text model and Qwen3-Next (Gated DeltaNet layers between gated
+full-attention ones) are refused in one sentence that offers the traced answer, and so are
+Qwen3.5's image-text configs (their vision encoder); the dense text model is read
+(tests/test_qwen35_text.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ftmem.cli import app
-from ftmem.sources import GATED_DELTANET_MODEL_TYPES
+from ftmem.sources import GATED_DELTANET_MODEL_TYPES, GATED_DELTANET_WRAPPERS
 
 # transformers 5.25's Qwen3_5TextConfig keys (models/qwen3_5/configuration_qwen3_5.py)
 TINY = {
@@ -42,10 +43,13 @@ def test_a_gated_deltanet_stack_is_refused_in_one_sentence(tmp_path, model_type)
     assert "--traced" in res.stderr
 
 
-def test_a_multimodal_qwen35_config_is_refused_for_its_text_model(tmp_path):
+@pytest.mark.parametrize("model_type", sorted(GATED_DELTANET_WRAPPERS))
+def test_a_multimodal_qwen35_config_is_refused_for_its_vision_encoder(tmp_path, model_type):
     path = tmp_path / "config.json"
-    text = {"model_type": "qwen3_5_text", **TINY}
-    path.write_text(json.dumps({"model_type": "qwen3_5", "text_config": text}))
+    text = {"model_type": f"{model_type}_text", **TINY}
+    path.write_text(json.dumps({"model_type": model_type, "text_config": text}))
     res = CliRunner().invoke(app, ["estimate", str(path)])
     assert res.exit_code == 2 and res.stdout == ""
-    assert "Gated DeltaNet" in res.stderr
+    said = " ".join(res.stderr.split())
+    assert f'model_type "{model_type}", whose vision encoder ftmem does not model' in said
+    assert "Traceback" not in res.stderr

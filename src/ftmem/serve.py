@@ -25,6 +25,7 @@ from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INT4_GROUP, ceil_div, tensor_b
 from ftmem.errors import InvalidInputError
 from ftmem.hardware import Gpu
 from ftmem.methods import lora_targets
+from ftmem.ops.gated_deltanet import refuse_stack
 from ftmem.run import RunConfig
 from ftmem.units import format_bytes
 from ftmem.validation import Field, Model, PositiveInt, model_validator
@@ -275,6 +276,7 @@ def estimate_serving(
             f"{arch.name} is an encoder-decoder: `ftmem serve` models decoder-only generation "
             "(one KV cache); estimate its training instead."
         )
+    refuse_stack(arch, "serving")  # (its recurrent and conv states: no KV cache)
     beyond = position_note(arch, cfg.context, f"--context {cfg.context}")
     weights = weight_bytes(arch, cfg.weights)
     per_token = kv_bytes_per_token(arch, cfg.kv_dtype)

@@ -69,10 +69,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ftmem.dtypes import FP32
+from ftmem.errors import InvalidInputError
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
+
+if TYPE_CHECKING:
+    from ftmem.arch import Architecture
+
+
+def refuse_stack(arch: Architecture, what: str) -> None:
+    """A model with Gated DeltaNet layers (Architecture.linear_attention) or Qwen3.5's
+    gated attention (Family.attention_output_gate, ops.output_gate) has its parameters
+    counted exactly, but ``what`` (a training step, serving) is refused: the
+    block walk does not place the two layer kinds, the op's forward transient and
+    backward workspace are not formulas yet, and its recurrent and conv states are no KV
+    cache."""
+    if arch.linear_attention is not None or arch.traits.attention_output_gate:
+        raise InvalidInputError(
+            f"{arch.name}: {what} of Qwen3.5's layers (Gated DeltaNet and gated full "
+            "attention) is not modelled yet (their parameters are); for a traced answer add "
+            '--traced, with pip install "ftmem[measure]".'
+        )
+
 
 # torch_chunk_gated_delta_rule's default, the one Qwen3_5GatedDeltaNet.forward uses
 CHUNK = 64
