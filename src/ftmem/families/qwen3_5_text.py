@@ -21,6 +21,25 @@ The multi-token-prediction layers (``mtp_*`` in config.json, ``mtp.*`` weights) 
 built: Qwen3_5ForCausalLM ignores them on loading (``_keys_to_ignore_on_load_unexpected``,
 modeling_qwen3_5.py l.1742), so the count leaves them out as the model does. peft 0.21.2
 has no default LoRA targets for qwen3_5_text (utils/constants.py): targets must be named.
+
+Notes (stop 49, helper qwen35). The block walk: ``step._block_activations`` walks the
+blocks by index but keys each on (state, dense, sliding), and a layer kind is a
+``Param.blocks`` range (DeepSeek's dense-then-MoE, Gemma's sliding-then-global); a walk in
+the config's order would need per-block sets in ``Param``/``Linear`` and in every
+``blocks`` reader, too large beside the Gemma 4 work on the same lines, so the kinds are
+ranges (linear lowest, the top block full, as in every Qwen3.5 stack). Measured: every
+tensor's name without its layer index, and its size, counted over the layers, equals
+transformers 5.25's model on the meta device (tests/test_qwen35_text.py: the default
+pattern, interval 2, a given order, equal heads with biases and tied embeddings, half the
+head rotated; tiny 8-layer model 264,672 parameters; Qwen3_5TextConfig's own defaults,
+32 layers at 4096 wide: 8,953,803,264, a linear layer 218,407,104 and a full one
+209,723,904); peft 0.21.2's all-linear on the tiny model adapts exactly ftmem's
+all-linear. Left: the walk of the two kinds (Gated DeltaNet's saved set exists:
+ops.gated_deltanet, ops.output_gate), the op's forward transient and backward workspace,
+accuracy cases (none yet: nothing is estimated), the flash-linear-attention path
+(``--linear-attention fla``, not measured), serving's recurrent and conv states,
+qwen3_5_moe_text and qwen3_next (the same two kinds under Qwen3-MoE's experts, and
+Qwen3-Next's fused projections).
 """
 
 from __future__ import annotations
