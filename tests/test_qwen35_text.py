@@ -85,6 +85,17 @@ def test_every_tensor_is_transformers_one(changes):
     assert arch.rotary_size == int(16 * rotary)
 
 
+def test_keys_left_out_take_the_config_class_defaults():
+    """Without head_dim and the linear_* widths Qwen3_5TextConfig's defaults apply (head_dim
+    256, not hidden / heads; 16 key and 32 value heads of 128, kernel 4)."""
+    left_out = ("head_dim", "linear_num_key_heads", "linear_num_value_heads",
+                "linear_key_head_dim", "linear_value_head_dim", "linear_conv_kernel_dim")  # fmt: skip
+    cfg = {k: v for k, v in TINY_QWEN35_TEXT.items() if k not in left_out}
+    model = _built(cfg)
+    assert count_params(_arch(cfg)) == sum(p.numel() for p in model.parameters())
+    assert _arch(cfg).head_size == 256
+
+
 def test_transformers_default_widths_count_exactly():
     """Qwen3_5TextConfig's own defaults (hidden 4096, 32 layers, vocab 248,320, 16 key /
     32 value heads of 128): a 27B-class width, on the meta device."""

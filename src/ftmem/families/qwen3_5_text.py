@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 from ftmem import limits
 from ftmem.errors import ConfigError
 from ftmem.families import Family, ModuleNames
-from ftmem.families._config import Config, LlamaKeys, need, opt, rotary_dim, wrong
+from ftmem.families._config import Config, LlamaKeys, opt, opt_or, rotary_dim, wrong
 from ftmem.families._llama import LLAMA_NAMES, llama_map
 
 if TYPE_CHECKING:
@@ -57,6 +57,17 @@ if TYPE_CHECKING:
 
 # Qwen3_5TextConfig.__post_init__'s default: every fourth layer attends in full
 DEFAULT_FULL_ATTENTION_INTERVAL = 4
+# Qwen3_5TextConfig's class defaults (transformers 5.25 configuration_qwen3_5.py l.81-101)
+# for the keys a config.json may leave out
+DEFAULTS: Config = {
+    "head_dim": 256,
+    "max_position_embeddings": 32768,
+    "linear_num_key_heads": 16,
+    "linear_num_value_heads": 32,
+    "linear_key_head_dim": 128,
+    "linear_value_head_dim": 128,
+    "linear_conv_kernel_dim": 4,
+}
 LAYER_TYPES = ("linear_attention", "full_attention")
 
 
@@ -84,17 +95,23 @@ def linear_layer_count(cfg: Config, layers: int) -> int:
 def _read(cfg: Config, out: Config) -> None:
     out["qk_norm"] = True
     out.pop("sliding_window", None)  # (Qwen3_5TextConfig has no window)
-    out["rotary_dim"] = rotary_dim(cfg, out.get("head_dim", 256), ("partial_rotary_factor",), 0.25)
+    out["head_dim"] = opt_or(cfg, "head_dim", DEFAULTS)  # (not hidden / heads)
+    positions = opt_or(cfg, "max_position_embeddings", DEFAULTS, limits.TOKENS)
+    out["max_position_embeddings"] = positions
+    out["rotary_dim"] = rotary_dim(cfg, out["head_dim"], ("partial_rotary_factor",), 0.25)
     layers = linear_layer_count(cfg, out["num_layers"])
     if layers:
         out["linear_attention"] = {
-            "layers": layers,
-            "key_heads": need(cfg, "linear_num_key_heads"),
-            "value_heads": need(cfg, "linear_num_value_heads"),
-            "key_head_dim": need(cfg, "linear_key_head_dim"),
-            "value_head_dim": need(cfg, "linear_value_head_dim"),
-            "conv_kernel": need(cfg, "linear_conv_kernel_dim"),
+            field: opt_or(cfg, key, DEFAULTS)
+            for field, key in (
+                ("key_heads", "linear_num_key_heads"),
+                ("value_heads", "linear_num_value_heads"),
+                ("key_head_dim", "linear_key_head_dim"),
+                ("value_head_dim", "linear_value_head_dim"),
+                ("conv_kernel", "linear_conv_kernel_dim"),
+            )
         }
+        out["linear_attention"]["layers"] = layers
 
 
 def _build(arch: Architecture, kw: Config) -> None:
