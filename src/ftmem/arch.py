@@ -203,12 +203,6 @@ class Architecture(Model, strict=True):
         description="Layers whose KV cache keeps only the sliding window (transformers 5's "
         "DynamicSlidingWindowLayer); 0 counts every layer's cache in full, the safe side.",
     )
-    linear_attention: LinearAttention | None = Field(
-        None,
-        exclude_if=lambda value: value is None,
-        description="Gated DeltaNet linear-attention layers beside the full-attention ones "
-        "(Family.linear_attention_module: Qwen3.5); None: every layer attends in full.",
-    )
     final_logit_softcapping: FiniteFloat | None = None
     attn_logit_softcapping: FiniteFloat | None = Field(
         None, description="Gemma-2: tanh soft-capping of the attention scores."
@@ -232,6 +226,12 @@ class Architecture(Model, strict=True):
         0,
         description="Rows the token embedding holds beyond vocab_size (Llama-3.2-Vision's "
         "embed_tokens: vocab_size + 8, its LM head vocab_size).",
+    )
+    linear_attention: LinearAttention | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="Gated DeltaNet linear-attention layers beside the full-attention ones "
+        "(Family.linear_attention_module: Qwen3.5); None: every layer attends in full.",
     )
     vision: VisionTower | None = Field(
         None,
@@ -745,6 +745,25 @@ def _linears(arch: Architecture) -> list[Linear]:
     return out + _dense_mlp(arch, names.mlp, ffn, mlp_b)
 
 
+def _dense_mlp(arch: Architecture, mlp: Mapping[str, str], ffn: int, bias: bool) -> list[Linear]:
+    """A dense MLP's linears (gated or plain) of width ``ffn``: the block's own, or beside
+    the experts (DeepSeek's shared experts)."""
+    h = arch.hidden_size
+    out: list[Linear] = []
+    if arch.mlp == "gated":
+        if "gate_up" in mlp:
+            out.append(Linear(mlp["gate_up"], ("gate", "up"), h, 2 * ffn, bias))
+        else:
+            out += [
+                Linear(mlp["gate"], ("gate",), h, ffn, bias),
+                Linear(mlp["up"], ("up",), h, ffn, bias),
+            ]
+    else:
+        out.append(Linear(mlp["up"], ("up",), h, ffn, bias))
+    out.append(Linear(mlp["down"], ("down",), ffn, h, bias))
+    return out
+
+
 def _two_kind_attention(arch: Architecture) -> list[Linear]:
     """The projections of a stack with linear-attention layers (the lowest
     ``linear_attention.layers`` blocks, see LinearAttention) and full-attention ones (the
@@ -809,25 +828,6 @@ def _in_full_attention_layers(arch: Architecture, params: list[Param]) -> list[P
         return params
     above = (arch.linear_attention.layers, arch.num_layers)
     return [replace(p, blocks=above) for p in params]
-
-
-def _dense_mlp(arch: Architecture, mlp: Mapping[str, str], ffn: int, bias: bool) -> list[Linear]:
-    """A dense MLP's linears (gated or plain) of width ``ffn``: the block's own, or beside
-    the experts (DeepSeek's shared experts)."""
-    h = arch.hidden_size
-    out: list[Linear] = []
-    if arch.mlp == "gated":
-        if "gate_up" in mlp:
-            out.append(Linear(mlp["gate_up"], ("gate", "up"), h, 2 * ffn, bias))
-        else:
-            out += [
-                Linear(mlp["gate"], ("gate",), h, ffn, bias),
-                Linear(mlp["up"], ("up",), h, ffn, bias),
-            ]
-    else:
-        out.append(Linear(mlp["up"], ("up",), h, ffn, bias))
-    out.append(Linear(mlp["down"], ("down",), ffn, h, bias))
-    return out
 
 
 def _latent_attention(arch: Architecture) -> list[Linear]:

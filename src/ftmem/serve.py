@@ -271,12 +271,12 @@ def sliding_window_note(arch: Architecture, cfg: ServeConfig, per_token: int) ->
 def estimate_serving(
     arch: Architecture, cfg: ServeConfig, gpu: Gpu | None = None, overhead_bytes: int | None = None
 ) -> ServeEstimate:
+    refuse_stack(arch, "serving")  # (its recurrent and conv states: no KV cache)
     if arch.encoder_decoder:
         raise InvalidInputError(
             f"{arch.name} is an encoder-decoder: `ftmem serve` models decoder-only generation "
             "(one KV cache); estimate its training instead."
         )
-    refuse_stack(arch, "serving")  # (its recurrent and conv states: no KV cache)
     beyond = position_note(arch, cfg.context, f"--context {cfg.context}")
     weights = weight_bytes(arch, cfg.weights)
     per_token = kv_bytes_per_token(arch, cfg.kv_dtype)
