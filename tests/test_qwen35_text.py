@@ -181,3 +181,23 @@ def test_a_stack_without_linear_layers_is_qwen3_with_a_gated_query():
     arch = _arch(cfg)
     assert arch.linear_attention is None
     assert count_params(arch) == sum(p.numel() for p in model.parameters())
+
+
+def test_the_config_ftmem_builds_is_the_model_read():
+    """Family.config.build (what `ftmem measure` builds) gives transformers a config whose
+    model has the counted parameters, and which reads back as the same Architecture (the
+    linear-attention layers lowest); a config as transformers saves it (to_dict: the
+    rope_parameters with mrope keys) reads as the config.json it came from."""
+    transformers = pytest.importorskip("transformers")
+    from ftmem import families
+
+    rope = {"rope_type": "default", "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}
+    cfg = {**TINY_QWEN35_TEXT, "rope_parameters": rope}
+    arch = _arch(cfg)
+    assert _arch(_built(cfg).config.to_dict()) == arch
+    kw = families.get("qwen3_5_text").config.build(arch)
+    config = transformers.AutoConfig.for_model("qwen3_5_text", vocab_size=arch.vocab_size, **kw)
+    assert config.layer_types == ["linear_attention"] * 6 + ["full_attention"] * 2
+    model = _built(config.to_dict())
+    assert count_params(arch) == sum(p.numel() for p in model.parameters())
+    assert _arch(config.to_dict()) == arch
