@@ -3,9 +3,10 @@ without the hub kernels: models/qwen3_5/modeling_qwen3_5.py ``Qwen3_5GatedDeltaN
 (l.555-738), ``causal_conv1d_fn``'s torch path (l.251-271), ``torch_chunk_gated_delta_rule``
 (l.336-475) and ``Qwen3_5RMSNormGated`` (l.199-215); Qwen3-Next's layer
 (models/qwen3_next/modeling_qwen3_next.py ``Qwen3NextGatedDeltaNet``) is the same but for
-its two fused input projections (``DeltaNetShape.fused``). Not yet walked by the block walk: the
-families that use it (qwen3_5, qwen3_5_moe, qwen3_next) stay refused until their blocks of
-two kinds are (see calibration/notes/peft.md, "Gated DeltaNet (stop 49, helper qwen35)").
+its two fused input projections (``DeltaNetShape.fused``). Not yet walked by the block walk:
+the qwen3_5_text family is read and counted (Architecture.linear_attention), its training
+steps and serving refused (``refuse_stack``); qwen3_5_moe_text and qwen3_next stay refused
+in ``sources`` (see calibration/notes/peft.md, "Gated DeltaNet (stop 49, helper qwen35)").
 
 The op runs from the outputs of in_proj_qkv, in_proj_z, in_proj_b and in_proj_a to the
 input of out_proj (those five are linears: ops.linear answers for what they keep). Symbols:
