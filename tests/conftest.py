@@ -685,6 +685,25 @@ TINY: dict[str, dict] = {
     ),
 }
 
+# Qwen3.5's dense text model (transformers 5.25 Qwen3_5TextConfig keys): grouped linear
+# attention (2 key heads, 4 value heads), 8 layers by the default pattern (layers 3 and 7
+# attend in full). Not in TINY: its training steps are refused (ops.gated_deltanet).
+TINY_QWEN35_TEXT: dict[str, Any] = {
+    "model_type": "qwen3_5_text",
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+    "linear_key_head_dim": 16,
+    "linear_value_head_dim": 8,
+    "linear_conv_kernel_dim": 4,
+}
+
 # Encoder-decoders, kept apart: they support a subset of the methods and features.
 # "flan-t5": T5 v1.1 / Flan-T5 (gated GELU, untied head); "t5": T5 v1.0 (ReLU, tied
 # head with the decoder output scaled). inner = heads x d_kv (144) differs from d_model.

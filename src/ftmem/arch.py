@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from math import prod
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ftmem import families, limits
 from ftmem.errors import InvalidInputError
@@ -29,8 +29,12 @@ from ftmem.validation import (
 )
 from ftmem.vision import VisionTower, projector_count, text_extras_count, tower_count
 
+if TYPE_CHECKING:  # (ops.saved imports this module)
+    from ftmem.ops.gated_deltanet import DeltaNetShape
+
 # "statistic": a parameter that never trains, stored in fp32 whatever the model's dtype
-# (ERNIE 4.5 MoE's e_score_correction_bias)
+# (ERNIE 4.5 MoE's e_score_correction_bias); "delta_rule": a Gated DeltaNet layer's own
+# tensors beside its linears (the depthwise conv1d's weight, dt_bias, A_log)
 ParamKind = Literal[
     "linear",
     "linear_bias",
@@ -42,9 +46,13 @@ ParamKind = Literal[
     "sink",
     "statistic",
     "activation",
+    "delta_rule",
 ]
 # Roles a linear layer can play; LoRA targets are chosen by role or by module name.
-Role = Literal["q", "k", "v", "o", "gate", "up", "down", "router"]
+# "linear_attention": a Gated DeltaNet layer's projections (in_proj_*, out_proj), chosen by
+# name or all-linear, never by q/k/v/o (peft matches module names: q_proj and v_proj are
+# the full-attention layers' only)
+Role = Literal["q", "k", "v", "o", "gate", "up", "down", "router", "linear_attention"]
 # Token embedding parameters, by family (T5's is shared by its encoder and decoder;
 # GPT-NeoX's embed_in: its gradient too appears only after the blocks' backward).
 TOKEN_EMBEDDINGS = (
@@ -56,6 +64,47 @@ MLP_ROLES: tuple[Role, ...] = ("gate", "up", "down")
 # The LM head's module: transformers 5 names it so in every causal LM (GPT-NeoX's
 # checkpoints say embed_out, renamed on loading: transformers' conversion_mapping.py).
 HEAD = "lm_head"
+
+
+class LinearAttention(Model, strict=True):
+    """A stack's Gated DeltaNet linear-attention layers (Qwen3.5: transformers 5.25
+    models/qwen3_5/modeling_qwen3_5.py Qwen3_5DecoderLayer builds Qwen3_5GatedDeltaNet
+    where ``layer_types[i]`` is "linear_attention", the gated Qwen3_5Attention where it
+    is "full_attention"). Their widths, as config.json names them (linear_num_key_heads,
+    linear_num_value_heads, linear_key_head_dim, linear_value_head_dim,
+    linear_conv_kernel_dim). ``layers`` counts them: ftmem places them as the lowest
+    blocks and the full-attention ones above (Param.blocks ranges; the real order is
+    three linear to one full), which keeps every count and every sum over blocks, not
+    which kind a given block index is (a training step is refused for now:
+    ops.gated_deltanet.refuse_stack)."""
+
+    layers: PositiveInt
+    key_heads: PositiveInt
+    value_heads: PositiveInt
+    key_head_dim: PositiveInt
+    value_head_dim: PositiveInt
+    conv_kernel: PositiveInt
+
+    @model_validator(mode="after")
+    def _bounded(self) -> LinearAttention:
+        for name in type(self).model_fields:
+            bound = limits.LAYERS if name == "layers" else limits.WIDTH
+            problem = bound.problem(f"linear_attention.{name}", getattr(self, name))
+            if problem:
+                raise ValueError(problem)
+        return self
+
+    def shape(self, hidden: int) -> DeltaNetShape:
+        from ftmem.ops.gated_deltanet import DeltaNetShape
+
+        return DeltaNetShape(
+            hidden,
+            self.key_heads,
+            self.value_heads,
+            self.key_head_dim,
+            self.value_head_dim,
+            self.conv_kernel,
+        )
 
 
 class Architecture(Model, strict=True):
@@ -207,6 +256,12 @@ class Architecture(Model, strict=True):
         description="Rows the token embedding holds beyond vocab_size (Llama-3.2-Vision's "
         "embed_tokens: vocab_size + 8, its LM head vocab_size).",
     )
+    linear_attention: LinearAttention | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="Gated DeltaNet linear-attention layers beside the full-attention ones "
+        "(Family.linear_attention_module: Qwen3.5); None: every layer attends in full.",
+    )
     vision: VisionTower | None = Field(
         None,
         description="Image-text models (LLaVA, Gemma 3): the vision tower and projector "
@@ -276,6 +331,7 @@ class Architecture(Model, strict=True):
             raise ValueError(f"activation {self.activation} is modelled on plain MLPs only")
         if self.activation == "xielu" and not self.traits.names.activation:
             raise ValueError(f"activation xielu: the {self.family} family has no xIELU module")
+        self._fits_linear_attention()
         if self.rotary_dim is not None and (
             self.rotary_dim > self.head_size or self.position_embedding != "rotary"
         ):
@@ -307,6 +363,25 @@ class Architecture(Model, strict=True):
         if problem:
             raise ValueError(problem)
         return self
+
+    def _fits_linear_attention(self) -> None:
+        """Linear-attention layers are the family's, below at least one full-attention
+        layer (ftmem's top block is a full-attention one, as in Qwen3.5's stacks)."""
+        lin = self.linear_attention
+        if lin is None:
+            return
+        if not self.traits.linear_attention_module:
+            raise ValueError(f"linear_attention: the {self.family} family has none")
+        if lin.layers >= self.num_layers:
+            raise ValueError(
+                f"linear_attention.layers ({lin.layers}) must leave full-attention layers "
+                f"of the {self.num_layers}"
+            )
+        if lin.value_heads % lin.key_heads:
+            raise ValueError(
+                f"linear_attention.key_heads ({lin.key_heads}) must divide its value_heads "
+                f"({lin.value_heads})"
+            )
 
     def _fits_latent_and_stack(self) -> None:
         """Multi-head latent attention and a stack of dense then sparse blocks are what
@@ -702,6 +777,9 @@ def _t5_outer(arch: Architecture) -> list[Param]:
 def _linears(arch: Architecture) -> list[Linear]:
     if arch.encoder_decoder:
         return _t5_block(arch)[0]
+    if arch.linear_attention is not None or arch.traits.attention_output_gate:
+        mlp = _dense_mlp(arch, arch.traits.names.mlp, arch.intermediate_size, arch.mlp_bias)
+        return _two_kind_attention(arch) + mlp
     h, q, kv, ffn = arch.hidden_size, arch.q_size, arch.kv_size, arch.intermediate_size
     qkv_b, out_b, mlp_b = arch.attention_qkv_bias, arch.attention_out_bias, arch.mlp_bias
     names = arch.traits.names
@@ -811,6 +889,72 @@ def _dense_mlp(arch: Architecture, mlp: Mapping[str, str], ffn: int, bias: bool)
         out.append(Linear(mlp["up"], ("up",), h, ffn, bias))
     out.append(Linear(mlp["down"], ("down",), ffn, h, bias))
     return out
+
+
+def _two_kind_attention(arch: Architecture) -> list[Linear]:
+    """The projections of a stack with linear-attention layers (the lowest
+    ``linear_attention.layers`` blocks, see LinearAttention) and full-attention ones (the
+    others): Qwen3.5's Qwen3_5GatedDeltaNet (transformers 5.25 modeling_qwen3_5.py
+    l.555-601: bias-free in_proj_qkv to q, k and v side by side, in_proj_z to the gate,
+    in_proj_b and in_proj_a to one value per value head, out_proj back) and
+    Qwen3_5Attention (l.824-850: q_proj doubled for the output gate where the family says,
+    ``attention_bias`` on all four; in every block where no layer is a linear one)."""
+    lin_attn, h, L = arch.linear_attention, arch.hidden_size, arch.num_layers
+    out: list[Linear] = []
+    above = None
+    if lin_attn is not None:
+        shape, n = lin_attn.shape(h), lin_attn.layers
+        below, above = (0, n), (n, L)
+        mixer = arch.traits.linear_attention_module
+        role: tuple[Role, ...] = ("linear_attention",)
+        out += [
+            Linear(f"{mixer}.in_proj_qkv", role, h, shape.conv_dim, False, blocks=below),
+            Linear(f"{mixer}.in_proj_z", role, h, shape.value_dim, False, blocks=below),
+            Linear(f"{mixer}.in_proj_b", role, h, lin_attn.value_heads, False, blocks=below),
+            Linear(f"{mixer}.in_proj_a", role, h, lin_attn.value_heads, False, blocks=below),
+            Linear(f"{mixer}.out_proj", role, shape.value_dim, h, False, blocks=below),
+        ]
+    attn, bias = arch.traits.names.attention, arch.attention_qkv_bias
+    q = arch.q_size * (2 if arch.traits.attention_output_gate else 1)
+    return [
+        *out,
+        Linear(attn["q"], ("q",), h, q, bias, blocks=above),
+        Linear(attn["k"], ("k",), h, arch.kv_size, bias, blocks=above),
+        Linear(attn["v"], ("v",), h, arch.kv_size, bias, blocks=above),
+        Linear(attn["o"], ("o",), arch.v_size, h, arch.attention_out_bias, blocks=above),
+    ]
+
+
+def linear_attention_params(arch: Architecture) -> list[Param]:
+    """A Gated DeltaNet layer's tensors beside its linears, in the lowest blocks
+    (modeling_qwen3_5.py l.574-592): the depthwise conv1d's bias-free weight (conv_dim, 1,
+    K), dt_bias and A_log (one per value head), the gated RMSNorm's weight (one value
+    head wide)."""
+    lin_attn = arch.linear_attention
+    if lin_attn is None:
+        return []
+    shape, blocks = lin_attn.shape(arch.hidden_size), (0, lin_attn.layers)
+    mixer, v = arch.traits.linear_attention_module, lin_attn.value_heads
+    return [
+        Param(
+            f"{mixer}.conv1d.weight",
+            (shape.conv_dim, 1, shape.conv_kernel),
+            "delta_rule",
+            blocks=blocks,
+        ),
+        Param(f"{mixer}.dt_bias", (v,), "delta_rule", blocks=blocks),
+        Param(f"{mixer}.A_log", (v,), "delta_rule", blocks=blocks),
+        Param(f"{mixer}.norm.weight", (shape.v_dim,), "norm", blocks=blocks),
+    ]
+
+
+def _in_full_attention_layers(arch: Architecture, params: list[Param]) -> list[Param]:
+    """The attention module's own tensors (its q and k norms) held by the full-attention
+    blocks only, where linear-attention ones are below them."""
+    if arch.linear_attention is None:
+        return params
+    above = (arch.linear_attention.layers, arch.num_layers)
+    return [replace(p, blocks=above) for p in params]
 
 
 def _latent_attention(arch: Architecture) -> list[Linear]:
@@ -983,7 +1127,8 @@ def layout(arch: Architecture) -> Layout:
         norm_names = names.norms[arch.norms_per_block]
     block += shared_expert_gate_params(arch)
     block += router_statistic_params(arch)
-    block += qk_norm_params(arch)
+    block += _in_full_attention_layers(arch, qk_norm_params(arch))
+    block += linear_attention_params(arch)
     block += sink_params(arch)
     block += activation_params(arch)
     block += latent_norm_params(arch)

@@ -106,19 +106,39 @@ NOT_MODELLED = {
     # - sink) in fp32, which keeps tensors no other family's attention does
     "granitemoe_swa": "its eager-only attention scales each head's output by a sigmoid of "
     "the scores' logsumexp minus a learned sink, an op ftmem has not measured yet",
+    # Qwen3.5's MoE text model and Qwen3-Next, transformers 5.25 (models/qwen3_5/
+    # modeling_qwen3_5.py Qwen3_5DecoderLayer: layer_types picks Qwen3_5GatedDeltaNet or
+    # Qwen3_5Attention per layer). ops.gated_deltanet models the linear-attention op; the
+    # dense text model (qwen3_5_text) is a family, counted exactly (its training steps
+    # refused: ops.gated_deltanet.refuse_stack); these are not read.
+    **dict.fromkeys(
+        ("qwen3_5_moe_text", "qwen3_next"),
+        "its layers alternate Gated DeltaNet linear attention with gated full attention, "
+        "which ftmem's block walk does not model yet",
+    ),
 }
+# Qwen3.5's image-text wrappers
+# the whole models: their vision encoder (Qwen3_5VisionModel) is not modelled
+GATED_DELTANET_WRAPPERS = frozenset({"qwen3_5", "qwen3_5_moe"})
 
 
 def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architecture:
     """An :class:`Architecture` from a parsed HF config.json (a multimodal config's
     language model: see :func:`language_part`)."""
+    outer = cfg.get("model_type")
+    if isinstance(outer, str) and outer in GATED_DELTANET_WRAPPERS:
+        raise ConfigError(
+            f"config.json has model_type {shown(outer)}, whose vision encoder ftmem does not "
+            "model; estimate its text_config (model_type qwen3_5_text) instead, or add "
+            '--traced, with pip install "ftmem[measure]".'
+        )
     vision = _vision(cfg)
     cfg, _ = language_part(cfg)
     model_type = cfg.get("model_type")
     readers = families.by_model_type()
     if isinstance(model_type, str) and model_type in NOT_MODELLED:
         raise ConfigError(
-            f"config.json has model_type {model_type}: {NOT_MODELLED[model_type]}; for a "
+            f"config.json has model_type {shown(model_type)}: {NOT_MODELLED[model_type]}; for a "
             "traced answer (transformers builds the model, one step runs on fake tensors) "
             'add --traced, with pip install "ftmem[measure]".'
         )

@@ -35,6 +35,7 @@ from ftmem.ops import loss_requests
 from ftmem.ops.attention import Attention, runs_eager, sliding_window_mask
 from ftmem.ops.context import BlockState
 from ftmem.ops.embedding import Embedding
+from ftmem.ops.gated_deltanet import refuse_stack
 from ftmem.ops.linear import LinearOp, all_adapters_fused
 from ftmem.ops.loss import FusedHead, HeldLogitsHead, Loss, PreferenceLoss, held_logits_head
 from ftmem.ops.mlp import MLP
@@ -382,6 +383,7 @@ def step_parts(
     """The components of one step and their sizes in time (no peak yet); with a
     ``teacher``, the distillation step (ftmem.distill); with ``split``, a tensor-parallel
     rank under sequence parallelism (ftmem.sequence_parallel)."""
+    refuse_stack(arch, "a training step")  # (Qwen3.5: ops.gated_deltanet)
     run = framework_run(arch, run)  # e.g. Unsloth's causal-LM forward fuses the loss
     seq2seq.check_supported(arch, run)
     _check_family_release(arch, run)

@@ -426,6 +426,13 @@ class Family:
     # The config.json key that gives the LM head a bias (PhiMoE's lm_head_bias, read into
     # Architecture.head_bias); None: the family decides (head_bias above).
     head_bias_switch: str | None = None
+    # The module of the linear-attention layers (Architecture.linear_attention: Qwen3.5's
+    # "linear_attn", transformers 5.25 modeling_qwen3_5.py Qwen3_5DecoderLayer l.942-946);
+    # "" where every layer attends in full.
+    linear_attention_module: str = ""
+    # q_proj computes the query and a gate of the same width, sigmoid(gate) scaling the
+    # attention output before o_proj (Qwen3.5: Qwen3_5Attention l.837-839, ops.output_gate).
+    attention_output_gate: bool = False
     # peft's prefix tuning runs (peft 0.21 sizes the prefix per query head, which a
     # multi-query cache rejects: Falcon).
     prefix_tuning: bool = True

@@ -59,6 +59,7 @@ class Kind(Enum):
     ATTN_SOFTCAP = "attention soft-capping"
     ATTN_PROBS = "attention probabilities"  # the softmax output and its casts
     ATTN_OUTPUT = "attention output"
+    LINEAR_ATTENTION = "linear attention"  # Gated DeltaNet's conv, delta rule, gated norm
     MLP_HIDDEN = "MLP intermediates"  # gate/up outputs and the activation's
     MOE = "mixture of experts"  # router and experts
     DROPOUT = "dropout mask"

@@ -1,0 +1,337 @@
+"""Gated DeltaNet linear attention (Qwen3.5, Qwen3-Next), as transformers 5.25 runs it
+without the hub kernels: models/qwen3_5/modeling_qwen3_5.py ``Qwen3_5GatedDeltaNet``
+(l.555-738), ``causal_conv1d_fn``'s torch path (l.251-271), ``torch_chunk_gated_delta_rule``
+(l.336-475) and ``Qwen3_5RMSNormGated`` (l.199-215); Qwen3-Next's layer
+(models/qwen3_next/modeling_qwen3_next.py ``Qwen3NextGatedDeltaNet``) is the same but for
+its two fused input projections (``DeltaNetShape.fused``). Not yet walked by the block walk:
+the qwen3_5_text family is read and counted (Architecture.linear_attention), its training
+steps and serving refused (``refuse_stack``); qwen3_5_moe_text and qwen3_next stay refused
+in ``sources`` (see calibration/notes/peft.md, "Gated DeltaNet (stop 49, helper qwen35)").
+
+The op runs from the outputs of in_proj_qkv, in_proj_z, in_proj_b and in_proj_a to the
+input of out_proj (those five are linears: ops.linear answers for what they keep). Symbols:
+b batch, s tokens a row, T = b·s, h_k/h_v the key and value heads (q and k are repeated to
+h_v heads), d_k/d_v their widths, D = 2·h_k·d_k + h_v·d_v the conv channels, K the conv
+kernel, C = 64 the chunk, n = ⌈s / C⌉ the chunks and P = n·C the padded length, e the
+compute dtype's bytes; every tensor of the delta rule is fp32 (4 bytes) whatever e is.
+
+What autograd keeps when every input stream needs a gradient (the block's input does, or
+every in_proj is adapted), traced with saved_tensors_hooks on the CPU (torch 2.13, fp32 and
+bf16 weights; tests/test_gated_deltanet.py measures the real module):
+
+* the depthwise conv keeps its input (in_proj_qkv's output, T·D·e: ConvolutionBackward
+  keeps it even for a frozen weight) and silu its input, the conv's padded output
+  (b·D·(s + K - 1)·e, sliced to s after);
+* beta = sigmoid(b) keeps its output (T·h_v·e); g = -exp(A_log.float())·softplus(a.float()
+  + dt_bias) keeps softplus's fp32 input (T·h_v·4) and the fp32 -exp(A_log) (h_v·4); where
+  A_log trains also exp's output (h_v·4) and softplus's output (T·h_v·4);
+* the l2-normalised q and k: each its fp32 contiguous copy (b·h_v·s·d_k·4) and its fp32
+  rstd (b·h_v·s·4) (fp32 with equal key and value heads: no copy, silu's whole output);
+* padded to P: beta (b·h_v·P·4), v (b·h_v·P·d_v·4), k (b·h_v·P·d_k·4), the scaled q
+  (b·h_v·P·d_k·4), and k·beta (b·h_v·P·d_k·4); the chunk mask (C·C bool);
+* five C-wide fp32 tensors of b·h_v·P·C·4 each: the pairwise decay's exp, k_beta·kᵀ, q·kᵀ,
+  the UT system (solve_triangular's matrix) and the intra-chunk attention;
+* the UT solves' outputs (new values b·h_v·P·d_v·4, k_cumdecay b·h_v·P·d_k·4) and two
+  b·h_v·P·4 exps of the cumulative decay;
+* with two chunks or more: a third exp (the decay to each chunk's end), the chunks'
+  decays (b·h_v·n·4), the decayed key and query (b·h_v·P·d_k·4 each); with one, the
+  graph of the only state update is dropped with them;
+* per chunk its state (b·h_v·d_k·d_v·4, the zero first one included) and its v_new
+  (b·h_v·C·d_v·4);
+* the gated RMSNorm: its input as fp32 (T·h_v·d_v·4: a copy in 16 bits, the kernel's
+  output itself in fp32), the rstd (T·h_v·4), the gate as fp32 (likewise), silu's output
+  (T·h_v·d_v·4), the weighted normalised tensor (T·h_v·d_v·e, saved by the product with
+  silu's fp32 output) and, where the norm's weight trains, the normalised tensor cast
+  back (T·h_v·d_v·e).
+
+Under a 16-bit autocast over fp32 weights (measured too) the conv keeps its input's and
+its weight's casts, the two q/k matmuls keep their operands' casts and 16-bit outputs, and
+the chunk loop keeps, per chunk, the casts its matmuls read (the state twice, the
+k_cumdecay and query chunks from the second chunk on, the intra-chunk attention and v_new;
+for all but the last chunk also the fp32 state, kᵀ's and v_new's casts) instead of the
+whole decayed q and k, states and v_new; the gated norm's weighted product is fp32.
+
+In fp32 without padding (s a multiple of C) q and k keep a strided layout and the matmuls
+copy their operands (see ``saved``). Only the state update of the last chunk makes a
+state that nothing reads: autograd drops its graph in forward, with what only it kept.
+
+Gradient checkpointing keeps only the block's input in forward; the recompute keeps the
+same tensors again (measured with reentrant checkpointing).
+
+What is not here: the forward's transient peak and the backward's workspace (measured on
+the tiny layers, not modelled: calibration/notes/peft.md), inputs whose streams need no gradient (the lowest trained block of a method
+that adapts only some of the input projections), and the kernels CUDA users get when the
+``kernels`` hub or flash-linear-attention and causal-conv1d are installed
+(``use_kernel_func_from_hub_with_fallback``): fla's ChunkGatedDeltaRuleFunction keeps a
+different, smaller set (calibration/notes/peft.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ftmem.dtypes import FP32
+from ftmem.errors import InvalidInputError
+from ftmem.ops.registry import register
+from ftmem.ops.saved import Kind, Saved, Side
+
+if TYPE_CHECKING:
+    from ftmem.arch import Architecture
+
+
+def refuse_stack(arch: Architecture, what: str) -> None:
+    """A model with Gated DeltaNet layers (Architecture.linear_attention) or Qwen3.5's
+    gated attention (Family.attention_output_gate, ops.output_gate) has its parameters
+    counted exactly, but ``what`` (a training step, serving) is refused: the
+    block walk does not place the two layer kinds, the op's forward transient and
+    backward workspace are not formulas yet, and its recurrent and conv states are no KV
+    cache."""
+    if arch.linear_attention is not None or arch.traits.attention_output_gate:
+        raise InvalidInputError(
+            f"{arch.name}: {what} of Qwen3.5's layers (Gated DeltaNet and gated full "
+            "attention) is not modelled yet (their parameters are); for a traced answer add "
+            '--traced, with pip install "ftmem[measure]".'
+        )
+
+
+# torch_chunk_gated_delta_rule's default, the one Qwen3_5GatedDeltaNet.forward uses
+CHUNK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaNetShape:
+    """A Gated DeltaNet layer's widths, as config.json names them: hidden_size,
+    linear_num_key_heads, linear_num_value_heads, linear_key_head_dim,
+    linear_value_head_dim, linear_conv_kernel_dim."""
+
+    hidden: int
+    k_heads: int
+    v_heads: int
+    k_dim: int
+    v_dim: int
+    conv_kernel: int
+    # Qwen3-Next's two fused input projections (in_proj_qkvz, in_proj_ba: transformers
+    # 5.25 models/qwen3_next/modeling_qwen3_next.py Qwen3NextGatedDeltaNet, split per key
+    # head by fix_query_key_value_ordering, q/k/v concatenated for the conv) in place of
+    # Qwen3.5's four (in_proj_qkv, in_proj_z, in_proj_b, in_proj_a)
+    fused: bool = False
+
+    @property
+    def key_dim(self) -> int:
+        return self.k_heads * self.k_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.v_heads * self.v_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """The conv's channels: q, k and v side by side (in_proj_qkv's output)."""
+        return 2 * self.key_dim + self.value_dim
+
+
+@register("gated_deltanet")
+class GatedDeltaNet:
+    """Between the input projections and out_proj of a linear-attention layer."""
+
+    @staticmethod
+    def layer_parameters(shape: DeltaNetShape) -> dict[str, int]:
+        """Elements of each of the layer's parameters, by module (Qwen3_5GatedDeltaNet.__init__:
+        bias-free projections, a bias-free depthwise conv of conv_dim × 1 × K, dt_bias and
+        A_log per value head, the gated norm's weight over one value head). Not the op
+        protocol's ``parameters(arch)``: no Architecture has these layers yet."""
+        h, v = shape.hidden, shape.v_heads
+        if shape.fused:
+            return {
+                "in_proj_qkvz": h * (shape.conv_dim + shape.value_dim),
+                "in_proj_ba": h * 2 * v,
+                "conv1d": shape.conv_dim * shape.conv_kernel,
+                "dt_bias": v,
+                "A_log": v,
+                "norm": shape.v_dim,
+                "out_proj": shape.value_dim * h,
+            }
+        return {
+            "in_proj_qkv": h * shape.conv_dim,
+            "in_proj_z": h * shape.value_dim,
+            "in_proj_b": h * v,
+            "in_proj_a": h * v,
+            "conv1d": shape.conv_dim * shape.conv_kernel,
+            "dt_bias": v,
+            "A_log": v,
+            "norm": shape.v_dim,
+            "out_proj": shape.value_dim * h,
+        }
+
+    @staticmethod
+    def saved(
+        shape: DeltaNetShape,
+        batch: int,
+        seq: int,
+        e: int,
+        weights_train: bool,
+        autocast: bool = False,
+    ) -> list[Saved]:
+        """What the op keeps when its input streams need a gradient (see the module's
+        docstring for each term); ``e``: the compute dtype's bytes; ``weights_train``: the
+        conv, A_log, dt_bias and the norm's weight train (full finetuning); ``autocast``:
+        fp32 weights under a 16-bit autocast (``e`` is then the autocast dtype's bytes)."""
+        b, s, f = batch, seq, FP32
+        T = b * s
+        hv, dk, dv = shape.v_heads, shape.k_dim, shape.v_dim
+        n = math.ceil(s / CHUNK)
+        P = n * CHUNK
+        rows = b * hv * P  # the padded rows of every head
+        # the matmuls' dtype (autocast casts both operands, then saves the casts)
+        me = e if autocast else f
+        items = _inputs(shape, b, s, e, weights_train, autocast)
+        items += [
+            ("beta padded", rows * f),
+            ("v padded", rows * dv * f),
+            ("k padded", rows * dk * f),
+            ("q padded (scaled)", rows * dk * f),
+            ("k·beta", rows * dk * f),
+            ("chunk mask (bool)", CHUNK * CHUNK),
+        ]
+        # In fp32 with nothing to pad, q and k keep a layout that is not (b, h_v, s, d_k)
+        # contiguous: the fp32 ``.to`` copies nothing, F.pad's zero padding clones with the
+        # strides kept, and the elementwise ops between keep them too. Grouped heads keep
+        # repeat_interleave's (b, s, h_v, d_k); equal heads keep the conv output's
+        # channel-major (b, h, d_k, s). The q·kᵀ and k_beta·kᵀ matmuls then fold (b, h_v, n)
+        # into one batch dim by copying their operands (measured: none with equal heads
+        # and one chunk, where kᵀ's chunk is contiguous), and with grouped heads the
+        # state loop copies each chunk's decayed kᵀ and query. In 16 bits ``.to(float32,
+        # memory_format=contiguous_format)`` copies, and F.pad's padding writes a new
+        # contiguous tensor: none of this. Autocast's matmuls keep their own casts.
+        unpadded_fp32 = e == f and s == P
+        strided = unpadded_fp32 and shape.k_heads != shape.v_heads
+        if autocast or strided or (unpadded_fp32 and n >= 2):
+            items += [(f"q/k matmul operand copy {i}", rows * dk * me) for i in range(4)]
+        items += [
+            ("pairwise decay (C-wide)", rows * CHUNK * f),
+            ("k_beta·kᵀ (C-wide)", rows * CHUNK * me),
+            ("q·kᵀ (C-wide)", rows * CHUNK * me),
+            ("UT system (C-wide)", rows * CHUNK * f),
+        ]
+        if not autocast:  # (autocast's matmuls keep each chunk's cast instead)
+            items.append(("intra-chunk attention (C-wide)", rows * CHUNK * f))
+        items += [
+            ("new values (UT solve)", rows * dv * f),
+            ("k_cumdecay (UT solve)", rows * dk * f),
+            ("exp(cumulative decay), k_beta's", rows * f),
+            ("exp(cumulative decay), q's", rows * f),
+        ]
+        # The last chunk's state update makes a state nothing reads: its graph is dropped
+        # in forward with what it alone kept (the decayed key, its decay and the chunks'
+        # decays where there is one chunk; its kᵀ copy)
+        if n >= 2:
+            items += [
+                ("exp(decay to the chunk's end)", rows * f),
+                ("chunk decays", b * hv * n * f),
+            ]
+        rows_dk = rows * dk
+        items += _chunk_loop(shape, b, n, e, autocast, strided, rows_dk)
+        items += _gated_norm(shape, T, e, weights_train, autocast)
+        return [
+            Saved(f"gated deltanet: {what}", size, Kind.LINEAR_ATTENTION, Side.ATTENTION)
+            for what, size in items
+        ]
+
+
+def _chunk_loop(
+    shape: DeltaNetShape, b: int, n: int, e: int, autocast: bool, strided: bool, rows_dk: int
+) -> list[tuple[str, int]]:
+    """What the scan over the n chunks keeps (torch_chunk_gated_delta_rule's second phase);
+    ``rows_dk``: the elements of the whole padded q or k."""
+    f, hv, dk, dv = FP32, shape.v_heads, shape.k_dim, shape.v_dim
+    items: list[tuple[str, int]] = []
+    state, v_new = b * hv * dk * dv, b * hv * CHUNK * dv
+    part = b * hv * CHUNK * dk  # one chunk of q or k
+    if autocast:
+        # per chunk: S_i's cast twice (for k_cumdecay's and q's gradients), the casts
+        # of k_cumdecay's and q's chunks where S_i needs a gradient (i >= 1), of the
+        # intra-chunk attention and v_new; and, but for the last (dropped) update,
+        # S_i in fp32 (for the chunk decay's gradient), kᵀ's and v_new's casts
+        for i in range(n):
+            items += [(f"chunk {i}: state cast", state * e)] * 2
+            if i >= 1:
+                items += [(f"chunk {i}: k_cumdecay cast", part * e)]
+                items += [(f"chunk {i}: query cast", part * e)]
+            items += [(f"chunk {i}: intra-chunk attention cast", b * hv * CHUNK**2 * e)]
+            items += [(f"chunk {i}: v_new cast", v_new * e)]
+            if i < n - 1:
+                items += [(f"chunk {i}: state (fp32)", state * f)]
+                items += [(f"chunk {i}: decayed kᵀ cast", part * e)]
+                items += [(f"chunk {i}: v_new cast for the state", v_new * e)]
+    else:
+        if strided:  # each chunk's decayed kᵀ copied, and its query from the second on
+            items += [(f"chunk {i}: decayed kᵀ copy", part * f) for i in range(n - 1)]
+            items += [(f"chunk {i}: decayed query copy", part * f) for i in range(1, n)]
+        elif n >= 2:  # (chunk i >= 1 reads a state that needs a gradient)
+            items += [("decayed key", rows_dk * f), ("decayed query", rows_dk * f)]
+        items += [(f"chunk {i}: state", state * f) for i in range(n)]
+        items += [(f"chunk {i}: v_new", v_new * f) for i in range(n)]
+    return items
+
+
+def _inputs(
+    shape: DeltaNetShape, b: int, s: int, e: int, weights_train: bool, autocast: bool
+) -> list[tuple[str, int]]:
+    """The conv, beta, g, and l2norm's q and k (Qwen3_5GatedDeltaNet.forward up to the
+    delta rule, and the rule's first lines)."""
+    f, hv, dk, T = FP32, shape.v_heads, shape.k_dim, b * s
+    items: list[tuple[str, int]] = [
+        # (Qwen3-Next's: the concatenation of q, k and v)
+        ("conv input (in_proj_qkv's output; autocast: its cast)", T * shape.conv_dim * e),
+        (
+            "silu input (the conv's padded output)",
+            b * shape.conv_dim * (s + shape.conv_kernel - 1) * e,
+        ),
+        ("beta (sigmoid output)", T * hv * e),
+        ("softplus input (fp32)", T * hv * f),
+        ("-exp(A_log) (fp32)", hv * f),
+    ]
+    if autocast:  # F.conv1d's 16-bit copy of the fp32 weight, kept frozen or not
+        items.append(("conv weight cast", shape.conv_dim * shape.conv_kernel * e))
+    if weights_train:
+        items += [("exp(A_log) (fp32)", hv * f), ("softplus output (fp32)", T * hv * f)]
+    if shape.k_heads == shape.v_heads and e == f:
+        # ``.to(float32, memory_format=contiguous_format)`` of an fp32 transposed view
+        # is no copy: l2norm keeps the views of silu's output, q, k and v in one storage
+        items.append(("silu output (l2norm's q and k read views of it)", T * shape.conv_dim * f))
+    for name in ("q", "k"):
+        if shape.k_heads != shape.v_heads or e != f:  # repeat_interleave's, or the cast
+            items.append((f"{name}: fp32 (l2norm input)", b * hv * s * dk * f))
+        items.append((f"{name}: l2norm rstd", b * hv * s * f))
+    return items
+
+
+def _gated_norm(
+    shape: DeltaNetShape, T: int, e: int, weights_train: bool, autocast: bool
+) -> list[tuple[str, int]]:
+    """Qwen3_5RMSNormGated over the delta rule's output, gated by silu(z)."""
+    f, hv, vd = FP32, shape.v_heads, shape.value_dim
+    items: list[tuple[str, int]] = []
+    # weight · normalised is in the weight's dtype where that is wider (fp32 weights
+    # under autocast), and saved by the product with silu's fp32 output
+    product = f if autocast else e
+    gate = ("gated norm: fp32 gate (silu input)", T * vd * f)
+    if shape.fused and e == f and shape.k_heads == shape.v_heads:
+        # z is a view of in_proj_qkvz's output (one value head per key head: its
+        # reshapes need no copy) and the fp32 ``.to`` none: silu keeps that output
+        gate = (
+            "gated norm: gate, a view of in_proj_qkvz's output",
+            T * (vd + shape.conv_dim) * f,
+        )
+    items += [
+        ("gated norm: fp32 input", T * vd * f),
+        ("gated norm: rstd", T * hv * f),
+        gate,
+        ("gated norm: silu output", T * vd * f),
+        ("gated norm: weighted normalised", T * vd * product),
+    ]
+    if weights_train:
+        items.append(("gated norm: normalised (for its weight)", T * vd * e))
+    return items
