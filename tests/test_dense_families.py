@@ -4,15 +4,13 @@ on the meta device, and what is not modelled refused in one sentence."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from ftmem.arch import count_params
 from ftmem.errors import InvalidInputError
 from ftmem.estimate import estimate_step
 from ftmem.run import RunConfig
-from ftmem.sources import resolve_model
+from tests.family_configs import read_config, transformers_count
 
 from .test_cli_contracts import one_sentence, run_main
 
@@ -25,21 +23,6 @@ BASE = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
 }
-
-
-def transformers_count(cfg: dict) -> int:
-    """The parameters of AutoModelForCausalLM built from ``cfg`` on the meta device."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    config = transformers.AutoConfig.for_model(**cfg)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
-
-
-def read(tmp_path, cfg: dict):
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    return resolve_model(str(tmp_path))
 
 
 # -- arcee ------------------------------------------------------------------------------
@@ -55,7 +38,7 @@ def read(tmp_path, cfg: dict):
 )
 def test_arcee_counts_as_transformers_builds_it(tmp_path, changes):
     cfg = {"model_type": "arcee", **BASE, **changes}
-    arch = read(tmp_path, cfg)
+    arch = read_config(tmp_path, cfg)
     assert (arch.family, arch.mlp, arch.activation) == ("arcee", "plain", "relu2")
     assert count_params(arch) == transformers_count(cfg)
 
@@ -63,20 +46,20 @@ def test_arcee_counts_as_transformers_builds_it(tmp_path, changes):
 def test_arcee_plain_mlp_by_hand(tmp_path):
     """Per layer: q, k, v, o (64·64 + 2·64·32 + 64·64), up and down (2·64·160), two
     norms (2·64); the embedding and the untied head 2·320·64, the final norm 64."""
-    arch = read(tmp_path, {"model_type": "arcee", **BASE})
+    arch = read_config(tmp_path, {"model_type": "arcee", **BASE})
     layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 2 * 64 * 160 + 2 * 64
     assert count_params(arch) == 2 * layer + 2 * 320 * 64 + 64
 
 
 def test_relu2_is_refused_on_a_gated_mlp(tmp_path):
     with pytest.raises(ValueError, match="plain MLPs only"):
-        read(tmp_path, {"model_type": "llama", **BASE, "hidden_act": "relu2"})
+        read_config(tmp_path, {"model_type": "llama", **BASE, "hidden_act": "relu2"})
 
 
 def test_relu2_under_cuda_autocast_is_refused(tmp_path, capsys):
     """On CUDA autocast runs the square (pow) in fp32, not measured: one sentence, exit
     2; pure bf16 on CUDA and autocast on the CPU (measured) are estimated."""
-    arch = read(tmp_path, {"model_type": "arcee", **BASE})
+    arch = read_config(tmp_path, {"model_type": "arcee", **BASE})
     for precision, device in (("bf16", "cuda"), ("bf16-mixed", "cpu")):
         estimate_step(arch, RunConfig(method="lora", precision=precision, device=device))
     with pytest.raises(InvalidInputError, match="ReLU² under autocast on CUDA"):
@@ -104,7 +87,7 @@ WHOLE_HEAD_ROTARY = {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_
 )
 def test_nemotron_counts_as_transformers_builds_it(tmp_path, changes, rotary):
     cfg = {"model_type": "nemotron", **BASE, **changes}
-    arch = read(tmp_path, cfg)
+    arch = read_config(tmp_path, cfg)
     assert (arch.mlp, arch.activation, arch.norm) == ("plain", "relu2", "layernorm")
     assert arch.rotary_dim == rotary
     assert count_params(arch) == transformers_count(cfg)
@@ -112,8 +95,8 @@ def test_nemotron_counts_as_transformers_builds_it(tmp_path, changes, rotary):
 
 def test_nemotron_layer_norms_by_hand(tmp_path):
     """Arcee's count but LayerNorms with biases: 2 · 64 more per layer, 64 at the top."""
-    nemotron = read(tmp_path, {"model_type": "nemotron", **BASE})
-    arcee = read(tmp_path, {"model_type": "arcee", **BASE})
+    nemotron = read_config(tmp_path, {"model_type": "nemotron", **BASE})
+    arcee = read_config(tmp_path, {"model_type": "arcee", **BASE})
     assert count_params(nemotron) - count_params(arcee) == 2 * 2 * 64 + 64
 
 
@@ -157,7 +140,7 @@ def test_layer_norm_1p_keeps_what_the_estimate_counts(precision, x_grad, w_grad)
 
 def test_nemotron_under_cuda_autocast_is_refused(tmp_path):
     """Whatever its activation: LayerNorm1P casts to 16-bit under CUDA's autocast only."""
-    arch = read(tmp_path, {"model_type": "nemotron", **BASE, "hidden_act": "gelu"})
+    arch = read_config(tmp_path, {"model_type": "nemotron", **BASE, "hidden_act": "gelu"})
     estimate_step(arch, RunConfig(method="lora", precision="bf16", device="cuda"))
     with pytest.raises(InvalidInputError, match="LayerNorm1P under autocast on CUDA"):
         estimate_step(arch, RunConfig(method="lora", precision="bf16-mixed", device="cuda"))
@@ -175,7 +158,7 @@ def test_nemotron_under_cuda_autocast_is_refused(tmp_path):
 )
 def test_olmo_counts_as_transformers_builds_it(tmp_path, changes):
     cfg = {"model_type": "olmo", **BASE, **changes}
-    arch = read(tmp_path, cfg)
+    arch = read_config(tmp_path, cfg)
     assert (arch.family, arch.norm, arch.qkv_clip) == ("olmo", "layernorm", changes.get("clip_qkv"))
     assert arch.max_position_embeddings == 2048
     assert count_params(arch) == transformers_count(cfg)
@@ -184,7 +167,7 @@ def test_olmo_counts_as_transformers_builds_it(tmp_path, changes):
 def test_olmo_norms_have_no_parameters(tmp_path):
     """Per layer q, k, v, o and the gated MLP, nothing else: 64·64 + 2·64·32 + 64·64 +
     3·64·160; the embedding and the untied head 2·320·64."""
-    arch = read(tmp_path, {"model_type": "olmo", **BASE})
+    arch = read_config(tmp_path, {"model_type": "olmo", **BASE})
     layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 160
     assert count_params(arch) == 2 * layer + 2 * 320 * 64
 
@@ -235,7 +218,7 @@ def test_olmo_layer_norm_keeps_what_the_estimate_counts(precision):
 )
 def test_apertus_counts_as_transformers_builds_it(tmp_path, changes):
     cfg = {"model_type": "apertus", **BASE, **changes}
-    arch = read(tmp_path, cfg)
+    arch = read_config(tmp_path, cfg)
     assert (arch.mlp, arch.activation, arch.qk_norm) == ("plain", "xielu", True)
     assert count_params(arch) == transformers_count(cfg)
 
@@ -244,7 +227,7 @@ def test_apertus_by_hand(tmp_path):
     """Per layer q, k, v, o, up and down (64·64 + 2·64·32 + 64·64 + 2·64·160), the q and
     k norms (2·16), the two norms (2·64) and xIELU's alpha_p and alpha_n (2); the
     embedding and the untied head 2·320·64, the final norm 64."""
-    arch = read(tmp_path, {"model_type": "apertus", **BASE})
+    arch = read_config(tmp_path, {"model_type": "apertus", **BASE})
     assert arch.max_position_embeddings == 65536
     layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 2 * 64 * 160 + 2 * 16 + 2 * 64 + 2
     assert count_params(arch) == 2 * layer + 2 * 320 * 64 + 64
@@ -252,11 +235,11 @@ def test_apertus_by_hand(tmp_path):
 
 def test_xielu_is_apertus_only(tmp_path):
     with pytest.raises(ValueError, match="no xIELU module"):
-        read(tmp_path, {"model_type": "arcee", **BASE, "hidden_act": "xielu"})
+        read_config(tmp_path, {"model_type": "arcee", **BASE, "hidden_act": "xielu"})
 
 
 def test_apertus_under_cuda_autocast_is_refused_and_the_kernel_said(tmp_path):
-    arch = read(tmp_path, {"model_type": "apertus", **BASE})
+    arch = read_config(tmp_path, {"model_type": "apertus", **BASE})
     est = estimate_step(arch, RunConfig(method="lora", precision="bf16", device="cuda"))
     assert any("nickjbrowning/XIELU" in note for note in est.notes)
     with pytest.raises(InvalidInputError, match="xIELU under autocast on CUDA"):
@@ -278,7 +261,7 @@ def test_apertus_under_cuda_autocast_is_refused_and_the_kernel_said(tmp_path):
 )
 def test_cohere2_counts_as_transformers_builds_it(tmp_path, changes, sliding):
     cfg = {"model_type": "cohere2", **BASE, **changes}
-    arch = read(tmp_path, cfg)
+    arch = read_config(tmp_path, cfg)
     head_dim = cfg.get("head_dim", 16)
     assert (arch.head_size, arch.sliding_layers, arch.norms_per_block) == (head_dim, sliding, 1)
     assert arch.sliding_window == cfg.get("sliding_window", 4096)
@@ -290,7 +273,7 @@ def test_cohere2_without_sliding_layers_is_refused(tmp_path):
     from ftmem.errors import ConfigError
 
     with pytest.raises(ConfigError, match="without sliding layers"):
-        read(tmp_path, {"model_type": "cohere2", **BASE, "sliding_window": None})
+        read_config(tmp_path, {"model_type": "cohere2", **BASE, "sliding_window": None})
 
 
 # -- vaultgemma -------------------------------------------------------------------------
@@ -305,7 +288,7 @@ def test_cohere2_without_sliding_layers_is_refused(tmp_path):
 )
 def test_vaultgemma_counts_as_transformers_builds_it(tmp_path, changes):
     cfg = {"model_type": "vaultgemma", **BASE, **changes}
-    arch = read(tmp_path, cfg)
+    arch = read_config(tmp_path, cfg)
     assert (arch.norms_per_block, arch.head_size) == (2, cfg.get("head_dim", 256))
     assert count_params(arch) == transformers_count(cfg)
 
@@ -313,8 +296,8 @@ def test_vaultgemma_counts_as_transformers_builds_it(tmp_path, changes):
 def test_vaultgemma_is_gemma2_without_its_post_norms(tmp_path):
     """Two norms of 64 fewer per layer than Gemma 2's four."""
     cfg = {**BASE, "head_dim": 16}
-    vault = read(tmp_path, {"model_type": "vaultgemma", **cfg})
-    gemma2 = read(tmp_path, {"model_type": "gemma2", **cfg})
+    vault = read_config(tmp_path, {"model_type": "vaultgemma", **cfg})
+    gemma2 = read_config(tmp_path, {"model_type": "gemma2", **cfg})
     assert count_params(gemma2) - count_params(vault) == 2 * 2 * 64
 
 

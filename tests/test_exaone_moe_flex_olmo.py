@@ -4,14 +4,12 @@ mis-reads. (Their memory: tests/accuracy, the cases matching ^(exaonemoe|flexolm
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from ftmem.arch import count_params
 from ftmem.errors import ConfigError, InvalidInputError
 from ftmem.run import RunConfig
-from ftmem.sources import resolve_model
+from tests.family_configs import read_config, transformers_count
 
 from .conftest import tiny
 
@@ -45,20 +43,6 @@ K_EXAONE_SMALL = {
 K_EXAONE_SMALL["layer_types"] = K_EXAONE_SMALL["layer_types"] * 4
 
 
-def _meta_count(cfg: dict) -> int:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    config = transformers.AutoConfig.for_model(**cfg)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
-
-
-def _read(tmp_path, cfg: dict):
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    return resolve_model(str(tmp_path))
-
-
 def test_k_exaone_counts_as_transformers_builds_it(tmp_path):
     """The layer types and MLP types written out: 12 of 16 layers slide, one block is
     dense (768 wide), the experts 64 wide with one shared expert of that width; the count
@@ -66,12 +50,12 @@ def test_k_exaone_counts_as_transformers_builds_it(tmp_path):
     bias a buffer)."""
     # (a stray attention_bias: ExaoneMoeAttention's projections have no bias whatever it says)
     cfg = {**K_EXAONE_SMALL, "is_moe_layer": [False] + [True] * 15, "attention_bias": True}
-    arch = _read(tmp_path, cfg)
+    arch = read_config(tmp_path, cfg)
     assert (arch.sliding_window, arch.sliding_layers, arch.qk_norm) == (128, 12, True)
     assert (arch.dense_layers, arch.dense_intermediate_size) == (1, 768)
     assert (arch.num_experts, arch.experts_per_token, arch.intermediate_size) == (16, 4, 64)
     assert (arch.shared_experts_size, arch.router_renormalises) == (64, True)
-    assert count_params(arch) == _meta_count(cfg)
+    assert count_params(arch) == transformers_count(cfg)
 
 
 def test_k_exaone_takes_its_config_class_defaults(tmp_path):
@@ -82,7 +66,7 @@ def test_k_exaone_takes_its_config_class_defaults(tmp_path):
     drop = {*keys, "mlp_layer_types", "layer_types", "sliding_window", "sliding_window_pattern"}
     drop |= {"norm_topk_prob"}
     cfg = {k: v for k, v in K_EXAONE_SMALL.items() if k not in drop}
-    arch = _read(tmp_path, cfg)
+    arch = read_config(tmp_path, cfg)
     assert (arch.num_experts, arch.experts_per_token, arch.intermediate_size) == (64, 8, 1024)
     assert (arch.shared_experts_size, arch.dense_layers, arch.router_renormalises) == (
         1024,
@@ -90,15 +74,21 @@ def test_k_exaone_takes_its_config_class_defaults(tmp_path):
         True,
     )
     assert (arch.sliding_window, arch.sliding_layers) == (4096, 12)
-    assert count_params(arch) == _meta_count(cfg)
+    assert count_params(arch) == transformers_count(cfg)
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         # ftmem's dense blocks are the lowest ones
-        ({"mlp_layer_types": ["sparse", "dense"] + ["sparse"] * 14}, "dense MLP above"),
-        ({"mlp_layer_types": ["dense"] * 3}, "mlp_layer_types must list the 16"),
+        (
+            {"mlp_layer_types": ["sparse", "dense"] + ["sparse"] * 14},
+            "puts a dense block after a sparse one",
+        ),
+        (
+            {"mlp_layer_types": ["dense"] * 3},
+            "mlp_layer_types must list .dense. or .sparse. for each of the 16",
+        ),
         ({"mlp_layer_types": ["dense"] * 16}, "leave no block with experts"),
         ({"mlp_layer_types": None, "first_k_dense_replace": 16}, "leave no block"),
         ({"num_shared_experts": 0}, "num_shared_experts must be positive"),
@@ -113,7 +103,7 @@ def test_what_k_exaone_refuses(tmp_path, changes, message):
     sentence."""
     cfg = {k: v for k, v in {**K_EXAONE_SMALL, **changes}.items() if v is not None}
     with pytest.raises(ConfigError, match=message):
-        _read(tmp_path, cfg)
+        read_config(tmp_path, cfg)
 
 
 def test_k_exaone_all_linear_lora_is_refused():
@@ -147,18 +137,18 @@ def test_flex_olmo_counts_as_transformers_builds_it(tmp_path):
     """OLMo 2's attention (q/k norms across the whole projection) and block over 7 experts
     of 11008 top-5, no shared expert, no dense block: transformers' count on the meta
     device; a stray sliding_window slides nothing (FlexOlmoModel's full causal mask)."""
-    arch = _read(tmp_path, {**FLEX_OLMO, "sliding_window": 4096})
+    arch = read_config(tmp_path, {**FLEX_OLMO, "sliding_window": 4096})
     assert (arch.num_experts, arch.experts_per_token, arch.intermediate_size) == (7, 5, 11008)
     assert (arch.router_renormalises, arch.sliding_window, arch.qk_norm) == (False, None, True)
     assert (arch.shared_experts_size, arch.dense_layers) == (0, 0)
-    assert count_params(arch) == _meta_count(FLEX_OLMO)
+    assert count_params(arch) == transformers_count(FLEX_OLMO)
 
 
 def test_granitemoe_swa_is_refused_with_its_reason(tmp_path):
     """GraniteMoE-SWA's attention sink (an LSE scaling of each head's output, eager only)
     is an op ftmem has not measured: refused in one sentence that says why."""
     with pytest.raises(ConfigError, match=r"logsumexp minus a learned sink.*--traced"):
-        _read(tmp_path, {"model_type": "granitemoe_swa", "hidden_size": 64})
+        read_config(tmp_path, {"model_type": "granitemoe_swa", "hidden_size": 64})
 
 
 @pytest.mark.parametrize(

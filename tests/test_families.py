@@ -10,6 +10,7 @@ import pytest
 from ftmem.arch import Architecture, count_params
 from ftmem.errors import ConfigError
 from ftmem.sources import resolve_model
+from tests.family_configs import transformers_count
 
 from .conftest import TINY, tiny
 
@@ -684,15 +685,6 @@ ERNIE_45_21B_A3B = {
 }
 
 
-def _meta_count(cfg: dict) -> int:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    config = transformers.AutoConfig.for_model(**cfg)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
-
-
 def test_ernie_45_moe_counts_as_transformers_builds_it(tmp_path):
     """ERNIE 4.5 21B-A3B: the first block dense, 64 experts and two shared in the 27
     others, each router's frozen fp32 correction bias a parameter (1 × 64 per sparse
@@ -707,7 +699,7 @@ def test_ernie_45_moe_counts_as_transformers_builds_it(tmp_path):
     arch = resolve_model(str(tmp_path))
     assert (arch.dense_layers, arch.dense_intermediate_size) == (1, 12288)
     assert (arch.num_experts, arch.experts_per_token, arch.shared_experts_size) == (64, 6, 3072)
-    assert count_params(arch) == _meta_count(ERNIE_45_21B_A3B) == 21_825_437_888
+    assert count_params(arch) == transformers_count(ERNIE_45_21B_A3B) == 21_825_437_888
     (stat,) = [p for p in layout(arch).block if p.kind == "statistic"]
     assert (stat.shape, stat.count(arch.num_layers)) == ((1, 64), 27)
     assert count_params(resolve_model("ernie-4.5-21b-a3b")) == count_params(arch)
@@ -728,7 +720,7 @@ def test_ernie_45_moe_takes_its_config_class_defaults(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     arch = resolve_model(str(tmp_path))
     assert (arch.kv_heads, arch.dense_layers, arch.num_experts) == (4, 1, 64)
-    assert count_params(arch) == _meta_count(cfg)
+    assert count_params(arch) == transformers_count(cfg)
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "moe_layer_start_index": 3}))
     with pytest.raises(ConfigError, match="moe_layer_start_index"):
         resolve_model(str(tmp_path))

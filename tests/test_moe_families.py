@@ -4,13 +4,12 @@ they refuse rather than mis-read."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from ftmem.arch import count_params
 from ftmem.errors import ConfigError
 from ftmem.sources import resolve_model
+from tests.family_configs import read_config, transformers_count
 
 # zai-org/GLM-4.7-Flash's config.json fields (presets/models/glm-4.7-flash.yaml says where from)
 GLM47_FLASH = {
@@ -45,32 +44,18 @@ GLM47_FLASH = {
 }
 
 
-def _meta_count(cfg: dict) -> int:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    config = transformers.AutoConfig.for_model(**cfg)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
-
-
-def _read(tmp_path, cfg: dict):
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    return resolve_model(str(tmp_path))
-
-
 def test_glm47_flash_counts_as_transformers_builds_it(tmp_path):
     """GLM-4.7-Flash: DeepSeek-V3's latent attention and experts (one shared, the first
     block dense): 29,943,390,976 on the meta device (the card's "30B"; derived by hand in
     the preset), and the preset the same."""
-    arch = _read(tmp_path, GLM47_FLASH)
+    arch = read_config(tmp_path, GLM47_FLASH)
     assert (arch.head_dim, arch.rotary_dim, arch.v_head_dim) == (256, 64, 256)
     assert (arch.dense_layers, arch.shared_experts_size, arch.router_renormalises) == (
         1,
         1536,
         True,
     )
-    assert count_params(arch) == _meta_count(GLM47_FLASH) == 29_943_390_976
+    assert count_params(arch) == transformers_count(GLM47_FLASH) == 29_943_390_976
     assert count_params(resolve_model("glm-4.7-flash")) == count_params(arch)
 
 
@@ -80,13 +65,13 @@ def test_glm4_moe_lite_dense_blocks_are_mlp_layer_types(tmp_path):
     first_k_dense_replace says; without the list, the class's one dense block."""
     small = {**GLM47_FLASH, "num_hidden_layers": 4, "hidden_size": 256, "vocab_size": 1000}
     listed = {**small, "mlp_layer_types": ["dense", "dense", "sparse", "sparse"]}
-    arch = _read(tmp_path, listed)
+    arch = read_config(tmp_path, listed)
     assert arch.dense_layers == 2
-    assert count_params(arch) == _meta_count(listed)
+    assert count_params(arch) == transformers_count(listed)
     bare = {**small, "first_k_dense_replace": 3}
-    arch = _read(tmp_path, bare)
+    arch = read_config(tmp_path, bare)
     assert arch.dense_layers == 1
-    assert count_params(arch) == _meta_count(bare)
+    assert count_params(arch) == transformers_count(bare)
 
 
 def test_glm4_moe_lite_takes_its_config_class_defaults(tmp_path):
@@ -102,14 +87,14 @@ def test_glm4_moe_lite_takes_its_config_class_defaults(tmp_path):
         if key != "first_k_dense_replace":  # (read by nothing: mlp_layer_types's default)
             assert getattr(config, key) == value, key
     assert config.mlp_layer_types == ["dense", "sparse", "sparse"]
-    assert count_params(_read(tmp_path, bare)) == _meta_count(bare)
+    assert count_params(read_config(tmp_path, bare)) == transformers_count(bare)
 
 
 def test_glm4_moe_lite_refuses_dense_blocks_after_sparse_ones(tmp_path):
     """ftmem models a stack whose dense blocks come first."""
     cfg = {**GLM47_FLASH, "num_hidden_layers": 3, "mlp_layer_types": ["sparse", "dense", "sparse"]}
     with pytest.raises(ConfigError, match="dense block after a sparse one"):
-        _read(tmp_path, cfg)
+        read_config(tmp_path, cfg)
 
 
 def test_glm4_moe_lite_refuses_a_partial_rotary_transformers_cannot_run(tmp_path):
@@ -139,7 +124,7 @@ def test_glm4_moe_lite_refuses_a_partial_rotary_transformers_cannot_run(tmp_path
     with pytest.raises(RuntimeError, match="size of tensor"):
         model(torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(ConfigError, match=r"partial_rotary_factor 0\.5"):
-        _read(tmp_path, tiny)
+        read_config(tmp_path, tiny)
 
 
 # ibm-granite/granite-3.1-3b-a800m-instruct's config.json fields
@@ -165,9 +150,9 @@ def test_granite31_moe_counts_as_transformers_builds_it(tmp_path):
     """Granite-3.1-3B-A800M: 40 experts under a bare (E, h) router, embeddings tied:
     3,298,793,472 on the meta device (the card's "3.3B"; derived by hand in the preset),
     the preset the same."""
-    arch = _read(tmp_path, GRANITE31_3B_A800M)
+    arch = read_config(tmp_path, GRANITE31_3B_A800M)
     assert (arch.num_experts, arch.experts_per_token, arch.shared_experts_size) == (40, 8, 0)
-    assert count_params(arch) == _meta_count(GRANITE31_3B_A800M) == 3_298_793_472
+    assert count_params(arch) == transformers_count(GRANITE31_3B_A800M) == 3_298_793_472
     assert count_params(resolve_model("granite-3.1-3b-a800m")) == count_params(arch)
 
 
@@ -183,9 +168,9 @@ def test_granitemoeshared_counts_its_shared_mlp(tmp_path, width):
     }
     if width:
         cfg["shared_intermediate_size"] = width
-    arch = _read(tmp_path, cfg)
+    arch = read_config(tmp_path, cfg)
     assert arch.shared_experts_size == width
-    assert count_params(arch) == _meta_count(cfg)
+    assert count_params(arch) == transformers_count(cfg)
 
 
 @pytest.mark.parametrize("model_type", ["granitemoe", "granitemoeshared"])
@@ -193,7 +178,7 @@ def test_granite_moe_refuses_its_load_balancing_loss(tmp_path, model_type):
     """The load-balancing loss over GraniteMoE's fp32 router logits is not measured."""
     cfg = {**GRANITE31_3B_A800M, "model_type": model_type, "output_router_logits": True}
     with pytest.raises(ConfigError, match="output_router_logits"):
-        _read(tmp_path, cfg)
+        read_config(tmp_path, cfg)
 
 
 def test_granite_moe_router_keeps_an_fp32_top_k_softmax():
@@ -311,14 +296,14 @@ PHI35_MOE = {
 def test_phi35_moe_counts_as_transformers_builds_it(tmp_path):
     """Phi-3.5-MoE: LayerNorms with biases, biased attention and LM head, 16 experts:
     41,873,153,344 on the meta device (the card's "41.9B")."""
-    arch = _read(tmp_path, PHI35_MOE)
+    arch = read_config(tmp_path, PHI35_MOE)
     assert (arch.norm, arch.head_bias, arch.input_jitter, arch.attention_out_bias) == (
         "layernorm",
         True,
         True,
         True,
     )
-    assert count_params(arch) == _meta_count(PHI35_MOE) == 41_873_153_344
+    assert count_params(arch) == transformers_count(PHI35_MOE) == 41_873_153_344
 
 
 def test_phimoe_defaults_have_no_head_bias_nor_jitter(tmp_path):
@@ -329,16 +314,16 @@ def test_phimoe_defaults_have_no_head_bias_nor_jitter(tmp_path):
         if k not in ("input_jitter_noise", "attention_bias", "lm_head_bias")
     }
     cfg.update(num_hidden_layers=2, vocab_size=1000)
-    arch = _read(tmp_path, cfg)
+    arch = read_config(tmp_path, cfg)
     assert (arch.head_bias, arch.input_jitter, arch.attention_qkv_bias) == (False, False, False)
-    assert count_params(arch) == _meta_count(cfg)
+    assert count_params(arch) == transformers_count(cfg)
 
 
 def test_phimoe_routes_two_experts_whatever_top_k_says(tmp_path):
     """sparsemixer takes top_k and never reads it: two experts a token; another
     num_experts_per_tok is refused rather than counted."""
     with pytest.raises(ConfigError, match="num_experts_per_tok 4"):
-        _read(tmp_path, {**PHI35_MOE, "num_experts_per_tok": 4})
+        read_config(tmp_path, {**PHI35_MOE, "num_experts_per_tok": 4})
 
 
 def test_peft_all_linear_fails_on_phimoe_and_ftmem_refuses_it():
@@ -393,12 +378,12 @@ def test_cohere2_moe_counts_and_slides_as_transformers_builds_it(tmp_path, chang
     read as transformers builds them (meta device)."""
     transformers = pytest.importorskip("transformers")
     cfg = {**COHERE2_MOE, "num_hidden_layers": 9, "vocab_size": 1000, **changes}
-    arch = _read(tmp_path, cfg)
+    arch = read_config(tmp_path, cfg)
     config = transformers.AutoConfig.for_model(**cfg)
     assert arch.dense_layers == config.mlp_layer_types.count("dense")
     assert arch.sliding_layers == config.layer_types.count("sliding_attention")
     assert (arch.norms_per_block, arch.parallel_attn_mlp) == (1, True)
-    assert count_params(arch) == _meta_count(cfg)
+    assert count_params(arch) == transformers_count(cfg)
 
 
 @pytest.mark.parametrize(
@@ -408,4 +393,4 @@ def test_cohere2_moe_counts_and_slides_as_transformers_builds_it(tmp_path, chang
 def test_cohere2_moe_refuses_what_is_not_measured(tmp_path, changes, message):
     """North's RMSNorms and sigmoid router are not measured: refused in one sentence."""
     with pytest.raises(ConfigError, match=message):
-        _read(tmp_path, {**COHERE2_MOE, **changes})
+        read_config(tmp_path, {**COHERE2_MOE, **changes})

@@ -196,6 +196,43 @@ class LlamaKeys:
     tie: bool = False
 
 
+def dense_prefix(cfg: Config, layers: int, default: int) -> int:
+    """How many first blocks are dense, from ``mlp_layer_types`` (``default`` without
+    it); ftmem models a stack whose dense blocks all come first."""
+    types = cfg.get("mlp_layer_types")
+    if types is None:
+        return default
+    if (
+        not isinstance(types, list)
+        or len(types) != layers
+        or any(t not in ("dense", "sparse") for t in types)
+    ):
+        raise ConfigError(
+            f"config.json: mlp_layer_types must list 'dense' or 'sparse' for each of the "
+            f"{layers} layers, not {shown(types)}."
+        )
+    dense = types.count("dense")
+    if types[:dense] != ["dense"] * dense:
+        raise ConfigError(
+            "config.json: mlp_layer_types puts a dense block after a sparse one; ftmem models "
+            "stacks whose dense blocks come first."
+        )
+    return dense
+
+
+def dense_prefix_or_first_k(cfg: Config, layers: int, default_first: int) -> int:
+    """How many first blocks are dense: ``mlp_layer_types`` where config.json gives it (it
+    takes precedence), else the count ``first_k_dense_replace`` (``default_first``)."""
+    if cfg.get("mlp_layer_types") is not None:
+        return dense_prefix(cfg, layers, default_first)
+    first = cfg.get("first_k_dense_replace", default_first)
+    if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+        raise ConfigError(
+            f"config.json: first_k_dense_replace must be a count, not {shown(first)}."
+        )
+    return first
+
+
 def every_layer(cfg: Config, layers: int) -> int:
     """Config classes without ``layer_types`` (Mistral, Mixtral, Phi-3, StarCoder2,
     Qwen3-MoE): transformers 5.24 cache_utils.py get_layer_types_and_kwargs makes every

@@ -32,11 +32,18 @@ from typing import TYPE_CHECKING
 
 from ftmem import limits
 from ftmem.errors import ConfigError
-from ftmem.families._config import Config, LlamaKeys, opt, opt_or, shown, word
+from ftmem.families._config import (
+    Config,
+    LlamaKeys,
+    dense_prefix_or_first_k,
+    opt,
+    opt_or,
+    shown,
+    word,
+)
 from ftmem.families._llama import llama_map
 from ftmem.families.cohere import FAMILY as COHERE
 from ftmem.families.deepseek_v3 import SHARED_EXPERTS
-from ftmem.families.glm4_moe_lite import dense_prefix
 from ftmem.families.mixtral import EXPERT_NAMES
 
 if TYPE_CHECKING:
@@ -87,13 +94,7 @@ def _read(cfg: Config, out: Config) -> None:
         experts_per_token=opt_or(cfg, "num_experts_per_tok", DEFAULTS, limits.EXPERTS),
         shared_experts_size=width * shared,
     )
-    first = cfg.get("first_k_dense_replace", 0)
-    if cfg.get("mlp_layer_types") is not None:
-        first = dense_prefix(cfg, out["num_layers"], 0)
-    elif isinstance(first, bool) or not isinstance(first, int) or first < 0:
-        raise ConfigError(
-            f"config.json: first_k_dense_replace must be a count, not {shown(first)}."
-        )
+    first = dense_prefix_or_first_k(cfg, out["num_layers"], 0)
     if first >= out["num_layers"]:
         raise ConfigError(
             "config.json: no block with experts; ftmem models stacks with sparse blocks."

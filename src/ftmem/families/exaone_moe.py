@@ -39,6 +39,7 @@ from ftmem.families import Family
 from ftmem.families._config import (
     Config,
     LlamaKeys,
+    dense_prefix_or_first_k,
     every_nth_full,
     flag,
     opt_or,
@@ -65,36 +66,6 @@ DEFAULTS: Config = {
 DEFAULT_WINDOW = 4096
 
 
-def _dense_layers(cfg: Config, layers: int) -> int:
-    """How many blocks have a dense MLP: ``mlp_layer_types`` where config.json gives it
-    (it takes precedence), else ``first_k_dense_replace``. ftmem models the dense blocks
-    as the lowest ones (Architecture.dense_layers), so another order is refused."""
-    types = cfg.get("mlp_layer_types")
-    if types is None:
-        first = cfg.get("first_k_dense_replace", DEFAULTS["first_k_dense_replace"])
-        if isinstance(first, bool) or not isinstance(first, int) or first < 0:
-            raise ConfigError(
-                f"config.json: first_k_dense_replace must be a count, not {shown(first)}."
-            )
-        return first
-    if (
-        not isinstance(types, list)
-        or len(types) != layers
-        or any(kind not in ("dense", "sparse") for kind in types)
-    ):
-        raise ConfigError(
-            f"config.json: mlp_layer_types must list the {layers} layers' MLPs as "
-            f'"dense" or "sparse", not {shown(types)}.'
-        )
-    dense = types.count("dense")
-    if types[:dense] != ["dense"] * dense:
-        raise ConfigError(
-            f"config.json: mlp_layer_types {shown(types)} puts a dense MLP above a sparse "
-            "one; ftmem models stacks whose dense blocks are the lowest ones."
-        )
-    return dense
-
-
 def _check_moe_layers(cfg: Config, layers: int, dense: int) -> None:
     """Some K-EXAONE config.json copies also carry ``is_moe_layer`` (another runtime's
     key, with ``first_last_k_dense_replace``), which ExaoneMoeConfig does not read: where
@@ -119,7 +90,7 @@ def _read(cfg: Config, out: Config) -> None:
     if "sliding_window" not in cfg and not all_global:  # (ExaoneMoeConfig's default)
         out["sliding_window"] = DEFAULT_WINDOW
     layers = out["num_layers"]
-    dense = _dense_layers(cfg, layers)
+    dense = dense_prefix_or_first_k(cfg, layers, DEFAULTS["first_k_dense_replace"])
     _check_moe_layers(cfg, layers, dense)
     if dense >= layers:
         raise ConfigError(

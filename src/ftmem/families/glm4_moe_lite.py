@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ftmem.errors import ConfigError
-from ftmem.families._config import Config, LlamaKeys, flag, number, shown
+from ftmem.families._config import Config, LlamaKeys, dense_prefix, flag, number, shown
 from ftmem.families._llama import llama_map
 from ftmem.families.deepseek_v3 import FAMILY as V3
 from ftmem.families.deepseek_v3 import build_deepseek, read_deepseek
@@ -47,30 +47,6 @@ DEFAULTS: Config = {
     "first_k_dense_replace": 1,
     "moe_intermediate_size": 1536,
 }
-
-
-def dense_prefix(cfg: Config, layers: int, default: int) -> int:
-    """How many first blocks are dense, from ``mlp_layer_types`` (``default`` without
-    it); ftmem models a stack whose dense blocks all come first."""
-    types = cfg.get("mlp_layer_types")
-    if types is None:
-        return default
-    if (
-        not isinstance(types, list)
-        or len(types) != layers
-        or any(t not in ("dense", "sparse") for t in types)
-    ):
-        raise ConfigError(
-            f"config.json: mlp_layer_types must list 'dense' or 'sparse' for each of the "
-            f"{layers} layers, not {shown(types)}."
-        )
-    dense = types.count("dense")
-    if types[:dense] != ["dense"] * dense:
-        raise ConfigError(
-            "config.json: mlp_layer_types puts a dense block after a sparse one; ftmem models "
-            "stacks whose dense blocks come first."
-        )
-    return dense
 
 
 def _read(cfg: Config, out: Config) -> None:
