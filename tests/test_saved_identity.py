@@ -34,8 +34,10 @@ def cuda_autocast_refused(arch) -> bool:
 
 def _block(family: str, **run: object):
     arch = tiny(family)
-    if run.get("lora_targets") == "all-linear" and (arch.shared_experts_size or arch.dense_layers):
-        # (LoRA on a dense-and-MoE stack's MLP is refused: peft moves it onto the experts)
+    refused = arch.shared_experts_size or arch.dense_layers or arch.traits.peft_all_linear_fails
+    if run.get("lora_targets") == "all-linear" and refused:
+        # (LoRA on a dense-and-MoE stack's MLP is refused: peft moves it onto the experts;
+        # PhiMoE's all-linear: peft's LoRA fails on its tuple-returning router)
         run = {**run, "lora_targets": "attention"}
     elif run.get("lora_targets") == "all-linear" and arch.traits.peft_converts_expert_targets:
         # all-linear reaches the experts there, where peft refuses LoRA dropout
