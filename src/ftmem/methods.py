@@ -1471,10 +1471,10 @@ def _check_cuda_autocast(arch: Architecture, run: RunConfig, dtypes: Dtypes) -> 
     """Ops whose dtypes CUDA's autocast changes where the CPU's does not, not measured:
     ReLU² (transformers 5.25 activations.py ReLUSquaredActivation) squares with
     ``torch.square``, ``pow(self, 2)``, which CUDA's autocast runs in fp32 (torch's
-    autocast fp32 op list; the CPU's leaves it 16-bit: tests/test_relu2.py); Nemotron's
+    autocast fp32 op list; the CPU's leaves it 16-bit: tests/test_plain_mlp_activations.py); Nemotron's
     LayerNorm1P casts its arguments to 16-bit under CUDA's autocast only
     (Family.layer_norm_plus_one); xIELU's expm1 and softplus are on CUDA's fp32 list
-    (the CPU's leaves them: tests/test_xielu.py)."""
+    (the CPU's leaves them: tests/test_plain_mlp_activations.py)."""
     if not (dtypes.autocast and run.device == "cuda"):
         return
     if arch.activation == "relu2":

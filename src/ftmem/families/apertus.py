@@ -25,7 +25,7 @@ Measured (stop 49; tests/accuracy, CPU: the tiny Llama shape with q/k norms, f =
 freeze): weights, gradients, states and activations exact but IA³'s +384 B; peaks within
 1.8 % but checkpointed LoRA under bf16-mixed, +4.4 % (86,600 B over). xIELU's backward
 is modelled as five T × f gradients in its output's dtype (MLP.gradients); measured alone
-(tests/test_xielu.py's module) it holds, beyond its saved tensors, the incoming gradient
+(tests/test_plain_mlp_activations.py's module) it holds, beyond its saved tensors, the incoming gradient
 and its output, 4 T × f and a bool mask in fp32 or bf16, and 3.75 (alphas frozen) to 4.75
 (trained) fp32 T × f under autocast: the five are an upper bound there. Before it the
 checkpointed cases were -5.5 % to -13.1 %. Left: CUDA's autocast (refused), the XIELU

@@ -4,7 +4,7 @@ modeling_arcee.py ArceeMLP: ``down_proj(act_fn(up_proj(x)))``, ArceeConfig's
 hidden_act "relu2": activations.py ReLUSquaredActivation, ``torch.square(relu(x))``).
 ReLU² keeps one T × f tensor, relu's output, which relu's backward (its result) and the
 square's (its input) share; the up projection's output is not kept
-(tests/test_relu2.py measures the real module).
+(tests/test_plain_mlp_activations.py measures the real module).
 
 Measured (stop 49; tests/accuracy, CPU, torch 2.13, peft 0.21.2: two layers, 4 heads of
 24 over 2 KV heads, f = 160, 3 × 50 tokens; 23 cases: the matrix, QLoRA in two regimes,

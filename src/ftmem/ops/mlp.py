@@ -82,7 +82,7 @@ def xielu_saved(ctx: LayerContext, state: BlockState, n: int, xe: int) -> list[S
     expm1's result (its backward reads it), in x's dtype; the bool mask x > 0 (where's
     condition); the two softplus outputs (1,) the multiplies keep for x's gradient; and,
     where the alphas train, the difference expm1(...) − x, which alpha_n's multiply keeps
-    for alpha_n's gradient. Measured on the CPU (tests/test_xielu.py): fp32, bf16 and
+    for alpha_n's gradient. Measured on the CPU (tests/test_plain_mlp_activations.py): fp32, bf16 and
     bf16-mixed, the alphas trained or frozen."""
     pb = ctx.residual  # (the alphas are in the non-linear parameters' dtype)
     alphas = state.weights_trainable
