@@ -3,10 +3,12 @@ without the hub kernels: models/qwen3_5/modeling_qwen3_5.py ``Qwen3_5GatedDeltaN
 (l.555-738), ``causal_conv1d_fn``'s torch path (l.251-271), ``torch_chunk_gated_delta_rule``
 (l.336-475) and ``Qwen3_5RMSNormGated`` (l.199-215); Qwen3-Next's layer
 (models/qwen3_next/modeling_qwen3_next.py ``Qwen3NextGatedDeltaNet``) is the same but for
-its two fused input projections (``DeltaNetShape.fused``). Not yet walked by the block walk:
-the qwen3_5_text family is read and counted (Architecture.linear_attention), its training
-steps and serving refused (``refuse_stack``); qwen3_5_moe_text and qwen3_next stay refused
-in ``sources`` (see calibration/notes/peft.md, "Gated DeltaNet (stop 49, helper qwen35)").
+its two fused input projections (``DeltaNetShape.fused``). The block walk places the
+qwen3_5_text family's layers in config.json's order (activations._gated_deltanet keeps
+``saved`` in each Gated DeltaNet block); its training steps are estimated for what was
+measured (``refuse_training``), serving refused (``refuse_stack``); qwen3_5_moe_text and
+qwen3_next stay refused in ``sources`` (see calibration/notes/peft.md, "Gated DeltaNet
+(stop 49, helper qwen35)" and "Ordered block walk (stop 50, helper order)").
 
 The op runs from the outputs of in_proj_qkv, in_proj_z, in_proj_b and in_proj_a to the
 input of out_proj (those five are linears: ops.linear answers for what they keep). Symbols:
@@ -79,21 +81,117 @@ from ftmem.ops.saved import Kind, Saved, Side
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
+    from ftmem.run import RunConfig
 
 
 def refuse_stack(arch: Architecture, what: str) -> None:
     """A model with Gated DeltaNet layers (Architecture.linear_attention) or Qwen3.5's
     gated attention (Family.attention_output_gate, ops.output_gate) has its parameters
-    counted exactly, but ``what`` (a training step, serving) is refused: the
-    block walk does not place the two layer kinds, the op's forward transient and
-    backward workspace are not formulas yet, and its recurrent and conv states are no KV
-    cache."""
-    if arch.linear_attention is not None or arch.traits.attention_output_gate:
+    counted exactly, but ``what`` (serving: its recurrent and conv states are no KV
+    cache) is refused."""
+    if _qwen35_layers(arch):
         raise InvalidInputError(
             f"{arch.name}: {what} of Qwen3.5's layers (Gated DeltaNet and gated full "
             "attention) is not modelled yet (their parameters are); for a traced answer add "
             '--traced, with pip install "ftmem[measure]".'
         )
+
+
+def _qwen35_layers(arch: Architecture) -> bool:
+    return arch.linear_attention is not None or arch.traits.attention_output_gate
+
+
+# What a training step of Qwen3.5's layers was measured with (tests/accuracy/cases.py,
+# _qwen3_5_text: the tiny model on the CPU, transformers 5.25, peft 0.21.2, torch 2.13):
+# these methods and precisions, and only these settings changed from RunConfig's defaults.
+MEASURED_METHODS = ("full", "freeze", "lora", "qlora")
+MEASURED_PRECISIONS = ("fp32", "bf16", "bf16-mixed")
+MEASURED_SETTINGS = frozenset(
+    {
+        "method",
+        "precision",
+        "optimizer",
+        "optimizer_impl",
+        "device",
+        "torch_version",
+        "transformers_version",
+        "peft_version",
+        "bnb_version",
+        "alloc_conf",
+        "accounting",
+        "batch_size",
+        "seq_len",
+        "grad_accum",
+        "grad_ckpt",
+        "trainable_layers",
+        "lora_r",
+        "lora_alpha",
+        "lora_targets",
+        "lora_dropout",
+        "quant",
+        "double_quant",
+        "compute_dtype",
+    }
+)
+
+
+def refuse_training(arch: Architecture, run: RunConfig, alone: bool = True) -> None:
+    """A training step of Qwen3.5's layers is modelled on transformers' torch path (see the
+    module's docstring) for the measured methods, precisions and settings only; anything
+    else is refused in one sentence. ``alone``: one GPU, no teacher, no sequence split
+    (tensor and pipeline parallelism, ZeRO, FSDP and ColossalAI are not measured)."""
+    if not _qwen35_layers(arch):
+        return
+    from ftmem.run import RunConfig
+
+    def refuse(what: str) -> InvalidInputError:
+        return InvalidInputError(
+            f"{arch.name}: a training step of Qwen3.5's layers (Gated DeltaNet and gated full "
+            f"attention) is modelled for {', '.join(MEASURED_METHODS)} in "
+            f"{', '.join(MEASURED_PRECISIONS)} on one GPU, not {what}."
+        )
+
+    if not alone:
+        raise refuse("spread over GPUs, with a teacher or with a sequence split")
+    if run.method not in MEASURED_METHODS:
+        raise refuse(f"--method {run.method}")
+    if run.precision not in MEASURED_PRECISIONS:
+        raise refuse(f"--precision {run.precision}")
+    if run.method in ("lora", "qlora") and not run.lora_targets:
+        raise InvalidInputError(
+            f"{arch.name}: peft 0.21.2 has no default LoRA targets for qwen3_5_text; name "
+            "them with --lora-targets (e.g. all-linear, or q_proj,v_proj)."
+        )
+    default = RunConfig()
+    for name in type(run).model_fields:
+        if name not in MEASURED_SETTINGS and getattr(run, name) != getattr(default, name):
+            raise refuse(f"with --{name.replace('_', '-')} {getattr(run, name)}")
+
+
+def refuse_graphless_deltanet(arch: Architecture) -> None:
+    """A Gated DeltaNet block that runs its forward keeping nothing (frozen below the lowest
+    trained block, or checkpointed) builds the delta rule's C-wide fp32 intermediates with
+    nothing of the graph beside them, and a checkpointed one rebuilds them in backward:
+    their forward transient and backward workspace are not modelled yet (measured on the
+    tiny model: the peak 8 % to 37 % over the estimate without them)."""
+    raise InvalidInputError(
+        f"{arch.name}: a Gated DeltaNet layer that keeps nothing in forward (frozen below the "
+        "lowest trained layer, or checkpointed) is not modelled yet; train every layer from "
+        "the lowest linear-attention one up (LoRA on its projections, or full) without "
+        "--grad-ckpt."
+    )
+
+
+def torch_path_note(arch: Architecture, run: RunConfig) -> list[str]:
+    """The estimate's note of the kernel path modelled (CUDA may take others)."""
+    if arch.linear_attention is None or run.device != "cuda":
+        return []
+    return [
+        "Gated DeltaNet layers: modelled on transformers' torch path "
+        "(torch_chunk_gated_delta_rule, the torch causal conv1d); where flash-linear-attention "
+        "and causal-conv1d (or the kernels hub) are installed CUDA runs their kernels, which "
+        "keep less (not modelled)."
+    ]
 
 
 # torch_chunk_gated_delta_rule's default, the one Qwen3_5GatedDeltaNet.forward uses
