@@ -60,9 +60,13 @@ state that nothing reads: autograd drops its graph in forward, with what only it
 Gradient checkpointing keeps only the block's input in forward; the recompute keeps the
 same tensors again (measured with reentrant checkpointing).
 
-What is not here: the forward's transient peak and the backward's workspace (measured on
-the tiny layers, not modelled: calibration/notes/peft.md), inputs whose streams need no gradient (the lowest trained block of a method
-that adapts only some of the input projections), and the kernels CUDA users get when the
+The forward's transient (``forward_transient``) is a replay of the forward's allocations
+and frees in order (``_forward``), matched allocation by allocation to the real module.
+
+What is not here: the backward's workspace (measured on the tiny layers, not modelled:
+calibration/notes/peft.md), autocast's forward transient, inputs whose streams need no
+gradient (the lowest trained block of a method that adapts only some of the input
+projections), and the kernels CUDA users get when the
 ``kernels`` hub or flash-linear-attention and causal-conv1d are installed
 (``use_kernel_func_from_hub_with_fallback``): fla's ChunkGatedDeltaRuleFunction keeps a
 different, smaller set (calibration/notes/peft.md).
@@ -337,6 +341,31 @@ class GatedDeltaNet:
             for what, size in items
         ]
 
+    @staticmethod
+    def forward_transient(
+        shape: DeltaNetShape,
+        batch: int,
+        seq: int,
+        e: int,
+        graph: bool,
+        weights_train: bool = False,
+    ) -> int:
+        """The layer's forward peak above what it holds at its end: from its input
+        projections' outputs to out_proj's, the most bytes live at once beyond what was
+        live before the layer, less what is live after it (its output, T·hidden·e, and
+        with ``graph`` what autograd keeps: ``saved`` plus out_proj's input T·value_dim·e
+        where ``weights_train``; the layer's input is the caller's). ``graph``: grad
+        mode, a stream of the input needing a gradient; without it (no_grad, a
+        checkpointed layer's first forward) nothing is kept and the transient is the
+        whole peak but the output. ``e``: the weights' bytes (2 or 4; autocast is not
+        replayed). A replay of every allocation and free in order (``_forward``), not a
+        fitted sum: the peak op moves with the shapes (the decayed query's product, the
+        scan's per-chunk tensors, the C-wide products of strided fp32 operands), and
+        the replay finds it. Measured exact to the byte on the real module
+        (tests/test_gated_deltanet_transients.py)."""
+        replay = _forward(shape, batch, seq, e, graph, weights_train)
+        return replay.peak - replay.live
+
 
 def _chunk_loop(
     shape: DeltaNetShape, b: int, n: int, e: int, autocast: bool, strided: bool, rows_dk: int
@@ -433,3 +462,345 @@ def _gated_norm(
     if weights_train:
         items.append(("gated norm: normalised (for its weight)", T * vd * e))
     return items
+
+
+class _Tensor:
+    """One storage of the replay: its bytes, whether a Python name still holds it and
+    whether autograd keeps it (a saved tensor)."""
+
+    __slots__ = ("alive", "kept", "named", "nbytes")
+
+    def __init__(self, nbytes: int, kept: bool) -> None:
+        self.nbytes, self.kept, self.named, self.alive = nbytes, kept, True, True
+
+
+class _Replay:
+    """The storages a run of the layer allocates and frees, in order: ``live`` the bytes
+    held now, ``peak`` the most held at once (each moment is the sum of what is live
+    when a tensor is made). With ``graph`` (grad mode) a tensor marked kept outlives its
+    Python names, as autograd's saved tensors do; ``log`` records each allocation and
+    free (the tests compare it with the real module's)."""
+
+    def __init__(self, graph: bool) -> None:
+        self.graph = graph
+        self.live = self.peak = 0
+        self.log: list[tuple[str, int]] = []
+
+    def new(self, nbytes: int, kept: bool = False) -> _Tensor:
+        t = _Tensor(nbytes, kept and self.graph)
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        self.log.append(("alloc", nbytes))
+        return t
+
+    def drop(self, *tensors: _Tensor) -> None:
+        """The last Python name of each tensor is gone: freed unless autograd keeps it."""
+        for t in tensors:
+            t.named = False
+            if t.alive and not t.kept:
+                self._free(t)
+
+    def release(self, *tensors: _Tensor) -> None:
+        """Autograd let go of each tensor (the node that saved it was dropped)."""
+        for t in tensors:
+            t.kept = False
+            if t.alive and not t.named:
+                self._free(t)
+
+    def _free(self, t: _Tensor) -> None:
+        t.alive = False
+        self.live -= t.nbytes
+        self.log.append(("free", t.nbytes))
+
+
+def _forward(
+    shape: DeltaNetShape, b: int, s: int, e: int, graph: bool, weights_train: bool
+) -> _Replay:
+    """Replay the layer's forward (its input projections to out_proj's output), as
+    transformers 5.25 runs it on the torch path: Qwen3_5GatedDeltaNet.forward (or
+    Qwen3NextGatedDeltaNet.forward, ``shape.fused``), causal_conv1d_fn,
+    torch_chunk_gated_delta_rule and Qwen3_5RMSNormGated, each allocation and each free
+    where the last name of a tensor goes (a local reassigned, a temporary consumed, the
+    function's locals at its return). ``graph``: grad mode, where what autograd saves
+    (``GatedDeltaNet.saved``) stays."""
+    run = _ForwardRun(shape, b, s, e, graph, weights_train)
+    silu, z, owned = run.projections()
+    beta, g = run.gates()
+    attn = run.delta_rule(silu)
+    run.gated_norm_and_out(attn, z, [*owned, silu, beta, g])
+    return run.r
+
+
+class _ForwardRun:
+    """The layer's forward, phase by phase, on one replay (``_forward``)."""
+
+    def __init__(
+        self, shape: DeltaNetShape, b: int, s: int, e: int, graph: bool, weights_train: bool
+    ) -> None:
+        self.r, self.shape, self.b, self.s, self.e = _Replay(graph), shape, b, s, e
+        self.train = weights_train
+        self.T, self.hv = b * s, shape.v_heads
+        self.n = math.ceil(s / CHUNK)
+        self.P = self.n * CHUNK
+        self.rows = b * self.hv * self.P  # the padded rows of every head
+        self.wide = e != FP32  # 16-bit weights: every `.to(float32)` copies
+        self.grouped = shape.k_heads != self.hv
+        # fp32 without padding: q and k keep strided layouts, and the matmuls copy them
+        # (``GatedDeltaNet.saved``)
+        unpadded_fp32 = not self.wide and s == self.P
+        self.strided = unpadded_fp32 and self.grouped
+        self.matmul_copies = self.strided or (unpadded_fp32 and self.n >= 2)
+
+    def _fp32(self, cast: int, nbytes: int, kept: bool = False) -> _Tensor:
+        """An op on ``x.float()``: in 16 bits the cast (``cast`` bytes) is made first and
+        goes once the op has run; in fp32 it is no copy."""
+        if not self.wide:
+            return self.r.new(nbytes, kept)
+        copy = self.r.new(cast)
+        out = self.r.new(nbytes, kept)
+        self.r.drop(copy)
+        return out
+
+    def projections(self) -> tuple[_Tensor, _Tensor, list[_Tensor]]:
+        """The input projections and the conv: (silu's output, z, what the layer's
+        forward holds to its end)."""
+        r, sh, T, e, wide = self.r, self.shape, self.T, self.e, self.wide
+        D, kd, vd, hv = sh.conv_dim, sh.key_dim, sh.value_dim, self.hv
+        conv_out = self.b * D * (self.s + sh.conv_kernel - 1) * e
+        keep_silu = not wide and not self.grouped  # (l2norm's q and k: views of it)
+        if not sh.fused:
+            qkv = r.new(T * D * e, kept=True)
+            z = r.new(T * vd * e, kept=not wide)  # (fp32: the gate silu keeps)
+            owned = [z, r.new(T * hv * e), r.new(T * hv * e)]  # (b, a)
+            conv = r.new(conv_out, kept=True)
+            silu = r.new(T * D * e, kept=keep_silu)
+            r.drop(conv, qkv)
+            return silu, z, owned
+        # fix_query_key_value_ordering splits per key head; the reshapes that merge the
+        # heads copy (value, z, b, a with grouped heads; q, k and v for the conv's cat)
+        qkvz = r.new(T * (D + vd) * e, kept=not wide and not self.grouped)  # (z: a view)
+        owned = [qkvz, r.new(T * 2 * hv * e)]
+        if self.grouped:
+            v_copy = r.new(T * vd * e)
+            z = r.new(T * vd * e, kept=not wide)
+            owned += [z, r.new(T * hv * e), r.new(T * hv * e)]  # (b, a)
+            q_copy, k_copy = r.new(T * kd * e), r.new(T * kd * e)
+        else:  # (z, b and a: views of the projections' outputs)
+            z = qkvz
+            q_copy, k_copy, v_copy = r.new(T * kd * e), r.new(T * kd * e), r.new(T * vd * e)
+        qkv = r.new(T * D * e, kept=True)  # the cat: the conv's input
+        conv = r.new(conv_out, kept=True)
+        silu = r.new(T * D * e, kept=keep_silu)
+        r.drop(conv, qkv, q_copy, k_copy, v_copy)
+        return silu, z, owned
+
+    def gates(self) -> tuple[_Tensor, _Tensor]:
+        """beta = sigmoid(b) and g = -exp(A_log.float()) * softplus(a.float() + dt_bias)."""
+        r, f, T, hv = self.r, FP32, self.T, self.hv
+        beta = r.new(T * hv * self.e, kept=True)
+        exp = self._fp32(hv * f, hv * f, kept=self.train)
+        neg = r.new(hv * f, kept=True)
+        r.drop(exp)
+        biased = self._fp32(T * hv * f, T * hv * f, kept=True)
+        softplus = r.new(T * hv * f, kept=self.train)
+        r.drop(biased)
+        g = r.new(T * hv * f)
+        r.drop(neg, softplus)
+        return beta, g
+
+    def delta_rule(self, silu: _Tensor) -> _Tensor:
+        """torch_chunk_gated_delta_rule, to its output in the input's dtype."""
+        r, f, C = self.r, FP32, CHUNK
+        b, hv, dk, dv, P, rows = (
+            self.b,
+            self.hv,
+            self.shape.k_dim,
+            self.shape.v_dim,
+            self.P,
+            self.rows,
+        )
+        qp, kp, vp, betap, decayp = self._rule_inputs(silu)
+        v_beta, k_beta = r.new(rows * dv * f), r.new(rows * dk * f, kept=True)
+        ones = r.new(C * C)
+        mask = r.new(C * C, kept=True)
+        r.drop(ones)
+        cum = r.new(b * hv * P * f)
+        # first phase: the C-wide tensors and the UT solves
+        diff = r.new(rows * C * f)
+        filled = r.new(rows * C * f)
+        r.drop(diff)
+        pairwise = r.new(rows * C * f, kept=True)
+        r.drop(filled)
+        ut, intra = self._c_wide_product(), self._c_wide_product()
+        exp_k = r.new(b * hv * P * f, kept=True)
+        decayed_k_beta = r.new(rows * dk * f)
+        r.drop(exp_k)
+        solves = [r.new(rows * dv * f, kept=True), r.new(rows * dk * f, kept=True)]
+        state = r.new(b * hv * dk * dv * f, kept=True)
+        out = r.new(rows * dv * f)
+        exp_q = r.new(b * hv * P * f, kept=True)
+        query = r.new(rows * dk * f, kept=self.n >= 2 and not self.strided)
+        r.drop(exp_q, qp)
+        end = r.new(b * hv * P * f)
+        exp_end = r.new(b * hv * P * f, kept=True)
+        r.drop(end)
+        key = r.new(rows * dk * f, kept=not self.strided)
+        r.drop(exp_end, kp)
+        chunk_decay = r.new(b * hv * self.n * f, kept=True)
+        last = self._scan(state)
+        attn = self._rule_output(out)
+        r.drop(out, query)  # (the function's locals, at its return)
+        if self.n == 1:
+            # the only update's graph went with its state: the decayed key, its exp and
+            # the chunk decay go with their names (the key's node first)
+            r.release(exp_end, key, chunk_decay)
+        r.drop(key, vp, betap, decayp, v_beta, k_beta, mask, cum, pairwise, ut, intra)
+        r.drop(decayed_k_beta, *solves, chunk_decay, *last)
+        return attn
+
+    def _rule_inputs(self, silu: _Tensor) -> list[_Tensor]:
+        """q and k repeated to the value heads, everything to fp32, l2norm, the scaling
+        and the padding to P: the padded q, k, v, beta and decay."""
+        r, f, sh, e = self.r, FP32, self.shape, self.e
+        b, hv, dk, dv, P, rows = self.b, self.hv, sh.k_dim, sh.v_dim, self.P, self.rows
+        head = b * hv * self.s  # the unpadded rows
+        q = k = silu  # (views of silu's output where nothing copies)
+        if self.grouped:
+            q = r.new(self.T * hv * dk * e, kept=not self.wide)
+            k = r.new(self.T * hv * dk * e, kept=not self.wide)
+        v32 = beta32 = None
+        if self.wide:
+            q32, k32 = r.new(head * dk * f, kept=True), r.new(head * dk * f, kept=True)
+            v32, beta32 = r.new(head * dv * f), r.new(head * f)
+            if self.grouped:
+                r.drop(q, k)
+            q, k = q32, k32
+        normed = []
+        for x in (q, k):  # l2norm: x * rsqrt((x * x).sum(-1) + eps)
+            square = r.new(head * dk * f)
+            total = r.new(head * f)
+            r.drop(square)
+            plus = r.new(head * f)
+            r.drop(total)
+            rstd = r.new(head * f, kept=True)
+            r.drop(plus)
+            normed.append(r.new(head * dk * f))
+            r.drop(rstd)
+            if x is not silu:
+                r.drop(x)
+        scaled = r.new(head * dk * f)
+        r.drop(normed[0])
+        # F.pad to P (a new tensor even with nothing to pad)
+        padded = [r.new(rows * d * f, kept=True) for d in (dk, dk, dv)]
+        r.drop(scaled, normed[1], *([v32] if v32 else []))
+        padded += [r.new(b * hv * P * f, kept=True), r.new(b * hv * P * f)]  # beta, decay
+        if beta32 is not None:
+            r.drop(beta32)
+        return padded
+
+    def _c_wide_product(self) -> _Tensor:
+        """k_beta @ kᵀ or q @ kᵀ (its operands copied where strided), times the pairwise
+        decay."""
+        r, wide = self.r, self.rows * CHUNK * FP32
+        if self.matmul_copies:
+            a_copy = r.new(self.rows * self.shape.k_dim * FP32, kept=True)
+            b_copy = r.new(self.rows * self.shape.k_dim * FP32, kept=True)
+            mm = r.new(wide, kept=True)
+            r.drop(b_copy, a_copy)
+        else:
+            mm = r.new(wide, kept=True)
+        product = r.new(wide, kept=True)
+        r.drop(mm)
+        return product
+
+    def _scan(self, state: _Tensor) -> list[_Tensor]:
+        """The second phase, chunk by chunk; gives the last chunk's v_new and
+        inter-chunk read (locals to the function's return)."""
+        r, f, C = self.r, FP32, CHUNK
+        b, hv, dk, dv = self.b, self.hv, self.shape.k_dim, self.shape.v_dim
+        piece, v_rows, part = b * hv * dk * dv * f, b * hv * C * dv * f, b * hv * C * dk * f
+        v_new: _Tensor | None = None
+        inter: _Tensor | None = None
+        key_copy: _Tensor | None = None
+        for i in range(self.n):
+            read = r.new(v_rows)
+            fresh = r.new(v_rows, kept=True)
+            r.drop(read, *([v_new] if v_new else []))
+            v_new = fresh
+            q_chunk = r.new(part, kept=i >= 1) if self.strided else None
+            fresh = r.new(v_rows)
+            r.drop(*([q_chunk] if q_chunk else []), *([inter] if inter else []))
+            inter = fresh
+            intra_v = r.new(v_rows)
+            total = r.new(v_rows)
+            r.drop(intra_v, total)  # (copied into core_attn_out's chunk)
+            decayed = r.new(piece)
+            key_copy = r.new(part, kept=True) if self.strided else None
+            update = r.new(piece)
+            if key_copy is not None:
+                r.drop(key_copy)
+            fresh = r.new(piece, kept=i < self.n - 1)  # (the last state: nothing reads it)
+            r.drop(decayed, update, state)
+            state = fresh
+        # last_recurrent_state = None: the last update's graph goes first (with what
+        # only it kept: its kᵀ copy), then the state
+        if key_copy is not None:
+            r.release(key_copy)
+        r.drop(state)
+        assert v_new is not None and inter is not None
+        return [v_new, inter]
+
+    def _rule_output(self, out: _Tensor) -> _Tensor:
+        """With two chunks or more the reshape copies (the solves' column-major strides,
+        kept by zeros_like); then the cast to the input's dtype (in fp32: the
+        transposed slice's contiguous copy where the reshape made none)."""
+        r = self.r
+        attn = None
+        if self.n >= 2:
+            attn = r.new(self.rows * self.shape.v_dim * FP32)
+            r.drop(out)
+        if self.wide or attn is None:
+            flat = attn
+            attn = r.new(self.T * self.shape.value_dim * self.e)
+            if flat is not None:
+                r.drop(flat)
+        return attn
+
+    def gated_norm_and_out(self, attn: _Tensor, z: _Tensor, held: list[_Tensor]) -> None:
+        """torch.cat of the rule's one output, Qwen3_5RMSNormGated(·, z) and out_proj;
+        then the forward's locals (``held``, ``attn``) go."""
+        r, f, T, e, wide = self.r, FP32, self.T, self.e, self.wide
+        vd, hv = self.shape.value_dim, self.hv
+        cat = r.new(T * vd * e, kept=not wide)  # (fp32: the norm's input)
+        h32 = r.new(T * vd * f, kept=True) if wide else cat
+        square = r.new(T * vd * f)
+        mean = r.new(T * hv * f)
+        r.drop(square)
+        plus = r.new(T * hv * f)
+        rstd = r.new(T * hv * f, kept=True)
+        r.drop(plus)
+        normed = r.new(T * vd * f, kept=self.train and not wide)
+        r.drop(rstd)
+        if wide:
+            r.drop(h32)
+            cast = r.new(T * vd * e, kept=self.train)
+            weighted = r.new(T * vd * e, kept=True)
+            r.drop(cast, normed)
+        else:
+            weighted = r.new(T * vd * f, kept=True)
+            r.drop(normed)
+        gate = r.new(T * vd * f, kept=True) if wide else z
+        act = r.new(T * vd * f, kept=True)
+        if wide:
+            r.drop(gate)
+        result = r.new(T * vd * f)
+        r.drop(act, weighted)
+        if wide:
+            gated = result
+            result = r.new(T * vd * e)
+            r.drop(gated)
+        r.drop(mean, cat)
+        # out_proj (its input kept where its weight trains: ops.linear)
+        result.kept = self.train and r.graph
+        r.new(T * self.shape.hidden * e)
+        r.drop(*held[:-3], result, *held[-3:], attn)
