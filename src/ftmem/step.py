@@ -76,6 +76,7 @@ from ftmem.transients import (
     checkpointed_moe_moment,
     down_gradients_made,
     frozen_forward_transient,
+    graphless_deltanet_forward,
     offload_moment,
     offloaded_attention_forward,
     offloaded_forward_adapter,
@@ -672,7 +673,7 @@ def _block_activations(
             own_input = compiled_layers(run) or profile_of(run).kernel_rms_norm
             reused = Norm.recompute_reuses_input(shape, plan, cache[key], T, own_input)
             previous_rebuilt = previous_sum - reused
-        if key[4] and (run.grad_ckpt or not previous_sum):
+        if key[4] and (run.grad_ckpt or (not previous_sum and plan.dtypes.autocast)):
             refuse_graphless_deltanet(arch)
         per_block.append(previous_sum)
         rebuilt.append(previous_rebuilt)
@@ -1221,6 +1222,9 @@ def _decoder_block(
             frozen_forward_transient(arch, run, e, plan.dtypes.residual_bytes, T, plan)
             if not last_keeps or run.activation_offload or run.grad_ckpt
             else 0,
+            graphless_deltanet_forward(
+                arch, run, blocks.per_block, e, plan.dtypes.residual_bytes, T
+            ),
             cross_forward,
         ),
         # offloaded: one op's saved tensors back beside its workspace, and a trained

@@ -38,6 +38,7 @@ from ftmem.methods import NAMED_TRAINING_METHODS, MethodPlan, TensorGroup, exper
 from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.context import LayerContext, bias_promotes_outputs
 from ftmem.ops.embedding import Embedding
+from ftmem.ops.gated_deltanet import GatedDeltaNet
 from ftmem.ops.linear import LinearOp
 from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
@@ -178,6 +179,30 @@ def frozen_forward_transient(
     mlp += MoE.lora_stacks(plan) if plan is not None else 0
     attn = Attention.eager_forward_scores(arch, run, e)
     return max(mlp, attn) + 4 * T * arch.hidden_size * residual
+
+
+def graphless_deltanet_forward(
+    arch: Architecture, run: RunConfig, per_block: Sequence[int], e: int, residual: int, T: int
+) -> int:
+    """The forward of a Gated DeltaNet block that keeps nothing (frozen below the lowest
+    trained block): its layer's peak above its end (GatedDeltaNet.forward_transient,
+    without a graph) and its output, beside the embedding output, the block's input (the
+    residual) and the input norm's output, T·h each. Taken against the forward moment,
+    which counts every block's kept tensors: those of the blocks from this one up are not
+    made yet. (transformers 5.25 modeling_qwen3_5.py Qwen3_5DecoderLayer.forward,
+    Qwen3_5TextModel.forward: ``hidden_states = inputs_embeds`` stays named.)"""
+    linear = arch.linear_attention_blocks
+    lin_attn = arch.linear_attention
+    if linear is None or lin_attn is None:
+        return 0
+    shape, h, b = lin_attn.shape(arch.hidden_size), arch.hidden_size, run.batch_size
+    transient = GatedDeltaNet.forward_transient(shape, b, T // b, e, graph=False)
+    moments = [
+        transient + T * h * e + (3 if i else 2) * T * h * residual - sum(per_block[i:])
+        for i in sorted(linear.indices)
+        if not per_block[i]
+    ]
+    return max(moments, default=0)
 
 
 def freed_before_attention(arch: Architecture, block: Iterable[Saved]) -> int:

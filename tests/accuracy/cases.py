@@ -146,10 +146,11 @@ def _qwen3_5_text() -> list[Case]:
     delta rule (s = 50, 100, 130), full finetuning in the three precision regimes, LoRA on
     every linear, on the linear-attention layers' projections only and on q and v only
     (the Gated DeltaNet blocks above a full-attention one keep their whole set for its
-    gradient), QLoRA, freeze above a frozen full-attention block. peft 0.21.2 has no
-    default targets for qwen3_5_text: every LoRA case names them. Not here (refused:
-    ops.gated_deltanet.refuse_graphless_deltanet): a Gated DeltaNet block that keeps
-    nothing in forward (frozen, checkpointed)."""
+    gradient), QLoRA, freeze above a frozen full-attention block, frozen Gated DeltaNet
+    blocks below the lowest trained one. peft 0.21.2 has no default targets for
+    qwen3_5_text: every LoRA case names them. Not here (refused:
+    ops.gated_deltanet.refuse_graphless_deltanet): checkpointed Gated DeltaNet blocks,
+    frozen ones under autocast."""
     every = {"lora_targets": "all-linear", "lora_r": 4}
     mixer = {"lora_targets": "in_proj_qkv,in_proj_z,in_proj_b,in_proj_a,out_proj", "lora_r": 4}
     qv = {"lora_targets": "q_proj,v_proj", "lora_r": 4}
@@ -185,6 +186,19 @@ def _qwen3_5_text() -> list[Case]:
             "qwen3_5_text",
             {"method": "freeze", "trainable_layers": 3, "precision": "bf16-mixed", "seq_len": 130},
             {"layers": "FLLF"},
+        ),
+        # frozen Gated DeltaNet blocks below the lowest trained one: their forward
+        # (GatedDeltaNet.forward_transient without a graph) sets the peak
+        Qwen35Case("qwen3_5_text", {"method": "lora", "precision": "bf16", **qv}),
+        Qwen35Case("qwen3_5_text", {"method": "lora", "precision": "fp32", "seq_len": 130, **qv}),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "freeze", "trainable_layers": 1, "precision": "fp32"},
+            {"layers": "LFLF"},
+        ),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "freeze", "trainable_layers": 2, "precision": "bf16", "seq_len": 100},
         ),
     ]
 

@@ -173,16 +173,15 @@ def refuse_training(arch: Architecture, run: RunConfig, alone: bool = True) -> N
 
 
 def refuse_graphless_deltanet(arch: Architecture) -> None:
-    """A Gated DeltaNet block that runs its forward keeping nothing (frozen below the lowest
-    trained block, or checkpointed) builds the delta rule's C-wide fp32 intermediates with
-    nothing of the graph beside them, and a checkpointed one rebuilds them in backward:
-    their forward transient and backward workspace are not modelled yet (measured on the
-    tiny model: the peak 8 % to 37 % over the estimate without them)."""
+    """A checkpointed Gated DeltaNet block rebuilds the delta rule's C-wide fp32
+    intermediates in backward (its backward workspace is not modelled yet: measured on
+    the tiny model, the peak 6 % to 10 % over the estimate without it); a frozen one under
+    autocast builds them in forward, and autocast's forward transient is not replayed
+    (``forward_transient``). Frozen ones without autocast are modelled
+    (transients.graphless_deltanet_forward)."""
     raise InvalidInputError(
-        f"{arch.name}: a Gated DeltaNet layer that keeps nothing in forward (frozen below the "
-        "lowest trained layer, or checkpointed) is not modelled yet; train every layer from "
-        "the lowest linear-attention one up (LoRA on its projections, or full) without "
-        "--grad-ckpt."
+        f"{arch.name}: a Gated DeltaNet layer that is checkpointed, or frozen under autocast, "
+        "is not modelled yet; drop --grad-ckpt, or train in fp32 or bf16."
     )
 
 
