@@ -121,3 +121,57 @@ def test_the_no_grad_peak_is_the_decayed_querys_product():
     assert moment == 1_394_496  # (calibration/notes/peft.md, stop 49: the measured peak)
     out = T * shape.hidden * 2
     assert GatedDeltaNet.forward_transient(shape, b, s, 2, graph=False) == moment - out
+
+
+def _measure_backward(shape: DeltaNetShape, precision: str, seq: int):
+    """The tracker's (peak above the backward's start, events) over the backward of
+    one forward of the real layer, frozen, its input needing a gradient; the output's
+    gradient is made before the start and held throughout."""
+    from ftmem.measure.tracker import LiveBytesTracker
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    module = _module(shape, dtype, False)
+    x = torch.randn(B, seq, shape.hidden, dtype=dtype, requires_grad=True)
+    events: list[tuple[str, int]] = []
+    with LiveBytesTracker(events) as tracker:
+        tracker.track(x, *module.parameters())
+        y = module(x)
+        grad = torch.ones_like(y)
+        gc.collect()
+        start, skip = tracker.current, len(events)
+        tracker.reset_peak()
+        y.backward(grad)
+        gc.collect()
+        peak = tracker.peak - start
+        sized = _sized(events, skip)
+    del y, grad
+    return peak, sized
+
+
+@pytest.mark.parametrize("shape_name", sorted(SHAPES))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("seq", SEQS)
+def test_the_backward_workspace_is_the_modules(shape_name, precision, seq):
+    """Frozen weights, the input needing a gradient: the replay's peak and its whole
+    allocation/free sequence are the tracker's (what the forward saved freed where
+    autograd releases it, the input's gradient allocated last)."""
+    shape = SHAPES[shape_name]
+    e = 2 if precision == "bf16" else FP32
+    peak, events = _measure_backward(shape, precision, seq)
+
+    assert GatedDeltaNet.backward_workspace(shape, B, seq, e) == peak
+    replay = gated_deltanet._backward(shape, B, seq, e)
+    assert replay.log == events
+    # at its end the backward holds the input's gradient and nothing the forward saved
+    # but out_proj's output (the caller's); the replay frees exactly the saved set
+    saved = sum(x.nbytes for x in GatedDeltaNet.saved(shape, B, seq, e, False))
+    assert replay.live == B * seq * shape.hidden * e - saved
+
+
+def test_the_backward_of_the_measured_example_in_the_notes():
+    """calibration/notes/peft.md (stop 49) measured the grouped layer's backward in bf16
+    at s 100 (a length the grid above leaves out): 726,848 B above its start, the same
+    in fp32 (every tensor of the delta rule is fp32)."""
+    shape = SHAPES["grouped"]
+    assert GatedDeltaNet.backward_workspace(shape, 2, 100, 2) == 726_848
+    assert GatedDeltaNet.backward_workspace(shape, 2, 100, FP32) == 726_848

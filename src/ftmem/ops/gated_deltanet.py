@@ -60,11 +60,13 @@ state that nothing reads: autograd drops its graph in forward, with what only it
 Gradient checkpointing keeps only the block's input in forward; the recompute keeps the
 same tensors again (measured with reentrant checkpointing).
 
-The forward's transient (``forward_transient``) is a replay of the forward's allocations
-and frees in order (``_forward``), matched allocation by allocation to the real module.
+The forward's transient (``forward_transient``) and, for frozen weights, the backward's
+workspace (``backward_workspace``) are replays of the layer's allocations and frees in
+order (``_forward``, ``_backward``), matched allocation by allocation to the real module
+(tests/test_gated_deltanet_transients.py).
 
-What is not here: the backward's workspace (measured on the tiny layers, not modelled:
-calibration/notes/peft.md), autocast's forward transient, inputs whose streams need no
+What is not here: the backward's workspace where the layer's weights train (their
+gradients, the extra saved tensors), autocast's transients, inputs whose streams need no
 gradient (the lowest trained block of a method that adapts only some of the input
 projections), and the kernels CUDA users get when the
 ``kernels`` hub or flash-linear-attention and causal-conv1d are installed
@@ -365,6 +367,24 @@ class GatedDeltaNet:
         replay = _forward(shape, batch, seq, e, graph, weights_train)
         return replay.peak - replay.live
 
+    @staticmethod
+    def backward_workspace(shape: DeltaNetShape, batch: int, seq: int, e: int) -> int:
+        """The layer's backward peak above its start, for frozen weights (LoRA's layers
+        below the adapted ones, or a method that adapts none of these linears) and an
+        input that needs a gradient: from out_proj's incoming gradient (held by the
+        caller throughout, not counted) to the input's gradient (T·hidden·e, counted:
+        it is the block's outgoing one), with what the forward saved (``saved``)
+        freed node by node as autograd releases it. A replay (``_backward``): every
+        node in autograd's order, its gradients allocated, each multi-use tensor's
+        gradients summed out of place as the CPU tracker sees them (on a GPU without a
+        dispatch mode the sums after the first are in place: equal or lower). The peak
+        is in the UT solves' backward, where the C-wide gradients of the pairwise
+        decay, the UT system and the intra-chunk attention meet. Measured exact to
+        the byte (tests/test_gated_deltanet_transients.py); trained weights (their
+        .grad, the norm's and the gates' extra saved tensors) and autocast are not
+        replayed."""
+        return _backward(shape, batch, seq, e).peak
+
 
 def _chunk_loop(
     shape: DeltaNetShape, b: int, n: int, e: int, autocast: bool, strided: bool, rows_dk: int
@@ -505,6 +525,12 @@ class _Replay:
             t.kept = False
             if t.alive and not t.named:
                 self._free(t)
+
+    def gone(self, nbytes: int) -> None:
+        """A tensor that was live before the replay began (what the forward saved) is
+        freed: its last saving node has run."""
+        self.live -= nbytes
+        self.log.append(("free", nbytes))
 
     def _free(self, t: _Tensor) -> None:
         t.alive = False
@@ -803,3 +829,427 @@ class _ForwardRun:
         result.kept = self.train and r.graph
         r.new(T * self.shape.hidden * e)
         r.drop(*held[:-3], result, *held[-3:], attn)
+
+
+class _Grads:
+    """Autograd's input buffer for one tensor: the first gradient is taken as is, each
+    later one summed out of place (``add``), freeing both (what the CPU tracker sees;
+    tests/test_gated_deltanet_transients.py)."""
+
+    def __init__(self, r: _Replay) -> None:
+        self.r, self.grad = r, None  # type: _Replay, _Tensor | None
+
+    def add(self, grad: _Tensor) -> None:
+        if self.grad is None:
+            self.grad = grad
+            return
+        total = self.r.new(grad.nbytes)
+        self.r.drop(self.grad, grad)
+        self.grad = total
+
+    def take(self) -> _Tensor:
+        assert self.grad is not None
+        grad, self.grad = self.grad, None
+        return grad
+
+
+def _backward(shape: DeltaNetShape, b: int, s: int, e: int) -> _Replay:
+    """Replay the layer's backward (frozen weights, the input needing a gradient) from
+    out_proj's incoming gradient to the input's: each node in autograd's order (the
+    highest sequence number among the ready ones first), its outputs allocated, its
+    incoming gradient and its saved tensors freed where their last user has run."""
+    return _BackwardRun(shape, b, s, e).run()
+
+
+class _BackwardRun(_ForwardRun):
+    """The backward of ``_ForwardRun``'s forward, on a replay that starts at the
+    forward's end (what it saved live: freeing it lowers ``live`` below zero)."""
+
+    def __init__(self, shape: DeltaNetShape, b: int, s: int, e: int) -> None:
+        super().__init__(shape, b, s, e, graph=False, weights_train=False)
+
+    def run(self) -> _Replay:
+        attn = self.norm_backward()
+        grads = self.scan_backward(attn)
+        self.first_phase_backward(*grads)
+        return self.r
+
+    def _mul(self, grad: _Tensor, nbytes: int) -> _Tensor:
+        """A product's gradient for one operand (grad times the other)."""
+        return self.r.new(nbytes)
+
+    def norm_backward(self) -> _Tensor:
+        """out_proj's input gradient through the gated norm and the casts, to the
+        padded output's (b, h_v, P, d_v) gradient."""
+        r, f, T, e, wide = self.r, FP32, self.T, self.e, self.wide
+        vd, hv = self.shape.value_dim, self.hv
+        grad = r.new(T * vd * e)  # out_proj: grad @ W
+        if wide:  # (the cast's backward)
+            g32 = r.new(T * vd * f)
+            r.drop(grad)
+            grad = g32
+        act_grad = r.new(T * vd * f)  # (grad · weighted)
+        weighted_grad = r.new(T * vd * f)  # (grad · silu's output)
+        if wide:
+            cast = r.new(T * vd * e)
+            r.drop(weighted_grad)
+            weighted_grad = cast
+        r.drop(grad)
+        r.gone(T * vd * f)  # silu's output
+        r.gone(T * vd * (e if wide else f))  # the weighted product
+        gate_grad = r.new(T * vd * f)  # silu_backward
+        r.drop(act_grad)
+        gate = T * vd * f  # the fp32 gate (fp32: z itself)
+        if self.shape.fused and not wide and not self.grouped:
+            gate = T * (vd + self.shape.conv_dim) * f  # (z: a view of in_proj_qkvz's output)
+        r.gone(gate)
+        if wide:
+            self.z_grad = r.new(T * vd * e)
+            r.drop(gate_grad)
+        else:
+            self.z_grad = gate_grad
+        normed_grad = r.new(T * vd * (e if wide else f))  # (grad · weight)
+        r.drop(weighted_grad)
+        if wide:
+            g32 = r.new(T * vd * f)
+            r.drop(normed_grad)
+            normed_grad = g32
+        rstd_part = r.new(T * vd * f)
+        h_grad = r.new(T * vd * f)
+        total = r.new(T * hv * f)
+        r.drop(rstd_part, normed_grad)
+        cube, part = r.new(T * hv * f), r.new(T * hv * f)  # rsqrt's backward
+        mean_grad = r.new(T * hv * f)
+        r.drop(part, cube, total)
+        r.gone(T * hv * f)  # the rstd
+        expanded = r.new(T * vd * f)  # mean's backward
+        r.drop(mean_grad)
+        power, part = r.new(T * vd * f), r.new(T * vd * f)  # x²'s backward
+        square_grad = r.new(T * vd * f)
+        r.drop(part, power, expanded)
+        r.gone(T * vd * f)  # the norm's fp32 input (fp32: the cat's output)
+        grad = r.new(T * vd * f)
+        r.drop(h_grad, square_grad)
+        if wide:  # the norm's .to(float32), then the rule's .to(bfloat16)
+            cast = r.new(T * vd * e)
+            r.drop(grad)
+            grad = r.new(T * vd * f)
+            r.drop(cast)
+        if self.s == self.P:  # (the [:, :, :s] slice takes it all: no copy)
+            return grad
+        padded = r.new(self.rows * self.shape.v_dim * f)  # the slice's backward
+        r.drop(grad)
+        return padded
+
+    def _select(self, into: _Grads, part: _Tensor, nbytes: int) -> None:
+        """A slice's backward (zeros of the whole, the part copied in), then summed into
+        the whole's gradient."""
+        whole = self.r.new(nbytes)
+        self.r.drop(part)
+        into.add(whole)
+
+    def scan_backward(self, grad: _Tensor) -> list[_Grads]:
+        """The chunks in reverse, each chunk's state update before its output; gives
+        the gradients of the decayed query, k_cumdecay, new_values, the intra-chunk
+        attention, the decayed key and the chunk decays."""
+        r, f, C, n = self.r, FP32, CHUNK, self.n
+        b, hv, dk, dv, rows = self.b, self.hv, self.shape.k_dim, self.shape.v_dim, self.rows
+        piece, v_rows, part = b * hv * dk * dv * f, b * hv * C * dv * f, b * hv * C * dk * f
+        query, k_cumdecay, new_values, intra, key, decays = (_Grads(r) for _ in range(6))
+        state, v_new = _Grads(r), _Grads(r)
+        incoming = grad  # core_attn_out's gradient (CopySlices' results in turn)
+        for i in reversed(range(n)):
+            if i < n - 1:  # S_{i+1} = S_i · decay_i + key_iᵀ @ v_new_i
+                v_new.add(r.new(v_rows))  # key_i @ grad
+                key_t = r.new(part)  # grad @ v_newᵀ
+                if self.strided:
+                    r.gone(part)  # its kᵀ copy
+                elif i == 0:
+                    r.gone(rows * dk * f)  # the decayed key
+                self._select(key, key_t, rows * dk * f)
+                before = r.new(piece)  # grad · S_i (the decay's, before its sum)
+                state_grad = r.new(piece) if i >= 1 else None  # grad · decay_i
+                summed = r.new(b * hv * f)
+                r.drop(before, state.take())
+                if state_grad is not None:
+                    state.add(state_grad)
+                self._select(decays, summed, b * hv * n * f)
+            # core_attn_out[:, :, i] = ...: CopySlices
+            result = r.new(rows * dv * f)
+            chunk = r.new(v_rows)
+            if i >= 1:
+                r.drop(r.new(v_rows))  # (zeros for the overwritten chunk)
+                r.drop(incoming)
+                incoming = result
+            else:
+                r.drop(result, incoming)
+            # intra_i @ v_new_i
+            v_part, intra_part = r.new(v_rows), r.new(b * hv * C * C * f)
+            r.gone(v_rows)  # v_new_i
+            if i == 0:
+                r.gone(rows * C * f)  # the intra-chunk attention
+            v_new.add(v_part)
+            self._select(intra, intra_part, rows * C * f)
+            # query_i @ S_i
+            s_part = r.new(piece) if i >= 1 else None
+            q_part = r.new(part)
+            r.drop(chunk)
+            if self.strided and i >= 1:
+                r.gone(part)  # its copy
+            elif i == 1 and not self.strided:
+                r.gone(rows * dk * f)  # the decayed query (saved from chunk 1 on)
+            if s_part is not None:
+                state.add(s_part)
+            self._select(query, q_part, rows * dk * f)
+            # v_new = new_values_i - k_cumdecay_i @ S_i
+            negated = r.new(v_rows)
+            s_part = r.new(piece) if i >= 1 else None
+            kc_part = r.new(part)
+            r.drop(negated)
+            r.gone(piece)  # S_i
+            if s_part is not None:
+                state.add(s_part)
+            self._select(k_cumdecay, kc_part, rows * dk * f)
+            self._select(new_values, v_new.take(), rows * dv * f)
+        return [query, k_cumdecay, new_values, intra, key, decays]
+
+    def first_phase_backward(self, *grads: _Grads) -> None:
+        """From the decays of q and k through the UT solves, the C-wide products, the
+        pairwise decay and the cumulative sum, to the padded inputs."""
+        r, f, C, n = self.r, FP32, CHUNK, self.n
+        b, hv, dk, dv, rows = self.b, self.hv, self.shape.k_dim, self.shape.v_dim, self.rows
+        row = b * hv * self.P * f  # one number a padded row
+        query, k_cumdecay, new_values, intra, key, decays = grads
+        cum, ut, pairwise, k_beta, q_pad, k_pad = (_Grads(r) for _ in range(6))
+        if n >= 2:  # chunk_decay = exp(cum_decay[..., -1]), key = key · exp(end - cum)
+            exp_grad = r.new(b * hv * n * f)
+            r.drop(decays.take())
+            r.gone(b * hv * n * f)
+            self._select(cum, exp_grad, row)
+            done = self._decay_backward(key, k_pad, False)  # (exp(end - cum) gone)
+            negated, last = r.new(row), r.new(b * hv * n * f)
+            r.drop(done)
+            cum.add(negated)
+            self._select(cum, last, row)  # (the [..., -1:] slice)
+        cum.add(self._decay_backward(query, q_pad, True))  # (exp(cum_decay) gone)
+        # the UT solves: k_cumdecay's (made last), then new_values'
+        solved = []
+        for grad, width in ((k_cumdecay, dk), (new_values, dv)):
+            solved.append(r.new(rows * width * f))  # solve(Aᵀ, grad)
+            product = r.new(rows * C * f)  # -grad @ Xᵀ
+            negated = r.new(rows * C * f)
+            r.drop(product)
+            lower = r.new(rows * C * f)  # tril(-1)
+            r.drop(negated, grad.take())
+            if width == dv:
+                r.gone(rows * C * f)  # the UT system
+            r.gone(rows * width * f)  # the solve's output
+            ut.add(lower)
+        # decayed_k_beta = k_beta · exp(cum_decay)
+        exp_part, beta_part = r.new(rows * dk * f), r.new(rows * dk * f)
+        summed = r.new(row)
+        r.drop(exp_part, solved[0])
+        if self.matmul_copies:
+            r.gone(rows * dk * f)  # k·beta (k_beta @ kᵀ kept copies)
+        done = r.new(row)
+        r.drop(summed)
+        r.gone(row)
+        cum.add(done)
+        k_beta.add(beta_part)
+        # intra = (q @ kᵀ) · pairwise, then ut = (k_beta @ kᵀ) · pairwise
+        for grad, a_pad in ((intra, q_pad), (ut, k_beta)):
+            pair_part, product = r.new(rows * C * f), r.new(rows * C * f)
+            r.drop(grad.take())
+            r.gone(rows * C * f)  # the matmul's output
+            pairwise.add(pair_part)
+            first, second = r.new(rows * dk * f), r.new(rows * dk * f)
+            r.drop(product)
+            for _ in range(2 if self.matmul_copies else 1):
+                r.gone(rows * dk * f)  # its left operand (q padded, k·beta), or both copies
+            a_pad.add(second)
+            k_pad.add(first)
+        # pairwise = exp(masked_fill(cum_i - cum_j))
+        exp_grad = r.new(rows * C * f)
+        r.drop(pairwise.take())
+        r.gone(rows * C * f)
+        filled = r.new(rows * C * f)
+        r.drop(exp_grad)
+        r.gone(C * C)  # the mask
+        negated, first, second = r.new(rows * C * f), r.new(row), r.new(row)
+        r.drop(negated, filled)
+        cum.add(second)
+        cum.add(first)
+        flipped, summed, decay = r.new(row), r.new(row), r.new(row)  # cumsum's backward
+        r.drop(summed, flipped, cum.take())
+        self._inputs_backward(solved[1], k_beta.take(), q_pad, k_pad, decay)
+
+    def _decay_backward(self, grad: _Grads, pad: _Grads, query: bool) -> _Tensor:
+        """x = padded · exp(d): exp(d)'s gradient summed over the width, then exp's
+        backward (given; the saved exp freed), the padded operand's kept in ``pad``."""
+        r, f = self.r, FP32
+        row = self.b * self.hv * self.P * f
+        width = self.rows * self.shape.k_dim * f
+        exp_part, pad_part = r.new(width), r.new(width)
+        summed = r.new(row)
+        r.drop(exp_part, grad.take())
+        if query and self.matmul_copies:
+            r.gone(width)  # q padded (q @ kᵀ kept copies)
+        pad.add(pad_part)
+        done = r.new(row)  # exp's backward: grad · result
+        r.drop(summed)
+        r.gone(row)  # the exp
+        return done
+
+    def _inputs_backward(
+        self, v_beta: _Tensor, k_beta: _Tensor, q_pad: _Grads, k_pad: _Grads, decay: _Tensor
+    ) -> None:
+        """v·beta and k·beta, the pads, l2norm, the casts, the repeat and the split, the
+        gates, the conv and the input projections, to the input's gradient."""
+        r, f, sh, e, wide = self.r, FP32, self.shape, self.e, self.wide
+        b, hv, dk, dv, rows, T = self.b, self.hv, sh.k_dim, sh.v_dim, self.rows, self.T
+        row, head = b * hv * self.P * f, b * hv * self.s
+        beta = _Grads(r)
+        # the chunked views' backward copies with two chunks or more (the solves'
+        # column-major strides merge with the chunk dim by no view)
+        v_flat, k_flat = v_beta, k_beta
+        if self.n >= 2:
+            v_flat = r.new(rows * dv * f)
+            r.drop(v_beta)
+            k_flat = r.new(rows * dk * f)
+            r.drop(k_beta)
+        for flat, width, pad in ((k_flat, dk, k_pad), (v_flat, dv, None)):
+            beta_part, x_part, summed = r.new(rows * width * f), r.new(rows * width * f), r.new(row)
+            r.drop(beta_part, flat)
+            if pad is not None:
+                r.gone(rows * dk * f)  # k padded
+                pad.add(x_part)
+                v_grad = None
+            else:
+                r.gone(row)  # beta padded
+                r.gone(rows * dv * f)  # v padded
+                v_grad = x_part
+            beta.add(summed)
+        assert v_grad is not None
+        # the pads' backward: decay, beta, v, k, q
+        unpadded = []
+        for grad, width in ((decay, 1), (beta.take(), 1), (v_grad, dv)):
+            unpadded.append(r.new(head * width * f))
+            r.drop(grad)
+        k_grad = r.new(head * dk * f)
+        r.drop(k_pad.take())
+        q_grad = r.new(head * dk * f)
+        r.drop(q_pad.take())
+        scaled = r.new(head * dk * f)
+        r.drop(q_grad)
+        # (equal heads in fp32: x is a view of silu's output, freed after q's)
+        views = not wide and not self.grouped
+        k_grad = self._l2norm_backward(k_grad, 0 if views else head * dk * f)
+        q_grad = self._l2norm_backward(scaled, T * sh.conv_dim * f if views else head * dk * f)
+        decay_grad, beta_grad, v_grad = unpadded
+        if wide:  # the .to(float32)s: beta, v, k, q
+            for grad, nbytes in ((beta_grad, head * e), (v_grad, head * dv * e)):
+                cast = r.new(nbytes)
+                r.drop(grad)
+                if grad is beta_grad:
+                    beta_grad = cast
+                else:
+                    v_grad = cast
+            casts = []
+            for grad in (k_grad, q_grad):
+                casts.append(r.new(head * dk * e))
+                r.drop(grad)
+            k_grad, q_grad = casts
+        if self.grouped:  # repeat_interleave's backward: a sum over the repeats
+            sums = []
+            for grad in (k_grad, q_grad):
+                sums.append(r.new(T * sh.key_dim * e))
+                r.drop(grad)
+            k_grad, q_grad = sums
+        # tensor_split's slices: g, beta, v, k, q
+        sliced = []
+        for grad, nbytes in (
+            (decay_grad, T * hv * f),
+            (beta_grad, T * hv * e),
+            (v_grad, T * sh.value_dim * e),
+            (k_grad, T * sh.key_dim * e),
+            (q_grad, T * sh.key_dim * e),
+        ):
+            sliced.append(r.new(nbytes))
+            r.drop(grad)
+        g_grad, beta_grad, v_grad, k_grad, q_grad = sliced
+        # g = -exp(A_log) · softplus(a + dt_bias); beta = sigmoid(b)
+        part = r.new(T * hv * f)
+        r.drop(g_grad)
+        r.gone(hv * f)
+        a_grad = r.new(T * hv * f)
+        r.drop(part)
+        r.gone(T * hv * f)
+        if wide:
+            cast = r.new(T * hv * e)
+            r.drop(a_grad)
+            a_grad = cast
+        b_grad = r.new(T * hv * e)
+        r.drop(beta_grad)
+        r.gone(T * hv * e)
+        self._conv_backward(q_grad, k_grad, v_grad, a_grad, b_grad)
+
+    def _l2norm_backward(self, grad: _Tensor, x_bytes: int) -> _Tensor:
+        """x · rsqrt((x · x).sum(-1) + eps): the gradient of x (its three uses summed);
+        ``x_bytes``: the storage freed with x (none where another view keeps it)."""
+        r, f, dk = self.r, FP32, self.shape.k_dim
+        head = self.b * self.hv * self.s
+        inv_part, x_part, summed = r.new(head * dk * f), r.new(head * dk * f), r.new(head * f)
+        r.drop(inv_part, grad)
+        cube, part, rsqrt_grad = r.new(head * f), r.new(head * f), r.new(head * f)
+        r.drop(part, cube, summed)
+        r.gone(head * f)  # the rstd
+        first, second = r.new(head * dk * f), r.new(head * dk * f)  # x · x
+        r.drop(rsqrt_grad)
+        if x_bytes:
+            r.gone(x_bytes)  # x (fp32)
+        total = r.new(head * dk * f)
+        r.drop(x_part)
+        grad = r.new(head * dk * f)
+        r.drop(total, second, first)
+        return grad
+
+    def _conv_backward(
+        self, q: _Tensor, k: _Tensor, v: _Tensor, a: _Tensor, b_grad: _Tensor
+    ) -> None:
+        """The split's cat, silu, the conv's slice and the conv, then the input
+        projections' input gradients summed (a's, b's, z's, qkv's)."""
+        r, sh, T, e = self.r, self.shape, self.T, self.e
+        D, h = sh.conv_dim, sh.hidden
+        padded = self.b * D * (self.s + sh.conv_kernel - 1) * e
+        cat = r.new(T * D * e)
+        r.drop(q, k, v)
+        silu = r.new(T * D * e)
+        r.drop(cat)
+        r.gone(padded)  # the conv's output
+        sliced = r.new(padded)
+        r.drop(silu)
+        conv = r.new(T * D * e)
+        r.drop(sliced)
+        r.gone(T * D * e)  # the conv's input
+        x = _Grads(r)
+        if sh.fused:
+            # the splits' backward: b and a into in_proj_ba's gradient, then q, k, v
+            # (the conv's, by key head) and z into in_proj_qkvz's; ba's matmul first
+            ba = r.new(T * 2 * self.hv * e)
+            r.drop(b_grad, a)
+            qkvz = r.new(T * (D + sh.value_dim) * e)
+            r.drop(conv, self.z_grad)
+            for grad in (ba, qkvz):
+                part = r.new(T * h * e)
+                r.drop(grad)
+                x.add(part)
+            return
+        for grad in (a, b_grad, self.z_grad):
+            part = r.new(T * h * e)
+            r.drop(grad)
+            x.add(part)
+        transposed = r.new(T * D * e)
+        r.drop(conv)
+        part = r.new(T * h * e)
+        r.drop(transposed)
+        x.add(part)
