@@ -180,6 +180,15 @@ UNMEASURED = {
     "some in_proj": ("--method", "lora", "--lora-targets", "in_proj_qkv,q_proj", "--lora-r", "2"),
     # (a Gated DeltaNet block's backward workspace, autocast's forward transient: not yet)
     "checkpointed": ("--method", "full", "--grad-ckpt"),
+    "checkpointed, adapted": (
+        "--method",
+        "lora",
+        "--lora-targets",
+        "all-linear",
+        "--lora-r",
+        "2",
+        "--grad-ckpt",
+    ),
     "frozen under autocast": (
         "--method",
         "freeze",
@@ -230,6 +239,7 @@ def test_lora_needs_named_targets(tmp_path):
         ("--method", "lora", "--lora-targets", "all-linear", "--lora-r", "2"),
         ("--method", "freeze", "--trainable-layers", "1", "--precision", "fp32"),
         ("--method", "lora", "--lora-targets", "q_proj,v_proj", "--lora-r", "2"),
+        ("--method", "lora", "--lora-targets", "q_proj,v_proj", "--lora-r", "2", "--grad-ckpt"),
     ],
 )
 def test_measured_steps_are_estimated_with_the_torch_path_said(tmp_path, args):

@@ -74,6 +74,7 @@ from ftmem.transients import (
     checkpointed_attention_moment,
     checkpointed_forward_adapter,
     checkpointed_moe_moment,
+    deltanet_backward_moments,
     down_gradients_made,
     frozen_forward_transient,
     graphless_deltanet_forward,
@@ -634,6 +635,9 @@ class _BlockActivations:
     rebuilt: tuple[int, ...]
     last: tuple[Saved, ...]
     graph_held: int = 0  # what autograd ctx attributes keep of every block (Saved.graph_held)
+    # the items of each Gated DeltaNet block (None for the others), bottom to top; () in
+    # a stack without them
+    linear_items: tuple[tuple[Saved, ...] | None, ...] = ()
 
 
 def _block_activations(
@@ -649,6 +653,7 @@ def _block_activations(
     sliding = _sliding_blocks(arch, run)
     per_type = arch.attention_per_layer_type
     linear = arch.linear_attention_blocks
+    linear_items: list[tuple[Saved, ...] | None] = []
     for i, st in enumerate(block_states):
         # (DeepSeek's first blocks are dense; a sliding layer's sdpa may take a mask; the
         # full-attention layers may have their own attention shape, the blocks past the
@@ -673,14 +678,18 @@ def _block_activations(
             own_input = compiled_layers(run) or profile_of(run).kernel_rms_norm
             reused = Norm.recompute_reuses_input(shape, plan, cache[key], T, own_input)
             previous_rebuilt = previous_sum - reused
-        if key[4] and (run.grad_ckpt or (not previous_sum and plan.dtypes.autocast)):
+        if key[4] and (not previous_sum or run.grad_ckpt) and plan.dtypes.autocast:
             refuse_graphless_deltanet(arch)
+        if linear is not None:
+            linear_items.append(tuple(cache[key]) if key[4] else None)
         per_block.append(previous_sum)
         rebuilt.append(previous_rebuilt)
         graph_held += previous_held
     # (the top block: never dense, a full-attention one)
     last = cache[(block_states[-1], False, arch.num_layers - 1 in sliding, True, False)]
-    return _BlockActivations(tuple(per_block), tuple(rebuilt), tuple(last), graph_held)
+    return _BlockActivations(
+        tuple(per_block), tuple(rebuilt), tuple(last), graph_held, tuple(linear_items)
+    )
 
 
 def _sliding_blocks(arch: Architecture, run: RunConfig) -> range:
@@ -1233,6 +1242,9 @@ def _decoder_block(
         policy=policy,
         workspace_grads=max(workspace, kernel) - transient,
         without_kernel=workspace if kernel else None,
+        workspace_by_block=deltanet_backward_moments(
+            arch, run, plan, blocks.linear_items, max(workspace, kernel), e, T
+        ),
     )
 
 

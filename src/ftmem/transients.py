@@ -38,7 +38,7 @@ from ftmem.methods import NAMED_TRAINING_METHODS, MethodPlan, TensorGroup, exper
 from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.context import LayerContext, bias_promotes_outputs
 from ftmem.ops.embedding import Embedding
-from ftmem.ops.gated_deltanet import GatedDeltaNet
+from ftmem.ops.gated_deltanet import GatedDeltaNet, refuse_graphless_deltanet
 from ftmem.ops.linear import LinearOp
 from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
@@ -203,6 +203,40 @@ def graphless_deltanet_forward(
         if not per_block[i]
     ]
     return max(moments, default=0)
+
+
+def deltanet_backward_moments(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    linear_items: Sequence[tuple[Saved, ...] | None],
+    workspace: int,
+    e: int,
+    T: int,
+) -> tuple[int, ...]:
+    """Each checkpointed Gated DeltaNet block's backward moment beyond the top block's
+    ``workspace`` (BlockTransients.workspace_by_block), bottom to top: its recompute
+    rebuilt whole, less its MLP side (freed when the layer's backward starts,
+    freed_before_attention), plus the layer's backward peak above its start
+    (GatedDeltaNet.backward_workspace: frozen layer weights, an input needing a
+    gradient; its outgoing gradient counted) and the gradient coming into the layer
+    (T·h·e, held by its caller). () unless checkpointed. The layer's weights frozen and
+    none of its projections adapted, without autocast: what the replay covers (else
+    refused, ops.gated_deltanet.refuse_graphless_deltanet)."""
+    if not run.grad_ckpt or not any(items is not None for items in linear_items):
+        return ()
+    lin_attn = arch.linear_attention
+    assert lin_attn is not None
+    mixer = [lin for lin in layout(arch).linears if lin.roles == ("linear_attention",)]
+    adapted = any(lin.module in {a.module for a in plan.adapted} for lin in mixer)
+    if adapted or (plan.trainable_blocks and run.method in ("full", "freeze")):
+        refuse_graphless_deltanet(arch)
+    shape, b = lin_attn.shape(arch.hidden_size), run.batch_size
+    own = GatedDeltaNet.backward_workspace(shape, b, T // b, e) + T * arch.hidden_size * e
+    return tuple(
+        0 if items is None else own - freed_before_attention(arch, items) - workspace
+        for items in linear_items
+    )
 
 
 def freed_before_attention(arch: Architecture, block: Iterable[Saved]) -> int:

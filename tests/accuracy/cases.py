@@ -148,9 +148,10 @@ def _qwen3_5_text() -> list[Case]:
     (the Gated DeltaNet blocks above a full-attention one keep their whole set for its
     gradient), QLoRA, freeze above a frozen full-attention block, frozen Gated DeltaNet
     blocks below the lowest trained one. peft 0.21.2 has no default targets for
-    qwen3_5_text: every LoRA case names them. Not here (refused:
-    ops.gated_deltanet.refuse_graphless_deltanet): checkpointed Gated DeltaNet blocks,
-    frozen ones under autocast."""
+    qwen3_5_text: every LoRA case names them; checkpointed with LoRA off the Gated
+    DeltaNet layers. Not here (refused: ops.gated_deltanet.refuse_graphless_deltanet):
+    checkpointed Gated DeltaNet blocks whose weights or projections train, frozen or
+    checkpointed ones under autocast."""
     every = {"lora_targets": "all-linear", "lora_r": 4}
     mixer = {"lora_targets": "in_proj_qkv,in_proj_z,in_proj_b,in_proj_a,out_proj", "lora_r": 4}
     qv = {"lora_targets": "q_proj,v_proj", "lora_r": 4}
@@ -199,6 +200,30 @@ def _qwen3_5_text() -> list[Case]:
         Qwen35Case(
             "qwen3_5_text",
             {"method": "freeze", "trainable_layers": 2, "precision": "bf16", "seq_len": 100},
+        ),
+        # checkpointed Gated DeltaNet blocks with frozen weights: each one's backward
+        # (GatedDeltaNet.backward_workspace) beside its rebuilt set sets the peak
+        Qwen35Case(
+            "qwen3_5_text", {"method": "lora", "precision": "bf16", "grad_ckpt": True, **qv}
+        ),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "lora", "precision": "fp32", "grad_ckpt": True, "seq_len": 130, **qv},
+        ),
+        Qwen35Case(
+            "qwen3_5_text", {"method": "qlora", "precision": "bf16", "grad_ckpt": True, **qv}
+        ),
+        Qwen35Case(
+            "qwen3_5_text",
+            {
+                "method": "lora",
+                "precision": "bf16",
+                "grad_ckpt": True,
+                "seq_len": 100,
+                "lora_targets": "q_proj,v_proj,gate_proj,up_proj,down_proj",
+                "lora_r": 4,
+            },
+            {"layers": "LFLF"},
         ),
     ]
 
