@@ -18,7 +18,7 @@ import pytest
 
 from ftmem.dtypes import FP32
 from ftmem.ops import gated_deltanet
-from ftmem.ops.gated_deltanet import DeltaNetShape, GatedDeltaNet
+from ftmem.ops.gated_deltanet import CHUNK, DeltaNetShape, GatedDeltaNet
 from tests.test_gated_deltanet import SEQS, SHAPES, _module
 
 torch = pytest.importorskip("torch")
@@ -123,15 +123,16 @@ def test_the_no_grad_peak_is_the_decayed_querys_product():
     assert GatedDeltaNet.forward_transient(shape, b, s, 2, graph=False) == moment - out
 
 
-def _measure_backward(shape: DeltaNetShape, precision: str, seq: int):
+def _measure_backward(shape: DeltaNetShape, precision: str, seq: int, mode: str):
     """The tracker's (peak above the backward's start, events) over the backward of
-    one forward of the real layer, frozen, its input needing a gradient; the output's
-    gradient is made before the start and held throughout."""
+    one forward of the real layer in ``mode`` (MODES, grad mode); the output's gradient
+    is made before the start and held throughout."""
     from ftmem.measure.tracker import LiveBytesTracker
 
+    _, weights_train, x_grad = MODES[mode]
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    module = _module(shape, dtype, False)
-    x = torch.randn(B, seq, shape.hidden, dtype=dtype, requires_grad=True)
+    module = _module(shape, dtype, weights_train)
+    x = torch.randn(B, seq, shape.hidden, dtype=dtype, requires_grad=x_grad)
     events: list[tuple[str, int]] = []
     with LiveBytesTracker(events) as tracker:
         tracker.track(x, *module.parameters())
@@ -150,22 +151,40 @@ def _measure_backward(shape: DeltaNetShape, precision: str, seq: int):
 
 @pytest.mark.parametrize("shape_name", sorted(SHAPES))
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("mode", ["frozen", "trained"])
 @pytest.mark.parametrize("seq", SEQS)
-def test_the_backward_workspace_is_the_modules(shape_name, precision, seq):
-    """Frozen weights, the input needing a gradient: the replay's peak and its whole
-    allocation/free sequence are the tracker's (what the forward saved freed where
-    autograd releases it, the input's gradient allocated last)."""
-    shape = SHAPES[shape_name]
-    e = 2 if precision == "bf16" else FP32
-    peak, events = _measure_backward(shape, precision, seq)
+def test_the_backward_workspace_is_the_modules(shape_name, precision, mode, seq):
+    """The replay's peak and its whole allocation/free sequence are the tracker's
+    (what the forward saved freed where autograd releases it, the parameters' and the
+    input's gradients allocated where the nodes make them)."""
+    _check_backward(SHAPES[shape_name], precision, seq, mode)
 
-    assert GatedDeltaNet.backward_workspace(shape, B, seq, e) == peak
-    replay = gated_deltanet._backward(shape, B, seq, e)
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("shape_name", ["grouped", "next-equal"])
+def test_the_lowest_trained_layer_makes_no_input_gradient(shape_name, precision):
+    """Weights training, the input needing no gradient: the projections' backward makes
+    their weights' gradients only."""
+    _check_backward(SHAPES[shape_name], precision, 2 * CHUNK + 1, "trained-input-without-grad")
+
+
+def _check_backward(shape: DeltaNetShape, precision: str, seq: int, mode: str) -> None:
+    _, weights_train, x_grad = MODES[mode]
+    e = 2 if precision == "bf16" else FP32
+    peak, events = _measure_backward(shape, precision, seq, mode)
+
+    workspace = GatedDeltaNet.backward_workspace(shape, B, seq, e, weights_train, x_grad)
+    assert workspace == peak
+    replay = gated_deltanet._backward(shape, B, seq, e, weights_train, x_grad)
     assert replay.log == events
-    # at its end the backward holds the input's gradient and nothing the forward saved
-    # but out_proj's output (the caller's); the replay frees exactly the saved set
-    saved = sum(x.nbytes for x in GatedDeltaNet.saved(shape, B, seq, e, False))
-    assert replay.live == B * seq * shape.hidden * e - saved
+    # at its end the backward holds the input's and the parameters' gradients, and
+    # nothing the forward saved: the replay frees exactly the saved set
+    T = B * seq
+    saved = sum(x.nbytes for x in GatedDeltaNet.saved(shape, B, seq, e, weights_train))
+    saved += T * shape.value_dim * e if weights_train else 0  # out_proj's input
+    made = T * shape.hidden * e if x_grad else 0
+    made += sum(GatedDeltaNet.layer_parameters(shape).values()) * e if weights_train else 0
+    assert replay.live == made - saved
 
 
 def test_the_backward_of_the_measured_example_in_the_notes():
