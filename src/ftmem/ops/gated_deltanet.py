@@ -753,7 +753,8 @@ class _Grads:
     tests/test_gated_deltanet_transients.py)."""
 
     def __init__(self, r: _Replay) -> None:
-        self.r, self.grad = r, None  # type: _Replay, _Tensor | None
+        self.r = r
+        self.grad: _Tensor | None = None
 
     def add(self, grad: _Tensor) -> None:
         if self.grad is None:
@@ -817,14 +818,12 @@ class _BackwardRun(_ForwardRun):
             self.r.new(nbytes)
 
     def run(self) -> _Replay:
+        """The whole backward, in autograd's order: the norm's, the scan's, the first
+        phase's and the inputs' (out_proj's incoming gradient is the caller's)."""
         attn = self.norm_backward()
         grads = self.scan_backward(attn)
         self.first_phase_backward(*grads)
         return self.r
-
-    def _mul(self, grad: _Tensor, nbytes: int) -> _Tensor:
-        """A product's gradient for one operand (grad times the other)."""
-        return self.r.new(nbytes)
 
     def norm_backward(self) -> _Tensor:
         """out_proj's input gradient through the gated norm and the casts, to the
