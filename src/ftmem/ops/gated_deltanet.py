@@ -60,13 +60,12 @@ state that nothing reads: autograd drops its graph in forward, with what only it
 Gradient checkpointing keeps only the block's input in forward; the recompute keeps the
 same tensors again (measured with reentrant checkpointing).
 
-The forward's transient (``forward_transient``) and, for frozen weights, the backward's
-workspace (``backward_workspace``) are replays of the layer's allocations and frees in
+The forward's transient (``forward_transient``) and the backward's workspace
+(``backward_workspace``) are replays of the layer's allocations and frees in
 order (``_forward``, ``_backward``), matched allocation by allocation to the real module
 (tests/test_gated_deltanet_transients.py).
 
-What is not here: the backward's workspace where the layer's weights train (their
-gradients, the extra saved tensors), autocast's transients, inputs whose streams need no
+What is not here: autocast's transients, inputs whose streams need no
 gradient (the lowest trained block of a method that adapts only some of the input
 projections), and the kernels CUDA users get when the
 ``kernels`` hub or flash-linear-attention and causal-conv1d are installed
@@ -370,22 +369,36 @@ class GatedDeltaNet:
         return replay.peak - replay.live
 
     @staticmethod
-    def backward_workspace(shape: DeltaNetShape, batch: int, seq: int, e: int) -> int:
-        """The layer's backward peak above its start, for frozen weights (LoRA's layers
-        below the adapted ones, or a method that adapts none of these linears) and an
-        input that needs a gradient: from out_proj's incoming gradient (held by the
-        caller throughout, not counted) to the input's gradient (T·hidden·e, counted:
-        it is the block's outgoing one), with what the forward saved (``saved``)
-        freed node by node as autograd releases it. A replay (``_backward``): every
-        node in autograd's order, its gradients allocated, each multi-use tensor's
-        gradients summed out of place as the CPU tracker sees them (on a GPU without a
-        dispatch mode the sums after the first are in place: equal or lower). The peak
-        is in the UT solves' backward, where the C-wide gradients of the pairwise
-        decay, the UT system and the intra-chunk attention meet. Measured exact to
-        the byte (tests/test_gated_deltanet_transients.py); trained weights (their
-        .grad, the norm's and the gates' extra saved tensors) and autocast are not
-        replayed."""
-        return _backward(shape, batch, seq, e).peak
+    def backward_workspace(
+        shape: DeltaNetShape,
+        batch: int,
+        seq: int,
+        e: int,
+        weights_train: bool = False,
+        input_grad: bool = True,
+    ) -> int:
+        """The layer's backward peak above its start: from out_proj's incoming gradient
+        (held by the caller throughout, not counted) through what the forward saved
+        (``saved``, and out_proj's input where ``weights_train``: freed node by node as
+        autograd releases it) to the input's gradient (T·hidden·e where
+        ``input_grad``, counted: the block's outgoing one). ``weights_train``: the
+        conv, A_log, dt_bias, the norm's weight and the five projections train (full
+        finetuning); their gradients (``layer_parameters`` × e, kept for the step) are
+        allocated as the backward reaches them and count where made before the peak
+        (out_proj's and the norm's weight's are). ``input_grad`` False: the lowest
+        trained layer, whose input needs no gradient (the projections' weight
+        gradients only). ``e``: the weights' bytes (autocast is not replayed).
+
+        A replay (``_backward``): every node in autograd's order (the ready node with
+        the highest sequence number first), its gradients allocated, its saved tensors
+        freed once their last node ran, each multi-use tensor's gradients summed out
+        of place as the CPU tracker sees them (on a GPU without a dispatch mode the
+        sums after the first are in place: equal or lower). The peak is in the UT
+        solves' backward, where the C-wide gradients of the pairwise decay, the UT
+        system and the intra-chunk attention meet (three chunks: at the intra-chunk
+        attention's per-chunk sum). Measured exact to the byte
+        (tests/test_gated_deltanet_transients.py)."""
+        return _backward(shape, batch, seq, e, weights_train, input_grad).peak
 
 
 def _chunk_loop(
@@ -839,7 +852,8 @@ class _Grads:
     tests/test_gated_deltanet_transients.py)."""
 
     def __init__(self, r: _Replay) -> None:
-        self.r, self.grad = r, None  # type: _Replay, _Tensor | None
+        self.r = r
+        self.grad: _Tensor | None = None
 
     def add(self, grad: _Tensor) -> None:
         if self.grad is None:
@@ -855,37 +869,70 @@ class _Grads:
         return grad
 
 
-def _backward(shape: DeltaNetShape, b: int, s: int, e: int) -> _Replay:
+def _backward(
+    shape: DeltaNetShape,
+    b: int,
+    s: int,
+    e: int,
+    weights_train: bool = False,
+    input_grad: bool = True,
+) -> _Replay:
     """Replay the layer's backward (frozen weights, the input needing a gradient) from
     out_proj's incoming gradient to the input's: each node in autograd's order (the
     highest sequence number among the ready ones first), its outputs allocated, its
     incoming gradient and its saved tensors freed where their last user has run."""
-    return _BackwardRun(shape, b, s, e).run()
+    return _BackwardRun(shape, b, s, e, weights_train, input_grad).run()
 
 
 class _BackwardRun(_ForwardRun):
     """The backward of ``_ForwardRun``'s forward, on a replay that starts at the
     forward's end (what it saved live: freeing it lowers ``live`` below zero)."""
 
-    def __init__(self, shape: DeltaNetShape, b: int, s: int, e: int) -> None:
-        super().__init__(shape, b, s, e, graph=False, weights_train=False)
+    def __init__(
+        self,
+        shape: DeltaNetShape,
+        b: int,
+        s: int,
+        e: int,
+        weights_train: bool,
+        input_grad: bool,
+    ) -> None:
+        super().__init__(shape, b, s, e, graph=False, weights_train=weights_train)
+        self.input_grad = input_grad
+
+    def _projection(self, x: _Grads, grad: _Tensor, width: int) -> None:
+        """An input projection's backward: its weight's gradient first, then the
+        input's (where it needs one), summed into ``x``."""
+        self._weight_grad(width * self.shape.hidden * self.e)
+        if not self.input_grad:
+            self.r.drop(grad)
+            return
+        part = self.r.new(self.T * self.shape.hidden * self.e)
+        self.r.drop(grad)
+        x.add(part)
+
+    def _weight_grad(self, nbytes: int) -> None:
+        """A parameter's gradient (its .grad: kept to the step, never freed here)."""
+        if self.train:
+            self.r.new(nbytes)
 
     def run(self) -> _Replay:
+        """The whole backward, in autograd's order: the norm's, the scan's, the first
+        phase's and the inputs' (out_proj's incoming gradient is the caller's)."""
         attn = self.norm_backward()
         grads = self.scan_backward(attn)
         self.first_phase_backward(*grads)
         return self.r
-
-    def _mul(self, grad: _Tensor, nbytes: int) -> _Tensor:
-        """A product's gradient for one operand (grad times the other)."""
-        return self.r.new(nbytes)
 
     def norm_backward(self) -> _Tensor:
         """out_proj's input gradient through the gated norm and the casts, to the
         padded output's (b, h_v, P, d_v) gradient."""
         r, f, T, e, wide = self.r, FP32, self.T, self.e, self.wide
         vd, hv = self.shape.value_dim, self.hv
-        grad = r.new(T * vd * e)  # out_proj: grad @ W
+        self._weight_grad(self.shape.hidden * vd * e)  # out_proj: gradᵀ @ input first
+        grad = r.new(T * vd * e)  # grad @ W
+        if self.train:
+            r.gone(T * vd * e)  # out_proj's input
         if wide:  # (the cast's backward)
             g32 = r.new(T * vd * f)
             r.drop(grad)
@@ -911,7 +958,13 @@ class _BackwardRun(_ForwardRun):
         else:
             self.z_grad = gate_grad
         normed_grad = r.new(T * vd * (e if wide else f))  # (grad · weight)
+        if self.train:  # the norm's weight: grad · normalised, summed over the rows
+            part = r.new(T * vd * (e if wide else f))
+            self._weight_grad(self.shape.v_dim * e)
+            r.drop(part)
         r.drop(weighted_grad)
+        if self.train:
+            r.gone(T * vd * (e if wide else f))  # the normalised tensor (cast)
         if wide:
             g32 = r.new(T * vd * f)
             r.drop(normed_grad)
@@ -1179,21 +1232,48 @@ class _BackwardRun(_ForwardRun):
             sliced.append(r.new(nbytes))
             r.drop(grad)
         g_grad, beta_grad, v_grad, k_grad, q_grad = sliced
-        # g = -exp(A_log) · softplus(a + dt_bias); beta = sigmoid(b)
-        part = r.new(T * hv * f)
+        a_grad, b_grad = self._gates_backward(g_grad, beta_grad)
+        self._conv_backward(q_grad, k_grad, v_grad, a_grad, b_grad)
+
+    def _gates_backward(self, g_grad: _Tensor, beta_grad: _Tensor) -> tuple[_Tensor, _Tensor]:
+        """g = -exp(A_log.float()) · softplus(a.float() + dt_bias) and beta = sigmoid(b):
+        the gradients of a and b (and where they train, A_log's and dt_bias's)."""
+        r, f, T, hv, e, wide = self.r, FP32, self.T, self.hv, self.e, self.wide
+        part = r.new(T * hv * f)  # (grad · -exp(A_log))
+        neg_sum = None
+        if self.train:  # -exp(A_log)'s: grad · softplus, summed
+            neg_part = r.new(T * hv * f)
+            neg_sum = r.new(hv * f)
+            r.drop(neg_part)
         r.drop(g_grad)
-        r.gone(hv * f)
-        a_grad = r.new(T * hv * f)
+        if self.train:
+            r.gone(T * hv * f)  # softplus's output
+        r.gone(hv * f)  # -exp(A_log)
+        a_grad = r.new(T * hv * f)  # softplus_backward
         r.drop(part)
-        r.gone(T * hv * f)
+        r.gone(T * hv * f)  # softplus's input
+        if self.train:  # dt_bias: the sum over the rows, in its dtype
+            total = r.new(hv * f)
+            if wide:
+                self._weight_grad(hv * e)
+                r.drop(total)
         if wide:
             cast = r.new(T * hv * e)
             r.drop(a_grad)
             a_grad = cast
+        if neg_sum is not None:  # A_log: neg's, exp's, the .float()'s backward
+            negated = r.new(hv * f)
+            r.drop(neg_sum)
+            exp_grad = r.new(hv * f)
+            r.drop(negated)
+            r.gone(hv * f)  # exp(A_log)
+            if wide:
+                self._weight_grad(hv * e)
+                r.drop(exp_grad)
         b_grad = r.new(T * hv * e)
         r.drop(beta_grad)
         r.gone(T * hv * e)
-        self._conv_backward(q_grad, k_grad, v_grad, a_grad, b_grad)
+        return a_grad, b_grad
 
     def _l2norm_backward(self, grad: _Tensor, x_bytes: int) -> _Tensor:
         """x · rsqrt((x · x).sum(-1) + eps): the gradient of x (its three uses summed);
@@ -1221,7 +1301,7 @@ class _BackwardRun(_ForwardRun):
         """The split's cat, silu, the conv's slice and the conv, then the input
         projections' input gradients summed (a's, b's, z's, qkv's)."""
         r, sh, T, e = self.r, self.shape, self.T, self.e
-        D, h = sh.conv_dim, sh.hidden
+        D = sh.conv_dim
         padded = self.b * D * (self.s + sh.conv_kernel - 1) * e
         cat = r.new(T * D * e)
         r.drop(q, k, v)
@@ -1231,6 +1311,7 @@ class _BackwardRun(_ForwardRun):
         sliced = r.new(padded)
         r.drop(silu)
         conv = r.new(T * D * e)
+        self._weight_grad(D * sh.conv_kernel * e)
         r.drop(sliced)
         r.gone(T * D * e)  # the conv's input
         x = _Grads(r)
@@ -1241,17 +1322,11 @@ class _BackwardRun(_ForwardRun):
             r.drop(b_grad, a)
             qkvz = r.new(T * (D + sh.value_dim) * e)
             r.drop(conv, self.z_grad)
-            for grad in (ba, qkvz):
-                part = r.new(T * h * e)
-                r.drop(grad)
-                x.add(part)
+            self._projection(x, ba, 2 * self.hv)
+            self._projection(x, qkvz, D + sh.value_dim)
             return
-        for grad in (a, b_grad, self.z_grad):
-            part = r.new(T * h * e)
-            r.drop(grad)
-            x.add(part)
-        transposed = r.new(T * D * e)
+        for grad, width in ((a, self.hv), (b_grad, self.hv), (self.z_grad, sh.value_dim)):
+            self._projection(x, grad, width)
+        transposed = r.new(T * D * e)  # (the conv's (b, D, s) gradient made contiguous)
         r.drop(conv)
-        part = r.new(T * h * e)
-        r.drop(transposed)
-        x.add(part)
+        self._projection(x, transposed, D)
