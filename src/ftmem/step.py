@@ -635,9 +635,9 @@ class _BlockActivations:
     rebuilt: tuple[int, ...]
     last: tuple[Saved, ...]
     graph_held: int = 0  # what autograd ctx attributes keep of every block (Saved.graph_held)
-    # the items of each Gated DeltaNet block (None for the others), bottom to top; () in
-    # a stack without them
-    linear_items: tuple[tuple[Saved, ...] | None, ...] = ()
+    # the items of each Gated DeltaNet block and whether its weights train (None for the
+    # other blocks), bottom to top; () in a stack without them
+    linear_items: tuple[tuple[tuple[Saved, ...], bool] | None, ...] = ()
 
 
 def _block_activations(
@@ -653,7 +653,7 @@ def _block_activations(
     sliding = _sliding_blocks(arch, run)
     per_type = arch.attention_per_layer_type
     linear = arch.linear_attention_blocks
-    linear_items: list[tuple[Saved, ...] | None] = []
+    linear_items: list[tuple[tuple[Saved, ...], bool] | None] = []
     for i, st in enumerate(block_states):
         # (DeepSeek's first blocks are dense; a sliding layer's sdpa may take a mask; the
         # full-attention layers may have their own attention shape, the blocks past the
@@ -681,7 +681,7 @@ def _block_activations(
         if key[4] and (not previous_sum or run.grad_ckpt) and plan.dtypes.autocast:
             refuse_graphless_deltanet(arch)
         if linear is not None:
-            linear_items.append(tuple(cache[key]) if key[4] else None)
+            linear_items.append((tuple(cache[key]), st.weights_trainable) if key[4] else None)
         per_block.append(previous_sum)
         rebuilt.append(previous_rebuilt)
         graph_held += previous_held
