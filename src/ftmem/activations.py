@@ -22,16 +22,19 @@ from ftmem.adapters.llama_adapter import LlamaAdapter
 from ftmem.adapters.prompt import PromptEncoder
 from ftmem.arch import Architecture, Linear, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
+from ftmem.errors import InvalidInputError
 from ftmem.methods import MethodPlan
 from ftmem.ops.attention import Attention, layer_mask, runs_eager, sdpa_output_copied
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.dropout import Dropout
 from ftmem.ops.embedding import Embedding
+from ftmem.ops.gated_deltanet import GatedDeltaNet
 from ftmem.ops.latent_attention import LatentAttention
 from ftmem.ops.linear import LinearOp
 from ftmem.ops.loss import Loss, PreferenceLoss, head_weight_casts
 from ftmem.ops.mlp import MLP
 from ftmem.ops.norm import Norm, QKNorm
+from ftmem.ops.output_gate import OutputGate
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.profiles import compiled_chunked_loss, head_chunk_tokens
 from ftmem.run import RunConfig
@@ -44,9 +47,7 @@ def _block_linears(
 ) -> tuple[tuple[Linear, ...], tuple[Linear, ...], tuple[Linear, ...]]:
     """Block ``i``'s linears: those reading the attention input (q, k, v), o, the MLP's
     (DeepSeek's first blocks have a dense MLP, the others experts)."""
-    linears = tuple(lin for lin in layout(arch).linears if lin.blocks is None or (
-        lin.blocks[0] <= i < lin.blocks[1]
-    ))  # fmt: skip
+    linears = tuple(lin for lin in layout(arch).linears if lin.in_block(i))
     qkv = tuple(lin for lin in linears if set(lin.roles) & {"q", "k", "v"})
     o = tuple(lin for lin in linears if lin.roles == ("o",))
     mlp = tuple(lin for lin in linears if lin not in qkv and lin not in o)
@@ -61,13 +62,22 @@ def block_saved(
     tokens: int,
     dense: bool = False,
     sliding: bool = False,
+    linear: bool = False,
 ) -> list[Saved]:
     """Tensors one decoder block saves for backward. ``dense``: one of the first blocks of
     a stack whose others have experts (``arch.dense_layers``); by default the top block.
-    ``sliding``: a sliding-window layer (its sdpa mask: ops.attention.sliding_window_mask)."""
+    ``sliding``: a sliding-window layer (its sdpa mask: ops.attention.sliding_window_mask).
+    ``linear``: a Gated DeltaNet block (Architecture.linear_attention_blocks)."""
     ctx = LayerContext(arch, run, plan, tokens, sliding)
     i = 0 if dense else arch.num_layers - 1
+    if linear:
+        linear_blocks = arch.linear_attention_blocks
+        assert linear_blocks is not None and linear_blocks.lowest is not None
+        i = linear_blocks.lowest
     qkv, o, mlp = (list(group) for group in _block_linears(arch, i))
+    # (a Gated DeltaNet block's projections: Architecture._two_kind_attention)
+    mixer = [lin for lin in mlp if lin.roles == ("linear_attention",)]
+    mlp = [lin for lin in mlp if lin not in mixer]
     x = state.input_requires_grad
     w = state.weights_trainable
     wn = attention_side_norms_train(arch, state)  # a norm's own parameters train
@@ -84,6 +94,11 @@ def block_saved(
     if parallel_norms:
         out += Norm.saved(ctx, "ln_mlp", x, wn, Side.MLP, input_kept=True)
     qkv_in_grad = x if post_norms else x or wn
+    if mixer:
+        out += _gated_deltanet(ctx, state, mixer, qkv_in_grad)
+        after_mixer = x or w or wn or any(lin.module in state.output_grad for lin in mixer)
+        out += _mlp_side(ctx, state, mlp, x, after_mixer)
+        return [s for s in out if s.nbytes or s.graph_held]
     prefix = run.prefix_len > 0  # the layer's key/value prefix trains
     gate = state.gated_prompt  # LLaMA-Adapter's gate: the attention output needs a gradient
     # (LitGPT's gate sits before the output projection, peft's adds after it: o_proj's
@@ -92,8 +107,10 @@ def block_saved(
     q_grad = x or w or adapted_attn or bias_attn or wn or prefix or litgpt_gate
     # the attention output is the o_proj input: one storage, kept by the fused kernels
     # (unless transformers 4.48-4.55 copies the kernel's output first)
+    # (Qwen3.5's output gate makes o_proj's input: ops.output_gate)
     kernel_keeps_o_input = (
         not runs_eager(arch, run)
+        and not arch.traits.attention_output_gate
         and arch.traits.o_proj_reads_kernel_output
         and not sdpa_output_copied(arch, run, ctx.e)
     )
@@ -202,6 +219,42 @@ def _kv_copied(ctx: LayerContext) -> bool:
     return runs_eager(arch, ctx.run) or layer_mask(ctx) or sdpa_repeats_kv(arch, ctx.run)
 
 
+def _gated_deltanet(
+    ctx: LayerContext, state: BlockState, mixer: list[Linear], in_grad: bool
+) -> list[Saved]:
+    """A Gated DeltaNet layer from its input projections to out_proj (transformers 5.25
+    modeling_qwen3_5.py Qwen3_5GatedDeltaNet.forward, l.603-738; ops.gated_deltanet). The
+    op keeps its set where every input stream (in_proj_qkv, _z, _b, _a's outputs) needs a
+    gradient, nothing where none does; where only some do (a method that trains only some
+    of the four on the lowest trained block) it is refused, not measured."""
+    arch, run = ctx.arch, ctx.run
+    lin_attn = arch.linear_attention
+    assert lin_attn is not None
+    by_leaf = {lin.leaf: lin for lin in mixer}
+    ins = [by_leaf[leaf] for leaf in ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")]
+    out_proj = by_leaf["out_proj"]
+    h, shape = arch.hidden_size, lin_attn.shape(arch.hidden_size)
+    out = LinearOp.saved(ctx, ins, state, in_grad, "linear-attention projections", h, ctx.residual)
+    streams = [
+        in_grad or state.weight_trains(lin) or lin.module in state.output_grad for lin in ins
+    ]
+    if any(streams) and not all(streams):
+        raise InvalidInputError(
+            f"{arch.name}: a Gated DeltaNet layer whose input projections need a gradient "
+            "only in part (some of in_proj_qkv, in_proj_z, in_proj_b, in_proj_a trained or "
+            "adapted, nothing below) is not modelled; adapt all four or none."
+        )
+    op_grad = all(streams)
+    if op_grad:
+        batch = run.batch_size
+        seq, rest = divmod(ctx.tokens, batch)
+        assert not rest
+        autocast = ctx.plan.dtypes.autocast
+        out += GatedDeltaNet.saved(shape, batch, seq, ctx.e, state.weights_trainable, autocast)
+    out += LinearOp.saved(ctx, [out_proj], state, op_grad, "out_proj", shape.value_dim, ctx.e)
+    return out
+
+
 def _attention(
     ctx: LayerContext,
     state: BlockState,
@@ -229,6 +282,13 @@ def _attention(
     # (a prefix's keys need a gradient after the rotary: the layer's own q and k, which
     # the rotary turns, need none in a block whose input and projections need none)
     out += Attention.saved(ctx, attn_grads, rotary_grad=bool(own & {"q", "k"}))
+    if ctx.arch.traits.attention_output_gate:  # (Qwen3.5's full-attention layers)
+        # the gate is q_proj's output: it needs a gradient where q's does
+        query = [lin for lin in qkv if "q" in lin.roles]
+        gate_grad = x or w or wn or any(lin.module in state.output_grad for lin in query)
+        arch = ctx.arch
+        heads, width = arch.num_heads, arch.head_size
+        out += OutputGate.saved(ctx.tokens, heads, width, ctx.e, gate_grad, bool(attn_grads))
     if state.gated_prompt and ctx.run.method == "adaption-prompt":
         out += AdaptionPrompt.saved(ctx, "q" in attn_grads)
     elif state.gated_prompt:

@@ -72,11 +72,11 @@ class LinearAttention(Model, strict=True):
     where ``layer_types[i]`` is "linear_attention", the gated Qwen3_5Attention where it
     is "full_attention"). Their widths, as config.json names them (linear_num_key_heads,
     linear_num_value_heads, linear_key_head_dim, linear_value_head_dim,
-    linear_conv_kernel_dim). ``layers`` counts them: ftmem places them as the lowest
-    blocks and the full-attention ones above (Param.blocks ranges; the real order is
-    three linear to one full), which keeps every count and every sum over blocks, not
-    which kind a given block index is (a training step is refused for now:
-    ops.gated_deltanet.refuse_stack)."""
+    linear_conv_kernel_dim). ``layers`` counts them and ``indices`` places them, bottom to
+    top, where config.json's ``layer_types`` does (by default every fourth layer full:
+    three linear to one); without ``indices`` they are the lowest ``layers`` blocks. The
+    top block attends in full (Architecture._fits_linear_attention), as in every Qwen3.5
+    stack."""
 
     layers: PositiveInt
     key_heads: PositiveInt
@@ -84,10 +84,18 @@ class LinearAttention(Model, strict=True):
     key_head_dim: PositiveInt
     value_head_dim: PositiveInt
     conv_kernel: PositiveInt
+    indices: tuple[NonNegativeInt, ...] = Field(
+        (),
+        exclude_if=lambda value: not value,
+        description="The linear-attention layers' indices, bottom to top (config.json's "
+        "layer_types); empty: the lowest `layers` blocks.",
+    )
 
     @model_validator(mode="after")
     def _bounded(self) -> LinearAttention:
         for name in type(self).model_fields:
+            if name == "indices":
+                continue  # (checked against num_layers: Architecture._fits_linear_attention)
             bound = limits.LAYERS if name == "layers" else limits.WIDTH
             problem = bound.problem(f"linear_attention.{name}", getattr(self, name))
             if problem:
@@ -377,6 +385,16 @@ class Architecture(Model, strict=True):
                 f"linear_attention.layers ({lin.layers}) must leave full-attention layers "
                 f"of the {self.num_layers}"
             )
+        if lin.indices and (
+            len(lin.indices) != lin.layers
+            or list(lin.indices) != sorted(set(lin.indices))
+            or lin.indices[-1] >= self.num_layers - 1
+        ):
+            raise ValueError(
+                f"linear_attention.indices ({list(lin.indices)}) must be the "
+                f"{lin.layers} linear-attention layers' indices, ascending, below the top "
+                f"layer ({self.num_layers - 1}), which attends in full"
+            )
         if lin.value_heads % lin.key_heads:
             raise ValueError(
                 f"linear_attention.key_heads ({lin.key_heads}) must divide its value_heads "
@@ -530,6 +548,23 @@ class Architecture(Model, strict=True):
         return self.kv_size, self.kv_size
 
     @property
+    def linear_attention_blocks(self) -> Blocks | None:
+        """The Gated DeltaNet blocks (LinearAttention.indices, else the lowest ones); None
+        where every layer attends in full."""
+        lin = self.linear_attention
+        if lin is None:
+            return None
+        return Blocks(frozenset(lin.indices)) if lin.indices else Blocks.span(0, lin.layers)
+
+    @property
+    def full_attention_blocks(self) -> Blocks | None:
+        """The full-attention blocks beside Gated DeltaNet ones (None: every block)."""
+        linear = self.linear_attention_blocks
+        if linear is None:
+            return None
+        return Blocks(frozenset(range(self.num_layers)) - linear.indices)
+
+    @property
     def sparse_blocks(self) -> tuple[int, int]:
         """The blocks [first, last) with experts (DeepSeek: after its dense ones)."""
         return (self.dense_layers, self.num_layers)
@@ -622,6 +657,36 @@ def _layer_type_copy(arch: Architecture, head: int, kv: int, values_are_keys: bo
 
 
 @dataclass(frozen=True, slots=True)
+class Blocks:
+    """The blocks that hold a tensor, where not every block does: DeepSeek's dense MLP in
+    its first blocks and its experts in the others, Gemma's sliding layers below its
+    global ones (each an index range), Qwen3.5's Gated DeltaNet layers and its gated
+    full-attention ones in config.json's ``layer_types`` order (any set of indices)."""
+
+    indices: frozenset[int]
+
+    @classmethod
+    def span(cls, first: int, last: int) -> Blocks:
+        """The blocks [first, last)."""
+        return cls(frozenset(range(first, last)))
+
+    def count(self) -> int:
+        return len(self.indices)
+
+    def holds(self, i: int) -> bool:
+        return i in self.indices
+
+    @property
+    def lowest(self) -> int | None:
+        """The lowest block that holds it (None: none does)."""
+        return min(self.indices, default=None)
+
+    @property
+    def highest(self) -> int | None:
+        return max(self.indices, default=None)
+
+
+@dataclass(frozen=True, slots=True)
 class Param:
     """One parameter tensor of the model (in a block: one per block)."""
 
@@ -629,9 +694,8 @@ class Param:
     shape: tuple[int, ...]
     kind: ParamKind
     roles: tuple[Role, ...] = ()  # linear weights/biases: the projections this tensor serves
-    # the blocks [first, last) that hold it, where not every block does (DeepSeek's dense
-    # MLP in its first blocks, its experts in the others)
-    blocks: tuple[int, int] | None = None
+    # the blocks that hold it, where not every block does (None: every block)
+    blocks: Blocks | None = None
 
     @property
     def numel(self) -> int:
@@ -639,10 +703,10 @@ class Param:
 
     def count(self, num_layers: int) -> int:
         """How many of the ``num_layers`` blocks hold this tensor."""
-        return num_layers if self.blocks is None else self.blocks[1] - self.blocks[0]
+        return num_layers if self.blocks is None else self.blocks.count()
 
     def in_block(self, i: int) -> bool:
-        return self.blocks is None or self.blocks[0] <= i < self.blocks[1]
+        return self.blocks is None or self.blocks.holds(i)
 
     @property
     def is_head(self) -> bool:
@@ -671,7 +735,7 @@ class Linear:
     # peft's "all-linear" skips them and the parameter has no ".weight" suffix.
     is_module: bool = True
     quantizable: bool = True  # T5's wo is in _keep_in_fp32_modules: bitsandbytes skips it
-    blocks: tuple[int, int] | None = None  # as Param.blocks: where not in every block
+    blocks: Blocks | None = None  # as Param.blocks: where not in every block
     # Derived once (every estimate names saved tensors after them, hundreds of times):
     leaf: str = field(init=False, repr=False, compare=False)
     # how saved items name it: the leaf, with its parent where one block has the leaf
@@ -683,6 +747,13 @@ class Linear:
         label = ".".join(self.module.split(".")[-2:]) if leaf == "c_proj" else leaf
         object.__setattr__(self, "leaf", leaf)
         object.__setattr__(self, "label", label)
+
+    def count(self, num_layers: int) -> int:
+        """How many of the ``num_layers`` blocks hold this linear."""
+        return num_layers if self.blocks is None else self.blocks.count()
+
+    def in_block(self, i: int) -> bool:
+        return self.blocks is None or self.blocks.holds(i)
 
 
 @dataclass(frozen=True, slots=True)
@@ -804,13 +875,13 @@ def _linears(arch: Architecture) -> list[Linear]:
         experts = names.experts
         share = arch.experts_per_token / arch.num_experts
         e = arch.num_experts
-        sparse = arch.sparse_blocks if arch.dense_layers else None
+        sparse = Blocks.span(*arch.sparse_blocks) if arch.dense_layers else None
         # transformers 5's 3-D experts have biases in gpt-oss only (its router's linear
         # too), whatever mlp_bias says (DeepSeek-V2's applies to its dense MLPs)
         biased = arch.traits.experts_transposed_with_bias
         if arch.dense_layers:
             dense = _dense_mlp(arch, names.mlp, arch.dense_intermediate_size or ffn, mlp_b)
-            out += [replace(lin, blocks=(0, arch.dense_layers)) for lin in dense]
+            out += [replace(lin, blocks=Blocks.span(0, arch.dense_layers)) for lin in dense]
         out += [
             Linear(experts["router"], ("router",), h, e, biased, is_module=False, blocks=sparse),
             Linear(
@@ -853,10 +924,10 @@ def _attention_per_layer_type(arch: Architecture) -> list[Linear]:
     attn, h, bias = arch.traits.names.attention, arch.hidden_size, arch.attention_qkv_bias
     out: list[Linear] = []
     for full, blocks in (
-        (False, (0, arch.sliding_layers)),
-        (True, (arch.sliding_layers, arch.num_layers)),
+        (False, Blocks.span(0, arch.sliding_layers)),
+        (True, Blocks.span(arch.sliding_layers, arch.num_layers)),
     ):
-        if blocks[0] == blocks[1]:
+        if not blocks.count():
             continue
         shape = arch.of_layer_type(full)
         q, kv = shape.q_size, shape.kv_size
@@ -892,19 +963,18 @@ def _dense_mlp(arch: Architecture, mlp: Mapping[str, str], ffn: int, bias: bool)
 
 
 def _two_kind_attention(arch: Architecture) -> list[Linear]:
-    """The projections of a stack with linear-attention layers (the lowest
-    ``linear_attention.layers`` blocks, see LinearAttention) and full-attention ones (the
+    """The projections of a stack with linear-attention layers
+    (Architecture.linear_attention_blocks, see LinearAttention) and full-attention ones (the
     others): Qwen3.5's Qwen3_5GatedDeltaNet (transformers 5.25 modeling_qwen3_5.py
     l.555-601: bias-free in_proj_qkv to q, k and v side by side, in_proj_z to the gate,
     in_proj_b and in_proj_a to one value per value head, out_proj back) and
     Qwen3_5Attention (l.824-850: q_proj doubled for the output gate where the family says,
     ``attention_bias`` on all four; in every block where no layer is a linear one)."""
-    lin_attn, h, L = arch.linear_attention, arch.hidden_size, arch.num_layers
+    lin_attn, h = arch.linear_attention, arch.hidden_size
     out: list[Linear] = []
-    above = None
+    below, above = arch.linear_attention_blocks, arch.full_attention_blocks
     if lin_attn is not None:
-        shape, n = lin_attn.shape(h), lin_attn.layers
-        below, above = (0, n), (n, L)
+        shape = lin_attn.shape(h)
         mixer = arch.traits.linear_attention_module
         role: tuple[Role, ...] = ("linear_attention",)
         out += [
@@ -926,14 +996,14 @@ def _two_kind_attention(arch: Architecture) -> list[Linear]:
 
 
 def linear_attention_params(arch: Architecture) -> list[Param]:
-    """A Gated DeltaNet layer's tensors beside its linears, in the lowest blocks
+    """A Gated DeltaNet layer's tensors beside its linears, in its blocks
     (modeling_qwen3_5.py l.574-592): the depthwise conv1d's bias-free weight (conv_dim, 1,
     K), dt_bias and A_log (one per value head), the gated RMSNorm's weight (one value
     head wide)."""
     lin_attn = arch.linear_attention
     if lin_attn is None:
         return []
-    shape, blocks = lin_attn.shape(arch.hidden_size), (0, lin_attn.layers)
+    shape, blocks = lin_attn.shape(arch.hidden_size), arch.linear_attention_blocks
     mixer, v = arch.traits.linear_attention_module, lin_attn.value_heads
     return [
         Param(
@@ -950,11 +1020,11 @@ def linear_attention_params(arch: Architecture) -> list[Param]:
 
 def _in_full_attention_layers(arch: Architecture, params: list[Param]) -> list[Param]:
     """The attention module's own tensors (its q and k norms) held by the full-attention
-    blocks only, where linear-attention ones are below them."""
-    if arch.linear_attention is None:
+    blocks only, where linear-attention ones are beside them."""
+    full = arch.full_attention_blocks
+    if full is None:
         return params
-    above = (arch.linear_attention.layers, arch.num_layers)
-    return [replace(p, blocks=above) for p in params]
+    return [replace(p, blocks=full) for p in params]
 
 
 def _latent_attention(arch: Architecture) -> list[Linear]:
@@ -1002,7 +1072,7 @@ def router_statistic_params(arch: Architecture) -> list[Param]:
     if not (arch.is_moe and arch.traits.router_statistics):
         return []
     module = f"{arch.traits.names.experts['router']}.moe_statics"
-    sparse = arch.sparse_blocks if arch.dense_layers else None
+    sparse = Blocks.span(*arch.sparse_blocks) if arch.dense_layers else None
     shape = (1, arch.num_experts)
     return [Param(f"{module}.e_score_correction_bias", shape, "statistic", blocks=sparse)]
 
@@ -1021,7 +1091,7 @@ def shared_expert_gate_params(arch: Architecture) -> list[Param]:
     block (Family.shared_expert_gate): a (1, hidden) weight."""
     if not (arch.traits.shared_expert_gate and arch.shared_experts_size):
         return []
-    sparse = arch.sparse_blocks if arch.dense_layers else None
+    sparse = Blocks.span(*arch.sparse_blocks) if arch.dense_layers else None
     name = f"{arch.traits.names.shared_experts['scale']}.weight"
     return [Param(name, (1, arch.hidden_size), "linear", blocks=sparse)]
 
@@ -1056,17 +1126,17 @@ def qk_norm_params(arch: Architecture) -> list[Param]:
         return _qk_norm_params(arch, arch.kv_heads, arch.head_size, None)
     out: list[Param] = []
     for full, blocks in (
-        (False, (0, arch.sliding_layers)),
-        (True, (arch.sliding_layers, arch.num_layers)),
+        (False, Blocks.span(0, arch.sliding_layers)),
+        (True, Blocks.span(arch.sliding_layers, arch.num_layers)),
     ):
-        if blocks[0] < blocks[1]:
+        if blocks.count():
             shape = arch.of_layer_type(full)  # (Gemma 4: q_norm and k_norm head_dim wide)
             out += _qk_norm_params(arch, shape.kv_heads, shape.head_size, blocks)
     return out
 
 
 def _qk_norm_params(
-    arch: Architecture, kv_heads: int, head_size: int, blocks: tuple[int, int] | None
+    arch: Architecture, kv_heads: int, head_size: int, blocks: Blocks | None
 ) -> list[Param]:
     fam = arch.traits
     attention = fam.names.attention["o"].rsplit(".", 1)[0]

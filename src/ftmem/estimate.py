@@ -47,6 +47,7 @@ from ftmem.ops.attention import (
     padding_notes,
     sliding_mask_notes,
 )
+from ftmem.ops.gated_deltanet import refuse_training
 from ftmem.ops.nograd_requests import checkpointed_layer
 from ftmem.optim import (
     PAGED_OPTIMIZERS,
@@ -679,6 +680,7 @@ def _estimate_parallel(
     overhead_bytes: int | None,
 ) -> Estimate:
     """The estimate of the rank with the most memory, and the layout of the job."""
+    refuse_training(arch, run, alone=False)  # (Qwen3.5's layers: one GPU measured)
     _check_parallel_run(run)
     if arch.attention_per_layer_type and (par.tp > 1 or par.cp > 1):
         raise InvalidInputError(

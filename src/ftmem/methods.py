@@ -29,6 +29,7 @@ from ftmem.arch import (
 )
 from ftmem.dtypes import BYTES_PER_ELEMENT, StorageFormat, is_quantized, tensor_bytes
 from ftmem.errors import InvalidInputError
+from ftmem.ops.gated_deltanet import torch_path_note
 from ftmem.precision import Dtypes, resolve_dtypes
 from ftmem.profiles import profile_of
 from ftmem.regexes import compile_bounded
@@ -580,8 +581,7 @@ class ExpertLoRA:
 
     def blocks(self, arch: Architecture) -> int:
         """How many blocks hold this adapter."""
-        first, last = self.linear.blocks or (0, arch.num_layers)
-        return last - first if self.layers is None else len(self.layers)
+        return self.linear.count(arch.num_layers) if self.layers is None else len(self.layers)
 
     def in_block(self, i: int) -> bool:
         return self.layers is None or i in self.layers
@@ -792,10 +792,11 @@ def _named_experts(
             rest.append(item)
         else:
             lin, layer = found
-            first, last = lin.blocks or (0, arch.num_layers)
-            if layer is not None and not first <= layer < last:
+            if layer is not None and not lin.in_block(layer):
+                first = 0 if lin.blocks is None else lin.blocks.lowest
+                last = arch.num_layers - 1 if lin.blocks is None else lin.blocks.highest
                 raise InvalidInputError(
-                    f"LoRA target {item}: {arch.name} has experts in blocks {first} to {last - 1}."
+                    f"LoRA target {item}: {arch.name} has experts in blocks {first} to {last}."
                 )
             had = named.get(lin, set())
             named[lin] = None if had is None or layer is None else had | {layer}
@@ -1517,6 +1518,12 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         # hold nothing that trains
         first = min(min(ex.layers) if ex.layers else arch.sparse_blocks[0] for ex in experts)
         trainable_blocks = arch.num_layers - first
+    if adapted and arch.linear_attention is not None:
+        # Qwen3.5: the lowest block holding an adapted linear, in config.json's layer order
+        # (q_proj, v_proj: the lowest full-attention layer; nothing below it trains)
+        lowest = (0 if lin.blocks is None else lin.blocks.lowest for lin in adapted)
+        trainable_blocks = arch.num_layers - min(i for i in lowest if i is not None)
+    notes += torch_path_note(arch, run)
     _check_lora_variant(arch, run, bool(experts))
     groups += _lora_groups(adapted, arch, run, dtypes)
     groups += vision_lora.groups(arch, run, dtypes)
@@ -1949,7 +1956,7 @@ def _adapter(
     name: str, shape: tuple[int, ...], arch: Architecture, dtypes: Dtypes, lin: Linear
 ) -> TensorGroup:
     """One trainable adapter tensor in every block holding ``lin``, in the adapter dtype."""
-    blocks = arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+    blocks = lin.count(arch.num_layers)
     return TensorGroup(name, shape, blocks, dtypes.adapter, True, adapter=True)
 
 
@@ -2227,9 +2234,7 @@ def tinylora_vectors(banked: tuple[Linear, ...], arch: Architecture, run: RunCon
     max(1, round(n · (1 - weight_tying))) groups, one vector each (peft 0.21.2
     tuners/tinylora/model.py _create_and_replace: num_groups, group_idx; every group gets
     a linear since num_groups <= n)."""
-    n = sum(
-        arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0] for lin in banked
-    )
+    n = sum(lin.count(arch.num_layers) for lin in banked)
     return max(1, round(n * (1.0 - run.tinylora[2]))) if n else 0
 
 
@@ -2244,7 +2249,7 @@ def _adamss_groups(
     adamss_newB is a buffer (adapters.adamss.buffer_bytes)."""
     groups: list[TensorGroup] = []
     for lin in banked:
-        blocks = arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        blocks = lin.count(arch.num_layers)
         R, k, rank = adamss_shape(run, lin)
         rows, wide = divmod(lin.out_features, k)
         parts = [(f"{lin.module}.adamss_A", (rank, R), k)]
@@ -2267,7 +2272,7 @@ def _lily_groups(
     r, stride, num_b, _ = run.lily
     groups: list[TensorGroup] = []
     for lin in banked:
-        blocks = arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        blocks = lin.count(arch.num_layers)
         a = (r, lin.in_features)
         if stride == 1:
             groups.append(_adapter(f"{lin.module}.lily_A", a, arch, dtypes, lin))

@@ -95,6 +95,10 @@ class BlockTransients:
     # ``workspace`` without the attention kernel's moment (None: it has none), for a
     # sequence-parallel mode whose own attention replaces that kernel (ring_attn)
     without_kernel: int | None = None
+    # each block's backward moment beyond ``workspace``, bottom to top, where a block kind
+    # has its own (a checkpointed Gated DeltaNet block: transients.deltanet_backward_moments);
+    # () where every block's is the top block's
+    workspace_by_block: tuple[int, ...] = ()
 
 
 def moment_grads(workspace: int, moment: int, made: int) -> int:
@@ -468,6 +472,8 @@ def _blocks_backward(
         added = [g.per_block] * top + [0] * (L - top)
         grads_at = list(accumulate(added, initial=live_grads))
     rebuilt = _backward_holds(b.policy, L, g.trainable_blocks)  # top first
+    if b.workspace_by_block:  # (a block kind with its own backward moment)
+        rebuilt = list(map(operator.add, rebuilt, b.workspace_by_block[::-1]))
     if isinstance(b.policy, Offloaded) and any(idle := b.policy.idle_entries(L)):
         # a block autograd never reaches allocates no workspace
         rebuilt = [-workspace if off else x for x, off in zip(rebuilt, idle, strict=True)]

@@ -134,7 +134,7 @@ def adapter_bytes(arch: Architecture, cfg: ServeConfig) -> int:
     run = RunConfig(method="lora", lora_r=cfg.lora_r, lora_targets=cfg.lora_targets)
     linears, experts = lora_targets(arch, run)
     per = sum(
-        cfg.lora_r * (lin.in_features + lin.out_features) * _blocks_of(arch, lin.blocks)
+        cfg.lora_r * (lin.in_features + lin.out_features) * lin.count(arch.num_layers)
         for lin in linears
     )
     per += sum(
@@ -145,12 +145,6 @@ def adapter_bytes(arch: Architecture, cfg: ServeConfig) -> int:
         for ex in experts
     )
     return cfg.lora_adapters * per * 2
-
-
-def _blocks_of(arch: Architecture, blocks: tuple[int, int] | None) -> int:
-    """How many blocks hold a linear (DeepSeek's dense MLP: only the first ones)."""
-    first, last = blocks or (0, arch.num_layers)
-    return last - first
 
 
 def expert_adapter_note(arch: Architecture, cfg: ServeConfig) -> str | None:

@@ -19,7 +19,7 @@ from ftmem.adapters.dora import DoRA
 from ftmem.adapters.head_lora import HeadLoRA, chunked_head_lora
 from ftmem.adapters.lora import LoRA, output_bytes
 from ftmem.adapters.prompt import PrefixTuning
-from ftmem.arch import Architecture, buffer_numel, layout, qk_norm_params
+from ftmem.arch import Architecture, Blocks, buffer_numel, layout, qk_norm_params
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
@@ -35,7 +35,7 @@ from ftmem.ops import loss_requests
 from ftmem.ops.attention import Attention, runs_eager, sliding_window_mask
 from ftmem.ops.context import BlockState
 from ftmem.ops.embedding import Embedding
-from ftmem.ops.gated_deltanet import refuse_stack
+from ftmem.ops.gated_deltanet import refuse_graphless_deltanet, refuse_training
 from ftmem.ops.linear import LinearOp, all_adapters_fused
 from ftmem.ops.loss import FusedHead, HeldLogitsHead, Loss, PreferenceLoss, held_logits_head
 from ftmem.ops.mlp import MLP
@@ -74,8 +74,10 @@ from ftmem.transients import (
     checkpointed_attention_moment,
     checkpointed_forward_adapter,
     checkpointed_moe_moment,
+    deltanet_backward_moments,
     down_gradients_made,
     frozen_forward_transient,
+    graphless_deltanet_forward,
     offload_moment,
     offloaded_attention_forward,
     offloaded_forward_adapter,
@@ -383,7 +385,8 @@ def step_parts(
     """The components of one step and their sizes in time (no peak yet); with a
     ``teacher``, the distillation step (ftmem.distill); with ``split``, a tensor-parallel
     rank under sequence parallelism (ftmem.sequence_parallel)."""
-    refuse_stack(arch, "a training step")  # (Qwen3.5: ops.gated_deltanet)
+    # (Qwen3.5: what was measured, ops.gated_deltanet)
+    refuse_training(arch, run, alone=teacher is None and split is None)
     run = framework_run(arch, run)  # e.g. Unsloth's causal-LM forward fuses the loss
     seq2seq.check_supported(arch, run)
     _check_family_release(arch, run)
@@ -632,40 +635,61 @@ class _BlockActivations:
     rebuilt: tuple[int, ...]
     last: tuple[Saved, ...]
     graph_held: int = 0  # what autograd ctx attributes keep of every block (Saved.graph_held)
+    # the items of each Gated DeltaNet block and whether its weights train (None for the
+    # other blocks), bottom to top; () in a stack without them
+    linear_items: tuple[tuple[tuple[Saved, ...], bool] | None, ...] = ()
 
 
 def _block_activations(
     arch: Architecture, run: RunConfig, plan: MethodPlan, T: int, split: SequenceSplit | None
 ) -> _BlockActivations:
-    """Activations per block, derived once per distinct block state."""
+    """Activations per block, derived once per distinct block state and block kind."""
     block_states = _block_states(arch, run, plan)
-    cache: dict[tuple[BlockState, bool, bool, bool], list[Saved]] = {}
+    cache: dict[tuple[BlockState, bool, bool, bool, bool], list[Saved]] = {}
     per_block: list[int] = []
     rebuilt: list[int] = []  # checkpointing: what each block's recompute adds
-    previous: tuple[BlockState, bool, bool, bool] | None = None
+    previous: tuple[BlockState, bool, bool, bool, bool] | None = None
     previous_sum, previous_rebuilt, previous_held, graph_held = 0, 0, 0, 0
     sliding = _sliding_blocks(arch, run)
     per_type = arch.attention_per_layer_type
+    linear = arch.linear_attention_blocks
+    linear_items: list[tuple[tuple[Saved, ...], bool] | None] = []
     for i, st in enumerate(block_states):
         # (DeepSeek's first blocks are dense; a sliding layer's sdpa may take a mask; the
         # full-attention layers may have their own attention shape, the blocks past the
-        # sliding ones as _sliding_blocks takes them)
-        key = (st, i < arch.dense_layers, i in sliding, not per_type or i >= arch.sliding_layers)
+        # sliding ones as _sliding_blocks takes them; Qwen3.5's Gated DeltaNet blocks
+        # wherever config.json's layer_types puts them)
+        key = (
+            st,
+            i < arch.dense_layers,
+            i in sliding,
+            not per_type or i >= arch.sliding_layers,
+            linear is not None and linear.holds(i),
+        )
         if key != previous:  # consecutive blocks usually share one state object
             shape = arch.of_layer_type(full=key[3])
             if key not in cache:
-                saved = block_saved(shape, run, plan, st, T, dense=key[1], sliding=key[2])
+                saved = block_saved(
+                    shape, run, plan, st, T, dense=key[1], sliding=key[2], linear=key[4]
+                )
                 cache[key] = saved if split is None else split.block(saved)
             previous, previous_sum = key, _sum(cache[key])
             previous_held = sum(x.graph_held for x in cache[key])
             own_input = compiled_layers(run) or profile_of(run).kernel_rms_norm
             reused = Norm.recompute_reuses_input(shape, plan, cache[key], T, own_input)
             previous_rebuilt = previous_sum - reused
+        if key[4] and (not previous_sum or run.grad_ckpt) and plan.dtypes.autocast:
+            refuse_graphless_deltanet(arch)
+        if linear is not None:
+            linear_items.append((tuple(cache[key]), st.weights_trainable) if key[4] else None)
         per_block.append(previous_sum)
         rebuilt.append(previous_rebuilt)
         graph_held += previous_held
-    last = cache[(block_states[-1], False, arch.num_layers - 1 in sliding, True)]
-    return _BlockActivations(tuple(per_block), tuple(rebuilt), tuple(last), graph_held)
+    # (the top block: never dense, a full-attention one)
+    last = cache[(block_states[-1], False, arch.num_layers - 1 in sliding, True, False)]
+    return _BlockActivations(
+        tuple(per_block), tuple(rebuilt), tuple(last), graph_held, tuple(linear_items)
+    )
 
 
 def _sliding_blocks(arch: Architecture, run: RunConfig) -> range:
@@ -1116,7 +1140,7 @@ def block_gradients(arch: Architecture, plan: MethodPlan) -> tuple[int, ...]:
     share a name, the average stands)."""
     if arch.attention_per_layer_type:
         return ()
-    spans: dict[str, tuple[int, int]] = {
+    spans: dict[str, Blocks] = {
         p.module: p.blocks for p in layout(arch).block if p.blocks is not None
     }
     if not spans or not plan.trainable_blocks or plan.trained_by_block:
@@ -1127,8 +1151,8 @@ def block_gradients(arch: Architecture, plan: MethodPlan) -> tuple[int, ...]:
     for g in plan.groups:
         if not (g.trainable and g.in_block) or plan.gradient_at_head(g):
             continue
-        lo, hi = next((span for m, span in spans.items() if g.name.startswith(m + ".")), (0, L))
-        holders = [i for i in trained if lo <= i < hi]
+        span = next((span for m, span in spans.items() if g.name.startswith(m + ".")), None)
+        holders = [i for i in trained if span is None or span.holds(i)]
         if not holders or g.count % len(holders):
             return ()  # not laid out as the spans say: the average stands
         for i in holders:
@@ -1207,6 +1231,9 @@ def _decoder_block(
             frozen_forward_transient(arch, run, e, plan.dtypes.residual_bytes, T, plan)
             if not last_keeps or run.activation_offload or run.grad_ckpt
             else 0,
+            graphless_deltanet_forward(
+                arch, run, blocks.per_block, e, plan.dtypes.residual_bytes, T
+            ),
             cross_forward,
         ),
         # offloaded: one op's saved tensors back beside its workspace, and a trained
@@ -1215,6 +1242,9 @@ def _decoder_block(
         policy=policy,
         workspace_grads=max(workspace, kernel) - transient,
         without_kernel=workspace if kernel else None,
+        workspace_by_block=deltanet_backward_moments(
+            arch, run, plan, blocks.linear_items, max(workspace, kernel), e, T
+        ),
     )
 
 

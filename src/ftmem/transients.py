@@ -38,6 +38,7 @@ from ftmem.methods import NAMED_TRAINING_METHODS, MethodPlan, TensorGroup, exper
 from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.context import LayerContext, bias_promotes_outputs
 from ftmem.ops.embedding import Embedding
+from ftmem.ops.gated_deltanet import GatedDeltaNet, refuse_graphless_deltanet
 from ftmem.ops.linear import LinearOp
 from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
@@ -178,6 +179,73 @@ def frozen_forward_transient(
     mlp += MoE.lora_stacks(plan) if plan is not None else 0
     attn = Attention.eager_forward_scores(arch, run, e)
     return max(mlp, attn) + 4 * T * arch.hidden_size * residual
+
+
+def graphless_deltanet_forward(
+    arch: Architecture, run: RunConfig, per_block: Sequence[int], e: int, residual: int, T: int
+) -> int:
+    """The forward of a Gated DeltaNet block that keeps nothing (frozen below the lowest
+    trained block): its layer's peak above its end (GatedDeltaNet.forward_transient,
+    without a graph) and its output, beside the embedding output, the block's input (the
+    residual) and the input norm's output, T·h each. Taken against the forward moment,
+    which counts every block's kept tensors: those of the blocks from this one up are not
+    made yet. (transformers 5.25 modeling_qwen3_5.py Qwen3_5DecoderLayer.forward,
+    Qwen3_5TextModel.forward: ``hidden_states = inputs_embeds`` stays named.)"""
+    linear = arch.linear_attention_blocks
+    lin_attn = arch.linear_attention
+    if linear is None or lin_attn is None:
+        return 0
+    shape, h, b = lin_attn.shape(arch.hidden_size), arch.hidden_size, run.batch_size
+    transient = GatedDeltaNet.forward_transient(shape, b, T // b, e, graph=False)
+    moments = [
+        transient + T * h * e + (3 if i else 2) * T * h * residual - sum(per_block[i:])
+        for i in sorted(linear.indices)
+        if not per_block[i]
+    ]
+    return max(moments, default=0)
+
+
+def deltanet_backward_moments(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    linear_items: Sequence[tuple[tuple[Saved, ...], bool] | None],
+    workspace: int,
+    e: int,
+    T: int,
+) -> tuple[int, ...]:
+    """Each checkpointed Gated DeltaNet block's backward moment beyond the top block's
+    ``workspace`` (BlockTransients.workspace_by_block), bottom to top: its recompute
+    rebuilt whole, less its MLP side (freed when the layer's backward starts,
+    freed_before_attention), plus the layer's backward peak above its start
+    (GatedDeltaNet.backward_workspace: an input needing a gradient, as checkpointing
+    makes every block's; its outgoing gradient counted) and the gradient coming into
+    the layer (T·h·e, held by its caller). () unless checkpointed. The layer's weights
+    frozen and none of its projections adapted, without autocast (else
+    refused, ops.gated_deltanet.refuse_graphless_deltanet: with trained weights the
+    replay's workspace leaves the tiny checkpointed full and freeze steps 2.0-2.3 %
+    under the measured peak, 27-147 KB beyond the MLP's weight gradients made before
+    the layer's backward; not found yet)."""
+    if not run.grad_ckpt or not any(kept is not None for kept in linear_items):
+        return ()
+    lin_attn = arch.linear_attention
+    assert lin_attn is not None
+    mixer = [lin for lin in layout(arch).linears if lin.roles == ("linear_attention",)]
+    adapted = any(lin.module in {a.module for a in plan.adapted} for lin in mixer)
+    trained = any(kept is not None and kept[1] for kept in linear_items)
+    if adapted or trained:
+        refuse_graphless_deltanet(arch)
+    shape, b, h = lin_attn.shape(arch.hidden_size), run.batch_size, arch.hidden_size
+    out = []
+    for kept in linear_items:
+        if kept is None:
+            out.append(0)
+            continue
+        items, weights_train = kept
+        own = GatedDeltaNet.backward_workspace(shape, b, T // b, e, weights_train)
+        own += T * h * e
+        out.append(own - freed_before_attention(arch, items) - workspace)
+    return tuple(out)
 
 
 def freed_before_attention(arch: Architecture, block: Iterable[Saved]) -> int:

@@ -119,6 +119,112 @@ def _matrix() -> list[Case]:
         *_gemma4_text(),
         *_peft_rebuilds_offloaded(),
         *_moe_families_of_stop_49(),
+        *_qwen3_5_text(),
+    ]
+
+
+@dataclass(frozen=True)
+class Qwen35Case(Case):
+    """Qwen3.5's dense text model from config.json's keys (tests/conftest.py
+    TINY_QWEN35_TEXT) at 4 layers, their layer_types by ``layers`` in arch_changes (L a
+    Gated DeltaNet layer, F a gated full-attention one; by default LLLF, the config
+    class's pattern)."""
+
+    def arch(self):
+        from ftmem.sources import architecture_from_config
+        from tests.conftest import TINY_QWEN35_TEXT
+
+        kinds = self.arch_changes.get("layers", "LLLF")
+        types = ["linear_attention" if kind == "L" else "full_attention" for kind in kinds]
+        cfg = {**TINY_QWEN35_TEXT, "num_hidden_layers": len(types), "layer_types": types}
+        return architecture_from_config(cfg, "tiny-qwen3_5_text", "tests")
+
+
+def _qwen3_5_text() -> list[Case]:
+    """Qwen3.5's Gated DeltaNet layers (ops.gated_deltanet) and gated full-attention ones
+    (ops.output_gate) walked in config.json's order: one, two and three chunks of the
+    delta rule (s = 50, 100, 130), full finetuning in the three precision regimes, LoRA on
+    every linear, on the linear-attention layers' projections only and on q and v only
+    (the Gated DeltaNet blocks above a full-attention one keep their whole set for its
+    gradient), QLoRA, freeze above a frozen full-attention block, frozen Gated DeltaNet
+    blocks below the lowest trained one. peft 0.21.2 has no default targets for
+    qwen3_5_text: every LoRA case names them; checkpointed with LoRA off the Gated
+    DeltaNet layers. Not here (refused: ops.gated_deltanet.refuse_graphless_deltanet):
+    checkpointed Gated DeltaNet blocks whose weights or projections train, frozen or
+    checkpointed ones under autocast."""
+    every = {"lora_targets": "all-linear", "lora_r": 4}
+    mixer = {"lora_targets": "in_proj_qkv,in_proj_z,in_proj_b,in_proj_a,out_proj", "lora_r": 4}
+    qv = {"lora_targets": "q_proj,v_proj", "lora_r": 4}
+    return [
+        Qwen35Case("qwen3_5_text", {"method": "full", "precision": "fp32"}),
+        Qwen35Case("qwen3_5_text", {"method": "full", "precision": "bf16-mixed", "seq_len": 100}),
+        Qwen35Case("qwen3_5_text", {"method": "full", "precision": "bf16", "seq_len": 130}),
+        Qwen35Case("qwen3_5_text", {"method": "lora", "precision": "fp32", **every}),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "lora", "precision": "bf16", "seq_len": 130, **every},
+            {"layers": "FLLF"},
+        ),
+        Qwen35Case(
+            "qwen3_5_text", {"method": "lora", "precision": "fp32", **mixer}, {"layers": "LFLF"}
+        ),
+        Qwen35Case(
+            "qwen3_5_text", {"method": "lora", "precision": "fp32", **qv}, {"layers": "FLLF"}
+        ),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "lora", "precision": "bf16", "seq_len": 100, **qv},
+            {"layers": "FLLF"},
+        ),
+        Qwen35Case("qwen3_5_text", {"method": "lora", "precision": "bf16-mixed", **every}),
+        Qwen35Case("qwen3_5_text", {"method": "qlora", "precision": "bf16", **every}),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "freeze", "trainable_layers": 3, "precision": "fp32"},
+            {"layers": "FLLF"},
+        ),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "freeze", "trainable_layers": 3, "precision": "bf16-mixed", "seq_len": 130},
+            {"layers": "FLLF"},
+        ),
+        # frozen Gated DeltaNet blocks below the lowest trained one: their forward
+        # (GatedDeltaNet.forward_transient without a graph) sets the peak
+        Qwen35Case("qwen3_5_text", {"method": "lora", "precision": "bf16", **qv}),
+        Qwen35Case("qwen3_5_text", {"method": "lora", "precision": "fp32", "seq_len": 130, **qv}),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "freeze", "trainable_layers": 1, "precision": "fp32"},
+            {"layers": "LFLF"},
+        ),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "freeze", "trainable_layers": 2, "precision": "bf16", "seq_len": 100},
+        ),
+        # checkpointed Gated DeltaNet blocks with frozen weights: each one's backward
+        # (GatedDeltaNet.backward_workspace) beside its rebuilt set sets the peak
+        Qwen35Case(
+            "qwen3_5_text", {"method": "lora", "precision": "bf16", "grad_ckpt": True, **qv}
+        ),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "lora", "precision": "fp32", "grad_ckpt": True, "seq_len": 130, **qv},
+        ),
+        Qwen35Case(
+            "qwen3_5_text", {"method": "qlora", "precision": "bf16", "grad_ckpt": True, **qv}
+        ),
+        Qwen35Case(
+            "qwen3_5_text",
+            {
+                "method": "lora",
+                "precision": "bf16",
+                "grad_ckpt": True,
+                "seq_len": 100,
+                "lora_targets": "q_proj,v_proj,gate_proj,up_proj,down_proj",
+                "lora_r": 4,
+            },
+            {"layers": "LFLF"},
+        ),
     ]
 
 

@@ -53,7 +53,7 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
     total = 0
     for lin in plan.banked:
-        blocks = layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        blocks = lin.count(layers)
         R = adamss_shape(run, lin)[0]
         total += blocks * R * (lin.in_features + lin.bias) * ae
     return total

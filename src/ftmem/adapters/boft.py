@@ -51,12 +51,7 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     in each of the blocks holding it (``layers``: the model's)."""
     if profile_of(run).peft_buffers_on_host:
         return 0
-    return sum(
-        lin.in_features**2
-        * FP32
-        * (layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0])
-        for lin in plan.rotated
-    )
+    return sum(lin.in_features**2 * FP32 * lin.count(layers) for lin in plan.rotated)
 
 
 def autocast_cast(plan: MethodPlan, xb: int) -> int:

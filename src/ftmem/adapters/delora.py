@@ -84,6 +84,6 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     ae = BYTES_PER_ELEMENT[plan.dtypes.adapter]
     total = 0
     for lin in plan.adapted:
-        blocks = layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        blocks = lin.count(layers)
         total += blocks * lin.in_features * ae
     return total

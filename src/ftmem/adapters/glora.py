@@ -82,7 +82,7 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     e = BYTES_PER_ELEMENT[plan.dtypes.base]
     total = 0
     for lin in plan.glora:
-        blocks = layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        blocks = lin.count(layers)
         total += blocks * (lin.in_features + 2 * lin.out_features) * e
     return total
 

@@ -85,7 +85,7 @@ class Lily:
         """One adapted linear's kept tensors (_kept), and whether it keeps the shared
         input itself (no cast: the input already has A's dtype)."""
         ae, ac = BYTES_PER_ELEMENT[ctx.plan.dtypes.adapter], autocast_bytes(ctx.plan)
-        layers = ctx.arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        layers = lin.count(ctx.arch.num_layers)
         kept = _kept(ctx.run, lin, ctx.tokens, ae, in_bytes != ae, ac, layers, in_grad)
         items = [
             Saved(f"{lin.label} Lily {name}", size, Kind.BANK, side, (lin,))

@@ -69,10 +69,7 @@ def fourier_index_bytes(arch: Architecture, run: RunConfig) -> int:
     update_layer) and moves with the model; index_put's backward keeps views of it."""
     if run.method != "fourierft":
         return 0
-    blocks = [
-        arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
-        for lin in fourierft_linears(arch, run)
-    ]
+    blocks = [lin.count(arch.num_layers) for lin in fourierft_linears(arch, run)]
     return sum(blocks) * 2 * run.fourierft[0] * 8
 
 

@@ -102,7 +102,7 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     total = 0
     for lin in plan.block_rotated:
         side = oft_blocks(lin, run)[1]
-        blocks = layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        blocks = lin.count(layers)
         total += blocks * 2 * side * (side - 1) // 2 * INDEX_BYTES
     return total
 

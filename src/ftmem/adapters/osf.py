@@ -93,7 +93,7 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
             k * max(lin.in_features, lin.out_features) if lin.in_features != lin.out_features else 0
         )
         kept = kept_svd_storage(lin, k, plan.dtypes, run.device)
-        blocks = layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        blocks = lin.count(layers)
         total += blocks * (t * (lin.in_features + lin.out_features + 1) + high + kept) * de
     return total
 

@@ -54,7 +54,7 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     r = run.psoft[0]
     total = 0
     for lin in plan.psoft:
-        blocks = layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        blocks = lin.count(layers)
         ab = r * (lin.in_features + lin.out_features) * FP32
         total += blocks * (ab + r * (r - 1) * INDEX_BYTES)
     return total

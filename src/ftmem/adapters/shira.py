@@ -55,10 +55,7 @@ def index_bytes(arch: Architecture, run: RunConfig) -> int:
     """peft's int32 (2 × n) indices of every adapted linear, resident beside the weights."""
     r = run.shira[0]
     return sum(
-        (arch.num_layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0])
-        * 2
-        * shira_values(lin, r)
-        * 4
+        lin.count(arch.num_layers) * 2 * shira_values(lin, r) * 4
         for lin in shira_linears(arch, run)
     )
 

@@ -62,9 +62,7 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     (``layers``: the model's)."""
     sparsity = run.supertuning[0]
     return sum(
-        (layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0])
-        * supertuning_values(lin, sparsity)
-        * BUFFER_INDEX_BYTES
+        lin.count(layers) * supertuning_values(lin, sparsity) * BUFFER_INDEX_BYTES
         for lin in plan.supertuning
     )
 

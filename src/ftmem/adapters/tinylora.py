@@ -47,7 +47,7 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     u = run.tinylora[1]
     total = 0
     for lin in plan.banked:
-        blocks = layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        blocks = lin.count(layers)
         r = _rank(run, lin)
         total += blocks * (r * (lin.in_features + lin.out_features) + u * r * r) * ae
     return total

@@ -44,7 +44,7 @@ def buffer_bytes(plan: MethodPlan, run: RunConfig, layers: int) -> int:
     r = run.unilora[0]
     total = 0
     for lin in plan.banked:
-        blocks = layers if lin.blocks is None else lin.blocks[1] - lin.blocks[0]
+        blocks = lin.count(layers)
         total += blocks * r * (lin.in_features + lin.out_features) * (INDEX_BYTES + ae)
     return total
 

@@ -125,6 +125,11 @@ class Family:
     # by another base; transformers 5.25 modeling_gemma3.py l.532-534 builds a pair for
     # each type in ``set(config.layer_types)``).
     rotary_tables_per_layer_type: bool = False
+    # One cos and sin table per sequence (batch × s × rotary_dim), not one for the batch:
+    # Qwen3.5's text model expands its position ids to (4, batch, s) and its M-RoPE
+    # (transformers 5.25 modeling_qwen3_5.py l.1326 and Qwen3_5TextRotaryEmbedding.forward,
+    # l.173-183) returns tables of the batch, as Qwen-VL's do.
+    rotary_tables_per_sequence: bool = False
     # Only the sliding layers apply the rotary; the global ones hand q and k to the kernel
     # as projected (Cohere2Attention: ``if self.sliding_window is not None:
     # apply_rotary_pos_emb``, transformers 5.25 modeling_cohere2.py l.222-223): where only

@@ -8,35 +8,33 @@ gate, ops.output_gate). Its RMSNorms are zero-centred, ``x·(1 + w)`` in fp32
 (``partial_rotary_factor`` 0.25, Qwen3_5TextConfig.__post_init__).
 
 The layer order: config.json's ``layer_types`` (by default every fourth layer full,
-``bool((i + 1) % full_attention_interval)``, interval 4). ftmem places the linear-attention
-layers as the lowest blocks (Architecture.linear_attention, Param.blocks ranges): the
-parameter count is exact whatever the order (tests/test_qwen35_text.py counts transformers'
-model on the meta device), and so is every per-layer sum, but not what depends on which
-layer is the lowest trained one or which kind a given block is. Estimates are refused
-(ops.gated_deltanet.refuse_stack) until the block walk places the two kinds and the Gated DeltaNet
-layer's forward transient and backward workspace are modelled (both measured, not yet
-formulas: calibration/notes/peft.md, "Gated DeltaNet (stop 49, helper qwen35)").
+``bool((i + 1) % full_attention_interval)``, interval 4), kept as
+LinearAttention.indices; each Gated DeltaNet tensor is held by those blocks and each
+full-attention one by the others (arch.Blocks), so every tensor sits in its own layer
+(tests/test_qwen35_text.py compares names with their layer index), and the block walk
+(step._block_activations) keys each block on its kind, the lowest trained block following
+the order (LoRA on q_proj and v_proj trains from the lowest full-attention layer up).
+Training steps are estimated for what was measured (ops.gated_deltanet.refuse_training:
+full, freeze, LoRA, QLoRA in fp32, bf16 and bf16-mixed on one GPU; tests/accuracy/cases.py
+_qwen3_5_text); a Gated DeltaNet block that keeps nothing in forward (frozen below the
+lowest trained block, checkpointed) is refused until its forward transient and backward
+workspace are modelled (calibration/notes/peft.md, "Ordered block walk (stop 50, helper
+order)").
 
 The multi-token-prediction layers (``mtp_*`` in config.json, ``mtp.*`` weights) are not
 built: Qwen3_5ForCausalLM ignores them on loading (``_keys_to_ignore_on_load_unexpected``,
 modeling_qwen3_5.py l.1742), so the count leaves them out as the model does. peft 0.21.2
 has no default LoRA targets for qwen3_5_text (utils/constants.py): targets must be named.
 
-Notes (stop 49, helper qwen35). The block walk: ``step._block_activations`` walks the
-blocks by index but keys each on (state, dense, sliding), and a layer kind is a
-``Param.blocks`` range (DeepSeek's dense-then-MoE, Gemma's sliding-then-global); a walk in
-the config's order would need per-block sets in ``Param``/``Linear`` and in every
-``blocks`` reader, too large beside the Gemma 4 work on the same lines, so the kinds are
-ranges (linear lowest, the top block full, as in every Qwen3.5 stack). Measured: every
+Notes (stop 49, helper qwen35; the order: stop 50, helper order). Measured: every
 tensor's name without its layer index, and its size, counted over the layers, equals
 transformers 5.25's model on the meta device (tests/test_qwen35_text.py: the default
 pattern, interval 2, a given order, equal heads with biases and tied embeddings, half the
 head rotated; tiny 8-layer model 264,672 parameters; Qwen3_5TextConfig's own defaults,
 32 layers at 4096 wide: 8,953,803,264, a linear layer 218,407,104 and a full one
 209,723,904); peft 0.21.2's all-linear on the tiny model adapts exactly ftmem's
-all-linear. Left: the walk of the two kinds (Gated DeltaNet's saved set exists:
-ops.gated_deltanet, ops.output_gate), the op's forward transient and backward workspace,
-accuracy cases (none yet: nothing is estimated), the flash-linear-attention path
+all-linear. Left: the op's forward transient and backward workspace (frozen and
+checkpointed Gated DeltaNet blocks), the flash-linear-attention path
 (``--linear-attention fla``, not measured), serving's recurrent and conv states,
 qwen3_5_moe_text and qwen3_next (the same two kinds under Qwen3-MoE's experts, and
 Qwen3-Next's fused projections).
@@ -71,10 +69,10 @@ DEFAULTS: Config = {
 LAYER_TYPES = ("linear_attention", "full_attention")
 
 
-def linear_layer_count(cfg: Config, layers: int) -> int:
+def linear_layer_indices(cfg: Config, layers: int) -> list[int]:
     """The layers config.json's ``layer_types`` makes Gated DeltaNet ones (else the config
-    class's default pattern); the last layer must be a full-attention one, as ftmem's top
-    block is (Architecture.linear_attention)."""
+    class's default pattern), bottom to top; the last layer must be a full-attention one,
+    as ftmem's top block is (Architecture._fits_linear_attention)."""
     types = cfg.get("layer_types")
     if types is None:
         interval = opt(cfg, "full_attention_interval", limits.LAYERS)
@@ -89,7 +87,7 @@ def linear_layer_count(cfg: Config, layers: int) -> int:
             "config.json's layer_types ends with a linear-attention layer, which ftmem does "
             "not model (it takes the top layer to attend in full, as Qwen3.5's do)."
         )
-    return types.count("linear_attention")
+    return [i for i, kind in enumerate(types) if kind == "linear_attention"]
 
 
 def _read(cfg: Config, out: Config) -> None:
@@ -99,8 +97,8 @@ def _read(cfg: Config, out: Config) -> None:
     positions = opt_or(cfg, "max_position_embeddings", DEFAULTS, limits.TOKENS)
     out["max_position_embeddings"] = positions
     out["rotary_dim"] = rotary_dim(cfg, out["head_dim"], ("partial_rotary_factor",), 0.25)
-    layers = linear_layer_count(cfg, out["num_layers"])
-    if layers:
+    indices = linear_layer_indices(cfg, out["num_layers"])
+    if indices:
         out["linear_attention"] = {
             field: opt_or(cfg, key, DEFAULTS)
             for field, key in (
@@ -111,15 +109,17 @@ def _read(cfg: Config, out: Config) -> None:
                 ("conv_kernel", "linear_conv_kernel_dim"),
             )
         }
-        out["linear_attention"]["layers"] = layers
+        out["linear_attention"]["layers"] = len(indices)
+        out["linear_attention"]["indices"] = tuple(indices)
 
 
 def _build(arch: Architecture, kw: Config) -> None:
-    """The transformers config of ``arch``: its layer_types in ftmem's order (the
-    linear-attention layers lowest), its widths and rotary fraction."""
-    lin = arch.linear_attention
-    n = lin.layers if lin is not None else 0
-    kw["layer_types"] = [LAYER_TYPES[i >= n] for i in range(arch.num_layers)]
+    """The transformers config of ``arch``: its layer_types in its order
+    (Architecture.linear_attention_blocks), its widths and rotary fraction."""
+    lin, linear = arch.linear_attention, arch.linear_attention_blocks
+    kw["layer_types"] = [
+        LAYER_TYPES[linear is None or not linear.holds(i)] for i in range(arch.num_layers)
+    ]
     kw["tie_word_embeddings"] = arch.tie_embeddings
     rotary = arch.rotary_dim or arch.head_size
     kw["rope_parameters"] = {
@@ -160,6 +160,7 @@ FAMILY = Family(
     qk_norm=True,
     norm_scale_in_fp32=True,
     norm_scale_plus_one=True,
+    rotary_tables_per_sequence=True,
     linear_attention_module="linear_attn",
     attention_output_gate=True,
     # not measured for a stack of two kinds: nothing of ColossalAI's

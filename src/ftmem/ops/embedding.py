@@ -49,7 +49,9 @@ class Embedding:
             return ()
         e = FP32 if arch.traits.rotary_tables_fp32 else residual
         width = arch.rotary_size // 2 if arch.traits.rotary_tables_half else arch.rotary_size
-        positions = T if arch.vision is not None and arch.vision.qwen else T // run.batch_size
+        per_sequence = arch.vision is not None and arch.vision.qwen
+        per_sequence = per_sequence or arch.traits.rotary_tables_per_sequence
+        positions = T if per_sequence else T // run.batch_size
         if arch.traits.rotary_tables_cached:
             positions = max(2 * positions, 16)  # slices keep the whole cache's storage
         if arch.traits.rotary_on_sliding_layers_only:  # (one pair, read where it slides)

@@ -6,6 +6,7 @@ from ftmem.arch import Architecture, Linear, Param, layout, qk_norm_params
 from ftmem.dtypes import FP32, layer_norm_stats_bytes
 from ftmem.methods import MethodPlan
 from ftmem.ops.context import BlockState, LayerContext
+from ftmem.ops.output_gate import OutputGate
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.profiles import profile_of
@@ -224,6 +225,10 @@ class QKNorm:
                 # separate tensors, as the residual norm's: the fp32 copy (Cohere's two
                 # centred copies) and the rstd, one fp32 value a row
                 parts = (*(rows * width * FP32,) * copies, *_statistics(arch, rows))
+                if role == "q" and arch.traits.attention_output_gate:
+                    # (its input a view of q_proj's output, query and gate: ops.output_gate)
+                    fp32_input = OutputGate.query_norm_input(ctx.tokens, heads, width, oe)
+                    parts = (fp32_input, *parts[1:])
                 what = f"{role} norm: fp32 input + rstd"
                 if arch.traits.norm_scale_plus_one:  # Gemma 3's fp32 (1 + w), per call
                     parts, what = (*parts, width * FP32), f"{what} + (1 + w)"

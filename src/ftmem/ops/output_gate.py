@@ -2,7 +2,8 @@
 5.25 runs it (models/qwen3_5/modeling_qwen3_5.py Qwen3_5Attention.forward, l.855-897):
 q_proj writes 2·head_dim per head, ``torch.chunk`` splits each head into the query and a
 gate, and the attention's output, made contiguous, is multiplied by sigmoid(gate) before
-o_proj. Not yet walked by the block walk (the families stay refused: see ops.gated_deltanet).
+o_proj (activations._attention adds ``saved``; o_proj keeps the gated product, not the
+kernel's output; norm.QKNorm keeps ``query_norm_input``).
 
 What it keeps (tests/test_output_gate.py measures the real layer with saved-tensor hooks on
 the CPU, fp32 and bf16): the sigmoid's output (T·heads·head_dim·e: for the gate's gradient,
