@@ -20,11 +20,13 @@ from ftmem.adapters.dora import DoRA
 from ftmem.adapters.glora import GLoRA
 from ftmem.adapters.hira import HiRA
 from ftmem.adapters.hra import HRA
+from ftmem.adapters.hra import offloaded_backward as hra_offloaded
 from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
+from ftmem.adapters.oft import offloaded_chain as oft_offloaded_chain
 from ftmem.adapters.osf import OSF
 from ftmem.adapters.peanut import Peanut
 from ftmem.adapters.psoft import PSOFT
@@ -120,13 +122,14 @@ def offloaded_own_gradients(
     trained block, bf16-mixed, the peak at the post-attention norm's backward beside the
     MLP's gradients). May be negative for the lowest block (its largest moment is below
     the workspace the others share)."""
-    norm, mlp, attention = _offload_moments(arch, run, plan, block, e, T)
+    norm, mlp, attention, adapters = _offload_moments(arch, run, plan, block, e, T)
     down = min(own, _block_gradients(arch, plan, {"down"}))
     mlp_side = (
         own if arch.parallel_attn_mlp else min(own, _block_gradients(arch, plan, set(MLP_ROLES)))
     )
-    workspace = max(norm, mlp, attention)
-    moments = [mlp + down, norm + mlp_side, attention + own]
+    workspace = max(norm, mlp, attention, adapters)
+    # (an adapter's moment beside all of its block's gradients: an upper bound)
+    moments = [mlp + down, norm + mlp_side, attention + own, adapters + own]
     return max(*moments, norm + own) - workspace, max(moments) - workspace
 
 
@@ -147,14 +150,67 @@ def _block_gradients(arch: Architecture, plan: MethodPlan, roles: set[str]) -> i
 
 def _offload_moments(
     arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
-) -> tuple[int, int, int]:
-    """The norm's, the MLP's and attention's moments of an offloaded block's backward."""
+) -> tuple[int, int, int, int]:
+    """The norm's, the MLP's, attention's and the adapters' moments of an offloaded
+    block's backward."""
     h = arch.hidden_size
     # the norm's fp32 input back, and the fp32 residual gradient arriving (measured)
     norm = Norm.backward_workspace(arch, e, T) + 2 * T * h * FP32
     norm = max(norm, QKNorm.offloaded_backward(arch, T))
     mlp = MLP.offloaded_backward(arch, run, plan, block, e, T)
-    return norm, mlp, Attention.offloaded_backward(arch, run, block)
+    adapters = offloaded_adapter_moment(arch, run, plan, block, e, T)
+    return norm, mlp, Attention.offloaded_backward(arch, run, block), adapters
+
+
+def offloaded_adapter_moment(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> int:
+    """An adapter's own backward in an offloaded block (the weight-rebuilding and rotating
+    methods: _peft_other_moment's). Each of those moments is the adapter's backward
+    beyond what the block kept, less what its earlier nodes freed of its own items; with
+    the block's tensors on the host a node holds what it unpacked instead, one of those
+    items at most. So its moment without the block, beside its linear's own items (its
+    input and its adapter's saved tensors, all of them: an upper bound) bounds it. Not
+    for the LoRA family (their offloaded moments are the MLP's and attention's,
+    measured)."""
+    if not run.activation_offload or run.grad_ckpt:
+        return 0
+    # (no block: an attention linear's moment is not lowered by the MLP side it freed)
+    moment = _peft_other_moment(arch, run, plan, [], e, T)
+    if moment is None:
+        return 0
+    waiting = partial(_waiting_gradients, arch, plan, e, T)
+    if run.method == "osf":  # its two nodes, each with what it unpacked
+        in_bytes = partial(LinearOp.input_bytes, plan, e=e)
+        return max(
+            (
+                OSF.offloaded_backward(plan, run, lin, T, in_bytes(lin), e) + waiting(lin)
+                for lin in plan.osf
+            ),
+            default=0,
+        )
+    if run.method == "hra":  # F.linear's node or its chain's steps
+        back = [hra_offloaded(plan, run, lin, T) + waiting(lin) for lin in plan.householder]
+        return max(back, default=0)
+    own: dict[Linear, int] = {}
+    for x in block:
+        for lin in x.linears:
+            own[lin] = own.get(lin, 0) + x.nbytes
+    moments = [moment + b + waiting(lin) for lin, b in own.items()]
+    if run.method == "oft":  # its Cayley series' backward, beyond backward_moment's
+        moments += [
+            oft_offloaded_chain(plan, run, lin, T) + waiting(lin) for lin in plan.block_rotated
+        ]
+    return max(moments, default=0)
+
+
+def _waiting_gradients(arch: Architecture, plan: MethodPlan, e: int, T: int, lin: Linear) -> int:
+    """What an offloaded block's backward holds beside one linear's own nodes: the
+    gradient that came into the block (its residual stream's, alive until the block's
+    input gets it) and, at a linear reading the attention's input, the q, k and v
+    gradients the kernel made and the input's gradient being summed; at gate or up, the
+    MLP's two output gradients and the input's; elsewhere the linear's output gradient."""
+    return 0
 
 
 def frozen_forward_transient(

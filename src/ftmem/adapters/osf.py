@@ -198,3 +198,18 @@ class OSF:
             grad = T * lin.out_features * de if e != de else 0
             held += [grad + a + h, b + T * lin.in_features * de]
         return max(held)
+
+    @staticmethod
+    def offloaded_backward(
+        plan: MethodPlan, run: RunConfig, lin: Linear, T: int, x: int, e: int
+    ) -> int:
+        """One OSF linear's backward with activations offloaded (``x``: its input's
+        element size): each node holds what it unpacked beside what backward_moment
+        counts. The second linear's node: A and h back beside their gradients and the
+        output gradient's cast; the first's: B and the input cast (or the input itself)
+        back beside their gradients, with A's and h's made."""
+        de = BYTES_PER_ELEMENT[plan.dtypes.adapter]
+        a, b, h, cast = _sizes(plan, run, lin, T, x)
+        grad = T * lin.out_features * de if e != de else 0
+        first = a + h + 2 * b + T * lin.in_features * de + (cast or T * lin.in_features * x)
+        return max(grad + 2 * (a + h), first)
