@@ -122,14 +122,15 @@ def offloaded_own_gradients(
     trained block, bf16-mixed, the peak at the post-attention norm's backward beside the
     MLP's gradients). May be negative for the lowest block (its largest moment is below
     the workspace the others share)."""
-    norm, mlp, attention, adapters = _offload_moments(arch, run, plan, block, e, T)
+    norm, mlp, attention, at_mlp, at_other = _offload_moments(arch, run, plan, block, e, T)
     down = min(own, _block_gradients(arch, plan, {"down"}))
     mlp_side = (
         own if arch.parallel_attn_mlp else min(own, _block_gradients(arch, plan, set(MLP_ROLES)))
     )
-    workspace = max(norm, mlp, attention, adapters)
-    # (an adapter's moment beside all of its block's gradients: an upper bound)
-    moments = [mlp + down, norm + mlp_side, attention + own, adapters + own]
+    workspace = max(norm, mlp, attention, at_mlp, at_other)
+    # (an adapter's moment at an MLP linear beside the MLP's gradients, at another beside
+    # all of the block's: upper bounds)
+    moments = [mlp + down, norm + mlp_side, attention + own, at_mlp + mlp_side, at_other + own]
     return max(*moments, norm + own) - workspace, max(moments) - workspace
 
 
@@ -150,67 +151,62 @@ def _block_gradients(arch: Architecture, plan: MethodPlan, roles: set[str]) -> i
 
 def _offload_moments(
     arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
-) -> tuple[int, int, int, int]:
-    """The norm's, the MLP's, attention's and the adapters' moments of an offloaded
-    block's backward."""
+) -> tuple[int, int, int, int, int]:
+    """The norm's, the MLP's and attention's moments of an offloaded block's backward, and
+    its adapters' at an MLP linear and at another (offloaded_adapter_moments)."""
     h = arch.hidden_size
     # the norm's fp32 input back, and the fp32 residual gradient arriving (measured)
     norm = Norm.backward_workspace(arch, e, T) + 2 * T * h * FP32
     norm = max(norm, QKNorm.offloaded_backward(arch, T))
     mlp = MLP.offloaded_backward(arch, run, plan, block, e, T)
-    adapters = offloaded_adapter_moment(arch, run, plan, block, e, T)
-    return norm, mlp, Attention.offloaded_backward(arch, run, block), adapters
+    attention = Attention.offloaded_backward(arch, run, block)
+    return norm, mlp, attention, *offloaded_adapter_moments(arch, run, plan, block, e, T)
 
 
-def offloaded_adapter_moment(
+def offloaded_adapter_moments(
     arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
-) -> int:
-    """An adapter's own backward in an offloaded block (the weight-rebuilding and rotating
-    methods: _peft_other_moment's). Each of those moments is the adapter's backward
-    beyond what the block kept, less what its earlier nodes freed of its own items; with
-    the block's tensors on the host a node holds what it unpacked instead, one of those
-    items at most. So its moment without the block, beside its linear's own items (its
-    input and its adapter's saved tensors, all of them: an upper bound) bounds it. Not
-    for the LoRA family (their offloaded moments are the MLP's and attention's,
-    measured)."""
+) -> tuple[int, int]:
+    """An adapter's own backward in an offloaded block, at its largest MLP linear and at
+    its largest other one (the weight-rebuilding and rotating methods:
+    _peft_other_moment's; 0 for the others, the LoRA family's offloaded moments being the
+    MLP's and attention's, measured).
+
+    Each of those methods' backward moments is counted beyond what the block kept, less
+    what its earlier nodes freed of the linear's own items; with the block's tensors on
+    the host a node holds only what it unpacked (torch 2.13 autograd/graph.py
+    save_on_cpu: ``unpack_from_cpu`` when the node reads its saved tensor, freed when the
+    node is done), one of those items at most. So a linear's moment without the block,
+    beside its own items (its input and its adapter's saved tensors, all of them) bounds
+    it: SHiRA, LoHa/LoKr/FourierFT, OFT's rotation, the others of _peft_other_moment. Where
+    a node brings back less than all of them, or a backward holds more than the
+    non-offloaded moment counts, the method's own offloaded moment: OSF's two nodes, HRA's
+    F.linear and chain steps, OFT's Cayley series (traced on one peft linear each).
+    Measured on the tiny Llama offloaded, 64-token vocabulary (the block's backward the
+    peak): 1 × 8 and 3 × 50 tokens, bf16 and bf16-mixed (calibration/notes/peft.md)."""
     if not run.activation_offload or run.grad_ckpt:
-        return 0
+        return 0, 0
     # (no block: an attention linear's moment is not lowered by the MLP side it freed)
     moment = _peft_other_moment(arch, run, plan, [], e, T)
     if moment is None:
-        return 0
-    waiting = partial(_waiting_gradients, arch, plan, e, T)
+        return 0, 0
     if run.method == "osf":  # its two nodes, each with what it unpacked
         in_bytes = partial(LinearOp.input_bytes, plan, e=e)
-        return max(
-            (
-                OSF.offloaded_backward(plan, run, lin, T, in_bytes(lin), e) + waiting(lin)
-                for lin in plan.osf
-            ),
-            default=0,
-        )
-    if run.method == "hra":  # F.linear's node or its chain's steps
-        back = [hra_offloaded(plan, run, lin, T) + waiting(lin) for lin in plan.householder]
-        return max(back, default=0)
-    own: dict[Linear, int] = {}
-    for x in block:
-        for lin in x.linears:
-            own[lin] = own.get(lin, 0) + x.nbytes
-    moments = [moment + b + waiting(lin) for lin, b in own.items()]
-    if run.method == "oft":  # its Cayley series' backward, beyond backward_moment's
-        moments += [
-            oft_offloaded_chain(plan, run, lin, T) + waiting(lin) for lin in plan.block_rotated
+        moments = [
+            (lin, OSF.offloaded_backward(plan, run, lin, T, in_bytes(lin), e)) for lin in plan.osf
         ]
-    return max(moments, default=0)
-
-
-def _waiting_gradients(arch: Architecture, plan: MethodPlan, e: int, T: int, lin: Linear) -> int:
-    """What an offloaded block's backward holds beside one linear's own nodes: the
-    gradient that came into the block (its residual stream's, alive until the block's
-    input gets it) and, at a linear reading the attention's input, the q, k and v
-    gradients the kernel made and the input's gradient being summed; at gate or up, the
-    MLP's two output gradients and the input's; elsewhere the linear's output gradient."""
-    return 0
+    elif run.method == "hra":  # F.linear's node or its chain's steps
+        moments = [(lin, hra_offloaded(plan, run, lin, T)) for lin in plan.householder]
+    else:
+        own: dict[Linear, int] = {}
+        for x in block:
+            for lin in x.linears:
+                own[lin] = own.get(lin, 0) + x.nbytes
+        moments = [(lin, moment + b) for lin, b in own.items()]
+    if run.method == "oft":  # its Cayley series' backward, beyond backward_moment's
+        moments += [(lin, oft_offloaded_chain(plan, run, lin, T)) for lin in plan.block_rotated]
+    mlp = [m for lin, m in moments if set(lin.roles) & set(MLP_ROLES)]
+    other = [m for lin, m in moments if not set(lin.roles) & set(MLP_ROLES)]
+    return max(mlp, default=0), max(other, default=0)
 
 
 def frozen_forward_transient(
