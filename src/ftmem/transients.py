@@ -94,9 +94,10 @@ def offload_moment(
     arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
 ) -> int:
     """With activations offloaded, a block's backward holds one op's saved tensors, back
-    on the GPU, beside that op's own workspace: the larger of the norm's (its fp32
-    input back), the MLP's (the largest MLP item back) and attention's (its saved
-    inputs and output back, with eager attention's score gradients)."""
+    on the GPU, beside that op's own workspace: the largest of the norm's (its fp32
+    input back), the MLP's (the largest MLP item back), attention's (its saved inputs
+    and output back, with eager attention's score gradients) and a weight-rebuilding
+    adapter's own (offloaded_adapter_moments)."""
     return max(_offload_moments(arch, run, plan, block, e, T))
 
 
