@@ -1087,8 +1087,21 @@ def offloaded_forward_adapter(
             held += probs
         if "up" in lin.roles and "gate" not in lin.roles and arch.mlp == "gated":
             held += T * arch.intermediate_size * e
-        moments.append(held)
+        moments.append(held + _earlier_projections(arch, lin, e, T))
     return outside + max(moments, default=0)
+
+
+def _earlier_projections(arch: Architecture, lin: Linear, e: int, T: int) -> int:
+    """At a separate k or v projection, the outputs of the projections before it, bound
+    as the attention's locals (``query_states = self.q_proj(hidden_states)...``, then
+    k, then v: transformers 5.25 modeling_llama.py l.244-246), in the compute dtype (a
+    linear's output; peft casts its sum back to it). Measured: Llama LoRA on q and v
+    offloaded, bf16, 64-token vocabulary (the forward's peak at v_proj's scaled
+    adapter output, q and k beside it). 0 elsewhere (a fused qkv, the other layouts)."""
+    separate = not (arch.latent_attention or arch.attention_per_layer_type)
+    if not separate or arch.linear_attention is not None or lin.roles not in (("k",), ("v",)):
+        return 0
+    return T * (arch.q_size + (arch.kv_size if lin.roles == ("v",) else 0)) * e
 
 
 def _offloaded_ia3(arch: Architecture, plan: MethodPlan, e: int, T: int) -> int:
