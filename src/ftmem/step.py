@@ -80,6 +80,7 @@ from ftmem.transients import (
     offloaded_attention_forward,
     offloaded_forward_adapter,
     offloaded_own_gradients,
+    offloaded_rotary_forward,
     recompute_end_moment,
     step_in_backward,
     step_in_backward_tensors,
@@ -1197,6 +1198,7 @@ def _decoder_block(
             0 if fused else checkpointed_forward_adapter(arch, run, plan, e, T),
             0 if fused else offloaded_forward_adapter(arch, run, plan, e, T),
             offloaded_attention_forward(arch, run, plan, last_block, T),
+            offloaded_rotary_forward(arch, run, plan, T),
             MoE.forward_transient(
                 arch, T, plan.dtypes.residual_bytes, e, top_block_trains(arch, run, plan)
             )

@@ -1164,6 +1164,35 @@ def offloaded_attention_forward(
     return streams + rotary + mask + kernel + Attention.eager_workspace(arch, run)
 
 
+def offloaded_rotary_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int) -> int:
+    """With activations offloaded, transformers' ``apply_rotary_pos_emb`` at the key's
+    sum (``k_embed = (k * cos) + (rotate_half(k) * sin)``, transformers 5.25
+    modeling_llama.py l.147-148): its two products and their sum, the rotated query
+    (``q_embed``, l.147) beside them, in the tables' promoted dtype, and what Python
+    still references: the embedding output and the block's input, the input norm's
+    output, q, k and v as projected (the attention's locals, compute dtype) and rotary's
+    cos and sin. At the query's sum the three are the query's (a GQA model's query may
+    be the larger). Measured: Llama LoRA offloaded, bf16-mixed, 64-token vocabulary
+    (the forward's peak at l.148). 0 where the layout differs (a fused qkv, a partial
+    or interleaved rotary, per-head q/k norms, other frameworks' rotary code)."""
+    if not run.activation_offload or arch.position_embedding != "rotary":
+        return 0
+    traits = arch.traits
+    layout = arch.latent_attention or arch.attention_per_layer_type or arch.qk_norm
+    rotary = arch.rotary_dim is not None or traits.rotary_tables_half or traits.rotary_tables_cached
+    qkv = "qkv" in traits.names.attention or arch.linear_attention is not None
+    if layout or rotary or qkv or run.framework not in ("hf", "axolotl", "llama-factory"):
+        return 0
+    r = plan.dtypes.residual_bytes
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    tables = Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
+    held = 3 * T * arch.hidden_size * r + sum(x.nbytes for x in tables)
+    q, kv = T * arch.q_size, T * arch.kv_size
+    held += (q + 2 * kv) * e
+    p = max(e, FP32 if traits.rotary_tables_fp32 else r)
+    return held + max(3 * q * p, (q + 3 * kv) * p)
+
+
 def _forward_adapted(plan: MethodPlan) -> list[Linear]:
     """The adapted block linears whose forward moments are derived (a module of its own,
     one copy)."""
