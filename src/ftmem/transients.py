@@ -8,6 +8,7 @@ bytes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
@@ -1071,24 +1072,66 @@ def offloaded_forward_adapter(
     bound until the attention returns) are not counted."""
     if not run.activation_offload:
         return 0
-    r = plan.dtypes.residual_bytes
-    outside = 2 * T * arch.hidden_size * r + sum(
-        x.nbytes for x in Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
-    )
+    outside = _offloaded_outside(arch, run, plan, T)
     if run.method == "ia3":
         return outside + _offloaded_ia3(arch, plan, e, T)
     if run.method not in ADAPTER_METHODS:
         return 0
-    probs = run.batch_size * arch.num_heads * run.positions**2 * e if runs_eager(arch, run) else 0
-    moments = []
-    for lin in _forward_adapted(plan):
-        held = _adapted_linear_forward(arch, run, plan, lin, e, T)
-        if set(lin.roles) & set(MLP_ROLES):
-            held += probs
-        if "up" in lin.roles and "gate" not in lin.roles and arch.mlp == "gated":
-            held += T * arch.intermediate_size * e
-        moments.append(held + _earlier_projections(arch, lin, e, T))
+    moments = [
+        _adapted_linear_forward(arch, run, plan, lin, e, T)
+        + _offloaded_context(arch, run, plan, lin, e, T)
+        - LinearOp.held_inputs(arch, run, plan, lin, e, T, beside_saved=False)
+        for lin in _forward_adapted(plan)
+    ]
     return outside + max(moments, default=0)
+
+
+def offloaded_build_context(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
+) -> int:
+    """What an offloaded block's forward holds beside an adapter's weight build
+    (adapter_forward_build, whole when offloaded: it counts the build, the input's cast
+    and the output, not the input itself): the model's and the layer's locals at the
+    adapted linear (offloaded_forward_adapter's, _offloaded_context), the largest over
+    the method's linears (a bound where the largest build sits at another linear).
+    Measured: Llama HRA on q and v offloaded, bf16, 64-token vocabulary (the forward's
+    peak at v_proj's output cast, q and k beside it). 0 unless offloaded (checkpointing
+    with offload keeps its own rule)."""
+    if not run.activation_offload or run.grad_ckpt:
+        return 0
+    linears = {
+        lin
+        for f in dataclasses.fields(plan)
+        if isinstance(value := getattr(plan, f.name), tuple)
+        for lin in value
+        if isinstance(lin, Linear) and lin.copies == 1 and lin.is_module
+    }
+    contexts = [_offloaded_context(arch, run, plan, lin, e, T) for lin in linears]
+    return _offloaded_outside(arch, run, plan, T) + max(contexts, default=0)
+
+
+def _offloaded_outside(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int) -> int:
+    """The embedding output, the block's input and rotary's cos and sin
+    (offloaded_forward_adapter)."""
+    r = plan.dtypes.residual_bytes
+    return 2 * T * arch.hidden_size * r + sum(
+        x.nbytes for x in Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
+    )
+
+
+def _offloaded_context(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, lin: Linear, e: int, T: int
+) -> int:
+    """What the layer holds at one of its linears in an offloaded forward: the linear's
+    input (and the MLP's residual stream), eager attention's probabilities on the MLP
+    side, the gate's activation at a separate up projection and the projections before
+    a k or v (offloaded_forward_adapter)."""
+    held = LinearOp.held_inputs(arch, run, plan, lin, e, T, beside_saved=False)
+    if set(lin.roles) & set(MLP_ROLES) and runs_eager(arch, run):
+        held += run.batch_size * arch.num_heads * run.positions**2 * e
+    if "up" in lin.roles and "gate" not in lin.roles and arch.mlp == "gated":
+        held += T * arch.intermediate_size * e
+    return held + _earlier_projections(arch, lin, e, T)
 
 
 def _earlier_projections(arch: Architecture, lin: Linear, e: int, T: int) -> int:
