@@ -1099,14 +1099,7 @@ def offloaded_build_context(
     with offload keeps its own rule)."""
     if not run.activation_offload or run.grad_ckpt:
         return 0
-    linears = {
-        lin
-        for f in dataclasses.fields(plan)
-        if isinstance(value := getattr(plan, f.name), tuple)
-        for lin in value
-        if isinstance(lin, Linear) and lin.copies == 1 and lin.is_module
-    }
-    contexts = [_offloaded_context(arch, run, plan, lin, e, T) for lin in linears]
+    contexts = [_offloaded_context(arch, run, plan, lin, e, T) for lin in _plan_linears(plan)]
     return _offloaded_outside(arch, run, plan, T) + max(contexts, default=0)
 
 
@@ -1131,20 +1124,62 @@ def _offloaded_context(
         held += run.batch_size * arch.num_heads * run.positions**2 * e
     if "up" in lin.roles and "gate" not in lin.roles and arch.mlp == "gated":
         held += T * arch.intermediate_size * e
-    return held + _earlier_projections(arch, lin, e, T)
+    return held + _earlier_projections(arch, run, plan, lin, e, T)
 
 
-def _earlier_projections(arch: Architecture, lin: Linear, e: int, T: int) -> int:
+def _earlier_projections(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, lin: Linear, e: int, T: int
+) -> int:
     """At a separate k or v projection, the outputs of the projections before it, bound
     as the attention's locals (``query_states = self.q_proj(hidden_states)...``, then
-    k, then v: transformers 5.25 modeling_llama.py l.244-246), in the compute dtype (a
-    linear's output; peft casts its sum back to it). Measured: Llama LoRA on q and v
-    offloaded, bf16, 64-token vocabulary (the forward's peak at v_proj's scaled
-    adapter output, q and k beside it). 0 elsewhere (a fused qkv, the other layouts)."""
-    separate = not (arch.latent_attention or arch.attention_per_layer_type)
-    if not separate or arch.linear_attention is not None or lin.roles not in (("k",), ("v",)):
+    k, then v: transformers 5.25 modeling_llama.py l.244-246; _projection_outputs).
+    Measured: Llama LoRA on q and v offloaded, bf16, 64-token vocabulary (the forward's
+    peak at v_proj's scaled adapter output, q and k beside it). 0 elsewhere (a fused
+    qkv, the other layouts)."""
+    outputs = _projection_outputs(arch, run, plan, e, T)
+    if not outputs or lin.roles not in (("k",), ("v",)):
         return 0
-    return T * (arch.q_size + (arch.kv_size if lin.roles == ("v",) else 0)) * e
+    return outputs["q"] + (outputs["k"] if lin.roles == ("v",) else 0)
+
+
+# peft's adapters whose forward casts its result back to its input's dtype
+# (``previous_dtype = x.dtype`` ... ``result.to(previous_dtype)``: peft 0.21.2
+# tuners/oft/layer.py l.639/658, hra/layer.py l.246/274, loha/layer.py l.222/244,
+# lokr/layer.py l.290/312; LoRA's casts to its base layer's output dtype instead,
+# lora/layer.py l.1089/1113)
+_CAST_TO_INPUT = frozenset({"oft", "boft", "hra", "loha", "lokr"})
+
+
+def _projection_outputs(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
+) -> dict[str, int]:
+    """A layer's separate q, k and v projections' outputs: the compute dtype (a linear's
+    output; LoRA casts its sum back to it), an adapter of _CAST_TO_INPUT's in its input's,
+    the norm output's (the residual stream's dtype: fp32 under autocast over fp32
+    weights). Empty for a fused qkv and the other attention layouts."""
+    layout = arch.latent_attention or arch.attention_per_layer_type
+    if layout or arch.linear_attention is not None or "qkv" in arch.traits.names.attention:
+        return {}
+    casts = {role for lin in _plan_linears(plan) for role in lin.roles}
+    cast = run.method in _CAST_TO_INPUT
+
+    def size(role: str) -> int:
+        return plan.dtypes.residual_bytes if cast and role in casts else e
+
+    q, kv = T * arch.q_size, T * arch.kv_size
+    return {"q": q * size("q"), "k": kv * size("k"), "v": kv * size("v")}
+
+
+def _plan_linears(plan: MethodPlan) -> set[Linear]:
+    """Every block linear the plan names (whichever method's field holds it), one
+    module of one copy."""
+    return {
+        lin
+        for f in dataclasses.fields(plan)
+        if isinstance(value := getattr(plan, f.name), tuple)
+        for lin in value
+        if isinstance(lin, Linear) and lin.copies == 1 and lin.is_module
+    }
 
 
 def _offloaded_ia3(arch: Architecture, plan: MethodPlan, e: int, T: int) -> int:
@@ -1221,17 +1256,20 @@ def offloaded_rotary_forward(arch: Architecture, run: RunConfig, plan: MethodPla
     if not run.activation_offload or arch.position_embedding != "rotary":
         return 0
     traits = arch.traits
-    layout = arch.latent_attention or arch.attention_per_layer_type or arch.qk_norm
     rotary = arch.rotary_dim is not None or traits.rotary_tables_half or traits.rotary_tables_cached
-    qkv = "qkv" in traits.names.attention or arch.linear_attention is not None
-    if layout or rotary or qkv or run.framework not in ("hf", "axolotl", "llama-factory"):
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    outputs = _projection_outputs(arch, run, plan, e, T)
+    if (
+        not outputs
+        or rotary
+        or arch.qk_norm
+        or run.framework not in ("hf", "axolotl", "llama-factory")
+    ):
         return 0
     r = plan.dtypes.residual_bytes
-    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
     tables = Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
-    held = 3 * T * arch.hidden_size * r + sum(x.nbytes for x in tables)
+    held = 3 * T * arch.hidden_size * r + sum(x.nbytes for x in tables) + sum(outputs.values())
     q, kv = T * arch.q_size, T * arch.kv_size
-    held += (q + 2 * kv) * e
     p = max(e, FP32 if traits.rotary_tables_fp32 else r)
     return held + max(3 * q * p, (q + 3 * kv) * p)
 
