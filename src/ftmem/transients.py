@@ -1251,7 +1251,8 @@ def offloaded_rotary_forward(arch: Architecture, run: RunConfig, plan: MethodPla
     output, q, k and v as projected (the attention's locals, compute dtype) and rotary's
     cos and sin. At the query's sum the three are the query's (a GQA model's query may
     be the larger). Measured: Llama LoRA offloaded, bf16-mixed, 64-token vocabulary
-    (the forward's peak at l.148). 0 where the layout differs (a fused qkv, a partial
+    (the forward's peak at l.148), less the top block's weight copies autocast has not
+    cast yet (LinearOp.autocast_cache_after). 0 where the layout differs (a fused qkv, a partial
     or interleaved rotary, per-head q/k norms, other frameworks' rotary code)."""
     if not run.activation_offload or arch.position_embedding != "rotary":
         return 0
@@ -1271,7 +1272,11 @@ def offloaded_rotary_forward(arch: Architecture, run: RunConfig, plan: MethodPla
     held = 3 * T * arch.hidden_size * r + sum(x.nbytes for x in tables) + sum(outputs.values())
     q, kv = T * arch.q_size, T * arch.kv_size
     p = max(e, FP32 if traits.rotary_tables_fp32 else r)
-    return held + max(3 * q * p, (q + 3 * kv) * p)
+    # (the forward's cast cache counts every block's weight copies: the top block's
+    # o and MLP ones are cast after this moment)
+    names = arch.traits.names.attention
+    later = LinearOp.autocast_cache_after(arch, plan, (names["q"], names["k"], names["v"]))
+    return held + max(3 * q * p, (q + 3 * kv) * p) - later
 
 
 def _forward_adapted(plan: MethodPlan) -> list[Linear]:
