@@ -1145,9 +1145,14 @@ def _earlier_projections(
 # peft's adapters whose forward casts its result back to its input's dtype
 # (``previous_dtype = x.dtype`` ... ``result.to(previous_dtype)``: peft 0.21.2
 # tuners/oft/layer.py l.639/658, hra/layer.py l.246/274, loha/layer.py l.222/244,
-# lokr/layer.py l.290/312; LoRA's casts to its base layer's output dtype instead,
-# lora/layer.py l.1089/1113)
-_CAST_TO_INPUT = frozenset({"oft", "boft", "hra", "loha", "lokr"})
+# lokr/layer.py l.290/312, vera/layer.py l.254/288, fourierft/layer.py l.172/190,
+# waveft/layer.py l.270/288, randlora/layer.py l.328/345, vblora/layer.py l.236/252,
+# c3a/layer.py l.183/201, miss/layer.py l.328/374; LoRA's casts to its base layer's
+# output dtype instead, lora/layer.py l.1089/1113)
+_CAST_TO_INPUT = frozenset(
+    {"oft", "boft", "hra", "loha", "lokr", "vera", "fourierft", "waveft", "randlora"}
+    | {"vblora", "c3a", "miss"}
+)
 
 
 def _projection_outputs(
