@@ -45,6 +45,9 @@ OFFLOADED_FORWARD_CASES = [
         ("llama", "hra", "bf16"),
         ("llama", "oft", "bf16-mixed"),
         ("llama", "loha", "bf16-mixed"),
+        ("llama", "fourierft", "bf16-mixed"),
+        ("llama", "waveft", "bf16-mixed"),
+        ("llama", "randlora", "bf16-mixed"),
         ("qwen2", "lora", "bf16-mixed"),
     )
 ]
