@@ -314,8 +314,6 @@ PAIR_RULES: list[Callable[[dict[str, str]], bool]] = [
         _is(v, "--grad-ckpt", "--grad-ckpt")
         and (_is(v, "--method", "prefix-tuning", "cartridge") or _given(v, "--prefix-projection"))
     ),
-    # SHiRA's backward under offloaded activations is not modelled (measured off)
-    lambda v: _is(v, "--method", "shira") and _given(v, "--activation-offload"),
     # (ftmem models the adaption prompt's gated attention on data-parallel ranks only)
     lambda v: (
         _is(v, "--method", "adaption-prompt")

@@ -1169,11 +1169,6 @@ def shira_linears(arch: Architecture, run: RunConfig) -> tuple[Linear, ...]:
     (and tuners/shira/layer.py takes nn.Linear only: Conv1D is refused)."""
     if run.method != "shira":
         return ()
-    if run.activation_offload:  # (the tiny Llama: 1.48 MB estimated, 1.97 MB measured)
-        raise InvalidInputError(
-            "SHiRA with --activation-offload is not modelled: its backward with offloaded "
-            "activations holds more than ftmem counts (measured); drop --activation-offload."
-        )
     r, spec = run.shira
     chosen = _lycoris_linears(arch, spec, "SHiRA")
     for lin in chosen:

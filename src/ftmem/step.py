@@ -80,8 +80,10 @@ from ftmem.transients import (
     graphless_deltanet_forward,
     offload_moment,
     offloaded_attention_forward,
+    offloaded_build_context,
     offloaded_forward_adapter,
     offloaded_own_gradients,
+    offloaded_rotary_forward,
     recompute_end_moment,
     step_in_backward,
     step_in_backward_tensors,
@@ -1160,6 +1162,11 @@ def block_gradients(arch: Architecture, plan: MethodPlan) -> tuple[int, ...]:
     return tuple(by_block) if len(set(by_block[trained.start :])) > 1 else ()
 
 
+def _with_context(build: int, context: int) -> int:
+    """An adapter's forward build with what the layer holds beside it (0: no build)."""
+    return build + context if build else 0
+
+
 def _decoder_block(
     arch: Architecture,
     run: RunConfig,
@@ -1216,11 +1223,15 @@ def _decoder_block(
             # (Unsloth's forward dequantises into its kept buffer: LinearOp.dequant_buffer)
             0 if profile_of(run).dequant_buffer else dequant,
             DoRA.forward_rebuild(plan, run),
-            adapter_forward_build(arch, run, plan, e, T, bool(last_keeps), last_block),
+            _with_context(
+                adapter_forward_build(arch, run, plan, e, T, bool(last_keeps), last_block),
+                offloaded_build_context(arch, run, plan, e, T),
+            ),
             # (a fused LoRA Function adds its adapter into its output in place)
             0 if fused else checkpointed_forward_adapter(arch, run, plan, e, T),
             0 if fused else offloaded_forward_adapter(arch, run, plan, e, T),
             offloaded_attention_forward(arch, run, plan, last_block, T),
+            offloaded_rotary_forward(arch, run, plan, T),
             MoE.forward_transient(
                 arch, T, plan.dtypes.residual_bytes, e, top_block_trains(arch, run, plan)
             )

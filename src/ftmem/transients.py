@@ -8,6 +8,7 @@ bytes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
@@ -20,11 +21,13 @@ from ftmem.adapters.dora import DoRA
 from ftmem.adapters.glora import GLoRA
 from ftmem.adapters.hira import HiRA
 from ftmem.adapters.hra import HRA
+from ftmem.adapters.hra import offloaded_backward as hra_offloaded
 from ftmem.adapters.ia3 import IA3
 from ftmem.adapters.lora import LoRA
 from ftmem.adapters.lycoris import LoHa
 from ftmem.adapters.miss import MiSS
 from ftmem.adapters.oft import OFT
+from ftmem.adapters.oft import offloaded_chain as oft_offloaded_chain
 from ftmem.adapters.osf import OSF
 from ftmem.adapters.peanut import Peanut
 from ftmem.adapters.psoft import PSOFT
@@ -93,9 +96,10 @@ def offload_moment(
     arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
 ) -> int:
     """With activations offloaded, a block's backward holds one op's saved tensors, back
-    on the GPU, beside that op's own workspace: the larger of the norm's (its fp32
-    input back), the MLP's (the largest MLP item back) and attention's (its saved
-    inputs and output back, with eager attention's score gradients)."""
+    on the GPU, beside that op's own workspace: the largest of the norm's (its fp32
+    input back), the MLP's (the largest MLP item back), attention's (its saved inputs
+    and output back, with eager attention's score gradients) and a weight-rebuilding
+    adapter's own (offloaded_adapter_moments)."""
     return max(_offload_moments(arch, run, plan, block, e, T))
 
 
@@ -121,13 +125,15 @@ def offloaded_own_gradients(
     trained block, bf16-mixed, the peak at the post-attention norm's backward beside the
     MLP's gradients). May be negative for the lowest block (its largest moment is below
     the workspace the others share)."""
-    norm, mlp, attention = _offload_moments(arch, run, plan, block, e, T)
+    norm, mlp, attention, at_mlp, at_other = _offload_moments(arch, run, plan, block, e, T)
     down = min(own, _block_gradients(arch, plan, {"down"}))
     mlp_side = (
         own if arch.parallel_attn_mlp else min(own, _block_gradients(arch, plan, set(MLP_ROLES)))
     )
-    workspace = max(norm, mlp, attention)
-    moments = [mlp + down, norm + mlp_side, attention + own]
+    workspace = max(norm, mlp, attention, at_mlp, at_other)
+    # (an adapter's moment at an MLP linear beside the MLP's gradients, at another beside
+    # all of the block's: upper bounds)
+    moments = [mlp + down, norm + mlp_side, attention + own, at_mlp + mlp_side, at_other + own]
     return max(*moments, norm + own) - workspace, max(moments) - workspace
 
 
@@ -148,14 +154,62 @@ def _block_gradients(arch: Architecture, plan: MethodPlan, roles: set[str]) -> i
 
 def _offload_moments(
     arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
-) -> tuple[int, int, int]:
-    """The norm's, the MLP's and attention's moments of an offloaded block's backward."""
+) -> tuple[int, int, int, int, int]:
+    """The norm's, the MLP's and attention's moments of an offloaded block's backward, and
+    its adapters' at an MLP linear and at another (offloaded_adapter_moments)."""
     h = arch.hidden_size
     # the norm's fp32 input back, and the fp32 residual gradient arriving (measured)
     norm = Norm.backward_workspace(arch, e, T) + 2 * T * h * FP32
     norm = max(norm, QKNorm.offloaded_backward(arch, T))
     mlp = MLP.offloaded_backward(arch, run, plan, block, e, T)
-    return norm, mlp, Attention.offloaded_backward(arch, run, block)
+    attention = Attention.offloaded_backward(arch, run, block)
+    return norm, mlp, attention, *offloaded_adapter_moments(arch, run, plan, block, e, T)
+
+
+def offloaded_adapter_moments(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, block: list[Saved], e: int, T: int
+) -> tuple[int, int]:
+    """An adapter's own backward in an offloaded block, at its largest MLP linear and at
+    its largest other one (the weight-rebuilding and rotating methods:
+    _peft_other_moment's; 0 for the others, the LoRA family's offloaded moments being the
+    MLP's and attention's, measured).
+
+    Each of those methods' backward moments is counted beyond what the block kept, less
+    what its earlier nodes freed of the linear's own items; with the block's tensors on
+    the host a node holds only what it unpacked (torch 2.13 autograd/graph.py
+    save_on_cpu: ``unpack_from_cpu`` when the node reads its saved tensor, freed when the
+    node is done), one of those items at most. So a linear's moment without the block,
+    beside its own items (its input and its adapter's saved tensors, all of them) bounds
+    it: SHiRA, LoHa/LoKr/FourierFT, OFT's rotation, the others of _peft_other_moment. Where
+    a node brings back less than all of them, or a backward holds more than the
+    non-offloaded moment counts, the method's own offloaded moment: OSF's two nodes, HRA's
+    F.linear and chain steps, OFT's Cayley series (traced on one peft linear each).
+    Measured on the tiny Llama offloaded, 64-token vocabulary (the block's backward the
+    peak): 1 × 8 and 3 × 50 tokens, bf16 and bf16-mixed (calibration/notes/peft.md)."""
+    if not run.activation_offload or run.grad_ckpt:
+        return 0, 0
+    # (no block: an attention linear's moment is not lowered by the MLP side it freed)
+    moment = _peft_other_moment(arch, run, plan, [], e, T)
+    if moment is None:
+        return 0, 0
+    if run.method == "osf":  # its two nodes, each with what it unpacked
+        in_bytes = partial(LinearOp.input_bytes, plan, e=e)
+        moments = [
+            (lin, OSF.offloaded_backward(plan, run, lin, T, in_bytes(lin), e)) for lin in plan.osf
+        ]
+    elif run.method == "hra":  # F.linear's node or its chain's steps
+        moments = [(lin, hra_offloaded(plan, run, lin, T)) for lin in plan.householder]
+    else:
+        own: dict[Linear, int] = {}
+        for x in block:
+            for lin in x.linears:
+                own[lin] = own.get(lin, 0) + x.nbytes
+        moments = [(lin, moment + b) for lin, b in own.items()]
+    if run.method == "oft":  # its Cayley series' backward, beyond backward_moment's
+        moments += [(lin, oft_offloaded_chain(plan, run, lin, T)) for lin in plan.block_rotated]
+    mlp = [m for lin, m in moments if set(lin.roles) & set(MLP_ROLES)]
+    other = [m for lin, m in moments if not set(lin.roles) & set(MLP_ROLES)]
+    return max(mlp, default=0), max(other, default=0)
 
 
 def frozen_forward_transient(
@@ -1086,24 +1140,119 @@ def offloaded_forward_adapter(
     bound until the attention returns) are not counted."""
     if not run.activation_offload:
         return 0
-    r = plan.dtypes.residual_bytes
-    outside = 2 * T * arch.hidden_size * r + sum(
-        x.nbytes for x in Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
-    )
+    outside = _offloaded_outside(arch, run, plan, T)
     if run.method == "ia3":
         return outside + _offloaded_ia3(arch, plan, e, T)
     if run.method not in ADAPTER_METHODS:
         return 0
-    probs = run.batch_size * arch.num_heads * run.positions**2 * e if runs_eager(arch, run) else 0
-    moments = []
-    for lin in _forward_adapted(plan):
-        held = _adapted_linear_forward(arch, run, plan, lin, e, T)
-        if set(lin.roles) & set(MLP_ROLES):
-            held += probs
-        if "up" in lin.roles and "gate" not in lin.roles and arch.mlp == "gated":
-            held += T * arch.intermediate_size * e
-        moments.append(held)
+    moments = [
+        _adapted_linear_forward(arch, run, plan, lin, e, T)
+        + _offloaded_context(arch, run, plan, lin, e, T)
+        - LinearOp.held_inputs(arch, run, plan, lin, e, T, beside_saved=False)
+        for lin in _forward_adapted(plan)
+    ]
     return outside + max(moments, default=0)
+
+
+def offloaded_build_context(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
+) -> int:
+    """What an offloaded block's forward holds beside an adapter's weight build
+    (adapter_forward_build, whole when offloaded: it counts the build, the input's cast
+    and the output, not the input itself): the model's and the layer's locals at the
+    adapted linear (offloaded_forward_adapter's, _offloaded_context), the largest over
+    the method's linears (a bound where the largest build sits at another linear).
+    Measured: Llama HRA on q and v offloaded, bf16, 64-token vocabulary (the forward's
+    peak at v_proj's output cast, q and k beside it). 0 unless offloaded (checkpointing
+    with offload keeps its own rule)."""
+    if not run.activation_offload or run.grad_ckpt:
+        return 0
+    contexts = [_offloaded_context(arch, run, plan, lin, e, T) for lin in _plan_linears(plan)]
+    return _offloaded_outside(arch, run, plan, T) + max(contexts, default=0)
+
+
+def _offloaded_outside(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int) -> int:
+    """The embedding output, the block's input and rotary's cos and sin
+    (offloaded_forward_adapter)."""
+    r = plan.dtypes.residual_bytes
+    return 2 * T * arch.hidden_size * r + sum(
+        x.nbytes for x in Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
+    )
+
+
+def _offloaded_context(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, lin: Linear, e: int, T: int
+) -> int:
+    """What the layer holds at one of its linears in an offloaded forward: the linear's
+    input (and the MLP's residual stream), eager attention's probabilities on the MLP
+    side, the gate's activation at a separate up projection and the projections before
+    a k or v (offloaded_forward_adapter)."""
+    held = LinearOp.held_inputs(arch, run, plan, lin, e, T, beside_saved=False)
+    if set(lin.roles) & set(MLP_ROLES) and runs_eager(arch, run):
+        held += run.batch_size * arch.num_heads * run.positions**2 * e
+    if "up" in lin.roles and "gate" not in lin.roles and arch.mlp == "gated":
+        held += T * arch.intermediate_size * e
+    return held + _earlier_projections(arch, run, plan, lin, e, T)
+
+
+def _earlier_projections(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, lin: Linear, e: int, T: int
+) -> int:
+    """At a separate k or v projection, the outputs of the projections before it, bound
+    as the attention's locals (``query_states = self.q_proj(hidden_states)...``, then
+    k, then v: transformers 5.25 modeling_llama.py l.244-246; _projection_outputs).
+    Measured: Llama LoRA on q and v offloaded, bf16, 64-token vocabulary (the forward's
+    peak at v_proj's scaled adapter output, q and k beside it). 0 elsewhere (a fused
+    qkv, the other layouts)."""
+    outputs = _projection_outputs(arch, run, plan, e, T)
+    if not outputs or lin.roles not in (("k",), ("v",)):
+        return 0
+    return outputs["q"] + (outputs["k"] if lin.roles == ("v",) else 0)
+
+
+# peft's adapters whose forward casts its result back to its input's dtype
+# (``previous_dtype = x.dtype`` ... ``result.to(previous_dtype)``: peft 0.21.2
+# tuners/oft/layer.py l.639/658, hra/layer.py l.246/274, loha/layer.py l.222/244,
+# lokr/layer.py l.290/312, vera/layer.py l.254/288, fourierft/layer.py l.172/190,
+# waveft/layer.py l.270/288, randlora/layer.py l.328/345, vblora/layer.py l.236/252,
+# c3a/layer.py l.183/201, miss/layer.py l.328/374; LoRA's casts to its base layer's
+# output dtype instead, lora/layer.py l.1089/1113)
+_CAST_TO_INPUT = frozenset(
+    {"oft", "boft", "hra", "loha", "lokr", "vera", "fourierft", "waveft", "randlora"}
+    | {"vblora", "c3a", "miss"}
+)
+
+
+def _projection_outputs(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, e: int, T: int
+) -> dict[str, int]:
+    """A layer's separate q, k and v projections' outputs: the compute dtype (a linear's
+    output; LoRA casts its sum back to it), an adapter of _CAST_TO_INPUT's in its input's,
+    the norm output's (the residual stream's dtype: fp32 under autocast over fp32
+    weights). Empty for a fused qkv and the other attention layouts."""
+    layout = arch.latent_attention or arch.attention_per_layer_type
+    if layout or arch.linear_attention is not None or "qkv" in arch.traits.names.attention:
+        return {}
+    casts = {role for lin in _plan_linears(plan) for role in lin.roles}
+    cast = run.method in _CAST_TO_INPUT
+
+    def size(role: str) -> int:
+        return plan.dtypes.residual_bytes if cast and role in casts else e
+
+    q, kv = T * arch.q_size, T * arch.kv_size
+    return {"q": q * size("q"), "k": kv * size("k"), "v": kv * size("v")}
+
+
+def _plan_linears(plan: MethodPlan) -> set[Linear]:
+    """Every block linear the plan names (whichever method's field holds it), one
+    module of one copy."""
+    return {
+        lin
+        for f in dataclasses.fields(plan)
+        if isinstance(value := getattr(plan, f.name), tuple)
+        for lin in value
+        if isinstance(lin, Linear) and lin.copies == 1 and lin.is_module
+    }
 
 
 def _offloaded_ia3(arch: Architecture, plan: MethodPlan, e: int, T: int) -> int:
@@ -1164,6 +1313,43 @@ def offloaded_attention_forward(
     qk = max(e, table) if rotary else e
     kernel += sum(x.nbytes for x in block if x.kind is Kind.ATTN_QK) * qk // e
     return streams + rotary + mask + kernel + Attention.eager_workspace(arch, run)
+
+
+def offloaded_rotary_forward(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int) -> int:
+    """With activations offloaded, transformers' ``apply_rotary_pos_emb`` at the key's
+    sum (``k_embed = (k * cos) + (rotate_half(k) * sin)``, transformers 5.25
+    modeling_llama.py l.147-148): its two products and their sum, the rotated query
+    (``q_embed``, l.147) beside them, in the tables' promoted dtype, and what Python
+    still references: the embedding output and the block's input, the input norm's
+    output, q, k and v as projected (the attention's locals, compute dtype) and rotary's
+    cos and sin. At the query's sum the three are the query's (a GQA model's query may
+    be the larger). Measured: Llama LoRA offloaded, bf16-mixed, 64-token vocabulary
+    (the forward's peak at l.148), less the top block's weight copies autocast has not
+    cast yet (LinearOp.autocast_cache_after). 0 where the layout differs (a fused qkv, a partial
+    or interleaved rotary, per-head q/k norms, other frameworks' rotary code)."""
+    if not run.activation_offload or arch.position_embedding != "rotary":
+        return 0
+    traits = arch.traits
+    rotary = arch.rotary_dim is not None or traits.rotary_tables_half or traits.rotary_tables_cached
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    outputs = _projection_outputs(arch, run, plan, e, T)
+    if (
+        not outputs
+        or rotary
+        or arch.qk_norm
+        or run.framework not in ("hf", "axolotl", "llama-factory")
+    ):
+        return 0
+    r = plan.dtypes.residual_bytes
+    tables = Embedding.rotary_saved(arch, run, T, plan.dtypes.first_input_bytes)
+    held = 3 * T * arch.hidden_size * r + sum(x.nbytes for x in tables) + sum(outputs.values())
+    q, kv = T * arch.q_size, T * arch.kv_size
+    p = max(e, FP32 if traits.rotary_tables_fp32 else r)
+    # (the forward's cast cache counts every block's weight copies: the top block's
+    # o and MLP ones are cast after this moment)
+    names = arch.traits.names.attention
+    later = LinearOp.autocast_cache_after(arch, plan, (names["q"], names["k"], names["v"]))
+    return held + max(3 * q * p, (q + 3 * kv) * p) - later
 
 
 def _forward_adapted(plan: MethodPlan) -> list[Linear]:

@@ -118,6 +118,7 @@ def _matrix() -> list[Case]:
         *_dense_families_of_stop_49(),
         *_gemma4_text(),
         *_peft_rebuilds_offloaded(),
+        *_offloaded_forward(),
         *_moe_families_of_stop_49(),
         *_qwen3_5_text(),
     ]
@@ -521,13 +522,63 @@ ERNIE_BIASES = {"attention_qkv_bias": True, "attention_out_bias": True, "mlp_bia
 
 def _peft_rebuilds_offloaded() -> list[Case]:
     """peft's methods that rebuild a weight or rotate in forward, with activations offloaded:
-    the top block's build counts whole (its kept tensors are on the host, not beside it)."""
-    bf16 = ("glora", "loha", "hira", "hra", "oft", "supertuning", "psoft", "peanut", "osf")
-    mixed = ("glora", "loha", "hira", "hra", "oft")
+    the top block's build counts whole (its kept tensors are on the host, not beside it).
+    SHiRA's sparse delta goes to the host too (save_on_cpu copies any layout). One
+    sequence of 8 tokens and a 64-token vocabulary make a block's backward the peak: the
+    adapters' own offloaded moments (transients.offloaded_adapter_moments; -4 to -20 %
+    without them)."""
+    bf16 = ("glora", "loha", "hira", "hra", "oft", "supertuning", "psoft", "peanut", "osf", "shira")
+    mixed = ("glora", "loha", "hira", "hra", "oft", "shira")
+    short = {"batch_size": 1, "seq_len": 8}
     return [
-        Case("llama", {"method": m, "precision": p, "activation_offload": True})
-        for p, methods in (("bf16", bf16), ("bf16-mixed", mixed))
-        for m in methods
+        *(
+            Case("llama", {"method": m, "precision": p, "activation_offload": True})
+            for p, methods in (("bf16", bf16), ("bf16-mixed", mixed))
+            for m in methods
+        ),
+        *(
+            Case(
+                "llama",
+                {"method": m, "precision": p, "activation_offload": True, **short},
+                SMALL_VOCAB,
+            )
+            for p, methods in (
+                ("bf16", ("shira", "oft", "hra", "loha", "lokr", "osf", "hira", "boft", "waveft")),
+                ("bf16-mixed", ("shira", "oft", "hra", "loha")),
+            )
+            for m in methods
+        ),
+    ]
+
+
+# a vocabulary small enough that the loss is not the peak
+SMALL_VOCAB = {"vocab_size": 64}
+
+
+def _offloaded_forward() -> list[Case]:
+    """Activations offloaded, three sequences of 50 tokens and a 64-token vocabulary: the
+    forward's peak is a block's own, not the loss's. At a k or v projection the q (and k)
+    the attention already holds (transformers 5.25 modeling_llama.py l.244-246), at the
+    rotary's key sum the rotated query and the key's products (l.147-148), beside an
+    adapter's weight build the layer's locals (transients.offloaded_rotary_forward,
+    _earlier_projections, offloaded_build_context; -2.6 to -18 % without them). Qwen2's
+    GQA and projection biases alike. FourierFT, WaveFT and RandLoRA return their input's
+    dtype (fp32 q and v under bf16-mixed: _CAST_TO_INPUT; -4.3, -4.2 and -4.2 % without)."""
+    rows = (
+        ("llama", "lora", "bf16"),
+        ("llama", "lora", "bf16-mixed"),
+        ("llama", "full", "bf16"),
+        ("llama", "hra", "bf16"),
+        ("llama", "oft", "bf16-mixed"),
+        ("llama", "loha", "bf16-mixed"),
+        ("llama", "fourierft", "bf16-mixed"),
+        ("llama", "waveft", "bf16-mixed"),
+        ("llama", "randlora", "bf16-mixed"),
+        ("qwen2", "lora", "bf16-mixed"),
+    )
+    return [
+        Case(family, {"method": m, "precision": p, "activation_offload": True}, SMALL_VOCAB)
+        for family, m, p in rows
     ]
 
 

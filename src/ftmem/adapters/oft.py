@@ -233,3 +233,18 @@ def _autocast_backward(plan: MethodPlan, run: RunConfig, T: int) -> int:
         at_reshape = 2 * T * n * ab + square * ab - T * n * e - square * e
         held.append(at_reshape - freed + T * o * xb)
     return max(held)
+
+
+def offloaded_chain(plan: MethodPlan, run: RunConfig, lin: Linear, T: int) -> int:
+    """One OFT linear's Cayley backward with activations offloaded: the Neumann series'
+    bmm nodes each bring back their two operands beside their gradients and the sum's.
+    Traced on one peft OFT linear (bf16 base, fp32 adapter; 3, 4, 5 and 7 terms; in 96
+    and 160, 8 and 37 tokens): seven blocks-sized (blocks × side², the adapter dtype)
+    tensors at the chain's largest node beside x's gradient in the adapter dtype
+    (T·in); under autocast (fp32 base) nine in the 16-bit dtype. The exact solve (0
+    terms) and a shared block are not traced: the same count is taken."""
+    ab, cast = BYTES_PER_ELEMENT[plan.dtypes.adapter], autocast_cast(plan)
+    blocks, side = oft_blocks(lin, run)
+    made = 1 if run.oft[3] else blocks
+    square = made * side * side
+    return (9 * square * cast if cast else 7 * square * ab) + T * lin.in_features * ab

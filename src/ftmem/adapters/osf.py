@@ -198,3 +198,21 @@ class OSF:
             grad = T * lin.out_features * de if e != de else 0
             held += [grad + a + h, b + T * lin.in_features * de]
         return max(held)
+
+    @staticmethod
+    def offloaded_backward(
+        plan: MethodPlan, run: RunConfig, lin: Linear, T: int, x: int, e: int
+    ) -> int:
+        """One OSF linear's backward with activations offloaded (``x``: its input's
+        element size): each node holds what it unpacked beside what backward_moment
+        counts. The second linear's node: A and h back beside their gradients and the
+        output gradient's cast; the first's: B and the input cast (or the input itself)
+        back beside their gradients, with A's and h's made. Traced on one peft OSF linear
+        offloaded (bf16, 96 × 96, 8 tokens): the mm nodes' 119,808 B exactly; the factors'
+        MulBackward0 after them holds 10,944 B more, beside their gradients as they are
+        made, which the step counts beside this moment (offloaded_own_gradients)."""
+        de = BYTES_PER_ELEMENT[plan.dtypes.adapter]
+        a, b, h, cast = _sizes(plan, run, lin, T, x)
+        grad = T * lin.out_features * de if e != de else 0
+        first = a + h + 2 * b + T * lin.in_features * de + (cast or T * lin.in_features * x)
+        return max(grad + 2 * (a + h), first)

@@ -186,7 +186,12 @@ class HostOffload(SavedRegistry):
     """Activation offloading as torch's ``save_on_cpu`` / torchtune's OffloadActivations
     do it, emulated on the CPU: every saved tensor but the parameters is copied out of
     torch's storages (a NumPy buffer stands in for pinned host memory, which the tracker
-    does not count) and brought back as a fresh tensor when backward unpacks it."""
+    does not count) and brought back as a fresh tensor when backward unpacks it.
+
+    A sparse COO tensor (SHiRA's delta, kept by ``sparse_coo_tensor``'s node) goes to the
+    host too: ``save_on_cpu``'s pack copies any layout (torch 2.13 autograd/graph.py
+    l.403-414 ``pack_to_cpu``: ``tensor.cpu()``, or a same-layout ``torch.empty`` and
+    ``copy_``), and its unpack's ``.to(device)`` brings back its indices and values."""
 
     def __init__(self, exclude_ptrs: set[int]) -> None:
         super().__init__(exclude_ptrs)
@@ -194,6 +199,9 @@ class HostOffload(SavedRegistry):
 
     # packs to a host tuple where the base keeps the tensor: autograd takes any object
     def pack(self, t: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        if t.layout == torch.sparse_coo:
+            parts = (self.pack(t._indices()), self.pack(t._values()))
+            return ("sparse", parts, tuple(t.shape), t.is_coalesced())
         key = storage_key(t)
         if key is None or key[0] in self.exclude:
             return ("device", t)
@@ -206,6 +214,14 @@ class HostOffload(SavedRegistry):
     def unpack(packed: tuple[Any, ...]) -> torch.Tensor:  # type: ignore[override]
         if packed[0] == "device":
             return packed[1]
+        if packed[0] == "sparse":
+            _, (indices, values), shape, coalesced = packed
+            return torch.sparse_coo_tensor(
+                HostOffload.unpack(indices),
+                HostOffload.unpack(values),
+                shape,
+                is_coalesced=coalesced,
+            )
         _, host, dtype, shape, _ = packed
         if host is None:
             return torch.empty(shape, dtype=dtype)

@@ -26,7 +26,12 @@ from ftmem.adapters.supertuning import Supertuning
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import ATTENTION_ROLES, MLP_ROLES, Architecture, Linear, Param, layout
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
-from ftmem.methods import MethodPlan, experts_are_linears, router_is_linear_in_4x
+from ftmem.methods import (
+    MethodPlan,
+    TensorGroup,
+    experts_are_linears,
+    router_is_linear_in_4x,
+)
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
@@ -487,18 +492,34 @@ class LinearOp:
         (measured: x @ w.T twice under CPU autocast casts w twice, F.linear once; the tiny
         Falcon's checkpointed full finetuning, bf16-mixed, holds no block weight's copy at
         its forward's peak)."""
-        if not plan.dtypes.autocast:
-            return 0
-        views = arch.traits.linear_weight_transposed
+        return sum(g.total_numel * 2 for g in LinearOp._cached_groups(arch, plan))
+
+    @staticmethod
+    def autocast_cache_after(arch: Architecture, plan: MethodPlan, first: tuple[str, ...]) -> int:
+        """What autocast_cache holds of one block's weight copies, less those of the
+        modules named in ``first`` (the ones a block has run by a moment): the copies its
+        forward casts after that moment."""
         return sum(
-            g.total_numel * 2
+            g.numel * g.per_block * 2
+            for g in LinearOp._cached_groups(arch, plan)
+            if not g.name.startswith(tuple(f"{name}." for name in first))
+        )
+
+    @staticmethod
+    def _cached_groups(arch: Architecture, plan: MethodPlan) -> list[TensorGroup]:
+        """autocast_cache's weights (none without autocast)."""
+        if not plan.dtypes.autocast:
+            return []
+        views = arch.traits.linear_weight_transposed
+        return [
+            g
             for g in plan.groups
             if g.trainable
             and g.in_block
             and g.fmt == "fp32"
             and len(g.shape) == 2
             and (g.adapter or not views)
-        )
+        ]
 
 
 def bnb_dequant_bytes(run: RunConfig, plan: MethodPlan) -> int:
