@@ -258,9 +258,10 @@ class GatedDeltaNet:
         live before the layer, less what is live after it (its output, T·hidden·e, and
         with ``graph`` what autograd keeps: ``saved`` plus out_proj's input T·value_dim·e
         where ``weights_train``; the layer's input is the caller's). ``graph``: grad
-        mode, a stream of the input needing a gradient; without it (no_grad, a
-        checkpointed layer's first forward) nothing is kept and the transient is the
-        whole peak but the output. ``e``: the weights' bytes (2 or 4; autocast is not
+        mode, a stream of the input needing a gradient; without it (no_grad, as
+        reentrant checkpointing runs a layer's first forward; non-reentrant's first
+        forward is not measured) nothing is kept and the transient is the whole peak
+        but the output; its recompute in backward is the grad-mode forward. ``e``: the weights' bytes (2 or 4; autocast is not
         replayed). A replay of every allocation and free in order (``_forward``), not a
         fitted sum: the peak op moves with the shapes (the decayed query's product, the
         scan's per-chunk tensors, the C-wide products of strided fp32 operands), and
