@@ -269,7 +269,9 @@ class GatedDeltaNet:
         ``autocast``: fp32 weights under a 16-bit autocast (``e`` its dtype's bytes;
         ftmem's bf16-mixed): the linears' weight casts (kept: saved, or cached where
         the weight trains) and input casts, the conv's, the matmuls' casts chunk by
-        chunk. A replay of every allocation and free in order (``_forward``), not a
+        chunk; what is live after it then holds the five linears' weight casts (with
+        ``graph`` or ``weights_train``) and, with both, the input projections' input
+        casts (ops.linear's to count). A replay of every allocation and free in order (``_forward``), not a
         fitted sum: the peak op moves with the shapes (the decayed query's product, the
         scan's per-chunk tensors, the C-wide products of strided fp32 operands), and
         the replay finds it. Measured exact to the byte on the real module
