@@ -62,7 +62,7 @@ The forward's transient (``forward_transient``) and the backward's workspace
 (``backward_workspace``) are replays of the layer's allocations and frees in
 order (``_forward``, ``_backward``), matched allocation by allocation to the real module
 (tests/test_gated_deltanet_transients.py), under autocast too: each linear's and
-matmul's casts (autocast_mode.cpp ``cached_cast``: a trained weight, a leaf, is cast
+matmul's casts (torch 2.13 aten/src/ATen/autocast_mode.cpp ``cached_cast``: a trained weight, a leaf, is cast
 once and cached for the region; the conv's unsqueezed weight, a view, never), their
 gradients in 16 bits and each cast's backward to fp32.
 
@@ -265,16 +265,16 @@ class GatedDeltaNet:
         mode, a stream of the input needing a gradient; without it (no_grad, as
         reentrant checkpointing runs a layer's first forward; non-reentrant's first
         forward is not measured) nothing is kept and the transient is the whole peak
-        but the output; its recompute in backward is the grad-mode forward. ``e``: the weights' bytes (2 or 4).
-        ``autocast``: fp32 weights under a 16-bit autocast (``e`` its dtype's bytes;
+        but the output; its recompute in backward is the grad-mode forward. ``e``: the
+        weights' bytes (2 or 4). ``autocast``: fp32 weights under a 16-bit autocast (``e`` its dtype's bytes;
         ftmem's bf16-mixed): the linears' weight casts (kept: saved, or cached where
         the weight trains) and input casts, the conv's, the matmuls' casts chunk by
         chunk; what is live after it then holds the five linears' weight casts (with
         ``graph`` or ``weights_train``) and, with both, the input projections' input
-        casts (ops.linear's to count). A replay of every allocation and free in order (``_forward``), not a
-        fitted sum: the peak op moves with the shapes (the decayed query's product, the
-        scan's per-chunk tensors, the C-wide products of strided fp32 operands), and
-        the replay finds it. Measured exact to the byte on the real module
+        casts (ops.linear's to count). A replay of every allocation and free in order
+        (``_forward``), not a fitted sum: the peak op moves with the shapes (the
+        decayed query's product, the scan's per-chunk tensors, the C-wide products of
+        strided fp32 operands), and the replay finds it. Measured exact to the byte on the real module
         (tests/test_gated_deltanet_transients.py)."""
         replay = _forward(shape, batch, seq, e, graph, weights_train, autocast)
         return replay.peak - replay.live
@@ -534,7 +534,7 @@ class _ForwardRun:
 
     def _linear(self, width: int, kept: bool = False) -> _Tensor:
         """An input projection's output (``width`` features a token). Under autocast
-        (torch/csrc/autograd/autocast_mode cached_cast) first its fp32 weight's 16-bit
+        (aten/src/ATen/autocast_mode.cpp cached_cast) first its fp32 weight's 16-bit
         copy, which stays (cached for the autocast region where the weight is a leaf
         that trains, else saved where the input needs a gradient), then its fp32
         input's copy (a block's input is no leaf: not cached), saved where the weight
