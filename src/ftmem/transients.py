@@ -33,7 +33,7 @@ from ftmem.adapters.shira import Shira
 from ftmem.adapters.supertuning import Supertuning
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
-from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
 from ftmem.methods import NAMED_TRAINING_METHODS, MethodPlan, TensorGroup, experts_are_linears
 from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.context import LayerContext, bias_promotes_outputs
@@ -181,13 +181,40 @@ def frozen_forward_transient(
     return max(mlp, attn) + 4 * T * arch.hidden_size * residual
 
 
+def deltanet_model_held(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int) -> int:
+    """What the model holds beside ftmem's activations at a Gated DeltaNet block's own
+    forward or checkpointed backward moment, found at those measured peaks (the live
+    storages listed by allocation site; tests/accuracy `qwen35text-`, 8·b·s + 8·s + 16 B
+    at rotary 4): the batch's int64 input ids (T, held by the training loop from before
+    the forward to after the backward; saved by no node of a frozen embedding), the
+    model's int64 position ids (s: Qwen3_5TextModel.forward, transformers 5.25
+    modeling_qwen3_5.py l.1325-1326, ``torch.arange(s) + past_seen_tokens`` expanded as
+    a view to (4, b, s), named until the forward returns; a checkpointed block holds the
+    view ``text_position_ids`` it gets as the keyword ``position_ids``, bound in the
+    partial GradientCheckpointingLayer checkpoints, until its backward: as
+    Embedding.rotary_held's tables) and the rotary's two fp32 buffers (``inv_freq`` and
+    ``original_inv_freq``, rotary_dim / 2 each, Qwen3_5TextRotaryEmbedding.__init__
+    l.145-146: no parameters, so not among ftmem's weights). A trained embedding saves the
+    ids (Embedding.saved): then they are among the activations already."""
+    buffers = 2 * (arch.rotary_size // 2) * FP32
+    ids_saved = plan.outer_trainable or plan.embed_trainable
+    return (0 if ids_saved else T * INDEX_BYTES) + run.positions * INDEX_BYTES + buffers
+
+
 def graphless_deltanet_forward(
-    arch: Architecture, run: RunConfig, per_block: Sequence[int], e: int, residual: int, T: int
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    per_block: Sequence[int],
+    e: int,
+    residual: int,
+    T: int,
 ) -> int:
     """The forward of a Gated DeltaNet block that keeps nothing (frozen below the lowest
     trained block): its layer's peak above its end (GatedDeltaNet.forward_transient,
     without a graph) and its output, beside the embedding output, the block's input (the
-    residual) and the input norm's output, T·h each. Taken against the forward moment,
+    residual) and the input norm's output, T·h each, and what the model holds beside
+    (deltanet_model_held). Taken against the forward moment,
     which counts every block's kept tensors: those of the blocks from this one up are not
     made yet. (transformers 5.25 modeling_qwen3_5.py Qwen3_5DecoderLayer.forward,
     Qwen3_5TextModel.forward: ``hidden_states = inputs_embeds`` stays named.)"""
@@ -196,9 +223,11 @@ def graphless_deltanet_forward(
     if linear is None or lin_attn is None:
         return 0
     shape, h, b = lin_attn.shape(arch.hidden_size), arch.hidden_size, run.batch_size
-    transient = GatedDeltaNet.forward_transient(shape, b, T // b, e, graph=False)
+    autocast = plan.dtypes.autocast  # (fp32 weights, e the autocast dtype's bytes)
+    transient = GatedDeltaNet.forward_transient(shape, b, T // b, e, False, autocast=autocast)
+    held = deltanet_model_held(arch, run, plan, T)
     moments = [
-        transient + T * h * e + (3 if i else 2) * T * h * residual - sum(per_block[i:])
+        transient + T * h * e + (3 if i else 2) * T * h * residual + held - sum(per_block[i:])
         for i in sorted(linear.indices)
         if not per_block[i]
     ]
@@ -220,7 +249,8 @@ def deltanet_backward_moments(
     freed_before_attention), plus the layer's backward peak above its start
     (GatedDeltaNet.backward_workspace: an input needing a gradient, as checkpointing
     makes every block's; its outgoing gradient counted) and the gradient coming into
-    the layer (T·h·e, held by its caller). () unless checkpointed. The layer's weights
+    the layer (T·h·e, held by its caller), and what the model holds beside
+    (deltanet_model_held). () unless checkpointed. The layer's weights
     frozen and none of its projections adapted, without autocast (else
     refused, ops.gated_deltanet.refuse_graphless_deltanet: with trained weights the
     replay's workspace leaves the tiny checkpointed full and freeze steps 2.0-2.3 %
@@ -242,8 +272,10 @@ def deltanet_backward_moments(
             out.append(0)
             continue
         items, weights_train = kept
-        own = GatedDeltaNet.backward_workspace(shape, b, T // b, e, weights_train)
-        own += T * h * e
+        own = GatedDeltaNet.backward_workspace(
+            shape, b, T // b, e, weights_train, autocast=plan.dtypes.autocast
+        )
+        own += T * h * e + deltanet_model_held(arch, run, plan, T)
         out.append(own - freed_before_attention(arch, items) - workspace)
     return tuple(out)
 
