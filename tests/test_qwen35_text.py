@@ -178,7 +178,7 @@ UNMEASURED = {
     "tensor parallel": ("--method", "full", "--gpus", "2", "--tp", "2"),
     "data parallel": ("--method", "full", "--gpus", "2"),
     "some in_proj": ("--method", "lora", "--lora-targets", "in_proj_qkv,q_proj", "--lora-r", "2"),
-    # (a Gated DeltaNet block's backward workspace, autocast's forward transient: not yet)
+    # (a checkpointed Gated DeltaNet block whose weights or projections train: not yet)
     "checkpointed": ("--method", "full", "--grad-ckpt"),
     "checkpointed, adapted": (
         "--method",
@@ -189,13 +189,14 @@ UNMEASURED = {
         "2",
         "--grad-ckpt",
     ),
-    "frozen under autocast": (
+    "checkpointed and trained under autocast": (
         "--method",
         "freeze",
         "--trainable-layers",
-        "1",
+        "3",
         "--precision",
         "bf16-mixed",
+        "--grad-ckpt",
     ),
 }
 

@@ -250,8 +250,10 @@ def deltanet_backward_moments(
     (GatedDeltaNet.backward_workspace: an input needing a gradient, as checkpointing
     makes every block's; its outgoing gradient counted) and the gradient coming into
     the layer (T·h·e, held by its caller), and what the model holds beside
-    (deltanet_model_held). () unless checkpointed. The layer's weights
-    frozen and none of its projections adapted, without autocast (else
+    (deltanet_model_held). () unless checkpointed. The incoming gradient is the
+    residual stream's (fp32 under autocast, measured: T·h·2 B short with the layer's
+    16-bit output's). The layer's weights frozen and none of its projections adapted
+    (else
     refused, ops.gated_deltanet.refuse_graphless_deltanet: with trained weights the
     replay's workspace leaves the tiny checkpointed full and freeze steps 2.0-2.3 %
     under the measured peak, 27-147 KB beyond the MLP's weight gradients made before
@@ -275,7 +277,7 @@ def deltanet_backward_moments(
         own = GatedDeltaNet.backward_workspace(
             shape, b, T // b, e, weights_train, autocast=plan.dtypes.autocast
         )
-        own += T * h * e + deltanet_model_held(arch, run, plan, T)
+        own += T * h * plan.dtypes.residual_bytes + deltanet_model_held(arch, run, plan, T)
         out.append(own - freed_before_attention(arch, items) - workspace)
     return tuple(out)
 
