@@ -211,13 +211,18 @@ def graphless_deltanet_forward(
     T: int,
 ) -> int:
     """The forward of a Gated DeltaNet block that keeps nothing (frozen below the lowest
-    trained block): its layer's peak above its end (GatedDeltaNet.forward_transient,
-    without a graph) and its output, beside the embedding output, the block's input (the
-    residual) and the input norm's output, T·h each, and what the model holds beside
-    (deltanet_model_held). Taken against the forward moment,
-    which counts every block's kept tensors: those of the blocks from this one up are not
-    made yet. (transformers 5.25 modeling_qwen3_5.py Qwen3_5DecoderLayer.forward,
-    Qwen3_5TextModel.forward: ``hidden_states = inputs_embeds`` stays named.)"""
+    trained block, or checkpointed: its first forward): its layer's peak above its end
+    (GatedDeltaNet.forward_transient, without a graph) and its output, beside the
+    embedding output, the block's input (the residual) and the input norm's output, T·h
+    each, and what the model holds beside (deltanet_model_held). Taken against the
+    forward moment, which counts every block's kept tensors: those of the blocks from
+    this one up are not made yet. Checkpointed, each block keeps its input, block 0's
+    the embedding output (so not counted again). (transformers 5.25 modeling_qwen3_5.py
+    Qwen3_5DecoderLayer.forward, Qwen3_5TextModel.forward: ``hidden_states =
+    inputs_embeds`` stays named.) Under autocast with checkpointing the forward moment
+    counts every trained fp32 weight's cached 16-bit cast (LinearOp.autocast_cache),
+    those of the blocks above not made yet: over by them (LoRA q,v r 4 on the tiny
+    model: 2,304 B)."""
     linear = arch.linear_attention_blocks
     lin_attn = arch.linear_attention
     if linear is None or lin_attn is None:
@@ -226,10 +231,17 @@ def graphless_deltanet_forward(
     autocast = plan.dtypes.autocast  # (fp32 weights, e the autocast dtype's bytes)
     transient = GatedDeltaNet.forward_transient(shape, b, T // b, e, False, autocast=autocast)
     held = deltanet_model_held(arch, run, plan, T)
+    kept, named = list(per_block), [3 if i else 2 for i in range(len(per_block))]
+    if run.grad_ckpt:
+        # every block keeps its input only (block 0's: the embedding output), and its
+        # first forward builds no graph: the block's input and norm output beside
+        first = T * h * plan.dtypes.first_input_bytes
+        kept = [first if i == 0 else T * h * residual for i in range(len(per_block))]
+        named = [2] * len(per_block)
     moments = [
-        transient + T * h * e + (3 if i else 2) * T * h * residual + held - sum(per_block[i:])
+        transient + T * h * e + named[i] * T * h * residual + held - sum(kept[i:])
         for i in sorted(linear.indices)
-        if not per_block[i]
+        if run.grad_ckpt or not per_block[i]
     ]
     return max(moments, default=0)
 
