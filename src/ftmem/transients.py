@@ -38,7 +38,11 @@ from ftmem.methods import NAMED_TRAINING_METHODS, MethodPlan, TensorGroup, exper
 from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.context import LayerContext, bias_promotes_outputs
 from ftmem.ops.embedding import Embedding
-from ftmem.ops.gated_deltanet import GatedDeltaNet, refuse_graphless_deltanet
+from ftmem.ops.gated_deltanet import (
+    GatedDeltaNet,
+    refuse_graphless_deltanet,
+    refuse_trained_accumulation,
+)
 from ftmem.ops.linear import LinearOp
 from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
@@ -264,34 +268,58 @@ def deltanet_backward_moments(
     the layer (T·h·e, held by its caller), and what the model holds beside
     (deltanet_model_held). () unless checkpointed. The incoming gradient is the
     residual stream's (fp32 under autocast, measured: T·h·2 B short with the layer's
-    16-bit output's). The layer's weights frozen and none of its projections adapted
-    (else
-    refused, ops.gated_deltanet.refuse_graphless_deltanet: with trained weights the
-    replay's workspace leaves the tiny checkpointed full and freeze steps 2.0-2.3 %
-    under the measured peak, 27-147 KB beyond the MLP's weight gradients made before
-    the layer's backward; not found yet)."""
+    16-bit output's). Where the block trains, the gradients its MLP side made before
+    (_mlp_side_gradients). None of the layer's projections adapted (else refused,
+    ops.gated_deltanet.refuse_graphless_deltanet)."""
     if not run.grad_ckpt or not any(kept is not None for kept in linear_items):
         return ()
     lin_attn = arch.linear_attention
     assert lin_attn is not None
     mixer = [lin for lin in layout(arch).linears if lin.roles == ("linear_attention",)]
-    adapted = any(lin.module in {a.module for a in plan.adapted} for lin in mixer)
-    trained = any(kept is not None and kept[1] for kept in linear_items)
-    if adapted or trained:
+    if any(lin.module in {a.module for a in plan.adapted} for lin in mixer):
         refuse_graphless_deltanet(arch)
+    if run.grad_accum > 1 and any(kept is not None and kept[1] for kept in linear_items):
+        refuse_trained_accumulation(arch)
     shape, b, h = lin_attn.shape(arch.hidden_size), run.batch_size, arch.hidden_size
+    L, mlp_grads = len(linear_items), _mlp_side_gradients(arch, run, plan)
     out = []
-    for kept in linear_items:
+    for i, kept in enumerate(linear_items):
         if kept is None:
             out.append(0)
             continue
         items, weights_train = kept
+        own_grads = mlp_grads if i >= L - plan.trainable_blocks else 0
         own = GatedDeltaNet.backward_workspace(
             shape, b, T // b, e, weights_train, autocast=plan.dtypes.autocast
         )
         own += T * h * plan.dtypes.residual_bytes + deltanet_model_held(arch, run, plan, T)
+        own += own_grads
         out.append(own - freed_before_attention(arch, items) - workspace)
     return tuple(out)
+
+
+def _mlp_side_gradients(arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:
+    """The gradients a trained block's MLP side has made when its attention's backward
+    starts (the MLP's linears' and adapters', the post-attention norm's weight): the
+    timeline counts a block's own gradients from after its backward (phases
+    ._blocks_backward), these exist before its Gated DeltaNet layer's backward
+    (measured: the tiny checkpointed full and freeze steps exactly these 36,992 B short
+    in bf16, LoRA on the MLP its adapters' 7,680 B in fp32). None new under gradient
+    accumulation: every gradient exists already (measured where the blocks' weights are
+    frozen; refused where they train, refuse_trained_accumulation)."""
+    if run.grad_accum > 1:
+        return 0
+    modules = tuple(
+        p.module + "."
+        for p in layout(arch).block
+        if (p.kind in ("linear", "linear_bias") and set(p.roles) <= set(MLP_ROLES))
+        or (p.kind == "norm" and p.module == "post_attention_layernorm")
+    )
+    return sum(
+        g.grad_bytes
+        for g in plan.groups
+        if g.trainable and g.in_block and g.name.startswith(modules)
+    )
 
 
 def freed_before_attention(arch: Architecture, block: Iterable[Saved]) -> int:

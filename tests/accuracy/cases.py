@@ -149,9 +149,9 @@ def _qwen3_5_text() -> list[Case]:
     gradient), QLoRA, freeze above a frozen full-attention block, frozen Gated DeltaNet
     blocks below the lowest trained one. peft 0.21.2 has no default targets for
     qwen3_5_text: every LoRA case names them; checkpointed with LoRA off the Gated
-    DeltaNet layers, also under autocast. Not here (refused:
-    ops.gated_deltanet.refuse_graphless_deltanet): checkpointed Gated DeltaNet blocks whose
-    weights or projections train."""
+    DeltaNet layers, also under autocast; checkpointed with the Gated DeltaNet layers'
+    weights trained. Not here (refused: ops.gated_deltanet.refuse_graphless_deltanet):
+    checkpointed Gated DeltaNet blocks whose projections carry LoRA."""
     every = {"lora_targets": "all-linear", "lora_r": 4}
     mixer = {"lora_targets": "in_proj_qkv,in_proj_z,in_proj_b,in_proj_a,out_proj", "lora_r": 4}
     qv = {"lora_targets": "q_proj,v_proj", "lora_r": 4}
@@ -238,6 +238,20 @@ def _qwen3_5_text() -> list[Case]:
         Qwen35Case(
             "qwen3_5_text",
             {"method": "lora", "precision": "bf16-mixed", "grad_ckpt": True, "seq_len": 130, **qv},
+        ),
+        # checkpointed Gated DeltaNet blocks whose weights train: the trained replay
+        # (backward_workspace(weights_train=True)) beside the MLP side's gradients
+        Qwen35Case("qwen3_5_text", {"method": "full", "precision": "bf16", "grad_ckpt": True}),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "full", "precision": "fp32", "grad_ckpt": True, "seq_len": 130},
+        ),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "freeze", "trainable_layers": 2, "precision": "bf16", "grad_ckpt": True},
+        ),
+        Qwen35Case(
+            "qwen3_5_text", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}
         ),
     ]
 

@@ -17,9 +17,9 @@ the order (LoRA on q_proj and v_proj trains from the lowest full-attention layer
 Training steps are estimated for what was measured (ops.gated_deltanet.refuse_training:
 full, freeze, LoRA, QLoRA in fp32, bf16 and bf16-mixed on one GPU; tests/accuracy/cases.py
 _qwen3_5_text); a Gated DeltaNet block that keeps nothing in forward (frozen below the
-lowest trained block) and a checkpointed one with frozen weights are placed by their
-forward transient and backward workspace (helper gdn's replays, autocast included); a
-checkpointed one whose weights or projections train is refused (calibration/notes/peft.md,
+lowest trained block) and a checkpointed one are placed by their forward transient and
+backward workspace (helper gdn's replays, autocast included); a checkpointed one whose
+projections carry LoRA is refused (calibration/notes/peft.md,
 "Ordered block walk (stop 50, helper order)" and its continuation).
 
 The multi-token-prediction layers (``mtp_*`` in config.json, ``mtp.*`` weights) are not
