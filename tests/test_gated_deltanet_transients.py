@@ -14,12 +14,13 @@ tracker's.
 from __future__ import annotations
 
 import gc
+import os
 
 import pytest
 
 from ftmem.dtypes import FP32
 from ftmem.ops import gated_deltanet
-from ftmem.ops.gated_deltanet import DeltaNetShape, GatedDeltaNet
+from ftmem.ops.gated_deltanet import CHUNK, DeltaNetShape, GatedDeltaNet
 from tests.test_gated_deltanet import SEQS, SHAPES, _module
 
 torch = pytest.importorskip("torch")
@@ -35,6 +36,18 @@ MODES = {
     "trained": (True, True, True),
     "trained-input-without-grad": (True, True, False),
 }
+# Past one chunk, where the chunks' mechanisms are, Qwen3-Next's fused projections and
+# an input without gradient (both differ from the rest only before the delta rule, which
+# one chunk exercises) run under FTMEM_SLOW only (CI time)
+GRID = [
+    (seq, name, mode)
+    for seq in SEQS
+    for name in sorted(SHAPES)
+    for mode in sorted(MODES)
+    if os.environ.get("FTMEM_SLOW")
+    or seq <= CHUNK
+    or not (SHAPES[name].fused or mode == "trained-input-without-grad")
+]
 
 
 class Run:
@@ -47,18 +60,26 @@ class Run:
         from ftmem.measure.tracker import LiveBytesTracker
 
         graph, weights_train, x_grad = MODES[mode]
+        autocast = precision == "bf16-autocast"
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         module = _module(shape, dtype, weights_train)
         x = torch.randn(B, seq, shape.hidden, dtype=dtype, requires_grad=x_grad)
+        if autocast and x_grad:
+            # a block's input is no leaf: autocast caches no cast of it (a view: its
+            # backward allocates nothing)
+            with torch.enable_grad():
+                x = x.view(x.shape)
         events: list[tuple[str, int]] = []
+        region = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
         with LiveBytesTracker(events) as tracker, torch.set_grad_enabled(graph):
             tracker.track(x, *module.parameters())
-            start, skip = tracker.current, len(events)
-            tracker.reset_peak()
-            y = module(x)
-            gc.collect()
-            self.forward_peak, self.end = tracker.peak - start, tracker.current - start
-            self.forward_events = _sized(events, skip)
+            with region:  # (the forward's end is measured inside it: its cache held)
+                start, skip = tracker.current, len(events)
+                tracker.reset_peak()
+                y = module(x)
+                gc.collect()
+                self.forward_peak, self.end = tracker.peak - start, tracker.current - start
+                self.forward_events = _sized(events, skip)
             if graph:
                 grad = torch.ones_like(y)
                 start, skip = tracker.current, len(events)
@@ -67,6 +88,7 @@ class Run:
                 gc.collect()
                 self.backward_peak = tracker.peak - start
                 self.backward_events = _sized(events, skip)
+                self.backward_net = tracker.current - start
                 del grad
         del y
 
@@ -77,10 +99,8 @@ def _sized(events: list[tuple[str, int]], skip: int) -> list[tuple[str, int]]:
     return [(op, value if op == "alloc" else sizes[value]) for op, value in events[skip:]]
 
 
-@pytest.mark.parametrize("shape_name", sorted(SHAPES))
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("mode", sorted(MODES))
-@pytest.mark.parametrize("seq", SEQS)
+@pytest.mark.parametrize(("seq", "shape_name", "mode"), GRID)
 def test_the_replays_are_the_modules_run(shape_name, precision, mode, seq):
     shape = SHAPES[shape_name]
     graph, weights_train, x_grad = MODES[mode]
@@ -110,6 +130,56 @@ def test_the_replays_are_the_modules_run(shape_name, precision, mode, seq):
     made = T * shape.hidden * e if x_grad else 0
     made += sum(GatedDeltaNet.layer_parameters(shape).values()) * e if weights_train else 0
     assert replay.live == made - saved  # (every saved tensor freed, the gradients kept)
+
+
+@pytest.mark.parametrize(("seq", "shape_name", "mode"), GRID)
+def test_under_autocast_the_replays_are_the_modules_run(shape_name, mode, seq):
+    """fp32 weights under a bf16 autocast (ftmem's bf16-mixed), the layer's input no
+    leaf, as in a block; the backward outside the autocast region, as a training loop
+    runs it (the cache of the trained weights' casts cleared before it)."""
+    shape = SHAPES[shape_name]
+    graph, weights_train, x_grad = MODES[mode]
+    T, e = B * seq, 2
+    run = Run(shape, "bf16-autocast", seq, mode)
+
+    transient = GatedDeltaNet.forward_transient(
+        shape, B, seq, e, graph, weights_train, autocast=True
+    )
+    assert transient == run.forward_peak - run.end
+    replay = gated_deltanet._forward(shape, B, seq, e, graph, weights_train, autocast=True)
+    assert replay.log == run.forward_events
+    # what stays: the output; in grad mode what autograd keeps (saved, with the conv
+    # weight's cast) and the linears' 16-bit weights (saved for the input's gradient,
+    # or cached where they train) and, where the weights train, their 16-bit inputs
+    params = GatedDeltaNet.layer_parameters(shape)
+    linears = [name for name in params if "proj" in name]
+    kept = 0
+    if graph or weights_train:
+        kept += sum(params[name] for name in linears) * e
+    if graph:
+        kept += sum(x.nbytes for x in GatedDeltaNet.saved(shape, B, seq, e, weights_train, True))
+    if graph and weights_train:  # each input projection's input cast, out_proj's input
+        kept += (len(linears) - 1) * T * shape.hidden * e + T * shape.value_dim * e
+    assert run.end == T * shape.hidden * e + kept
+    if not graph:
+        return
+
+    # backward: the casts' gradients made in 16 bits, then each cast's backward to fp32
+    # (the parameters' gradients are fp32)
+    workspace = GatedDeltaNet.backward_workspace(
+        shape, B, seq, e, weights_train, x_grad, autocast=True
+    )
+    assert workspace == run.backward_peak
+    replay = gated_deltanet._backward(shape, B, seq, e, weights_train, x_grad, autocast=True)
+    assert replay.log == run.backward_events
+    made = T * shape.hidden * FP32 if x_grad else 0  # (the block's input is fp32)
+    made += sum(params.values()) * FP32 if weights_train else 0
+    # every tensor the forward kept is freed, but the input projections' weight casts
+    # of an input without gradient: only autocast's cache held them, and it is gone
+    freed = kept
+    if not x_grad:
+        freed -= sum(params[name] for name in linears if name != "out_proj") * e
+    assert run.backward_net == replay.live == made - freed
 
 
 def test_the_no_grad_peak_is_the_decayed_querys_product():

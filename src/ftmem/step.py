@@ -35,7 +35,7 @@ from ftmem.ops import loss_requests
 from ftmem.ops.attention import Attention, runs_eager, sliding_window_mask
 from ftmem.ops.context import BlockState
 from ftmem.ops.embedding import Embedding
-from ftmem.ops.gated_deltanet import refuse_graphless_deltanet, refuse_training
+from ftmem.ops.gated_deltanet import refuse_training
 from ftmem.ops.linear import LinearOp, all_adapters_fused
 from ftmem.ops.loss import FusedHead, HeldLogitsHead, Loss, PreferenceLoss, held_logits_head
 from ftmem.ops.mlp import MLP
@@ -680,8 +680,6 @@ def _block_activations(
             own_input = compiled_layers(run) or profile_of(run).kernel_rms_norm
             reused = Norm.recompute_reuses_input(shape, plan, cache[key], T, own_input)
             previous_rebuilt = previous_sum - reused
-        if key[4] and (not previous_sum or run.grad_ckpt) and plan.dtypes.autocast:
-            refuse_graphless_deltanet(arch)
         if linear is not None:
             linear_items.append((tuple(cache[key]), st.weights_trainable) if key[4] else None)
         per_block.append(previous_sum)
@@ -1243,7 +1241,7 @@ def _decoder_block(
             if not last_keeps or run.activation_offload or run.grad_ckpt
             else 0,
             graphless_deltanet_forward(
-                arch, run, blocks.per_block, e, plan.dtypes.residual_bytes, T
+                arch, run, plan, blocks.per_block, e, plan.dtypes.residual_bytes, T
             ),
             cross_forward,
         ),

@@ -36,12 +36,16 @@ from ftmem.adapters.shira import Shira
 from ftmem.adapters.supertuning import Supertuning
 from ftmem.adapters.vera import VeRA
 from ftmem.arch import MLP_ROLES, Architecture, Linear, layout
-from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
+from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INDEX_BYTES
 from ftmem.methods import NAMED_TRAINING_METHODS, MethodPlan, TensorGroup, experts_are_linears
 from ftmem.ops.attention import Attention, runs_eager
 from ftmem.ops.context import LayerContext, bias_promotes_outputs
 from ftmem.ops.embedding import Embedding
-from ftmem.ops.gated_deltanet import GatedDeltaNet, refuse_graphless_deltanet
+from ftmem.ops.gated_deltanet import (
+    GatedDeltaNet,
+    refuse_graphless_deltanet,
+    refuse_trained_accumulation,
+)
 from ftmem.ops.linear import LinearOp
 from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
@@ -235,26 +239,67 @@ def frozen_forward_transient(
     return max(mlp, attn) + 4 * T * arch.hidden_size * residual
 
 
+def deltanet_model_held(arch: Architecture, run: RunConfig, plan: MethodPlan, T: int) -> int:
+    """What the model holds beside ftmem's activations at a Gated DeltaNet block's own
+    forward or checkpointed backward moment, found at those measured peaks (the live
+    storages listed by allocation site; tests/accuracy `qwen35text-`, 8·b·s + 8·s + 16 B
+    at rotary 4): the batch's int64 input ids (T, held by the training loop from before
+    the forward to after the backward; saved by no node of a frozen embedding), the
+    model's int64 position ids (s: Qwen3_5TextModel.forward, transformers 5.25
+    modeling_qwen3_5.py l.1325-1326, ``torch.arange(s) + past_seen_tokens`` expanded as
+    a view to (4, b, s), named until the forward returns; a checkpointed block holds the
+    view ``text_position_ids`` it gets as the keyword ``position_ids``, bound in the
+    partial GradientCheckpointingLayer checkpoints, until its backward: as
+    Embedding.rotary_held's tables) and the rotary's two fp32 buffers (``inv_freq`` and
+    ``original_inv_freq``, rotary_dim / 2 each, Qwen3_5TextRotaryEmbedding.__init__
+    l.145-146: no parameters, so not among ftmem's weights). A trained embedding saves the
+    ids (Embedding.saved): then they are among the activations already."""
+    buffers = 2 * (arch.rotary_size // 2) * FP32
+    ids_saved = plan.outer_trainable or plan.embed_trainable
+    return (0 if ids_saved else T * INDEX_BYTES) + run.positions * INDEX_BYTES + buffers
+
+
 def graphless_deltanet_forward(
-    arch: Architecture, run: RunConfig, per_block: Sequence[int], e: int, residual: int, T: int
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    per_block: Sequence[int],
+    e: int,
+    residual: int,
+    T: int,
 ) -> int:
     """The forward of a Gated DeltaNet block that keeps nothing (frozen below the lowest
-    trained block): its layer's peak above its end (GatedDeltaNet.forward_transient,
-    without a graph) and its output, beside the embedding output, the block's input (the
-    residual) and the input norm's output, T·h each. Taken against the forward moment,
-    which counts every block's kept tensors: those of the blocks from this one up are not
-    made yet. (transformers 5.25 modeling_qwen3_5.py Qwen3_5DecoderLayer.forward,
-    Qwen3_5TextModel.forward: ``hidden_states = inputs_embeds`` stays named.)"""
+    trained block, or checkpointed: its first forward): its layer's peak above its end
+    (GatedDeltaNet.forward_transient, without a graph) and its output, beside the
+    embedding output, the block's input (the residual) and the input norm's output, T·h
+    each, and what the model holds beside (deltanet_model_held). Taken against the
+    forward moment, which counts every block's kept tensors: those of the blocks from
+    this one up are not made yet. Checkpointed, each block keeps its input, block 0's
+    the embedding output (so not counted again). (transformers 5.25 modeling_qwen3_5.py
+    Qwen3_5DecoderLayer.forward, Qwen3_5TextModel.forward: ``hidden_states =
+    inputs_embeds`` stays named.) Under autocast with checkpointing the forward moment
+    counts every trained fp32 weight's cached 16-bit cast (LinearOp.autocast_cache),
+    those of the blocks above not made yet: over by them (LoRA q,v r 4 on the tiny
+    model: 2,304 B)."""
     linear = arch.linear_attention_blocks
     lin_attn = arch.linear_attention
     if linear is None or lin_attn is None:
         return 0
     shape, h, b = lin_attn.shape(arch.hidden_size), arch.hidden_size, run.batch_size
-    transient = GatedDeltaNet.forward_transient(shape, b, T // b, e, graph=False)
+    autocast = plan.dtypes.autocast  # (fp32 weights, e the autocast dtype's bytes)
+    transient = GatedDeltaNet.forward_transient(shape, b, T // b, e, False, autocast=autocast)
+    held = deltanet_model_held(arch, run, plan, T)
+    kept, named = list(per_block), [3 if i else 2 for i in range(len(per_block))]
+    if run.grad_ckpt:
+        # every block keeps its input only (block 0's: the embedding output), and its
+        # first forward builds no graph: the block's input and norm output beside
+        first = T * h * plan.dtypes.first_input_bytes
+        kept = [first if i == 0 else T * h * residual for i in range(len(per_block))]
+        named = [2] * len(per_block)
     moments = [
-        transient + T * h * e + (3 if i else 2) * T * h * residual - sum(per_block[i:])
+        transient + T * h * e + named[i] * T * h * residual + held - sum(kept[i:])
         for i in sorted(linear.indices)
-        if not per_block[i]
+        if run.grad_ckpt or not per_block[i]
     ]
     return max(moments, default=0)
 
@@ -274,32 +319,61 @@ def deltanet_backward_moments(
     freed_before_attention), plus the layer's backward peak above its start
     (GatedDeltaNet.backward_workspace: an input needing a gradient, as checkpointing
     makes every block's; its outgoing gradient counted) and the gradient coming into
-    the layer (T·h·e, held by its caller). () unless checkpointed. The layer's weights
-    frozen and none of its projections adapted, without autocast (else
-    refused, ops.gated_deltanet.refuse_graphless_deltanet: with trained weights the
-    replay's workspace leaves the tiny checkpointed full and freeze steps 2.0-2.3 %
-    under the measured peak, 27-147 KB beyond the MLP's weight gradients made before
-    the layer's backward; not found yet)."""
+    the layer (T·h·e, held by its caller), and what the model holds beside
+    (deltanet_model_held). () unless checkpointed. The incoming gradient is the
+    residual stream's (fp32 under autocast, measured: T·h·2 B short with the layer's
+    16-bit output's). Where the block trains, the gradients its MLP side made before
+    (_mlp_side_gradients). None of the layer's projections adapted (else refused,
+    ops.gated_deltanet.refuse_graphless_deltanet)."""
     if not run.grad_ckpt or not any(kept is not None for kept in linear_items):
         return ()
     lin_attn = arch.linear_attention
     assert lin_attn is not None
     mixer = [lin for lin in layout(arch).linears if lin.roles == ("linear_attention",)]
-    adapted = any(lin.module in {a.module for a in plan.adapted} for lin in mixer)
-    trained = any(kept is not None and kept[1] for kept in linear_items)
-    if adapted or trained:
+    if any(lin.module in {a.module for a in plan.adapted} for lin in mixer):
         refuse_graphless_deltanet(arch)
+    if run.grad_accum > 1 and any(kept is not None and kept[1] for kept in linear_items):
+        refuse_trained_accumulation(arch)
     shape, b, h = lin_attn.shape(arch.hidden_size), run.batch_size, arch.hidden_size
+    L, mlp_grads = len(linear_items), _mlp_side_gradients(arch, run, plan)
     out = []
-    for kept in linear_items:
+    for i, kept in enumerate(linear_items):
         if kept is None:
             out.append(0)
             continue
         items, weights_train = kept
-        own = GatedDeltaNet.backward_workspace(shape, b, T // b, e, weights_train)
-        own += T * h * e
+        own_grads = mlp_grads if i >= L - plan.trainable_blocks else 0
+        own = GatedDeltaNet.backward_workspace(
+            shape, b, T // b, e, weights_train, autocast=plan.dtypes.autocast
+        )
+        own += T * h * plan.dtypes.residual_bytes + deltanet_model_held(arch, run, plan, T)
+        own += own_grads
         out.append(own - freed_before_attention(arch, items) - workspace)
     return tuple(out)
+
+
+def _mlp_side_gradients(arch: Architecture, run: RunConfig, plan: MethodPlan) -> int:
+    """The gradients a trained block's MLP side has made when its attention's backward
+    starts (the MLP's linears' and adapters', the post-attention norm's weight): the
+    timeline counts a block's own gradients from after its backward (phases
+    ._blocks_backward), these exist before its Gated DeltaNet layer's backward
+    (measured: the tiny checkpointed full and freeze steps exactly these 36,992 B short
+    in bf16, LoRA on the MLP its adapters' 7,680 B in fp32). None new under gradient
+    accumulation: every gradient exists already (measured where the blocks' weights are
+    frozen; refused where they train, refuse_trained_accumulation)."""
+    if run.grad_accum > 1:
+        return 0
+    modules = tuple(
+        p.module + "."
+        for p in layout(arch).block
+        if (p.kind in ("linear", "linear_bias") and set(p.roles) <= set(MLP_ROLES))
+        or (p.kind == "norm" and p.module == "post_attention_layernorm")
+    )
+    return sum(
+        g.grad_bytes
+        for g in plan.groups
+        if g.trainable and g.in_block and g.name.startswith(modules)
+    )
 
 
 def freed_before_attention(arch: Architecture, block: Iterable[Saved]) -> int:

@@ -150,9 +150,9 @@ def _qwen3_5_text() -> list[Case]:
     gradient), QLoRA, freeze above a frozen full-attention block, frozen Gated DeltaNet
     blocks below the lowest trained one. peft 0.21.2 has no default targets for
     qwen3_5_text: every LoRA case names them; checkpointed with LoRA off the Gated
-    DeltaNet layers. Not here (refused: ops.gated_deltanet.refuse_graphless_deltanet):
-    checkpointed Gated DeltaNet blocks whose weights or projections train, frozen or
-    checkpointed ones under autocast."""
+    DeltaNet layers, also under autocast; checkpointed with the Gated DeltaNet layers'
+    weights trained. Not here (refused: ops.gated_deltanet.refuse_graphless_deltanet):
+    checkpointed Gated DeltaNet blocks whose projections carry LoRA."""
     every = {"lora_targets": "all-linear", "lora_r": 4}
     mixer = {"lora_targets": "in_proj_qkv,in_proj_z,in_proj_b,in_proj_a,out_proj", "lora_r": 4}
     qv = {"lora_targets": "q_proj,v_proj", "lora_r": 4}
@@ -225,6 +225,34 @@ def _qwen3_5_text() -> list[Case]:
                 "lora_r": 4,
             },
             {"layers": "LFLF"},
+        ),
+        # two sequences: the model's held ids (8·b·s) apart from its position ids (8·s)
+        # at a frozen block's forward and a checkpointed one's backward
+        Qwen35Case("qwen3_5_text", {"method": "lora", "precision": "bf16", "batch_size": 2, **qv}),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "lora", "precision": "bf16", "grad_ckpt": True, "batch_size": 2, **qv},
+        ),
+        # autocast over frozen and checkpointed Gated DeltaNet blocks (fp32 weights):
+        # GatedDeltaNet.forward_transient and backward_workspace with autocast=True
+        Qwen35Case("qwen3_5_text", {"method": "lora", "precision": "bf16-mixed", **qv}),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "lora", "precision": "bf16-mixed", "grad_ckpt": True, "seq_len": 130, **qv},
+        ),
+        # checkpointed Gated DeltaNet blocks whose weights train: the trained replay
+        # (backward_workspace(weights_train=True)) beside the MLP side's gradients
+        Qwen35Case("qwen3_5_text", {"method": "full", "precision": "bf16", "grad_ckpt": True}),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "full", "precision": "fp32", "grad_ckpt": True, "seq_len": 130},
+        ),
+        Qwen35Case(
+            "qwen3_5_text",
+            {"method": "freeze", "trainable_layers": 2, "precision": "bf16", "grad_ckpt": True},
+        ),
+        Qwen35Case(
+            "qwen3_5_text", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}
         ),
     ]
 

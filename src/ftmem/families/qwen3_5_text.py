@@ -17,9 +17,10 @@ the order (LoRA on q_proj and v_proj trains from the lowest full-attention layer
 Training steps are estimated for what was measured (ops.gated_deltanet.refuse_training:
 full, freeze, LoRA, QLoRA in fp32, bf16 and bf16-mixed on one GPU; tests/accuracy/cases.py
 _qwen3_5_text); a Gated DeltaNet block that keeps nothing in forward (frozen below the
-lowest trained block, checkpointed) is refused until its forward transient and backward
-workspace are modelled (calibration/notes/peft.md, "Ordered block walk (stop 50, helper
-order)").
+lowest trained block) and a checkpointed one are placed by their forward transient and
+backward workspace (helper gdn's replays, autocast included); a checkpointed one whose
+projections carry LoRA is refused (calibration/notes/peft.md,
+"Ordered block walk (stop 50, helper order)" and its continuation).
 
 The multi-token-prediction layers (``mtp_*`` in config.json, ``mtp.*`` weights) are not
 built: Qwen3_5ForCausalLM ignores them on loading (``_keys_to_ignore_on_load_unexpected``,

@@ -63,9 +63,12 @@ same tensors again (measured with reentrant checkpointing).
 The forward's transient (``forward_transient``) and the backward's workspace
 (``backward_workspace``) are replays of the layer's allocations and frees in
 order (``_forward``, ``_backward``), matched allocation by allocation to the real module
-(tests/test_gated_deltanet_transients.py).
+(tests/test_gated_deltanet_transients.py), under autocast too: each linear's and
+matmul's casts (torch 2.13 aten/src/ATen/autocast_mode.cpp ``cached_cast``: a trained weight, a leaf, is cast
+once and cached for the region; the conv's unsqueezed weight, a view, never), their
+gradients in 16 bits and each cast's backward to fp32.
 
-What is not here: autocast's transients, inputs whose streams need no
+What is not here: inputs whose streams need no
 gradient (the lowest trained block of a method that adapts only some of the input
 projections), and the kernels CUDA users get when the
 ``kernels`` hub or flash-linear-attention and causal-conv1d are installed
@@ -174,17 +177,26 @@ def refuse_training(arch: Architecture, run: RunConfig, alone: bool = True) -> N
 
 
 def refuse_graphless_deltanet(arch: Architecture) -> None:
-    """What the replays do not cover (``forward_transient``, ``backward_workspace``:
-    frozen layer weights, no autocast): a checkpointed Gated DeltaNet block whose weights
-    or projections train (its backward then makes their gradients; measured on the tiny
-    model, the peak 6 % to 10 % over the estimate without its workspace), and a frozen or
-    checkpointed one under autocast. Frozen ones, and checkpointed ones with frozen
-    weights, are modelled (transients.graphless_deltanet_forward,
+    """What the block walk does not place yet: a checkpointed Gated DeltaNet block whose
+    projections carry LoRA (peft's adapters' backward inside the layer's is not
+    replayed; measured on the tiny model, LoRA all-linear bf16 checkpointed 6 % under
+    without it). Frozen ones, and checkpointed ones whose weights are frozen or trained,
+    are modelled, under autocast too (transients.graphless_deltanet_forward,
     deltanet_backward_moments)."""
     raise InvalidInputError(
-        f"{arch.name}: a Gated DeltaNet layer that is checkpointed while its weights or "
-        "projections train, or frozen or checkpointed under autocast, is not modelled yet; "
-        "drop --grad-ckpt, or train in fp32 or bf16 with LoRA off its projections."
+        f"{arch.name}: a checkpointed Gated DeltaNet layer whose projections carry LoRA is "
+        "not modelled yet; drop --grad-ckpt, or put LoRA off in_proj_* and out_proj."
+    )
+
+
+def refuse_trained_accumulation(arch: Architecture) -> None:
+    """Checkpointed Gated DeltaNet blocks whose weights train, with gradient accumulation:
+    measured on the tiny model (full bf16, 2 micro-batches) 0.12 % over the estimate
+    (4,104 B not understood), so refused until found."""
+    raise InvalidInputError(
+        f"{arch.name}: gradient accumulation over checkpointed Gated DeltaNet layers whose "
+        "weights train is not modelled yet; use --grad-accum 1, or LoRA off in_proj_* and "
+        "out_proj."
     )
 
 
@@ -351,21 +363,28 @@ class GatedDeltaNet:
         e: int,
         graph: bool,
         weights_train: bool = False,
+        autocast: bool = False,
     ) -> int:
         """The layer's forward peak above what it holds at its end: from its input
         projections' outputs to out_proj's, the most bytes live at once beyond what was
         live before the layer, less what is live after it (its output, T·hidden·e, and
         with ``graph`` what autograd keeps: ``saved`` plus out_proj's input T·value_dim·e
         where ``weights_train``; the layer's input is the caller's). ``graph``: grad
-        mode, a stream of the input needing a gradient; without it (no_grad, a
-        checkpointed layer's first forward) nothing is kept and the transient is the
-        whole peak but the output. ``e``: the weights' bytes (2 or 4; autocast is not
-        replayed). A replay of every allocation and free in order (``_forward``), not a
-        fitted sum: the peak op moves with the shapes (the decayed query's product, the
-        scan's per-chunk tensors, the C-wide products of strided fp32 operands), and
-        the replay finds it. Measured exact to the byte on the real module
+        mode, a stream of the input needing a gradient; without it (no_grad, as
+        reentrant checkpointing runs a layer's first forward; non-reentrant's first
+        forward is not measured) nothing is kept and the transient is the whole peak
+        but the output; its recompute in backward is the grad-mode forward. ``e``: the
+        weights' bytes (2 or 4). ``autocast``: fp32 weights under a 16-bit autocast (``e`` its dtype's bytes;
+        ftmem's bf16-mixed): the linears' weight casts (kept: saved, or cached where
+        the weight trains) and input casts, the conv's, the matmuls' casts chunk by
+        chunk; what is live after it then holds the five linears' weight casts (with
+        ``graph`` or ``weights_train``) and, with both, the input projections' input
+        casts (ops.linear's to count). A replay of every allocation and free in order
+        (``_forward``), not a fitted sum: the peak op moves with the shapes (the
+        decayed query's product, the scan's per-chunk tensors, the C-wide products of
+        strided fp32 operands), and the replay finds it. Measured exact to the byte on the real module
         (tests/test_gated_deltanet_transients.py)."""
-        replay = _forward(shape, batch, seq, e, graph, weights_train)
+        replay = _forward(shape, batch, seq, e, graph, weights_train, autocast)
         return replay.peak - replay.live
 
     @staticmethod
@@ -376,6 +395,7 @@ class GatedDeltaNet:
         e: int,
         weights_train: bool = False,
         input_grad: bool = True,
+        autocast: bool = False,
     ) -> int:
         """The layer's backward peak above its start: from out_proj's incoming gradient
         (held by the caller throughout, not counted) through what the forward saved
@@ -387,7 +407,11 @@ class GatedDeltaNet:
         allocated as the backward reaches them and count where made before the peak
         (out_proj's and the norm's weight's are). ``input_grad`` False: the lowest
         trained layer, whose input needs no gradient (the projections' weight
-        gradients only). ``e``: the weights' bytes (autocast is not replayed).
+        gradients only). ``e``: the weights' bytes. ``autocast``: fp32 weights under a
+        16-bit autocast left before the backward (``e`` its dtype's bytes): every
+        matmul's and linear's gradients in 16 bits, each cast's backward to fp32 after
+        (the input's gradient T·hidden·4, the parameters' fp32), the saved casts freed
+        where their nodes ran.
 
         A replay (``_backward``): every node in autograd's order (the ready node with
         the highest sequence number first), its gradients allocated, its saved tensors
@@ -398,7 +422,7 @@ class GatedDeltaNet:
         system and the intra-chunk attention meet (three chunks: at the intra-chunk
         attention's per-chunk sum). Measured exact to the byte
         (tests/test_gated_deltanet_transients.py)."""
-        return _backward(shape, batch, seq, e, weights_train, input_grad).peak
+        return _backward(shape, batch, seq, e, weights_train, input_grad, autocast).peak
 
 
 def _chunk_loop(
@@ -554,7 +578,13 @@ class _Replay:
 
 
 def _forward(
-    shape: DeltaNetShape, b: int, s: int, e: int, graph: bool, weights_train: bool
+    shape: DeltaNetShape,
+    b: int,
+    s: int,
+    e: int,
+    graph: bool,
+    weights_train: bool,
+    autocast: bool = False,
 ) -> _Replay:
     """Replay the layer's forward (its input projections to out_proj's output), as
     transformers 5.25 runs it on the torch path: Qwen3_5GatedDeltaNet.forward (or
@@ -563,7 +593,7 @@ def _forward(
     where the last name of a tensor goes (a local reassigned, a temporary consumed, the
     function's locals at its return). ``graph``: grad mode, where what autograd saves
     (``GatedDeltaNet.saved``) stays."""
-    run = _ForwardRun(shape, b, s, e, graph, weights_train)
+    run = _ForwardRun(shape, b, s, e, graph, weights_train, autocast)
     silu, z, owned = run.projections()
     beta, g = run.gates()
     attn = run.delta_rule(silu)
@@ -575,15 +605,24 @@ class _ForwardRun:
     """The layer's forward, phase by phase, on one replay (``_forward``)."""
 
     def __init__(
-        self, shape: DeltaNetShape, b: int, s: int, e: int, graph: bool, weights_train: bool
+        self,
+        shape: DeltaNetShape,
+        b: int,
+        s: int,
+        e: int,
+        graph: bool,
+        weights_train: bool,
+        autocast: bool = False,
     ) -> None:
         self.r, self.shape, self.b, self.s, self.e = _Replay(graph), shape, b, s, e
-        self.train = weights_train
+        self.train, self.autocast, self.graph = weights_train, autocast, graph
         self.T, self.hv = b * s, shape.v_heads
         self.n = math.ceil(s / CHUNK)
         self.P = self.n * CHUNK
         self.rows = b * self.hv * self.P  # the padded rows of every head
-        self.wide = e != FP32  # 16-bit weights: every `.to(float32)` copies
+        self.wide = e != FP32  # 16-bit activations: every `.to(float32)` copies
+        # 16-bit parameters (not autocast's fp32 ones): A_log.float() copies
+        self.half_params = self.wide and not autocast
         self.grouped = shape.k_heads != self.hv
         # fp32 without padding: q and k keep strided layouts, and the matmuls copy them
         # (``GatedDeltaNet.saved``)
@@ -601,25 +640,60 @@ class _ForwardRun:
         self.r.drop(copy)
         return out
 
+    def _linear(self, width: int, kept: bool = False) -> _Tensor:
+        """An input projection's output (``width`` features a token). Under autocast
+        (aten/src/ATen/autocast_mode.cpp cached_cast) first its fp32 weight's 16-bit
+        copy, which stays (cached for the autocast region where the weight is a leaf
+        that trains, else saved where the input needs a gradient), then its fp32
+        input's copy (a block's input is no leaf: not cached), saved where the weight
+        trains."""
+        r, e, h = self.r, self.e, self.shape.hidden
+        if not self.autocast:
+            return r.new(self.T * width * e, kept)
+        weight = r.new(width * h * e, kept=self.train or self.graph)
+        x = r.new(self.T * h * e, kept=self.train)
+        out = r.new(self.T * width * e, kept)
+        r.drop(x)
+        if not self.train:  # (a trained weight's cast stays in the cache)
+            r.drop(weight)
+        return out
+
+    def _conv(self, qkv: _Tensor) -> _Tensor:
+        """causal_conv1d_fn's F.conv1d (padded output). Under autocast the input goes to
+        the weight's fp32 first (``hidden_states.to(weight.dtype)``), then conv1d casts
+        it and the weight's unsqueezed view (a view: never cached) back to 16 bits and
+        keeps both."""
+        r, sh, e = self.r, self.shape, self.e
+        out = self.b * sh.conv_dim * (self.s + sh.conv_kernel - 1) * e
+        if not self.autocast:
+            return r.new(out, kept=True)
+        wide = r.new(self.T * sh.conv_dim * FP32)
+        weight = r.new(sh.conv_dim * sh.conv_kernel * e, kept=True)
+        x = r.new(self.T * sh.conv_dim * e, kept=True)
+        conv = r.new(out, kept=True)
+        r.drop(x, weight, wide)
+        return conv
+
     def projections(self) -> tuple[_Tensor, _Tensor, list[_Tensor]]:
         """The input projections and the conv: (silu's output, z, what the layer's
         forward holds to its end)."""
         r, sh, T, e, wide = self.r, self.shape, self.T, self.e, self.wide
         D, kd, vd, hv = sh.conv_dim, sh.key_dim, sh.value_dim, self.hv
-        conv_out = self.b * D * (self.s + sh.conv_kernel - 1) * e
         keep_silu = not wide and not self.grouped  # (l2norm's q and k: views of it)
+        # (fp32: the conv keeps its input; autocast: its cast)
+        conv_input = not self.autocast
         if not sh.fused:
-            qkv = r.new(T * D * e, kept=True)
-            z = r.new(T * vd * e, kept=not wide)  # (fp32: the gate silu keeps)
-            owned = [z, r.new(T * hv * e), r.new(T * hv * e)]  # (b, a)
-            conv = r.new(conv_out, kept=True)
+            qkv = self._linear(D, kept=conv_input)
+            z = self._linear(vd, kept=not wide)  # (fp32: the gate silu keeps)
+            owned = [z, self._linear(hv), self._linear(hv)]  # (b, a)
+            conv = self._conv(qkv)
             silu = r.new(T * D * e, kept=keep_silu)
             r.drop(conv, qkv)
             return silu, z, owned
         # fix_query_key_value_ordering splits per key head; the reshapes that merge the
         # heads copy (value, z, b, a with grouped heads; q, k and v for the conv's cat)
-        qkvz = r.new(T * (D + vd) * e, kept=not wide and not self.grouped)  # (z: a view)
-        owned = [qkvz, r.new(T * 2 * hv * e)]
+        qkvz = self._linear(D + vd, kept=not wide and not self.grouped)  # (z: a view)
+        owned = [qkvz, self._linear(2 * hv)]
         if self.grouped:
             v_copy = r.new(T * vd * e)
             z = r.new(T * vd * e, kept=not wide)
@@ -628,8 +702,8 @@ class _ForwardRun:
         else:  # (z, b and a: views of the projections' outputs)
             z = qkvz
             q_copy, k_copy, v_copy = r.new(T * kd * e), r.new(T * kd * e), r.new(T * vd * e)
-        qkv = r.new(T * D * e, kept=True)  # the cat: the conv's input
-        conv = r.new(conv_out, kept=True)
+        qkv = r.new(T * D * e, kept=conv_input)  # the cat: the conv's input
+        conv = self._conv(qkv)
         silu = r.new(T * D * e, kept=keep_silu)
         r.drop(conv, qkv, q_copy, k_copy, v_copy)
         return silu, z, owned
@@ -638,7 +712,10 @@ class _ForwardRun:
         """beta = sigmoid(b) and g = -exp(A_log.float()) * softplus(a.float() + dt_bias)."""
         r, f, T, hv = self.r, FP32, self.T, self.hv
         beta = r.new(T * hv * self.e, kept=True)
-        exp = self._fp32(hv * f, hv * f, kept=self.train)
+        if self.half_params:
+            exp = self._fp32(hv * f, hv * f, kept=self.train)
+        else:
+            exp = r.new(hv * f, kept=self.train)
         neg = r.new(hv * f, kept=True)
         r.drop(exp)
         biased = self._fp32(T * hv * f, T * hv * f, kept=True)
@@ -671,7 +748,8 @@ class _ForwardRun:
         r.drop(diff)
         pairwise = r.new(rows * C * f, kept=True)
         r.drop(filled)
-        ut, intra = self._c_wide_product(), self._c_wide_product()
+        # (autocast: the scan's matmuls keep the intra-chunk attention's chunks' casts)
+        ut, intra = self._c_wide_product(), self._c_wide_product(kept=not self.autocast)
         exp_k = r.new(b * hv * P * f, kept=True)
         decayed_k_beta = r.new(rows * dk * f)
         r.drop(exp_k)
@@ -679,15 +757,17 @@ class _ForwardRun:
         state = r.new(b * hv * dk * dv * f, kept=True)
         out = r.new(rows * dv * f)
         exp_q = r.new(b * hv * P * f, kept=True)
-        query = r.new(rows * dk * f, kept=self.n >= 2 and not self.strided)
+        # (autocast: the scan's matmuls keep their chunks' casts, not the decayed q, k)
+        scanned = not self.strided and not self.autocast
+        query = r.new(rows * dk * f, kept=self.n >= 2 and scanned)
         r.drop(exp_q, qp)
         end = r.new(b * hv * P * f)
         exp_end = r.new(b * hv * P * f, kept=True)
         r.drop(end)
-        key = r.new(rows * dk * f, kept=not self.strided)
+        key = r.new(rows * dk * f, kept=scanned)
         r.drop(exp_end, kp)
         chunk_decay = r.new(b * hv * self.n * f, kept=True)
-        last = self._scan(state)
+        last = self._scan_autocast(state) if self.autocast else self._scan(state)
         attn = self._rule_output(out)
         r.drop(out, query)  # (the function's locals, at its return)
         if self.n == 1:
@@ -738,18 +818,23 @@ class _ForwardRun:
             r.drop(beta32)
         return padded
 
-    def _c_wide_product(self) -> _Tensor:
+    def _c_wide_product(self, kept: bool = True) -> _Tensor:
         """k_beta @ kᵀ or q @ kᵀ (its operands copied where strided), times the pairwise
         decay."""
         r, wide = self.r, self.rows * CHUNK * FP32
-        if self.matmul_copies:
+        if self.autocast:  # both operands cast to 16 bits, kept; the product promotes
+            a_cast = r.new(self.rows * self.shape.k_dim * self.e, kept=True)
+            b_cast = r.new(self.rows * self.shape.k_dim * self.e, kept=True)
+            mm = r.new(self.rows * CHUNK * self.e, kept=True)
+            r.drop(a_cast, b_cast)
+        elif self.matmul_copies:
             a_copy = r.new(self.rows * self.shape.k_dim * FP32, kept=True)
             b_copy = r.new(self.rows * self.shape.k_dim * FP32, kept=True)
             mm = r.new(wide, kept=True)
             r.drop(b_copy, a_copy)
         else:
             mm = r.new(wide, kept=True)
-        product = r.new(wide, kept=True)
+        product = r.new(wide, kept=kept)
         r.drop(mm)
         return product
 
@@ -790,6 +875,57 @@ class _ForwardRun:
         assert v_new is not None and inter is not None
         return [v_new, inter]
 
+    def _scan_autocast(self, state: _Tensor) -> list[_Tensor]:
+        """``_scan`` under autocast: each matmul casts its operands to 16 bits (the
+        right one first: C++'s argument order) and gives 16 bits; the casts of the
+        state, the intra-chunk attention and v_new are kept, those of k_cumdecay's and
+        the query's chunks where the state needs a gradient (i >= 1); the fp32 state
+        stays for the chunk decay's gradient, the last update's (with its casts) until
+        its graph goes."""
+        r, f, e, C = self.r, FP32, self.e, CHUNK
+        b, hv, dk, dv = self.b, self.hv, self.shape.k_dim, self.shape.v_dim
+        piece, v_rows, part = b * hv * dk * dv, b * hv * C * dv, b * hv * C * dk
+        v_new: _Tensor | None = None
+        inter: _Tensor | None = None
+        saved: list[_Tensor] = []
+        for i in range(self.n):
+            # v_new = new_values[:, :, i] - k_cumdecay[:, :, i] @ S_i
+            s_cast = r.new(piece * e, kept=True)
+            kc_cast = r.new(part * e, kept=i >= 1)
+            read = r.new(v_rows * e)
+            r.drop(kc_cast, s_cast)
+            fresh = r.new(v_rows * f)
+            r.drop(read, *([v_new] if v_new else []))
+            v_new = fresh
+            # inter = query[:, :, i] @ S_i
+            s_cast = r.new(piece * e, kept=True)
+            q_cast = r.new(part * e, kept=i >= 1)
+            fresh = r.new(v_rows * e)
+            r.drop(q_cast, s_cast, *([inter] if inter else []))
+            inter = fresh
+            # core_attn_out[:, :, i] = inter + intra[:, :, i] @ v_new
+            v_cast = r.new(v_rows * e, kept=True)
+            intra_cast = r.new(b * hv * C * C * e, kept=True)
+            intra_v = r.new(v_rows * e)
+            r.drop(intra_cast, v_cast)  # (the last made first, here and below)
+            total = r.new(v_rows * e)
+            r.drop(intra_v, total)
+            # S_{i+1} = S_i * chunk_decay[:, :, i] + key[:, :, i]ᵀ @ v_new
+            decayed = r.new(piece * f)
+            saved = [r.new(v_rows * e, kept=True), r.new(part * e, kept=True)]
+            update = r.new(piece * e)
+            r.drop(*reversed(saved))
+            fresh = r.new(piece * f, kept=i < self.n - 1)  # (the last: nothing reads it)
+            r.drop(decayed, update, state)
+            saved.append(state)
+            state = fresh
+        # last_recurrent_state = None: the last update's graph goes (its matmul's casts,
+        # then the state its decay kept), then the state
+        r.release(*saved)
+        r.drop(state)
+        assert v_new is not None and inter is not None
+        return [v_new, inter]
+
     def _rule_output(self, out: _Tensor) -> _Tensor:
         """With two chunks or more the reshape copies (the solves' column-major strides,
         kept by zeros_like); then the cast to the input's dtype (in fp32: the
@@ -824,7 +960,8 @@ class _ForwardRun:
         if wide:
             r.drop(h32)
             cast = r.new(T * vd * e, kept=self.train)
-            weighted = r.new(T * vd * e, kept=True)
+            # (autocast: the fp32 weight times the 16-bit cast gives fp32)
+            weighted = r.new(T * vd * (FP32 if self.autocast else e), kept=True)
             r.drop(cast, normed)
         else:
             weighted = r.new(T * vd * f, kept=True)
@@ -842,7 +979,12 @@ class _ForwardRun:
         r.drop(mean, cat)
         # out_proj (its input kept where its weight trains: ops.linear)
         result.kept = self.train and r.graph
+        weight = None
+        if self.autocast:  # its weight's cast (its input is 16-bit already)
+            weight = r.new(vd * self.shape.hidden * e, kept=self.train or r.graph)
         r.new(T * self.shape.hidden * e)
+        if weight is not None and not self.train:
+            r.drop(weight)
         r.drop(*held[:-3], result, *held[-3:], attn)
 
 
@@ -876,12 +1018,13 @@ def _backward(
     e: int,
     weights_train: bool = False,
     input_grad: bool = True,
+    autocast: bool = False,
 ) -> _Replay:
     """Replay the layer's backward (frozen weights, the input needing a gradient) from
     out_proj's incoming gradient to the input's: each node in autograd's order (the
     highest sequence number among the ready ones first), its outputs allocated, its
     incoming gradient and its saved tensors freed where their last user has run."""
-    return _BackwardRun(shape, b, s, e, weights_train, input_grad).run()
+    return _BackwardRun(shape, b, s, e, weights_train, input_grad, autocast).run()
 
 
 class _BackwardRun(_ForwardRun):
@@ -896,31 +1039,62 @@ class _BackwardRun(_ForwardRun):
         e: int,
         weights_train: bool,
         input_grad: bool,
+        autocast: bool = False,
     ) -> None:
-        super().__init__(shape, b, s, e, graph=False, weights_train=weights_train)
+        super().__init__(shape, b, s, e, False, weights_train, autocast)
         self.input_grad = input_grad
 
     def _projection(self, x: _Grads, grad: _Tensor, width: int) -> None:
         """An input projection's backward: its weight's gradient first, then the
-        input's (where it needs one), summed into ``x``."""
-        self._weight_grad(width * self.shape.hidden * self.e)
+        input's (where it needs one), summed into ``x``. Under autocast both in 16
+        bits, then the saved casts go (the weight's, the input's), then the casts'
+        backwards to fp32 (the input's first: made later in forward)."""
+        r, e, T, h = self.r, self.e, self.T, self.shape.hidden
+        weight16 = self._weight_grad16(width * h)
         if not self.input_grad:
-            self.r.drop(grad)
+            r.drop(grad)
+            if self.autocast and self.train:
+                r.gone(T * h * e)  # the input's cast
+            self._weight_grad32(weight16)
             return
-        part = self.r.new(self.T * self.shape.hidden * self.e)
-        self.r.drop(grad)
+        part = r.new(T * h * e)
+        r.drop(grad)
+        if self.autocast:
+            r.gone(width * h * e)  # the weight's cast
+            if self.train:
+                r.gone(T * h * e)  # the input's cast
+            wide = r.new(T * h * FP32)
+            r.drop(part)
+            part = wide
         x.add(part)
+        self._weight_grad32(weight16)
 
-    def _weight_grad(self, nbytes: int) -> None:
-        """A parameter's gradient (its .grad: kept to the step, never freed here)."""
+    def _weight_grad16(self, elements: int) -> _Tensor | None:
+        """A weight read through its cast: under autocast its 16-bit gradient (given;
+        ``_weight_grad32`` makes the fp32 one), else its gradient (``_weight_grad``)."""
+        if self.autocast and self.train:
+            return self.r.new(elements * self.e)
+        self._weight_grad(elements)
+        return None
+
+    def _weight_grad32(self, weight16: _Tensor | None) -> None:
+        """The cast's backward: the fp32 gradient of ``_weight_grad16``'s."""
+        if weight16 is not None:
+            self.r.new(weight16.nbytes // self.e * FP32)
+            self.r.drop(weight16)
+
+    def _weight_grad(self, elements: int) -> None:
+        """A parameter's gradient (its .grad: kept to the step, never freed here), in
+        the parameters' dtype (fp32 under autocast)."""
         if self.train:
-            self.r.new(nbytes)
+            self.r.new(elements * (FP32 if self.autocast else self.e))
 
     def run(self) -> _Replay:
         """The whole backward, in autograd's order: the norm's, the scan's, the first
         phase's and the inputs' (out_proj's incoming gradient is the caller's)."""
         attn = self.norm_backward()
-        grads = self.scan_backward(attn)
+        scan = self.scan_backward_autocast if self.autocast else self.scan_backward
+        grads = scan(attn)
         self.first_phase_backward(*grads)
         return self.r
 
@@ -929,23 +1103,26 @@ class _BackwardRun(_ForwardRun):
         padded output's (b, h_v, P, d_v) gradient."""
         r, f, T, e, wide = self.r, FP32, self.T, self.e, self.wide
         vd, hv = self.shape.value_dim, self.hv
-        self._weight_grad(self.shape.hidden * vd * e)  # out_proj: gradᵀ @ input first
+        weight16 = self._weight_grad16(self.shape.hidden * vd)  # out_proj: gradᵀ @ input
         grad = r.new(T * vd * e)  # grad @ W
+        if self.autocast:
+            r.gone(self.shape.hidden * vd * e)  # its weight's cast
         if self.train:
             r.gone(T * vd * e)  # out_proj's input
+        self._weight_grad32(weight16)
         if wide:  # (the cast's backward)
             g32 = r.new(T * vd * f)
             r.drop(grad)
             grad = g32
         act_grad = r.new(T * vd * f)  # (grad · weighted)
         weighted_grad = r.new(T * vd * f)  # (grad · silu's output)
-        if wide:
+        if self.half_params:  # (autocast: the weighted product is fp32)
             cast = r.new(T * vd * e)
             r.drop(weighted_grad)
             weighted_grad = cast
         r.drop(grad)
         r.gone(T * vd * f)  # silu's output
-        r.gone(T * vd * (e if wide else f))  # the weighted product
+        r.gone(T * vd * (e if self.half_params else f))  # the weighted product
         gate_grad = r.new(T * vd * f)  # silu_backward
         r.drop(act_grad)
         gate = T * vd * f  # the fp32 gate (fp32: z itself)
@@ -957,11 +1134,15 @@ class _BackwardRun(_ForwardRun):
             r.drop(gate_grad)
         else:
             self.z_grad = gate_grad
-        normed_grad = r.new(T * vd * (e if wide else f))  # (grad · weight)
+        normed_grad = r.new(T * vd * (e if self.half_params else f))  # (grad · weight)
         if self.train:  # the norm's weight: grad · normalised, summed over the rows
-            part = r.new(T * vd * (e if wide else f))
-            self._weight_grad(self.shape.v_dim * e)
+            part = r.new(T * vd * (e if self.half_params else f))
+            self._weight_grad(self.shape.v_dim)
             r.drop(part)
+        if self.autocast:  # (fp32, to the normalised cast's dtype)
+            cast = r.new(T * vd * e)
+            r.drop(normed_grad)
+            normed_grad = cast
         r.drop(weighted_grad)
         if self.train:
             r.gone(T * vd * (e if wide else f))  # the normalised tensor (cast)
@@ -1002,6 +1183,88 @@ class _BackwardRun(_ForwardRun):
         whole = self.r.new(nbytes)
         self.r.drop(part)
         into.add(whole)
+
+    def _mm_backward(
+        self, grad: _Tensor, left: int, right: int, right_grad: bool, drop: bool = True
+    ) -> tuple[_Tensor, _Tensor | None]:
+        """An autocast matmul's backward (``_scan_autocast``): the 16-bit gradients of
+        the right operand (``right`` elements, where it needs one: ``right_grad``) and
+        the left one (``left``), ``grad`` freed (``drop``: no other node reads it),
+        the saved casts gone (the right's; the left's where the right needs a
+        gradient), then each cast's backward to fp32, the left's first (made later
+        in forward)."""
+        r, e = self.r, self.e
+        right16 = r.new(right * e) if right_grad else None
+        left16 = r.new(left * e)
+        if drop:
+            r.drop(grad)
+        r.gone(right * e)  # (saved for the left's gradient)
+        if right_grad:
+            r.gone(left * e)
+        left32 = r.new(left * FP32)
+        r.drop(left16)
+        right32 = None
+        if right16 is not None:
+            right32 = r.new(right * FP32)
+            r.drop(right16)
+        return left32, right32
+
+    def scan_backward_autocast(self, grad: _Tensor) -> list[_Grads]:
+        """``scan_backward`` under autocast: each matmul's backward in 16 bits through
+        the casts it saved (``_scan_autocast``), each cast's backward to fp32."""
+        r, f, e, C, n = self.r, FP32, self.e, CHUNK, self.n
+        b, hv, dk, dv, rows = self.b, self.hv, self.shape.k_dim, self.shape.v_dim, self.rows
+        piece, v_rows, part = b * hv * dk * dv, b * hv * C * dv, b * hv * C * dk
+        query, k_cumdecay, new_values, intra, key, decays = (_Grads(r) for _ in range(6))
+        state, v_new = _Grads(r), _Grads(r)
+        incoming = grad
+        for i in reversed(range(n)):
+            if i < n - 1:  # S_{i+1} = S_i · decay_i + key_iᵀ @ v_new_i
+                update = r.new(piece * e)  # (the sum's 16-bit operand)
+                key_t, v_part = self._mm_backward(update, part, v_rows, True)
+                assert v_part is not None
+                v_new.add(v_part)
+                self._select(key, key_t, rows * dk * f)
+                before = r.new(piece * f)  # grad · S_i (the decay's, before its sum)
+                state_grad = r.new(piece * f) if i >= 1 else None  # grad · decay_i
+                summed = r.new(b * hv * f)
+                r.drop(before)
+                r.gone(piece * f)  # S_i
+                r.drop(state.take())
+                if state_grad is not None:
+                    state.add(state_grad)
+                self._select(decays, summed, b * hv * n * f)
+            # core_attn_out[:, :, i] = ...: CopySlices, the chunk's 16-bit gradient
+            result = r.new(rows * dv * f)
+            chunk = r.new(v_rows * f)
+            zeros = r.new(v_rows * f) if i >= 1 else None  # (for the overwritten chunk)
+            chunk16 = r.new(v_rows * e)
+            r.drop(*([zeros] if zeros else []), chunk)
+            if i >= 1:
+                r.drop(incoming)
+                incoming = result
+            else:
+                r.drop(result, incoming)
+            # intra_i @ v_new_i (chunk16 is the sum's, read by both its operands)
+            intra_part, v_part = self._mm_backward(chunk16, b * hv * C * C, v_rows, True, False)
+            assert v_part is not None
+            v_new.add(v_part)
+            self._select(intra, intra_part, rows * C * f)
+            # query_i @ S_i
+            q_part, s_part = self._mm_backward(chunk16, part, piece, i >= 1)
+            if s_part is not None:
+                state.add(s_part)
+            self._select(query, q_part, rows * dk * f)
+            # v_new = new_values_i - k_cumdecay_i @ S_i
+            negated = r.new(v_rows * f)
+            negated16 = r.new(v_rows * e)
+            r.drop(negated)
+            kc_part, s_part = self._mm_backward(negated16, part, piece, i >= 1)
+            if s_part is not None:
+                state.add(s_part)
+            self._select(k_cumdecay, kc_part, rows * dk * f)
+            self._select(new_values, v_new.take(), rows * dv * f)
+        return [query, k_cumdecay, new_values, intra, key, decays]
 
     def scan_backward(self, grad: _Tensor) -> list[_Grads]:
         """The chunks in reverse, each chunk's state update before its output; gives
@@ -1104,8 +1367,8 @@ class _BackwardRun(_ForwardRun):
         exp_part, beta_part = r.new(rows * dk * f), r.new(rows * dk * f)
         summed = r.new(row)
         r.drop(exp_part, solved[0])
-        if self.matmul_copies:
-            r.gone(rows * dk * f)  # k·beta (k_beta @ kᵀ kept copies)
+        if self.matmul_copies or self.autocast:
+            r.gone(rows * dk * f)  # k·beta (k_beta @ kᵀ kept copies or casts)
         done = r.new(row)
         r.drop(summed)
         r.gone(row)
@@ -1113,6 +1376,9 @@ class _BackwardRun(_ForwardRun):
         k_beta.add(beta_part)
         # intra = (q @ kᵀ) · pairwise, then ut = (k_beta @ kᵀ) · pairwise
         for grad, a_pad in ((intra, q_pad), (ut, k_beta)):
+            if self.autocast:
+                self._c_wide_backward_autocast(grad, a_pad, k_pad, pairwise)
+                continue
             pair_part, product = r.new(rows * C * f), r.new(rows * C * f)
             r.drop(grad.take())
             r.gone(rows * C * f)  # the matmul's output
@@ -1138,6 +1404,30 @@ class _BackwardRun(_ForwardRun):
         r.drop(summed, flipped, cum.take())
         self._inputs_backward(solved[1], k_beta.take(), q_pad, k_pad, decay)
 
+    def _c_wide_backward_autocast(
+        self, grad: _Grads, a_pad: _Grads, k_pad: _Grads, pairwise: _Grads
+    ) -> None:
+        """(a @ kᵀ) · pairwise under autocast: the matmul's 16-bit output times the fp32
+        pairwise decay, the 16-bit matmul's backward through its saved casts, each
+        cast's backward to fp32 (a's first)."""
+        r, f, e, C = self.r, FP32, self.e, CHUNK
+        wide, narrow = self.rows * C, self.rows * self.shape.k_dim
+        pair_part, product = r.new(wide * f), r.new(wide * f)
+        product16 = r.new(wide * e)
+        r.drop(product, grad.take())
+        r.gone(wide * e)  # the matmul's output
+        pairwise.add(pair_part)
+        k16, a16 = r.new(narrow * e), r.new(narrow * e)
+        r.drop(product16)
+        r.gone(narrow * e)  # kᵀ's cast
+        r.gone(narrow * e)  # a's cast
+        a32 = r.new(narrow * f)
+        r.drop(a16)
+        a_pad.add(a32)
+        k32 = r.new(narrow * f)
+        r.drop(k16)
+        k_pad.add(k32)
+
     def _decay_backward(self, grad: _Grads, pad: _Grads, query: bool) -> _Tensor:
         """x = padded · exp(d): exp(d)'s gradient summed over the width, then exp's
         backward (given; the saved exp freed), the padded operand's kept in ``pad``."""
@@ -1147,8 +1437,8 @@ class _BackwardRun(_ForwardRun):
         exp_part, pad_part = r.new(width), r.new(width)
         summed = r.new(row)
         r.drop(exp_part, grad.take())
-        if query and self.matmul_copies:
-            r.gone(width)  # q padded (q @ kᵀ kept copies)
+        if query and (self.matmul_copies or self.autocast):
+            r.gone(width)  # q padded (q @ kᵀ kept copies or casts)
         pad.add(pad_part)
         done = r.new(row)  # exp's backward: grad · result
         r.drop(summed)
@@ -1254,8 +1544,8 @@ class _BackwardRun(_ForwardRun):
         r.gone(T * hv * f)  # softplus's input
         if self.train:  # dt_bias: the sum over the rows, in its dtype
             total = r.new(hv * f)
-            if wide:
-                self._weight_grad(hv * e)
+            if self.half_params:  # (else the sum is the gradient)
+                self._weight_grad(hv)
                 r.drop(total)
         if wide:
             cast = r.new(T * hv * e)
@@ -1267,8 +1557,8 @@ class _BackwardRun(_ForwardRun):
             exp_grad = r.new(hv * f)
             r.drop(negated)
             r.gone(hv * f)  # exp(A_log)
-            if wide:
-                self._weight_grad(hv * e)
+            if self.half_params:
+                self._weight_grad(hv)
                 r.drop(exp_grad)
         b_grad = r.new(T * hv * e)
         r.drop(beta_grad)
@@ -1311,9 +1601,16 @@ class _BackwardRun(_ForwardRun):
         sliced = r.new(padded)
         r.drop(silu)
         conv = r.new(T * D * e)
-        self._weight_grad(D * sh.conv_kernel * e)
+        weight16 = self._weight_grad16(D * sh.conv_kernel)
         r.drop(sliced)
-        r.gone(T * D * e)  # the conv's input
+        r.gone(T * D * e)  # the conv's input (autocast: its cast)
+        if self.autocast:  # the casts' backwards: the input's, the weight's, the .to's
+            r.gone(D * sh.conv_kernel * e)  # the weight's cast
+            wide = r.new(T * D * FP32)
+            r.drop(conv)
+            self._weight_grad32(weight16)
+            conv = r.new(T * D * e)
+            r.drop(wide)
         x = _Grads(r)
         if sh.fused:
             # the splits' backward: b and a into in_proj_ba's gradient, then q, k, v

@@ -43,7 +43,10 @@ from ftmem.versions import (
     bnb_runs_quantised_linears,
 )
 
-_ATTENTION_ROLES = frozenset(ATTENTION_ROLES)
+# (a Gated DeltaNet layer's projections are its attention's: a checkpointed block's
+# backward frees its MLP side before the layer's, whose projections' weight casts stay
+# until their nodes run: transients.freed_before_attention)
+_ATTENTION_ROLES = frozenset((*ATTENTION_ROLES, "linear_attention"))
 
 # AutoGPTQ's qlinear_cuda_old.QuantLinear (AutoGPTQ/AutoGPTQ@62187bf843726bdd473e0685ec9098639fe340c0
 # = v0.4.2, auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py): __init__'s
@@ -57,8 +60,9 @@ GPTQ_DEQUANT_BYTES = 4 + 1
 
 
 def side_of(linears: list[Linear]) -> Side:
-    """The attention side for q, k, v and o; the MLP side for the MLP's linears (the
-    linears reading one tensor are all on one side)."""
+    """The attention side for q, k, v and o (and a Gated DeltaNet layer's projections);
+    the MLP side for the MLP's linears (the linears reading one tensor are all on one
+    side)."""
     return Side.ATTENTION if linears[0].roles[0] in _ATTENTION_ROLES else Side.MLP
 
 
