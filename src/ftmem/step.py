@@ -1179,7 +1179,6 @@ def _decoder_block(
     T = run.batch_size * run.positions
     last_block = list(blocks.last)
     offloaded, top = run.activation_offload, arch.of_layer_type(full=True)
-    last_keeps = blocks.per_block[-1]
     dequant = LinearOp.dequant_moment(arch, run, plan, e, T)  # 4-bit matmuls
     fused = all_adapters_fused(arch, run, plan)  # Unsloth's LoRA Functions
     cross_forward, cross_backward = _cross_attention_moments(arch, run, plan, blocks)
@@ -1217,34 +1216,7 @@ def _decoder_block(
     return BlockTransients(
         forward=forward_cache
         + Attention.layer_type_masks(arch, run, e)
-        + max(
-            # (Unsloth's forward dequantises into its kept buffer: LinearOp.dequant_buffer)
-            0 if profile_of(run).dequant_buffer else dequant,
-            DoRA.forward_rebuild(plan, run),
-            _with_context(
-                adapter_forward_build(arch, run, plan, e, T, bool(last_keeps), last_block),
-                offloaded_build_context(arch, run, plan, e, T),
-            ),
-            # (a fused LoRA Function adds its adapter into its output in place)
-            0 if fused else checkpointed_forward_adapter(arch, run, plan, e, T),
-            0 if fused else offloaded_forward_adapter(arch, run, plan, e, T),
-            offloaded_attention_forward(arch, run, plan, last_block, T),
-            offloaded_rotary_forward(arch, run, plan, T),
-            MoE.forward_transient(
-                arch, T, plan.dtypes.residual_bytes, e, top_block_trains(arch, run, plan)
-            )
-            if last_keeps
-            else 0,
-            # a block that keeps nothing of its own (frozen, checkpointed, offloaded)
-            # still builds its intermediates in forward
-            frozen_forward_transient(arch, run, e, plan.dtypes.residual_bytes, T, plan)
-            if not last_keeps or run.activation_offload or run.grad_ckpt
-            else 0,
-            graphless_deltanet_forward(
-                arch, run, plan, blocks.per_block, e, plan.dtypes.residual_bytes, T
-            ),
-            cross_forward,
-        ),
+        + _forward_moment(arch, run, plan, blocks, dequant, fused, cross_forward),
         # offloaded: one op's saved tensors back beside its workspace, and a trained
         # block's own gradients (the peak moves to the end of backward, measured)
         workspace=max(workspace, kernel),
@@ -1254,6 +1226,51 @@ def _decoder_block(
         workspace_by_block=deltanet_backward_moments(
             arch, run, plan, blocks.linear_items, max(workspace, kernel), e, T
         ),
+    )
+
+
+def _forward_moment(
+    arch: Architecture,
+    run: RunConfig,
+    plan: MethodPlan,
+    blocks: _BlockActivations,
+    dequant: int,
+    fused: bool,
+    cross_forward: int,
+) -> int:
+    """The top block's largest forward moment beyond the cache its forward fills: the
+    largest of the candidates each mechanism's op names."""
+    e = BYTES_PER_ELEMENT[plan.dtypes.compute]
+    T = run.batch_size * run.positions
+    last_block = list(blocks.last)
+    last_keeps = blocks.per_block[-1]
+    return max(
+        # (Unsloth's forward dequantises into its kept buffer: LinearOp.dequant_buffer)
+        0 if profile_of(run).dequant_buffer else dequant,
+        DoRA.forward_rebuild(plan, run),
+        _with_context(
+            adapter_forward_build(arch, run, plan, e, T, bool(last_keeps), last_block),
+            offloaded_build_context(arch, run, plan, e, T),
+        ),
+        # (a fused LoRA Function adds its adapter into its output in place)
+        0 if fused else checkpointed_forward_adapter(arch, run, plan, e, T),
+        0 if fused else offloaded_forward_adapter(arch, run, plan, e, T),
+        offloaded_attention_forward(arch, run, plan, last_block, T),
+        offloaded_rotary_forward(arch, run, plan, T),
+        MoE.forward_transient(
+            arch, T, plan.dtypes.residual_bytes, e, top_block_trains(arch, run, plan)
+        )
+        if last_keeps
+        else 0,
+        # a block that keeps nothing of its own (frozen, checkpointed, offloaded)
+        # still builds its intermediates in forward
+        frozen_forward_transient(arch, run, e, plan.dtypes.residual_bytes, T, plan)
+        if not last_keeps or run.activation_offload or run.grad_ckpt
+        else 0,
+        graphless_deltanet_forward(
+            arch, run, plan, blocks.per_block, e, plan.dtypes.residual_bytes, T
+        ),
+        cross_forward,
     )
 
 
