@@ -583,6 +583,21 @@ def _peft_rebuilds_offloaded() -> list[Case]:
 SMALL_VOCAB = {"vocab_size": 64}
 
 
+# the offloaded forward's cases (family, method, precision): _offloaded_forward
+OFFLOADED_FORWARD_ROWS = (
+    ("llama", "lora", "bf16"),
+    ("llama", "lora", "bf16-mixed"),
+    ("llama", "full", "bf16"),
+    ("llama", "hra", "bf16"),
+    ("llama", "oft", "bf16-mixed"),
+    ("llama", "loha", "bf16-mixed"),
+    ("llama", "fourierft", "bf16-mixed"),
+    ("llama", "waveft", "bf16-mixed"),
+    ("llama", "randlora", "bf16-mixed"),
+    ("qwen2", "lora", "bf16-mixed"),
+)
+
+
 def _offloaded_forward() -> list[Case]:
     """Activations offloaded, three sequences of 50 tokens and a 64-token vocabulary: the
     forward's peak is a block's own, not the loss's. At a k or v projection the q (and k)
@@ -592,21 +607,9 @@ def _offloaded_forward() -> list[Case]:
     _earlier_projections, offloaded_build_context; -2.6 to -18 % without them). Qwen2's
     GQA and projection biases alike. FourierFT, WaveFT and RandLoRA return their input's
     dtype (fp32 q and v under bf16-mixed: _CAST_TO_INPUT; -4.3, -4.2 and -4.2 % without)."""
-    rows = (
-        ("llama", "lora", "bf16"),
-        ("llama", "lora", "bf16-mixed"),
-        ("llama", "full", "bf16"),
-        ("llama", "hra", "bf16"),
-        ("llama", "oft", "bf16-mixed"),
-        ("llama", "loha", "bf16-mixed"),
-        ("llama", "fourierft", "bf16-mixed"),
-        ("llama", "waveft", "bf16-mixed"),
-        ("llama", "randlora", "bf16-mixed"),
-        ("qwen2", "lora", "bf16-mixed"),
-    )
     return [
         Case(family, {"method": m, "precision": p, "activation_offload": True}, SMALL_VOCAB)
-        for family, m, p in rows
+        for family, m, p in OFFLOADED_FORWARD_ROWS
     ]
 
 

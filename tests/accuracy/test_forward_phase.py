@@ -17,7 +17,7 @@ import pytest
 
 from ftmem import estimate
 from ftmem.estimate import estimate_step
-from tests.accuracy.cases import CASES, PEAK_TOLERANCE, Case
+from tests.accuracy.cases import CASES, OFFLOADED_FORWARD_ROWS, PEAK_TOLERANCE, Case
 from tests.accuracy.test_sharded import BASE, WORLD, ShardedCase
 from tests.conftest import tiny
 
@@ -38,18 +38,7 @@ FORWARD_CASES = [
 # _offloaded_forward), whose peak is the backward's for some of them
 OFFLOADED_FORWARD_CASES = [
     f"{family}-activationoffload=True-method={method}-precision={precision}-vocabsize=64"
-    for family, method, precision in (
-        ("llama", "lora", "bf16"),
-        ("llama", "lora", "bf16-mixed"),
-        ("llama", "full", "bf16"),
-        ("llama", "hra", "bf16"),
-        ("llama", "oft", "bf16-mixed"),
-        ("llama", "loha", "bf16-mixed"),
-        ("llama", "fourierft", "bf16-mixed"),
-        ("llama", "waveft", "bf16-mixed"),
-        ("llama", "randlora", "bf16-mixed"),
-        ("qwen2", "lora", "bf16-mixed"),
-    )
+    for family, method, precision in OFFLOADED_FORWARD_ROWS
 ]
 
 
