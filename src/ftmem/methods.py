@@ -792,7 +792,7 @@ def _named_experts(
             rest.append(item)
         else:
             lin, layer = found
-            if layer is not None and not lin.in_block(layer):
+            if layer is not None and not (0 <= layer < arch.num_layers and lin.in_block(layer)):
                 first = 0 if lin.blocks is None else lin.blocks.lowest
                 last = arch.num_layers - 1 if lin.blocks is None else lin.blocks.highest
                 raise InvalidInputError(
