@@ -715,6 +715,17 @@ TINY_QWEN35_TEXT: dict[str, Any] = {
     "linear_conv_kernel_dim": 4,
 }
 
+# Qwen3.5's MoE text model (transformers 5.25 Qwen3_5MoeTextConfig keys): the dense
+# model's widths over 4 routed experts (2 a token) of width 32 and a shared one of 48
+TINY_QWEN35_MOE_TEXT: dict[str, Any] = {
+    **{k: v for k, v in TINY_QWEN35_TEXT.items() if k != "intermediate_size"},
+    "model_type": "qwen3_5_moe_text",
+    "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 48,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+}
+
 # Encoder-decoders, kept apart: they support a subset of the methods and features.
 # "flan-t5": T5 v1.1 / Flan-T5 (gated GELU, untied head); "t5": T5 v1.0 (ReLU, tied
 # head with the decoder output scaled). inner = heads x d_kv (144) differs from d_model.

@@ -849,12 +849,10 @@ def _linears(arch: Architecture) -> list[Linear]:
     if arch.encoder_decoder:
         return _t5_block(arch)[0]
     if arch.linear_attention is not None or arch.traits.attention_output_gate:
-        mlp = _dense_mlp(arch, arch.traits.names.mlp, arch.intermediate_size, arch.mlp_bias)
-        return _two_kind_attention(arch) + mlp
-    h, q, kv, ffn = arch.hidden_size, arch.q_size, arch.kv_size, arch.intermediate_size
-    qkv_b, out_b, mlp_b = arch.attention_qkv_bias, arch.attention_out_bias, arch.mlp_bias
-    names = arch.traits.names
-    attn = names.attention
+        return _two_kind_attention(arch) + _mlp_linears(arch)
+    h, q, kv = arch.hidden_size, arch.q_size, arch.kv_size
+    qkv_b, out_b = arch.attention_qkv_bias, arch.attention_out_bias
+    attn = arch.traits.names.attention
     out: list[Linear] = []
     if arch.attention_per_layer_type:
         out += _attention_per_layer_type(arch)
@@ -870,7 +868,15 @@ def _linears(arch: Architecture) -> list[Linear]:
         ]
     if not arch.attention_per_layer_type:
         out.append(Linear(attn["o"], ("o",), arch.v_size, h, out_b))
+    return out + _mlp_linears(arch)
 
+
+def _mlp_linears(arch: Architecture) -> list[Linear]:
+    """The block's MLP side: the dense MLP, or the router, the 3-D experts, the dense
+    first blocks' MLPs and the shared experts."""
+    h, ffn, mlp_b = arch.hidden_size, arch.intermediate_size, arch.mlp_bias
+    names = arch.traits.names
+    out: list[Linear] = []
     if arch.is_moe:
         experts = names.experts
         share = arch.experts_per_token / arch.num_experts

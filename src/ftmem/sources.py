@@ -106,16 +106,11 @@ NOT_MODELLED = {
     # - sink) in fp32, which keeps tensors no other family's attention does
     "granitemoe_swa": "its eager-only attention scales each head's output by a sigmoid of "
     "the scores' logsumexp minus a learned sink, an op ftmem has not measured yet",
-    # Qwen3.5's MoE text model and Qwen3-Next, transformers 5.25 (models/qwen3_5/
-    # modeling_qwen3_5.py Qwen3_5DecoderLayer: layer_types picks Qwen3_5GatedDeltaNet or
-    # Qwen3_5Attention per layer). ops.gated_deltanet models the linear-attention op; the
-    # dense text model (qwen3_5_text) is a family, counted exactly (its training steps
-    # refused: ops.gated_deltanet.refuse_stack); these are not read.
-    **dict.fromkeys(
-        ("qwen3_5_moe_text", "qwen3_next"),
-        "its layers alternate Gated DeltaNet linear attention with gated full attention, "
-        "which ftmem's block walk does not model yet",
-    ),
+    # Qwen3-Next, transformers 5.25 (models/qwen3_next/modeling_qwen3_next.py
+    # Qwen3NextDecoderLayer: layer_types picks Qwen3NextGatedDeltaNet or Qwen3NextAttention
+    # per layer); Qwen3.5's text models (qwen3_5_text, qwen3_5_moe_text) are families
+    "qwen3_next": "its layers alternate Gated DeltaNet linear attention with gated full "
+    "attention, which ftmem's block walk does not model yet",
 }
 # Qwen3.5's image-text wrappers
 # the whole models: their vision encoder (Qwen3_5VisionModel) is not modelled
@@ -129,7 +124,7 @@ def architecture_from_config(cfg: Mapping, name: str, source: str) -> Architectu
     if isinstance(outer, str) and outer in GATED_DELTANET_WRAPPERS:
         raise ConfigError(
             f"config.json has model_type {shown(outer)}, whose vision encoder ftmem does not "
-            "model; estimate its text_config (model_type qwen3_5_text) instead, or add "
+            f"model; estimate its text_config (model_type {outer}_text) instead, or add "
             '--traced, with pip install "ftmem[measure]".'
         )
     vision = _vision(cfg)

@@ -121,6 +121,7 @@ def _matrix() -> list[Case]:
         *_offloaded_forward(),
         *_moe_families_of_stop_49(),
         *_qwen3_5_text(),
+        *_qwen3_5_moe_text(),
     ]
 
 
@@ -253,6 +254,54 @@ def _qwen3_5_text() -> list[Case]:
         ),
         Qwen35Case(
             "qwen3_5_text", {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True}
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class Qwen35MoeCase(Case):
+    """Qwen3.5's MoE text model from config.json's keys (tests/conftest.py
+    TINY_QWEN35_MOE_TEXT: 4 experts, 2 a token, a shared one) at 4 layers, LLLF by
+    default (``layers`` in arch_changes, as Qwen35Case)."""
+
+    def arch(self):
+        from ftmem.sources import architecture_from_config
+        from tests.conftest import TINY_QWEN35_MOE_TEXT
+
+        kinds = self.arch_changes.get("layers", "LLLF")
+        types = ["linear_attention" if kind == "L" else "full_attention" for kind in kinds]
+        cfg = {**TINY_QWEN35_MOE_TEXT, "num_hidden_layers": len(types), "layer_types": types}
+        return architecture_from_config(cfg, "tiny-qwen3_5_moe_text", "tests")
+
+
+def _qwen3_5_moe_text() -> list[Case]:
+    """Qwen3.5's two layer kinds over Qwen2-MoE's routed experts and gated shared expert
+    (families.qwen3_5_moe_text): full in fp32, LoRA on every attention and Gated DeltaNet
+    projection, LoRA on the 3-D experts, LoRA q,v under autocast and checkpointed, freeze
+    under autocast, full checkpointed. Refused, so not here: all-linear and the MLP names
+    (peft turns them into expert LoRA), QLoRA (bitsandbytes quantises shared_expert_gate)."""
+    mixers = "q_proj,k_proj,v_proj,o_proj,in_proj_qkv,in_proj_z,in_proj_b,in_proj_a,out_proj"
+    qv = {"lora_targets": "q_proj,v_proj", "lora_r": 4}
+    return [
+        Qwen35MoeCase("qwen3_5_moe_text", {"method": "full", "precision": "fp32"}),
+        Qwen35MoeCase(
+            "qwen3_5_moe_text",
+            {"method": "lora", "precision": "bf16", "lora_targets": mixers, "lora_r": 4},
+        ),
+        Qwen35MoeCase(
+            "qwen3_5_moe_text",
+            {"method": "lora", "precision": "bf16", "lora_targets": "experts", "lora_r": 4},
+        ),
+        Qwen35MoeCase("qwen3_5_moe_text", {"method": "lora", "precision": "bf16-mixed", **qv}),
+        Qwen35MoeCase(
+            "qwen3_5_moe_text", {"method": "lora", "precision": "bf16", "grad_ckpt": True, **qv}
+        ),
+        Qwen35MoeCase(
+            "qwen3_5_moe_text",
+            {"method": "freeze", "trainable_layers": 2, "precision": "bf16-mixed"},
+        ),
+        Qwen35MoeCase(
+            "qwen3_5_moe_text", {"method": "full", "precision": "bf16", "grad_ckpt": True}
         ),
     ]
 

@@ -4,11 +4,12 @@ without the hub kernels: models/qwen3_5/modeling_qwen3_5.py ``Qwen3_5GatedDeltaN
 (l.336-475) and ``Qwen3_5RMSNormGated`` (l.199-215); Qwen3-Next's layer
 (models/qwen3_next/modeling_qwen3_next.py ``Qwen3NextGatedDeltaNet``) is the same but for
 its two fused input projections (``DeltaNetShape.fused``). The block walk places the
-qwen3_5_text family's layers in config.json's order (activations._gated_deltanet keeps
-``saved`` in each Gated DeltaNet block); its training steps are estimated for what was
-measured (``refuse_training``), serving refused (``refuse_stack``); qwen3_5_moe_text and
-qwen3_next stay refused in ``sources`` (see calibration/notes/peft.md, "Gated DeltaNet
-(stop 49, helper qwen35)" and "Ordered block walk (stop 50, helper order)").
+qwen3_5_text and qwen3_5_moe_text families' layers in config.json's order
+(activations._gated_deltanet keeps ``saved`` in each Gated DeltaNet block); their training
+steps are estimated for what was measured (``refuse_training``), serving refused
+(``refuse_stack``); qwen3_next stays refused in ``sources`` (see calibration/notes/peft.md,
+"Gated DeltaNet (stop 49, helper qwen35)", "Ordered block walk (stop 50, helper order)"
+and "Qwen3.5's MoE text model (stop 51, helper q35moe)").
 
 The op runs from the outputs of in_proj_qkv, in_proj_z, in_proj_b and in_proj_a to the
 input of out_proj (those five are linears: ops.linear answers for what they keep). Symbols:
@@ -110,7 +111,8 @@ def _qwen35_layers(arch: Architecture) -> bool:
 
 
 # What a training step of Qwen3.5's layers was measured with (tests/accuracy/cases.py,
-# _qwen3_5_text: the tiny model on the CPU, transformers 5.25, peft 0.21.2, torch 2.13):
+# _qwen3_5_text and _qwen3_5_moe_text: the tiny models on the CPU, transformers 5.25,
+# peft 0.21.2, torch 2.13):
 # these methods and precisions, and only these settings changed from RunConfig's defaults.
 MEASURED_METHODS = ("full", "freeze", "lora", "qlora")
 MEASURED_PRECISIONS = ("fp32", "bf16", "bf16-mixed")
@@ -167,8 +169,9 @@ def refuse_training(arch: Architecture, run: RunConfig, alone: bool = True) -> N
         raise refuse(f"--precision {run.precision}")
     if run.method in ("lora", "qlora") and not run.lora_targets:
         raise InvalidInputError(
-            f"{arch.name}: peft 0.21.2 has no default LoRA targets for qwen3_5_text; name "
-            "them with --lora-targets (e.g. all-linear, or q_proj,v_proj)."
+            f"{arch.name}: peft 0.21.2 has no default LoRA targets for "
+            f"{arch.traits.model_types[0]}; name them with --lora-targets (q_proj,v_proj, "
+            "for one)."
         )
     default = RunConfig()
     for name in type(run).model_fields:

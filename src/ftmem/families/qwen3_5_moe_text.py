@@ -1,0 +1,121 @@
+"""Qwen3.5's MoE text model (Qwen3_5MoeForCausalLM, model_type qwen3_5_moe_text;
+transformers 5.25 models/qwen3_5_moe/): Qwen3.5's two layer kinds (family qwen3_5_text:
+Gated DeltaNet or gated full attention by ``layer_types``, zero-centred fp32 RMSNorms, a
+quarter of each head rotated) over Qwen2-MoE's sparse block (family qwen2_moe: the 3-D
+routed experts of width ``moe_intermediate_size`` and one dense SwiGLU ``shared_expert``
+of width ``shared_expert_intermediate_size`` scaled per token by
+``sigmoid(shared_expert_gate(x))``) in every layer.
+
+Line by line against what ftmem has (modeling_qwen3_5_moe.py, transformers 5.25):
+Qwen3_5MoeGatedDeltaNet, Qwen3_5MoeRMSNormGated, Qwen3_5MoeRMSNorm,
+Qwen3_5MoeTextRotaryEmbedding and Qwen3_5MoeTextModel.forward are Qwen3.5's own (the
+attention differs only in a line break); Qwen3_5MoeSparseMoeBlock (l.994-1014) and
+Qwen3_5MoeExperts (l.935-972) are Qwen2-MoE's; Qwen3_5MoeTopKRouter (l.975-991) is
+Qwen2-MoE's router with the top-k always divided by its sum (no ``norm_topk_prob``:
+Qwen3_5MoeTextConfig deletes the key, configuration_qwen3_5_moe.py) and cast back to the
+logits' dtype. The decoder layer builds the sparse block in every layer (no
+``mlp_only_layers``, no ``decoder_sparse_step``, no dense ``intermediate_size``).
+Qwen3_5MoeForCausalLM adds the load-balancing loss when ``output_router_logits``
+(l.1995-2004). The multi-token-prediction weights (``mtp.*``) are ignored on loading
+(``_keys_to_ignore_on_load_unexpected``, l.1923) and left out of the count, as for
+qwen3_5_text. transformers converts gate/up/down LoRA targets to the 3-D experts for this
+model type (conversion_mapping.py l.2466-2467: qwen3_5_text's mapping plus qwen2_moe's).
+
+Training steps: what qwen3_5_text was measured for (ops.gated_deltanet.refuse_training)
+and what tests/accuracy/cases.py ``_qwen3_5_moe_text`` measures; QLoRA is refused as for
+Qwen2-MoE (bitsandbytes quantises the one-output shared_expert_gate, not modelled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from ftmem import limits
+from ftmem.errors import ConfigError
+from ftmem.families import ConfigMap
+from ftmem.families._config import Config, LlamaKeys, opt, opt_or, shown
+from ftmem.families._llama import llama_map
+from ftmem.families.mixtral import EXPERT_NAMES
+from ftmem.families.qwen2_moe import SHARED_EXPERT
+from ftmem.families.qwen3_5_text import FAMILY as DENSE
+from ftmem.families.qwen3_5_text import _build as _dense_build
+from ftmem.families.qwen3_5_text import _read as _dense_read
+
+if TYPE_CHECKING:
+    from ftmem.arch import Architecture
+
+# Qwen3_5MoeTextConfig's class defaults (transformers 5.25 configuration_qwen3_5_moe.py
+# l.103-106) for the MoE keys a config.json may leave out
+DEFAULTS: Config = {
+    "moe_intermediate_size": 512,
+    "shared_expert_intermediate_size": 512,
+    "num_experts_per_tok": 8,
+    "num_experts": 256,
+}
+
+
+def _read(cfg: Config, out: Config) -> None:
+    _dense_read(cfg, out)
+    shared = opt_or(cfg, "shared_expert_intermediate_size", DEFAULTS)
+    if not shared:
+        raise ConfigError(
+            "config.json: shared_expert_intermediate_size must be positive for "
+            "qwen3_5_moe_text (transformers builds the shared expert in every layer)."
+        )
+    experts = (
+        opt(cfg, "num_experts", limits.EXPERTS)
+        or opt(cfg, "num_local_experts", limits.EXPERTS)
+        or DEFAULTS["num_experts"]
+    )
+    top_k = opt_or(cfg, "num_experts_per_tok", DEFAULTS, limits.EXPERTS)
+    if top_k > experts:
+        raise ConfigError(
+            f"config.json: num_experts_per_tok {shown(top_k)} is more than num_experts "
+            f"{shown(experts)}."
+        )
+    out.update(
+        intermediate_size=opt_or(cfg, "moe_intermediate_size", DEFAULTS),
+        shared_experts_size=shared,
+        num_experts=experts,
+        experts_per_token=top_k,
+        # (Qwen3_5MoeTopKRouter always divides the top-k by its sum)
+        router_renormalises=True,
+    )
+
+
+def _build(arch: Architecture, kw: Config) -> None:
+    _dense_build(arch, kw)
+    # (Qwen3_5MoeTextConfig has no dense intermediate_size)
+    kw.pop("intermediate_size", None)
+    kw.update(
+        moe_intermediate_size=arch.intermediate_size,
+        shared_expert_intermediate_size=arch.shared_experts_size,
+        num_experts=arch.num_experts,
+        num_experts_per_tok=arch.experts_per_token,
+    )
+
+
+_KEYS = LlamaKeys(optional=("attention_bias",))
+_MAP = llama_map("qwen3_5_moe_text", _KEYS, read_extra=_read, build_extra=_build)
+
+
+def _read_moe(cfg: Config) -> Config:
+    # read_llama_like needs intermediate_size, which this config class does not have:
+    # the experts' width stands in for it (and _read sets it from the same key)
+    width = {"intermediate_size": opt_or(cfg, "moe_intermediate_size", DEFAULTS)}
+    return _MAP.read({**cfg, **width})
+
+
+FAMILY = replace(
+    DENSE,
+    name="qwen3_5_moe_text",
+    model_types=("qwen3_5_moe_text",),
+    decoder_layer="Qwen3_5MoeDecoderLayer",
+    config=ConfigMap(_read_moe, _MAP.build),
+    names=replace(DENSE.names, experts=EXPERT_NAMES, shared_experts=SHARED_EXPERT),
+    shared_expert_gate=True,
+    peft_converts_expert_targets=True,
+    routing_weights_in_router_dtype=True,
+    router_aux_loss=True,
+)
