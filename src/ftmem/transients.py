@@ -152,7 +152,7 @@ def _block_gradients(arch: Architecture, plan: MethodPlan, roles: set[str]) -> i
     return sum(
         g.grad_bytes
         for g in plan.groups
-        if g.trainable and g.in_block and g.name.startswith(modules)
+        if g.trainable and g.in_block and (g.name.startswith(modules) or g.name in params)
     )
 
 
@@ -358,7 +358,8 @@ def _mlp_side_gradients(arch: Architecture, run: RunConfig, plan: MethodPlan) ->
     timeline counts a block's own gradients from after its backward (phases
     ._blocks_backward), these exist before its Gated DeltaNet layer's backward
     (measured: the tiny checkpointed full and freeze steps exactly these 36,992 B short
-    in bf16, LoRA on the MLP its adapters' 7,680 B in fp32). None new under gradient
+    in bf16, LoRA on the MLP its adapters' 7,680 B in fp32; Qwen3.5-MoE's router and 3-D
+    experts too, 49,664 B in bf16 on its tiny model). None new under gradient
     accumulation: every gradient exists already (measured where the blocks' weights are
     frozen; refused where they train, refuse_trained_accumulation)."""
     if run.grad_accum > 1:
@@ -369,10 +370,12 @@ def _mlp_side_gradients(arch: Architecture, run: RunConfig, plan: MethodPlan) ->
         if (p.kind in ("linear", "linear_bias") and set(p.roles) <= set(MLP_ROLES))
         or (p.kind == "norm" and p.module == "post_attention_layernorm")
     )
+    # a MoE block's router and 3-D experts (Qwen3.5-MoE): parameters, not modules
+    params = tuple(p.name for p in layout(arch).block if p.kind in ("expert", "router"))
     return sum(
         g.grad_bytes
         for g in plan.groups
-        if g.trainable and g.in_block and g.name.startswith(modules)
+        if g.trainable and g.in_block and (g.name.startswith(modules) or g.name in params)
     )
 
 

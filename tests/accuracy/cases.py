@@ -262,7 +262,8 @@ def _qwen3_5_text() -> list[Case]:
 class Qwen35MoeCase(Case):
     """Qwen3.5's MoE text model from config.json's keys (tests/conftest.py
     TINY_QWEN35_MOE_TEXT: 4 experts, 2 a token, a shared one) at 4 layers, LLLF by
-    default (``layers`` in arch_changes, as Qwen35Case)."""
+    default (``layers`` in arch_changes, as Qwen35Case); ``router_aux_loss`` in
+    arch_changes: config.json's output_router_logits."""
 
     def arch(self):
         from ftmem.sources import architecture_from_config
@@ -271,6 +272,7 @@ class Qwen35MoeCase(Case):
         kinds = self.arch_changes.get("layers", "LLLF")
         types = ["linear_attention" if kind == "L" else "full_attention" for kind in kinds]
         cfg = {**TINY_QWEN35_MOE_TEXT, "num_hidden_layers": len(types), "layer_types": types}
+        cfg["output_router_logits"] = self.arch_changes.get("router_aux_loss", False)
         return architecture_from_config(cfg, "tiny-qwen3_5_moe_text", "tests")
 
 
@@ -278,7 +280,7 @@ def _qwen3_5_moe_text() -> list[Case]:
     """Qwen3.5's two layer kinds over Qwen2-MoE's routed experts and gated shared expert
     (families.qwen3_5_moe_text): full in fp32, LoRA on every attention and Gated DeltaNet
     projection, LoRA on the 3-D experts, LoRA q,v under autocast and checkpointed, freeze
-    under autocast, full checkpointed. Refused, so not here: all-linear and the MLP names
+    under autocast, full checkpointed, the load-balancing loss. Refused, so not here: all-linear and the MLP names
     (peft turns them into expert LoRA), QLoRA (bitsandbytes quantises shared_expert_gate)."""
     mixers = "q_proj,k_proj,v_proj,o_proj,in_proj_qkv,in_proj_z,in_proj_b,in_proj_a,out_proj"
     qv = {"lora_targets": "q_proj,v_proj", "lora_r": 4}
@@ -302,6 +304,15 @@ def _qwen3_5_moe_text() -> list[Case]:
         ),
         Qwen35MoeCase(
             "qwen3_5_moe_text", {"method": "full", "precision": "bf16", "grad_ckpt": True}
+        ),
+        # the load-balancing loss over every layer's router logits (output_router_logits)
+        Qwen35MoeCase(
+            "qwen3_5_moe_text",
+            {"method": "lora", "precision": "bf16", **qv},
+            {"router_aux_loss": True},
+        ),
+        Qwen35MoeCase(
+            "qwen3_5_moe_text", {"method": "full", "precision": "fp32"}, {"router_aux_loss": True}
         ),
     ]
 
