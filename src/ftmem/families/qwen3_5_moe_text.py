@@ -23,7 +23,29 @@ model type (conversion_mapping.py l.2466-2467: qwen3_5_text's mapping plus qwen2
 
 Training steps: what qwen3_5_text was measured for (ops.gated_deltanet.refuse_training)
 and what tests/accuracy/cases.py ``_qwen3_5_moe_text`` measures; QLoRA is refused as for
-Qwen2-MoE (bitsandbytes quantises the one-output shared_expert_gate, not modelled).
+Qwen2-MoE (bitsandbytes quantises the one-output shared_expert_gate, not modelled), and so
+is LoRA on all-linear or the MLP names (peft turns them into LoRA on the 3-D experts).
+
+Notes (stop 51, helper q35moe). Measured: every tensor's name and size in its layer
+equals transformers 5.25's Qwen3_5MoeForCausalLM on the meta device
+(tests/test_qwen35_moe_text.py: the default pattern, a given order, one expert a token
+with biases and tied embeddings, every layer full; tiny 8-layer model; the config
+class's defaults, 40 layers at 2048 wide with 256 experts). Tiny accuracy cases (4 layers
+LLLF, hidden 64, 4 experts of 32, 2 a token, shared 48; b 3, s 50; CPU, torch 2.13,
+peft 0.21.2), peak estimate / measured B: full fp32 10,842,208 / 10,810,128 (+0.30 %,
+the top block's backward, not found); LoRA on the attention and Gated DeltaNet
+projections bf16 7,080,268 / 7,080,352; LoRA on the experts bf16 5,223,944 / 5,224,028;
+LoRA q,v bf16-mixed 2,106,112 / 2,106,112; checkpointed LoRA q,v bf16 2,629,464 /
+2,629,472; freeze 2 bf16-mixed 4,870,212 / 4,871,932 (the phase: backward / forward,
+1,720 B apart); checkpointed full bf16 3,817,896 / 3,817,904 (was 3,768,232, -1.3 %:
+the router's and experts' gradients made before the Gated DeltaNet layer's backward,
+transients._mlp_side_gradients); with the load-balancing loss, LoRA q,v bf16 1,582,912 /
+1,580,512 (+0.15 %; activations 557,680 / 554,112, +0.6 %: the three frozen Gated
+DeltaNet blocks below the lowest trained one keep router logits without a graph, which
+ops.router_aux counts as kept for backward) and full fp32 +0.30 % as without it.
+Left: those two gaps; QLoRA (a measured shared_expert_gate in 4-bit); LoRA on the
+shared expert alone (peft's names reach the 3-D experts too); the flash-linear-attention
+kernels; serving.
 """
 
 from __future__ import annotations
