@@ -179,3 +179,52 @@ def test_measured_steps_are_estimated(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "modelled on transformers' torch path" in " ".join(json.loads(res.stdout)["notes"])
+
+
+# Qwen3.5-35B-A3B's text_config architecture keys (presets/models/qwen3.5-35b-a3b.yaml cites
+# the public copies; also Qwen3_5MoeTextConfig's class defaults)
+QWEN35_35B_A3B: dict[str, Any] = {
+    "model_type": "qwen3_5_moe_text",
+    "vocab_size": 248320,
+    "hidden_size": 2048,
+    "num_hidden_layers": 40,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "head_dim": 256,
+    "full_attention_interval": 4,
+    "linear_num_key_heads": 16,
+    "linear_num_value_heads": 32,
+    "linear_key_head_dim": 128,
+    "linear_value_head_dim": 128,
+    "linear_conv_kernel_dim": 4,
+    "moe_intermediate_size": 512,
+    "shared_expert_intermediate_size": 512,
+    "num_experts": 256,
+    "num_experts_per_tok": 8,
+    "max_position_embeddings": 262144,
+    "tie_word_embeddings": False,
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 10_000_000.0,
+        "partial_rotary_factor": 0.25,
+        "mrope_interleaved": True,
+        "mrope_section": [11, 11, 10],
+    },
+}
+
+
+def test_the_35b_a3b_preset_is_its_config_and_transformers_count():
+    """The preset reads as its config.json's text model does, and counts what transformers
+    builds on the meta device; by hand (the preset's comment): 40 x 808,982,528 (norms,
+    experts, router, shared expert and its gate) + 30 Gated DeltaNet x 33,718,464 + 10 full
+    attention x 27,263,488 + embeddings and head 2 x 508,559,360 + final norm 2,048."""
+    from ftmem.sources import resolve_model
+
+    preset = resolve_model("qwen3.5-35b-a3b")
+    read = _arch(QWEN35_35B_A3B)
+    fields = ("name", "source", "published_params", "published_params_source")
+    assert preset.model_dump(exclude=set(fields)) == read.model_dump(exclude=set(fields))
+    by_hand = 40 * 808_982_528 + 30 * 33_718_464 + 10 * 27_263_488 + 2 * 508_559_360 + 2_048
+    model = _built(QWEN35_35B_A3B)
+    assert count_params(preset) == sum(p.numel() for p in model.parameters()) == by_hand
+    assert by_hand == 34_660_610_688

@@ -91,6 +91,12 @@ class LinearAttention(Model, strict=True):
         "layer_types); empty: the lowest `layers` blocks.",
     )
 
+    @field_validator("indices", mode="before")
+    @classmethod
+    def _listed(cls, value: object) -> object:
+        # a preset's YAML (or JSON) gives the indices as a list
+        return tuple(value) if isinstance(value, list) else value
+
     @model_validator(mode="after")
     def _bounded(self) -> LinearAttention:
         for name in type(self).model_fields:
