@@ -152,7 +152,7 @@ def _block_gradients(arch: Architecture, plan: MethodPlan, roles: set[str]) -> i
     return sum(
         g.grad_bytes
         for g in plan.groups
-        if g.trainable and g.in_block and (g.name.startswith(modules) or g.name in params)
+        if g.trainable and g.in_block and g.name.startswith(modules)
     )
 
 
