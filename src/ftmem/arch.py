@@ -90,6 +90,12 @@ class LinearAttention(Model, strict=True):
         description="The linear-attention layers' indices, bottom to top (config.json's "
         "layer_types); empty: the lowest `layers` blocks.",
     )
+    fused: bool = Field(
+        False,
+        exclude_if=lambda value: not value,
+        description="Qwen3-Next's two fused input projections (in_proj_qkvz, in_proj_ba) in "
+        "place of Qwen3.5's four (in_proj_qkv, in_proj_z, in_proj_b, in_proj_a).",
+    )
 
     @field_validator("indices", mode="before")
     @classmethod
@@ -100,7 +106,7 @@ class LinearAttention(Model, strict=True):
     @model_validator(mode="after")
     def _bounded(self) -> LinearAttention:
         for name in type(self).model_fields:
-            if name == "indices":
+            if name in ("indices", "fused"):
                 continue  # (checked against num_layers: Architecture._fits_linear_attention)
             bound = limits.LAYERS if name == "layers" else limits.WIDTH
             problem = bound.problem(f"linear_attention.{name}", getattr(self, name))
@@ -118,6 +124,7 @@ class LinearAttention(Model, strict=True):
             self.key_head_dim,
             self.value_head_dim,
             self.conv_kernel,
+            self.fused,
         )
 
 
@@ -989,13 +996,21 @@ def _two_kind_attention(arch: Architecture) -> list[Linear]:
         shape = lin_attn.shape(h)
         mixer = arch.traits.linear_attention_module
         role: tuple[Role, ...] = ("linear_attention",)
-        out += [
-            Linear(f"{mixer}.in_proj_qkv", role, h, shape.conv_dim, False, blocks=below),
-            Linear(f"{mixer}.in_proj_z", role, h, shape.value_dim, False, blocks=below),
-            Linear(f"{mixer}.in_proj_b", role, h, lin_attn.value_heads, False, blocks=below),
-            Linear(f"{mixer}.in_proj_a", role, h, lin_attn.value_heads, False, blocks=below),
-            Linear(f"{mixer}.out_proj", role, shape.value_dim, h, False, blocks=below),
-        ]
+        v = lin_attn.value_heads
+        if shape.fused:  # (Qwen3-Next: modeling_qwen3_next.py Qwen3NextGatedDeltaNet.__init__)
+            qkvz = shape.conv_dim + shape.value_dim
+            out += [
+                Linear(f"{mixer}.in_proj_qkvz", role, h, qkvz, False, blocks=below),
+                Linear(f"{mixer}.in_proj_ba", role, h, 2 * v, False, blocks=below),
+            ]
+        else:
+            out += [
+                Linear(f"{mixer}.in_proj_qkv", role, h, shape.conv_dim, False, blocks=below),
+                Linear(f"{mixer}.in_proj_z", role, h, shape.value_dim, False, blocks=below),
+                Linear(f"{mixer}.in_proj_b", role, h, v, False, blocks=below),
+                Linear(f"{mixer}.in_proj_a", role, h, v, False, blocks=below),
+            ]
+        out.append(Linear(f"{mixer}.out_proj", role, shape.value_dim, h, False, blocks=below))
     attn, bias = arch.traits.names.attention, arch.attention_qkv_bias
     q = arch.q_size * (2 if arch.traits.attention_output_gate else 1)
     return [

@@ -106,11 +106,6 @@ NOT_MODELLED = {
     # - sink) in fp32, which keeps tensors no other family's attention does
     "granitemoe_swa": "its eager-only attention scales each head's output by a sigmoid of "
     "the scores' logsumexp minus a learned sink, an op ftmem has not measured yet",
-    # Qwen3-Next, transformers 5.25 (models/qwen3_next/modeling_qwen3_next.py
-    # Qwen3NextDecoderLayer: layer_types picks Qwen3NextGatedDeltaNet or Qwen3NextAttention
-    # per layer); Qwen3.5's text models (qwen3_5_text, qwen3_5_moe_text) are families
-    "qwen3_next": "its layers alternate Gated DeltaNet linear attention with gated full "
-    "attention, which ftmem's block walk does not model yet",
 }
 # Qwen3.5's image-text wrappers
 # the whole models: their vision encoder (Qwen3_5VisionModel) is not modelled

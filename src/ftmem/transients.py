@@ -359,9 +359,9 @@ def _mlp_side_gradients(arch: Architecture, run: RunConfig, plan: MethodPlan) ->
     ._blocks_backward), these exist before its Gated DeltaNet layer's backward
     (measured: the tiny checkpointed full and freeze steps exactly these 36,992 B short
     in bf16, LoRA on the MLP its adapters' 7,680 B in fp32; Qwen3.5-MoE's router and 3-D
-    experts too, 49,664 B in bf16 on its tiny model). None new under gradient
-    accumulation: every gradient exists already (measured where the blocks' weights are
-    frozen; refused where they train, refuse_trained_accumulation)."""
+    experts too, 49,664 B in bf16 on its tiny model, LoRA on its experts 14,336 B). None
+    new under gradient accumulation: every gradient exists already (measured where the
+    blocks' weights are frozen; refused where they train, refuse_trained_accumulation)."""
     if run.grad_accum > 1:
         return 0
     modules = tuple(
@@ -370,12 +370,13 @@ def _mlp_side_gradients(arch: Architecture, run: RunConfig, plan: MethodPlan) ->
         if (p.kind in ("linear", "linear_bias") and set(p.roles) <= set(MLP_ROLES))
         or (p.kind == "norm" and p.module == "post_attention_layernorm")
     )
-    # a MoE block's router and 3-D experts (Qwen3.5-MoE): parameters, not modules
+    # a MoE block's router and 3-D experts (Qwen3.5-MoE): parameters, not modules, and
+    # the adapters peft puts on the experts (groups named after the parameter)
     params = tuple(p.name for p in layout(arch).block if p.kind in ("expert", "router"))
     return sum(
         g.grad_bytes
         for g in plan.groups
-        if g.trainable and g.in_block and (g.name.startswith(modules) or g.name in params)
+        if g.trainable and g.in_block and g.name.startswith(modules + params)
     )
 
 

@@ -280,8 +280,10 @@ def _qwen3_5_moe_text() -> list[Case]:
     """Qwen3.5's two layer kinds over Qwen2-MoE's routed experts and gated shared expert
     (families.qwen3_5_moe_text): full in fp32, LoRA on every attention and Gated DeltaNet
     projection, LoRA on the 3-D experts, LoRA q,v under autocast and checkpointed, freeze
-    under autocast, full checkpointed, the load-balancing loss. Refused, so not here: all-linear and the MLP names
-    (peft turns them into expert LoRA), QLoRA (bitsandbytes quantises shared_expert_gate)."""
+    under autocast, full, freeze and LoRA on the experts checkpointed, LoRA q,v over a
+    full-attention bottom layer, the load-balancing loss. Refused, so not here: all-linear
+    and the MLP names (peft turns them into expert LoRA), QLoRA (bitsandbytes quantises
+    shared_expert_gate)."""
     mixers = "q_proj,k_proj,v_proj,o_proj,in_proj_qkv,in_proj_z,in_proj_b,in_proj_a,out_proj"
     qv = {"lora_targets": "q_proj,v_proj", "lora_r": 4}
     return [
@@ -304,6 +306,26 @@ def _qwen3_5_moe_text() -> list[Case]:
         ),
         Qwen35MoeCase(
             "qwen3_5_moe_text", {"method": "full", "precision": "bf16", "grad_ckpt": True}
+        ),
+        # checkpointed blocks: the experts' adapters' and the trained blocks' router and
+        # experts' gradients made before the Gated DeltaNet layer's backward
+        Qwen35MoeCase(
+            "qwen3_5_moe_text",
+            {
+                "method": "lora",
+                "precision": "bf16",
+                "grad_ckpt": True,
+                "lora_targets": "experts",
+                "lora_r": 4,
+            },
+        ),
+        Qwen35MoeCase(
+            "qwen3_5_moe_text",
+            {"method": "freeze", "trainable_layers": 2, "precision": "bf16", "grad_ckpt": True},
+        ),
+        # a full-attention layer at the bottom: every block trains under LoRA q,v
+        Qwen35MoeCase(
+            "qwen3_5_moe_text", {"method": "lora", "precision": "bf16", **qv}, {"layers": "FLLF"}
         ),
         # the load-balancing loss over every layer's router logits (output_router_logits)
         Qwen35MoeCase(

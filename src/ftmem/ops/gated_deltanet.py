@@ -152,6 +152,12 @@ def refuse_training(arch: Architecture, run: RunConfig, alone: bool = True) -> N
     (tensor and pipeline parallelism, ZeRO, FSDP and ColossalAI are not measured)."""
     if not _qwen35_layers(arch):
         return
+    if arch.linear_attention is not None and arch.linear_attention.fused:
+        raise InvalidInputError(
+            f"{arch.name}: a training step of Qwen3-Next's Gated DeltaNet layers (their fused "
+            "in_proj_qkvz and in_proj_ba split per key head) is not modelled yet (their "
+            'parameters are); for a traced answer add --traced, with pip install "ftmem[measure]".'
+        )
     from ftmem.run import RunConfig
 
     def refuse(what: str) -> InvalidInputError:

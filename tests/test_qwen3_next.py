@@ -1,0 +1,136 @@
+"""Qwen3-Next (family qwen3_next): its parameters against transformers 5.25's
+Qwen3NextForCausalLM built on the meta device (every tensor in its layer, the fused
+in_proj_qkvz and in_proj_ba included), the config class's defaults, the config ftmem builds
+read back, and what is refused in one sentence (a training step, serving, dense layers)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ftmem.arch import Architecture, count_params, layout, param_path
+from ftmem.cli import app
+from ftmem.errors import ConfigError
+from ftmem.sources import architecture_from_config
+from tests.conftest import TINY_QWEN35_MOE_TEXT
+
+# transformers 5.25 Qwen3NextConfig keys: the tiny Qwen3.5-MoE widths, with the dense
+# width its config class has (read by no layer here)
+TINY: dict[str, Any] = {**TINY_QWEN35_MOE_TEXT, "model_type": "qwen3_next", "intermediate_size": 96}
+
+
+def _arch(cfg: dict[str, Any]) -> Architecture:
+    return architecture_from_config(cfg, "tiny-qwen3_next", "test")
+
+
+def _built(cfg: dict[str, Any]) -> Any:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers.models.qwen3_next")
+    config = transformers.AutoConfig.for_model(**cfg)
+    with torch.device("meta"):
+        return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _ftmem_tensors(arch: Architecture) -> dict[str, int]:
+    lay = layout(arch)
+    out = {p.name: p.numel for p in lay.outer}
+    for i in range(arch.num_layers):
+        out.update({param_path(arch, i, p.name): p.numel for p in lay.block if p.in_block(i)})
+    return out
+
+
+CASES = {
+    "default pattern": {},
+    "given layer_types, equal heads": {
+        "layer_types": ["full_attention", "linear_attention"] * 3
+        + ["linear_attention", "full_attention"],
+        "linear_num_key_heads": 4,
+    },
+    "biases, tied, top-k not renormalised": {
+        "attention_bias": True,
+        "tie_word_embeddings": True,
+        "norm_topk_prob": False,
+    },
+}
+
+
+@pytest.mark.parametrize("changes", CASES.values(), ids=CASES.keys())
+def test_every_tensor_is_transformers_one(changes):
+    cfg = {**TINY, **changes}
+    model = _built(cfg)
+    arch = _arch(cfg)
+    real = {name: p.numel() for name, p in model.named_parameters()}
+    assert type(model).__name__ == "Qwen3NextForCausalLM"
+    assert _ftmem_tensors(arch) == real
+    assert count_params(arch) == sum(real.values())
+    assert arch.router_renormalises == changes.get("norm_topk_prob", True)
+
+
+def test_transformers_default_widths_count_exactly():
+    """Qwen3NextConfig's own defaults (hidden 2048, 48 layers, vocab 151,936, 512 experts
+    of 512, 10 a token, a shared one of 512), on the meta device."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers.models.qwen3_next")
+    defaults = transformers.Qwen3NextConfig().to_dict()
+    cfg = {k: defaults[k] for k in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "num_key_value_heads", "head_dim", "linear_num_key_heads",
+        "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim",
+        "linear_conv_kernel_dim", "tie_word_embeddings", "moe_intermediate_size",
+        "shared_expert_intermediate_size", "num_experts", "num_experts_per_tok",
+    )}  # fmt: skip
+    cfg["model_type"] = "qwen3_next"
+    model = _built(cfg)
+    assert count_params(_arch(cfg)) == sum(p.numel() for p in model.parameters())
+    bare = {k: v for k, v in cfg.items() if "expert" not in k and k != "intermediate_size"}
+    assert count_params(_arch(bare)) == count_params(_arch(cfg))
+
+
+def test_the_config_ftmem_builds_is_the_model_read():
+    transformers = pytest.importorskip("transformers")
+    from ftmem import families
+
+    arch = _arch(TINY)
+    kw = families.get("qwen3_next").config.build(arch)
+    config = transformers.AutoConfig.for_model("qwen3_next", vocab_size=arch.vocab_size, **kw)
+    model = _built(config.to_dict())
+    assert count_params(arch) == sum(p.numel() for p in model.parameters())
+    assert _arch(config.to_dict()) == arch
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"mlp_only_layers": [0]}, "dense layers"),
+        ({"decoder_sparse_step": 2}, "dense layers"),
+        ({"num_experts": 0}, "num_experts must be positive"),
+        ({"layer_types": ["full_attention"] * 7 + ["linear_attention"]}, "ends with a linear"),
+    ],
+)
+def test_configs_ftmem_would_misstate_are_refused(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        _arch({**TINY, **changes})
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("estimate", "--method", "full"),
+        ("estimate", "--method", "lora", "--lora-targets", "q_proj,v_proj"),
+        ("serve",),
+    ],
+)
+def test_steps_and_serving_are_refused_in_one_sentence(tmp_path, args):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY))
+    res = CliRunner().invoke(app, [args[0], str(path), *args[1:]])
+    assert res.exit_code == 2, res.output
+    assert res.stdout == ""
+    assert "Traceback" not in res.stderr
+    said = " ".join(res.stderr.split())
+    assert len(said.rstrip(".").split(". ")) == 1, said
+    assert "Qwen3" in said
