@@ -726,6 +726,14 @@ TINY_QWEN35_MOE_TEXT: dict[str, Any] = {
     "num_experts_per_tok": 2,
 }
 
+# Qwen3-Next (transformers 5.25 Qwen3NextConfig keys): the same widths, its fused Gated
+# DeltaNet projections; intermediate_size is its dense MLP's, which no layer builds here
+TINY_QWEN3_NEXT: dict[str, Any] = {
+    **TINY_QWEN35_MOE_TEXT,
+    "model_type": "qwen3_next",
+    "intermediate_size": 96,
+}
+
 # Encoder-decoders, kept apart: they support a subset of the methods and features.
 # "flan-t5": T5 v1.1 / Flan-T5 (gated GELU, untied head); "t5": T5 v1.0 (ReLU, tied
 # head with the decoder output scaled). inner = heads x d_kv (144) differs from d_model.

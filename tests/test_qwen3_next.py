@@ -1,7 +1,8 @@
 """Qwen3-Next (family qwen3_next): its parameters against transformers 5.25's
 Qwen3NextForCausalLM built on the meta device (every tensor in its layer, the fused
 in_proj_qkvz and in_proj_ba included), the config class's defaults, the config ftmem builds
-read back, and what is refused in one sentence (a training step, serving, dense layers)."""
+read back, a measured step estimated, and what is refused in one sentence (serving, dense
+layers)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,7 @@ from ftmem.arch import Architecture, count_params, layout, param_path
 from ftmem.cli import app
 from ftmem.errors import ConfigError
 from ftmem.sources import architecture_from_config
-from tests.conftest import TINY_QWEN35_MOE_TEXT
-
-# transformers 5.25 Qwen3NextConfig keys: the tiny Qwen3.5-MoE widths, with the dense
-# width its config class has (read by no layer here)
-TINY: dict[str, Any] = {**TINY_QWEN35_MOE_TEXT, "model_type": "qwen3_next", "intermediate_size": 96}
+from tests.conftest import TINY_QWEN3_NEXT as TINY
 
 
 def _arch(cfg: dict[str, Any]) -> Architecture:
@@ -116,21 +113,23 @@ def test_configs_ftmem_would_misstate_are_refused(changes, message):
         _arch({**TINY, **changes})
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ("estimate", "--method", "full"),
-        ("estimate", "--method", "lora", "--lora-targets", "q_proj,v_proj"),
-        ("serve",),
-    ],
-)
-def test_steps_and_serving_are_refused_in_one_sentence(tmp_path, args):
+def test_serving_is_refused_in_one_sentence(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(TINY))
-    res = CliRunner().invoke(app, [args[0], str(path), *args[1:]])
+    res = CliRunner().invoke(app, ["serve", str(path)])
     assert res.exit_code == 2, res.output
     assert res.stdout == ""
     assert "Traceback" not in res.stderr
     said = " ".join(res.stderr.split())
     assert len(said.rstrip(".").split(". ")) == 1, said
-    assert "Qwen3" in said
+
+
+def test_a_measured_step_is_estimated(tmp_path):
+    """LoRA on the fused projections by name (tests/accuracy/cases.py _qwen3_next)."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY))
+    targets = "in_proj_qkvz,in_proj_ba,out_proj,q_proj,v_proj"
+    args = ["estimate", str(path), "--method", "lora", "--lora-targets", targets]
+    res = CliRunner().invoke(app, [*args, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert "modelled on transformers' torch path" in " ".join(json.loads(res.stdout)["notes"])

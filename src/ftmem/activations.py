@@ -219,6 +219,10 @@ def _kv_copied(ctx: LayerContext) -> bool:
     return runs_eager(arch, ctx.run) or layer_mask(ctx) or sdpa_repeats_kv(arch, ctx.run)
 
 
+# Qwen3.5's four input projections of a Gated DeltaNet layer
+QWEN35_INPUT_PROJECTIONS = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")
+
+
 def _gated_deltanet(
     ctx: LayerContext, state: BlockState, mixer: list[Linear], in_grad: bool
 ) -> list[Saved]:
@@ -231,9 +235,11 @@ def _gated_deltanet(
     lin_attn = arch.linear_attention
     assert lin_attn is not None
     by_leaf = {lin.leaf: lin for lin in mixer}
-    ins = [by_leaf[leaf] for leaf in ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")]
-    out_proj = by_leaf["out_proj"]
     h, shape = arch.hidden_size, lin_attn.shape(arch.hidden_size)
+    # (Qwen3-Next's two fused projections: arch._two_kind_attention)
+    leaves = ("in_proj_qkvz", "in_proj_ba") if shape.fused else QWEN35_INPUT_PROJECTIONS
+    ins = [by_leaf[leaf] for leaf in leaves]
+    out_proj = by_leaf["out_proj"]
     out = LinearOp.saved(ctx, ins, state, in_grad, "linear-attention projections", h, ctx.residual)
     streams = [
         in_grad or state.weight_trains(lin) or lin.module in state.output_grad for lin in ins

@@ -122,6 +122,7 @@ def _matrix() -> list[Case]:
         *_moe_families_of_stop_49(),
         *_qwen3_5_text(),
         *_qwen3_5_moe_text(),
+        *_qwen3_next(),
     ]
 
 
@@ -335,6 +336,63 @@ def _qwen3_5_moe_text() -> list[Case]:
         ),
         Qwen35MoeCase(
             "qwen3_5_moe_text", {"method": "full", "precision": "fp32"}, {"router_aux_loss": True}
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class Qwen3NextCase(Case):
+    """Qwen3-Next from config.json's keys (tests/conftest.py TINY_QWEN3_NEXT) at 4
+    layers, LLLF by default (``layers`` in arch_changes, as Qwen35Case); other
+    arch_changes are config.json keys."""
+
+    def arch(self):
+        from ftmem.sources import architecture_from_config
+        from tests.conftest import TINY_QWEN3_NEXT
+
+        changes = dict(self.arch_changes)
+        kinds = changes.pop("layers", "LLLF")
+        types = ["linear_attention" if kind == "L" else "full_attention" for kind in kinds]
+        cfg = {**TINY_QWEN3_NEXT, **changes, "num_hidden_layers": len(types)}
+        return architecture_from_config({**cfg, "layer_types": types}, "tiny-qwen3_next", "tests")
+
+
+def _qwen3_next() -> list[Case]:
+    """Qwen3-Next: Qwen3.5-MoE's stack with the fused in_proj_qkvz and in_proj_ba
+    (ops.gated_deltanet DeltaNetShape.fused): full in fp32, bf16 and checkpointed, LoRA q,v
+    in bf16, under autocast and checkpointed, LoRA on every attention and Gated DeltaNet
+    projection, LoRA on the 3-D experts, freeze under autocast, one value head per key head
+    in fp32 over three chunks (z a view of in_proj_qkvz's output), two sequences."""
+    qv = {"lora_targets": "q_proj,v_proj", "lora_r": 4}
+    mixers = "q_proj,k_proj,v_proj,o_proj,in_proj_qkvz,in_proj_ba,out_proj"
+    return [
+        Qwen3NextCase("qwen3_next", {"method": "full", "precision": "fp32"}),
+        Qwen3NextCase("qwen3_next", {"method": "full", "precision": "bf16"}),
+        Qwen3NextCase("qwen3_next", {"method": "full", "precision": "bf16", "grad_ckpt": True}),
+        Qwen3NextCase("qwen3_next", {"method": "lora", "precision": "bf16", **qv}),
+        Qwen3NextCase("qwen3_next", {"method": "lora", "precision": "bf16-mixed", **qv}),
+        Qwen3NextCase(
+            "qwen3_next", {"method": "lora", "precision": "bf16", "grad_ckpt": True, **qv}
+        ),
+        Qwen3NextCase(
+            "qwen3_next",
+            {"method": "lora", "precision": "bf16", "lora_targets": mixers, "lora_r": 4},
+        ),
+        Qwen3NextCase(
+            "qwen3_next",
+            {"method": "lora", "precision": "bf16", "lora_targets": "experts", "lora_r": 4},
+        ),
+        Qwen3NextCase(
+            "qwen3_next", {"method": "freeze", "trainable_layers": 2, "precision": "bf16-mixed"}
+        ),
+        Qwen3NextCase(
+            "qwen3_next",
+            {"method": "lora", "precision": "fp32", "seq_len": 130, **qv},
+            {"linear_num_key_heads": 4},
+        ),
+        Qwen3NextCase(
+            "qwen3_next",
+            {"method": "lora", "precision": "bf16", "grad_ckpt": True, "batch_size": 2, **qv},
         ),
     ]
 

@@ -21,10 +21,22 @@ decoder layer from Qwen3-Next's). Line by line against qwen3_5_moe_text
 - Qwen3NextModel.forward's position ids are ``arange(s)[None]`` (one row, not Qwen3.5's
   M-RoPE rows expanded over the batch), and Qwen3NextRotaryEmbedding is the plain one.
 
-Counted exactly (tests/test_qwen3_next.py against transformers on the meta device); a
-training step is refused (ops.gated_deltanet.refuse_training: the fused projections'
-split was not measured in a step), and so is serving. The multi-token-prediction weights
+Counted exactly (tests/test_qwen3_next.py against transformers on the meta device);
+training steps are estimated for what Qwen3.5's layers were measured with
+(ops.gated_deltanet.refuse_training), serving refused. The multi-token-prediction weights
 (``mtp.*``) are ignored on loading (``_keys_to_ignore_on_load_unexpected``) and left out.
+
+Notes (stop 51, helper q35moe). Measured (tests/accuracy/cases.py ``_qwen3_next``: 4
+layers LLLF, hidden 64, 4 experts of 32, 2 a token, shared 48; b 3, s 50; CPU, torch 2.13,
+peft 0.21.2), peak estimate / measured B: full fp32 10,838,984 / 10,806,904 (+0.30 %, as
+Qwen3.5-MoE's: the top block's backward, not found); full bf16 8,067,956 / 8,066,840;
+checkpointed 3,816,272 / 3,816,280; LoRA q,v bf16 1,617,312 / 1,617,312, bf16-mixed
+2,143,712 / 2,143,712, checkpointed 2,627,864 / 2,627,872, b 2 checkpointed 1,895,440 /
+1,895,448; LoRA on the attention and fused projections 6,815,388 / 6,815,472; on the
+experts 5,222,344 / 5,222,428; freeze 2 bf16-mixed 4,828,604 / 4,830,324 (phase backward
+/ forward); one value head per key head, fp32, s 130 4,757,344 / 4,757,344. Left: dense
+layers (mlp_only_layers, decoder_sparse_step), QLoRA (the shared_expert_gate in 4-bit, as
+Qwen2-MoE), the flash-linear-attention kernels, serving.
 """
 
 from __future__ import annotations

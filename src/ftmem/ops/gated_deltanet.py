@@ -4,12 +4,11 @@ without the hub kernels: models/qwen3_5/modeling_qwen3_5.py ``Qwen3_5GatedDeltaN
 (l.336-475) and ``Qwen3_5RMSNormGated`` (l.199-215); Qwen3-Next's layer
 (models/qwen3_next/modeling_qwen3_next.py ``Qwen3NextGatedDeltaNet``) is the same but for
 its two fused input projections (``DeltaNetShape.fused``). The block walk places the
-qwen3_5_text and qwen3_5_moe_text families' layers in config.json's order
+qwen3_5_text, qwen3_5_moe_text and qwen3_next families' layers in config.json's order
 (activations._gated_deltanet keeps ``saved`` in each Gated DeltaNet block); their training
 steps are estimated for what was measured (``refuse_training``), serving refused
-(``refuse_stack``); qwen3_next stays refused in ``sources`` (see calibration/notes/peft.md,
-"Gated DeltaNet (stop 49, helper qwen35)", "Ordered block walk (stop 50, helper order)"
-and "Qwen3.5's MoE text model (stop 51, helper q35moe)").
+(``refuse_stack``) (see calibration/notes/peft.md, "Gated DeltaNet (stop 49, helper
+qwen35)", "Ordered block walk (stop 50, helper order)"; the families' docstrings).
 
 The op runs from the outputs of in_proj_qkv, in_proj_z, in_proj_b and in_proj_a to the
 input of out_proj (those five are linears: ops.linear answers for what they keep). Symbols:
@@ -111,8 +110,8 @@ def _qwen35_layers(arch: Architecture) -> bool:
 
 
 # What a training step of Qwen3.5's layers was measured with (tests/accuracy/cases.py,
-# _qwen3_5_text and _qwen3_5_moe_text: the tiny models on the CPU, transformers 5.25,
-# peft 0.21.2, torch 2.13):
+# _qwen3_5_text, _qwen3_5_moe_text and _qwen3_next: the tiny models on the CPU,
+# transformers 5.25, peft 0.21.2, torch 2.13):
 # these methods and precisions, and only these settings changed from RunConfig's defaults.
 MEASURED_METHODS = ("full", "freeze", "lora", "qlora")
 MEASURED_PRECISIONS = ("fp32", "bf16", "bf16-mixed")
@@ -152,12 +151,6 @@ def refuse_training(arch: Architecture, run: RunConfig, alone: bool = True) -> N
     (tensor and pipeline parallelism, ZeRO, FSDP and ColossalAI are not measured)."""
     if not _qwen35_layers(arch):
         return
-    if arch.linear_attention is not None and arch.linear_attention.fused:
-        raise InvalidInputError(
-            f"{arch.name}: a training step of Qwen3-Next's Gated DeltaNet layers (their fused "
-            "in_proj_qkvz and in_proj_ba split per key head) is not modelled yet (their "
-            'parameters are); for a traced answer add --traced, with pip install "ftmem[measure]".'
-        )
     from ftmem.run import RunConfig
 
     def refuse(what: str) -> InvalidInputError:
