@@ -152,6 +152,13 @@ REFUSED = {
     "no targets": ("estimate", "--method", "lora"),
     "serving": ("serve",),
     "dora": ("estimate", "--method", "dora", "--lora-targets", "q_proj,v_proj"),
+    "shared expert by name": (
+        "estimate",
+        "--method",
+        "lora",
+        "--lora-targets",
+        "q_proj,v_proj,gate_proj,up_proj,down_proj",
+    ),
 }
 
 
@@ -228,3 +235,17 @@ def test_the_35b_a3b_preset_is_its_config_and_transformers_count():
     model = _built(QWEN35_35B_A3B)
     assert count_params(preset) == sum(p.numel() for p in model.parameters()) == by_hand
     assert by_hand == 34_660_610_688
+
+
+def test_lora_on_the_experts_trains_every_block():
+    """LoRA on q and v alone trains from the lowest full-attention layer up (layer 3 of 8
+    by the default pattern); with the routed experts (in every layer) beside them, all 8
+    blocks train (measured: tests/accuracy/cases.py, q,v,gate,up,down)."""
+    from ftmem.methods import plan_method
+    from ftmem.run import RunConfig
+
+    arch = _arch(TINY_QWEN35_MOE_TEXT)
+    qv = RunConfig(method="lora", lora_targets="q_proj,v_proj", lora_r=2)
+    assert plan_method(arch, qv).trainable_blocks == 8 - 3
+    with_experts = RunConfig(method="lora", lora_targets="q,v,gate,up,down", lora_r=2)
+    assert plan_method(arch, with_experts).trainable_blocks == 8

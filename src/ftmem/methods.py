@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from math import prod
@@ -774,6 +774,22 @@ def _check_all_linear(arch: Architecture) -> None:
         )
 
 
+def _check_shared_expert_lora(arch: Architecture, adapted: Iterable[Linear]) -> None:
+    """LoRA on the gated shared expert's linears of Qwen3.5-MoE and Qwen3-Next (targets by
+    the MLP's module names; by role gate, up and down reach the routed experts only):
+    refused, measured off (tiny Qwen3.5-MoE, q_proj,v_proj,gate_proj,up_proj,down_proj
+    bf16: activations +1.3 %, peak +1.1 %, weights and gradients exact)."""
+    if not (arch.traits.shared_expert_gate and arch.traits.attention_output_gate):
+        return
+    shared = set(arch.traits.names.shared_experts.values())
+    if any(lin.module in shared for lin in adapted):
+        raise InvalidInputError(
+            f"{arch.name}: LoRA on the shared expert's linears (gate_proj, up_proj, "
+            "down_proj by name) is not modelled yet; target the routed experts by role "
+            "(--lora-targets q,v,gate,up,down) or with experts."
+        )
+
+
 def _named_experts(
     arch: Architecture, items: list[str]
 ) -> tuple[dict[Linear, set[int] | None], list[str]]:
@@ -1513,10 +1529,13 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         # hold nothing that trains
         first = min(min(ex.layers) if ex.layers else arch.sparse_blocks[0] for ex in experts)
         trainable_blocks = arch.num_layers - first
+    _check_shared_expert_lora(arch, adapted)
     if adapted and arch.linear_attention is not None:
         # Qwen3.5: the lowest block holding an adapted linear, in config.json's layer order
-        # (q_proj, v_proj: the lowest full-attention layer; nothing below it trains)
-        lowest = (0 if lin.blocks is None else lin.blocks.lowest for lin in adapted)
+        # (q_proj, v_proj: the lowest full-attention layer; nothing below it trains), or
+        # adapted experts (Qwen3.5-MoE: LoRA on q and v beside the experts trains all)
+        lowest = [0 if lin.blocks is None else lin.blocks.lowest for lin in adapted]
+        lowest += [min(ex.layers) if ex.layers else arch.sparse_blocks[0] for ex in experts]
         trainable_blocks = arch.num_layers - min(i for i in lowest if i is not None)
     notes += torch_path_note(arch, run)
     _check_lora_variant(arch, run, bool(experts))

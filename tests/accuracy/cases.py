@@ -282,9 +282,10 @@ def _qwen3_5_moe_text() -> list[Case]:
     (families.qwen3_5_moe_text): full in fp32, LoRA on every attention and Gated DeltaNet
     projection, LoRA on the 3-D experts, LoRA q,v under autocast and checkpointed, freeze
     under autocast, full, freeze and LoRA on the experts checkpointed, LoRA q,v over a
-    full-attention bottom layer, the load-balancing loss. Refused, so not here: all-linear
-    and the MLP names (peft turns them into expert LoRA), QLoRA (bitsandbytes quantises
-    shared_expert_gate)."""
+    full-attention bottom layer, LoRA on q, v and the routed experts by role (plain and
+    checkpointed), the load-balancing loss. Refused, so not here: all-linear and the
+    shared expert's names (methods._check_shared_expert_lora, measured +1.3 %), QLoRA
+    (bitsandbytes quantises shared_expert_gate)."""
     mixers = "q_proj,k_proj,v_proj,o_proj,in_proj_qkv,in_proj_z,in_proj_b,in_proj_a,out_proj"
     qv = {"lora_targets": "q_proj,v_proj", "lora_r": 4}
     return [
@@ -324,6 +325,26 @@ def _qwen3_5_moe_text() -> list[Case]:
             "qwen3_5_moe_text",
             {"method": "freeze", "trainable_layers": 2, "precision": "bf16", "grad_ckpt": True},
         ),
+        # LoRA on q, v and the routed experts (by role): every block trains
+        Qwen35MoeCase(
+            "qwen3_5_moe_text",
+            {
+                "method": "lora",
+                "precision": "bf16",
+                "lora_targets": "q,v,gate,up,down",
+                "lora_r": 4,
+            },
+        ),
+        Qwen35MoeCase(
+            "qwen3_5_moe_text",
+            {
+                "method": "lora",
+                "precision": "bf16",
+                "grad_ckpt": True,
+                "lora_targets": "q,v,gate,up,down",
+                "lora_r": 4,
+            },
+        ),
         # a full-attention layer at the bottom: every block trains under LoRA q,v
         Qwen35MoeCase(
             "qwen3_5_moe_text", {"method": "lora", "precision": "bf16", **qv}, {"layers": "FLLF"}
@@ -361,8 +382,9 @@ def _qwen3_next() -> list[Case]:
     """Qwen3-Next: Qwen3.5-MoE's stack with the fused in_proj_qkvz and in_proj_ba
     (ops.gated_deltanet DeltaNetShape.fused): full in fp32, bf16 and checkpointed, LoRA q,v
     in bf16, under autocast and checkpointed, LoRA on every attention and Gated DeltaNet
-    projection, LoRA on the 3-D experts, freeze under autocast, one value head per key head
-    in fp32 over three chunks (z a view of in_proj_qkvz's output), two sequences."""
+    projection, LoRA on the 3-D experts, LoRA on q, v and the experts by role under
+    autocast, freeze under autocast, one value head per key head in fp32 over three chunks
+    (z a view of in_proj_qkvz's output), two sequences."""
     qv = {"lora_targets": "q_proj,v_proj", "lora_r": 4}
     mixers = "q_proj,k_proj,v_proj,o_proj,in_proj_qkvz,in_proj_ba,out_proj"
     return [
@@ -384,6 +406,15 @@ def _qwen3_next() -> list[Case]:
         ),
         Qwen3NextCase(
             "qwen3_next", {"method": "freeze", "trainable_layers": 2, "precision": "bf16-mixed"}
+        ),
+        Qwen3NextCase(
+            "qwen3_next",
+            {
+                "method": "lora",
+                "precision": "bf16-mixed",
+                "lora_targets": "q,v,gate,up,down",
+                "lora_r": 4,
+            },
         ),
         Qwen3NextCase(
             "qwen3_next",
