@@ -42,10 +42,16 @@ the router's and experts' gradients made before the Gated DeltaNet layer's backw
 transients._mlp_side_gradients); with the load-balancing loss, LoRA q,v bf16 1,582,912 /
 1,580,512 (+0.15 %; activations 557,680 / 554,112, +0.6 %: the three frozen Gated
 DeltaNet blocks below the lowest trained one keep router logits without a graph, which
-ops.router_aux counts as kept for backward) and full fp32 +0.30 % as without it.
-Left: those two gaps; QLoRA (a measured shared_expert_gate in 4-bit); LoRA on the
-shared expert alone (peft's names reach the 3-D experts too); the flash-linear-attention
-kernels; serving.
+ops.router_aux counts as kept for backward) and full fp32 +0.30 % as without it;
+checkpointed LoRA on the experts 2,811,784 / 2,811,792 (was -0.5 %: the experts'
+adapters' gradients, made before the layer's backward); freeze 2 checkpointed bf16
+3,229,132 / 3,229,140; LoRA q,v FLLF 5,121,364 / 5,121,448; LoRA q,v,gate,up,down (q and v
+beside the routed experts) bf16 5,434,072 / 5,434,156 (was 1,848,512, -66 %: the lowest
+trained block was taken from q_proj's layers only, methods._plan_method), checkpointed
+2,951,576 / 2,951,584. Refused after measuring: LoRA on the shared expert's linears by
+name (q_proj,v_proj,gate_proj,up_proj,down_proj bf16: weights exact, activations
+4,658,516 / 4,600,980, +1.3 %, not found). Left: those gaps; QLoRA (a measured
+shared_expert_gate in 4-bit); the flash-linear-attention kernels; serving.
 """
 
 from __future__ import annotations

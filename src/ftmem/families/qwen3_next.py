@@ -34,7 +34,9 @@ checkpointed 3,816,272 / 3,816,280; LoRA q,v bf16 1,617,312 / 1,617,312, bf16-mi
 2,143,712 / 2,143,712, checkpointed 2,627,864 / 2,627,872, b 2 checkpointed 1,895,440 /
 1,895,448; LoRA on the attention and fused projections 6,815,388 / 6,815,472; on the
 experts 5,222,344 / 5,222,428; freeze 2 bf16-mixed 4,828,604 / 4,830,324 (phase backward
-/ forward); one value head per key head, fp32, s 130 4,757,344 / 4,757,344. Left: dense
+/ forward); one value head per key head, fp32, s 130 4,757,344 / 4,757,344; LoRA
+q,v,gate,up,down bf16-mixed 6,249,196 / 6,269,256 (-0.32 %, not found; EXAONE-MoE's
+same case is +0.1 %). Left: dense
 layers (mlp_only_layers, decoder_sparse_step), QLoRA (the shared_expert_gate in 4-bit, as
 Qwen2-MoE), the flash-linear-attention kernels, serving.
 """
