@@ -272,3 +272,48 @@ def test_the_config_ftmem_builds_is_the_model_read():
     model = _built(config.to_dict())
     assert count_params(arch) == sum(p.numel() for p in model.parameters())
     assert _arch(config.to_dict()) == arch
+
+
+# Qwen3.5-0.8B's text_config (presets/models/qwen3.5-0.8b.yaml cites the public copies)
+QWEN35_0_8B: dict[str, Any] = {
+    "model_type": "qwen3_5_text",
+    "vocab_size": 248320,
+    "hidden_size": 1024,
+    "intermediate_size": 3584,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "head_dim": 256,
+    "layer_types": (["linear_attention"] * 3 + ["full_attention"]) * 6,
+    "linear_num_key_heads": 16,
+    "linear_num_value_heads": 16,
+    "linear_key_head_dim": 128,
+    "linear_value_head_dim": 128,
+    "linear_conv_kernel_dim": 4,
+    "max_position_embeddings": 262144,
+    "tie_word_embeddings": True,
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 10_000_000,
+        "partial_rotary_factor": 0.25,
+        "mrope_interleaved": True,
+        "mrope_section": [11, 11, 10],
+    },
+}
+
+
+def test_the_0_8b_preset_is_its_config_and_transformers_count():
+    """The preset reads as its config.json's text model does and counts what transformers
+    builds on the meta device; by hand (the preset's comment): tied embeddings 254,279,680
+    + 24 x (norms and MLP 11,012,096) + 18 Gated DeltaNet x 10,543,264 + 6 full attention
+    x 7,340,544 + final norm 1,024."""
+    from ftmem.sources import resolve_model
+
+    preset = resolve_model("qwen3.5-0.8b")
+    read = _arch(QWEN35_0_8B)
+    fields = {"name", "source", "published_params", "published_params_source"}
+    assert preset.model_dump(exclude=fields) == read.model_dump(exclude=fields)
+    by_hand = 254_279_680 + 24 * 11_012_096 + 18 * 10_543_264 + 6 * 7_340_544 + 1_024
+    model = _built(QWEN35_0_8B)
+    assert count_params(preset) == sum(p.numel() for p in model.parameters()) == by_hand
+    assert by_hand == 752_393_024
