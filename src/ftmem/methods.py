@@ -774,6 +774,18 @@ def _check_all_linear(arch: Architecture) -> None:
         )
 
 
+def _trained_from_lowest_adapted(
+    arch: Architecture, adapted: Iterable[Linear], experts: Iterable[ExpertLoRA]
+) -> int:
+    """Qwen3.5: the blocks from the lowest one holding an adapted linear up, in
+    config.json's layer order (q_proj, v_proj: the lowest full-attention layer; nothing
+    below it trains), or adapted experts (Qwen3.5-MoE: LoRA on q and v beside the experts
+    trains every block)."""
+    lowest = [0 if lin.blocks is None else lin.blocks.lowest for lin in adapted]
+    lowest += [min(ex.layers) if ex.layers else arch.sparse_blocks[0] for ex in experts]
+    return arch.num_layers - min(i for i in lowest if i is not None)
+
+
 def _check_shared_expert_lora(arch: Architecture, adapted: Iterable[Linear]) -> None:
     """LoRA on the gated shared expert's linears of Qwen3.5-MoE and Qwen3-Next (targets by
     the MLP's module names; by role gate, up and down reach the routed experts only):
@@ -1531,12 +1543,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         trainable_blocks = arch.num_layers - first
     _check_shared_expert_lora(arch, adapted)
     if adapted and arch.linear_attention is not None:
-        # Qwen3.5: the lowest block holding an adapted linear, in config.json's layer order
-        # (q_proj, v_proj: the lowest full-attention layer; nothing below it trains), or
-        # adapted experts (Qwen3.5-MoE: LoRA on q and v beside the experts trains all)
-        lowest = [0 if lin.blocks is None else lin.blocks.lowest for lin in adapted]
-        lowest += [min(ex.layers) if ex.layers else arch.sparse_blocks[0] for ex in experts]
-        trainable_blocks = arch.num_layers - min(i for i in lowest if i is not None)
+        trainable_blocks = _trained_from_lowest_adapted(arch, adapted, experts)
     notes += torch_path_note(arch, run)
     _check_lora_variant(arch, run, bool(experts))
     groups += _lora_groups(adapted, arch, run, dtypes)
