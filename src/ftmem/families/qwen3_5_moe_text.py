@@ -33,7 +33,8 @@ with biases and tied embeddings, every layer full; tiny 8-layer model; the confi
 class's defaults, 40 layers at 2048 wide with 256 experts). Tiny accuracy cases (4 layers
 LLLF, hidden 64, 4 experts of 32, 2 a token, shared 48; b 3, s 50; CPU, torch 2.13,
 peft 0.21.2), peak estimate / measured B: full fp32 10,842,208 / 10,810,128 (+0.30 %,
-the top block's backward, not found); LoRA on the attention and Gated DeltaNet
+the top block's MoE moment counts the experts' down gradient before it is made:
+calibration/notes/peft.md); LoRA on the attention and Gated DeltaNet
 projections bf16 7,080,268 / 7,080,352; LoRA on the experts bf16 5,223,944 / 5,224,028;
 LoRA q,v bf16-mixed 2,106,112 / 2,106,112; checkpointed LoRA q,v bf16 2,629,464 /
 2,629,472; freeze 2 bf16-mixed 4,870,212 / 4,871,932 (the phase: backward / forward,

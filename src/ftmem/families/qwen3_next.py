@@ -29,7 +29,7 @@ training steps are estimated for what Qwen3.5's layers were measured with
 Notes (stop 51, helper q35moe). Measured (tests/accuracy/cases.py ``_qwen3_next``: 4
 layers LLLF, hidden 64, 4 experts of 32, 2 a token, shared 48; b 3, s 50; CPU, torch 2.13,
 peft 0.21.2), peak estimate / measured B: full fp32 10,838,984 / 10,806,904 (+0.30 %, as
-Qwen3.5-MoE's: the top block's backward, not found); full bf16 8,067,956 / 8,066,840;
+Qwen3.5-MoE's: calibration/notes/peft.md); full bf16 8,067,956 / 8,066,840;
 checkpointed 3,816,272 / 3,816,280; LoRA q,v bf16 1,617,312 / 1,617,312, bf16-mixed
 2,143,712 / 2,143,712, checkpointed 2,627,864 / 2,627,872, b 2 checkpointed 1,895,440 /
 1,895,448; LoRA on the attention and fused projections 6,815,388 / 6,815,472; on the
