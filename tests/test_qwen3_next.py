@@ -133,3 +133,50 @@ def test_a_measured_step_is_estimated(tmp_path):
     res = CliRunner().invoke(app, [*args, "--format", "json"])
     assert res.exit_code == 0, res.output
     assert "modelled on transformers' torch path" in " ".join(json.loads(res.stdout)["notes"])
+
+
+# Qwen3-Next-80B-A3B's config.json (presets/models/qwen3-next-80b-a3b.yaml cites the copies)
+QWEN3_NEXT_80B_A3B: dict[str, Any] = {
+    "model_type": "qwen3_next",
+    "vocab_size": 151936,
+    "hidden_size": 2048,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 48,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "head_dim": 256,
+    "full_attention_interval": 4,
+    "linear_num_key_heads": 16,
+    "linear_num_value_heads": 32,
+    "linear_key_head_dim": 128,
+    "linear_value_head_dim": 128,
+    "linear_conv_kernel_dim": 4,
+    "moe_intermediate_size": 512,
+    "shared_expert_intermediate_size": 512,
+    "num_experts": 512,
+    "num_experts_per_tok": 10,
+    "norm_topk_prob": True,
+    "decoder_sparse_step": 1,
+    "mlp_only_layers": [],
+    "max_position_embeddings": 262144,
+    "tie_word_embeddings": False,
+    "partial_rotary_factor": 0.25,
+    "rope_theta": 10_000_000,
+}
+
+
+def test_the_80b_a3b_preset_is_its_config_and_transformers_count():
+    """The preset reads as its config.json does and counts what transformers builds on the
+    meta device; by hand (the preset's comment): 48 x 1,614,813,184 (norms, experts,
+    router, shared expert and its gate) + 36 Gated DeltaNet x 33,718,464 + 12 full
+    attention x 27,263,488 + embeddings and head 2 x 311,164,928 + final norm 2,048."""
+    from ftmem.sources import resolve_model
+
+    preset = resolve_model("qwen3-next-80b-a3b")
+    read = _arch(QWEN3_NEXT_80B_A3B)
+    fields = {"name", "source", "published_params", "published_params_source"}
+    assert preset.model_dump(exclude=fields) == read.model_dump(exclude=fields)
+    by_hand = 48 * 1_614_813_184 + 36 * 33_718_464 + 12 * 27_263_488 + 2 * 311_164_928 + 2_048
+    model = _built(QWEN3_NEXT_80B_A3B)
+    assert count_params(preset) == sum(p.numel() for p in model.parameters()) == by_hand
+    assert by_hand == 79_674_391_296
