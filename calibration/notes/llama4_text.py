@@ -9,6 +9,9 @@ helper llama4)". Nothing here enters ftmem, the calibration set or the test suit
 2. What one MoE block (Llama4TextMoe) keeps for backward, by formula, equals the bytes of
    the distinct non-parameter tensors autograd saves in its forward (saved_tensors_hooks),
    in fp32 and bf16, with the block's weights trained (full) or frozen (LoRA q,v).
+3. What the attention keeps (Llama4TextAttention with sdpa, b*s within
+   attention_chunk_size), by formula, equals the same count in a rotary layer with its
+   weightless qk_norm and in a rotary-free layer with attention temperature tuning.
 
 Symbols: T tokens (b*s), H hidden_size, E num_local_experts, k num_experts_per_tok,
 I intermediate_size (each expert's and the shared expert's width), e the bytes of the
@@ -150,6 +153,65 @@ def check_moe() -> None:
             assert formula == real
 
 
+def attention_kept(b: int, s: int, cfg: Llama4TextConfig, e: int, rope: bool) -> int:
+    """What Llama4TextAttention keeps (its weights trained), n/m query/key-value heads of
+    d: the input, the qk_norm's fp32 copies of the rotated q and k and their rsqrt (rotary
+    layers, use_qk_norm), the temperature scales (rotary-free layers: s fp32, expanded over
+    the batch), and sdpa's q, k, v, output and fp32 logsumexp (torch's CPU flash kernel)."""
+    T, H = b * s, cfg.hidden_size
+    n, m, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    kept = T * H * e + T * (2 * n + 2 * m) * d * e + b * n * s * 4
+    if rope:
+        kept += T * (n + m) * d * 4 + T * (n + m) * 4
+    else:
+        kept += s * 4
+    return kept
+
+
+def measured_attention(dtype: torch.dtype, b: int = 3, s: int = 50) -> list[tuple[int, int]]:
+    """Layer 0 (rotary, qk_norm) and layer 3 (no rotary: no_rope_layers' every fourth)."""
+    torch.manual_seed(0)
+    cfg = Llama4TextConfig(**TINY, attn_implementation="sdpa")
+    model = Llama4ForCausalLM(cfg).to(dtype).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    # (the rotary table, complex64 (1, s, 1, d/2), is the model's, shared by every layer)
+    table: set[int] = set()
+    kept: dict[int, dict[int, int]] = {0: {}, 3: {}}
+    where: list[int | None] = [None]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if t.is_complex():
+            table.add(ptr)
+        elif where[0] is not None and ptr not in params:
+            kept[where[0]][ptr] = t.untyped_storage().nbytes()
+        return t
+
+    for i in kept:
+        attn = model.model.layers[i].self_attn
+        attn.register_forward_pre_hook(lambda *_, i=i: where.__setitem__(0, i))
+        attn.register_forward_hook(lambda *_: where.__setitem__(0, None))
+    ids = torch.randint(0, cfg.vocab_size, (b, s))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    assert len(table) == 1
+    e = dtype.itemsize
+    return [
+        (sum(kept[0].values()), attention_kept(b, s, cfg, e, rope=True)),
+        (sum(kept[3].values()), attention_kept(b, s, cfg, e, rope=False)),
+    ]
+
+
+def check_attention() -> None:
+    for dtype in (torch.float32, torch.bfloat16):
+        for (real, formula), what in zip(
+            measured_attention(dtype), ("rotary", "no rotary"), strict=True
+        ):
+            print(f"attention {dtype!s:15s} {what:9s}: formula {formula:,} saved {real:,}")
+            assert formula == real
+
+
 if __name__ == "__main__":
     check_counts()
     check_moe()
+    check_attention()
