@@ -35,6 +35,7 @@ from ftmem.ops.loss import Loss, PreferenceLoss, head_weight_casts
 from ftmem.ops.mlp import MLP
 from ftmem.ops.norm import Norm, QKNorm
 from ftmem.ops.output_gate import OutputGate
+from ftmem.ops.per_layer_input import PerLayerInput
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.profiles import compiled_chunked_loss, head_chunk_tokens
 from ftmem.run import RunConfig
@@ -131,6 +132,13 @@ def block_saved(
             Kind.RESIDUAL_DROPOUT,
         )  # fmt: skip
     out += _mlp_side(ctx, state, mlp, x, after_attn)
+    if arch.per_layer_input_size:
+        # (the residual stream after the MLP: what after_attn or the MLP side trains)
+        h_grad = (
+            after_attn or w or state.norms_trained
+            or any(lin.module in state.adapted | state.output_grad for lin in mlp)
+        )  # fmt: skip
+        out += PerLayerInput.saved(ctx, state, h_grad, plan.outer_trainable)
     return [s for s in out if s.nbytes or s.graph_held]
 
 
@@ -432,6 +440,11 @@ def _embedding_side(ctx: LayerContext, plan: MethodPlan, blocks_grad: bool) -> l
         below += Dropout.saved(
             ctx, "embeddings", elements, e_in, Side.OUTER, arch.embedding_dropout
         )
+    if arch.per_layer_input_size:
+        # (every block's multiply keeps the per-layer inputs where a block needs a
+        # gradient; an fp32 first block's input norm keeps the embeddings themselves)
+        embeds_kept = ctx.residual == FP32 and (train or plan.embed_trainable)
+        below += PerLayerInput.model_saved(ctx, train, blocks_grad, embeds_kept)
     below += PromptEncoder.saved(arch, run, plan.dtypes)
     below += trainable_tokens.saved(arch, run, plan)
     # peft's adaption prompt in the top block alone: the rotary runs only on a q that needs

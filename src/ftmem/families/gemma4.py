@@ -95,6 +95,7 @@ model's forward (not counted: never the peak measured). Not measured on a GPU.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ftmem import limits
@@ -106,6 +107,19 @@ from ftmem.families.gemma2 import GEMMA2_NAMES, read_softcaps
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
+
+# the per-layer inputs' modules (modeling_gemma4.py l.1345-1350 and l.1565-1580)
+GEMMA4_NAMES = replace(
+    GEMMA2_NAMES,
+    per_layer={
+        "table": "model.embed_tokens_per_layer",
+        "model_projection": "model.per_layer_model_projection",
+        "model_norm": "model.per_layer_projection_norm",
+        "gate": "per_layer_input_gate",
+        "projection": "per_layer_projection",
+        "norm": "post_per_layer_input_norm",
+    },
+)
 
 # Gemma4TextConfig's defaults (transformers 5.25 configuration_gemma4.py l.130-161, and
 # __post_init__'s global_head_dim 512 l.183)
@@ -202,13 +216,6 @@ def _global_attention(cfg: Config) -> tuple[int, int]:
 
 def _refuse_unmodelled(cfg: Config) -> None:
     """What the family leaves out, refused before anything is estimated."""
-    per_layer = _size_or_off(cfg, "hidden_size_per_layer_input")
-    if per_layer:
-        raise ConfigError(
-            f"Gemma 4's per-layer inputs (hidden_size_per_layer_input {per_layer}: the "
-            "E2B/E4B per-layer embedding table and its projection) are not modelled yet; "
-            "ftmem models Gemma 4 text configs with hidden_size_per_layer_input 0."
-        )
     shared = _size_or_off(cfg, "num_kv_shared_layers")
     if shared:
         raise ConfigError(
@@ -244,6 +251,12 @@ def _read_extra(cfg: Config, out: Config) -> None:
     if flag(cfg, "attention_k_eq_v", False):
         out["full_values_are_keys"] = True
     read_softcaps({k: cfg.get(k) for k in ("final_logit_softcapping",)}, out)
+    per_layer = _size_or_off(cfg, "hidden_size_per_layer_input")
+    if per_layer:
+        out["per_layer_input_size"] = per_layer
+        rows = opt(cfg, "vocab_size_per_layer_input", limits.WIDTH)
+        if rows is not None and rows != out["vocab_size"]:
+            out["per_layer_input_vocab"] = rows
 
 
 def _build(arch: Architecture, kw: Config) -> None:
@@ -254,13 +267,13 @@ def _build(arch: Architecture, kw: Config) -> None:
     kw.update(
         layer_types=["sliding_attention"] * sliding + ["full_attention"] * full,
         final_logit_softcapping=arch.final_logit_softcapping,
-        hidden_size_per_layer_input=0,
+        hidden_size_per_layer_input=arch.per_layer_input_size,
         num_kv_shared_layers=0,
         global_head_dim=arch.of_layer_type(full=True).head_size,
         num_global_key_value_heads=arch.of_layer_type(full=True).kv_heads,
         attention_k_eq_v=arch.full_values_are_keys,
         enable_moe_block=False,
-        vocab_size_per_layer_input=arch.vocab_size,
+        vocab_size_per_layer_input=arch.per_layer_input_vocab or arch.vocab_size,
     )
     shape = arch.of_layer_type(full=True)
     if shape.kv_heads != arch.kv_heads and not arch.full_values_are_keys:
@@ -303,7 +316,7 @@ FAMILY = Family(
     model_types=("gemma4_text",),
     decoder_layer="Gemma4TextDecoderLayer",
     config=ConfigMap(_read, _LLAMA_MAP.build),
-    names=GEMMA2_NAMES,
+    names=GEMMA4_NAMES,
     qk_norm=True,
     norm_scale_in_fp32=True,
     norm_weight_cast_fp32=True,
