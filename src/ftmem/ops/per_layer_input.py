@@ -26,9 +26,11 @@ tiny gemma4 with per-layer inputs of 16 (tests/accuracy/cases.py ``perlayerinput
 
 from __future__ import annotations
 
+from ftmem.arch import Linear
 from ftmem.dtypes import FP32
 from ftmem.ops.context import BlockState, LayerContext
-from ftmem.ops.norm import Norm
+from ftmem.ops.linear import LinearOp
+from ftmem.ops.norm import Norm, weight_cast
 from ftmem.ops.registry import register
 from ftmem.ops.saved import Kind, Saved, Side
 
@@ -62,20 +64,32 @@ class PerLayerInput:
         if w:
             what = "per-layer projection input"
             out.append(Saved(what, T * width * e, Kind.LINEAR_INPUT, Side.MLP))
+        if ctx.plan.dtypes.casts_weights:  # autocast: a 16-bit copy a matmul's input gradient reads
+            names, h = arch.traits.names.per_layer, arch.hidden_size
+            copied = [Linear(names["gate"], (), h, width, False)] if h_grad else []
+            if gated or inputs_grad:
+                copied.append(Linear(names["projection"], (), width, h, False))
+            out += LinearOp.weight_copies(ctx, copied, Side.MLP)
         label = "post per-layer input norm"
         out += Norm.saved(ctx, label, gated or inputs_grad, wn, Side.MLP, of_sublayer=True)
         return out
 
     @staticmethod
     def model_saved(
-        ctx: LayerContext, trains: bool, blocks_keep: bool, embeds_kept: bool
+        ctx: LayerContext,
+        trains: bool,
+        embeds_grad: bool,
+        blocks_keep: bool,
+        embeds_kept: bool,
     ) -> list[Saved]:
         """The model's tensors, kept until the blocks' backward is done. ``trains``: the
-        model's per-layer projection, its norm and the table train; ``blocks_keep``: some
-        block's multiply keeps its slice (the one (T, layers, width) storage, in the
-        residual stream's dtype: under autocast the fp32 lookup promotes the sum);
-        ``embeds_kept``: the projection's input, the embeddings, is kept by the first
-        block already (an fp32 input norm keeps its input itself)."""
+        model's per-layer projection, its norm and the table train; ``embeds_grad``: the
+        embeddings need a gradient (the table trains, or transformers' checkpointing
+        hook), so the projection's output does; ``blocks_keep``: some block's multiply
+        keeps its slice (the one (T, layers, width) storage, in the residual stream's
+        dtype: under autocast the fp32 lookup promotes the sum); ``embeds_kept``: the
+        projection's input, the embeddings, is kept by the first block already (an fp32
+        input norm keeps its input itself)."""
         arch, T = ctx.arch, ctx.tokens
         width = arch.per_layer_input_size
         if not width:
@@ -85,14 +99,25 @@ class PerLayerInput:
         if blocks_keep:
             what = "per-layer inputs"
             out.append(Saved(what, rows * width * ctx.residual, Kind.OTHER, Side.OUTER))
-        if not trains:
-            return out
-        if ctx.e != ctx.residual or not embeds_kept:  # (autocast's 16-bit copy, or bf16's own)
+        if trains and (ctx.e != ctx.residual or not embeds_kept):
+            # (autocast's 16-bit copy, or a 16-bit model's embeddings themselves)
             what = "per-layer model projection input"
             out.append(Saved(what, T * arch.hidden_size * ctx.e, Kind.OTHER, Side.OUTER))
-        # the norm on the projection's output: its fp32 copy (the output itself in fp32),
-        # torch.pow's input and result per row, and the fp32 normalised tensor
-        parts = (rows * width * FP32, rows * FP32, rows * FP32, rows * width * FP32)
-        what = "per-layer projection norm"
-        out.append(Saved(what, sum(parts), Kind.OTHER, Side.OUTER, parts=parts))
+        if embeds_grad and ctx.plan.dtypes.casts_weights:
+            projection = Linear(
+                arch.traits.names.per_layer["model_projection"], (), arch.hidden_size,
+                arch.num_layers * width, False,
+            )  # fmt: skip
+            out += LinearOp.weight_copies(ctx, [projection], Side.OUTER)
+        # the norm on the projection's output: where that needs a gradient its fp32 copy
+        # (the output itself in fp32), torch.pow's input and result per row and a 16-bit
+        # weight's fp32 copy; where its weight trains, the fp32 normalised tensor
+        parts: tuple[int, ...] = ()
+        if trains or embeds_grad:
+            parts += (rows * width * FP32, rows * FP32, rows * FP32, *weight_cast(ctx, width))
+        if trains:
+            parts += (rows * width * FP32,)
+        if parts:
+            what = "per-layer projection norm"
+            out.append(Saved(what, sum(parts), Kind.OTHER, Side.OUTER, parts=parts))
         return out
