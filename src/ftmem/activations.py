@@ -138,10 +138,7 @@ def block_saved(
             after_attn or w or state.norms_trained
             or any(lin.module in state.adapted | state.output_grad for lin in mlp)
         )  # fmt: skip
-        # (the per-layer inputs need a gradient where the embeddings do: activations
-        # ._embedding_side)
-        inputs_grad = plan.outer_trainable or plan.embed_trainable or run.grad_ckpt
-        out += PerLayerInput.saved(ctx, state, h_grad, inputs_grad)
+        out += PerLayerInput.saved(ctx, state, h_grad, PerLayerInput.inputs_grad(run, plan))
     return [s for s in out if s.nbytes or s.graph_held]
 
 
@@ -447,7 +444,7 @@ def _embedding_side(ctx: LayerContext, plan: MethodPlan, blocks_grad: bool) -> l
         # (every block's multiply keeps the per-layer inputs where a block needs a
         # gradient; an fp32 first block's input norm keeps the embeddings themselves)
         embeds_kept = ctx.residual == FP32 and (train or plan.embed_trainable)
-        embeds_grad = train or plan.embed_trainable or run.grad_ckpt
+        embeds_grad = PerLayerInput.inputs_grad(run, plan)
         below += PerLayerInput.model_saved(ctx, train, embeds_grad, blocks_grad, embeds_kept)
     below += PromptEncoder.saved(arch, run, plan.dtypes)
     below += trainable_tokens.saved(arch, run, plan)

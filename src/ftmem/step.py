@@ -41,6 +41,7 @@ from ftmem.ops.loss import FusedHead, HeldLogitsHead, Loss, PreferenceLoss, held
 from ftmem.ops.mlp import MLP
 from ftmem.ops.moe import MoE
 from ftmem.ops.norm import NORM_KINDS, Norm
+from ftmem.ops.per_layer_input import PerLayerInput
 from ftmem.ops.router_aux import RouterAuxLoss
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.optim import allocator_state_bytes, optimizer_step_temporary_bytes
@@ -1223,10 +1224,27 @@ def _decoder_block(
         policy=policy,
         workspace_grads=max(workspace, kernel) - transient,
         without_kernel=workspace if kernel else None,
-        workspace_by_block=deltanet_backward_moments(
-            arch, run, plan, blocks.linear_items, max(workspace, kernel), e, T
+        workspace_by_block=_per_layer_gradient(
+            arch,
+            run,
+            plan,
+            deltanet_backward_moments(
+                arch, run, plan, blocks.linear_items, max(workspace, kernel), e, T
+            ),
         ),
     )
+
+
+def _per_layer_gradient(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, by_block: tuple[int, ...]
+) -> tuple[int, ...]:
+    """Each block's backward moments with the per-layer inputs' gradient the blocks above
+    have made (PerLayerInput.gradient_held; the top block's slice backward comes first
+    in its backward)."""
+    held = PerLayerInput.gradient_held(arch, run, plan, run.batch_size * run.positions)
+    if not held:
+        return by_block
+    return tuple(x + held for x in by_block or (0,) * arch.num_layers)
 
 
 def _forward_moment(
