@@ -442,8 +442,9 @@ def _embedding_side(ctx: LayerContext, plan: MethodPlan, blocks_grad: bool) -> l
         )
     if arch.per_layer_input_size:
         # (every block's multiply keeps the per-layer inputs where a block needs a
-        # gradient; an fp32 first block's input norm keeps the embeddings themselves)
-        embeds_kept = ctx.residual == FP32 and (train or plan.embed_trainable)
+        # gradient; an fp32 first block's input norm keeps the embeddings themselves, a
+        # checkpointed first block its input)
+        embeds_kept = (ctx.residual == FP32 or run.grad_ckpt) and (train or plan.embed_trainable)
         embeds_grad = PerLayerInput.inputs_grad(run, plan)
         below += PerLayerInput.model_saved(ctx, train, embeds_grad, blocks_grad, embeds_kept)
     below += PromptEncoder.saved(arch, run, plan.dtypes)

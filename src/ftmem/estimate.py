@@ -688,6 +688,11 @@ def _estimate_parallel(
             "own attention shape (full_head_dim, full_kv_heads, full_values_are_keys) is not "
             "modelled."
         )
+    if arch.per_layer_input_size:
+        raise InvalidInputError(
+            f"{arch.name}: more than one GPU with per-layer inputs (per_layer_input_size) "
+            "is not modelled."
+        )
     cap = gpu.memory_bytes if gpu is not None else None
     step = parallel_step(arch, run, par, cap)
     sz = step.ranks[step.worst].sizes

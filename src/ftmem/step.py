@@ -558,6 +558,42 @@ def _check_attention_per_layer_type(arch: Architecture, run: RunConfig) -> None:
         )
 
 
+# the methods measured with per-layer inputs (ops.per_layer_input; tests/accuracy/cases.py
+# ``perlayerinputsize``): their adapters on the role linears only
+PER_LAYER_INPUT_METHODS = frozenset({"full", "freeze", "lora"})
+
+
+def _check_per_layer_inputs(arch: Architecture, run: RunConfig) -> None:
+    """Per-layer inputs (Architecture.per_layer_input_size) are modelled for the runs
+    measured: full finetuning, freeze and LoRA on the attention and MLP linears, in the
+    transformers loop, without quantised weights, offloaded activations, generation or
+    another objective. Everything else is refused: peft's all-linear and bitsandbytes
+    reach the per-layer nn.Linear modules too, prompt methods feed embeddings from which
+    the model recovers the token ids, frameworks run their own layers."""
+    if not arch.per_layer_input_size:
+        return
+    what = None
+    if run.method not in PER_LAYER_INPUT_METHODS:
+        what = f"--method {run.method}"
+    elif run.method == "lora" and "all-linear" in (run.targets or ""):
+        what = "LoRA on all-linear (peft adapts the per-layer linears too)"
+    elif run.quant is not None:
+        what = "quantised weights"
+    elif run.activation_offload:
+        what = "offloaded activations"
+    elif run.framework != "hf":
+        what = f"--framework {run.framework}"
+    elif run.objective != "sft":
+        what = f"--objective {run.objective}"
+    elif run.generate_batch_size or run.generate_len or profile_of(run).generates:
+        what = "generation after the step"
+    if what is not None:
+        raise InvalidInputError(
+            f"{arch.name}: {what} with per-layer inputs (per_layer_input_size) is not "
+            "modelled; full finetuning, freeze and LoRA on the attention and MLP linears are."
+        )
+
+
 def _freeze_top(run: RunConfig) -> int:
     if run.trainable_layers is None:
         return DEFAULT_FREEZE_TRAINABLE_LAYERS
@@ -578,6 +614,7 @@ def _check_family_release(arch: Architecture, run: RunConfig) -> None:
             "transformers_version is not modelled for it."
         )
     _check_attention_per_layer_type(arch, run)
+    _check_per_layer_inputs(arch, run)
     if not (run.grad_ckpt and arch.traits.stores_last_kv_per_layer_type):
         return
     profile = profile_of(run)
