@@ -460,6 +460,42 @@ def _gemma4_text() -> list[Case]:
         Case("gemma4", {"method": "qlora", "precision": "bf16-mixed", "grad_ckpt": True}, WIDER),
         Case("gemma4", {"method": "full", "precision": "bf16", "activation_offload": True}),
         *_gemma4_global_shapes(),
+        *_gemma4_per_layer_inputs(),
+    ]
+
+
+# Gemma 4 E2B's and E4B's per-layer inputs in small (hidden_size_per_layer_input 16)
+GEMMA4_PER_LAYER = {"per_layer_input_size": 16}
+
+
+def _gemma4_per_layer_inputs() -> list[Case]:
+    """Per-layer inputs (stop 51, helper gemma4e; ops.per_layer_input): the model's
+    (T, layers, width) tensor kept by every block's multiply, its projection's norm, each
+    block's gate, activation, projection and norm; autocast's weight copies; the
+    inputs' gradient held through the blocks' backward under checkpointing (the
+    embeddings need a gradient there); a table of its own height; with a sliding layer."""
+    settings = [
+        {"method": "full", "precision": "fp32"},
+        {"method": "full", "precision": "bf16-mixed"},
+        {"method": "freeze", "trainable_layers": 1, "precision": "bf16"},
+        {"method": "lora", "precision": "bf16"},
+        {"method": "lora", "precision": "bf16-mixed"},
+        {"method": "lora", "precision": "bf16", "lora_targets": "q,k,v,o,gate,up,down"},
+        {"method": "lora", "precision": "bf16", "grad_ckpt": True},
+        {"method": "lora", "precision": "bf16-mixed", "grad_ckpt": True},
+    ]
+    return [
+        *(Case("gemma4", s, GEMMA4_PER_LAYER) for s in settings),
+        Case(
+            "gemma4",
+            {"method": "full", "precision": "bf16"},
+            {**GEMMA4_PER_LAYER, "per_layer_input_vocab": 400},
+        ),
+        Case(
+            "gemma4",
+            {"method": "lora", "precision": "bf16", "grad_ckpt": True},
+            {**GEMMA4_SLIDING, **GEMMA4_PER_LAYER},
+        ),
     ]
 
 
