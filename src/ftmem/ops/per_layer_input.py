@@ -78,7 +78,9 @@ class PerLayerInput:
             out.append(Saved(what, T * arch.hidden_size * e, Kind.LINEAR_INPUT, Side.MLP))
         gated = h_grad or w  # the gate's output needs a gradient
         if gated:
-            out.append(Saved("per-layer activation input", T * width * e, Kind.MLP_HIDDEN, Side.MLP))
+            out.append(
+                Saved("per-layer activation input", T * width * e, Kind.MLP_HIDDEN, Side.MLP)
+            )
         if inputs_grad:
             out.append(
                 Saved("per-layer activation output", T * width * e, Kind.MLP_HIDDEN, Side.MLP)
