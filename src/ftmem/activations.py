@@ -132,14 +132,22 @@ def block_saved(
             Kind.RESIDUAL_DROPOUT,
         )  # fmt: skip
     out += _mlp_side(ctx, state, mlp, x, after_attn)
-    if arch.per_layer_input_size:
-        # (the residual stream after the MLP: what after_attn or the MLP side trains)
-        h_grad = (
-            after_attn or w or state.norms_trained
-            or any(lin.module in state.adapted | state.output_grad for lin in mlp)
-        )  # fmt: skip
-        out += PerLayerInput.saved(ctx, state, h_grad, PerLayerInput.inputs_grad(run, plan))
+    out += _per_layer_side(ctx, state, mlp, after_attn)
     return [s for s in out if s.nbytes or s.graph_held]
+
+
+def _per_layer_side(
+    ctx: LayerContext, state: BlockState, mlp: list[Linear], after_attn: bool
+) -> list[Saved]:
+    """The block's per-layer input after its MLP (ops.per_layer_input); the residual
+    stream there needs a gradient where the attention's output or the MLP side does."""
+    if not ctx.arch.per_layer_input_size:
+        return []
+    h_grad = (
+        after_attn or state.weights_trainable or state.norms_trained
+        or any(lin.module in state.adapted | state.output_grad for lin in mlp)
+    )  # fmt: skip
+    return PerLayerInput.saved(ctx, state, h_grad, PerLayerInput.inputs_grad(ctx.run, ctx.plan))
 
 
 def attention_side_norms_train(arch: Architecture, state: BlockState) -> bool:

@@ -32,10 +32,16 @@ then builds no v_proj on them and takes the k projection's output as the values 
 which the weightless v norm normalises beside the k norm: in fp32 ``x.float()`` returns
 that output itself, one tensor kept for both norms (QKNorm.value_norm_saved).
 
-What this family does not model, refused in one sentence each (_refuse_unmodelled): the
-per-layer inputs (E2B/E4B: hidden_size_per_layer_input, the per-layer embedding table and
-its projection), key/value sharing across layers (num_kv_shared_layers, and the
-double-wide MLP of the sharing layers), per_layer_config overrides of a sliding layer's
+The per-layer inputs (E2B/E4B: hidden_size_per_layer_input, 256 by default, read into
+Architecture.per_layer_input_size; vocab_size_per_layer_input where it differs from
+vocab_size into per_layer_input_vocab) are modelled by ops.per_layer_input: the model's
+token table, projection and norm (Gemma4TextModel l.1565-1580, l.1705-1784) and each
+block's gate, activation, multiply, projection and norm after the MLP (l.1345-1350,
+l.1408-1415); runs outside those measured are refused (step._check_per_layer_inputs).
+
+What this family does not model, refused in one sentence each (_refuse_unmodelled):
+key/value sharing across layers (num_kv_shared_layers, and the double-wide MLP of the
+sharing layers), per_layer_config overrides of a sliding layer's
 shape or that give the global layers two shapes, the MoE block beside the MLP
 (enable_moe_block), bidirectional attention, and rotary types other than the default and
 proportional ones (both make cos and sin tables as wide as the layer type's heads:
@@ -91,6 +97,40 @@ with freeze on a published pattern (every sixth layer global) the real one is th
 second-highest layer, trained where two or more layers train, frozen in the estimate below
 that; without checkpointing a frozen storing layer's key and value live to the end of the
 model's forward (not counted: never the peak measured). Not measured on a GPU.
+
+Per-layer inputs (stop 51, helper gemma4e; transformers 5.25, peft 0.21.2, torch 2.13
+CPU; the tiny gemma4 with per_layer_input_size 16, 3 × 50 tokens; ftmem / measured B):
+the counts equal transformers' on the meta device (the 31B shape with inputs of 256:
+34,421,418,496; Gemma4TextConfig's defaults). What autograd keeps, derived from
+modeling_gemma4.py and torch's derivatives.yaml: each block the gate's input where it
+trains, the activation's input where the gate's output needs a gradient, the slice of
+the per-layer inputs (one (T, layers, width) storage for all blocks) and, where those
+need a gradient, the activation's output, the projection's input where it trains, the
+post norm's own, autocast's 16-bit weight copies; the model's projection's input (bf16:
+a new tensor; fp32 or checkpointed: the first block's), its norm's fp32 input, two
+per-row values and normalised tensor. The per-layer inputs need a gradient wherever the
+embeddings do, transformers' checkpointing hook included; each block's slice backward
+then writes a zero-filled gradient of the whole tensor, accumulated and held through the
+blocks' backward. Activations exact in all 10 cases (ids ``perlayerinputsize=16``),
+peaks at the same offset as the same case without per-layer inputs (in brackets):
+full fp32 5,045,704 / 5,044,652 (+1,052; +1,056), full bf16-mixed 4,726,600 /
+4,725,548, freeze bf16 2,040,132 / 2,040,272, LoRA bf16 2,219,412 / 2,219,552 (-140;
+-138), LoRA bf16-mixed 2,632,884 / 2,633,032 (-148; -144), LoRA on every role
+3,018,052 / 3,018,192, checkpointed LoRA bf16 1,512,288 / 1,512,576 (-288; -286),
+checkpointed LoRA bf16-mixed 1,830,944 / 1,889,096 (-3.1 %; -58,148 B, Gemma 4's own
+offset), full bf16 with a table of 400 rows 3,566,120 / 3,565,060, checkpointed LoRA bf16
+with a sliding layer 1,617,988 / 1,613,404 (+4,584: the sliding offset above). Without
+autocast's weight copies LoRA bf16-mixed read 8,192 B under; without the norm's
+input-gradient tensors checkpointed LoRA bf16 21,664 B under (the embeddings need a
+gradient there), and without the held gradient 9,888 B under. Refused: checkpointed
+trained blocks (full bf16 read 2,498,532 / 2,474,420, +0.97 % where the same run
+without per-layer inputs reads +786 B: the block's per-layer tensors, freed first in its
+backward, are counted at its largest moment; not located further), methods other than
+full, freeze and LoRA, LoRA on all-linear (peft adapts the per-layer linears),
+quantised weights, offloaded activations, frameworks, other objectives, generation,
+serving and more than one GPU. Not measured: the model side's own backward (the norm's
+and projection's temporaries over T × layers × width, after the blocks), which at E2B's
+35 × 256 per token (5.8 × the hidden width) could make a moment of its own.
 """
 
 from __future__ import annotations
