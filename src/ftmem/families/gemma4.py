@@ -131,6 +131,23 @@ quantised weights, offloaded activations, frameworks, other objectives, generati
 serving and more than one GPU. Not measured: the model side's own backward (the norm's
 and projection's temporaries over T × layers × width, after the blocks), which at E2B's
 35 × 256 per token (5.8 × the hidden width) could make a moment of its own.
+
+Key/value sharing, first measurements (stop 51, helper gemma4e; left refused): the tiny
+gemma4 above with 4 layers (sliding, full, sliding, full), no per-layer inputs, full
+fp32, 3 × 50 tokens, autograd's saved storages beside the parameters: 5,366,804 B
+without sharing, 5,050,004 B with num_kv_shared_layers 2 (layers 2 and 3 reuse layers 0
+and 1's keys and values: kv_sharing_modes store, store, reuse, reuse), 5,664,404 B with
+use_double_wide_mlp as well (+614,400 = 2 layers × 4 MLP intermediates × 150 × 128 ×
+4 B). The 316,800 B the reusing layers save less is 76,800 B (2 × 150 × 64 × 4) short of
+their k and v paths as derived (k norm's input, two per-row values and normalised
+tensor, v norm's input and values, the kernel's key and value: 196,800 B a layer): not
+located. To model: the storing layers are the last non-reusing one of each type
+(configuration_gemma4.py kv_sharing_modes), so the reusing layers of both types sit at
+the top; Architecture keeps the sliding layers lowest (step._sliding_blocks), and the
+per-type shapes (E2B: global_head_dim 512 over head_dim 256) would need the layers'
+types by index, as Qwen3.5's LinearAttention.indices; the reused keys' and values'
+gradients accumulate from the reusing layers' backward to the storing ones'; under
+checkpointing the dict the layers share holds the forward's keys and values.
 """
 
 from __future__ import annotations
