@@ -123,10 +123,12 @@ def test_full_fp32_tensors_by_hand():
 @pytest.mark.parametrize(
     ("settings", "words"),
     [
-        ({"method": "dora"}, "--method dora"),
+        ({"method": "oft"}, "--method oft"),
         ({"method": "qlora"}, "--method qlora"),
         ({"method": "lora", "lora_targets": "all-linear"}, "all-linear"),
-        ({"method": "full", "grad_ckpt": True}, "gradient checkpointing of trained blocks"),
+        ({"method": "dora", "lora_targets": "all-linear"}, "all-linear"),
+        ({"method": "full", "grad_ckpt": True}, "gradient checkpointing"),
+        ({"method": "dora", "grad_ckpt": True}, "gradient checkpointing"),
         ({"method": "lora", "activation_offload": True}, "offloaded activations"),
         ({"method": "lora", "framework": "unsloth"}, "--framework unsloth"),
         ({"method": "lora", "objective": "dpo"}, "--objective dpo"),
@@ -160,7 +162,7 @@ def test_cli_estimates_and_refuses_in_one_line(tmp_path, capsys):
     assert exit_info.value.code == 0
     assert capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
-        main(["estimate", str(tmp_path), "--method", "dora"])
+        main(["estimate", str(tmp_path), "--method", "oft"])
     out, err = capsys.readouterr()
     assert exit_info.value.code == 2
     assert out == ""

@@ -560,13 +560,16 @@ def _check_attention_per_layer_type(arch: Architecture, run: RunConfig) -> None:
 
 # the methods measured with per-layer inputs (ops.per_layer_input; tests/accuracy/cases.py
 # ``perlayerinputsize``): their adapters on the role linears only
-PER_LAYER_INPUT_METHODS = frozenset({"full", "freeze", "lora"})
+PER_LAYER_INPUT_METHODS = frozenset(
+    {"full", "freeze", "lora", "rslora", "dora", "ia3", "vera", "adalora", "loha"}
+)
 
 
 def _check_per_layer_inputs(arch: Architecture, run: RunConfig) -> None:
     """Per-layer inputs (Architecture.per_layer_input_size) are modelled for the runs
-    measured: full finetuning, freeze and LoRA on the attention and MLP linears (LoRA
-    alone under gradient checkpointing), in the transformers loop, without quantised weights, offloaded activations, generation or
+    measured: full finetuning, freeze, and LoRA, rsLoRA, DoRA, IA³, VeRA, AdaLoRA and
+    LoHa on the attention and MLP linears (LoRA alone under gradient checkpointing), in
+    the transformers loop, without quantised weights, offloaded activations, generation or
     another objective. Everything else is refused: peft's all-linear and bitsandbytes
     reach the per-layer nn.Linear modules too, prompt methods feed embeddings from which
     the model recovers the token ids, frameworks run their own layers."""
@@ -575,11 +578,12 @@ def _check_per_layer_inputs(arch: Architecture, run: RunConfig) -> None:
     what = None
     if run.method not in PER_LAYER_INPUT_METHODS:
         what = f"--method {run.method}"
-    elif run.grad_ckpt and run.method != "lora":
-        # (the checkpointed full bf16 tiny peak read 23,326 B, 0.9 %, over, not located)
-        what = "gradient checkpointing of trained blocks"
-    elif run.method == "lora" and "all-linear" in (run.targets or ""):
-        what = "LoRA on all-linear (peft adapts the per-layer linears too)"
+    elif run.grad_ckpt and run.method not in ("lora", "rslora"):
+        # (the checkpointed full bf16 tiny peak read 23,326 B, 0.9 %, over, not located;
+        # LoRA alone measured checkpointed)
+        what = "gradient checkpointing"
+    elif run.method not in ("full", "freeze") and "all-linear" in run.targets:
+        what = "all-linear (peft adapts the per-layer linears too)"
     elif run.quant is not None:
         what = "quantised weights"
     elif run.activation_offload:
@@ -593,7 +597,8 @@ def _check_per_layer_inputs(arch: Architecture, run: RunConfig) -> None:
     if what is not None:
         raise InvalidInputError(
             f"{arch.name}: {what} with per-layer inputs (per_layer_input_size) is not "
-            "modelled; full finetuning, freeze and LoRA on the attention and MLP linears are."
+            "modelled (full finetuning, freeze and LoRA-like adapters on the attention and "
+            "MLP linears are)."
         )
 
 

@@ -483,6 +483,11 @@ def _gemma4_per_layer_inputs() -> list[Case]:
         {"method": "lora", "precision": "bf16", "lora_targets": "q,k,v,o,gate,up,down"},
         {"method": "lora", "precision": "bf16", "grad_ckpt": True},
         {"method": "lora", "precision": "bf16-mixed", "grad_ckpt": True},
+        {"method": "lora", "precision": "fp32"},
+        *(
+            {"method": m, "precision": "bf16"}
+            for m in ("rslora", "dora", "ia3", "vera", "adalora", "loha")
+        ),
     ]
     return [
         *(Case("gemma4", s, GEMMA4_PER_LAYER) for s in settings),

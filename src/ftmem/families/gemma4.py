@@ -111,22 +111,29 @@ a new tensor; fp32 or checkpointed: the first block's), its norm's fp32 input, t
 per-row values and normalised tensor. The per-layer inputs need a gradient wherever the
 embeddings do, transformers' checkpointing hook included; each block's slice backward
 then writes a zero-filled gradient of the whole tensor, accumulated and held through the
-blocks' backward. Activations exact in all 10 cases (ids ``perlayerinputsize=16``),
-peaks at the same offset as the same case without per-layer inputs (in brackets):
+blocks' backward. Activations exact in 16 of the 17 cases (ids ``perlayerinputsize=16``;
+IA³ +512 B as without per-layer inputs), peaks at the same offset as the same case
+without per-layer inputs (in brackets):
 full fp32 5,045,704 / 5,044,652 (+1,052; +1,056), full bf16-mixed 4,726,600 /
 4,725,548, freeze bf16 2,040,132 / 2,040,272, LoRA bf16 2,219,412 / 2,219,552 (-140;
 -138), LoRA bf16-mixed 2,632,884 / 2,633,032 (-148; -144), LoRA on every role
 3,018,052 / 3,018,192, checkpointed LoRA bf16 1,512,288 / 1,512,576 (-288; -286),
 checkpointed LoRA bf16-mixed 1,830,944 / 1,889,096 (-3.1 %; -58,148 B, Gemma 4's own
 offset), full bf16 with a table of 400 rows 3,566,120 / 3,565,060, checkpointed LoRA bf16
-with a sliding layer 1,617,988 / 1,613,404 (+4,584: the sliding offset above). Without
+with a sliding layer 1,617,988 / 1,613,404 (+4,584: the sliding offset above), LoRA fp32
+2,894,260 / 2,894,408 (-148; -144), full bf16 3,546,920 / 3,545,860 (not a case), rsLoRA
+2,219,412 / 2,219,552, DoRA 2,573,476 / 2,573,616 (-140; -138), IA³ 2,182,956 /
+2,182,584 (+372; +374), VeRA 3,043,476 / 3,043,616, AdaLoRA 2,538,772 / 2,536,832
+(+1,940; +1,942), LoHa 2,310,836 / 2,310,992 (-156; -154; its activations -16 B in
+both). Without
 autocast's weight copies LoRA bf16-mixed read 8,192 B under; without the norm's
 input-gradient tensors checkpointed LoRA bf16 21,664 B under (the embeddings need a
 gradient there), and without the held gradient 9,888 B under. Refused: checkpointed
 trained blocks (full bf16 read 2,498,532 / 2,474,420, +0.97 % where the same run
 without per-layer inputs reads +786 B: the block's per-layer tensors, freed first in its
-backward, are counted at its largest moment; not located further), methods other than
-full, freeze and LoRA, LoRA on all-linear (peft adapts the per-layer linears),
+backward, are counted at its largest moment; not located further) and checkpointed
+adapters other than LoRA (not measured), methods other than full, freeze and those
+above, all-linear (peft adapts the per-layer linears),
 quantised weights, offloaded activations, frameworks, other objectives, generation,
 serving and more than one GPU. Not measured: the model side's own backward (the norm's
 and projection's temporaries over T × layers × width, after the blocks), which at E2B's
