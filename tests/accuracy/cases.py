@@ -473,7 +473,8 @@ def _gemma4_per_layer_inputs() -> list[Case]:
     (T, layers, width) tensor kept by every block's multiply, its projection's norm, each
     block's gate, activation, projection and norm; autocast's weight copies; the
     inputs' gradient held through the blocks' backward under checkpointing (the
-    embeddings need a gradient there); a table of its own height; with a sliding layer."""
+    embeddings need a gradient there); a table of its own height; with a sliding layer;
+    with global layers of their own shape."""
     settings = [
         {"method": "full", "precision": "fp32"},
         {"method": "full", "precision": "bf16-mixed"},
@@ -500,6 +501,11 @@ def _gemma4_per_layer_inputs() -> list[Case]:
             "gemma4",
             {"method": "lora", "precision": "bf16", "grad_ckpt": True},
             {**GEMMA4_SLIDING, **GEMMA4_PER_LAYER},
+        ),
+        Case(
+            "gemma4",
+            {"method": "full", "precision": "bf16"},
+            {**GEMMA4_GLOBAL_WIDE, **GEMMA4_PER_LAYER},
         ),
     ]
 

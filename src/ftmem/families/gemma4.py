@@ -111,7 +111,7 @@ a new tensor; fp32 or checkpointed: the first block's), its norm's fp32 input, t
 per-row values and normalised tensor. The per-layer inputs need a gradient wherever the
 embeddings do, transformers' checkpointing hook included; each block's slice backward
 then writes a zero-filled gradient of the whole tensor, accumulated and held through the
-blocks' backward. Activations exact in 16 of the 17 cases (ids ``perlayerinputsize=16``;
+blocks' backward. Activations exact in 17 of the 18 cases (ids ``perlayerinputsize=16``;
 IA³ +512 B as without per-layer inputs), peaks at the same offset as the same case
 without per-layer inputs (in brackets):
 full fp32 5,045,704 / 5,044,652 (+1,052; +1,056), full bf16-mixed 4,726,600 /
@@ -125,7 +125,8 @@ with a sliding layer 1,617,988 / 1,613,404 (+4,584: the sliding offset above), L
 2,219,412 / 2,219,552, DoRA 2,573,476 / 2,573,616 (-140; -138), IA³ 2,182,956 /
 2,182,584 (+372; +374), VeRA 3,043,476 / 3,043,616, AdaLoRA 2,538,772 / 2,536,832
 (+1,940; +1,942), LoHa 2,310,836 / 2,310,992 (-156; -154; its activations -16 B in
-both). Without
+both), full bf16 with a global layer of 4 key/value heads of 64 4,555,520 / 4,554,716
+(+804; +806). Without
 autocast's weight copies LoRA bf16-mixed read 8,192 B under; without the norm's
 input-gradient tensors checkpointed LoRA bf16 21,664 B under (the embeddings need a
 gradient there), and without the held gradient 9,888 B under. Refused: checkpointed
