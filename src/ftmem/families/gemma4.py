@@ -140,22 +140,49 @@ serving and more than one GPU. Not measured: the model side's own backward (the 
 and projection's temporaries over T × layers × width, after the blocks), which at E2B's
 35 × 256 per token (5.8 × the hidden width) could make a moment of its own.
 
-Key/value sharing, first measurements (stop 51, helper gemma4e; left refused): the tiny
-gemma4 above with 4 layers (sliding, full, sliding, full), no per-layer inputs, full
-fp32, 3 × 50 tokens, autograd's saved storages beside the parameters: 5,366,804 B
-without sharing, 5,050,004 B with num_kv_shared_layers 2 (layers 2 and 3 reuse layers 0
-and 1's keys and values: kv_sharing_modes store, store, reuse, reuse), 5,664,404 B with
-use_double_wide_mlp as well (+614,400 = 2 layers × 4 MLP intermediates × 150 × 128 ×
-4 B). The 316,800 B the reusing layers save less is 76,800 B (2 × 150 × 64 × 4) short of
-their k and v paths as derived (k norm's input, two per-row values and normalised
-tensor, v norm's input and values, the kernel's key and value: 196,800 B a layer): not
-located. To model: the storing layers are the last non-reusing one of each type
-(configuration_gemma4.py kv_sharing_modes), so the reusing layers of both types sit at
-the top; Architecture keeps the sliding layers lowest (step._sliding_blocks), and the
-per-type shapes (E2B: global_head_dim 512 over head_dim 256) would need the layers'
-types by index, as Qwen3.5's LinearAttention.indices; the reused keys' and values'
-gradients accumulate from the reusing layers' backward to the storing ones'; under
-checkpointing the dict the layers share holds the forward's keys and values.
+Key/value sharing (stop 51, helper gemma4e; left refused). Measured on the tiny gemma4
+above with 4 layers (sliding, full, sliding, full; sliding_window 16 < 50 tokens), no
+per-layer inputs, 3 × 50 tokens, sdpa, transformers 5.25, peft 0.21.2, torch 2.13 CPU;
+num_kv_shared_layers 2 makes kv_sharing_modes store, store, reuse, reuse. A reusing layer
+(modeling l.1161-1185, l.1213-1214) has no k_proj, v_proj, k_norm or v_norm and reads the
+storing layer's key and value from the KVSharingDict. What it keeps less, by
+saved_tensors_hooks per layer (each storage once):
+- full fp32: the k norm's fp32 input, two per-row values and normalised tensor, the v
+  norm's input and two per-row values (120,000 B a layer). The kernel's key and value
+  are the storing layer's where the kernel reads them as they are (the full layer:
+  no mask, sdpa's GQA path, integrations/sdpa_attention.py use_gqa_in_sdpa), 76,800 B
+  more (196,800 B); a masked (sliding) layer's sdpa, and eager, keep repeat_kv's copies
+  made in each layer, reusing or not. This locates the 76,800 B of the first
+  measurements: 316,800 = 120,000 (sliding) + 196,800 (full). Saved storages
+  5,366,824 -> 5,050,024 B.
+- LoRA bf16 (q, v; r 8, fp32 adapters): the v adapter's fp32 input copy (38,400) and
+  lora_A's output (4,800), the k norm's fp32 input, two per-row values and the weight's
+  fp32 copy (128; no normalised tensor: the weight is frozen), the v norm's input and
+  two per-row values: 124,928 B (sliding), + the kernel's bf16 key and value 38,400 =
+  163,328 B (full); 2,828,204 -> 2,539,948 B, and bf16-mixed 3,080,500 -> 2,818,036 B.
+- use_double_wide_mlp (configuration_gemma4.py; modeling l.1054-1059: reusing layers'
+  intermediate_size doubled): full fp32 +614,400 B of activations (2 layers × 4
+  intermediates × 150 × 128 × 4 B), LoRA bf16 +230,400 (2 × 3 × 150 × 128 × 2 B).
+- The reused key's and value's gradients (the kernel's dtype, T × kv_size each) are
+  held from the top reusing layer of their type's backward to the storing layer's, by a
+  tracker (ftmem.measure.tracker) between the layers' backward hooks, full fp32: after
+  L3's backward 76,800 B (the full type's), after L2's 153,600 (both), after L1's 76,800,
+  after L0's none, each to the byte beside the parameters' and saved tensors' difference.
+The harness (tests/accuracy, measure.build's config given num_kv_shared_layers and
+these layer_types, its count check off), peaks ftmem would need (measured without ->
+with sharing): full fp32 8,331,924 -> 7,817,724 (forward and backward -514,200 =
+weights, Adam's two states and step counters 197,400 + saved 316,800), full bf16
+5,666,778 -> 5,289,410, LoRA fp32 5,062,636 -> 4,722,652, LoRA bf16 3,745,714 ->
+3,399,970 (-345,744 = 32,896 + 24,592 weights and adapter states + 288,256 saved),
+LoRA bf16-mixed 4,432,316 -> 4,079,468, checkpointed LoRA bf16 1,935,934 -> 1,743,870
+(forward -57,488, the weights; backward -192,064, not derived); double-wide full fp32
+9,021,948 (optimizer phase +43,008 over 4 × the MLP's weights, not derived), LoRA bf16
+3,728,674. ftmem on the same runs without sharing (its sliding layers lowest): 8,332,844,
+5,667,708, 5,062,356, 3,745,444, 4,432,036, 1,940,516. Not done: the layers' types by
+index (the reusing layers at the top are of both types, ftmem keeps the sliding ones
+lowest: arch.Blocks as Qwen3.5's), the per-block saved tensors and parameters of a
+reusing layer, the held gradients in step's backward moments, checkpointing; no
+published E2B/E4B config.json was at hand to count.
 """
 
 from __future__ import annotations
