@@ -437,7 +437,6 @@ def _gemma4_text() -> list[Case]:
         {"method": "full", "precision": "bf16-mixed"},
         {"method": "lora", "precision": "bf16", "grad_ckpt": True},
         {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True},
-        {"method": "freeze", "trainable_layers": 1, "precision": "bf16", "grad_ckpt": True},
     ]
     # three layers, two sliding: the storing sliding layer is block 1, whose recomputed
     # history the block below holds at its backward; four layers, the top two trained:
@@ -488,6 +487,12 @@ def _gemma4_per_layer_inputs() -> list[Case]:
         *(
             {"method": m, "precision": "bf16"}
             for m in ("rslora", "dora", "ia3", "vera", "adalora", "loha")
+        ),
+        # checkpointed trained blocks: the model side's gradients appear after the blocks'
+        # backward (MethodPlan.per_layer_outer)
+        *(
+            {"method": "full", "precision": p, "grad_ckpt": True}
+            for p in ("bf16", "fp32", "bf16-mixed")
         ),
     ]
     return [

@@ -129,11 +129,21 @@ both), full bf16 with a global layer of 4 key/value heads of 64 4,555,520 / 4,55
 (+804; +806). Without
 autocast's weight copies LoRA bf16-mixed read 8,192 B under; without the norm's
 input-gradient tensors checkpointed LoRA bf16 21,664 B under (the embeddings need a
-gradient there), and without the held gradient 9,888 B under. Refused: checkpointed
-trained blocks (full bf16 read 2,498,532 / 2,474,420, +0.97 % where the same run
-without per-layer inputs reads +786 B: the block's per-layer tensors, freed first in its
-backward, are counted at its largest moment; not located further) and checkpointed
-adapters other than LoRA (not measured), methods other than full, freeze and those
+gradient there), and without the held gradient 9,888 B under. Checkpointed full
+finetuning (second pass): the model side's table, projection and norm make the per-layer
+inputs before the blocks, so their gradients appear only after the blocks' backward
+(MethodPlan.per_layer_outer, gradient_after_blocks); counted from the head's backward
+on, the bottom block's backward read 23,328 B (300 × 32 × 2 + 32 × 64 × 2 + 16 × 2) over:
+full bf16 2,498,532 -> 2,475,204 / 2,474,420 (+784; +786 without per-layer inputs; the
+live storages at the measured peak, the bottom block's post per-layer norm backward,
+hold no gradient of theirs), full fp32 3,876,260 / 3,843,100 (+33,160; +33,164), full
+bf16-mixed 3,663,972 / 3,682,780 (-18,808; -18,804), full bf16 at 2 × 80 tokens
+2,580,404 / 2,579,780 (+624; +626; not a case), freeze with both layers trained 2,292,544
+/ 2,292,960 (-416; -414; not a case). Refused: checkpointed freeze (one of two layers
+trained, bf16: 1,746,192 / 1,737,008, +9,184 where the same run without per-layer
+inputs reads 1,553,236 / 1,582,050, -28,814: a frozen checkpointed block below, not
+located) and checkpointed adapters other than LoRA (not measured), methods other than
+full, freeze and those
 above, all-linear (peft adapts the per-layer linears),
 quantised weights, offloaded activations, frameworks, other objectives, generation,
 serving and more than one GPU. Not measured: the model side's own backward (the norm's
