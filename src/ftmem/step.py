@@ -580,8 +580,9 @@ def _check_per_layer_inputs(arch: Architecture, run: RunConfig) -> None:
         what = f"--method {run.method}"
     elif run.grad_ckpt and run.method not in ("lora", "rslora", "full"):
         # (freeze with a frozen checkpointed block read +0.53 % where the same run
-        # without per-layer inputs reads -1.8 %, not located; the other adapters not
-        # measured checkpointed)
+        # without per-layer inputs reads -1.8 %: the top block's first backward moment,
+        # before the inputs' gradient is made; families/gemma4.py. The other adapters
+        # not measured checkpointed)
         what = "gradient checkpointing"
     elif run.method not in ("full", "freeze") and "all-linear" in run.targets:
         what = "all-linear (peft adapts the per-layer linears too)"

@@ -141,8 +141,13 @@ bf16-mixed 3,663,972 / 3,682,780 (-18,808; -18,804), full bf16 at 2 × 80 tokens
 2,580,404 / 2,579,780 (+624; +626; not a case), freeze with both layers trained 2,292,544
 / 2,292,960 (-416; -414; not a case). Refused: checkpointed freeze (one of two layers
 trained, bf16: 1,746,192 / 1,737,008, +9,184 where the same run without per-layer
-inputs reads 1,553,236 / 1,582,050, -28,814: a frozen checkpointed block below, not
-located) and checkpointed adapters other than LoRA (not measured), methods other than
+inputs reads 1,553,236 / 1,582,050, -28,814: there the top block's backward is the
+peak, measured at its post per-layer norm's backward, before the multiply's backward
+makes the inputs' zero-filled gradient, which step._per_layer_gradient counts at every
+block's moment; without it at the top block's this case reads -416, the others
+unchanged, but the top block's later moments do hold it, 17,920 B a token at E2B's 35 ×
+256 in bf16, beside the per-layer tensors then freed: the block's one workspace cannot
+tell the two moments apart) and checkpointed adapters other than LoRA (not measured), methods other than
 full, freeze and those
 above, all-linear (peft adapts the per-layer linears),
 quantised weights, offloaded activations, frameworks, other objectives, generation,
