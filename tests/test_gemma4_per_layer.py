@@ -188,3 +188,18 @@ def test_cli_estimates_and_refuses_in_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert out == ""
     assert len(err.splitlines()) == 1 and "per-layer inputs" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("top_side", "top"), [(0, 9600), (5000, 4600), (20_000, 0)])
+def test_top_block_counts_the_inputs_gradient_beyond_its_freed_tensors(top_side, top):
+    """The per-layer inputs' gradient (checkpointed: the embeddings need one) is one
+    zero-filled (T, layers, width) tensor, 150 × 2 × 16 × 2 B in bf16, held through every
+    block's backward below the top; the top block makes it after its post per-layer
+    norm's backward, and its later moments have freed its per-layer tensors."""
+    from ftmem.methods import plan_method
+    from ftmem.step import _per_layer_gradient
+
+    arch = tiny("gemma4", per_layer_input_size=16)
+    run = RunConfig(batch_size=3, seq_len=50, precision="bf16", grad_ckpt=True, method="lora")
+    got = _per_layer_gradient(arch, run, plan_method(arch, run), top_side, ())
+    assert got == (150 * 2 * 16 * 2, top)

@@ -579,10 +579,9 @@ def _check_per_layer_inputs(arch: Architecture, run: RunConfig) -> None:
     if run.method not in PER_LAYER_INPUT_METHODS:
         what = f"--method {run.method}"
     elif run.grad_ckpt and run.method not in ("lora", "rslora", "full"):
-        # (freeze with a frozen checkpointed block read +0.53 % where the same run
-        # without per-layer inputs reads -1.8 %: the top block's first backward moment,
-        # before the inputs' gradient is made; families/gemma4.py. The other adapters
-        # not measured checkpointed)
+        # (freeze with a frozen checkpointed block, fp32, reads -1.2 % where the same
+        # run without per-layer inputs reads -1.6 %, not located: families/gemma4.py;
+        # the other adapters not measured checkpointed)
         what = "gradient checkpointing"
     elif run.method not in ("full", "freeze") and "all-linear" in run.targets:
         what = "all-linear (peft adapts the per-layer linears too)"
@@ -1275,6 +1274,7 @@ def _decoder_block(
             arch,
             run,
             plan,
+            sum(s.nbytes for s in last_block if "per-layer" in s.what),
             deltanet_backward_moments(
                 arch, run, plan, blocks.linear_items, max(workspace, kernel), e, T
             ),
@@ -1283,15 +1283,25 @@ def _decoder_block(
 
 
 def _per_layer_gradient(
-    arch: Architecture, run: RunConfig, plan: MethodPlan, by_block: tuple[int, ...]
+    arch: Architecture, run: RunConfig, plan: MethodPlan, top_side: int, by_block: tuple[int, ...]
 ) -> tuple[int, ...]:
     """Each block's backward moments with the per-layer inputs' gradient the blocks above
-    have made (PerLayerInput.gradient_held; the top block's slice backward comes first
-    in its backward)."""
+    have made (PerLayerInput.gradient_held). The top block makes it in its own backward,
+    at its multiply's (modeling_gemma4.py l.1408-1415): after its post per-layer norm's
+    backward, whose moment holds everything the block keeps, and before its MLP's and
+    attention's, by which the block's per-layer tensors (``top_side``) are freed. Its
+    one workspace cannot tell those moments apart: the top block counts what the
+    gradient adds beyond the tensors freed, never under either moment (measured: the
+    tiny checkpointed freeze with a frozen block below peaks at the top block's norm
+    backward without it, families/gemma4.py)."""
     held = PerLayerInput.gradient_held(arch, run, plan, run.batch_size * run.positions)
     if not held:
         return by_block
-    return tuple(x + held for x in by_block or (0,) * arch.num_layers)
+    top = arch.num_layers - 1
+    return tuple(
+        x + (held if i < top else max(0, held - top_side))
+        for i, x in enumerate(by_block or (0,) * arch.num_layers)
+    )
 
 
 def _forward_moment(

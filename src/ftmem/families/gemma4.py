@@ -143,11 +143,16 @@ bf16-mixed 3,663,972 / 3,682,780 (-18,808; -18,804), full bf16 at 2 × 80 tokens
 trained, bf16: 1,746,192 / 1,737,008, +9,184 where the same run without per-layer
 inputs reads 1,553,236 / 1,582,050, -28,814: there the top block's backward is the
 peak, measured at its post per-layer norm's backward, before the multiply's backward
-makes the inputs' zero-filled gradient, which step._per_layer_gradient counts at every
-block's moment; without it at the top block's this case reads -416, the others
-unchanged, but the top block's later moments do hold it, 17,920 B a token at E2B's 35 ×
-256 in bf16, beside the per-layer tensors then freed: the block's one workspace cannot
-tell the two moments apart) and checkpointed adapters other than LoRA (not measured), methods other than
+makes the inputs' zero-filled gradient, which step._per_layer_gradient counted at every
+block's moment. The top block now counts only what that gradient adds beyond its
+per-layer tensors, freed by its later moments (at E2B's 35 × 256 in bf16 the gradient is
+17,920 B a token, the tensors about 16,900: the block's one workspace cannot tell its
+first moment from its later ones, so never under either): 1,736,592 / 1,737,008, -416,
+as freeze with both layers trained; every case above unchanged. Still refused: fp32
+with one layer trained reads 2,585,520 / 2,616,008 (-30,488) where the same run without
+per-layer inputs reads 2,369,348 / 2,408,296 (-38,948), its measured peak in the frozen
+block's backward (Gemma 4's own frozen checkpointed offset), not located further) and
+checkpointed adapters other than LoRA (not measured), methods other than
 full, freeze and those
 above, all-linear (peft adapts the per-layer linears),
 quantised weights, offloaded activations, frameworks, other objectives, generation,
