@@ -188,6 +188,9 @@ saved_tensors_hooks per layer (each storage once):
   tracker (ftmem.measure.tracker) between the layers' backward hooks, full fp32: after
   L3's backward 76,800 B (the full type's), after L2's 153,600 (both), after L1's 76,800,
   after L0's none, each to the byte beside the parameters' and saved tensors' difference.
+  LoRA bf16: after L3's 38,400 (the bf16 key and value), after L2's 57,600 (the sliding
+  type's 19,200, not the 38,400 derived), after L1's and L0's 19,200, gone by the end of
+  backward: the sliding (masked, repeat_kv) type's not derived.
 The harness (tests/accuracy, measure.build's config given num_kv_shared_layers and
 these layer_types, its count check off), peaks ftmem would need (measured without ->
 with sharing): full fp32 8,331,924 -> 7,817,724 (forward and backward -514,200 =
