@@ -1,0 +1,141 @@
+"""LFM2 (family lfm2): its parameters against transformers 5.25's Lfm2ForCausalLM built on
+the meta device (every tensor in its layer: short-convolution and attention layers in
+config order, the top one a conv layer), the MLP width Lfm2MLP derives, Lfm2Config's own
+defaults, the config ftmem builds read back, and what is refused in one sentence (a
+training step, serving)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ftmem.arch import Architecture, count_params, layout, param_path
+from ftmem.cli import app
+from ftmem.errors import ConfigError
+from ftmem.families.lfm2 import mlp_width
+from ftmem.sources import architecture_from_config
+from tests.conftest import TINY_LFM2 as TINY
+
+
+def _arch(cfg: dict[str, Any]) -> Architecture:
+    return architecture_from_config(cfg, "tiny-lfm2", "test")
+
+
+def _built(cfg: dict[str, Any]) -> Any:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers.models.lfm2")
+    config = transformers.AutoConfig.for_model(**cfg)
+    with torch.device("meta"):
+        return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def _ftmem_tensors(arch: Architecture) -> dict[str, int]:
+    lay = layout(arch)
+    out = {p.name: p.numel for p in lay.outer}
+    for i in range(arch.num_layers):
+        out.update({param_path(arch, i, p.name): p.numel for p in lay.block if p.in_block(i)})
+    return out
+
+
+CASES = {
+    "given layer_types, top conv": {},
+    "conv biases, untied (tie_embedding)": {"conv_bias": True, "tie_embedding": False},
+    "full_attn_idxs, kernel 4": {"layer_types": None, "full_attn_idxs": [1, 3], "conv_L_cache": 4},
+    "every layer attends (the class default)": {"layer_types": None},
+    "every layer a conv": {"layer_types": ["conv"] * 6},
+    "multiplier 1.5": {"block_ffn_dim_multiplier": 1.5},
+    "no adjustment, head_dim": {"block_auto_adjust_ff_dim": False, "head_dim": 8},
+}
+
+
+@pytest.mark.parametrize("changes", CASES.values(), ids=CASES.keys())
+def test_every_tensor_is_transformers_one(changes):
+    cfg = {k: v for k, v in {**TINY, **changes}.items() if v is not None}
+    model = _built(cfg)
+    arch = _arch(cfg)
+    real = {name: p.numel() for name, p in model.named_parameters()}
+    assert type(model).__name__ == "Lfm2ForCausalLM"
+    assert _ftmem_tensors(arch) == real
+    assert count_params(arch) == sum(real.values())
+
+
+def test_the_mlp_width_is_lfm2mlps():
+    """Lfm2MLP.__init__ (modeling_lfm2.py l.114-122), by hand: 200 -> int(400/3) = 133 ->
+    ·1.0 -> up to a multiple of 32: 160; ·1.5: int(199.5) = 199 -> 224; not adjusted: 200;
+    Lfm2Config's defaults (12288, multiple 256): 8192."""
+    assert mlp_width({"block_multiple_of": 32}, 200) == 160
+    assert mlp_width({"block_multiple_of": 32, "block_ffn_dim_multiplier": 1.5}, 200) == 224
+    assert mlp_width({"block_auto_adjust_ff_dim": False}, 200) == 200
+    assert mlp_width({}, 12288) == 8192
+    model = _built(TINY)
+    assert model.model.layers[0].feed_forward.w1.out_features == 160
+
+
+def test_transformers_default_widths_count_exactly():
+    """Lfm2Config's own defaults (hidden 2560, 32 layers, every one attending, vocab 65,536,
+    tied), on the meta device."""
+    model = _built({"model_type": "lfm2"})
+    arch = _arch({"model_type": "lfm2"})
+    real = {name: p.numel() for name, p in model.named_parameters()}
+    assert _ftmem_tensors(arch) == real
+    assert count_params(arch) == sum(real.values())
+
+
+def test_the_config_ftmem_builds_is_the_model_read():
+    transformers = pytest.importorskip("transformers")
+    from ftmem import families
+
+    for changes in ({}, {"conv_bias": True, "tie_embedding": False}):
+        arch = _arch({**TINY, **changes})
+        kw = families.get("lfm2").config.build(arch)
+        config = transformers.AutoConfig.for_model("lfm2", **kw)
+        model = _built(config.to_dict())
+        assert count_params(arch) == sum(p.numel() for p in model.parameters())
+        assert _arch(config.to_dict()) == arch
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"layer_types": ["conv"] * 5}, "layer_types must be a list of the 6"),
+        ({"layer_types": ["conv"] * 5 + ["sliding_attention"]}, "conv and full_attention"),
+        ({"layer_types": None, "full_attn_idxs": "all"}, "full_attn_idxs must be"),
+        ({"block_ffn_dim_multiplier": None}, "block_ffn_dim_multiplier must be"),
+    ],
+)
+def test_configs_ftmem_would_misstate_are_refused(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        _arch({**TINY, **changes})
+
+
+def _one_sentence_refusal(res: Any) -> None:
+    assert res.exit_code == 2, res.output
+    assert res.stdout == ""
+    assert "Traceback" not in res.stderr
+    said = " ".join(res.stderr.split())
+    assert "LFM2's layers (short-convolution and attention)" in said
+    assert len(said.rstrip(".").split(". ")) == 1, said
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve"],
+        ["estimate"],
+        ["estimate", "--method", "lora", "--lora-targets", "q_proj,v_proj"],
+        ["estimate", "--gpus", "2"],
+        ["estimate", "--gpus", "2", "--tp", "2"],
+    ],
+    ids=["serve", "full", "lora", "ddp", "tp"],
+)
+@pytest.mark.parametrize("conv", [True, False], ids=["conv layers", "every layer attends"])
+def test_steps_and_serving_are_refused_in_one_sentence(tmp_path, args, conv):
+    """Not measured: refused whatever the layer order (a stack whose every layer attends,
+    Lfm2Config's default order, too)."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY if conv else {**TINY, "layer_types": None}))
+    _one_sentence_refusal(CliRunner().invoke(app, [args[0], str(path), *args[1:]]))
