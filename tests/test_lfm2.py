@@ -18,6 +18,7 @@ from ftmem.errors import ConfigError
 from ftmem.families.lfm2 import mlp_width
 from ftmem.sources import architecture_from_config
 from tests.conftest import TINY_LFM2 as TINY
+from tests.conftest import TINY_LFM2_MOE as TINY_MOE
 
 
 def _arch(cfg: dict[str, Any]) -> Architecture:
@@ -27,7 +28,7 @@ def _arch(cfg: dict[str, Any]) -> Architecture:
 def _built(cfg: dict[str, Any]) -> Any:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    pytest.importorskip("transformers.models.lfm2")
+    pytest.importorskip(f"transformers.models.{cfg['model_type']}")
     config = transformers.AutoConfig.for_model(**cfg)
     with torch.device("meta"):
         return transformers.AutoModelForCausalLM.from_config(config)
@@ -139,3 +140,67 @@ def test_steps_and_serving_are_refused_in_one_sentence(tmp_path, args, conv):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(TINY if conv else {**TINY, "layer_types": None}))
     _one_sentence_refusal(CliRunner().invoke(app, [args[0], str(path), *args[1:]]))
+
+
+MOE_CASES = {
+    "2 dense layers (the default)": {},
+    "no dense layer": {"num_dense_layers": 0},
+    "3 dense layers, conv biases, untied": {
+        "num_dense_layers": 3,
+        "conv_bias": True,
+        "tie_embedding": False,
+    },
+    "top-k not renormalised, no expert bias": {"norm_topk_prob": False, "use_expert_bias": False},
+}
+
+
+@pytest.mark.parametrize("changes", MOE_CASES.values(), ids=MOE_CASES.keys())
+def test_every_moe_tensor_is_transformers_one(changes):
+    cfg = {**TINY_MOE, **changes}
+    model = _built(cfg)
+    arch = _arch(cfg)
+    real = {name: p.numel() for name, p in model.named_parameters()}
+    assert type(model).__name__ == "Lfm2MoeForCausalLM"
+    assert _ftmem_tensors(arch) == real
+    assert count_params(arch) == sum(real.values())
+    assert arch.dense_layers == changes.get("num_dense_layers", 2)
+    assert arch.router_renormalises == changes.get("norm_topk_prob", True)
+
+
+def test_moe_defaults_count_exactly():
+    """Lfm2MoeConfig's own widths (hidden 2048, 32 layers, 32 experts of 1792, 4 a token,
+    2 dense layers of 7168), with a layer order given (its class has none)."""
+    cfg = {"model_type": "lfm2_moe", "layer_types": ["conv", "full_attention"] * 16}
+    model = _built(cfg)
+    real = {name: p.numel() for name, p in model.named_parameters()}
+    assert _ftmem_tensors(_arch(cfg)) == real
+
+
+def test_the_moe_config_ftmem_builds_is_the_model_read():
+    transformers = pytest.importorskip("transformers")
+    from ftmem import families
+
+    arch = _arch(TINY_MOE)
+    kw = families.get("lfm2_moe").config.build(arch)
+    config = transformers.AutoConfig.for_model("lfm2_moe", **kw)
+    assert count_params(arch) == sum(p.numel() for p in _built(config.to_dict()).parameters())
+    assert _arch(config.to_dict()) == arch
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"layer_types": None}, "lacks 'layer_types'"),
+        ({"num_dense_layers": 6}, "leaves no block with experts"),
+    ],
+)
+def test_moe_configs_ftmem_would_misstate_are_refused(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        _arch({**TINY_MOE, **changes})
+
+
+def test_moe_steps_and_serving_are_refused_in_one_sentence(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY_MOE))
+    for args in (["estimate", str(path)], ["serve", str(path)]):
+        _one_sentence_refusal(CliRunner().invoke(app, args))

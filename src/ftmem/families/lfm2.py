@@ -91,18 +91,18 @@ def conv_layer_indices(cfg: Config, layers: int) -> list[int]:
     return [i for i, kind in enumerate(types) if kind == "conv"]
 
 
-def _read(cfg: Config) -> Config:
-    # Lfm2Config.__post_init__: tie_embedding and block_ff_dim, where given, win
+def read_lfm2(cfg: Config, family: str, defaults: Config) -> tuple[Config, Config]:
+    """An Architecture's fields from an LFM2 config.json (``defaults``: its config class's),
+    and that config with the defaults and aliases applied; the MLP width as config.json
+    gives it (lfm2 derives its own: ``mlp_width``)."""
+    # Lfm2Config.__post_init__ (and Lfm2MoeConfig's): tie_embedding, where given, wins
     given = {k: v for k, v in cfg.items() if v is not None or k == "block_ffn_dim_multiplier"}
-    full: Config = {**DEFAULTS, **given, "hidden_act": "silu", "attention_bias": False}
+    full: Config = {**defaults, **given, "hidden_act": "silu", "attention_bias": False}
     if "tie_embedding" in given:
         full["tie_word_embeddings"] = given["tie_embedding"]
-    if "block_ff_dim" in given:
-        full["intermediate_size"] = given["block_ff_dim"]
-    full.pop("sliding_window", None)  # (Lfm2Config has no window)
-    out = read_llama_like(full, "lfm2", LlamaKeys())
+    full.pop("sliding_window", None)  # (neither config class has a window)
+    out = read_llama_like(full, family, LlamaKeys())
     out["max_position_embeddings"] = opt(full, "max_position_embeddings", limits.TOKENS)
-    out["intermediate_size"] = mlp_width(full, out["intermediate_size"])
     out["qk_norm"] = True
     indices = conv_layer_indices(full, out["num_layers"])
     if indices:
@@ -111,12 +111,21 @@ def _read(cfg: Config) -> Config:
             "kernel": opt(full, "conv_L_cache"),
             "bias": flag(full, "conv_bias", False),
         }
+    return out, full
+
+
+def _read(cfg: Config) -> Config:
+    # Lfm2Config.__post_init__: block_ff_dim, where given, wins
+    if cfg.get("block_ff_dim") is not None:
+        cfg = {**cfg, "intermediate_size": cfg["block_ff_dim"]}
+    out, full = read_lfm2(cfg, "lfm2", DEFAULTS)
+    out["intermediate_size"] = mlp_width(full, out["intermediate_size"])
     return out
 
 
-def _build(arch: Architecture) -> Config:
-    """The transformers config of ``arch``: its layer_types in its order, the MLP's width
-    as is (block_auto_adjust_ff_dim off), the conv's taps and biases."""
+def build_lfm2(arch: Architecture) -> Config:
+    """The transformers config of ``arch``'s attention and conv layers: its layer_types in
+    its order, the conv's taps and biases."""
     kw = build_llama_like(arch, LlamaKeys())
     if arch.head_dim is None:  # (Lfm2Attention: hidden / heads unless the config says)
         kw.pop("head_dim")
@@ -125,13 +134,18 @@ def _build(arch: Architecture) -> Config:
         layer_types=[
             LAYER_TYPES[blocks is None or not blocks.holds(i)] for i in range(arch.num_layers)
         ],
-        block_auto_adjust_ff_dim=False,
         tie_word_embeddings=arch.tie_embeddings,
         vocab_size=arch.vocab_size,
     )
     if conv is not None:
         kw.update(conv_L_cache=conv.kernel, conv_bias=conv.bias)
     return kw
+
+
+def _build(arch: Architecture) -> Config:
+    """The transformers config of ``arch``, the MLP's width as is (block_auto_adjust_ff_dim
+    off)."""
+    return {**build_lfm2(arch), "block_auto_adjust_ff_dim": False}
 
 
 NAMES = ModuleNames(
