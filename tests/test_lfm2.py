@@ -204,3 +204,71 @@ def test_moe_steps_and_serving_are_refused_in_one_sentence(tmp_path):
     path.write_text(json.dumps(TINY_MOE))
     for args in (["estimate", str(path)], ["serve", str(path)]):
         _one_sentence_refusal(CliRunner().invoke(app, args))
+
+
+# LFM2-1.2B's config.json (presets/models/lfm2-1.2b.yaml cites the public copies): both widths
+# as it writes them (block_ff_dim wins, Lfm2Config.__post_init__)
+LFM2_1_2B: dict[str, Any] = {
+    "model_type": "lfm2",
+    "vocab_size": 65536,
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "block_ff_dim": 12288,
+    "block_auto_adjust_ff_dim": True,
+    "block_ffn_dim_multiplier": 1.0,
+    "block_multiple_of": 256,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "full_attn_idxs": [2, 5, 8, 10, 12, 14],
+    "conv_L_cache": 3,
+    "conv_bias": False,
+    "max_position_embeddings": 128000,
+    "tie_embedding": True,
+}
+# LFM2-350M's (presets/models/lfm2-350m.yaml)
+LFM2_350M: dict[str, Any] = {
+    **{k: v for k, v in LFM2_1_2B.items() if k not in ("intermediate_size", "block_ff_dim")},
+    "hidden_size": 1024,
+    "block_ff_dim": 6656,
+    "num_attention_heads": 16,
+}
+
+
+@pytest.mark.parametrize(
+    ("preset", "cfg", "by_hand"),
+    [
+        # tied embeddings + 16 x (norms and MLP) + 10 conv + 6 attention mixers + final norm
+        (
+            "lfm2-1.2b",
+            LFM2_1_2B,
+            134_217_728 + 16 * 50_335_744 + 10 * 16_783_360 + 6 * 10_485_888 + 2_048,
+        ),
+        (
+            "lfm2-350m",
+            LFM2_350M,
+            67_108_864 + 16 * 14_157_824 + 10 * 4_197_376 + 6 * 3_145_856 + 1_024,
+        ),
+    ],
+)
+def test_the_presets_are_their_config_and_transformers_count(preset, cfg, by_hand):
+    """Each preset reads as its config.json does and counts what transformers builds on the
+    meta device, and what the preset's comment derives by hand."""
+    from ftmem.sources import resolve_model
+
+    arch = resolve_model(preset)
+    read = _arch(cfg)
+    fields = {"name", "source", "published_params", "published_params_source"}
+    assert arch.model_dump(exclude=fields) == read.model_dump(exclude=fields)
+    model = _built(cfg)
+    assert count_params(arch) == sum(p.numel() for p in model.parameters()) == by_hand
+    assert by_hand == {"lfm2-1.2b": 1_170_340_608, "lfm2-350m": 354_483_968}[preset]
+
+
+def test_a_preset_step_is_refused_in_one_sentence():
+    from ftmem import estimate
+    from ftmem.errors import FtmemError
+
+    with pytest.raises(FtmemError, match="LFM2's layers") as exc:
+        estimate("lfm2-1.2b", method="lora", lora_targets="q_proj,v_proj")
+    assert "\n" not in str(exc.value)
