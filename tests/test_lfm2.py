@@ -272,3 +272,47 @@ def test_a_preset_step_is_refused_in_one_sentence():
     with pytest.raises(FtmemError, match="LFM2's layers") as exc:
         estimate("lfm2-1.2b", method="lora", lora_targets="q_proj,v_proj")
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("trains", [True, False], ids=["weights train", "frozen"])
+@pytest.mark.parametrize(("s", "kernel", "bias"), [(16, 3, False), (33, 4, True)])
+def test_the_short_conv_keeps_what_torch_saves(dtype, trains, s, kernel, bias):
+    """ops.short_conv.saved_bytes against what autograd's saved-tensor hooks see in one
+    real Lfm2ShortConv (transformers 5.25's torch path, on the CPU): each distinct storage
+    once, the weights left out, its input counted where in_proj's weight trains."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.lfm2.modeling_lfm2 import Lfm2ShortConv
+
+    from ftmem.ops.short_conv import saved_bytes
+
+    b, h = 2, 64
+    config = transformers.Lfm2Config(
+        hidden_size=h,
+        num_hidden_layers=1,
+        layer_types=["conv"],
+        conv_L_cache=kernel,
+        conv_bias=bias,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=32,
+    )
+    torch_dtype = getattr(torch, dtype)
+    module = Lfm2ShortConv(config, 0).to(torch_dtype).train()
+    for p in module.parameters():
+        p.requires_grad_(trains)
+    weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    x = torch.randn(b, s, h, dtype=torch_dtype, requires_grad=True)
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    e = torch.finfo(torch_dtype).bits // 8
+    assert sum(kept.values()) == sum(saved_bytes(b, s, h, kernel, e, trains, trains).values())

@@ -9,12 +9,26 @@ RMSNorms ``q_layernorm``/``k_layernorm`` before the rotary). The MLP is SwiGLU
 (``feed_forward.w1``/``w3``/``w2``) whose width Lfm2MLP.__init__ derives (l.111-125, see
 ``mlp_width``). Embeddings are tied by default (``tie_embedding``, ``tie_word_embeddings``).
 
-Measured (stop 51, helper lfm2): every tensor's name and size equals transformers 5.25's
-model on the meta device (tests/test_lfm2.py: tiny stacks in several orders, the top
-layer a conv one, conv biases, untied; Lfm2Config's own defaults, 32 attention layers at
-2560 wide). A training step and serving are refused in one sentence
-(ops.short_conv.refuse): what the short convolution keeps for backward is not measured
-yet. peft 0.21.2 has no default LoRA targets for lfm2 (utils/constants.py).
+Notes (stop 51, helper lfm2). Measured: every tensor's name and size equals transformers
+5.25's model on the meta device (tests/test_lfm2.py: tiny stacks in several orders, the top
+layer a conv one, conv biases, untied, full_attn_idxs, the MLP multiplier and no adjustment;
+Lfm2Config's own defaults, 32 attention layers at 2560 wide; lfm2_moe likewise), the
+presets lfm2-1.2b (1,170,340,608) and lfm2-350m (354,483,968) by hand and on meta. What
+one Lfm2ShortConv keeps for backward on the CPU torch path (ops.short_conv.saved_bytes,
+checked against torch's saved-tensor hooks): b 2, s 16, h 64, 3 taps, fp32 with its
+weights trained 50,176 B beyond its input (in_proj's output 24,576 whole, B·x 8,192, the
+padded conv output 9,216, out_proj's input 8,192), frozen 41,984; bf16 half those; s 33
+with 4 taps the padded output b·h·36·e. Modelled: the parameters only. Left: wiring
+saved_bytes into the block walk (a conv block beside the attention ones, keyed on
+Architecture.short_conv_blocks as the Gated DeltaNet blocks are), the conv's forward
+transient and backward workspace (its input gradient through the padded conv), the
+attention blocks (out_proj for o, q_layernorm/k_layernorm before the rotary), what the
+model holds beside (the rotary's tables, the padding mask the conv applies), autocast,
+``ftmem measure``'s build of the real model and the accuracy cases (full fp32, LoRA bf16
+on q/v and on in_proj/out_proj, bf16-mixed, checkpointed), QLoRA, serving's conv state
+(one per conv layer in the cache, not sized here); until then a training step and serving are
+refused in one sentence (ops.short_conv.refuse). peft 0.21.2 has no default LoRA targets
+for lfm2 (utils/constants.py).
 """
 
 from __future__ import annotations
