@@ -235,9 +235,43 @@ LFM2_350M: dict[str, Any] = {
 }
 
 
+# LFM2-8B-A1B's (presets/models/lfm2-8b-a1b.yaml)
+LFM2_8B_A1B: dict[str, Any] = {
+    "model_type": "lfm2_moe",
+    "vocab_size": 65536,
+    "hidden_size": 2048,
+    "intermediate_size": 7168,
+    "moe_intermediate_size": 1792,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 128000,
+    "conv_bias": False,
+    "conv_L_cache": 3,
+    "num_dense_layers": 2,
+    "num_experts": 32,
+    "num_experts_per_tok": 4,
+    "norm_topk_prob": True,
+    "use_expert_bias": True,
+    "layer_types": ["full_attention" if i in (2, 6, 10, 14, 18, 21) else "conv" for i in range(24)],
+}
+
+
 @pytest.mark.parametrize(
     ("preset", "cfg", "by_hand"),
     [
+        # tied embeddings + norms + 2 dense MLPs + 22 sparse blocks + conv + attention + final
+        (
+            "lfm2-8b-a1b",
+            LFM2_8B_A1B,
+            134_217_728
+            + 98_304
+            + 2 * 44_040_192
+            + 22 * 352_387_072
+            + 18 * 16_783_360
+            + 6 * 10_485_888
+            + 2_048,
+        ),
         # tied embeddings + 16 x (norms and MLP) + 10 conv + 6 attention mixers + final norm
         (
             "lfm2-1.2b",
@@ -262,7 +296,12 @@ def test_the_presets_are_their_config_and_transformers_count(preset, cfg, by_han
     assert arch.model_dump(exclude=fields) == read.model_dump(exclude=fields)
     model = _built(cfg)
     assert count_params(arch) == sum(p.numel() for p in model.parameters()) == by_hand
-    assert by_hand == {"lfm2-1.2b": 1_170_340_608, "lfm2-350m": 354_483_968}[preset]
+    in_the_preset_comment = {
+        "lfm2-1.2b": 1_170_340_608,
+        "lfm2-350m": 354_483_968,
+        "lfm2-8b-a1b": 8_339_929_856,
+    }
+    assert by_hand == in_the_preset_comment[preset]
 
 
 def test_a_preset_step_is_refused_in_one_sentence():
