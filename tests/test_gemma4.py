@@ -93,7 +93,6 @@ def test_given_last_sliding_layer_counts_as_global(tmp_path):
 
 
 REFUSED = [
-    ({"hidden_size_per_layer_input": 256}, "per-layer inputs"),
     # null: Gemma4TextConfig's strict int field refuses it (a TypeError in transformers)
     ({"hidden_size_per_layer_input": None}, "hidden_size_per_layer_input must be an integer"),
     ({"hidden_size_per_layer_input": 0, "num_kv_shared_layers": 0}, None),
@@ -126,13 +125,12 @@ def test_unmodelled_mechanisms_are_refused(tmp_path, change, match):
         _arch(tmp_path, cfg)
 
 
-def test_config_class_defaults_are_refused(tmp_path):
+def test_config_class_defaults_are_read(tmp_path):
     """Gemma4TextConfig's defaults switch per-layer inputs on (256): a config.json that
-    leaves them out is refused, not estimated without them; its global_head_dim default
-    (512) is read."""
+    leaves them out has them (tests/test_gemma4_per_layer.py), not an estimate without
+    them; its global_head_dim default (512) is read."""
     bare = {k: v for k, v in DENSE.items() if k != "hidden_size_per_layer_input"}
-    with pytest.raises(ConfigError, match="hidden_size_per_layer_input 256"):
-        _arch(tmp_path, bare)
+    assert _arch(tmp_path, bare).per_layer_input_size == 256
     bare = {k: v for k, v in DENSE.items() if k != "global_head_dim"}
     assert _arch(tmp_path, bare).full_head_dim == 512
 

@@ -35,6 +35,7 @@ from ftmem.ops.loss import Loss, PreferenceLoss, head_weight_casts
 from ftmem.ops.mlp import MLP
 from ftmem.ops.norm import Norm, QKNorm
 from ftmem.ops.output_gate import OutputGate
+from ftmem.ops.per_layer_input import PerLayerInput
 from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.profiles import compiled_chunked_loss, head_chunk_tokens
 from ftmem.run import RunConfig
@@ -131,7 +132,22 @@ def block_saved(
             Kind.RESIDUAL_DROPOUT,
         )  # fmt: skip
     out += _mlp_side(ctx, state, mlp, x, after_attn)
+    out += _per_layer_side(ctx, state, mlp, after_attn)
     return [s for s in out if s.nbytes or s.graph_held]
+
+
+def _per_layer_side(
+    ctx: LayerContext, state: BlockState, mlp: list[Linear], after_attn: bool
+) -> list[Saved]:
+    """The block's per-layer input after its MLP (ops.per_layer_input); the residual
+    stream there needs a gradient where the attention's output or the MLP side does."""
+    if not ctx.arch.per_layer_input_size:
+        return []
+    h_grad = (
+        after_attn or state.weights_trainable or state.norms_trained
+        or any(lin.module in state.adapted | state.output_grad for lin in mlp)
+    )  # fmt: skip
+    return PerLayerInput.saved(ctx, state, h_grad, PerLayerInput.inputs_grad(ctx.run, ctx.plan))
 
 
 def attention_side_norms_train(arch: Architecture, state: BlockState) -> bool:
@@ -438,6 +454,13 @@ def _embedding_side(ctx: LayerContext, plan: MethodPlan, blocks_grad: bool) -> l
         below += Dropout.saved(
             ctx, "embeddings", elements, e_in, Side.OUTER, arch.embedding_dropout
         )
+    if arch.per_layer_input_size:
+        # (every block's multiply keeps the per-layer inputs where a block needs a
+        # gradient; an fp32 first block's input norm keeps the embeddings themselves, a
+        # checkpointed first block its input)
+        embeds_kept = (ctx.residual == FP32 or run.grad_ckpt) and (train or plan.embed_trainable)
+        embeds_grad = PerLayerInput.inputs_grad(run, plan)
+        below += PerLayerInput.model_saved(ctx, train, embeds_grad, blocks_grad, embeds_kept)
     below += PromptEncoder.saved(arch, run, plan.dtypes)
     below += trainable_tokens.saved(arch, run, plan)
     # peft's adaption prompt in the top block alone: the rotary runs only on a q that needs

@@ -282,6 +282,18 @@ class Architecture(Model, strict=True):
         description="The full-attention layers have no v projection: their values are "
         "their k projection's output (Family.attention_shape_per_layer_type).",
     )
+    per_layer_input_size: NonNegativeInt = Field(
+        0,
+        exclude_if=lambda value: not value,
+        description="Width of each layer's per-layer input (ModuleNames.per_layer): a token "
+        "table of num_layers such inputs a token, a projection of the embeddings to them and "
+        "its norm; in each block a gate to this width, a projection back and a norm. 0: none.",
+    )
+    per_layer_input_vocab: PositiveInt | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="Rows of the per-layer token table where not vocab_size.",
+    )
     final_logit_softcapping: FiniteFloat | None = None
     attn_logit_softcapping: FiniteFloat | None = Field(
         None, description="Gemma-2: tanh soft-capping of the attention scores."
@@ -513,6 +525,13 @@ class Architecture(Model, strict=True):
                 "full_head_dim, full_kv_heads and full_values_are_keys are for families whose "
                 f"full-attention layers have their own shape, not {self.family}"
             )
+        if (self.per_layer_input_size or self.per_layer_input_vocab) and not (
+            self.traits.names.per_layer
+        ):
+            raise ValueError(
+                "per_layer_input_size and per_layer_input_vocab are for families with "
+                f"per-layer inputs, not {self.family}"
+            )
         if self.full_kv_heads and self.num_heads % self.full_kv_heads:
             raise ValueError(
                 f"full_kv_heads ({self.full_kv_heads}) must divide num_heads ({self.num_heads})"
@@ -709,6 +728,8 @@ BOUNDS: dict[str, limits.Bound] = {
     "v_head_dim": limits.WIDTH,
     "full_head_dim": limits.WIDTH,
     "full_kv_heads": limits.WIDTH,
+    "per_layer_input_size": limits.WIDTH,
+    "per_layer_input_vocab": limits.WIDTH,
     "experts_per_token": limits.EXPERTS,
     "sliding_window": limits.TOKENS,
     "sliding_layers": limits.LAYERS,
@@ -783,9 +804,9 @@ class Param:
 
     @property
     def is_head(self) -> bool:
-        """The LM head's weight or bias: the only linear outside the blocks (block
-        linears always have roles)."""
-        return self.kind in ("linear", "linear_bias") and not self.roles
+        """The LM head's weight or bias (the per-layer inputs' model projection is a
+        linear outside the blocks too; block linears always have roles)."""
+        return self.kind in ("linear", "linear_bias") and self.module == HEAD
 
     @property
     def module(self) -> str:
@@ -1233,6 +1254,41 @@ def activation_params(arch: Architecture) -> list[Param]:
     return [Param(f"{act}.{name}", (1,), "activation") for name in ("alpha_p", "alpha_n")]
 
 
+def per_layer_outer_params(arch: Architecture) -> list[Param]:
+    """The model's side of the per-layer inputs (Architecture.per_layer_input_size;
+    transformers 5.25 modeling_gemma4.py Gemma4TextModel.__init__, l.1565-1580): the token
+    table ``embed_tokens_per_layer`` (per_layer_input_vocab rows of num_layers × width),
+    the bias-free ``per_layer_model_projection`` (hidden → num_layers × width) and the
+    ``per_layer_projection_norm`` RMSNorm (one width-wide weight)."""
+    width = arch.per_layer_input_size
+    if not width:
+        return []
+    names, h, n = arch.traits.names.per_layer, arch.hidden_size, arch.num_layers
+    rows = arch.per_layer_input_vocab or arch.vocab_size
+    return [
+        Param(f"{names['table']}.weight", (rows, n * width), "embedding"),
+        Param(f"{names['model_projection']}.weight", (n * width, h), "linear"),
+        Param(f"{names['model_norm']}.weight", (width,), "norm"),
+    ]
+
+
+def per_layer_params(arch: Architecture) -> list[Param]:
+    """Each block's side of the per-layer inputs (modeling_gemma4.py
+    Gemma4TextDecoderLayer.__init__, l.1345-1350): the bias-free ``per_layer_input_gate``
+    (hidden → width) and ``per_layer_projection`` (width → hidden) and the
+    ``post_per_layer_input_norm`` RMSNorm (hidden). Their nn.Linear modules are not in the
+    layout's linears (no role: no adapter targets them, methods refuses what would)."""
+    width = arch.per_layer_input_size
+    if not width:
+        return []
+    names, h = arch.traits.names.per_layer, arch.hidden_size
+    return [
+        Param(f"{names['gate']}.weight", (width, h), "linear"),
+        Param(f"{names['projection']}.weight", (h, width), "linear"),
+        Param(f"{names['norm']}.weight", (h,), "norm"),
+    ]
+
+
 def _norm_params(prefix: str, arch: Architecture) -> list[Param]:
     if arch.traits.norms_without_parameters:  # (OLMo 1's OlmoLayerNorm)
         return []
@@ -1329,6 +1385,7 @@ def layout(arch: Architecture) -> Layout:
     block += short_conv_params(arch)
     block += sink_params(arch)
     block += activation_params(arch)
+    block += per_layer_params(arch)
     block += latent_norm_params(arch)
     for norm_name in norm_names:
         block += _norm_params(norm_name, arch)
@@ -1345,6 +1402,7 @@ def layout(arch: Architecture) -> Layout:
                 "position",
             )
         )
+    outer += per_layer_outer_params(arch)
     outer += _norm_params(names.final_norm, arch)
     if not arch.tie_embeddings:
         outer.append(Param(f"{HEAD}.weight", (arch.vocab_size, arch.hidden_size), "linear"))

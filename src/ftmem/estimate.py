@@ -673,6 +673,22 @@ def _family_notes(arch: Architecture, run: RunConfig) -> list[str]:
     return notes
 
 
+def _check_parallel_arch(arch: Architecture, par: ParallelConfig) -> None:
+    """What the parallel layouts were not measured with: global layers of their own
+    attention shape under tensor or context parallelism, per-layer inputs at all."""
+    if arch.attention_per_layer_type and (par.tp > 1 or par.cp > 1):
+        raise InvalidInputError(
+            f"{arch.name}: tensor or context parallelism with full-attention layers of their "
+            "own attention shape (full_head_dim, full_kv_heads, full_values_are_keys) is not "
+            "modelled."
+        )
+    if arch.per_layer_input_size:
+        raise InvalidInputError(
+            f"{arch.name}: more than one GPU with per-layer inputs (per_layer_input_size) "
+            "is not modelled."
+        )
+
+
 def _estimate_parallel(
     arch: Architecture,
     run: RunConfig,
@@ -684,12 +700,7 @@ def _estimate_parallel(
     refuse_training(arch, run, alone=False)  # (Qwen3.5's layers: one GPU measured)
     short_conv.refuse(arch, "a training step")  # (LFM2: only its parameters)
     _check_parallel_run(run)
-    if arch.attention_per_layer_type and (par.tp > 1 or par.cp > 1):
-        raise InvalidInputError(
-            f"{arch.name}: tensor or context parallelism with full-attention layers of their "
-            "own attention shape (full_head_dim, full_kv_heads, full_values_are_keys) is not "
-            "modelled."
-        )
+    _check_parallel_arch(arch, par)
     cap = gpu.memory_bytes if gpu is not None else None
     step = parallel_step(arch, run, par, cap)
     sz = step.ranks[step.worst].sizes

@@ -26,6 +26,7 @@ from ftmem.arch import (
     Param,
     layout,
     param_path,
+    per_layer_outer_params,
 )
 from ftmem.dtypes import BYTES_PER_ELEMENT, StorageFormat, is_quantized, tensor_bytes
 from ftmem.errors import InvalidInputError
@@ -452,6 +453,9 @@ class MethodPlan:
     head_lora: bool = False
     # the token embedding is the LM head's weight too (its gradient starts at the head)
     tied_embeddings: bool = False
+    # the per-layer inputs' model side (arch.per_layer_outer_params): its parameters'
+    # names, whose gradients appear after the blocks' backward (gradient_after_blocks)
+    per_layer_outer: frozenset[str] = frozenset()
     # LLaMA-Adapter: blocks (counted from the top) with a gated adaption prompt; v2's
     # linears wrapped in LitGPT's AdapterV2Linear (bias and scale), and whether the LM head is
     gated_blocks: int = 0
@@ -521,6 +525,12 @@ class MethodPlan:
             return True  # the vision tower runs before the language model: its gradients come last
         if base.endswith(TRAINABLE_TOKENS_DELTA):
             return True  # the embedding's own backward, last (untied only: RunConfig)
+        if base in self.per_layer_outer:
+            # Gemma 4's per-layer table, projection and norm (modeling_gemma4.py
+            # l.1705-1784) make the per-layer inputs before the blocks; every block reads a
+            # slice, so their backward runs once the last block's is done (measured:
+            # checkpointed full bf16, calibration in families/gemma4.py)
+            return True
         if base.startswith("prompt_encoder.") or base.endswith("wpe.weight"):
             # peft's prompt encoders run first in forward, so their gradients come last
             return True
@@ -1588,6 +1598,7 @@ def _plan_method(arch: Architecture, run: RunConfig) -> MethodPlan:
         adapted_experts=experts,
         head_lora=head_lora,
         tied_embeddings=arch.tie_embeddings,
+        per_layer_outer=frozenset(p.name for p in per_layer_outer_params(arch)),
         gated_blocks=gated_blocks(arch, run),
         v2_scaled=v2_scaled,
         head_scaled=run.method == "llama-adapter-v2",

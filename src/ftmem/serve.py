@@ -279,6 +279,11 @@ def estimate_serving(
             "shape (full_head_dim, full_kv_heads, full_values_are_keys: one KV cache width "
             "a layer type) is not modelled yet."
         )
+    if arch.per_layer_input_size:
+        raise InvalidInputError(
+            f"{arch.name}: `ftmem serve` with per-layer inputs (per_layer_input_size: the "
+            "prefill's per-layer input tensor) is not modelled yet."
+        )
     beyond = position_note(arch, cfg.context, f"--context {cfg.context}")
     weights = weight_bytes(arch, cfg.weights)
     per_token = kv_bytes_per_token(arch, cfg.kv_dtype)

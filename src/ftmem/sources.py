@@ -106,6 +106,17 @@ NOT_MODELLED = {
     # - sink) in fp32, which keeps tensors no other family's attention does
     "granitemoe_swa": "its eager-only attention scales each head's output by a sigmoid of "
     "the scores' logsumexp minus a learned sink, an op ftmem has not measured yet",
+    # Llama 4's text model, transformers 5.25 models/llama4/modeling_llama4.py
+    # Llama4TextMoe.forward: hidden_states.repeat(num_local_experts, 1) scaled by the
+    # sigmoid scores (zero off the top k), then torch.bmm over (E, T, H), so each MoE block
+    # keeps about E * T * (2H + 4I) elements, not ftmem's routed top-k tokens
+    # (calibration/notes/llama4_text.py checks that formula against the real block);
+    # Llama4TextDecoderLayer interleaves dense MLPs of intermediate_size_mlp (moe_layers),
+    # which ftmem's dense-prefix layout cannot place. The image-text "llama4" reaches this
+    # entry through its text_config.
+    "llama4_text": "its MoE blocks run every token through every expert (Llama4TextMoe "
+    "repeats the tokens num_local_experts times and keeps each copy for backward) and its "
+    "dense and MoE layers interleave, which ftmem does not model yet",
 }
 # Qwen3.5's image-text wrappers
 # the whole models: their vision encoder (Qwen3_5VisionModel) is not modelled

@@ -608,7 +608,6 @@ def _gemma4_text() -> list[Case]:
         {"method": "full", "precision": "bf16-mixed"},
         {"method": "lora", "precision": "bf16", "grad_ckpt": True},
         {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True},
-        {"method": "freeze", "trainable_layers": 1, "precision": "bf16", "grad_ckpt": True},
     ]
     # three layers, two sliding: the storing sliding layer is block 1, whose recomputed
     # history the block below holds at its backward; four layers, the top two trained:
@@ -631,6 +630,59 @@ def _gemma4_text() -> list[Case]:
         Case("gemma4", {"method": "qlora", "precision": "bf16-mixed", "grad_ckpt": True}, WIDER),
         Case("gemma4", {"method": "full", "precision": "bf16", "activation_offload": True}),
         *_gemma4_global_shapes(),
+        *_gemma4_per_layer_inputs(),
+    ]
+
+
+# Gemma 4 E2B's and E4B's per-layer inputs in small (hidden_size_per_layer_input 16)
+GEMMA4_PER_LAYER = {"per_layer_input_size": 16}
+
+
+def _gemma4_per_layer_inputs() -> list[Case]:
+    """Per-layer inputs (stop 51, helper gemma4e; ops.per_layer_input): the model's
+    (T, layers, width) tensor kept by every block's multiply, its projection's norm, each
+    block's gate, activation, projection and norm; autocast's weight copies; the
+    inputs' gradient held through the blocks' backward under checkpointing (the
+    embeddings need a gradient there); a table of its own height; with a sliding layer;
+    with global layers of their own shape."""
+    settings = [
+        {"method": "full", "precision": "fp32"},
+        {"method": "full", "precision": "bf16-mixed"},
+        {"method": "freeze", "trainable_layers": 1, "precision": "bf16"},
+        {"method": "lora", "precision": "bf16"},
+        {"method": "lora", "precision": "bf16-mixed"},
+        {"method": "lora", "precision": "bf16", "lora_targets": "q,k,v,o,gate,up,down"},
+        {"method": "lora", "precision": "bf16", "grad_ckpt": True},
+        {"method": "lora", "precision": "bf16-mixed", "grad_ckpt": True},
+        {"method": "lora", "precision": "fp32"},
+        *(
+            {"method": m, "precision": "bf16"}
+            for m in ("rslora", "dora", "ia3", "vera", "adalora", "loha")
+        ),
+        # checkpointed trained blocks: the model side's gradients appear after the blocks'
+        # backward (MethodPlan.per_layer_outer)
+        *(
+            {"method": "full", "precision": p, "grad_ckpt": True}
+            for p in ("bf16", "fp32", "bf16-mixed")
+        ),
+    ]
+    return [
+        *(Case("gemma4", s, GEMMA4_PER_LAYER) for s in settings),
+        Case(
+            "gemma4",
+            {"method": "full", "precision": "bf16"},
+            {**GEMMA4_PER_LAYER, "per_layer_input_vocab": 400},
+        ),
+        Case(
+            "gemma4",
+            {"method": "lora", "precision": "bf16", "grad_ckpt": True},
+            {**GEMMA4_SLIDING, **GEMMA4_PER_LAYER},
+        ),
+        Case(
+            "gemma4",
+            {"method": "full", "precision": "bf16"},
+            {**GEMMA4_GLOBAL_WIDE, **GEMMA4_PER_LAYER},
+        ),
     ]
 
 

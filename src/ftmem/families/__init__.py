@@ -65,6 +65,10 @@ class ModuleNames:
     sequential_norms: tuple[str, ...] = ()
     # the MLP's activation module where it has parameters (Apertus's xIELU: mlp.act_fn)
     activation: str = ""
+    # the per-layer inputs' modules (Architecture.per_layer_input_size): the model's
+    # ``table``, ``model_projection`` and ``model_norm`` (full paths), each block's
+    # ``gate``, ``projection`` and ``norm``; empty: the family has none
+    per_layer: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,10 +32,16 @@ then builds no v_proj on them and takes the k projection's output as the values 
 which the weightless v norm normalises beside the k norm: in fp32 ``x.float()`` returns
 that output itself, one tensor kept for both norms (QKNorm.value_norm_saved).
 
-What this family does not model, refused in one sentence each (_refuse_unmodelled): the
-per-layer inputs (E2B/E4B: hidden_size_per_layer_input, the per-layer embedding table and
-its projection), key/value sharing across layers (num_kv_shared_layers, and the
-double-wide MLP of the sharing layers), per_layer_config overrides of a sliding layer's
+The per-layer inputs (E2B/E4B: hidden_size_per_layer_input, 256 by default, read into
+Architecture.per_layer_input_size; vocab_size_per_layer_input where it differs from
+vocab_size into per_layer_input_vocab) are modelled by ops.per_layer_input: the model's
+token table, projection and norm (Gemma4TextModel l.1565-1580, l.1705-1784) and each
+block's gate, activation, multiply, projection and norm after the MLP (l.1345-1350,
+l.1408-1415); runs outside those measured are refused (step._check_per_layer_inputs).
+
+What this family does not model, refused in one sentence each (_refuse_unmodelled):
+key/value sharing across layers (num_kv_shared_layers, and the double-wide MLP of the
+sharing layers), per_layer_config overrides of a sliding layer's
 shape or that give the global layers two shapes, the MoE block beside the MLP
 (enable_moe_block), bidirectional attention, and rotary types other than the default and
 proportional ones (both make cos and sin tables as wide as the layer type's heads:
@@ -91,10 +97,120 @@ with freeze on a published pattern (every sixth layer global) the real one is th
 second-highest layer, trained where two or more layers train, frozen in the estimate below
 that; without checkpointing a frozen storing layer's key and value live to the end of the
 model's forward (not counted: never the peak measured). Not measured on a GPU.
+
+Per-layer inputs (stop 51, helper gemma4e; transformers 5.25, peft 0.21.2, torch 2.13
+CPU; the tiny gemma4 with per_layer_input_size 16, 3 × 50 tokens; ftmem / measured B):
+the counts equal transformers' on the meta device (the 31B shape with inputs of 256:
+34,421,418,496; Gemma4TextConfig's defaults). What autograd keeps, derived from
+modeling_gemma4.py and torch's derivatives.yaml: each block the gate's input where it
+trains, the activation's input where the gate's output needs a gradient, the slice of
+the per-layer inputs (one (T, layers, width) storage for all blocks) and, where those
+need a gradient, the activation's output, the projection's input where it trains, the
+post norm's own, autocast's 16-bit weight copies; the model's projection's input (bf16:
+a new tensor; fp32 or checkpointed: the first block's), its norm's fp32 input, two
+per-row values and normalised tensor. The per-layer inputs need a gradient wherever the
+embeddings do, transformers' checkpointing hook included; each block's slice backward
+then writes a zero-filled gradient of the whole tensor, accumulated and held through the
+blocks' backward. Activations exact in 17 of the 18 cases (ids ``perlayerinputsize=16``;
+IA³ +512 B as without per-layer inputs), peaks at the same offset as the same case
+without per-layer inputs (in brackets):
+full fp32 5,045,704 / 5,044,652 (+1,052; +1,056), full bf16-mixed 4,726,600 /
+4,725,548, freeze bf16 2,040,132 / 2,040,272, LoRA bf16 2,219,412 / 2,219,552 (-140;
+-138), LoRA bf16-mixed 2,632,884 / 2,633,032 (-148; -144), LoRA on every role
+3,018,052 / 3,018,192, checkpointed LoRA bf16 1,512,288 / 1,512,576 (-288; -286),
+checkpointed LoRA bf16-mixed 1,830,944 / 1,889,096 (-3.1 %; -58,148 B, Gemma 4's own
+offset), full bf16 with a table of 400 rows 3,566,120 / 3,565,060, checkpointed LoRA bf16
+with a sliding layer 1,617,988 / 1,613,404 (+4,584: the sliding offset above), LoRA fp32
+2,894,260 / 2,894,408 (-148; -144), full bf16 3,546,920 / 3,545,860 (not a case), rsLoRA
+2,219,412 / 2,219,552, DoRA 2,573,476 / 2,573,616 (-140; -138), IA³ 2,182,956 /
+2,182,584 (+372; +374), VeRA 3,043,476 / 3,043,616, AdaLoRA 2,538,772 / 2,536,832
+(+1,940; +1,942), LoHa 2,310,836 / 2,310,992 (-156; -154; its activations -16 B in
+both), full bf16 with a global layer of 4 key/value heads of 64 4,555,520 / 4,554,716
+(+804; +806). Without
+autocast's weight copies LoRA bf16-mixed read 8,192 B under; without the norm's
+input-gradient tensors checkpointed LoRA bf16 21,664 B under (the embeddings need a
+gradient there), and without the held gradient 9,888 B under. Checkpointed full
+finetuning (second pass): the model side's table, projection and norm make the per-layer
+inputs before the blocks, so their gradients appear only after the blocks' backward
+(MethodPlan.per_layer_outer, gradient_after_blocks); counted from the head's backward
+on, the bottom block's backward read 23,328 B (300 × 32 × 2 + 32 × 64 × 2 + 16 × 2) over:
+full bf16 2,498,532 -> 2,475,204 / 2,474,420 (+784; +786 without per-layer inputs; the
+live storages at the measured peak, the bottom block's post per-layer norm backward,
+hold no gradient of theirs), full fp32 3,876,260 / 3,843,100 (+33,160; +33,164), full
+bf16-mixed 3,663,972 / 3,682,780 (-18,808; -18,804), full bf16 at 2 × 80 tokens
+2,580,404 / 2,579,780 (+624; +626; not a case), freeze with both layers trained 2,292,544
+/ 2,292,960 (-416; -414; not a case). Refused: checkpointed freeze (one of two layers
+trained, bf16: 1,746,192 / 1,737,008, +9,184 where the same run without per-layer
+inputs reads 1,553,236 / 1,582,050, -28,814: there the top block's backward is the
+peak, measured at its post per-layer norm's backward, before the multiply's backward
+makes the inputs' zero-filled gradient, which step._per_layer_gradient counted at every
+block's moment. The top block now counts only what that gradient adds beyond its
+per-layer tensors, freed by its later moments (at E2B's 35 × 256 in bf16 the gradient is
+17,920 B a token, the tensors about 16,900: the block's one workspace cannot tell its
+first moment from its later ones, so never under either): 1,736,592 / 1,737,008, -416,
+as freeze with both layers trained; every case above unchanged. Still refused: fp32
+with one layer trained reads 2,585,520 / 2,616,008 (-30,488) where the same run without
+per-layer inputs reads 2,369,348 / 2,408,296 (-38,948), its measured peak in the frozen
+block's backward (Gemma 4's own frozen checkpointed offset), not located further) and
+checkpointed adapters other than LoRA (not measured), methods other than
+full, freeze and those
+above, all-linear (peft adapts the per-layer linears),
+quantised weights, offloaded activations, frameworks, other objectives, generation,
+serving and more than one GPU. Not measured: the model side's own backward (the norm's
+and projection's temporaries over T × layers × width, after the blocks), which at E2B's
+35 × 256 per token (5.8 × the hidden width) could make a moment of its own.
+
+Key/value sharing (stop 51, helper gemma4e; left refused). Measured on the tiny gemma4
+above with 4 layers (sliding, full, sliding, full; sliding_window 16 < 50 tokens), no
+per-layer inputs, 3 × 50 tokens, sdpa, transformers 5.25, peft 0.21.2, torch 2.13 CPU;
+num_kv_shared_layers 2 makes kv_sharing_modes store, store, reuse, reuse. A reusing layer
+(modeling l.1161-1185, l.1213-1214) has no k_proj, v_proj, k_norm or v_norm and reads the
+storing layer's key and value from the KVSharingDict. What it keeps less, by
+saved_tensors_hooks per layer (each storage once):
+- full fp32: the k norm's fp32 input, two per-row values and normalised tensor, the v
+  norm's input and two per-row values (120,000 B a layer). The kernel's key and value
+  are the storing layer's where the kernel reads them as they are (the full layer:
+  no mask, sdpa's GQA path, integrations/sdpa_attention.py use_gqa_in_sdpa), 76,800 B
+  more (196,800 B); a masked (sliding) layer's sdpa, and eager, keep repeat_kv's copies
+  made in each layer, reusing or not. This locates the 76,800 B of the first
+  measurements: 316,800 = 120,000 (sliding) + 196,800 (full). Saved storages
+  5,366,824 -> 5,050,024 B.
+- LoRA bf16 (q, v; r 8, fp32 adapters): the v adapter's fp32 input copy (38,400) and
+  lora_A's output (4,800), the k norm's fp32 input, two per-row values and the weight's
+  fp32 copy (128; no normalised tensor: the weight is frozen), the v norm's input and
+  two per-row values: 124,928 B (sliding), + the kernel's bf16 key and value 38,400 =
+  163,328 B (full); 2,828,204 -> 2,539,948 B, and bf16-mixed 3,080,500 -> 2,818,036 B.
+- use_double_wide_mlp (configuration_gemma4.py; modeling l.1054-1059: reusing layers'
+  intermediate_size doubled): full fp32 +614,400 B of activations (2 layers × 4
+  intermediates × 150 × 128 × 4 B), LoRA bf16 +230,400 (2 × 3 × 150 × 128 × 2 B).
+- The reused key's and value's gradients (the kernel's dtype, T × kv_size each) are
+  held from the top reusing layer of their type's backward to the storing layer's, by a
+  tracker (ftmem.measure.tracker) between the layers' backward hooks, full fp32: after
+  L3's backward 76,800 B (the full type's), after L2's 153,600 (both), after L1's 76,800,
+  after L0's none, each to the byte beside the parameters' and saved tensors' difference.
+  LoRA bf16: after L3's 38,400 (the bf16 key and value), after L2's 57,600 (the sliding
+  type's 19,200, not the 38,400 derived), after L1's and L0's 19,200, gone by the end of
+  backward: the sliding (masked, repeat_kv) type's not derived.
+The harness (tests/accuracy, measure.build's config given num_kv_shared_layers and
+these layer_types, its count check off), peaks ftmem would need (measured without ->
+with sharing): full fp32 8,331,924 -> 7,817,724 (forward and backward -514,200 =
+weights, Adam's two states and step counters 197,400 + saved 316,800), full bf16
+5,666,778 -> 5,289,410, LoRA fp32 5,062,636 -> 4,722,652, LoRA bf16 3,745,714 ->
+3,399,970 (-345,744 = 32,896 + 24,592 weights and adapter states + 288,256 saved),
+LoRA bf16-mixed 4,432,316 -> 4,079,468, checkpointed LoRA bf16 1,935,934 -> 1,743,870
+(forward -57,488, the weights; backward -192,064, not derived); double-wide full fp32
+9,021,948 (optimizer phase +43,008 over 4 × the MLP's weights, not derived), LoRA bf16
+3,728,674. ftmem on the same runs without sharing (its sliding layers lowest): 8,332,844,
+5,667,708, 5,062,356, 3,745,444, 4,432,036, 1,940,516. Not done: the layers' types by
+index (the reusing layers at the top are of both types, ftmem keeps the sliding ones
+lowest: arch.Blocks as Qwen3.5's), the per-block saved tensors and parameters of a
+reusing layer, the held gradients in step's backward moments, checkpointing; no
+published E2B/E4B config.json was at hand to count.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ftmem import limits
@@ -106,6 +222,19 @@ from ftmem.families.gemma2 import GEMMA2_NAMES, read_softcaps
 
 if TYPE_CHECKING:
     from ftmem.arch import Architecture
+
+# the per-layer inputs' modules (modeling_gemma4.py l.1345-1350 and l.1565-1580)
+GEMMA4_NAMES = replace(
+    GEMMA2_NAMES,
+    per_layer={
+        "table": "model.embed_tokens_per_layer",
+        "model_projection": "model.per_layer_model_projection",
+        "model_norm": "model.per_layer_projection_norm",
+        "gate": "per_layer_input_gate",
+        "projection": "per_layer_projection",
+        "norm": "post_per_layer_input_norm",
+    },
+)
 
 # Gemma4TextConfig's defaults (transformers 5.25 configuration_gemma4.py l.130-161, and
 # __post_init__'s global_head_dim 512 l.183)
@@ -202,13 +331,6 @@ def _global_attention(cfg: Config) -> tuple[int, int]:
 
 def _refuse_unmodelled(cfg: Config) -> None:
     """What the family leaves out, refused before anything is estimated."""
-    per_layer = _size_or_off(cfg, "hidden_size_per_layer_input")
-    if per_layer:
-        raise ConfigError(
-            f"Gemma 4's per-layer inputs (hidden_size_per_layer_input {per_layer}: the "
-            "E2B/E4B per-layer embedding table and its projection) are not modelled yet; "
-            "ftmem models Gemma 4 text configs with hidden_size_per_layer_input 0."
-        )
     shared = _size_or_off(cfg, "num_kv_shared_layers")
     if shared:
         raise ConfigError(
@@ -244,6 +366,12 @@ def _read_extra(cfg: Config, out: Config) -> None:
     if flag(cfg, "attention_k_eq_v", False):
         out["full_values_are_keys"] = True
     read_softcaps({k: cfg.get(k) for k in ("final_logit_softcapping",)}, out)
+    per_layer = _size_or_off(cfg, "hidden_size_per_layer_input")
+    if per_layer:
+        out["per_layer_input_size"] = per_layer
+        rows = opt(cfg, "vocab_size_per_layer_input", limits.WIDTH)
+        if rows is not None and rows != out["vocab_size"]:
+            out["per_layer_input_vocab"] = rows
 
 
 def _build(arch: Architecture, kw: Config) -> None:
@@ -254,13 +382,13 @@ def _build(arch: Architecture, kw: Config) -> None:
     kw.update(
         layer_types=["sliding_attention"] * sliding + ["full_attention"] * full,
         final_logit_softcapping=arch.final_logit_softcapping,
-        hidden_size_per_layer_input=0,
+        hidden_size_per_layer_input=arch.per_layer_input_size,
         num_kv_shared_layers=0,
         global_head_dim=arch.of_layer_type(full=True).head_size,
         num_global_key_value_heads=arch.of_layer_type(full=True).kv_heads,
         attention_k_eq_v=arch.full_values_are_keys,
         enable_moe_block=False,
-        vocab_size_per_layer_input=arch.vocab_size,
+        vocab_size_per_layer_input=arch.per_layer_input_vocab or arch.vocab_size,
     )
     shape = arch.of_layer_type(full=True)
     if shape.kv_heads != arch.kv_heads and not arch.full_values_are_keys:
@@ -303,7 +431,7 @@ FAMILY = Family(
     model_types=("gemma4_text",),
     decoder_layer="Gemma4TextDecoderLayer",
     config=ConfigMap(_read, _LLAMA_MAP.build),
-    names=GEMMA2_NAMES,
+    names=GEMMA4_NAMES,
     qk_norm=True,
     norm_scale_in_fp32=True,
     norm_weight_cast_fp32=True,

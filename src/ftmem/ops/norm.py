@@ -84,7 +84,7 @@ class Norm:
             what = "fp32 input + rstd"
             if ctx.arch.traits.norm_scale_plus_one:  # Gemma's fp32 (1 + w), made per call
                 parts, what = (*parts, h * FP32), "fp32 input + rstd + (1 + w)"
-            parts += _weight_cast(ctx, h)
+            parts += weight_cast(ctx, h)
             item = Saved(f"{label}: {what}", sum(parts), Kind.NORM_INPUT, side, parts=parts)
             out.append(item)
         if w_grad:
@@ -233,7 +233,7 @@ class QKNorm:
                 if arch.traits.norm_scale_plus_one:  # Gemma 3's fp32 (1 + w), per call
                     parts, what = (*parts, width * FP32), f"{what} + (1 + w)"
                 per_head = arch.traits.qk_norm_weights == "per_head"
-                parts += _weight_cast(ctx, heads * width if per_head else width)
+                parts += weight_cast(ctx, heads * width if per_head else width)
                 out.append(Saved(what, sum(parts), Kind.NORM_INPUT, Side.ATTENTION, of, 0, parts))
             if w_grad:
                 what, size = f"{role} norm: normalised", rows * width * normed_bytes
@@ -357,7 +357,7 @@ def _statistics(arch: Architecture, rows: int) -> tuple[int, ...]:
     return (rows * FP32,) * (2 if arch.traits.norm_rstd_by_pow else 1)
 
 
-def _weight_cast(ctx: LayerContext, n: int) -> tuple[int, ...]:
+def weight_cast(ctx: LayerContext, n: int) -> tuple[int, ...]:
     """CohereLayerNorm's ``self.weight.to(torch.float32) * hidden_states`` (transformers
     5.25.0 models/cohere/modeling_cohere.py; the family's norm_centres_twice): the
     product keeps the fp32 copy of the ``n`` 16-bit weights for its input's gradient, a

@@ -45,6 +45,7 @@ MODULES = (
     "ftmem.ops.moe",
     "ftmem.ops.norm",
     "ftmem.ops.output_gate",
+    "ftmem.ops.per_layer_input",
     "ftmem.ops.router_aux",
     "ftmem.adapters.adalora",
     "ftmem.adapters.bottleneck",
