@@ -15,7 +15,11 @@ METHODS = [
 ]
 
 
-@pytest.mark.parametrize("preset", sorted(model_presets()))
+# LFM2's steps are refused in one sentence (ops.short_conv; tests/test_lfm2.py checks it)
+ESTIMATED = sorted(n for n, a in model_presets().items() if not a.traits.short_conv_module)
+
+
+@pytest.mark.parametrize("preset", ESTIMATED)
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-mixed"])
 def test_invariants(preset, precision):
     peaks = {}
