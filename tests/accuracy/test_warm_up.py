@@ -1,7 +1,8 @@
 """The accuracy cases measure after ``warm_up="states"`` (the optimizer's states made over
-zero gradients instead of a whole warm-up step: about a third of each case's time). The
-CPU tracker counts live storages, so the two warm-ups should give the same reading; here
-they must, field by field, on cases that exercise what a first step leaves behind:
+zero gradients instead of a whole warm-up step, and no collection of its garbage: about a
+third of each case's time). The CPU tracker counts the storages it is told of and those
+ops make during the step, so the two warm-ups should give the same reading; here they
+must, field by field, on cases that exercise what a first step leaves behind:
 bitsandbytes' bias cast, GaLore's projectors, AdaLoRA's and AdaMSS's importance scores,
 ReLoRA's merge, per-parameter optimizers stepped in backward, 8-bit states, activation
 offload, preference objectives' references, an encoder-decoder, a vision model,

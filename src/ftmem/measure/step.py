@@ -1317,12 +1317,14 @@ def run_steps(
             images,
         )
 
-    if warm_up == "states" and _states_suffice(run, dev, steps, fake):
+    primed = warm_up == "states" and _states_suffice(run, dev, steps, fake)
+    if primed:
         by_op = _prime_states(forward, optimizer, run, weight_storage_ptrs(model), notes)
     else:
         by_op = _warm_up(forward, optimizer, run, steps, weight_storage_ptrs(model), notes)
     reserved_before = torch.cuda.max_memory_reserved(dev) if dev.type == "cuda" else 0
-    _settle(dev)
+    if not primed:  # the CPU tracker counts only storages it is told of or ops make:
+        _settle(dev)  # the warm-up's garbage cannot enter its reading
     # the weights as they are now: bitsandbytes casts a 4-bit linear's bias at the first
     # forward and frees the old one, whose address a saved activation can then take
     weight_ptrs = weight_storage_ptrs(model)
@@ -1420,12 +1422,13 @@ def _prime_states(
     weight_ptrs: set[int],
     notes: list[str],
 ) -> dict[str, int]:
-    """The warm-up step's lasting effects without its backward: the first micro-batch's
-    forward (what a first forward leaves on the model, such as bitsandbytes' bias cast;
-    the bytes saved per op), then zero gradients on exactly the leaves its graph reaches
-    (a backward would give those, and only those, a gradient: an expert no token was
-    routed to, a vision tower a text batch skips, get none), and the optimizer's step
-    over them: states take their parameters' shapes, not their gradients' values."""
+    """The warm-up step's lasting effects without its backward (nor a collection of what
+    it leaves: see run_steps): the first micro-batch's forward (what a first forward
+    leaves on the model, such as bitsandbytes' bias cast; the bytes saved per op), then
+    zero gradients on exactly the leaves its graph reaches (a backward would give those,
+    and only those, a gradient: an expert no token was routed to, a vision tower a text
+    batch skips, get none), and the optimizer's step over them: states take their
+    parameters' shapes, not their gradients' values."""
     loss = forward()
     by_op = _saved_by_op(loss, run, weight_ptrs, notes)
     leaves = [n.variable for n in graph_nodes(loss.grad_fn) if hasattr(n, "variable")]
