@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ftmem.arch import Architecture, count_params, layout, param_path
+from ftmem.arch import Architecture, count_params
 from ftmem.cli import app
 from ftmem.errors import ConfigError
 from ftmem.families.lfm2 import mlp_width
 from ftmem.sources import architecture_from_config
 from tests.conftest import TINY_LFM2 as TINY
 from tests.conftest import TINY_LFM2_MOE as TINY_MOE
+from tests.family_configs import ftmem_tensors, meta_model
 
 
 def _arch(cfg: dict[str, Any]) -> Architecture:
@@ -26,20 +27,7 @@ def _arch(cfg: dict[str, Any]) -> Architecture:
 
 
 def _built(cfg: dict[str, Any]) -> Any:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip(f"transformers.models.{cfg['model_type']}")
-    config = transformers.AutoConfig.for_model(**cfg)
-    with torch.device("meta"):
-        return transformers.AutoModelForCausalLM.from_config(config)
-
-
-def _ftmem_tensors(arch: Architecture) -> dict[str, int]:
-    lay = layout(arch)
-    out = {p.name: p.numel for p in lay.outer}
-    for i in range(arch.num_layers):
-        out.update({param_path(arch, i, p.name): p.numel for p in lay.block if p.in_block(i)})
-    return out
+    return meta_model(cfg, cfg["model_type"])
 
 
 CASES = {
@@ -60,7 +48,7 @@ def test_every_tensor_is_transformers_one(changes):
     arch = _arch(cfg)
     real = {name: p.numel() for name, p in model.named_parameters()}
     assert type(model).__name__ == "Lfm2ForCausalLM"
-    assert _ftmem_tensors(arch) == real
+    assert ftmem_tensors(arch) == real
     assert count_params(arch) == sum(real.values())
 
 
@@ -82,7 +70,7 @@ def test_transformers_default_widths_count_exactly():
     model = _built({"model_type": "lfm2"})
     arch = _arch({"model_type": "lfm2"})
     real = {name: p.numel() for name, p in model.named_parameters()}
-    assert _ftmem_tensors(arch) == real
+    assert ftmem_tensors(arch) == real
     assert count_params(arch) == sum(real.values())
 
 
@@ -161,7 +149,7 @@ def test_every_moe_tensor_is_transformers_one(changes):
     arch = _arch(cfg)
     real = {name: p.numel() for name, p in model.named_parameters()}
     assert type(model).__name__ == "Lfm2MoeForCausalLM"
-    assert _ftmem_tensors(arch) == real
+    assert ftmem_tensors(arch) == real
     assert count_params(arch) == sum(real.values())
     assert arch.dense_layers == changes.get("num_dense_layers", 2)
     assert arch.router_renormalises == changes.get("norm_topk_prob", True)
@@ -173,7 +161,7 @@ def test_moe_defaults_count_exactly():
     cfg = {"model_type": "lfm2_moe", "layer_types": ["conv", "full_attention"] * 16}
     model = _built(cfg)
     real = {name: p.numel() for name, p in model.named_parameters()}
-    assert _ftmem_tensors(_arch(cfg)) == real
+    assert ftmem_tensors(_arch(cfg)) == real
 
 
 def test_the_moe_config_ftmem_builds_is_the_model_read():

@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ftmem.arch import Architecture, count_params, layout, param_path
+from ftmem.arch import Architecture, count_params
 from ftmem.cli import app
 from ftmem.errors import ConfigError
 from ftmem.methods import select_linears
 from ftmem.sources import architecture_from_config
 from tests.conftest import TINY_QWEN35_TEXT
+from tests.family_configs import ftmem_tensors, meta_model
 
 LAYER = re.compile(r"^model\.layers\.\d+\.")
 
@@ -28,26 +29,13 @@ def _arch(cfg: dict[str, Any]) -> Architecture:
 
 
 def _built(cfg: dict[str, Any]) -> Any:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("transformers.models.qwen3_5")
-    config = transformers.AutoConfig.for_model(**cfg)
-    with torch.device("meta"):
-        return transformers.AutoModelForCausalLM.from_config(config)
+    return meta_model(cfg, "qwen3_5")
 
 
 def _by_kind(names_sizes: dict[str, int]) -> Counter:
     """Each block tensor's name without its layer index, with its size, counted over the
     layers (the outer tensors as they are): equal for any order of the two kinds."""
     return Counter((LAYER.sub("", name), n) for name, n in names_sizes.items())
-
-
-def _ftmem_tensors(arch: Architecture) -> dict[str, int]:
-    lay = layout(arch)
-    out = {p.name: p.numel for p in lay.outer}
-    for i in range(arch.num_layers):
-        out.update({param_path(arch, i, p.name): p.numel for p in lay.block if p.in_block(i)})
-    return out
 
 
 # (layer pattern, grouping, biases, tying, rotary fraction) each against transformers
@@ -77,8 +65,8 @@ def test_every_tensor_is_transformers_one(changes):
     arch = _arch(cfg)
     real = {name: p.numel() for name, p in model.named_parameters()}
     assert count_params(arch) == sum(real.values())
-    assert _by_kind(_ftmem_tensors(arch)) == _by_kind(real)
-    assert _ftmem_tensors(arch) == real  # (each tensor in its own layer: the order)
+    assert _by_kind(ftmem_tensors(arch)) == _by_kind(real)
+    assert ftmem_tensors(arch) == real  # (each tensor in its own layer: the order)
     kinds = model.config.layer_types
     assert arch.linear_attention is not None
     assert arch.linear_attention.layers == kinds.count("linear_attention")

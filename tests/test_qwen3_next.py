@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ftmem.arch import Architecture, count_params, layout, param_path
+from ftmem.arch import Architecture, count_params
 from ftmem.cli import app
 from ftmem.errors import ConfigError
 from ftmem.sources import architecture_from_config
 from tests.conftest import TINY_QWEN3_NEXT as TINY
+from tests.family_configs import ftmem_tensors, meta_model
 
 
 def _arch(cfg: dict[str, Any]) -> Architecture:
@@ -24,20 +25,7 @@ def _arch(cfg: dict[str, Any]) -> Architecture:
 
 
 def _built(cfg: dict[str, Any]) -> Any:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("transformers.models.qwen3_next")
-    config = transformers.AutoConfig.for_model(**cfg)
-    with torch.device("meta"):
-        return transformers.AutoModelForCausalLM.from_config(config)
-
-
-def _ftmem_tensors(arch: Architecture) -> dict[str, int]:
-    lay = layout(arch)
-    out = {p.name: p.numel for p in lay.outer}
-    for i in range(arch.num_layers):
-        out.update({param_path(arch, i, p.name): p.numel for p in lay.block if p.in_block(i)})
-    return out
+    return meta_model(cfg, "qwen3_next")
 
 
 CASES = {
@@ -62,7 +50,7 @@ def test_every_tensor_is_transformers_one(changes):
     arch = _arch(cfg)
     real = {name: p.numel() for name, p in model.named_parameters()}
     assert type(model).__name__ == "Qwen3NextForCausalLM"
-    assert _ftmem_tensors(arch) == real
+    assert ftmem_tensors(arch) == real
     assert count_params(arch) == sum(real.values())
     assert arch.router_renormalises == changes.get("norm_topk_prob", True)
 
