@@ -19,7 +19,14 @@ from ftmem.adapters.dora import DoRA
 from ftmem.adapters.head_lora import HeadLoRA, chunked_head_lora
 from ftmem.adapters.lora import LoRA, output_bytes
 from ftmem.adapters.prompt import PrefixTuning
-from ftmem.arch import Architecture, Blocks, buffer_numel, layout, qk_norm_params
+from ftmem.arch import (
+    Architecture,
+    Blocks,
+    buffer_numel,
+    kv_sharing_refusal,
+    layout,
+    qk_norm_params,
+)
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
@@ -624,6 +631,8 @@ def _check_family_release(arch: Architecture, run: RunConfig) -> None:
         )
     _check_attention_per_layer_type(arch, run)
     _check_per_layer_inputs(arch, run)
+    if arch.kv_shared_layers:
+        raise InvalidInputError(kv_sharing_refusal(arch, "training"))
     if not (run.grad_ckpt and arch.traits.stores_last_kv_per_layer_type):
         return
     profile = profile_of(run)

@@ -236,7 +236,7 @@ GEMMA4_NAMES = replace(
     },
 )
 
-# Gemma4TextConfig's defaults (transformers 5.25 configuration_gemma4.py l.130-161, and
+# Gemma4TextConfig's defaults (transformers 5.25 configuration_gemma4.py l.130-177, and
 # __post_init__'s global_head_dim 512 l.183)
 TEXT_DEFAULTS: Config = {
     "vocab_size": 262_144,
@@ -250,6 +250,7 @@ TEXT_DEFAULTS: Config = {
     "max_position_embeddings": 131_072,
     "sliding_window": 512,
     "hidden_size_per_layer_input": 256,
+    "vocab_size_per_layer_input": 262_144,  # (whatever vocab_size is)
     "num_kv_shared_layers": 0,
     "global_head_dim": 512,
 }
@@ -258,15 +259,45 @@ TEXT_DEFAULTS: Config = {
 ROTARY_TYPES = ("default", "proportional")
 
 
-def _sliding_count(cfg: Config, layers: int) -> int:
-    """Gemma4TextConfig.__post_init__ (l.166-176): layer_types, else every sixth layer
-    global (``bool((i + 1) % 6)``), and the last layer forced global whatever was given."""
+def _sliding(cfg: Config, layers: int) -> list[int]:
+    """The sliding layers' indices: Gemma4TextConfig.__post_init__ (l.166-176)'s
+    layer_types, else every sixth layer global (``bool((i + 1) % 6)``), and the last layer
+    forced global whatever was given."""
     types = cfg.get("layer_types")
     if types is None:
         types = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(layers)]
     elif not isinstance(types, list) or len(types) != layers:
         raise wrong("layer_types", f"a list of the {layers} layers' types", types)
-    return sum(1 for kind in types[:-1] if kind == "sliding_attention")
+    return [i for i, kind in enumerate(types[:-1]) if kind == "sliding_attention"]
+
+
+def _sliding_count(cfg: Config, layers: int) -> int:
+    return len(_sliding(cfg, layers))
+
+
+def _read_kv_sharing(cfg: Config, out: Config) -> None:
+    """num_kv_shared_layers (the top layers reuse the keys and values of the last lower
+    layer of their type: Gemma4TextConfig.kv_sharing_modes, configuration_gemma4.py
+    l.222-247) and use_double_wide_mlp (those layers' MLP twice as wide, modeling l.1054-
+    1059). Their types by index matter there (the reusing layers at the top are of both
+    types), so the sliding layers are kept by index."""
+    shared = _size_or_off(cfg, "num_kv_shared_layers")
+    if not shared:
+        return
+    layers = out["num_layers"]
+    sliding = _sliding(cfg, layers) if out.get("sliding_window") else []
+    first = layers - shared
+    below = {i in sliding for i in range(max(first, 0))}
+    if first < 1 or below != ({False} if not sliding else {False, True}):
+        raise ConfigError(
+            f"Gemma 4's num_kv_shared_layers ({shared}) must leave below the reusing layers "
+            "one layer of each type they reuse (transformers refuses it, kv_sharing_modes)."
+        )
+    out["kv_shared_layers"] = shared
+    if sliding and sliding != list(range(len(sliding))):
+        out["sliding_indices"] = sliding
+    if flag(cfg, "use_double_wide_mlp", False):
+        out["kv_shared_double_mlp"] = True
 
 
 def _size_or_off(cfg: Config, key: str) -> int:
@@ -331,12 +362,6 @@ def _global_attention(cfg: Config) -> tuple[int, int]:
 
 def _refuse_unmodelled(cfg: Config) -> None:
     """What the family leaves out, refused before anything is estimated."""
-    shared = _size_or_off(cfg, "num_kv_shared_layers")
-    if shared:
-        raise ConfigError(
-            f"Gemma 4's key/value sharing (num_kv_shared_layers {shared}: layers that reuse an "
-            "earlier layer's keys and values) is not modelled yet."
-        )
     if flag(cfg, "enable_moe_block", False):
         raise ConfigError(
             "Gemma 4's enable_moe_block (the mixture-of-experts block beside the MLP) is not "
@@ -366,6 +391,7 @@ def _read_extra(cfg: Config, out: Config) -> None:
     if flag(cfg, "attention_k_eq_v", False):
         out["full_values_are_keys"] = True
     read_softcaps({k: cfg.get(k) for k in ("final_logit_softcapping",)}, out)
+    _read_kv_sharing(cfg, out)
     per_layer = _size_or_off(cfg, "hidden_size_per_layer_input")
     if per_layer:
         out["per_layer_input_size"] = per_layer
@@ -375,15 +401,19 @@ def _read_extra(cfg: Config, out: Config) -> None:
 
 
 def _build(arch: Architecture, kw: Config) -> None:
-    # the layers' types as the Architecture counts them: the sliding ones first, the last
-    # layer global (Gemma4TextConfig forces it); no sharing, no per-layer inputs, no MoE
-    sliding = arch.sliding_layers if arch.sliding_window else 0
-    full = arch.num_layers - sliding
+    # the layers' types as the Architecture keeps them (Architecture.type_blocks: the
+    # sliding ones first unless given by index), the last layer global (Gemma4TextConfig
+    # forces it); no MoE
+    slides = arch.type_blocks(full=False) if arch.sliding_window else None
     kw.update(
-        layer_types=["sliding_attention"] * sliding + ["full_attention"] * full,
+        layer_types=[
+            "sliding_attention" if slides and slides.holds(i) else "full_attention"
+            for i in range(arch.num_layers)
+        ],
         final_logit_softcapping=arch.final_logit_softcapping,
         hidden_size_per_layer_input=arch.per_layer_input_size,
-        num_kv_shared_layers=0,
+        num_kv_shared_layers=arch.kv_shared_layers,
+        use_double_wide_mlp=arch.kv_shared_double_mlp,
         global_head_dim=arch.of_layer_type(full=True).head_size,
         num_global_key_value_heads=arch.of_layer_type(full=True).kv_heads,
         attention_k_eq_v=arch.full_values_are_keys,
@@ -394,7 +424,8 @@ def _build(arch: Architecture, kw: Config) -> None:
     if shape.kv_heads != arch.kv_heads and not arch.full_values_are_keys:
         # (num_global_key_value_heads is read only with attention_k_eq_v: the overrides)
         own = {"head_dim": shape.head_size, "num_key_value_heads": shape.kv_heads}
-        kw["per_layer_config"] = {i: dict(own) for i in range(sliding, arch.num_layers)}
+        full = arch.type_blocks(full=True).indices
+        kw["per_layer_config"] = {i: dict(own) for i in sorted(full)}
     if not arch.sliding_window:  # (the class's default window, read by no layer)
         kw.pop("sliding_window", None)
 

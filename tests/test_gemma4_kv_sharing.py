@@ -1,0 +1,155 @@
+"""Gemma 4's key/value sharing (num_kv_shared_layers, use_double_wide_mlp; transformers
+5.25 configuration_gemma4.py kv_sharing_modes l.222-247, modeling_gemma4.py
+Gemma4TextMLP l.1051-1062 and Gemma4TextAttention l.1161-1185): the reusing layers' own
+parameters as transformers builds them on the meta device, the layers' types by index,
+the config ftmem measure builds, and the estimates refused in one sentence."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ftmem.arch import Architecture, count_params, layout, param_path
+from ftmem.cli import main
+from ftmem.errors import ConfigError
+from ftmem.families import get
+from ftmem.sources import resolve_model
+
+# a small E2B-like stack: the types interleaved, the top three layers reusing (two
+# sliding, one full), global layers of their own head size, per-layer inputs whose table
+# keeps Gemma4TextConfig's 262,144 rows (vocab_size_per_layer_input's default)
+SHARED = {
+    "model_type": "gemma4_text",
+    "hidden_size": 64,
+    "num_hidden_layers": 8,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "global_head_dim": 32,
+    "vocab_size": 300,
+    "sliding_window": 16,
+    "hidden_size_per_layer_input": 8,
+    "layer_types": [
+        "sliding_attention",
+        "full_attention",
+        "sliding_attention",
+        "sliding_attention",
+        "full_attention",
+        "sliding_attention",
+        "sliding_attention",
+        "full_attention",
+    ],
+    "num_kv_shared_layers": 3,
+    "use_double_wide_mlp": True,
+    "tie_word_embeddings": True,
+}
+
+VARIANTS = [
+    {},
+    {"attention_k_eq_v": True, "num_global_key_value_heads": 1},
+    {"use_double_wide_mlp": False, "global_head_dim": 16},  # one attention shape
+    {"num_kv_shared_layers": 4},  # a full layer stores, the one below it reuses nothing
+    {"vocab_size_per_layer_input": 300, "num_kv_shared_layers": 1},
+]
+
+
+def _arch(tmp_path, cfg: dict) -> Architecture:
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return resolve_model(str(tmp_path))
+
+
+def _laid_out(arch: Architecture) -> dict[str, tuple[int, ...]]:
+    lay = layout(arch)
+    blocks = {
+        param_path(arch, i, p.name): p.shape
+        for i in range(arch.num_layers)
+        for p in lay.block
+        if p.in_block(i)
+    }
+    return blocks
+
+
+@pytest.mark.parametrize("change", VARIANTS)
+def test_counts_and_shapes_as_transformers_builds_them(tmp_path, change):
+    """Every block parameter's name and shape, and the total, equal Gemma4ForCausalLM's
+    on the meta device: the reusing layers without k_proj, v_proj and k_norm, their MLP
+    twice as wide with use_double_wide_mlp, each layer's attention of its own type."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = {**SHARED, **change}
+    arch = _arch(tmp_path, cfg)
+    config = transformers.AutoConfig.for_model(**cfg)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    real = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    in_blocks = {n: s for n, s in real.items() if ".layers." in n}
+    assert _laid_out(arch) == in_blocks
+    assert count_params(arch) == sum(p.numel() for p in model.parameters())
+    reusing = config.kv_sharing_modes.count("reuse")
+    assert arch.kv_shared_layers == reusing == cfg["num_kv_shared_layers"]
+    sliding = [i for i, t in enumerate(config.layer_types) if t == "sliding_attention"]
+    assert sorted(arch.type_blocks(full=False).indices) == sliding
+
+
+def test_reusing_layers_by_hand(tmp_path):
+    """By hand, the default variant against the same stack without sharing: each of the
+    three reusing layers drops k_proj and v_proj (64 · 32 each on the sliding layers 5
+    and 6, 64 · 64 each on the full layer 7) and k_norm (16, 16, 32): 2 · 4,112 + 8,224
+    = 16,448; each MLP gains 3 · 64 · 128 = 24,576: +57,280 parameters."""
+    shared = count_params(_arch(tmp_path, SHARED))
+    plain = count_params(_arch(tmp_path, {**SHARED, "num_kv_shared_layers": 0}))
+    dropped = 2 * (2 * 64 * 32 + 16) + (2 * 64 * 64 + 32)
+    assert shared - plain == 3 * 3 * 64 * 128 - dropped == 57_280
+
+
+def test_measure_builds_the_same_model(tmp_path):
+    """The config ftmem measure builds from the Architecture (Family.config.build) gives
+    the same layer types, sharing modes and parameters as the config.json read."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    arch = _arch(tmp_path, SHARED)
+    kw = get("gemma4").config.build(arch)
+    built = transformers.CONFIG_MAPPING["gemma4_text"](**kw, vocab_size=arch.vocab_size)
+    given = transformers.AutoConfig.for_model(**SHARED)
+    assert built.layer_types == given.layer_types
+    assert built.kv_sharing_modes == given.kv_sharing_modes
+    with torch.device("meta"):
+        a = transformers.AutoModelForCausalLM.from_config(built)
+        b = transformers.AutoModelForCausalLM.from_config(given)
+    shapes = [{n: tuple(p.shape) for n, p in m.named_parameters()} for m in (a, b)]
+    assert shapes[0] == shapes[1]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"num_kv_shared_layers": 8}, "must leave below the reusing layers"),
+        # layers 0-4 below the five reusing ones: no full layer stores
+        (
+            {
+                "num_kv_shared_layers": 4,
+                "layer_types": ["sliding_attention"] * 7 + ["full_attention"],
+            },
+            "one layer of each type",
+        ),
+    ],
+)
+def test_sharing_transformers_refuses_is_refused(tmp_path, change, words):
+    with pytest.raises(ConfigError, match=words):
+        _arch(tmp_path, {**SHARED, **change})
+
+
+@pytest.mark.parametrize("command", [["estimate"], ["serve"]])
+def test_estimates_are_refused_in_one_line(tmp_path, capsys, command):
+    """The saved tensors and the reused keys' and values' held gradients are not in the
+    blocks' walk: training and serving estimates refuse (exit 2, one line, no stdout)."""
+    (tmp_path / "config.json").write_text(json.dumps(SHARED))
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert out == ""
+    assert len(err.splitlines()) == 1 and "key/value sharing" in err
+    assert "Traceback" not in err
