@@ -15,6 +15,7 @@ from ftmem.cli import main
 from ftmem.errors import ConfigError
 from ftmem.families import get
 from ftmem.sources import resolve_model
+from tests.conftest import tiny
 
 # a small E2B-like stack: the types interleaved, the top three layers reusing (two
 # sliding, one full), global layers of their own head size, per-layer inputs whose table
@@ -153,3 +154,21 @@ def test_estimates_are_refused_in_one_line(tmp_path, capsys, command):
     assert out == ""
     assert len(err.splitlines()) == 1 and "key/value sharing" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("family", "fields", "words"),
+    [
+        ("llama", {"kv_shared_layers": 1}, "shares no keys"),
+        (
+            "gemma4",
+            {"sliding_window": 16, "sliding_layers": 1, "sliding_indices": [1]},
+            "below the top",
+        ),
+        ("gemma4", {"kv_shared_layers": 2}, "must leave below"),
+    ],
+)
+def test_architecture_fields_are_checked(family, fields, words):
+    """The fields as a preset or the Python API gives them (the tiny models: 2 layers)."""
+    with pytest.raises(ValueError, match=words):
+        tiny(family, **fields)

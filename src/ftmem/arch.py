@@ -441,7 +441,9 @@ class Architecture(Model, strict=True):
         if self.family != "gemma4":
             raise ValueError(f"kv_shared_layers: the {self.family} family shares no keys")
         first = self.num_layers - self.kv_shared_layers
-        stored = [first > 0 and any(b < first for b in self.type_blocks(f).indices) for f in (0, 1)]
+        stored = [
+            first > 0 and any(b < first for b in self.type_blocks(f).indices) for f in (False, True)
+        ]
         if (
             not self.kv_shared_layers
             or first < 1
