@@ -39,9 +39,9 @@ token table, projection and norm (Gemma4TextModel l.1565-1580, l.1705-1784) and 
 block's gate, activation, multiply, projection and norm after the MLP (l.1345-1350,
 l.1408-1415); runs outside those measured are refused (step._check_per_layer_inputs).
 
-What this family does not model, refused in one sentence each (_refuse_unmodelled):
-key/value sharing across layers (num_kv_shared_layers, and the double-wide MLP of the
-sharing layers), per_layer_config overrides of a sliding layer's
+What this family does not model, refused in one sentence each (_refuse_unmodelled;
+key/value sharing when estimated, arch.kv_sharing_refusal): per_layer_config overrides
+of a sliding layer's
 shape or that give the global layers two shapes, the MoE block beside the MLP
 (enable_moe_block), bidirectional attention, and rotary types other than the default and
 proportional ones (both make cos and sin tables as wide as the layer type's heads:
@@ -206,6 +206,34 @@ index (the reusing layers at the top are of both types, ftmem keeps the sliding 
 lowest: arch.Blocks as Qwen3.5's), the per-block saved tensors and parameters of a
 reusing layer, the held gradients in step's backward moments, checkpointing; no
 published E2B/E4B config.json was at hand to count.
+
+Key/value sharing laid out (stop 51, second pass, helper gemma4e; transformers 5.25 on the
+meta device). num_kv_shared_layers and use_double_wide_mlp are read
+(_read_kv_sharing) into Architecture.kv_shared_layers and kv_shared_double_mlp, and the
+sliding layers' indices into Architecture.sliding_indices where they are not the lowest
+(read only with sharing: without it every estimate keeps them lowest, as measured). The
+layout (arch._kv_shared_linears, qk_norm_params) takes k_proj, v_proj and k_norm out of
+the top kv_shared_layers blocks (Gemma4TextAttention.__init__ l.1168-1185; v_norm has no
+weight) and doubles those blocks' MLP (Gemma4TextMLP.__init__ l.1054-1059); each layer's
+attention is its type's by index (Architecture.type_blocks). Every block parameter's name
+and shape and the total equal Gemma4ForCausalLM's for five tiny stacks of 8 layers
+(types s f s s f s s f; 3 reusing: two sliding, one full; global head 32 against 16;
+k = v; one attention shape; 4 and 1 reusing; tests/test_gemma4_kv_sharing.py): e.g.
+17,200,744 parameters, +57,280 over the same stack without sharing (the reusing layers'
+k/v projections and key norms -16,448, their MLPs +3 × 24,576), and the config built for
+ftmem measure gives transformers' own kv_sharing_modes. A num_kv_shared_layers that
+leaves below the reusing layers no layer of a type they reuse is refused, as
+kv_sharing_modes refuses it. Also read: vocab_size_per_layer_input's default, 262,144
+rows whatever vocab_size (configuration_gemma4.py l.170; it had been read as
+vocab_size). Estimates stay refused (training in step._check_family_release, serving in
+serve): still to do, from the measurements above, the block walk keyed on each block's
+real type and on reusing (step._block_activations, step._sliding_blocks still take the
+lowest sliding_layers), block_saved without the reusing layer's k/v norms' tensors (and
+the kernel's key and value on an unmasked full layer), the double-wide MLP's
+intermediates, the reused gradients held from the top reusing layer of each type down
+to its storing layer in the backward moments, then the harness's cases (full fp32 and
+bf16, LoRA bf16 and bf16-mixed) and the LoRA bf16 sliding gradient (19,200 measured
+against 38,400 derived), unexplained.
 """
 
 from __future__ import annotations
