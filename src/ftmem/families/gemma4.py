@@ -232,8 +232,17 @@ lowest sliding_layers), block_saved without the reusing layer's k/v norms' tenso
 the kernel's key and value on an unmasked full layer), the double-wide MLP's
 intermediates, the reused gradients held from the top reusing layer of each type down
 to its storing layer in the backward moments, then the harness's cases (full fp32 and
-bf16, LoRA bf16 and bf16-mixed) and the LoRA bf16 sliding gradient (19,200 measured
-against 38,400 derived), unexplained.
+bf16, LoRA bf16 and bf16-mixed). The LoRA bf16 sliding gradient (19,200 measured against 38,400 derived)
+has a derivation, not yet checked by a measurement: the sliding type's storing layer is
+L0, whose input (the frozen embeddings' output, no checkpointing hook) needs no gradient
+and whose k_proj is frozen (LoRA on q and v), so its key needs none and only the value's
+gradient, 150 × 64 × 2 = 19,200 B, is accumulated; the full type's storing layer L1
+reads L0's output, which L0's v adapter gives a gradient, so its key and value both do
+(38,400). A held gradient is then T × kv width × bytes for each of the storing layer's
+key and value that needs one (full fp32: both, 76,800 a type). That L0's "after" reads
+19,200 where full fp32's reads none fits the same cause: a full backward hook on a layer
+whose input needs no gradient does not fire at that layer's backward (a measurement
+point, not a hold); to check with LoRA on q, k, v (the sliding key then needs one).
 """
 
 from __future__ import annotations
