@@ -240,9 +240,10 @@ gradient, 150 × 64 × 2 = 19,200 B, is accumulated; the full type's storing lay
 reads L0's output, which L0's v adapter gives a gradient, so its key and value both do
 (38,400). A held gradient is then T × kv width × bytes for each of the storing layer's
 key and value that needs one (full fp32: both, 76,800 a type). That L0's "after" reads
-19,200 where full fp32's reads none fits the same cause: a full backward hook on a layer
-whose input needs no gradient does not fire at that layer's backward (a measurement
-point, not a hold); to check with LoRA on q, k, v (the sliding key then needs one).
+19,200 where full fp32's reads none may have the same cause (a full backward hook on a
+layer whose input needs no gradient fires on its output's gradient, torch's
+BackwardHook, before the layer's own backward: a measurement point, not a hold; not
+read further). To check with LoRA on q, k, v (the sliding key then needs one).
 """
 
 from __future__ import annotations
