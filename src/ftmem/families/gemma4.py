@@ -241,9 +241,8 @@ reads L0's output, which L0's v adapter gives a gradient, so its key and value b
 (38,400). A held gradient is then T × kv width × bytes for each of the storing layer's
 key and value that needs one (full fp32: both, 76,800 a type). That L0's "after" reads
 19,200 where full fp32's reads none may have the same cause (a full backward hook on a
-layer whose input needs no gradient fires on its output's gradient, torch's
-BackwardHook, before the layer's own backward: a measurement point, not a hold; not
-read further). To check with LoRA on q, k, v (the sliding key then needs one).
+layer whose input needs no gradient fires when its output's gradient is computed, before the layer's own backward: torch
+2.13 utils/hooks.py BackwardHook l.223-231; a measurement point, not a hold). To check with LoRA on q, k, v (the sliding key then needs one).
 """
 
 from __future__ import annotations
