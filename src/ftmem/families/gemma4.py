@@ -221,7 +221,10 @@ and shape and the total equal Gemma4ForCausalLM's for five tiny stacks of 8 laye
 k = v; one attention shape; 4 and 1 reusing; tests/test_gemma4_kv_sharing.py): e.g.
 17,200,744 parameters, +57,280 over the same stack without sharing (the reusing layers'
 k/v projections and key norms -16,448, their MLPs +3 × 24,576), and the config built for
-ftmem measure gives transformers' own kv_sharing_modes. A num_kv_shared_layers that
+ftmem measure gives transformers' own kv_sharing_modes: ftmem.measure on the Architecture
+of the stop 51 stack above (tiny gemma4, 4 layers, sliding_indices (0, 2), 2 reusing,
+full fp32, 3 × 50 tokens) builds it with its count check on and reads the same 7,817,724
+B peak as the first pass's own harness (weights 802,816, saved 5,050,004). A num_kv_shared_layers that
 leaves below the reusing layers no layer of a type they reuse is refused, as
 kv_sharing_modes refuses it. Also read: vocab_size_per_layer_input's default, 262,144
 rows whatever vocab_size (configuration_gemma4.py l.170; it had been read as
