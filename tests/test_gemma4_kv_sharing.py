@@ -142,18 +142,53 @@ def test_sharing_transformers_refuses_is_refused(tmp_path, change, words):
         _arch(tmp_path, {**SHARED, **change})
 
 
-@pytest.mark.parametrize("command", [["estimate"], ["serve"]])
-def test_estimates_are_refused_in_one_line(tmp_path, capsys, command):
-    """The saved tensors and the reused keys' and values' held gradients are not in the
-    blocks' walk: training and serving estimates refuse (exit 2, one line, no stdout)."""
-    (tmp_path / "config.json").write_text(json.dumps(SHARED))
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve"],
+        ["estimate", "--grad-ckpt"],
+        ["estimate", "--gpus", "2", "--strategy", "zero3"],
+        ["estimate", "--method", "dora"],
+        ["estimate", "--method", "lora", "--lora-targets", "q,k,v"],
+        ["estimate", "--attn", "eager"],
+        ["estimate", "--precision", "fp16"],
+    ],
+)
+def test_unmeasured_runs_are_refused_in_one_line(tmp_path, capsys, command):
+    """What key/value sharing was not measured with: exit 2, one line, no stdout."""
+    cfg = {**SHARED, "hidden_size_per_layer_input": 0}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(SystemExit) as exit_info:
-        main([*command, str(tmp_path)])
+        main([command[0], str(tmp_path), *command[1:]])
     out, err = capsys.readouterr()
     assert exit_info.value.code == 2
     assert out == ""
     assert len(err.splitlines()) == 1 and "key/value sharing" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("settings", "held"),
+    [
+        # measured (families/gemma4.py): after L3's backward, L2's, L1's
+        ({"method": "full", "precision": "fp32"}, (76_800, 153_600, 76_800, 0)),
+        ({"method": "lora", "precision": "bf16"}, (19_200, 57_600, 38_400, 0)),
+    ],
+)
+def test_reused_gradients_held_as_measured(settings, held):
+    """The reused keys' and values' gradients each block's backward holds (bottom to
+    top), as a tracker between the layers' backward hooks measured them on the stack of
+    tests/accuracy/cases.py GEMMA4_KV_SHARED: the full type's from L3's backward to L1's,
+    the sliding type's from L2's to L0's; under LoRA on q and v the sliding storing
+    layer L0's key needs no gradient (its input is the frozen embeddings' output, its
+    k_proj frozen): 150 tokens × 64 × 2 B for its value alone."""
+    from ftmem.methods import plan_method
+    from ftmem.step import _reused_kv_gradients
+    from tests.accuracy.cases import GEMMA4_KV_SHARED, Case
+
+    case = Case("gemma4", settings, GEMMA4_KV_SHARED)
+    arch, run = case.arch(), case.run()
+    assert _reused_kv_gradients(arch, run, plan_method(arch, run), ()) == held
 
 
 @pytest.mark.parametrize(

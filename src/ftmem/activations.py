@@ -64,13 +64,17 @@ def block_saved(
     dense: bool = False,
     sliding: bool = False,
     linear: bool = False,
+    block: int | None = None,
 ) -> list[Saved]:
     """Tensors one decoder block saves for backward. ``dense``: one of the first blocks of
     a stack whose others have experts (``arch.dense_layers``); by default the top block.
     ``sliding``: a sliding-window layer (its sdpa mask: ops.attention.sliding_window_mask).
     ``linear``: a Gated DeltaNet block (Architecture.linear_attention_blocks)."""
-    ctx = LayerContext(arch, run, plan, tokens, sliding)
     i = 0 if dense else arch.num_layers - 1
+    if block is not None:  # (Gemma 4's key/value sharing: the block's own linears)
+        i = block
+    reusing = arch.kv_shared_layers > 0 and arch.kv_reusing_blocks.holds(i)
+    ctx = LayerContext(arch, run, plan, tokens, sliding, reusing)
     if linear:
         linear_blocks = arch.linear_attention_blocks
         assert linear_blocks is not None and linear_blocks.lowest is not None

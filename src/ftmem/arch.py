@@ -265,7 +265,7 @@ class Architecture(Model, strict=True):
         exclude_if=lambda value: not value,
         description="The top layers that reuse the keys and values of the last lower layer "
         "of their type and have no k/v projections or key norm of their own (Gemma 4's "
-        "num_kv_shared_layers). Counted in the parameters; estimates refuse them.",
+        "num_kv_shared_layers; step._check_kv_sharing says which runs are estimated).",
     )
     kv_shared_double_mlp: bool = Field(
         False,
@@ -1457,14 +1457,12 @@ def buffer_numel(arch: Architecture) -> int:
 
 
 def kv_sharing_refusal(arch: Architecture, what: str) -> str:
-    """Gemma 4's key/value sharing is laid out (layout: the reusing layers' own
-    parameters) but not estimated: their saved tensors, the reused keys' and values'
-    gradients held through the backward (measured: calibration/notes/peft.md, the
-    docstring of families/gemma4.py) are not in the blocks' walk."""
+    """The one sentence for what Gemma 4's key/value sharing was not measured with
+    (step._check_kv_sharing, serve, estimate._check_parallel_arch)."""
     return (
         f"{arch.name}: {what} with key/value sharing (kv_shared_layers "
         f"{arch.kv_shared_layers}: layers that reuse a lower layer's keys and values) is not "
-        "modelled yet; its parameters are counted."
+        "modelled (full finetuning and LoRA on q, v without checkpointing on one GPU are)."
     )
 
 
