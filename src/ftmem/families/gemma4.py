@@ -40,7 +40,7 @@ block's gate, activation, multiply, projection and norm after the MLP (l.1345-13
 l.1408-1415); runs outside those measured are refused (step._check_per_layer_inputs).
 
 What this family does not model, refused in one sentence each (_refuse_unmodelled;
-key/value sharing when estimated, arch.kv_sharing_refusal): per_layer_config overrides
+for key/value sharing, step._check_kv_sharing): per_layer_config overrides
 of a sliding layer's
 shape or that give the global layers two shapes, the MoE block beside the MLP
 (enable_moe_block), bidirectional attention, and rotary types other than the default and
@@ -228,15 +228,35 @@ B peak as the first pass's own harness (weights 802,816, saved 5,050,004). A num
 leaves below the reusing layers no layer of a type they reuse is refused, as
 kv_sharing_modes refuses it. Also read: vocab_size_per_layer_input's default, 262,144
 rows whatever vocab_size (configuration_gemma4.py l.170; it had been read as
-vocab_size). Estimates stay refused (training in step._check_family_release, serving in
-serve): still to do, from the measurements above, the block walk keyed on each block's
-real type and on reusing (step._block_activations, step._sliding_blocks still take the
-lowest sliding_layers), block_saved without the reusing layer's k/v norms' tensors (and
-the kernel's key and value on an unmasked full layer), the double-wide MLP's
-intermediates, the reused gradients held from the top reusing layer of each type down
-to its storing layer in the backward moments, then the harness's cases (full fp32 and
-bf16, LoRA bf16 and bf16-mixed). The LoRA bf16 sliding gradient (19,200 measured against 38,400 derived)
-has a derivation, not yet checked by a measurement: the sliding type's storing layer is
+vocab_size). Estimated (stop 51, same pass): each block keyed on its index where
+layers share (step._block_activations: its type from type_blocks, its own linears,
+LayerContext.reusing); a reusing layer keeps no k or v norm tensors (QKNorm.saved), and
+its unmasked sdpa call only the rotated query and autocast's copies of the key and value
+(Attention.reused_kv_saved): under bf16-mixed the rotated key is fp32 (fp32 cos and sin
+promote it), and sdpa's cast makes a bf16 copy in every layer that reads it (without it
+LoRA bf16-mixed read 19,200 B = 150 × 64 × 2 under); a masked (sliding) one keeps
+repeat_kv's copies as any layer; the double-wide MLP's intermediates from the block's own
+linears; the reused gradients held from the top reusing layer of each type to the
+storing one's backward (step._reused_kv_gradients; the storing layer's key and value
+each where they need a gradient, the key in the rotated key's dtype: bf16-mixed's fp32
+derived, not measured). 9 accuracy cases (ids ``kvsharedlayers=``), fresh measurements,
+ftmem / measured B: weights, gradients, optimizer states and activations exact in all;
+peaks full fp32 7,818,644 / 7,817,724 (+920; +920 without sharing), full bf16 5,290,340 /
+5,289,410 (+930; +930), LoRA bf16 3,399,700 / 3,399,970 (-270; -270), LoRA bf16-mixed
+4,079,188 / 4,079,468 (-280; -280), LoRA fp32 4,722,372 / 4,722,652 (-280; -280),
+double-wide full fp32 9,022,868 / 9,021,948 (+920), double-wide LoRA bf16 3,728,404 /
+3,728,674 (-270), E2B-like (double-wide, per-layer inputs of 16, global head 64) full
+bf16 7,518,080 / 7,517,280 (+800) and LoRA bf16-mixed 5,700,308 / 5,700,720 (-412). The
+held gradients change none of these peaks (each estimate the same without them): they
+equal the tracker's numbers above by block (tests/test_gemma4_kv_sharing.py). Refused
+(step._check_kv_sharing): methods other than full and LoRA on q, v, checkpointing (the
+storing layers' keys held by the checkpoints, activations.stored_kv_held, still take the
+lowest sliding layers), fp16, eager and flash attention, compile, quantised weights,
+offloaded activations, frameworks, objectives, generation, more than one GPU, serving.
+Left: a config.json of E2B/E4B to count (none at hand); the autocast key's held gradient
+dtype; the sliding layers unmasked (sequence within the window) take the unmasked
+path, derived, not measured. The LoRA bf16 sliding gradient (19,200 measured against
+38,400 first derived), as step._reused_kv_gradients derives it: the sliding type's storing layer is
 L0, whose input (the frozen embeddings' output, no checkpointing hook) needs no gradient
 and whose k_proj is frozen (LoRA on q and v), so its key needs none and only the value's
 gradient, 150 × 64 × 2 = 19,200 B, is accumulated; the full type's storing layer L1
