@@ -224,8 +224,8 @@ k/v projections and key norms -16,448, their MLPs +3 × 24,576), and the config 
 ftmem measure gives transformers' own kv_sharing_modes: ftmem.measure on the Architecture
 of the stop 51 stack above (tiny gemma4, 4 layers, sliding_indices (0, 2), 2 reusing,
 full fp32, 3 × 50 tokens) builds it with its count check on and reads the same 7,817,724
-B peak as the first pass's own harness (weights 802,816, saved 5,050,004). A num_kv_shared_layers that
-leaves below the reusing layers no layer of a type they reuse is refused, as
+B peak as the first pass's own harness (weights 802,816, saved 5,050,004). A
+num_kv_shared_layers that leaves below the reusing layers no layer of a type they reuse is refused, as
 kv_sharing_modes refuses it. Also read: vocab_size_per_layer_input's default, 262,144
 rows whatever vocab_size (configuration_gemma4.py l.170; it had been read as
 vocab_size). Estimated (stop 51, same pass): each block keyed on its index where
@@ -264,8 +264,10 @@ reads L0's output, which L0's v adapter gives a gradient, so its key and value b
 (38,400). A held gradient is then T × kv width × bytes for each of the storing layer's
 key and value that needs one (full fp32: both, 76,800 a type). That L0's "after" reads
 19,200 where full fp32's reads none may have the same cause (a full backward hook on a
-layer whose input needs no gradient fires when its output's gradient is computed, before the layer's own backward: torch
-2.13 utils/hooks.py BackwardHook l.223-231; a measurement point, not a hold). To check with LoRA on q, k, v (the sliding key then needs one).
+layer whose input needs no gradient fires when its output's gradient is computed,
+before the layer's own backward: torch 2.13 utils/hooks.py BackwardHook l.223-231; a
+measurement point, not a hold). To check with LoRA on q, k, v (the sliding key then
+needs one; refused meanwhile).
 """
 
 from __future__ import annotations
