@@ -226,7 +226,8 @@ of the stop 51 stack above (tiny gemma4, 4 layers, sliding_indices (0, 2), 2 reu
 full fp32, 3 × 50 tokens) builds it with its count check on and reads the same 7,817,724
 B peak as the first pass's own harness (weights 802,816, saved 5,050,004). A
 num_kv_shared_layers that leaves below the reusing layers no layer of a type they
-reuse is refused, as kv_sharing_modes refuses it. Also read: vocab_size_per_layer_input's default, 262,144
+reuse is refused, as kv_sharing_modes refuses it. Also read:
+vocab_size_per_layer_input's default, 262,144
 rows whatever vocab_size (configuration_gemma4.py l.170; it had been read as
 vocab_size). Estimated (stop 51, same pass): each block keyed on its index where
 layers share (step._block_activations: its type from type_blocks, its own linears,
