@@ -149,7 +149,7 @@ def test_sharing_transformers_refuses_is_refused(tmp_path, change, words):
         ["estimate", "--grad-ckpt"],
         ["estimate", "--gpus", "2", "--strategy", "zero3"],
         ["estimate", "--method", "dora"],
-        ["estimate", "--method", "lora", "--lora-targets", "q,k,v"],
+        ["estimate", "--method", "lora", "--lora-targets", "q,o"],
         ["estimate", "--attn", "eager"],
         ["estimate", "--precision", "fp16"],
     ],
@@ -173,6 +173,11 @@ def test_unmeasured_runs_are_refused_in_one_line(tmp_path, capsys, command):
         # measured (families/gemma4.py): after L3's backward, L2's, L1's
         ({"method": "full", "precision": "fp32"}, (76_800, 153_600, 76_800, 0)),
         ({"method": "lora", "precision": "bf16"}, (19_200, 57_600, 38_400, 0)),
+        # derived: k_proj adapted, the sliding storing layer's key needs one too
+        (
+            {"method": "lora", "lora_targets": "q,k,v", "precision": "bf16"},
+            (38_400, 76_800, 38_400, 0),
+        ),
     ],
 )
 def test_reused_gradients_held_as_measured(settings, held):

@@ -668,6 +668,17 @@ def _gemma4_kv_sharing() -> list[Case]:
         *(Case("gemma4", settings, GEMMA4_KV_SHARED) for settings in plain),
         Case("gemma4", {"method": "full", "precision": "fp32"}, wide),
         Case("gemma4", {"method": "lora", "precision": "bf16"}, wide),
+        # the sliding storing layer's key then needs a gradient (k_proj adapted)
+        Case(
+            "gemma4",
+            {"method": "lora", "lora_targets": "q,k,v", "precision": "bf16"},
+            GEMMA4_KV_SHARED,
+        ),
+        Case(
+            "gemma4",
+            {"method": "lora", "lora_targets": "all-linear", "precision": "bf16"},
+            GEMMA4_KV_SHARED,
+        ),
         Case("gemma4", {"method": "full", "precision": "bf16"}, e2b),
         Case("gemma4", {"method": "lora", "precision": "bf16-mixed"}, e2b),
     ]
