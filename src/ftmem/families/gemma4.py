@@ -247,12 +247,15 @@ peaks full fp32 7,818,644 / 7,817,724 (+920; +920 without sharing), full bf16 5,
 4,079,188 / 4,079,468 (-280; -280), LoRA fp32 4,722,372 / 4,722,652 (-280; -280),
 double-wide full fp32 9,022,868 / 9,021,948 (+920), double-wide LoRA bf16 3,728,404 /
 3,728,674 (-270), E2B-like (double-wide, per-layer inputs of 16, global head 64) full
-bf16 7,518,080 / 7,517,280 (+800) and LoRA bf16-mixed 5,700,308 / 5,700,720 (-412). The
+bf16 7,518,080 / 7,517,280 (+800) and LoRA bf16-mixed 5,700,308 / 5,700,720 (-412),
+LoRA bf16 on q, k, v 3,551,620 / 3,551,890 (-270) and on all-linear 4,845,060 /
+4,845,330 (-270). The
 held gradients change none of these peaks (each estimate the same without them): they
 equal the tracker's numbers above by block (tests/test_gemma4_kv_sharing.py). Refused
-(step._check_kv_sharing): methods other than full and LoRA on q, v, checkpointing (the
-storing layers' keys held by the checkpoints, activations.stored_kv_held, still take the
-lowest sliding layers), fp16, eager and flash attention, compile, quantised weights,
+(step._check_kv_sharing): methods other than full and LoRA (on q, v; q, k, v;
+all-linear), checkpointing (activations exact, peaks over: LoRA bf16 1,788,308 /
+1,743,870, +2.5 %, full bf16 3,086,100 / 3,002,190, +2.8 %; the checkpoints' stored keys,
+activations.stored_kv_held, still take the lowest sliding layers as the storing ones), fp16, eager and flash attention, compile, quantised weights,
 offloaded activations, frameworks, objectives, generation, more than one GPU, serving.
 Left: a config.json of E2B/E4B to count (none at hand); the autocast key's held gradient
 dtype; the sliding layers unmasked (sequence within the window) take the unmasked
@@ -267,8 +270,9 @@ key and value that needs one (full fp32: both, 76,800 a type). That L0's "after"
 19,200 where full fp32's reads none may have the same cause (a full backward hook on a
 layer whose input needs no gradient fires when its output's gradient is computed,
 before the layer's own backward: torch 2.13 utils/hooks.py BackwardHook l.223-231; a
-measurement point, not a hold). To check with LoRA on q, k, v (the sliding key then
-needs one; refused meanwhile).
+measurement point, not a hold). LoRA on q, k, v (the sliding key then needs one: 38,400
+B held from L2's backward) reads the same peak offset; its held gradients are at no
+measured peak, not tracked.
 """
 
 from __future__ import annotations
