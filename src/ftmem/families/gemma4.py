@@ -256,7 +256,8 @@ equal the tracker's numbers above by block (tests/test_gemma4_kv_sharing.py). Re
 all-linear), checkpointing (activations exact, peaks over: LoRA bf16 1,788,308 /
 1,743,870, +2.5 %, full bf16 3,086,100 / 3,002,190, +2.8 %; the checkpoints' stored keys,
 activations.stored_kv_held, still take the lowest sliding layers as the storing ones),
-fp16, eager and flash attention, compile, quantised weights, offloaded activations, frameworks, objectives, generation, more than one GPU, serving.
+fp16, eager and flash attention, compile, quantised weights, offloaded activations,
+frameworks, objectives, generation, more than one GPU, serving.
 Left: a config.json of E2B/E4B to count (none at hand); the autocast key's held gradient
 dtype; the sliding layers unmasked (sequence within the window) take the unmasked
 path, derived, not measured. The LoRA bf16 sliding gradient (19,200 measured against
