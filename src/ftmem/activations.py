@@ -55,6 +55,18 @@ def _block_linears(
     return qkv, o, mlp
 
 
+def _block_index(arch: Architecture, dense: bool, linear: bool, block: int | None) -> int:
+    """The block whose linears block_saved reads: the given one, else the lowest Gated
+    DeltaNet block, the first (dense) one or the top one."""
+    if block is not None:
+        return block
+    if linear:
+        linear_blocks = arch.linear_attention_blocks
+        assert linear_blocks is not None and linear_blocks.lowest is not None
+        return linear_blocks.lowest
+    return 0 if dense else arch.num_layers - 1
+
+
 def block_saved(
     arch: Architecture,
     run: RunConfig,
@@ -69,16 +81,11 @@ def block_saved(
     """Tensors one decoder block saves for backward. ``dense``: one of the first blocks of
     a stack whose others have experts (``arch.dense_layers``); by default the top block.
     ``sliding``: a sliding-window layer (its sdpa mask: ops.attention.sliding_window_mask).
-    ``linear``: a Gated DeltaNet block (Architecture.linear_attention_blocks)."""
-    i = 0 if dense else arch.num_layers - 1
-    if block is not None:  # (Gemma 4's key/value sharing: the block's own linears)
-        i = block
+    ``linear``: a Gated DeltaNet block (Architecture.linear_attention_blocks). ``block``:
+    the block's index, where blocks differ by it (Gemma 4's key/value sharing)."""
+    i = _block_index(arch, dense, linear, block)
     reusing = arch.kv_shared_layers > 0 and arch.kv_reusing_blocks.holds(i)
     ctx = LayerContext(arch, run, plan, tokens, sliding, reusing)
-    if linear:
-        linear_blocks = arch.linear_attention_blocks
-        assert linear_blocks is not None and linear_blocks.lowest is not None
-        i = linear_blocks.lowest
     qkv, o, mlp = (list(group) for group in _block_linears(arch, i))
     # (a Gated DeltaNet block's projections: Architecture._two_kind_attention)
     mixer = [lin for lin in mlp if lin.roles == ("linear_attention",)]

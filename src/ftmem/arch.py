@@ -438,7 +438,7 @@ class Architecture(Model, strict=True):
             )
         if not (self.kv_shared_layers or self.kv_shared_double_mlp):
             return
-        if self.family != "gemma4":
+        if not self.traits.stores_last_kv_per_layer_type:  # (Gemma 4's KVSharingDict)
             raise ValueError(f"kv_shared_layers: the {self.family} family shares no keys")
         first = self.num_layers - self.kv_shared_layers
         stored = [
