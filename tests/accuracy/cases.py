@@ -679,6 +679,8 @@ def _gemma4_kv_sharing() -> list[Case]:
             {"method": "lora", "lora_targets": "all-linear", "precision": "bf16"},
             GEMMA4_KV_SHARED,
         ),
+        # the double-wide MLP's adapters (two gate_proj shapes)
+        Case("gemma4", {"method": "lora", "lora_targets": "all-linear", "precision": "bf16"}, wide),
         Case("gemma4", {"method": "full", "precision": "bf16"}, e2b),
         Case("gemma4", {"method": "lora", "precision": "bf16-mixed"}, e2b),
     ]

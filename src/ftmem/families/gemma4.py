@@ -240,7 +240,7 @@ repeat_kv's copies as any layer; the double-wide MLP's intermediates from the bl
 linears; the reused gradients held from the top reusing layer of each type to the
 storing one's backward (step._reused_kv_gradients; the storing layer's key and value
 each where they need a gradient, the key in the rotated key's dtype: bf16-mixed's fp32
-derived, not measured). 9 accuracy cases (ids ``kvsharedlayers=``), fresh measurements,
+derived, not measured). 12 accuracy cases (ids ``kvsharedlayers=``), fresh measurements,
 ftmem / measured B: weights, gradients, optimizer states and activations exact in all;
 peaks full fp32 7,818,644 / 7,817,724 (+920; +920 without sharing), full bf16 5,290,340 /
 5,289,410 (+930; +930), LoRA bf16 3,399,700 / 3,399,970 (-270; -270), LoRA bf16-mixed
@@ -248,8 +248,8 @@ peaks full fp32 7,818,644 / 7,817,724 (+920; +920 without sharing), full bf16 5,
 double-wide full fp32 9,022,868 / 9,021,948 (+920), double-wide LoRA bf16 3,728,404 /
 3,728,674 (-270), E2B-like (double-wide, per-layer inputs of 16, global head 64) full
 bf16 7,518,080 / 7,517,280 (+800) and LoRA bf16-mixed 5,700,308 / 5,700,720 (-412),
-LoRA bf16 on q, k, v 3,551,620 / 3,551,890 (-270) and on all-linear 4,845,060 /
-4,845,330 (-270). The
+LoRA bf16 on q, k, v 3,551,620 / 3,551,890 (-270), on all-linear 4,845,060 /
+4,845,330 (-270) and with the double-wide MLP 5,401,092 / 5,401,362 (-270). The
 held gradients change none of these peaks (each estimate the same without them): they
 equal the tracker's numbers above by block (tests/test_gemma4_kv_sharing.py). Refused
 (step._check_kv_sharing): methods other than full and LoRA (on q, v; q, k, v;
