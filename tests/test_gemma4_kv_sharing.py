@@ -146,7 +146,7 @@ def test_sharing_transformers_refuses_is_refused(tmp_path, change, words):
     "command",
     [
         ["serve"],
-        ["estimate", "--grad-ckpt"],
+        ["estimate", "--method", "freeze"],
         ["estimate", "--gpus", "2", "--strategy", "zero3"],
         ["estimate", "--method", "dora"],
         ["estimate", "--method", "lora", "--lora-targets", "q,o"],
@@ -156,7 +156,7 @@ def test_sharing_transformers_refuses_is_refused(tmp_path, change, words):
 )
 def test_unmeasured_runs_are_refused_in_one_line(tmp_path, capsys, command):
     """What key/value sharing was not measured with: exit 2, one line, no stdout."""
-    cfg = {**SHARED, "hidden_size_per_layer_input": 0}
+    cfg = {**SHARED, "hidden_size_per_layer_input": 0, "global_head_dim": 16}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(SystemExit) as exit_info:
         main([command[0], str(tmp_path), *command[1:]])

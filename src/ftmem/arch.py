@@ -1462,7 +1462,7 @@ def kv_sharing_refusal(arch: Architecture, what: str) -> str:
     return (
         f"{arch.name}: {what} with key/value sharing (kv_shared_layers "
         f"{arch.kv_shared_layers}: layers that reuse a lower layer's keys and values) is not "
-        "modelled (full finetuning and LoRA without checkpointing on one GPU are)."
+        "modelled (full finetuning and LoRA on one GPU are)."
     )
 
 

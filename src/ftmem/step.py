@@ -630,9 +630,10 @@ def _check_kv_sharing(arch: Architecture, run: RunConfig) -> None:
     """Gemma 4's key/value sharing (Architecture.kv_shared_layers) is estimated for the
     runs measured (families/gemma4.py; tests/accuracy/cases.py ``kvsharedlayers``): full
     finetuning and LoRA on q, v (and q, k, v, all-linear), in fp32, bf16 and bf16-mixed,
-    sdpa, without checkpointing (measured +2.5 % and +2.8 % over: the checkpoints'
-    stored keys, activations.stored_kv_held, still take the lowest sliding layers), on
-    one GPU (estimate._check_parallel_arch); the others are refused."""
+    sdpa, with or without transformers' checkpointing (the checkpoints' stored keys and
+    values from the storing layers, activations.stored_kv_held; other checkpointing
+    wrappers are refused by _check_family_release), on one GPU
+    (estimate._check_parallel_arch); the others are refused."""
     if not arch.kv_shared_layers:
         return
     what = None
@@ -642,8 +643,6 @@ def _check_kv_sharing(arch: Architecture, run: RunConfig) -> None:
         what = f"LoRA on {run.targets}"
     elif run.precision not in ("fp32", "bf16", "bf16-mixed") or run.autocast is not None:
         what = f"--precision {run.precision} (autocast as set)"
-    elif run.grad_ckpt:  # (the storing layers' hold under checkpointing: not measured)
-        what = "gradient checkpointing"
     elif run.attn != "sdpa" or run.compile:
         what = f"--attn {run.attn}" if run.attn != "sdpa" else "torch.compile"
     elif run.quant is not None or run.activation_offload:

@@ -681,6 +681,11 @@ def _gemma4_kv_sharing() -> list[Case]:
         ),
         # the double-wide MLP's adapters (two gate_proj shapes)
         Case("gemma4", {"method": "lora", "lora_targets": "all-linear", "precision": "bf16"}, wide),
+        # checkpointed: the storing layers' keys and values held by the checkpoints
+        *(
+            Case("gemma4", {"method": m, "precision": p, "grad_ckpt": True}, GEMMA4_KV_SHARED)
+            for m, p in (("lora", "bf16"), ("full", "bf16"), ("lora", "bf16-mixed"))
+        ),
         Case("gemma4", {"method": "full", "precision": "bf16"}, e2b),
         Case("gemma4", {"method": "lora", "precision": "bf16-mixed"}, e2b),
     ]
