@@ -240,7 +240,7 @@ repeat_kv's copies as any layer; the double-wide MLP's intermediates from the bl
 linears; the reused gradients held from the top reusing layer of each type to the
 storing one's backward (step._reused_kv_gradients; the storing layer's key and value
 each where they need a gradient, the key in the rotated key's dtype: bf16-mixed's fp32
-derived, not measured). 12 accuracy cases (ids ``kvsharedlayers=``), fresh measurements,
+derived, not measured). 15 accuracy cases (ids ``kvsharedlayers=``), fresh measurements,
 ftmem / measured B: weights, gradients, optimizer states and activations exact in all;
 peaks full fp32 7,818,644 / 7,817,724 (+920; +920 without sharing), full bf16 5,290,340 /
 5,289,410 (+930; +930), LoRA bf16 3,399,700 / 3,399,970 (-270; -270), LoRA bf16-mixed
@@ -249,14 +249,20 @@ double-wide full fp32 9,022,868 / 9,021,948 (+920), double-wide LoRA bf16 3,728,
 3,728,674 (-270), E2B-like (double-wide, per-layer inputs of 16, global head 64) full
 bf16 7,518,080 / 7,517,280 (+800) and LoRA bf16-mixed 5,700,308 / 5,700,720 (-412),
 LoRA bf16 on q, k, v 3,551,620 / 3,551,890 (-270), on all-linear 4,845,060 /
-4,845,330 (-270) and with the double-wide MLP 5,401,092 / 5,401,362 (-270). The
+4,845,330 (-270) and with the double-wide MLP 5,401,092 / 5,401,362 (-270).
+Checkpointed (transformers' own checkpoint): the checkpoints hold the storing layers'
+keys and values (activations.stored_kv_held), the storing layers being the highest of
+each type below the reusing ones; with the top layers taken as the storing ones the
+peaks read LoRA bf16 1,788,308 / 1,743,870 (+2.5 %) and full bf16 3,086,100 / 3,002,190
+(+2.8 %); now at the offsets of the same runs without sharing (in brackets): LoRA bf16
+1,748,452 / 1,743,870 (+4,582; +4,582, the sliding offset), full bf16 3,007,844 /
+3,002,190 (+5,654; +5,654), LoRA bf16-mixed 2,218,052 / 2,271,336 (-53,284; -53,284,
+Gemma 4's own), full fp32 5,053,436 / 5,015,408 (+38,028; +38,028; not a case);
+activations, weights, gradients and states exact. The
 held gradients change none of these peaks (each estimate the same without them): they
 equal the tracker's numbers above by block (tests/test_gemma4_kv_sharing.py). Refused
 (step._check_kv_sharing): methods other than full and LoRA (on q, v; q, k, v;
-all-linear), checkpointing (activations exact, peaks over: LoRA bf16 1,788,308 /
-1,743,870, +2.5 %, full bf16 3,086,100 / 3,002,190, +2.8 %; the checkpoints' stored keys,
-activations.stored_kv_held, still take the lowest sliding layers as the storing ones),
-fp16, eager and flash attention, compile, quantised weights, offloaded activations,
+all-linear), fp16, eager and flash attention, compile, quantised weights, offloaded activations,
 frameworks, objectives, generation, more than one GPU, serving.
 Left: a config.json of E2B/E4B to count (none at hand); the autocast key's held gradient
 dtype; the sliding layers unmasked (sequence within the window) take the unmasked
