@@ -212,3 +212,34 @@ def test_architecture_fields_are_checked(family, fields, words):
     """The fields as a preset or the Python API gives them (the tiny models: 2 layers)."""
     with pytest.raises(ValueError, match=words):
         tiny(family, **fields)
+
+
+def test_e2b_like_shape_counts_as_transformers_builds_it(tmp_path):
+    """A stack of E2B's kind at full size (values chosen here, not a published
+    config.json: 35 layers, every fifth global with a head of 512, one key/value head,
+    per-layer inputs of 256, the top 20 reusing with a double-wide MLP): the count equals
+    Gemma4ForCausalLM's on the meta device."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    types = ["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(35)]
+    cfg = {
+        **SHARED,
+        "hidden_size": 1536,
+        "num_hidden_layers": 35,
+        "intermediate_size": 6144,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 1,
+        "head_dim": 256,
+        "global_head_dim": 512,
+        "vocab_size": 262144,
+        "sliding_window": 512,
+        "hidden_size_per_layer_input": 256,
+        "num_kv_shared_layers": 20,
+        "layer_types": types,
+    }
+    arch = _arch(tmp_path, cfg)
+    config = transformers.AutoConfig.for_model(**cfg)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    real = sum(p.numel() for p in model.parameters())
+    assert count_params(arch) == real == 4_628_569_344
