@@ -48,6 +48,9 @@ differs or a tolerance is exceeded.
 - Tiny random-weight models of each family (`tests/conftest.py`), batch 3 × 50 tokens
   unless the id says otherwise (T5 and Flan-T5: 50 encoder, `targetlen` decoder tokens); steady-state step (optimizer states exist,
   `zero_grad(set_to_none=True)`), torch AdamW for-loop implementation (the CPU default).
+  The states are made by a forward and one optimizer step over zero gradients
+  (`measure(warm_up="states")`, GRPO aside), which reads the same as a whole warm-up step
+  field by field (`tests/accuracy/test_warm_up.py`) in about two thirds of the time.
 - **Measured**: weights, gradients and optimizer states from the tensors; activations
   are the bytes autograd saves for backward at the end of forward + loss (each storage
   once, parameters excluded); the peak is the maximum of live tensor bytes during the

@@ -734,6 +734,34 @@ TINY_QWEN3_NEXT: dict[str, Any] = {
     "intermediate_size": 96,
 }
 
+# LFM2 (transformers 5.25 Lfm2Config keys): 6 layers, conv ones at 0, 1, 3 and 5 (the top
+# one too), attention at 2 and 4; block_ff_dim 200 -> int(2·200/3) = 133 -> 160 (multiple
+# of 32). Not in TINY: its training steps are refused (ops.short_conv).
+TINY_LFM2: dict[str, Any] = {
+    "model_type": "lfm2",
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "block_ff_dim": 200,
+    "block_multiple_of": 32,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "conv_L_cache": 3,
+    "layer_types": ["conv", "conv", "full_attention", "conv", "full_attention", "conv"],
+}
+
+# LFM2 MoE (transformers 5.25 Lfm2MoeConfig keys): LFM2's 6 layers, the first 2 (the
+# default num_dense_layers) with a dense MLP of 96, the others 4 experts (2 a token) of 32
+TINY_LFM2_MOE: dict[str, Any] = {
+    **{k: v for k, v in TINY_LFM2.items() if k not in ("block_ff_dim", "block_multiple_of")},
+    "model_type": "lfm2_moe",
+    "intermediate_size": 96,
+    "moe_intermediate_size": 32,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+}
+
 # Encoder-decoders, kept apart: they support a subset of the methods and features.
 # "flan-t5": T5 v1.1 / Flan-T5 (gated GELU, untied head); "t5": T5 v1.0 (ReLU, tied
 # head with the decoder output scaled). inner = heads x d_kv (144) differs from d_model.

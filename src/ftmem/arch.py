@@ -34,7 +34,8 @@ if TYPE_CHECKING:  # (ops.saved imports this module)
 
 # "statistic": a parameter that never trains, stored in fp32 whatever the model's dtype
 # (ERNIE 4.5 MoE's e_score_correction_bias); "delta_rule": a Gated DeltaNet layer's own
-# tensors beside its linears (the depthwise conv1d's weight, dt_bias, A_log)
+# tensors beside its linears (the depthwise conv1d's weight, dt_bias, A_log); "short_conv":
+# an LFM2 short-convolution layer's depthwise conv weight and bias
 ParamKind = Literal[
     "linear",
     "linear_bias",
@@ -47,12 +48,14 @@ ParamKind = Literal[
     "statistic",
     "activation",
     "delta_rule",
+    "short_conv",
 ]
 # Roles a linear layer can play; LoRA targets are chosen by role or by module name.
 # "linear_attention": a Gated DeltaNet layer's projections (in_proj_*, out_proj), chosen by
 # name or all-linear, never by q/k/v/o (peft matches module names: q_proj and v_proj are
-# the full-attention layers' only)
-Role = Literal["q", "k", "v", "o", "gate", "up", "down", "router", "linear_attention"]
+# the full-attention layers' only); "short_conv": an LFM2 short-convolution layer's
+# in_proj and out_proj, likewise
+Role = Literal["q", "k", "v", "o", "gate", "up", "down", "router", "linear_attention", "short_conv"]
 # Token embedding parameters, by family (T5's is shared by its encoder and decoder;
 # GPT-NeoX's embed_in: its gradient too appears only after the blocks' backward).
 TOKEN_EMBEDDINGS = (
@@ -126,6 +129,32 @@ class LinearAttention(Model, strict=True):
             self.conv_kernel,
             self.fused,
         )
+
+
+class ShortConv(Model, strict=True):
+    """A stack's short-convolution layers (LFM2: transformers 5.25
+    models/lfm2/modeling_lfm2.py Lfm2DecoderLayer builds Lfm2ShortConv where
+    ``layer_types[i]`` is "conv", Lfm2Attention elsewhere). Lfm2ShortConv.__init__
+    (l.371-394): in_proj (hidden -> 3·hidden: B, C and x), a depthwise nn.Conv1d of
+    ``kernel`` taps (config.json's conv_L_cache; weight (hidden, 1, kernel)), out_proj
+    (hidden -> hidden), all three with biases where config.json's ``conv_bias`` says.
+    ``indices``: the conv layers, bottom to top (any layer, the top one included)."""
+
+    indices: tuple[NonNegativeInt, ...]
+    kernel: PositiveInt
+    bias: bool = False
+
+    @field_validator("indices", mode="before")
+    @classmethod
+    def _listed(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ShortConv:
+        problem = limits.WIDTH.problem("short_conv.kernel", self.kernel)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class Architecture(Model, strict=True):
@@ -315,6 +344,12 @@ class Architecture(Model, strict=True):
         description="Gated DeltaNet linear-attention layers beside the full-attention ones "
         "(Family.linear_attention_module: Qwen3.5); None: every layer attends in full.",
     )
+    short_conv: ShortConv | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="LFM2's short-convolution layers beside its attention ones "
+        "(Family.short_conv_module); None: every layer attends.",
+    )
     vision: VisionTower | None = Field(
         None,
         description="Image-text models (LLaVA, Gemma 3): the vision tower and projector "
@@ -391,6 +426,7 @@ class Architecture(Model, strict=True):
         if self.activation == "xielu" and not self.traits.names.activation:
             raise ValueError(f"activation xielu: the {self.family} family has no xIELU module")
         self._fits_linear_attention()
+        self._fits_short_conv()
         if self.rotary_dim is not None and (
             self.rotary_dim > self.head_size or self.position_embedding != "rotary"
         ):
@@ -482,6 +518,24 @@ class Architecture(Model, strict=True):
             raise ValueError(
                 f"linear_attention.key_heads ({lin.key_heads}) must divide its value_heads "
                 f"({lin.value_heads})"
+            )
+
+    def _fits_short_conv(self) -> None:
+        """Short-convolution layers are the family's, at distinct layer indices; LFM2's
+        stacks take any order (its top layer is often a conv one)."""
+        conv = self.short_conv
+        if conv is None:
+            return
+        if not self.traits.short_conv_module:
+            raise ValueError(f"short_conv: the {self.family} family has none")
+        if self.linear_attention is not None:
+            raise ValueError("short_conv and linear_attention layers in one stack")
+        if list(conv.indices) != sorted(set(conv.indices)) or (
+            conv.indices and conv.indices[-1] >= self.num_layers
+        ):
+            raise ValueError(
+                f"short_conv.indices ({list(conv.indices)}) must be distinct layer indices, "
+                f"ascending, below {self.num_layers}"
             )
 
     def _fits_latent_and_stack(self) -> None:
@@ -647,12 +701,18 @@ class Architecture(Model, strict=True):
         return Blocks(frozenset(lin.indices)) if lin.indices else Blocks.span(0, lin.layers)
 
     @property
+    def short_conv_blocks(self) -> Blocks | None:
+        """LFM2's short-convolution blocks (ShortConv.indices); None without them."""
+        return None if self.short_conv is None else Blocks(frozenset(self.short_conv.indices))
+
+    @property
     def full_attention_blocks(self) -> Blocks | None:
-        """The full-attention blocks beside Gated DeltaNet ones (None: every block)."""
-        linear = self.linear_attention_blocks
-        if linear is None:
+        """The full-attention blocks beside Gated DeltaNet or short-convolution ones
+        (None: every block)."""
+        other = self.linear_attention_blocks or self.short_conv_blocks
+        if other is None:
             return None
-        return Blocks(frozenset(range(self.num_layers)) - linear.indices)
+        return Blocks(frozenset(range(self.num_layers)) - other.indices)
 
     def type_blocks(self, full: bool) -> Blocks:
         """The full-attention layers' blocks (``full``) or the sliding ones': the sliding
@@ -997,6 +1057,8 @@ def _block_linears(arch: Architecture) -> list[Linear]:
         return _t5_block(arch)[0]
     if arch.linear_attention is not None or arch.traits.attention_output_gate:
         return _two_kind_attention(arch) + _mlp_linears(arch)
+    if arch.short_conv is not None:
+        return _short_conv_stack(arch) + _mlp_linears(arch)
     h, q, kv = arch.hidden_size, arch.q_size, arch.kv_size
     qkv_b, out_b = arch.attention_qkv_bias, arch.attention_out_bias
     attn = arch.traits.names.attention
@@ -1153,6 +1215,44 @@ def _two_kind_attention(arch: Architecture) -> list[Linear]:
         Linear(attn["v"], ("v",), h, arch.kv_size, bias, blocks=above),
         Linear(attn["o"], ("o",), arch.v_size, h, arch.attention_out_bias, blocks=above),
     ]
+
+
+def _short_conv_stack(arch: Architecture) -> list[Linear]:
+    """The mixers of a stack with short-convolution layers (Architecture.short_conv_blocks):
+    Lfm2ShortConv's in_proj and out_proj (see ShortConv) there, Lfm2Attention's bias-free
+    q_proj, k_proj, v_proj and out_proj in the other blocks (modeling_lfm2.py l.213-216)."""
+    conv, h = arch.short_conv, arch.hidden_size
+    assert conv is not None
+    mixer = arch.traits.short_conv_module
+    role: tuple[Role, ...] = ("short_conv",)
+    below, above = arch.short_conv_blocks, arch.full_attention_blocks
+    attn = arch.traits.names.attention
+    out = [
+        Linear(f"{mixer}.in_proj", role, h, 3 * h, conv.bias, blocks=below),
+        Linear(f"{mixer}.out_proj", role, h, h, conv.bias, blocks=below),
+    ]
+    if above is not None and above.count():
+        out += [
+            Linear(attn["q"], ("q",), h, arch.q_size, False, blocks=above),
+            Linear(attn["k"], ("k",), h, arch.kv_size, False, blocks=above),
+            Linear(attn["v"], ("v",), h, arch.kv_size, False, blocks=above),
+            Linear(attn["o"], ("o",), arch.v_size, h, False, blocks=above),
+        ]
+    return out
+
+
+def short_conv_params(arch: Architecture) -> list[Param]:
+    """A short-convolution layer's depthwise nn.Conv1d beside its linears: its weight
+    (hidden, 1, kernel) and, with ``conv_bias``, its bias (hidden) (Lfm2ShortConv.__init__,
+    modeling_lfm2.py l.383-390: groups=hidden_size)."""
+    conv = arch.short_conv
+    if conv is None:
+        return []
+    mixer, h, blocks = arch.traits.short_conv_module, arch.hidden_size, arch.short_conv_blocks
+    out = [Param(f"{mixer}.conv.weight", (h, 1, conv.kernel), "short_conv", blocks=blocks)]
+    if conv.bias:
+        out.append(Param(f"{mixer}.conv.bias", (h,), "short_conv", blocks=blocks))
+    return out
 
 
 def linear_attention_params(arch: Architecture) -> list[Param]:
@@ -1401,6 +1501,7 @@ def layout(arch: Architecture) -> Layout:
     block += router_statistic_params(arch)
     block += _in_full_attention_layers(arch, qk_norm_params(arch))
     block += linear_attention_params(arch)
+    block += short_conv_params(arch)
     block += sink_params(arch)
     block += activation_params(arch)
     block += per_layer_params(arch)

@@ -40,6 +40,7 @@ from ftmem.gpu.trace import (
 from ftmem.grpo import check_groups, vllm_reserved_bytes
 from ftmem.hardware import Gpu
 from ftmem.methods import MethodPlan, plan_method
+from ftmem.ops import short_conv
 from ftmem.ops.attention import (
     alibi_notes,
     attention_path,
@@ -699,6 +700,7 @@ def _estimate_parallel(
 ) -> Estimate:
     """The estimate of the rank with the most memory, and the layout of the job."""
     refuse_training(arch, run, alone=False)  # (Qwen3.5's layers: one GPU measured)
+    short_conv.refuse(arch, "a training step")  # (LFM2: only its parameters)
     _check_parallel_run(run)
     _check_parallel_arch(arch, par)
     cap = gpu.memory_bytes if gpu is not None else None

@@ -25,6 +25,7 @@ from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INT4_GROUP, ceil_div, tensor_b
 from ftmem.errors import InvalidInputError
 from ftmem.hardware import Gpu
 from ftmem.methods import lora_targets
+from ftmem.ops import short_conv
 from ftmem.ops.gated_deltanet import refuse_stack
 from ftmem.run import RunConfig
 from ftmem.units import format_bytes
@@ -266,6 +267,7 @@ def estimate_serving(
     arch: Architecture, cfg: ServeConfig, gpu: Gpu | None = None, overhead_bytes: int | None = None
 ) -> ServeEstimate:
     refuse_stack(arch, "serving")  # (its recurrent and conv states: no KV cache)
+    short_conv.refuse(arch, "serving")  # (its conv state: no KV cache)
     if arch.encoder_decoder:
         raise InvalidInputError(
             f"{arch.name} is an encoder-decoder: `ftmem serve` models decoder-only generation "

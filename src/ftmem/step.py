@@ -44,7 +44,7 @@ from ftmem.methods import (
     plan_key,
     plan_method,
 )
-from ftmem.ops import loss_requests
+from ftmem.ops import loss_requests, short_conv
 from ftmem.ops.attention import Attention, runs_eager, sliding_window_mask
 from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.embedding import Embedding
@@ -403,6 +403,7 @@ def step_parts(
     rank under sequence parallelism (ftmem.sequence_parallel)."""
     # (Qwen3.5: what was measured, ops.gated_deltanet)
     refuse_training(arch, run, alone=teacher is None and split is None)
+    short_conv.refuse(arch, "a training step")  # (LFM2: only its parameters)
     run = framework_run(arch, run)  # e.g. Unsloth's causal-LM forward fuses the loss
     seq2seq.check_supported(arch, run)
     _check_family_release(arch, run)

@@ -439,6 +439,9 @@ class Family:
     # "linear_attn", transformers 5.25 modeling_qwen3_5.py Qwen3_5DecoderLayer l.942-946);
     # "" where every layer attends in full.
     linear_attention_module: str = ""
+    # The module of LFM2's short-convolution layers (Lfm2DecoderLayer.conv, transformers 5.25
+    # models/lfm2/modeling_lfm2.py l.426; Architecture.short_conv); "": the family has none.
+    short_conv_module: str = ""
     # q_proj computes the query and a gate of the same width, sigmoid(gate) scaling the
     # attention output before o_proj (Qwen3.5: Qwen3_5Attention l.837-839, ops.output_gate).
     attention_output_gate: bool = False

@@ -20,9 +20,10 @@ if TYPE_CHECKING:
     from ftmem.distill import Teacher
     from ftmem.run import RunConfig
 
-__all__ = ["Measurement", "cuda_device", "cuda_visible", "measure"]
+__all__ = ["Measurement", "WarmUp", "cuda_device", "cuda_visible", "measure"]
 
 Phase = Literal["forward", "backward", "optimizer"]
+WarmUp = Literal["step", "states"]  # measure()'s warm-up: a real step, or the states only
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ def measure(
     seed: int = 0,
     fake: bool = False,
     teacher: Teacher | None = None,
+    warm_up: WarmUp = "step",
 ) -> Measurement:
     """Build the model for ``arch``/``run``, train ``steps`` steps, measure the last one.
 
@@ -106,6 +108,14 @@ def measure(
     (forward+loss, backward, optimizer.step + zero_grad(set_to_none=True)). On CUDA the
     caching allocator's statistics are used; on the CPU a dispatch-mode tracker of live
     tensor storages (:class:`ftmem.measure.tracker.LiveBytesTracker`).
+
+    ``warm_up="states"`` (the CPU tracker only, two steps, no GRPO) replaces the
+    warm-up step by what the measured step needs of it: the optimizer's states made by
+    one step over zero gradients, after a forward without autograd (what a first
+    forward leaves on the model, such as bitsandbytes' bias cast). The tracker counts
+    live storages, not an allocator's cache, so nothing else of the warm-up's history
+    can reach the reading (tests/test_measure.py checks the two agree field by field);
+    elsewhere it falls back to the real step.
 
     ``fake=True`` runs the same step under FakeTensorMode: real-size shapes (a 13B
     model on a laptop), no memory allocated; see ``step.FAKE_NOTES`` for what it
@@ -122,5 +132,12 @@ def measure(
     if run.image_size is not None:  # (Qwen-VL's images at the run's size)
         arch = arch.model_copy(update={"vision": for_image_size(arch.vision, run.image_size)})
     return run_measurement(
-        arch, run, device=device, steps=steps, seed=seed, fake=fake, teacher=teacher
+        arch,
+        run,
+        device=device,
+        steps=steps,
+        seed=seed,
+        fake=fake,
+        teacher=teacher,
+        warm_up=warm_up,
     )

@@ -13,7 +13,7 @@ import torch
 
 from ftmem.arch import Architecture
 from ftmem.distill import Teacher
-from ftmem.measure import Measurement, Phase
+from ftmem.measure import Measurement, Phase, WarmUp
 from ftmem.measure.build import (
     Built,
     build_model,
@@ -30,6 +30,7 @@ from ftmem.measure.saved import (
     HostOffload,
     SavedRegistry,
     bytes_by_op,
+    graph_nodes,
     model_state_tensors,
     storage_bytes,
     walk_saved,
@@ -1209,12 +1210,15 @@ def run_measurement(
     seed: int = 0,
     fake: bool = False,
     teacher: Teacher | None = None,
+    warm_up: WarmUp = "step",
 ) -> Measurement:
     if fake:
         if teacher is not None:
             raise RuntimeError("--fake does not run a distillation teacher")
         return _run_fake(arch, run, steps=steps, seed=seed)
-    return run_steps(arch, run, device=device, steps=steps, seed=seed, teacher=teacher)
+    return run_steps(
+        arch, run, device=device, steps=steps, seed=seed, teacher=teacher, warm_up=warm_up
+    )
 
 
 FAKE_ATTENTION_NOTE = (
@@ -1267,8 +1271,10 @@ def run_steps(
     vocab_size: int = 0,
     events: list[tuple[str, int]] | None = None,
     fake: bool = False,
+    warm_up: WarmUp = "step",
 ) -> Measurement:
-    """``steps - 1`` warm-up steps (the optimizer states appear), then the measured one.
+    """``steps - 1`` warm-up steps (the optimizer states appear), then the measured one
+    (``warm_up``: see :func:`ftmem.measure.measure`).
 
     Without an ``arch`` the model comes ``built`` (a traced model transformers built
     from its own config) with its ``vocab_size``; ``events`` (the CPU only) receives the
@@ -1311,9 +1317,14 @@ def run_steps(
             images,
         )
 
-    by_op = _warm_up(forward, optimizer, run, steps, weight_storage_ptrs(model), notes)
+    primed = warm_up == "states" and _states_suffice(run, dev, steps, fake)
+    if primed:
+        by_op = _prime_states(forward, optimizer, run, weight_storage_ptrs(model), notes)
+    else:
+        by_op = _warm_up(forward, optimizer, run, steps, weight_storage_ptrs(model), notes)
     reserved_before = torch.cuda.max_memory_reserved(dev) if dev.type == "cuda" else 0
-    _settle(dev)
+    if not primed:  # the CPU tracker counts only storages it is told of or ops make:
+        _settle(dev)  # the warm-up's garbage cannot enter its reading
     # the weights as they are now: bitsandbytes casts a 4-bit linear's bias at the first
     # forward and frees the old one, whose address a saved activation can then take
     weight_ptrs = weight_storage_ptrs(model)
@@ -1389,17 +1400,58 @@ def _warm_up(
         for micro in range(run.grad_accum):
             loss = forward()
             if i == 0 and micro == 0:
-                if run.grad_ckpt:
-                    notes.append(
-                        "grad_ckpt: activations_by_op not walked (unpacking would recompute)"
-                    )
-                else:
-                    by_op = bytes_by_op(walk_saved(loss.grad_fn, weight_ptrs))
+                by_op = _saved_by_op(loss, run, weight_ptrs, notes)
             loss.backward()
             del loss
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return by_op
+
+
+def _states_suffice(run: RunConfig, dev: torch.device, steps: int, fake: bool) -> bool:
+    """Whether the measured step can follow the states alone: the CPU tracker (CUDA's
+    reserved figures keep the warm-up's cached blocks), one warm-up step, and no GRPO
+    (its forward buffers the generation batch the measured step reads)."""
+    return dev.type == "cpu" and steps == 2 and not fake and run.objective != "grpo"
+
+
+def _prime_states(
+    forward: Callable[[], torch.Tensor],
+    optimizer: Stepper,
+    run: RunConfig,
+    weight_ptrs: set[int],
+    notes: list[str],
+) -> dict[str, int]:
+    """The warm-up step's lasting effects without its backward (nor a collection of what
+    it leaves: see run_steps): the first micro-batch's forward (what a first forward
+    leaves on the model, such as bitsandbytes' bias cast; the bytes saved per op), then
+    zero gradients on exactly the leaves its graph reaches (a backward would give those,
+    and only those, a gradient: an expert no token was routed to, a vision tower a text
+    batch skips, get none), and the optimizer's step over them: states take their
+    parameters' shapes, not their gradients' values."""
+    loss = forward()
+    by_op = _saved_by_op(loss, run, weight_ptrs, notes)
+    leaves = [n.variable for n in graph_nodes(loss.grad_fn) if hasattr(n, "variable")]
+    del loss
+    for leaf in leaves:
+        leaf.grad = torch.zeros_like(leaf)
+    steppers = optimizer.optimizers if isinstance(optimizer, _StepInBackward) else [optimizer]
+    for stepper in steppers:  # (in backward: what each parameter's hook does)
+        stepper.step()
+        stepper.zero_grad(set_to_none=True)
+    notes.append("warm-up: the optimizer's states made over zero gradients (warm_up='states')")
+    return by_op
+
+
+def _saved_by_op(
+    loss: torch.Tensor, run: RunConfig, weight_ptrs: set[int], notes: list[str]
+) -> dict[str, int]:
+    """The bytes autograd saved per op for the first warm-up forward (not walked under
+    checkpointing, where unpacking would recompute)."""
+    if run.grad_ckpt:
+        notes.append("grad_ckpt: activations_by_op not walked (unpacking would recompute)")
+        return {}
+    return bytes_by_op(walk_saved(loss.grad_fn, weight_ptrs))
 
 
 def _step_meter(
