@@ -96,7 +96,7 @@ REFUSED = [
     # null: Gemma4TextConfig's strict int field refuses it (a TypeError in transformers)
     ({"hidden_size_per_layer_input": None}, "hidden_size_per_layer_input must be an integer"),
     ({"hidden_size_per_layer_input": 0, "num_kv_shared_layers": 0}, None),
-    ({"num_kv_shared_layers": 20}, "key/value sharing"),
+    ({"num_kv_shared_layers": 60}, "must leave below the reusing layers"),
     ({"enable_moe_block": True}, "enable_moe_block"),
     # as transformers writes config.json: the global layers' overrides, which it applies
     # over global_head_dim; overrides of a sliding layer's shape, or two global shapes

@@ -55,6 +55,18 @@ def _block_linears(
     return qkv, o, mlp
 
 
+def _block_index(arch: Architecture, dense: bool, linear: bool, block: int | None) -> int:
+    """The block whose linears block_saved reads: the given one, else the lowest Gated
+    DeltaNet block, the first (dense) one or the top one."""
+    if block is not None:
+        return block
+    if linear:
+        linear_blocks = arch.linear_attention_blocks
+        assert linear_blocks is not None and linear_blocks.lowest is not None
+        return linear_blocks.lowest
+    return 0 if dense else arch.num_layers - 1
+
+
 def block_saved(
     arch: Architecture,
     run: RunConfig,
@@ -64,17 +76,16 @@ def block_saved(
     dense: bool = False,
     sliding: bool = False,
     linear: bool = False,
+    block: int | None = None,
 ) -> list[Saved]:
     """Tensors one decoder block saves for backward. ``dense``: one of the first blocks of
     a stack whose others have experts (``arch.dense_layers``); by default the top block.
     ``sliding``: a sliding-window layer (its sdpa mask: ops.attention.sliding_window_mask).
-    ``linear``: a Gated DeltaNet block (Architecture.linear_attention_blocks)."""
-    ctx = LayerContext(arch, run, plan, tokens, sliding)
-    i = 0 if dense else arch.num_layers - 1
-    if linear:
-        linear_blocks = arch.linear_attention_blocks
-        assert linear_blocks is not None and linear_blocks.lowest is not None
-        i = linear_blocks.lowest
+    ``linear``: a Gated DeltaNet block (Architecture.linear_attention_blocks). ``block``:
+    the block's index, where blocks differ by it (Gemma 4's key/value sharing)."""
+    i = _block_index(arch, dense, linear, block)
+    reusing = arch.kv_shared_layers > 0 and arch.kv_reusing_blocks.holds(i)
+    ctx = LayerContext(arch, run, plan, tokens, sliding, reusing)
     qkv, o, mlp = (list(group) for group in _block_linears(arch, i))
     # (a Gated DeltaNet block's projections: Architecture._two_kind_attention)
     mixer = [lin for lin in mlp if lin.roles == ("linear_attention",)]
@@ -190,21 +201,28 @@ def stored_kv_held(
     recompute's kernel keeps the same key and value, unless it keeps copies (keys and
     values repeated per head, an fp32 key cast under autocast). A storing layer with
     nothing to recompute (frozen, its input needing no gradient) holds its key and value.
-    ``states``: every block's; the storing layers are the top one (full attention) and
-    the highest sliding one, the lowest blocks being the sliding ones as
-    step._sliding_blocks takes them."""
+    ``states``: every block's; the storing layers are the highest of each type
+    (Architecture.type_blocks: the sliding ones the lowest, as step._sliding_blocks
+    takes them, unless given by index) below the layers that reuse their keys and
+    values (kv_shared_layers: measured on the tiny gemma4 with two reusing, checkpointed
+    peaks at the same offsets as without sharing, families/gemma4.py)."""
     if not (run.grad_ckpt and arch.traits.stores_last_kv_per_layer_type):
         return StoredKV()
-    stores = [arch.num_layers - 1] if arch.full_layers else []
-    stores += [arch.sliding_layers - 1] if arch.sliding_layers else []
-    top = arch.num_layers - 1
+    # (with key/value sharing: the highest layer of each type below the reusing ones)
+    below = arch.num_layers - arch.kv_shared_layers
+    full = arch.type_blocks(full=True)
+    stores = [
+        j
+        for kind in (full, arch.type_blocks(full=False))
+        if (j := max((i for i in kind.indices if i < below), default=-1)) >= 0
+    ]
     held, during = 0, [0] * arch.num_layers
     for j in stores:
         state = states[j]
         # (each type with its own attention shape: Architecture.of_layer_type)
-        shape = arch.of_layer_type(full=j == top)
+        shape = arch.of_layer_type(full=full.holds(j))
         qkv = [lin for lin in _block_linears(shape, j)[0] if {"k", "v"} & set(lin.roles)]
-        ctx = LayerContext(shape, run, plan, tokens, sliding=j != top)
+        ctx = LayerContext(shape, run, plan, tokens, sliding=not full.holds(j))
         oe = ctx.projection_out_bytes
         kv_size = shape.kv_size
         key = tokens * kv_size * max(oe, plan.dtypes.first_input_bytes)  # (the tables')

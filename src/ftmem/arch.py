@@ -282,6 +282,26 @@ class Architecture(Model, strict=True):
         description="The full-attention layers have no v projection: their values are "
         "their k projection's output (Family.attention_shape_per_layer_type).",
     )
+    sliding_indices: tuple[NonNegativeInt, ...] = Field(
+        (),
+        exclude_if=lambda value: not value,
+        description="The sliding layers' indices, bottom to top, where they are not the "
+        "lowest sliding_layers ones (Gemma 4 with key/value sharing: config.json's "
+        "layer_types order; empty: the lowest).",
+    )
+    kv_shared_layers: NonNegativeInt = Field(
+        0,
+        exclude_if=lambda value: not value,
+        description="The top layers that reuse the keys and values of the last lower layer "
+        "of their type and have no k/v projections or key norm of their own (Gemma 4's "
+        "num_kv_shared_layers; step._check_kv_sharing says which runs are estimated).",
+    )
+    kv_shared_double_mlp: bool = Field(
+        False,
+        exclude_if=lambda value: not value,
+        description="The key/value reusing layers' MLP is twice intermediate_size wide "
+        "(Gemma 4's use_double_wide_mlp).",
+    )
     per_layer_input_size: NonNegativeInt = Field(
         0,
         exclude_if=lambda value: not value,
@@ -372,6 +392,12 @@ class Architecture(Model, strict=True):
             raise ValueError(f"norms_per_block must be 1, 2 or 4, not {value}")
         return value
 
+    @field_validator("sliding_indices", mode="before")
+    @classmethod
+    def _indices_listed(cls, value: object) -> object:
+        # a preset's YAML (or JSON) gives the indices as a list
+        return tuple(value) if isinstance(value, list) else value
+
     @model_validator(mode="after")
     def _within_bounds(self) -> Architecture:
         for name, bound in BOUNDS.items():
@@ -417,6 +443,7 @@ class Architecture(Model, strict=True):
                 f"sliding_layers ({self.sliding_layers}) must be at most num_layers "
                 f"({self.num_layers}), and needs a sliding_window"
             )
+        self._fits_kv_sharing()
         if self.traits.top_layer_global and self.sliding_layers >= self.num_layers:
             raise ValueError(
                 f"sliding_layers ({self.sliding_layers}): the {self.family} family's last "
@@ -432,6 +459,37 @@ class Architecture(Model, strict=True):
         if problem:
             raise ValueError(problem)
         return self
+
+    def _fits_kv_sharing(self) -> None:
+        """Sliding layers by index and key/value sharing (Gemma 4 only)."""
+        idx = self.sliding_indices
+        if idx and (
+            len(idx) != self.sliding_layers
+            or list(idx) != sorted(set(idx))
+            or idx[-1] >= self.num_layers - 1
+        ):
+            raise ValueError(
+                f"sliding_indices ({list(idx)}) must be the {self.sliding_layers} sliding "
+                "layers' indices, ascending, below the top layer"
+            )
+        if not (self.kv_shared_layers or self.kv_shared_double_mlp):
+            return
+        if not self.traits.stores_last_kv_per_layer_type:  # (Gemma 4's KVSharingDict)
+            raise ValueError(f"kv_shared_layers: the {self.family} family shares no keys")
+        first = self.num_layers - self.kv_shared_layers
+        stored = [
+            first > 0 and any(b < first for b in self.type_blocks(f).indices) for f in (False, True)
+        ]
+        if (
+            not self.kv_shared_layers
+            or first < 1
+            or not stored[1]
+            or (self.sliding_layers and not stored[0])
+        ):
+            raise ValueError(
+                f"kv_shared_layers ({self.kv_shared_layers}) must leave below the reusing "
+                "layers a layer of each type they reuse (kv_shared_double_mlp needs them)"
+            )
 
     def _fits_linear_attention(self) -> None:
         """Linear-attention layers are the family's, below at least one full-attention
@@ -656,6 +714,24 @@ class Architecture(Model, strict=True):
             return None
         return Blocks(frozenset(range(self.num_layers)) - other.indices)
 
+    def type_blocks(self, full: bool) -> Blocks:
+        """The full-attention layers' blocks (``full``) or the sliding ones': the sliding
+        ones at sliding_indices, else the lowest sliding_layers."""
+        sliding = (
+            Blocks(frozenset(self.sliding_indices))
+            if self.sliding_indices
+            else Blocks.span(0, self.sliding_layers)
+        )
+        if not full:
+            return sliding
+        return Blocks(frozenset(range(self.num_layers)) - sliding.indices)
+
+    @property
+    def kv_reusing_blocks(self) -> Blocks:
+        """The top kv_shared_layers blocks (Gemma 4: Gemma4TextConfig's kv_sharing_modes,
+        transformers 5.25 configuration_gemma4.py l.243-246)."""
+        return Blocks.span(self.num_layers - self.kv_shared_layers, self.num_layers)
+
     @property
     def sparse_blocks(self) -> tuple[int, int]:
         """The blocks [first, last) with experts (DeepSeek: after its dense ones)."""
@@ -733,6 +809,7 @@ BOUNDS: dict[str, limits.Bound] = {
     "experts_per_token": limits.EXPERTS,
     "sliding_window": limits.TOKENS,
     "sliding_layers": limits.LAYERS,
+    "kv_shared_layers": limits.LAYERS,
     "relative_attention_num_buckets": limits.WIDTH,
     "published_params": limits.PARAMETERS,
 }
@@ -940,6 +1017,42 @@ def _t5_outer(arch: Architecture) -> list[Param]:
 
 
 def _linears(arch: Architecture) -> list[Linear]:
+    out = _block_linears(arch)
+    return _kv_shared_linears(arch, out) if arch.kv_shared_layers else out
+
+
+def _without(blocks: Blocks | None, arch: Architecture, drop: Blocks) -> Blocks:
+    held = frozenset(range(arch.num_layers)) if blocks is None else blocks.indices
+    return Blocks(held - drop.indices)
+
+
+def _kv_shared_linears(arch: Architecture, linears: list[Linear]) -> list[Linear]:
+    """Gemma 4's key/value reusing layers (Architecture.kv_reusing_blocks): no k or v
+    projection (transformers 5.25 modeling_gemma4.py Gemma4TextAttention.__init__,
+    l.1172-1185: "Layers sharing kv states don't need any weight matrices"), and with
+    use_double_wide_mlp an MLP of twice intermediate_size (Gemma4TextMLP.__init__,
+    l.1054-1059)."""
+    reusing = arch.kv_reusing_blocks
+    out: list[Linear] = []
+    for lin in linears:
+        if lin.roles in (("k",), ("v",)):
+            kept = _without(lin.blocks, arch, reusing)
+            if kept.count():
+                out.append(replace(lin, blocks=kept))
+        elif arch.kv_shared_double_mlp and lin.roles in (("gate",), ("up",), ("down",)):
+            out.append(replace(lin, blocks=_without(lin.blocks, arch, reusing)))
+            wide = (
+                replace(lin, in_features=2 * lin.in_features)
+                if lin.roles == ("down",)
+                else replace(lin, out_features=2 * lin.out_features)
+            )
+            out.append(replace(wide, blocks=reusing))
+        else:
+            out.append(lin)
+    return out
+
+
+def _block_linears(arch: Architecture) -> list[Linear]:
     if arch.encoder_decoder:
         return _t5_block(arch)[0]
     if arch.linear_attention is not None or arch.traits.attention_output_gate:
@@ -1017,18 +1130,17 @@ def _mlp_linears(arch: Architecture) -> list[Linear]:
 
 
 def _attention_per_layer_type(arch: Architecture) -> list[Linear]:
-    """q, k, v and o of the sliding layers (the lowest sliding_layers blocks, as
-    step._sliding_blocks takes them) and of the full-attention ones (the others), each
+    """q, k, v and o of the sliding layers (Architecture.type_blocks: the lowest
+    sliding_layers blocks, as step._sliding_blocks takes them, or sliding_indices) and of
+    the full-attention ones (the others), each
     type with its own widths; the full ones without v where their values are their keys
     (Gemma 4: transformers 5.25 modeling_gemma4.py Gemma4TextAttention.__init__,
     l.1152-1185, reads head_dim and num_key_value_heads from ``per_layer_config``, and
     builds no v_proj where ``attention_k_eq_v`` and the layer does not slide)."""
     attn, h, bias = arch.traits.names.attention, arch.hidden_size, arch.attention_qkv_bias
     out: list[Linear] = []
-    for full, blocks in (
-        (False, Blocks.span(0, arch.sliding_layers)),
-        (True, Blocks.span(arch.sliding_layers, arch.num_layers)),
-    ):
+    for full in (False, True):
+        blocks = arch.type_blocks(full)
         if not blocks.count():
             continue
         shape = arch.of_layer_type(full)
@@ -1305,17 +1417,24 @@ def qk_norm_params(arch: Architecture) -> list[Param]:
     per head), or across the projection (OLMo 2)."""
     if not arch.qk_norm:
         return []
-    if not arch.attention_per_layer_type:
-        return _qk_norm_params(arch, arch.kv_heads, arch.head_size, None)
     out: list[Param] = []
-    for full, blocks in (
-        (False, Blocks.span(0, arch.sliding_layers)),
-        (True, Blocks.span(arch.sliding_layers, arch.num_layers)),
-    ):
-        if blocks.count():
-            shape = arch.of_layer_type(full)  # (Gemma 4: q_norm and k_norm head_dim wide)
-            out += _qk_norm_params(arch, shape.kv_heads, shape.head_size, blocks)
-    return out
+    if not arch.attention_per_layer_type:
+        out = _qk_norm_params(arch, arch.kv_heads, arch.head_size, None)
+    else:
+        for full in (False, True):
+            if (blocks := arch.type_blocks(full)).count():
+                shape = arch.of_layer_type(full)  # (Gemma 4: q_norm and k_norm head_dim wide)
+                out += _qk_norm_params(arch, shape.kv_heads, shape.head_size, blocks)
+    if not arch.kv_shared_layers:
+        return out
+    # Gemma 4's reusing layers keep q_norm only (modeling_gemma4.py l.1168-1175)
+    key_norm = arch.traits.qk_norm_names[1]
+    return [
+        replace(p, blocks=_without(p.blocks, arch, arch.kv_reusing_blocks))
+        if f".{key_norm}." in f".{p.name}"
+        else p
+        for p in out
+    ]
 
 
 def _qk_norm_params(
@@ -1436,6 +1555,16 @@ def buffer_numel(arch: Architecture) -> int:
     """Elements of the registered buffers the blocks keep beside their parameters
     (Family.block_buffers: Qwen-1's logn tables), in the model's dtype."""
     return arch.traits.block_buffers * arch.num_layers
+
+
+def kv_sharing_refusal(arch: Architecture, what: str) -> str:
+    """The one sentence for what Gemma 4's key/value sharing was not measured with
+    (step._check_kv_sharing, serve, estimate._check_parallel_arch)."""
+    return (
+        f"{arch.name}: {what} with key/value sharing (kv_shared_layers "
+        f"{arch.kv_shared_layers}: layers that reuse a lower layer's keys and values) is not "
+        "modelled (full finetuning and LoRA on one GPU are)."
+    )
 
 
 @lru_cache(maxsize=512)  # every estimate reports it

@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ftmem import deepspeed_zero2, deepspeed_zero3
-from ftmem.arch import Architecture, Linear, count_params
+from ftmem.arch import Architecture, Linear, count_params, kv_sharing_refusal
 from ftmem.colossalai import COLOSSALAI
 from ftmem.dtypes import BYTES_PER_ELEMENT
 from ftmem.errors import InvalidInputError
@@ -682,6 +682,8 @@ def _check_parallel_arch(arch: Architecture, par: ParallelConfig) -> None:
             "own attention shape (full_head_dim, full_kv_heads, full_values_are_keys) is not "
             "modelled."
         )
+    if arch.kv_shared_layers:
+        raise InvalidInputError(kv_sharing_refusal(arch, "more than one GPU"))
     if arch.per_layer_input_size:
         raise InvalidInputError(
             f"{arch.name}: more than one GPU with per-layer inputs (per_layer_input_size) "

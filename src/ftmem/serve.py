@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Literal
 
 from ftmem import limits
-from ftmem.arch import Architecture, layout, position_note
+from ftmem.arch import Architecture, kv_sharing_refusal, layout, position_note
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32, INT4_GROUP, ceil_div, tensor_bytes
 from ftmem.errors import InvalidInputError
 from ftmem.hardware import Gpu
@@ -273,6 +273,8 @@ def estimate_serving(
             f"{arch.name} is an encoder-decoder: `ftmem serve` models decoder-only generation "
             "(one KV cache); estimate its training instead."
         )
+    if arch.kv_shared_layers:
+        raise InvalidInputError(kv_sharing_refusal(arch, "`ftmem serve`"))
     if arch.attention_per_layer_type:
         raise InvalidInputError(
             f"{arch.name}: `ftmem serve` with full-attention layers of their own attention "

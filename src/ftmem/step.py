@@ -9,17 +9,30 @@ timeline (phases.py) as is for one GPU, or reshaped per rank by parallel.py.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ftmem import returned_cache, seq2seq, vision_lora, vision_step
-from ftmem.activations import block_saved, outer_saved, stored_kv_held
+from ftmem.activations import (
+    attention_side_norms_train,
+    block_saved,
+    outer_saved,
+    stored_kv_held,
+)
 from ftmem.adapters import trainable_tokens
 from ftmem.adapters.dora import DoRA
 from ftmem.adapters.head_lora import HeadLoRA, chunked_head_lora
 from ftmem.adapters.lora import LoRA, output_bytes
 from ftmem.adapters.prompt import PrefixTuning
-from ftmem.arch import Architecture, Blocks, buffer_numel, layout, qk_norm_params
+from ftmem.arch import (
+    Architecture,
+    Blocks,
+    buffer_numel,
+    kv_sharing_refusal,
+    layout,
+    qk_norm_params,
+)
 from ftmem.block_policies import PLAIN, BlockPolicy, Checkpointed, Offloaded
 from ftmem.dtypes import BYTES_PER_ELEMENT, FP32
 from ftmem.errors import InvalidInputError
@@ -33,7 +46,7 @@ from ftmem.methods import (
 )
 from ftmem.ops import loss_requests, short_conv
 from ftmem.ops.attention import Attention, runs_eager, sliding_window_mask
-from ftmem.ops.context import BlockState
+from ftmem.ops.context import BlockState, LayerContext
 from ftmem.ops.embedding import Embedding
 from ftmem.ops.gated_deltanet import refuse_training
 from ftmem.ops.linear import LinearOp, all_adapters_fused
@@ -610,6 +623,39 @@ def _freeze_top(run: RunConfig) -> int:
     return run.trainable_layers
 
 
+# LoRA's targets measured with Gemma 4's key/value sharing (tests/accuracy/cases.py)
+KV_SHARING_LORA_TARGETS = frozenset({"q,v", "q,k,v", "all-linear"})
+
+
+def _check_kv_sharing(arch: Architecture, run: RunConfig) -> None:
+    """Gemma 4's key/value sharing (Architecture.kv_shared_layers) is estimated for the
+    runs measured (families/gemma4.py; tests/accuracy/cases.py ``kvsharedlayers``): full
+    finetuning and LoRA on q, v (and q, k, v, all-linear), in fp32, bf16 and bf16-mixed,
+    sdpa, with or without transformers' checkpointing (the checkpoints' stored keys and
+    values from the storing layers, activations.stored_kv_held; other checkpointing
+    wrappers are refused by _check_family_release), on one GPU
+    (estimate._check_parallel_arch); the others are refused."""
+    if not arch.kv_shared_layers:
+        return
+    what = None
+    if run.method not in ("full", "lora"):
+        what = f"--method {run.method}"
+    elif run.method == "lora" and run.targets not in KV_SHARING_LORA_TARGETS:
+        what = f"LoRA on {run.targets}"
+    elif run.precision not in ("fp32", "bf16", "bf16-mixed") or run.autocast is not None:
+        what = f"--precision {run.precision} (autocast as set)"
+    elif run.attn != "sdpa" or run.compile:
+        what = f"--attn {run.attn}" if run.attn != "sdpa" else "torch.compile"
+    elif run.quant is not None or run.activation_offload:
+        what = "quantised weights or offloaded activations"
+    elif run.framework != "hf" or run.objective != "sft":
+        what = f"--framework {run.framework} --objective {run.objective}"
+    elif run.generate_batch_size or run.generate_len or profile_of(run).generates:
+        what = "generation after the step"
+    if what is not None:
+        raise InvalidInputError(kv_sharing_refusal(arch, what))
+
+
 def _check_family_release(arch: Architecture, run: RunConfig) -> None:
     """The family's transformers code as ftmem read it (Family.since_transformers), and
     Gemma 4's stored keys and values under the checkpointing they were measured with:
@@ -625,6 +671,7 @@ def _check_family_release(arch: Architecture, run: RunConfig) -> None:
         )
     _check_attention_per_layer_type(arch, run)
     _check_per_layer_inputs(arch, run)
+    _check_kv_sharing(arch, run)
     if not (run.grad_ckpt and arch.traits.stores_last_kv_per_layer_type):
         return
     profile = profile_of(run)
@@ -695,14 +742,16 @@ def _block_activations(
 ) -> _BlockActivations:
     """Activations per block, derived once per distinct block state and block kind."""
     block_states = _block_states(arch, run, plan)
-    cache: dict[tuple[BlockState, bool, bool, bool, bool], list[Saved]] = {}
+    cache: dict[tuple[BlockState, bool, bool, bool, bool, int | None], list[Saved]] = {}
     per_block: list[int] = []
     rebuilt: list[int] = []  # checkpointing: what each block's recompute adds
-    previous: tuple[BlockState, bool, bool, bool, bool] | None = None
+    previous: tuple[BlockState, bool, bool, bool, bool, int | None] | None = None
     previous_sum, previous_rebuilt, previous_held, graph_held = 0, 0, 0, 0
     sliding = _sliding_blocks(arch, run)
     per_type = arch.attention_per_layer_type
+    full_blocks = arch.type_blocks(full=True)
     linear = arch.linear_attention_blocks
+    shared = arch.kv_shared_layers > 0
     linear_items: list[tuple[tuple[Saved, ...], bool] | None] = []
     for i, st in enumerate(block_states):
         # (DeepSeek's first blocks are dense; a sliding layer's sdpa may take a mask; the
@@ -713,15 +762,15 @@ def _block_activations(
             st,
             i < arch.dense_layers,
             i in sliding,
-            not per_type or i >= arch.sliding_layers,
+            not per_type or full_blocks.holds(i),
             linear is not None and linear.holds(i),
+            # (key/value sharing: each block its own, its linears and kind by index)
+            i if shared else None,
         )
         if key != previous:  # consecutive blocks usually share one state object
             shape = arch.of_layer_type(full=key[3])
             if key not in cache:
-                saved = block_saved(
-                    shape, run, plan, st, T, dense=key[1], sliding=key[2], linear=key[4]
-                )
+                saved = block_saved(shape, run, plan, st, T, key[1], key[2], key[4], block=key[5])
                 cache[key] = saved if split is None else split.block(saved)
             previous, previous_sum = key, _sum(cache[key])
             previous_held = sum(x.graph_held for x in cache[key])
@@ -734,13 +783,14 @@ def _block_activations(
         rebuilt.append(previous_rebuilt)
         graph_held += previous_held
     # (the top block: never dense, a full-attention one)
-    last = cache[(block_states[-1], False, arch.num_layers - 1 in sliding, True, False)]
+    top = arch.num_layers - 1
+    last = cache[(block_states[-1], False, top in sliding, True, False, top if shared else None)]
     return _BlockActivations(
         tuple(per_block), tuple(rebuilt), tuple(last), graph_held, tuple(linear_items)
     )
 
 
-def _sliding_blocks(arch: Architecture, run: RunConfig) -> range:
+def _sliding_blocks(arch: Architecture, run: RunConfig) -> Sequence[int]:
     """The blocks whose sdpa call takes the sliding window's mask (empty unless
     ops.attention.sliding_window_mask). Architecture keeps only how many layers slide, so
     they are taken as the lowest ones: the top block is a full-attention one whenever the
@@ -750,6 +800,8 @@ def _sliding_blocks(arch: Architecture, run: RunConfig) -> range:
     top block is the other type; the sum over blocks is the same either way."""
     if not sliding_window_mask(arch, run):
         return range(0)
+    if arch.sliding_indices:  # (Gemma 4 with key/value sharing: by index)
+        return sorted(arch.sliding_indices)
     return range(arch.sliding_layers)
 
 
@@ -1271,16 +1323,60 @@ def _decoder_block(
         policy=policy,
         workspace_grads=max(workspace, kernel) - transient,
         without_kernel=workspace if kernel else None,
-        workspace_by_block=_per_layer_gradient(
+        workspace_by_block=_reused_kv_gradients(
             arch,
             run,
             plan,
-            sum(s.nbytes for s in last_block if "per-layer" in s.what),
-            deltanet_backward_moments(
-                arch, run, plan, blocks.linear_items, max(workspace, kernel), e, T
+            _per_layer_gradient(
+                arch,
+                run,
+                plan,
+                sum(s.nbytes for s in last_block if "per-layer" in s.what),
+                deltanet_backward_moments(
+                    arch, run, plan, blocks.linear_items, max(workspace, kernel), e, T
+                ),
             ),
         ),
     )
+
+
+def _reused_kv_gradients(
+    arch: Architecture, run: RunConfig, plan: MethodPlan, by_block: tuple[int, ...]
+) -> tuple[int, ...]:
+    """Each block's backward moments with the gradients of the keys and values reused
+    from a lower layer (Gemma 4's key/value sharing): each reusing layer's kernel backward
+    adds into the gradient of the storing layer's key and value (one tensor each, its
+    dtype), held from the top reusing layer of that type down to the storing layer's own
+    backward (measured with a tracker between the layers' backward hooks, full fp32:
+    76,800 B a type, families/gemma4.py). Only the key and value that need a gradient:
+    the storing layer's input, or its k (v) projection's weights or adapter."""
+    if not arch.kv_shared_layers:
+        return by_block
+    states = _block_states(arch, run, plan)
+    first = arch.num_layers - arch.kv_shared_layers
+    T = run.batch_size * run.positions
+    held = list(by_block or (0,) * arch.num_layers)
+    for full in (False, True):
+        blocks = arch.type_blocks(full)
+        stores = max((i for i in blocks.indices if i < first), default=None)
+        reusers = [i for i in blocks.indices if i >= first]
+        if stores is None or not reusers:
+            continue
+        shape, st = arch.of_layer_type(full), states[stores]
+        ctx = LayerContext(shape, run, plan, T)
+        every = st.input_requires_grad or attention_side_norms_train(arch, st)
+        own = st.adapted | st.own_output_grad
+        names = arch.traits.names.attention
+        key_bytes = max(ctx.residual, ctx.projection_out_bytes)  # (fp32 cos and sin)
+        size = 0
+        if every or names["k"] in own or st.qk_norms_trained:
+            size += T * shape.kv_size * key_bytes
+        values = names["k"] if full and arch.full_values_are_keys else names["v"]
+        if every or values in own:
+            size += T * shape.kv_size * ctx.e
+        for i in range(stores, max(reusers)):
+            held[i] += size
+    return tuple(held)
 
 
 def _per_layer_gradient(

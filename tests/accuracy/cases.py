@@ -631,6 +631,63 @@ def _gemma4_text() -> list[Case]:
         Case("gemma4", {"method": "full", "precision": "bf16", "activation_offload": True}),
         *_gemma4_global_shapes(),
         *_gemma4_per_layer_inputs(),
+        *_gemma4_kv_sharing(),
+    ]
+
+
+# Gemma 4's key/value sharing in small: sliding, full, sliding, full; the top two reuse
+# the keys and values of the lower two (num_kv_shared_layers 2), the window under the
+# 50 tokens (the sliding layers' sdpa masked)
+GEMMA4_KV_SHARED = {
+    "sliding_window": 16,
+    "sliding_layers": 2,
+    "num_layers": 4,
+    "sliding_indices": [0, 2],
+    "kv_shared_layers": 2,
+}
+
+
+def _gemma4_kv_sharing() -> list[Case]:
+    """Key/value sharing (stop 51, helper gemma4e; step._check_kv_sharing): the reusing
+    layers' parameters and saved tensors (no k/v projections or norms; on an unmasked
+    layer the storing layer's key and value, autocast's copies apart), the double-wide
+    MLP, with per-layer inputs and global layers of their own shape as E2B's."""
+    plain = [
+        {"method": m, "precision": p}
+        for m, p in (
+            ("full", "fp32"),
+            ("full", "bf16"),
+            ("lora", "bf16"),
+            ("lora", "bf16-mixed"),
+            ("lora", "fp32"),
+        )
+    ]
+    wide = {**GEMMA4_KV_SHARED, "kv_shared_double_mlp": True}
+    e2b = {**wide, "per_layer_input_size": 16, "full_head_dim": 64}
+    return [
+        *(Case("gemma4", settings, GEMMA4_KV_SHARED) for settings in plain),
+        Case("gemma4", {"method": "full", "precision": "fp32"}, wide),
+        Case("gemma4", {"method": "lora", "precision": "bf16"}, wide),
+        # the sliding storing layer's key then needs a gradient (k_proj adapted)
+        Case(
+            "gemma4",
+            {"method": "lora", "lora_targets": "q,k,v", "precision": "bf16"},
+            GEMMA4_KV_SHARED,
+        ),
+        Case(
+            "gemma4",
+            {"method": "lora", "lora_targets": "all-linear", "precision": "bf16"},
+            GEMMA4_KV_SHARED,
+        ),
+        # the double-wide MLP's adapters (two gate_proj shapes)
+        Case("gemma4", {"method": "lora", "lora_targets": "all-linear", "precision": "bf16"}, wide),
+        # checkpointed: the storing layers' keys and values held by the checkpoints
+        *(
+            Case("gemma4", {"method": m, "precision": p, "grad_ckpt": True}, GEMMA4_KV_SHARED)
+            for m, p in (("lora", "bf16"), ("full", "bf16"), ("lora", "bf16-mixed"))
+        ),
+        Case("gemma4", {"method": "full", "precision": "bf16"}, e2b),
+        Case("gemma4", {"method": "lora", "precision": "bf16-mixed"}, e2b),
     ]
 
 

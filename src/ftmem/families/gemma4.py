@@ -39,9 +39,9 @@ token table, projection and norm (Gemma4TextModel l.1565-1580, l.1705-1784) and 
 block's gate, activation, multiply, projection and norm after the MLP (l.1345-1350,
 l.1408-1415); runs outside those measured are refused (step._check_per_layer_inputs).
 
-What this family does not model, refused in one sentence each (_refuse_unmodelled):
-key/value sharing across layers (num_kv_shared_layers, and the double-wide MLP of the
-sharing layers), per_layer_config overrides of a sliding layer's
+What this family does not model, refused in one sentence each (_refuse_unmodelled;
+for key/value sharing, step._check_kv_sharing): per_layer_config overrides
+of a sliding layer's
 shape or that give the global layers two shapes, the MoE block beside the MLP
 (enable_moe_block), bidirectional attention, and rotary types other than the default and
 proportional ones (both make cos and sin tables as wide as the layer type's heads:
@@ -206,6 +206,80 @@ index (the reusing layers at the top are of both types, ftmem keeps the sliding 
 lowest: arch.Blocks as Qwen3.5's), the per-block saved tensors and parameters of a
 reusing layer, the held gradients in step's backward moments, checkpointing; no
 published E2B/E4B config.json was at hand to count.
+
+Key/value sharing laid out (stop 51, second pass, helper gemma4e; transformers 5.25 on the
+meta device). num_kv_shared_layers and use_double_wide_mlp are read
+(_read_kv_sharing) into Architecture.kv_shared_layers and kv_shared_double_mlp, and the
+sliding layers' indices into Architecture.sliding_indices where they are not the lowest
+(read only with sharing: without it every estimate keeps them lowest, as measured). The
+layout (arch._kv_shared_linears, qk_norm_params) takes k_proj, v_proj and k_norm out of
+the top kv_shared_layers blocks (Gemma4TextAttention.__init__ l.1168-1185; v_norm has no
+weight) and doubles those blocks' MLP (Gemma4TextMLP.__init__ l.1054-1059); each layer's
+attention is its type's by index (Architecture.type_blocks). Every block parameter's name
+and shape and the total equal Gemma4ForCausalLM's for five tiny stacks of 8 layers
+(types s f s s f s s f; 3 reusing: two sliding, one full; global head 32 against 16;
+k = v; one attention shape; 4 and 1 reusing; tests/test_gemma4_kv_sharing.py): e.g.
+17,200,744 parameters, +57,280 over the same stack without sharing (the reusing layers'
+k/v projections and key norms -16,448, their MLPs +3 × 24,576), and the config built for
+ftmem measure gives transformers' own kv_sharing_modes: ftmem.measure on the Architecture
+of the stop 51 stack above (tiny gemma4, 4 layers, sliding_indices (0, 2), 2 reusing,
+full fp32, 3 × 50 tokens) builds it with its count check on and reads the same 7,817,724
+B peak as the first pass's own harness (weights 802,816, saved 5,050,004). A
+num_kv_shared_layers that leaves below the reusing layers no layer of a type they
+reuse is refused, as kv_sharing_modes refuses it. Also read:
+vocab_size_per_layer_input's default, 262,144
+rows whatever vocab_size (configuration_gemma4.py l.170; it had been read as
+vocab_size). Estimated (stop 51, same pass): each block keyed on its index where
+layers share (step._block_activations: its type from type_blocks, its own linears,
+LayerContext.reusing); a reusing layer keeps no k or v norm tensors (QKNorm.saved), and
+its unmasked sdpa call only the rotated query and autocast's copies of the key and value
+(Attention.reused_kv_saved): under bf16-mixed the rotated key is fp32 (fp32 cos and sin
+promote it), and sdpa's cast makes a bf16 copy in every layer that reads it (without it
+LoRA bf16-mixed read 19,200 B = 150 × 64 × 2 under); a masked (sliding) one keeps
+repeat_kv's copies as any layer; the double-wide MLP's intermediates from the block's own
+linears; the reused gradients held from the top reusing layer of each type to the
+storing one's backward (step._reused_kv_gradients; the storing layer's key and value
+each where they need a gradient, the key in the rotated key's dtype: bf16-mixed's fp32
+derived, not measured). 15 accuracy cases (ids ``kvsharedlayers=``), fresh measurements,
+ftmem / measured B: weights, gradients, optimizer states and activations exact in all;
+peaks full fp32 7,818,644 / 7,817,724 (+920; +920 without sharing), full bf16 5,290,340 /
+5,289,410 (+930; +930), LoRA bf16 3,399,700 / 3,399,970 (-270; -270), LoRA bf16-mixed
+4,079,188 / 4,079,468 (-280; -280), LoRA fp32 4,722,372 / 4,722,652 (-280; -280),
+double-wide full fp32 9,022,868 / 9,021,948 (+920), double-wide LoRA bf16 3,728,404 /
+3,728,674 (-270), E2B-like (double-wide, per-layer inputs of 16, global head 64) full
+bf16 7,518,080 / 7,517,280 (+800) and LoRA bf16-mixed 5,700,308 / 5,700,720 (-412),
+LoRA bf16 on q, k, v 3,551,620 / 3,551,890 (-270), on all-linear 4,845,060 /
+4,845,330 (-270) and with the double-wide MLP 5,401,092 / 5,401,362 (-270).
+Checkpointed (transformers' own checkpoint): the checkpoints hold the storing layers'
+keys and values (activations.stored_kv_held), the storing layers being the highest of
+each type below the reusing ones; with the top layers taken as the storing ones the
+peaks read LoRA bf16 1,788,308 / 1,743,870 (+2.5 %) and full bf16 3,086,100 / 3,002,190
+(+2.8 %); now at the offsets of the same runs without sharing (in brackets): LoRA bf16
+1,748,452 / 1,743,870 (+4,582; +4,582, the sliding offset), full bf16 3,007,844 /
+3,002,190 (+5,654; +5,654), LoRA bf16-mixed 2,218,052 / 2,271,336 (-53,284; -53,284,
+Gemma 4's own), full fp32 5,053,436 / 5,015,408 (+38,028; +38,028; not a case);
+activations, weights, gradients and states exact. The
+held gradients change none of these peaks (each estimate the same without them): they
+equal the tracker's numbers above by block (tests/test_gemma4_kv_sharing.py). Refused
+(step._check_kv_sharing): methods other than full and LoRA (on q, v; q, k, v;
+all-linear), fp16, eager and flash attention, compile, quantised weights, offloaded activations,
+frameworks, objectives, generation, more than one GPU, serving.
+Left: a config.json of E2B/E4B to count (none at hand); the autocast key's held gradient
+dtype; the sliding layers unmasked (sequence within the window) take the unmasked
+path, derived, not measured. The LoRA bf16 sliding gradient (19,200 measured against
+38,400 first derived), as step._reused_kv_gradients derives it: the sliding type's storing layer is
+L0, whose input (the frozen embeddings' output, no checkpointing hook) needs no gradient
+and whose k_proj is frozen (LoRA on q and v), so its key needs none and only the value's
+gradient, 150 × 64 × 2 = 19,200 B, is accumulated; the full type's storing layer L1
+reads L0's output, which L0's v adapter gives a gradient, so its key and value both do
+(38,400). A held gradient is then T × kv width × bytes for each of the storing layer's
+key and value that needs one (full fp32: both, 76,800 a type). That L0's "after" reads
+19,200 where full fp32's reads none may have the same cause (a full backward hook on a
+layer whose input needs no gradient fires when its output's gradient is computed,
+before the layer's own backward: torch 2.13 utils/hooks.py BackwardHook l.223-231; a
+measurement point, not a hold). LoRA on q, k, v (the sliding key then needs one: 38,400
+B held from L2's backward) reads the same peak offset; its held gradients are at no
+measured peak, not tracked.
 """
 
 from __future__ import annotations
@@ -236,7 +310,7 @@ GEMMA4_NAMES = replace(
     },
 )
 
-# Gemma4TextConfig's defaults (transformers 5.25 configuration_gemma4.py l.130-161, and
+# Gemma4TextConfig's defaults (transformers 5.25 configuration_gemma4.py l.130-177, and
 # __post_init__'s global_head_dim 512 l.183)
 TEXT_DEFAULTS: Config = {
     "vocab_size": 262_144,
@@ -250,6 +324,7 @@ TEXT_DEFAULTS: Config = {
     "max_position_embeddings": 131_072,
     "sliding_window": 512,
     "hidden_size_per_layer_input": 256,
+    "vocab_size_per_layer_input": 262_144,  # (whatever vocab_size is)
     "num_kv_shared_layers": 0,
     "global_head_dim": 512,
 }
@@ -258,15 +333,45 @@ TEXT_DEFAULTS: Config = {
 ROTARY_TYPES = ("default", "proportional")
 
 
-def _sliding_count(cfg: Config, layers: int) -> int:
-    """Gemma4TextConfig.__post_init__ (l.166-176): layer_types, else every sixth layer
-    global (``bool((i + 1) % 6)``), and the last layer forced global whatever was given."""
+def _sliding(cfg: Config, layers: int) -> list[int]:
+    """The sliding layers' indices: Gemma4TextConfig.__post_init__ (l.166-176)'s
+    layer_types, else every sixth layer global (``bool((i + 1) % 6)``), and the last layer
+    forced global whatever was given."""
     types = cfg.get("layer_types")
     if types is None:
         types = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(layers)]
     elif not isinstance(types, list) or len(types) != layers:
         raise wrong("layer_types", f"a list of the {layers} layers' types", types)
-    return sum(1 for kind in types[:-1] if kind == "sliding_attention")
+    return [i for i, kind in enumerate(types[:-1]) if kind == "sliding_attention"]
+
+
+def _sliding_count(cfg: Config, layers: int) -> int:
+    return len(_sliding(cfg, layers))
+
+
+def _read_kv_sharing(cfg: Config, out: Config) -> None:
+    """num_kv_shared_layers (the top layers reuse the keys and values of the last lower
+    layer of their type: Gemma4TextConfig.kv_sharing_modes, configuration_gemma4.py
+    l.222-247) and use_double_wide_mlp (those layers' MLP twice as wide, modeling l.1054-
+    1059). Their types by index matter there (the reusing layers at the top are of both
+    types), so the sliding layers are kept by index."""
+    shared = _size_or_off(cfg, "num_kv_shared_layers")
+    if not shared:
+        return
+    layers = out["num_layers"]
+    sliding = _sliding(cfg, layers) if out.get("sliding_window") else []
+    first = layers - shared
+    below = {i in sliding for i in range(max(first, 0))}
+    if first < 1 or below != ({False} if not sliding else {False, True}):
+        raise ConfigError(
+            f"Gemma 4's num_kv_shared_layers ({shared}) must leave below the reusing layers "
+            "one layer of each type they reuse (transformers refuses it, kv_sharing_modes)."
+        )
+    out["kv_shared_layers"] = shared
+    if sliding and sliding != list(range(len(sliding))):
+        out["sliding_indices"] = sliding
+    if flag(cfg, "use_double_wide_mlp", False):
+        out["kv_shared_double_mlp"] = True
 
 
 def _size_or_off(cfg: Config, key: str) -> int:
@@ -331,12 +436,6 @@ def _global_attention(cfg: Config) -> tuple[int, int]:
 
 def _refuse_unmodelled(cfg: Config) -> None:
     """What the family leaves out, refused before anything is estimated."""
-    shared = _size_or_off(cfg, "num_kv_shared_layers")
-    if shared:
-        raise ConfigError(
-            f"Gemma 4's key/value sharing (num_kv_shared_layers {shared}: layers that reuse an "
-            "earlier layer's keys and values) is not modelled yet."
-        )
     if flag(cfg, "enable_moe_block", False):
         raise ConfigError(
             "Gemma 4's enable_moe_block (the mixture-of-experts block beside the MLP) is not "
@@ -366,6 +465,7 @@ def _read_extra(cfg: Config, out: Config) -> None:
     if flag(cfg, "attention_k_eq_v", False):
         out["full_values_are_keys"] = True
     read_softcaps({k: cfg.get(k) for k in ("final_logit_softcapping",)}, out)
+    _read_kv_sharing(cfg, out)
     per_layer = _size_or_off(cfg, "hidden_size_per_layer_input")
     if per_layer:
         out["per_layer_input_size"] = per_layer
@@ -375,15 +475,19 @@ def _read_extra(cfg: Config, out: Config) -> None:
 
 
 def _build(arch: Architecture, kw: Config) -> None:
-    # the layers' types as the Architecture counts them: the sliding ones first, the last
-    # layer global (Gemma4TextConfig forces it); no sharing, no per-layer inputs, no MoE
-    sliding = arch.sliding_layers if arch.sliding_window else 0
-    full = arch.num_layers - sliding
+    # the layers' types as the Architecture keeps them (Architecture.type_blocks: the
+    # sliding ones first unless given by index), the last layer global (Gemma4TextConfig
+    # forces it); no MoE
+    slides = arch.type_blocks(full=False) if arch.sliding_window else None
     kw.update(
-        layer_types=["sliding_attention"] * sliding + ["full_attention"] * full,
+        layer_types=[
+            "sliding_attention" if slides and slides.holds(i) else "full_attention"
+            for i in range(arch.num_layers)
+        ],
         final_logit_softcapping=arch.final_logit_softcapping,
         hidden_size_per_layer_input=arch.per_layer_input_size,
-        num_kv_shared_layers=0,
+        num_kv_shared_layers=arch.kv_shared_layers,
+        use_double_wide_mlp=arch.kv_shared_double_mlp,
         global_head_dim=arch.of_layer_type(full=True).head_size,
         num_global_key_value_heads=arch.of_layer_type(full=True).kv_heads,
         attention_k_eq_v=arch.full_values_are_keys,
@@ -394,7 +498,8 @@ def _build(arch: Architecture, kw: Config) -> None:
     if shape.kv_heads != arch.kv_heads and not arch.full_values_are_keys:
         # (num_global_key_value_heads is read only with attention_k_eq_v: the overrides)
         own = {"head_dim": shape.head_size, "num_key_value_heads": shape.kv_heads}
-        kw["per_layer_config"] = {i: dict(own) for i in range(sliding, arch.num_layers)}
+        full = arch.type_blocks(full=True).indices
+        kw["per_layer_config"] = {i: dict(own) for i in sorted(full)}
     if not arch.sliding_window:  # (the class's default window, read by no layer)
         kw.pop("sliding_window", None)
 

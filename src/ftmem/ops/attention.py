@@ -440,6 +440,8 @@ class Attention:
             out += Attention.copied_sdpa_saved(ctx)
         elif layer_mask(ctx) or sdpa_repeats_kv(arch, run):
             out += Attention.masked_sdpa_saved(ctx, with_mask=layer_mask(ctx))
+        elif ctx.reusing:
+            out += Attention.reused_kv_saved(ctx)
         else:
             keep("rotary q and k", T * (q + kv) * e, Kind.ATTN_QK)
             keep(*Attention.v_kept(ctx))
@@ -661,6 +663,21 @@ class Attention:
         else:
             items.append(("qkv output (v is a view)", T * (q + 2 * kv) * e, Kind.ATTN_QKV))
         return [Saved(what, size, kind, Side.ATTENTION) for what, size, kind in items]
+
+    @staticmethod
+    def reused_kv_saved(ctx: LayerContext) -> list[Saved]:
+        """An unmasked sdpa call of a layer that reuses a lower layer's key and value
+        (Gemma 4's key/value sharing, modeling_gemma4.py l.1213-1214): the rotated query,
+        and of the key and value only the copies autocast's cast makes for this call (the
+        rotated key is fp32 where fp32 cos and sin promote it; the values where they are
+        fp32); the tensors themselves are the storing layer's, kept there."""
+        T, e, kv = ctx.tokens, ctx.e, ctx.arch.kv_size
+        out = [Saved("rotary q", T * ctx.arch.q_size * e, Kind.ATTN_QK, Side.ATTENTION)]
+        if max(ctx.residual, ctx.projection_out_bytes) != e:
+            out.append(Saved("k (autocast's copy)", T * kv * e, Kind.ATTN_QK, Side.ATTENTION))
+        if ctx.quantized_outputs_in_input_dtype or answer_dtype.values_in_input_dtype(ctx):
+            out.append(Saved("v (autocast's copy)", T * kv * e, Kind.ATTN_V, Side.ATTENTION))
+        return out
 
     @staticmethod
     def keys_cast_per_head(ctx: LayerContext) -> bool:

@@ -91,6 +91,8 @@ class LayerContext:
     plan: MethodPlan
     tokens: int  # b·s (+ virtual tokens later)
     sliding: bool = False  # a sliding-window layer (ops.attention.sliding_window_mask)
+    # a layer that reuses a lower layer's keys and values (Architecture.kv_reusing_blocks)
+    reusing: bool = False
 
     @property
     def e(self) -> int:

@@ -205,7 +205,13 @@ class QKNorm:
         copies = 2 if arch.traits.norm_centres_twice else 1
         own = state.output_grad
         out: list[Saved] = []
-        for role, heads in (("q", arch.num_heads), ("k", arch.kv_heads)):
+        # (a reusing layer has no k or v norm: modeling_gemma4.py l.1168-1175)
+        roles = (
+            (("q", arch.num_heads),)
+            if ctx.reusing
+            else (("q", arch.num_heads), ("k", arch.kv_heads))
+        )
+        for role, heads in roles:
             if arch.traits.qk_norm_per_head:
                 rows, width = ctx.tokens * heads, arch.head_size
             else:
@@ -257,7 +263,7 @@ class QKNorm:
         tensor the k norm keeps (measured on the tiny gemma4, full fp32: 38,400 B = 150
         tokens × 64 × 4 B over without this)."""
         arch = ctx.arch
-        if not arch.traits.values_normed:
+        if not arch.traits.values_normed or ctx.reusing:
             return []
         of = tuple(lin for lin in qkv if "v" in lin.roles)
         keys = arch.full_values_are_keys and not of
