@@ -1318,13 +1318,7 @@ def run_steps(
         )
 
     primed = warm_up == "states" and _states_suffice(run, dev, steps, fake)
-    if primed:
-        by_op = _prime_states(forward, optimizer, run, weight_storage_ptrs(model), notes)
-    else:
-        by_op = _warm_up(forward, optimizer, run, steps, weight_storage_ptrs(model), notes)
-    reserved_before = torch.cuda.max_memory_reserved(dev) if dev.type == "cuda" else 0
-    if not primed:  # the CPU tracker counts only storages it is told of or ops make:
-        _settle(dev)  # the warm-up's garbage cannot enter its reading
+    by_op, reserved_before = _before_step(forward, model, optimizer, run, dev, steps, primed, notes)
     # the weights as they are now: bitsandbytes casts a 4-bit linear's bias at the first
     # forward and frees the old one, whose address a saved activation can then take
     weight_ptrs = weight_storage_ptrs(model)
@@ -1406,6 +1400,28 @@ def _warm_up(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return by_op
+
+
+def _before_step(
+    forward: Callable[[], torch.Tensor],
+    model: torch.nn.Module,
+    optimizer: Stepper,
+    run: RunConfig,
+    dev: torch.device,
+    steps: int,
+    primed: bool,
+    notes: list[str],
+) -> tuple[dict[str, int], int]:
+    """The warm-up (``primed``: the states alone, and no collection: the CPU tracker counts
+    only storages it is told of or ops make, so the warm-up's garbage cannot enter its
+    reading), then the bytes saved per op and CUDA's reserved peak so far."""
+    ptrs = weight_storage_ptrs(model)
+    if primed:
+        return _prime_states(forward, optimizer, run, ptrs, notes), 0
+    by_op = _warm_up(forward, optimizer, run, steps, ptrs, notes)
+    reserved = torch.cuda.max_memory_reserved(dev) if dev.type == "cuda" else 0
+    _settle(dev)
+    return by_op, reserved
 
 
 def _states_suffice(run: RunConfig, dev: torch.device, steps: int, fake: bool) -> bool:
