@@ -608,6 +608,7 @@ def _gemma4_text() -> list[Case]:
         {"method": "full", "precision": "bf16-mixed"},
         {"method": "lora", "precision": "bf16", "grad_ckpt": True},
         {"method": "full", "precision": "bf16-mixed", "grad_ckpt": True},
+        {"method": "freeze", "trainable_layers": 1, "precision": "bf16", "grad_ckpt": True},
     ]
     # three layers, two sliding: the storing sliding layer is block 1, whose recomputed
     # history the block below holds at its backward; four layers, the top two trained:
