@@ -25,6 +25,7 @@ EXPECTED = {
     "router_aux_loss",
     "norm",
     "output_gate",
+    "per_layer_input",
     "qk_norm",
     "t5_feed_forward",
     "t5_norm",

@@ -1331,7 +1331,7 @@ def _decoder_block(
                 arch,
                 run,
                 plan,
-                sum(s.nbytes for s in last_block if "per-layer" in s.what),
+                sum(s.nbytes for s in last_block if s.op == PerLayerInput.NAME),
                 deltanet_backward_moments(
                     arch, run, plan, blocks.linear_items, max(workspace, kernel), e, T
                 ),

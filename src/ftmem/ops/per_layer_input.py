@@ -37,9 +37,11 @@ from ftmem.ops.saved import Kind, Saved, Side
 from ftmem.run import RunConfig
 
 
-@register("per-layer input")
+@register("per_layer_input")
 class PerLayerInput:
     """The blocks' and the model's tensors for the per-layer inputs."""
+
+    NAME = "per_layer_input"  # its registered name, on the items a block keeps for it
 
     @staticmethod
     def inputs_grad(run: RunConfig, plan: MethodPlan) -> bool:
@@ -96,7 +98,7 @@ class PerLayerInput:
             out += LinearOp.weight_copies(ctx, copied, Side.MLP)
         label = "post per-layer input norm"
         out += Norm.saved(ctx, label, gated or inputs_grad, wn, Side.MLP, of_sublayer=True)
-        return out
+        return [s._replace(op=PerLayerInput.NAME) for s in out]
 
     @staticmethod
     def model_saved(

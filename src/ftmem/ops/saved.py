@@ -86,6 +86,9 @@ class Saved(NamedTuple):
     # the separate tensors an item of several stands for, as the allocator sees them (one
     # request each: an RMSNorm's fp32 input and its per-row rstd); () for one tensor
     parts: tuple[int, ...] = ()
+    # the registered op whose tensor this is, where a rule must find one op's items
+    # (PerLayerInput's: the top block frees them before its gradient); "" elsewhere
+    op: str = ""
 
     def requests(self) -> tuple[int, ...]:
         """The item's allocations: its parts where they still add up to it (an item
