@@ -110,12 +110,13 @@ def measure(
     tensor storages (:class:`ftmem.measure.tracker.LiveBytesTracker`).
 
     ``warm_up="states"`` (the CPU tracker only, two steps, no GRPO) replaces the
-    warm-up step by what the measured step needs of it: the optimizer's states made by
-    one step over zero gradients, after a forward without autograd (what a first
-    forward leaves on the model, such as bitsandbytes' bias cast). The tracker counts
-    live storages, not an allocator's cache, so nothing else of the warm-up's history
-    can reach the reading (tests/test_measure.py checks the two agree field by field);
-    elsewhere it falls back to the real step.
+    warm-up step by what the measured step needs of it: the first micro-batch's forward
+    (what a first forward leaves on the model, such as bitsandbytes' bias cast), then
+    zero gradients on the leaves its graph reaches and one optimizer step over them,
+    with no backward and no collection of the garbage. The tracker counts the storages
+    it is told of and those ops make, not an allocator's cache, so nothing else of the
+    warm-up's history can reach the reading (tests/accuracy/test_warm_up.py checks the
+    two agree field by field); elsewhere it falls back to the real step.
 
     ``fake=True`` runs the same step under FakeTensorMode: real-size shapes (a 13B
     model on a laptop), no memory allocated; see ``step.FAKE_NOTES`` for what it
